@@ -1,0 +1,3 @@
+from tokenmeter.cli import main
+
+raise SystemExit(main())

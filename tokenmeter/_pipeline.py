@@ -1,0 +1,301 @@
+"""Delivery: records go from the caller's thread into a queue; one writer thread hands batches to
+every sink.
+
+Policies (documented in docs/sinks.md):
+- The caller's thread only appends to a queue. When ``max_queue`` records are waiting (sinks far
+  behind), the caller waits up to ``_FULL_WAIT`` seconds for room, then drops the record with an
+  error log: back-pressure first, never an unbounded queue.
+- A sink that raises is reported once through the ``tokenmeter`` logger; its records are kept (per
+  sink, in order) and retried with back-off until written. Only past ``_MAX_PENDING`` kept records
+  for one sink are the oldest dropped, with an error log.
+- ``flush()`` waits for everything submitted before it; interpreter exit flushes (bounded by the
+  ``exit_timeout`` setting) and closes the sinks.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from tokenmeter._models import SessionInfo, UsageRecord
+from tokenmeter.sinks._base import Sink
+
+__all__ = ["flush", "set_sinks", "sinks", "submit", "submit_session"]
+
+logger = logging.getLogger("tokenmeter")
+
+_BATCH = 2_000
+_FULL_WAIT = 5.0
+_MAX_PENDING = 1_000_000
+_MAX_BACKOFF = 5.0
+
+
+class _FlushMarker:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class _Stop:
+    pass
+
+
+_Item = UsageRecord | SessionInfo | _FlushMarker | _Stop
+
+
+@dataclass
+class _SinkState:
+    """A sink plus what it has not yet accepted, kept in submission order."""
+
+    sink: Sink
+    pending: deque[UsageRecord | SessionInfo] = field(default_factory=deque)
+    failing: bool = False
+    retry_at: float = 0.0
+    backoff: float = 0.1
+    dropped: int = 0
+
+    def deliver(self, now: float) -> None:
+        if not self.pending or (self.failing and now < self.retry_at):
+            return
+        try:
+            while self.pending:
+                run = _take_run(self.pending)
+                try:
+                    if isinstance(run[0], UsageRecord):
+                        self.sink.write(run)  # type: ignore[arg-type]
+                    else:
+                        write_sessions = getattr(self.sink, "write_sessions", None)
+                        if write_sessions is not None:
+                            write_sessions(run)
+                except BaseException:
+                    self.pending.extendleft(reversed(run))
+                    raise
+        except Exception as exc:
+            if not self.failing:
+                logger.error(
+                    "tokenmeter sink %s failed (%s: %s); its records are kept and retried",
+                    _name(self.sink), type(exc).__name__, exc,
+                )
+            self.failing = True
+            self.retry_at = now + self.backoff
+            self.backoff = min(self.backoff * 2, _MAX_BACKOFF)
+            self._bound()
+            return
+        if self.failing:
+            logger.warning("tokenmeter sink %s recovered; kept records written", _name(self.sink))
+        self.failing, self.backoff = False, 0.1
+
+    def _bound(self) -> None:
+        excess = len(self.pending) - _MAX_PENDING
+        if excess > 0:
+            for _ in range(excess):
+                self.pending.popleft()
+            self.dropped += excess
+            logger.error(
+                "tokenmeter sink %s has failed for too long: dropped %d oldest records (%d in all)",
+                _name(self.sink), excess, self.dropped,
+            )
+
+
+def _take_run(pending: deque[UsageRecord | SessionInfo]) -> list[UsageRecord | SessionInfo]:
+    """The longest prefix of one kind (records or sessions), at most one batch."""
+    kind = type(pending[0])
+    run = []
+    while pending and type(pending[0]) is kind and len(run) < _BATCH * 5:
+        run.append(pending.popleft())
+    return run
+
+
+def _name(sink: Sink) -> str:
+    return type(sink).__name__
+
+
+class _Pipeline:
+    def __init__(self, make_sinks: Callable[[], list[Sink]], max_queue: int) -> None:
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._make_sinks = make_sinks
+        self._states: list[_SinkState] | None = None
+        self._markers: list[_FlushMarker] = []
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.max_queue = max_queue
+        self.dropped = 0
+
+    # -- caller's thread -------------------------------------------------------------------------
+    def put(self, item: _Item) -> None:
+        if self._thread is None:
+            self._start()
+        if self._queue.qsize() >= self.max_queue and not self._wait_for_room():
+            self.dropped += 1
+            logger.error("tokenmeter queue full for %.0fs: dropped a record", _FULL_WAIT)
+            return
+        self._queue.put(item)
+
+    def _wait_for_room(self) -> bool:
+        deadline = time.monotonic() + _FULL_WAIT
+        while time.monotonic() < deadline:
+            time.sleep(0.005)
+            if self._queue.qsize() < self.max_queue:
+                return True
+        return False
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                thread = threading.Thread(target=self._run, name="tokenmeter-writer", daemon=True)
+                thread.start()
+                self._thread = thread
+
+    def flush(self, timeout: float | None) -> bool:
+        if self._thread is None:
+            return True
+        marker = _FlushMarker()
+        self._queue.put(marker)
+        return marker.done.wait(timeout)
+
+    def stop(self, timeout: float | None) -> None:
+        """Flush, close the sinks and end the writer thread."""
+        if self._thread is None:
+            return
+        self.flush(timeout)
+        self._queue.put(_Stop())
+        self._thread.join(timeout)
+
+    # -- writer thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._states = [_SinkState(sink) for sink in self._make_sinks()]
+        except Exception:
+            logger.exception("tokenmeter could not open its sinks; records will be kept")
+            self._states = []
+        while True:
+            item = self._next(self._wait_time())
+            items = [] if item is None else [item]
+            while item is not None and len(items) < _BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                items.append(item)
+            if not self._handle(items):
+                return
+
+    def _wait_time(self) -> float | None:
+        failing = [s.retry_at for s in self._states or () if s.failing and s.pending]
+        return max(0.0, min(failing) - time.monotonic()) if failing else None
+
+    def _next(self, timeout: float | None) -> _Item | None:
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def _handle(self, items: Sequence[_Item]) -> bool:
+        """Deliver a batch; False once asked to stop."""
+        states = self._states or []
+        stop = False
+        for item in items:
+            if isinstance(item, UsageRecord | SessionInfo):
+                for state in states:
+                    state.pending.append(item)
+            elif isinstance(item, _FlushMarker):
+                self._markers.append(item)
+            else:
+                stop = True
+        now = time.monotonic()
+        for state in states:
+            state.deliver(now)
+        if self._markers and not any(state.pending for state in states):
+            for state in states:
+                _quietly(state.sink.flush, state.sink)
+            for marker in self._markers:
+                marker.done.set()
+            self._markers.clear()
+        if stop:
+            for state in states:
+                _quietly(state.sink.close, state.sink)
+        return not stop
+
+
+def _quietly(call: Callable[[], None], sink: Sink) -> None:
+    try:
+        call()
+    except Exception as exc:
+        logger.error("tokenmeter sink %s: %s failed: %s", _name(sink), call.__name__, exc)
+
+
+# -- module state --------------------------------------------------------------------------------
+_pipeline: _Pipeline | None = None
+_pipeline_lock = threading.Lock()
+_sink_factory: Callable[[], list[Sink]] = list
+_max_queue = 100_000
+_exit_timeout = 10.0
+
+
+def _get() -> _Pipeline:
+    global _pipeline
+    if _pipeline is None:
+        with _pipeline_lock:
+            if _pipeline is None:
+                _pipeline = _Pipeline(_sink_factory, _max_queue)
+    return _pipeline
+
+
+def submit(record: UsageRecord) -> None:
+    (_pipeline or _get()).put(record)
+
+
+def submit_session(info: SessionInfo) -> None:
+    (_pipeline or _get()).put(info)
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Wait until everything submitted so far is in every sink; False on timeout."""
+    return _pipeline.flush(timeout) if _pipeline is not None else True
+
+
+def set_sinks(
+    make_sinks: Callable[[], list[Sink]], *, max_queue: int = 100_000, exit_timeout: float = 10.0
+) -> None:
+    """Replace the sinks: the current ones get everything submitted so far, then are closed."""
+    global _pipeline, _sink_factory, _max_queue, _exit_timeout
+    with _pipeline_lock:
+        old, _pipeline = _pipeline, None
+        _sink_factory, _max_queue, _exit_timeout = make_sinks, max_queue, exit_timeout
+    if old is not None:
+        old.stop(exit_timeout)
+
+
+def sinks() -> list[Sink]:
+    """The sinks in use (opening them if nothing was recorded yet)."""
+    pipeline = _get()
+    if pipeline._thread is None:
+        pipeline._start()
+    pipeline.flush(None)
+    return [state.sink for state in pipeline._states or ()]
+
+
+def _at_exit() -> None:
+    from tokenmeter import _sessions  # at exit only: avoids an import cycle at load time
+
+    _sessions.finish_implicit()
+    if _pipeline is not None:
+        if not _pipeline.flush(_exit_timeout):
+            logger.error("tokenmeter: sinks did not accept every record within %ss", _exit_timeout)
+        _pipeline.stop(1.0)
+
+
+def _after_fork_in_child() -> None:
+    # The writer thread does not survive fork(); what the parent queued is the parent's to write.
+    global _pipeline
+    _pipeline = None
+
+
+atexit.register(_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)

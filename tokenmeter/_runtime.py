@@ -1,0 +1,126 @@
+"""Process-wide settings and the sinks they imply; ``configure()`` lives here."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from tokenmeter import _pipeline, pricing
+from tokenmeter._config import Settings, load_settings
+from tokenmeter.sinks._base import Sink
+
+__all__ = ["configure", "settings"]
+
+_settings: Settings | None = None
+_sink_objects: list[Sink] | None = None
+_explicit: dict[str, Any] = {}
+_lock = threading.RLock()
+
+
+def settings() -> Settings:
+    """The settings in force, loaded on first use (never on the hot path)."""
+    if _settings is None:
+        _apply()
+    assert _settings is not None
+    return _settings
+
+
+def _default_sinks(resolved: Settings) -> list[Sink]:
+    from tokenmeter.sinks import JSONLSink, MarkdownJournalSink, SQLiteSink
+
+    directory = Path(resolved.directory)
+    made: list[Sink] = []
+    for name in resolved.sinks:
+        if name == "sqlite":
+            made.append(SQLiteSink(directory / "usage.db"))
+        elif name == "jsonl":
+            made.append(JSONLSink(directory / "usage.jsonl"))
+        elif name == "markdown":
+            made.append(MarkdownJournalSink(directory / "journal"))
+    return made
+
+
+def _apply() -> None:
+    global _settings
+    with _lock:
+        resolved = load_settings(_explicit)
+        prices: dict[str, Any] = {}
+        if resolved.prices_file is not None:
+            prices.update(pricing.read_prices_file(resolved.prices_file))
+        prices.update(resolved.prices)  # configure(prices=...) wins over the file
+        pricing.set_user_prices(prices)
+        pricing.set_aliases(resolved.aliases)
+        objects = _sink_objects
+
+        def make_sinks() -> list[Sink]:
+            return list(objects) if objects is not None else _default_sinks(resolved)
+
+        _pipeline.set_sinks(
+            make_sinks, max_queue=resolved.max_queue, exit_timeout=resolved.exit_timeout
+        )
+        _settings = resolved
+
+
+def configure(
+    *,
+    sinks: Iterable[Sink | str] | None = None,
+    prices: Mapping[str, Any] | None = None,
+    directory: str | Path | None = None,
+    aliases: Mapping[str, str] | None = None,
+    stream_usage: bool | None = None,
+    max_queue: int | None = None,
+    exit_timeout: float | None = None,
+) -> None:
+    """Set sinks, price overrides and other settings for this process.
+
+    ``sinks`` takes sink objects (anything implementing the Sink protocol) and/or default sink
+    names ("sqlite", "jsonl", "markdown"). Arguments win over ``TOKENMETER_*`` variables, which win
+    over ``[tool.tokenmeter]`` in pyproject.toml. Records made before the call go to the old sinks.
+    """
+    global _sink_objects
+    with _lock:
+        explicit = dict(_explicit)
+        objects = _sink_objects
+        if sinks is not None:
+            sink_list = list(sinks)
+            names = [s for s in sink_list if isinstance(s, str)]
+            given = [s for s in sink_list if not isinstance(s, str)]
+            for sink in given:
+                if not isinstance(sink, Sink):
+                    raise ValueError(
+                        f"sinks: {sink!r} is not a sink (needs write(), flush() and close())"
+                    )
+            explicit["sinks"] = names
+            objects = given if given else None
+            if given and names:
+                resolved_dir = Path(directory or explicit.get("directory") or settings().directory)
+                objects = given + _default_sinks(
+                    Settings(directory=resolved_dir, sinks=tuple(names))
+                )
+        for key, value in (
+            ("prices", dict(prices) if prices is not None else None),
+            ("directory", directory),
+            ("aliases", dict(aliases) if aliases is not None else None),
+            ("stream_usage", stream_usage),
+            ("max_queue", max_queue),
+            ("exit_timeout", exit_timeout),
+        ):
+            if value is not None:
+                explicit[key] = value
+        load_settings(explicit)  # validate before changing anything
+        _explicit.clear()
+        _explicit.update(explicit)
+        _sink_objects = objects
+        _apply()
+
+
+def reset() -> None:
+    """Forget every configure() call (tests)."""
+    global _sink_objects, _settings
+    with _lock:
+        _explicit.clear()
+        _sink_objects = None
+        _settings = None
+        _apply()

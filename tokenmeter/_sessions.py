@@ -1,0 +1,341 @@
+"""Sessions: contextvars-scoped attribution of records, nesting with roll-up, live summaries."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from contextvars import ContextVar, Token
+from datetime import UTC, datetime
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Literal, TypeVar, cast
+
+from tokenmeter import _pipeline
+from tokenmeter._models import SessionInfo, UsageRecord
+
+__all__ = ["ModelTotals", "Session", "SessionSummary", "current_session", "session", "track"]
+
+logger = logging.getLogger("tokenmeter")
+F = TypeVar("F", bound=Callable[..., Any])
+_ZERO = Decimal(0)
+_lock = threading.Lock()  # guards every summary update; held for a few attribute additions
+_current: ContextVar[Session | None] = ContextVar("tokenmeter_session", default=None)
+
+
+class ModelTotals:
+    """Running totals of a set of records, with the derived figures people ask for."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cache_read_tokens = 0
+        self.cache_write_tokens = 0
+        self.reasoning_tokens = 0
+        self.cost_usd = _ZERO
+        self.input_cost_usd = _ZERO
+        self.output_cost_usd = _ZERO
+        self.unpriced_calls = 0
+
+    def _add(self, record: UsageRecord) -> None:
+        self.calls += 1
+        self.input_tokens += record.input_tokens
+        self.output_tokens += record.output_tokens
+        self.cache_read_tokens += record.cache_read_tokens
+        self.cache_write_tokens += record.cache_write_tokens
+        self.reasoning_tokens += record.reasoning_tokens
+        if record.estimated_cost_usd is None:
+            self.unpriced_calls += 1
+            return
+        self.cost_usd += record.estimated_cost_usd
+        breakdown = record.cost_breakdown
+        if breakdown:
+            output = breakdown.get("output", _ZERO)
+            self.output_cost_usd += output
+            self.input_cost_usd += record.estimated_cost_usd - output
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def avg_tokens_per_call(self) -> float:
+        return self.total_tokens / self.calls if self.calls else 0.0
+
+    @property
+    def avg_cost_per_call(self) -> Decimal:
+        priced = self.calls - self.unpriced_calls
+        return self.cost_usd / priced if priced else _ZERO
+
+    @property
+    def io_ratio(self) -> float | None:
+        """Input tokens per output token (None before any output)."""
+        return self.input_tokens / self.output_tokens if self.output_tokens else None
+
+    @property
+    def cost_per_token(self) -> Decimal:
+        return self.cost_usd / self.total_tokens if self.total_tokens else _ZERO
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(calls={self.calls}, input_tokens={self.input_tokens}, "
+            f"output_tokens={self.output_tokens}, cost_usd={self.cost_usd})"
+        )
+
+
+class SessionSummary(ModelTotals):
+    """Totals of a session and everything nested in it, up to date as soon as a call returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_model: dict[str, ModelTotals] = {}
+
+    def _add(self, record: UsageRecord) -> None:
+        super()._add(record)
+        per_model = self.by_model.get(record.model_name)
+        if per_model is None:
+            per_model = self.by_model[record.model_name] = ModelTotals()
+        per_model._add(record)
+
+
+def _new_id() -> str:
+    return f"session_{datetime.now(UTC):%Y%m%d_%H%M%S}_{secrets.token_hex(3)}"
+
+
+class Session:
+    """A named scope for attribution: ``with tokenmeter.session("chat", tags={...}) as s:``.
+
+    Records made inside belong to the innermost session and roll up into its ancestors. Usable as
+    a sync or async context manager, and as a decorator (each call then gets a fresh session).
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        id: str | None = None,
+        tags: dict[str, str] | None = None,
+        budget_usd: float | Decimal | str | None = None,
+        notes: str | None = None,
+    ) -> None:
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"session name must be a string, got {name!r}")
+        if id is not None and (not isinstance(id, str) or not id.strip()):
+            raise ValueError(f"session id must be a non-empty string, got {id!r}")
+        self.id = id or _new_id()
+        self.name = name
+        self.tags = _check_tags(tags)
+        self.budget_usd = _check_budget(budget_usd)
+        self.notes = notes
+        self.status: Literal["active", "completed", "failed"] = "active"
+        self.started_at: datetime | None = None
+        self.ended_at: datetime | None = None
+        self.parent: Session | None = None
+        self.summary = SessionSummary()
+        #: Tags of the ancestors merged with this session's own (inner ones win).
+        self.effective_tags: dict[str, str] = dict(self.tags)
+        self._token: Token[Session | None] | None = None
+        self._over_budget_warned = False
+        self._announced = False
+        self._init_args = (name, id, tags, budget_usd, notes)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def _start(self) -> None:
+        if self._token is not None or self.ended_at is not None:
+            raise RuntimeError(f"session {self.id!r} was already entered; create a new one")
+        self.parent = _current.get()
+        if self.parent is not None:
+            self.effective_tags = {**self.parent.effective_tags, **self.tags}
+        self.started_at = datetime.now(UTC)
+        self._token = _current.set(self)
+        self._announce()
+
+    def _end(self, failed: bool) -> None:
+        if self._token is not None:
+            try:
+                _current.reset(self._token)
+            except ValueError:  # exited in another context (e.g. a generator moved across tasks)
+                _current.set(self.parent)
+            self._token = None
+        self.status = "failed" if failed else "completed"
+        self.ended_at = datetime.now(UTC)
+        _pipeline.submit_session(self.info())
+
+    def _announce(self) -> None:
+        self._announced = True
+        _pipeline.submit_session(self.info())
+
+    def __enter__(self) -> Session:
+        self._start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._end(failed=exc_type is not None)
+
+    async def __aenter__(self) -> Session:
+        return self.__enter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __call__(self, func: F) -> F:
+        name, id_, tags, budget, notes = self._init_args
+
+        def fresh() -> Session:
+            return Session(name, id=id_, tags=tags, budget_usd=budget, notes=notes)
+
+        return _decorate(func, fresh)
+
+    # -- records ---------------------------------------------------------------------------------
+    def _add(self, record: UsageRecord) -> None:
+        node: Session | None = self
+        with _lock:
+            while node is not None:
+                node.summary._add(record)
+                node = node.parent
+        if self.budget_usd is not None:
+            self._check_budget()
+
+    def _check_budget(self) -> None:
+        budget = self.budget_usd
+        if budget is not None and not self._over_budget_warned and self.summary.cost_usd > budget:
+            self._over_budget_warned = True
+            logger.warning(
+                "session %r is over budget: $%s spent of $%s",
+                self.name or self.id,
+                self.summary.cost_usd,
+                budget,
+            )
+
+    @property
+    def over_budget(self) -> bool:
+        return self.budget_usd is not None and self.summary.cost_usd > self.budget_usd
+
+    def info(self) -> SessionInfo:
+        return SessionInfo(
+            id=self.id,
+            name=self.name,
+            parent_id=self.parent.id if self.parent else None,
+            tags=self.effective_tags,
+            status=self.status,
+            started_at=self.started_at or datetime.now(UTC),
+            ended_at=self.ended_at,
+            notes=self.notes,
+            budget_usd=self.budget_usd,
+        )
+
+    def __repr__(self) -> str:
+        return f"Session(id={self.id!r}, name={self.name!r}, status={self.status!r})"
+
+
+def _check_tags(tags: Any) -> dict[str, str]:
+    if tags is None:
+        return {}
+    if not isinstance(tags, dict):
+        raise ValueError(f"tags must be a dict of str to str, got {type(tags).__name__}")
+    for key, value in tags.items():
+        if not isinstance(key, str) or not isinstance(value, str | int | float | bool):
+            raise ValueError(f"tags must map strings to strings, got {key!r}: {value!r}")
+    return {key: str(value) for key, value in tags.items()}
+
+
+def _check_budget(budget: Any) -> Decimal | None:
+    if budget is None:
+        return None
+    try:
+        value = Decimal(str(budget))
+    except ArithmeticError:
+        raise ValueError(f"budget_usd must be a number, got {budget!r}") from None
+    if not value.is_finite() or value < 0:
+        raise ValueError(f"budget_usd must be a non-negative number, got {budget!r}")
+    return value
+
+
+def _decorate(func: F, make_session: Callable[[], Session]) -> F:
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            async with make_session():
+                return await func(*args, **kwargs)
+
+        return cast(F, run_async)
+
+    @functools.wraps(func)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with make_session():
+            return func(*args, **kwargs)
+
+    return cast(F, run)
+
+
+def session(
+    name: str | None = None,
+    *,
+    id: str | None = None,
+    tags: dict[str, str] | None = None,
+    budget_usd: float | Decimal | str | None = None,
+    notes: str | None = None,
+) -> Session:
+    """Open a session: ``with``, ``async with`` or ``@session(...)``."""
+    return Session(name, id=id, tags=tags, budget_usd=budget_usd, notes=notes)
+
+
+def track(
+    name: str | None = None, *, tags: dict[str, str] | None = None
+) -> Callable[[F], F]:
+    """Decorator: every call of the function runs in its own session (named after it by default)."""
+    _check_tags(tags)
+
+    def decorator(func: F) -> F:
+        session_name = name or func.__qualname__
+        return _decorate(func, lambda: Session(session_name, tags=tags))
+
+    return decorator
+
+
+def current_session() -> Session | None:
+    """The innermost explicit session of this thread or task, or None."""
+    return _current.get()
+
+
+# -- the implicit per-process session -----------------------------------------------------------
+_implicit: Session | None = None
+_implicit_pid = 0
+
+
+def implicit_session() -> Session:
+    """The session records belong to outside any explicit one: one per process."""
+    global _implicit, _implicit_pid
+    pid = os.getpid()
+    if _implicit is None or _implicit_pid != pid:
+        with _lock:
+            if _implicit is None or _implicit_pid != pid:
+                started = datetime.now(UTC)
+                created = Session(id=f"session_{started:%Y%m%d_%H%M%S}_{pid}")
+                created.started_at = started
+                _implicit, _implicit_pid = created, pid
+    return _implicit
+
+
+def attribute(record_session: Session) -> None:
+    """Make sure sinks have heard of the session before its first record."""
+    if not record_session._announced:
+        record_session._announce()
+
+
+def finish_implicit() -> None:
+    """At exit: the implicit session is complete (if it ever recorded anything)."""
+    if _implicit is not None and _implicit._announced and _implicit_pid == os.getpid():
+        _implicit.status = "completed"
+        _implicit.ended_at = datetime.now(UTC)
+        _pipeline.submit_session(_implicit.info())

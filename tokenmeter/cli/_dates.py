@@ -1,0 +1,58 @@
+"""Parse ``--since`` / ``--until`` values into UTC instants.
+
+Accepted forms: a relative span back from now (``30m``, ``24h``, ``7d``, ``2w``), a date
+(``2026-11-01``) or a date and time (``2026-11-01T10:00``, seconds and a ``Z``/offset optional).
+Everything is UTC. ``--since`` is inclusive. ``--until`` is inclusive too, at the precision given:
+a bare date means the END of that day, so ``--since 2026-11-01 --until 2026-11-01`` is that whole
+day. Internally the upper bound is kept exclusive, which makes both rules one comparison.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+__all__ = ["format_instant", "parse_since", "parse_until"]
+
+_RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_ONE_MS = timedelta(milliseconds=1)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _parse(value: str, now: datetime | None) -> tuple[datetime, bool]:
+    """Return (instant, is_date_only); raise ValueError with a message fit for the user."""
+    text = value.strip()
+    relative = _RELATIVE.match(text.lower())
+    if relative:
+        amount, unit = int(relative.group(1)), relative.group(2)
+        return (now or _now()) - timedelta(**{_UNITS[unit]: amount}), False
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"bad date {value!r}: use 7d, 24h, 30m, 2026-11-01 or 2026-11-01T10:00 (UTC)"
+        ) from None
+    parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    return parsed, bool(_DATE_ONLY.match(text))
+
+
+def parse_since(value: str, *, now: datetime | None = None) -> datetime:
+    """Inclusive lower bound."""
+    return _parse(value, now)[0]
+
+
+def parse_until(value: str, *, now: datetime | None = None) -> datetime:
+    """EXCLUSIVE upper bound: the end of the day for a bare date, else the instant + 1 ms."""
+    instant, date_only = _parse(value, now)
+    return instant + timedelta(days=1) if date_only else instant + _ONE_MS
+
+
+def format_instant(instant: datetime) -> str:
+    """The record timestamp format (``2026-11-22T10:00:00.123Z``), which sorts as text."""
+    instant = instant.astimezone(UTC)
+    return instant.strftime("%Y-%m-%dT%H:%M:%S.") + f"{instant.microsecond // 1000:03d}Z"

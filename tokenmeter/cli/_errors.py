@@ -1,0 +1,13 @@
+"""The one exception every command raises for a user-facing failure."""
+
+from __future__ import annotations
+
+__all__ = ["CliError"]
+
+
+class CliError(Exception):
+    """A problem the user can fix (missing source, bad date, ...): printed as one line, exit 1."""
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,0 +1,95 @@
+"""``tokenmeter prices MODEL``: the rates tokenmeter would apply, and where they come from."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from decimal import Decimal
+from typing import Any
+
+from tokenmeter.cli._dates import format_instant
+from tokenmeter.cli._errors import CliError
+from tokenmeter.cli._output import write_output
+from tokenmeter.cli.reports._format import dumps_exact
+
+__all__ = ["run_prices"]
+
+_RATE_LABELS = (
+    ("input_per_mtok", "input"),
+    ("output_per_mtok", "output"),
+    ("cache_read_per_mtok", "cache read"),
+    ("cache_write_per_mtok", "cache write (5 min)"),
+    ("cache_write_1h_per_mtok", "cache write (1 hour)"),
+    ("reasoning_per_mtok", "reasoning"),
+    ("input_audio_per_mtok", "input audio"),
+    ("output_audio_per_mtok", "output audio"),
+)
+
+
+def _rates(rates: Any) -> dict[str, Decimal]:
+    values = {name: getattr(rates, name) for name, _ in _RATE_LABELS}
+    if getattr(rates, "per_request_usd", 0):
+        values["per_request_usd"] = rates.per_request_usd
+    return values
+
+
+def _load_user_prices() -> None:
+    """Apply the overrides file named by ``TOKENMETER_PRICES``, as a metered process would."""
+    path = os.environ.get("TOKENMETER_PRICES")
+    if not path:
+        return
+    from tokenmeter.pricing import load_prices_file
+
+    try:
+        load_prices_file(path)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"TOKENMETER_PRICES={path}: {exc}") from None
+
+
+def run_prices(args: argparse.Namespace) -> int:
+    from tokenmeter.pricing import describe_price
+
+    _load_user_prices()
+    found = describe_price(args.provider, args.model, at=args.at, tier=args.tier)
+    if found is None:
+        where = f" for provider {args.provider!r}" if args.provider else ""
+        raise CliError(
+            f"no price known for model {args.model!r}{where}: its calls are recorded with a null "
+            "cost (set one with configure(prices=...) or TOKENMETER_PRICES)"
+        )
+    tiers = [
+        {"above_input_tokens": start, **_rates(rates)} for start, rates in found.tiers
+    ]
+    if args.format == "json":
+        document = {
+            "model": found.model,
+            "provider": found.provider,
+            "priced_model": found.priced_model,
+            "tier": found.tier,
+            "at": format_instant(found.at),
+            "price_source": found.price_source,
+            "usd_per_million_tokens": _rates(found.rates),
+            "long_context_tiers": tiers,
+        }
+        write_output(dumps_exact(document) + "\n", None)
+        return 0
+    lines = [
+        f"model          {found.model}"
+        + (f" (priced as {found.priced_model})" if found.priced_model != found.model else ""),
+        f"provider       {found.provider or '(any)'}",
+        f"service tier   {found.tier}",
+        f"as of          {format_instant(found.at)}",
+        f"price source   {found.price_source}",
+        "",
+        "USD per 1M tokens",
+    ]
+    for name, label in _RATE_LABELS:
+        lines.append(f"  {label:<22}{getattr(found.rates, name):>12}")
+    if found.rates.per_request_usd:
+        lines.append(f"  {'per request (USD)':<22}{found.rates.per_request_usd:>12}")
+    for start, rates in found.tiers:
+        lines.append(f"above {start:,} input tokens (every token of the call):")
+        for name, label in _RATE_LABELS[:4]:
+            lines.append(f"  {label:<22}{getattr(rates, name):>12}")
+    write_output("\n".join(lines) + "\n", None)
+    return 0

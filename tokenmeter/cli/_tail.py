@@ -1,0 +1,141 @@
+"""``tokenmeter tail [-f]``: the latest records, then (with -f) each new one as it arrives.
+
+Following polls: SQLite by ``rowid`` (insertion order, so a late batch with older timestamps is
+still shown), JSONL by byte offset (only complete lines; a truncated file is read again from the
+start). Ctrl-C ends it quietly with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from tokenmeter.cli._errors import CliError
+from tokenmeter.cli._source import Source, open_sqlite, resolve_source
+from tokenmeter.cli.reports._format import dumps_exact, fmt_int, fmt_usd
+from tokenmeter.cli.reports._model import Call
+from tokenmeter.cli.reports._query import sqlite_row_to_json
+
+__all__ = ["format_call_line", "run_tail"]
+
+
+def format_call_line(call: Call) -> str:
+    session = call.session_name or call.session_id or "-"
+    status = call.status if not call.error else f"{call.status}:{call.error}"
+    return (
+        f"{call.timestamp}  {call.provider}/{call.model}  in={fmt_int(call.input_tokens)} "
+        f"out={fmt_int(call.output_tokens)} total={fmt_int(call.total_tokens)}  "
+        f"{fmt_usd(call.cost)}  session={session}  {status}"
+    )
+
+
+def _emit(calls: list[Call], as_json: bool) -> None:
+    for call in calls:
+        if as_json:
+            print(dumps_exact(call.as_json(), indent=0).replace("\n", ""), flush=True)
+        else:
+            print(format_call_line(call), flush=True)
+
+
+class _SqliteFollower:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn = open_sqlite(path)
+        self.conn.row_factory = sqlite3.Row
+        self.last_rowid = 0
+
+    def last(self, count: int) -> list[Call]:
+        rows = self.conn.execute(
+            "SELECT rowid AS _rowid, * FROM records ORDER BY rowid DESC LIMIT ?", [count]
+        ).fetchall()
+        top = self.conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM records").fetchone()
+        self.last_rowid = int(top[0])
+        return [Call.from_json(sqlite_row_to_json(row)) for row in reversed(rows)]
+
+    def new(self) -> list[Call]:
+        rows = self.conn.execute(
+            "SELECT rowid AS _rowid, * FROM records WHERE rowid > ? ORDER BY rowid",
+            [self.last_rowid],
+        ).fetchall()
+        if rows:
+            self.last_rowid = int(rows[-1]["_rowid"])
+        return [Call.from_json(sqlite_row_to_json(row)) for row in rows]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class _JsonlFollower:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.skipped = 0
+
+    def _read_from(self, offset: int, keep: int | None) -> tuple[deque[dict[str, Any]], int]:
+        """Complete records after ``offset`` (only the last ``keep`` of them when given)."""
+        records: deque[dict[str, Any]] = deque(maxlen=keep)
+        try:
+            with self.path.open("rb") as handle:
+                if handle.seek(0, 2) < offset:  # truncated or replaced: start again
+                    offset = 0
+                handle.seek(offset)
+                for line in handle:
+                    if not line.endswith(b"\n"):
+                        break  # a line still being written: read it next time
+                    offset += len(line)
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        self.skipped += 1
+                        continue
+                    if isinstance(record, dict):
+                        records.append(record)
+        except OSError as exc:
+            raise CliError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        return records, offset
+
+    def last(self, count: int) -> list[Call]:
+        records, self.offset = self._read_from(0, count)
+        return [Call.from_json(record) for record in records]
+
+    def new(self) -> list[Call]:
+        records, self.offset = self._read_from(self.offset, None)
+        return [Call.from_json(record) for record in records]
+
+    def close(self) -> None:
+        if self.skipped:
+            print(
+                f"tokenmeter: warning: skipped {self.skipped} corrupt lines in {self.path}",
+                file=sys.stderr,
+            )
+
+
+def _follower(source: Source) -> _SqliteFollower | _JsonlFollower:
+    return _SqliteFollower(source.path) if source.kind == "sqlite" else _JsonlFollower(source.path)
+
+
+def run_tail(args: argparse.Namespace) -> int:
+    source = resolve_source(args.source)
+    follower = _follower(source)
+    as_json = args.format == "json"
+    try:
+        _emit(follower.last(args.lines), as_json)
+        while args.follow:
+            time.sleep(args.interval)
+            try:
+                _emit(follower.new(), as_json)
+            except sqlite3.Error as exc:
+                raise CliError(f"cannot read {source.path}: {exc}") from None
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:
+        sys.stderr.close()  # the reader went away (| head): nothing more to say
+    finally:
+        follower.close()
+    return 0

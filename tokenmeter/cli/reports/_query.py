@@ -1,0 +1,298 @@
+"""Filter and aggregate usage records into a Report, from SQLite or JSONL.
+
+SQLite is aggregated by SQL ``GROUP BY`` over the integer pico-USD column ``cost_pusd`` (exact and
+fast); JSONL is streamed once, whatever the number of groupings asked for, with costs read as
+``Decimal(str(number))``. Memory stays flat: only the groups and at most ``calls_limit`` calls are
+kept.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from tokenmeter.cli._dates import format_instant
+from tokenmeter.cli._errors import CliError
+from tokenmeter.cli._progress import Progress
+from tokenmeter.cli._source import JsonlReader, Source, open_sqlite
+from tokenmeter.cli.reports._model import (
+    NONE_LABEL,
+    Breakdown,
+    Call,
+    Dimension,
+    Report,
+    Row,
+    Totals,
+    key_columns,
+)
+
+__all__ = ["Query", "read_calls", "run_query", "sqlite_row_to_json"]
+
+_PUSD = Decimal(10**12)
+_COUNTS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+)
+
+Extractor = Callable[[dict[str, Any]], str]
+
+
+@dataclass(frozen=True)
+class Query:
+    """What to read: a time window, the groupings to total, and whether to list calls."""
+
+    groupings: tuple[tuple[Dimension, ...], ...]
+    since: datetime | None = None
+    until: datetime | None = None  # exclusive
+    session_id: str | None = None
+    calls_limit: int | None = None  # None: no call list; 0: every call
+
+
+def run_query(source: Source, query: Query, progress: Progress | None = None) -> Report:
+    if not query.groupings:
+        raise ValueError("a query needs at least one grouping")
+    if source.kind == "sqlite":
+        breakdowns, calls, skipped = _run_sqlite(source, query, progress)
+    else:
+        breakdowns, calls, skipped = _run_jsonl(source, query, progress)
+    totals = Totals()
+    for row in breakdowns[0].rows:
+        totals.add(row.totals)
+    return Report(
+        source=str(source.path),
+        since=query.since,
+        until=query.until,
+        totals=totals,
+        breakdowns=breakdowns,
+        calls=calls,
+        calls_limit=query.calls_limit,
+        skipped_lines=skipped,
+    )
+
+
+def read_calls(source: Source, query: Query, progress: Progress | None = None) -> list[Call]:
+    """Just the calls (for ``session`` and ``tail``), oldest first."""
+    return run_query(source, query, progress).calls or []
+
+
+def _sort_rows(columns: tuple[str, ...], rows: Iterable[Row]) -> list[Row]:
+    """Days read best in time order; everything else most expensive first."""
+    if "day" in columns:
+        return sorted(rows, key=lambda row: row.key)
+    return sorted(
+        rows,
+        key=lambda row: (-(row.totals.cost or Decimal(-1)), -row.totals.calls, row.key),
+    )
+
+
+# --- SQLite ----------------------------------------------------------------------------------
+
+
+def _sql_column(column: str) -> tuple[str, list[str]]:
+    """SQL expression (and its parameters) for one key column."""
+    if column == "provider":
+        return f"COALESCE(model_provider, '{NONE_LABEL}')", []
+    if column == "model":
+        return f"COALESCE(model_name, '{NONE_LABEL}')", []
+    if column == "session_id":
+        return f"COALESCE(session_id, '{NONE_LABEL}')", []
+    if column == "session":
+        return "COALESCE(session_name, '')", []
+    if column == "day":
+        return "substr(timestamp, 1, 10)", []
+    key = column.removeprefix("tag:")
+    path = '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"COALESCE(CAST(json_extract(tags, ?) AS TEXT), '{NONE_LABEL}')", [path]
+
+
+def _where(query: Query) -> tuple[str, list[str]]:
+    clauses: list[str] = []
+    params: list[str] = []
+    if query.since is not None:
+        clauses.append("timestamp >= ?")
+        params.append(format_instant(query.since))
+    if query.until is not None:
+        clauses.append("timestamp < ?")
+        params.append(format_instant(query.until))
+    if query.session_id is not None:
+        clauses.append("session_id = ?")
+        params.append(query.session_id)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def sqlite_row_to_json(row: sqlite3.Row) -> dict[str, Any]:
+    """A records row in the JSONL shape (tags and breakdown parsed, cost kept exact)."""
+    data = dict(row)
+    for name in ("tags", "cost_breakdown"):
+        text = data.get(name)
+        data[name] = json.loads(text, parse_float=Decimal) if text else None
+    return data
+
+
+def _run_sqlite(
+    source: Source, query: Query, progress: Progress | None
+) -> tuple[list[Breakdown], list[Call] | None, int]:
+    conn = open_sqlite(source.path)
+    if progress is not None:
+        tick = progress.update
+
+        def on_progress() -> int:
+            tick()
+            return 0  # 0 = carry on
+
+        conn.set_progress_handler(on_progress, 100_000)
+    where, where_params = _where(query)
+    try:
+        breakdowns = [
+            _sqlite_breakdown(conn, grouping, where, where_params) for grouping in query.groupings
+        ]
+        calls = None
+        if query.calls_limit is not None:
+            limit = query.calls_limit or -1
+            conn.row_factory = sqlite3.Row
+            rows = conn.execute(
+                f"SELECT * FROM records{where} ORDER BY timestamp DESC, rowid DESC LIMIT ?",
+                [*where_params, limit],
+            ).fetchall()
+            calls = [Call.from_json(sqlite_row_to_json(row)) for row in reversed(rows)]
+    except sqlite3.Error as exc:
+        raise CliError(f"cannot read {source.path}: {exc}") from None
+    finally:
+        conn.close()
+    return breakdowns, calls, 0
+
+
+def _sqlite_breakdown(
+    conn: sqlite3.Connection,
+    grouping: tuple[Dimension, ...],
+    where: str,
+    where_params: list[str],
+) -> Breakdown:
+    columns = key_columns(grouping)
+    exprs: list[str] = []
+    params: list[str] = []
+    for column in columns:
+        expr, expr_params = _sql_column(column)
+        exprs.append(expr)
+        params.extend(expr_params)
+    positions = ", ".join(str(i) for i in range(1, len(columns) + 1))
+    sql = (
+        f"SELECT {', '.join(exprs)}, COUNT(*), SUM(input_tokens), SUM(output_tokens), "
+        "SUM(cache_read_tokens), SUM(cache_write_tokens), SUM(reasoning_tokens), "
+        f"SUM(total_tokens), COUNT(cost_pusd), SUM(cost_pusd) FROM records{where} "
+        f"GROUP BY {positions}"
+    )
+    n = len(columns)
+    rows = []
+    for values in conn.execute(sql, [*params, *where_params]):
+        counts = [int(v or 0) for v in values[n : n + 8]]
+        totals = Totals(*counts, priced_cost=Decimal(values[n + 8] or 0) / _PUSD)
+        rows.append(Row(tuple(str(v) for v in values[:n]), totals))
+    return Breakdown(grouping, columns, _sort_rows(columns, rows))
+
+
+# --- JSONL -----------------------------------------------------------------------------------
+
+
+def _extractor(column: str) -> Extractor:
+    if column == "provider":
+        return lambda r: r.get("model_provider") or NONE_LABEL
+    if column == "model":
+        return lambda r: r.get("model_name") or NONE_LABEL
+    if column == "session_id":
+        return lambda r: r.get("session_id") or NONE_LABEL
+    if column == "session":
+        return lambda r: r.get("session_name") or ""
+    if column == "day":
+        return lambda r: str(r["timestamp"])[:10]
+    key = column.removeprefix("tag:")
+
+    def tag(record: dict[str, Any]) -> str:
+        tags = record.get("tags")
+        value = tags.get(key) if isinstance(tags, dict) else None
+        return NONE_LABEL if value is None else str(value)
+
+    return tag
+
+
+class _Grouper:
+    """Running totals of one grouping over a stream of JSONL records."""
+
+    def __init__(self, grouping: tuple[Dimension, ...]) -> None:
+        self.grouping = grouping
+        self.columns = key_columns(grouping)
+        self.extractors = [_extractor(column) for column in self.columns]
+        self.groups: dict[tuple[str, ...], Totals] = {}
+
+    def add(self, record: dict[str, Any], cost: Decimal | None) -> None:
+        key = tuple([extract(record) for extract in self.extractors])
+        totals = self.groups.get(key)
+        if totals is None:
+            totals = self.groups[key] = Totals()
+        get = record.get
+        totals.calls += 1
+        totals.input_tokens += int(get("input_tokens") or 0)
+        totals.output_tokens += int(get("output_tokens") or 0)
+        totals.cache_read_tokens += int(get("cache_read_tokens") or 0)
+        totals.cache_write_tokens += int(get("cache_write_tokens") or 0)
+        totals.reasoning_tokens += int(get("reasoning_tokens") or 0)
+        totals.total_tokens += int(get("total_tokens") or 0)
+        if cost is not None:
+            totals.priced_calls += 1
+            totals.priced_cost += cost
+
+    def breakdown(self) -> Breakdown:
+        rows = [Row(key, totals) for key, totals in self.groups.items()]
+        return Breakdown(self.grouping, self.columns, _sort_rows(self.columns, rows))
+
+
+def _run_jsonl(
+    source: Source, query: Query, progress: Progress | None
+) -> tuple[list[Breakdown], list[Call] | None, int]:
+    reader = JsonlReader(source.path, on_progress=progress.update if progress else None)
+    since = format_instant(query.since) if query.since is not None else None
+    until = format_instant(query.until) if query.until is not None else None
+    groupers = [_Grouper(grouping) for grouping in query.groupings]
+    keep: deque[dict[str, Any]] | None = None
+    if query.calls_limit is not None:
+        keep = deque(maxlen=query.calls_limit or None)
+    for record in reader:
+        timestamp = record["timestamp"]
+        if not isinstance(timestamp, str):
+            reader.skipped += 1
+            continue
+        if (since is not None and timestamp < since) or (until is not None and timestamp >= until):
+            continue
+        if query.session_id is not None and record.get("session_id") != query.session_id:
+            continue
+        try:
+            raw_cost = record.get("estimated_cost_usd")
+            cost = None if raw_cost is None else Decimal(str(raw_cost))
+            _add_all(groupers, record, cost)
+        except (TypeError, ValueError, InvalidOperation, AttributeError):
+            reader.skipped += 1
+            continue
+        if keep is not None:
+            keep.append(record)
+    calls = None if keep is None else [Call.from_json(record) for record in keep]
+    return [g.breakdown() for g in groupers], calls, reader.skipped
+
+
+def _add_all(groupers: Sequence[_Grouper], record: dict[str, Any], cost: Decimal | None) -> None:
+    # Validate before touching any totals so a bad record never leaves half-added sums behind.
+    for name in _COUNTS:
+        value = record.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(name)
+    for grouper in groupers:
+        grouper.add(record, cost)

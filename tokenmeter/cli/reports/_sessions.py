@@ -1,0 +1,230 @@
+"""Sessions as the ``sessions`` and ``session ID`` commands show them.
+
+SQLite has a ``sessions`` table (name, status, start and end, notes); JSONL has only records, so
+there a session is what its records say: first and last call, the name they carry.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from tokenmeter.cli._dates import format_instant
+from tokenmeter.cli._errors import CliError
+from tokenmeter.cli._source import JsonlReader, Source, open_sqlite
+from tokenmeter.cli.reports._model import NONE_LABEL, Call, Totals
+from tokenmeter.cli.reports._query import sqlite_row_to_json
+
+__all__ = ["SessionDetail", "SessionRow", "find_session", "list_sessions"]
+
+_PUSD = Decimal(10**12)
+
+
+@dataclass
+class SessionRow:
+    session_id: str
+    name: str | None
+    first_call: str
+    last_call: str
+    status: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    notes: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    totals: Totals = field(default_factory=Totals)
+
+
+@dataclass
+class SessionDetail:
+    session: SessionRow
+    calls: list[Call]
+
+
+def _window(since: datetime | None, until: datetime | None) -> tuple[str | None, str | None]:
+    return (
+        None if since is None else format_instant(since),
+        None if until is None else format_instant(until),
+    )
+
+
+def list_sessions(
+    source: Source, *, since: datetime | None = None, until: datetime | None = None
+) -> tuple[list[SessionRow], int]:
+    """Every session with calls in the window, most recently active first; and skipped lines."""
+    low, high = _window(since, until)
+    if source.kind == "sqlite":
+        return _list_sqlite(source, low, high), 0
+    reader = JsonlReader(source.path)
+    rows: dict[str, SessionRow] = {}
+    for record in reader:
+        timestamp = record.get("timestamp")
+        if not isinstance(timestamp, str):
+            reader.skipped += 1
+            continue
+        if (low is not None and timestamp < low) or (high is not None and timestamp >= high):
+            continue
+        try:
+            call = Call.from_json(record)
+        except (TypeError, ValueError, ArithmeticError):
+            reader.skipped += 1
+            continue
+        session_id = call.session_id or NONE_LABEL
+        row = rows.get(session_id)
+        if row is None:
+            row = rows[session_id] = SessionRow(session_id, call.session_name, timestamp, timestamp)
+        row.first_call = min(row.first_call, timestamp)
+        row.last_call = max(row.last_call, timestamp)
+        _add_call(row.totals, call)
+    reader.warn_skipped()
+    ordered = sorted(rows.values(), key=lambda row: row.last_call, reverse=True)
+    return ordered, reader.skipped
+
+
+def _add_call(totals: Totals, call: Call) -> None:
+    totals.calls += 1
+    totals.input_tokens += call.input_tokens
+    totals.output_tokens += call.output_tokens
+    totals.cache_read_tokens += call.cache_read_tokens
+    totals.cache_write_tokens += call.cache_write_tokens
+    totals.reasoning_tokens += call.reasoning_tokens
+    totals.total_tokens += call.total_tokens
+    if call.cost is not None:
+        totals.priced_calls += 1
+        totals.priced_cost += call.cost
+
+
+def _has_sessions_table(conn: sqlite3.Connection) -> bool:
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='sessions'"
+    ).fetchone()
+    return found is not None
+
+
+def _list_sqlite(source: Source, low: str | None, high: str | None) -> list[SessionRow]:
+    conn = open_sqlite(source.path)
+    clauses, params = [], []
+    if low is not None:
+        clauses.append("r.timestamp >= ?")
+        params.append(low)
+    if high is not None:
+        clauses.append("r.timestamp < ?")
+        params.append(high)
+    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    joined = _has_sessions_table(conn)
+    info = (
+        "s.name, s.status, s.started_at, s.ended_at, s.notes, s.tags"
+        if joined
+        else "NULL, NULL, NULL, NULL, NULL, NULL"
+    )
+    join = " LEFT JOIN sessions s ON s.id = r.session_id" if joined else ""
+    sql = (
+        f"SELECT COALESCE(r.session_id, '{NONE_LABEL}'), MAX(r.session_name), MIN(r.timestamp), "
+        "MAX(r.timestamp), COUNT(*), SUM(r.input_tokens), SUM(r.output_tokens), "
+        "SUM(r.cache_read_tokens), SUM(r.cache_write_tokens), SUM(r.reasoning_tokens), "
+        f"SUM(r.total_tokens), COUNT(r.cost_pusd), SUM(r.cost_pusd), {info} "
+        f"FROM records r{join}{where} GROUP BY 1 ORDER BY 4 DESC"
+    )
+    try:
+        result = [_sqlite_session_row(values) for values in conn.execute(sql, params)]
+    except sqlite3.Error as exc:
+        raise CliError(f"cannot read {source.path}: {exc}") from None
+    finally:
+        conn.close()
+    return result
+
+
+def _sqlite_session_row(values: tuple[Any, ...]) -> SessionRow:
+    counts = [int(v or 0) for v in values[4:12]]
+    totals = Totals(*counts, priced_cost=Decimal(values[12] or 0) / _PUSD)
+    name, status, started, ended, notes, tags = values[13:19]
+    return SessionRow(
+        session_id=values[0],
+        name=name or values[1],
+        first_call=values[2],
+        last_call=values[3],
+        status=status,
+        started_at=started,
+        ended_at=ended,
+        notes=notes,
+        tags=json.loads(tags) if tags else {},
+        totals=totals,
+    )
+
+
+def find_session(source: Source, wanted: str) -> SessionDetail:
+    """The session with this id, else the most recent one with this name; CliError if none."""
+    if source.kind == "sqlite":
+        return _find_sqlite(source, wanted)
+    reader = JsonlReader(source.path)
+    by_id: list[Call] = []
+    by_name: dict[str, list[Call]] = {}
+    for record in reader:
+        session_id, name = record.get("session_id"), record.get("session_name")
+        if session_id != wanted and name != wanted:
+            continue
+        try:
+            call = Call.from_json(record)
+        except (TypeError, ValueError, ArithmeticError):
+            reader.skipped += 1
+            continue
+        if session_id == wanted:
+            by_id.append(call)
+        else:
+            by_name.setdefault(str(session_id), []).append(call)
+    reader.warn_skipped()
+    calls = by_id or max(by_name.values(), key=lambda c: max(x.timestamp for x in c), default=[])
+    if not calls:
+        raise CliError(f"no session {wanted!r} in {source.path}")
+    calls.sort(key=lambda call: call.timestamp)
+    row = SessionRow(
+        calls[0].session_id or NONE_LABEL,
+        calls[-1].session_name,
+        calls[0].timestamp,
+        calls[-1].timestamp,
+    )
+    for call in calls:
+        _add_call(row.totals, call)
+    return SessionDetail(row, calls)
+
+
+def _find_sqlite(source: Source, wanted: str) -> SessionDetail:
+    conn = open_sqlite(source.path)
+    conn.row_factory = sqlite3.Row
+    try:
+        session_id = wanted
+        hit = conn.execute("SELECT 1 FROM records WHERE session_id = ? LIMIT 1", [wanted])
+        if hit.fetchone() is None:
+            latest = conn.execute(
+                "SELECT session_id FROM records WHERE session_name = ? "
+                "ORDER BY timestamp DESC LIMIT 1",
+                [wanted],
+            ).fetchone()
+            if latest is None:
+                raise CliError(f"no session {wanted!r} in {source.path}")
+            session_id = latest[0]
+        rows = conn.execute(
+            "SELECT * FROM records WHERE session_id = ? ORDER BY timestamp, rowid", [session_id]
+        ).fetchall()
+        calls = [Call.from_json(sqlite_row_to_json(row)) for row in rows]
+        info = None
+        if _has_sessions_table(conn):
+            info = conn.execute("SELECT * FROM sessions WHERE id = ?", [session_id]).fetchone()
+    except sqlite3.Error as exc:
+        raise CliError(f"cannot read {source.path}: {exc}") from None
+    finally:
+        conn.close()
+    row = SessionRow(session_id, calls[-1].session_name, calls[0].timestamp, calls[-1].timestamp)
+    if info is not None:
+        row.name = info["name"] or row.name
+        row.status = info["status"]
+        row.started_at = info["started_at"]
+        row.ended_at = info["ended_at"]
+        row.notes = info["notes"]
+        row.tags = json.loads(info["tags"]) if info["tags"] else {}
+    for call in calls:
+        _add_call(row.totals, call)
+    return SessionDetail(row, calls)

@@ -1,0 +1,24 @@
+"""Pricing: user overrides and errata first, then genai-prices' bundled table; cached.
+
+``price_usage(provider, model, usage, at=..., tier=...)`` is what the rest of tokenmeter calls.
+"""
+
+from ._engine import PriceDescription, clear_cache, describe_price, price_usage, set_price_source
+from ._overrides import load_prices_file, read_prices_file, set_aliases, set_user_prices
+from ._source import PricedModel, PriceSource, RateCard, Rates
+
+__all__ = [
+    "PriceDescription",
+    "PriceSource",
+    "PricedModel",
+    "RateCard",
+    "Rates",
+    "clear_cache",
+    "describe_price",
+    "load_prices_file",
+    "price_usage",
+    "read_prices_file",
+    "set_aliases",
+    "set_price_source",
+    "set_user_prices",
+]

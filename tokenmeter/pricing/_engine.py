@@ -1,0 +1,334 @@
+"""price_usage: the one function the rest of tokenmeter calls, and its cache.
+
+Resolution (names, aliases, overrides, table lookup) runs once per (provider, model, tier); the
+rates in effect run once per UTC day (or off-peak window). What is left per call is a Decimal dot
+product over the token classes, a few microseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Hashable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from tokenmeter._models import Cost, Usage
+
+from . import _overrides
+from ._errata import ErrataSource
+from ._genai import GenaiPricesSource
+from ._names import name_candidates, normalise_provider
+from ._source import PricedModel, PriceSource, RateCard, Rates, Tier, normalise_tier
+
+__all__ = [
+    "PriceDescription",
+    "clear_cache",
+    "describe_price",
+    "price_usage",
+    "set_price_source",
+]
+
+logger = logging.getLogger("tokenmeter")
+
+_ZERO = Decimal(0)
+_PER_MTOK = Decimal(1_000_000)
+_UNKNOWN = Cost(total_usd=None, breakdown=None, price_source=None, priced_model=None)
+_MAX_ENTRIES = 10_000  # distinct (provider, model, tier) triples before the cache starts over
+_MAX_PERIODS = 1_000  # cached days/windows per entry
+
+
+class _PerToken:
+    """One set of Rates divided by a million, ready for the dot product."""
+
+    __slots__ = (
+        "audio_in",
+        "audio_out",
+        "cache_read",
+        "cache_write",
+        "cache_write_1h",
+        "input",
+        "output",
+        "per_request",
+        "reasoning",
+        "source",
+    )
+
+    def __init__(self, rates: Rates, source: str) -> None:
+        self.source = source
+        self.input = rates.input_per_mtok / _PER_MTOK
+        self.output = rates.output_per_mtok / _PER_MTOK
+        self.cache_read = rates.cache_read_per_mtok / _PER_MTOK
+        self.cache_write = rates.cache_write_per_mtok / _PER_MTOK
+        self.cache_write_1h = rates.cache_write_1h_per_mtok / _PER_MTOK
+        self.audio_in = rates.input_audio_per_mtok / _PER_MTOK
+        self.audio_out = rates.output_audio_per_mtok / _PER_MTOK
+        self.reasoning = rates.reasoning_per_mtok / _PER_MTOK
+        self.per_request = rates.per_request_usd
+
+
+class _Vector:
+    """A RateCard compiled for pricing; ``price`` is the hot path."""
+
+    __slots__ = ("base", "card", "tiers")
+
+    def __init__(self, card: RateCard) -> None:
+        self.card = card
+        self.base = _PerToken(card.base, card.price_source)
+        tier_source = card.tiers_price_source or card.price_source
+        self.tiers = tuple(
+            (start, _PerToken(rates, tier_source)) for start, rates in reversed(card.tiers)
+        )
+
+    def price(self, usage: Usage) -> Cost:
+        total_in = usage.input_tokens
+        r = self.base
+        for start, tier_rates in self.tiers:  # highest threshold first; a cliff on total input
+            if total_in > start:
+                r = tier_rates
+                break
+        cache_read = usage.cache_read_tokens
+        cache_write = usage.cache_write_tokens
+        write_1h = usage.cache_write_1h_tokens
+        uncached = total_in - cache_read - cache_write
+        audio_in = min(usage.input_audio_tokens, max(uncached, 0))
+        audio_out = usage.output_audio_tokens
+        reasoning = usage.reasoning_tokens
+        text_out = usage.output_tokens - audio_out - reasoning
+
+        input_usd = r.per_request
+        if uncached - audio_in > 0:
+            input_usd = input_usd + r.input * (uncached - audio_in)
+        if audio_in:
+            input_usd = input_usd + r.audio_in * audio_in
+        read_usd = r.cache_read * cache_read if cache_read else _ZERO
+        write_usd = _ZERO
+        if cache_write - write_1h:
+            write_usd = r.cache_write * (cache_write - write_1h)
+        if write_1h:
+            write_usd = write_usd + r.cache_write_1h * write_1h
+        output_usd = r.output * text_out if text_out else _ZERO
+        if audio_out:
+            output_usd = output_usd + r.audio_out * audio_out
+        if reasoning:
+            output_usd = output_usd + r.reasoning * reasoning
+        return Cost.model_construct(
+            total_usd=input_usd + read_usd + write_usd + output_usd,
+            breakdown={
+                "input": input_usd,
+                "cache_read": read_usd,
+                "cache_write": write_usd,
+                "output": output_usd,
+            },
+            price_source=r.source,
+            priced_model=self.card.priced_model,
+        )
+
+
+class _Entry:
+    """Everything known about one (provider, model, tier) as the caller spelled it."""
+
+    __slots__ = ("models", "periods", "provider", "tier", "timed")
+
+    def __init__(self, provider: str | None, models: tuple[PricedModel, ...], tier: Tier) -> None:
+        self.provider = provider
+        self.models = models
+        self.tier = tier
+        self.timed = any(m.time_dependent for m in models)
+        self.periods: dict[Hashable, _Vector | None] = {}
+
+    def period_key(self, at: datetime) -> Hashable:
+        if not self.timed:
+            return at.date()
+        return (at.date(), *(m.time_slot(at) for m in self.models))
+
+    def vector(self, at: datetime) -> _Vector | None:
+        key = self.period_key(at)
+        try:
+            return self.periods[key]
+        except KeyError:
+            pass
+        vector = None
+        for model in self.models:
+            card = model.rate_card(at, self.tier)
+            if card is not None:
+                vector = _Vector(card)
+                break
+        if len(self.periods) >= _MAX_PERIODS:
+            self.periods.clear()
+        self.periods[key] = vector
+        return vector
+
+
+_source: PriceSource = ErrataSource(GenaiPricesSource())
+_entries: dict[tuple[str | None, str, str | None], _Entry] = {}
+_warned: set[tuple[str | None, str]] = set()
+_lock = threading.Lock()
+
+
+def price_usage(
+    provider: str | None,
+    model: str,
+    usage: Usage,
+    *,
+    at: datetime | None = None,
+    tier: str | None = None,
+) -> Cost:
+    """What ``usage`` cost at ``at`` (default now); ``total_usd`` is None for an unknown model.
+
+    ``tier`` is the service tier / processing mode the response reported ("batch", "flex",
+    "priority"; None, "default", "standard", "auto" mean standard). Never raises for an unknown
+    model: it logs one warning per (provider, model) on the ``tokenmeter`` logger instead.
+    """
+    entry = _entries.get((provider, model, tier))
+    if entry is None:
+        entry = _resolve(provider, model, tier)
+    if entry.models:
+        vector = entry.vector(_utc(at))
+        if vector is not None:
+            return vector.price(usage)
+    _warn_unknown(provider, model)
+    return _UNKNOWN
+
+
+@dataclass(frozen=True)
+class PriceDescription:
+    """The rates ``price_usage`` would apply, and where they come from (``tokenmeter prices``)."""
+
+    provider: str | None
+    model: str
+    priced_model: str
+    price_source: str
+    tier: Tier
+    at: datetime
+    rates: Rates
+    #: Long-context tiers: (start, rates) applies to every token when total input > start.
+    tiers: tuple[tuple[int, Rates], ...] = ()
+
+    @property
+    def input_per_mtok(self) -> Decimal:
+        return self.rates.input_per_mtok
+
+    @property
+    def output_per_mtok(self) -> Decimal:
+        return self.rates.output_per_mtok
+
+    @property
+    def cache_read_per_mtok(self) -> Decimal:
+        return self.rates.cache_read_per_mtok
+
+    @property
+    def cache_write_per_mtok(self) -> Decimal:
+        return self.rates.cache_write_per_mtok
+
+    @property
+    def cache_write_1h_per_mtok(self) -> Decimal:
+        return self.rates.cache_write_1h_per_mtok
+
+
+def describe_price(
+    provider: str | None, model: str, *, at: datetime | None = None, tier: str | None = None
+) -> PriceDescription | None:
+    """The per-million-token rates for ``model`` at ``at``, or None when no price is known."""
+    entry = _entries.get((provider, model, tier)) or _resolve(provider, model, tier)
+    when = _utc(at)
+    vector = entry.vector(when) if entry.models else None
+    if vector is None:
+        return None
+    card = vector.card
+    return PriceDescription(
+        provider=entry.provider,
+        model=model,
+        priced_model=card.priced_model,
+        price_source=card.price_source,
+        tier=entry.tier,
+        at=when,
+        rates=card.base,
+        tiers=card.tiers,
+    )
+
+
+def clear_cache() -> None:
+    """Forget resolved names, rates and warnings (after prices, aliases or the source change)."""
+    with _lock:
+        _entries.clear()
+        _warned.clear()
+
+
+def set_price_source(source: PriceSource | None) -> None:
+    """Swap the price table behind the overrides (None: genai-prices with tokenmeter's errata)."""
+    global _source
+    with _lock:
+        _source = source if source is not None else ErrataSource(GenaiPricesSource())
+    clear_cache()
+
+
+_overrides.on_change(clear_cache)
+
+
+def _utc(at: datetime | None) -> datetime:
+    if at is None:
+        return datetime.now(UTC)
+    if at.tzinfo is UTC:
+        return at
+    if at.tzinfo is None:
+        return at.replace(tzinfo=UTC)  # naive timestamps are UTC
+    return at.astimezone(UTC)
+
+
+def _resolve(provider: str | None, model: str, tier: str | None) -> _Entry:
+    with _lock:
+        key = (provider, model, tier)
+        entry = _entries.get(key)
+        if entry is not None:
+            return entry
+        provider_id = normalise_provider(provider)
+        names = _with_alias(name_candidates(model))
+        models: list[PricedModel] = []
+        user = _overrides.find_user_prices(names)
+        if user is not None:
+            models.append(_overrides.UserPricedModel(user[0], user[1], provider_id))
+        table = _find_in_table(provider_id, names)
+        if table is not None:
+            models.append(table)
+        entry = _Entry(provider_id, tuple(models), normalise_tier(tier))
+        if len(_entries) >= _MAX_ENTRIES:
+            _entries.clear()
+        _entries[key] = entry
+        return entry
+
+
+def _with_alias(names: list[str]) -> list[str]:
+    aliases = _overrides.aliases()
+    for name in names:
+        target = aliases.get(name)
+        if target is not None:
+            return name_candidates(target)
+    return names
+
+
+def _find_in_table(provider: str | None, names: list[str]) -> PricedModel | None:
+    """Every spelling with the caller's provider first, then by name alone."""
+    for provider_id in dict.fromkeys((provider, None)):
+        for name in names:
+            found = _source.find(provider_id, name)
+            if found is not None:
+                return found
+    return None
+
+
+def _warn_unknown(provider: str | None, model: str) -> None:
+    key = (provider, model)
+    if key in _warned:
+        return
+    with _lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    logger.warning(
+        "tokenmeter: no price known for model %r (provider %r); its cost is recorded as null. "
+        "Set one with tokenmeter.configure(prices=...) or an alias.",
+        model,
+        provider,
+    )

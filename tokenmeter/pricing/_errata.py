@@ -1,0 +1,154 @@
+"""tokenmeter's corrections to known genai-prices 0.2.3 data bugs (research: anchors-pricing §2.8).
+
+Each correction only fills a gap it can detect in the card it is given, so it retires itself as
+soon as genai-prices ships the fix. A corrected card carries ``price_source="tokenmeter-errata"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, fields, replace
+from datetime import date, datetime
+from decimal import Decimal
+
+from ._source import STANDARD, PricedModel, PriceSource, RateCard, Rates, Tier, utc_midnight
+
+__all__ = ["ERRATA_SOURCE", "ErrataSource"]
+
+ERRATA_SOURCE = "tokenmeter-errata"
+
+_HALF = Decimal("0.5")
+_O3_PRICE_CUT = date(2025, 6, 10)
+
+
+class ErrataSource:
+    """Wraps a source and corrects the cards it returns."""
+
+    def __init__(self, inner: PriceSource) -> None:
+        self._inner = inner
+
+    def find(self, provider: str | None, model: str) -> PricedModel | None:
+        found = self._inner.find(provider, model)
+        return None if found is None else _Corrected(found, model)
+
+
+@dataclass(frozen=True)
+class _Corrected:
+    inner: PricedModel
+    requested: str
+
+    @property
+    def time_dependent(self) -> bool:
+        return self.inner.time_dependent
+
+    def time_slot(self, at: datetime) -> Hashable:
+        return self.inner.time_slot(at)
+
+    def tier_start(self, tier: Tier) -> date | None:
+        return date.min if tier in ("batch", "flex") else self.inner.tier_start(tier)
+
+    def rate_card(self, at: datetime, tier: Tier) -> RateCard | None:
+        card = self.inner.rate_card(at, tier)
+        if card is None:
+            card = self._tier_before_its_start(at, tier)
+            if card is None:
+                return None
+        for correct in _DATA_CORRECTIONS:
+            card = correct(card, self.requested, at)
+        return card
+
+    def _tier_before_its_start(self, at: datetime, tier: Tier) -> RateCard | None:
+        """Batch/flex/priority before genai-prices' variant start date (it prices them standard).
+
+        Use the tier's discount as genai-prices has it from its start date, applied to the
+        standard rates of ``at``; batch and flex without any variant are 50 % (OpenAI, Anthropic
+        and Google have billed batch at half price since long before those dates).
+        """
+        standard = self.rate_card(at, STANDARD)
+        if standard is None:
+            return None
+        start = self.inner.tier_start(tier)
+        factors: Rates | None = None
+        if start is not None and start > at.date():
+            first_day = utc_midnight(start)
+            tier_card = self.inner.rate_card(first_day, tier)
+            standard_then = self.inner.rate_card(first_day, STANDARD)
+            if tier_card is not None and standard_then is not None:
+                factors = _ratios(tier_card.base, standard_then.base)
+        if factors is None:
+            if tier not in ("batch", "flex"):
+                return standard  # no figure for this tier at all: bill it like genai-prices does
+            factors = _uniform(_HALF)
+        return RateCard(
+            priced_model=standard.priced_model,
+            price_source=ERRATA_SOURCE,
+            base=standard.base.scaled(factors),
+            tiers=tuple((start_, rates.scaled(factors)) for start_, rates in standard.tiers),
+        )
+
+
+def _ratios(tier: Rates, standard: Rates) -> Rates:
+    def ratio(name: str) -> Decimal:
+        base: Decimal = getattr(standard, name)
+        return getattr(tier, name) / base if base else Decimal(1)  # type: ignore[no-any-return]
+
+    return Rates(**{f.name: ratio(f.name) for f in fields(Rates)})
+
+
+def _uniform(factor: Decimal) -> Rates:
+    return Rates(**{f.name: factor for f in fields(Rates)})
+
+
+def _mark(card: RateCard, **changes: object) -> RateCard:
+    return replace(card, price_source=ERRATA_SOURCE, **changes)
+
+
+def _gpt4o_audio_preview(card: RateCard, requested: str, at: datetime) -> RateCard:
+    """gpt-4o-audio-preview has no audio rates in genai-prices: audio billed as text."""
+    base = card.base
+    if card.priced_model != "gpt-4o-audio-preview" or base.input_audio_per_mtok != base.input_per_mtok:
+        return card
+    first_snapshot = "2024-10-01" in requested
+    audio_in, audio_out = (Decimal(100), Decimal(200)) if first_snapshot else (Decimal(40), Decimal(80))
+    return _mark(
+        card,
+        base=base.with_rates(input_audio_per_mtok=audio_in, output_audio_per_mtok=audio_out),
+    )
+
+
+def _sonnet_4_long_context(card: RateCard, requested: str, at: datetime) -> RateCard:
+    """claude-sonnet-4-0 lacks the >200k (1M-context) tier that claude-sonnet-4-5 has."""
+    if card.priced_model != "claude-sonnet-4-0" or card.tiers:
+        return card
+    base = card.base
+    two, one_and_half = Decimal(2), Decimal("1.5")
+    long_context = base.with_rates(
+        input_per_mtok=base.input_per_mtok * two,
+        output_per_mtok=base.output_per_mtok * one_and_half,
+        cache_read_per_mtok=base.cache_read_per_mtok * two,
+        cache_write_per_mtok=base.cache_write_per_mtok * two,
+        cache_write_1h_per_mtok=base.cache_write_1h_per_mtok * two,
+        input_audio_per_mtok=base.input_audio_per_mtok * two,
+        output_audio_per_mtok=base.output_audio_per_mtok * one_and_half,
+        reasoning_per_mtok=base.reasoning_per_mtok * one_and_half,
+    )
+    return replace(card, tiers=((200_000, long_context),), tiers_price_source=ERRATA_SOURCE)
+
+
+def _o3_launch_cache_rate(card: RateCard, requested: str, at: datetime) -> RateCard:
+    """o3 before its 2025-06-10 price cut: cached input was $2.50 (a quarter of $10), not $0.50."""
+    base = card.base
+    if (
+        card.priced_model != "o3"
+        or at.date() >= _O3_PRICE_CUT
+        or base.cache_read_per_mtok * 20 != base.input_per_mtok
+    ):
+        return card
+    return _mark(card, base=base.with_rates(cache_read_per_mtok=base.input_per_mtok / 4))
+
+
+_DATA_CORRECTIONS: tuple[Callable[[RateCard, str, datetime], RateCard], ...] = (
+    _gpt4o_audio_preview,
+    _sonnet_4_long_context,
+    _o3_launch_cache_rate,
+)

@@ -1,0 +1,148 @@
+"""The default price source: the data bundled with genai-prices, read offline.
+
+We use genai-prices' model matching and its time-conditional prices, then turn the resolved
+``ModelPrice`` into our gap-free ``RateCard`` once, so the engine can cache it. ``UpdatePrices``
+is never started: the bundled data is the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import genai_prices
+from genai_prices import data_snapshot
+from genai_prices import types as gp
+
+from ._source import RateCard, Rates, Tier
+
+__all__ = ["SOURCE_NAME", "GenaiPricesSource"]
+
+SOURCE_NAME = f"genai-prices {genai_prices.__version__}"
+
+_CONTEXT_FOR_TIER: dict[Tier, dict[str, str]] = {
+    "batch": {"processing": "batch"},
+    "flex": {"service_tier": "flex"},
+    "priority": {"service_tier": "priority"},
+}
+
+
+class GenaiPricesSource:
+    """``PriceSource`` over genai-prices' bundled snapshot."""
+
+    name = SOURCE_NAME
+
+    def find(self, provider: str | None, model: str) -> _GenaiModel | None:
+        snapshot = data_snapshot.get_snapshot()
+        provider_id = provider
+        if provider_id is not None and data_snapshot.find_provider_by_id(
+            snapshot.providers, provider_id
+        ) is None:
+            provider_id = None  # a provider genai-prices does not know: match on the name only
+        try:
+            _, info = snapshot.find_provider_model(model, None, provider_id, None)
+        except LookupError:
+            return None
+        return _GenaiModel(info)
+
+
+@dataclass(frozen=True)
+class _GenaiModel:
+    info: gp.ModelInfo
+
+    @property
+    def time_dependent(self) -> bool:
+        return any(isinstance(c, gp.TimeOfDateConstraint) for c in self._constraints())
+
+    def time_slot(self, at: datetime) -> Hashable:
+        return tuple(
+            c.active(at) for c in self._constraints() if isinstance(c, gp.TimeOfDateConstraint)
+        )
+
+    def rate_card(self, at: datetime, tier: Tier) -> RateCard | None:
+        context = _CONTEXT_FOR_TIER.get(tier)
+        if context is not None and not self._variant_active(context, at):
+            return None  # genai-prices would silently fall back to standard prices here
+        return _rate_card(self.info.id, self.info.get_prices(at, context))
+
+    def tier_start(self, tier: Tier) -> date | None:
+        context = _CONTEXT_FOR_TIER.get(tier)
+        if context is None:
+            return date.min
+        starts = [
+            date.min if v.constraint is None else v.constraint.start_date
+            for v in self._variants(context)
+            if v.constraint is None or isinstance(v.constraint, gp.StartDateConstraint)
+        ]
+        return min(starts, default=None)
+
+    def _variants(self, context: dict[str, str]) -> list[gp.PriceVariant]:
+        return [
+            v
+            for v in self.info.price_variants or ()
+            if all(context.get(key) == value for key, value in v.when.items())
+        ]
+
+    def _variant_active(self, context: dict[str, str], at: datetime) -> bool:
+        return any(v.constraint is None or v.constraint.active(at) for v in self._variants(context))
+
+    def _constraints(self) -> list[Any]:
+        prices = self.info.prices
+        conditional = [] if isinstance(prices, gp.ModelPrice) else [c.constraint for c in prices]
+        variants = [v.constraint for v in self.info.price_variants or ()]
+        return [c for c in conditional + variants if c is not None]
+
+
+def _rate_card(model_id: str, price: gp.ModelPrice) -> RateCard:
+    """Flatten genai-prices' (possibly tiered) ModelPrice into base rates plus cliff tiers."""
+    values: dict[str, Any] = {
+        key: value
+        for key, value in price.__dict__.items()
+        if not key.startswith("_") and value is not None
+    }
+    starts = sorted(
+        {t.start for v in values.values() if isinstance(v, gp.TieredPrices) for t in v.tiers}
+    )
+    base = _rates(values, input_tokens=0)
+    tiers = tuple((start, _rates(values, input_tokens=start + 1)) for start in starts)
+    return RateCard(priced_model=model_id, price_source=SOURCE_NAME, base=base, tiers=tiers)
+
+
+def _rates(values: dict[str, Any], *, input_tokens: int) -> Rates:
+    def rate(key: str) -> Decimal | None:
+        value = values.get(key)
+        if isinstance(value, gp.TieredPrices):
+            chosen = value.base
+            for tier in value.tiers:
+                if input_tokens > tier.start:
+                    chosen = tier.price
+            return chosen
+        return value  # type: ignore[no-any-return]
+
+    zero = Decimal(0)
+    input_rate = rate("input_mtok") or zero
+    output_rate = rate("output_mtok") or zero
+    cache_write = _first(rate("cache_write_5m_mtok"), rate("cache_write_mtok"), input_rate)
+    requests = rate("requests_kcount")
+    return Rates(
+        input_per_mtok=input_rate,
+        output_per_mtok=output_rate,
+        cache_read_per_mtok=_first(rate("cache_read_mtok"), input_rate),
+        cache_write_per_mtok=cache_write,
+        cache_write_1h_per_mtok=_first(rate("cache_write_1h_mtok"), cache_write),
+        input_audio_per_mtok=_first(rate("input_audio_mtok"), input_rate),
+        output_audio_per_mtok=_first(rate("output_audio_mtok"), output_rate),
+        reasoning_per_mtok=_first(rate("output_reasoning_mtok"), output_rate),
+        per_request_usd=zero if requests is None else requests / 1000,
+    )
+
+
+def _first(*rates: Decimal | None) -> Decimal:
+    for value in rates:
+        if value is not None:
+            return value
+    raise AssertionError("the last fallback is never None")
+

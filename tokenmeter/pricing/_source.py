@@ -1,0 +1,130 @@
+"""The swap point between tokenmeter and whatever table it prices from.
+
+A ``PriceSource`` turns a model name into a ``PricedModel``; a ``PricedModel`` answers "which
+rates applied at this moment, in this service tier" with a ``RateCard``. The engine only speaks
+these types, so genai-prices can be replaced by a vendored table without touching the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from typing import Literal, Protocol
+
+__all__ = [
+    "STANDARD",
+    "PriceSource",
+    "PricedModel",
+    "RateCard",
+    "Rates",
+    "Tier",
+    "normalise_tier",
+    "utc_midnight",
+]
+
+Tier = Literal["standard", "batch", "flex", "priority"]
+STANDARD: Tier = "standard"
+
+_TIER_NAMES: dict[str, Tier] = {
+    "standard": "standard",
+    "default": "standard",
+    "auto": "standard",
+    "scale": "standard",  # OpenAI's reserved-capacity tier is billed through a contract, not per token
+    "on_demand": "standard",
+    "batch": "batch",
+    "flex": "flex",
+    "priority": "priority",
+}
+
+
+def utc_midnight(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=UTC)
+
+
+def normalise_tier(tier: str | None) -> Tier:
+    """Map the service tier a response reports to one of the four tiers we price."""
+    if tier is None:
+        return STANDARD
+    return _TIER_NAMES.get(tier.strip().lower(), STANDARD)
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """USD per million tokens for every token class, with no gaps.
+
+    A source that has no separate rate for a class fills in the rate that class is billed at
+    (e.g. cache writes at the input rate when the table has no cache-write price), so pricing is
+    a plain dot product.
+    """
+
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cache_read_per_mtok: Decimal
+    #: Cache writes with the default (5-minute) TTL.
+    cache_write_per_mtok: Decimal
+    cache_write_1h_per_mtok: Decimal
+    input_audio_per_mtok: Decimal
+    output_audio_per_mtok: Decimal
+    reasoning_per_mtok: Decimal
+    #: A flat fee per call (a few providers charge one), in USD.
+    per_request_usd: Decimal = Decimal(0)
+
+    def scaled(self, factors: Rates) -> Rates:
+        """Multiply every rate by the matching field of ``factors``."""
+        return Rates(
+            **{f.name: getattr(self, f.name) * getattr(factors, f.name) for f in fields(self)}
+        )
+
+    def with_rates(self, **changes: Decimal) -> Rates:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class RateCard:
+    """The rates one model had at one moment in one service tier.
+
+    ``tiers`` holds long-context prices: ``(start, rates)`` applies to EVERY token of a call whose
+    total input (cache included) is above ``start`` (a cliff, as Google and Anthropic bill).
+    """
+
+    priced_model: str
+    price_source: str
+    base: Rates
+    tiers: tuple[tuple[int, Rates], ...] = ()
+    #: Where the tier rates come from, when not from ``price_source`` (an erratum adding a tier).
+    tiers_price_source: str | None = None
+
+    def rates_for(self, input_tokens: int) -> Rates:
+        for start, rates in reversed(self.tiers):
+            if input_tokens > start:
+                return rates
+        return self.base
+
+
+class PricedModel(Protocol):
+    """One model as a source knows it."""
+
+    @property
+    def time_dependent(self) -> bool:
+        """True when prices change within a UTC day (off-peak windows)."""
+        ...
+
+    def time_slot(self, at: datetime) -> Hashable:
+        """Cache key part for ``at`` within its day; only called when ``time_dependent``."""
+        ...
+
+    def rate_card(self, at: datetime, tier: Tier) -> RateCard | None:
+        """Rates in effect at ``at`` (UTC) for ``tier``; None when not priced at that moment."""
+        ...
+
+    def tier_start(self, tier: Tier) -> date | None:
+        """First day from which this source prices ``tier`` for the model (None: never)."""
+        ...
+
+
+class PriceSource(Protocol):
+    """Resolves an already-normalised model name (and optional provider id) to a PricedModel."""
+
+    def find(self, provider: str | None, model: str) -> PricedModel | None: ...

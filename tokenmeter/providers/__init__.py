@@ -1,0 +1,173 @@
+"""instrument(), uninstrument() and wrap(): which SDKs get patched, and undoing it exactly.
+
+Each provider module exposes ``patch_targets()`` (class-level patches, applied when the SDK is
+imported: no SDK is imported by tokenmeter itself) and ``wrap_instance(obj)`` (one client only).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import threading
+from types import ModuleType, TracebackType
+from typing import Any, TypeVar
+
+import wrapt
+
+from tokenmeter.providers._core import Patch
+
+__all__ = ["PROVIDERS", "Instrumentation", "instrument", "uninstrument", "wrap"]
+
+logger = logging.getLogger("tokenmeter")
+T = TypeVar("T")
+
+#: Provider name -> (the SDK module whose import triggers patching, our adapter module).
+PROVIDERS: dict[str, tuple[str, str]] = {
+    "openai": ("openai", "tokenmeter.providers.openai"),
+    "anthropic": ("anthropic", "tokenmeter.providers.anthropic"),
+    "google-genai": ("google.genai", "tokenmeter.providers.google_genai"),
+    "google-generativeai": ("google.generativeai", "tokenmeter.providers.google_generativeai"),
+}
+
+_lock = threading.RLock()
+_wanted: set[str] = set()  # providers instrument() asked for (hooks check it when they fire)
+_patches: dict[str, list[Patch]] = {}  # providers actually patched
+_hooked: set[str] = set()  # post-import hooks registered (they cannot be unregistered)
+
+
+def _names(providers: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    if providers is None:
+        return list(PROVIDERS)
+    items = [providers] if isinstance(providers, str) else list(providers)
+    aliases = {"google": "google-genai", "gemini": "google-genai", "google-legacy": "google-generativeai"}
+    names = [aliases.get(item, item) for item in items]
+    unknown = [n for n in names if n not in PROVIDERS]
+    if unknown:
+        raise ValueError(f"unknown provider {unknown[0]!r}; expected some of {list(PROVIDERS)}")
+    return names
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _adapter(name: str) -> ModuleType:
+    return importlib.import_module(PROVIDERS[name][1])
+
+
+def _patch(name: str) -> None:
+    """Called by the post-import hook once the SDK is imported (or at once if it already was)."""
+    with _lock:
+        if name not in _wanted or name in _patches:
+            return
+        patches: list[Patch] = []
+        try:
+            adapter = _adapter(name)
+            adapter.ADAPTER.active = True
+            adapter.ADAPTER.stream_usage = _stream_usage()
+            for owner, method, wrapper in adapter.patch_targets():
+                patch = Patch(owner, method, wrapper)
+                patch.apply()
+                patches.append(patch)
+        except Exception:
+            for patch in patches:
+                patch.restore()
+            logger.warning("tokenmeter could not instrument %s", name, exc_info=True)
+            return
+        _patches[name] = patches
+
+
+def _stream_usage() -> bool:
+    from tokenmeter._runtime import settings
+
+    return settings().stream_usage
+
+
+class Instrumentation:
+    """What one ``instrument()`` call patched; ``with`` it, or ``.uninstrument()``, to undo."""
+
+    def __init__(self, providers: list[str]) -> None:
+        self.providers = providers
+
+    def uninstrument(self) -> None:
+        uninstrument(self.providers)
+
+    def __enter__(self) -> Instrumentation:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.uninstrument()
+
+    def __repr__(self) -> str:
+        return f"Instrumentation(providers={self.providers!r})"
+
+
+def instrument(
+    providers: str | list[str] | tuple[str, ...] | None = None, *, sinks: Any = None
+) -> Instrumentation:
+    """Patch the named provider SDKs (default: every installed one). Idempotent.
+
+    SDKs are patched when the application imports them, so ``import tokenmeter`` and
+    ``instrument()`` import none of them. ``TOKENMETER_DISABLED=1`` makes this a no-op.
+    """
+    from tokenmeter._runtime import configure, settings
+
+    names = _names(providers)
+    if sinks is not None:
+        configure(sinks=sinks)
+    if settings().disabled:
+        return Instrumentation([])
+    newly: list[str] = []
+    with _lock:
+        for name in names:
+            module = PROVIDERS[name][0]
+            if name in _wanted or not _installed(module):
+                continue
+            _wanted.add(name)
+            newly.append(name)
+            if name not in _hooked:
+                _hooked.add(name)
+                wrapt.register_post_import_hook(lambda _m, name=name: _patch(name), module)
+            else:
+                import sys
+
+                if module in sys.modules:
+                    _patch(name)
+    return Instrumentation(newly)
+
+
+def uninstrument(providers: str | list[str] | tuple[str, ...] | None = None) -> None:
+    """Restore the original methods of the named providers (default: all)."""
+    with _lock:
+        for name in _names(providers):
+            _wanted.discard(name)
+            patches = _patches.pop(name, [])
+            if not all([patch.restore() for patch in patches]):
+                # Another library wrapped over ours: our wrapper stays in its chain, inert.
+                _adapter(name).ADAPTER.active = False
+
+
+def wrap(client: T) -> T:
+    """Instrument this one client object only; returns the same object.
+
+    Calls through it are recorded once even while ``instrument()`` is also active.
+    """
+    module = type(client).__module__.split(".")[0]
+    candidates = {
+        "openai": ["openai"],
+        "anthropic": ["anthropic"],
+        "google": ["google-genai", "google-generativeai"],
+    }.get(module, [])
+    for name in candidates:
+        adapter = _adapter(name)
+        if adapter.wrap_instance(client):
+            return client
+    raise ValueError(
+        f"wrap() takes an OpenAI, Anthropic or Google GenAI client, got {type(client).__name__}"
+    )

@@ -1,0 +1,215 @@
+"""Interception for the two Stainless-generated SDKs (openai, anthropic).
+
+Both funnel every API call through ``SyncAPIClient.request`` / ``AsyncAPIClient.request`` with the
+retry loop inside. Patching there (once per SDK) covers every resource, ``parse``, the ``.stream()``
+helpers, beta/Azure/Bedrock/Vertex clients and raw responses, and sees one call per logical call.
+The adapter only says which URLs are billed and how to read their responses and streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tokenmeter.providers._core import (
+    AsyncStreamProxy,
+    Call,
+    StreamReader,
+    SyncStreamProxy,
+    guard,
+    safely,
+)
+from tokenmeter.usage import Extracted
+
+RAW_HEADER = "X-Stainless-Raw-Response"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A billed API route: how to read its responses and its streams."""
+
+    operation: str
+    read: Callable[[Any, str], Extracted]
+    new_reader: Callable[[bool], StreamReader]
+    #: Record each response id once (Responses API: retrieve repeats the same usage).
+    dedupe: bool = False
+
+
+@dataclass(slots=True)
+class Plan:
+    call: Call
+    endpoint: Endpoint
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    streamed: bool
+    hide_usage_chunk: bool
+    raw: str | None
+
+
+class StainlessAdapter:
+    """Subclassed per SDK: ``endpoint()``, ``provider_of()`` and optionally ``prepare()``."""
+
+    sdk = ""
+    active = True
+
+    def endpoint(self, method: str, path: str) -> Endpoint | None:
+        raise NotImplementedError
+
+    def provider_of(self, client: Any) -> str:
+        raise NotImplementedError
+
+    def prepare(self, options: Any, endpoint: Endpoint, streamed: bool) -> tuple[Any, bool]:
+        """Adjust the request options before sending; returns (options, hide_usage_chunk)."""
+        return options, False
+
+    # -- the generic part ------------------------------------------------------------------------
+    def plan(self, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Plan | None:
+        options = args[1] if len(args) > 1 else kwargs.get("options")
+        if options is None:
+            return None
+        endpoint = self.endpoint(str(options.method).lower(), str(options.url).split("?", 1)[0])
+        if endpoint is None:
+            return None
+        streamed = bool(kwargs.get("stream", False))
+        body = options.json_data if isinstance(options.json_data, dict) else {}
+        headers = options.headers if isinstance(options.headers, dict) else {}
+        raw = headers.get(RAW_HEADER) or headers.get(RAW_HEADER.lower())
+        new_options, hide = self.prepare(options, endpoint, streamed)
+        if new_options is not options:
+            args = (args[0], new_options, *args[2:]) if len(args) > 1 else args
+            if len(args) <= 1:
+                kwargs = {**kwargs, "options": new_options}
+        model = body.get("model")
+        call = Call(
+            provider=self.provider_of(client),
+            request_model=model if isinstance(model, str) else None,
+            operation=endpoint.operation,
+            streamed=streamed,
+            dedupe=endpoint.dedupe,
+        )
+        return Plan(call, endpoint, args, kwargs, streamed, hide, raw)
+
+    def finish(self, plan: Plan, result: Any, is_async: bool) -> Any:
+        """Read a returned result, or wrap it so that it is read as it is consumed."""
+        if plan.raw is not None and hasattr(result, "parse") and hasattr(result, "http_response"):
+            return _RawResponseProxy(result, self, plan, is_async)
+        if plan.streamed:
+            proxy = AsyncStreamProxy if is_async else SyncStreamProxy
+            return proxy(result, plan.call, plan.endpoint.new_reader(plan.hide_usage_chunk))
+        plan.call.take(plan.endpoint.read(result, plan.call.provider))
+        plan.call.finish()
+        return result
+
+    def sync_wrapper(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        """The class-level patch (inert once ``active`` is off)."""
+        if not self.active:
+            return wrapped(*args, **kwargs)
+        return self.sync_call(wrapped, instance, args, kwargs)
+
+    async def async_wrapper(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        if not self.active:
+            return await wrapped(*args, **kwargs)
+        return await self.async_call(wrapped, instance, args, kwargs)
+
+    def wrap_client(self, client: Any, sync_base: type, async_base: type) -> bool:
+        """Instrument one client object: its ``request`` becomes ours (instance attribute)."""
+        if not isinstance(client, sync_base | async_base):
+            return False
+        if client.__dict__.get("_tokenmeter_wrapped"):
+            return True
+        bound = type(client).request.__get__(client, type(client))
+        if isinstance(client, async_base):
+
+            async def request_async(*args: Any, **kwargs: Any) -> Any:
+                return await self.async_call(bound, client, args, kwargs)
+
+            client.request = request_async
+        else:
+
+            def request(*args: Any, **kwargs: Any) -> Any:
+                return self.sync_call(bound, client, args, kwargs)
+
+            client.request = request
+        client._tokenmeter_wrapped = True
+        return True
+
+    def sync_call(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        if guard.get():
+            return wrapped(*args, **kwargs)
+        plan = safely(f"planning a {self.sdk} call", self.plan, instance, args, kwargs)
+        if plan is None:
+            return wrapped(*args, **kwargs)
+        token = guard.set(True)
+        try:
+            result = wrapped(*plan.args, **plan.kwargs)
+        except BaseException as exc:
+            plan.call.finish(exc)
+            raise
+        finally:
+            guard.reset(token)
+        wrapped_result = safely(f"reading a {self.sdk} response", self.finish, plan, result, False)
+        return result if wrapped_result is None else wrapped_result
+
+    async def async_call(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        if guard.get():
+            return await wrapped(*args, **kwargs)
+        plan = safely(f"planning a {self.sdk} call", self.plan, instance, args, kwargs)
+        if plan is None:
+            return await wrapped(*args, **kwargs)
+        token = guard.set(True)
+        try:
+            result = await wrapped(*plan.args, **plan.kwargs)
+        except BaseException as exc:
+            plan.call.finish(exc)
+            raise
+        finally:
+            guard.reset(token)
+        wrapped_result = safely(f"reading a {self.sdk} response", self.finish, plan, result, True)
+        return result if wrapped_result is None else wrapped_result
+
+
+class _RawResponseProxy(SyncStreamProxy):
+    """``with_raw_response`` / ``with_streaming_response``: the usage is in what ``parse()`` gives.
+
+    A raw non-stream response has its body already: it is read at once (``parse()`` caches, so the
+    caller's own ``parse()`` returns the same object). Otherwise the parsed result is read, or for
+    a stream wrapped, when the caller asks for it.
+    """
+
+    def __init__(self, wrapped: Any, adapter: StainlessAdapter, plan: Plan, is_async: bool) -> None:
+        super().__init__(wrapped, plan.call, plan.endpoint.new_reader(plan.hide_usage_chunk))
+        self._self_adapter = adapter
+        self._self_plan = plan
+        self._self_async = is_async
+        self._self_parsed: Any = None
+        if plan.raw == "true" and not plan.streamed and not is_async:
+            self._self_take(wrapped.parse())
+
+    def _self_take(self, parsed: Any) -> Any:
+        if self._self_parsed is not None and parsed is self._self_parsed[0]:
+            return self._self_parsed[1]
+        plan = self._self_plan
+        shown: Any
+        if plan.streamed:
+            proxy = AsyncStreamProxy if self._self_async else SyncStreamProxy
+            shown = proxy(parsed, plan.call, plan.endpoint.new_reader(plan.hide_usage_chunk))
+        else:
+            safely("reading a raw response", _read_into, plan, parsed)
+            shown = parsed
+        self._self_parsed = (parsed, shown)
+        return shown
+
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.__wrapped__.parse(*args, **kwargs)
+        if self._self_async and hasattr(result, "__await__"):
+            return self._self_parse_async(result)
+        return self._self_take(result) if not args and not kwargs.get("to") else result
+
+    async def _self_parse_async(self, pending: Any) -> Any:
+        return self._self_take(await pending)
+
+
+def _read_into(plan: Plan, parsed: Any) -> None:
+    plan.call.take(plan.endpoint.read(parsed, plan.call.provider))
+    plan.call.finish()

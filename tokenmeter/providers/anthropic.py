@@ -1,0 +1,94 @@
+"""Anthropic adapter: the messages routes, and the cumulative usage of its streams.
+
+Stream usage arrives twice: complete on ``message_start`` and as cumulative totals on each
+``message_delta`` (fields omitted when unchanged). Merge by overwriting, never by adding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokenmeter.providers._core import Call
+from tokenmeter.providers._stainless import Endpoint, StainlessAdapter
+from tokenmeter.usage import from_anthropic_response
+from tokenmeter.usage.anthropic import tier_from_anthropic, usage_from_anthropic
+
+_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "cache_creation",
+    "output_tokens_details",
+    "service_tier",
+)
+
+
+class EventReader:
+    """Keeps the merged usage fields of one message stream (a handful of values)."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, hide_usage_chunk: bool = False) -> None:
+        self.fields: dict[str, Any] = {}
+
+    def feed(self, event: Any, call: Call) -> bool:
+        kind = getattr(event, "type", None)
+        if kind == "message_start":
+            message = event.message
+            call.model = getattr(message, "model", None) or call.model
+            call.request_id = getattr(message, "id", None)
+            self._merge(getattr(message, "usage", None), call)
+        elif kind == "message_delta":
+            self._merge(getattr(event, "usage", None), call)
+        return False
+
+    def _merge(self, usage: Any, call: Call) -> None:
+        if usage is None:
+            return
+        for name in _FIELDS:
+            value = getattr(usage, name, None)
+            if value is not None:
+                self.fields[name] = value
+        call.usage = usage_from_anthropic(self.fields)
+        call.tier = tier_from_anthropic(self.fields)
+
+
+_MESSAGES = Endpoint("messages", from_anthropic_response, EventReader)
+
+
+class AnthropicAdapter(StainlessAdapter):
+    sdk = "anthropic"
+
+    def endpoint(self, method: str, path: str) -> Endpoint | None:
+        if method != "post":
+            return None
+        if path.endswith("/v1/messages") or path.endswith(":rawPredict") or path.endswith(
+            ":streamRawPredict"
+        ):
+            return _MESSAGES
+        if path.endswith("/model/invoke") or path.endswith("/invoke-with-response-stream"):
+            return _MESSAGES  # Bedrock
+        return None
+
+    def provider_of(self, client: Any) -> str:
+        return "anthropic"
+
+
+ADAPTER = AnthropicAdapter()
+
+
+def patch_targets() -> list[tuple[type, str, Any]]:
+    """(class, method, wrapper) for the installed anthropic SDK."""
+    from anthropic import _base_client
+
+    return [
+        (_base_client.SyncAPIClient, "request", ADAPTER.sync_wrapper),
+        (_base_client.AsyncAPIClient, "request", ADAPTER.async_wrapper),
+    ]
+
+
+def wrap_instance(client: Any) -> bool:
+    from anthropic import _base_client
+
+    return ADAPTER.wrap_client(client, _base_client.SyncAPIClient, _base_client.AsyncAPIClient)

@@ -1,0 +1,145 @@
+"""OpenAI adapter: which routes are billed, how to read them, and the include_usage request.
+
+OpenAI-compatible servers (Groq, DeepSeek, OpenRouter, ...) use the same client; the provider is
+inferred from the base URL's host so the right price table applies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokenmeter.providers._core import Call
+from tokenmeter.providers._stainless import Endpoint, StainlessAdapter
+from tokenmeter.usage import from_openai_response
+from tokenmeter.usage.openai import tier_from_openai, usage_from_openai
+
+_HOSTS = {
+    "api.openai.com": "openai",
+    "api.groq.com": "groq",
+    "api.deepseek.com": "deepseek",
+    "openrouter.ai": "openrouter",
+    "api.mistral.ai": "mistral",
+    "api.x.ai": "x-ai",
+    "api.together.xyz": "together",
+    "api.fireworks.ai": "fireworks",
+    "api.perplexity.ai": "perplexity",
+    "api.cerebras.ai": "cerebras",
+    "generativelanguage.googleapis.com": "google",
+}
+_TERMINAL_EVENTS = {"response.completed", "response.incomplete", "response.failed"}
+
+
+def provider_for_host(host: str, client_class: str = "") -> str:
+    if "Azure" in client_class or host.endswith(".openai.azure.com"):
+        return "azure"
+    return _HOSTS.get(host) or next(
+        (name for known, name in _HOSTS.items() if host.endswith("." + known)), "openai"
+    )
+
+
+class ChunkReader:
+    """Chat and legacy completion streams: usage only on the last chunk (when asked for)."""
+
+    __slots__ = ("hide",)
+
+    def __init__(self, hide_usage_chunk: bool) -> None:
+        self.hide = hide_usage_chunk
+
+    def feed(self, chunk: Any, call: Call) -> bool:
+        if call.model is None:
+            call.model = getattr(chunk, "model", None)
+            call.request_id = getattr(chunk, "id", None)
+        usage = getattr(chunk, "usage", None)
+        if usage is None:
+            return False
+        call.usage = usage_from_openai(usage)
+        call.tier = tier_from_openai(getattr(chunk, "service_tier", None))
+        return self.hide and not getattr(chunk, "choices", None)
+
+
+class ResponseEventReader:
+    """Responses streams: usage on the terminal event (completed, incomplete or failed)."""
+
+    __slots__ = ()
+
+    def __init__(self, hide_usage_chunk: bool = False) -> None:
+        pass
+
+    def feed(self, event: Any, call: Call) -> bool:
+        if getattr(event, "type", None) in _TERMINAL_EVENTS:
+            response = getattr(event, "response", None)
+            if response is not None and getattr(response, "usage", None) is not None:
+                call.take(from_openai_response(response, call.provider))
+        return False
+
+
+_CHAT = Endpoint("chat.completions", from_openai_response, ChunkReader)
+_COMPLETIONS = Endpoint("completions", from_openai_response, ChunkReader)
+_EMBEDDINGS = Endpoint("embeddings", from_openai_response, ChunkReader)
+_RESPONSES = Endpoint("responses", from_openai_response, ResponseEventReader, dedupe=True)
+_NOT_BILLED = {"input_tokens", "cancel", "input_items"}
+
+
+class OpenAIAdapter(StainlessAdapter):
+    sdk = "openai"
+
+    def __init__(self) -> None:
+        self.stream_usage = True
+        self._providers: dict[tuple[type, str], str] = {}
+
+    def endpoint(self, method: str, path: str) -> Endpoint | None:
+        if path.endswith("/chat/completions"):
+            return _CHAT if method == "post" else None
+        if path.endswith("/embeddings"):
+            return _EMBEDDINGS
+        if path.endswith("/completions"):
+            return _COMPLETIONS
+        parts = path.rstrip("/").split("/")
+        if "responses" in parts:
+            tail = parts[parts.index("responses") + 1 :]
+            if not tail or len(tail) == 1 and tail[0] not in _NOT_BILLED:
+                return _RESPONSES  # create, compact, retrieve
+        return None
+
+    def provider_of(self, client: Any) -> str:
+        key = (type(client), str(getattr(client, "base_url", "")))
+        found = self._providers.get(key)
+        if found is None:
+            host = getattr(getattr(client, "base_url", None), "host", "") or ""
+            found = self._providers[key] = provider_for_host(host, type(client).__name__)
+        return found
+
+    def prepare(self, options: Any, endpoint: Endpoint, streamed: bool) -> tuple[Any, bool]:
+        if not (streamed and self.stream_usage and endpoint.new_reader is ChunkReader):
+            return options, False
+        body = options.json_data
+        stream_options = body.get("stream_options") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or (
+            isinstance(stream_options, dict) and "include_usage" in stream_options
+        ):
+            return options, False  # the caller decided; never override an explicit choice
+        copied = options.model_copy()
+        copied.json_data = {
+            **body,
+            "stream_options": {**(stream_options or {}), "include_usage": True},
+        }
+        return copied, True
+
+
+ADAPTER = OpenAIAdapter()
+
+
+def patch_targets() -> list[tuple[type, str, Any]]:
+    """(class, method, wrapper) for the installed openai SDK."""
+    from openai import _base_client
+
+    return [
+        (_base_client.SyncAPIClient, "request", ADAPTER.sync_wrapper),
+        (_base_client.AsyncAPIClient, "request", ADAPTER.async_wrapper),
+    ]
+
+
+def wrap_instance(client: Any) -> bool:
+    from openai import _base_client
+
+    return ADAPTER.wrap_client(client, _base_client.SyncAPIClient, _base_client.AsyncAPIClient)

@@ -1,0 +1,94 @@
+"""JSONL sink: one JSON object per line, appended by any number of processes.
+
+Why it is shaped this way:
+- The file is opened with ``O_APPEND`` and each batch is written as ONE buffer under an exclusive
+  ``flock``, so lines from different processes never interleave (even where a large ``write()``
+  is split, e.g. on network filesystems, the lock keeps other writers out).
+- A batch is all-or-nothing: if a write fails half-way (disk full), the file is truncated back to
+  where the batch started, so the caller's retry cannot duplicate lines.
+- A writer killed mid-line leaves a torn last line; the next batch starts with "\\n" so the torn
+  fragment stays alone on its own (invalid, skipped by readers) line.
+- The descriptor is opened lazily and reopened after ``fork()``: ``flock`` belongs to the open
+  file description, which a forked child would otherwise share with its parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from tokenmeter._models import UsageRecord
+from tokenmeter.sinks._files import ensure_private_dir, open_private
+
+__all__ = ["JSONLSink", "read_jsonl"]
+
+# One reusable encoder: json.dumps() would build a new one per call. Records hold no cycles.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
+
+
+class JSONLSink:
+    """Appends every record as one line of JSON to the file at ``path``."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+        self._pid = 0
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        if not records:
+            return
+        data = ("\n".join([_encode(r.to_json_dict()) for r in records]) + "\n").encode()
+        fd = self._descriptor()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            _append_whole(fd, data)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def flush(self) -> None:
+        """Nothing to do: ``write`` hands every byte to the OS before it returns."""
+
+    def close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+
+    def _descriptor(self) -> int:
+        if self._fd is None or self._pid != os.getpid():
+            if self._fd is not None:
+                os.close(self._fd)  # the child's copy; the parent's stays open and unlocked
+            ensure_private_dir(self.path.parent)
+            self._fd = open_private(self.path, os.O_RDWR | os.O_APPEND)
+            self._pid = os.getpid()
+        return self._fd
+
+
+def _append_whole(fd: int, data: bytes) -> None:
+    """Append ``data`` as a unit (caller holds the lock): after a torn line, and never partly."""
+    start = os.fstat(fd).st_size
+    if start and os.pread(fd, 1, start - 1) != b"\n":
+        data = b"\n" + data
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        raise
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[UsageRecord | None]:
+    """Yield each line's record, or None for a line that is not a valid record (torn, edited)."""
+    with open(path, encoding="utf-8", errors="replace") as file:
+        for line in file:
+            if not line.strip():
+                continue
+            try:
+                yield UsageRecord.from_json_dict(json.loads(line))
+            except (ValueError, TypeError):
+                yield None

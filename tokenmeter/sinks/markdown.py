@@ -1,0 +1,488 @@
+"""Markdown journal sink: human-readable usage files (SPEC §5) at O(models + batch) per batch.
+
+Files under ``directory``:
+
+- ``token_usage.md``: summary table per provider/model with a **TOTAL** row and the total
+  estimated cost, then the detailed log of every call.
+- ``sessions/<session id>.md``: session information, the table of its calls, the session summary
+  and, once the session has ended, the completion section (averages, cost breakdown, efficiency).
+
+How a document stays cheap to update: every file is ``head | body | tail``.
+
+- The head (title, summary or session information) is rewritten in place. It is padded with an
+  invisible HTML comment to a reserved size, so rewriting it never moves the rest of the file;
+  when it outgrows the reservation the file is rewritten once with twice the room (rare).
+- The body (the table of calls) is append-only: new rows are written where it ends.
+- The tail (session summary and completion) is rewritten after the new rows.
+
+The running totals live in the document itself, as JSON in an HTML comment on its first line,
+together with the head size and the body's end offset. So a new process continues the totals,
+nothing else has to be kept in sync, and deleting a file simply starts it afresh. Rows are written
+before the head that accounts for them: a writer killed in between leaves rows past the recorded
+end, which the next writer overwrites. Writers in several processes take turns through ``flock``
+on ``directory/.journal.lock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from tokenmeter._models import SessionInfo, UsageRecord, _iso
+from tokenmeter.sinks._files import (
+    ensure_private_dir,
+    open_private,
+    replace_private,
+)
+
+__all__ = ["MarkdownJournalSink"]
+
+_MARKER = b"<!-- tokenmeter-journal "
+_MIN_HEAD = 4096
+_PAD_MIN = len("<!---->\n")
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+class MarkdownJournalSink:
+    """Writes ``token_usage.md`` and one file per session under ``directory``."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.usage_path = self.directory / "token_usage.md"
+        self.sessions_dir = self.directory / "sessions"
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        if not records:
+            return
+        by_session: dict[str, list[UsageRecord]] = {}
+        for record in records:
+            if record.session_id is not None:
+                by_session.setdefault(record.session_id, []).append(record)
+        with self._locked():
+            _update(self.usage_path, _UsageLog(), records)
+            for session_id, session_records in by_session.items():
+                _update(self.session_path(session_id), _SessionLog(session_id), session_records)
+
+    def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
+        if not sessions:
+            return
+        with self._locked():
+            for info in sessions:
+                _update(self.session_path(info.id), _SessionLog(info.id, info), [])
+
+    def flush(self) -> None:
+        """Nothing to do: ``write`` hands every byte to the OS before it returns."""
+
+    def close(self) -> None:
+        """Nothing to release: files are opened per batch (which also makes fork() safe)."""
+
+    def session_path(self, session_id: str) -> Path:
+        """Where the journal of ``session_id`` lives (odd characters are replaced, then hashed)."""
+        if _SAFE_ID.fullmatch(session_id):
+            name = session_id
+        else:
+            digest = hashlib.sha256(session_id.encode()).hexdigest()[:12]
+            name = f"{re.sub(r'[^A-Za-z0-9._-]', '_', session_id)[:60]}-{digest}"
+        return self.sessions_dir / f"{name}.md"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        ensure_private_dir(self.sessions_dir)
+        fd = open_private(self.directory / ".journal.lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # also releases the lock
+
+
+# --- the document mechanics: head | append-only body | tail ------------------------------------
+
+
+class _Log:
+    """What one kind of document renders; ``state`` is the JSON-able running totals."""
+
+    body_intro = ""
+
+    def apply(self, state: dict[str, Any], records: Sequence[UsageRecord]) -> str:
+        """Fold ``records`` into ``state``; return the body rows to append for them."""
+        raise NotImplementedError
+
+    def head(self, state: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def tail(self, state: dict[str, Any]) -> str:
+        return ""
+
+
+@dataclass
+class _Layout:
+    head_size: int = 0  # 0: the document does not exist yet
+    end: int = 0  # where the body ends and the tail starts
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+def _update(path: Path, log: _Log, records: Sequence[UsageRecord]) -> None:
+    fd = open_private(path, os.O_RDWR)
+    try:
+        layout = _read_layout(fd, path)
+        rows = log.apply(layout.state, records).encode()
+        head = log.head(layout.state).encode()
+        tail = log.tail(layout.state).encode()
+        end = layout.end + len(rows)
+        first_line = _first_line(layout.head_size, end, layout.state)
+        if layout.head_size and len(first_line) + len(head) + _PAD_MIN <= layout.head_size:
+            os.pwrite(fd, rows + tail, layout.end)
+            os.ftruncate(fd, end + len(tail))
+            os.pwrite(fd, _pad(first_line + head, layout.head_size), 0)
+            return
+        body = (
+            os.pread(fd, layout.end - layout.head_size, layout.head_size)
+            if layout.head_size
+            else log.body_intro.encode()
+        )
+    finally:
+        os.close(fd)
+    _rewrite(path, layout.state, head, body + rows, tail)
+
+
+def _rewrite(path: Path, state: dict[str, Any], head: bytes, body: bytes, tail: bytes) -> None:
+    """Write the whole document with a bigger head reservation (new file, or the head grew)."""
+    head_size = _MIN_HEAD
+    while True:
+        first_line = _first_line(head_size, head_size + len(body), state)
+        if 2 * (len(first_line) + len(head) + _PAD_MIN) <= head_size:
+            break
+        head_size *= 2
+    replace_private(path, _pad(first_line + head, head_size) + body + tail)
+
+
+def _first_line(head_size: int, end: int, state: dict[str, Any]) -> bytes:
+    meta = json.dumps({"head": head_size, "end": end, "state": state}, separators=(",", ":"))
+    # ">" occurs only inside JSON strings, where \u003e means the same: "-->" cannot end it.
+    return _MARKER + meta.replace(">", "\\u003e").encode() + b" -->\n"
+
+
+def _pad(head: bytes, size: int) -> bytes:
+    return head + b"<!--" + b" " * (size - len(head) - _PAD_MIN) + b"-->\n"
+
+
+def _read_layout(fd: int, path: Path) -> _Layout:
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return _Layout()
+    chunk = 8192
+    while True:
+        data = os.pread(fd, chunk, 0)
+        newline = data.find(b"\n")
+        if newline >= 0 or len(data) < chunk:
+            break
+        chunk *= 4
+    try:
+        if not data.startswith(_MARKER) or newline < 0:
+            raise ValueError("no tokenmeter-journal header")
+        meta = json.loads(data[len(_MARKER) : newline].removesuffix(b" -->"))
+        layout = _Layout(int(meta["head"]), int(meta["end"]), dict(meta["state"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{path}: not a tokenmeter journal or its first line was edited ({exc}); "
+            "move the file away and tokenmeter starts a new one"
+        ) from None
+    if not newline < layout.head_size <= layout.end <= size:
+        raise ValueError(f"{path}: journal was truncated or edited; move the file away")
+    return layout
+
+
+# --- token_usage.md ------------------------------------------------------------------------------
+
+
+class _UsageLog(_Log):
+    body_intro = (
+        "\n## Detailed Log\n\n"
+        "| # | Timestamp | Provider | Model | Session | Input Tokens | Output Tokens "
+        "| Total Tokens | Cost | Status |\n"
+        "|---:|---|---|---|---|---:|---:|---:|---:|---|\n"
+    )
+
+    def apply(self, state: dict[str, Any], records: Sequence[UsageRecord]) -> str:
+        models: dict[str, dict[str, Any]] = state.setdefault("models", {})
+        calls: int = state.get("calls", 0)
+        rows = []
+        for r in records:
+            calls += 1
+            key = json.dumps([r.model_provider, r.model_name])
+            totals = models.get(key)
+            if totals is None:
+                totals = models[key] = _new_totals()
+            _add(totals, r)
+            rows.append(
+                f"| {calls} | {_when(r.timestamp)} | {_md(r.model_provider)} "
+                f"| {_md(r.model_name)} | {_md(r.session_name or r.session_id or '')} "
+                f"| {r.input_tokens:,} | {r.output_tokens:,} | {r.total_tokens:,} "
+                f"| {_money_or_na(r.estimated_cost_usd)} | {_status(r)} |\n"
+            )
+        state["calls"] = calls
+        return "".join(rows)
+
+    def head(self, state: dict[str, Any]) -> str:
+        models: dict[str, dict[str, Any]] = state.get("models", {})
+        lines = [
+            "# Token Usage\n\n## Usage Summary\n\n",
+            "| Provider | Model | Calls | Total Tokens | Avg Tokens/Call | Cost |\n",
+            "|---|---|---:|---:|---:|---:|\n",
+        ]
+        grand = _new_totals()
+        for key, totals in sorted(models.items()):
+            provider, model = json.loads(key)
+            lines.append(
+                f"| {_md(provider)} | {_md(model)} | {totals['calls']:,} "
+                f"| {totals['total']:,} | {_avg_tokens(totals)} | {_totals_cost(totals)} |\n"
+            )
+            _merge(grand, totals)
+        lines.append(
+            f"| **TOTAL** | | **{grand['calls']:,}** | **{grand['total']:,}** "
+            f"| **{_avg_tokens(grand)}** | **{_totals_cost(grand)}** |\n\n"
+        )
+        lines.append(f"**Total estimated cost: {_totals_cost(grand)}**\n")
+        unpriced = grand["calls"] - grand["priced"]
+        if unpriced:
+            lines.append(f"\n_{unpriced:,} call(s) had no known price and are not in the cost._\n")
+        return "".join(lines)
+
+
+# --- sessions/<id>.md ----------------------------------------------------------------------------
+
+
+class _SessionLog(_Log):
+    body_intro = (
+        "\n## Calls\n\n"
+        "| Call | Timestamp | Input Tokens | Output Tokens | Total Tokens | Cost |\n"
+        "|---:|---|---:|---:|---:|---:|\n"
+    )
+
+    def __init__(self, session_id: str, info: SessionInfo | None = None) -> None:
+        self.session_id = session_id
+        self.info = info
+
+    def apply(self, state: dict[str, Any], records: Sequence[UsageRecord]) -> str:
+        if self.info is not None:
+            state["info"] = _info_dict(self.info)
+        elif "info" not in state and records:
+            first = records[0]
+            state["info"] = {
+                "id": self.session_id,
+                "name": first.session_name,
+                "status": "active",
+                "started_at": _iso(first.timestamp),
+            }
+        totals: dict[str, Any] = state.setdefault("totals", _new_totals())
+        models: list[str] = state.setdefault("models", [])
+        rows = []
+        for r in records:
+            _add(totals, r)
+            model = f"{r.model_provider}/{r.model_name}"
+            if model not in models:
+                models.append(model)
+            rows.append(
+                f"| {totals['calls']} | {_when(r.timestamp)} | {r.input_tokens:,} "
+                f"| {r.output_tokens:,} | {r.total_tokens:,} "
+                f"| {_money_or_na(r.estimated_cost_usd)} |\n"
+            )
+        return "".join(rows)
+
+    def head(self, state: dict[str, Any]) -> str:
+        info: dict[str, Any] = state.get("info", {"id": self.session_id, "status": "active"})
+        title = info.get("name") or info["id"]
+        lines = [
+            f"# Session: {_md(title)}\n\n## Session Information\n\n",
+            f"- **Session ID:** {_md(info['id'])}\n",
+        ]
+        if info.get("name"):
+            lines.append(f"- **Name:** {_md(info['name'])}\n")
+        if info.get("parent_id"):
+            lines.append(f"- **Parent Session:** {_md(info['parent_id'])}\n")
+        models = state.get("models") or ["none yet"]
+        lines.append(f"- **Provider/Model:** {_md(', '.join(models))}\n")
+        if info.get("started_at"):
+            lines.append(f"- **Started:** {_when_text(info['started_at'])}\n")
+        lines.append(f"- **Status:** {_md(info['status'])}\n")
+        if info.get("tags"):
+            tags = ", ".join(f"{k}={v}" for k, v in info["tags"].items())
+            lines.append(f"- **Tags:** {_md(tags)}\n")
+        if info.get("budget_usd") is not None:
+            lines.append(f"- **Budget:** {_money(Decimal(info['budget_usd']))}\n")
+        return "".join(lines)
+
+    def tail(self, state: dict[str, Any]) -> str:
+        t: dict[str, Any] = state.get("totals", _new_totals())
+        lines = [
+            "\n## Session Summary\n\n",
+            f"- **Total Calls:** {t['calls']:,}\n",
+            f"- **Input Tokens:** {t['input']:,}\n",
+            f"- **Output Tokens:** {t['output']:,}\n",
+            f"- **Total Tokens:** {t['total']:,}\n",
+        ]
+        for label, key in (("Cache Read", "cache_read"), ("Cache Write", "cache_write")):
+            if t[key]:
+                lines.append(f"- **{label} Tokens:** {t[key]:,}\n")
+        if t["reasoning"]:
+            lines.append(f"- **Reasoning Tokens:** {t['reasoning']:,}\n")
+        lines.append(f"- **Total Cost:** {_totals_cost(t)}\n")
+        if t["calls"] > t["priced"]:
+            lines.append(f"- **Calls Without a Known Price:** {t['calls'] - t['priced']:,}\n")
+        info = state.get("info", {})
+        if info.get("status", "active") != "active":
+            lines.append(_completion(info, t))
+        return "".join(lines)
+
+
+def _completion(info: dict[str, Any], t: dict[str, Any]) -> str:
+    calls = t["calls"]
+    cost = Decimal(t["cost"]) if t["priced"] else None
+    input_cost, output_cost = Decimal(t["input_cost"]), Decimal(t["output_cost"])
+    split = input_cost + output_cost
+    lines = ["\n## Session Completion\n\n"]
+    if info.get("ended_at"):
+        lines.append(f"- **Completed:** {_when_text(info['ended_at'])}\n")
+    lines.append(f"- **Final Status:** {_md(info['status'])}\n")
+    if info.get("notes"):
+        quoted = "".join(f"> {_md(line)}\n" for line in info["notes"].splitlines())
+        lines.append(f"- **Notes:**\n\n{quoted}\n")
+    lines.append("\n### Averages per Call\n\n")
+    if calls:
+        lines += [
+            f"- **Input Tokens:** {t['input'] / calls:,.1f}\n",
+            f"- **Output Tokens:** {t['output'] / calls:,.1f}\n",
+            f"- **Total Tokens:** {t['total'] / calls:,.1f}\n",
+            "- **Cost:** " + (_money(cost / t["priced"]) if cost is not None else "n/a") + "\n",
+        ]
+    else:
+        lines.append("No calls were made in this session.\n")
+    lines.append("\n### Cost Breakdown\n\n")
+    if split:
+        lines += [
+            "| Part | Cost | Share |\n|---|---:|---:|\n",
+            f"| Input | {_money(input_cost)} | {input_cost / split:.1%} |\n",
+            f"| Output | {_money(output_cost)} | {output_cost / split:.1%} |\n",
+        ]
+    else:
+        lines.append("n/a (no priced calls with a cost breakdown)\n")
+    ratio = f"{t['input'] / t['output']:,.2f}" if t["output"] else "n/a"
+    per_token = _money(cost / t["total"], 10) if cost is not None and t["total"] else "n/a"
+    per_1k = _money(cost * 1000 / t["total"]) if cost is not None and t["total"] else "n/a"
+    lines += [
+        "\n### Efficiency Metrics\n\n",
+        f"- **Input/Output Ratio:** {ratio}\n",
+        f"- **Cost per Token:** {per_token}\n",
+        f"- **Cost per 1K Tokens:** {per_1k}\n",
+    ]
+    return "".join(lines)
+
+
+def _info_dict(info: SessionInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "name": info.name,
+        "parent_id": info.parent_id,
+        "tags": dict(info.tags),
+        "status": info.status,
+        "started_at": _iso(info.started_at),
+        "ended_at": None if info.ended_at is None else _iso(info.ended_at),
+        "notes": info.notes,
+        "budget_usd": None if info.budget_usd is None else str(info.budget_usd),
+    }
+
+
+# --- running totals (JSON-able: Decimals are kept as strings) ------------------------------------
+
+
+def _new_totals() -> dict[str, Any]:
+    return {
+        "calls": 0,
+        "priced": 0,
+        "input": 0,
+        "output": 0,
+        "total": 0,
+        "cache_read": 0,
+        "cache_write": 0,
+        "reasoning": 0,
+        "cost": "0",
+        "input_cost": "0",
+        "output_cost": "0",
+    }
+
+
+def _add(t: dict[str, Any], r: UsageRecord) -> None:
+    t["calls"] += 1
+    t["input"] += r.input_tokens
+    t["output"] += r.output_tokens
+    t["total"] += r.total_tokens
+    t["cache_read"] += r.cache_read_tokens
+    t["cache_write"] += r.cache_write_tokens
+    t["reasoning"] += r.reasoning_tokens
+    cost = r.estimated_cost_usd
+    if cost is not None:
+        t["priced"] += 1
+        t["cost"] = str(Decimal(t["cost"]) + cost)
+        breakdown = r.cost_breakdown
+        if breakdown:
+            inputs = sum((v for k, v in breakdown.items() if k != "output"), Decimal(0))
+            t["input_cost"] = str(Decimal(t["input_cost"]) + inputs)
+            t["output_cost"] = str(Decimal(t["output_cost"]) + breakdown.get("output", 0))
+
+
+def _merge(into: dict[str, Any], t: dict[str, Any]) -> None:
+    for key, value in t.items():
+        into[key] = (
+            str(Decimal(into[key]) + Decimal(value))
+            if isinstance(value, str)
+            else into[key] + value
+        )
+
+
+# --- formatting ---------------------------------------------------------------------------------
+
+_ESCAPES = str.maketrans({"\\": "\\\\", "|": "\\|", "<": "&lt;", "\n": " ", "\r": " "})
+
+
+def _md(text: str) -> str:
+    """User text made safe for one table cell or list line (no pipes, newlines or HTML)."""
+    return text.translate(_ESCAPES)
+
+
+def _when(ts: datetime) -> str:
+    return _iso(ts).replace("T", " ")
+
+
+def _when_text(iso: str) -> str:
+    return iso.replace("T", " ")
+
+
+def _money(value: Decimal, places: int = 6) -> str:
+    return f"${value:,.{places}f}"
+
+
+def _money_or_na(value: Decimal | None) -> str:
+    return "n/a" if value is None else _money(value)
+
+
+def _totals_cost(t: dict[str, Any]) -> str:
+    return _money(Decimal(t["cost"])) if t["priced"] else "n/a"
+
+
+def _avg_tokens(t: dict[str, Any]) -> str:
+    return f"{t['total'] / t['calls']:,.1f}" if t["calls"] else "n/a"
+
+
+def _status(r: UsageRecord) -> str:
+    return "ok" if r.status == "ok" else f"error: {_md(r.error or 'unknown')}"

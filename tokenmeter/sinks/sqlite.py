@@ -1,0 +1,283 @@
+"""SQLite sink: one local database that several processes can write at once.
+
+Why it is shaped this way:
+- WAL journal + ``busy_timeout``: writers from other processes wait for the lock instead of
+  failing, and readers (the CLI) never block writers.
+- One ``BEGIN IMMEDIATE`` transaction per batch with ``INSERT OR IGNORE`` on the record id: a batch
+  is stored whole or not at all, and a batch retried after a failure never creates duplicates.
+- The connection is opened lazily and reopened after ``fork()`` (SQLite connections must not
+  cross a fork).
+- The schema version lives in ``PRAGMA user_version``; ``_MIGRATIONS[n]`` upgrades version ``n``
+  to ``n + 1``. A database written by a newer tokenmeter is refused rather than damaged.
+
+Costs are stored twice: ``estimated_cost_usd`` as exact decimal text and ``cost_pusd`` as integer
+pico-USD, so ``SUM(cost_pusd)`` is exact and fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+from typing import Any
+
+from tokenmeter._models import SessionInfo, UsageRecord, _iso
+from tokenmeter.sinks._files import ensure_private_dir, open_private
+
+__all__ = ["SCHEMA_VERSION", "SQLiteSink"]
+
+_PICO = Decimal(10) ** 12
+
+_SCHEMA_V1 = """
+CREATE TABLE records (
+  id TEXT PRIMARY KEY,
+  timestamp TEXT NOT NULL,
+  model_provider TEXT NOT NULL,
+  model_name TEXT NOT NULL,
+  input_tokens INTEGER NOT NULL,
+  output_tokens INTEGER NOT NULL,
+  total_tokens INTEGER NOT NULL,
+  estimated_cost_usd TEXT,
+  cost_pusd INTEGER,
+  request_model TEXT,
+  operation TEXT,
+  cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+  cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+  reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+  cost_breakdown TEXT,
+  price_source TEXT,
+  session_id TEXT,
+  session_name TEXT,
+  tags TEXT NOT NULL DEFAULT '{}',
+  latency_ms REAL,
+  streamed INTEGER NOT NULL DEFAULT 0,
+  status TEXT NOT NULL DEFAULT 'ok',
+  error TEXT,
+  request_id TEXT,
+  estimated INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX ix_records_timestamp ON records(timestamp);
+CREATE INDEX ix_records_session ON records(session_id);
+CREATE INDEX ix_records_model ON records(model_provider, model_name);
+CREATE TABLE sessions (
+  id TEXT PRIMARY KEY,
+  name TEXT,
+  parent_id TEXT,
+  tags TEXT NOT NULL DEFAULT '{}',
+  status TEXT NOT NULL,
+  started_at TEXT NOT NULL,
+  ended_at TEXT,
+  notes TEXT,
+  budget_usd TEXT
+);
+"""
+
+
+def _create_v1(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_V1.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+#: ``_MIGRATIONS[n]`` takes a database from schema version ``n`` to ``n + 1``, inside the
+#: caller's transaction. Append a function to evolve the schema; never edit an existing one.
+_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_create_v1]
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_RECORD_COLUMNS = (
+    "id",
+    "timestamp",
+    "model_provider",
+    "model_name",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "estimated_cost_usd",
+    "cost_pusd",
+    "request_model",
+    "operation",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_breakdown",
+    "price_source",
+    "session_id",
+    "session_name",
+    "tags",
+    "latency_ms",
+    "streamed",
+    "status",
+    "error",
+    "request_id",
+    "estimated",
+)
+_INSERT_RECORD = (
+    f"INSERT OR IGNORE INTO records ({', '.join(_RECORD_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_RECORD_COLUMNS))})"
+)
+_UPSERT_SESSION = (
+    "INSERT INTO sessions (id, name, parent_id, tags, status, started_at, ended_at, notes, "
+    "budget_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+    "name = excluded.name, parent_id = excluded.parent_id, tags = excluded.tags, "
+    "status = excluded.status, started_at = excluded.started_at, "
+    "ended_at = excluded.ended_at, notes = excluded.notes, budget_usd = excluded.budget_usd"
+)
+
+
+def decimal_text(value: Decimal) -> str:
+    """Exact fixed-point text (``0.0000001``, never ``1E-7``) that ``Decimal()`` reads back."""
+    return format(value, "f")
+
+
+def to_pico_usd(value: Decimal) -> int:
+    """USD as integer pico-USD (10**-12), rounded half-even: exact sums in SQL."""
+    return int((value * _PICO).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def _json(value: dict[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _record_row(r: UsageRecord) -> tuple[Any, ...]:
+    cost = r.estimated_cost_usd
+    breakdown = r.cost_breakdown
+    return (
+        r.id,
+        _iso(r.timestamp),
+        r.model_provider,
+        r.model_name,
+        r.input_tokens,
+        r.output_tokens,
+        r.total_tokens,
+        None if cost is None else decimal_text(cost),
+        None if cost is None else to_pico_usd(cost),
+        r.request_model,
+        r.operation,
+        r.cache_read_tokens,
+        r.cache_write_tokens,
+        r.reasoning_tokens,
+        None if breakdown is None else _json({k: decimal_text(v) for k, v in breakdown.items()}),
+        r.price_source,
+        r.session_id,
+        r.session_name,
+        _json(r.tags) if r.tags else "{}",
+        r.latency_ms,
+        int(r.streamed),
+        r.status,
+        r.error,
+        r.request_id,
+        int(r.estimated),
+    )
+
+
+def _session_row(s: SessionInfo) -> tuple[Any, ...]:
+    return (
+        s.id,
+        s.name,
+        s.parent_id,
+        _json(s.tags),
+        s.status,
+        _iso(s.started_at),
+        None if s.ended_at is None else _iso(s.ended_at),
+        s.notes,
+        None if s.budget_usd is None else decimal_text(s.budget_usd),
+    )
+
+
+class SQLiteSink:
+    """Stores records (and sessions) in the SQLite database at ``path``."""
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self._busy_timeout_ms = int(busy_timeout_s * 1000)
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        if records:
+            self._transaction(_INSERT_RECORD, [_record_row(r) for r in records])
+
+    def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
+        if sessions:
+            self._transaction(_UPSERT_SESSION, [_session_row(s) for s in sessions])
+
+    def flush(self) -> None:
+        """Nothing to do: every ``write`` commits before it returns."""
+
+    def close(self) -> None:
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+        self._conn = None
+
+    def _transaction(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(sql, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        if self._conn is not None:
+            # Inherited through fork(): SQLite forbids using or closing it in the child; keep a
+            # reference so garbage collection never closes it either.
+            _INHERITED_CONNECTIONS.append(self._conn)
+            self._conn = None
+        ensure_private_dir(self.path.parent)
+        os.close(open_private(self.path, os.O_RDWR))  # create it 0o600; -wal/-shm copy the mode
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            _migrate(conn, self.path)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+
+_INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to ``SCHEMA_VERSION``; raise ``ValueError`` for a newer database."""
+    if _user_version(conn) == SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then see it done
+    try:
+        version = _user_version(conn)
+        if version > SCHEMA_VERSION:
+            raise ValueError(
+                f"{path}: database schema version {version} is newer than this tokenmeter "
+                f"supports ({SCHEMA_VERSION}); upgrade tokenmeter to write to it"
+            )
+        for migrate in _MIGRATIONS[version:]:
+            migrate(conn)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Undo an open transaction without hiding the error that caused it."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")

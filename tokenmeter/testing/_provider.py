@@ -1,0 +1,386 @@
+"""`FakeProvider`: one loopback server that answers like OpenAI, Anthropic and Gemini at once.
+
+It exists so tokenmeter's tests, examples and benchmarks drive the REAL provider SDKs (their
+parsing, streaming and retry code) end to end without a network or an API key, while the usage
+they report is known in advance.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self, overload
+
+from tokenmeter.testing import _anthropic, _gemini, _openai
+from tokenmeter.testing._server import FakeRequest, LoopbackServer, Reply
+from tokenmeter.testing._state import State
+from tokenmeter.testing._usage import AnthropicUsage, GeminiUsage, OpenAIUsage, coerce_usage
+
+if TYPE_CHECKING:
+    import anthropic
+    import openai
+
+__all__ = ["FakeProvider"]
+
+_FAKE_KEY = "fake-key-not-secret"
+
+
+class _Provider(NamedTuple):
+    handle: Callable[[FakeRequest, State], Reply | None]
+    error_reply: Callable[[int, str | None], Reply]
+
+
+_OPENAI = _Provider(_openai.handle, _openai.error_reply)
+_ANTHROPIC = _Provider(_anthropic.handle, _anthropic.error_reply)
+_GEMINI = _Provider(_gemini.handle, _gemini.error_reply)
+
+
+def _provider_for(path: str) -> _Provider:
+    if _anthropic.is_anthropic_path(path):
+        return _ANTHROPIC
+    if _gemini.is_gemini_path(path):
+        return _GEMINI
+    return _OPENAI
+
+
+UsageArg = OpenAIUsage | AnthropicUsage | GeminiUsage | Mapping[str, Any]
+
+
+class FakeProvider:
+    """A loopback HTTP server speaking the OpenAI, Anthropic and Gemini APIs with set usage.
+
+    ``with FakeProvider(openai_usage={"prompt_tokens": 19}) as fake:`` then point an SDK at it
+    (``fake.openai_client()``, ``fake.openai_base_url``, ...). Usage arguments take the usage
+    dataclass or a mapping of its fields; ``models`` maps a request model to the model the
+    response names (defaults resolve a few aliases, e.g. ``gpt-4o`` -> ``gpt-4o-2024-08-06``).
+    ``stream_chunks`` is the number of text deltas per stream. Every request is logged in
+    `requests` (method, path, query, JSON body; never headers, so never API keys).
+    """
+
+    def __init__(
+        self,
+        *,
+        openai_usage: OpenAIUsage | Mapping[str, Any] | None = None,
+        anthropic_usage: AnthropicUsage | Mapping[str, Any] | None = None,
+        gemini_usage: GeminiUsage | Mapping[str, Any] | None = None,
+        gemini_function_call_usage: GeminiUsage | Mapping[str, Any] | None = None,
+        models: Mapping[str, str] | None = None,
+        stream_chunks: int = 3,
+        record_requests: bool = True,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self._state = State()
+        self.set_usage(
+            openai=openai_usage,
+            anthropic=anthropic_usage,
+            gemini=gemini_usage,
+            gemini_function_call=gemini_function_call_usage,
+        )
+        for request_model, response_model in (models or {}).items():
+            self.set_model(request_model, response_model)
+        self.stream_chunks = stream_chunks
+        self.record_requests = record_requests
+        self._requests: list[FakeRequest] = []
+        self._failures: deque[tuple[int, str | None]] = deque()
+        self._lock = threading.Lock()
+        self._server = LoopbackServer(self._app, host, port)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and drop open keep-alive connections. Safe to call twice."""
+        self._server.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>`` (raises if not started)."""
+        return self._server.url
+
+    @property
+    def openai_base_url(self) -> str:
+        return self.url + "/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        return self.url
+
+    @property
+    def anthropic_vertex_base_url(self) -> str:
+        return self.url + "/v1"
+
+    @property
+    def gemini_base_url(self) -> str:
+        return self.url
+
+    def environ(self) -> dict[str, str]:
+        """Environment variables that point SDKs in a subprocess at this fake."""
+        return {
+            "OPENAI_BASE_URL": self.openai_base_url,
+            "OPENAI_API_KEY": _FAKE_KEY,
+            "ANTHROPIC_BASE_URL": self.anthropic_base_url,
+            "ANTHROPIC_API_KEY": _FAKE_KEY,
+            "GOOGLE_GEMINI_BASE_URL": self.gemini_base_url,
+            "GEMINI_API_KEY": _FAKE_KEY,
+        }
+
+    # -- configuration ---------------------------------------------------------------------
+
+    @property
+    def openai_usage(self) -> OpenAIUsage:
+        return self._state.openai
+
+    @property
+    def anthropic_usage(self) -> AnthropicUsage:
+        return self._state.anthropic
+
+    @property
+    def gemini_usage(self) -> GeminiUsage:
+        return self._state.gemini
+
+    @property
+    def gemini_function_call_usage(self) -> GeminiUsage:
+        """Usage of a reply that asks for a function call (the first AFC round)."""
+        return self._state.gemini_function_call or self._state.gemini
+
+    def set_usage(
+        self,
+        *,
+        openai: OpenAIUsage | Mapping[str, Any] | None = None,
+        anthropic: AnthropicUsage | Mapping[str, Any] | None = None,
+        gemini: GeminiUsage | Mapping[str, Any] | None = None,
+        gemini_function_call: GeminiUsage | Mapping[str, Any] | None = None,
+        model: str | None = None,
+    ) -> None:
+        """Set the usage replies report; with ``model``, only for requests naming that model
+        (the Azure deployment, Vertex or Gemini URL model count as the request model)."""
+        state = self._state
+        new_openai = None if openai is None else coerce_usage(OpenAIUsage, openai, "openai")
+        new_anthropic = (
+            None if anthropic is None else coerce_usage(AnthropicUsage, anthropic, "anthropic")
+        )
+        new_gemini = None if gemini is None else coerce_usage(GeminiUsage, gemini, "gemini")
+        new_call = (
+            None
+            if gemini_function_call is None
+            else coerce_usage(GeminiUsage, gemini_function_call, "gemini_function_call")
+        )
+        if model is not None:
+            if new_call is not None:
+                raise ValueError("gemini_function_call: cannot be set per model")
+            for provider, usage in (
+                ("openai", new_openai),
+                ("anthropic", new_anthropic),
+                ("gemini", new_gemini),
+            ):
+                if usage is not None:
+                    state.per_model[(provider, model)] = usage
+            return
+        state.openai = new_openai or state.openai
+        state.anthropic = new_anthropic or state.anthropic
+        state.gemini = new_gemini or state.gemini
+        state.gemini_function_call = new_call or state.gemini_function_call
+
+    def set_model(self, request_model: str, response_model: str) -> None:
+        """Make replies to ``request_model`` name ``response_model`` (like a dated snapshot)."""
+        for arg, value in (("request_model", request_model), ("response_model", response_model)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{arg} must be a non-empty string, got {value!r}")
+        self._state.models[request_model] = response_model
+
+    @property
+    def stream_chunks(self) -> int:
+        """Text deltas per streamed reply (OpenAI chat adds a role and a finish chunk)."""
+        return self._state.stream_chunks
+
+    @stream_chunks.setter
+    def stream_chunks(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"stream_chunks must be a positive integer, got {value!r}")
+        self._state.stream_chunks = value
+
+    def fail_next(self, status: int = 500, count: int = 1, *, message: str | None = None) -> None:
+        """Answer the next ``count`` requests with ``status`` and the provider's error body."""
+        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+            raise ValueError(f"status must be an HTTP error status (400-599), got {status!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"count must be a positive integer, got {count!r}")
+        with self._lock:
+            self._failures.extend([(status, message)] * count)
+
+    # -- request log -----------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[FakeRequest]:
+        """A copy of the requests received so far, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    # -- the app ---------------------------------------------------------------------------
+
+    def _app(self, request: FakeRequest) -> Reply:
+        provider = _provider_for(request.path)
+        with self._lock:
+            if self.record_requests:
+                self._requests.append(request)
+            failure = self._failures.popleft() if self._failures else None
+        if failure is not None:
+            return provider.error_reply(*failure)
+        reply = provider.handle(request, self._state)
+        if reply is None:
+            return provider.error_reply(
+                404, f"FakeProvider: no route {request.method} {request.path}"
+            )
+        return reply
+
+    # -- ready-made clients (SDKs imported lazily: a missing SDK breaks only its helper) ----
+
+    @overload
+    def openai_client(self, *, async_: Literal[False] = False, **kwargs: Any) -> openai.OpenAI: ...
+    @overload
+    def openai_client(self, *, async_: Literal[True], **kwargs: Any) -> openai.AsyncOpenAI: ...
+    def openai_client(
+        self, *, async_: bool = False, **kwargs: Any
+    ) -> openai.OpenAI | openai.AsyncOpenAI:
+        """An OpenAI client on this fake, ``max_retries=0`` unless given."""
+        import openai
+
+        options: dict[str, Any] = {
+            "api_key": _FAKE_KEY,
+            "base_url": self.openai_base_url,
+            "max_retries": 0,
+        }
+        options.update(kwargs)
+        return openai.AsyncOpenAI(**options) if async_ else openai.OpenAI(**options)
+
+    @overload
+    def azure_openai_client(
+        self, *, async_: Literal[False] = False, **kwargs: Any
+    ) -> openai.AzureOpenAI: ...
+    @overload
+    def azure_openai_client(
+        self, *, async_: Literal[True], **kwargs: Any
+    ) -> openai.AsyncAzureOpenAI: ...
+    def azure_openai_client(
+        self, *, async_: bool = False, **kwargs: Any
+    ) -> openai.AzureOpenAI | openai.AsyncAzureOpenAI:
+        """An Azure OpenAI client on this fake; pass ``azure_deployment=`` to pin a deployment."""
+        import openai
+
+        options: dict[str, Any] = {
+            "api_key": _FAKE_KEY,
+            "api_version": "2024-10-21",
+            "azure_endpoint": self.url,
+            "max_retries": 0,
+        }
+        options.update(kwargs)
+        return openai.AsyncAzureOpenAI(**options) if async_ else openai.AzureOpenAI(**options)
+
+    @overload
+    def anthropic_client(
+        self, *, async_: Literal[False] = False, **kwargs: Any
+    ) -> anthropic.Anthropic: ...
+    @overload
+    def anthropic_client(
+        self, *, async_: Literal[True], **kwargs: Any
+    ) -> anthropic.AsyncAnthropic: ...
+    def anthropic_client(
+        self, *, async_: bool = False, **kwargs: Any
+    ) -> anthropic.Anthropic | anthropic.AsyncAnthropic:
+        """An Anthropic client on this fake, ``max_retries=0`` unless given."""
+        import anthropic
+
+        options: dict[str, Any] = {
+            "api_key": _FAKE_KEY,
+            "base_url": self.anthropic_base_url,
+            "max_retries": 0,
+        }
+        options.update(kwargs)
+        return anthropic.AsyncAnthropic(**options) if async_ else anthropic.Anthropic(**options)
+
+    @overload
+    def anthropic_vertex_client(
+        self, *, async_: Literal[False] = False, **kwargs: Any
+    ) -> anthropic.AnthropicVertex: ...
+    @overload
+    def anthropic_vertex_client(
+        self, *, async_: Literal[True], **kwargs: Any
+    ) -> anthropic.AsyncAnthropicVertex: ...
+    def anthropic_vertex_client(
+        self, *, async_: bool = False, **kwargs: Any
+    ) -> anthropic.AnthropicVertex | anthropic.AsyncAnthropicVertex:
+        """An ``AnthropicVertex`` client on this fake (static token, no Google auth)."""
+        import anthropic
+
+        options: dict[str, Any] = {
+            "access_token": "ya29.fake-token",
+            "region": "us-east5",
+            "project_id": "fake-project",
+            "base_url": self.anthropic_vertex_base_url,
+            "max_retries": 0,
+        }
+        options.update(kwargs)
+        if async_:
+            return anthropic.AsyncAnthropicVertex(**options)
+        return anthropic.AnthropicVertex(**options)
+
+    def genai_client(self, *, vertexai: bool = False, **kwargs: Any) -> Any:
+        """A ``google.genai.Client`` on this fake (``client.aio`` for async). With
+        ``vertexai=True`` it uses the Vertex paths and a static OAuth token."""
+        from google import genai
+
+        options: dict[str, Any]
+        if vertexai:
+            from google.oauth2.credentials import Credentials
+
+            options = {
+                "vertexai": True,
+                "project": "fake-project",
+                "location": "us-central1",
+                "credentials": Credentials(token="ya29.fake-token"),  # type: ignore[no-untyped-call]
+                "http_options": {"base_url": self.gemini_base_url},
+            }
+        else:
+            options = {
+                "api_key": _FAKE_KEY,
+                "http_options": {"base_url": self.gemini_base_url, "api_version": "v1beta"},
+            }
+        options.update(kwargs)
+        return genai.Client(**options)
+
+    def configure_generativeai(self, **kwargs: Any) -> None:
+        """Point the legacy ``google.generativeai`` (process-global) at this fake over REST."""
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            import google.generativeai as legacy_genai
+
+        options: dict[str, Any] = {
+            "api_key": _FAKE_KEY,
+            "transport": "rest",
+            "client_options": {"api_endpoint": self.gemini_base_url},
+        }
+        options.update(kwargs)
+        legacy_genai.configure(**options)  # type: ignore[attr-defined]

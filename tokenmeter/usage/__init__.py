@@ -1,0 +1,64 @@
+"""Normalisation: every provider's usage shape -> one ``Usage`` (SPEC §3 counting rules).
+
+The provider patches and ``record_response()`` both come through here: one road, not two.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokenmeter.usage._read import field
+from tokenmeter.usage._types import Extracted
+from tokenmeter.usage.anthropic import from_anthropic_response, usage_from_anthropic
+from tokenmeter.usage.google import from_gemini_response, usage_from_gemini
+from tokenmeter.usage.openai import from_openai_response, usage_from_openai
+
+__all__ = [
+    "Extracted",
+    "detect_provider",
+    "extract",
+    "from_anthropic_response",
+    "from_gemini_response",
+    "from_openai_response",
+    "usage_from_anthropic",
+    "usage_from_gemini",
+    "usage_from_openai",
+]
+
+_READERS = {
+    "openai": from_openai_response,
+    "anthropic": from_anthropic_response,
+    "google": from_gemini_response,
+}
+#: Providers whose responses have OpenAI's shape (OpenAI-compatible APIs).
+_OPENAI_SHAPED = {"azure", "groq", "deepseek", "openrouter", "mistral", "x-ai", "together",
+                  "fireworks", "perplexity", "ollama", "vllm", "cerebras"}
+
+
+def detect_provider(response: Any) -> str:
+    """Which provider's shape a response (object or JSON dict) has."""
+    if field(response, "usage_metadata", "usageMetadata") is not None:
+        return "google"
+    if field(response, "type") == "message":
+        return "anthropic"
+    usage = field(response, "usage")
+    if usage is not None:
+        if field(usage, "prompt_tokens") is not None or field(usage, "total_tokens") is not None:
+            return "openai"
+        if field(usage, "input_tokens") is not None or field(usage, "output_tokens") is not None:
+            return "anthropic"
+    raise ValueError(
+        "cannot read usage from this response: expected OpenAI 'usage', Anthropic 'usage' or "
+        f"Gemini 'usageMetadata', got {type(response).__name__}"
+    )
+
+
+def extract(response: Any, provider: str | None = None) -> Extracted:
+    """Read usage, model, tier and id from a response of any supported provider."""
+    detected = provider.lower() if provider else detect_provider(response)
+    family = "openai" if detected in _OPENAI_SHAPED else detected
+    family = "google" if family in ("gemini", "vertex", "google-genai") else family
+    reader = _READERS.get(family)
+    if reader is None:
+        raise ValueError(f"unknown provider {provider!r}: expected one of openai, anthropic, google")
+    return reader(response, detected if detected not in ("gemini", "google-genai") else "google")

@@ -1,0 +1,20 @@
+"""What reading a response yields, before it becomes a record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokenmeter._models import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Extracted:
+    """Usage plus the facts about the call that pricing and the record need."""
+
+    provider: str
+    usage: Usage
+    model: str | None = None
+    operation: str | None = None
+    #: Service tier / processing mode that changes the price ("batch", "flex", "priority").
+    tier: str | None = None
+    request_id: str | None = None
