@@ -232,16 +232,21 @@ def _quietly(call: Callable[[], None], sink: Sink) -> None:
 
 # -- module state --------------------------------------------------------------------------------
 _pipeline: _Pipeline | None = None
-_pipeline_lock = threading.Lock()
+_pipeline_lock = threading.RLock()
 _sink_factory: Callable[[], list[Sink]] = list
+#: Loads the settings (and so the configured sinks) before the first pipeline is made.
+first_use_hook: Callable[[], object] | None = None
 _max_queue = 100_000
 _exit_timeout = 10.0
 
 
 def _get() -> _Pipeline:
-    global _pipeline
+    global _pipeline, first_use_hook
     if _pipeline is None:
         with _pipeline_lock:
+            if first_use_hook is not None:
+                hook, first_use_hook = first_use_hook, None
+                hook()
             if _pipeline is None:
                 _pipeline = _Pipeline(_sink_factory, _max_queue)
     return _pipeline

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tokenmeter import _pipeline, _sessions
+from tokenmeter import _pipeline, _runtime, _sessions
 from tokenmeter._models import Usage, UsageRecord
 from tokenmeter.pricing import price_usage
 from tokenmeter.usage import extract
@@ -54,6 +54,8 @@ def emit(
     tags: dict[str, str] | None = None,
 ) -> UsageRecord:
     """Price, attribute and enqueue one call's usage. Inputs are trusted (already validated)."""
+    if _runtime._settings is None:  # once per process: price overrides must be in place
+        _runtime.settings()
     now = timestamp or datetime.now(UTC)
     cost = price_usage(provider, model, usage, at=now, tier=tier)
     session = _sessions.current_session() or _sessions.implicit_session()

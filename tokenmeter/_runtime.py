@@ -116,6 +116,9 @@ def configure(
         _apply()
 
 
+_pipeline.first_use_hook = settings
+
+
 def reset() -> None:
     """Forget every configure() call (tests)."""
     global _sink_objects, _settings

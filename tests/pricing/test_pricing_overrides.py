@@ -255,7 +255,9 @@ def test_malformed_dict_entry_names_the_entry_and_changes_nothing() -> None:
 
 def test_aliases_map_deployments_to_models() -> None:
     usage = Usage(input_tokens=1000, output_tokens=500)
-    set_aliases({"My-GPT4o-Prod-Deployment": "gpt-4o", "proxy-route-7": "anthropic/claude-haiku-4-5"})
+    set_aliases(
+        {"My-GPT4o-Prod-Deployment": "gpt-4o", "proxy-route-7": "anthropic/claude-haiku-4-5"}
+    )
 
     azure = price_usage("azure", "my-gpt4o-prod-deployment", usage, at=DAY)
     proxied = price_usage(None, "proxy-route-7", usage, at=DAY)

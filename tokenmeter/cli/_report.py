@@ -141,7 +141,7 @@ def run_sessions(args: argparse.Namespace) -> int:
         ]
         write_output(dumps_exact(document) + "\n", args.output)
         return 0
-    table = CellTable(_SESSION_HEADERS, 5)
+    table = CellTable(_SESSION_HEADERS, range(5, len(_SESSION_HEADERS)))
     table.rows = render_sessions_list(rows)
     if args.format == "markdown":
         write_output("\n".join(markdown_table(table)) + "\n", args.output)

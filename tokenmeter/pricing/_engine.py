@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Context, Decimal, localcontext
 
 from tokenmeter._models import Cost, Usage
 
@@ -34,9 +34,64 @@ logger = logging.getLogger("tokenmeter")
 
 _ZERO = Decimal(0)
 _PER_MTOK = Decimal(1_000_000)
+#: Rates are divided once, at cache fill, in a context of our own (not the caller thread's).
+_RATE_CONTEXT = Context(prec=40)
 _UNKNOWN = Cost(total_usd=None, breakdown=None, price_source=None, priced_model=None)
 _MAX_ENTRIES = 10_000  # distinct (provider, model, tier) triples before the cache starts over
 _MAX_PERIODS = 1_000  # cached days/windows per entry
+
+
+_COST_FIELDS = frozenset(Cost.model_fields)
+
+
+def _build_cost(
+    total: Decimal, breakdown: dict[str, Decimal], source: str, priced_model: str
+) -> Cost:
+    """A Cost without re-validating values we computed (model_construct costs ~2 µs, this 0.5).
+
+    It sets exactly the attributes pydantic's own construction sets; ``_make_cost`` checks the
+    result against a validated Cost at import and uses model_construct if pydantic ever differs.
+    """
+    cost = object.__new__(Cost)
+    object.__setattr__(
+        cost,
+        "__dict__",
+        {
+            "total_usd": total,
+            "breakdown": breakdown,
+            "price_source": source,
+            "priced_model": priced_model,
+        },
+    )
+    object.__setattr__(cost, "__pydantic_fields_set__", _COST_FIELDS)
+    object.__setattr__(cost, "__pydantic_extra__", None)
+    object.__setattr__(cost, "__pydantic_private__", None)
+    return cost
+
+
+def _construct_cost(
+    total: Decimal, breakdown: dict[str, Decimal], source: str, priced_model: str
+) -> Cost:
+    return Cost.model_construct(
+        total_usd=total, breakdown=breakdown, price_source=source, priced_model=priced_model
+    )
+
+
+def _pick_cost_builder() -> Callable[[Decimal, dict[str, Decimal], str, str], Cost]:
+    args = (Decimal("1.5"), {"input": Decimal("1.5")}, "probe", "probe-model")
+    try:
+        fast = _build_cost(*args)
+        validated = Cost(
+            total_usd=args[0], breakdown=args[1], price_source=args[2], priced_model=args[3]
+        )
+        if fast == validated and fast.model_dump() == validated.model_dump():
+            return _build_cost
+    except Exception:  # pragma: no cover - only if pydantic's internals change
+        pass
+    return _construct_cost  # pragma: no cover
+
+
+_make_cost = _pick_cost_builder()
 
 
 class _PerToken:
@@ -56,6 +111,10 @@ class _PerToken:
     )
 
     def __init__(self, rates: Rates, source: str) -> None:
+        with localcontext(_RATE_CONTEXT):
+            self._fill(rates, source)
+
+    def _fill(self, rates: Rates, source: str) -> None:
         self.source = source
         self.input = rates.input_per_mtok / _PER_MTOK
         self.output = rates.output_per_mtok / _PER_MTOK
@@ -113,16 +172,16 @@ class _Vector:
             output_usd = output_usd + r.audio_out * audio_out
         if reasoning:
             output_usd = output_usd + r.reasoning * reasoning
-        return Cost.model_construct(
-            total_usd=input_usd + read_usd + write_usd + output_usd,
-            breakdown={
+        return _make_cost(
+            input_usd + read_usd + write_usd + output_usd,
+            {
                 "input": input_usd,
                 "cache_read": read_usd,
                 "cache_write": write_usd,
                 "output": output_usd,
             },
-            price_source=r.source,
-            priced_model=self.card.priced_model,
+            r.source,
+            self.card.priced_model,
         )
 
 

@@ -90,7 +90,7 @@ class _Corrected:
 def _ratios(tier: Rates, standard: Rates) -> Rates:
     def ratio(name: str) -> Decimal:
         base: Decimal = getattr(standard, name)
-        return getattr(tier, name) / base if base else Decimal(1)  # type: ignore[no-any-return]
+        return getattr(tier, name) / base if base else Decimal(1)
 
     return Rates(**{f.name: ratio(f.name) for f in fields(Rates)})
 
@@ -99,17 +99,22 @@ def _uniform(factor: Decimal) -> Rates:
     return Rates(**{f.name: factor for f in fields(Rates)})
 
 
-def _mark(card: RateCard, **changes: object) -> RateCard:
-    return replace(card, price_source=ERRATA_SOURCE, **changes)
+def _mark(card: RateCard, base: Rates) -> RateCard:
+    return replace(card, price_source=ERRATA_SOURCE, base=base)
 
 
 def _gpt4o_audio_preview(card: RateCard, requested: str, at: datetime) -> RateCard:
     """gpt-4o-audio-preview has no audio rates in genai-prices: audio billed as text."""
     base = card.base
-    if card.priced_model != "gpt-4o-audio-preview" or base.input_audio_per_mtok != base.input_per_mtok:
+    if (
+        card.priced_model != "gpt-4o-audio-preview"
+        or base.input_audio_per_mtok != base.input_per_mtok
+    ):
         return card
     first_snapshot = "2024-10-01" in requested
-    audio_in, audio_out = (Decimal(100), Decimal(200)) if first_snapshot else (Decimal(40), Decimal(80))
+    audio_in, audio_out = (
+        (Decimal(100), Decimal(200)) if first_snapshot else (Decimal(40), Decimal(80))
+    )
     return _mark(
         card,
         base=base.with_rates(input_audio_per_mtok=audio_in, output_audio_per_mtok=audio_out),

@@ -38,9 +38,10 @@ class GenaiPricesSource:
     def find(self, provider: str | None, model: str) -> _GenaiModel | None:
         snapshot = data_snapshot.get_snapshot()
         provider_id = provider
-        if provider_id is not None and data_snapshot.find_provider_by_id(
-            snapshot.providers, provider_id
-        ) is None:
+        if (
+            provider_id is not None
+            and data_snapshot.find_provider_by_id(snapshot.providers, provider_id) is None
+        ):
             provider_id = None  # a provider genai-prices does not know: match on the name only
         try:
             _, info = snapshot.find_provider_model(model, None, provider_id, None)
@@ -120,7 +121,7 @@ def _rates(values: dict[str, Any], *, input_tokens: int) -> Rates:
                 if input_tokens > tier.start:
                     chosen = tier.price
             return chosen
-        return value  # type: ignore[no-any-return]
+        return value
 
     zero = Decimal(0)
     input_rate = rate("input_mtok") or zero
@@ -145,4 +146,3 @@ def _first(*rates: Decimal | None) -> Decimal:
         if value is not None:
             return value
     raise AssertionError("the last fallback is never None")
-

@@ -1,9 +1,10 @@
 """The layer consulted before any table: user prices, user aliases, and the prices file.
 
 User prices (``set_user_prices`` / ``load_prices_file``) are USD per million tokens, optionally
-scoped to one provider and starting on a ``since`` date. Aliases map names the tables cannot
-know (Azure deployments, proxy routes) to real model names. Both are validated completely before
-they replace the previous setting, so a bad entry changes nothing.
+scoped to one provider and starting on a ``since`` date; they apply as given in every service
+tier. Aliases map names the tables cannot know (Azure deployments, proxy routes) to real model
+names. Both are validated completely before they replace the previous setting, so a bad entry
+changes nothing.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def _install(settings: _Settings) -> None:
 
 
 def set_user_prices(mapping: Mapping[str, Any] | None) -> None:
-    """Replace all user prices; ``None`` or ``{}`` removes them. Raises ValueError on a bad entry."""
+    """Replace all user prices (``None`` or ``{}`` removes them); ValueError on a bad entry."""
     _install(_Settings(prices=_parse_prices(mapping or {}, origin=None), aliases=_settings.aliases))
 
 
@@ -97,8 +98,20 @@ def set_aliases(mapping: Mapping[str, str] | None) -> None:
 
 
 def read_prices_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse and validate a TOML or JSON prices file; returns the raw mapping, installs nothing."""
-    file = Path(path)
+    """Parse and validate a TOML or JSON prices file; returns the raw mapping, installs nothing.
+
+    Lets a caller combine the file with other prices before ``set_user_prices``.
+    """
+    return _read_file(Path(path))[0]
+
+
+def load_prices_file(path: str | os.PathLike[str]) -> None:
+    """Read a prices file (the one ``TOKENMETER_PRICES`` names) and make it the user prices."""
+    prices = _read_file(Path(path))[1]
+    _install(_Settings(prices=prices, aliases=_settings.aliases))
+
+
+def _read_file(file: Path) -> tuple[dict[str, Any], dict[str, tuple[UserPrice, ...]]]:
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
@@ -113,14 +126,7 @@ def read_prices_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{file}: not valid {kind}: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{file}: expected a table of models, got {type(data).__name__}")
-    _parse_prices(data, origin=str(file))
-    return data
-
-
-def load_prices_file(path: str | os.PathLike[str]) -> None:
-    """Read a prices file (the one ``TOKENMETER_PRICES`` names) and make it the user prices."""
-    mapping = read_prices_file(path)
-    _install(_Settings(prices=_parse_prices(mapping, origin=str(path)), aliases=_settings.aliases))
+    return data, _parse_prices(data, origin=str(file))
 
 
 def aliases() -> Mapping[str, str]:
@@ -166,13 +172,19 @@ class UserPricedModel:
         return None
 
 
-def _parse_prices(mapping: Mapping[str, Any], *, origin: str | None) -> dict[str, tuple[UserPrice, ...]]:
+def _parse_prices(
+    mapping: Mapping[str, Any], *, origin: str | None
+) -> dict[str, tuple[UserPrice, ...]]:
     if not isinstance(mapping, Mapping):
-        raise ValueError(_where(origin, None) + f"expected a mapping of models, got {type(mapping).__name__}")
+        raise ValueError(
+            _where(origin, None) + f"expected a mapping of models, got {type(mapping).__name__}"
+        )
     parsed: dict[str, tuple[UserPrice, ...]] = {}
     for model, value in mapping.items():
         if not isinstance(model, str) or not model.strip():
-            raise ValueError(_where(origin, repr(model)) + "the model name must be a non-empty string")
+            raise ValueError(
+                _where(origin, repr(model)) + "the model name must be a non-empty string"
+            )
         key = model.strip().lower()
         if isinstance(value, Mapping):
             entries = [_parse_entry(key, value, _where(origin, repr(model)))]
@@ -183,7 +195,8 @@ def _parse_prices(mapping: Mapping[str, Any], *, origin: str | None) -> dict[str
             ]
         else:
             raise ValueError(
-                _where(origin, repr(model)) + "expected a table of prices or a non-empty list of them"
+                _where(origin, repr(model))
+                + "expected a table of prices or a non-empty list of them"
             )
         parsed[key] = (*parsed.get(key, ()), *entries)
     return parsed
@@ -238,7 +251,9 @@ def _rate(value: Any, where: str) -> Decimal:
     try:
         rate = Decimal(str(value).strip())
     except InvalidOperation:
-        raise ValueError(f"{where} must be a number of USD per million tokens, got {value!r}") from None
+        raise ValueError(
+            f"{where} must be a number of USD per million tokens, got {value!r}"
+        ) from None
     if not rate.is_finite() or rate < 0:
         raise ValueError(f"{where} must be a finite non-negative number, got {value!r}")
     return rate

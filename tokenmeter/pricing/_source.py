@@ -31,7 +31,7 @@ _TIER_NAMES: dict[str, Tier] = {
     "standard": "standard",
     "default": "standard",
     "auto": "standard",
-    "scale": "standard",  # OpenAI's reserved-capacity tier is billed through a contract, not per token
+    "scale": "standard",  # OpenAI reserved capacity: billed by contract, not per token
     "on_demand": "standard",
     "batch": "batch",
     "flex": "flex",

@@ -181,7 +181,7 @@ def _read_layout(fd: int, path: Path) -> _Layout:
     size = os.fstat(fd).st_size
     if size == 0:
         return _Layout()
-    chunk = 8192
+    chunk = _MIN_HEAD  # the first line is inside the head, which is at least this big
     while True:
         data = os.pread(fd, chunk, 0)
         newline = data.find(b"\n")
@@ -357,7 +357,7 @@ def _completion(info: dict[str, Any], t: dict[str, Any]) -> str:
     lines.append(f"- **Final Status:** {_md(info['status'])}\n")
     if info.get("notes"):
         quoted = "".join(f"> {_md(line)}\n" for line in info["notes"].splitlines())
-        lines.append(f"- **Notes:**\n\n{quoted}\n")
+        lines.append(f"- **Notes:**\n\n{quoted}")
     lines.append("\n### Averages per Call\n\n")
     if calls:
         lines += [
@@ -378,8 +378,9 @@ def _completion(info: dict[str, Any], t: dict[str, Any]) -> str:
     else:
         lines.append("n/a (no priced calls with a cost breakdown)\n")
     ratio = f"{t['input'] / t['output']:,.2f}" if t["output"] else "n/a"
-    per_token = _money(cost / t["total"], 10) if cost is not None and t["total"] else "n/a"
-    per_1k = _money(cost * 1000 / t["total"]) if cost is not None and t["total"] else "n/a"
+    priced_tokens = t["priced_tokens"]
+    per_token = _money(cost / priced_tokens, 10) if cost is not None and priced_tokens else "n/a"
+    per_1k = _money(cost * 1000 / priced_tokens) if cost is not None and priced_tokens else "n/a"
     lines += [
         "\n### Efficiency Metrics\n\n",
         f"- **Input/Output Ratio:** {ratio}\n",
@@ -410,6 +411,7 @@ def _new_totals() -> dict[str, Any]:
     return {
         "calls": 0,
         "priced": 0,
+        "priced_tokens": 0,  # tokens of the priced calls: the base of cost per token
         "input": 0,
         "output": 0,
         "total": 0,
@@ -433,6 +435,7 @@ def _add(t: dict[str, Any], r: UsageRecord) -> None:
     cost = r.estimated_cost_usd
     if cost is not None:
         t["priced"] += 1
+        t["priced_tokens"] += r.total_tokens
         t["cost"] = str(Decimal(t["cost"]) + cost)
         breakdown = r.cost_breakdown
         if breakdown:

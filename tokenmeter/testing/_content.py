@@ -29,8 +29,13 @@ def now() -> int:
 
 
 def text_pieces(count: int) -> list[str]:
-    """``count`` stream deltas; the first five spell `REPLY_TEXT`, longer streams keep going."""
-    return [_WORDS[i] if i < len(_WORDS) else f" w{i}" for i in range(count)]
+    """``count`` stream deltas that spell `REPLY_TEXT` (longer streams append `` w5 w6 ...``)."""
+    words = len(_WORDS)
+    if count <= words:
+        return [
+            "".join(_WORDS[i * words // count : (i + 1) * words // count]) for i in range(count)
+        ]
+    return [*_WORDS, *(f" w{i}" for i in range(words, count))]
 
 
 def sample_from_schema(schema: Any, defs: dict[str, Any] | None = None, depth: int = 0) -> Any:

@@ -22,6 +22,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 __all__ = ["FakeRequest", "LoopbackServer", "Reply", "json_reply", "sse", "stream_reply"]
 
+_PHRASES = {status.value: status.phrase for status in HTTPStatus} | {529: "Overloaded"}
+
 #: Streamed events are written in batches of about this many bytes.
 _FLUSH_BYTES = 16384
 
@@ -125,7 +127,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _send(self, reply: Reply) -> None:
-        phrase = HTTPStatus(reply.status).phrase
+        phrase = _PHRASES.get(reply.status, "Error")
         head = [f"HTTP/1.1 {reply.status} {phrase}", f"content-type: {reply.content_type}"]
         head += [f"{name}: {value}" for name, value in reply.headers.items()]
         if self.close_connection:

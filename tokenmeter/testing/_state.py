@@ -15,6 +15,7 @@ DEFAULT_MODELS = {
     "gpt-4o-mini": "gpt-4o-mini-2024-07-18",
     "claude-sonnet-4-5": "claude-sonnet-4-5-20250929",
     "claude-haiku-4-5": "claude-haiku-4-5-20251001",
+    "claude-opus-4-5": "claude-opus-4-5-20251101",
 }
 
 

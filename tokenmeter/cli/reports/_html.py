@@ -12,13 +12,13 @@ from decimal import Decimal
 from html import escape
 
 from tokenmeter.cli.reports._model import Breakdown, Report, Row
+from tokenmeter.cli.reports._format import fmt_int, fmt_usd
 from tokenmeter.cli.reports._render import (
     CellTable,
     call_cells,
     period_text,
     summary_cells,
 )
-from tokenmeter.cli.reports._format import fmt_int, fmt_usd
 
 __all__ = ["HTML_GROUPINGS", "render_html"]
 
@@ -49,7 +49,7 @@ border-radius:6px;padding:.75rem 1rem;min-width:9rem}.card b{display:block;font-
 .chart{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.5rem;margin:.5rem 0;
 max-width:100%;overflow-x:auto}
 table{border-collapse:collapse;background:#fff;font-size:.9rem}
-th,td{border:1px solid #ddd;padding:.3rem .6rem;text-align:left}td.n,th.n{text-align:right}
+th,td{border:1px solid #ddd;padding:.3rem .6rem;text-align:left;white-space:nowrap}td.n,th.n{text-align:right}
 tfoot td{font-weight:bold;background:#f2f2f2}.legend span{display:inline-block;margin-right:1rem}
 .swatch{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:middle}
 .empty{color:#888;font-style:italic}
@@ -60,8 +60,11 @@ def esc(text: object) -> str:
     return escape(str(text), quote=True)
 
 
-def _money_axis(value: Decimal) -> str:
-    return f"${value:,.2f}" if value >= 1 else f"${value:,.4f}"
+def _money_axis(value: Decimal, top: Decimal) -> str:
+    """Axis labels share one precision, enough to tell the gridlines apart."""
+    exponent = (top / 4).normalize().as_tuple().exponent
+    places = max(2, -exponent if isinstance(exponent, int) else 2)
+    return f"${value:,.{places}f}"
 
 
 def _nice_max(value: Decimal) -> Decimal:
@@ -113,7 +116,7 @@ def _daily_chart(per_day_model: Breakdown, colors: dict[str, str]) -> str:
         parts.append(
             f'<line x1="{left}" x2="{_WIDTH - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
             f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">'
-            f"{esc(_money_axis(value))}</text>"
+            f"{esc(_money_axis(value, top))}</text>"
         )
     label_every = max(1, len(days) // 12)
     for index, day in enumerate(days):

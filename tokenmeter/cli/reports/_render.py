@@ -63,14 +63,14 @@ CALL_HEADERS = (
 class CellTable:
     """Headers, string cells and which columns are numeric (right-aligned)."""
 
-    def __init__(self, headers: Sequence[str], numeric_from: int) -> None:
+    def __init__(self, headers: Sequence[str], numeric: range) -> None:
         self.headers = list(headers)
-        self.numeric_from = numeric_from
+        self.numeric = numeric
         self.rows: list[list[str]] = []
         self.footer: list[str] | None = None
 
     def is_numeric(self, index: int) -> bool:
-        return index >= self.numeric_from
+        return index in self.numeric
 
 
 def _metric_cells(totals: Totals, whole: Totals) -> list[str]:
@@ -90,7 +90,8 @@ def _metric_cells(totals: Totals, whole: Totals) -> list[str]:
 
 def summary_cells(report: Report) -> CellTable:
     breakdown = report.main
-    table = CellTable([*breakdown.columns, *METRIC_HEADERS], len(breakdown.columns))
+    headers = [*breakdown.columns, *METRIC_HEADERS]
+    table = CellTable(headers, range(len(breakdown.columns), len(headers)))
     for row in breakdown.rows:
         table.rows.append([*row.key, *_metric_cells(row.totals, report.totals)])
     label = ["TOTAL"] + [""] * (len(breakdown.columns) - 1)
@@ -99,7 +100,7 @@ def summary_cells(report: Report) -> CellTable:
 
 
 def call_cells(calls: Sequence[Call]) -> CellTable:
-    table = CellTable(CALL_HEADERS, 4)
+    table = CellTable(CALL_HEADERS, range(4, 8))
     for call in calls:
         table.rows.append(
             [

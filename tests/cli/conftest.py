@@ -1,0 +1,162 @@
+"""A small usage history with totals worked out by hand, stored through the real sinks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from tokenmeter._models import SessionInfo, UsageRecord
+from tokenmeter.cli import main
+from tokenmeter.sinks import JSONLSink, SQLiteSink
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def ts(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def rec(
+    n: int,
+    when: str,
+    provider: str,
+    model: str,
+    inp: int,
+    out: int,
+    cost: str | None,
+    *,
+    session: tuple[str, str] | None = None,
+    tags: dict[str, str] | None = None,
+    cache_read: int = 0,
+    cache_write: int = 0,
+    reasoning: int = 0,
+    status: str = "ok",
+    error: str | None = None,
+) -> UsageRecord:
+    return UsageRecord(
+        id=f"rec-{n:03d}",
+        timestamp=ts(when),
+        model_provider=provider,
+        model_name=model,
+        input_tokens=inp,
+        output_tokens=out,
+        total_tokens=inp + out,
+        estimated_cost_usd=None if cost is None else Decimal(cost),
+        cost_breakdown=None if cost is None else {"input": Decimal(cost), "output": Decimal(0)},
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        reasoning_tokens=reasoning,
+        session_id=None if session is None else session[0],
+        session_name=None if session is None else session[1],
+        tags=tags or {},
+        status=status,  # type: ignore[arg-type]
+        error=error,
+    )
+
+
+CHAT = ("sess-chat", "chat")
+SEARCH = ("sess-search", "search")
+
+#: Three days of calls; edges on purpose: the first and last millisecond of 2026-11-01.
+RECORDS = [
+    rec(1, "2026-11-01T00:00:00.000Z", "openai", "gpt-4o", 1000, 500, "0.0075",
+        session=CHAT, tags={"feature": "chat"}),
+    rec(2, "2026-11-01T23:59:59.999Z", "anthropic", "claude-sonnet-4-5", 2000, 100,
+        "0.012345678901", session=CHAT, tags={"feature": "chat"}, cache_read=500,
+        cache_write=300),
+    rec(3, "2026-11-02T00:00:00.000Z", "google", "gemini-2.5-flash", 300, 700, "0.00185",
+        session=SEARCH, tags={"feature": "search", "team": "core"}, reasoning=200),
+    rec(4, "2026-11-02T12:00:00.000Z", "openai", "gpt-4o", 10, 10, "0.000125",
+        session=SEARCH),
+    rec(5, "2026-11-02T12:30:00.000Z", "custom", "unknown-model", 50, 5, None,
+        status="error", error="APIError"),
+    rec(6, "2026-11-03T08:00:00.000Z", "openai", "gpt-4o-mini", 123456, 654,
+        "1.234567890123", session=CHAT, tags={"feature": "chat"}),
+]
+TOTAL_COST = Decimal("1.256388569024")
+
+SESSIONS = [
+    SessionInfo(id="sess-chat", name="chat", tags={"feature": "chat"}, status="completed",
+                started_at=ts("2026-11-01T00:00:00.000Z"),
+                ended_at=ts("2026-11-03T08:00:01.000Z"), notes="first week"),
+    SessionInfo(id="sess-search", name="search", status="completed",
+                started_at=ts("2026-11-02T00:00:00.000Z"),
+                ended_at=ts("2026-11-02T12:00:01.000Z")),
+]
+
+
+def write_sqlite(path: Path, records: list[UsageRecord], sessions: list[SessionInfo]) -> Path:
+    sink = SQLiteSink(path)
+    sink.write(records)
+    sink.write_sessions(sessions)
+    sink.close()
+    return path
+
+
+def write_jsonl(path: Path, records: list[UsageRecord]) -> Path:
+    sink = JSONLSink(path)
+    sink.write(records)
+    sink.close()
+    return path
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Path:
+    return write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
+
+
+@pytest.fixture
+def jsonl_file(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "usage.jsonl", RECORDS)
+
+
+@pytest.fixture(params=["sqlite", "jsonl"])
+def source(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """The same history in each storage format: every report must agree on both."""
+    if request.param == "sqlite":
+        return write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
+    return write_jsonl(tmp_path / "usage.jsonl", RECORDS)
+
+
+RunCli = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> RunCli:
+    """Run ``tokenmeter ARGS`` in-process; returns (exit status, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse usage errors
+            code = int(exc.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def run_module(*args: str, cwd: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m tokenmeter ARGS`` in a real subprocess (stdout and stderr are pipes)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tokenmeter", *args],
+        cwd=cwd,
+        env=subprocess_env(**extra_env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -1,0 +1,119 @@
+"""The command as users start it: console entry point, ``python -m tokenmeter``, the demo."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import REPO, run_module
+from tokenmeter.cli import _progress
+from tokenmeter.cli._progress import Progress
+
+
+def test_console_script_is_declared() -> None:
+    text = (REPO / "pyproject.toml").read_text()
+    assert 'tokenmeter = "tokenmeter.cli:main"' in text
+
+
+def test_python_dash_m_help(tmp_path: Path) -> None:
+    result = run_module("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for command in ("report", "sessions", "session", "tail", "prices", "demo"):
+        assert command in result.stdout
+
+
+def test_unknown_command_is_one_line(tmp_path: Path) -> None:
+    result = run_module("reprot", cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_piped_json_has_no_progress_or_colour(tmp_path: Path) -> None:
+    from tests.cli.conftest import RECORDS, write_jsonl
+
+    path = write_jsonl(tmp_path / "usage.jsonl", RECORDS * 1)
+    result = run_module("report", "--source", str(path), "--format", "json", cwd=tmp_path)
+    assert result.returncode == 0 and result.stderr == ""
+    assert json.loads(result.stdout)["totals"]["calls"] == 6
+
+
+def test_progress_draws_after_delay_and_wipes_itself() -> None:
+    stream = io.StringIO()
+    with Progress("reading usage.jsonl", enabled=True, delay=0, stream=stream) as progress:
+        progress.update(50, 100)
+    text = stream.getvalue()
+    assert "reading usage.jsonl [###############---------------]  50%" in text
+    assert text.endswith("\r") and text.split("\r")[-2].strip() == ""
+
+
+def test_progress_is_silent_for_quick_reads() -> None:
+    stream = io.StringIO()
+    with Progress("x", enabled=True, delay=60, stream=stream) as progress:
+        progress.update(1, 2)
+    assert stream.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    ("stdout_tty", "stderr_tty", "machine", "to_file", "allowed"),
+    [
+        (True, True, False, False, True),
+        (False, True, False, False, True),  # table piped: the bar is on stderr, a terminal
+        (False, True, True, False, False),  # json piped: never
+        (False, True, True, True, True),  # json to -o FILE
+        (True, False, False, False, False),  # stderr not a terminal: never
+    ],
+)
+def test_progress_allowed(
+    monkeypatch: pytest.MonkeyPatch,
+    stdout_tty: bool,
+    stderr_tty: bool,
+    machine: bool,
+    to_file: bool,
+    allowed: bool,
+) -> None:
+    class Stream(io.StringIO):
+        def __init__(self, tty: bool) -> None:
+            super().__init__()
+            self.tty = tty
+
+        def isatty(self) -> bool:
+            return self.tty
+
+    monkeypatch.setattr(_progress.sys, "stdout", Stream(stdout_tty))
+    monkeypatch.setattr(_progress.sys, "stderr", Stream(stderr_tty))
+    assert _progress.progress_allowed(machine_format=machine, to_file=to_file) is allowed
+
+
+def test_demo_runs_offline_and_reports(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    result = run_module("demo", cwd=tmp_path, TOKENMETER_DIR=str(data))
+    assert result.returncode == 0, result.stderr
+    assert "TOTAL" in result.stdout
+    for provider in ("openai", "anthropic", "google"):
+        assert f"\n{provider}" in result.stdout
+    with sqlite3.connect(data / "usage.db") as conn:
+        sessions = dict(conn.execute(
+            "SELECT session_name, COUNT(*) FROM records GROUP BY session_name"
+        ).fetchall())
+        tags = {row[0] for row in conn.execute("SELECT tags FROM records")}
+        cost = conn.execute("SELECT SUM(cost_pusd) FROM records").fetchone()[0]
+    assert sessions.keys() == {"demo-chat", "demo-search"}
+    assert any('"feature":"chat"' in t for t in tags)
+    assert cost > 0
+
+    listed = run_module("sessions", "--format", "json", cwd=tmp_path, TOKENMETER_DIR=str(data))
+    names = {row["name"] for row in json.loads(listed.stdout, parse_float=Decimal)}
+    assert {"demo-chat", "demo-search"} <= names
+
+
+def test_live_demo_without_keys_is_a_clear_error(tmp_path: Path) -> None:
+    result = run_module(
+        "demo", "--live", cwd=tmp_path, TOKENMETER_DIR=str(tmp_path / "d"),
+        OPENAI_API_KEY="", ANTHROPIC_API_KEY="", GEMINI_API_KEY="", GOOGLE_API_KEY="",
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("tokenmeter: error: --live needs")

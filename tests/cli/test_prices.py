@@ -1,0 +1,56 @@
+"""``tokenmeter prices MODEL``: the rates that would be applied and where they come from."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import RunCli
+
+
+def test_known_model(cli: RunCli) -> None:
+    code, out, _ = cli("prices", "gpt-4o", "--provider", "openai")
+    assert code == 0
+    assert "price source   genai-prices" in out
+    lines = {line.split("  ")[1].strip(): line.split()[-1] for line in out.splitlines()
+             if line.startswith("  ")}
+    assert lines["input"] == "2.5" and lines["output"] == "10" and lines["cache read"] == "1.25"
+
+
+def test_json_with_long_context_tier(cli: RunCli) -> None:
+    code, out, _ = cli("prices", "claude-sonnet-4-5", "--provider", "anthropic",
+                       "--format", "json")
+    doc = json.loads(out, parse_float=Decimal)
+    assert doc["usd_per_million_tokens"]["input_per_mtok"] == 3
+    assert doc["usd_per_million_tokens"]["cache_write_1h_per_mtok"] == 6
+    assert doc["long_context_tiers"][0]["above_input_tokens"] == 200_000
+
+
+@pytest.fixture
+def clean_user_prices() -> Iterator[None]:
+    from tokenmeter.pricing import set_user_prices
+
+    yield
+    set_user_prices({})  # the CLI loaded process-wide overrides: leave none for other tests
+
+
+@pytest.mark.usefixtures("clean_user_prices")
+def test_override_file_wins(cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"my-model": {"input_per_mtok": 2, "output_per_mtok": 10}}))
+    monkeypatch.setenv("TOKENMETER_PRICES", str(prices))
+    code, out, err = cli("prices", "my-model", "--format", "json")
+    assert code == 0, err
+    doc = json.loads(out, parse_float=Decimal)
+    assert doc["usd_per_million_tokens"]["input_per_mtok"] == 2
+    assert doc["price_source"] != "genai-prices 0.2.3"
+
+
+def test_unknown_model(cli: RunCli) -> None:
+    code, out, err = cli("prices", "no-such-model-xyz")
+    assert code == 1 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "no price known" in err

@@ -1,0 +1,263 @@
+"""``tokenmeter report`` against a history whose totals were worked out by hand."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import RECORDS, TOTAL_COST, RunCli, rec, write_jsonl
+
+
+def report_json(cli: RunCli, *args: str) -> dict:
+    code, out, err = cli("report", *args, "--format", "json")
+    assert code == 0, err
+    return json.loads(out, parse_float=Decimal)
+
+
+def rows_by(doc: dict, *columns: str) -> dict[tuple[str, ...], dict]:
+    return {tuple(row[c] for c in columns): row for row in doc["rows"]}
+
+
+def test_by_model_totals_are_exact(cli: RunCli, source: Path) -> None:
+    doc = report_json(cli, "--source", str(source), "--by", "model")
+    rows = rows_by(doc, "provider", "model")
+    assert rows["openai", "gpt-4o"]["calls"] == 2
+    assert rows["openai", "gpt-4o"]["cost_usd"] == Decimal("0.007625")
+    assert rows["openai", "gpt-4o"]["input_tokens"] == 1010
+    assert rows["anthropic", "claude-sonnet-4-5"]["cost_usd"] == Decimal("0.012345678901")
+    assert rows["anthropic", "claude-sonnet-4-5"]["cache_read_tokens"] == 500
+    assert rows["anthropic", "claude-sonnet-4-5"]["cache_write_tokens"] == 300
+    assert rows["google", "gemini-2.5-flash"]["reasoning_tokens"] == 200
+    unknown = rows["custom", "unknown-model"]
+    assert unknown["cost_usd"] is None and unknown["unpriced_calls"] == 1
+    totals = doc["totals"]
+    assert totals["cost_usd"] == TOTAL_COST
+    assert totals["calls"] == 6 and totals["unpriced_calls"] == 1
+    assert totals["total_tokens"] == sum(r.total_tokens for r in RECORDS)
+    # Most expensive first; shares add up to 1.
+    assert doc["rows"][0]["model"] == "gpt-4o-mini"
+    shares = [row["share_of_cost"] for row in doc["rows"] if row["share_of_cost"] is not None]
+    assert abs(sum(shares) - 1) < Decimal("0.00001")
+
+
+@pytest.mark.parametrize(
+    ("by", "columns", "expected"),
+    [
+        ("provider", ("provider",), {("openai",): "1.242192890123", ("google",): "0.00185"}),
+        ("session", ("session_id",), {("sess-chat",): "1.254413569024",
+                                      ("sess-search",): "0.001975", ("(none)",): None}),
+        ("day", ("day",), {("2026-11-01",): "0.019845678901", ("2026-11-02",): "0.001975",
+                           ("2026-11-03",): "1.234567890123"}),
+        ("tag:feature", ("tag:feature",), {("chat",): "1.254413569024",
+                                           ("search",): "0.00185", ("(none)",): "0.000125"}),
+        ("tag:team", ("tag:team",), {("core",): "0.00185", ("(none)",): "1.254538569024"}),
+    ],
+)
+def test_groupings(
+    cli: RunCli, source: Path, by: str, columns: tuple[str, ...], expected: dict
+) -> None:
+    rows = rows_by(report_json(cli, "--source", str(source), "--by", by), *columns)
+    for key, cost in expected.items():
+        assert rows[key]["cost_usd"] == (None if cost is None else Decimal(cost)), key
+
+
+def test_day_rows_are_in_time_order(cli: RunCli, source: Path) -> None:
+    doc = report_json(cli, "--source", str(source), "--by", "day")
+    assert [row["day"] for row in doc["rows"]] == ["2026-11-01", "2026-11-02", "2026-11-03"]
+
+
+@pytest.mark.parametrize("by", [["--by", "model", "--by", "day"], ["--by", "model,day"]])
+def test_composite_key(cli: RunCli, source: Path, by: list[str]) -> None:
+    doc = report_json(cli, "--source", str(source), *by)
+    assert doc["group_by"] == ["model", "day"]
+    rows = rows_by(doc, "provider", "model", "day")
+    assert rows["openai", "gpt-4o", "2026-11-01"]["cost_usd"] == Decimal("0.0075")
+    assert rows["openai", "gpt-4o", "2026-11-02"]["cost_usd"] == Decimal("0.000125")
+    assert len(doc["rows"]) == 6
+
+
+@pytest.mark.parametrize(
+    ("window", "ids_expected"),
+    [
+        (["--since", "2026-11-01", "--until", "2026-11-01"], 2),  # the whole day, both edges
+        (["--until", "2026-11-01T23:59:59.998"], 1),  # one ms before the last call of the day
+        (["--until", "2026-11-01T23:59:59.999Z"], 2),  # --until is inclusive
+        (["--since", "2026-11-02"], 4),
+        (["--since", "2026-11-01T23:59:59.999"], 5),
+        (["--since", "2026-11-02T00:00:00.001"], 3),
+        (["--since", "2026-11-03", "--until", "2026-11-02"], 0),
+    ],
+)
+def test_date_window_edges(cli: RunCli, source: Path, window: list[str], ids_expected: int) -> None:
+    doc = report_json(cli, "--source", str(source), *window)
+    assert doc["totals"]["calls"] == ids_expected
+
+
+def test_relative_since_excludes_old_history(cli: RunCli, source: Path) -> None:
+    doc = report_json(cli, "--source", str(source), "--since", "7d")
+    assert doc["totals"]["calls"] == 0 and doc["rows"] == []
+
+
+def test_markdown(cli: RunCli, source: Path) -> None:
+    code, out, _ = cli("report", "--source", str(source), "--format", "markdown")
+    assert code == 0
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("| provider"))
+    assert "| Calls | Input | Output | Cache read | Cache write | Reasoning | Total tokens |" in header
+    assert "| Cost | Share | Unpriced |" in header
+    total = next(line for line in lines if line.startswith("| **TOTAL**"))
+    assert "**$1.256389**" in total
+    assert "| gpt-4o-mini |" in out
+    assert "**Total cost**: $1.256389" in out
+
+
+def test_csv_is_machine_clean(cli: RunCli, source: Path) -> None:
+    code, out, err = cli("report", "--source", str(source), "--by", "day", "--format", "csv")
+    assert code == 0 and err == ""
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [row["day"] for row in rows] == ["2026-11-01", "2026-11-02", "2026-11-03"]
+    assert sum(Decimal(row["cost_usd"]) for row in rows) == TOTAL_COST
+    assert "\x1b" not in out
+
+
+def test_plain_table_when_piped(cli: RunCli, source: Path) -> None:
+    code, out, _ = cli("report", "--source", str(source))
+    assert code == 0
+    assert "\x1b" not in out  # no colour codes when stdout is not a terminal
+    total_line = next(line for line in out.splitlines() if line.startswith("TOTAL"))
+    assert "$1.256389" in total_line and "100.0%" in total_line
+    assert "124,110" in out  # gpt-4o-mini's total tokens, thousands separated
+    header = next(line for line in out.splitlines() if line.startswith("provider"))
+    for column in ("Calls", "Cache read", "Cache write", "Reasoning", "Share", "Unpriced"):
+        assert column in header
+
+
+def test_detailed_lists_calls(cli: RunCli, source: Path) -> None:
+    doc = report_json(cli, "--source", str(source), "--detailed")
+    assert [c["timestamp"] for c in doc["calls"]] == [
+        "2026-11-01T00:00:00.000Z",
+        "2026-11-01T23:59:59.999Z",
+        "2026-11-02T00:00:00.000Z",
+        "2026-11-02T12:00:00.000Z",
+        "2026-11-02T12:30:00.000Z",
+        "2026-11-03T08:00:00.000Z",
+    ]
+    assert doc["calls"][-1]["cost_usd"] == Decimal("1.234567890123")
+    assert doc["calls"][4]["status"] == "error" and doc["calls"][4]["error"] == "APIError"
+    limited = report_json(cli, "--source", str(source), "--detailed", "--limit", "2")
+    assert [c["model"] for c in limited["calls"]] == ["unknown-model", "gpt-4o-mini"]
+    code, out, _ = cli("report", "--source", str(source), "--detailed", "--limit", "2")
+    assert "Calls (the latest 2 of 6)" in out
+
+
+def test_detailed_csv_lists_calls(cli: RunCli, source: Path) -> None:
+    code, out, _ = cli("report", "--source", str(source), "--detailed", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == 6 and rows[2]["tags"] == "feature=search;team=core"
+
+
+def test_output_file_owner_only_and_format_from_suffix(
+    cli: RunCli, source: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "out" / "report.md"
+    target.parent.mkdir()
+    code, out, err = cli("report", "--source", str(source), "-o", str(target))
+    assert code == 0 and out == ""
+    assert target.read_text().startswith("# tokenmeter report")
+    assert os.stat(target).st_mode & 0o777 == 0o600
+    html = tmp_path / "report.html"
+    assert cli("report", "--source", str(source), "-o", str(html))[0] == 0
+    assert html.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_directory_source_finds_usage_db(cli: RunCli, sqlite_db: Path) -> None:
+    doc = report_json(cli, "--source", str(sqlite_db.parent))
+    assert doc["totals"]["cost_usd"] == TOTAL_COST
+
+
+def test_default_source_honours_tokenmeter_dir(
+    cli: RunCli, sqlite_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKENMETER_DIR", str(sqlite_db.parent))
+    assert report_json(cli)["totals"]["calls"] == 6
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def test_missing_source(cli: RunCli, tmp_path: Path) -> None:
+    code, out, err = cli("report", "--source", str(tmp_path / "nope.db"))
+    assert code == 1 and out == ""
+    assert err.strip().splitlines() == [f"tokenmeter: error: no usage data at {tmp_path}/nope.db"]
+
+
+def test_missing_default_source_says_what_to_do(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TOKENMETER_DIR", raising=False)
+    code, _, err = cli("report")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert ".tokenmeter/usage.db" in err and "tokenmeter demo" in err
+
+
+def test_sqlite_without_records_table(cli: RunCli, tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "other.db"
+    sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.close()
+    code, _, err = cli("report", "--source", str(path))
+    assert code == 1 and "not a tokenmeter database" in err and len(err.splitlines()) == 1
+
+
+def test_unreadable_source(cli: RunCli, tmp_path: Path) -> None:
+    path = tmp_path / "garbage.bin"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    code, _, err = cli("report", "--source", str(path))
+    assert code == 1 and "neither a tokenmeter SQLite database nor a JSONL file" in err
+
+
+@pytest.mark.parametrize("flag", ["--since", "--until"])
+@pytest.mark.parametrize("value", ["yesterday", "2026-13-01", "7x", ""])
+def test_bad_date(cli: RunCli, sqlite_db: Path, flag: str, value: str) -> None:
+    code, out, err = cli("report", "--source", str(sqlite_db), flag, value)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "bad date" in err
+
+
+@pytest.mark.parametrize("by", ["modle", "tag:", "day,weekday"])
+def test_unknown_by_key(cli: RunCli, sqlite_db: Path, by: str) -> None:
+    code, out, err = cli("report", "--source", str(sqlite_db), "--by", by)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "unknown --by key" in err
+
+
+def test_corrupt_jsonl_lines_are_skipped_and_counted(cli: RunCli, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "usage.jsonl", RECORDS[:3])
+    with path.open("a") as handle:
+        handle.write("not json at all\n")
+        handle.write('["a list"]\n')
+        handle.write('{"timestamp": "2026-11-02T00:00:01.000Z", "input_tokens": "many"}\n')
+    write_jsonl(path, RECORDS[3:])
+    with path.open("a") as handle:
+        handle.write('{"timestamp": "2026-11-03T09:00:00.000Z", "model_pro')  # torn last line
+    code, out, err = cli("report", "--source", str(path), "--format", "json")
+    assert code == 0
+    assert json.loads(out, parse_float=Decimal)["totals"]["cost_usd"] == TOTAL_COST
+    assert err.strip().splitlines() == [
+        f"tokenmeter: warning: skipped 4 corrupt lines in {path}"
+    ]
+
+
+def test_unpriced_only_is_not_a_silent_zero(cli: RunCli, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "u.jsonl", [rec(9, "2026-11-05T00:00:00.000Z", "x", "m", 1, 1, None)])
+    doc = report_json(cli, "--source", str(path))
+    assert doc["totals"]["cost_usd"] is None and doc["totals"]["unpriced_calls"] == 1
+    code, out, _ = cli("report", "--source", str(path))
+    assert "n/a" in out

@@ -1,0 +1,68 @@
+"""``tokenmeter sessions`` and ``tokenmeter session ID``."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+
+from tests.cli.conftest import RunCli
+
+
+def test_sessions_lists_most_recent_first_with_totals(cli: RunCli, source: Path) -> None:
+    code, out, err = cli("sessions", "--source", str(source), "--format", "json")
+    assert code == 0, err
+    rows = json.loads(out, parse_float=Decimal)
+    assert [row["session_id"] for row in rows] == ["sess-chat", "(none)", "sess-search"]
+    chat = rows[0]
+    assert chat["name"] == "chat" and chat["calls"] == 3
+    assert chat["cost_usd"] == Decimal("1.254413569024")
+    assert chat["first_call"] == "2026-11-01T00:00:00.000Z"
+    assert chat["last_call"] == "2026-11-03T08:00:00.000Z"
+    assert rows[1]["cost_usd"] is None and rows[1]["unpriced_calls"] == 1
+
+
+def test_sessions_table_and_window(cli: RunCli, sqlite_db: Path) -> None:
+    code, out, _ = cli("sessions", "--source", str(sqlite_db), "--until", "2026-11-01")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["Session", "Name", "Status"]
+    assert len(lines) == 3 and "sess-chat" in lines[2] and "completed" in lines[2]
+    assert "$0.019846" in lines[2]  # only the two calls of 2026-11-01
+
+
+def test_session_as_journal(cli: RunCli, source: Path) -> None:
+    code, out, err = cli("session", "sess-chat", "--source", str(source))
+    assert code == 0, err
+    assert out.startswith("# Session: chat\n")
+    assert "| Call | Timestamp | Input Tokens | Output Tokens | Total Tokens | Cost |" in out
+    assert "| 1 | 2026-11-01T00:00:00.000Z | 1,000 | 500 | 1,500 | $0.007500 |" in out
+    assert "| 3 | 2026-11-03T08:00:00.000Z | 123,456 | 654 | 124,110 | $1.234568 |" in out
+    for heading in ("## Session Summary", "## Averages per Call", "## Cost Breakdown",
+                    "## Efficiency Metrics"):
+        assert heading in out
+    assert "- **Total Cost**: $1.254414" in out
+    assert "- **Input Cost**: $1.254414 (100.0%)" in out  # the fixture prices input only
+    assert "- **Input/Output Ratio**: 100.84" in out  # 126,456 / 1,254
+    assert "openai/gpt-4o, openai/gpt-4o-mini" in out
+
+
+def test_session_status_and_notes_from_sqlite(cli: RunCli, sqlite_db: Path) -> None:
+    code, out, _ = cli("session", "sess-chat", "--source", str(sqlite_db))
+    assert "- **Status**: completed" in out
+    assert "- **Completed**: 2026-11-03T08:00:01.000Z" in out
+    assert "- **Notes**: first week" in out
+
+
+def test_session_by_name_and_json(cli: RunCli, source: Path) -> None:
+    code, out, _ = cli("session", "search", "--source", str(source), "--format", "json")
+    assert code == 0
+    doc = json.loads(out, parse_float=Decimal)
+    assert doc["session_id"] == "sess-search"
+    assert doc["cost_usd"] == Decimal("0.001975") and len(doc["calls"]) == 2
+
+
+def test_unknown_session(cli: RunCli, source: Path) -> None:
+    code, out, err = cli("session", "nope", "--source", str(source))
+    assert code == 1 and out == ""
+    assert err.strip() == f"tokenmeter: error: no session 'nope' in {source}"

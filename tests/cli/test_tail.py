@@ -1,0 +1,98 @@
+"""``tokenmeter tail [-f]`` in a real subprocess: new records appear, Ctrl-C stops it cleanly."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import RECORDS, SESSIONS, rec, subprocess_env, write_jsonl, write_sqlite
+from tokenmeter.sinks import JSONLSink, SQLiteSink
+
+
+def test_tail_last_records(cli, source: Path) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = cli("tail", "--source", str(source), "-n", "2")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("2026-11-02T12:30:00.000Z  custom/unknown-model")
+    assert "n/a" in lines[0] and "error:APIError" in lines[0]
+    assert "openai/gpt-4o-mini" in lines[1] and "$1.234568" in lines[1]
+    assert "session=chat" in lines[1]
+
+
+def test_tail_json_lines(cli, sqlite_db: Path) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = cli("tail", "--source", str(sqlite_db), "-n", "6", "--format", "json")
+    calls = [json.loads(line) for line in out.splitlines()]
+    assert [c["model"] for c in calls][-1] == "gpt-4o-mini" and len(calls) == 6
+
+
+def _read_line(proc: subprocess.Popen[str], deadline: float) -> str:
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line:
+            return line
+    raise AssertionError("tail -f printed nothing in time")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_follow_prints_new_records_and_stops_on_ctrl_c(kind: str, tmp_path: Path) -> None:
+    if kind == "sqlite":
+        path = write_sqlite(tmp_path / "usage.db", RECORDS[:2], SESSIONS)
+        sink: SQLiteSink | JSONLSink = SQLiteSink(path)
+    else:
+        path = write_jsonl(tmp_path / "usage.jsonl", RECORDS[:2])
+        sink = JSONLSink(path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenmeter", "tail", "-f", "-n", "1", "--interval", "0.1",
+         "--source", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        assert "claude-sonnet-4-5" in _read_line(proc, deadline)
+        # A late batch whose timestamp is OLDER than what was shown must still appear.
+        sink.write([rec(50, "2026-10-01T00:00:00.000Z", "openai", "late-model", 5, 5, "0.01")])
+        assert "openai/late-model" in _read_line(proc, deadline)
+        sink.write([rec(51, "2026-11-09T00:00:00.000Z", "openai", "new-model", 5, 5, "0.02")])
+        assert "openai/new-model" in _read_line(proc, deadline)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        sink.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+def test_follow_jsonl_waits_for_complete_lines(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "usage.jsonl", RECORDS[:1])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenmeter", "tail", "-f", "--interval", "0.1", "--format",
+         "json", "--source", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        _read_line(proc, deadline)
+        line = json.dumps(RECORDS[5].to_json_dict()) + "\n"
+        with path.open("a") as handle:
+            handle.write(line[:40])  # a writer half-way through a line
+            handle.flush()
+            time.sleep(0.5)
+            handle.write(line[40:])
+        shown = json.loads(_read_line(proc, deadline))
+        assert shown["model"] == "gpt-4o-mini" and shown["cost_usd"] == 1.234567890123
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and err == ""

@@ -1,0 +1,33 @@
+"""Shared fixtures: every test runs in its own directory with tokenmeter's state reset."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import tokenmeter
+from tokenmeter import _runtime
+from tokenmeter.sinks import InMemorySink
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A fresh working directory and no TOKENMETER_* settings leaking in from the machine."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("TOKENMETER_DIR", "TOKENMETER_SINKS", "TOKENMETER_DISABLED", "TOKENMETER_PRICES",
+                 "TOKENMETER_STREAM_USAGE"):
+        monkeypatch.delenv(name, raising=False)
+    yield
+    tokenmeter.uninstrument()
+    monkeypatch.undo()  # the test's environment may hold deliberately bad settings
+    _runtime.reset()
+
+
+@pytest.fixture
+def sink() -> InMemorySink:
+    """An in-memory sink configured as the only sink."""
+    memory = InMemorySink()
+    tokenmeter.configure(sinks=[memory])
+    return memory

@@ -1,0 +1,447 @@
+"""price_usage: unknown models, name normalisation, tiers, the cache, and no network."""
+
+import logging
+import random
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import warnings
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import genai_prices
+import pytest
+from pydantic import ValidationError
+
+from tokenmeter._models import Cost, Usage
+from tokenmeter.pricing import (
+    clear_cache,
+    describe_price,
+    price_usage,
+    set_price_source,
+    set_user_prices,
+)
+from tokenmeter.pricing._genai import GenaiPricesSource
+
+DAY = datetime(2026, 11, 23, 12, tzinfo=UTC)
+BEFORE_TIER_VARIANTS = datetime(
+    2025, 9, 1, tzinfo=UTC
+)  # genai-prices' variants start 2026-10-12/14
+PLAIN = Usage(input_tokens=1000, output_tokens=500)
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "tokenmeter" and r.levelno == logging.WARNING
+    ]
+
+
+def test_unknown_model_is_unpriced_with_exactly_one_warning_per_model(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="tokenmeter")
+
+    costs = [price_usage("openai", "gpt-unknown-9000", PLAIN, at=DAY) for _ in range(5)]
+    costs += [price_usage("openai", "gpt-unknown-9000", PLAIN, tier="batch") for _ in range(2)]
+    costs.append(price_usage(None, "my-custom-model", PLAIN, at=DAY))
+    costs.append(price_usage("bogusprov", "my-custom-model", PLAIN, at=DAY))
+
+    assert all(c.total_usd is None and c.breakdown is None for c in costs)
+    messages = _warnings(caplog)
+    assert len(messages) == 3
+    assert "gpt-unknown-9000" in messages[0]
+    assert "my-custom-model" in messages[1] and "my-custom-model" in messages[2]
+
+
+def test_unknown_model_is_never_a_silent_zero_nor_an_exception() -> None:
+    cost = price_usage("azure", "my-gpt4o-prod-deployment", PLAIN, at=DAY)
+    assert cost.total_usd is None
+    assert describe_price("azure", "my-gpt4o-prod-deployment", at=DAY) is None
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "priced_model"),
+    [
+        ("openai", "GPT-4o", "gpt-4o"),
+        ("openai", "openai/gpt-4o", "gpt-4o"),
+        (None, "openai/gpt-4o", "gpt-4o"),
+        ("openai", "gpt-4o-2099-01-01", "gpt-4o"),
+        ("openai", "gpt-4o-20990101", "gpt-4o"),
+        ("azure", "gpt-4o", "gpt-4o"),
+        ("openai", "ft:gpt-4o-2024-08-06:acme::abc123", "ft:gpt-4o"),
+        ("openai", "ft:gpt-4.1-mini-2025-04-14:org:x:y", "gpt-4.1-mini"),
+        ("google", "models/gemini-2.5-pro", "gemini-2.5-pro"),
+        ("google", "publishers/google/models/gemini-2.5-pro", "gemini-2.5-pro"),
+        (
+            "google",
+            "projects/acme/locations/us-central1/publishers/google/models/gemini-2.5-pro",
+            "gemini-2.5-pro",
+        ),
+        ("gemini", "gemini-2.5-pro", "gemini-2.5-pro"),
+        ("vertex_ai", "gemini-2.0-flash-001", "gemini-2.0-flash"),
+        ("google", "claude-sonnet-4@20250514", "claude-4-sonnet"),
+        (None, "claude-sonnet-4@20250514", "claude-sonnet-4-0"),
+        ("anthropic", "claude-sonnet-4-5@20250929", "claude-sonnet-4-5"),
+        ("aws", "us.anthropic.claude-sonnet-4-20250514-v1:0", None),
+        ("bedrock", "eu.anthropic.claude-sonnet-4-20250514-v1:0", None),
+        (None, "us.anthropic.claude-sonnet-4-20250514-v1:0", "claude-sonnet-4-0"),
+        ("some-proxy", "claude-sonnet-4-5", "claude-sonnet-4-5"),
+    ],
+)
+def test_name_normalisation(provider: str | None, model: str, priced_model: str | None) -> None:
+    cost = price_usage(provider, model, PLAIN, at=DAY)
+
+    assert cost.total_usd is not None
+    if priced_model is not None:
+        assert cost.priced_model == priced_model
+
+
+def test_normalised_names_price_like_the_canonical_name() -> None:
+    expected = price_usage("openai", "gpt-4o", PLAIN, at=DAY).total_usd
+    for spelling in ("openai/gpt-4o", "GPT-4O", "gpt-4o-2099-01-01"):
+        assert price_usage("openai", spelling, PLAIN, at=DAY).total_usd == expected
+    # Bedrock and Vertex serve Sonnet 4 at Anthropic's list price: $3/$15
+    for provider, model in [
+        ("aws", "us.anthropic.claude-sonnet-4-20250514-v1:0"),
+        ("google", "claude-sonnet-4@20250514"),
+        ("anthropic", "claude-sonnet-4-20250514"),
+    ]:
+        assert price_usage(provider, model, PLAIN, at=DAY).total_usd == Decimal("0.0105")
+
+
+def test_azure_uses_the_azure_table() -> None:
+    cost = price_usage("azure", "gpt-4o", Usage(input_tokens=1_000_000, output_tokens=0), at=DAY)
+    assert cost.total_usd == Decimal("2.5")
+
+
+def test_prices_as_of_the_call_date() -> None:
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    before_cut = price_usage("openai", "o3", usage, at=datetime(2025, 6, 9, 23, 59, tzinfo=UTC))
+    after_cut = price_usage("openai", "o3", usage, at=datetime(2025, 6, 10, tzinfo=UTC))
+    # A local time whose UTC day is already the 10th
+    local = datetime(2025, 6, 9, 21, tzinfo=timezone(timedelta(hours=-5)))
+
+    assert before_cut.total_usd == Decimal(50)
+    assert after_cut.total_usd == Decimal(10)
+    assert price_usage("openai", "o3", usage, at=local).total_usd == Decimal(10)
+    # naive timestamps are UTC
+    assert price_usage("openai", "o3", usage, at=datetime(2025, 6, 9, 23)).total_usd == 50
+
+
+def test_default_time_is_now() -> None:
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    now = price_usage("openai", "o3", usage, at=datetime.now(UTC)).total_usd
+    assert price_usage("openai", "o3", usage).total_usd == now
+
+
+def test_long_context_tier_is_a_cliff_on_total_input_including_cache() -> None:
+    # gemini-2.5-pro: $1.25/$10 up to 200k prompt tokens, $2.50/$15 above, cache $0.125/$0.25
+    at_limit = Usage(input_tokens=200_000, cache_read_tokens=150_000, output_tokens=1000)
+    above = Usage(input_tokens=200_001, cache_read_tokens=150_000, output_tokens=1000)
+
+    assert price_usage("google", "gemini-2.5-pro", at_limit, at=DAY).total_usd == Decimal(
+        "0.09125"
+    )  # 50k*1.25 + 150k*0.125 + 1k*10, per million
+    assert price_usage("google", "gemini-2.5-pro", above, at=DAY).total_usd == Decimal(
+        "0.1775025"
+    )  # 50_001*2.5 + 150k*0.25 + 1k*15, per million
+
+
+def test_cache_writes_5m_and_1h_are_priced_separately() -> None:
+    # claude-sonnet-4-5: input $3, 5m write $3.75, 1h write $6, output $15
+    usage = Usage(
+        input_tokens=30_000,
+        cache_write_tokens=20_000,
+        cache_write_1h_tokens=5_000,
+        output_tokens=0,
+    )
+    cost = price_usage("anthropic", "claude-sonnet-4-5", usage, at=DAY)
+
+    assert cost.breakdown is not None
+    assert cost.breakdown["input"] == Decimal("0.03")
+    assert cost.breakdown["cache_write"] == Decimal("0.05625") + Decimal("0.03")
+    assert cost.total_usd == Decimal("0.11625")
+
+
+def test_audio_tokens_use_audio_rates() -> None:
+    # gemini-2.5-flash: text input $0.30, audio input $1.00, output $2.50
+    usage = Usage(input_tokens=6000, input_audio_tokens=5000, output_tokens=200)
+    assert price_usage("google", "gemini-2.5-flash", usage, at=DAY).total_usd == Decimal("0.0058")
+
+
+@pytest.mark.parametrize(
+    ("tier", "expected"),
+    [
+        (None, "0.0075"),
+        ("default", "0.0075"),
+        ("auto", "0.0075"),
+        ("standard", "0.0075"),
+        ("scale", "0.0075"),
+        ("batch", "0.00375"),
+        ("BATCH", "0.00375"),
+        ("priority", "0.01275"),  # $4.25 / $17
+    ],
+)
+def test_service_tiers(tier: str | None, expected: str) -> None:
+    assert price_usage("openai", "gpt-4o", PLAIN, at=DAY, tier=tier).total_usd == Decimal(expected)
+
+
+def test_tiers_match_genai_prices_after_its_variant_start_dates() -> None:
+    usage = Usage(input_tokens=5000, cache_read_tokens=1000, output_tokens=8000)
+    g_usage = genai_prices.Usage(input_tokens=5000, cache_read_tokens=1000, output_tokens=8000)
+    for tier, context in [
+        ("batch", {"processing": "batch"}),
+        ("flex", {"service_tier": "flex"}),
+        ("priority", {"service_tier": "priority"}),
+    ]:
+        ours = price_usage("openai", "o3", usage, at=DAY, tier=tier)
+        theirs = genai_prices.calc_price(
+            g_usage, "o3", provider_id="openai", genai_request_timestamp=DAY, price_context=context
+        )
+        assert ours.total_usd == theirs.total_price
+        assert ours.price_source == "genai-prices 0.2.3"
+
+
+def test_batch_before_genai_prices_variant_dates_is_half_price() -> None:
+    """genai-prices prices 2025 batch calls at the standard rate (2x too much)."""
+    gpt4o = price_usage("openai", "gpt-4o", PLAIN, at=BEFORE_TIER_VARIANTS, tier="batch")
+    sonnet = price_usage(
+        "anthropic",
+        "claude-sonnet-4-5",
+        Usage(input_tokens=11_000, cache_read_tokens=10_000, output_tokens=1000),
+        at=BEFORE_TIER_VARIANTS,
+        tier="batch",
+    )
+    gemini = price_usage("google", "gemini-2.5-pro", PLAIN, at=BEFORE_TIER_VARIANTS, tier="batch")
+
+    assert (gpt4o.total_usd, gpt4o.price_source) == (Decimal("0.00375"), "tokenmeter-errata")
+    assert sonnet.total_usd == Decimal("0.0105")
+    assert gemini.total_usd == Decimal("0.0031250")  # half of $1.25 / $10
+
+
+def test_flex_and_priority_before_genai_prices_variant_dates() -> None:
+    usage = Usage(input_tokens=5000, cache_read_tokens=1000, output_tokens=8000)
+    flex = price_usage("openai", "o3", usage, at=BEFORE_TIER_VARIANTS, tier="flex")
+    priority = price_usage("openai", "o3", usage, at=BEFORE_TIER_VARIANTS, tier="priority")
+
+    assert flex.total_usd == Decimal("0.03625")  # $1 / $0.25 cached / $4
+    assert priority.total_usd == Decimal("0.126875")  # $3.50 / $0.875 cached / $14
+    assert flex.price_source == priority.price_source == "tokenmeter-errata"
+
+
+def test_cached_results_equal_uncached_results() -> None:
+    usage = Usage(input_tokens=250_000, cache_read_tokens=20_000, output_tokens=3000)
+    first = price_usage("google", "gemini-2.5-pro", usage, at=DAY)
+    again = price_usage("google", "gemini-2.5-pro", usage, at=DAY)
+    clear_cache()
+    fresh = price_usage("google", "gemini-2.5-pro", usage, at=DAY)
+
+    assert first == again == fresh
+    assert first.total_usd == Decimal("0.625")  # 230k*2.5 + 20k*0.25 + 3k*15, per million
+
+
+def test_off_peak_windows_are_not_cached_across_the_day() -> None:
+    model = describe_price("deepseek", "deepseek-chat", at=datetime(2025, 3, 1, 12, tzinfo=UTC))
+    off_peak = describe_price("deepseek", "deepseek-chat", at=datetime(2025, 3, 1, 17, tzinfo=UTC))
+    assert model is not None and off_peak is not None
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    for hour in (12, 17, 12, 17):
+        at = datetime(2025, 3, 1, hour, tzinfo=UTC)
+        expected = genai_prices.calc_price(
+            genai_prices.Usage(input_tokens=1_000_000, output_tokens=1_000_000),
+            "deepseek-chat",
+            provider_id="deepseek",
+            genai_request_timestamp=at,
+        ).total_price
+        assert price_usage("deepseek", "deepseek-chat", usage, at=at).total_usd == expected
+    assert model.input_per_mtok != off_peak.input_per_mtok
+
+
+def test_identical_to_genai_prices_for_every_model_in_its_table() -> None:
+    """Without our errata, the cached dot product equals genai-prices' own calculation."""
+    set_price_source(GenaiPricesSource())
+    rnd = random.Random(20261123)
+    compared = 0
+    snapshot = genai_prices.data_snapshot.get_snapshot()
+    for provider in snapshot.providers:
+        for model in provider.models:
+            kwargs = _random_usage(rnd)
+            at = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(hours=rnd.randrange(3 * 365 * 24))
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    theirs = genai_prices.calc_price(
+                        genai_prices.Usage(**_genai_kwargs(kwargs)),
+                        model.id,
+                        provider_id=provider.id,
+                        genai_request_timestamp=at,
+                    )
+            except (LookupError, ValueError):
+                continue
+            if theirs.model is not model:
+                continue
+            ours = price_usage(provider.id, model.id, Usage(**kwargs), at=at)
+            assert ours.total_usd == theirs.total_price, (provider.id, model.id, kwargs, at)
+            compared += 1
+    assert compared > 2000
+
+
+def _random_usage(rnd: random.Random) -> dict[str, int]:
+    total_in = rnd.choice([0, 800, 40_000, 180_000, 250_000, 1_100_000])
+    read = rnd.randint(0, total_in // 2)
+    write = rnd.randint(0, (total_in - read) // 2)
+    audio_in = rnd.randint(0, total_in - read - write) if rnd.random() < 0.3 else 0
+    out = rnd.randint(0, 30_000)
+    reasoning = rnd.randint(0, out // 2)
+    audio_out = rnd.randint(0, out - reasoning) if rnd.random() < 0.3 else 0
+    return {
+        "input_tokens": total_in,
+        "cache_read_tokens": read,
+        "cache_write_tokens": write,
+        "cache_write_1h_tokens": rnd.randint(0, write),
+        "input_audio_tokens": audio_in,
+        "output_tokens": out,
+        "reasoning_tokens": reasoning,
+        "output_audio_tokens": audio_out,
+    }
+
+
+def _genai_kwargs(kwargs: dict[str, int]) -> dict[str, int]:
+    renamed = dict(kwargs)
+    renamed["output_reasoning_tokens"] = renamed.pop("reasoning_tokens")
+    return renamed
+
+
+def test_describe_price_shows_rates_tiers_and_source() -> None:
+    described = describe_price("google", "models/gemini-2.5-pro", at=DAY)
+
+    assert described is not None
+    assert described.priced_model == "gemini-2.5-pro"
+    assert described.price_source == "genai-prices 0.2.3"
+    assert (described.input_per_mtok, described.output_per_mtok) == (Decimal("1.25"), Decimal(10))
+    assert described.cache_read_per_mtok == Decimal("0.125")
+    assert [start for start, _ in described.tiers] == [200_000]
+    assert described.tiers[0][1].input_per_mtok == Decimal("2.5")
+
+
+def test_describe_price_shows_errata_and_tier() -> None:
+    described = describe_price("openai", "gpt-4o-audio-preview-2024-12-17", at=DAY, tier="standard")
+    assert described is not None
+    assert described.price_source == "tokenmeter-errata"
+    assert described.rates.input_audio_per_mtok == Decimal(40)
+    assert described.rates.output_audio_per_mtok == Decimal(80)
+    batch = describe_price("openai", "gpt-4o", at=BEFORE_TIER_VARIANTS, tier="batch")
+    assert batch is not None and batch.tier == "batch"
+    assert batch.input_per_mtok == Decimal("1.25")
+
+
+def test_same_results_from_many_threads() -> None:
+    cases: list[tuple[str, str, Usage]] = [
+        ("openai", "gpt-4o", Usage(input_tokens=10_000, cache_read_tokens=8000, output_tokens=500)),
+        ("anthropic", "claude-sonnet-4-5", Usage(input_tokens=250_000, output_tokens=2000)),
+        ("google", "gemini-2.5-pro", Usage(input_tokens=10_000, output_tokens=3000)),
+        ("openai", "no-such-model", PLAIN),
+    ]
+    expected = [price_usage(p, m, u, at=DAY) for p, m, u in cases]
+    clear_cache()
+    results: list[list[Any]] = []
+    barrier = threading.Barrier(8)
+
+    def work() -> None:
+        barrier.wait()
+        results.append([price_usage(p, m, u, at=DAY) for _ in range(200) for p, m, u in cases])
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert len(results) == 8
+    for result in results:
+        assert result == expected * 200
+
+
+def test_override_change_drops_cached_prices() -> None:
+    usage = Usage(input_tokens=1_000_000, output_tokens=0)
+    assert price_usage("openai", "gpt-4o", usage, at=DAY).total_usd == Decimal("2.5")
+    set_user_prices({"gpt-4o": {"input_per_mtok": 9, "output_per_mtok": 9}})
+    assert price_usage("openai", "gpt-4o", usage, at=DAY).total_usd == Decimal(9)
+    set_user_prices(None)
+    assert price_usage("openai", "gpt-4o", usage, at=DAY).total_usd == Decimal("2.5")
+
+
+def test_no_network_is_touched(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pricing tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    clear_cache()
+
+    for provider, model in [
+        ("openai", "gpt-4o"),
+        ("anthropic", "claude-sonnet-4-20250514"),
+        ("google", "gemini-2.5-pro"),
+        ("openai", "unknown-model-x"),
+    ]:
+        price_usage(provider, model, PLAIN, at=DAY)
+        price_usage(provider, model, PLAIN, at=BEFORE_TIER_VARIANTS, tier="batch")
+        describe_price(provider, model)
+
+
+def test_import_and_pricing_in_a_fresh_process_open_no_socket() -> None:
+    script = textwrap.dedent(
+        """
+        import socket
+        def refuse(*a, **k):
+            raise SystemExit("network used: " + repr(a))
+        socket.socket.connect = refuse
+        socket.getaddrinfo = refuse
+        socket.create_connection = refuse
+        from tokenmeter._models import Usage
+        from tokenmeter.pricing import price_usage
+        cost = price_usage("openai", "gpt-4o", Usage(input_tokens=1000, output_tokens=500))
+        assert cost.total_usd is not None
+        print(cost.total_usd)
+        """
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0.0075000"
+
+
+def test_tier_start_of_a_model_without_variants() -> None:
+    source = GenaiPricesSource()
+    model = source.find("anthropic", "claude-sonnet-4-0")
+    assert model is not None
+    assert model.tier_start("standard") == date.min
+    assert model.tier_start("batch") is None
+
+
+def test_cost_is_a_normal_validated_cost() -> None:
+    cost = price_usage("openai", "gpt-4o", PLAIN, at=DAY)
+    validated = Cost.model_validate(cost.model_dump())
+
+    assert cost == validated
+    assert cost.model_dump_json() == validated.model_dump_json()
+    assert cost.input_usd == Decimal("0.0025") and cost.output_usd == Decimal("0.005")
+    with pytest.raises(ValidationError):
+        cost.total_usd = Decimal(0)

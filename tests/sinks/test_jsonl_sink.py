@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+from tokenmeter._models import UsageRecord
+from tokenmeter.sinks import JSONLSink
+from tokenmeter.sinks.jsonl import read_jsonl
+
+RecordFactory = Callable[..., UsageRecord]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_records_round_trip_exactly(tmp_path: Path, make_record: RecordFactory) -> None:
+    records = [
+        make_record(0),
+        make_record(1, estimated_cost_usd=None, cost_breakdown=None),
+        make_record(
+            2,
+            estimated_cost_usd=Decimal("0.000123456789"),
+            cost_breakdown={"input": Decimal("0.0001"), "output": Decimal("0.000023456789")},
+            tags={"who": "émilie", "odd": 'quote " and\nnewline'},
+            status="error",
+            error="APITimeoutError",
+            streamed=True,
+        ),
+    ]
+    sink = JSONLSink(tmp_path / "usage.jsonl")
+    sink.write(records)
+    sink.close()
+
+    assert [r.model_dump() for r in read_jsonl(tmp_path / "usage.jsonl") if r] == [
+        r.model_dump() for r in records
+    ]
+
+
+def test_each_line_is_the_compact_spec_json(tmp_path: Path, make_record: RecordFactory) -> None:
+    records = [make_record(i, tags={"n": str(i), "ü": "|"}) for i in range(3)]
+    JSONLSink(tmp_path / "usage.jsonl").write(records)
+
+    lines = (tmp_path / "usage.jsonl").read_text(encoding="utf-8").splitlines()
+    assert lines == [
+        json.dumps(r.to_json_dict(), separators=(",", ":"), ensure_ascii=False) for r in records
+    ]
+    assert list(json.loads(lines[0])) == list(UsageRecord.model_fields)
+
+
+def test_appends_to_an_existing_file(tmp_path: Path, make_record: RecordFactory) -> None:
+    path = tmp_path / "usage.jsonl"
+    JSONLSink(path).write([make_record(0)])
+    JSONLSink(path).write([make_record(1), make_record(2)])
+
+    assert [r.id for r in read_jsonl(path) if r] == ["rec-000000", "rec-000001", "rec-000002"]
+
+
+def test_a_torn_last_line_stays_alone_and_new_lines_parse(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    path = tmp_path / "usage.jsonl"
+    JSONLSink(path).write([make_record(i) for i in range(3)])
+    size = path.stat().st_size
+    os.truncate(path, size - 40)  # a writer died in the middle of its last line
+
+    JSONLSink(path).write([make_record(3), make_record(4)])
+
+    parsed = list(read_jsonl(path))
+    assert [r.id if r else None for r in parsed] == [
+        "rec-000000",
+        "rec-000001",
+        None,
+        "rec-000003",
+        "rec-000004",
+    ]
+
+
+def test_a_failed_write_leaves_no_partial_batch(tmp_path: Path, make_record: RecordFactory) -> None:
+    """A batch that hits the file size limit half-way is taken back out, so a retry is clean."""
+    path = tmp_path / "usage.jsonl"
+    JSONLSink(path).write([make_record(0)])
+    before = path.read_bytes()
+    script = f"""
+import resource, signal, sys
+sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
+from conftest import build_record
+from tokenmeter.sinks import JSONLSink
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, ({len(before) + 5000}, resource.RLIM_INFINITY))
+try:
+    JSONLSink({str(path)!r}).write([build_record(i) for i in range(1, 200)])
+except OSError as exc:
+    print(type(exc).__name__)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+
+    assert result.stdout.strip() == "OSError"
+    assert path.read_bytes() == before
+
+
+def test_file_and_created_directories_are_owner_only(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    path = tmp_path / "logs" / "nested" / "usage.jsonl"
+    JSONLSink(path).write([make_record(0)])
+
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "logs").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "logs" / "nested").stat().st_mode) == 0o700
+
+
+def test_a_forked_child_appends_through_its_own_descriptor(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    path = tmp_path / "usage.jsonl"
+    sink = JSONLSink(path)
+    sink.write([make_record(0)])
+
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            sink.write([make_record(1)])
+            sink.close()
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    sink.write([make_record(2)])
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert sorted(r.id for r in read_jsonl(path) if r) == [
+        "rec-000000",
+        "rec-000001",
+        "rec-000002",
+    ]
+    sink.close()
+
+
+def test_lines_that_are_not_records_read_as_none(tmp_path: Path) -> None:
+    path = tmp_path / "usage.jsonl"
+    path.write_text('{"id": "x"}\nnot json\n[1, 2]\n\n', encoding="utf-8")
+
+    assert list(read_jsonl(path)) == [None, None, None]

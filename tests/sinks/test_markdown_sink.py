@@ -1,0 +1,251 @@
+from __future__ import annotations
+
+import re
+import stat
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from tokenmeter._models import SessionInfo, UsageRecord
+from tokenmeter.sinks import MarkdownJournalSink, SessionAwareSink
+
+RecordFactory = Callable[..., UsageRecord]
+STARTED = datetime(2026, 11, 22, 10, tzinfo=UTC)
+SESSION_TABLE = "| Call | Timestamp | Input Tokens | Output Tokens | Total Tokens | Cost |"
+
+
+def table_rows(text: str, header_start: str) -> list[list[str]]:
+    """The cells of the markdown table whose header line starts with ``header_start``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = re.split(r"(?<!\\)\|", line)[1:-1]  # split on pipes that are not escaped
+        rows.append([cell.strip() for cell in cells])
+    return rows
+
+
+def write_demo(directory: Path, make_record: RecordFactory) -> MarkdownJournalSink:
+    sink = MarkdownJournalSink(directory)
+    sink.write_sessions([SessionInfo(id="s1", name="demo", started_at=STARTED)])
+    sink.write(
+        [
+            make_record(0),
+            make_record(1),
+            make_record(
+                2,
+                model_provider="anthropic",
+                model_name="claude-sonnet-4-5",
+                input_tokens=100,
+                output_tokens=50,
+                total_tokens=150,
+                estimated_cost_usd=None,
+                cost_breakdown=None,
+            ),
+        ]
+    )
+    sink.write([make_record(3, session_id=None, session_name=None)])
+    return sink
+
+
+def test_usage_file_has_summary_total_and_detailed_log(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    write_demo(tmp_path, make_record)
+    text = (tmp_path / "token_usage.md").read_text(encoding="utf-8")
+
+    assert table_rows(text, "| Provider | Model | Calls |") == [
+        ["anthropic", "claude-sonnet-4-5", "1", "150", "150.0", "n/a"],
+        ["openai", "gpt-4o", "3", "4,500", "1,500.0", "$0.018000"],
+        ["**TOTAL**", "", "**4**", "**4,650**", "**1,162.5**", "**$0.018000**"],
+    ]
+    assert "**Total estimated cost: $0.018000**" in text
+    log = table_rows(text, "| # | Timestamp |")
+    assert [row[0] for row in log] == ["1", "2", "3", "4"]
+    assert log[2][2:4] == ["anthropic", "claude-sonnet-4-5"]
+    assert log[2][8] == "n/a"
+    assert log[0][1] == "2026-11-22 10:00:00.123Z"
+    assert text.index("## Usage Summary") < text.index("## Detailed Log")
+
+
+def test_session_file_has_information_calls_and_summary(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    sink = write_demo(tmp_path, make_record)
+    assert isinstance(sink, SessionAwareSink)
+    text = (tmp_path / "sessions" / "s1.md").read_text(encoding="utf-8")
+
+    assert "- **Session ID:** s1" in text
+    assert "- **Provider/Model:** openai/gpt-4o, anthropic/claude-sonnet-4-5" in text
+    assert "- **Started:** 2026-11-22 10:00:00.000Z" in text
+    assert "- **Status:** active" in text
+    assert table_rows(text, SESSION_TABLE) == [
+        ["1", "2026-11-22 10:00:00.123Z", "1,200", "300", "1,500", "$0.006000"],
+        ["2", "2026-11-22 10:00:00.124Z", "1,200", "300", "1,500", "$0.006000"],
+        ["3", "2026-11-22 10:00:00.125Z", "100", "50", "150", "n/a"],
+    ]
+    summary = text[text.index("## Session Summary") :]
+    assert "- **Total Calls:** 3" in summary
+    assert "- **Total Tokens:** 3,150" in summary
+    assert "- **Total Cost:** $0.012000" in summary
+    assert "Session Completion" not in text
+    assert text.index("## Session Information") < text.index(SESSION_TABLE)
+    assert text.index(SESSION_TABLE) < text.index("## Session Summary")
+    assert not list((tmp_path / "sessions").glob("None*"))  # the unattributed call has no file
+
+
+def test_completed_session_gets_the_completion_section(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    sink = write_demo(tmp_path, make_record)
+    ended = datetime(2026, 11, 22, 11, 30, tzinfo=UTC)
+    sink.write_sessions(
+        [
+            SessionInfo(
+                id="s1",
+                name="demo",
+                started_at=STARTED,
+                status="completed",
+                ended_at=ended,
+                notes="tuned | prompts\nsecond line",
+            )
+        ]
+    )
+    text = (tmp_path / "sessions" / "s1.md").read_text(encoding="utf-8")
+
+    assert "- **Status:** completed" in text
+    completion = text[text.index("## Session Completion") :]
+    assert "- **Completed:** 2026-11-22 11:30:00.000Z" in completion
+    assert "> tuned \\| prompts\n> second line" in completion
+    assert "- **Total Tokens:** 1,050.0" in completion  # averages per call over 3 calls
+    assert "- **Cost:** $0.006000" in completion  # average over the 2 priced calls
+    assert table_rows(completion, "| Part | Cost | Share |") == [
+        ["Input", "$0.006000", "50.0%"],
+        ["Output", "$0.006000", "50.0%"],
+    ]
+    assert "- **Input/Output Ratio:** 3.85" in completion  # 2,500 in / 650 out
+    assert "- **Cost per Token:** $0.0000040000" in completion  # $0.012 / 3,000 priced tokens
+    assert len(table_rows(text, SESSION_TABLE)) == 3  # the call table is untouched
+
+
+def test_a_new_sink_continues_the_totals(tmp_path: Path, make_record: RecordFactory) -> None:
+    MarkdownJournalSink(tmp_path).write([make_record(0)])
+    MarkdownJournalSink(tmp_path).write([make_record(1), make_record(2)])
+    text = (tmp_path / "token_usage.md").read_text(encoding="utf-8")
+
+    total = table_rows(text, "| Provider | Model | Calls |")[-1]
+    assert total[:4] == ["**TOTAL**", "", "**3**", "**4,500**"]
+    assert [row[0] for row in table_rows(text, "| # | Timestamp |")] == ["1", "2", "3"]
+    session = (tmp_path / "sessions" / "s1.md").read_text(encoding="utf-8")
+    assert [row[0] for row in table_rows(session, SESSION_TABLE)] == ["1", "2", "3"]
+
+
+def test_user_strings_cannot_break_tables(tmp_path: Path, make_record: RecordFactory) -> None:
+    odd = "gpt|4o\nnext <!-- x"
+    MarkdownJournalSink(tmp_path).write(
+        [make_record(0, model_name=odd, session_id="a/../b", session_name="x|y")]
+    )
+    text = (tmp_path / "token_usage.md").read_text(encoding="utf-8")
+
+    summary = table_rows(text, "| Provider | Model | Calls |")
+    assert summary[0][1] == "gpt\\|4o next &lt;!-- x"
+    assert len(summary[0]) == 6
+    assert len(table_rows(text, "| # | Timestamp |")[0]) == 10
+    [session_file] = (tmp_path / "sessions").iterdir()
+    assert session_file.parent == tmp_path / "sessions"
+    assert "- **Session ID:** a/../b" in session_file.read_text(encoding="utf-8")
+
+
+def test_many_models_grow_the_summary_without_losing_the_log(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    sink = MarkdownJournalSink(tmp_path)
+    for i in range(120):
+        sink.write([make_record(i, model_name=f"model-{i:03d}-with-a-long-name")])
+    text = (tmp_path / "token_usage.md").read_text(encoding="utf-8")
+
+    assert len(table_rows(text, "| Provider | Model | Calls |")) == 121
+    assert [row[0] for row in table_rows(text, "| # | Timestamp |")] == [
+        str(i) for i in range(1, 121)
+    ]
+    session = (tmp_path / "sessions" / "s1.md").read_text(encoding="utf-8")
+    assert len(table_rows(session, SESSION_TABLE)) == 120
+    assert "- **Total Calls:** 120" in session
+
+
+def test_per_batch_io_does_not_grow_with_the_file(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    io_stats = Path("/proc/self/io")
+    if not io_stats.exists():
+        pytest.skip("needs Linux /proc/self/io to count bytes read and written")
+
+    def io_bytes() -> int:
+        fields = dict(line.split(": ") for line in io_stats.read_text().splitlines())
+        return int(fields["rchar"]) + int(fields["wchar"])
+
+    sink = MarkdownJournalSink(tmp_path)
+    models = ["gpt-4o", "gpt-4o-mini", "o3"]
+    costs, sizes = [], []
+    for batch in range(200):
+        records = [
+            make_record(batch * 50 + i, model_name=models[i % 3], session_id=f"s{batch % 4}")
+            for i in range(50)
+        ]
+        before = io_bytes()
+        sink.write(records)
+        costs.append(io_bytes() - before)
+        sizes.append((tmp_path / "token_usage.md").stat().st_size)
+
+    # Batches 0-3 create the four session files; from batch 4 on every file exists.
+    assert sizes[-1] > 20 * sizes[4]  # the journal grew twenty-fold...
+    assert costs[-1] < 1.2 * costs[4]  # ...while the bytes read and written per batch did not
+
+
+def test_a_file_that_is_not_a_journal_is_refused(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    (tmp_path / "token_usage.md").write_text("# my own notes\n", encoding="utf-8")
+
+    with pytest.raises(ValueError, match=r"token_usage\.md.*not a tokenmeter journal"):
+        MarkdownJournalSink(tmp_path).write([make_record(0)])
+    assert (tmp_path / "token_usage.md").read_text(encoding="utf-8") == "# my own notes\n"
+
+
+def test_files_and_directories_are_owner_only(tmp_path: Path, make_record: RecordFactory) -> None:
+    directory = tmp_path / "journal"
+    write_demo(directory, make_record)
+
+    for path in (directory, directory / "sessions"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"token_usage.md", "s1.md"}
+    for file in files:
+        assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
+
+
+def test_budget_and_tags_show_in_session_information(tmp_path: Path) -> None:
+    sink = MarkdownJournalSink(tmp_path)
+    sink.write_sessions(
+        [
+            SessionInfo(
+                id="s9",
+                started_at=STARTED,
+                tags={"team": "search"},
+                budget_usd=Decimal("2.5"),
+                parent_id="s1",
+            )
+        ]
+    )
+    text = (tmp_path / "sessions" / "s9.md").read_text(encoding="utf-8")
+
+    assert "- **Tags:** team=search" in text
+    assert "- **Budget:** $2.500000" in text
+    assert "- **Parent Session:** s1" in text
+    assert "- **Provider/Model:** none yet" in text
+    assert table_rows(text, SESSION_TABLE) == []

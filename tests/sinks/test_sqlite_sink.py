@@ -1,0 +1,309 @@
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from tokenmeter._models import SessionInfo, UsageRecord
+from tokenmeter.sinks import SessionAwareSink, SQLiteSink
+from tokenmeter.sinks import sqlite as sqlite_module
+
+RecordFactory = Callable[..., UsageRecord]
+Reader = Callable[[Path], list[UsageRecord]]
+
+RECORD_COLUMNS = [
+    "id",
+    "timestamp",
+    "model_provider",
+    "model_name",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "estimated_cost_usd",
+    "cost_pusd",
+    "request_model",
+    "operation",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_breakdown",
+    "price_source",
+    "session_id",
+    "session_name",
+    "tags",
+    "latency_ms",
+    "streamed",
+    "status",
+    "error",
+    "request_id",
+    "estimated",
+]
+SESSION_COLUMNS = [
+    "id",
+    "name",
+    "parent_id",
+    "tags",
+    "status",
+    "started_at",
+    "ended_at",
+    "notes",
+    "budget_usd",
+]
+
+
+def query(path: Path, sql: str) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def varied_records(make_record: RecordFactory) -> list[UsageRecord]:
+    return [
+        make_record(0),
+        make_record(1, estimated_cost_usd=None, cost_breakdown=None, price_source=None),
+        make_record(
+            2,
+            model_provider="anthropic",
+            model_name="claude-sonnet-4-5",
+            request_model="claude-sonnet-4-5-latest",
+            input_tokens=5000,
+            cache_read_tokens=4000,
+            cache_write_tokens=500,
+            output_tokens=800,
+            reasoning_tokens=300,
+            total_tokens=5800,
+            estimated_cost_usd=Decimal("0.0000001"),
+            cost_breakdown={"input": Decimal("1E-7"), "output": Decimal(0)},
+            tags={"user": "émilie|ops", "multi": "line\nbreak"},
+            streamed=True,
+            estimated=True,
+        ),
+        make_record(
+            3,
+            status="error",
+            error="RateLimitError",
+            request_id="req_123",
+            session_id=None,
+            session_name=None,
+            tags={},
+            latency_ms=None,
+            estimated_cost_usd=Decimal("123456.123456789012345"),
+        ),
+    ]
+
+
+def test_records_round_trip_exactly(
+    tmp_path: Path, make_record: RecordFactory, read_sqlite: Reader
+) -> None:
+    records = varied_records(make_record)
+    sink = SQLiteSink(tmp_path / "usage.db")
+    sink.write(records)
+    sink.close()
+
+    assert [r.model_dump() for r in read_sqlite(tmp_path / "usage.db")] == [
+        r.model_dump() for r in records
+    ]
+
+
+def test_costs_are_exact_decimal_text_and_pico_usd(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    sink = SQLiteSink(tmp_path / "usage.db")
+    sink.write(varied_records(make_record))
+    sink.close()
+
+    rows = query(
+        tmp_path / "usage.db", "SELECT id, estimated_cost_usd, cost_pusd FROM records ORDER BY id"
+    )
+    assert rows == [
+        ("rec-000000", "0.0060000", 6_000_000_000),
+        ("rec-000001", None, None),
+        ("rec-000002", "0.0000001", 100_000),
+        ("rec-000003", "123456.123456789012345", 123_456_123_456_789_012),
+    ]
+    [(total,)] = query(tmp_path / "usage.db", "SELECT SUM(cost_pusd) FROM records")
+    assert Decimal(total) / 10**12 == Decimal("123456.129456889012")
+
+
+def test_schema_is_the_agreed_one(tmp_path: Path, make_record: RecordFactory) -> None:
+    path = tmp_path / "usage.db"
+    SQLiteSink(path).write([make_record(0)])
+
+    assert [row[1] for row in query(path, "PRAGMA table_info(records)")] == RECORD_COLUMNS
+    assert [row[1] for row in query(path, "PRAGMA table_info(sessions)")] == SESSION_COLUMNS
+    indexes = {row[0] for row in query(path, "SELECT name FROM sqlite_master WHERE type='index'")}
+    assert {"ix_records_timestamp", "ix_records_session", "ix_records_model"} <= indexes
+    assert query(path, "PRAGMA user_version") == [(1,)]
+    assert query(path, "PRAGMA journal_mode") == [("wal",)]
+
+
+def test_retried_batch_does_not_duplicate(
+    tmp_path: Path, make_record: RecordFactory, read_sqlite: Reader
+) -> None:
+    sink = SQLiteSink(tmp_path / "usage.db")
+    batch = [make_record(i) for i in range(10)]
+    sink.write(batch)
+    sink.write(batch)
+    sink.write(batch[5:] + [make_record(10)])
+
+    assert [r.id for r in read_sqlite(tmp_path / "usage.db")] == [
+        f"rec-{i:06d}" for i in range(11)
+    ]
+
+
+def test_failed_batch_stores_nothing_and_retry_stores_all(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    path = tmp_path / "usage.db"
+    sink = SQLiteSink(path)
+    sink.write([make_record(0)])
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON records WHEN NEW.id = 'rec-000002' "
+        "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    conn.commit()
+    batch = [make_record(i) for i in (1, 2, 3)]
+
+    with pytest.raises(sqlite3.IntegrityError, match="refused"):
+        sink.write(batch)
+    assert query(path, "SELECT COUNT(*) FROM records") == [(1,)]
+
+    conn.execute("DROP TRIGGER refuse")
+    conn.commit()
+    conn.close()
+    sink.write(batch)
+    assert query(path, "SELECT COUNT(*) FROM records") == [(4,)]
+
+
+def test_existing_database_is_reused_not_recreated(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    path = tmp_path / "usage.db"
+    first = SQLiteSink(path)
+    first.write([make_record(0), make_record(1)])
+    first.close()
+
+    second = SQLiteSink(path)
+    second.write([make_record(2)])
+    second.close()
+
+    assert query(path, "SELECT COUNT(*) FROM records") == [(3,)]
+    assert query(path, "PRAGMA user_version") == [(1,)]
+
+
+def test_a_newer_code_version_migrates_an_existing_database(
+    tmp_path: Path, make_record: RecordFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "usage.db"
+    SQLiteSink(path).write([make_record(0)])
+
+    def add_budgets_table(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE budgets (id TEXT PRIMARY KEY)")
+
+    monkeypatch.setattr(sqlite_module, "_MIGRATIONS", [*sqlite_module._MIGRATIONS, add_budgets_table])
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 2)
+    SQLiteSink(path).write([make_record(1)])
+
+    assert query(path, "PRAGMA user_version") == [(2,)]
+    assert query(path, "SELECT COUNT(*) FROM records") == [(2,)]
+    assert query(path, "SELECT name FROM sqlite_master WHERE name = 'budgets'") == [("budgets",)]
+
+
+def test_a_database_from_a_newer_version_is_refused_untouched(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    path = tmp_path / "usage.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 7")
+    conn.close()
+
+    with pytest.raises(ValueError, match=r"usage\.db.*schema version 7.*newer"):
+        SQLiteSink(path).write([make_record(0)])
+    assert query(path, "PRAGMA user_version") == [(7,)]
+    assert query(path, "SELECT name FROM sqlite_master") == []
+
+
+def test_sessions_are_upserted_by_id(tmp_path: Path) -> None:
+    path = tmp_path / "usage.db"
+    sink = SQLiteSink(path)
+    assert isinstance(sink, SessionAwareSink)
+    started = datetime(2026, 11, 22, 10, tzinfo=UTC)
+    ended = datetime(2026, 11, 22, 11, 30, tzinfo=UTC)
+    start = SessionInfo(
+        id="s1", name="demo", tags={"team": "search"}, started_at=started, budget_usd=Decimal("5")
+    )
+    sink.write_sessions([start, SessionInfo(id="s2", parent_id="s1", started_at=started)])
+    sink.write_sessions(
+        [start.model_copy(update={"status": "completed", "ended_at": ended, "notes": "done"})]
+    )
+
+    assert query(path, "SELECT * FROM sessions ORDER BY id") == [
+        (
+            "s1",
+            "demo",
+            None,
+            '{"team":"search"}',
+            "completed",
+            "2026-11-22T10:00:00.000Z",
+            "2026-11-22T11:30:00.000Z",
+            "done",
+            "5",
+        ),
+        ("s2", None, "s1", "{}", "active", "2026-11-22T10:00:00.000Z", None, None, None),
+    ]
+
+
+def test_files_and_created_directories_are_owner_only(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    path = tmp_path / "a" / "b" / "usage.db"
+    sink = SQLiteSink(path)
+    sink.write([make_record(0)])
+
+    for directory in (tmp_path / "a", tmp_path / "a" / "b"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    for file in (path, path.with_name("usage.db-wal")):
+        assert stat.S_IMODE(file.stat().st_mode) == 0o600
+    sink.close()
+
+
+def test_a_forked_child_writes_through_its_own_connection(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    path = tmp_path / "usage.db"
+    sink = SQLiteSink(path)
+    sink.write([make_record(0)])
+
+    pid = os.fork()
+    if pid == 0:  # child: must not reuse the parent's connection
+        code = 0
+        try:
+            sink.write([make_record(1)])
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    sink.write([make_record(2)])  # the parent's connection still works
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert query(path, "SELECT COUNT(*) FROM records") == [(3,)]
+    assert query(path, "PRAGMA integrity_check") == [("ok",)]
+    sink.close()
+
+
+def test_empty_batches_create_nothing(tmp_path: Path) -> None:
+    sink = SQLiteSink(tmp_path / "usage.db")
+    sink.write([])
+    sink.write_sessions([])
+    sink.flush()
+    sink.close()
+    assert not (tmp_path / "usage.db").exists()

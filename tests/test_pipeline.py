@@ -1,0 +1,133 @@
+"""Delivery: failing sinks lose nothing, the queue is bounded, exit flushes, files are private."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+import tokenmeter
+from tokenmeter import SessionInfo, UsageRecord
+from tokenmeter.sinks import InMemorySink
+
+
+class FlakySink(InMemorySink):
+    """Raises OSError on every write until ``healthy`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.healthy = threading.Event()
+        self.failures = 0
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        if not self.healthy.is_set():
+            self.failures += 1
+            raise OSError("disk full")
+        super().write(records)
+
+    def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
+        if not self.healthy.is_set():
+            self.failures += 1
+            raise OSError("disk full")
+        super().write_sessions(sessions)
+
+
+def test_a_failing_sink_loses_nothing_and_is_reported_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flaky, healthy = FlakySink(), InMemorySink()
+    tokenmeter.configure(sinks=[flaky, healthy])
+    with caplog.at_level(logging.WARNING, logger="tokenmeter"):
+        made = [tokenmeter.record("openai", "gpt-4o", i + 1, 1) for i in range(500)]
+        assert not tokenmeter.flush(0.5)  # cannot complete while the sink is failing
+        assert [r.id for r in healthy.records] == [r.id for r in made]
+        more = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(100)]
+        time.sleep(0.3)
+        assert flaky.failures >= 2  # retried with back-off
+        flaky.healthy.set()
+        assert tokenmeter.flush(10)
+    assert [r.id for r in flaky.records] == [r.id for r in made + more]
+    errors = [r for r in caplog.records if "failed" in r.message and "FlakySink" in r.message]
+    assert len(errors) == 1
+    assert any("recovered" in r.message for r in caplog.records)
+
+
+def test_a_sink_fault_never_reaches_the_caller() -> None:
+    class Broken:
+        def write(self, records: Sequence[UsageRecord]) -> None:
+            raise RuntimeError("bug in a user sink")
+
+        def flush(self) -> None:
+            raise RuntimeError("also broken")
+
+        def close(self) -> None:
+            pass
+
+    tokenmeter.configure(sinks=[Broken()])
+    rec = tokenmeter.record("openai", "gpt-4o", 1, 1)  # must not raise
+    assert rec.input_tokens == 1
+
+
+def test_bounded_queue_makes_the_caller_wait_not_drop() -> None:
+    class Slow(InMemorySink):
+        def write(self, records: Sequence[UsageRecord]) -> None:
+            time.sleep(0.002)
+            super().write(records)
+
+    slow = Slow()
+    tokenmeter.configure(sinks=[slow], max_queue=5)
+    for _ in range(300):
+        tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert tokenmeter.flush(10)
+    assert len(slow.records) == 300
+
+
+def test_configure_rejects_things_that_are_not_sinks() -> None:
+    with pytest.raises(ValueError, match="not a sink"):
+        tokenmeter.configure(sinks=[object()])  # type: ignore[list-item]
+
+
+SCRIPT = """
+import sys, tokenmeter
+with tokenmeter.session("job", tags={"k": "v"}):
+    for i in range(1000):
+        tokenmeter.record("openai", "gpt-4o", 100 + i, 10)
+if sys.argv[1] == "raise":
+    raise RuntimeError("the app crashed")
+"""
+
+
+@pytest.mark.parametrize("how", ["normal", "raise"])
+def test_exit_flushes_every_record_to_default_sinks(tmp_path: Path, how: str) -> None:
+    env = {**os.environ, "TOKENMETER_SINKS": "sqlite,jsonl,markdown",
+           "TOKENMETER_DIR": str(tmp_path / "meter")}
+    done = subprocess.run([sys.executable, "-c", SCRIPT, how], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode == 0) == (how == "normal"), done.stderr
+    meter = tmp_path / "meter"
+    with sqlite3.connect(meter / "usage.db") as db:
+        assert db.execute("select count(*) from records").fetchone() == (1000,)
+        # The session ended before the crash, so it completed either way.
+        assert db.execute("select status from sessions where name='job'").fetchone() == (
+            "completed",)
+    lines = (meter / "usage.jsonl").read_text().splitlines()
+    assert len(lines) == 1000
+    assert all(json.loads(line)["session_name"] == "job" for line in lines)
+    assert "TOTAL" in (meter / "journal" / "token_usage.md").read_text()
+    for path in (meter / "usage.db", meter / "usage.jsonl"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(meter.stat().st_mode) == 0o700
+
+
+def test_flush_with_nothing_recorded_returns_at_once() -> None:
+    assert tokenmeter.flush(0.1)

@@ -1,0 +1,145 @@
+"""The manual API: record(), record_response(), price(), and what a record carries."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+import tokenmeter
+from tokenmeter import Usage, UsageRecord
+from tokenmeter.sinks import InMemorySink
+
+SPEC_KEYS = [
+    "timestamp", "model_provider", "model_name", "input_tokens", "output_tokens", "total_tokens",
+    "estimated_cost_usd", "id", "request_model", "operation", "cache_read_tokens",
+    "cache_write_tokens", "reasoning_tokens", "cost_breakdown", "price_source", "session_id",
+    "session_name", "tags", "latency_ms", "streamed", "status", "error", "request_id", "estimated",
+]
+
+
+def test_record_is_priced_attributed_and_written(sink: InMemorySink) -> None:
+    with tokenmeter.session("chat", tags={"feature": "support"}) as s:
+        rec = tokenmeter.record("openai", "gpt-4o", 10_000, 500, cache_read_tokens=8_000,
+                                tags={"user": "u1"})
+    assert tokenmeter.flush(5)
+    assert sink.records == [rec]
+    assert rec.estimated_cost_usd == Decimal("0.02")  # pricing-reference.csv row 2
+    assert rec.total_tokens == 10_500
+    assert rec.cost_breakdown is not None
+    assert sum(rec.cost_breakdown.values()) == rec.estimated_cost_usd
+    assert (rec.session_id, rec.session_name) == (s.id, "chat")
+    assert rec.tags == {"feature": "support", "user": "u1"}
+    assert s.summary.calls == 1 and s.summary.cost_usd == Decimal("0.02")
+
+
+def test_json_form_has_spec_keys_in_order_and_round_trips(sink: InMemorySink) -> None:
+    rec = tokenmeter.record("anthropic", "claude-sonnet-4-5-20250929", 10_500, 300,
+                            cache_write_tokens=10_000,
+                            timestamp=datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=UTC))
+    data = rec.to_json_dict()
+    assert list(data) == SPEC_KEYS
+    assert data["timestamp"] == "2026-11-22T10:00:00.123Z"
+    assert data["estimated_cost_usd"] == 0.0435  # JSON number, row 13 of the reference CSV
+    line = json.dumps(data)
+    back = UsageRecord.from_json_dict(json.loads(line))
+    assert back.estimated_cost_usd == Decimal("0.0435")
+    assert back.model_dump(exclude={"timestamp"}) == rec.model_dump(exclude={"timestamp"})
+    assert json.loads(rec.model_dump_json()) == data
+
+
+def test_unknown_model_records_null_cost_never_zero(sink: InMemorySink) -> None:
+    rec = tokenmeter.record("openai", "my-private-model-x", 100, 10)
+    assert rec.estimated_cost_usd is None
+    assert rec.cost_breakdown is None
+    assert rec.to_json_dict()["estimated_cost_usd"] is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"input_tokens": -1}, "input_tokens"),
+        ({"output_tokens": 1.5}, "output_tokens"),
+        ({"input_tokens": "10"}, "input_tokens"),
+        ({"input_tokens": True}, "input_tokens"),
+        ({"cache_read_tokens": 200}, "cache_read_tokens"),
+        ({"reasoning_tokens": 11}, "reasoning_tokens"),
+        ({"provider": ""}, "provider"),
+        ({"model": "  "}, "model"),
+        ({"tags": {"a": object()}}, "tags"),
+        ({"timestamp": "yesterday"}, "timestamp"),
+    ],
+)
+def test_bad_input_raises_value_error_and_writes_nothing(
+    sink: InMemorySink, kwargs: dict[str, Any], message: str
+) -> None:
+    args: dict[str, Any] = {"provider": "openai", "model": "gpt-4o", "input_tokens": 100,
+                            "output_tokens": 10}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        tokenmeter.record(**args)
+    tokenmeter.flush(5)
+    assert sink.records == []
+
+
+def test_record_response_detects_the_provider(sink: InMemorySink) -> None:
+    rec = tokenmeter.record_response({
+        "type": "message", "id": "msg_1", "model": "claude-opus-4-1-20250805",
+        "usage": {"input_tokens": 2000, "cache_read_input_tokens": 3000,
+                  "cache_creation_input_tokens": 1000, "output_tokens": 2000},
+    })
+    assert rec.model_provider == "anthropic"
+    assert rec.input_tokens == 6000
+    assert rec.estimated_cost_usd == Decimal("0.20325")  # reference CSV row 16
+    assert rec.request_id == "msg_1"
+
+
+def test_record_response_reads_sdk_objects() -> None:
+    openai = pytest.importorskip("openai")
+    completion = openai.types.chat.ChatCompletion.model_validate({
+        "id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-4o-2024-08-06",
+        "choices": [], "usage": {"prompt_tokens": 1000, "completion_tokens": 500,
+                                 "total_tokens": 1500},
+    })
+    rec = tokenmeter.record_response(completion)
+    assert (rec.model_provider, rec.model_name, rec.operation) == (
+        "openai", "gpt-4o-2024-08-06", "chat.completions")
+    assert rec.estimated_cost_usd == Decimal("0.0075")
+
+
+def test_record_response_rejects_unreadable_shapes(sink: InMemorySink) -> None:
+    with pytest.raises(ValueError, match="cannot read usage"):
+        tokenmeter.record_response({"text": "hello"})
+    with pytest.raises(ValueError, match="names no model"):
+        tokenmeter.record_response({"usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+    tokenmeter.flush(5)
+    assert sink.records == []
+
+
+def test_price_returns_decimal_and_none_for_unknown() -> None:
+    cost = tokenmeter.price("google", "gemini-2.5-pro",
+                            Usage(input_tokens=10_000, output_tokens=3_000, reasoning_tokens=2_000))
+    assert cost.total_usd == Decimal("0.0425")
+    assert tokenmeter.price("openai", "no-such-model", {"input_tokens": 1}).total_usd is None
+    with pytest.raises(ValueError, match="provider"):
+        tokenmeter.price("", "gpt-4o", Usage())
+
+
+def test_records_outside_sessions_belong_to_the_implicit_process_session(
+    sink: InMemorySink,
+) -> None:
+    import os
+
+    rec = tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert tokenmeter.current_session() is None
+    assert rec.session_id is not None
+    assert rec.session_id.startswith("session_") and rec.session_id.endswith(f"_{os.getpid()}")
+    assert tokenmeter.record("openai", "gpt-4o", 1, 1).session_id == rec.session_id
+
+
+def test_ids_are_unique(sink: InMemorySink) -> None:
+    ids = {tokenmeter.record("openai", "gpt-4o", 1, 1).id for _ in range(1000)}
+    assert len(ids) == 1000

@@ -1,0 +1,141 @@
+"""Sessions: nesting and roll-up, async and thread isolation, decorators, status, summaries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from decimal import Decimal
+
+import pytest
+
+import tokenmeter
+from tokenmeter.sinks import InMemorySink
+
+
+def test_nested_sessions_roll_up_into_ancestors(sink: InMemorySink) -> None:
+    with tokenmeter.session("outer", tags={"team": "a"}) as outer:
+        tokenmeter.record("openai", "gpt-4o", 1000, 500)
+        with tokenmeter.session("inner", tags={"step": "2"}) as inner:
+            assert tokenmeter.current_session() is inner
+            rec = tokenmeter.record("openai", "gpt-4o", 1000, 500)
+        assert tokenmeter.current_session() is outer
+    assert tokenmeter.current_session() is None
+    assert rec.session_id == inner.id
+    assert rec.tags == {"team": "a", "step": "2"}
+    assert inner.parent is outer
+    assert (inner.summary.calls, outer.summary.calls) == (1, 2)
+    assert outer.summary.cost_usd == Decimal("0.015")
+    assert outer.summary.by_model["gpt-4o"].calls == 2
+
+
+def test_summary_figures(sink: InMemorySink) -> None:
+    with tokenmeter.session("s") as s:
+        tokenmeter.record("openai", "gpt-4o", 1000, 500)  # $0.0075: input 0.0025, output 0.005
+        tokenmeter.record("openai", "gpt-4o", 3000, 500, cache_read_tokens=1000)
+        tokenmeter.record("openai", "unknown-model-zz", 10, 10)
+    summary = s.summary
+    assert (summary.calls, summary.unpriced_calls) == (3, 1)
+    assert (summary.input_tokens, summary.output_tokens) == (4010, 1010)
+    assert summary.total_tokens == 5020
+    assert summary.cache_read_tokens == 1000
+    assert summary.cost_usd == Decimal("0.0075") + Decimal("0.01125")
+    assert summary.output_cost_usd == Decimal("0.01")
+    assert summary.input_cost_usd == summary.cost_usd - summary.output_cost_usd
+    assert summary.avg_cost_per_call == summary.cost_usd / 2
+    assert summary.avg_tokens_per_call == pytest.approx(5020 / 3)
+    assert summary.io_ratio == pytest.approx(4010 / 1010)
+    assert summary.cost_per_token == summary.cost_usd / 5020
+
+
+def test_status_failed_when_the_body_raises_and_sinks_hear_of_it(sink: InMemorySink) -> None:
+    with pytest.raises(RuntimeError), tokenmeter.session("boom", notes="n") as s:
+        raise RuntimeError("x")
+    assert s.status == "failed" and s.ended_at is not None
+    with tokenmeter.session("fine") as ok:
+        pass
+    assert ok.status == "completed"
+    tokenmeter.flush(5)
+    assert sink.sessions[s.id].status == "failed"
+    assert sink.sessions[s.id].notes == "n"
+    assert sink.sessions[ok.id].status == "completed"
+
+
+async def test_concurrent_tasks_each_see_their_own_session(sink: InMemorySink) -> None:
+    async def work(name: str) -> tuple[str, str | None]:
+        async with tokenmeter.session(name) as s:
+            await asyncio.sleep(0.01)
+            rec = tokenmeter.record("openai", "gpt-4o", 1, 1)
+            await asyncio.sleep(0.01)
+            return s.id, rec.session_id
+
+    results = await asyncio.gather(*(work(f"task{i}") for i in range(20)))
+    assert all(session_id == rec_session for session_id, rec_session in results)
+
+
+def test_threads_each_see_their_own_session(sink: InMemorySink) -> None:
+    seen: dict[str, str | None] = {}
+    barrier = threading.Barrier(8)
+
+    def work(i: int) -> None:
+        with tokenmeter.session(f"t{i}") as s:
+            barrier.wait()
+            seen[s.id] = tokenmeter.record("openai", "gpt-4o", 1, 1).session_id
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 8 and all(k == v for k, v in seen.items())
+
+
+def test_track_and_session_decorators_make_a_fresh_session_per_call(sink: InMemorySink) -> None:
+    @tokenmeter.track(tags={"feature": "summarise"})
+    def summarise() -> str | None:
+        current = tokenmeter.current_session()
+        assert current is not None
+        tokenmeter.record("openai", "gpt-4o", 1, 1)
+        return current.id
+
+    @tokenmeter.session("decorated")
+    async def run_async() -> str | None:
+        current = tokenmeter.current_session()
+        return current.id if current else None
+
+    first, second = summarise(), summarise()
+    assert first != second
+    tokenmeter.flush(5)
+    assert [r.session_name for r in sink.records] == [
+        summarise.__wrapped__.__qualname__] * 2  # type: ignore[attr-defined]
+    assert sink.records[0].tags == {"feature": "summarise"}
+    ids = {asyncio.run(run_async()), asyncio.run(run_async())}
+    assert len(ids) == 2 and None not in ids
+
+
+def test_a_session_object_cannot_be_entered_twice() -> None:
+    s = tokenmeter.session("once")
+    with s:
+        pass
+    with pytest.raises(RuntimeError, match="already entered"), s:
+        pass
+
+
+def test_budget_warns_once(sink: InMemorySink, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="tokenmeter"), tokenmeter.session(
+        "b", budget_usd=0.01
+    ) as s:
+        for _ in range(3):
+            tokenmeter.record("openai", "gpt-4o", 1000, 500)  # $0.0075 each
+    assert s.over_budget
+    assert sum("over budget" in r.message for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"tags": ["a"]}, "tags"), ({"budget_usd": -1}, "budget_usd"), ({"id": ""}, "id"),
+     ({"budget_usd": "lots"}, "budget_usd")],
+)
+def test_bad_session_arguments(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tokenmeter.session("x", **kwargs)  # type: ignore[arg-type]

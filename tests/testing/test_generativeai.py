@@ -1,0 +1,68 @@
+"""The legacy google-generativeai SDK over its REST transport against FakeProvider.
+
+Its REST transport has no async variant, so async is not covered here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+
+import pytest
+
+from tokenmeter.testing import FakeProvider, GeminiUsage
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)
+    import google.generativeai as legacy
+    from google.api_core import exceptions as api_errors
+
+USAGE = GeminiUsage(prompt=8, candidates=5, cached=2, thoughts=32)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeProvider]:
+    with FakeProvider(gemini_usage=USAGE, stream_chunks=3) as provider:
+        provider.configure_generativeai()
+        yield provider
+
+
+def test_generate_content(fake: FakeProvider) -> None:
+    response = legacy.GenerativeModel("gemini-1.5-flash").generate_content("hi")
+    meta = response.usage_metadata
+    assert (meta.prompt_token_count, meta.candidates_token_count) == (8, 5)
+    assert meta.cached_content_token_count == 2
+    # The pinned proto drops thoughtsTokenCount, but the total still includes the 32 thoughts.
+    assert meta.total_token_count == 45
+    assert response.text == "Hello from FakeProvider!"
+    request = fake.requests[-1]
+    assert request.path == "/v1beta/models/gemini-1.5-flash:generateContent"
+    assert "key" not in request.query  # API keys never reach the request log
+
+
+def test_rest_stream_is_a_json_array_with_running_totals(fake: FakeProvider) -> None:
+    response = legacy.GenerativeModel("gemini-1.5-flash").generate_content("hi", stream=True)
+    totals = [chunk.usage_metadata.total_token_count for chunk in response]
+    assert totals == [41, 43, 45]
+    assert response.usage_metadata.total_token_count == 45
+    assert response.text == "Hello from FakeProvider!"
+    request = fake.requests[-1]
+    assert request.path.endswith(":streamGenerateContent")
+    assert "alt" not in request.query  # not SSE: the legacy SDK parses a streamed JSON array
+
+
+def test_chat_session_and_count_tokens(fake: FakeProvider) -> None:
+    model = legacy.GenerativeModel("gemini-1.5-flash")
+    chat = model.start_chat()
+    assert chat.send_message("hi").usage_metadata.total_token_count == 45
+    assert chat.send_message("again").usage_metadata.prompt_token_count == 8
+    assert model.count_tokens("hi").total_tokens == 8
+
+
+def test_error_injection(fake: FakeProvider) -> None:
+    fake.fail_next(status=500, message="injected")
+    with pytest.raises(api_errors.InternalServerError, match="injected"):
+        legacy.GenerativeModel("gemini-1.5-flash").generate_content("hi")
+    fake.fail_next(status=429)
+    with pytest.raises(api_errors.TooManyRequests):
+        legacy.GenerativeModel("gemini-1.5-flash").generate_content("hi")

@@ -1,0 +1,181 @@
+"""FakeProvider itself: lifecycle, configuration errors, the request log, routing and framing."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import openai
+import pytest
+
+from tokenmeter.testing import FakeProvider, InMemorySink, OpenAIUsage
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_package_exports_in_memory_sink() -> None:
+    from tokenmeter.sinks.memory import InMemorySink as Original
+
+    assert InMemorySink is Original
+
+
+def test_start_stop_and_context_manager() -> None:
+    fake = FakeProvider().start()
+    assert fake.url.startswith("http://127.0.0.1:")
+    assert fake.openai_base_url == fake.url + "/v1"
+    assert fake.start() is fake  # idempotent
+    fake.stop()
+    fake.stop()  # idempotent
+    with pytest.raises(RuntimeError, match="not running"):
+        _ = fake.url
+
+
+def test_stop_drops_keep_alive_connections() -> None:
+    with FakeProvider() as fake:
+        client = fake.openai_client()
+        assert client.chat.completions.create(model="m", messages=[]).usage is not None
+    # The pooled connection must not keep being served after stop().
+    with pytest.raises(openai.APIConnectionError):
+        client.chat.completions.create(model="m", messages=[])
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(fake: FakeProvider) -> None:
+    host, port = fake.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port))
+    body = json.dumps({"model": "gpt-4o", "messages": [], "stream": True})
+    for _ in range(3):
+        conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+        response = conn.getresponse()
+        assert response.getheader("transfer-encoding") == "chunked"
+        assert response.read().endswith(b"data: [DONE]\n\n")
+    conn.request("POST", "/v1/embeddings", json.dumps({"model": "e", "input": "x"}))
+    response = conn.getresponse()
+    assert int(response.getheader("content-length") or 0) == len(response.read())
+    conn.close()
+
+
+def test_chunked_request_bodies_are_read(fake: FakeProvider) -> None:
+    host, port = fake.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port))
+    parts = [b'{"model": "gpt-4o", ', b'"messages": []}']
+    conn.request("POST", "/v1/chat/completions", iter(parts), encode_chunked=True)
+    assert json.loads(conn.getresponse().read())["model"] == "gpt-4o-2024-08-06"
+    conn.close()
+
+
+def test_request_log_keeps_no_headers_or_keys(fake: FakeProvider) -> None:
+    client = fake.openai_client(api_key="sk-secret-value")
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    (request,) = fake.requests
+    assert (request.method, request.path) == ("POST", "/v1/chat/completions")
+    assert "sk-secret-value" not in repr(request)
+    fake.clear_requests()
+    assert fake.requests == []
+
+
+def test_request_log_can_be_switched_off() -> None:
+    with FakeProvider(record_requests=False) as fake:
+        fake.openai_client().chat.completions.create(model="gpt-4o", messages=[])
+        assert fake.requests == []
+
+
+def test_unknown_route_is_a_provider_shaped_404(fake: FakeProvider) -> None:
+    client = fake.openai_client()
+    with pytest.raises(openai.NotFoundError, match="no route"):
+        client.get("/nope", cast_to=object)
+
+
+def test_fail_next_counts_and_then_recovers(fake: FakeProvider) -> None:
+    client = fake.openai_client()
+    fake.fail_next(status=503, count=2)
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="gpt-4o", messages=[])
+    assert client.chat.completions.create(model="gpt-4o", messages=[]).usage is not None
+
+
+def test_set_usage_and_models(fake: FakeProvider) -> None:
+    fake.set_usage(
+        openai={
+            "prompt_tokens": 100,
+            "completion_tokens": 1,
+            "cached_tokens": 0,
+            "reasoning_tokens": 0,
+        }
+    )
+    fake.set_usage(openai=OpenAIUsage(prompt_tokens=5, completion_tokens=5), model="special")
+    fake.set_model("special", "special-2025")
+    client = fake.openai_client()
+    default = client.chat.completions.create(model="gpt-4o-mini", messages=[])
+    special = client.chat.completions.create(model="special", messages=[])
+    assert default.usage is not None and default.usage.prompt_tokens == 100
+    assert default.model == "gpt-4o-mini-2024-07-18"
+    assert special.usage is not None and special.usage.total_tokens == 10
+    assert special.model == "special-2025"
+    assert fake.openai_usage.prompt_tokens == 100
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda f: f.set_usage(openai={"prompt": 1}), "openai: unknown field"),
+        (lambda f: f.set_usage(gemini=[1]), "gemini must be a GeminiUsage"),
+        (lambda f: f.set_usage(gemini_function_call={}, model="m"), "gemini_function_call"),
+        (lambda f: f.fail_next(status=200), "status"),
+        (lambda f: f.fail_next(count=0), "count"),
+        (lambda f: setattr(f, "stream_chunks", 0), "stream_chunks"),
+        (lambda f: f.set_model("", "x"), "request_model"),
+    ],
+)
+def test_bad_configuration_raises_value_error(
+    fake: FakeProvider, call: object, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        call(fake)  # type: ignore[operator]
+
+
+def test_environ_points_a_subprocess_sdk_at_the_fake(fake: FakeProvider) -> None:
+    script = textwrap.dedent(
+        """
+        import openai
+        r = openai.OpenAI(max_retries=0).chat.completions.create(model="gpt-4o", messages=[])
+        print(r.usage.total_tokens)
+        """
+    )
+    env = {**os.environ, **fake.environ()}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "29"
+    assert fake.requests[-1].path == "/v1/chat/completions"
+
+
+def test_import_works_without_any_provider_sdk() -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+        for name in ("openai", "anthropic", "google.genai", "google.generativeai"):
+            sys.modules[name] = None  # make the import fail like an uninstalled package
+        from tokenmeter.testing import FakeProvider
+        with FakeProvider() as fake:
+            try:
+                fake.openai_client()
+            except ImportError:
+                print("openai missing")
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+    assert out.stdout.strip() == "openai missing"

@@ -1,0 +1,227 @@
+"""SPEC §3 counting rules, on realistic payloads, as SDK objects and as JSON dicts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tokenmeter import Usage
+from tokenmeter.usage import detect_provider, extract
+
+OPENAI_CHAT: dict[str, Any] = {
+    "id": "chatcmpl-123",
+    "object": "chat.completion",
+    "created": 1730000000,
+    "model": "gpt-4o-2024-08-06",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}
+    ],
+    "usage": {
+        "prompt_tokens": 19,
+        "completion_tokens": 10,
+        "total_tokens": 29,
+        "prompt_tokens_details": {"cached_tokens": 4, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 2, "audio_tokens": 0},
+    },
+    "service_tier": "default",
+}
+
+OPENAI_RESPONSE: dict[str, Any] = {
+    "id": "resp_1",
+    "object": "response",
+    "created_at": 1730000000,
+    "status": "completed",
+    "model": "o3-2025-04-16",
+    "output": [],
+    "parallel_tool_calls": True,
+    "tool_choice": "auto",
+    "tools": [],
+    "service_tier": "flex",
+    "usage": {
+        "input_tokens": 5000,
+        "output_tokens": 8000,
+        "total_tokens": 13000,
+        "input_tokens_details": {"cached_tokens": 1000},
+        "output_tokens_details": {"reasoning_tokens": 6000},
+    },
+}
+
+ANTHROPIC_MESSAGE: dict[str, Any] = {
+    "id": "msg_01",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-sonnet-4-5-20250929",
+    "content": [{"type": "text", "text": "Hello!"}],
+    "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {
+        "input_tokens": 25,
+        "cache_creation_input_tokens": 100,
+        "cache_read_input_tokens": 50,
+        "cache_creation": {"ephemeral_5m_input_tokens": 60, "ephemeral_1h_input_tokens": 40},
+        "output_tokens": 12,
+        "service_tier": "batch",
+    },
+}
+
+GEMINI_RESPONSE: dict[str, Any] = {
+    "candidates": [
+        {"content": {"parts": [{"text": "Hello!"}], "role": "model"}, "finishReason": "STOP"}
+    ],
+    "modelVersion": "gemini-2.5-pro",
+    "responseId": "resp-abc",
+    "usageMetadata": {
+        "promptTokenCount": 8,
+        "candidatesTokenCount": 5,
+        "cachedContentTokenCount": 2,
+        "thoughtsTokenCount": 32,
+        "toolUsePromptTokenCount": 3,
+        "totalTokenCount": 48,
+        "trafficType": "ON_DEMAND",
+    },
+}
+
+
+def test_openai_prompt_tokens_already_include_cached_and_reasoning_is_inside_output() -> None:
+    found = extract(OPENAI_CHAT)
+    assert found.provider == "openai"
+    assert found.usage == Usage(
+        input_tokens=19, output_tokens=10, cache_read_tokens=4, reasoning_tokens=2
+    )
+    assert (found.model, found.operation, found.request_id, found.tier) == (
+        "gpt-4o-2024-08-06", "chat.completions", "chatcmpl-123", None
+    )
+
+
+def test_openai_sdk_object_reads_like_its_json() -> None:
+    openai = pytest.importorskip("openai")
+    completion = openai.types.chat.ChatCompletion.model_validate(OPENAI_CHAT)
+    assert extract(completion) == extract(OPENAI_CHAT)
+
+
+def test_openai_responses_usage_and_service_tier() -> None:
+    found = extract(OPENAI_RESPONSE)
+    assert found.usage == Usage(
+        input_tokens=5000, output_tokens=8000, cache_read_tokens=1000, reasoning_tokens=6000
+    )
+    assert (found.operation, found.tier) == ("responses", "flex")
+
+
+def test_openai_embeddings_have_no_output() -> None:
+    body = {
+        "object": "list",
+        "data": [],
+        "model": "text-embedding-3-small",
+        "usage": {"prompt_tokens": 8, "total_tokens": 8},
+    }
+    found = extract(body)
+    assert found.usage == Usage(input_tokens=8)
+    assert found.operation == "embeddings"
+
+
+def test_openai_compatible_extra_cache_field_is_read() -> None:
+    body = {
+        "object": "chat.completion",
+        "model": "deepseek-chat",
+        "usage": {"prompt_tokens": 100, "completion_tokens": 5, "prompt_cache_hit_tokens": 60},
+    }
+    assert extract(body, "deepseek").usage.cache_read_tokens == 60
+    assert extract(body, "deepseek").provider == "deepseek"
+
+
+def test_anthropic_input_excludes_cache_so_all_three_are_added() -> None:
+    found = extract(ANTHROPIC_MESSAGE)
+    assert found.provider == "anthropic"
+    assert found.usage == Usage(
+        input_tokens=25 + 50 + 100,
+        output_tokens=12,
+        cache_read_tokens=50,
+        cache_write_tokens=100,
+        cache_write_1h_tokens=40,
+    )
+    assert found.tier == "batch"
+
+
+def test_anthropic_sdk_object_and_thinking_tokens() -> None:
+    anthropic = pytest.importorskip("anthropic")
+    body = {**ANTHROPIC_MESSAGE, "usage": {**ANTHROPIC_MESSAGE["usage"],
+                                           "output_tokens_details": {"thinking_tokens": 4}}}
+    message = anthropic.types.Message.model_validate(body)
+    found = extract(message)
+    assert found.usage.reasoning_tokens == 4
+    assert found.usage.input_tokens == 175
+
+
+def test_anthropic_cache_split_without_total_field() -> None:
+    usage = {"input_tokens": 10, "output_tokens": 1,
+             "cache_creation": {"ephemeral_5m_input_tokens": 7, "ephemeral_1h_input_tokens": 3}}
+    found = extract({"type": "message", "model": "claude-haiku-4-5", "usage": usage})
+    assert (found.usage.input_tokens, found.usage.cache_write_tokens) == (20, 10)
+    assert found.usage.cache_write_1h_tokens == 3
+
+
+def test_gemini_thoughts_are_outside_candidates_and_tool_prompt_is_input() -> None:
+    found = extract(GEMINI_RESPONSE)
+    assert found.provider == "google"
+    assert found.usage == Usage(
+        input_tokens=8 + 3, output_tokens=5 + 32, cache_read_tokens=2, reasoning_tokens=32
+    )
+    assert found.usage.total_tokens == 48
+    assert (found.model, found.request_id) == ("gemini-2.5-pro", "resp-abc")
+
+
+def test_gemini_snake_case_sdk_object() -> None:
+    types = pytest.importorskip("google.genai.types")
+    response = types.GenerateContentResponse.model_validate(GEMINI_RESPONSE)
+    assert extract(response).usage == extract(GEMINI_RESPONSE).usage
+
+
+def test_legacy_gemini_without_thoughts_field_derives_output_from_total() -> None:
+    meta = {"promptTokenCount": 8, "candidatesTokenCount": 5, "totalTokenCount": 45}
+    found = extract({"candidates": [], "usageMetadata": meta})
+    assert found.usage.output_tokens == 45 - 8
+    assert found.usage.reasoning_tokens == 32
+
+
+def test_legacy_proto_object() -> None:
+    glm = pytest.importorskip("google.ai.generativelanguage")
+    response = glm.GenerateContentResponse(
+        usage_metadata={"prompt_token_count": 8, "candidates_token_count": 5,
+                        "total_token_count": 45, "cached_content_token_count": 2}
+    )
+    found = extract(response, "google")
+    assert found.usage == Usage(
+        input_tokens=8, output_tokens=37, cache_read_tokens=2, reasoning_tokens=32
+    )
+
+
+def test_gemini_flex_traffic_is_a_tier() -> None:
+    body = {**GEMINI_RESPONSE,
+            "usageMetadata": {**GEMINI_RESPONSE["usageMetadata"], "trafficType": "ON_DEMAND_FLEX"}}
+    assert extract(body).tier == "flex"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"hello": "world"},
+        {"usage": {"foo": 1}},
+        42,
+    ],
+)
+def test_unreadable_shapes_raise_value_error(payload: Any) -> None:
+    with pytest.raises(ValueError, match="cannot read usage"):
+        detect_provider(payload)
+
+
+def test_negative_or_fractional_counts_are_rejected() -> None:
+    with pytest.raises(ValueError, match="prompt_tokens"):
+        extract({"usage": {"prompt_tokens": -1, "completion_tokens": 1}})
+    with pytest.raises(ValueError, match="completion_tokens"):
+        extract({"usage": {"prompt_tokens": 1, "completion_tokens": 1.5}})
+
+
+def test_unknown_provider_name_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown provider"):
+        extract(OPENAI_CHAT, "cohere-v9")

@@ -1,0 +1,212 @@
+"""google-genai adapter: meter every HTTP round of ``client.models`` (sync and ``client.aio``).
+
+``Models.generate_content`` loops over ``Models._generate_content`` for automatic function
+calling and continuation hops, but hands back only the LAST response's usage. So the private
+per-request methods are patched: each billed round becomes one record. Older SDKs without them
+fall back to the public methods. Chats call ``Models``, so they are covered without a patch of
+their own. Stream chunks carry usage as a running total: the latest chunk wins, never a sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import wrapt
+
+from tokenmeter.providers._core import (
+    AsyncStreamProxy,
+    Call,
+    SyncGeneratorProxy,
+    guard,
+    safely,
+)
+from tokenmeter.usage import Extracted, from_gemini_response
+from tokenmeter.usage.google import usage_from_gemini
+
+__all__ = ["ADAPTER", "ChunkReader", "patch_targets", "short_model", "wrap_instance"]
+
+PROVIDER = "google"  # Gemini API and Vertex AI bill the same models from one price table
+Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
+
+
+@dataclass(slots=True)
+class Switches:
+    """Set by the registry: ``active`` turns the class patches inert after an unclean restore."""
+
+    active: bool = True
+    stream_usage: bool = True
+
+
+ADAPTER = Switches()
+
+
+def short_model(model: str | None) -> str | None:
+    """``models/x``, ``publishers/google/models/x`` or a full Vertex path -> ``x``."""
+    if not model:
+        return None
+    return model.rsplit("models/", 1)[-1] or model
+
+
+def _new_call(kwargs: dict[str, Any], operation: str, streamed: bool) -> Call:
+    model = kwargs.get("model")
+    request_model = model if isinstance(model, str) else None
+    call = Call(PROVIDER, request_model, operation, streamed=streamed)
+    call.model = short_model(request_model)  # replaced by response.model_version when given
+    return call
+
+
+def _read_response(response: Any, call: Call) -> None:
+    if getattr(response, "usage_metadata", None) is not None:
+        call.take(from_gemini_response(response, PROVIDER))
+        return
+    # Vertex :predict embeddings report tokens per embedding instead of usage_metadata.
+    stats = [getattr(e, "statistics", None) for e in getattr(response, "embeddings", None) or []]
+    counts = [getattr(s, "token_count", None) for s in stats]
+    if counts and all(isinstance(c, int | float) for c in counts):
+        usage = usage_from_gemini({"prompt_token_count": int(sum(counts))})
+        call.take(Extracted(provider=PROVIDER, usage=usage, operation=call.operation))
+
+
+class ChunkReader:
+    """Each chunk's ``usage_metadata`` is the running total of its request: keep the latest."""
+
+    __slots__ = ()
+
+    def feed(self, chunk: Any, call: Call) -> bool:
+        if getattr(chunk, "usage_metadata", None) is not None:
+            call.take(from_gemini_response(chunk, PROVIDER))
+        return False
+
+
+# -- the four call shapes ------------------------------------------------------------------------
+Kind = Callable[[Any, tuple[Any, ...], dict[str, Any], str], Any]
+
+
+def _sync_call(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], op: str) -> Any:
+    call = _new_call(kwargs, op, streamed=False)
+    token = guard.set(True)
+    try:
+        response = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        call.finish(exc)
+        raise
+    finally:
+        guard.reset(token)
+    safely("reading a Gemini response", _read_response, response, call)
+    call.finish()
+    return response
+
+
+def _sync_stream(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], op: str) -> Any:
+    """A generator function: nothing is sent until the first ``next()``; the proxy sees it all."""
+    call = _new_call(kwargs, op, streamed=True)
+    token = guard.set(True)
+    try:
+        stream = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        call.finish(exc)
+        raise
+    finally:
+        guard.reset(token)
+    return SyncGeneratorProxy(stream, call, ChunkReader())
+
+
+async def _async_call(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], op: str) -> Any:
+    call = _new_call(kwargs, op, streamed=False)
+    token = guard.set(True)
+    try:
+        response = await wrapped(*args, **kwargs)
+    except BaseException as exc:
+        call.finish(exc)
+        raise
+    finally:
+        guard.reset(token)
+    safely("reading a Gemini response", _read_response, response, call)
+    call.finish()
+    return response
+
+
+async def _async_stream(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], op: str) -> Any:
+    """``async def`` that sends the request when awaited and returns an async generator."""
+    call = _new_call(kwargs, op, streamed=True)
+    token = guard.set(True)
+    try:
+        stream = await wrapped(*args, **kwargs)
+    except BaseException as exc:
+        call.finish(exc)
+        raise
+    finally:
+        guard.reset(token)
+    return AsyncStreamProxy(stream, call, ChunkReader())
+
+
+def _wrapper(kind: Kind, operation: str, gated: bool) -> Wrapper:
+    """Nested calls (a wrapped client under instrument()) pass straight through the guard."""
+
+    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if (gated and not ADAPTER.active) or guard.get():
+            return wrapped(*args, **kwargs)
+        return kind(wrapped, args, kwargs, operation)
+
+    return wrapper
+
+
+#: (private per-request method, public fallback, operation, shape when sync, shape when async)
+_METHODS: tuple[tuple[str, str, str, Kind, Kind], ...] = (
+    ("_generate_content", "generate_content", "generate_content", _sync_call, _async_call),
+    (
+        "_generate_content_stream",
+        "generate_content_stream",
+        "generate_content",
+        _sync_stream,
+        _async_stream,
+    ),
+    ("_embed_content", "embed_content", "embed_content", _sync_call, _async_call),
+)
+
+
+def _targets(owner: type, is_async: bool, gated: bool) -> list[tuple[str, Wrapper]]:
+    found: list[tuple[str, Wrapper]] = []
+    for private, public, operation, sync_kind, async_kind in _METHODS:
+        name = private if hasattr(owner, private) else public
+        if hasattr(owner, name):
+            found.append((name, _wrapper(async_kind if is_async else sync_kind, operation, gated)))
+    return found
+
+
+def patch_targets() -> list[tuple[type, str, Wrapper]]:
+    """(class, method, wrapper) for the installed google-genai SDK."""
+    from google.genai import models
+
+    return [
+        (owner, name, wrapper)
+        for owner, is_async in ((models.Models, False), (models.AsyncModels, True))
+        for name, wrapper in _targets(owner, is_async, gated=True)
+        if name in vars(owner)  # Patch replaces the class's own attribute
+    ]
+
+
+def _wrap_models(models_obj: Any, is_async: bool) -> None:
+    if models_obj.__dict__.get("_tokenmeter_wrapped"):
+        return
+    for name, wrapper in _targets(type(models_obj), is_async, gated=False):
+        setattr(models_obj, name, wrapt.FunctionWrapper(getattr(models_obj, name), wrapper))
+    models_obj._tokenmeter_wrapped = True
+
+
+def wrap_instance(obj: Any) -> bool:
+    """A ``genai.Client`` (its ``models`` and ``aio.models``), an ``AsyncClient`` or a Models."""
+    from google.genai import client, models
+
+    if isinstance(obj, client.Client):
+        _wrap_models(obj.models, is_async=False)
+        _wrap_models(obj.aio.models, is_async=True)
+    elif isinstance(obj, client.AsyncClient):
+        _wrap_models(obj.models, is_async=True)
+    elif isinstance(obj, models.Models | models.AsyncModels):
+        _wrap_models(obj, is_async=isinstance(obj, models.AsyncModels))
+    else:
+        return False
+    return True
