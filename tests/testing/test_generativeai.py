@@ -66,3 +66,21 @@ def test_error_injection(fake: FakeProvider) -> None:
     fake.fail_next(status=429)
     with pytest.raises(api_errors.TooManyRequests):
         legacy.GenerativeModel("gemini-1.5-flash").generate_content("hi")
+
+
+async def test_async_calls_go_over_the_in_process_grpc_fake(fake: FakeProvider) -> None:
+    fake.configure_generativeai_async()
+    model = legacy.GenerativeModel("gemini-1.5-flash")
+    response = await model.generate_content_async("hi")
+    assert response.usage_metadata.total_token_count == 45
+    assert response.usage_metadata.prompt_token_count == 8
+    assert response.text == "Hello from FakeProvider!"
+    stream = await model.generate_content_async("hi", stream=True)
+    totals = [chunk.usage_metadata.total_token_count async for chunk in stream]
+    assert totals == [41, 43, 45]
+    assert (await model.count_tokens_async("hi")).total_tokens == 8
+    assert fake.requests[0].path.endswith("GenerativeService/GenerateContent")
+    assert fake.requests[0].body["contents"][0]["parts"][0]["text"] == "hi"
+    fake.fail_next(status=429, message="slow down")
+    with pytest.raises(api_errors.ResourceExhausted, match="slow down"):
+        await model.generate_content_async("hi")

@@ -25,7 +25,7 @@ from tokenmeter.testing._server import FakeRequest, Reply, json_reply, sse, stre
 from tokenmeter.testing._state import State
 from tokenmeter.testing._usage import GeminiUsage
 
-__all__ = ["error_reply", "handle", "is_gemini_path"]
+__all__ = ["error_reply", "generate", "handle", "is_gemini_path", "stream_chunks"]
 
 _PATH = re.compile(
     r"^/v1(?:beta1?|alpha)?/(?:projects/[^/]+/locations/[^/]+/)?(?:publishers/google/)?"
@@ -61,9 +61,9 @@ def handle(request: FakeRequest, state: State) -> Reply | None:
     model, method = match.groups()
     body = request.json
     if method == "generateContent":
-        return json_reply(_generate(body, model, state))
+        return json_reply(generate(body, model, state))
     if method == "streamGenerateContent":
-        chunks = _stream_chunks(body, model, state)
+        chunks = stream_chunks(body, model, state)
         if request.query.get("alt") == "sse":
             return stream_reply(sse(c, end=b"\r\n\r\n") for c in chunks)
         return stream_reply(_json_array(chunks), content_type="application/json")
@@ -87,7 +87,7 @@ def _response(
     }
 
 
-def _generate(body: dict[str, Any], model: str, state: State) -> dict[str, Any]:
+def generate(body: dict[str, Any], model: str, state: State) -> dict[str, Any]:
     call = _function_call(body)
     parts: list[dict[str, Any]]
     if call is not None:
@@ -99,11 +99,11 @@ def _generate(body: dict[str, Any], model: str, state: State) -> dict[str, Any]:
     return {**_response(state, model, parts, usage.metadata_json(), True), "responseId": new_id("")}
 
 
-def _stream_chunks(body: dict[str, Any], model: str, state: State) -> Iterator[dict[str, Any]]:
+def stream_chunks(body: dict[str, Any], model: str, state: State) -> Iterator[dict[str, Any]]:
     """One chunk per text piece, each with the running-total usage; a function call is one."""
     response_id = new_id("")
     if _function_call(body) is not None:
-        yield {**_generate(body, model, state), "responseId": response_id}
+        yield {**generate(body, model, state), "responseId": response_id}
         return
     usage: GeminiUsage = state.gemini_usage(model)
     text = _reply_text(body)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
 
-import grpc
+import grpc  # type: ignore[import-untyped]
 from google.ai import generativelanguage_v1beta as glm
 
 from tokenmeter.testing import _gemini
@@ -59,7 +59,9 @@ class LegacyGrpcServer:
             ),
         }
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(_SERVICE, handlers),)
+        )
         self.address = f"127.0.0.1:{self._server.add_insecure_port('127.0.0.1:0')}"
         self._server.start()
 

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     import anthropic
     import openai
 
+    from tokenmeter.testing._grpc_legacy import LegacyGrpcServer
+
 __all__ = ["FakeProvider"]
 
 _FAKE_KEY = "fake-key-not-secret"
@@ -87,6 +89,7 @@ class FakeProvider:
         self._failures: deque[tuple[int, str | None]] = deque()
         self._lock = threading.Lock()
         self._server = LoopbackServer(self._app, host, port)
+        self._grpc: LegacyGrpcServer | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -97,6 +100,9 @@ class FakeProvider:
     def stop(self) -> None:
         """Stop serving and drop open keep-alive connections. Safe to call twice."""
         self._server.stop()
+        if self._grpc is not None:
+            self._grpc.stop()
+            self._grpc = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -239,12 +245,16 @@ class FakeProvider:
 
     # -- the app ---------------------------------------------------------------------------
 
-    def _app(self, request: FakeRequest) -> Reply:
-        provider = _provider_for(request.path)
+    def _admit(self, request: FakeRequest) -> tuple[int, str | None] | None:
+        """Log ``request``; return the injected failure it must get, if one is queued."""
         with self._lock:
             if self.record_requests:
                 self._requests.append(request)
-            failure = self._failures.popleft() if self._failures else None
+            return self._failures.popleft() if self._failures else None
+
+    def _app(self, request: FakeRequest) -> Reply:
+        provider = _provider_for(request.path)
+        failure = self._admit(request)
         if failure is not None:
             return provider.error_reply(*failure)
         reply = provider.handle(request, self._state)
@@ -384,3 +394,23 @@ class FakeProvider:
         }
         options.update(kwargs)
         legacy_genai.configure(**options)  # type: ignore[attr-defined]
+
+    def configure_generativeai_async(self) -> None:
+        """Serve the legacy SDK's ``*_async`` calls, which only exist over gRPC, from this fake.
+
+        Call it inside the running event loop (grpc.aio channels belong to one loop), after
+        `configure_generativeai`; models whose async client was already created keep theirs.
+        """
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            from google.generativeai import client as legacy_client
+
+        from tokenmeter.testing._grpc_legacy import LegacyGrpcServer
+
+        if self._grpc is None:
+            if not self._server.running:
+                raise RuntimeError("FakeProvider is not running: call start() or use `with`")
+            self._grpc = LegacyGrpcServer(self._state, self._admit)
+        legacy_client._client_manager.clients["generative_async"] = self._grpc.async_client()

@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tokenmeter._models import SessionInfo, UsageRecord
+from tokenmeter.sinks import (
+    InMemorySink,
+    JSONLSink,
+    MarkdownJournalSink,
+    SessionAwareSink,
+    Sink,
+    SQLiteSink,
+)
+
+RecordFactory = Callable[..., UsageRecord]
+
+
+def test_keeps_records_in_order_and_latest_session_state(make_record: RecordFactory) -> None:
+    sink = InMemorySink()
+    started = datetime(2026, 11, 22, 10, tzinfo=UTC)
+    sink.write([make_record(0), make_record(1)])
+    sink.write([make_record(2)])
+    sink.write_sessions([SessionInfo(id="s1", started_at=started)])
+    sink.write_sessions([SessionInfo(id="s1", started_at=started, status="completed")])
+
+    assert [r.id for r in sink.records] == ["rec-000000", "rec-000001", "rec-000002"]
+    assert sink.sessions["s1"].status == "completed"
+
+    sink.clear()
+    assert sink.records == []
+    assert sink.sessions == {}
+
+
+def test_concurrent_writers_lose_nothing(make_record: RecordFactory) -> None:
+    sink = InMemorySink()
+    batches = [[make_record(t * 1000 + i) for i in range(1000)] for t in range(4)]
+    threads = [threading.Thread(target=sink.write, args=(batch,)) for batch in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len({r.id for r in sink.records}) == 4000
+
+
+def test_every_built_in_sink_satisfies_the_protocols(tmp_path: Path) -> None:
+    sinks = [
+        InMemorySink(),
+        SQLiteSink(tmp_path / "usage.db"),
+        JSONLSink(tmp_path / "usage.jsonl"),
+        MarkdownJournalSink(tmp_path / "journal"),
+    ]
+    for sink in sinks:
+        assert isinstance(sink, Sink)
+    for sink in (sinks[0], sinks[1], sinks[3]):
+        assert isinstance(sink, SessionAwareSink)

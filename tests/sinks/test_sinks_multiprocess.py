@@ -1,0 +1,94 @@
+"""Several real processes writing the same files, and a writer killed with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tokenmeter._models import UsageRecord
+from tokenmeter.sinks import JSONLSink, MarkdownJournalSink
+from tokenmeter.sinks.jsonl import read_jsonl
+
+RecordFactory = Callable[..., UsageRecord]
+WRITER = Path(__file__).with_name("writer_process.py")
+
+
+def count_rows(path: Path, sql: str = "SELECT COUNT(*) FROM records") -> int:
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        count: int = conn.execute(sql).fetchone()[0]
+        return count
+    finally:
+        conn.close()
+
+
+def journal_counts(directory: Path) -> tuple[int, list[int]]:
+    """The TOTAL calls of token_usage.md and the numbers of its detailed log rows."""
+    text = (directory / "token_usage.md").read_text(encoding="utf-8")
+    match = re.search(r"^\| \*\*TOTAL\*\* \| \| \*\*([\d,]+)\*\*", text, re.MULTILINE)
+    assert match is not None
+    log = text[text.index("## Detailed Log") :]
+    numbers = [int(n) for n in re.findall(r"^\| (\d+) \| ", log, re.MULTILINE)]
+    return int(match.group(1).replace(",", "")), numbers
+
+
+def test_four_processes_write_twenty_thousand_records(tmp_path: Path) -> None:
+    writers = [
+        subprocess.Popen([sys.executable, str(WRITER), f"p{n}", "5000", "100", str(tmp_path)])
+        for n in range(4)
+    ]
+    for writer in writers:
+        assert writer.wait(timeout=240) == 0
+
+    assert count_rows(tmp_path / "usage.db") == 20_000
+    lines = (tmp_path / "usage.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 20_000
+    ids = [json.loads(line)["id"] for line in lines]  # every line is valid JSON
+    assert len(set(ids)) == 20_000
+    total_calls, numbers = journal_counts(tmp_path / "journal")
+    assert total_calls == 20_000
+    assert numbers == list(range(1, 20_001))
+    for n in range(4):
+        session = (tmp_path / "journal" / "sessions" / f"p{n}-session.md").read_text()
+        assert "- **Total Calls:** 5,000" in session
+
+
+def test_a_writer_killed_mid_stream_leaves_readable_files(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    writer = subprocess.Popen(
+        [sys.executable, str(WRITER), "k", "0", "50", str(tmp_path), "forever"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdout is not None
+    assert writer.stdout.readline().strip() == "started"
+    time.sleep(0.5)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(timeout=30)
+    writer.stdout.close()
+
+    stored = count_rows(tmp_path / "usage.db")
+    assert stored > 0
+    assert stored % 50 == 0  # batches are stored whole or not at all
+
+    jsonl = tmp_path / "usage.jsonl"
+    parsed = list(read_jsonl(jsonl))
+    assert all(record is not None for record in parsed[:-1])
+    valid = sum(record is not None for record in parsed)
+    JSONLSink(jsonl).write([make_record(i, id=f"after-{i}") for i in range(10)])
+    parsed_after = list(read_jsonl(jsonl))
+    assert sum(record is not None for record in parsed_after) == valid + 10
+    assert [r.id for r in parsed_after[-10:] if r] == [f"after-{i}" for i in range(10)]
+
+    MarkdownJournalSink(tmp_path / "journal").write([make_record(0, id="after")])
+    total_calls, numbers = journal_counts(tmp_path / "journal")
+    assert numbers == list(range(1, total_calls + 1))
