@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, field_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, field_serializer, model_validator
 
-__all__ = ["Cost", "SessionInfo", "Usage", "UsageRecord"]
+__all__ = ["Cost", "SessionInfo", "Usage", "UsageRecord", "trusted"]
+
+M = TypeVar("M", bound=BaseModel)
 
 _SUBSETS_OF_INPUT = ("cache_read_tokens", "cache_write_tokens", "input_audio_tokens")
 
@@ -21,28 +23,18 @@ _SUBSETS_OF_INPUT = ("cache_read_tokens", "cache_write_tokens", "input_audio_tok
 class Usage(BaseModel):
     """Normalised token counts of one call."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # strict: a count is an int, never a bool, float or numeric string.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
+    input_tokens: NonNegativeInt = 0
+    output_tokens: NonNegativeInt = 0
+    cache_read_tokens: NonNegativeInt = 0
+    cache_write_tokens: NonNegativeInt = 0
     #: Part of ``cache_write_tokens`` written with a 1-hour TTL (Anthropic bills it at 2x input).
-    cache_write_1h_tokens: int = 0
-    reasoning_tokens: int = 0
-    input_audio_tokens: int = 0
-    output_audio_tokens: int = 0
-
-    @model_validator(mode="before")
-    @classmethod
-    def _check_counts(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for name, value in data.items():
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-                if value < 0:
-                    raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-        return data
+    cache_write_1h_tokens: NonNegativeInt = 0
+    reasoning_tokens: NonNegativeInt = 0
+    input_audio_tokens: NonNegativeInt = 0
+    output_audio_tokens: NonNegativeInt = 0
 
     @model_validator(mode="after")
     def _check_subsets(self) -> Usage:
@@ -108,7 +100,7 @@ def _iso(ts: datetime) -> str:
     """ISO-8601 UTC with millisecond precision and a "Z", e.g. 2026-11-22T10:00:00.123Z."""
     if ts.tzinfo is not None:
         ts = ts.astimezone(UTC)
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+    return ts.isoformat(timespec="milliseconds")[:23] + "Z"
 
 
 def _number(value: Decimal) -> float | int:
@@ -238,3 +230,43 @@ class SessionInfo(BaseModel):
     ended_at: datetime | None = None
     notes: str | None = None
     budget_usd: Decimal | None = None
+
+
+def _trusted(cls: type[M], values: dict[str, Any]) -> M:
+    # Exactly the attributes pydantic's own construction sets, without its per-field work
+    # (model_construct costs ~10 µs for a UsageRecord, this ~0.5 µs).
+    obj = object.__new__(cls)
+    object.__setattr__(obj, "__dict__", values)
+    object.__setattr__(obj, "__pydantic_fields_set__", set(values))
+    object.__setattr__(obj, "__pydantic_extra__", None)
+    object.__setattr__(obj, "__pydantic_private__", None)
+    return obj
+
+
+def _construct(cls: type[M], values: dict[str, Any]) -> M:
+    return cls.model_construct(**values)
+
+
+def _pick_builder() -> Any:
+    """Use the fast path only if it gives what pydantic gives (checked once, at import)."""
+    probe = {
+        "timestamp": datetime(2026, 1, 1, tzinfo=UTC), "model_provider": "p", "model_name": "m",
+        "input_tokens": 1, "output_tokens": 1, "total_tokens": 2,
+        "estimated_cost_usd": Decimal("0.5"), "id": "x", **{
+            name: info.get_default(call_default_factory=True)
+            for name, info in UsageRecord.model_fields.items()
+            if not info.is_required()
+        },
+    }
+    try:
+        fast, slow = _trusted(UsageRecord, dict(probe)), UsageRecord.model_validate(probe)
+        if fast == slow and fast.model_dump() == slow.model_dump():
+            return _trusted
+    except Exception:  # pragma: no cover - only if pydantic's internals change
+        pass
+    return _construct  # pragma: no cover
+
+
+#: ``trusted(Model, values)``: build a model from values tokenmeter computed itself (all fields
+#: given, already valid) without re-validating them. For the hot path only.
+trusted = _pick_builder()

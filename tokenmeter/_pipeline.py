@@ -23,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.sinks._base import Sink
@@ -49,33 +50,39 @@ class _Stop:
 _Item = UsageRecord | SessionInfo | _FlushMarker | _Stop
 
 
+_Run = list[UsageRecord] | list[SessionInfo]
+
+
 @dataclass
 class _SinkState:
-    """A sink plus what it has not yet accepted, kept in submission order."""
+    """A sink plus what it has not yet accepted: runs of records or sessions, in order."""
 
     sink: Sink
-    pending: deque[UsageRecord | SessionInfo] = field(default_factory=deque)
+    pending: deque[_Run] = field(default_factory=deque)
+    pending_count: int = 0
     failing: bool = False
     retry_at: float = 0.0
     backoff: float = 0.1
     dropped: int = 0
+
+    def add(self, run: _Run) -> None:
+        self.pending.append(run)
+        self.pending_count += len(run)
 
     def deliver(self, now: float) -> None:
         if not self.pending or (self.failing and now < self.retry_at):
             return
         try:
             while self.pending:
-                run = _take_run(self.pending)
-                try:
-                    if isinstance(run[0], UsageRecord):
-                        self.sink.write(run)  # type: ignore[arg-type]
-                    else:
-                        write_sessions = getattr(self.sink, "write_sessions", None)
-                        if write_sessions is not None:
-                            write_sessions(run)
-                except BaseException:
-                    self.pending.extendleft(reversed(run))
-                    raise
+                run = self.pending[0]
+                if isinstance(run[0], UsageRecord):
+                    self.sink.write(run)  # type: ignore[arg-type]
+                else:
+                    write_sessions = getattr(self.sink, "write_sessions", None)
+                    if write_sessions is not None:
+                        write_sessions(run)
+                self.pending.popleft()
+                self.pending_count -= len(run)
         except Exception as exc:
             if not self.failing:
                 logger.error(
@@ -92,24 +99,38 @@ class _SinkState:
         self.failing, self.backoff = False, 0.1
 
     def _bound(self) -> None:
-        excess = len(self.pending) - _MAX_PENDING
-        if excess > 0:
-            for _ in range(excess):
-                self.pending.popleft()
-            self.dropped += excess
+        while self.pending_count > _MAX_PENDING and len(self.pending) > 1:
+            run = self.pending.popleft()
+            self.pending_count -= len(run)
+            self.dropped += len(run)
             logger.error(
                 "tokenmeter sink %s has failed for too long: dropped %d oldest records (%d in all)",
-                _name(self.sink), excess, self.dropped,
+                _name(self.sink), len(run), self.dropped,
             )
 
 
-def _take_run(pending: deque[UsageRecord | SessionInfo]) -> list[UsageRecord | SessionInfo]:
-    """The longest prefix of one kind (records or sessions), at most one batch."""
-    kind = type(pending[0])
-    run = []
-    while pending and type(pending[0]) is kind and len(run) < _BATCH * 5:
-        run.append(pending.popleft())
-    return run
+def _runs(items: Sequence[_Item]) -> tuple[list[_Run], list[_FlushMarker], bool]:
+    """Split a batch into runs of one kind, flush markers, and whether to stop."""
+    runs: list[_Run] = []
+    markers: list[_FlushMarker] = []
+    stop = False
+    current: list[Any] = []
+    kind: type | None = None
+    for item in items:
+        item_kind = type(item)
+        if item_kind is UsageRecord or item_kind is SessionInfo:
+            if item_kind is not kind and current:
+                runs.append(current)
+                current = []
+            kind = item_kind
+            current.append(item)
+        elif item_kind is _FlushMarker:
+            markers.append(item)  # type: ignore[arg-type]
+        else:
+            stop = True
+    if current:
+        runs.append(current)
+    return runs, markers, stop
 
 
 def _name(sink: Sink) -> str:
@@ -199,15 +220,11 @@ class _Pipeline:
     def _handle(self, items: Sequence[_Item]) -> bool:
         """Deliver a batch; False once asked to stop."""
         states = self._states or []
-        stop = False
-        for item in items:
-            if isinstance(item, UsageRecord | SessionInfo):
-                for state in states:
-                    state.pending.append(item)
-            elif isinstance(item, _FlushMarker):
-                self._markers.append(item)
-            else:
-                stop = True
+        runs, markers, stop = _runs(items)
+        self._markers.extend(markers)
+        for state in states:
+            for run in runs:
+                state.add(run)
         now = time.monotonic()
         for state in states:
             state.deliver(now)

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tokenmeter import _pipeline, _runtime, _sessions
-from tokenmeter._models import Usage, UsageRecord
+from tokenmeter._models import Usage, UsageRecord, trusted
 from tokenmeter.pricing import price_usage
 from tokenmeter.usage import extract
 
@@ -60,32 +60,32 @@ def emit(
     cost = price_usage(provider, model, usage, at=now, tier=tier)
     session = _sessions.current_session() or _sessions.implicit_session()
     session_tags = session.effective_tags
-    record = UsageRecord.model_construct(
-        timestamp=now,
-        model_provider=provider,
-        model_name=model,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        total_tokens=usage.input_tokens + usage.output_tokens,
-        estimated_cost_usd=cost.total_usd,
-        id=f"{_id_prefix}{next(_id_counter):010x}",
-        request_model=request_model,
-        operation=operation,
-        cache_read_tokens=usage.cache_read_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
-        reasoning_tokens=usage.reasoning_tokens,
-        cost_breakdown=cost.breakdown,
-        price_source=cost.price_source,
-        session_id=session.id,
-        session_name=session.name,
-        tags={**session_tags, **tags} if tags else session_tags,
-        latency_ms=latency_ms,
-        streamed=streamed,
-        status=status,
-        error=error,
-        request_id=request_id,
-        estimated=estimated,
-    )
+    record: UsageRecord = trusted(UsageRecord, {
+        "timestamp": now,
+        "model_provider": provider,
+        "model_name": model,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+        "estimated_cost_usd": cost.total_usd,
+        "id": f"{_id_prefix}{next(_id_counter):010x}",
+        "request_model": request_model,
+        "operation": operation,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "cost_breakdown": cost.breakdown,
+        "price_source": cost.price_source,
+        "session_id": session.id,
+        "session_name": session.name,
+        "tags": {**session_tags, **tags} if tags else session_tags,
+        "latency_ms": latency_ms,
+        "streamed": streamed,
+        "status": status,
+        "error": error,
+        "request_id": request_id,
+        "estimated": estimated,
+    })
     if not session._announced:
         _sessions.attribute(session)
     session._add(record)
@@ -114,7 +114,15 @@ def _usage(**counts: Any) -> Usage:
     try:
         return Usage(**counts)
     except ValidationError as exc:
-        raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        raise ValueError(_first_error(exc)) from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    """pydantic's first complaint as one line that names the field."""
+    error = exc.errors()[0]
+    message = error["msg"].removeprefix("Value error, ")
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {message} (got {error['input']!r})" if where else message
 
 
 def record(
@@ -171,9 +179,7 @@ def record_response(
     try:
         found = extract(response, provider)
     except ValidationError as exc:
-        raise ValueError(
-            "unreadable usage in response: " + exc.errors()[0]["msg"].removeprefix("Value error, ")
-        ) from None
+        raise ValueError("unreadable usage in response: " + _first_error(exc)) from None
     model_name = found.model or model
     if not model_name:
         raise ValueError("the response names no model: pass model=")

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -66,29 +66,85 @@ SEARCH = ("sess-search", "search")
 
 #: Three days of calls; edges on purpose: the first and last millisecond of 2026-11-01.
 RECORDS = [
-    rec(1, "2026-11-01T00:00:00.000Z", "openai", "gpt-4o", 1000, 500, "0.0075",
-        session=CHAT, tags={"feature": "chat"}),
-    rec(2, "2026-11-01T23:59:59.999Z", "anthropic", "claude-sonnet-4-5", 2000, 100,
-        "0.012345678901", session=CHAT, tags={"feature": "chat"}, cache_read=500,
-        cache_write=300),
-    rec(3, "2026-11-02T00:00:00.000Z", "google", "gemini-2.5-flash", 300, 700, "0.00185",
-        session=SEARCH, tags={"feature": "search", "team": "core"}, reasoning=200),
-    rec(4, "2026-11-02T12:00:00.000Z", "openai", "gpt-4o", 10, 10, "0.000125",
-        session=SEARCH),
-    rec(5, "2026-11-02T12:30:00.000Z", "custom", "unknown-model", 50, 5, None,
-        status="error", error="APIError"),
-    rec(6, "2026-11-03T08:00:00.000Z", "openai", "gpt-4o-mini", 123456, 654,
-        "1.234567890123", session=CHAT, tags={"feature": "chat"}),
+    rec(
+        1,
+        "2026-11-01T00:00:00.000Z",
+        "openai",
+        "gpt-4o",
+        1000,
+        500,
+        "0.0075",
+        session=CHAT,
+        tags={"feature": "chat"},
+    ),
+    rec(
+        2,
+        "2026-11-01T23:59:59.999Z",
+        "anthropic",
+        "claude-sonnet-4-5",
+        2000,
+        100,
+        "0.012345678901",
+        session=CHAT,
+        tags={"feature": "chat"},
+        cache_read=500,
+        cache_write=300,
+    ),
+    rec(
+        3,
+        "2026-11-02T00:00:00.000Z",
+        "google",
+        "gemini-2.5-flash",
+        300,
+        700,
+        "0.00185",
+        session=SEARCH,
+        tags={"feature": "search", "team": "core"},
+        reasoning=200,
+    ),
+    rec(4, "2026-11-02T12:00:00.000Z", "openai", "gpt-4o", 10, 10, "0.000125", session=SEARCH),
+    rec(
+        5,
+        "2026-11-02T12:30:00.000Z",
+        "custom",
+        "unknown-model",
+        50,
+        5,
+        None,
+        status="error",
+        error="APIError",
+    ),
+    rec(
+        6,
+        "2026-11-03T08:00:00.000Z",
+        "openai",
+        "gpt-4o-mini",
+        123456,
+        654,
+        "1.234567890123",
+        session=CHAT,
+        tags={"feature": "chat"},
+    ),
 ]
 TOTAL_COST = Decimal("1.256388569024")
 
 SESSIONS = [
-    SessionInfo(id="sess-chat", name="chat", tags={"feature": "chat"}, status="completed",
-                started_at=ts("2026-11-01T00:00:00.000Z"),
-                ended_at=ts("2026-11-03T08:00:01.000Z"), notes="first week"),
-    SessionInfo(id="sess-search", name="search", status="completed",
-                started_at=ts("2026-11-02T00:00:00.000Z"),
-                ended_at=ts("2026-11-02T12:00:01.000Z")),
+    SessionInfo(
+        id="sess-chat",
+        name="chat",
+        tags={"feature": "chat"},
+        status="completed",
+        started_at=ts("2026-11-01T00:00:00.000Z"),
+        ended_at=ts("2026-11-03T08:00:01.000Z"),
+        notes="first week",
+    ),
+    SessionInfo(
+        id="sess-search",
+        name="search",
+        status="completed",
+        started_at=ts("2026-11-02T00:00:00.000Z"),
+        ended_at=ts("2026-11-02T12:00:01.000Z"),
+    ),
 ]
 
 

@@ -25,14 +25,24 @@ EVIL_TAG = '"><b>bold</b>'
 @pytest.fixture
 def html_report(cli: RunCli, tmp_path: Path) -> Path:
     evil = [
-        rec(20 + i, f"2026-11-0{1 + i}T10:00:00.000Z", "openai", EVIL_MODEL, 100, 100, "0.05",
-            session=("s<1>", EVIL_SESSION), tags={"feature": EVIL_TAG})
+        rec(
+            20 + i,
+            f"2026-11-0{1 + i}T10:00:00.000Z",
+            "openai",
+            EVIL_MODEL,
+            100,
+            100,
+            "0.05",
+            session=("s<1>", EVIL_SESSION),
+            tags={"feature": EVIL_TAG},
+        )
         for i in range(3)
     ]
     db = write_sqlite(tmp_path / "usage.db", RECORDS + evil, SESSIONS)
     out = tmp_path / "report.html"
-    code, _, err = cli("report", "--source", str(db), "--by", "tag:feature", "--detailed",
-                       "-o", str(out))
+    code, _, err = cli(
+        "report", "--source", str(db), "--by", "tag:feature", "--detailed", "-o", str(out)
+    )
     assert code == 0, err
     return out
 
@@ -55,13 +65,24 @@ def _chromium(page: Path, *mode: str) -> subprocess.CompletedProcess[str]:
     with tempfile.TemporaryDirectory() as profile:
         return subprocess.run(
             [
-                CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-                "--enable-logging=stderr", "--v=0", "--window-size=1200,2000",
-                *mode, page.as_uri(),
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                "--enable-logging=stderr",
+                "--v=0",
+                "--window-size=1200,2000",
+                *mode,
+                page.as_uri(),
             ],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
 

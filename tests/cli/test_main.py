@@ -96,9 +96,11 @@ def test_demo_runs_offline_and_reports(tmp_path: Path) -> None:
     for provider in ("openai", "anthropic", "google"):
         assert f"\n{provider}" in result.stdout
     with sqlite3.connect(data / "usage.db") as conn:
-        sessions = dict(conn.execute(
-            "SELECT session_name, COUNT(*) FROM records GROUP BY session_name"
-        ).fetchall())
+        sessions = dict(
+            conn.execute(
+                "SELECT session_name, COUNT(*) FROM records GROUP BY session_name"
+            ).fetchall()
+        )
         tags = {row[0] for row in conn.execute("SELECT tags FROM records")}
         cost = conn.execute("SELECT SUM(cost_pusd) FROM records").fetchone()[0]
     assert sessions.keys() == {"demo-chat", "demo-search"}
@@ -112,8 +114,14 @@ def test_demo_runs_offline_and_reports(tmp_path: Path) -> None:
 
 def test_live_demo_without_keys_is_a_clear_error(tmp_path: Path) -> None:
     result = run_module(
-        "demo", "--live", cwd=tmp_path, TOKENMETER_DIR=str(tmp_path / "d"),
-        OPENAI_API_KEY="", ANTHROPIC_API_KEY="", GEMINI_API_KEY="", GOOGLE_API_KEY="",
+        "demo",
+        "--live",
+        cwd=tmp_path,
+        TOKENMETER_DIR=str(tmp_path / "d"),
+        OPENAI_API_KEY="",
+        ANTHROPIC_API_KEY="",
+        GEMINI_API_KEY="",
+        GOOGLE_API_KEY="",
     )
     assert result.returncode == 1
     assert result.stderr.strip().startswith("tokenmeter: error: --live needs")

@@ -16,14 +16,17 @@ def test_known_model(cli: RunCli) -> None:
     code, out, _ = cli("prices", "gpt-4o", "--provider", "openai")
     assert code == 0
     assert "price source   genai-prices" in out
-    lines = {line.split("  ")[1].strip(): line.split()[-1] for line in out.splitlines()
-             if line.startswith("  ")}
+    lines = {
+        line.split("  ")[1].strip(): line.split()[-1]
+        for line in out.splitlines()
+        if line.startswith("  ")
+    }
     assert lines["input"] == "2.5" and lines["output"] == "10" and lines["cache read"] == "1.25"
 
 
 def test_json_with_long_context_tier(cli: RunCli) -> None:
-    code, out, _ = cli("prices", "claude-sonnet-4-5", "--provider", "anthropic",
-                       "--format", "json")
+    code, out, _ = cli("prices", "claude-sonnet-4-5", "--provider", "anthropic", "--format", "json")
+    assert code == 0
     doc = json.loads(out, parse_float=Decimal)
     assert doc["usd_per_million_tokens"]["input_per_mtok"] == 3
     assert doc["usd_per_million_tokens"]["cache_write_1h_per_mtok"] == 6

@@ -50,12 +50,25 @@ def test_by_model_totals_are_exact(cli: RunCli, source: Path) -> None:
     ("by", "columns", "expected"),
     [
         ("provider", ("provider",), {("openai",): "1.242192890123", ("google",): "0.00185"}),
-        ("session", ("session_id",), {("sess-chat",): "1.254413569024",
-                                      ("sess-search",): "0.001975", ("(none)",): None}),
-        ("day", ("day",), {("2026-11-01",): "0.019845678901", ("2026-11-02",): "0.001975",
-                           ("2026-11-03",): "1.234567890123"}),
-        ("tag:feature", ("tag:feature",), {("chat",): "1.254413569024",
-                                           ("search",): "0.00185", ("(none)",): "0.000125"}),
+        (
+            "session",
+            ("session_id",),
+            {("sess-chat",): "1.254413569024", ("sess-search",): "0.001975", ("(none)",): None},
+        ),
+        (
+            "day",
+            ("day",),
+            {
+                ("2026-11-01",): "0.019845678901",
+                ("2026-11-02",): "0.001975",
+                ("2026-11-03",): "1.234567890123",
+            },
+        ),
+        (
+            "tag:feature",
+            ("tag:feature",),
+            {("chat",): "1.254413569024", ("search",): "0.00185", ("(none)",): "0.000125"},
+        ),
         ("tag:team", ("tag:team",), {("core",): "0.00185", ("(none)",): "1.254538569024"}),
     ],
 )
@@ -109,7 +122,9 @@ def test_markdown(cli: RunCli, source: Path) -> None:
     assert code == 0
     lines = out.splitlines()
     header = next(line for line in lines if line.startswith("| provider"))
-    assert "| Calls | Input | Output | Cache read | Cache write | Reasoning | Total tokens |" in header
+    assert (
+        "| Calls | Input | Output | Cache read | Cache write | Reasoning | Total tokens |" in header
+    )
     assert "| Cost | Share | Unpriced |" in header
     total = next(line for line in lines if line.startswith("| **TOTAL**"))
     assert "**$1.256389**" in total
@@ -153,11 +168,13 @@ def test_detailed_lists_calls(cli: RunCli, source: Path) -> None:
     limited = report_json(cli, "--source", str(source), "--detailed", "--limit", "2")
     assert [c["model"] for c in limited["calls"]] == ["unknown-model", "gpt-4o-mini"]
     code, out, _ = cli("report", "--source", str(source), "--detailed", "--limit", "2")
+    assert code == 0
     assert "Calls (the latest 2 of 6)" in out
 
 
 def test_detailed_csv_lists_calls(cli: RunCli, source: Path) -> None:
     code, out, _ = cli("report", "--source", str(source), "--detailed", "--format", "csv")
+    assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
     assert len(rows) == 6 and rows[2]["tags"] == "feature=search;team=core"
 
@@ -167,7 +184,7 @@ def test_output_file_owner_only_and_format_from_suffix(
 ) -> None:
     target = tmp_path / "out" / "report.md"
     target.parent.mkdir()
-    code, out, err = cli("report", "--source", str(source), "-o", str(target))
+    code, out, _ = cli("report", "--source", str(source), "-o", str(target))
     assert code == 0 and out == ""
     assert target.read_text().startswith("# tokenmeter report")
     assert os.stat(target).st_mode & 0o777 == 0o600
@@ -250,14 +267,15 @@ def test_corrupt_jsonl_lines_are_skipped_and_counted(cli: RunCli, tmp_path: Path
     code, out, err = cli("report", "--source", str(path), "--format", "json")
     assert code == 0
     assert json.loads(out, parse_float=Decimal)["totals"]["cost_usd"] == TOTAL_COST
-    assert err.strip().splitlines() == [
-        f"tokenmeter: warning: skipped 4 corrupt lines in {path}"
-    ]
+    assert err.strip().splitlines() == [f"tokenmeter: warning: skipped 4 corrupt lines in {path}"]
 
 
 def test_unpriced_only_is_not_a_silent_zero(cli: RunCli, tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "u.jsonl", [rec(9, "2026-11-05T00:00:00.000Z", "x", "m", 1, 1, None)])
+    path = write_jsonl(
+        tmp_path / "u.jsonl", [rec(9, "2026-11-05T00:00:00.000Z", "x", "m", 1, 1, None)]
+    )
     doc = report_json(cli, "--source", str(path))
     assert doc["totals"]["cost_usd"] is None and doc["totals"]["unpriced_calls"] == 1
     code, out, _ = cli("report", "--source", str(path))
+    assert code == 0
     assert "n/a" in out

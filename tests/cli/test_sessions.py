@@ -38,8 +38,12 @@ def test_session_as_journal(cli: RunCli, source: Path) -> None:
     assert "| Call | Timestamp | Input Tokens | Output Tokens | Total Tokens | Cost |" in out
     assert "| 1 | 2026-11-01T00:00:00.000Z | 1,000 | 500 | 1,500 | $0.007500 |" in out
     assert "| 3 | 2026-11-03T08:00:00.000Z | 123,456 | 654 | 124,110 | $1.234568 |" in out
-    for heading in ("## Session Summary", "## Averages per Call", "## Cost Breakdown",
-                    "## Efficiency Metrics"):
+    for heading in (
+        "## Session Summary",
+        "## Averages per Call",
+        "## Cost Breakdown",
+        "## Efficiency Metrics",
+    ):
         assert heading in out
     assert "- **Total Cost**: $1.254414" in out
     assert "- **Input Cost**: $1.254414 (100.0%)" in out  # the fixture prices input only
@@ -49,6 +53,7 @@ def test_session_as_journal(cli: RunCli, source: Path) -> None:
 
 def test_session_status_and_notes_from_sqlite(cli: RunCli, sqlite_db: Path) -> None:
     code, out, _ = cli("session", "sess-chat", "--source", str(sqlite_db))
+    assert code == 0
     assert "- **Status**: completed" in out
     assert "- **Completed**: 2026-11-03T08:00:01.000Z" in out
     assert "- **Notes**: first week" in out

@@ -28,6 +28,7 @@ def test_tail_last_records(cli, source: Path) -> None:  # type: ignore[no-untype
 
 def test_tail_json_lines(cli, sqlite_db: Path) -> None:  # type: ignore[no-untyped-def]
     code, out, _ = cli("tail", "--source", str(sqlite_db), "-n", "6", "--format", "json")
+    assert code == 0
     calls = [json.loads(line) for line in out.splitlines()]
     assert [c["model"] for c in calls][-1] == "gpt-4o-mini" and len(calls) == 6
 
@@ -50,9 +51,23 @@ def test_follow_prints_new_records_and_stops_on_ctrl_c(kind: str, tmp_path: Path
         path = write_jsonl(tmp_path / "usage.jsonl", RECORDS[:2])
         sink = JSONLSink(path)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tokenmeter", "tail", "-f", "-n", "1", "--interval", "0.1",
-         "--source", str(path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+        [
+            sys.executable,
+            "-m",
+            "tokenmeter",
+            "tail",
+            "-f",
+            "-n",
+            "1",
+            "--interval",
+            "0.1",
+            "--source",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
     )
     try:
         deadline = time.monotonic() + 30
@@ -75,9 +90,23 @@ def test_follow_prints_new_records_and_stops_on_ctrl_c(kind: str, tmp_path: Path
 def test_follow_jsonl_waits_for_complete_lines(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "usage.jsonl", RECORDS[:1])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tokenmeter", "tail", "-f", "--interval", "0.1", "--format",
-         "json", "--source", str(path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
+        [
+            sys.executable,
+            "-m",
+            "tokenmeter",
+            "tail",
+            "-f",
+            "--interval",
+            "0.1",
+            "--format",
+            "json",
+            "--source",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
     )
     try:
         deadline = time.monotonic() + 30

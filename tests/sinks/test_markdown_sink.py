@@ -249,3 +249,22 @@ def test_budget_and_tags_show_in_session_information(tmp_path: Path) -> None:
     assert "- **Parent Session:** s1" in text
     assert "- **Provider/Model:** none yet" in text
     assert table_rows(text, SESSION_TABLE) == []
+
+
+def test_a_batch_retried_after_a_failure_is_not_counted_twice(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    sink = MarkdownJournalSink(tmp_path)
+    (tmp_path / "sessions" / "s1.md").mkdir(parents=True)  # the session file cannot be written
+    batch = [make_record(0), make_record(1)]
+    with pytest.raises(IsADirectoryError):
+        sink.write(batch)
+    (tmp_path / "sessions" / "s1.md").rmdir()
+
+    sink.write(batch)  # the caller's retry of the same batch
+    sink.write([make_record(2)])
+
+    text = (tmp_path / "token_usage.md").read_text(encoding="utf-8")
+    assert [row[0] for row in table_rows(text, "| # | Timestamp |")] == ["1", "2", "3"]
+    session = (tmp_path / "sessions" / "s1.md").read_text(encoding="utf-8")
+    assert [row[0] for row in table_rows(session, SESSION_TABLE)] == ["1", "2", "3"]

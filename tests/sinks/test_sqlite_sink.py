@@ -130,7 +130,7 @@ def test_costs_are_exact_decimal_text_and_pico_usd(
         ("rec-000003", "123456.123456789012345", 123_456_123_456_789_012),
     ]
     [(total,)] = query(tmp_path / "usage.db", "SELECT SUM(cost_pusd) FROM records")
-    assert Decimal(total) / 10**12 == Decimal("123456.129456889012")
+    assert Decimal(str(total)) / 10**12 == Decimal("123456.129456889012")
 
 
 def test_schema_is_the_agreed_one(tmp_path: Path, make_record: RecordFactory) -> None:
@@ -152,11 +152,9 @@ def test_retried_batch_does_not_duplicate(
     batch = [make_record(i) for i in range(10)]
     sink.write(batch)
     sink.write(batch)
-    sink.write(batch[5:] + [make_record(10)])
+    sink.write([*batch[5:], make_record(10)])
 
-    assert [r.id for r in read_sqlite(tmp_path / "usage.db")] == [
-        f"rec-{i:06d}" for i in range(11)
-    ]
+    assert [r.id for r in read_sqlite(tmp_path / "usage.db")] == [f"rec-{i:06d}" for i in range(11)]
 
 
 def test_failed_batch_stores_nothing_and_retry_stores_all(
@@ -209,7 +207,9 @@ def test_a_newer_code_version_migrates_an_existing_database(
     def add_budgets_table(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE budgets (id TEXT PRIMARY KEY)")
 
-    monkeypatch.setattr(sqlite_module, "_MIGRATIONS", [*sqlite_module._MIGRATIONS, add_budgets_table])
+    monkeypatch.setattr(
+        sqlite_module, "_MIGRATIONS", [*sqlite_module._MIGRATIONS, add_budgets_table]
+    )
     monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 2)
     SQLiteSink(path).write([make_record(1)])
 

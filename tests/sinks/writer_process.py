@@ -14,15 +14,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import build_record  # noqa: E402
+from conftest import build_record  # type: ignore[import-not-found, unused-ignore]
 
-from tokenmeter.sinks import JSONLSink, MarkdownJournalSink, SQLiteSink  # noqa: E402
+from tokenmeter.sinks import JSONLSink, MarkdownJournalSink, Sink, SQLiteSink
 
 
 def main() -> None:
     prefix, count, batch, directory = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     forever = sys.argv[5:] == ["forever"]
-    sinks = [
+    sinks: list[Sink] = [
         SQLiteSink(Path(directory) / "usage.db"),
         JSONLSink(Path(directory) / "usage.jsonl"),
         MarkdownJournalSink(Path(directory) / "journal"),

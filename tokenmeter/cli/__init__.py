@@ -94,9 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="model|provider|session|day|tag:KEY; repeat or comma-separate for a composite key "
         "(default: model)",
     )
-    report.add_argument(
-        "--format", choices=FORMATS, help="default: from -o's suffix, else table"
-    )
+    report.add_argument("--format", choices=FORMATS, help="default: from -o's suffix, else table")
     report.add_argument("-o", "--output", metavar="FILE", help="write here (created owner-only)")
     report.add_argument(
         "--detailed", action="store_true", help="also list the calls (newest --limit of them)"

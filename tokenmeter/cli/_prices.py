@@ -57,9 +57,7 @@ def run_prices(args: argparse.Namespace) -> int:
             f"no price known for model {args.model!r}{where}: its calls are recorded with a null "
             "cost (set one with configure(prices=...) or TOKENMETER_PRICES)"
         )
-    tiers = [
-        {"above_input_tokens": start, **_rates(rates)} for start, rates in found.tiers
-    ]
+    tiers = [{"above_input_tokens": start, **_rates(rates)} for start, rates in found.tiers]
     if args.format == "json":
         document = {
             "model": found.model,

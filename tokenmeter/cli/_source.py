@@ -63,12 +63,40 @@ def resolve_source(value: str | None) -> Source:
     raise CliError(f"{path} is neither a tokenmeter SQLite database nor a JSONL file")
 
 
+_PROGRESS_EVERY = 8192
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+def _parse_line(line: bytes) -> dict[str, Any] | None:
+    """The record on this line, or None when it is blank, torn or not a record.
+
+    ``raw_decode`` skips ``json.loads``' encoding sniffing and whitespace regexes: on a million
+    lines that is a quarter of the parsing time. Anything after the object must be whitespace.
+    """
+    try:
+        text = line.decode("utf-8")
+        record, end = _raw_decode(text)
+    except ValueError:  # also UnicodeDecodeError and leading whitespace
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return None
+    else:
+        if end != len(text) and not text[end:].isspace():
+            return None
+    if not isinstance(record, dict) or "timestamp" not in record:
+        return None
+    return record
+
+
 def open_sqlite(path: Path) -> sqlite3.Connection:
     """Open read-only and check this is a tokenmeter database (it has a ``records`` table)."""
     uri = f"file:{quote(str(path.resolve()))}?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True)
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
     except sqlite3.Error as exc:
         raise CliError(f"cannot read {path}: {exc}") from None
     if "records" not in tables:
@@ -90,7 +118,6 @@ class JsonlReader:
     skipped: int = field(default=0, init=False)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        loads = json.loads
         try:
             handle = self.path.open("rb")
         except OSError as exc:
@@ -98,19 +125,18 @@ class JsonlReader:
         with handle:
             total = os.fstat(handle.fileno()).st_size
             done = 0
-            for count, line in enumerate(handle, 1):
+            countdown = _PROGRESS_EVERY
+            for line in handle:
                 done += len(line)
-                if self.on_progress is not None and count % 8192 == 0:
-                    self.on_progress(done, total)
-                if not line.strip():
-                    continue
-                try:
-                    record = loads(line)
-                except ValueError:
-                    self.skipped += 1
-                    continue
-                if not isinstance(record, dict) or "timestamp" not in record:
-                    self.skipped += 1
+                countdown -= 1
+                if not countdown:
+                    countdown = _PROGRESS_EVERY
+                    if self.on_progress is not None:
+                        self.on_progress(done, total)
+                record = _parse_line(line)
+                if record is None:
+                    if line.strip():
+                        self.skipped += 1
                     continue
                 yield record
 

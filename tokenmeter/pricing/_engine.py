@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Context, Decimal, localcontext
 
-from tokenmeter._models import Cost, Usage
+from tokenmeter._models import Cost, Usage, trusted
 
 from . import _overrides
 from ._errata import ErrataSource
-from ._genai import GenaiPricesSource
 from ._names import name_candidates, normalise_provider
 from ._source import PricedModel, PriceSource, RateCard, Rates, Tier, normalise_tier
 
@@ -41,57 +40,14 @@ _MAX_ENTRIES = 10_000  # distinct (provider, model, tier) triples before the cac
 _MAX_PERIODS = 1_000  # cached days/windows per entry
 
 
-_COST_FIELDS = frozenset(Cost.model_fields)
-
-
-def _build_cost(
+def _make_cost(
     total: Decimal, breakdown: dict[str, Decimal], source: str, priced_model: str
 ) -> Cost:
-    """A Cost without re-validating values we computed (model_construct costs ~2 µs, this 0.5).
-
-    It sets exactly the attributes pydantic's own construction sets; ``_make_cost`` checks the
-    result against a validated Cost at import and uses model_construct if pydantic ever differs.
-    """
-    cost = object.__new__(Cost)
-    object.__setattr__(
-        cost,
-        "__dict__",
-        {
-            "total_usd": total,
-            "breakdown": breakdown,
-            "price_source": source,
-            "priced_model": priced_model,
-        },
-    )
-    object.__setattr__(cost, "__pydantic_fields_set__", _COST_FIELDS)
-    object.__setattr__(cost, "__pydantic_extra__", None)
-    object.__setattr__(cost, "__pydantic_private__", None)
+    """A Cost from figures computed here, without re-validating them (hot path)."""
+    values = {"total_usd": total, "breakdown": breakdown, "price_source": source,
+              "priced_model": priced_model}
+    cost: Cost = trusted(Cost, values)
     return cost
-
-
-def _construct_cost(
-    total: Decimal, breakdown: dict[str, Decimal], source: str, priced_model: str
-) -> Cost:
-    return Cost.model_construct(
-        total_usd=total, breakdown=breakdown, price_source=source, priced_model=priced_model
-    )
-
-
-def _pick_cost_builder() -> Callable[[Decimal, dict[str, Decimal], str, str], Cost]:
-    args = (Decimal("1.5"), {"input": Decimal("1.5")}, "probe", "probe-model")
-    try:
-        fast = _build_cost(*args)
-        validated = Cost(
-            total_usd=args[0], breakdown=args[1], price_source=args[2], priced_model=args[3]
-        )
-        if fast == validated and fast.model_dump() == validated.model_dump():
-            return _build_cost
-    except Exception:  # pragma: no cover - only if pydantic's internals change
-        pass
-    return _construct_cost  # pragma: no cover
-
-
-_make_cost = _pick_cost_builder()
 
 
 class _PerToken:
@@ -220,10 +176,25 @@ class _Entry:
         return vector
 
 
-_source: PriceSource = ErrataSource(GenaiPricesSource())
+_source: PriceSource | None = None  # made on first use: importing genai-prices takes ~50 ms
+
+
+def _default_source() -> PriceSource:
+    from ._genai import GenaiPricesSource  # once per process, not per call
+
+    return ErrataSource(GenaiPricesSource())
+
+
+def _price_source() -> PriceSource:
+    global _source
+    if _source is None:
+        with _lock:
+            if _source is None:
+                _source = _default_source()
+    return _source
 _entries: dict[tuple[str | None, str, str | None], _Entry] = {}
 _warned: set[tuple[str | None, str]] = set()
-_lock = threading.Lock()
+_lock = threading.RLock()
 
 
 def price_usage(
@@ -319,7 +290,7 @@ def set_price_source(source: PriceSource | None) -> None:
     """Swap the price table behind the overrides (None: genai-prices with tokenmeter's errata)."""
     global _source
     with _lock:
-        _source = source if source is not None else ErrataSource(GenaiPricesSource())
+        _source = source
     clear_cache()
 
 
@@ -371,7 +342,7 @@ def _find_in_table(provider: str | None, names: list[str]) -> PricedModel | None
     """Every spelling with the caller's provider first, then by name alone."""
     for provider_id in dict.fromkeys((provider, None)):
         for name in names:
-            found = _source.find(provider_id, name)
+            found = _price_source().find(provider_id, name)
             if found is not None:
                 return found
     return None

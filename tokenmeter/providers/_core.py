@@ -4,7 +4,13 @@ An adapter decides *what* to patch and *how to read* a response or a stream chun
 does the rest the same way for everyone: the exactly-once guard, timing, error records, stream
 proxies that finalise exactly once on every exit path, and reversible patching.
 
-Nothing here may raise into the caller: every step of ours is wrapped by ``_safely``.
+Nothing here may raise into the caller: every step of ours is wrapped by ``safely``.
+
+Which calls make a record: every failed call (status "error"); every non-streamed call that
+reported usage (a Responses ``background`` create still queued reports none: its later retrieve
+is the record); and every stream, however it ended, with what it reported - zero tokens when it
+reported nothing (an OpenAI chat stream with an explicit ``include_usage: False``, or cut before
+its usage chunk), so the call still counts and the gap shows instead of hiding.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextvars import ContextVar
+from contextvars import Context, ContextVar, copy_context
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,6 +36,7 @@ __all__ = [
     "Call",
     "Patch",
     "StreamReader",
+    "SyncGeneratorProxy",
     "SyncStreamProxy",
     "guard",
     "safely",
@@ -71,6 +78,13 @@ class Call:
     #: Record a given response id only once (the Responses API repeats usage on every retrieve).
     dedupe: bool = False
     done: bool = False
+    #: The caller's context when the call was made. A stream may end elsewhere (another task, a
+    #: thread, the garbage collector): its record still belongs to the session it was made in.
+    context: Context | None = None
+
+    def __post_init__(self) -> None:
+        if self.streamed and self.context is None:
+            self.context = copy_context()
 
     def take(self, found: Extracted | None) -> None:
         """Keep the latest reading (stream usage is cumulative: overwrite, never add)."""
@@ -83,17 +97,25 @@ class Call:
         self.operation = self.operation or found.operation
 
     def finish(self, error: BaseException | None = None) -> None:
+        """Record the call (once; later calls are no-ops)."""
         if self.done:
             return
         self.done = True
-        safely("recording a call", self._emit, error)
+        if self.context is None:
+            safely("recording a call", self._emit, error)
+        else:
+            safely("recording a call", self.context.run, self._emit, error)
 
     def _emit(self, error: BaseException | None) -> None:
-        if error is None and self.usage is None:
-            logger.debug("tokenmeter: %s call reported no usage; nothing recorded", self.provider)
-            return
-        if self.dedupe and self.request_id and _already_recorded(self.request_id):
-            return
+        usage = self.usage
+        if usage is None and error is None:
+            if not self.streamed:
+                logger.debug("tokenmeter: %s call reported no usage; not recorded", self.provider)
+                return
+            _warn_no_usage(self.provider)
+        if self.dedupe and usage is not None and self.request_id:  # noqa: SIM102
+            if _already_recorded(self.request_id):  # only ids that carried usage are remembered
+                return
         model = self.model or self.request_model
         if not model:
             logger.debug("tokenmeter: %s call names no model; nothing recorded", self.provider)
@@ -101,7 +123,7 @@ class Call:
         emit(
             self.provider,
             model,
-            self.usage or Usage(),
+            usage or _NO_USAGE,
             request_model=self.request_model,
             operation=self.operation,
             tier=self.tier,
@@ -110,6 +132,20 @@ class Call:
             streamed=self.streamed,
             status="ok" if error is None else "error",
             error=None if error is None else type(error).__name__,
+        )
+
+
+_NO_USAGE = Usage()
+_warned_no_usage: set[str] = set()
+
+
+def _warn_no_usage(provider: str) -> None:
+    if provider not in _warned_no_usage:
+        _warned_no_usage.add(provider)
+        logger.warning(
+            "tokenmeter: a %s stream ended without reporting usage; it is recorded with zero "
+            "tokens (for OpenAI chat, leave stream_options.include_usage unset or True)",
+            provider,
         )
 
 
@@ -138,24 +174,64 @@ class StreamReader(Protocol):
 
 
 class _StreamProxyBase(wrapt.ObjectProxy):  # type: ignore[misc]
-    """State lives in ``_self_*`` attributes so nothing is written onto the SDK object."""
+    """State lives in ``_self_*`` attributes so nothing is written onto the SDK object.
+
+    Per chunk, the proxy does one reader call inside one ``try``: nothing is kept but the reader's
+    O(1) state, so a stream of any length costs constant memory.
+    """
 
     def __init__(self, wrapped: Any, call: Call, reader: StreamReader) -> None:
         super().__init__(wrapped)
         self._self_call = call
-        self._self_reader = reader
+        self._self_feed = reader.feed
+        self._self_response: Any = None
 
-    def _self_feed(self, chunk: Any) -> bool:
-        hide = safely("reading a stream chunk", self._self_reader.feed, chunk, self._self_call)
-        return bool(hide)
+    def _self_fault(self) -> None:
+        """Called inside ``except``: our reader failed on a chunk; the caller still gets it."""
+        if _RAISE_INTERNAL:
+            raise
+        logger.warning(
+            "tokenmeter: reading a stream chunk failed; the call is unaffected", exc_info=True
+        )
 
     def _self_finish(self, error: BaseException | None = None) -> None:
         self._self_call.finish(error)
+
+    @property
+    def response(self) -> Any:
+        """The HTTP response, whose ``close()`` also ends the stream's record.
+
+        OpenAI's ``ChatCompletionStream``/``ResponseStream`` helpers close ``raw_stream.response``,
+        not the raw stream, when their ``with`` block is left: this makes that close record at once.
+        """
+        if self._self_response is None:
+            self._self_response = _ClosingResponse(self.__wrapped__.response, self._self_call)
+        return self._self_response
 
     def __del__(self) -> None:  # abandoned without being drained or closed: record what it said
         call = getattr(self, "_self_call", None)
         if call is not None and not call.done:
             call.finish()
+
+
+class _ClosingResponse(wrapt.ObjectProxy):  # type: ignore[misc]
+    """An SDK stream's HTTP response; closing it finalises the stream's call."""
+
+    def __init__(self, wrapped: Any, call: Call) -> None:
+        super().__init__(wrapped)
+        self._self_call = call
+
+    def close(self) -> None:
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_call.finish()
+
+    async def aclose(self) -> None:
+        try:
+            await self.__wrapped__.aclose()
+        finally:
+            self._self_call.finish()
 
 
 class SyncStreamProxy(_StreamProxyBase):
@@ -169,12 +245,16 @@ class SyncStreamProxy(_StreamProxyBase):
             try:
                 chunk = next(self.__wrapped__)
             except StopIteration:
-                self._self_finish()
+                self._self_call.finish()
                 raise
             except BaseException as exc:
-                self._self_finish(None if isinstance(exc, GeneratorExit) else exc)
+                self._self_call.finish(exc)
                 raise
-            if not self._self_feed(chunk):
+            try:
+                if not self._self_feed(chunk, self._self_call):
+                    return chunk
+            except Exception:
+                self._self_fault()
                 return chunk
 
     def __enter__(self) -> SyncStreamProxy:
@@ -205,13 +285,16 @@ class AsyncStreamProxy(_StreamProxyBase):
             try:
                 chunk = await self.__wrapped__.__anext__()
             except StopAsyncIteration:
-                self._self_finish()
+                self._self_call.finish()
                 raise
-            except BaseException as exc:
-                cancelled = isinstance(exc, GeneratorExit)
-                self._self_finish(None if cancelled else exc)
+            except BaseException as exc:  # CancelledError included: recorded as an error
+                self._self_call.finish(exc)
                 raise
-            if not self._self_feed(chunk):
+            try:
+                if not self._self_feed(chunk, self._self_call):
+                    return chunk
+            except Exception:
+                self._self_fault()
                 return chunk
 
     async def __aenter__(self) -> AsyncStreamProxy:
@@ -239,12 +322,6 @@ class AsyncStreamProxy(_StreamProxyBase):
 
 class SyncGeneratorProxy(SyncStreamProxy):
     """For streams that are plain generators (google-genai): close() and send() too."""
-
-    def close(self) -> None:
-        try:
-            self.__wrapped__.close()
-        finally:
-            self._self_finish()
 
     def send(self, value: Any) -> Any:
         return self.__wrapped__.send(value)

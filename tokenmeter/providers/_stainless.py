@@ -8,9 +8,12 @@ The adapter only says which URLs are billed and how to read their responses and 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import wrapt
 
 from tokenmeter.providers._core import (
     AsyncStreamProxy,
@@ -93,7 +96,7 @@ class StainlessAdapter:
     def finish(self, plan: Plan, result: Any, is_async: bool) -> Any:
         """Read a returned result, or wrap it so that it is read as it is consumed."""
         if plan.raw is not None and hasattr(result, "parse") and hasattr(result, "http_response"):
-            return _RawResponseProxy(result, self, plan, is_async)
+            return _RawResponseProxy(result, plan, is_async)
         if plan.streamed:
             proxy = AsyncStreamProxy if is_async else SyncStreamProxy
             return proxy(result, plan.call, plan.endpoint.new_reader(plan.hide_usage_chunk))
@@ -169,45 +172,58 @@ class StainlessAdapter:
         return result if wrapped_result is None else wrapped_result
 
 
-class _RawResponseProxy(SyncStreamProxy):
+class _RawResponseProxy(wrapt.ObjectProxy):  # type: ignore[misc]
     """``with_raw_response`` / ``with_streaming_response``: the usage is in what ``parse()`` gives.
 
-    A raw non-stream response has its body already: it is read at once (``parse()`` caches, so the
-    caller's own ``parse()`` returns the same object). Otherwise the parsed result is read, or for
-    a stream wrapped, when the caller asks for it.
+    A raw non-stream response (``with_raw_response``) has its body already: it is read at once
+    (sync ``parse()`` caches, so the caller's own ``parse()`` returns the same object; an async
+    ``parse()`` cannot run here, so the JSON body is read instead). Otherwise the parsed result is
+    read, or for a stream wrapped, when the caller asks for it.
     """
 
-    def __init__(self, wrapped: Any, adapter: StainlessAdapter, plan: Plan, is_async: bool) -> None:
-        super().__init__(wrapped, plan.call, plan.endpoint.new_reader(plan.hide_usage_chunk))
-        self._self_adapter = adapter
+    def __init__(self, wrapped: Any, plan: Plan, is_async: bool) -> None:
+        super().__init__(wrapped)
         self._self_plan = plan
         self._self_async = is_async
-        self._self_parsed: Any = None
-        if plan.raw == "true" and not plan.streamed and not is_async:
-            self._self_take(wrapped.parse())
+        self._self_parsed: tuple[Any, Any] | None = None
+        if plan.raw == "true" and not plan.streamed:
+            safely("reading a raw response", self._self_read_body)
+
+    def _self_read_body(self) -> None:
+        raw = self.__wrapped__
+        if inspect.iscoroutinefunction(raw.parse):
+            _read_into(self._self_plan, raw.http_response.json())
+        else:
+            self._self_take(raw.parse())
 
     def _self_take(self, parsed: Any) -> Any:
         if self._self_parsed is not None and parsed is self._self_parsed[0]:
             return self._self_parsed[1]
         plan = self._self_plan
-        shown: Any
+        shown: Any = parsed
         if plan.streamed:
             proxy = AsyncStreamProxy if self._self_async else SyncStreamProxy
             shown = proxy(parsed, plan.call, plan.endpoint.new_reader(plan.hide_usage_chunk))
         else:
             safely("reading a raw response", _read_into, plan, parsed)
-            shown = parsed
         self._self_parsed = (parsed, shown)
         return shown
 
     def parse(self, *args: Any, **kwargs: Any) -> Any:
         result = self.__wrapped__.parse(*args, **kwargs)
-        if self._self_async and hasattr(result, "__await__"):
+        if args or kwargs.get("to") is not None:
+            return result  # parsed to the caller's own type: not ours to read
+        if inspect.isawaitable(result):
             return self._self_parse_async(result)
-        return self._self_take(result) if not args and not kwargs.get("to") else result
+        return self._self_take(result)
 
     async def _self_parse_async(self, pending: Any) -> Any:
         return self._self_take(await pending)
+
+    def __del__(self) -> None:  # never parsed (e.g. only ``iter_lines()``): record what is known
+        call = getattr(self, "_self_plan", None)
+        if call is not None and self._self_parsed is None and not call.call.done:
+            call.call.finish()
 
 
 def _read_into(plan: Plan, parsed: Any) -> None:

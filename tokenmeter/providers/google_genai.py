@@ -128,7 +128,9 @@ async def _async_call(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any
     return response
 
 
-async def _async_stream(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], op: str) -> Any:
+async def _async_stream(
+    wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], op: str
+) -> Any:
     """``async def`` that sends the request when awaited and returns an async generator."""
     call = _new_call(kwargs, op, streamed=True)
     token = guard.set(True)

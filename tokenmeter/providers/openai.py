@@ -88,17 +88,20 @@ class OpenAIAdapter(StainlessAdapter):
         self._providers: dict[tuple[type, str], str] = {}
 
     def endpoint(self, method: str, path: str) -> Endpoint | None:
-        if path.endswith("/chat/completions"):
-            return _CHAT if method == "post" else None
-        if path.endswith("/embeddings"):
-            return _EMBEDDINGS
-        if path.endswith("/completions"):
-            return _COMPLETIONS
+        if method == "post":
+            if path.endswith("/chat/completions"):
+                return _CHAT
+            if path.endswith("/embeddings"):
+                return _EMBEDDINGS
+            if path.endswith("/completions"):
+                return _COMPLETIONS
+        elif method != "get":
+            return None
         parts = path.rstrip("/").split("/")
-        if "responses" in parts:
+        if "responses" in parts:  # create and compact (POST), retrieve (GET); not cancel, delete
             tail = parts[parts.index("responses") + 1 :]
             if not tail or len(tail) == 1 and tail[0] not in _NOT_BILLED:
-                return _RESPONSES  # create, compact, retrieve
+                return _RESPONSES
         return None
 
     def provider_of(self, client: Any) -> str:

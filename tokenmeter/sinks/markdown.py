@@ -17,10 +17,11 @@ How a document stays cheap to update: every file is ``head | body | tail``.
 
 The running totals live in the document itself, as JSON in an HTML comment on its first line,
 together with the head size and the body's end offset. So a new process continues the totals,
-nothing else has to be kept in sync, and deleting a file simply starts it afresh. Rows are written
-before the head that accounts for them: a writer killed in between leaves rows past the recorded
-end, which the next writer overwrites. Writers in several processes take turns through ``flock``
-on ``directory/.journal.lock``.
+nothing else has to be kept in sync, and deleting a file simply starts it afresh. Each document
+also remembers a digest of the last batch it took, so a batch retried after a failure half-way
+through its files is not counted twice. Rows are written before the head that accounts for them:
+a writer killed in between leaves rows past the recorded end, which the next writer overwrites.
+Writers in several processes take turns through ``flock`` on ``directory/.journal.lock``.
 """
 
 from __future__ import annotations
@@ -136,6 +137,13 @@ def _update(path: Path, log: _Log, records: Sequence[UsageRecord]) -> None:
     fd = open_private(path, os.O_RDWR)
     try:
         layout = _read_layout(fd, path)
+        if records:
+            # A batch is spread over several files; when one of them fails the caller retries
+            # the whole batch, and the files that already took it must not count it twice.
+            batch = hashlib.sha256("\n".join(r.id for r in records).encode()).hexdigest()[:16]
+            if layout.state.get("last_batch") == batch:
+                return
+            layout.state["last_batch"] = batch
         rows = log.apply(layout.state, records).encode()
         head = log.head(layout.state).encode()
         tail = log.tail(layout.state).encode()

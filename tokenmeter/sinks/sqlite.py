@@ -210,8 +210,17 @@ class SQLiteSink:
         """Nothing to do: every ``write`` commits before it returns."""
 
     def close(self) -> None:
-        if self._conn is not None and self._pid == os.getpid():
+        if self._conn is not None:
+            self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        assert self._conn is not None
+        if self._pid == os.getpid():
             self._conn.close()
+        else:
+            # Inherited through fork(): SQLite forbids using or closing it in the child; keep a
+            # reference so garbage collection never closes it either.
+            _INHERITED_CONNECTIONS.append(self._conn)
         self._conn = None
 
     def _transaction(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
@@ -228,10 +237,7 @@ class SQLiteSink:
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
         if self._conn is not None:
-            # Inherited through fork(): SQLite forbids using or closing it in the child; keep a
-            # reference so garbage collection never closes it either.
-            _INHERITED_CONNECTIONS.append(self._conn)
-            self._conn = None
+            self._drop_connection()
         ensure_private_dir(self.path.parent)
         os.close(open_private(self.path, os.O_RDWR))  # create it 0o600; -wal/-shm copy the mode
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

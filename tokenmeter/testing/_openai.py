@@ -184,7 +184,7 @@ def _responses(body: dict[str, Any], model: str, state: State) -> Reply:
     response_id = new_id("resp_")
     final = _response(response_id, state.response_model(model), body, text, "completed")
     final["usage"] = state.openai_usage(model).responses_json()
-    state.responses[response_id] = final
+    state.remember_response(final)
     if body.get("stream"):
         return stream_reply(_response_events(final, state.stream_chunks))
     if body.get("background"):

@@ -19,6 +19,9 @@ DEFAULT_MODELS = {
 }
 
 
+_MAX_STORED_RESPONSES = 10_000
+
+
 @dataclass
 class State:
     openai: OpenAIUsage = field(default_factory=OpenAIUsage)
@@ -47,3 +50,9 @@ class State:
     def gemini_usage(self, model: str) -> GeminiUsage:
         usage: GeminiUsage = self.per_model.get(("gemini", model), self.gemini)
         return usage
+
+    def remember_response(self, response: dict[str, Any]) -> None:
+        """Keep a finished response for retrieval; bounded so long benchmarks stay small."""
+        self.responses[response["id"]] = response
+        if len(self.responses) > _MAX_STORED_RESPONSES:
+            del self.responses[next(iter(self.responses))]

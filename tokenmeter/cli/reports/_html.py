@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from decimal import Decimal
 from html import escape
 
-from tokenmeter.cli.reports._model import Breakdown, Report, Row
 from tokenmeter.cli.reports._format import fmt_int, fmt_usd
+from tokenmeter.cli.reports._model import Breakdown, Report, Row
 from tokenmeter.cli.reports._render import (
     CellTable,
     call_cells,
@@ -49,7 +49,8 @@ border-radius:6px;padding:.75rem 1rem;min-width:9rem}.card b{display:block;font-
 .chart{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.5rem;margin:.5rem 0;
 max-width:100%;overflow-x:auto}
 table{border-collapse:collapse;background:#fff;font-size:.9rem}
-th,td{border:1px solid #ddd;padding:.3rem .6rem;text-align:left;white-space:nowrap}td.n,th.n{text-align:right}
+th,td{border:1px solid #ddd;padding:.3rem .6rem;text-align:left;white-space:nowrap}
+td.n,th.n{text-align:right}
 tfoot td{font-weight:bold;background:#f2f2f2}.legend span{display:inline-block;margin-right:1rem}
 .swatch{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:middle}
 .empty{color:#888;font-style:italic}
@@ -122,7 +123,9 @@ def _daily_chart(per_day_model: Breakdown, colors: dict[str, str]) -> str:
     for index, day in enumerate(days):
         x = left + slot * index + (slot - bar) / 2
         y = 10 + plot_h
-        for model, cost in sorted(stacks[day].items(), key=lambda item: list(colors).index(item[0])):
+        for model, cost in sorted(
+            stacks[day].items(), key=lambda item: list(colors).index(item[0])
+        ):
             h = plot_h * float(cost / top)
             y -= h
             parts.append(
@@ -175,10 +178,14 @@ def _bar_chart(title: str, bars: list[tuple[str, Decimal, str]]) -> str:
 
 def _table(cells: CellTable) -> str:
     def row(values: Sequence[str], tag: str) -> str:
-        return "<tr>" + "".join(
-            f'<{tag}{" class=n" if cells.is_numeric(i) else ""}>{esc(value)}</{tag}>'
-            for i, value in enumerate(values)
-        ) + "</tr>"
+        return (
+            "<tr>"
+            + "".join(
+                f"<{tag}{' class=n' if cells.is_numeric(i) else ''}>{esc(value)}</{tag}>"
+                for i, value in enumerate(values)
+            )
+            + "</tr>"
+        )
 
     body = "".join(row(values, "td") for values in cells.rows)
     foot = f"<tfoot>{row(cells.footer, 'td')}</tfoot>" if cells.footer else ""
@@ -199,12 +206,15 @@ def render_html(report: Report) -> str:
     colors = _model_colors(by_model)
     model_bars = [
         (label, row.totals.priced_cost, colors.get(label, colors["other"]))
-        for row in by_model.rows[:_TOP + 1]
+        for row in by_model.rows[: _TOP + 1]
         for label in [_model_label(row, by_model.columns)]
     ]
     session_bars = [
-        (f"{row.key[1] or row.key[0]} ({row.key[0]})" if row.key[1] else row.key[0],
-         row.totals.priced_cost, _PALETTE[0])
+        (
+            f"{row.key[1] or row.key[0]} ({row.key[0]})" if row.key[1] else row.key[0],
+            row.totals.priced_cost,
+            _PALETTE[0],
+        )
         for row in by_session.rows[:10]
     ]
     totals = report.totals

@@ -17,7 +17,12 @@ def _input_output_cost(detail: SessionDetail) -> tuple[Decimal | None, Decimal |
     if not known:
         return None, None
     input_cost = sum(
-        (b.get("input", Decimal(0)) + b.get("cache_read", Decimal(0)) + b.get("cache_write", Decimal(0)) for b in known),
+        (
+            b.get("input", Decimal(0))
+            + b.get("cache_read", Decimal(0))
+            + b.get("cache_write", Decimal(0))
+            for b in known
+        ),
         Decimal(0),
     )
     output_cost = sum((b.get("output", Decimal(0)) for b in known), Decimal(0))

@@ -6,6 +6,7 @@ readers and the output formats never meet.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -14,6 +15,7 @@ from typing import Any
 __all__ = ["Breakdown", "Call", "Dimension", "Report", "Row", "Totals", "parse_dimension"]
 
 NONE_LABEL = "(none)"
+_PICO_PER_USD = Decimal(10**12)
 CALL_JSON_KEYS = (
     "timestamp",
     "provider",
@@ -86,6 +88,22 @@ class Totals:
     priced_calls: int = 0
     priced_cost: Decimal = field(default_factory=Decimal)
 
+    @classmethod
+    def from_sql(cls, values: Sequence[Any]) -> Totals:
+        """From ``COUNT(*)``, the six token SUMs, ``COUNT(cost_pusd)``, ``SUM(cost_pusd)``."""
+        counts = [int(value or 0) for value in values[:8]]
+        return cls(
+            calls=counts[0],
+            input_tokens=counts[1],
+            output_tokens=counts[2],
+            cache_read_tokens=counts[3],
+            cache_write_tokens=counts[4],
+            reasoning_tokens=counts[5],
+            total_tokens=counts[6],
+            priced_calls=counts[7],
+            priced_cost=Decimal(values[8] or 0) / _PICO_PER_USD,
+        )
+
     @property
     def cost(self) -> Decimal | None:
         """Sum of known costs; None when no call in the set has a price."""
@@ -129,7 +147,7 @@ class Breakdown:
 
     @property
     def title(self) -> str:
-        return " × ".join(d.spec for d in self.dimensions)
+        return " + ".join(d.spec for d in self.dimensions)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from tokenmeter.cli._dates import format_instant
@@ -34,7 +34,6 @@ from tokenmeter.cli.reports._model import (
 
 __all__ = ["Query", "read_calls", "run_query", "sqlite_row_to_json"]
 
-_PUSD = Decimal(10**12)
 _COUNTS = (
     "input_tokens",
     "output_tokens",
@@ -195,9 +194,7 @@ def _sqlite_breakdown(
     n = len(columns)
     rows = []
     for values in conn.execute(sql, [*params, *where_params]):
-        counts = [int(v or 0) for v in values[n : n + 8]]
-        totals = Totals(*counts, priced_cost=Decimal(values[n + 8] or 0) / _PUSD)
-        rows.append(Row(tuple(str(v) for v in values[:n]), totals))
+        rows.append(Row(tuple(str(v) for v in values[:n]), Totals.from_sql(values[n:])))
     return Breakdown(grouping, columns, _sort_rows(columns, rows))
 
 
@@ -234,19 +231,18 @@ class _Grouper:
         self.extractors = [_extractor(column) for column in self.columns]
         self.groups: dict[tuple[str, ...], Totals] = {}
 
-    def add(self, record: dict[str, Any], cost: Decimal | None) -> None:
+    def add(self, record: dict[str, Any], counts: tuple[int, ...], cost: Decimal | None) -> None:
         key = tuple([extract(record) for extract in self.extractors])
         totals = self.groups.get(key)
         if totals is None:
             totals = self.groups[key] = Totals()
-        get = record.get
         totals.calls += 1
-        totals.input_tokens += int(get("input_tokens") or 0)
-        totals.output_tokens += int(get("output_tokens") or 0)
-        totals.cache_read_tokens += int(get("cache_read_tokens") or 0)
-        totals.cache_write_tokens += int(get("cache_write_tokens") or 0)
-        totals.reasoning_tokens += int(get("reasoning_tokens") or 0)
-        totals.total_tokens += int(get("total_tokens") or 0)
+        totals.input_tokens += counts[0]
+        totals.output_tokens += counts[1]
+        totals.cache_read_tokens += counts[2]
+        totals.cache_write_tokens += counts[3]
+        totals.reasoning_tokens += counts[4]
+        totals.total_tokens += counts[5]
         if cost is not None:
             totals.priced_calls += 1
             totals.priced_cost += cost
@@ -276,23 +272,25 @@ def _run_jsonl(
         if query.session_id is not None and record.get("session_id") != query.session_id:
             continue
         try:
+            counts = _counts(record)
             raw_cost = record.get("estimated_cost_usd")
             cost = None if raw_cost is None else Decimal(str(raw_cost))
-            _add_all(groupers, record, cost)
-        except (TypeError, ValueError, InvalidOperation, AttributeError):
+        except (TypeError, ValueError, ArithmeticError):
             reader.skipped += 1
             continue
+        for grouper in groupers:
+            grouper.add(record, counts, cost)
         if keep is not None:
             keep.append(record)
     calls = None if keep is None else [Call.from_json(record) for record in keep]
     return [g.breakdown() for g in groupers], calls, reader.skipped
 
 
-def _add_all(groupers: Sequence[_Grouper], record: dict[str, Any], cost: Decimal | None) -> None:
-    # Validate before touching any totals so a bad record never leaves half-added sums behind.
-    for name in _COUNTS:
-        value = record.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ValueError(name)
-    for grouper in groupers:
-        grouper.add(record, cost)
+def _counts(record: dict[str, Any]) -> tuple[int, ...]:
+    """The six token counts, checked before any total is touched (no half-added record)."""
+    get = record.get
+    counts = tuple([get(name) or 0 for name in _COUNTS])
+    for value in counts:
+        if type(value) is not int:  # bool and float are not token counts either
+            raise ValueError(f"bad token count {value!r}")
+    return counts

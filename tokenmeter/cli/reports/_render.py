@@ -257,7 +257,10 @@ def render_json(report: Report) -> str:
         "until_exclusive": None if report.until is None else format_instant(report.until),
         "group_by": [d.spec for d in breakdown.dimensions],
         "rows": [
-            {**dict(zip(breakdown.columns, row.key, strict=True)), **_totals_json(row.totals, report.totals)}
+            {
+                **dict(zip(breakdown.columns, row.key, strict=True)),
+                **_totals_json(row.totals, report.totals),
+            }
             for row in breakdown.rows
         ],
         "totals": _totals_json(report.totals, report.totals),

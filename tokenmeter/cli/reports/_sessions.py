@@ -10,7 +10,6 @@ import json
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from tokenmeter.cli._dates import format_instant
@@ -20,8 +19,6 @@ from tokenmeter.cli.reports._model import NONE_LABEL, Call, Totals
 from tokenmeter.cli.reports._query import sqlite_row_to_json
 
 __all__ = ["SessionDetail", "SessionRow", "find_session", "list_sessions"]
-
-_PUSD = Decimal(10**12)
 
 
 @dataclass
@@ -138,8 +135,7 @@ def _list_sqlite(source: Source, low: str | None, high: str | None) -> list[Sess
 
 
 def _sqlite_session_row(values: tuple[Any, ...]) -> SessionRow:
-    counts = [int(v or 0) for v in values[4:12]]
-    totals = Totals(*counts, priced_cost=Decimal(values[12] or 0) / _PUSD)
+    totals = Totals.from_sql(values[4:13])
     name, status, started, ended, notes, tags = values[13:19]
     return SessionRow(
         session_id=values[0],

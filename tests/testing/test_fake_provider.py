@@ -179,3 +179,15 @@ def test_import_works_without_any_provider_sdk() -> None:
         cwd=REPO,
     )
     assert out.stdout.strip() == "openai missing"
+
+
+def test_abandoned_stream_leaves_the_server_healthy(
+    fake: FakeProvider, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.stream_chunks = 5000
+    client = fake.openai_client()
+    stream = client.chat.completions.create(model="gpt-4o", messages=[], stream=True)
+    next(iter(stream))
+    stream.close()
+    assert client.chat.completions.create(model="gpt-4o", messages=[]).usage is not None
+    assert "Traceback" not in capsys.readouterr().err

@@ -1,0 +1,236 @@
+"""How fast is ``tokenmeter report --by model`` on 1,000,000 records, and how much memory?
+
+Prints, in one run:
+- SQLite: the report's time against the bare ``sqlite3`` GROUP BY it boils down to (target <= 3x);
+- JSONL: the report's time (target <= 10 s on 2 cores);
+- peak memory (max RSS) of each report process at 100k and 1M records (target: flat).
+
+Usage: python benchmarks/bench_report.py [--records N] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tokenmeter._models import UsageRecord  # noqa: E402
+from tokenmeter.sinks import SQLiteSink  # noqa: E402
+
+MODELS = [
+    ("openai", "gpt-4o", "2.5", "10"),
+    ("openai", "gpt-4o-mini", "0.15", "0.6"),
+    ("anthropic", "claude-sonnet-4-5", "3", "15"),
+    ("anthropic", "claude-haiku-4-5", "1", "5"),
+    ("google", "gemini-2.5-flash", "0.3", "2.5"),
+    ("google", "gemini-2.5-pro", "1.25", "10"),
+    ("custom", "in-house-model", "", ""),  # unpriced
+]
+START = datetime(2026, 1, 1, tzinfo=UTC)
+MTOK = Decimal(1_000_000)
+
+
+def _rows(count: int, seed: int = 7):  # type: ignore[no-untyped-def]
+    """(json line, sqlite tuple) for each synthetic record; costs exact to 12 decimals."""
+    rng = random.Random(seed)
+    for i in range(count):
+        provider, model, rate_in, rate_out = MODELS[i % len(MODELS)]
+        inp, out = rng.randint(10, 20_000), rng.randint(1, 2_000)
+        ts = START + timedelta(seconds=i * 30)
+        stamp = ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{i % 1000:03d}Z"
+        cost = None if not rate_in else (inp * Decimal(rate_in) + out * Decimal(rate_out)) / MTOK
+        session = f"sess-{i // 50}"
+        tags = {"feature": ("chat", "search", "summarise")[i % 3]}
+        record = {
+            "timestamp": stamp,
+            "model_provider": provider,
+            "model_name": model,
+            "input_tokens": inp,
+            "output_tokens": out,
+            "total_tokens": inp + out,
+            "estimated_cost_usd": None if cost is None else float(cost),
+            "id": f"r{i:09d}",
+            "request_model": model,
+            "operation": "chat.completions",
+            "cache_read_tokens": 0,
+            "cache_write_tokens": 0,
+            "reasoning_tokens": 0,
+            "cost_breakdown": None,
+            "price_source": "bench",
+            "session_id": session,
+            "session_name": session,
+            "tags": tags,
+            "latency_ms": 120.5,
+            "streamed": False,
+            "status": "ok",
+            "error": None,
+            "request_id": None,
+            "estimated": False,
+        }
+        row = (
+            f"r{i:09d}",
+            stamp,
+            provider,
+            model,
+            inp,
+            out,
+            inp + out,
+            None if cost is None else format(cost, "f"),
+            None if cost is None else int(cost * 10**12),
+            model,
+            "chat.completions",
+            0,
+            0,
+            0,
+            None,
+            "bench",
+            session,
+            session,
+            json.dumps(tags),
+            120.5,
+            0,
+            "ok",
+            None,
+            None,
+            0,
+        )
+        yield json.dumps(record, separators=(",", ":")), row
+
+
+def generate(directory: Path, count: int) -> tuple[Path, Path]:
+    db, jsonl = directory / f"usage-{count}.db", directory / f"usage-{count}.jsonl"
+    seed = UsageRecord(
+        timestamp=START,
+        model_provider="x",
+        model_name="seed",
+        input_tokens=0,
+        output_tokens=0,
+        total_tokens=0,
+        estimated_cost_usd=None,
+        id="seed",
+    )
+    sink = SQLiteSink(db)  # the real sink creates the real schema
+    sink.write([seed])
+    sink.close()
+    conn = sqlite3.connect(db)
+    conn.execute("DELETE FROM records")
+    placeholders = ", ".join("?" * 25)
+    batch: list[tuple[object, ...]] = []
+    with jsonl.open("w") as out:
+        for line, row in _rows(count):
+            out.write(line + "\n")
+            batch.append(row)
+            if len(batch) == 50_000:
+                conn.executemany(f"INSERT INTO records VALUES ({placeholders})", batch)
+                batch.clear()
+        conn.executemany(f"INSERT INTO records VALUES ({placeholders})", batch)
+    conn.commit()
+    conn.close()
+    return db, jsonl
+
+
+_CHILD = """
+import resource, sys, time
+from tokenmeter.cli import main
+start = time.perf_counter()
+code = main(sys.argv[1:])
+elapsed = time.perf_counter() - start
+print(f"{elapsed} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss} {code}", file=sys.stderr)
+"""
+
+
+def run_report(source: Path) -> tuple[float, float]:
+    """(seconds inside main(), peak RSS in MiB) of ``tokenmeter report --by model``."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _CHILD,
+            "report",
+            "--source",
+            str(source),
+            "--by",
+            "model",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    elapsed, rss_kib, code = result.stderr.strip().splitlines()[-1].split()
+    assert code == "0", result.stderr
+    return float(elapsed), int(rss_kib) / 1024
+
+
+def bare_query(db: Path) -> float:
+    conn = sqlite3.connect(db)
+    start = time.perf_counter()
+    conn.execute(
+        "SELECT model_provider, model_name, COUNT(*), SUM(total_tokens), SUM(cost_pusd) "
+        "FROM records GROUP BY model_provider, model_name"
+    ).fetchall()
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--keep", type=Path, help="write the data here and keep it")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as temp:
+        directory = args.keep or Path(temp)
+        directory.mkdir(parents=True, exist_ok=True)
+        small = max(args.records // 10, 1)
+        print(f"generating {args.records:,} and {small:,} records ...", flush=True)
+        start = time.perf_counter()
+        db, jsonl = generate(directory, args.records)
+        small_db, small_jsonl = generate(directory, small)
+        print(
+            f"  generated in {time.perf_counter() - start:.1f} s "
+            f"(JSONL {jsonl.stat().st_size / 2**20:.0f} MiB, "
+            f"SQLite {db.stat().st_size / 2**20:.0f} MiB)"
+        )
+
+        bare_query(db)  # warm the page cache for both contenders
+        bare = min(bare_query(db) for _ in range(3))
+        sqlite_time, sqlite_rss = min(run_report(db) for _ in range(3))
+        _, small_sqlite_rss = run_report(small_db)
+        jsonl_time, jsonl_rss = run_report(jsonl)
+        _, small_jsonl_rss = run_report(small_jsonl)
+
+        print(f"\nreport --by model on {args.records:,} records")
+        print(
+            f"  SQLite: report {sqlite_time:.3f} s vs bare GROUP BY {bare:.3f} s "
+            f"-> {sqlite_time / bare:.2f}x (target <= 3x)"
+        )
+        print(f"  JSONL:  report {jsonl_time:.2f} s (target <= 10 s)")
+        print("peak memory (max RSS of the report process)")
+        print(
+            f"  SQLite: {small_sqlite_rss:.0f} MiB at {small:,} records, "
+            f"{sqlite_rss:.0f} MiB at {args.records:,}"
+        )
+        print(
+            f"  JSONL:  {small_jsonl_rss:.0f} MiB at {small:,} records, "
+            f"{jsonl_rss:.0f} MiB at {args.records:,}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,439 @@
+"""google-genai instrumentation, driven through the real SDK against a loopback FakeProvider."""
+
+from __future__ import annotations
+
+import gc
+import json
+import types as pytypes
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx2
+import pytest
+from google import genai
+from google.genai import errors, models
+from google.genai import types as gtypes
+
+import tokenmeter
+from tokenmeter import UsageRecord
+from tokenmeter.providers.google_genai import short_model
+from tokenmeter.testing import FakeProvider, GeminiUsage, InMemorySink
+
+FINAL = GeminiUsage(prompt=120, candidates=30, cached=40, thoughts=50, tool_use_prompt=6)
+FUNCTION_CALL = GeminiUsage(prompt=80, candidates=9, cached=0, thoughts=11)
+
+
+@pytest.fixture(autouse=True)
+def sink() -> Iterator[InMemorySink]:
+    """Every test starts uninstrumented with a fresh sink, and leaves nothing patched."""
+    tokenmeter.uninstrument()
+    memory = InMemorySink()
+    tokenmeter.configure(sinks=[memory])
+    yield memory
+    tokenmeter.uninstrument()
+    _clients.clear()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeProvider]:
+    with FakeProvider(gemini_usage=FINAL, gemini_function_call_usage=FUNCTION_CALL) as provider:
+        yield provider
+
+
+@pytest.fixture
+def instrumented() -> None:
+    tokenmeter.instrument("google-genai")
+
+
+_clients: list[genai.Client] = []
+
+
+def client(fake: FakeProvider, **kwargs: Any) -> genai.Client:
+    """A client kept alive for the test (``genai.Client.__del__`` closes its HTTP client)."""
+    made = fake.genai_client(**kwargs)
+    _clients.append(made)
+    return made
+
+
+def records(sink: InMemorySink) -> list[UsageRecord]:
+    tokenmeter.flush()
+    return list(sink.records)
+
+
+def only(sink: InMemorySink) -> UsageRecord:
+    found = records(sink)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def assert_counts(record: UsageRecord, usage: GeminiUsage) -> None:
+    expected = usage.normalized()
+    assert record.input_tokens == expected.input_tokens
+    assert record.output_tokens == expected.output_tokens
+    assert record.cache_read_tokens == expected.cache_read_tokens
+    assert record.reasoning_tokens == expected.reasoning_tokens
+
+
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    return f"sunny in {city}"
+
+
+# -- the four call shapes --------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_generate_content_records_thoughts_tool_prompt_and_cache(
+    fake: FakeProvider, sink: InMemorySink
+) -> None:
+    fake.set_model("gemini-flash-latest", "gemini-2.5-flash-001")
+    response = client(fake).models.generate_content(model="gemini-flash-latest", contents="hi")
+
+    assert isinstance(response, gtypes.GenerateContentResponse)
+    record = only(sink)
+    assert_counts(record, FINAL)
+    assert record.output_tokens == 30 + 50  # thoughts are outside candidates
+    assert record.input_tokens == 120 + 6  # tool-use prompt is input
+    assert record.model_provider == "google"
+    assert record.model_name == "gemini-2.5-flash-001"
+    assert record.request_model == "gemini-flash-latest"
+    assert record.operation == "generate_content"
+    assert record.streamed is False
+    assert record.status == "ok"
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_stream_takes_the_last_running_total_not_a_sum(
+    fake: FakeProvider, sink: InMemorySink
+) -> None:
+    fake.stream_chunks = 3
+    stream = client(fake).models.generate_content_stream(model="gemini-2.5-flash", contents="hi")
+    assert isinstance(stream, pytypes.GeneratorType)
+    chunks = list(stream)
+
+    assert len(chunks) == 3
+    assert all(isinstance(c, gtypes.GenerateContentResponse) for c in chunks)
+    record = only(sink)
+    assert_counts(record, FINAL)  # a sum of the three running totals would triple the prompt
+    assert record.streamed is True
+
+
+@pytest.mark.usefixtures("instrumented")
+async def test_async_generate_content(fake: FakeProvider, sink: InMemorySink) -> None:
+    response = await client(fake).aio.models.generate_content(
+        model="gemini-2.5-flash", contents="hi"
+    )
+
+    assert isinstance(response, gtypes.GenerateContentResponse)
+    record = only(sink)
+    assert_counts(record, FINAL)
+    assert record.streamed is False
+
+
+@pytest.mark.usefixtures("instrumented")
+async def test_async_stream(fake: FakeProvider, sink: InMemorySink) -> None:
+    stream = await client(fake).aio.models.generate_content_stream(
+        model="gemini-2.5-flash", contents="hi"
+    )
+    assert isinstance(stream, AsyncIterator)
+    chunks = [chunk async for chunk in stream]
+
+    assert len(chunks) == fake.stream_chunks
+    record = only(sink)
+    assert_counts(record, FINAL)
+    assert record.streamed is True
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_private_stream_is_still_a_generator(fake: FakeProvider, sink: InMemorySink) -> None:
+    stream = client(fake).models._generate_content_stream(model="gemini-2.5-flash", contents="hi")
+    assert isinstance(stream, pytypes.GeneratorType)
+    assert sum(1 for _ in stream) == fake.stream_chunks
+    assert_counts(only(sink), FINAL)
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_embed_content(fake: FakeProvider, sink: InMemorySink) -> None:
+    response = client(fake).models.embed_content(model="gemini-embedding-001", contents=["a", "b"])
+
+    assert isinstance(response, gtypes.EmbedContentResponse)
+    record = only(sink)
+    assert record.operation == "embed_content"
+    assert record.input_tokens == FINAL.prompt
+    assert record.output_tokens == 0
+
+
+@pytest.mark.usefixtures("instrumented")
+async def test_async_embed_content(fake: FakeProvider, sink: InMemorySink) -> None:
+    await client(fake).aio.models.embed_content(model="gemini-embedding-001", contents="a")
+    record = only(sink)
+    assert (record.operation, record.input_tokens) == ("embed_content", FINAL.prompt)
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_vertex_client_is_provider_google(fake: FakeProvider, sink: InMemorySink) -> None:
+    client(fake, vertexai=True).models.generate_content(model="gemini-2.5-flash", contents="hi")
+    record = only(sink)
+    assert record.model_provider == "google"
+    assert_counts(record, FINAL)
+
+
+# -- several HTTP rounds per public call -----------------------------------------------------
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_automatic_function_calling_records_every_round(
+    fake: FakeProvider, sink: InMemorySink
+) -> None:
+    config = gtypes.GenerateContentConfig(tools=[get_weather])
+    response = client(fake).models.generate_content(
+        model="gemini-2.5-flash", contents="weather in Paris?", config=config
+    )
+
+    assert len(fake.requests) == 2
+    assert response.usage_metadata is not None
+    assert response.usage_metadata.prompt_token_count == FINAL.prompt  # the public view: last only
+    first, second = records(sink)
+    assert_counts(first, FUNCTION_CALL)
+    assert_counts(second, FINAL)
+
+
+@pytest.mark.usefixtures("instrumented")
+async def test_async_automatic_function_calling_records_every_round(
+    fake: FakeProvider, sink: InMemorySink
+) -> None:
+    config = gtypes.GenerateContentConfig(tools=[get_weather])
+    await client(fake).aio.models.generate_content(
+        model="gemini-2.5-flash", contents="weather in Paris?", config=config
+    )
+    first, second = records(sink)
+    assert_counts(first, FUNCTION_CALL)
+    assert_counts(second, FINAL)
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_streamed_automatic_function_calling_records_every_round(
+    fake: FakeProvider, sink: InMemorySink
+) -> None:
+    config = gtypes.GenerateContentConfig(tools=[get_weather])
+    chunks = list(
+        client(fake).models.generate_content_stream(
+            model="gemini-2.5-flash", contents="weather?", config=config
+        )
+    )
+    assert chunks
+    first, second = records(sink)
+    assert_counts(first, FUNCTION_CALL)
+    assert_counts(second, FINAL)
+    assert first.streamed and second.streamed
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_chat_send_message_is_one_record(fake: FakeProvider, sink: InMemorySink) -> None:
+    chat = client(fake).chats.create(model="gemini-2.5-flash")
+    chat.send_message("hi")
+    assert_counts(only(sink), FINAL)
+
+
+@pytest.mark.usefixtures("instrumented")
+async def test_async_chat_stream_is_one_record(fake: FakeProvider, sink: InMemorySink) -> None:
+    chat = client(fake).aio.chats.create(model="gemini-2.5-flash")
+    async for _ in await chat.send_message_stream("hi"):
+        pass
+    assert_counts(only(sink), FINAL)
+
+
+# -- streams left early, errors --------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_stream_broken_off_is_recorded_once_with_what_it_reported(
+    fake: FakeProvider, sink: InMemorySink
+) -> None:
+    fake.stream_chunks = 3
+    stream = client(fake).models.generate_content_stream(model="gemini-2.5-flash", contents="hi")
+    for _ in stream:
+        break
+    del stream
+    gc.collect()
+
+    record = only(sink)
+    assert record.streamed is True
+    assert record.input_tokens == FINAL.prompt + FINAL.tool_use_prompt
+    assert record.output_tokens == FINAL.candidates // 3 + FINAL.thoughts  # first running total
+
+
+@pytest.fixture
+def raised_errors(monkeypatch: pytest.MonkeyPatch) -> list[errors.APIError]:
+    """Every APIError the SDK constructs, to check that the caller gets that very object."""
+    made: list[errors.APIError] = []
+    original = errors.APIError.__init__
+
+    def spy(self: errors.APIError, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(errors.APIError, "__init__", spy)
+    return made
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_api_error_is_recorded_and_the_same_exception_reraised(
+    fake: FakeProvider, sink: InMemorySink, raised_errors: list[errors.APIError]
+) -> None:
+    fake.fail_next(500)
+    with pytest.raises(errors.ServerError) as caught:
+        client(fake).models.generate_content(model="gemini-2.5-flash", contents="hi")
+
+    assert raised_errors == [caught.value]
+    record = only(sink)
+    assert (record.status, record.error) == ("error", "ServerError")
+    assert record.model_name == "gemini-2.5-flash"
+    assert record.input_tokens == record.output_tokens == 0
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_stream_error_is_recorded(
+    fake: FakeProvider, sink: InMemorySink, raised_errors: list[errors.APIError]
+) -> None:
+    fake.fail_next(429)
+    with pytest.raises(errors.ClientError) as caught:
+        list(client(fake).models.generate_content_stream(model="gemini-2.5-flash", contents="hi"))
+
+    assert raised_errors == [caught.value]
+    record = only(sink)
+    assert (record.status, record.error, record.streamed) == ("error", "ClientError", True)
+
+
+@pytest.mark.usefixtures("instrumented")
+async def test_async_errors_are_recorded(
+    fake: FakeProvider, sink: InMemorySink, raised_errors: list[errors.APIError]
+) -> None:
+    client = fake.genai_client()
+    fake.fail_next(500)
+    with pytest.raises(errors.ServerError) as plain:
+        await client.aio.models.generate_content(model="gemini-2.5-flash", contents="hi")
+    fake.fail_next(429)
+    with pytest.raises(errors.ClientError) as streamed:
+        stream = await client.aio.models.generate_content_stream(
+            model="gemini-2.5-flash", contents="hi"
+        )
+        async for _ in stream:
+            pass
+
+    assert raised_errors == [plain.value, streamed.value]
+    assert [(r.status, r.error, r.streamed) for r in records(sink)] == [
+        ("error", "ServerError", False),
+        ("error", "ClientError", True),
+    ]
+
+
+# -- model names -----------------------------------------------------------------------------
+
+
+def _mock_client(body: dict[str, Any]) -> genai.Client:
+    def reply(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, json=body)
+
+    transport = httpx2.MockTransport(reply)
+    return genai.Client(
+        api_key="fake-key",
+        http_options={
+            "base_url": "http://gemini.invalid",
+            "api_version": "v1beta",
+            "httpx_client": httpx2.Client(transport=transport),
+        },
+    )
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_model_prefix_is_stripped_when_the_response_names_no_model(sink: InMemorySink) -> None:
+    body = {
+        "candidates": [{"content": {"parts": [{"text": "ok"}], "role": "model"}}],
+        "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 2, "totalTokenCount": 5},
+    }
+    _mock_client(body).models.generate_content(model="models/gemini-2.5-flash", contents="hi")
+
+    record = only(sink)
+    assert (record.model_name, record.request_model) == (
+        "gemini-2.5-flash",
+        "models/gemini-2.5-flash",
+    )
+    assert (record.input_tokens, record.output_tokens) == (3, 2)
+    assert json.loads(record.model_dump_json())["model_provider"] == "google"
+
+
+@pytest.mark.parametrize(
+    ("given", "short"),
+    [
+        ("gemini-2.5-flash", "gemini-2.5-flash"),
+        ("models/gemini-2.5-flash", "gemini-2.5-flash"),
+        ("publishers/google/models/gemini-2.5-pro", "gemini-2.5-pro"),
+        ("projects/p/locations/us-central1/publishers/google/models/gemini-2.0", "gemini-2.0"),
+        ("tunedModels/123", "tunedModels/123"),
+        (None, None),
+    ],
+)
+def test_short_model(given: str | None, short: str | None) -> None:
+    assert short_model(given) == short
+
+
+# -- one call, one record; undo ----------------------------------------------------------------
+
+
+def test_instrument_twice_is_one_record(fake: FakeProvider, sink: InMemorySink) -> None:
+    tokenmeter.instrument("google-genai")
+    tokenmeter.instrument("google-genai")
+    client(fake).models.generate_content(model="gemini-2.5-flash", contents="hi")
+    assert len(records(sink)) == 1
+
+
+def test_wrap_and_instrument_together_are_one_record(
+    fake: FakeProvider, sink: InMemorySink
+) -> None:
+    tokenmeter.instrument("google-genai")
+    client = tokenmeter.wrap(fake.genai_client())
+    client.models.generate_content(model="gemini-2.5-flash", contents="hi")
+    list(client.models.generate_content_stream(model="gemini-2.5-flash", contents="hi"))
+    assert [r.streamed for r in records(sink)] == [False, True]
+
+
+async def test_wrap_alone_meters_that_client_only(fake: FakeProvider, sink: InMemorySink) -> None:
+    original = models.Models.__dict__["_generate_content"]
+    client = fake.genai_client()
+    assert tokenmeter.wrap(client) is client
+    assert tokenmeter.wrap(client) is client  # idempotent
+    other = fake.genai_client()
+
+    client.models.generate_content(model="gemini-2.5-flash", contents="hi")
+    await client.aio.models.generate_content(model="gemini-2.5-flash", contents="hi")
+    async for _ in await client.aio.models.generate_content_stream(
+        model="gemini-2.5-flash", contents="hi"
+    ):
+        pass
+    other.models.generate_content(model="gemini-2.5-flash", contents="hi")
+
+    assert models.Models.__dict__["_generate_content"] is original
+    assert [r.streamed for r in records(sink)] == [False, False, True]
+
+
+def test_uninstrument_restores_the_original_methods(fake: FakeProvider, sink: InMemorySink) -> None:
+    names = ["_generate_content", "_generate_content_stream", "_embed_content"]
+    originals = {
+        (cls, name): cls.__dict__[name]
+        for cls in (models.Models, models.AsyncModels)
+        for name in names
+    }
+    tokenmeter.instrument("google-genai")
+    assert (
+        models.Models.__dict__["_generate_content"]
+        is not originals[(models.Models, "_generate_content")]
+    )
+
+    tokenmeter.uninstrument("google-genai")
+
+    for (cls, name), original in originals.items():
+        assert cls.__dict__[name] is original
+    assert models.Models._generate_content is originals[(models.Models, "_generate_content")]
+    client(fake).models.generate_content(model="gemini-2.5-flash", contents="hi")
+    assert records(sink) == []

@@ -1,0 +1,300 @@
+"""Legacy google-generativeai instrumentation, driven through the real SDK.
+
+Sync calls go over the SDK's REST transport to a FakeProvider. The REST transport has no async
+twin, so async calls go to a small in-process gRPC GenerativeService (the SDK's own protos).
+"""
+
+from __future__ import annotations
+
+import gc
+import warnings
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+from google.ai import generativelanguage_v1beta as glm
+from google.ai.generativelanguage_v1beta.services.generative_service.transports import (
+    GenerativeServiceGrpcAsyncIOTransport,
+)
+from google.api_core import exceptions as core_exceptions
+
+import tokenmeter
+from tokenmeter import UsageRecord
+from tokenmeter.testing import FakeProvider, GeminiUsage, InMemorySink
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)
+    import google.generativeai as legacy
+    from google.generativeai import generative_models
+    from google.generativeai.types import generation_types
+
+USAGE = GeminiUsage(prompt=100, candidates=20, cached=30, thoughts=40)
+#: What the legacy proto keeps: thoughts are dropped but still inside the total.
+EXPECTED = USAGE.normalized()
+
+
+@pytest.fixture(autouse=True)
+def sink() -> Iterator[InMemorySink]:
+    """Every test starts uninstrumented with a fresh sink, and leaves nothing patched."""
+    tokenmeter.uninstrument()
+    memory = InMemorySink()
+    tokenmeter.configure(sinks=[memory])
+    yield memory
+    tokenmeter.uninstrument()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeProvider]:
+    with FakeProvider(gemini_usage=USAGE) as provider:
+        provider.configure_generativeai()
+        yield provider
+
+
+@pytest.fixture
+def instrumented() -> None:
+    tokenmeter.instrument("google-generativeai")
+
+
+def records(sink: InMemorySink) -> list[UsageRecord]:
+    tokenmeter.flush()
+    return list(sink.records)
+
+
+def only(sink: InMemorySink) -> UsageRecord:
+    found = records(sink)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def assert_counts(record: UsageRecord) -> None:
+    assert record.input_tokens == EXPECTED.input_tokens
+    assert record.output_tokens == EXPECTED.output_tokens  # total - prompt: thoughts included
+    assert record.reasoning_tokens == USAGE.thoughts
+    assert record.cache_read_tokens == USAGE.cached
+
+
+# -- sync over REST ----------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("fake", "instrumented")
+def test_generate_content_counts_hidden_thoughts(sink: InMemorySink) -> None:
+    response = legacy.GenerativeModel("gemini-1.5-flash").generate_content("hi")
+
+    assert isinstance(response, generation_types.GenerateContentResponse)
+    assert response.usage_metadata.candidates_token_count == USAGE.candidates
+    record = only(sink)
+    assert_counts(record)
+    assert record.output_tokens == USAGE.total - USAGE.prompt
+    assert (record.model_provider, record.operation) == ("google", "generate_content")
+    assert record.request_model == "models/gemini-1.5-flash"
+    assert record.streamed is False
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_model_name_comes_from_the_response_version(fake: FakeProvider, sink: InMemorySink) -> None:
+    fake.set_model("gemini-1.5-flash", "gemini-1.5-flash-002")
+    legacy.GenerativeModel("models/gemini-1.5-flash").generate_content(contents="hi")
+    record = only(sink)
+    assert (record.model_name, record.request_model) == (
+        "gemini-1.5-flash-002",
+        "models/gemini-1.5-flash",
+    )
+
+
+@pytest.mark.usefixtures("fake", "instrumented")
+def test_stream_records_the_final_running_total_once(sink: InMemorySink) -> None:
+    response = legacy.GenerativeModel("gemini-1.5-flash").generate_content("hi", stream=True)
+    assert isinstance(response, generation_types.GenerateContentResponse)
+    assert records(sink) == []  # not before the stream is done with
+
+    chunks = list(response)
+
+    assert len(chunks) == 3
+    assert response.usage_metadata.total_token_count == USAGE.total
+    record = only(sink)
+    assert_counts(record)
+    assert record.streamed is True
+
+
+@pytest.mark.usefixtures("fake", "instrumented")
+def test_stream_resolve_records_once(sink: InMemorySink) -> None:
+    response = legacy.GenerativeModel("gemini-1.5-flash").generate_content("hi", stream=True)
+    response.resolve()
+    response.resolve()
+    assert response.text
+    assert_counts(only(sink))
+
+
+@pytest.mark.usefixtures("fake", "instrumented")
+def test_stream_broken_off_records_what_was_reported(sink: InMemorySink) -> None:
+    response = legacy.GenerativeModel("gemini-1.5-flash").generate_content("hi", stream=True)
+    for _ in response:
+        break
+    del response
+    gc.collect()
+
+    record = only(sink)
+    assert record.streamed is True
+    # The SDK reads one chunk ahead: the second running total (2 of 3 pieces) is the latest.
+    assert record.output_tokens == USAGE.candidates * 2 // 3 + USAGE.thoughts
+
+
+@pytest.mark.usefixtures("fake", "instrumented")
+def test_chat_session_is_one_record_per_message(sink: InMemorySink) -> None:
+    chat = legacy.GenerativeModel("gemini-1.5-flash").start_chat()
+    chat.send_message("hi")
+    chat.send_message("again", stream=True).resolve()
+    found = records(sink)
+    assert [r.streamed for r in found] == [False, True]
+    for record in found:
+        assert_counts(record)
+
+
+@pytest.mark.usefixtures("instrumented")
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(400, core_exceptions.BadRequest), (500, core_exceptions.InternalServerError)],
+)
+def test_api_error_is_recorded_and_reraised(
+    fake: FakeProvider, sink: InMemorySink, status: int, error: type[Exception]
+) -> None:
+    fake.fail_next(status, count=5)  # more than any SDK retry would use
+    with pytest.raises(error):
+        legacy.GenerativeModel("gemini-1.5-flash").generate_content("hi")
+    record = only(sink)
+    assert (record.status, record.error) == ("error", error.__name__)
+    assert record.model_name == "gemini-1.5-flash"
+
+
+# -- one call, one record; undo ----------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("fake")
+def test_instrument_twice_and_wrap_are_one_record(sink: InMemorySink) -> None:
+    tokenmeter.instrument("google-generativeai")
+    tokenmeter.instrument("google-generativeai")
+    model = tokenmeter.wrap(legacy.GenerativeModel("gemini-1.5-flash"))
+    model.generate_content("hi")
+    model.generate_content("hi", stream=True).resolve()
+    assert [r.streamed for r in records(sink)] == [False, True]
+
+
+@pytest.mark.usefixtures("fake")
+def test_wrap_alone_meters_that_model_only(sink: InMemorySink) -> None:
+    original = generative_models.GenerativeModel.__dict__["generate_content"]
+    model = legacy.GenerativeModel("gemini-1.5-flash")
+    assert tokenmeter.wrap(model) is model
+    assert tokenmeter.wrap(model) is model
+
+    model.start_chat().send_message("hi")
+    legacy.GenerativeModel("gemini-1.5-flash").generate_content("hi")
+
+    assert generative_models.GenerativeModel.__dict__["generate_content"] is original
+    assert_counts(only(sink))
+
+
+@pytest.mark.usefixtures("fake")
+def test_uninstrument_restores_the_original_methods(sink: InMemorySink) -> None:
+    owner = generative_models.GenerativeModel
+    originals = {
+        name: owner.__dict__[name] for name in ("generate_content", "generate_content_async")
+    }
+    tokenmeter.instrument("google-generativeai")
+    assert owner.__dict__["generate_content"] is not originals["generate_content"]
+
+    tokenmeter.uninstrument("google-generativeai")
+
+    assert {name: owner.__dict__[name] for name in originals} == originals
+    legacy.GenerativeModel("gemini-1.5-flash").generate_content("hi")
+    assert records(sink) == []
+
+
+# -- async over gRPC ---------------------------------------------------------------------------
+
+
+def _reply(candidates: int, done: bool) -> Any:
+    meta = glm.GenerateContentResponse.UsageMetadata(
+        prompt_token_count=USAGE.prompt,
+        cached_content_token_count=USAGE.cached,
+        candidates_token_count=candidates,
+        total_token_count=USAGE.prompt + candidates + USAGE.thoughts,
+    )
+    candidate = glm.Candidate(
+        content=glm.Content(parts=[glm.Part(text="piece")], role="model"),
+        finish_reason=glm.Candidate.FinishReason.STOP if done else 0,
+    )
+    return glm.GenerateContentResponse(
+        candidates=[candidate], usage_metadata=meta, model_version="gemini-1.5-flash-002"
+    )
+
+
+@pytest.fixture(scope="module")
+def grpc_address() -> Iterator[str]:
+    """GenerateContent (unary) and StreamGenerateContent (3 running totals) on loopback."""
+
+    def unary(request: Any, context: Any) -> Any:
+        return _reply(USAGE.candidates, True)
+
+    def streaming(request: Any, context: Any) -> Iterator[Any]:
+        for i in (1, 2, 3):
+            yield _reply(USAGE.candidates * i // 3, i == 3)
+
+    request_type, response_type = glm.GenerateContentRequest, glm.GenerateContentResponse
+    handler = grpc.method_handlers_generic_handler(
+        "google.ai.generativelanguage.v1beta.GenerativeService",
+        {
+            "GenerateContent": grpc.unary_unary_rpc_method_handler(
+                unary, request_type.deserialize, response_type.serialize
+            ),
+            "StreamGenerateContent": grpc.unary_stream_rpc_method_handler(
+                streaming, request_type.deserialize, response_type.serialize
+            ),
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(0)
+
+
+def _async_model(address: str) -> Any:
+    model = legacy.GenerativeModel("gemini-1.5-flash")
+    transport = GenerativeServiceGrpcAsyncIOTransport(channel=grpc.aio.insecure_channel(address))
+    model._async_client = glm.GenerativeServiceAsyncClient(transport=transport)
+    return model
+
+
+@pytest.mark.usefixtures("instrumented")
+async def test_async_generate_content(grpc_address: str, sink: InMemorySink) -> None:
+    response = await _async_model(grpc_address).generate_content_async("hi")
+
+    assert isinstance(response, generation_types.AsyncGenerateContentResponse)
+    record = only(sink)
+    assert_counts(record)
+    assert record.model_name == "gemini-1.5-flash-002"
+
+
+@pytest.mark.usefixtures("instrumented")
+async def test_async_stream_records_the_final_running_total(
+    grpc_address: str, sink: InMemorySink
+) -> None:
+    response = await _async_model(grpc_address).generate_content_async("hi", stream=True)
+    assert isinstance(response, generation_types.AsyncGenerateContentResponse)
+
+    chunks = [chunk async for chunk in response]
+
+    assert len(chunks) == 3
+    record = only(sink)
+    assert_counts(record)
+    assert record.streamed is True
+
+
+@pytest.mark.usefixtures("instrumented")
+async def test_async_stream_resolve(grpc_address: str, sink: InMemorySink) -> None:
+    response = await _async_model(grpc_address).generate_content_async("hi", stream=True)
+    await response.resolve()
+    assert_counts(only(sink))

@@ -1,0 +1,327 @@
+"""Every billed OpenAI route makes exactly one record with normalised counts, sync and async.
+
+The real openai SDK talks to FakeProvider over loopback; the expected counts come from the fake's
+own usage (``fake.openai_usage.normalized()``), so the arithmetic is checked, not repeated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import openai
+import pytest
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from pydantic import BaseModel
+
+import tokenmeter
+from tokenmeter._models import UsageRecord
+from tokenmeter.testing import FakeProvider
+
+Records = Callable[[], list[UsageRecord]]
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+class Answer(BaseModel):
+    answer: str
+
+
+def only(records: list[UsageRecord]) -> UsageRecord:
+    assert len(records) == 1, records
+    return records[0]
+
+
+def assert_counts(record: UsageRecord, fake: FakeProvider) -> None:
+    usage = fake.openai_usage.normalized()
+    assert record.input_tokens == usage.input_tokens
+    assert record.cache_read_tokens == usage.cache_read_tokens
+    assert record.output_tokens == usage.output_tokens
+    assert record.reasoning_tokens == usage.reasoning_tokens
+    assert record.total_tokens == record.input_tokens + record.output_tokens
+    assert record.status == "ok" and record.error is None
+    assert record.latency_ms is not None and record.latency_ms > 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_chat_create(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool, stream: bool
+) -> None:
+    client = fake.openai_client(async_=is_async)
+    result = await kit.maybe(
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=stream)
+    )
+    if stream:
+        assert isinstance(result, openai.AsyncStream if is_async else openai.Stream)
+        chunks = await kit.drain(result)
+        assert chunks and all(isinstance(c, ChatCompletionChunk) for c in chunks)
+        assert all(c.choices for c in chunks)  # the usage-only chunk tokenmeter asked for is hidden
+    else:
+        assert isinstance(result, ChatCompletion)
+    record = only(instrumented())
+    assert_counts(record, fake)
+    assert record.model_provider == "openai"
+    assert record.model_name == "gpt-4o-2024-08-06"  # the response's model
+    assert record.request_model == "gpt-4o"
+    assert record.operation == "chat.completions"
+    assert record.streamed is stream
+    assert record.request_id is not None and record.request_id.startswith("chatcmpl-")
+    assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
+
+
+async def test_chat_parse(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool
+) -> None:
+    client = fake.openai_client(async_=is_async)
+    parsed = await kit.maybe(
+        client.chat.completions.parse(model="gpt-4o", messages=MESSAGES, response_format=Answer)
+    )
+    assert isinstance(parsed.choices[0].message.parsed, Answer)
+    record = only(instrumented())
+    assert_counts(record, fake)
+    assert record.operation == "chat.completions" and not record.streamed
+
+
+async def test_chat_stream_helper(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool
+) -> None:
+    client = fake.openai_client(async_=is_async)
+    manager = client.chat.completions.stream(model="gpt-4o", messages=MESSAGES)
+    if is_async:
+        async with manager as stream:
+            events = [event async for event in stream]
+            final = await stream.get_final_completion()
+    else:
+        with manager as stream:
+            events = list(stream)
+            final = stream.get_final_completion()
+    assert events and final.choices[0].message.content
+    assert final.usage is None  # the caller did not ask for usage, so the helper shows none
+    record = only(instrumented())
+    assert_counts(record, fake)
+    assert record.streamed
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_responses_create(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool, stream: bool
+) -> None:
+    client = fake.openai_client(async_=is_async)
+    result = await kit.maybe(client.responses.create(model="gpt-4o", input="hi", stream=stream))
+    if stream:
+        events = await kit.drain(result)
+        assert events[-1].type == "response.completed"
+        response_id = events[-1].response.id
+    else:
+        response_id = result.id
+    record = only(instrumented())
+    assert_counts(record, fake)
+    assert record.operation == "responses"
+    assert record.streamed is stream
+    assert record.request_id == response_id
+    assert record.model_name == "gpt-4o-2024-08-06" and record.request_model == "gpt-4o"
+
+
+async def test_responses_parse_and_stream_helper(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool
+) -> None:
+    client = fake.openai_client(async_=is_async)
+    parsed = await kit.maybe(client.responses.parse(model="gpt-4o", input="hi", text_format=Answer))
+    assert isinstance(parsed.output_parsed, Answer)
+    manager = client.responses.stream(model="gpt-4o", input="hi")
+    if is_async:
+        async with manager as stream:
+            async for _ in stream:
+                pass
+            final = await stream.get_final_response()
+    else:
+        with manager as stream:
+            for _ in stream:
+                pass
+            final = stream.get_final_response()
+    first, second = instrumented()
+    assert_counts(first, fake)
+    assert_counts(second, fake)
+    assert (first.streamed, second.streamed) == (False, True)
+    assert second.request_id == final.id
+
+
+async def test_responses_retrieve_is_recorded_once_per_id(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool
+) -> None:
+    client = fake.openai_client(async_=is_async)
+    created = await kit.maybe(client.responses.create(model="gpt-4o", input="hi"))
+    for _ in range(3):
+        again = await kit.maybe(client.responses.retrieve(created.id))
+        assert again.usage is not None
+    await kit.drain(await kit.maybe(client.responses.retrieve(created.id, stream=True)))
+    assert only(instrumented()).request_id == created.id
+
+
+async def test_background_response_is_recorded_when_its_usage_arrives(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool
+) -> None:
+    client = fake.openai_client(async_=is_async)
+    queued = await kit.maybe(client.responses.create(model="gpt-4o", input="hi", background=True))
+    assert queued.usage is None
+    assert instrumented() == []  # nothing billed is known yet: no record
+    await kit.maybe(client.responses.retrieve(queued.id))
+    await kit.maybe(client.responses.retrieve(queued.id))
+    record = only(instrumented())
+    assert record.request_id == queued.id
+    assert_counts(record, fake)
+
+
+async def test_embeddings(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool
+) -> None:
+    client = fake.openai_client(async_=is_async)
+    result = await kit.maybe(
+        client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+    )
+    assert len(result.data) == 2
+    record = only(instrumented())
+    assert record.input_tokens == record.total_tokens == fake.openai_usage.prompt_tokens
+    assert record.output_tokens == record.cache_read_tokens == 0
+    assert record.operation == "embeddings"
+    assert record.model_name == "text-embedding-3-small"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_legacy_completions(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool, stream: bool
+) -> None:
+    client = fake.openai_client(async_=is_async)
+    result = await kit.maybe(
+        client.completions.create(model="gpt-3.5-turbo-instruct", prompt="hi", stream=stream)
+    )
+    if stream:
+        chunks = await kit.drain(result)
+        assert all(chunk.choices for chunk in chunks)
+    record = only(instrumented())
+    assert_counts(record, fake)
+    assert record.operation == "completions" and record.streamed is stream
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_with_raw_response(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool, stream: bool
+) -> None:
+    client = fake.openai_client(async_=is_async)
+    raw = await kit.maybe(
+        client.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=MESSAGES, stream=stream
+        )
+    )
+    assert raw.http_response.status_code == 200
+    assert raw.headers is not None
+    parsed = await kit.maybe(raw.parse())
+    if stream:
+        assert isinstance(parsed, openai.AsyncStream if is_async else openai.Stream)
+        assert all(chunk.choices for chunk in await kit.drain(parsed))
+    else:
+        assert isinstance(parsed, ChatCompletion)
+        assert await kit.maybe(raw.parse()) is parsed  # parse() still caches
+    record = only(instrumented())
+    assert_counts(record, fake)
+    assert record.streamed is stream
+
+
+async def test_with_raw_response_is_recorded_without_parse(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool
+) -> None:
+    client = fake.openai_client(async_=is_async)
+    raw = await kit.maybe(
+        client.chat.completions.with_raw_response.create(model="gpt-4o", messages=MESSAGES)
+    )
+    assert raw.http_response.json()["usage"]["prompt_tokens"] == 19
+    assert_counts(only(instrumented()), fake)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_with_streaming_response(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool, stream: bool
+) -> None:
+    client = fake.openai_client(async_=is_async)
+    manager = client.chat.completions.with_streaming_response.create(
+        model="gpt-4o", messages=MESSAGES, stream=stream
+    )
+    if is_async:
+        async with manager as response:
+            parsed = await response.parse()
+            items = [c async for c in parsed] if stream else [parsed]
+    else:
+        with manager as response:
+            parsed = response.parse()
+            items = list(parsed) if stream else [parsed]
+    assert all(item.choices for item in items)
+    record = only(instrumented())
+    assert_counts(record, fake)
+    assert record.streamed is stream
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_azure_client(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool, stream: bool
+) -> None:
+    client = fake.azure_openai_client(async_=is_async)
+    result = await kit.maybe(
+        client.chat.completions.create(model="my-gpt4o-deployment", messages=MESSAGES, stream=stream)
+    )
+    if stream:
+        await kit.drain(result)
+    record = only(instrumented())
+    assert record.model_provider == "azure"
+    assert record.request_model == "my-gpt4o-deployment"  # the deployment name
+    assert_counts(record, fake)
+
+
+@pytest.mark.parametrize(
+    ("base_url", "provider"),
+    [
+        ("https://api.groq.com/openai/v1", "groq"),
+        ("https://api.deepseek.com/v1", "deepseek"),
+        ("https://openrouter.ai/api/v1", "openrouter"),
+        ("https://api.openai.com/v1", "openai"),
+        ("https://example-llm.internal/v1", "openai"),
+    ],
+)
+async def test_compatible_base_url_names_the_provider(
+    instrumented: Records, kit: ModuleType, is_async: bool, base_url: str, provider: str
+) -> None:
+    import httpx2
+
+    seen: list[str] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(str(request.url))
+        return httpx2.Response(200, json=kit.chat_body(model="llama-3.3-70b-versatile"))
+
+    client = kit.mock_openai(handler, is_async=is_async, base_url=base_url)
+    await kit.maybe(client.chat.completions.create(model="llama-3.3-70b", messages=MESSAGES))
+    assert seen[0].startswith(base_url)
+    record = only(instrumented())
+    assert record.model_provider == provider
+    assert record.model_name == "llama-3.3-70b-versatile"
+
+
+async def test_uncovered_routes_make_no_record(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool
+) -> None:
+    client = fake.openai_client(async_=is_async)
+    with pytest.raises(openai.NotFoundError):
+        await kit.maybe(client.models.list())
+    assert instrumented() == []
+
+
+def test_records_are_priced_and_attributed(fake: FakeProvider, instrumented: Records) -> None:
+    client = fake.openai_client()
+    with tokenmeter.session("pricing", tags={"team": "a"}) as session:
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    record = only(instrumented())
+    assert record.session_name == "pricing" and record.tags == {"team": "a"}
+    assert record.price_source and record.cost_breakdown
+    assert session.summary.calls == 1
+    assert session.summary.cost_usd == record.estimated_cost_usd
+
+

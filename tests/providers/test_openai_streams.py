@@ -1,0 +1,322 @@
+"""OpenAI streams: transparent to the caller, finalised exactly once on every exit path.
+
+Replies come from ``httpx2.MockTransport`` so the bytes are identical with and without
+tokenmeter, which makes chunk-for-chunk comparison exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import gc
+import json
+import logging
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from types import ModuleType
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+
+import tokenmeter
+from tokenmeter._models import UsageRecord
+from tokenmeter.testing import FakeProvider
+
+Records = Callable[[], list[UsageRecord]]
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+class ChatServer:
+    """Answers chat streams like OpenAI: a usage-only chunk only when include_usage is true."""
+
+    def __init__(self, kit: ModuleType, chunks: int = 5) -> None:
+        self.kit = kit
+        self.chunks = chunks
+        self.bodies: list[dict[str, Any]] = []
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        body = json.loads(request.content)
+        self.bodies.append(body)
+        usage = self.kit.CHAT_USAGE if (body.get("stream_options") or {}).get("include_usage") else None
+        if not body.get("stream"):
+            return httpx2.Response(200, json=self.kit.chat_body())
+        return self.kit.sse_response(self.kit.chat_sse(self.chunks, usage))
+
+
+def dumps(chunks: list[Any]) -> list[dict[str, Any]]:
+    return [chunk.model_dump() for chunk in chunks]
+
+
+async def stream_once(client: Any, kit: ModuleType, **kwargs: Any) -> list[Any]:
+    stream = await kit.maybe(
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True, **kwargs)
+    )
+    return list(await kit.drain(stream))
+
+
+@pytest.mark.parametrize("stream_options", [None, {"include_usage": True}, {"include_usage": False}])
+async def test_caller_sees_exactly_the_chunks_it_would_without_tokenmeter(
+    records: Records, kit: ModuleType, is_async: bool, stream_options: dict[str, Any] | None
+) -> None:
+    server = ChatServer(kit)
+    client = kit.mock_openai(server, is_async=is_async)
+    extra = {} if stream_options is None else {"stream_options": stream_options}
+    bare = await stream_once(client, kit, **extra)
+    tokenmeter.instrument("openai")
+    seen = await stream_once(client, kit, **extra)
+    assert dumps(seen) == dumps(bare)
+    assert [type(c) for c in seen] == [type(c) for c in bare]
+    wants_usage = bool(stream_options and stream_options["include_usage"])
+    assert (seen[-1].usage is not None) is wants_usage  # the usage chunk only when asked for
+    sent = server.bodies[-1]
+    if stream_options is None:
+        assert sent["stream_options"] == {"include_usage": True}  # requested by tokenmeter
+    else:
+        assert sent["stream_options"] == stream_options  # an explicit choice is never overridden
+
+
+async def test_stream_without_usage_is_recorded_with_zero_tokens(
+    records: Records, kit: ModuleType, is_async: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An explicit include_usage False: the call still counts, with the gap visible (0 tokens)."""
+    client = kit.mock_openai(ChatServer(kit), is_async=is_async)
+    tokenmeter.instrument("openai")
+    with caplog.at_level(logging.WARNING, logger="tokenmeter"):
+        await stream_once(client, kit, stream_options={"include_usage": False})
+        await stream_once(client, kit, stream_options={"include_usage": False})
+    first, second = records()
+    assert first.streamed and first.total_tokens == 0 and first.status == "ok"
+    assert first.model_name == "gpt-4o-2024-08-06"
+    warnings = [r for r in caplog.records if "without reporting usage" in r.getMessage()]
+    assert len(warnings) == 1  # once per provider, not per call
+
+
+async def test_callers_arguments_are_not_mutated(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    server = ChatServer(kit)
+    client = kit.mock_openai(server, is_async=is_async)
+    tokenmeter.instrument("openai")
+    messages = [{"role": "user", "content": "hi"}]
+    options = {"include_obfuscation": False}
+    before = copy.deepcopy((messages, options))
+    chunks = await stream_once(client, kit, stream_options=options)
+    assert (messages, options) == before
+    assert server.bodies[-1]["stream_options"] == {"include_obfuscation": False, "include_usage": True}
+    assert all(chunk.choices for chunk in chunks)
+    assert records()[0].input_tokens == 19
+
+
+def test_stream_usage_setting_off_leaves_requests_alone(records: Records, kit: ModuleType) -> None:
+    server = ChatServer(kit)
+    client = kit.mock_openai(server)
+    tokenmeter.configure(sinks=[], stream_usage=False)
+    tokenmeter.instrument("openai")
+    list(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))
+    assert "stream_options" not in server.bodies[-1]
+
+
+# -- every exit path: exactly one record --------------------------------------------------------
+async def _open(client: Any, kit: ModuleType) -> Any:
+    return await kit.maybe(
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+    )
+
+
+async def _next(stream: Any) -> Any:
+    return await stream.__anext__() if hasattr(stream, "__anext__") else next(stream)
+
+
+async def test_break_then_garbage_collection(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    client = kit.mock_openai(ChatServer(kit), is_async=is_async)
+    tokenmeter.instrument("openai")
+    stream = await _open(client, kit)
+    await _next(stream)
+    assert records() == []
+    del stream
+    gc.collect()
+    (record,) = records()
+    assert record.streamed and record.status == "ok"
+    assert record.total_tokens == 0  # cut before the usage chunk: recorded with what it reported
+
+
+async def test_close(records: Records, kit: ModuleType, is_async: bool) -> None:
+    client = kit.mock_openai(ChatServer(kit), is_async=is_async)
+    tokenmeter.instrument("openai")
+    stream = await _open(client, kit)
+    await _next(stream)
+    await kit.maybe(stream.close())
+    assert len(records()) == 1  # at once, not at garbage collection
+    await kit.maybe(stream.close())
+    del stream
+    gc.collect()
+    assert len(records()) == 1
+
+
+async def test_leaving_with_early_and_caller_exception(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    client = kit.mock_openai(ChatServer(kit), is_async=is_async)
+    tokenmeter.instrument("openai")
+    stream = await _open(client, kit)
+    with pytest.raises(KeyError):
+        if is_async:
+            async with stream as entered:
+                assert entered is stream
+                await _next(stream)
+                raise KeyError("caller's own bug")
+        else:
+            with stream as entered:
+                assert entered is stream
+                next(stream)
+                raise KeyError("caller's own bug")
+    (record,) = records()
+    assert record.status == "ok"  # the call itself succeeded; the caller's loop failed
+    assert stream.response.is_closed
+
+
+async def test_exhausted_inside_with_records_once(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    client = kit.mock_openai(ChatServer(kit), is_async=is_async)
+    tokenmeter.instrument("openai")
+    stream = await _open(client, kit)
+    if is_async:
+        async with stream:
+            chunks = [c async for c in stream]
+    else:
+        with stream:
+            chunks = list(stream)
+    assert len(chunks) == 5
+    del stream
+    gc.collect()
+    (record,) = records()
+    assert record.input_tokens == 19 and record.output_tokens == 10
+
+
+async def test_asyncio_cancellation(records: Records, kit: ModuleType) -> None:
+    release = asyncio.Event()
+    first = kit.chat_sse(1)[: -len(b"data: [DONE]\n\n")]
+
+    async def body() -> AsyncIterator[bytes]:
+        yield first
+        await release.wait()  # the server stalls mid-stream
+        yield b"data: [DONE]\n\n"
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+    client = kit.mock_openai(handler, is_async=True)
+    tokenmeter.instrument("openai")
+    got_one = asyncio.Event()
+
+    async def consume() -> None:
+        stream = await _open(client, kit)
+        async for _ in stream:
+            got_one.set()
+
+    task = asyncio.create_task(consume())
+    await got_one.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (record,) = records()
+    assert record.status == "error" and record.error == "CancelledError"
+    assert record.streamed
+
+
+async def test_leaving_the_helpers_with_records_promptly(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """ChatCompletionStream.close() closes raw_stream.response, not the raw stream."""
+    client = kit.mock_openai(ChatServer(kit, chunks=50), is_async=is_async)
+    tokenmeter.instrument("openai")
+    manager = client.chat.completions.stream(model="gpt-4o", messages=MESSAGES)
+    if is_async:
+        async with manager as stream:
+            await stream.__anext__()
+    else:
+        with manager as stream:
+            next(iter(stream))
+    assert len(records()) == 1  # while `stream` is still referenced
+    del stream, manager
+    gc.collect()
+    assert len(records()) == 1
+
+
+async def test_mid_stream_network_failure_is_an_error_record(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    head = kit.chat_sse(2)[: -len(b"data: [DONE]\n\n")]
+
+    class Broken(httpx2.SyncByteStream, httpx2.AsyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            yield head
+            raise httpx2.ReadError("connection reset")
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield head
+            raise httpx2.ReadError("connection reset")
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, stream=Broken(), headers={"content-type": "text/event-stream"})
+
+    client = kit.mock_openai(handler, is_async=is_async)
+    tokenmeter.instrument("openai")
+    stream = await _open(client, kit)
+    with pytest.raises(httpx2.ReadError):
+        await kit.drain(stream)
+    (record,) = records()
+    assert record.status == "error" and record.error == "ReadError"
+
+
+async def test_stream_state_is_constant(records: Records, kit: ModuleType, is_async: bool) -> None:
+    """No chunk outlives the caller's reference to it: nothing is buffered."""
+    client = kit.mock_openai(ChatServer(kit, chunks=200), is_async=is_async)
+    tokenmeter.instrument("openai")
+    stream = await _open(client, kit)
+    refs = []
+    if is_async:
+        async for chunk in stream:
+            refs.append(weakref.ref(chunk))
+    else:
+        for chunk in stream:
+            refs.append(weakref.ref(chunk))
+    del chunk
+    gc.collect()
+    assert len(refs) == 200
+    assert sum(ref() is not None for ref in refs) == 0
+    assert records()[0].input_tokens == 19
+
+
+async def test_stream_consumed_outside_its_session_belongs_to_it(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    client = kit.mock_openai(ChatServer(kit), is_async=is_async)
+    tokenmeter.instrument("openai")
+    with tokenmeter.session("made-here", tags={"k": "v"}) as made:
+        stream = await _open(client, kit)
+    with tokenmeter.session("consumed-here"):
+        await kit.drain(stream)
+    (record,) = records()
+    assert record.session_name == "made-here" and record.tags == {"k": "v"}
+    assert made.summary.calls == 1
+
+
+async def test_stream_proxy_keeps_the_sdk_surface(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool
+) -> None:
+    client = fake.openai_client(async_=is_async)
+    stream = await _open(client, kit)
+    assert isinstance(stream, openai.AsyncStream if is_async else openai.Stream)
+    assert isinstance(stream.response, httpx2.Response)
+    assert stream.response.status_code == 200
+    assert stream.response is stream.response
+    first = await _next(stream)
+    assert first.choices
+    await kit.drain(stream)
+    assert len(instrumented()) == 1
