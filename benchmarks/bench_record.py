@@ -37,8 +37,10 @@ def bench_record() -> None:
     timings.sort()
     median = statistics.median(timings) / 1000
     p99 = timings[int(len(timings) * 0.99)] / 1000
-    print(f"record() on the caller's thread: median {median:.2f} µs, p99 {p99:.2f} µs "
-          f"over {N:,} calls (target: median <= 10 µs) -> {'OK' if median <= 10 else 'MISSED'}")
+    print(
+        f"record() on the caller's thread: median {median:.2f} µs, p99 {p99:.2f} µs "
+        f"over {N:,} calls (target: median <= 10 µs) -> {'OK' if median <= 10 else 'MISSED'}"
+    )
     assert len(sink.records) == N + 2_000
 
 
@@ -51,12 +53,15 @@ def bench_import() -> None:
     )
     runs = []
     for _ in range(5):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.split()
         runs.append(float(out[0]))
         loaded = out[1] if len(out) > 1 else ""
-    print(f"import tokenmeter: median {statistics.median(runs) * 1000:.0f} ms over 5 fresh "
-          f"interpreters; provider SDKs / genai_prices imported: {loaded or 'none'}")
+    print(
+        f"import tokenmeter: median {statistics.median(runs) * 1000:.0f} ms over 5 fresh "
+        f"interpreters; provider SDKs / genai_prices imported: {loaded or 'none'}"
+    )
 
 
 if __name__ == "__main__":

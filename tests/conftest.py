@@ -16,8 +16,13 @@ from tokenmeter.sinks import InMemorySink
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A fresh working directory and no TOKENMETER_* settings leaking in from the machine."""
     monkeypatch.chdir(tmp_path)
-    for name in ("TOKENMETER_DIR", "TOKENMETER_SINKS", "TOKENMETER_DISABLED", "TOKENMETER_PRICES",
-                 "TOKENMETER_STREAM_USAGE"):
+    for name in (
+        "TOKENMETER_DIR",
+        "TOKENMETER_SINKS",
+        "TOKENMETER_DISABLED",
+        "TOKENMETER_PRICES",
+        "TOKENMETER_STREAM_USAGE",
+    ):
         monkeypatch.delenv(name, raising=False)
     yield
     tokenmeter.uninstrument()

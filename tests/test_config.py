@@ -30,8 +30,9 @@ def test_environment_beats_pyproject_and_arguments_beat_both(tmp_path: Path) -> 
     from_env = load_settings(env={"TOKENMETER_SINKS": "sqlite,markdown"}, cwd=tmp_path)
     assert from_env.sinks == ("sqlite", "markdown")
     assert from_env.directory == tmp_path / "from-file"
-    explicit = load_settings({"sinks": ("jsonl",)}, env={"TOKENMETER_SINKS": "sqlite"},
-                             cwd=tmp_path)
+    explicit = load_settings(
+        {"sinks": ("jsonl",)}, env={"TOKENMETER_SINKS": "sqlite"}, cwd=tmp_path
+    )
     assert explicit.sinks == ("jsonl",)
 
 
@@ -63,19 +64,23 @@ def test_price_overrides_from_configure_and_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sink: InMemorySink
 ) -> None:
     prices = tmp_path / "prices.toml"
-    prices.write_text('[my-model]\ninput_per_mtok = 2\noutput_per_mtok = 10\n'
-                      '[other-model]\ninput_per_mtok = 1\noutput_per_mtok = 1\n')
+    prices.write_text(
+        "[my-model]\ninput_per_mtok = 2\noutput_per_mtok = 10\n"
+        "[other-model]\ninput_per_mtok = 1\noutput_per_mtok = 1\n"
+    )
     monkeypatch.setenv("TOKENMETER_PRICES", str(prices))
-    tokenmeter.configure(sinks=[sink], prices={"other-model": {"input_per_mtok": 3,
-                                                               "output_per_mtok": 3}})
+    tokenmeter.configure(
+        sinks=[sink], prices={"other-model": {"input_per_mtok": 3, "output_per_mtok": 3}}
+    )
     mine = tokenmeter.record("openai", "my-model", 1_000_000, 100_000)
     other = tokenmeter.record("openai", "other-model", 1_000_000, 0)
     assert (mine.estimated_cost_usd, mine.price_source) == (Decimal("3"), "override")
     assert other.estimated_cost_usd == Decimal("3")  # configure() wins over the file
 
 
-def test_malformed_price_file_is_a_clear_error(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_malformed_price_file_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     prices = tmp_path / "prices.json"
     prices.write_text('{"my-model": {"input_per_mtok": "cheap"}}')
     monkeypatch.setenv("TOKENMETER_PRICES", str(prices))

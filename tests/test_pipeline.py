@@ -109,17 +109,27 @@ if sys.argv[1] == "raise":
 
 @pytest.mark.parametrize("how", ["normal", "raise"])
 def test_exit_flushes_every_record_to_default_sinks(tmp_path: Path, how: str) -> None:
-    env = {**os.environ, "TOKENMETER_SINKS": "sqlite,jsonl,markdown",
-           "TOKENMETER_DIR": str(tmp_path / "meter")}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, how], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "TOKENMETER_SINKS": "sqlite,jsonl,markdown",
+        "TOKENMETER_DIR": str(tmp_path / "meter"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, how],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert (done.returncode == 0) == (how == "normal"), done.stderr
     meter = tmp_path / "meter"
     with sqlite3.connect(meter / "usage.db") as db:
         assert db.execute("select count(*) from records").fetchone() == (1000,)
         # The session ended before the crash, so it completed either way.
         assert db.execute("select status from sessions where name='job'").fetchone() == (
-            "completed",)
+            "completed",
+        )
     lines = (meter / "usage.jsonl").read_text().splitlines()
     assert len(lines) == 1000
     assert all(json.loads(line)["session_name"] == "job" for line in lines)

@@ -14,17 +14,38 @@ from tokenmeter import Usage, UsageRecord
 from tokenmeter.sinks import InMemorySink
 
 SPEC_KEYS = [
-    "timestamp", "model_provider", "model_name", "input_tokens", "output_tokens", "total_tokens",
-    "estimated_cost_usd", "id", "request_model", "operation", "cache_read_tokens",
-    "cache_write_tokens", "reasoning_tokens", "cost_breakdown", "price_source", "session_id",
-    "session_name", "tags", "latency_ms", "streamed", "status", "error", "request_id", "estimated",
+    "timestamp",
+    "model_provider",
+    "model_name",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "estimated_cost_usd",
+    "id",
+    "request_model",
+    "operation",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_breakdown",
+    "price_source",
+    "session_id",
+    "session_name",
+    "tags",
+    "latency_ms",
+    "streamed",
+    "status",
+    "error",
+    "request_id",
+    "estimated",
 ]
 
 
 def test_record_is_priced_attributed_and_written(sink: InMemorySink) -> None:
     with tokenmeter.session("chat", tags={"feature": "support"}) as s:
-        rec = tokenmeter.record("openai", "gpt-4o", 10_000, 500, cache_read_tokens=8_000,
-                                tags={"user": "u1"})
+        rec = tokenmeter.record(
+            "openai", "gpt-4o", 10_000, 500, cache_read_tokens=8_000, tags={"user": "u1"}
+        )
     assert tokenmeter.flush(5)
     assert sink.records == [rec]
     assert rec.estimated_cost_usd == Decimal("0.02")  # pricing-reference.csv row 2
@@ -37,9 +58,14 @@ def test_record_is_priced_attributed_and_written(sink: InMemorySink) -> None:
 
 
 def test_json_form_has_spec_keys_in_order_and_round_trips(sink: InMemorySink) -> None:
-    rec = tokenmeter.record("anthropic", "claude-sonnet-4-5-20250929", 10_500, 300,
-                            cache_write_tokens=10_000,
-                            timestamp=datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=UTC))
+    rec = tokenmeter.record(
+        "anthropic",
+        "claude-sonnet-4-5-20250929",
+        10_500,
+        300,
+        cache_write_tokens=10_000,
+        timestamp=datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=UTC),
+    )
     data = rec.to_json_dict()
     assert list(data) == SPEC_KEYS
     assert data["timestamp"] == "2026-11-22T10:00:00.123Z"
@@ -76,8 +102,12 @@ def test_unknown_model_records_null_cost_never_zero(sink: InMemorySink) -> None:
 def test_bad_input_raises_value_error_and_writes_nothing(
     sink: InMemorySink, kwargs: dict[str, Any], message: str
 ) -> None:
-    args: dict[str, Any] = {"provider": "openai", "model": "gpt-4o", "input_tokens": 100,
-                            "output_tokens": 10}
+    args: dict[str, Any] = {
+        "provider": "openai",
+        "model": "gpt-4o",
+        "input_tokens": 100,
+        "output_tokens": 10,
+    }
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         tokenmeter.record(**args)
@@ -86,11 +116,19 @@ def test_bad_input_raises_value_error_and_writes_nothing(
 
 
 def test_record_response_detects_the_provider(sink: InMemorySink) -> None:
-    rec = tokenmeter.record_response({
-        "type": "message", "id": "msg_1", "model": "claude-opus-4-1-20250805",
-        "usage": {"input_tokens": 2000, "cache_read_input_tokens": 3000,
-                  "cache_creation_input_tokens": 1000, "output_tokens": 2000},
-    })
+    rec = tokenmeter.record_response(
+        {
+            "type": "message",
+            "id": "msg_1",
+            "model": "claude-opus-4-1-20250805",
+            "usage": {
+                "input_tokens": 2000,
+                "cache_read_input_tokens": 3000,
+                "cache_creation_input_tokens": 1000,
+                "output_tokens": 2000,
+            },
+        }
+    )
     assert rec.model_provider == "anthropic"
     assert rec.input_tokens == 6000
     assert rec.estimated_cost_usd == Decimal("0.20325")  # reference CSV row 16
@@ -99,14 +137,22 @@ def test_record_response_detects_the_provider(sink: InMemorySink) -> None:
 
 def test_record_response_reads_sdk_objects() -> None:
     openai = pytest.importorskip("openai")
-    completion = openai.types.chat.ChatCompletion.model_validate({
-        "id": "c1", "object": "chat.completion", "created": 1, "model": "gpt-4o-2024-08-06",
-        "choices": [], "usage": {"prompt_tokens": 1000, "completion_tokens": 500,
-                                 "total_tokens": 1500},
-    })
+    completion = openai.types.chat.ChatCompletion.model_validate(
+        {
+            "id": "c1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "gpt-4o-2024-08-06",
+            "choices": [],
+            "usage": {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500},
+        }
+    )
     rec = tokenmeter.record_response(completion)
     assert (rec.model_provider, rec.model_name, rec.operation) == (
-        "openai", "gpt-4o-2024-08-06", "chat.completions")
+        "openai",
+        "gpt-4o-2024-08-06",
+        "chat.completions",
+    )
     assert rec.estimated_cost_usd == Decimal("0.0075")
 
 
@@ -120,8 +166,11 @@ def test_record_response_rejects_unreadable_shapes(sink: InMemorySink) -> None:
 
 
 def test_price_returns_decimal_and_none_for_unknown() -> None:
-    cost = tokenmeter.price("google", "gemini-2.5-pro",
-                            Usage(input_tokens=10_000, output_tokens=3_000, reasoning_tokens=2_000))
+    cost = tokenmeter.price(
+        "google",
+        "gemini-2.5-pro",
+        Usage(input_tokens=10_000, output_tokens=3_000, reasoning_tokens=2_000),
+    )
     assert cost.total_usd == Decimal("0.0425")
     assert tokenmeter.price("openai", "no-such-model", {"input_tokens": 1}).total_usd is None
     with pytest.raises(ValueError, match="provider"):

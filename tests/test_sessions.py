@@ -106,8 +106,7 @@ def test_track_and_session_decorators_make_a_fresh_session_per_call(sink: InMemo
     first, second = summarise(), summarise()
     assert first != second
     tokenmeter.flush(5)
-    assert [r.session_name for r in sink.records] == [
-        summarise.__wrapped__.__qualname__] * 2  # type: ignore[attr-defined]
+    assert [r.session_name for r in sink.records] == [summarise.__wrapped__.__qualname__] * 2  # type: ignore[attr-defined]
     assert sink.records[0].tags == {"feature": "summarise"}
     ids = {asyncio.run(run_async()), asyncio.run(run_async())}
     assert len(ids) == 2 and None not in ids
@@ -122,9 +121,10 @@ def test_a_session_object_cannot_be_entered_twice() -> None:
 
 
 def test_budget_warns_once(sink: InMemorySink, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="tokenmeter"), tokenmeter.session(
-        "b", budget_usd=0.01
-    ) as s:
+    with (
+        caplog.at_level(logging.WARNING, logger="tokenmeter"),
+        tokenmeter.session("b", budget_usd=0.01) as s,
+    ):
         for _ in range(3):
             tokenmeter.record("openai", "gpt-4o", 1000, 500)  # $0.0075 each
     assert s.over_budget
@@ -133,8 +133,12 @@ def test_budget_warns_once(sink: InMemorySink, caplog: pytest.LogCaptureFixture)
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"tags": ["a"]}, "tags"), ({"budget_usd": -1}, "budget_usd"), ({"id": ""}, "id"),
-     ({"budget_usd": "lots"}, "budget_usd")],
+    [
+        ({"tags": ["a"]}, "tags"),
+        ({"budget_usd": -1}, "budget_usd"),
+        ({"id": ""}, "id"),
+        ({"budget_usd": "lots"}, "budget_usd"),
+    ],
 )
 def test_bad_session_arguments(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):

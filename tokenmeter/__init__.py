@@ -1,10 +1,10 @@
 """tokenmeter: exact, local cost metering for LLM calls.
 
-    import tokenmeter
-    tokenmeter.instrument()          # patch every installed provider SDK, once
-    with tokenmeter.session("chat", tags={"feature": "support"}) as s:
-        ...                          # OpenAI / Anthropic / Gemini calls as usual
-    print(s.summary.cost_usd)
+import tokenmeter
+tokenmeter.instrument()          # patch every installed provider SDK, once
+with tokenmeter.session("chat", tags={"feature": "support"}) as s:
+    ...                          # OpenAI / Anthropic / Gemini calls as usual
+print(s.summary.cost_usd)
 """
 
 from __future__ import annotations
@@ -88,5 +88,3 @@ def __getattr__(name: str) -> Any:
 
         return importlib.import_module("tokenmeter.testing")
     raise AttributeError(f"module 'tokenmeter' has no attribute {name!r}")
-
-

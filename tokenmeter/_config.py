@@ -1,4 +1,4 @@
-"""Settings: explicit ``configure()`` arguments > ``TOKENMETER_*`` environment > ``[tool.tokenmeter]``.
+"""Settings: ``configure()`` arguments > ``TOKENMETER_*`` environment > ``[tool.tokenmeter]``.
 
 Read once, lazily (the first record or ``instrument()``), never on the hot path.
 """

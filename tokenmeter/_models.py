@@ -87,8 +87,10 @@ class Cost(BaseModel):
         if self.breakdown is None:
             return None
         b = self.breakdown
-        return b.get("input", Decimal(0)) + b.get("cache_read", Decimal(0)) + b.get(
-            "cache_write", Decimal(0)
+        return (
+            b.get("input", Decimal(0))
+            + b.get("cache_read", Decimal(0))
+            + b.get("cache_write", Decimal(0))
         )
 
     @property
@@ -250,9 +252,15 @@ def _construct(cls: type[M], values: dict[str, Any]) -> M:
 def _pick_builder() -> Any:
     """Use the fast path only if it gives what pydantic gives (checked once, at import)."""
     probe = {
-        "timestamp": datetime(2026, 1, 1, tzinfo=UTC), "model_provider": "p", "model_name": "m",
-        "input_tokens": 1, "output_tokens": 1, "total_tokens": 2,
-        "estimated_cost_usd": Decimal("0.5"), "id": "x", **{
+        "timestamp": datetime(2026, 1, 1, tzinfo=UTC),
+        "model_provider": "p",
+        "model_name": "m",
+        "input_tokens": 1,
+        "output_tokens": 1,
+        "total_tokens": 2,
+        "estimated_cost_usd": Decimal("0.5"),
+        "id": "x",
+        **{
             name: info.get_default(call_default_factory=True)
             for name, info in UsageRecord.model_fields.items()
             if not info.is_required()

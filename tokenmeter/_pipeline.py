@@ -76,7 +76,7 @@ class _SinkState:
             while self.pending:
                 run = self.pending[0]
                 if isinstance(run[0], UsageRecord):
-                    self.sink.write(run)  # type: ignore[arg-type]
+                    self.sink.write(run)
                 else:
                     write_sessions = getattr(self.sink, "write_sessions", None)
                     if write_sessions is not None:
@@ -87,7 +87,9 @@ class _SinkState:
             if not self.failing:
                 logger.error(
                     "tokenmeter sink %s failed (%s: %s); its records are kept and retried",
-                    _name(self.sink), type(exc).__name__, exc,
+                    _name(self.sink),
+                    type(exc).__name__,
+                    exc,
                 )
             self.failing = True
             self.retry_at = now + self.backoff
@@ -105,7 +107,9 @@ class _SinkState:
             self.dropped += len(run)
             logger.error(
                 "tokenmeter sink %s has failed for too long: dropped %d oldest records (%d in all)",
-                _name(self.sink), len(run), self.dropped,
+                _name(self.sink),
+                len(run),
+                self.dropped,
             )
 
 

@@ -60,32 +60,35 @@ def emit(
     cost = price_usage(provider, model, usage, at=now, tier=tier)
     session = _sessions.current_session() or _sessions.implicit_session()
     session_tags = session.effective_tags
-    record: UsageRecord = trusted(UsageRecord, {
-        "timestamp": now,
-        "model_provider": provider,
-        "model_name": model,
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "total_tokens": usage.input_tokens + usage.output_tokens,
-        "estimated_cost_usd": cost.total_usd,
-        "id": f"{_id_prefix}{next(_id_counter):010x}",
-        "request_model": request_model,
-        "operation": operation,
-        "cache_read_tokens": usage.cache_read_tokens,
-        "cache_write_tokens": usage.cache_write_tokens,
-        "reasoning_tokens": usage.reasoning_tokens,
-        "cost_breakdown": cost.breakdown,
-        "price_source": cost.price_source,
-        "session_id": session.id,
-        "session_name": session.name,
-        "tags": {**session_tags, **tags} if tags else session_tags,
-        "latency_ms": latency_ms,
-        "streamed": streamed,
-        "status": status,
-        "error": error,
-        "request_id": request_id,
-        "estimated": estimated,
-    })
+    record: UsageRecord = trusted(
+        UsageRecord,
+        {
+            "timestamp": now,
+            "model_provider": provider,
+            "model_name": model,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "total_tokens": usage.input_tokens + usage.output_tokens,
+            "estimated_cost_usd": cost.total_usd,
+            "id": f"{_id_prefix}{next(_id_counter):010x}",
+            "request_model": request_model,
+            "operation": operation,
+            "cache_read_tokens": usage.cache_read_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+            "cost_breakdown": cost.breakdown,
+            "price_source": cost.price_source,
+            "session_id": session.id,
+            "session_name": session.name,
+            "tags": {**session_tags, **tags} if tags else session_tags,
+            "latency_ms": latency_ms,
+            "streamed": streamed,
+            "status": status,
+            "error": error,
+            "request_id": request_id,
+            "estimated": estimated,
+        },
+    )
     if not session._announced:
         _sessions.attribute(session)
     session._add(record)

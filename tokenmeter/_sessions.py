@@ -175,7 +175,10 @@ class Session:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self._end(failed=exc_type is not None)
 
@@ -183,7 +186,10 @@ class Session:
         return self.__enter__()
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.__exit__(exc_type, exc, tb)
 
@@ -290,9 +296,7 @@ def session(
     return Session(name, id=id, tags=tags, budget_usd=budget_usd, notes=notes)
 
 
-def track(
-    name: str | None = None, *, tags: dict[str, str] | None = None
-) -> Callable[[F], F]:
+def track(name: str | None = None, *, tags: dict[str, str] | None = None) -> Callable[[F], F]:
     """Decorator: every call of the function runs in its own session (named after it by default)."""
     _check_tags(tags)
 

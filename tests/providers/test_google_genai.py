@@ -50,7 +50,7 @@ _clients: list[genai.Client] = []
 
 def client(fake: FakeProvider, **kwargs: Any) -> genai.Client:
     """A client kept alive for the test (``genai.Client.__del__`` closes its HTTP client)."""
-    made = fake.genai_client(**kwargs)
+    made: genai.Client = fake.genai_client(**kwargs)
     _clients.append(made)
     return made
 
@@ -338,11 +338,11 @@ def _mock_client(body: dict[str, Any]) -> genai.Client:
     transport = httpx2.MockTransport(reply)
     return genai.Client(
         api_key="fake-key",
-        http_options={
-            "base_url": "http://gemini.invalid",
-            "api_version": "v1beta",
-            "httpx_client": httpx2.Client(transport=transport),
-        },
+        http_options=gtypes.HttpOptions(
+            base_url="http://gemini.invalid",
+            api_version="v1beta",
+            httpx_client=httpx2.Client(transport=transport),
+        ),
     )
 
 

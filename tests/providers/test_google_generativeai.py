@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
 
-import grpc
+import grpc  # type: ignore[import-untyped]
 import pytest
 from google.ai import generativelanguage_v1beta as glm
 from google.ai.generativelanguage_v1beta.services.generative_service.transports import (
@@ -26,7 +26,6 @@ from tokenmeter.testing import FakeProvider, GeminiUsage, InMemorySink
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
-    import google.generativeai as legacy
     from google.generativeai import generative_models
     from google.generativeai.types import generation_types
 
@@ -57,6 +56,11 @@ def instrumented() -> None:
     tokenmeter.instrument("google-generativeai")
 
 
+def model(name: str = "gemini-1.5-flash") -> Any:
+    """A legacy model (typed Any: the SDK's methods are untyped)."""
+    return generative_models.GenerativeModel(name)
+
+
 def records(sink: InMemorySink) -> list[UsageRecord]:
     tokenmeter.flush()
     return list(sink.records)
@@ -80,7 +84,7 @@ def assert_counts(record: UsageRecord) -> None:
 
 @pytest.mark.usefixtures("fake", "instrumented")
 def test_generate_content_counts_hidden_thoughts(sink: InMemorySink) -> None:
-    response = legacy.GenerativeModel("gemini-1.5-flash").generate_content("hi")
+    response = model("gemini-1.5-flash").generate_content("hi")
 
     assert isinstance(response, generation_types.GenerateContentResponse)
     assert response.usage_metadata.candidates_token_count == USAGE.candidates
@@ -95,7 +99,7 @@ def test_generate_content_counts_hidden_thoughts(sink: InMemorySink) -> None:
 @pytest.mark.usefixtures("instrumented")
 def test_model_name_comes_from_the_response_version(fake: FakeProvider, sink: InMemorySink) -> None:
     fake.set_model("gemini-1.5-flash", "gemini-1.5-flash-002")
-    legacy.GenerativeModel("models/gemini-1.5-flash").generate_content(contents="hi")
+    model("models/gemini-1.5-flash").generate_content(contents="hi")
     record = only(sink)
     assert (record.model_name, record.request_model) == (
         "gemini-1.5-flash-002",
@@ -105,7 +109,7 @@ def test_model_name_comes_from_the_response_version(fake: FakeProvider, sink: In
 
 @pytest.mark.usefixtures("fake", "instrumented")
 def test_stream_records_the_final_running_total_once(sink: InMemorySink) -> None:
-    response = legacy.GenerativeModel("gemini-1.5-flash").generate_content("hi", stream=True)
+    response = model("gemini-1.5-flash").generate_content("hi", stream=True)
     assert isinstance(response, generation_types.GenerateContentResponse)
     assert records(sink) == []  # not before the stream is done with
 
@@ -120,7 +124,7 @@ def test_stream_records_the_final_running_total_once(sink: InMemorySink) -> None
 
 @pytest.mark.usefixtures("fake", "instrumented")
 def test_stream_resolve_records_once(sink: InMemorySink) -> None:
-    response = legacy.GenerativeModel("gemini-1.5-flash").generate_content("hi", stream=True)
+    response = model("gemini-1.5-flash").generate_content("hi", stream=True)
     response.resolve()
     response.resolve()
     assert response.text
@@ -129,7 +133,7 @@ def test_stream_resolve_records_once(sink: InMemorySink) -> None:
 
 @pytest.mark.usefixtures("fake", "instrumented")
 def test_stream_broken_off_records_what_was_reported(sink: InMemorySink) -> None:
-    response = legacy.GenerativeModel("gemini-1.5-flash").generate_content("hi", stream=True)
+    response = model("gemini-1.5-flash").generate_content("hi", stream=True)
     for _ in response:
         break
     del response
@@ -143,7 +147,7 @@ def test_stream_broken_off_records_what_was_reported(sink: InMemorySink) -> None
 
 @pytest.mark.usefixtures("fake", "instrumented")
 def test_chat_session_is_one_record_per_message(sink: InMemorySink) -> None:
-    chat = legacy.GenerativeModel("gemini-1.5-flash").start_chat()
+    chat = model("gemini-1.5-flash").start_chat()
     chat.send_message("hi")
     chat.send_message("again", stream=True).resolve()
     found = records(sink)
@@ -162,7 +166,7 @@ def test_api_error_is_recorded_and_reraised(
 ) -> None:
     fake.fail_next(status, count=5)  # more than any SDK retry would use
     with pytest.raises(error):
-        legacy.GenerativeModel("gemini-1.5-flash").generate_content("hi")
+        model("gemini-1.5-flash").generate_content("hi")
     record = only(sink)
     assert (record.status, record.error) == ("error", error.__name__)
     assert record.model_name == "gemini-1.5-flash"
@@ -175,21 +179,21 @@ def test_api_error_is_recorded_and_reraised(
 def test_instrument_twice_and_wrap_are_one_record(sink: InMemorySink) -> None:
     tokenmeter.instrument("google-generativeai")
     tokenmeter.instrument("google-generativeai")
-    model = tokenmeter.wrap(legacy.GenerativeModel("gemini-1.5-flash"))
-    model.generate_content("hi")
-    model.generate_content("hi", stream=True).resolve()
+    wrapped = tokenmeter.wrap(model())
+    wrapped.generate_content("hi")
+    wrapped.generate_content("hi", stream=True).resolve()
     assert [r.streamed for r in records(sink)] == [False, True]
 
 
 @pytest.mark.usefixtures("fake")
 def test_wrap_alone_meters_that_model_only(sink: InMemorySink) -> None:
     original = generative_models.GenerativeModel.__dict__["generate_content"]
-    model = legacy.GenerativeModel("gemini-1.5-flash")
-    assert tokenmeter.wrap(model) is model
-    assert tokenmeter.wrap(model) is model
+    metered = model()
+    assert tokenmeter.wrap(metered) is metered
+    assert tokenmeter.wrap(metered) is metered
 
-    model.start_chat().send_message("hi")
-    legacy.GenerativeModel("gemini-1.5-flash").generate_content("hi")
+    metered.start_chat().send_message("hi")
+    model().generate_content("hi")  # another model: not metered
 
     assert generative_models.GenerativeModel.__dict__["generate_content"] is original
     assert_counts(only(sink))
@@ -207,7 +211,7 @@ def test_uninstrument_restores_the_original_methods(sink: InMemorySink) -> None:
     tokenmeter.uninstrument("google-generativeai")
 
     assert {name: owner.__dict__[name] for name in originals} == originals
-    legacy.GenerativeModel("gemini-1.5-flash").generate_content("hi")
+    model("gemini-1.5-flash").generate_content("hi")
     assert records(sink) == []
 
 
@@ -262,10 +266,10 @@ def grpc_address() -> Iterator[str]:
 
 
 def _async_model(address: str) -> Any:
-    model = legacy.GenerativeModel("gemini-1.5-flash")
+    legacy_model = model()
     transport = GenerativeServiceGrpcAsyncIOTransport(channel=grpc.aio.insecure_channel(address))
-    model._async_client = glm.GenerativeServiceAsyncClient(transport=transport)
-    return model
+    legacy_model._async_client = glm.GenerativeServiceAsyncClient(transport=transport)
+    return legacy_model
 
 
 @pytest.mark.usefixtures("instrumented")

@@ -268,10 +268,11 @@ async def test_mid_stream_network_failure_is_an_error_record(
     client = kit.mock_openai(handler, is_async=is_async)
     tokenmeter.instrument("openai")
     stream = await _open(client, kit)
-    with pytest.raises(httpx2.ReadError):
+    with pytest.raises(openai.APIConnectionError) as raised:
         await kit.drain(stream)
+    assert isinstance(raised.value.__cause__, httpx2.ReadError)  # the SDK's own exception chain
     (record,) = records()
-    assert record.status == "error" and record.error == "ReadError"
+    assert record.status == "error" and record.error == "APIConnectionError"
 
 
 async def test_stream_state_is_constant(records: Records, kit: ModuleType, is_async: bool) -> None:

@@ -90,7 +90,10 @@ def test_openai_prompt_tokens_already_include_cached_and_reasoning_is_inside_out
         input_tokens=19, output_tokens=10, cache_read_tokens=4, reasoning_tokens=2
     )
     assert (found.model, found.operation, found.request_id, found.tier) == (
-        "gpt-4o-2024-08-06", "chat.completions", "chatcmpl-123", None
+        "gpt-4o-2024-08-06",
+        "chat.completions",
+        "chatcmpl-123",
+        None,
     )
 
 
@@ -145,8 +148,10 @@ def test_anthropic_input_excludes_cache_so_all_three_are_added() -> None:
 
 def test_anthropic_sdk_object_and_thinking_tokens() -> None:
     anthropic = pytest.importorskip("anthropic")
-    body = {**ANTHROPIC_MESSAGE, "usage": {**ANTHROPIC_MESSAGE["usage"],
-                                           "output_tokens_details": {"thinking_tokens": 4}}}
+    body = {
+        **ANTHROPIC_MESSAGE,
+        "usage": {**ANTHROPIC_MESSAGE["usage"], "output_tokens_details": {"thinking_tokens": 4}},
+    }
     message = anthropic.types.Message.model_validate(body)
     found = extract(message)
     assert found.usage.reasoning_tokens == 4
@@ -154,8 +159,11 @@ def test_anthropic_sdk_object_and_thinking_tokens() -> None:
 
 
 def test_anthropic_cache_split_without_total_field() -> None:
-    usage = {"input_tokens": 10, "output_tokens": 1,
-             "cache_creation": {"ephemeral_5m_input_tokens": 7, "ephemeral_1h_input_tokens": 3}}
+    usage = {
+        "input_tokens": 10,
+        "output_tokens": 1,
+        "cache_creation": {"ephemeral_5m_input_tokens": 7, "ephemeral_1h_input_tokens": 3},
+    }
     found = extract({"type": "message", "model": "claude-haiku-4-5", "usage": usage})
     assert (found.usage.input_tokens, found.usage.cache_write_tokens) == (20, 10)
     assert found.usage.cache_write_1h_tokens == 3
@@ -187,8 +195,12 @@ def test_legacy_gemini_without_thoughts_field_derives_output_from_total() -> Non
 def test_legacy_proto_object() -> None:
     glm = pytest.importorskip("google.ai.generativelanguage")
     response = glm.GenerateContentResponse(
-        usage_metadata={"prompt_token_count": 8, "candidates_token_count": 5,
-                        "total_token_count": 45, "cached_content_token_count": 2}
+        usage_metadata={
+            "prompt_token_count": 8,
+            "candidates_token_count": 5,
+            "total_token_count": 45,
+            "cached_content_token_count": 2,
+        }
     )
     found = extract(response, "google")
     assert found.usage == Usage(
@@ -197,8 +209,10 @@ def test_legacy_proto_object() -> None:
 
 
 def test_gemini_flex_traffic_is_a_tier() -> None:
-    body = {**GEMINI_RESPONSE,
-            "usageMetadata": {**GEMINI_RESPONSE["usageMetadata"], "trafficType": "ON_DEMAND_FLEX"}}
+    body = {
+        **GEMINI_RESPONSE,
+        "usageMetadata": {**GEMINI_RESPONSE["usageMetadata"], "trafficType": "ON_DEMAND_FLEX"},
+    }
     assert extract(body).tier == "flex"
 
 

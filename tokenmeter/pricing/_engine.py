@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Context, Decimal, localcontext
@@ -44,8 +44,12 @@ def _make_cost(
     total: Decimal, breakdown: dict[str, Decimal], source: str, priced_model: str
 ) -> Cost:
     """A Cost from figures computed here, without re-validating them (hot path)."""
-    values = {"total_usd": total, "breakdown": breakdown, "price_source": source,
-              "priced_model": priced_model}
+    values = {
+        "total_usd": total,
+        "breakdown": breakdown,
+        "price_source": source,
+        "priced_model": priced_model,
+    }
     cost: Cost = trusted(Cost, values)
     return cost
 
@@ -192,6 +196,8 @@ def _price_source() -> PriceSource:
             if _source is None:
                 _source = _default_source()
     return _source
+
+
 _entries: dict[tuple[str | None, str, str | None], _Entry] = {}
 _warned: set[tuple[str | None, str]] = set()
 _lock = threading.RLock()

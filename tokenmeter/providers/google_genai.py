@@ -65,7 +65,7 @@ def _read_response(response: Any, call: Call) -> None:
     stats = [getattr(e, "statistics", None) for e in getattr(response, "embeddings", None) or []]
     counts = [getattr(s, "token_count", None) for s in stats]
     if counts and all(isinstance(c, int | float) for c in counts):
-        usage = usage_from_gemini({"prompt_token_count": int(sum(counts))})
+        usage = usage_from_gemini({"prompt_token_count": sum(int(c or 0) for c in counts)})
         call.take(Extracted(provider=PROVIDER, usage=usage, operation=call.operation))
 
 
@@ -195,7 +195,7 @@ def _wrap_models(models_obj: Any, is_async: bool) -> None:
         return
     for name, wrapper in _targets(type(models_obj), is_async, gated=False):
         setattr(models_obj, name, wrapt.FunctionWrapper(getattr(models_obj, name), wrapper))
-    models_obj._tokenmeter_wrapped = True
+    models_obj.__dict__["_tokenmeter_wrapped"] = True
 
 
 def wrap_instance(obj: Any) -> bool:

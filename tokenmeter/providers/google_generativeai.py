@@ -57,7 +57,7 @@ def _read(response: Any, call: Call) -> None:
     call.take(Extracted(PROVIDER, usage, model=version or None, operation=OPERATION))
 
 
-class _StreamResponse(wrapt.ObjectProxy):  # type: ignore[misc]
+class _StreamResponse(wrapt.ObjectProxy[Any]):
     """The SDK's stream response (``isinstance`` holds), recorded once when it is done with."""
 
     def __init__(self, wrapped: Any, call: Call) -> None:
@@ -189,5 +189,5 @@ def wrap_instance(obj: Any) -> bool:
     for name, run in (("generate_content", _generate), ("generate_content_async", _generate_async)):
         wrapper = _wrapper(run, gated=False, model=obj)
         setattr(obj, name, wrapt.FunctionWrapper(getattr(obj, name), wrapper))
-    obj._tokenmeter_wrapped = True
+    obj.__dict__["_tokenmeter_wrapped"] = True
     return True

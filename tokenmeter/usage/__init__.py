@@ -31,8 +31,20 @@ _READERS = {
     "google": from_gemini_response,
 }
 #: Providers whose responses have OpenAI's shape (OpenAI-compatible APIs).
-_OPENAI_SHAPED = {"azure", "groq", "deepseek", "openrouter", "mistral", "x-ai", "together",
-                  "fireworks", "perplexity", "ollama", "vllm", "cerebras"}
+_OPENAI_SHAPED = {
+    "azure",
+    "groq",
+    "deepseek",
+    "openrouter",
+    "mistral",
+    "x-ai",
+    "together",
+    "fireworks",
+    "perplexity",
+    "ollama",
+    "vllm",
+    "cerebras",
+}
 
 
 def detect_provider(response: Any) -> str:
@@ -60,5 +72,7 @@ def extract(response: Any, provider: str | None = None) -> Extracted:
     family = "google" if family in ("gemini", "vertex", "google-genai") else family
     reader = _READERS.get(family)
     if reader is None:
-        raise ValueError(f"unknown provider {provider!r}: expected one of openai, anthropic, google")
+        raise ValueError(
+            f"unknown provider {provider!r}: expected one of openai, anthropic, google"
+        )
     return reader(response, detected if detected not in ("gemini", "google-genai") else "google")

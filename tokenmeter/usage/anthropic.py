@@ -1,8 +1,9 @@
 """Anthropic usage -> Usage.
 
 Anthropic's ``input_tokens`` EXCLUDES cache reads and writes, so all input is
-``input_tokens + cache_read_input_tokens + cache_creation_input_tokens``. Cache writes are split by TTL
-in ``cache_creation`` (5-minute at 1.25x input, 1-hour at 2x). Thinking is inside ``output_tokens``.
+``input_tokens + cache_read_input_tokens + cache_creation_input_tokens``. Cache writes are split
+by TTL in ``cache_creation`` (5-minute at 1.25x input, 1-hour at 2x). Thinking is inside
+``output_tokens``.
 """
 
 from __future__ import annotations

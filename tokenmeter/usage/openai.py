@@ -2,7 +2,8 @@
 
 ``prompt_tokens``/``input_tokens`` already include ``cached_tokens``; reasoning is already inside
 ``completion_tokens``/``output_tokens``. So the totals are taken as they are and the details are
-subsets. OpenAI-compatible servers put extra keys beside them (DeepSeek: ``prompt_cache_hit_tokens``).
+subsets. OpenAI-compatible servers put extra keys beside them
+(DeepSeek: ``prompt_cache_hit_tokens``).
 """
 
 from __future__ import annotations
