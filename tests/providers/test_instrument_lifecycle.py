@@ -3,6 +3,7 @@ nothing of ours ever breaking or changing a call (errors, retries, faults, warni
 
 from __future__ import annotations
 
+import gc
 import logging
 import warnings
 from collections.abc import Callable
@@ -22,29 +23,258 @@ from tokenmeter.testing import FakeProvider
 
 Records = Callable[[], list[UsageRecord]]
 MESSAGES = [{"role": "user", "content": "hi"}]
-ORIGINALS = {
-    (base, cls, "request"): base.__dict__[cls].__dict__["request"]
-    for base in (openai_base.__dict__, anthropic_base.__dict__)
-    for cls in ("SyncAPIClient", "AsyncAPIClient")
-}
-
-
-def originals_in_place() -> bool:
-    return all(
-        base[cls].__dict__[name] is original for (base, cls, name), original in ORIGINALS.items()
-    ) if False else all(
-        vars(base[cls])[name] is original for (base, cls, name), original in _items()
-    )
-
-
-def _items() -> list[tuple[tuple[Any, str, str], Any]]:
-    return [((base, cls, name), orig) for (base, cls, name), orig in _ORIG_LIST]
-
-
-_ORIG_LIST = [
-    ((openai_base.__dict__, "SyncAPIClient", "request"), openai_base.SyncAPIClient.__dict__["request"]),
+PATCHED = [
+    (module.SyncAPIClient, module.SyncAPIClient.__dict__["request"])
+    for module in (openai_base, anthropic_base)
+] + [
+    (module.AsyncAPIClient, module.AsyncAPIClient.__dict__["request"])
+    for module in (openai_base, anthropic_base)
 ]
 
 
+def originals_in_place() -> bool:
+    return all(owner.__dict__["request"] is original for owner, original in PATCHED)
+
+
 async def chat(client: Any, kit: ModuleType, **kwargs: Any) -> Any:
-    return await kit.maybe(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, **kwargs))
+    return await kit.maybe(
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, **kwargs)
+    )
+
+
+# -- patching ------------------------------------------------------------------------------------
+def test_uninstrument_restores_the_original_methods(fake: FakeProvider, records: Records) -> None:
+    assert originals_in_place()
+    handle = tokenmeter.instrument(["openai", "anthropic"])
+    assert not originals_in_place()
+    assert openai_base.SyncAPIClient.request is not PATCHED[0][1]
+    tokenmeter.uninstrument()
+    assert originals_in_place()
+    assert openai_base.SyncAPIClient.request is PATCHED[0][1]
+    fake.openai_client().chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert records() == []
+    handle.uninstrument()  # a second undo is harmless
+    assert originals_in_place()
+
+
+def test_instrumentation_handle_is_a_context_manager(fake: FakeProvider, records: Records) -> None:
+    with tokenmeter.instrument("openai"):
+        fake.openai_client().chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert originals_in_place()
+    fake.openai_client().chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert len(records()) == 1
+
+
+async def test_instrument_twice_records_once(
+    fake: FakeProvider, records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    tokenmeter.instrument()
+    tokenmeter.instrument("openai")
+    client = fake.openai_client(async_=is_async)
+    await chat(client, kit)
+    await kit.drain(await chat(client, kit, stream=True))
+    assert [r.streamed for r in records()] == [False, True]
+
+
+async def test_instrument_and_wrap_record_once(
+    fake: FakeProvider, records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    client = fake.openai_client(async_=is_async)
+    assert tokenmeter.wrap(client) is client
+    assert tokenmeter.wrap(client) is client  # idempotent
+    tokenmeter.instrument()
+    await chat(client, kit)
+    await kit.drain(await chat(client, kit, stream=True))
+    assert len(records()) == 2
+
+
+async def test_wrap_instruments_only_that_client(
+    fake: FakeProvider, records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    wrapped = tokenmeter.wrap(fake.openai_client(async_=is_async))
+    other = fake.openai_client(async_=is_async)
+    assert isinstance(wrapped, openai.AsyncOpenAI if is_async else openai.OpenAI)
+    await chat(wrapped, kit)
+    await chat(other, kit)
+    assert originals_in_place()
+    (record,) = records()
+    assert record.input_tokens == fake.openai_usage.prompt_tokens
+
+
+async def test_wrap_anthropic_and_vertex_clients(
+    fake: FakeProvider, records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    for client in (
+        fake.anthropic_client(async_=is_async),
+        fake.anthropic_vertex_client(async_=is_async),
+    ):
+        tokenmeter.wrap(client)
+        await kit.maybe(
+            client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES)
+        )
+    assert [r.model_name for r in records()] == ["claude-sonnet-4-5-20250929"] * 2
+
+
+def test_wrap_rejects_other_objects() -> None:
+    with pytest.raises(ValueError, match="wrap\\(\\) takes"):
+        tokenmeter.wrap(object())
+
+
+def test_raw_response_wrapper_accessed_before_instrument_is_still_recorded(
+    fake: FakeProvider, records: Records
+) -> None:
+    """The SDK caches bound methods in with_raw_response; request-level patching still sees it."""
+    client = fake.openai_client()
+    raw_create = client.chat.completions.with_raw_response.create
+    tokenmeter.instrument("openai")
+    raw_create(model="gpt-4o", messages=MESSAGES)
+    assert len(records()) == 1
+
+
+# -- retries and failures ------------------------------------------------------------------------
+async def test_sdk_retry_is_one_call(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool
+) -> None:
+    client = fake.openai_client(async_=is_async, max_retries=1)
+    fake.fail_next(500)
+    result = await chat(client, kit)
+    assert result.usage is not None
+    assert len(fake.requests) == 2  # the SDK did retry
+    (record,) = instrumented()
+    assert record.status == "ok" and record.input_tokens == fake.openai_usage.prompt_tokens
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_http_error_is_recorded_and_reraised(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool, stream: bool
+) -> None:
+    client = fake.openai_client(async_=is_async)
+    fake.fail_next(429)
+    with pytest.raises(openai.RateLimitError) as raised:
+        await chat(client, kit, stream=stream)
+    assert raised.value.status_code == 429
+    (record,) = instrumented()
+    assert record.status == "error" and record.error == "RateLimitError"
+    assert record.total_tokens == 0 and record.model_name == "gpt-4o"
+    assert record.streamed is stream
+
+
+async def test_the_very_same_exception_object_is_reraised(
+    instrumented: Records, kit: ModuleType, is_async: bool
+) -> None:
+    raised_by_sdk: list[BaseException] = []
+    original = openai_base.SyncAPIClient.__dict__["request"]
+    assert original is not None
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        raise httpx2.ConnectTimeout("too slow", request=request)
+
+    client = kit.mock_openai(handler, is_async=is_async, max_retries=0)
+    try:
+        await chat(client, kit)
+    except openai.APITimeoutError as exc:
+        raised_by_sdk.append(exc)
+    (exc,) = raised_by_sdk
+    assert isinstance(exc.__cause__, httpx2.ConnectTimeout)
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    assert frames[-1].endswith("_base_client.py")  # raised by the SDK, passed through untouched
+    (record,) = instrumented()
+    assert record.status == "error" and record.error == "APITimeoutError"
+
+
+# -- faults inside tokenmeter never break the call -----------------------------------------------
+@pytest.mark.parametrize("stream", [False, True])
+async def test_garbage_usage_is_logged_not_raised(
+    instrumented: Records,
+    kit: ModuleType,
+    is_async: bool,
+    stream: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    garbage = {"prompt_tokens": "lots", "completion_tokens": -3, "total_tokens": None}
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        if stream:
+            return kit.sse_response(kit.chat_sse(3, usage=garbage))
+        return httpx2.Response(200, json=kit.chat_body(usage=garbage))
+
+    client = kit.mock_openai(handler, is_async=is_async)
+    with caplog.at_level(logging.WARNING, logger="tokenmeter"):
+        result = await chat(client, kit, stream=stream)
+        if stream:
+            chunks = await kit.drain(result)
+            assert len(chunks) == 3
+        else:
+            assert result.usage.prompt_tokens == "lots"  # the caller gets the SDK's object as is
+    assert any("failed; the call" in r.getMessage() for r in caplog.records)
+
+
+class BrokenSink:
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def write(self, records: list[Any]) -> None:
+        self.attempts += 1
+        raise OSError("disk full")
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+async def test_failing_sink_never_reaches_the_caller(
+    fake: FakeProvider, kit: ModuleType, is_async: bool
+) -> None:
+    sink = BrokenSink()
+    tokenmeter.configure(sinks=[sink])
+    tokenmeter.instrument("openai")
+    with tokenmeter.session("s") as session:
+        result = await chat(fake.openai_client(async_=is_async), kit)
+    assert result.usage is not None
+    assert session.summary.calls == 1
+    tokenmeter.flush(0.5)
+    assert sink.attempts >= 1
+
+
+def test_disabled_makes_instrument_a_no_op(
+    fake: FakeProvider, records: Records, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tokenmeter import _runtime
+
+    monkeypatch.setenv("TOKENMETER_DISABLED", "1")
+    _runtime.reset()
+    tokenmeter.instrument()
+    assert originals_in_place()
+
+
+# -- SDK warnings still reach the user, attributed to the user's line ------------------------------
+def test_anthropic_deprecation_warning_points_at_the_callers_line(
+    fake: FakeProvider, instrumented: Records
+) -> None:
+    client = fake.anthropic_client()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        client.messages.create(model="claude-instant-1.2", max_tokens=16, messages=MESSAGES)
+    deprecations = [w for w in caught if issubclass(w.category, DeprecationWarning)]
+    assert deprecations, "the SDK's deprecation warning was swallowed"
+    assert deprecations[0].filename == __file__
+    assert len(instrumented()) == 1
+
+
+def test_anthropic_sdk_objects_are_not_written_to(fake: FakeProvider, instrumented: Records) -> None:
+    client = fake.anthropic_client()
+    stream = client.messages.create(
+        model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES, stream=True
+    )
+    list(stream)
+    assert not [name for name in vars(stream.__wrapped__) if "self_" in name or "tokenmeter" in name]
+    assert isinstance(stream, anthropic.Stream)
+    del stream
+    gc.collect()
+    assert len(instrumented()) == 1

@@ -1,0 +1,53 @@
+"""Every example runs offline, end to end, against FakeProvider with the real SDKs."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run(name: str, cwd: Path) -> str:
+    env = {**os.environ, "TOKENMETER_DIR": str(cwd / "meter")}
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "calls"),
+    [
+        ("openai_chat.py", 3),
+        ("anthropic_messages.py", 2),
+        ("gemini.py", 2),
+        ("gemini_legacy.py", 2),
+    ],
+)
+def test_provider_example_meters_every_call(name: str, calls: int, tmp_path: Path) -> None:
+    out = run(name, tmp_path)
+    match = re.search(r"calls=(\d+) .*cost=\$(\d+\.\d+)", out)
+    assert match, out
+    assert int(match.group(1)) == calls
+    assert float(match.group(2)) > 0
+    assert (tmp_path / "meter" / "usage.db").exists()  # the default SQLite sink
+
+
+def test_sessions_example(tmp_path: Path) -> None:
+    out = run("sessions.py", tmp_path)
+    assert "nightly-job: 3 calls" in out
+    assert "over budget: True" in out
+    assert "records written: 5" in out
+    assert (tmp_path / ".tokenmeter" / "example-usage.jsonl").read_text().count("\n") == 5
