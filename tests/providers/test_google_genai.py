@@ -16,7 +16,7 @@ from google.genai import types as gtypes
 
 import tokenmeter
 from tokenmeter import UsageRecord
-from tokenmeter.providers.google_genai import short_model
+from tokenmeter.providers.google_genai import _targets, short_model
 from tokenmeter.testing import FakeProvider, GeminiUsage, InMemorySink
 
 FINAL = GeminiUsage(prompt=120, candidates=30, cached=40, thoughts=50, tool_use_prompt=6)
@@ -168,6 +168,18 @@ async def test_async_embed_content(fake: FakeProvider, sink: InMemorySink) -> No
     await client(fake).aio.models.embed_content(model="gemini-embedding-001", contents="a")
     record = only(sink)
     assert (record.operation, record.input_tokens) == ("embed_content", FINAL.prompt)
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_vertex_predict_embeddings_count_per_embedding_tokens(
+    fake: FakeProvider, sink: InMemorySink
+) -> None:
+    response = client(fake, vertexai=True).models.embed_content(
+        model="text-embedding-005", contents=["a", "b"]
+    )
+    assert response.usage_metadata is None  # :predict reports statistics per embedding
+    record = only(sink)
+    assert (record.operation, record.input_tokens) == ("embed_content", 2 * FINAL.prompt)
 
 
 @pytest.mark.usefixtures("instrumented")
@@ -376,6 +388,24 @@ def test_model_prefix_is_stripped_when_the_response_names_no_model(sink: InMemor
 )
 def test_short_model(given: str | None, short: str | None) -> None:
     assert short_model(given) == short
+
+
+def test_sdks_without_private_methods_get_the_public_ones_patched() -> None:
+    class OlderModels:
+        def generate_content(self) -> None: ...
+        def generate_content_stream(self) -> None: ...
+        def embed_content(self) -> None: ...
+
+    assert [name for name, _ in _targets(OlderModels, is_async=False, gated=True)] == [
+        "generate_content",
+        "generate_content_stream",
+        "embed_content",
+    ]
+    assert [name for name, _ in _targets(models.Models, is_async=False, gated=True)] == [
+        "_generate_content",
+        "_generate_content_stream",
+        "_embed_content",
+    ]
 
 
 # -- one call, one record; undo ----------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenmeter.providers._core import Call
+from tokenmeter.providers._core import Call, safely
 from tokenmeter.providers._stainless import Endpoint, StainlessAdapter
 from tokenmeter.usage import from_openai_response
 from tokenmeter.usage.openai import tier_from_openai, usage_from_openai
@@ -52,9 +52,15 @@ class ChunkReader:
         usage = getattr(chunk, "usage", None)
         if usage is None:
             return False
-        call.usage = usage_from_openai(usage)
-        call.tier = tier_from_openai(getattr(chunk, "service_tier", None))
-        return self.hide and not getattr(chunk, "choices", None)
+        # Decided first, so that a usage block we cannot read is still hidden when we asked for it.
+        hidden = self.hide and not getattr(chunk, "choices", None)
+        safely("reading stream usage", _read_usage, chunk, usage, call)
+        return hidden
+
+
+def _read_usage(chunk: Any, usage: Any, call: Call) -> None:
+    call.usage = usage_from_openai(usage)
+    call.tier = tier_from_openai(getattr(chunk, "service_tier", None))
 
 
 class ResponseEventReader:
