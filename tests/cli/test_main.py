@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import json
 import sqlite3
 from decimal import Decimal
@@ -125,3 +126,52 @@ def test_live_demo_without_keys_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.strip().startswith("tokenmeter: error: --live needs")
+
+
+def _run_in_terminal(args: list[str], cwd: Path, **env: str) -> str:
+    """Run with stdout and stderr on a pseudo-terminal, as a person at a shell would."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from tests.cli.conftest import subprocess_env
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenmeter", *args],
+        cwd=cwd,
+        env=subprocess_env(COLUMNS="200", TERM="xterm-256color", **env),
+        stdout=follower,
+        stderr=follower,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    proc.wait(timeout=60)
+    os.close(leader)
+    assert proc.returncode == 0
+    return b"".join(chunks).decode()
+
+
+@pytest.mark.parametrize("no_color", [False, True])
+def test_terminal_table_uses_rich(tmp_path: Path, no_color: bool) -> None:
+    pytest.importorskip("rich")
+    from tests.cli.conftest import RECORDS, SESSIONS, rec, write_sqlite
+
+    markup = rec(60, "2026-11-04T00:00:00.000Z", "openai", "[bold]boom[/bold]", 1, 1, "0.5")
+    db = write_sqlite(tmp_path / "usage.db", [*RECORDS, markup], SESSIONS)
+    extra = {"NO_COLOR": "1"} if no_color else {}
+    screen = _run_in_terminal(["report", "--source", str(db)], tmp_path, **extra)
+    assert "┃" in screen or "│" in screen  # rich's box drawing, not the plain layout
+    assert "$1.756389" in screen and "gpt-4o-mini" in screen
+    assert "[bold]boom[/bold]" in screen  # user strings are never rich markup
+    coloured = re.search(r"\x1b\[[0-9;]*3[0-7]m", screen) is not None  # a foreground colour
+    assert coloured is not no_color

@@ -186,7 +186,7 @@ class _RawResponseProxy(wrapt.ObjectProxy):  # type: ignore[misc]
         self._self_plan = plan
         self._self_async = is_async
         self._self_parsed: tuple[Any, Any] | None = None
-        if plan.raw == "true" and not plan.streamed:
+        if plan.raw != "stream" and not plan.streamed:  # openai says "true", anthropic "raw"
             safely("reading a raw response", self._self_read_body)
 
     def _self_read_body(self) -> None:

@@ -200,8 +200,10 @@ def _wrap_models(models_obj: Any, is_async: bool) -> None:
 
 def wrap_instance(obj: Any) -> bool:
     """A ``genai.Client`` (its ``models`` and ``aio.models``), an ``AsyncClient`` or a Models."""
-    from google.genai import client, models
-
+    try:
+        from google.genai import client, models
+    except ImportError:  # wrap() asks every Google adapter; this SDK may not be installed
+        return False
     if isinstance(obj, client.Client):
         _wrap_models(obj.models, is_async=False)
         _wrap_models(obj.aio.models, is_async=True)

@@ -180,8 +180,10 @@ def patch_targets() -> list[tuple[type, str, Wrapper]]:
 
 def wrap_instance(obj: Any) -> bool:
     """One ``GenerativeModel`` (and the chats started from it)."""
-    from google.generativeai import generative_models
-
+    try:
+        from google.generativeai import generative_models
+    except ImportError:  # wrap() asks every Google adapter; this SDK may not be installed
+        return False
     if not isinstance(obj, generative_models.GenerativeModel):
         return False
     if obj.__dict__.get("_tokenmeter_wrapped"):

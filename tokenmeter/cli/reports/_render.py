@@ -175,18 +175,28 @@ def render_rich(report: Report) -> None:
     """The terminal table (stdout is a tty and rich is installed); NO_COLOR is honoured by rich."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console()
 
     def build(cells: CellTable, title: str) -> Table:
-        table = Table(title=title, title_justify="left", show_footer=cells.footer is not None)
+        table = Table(
+            title=title,
+            title_justify="left",
+            header_style="bold cyan",
+            show_footer=cells.footer is not None,
+        )
         for i, header in enumerate(cells.headers):
             footer = cells.footer[i] if cells.footer else ""
             table.add_column(
-                header, footer=footer, justify="right" if cells.is_numeric(i) else "left"
+                header,
+                footer=Text(footer),
+                justify="right" if cells.is_numeric(i) else "left",
+                style="green" if header == "Cost" else None,
             )
         for row in cells.rows:
-            table.add_row(*row)
+            # Text(), not str: a model or session name must never be read as rich markup.
+            table.add_row(*(Text(cell) for cell in row))
         return table
 
     for line in _header_lines(report):

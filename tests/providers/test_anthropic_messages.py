@@ -1,0 +1,289 @@
+"""Anthropic messages: create, the .stream() helper, parse, beta and Vertex, sync and async.
+
+Anthropic's ``input_tokens`` excludes cache reads and writes: the record's input is the sum
+(SPEC §3). Streams report usage on ``message_start`` and cumulatively on ``message_delta``: the
+record must equal the non-streamed one, never a sum of the two.
+
+Bedrock is not covered here: ``AnthropicBedrock`` signs requests with botocore, which is not
+installed, so it cannot be driven offline. Its routes (``/model/{id}/invoke``) are in the adapter.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import anthropic
+import pytest
+from anthropic.types import Message
+from pydantic import BaseModel
+
+from tokenmeter._models import UsageRecord
+from tokenmeter.testing import FakeProvider
+
+Records = Callable[[], list[UsageRecord]]
+MODEL = "claude-haiku-4-5"
+SERVED = "claude-haiku-4-5-20251001"
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+class Answer(BaseModel):
+    answer: str
+
+
+def only(records: list[UsageRecord]) -> UsageRecord:
+    assert len(records) == 1, records
+    return records[0]
+
+
+def assert_counts(record: UsageRecord, fake: FakeProvider) -> None:
+    usage = fake.anthropic_usage
+    expected = usage.normalized()
+    assert record.input_tokens == (
+        usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens
+    )
+    assert record.input_tokens == expected.input_tokens
+    assert record.cache_read_tokens == usage.cache_read_input_tokens
+    assert record.cache_write_tokens == usage.cache_creation_input_tokens
+    assert record.output_tokens == usage.output_tokens  # the final cumulative count, not a sum
+    assert record.reasoning_tokens == usage.thinking_tokens
+    assert record.model_provider == "anthropic"
+    assert record.model_name == SERVED and record.request_model == MODEL
+    assert record.operation == "messages"
+    assert record.status == "ok"
+    assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
+
+
+@pytest.fixture
+def thinking_fake(fake: FakeProvider) -> FakeProvider:
+    fake.set_usage(
+        anthropic={
+            "input_tokens": 30,
+            "output_tokens": 40,
+            "cache_read_input_tokens": 500,
+            "cache_creation_5m": 60,
+            "cache_creation_1h": 40,
+            "thinking_tokens": 25,
+        }
+    )
+    return fake
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_messages_create(
+    thinking_fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool, stream: bool
+) -> None:
+    client = thinking_fake.anthropic_client(async_=is_async)
+    result = await kit.maybe(
+        client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, stream=stream)
+    )
+    if stream:
+        assert isinstance(result, anthropic.AsyncStream if is_async else anthropic.Stream)
+        events = await kit.drain(result)
+        assert [e.type for e in events][0] == "message_start"
+    else:
+        assert isinstance(result, Message)
+    record = only(instrumented())
+    assert_counts(record, thinking_fake)
+    assert record.streamed is stream
+    assert record.request_id is not None and record.request_id.startswith("msg_")
+
+
+async def test_stream_helper_text_stream_and_final_message(
+    fake: FakeProvider, instrumented: Records, is_async: bool
+) -> None:
+    client = fake.anthropic_client(async_=is_async)
+    manager = client.messages.stream(model=MODEL, max_tokens=64, messages=MESSAGES)
+    if is_async:
+        async with manager as stream:
+            text = "".join([piece async for piece in stream.text_stream])
+            final = await stream.get_final_message()
+    else:
+        with manager as stream:
+            text = "".join(stream.text_stream)
+            final = stream.get_final_message()
+    assert text and final.usage.output_tokens == fake.anthropic_usage.output_tokens
+    record = only(instrumented())
+    assert_counts(record, fake)
+    assert record.streamed and record.request_id == final.id
+
+
+async def test_stream_helper_get_final_message_alone(
+    fake: FakeProvider, instrumented: Records, is_async: bool
+) -> None:
+    client = fake.anthropic_client(async_=is_async)
+    if is_async:
+        async with client.messages.stream(model=MODEL, max_tokens=64, messages=MESSAGES) as s:
+            final = await s.get_final_message()
+    else:
+        with client.messages.stream(model=MODEL, max_tokens=64, messages=MESSAGES) as s:
+            final = s.get_final_message()
+    assert isinstance(final, Message)
+    assert_counts(only(instrumented()), fake)
+
+
+async def test_stream_helper_left_early_records_what_was_reported(
+    fake: FakeProvider, instrumented: Records, is_async: bool
+) -> None:
+    fake.stream_chunks = 50
+    client = fake.anthropic_client(async_=is_async)
+    manager = client.messages.stream(model=MODEL, max_tokens=64, messages=MESSAGES)
+    if is_async:
+        async with manager as stream:
+            await stream.__anext__()  # message_start only
+    else:
+        with manager as stream:
+            next(iter(stream))
+    record = only(instrumented())  # at once: leaving the `with` closed the raw stream
+    usage = fake.anthropic_usage
+    assert record.input_tokens == usage.normalized().input_tokens  # message_start had it all
+    assert record.output_tokens == 1  # message_start's provisional count: what was reported
+    del stream
+    gc.collect()
+    assert len(instrumented()) == 1
+
+
+async def test_messages_parse(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool
+) -> None:
+    client = fake.anthropic_client(async_=is_async)
+    parsed = await kit.maybe(
+        client.messages.parse(model=MODEL, max_tokens=64, messages=MESSAGES, output_format=Answer)
+    )
+    assert isinstance(parsed.parsed_output, Answer)
+    assert_counts(only(instrumented()), fake)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_beta_messages(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool, stream: bool
+) -> None:
+    client = fake.anthropic_client(async_=is_async)
+    result = await kit.maybe(
+        client.beta.messages.create(
+            model=MODEL,
+            max_tokens=64,
+            messages=MESSAGES,
+            stream=stream,
+            betas=["context-management-2025-06-27"],
+        )
+    )
+    if stream:
+        await kit.drain(result)
+    record = only(instrumented())
+    assert_counts(record, fake)
+    assert record.streamed is stream
+
+
+async def test_beta_stream_helper(fake: FakeProvider, instrumented: Records, is_async: bool) -> None:
+    client = fake.anthropic_client(async_=is_async)
+    manager = client.beta.messages.stream(model=MODEL, max_tokens=64, messages=MESSAGES)
+    if is_async:
+        async with manager as stream:
+            final = await stream.get_final_message()
+    else:
+        with manager as stream:
+            final = stream.get_final_message()
+    assert final.usage.output_tokens == fake.anthropic_usage.output_tokens
+    assert_counts(only(instrumented()), fake)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_vertex_client(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool, stream: bool
+) -> None:
+    client = fake.anthropic_vertex_client(async_=is_async)
+    result = await kit.maybe(
+        client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, stream=stream)
+    )
+    if stream:
+        await kit.drain(result)
+    assert any(":streamRawPredict" in r.path or ":rawPredict" in r.path for r in fake.requests)
+    record = only(instrumented())
+    assert_counts(record, fake)  # the model moved into the URL; the request model is still known
+
+
+async def test_vertex_beta_and_stream_helper(
+    fake: FakeProvider, instrumented: Records, is_async: bool
+) -> None:
+    client = fake.anthropic_vertex_client(async_=is_async)
+    manager = client.messages.stream(model=MODEL, max_tokens=64, messages=MESSAGES)
+    if is_async:
+        async with manager as stream:
+            await stream.get_final_message()
+        await client.beta.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES)
+    else:
+        with manager as stream:
+            stream.get_final_message()
+        client.beta.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES)
+    assert [r.streamed for r in instrumented()] == [True, False]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_raw_and_streaming_responses(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool, stream: bool
+) -> None:
+    client = fake.anthropic_client(async_=is_async)
+    raw = await kit.maybe(
+        client.messages.with_raw_response.create(
+            model=MODEL, max_tokens=64, messages=MESSAGES, stream=stream
+        )
+    )
+    parsed = await kit.maybe(raw.parse())
+    if stream:
+        await kit.drain(parsed)
+    else:
+        assert isinstance(parsed, Message)
+    manager = client.messages.with_streaming_response.create(
+        model=MODEL, max_tokens=64, messages=MESSAGES
+    )
+    if is_async:
+        async with manager as response:
+            message = await response.parse()
+    else:
+        with manager as response:
+            message = response.parse()
+    assert isinstance(message, Message)
+    records = instrumented()
+    assert [r.streamed for r in records] == [stream, False]
+    for record in records:
+        assert_counts(record, fake)
+
+
+async def test_async_raw_response_is_recorded_without_parse(
+    fake: FakeProvider, instrumented: Records
+) -> None:
+    client = fake.anthropic_client(async_=True)
+    raw = await client.messages.with_raw_response.create(
+        model=MODEL, max_tokens=64, messages=MESSAGES
+    )
+    assert raw.http_response.status_code == 200
+    assert_counts(only(instrumented()), fake)
+    message = await raw.parse()
+    assert isinstance(message, Message)
+    assert len(instrumented()) == 1
+
+
+async def test_count_tokens_is_not_billed(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool
+) -> None:
+    client = fake.anthropic_client(async_=is_async)
+    counted = await kit.maybe(client.messages.count_tokens(model=MODEL, messages=MESSAGES))
+    assert counted.input_tokens == fake.anthropic_usage.input_tokens
+    assert instrumented() == []
+
+
+async def test_api_error_is_recorded(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool
+) -> None:
+    client = fake.anthropic_client(async_=is_async)
+    fake.fail_next(529)
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        await kit.maybe(client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES))
+    record = only(instrumented())
+    assert record.status == "error" and record.error == type(raised.value).__name__
+    assert record.model_name == MODEL and record.total_tokens == 0
+
+
