@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import RECORDS, SESSIONS, RunCli, rec, write_sqlite
+from .conftest import RECORDS, SESSIONS, RunCli, rec, write_sqlite
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(

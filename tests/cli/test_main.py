@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import io
-import re
 import json
+import re
 import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import REPO, run_module
 from tokenmeter.cli import _progress
 from tokenmeter.cli._progress import Progress
+
+from .conftest import REPO, run_module
 
 
 def test_console_script_is_declared() -> None:
@@ -34,7 +35,7 @@ def test_unknown_command_is_one_line(tmp_path: Path) -> None:
 
 
 def test_piped_json_has_no_progress_or_colour(tmp_path: Path) -> None:
-    from tests.cli.conftest import RECORDS, write_jsonl
+    from .conftest import RECORDS, write_jsonl
 
     path = write_jsonl(tmp_path / "usage.jsonl", RECORDS * 1)
     result = run_module("report", "--source", str(path), "--format", "json", cwd=tmp_path)
@@ -135,7 +136,7 @@ def _run_in_terminal(args: list[str], cwd: Path, **env: str) -> str:
     import subprocess
     import sys
 
-    from tests.cli.conftest import subprocess_env
+    from .conftest import subprocess_env
 
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
@@ -164,7 +165,7 @@ def _run_in_terminal(args: list[str], cwd: Path, **env: str) -> str:
 @pytest.mark.parametrize("no_color", [False, True])
 def test_terminal_table_uses_rich(tmp_path: Path, no_color: bool) -> None:
     pytest.importorskip("rich")
-    from tests.cli.conftest import RECORDS, SESSIONS, rec, write_sqlite
+    from .conftest import RECORDS, SESSIONS, rec, write_sqlite
 
     markup = rec(60, "2026-11-04T00:00:00.000Z", "openai", "[bold]boom[/bold]", 1, 1, "0.5")
     db = write_sqlite(tmp_path / "usage.db", [*RECORDS, markup], SESSIONS)

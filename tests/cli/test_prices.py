@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import RunCli
+from .conftest import RunCli
 
 
 def test_known_model(cli: RunCli) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import RECORDS, TOTAL_COST, RunCli, rec, write_jsonl
+from .conftest import RECORDS, TOTAL_COST, RunCli, rec, write_jsonl
 
 
 def report_json(cli: RunCli, *args: str) -> dict:

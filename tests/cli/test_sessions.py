@@ -6,7 +6,7 @@ import json
 from decimal import Decimal
 from pathlib import Path
 
-from tests.cli.conftest import RunCli
+from .conftest import RunCli
 
 
 def test_sessions_lists_most_recent_first_with_totals(cli: RunCli, source: Path) -> None:

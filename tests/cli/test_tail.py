@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import RECORDS, SESSIONS, rec, subprocess_env, write_jsonl, write_sqlite
 from tokenmeter.sinks import JSONLSink, SQLiteSink
+
+from .conftest import RECORDS, SESSIONS, rec, subprocess_env, write_jsonl, write_sqlite
 
 
 def test_tail_last_records(cli, source: Path) -> None:  # type: ignore[no-untyped-def]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import inspect
 import json
 import sys
-from types import ModuleType
 from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any
 
 import httpx2
@@ -27,6 +27,8 @@ from tokenmeter.sinks import InMemorySink
 from tokenmeter.testing import FakeProvider
 
 Handler = Callable[[httpx2.Request], httpx2.Response]
+#: Every test folder's conftest is imported as "conftest": keep a handle on this one.
+_THIS = sys.modules[__name__]
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +67,7 @@ def instrumented(records: Callable[[], list[UsageRecord]]) -> Callable[[], list[
 @pytest.fixture
 def kit() -> ModuleType:
     """This module: ``kit.maybe``, ``kit.drain``, ``kit.mock_openai``, ``kit.chat_sse``..."""
-    return sys.modules[__name__]
+    return _THIS
 
 
 @pytest.fixture(params=["sync", "async"])

@@ -13,7 +13,6 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
 
 import anthropic
 import pytest
@@ -73,7 +72,11 @@ def thinking_fake(fake: FakeProvider) -> FakeProvider:
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_messages_create(
-    thinking_fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool, stream: bool
+    thinking_fake: FakeProvider,
+    instrumented: Records,
+    kit: ModuleType,
+    is_async: bool,
+    stream: bool,
 ) -> None:
     client = thinking_fake.anthropic_client(async_=is_async)
     result = await kit.maybe(
@@ -82,7 +85,7 @@ async def test_messages_create(
     if stream:
         assert isinstance(result, anthropic.AsyncStream if is_async else anthropic.Stream)
         events = await kit.drain(result)
-        assert [e.type for e in events][0] == "message_start"
+        assert events[0].type == "message_start"
     else:
         assert isinstance(result, Message)
     record = only(instrumented())
@@ -177,7 +180,9 @@ async def test_beta_messages(
     assert record.streamed is stream
 
 
-async def test_beta_stream_helper(fake: FakeProvider, instrumented: Records, is_async: bool) -> None:
+async def test_beta_stream_helper(
+    fake: FakeProvider, instrumented: Records, is_async: bool
+) -> None:
     client = fake.anthropic_client(async_=is_async)
     manager = client.beta.messages.stream(model=MODEL, max_tokens=64, messages=MESSAGES)
     if is_async:
@@ -285,5 +290,3 @@ async def test_api_error_is_recorded(
     record = only(instrumented())
     assert record.status == "error" and record.error == type(raised.value).__name__
     assert record.model_name == MODEL and record.total_tokens == 0
-
-

@@ -110,9 +110,9 @@ async def test_wrap_anthropic_and_vertex_clients(
     ):
         tokenmeter.wrap(client)
         await kit.maybe(
-            client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES)
+            client.messages.create(model="claude-haiku-4-5", max_tokens=64, messages=MESSAGES)
         )
-    assert [r.model_name for r in records()] == ["claude-sonnet-4-5-20250929"] * 2
+    assert [r.model_name for r in records()] == ["claude-haiku-4-5-20251001"] * 2
 
 
 def test_wrap_rejects_other_objects() -> None:
@@ -273,13 +273,17 @@ def test_anthropic_deprecation_warning_points_at_the_callers_line(
     assert len(instrumented()) == 1
 
 
-def test_anthropic_sdk_objects_are_not_written_to(fake: FakeProvider, instrumented: Records) -> None:
+def test_anthropic_sdk_objects_are_not_written_to(
+    fake: FakeProvider, instrumented: Records
+) -> None:
     client = fake.anthropic_client()
     stream = client.messages.create(
-        model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES, stream=True
+        model="claude-haiku-4-5", max_tokens=64, messages=MESSAGES, stream=True
     )
     list(stream)
-    assert not [name for name in vars(stream.__wrapped__) if "self_" in name or "tokenmeter" in name]
+    assert not [
+        name for name in vars(stream.__wrapped__) if "self_" in name or "tokenmeter" in name
+    ]
     assert isinstance(stream, anthropic.Stream)
     del stream
     gc.collect()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
 
 import openai
 import pytest
@@ -266,7 +265,9 @@ async def test_azure_client(
 ) -> None:
     client = fake.azure_openai_client(async_=is_async)
     result = await kit.maybe(
-        client.chat.completions.create(model="my-gpt4o-deployment", messages=MESSAGES, stream=stream)
+        client.chat.completions.create(
+            model="my-gpt4o-deployment", messages=MESSAGES, stream=stream
+        )
     )
     if stream:
         await kit.drain(result)
@@ -323,5 +324,3 @@ def test_records_are_priced_and_attributed(fake: FakeProvider, instrumented: Rec
     assert record.price_source and record.cost_breakdown
     assert session.summary.calls == 1
     assert session.summary.cost_usd == record.estimated_cost_usd
-
-

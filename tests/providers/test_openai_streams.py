@@ -39,7 +39,9 @@ class ChatServer:
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
         body = json.loads(request.content)
         self.bodies.append(body)
-        usage = self.kit.CHAT_USAGE if (body.get("stream_options") or {}).get("include_usage") else None
+        usage = (
+            self.kit.CHAT_USAGE if (body.get("stream_options") or {}).get("include_usage") else None
+        )
         if not body.get("stream"):
             return httpx2.Response(200, json=self.kit.chat_body())
         return self.kit.sse_response(self.kit.chat_sse(self.chunks, usage))
@@ -56,7 +58,9 @@ async def stream_once(client: Any, kit: ModuleType, **kwargs: Any) -> list[Any]:
     return list(await kit.drain(stream))
 
 
-@pytest.mark.parametrize("stream_options", [None, {"include_usage": True}, {"include_usage": False}])
+@pytest.mark.parametrize(
+    "stream_options", [None, {"include_usage": True}, {"include_usage": False}]
+)
 async def test_caller_sees_exactly_the_chunks_it_would_without_tokenmeter(
     records: Records, kit: ModuleType, is_async: bool, stream_options: dict[str, Any] | None
 ) -> None:
@@ -88,6 +92,7 @@ async def test_stream_without_usage_is_recorded_with_zero_tokens(
         await stream_once(client, kit, stream_options={"include_usage": False})
     first, second = records()
     assert first.streamed and first.total_tokens == 0 and first.status == "ok"
+    assert second.total_tokens == 0
     assert first.model_name == "gpt-4o-2024-08-06"
     warnings = [r for r in caplog.records if "without reporting usage" in r.getMessage()]
     assert len(warnings) == 1  # once per provider, not per call
@@ -104,7 +109,10 @@ async def test_callers_arguments_are_not_mutated(
     before = copy.deepcopy((messages, options))
     chunks = await stream_once(client, kit, stream_options=options)
     assert (messages, options) == before
-    assert server.bodies[-1]["stream_options"] == {"include_obfuscation": False, "include_usage": True}
+    assert server.bodies[-1]["stream_options"] == {
+        "include_obfuscation": False,
+        "include_usage": True,
+    }
     assert all(chunk.choices for chunk in chunks)
     assert records()[0].input_tokens == 19
 

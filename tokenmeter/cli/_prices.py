@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from decimal import Decimal
 from typing import Any
 
@@ -34,16 +33,13 @@ def _rates(rates: Any) -> dict[str, Decimal]:
 
 
 def _load_user_prices() -> None:
-    """Apply the overrides file named by ``TOKENMETER_PRICES``, as a metered process would."""
-    path = os.environ.get("TOKENMETER_PRICES")
-    if not path:
-        return
-    from tokenmeter.pricing import load_prices_file
+    """Apply the price overrides a metered process would (environment and pyproject.toml)."""
+    from tokenmeter._runtime import configure
 
     try:
-        load_prices_file(path)
+        configure()  # (re)reads TOKENMETER_PRICES and [tool.tokenmeter]
     except (OSError, ValueError) as exc:
-        raise CliError(f"TOKENMETER_PRICES={path}: {exc}") from None
+        raise CliError(str(exc)) from None
 
 
 def run_prices(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ imported: no SDK is imported by tokenmeter itself) and ``wrap_instance(obj)`` (o
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import logging
@@ -40,7 +41,11 @@ def _names(providers: str | list[str] | tuple[str, ...] | None) -> list[str]:
     if providers is None:
         return list(PROVIDERS)
     items = [providers] if isinstance(providers, str) else list(providers)
-    aliases = {"google": "google-genai", "gemini": "google-genai", "google-legacy": "google-generativeai"}
+    aliases = {
+        "google": "google-genai",
+        "gemini": "google-genai",
+        "google-legacy": "google-generativeai",
+    }
     names = [aliases.get(item, item) for item in items]
     unknown = [n for n in names if n not in PROVIDERS]
     if unknown:
@@ -81,6 +86,10 @@ def _patch(name: str) -> None:
         _patches[name] = patches
 
 
+def _on_import(name: str, _module: ModuleType) -> None:
+    _patch(name)
+
+
 def _stream_usage() -> bool:
     from tokenmeter._runtime import settings
 
@@ -100,7 +109,10 @@ class Instrumentation:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.uninstrument()
 
@@ -133,7 +145,7 @@ def instrument(
             newly.append(name)
             if name not in _hooked:
                 _hooked.add(name)
-                wrapt.register_post_import_hook(lambda _m, name=name: _patch(name), module)
+                wrapt.register_post_import_hook(functools.partial(_on_import, name), module)
             else:
                 import sys
 

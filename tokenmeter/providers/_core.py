@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextvars import Context, ContextVar, copy_context
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import wrapt
 
@@ -43,6 +43,11 @@ __all__ = [
 ]
 
 logger = logging.getLogger("tokenmeter")
+
+if TYPE_CHECKING:
+    ObjectProxy = wrapt.ObjectProxy[Any]
+else:  # wrapt 1.x proxies are not subscriptable at run time
+    ObjectProxy = wrapt.ObjectProxy
 
 #: Set while an instrumented call is running: nested instrumented calls (a wrapped client under
 #: instrument(), a helper calling create, an SDK retry) pass straight through. One call, one record.
@@ -173,7 +178,7 @@ class StreamReader(Protocol):
         ...
 
 
-class _StreamProxyBase(wrapt.ObjectProxy):  # type: ignore[misc]
+class _StreamProxyBase(ObjectProxy):
     """State lives in ``_self_*`` attributes so nothing is written onto the SDK object.
 
     Per chunk, the proxy does one reader call inside one ``try``: nothing is kept but the reader's
@@ -214,7 +219,7 @@ class _StreamProxyBase(wrapt.ObjectProxy):  # type: ignore[misc]
             call.finish()
 
 
-class _ClosingResponse(wrapt.ObjectProxy):  # type: ignore[misc]
+class _ClosingResponse(ObjectProxy):
     """An SDK stream's HTTP response; closing it finalises the stream's call."""
 
     def __init__(self, wrapped: Any, call: Call) -> None:

@@ -13,11 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import wrapt
-
 from tokenmeter.providers._core import (
     AsyncStreamProxy,
     Call,
+    ObjectProxy,
     StreamReader,
     SyncStreamProxy,
     guard,
@@ -116,13 +115,18 @@ class StainlessAdapter:
         return await self.async_call(wrapped, instance, args, kwargs)
 
     def wrap_client(self, client: Any, sync_base: type, async_base: type) -> bool:
-        """Instrument one client object: its ``request`` becomes ours (instance attribute)."""
-        if not isinstance(client, sync_base | async_base):
+        """Instrument one client object: its ``request`` becomes ours (instance attribute).
+
+        ``client.with_options()`` / ``copy()`` build a new client, which is not wrapped.
+        """
+        is_client = isinstance(client, sync_base | async_base)
+        is_async = isinstance(client, async_base)
+        if not is_client:
             return False
-        if client.__dict__.get("_tokenmeter_wrapped"):
+        if vars(client).get("_tokenmeter_wrapped"):
             return True
         bound = type(client).request.__get__(client, type(client))
-        if isinstance(client, async_base):
+        if is_async:
 
             async def request_async(*args: Any, **kwargs: Any) -> Any:
                 return await self.async_call(bound, client, args, kwargs)
@@ -172,7 +176,7 @@ class StainlessAdapter:
         return result if wrapped_result is None else wrapped_result
 
 
-class _RawResponseProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class _RawResponseProxy(ObjectProxy):
     """``with_raw_response`` / ``with_streaming_response``: the usage is in what ``parse()`` gives.
 
     A raw non-stream response (``with_raw_response``) has its body already: it is read at once

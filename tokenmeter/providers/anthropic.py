@@ -63,8 +63,10 @@ class AnthropicAdapter(StainlessAdapter):
     def endpoint(self, method: str, path: str) -> Endpoint | None:
         if method != "post":
             return None
-        if path.endswith("/v1/messages") or path.endswith(":rawPredict") or path.endswith(
-            ":streamRawPredict"
+        if (
+            path.endswith("/v1/messages")
+            or path.endswith(":rawPredict")
+            or path.endswith(":streamRawPredict")
         ):
             return _MESSAGES
         if path.endswith("/model/invoke") or path.endswith("/invoke-with-response-stream"):

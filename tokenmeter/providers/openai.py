@@ -106,7 +106,7 @@ class OpenAIAdapter(StainlessAdapter):
         parts = path.rstrip("/").split("/")
         if "responses" in parts:  # create and compact (POST), retrieve (GET); not cancel, delete
             tail = parts[parts.index("responses") + 1 :]
-            if not tail or len(tail) == 1 and tail[0] not in _NOT_BILLED:
+            if not tail or (len(tail) == 1 and tail[0] not in _NOT_BILLED):
                 return _RESPONSES
         return None
 

@@ -147,12 +147,12 @@ def _daily_chart(per_day_model: Breakdown, colors: dict[str, str]) -> str:
     return "".join(parts) + f'<div class="legend">{legend}</div>'
 
 
-def _bar_chart(title: str, bars: list[tuple[str, Decimal, str]]) -> str:
-    """Horizontal bars: (label, cost, colour), largest first."""
-    bars = [bar for bar in bars if bar[1] > 0]
+def _bar_chart(title: str, bars: list[tuple[str, str, Decimal, str]]) -> str:
+    """Horizontal bars: (label, tooltip, cost, colour), largest first."""
+    bars = [bar for bar in bars if bar[2] > 0]
     if not bars:
         return '<p class="empty">No priced calls in this period.</p>'
-    top = max(cost for _, cost, _ in bars)
+    top = max(cost for _, _, cost, _ in bars)
     label_w, row_h = 260, 24
     plot_w = _WIDTH - label_w - 110
     height = row_h * len(bars) + 10
@@ -160,15 +160,15 @@ def _bar_chart(title: str, bars: list[tuple[str, Decimal, str]]) -> str:
         f'<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{esc(title)}" '
         f'width="{_WIDTH}" height="{height}" viewBox="0 0 {_WIDTH} {height}">'
     ]
-    for i, (label, cost, color) in enumerate(bars):
+    for i, (label, tooltip, cost, color) in enumerate(bars):
         y = 5 + i * row_h
         w = max(plot_w * float(cost / top), 1)
-        short = label if len(label) <= 38 else label[:37] + "…"
+        short = label if len(label) <= 34 else label[:33] + "…"
         parts.append(
             f'<text x="{label_w - 8}" y="{y + 16}" font-size="12" text-anchor="end">'
             f"{esc(short)}</text>"
             f'<rect class="bar" x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row_h - 6}" '
-            f'fill="{color}"><title>{esc(label)}: {esc(fmt_usd(cost))}</title></rect>'
+            f'fill="{color}"><title>{esc(tooltip)}: {esc(fmt_usd(cost))}</title></rect>'
             f'<text x="{label_w + w + 6:.1f}" y="{y + 16}" font-size="12">'
             f"{esc(fmt_usd(cost))}</text>"
         )
@@ -205,13 +205,14 @@ def render_html(report: Report) -> str:
     by_session = _find(report, HTML_GROUPINGS[2])
     colors = _model_colors(by_model)
     model_bars = [
-        (label, row.totals.priced_cost, colors.get(label, colors["other"]))
+        (label, label, row.totals.priced_cost, colors.get(label, colors["other"]))
         for row in by_model.rows[: _TOP + 1]
         for label in [_model_label(row, by_model.columns)]
     ]
     session_bars = [
         (
-            f"{row.key[1] or row.key[0]} ({row.key[0]})" if row.key[1] else row.key[0],
+            row.key[1] or row.key[0],
+            f"{row.key[1]} ({row.key[0]})" if row.key[1] else row.key[0],
             row.totals.priced_cost,
             _PALETTE[0],
         )
