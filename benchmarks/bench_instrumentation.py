@@ -6,8 +6,10 @@ Main lines use ``httpx2.MockTransport`` (in-process: the ratio is our overhead a
 own work - building the request, parsing JSON/SSE, constructing models - with no socket noise).
 A second set runs over loopback against ``FakeProvider``: closer to a real network call.
 Bare and instrumented runs are interleaved (instrument()/uninstrument() alternately, several
-rounds) and medians taken, so machine drift hits both alike. OpenLLMetry's and Logfire's OpenAI
-instrumentations are measured in the same rounds when installed (skipped otherwise).
+rounds) and medians taken, so machine drift hits both alike. Logfire's OpenAI instrumentation is
+measured in the same rounds when installed. OpenLLMetry's is measured in a child process, bare
+rounds first: its uninstrument() leaves wrappers behind that slow the bare SDK down for good
+(measured: ~+300 us per call), which would flatter every ratio taken after it.
 
 Targets: non-streamed call <= 1.05x, 1,000-chunk stream <= 1.05x, RSS growth over 10,000
 streamed calls <= 5 MB. Records go through the real pipeline to a sink that discards them.
@@ -20,6 +22,8 @@ import contextlib
 import gc
 import json
 import statistics
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -124,27 +128,8 @@ def with_tokenmeter() -> Iterator[None]:
 
 
 def peers() -> dict[str, Callable[[], contextlib.AbstractContextManager[None]]]:
+    """Peers that can be switched on and off cleanly in this process (Logfire)."""
     found: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {}
-    try:
-        from opentelemetry import trace
-        from opentelemetry.instrumentation.openai import OpenAIInstrumentor
-        from opentelemetry.sdk.trace import TracerProvider
-
-        provider = TracerProvider()  # spans are made and ended; no exporter (like NullSink)
-        trace.set_tracer_provider(provider)
-        instrumentor = OpenAIInstrumentor()
-
-        @contextlib.contextmanager
-        def openllmetry() -> Iterator[None]:
-            instrumentor.instrument(tracer_provider=provider)
-            try:
-                yield
-            finally:
-                instrumentor.uninstrument()
-
-        found["OpenLLMetry"] = openllmetry
-    except ImportError:
-        print("  (OpenLLMetry not installed: pip install opentelemetry-instrumentation-openai)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -159,8 +144,42 @@ def peers() -> dict[str, Callable[[], contextlib.AbstractContextManager[None]]]:
 
         found["Logfire"] = with_logfire
     except ImportError:
-        print("  (Logfire not installed: pip install logfire)")
+        print("(Logfire not installed: pip install logfire)")
     return found
+
+
+def openllmetry(rounds: int, calls: int, streams: int, chunks: int) -> None:
+    """Child-process mode: bare rounds, then OpenLLMetry rounds (never un-instrumented between)."""
+    try:
+        from opentelemetry.instrumentation.openai import OpenAIInstrumentor
+        from opentelemetry.sdk.trace import TracerProvider
+    except ImportError:
+        print("(OpenLLMetry not installed: pip install opentelemetry-instrumentation-openai)")
+        return
+    client = mock_client(stream_chunks=chunks)
+    chat, stream = workloads(client)
+    results: dict[str, dict[str, float]] = {"chat": {}, "stream": {}}
+    for name, setup in (("bare", None), ("OpenLLMetry", OpenAIInstrumentor)):
+        if setup is not None:  # spans are made and ended; no exporter (like NullSink)
+            setup().instrument(tracer_provider=TracerProvider())
+        per_op(chat, max(3, calls // 10))
+        results["chat"][name] = statistics.median(per_op(chat, calls) for _ in range(rounds))
+        results["stream"][name] = statistics.median(per_op(stream, streams) for _ in range(rounds))
+    report(
+        "OpenLLMetry, own process (bare rounds first): non-streamed chat", results["chat"], "call"
+    )
+    report(f"OpenLLMetry, own process: {chunks:,}-chunk stream", results["stream"], "chunk", chunks)
+
+
+def workloads(client: openai.OpenAI) -> tuple[Callable[[], None], Callable[[], None]]:
+    def chat() -> None:
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+
+    def stream() -> None:
+        for _ in client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True):
+            pass
+
+    return chat, stream
 
 
 # -- measuring -----------------------------------------------------------------------------------
@@ -236,23 +255,18 @@ def rss_growth(calls: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    parser.add_argument("--openllmetry", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     rounds, calls, streams, rss_calls = (3, 100, 3, 2_000) if args.quick else (9, 400, 12, 10_000)
+    chunks = 1_000
+    if args.openllmetry:
+        openllmetry(rounds, calls, streams, chunks)
+        return
 
     tokenmeter.configure(sinks=[NullSink()])
-    contenders = {"bare": bare, "tokenmeter": with_tokenmeter, **peers()}
-    chunks = 1_000
-
-    client = mock_client(stream_chunks=chunks)
-
-    def chat() -> None:
-        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
-
-    def stream() -> None:
-        for _ in client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True):
-            pass
-
+    contenders = {"bare": bare, "tokenmeter": with_tokenmeter}
     print(f"openai {openai.__version__}; {rounds} interleaved rounds, medians")
+    chat, stream = workloads(mock_client(stream_chunks=chunks))
     report(
         f"MockTransport: non-streamed chat completion ({calls} calls/round)",
         interleaved(contenders, chat, calls, rounds),
@@ -266,17 +280,7 @@ def main() -> None:
     )
 
     with FakeProvider(stream_chunks=200, record_requests=False) as fake:
-        loop_client = fake.openai_client()
-
-        def loop_chat() -> None:
-            loop_client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
-
-        def loop_stream() -> None:
-            for _ in loop_client.chat.completions.create(
-                model="gpt-4o", messages=MESSAGES, stream=True
-            ):
-                pass
-
+        loop_chat, loop_stream = workloads(fake.openai_client())
         report(
             f"FakeProvider (loopback HTTP): non-streamed chat ({calls // 2} calls/round)",
             interleaved(contenders, loop_chat, calls // 2, rounds),
@@ -294,6 +298,20 @@ def main() -> None:
         f"\nRSS over {rss_calls:,} instrumented streamed calls: {before:.1f} MB -> {after:.1f} MB "
         f"(growth {after - before:+.2f} MB; target <= 5 MB)"
     )
+
+    print("\n== peers (same workloads; MockTransport) ==")
+    logfire = peers()
+    if logfire:
+        with_peers = {**contenders, **logfire}
+        report("non-streamed chat", interleaved(with_peers, chat, calls, rounds), "call")
+        report(
+            f"{chunks:,}-chunk stream",
+            interleaved(with_peers, stream, streams, rounds),
+            "chunk",
+            per=chunks,
+        )
+    child = [sys.executable, __file__, "--openllmetry"] + (["--quick"] if args.quick else [])
+    subprocess.run(child, check=False)
 
 
 if __name__ == "__main__":

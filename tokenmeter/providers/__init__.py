@@ -168,7 +168,8 @@ def uninstrument(providers: str | list[str] | tuple[str, ...] | None = None) -> 
 def wrap(client: T) -> T:
     """Instrument this one client object only; returns the same object.
 
-    Calls through it are recorded once even while ``instrument()`` is also active.
+    Calls through it are recorded once even while ``instrument()`` is also active. A client made
+    from it by ``with_options()`` / ``copy()`` is a new object: wrap that one too.
     """
     module = type(client).__module__.split(".")[0]
     candidates = {
