@@ -38,7 +38,6 @@ class ModelTotals:
         self.cache_write_tokens = 0
         self.reasoning_tokens = 0
         self.cost_usd = _ZERO
-        self.input_cost_usd = _ZERO
         self.output_cost_usd = _ZERO
         self.unpriced_calls = 0
 
@@ -55,9 +54,12 @@ class ModelTotals:
         self.cost_usd += record.estimated_cost_usd
         breakdown = record.cost_breakdown
         if breakdown:
-            output = breakdown.get("output", _ZERO)
-            self.output_cost_usd += output
-            self.input_cost_usd += record.estimated_cost_usd - output
+            self.output_cost_usd += breakdown.get("output", _ZERO)
+
+    @property
+    def input_cost_usd(self) -> Decimal:
+        """Everything billed for input: uncached, cache reads and cache writes."""
+        return self.cost_usd - self.output_cost_usd
 
     @property
     def total_tokens(self) -> int:

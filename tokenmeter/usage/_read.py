@@ -10,7 +10,7 @@ def field(obj: Any, name: str, camel: str | None = None) -> Any:
     """``obj.name`` or ``obj[name]`` (or the camelCase key), None when absent."""
     if obj is None:
         return None
-    if isinstance(obj, Mapping):
+    if type(obj) is dict or (not hasattr(obj, name) and isinstance(obj, Mapping)):
         value = obj.get(name)
         if value is None and camel is not None:
             value = obj.get(camel)
