@@ -38,35 +38,70 @@ class Usage(BaseModel):
 
     @model_validator(mode="after")
     def _check_subsets(self) -> Usage:
-        if self.cache_read_tokens + self.cache_write_tokens > self.input_tokens:
-            raise ValueError(
-                "cache_read_tokens + cache_write_tokens "
-                f"({self.cache_read_tokens} + {self.cache_write_tokens}) "
-                f"cannot exceed input_tokens ({self.input_tokens})"
-            )
-        if self.input_audio_tokens > self.input_tokens:
-            raise ValueError(
-                f"input_audio_tokens ({self.input_audio_tokens}) "
-                f"cannot exceed input_tokens ({self.input_tokens})"
-            )
-        if self.cache_write_1h_tokens > self.cache_write_tokens:
-            raise ValueError(
-                f"cache_write_1h_tokens ({self.cache_write_1h_tokens}) "
-                f"cannot exceed cache_write_tokens ({self.cache_write_tokens})"
-            )
-        if self.reasoning_tokens + self.output_audio_tokens > self.output_tokens:
-            raise ValueError(
-                f"reasoning_tokens ({self.reasoning_tokens}) cannot exceed "
-                f"output_tokens ({self.output_tokens})"
-                if not self.output_audio_tokens
-                else f"reasoning_tokens + output_audio_tokens ({self.reasoning_tokens} + "
-                f"{self.output_audio_tokens}) cannot exceed output_tokens ({self.output_tokens})"
-            )
+        check_usage_subsets(self.__dict__)
         return self
 
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+
+def check_usage_subsets(c: dict[str, int]) -> None:
+    """The parts of a Usage must fit inside its totals (ValueError naming the fields if not)."""
+    read, write, total_in = c["cache_read_tokens"], c["cache_write_tokens"], c["input_tokens"]
+    if read + write > total_in:
+        raise ValueError(
+            f"cache_read_tokens + cache_write_tokens ({read} + {write}) "
+            f"cannot exceed input_tokens ({total_in})"
+        )
+    if c["input_audio_tokens"] > total_in:
+        raise ValueError(
+            f"input_audio_tokens ({c['input_audio_tokens']}) cannot exceed input_tokens ({total_in})"
+        )
+    if c["cache_write_1h_tokens"] > write:
+        raise ValueError(
+            f"cache_write_1h_tokens ({c['cache_write_1h_tokens']}) "
+            f"cannot exceed cache_write_tokens ({write})"
+        )
+    reasoning, audio_out, total_out = (
+        c["reasoning_tokens"],
+        c["output_audio_tokens"],
+        c["output_tokens"],
+    )
+    if reasoning + audio_out > total_out:
+        raise ValueError(
+            f"reasoning_tokens ({reasoning}) cannot exceed output_tokens ({total_out})"
+            if not audio_out
+            else f"reasoning_tokens + output_audio_tokens ({reasoning} + {audio_out}) "
+            f"cannot exceed output_tokens ({total_out})"
+        )
+
+
+def usage_of(
+    input_tokens: int,
+    output_tokens: int,
+    cache_read_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    cache_write_1h_tokens: int = 0,
+    reasoning_tokens: int = 0,
+    input_audio_tokens: int = 0,
+    output_audio_tokens: int = 0,
+) -> Usage:
+    """A Usage from counts already known to be non-negative ints (the usage readers' hot path):
+    only the subset rules are checked, not each field again."""
+    counts = {
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_read_tokens": cache_read_tokens,
+        "cache_write_tokens": cache_write_tokens,
+        "cache_write_1h_tokens": cache_write_1h_tokens,
+        "reasoning_tokens": reasoning_tokens,
+        "input_audio_tokens": input_audio_tokens,
+        "output_audio_tokens": output_audio_tokens,
+    }
+    check_usage_subsets(counts)
+    usage: Usage = trusted(Usage, counts)
+    return usage
 
 
 class Cost(BaseModel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenmeter._models import Usage
+from tokenmeter._models import Usage, usage_of
 from tokenmeter.usage._read import count, field
 from tokenmeter.usage._types import Extracted
 
@@ -25,7 +25,7 @@ def usage_from_anthropic(usage: Any) -> Usage:
     write_5m = count(split, "ephemeral_5m_input_tokens")
     write_1h = count(split, "ephemeral_1h_input_tokens")
     cache_write = count(usage, "cache_creation_input_tokens") or write_5m + write_1h
-    return Usage(
+    return usage_of(
         input_tokens=count(usage, "input_tokens") + cache_read + cache_write,
         output_tokens=count(usage, "output_tokens"),
         cache_read_tokens=cache_read,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenmeter._models import Usage
+from tokenmeter._models import Usage, usage_of
 from tokenmeter.usage._read import count, field
 from tokenmeter.usage._types import Extracted
 
@@ -31,7 +31,7 @@ def usage_from_gemini(meta: Any) -> Usage:
     hidden = total - input_tokens - candidates - thoughts
     if hidden > 0:
         thoughts += hidden
-    return Usage(
+    return usage_of(
         input_tokens=input_tokens,
         output_tokens=candidates + thoughts,
         cache_read_tokens=min(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenmeter._models import Usage
+from tokenmeter._models import Usage, usage_of
 from tokenmeter.usage._read import count, field
 from tokenmeter.usage._types import Extracted
 
@@ -39,7 +39,7 @@ def usage_from_openai(usage: Any) -> Usage:
     else:
         raise ValueError(f"not an OpenAI usage block: {usage!r}")
     cached = count(in_details, "cached_tokens") or count(usage, "prompt_cache_hit_tokens")
-    return Usage(
+    return usage_of(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         cache_read_tokens=cached,
