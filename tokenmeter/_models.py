@@ -56,7 +56,8 @@ def check_usage_subsets(c: dict[str, int]) -> None:
         )
     if c["input_audio_tokens"] > total_in:
         raise ValueError(
-            f"input_audio_tokens ({c['input_audio_tokens']}) cannot exceed input_tokens ({total_in})"
+            f"input_audio_tokens ({c['input_audio_tokens']}) "
+            f"cannot exceed input_tokens ({total_in})"
         )
     if c["cache_write_1h_tokens"] > write:
         raise ValueError(
