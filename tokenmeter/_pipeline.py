@@ -28,7 +28,7 @@ from typing import Any
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.sinks._base import Sink
 
-__all__ = ["flush", "set_sinks", "sinks", "submit", "submit_session"]
+__all__ = ["flush", "set_sinks", "submit", "submit_session"]
 
 logger = logging.getLogger("tokenmeter")
 
@@ -300,15 +300,6 @@ def set_sinks(
         _sink_factory, _max_queue, _exit_timeout = make_sinks, max_queue, exit_timeout
     if old is not None:
         old.stop(exit_timeout)
-
-
-def sinks() -> list[Sink]:
-    """The sinks in use (opening them if nothing was recorded yet)."""
-    pipeline = _get()
-    if pipeline._thread is None:
-        pipeline._start()
-    pipeline.flush(None)
-    return [state.sink for state in pipeline._states or ()]
 
 
 def _at_exit() -> None:
