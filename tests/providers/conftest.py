@@ -1,7 +1,9 @@
 """Fixtures for the provider tests: a FakeProvider, a recording sink, and both client flavours.
 
-Most tests run the REAL openai / anthropic SDKs against `FakeProvider` on loopback; a few use
-``httpx2.MockTransport`` where a reply must be exact (garbage usage, a given host, a timeout).
+Most tests run the REAL openai / anthropic SDKs against `FakeProvider` on loopback; a few use a
+``MockTransport`` where a reply must be exact (garbage usage, a given host, a timeout). ``http`` is
+the HTTP library the installed openai SDK is built on: ``httpx2`` for the newest, ``httpx`` before.
+``@pytest.mark.requires(openai=">=1.92")`` skips a test of an API that older SDKs lack.
 Tests are written once as ``async def`` and parametrised over sync and async clients: ``maybe()``
 awaits what the async client returns and passes the sync client's results through. The helpers
 below reach tests through the ``kit`` fixture (this module itself), since test folders here are
@@ -17,18 +19,34 @@ from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
-import httpx2
 import pytest
+from openai import _base_client
 
 import tokenmeter
 from tokenmeter._models import UsageRecord
 from tokenmeter.providers import _core
 from tokenmeter.sinks import InMemorySink
 from tokenmeter.testing import FakeProvider
+from tokenmeter.testing._sdk import unmet
 
-Handler = Callable[[httpx2.Request], httpx2.Response]
+#: ``httpx2`` or ``httpx``: whichever the installed openai client is built on (same API).
+http: Any = getattr(_base_client, "httpx2", None) or _base_client.httpx
+Handler = Callable[[Any], Any]
 #: Every test folder's conftest is imported as "conftest": keep a handle on this one.
 _THIS = sys.modules[__name__]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "requires(**sdks): skip unless the installed SDKs match, e.g. openai='>=1.92'"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("requires"):
+        reason = unmet(**mark.kwargs)
+        if reason:
+            pytest.skip(reason)
 
 
 @pytest.fixture(autouse=True)
@@ -80,6 +98,12 @@ async def maybe(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
+def chat_helpers(client: Any) -> Any:
+    """The chat ``parse`` / ``stream`` helpers: under ``client.beta`` before openai 1.92."""
+    completions = client.chat.completions
+    return completions if hasattr(completions, "parse") else client.beta.chat.completions
+
+
 async def drain(stream: Any) -> list[Any]:
     """Every item of a sync or async stream."""
     if hasattr(stream, "__aiter__"):
@@ -87,7 +111,7 @@ async def drain(stream: Any) -> list[Any]:
     return list(stream)
 
 
-# -- exact replies through httpx2.MockTransport ---------------------------------------------------
+# -- exact replies through a MockTransport ---------------------------------------------------------
 CHAT_USAGE = {
     "prompt_tokens": 19,
     "completion_tokens": 10,
@@ -125,8 +149,8 @@ def chat_sse(chunks: int, usage: Any = None, model: str = "gpt-4o-2024-08-06") -
     return (text + "data: [DONE]\n\n").encode()
 
 
-def sse_response(body: bytes) -> httpx2.Response:
-    return httpx2.Response(200, content=body, headers={"content-type": "text/event-stream"})
+def sse_response(body: bytes) -> Any:
+    return http.Response(200, content=body, headers={"content-type": "text/event-stream"})
 
 
 def mock_openai(
@@ -135,14 +159,14 @@ def mock_openai(
     """An OpenAI client whose HTTP replies come from ``handler`` (no sockets)."""
     import openai
 
-    transport = httpx2.MockTransport(handler)
+    transport = http.MockTransport(handler)
     if is_async:
         return openai.AsyncOpenAI(
             api_key="sk-test",
             base_url=base_url,
-            http_client=httpx2.AsyncClient(transport=transport),
+            http_client=http.AsyncClient(transport=transport),
             **kw,
         )
     return openai.OpenAI(
-        api_key="sk-test", base_url=base_url, http_client=httpx2.Client(transport=transport), **kw
+        api_key="sk-test", base_url=base_url, http_client=http.Client(transport=transport), **kw
     )

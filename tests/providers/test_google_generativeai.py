@@ -23,6 +23,7 @@ from google.api_core import exceptions as core_exceptions
 import tokenmeter
 from tokenmeter import UsageRecord
 from tokenmeter.testing import FakeProvider, GeminiUsage, InMemorySink
+from tokenmeter.testing._sdk import unmet
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
@@ -32,6 +33,9 @@ with warnings.catch_warnings():
 USAGE = GeminiUsage(prompt=100, candidates=20, cached=30, thoughts=40)
 #: What the legacy proto keeps: thoughts are dropped but still inside the total.
 EXPECTED = USAGE.normalized()
+#: ``GenerateContentResponse.model_version``: from google-ai-generativelanguage 0.6.13, which
+#: google-generativeai 0.8.4 requires (0.8.3 pins 0.6.10).
+MODEL_VERSION = unmet(google_ai_generativelanguage=">=0.6.13") is None
 
 
 @pytest.fixture(autouse=True)
@@ -96,6 +100,7 @@ def test_generate_content_counts_hidden_thoughts(sink: InMemorySink) -> None:
     assert record.streamed is False
 
 
+@pytest.mark.requires(google_ai_generativelanguage=">=0.6.13")  # response.model_version
 @pytest.mark.usefixtures("instrumented")
 def test_model_name_comes_from_the_response_version(fake: FakeProvider, sink: InMemorySink) -> None:
     fake.set_model("gemini-1.5-flash", "gemini-1.5-flash-002")
@@ -229,9 +234,8 @@ def _reply(candidates: int, done: bool) -> Any:
         content=glm.Content(parts=[glm.Part(text="piece")], role="model"),
         finish_reason=glm.Candidate.FinishReason.STOP if done else 0,
     )
-    return glm.GenerateContentResponse(
-        candidates=[candidate], usage_metadata=meta, model_version="gemini-1.5-flash-002"
-    )
+    version = {"model_version": "gemini-1.5-flash-002"} if MODEL_VERSION else {}
+    return glm.GenerateContentResponse(candidates=[candidate], usage_metadata=meta, **version)
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +283,8 @@ async def test_async_generate_content(grpc_address: str, sink: InMemorySink) -> 
     assert isinstance(response, generation_types.AsyncGenerateContentResponse)
     record = only(sink)
     assert_counts(record)
-    assert record.model_name == "gemini-1.5-flash-002"
+    # The response's model version when the proto has one, else the request's model.
+    assert record.model_name == ("gemini-1.5-flash-002" if MODEL_VERSION else "gemini-1.5-flash")
 
 
 @pytest.mark.usefixtures("instrumented")

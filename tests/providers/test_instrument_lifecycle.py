@@ -11,7 +11,6 @@ from types import ModuleType
 from typing import Any
 
 import anthropic
-import httpx2
 import openai
 import pytest
 from anthropic import _base_client as anthropic_base
@@ -115,6 +114,31 @@ async def test_wrap_anthropic_and_vertex_clients(
     assert [r.model_name for r in records()] == ["claude-haiku-4-5-20251001"] * 2
 
 
+async def test_streams_stay_sdk_streams_when_wrapped_and_after_uninstrument(
+    fake: FakeProvider, records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """anthropic 0.x's Stream metaclass rejects every object not exactly a Stream: not ours."""
+    kind = anthropic.AsyncStream if is_async else anthropic.Stream
+    client = tokenmeter.wrap(fake.anthropic_client(async_=is_async))
+    wrapped = await kit.maybe(
+        client.messages.create(
+            model="claude-haiku-4-5", max_tokens=64, messages=MESSAGES, stream=True
+        )
+    )
+    tokenmeter.instrument("anthropic")
+    plain = await kit.maybe(
+        fake.anthropic_client(async_=is_async).messages.create(
+            model="claude-haiku-4-5", max_tokens=64, messages=MESSAGES, stream=True
+        )
+    )
+    tokenmeter.uninstrument("anthropic")
+    assert isinstance(wrapped, kind) and isinstance(plain, kind)
+    assert not isinstance(object(), kind)
+    await kit.drain(wrapped)
+    await kit.drain(plain)
+    assert len(records()) == 2
+
+
 def test_wrap_rejects_other_objects() -> None:
     with pytest.raises(ValueError, match="wrap\\(\\) takes"):
         tokenmeter.wrap(object())
@@ -166,8 +190,8 @@ async def test_the_very_same_exception_object_is_reraised(
     original = openai_base.SyncAPIClient.__dict__["request"]
     assert original is not None
 
-    def handler(request: httpx2.Request) -> httpx2.Response:
-        raise httpx2.ConnectTimeout("too slow", request=request)
+    def handler(request: Any) -> Any:
+        raise kit.http.ConnectTimeout("too slow", request=request)
 
     client = kit.mock_openai(handler, is_async=is_async, max_retries=0)
     try:
@@ -175,7 +199,7 @@ async def test_the_very_same_exception_object_is_reraised(
     except openai.APITimeoutError as exc:
         raised_by_sdk.append(exc)
     (exc,) = raised_by_sdk
-    assert isinstance(exc.__cause__, httpx2.ConnectTimeout)
+    assert isinstance(exc.__cause__, kit.http.ConnectTimeout)
     frames = []
     tb = exc.__traceback__
     while tb is not None:
@@ -197,10 +221,10 @@ async def test_garbage_usage_is_logged_not_raised(
 ) -> None:
     garbage = {"prompt_tokens": "lots", "completion_tokens": -3, "total_tokens": None}
 
-    def handler(request: httpx2.Request) -> httpx2.Response:
+    def handler(request: Any) -> Any:
         if stream:
             return kit.sse_response(kit.chat_sse(3, usage=garbage))
-        return httpx2.Response(200, json=kit.chat_body(usage=garbage))
+        return kit.http.Response(200, json=kit.chat_body(usage=garbage))
 
     client = kit.mock_openai(handler, is_async=is_async)
     with caplog.at_level(logging.WARNING, logger="tokenmeter"):

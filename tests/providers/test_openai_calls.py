@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 import openai
 import pytest
@@ -73,7 +74,7 @@ async def test_chat_parse(
 ) -> None:
     client = fake.openai_client(async_=is_async)
     parsed = await kit.maybe(
-        client.chat.completions.parse(model="gpt-4o", messages=MESSAGES, response_format=Answer)
+        kit.chat_helpers(client).parse(model="gpt-4o", messages=MESSAGES, response_format=Answer)
     )
     assert isinstance(parsed.choices[0].message.parsed, Answer)
     record = only(instrumented())
@@ -85,7 +86,7 @@ async def test_chat_stream_helper(
     fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool
 ) -> None:
     client = fake.openai_client(async_=is_async)
-    manager = client.chat.completions.stream(model="gpt-4o", messages=MESSAGES)
+    manager = kit.chat_helpers(client).stream(model="gpt-4o", messages=MESSAGES)
     if is_async:
         async with manager as stream:
             events = [event async for event in stream]
@@ -153,10 +154,21 @@ async def test_responses_retrieve_is_recorded_once_per_id(
     for _ in range(3):
         again = await kit.maybe(client.responses.retrieve(created.id))
         assert again.usage is not None
+    assert only(instrumented()).request_id == created.id
+
+
+@pytest.mark.requires(openai=">=1.82")  # retrieve(stream=True) replays a response's events
+async def test_streamed_retrieve_of_a_recorded_response_is_not_recorded_again(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool
+) -> None:
+    client = fake.openai_client(async_=is_async)
+    created = await kit.maybe(client.responses.create(model="gpt-4o", input="hi"))
+    await kit.drain(await kit.maybe(client.responses.retrieve(created.id, stream=True)))
     await kit.drain(await kit.maybe(client.responses.retrieve(created.id, stream=True)))
     assert only(instrumented()).request_id == created.id
 
 
+@pytest.mark.requires(openai=">=1.80")  # background responses
 async def test_background_response_is_recorded_when_its_usage_arrives(
     fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool
 ) -> None:
@@ -290,13 +302,11 @@ async def test_azure_client(
 async def test_compatible_base_url_names_the_provider(
     instrumented: Records, kit: ModuleType, is_async: bool, base_url: str, provider: str
 ) -> None:
-    import httpx2
-
     seen: list[str] = []
 
-    def handler(request: httpx2.Request) -> httpx2.Response:
+    def handler(request: Any) -> Any:
         seen.append(str(request.url))
-        return httpx2.Response(200, json=kit.chat_body(model="llama-3.3-70b-versatile"))
+        return kit.http.Response(200, json=kit.chat_body(model="llama-3.3-70b-versatile"))
 
     client = kit.mock_openai(handler, is_async=is_async, base_url=base_url)
     await kit.maybe(client.chat.completions.create(model="llama-3.3-70b", messages=MESSAGES))

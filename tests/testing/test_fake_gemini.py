@@ -1,6 +1,7 @@
 """The real google-genai SDK (sync, aio, Gemini API and Vertex paths) against FakeProvider."""
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: google-genai 1.10 reads a tool function's
+# annotations as written, and fails automatic function calling on the string "str".
 
 from collections.abc import Iterator
 from typing import Any
@@ -121,8 +122,14 @@ def test_count_tokens_and_embeddings(fake: FakeProvider) -> None:
     assert counted.cached_content_token_count == 2
     embedded = client.models.embed_content(model="gemini-embedding-001", contents=["a", "b"])
     assert embedded.embeddings is not None and len(embedded.embeddings) == 2
-    assert embedded.usage_metadata.prompt_token_count == 8  # type: ignore[union-attr]
     assert fake.requests[-1].path.endswith("gemini-embedding-001:batchEmbedContents")
+
+
+@pytest.mark.requires(google_genai=">=3.1")  # EmbedContentResponse.usage_metadata
+def test_embeddings_report_usage(fake: FakeProvider) -> None:
+    client = fake.genai_client()
+    embedded = client.models.embed_content(model="gemini-embedding-001", contents=["a", "b"])
+    assert embedded.usage_metadata.prompt_token_count == 8  # type: ignore[attr-defined]
 
 
 def test_vertex_paths(fake: FakeProvider) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenmeter.providers._core import Call
+from tokenmeter.providers._core import Call, _StreamProxyBase
 from tokenmeter.providers._stainless import Endpoint, StainlessAdapter
 from tokenmeter.usage import from_anthropic_response
 from tokenmeter.usage.anthropic import tier_from_anthropic, usage_from_anthropic
@@ -78,12 +78,36 @@ class AnthropicAdapter(StainlessAdapter):
 
 
 ADAPTER = AnthropicAdapter()
+_taught: set[type] = set()
+
+
+def _teach_isinstance() -> None:
+    """anthropic < 1.0: ``Stream``'s metaclass answers ``isinstance()`` False for any object whose
+    type is not exactly ``Stream`` (its old ``MessageStream`` aside), so our stream proxies failed
+    ``isinstance(s, anthropic.Stream)``. Make it answer for what a proxy wraps. Kept after
+    ``uninstrument()``: proxies made before must keep passing; it changes no other answer."""
+    from anthropic import _streaming
+
+    for name in ("_SyncStreamMeta", "_AsyncStreamMeta"):
+        meta = getattr(_streaming, name, None)
+        if meta is None or meta in _taught or "__instancecheck__" not in vars(meta):
+            continue
+        original = vars(meta)["__instancecheck__"]
+
+        def instancecheck(cls: type, obj: Any, _original: Any = original) -> bool:
+            if isinstance(obj, _StreamProxyBase):
+                return isinstance(obj.__wrapped__, cls)
+            return bool(_original(cls, obj))
+
+        meta.__instancecheck__ = instancecheck
+        _taught.add(meta)
 
 
 def patch_targets() -> list[tuple[type, str, Any]]:
     """(class, method, wrapper) for the installed anthropic SDK."""
     from anthropic import _base_client
 
+    _teach_isinstance()
     return [
         (_base_client.SyncAPIClient, "request", ADAPTER.sync_wrapper),
         (_base_client.AsyncAPIClient, "request", ADAPTER.async_wrapper),
@@ -93,4 +117,5 @@ def patch_targets() -> list[tuple[type, str, Any]]:
 def wrap_instance(client: Any) -> bool:
     from anthropic import _base_client
 
+    _teach_isinstance()
     return ADAPTER.wrap_client(client, _base_client.SyncAPIClient, _base_client.AsyncAPIClient)
