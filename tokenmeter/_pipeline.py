@@ -296,10 +296,10 @@ def set_sinks(
     """Replace the sinks: the current ones get everything submitted so far, then are closed."""
     global _pipeline, _sink_factory, _max_queue, _exit_timeout
     with _pipeline_lock:
-        old, _pipeline = _pipeline, None
+        old, old_timeout, _pipeline = _pipeline, _exit_timeout, None
         _sink_factory, _max_queue, _exit_timeout = make_sinks, max_queue, exit_timeout
     if old is not None:
-        old.stop(exit_timeout)
+        old.stop(old_timeout)  # the old sinks' own time limit
 
 
 def _at_exit() -> None:
