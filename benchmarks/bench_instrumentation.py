@@ -4,7 +4,8 @@
 
 Main lines use ``httpx2.MockTransport`` (in-process: the ratio is our overhead against the SDK's
 own work - building the request, parsing JSON/SSE, constructing models - with no socket noise).
-A second set runs over loopback against ``FakeProvider``: closer to a real network call.
+A second set runs over loopback against ``FakeProvider`` in a child process: closer to a real
+network call.
 Bare and instrumented runs are interleaved (instrument()/uninstrument() alternately, several
 rounds) and medians taken, so machine drift hits both alike. Logfire's OpenAI instrumentation is
 measured in the same rounds when installed. OpenLLMetry's is measured in a child process, bare
@@ -34,7 +35,6 @@ import httpx2
 import openai
 
 import tokenmeter
-from tokenmeter.testing import FakeProvider
 
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 USAGE = {
@@ -223,6 +223,26 @@ def report(title: str, result: dict[str, float], unit: str, per: int = 1) -> Non
         print(f"  {name:<12}{shown:>12}{seconds / base:>8.3f}x{added_text:>16}")
 
 
+@contextlib.contextmanager
+def fake_in_child_process(stream_chunks: int) -> Iterator[str]:
+    """FakeProvider in its own process, like a real API: its server threads then do not compete
+    with the measured client for this interpreter's GIL. Yields the OpenAI base URL."""
+    code = (
+        "import sys; from tokenmeter.testing import FakeProvider; "
+        f"fake = FakeProvider(stream_chunks={stream_chunks}, record_requests=False).start(); "
+        "print(fake.openai_base_url, flush=True); sys.stdin.read(); fake.stop()"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        yield child.stdout.readline().strip()
+    finally:
+        child.stdin.close()
+        child.wait(10)
+
+
 def rss_mb() -> float:
     with open("/proc/self/status") as status:
         for line in status:
@@ -289,8 +309,9 @@ def main() -> None:
         per=chunks,
     )
 
-    with FakeProvider(stream_chunks=200, record_requests=False) as fake:
-        loop_chat, loop_stream = workloads(fake.openai_client())
+    with fake_in_child_process(stream_chunks=200) as base_url:
+        loop_client = openai.OpenAI(api_key="sk-test", base_url=base_url, max_retries=0)
+        loop_chat, loop_stream = workloads(loop_client)
         report(
             f"FakeProvider (loopback HTTP): non-streamed chat ({calls // 2} calls/round)",
             interleaved(contenders, loop_chat, calls // 2, rounds),
