@@ -91,7 +91,7 @@ class OpenAIAdapter(StainlessAdapter):
 
     def __init__(self) -> None:
         self.stream_usage = True
-        self._providers: dict[tuple[type, str], str] = {}
+        self._providers: dict[int, tuple[Any, type, str]] = {}
 
     def endpoint(self, method: str, path: str) -> Endpoint | None:
         if method == "post":
@@ -111,12 +111,17 @@ class OpenAIAdapter(StainlessAdapter):
         return None
 
     def provider_of(self, client: Any) -> str:
-        key = (type(client), str(getattr(client, "base_url", "")))
-        found = self._providers.get(key)
-        if found is None:
-            host = getattr(getattr(client, "base_url", None), "host", "") or ""
-            found = self._providers[key] = provider_for_host(host, type(client).__name__)
-        return found
+        # Keyed by the URL object itself (rendering it as text costs more than the rest of the
+        # call planning); a client given a new base_url has a new URL object.
+        url = getattr(client, "base_url", None)
+        found = self._providers.get(id(url))
+        if found is None or found[0] is not url or found[1] is not type(client):
+            host = getattr(url, "host", "") or ""
+            found = (url, type(client), provider_for_host(host, type(client).__name__))
+            if len(self._providers) >= 1024:  # apps that make a client per request
+                self._providers.clear()
+            self._providers[id(url)] = found
+        return found[2]
 
     def prepare(self, options: Any, endpoint: Endpoint, streamed: bool) -> tuple[Any, bool]:
         if not (streamed and self.stream_usage and endpoint.new_reader is ChunkReader):
