@@ -92,3 +92,17 @@ def test_aliases_price_azure_deployments(sink: InMemorySink) -> None:
     tokenmeter.configure(sinks=[sink], aliases={"my-gpt4o-prod-deployment": "gpt-4o"})
     rec = tokenmeter.record("azure", "my-gpt4o-prod-deployment", 1000, 500)
     assert rec.estimated_cost_usd == Decimal("0.0075")
+
+
+def test_sink_objects_and_names_mix(tmp_path: Path) -> None:
+    memory = InMemorySink()
+    tokenmeter.configure(sinks=[memory, "jsonl"], directory=tmp_path / "meter")
+    tokenmeter.record("openai", "gpt-4o", 10, 1)
+    assert tokenmeter.flush(5)
+    assert len(memory.records) == 1
+    assert (tmp_path / "meter" / "usage.jsonl").read_text().count("\n") == 1
+
+
+def test_unknown_sink_name_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown sink 'postgres'"):
+        tokenmeter.configure(sinks=["postgres"])

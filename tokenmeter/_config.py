@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 __all__ = ["SINK_NAMES", "Settings", "load_settings"]
 
@@ -41,6 +41,11 @@ class Settings(BaseModel):
     max_queue: int = 100_000
     #: How long interpreter exit waits for records to reach the sinks.
     exit_timeout: float = 10.0
+
+    @field_validator("sinks", mode="before")
+    @classmethod
+    def _known_sinks(cls, value: Any) -> tuple[str, ...]:
+        return _parse_sinks("sinks", value)
 
 
 def _parse_bool(name: str, value: str) -> bool:

@@ -14,7 +14,7 @@ from tokenmeter.sinks._base import Sink
 __all__ = ["configure", "settings"]
 
 _settings: Settings | None = None
-_sink_objects: list[Sink] | None = None
+_sink_objects: list[Sink] = []  # sink objects given to configure(), beside the named ones
 _explicit: dict[str, Any] = {}
 _lock = threading.RLock()
 
@@ -52,10 +52,10 @@ def _apply() -> None:
         prices.update(resolved.prices)  # configure(prices=...) wins over the file
         pricing.set_user_prices(prices)
         pricing.set_aliases(resolved.aliases)
-        objects = _sink_objects
+        objects = list(_sink_objects)
 
         def make_sinks() -> list[Sink]:
-            return list(objects) if objects is not None else _default_sinks(resolved)
+            return [*objects, *_default_sinks(resolved)]
 
         _pipeline.set_sinks(
             make_sinks, max_queue=resolved.max_queue, exit_timeout=resolved.exit_timeout
@@ -93,12 +93,7 @@ def configure(
                         f"sinks: {sink!r} is not a sink (needs write(), flush() and close())"
                     )
             explicit["sinks"] = names
-            objects = given if given else None
-            if given and names:
-                resolved_dir = Path(directory or explicit.get("directory") or settings().directory)
-                objects = given + _default_sinks(
-                    Settings(directory=resolved_dir, sinks=tuple(names))
-                )
+            objects = given
         for key, value in (
             ("prices", dict(prices) if prices is not None else None),
             ("directory", directory),
@@ -124,6 +119,6 @@ def reset() -> None:
     global _sink_objects, _settings
     with _lock:
         _explicit.clear()
-        _sink_objects = None
+        _sink_objects = []
         _settings = None
         _apply()
