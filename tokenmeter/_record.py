@@ -90,7 +90,7 @@ def emit(
         },
     )
     if not session._announced:
-        _sessions.attribute(session)
+        _sessions.announce(session)
     session._add(record)
     _pipeline.submit(record)
     return record

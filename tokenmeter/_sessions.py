@@ -333,7 +333,7 @@ def implicit_session() -> Session:
     return _implicit
 
 
-def attribute(record_session: Session) -> None:
+def announce(record_session: Session) -> None:
     """Make sure sinks have heard of the session before its first record."""
     if not record_session._announced:
         record_session._announce()
