@@ -7,7 +7,8 @@ the HTTP library the installed openai SDK is built on: ``httpx2`` for the newest
 Tests are written once as ``async def`` and parametrised over sync and async clients: ``maybe()``
 awaits what the async client returns and passes the sync client's results through. The helpers
 below reach tests through the ``kit`` fixture (this module itself), since test folders here are
-not packages.
+not packages; the plain ones every test file names (``only``, ``Records``...) are imported from
+``provider_helpers``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import Any
 
 import pytest
 from openai import _base_client
+from provider_helpers import Records, flushed
 
 import tokenmeter
-from tokenmeter._models import UsageRecord
 from tokenmeter.providers import _core
 from tokenmeter.sinks import InMemorySink
 from tokenmeter.testing import FakeProvider
@@ -65,18 +66,13 @@ def fake() -> Iterator[FakeProvider]:
 
 
 @pytest.fixture
-def records(sink: InMemorySink) -> Callable[[], list[UsageRecord]]:
+def records(sink: InMemorySink) -> Records:
     """``records()`` flushes the pipeline and returns every record written so far."""
-
-    def read() -> list[UsageRecord]:
-        assert tokenmeter.flush(5)
-        return list(sink.records)
-
-    return read
+    return lambda: flushed(sink)
 
 
 @pytest.fixture
-def instrumented(records: Callable[[], list[UsageRecord]]) -> Callable[[], list[UsageRecord]]:
+def instrumented(records: Records) -> Records:
     """openai and anthropic patched, records captured."""
     tokenmeter.instrument(["openai", "anthropic"])
     return records

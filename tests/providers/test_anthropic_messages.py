@@ -11,30 +11,18 @@ installed, so it cannot be driven offline. Its routes (``/model/{id}/invoke``) a
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
 from types import ModuleType
 
 import anthropic
 import pytest
 from anthropic.types import Message
-from pydantic import BaseModel
+from provider_helpers import MESSAGES, Answer, Records, only
 
 from tokenmeter._models import UsageRecord
 from tokenmeter.testing import FakeProvider
 
-Records = Callable[[], list[UsageRecord]]
 MODEL = "claude-haiku-4-5"
 SERVED = "claude-haiku-4-5-20251001"
-MESSAGES = [{"role": "user", "content": "hi"}]
-
-
-class Answer(BaseModel):
-    answer: str
-
-
-def only(records: list[UsageRecord]) -> UsageRecord:
-    assert len(records) == 1, records
-    return records[0]
 
 
 def assert_counts(record: UsageRecord, fake: FakeProvider) -> None:

@@ -13,6 +13,7 @@ import pytest
 from google import genai
 from google.genai import _api_client, errors, models
 from google.genai import types as gtypes
+from provider_helpers import flushed, only
 
 import tokenmeter
 from tokenmeter import UsageRecord
@@ -30,13 +31,9 @@ FUNCTION_CALL = GeminiUsage(prompt=80, candidates=9, cached=0, thoughts=11)
 
 
 @pytest.fixture(autouse=True)
-def sink() -> Iterator[InMemorySink]:
-    """Every test starts uninstrumented with a fresh sink, and leaves nothing patched."""
-    tokenmeter.uninstrument()
-    memory = InMemorySink()
-    tokenmeter.configure(sinks=[memory])
-    yield memory
-    tokenmeter.uninstrument()
+def sink(sink: InMemorySink) -> Iterator[InMemorySink]:
+    """Every test has the in-memory sink; the clients it made live until it ends."""
+    yield sink
     _clients.clear()
 
 
@@ -59,17 +56,6 @@ def client(fake: FakeProvider, **kwargs: Any) -> genai.Client:
     made: genai.Client = fake.genai_client(**kwargs)
     _clients.append(made)
     return made
-
-
-def records(sink: InMemorySink) -> list[UsageRecord]:
-    tokenmeter.flush()
-    return list(sink.records)
-
-
-def only(sink: InMemorySink) -> UsageRecord:
-    found = records(sink)
-    assert len(found) == 1, found
-    return found[0]
 
 
 def assert_counts(record: UsageRecord, usage: GeminiUsage) -> None:
@@ -96,7 +82,7 @@ def test_generate_content_records_thoughts_tool_prompt_and_cache(
     response = client(fake).models.generate_content(model="gemini-flash-latest", contents="hi")
 
     assert isinstance(response, gtypes.GenerateContentResponse)
-    record = only(sink)
+    record = only(flushed(sink))
     assert_counts(record, FINAL)
     assert record.output_tokens == 30 + 50  # thoughts are outside candidates
     assert record.input_tokens == 120 + 6  # tool-use prompt is input
@@ -119,7 +105,7 @@ def test_stream_takes_the_last_running_total_not_a_sum(
 
     assert len(chunks) == 3
     assert all(isinstance(c, gtypes.GenerateContentResponse) for c in chunks)
-    record = only(sink)
+    record = only(flushed(sink))
     assert_counts(record, FINAL)  # a sum of the three running totals would triple the prompt
     assert record.streamed is True
 
@@ -131,7 +117,7 @@ async def test_async_generate_content(fake: FakeProvider, sink: InMemorySink) ->
     )
 
     assert isinstance(response, gtypes.GenerateContentResponse)
-    record = only(sink)
+    record = only(flushed(sink))
     assert_counts(record, FINAL)
     assert record.streamed is False
 
@@ -145,7 +131,7 @@ async def test_async_stream(fake: FakeProvider, sink: InMemorySink) -> None:
     chunks = [chunk async for chunk in stream]
 
     assert len(chunks) == fake.stream_chunks
-    record = only(sink)
+    record = only(flushed(sink))
     assert_counts(record, FINAL)
     assert record.streamed is True
 
@@ -155,7 +141,7 @@ def test_private_stream_is_still_a_generator(fake: FakeProvider, sink: InMemoryS
     stream = client(fake).models._generate_content_stream(model="gemini-2.5-flash", contents="hi")
     assert isinstance(stream, pytypes.GeneratorType)
     assert sum(1 for _ in stream) == fake.stream_chunks
-    assert_counts(only(sink), FINAL)
+    assert_counts(only(flushed(sink)), FINAL)
 
 
 @pytest.mark.requires(google_genai=">=3.1")  # older SDKs drop the usage of embedContent
@@ -164,7 +150,7 @@ def test_embed_content(fake: FakeProvider, sink: InMemorySink) -> None:
     response = client(fake).models.embed_content(model="gemini-embedding-001", contents=["a", "b"])
 
     assert isinstance(response, gtypes.EmbedContentResponse)
-    record = only(sink)
+    record = only(flushed(sink))
     assert record.operation == "embed_content"
     assert record.input_tokens == FINAL.prompt
     assert record.output_tokens == 0
@@ -174,7 +160,7 @@ def test_embed_content(fake: FakeProvider, sink: InMemorySink) -> None:
 @pytest.mark.usefixtures("instrumented")
 async def test_async_embed_content(fake: FakeProvider, sink: InMemorySink) -> None:
     await client(fake).aio.models.embed_content(model="gemini-embedding-001", contents="a")
-    record = only(sink)
+    record = only(flushed(sink))
     assert (record.operation, record.input_tokens) == ("embed_content", FINAL.prompt)
 
 
@@ -187,14 +173,14 @@ def test_vertex_predict_embeddings_count_per_embedding_tokens(
     )
     # :predict reports statistics per embedding (the field itself exists from google-genai 3.1)
     assert getattr(response, "usage_metadata", None) is None
-    record = only(sink)
+    record = only(flushed(sink))
     assert (record.operation, record.input_tokens) == ("embed_content", 2 * FINAL.prompt)
 
 
 @pytest.mark.usefixtures("instrumented")
 def test_vertex_client_is_provider_google(fake: FakeProvider, sink: InMemorySink) -> None:
     client(fake, vertexai=True).models.generate_content(model="gemini-2.5-flash", contents="hi")
-    record = only(sink)
+    record = only(flushed(sink))
     assert record.model_provider == "google"
     assert_counts(record, FINAL)
 
@@ -214,7 +200,7 @@ def test_automatic_function_calling_records_every_round(
     assert len(fake.requests) == 2
     assert response.usage_metadata is not None
     assert response.usage_metadata.prompt_token_count == FINAL.prompt  # the public view: last only
-    first, second = records(sink)
+    first, second = flushed(sink)
     assert_counts(first, FUNCTION_CALL)
     assert_counts(second, FINAL)
 
@@ -227,7 +213,7 @@ async def test_async_automatic_function_calling_records_every_round(
     await client(fake).aio.models.generate_content(
         model="gemini-2.5-flash", contents="weather in Paris?", config=config
     )
-    first, second = records(sink)
+    first, second = flushed(sink)
     assert_counts(first, FUNCTION_CALL)
     assert_counts(second, FINAL)
 
@@ -243,7 +229,7 @@ def test_streamed_automatic_function_calling_records_every_round(
         )
     )
     assert chunks
-    first, second = records(sink)
+    first, second = flushed(sink)
     assert_counts(first, FUNCTION_CALL)
     assert_counts(second, FINAL)
     assert first.streamed and second.streamed
@@ -253,7 +239,7 @@ def test_streamed_automatic_function_calling_records_every_round(
 def test_chat_send_message_is_one_record(fake: FakeProvider, sink: InMemorySink) -> None:
     chat = client(fake).chats.create(model="gemini-2.5-flash")
     chat.send_message("hi")
-    assert_counts(only(sink), FINAL)
+    assert_counts(only(flushed(sink)), FINAL)
 
 
 @pytest.mark.usefixtures("instrumented")
@@ -261,7 +247,7 @@ async def test_async_chat_stream_is_one_record(fake: FakeProvider, sink: InMemor
     chat = client(fake).aio.chats.create(model="gemini-2.5-flash")
     async for _ in await chat.send_message_stream("hi"):
         pass
-    assert_counts(only(sink), FINAL)
+    assert_counts(only(flushed(sink)), FINAL)
 
 
 # -- streams left early, errors --------------------------------------------------------------
@@ -278,7 +264,7 @@ def test_stream_broken_off_is_recorded_once_with_what_it_reported(
     del stream
     gc.collect()
 
-    record = only(sink)
+    record = only(flushed(sink))
     assert record.streamed is True
     assert record.input_tokens == FINAL.prompt + FINAL.tool_use_prompt
     assert record.output_tokens == FINAL.candidates // 3 + FINAL.thoughts  # first running total
@@ -307,7 +293,7 @@ def test_api_error_is_recorded_and_the_same_exception_reraised(
         client(fake).models.generate_content(model="gemini-2.5-flash", contents="hi")
 
     assert raised_errors == [caught.value]
-    record = only(sink)
+    record = only(flushed(sink))
     assert (record.status, record.error) == ("error", "ServerError")
     assert record.model_name == "gemini-2.5-flash"
     assert record.input_tokens == record.output_tokens == 0
@@ -322,7 +308,7 @@ def test_stream_error_is_recorded(
         list(client(fake).models.generate_content_stream(model="gemini-2.5-flash", contents="hi"))
 
     assert raised_errors == [caught.value]
-    record = only(sink)
+    record = only(flushed(sink))
     assert (record.status, record.error, record.streamed) == ("error", "ClientError", True)
 
 
@@ -343,7 +329,7 @@ async def test_async_errors_are_recorded(
             pass
 
     assert raised_errors == [plain.value, streamed.value]
-    assert [(r.status, r.error, r.streamed) for r in records(sink)] == [
+    assert [(r.status, r.error, r.streamed) for r in flushed(sink)] == [
         ("error", "ServerError", False),
         ("error", "ClientError", True),
     ]
@@ -376,7 +362,7 @@ def test_model_prefix_is_stripped_when_the_response_names_no_model(sink: InMemor
     }
     _mock_client(body).models.generate_content(model="models/gemini-2.5-flash", contents="hi")
 
-    record = only(sink)
+    record = only(flushed(sink))
     assert (record.model_name, record.request_model) == (
         "gemini-2.5-flash",
         "models/gemini-2.5-flash",
@@ -425,7 +411,7 @@ def test_instrument_twice_is_one_record(fake: FakeProvider, sink: InMemorySink) 
     tokenmeter.instrument("google-genai")
     tokenmeter.instrument("google-genai")
     client(fake).models.generate_content(model="gemini-2.5-flash", contents="hi")
-    assert len(records(sink)) == 1
+    assert len(flushed(sink)) == 1
 
 
 def test_wrap_and_instrument_together_are_one_record(
@@ -435,7 +421,7 @@ def test_wrap_and_instrument_together_are_one_record(
     client = tokenmeter.wrap(fake.genai_client())
     client.models.generate_content(model="gemini-2.5-flash", contents="hi")
     list(client.models.generate_content_stream(model="gemini-2.5-flash", contents="hi"))
-    assert [r.streamed for r in records(sink)] == [False, True]
+    assert [r.streamed for r in flushed(sink)] == [False, True]
 
 
 async def test_wrap_alone_meters_that_client_only(fake: FakeProvider, sink: InMemorySink) -> None:
@@ -454,7 +440,7 @@ async def test_wrap_alone_meters_that_client_only(fake: FakeProvider, sink: InMe
     other.models.generate_content(model="gemini-2.5-flash", contents="hi")
 
     assert models.Models.__dict__["_generate_content"] is original
-    assert [r.streamed for r in records(sink)] == [False, False, True]
+    assert [r.streamed for r in flushed(sink)] == [False, False, True]
 
 
 def test_uninstrument_restores_the_original_methods(fake: FakeProvider, sink: InMemorySink) -> None:
@@ -476,4 +462,4 @@ def test_uninstrument_restores_the_original_methods(fake: FakeProvider, sink: In
         assert cls.__dict__[name] is original
     assert models.Models._generate_content is originals[(models.Models, "_generate_content")]
     client(fake).models.generate_content(model="gemini-2.5-flash", contents="hi")
-    assert records(sink) == []
+    assert flushed(sink) == []

@@ -19,6 +19,7 @@ from google.ai.generativelanguage_v1beta.services.generative_service.transports 
     GenerativeServiceGrpcAsyncIOTransport,
 )
 from google.api_core import exceptions as core_exceptions
+from provider_helpers import flushed, only
 
 import tokenmeter
 from tokenmeter import UsageRecord
@@ -36,16 +37,8 @@ EXPECTED = USAGE.normalized()
 #: ``GenerateContentResponse.model_version``: from google-ai-generativelanguage 0.6.13, which
 #: google-generativeai 0.8.4 requires (0.8.3 pins 0.6.10).
 MODEL_VERSION = unmet(google_ai_generativelanguage=">=0.6.13") is None
-
-
-@pytest.fixture(autouse=True)
-def sink() -> Iterator[InMemorySink]:
-    """Every test starts uninstrumented with a fresh sink, and leaves nothing patched."""
-    tokenmeter.uninstrument()
-    memory = InMemorySink()
-    tokenmeter.configure(sinks=[memory])
-    yield memory
-    tokenmeter.uninstrument()
+#: Every test writes to the in-memory sink (``tests/conftest.py``), asked for or not.
+pytestmark = pytest.mark.usefixtures("sink")
 
 
 @pytest.fixture
@@ -65,17 +58,6 @@ def model(name: str = "gemini-1.5-flash") -> Any:
     return generative_models.GenerativeModel(name)
 
 
-def records(sink: InMemorySink) -> list[UsageRecord]:
-    tokenmeter.flush()
-    return list(sink.records)
-
-
-def only(sink: InMemorySink) -> UsageRecord:
-    found = records(sink)
-    assert len(found) == 1, found
-    return found[0]
-
-
 def assert_counts(record: UsageRecord) -> None:
     assert record.input_tokens == EXPECTED.input_tokens
     assert record.output_tokens == EXPECTED.output_tokens  # total - prompt: thoughts included
@@ -92,7 +74,7 @@ def test_generate_content_counts_hidden_thoughts(sink: InMemorySink) -> None:
 
     assert isinstance(response, generation_types.GenerateContentResponse)
     assert response.usage_metadata.candidates_token_count == USAGE.candidates
-    record = only(sink)
+    record = only(flushed(sink))
     assert_counts(record)
     assert record.output_tokens == USAGE.total - USAGE.prompt
     assert (record.model_provider, record.operation) == ("google", "generate_content")
@@ -105,7 +87,7 @@ def test_generate_content_counts_hidden_thoughts(sink: InMemorySink) -> None:
 def test_model_name_comes_from_the_response_version(fake: FakeProvider, sink: InMemorySink) -> None:
     fake.set_model("gemini-1.5-flash", "gemini-1.5-flash-002")
     model("models/gemini-1.5-flash").generate_content(contents="hi")
-    record = only(sink)
+    record = only(flushed(sink))
     assert (record.model_name, record.request_model) == (
         "gemini-1.5-flash-002",
         "models/gemini-1.5-flash",
@@ -116,13 +98,13 @@ def test_model_name_comes_from_the_response_version(fake: FakeProvider, sink: In
 def test_stream_records_the_final_running_total_once(sink: InMemorySink) -> None:
     response = model("gemini-1.5-flash").generate_content("hi", stream=True)
     assert isinstance(response, generation_types.GenerateContentResponse)
-    assert records(sink) == []  # not before the stream is done with
+    assert flushed(sink) == []  # not before the stream is done with
 
     chunks = list(response)
 
     assert len(chunks) == 3
     assert response.usage_metadata.total_token_count == USAGE.total
-    record = only(sink)
+    record = only(flushed(sink))
     assert_counts(record)
     assert record.streamed is True
 
@@ -133,7 +115,7 @@ def test_stream_resolve_records_once(sink: InMemorySink) -> None:
     response.resolve()
     response.resolve()
     assert response.text
-    assert_counts(only(sink))
+    assert_counts(only(flushed(sink)))
 
 
 @pytest.mark.usefixtures("fake", "instrumented")
@@ -144,7 +126,7 @@ def test_stream_broken_off_records_what_was_reported(sink: InMemorySink) -> None
     del response
     gc.collect()
 
-    record = only(sink)
+    record = only(flushed(sink))
     assert record.streamed is True
     # The SDK reads one chunk ahead: the second running total (2 of 3 pieces) is the latest.
     assert record.output_tokens == USAGE.candidates * 2 // 3 + USAGE.thoughts
@@ -155,7 +137,7 @@ def test_chat_session_is_one_record_per_message(sink: InMemorySink) -> None:
     chat = model("gemini-1.5-flash").start_chat()
     chat.send_message("hi")
     chat.send_message("again", stream=True).resolve()
-    found = records(sink)
+    found = flushed(sink)
     assert [r.streamed for r in found] == [False, True]
     for record in found:
         assert_counts(record)
@@ -172,7 +154,7 @@ def test_api_error_is_recorded_and_reraised(
     fake.fail_next(status, count=5)  # more than any SDK retry would use
     with pytest.raises(error):
         model("gemini-1.5-flash").generate_content("hi")
-    record = only(sink)
+    record = only(flushed(sink))
     assert (record.status, record.error) == ("error", error.__name__)
     assert record.model_name == "gemini-1.5-flash"
 
@@ -187,7 +169,7 @@ def test_instrument_twice_and_wrap_are_one_record(sink: InMemorySink) -> None:
     wrapped = tokenmeter.wrap(model())
     wrapped.generate_content("hi")
     wrapped.generate_content("hi", stream=True).resolve()
-    assert [r.streamed for r in records(sink)] == [False, True]
+    assert [r.streamed for r in flushed(sink)] == [False, True]
 
 
 @pytest.mark.usefixtures("fake")
@@ -201,7 +183,7 @@ def test_wrap_alone_meters_that_model_only(sink: InMemorySink) -> None:
     model().generate_content("hi")  # another model: not metered
 
     assert generative_models.GenerativeModel.__dict__["generate_content"] is original
-    assert_counts(only(sink))
+    assert_counts(only(flushed(sink)))
 
 
 @pytest.mark.usefixtures("fake")
@@ -217,7 +199,7 @@ def test_uninstrument_restores_the_original_methods(sink: InMemorySink) -> None:
 
     assert {name: owner.__dict__[name] for name in originals} == originals
     model("gemini-1.5-flash").generate_content("hi")
-    assert records(sink) == []
+    assert flushed(sink) == []
 
 
 # -- async over gRPC ---------------------------------------------------------------------------
@@ -281,7 +263,7 @@ async def test_async_generate_content(grpc_address: str, sink: InMemorySink) -> 
     response = await _async_model(grpc_address).generate_content_async("hi")
 
     assert isinstance(response, generation_types.AsyncGenerateContentResponse)
-    record = only(sink)
+    record = only(flushed(sink))
     assert_counts(record)
     # The response's model version when the proto has one, else the request's model.
     assert record.model_name == ("gemini-1.5-flash-002" if MODEL_VERSION else "gemini-1.5-flash")
@@ -297,7 +279,7 @@ async def test_async_stream_records_the_final_running_total(
     chunks = [chunk async for chunk in response]
 
     assert len(chunks) == 3
-    record = only(sink)
+    record = only(flushed(sink))
     assert_counts(record)
     assert record.streamed is True
 
@@ -306,4 +288,4 @@ async def test_async_stream_records_the_final_running_total(
 async def test_async_stream_resolve(grpc_address: str, sink: InMemorySink) -> None:
     response = await _async_model(grpc_address).generate_content_async("hi", stream=True)
     await response.resolve()
-    assert_counts(only(sink))
+    assert_counts(only(flushed(sink)))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import logging
 import warnings
-from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -15,13 +14,12 @@ import openai
 import pytest
 from anthropic import _base_client as anthropic_base
 from openai import _base_client as openai_base
+from provider_helpers import MESSAGES, Records
 
 import tokenmeter
 from tokenmeter._models import UsageRecord
 from tokenmeter.testing import FakeProvider
 
-Records = Callable[[], list[UsageRecord]]
-MESSAGES = [{"role": "user", "content": "hi"}]
 PATCHED = [
     (module.SyncAPIClient, module.SyncAPIClient.__dict__["request"])
     for module in (openai_base, anthropic_base)

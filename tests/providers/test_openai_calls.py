@@ -6,30 +6,17 @@ own usage (``fake.openai_usage.normalized()``), so the arithmetic is checked, no
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
-from pydantic import BaseModel
+from provider_helpers import MESSAGES, Answer, Records, only
 
 import tokenmeter
 from tokenmeter._models import UsageRecord
 from tokenmeter.testing import FakeProvider
-
-Records = Callable[[], list[UsageRecord]]
-MESSAGES = [{"role": "user", "content": "hi"}]
-
-
-class Answer(BaseModel):
-    answer: str
-
-
-def only(records: list[UsageRecord]) -> UsageRecord:
-    assert len(records) == 1, records
-    return records[0]
 
 
 def assert_counts(record: UsageRecord, fake: FakeProvider) -> None:

@@ -12,20 +12,17 @@ import gc
 import json
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from types import ModuleType
 from typing import Any
 
 import openai
 import pytest
+from provider_helpers import MESSAGES, Records
 
 import tokenmeter
-from tokenmeter._models import UsageRecord
 from tokenmeter.testing import FakeProvider
 from tokenmeter.testing._sdk import unmet
-
-Records = Callable[[], list[UsageRecord]]
-MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 class ChatServer:

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import Context, ContextVar, copy_context
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -36,10 +36,14 @@ __all__ = [
     "Call",
     "Patch",
     "StreamReader",
+    "Switches",
     "SyncGeneratorProxy",
     "SyncStreamProxy",
+    "Wrapper",
     "guard",
     "safely",
+    "send",
+    "send_async",
 ]
 
 logger = logging.getLogger("tokenmeter")
@@ -55,6 +59,9 @@ guard: ContextVar[bool] = ContextVar("tokenmeter_in_call", default=False)
 
 _RAISE_INTERNAL = bool(os.environ.get("TOKENMETER_STRICT"))
 
+#: A ``wrapt`` wrapper: ``(wrapped, instance, args, kwargs) -> result``.
+Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
+
 
 def safely(what: str, func: Callable[..., Any], *args: Any) -> Any:
     """Run one of our own steps; a fault is logged (never raised) unless TOKENMETER_STRICT=1."""
@@ -65,6 +72,20 @@ def safely(what: str, func: Callable[..., Any], *args: Any) -> Any:
             raise
         logger.warning("tokenmeter: %s failed; the call itself is unaffected", what, exc_info=True)
         return None
+
+
+@dataclass(slots=True)
+class Switches:
+    """An adapter's switches, set by the registry: ``active`` turns its class patches inert
+    after an unclean restore (someone wrapped over them); ``stream_usage`` mirrors the setting."""
+
+    active: bool = True
+    stream_usage: bool = True
+
+    def passes_through(self, gated: bool) -> bool:
+        """True when the SDK's method should run untouched: a class patch (``gated``) switched
+        off, or a call nested inside one already being metered."""
+        return (gated and not self.active) or guard.get()
 
 
 @dataclass(slots=True)
@@ -168,6 +189,37 @@ def _already_recorded(response_id: str) -> bool:
         if len(_recorded_ids) > _RECORDED_MAX:
             _recorded_ids.popitem(last=False)
         return False
+
+
+def send(
+    call: Call, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Make the SDK call with nested calls passing through; a failure is recorded, then raised."""
+    token = guard.set(True)
+    try:
+        return wrapped(*args, **kwargs)
+    except BaseException as exc:
+        call.finish(exc)
+        raise
+    finally:
+        guard.reset(token)
+
+
+async def send_async(
+    call: Call,
+    wrapped: Callable[..., Awaitable[Any]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """The async twin of ``send`` (CancelledError included: recorded as an error)."""
+    token = guard.set(True)
+    try:
+        return await wrapped(*args, **kwargs)
+    except BaseException as exc:
+        call.finish(exc)
+        raise
+    finally:
+        guard.reset(token)
 
 
 class StreamReader(Protocol):
@@ -338,7 +390,7 @@ class Patch:
 
     owner: type
     name: str
-    wrapper: Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
+    wrapper: Wrapper
     original: Any = None
     installed: Any = None
 

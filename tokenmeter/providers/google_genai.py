@@ -10,7 +10,6 @@ their own. Stream chunks carry usage as a running total: the latest chunk wins, 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import wrapt
@@ -18,9 +17,12 @@ import wrapt
 from tokenmeter.providers._core import (
     AsyncStreamProxy,
     Call,
+    Switches,
     SyncGeneratorProxy,
-    guard,
+    Wrapper,
     safely,
+    send,
+    send_async,
 )
 from tokenmeter.usage import Extracted, from_gemini_response
 from tokenmeter.usage.google import usage_from_gemini
@@ -28,17 +30,6 @@ from tokenmeter.usage.google import usage_from_gemini
 __all__ = ["ADAPTER", "ChunkReader", "patch_targets", "short_model", "wrap_instance"]
 
 PROVIDER = "google"  # Gemini API and Vertex AI bill the same models from one price table
-Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
-
-
-@dataclass(slots=True)
-class Switches:
-    """Set by the registry: ``active`` turns the class patches inert after an unclean restore."""
-
-    active: bool = True
-    stream_usage: bool = True
-
-
 ADAPTER = Switches()
 
 
@@ -86,14 +77,7 @@ Kind = Callable[[Any, tuple[Any, ...], dict[str, Any], str], Any]
 
 def _sync_call(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], op: str) -> Any:
     call = _new_call(kwargs, op, streamed=False)
-    token = guard.set(True)
-    try:
-        response = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        call.finish(exc)
-        raise
-    finally:
-        guard.reset(token)
+    response = send(call, wrapped, args, kwargs)
     safely("reading a Gemini response", _read_response, response, call)
     call.finish()
     return response
@@ -102,27 +86,12 @@ def _sync_call(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], op: 
 def _sync_stream(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], op: str) -> Any:
     """A generator function: nothing is sent until the first ``next()``; the proxy sees it all."""
     call = _new_call(kwargs, op, streamed=True)
-    token = guard.set(True)
-    try:
-        stream = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        call.finish(exc)
-        raise
-    finally:
-        guard.reset(token)
-    return SyncGeneratorProxy(stream, call, ChunkReader())
+    return SyncGeneratorProxy(send(call, wrapped, args, kwargs), call, ChunkReader())
 
 
 async def _async_call(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], op: str) -> Any:
     call = _new_call(kwargs, op, streamed=False)
-    token = guard.set(True)
-    try:
-        response = await wrapped(*args, **kwargs)
-    except BaseException as exc:
-        call.finish(exc)
-        raise
-    finally:
-        guard.reset(token)
+    response = await send_async(call, wrapped, args, kwargs)
     safely("reading a Gemini response", _read_response, response, call)
     call.finish()
     return response
@@ -133,14 +102,7 @@ async def _async_stream(
 ) -> Any:
     """``async def`` that sends the request when awaited and returns an async generator."""
     call = _new_call(kwargs, op, streamed=True)
-    token = guard.set(True)
-    try:
-        stream = await wrapped(*args, **kwargs)
-    except BaseException as exc:
-        call.finish(exc)
-        raise
-    finally:
-        guard.reset(token)
+    stream = await send_async(call, wrapped, args, kwargs)
     return AsyncStreamProxy(stream, call, ChunkReader())
 
 
@@ -148,7 +110,7 @@ def _wrapper(kind: Kind, operation: str, gated: bool) -> Wrapper:
     """Nested calls (a wrapped client under instrument()) pass straight through the guard."""
 
     def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if (gated and not ADAPTER.active) or guard.get():
+        if ADAPTER.passes_through(gated):
             return wrapped(*args, **kwargs)
         return kind(wrapped, args, kwargs, operation)
 

@@ -10,12 +10,11 @@ The SDK's proto drops ``thoughts_token_count``; ``usage_from_gemini`` recovers i
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import wrapt
 
-from tokenmeter.providers._core import Call, guard, safely
+from tokenmeter.providers._core import Call, Switches, Wrapper, safely, send, send_async
 from tokenmeter.providers.google_genai import short_model
 from tokenmeter.usage import Extracted
 from tokenmeter.usage.google import usage_from_gemini
@@ -24,18 +23,7 @@ __all__ = ["ADAPTER", "patch_targets", "wrap_instance"]
 
 PROVIDER = "google"
 OPERATION = "generate_content"
-Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
 Run = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
-
-
-@dataclass(slots=True)
-class Switches:
-    """Set by the registry: ``active`` turns the class patches inert after an unclean restore."""
-
-    active: bool = True
-    stream_usage: bool = True
-
-
 ADAPTER = Switches()
 
 
@@ -128,14 +116,7 @@ def _finish(call: Call, response: Any, is_async: bool) -> Any:
 
 def _generate(wrapped: Any, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     call = _new_call(model, streamed=bool(kwargs.get("stream")))
-    token = guard.set(True)
-    try:
-        response = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        call.finish(exc)
-        raise
-    finally:
-        guard.reset(token)
+    response = send(call, wrapped, args, kwargs)
     shown = safely("wrapping a Gemini response", _finish, call, response, False)
     return response if shown is None else shown
 
@@ -144,14 +125,7 @@ async def _generate_async(
     wrapped: Any, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     call = _new_call(model, streamed=bool(kwargs.get("stream")))
-    token = guard.set(True)
-    try:
-        response = await wrapped(*args, **kwargs)
-    except BaseException as exc:
-        call.finish(exc)
-        raise
-    finally:
-        guard.reset(token)
+    response = await send_async(call, wrapped, args, kwargs)
     shown = safely("wrapping a Gemini response", _finish, call, response, True)
     return response if shown is None else shown
 
@@ -160,7 +134,7 @@ def _wrapper(run: Run, gated: bool, model: Any = None) -> Wrapper:
     """``model`` pins the instance for a per-object wrap (wrapping a bound method)."""
 
     def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if (gated and not ADAPTER.active) or guard.get():
+        if ADAPTER.passes_through(gated):
             return wrapped(*args, **kwargs)
         return run(wrapped, instance if model is None else model, args, kwargs)
 
