@@ -1,4 +1,7 @@
-"""Shared fixtures: every test runs in its own directory with tokenmeter's state reset."""
+"""Shared fixtures: every test runs in its own directory with tokenmeter's state reset.
+
+``@pytest.mark.requires(openai=">=1.92")`` skips a test of an API that older SDKs lack.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,20 @@ import pytest
 import tokenmeter
 from tokenmeter import _runtime
 from tokenmeter.sinks import InMemorySink
+from tokenmeter.testing._sdk import unmet
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "requires(**sdks): skip unless the installed SDKs match, e.g. openai='>=1.92'"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("requires"):
+        reason = unmet(**mark.kwargs)
+        if reason:
+            pytest.skip(reason)
 
 
 @pytest.fixture(autouse=True)

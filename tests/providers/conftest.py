@@ -3,7 +3,6 @@
 Most tests run the REAL openai / anthropic SDKs against `FakeProvider` on loopback; a few use a
 ``MockTransport`` where a reply must be exact (garbage usage, a given host, a timeout). ``http`` is
 the HTTP library the installed openai SDK is built on: ``httpx2`` for the newest, ``httpx`` before.
-``@pytest.mark.requires(openai=">=1.92")`` skips a test of an API that older SDKs lack.
 Tests are written once as ``async def`` and parametrised over sync and async clients: ``maybe()``
 awaits what the async client returns and passes the sync client's results through. The helpers
 below reach tests through the ``kit`` fixture (this module itself), since test folders here are
@@ -28,26 +27,12 @@ import tokenmeter
 from tokenmeter.providers import _core
 from tokenmeter.sinks import InMemorySink
 from tokenmeter.testing import FakeProvider
-from tokenmeter.testing._sdk import unmet
 
 #: ``httpx2`` or ``httpx``: whichever the installed openai client is built on (same API).
 http: Any = getattr(_base_client, "httpx2", None) or _base_client.httpx
 Handler = Callable[[Any], Any]
 #: Every test folder's conftest is imported as "conftest": keep a handle on this one.
 _THIS = sys.modules[__name__]
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "requires(**sdks): skip unless the installed SDKs match, e.g. openai='>=1.92'"
-    )
-
-
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    for mark in item.iter_markers("requires"):
-        reason = unmet(**mark.kwargs)
-        if reason:
-            pytest.skip(reason)
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,8 @@ from tokenmeter.providers._core import (
     SyncStreamProxy,
     guard,
     safely,
+    send,
+    send_async,
 )
 from tokenmeter.usage import Extracted
 
@@ -147,14 +149,7 @@ class StainlessAdapter:
         plan = safely(f"planning a {self.sdk} call", self.plan, instance, args, kwargs)
         if plan is None:
             return wrapped(*args, **kwargs)
-        token = guard.set(True)
-        try:
-            result = wrapped(*plan.args, **plan.kwargs)
-        except BaseException as exc:
-            plan.call.finish(exc)
-            raise
-        finally:
-            guard.reset(token)
+        result = send(plan.call, wrapped, plan.args, plan.kwargs)
         wrapped_result = safely(f"reading a {self.sdk} response", self.finish, plan, result, False)
         return result if wrapped_result is None else wrapped_result
 
@@ -164,14 +159,7 @@ class StainlessAdapter:
         plan = safely(f"planning a {self.sdk} call", self.plan, instance, args, kwargs)
         if plan is None:
             return await wrapped(*args, **kwargs)
-        token = guard.set(True)
-        try:
-            result = await wrapped(*plan.args, **plan.kwargs)
-        except BaseException as exc:
-            plan.call.finish(exc)
-            raise
-        finally:
-            guard.reset(token)
+        result = await send_async(plan.call, wrapped, plan.args, plan.kwargs)
         wrapped_result = safely(f"reading a {self.sdk} response", self.finish, plan, result, True)
         return result if wrapped_result is None else wrapped_result
 
