@@ -37,6 +37,7 @@ _FULL_WAIT = 5.0
 _MAX_PENDING = 1_000_000
 _MAX_BACKOFF = 5.0
 _LINGER = 0.005
+_NUDGE_AT = 500
 
 
 class _FlushMarker:
@@ -157,7 +158,12 @@ class _Pipeline:
     def put(self, item: _Item) -> None:
         if self._thread is None:
             self._start()
-        if self._queue.qsize() >= self.max_queue and not self._wait_for_room():
+        waiting = self._queue.qsize()
+        if waiting >= _NUDGE_AT and not waiting & 63:
+            # A busy caller can starve the writer of the GIL for seconds (records then pile up):
+            # now and then, hand the GIL over.
+            time.sleep(0)
+        if waiting >= self.max_queue and not self._wait_for_room():
             self.dropped += 1
             logger.error("tokenmeter queue full for %.0fs: dropped a record", _FULL_WAIT)
             return
