@@ -2,9 +2,11 @@
 every sink.
 
 Policies (documented in docs/sinks.md):
-- The caller's thread only appends to a queue. When ``max_queue`` records are waiting (sinks far
-  behind), the caller waits up to ``_FULL_WAIT`` seconds for room, then drops the record with an
-  error log: back-pressure first, never an unbounded queue.
+- The caller's thread only appends to a queue. A CPU-busy caller can starve the writer of the
+  GIL, so past ``_NUDGE_AT`` waiting records the caller yields it now and then (``sleep(0)``).
+  When ``max_queue`` records are waiting (sinks far behind), the caller waits up to
+  ``_FULL_WAIT`` seconds for room, then drops the record with an error log: back-pressure first,
+  never an unbounded queue.
 - A sink that raises is reported once through the ``tokenmeter`` logger; its records are kept (per
   sink, in order) and retried with back-off until written. Only past ``_MAX_PENDING`` kept records
   for one sink are the oldest dropped, with an error log.
