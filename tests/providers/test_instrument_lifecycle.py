@@ -4,8 +4,13 @@ nothing of ours ever breaking or changing a call (errors, retries, faults, warni
 from __future__ import annotations
 
 import gc
+import json
 import logging
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -310,3 +315,34 @@ def test_anthropic_sdk_objects_are_not_written_to(
     del stream
     gc.collect()
     assert len(instrumented()) == 1
+
+
+EXIT_WITH_OPEN_STREAMS = """
+import tokenmeter
+from tokenmeter.testing import FakeProvider
+tokenmeter.instrument()
+fake = FakeProvider(stream_chunks=5).start()
+client = fake.openai_client()
+KEPT = []
+for _ in range(3):
+    stream = client.chat.completions.create(model="gpt-4o", messages=[], stream=True)
+    next(stream)
+    KEPT.append(stream)  # still open and referenced when the interpreter exits
+"""
+
+
+def test_streams_still_open_at_exit_are_recorded_quietly(tmp_path: Path) -> None:
+    env = {**os.environ, "TOKENMETER_SINKS": "jsonl", "TOKENMETER_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_WITH_OPEN_STREAMS],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = (tmp_path / "usage.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    assert all(json.loads(line)["streamed"] for line in lines)

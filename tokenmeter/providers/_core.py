@@ -15,10 +15,12 @@ its usage chunk), so the call still counts and the gap shows instead of hiding.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from contextvars import Context, ContextVar, copy_context
@@ -88,7 +90,7 @@ class Switches:
         return (gated and not self.active) or guard.get()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True, eq=False)
 class Call:
     """One logical LLM call in flight: what is known so far, recorded exactly once."""
 
@@ -109,8 +111,10 @@ class Call:
     context: Context | None = None
 
     def __post_init__(self) -> None:
-        if self.streamed and self.context is None:
-            self.context = copy_context()
+        if self.streamed:
+            if self.context is None:
+                self.context = copy_context()
+            _open_streams.add(self)
 
     def take(self, found: Extracted | None) -> None:
         """Keep the latest reading (stream usage is cumulative: overwrite, never add)."""
@@ -127,6 +131,8 @@ class Call:
         if self.done:
             return
         self.done = True
+        if _exited:  # interpreter teardown: the sinks are closed, imports no longer work
+            return
         if self.context is None:
             safely("recording a call", self._emit, error)
         else:
@@ -165,11 +171,27 @@ _NO_USAGE = Usage()
 _warned_no_usage: set[str] = set()
 
 
+#: Streams not yet finished. At exit they are recorded with what they reported so far, before the
+#: final flush: left to the garbage collector, they would end after the sinks are closed.
+_open_streams: weakref.WeakSet[Call] = weakref.WeakSet()
+_exited = False
+
+
+def _finish_open_streams() -> None:
+    global _exited
+    for call in list(_open_streams):
+        call.finish()
+    _exited = True
+
+
+atexit.register(_finish_open_streams)  # runs before the pipeline's final flush (registered later)
+
+
 def _warn_no_usage(provider: str) -> None:
     if provider not in _warned_no_usage:
         _warned_no_usage.add(provider)
         logger.warning(
-            "tokenmeter: a %s stream ended without reporting usage; it is recorded with zero "
+            "tokenmeter: %s stream ended without reporting usage; it is recorded with zero "
             "tokens (for OpenAI chat, leave stream_options.include_usage unset or True)",
             provider,
         )

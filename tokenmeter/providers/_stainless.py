@@ -146,21 +146,21 @@ class StainlessAdapter:
     def sync_call(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         if guard.get():
             return wrapped(*args, **kwargs)
-        plan = safely(f"planning a {self.sdk} call", self.plan, instance, args, kwargs)
+        plan = safely(f"planning an {self.sdk} call", self.plan, instance, args, kwargs)
         if plan is None:
             return wrapped(*args, **kwargs)
         result = send(plan.call, wrapped, plan.args, plan.kwargs)
-        wrapped_result = safely(f"reading a {self.sdk} response", self.finish, plan, result, False)
+        wrapped_result = safely(f"reading an {self.sdk} response", self.finish, plan, result, False)
         return result if wrapped_result is None else wrapped_result
 
     async def async_call(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         if guard.get():
             return await wrapped(*args, **kwargs)
-        plan = safely(f"planning a {self.sdk} call", self.plan, instance, args, kwargs)
+        plan = safely(f"planning an {self.sdk} call", self.plan, instance, args, kwargs)
         if plan is None:
             return await wrapped(*args, **kwargs)
         result = await send_async(plan.call, wrapped, plan.args, plan.kwargs)
-        wrapped_result = safely(f"reading a {self.sdk} response", self.finish, plan, result, True)
+        wrapped_result = safely(f"reading an {self.sdk} response", self.finish, plan, result, True)
         return result if wrapped_result is None else wrapped_result
 
 
