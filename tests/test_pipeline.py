@@ -141,3 +141,43 @@ def test_exit_flushes_every_record_to_default_sinks(tmp_path: Path, how: str) ->
 
 def test_flush_with_nothing_recorded_returns_at_once() -> None:
     assert tokenmeter.flush(0.1)
+
+
+CHILDREN = """
+import multiprocessing as mp, sys, tokenmeter
+
+def work(i):
+    for _ in range(100):
+        tokenmeter.record("openai", "gpt-4o", 10, 1)
+
+if __name__ == "__main__":
+    tokenmeter.record("openai", "gpt-4o", 10, 1)
+    ctx = mp.get_context(sys.argv[1])
+    procs = [ctx.Process(target=work, args=(i,)) for i in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    pool = ctx.Pool(2)
+    pool.map(work, range(4))
+    pool.close()
+    pool.join()
+"""
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
+def test_multiprocessing_children_flush_their_records(tmp_path: Path, start_method: str) -> None:
+    # multiprocessing ends children with os._exit(), which skips atexit.
+    script = tmp_path / "children.py"
+    script.write_text(CHILDREN)
+    env = {**os.environ, "TOKENMETER_SINKS": "jsonl", "TOKENMETER_DIR": str(tmp_path / "m")}
+    done = subprocess.run(
+        [sys.executable, str(script), start_method],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "m" / "usage.jsonl").read_text().count("\n") == 1 + 300 + 400

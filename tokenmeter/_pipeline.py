@@ -17,9 +17,11 @@ Policies (documented in docs/sinks.md):
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -182,6 +184,7 @@ class _Pipeline:
     def _start(self) -> None:
         with self._start_lock:
             if self._thread is None:
+                _flush_at_multiprocessing_exit()
                 thread = threading.Thread(target=self._run, name="tokenmeter-writer", daemon=True)
                 thread.start()
                 self._thread = thread
@@ -310,7 +313,27 @@ def set_sinks(
         old.stop(old_timeout)  # the old sinks' own time limit
 
 
+_exit_hooked_pid = 0
+_exited_pid = 0
+
+
+def _flush_at_multiprocessing_exit() -> None:
+    """multiprocessing ends its child processes with os._exit(), which skips atexit: in such a
+    child, flush through multiprocessing's own exit hook (registered once per process)."""
+    global _exit_hooked_pid
+    mp = sys.modules.get("multiprocessing")
+    if mp is None or _exit_hooked_pid == os.getpid() or mp.parent_process() is None:
+        return
+    _exit_hooked_pid = os.getpid()
+    mp_util = importlib.import_module("multiprocessing.util")  # once per child process
+    mp_util.Finalize(None, _at_exit, exitpriority=100)
+
+
 def _at_exit() -> None:
+    global _exited_pid
+    if _exited_pid == os.getpid():
+        return
+    _exited_pid = os.getpid()
     from tokenmeter import _sessions  # at exit only: avoids an import cycle at load time
 
     _sessions.finish_implicit()
