@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tokenmeter import _pipeline, _runtime, _sessions
-from tokenmeter._models import Usage, UsageRecord, trusted
+from tokenmeter._models import Usage, UsageRecord, trusted, usage_of
 from tokenmeter.pricing import price_usage
 from tokenmeter.usage import extract
 
@@ -114,8 +114,10 @@ def _timestamp(value: Any) -> datetime:
 
 
 def _usage(**counts: Any) -> Usage:
+    if all(type(value) is int and value >= 0 for value in counts.values()):
+        return usage_of(**counts)  # the common case; only the subset rules are left to check
     try:
-        return Usage(**counts)
+        return Usage(**counts)  # pydantic names the field that is wrong
     except ValidationError as exc:
         raise ValueError(_first_error(exc)) from None
 
