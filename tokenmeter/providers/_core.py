@@ -42,6 +42,7 @@ __all__ = [
     "SyncGeneratorProxy",
     "SyncStreamProxy",
     "Wrapper",
+    "fault",
     "guard",
     "safely",
     "send",
@@ -61,6 +62,13 @@ guard: ContextVar[bool] = ContextVar("tokenmeter_in_call", default=False)
 
 _RAISE_INTERNAL = bool(os.environ.get("TOKENMETER_STRICT"))
 
+def fault(what: str) -> None:
+    """Called inside ``except``: log our own failure (re-raise it under TOKENMETER_STRICT=1)."""
+    if _RAISE_INTERNAL:
+        raise
+    logger.warning("tokenmeter: %s failed; the call itself is unaffected", what, exc_info=True)
+
+
 #: A ``wrapt`` wrapper: ``(wrapped, instance, args, kwargs) -> result``.
 Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
 
@@ -70,9 +78,7 @@ def safely(what: str, func: Callable[..., Any], *args: Any) -> Any:
     try:
         return func(*args)
     except Exception:
-        if _RAISE_INTERNAL:
-            raise
-        logger.warning("tokenmeter: %s failed; the call itself is unaffected", what, exc_info=True)
+        fault(what)
         return None
 
 
@@ -133,10 +139,13 @@ class Call:
         self.done = True
         if _exited:  # interpreter teardown: the sinks are closed, imports no longer work
             return
-        if self.context is None:
-            safely("recording a call", self._emit, error)
-        else:
-            safely("recording a call", self.context.run, self._emit, error)
+        try:
+            if self.context is None:
+                self._emit(error)
+            else:
+                self.context.run(self._emit, error)
+        except Exception:
+            fault("recording a call")
 
     def _emit(self, error: BaseException | None) -> None:
         usage = self.usage

@@ -19,6 +19,7 @@ from tokenmeter.providers._core import (
     ObjectProxy,
     StreamReader,
     SyncStreamProxy,
+    fault,
     guard,
     safely,
     send,
@@ -146,22 +147,36 @@ class StainlessAdapter:
     def sync_call(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         if guard.get():
             return wrapped(*args, **kwargs)
-        plan = safely(f"planning an {self.sdk} call", self.plan, instance, args, kwargs)
+        try:
+            plan = self.plan(instance, args, kwargs)
+        except Exception:
+            fault(f"planning an {self.sdk} call")
+            plan = None
         if plan is None:
             return wrapped(*args, **kwargs)
         result = send(plan.call, wrapped, plan.args, plan.kwargs)
-        wrapped_result = safely(f"reading an {self.sdk} response", self.finish, plan, result, False)
-        return result if wrapped_result is None else wrapped_result
+        try:
+            return self.finish(plan, result, False)
+        except Exception:
+            fault(f"reading an {self.sdk} response")
+            return result
 
     async def async_call(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         if guard.get():
             return await wrapped(*args, **kwargs)
-        plan = safely(f"planning an {self.sdk} call", self.plan, instance, args, kwargs)
+        try:
+            plan = self.plan(instance, args, kwargs)
+        except Exception:
+            fault(f"planning an {self.sdk} call")
+            plan = None
         if plan is None:
             return await wrapped(*args, **kwargs)
         result = await send_async(plan.call, wrapped, plan.args, plan.kwargs)
-        wrapped_result = safely(f"reading an {self.sdk} response", self.finish, plan, result, True)
-        return result if wrapped_result is None else wrapped_result
+        try:
+            return self.finish(plan, result, True)
+        except Exception:
+            fault(f"reading an {self.sdk} response")
+            return result
 
 
 class _RawResponseProxy(ObjectProxy):

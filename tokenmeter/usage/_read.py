@@ -22,6 +22,8 @@ def count(obj: Any, name: str, camel: str | None = None) -> int:
     """A token count: absent or None reads as 0 (SDKs parse leniently); anything else must be a
     non-negative whole number."""
     value = field(obj, name, camel)
+    if type(value) is int and value >= 0:  # nearly always: no further checks
+        return value
     if value is None:
         return 0
     if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
