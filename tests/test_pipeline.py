@@ -92,6 +92,35 @@ def test_bounded_queue_makes_the_caller_wait_not_drop() -> None:
     assert len(slow.records) == 300
 
 
+class BatchCountingSink(InMemorySink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        self.batches.append(len(records))
+        super().write(records)
+
+
+def test_a_busy_caller_gets_its_records_written_in_batches_while_it_runs() -> None:
+    """The writer neither starves (records reach the sink during a CPU-bound loop, not only at
+    flush) nor wakes per record (each wake-up takes the GIL from the caller)."""
+    sink = BatchCountingSink()
+    tokenmeter.configure(sinks=[sink])
+    deadline = time.monotonic() + 0.6
+    made = 0
+    while time.monotonic() < deadline:
+        sum(range(2_000))  # the caller's own work, holding the GIL
+        os.urandom(16)  # a brief GIL release, as the SDKs make per request
+        tokenmeter.record("openai", "gpt-4o", 1, 1)
+        made += 1
+    written_while_busy = len(sink.records)
+    assert tokenmeter.flush(5)
+    assert len(sink.records) == made
+    assert written_while_busy >= made // 3, (written_while_busy, made)
+    assert len(sink.batches) <= 40, sink.batches  # ~one batch per 50 ms, not one per record
+
+
 def test_configure_rejects_things_that_are_not_sinks() -> None:
     with pytest.raises(ValueError, match="not a sink"):
         tokenmeter.configure(sinks=[object()])  # type: ignore[list-item]
