@@ -59,6 +59,7 @@ class _Stop:
 
 
 _Item = UsageRecord | SessionInfo | _FlushMarker | _Stop
+_KINDS = (UsageRecord, SessionInfo, _FlushMarker, _Stop)
 
 
 _Run = list[UsageRecord] | list[SessionInfo]
@@ -141,7 +142,7 @@ def _runs(items: Sequence[_Item]) -> tuple[list[_Run], list[_FlushMarker], bool]
             current.append(item)
         elif item_kind is _FlushMarker:
             markers.append(item)  # type: ignore[arg-type]
-        else:
+        elif item_kind is _Stop:
             stop = True
     if current:
         runs.append(current)
@@ -276,9 +277,14 @@ class _Pipeline:
         failing = [s.retry_at for s in self._states or () if s.failing and s.pending]
         return max(0.0, min(failing) - time.monotonic()) if failing else None
 
-    def _handle(self, items: Sequence[_Item]) -> bool:
+    def _handle(self, items: list[_Item]) -> bool:
         """Deliver a batch; False once asked to stop."""
         states = self._states or []
+        try:
+            items = build_deferred(items)
+        except Exception:  # a bug of ours: the records it could not build are lost, not the rest
+            logger.exception("tokenmeter could not build deferred records")
+            items = [item for item in items if type(item) in _KINDS]
         runs, markers, stop = _runs(items)
         self._markers.extend(markers)
         for state in states:
@@ -312,6 +318,9 @@ _pipeline_lock = threading.RLock()
 _sink_factory: Callable[[], list[Sink]] = list
 #: Loads the settings (and so the configured sinks) before the first pipeline is made.
 first_use_hook: Callable[[], object] | None = None
+#: Turns deferred calls in a batch into records (set by ``_record``; they arrive from callers as
+#: plain objects so that the caller's thread does no more than append them).
+build_deferred: Callable[[list[Any]], list[Any]] = list
 _max_queue = 100_000
 _exit_timeout = 10.0
 

@@ -11,16 +11,16 @@ import logging
 import os
 import secrets
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from tokenmeter import _pipeline, _runtime, _sessions
-from tokenmeter._models import Usage, UsageRecord, trusted, usage_of
+from tokenmeter._models import SessionInfo, Usage, UsageRecord, trusted, usage_of
 from tokenmeter.pricing import price_usage
 from tokenmeter.usage import extract
 
-__all__ = ["emit", "record", "record_response"]
+__all__ = ["Deferred", "build_record", "defer", "emit", "record", "record_response"]
 
 logger = logging.getLogger("tokenmeter")
 
@@ -36,10 +36,11 @@ def _reset_ids_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_ids_after_fork)
 
 
-def emit(
+def build_record(
     provider: str,
     model: str,
     usage: Usage,
+    session: _sessions.Session,
     *,
     request_model: str | None = None,
     operation: str | None = None,
@@ -53,12 +54,9 @@ def emit(
     timestamp: datetime | None = None,
     tags: dict[str, str] | None = None,
 ) -> UsageRecord:
-    """Price, attribute and enqueue one call's usage. Inputs are trusted (already validated)."""
-    if _runtime._settings is None:  # once per process: price overrides must be in place
-        _runtime.settings()
+    """Price one call's usage and make its record (no side effects). Inputs are trusted."""
     now = timestamp or datetime.now(UTC)
     cost = price_usage(provider, model, usage, at=now, tier=tier)
-    session = _sessions.current_session() or _sessions.implicit_session()
     session_tags = session.effective_tags
     record: UsageRecord = trusted(
         UsageRecord,
@@ -89,11 +87,74 @@ def emit(
             "estimated": estimated,
         },
     )
+    return record
+
+
+def emit(provider: str, model: str, usage: Usage, **fields: Any) -> UsageRecord:
+    """Price, attribute and enqueue one call's usage now (the manual API's road)."""
+    if _runtime._settings is None:  # once per process: price overrides must be in place
+        _runtime.settings()
+    session = _sessions.current_session() or _sessions.implicit_session()
+    record = build_record(provider, model, usage, session, **fields)
     if not session._announced:
         _sessions.announce(session)
     session._add(record)
     _pipeline.submit(record)
     return record
+
+
+class Deferred(Protocol):
+    """An intercepted call whose record is built later, off the caller's thread."""
+
+    session: _sessions.Session | None
+
+    def build(self) -> UsageRecord | None:
+        """The call's record, made on first use (None: nothing to record). Called with the
+        sessions' lock held, so it is made exactly once."""
+        ...
+
+
+def defer(call: Deferred, session: _sessions.Session) -> None:
+    """Queue a finished call: the writer thread prices it, builds its record and adds it to the
+    session summaries, unless a summary is read first (then the reader does, on its thread).
+
+    This keeps the caller's share of an intercepted call to a few attribute writes and appends.
+    """
+    if _runtime._settings is None:  # here, not on the writer: configure() waits for the writer
+        _runtime.settings()
+    call.session = session
+    if not session._announced:
+        _sessions.announce(session)
+    node: _sessions.Session | None = session
+    while node is not None:
+        node._pending.append(call)
+        node = node.parent
+    _pipeline.submit(call)  # type: ignore[arg-type]
+
+
+def _build_deferred(items: list[Any]) -> list[Any]:
+    """On the writer thread: replace deferred calls by their records; fold them into summaries."""
+    built: list[Any] = []
+    sessions: dict[int, _sessions.Session] = {}
+    with _sessions._lock:
+        for item in items:
+            if isinstance(item, UsageRecord | SessionInfo) or not hasattr(item, "build"):
+                built.append(item)
+                continue
+            record = item.build()
+            if record is not None:
+                built.append(record)
+            if item.session is not None:
+                sessions[id(item.session)] = item.session
+        for session in sessions.values():
+            node: _sessions.Session | None = session
+            while node is not None:
+                node._fold()
+                node = node.parent
+    return built
+
+
+_pipeline.build_deferred = _build_deferred
 
 
 def _text(name: str, value: Any) -> str:

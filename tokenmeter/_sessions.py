@@ -138,7 +138,9 @@ class Session:
         self.started_at: datetime | None = None
         self.ended_at: datetime | None = None
         self.parent: Session | None = None
-        self.summary = SessionSummary()
+        self._summary = SessionSummary()
+        #: Intercepted calls not yet counted in the summary (see ``_record.defer``).
+        self._pending: list[Any] = []
         #: Tags of the ancestors merged with this session's own (inner ones win).
         self.effective_tags: dict[str, str] = dict(self.tags)
         self._token: Token[Session | None] | None = None
@@ -204,23 +206,41 @@ class Session:
         return _decorate(func, fresh)
 
     # -- records ---------------------------------------------------------------------------------
+    @property
+    def summary(self) -> SessionSummary:
+        """Totals of this session and its nested ones, including every call that has returned."""
+        if self._pending:
+            with _lock:
+                self._fold()
+        return self._summary
+
     def _add(self, record: UsageRecord) -> None:
         node: Session | None = self
         with _lock:
             while node is not None:
-                node.summary._add(record)
+                node._summary._add(record)
                 node = node.parent
         if self.budget_usd is not None:
             self._check_budget()
 
+    def _fold(self) -> None:
+        """Count the deferred calls (``_lock`` held: each is built and counted exactly once)."""
+        pending, self._pending = self._pending, []  # appends from now on go to the new list
+        for call in pending:
+            record = call.build()
+            if record is not None:
+                self._summary._add(record)
+        if pending and self.budget_usd is not None:
+            self._check_budget()
+
     def _check_budget(self) -> None:
         budget = self.budget_usd
-        if budget is not None and not self._over_budget_warned and self.summary.cost_usd > budget:
+        if budget is not None and not self._over_budget_warned and self._summary.cost_usd > budget:
             self._over_budget_warned = True
             logger.warning(
                 "session %r is over budget: $%s spent of $%s",
                 self.name or self.id,
-                self.summary.cost_usd,
+                self._summary.cost_usd,
                 budget,
             )
 

@@ -6,6 +6,7 @@ own usage (``fake.openai_usage.normalized()``), so the arithmetic is checked, no
 
 from __future__ import annotations
 
+import logging
 from types import ModuleType
 from typing import Any
 
@@ -321,3 +322,28 @@ def test_records_are_priced_and_attributed(fake: FakeProvider, instrumented: Rec
     assert record.price_source and record.cost_breakdown
     assert session.summary.calls == 1
     assert session.summary.cost_usd == record.estimated_cost_usd
+
+
+def test_summaries_count_a_call_as_soon_as_it_returns(
+    fake: FakeProvider, instrumented: Records, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The record is built off the caller's thread; a summary read right after the call (no
+    flush) still counts it, exactly once, in the session and its ancestors."""
+    client = fake.openai_client()
+    with caplog.at_level(logging.WARNING, logger="tokenmeter"):
+        with (
+            tokenmeter.session("outer") as outer,
+            tokenmeter.session("inner", budget_usd=0) as inner,
+        ):
+            client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+            assert inner.summary.calls == 1 and outer.summary.calls == 1
+            assert inner.over_budget
+            client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+            assert inner.summary.calls == 2
+        records = instrumented()
+    assert [r.session_name for r in records] == ["inner", "inner"]
+    assert outer.summary.calls == 2 and inner.summary.input_tokens == sum(
+        r.input_tokens for r in records
+    )
+    assert inner.summary.cost_usd == sum(r.estimated_cost_usd or 0 for r in records)
+    assert sum("over budget" in r.getMessage() for r in caplog.records) == 1

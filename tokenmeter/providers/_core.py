@@ -23,14 +23,16 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
-from contextvars import Context, ContextVar, copy_context
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import wrapt
 
-from tokenmeter._models import Usage
-from tokenmeter._record import emit
+from tokenmeter._models import Usage, UsageRecord
+from tokenmeter._record import build_record, defer
+from tokenmeter._sessions import Session, current_session, implicit_session
 from tokenmeter.usage import Extracted
 
 __all__ = [
@@ -61,6 +63,7 @@ else:  # wrapt 1.x proxies are not subscriptable at run time
 guard: ContextVar[bool] = ContextVar("tokenmeter_in_call", default=False)
 
 _RAISE_INTERNAL = bool(os.environ.get("TOKENMETER_STRICT"))
+
 
 def fault(what: str) -> None:
     """Called inside ``except``: log our own failure (re-raise it under TOKENMETER_STRICT=1)."""
@@ -98,7 +101,11 @@ class Switches:
 
 @dataclass(slots=True, weakref_slot=True, eq=False)
 class Call:
-    """One logical LLM call in flight: what is known so far, recorded exactly once."""
+    """One logical LLM call in flight: what is known so far, recorded exactly once.
+
+    Finishing it costs the caller a few attribute writes: the record is priced and built on the
+    writer thread (``_record.defer``), or by whoever reads the session's summary first.
+    """
 
     provider: str
     request_model: str | None
@@ -112,14 +119,22 @@ class Call:
     #: Record a given response id only once (the Responses API repeats usage on every retrieve).
     dedupe: bool = False
     done: bool = False
-    #: The caller's context when the call was made. A stream may end elsewhere (another task, a
-    #: thread, the garbage collector): its record still belongs to the session it was made in.
-    context: Context | None = None
+    #: The session the call was made in. A stream may end elsewhere (another task, a thread, the
+    #: garbage collector): its record still belongs to the session it was made in.
+    session: Session | None = None
+    #: A response to read later, off the caller's thread, with ``read(response, provider)``.
+    response: Any = None
+    read: Callable[[Any, str], Extracted] | None = None
+    latency_ms: float = 0.0
+    finished_at: float = 0.0
+    error: str | None = None
+    record: UsageRecord | None = None
+    built: bool = False
 
     def __post_init__(self) -> None:
         if self.streamed:
-            if self.context is None:
-                self.context = copy_context()
+            if self.session is None:
+                self.session = current_session() or implicit_session()
             _open_streams.add(self)
 
     def take(self, found: Extracted | None) -> None:
@@ -140,39 +155,58 @@ class Call:
         if _exited:  # interpreter teardown: the sinks are closed, imports no longer work
             return
         try:
-            if self.context is None:
-                self._emit(error)
-            else:
-                self.context.run(self._emit, error)
+            self.latency_ms = round((time.perf_counter() - self.started) * 1000, 3)
+            self.finished_at = time.time()
+            if error is not None:
+                self.error = type(error).__name__
+            elif self.usage is None and self.response is None and not self.streamed:
+                logger.debug("tokenmeter: %s call reported no usage; not recorded", self.provider)
+                return
+            defer(self, self.session or current_session() or implicit_session())
         except Exception:
             fault("recording a call")
 
-    def _emit(self, error: BaseException | None) -> None:
+    def build(self) -> UsageRecord | None:
+        """The record (made once, on the writer thread or by a summary read; see ``defer``)."""
+        if not self.built:
+            self.built = True
+            try:
+                self.record = self._build()
+            except Exception:
+                fault(f"recording a call ({self.provider})")
+            self.response = None  # the caller's object is not kept
+        return self.record
+
+    def _build(self) -> UsageRecord | None:
+        if self.response is not None and self.read is not None:
+            self.take(self.read(self.response, self.provider))
         usage = self.usage
-        if usage is None and error is None:
+        if usage is None and self.error is None:
             if not self.streamed:
                 logger.debug("tokenmeter: %s call reported no usage; not recorded", self.provider)
-                return
+                return None
             _warn_no_usage(self.provider)
         if self.dedupe and usage is not None and self.request_id:  # noqa: SIM102
             if _already_recorded(self.request_id):  # only ids that carried usage are remembered
-                return
+                return None
         model = self.model or self.request_model
-        if not model:
+        if not model or self.session is None:
             logger.debug("tokenmeter: %s call names no model; nothing recorded", self.provider)
-            return
-        emit(
+            return None
+        return build_record(
             self.provider,
             model,
             usage or _NO_USAGE,
+            self.session,
             request_model=self.request_model,
             operation=self.operation,
             tier=self.tier,
             request_id=self.request_id,
-            latency_ms=round((time.perf_counter() - self.started) * 1000, 3),
+            latency_ms=self.latency_ms,
             streamed=self.streamed,
-            status="ok" if error is None else "error",
-            error=None if error is None else type(error).__name__,
+            status="ok" if self.error is None else "error",
+            error=self.error,
+            timestamp=datetime.fromtimestamp(self.finished_at, UTC),
         )
 
 
