@@ -239,12 +239,13 @@ class _Pipeline:
         except Exception:
             logger.exception("tokenmeter could not open its sinks; records will be kept")
             self._states = []
+        busy = False  # records came in the last batch: more are likely
         while True:
-            if not self._queue:
+            if not self._queue and not busy:
                 self._block(idle=True, timeout=self._wait_time())
-            if self._queue and not self._urgent:
-                # Let a batch gather; a caller usually hands over when it is due, the timeout is
-                # for callers gone quiet.
+            if (self._queue or busy) and not self._urgent:
+                # Let a batch gather. A busy caller hands over when it is due (so it need not
+                # wake us per batch); the timeout is for callers gone quiet.
                 self._block(idle=False, timeout=_LINGER * 1.5)
             self._urgent = False
             items: list[_Item] = []
@@ -253,6 +254,7 @@ class _Pipeline:
                     items.append(self._queue.popleft())
                 except IndexError:
                     break
+            busy = bool(items)
             if not self._handle(items):
                 self._blocking.set()
                 return

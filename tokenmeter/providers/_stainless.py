@@ -28,6 +28,7 @@ from tokenmeter.providers._core import (
 from tokenmeter.usage import Extracted
 
 RAW_HEADER = "X-Stainless-Raw-Response"
+_UNSEEN: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,9 @@ class StainlessAdapter:
     sdk = ""
     active = True
 
+    def __init__(self) -> None:
+        self._routes: dict[tuple[Any, Any], Endpoint | None] = {}
+
     def endpoint(self, method: str, path: str) -> Endpoint | None:
         raise NotImplementedError
 
@@ -73,27 +77,48 @@ class StainlessAdapter:
         options = args[1] if len(args) > 1 else kwargs.get("options")
         if options is None:
             return None
-        endpoint = self.endpoint(str(options.method).lower(), str(options.url).split("?", 1)[0])
+        route = (options.method, options.url)
+        endpoint = self._routes.get(route, _UNSEEN)
+        if endpoint is _UNSEEN:
+            endpoint = self._route(route)
         if endpoint is None:
             return None
         streamed = bool(kwargs.get("stream", False))
-        body = options.json_data if isinstance(options.json_data, dict) else {}
-        headers = options.headers if isinstance(options.headers, dict) else {}
-        raw = headers.get(RAW_HEADER) or headers.get(RAW_HEADER.lower())
-        new_options, hide = self.prepare(options, endpoint, streamed)
-        if new_options is not options:
-            args = (args[0], new_options, *args[2:]) if len(args) > 1 else args
-            if len(args) <= 1:
-                kwargs = {**kwargs, "options": new_options}
+        body = options.json_data if type(options.json_data) is dict else {}
+        headers = options.headers
+        raw = (
+            headers.get(RAW_HEADER) or headers.get(RAW_HEADER.lower())
+            if isinstance(headers, dict)
+            else None
+        )
+        if streamed:
+            new_options, hide = self.prepare(options, endpoint, streamed)
+            if new_options is not options:
+                if len(args) > 1:
+                    args = (args[0], new_options, *args[2:])
+                else:
+                    kwargs = {**kwargs, "options": new_options}
+        else:
+            hide = False
         model = body.get("model")
         call = Call(
-            provider=self.provider_of(client),
-            request_model=model if isinstance(model, str) else None,
-            operation=endpoint.operation,
-            streamed=streamed,
+            self.provider_of(client),
+            model if type(model) is str else None,
+            endpoint.operation,
+            streamed,
             dedupe=endpoint.dedupe,
         )
         return Plan(call, endpoint, args, kwargs, streamed, hide, raw)
+
+    def _route(self, route: tuple[Any, Any]) -> Endpoint | None:
+        """``endpoint()`` for a (method, url) seen for the first time (remembered: apps call the
+        same few routes; bounded, since retrieve URLs carry ids)."""
+        method, url = route
+        endpoint = self.endpoint(str(method).lower(), str(url).split("?", 1)[0])
+        if len(self._routes) >= 1024:
+            self._routes.clear()
+        self._routes[route] = endpoint
+        return endpoint
 
     def finish(self, plan: Plan, result: Any, is_async: bool) -> Any:
         """Read a returned result, or wrap it so that it is read as it is consumed."""

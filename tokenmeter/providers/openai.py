@@ -90,6 +90,7 @@ class OpenAIAdapter(StainlessAdapter):
     sdk = "openai"
 
     def __init__(self) -> None:
+        super().__init__()
         self.stream_usage = True
         self._providers: dict[int, tuple[Any, type, str]] = {}
 
@@ -113,7 +114,7 @@ class OpenAIAdapter(StainlessAdapter):
     def provider_of(self, client: Any) -> str:
         # Keyed by the URL object itself (rendering it as text costs more than the rest of the
         # call planning); a client given a new base_url has a new URL object.
-        url = getattr(client, "base_url", None)
+        url = vars(client).get("_base_url") or getattr(client, "base_url", None)
         found = self._providers.get(id(url))
         if found is None or found[0] is not url or found[1] is not type(client):
             host = getattr(url, "host", "") or ""

@@ -11,46 +11,55 @@ from __future__ import annotations
 from typing import Any
 
 from tokenmeter._models import Usage, usage_of
-from tokenmeter.usage._read import count, field
+from tokenmeter.usage._read import counts, getter
 from tokenmeter.usage._types import Extracted
 
 _STANDARD_TIERS = {None, "standard"}
 
 
 def usage_from_anthropic(usage: Any) -> Usage:
-    if field(usage, "input_tokens") is None and field(usage, "output_tokens") is None:
+    get = getter(usage)
+    if get("input_tokens") is None and get("output_tokens") is None:
         raise ValueError(f"not an Anthropic usage block: {usage!r}")
-    cache_read = count(usage, "cache_read_input_tokens")
-    split = field(usage, "cache_creation")
-    write_5m = count(split, "ephemeral_5m_input_tokens")
-    write_1h = count(split, "ephemeral_1h_input_tokens")
-    cache_write = count(usage, "cache_creation_input_tokens") or write_5m + write_1h
+    uncached, output, cache_read, cache_write = counts(
+        get,
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+    )
+    write_5m, write_1h = counts(
+        getter(get("cache_creation")), "ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"
+    )
+    cache_write = cache_write or write_5m + write_1h
+    (thinking,) = counts(getter(get("output_tokens_details")), "thinking_tokens")
     return usage_of(
-        input_tokens=count(usage, "input_tokens") + cache_read + cache_write,
-        output_tokens=count(usage, "output_tokens"),
+        uncached + cache_read + cache_write,
+        output,
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
         cache_write_1h_tokens=min(write_1h, cache_write),
-        reasoning_tokens=count(field(usage, "output_tokens_details"), "thinking_tokens"),
+        reasoning_tokens=thinking,
     )
 
 
 def tier_from_anthropic(usage: Any) -> str | None:
-    tier = field(usage, "service_tier")
+    tier = getter(usage)("service_tier")
     tier = str(tier).lower() if tier is not None else None
     return None if tier in _STANDARD_TIERS else tier
 
 
 def from_anthropic_response(response: Any, provider: str = "anthropic") -> Extracted:
     """Read a Message / BetaMessage / ParsedMessage (object or dict)."""
-    usage = field(response, "usage")
+    get = getter(response)
+    usage = get("usage")
     if usage is None:
         raise ValueError("the Anthropic response carries no usage")
     return Extracted(
         provider=provider,
         usage=usage_from_anthropic(usage),
-        model=field(response, "model"),
+        model=get("model"),
         operation="messages",
         tier=tier_from_anthropic(usage),
-        request_id=field(response, "id"),
+        request_id=get("id"),
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from tokenmeter._models import Usage, usage_of
-from tokenmeter.usage._read import count, field
+from tokenmeter.usage._read import counts, getter
 from tokenmeter.usage._types import Extracted
 
 _OPERATIONS = {
@@ -22,31 +22,34 @@ _OPERATIONS = {
     "list": "embeddings",
 }
 _STANDARD_TIERS = {None, "default", "auto", "standard", "scale"}
+#: (total input, total output, input details, output details) of the two usage shapes.
+_CHAT = ("prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details")
+_RESPONSES = ("input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details")
 
 
 def usage_from_openai(usage: Any) -> Usage:
     """Normalise an OpenAI ``usage`` block of any of its three shapes."""
-    if field(usage, "prompt_tokens") is not None:  # chat, legacy completions, embeddings
-        input_tokens = count(usage, "prompt_tokens")
-        output_tokens = count(usage, "completion_tokens")
-        in_details = field(usage, "prompt_tokens_details")
-        out_details = field(usage, "completion_tokens_details")
-    elif field(usage, "input_tokens") is not None:  # Responses API
-        input_tokens = count(usage, "input_tokens")
-        output_tokens = count(usage, "output_tokens")
-        in_details = field(usage, "input_tokens_details")
-        out_details = field(usage, "output_tokens_details")
+    get = getter(usage)
+    if get("prompt_tokens") is not None:  # chat, legacy completions, embeddings
+        names = _CHAT
+    elif get("input_tokens") is not None:  # Responses API
+        names = _RESPONSES
     else:
         raise ValueError(f"not an OpenAI usage block: {usage!r}")
-    cached = count(in_details, "cached_tokens") or count(usage, "prompt_cache_hit_tokens")
+    total_in, total_out, in_details, out_details = names
+    input_tokens, output_tokens, hit = counts(get, total_in, total_out, "prompt_cache_hit_tokens")
+    cached, write, audio_in = counts(
+        getter(get(in_details)), "cached_tokens", "cache_write_tokens", "audio_tokens"
+    )
+    reasoning, audio_out = counts(getter(get(out_details)), "reasoning_tokens", "audio_tokens")
     return usage_of(
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cache_read_tokens=cached,
-        cache_write_tokens=count(in_details, "cache_write_tokens"),
-        reasoning_tokens=count(out_details, "reasoning_tokens"),
-        input_audio_tokens=count(in_details, "audio_tokens"),
-        output_audio_tokens=count(out_details, "audio_tokens"),
+        input_tokens,
+        output_tokens,
+        cache_read_tokens=cached or hit,
+        cache_write_tokens=write,
+        reasoning_tokens=reasoning,
+        input_audio_tokens=audio_in,
+        output_audio_tokens=audio_out,
     )
 
 
@@ -57,15 +60,17 @@ def tier_from_openai(service_tier: Any) -> str | None:
 
 def from_openai_response(response: Any, provider: str = "openai") -> Extracted:
     """Read a ChatCompletion / Completion / CreateEmbeddingResponse / Response (object or dict)."""
-    usage = field(response, "usage")
+    get = getter(response)
+    usage = get("usage")
     if usage is None:
         raise ValueError("the OpenAI response carries no usage")
-    kind = field(response, "object")
+    kind = get("object")
+    tier = get("service_tier")
     return Extracted(
         provider=provider,
         usage=usage_from_openai(usage),
-        model=field(response, "model"),
+        model=get("model"),
         operation=_OPERATIONS.get(str(kind)) if kind is not None else None,
-        tier=tier_from_openai(field(response, "service_tier")),
-        request_id=field(response, "id"),
+        tier=None if tier is None or tier == "default" else tier_from_openai(tier),
+        request_id=get("id"),
     )
