@@ -43,7 +43,7 @@ _BATCH = 2_000
 _FULL_WAIT = 5.0
 _MAX_PENDING = 1_000_000
 _MAX_BACKOFF = 5.0
-_LINGER = 0.05
+_LINGER = 0.2
 _HANDOVER_WAIT = 0.005
 _NUDGE_AT = 500
 _NEVER = float("inf")
@@ -59,7 +59,8 @@ class _Stop:
 
 
 _Item = UsageRecord | SessionInfo | _FlushMarker | _Stop
-_KINDS = (UsageRecord, SessionInfo, _FlushMarker, _Stop)
+#: What callers put on the queue besides deferred calls.
+KINDS = (UsageRecord, SessionInfo, _FlushMarker, _Stop)
 
 
 _Run = list[UsageRecord] | list[SessionInfo]
@@ -286,7 +287,7 @@ class _Pipeline:
             items = build_deferred(items)
         except Exception:  # a bug of ours: the records it could not build are lost, not the rest
             logger.exception("tokenmeter could not build deferred records")
-            items = [item for item in items if type(item) in _KINDS]
+            items = [item for item in items if type(item) in KINDS]
         runs, markers, stop = _runs(items)
         self._markers.extend(markers)
         for state in states:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from tokenmeter import _pipeline, _runtime, _sessions
-from tokenmeter._models import SessionInfo, Usage, UsageRecord, trusted, usage_of
+from tokenmeter._models import Usage, UsageRecord, trusted, usage_of
 from tokenmeter.pricing import price_usage
 from tokenmeter.usage import extract
 
@@ -138,7 +138,7 @@ def _build_deferred(items: list[Any]) -> list[Any]:
     sessions: dict[int, _sessions.Session] = {}
     with _sessions._lock:
         for item in items:
-            if isinstance(item, UsageRecord | SessionInfo) or not hasattr(item, "build"):
+            if type(item) in _pipeline.KINDS:
                 built.append(item)
                 continue
             record = item.build()
