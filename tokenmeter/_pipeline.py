@@ -2,13 +2,15 @@
 every sink.
 
 Policies (documented in docs/sinks.md):
-- The caller's thread only appends to a queue. The writer takes what gathered every ``_LINGER``
-  seconds, and it gets the GIL by hand-over: the caller whose record finds the writer idle, or a
-  batch due, wakes it and waits (at most ``_HANDOVER_WAIT``) until it is done. Left to compete
-  for the GIL, a waiting writer loses to a busy caller for hundreds of milliseconds, and every
-  brief GIL release of the caller (the SDKs call ``os.urandom`` per request) pays a futex wake-up
-  for it: ~15 us per call, measured. Handed over, it costs one thread switch per batch.
-  When ``max_queue`` records are waiting (sinks far behind), the caller waits up to
+- The caller's thread only appends to a queue (intercepted calls arrive unbuilt: turning them into
+  records, ``build_deferred``, is the writer's job). The writer gathers for ``_LINGER`` seconds,
+  then takes everything waiting. It gets the GIL by hand-over: the caller whose record finds it
+  idle, or its batch due, wakes it and waits (at most ``_HANDOVER_WAIT``) until it blocks again.
+  Left to compete for the GIL, a waiting writer loses to a busy caller for hundreds of
+  milliseconds, and every brief GIL release of the caller (the SDKs call ``os.urandom`` per
+  request) pays a futex wake-up for it: ~15 us per call, measured. A busy writer gathers again
+  right after a batch instead of idling, so callers need not wake it: one hand-over per batch.
+- When ``max_queue`` records are waiting (sinks far behind), the caller waits up to
   ``_FULL_WAIT`` seconds for room, then drops the record with an error log: back-pressure first,
   never an unbounded queue.
 - A sink that raises is reported once through the ``tokenmeter`` logger; its records are kept (per
