@@ -101,6 +101,10 @@ async def test_wrap_instruments_only_that_client(
     assert originals_in_place()
     (record,) = records()
     assert record.input_tokens == fake.openai_usage.prompt_tokens
+    # Copies of the wrapped client (with_options / copy) are wrapped too; the copy's copy as well.
+    await chat(wrapped.with_options(timeout=5).copy(max_retries=0), kit)
+    await chat(other.with_options(timeout=5), kit)
+    assert len(records()) == 2
 
 
 async def test_wrap_anthropic_and_vertex_clients(

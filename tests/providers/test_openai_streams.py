@@ -121,6 +121,12 @@ def test_stream_usage_setting_off_leaves_requests_alone(records: Records, kit: M
     tokenmeter.instrument("openai")
     list(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))
     assert "stream_options" not in server.bodies[-1]
+    tokenmeter.configure(stream_usage=True)  # applies to the next call, no re-instrumenting
+    list(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))
+    assert server.bodies[-1]["stream_options"] == {"include_usage": True}
+    tokenmeter.configure(stream_usage=False)
+    list(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))
+    assert "stream_options" not in server.bodies[-1]
 
 
 # -- every exit path: exactly one record --------------------------------------------------------

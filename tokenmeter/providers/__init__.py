@@ -73,7 +73,6 @@ def _patch(name: str) -> None:
         try:
             adapter = _adapter(name)
             adapter.ADAPTER.active = True
-            adapter.ADAPTER.stream_usage = _stream_usage()
             for owner, method, wrapper in adapter.patch_targets():
                 patch = Patch(owner, method, wrapper)
                 patch.apply()
@@ -88,12 +87,6 @@ def _patch(name: str) -> None:
 
 def _on_import(name: str, _module: ModuleType) -> None:
     _patch(name)
-
-
-def _stream_usage() -> bool:
-    from tokenmeter._runtime import settings
-
-    return settings().stream_usage
 
 
 class Instrumentation:

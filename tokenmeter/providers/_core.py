@@ -88,10 +88,9 @@ def safely(what: str, func: Callable[..., Any], *args: Any) -> Any:
 @dataclass(slots=True)
 class Switches:
     """An adapter's switches, set by the registry: ``active`` turns its class patches inert
-    after an unclean restore (someone wrapped over them); ``stream_usage`` mirrors the setting."""
+    after an unclean restore (someone wrapped over them)."""
 
     active: bool = True
-    stream_usage: bool = True
 
     def passes_through(self, gated: bool) -> bool:
         """True when the SDK's method should run untouched: a class patch (``gated``) switched

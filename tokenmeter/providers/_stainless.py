@@ -143,10 +143,8 @@ class StainlessAdapter:
         return await self.async_call(wrapped, instance, args, kwargs)
 
     def wrap_client(self, client: Any, sync_base: type, async_base: type) -> bool:
-        """Instrument one client object: its ``request`` becomes ours (instance attribute).
-
-        ``client.with_options()`` / ``copy()`` build a new client, which is not wrapped.
-        """
+        """Instrument one client object: its ``request`` becomes ours (instance attribute), and
+        the clients its ``with_options()`` / ``copy()`` make are wrapped in turn."""
         is_client = isinstance(client, sync_base | async_base)
         is_async = isinstance(client, async_base)
         if not is_client:
@@ -166,6 +164,14 @@ class StainlessAdapter:
                 return self.sync_call(bound, client, args, kwargs)
 
             client.request = request
+        make_copy = client.copy
+
+        def copy(*args: Any, **kwargs: Any) -> Any:
+            made = make_copy(*args, **kwargs)
+            self.wrap_client(made, sync_base, async_base)
+            return made
+
+        client.copy = client.with_options = copy
         client._tokenmeter_wrapped = True
         return True
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenmeter._runtime import settings
 from tokenmeter.providers._core import Call, safely
 from tokenmeter.providers._stainless import Endpoint, StainlessAdapter
 from tokenmeter.usage import from_openai_response
@@ -91,7 +92,6 @@ class OpenAIAdapter(StainlessAdapter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stream_usage = True
         self._providers: dict[int, tuple[Any, type, str]] = {}
 
     def endpoint(self, method: str, path: str) -> Endpoint | None:
@@ -125,7 +125,7 @@ class OpenAIAdapter(StainlessAdapter):
         return found[2]
 
     def prepare(self, options: Any, endpoint: Endpoint, streamed: bool) -> tuple[Any, bool]:
-        if not (streamed and self.stream_usage and endpoint.new_reader is ChunkReader):
+        if not (streamed and endpoint.new_reader is ChunkReader and settings().stream_usage):
             return options, False
         body = options.json_data
         stream_options = body.get("stream_options") if isinstance(body, dict) else None
