@@ -4,8 +4,8 @@ Anthropic's ``input_tokens`` excludes cache reads and writes: the record's input
 (SPEC §3). Streams report usage on ``message_start`` and cumulatively on ``message_delta``: the
 record must equal the non-streamed one, never a sum of the two.
 
-Bedrock is not covered here: ``AnthropicBedrock`` signs requests with botocore, which is not
-installed, so it cannot be driven offline. Its routes (``/model/{id}/invoke``) are in the adapter.
+Bedrock runs against the fake too: ``AnthropicBedrock`` signs with boto3 (static keys, offline) and
+its streams arrive as AWS event-stream frames.
 """
 
 from __future__ import annotations
@@ -197,6 +197,26 @@ async def test_vertex_client(
     assert any(":streamRawPredict" in r.path or ":rawPredict" in r.path for r in fake.requests)
     record = only(instrumented())
     assert_counts(record, fake)  # the model moved into the URL; the request model is still known
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_bedrock_client(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool, stream: bool
+) -> None:
+    bedrock_model = "anthropic.claude-haiku-4-5-20251001-v1:0"
+    client = fake.anthropic_bedrock_client(async_=is_async)
+    result = await kit.maybe(
+        client.messages.create(model=bedrock_model, max_tokens=64, messages=MESSAGES, stream=stream)
+    )
+    chunks = await kit.drain(result) if stream else []
+    assert fake.requests[-1].path.endswith("/invoke-with-response-stream" if stream else "/invoke")
+    record = only(instrumented())
+    usage = fake.anthropic_usage
+    assert record.input_tokens == usage.normalized().input_tokens
+    assert record.output_tokens == usage.output_tokens  # the final cumulative count, not a sum
+    assert record.model_name == bedrock_model and record.streamed is stream
+    assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
+    assert not stream or [c.type for c in chunks][-1] == "message_stop"
 
 
 async def test_vertex_beta_and_stream_helper(

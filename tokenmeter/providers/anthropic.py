@@ -63,15 +63,9 @@ class AnthropicAdapter(StainlessAdapter):
     def endpoint(self, method: str, path: str) -> Endpoint | None:
         if method != "post":
             return None
-        if (
-            path.endswith("/v1/messages")
-            or path.endswith(":rawPredict")
-            or path.endswith(":streamRawPredict")
-        ):
-            return _MESSAGES
-        if path.endswith("/model/invoke") or path.endswith("/invoke-with-response-stream"):
-            return _MESSAGES  # Bedrock
-        return None
+        # Vertex and Bedrock clients rewrite the URL (``:rawPredict``, ``/model/{id}/invoke``)
+        # only after this point: their requests arrive here as ``/v1/messages`` too.
+        return _MESSAGES if path.endswith("/v1/messages") else None
 
     def provider_of(self, client: Any) -> str:
         return "anthropic"

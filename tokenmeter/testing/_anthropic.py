@@ -1,4 +1,5 @@
-"""Anthropic Messages bodies and SSE events, first-party (``/v1/messages``) and Vertex paths.
+"""Anthropic Messages bodies and SSE events: first-party (``/v1/messages``), Vertex and Bedrock
+paths. Bedrock streams the same events inside AWS event-stream frames.
 
 Streams follow the real event order; ``message_start`` carries the input/cache counts with
 ``output_tokens: 1`` and the final ``message_delta`` carries CUMULATIVE totals, which is exactly
@@ -7,9 +8,14 @@ what instrumentation gets wrong when it sums instead of overwriting.
 
 from __future__ import annotations
 
+import base64
+import json
 import re
+import struct
+import zlib
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote
 
 from tokenmeter.testing._content import REPLY_TEXT, new_id, schema_reply, text_pieces
 from tokenmeter.testing._server import FakeRequest, Reply, json_reply, sse, stream_reply
@@ -21,6 +27,7 @@ __all__ = ["error_reply", "handle", "is_anthropic_path"]
 _VERTEX = re.compile(
     r"^/v1/projects/[^/]+/locations/[^/]+/publishers/anthropic/models/([^/:]+):(\w+)$"
 )
+_BEDROCK = re.compile(r"^/model/([^/]+)/(invoke|invoke-with-response-stream)$")
 
 _ERRORS = {
     400: "invalid_request_error",
@@ -35,7 +42,11 @@ _ERRORS = {
 
 
 def is_anthropic_path(path: str) -> bool:
-    return path.startswith("/v1/messages") or "/publishers/anthropic/" in path
+    return (
+        path.startswith("/v1/messages")
+        or "/publishers/anthropic/" in path
+        or _BEDROCK.match(path) is not None
+    )
 
 
 def error_reply(status: int, message: str | None = None) -> Reply:
@@ -56,6 +67,12 @@ def handle(request: FakeRequest, state: State) -> Reply | None:
         if not isinstance(body.get("model"), str):
             return error_reply(400, "model: Field required")
         return _messages(body, body["model"], state, stream=bool(body.get("stream")))
+    bedrock = _BEDROCK.match(request.path)
+    if bedrock is not None:
+        model, action = unquote(bedrock.group(1)), bedrock.group(2)
+        if action == "invoke":
+            return _messages(body, model, state, stream=False)
+        return _messages(body, model, state, stream=True, framing=_bedrock_frame)
     match = _VERTEX.match(request.path)
     if match is None:
         return None
@@ -73,7 +90,9 @@ def _count_tokens(model: str, state: State) -> Reply:
     return json_reply({"input_tokens": state.anthropic_usage(model).input_tokens})
 
 
-def _messages(body: dict[str, Any], model: str, state: State, *, stream: bool) -> Reply:
+def _messages(
+    body: dict[str, Any], model: str, state: State, *, stream: bool, framing: Any = None
+) -> Reply:
     usage = state.anthropic_usage(model)
     message = {
         "id": new_id("msg_"),
@@ -86,7 +105,10 @@ def _messages(body: dict[str, Any], model: str, state: State, *, stream: bool) -
         "usage": usage.message_json(),
     }
     if stream:
-        return stream_reply(_events(message, usage, state.stream_chunks))
+        events = _events(message, usage, state.stream_chunks)
+        if framing is not None:
+            return stream_reply(map(framing, events), "application/vnd.amazon.eventstream")
+        return stream_reply(events)
     return json_reply(message, headers={"request-id": new_id("req_")})
 
 
@@ -123,3 +145,21 @@ def _events(message: dict[str, Any], usage: AnthropicUsage, pieces: int) -> Iter
     }
     yield sse(final, "message_delta")
     yield sse({"type": "message_stop"}, "message_stop")
+
+
+def _bedrock_frame(event: bytes) -> bytes:
+    """One SSE event as Bedrock sends it: an AWS event-stream message (prelude, headers, payload,
+    CRC32s) whose JSON payload carries the event's JSON in base64."""
+    data = event.split(b"data: ", 1)[1].strip()
+    payload = json.dumps({"bytes": base64.b64encode(data).decode()}).encode()
+    headers = b"".join(
+        struct.pack(">B", len(name)) + name + struct.pack(">BH", 7, len(value)) + value
+        for name, value in (
+            (b":event-type", b"chunk"),
+            (b":content-type", b"application/json"),
+            (b":message-type", b"event"),
+        )
+    )
+    prelude = struct.pack(">II", 16 + len(headers) + len(payload), len(headers))
+    message = prelude + struct.pack(">I", zlib.crc32(prelude)) + headers + payload
+    return message + struct.pack(">I", zlib.crc32(message))

@@ -355,6 +355,33 @@ class FakeProvider:
             return anthropic.AsyncAnthropicVertex(**options)
         return anthropic.AnthropicVertex(**options)
 
+    @overload
+    def anthropic_bedrock_client(
+        self, *, async_: Literal[False] = False, **kwargs: Any
+    ) -> anthropic.AnthropicBedrock: ...
+    @overload
+    def anthropic_bedrock_client(
+        self, *, async_: Literal[True], **kwargs: Any
+    ) -> anthropic.AsyncAnthropicBedrock: ...
+    def anthropic_bedrock_client(
+        self, *, async_: bool = False, **kwargs: Any
+    ) -> anthropic.AnthropicBedrock | anthropic.AsyncAnthropicBedrock:
+        """An ``AnthropicBedrock`` client on this fake (static AWS keys; needs boto3 installed,
+        which the SDK uses to sign requests)."""
+        import anthropic
+
+        options: dict[str, Any] = {
+            "aws_access_key": "AKIDFAKEFAKEFAKE",
+            "aws_secret_key": "fake-secret",
+            "aws_region": "us-east-1",
+            "base_url": self.url,
+            "max_retries": 0,
+        }
+        options.update(kwargs)
+        if async_:
+            return anthropic.AsyncAnthropicBedrock(**options)
+        return anthropic.AnthropicBedrock(**options)
+
     def genai_client(self, *, vertexai: bool = False, **kwargs: Any) -> Any:
         """A ``google.genai.Client`` on this fake (``client.aio`` for async). With
         ``vertexai=True`` it uses the Vertex paths and a static OAuth token."""
