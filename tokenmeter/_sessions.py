@@ -23,7 +23,7 @@ __all__ = ["ModelTotals", "Session", "SessionSummary", "current_session", "sessi
 logger = logging.getLogger("tokenmeter")
 F = TypeVar("F", bound=Callable[..., Any])
 _ZERO = Decimal(0)
-_lock = threading.Lock()  # guards every summary update; held for a few attribute additions
+_lock = threading.RLock()  # guards summary updates and building deferred records (see _record)
 _current: ContextVar[Session | None] = ContextVar("tokenmeter_session", default=None)
 
 
