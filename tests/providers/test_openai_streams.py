@@ -129,6 +129,36 @@ def test_stream_usage_setting_off_leaves_requests_alone(records: Records, kit: M
     assert "stream_options" not in server.bodies[-1]
 
 
+def test_a_stream_peeked_then_iterated_again_is_one_whole_record(
+    records: Records, kit: ModuleType
+) -> None:
+    """Leaving a ``for`` loop early (or ``next(iter(stream))``) does not end the stream's record:
+    iterating on gets the rest of the chunks and the usage at the end."""
+    server = ChatServer(kit)
+    client = kit.mock_openai(server)
+    tokenmeter.instrument("openai")
+    stream = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+    first = next(iter(stream))
+    for chunk in stream:
+        second = chunk
+        break
+    assert records() == []  # (records() flushes) the stream has not ended: nothing yet
+    rest = list(stream)
+    assert [c.choices[0].delta.content for c in [first, second, *rest]] == [
+        c.choices[0].delta.content for c in stream_once_bare(client)
+    ]
+    (record,) = records()
+    assert record.input_tokens == kit.CHAT_USAGE["prompt_tokens"] and record.streamed
+
+
+def stream_once_bare(client: Any) -> list[Any]:
+    tokenmeter.uninstrument("openai")
+    try:
+        return list(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))
+    finally:
+        tokenmeter.instrument("openai")
+
+
 # -- every exit path: exactly one record --------------------------------------------------------
 async def _open(client: Any, kit: ModuleType) -> Any:
     return await kit.maybe(

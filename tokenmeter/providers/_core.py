@@ -359,7 +359,29 @@ class SyncStreamProxy(_StreamProxyBase):
     """Looks and behaves like the SDK stream (isinstance holds); records when it ends."""
 
     def __iter__(self) -> Iterator[Any]:
-        return self
+        return self._self_iterate()
+
+    def _self_iterate(self) -> Iterator[Any]:
+        """What ``for chunk in stream`` runs: a generator over the SDK's own iterator, cheaper per
+        chunk than ``__next__`` (no method calls of ours or the SDK's per chunk). Leaving the loop
+        early closes this generator, not the stream: the record waits for the stream's end, close
+        or collection, as with ``next()``, so a caller may peek and then iterate again."""
+        call, feed = self._self_call, self._self_feed
+        try:
+            for chunk in self.__wrapped__:
+                try:
+                    hide = feed(chunk, call)
+                except Exception:
+                    self._self_fault()
+                    hide = False
+                if not hide:
+                    yield chunk
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            call.finish(exc)
+            raise
+        call.finish()
 
     def __next__(self) -> Any:
         while True:
