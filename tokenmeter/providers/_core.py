@@ -121,9 +121,6 @@ class Call:
     #: The session the call was made in. A stream may end elsewhere (another task, a thread, the
     #: garbage collector): its record still belongs to the session it was made in.
     session: Session | None = None
-    #: A response to read later, off the caller's thread, with ``read(response, provider)``.
-    response: Any = None
-    read: Callable[[Any, str], Extracted] | None = None
     latency_ms: float = 0.0
     finished_at: float = 0.0
     error: str | None = None
@@ -158,7 +155,7 @@ class Call:
             self.finished_at = time.time()
             if error is not None:
                 self.error = type(error).__name__
-            elif self.usage is None and self.response is None and not self.streamed:
+            elif self.usage is None and not self.streamed:
                 logger.debug("tokenmeter: %s call reported no usage; not recorded", self.provider)
                 return
             defer(self, self.session or current_session() or implicit_session())
@@ -173,17 +170,11 @@ class Call:
                 self.record = self._build()
             except Exception:
                 fault(f"recording a call ({self.provider})")
-            self.response = None  # the caller's object is not kept
         return self.record
 
     def _build(self) -> UsageRecord | None:
-        if self.response is not None and self.read is not None:
-            self.take(self.read(self.response, self.provider))
         usage = self.usage
-        if usage is None and self.error is None:
-            if not self.streamed:
-                logger.debug("tokenmeter: %s call reported no usage; not recorded", self.provider)
-                return None
+        if usage is None and self.error is None:  # a stream that reported none (see finish())
             _warn_no_usage(self.provider)
         if self.dedupe and usage is not None and self.request_id:  # noqa: SIM102
             if _already_recorded(self.request_id):  # only ids that carried usage are remembered

@@ -69,7 +69,8 @@ class StainlessAdapter:
         raise NotImplementedError
 
     def prepare(self, options: Any, endpoint: Endpoint, streamed: bool) -> tuple[Any, bool]:
-        """Adjust the request options before sending; returns (options, hide_usage_chunk)."""
+        """Adjust a streamed call's request options before sending; returns (options,
+        hide_usage_chunk)."""
         return options, False
 
     # -- the generic part ------------------------------------------------------------------------
@@ -84,7 +85,7 @@ class StainlessAdapter:
         if endpoint is None:
             return None
         streamed = bool(kwargs.get("stream", False))
-        body = options.json_data if type(options.json_data) is dict else {}
+        body = options.json_data if isinstance(options.json_data, dict) else {}
         headers = options.headers
         raw = (
             headers.get(RAW_HEADER) or headers.get(RAW_HEADER.lower())
