@@ -159,7 +159,7 @@ def _name(sink: Sink) -> str:
 class _Pipeline:
     def __init__(self, make_sinks: Callable[[], list[Sink]], max_queue: int) -> None:
         self._queue: deque[_Item] = deque()  # append/popleft are atomic: no lock needed
-        #: Set to wake the writer: by a caller when the writer is idle, by flush() always.
+        #: Set to wake the writer: by a caller handing over (writer idle or batch due), by flush().
         self._wake = threading.Event()
         #: Set by the writer just before it blocks: a caller handing over waits for it.
         self._blocking = threading.Event()
