@@ -121,6 +121,31 @@ def test_a_busy_caller_gets_its_records_written_in_batches_while_it_runs() -> No
     assert len(sink.batches) <= 40, sink.batches  # ~one batch per 50 ms, not one per record
 
 
+def test_a_slow_sink_never_holds_the_caller_for_long() -> None:
+    """The caller hands the GIL to the writer once per batch and waits at most a few ms for it:
+    a sink that takes half a second per write does not stall the caller's calls."""
+
+    class SlowSink(InMemorySink):
+        def write(self, records: Sequence[UsageRecord]) -> None:
+            time.sleep(0.5)
+            super().write(records)
+
+    sink = SlowSink()
+    tokenmeter.configure(sinks=[sink])
+    slowest = 0.0
+    deadline = time.monotonic() + 1.5
+    made = 0
+    while time.monotonic() < deadline:
+        start = time.perf_counter()
+        tokenmeter.record("openai", "gpt-4o", 1, 1)
+        slowest = max(slowest, time.perf_counter() - start)
+        made += 1
+        time.sleep(0.001)
+    assert slowest < 0.25, slowest
+    assert tokenmeter.flush(10)
+    assert len(sink.records) == made
+
+
 def test_configure_rejects_things_that_are_not_sinks() -> None:
     with pytest.raises(ValueError, match="not a sink"):
         tokenmeter.configure(sinks=[object()])  # type: ignore[list-item]
