@@ -11,7 +11,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self, overload
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self, TypeVar, overload
 
 from tokenmeter.testing import _anthropic, _gemini, _openai
 from tokenmeter.testing._server import FakeRequest, LoopbackServer, Reply
@@ -48,6 +48,18 @@ def _provider_for(path: str) -> _Provider:
 
 
 UsageArg = OpenAIUsage | AnthropicUsage | GeminiUsage | Mapping[str, Any]
+
+
+S = TypeVar("S")
+A = TypeVar("A")
+
+
+def _made(
+    sync_cls: type[S], async_cls: type[A], async_: bool, defaults: dict[str, Any], kwargs: Any
+) -> S | A:
+    """An SDK client pointed at the fake: no retries by default, the caller's arguments win."""
+    options = {"max_retries": 0, **defaults, **kwargs}
+    return async_cls(**options) if async_ else sync_cls(**options)
 
 
 class FakeProvider:
@@ -276,13 +288,11 @@ class FakeProvider:
         """An OpenAI client on this fake, ``max_retries=0`` unless given."""
         import openai
 
-        options: dict[str, Any] = {
+        defaults = {
             "api_key": _FAKE_KEY,
             "base_url": self.openai_base_url,
-            "max_retries": 0,
         }
-        options.update(kwargs)
-        return openai.AsyncOpenAI(**options) if async_ else openai.OpenAI(**options)
+        return _made(openai.OpenAI, openai.AsyncOpenAI, async_, defaults, kwargs)
 
     @overload
     def azure_openai_client(
@@ -298,14 +308,12 @@ class FakeProvider:
         """An Azure OpenAI client on this fake; pass ``azure_deployment=`` to pin a deployment."""
         import openai
 
-        options: dict[str, Any] = {
+        defaults = {
             "api_key": _FAKE_KEY,
             "api_version": "2024-10-21",
             "azure_endpoint": self.url,
-            "max_retries": 0,
         }
-        options.update(kwargs)
-        return openai.AsyncAzureOpenAI(**options) if async_ else openai.AzureOpenAI(**options)
+        return _made(openai.AzureOpenAI, openai.AsyncAzureOpenAI, async_, defaults, kwargs)
 
     @overload
     def anthropic_client(
@@ -321,13 +329,11 @@ class FakeProvider:
         """An Anthropic client on this fake, ``max_retries=0`` unless given."""
         import anthropic
 
-        options: dict[str, Any] = {
+        defaults = {
             "api_key": _FAKE_KEY,
             "base_url": self.anthropic_base_url,
-            "max_retries": 0,
         }
-        options.update(kwargs)
-        return anthropic.AsyncAnthropic(**options) if async_ else anthropic.Anthropic(**options)
+        return _made(anthropic.Anthropic, anthropic.AsyncAnthropic, async_, defaults, kwargs)
 
     @overload
     def anthropic_vertex_client(
@@ -343,17 +349,15 @@ class FakeProvider:
         """An ``AnthropicVertex`` client on this fake (static token, no Google auth)."""
         import anthropic
 
-        options: dict[str, Any] = {
+        defaults = {
             "access_token": "ya29.fake-token",
             "region": "us-east5",
             "project_id": "fake-project",
             "base_url": self.anthropic_vertex_base_url,
-            "max_retries": 0,
         }
-        options.update(kwargs)
-        if async_:
-            return anthropic.AsyncAnthropicVertex(**options)
-        return anthropic.AnthropicVertex(**options)
+        return _made(
+            anthropic.AnthropicVertex, anthropic.AsyncAnthropicVertex, async_, defaults, kwargs
+        )
 
     @overload
     def anthropic_bedrock_client(
@@ -370,17 +374,15 @@ class FakeProvider:
         which the SDK uses to sign requests)."""
         import anthropic
 
-        options: dict[str, Any] = {
+        defaults = {
             "aws_access_key": "AKIDFAKEFAKEFAKE",
             "aws_secret_key": "fake-secret",
             "aws_region": "us-east-1",
             "base_url": self.url,
-            "max_retries": 0,
         }
-        options.update(kwargs)
-        if async_:
-            return anthropic.AsyncAnthropicBedrock(**options)
-        return anthropic.AnthropicBedrock(**options)
+        return _made(
+            anthropic.AnthropicBedrock, anthropic.AsyncAnthropicBedrock, async_, defaults, kwargs
+        )
 
     def genai_client(self, *, vertexai: bool = False, **kwargs: Any) -> Any:
         """A ``google.genai.Client`` on this fake (``client.aio`` for async). With
