@@ -9,6 +9,15 @@ from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+from conftest import (  # type: ignore[import-not-found, unused-ignore]
+    DISK_FULL_RECORDS,
+    disk_faults,
+    run_disk_full_writer,
+    skip_without_tmpfs,
+    write_reference,
+)
+
 from tokenmeter._models import UsageRecord
 from tokenmeter.sinks import JSONLSink
 from tokenmeter.sinks.jsonl import read_jsonl
@@ -148,3 +157,23 @@ def test_lines_that_are_not_records_read_as_none(tmp_path: Path) -> None:
     path.write_text('{"id": "x"}\nnot json\n[1, 2]\n\n', encoding="utf-8")
 
     assert list(read_jsonl(path)) == [None, None, None]
+
+
+@pytest.mark.parametrize(("fault", "start", "step"), disk_faults(fsize_step=5000, enospc_step=8192))
+def test_a_full_disk_leaves_no_torn_or_duplicate_lines(
+    tmp_path: Path, fault: str, start: int, step: int
+) -> None:
+    """Batches that fail part-way on a full disk are taken back out, so their retries append each
+    record once: the file ends as a roomy disk would have it."""
+    skip_without_tmpfs(fault)
+    out, report = run_disk_full_writer("jsonl", tmp_path, fault, start=start, step=step)
+
+    assert report["failures"] > 10
+    assert report["problems"] == []
+    parsed = list(read_jsonl(out / "usage.jsonl"))
+    assert [r.id if r else None for r in parsed] == [
+        f"rec-{i:06d}" for i in range(DISK_FULL_RECORDS)
+    ]
+    write_reference("jsonl", tmp_path / "reference")
+    reference = (tmp_path / "reference" / "usage.jsonl").read_bytes()
+    assert (out / "usage.jsonl").read_bytes() == reference

@@ -8,6 +8,16 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from conftest import (  # type: ignore[import-not-found, unused-ignore]
+    DISK_FULL_RECORDS,
+    disk_faults,
+    journal_problems,
+    resume_steps,
+    run_disk_full_writer,
+    skip_without_tmpfs,
+    tree_bytes,
+    write_reference,
+)
 
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.sinks import MarkdownJournalSink, SessionAwareSink
@@ -268,3 +278,122 @@ def test_a_batch_retried_after_a_failure_is_not_counted_twice(
     assert [row[0] for row in table_rows(text, "| # | Timestamp |")] == ["1", "2", "3"]
     session = (tmp_path / "sessions" / "s1.md").read_text(encoding="utf-8")
     assert [row[0] for row in table_rows(session, SESSION_TABLE)] == ["1", "2", "3"]
+
+
+def assert_whole_journal(directory: Path) -> None:
+    """Every record of ``disk_full_steps()`` is in the journal exactly once, and nothing else."""
+    assert journal_problems(directory) == []
+    text = (directory / "token_usage.md").read_text(encoding="utf-8")
+    log = table_rows(text, "| # | Timestamp |")
+    assert [row[0] for row in log] == [str(i) for i in range(1, DISK_FULL_RECORDS + 1)]
+    total = table_rows(text, "| Provider | Model | Calls |")[-1]
+    assert total[:3] == ["**TOTAL**", "", f"**{DISK_FULL_RECORDS}**"]
+    for session, calls in (("s1", 134), ("s2", 133)):
+        session_text = (directory / "sessions" / f"{session}.md").read_text(encoding="utf-8")
+        assert len(table_rows(session_text, SESSION_TABLE)) == calls
+        assert f"- **Total Calls:** {calls}" in session_text
+        assert "## Session Completion" in session_text
+
+
+FAULTS = disk_faults(fsize_step=700, enospc_step=4096)
+
+
+@pytest.mark.parametrize(("fault", "start", "step"), FAULTS)
+def test_a_full_disk_leaves_each_batch_written_whole_or_not_at_all(
+    tmp_path: Path, fault: str, start: int, step: int
+) -> None:
+    """Short writes and EFBIG/ENOSPC part-way through a batch: after each failure the files are
+    as consistent as before it, and the retries end with exactly what a roomy disk gets."""
+    skip_without_tmpfs(fault)
+    out, report = run_disk_full_writer("markdown", tmp_path, fault, start=start, step=step)
+
+    assert report["failures"] > 20  # the disk really was full, many times, at many offsets
+    assert report["problems"] == []
+    assert_whole_journal(out / "journal")
+    write_reference("markdown", tmp_path / "reference")
+    assert tree_bytes(out / "journal") == tree_bytes(tmp_path / "reference" / "journal")
+
+
+@pytest.mark.parametrize("stop_after", [3, 17, 31])
+@pytest.mark.parametrize(("fault", "start", "step"), FAULTS)
+def test_a_new_process_completes_what_a_full_disk_stopped(
+    tmp_path: Path, fault: str, start: int, step: int, stop_after: int
+) -> None:
+    """The files alone (no memory of the failure) tell the next writer where to go on from."""
+    skip_without_tmpfs(fault)
+    out, report = run_disk_full_writer(
+        "markdown", tmp_path, fault, start=start, step=step, stop_after=stop_after
+    )
+    assert report["problems"] == []
+    assert report["resume_at"] is not None
+
+    resume_steps("markdown", out, report["resume_at"])
+
+    assert_whole_journal(out / "journal")
+    write_reference("markdown", tmp_path / "reference")
+    assert tree_bytes(out / "journal") == tree_bytes(tmp_path / "reference" / "journal")
+
+
+def heads_of_a_failed_head_write(old: bytes, new: bytes) -> dict[str, bytes]:
+    """The head region as a head write that failed part-way can leave it (torn at a page).
+
+    ``old`` and ``new`` are the document before and after a batch; the head is written after the
+    rows and tail, the rest of it first and its first line last.
+    """
+    found = re.match(rb'<!-- tokenmeter-journal \{"head":(\d+)', new)
+    assert found is not None
+    size = int(found.group(1))
+    first = new.index(b"\n") + 1
+    assert first > 4096  # so that a page-sized write can end inside it
+    return {
+        "nothing-written": old[:size],
+        "rest-written": old[:first] + new[first:size],
+        "first-line-torn": new[:4096] + old[4096:first] + new[first:size],
+    }
+
+
+@pytest.mark.parametrize("tear", ["nothing-written", "rest-written", "first-line-torn"])
+def test_a_head_write_that_failed_part_way_is_completed_by_the_retry(
+    tmp_path: Path, make_record: RecordFactory, tear: str
+) -> None:
+    """Overwriting the head needs no new space on most filesystems; where it fails anyway (copy-on-
+    write filesystems, I/O errors), the retry of the batch still ends with the right document."""
+    sink = MarkdownJournalSink(tmp_path)
+    models = [f"model-{i:02d}-with-a-long-name" for i in range(30)]  # a first line over 4 KiB
+    for i in range(30):
+        sink.write([make_record(i, model_name=models[i])])
+    path = tmp_path / "token_usage.md"
+    old = path.read_bytes()
+    batch = [make_record(30 + i, model_name=models[i]) for i in range(3)]
+    sink.write(batch)
+    new = path.read_bytes()
+    head = heads_of_a_failed_head_write(old, new)[tear]
+    path.write_bytes(head + new[len(head) :])
+
+    sink.write(batch)  # the pipeline's retry of the batch whose head write failed
+
+    assert path.read_bytes() == new
+    sink.write([make_record(33)])
+    assert journal_problems(tmp_path) == []
+    assert len(table_rows(path.read_text(encoding="utf-8"), "| # | Timestamp |")) == 34
+
+
+def test_a_journal_written_before_first_lines_had_a_checksum_is_continued(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    reference = tmp_path / "reference"
+    MarkdownJournalSink(reference).write([make_record(0), make_record(1)])
+    current = (reference / "token_usage.md").read_bytes()
+    MarkdownJournalSink(reference).write([make_record(2)])
+    # The earlier format: no checksum on the first line and no copy of it at the end.
+    copy = current.rindex(b"\n<!-- tokenmeter-journal-copy ")
+    legacy = re.sub(rb" sha256=[0-9a-f]{16} -->", b" " * 25 + b"-->", current[:copy], count=1)
+    assert len(legacy) == copy and b"sha256" not in legacy[: legacy.index(b"\n")]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "token_usage.md").write_bytes(legacy)
+
+    MarkdownJournalSink(tmp_path / "old").write([make_record(2)])
+
+    assert (tmp_path / "old" / "token_usage.md").read_bytes() == (
+        reference / "token_usage.md"
+    ).read_bytes()

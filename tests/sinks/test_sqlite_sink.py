@@ -9,6 +9,12 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from conftest import (  # type: ignore[import-not-found, unused-ignore]
+    disk_faults,
+    run_disk_full_writer,
+    skip_without_tmpfs,
+    write_reference,
+)
 
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.sinks import SessionAwareSink, SQLiteSink
@@ -307,3 +313,25 @@ def test_empty_batches_create_nothing(tmp_path: Path) -> None:
     sink.flush()
     sink.close()
     assert not (tmp_path / "usage.db").exists()
+
+
+@pytest.mark.parametrize(("fault", "start", "step"), disk_faults(fsize_step=8192, enospc_step=8192))
+def test_a_full_disk_loses_and_duplicates_nothing(
+    tmp_path: Path,
+    fault: str,
+    start: int,
+    step: int,
+    read_sqlite: Callable[[Path], list[UsageRecord]],
+) -> None:
+    """Transactions fail whole on a full disk (SQLITE_FULL), and their retries store each record
+    and session once."""
+    skip_without_tmpfs(fault)
+    out, report = run_disk_full_writer("sqlite", tmp_path, fault, start=start, step=step)
+
+    assert report["failures"] > 10
+    assert report["problems"] == []
+    assert query(out / "usage.db", "PRAGMA integrity_check") == [("ok",)]
+    write_reference("sqlite", tmp_path / "reference")
+    assert read_sqlite(out / "usage.db") == read_sqlite(tmp_path / "reference" / "usage.db")
+    sessions = "SELECT * FROM sessions ORDER BY id"
+    assert query(out / "usage.db", sessions) == query(tmp_path / "reference" / "usage.db", sessions)

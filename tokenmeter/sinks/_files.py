@@ -1,17 +1,31 @@
-"""Owner-only files and directories: everything a sink creates is readable by its owner only.
+"""Owner-only files and directories, and writes that are whole or fail.
 
 Modes are passed to ``os.mkdir``/``os.open`` at creation (so no other user can open the file in
 between) and set again with ``chmod`` in case a restrictive-looking umask is not in effect. Files
 and directories that already exist are left as their owner configured them.
+
+``os.write``/``os.pwrite`` may write fewer bytes than asked: on a full disk (ENOSPC), at the file
+size limit (EFBIG) or on a signal. A sink that ignored the count would leave a torn record, and a
+later ``ftruncate`` or ``pwrite`` past the end would fill the gap with NUL bytes. ``write_all``
+and ``pwrite_all`` go on until every byte is written or raise, and each write starts where the
+previous one ended, so they never leave a hole.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 
-__all__ = ["ensure_private_dir", "open_private", "replace_private"]
+__all__ = [
+    "ensure_private_dir",
+    "open_private",
+    "pread_exact",
+    "pwrite_all",
+    "replace_private",
+    "write_all",
+]
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -51,19 +65,60 @@ def open_private(path: Path, flags: int) -> int:
 def replace_private(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file + rename) with mode 0o600.
 
-    Readers and a process killed half-way see the old or the new content, never a mix.
+    Readers and a process killed half-way see the old or the new content, never a mix; when a
+    write fails (disk full) the old file is left as it was and the temporary file is removed.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
     try:
         os.fchmod(fd, FILE_MODE)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    except BaseException:
+        write_all(fd, data)
         os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    os.close(fd)
-    os.replace(tmp, path)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """``os.write`` until all of ``data`` is written; an error after a short write propagates."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:  # not expected of a regular file; never loop forever on it
+            raise OSError(errno.ENOSPC, "write made no progress")
+        view = view[written:]
+
+
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """``os.pwrite`` all of ``data`` at ``offset``, or raise; never writes past the end of file.
+
+    Writing past the end would leave the bytes in between as a hole that reads as NUL bytes, so
+    an ``offset`` beyond the current size is a bug in the caller and refused.
+    """
+    if offset > os.fstat(fd).st_size:
+        raise ValueError(f"pwrite at {offset} would leave a hole past the end of the file")
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, "pwrite made no progress")
+        view = view[written:]
+        offset += written
+
+
+def pread_exact(fd: int, size: int, offset: int) -> bytes:
+    """``size`` bytes from ``offset``; raise if the file ends first (it was truncated under us)."""
+    chunks = []
+    while size:
+        chunk = os.pread(fd, size, offset)
+        if not chunk:
+            raise OSError(errno.EIO, f"file ends {size} bytes short of what was expected")
+        chunks.append(chunk)
+        size -= len(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenmeter._models import UsageRecord
-from tokenmeter.sinks._files import ensure_private_dir, open_private
+from tokenmeter.sinks._files import ensure_private_dir, open_private, write_all
 
 __all__ = ["JSONLSink", "read_jsonl"]
 
@@ -96,10 +96,8 @@ def _append_whole(fd: int, data: bytes) -> None:
     start = os.fstat(fd).st_size
     if start and os.pread(fd, 1, start - 1) != b"\n":
         data = b"\n" + data
-    view = memoryview(data)
     try:
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)  # a short write is continued; an error after one is undone below
     except BaseException:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, start)

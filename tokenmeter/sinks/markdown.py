@@ -16,12 +16,31 @@ How a document stays cheap to update: every file is ``head | body | tail``.
 - The tail (session summary and completion) is rewritten after the new rows.
 
 The running totals live in the document itself, as JSON in an HTML comment on its first line,
-together with the head size and the body's end offset. So a new process continues the totals,
-nothing else has to be kept in sync, and deleting a file simply starts it afresh. Each document
-also remembers a digest of the last batch it took, so a batch retried after a failure half-way
-through its files is not counted twice. Rows are written before the head that accounts for them:
-a writer killed in between leaves rows past the recorded end, which the next writer overwrites.
-Writers in several processes take turns through ``flock`` on ``directory/.journal.lock``.
+together with the head size, the body's end offset and a checksum of all three. So a new process
+continues the totals, nothing else has to be kept in sync, and deleting a file simply starts it
+afresh. Each document also remembers a digest of the last batch it took, so a batch retried after
+a failure half-way through its files is not counted twice. Writers in several processes take turns
+through ``flock`` on ``directory/.journal.lock``.
+
+A full disk must not tear a document: a batch is written whole or not at all, and the sink raises
+so that the caller retries it. Every write goes on until all its bytes are written or raises (a
+short write is not success), and a batch is written in this order:
+
+1. The bytes that make the file longer (the end of: new rows + tail + a copy of the new first
+   line) are written at the current end of file. This is the only step that needs new disk space
+   (ENOSPC, EFBIG); when it fails, the file is truncated back to its old size, unchanged.
+2. The rest overwrites the old tail in place, and a file that got shorter is truncated.
+3. The head is rewritten in place, its first line last. Until then the first line still records
+   the old end and totals, so a writer that fails or is killed before it leaves rows past the
+   recorded end, which the next writer (the retry) overwrites.
+
+``ftruncate`` never extends a file and nothing is written past its end, so no hole (NUL bytes) can
+appear. Steps 2 and 3 overwrite bytes that exist, which needs no new space on most filesystems.
+Should they fail part-way anyway (copy-on-write filesystems, I/O errors), the first line is either
+the old one (the retry writes the batch again) or not whole, which its checksum shows: then the
+copy at the end of the file, written before the head and describing the same state, is used, and
+the retry only writes the head again. A document that must grow its head is written whole to a
+temporary file and renamed over the old one, which a failure leaves untouched.
 """
 
 from __future__ import annotations
@@ -43,12 +62,16 @@ from tokenmeter._models import SessionInfo, UsageRecord, _iso
 from tokenmeter.sinks._files import (
     ensure_private_dir,
     open_private,
+    pread_exact,
+    pwrite_all,
     replace_private,
 )
 
 __all__ = ["MarkdownJournalSink"]
 
 _MARKER = b"<!-- tokenmeter-journal "
+_COPY_MARKER = b"\n<!-- tokenmeter-journal-copy "  # after a blank line: its own HTML block
+_SUMMED = re.compile(rb"(.*) sha256=([0-9a-f]{16}) -->", re.DOTALL)
 _MIN_HEAD = 4096
 _PAD_MIN = len("<!---->\n")
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -131,61 +154,122 @@ class _Layout:
     head_size: int = 0  # 0: the document does not exist yet
     end: int = 0  # where the body ends and the tail starts
     state: dict[str, Any] = field(default_factory=dict)
+    from_copy: bool = False  # the first line was not whole: the head must be written again
 
 
 def _update(path: Path, log: _Log, records: Sequence[UsageRecord]) -> None:
-    fd = open_private(path, os.O_RDWR)
     try:
-        layout = _read_layout(fd, path)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = -1  # _rewrite creates it whole: a failed first batch leaves no file behind
+    try:
+        layout = _read_layout(fd, path, log) if fd >= 0 else _Layout()
         if records:
             # A batch is spread over several files; when one of them fails the caller retries
             # the whole batch, and the files that already took it must not count it twice.
             batch = hashlib.sha256("\n".join(r.id for r in records).encode()).hexdigest()[:16]
             if layout.state.get("last_batch") == batch:
-                return
+                if not layout.from_copy:
+                    return
+                records = ()  # counted already; only the head has to be written again
             layout.state["last_batch"] = batch
         rows = log.apply(layout.state, records).encode()
         head = log.head(layout.state).encode()
         tail = log.tail(layout.state).encode()
-        end = layout.end + len(rows)
-        first_line = _first_line(layout.head_size, end, layout.state)
+        meta = _meta(layout.head_size, layout.end + len(rows), layout.state)
+        first_line = _MARKER + meta
         if layout.head_size and len(first_line) + len(head) + _PAD_MIN <= layout.head_size:
-            os.pwrite(fd, rows + tail, layout.end)
-            os.ftruncate(fd, end + len(tail))
-            os.pwrite(fd, _pad(first_line + head, layout.head_size), 0)
+            new_head = _pad(first_line + head, layout.head_size)
+            data = rows + tail + _COPY_MARKER + meta
+            _write_in_place(fd, layout.end, data, new_head, len(first_line))
             return
         body = (
-            os.pread(fd, layout.end - layout.head_size, layout.head_size)
+            pread_exact(fd, layout.end - layout.head_size, layout.head_size)
             if layout.head_size
             else log.body_intro.encode()
         )
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
     _rewrite(path, layout.state, head, body + rows, tail)
+
+
+def _write_in_place(fd: int, end: int, data: bytes, head: bytes, first_line: int) -> None:
+    """Put ``data`` (rows, tail, copy of the first line) at ``end``, then ``head`` at 0.
+
+    In the order the module docstring explains: first the part that grows the file, undone if it
+    fails; then what overwrites existing bytes; the head last, and its first ``first_line``
+    bytes, which commit the batch, after the rest of it. Whatever write fails, the first line is
+    then the old one (the batch is not in the file) or not whole (the copy at the end describes
+    the file); either way the retry writes the head again.
+    """
+    size = os.fstat(fd).st_size
+    overlap = size - end  # the old tail, and whatever a failed or killed writer left after it
+    if len(data) > overlap:
+        try:
+            pwrite_all(fd, memoryview(data)[overlap:], size)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)  # shrinks back: the old document, byte for byte
+            raise
+        pwrite_all(fd, memoryview(data)[:overlap], end)
+    else:
+        pwrite_all(fd, data, end)
+        os.ftruncate(fd, end + len(data))  # shrinks (or keeps) the file, never extends it
+    pwrite_all(fd, memoryview(head)[first_line:], first_line)
+    pwrite_all(fd, memoryview(head)[:first_line], 0)
 
 
 def _rewrite(path: Path, state: dict[str, Any], head: bytes, body: bytes, tail: bytes) -> None:
     """Write the whole document with a bigger head reservation (new file, or the head grew)."""
     head_size = _MIN_HEAD
     while True:
-        first_line = _first_line(head_size, head_size + len(body), state)
-        if 2 * (len(first_line) + len(head) + _PAD_MIN) <= head_size:
+        meta = _meta(head_size, head_size + len(body), state)
+        if 2 * (len(_MARKER) + len(meta) + len(head) + _PAD_MIN) <= head_size:
             break
         head_size *= 2
-    replace_private(path, _pad(first_line + head, head_size) + body + tail)
+    document = _pad(_MARKER + meta + head, head_size) + body + tail + _COPY_MARKER + meta
+    replace_private(path, document)
 
 
-def _first_line(head_size: int, end: int, state: dict[str, Any]) -> bytes:
+def _meta(head_size: int, end: int, state: dict[str, Any]) -> bytes:
+    """The first line after its marker: layout and totals as JSON, with their checksum."""
     meta = json.dumps({"head": head_size, "end": end, "state": state}, separators=(",", ":"))
     # ">" occurs only inside JSON strings, where \u003e means the same: "-->" cannot end it.
-    return _MARKER + meta.replace(">", "\\u003e").encode() + b" -->\n"
+    data = meta.replace(">", "\\u003e").encode()
+    return data + b" sha256=" + _digest(data) + b" -->\n"
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).hexdigest()[:16].encode()
+
+
+def _parse_meta(line: bytes, *, legacy: bool) -> _Layout | None:
+    """The layout in ``line`` (after its marker, without the newline); None if it is not whole.
+
+    ``legacy``: accept a line without a checksum, as written before there was one.
+    """
+    match = _SUMMED.fullmatch(line)
+    if match is not None:
+        data = match.group(1)
+        if _digest(data) != match.group(2):
+            return None
+    elif legacy and line.endswith(b" -->"):
+        data = line[:-4]
+    else:
+        return None
+    try:
+        meta = json.loads(data)
+        return _Layout(int(meta["head"]), int(meta["end"]), dict(meta["state"]))
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _pad(head: bytes, size: int) -> bytes:
     return head + b"<!--" + b" " * (size - len(head) - _PAD_MIN) + b"-->\n"
 
 
-def _read_layout(fd: int, path: Path) -> _Layout:
+def _read_layout(fd: int, path: Path, log: _Log) -> _Layout:
     size = os.fstat(fd).st_size
     if size == 0:
         return _Layout()
@@ -196,18 +280,42 @@ def _read_layout(fd: int, path: Path) -> _Layout:
         if newline >= 0 or len(data) < chunk:
             break
         chunk *= 4
-    try:
-        if not data.startswith(_MARKER) or newline < 0:
-            raise ValueError("no tokenmeter-journal header")
-        meta = json.loads(data[len(_MARKER) : newline].removesuffix(b" -->"))
-        layout = _Layout(int(meta["head"]), int(meta["end"]), dict(meta["state"]))
-    except (ValueError, KeyError, TypeError) as exc:
+    layout = None
+    if data.startswith(_MARKER) and newline >= 0:
+        layout = _parse_meta(data[len(_MARKER) : newline], legacy=True)
+    if layout is not None and newline < layout.head_size <= layout.end <= size:
+        return layout
+    copy = _read_copy(fd, size, log)
+    if copy is not None:
+        return copy
+    if layout is None:
         raise ValueError(
-            f"{path}: not a tokenmeter journal or its first line was edited ({exc}); "
+            f"{path}: not a tokenmeter journal or its first line was edited; "
             "move the file away and tokenmeter starts a new one"
-        ) from None
-    if not newline < layout.head_size <= layout.end <= size:
-        raise ValueError(f"{path}: journal was truncated or edited; move the file away")
+        )
+    raise ValueError(f"{path}: journal was truncated or edited; move the file away")
+
+
+def _read_copy(fd: int, size: int, log: _Log) -> _Layout | None:
+    """The layout in the copy of the first line that ends the file, if it is there and whole."""
+    chunk = _MIN_HEAD
+    while True:
+        start = max(0, size - chunk)
+        data = pread_exact(fd, size - start, start)
+        at = data.rfind(_COPY_MARKER)
+        if at >= 0 or start == 0:
+            break
+        chunk *= 4
+    line = data[at + len(_COPY_MARKER) :]
+    if at < 0 or line.find(b"\n") != len(line) - 1:
+        return None
+    layout = _parse_meta(line[:-1], legacy=False)
+    if layout is None or not 0 < layout.head_size <= layout.end <= start + at:
+        return None
+    tail = log.tail(layout.state).encode()
+    if pread_exact(fd, start + at - layout.end, layout.end) != tail:
+        return None  # not the copy that goes with this body and tail
+    layout.from_copy = True
     return layout
 
 
