@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import tokenmeter
+from tokenmeter import _runtime
 from tokenmeter._config import load_settings
 from tokenmeter.sinks import InMemorySink
+
+CHEAP = {"input_per_mtok": 1, "output_per_mtok": 1}
 
 
 def test_defaults() -> None:
@@ -41,6 +46,7 @@ def test_environment_beats_pyproject_and_arguments_beat_both(tmp_path: Path) -> 
     [
         ({"TOKENMETER_SINKS": "sqlite,postgres"}, "unknown sink 'postgres'"),
         ({"TOKENMETER_DISABLED": "maybe"}, "TOKENMETER_DISABLED"),
+        ({"TOKENMETER_DIR": "  "}, r"'directory' from TOKENMETER_DIR: must not be empty"),
     ],
 )
 def test_bad_environment_values_name_the_variable(env: dict[str, str], message: str) -> None:
@@ -106,3 +112,162 @@ def test_sink_objects_and_names_mix(tmp_path: Path) -> None:
 def test_unknown_sink_name_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown sink 'postgres'"):
         tokenmeter.configure(sinks=["postgres"])
+
+
+def _one_line_value_error(excinfo: pytest.ExceptionInfo[ValueError]) -> str:
+    """A plain ValueError on one line: not pydantic's multi-line ValidationError (a subclass)."""
+    assert excinfo.type is ValueError
+    message = str(excinfo.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"max_queue": 0}, r"'max_queue' from configure\(\): .*at least 1.*got 0"),
+        ({"max_queue": -5}, r"'max_queue'.*got -5"),
+        ({"max_queue": True}, r"'max_queue'.*got True"),
+        ({"max_queue": 2.0}, r"'max_queue'.*got 2.0"),
+        ({"max_queue": "10"}, r"'max_queue'.*got '10'"),
+        ({"exit_timeout": -1}, r"'exit_timeout' from configure\(\): .*got -1"),
+        ({"exit_timeout": math.nan}, r"'exit_timeout'.*got nan"),
+        ({"exit_timeout": math.inf}, r"'exit_timeout'.*got inf"),
+        ({"exit_timeout": 1e300}, r"'exit_timeout'.*got 1e\+300"),
+        ({"exit_timeout": True}, r"'exit_timeout'.*got True"),
+        ({"exit_timeout": "3"}, r"'exit_timeout'.*got '3'"),
+        ({"sinks": 5}, r"sinks.*got 5"),
+        ({"sinks": "sqlite,postgres"}, r"unknown sink 'postgres'"),
+        ({"prices": 5}, r"'prices' from configure\(\)"),
+        ({"prices": [("my-model", {"input_per_mtok": 1, "output_per_mtok": 1})]}, r"'prices'"),
+        ({"prices": {1: {"input_per_mtok": 1, "output_per_mtok": 1}}}, r"'prices'.*model name"),
+        ({"directory": 5}, r"'directory' from configure\(\).*got 5"),
+        ({"directory": ""}, r"'directory'"),
+        ({"directory": b"meter"}, r"'directory'"),
+        ({"directory": "me\x00ter"}, r"'directory'"),
+        ({"aliases": [1]}, r"'aliases' from configure\(\)"),
+        ({"aliases": 5}, r"'aliases'"),
+        ({"aliases": {"prod": 3}}, r"'aliases'.*alias 'prod'"),
+        ({"stream_usage": "no"}, r"'stream_usage' from configure\(\).*got 'no'"),
+        ({"stream_usage": "false"}, r"'stream_usage'.*got 'false'"),
+        ({"stream_usage": 0}, r"'stream_usage'.*got 0"),
+    ],
+)
+def test_bad_configure_argument_is_a_one_line_value_error_naming_it(
+    arguments: dict[str, Any], message: str
+) -> None:
+    """max_queue=0 once made every call wait 5 s and drop its record; strings became iterables."""
+    with pytest.raises(ValueError, match=message) as excinfo:
+        tokenmeter.configure(**arguments)
+    _one_line_value_error(excinfo)
+
+
+def test_a_rejected_configure_changes_nothing(sink: InMemorySink) -> None:
+    """A bad call must leave the previous settings in force, and not poison later calls."""
+    tokenmeter.configure(sinks=[sink], max_queue=5, prices={"my-model": CHEAP})
+    with pytest.raises(ValueError, match="max_queue"):
+        tokenmeter.configure(max_queue=0)
+    with pytest.raises(ValueError, match=r"'my-model'.*input_per_mtok"):
+        tokenmeter.configure(prices={"my-model": {"input_per_mtok": -1, "output_per_mtok": 1}})
+    assert _runtime.settings().max_queue == 5
+    tokenmeter.configure(sinks=[sink])  # the earlier failures were not remembered
+    rec = tokenmeter.record("openai", "my-model", 1_000_000, 0)
+    assert rec.estimated_cost_usd == Decimal("1")
+
+
+def test_a_bad_prices_file_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sink: InMemorySink
+) -> None:
+    tokenmeter.configure(sinks=[sink], prices={"my-model": CHEAP})
+    prices = tmp_path / "prices.json"
+    prices.write_bytes(b'{"my-model": \xff}')
+    monkeypatch.setenv("TOKENMETER_PRICES", str(prices))
+    with pytest.raises(ValueError, match=r"prices\.json"):
+        tokenmeter.configure(max_queue=7)
+    assert _runtime.settings().max_queue != 7
+    assert tokenmeter.record("openai", "my-model", 1_000_000, 0).estimated_cost_usd == 1
+    monkeypatch.delenv("TOKENMETER_PRICES")
+    tokenmeter.configure(sinks=[sink])
+    assert _runtime.settings().max_queue == 100_000  # the rejected call was not remembered
+
+
+@pytest.mark.parametrize("value", ["jsonl", " JSONL ", "jsonl,", "sqlite, jsonl"])
+def test_sinks_accepts_one_name_or_a_comma_separated_string(value: str, tmp_path: Path) -> None:
+    tokenmeter.configure(sinks=value, directory=tmp_path / "meter")
+    assert "jsonl" in _runtime.settings().sinks
+    tokenmeter.record("openai", "gpt-4o", 10, 1)
+    assert tokenmeter.flush(5)
+    assert (tmp_path / "meter" / "usage.jsonl").read_text().count("\n") == 1
+
+
+def test_sinks_accepts_one_sink_object() -> None:
+    memory = InMemorySink()
+    tokenmeter.configure(sinks=memory)
+    tokenmeter.record("openai", "gpt-4o", 10, 1)
+    assert tokenmeter.flush(5)
+    assert len(memory.records) == 1
+
+
+def test_smallest_queue_and_zero_exit_timeout_are_allowed() -> None:
+    tokenmeter.configure(max_queue=1, exit_timeout=0, stream_usage=False)
+    resolved = _runtime.settings()
+    assert (resolved.max_queue, resolved.exit_timeout, resolved.stream_usage) == (1, 0.0, False)
+    tokenmeter.configure(exit_timeout=2)
+    assert _runtime.settings().exit_timeout == 2.0
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("max_queue = 0", r"'max_queue' from .*pyproject.toml \[tool.tokenmeter\].*got 0"),
+        ("max-queue = -1", r"'max_queue'.*got -1"),
+        ("max_queue = true", r"'max_queue'.*got True"),
+        ("exit_timeout = -1", r"'exit_timeout' from .*pyproject.toml.*got -1"),
+        ("exit_timeout = nan", r"'exit_timeout'.*got nan"),
+        ("exit-timeout = inf", r"'exit_timeout'.*got inf"),
+        ("exit_timeout = 1e300", r"'exit_timeout'.*got 1e\+300"),
+        ('stream-usage = "no"', r"'stream_usage'.*got 'no'"),
+        ('disabled = "yes"', r"'disabled'.*got 'yes'"),
+        ("sinks = 5", r"'sinks' from .*pyproject.toml \[tool.tokenmeter\]: .*got 5"),
+        ("sinks = [1]", r"sinks.*got 1"),
+        ("directory = 5", r"'directory'.*got 5"),
+        ("prices = 5", r"'prices'"),
+        ("prices = { my-model = { input_per_mtok = -1, output_per_mtok = 1 } }", r"'my-model'"),
+        ("aliases = { prod = 3 }", r"'aliases'.*alias 'prod'"),
+        ("colour = 'blue'", r"'colour' from .*pyproject.toml"),
+    ],
+)
+def test_bad_pyproject_value_is_a_one_line_value_error_naming_the_file(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    (tmp_path / "pyproject.toml").write_text(f"[tool.tokenmeter]\n{line}\n")
+    with pytest.raises(ValueError, match=message) as excinfo:
+        load_settings(env={}, cwd=tmp_path)
+    assert str(tmp_path / "pyproject.toml") in _one_line_value_error(excinfo)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"[tool.tokenmeter]\ndirectory = '\xff'\n",
+        b"[tool.tokenmeter]\nsinks = " + b"[" * 100_000 + b"]" * 100_000 + b"\n",
+        b"[tool]\ntokenmeter = 5\n",
+    ],
+    ids=["not-utf-8", "deeply-nested", "not-a-table"],
+)
+def test_unreadable_pyproject_is_a_value_error_naming_the_file(
+    tmp_path: Path, content: bytes
+) -> None:
+    (tmp_path / "pyproject.toml").write_bytes(content)
+    with pytest.raises(ValueError) as excinfo:
+        load_settings(env={}, cwd=tmp_path)
+    assert str(tmp_path / "pyproject.toml") in _one_line_value_error(excinfo)
+
+
+def test_pyproject_layer_accepts_good_numbers(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        "[tool.tokenmeter]\nmax-queue = 1\nexit-timeout = 0\nsinks = 'jsonl,markdown'\n"
+    )
+    resolved = load_settings(env={}, cwd=tmp_path)
+    assert (resolved.max_queue, resolved.exit_timeout) == (1, 0.0)
+    assert resolved.sinks == ("jsonl", "markdown")

@@ -1,11 +1,15 @@
 """Settings: ``configure()`` arguments > ``TOKENMETER_*`` environment > ``[tool.tokenmeter]``.
 
-Read once, lazily (the first record or ``instrument()``), never on the hot path.
+Read once, lazily (the first record or ``instrument()``), never on the hot path. Every value is
+checked here, whichever layer it comes from: a bad one is a one-line ValueError naming the setting
+and where it came from, never a value that misbehaves later (``max_queue=0`` used to make every
+call wait and drop its record).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,14 +17,27 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from tokenmeter.pricing import check_aliases, check_prices
+from tokenmeter.pricing._overrides import short_repr
+
 __all__ = ["SINK_NAMES", "Settings", "load_settings"]
 
 SINK_NAMES = ("sqlite", "jsonl", "markdown")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+_ENV_NAMES = {
+    "directory": "TOKENMETER_DIR",
+    "sinks": "TOKENMETER_SINKS",
+    "disabled": "TOKENMETER_DISABLED",
+    "prices_file": "TOKENMETER_PRICES",
+    "stream_usage": "TOKENMETER_STREAM_USAGE",
+}
 
 
 class Settings(BaseModel):
+    """The merged settings. The validators take each value as given (no pydantic coercion):
+    ``"no"`` is not a boolean and ``"10"`` is not a number, whichever layer they come from."""
+
     model_config = ConfigDict(extra="forbid")
 
     #: Where the default sinks write (``usage.db``, ``usage.jsonl``, ``journal/``).
@@ -45,7 +62,65 @@ class Settings(BaseModel):
     @field_validator("sinks", mode="before")
     @classmethod
     def _known_sinks(cls, value: Any) -> tuple[str, ...]:
-        return _parse_sinks("sinks", value)
+        return _parse_sinks(value)
+
+    @field_validator("directory", "prices_file", mode="before")
+    @classmethod
+    def _a_path(cls, value: Any) -> Path:
+        # str/PathLike only: Path(5) is a TypeError, and bytes or NUL fail later, in the writer.
+        text = os.fspath(value) if isinstance(value, str | os.PathLike) else None
+        if not isinstance(text, str):
+            raise ValueError(f"must be a path (str or pathlib.Path), got {short_repr(value)}")
+        if not text.strip():
+            raise ValueError("must not be empty")
+        if "\x00" in text:
+            raise ValueError(f"must not contain a NUL character, got {short_repr(text)}")
+        return Path(text)
+
+    @field_validator("disabled", "stream_usage", mode="before")
+    @classmethod
+    def _a_bool(cls, value: Any) -> bool:
+        # No truthiness: "no", "false" and 0 must not quietly mean True (or anything).
+        if not isinstance(value, bool):
+            raise ValueError(f"must be True or False, got {short_repr(value)}")
+        return value
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _valid_prices(cls, value: Any) -> dict[str, Any]:
+        check_prices(value)  # every entry now, not at the first record
+        return dict(value)
+
+    @field_validator("aliases", mode="before")
+    @classmethod
+    def _valid_aliases(cls, value: Any) -> dict[str, str]:
+        check_aliases(value)
+        return dict(value)
+
+    @field_validator("max_queue", mode="before")
+    @classmethod
+    def _queue_size(cls, value: Any) -> int:
+        # 0 or less would make every call wait for room that never comes, then drop its record.
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"must be a whole number of records, at least 1, got {short_repr(value)}"
+            )
+        return value
+
+    @field_validator("exit_timeout", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> float:
+        # NaN and negative waits are meaningless; past TIMEOUT_MAX, waiting raises OverflowError.
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 <= value <= threading.TIMEOUT_MAX
+        ):
+            raise ValueError(
+                f"must be a number of seconds from 0 to {threading.TIMEOUT_MAX:.0f}, "
+                f"got {short_repr(value)}"
+            )
+        return float(value)
 
 
 def _parse_bool(name: str, value: str) -> bool:
@@ -57,13 +132,27 @@ def _parse_bool(name: str, value: str) -> bool:
     raise ValueError(f"{name} must be 1/0, true/false, yes/no or on/off, got {value!r}")
 
 
-def _parse_sinks(name: str, value: Any) -> tuple[str, ...]:
-    items = value.split(",") if isinstance(value, str) else list(value)
-    names = tuple(str(item).strip().lower() for item in items if str(item).strip())
-    unknown = [n for n in names if n not in SINK_NAMES]
-    if unknown:
-        raise ValueError(f"{name}: unknown sink {unknown[0]!r}; expected some of {SINK_NAMES}")
-    return names
+def _parse_sinks(value: Any) -> tuple[str, ...]:
+    """Sink names from a list or a comma-separated string (one name is a string, not letters)."""
+    if isinstance(value, str):
+        items: list[Any] = value.split(",")
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise ValueError(
+            f"must be sink names ({', '.join(SINK_NAMES)}) as a list or a comma-separated "
+            f"string, got {short_repr(value)}"
+        )
+    names: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"sink names must be strings, got {short_repr(item)}")
+        name = item.strip().lower()
+        if name and name not in SINK_NAMES:
+            raise ValueError(f"unknown sink {short_repr(name)}; expected some of {SINK_NAMES}")
+        if name and name not in names:  # twice the same file would write every record twice
+            names.append(name)
+    return tuple(names)
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -71,7 +160,10 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     if value := env.get("TOKENMETER_DIR"):
         found["directory"] = value
     if (value := env.get("TOKENMETER_SINKS")) is not None:
-        found["sinks"] = _parse_sinks("TOKENMETER_SINKS", value)
+        try:
+            found["sinks"] = _parse_sinks(value)
+        except ValueError as exc:
+            raise ValueError(f"TOKENMETER_SINKS: {exc}") from None
     if (value := env.get("TOKENMETER_DISABLED")) is not None:
         found["disabled"] = _parse_bool("TOKENMETER_DISABLED", value)
     if value := env.get("TOKENMETER_PRICES"):
@@ -89,22 +181,29 @@ def _find_pyproject(start: Path) -> Path | None:
     return None
 
 
-def _from_pyproject(start: Path) -> dict[str, Any]:
-    path = _find_pyproject(start)
+def _from_pyproject(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
         with path.open("rb") as fh:
-            table = tomllib.load(fh).get("tool", {}).get("tokenmeter", {})
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read [tool.tokenmeter]: {exc}") from exc
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read [tool.tokenmeter]: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be read") from None
+    except ValueError as exc:  # TOMLDecodeError, and ints past Python's digit limit
+        raise ValueError(f"{path}: cannot read [tool.tokenmeter]: {exc}") from None
+    tool = data.get("tool", {})
+    table = tool.get("tokenmeter", {}) if isinstance(tool, dict) else {}
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: [tool.tokenmeter] must be a table, got {short_repr(table)}")
     table = {key.replace("-", "_"): value for key, value in table.items()}
-    if "sinks" in table:
-        table["sinks"] = _parse_sinks(f"{path} [tool.tokenmeter] sinks", table["sinks"])
     for key in ("directory", "prices_file"):
-        if key in table:  # relative paths are relative to the pyproject.toml that names them
-            table[key] = path.parent / str(table[key])
-    return dict(table)
+        if isinstance(table.get(key), str):  # relative to the pyproject.toml that names them
+            table[key] = path.parent / table[key]
+    return table
 
 
 def load_settings(
@@ -114,8 +213,9 @@ def load_settings(
     cwd: Path | None = None,
 ) -> Settings:
     """Merge the three layers; a bad value raises ValueError naming where it came from."""
+    pyproject = _find_pyproject(cwd or Path.cwd())
     layers = [
-        ("[tool.tokenmeter]", _from_pyproject(cwd or Path.cwd())),
+        (f"{pyproject} [tool.tokenmeter]", _from_pyproject(pyproject)),
         ("environment", _from_env(os.environ if env is None else env)),
         ("configure()", dict(explicit or {})),
     ]
@@ -128,4 +228,10 @@ def load_settings(
         error = exc.errors()[0]
         key = str(error["loc"][0]) if error["loc"] else "?"
         source = next((name for name, layer in reversed(layers) if key in layer), "settings")
-        raise ValueError(f"tokenmeter setting {key!r} from {source}: {error['msg']}") from None
+        if source == "environment":
+            source = _ENV_NAMES.get(key, source)
+        if error["type"] == "extra_forbidden":
+            message = f"no such setting; known: {', '.join(Settings.model_fields)}"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        raise ValueError(f"tokenmeter setting {key!r} from {source}: {message}") from None

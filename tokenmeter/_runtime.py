@@ -9,6 +9,7 @@ from typing import Any
 
 from tokenmeter import _pipeline, pricing
 from tokenmeter._config import Settings, load_settings
+from tokenmeter.pricing._overrides import short_repr
 from tokenmeter.sinks._base import Sink
 
 __all__ = ["configure", "settings"]
@@ -65,7 +66,7 @@ def _apply() -> None:
 
 def configure(
     *,
-    sinks: Iterable[Sink | str] | None = None,
+    sinks: Iterable[Sink | str] | Sink | str | None = None,
     prices: Mapping[str, Any] | None = None,
     directory: str | Path | None = None,
     aliases: Mapping[str, str] | None = None,
@@ -76,39 +77,67 @@ def configure(
     """Set sinks, price overrides and other settings for this process.
 
     ``sinks`` takes sink objects (anything implementing the Sink protocol) and/or default sink
-    names ("sqlite", "jsonl", "markdown"). Arguments win over ``TOKENMETER_*`` variables, which win
-    over ``[tool.tokenmeter]`` in pyproject.toml. Records made before the call go to the old sinks.
+    names ("sqlite", "jsonl", "markdown"), one of them alone, or names as a comma-separated string
+    like ``TOKENMETER_SINKS``. Arguments win over ``TOKENMETER_*`` variables, which win over
+    ``[tool.tokenmeter]`` in pyproject.toml. Records made before the call go to the old sinks.
+
+    Everything is checked before anything changes: a bad argument (or a bad prices file) raises
+    a one-line ValueError naming it and leaves the previous settings in force.
     """
     global _sink_objects
     with _lock:
         explicit = dict(_explicit)
         objects = _sink_objects
         if sinks is not None:
-            sink_list = list(sinks)
-            names = [s for s in sink_list if isinstance(s, str)]
-            given = [s for s in sink_list if not isinstance(s, str)]
-            for sink in given:
-                if not isinstance(sink, Sink):
-                    raise ValueError(
-                        f"sinks: {sink!r} is not a sink (needs write(), flush() and close())"
-                    )
+            names, objects = _split_sinks(sinks)
             explicit["sinks"] = names
-            objects = given
         for key, value in (
-            ("prices", dict(prices) if prices is not None else None),
+            # Mappings are copied so later changes by the caller do not leak in; anything else
+            # is passed as given, for Settings to reject with a message naming the setting.
+            ("prices", dict(prices) if isinstance(prices, Mapping) else prices),
             ("directory", directory),
-            ("aliases", dict(aliases) if aliases is not None else None),
+            ("aliases", dict(aliases) if isinstance(aliases, Mapping) else aliases),
             ("stream_usage", stream_usage),
             ("max_queue", max_queue),
             ("exit_timeout", exit_timeout),
         ):
             if value is not None:
                 explicit[key] = value
-        load_settings(explicit)  # validate before changing anything
+        resolved = load_settings(explicit)  # validate before changing anything
+        if resolved.prices_file is not None:
+            pricing.read_prices_file(resolved.prices_file)  # a bad file must not half-apply
         _explicit.clear()
         _explicit.update(explicit)
         _sink_objects = objects
         _apply()
+
+
+def _split_sinks(sinks: object) -> tuple[str | list[str], list[Sink]]:
+    """configure(sinks=...) as (names for Settings, sink objects).
+
+    A string is names (one, or comma-separated), not an iterable of one-letter names.
+    """
+    if isinstance(sinks, str):
+        return sinks, []
+    if isinstance(sinks, Sink):
+        return [], [sinks]
+    if not isinstance(sinks, Iterable) or isinstance(sinks, bytes | Mapping):
+        raise ValueError(
+            "tokenmeter setting 'sinks' from configure(): must be a sink, a sink name or a list "
+            f"of them, got {short_repr(sinks)}"
+        )
+    names: list[str] = []
+    objects: list[Sink] = []
+    for sink in sinks:
+        if isinstance(sink, str):
+            names.append(sink)
+        elif isinstance(sink, Sink):
+            objects.append(sink)
+        else:
+            raise ValueError(
+                f"sinks: {short_repr(sink)} is not a sink (needs write(), flush() and close())"
+            )
+    return names, objects
 
 
 _pipeline.first_use_hook = settings

@@ -1,12 +1,14 @@
 """User prices (dict, TOML, JSON, since dates, provider scope), aliases, and bad input."""
 
 import json
+import math
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
+import tokenmeter
 from tokenmeter._models import Usage
 from tokenmeter.pricing import (
     describe_price,
@@ -292,3 +294,167 @@ def test_describe_price_of_an_override() -> None:
     assert described.cache_write_per_mtok == Decimal("2.5")
     assert described.cache_write_1h_per_mtok == Decimal(4)
     assert described.tiers == ()
+
+
+# -- bad values through the public API: configure(prices=...) and the TOKENMETER_PRICES file ----
+
+
+def _one_line_value_error(excinfo: pytest.ExceptionInfo[ValueError]) -> str:
+    """A plain one-line ValueError of a readable length (no pydantic dump, no 10k-char repr)."""
+    assert excinfo.type is ValueError
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert len(message) < 400, message
+    return message
+
+
+BAD_RATES = [
+    pytest.param(-1, id="negative"),
+    pytest.param(-0.01, id="negative-float"),
+    pytest.param("-1", id="negative-string"),
+    pytest.param(math.nan, id="nan"),
+    pytest.param(math.inf, id="inf"),
+    pytest.param(-math.inf, id="minus-inf"),
+    pytest.param("nan", id="nan-string"),
+    pytest.param("Infinity", id="inf-string"),
+    pytest.param(Decimal("NaN"), id="nan-decimal"),
+    pytest.param(Decimal("sNaN"), id="snan-decimal"),
+    pytest.param("two", id="word"),
+    pytest.param("", id="empty-string"),
+    pytest.param(1e300, id="huge"),
+    pytest.param("1e300", id="huge-string"),
+    pytest.param(10**400, id="huge-int"),
+    pytest.param(True, id="true"),
+    pytest.param(False, id="false"),
+    pytest.param(None, id="none"),
+    pytest.param([1], id="list"),
+    pytest.param({"usd": 1}, id="table"),
+    pytest.param("x" * 10_000, id="long-string"),
+]
+
+
+@pytest.mark.parametrize("rate", BAD_RATES)
+def test_bad_rate_given_to_configure_names_the_model_and_field(rate: object) -> None:
+    with pytest.raises(ValueError, match=r"'my-model'.*output_per_mtok") as excinfo:
+        tokenmeter.configure(prices={"my-model": {"input_per_mtok": 1, "output_per_mtok": rate}})
+    _one_line_value_error(excinfo)
+
+
+@pytest.mark.parametrize(
+    "since",
+    [5, True, 2026.5, [2026, 1, 1], "soon", "2026-02-30", "", "2026-01-01" + "x" * 10_000],
+)
+def test_a_since_that_is_not_a_date_names_the_model(since: object) -> None:
+    with pytest.raises(ValueError, match=r"'my-model'.*since must be a date") as excinfo:
+        tokenmeter.configure(prices={"my-model": {**MY_MODEL, "since": since}})
+    _one_line_value_error(excinfo)
+
+
+def test_a_rate_nested_too_deeply_to_print_names_the_model_and_field() -> None:
+    nested: list[object] = []
+    for _ in range(100_000):
+        nested = [nested]
+    with pytest.raises(ValueError, match=r"'my-model'.*input_per_mtok") as excinfo:
+        tokenmeter.configure(prices={"my-model": {"input_per_mtok": nested, "output_per_mtok": 1}})
+    _one_line_value_error(excinfo)
+
+
+def test_largest_sensible_rate_and_numeric_strings_are_accepted() -> None:
+    tokenmeter.configure(
+        prices={"my-model": {"input_per_mtok": "1000000", "output_per_mtok": Decimal("0.5")}}
+    )
+    usage = Usage(input_tokens=1, output_tokens=2)
+    assert tokenmeter.price("openai", "my-model", usage).total_usd == Decimal("1.000001")
+
+
+def _configure_from_file(
+    path: Path, content: bytes, monkeypatch: pytest.MonkeyPatch
+) -> pytest.ExceptionInfo[ValueError]:
+    path.write_bytes(content)
+    monkeypatch.setenv("TOKENMETER_PRICES", str(path))
+    with pytest.raises(ValueError) as excinfo:
+        tokenmeter.configure()
+    message = _one_line_value_error(excinfo)
+    assert str(path) in message
+    return excinfo
+
+
+@pytest.mark.parametrize(
+    "rate",
+    ["-1", "NaN", "Infinity", "-Infinity", "1e300", "1e400", '"two"', '"nan"', "true", "null"],
+)
+def test_bad_rate_in_a_json_file_names_the_file_model_and_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rate: str
+) -> None:
+    content = f'{{"my-model": {{"input_per_mtok": 1, "output_per_mtok": {rate}}}}}'
+    excinfo = _configure_from_file(tmp_path / "prices.json", content.encode(), monkeypatch)
+    excinfo.match(r"'my-model'.*output_per_mtok")
+
+
+@pytest.mark.parametrize("rate", ["-1", "nan", "inf", "-inf", "1e300", '"two"', "true"])
+def test_bad_rate_in_a_toml_file_names_the_file_model_and_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rate: str
+) -> None:
+    content = f'["my-model"]\ninput_per_mtok = 1\noutput_per_mtok = {rate}\n'
+    excinfo = _configure_from_file(tmp_path / "prices.toml", content.encode(), monkeypatch)
+    excinfo.match(r"'my-model'.*output_per_mtok")
+
+
+@pytest.mark.parametrize("since", ["5", "true", '"soon"', "07:30:00", "[2026]"])
+def test_a_since_in_a_toml_file_that_is_not_a_date_names_the_file_and_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, since: str
+) -> None:
+    content = f'["my-model"]\ninput_per_mtok = 1\noutput_per_mtok = 1\nsince = {since}\n'
+    excinfo = _configure_from_file(tmp_path / "prices.toml", content.encode(), monkeypatch)
+    excinfo.match(r"'my-model'.*since must be a date")
+
+
+@pytest.mark.parametrize("depth", [900, 100_000])
+def test_deeply_nested_json_file_names_the_file_and_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, depth: int
+) -> None:
+    """Shallow enough for the decoder, the entry is rejected; deeper, the decoder's
+    RecursionError is turned into the same kind of error."""
+    nested = "[" * depth + "]" * depth
+    content = f'{{"fine": {{"input_per_mtok": 1, "output_per_mtok": 1}}, "my-model": {nested}}}'
+    excinfo = _configure_from_file(tmp_path / "prices.json", content.encode(), monkeypatch)
+    excinfo.match(r"'my-model'")
+
+
+def test_deeply_nested_toml_file_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nested = "[" * 100_000 + "]" * 100_000
+    content = f'["my-model"]\ninput_per_mtok = {nested}\noutput_per_mtok = 1\n'
+    excinfo = _configure_from_file(tmp_path / "prices.toml", content.encode(), monkeypatch)
+    excinfo.match("nested too deeply")
+
+
+@pytest.mark.parametrize("name", ["prices.json", "prices.toml", "prices"])
+def test_prices_file_that_is_not_utf8_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    content = b'{"my-model": {"input_per_mtok": 1, "output_per_mtok": "\xff"}}'
+    excinfo = _configure_from_file(tmp_path / name, content, monkeypatch)
+    excinfo.match("UTF-8")
+
+
+def test_prices_file_with_a_byte_order_mark_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows editors write a BOM; it is not a reason to reject the file."""
+    path = tmp_path / "prices"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"my-model": MY_MODEL}).encode())
+    monkeypatch.setenv("TOKENMETER_PRICES", str(path))
+    tokenmeter.configure()
+    assert tokenmeter.price("openai", "my-model", USAGE, at=DAY).total_usd == Decimal("2.69")
+
+
+def test_prices_file_named_in_pyproject_is_checked_too(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[tool.tokenmeter]\nprices-file = "prices.json"\n')
+    (tmp_path / "prices.json").write_text(
+        '{"my-model": {"input_per_mtok": 1, "output_per_mtok": 1e300}}'
+    )
+    with pytest.raises(ValueError, match=r"prices.json.*'my-model'.*output_per_mtok") as excinfo:
+        tokenmeter.configure()
+    _one_line_value_error(excinfo)

@@ -4,7 +4,14 @@
 """
 
 from ._engine import PriceDescription, clear_cache, describe_price, price_usage, set_price_source
-from ._overrides import load_prices_file, read_prices_file, set_aliases, set_user_prices
+from ._overrides import (
+    check_aliases,
+    check_prices,
+    load_prices_file,
+    read_prices_file,
+    set_aliases,
+    set_user_prices,
+)
 from ._source import PricedModel, PriceSource, RateCard, Rates
 
 __all__ = [
@@ -13,6 +20,8 @@ __all__ = [
     "PricedModel",
     "RateCard",
     "Rates",
+    "check_aliases",
+    "check_prices",
     "clear_cache",
     "describe_price",
     "load_prices_file",

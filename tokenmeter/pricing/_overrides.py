@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import reprlib
 import threading
 import tomllib
 from collections.abc import Callable, Hashable, Mapping
@@ -27,10 +29,13 @@ from ._source import RateCard, Rates, Tier
 __all__ = [
     "OVERRIDE_SOURCE",
     "UserPrice",
+    "check_aliases",
+    "check_prices",
     "load_prices_file",
     "read_prices_file",
     "set_aliases",
     "set_user_prices",
+    "short_repr",
 ]
 
 OVERRIDE_SOURCE = "override"
@@ -44,6 +49,28 @@ _OPTIONAL = (
     "output_audio_per_mtok",
 )
 _KNOWN_KEYS = frozenset((*_REQUIRED, *_OPTIONAL, "provider", "since"))
+#: $1 a token. No model costs anything near it, so a larger rate is a typo (a missing decimal
+#: point, a per-token price given per million); absurd rates such as 1e300 would also overflow
+#: the float totals of the sinks and reports.
+MAX_RATE_PER_MTOK = Decimal(1_000_000)
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlevel = 2
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` cut to a readable length, for error messages.
+
+    A value read from a file or given by a caller can be a 10 kB string, a list nested 100 000
+    deep (plain ``repr`` raises RecursionError) or an int too long to print; the message must
+    still be one short line.
+    """
+    try:
+        return _SHORT.repr(value)
+    except Exception:  # a user object's __repr__, or an int beyond sys.get_int_max_str_digits()
+        return f"a {type(value).__name__} that cannot be shown"
 
 
 @dataclass(frozen=True)
@@ -85,16 +112,37 @@ def set_user_prices(mapping: Mapping[str, Any] | None) -> None:
     _install(_Settings(prices=_parse_prices(mapping or {}, origin=None), aliases=_settings.aliases))
 
 
+def check_prices(mapping: Any) -> None:
+    """Raise the ValueError ``set_user_prices(mapping)`` would, installing nothing.
+
+    ``configure()`` checks its arguments before it changes anything, so that a bad entry
+    cannot leave half the settings applied.
+    """
+    _parse_prices(mapping, origin=None)
+
+
 def set_aliases(mapping: Mapping[str, str] | None) -> None:
     """Replace the alias map, e.g. ``{"my-gpt4o-prod-deployment": "gpt-4o"}``."""
+    _install(_Settings(prices=_settings.prices, aliases=check_aliases(mapping or {})))
+
+
+def check_aliases(mapping: Any) -> dict[str, str]:
+    """The alias map ``set_aliases`` would install (normalised), or ValueError; installs nothing."""
+    if not isinstance(mapping, Mapping):
+        raise ValueError(
+            f"aliases must be a mapping of alias to model name, got {short_repr(mapping)}"
+        )
     aliases: dict[str, str] = {}
-    for name, target in (mapping or {}).items():
+    for name, target in mapping.items():
         if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"alias {name!r}: the alias must be a non-empty string")
+            raise ValueError(f"alias {short_repr(name)}: the alias must be a non-empty string")
         if not isinstance(target, str) or not target.strip():
-            raise ValueError(f"alias {name!r}: the target model must be a non-empty string")
+            raise ValueError(
+                f"alias {short_repr(name)}: the target model must be a non-empty string, "
+                f"got {short_repr(target)}"
+            )
         aliases[name.strip().lower()] = target.strip()
-    _install(_Settings(prices=_settings.prices, aliases=aliases))
+    return aliases
 
 
 def read_prices_file(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -113,20 +161,65 @@ def load_prices_file(path: str | os.PathLike[str]) -> None:
 
 def _read_file(file: Path) -> tuple[dict[str, Any], dict[str, tuple[UserPrice, ...]]]:
     try:
-        text = file.read_text(encoding="utf-8")
+        raw = file.read_bytes()
     except OSError as exc:
         raise ValueError(f"{file}: cannot read prices file ({exc.strerror or exc})") from exc
+    try:
+        text = raw.decode("utf-8-sig")  # tolerate the byte-order mark Windows editors write
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{file}: a prices file must be UTF-8 text (byte {exc.start} is not)"
+        ) from None
     as_json = file.suffix.lower() == ".json" or (
         file.suffix.lower() != ".toml" and text.lstrip().startswith("{")
     )
+    kind = "JSON" if as_json else "TOML"
     try:
         data: Any = json.loads(text) if as_json else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        kind = "JSON" if as_json else "TOML"
-        raise ValueError(f"{file}: not valid {kind}: {exc}") from exc
+    except RecursionError:
+        # The decoders recurse once per level of nesting; no prices file nests more than three.
+        culprit = _too_deep_json_key(text) if as_json else None
+        raise ValueError(
+            _where(str(file), None if culprit is None else short_repr(culprit))
+            + "nested too deeply to be a prices file"
+        ) from None
+    except ValueError as exc:  # the decode errors, and ints past Python's digit limit
+        raise ValueError(f"{file}: not valid {kind}: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{file}: expected a table of models, got {type(data).__name__}")
     return data, _parse_prices(data, origin=str(file))
+
+
+def _too_deep_json_key(text: str) -> str | None:
+    """The top-level key whose value the JSON decoder could not descend into, if any.
+
+    Runs only after ``json.loads`` gave up with RecursionError, to name the entry at fault: it
+    walks the outer object one member at a time and decodes each value on its own.
+    """
+    decoder = json.JSONDecoder()
+    try:
+        pos = _json_skip(text, 0)
+        if not text.startswith("{", pos):
+            return None
+        while True:
+            key, pos = decoder.raw_decode(text, _json_skip(text, pos + 1))  # after "{" or ","
+            pos = _json_skip(text, pos)
+            if not isinstance(key, str) or not text.startswith(":", pos):
+                return None
+            try:
+                _, pos = decoder.raw_decode(text, _json_skip(text, pos + 1))
+            except RecursionError:
+                return key
+            pos = _json_skip(text, pos)
+            if not text.startswith(",", pos):
+                return None
+    except ValueError:
+        return None
+
+
+def _json_skip(text: str, pos: int) -> int:
+    match = _JSON_SPACE.match(text, pos)
+    return match.end() if match else pos
 
 
 def aliases() -> Mapping[str, str]:
@@ -177,27 +270,24 @@ def _parse_prices(
 ) -> dict[str, tuple[UserPrice, ...]]:
     if not isinstance(mapping, Mapping):
         raise ValueError(
-            _where(origin, None) + f"expected a mapping of models, got {type(mapping).__name__}"
+            _where(origin, None) + "expected a mapping of model name to prices, "
+            f"got {short_repr(mapping)}"
         )
     parsed: dict[str, tuple[UserPrice, ...]] = {}
     for model, value in mapping.items():
+        where = _where(origin, short_repr(model))
         if not isinstance(model, str) or not model.strip():
-            raise ValueError(
-                _where(origin, repr(model)) + "the model name must be a non-empty string"
-            )
+            raise ValueError(where + "the model name must be a non-empty string")
         key = model.strip().lower()
         if isinstance(value, Mapping):
-            entries = [_parse_entry(key, value, _where(origin, repr(model)))]
+            entries = [_parse_entry(key, value, where)]
         elif isinstance(value, list) and value:
             entries = [
-                _parse_entry(key, item, _where(origin, f"{model!r}[{index}]"))
+                _parse_entry(key, item, _where(origin, f"{short_repr(model)}[{index}]"))
                 for index, item in enumerate(value)
             ]
         else:
-            raise ValueError(
-                _where(origin, repr(model))
-                + "expected a table of prices or a non-empty list of them"
-            )
+            raise ValueError(where + "expected a table of prices or a non-empty list of them")
         parsed[key] = (*parsed.get(key, ()), *entries)
     return parsed
 
@@ -210,11 +300,13 @@ def _where(origin: str | None, entry: str | None) -> str:
 def _parse_entry(model: str, raw: Any, where: str) -> UserPrice:
     if not isinstance(raw, Mapping):
         raise ValueError(where + f"expected a table of prices, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - _KNOWN_KEYS)
+    unknown = sorted(_key_name(key) for key in raw if key not in _KNOWN_KEYS)
     if unknown:
+        shown = ", ".join(unknown[:3]) + (
+            f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+        )
         raise ValueError(
-            where + f"unknown key(s) {', '.join(map(str, unknown))}; "
-            f"allowed: {', '.join(sorted(_KNOWN_KEYS))}"
+            where + f"unknown key(s) {shown}; allowed: {', '.join(sorted(_KNOWN_KEYS))}"
         )
     missing = [key for key in _REQUIRED if key not in raw]
     if missing:
@@ -234,7 +326,7 @@ def _parse_entry(model: str, raw: Any, where: str) -> UserPrice:
     )
     provider = raw.get("provider")
     if provider is not None and (not isinstance(provider, str) or not provider.strip()):
-        raise ValueError(where + f"provider must be a non-empty string, got {provider!r}")
+        raise ValueError(where + f"provider must be a non-empty string, got {short_repr(provider)}")
     return UserPrice(
         model=model,
         rates=rates,
@@ -243,30 +335,46 @@ def _parse_entry(model: str, raw: Any, where: str) -> UserPrice:
     )
 
 
+def _key_name(key: Any) -> str:
+    """A key as written when it is a plain name, else its (short) repr."""
+    return (
+        key if isinstance(key, str) and key.isidentifier() and len(key) <= 60 else short_repr(key)
+    )
+
+
 def _rate(value: Any, where: str) -> Decimal:
+    not_a_number = f"{where} must be a number of USD per million tokens, got {short_repr(value)}"
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
-        raise ValueError(f"{where} must be a number of USD per million tokens, got {value!r}")
+        raise ValueError(not_a_number)
     if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{where} must be a finite number, got {value!r}")
+        raise ValueError(f"{where} must be a finite number, got {short_repr(value)}")
     try:
-        rate = Decimal(str(value).strip())
+        # floats via str() so 0.1 is 0.1, not its binary expansion; ints directly, as str() of
+        # a very long int raises
+        rate = Decimal(str(value) if isinstance(value, float) else value)
     except InvalidOperation:
-        raise ValueError(
-            f"{where} must be a number of USD per million tokens, got {value!r}"
-        ) from None
+        raise ValueError(not_a_number) from None
     if not rate.is_finite() or rate < 0:
-        raise ValueError(f"{where} must be a finite non-negative number, got {value!r}")
-    return rate
+        raise ValueError(f"{where} must be a finite non-negative number, got {short_repr(value)}")
+    if rate > MAX_RATE_PER_MTOK:
+        raise ValueError(
+            f"{where} must be at most {MAX_RATE_PER_MTOK} USD per million tokens "
+            f"($1 a token), got {short_repr(value)}"
+        )
+    return rate if rate else Decimal(0)  # "-0" is a valid Decimal; show it as 0
 
 
 def _since(value: Any, where: str) -> date | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        return value.astimezone(UTC).date() if value.tzinfo else value.date()
-    if isinstance(value, date):
+        try:
+            return value.astimezone(UTC).date() if value.tzinfo else value.date()
+        except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+            pass
+    elif isinstance(value, date):
         return value
-    if isinstance(value, str):
+    elif isinstance(value, str):
         try:
             return date.fromisoformat(value.strip())
         except ValueError:
@@ -275,4 +383,4 @@ def _since(value: Any, where: str) -> date | None:
             return _since(datetime.fromisoformat(value.strip()), where)
         except ValueError:
             pass
-    raise ValueError(f"{where} must be a date like 2026-01-01, got {value!r}")
+    raise ValueError(f"{where} must be a date like 2026-01-01, got {short_repr(value)}")
