@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+import tracemalloc
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -216,3 +220,54 @@ def run_module(*args: str, cwd: Path, **extra_env: str) -> subprocess.CompletedP
         text=True,
         timeout=120,
     )
+
+
+def record_line(base: UsageRecord, **raw: str) -> str:
+    """``base`` as one JSONL line, with the named fields replaced by raw JSON text.
+
+    Raw text, not Python values, so a test can write what ``json.dumps`` never would: ``NaN``,
+    ``1e400``, a lone surrogate escape, a nesting thousands deep.
+    """
+    fields = base.to_json_dict()
+    text = {k: raw.pop(k) if k in raw else json.dumps(v) for k, v in fields.items()}
+    text.update(raw)
+    parts = [f"{json.dumps(k)}:{v}" for k, v in text.items()]
+    return "{" + ",".join(parts) + "}"
+
+
+def append_lines(path: Path, lines: Iterable[str]) -> Path:
+    with path.open("a", encoding="utf-8", errors="surrogatepass") as handle:
+        handle.writelines(line + "\n" for line in lines)
+    return path
+
+
+def insert_sqlite_row(path: Path, copy_of: str, new_id: str, **columns: Any) -> None:
+    """Store a copy of row ``copy_of`` with some columns replaced, bypassing the sink.
+
+    SQLite keeps whatever type it is given (text in an INTEGER column, a blob in a TEXT one), as
+    another program writing to the database might.
+    """
+    conn = sqlite3.connect(path)
+    try:
+        conn.row_factory = sqlite3.Row
+        row = dict(conn.execute("SELECT * FROM records WHERE id = ?", [copy_of]).fetchone())
+        row.update(id=new_id, **columns)
+        names = ", ".join(row)
+        marks = ", ".join("?" * len(row))
+        conn.execute(f"INSERT INTO records ({names}) VALUES ({marks})", list(row.values()))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def peak_python_memory(run: Callable[[], Any]) -> int:
+    """Bytes of the largest Python heap ``run()`` held at once, above what was held before."""
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        run()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak - before

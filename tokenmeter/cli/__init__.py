@@ -37,13 +37,19 @@ def _date_type(parse: Callable[[str], datetime]) -> Callable[[str], datetime]:
     return convert
 
 
+#: Longest poll interval: ``time.sleep`` refuses NaN and overflows on huge values.
+_MAX_INTERVAL = 86_400.0
+
+
 def _positive_float(value: str) -> float:
     try:
         number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {value!r}")
+    if not 0 < number <= _MAX_INTERVAL:  # NaN fails this too
+        raise argparse.ArgumentTypeError(
+            f"must be more than 0 and at most {_MAX_INTERVAL:.0f}, got {value!r}"
+        )
     return number
 
 
@@ -52,8 +58,8 @@ def _count(value: str) -> int:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value!r}")
+    if not 0 <= number <= sys.maxsize:  # a bigger one overflows a deque and SQLite's LIMIT
+        raise argparse.ArgumentTypeError(f"must be from 0 to {sys.maxsize}, got {value!r}")
     return number
 
 

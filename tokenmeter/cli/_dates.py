@@ -5,6 +5,8 @@ Accepted forms: a relative span back from now (``30m``, ``24h``, ``7d``, ``2w``)
 Everything is UTC. ``--since`` is inclusive. ``--until`` is inclusive too, at the precision given:
 a bare date means the END of that day, so ``--since 2026-11-01 --until 2026-11-01`` is that whole
 day. Internally the upper bound is kept exclusive, which makes both rules one comparison.
+A value outside what ``datetime`` holds (``99999999d``, a date before year 1 in UTC) is a bad
+date; an ``--until`` whose end falls after year 9999 means "no end".
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _ONE_MS = timedelta(milliseconds=1)
+_LATEST = datetime.max.replace(tzinfo=UTC)
 
 
 def _now() -> datetime:
@@ -30,14 +33,20 @@ def _parse(value: str, now: datetime | None) -> tuple[datetime, bool]:
     relative = _RELATIVE.match(text.lower())
     if relative:
         amount, unit = int(relative.group(1)), relative.group(2)
-        return (now or _now()) - timedelta(**{_UNITS[unit]: amount}), False
+        try:
+            return (now or _now()) - timedelta(**{_UNITS[unit]: amount}), False
+        except OverflowError:
+            raise ValueError(f"bad date {value!r}: that is before year 1") from None
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise ValueError(
             f"bad date {value!r}: use 7d, 24h, 30m, 2026-11-01 or 2026-11-01T10:00 (UTC)"
         ) from None
-    parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    try:
+        parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"bad date {value!r}: outside years 1 to 9999 in UTC") from None
     return parsed, bool(_DATE_ONLY.match(text))
 
 
@@ -49,10 +58,17 @@ def parse_since(value: str, *, now: datetime | None = None) -> datetime:
 def parse_until(value: str, *, now: datetime | None = None) -> datetime:
     """EXCLUSIVE upper bound: the end of the day for a bare date, else the instant + 1 ms."""
     instant, date_only = _parse(value, now)
-    return instant + timedelta(days=1) if date_only else instant + _ONE_MS
+    try:
+        return instant + timedelta(days=1) if date_only else instant + _ONE_MS
+    except OverflowError:  # the end of 9999-12-31: as late as datetime goes
+        return _LATEST
 
 
 def format_instant(instant: datetime) -> str:
-    """The record timestamp format (``2026-11-22T10:00:00.123Z``), which sorts as text."""
-    instant = instant.astimezone(UTC)
-    return instant.strftime("%Y-%m-%dT%H:%M:%S.") + f"{instant.microsecond // 1000:03d}Z"
+    """The record timestamp format (``2026-11-22T10:00:00.123Z``), which sorts as text.
+
+    ``isoformat`` pads the year to four digits (``strftime("%Y")`` does not on glibc, and
+    ``999-...`` would sort after ``2026-...``).
+    """
+    utc = instant.astimezone(UTC).replace(tzinfo=None)
+    return utc.isoformat(timespec="milliseconds") + "Z"

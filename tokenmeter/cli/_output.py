@@ -1,17 +1,32 @@
-"""Where command output goes: stdout, or an owner-only file named by ``-o``."""
+"""Where command output goes: stdout, or an owner-only file named by ``-o``.
+
+Text from the data may hold lone surrogates (JSON can spell ``"\\ud800"``), which no encoder
+accepts: they are replaced by U+FFFD here, at the one place text leaves the program.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
 from tokenmeter.cli._errors import CliError
 
-__all__ = ["write_output"]
+__all__ = ["printable", "write_output"]
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD, so that it can be encoded."""
+    if text.isascii():
+        return text
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def write_output(text: str, path: str | None) -> None:
+    text = printable(text)
     if path is None:
         sys.stdout.write(text)
         sys.stdout.flush()

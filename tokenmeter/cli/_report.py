@@ -10,7 +10,7 @@ from pathlib import Path
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._output import write_output
 from tokenmeter.cli._progress import Progress, progress_allowed
-from tokenmeter.cli._source import resolve_source
+from tokenmeter.cli._source import resolve_source, warn_skipped
 from tokenmeter.cli.reports._format import dumps_exact
 from tokenmeter.cli.reports._html import HTML_GROUPINGS, render_html
 from tokenmeter.cli.reports._journal import render_session_markdown, render_sessions_list
@@ -77,6 +77,11 @@ def _use_rich(fmt: str, output: str | None) -> bool:
     return True
 
 
+def _unit(kind: str) -> str:
+    """What a skipped record was: a JSONL line or a SQLite row."""
+    return "row" if kind == "sqlite" else "line"
+
+
 def run_report(args: argparse.Namespace) -> int:
     fmt = _format(args)
     source = resolve_source(args.source)
@@ -92,12 +97,7 @@ def run_report(args: argparse.Namespace) -> int:
     show = progress_allowed(machine_format=fmt in MACHINE_FORMATS, to_file=args.output is not None)
     with Progress(f"reading {source.path.name}", enabled=show) as progress:
         report = run_query(source, query, progress)
-    if report.skipped_lines:
-        noun = "line" if report.skipped_lines == 1 else "lines"
-        print(
-            f"tokenmeter: warning: skipped {report.skipped_lines} corrupt {noun} in {source.path}",
-            file=sys.stderr,
-        )
+    warn_skipped(report.skipped_lines, source.path, _unit(source.kind))
     if _use_rich(fmt, args.output):
         render_rich(report)
     else:
@@ -122,7 +122,8 @@ _SESSION_HEADERS = (
 
 def run_sessions(args: argparse.Namespace) -> int:
     source = resolve_source(args.source)
-    rows, _ = list_sessions(source, since=args.since, until=args.until)
+    rows, skipped = list_sessions(source, since=args.since, until=args.until)
+    warn_skipped(skipped, source.path, _unit(source.kind))
     rows = rows[: args.limit] if args.limit else rows
     if args.format == "json":
         document = [

@@ -2,7 +2,9 @@
 
 The CLI only ever reads. SQLite is opened read-only through a ``mode=ro`` URI so a report can run
 while an application is writing; JSONL is streamed line by line and a corrupt line (a writer killed
-mid-line, or garbage) is skipped and counted, never fatal.
+mid-line, garbage, a record with wrong types, a line longer than ``MAX_LINE_BYTES``) is skipped and
+counted, never fatal. Lines are read with a bound, so a runaway line costs no more memory than one
+of ``MAX_LINE_BYTES``.
 """
 
 from __future__ import annotations
@@ -14,12 +16,25 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 from urllib.parse import quote
 
 from tokenmeter.cli._errors import CliError
+from tokenmeter.cli._validate import BadRecord, check_record
 
-__all__ = ["JsonlReader", "Source", "default_source_path", "open_sqlite", "resolve_source"]
+__all__ = [
+    "MAX_LINE_BYTES",
+    "JsonlReader",
+    "Source",
+    "default_source_path",
+    "is_too_long",
+    "open_sqlite",
+    "parse_record",
+    "resolve_source",
+    "skip_rest_of_line",
+    "table_columns",
+    "warn_skipped",
+]
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _SQLITE_SUFFIXES = {".db", ".sqlite", ".sqlite3"}
@@ -64,11 +79,15 @@ def resolve_source(value: str | None) -> Source:
 
 
 _PROGRESS_EVERY = 8192
+#: Longest JSONL line read, newline excluded. A record takes well under a kilobyte; a longer line
+#: is skipped and counted, and read past in ``_SKIP_CHUNK`` pieces without being held.
+MAX_LINE_BYTES = 1 << 20
+_SKIP_CHUNK = 1 << 16
 _raw_decode = json.JSONDecoder().raw_decode
 
 
 def _parse_line(line: bytes) -> dict[str, Any] | None:
-    """The record on this line, or None when it is blank, torn or not a record.
+    """The JSON object on this line, or None when it is blank, torn or not an object.
 
     ``raw_decode`` skips ``json.loads``' encoding sniffing and whitespace regexes: on a million
     lines that is a quarter of the parsing time. Anything after the object must be whitespace.
@@ -79,8 +98,10 @@ def _parse_line(line: bytes) -> dict[str, Any] | None:
     except ValueError:  # also UnicodeDecodeError and leading whitespace
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
+    except RecursionError:  # nested deeper than the decoder goes: not a record either
+        return None
     else:
         if end != len(text) and not text[end:].isspace():
             return None
@@ -89,11 +110,52 @@ def _parse_line(line: bytes) -> dict[str, Any] | None:
     return record
 
 
+def parse_record(line: bytes) -> dict[str, Any] | None:
+    """The checked record on this line (see ``_validate``), or None when it is not one."""
+    record = _parse_line(line)
+    if record is None:
+        return None
+    try:
+        return check_record(record)
+    except BadRecord:
+        return None
+
+
+def is_too_long(line: bytes) -> bool:
+    """Whether ``handle.readline(MAX_LINE_BYTES + 1)`` stopped at the bound, not at a newline."""
+    return len(line) > MAX_LINE_BYTES and not line.endswith(b"\n")
+
+
+def skip_rest_of_line(handle: BinaryIO) -> tuple[int, bool]:
+    """Read past the rest of the current line in small pieces: (bytes read, newline reached)."""
+    skipped = 0
+    while True:
+        piece = handle.readline(_SKIP_CHUNK)
+        skipped += len(piece)
+        if not piece:
+            return skipped, False
+        if piece.endswith(b"\n"):
+            return skipped, True
+
+
+def warn_skipped(count: int, path: Path, unit: str = "line") -> None:
+    """The one warning line SPEC §6 asks for; silent when nothing was skipped."""
+    if count:
+        noun = unit if count == 1 else unit + "s"
+        print(f"tokenmeter: warning: skipped {count} corrupt {noun} in {path}", file=sys.stderr)
+
+
+def _decode_text(data: bytes) -> str:
+    """SQLite text that is not valid UTF-8 (written by something else) is shown, not fatal."""
+    return data.decode("utf-8", "replace")
+
+
 def open_sqlite(path: Path) -> sqlite3.Connection:
     """Open read-only and check this is a tokenmeter database (it has a ``records`` table)."""
     uri = f"file:{quote(str(path.resolve()))}?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True)
+        conn.text_factory = _decode_text
         tables = {
             row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
@@ -105,9 +167,14 @@ def open_sqlite(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def table_columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    """The column names of ``table`` (the validity check uses only the columns there are)."""
+    return {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
 @dataclass
 class JsonlReader:
-    """Stream records from a JSONL file, counting the lines that are not a JSON object.
+    """Stream checked records from a JSONL file, counting the lines that are not records.
 
     ``on_progress(bytes_read, total_bytes)`` is called every few thousand lines so a caller can
     draw a progress bar without this module knowing about terminals.
@@ -126,14 +193,19 @@ class JsonlReader:
             total = os.fstat(handle.fileno()).st_size
             done = 0
             countdown = _PROGRESS_EVERY
-            for line in handle:
+            readline = handle.readline
+            while line := readline(MAX_LINE_BYTES + 1):
                 done += len(line)
                 countdown -= 1
                 if not countdown:
                     countdown = _PROGRESS_EVERY
                     if self.on_progress is not None:
                         self.on_progress(done, total)
-                record = _parse_line(line)
+                if is_too_long(line):
+                    done += skip_rest_of_line(handle)[0]
+                    self.skipped += 1
+                    continue
+                record = parse_record(line)
                 if record is None:
                     if line.strip():
                         self.skipped += 1
@@ -141,10 +213,4 @@ class JsonlReader:
                 yield record
 
     def warn_skipped(self) -> None:
-        """The one warning line SPEC §6 asks for; silent when every line was good."""
-        if self.skipped:
-            noun = "line" if self.skipped == 1 else "lines"
-            print(
-                f"tokenmeter: warning: skipped {self.skipped} corrupt {noun} in {self.path}",
-                file=sys.stderr,
-            )
+        warn_skipped(self.skipped, self.path)

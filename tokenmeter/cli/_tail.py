@@ -2,13 +2,13 @@
 
 Following polls: SQLite by ``rowid`` (insertion order, so a late batch with older timestamps is
 still shown), JSONL by byte offset (only complete lines; a truncated file is read again from the
-start). Ctrl-C ends it quietly with status 0.
+start). Records that fail the record check, and JSONL lines longer than ``MAX_LINE_BYTES``, are
+skipped and counted, with one warning at the end. Ctrl-C ends it quietly with status 0.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sqlite3
 import sys
 import time
@@ -17,10 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from tokenmeter.cli._errors import CliError
-from tokenmeter.cli._source import Source, open_sqlite, resolve_source
+from tokenmeter.cli._output import printable
+from tokenmeter.cli._source import (
+    MAX_LINE_BYTES,
+    Source,
+    is_too_long,
+    open_sqlite,
+    parse_record,
+    resolve_source,
+    skip_rest_of_line,
+    warn_skipped,
+)
 from tokenmeter.cli.reports._format import dumps_exact, fmt_int, fmt_usd
 from tokenmeter.cli.reports._model import Call
-from tokenmeter.cli.reports._query import sqlite_row_to_json
+from tokenmeter.cli.reports._query import calls_from_rows
 
 __all__ = ["format_call_line", "run_tail"]
 
@@ -40,7 +50,7 @@ def _emit(calls: list[Call], as_json: bool) -> None:
         if as_json:
             print(dumps_exact(call.as_json(), indent=0).replace("\n", ""), flush=True)
         else:
-            print(format_call_line(call), flush=True)
+            print(printable(format_call_line(call)), flush=True)
 
 
 class _SqliteFollower:
@@ -49,14 +59,26 @@ class _SqliteFollower:
         self.conn = open_sqlite(path)
         self.conn.row_factory = sqlite3.Row
         self.last_rowid = 0
+        self.skipped = 0
 
     def last(self, count: int) -> list[Call]:
-        rows = self.conn.execute(
-            "SELECT rowid AS _rowid, * FROM records ORDER BY rowid DESC LIMIT ?", [count]
-        ).fetchall()
+        """The latest ``count`` good records: bad rows on the way are skipped, not shown."""
         top = self.conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM records").fetchone()
         self.last_rowid = int(top[0])
-        return [Call.from_json(sqlite_row_to_json(row)) for row in reversed(rows)]
+        cursor = self.conn.execute(
+            "SELECT rowid AS _rowid, * FROM records WHERE rowid <= ? ORDER BY rowid DESC",
+            [self.last_rowid],
+        )
+        newest_first: list[Call] = []
+        while len(newest_first) < count:
+            rows = cursor.fetchmany(max(count - len(newest_first), 64))
+            if not rows:
+                break
+            calls, refused = calls_from_rows(rows)
+            self.skipped += refused
+            newest_first += calls
+        cursor.close()
+        return newest_first[:count][::-1]
 
     def new(self) -> list[Call]:
         rows = self.conn.execute(
@@ -65,10 +87,13 @@ class _SqliteFollower:
         ).fetchall()
         if rows:
             self.last_rowid = int(rows[-1]["_rowid"])
-        return [Call.from_json(sqlite_row_to_json(row)) for row in rows]
+        calls, refused = calls_from_rows(rows)
+        self.skipped += refused
+        return calls
 
     def close(self) -> None:
         self.conn.close()
+        warn_skipped(self.skipped, self.path, "row")
 
 
 class _JsonlFollower:
@@ -76,6 +101,7 @@ class _JsonlFollower:
         self.path = path
         self.offset = 0
         self.skipped = 0
+        self.in_long_line = False  # the offset is inside a too-long line not yet ended
 
     def _read_from(self, offset: int, keep: int | None) -> tuple[deque[dict[str, Any]], int]:
         """Complete records after ``offset`` (only the last ``keep`` of them when given)."""
@@ -84,18 +110,29 @@ class _JsonlFollower:
             with self.path.open("rb") as handle:
                 if handle.seek(0, 2) < offset:  # truncated or replaced: start again
                     offset = 0
+                    self.in_long_line = False
                 handle.seek(offset)
-                for line in handle:
+                while True:
+                    if self.in_long_line:
+                        skipped, ended = skip_rest_of_line(handle)
+                        offset += skipped
+                        if not ended:
+                            break  # still being written: read past the rest next time
+                        self.in_long_line = False
+                        self.skipped += 1
+                    line = handle.readline(MAX_LINE_BYTES + 1)
+                    if is_too_long(line):
+                        offset += len(line)
+                        self.in_long_line = True
+                        continue
                     if not line.endswith(b"\n"):
                         break  # a line still being written: read it next time
                     offset += len(line)
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        self.skipped += 1
-                        continue
-                    if isinstance(record, dict):
+                    record = parse_record(line)
+                    if record is not None:
                         records.append(record)
+                    elif line.strip():
+                        self.skipped += 1
         except OSError as exc:
             raise CliError(f"cannot read {self.path}: {exc.strerror or exc}") from None
         return records, offset
@@ -109,11 +146,7 @@ class _JsonlFollower:
         return [Call.from_json(record) for record in records]
 
     def close(self) -> None:
-        if self.skipped:
-            print(
-                f"tokenmeter: warning: skipped {self.skipped} corrupt lines in {self.path}",
-                file=sys.stderr,
-            )
+        warn_skipped(self.skipped, self.path)
 
 
 def _follower(source: Source) -> _SqliteFollower | _JsonlFollower:
@@ -125,7 +158,11 @@ def run_tail(args: argparse.Namespace) -> int:
     follower = _follower(source)
     as_json = args.format == "json"
     try:
-        _emit(follower.last(args.lines), as_json)
+        try:
+            first = follower.last(args.lines)
+        except sqlite3.Error as exc:
+            raise CliError(f"cannot read {source.path}: {exc}") from None
+        _emit(first, as_json)
         while args.follow:
             time.sleep(args.interval)
             try:

@@ -176,7 +176,7 @@ class Call:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Call:
-        """From a JSONL object or a SQLite row turned into a dict (tags/breakdown as JSON)."""
+        """From a record checked by ``_validate`` (a JSONL line or a SQLite row, same shape)."""
         cost = data.get("estimated_cost_usd")
         breakdown = data.get("cost_breakdown")
         tags = data.get("tags")

@@ -1,9 +1,10 @@
 """Filter and aggregate usage records into a Report, from SQLite or JSONL.
 
 SQLite is aggregated by SQL ``GROUP BY`` over the integer pico-USD column ``cost_pusd`` (exact and
-fast); JSONL is streamed once, whatever the number of groupings asked for, with costs read as
-``Decimal(str(number))``. Memory stays flat: only the groups and at most ``calls_limit`` calls are
-kept.
+fast), over the rows that pass ``sql_valid`` (the rest in the window are counted as skipped); JSONL
+is streamed once, whatever the number of groupings asked for, as records already checked by
+``_validate`` (costs exact Decimals). Memory stays flat: only the groups and at most
+``calls_limit`` calls are kept.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._progress import Progress
-from tokenmeter.cli._source import JsonlReader, Source, open_sqlite
+from tokenmeter.cli._source import JsonlReader, Source, open_sqlite, table_columns
+from tokenmeter.cli._validate import COUNT_FIELDS, BadRecord, record_from_row, sql_valid
 from tokenmeter.cli.reports._model import (
     NONE_LABEL,
     Breakdown,
@@ -32,16 +34,7 @@ from tokenmeter.cli.reports._model import (
     key_columns,
 )
 
-__all__ = ["Query", "read_calls", "run_query", "sqlite_row_to_json"]
-
-_COUNTS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "total_tokens",
-)
+__all__ = ["Query", "calls_from_rows", "exclude_bad_rows", "read_calls", "run_query"]
 
 Extractor = Callable[[dict[str, Any]], str]
 
@@ -129,13 +122,38 @@ def _where(query: Query) -> tuple[str, list[str]]:
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-def sqlite_row_to_json(row: sqlite3.Row) -> dict[str, Any]:
-    """A records row in the JSONL shape (tags and breakdown parsed, cost kept exact)."""
-    data = dict(row)
-    for name in ("tags", "cost_breakdown"):
-        text = data.get(name)
-        data[name] = json.loads(text, parse_float=Decimal) if text else None
-    return data
+def calls_from_rows(rows: Iterable[sqlite3.Row]) -> tuple[list[Call], int]:
+    """The calls in these ``records`` rows, and how many rows the record check refused."""
+    calls: list[Call] = []
+    refused = 0
+    for row in rows:
+        try:
+            calls.append(Call.from_json(record_from_row(row)))
+        except BadRecord:
+            refused += 1
+    return calls, refused
+
+
+def exclude_bad_rows(
+    conn: sqlite3.Connection, where: str, params: list[str], alias: str = ""
+) -> tuple[str, list[str], int]:
+    """``where`` narrowed to the rows that pass ``sql_valid``, and how many it left out.
+
+    The check runs in one scan that collects the bad rowids (normally none); the queries that
+    follow exclude those by rowid, so the per-row check is not repeated for every grouping.
+    ``alias`` names the records table in the caller's query (``"r"``). Call inside one read
+    transaction, so that rows written meanwhile cannot slip past the check.
+    """
+    prefix = f"{alias}." if alias else ""
+    table = f"records {alias}" if alias else "records"
+    valid = sql_valid(table_columns(conn, "records"), prefix)
+    joiner = " AND " if where else " WHERE "
+    sql = f"SELECT {prefix}rowid FROM {table}{where}{joiner}NOT {valid}"
+    bad = [row[0] for row in conn.execute(sql, params)]
+    if not bad:
+        return where, params, 0
+    excluded = f"{where}{joiner}{prefix}rowid NOT IN (SELECT value FROM json_each(?))"
+    return excluded, [*params, json.dumps(bad)], len(bad)
 
 
 def _run_sqlite(
@@ -150,8 +168,10 @@ def _run_sqlite(
             return 0  # 0 = carry on
 
         conn.set_progress_handler(on_progress, 100_000)
-    where, where_params = _where(query)
+    window, window_params = _where(query)
     try:
+        conn.execute("BEGIN")  # one snapshot for every query below, while writers carry on
+        where, where_params, skipped = exclude_bad_rows(conn, window, window_params)
         breakdowns = [
             _sqlite_breakdown(conn, grouping, where, where_params) for grouping in query.groupings
         ]
@@ -163,12 +183,13 @@ def _run_sqlite(
                 f"SELECT * FROM records{where} ORDER BY timestamp DESC, rowid DESC LIMIT ?",
                 [*where_params, limit],
             ).fetchall()
-            calls = [Call.from_json(sqlite_row_to_json(row)) for row in reversed(rows)]
+            calls, refused = calls_from_rows(reversed(rows))
+            skipped += refused
     except sqlite3.Error as exc:
         raise CliError(f"cannot read {source.path}: {exc}") from None
     finally:
         conn.close()
-    return breakdowns, calls, 0
+    return breakdowns, calls, skipped
 
 
 def _sqlite_breakdown(
@@ -262,35 +283,17 @@ def _run_jsonl(
     keep: deque[dict[str, Any]] | None = None
     if query.calls_limit is not None:
         keep = deque(maxlen=query.calls_limit or None)
-    for record in reader:
+    for record in reader:  # checked: counts are ints, the cost a Decimal or None
         timestamp = record["timestamp"]
-        if not isinstance(timestamp, str):
-            reader.skipped += 1
-            continue
         if (since is not None and timestamp < since) or (until is not None and timestamp >= until):
             continue
         if query.session_id is not None and record.get("session_id") != query.session_id:
             continue
-        try:
-            counts = _counts(record)
-            raw_cost = record.get("estimated_cost_usd")
-            cost = None if raw_cost is None else Decimal(str(raw_cost))
-        except (TypeError, ValueError, ArithmeticError):
-            reader.skipped += 1
-            continue
+        counts = tuple([record[name] for name in COUNT_FIELDS])
+        cost = record.get("estimated_cost_usd")
         for grouper in groupers:
             grouper.add(record, counts, cost)
         if keep is not None:
             keep.append(record)
     calls = None if keep is None else [Call.from_json(record) for record in keep]
     return [g.breakdown() for g in groupers], calls, reader.skipped
-
-
-def _counts(record: dict[str, Any]) -> tuple[int, ...]:
-    """The six token counts, checked before any total is touched (no half-added record)."""
-    get = record.get
-    counts = tuple([get(name) or 0 for name in _COUNTS])
-    for value in counts:
-        if type(value) is not int:  # bool and float are not token counts either
-            raise ValueError(f"bad token count {value!r}")
-    return counts

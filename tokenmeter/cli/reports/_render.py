@@ -2,18 +2,19 @@
 
 Human formats share one cell layout (``summary_cells`` / ``call_cells``); the machine formats
 (JSON, CSV) carry exact decimal numbers and nothing else: no colour, no totals mixed into rows.
+CSV text cells that a spreadsheet would run as a formula are neutralised (see ``csv_text``).
 """
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from tokenmeter.cli._dates import format_instant
+from tokenmeter.cli._output import printable
 from tokenmeter.cli.reports._format import (
     dumps_exact,
     fmt_int,
@@ -26,6 +27,7 @@ from tokenmeter.cli.reports._model import CALL_JSON_KEYS, Call, Report, Totals
 __all__ = [
     "CellTable",
     "call_cells",
+    "csv_text",
     "period_text",
     "render_csv",
     "render_json",
@@ -189,18 +191,18 @@ def render_rich(report: Report) -> None:
         for i, header in enumerate(cells.headers):
             footer = cells.footer[i] if cells.footer else ""
             table.add_column(
-                header,
-                footer=Text(footer),
+                printable(header),
+                footer=Text(printable(footer)),
                 justify="right" if cells.is_numeric(i) else "left",
                 style="green" if header == "Cost" else None,
             )
         for row in cells.rows:
             # Text(), not str: a model or session name must never be read as rich markup.
-            table.add_row(*(Text(cell) for cell in row))
+            table.add_row(*(Text(printable(cell)) for cell in row))
         return table
 
     for line in _header_lines(report):
-        console.print(line, markup=False, highlight=False)
+        console.print(printable(line), markup=False, highlight=False)
     console.print(build(summary_cells(report), ""))
     if report.calls is not None:
         console.print(build(call_cells(report.calls), _calls_caption(report)))
@@ -281,30 +283,60 @@ def render_json(report: Report) -> str:
     return dumps_exact(document) + "\n"
 
 
+#: What a spreadsheet reads as the start of a formula (OWASP, "CSV Injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NEEDS_QUOTES = re.compile('[,"\r\n]')
+
+
+def csv_text(text: str) -> str:
+    """A text cell a spreadsheet shows rather than runs: formula-like text gets a leading ``'``.
+
+    Only text: a model named ``-2+3`` is neutralised, a cost of ``-0.25`` stays a number.
+    """
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
 def _csv_value(value: Any) -> str:
+    """Numbers exact and as they are; None empty; anything else is text (see ``csv_text``)."""
     if value is None:
         return ""
     if isinstance(value, Decimal):
         return format(value, "f")
-    return str(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return csv_text(str(value))
+
+
+def _csv_line(cells: Iterable[str]) -> str:
+    """RFC 4180 quoting: a cell holding a comma, quote, CR or LF is quoted, quotes doubled.
+
+    ``csv.writer`` with a ``"\\n"`` terminator leaves a lone CR unquoted, which ends the row.
+    """
+    return (
+        ",".join(
+            '"' + cell.replace('"', '""') + '"' if _NEEDS_QUOTES.search(cell) else cell
+            for cell in cells
+        )
+        + "\n"
+    )
 
 
 def render_csv(report: Report) -> str:
     """One table: the grouped rows, or with ``--detailed`` the calls. No totals row."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    lines: list[str] = []
     if report.calls is not None:
-        records = [call.as_json() for call in report.calls]
         headers = list(CALL_JSON_KEYS)
-        writer.writerow(headers)
-        for record in records:
+        lines.append(_csv_line(headers))
+        for call in report.calls:
+            record = call.as_json()
             record["tags"] = ";".join(f"{k}={v}" for k, v in record["tags"].items())
-            writer.writerow([_csv_value(record[h]) for h in headers])
-        return out.getvalue()
+            lines.append(_csv_line([_csv_value(record[h]) for h in headers]))
+        return "".join(lines)
     breakdown = report.main
     metrics = list(_totals_json(report.totals, report.totals))
-    writer.writerow([*breakdown.columns, *metrics])
+    lines.append(_csv_line([*breakdown.columns, *metrics]))
     for row in breakdown.rows:
         values = _totals_json(row.totals, report.totals)
-        writer.writerow([*row.key, *(_csv_value(values[m]) for m in metrics)])
-    return out.getvalue()
+        keys = [csv_text(key) for key in row.key]
+        lines.append(_csv_line([*keys, *(_csv_value(values[m]) for m in metrics)]))
+    return "".join(lines)

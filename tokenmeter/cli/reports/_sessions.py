@@ -1,7 +1,9 @@
 """Sessions as the ``sessions`` and ``session ID`` commands show them.
 
 SQLite has a ``sessions`` table (name, status, start and end, notes); JSONL has only records, so
-there a session is what its records say: first and last call, the name they carry.
+there a session is what its records say: first and last call, the name they carry. Records that
+fail the record check (``_validate``) are skipped and counted; a ``sessions`` row is only
+descriptive, so a value of the wrong type there is dropped rather than the session.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from typing import Any
 
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError
-from tokenmeter.cli._source import JsonlReader, Source, open_sqlite
+from tokenmeter.cli._source import JsonlReader, Source, open_sqlite, warn_skipped
 from tokenmeter.cli.reports._model import NONE_LABEL, Call, Totals
-from tokenmeter.cli.reports._query import sqlite_row_to_json
+from tokenmeter.cli.reports._query import calls_from_rows, exclude_bad_rows
 
 __all__ = ["SessionDetail", "SessionRow", "find_session", "list_sessions"]
 
@@ -51,24 +53,20 @@ def _window(since: datetime | None, until: datetime | None) -> tuple[str | None,
 def list_sessions(
     source: Source, *, since: datetime | None = None, until: datetime | None = None
 ) -> tuple[list[SessionRow], int]:
-    """Every session with calls in the window, most recently active first; and skipped lines."""
+    """Every session with calls in the window, most recently active first; and skipped records.
+
+    The caller warns about the skipped ones (``warn_skipped``).
+    """
     low, high = _window(since, until)
     if source.kind == "sqlite":
-        return _list_sqlite(source, low, high), 0
+        return _list_sqlite(source, low, high)
     reader = JsonlReader(source.path)
     rows: dict[str, SessionRow] = {}
     for record in reader:
-        timestamp = record.get("timestamp")
-        if not isinstance(timestamp, str):
-            reader.skipped += 1
-            continue
+        timestamp = record["timestamp"]
         if (low is not None and timestamp < low) or (high is not None and timestamp >= high):
             continue
-        try:
-            call = Call.from_json(record)
-        except (TypeError, ValueError, ArithmeticError):
-            reader.skipped += 1
-            continue
+        call = Call.from_json(record)
         session_id = call.session_id or NONE_LABEL
         row = rows.get(session_id)
         if row is None:
@@ -76,7 +74,6 @@ def list_sessions(
         row.first_call = min(row.first_call, timestamp)
         row.last_call = max(row.last_call, timestamp)
         _add_call(row.totals, call)
-    reader.warn_skipped()
     ordered = sorted(rows.values(), key=lambda row: row.last_call, reverse=True)
     return ordered, reader.skipped
 
@@ -101,7 +98,7 @@ def _has_sessions_table(conn: sqlite3.Connection) -> bool:
     return found is not None
 
 
-def _list_sqlite(source: Source, low: str | None, high: str | None) -> list[SessionRow]:
+def _list_sqlite(source: Source, low: str | None, high: str | None) -> tuple[list[SessionRow], int]:
     conn = open_sqlite(source.path)
     clauses, params = [], []
     if low is not None:
@@ -110,8 +107,14 @@ def _list_sqlite(source: Source, low: str | None, high: str | None) -> list[Sess
     if high is not None:
         clauses.append("r.timestamp < ?")
         params.append(high)
-    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-    joined = _has_sessions_table(conn)
+    window = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    try:
+        conn.execute("BEGIN")  # the check and the totals see the same rows
+        where, params, skipped = exclude_bad_rows(conn, window, params, "r")
+        joined = _has_sessions_table(conn)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise CliError(f"cannot read {source.path}: {exc}") from None
     info = (
         "s.name, s.status, s.started_at, s.ended_at, s.notes, s.tags"
         if joined
@@ -131,7 +134,25 @@ def _list_sqlite(source: Source, low: str | None, high: str | None) -> list[Sess
         raise CliError(f"cannot read {source.path}: {exc}") from None
     finally:
         conn.close()
-    return result
+    return result, skipped
+
+
+def _text(value: Any) -> str | None:
+    """A ``sessions`` column as text, or None when it holds something else (a blob, a number)."""
+    return value if isinstance(value, str) else None
+
+
+def _tags(value: Any) -> dict[str, str]:
+    """The ``sessions.tags`` JSON object of strings, or {} when it is anything else."""
+    if not isinstance(value, str):
+        return {}
+    try:
+        tags = json.loads(value)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+        return {}
+    return tags
 
 
 def _sqlite_session_row(values: tuple[Any, ...]) -> SessionRow:
@@ -139,20 +160,23 @@ def _sqlite_session_row(values: tuple[Any, ...]) -> SessionRow:
     name, status, started, ended, notes, tags = values[13:19]
     return SessionRow(
         session_id=values[0],
-        name=name or values[1],
+        name=_text(name) or values[1],
         first_call=values[2],
         last_call=values[3],
-        status=status,
-        started_at=started,
-        ended_at=ended,
-        notes=notes,
-        tags=json.loads(tags) if tags else {},
+        status=_text(status),
+        started_at=_text(started),
+        ended_at=_text(ended),
+        notes=_text(notes),
+        tags=_tags(tags),
         totals=totals,
     )
 
 
 def find_session(source: Source, wanted: str) -> SessionDetail:
-    """The session with this id, else the most recent one with this name; CliError if none."""
+    """The session with this id, else the most recent one with this name; CliError if none.
+
+    Warns about the records it had to skip before it returns or raises.
+    """
     if source.kind == "sqlite":
         return _find_sqlite(source, wanted)
     reader = JsonlReader(source.path)
@@ -162,11 +186,7 @@ def find_session(source: Source, wanted: str) -> SessionDetail:
         session_id, name = record.get("session_id"), record.get("session_name")
         if session_id != wanted and name != wanted:
             continue
-        try:
-            call = Call.from_json(record)
-        except (TypeError, ValueError, ArithmeticError):
-            reader.skipped += 1
-            continue
+        call = Call.from_json(record)
         if session_id == wanted:
             by_id.append(call)
         else:
@@ -205,7 +225,7 @@ def _find_sqlite(source: Source, wanted: str) -> SessionDetail:
         rows = conn.execute(
             "SELECT * FROM records WHERE session_id = ? ORDER BY timestamp, rowid", [session_id]
         ).fetchall()
-        calls = [Call.from_json(sqlite_row_to_json(row)) for row in rows]
+        calls, skipped = calls_from_rows(rows)
         info = None
         if _has_sessions_table(conn):
             info = conn.execute("SELECT * FROM sessions WHERE id = ?", [session_id]).fetchone()
@@ -213,14 +233,22 @@ def _find_sqlite(source: Source, wanted: str) -> SessionDetail:
         raise CliError(f"cannot read {source.path}: {exc}") from None
     finally:
         conn.close()
+    warn_skipped(skipped, source.path, "row")
+    if not calls:  # every row of it failed the record check
+        raise CliError(f"no session {wanted!r} in {source.path}")
     row = SessionRow(session_id, calls[-1].session_name, calls[0].timestamp, calls[-1].timestamp)
     if info is not None:
-        row.name = info["name"] or row.name
-        row.status = info["status"]
-        row.started_at = info["started_at"]
-        row.ended_at = info["ended_at"]
-        row.notes = info["notes"]
-        row.tags = json.loads(info["tags"]) if info["tags"] else {}
+        keys = info.keys()
+
+        def column(name: str) -> str | None:
+            return _text(info[name]) if name in keys else None
+
+        row.name = column("name") or row.name
+        row.status = column("status")
+        row.started_at = column("started_at")
+        row.ended_at = column("ended_at")
+        row.notes = column("notes")
+        row.tags = _tags(info["tags"]) if "tags" in keys else {}
     for call in calls:
         _add_call(row.totals, call)
     return SessionDetail(row, calls)
