@@ -5,19 +5,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sqlite3
 import stat
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
 import tokenmeter
-from tokenmeter import SessionInfo, UsageRecord
+from tokenmeter import SessionInfo, UsageRecord, _pipeline
 from tokenmeter.sinks import InMemorySink
 
 
@@ -42,6 +43,29 @@ class FlakySink(InMemorySink):
         super().write_sessions(sessions)
 
 
+def wait_for(condition: Callable[[], bool], what: str, limit: float = 30.0) -> None:
+    """Poll until ``condition()`` holds; ``limit`` only turns a hang into a failure."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        time.sleep(0.01)
+
+
+class HungSink(InMemorySink):
+    """Blocks inside ``write`` until ``release`` is set, like a user sink posting to a dead host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        self.entered.set()
+        self.release.wait()
+        super().write(records)
+
+
 def test_a_failing_sink_loses_nothing_and_is_reported_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -52,14 +76,14 @@ def test_a_failing_sink_loses_nothing_and_is_reported_once(
         assert not tokenmeter.flush(0.5)  # cannot complete while the sink is failing
         assert [r.id for r in healthy.records] == [r.id for r in made]
         more = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(100)]
-        time.sleep(0.3)
-        assert flaky.failures >= 2  # retried with back-off
+        wait_for(lambda: flaky.failures >= 2, "a retry with back-off")
         flaky.healthy.set()
-        assert tokenmeter.flush(10)
+        assert tokenmeter.flush(30)
     assert [r.id for r in flaky.records] == [r.id for r in made + more]
     errors = [r for r in caplog.records if "failed" in r.message and "FlakySink" in r.message]
     assert len(errors) == 1
     assert any("recovered" in r.message for r in caplog.records)
+    assert not (Path(".tokenmeter") / "quarantine.jsonl").exists()  # a sink down is not bad data
 
 
 def test_a_sink_fault_never_reaches_the_caller() -> None:
@@ -76,20 +100,55 @@ def test_a_sink_fault_never_reaches_the_caller() -> None:
     tokenmeter.configure(sinks=[Broken()], exit_timeout=0.5)  # it never recovers
     rec = tokenmeter.record("openai", "gpt-4o", 1, 1)  # must not raise
     assert rec.input_tokens == 1
+    assert not tokenmeter.flush()  # released once the sink has failed a few times, not a hang
 
 
-def test_bounded_queue_makes_the_caller_wait_not_drop() -> None:
-    class Slow(InMemorySink):
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit, GeneratorExit])
+def test_a_sink_raising_a_base_exception_keeps_its_writer(raised: type[BaseException]) -> None:
+    class Fatal(FlakySink):
         def write(self, records: Sequence[UsageRecord]) -> None:
-            time.sleep(0.002)
+            if not self.healthy.is_set():
+                self.failures += 1
+                raise raised()
             super().write(records)
 
-    slow = Slow()
-    tokenmeter.configure(sinks=[slow], max_queue=5)
-    for _ in range(300):
-        tokenmeter.record("openai", "gpt-4o", 1, 1)
-    assert tokenmeter.flush(10)
-    assert len(slow.records) == 300
+    sink = Fatal()
+    tokenmeter.configure(sinks=[sink])
+    made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(3)]
+    assert not tokenmeter.flush()  # returns (False): the writer is alive and gave up for now
+    sink.healthy.set()
+    assert tokenmeter.flush(30)
+    assert [r.id for r in sink.records] == [r.id for r in made]
+
+
+def test_a_hung_sink_holds_back_neither_the_caller_nor_the_other_sinks() -> None:
+    hung, memory = HungSink(), InMemorySink()
+    tokenmeter.configure(sinks=[hung, memory])
+    made = [tokenmeter.record("openai", "gpt-4o", 1, 1)]
+    hung.entered.wait(30)  # the writer is now stuck inside write()
+    made += [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(500)]  # never waits
+    wait_for(lambda: len(memory.records) == 501, "the healthy sink got every record")
+    assert not tokenmeter.flush(0.2)  # the hung sink has not got them
+    hung.release.set()
+    assert tokenmeter.flush(30)
+    assert [r.id for r in hung.records] == [r.id for r in made]
+
+
+def test_a_full_buffer_drops_its_oldest_instead_of_making_the_caller_wait(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hung = HungSink()
+    tokenmeter.configure(sinks=[hung], max_queue=50)
+    first = tokenmeter.record("openai", "gpt-4o", 1, 1)
+    hung.entered.wait(30)
+    with caplog.at_level(logging.ERROR, logger="tokenmeter"):
+        made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(500)]
+    assert len([r for r in caplog.records if "dropped the oldest" in r.message]) == 1
+    hung.release.set()
+    assert tokenmeter.flush(30)
+    got = [r.id for r in hung.records]
+    assert got[0] == first.id and got[-1] == made[-1].id
+    assert len(got) == 1 + 50  # the one being written, then the newest max_queue
 
 
 class BatchCountingSink(InMemorySink):
@@ -102,48 +161,79 @@ class BatchCountingSink(InMemorySink):
         super().write(records)
 
 
-def test_a_busy_caller_gets_its_records_written_in_batches_while_it_runs() -> None:
-    """The writer neither starves (records reach the sink during a CPU-bound loop, not only at
-    flush) nor wakes per record (each wake-up takes the GIL from the caller)."""
+def test_records_are_written_in_batches_of_the_flush_size() -> None:
+    """With the interval out of the way, the writer wakes only when a full batch waits."""
     sink = BatchCountingSink()
     tokenmeter.configure(sinks=[sink])
-    deadline = time.monotonic() + 0.6
-    made = 0
-    while time.monotonic() < deadline:
-        sum(range(2_000))  # the caller's own work, holding the GIL
-        os.urandom(16)  # a brief GIL release, as the SDKs make per request
+    _pipeline.set_sinks(lambda: [sink], flush_interval=3600)
+    made = 3 * _pipeline._FLUSH_AT
+    for _ in range(made):
         tokenmeter.record("openai", "gpt-4o", 1, 1)
-        made += 1
-    written_while_busy = len(sink.records)
-    assert tokenmeter.flush(5)
+    wait_for(lambda: len(sink.records) >= 2 * _pipeline._FLUSH_AT, "full batches written")
+    assert tokenmeter.flush(30)
     assert len(sink.records) == made
-    assert written_while_busy >= made // 3, (written_while_busy, made)
-    assert len(sink.batches) <= 40, sink.batches  # ~one batch per 50 ms, not one per record
+    assert len(sink.batches) <= 6, sink.batches  # not one write per record
 
 
-def test_a_slow_sink_never_holds_the_caller_for_long() -> None:
-    """The caller hands the GIL to the writer once per batch and waits at most a few ms for it:
-    a sink that takes half a second per write does not stall the caller's calls."""
-
-    class SlowSink(InMemorySink):
+def test_a_record_a_sink_can_never_accept_is_set_aside_not_retried_forever(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Picky(InMemorySink):
         def write(self, records: Sequence[UsageRecord]) -> None:
-            time.sleep(0.5)
+            if any(r.model_name == "poison" for r in records):
+                raise ValueError("cannot store this one")
             super().write(records)
 
-    sink = SlowSink()
+    sink = Picky()
     tokenmeter.configure(sinks=[sink])
-    slowest = 0.0
-    deadline = time.monotonic() + 1.5
-    made = 0
-    while time.monotonic() < deadline:
-        start = time.perf_counter()
-        tokenmeter.record("openai", "gpt-4o", 1, 1)
-        slowest = max(slowest, time.perf_counter() - start)
-        made += 1
-        time.sleep(0.001)
-    assert slowest < 0.25, slowest
-    assert tokenmeter.flush(10)
-    assert len(sink.records) == made
+    with caplog.at_level(logging.ERROR, logger="tokenmeter"):
+        before = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(5)]
+        bad = tokenmeter.record("openai", "poison", 1, 1)
+        after = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(5)]
+        assert tokenmeter.flush(30)
+        later = tokenmeter.record("openai", "gpt-4o", 2, 2)
+        assert tokenmeter.flush(30)
+    assert [r.id for r in sink.records] == [r.id for r in [*before, *after, later]]
+    lines = (Path(".tokenmeter") / "quarantine.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    kept = json.loads(lines[0])
+    assert kept["record"]["id"] == bad.id and "cannot store this one" in kept["error"]
+    assert kept["sink"] == "Picky"
+    assert len([r for r in caplog.records if "set aside" in r.message]) == 1
+
+
+def test_impossible_values_never_wedge_the_default_sinks(tmp_path: Path) -> None:
+    """A lone surrogate, a cost beyond reason: the record is made storable at the door, and every
+    record after it still reaches SQLite, JSONL and the journal."""
+    tokenmeter.configure(
+        sinks=["sqlite", "jsonl", "markdown"],
+        directory=tmp_path / "m",
+        prices={"pricey": {"input_per_mtok": 100_000, "output_per_mtok": 1}},
+    )
+    with tokenmeter.session("s\ud800", tags={"k\udfff": "v\ud800"}):
+        tokenmeter.record("openai", "gpt-\ud800", 10, 1)
+        tokenmeter.record("openai", "pricey", 10**11, 1)  # $10,000,000: no call costs that
+        tokenmeter.record("openai", "gpt-4o", 10, 1)
+    assert tokenmeter.flush(30)
+    with sqlite3.connect(tmp_path / "m" / "usage.db") as db:
+        rows = db.execute(
+            "select model_name, estimated_cost_usd, tags from records order by id"
+        ).fetchall()
+    assert [r[0] for r in rows] == ["gpt-\ufffd", "pricey", "gpt-4o"]
+    assert rows[1][1] is None  # priced beyond reason: unknown, not a wedge
+    assert json.loads(rows[0][2]) == {"k\ufffd": "v\ufffd"}
+    assert len((tmp_path / "m" / "usage.jsonl").read_text().splitlines()) == 3
+    assert "gpt-4o" in (tmp_path / "m" / "journal" / "token_usage.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("input_tokens", 2**63), ("output_tokens", 10**13), ("cache_read_tokens", 2**64)],
+)
+def test_counts_no_call_can_have_are_refused_at_the_door(field: str, value: int) -> None:
+    counts = {"input_tokens": 1, "output_tokens": 1, field: value}
+    with pytest.raises(ValueError, match=field):
+        tokenmeter.record("openai", "gpt-4o", **counts)
 
 
 def test_configure_rejects_things_that_are_not_sinks() -> None:
@@ -235,3 +325,114 @@ def test_multiprocessing_children_flush_their_records(tmp_path: Path, start_meth
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "m" / "usage.jsonl").read_text().count("\n") == 1 + 300 + 400
+
+
+FORKS = """
+import os, sys, threading, time, tokenmeter
+tokenmeter.configure(sinks=["jsonl"])
+# Warm: a fork while another thread is importing a module (as the first price does) can hang the
+# child in CPython's import machinery, whatever the library; that is not what is tested here.
+tokenmeter.record("openai", "gpt-4o", 1, 1)
+stop = threading.Event()
+
+def busy():
+    while not stop.is_set():
+        with tokenmeter.session("t"):
+            tokenmeter.record("openai", "gpt-4o", 1, 1)
+        time.sleep(0.0001)  # a busy application, not a benchmark: the writer keeps up
+
+threads = [threading.Thread(target=busy) for _ in range(2)]
+for t in threads:
+    t.start()
+hung = 0
+for _ in range(int(sys.argv[1])):
+    pid = os.fork()
+    if pid == 0:  # the child records and flushes: a lock inherited held would hang it here
+        tokenmeter.record("openai", "gpt-4o", 7, 7)
+        os._exit(0 if tokenmeter.flush(20) else 3)
+    deadline = time.monotonic() + 30
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0, status
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            hung += 1
+            break
+        time.sleep(0.001)
+stop.set()
+for t in threads:
+    t.join()
+print("hung", hung)
+"""
+
+
+def test_fork_while_other_threads_record_never_hangs_the_child(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FORKS, "100"],
+        env={**os.environ, "TOKENMETER_DIR": str(tmp_path / "m")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["hung", "0"]
+    lines = (tmp_path / "m" / "usage.jsonl").read_text().splitlines()
+    assert sum(json.loads(line)["input_tokens"] == 7 for line in lines) == 100
+
+
+TERMINATED = """
+import os, signal, sys, time, tokenmeter
+if sys.argv[1] == "own-handler":
+    def handler(signum, frame):
+        print("app handler", flush=True)
+        sys.exit(3)
+    signal.signal(signal.SIGTERM, handler)
+tokenmeter.instrument()
+with tokenmeter.session("job"):
+    for i in range(1000):
+        tokenmeter.record("openai", "gpt-4o", 100 + i, 10)
+    print("ready", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_termination_signal_with_the_default_disposition_loses_nothing(
+    tmp_path: Path, signum: int
+) -> None:
+    meter = tmp_path / "meter"
+    child = subprocess.Popen(
+        [sys.executable, "-c", TERMINATED, "default"],
+        env={**os.environ, "TOKENMETER_SINKS": "sqlite,jsonl", "TOKENMETER_DIR": str(meter)},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+    child.send_signal(signum)
+    assert child.wait(60) == -signum  # still dies of the signal, as it would without us
+    with sqlite3.connect(meter / "usage.db") as db:
+        assert db.execute("select count(*) from records").fetchone() == (1000,)
+    assert len((meter / "usage.jsonl").read_text().splitlines()) == 1000
+
+
+def test_the_applications_own_sigterm_handler_is_never_replaced(tmp_path: Path) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", TERMINATED, "own-handler"],
+        env={**os.environ, "TOKENMETER_SINKS": "sqlite", "TOKENMETER_DIR": str(tmp_path / "m")},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(60) == 3
+    assert child.stdout.read().strip() == "app handler"
+    with sqlite3.connect(tmp_path / "m" / "usage.db") as db:  # its sys.exit() ran atexit
+        assert db.execute("select count(*) from records").fetchone() == (1000,)

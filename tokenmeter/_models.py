@@ -9,15 +9,45 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, field_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
-__all__ = ["Cost", "SessionInfo", "Usage", "UsageRecord", "trusted"]
+__all__ = [
+    "MAX_COST_USD",
+    "MAX_TOKENS",
+    "Cost",
+    "SessionInfo",
+    "Usage",
+    "UsageRecord",
+    "clean_text",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
 _SUBSETS_OF_INPUT = ("cache_read_tokens", "cache_write_tokens", "input_audio_tokens")
+
+#: More tokens than any call can have (a trillion): a larger count is a provider's or a caller's
+#: bug, refused at the door so that no sink (SQLite's 64-bit integers, sums in reports) chokes.
+MAX_TOKENS = 10**12
+#: More than any single call can cost; a larger price is treated as unknown (with a warning).
+MAX_COST_USD = Decimal(10_000)
+
+Count = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+
+
+def clean_text(text: str, limit: int = 1_000) -> str:
+    """``text`` as every sink can store it: lone surrogates (not encodable as UTF-8) replaced by
+    U+FFFD, and at most ``limit`` characters (a hostile server may send a megabyte-long model)."""
+    if len(text) > limit:
+        text = text[:limit]
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+    return text
 
 
 class Usage(BaseModel):
@@ -26,15 +56,15 @@ class Usage(BaseModel):
     # strict: a count is an int, never a bool, float or numeric string.
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    input_tokens: NonNegativeInt = 0
-    output_tokens: NonNegativeInt = 0
-    cache_read_tokens: NonNegativeInt = 0
-    cache_write_tokens: NonNegativeInt = 0
+    input_tokens: Count = 0
+    output_tokens: Count = 0
+    cache_read_tokens: Count = 0
+    cache_write_tokens: Count = 0
     #: Part of ``cache_write_tokens`` written with a 1-hour TTL (Anthropic bills it at 2x input).
-    cache_write_1h_tokens: NonNegativeInt = 0
-    reasoning_tokens: NonNegativeInt = 0
-    input_audio_tokens: NonNegativeInt = 0
-    output_audio_tokens: NonNegativeInt = 0
+    cache_write_1h_tokens: Count = 0
+    reasoning_tokens: Count = 0
+    input_audio_tokens: Count = 0
+    output_audio_tokens: Count = 0
 
     @model_validator(mode="after")
     def _check_subsets(self) -> Usage:
@@ -49,6 +79,9 @@ class Usage(BaseModel):
 def check_usage_subsets(c: dict[str, int]) -> None:
     """The parts of a Usage must fit inside its totals (ValueError naming the fields if not)."""
     read, write, total_in = c["cache_read_tokens"], c["cache_write_tokens"], c["input_tokens"]
+    for name in ("input_tokens", "output_tokens"):
+        if c[name] > MAX_TOKENS:
+            raise ValueError(f"{name} ({c[name]}) is more than any call can use ({MAX_TOKENS})")
     if read + write > total_in:
         raise ValueError(
             f"cache_read_tokens + cache_write_tokens ({read} + {write}) "
@@ -172,7 +205,7 @@ class UsageRecord(BaseModel):
     tags: dict[str, str] = {}
     latency_ms: float | None = None
     streamed: bool = False
-    status: Literal["ok", "error"] = "ok"
+    status: Literal["ok", "error", "blocked"] = "ok"
     error: str | None = None
     request_id: str | None = None
     estimated: bool = False

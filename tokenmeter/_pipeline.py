@@ -1,372 +1,426 @@
-"""Delivery: records go from the caller's thread into a queue; one writer thread hands batches to
-every sink.
+"""Delivery: a plain batcher per sink, so no caller ever waits on a writer.
 
 Policies (documented in docs/sinks.md):
-- The caller's thread only appends to a queue (intercepted calls arrive unbuilt: turning them into
-  records, ``build_deferred``, is the writer's job). The writer gathers for ``_LINGER`` seconds,
-  then takes everything waiting. It gets the GIL by hand-over: the caller whose record finds it
-  idle, or its batch due, wakes it and waits (at most ``_HANDOVER_WAIT``) until it blocks again.
-  Left to compete for the GIL, a waiting writer loses to a busy caller for hundreds of
-  milliseconds, and every brief GIL release of the caller (the SDKs call ``os.urandom`` per
-  request) pays a futex wake-up for it: ~15 us per call, measured. A busy writer gathers again
-  right after a batch instead of idling, so callers need not wake it: one hand-over per batch.
-- When ``max_queue`` records are waiting (sinks far behind), the caller waits up to
-  ``_FULL_WAIT`` seconds for room, then drops the record with an error log: back-pressure first,
-  never an unbounded queue.
-- A sink that raises is reported once through the ``tokenmeter`` logger; its records are kept (per
-  sink, in order) and retried with back-off until written. Only past ``_MAX_PENDING`` kept records
-  for one sink are the oldest dropped, with an error log.
-- ``flush()`` waits for everything submitted before it; interpreter exit flushes (bounded by the
-  ``exit_timeout`` setting) and closes the sinks.
+- ``submit`` appends the item to each sink's buffer under a lock and returns. Each sink has its own
+  writer thread: a slow or hung sink delays only itself. A writer sleeps until its buffer gets its
+  first item, gathers for ``flush_interval`` seconds (or until ``_FLUSH_AT`` items wait, or a
+  ``flush()``), then takes the whole buffer and writes it.
+- A full buffer (``max_queue`` items waiting for one sink, which has been hung or failing for a
+  long time) drops its oldest item with an error log: memory stays bounded and the caller still
+  never waits.
+- A sink that raises is reported once through the ``tokenmeter`` logger; its items are kept, in
+  order, and retried with back-off. When a batch keeps failing, the writer writes its records one
+  at a time: if others go through, the ones that fail alone can never be written (a poison record)
+  and are set aside in the quarantine file with the error, reported once, so they never hold back
+  the records behind them.
+- ``flush()`` waits until everything submitted before it has been offered to every sink: True when
+  all of it is written. A sink that keeps failing releases it after ``_FLUSH_TRIES`` attempts
+  (False; the records stay queued and are retried).
+- Interpreter exit, an unhandled exception and SIGTERM / SIGHUP (when the application left
+  Python's default disposition: a handler of its own is never replaced) flush, bounded by the
+  ``exit_timeout`` setting. ``os._exit()`` and SIGKILL skip everything.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
+import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.sinks._base import Sink
+from tokenmeter.sinks._files import ensure_private_dir, open_private
 
-__all__ = ["flush", "set_sinks", "submit", "submit_session"]
+__all__ = ["before_exit", "flush", "hook_termination_signals", "set_sinks", "submit"]
 
 logger = logging.getLogger("tokenmeter")
 
-_BATCH = 2_000
-_FULL_WAIT = 5.0
-_MAX_PENDING = 1_000_000
+#: A writer wakes as soon as this many items wait, without waiting for the interval.
+_FLUSH_AT = 1_000
+#: Failed attempts of a whole batch before its records are tried one at a time.
+_ISOLATE_AFTER = 3
+#: Failed attempts after which a waiting ``flush()`` is released (returning False).
+_FLUSH_TRIES = 5
 _MAX_BACKOFF = 5.0
-_LINGER = 0.2
-_HANDOVER_WAIT = 0.005
-_NUDGE_AT = 500
-_NEVER = float("inf")
 
 
 class _FlushMarker:
+    __slots__ = ("done", "ok")
+
     def __init__(self) -> None:
         self.done = threading.Event()
+        self.ok = True
 
 
-class _Stop:
-    pass
-
-
-_Item = UsageRecord | SessionInfo | _FlushMarker | _Stop
-#: What callers put on the queue besides deferred calls.
-KINDS = (UsageRecord, SessionInfo, _FlushMarker, _Stop)
-
-
-_Run = list[UsageRecord] | list[SessionInfo]
-
-
-@dataclass
-class _SinkState:
-    """A sink plus what it has not yet accepted: runs of records or sessions, in order."""
-
-    sink: Sink
-    pending: deque[_Run] = field(default_factory=deque)
-    pending_count: int = 0
-    failing: bool = False
-    retry_at: float = 0.0
-    backoff: float = 0.1
-    dropped: int = 0
-
-    def add(self, run: _Run) -> None:
-        self.pending.append(run)
-        self.pending_count += len(run)
-
-    def deliver(self, now: float) -> None:
-        if not self.pending or (self.failing and now < self.retry_at):
-            return
-        try:
-            while self.pending:
-                run = self.pending[0]
-                if isinstance(run[0], UsageRecord):
-                    self.sink.write(run)
-                else:
-                    write_sessions = getattr(self.sink, "write_sessions", None)
-                    if write_sessions is not None:
-                        write_sessions(run)
-                self.pending.popleft()
-                self.pending_count -= len(run)
-        except Exception as exc:
-            if not self.failing:
-                logger.error(
-                    "tokenmeter sink %s failed (%s: %s); its records are kept and retried",
-                    _name(self.sink),
-                    type(exc).__name__,
-                    exc,
-                )
-            self.failing = True
-            self.retry_at = now + self.backoff
-            self.backoff = min(self.backoff * 2, _MAX_BACKOFF)
-            self._bound()
-            return
-        if self.failing:
-            logger.warning("tokenmeter sink %s recovered; kept records written", _name(self.sink))
-        self.failing, self.backoff = False, 0.1
-
-    def _bound(self) -> None:
-        while self.pending_count > _MAX_PENDING and len(self.pending) > 1:
-            run = self.pending.popleft()
-            self.pending_count -= len(run)
-            self.dropped += len(run)
-            logger.error(
-                "tokenmeter sink %s has failed for too long: dropped %d oldest records (%d in all)",
-                _name(self.sink),
-                len(run),
-                self.dropped,
-            )
-
-
-def _runs(items: Sequence[_Item]) -> tuple[list[_Run], list[_FlushMarker], bool]:
-    """Split a batch into runs of one kind, flush markers, and whether to stop."""
-    runs: list[_Run] = []
-    markers: list[_FlushMarker] = []
-    stop = False
-    current: list[Any] = []
-    kind: type | None = None
-    for item in items:
-        item_kind = type(item)
-        if item_kind is UsageRecord or item_kind is SessionInfo:
-            if item_kind is not kind and current:
-                runs.append(current)
-                current = []
-            kind = item_kind
-            current.append(item)
-        elif item_kind is _FlushMarker:
-            markers.append(item)  # type: ignore[arg-type]
-        elif item_kind is _Stop:
-            stop = True
-    if current:
-        runs.append(current)
-    return runs, markers, stop
+_Item = UsageRecord | SessionInfo | _FlushMarker
 
 
 def _name(sink: Sink) -> str:
     return type(sink).__name__
 
 
-class _Pipeline:
-    def __init__(self, make_sinks: Callable[[], list[Sink]], max_queue: int) -> None:
-        self._queue: deque[_Item] = deque()  # append/popleft are atomic: no lock needed
-        #: Set to wake the writer: by a caller handing over (writer idle or batch due), by flush().
-        self._wake = threading.Event()
-        #: Set by the writer just before it blocks: a caller handing over waits for it.
-        self._blocking = threading.Event()
-        self._idle = False
-        self._urgent = False
-        #: When the gathering batch is due (monotonic); infinite while the writer is not gathering.
-        self._due = _NEVER
-        self._make_sinks = make_sinks
-        self._states: list[_SinkState] | None = None
-        self._markers: list[_FlushMarker] = []
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
+class _Writer:
+    """One sink, its buffer and the thread that drains it."""
+
+    def __init__(
+        self, sink: Sink, max_queue: int, interval: float, quarantine: Path | None
+    ) -> None:
+        self.sink = sink
         self.max_queue = max_queue
+        #: Items that end the interval early: a full batch, or half the buffer's room.
+        self.batch = max(1, min(_FLUSH_AT, max_queue // 2))
+        self.interval = interval
+        self.quarantine = quarantine
+        # Re-entrant: a signal handler that flushes may interrupt put() on the same thread.
+        self._lock = threading.RLock()
+        self._buffer: deque[_Item] = deque()
+        self._wake = threading.Event()
+        self._urgent = False
+        self._stopping = False
+        #: Runs (records or sessions, in order) this sink has not accepted yet.
+        self._pending: deque[list[Any]] = deque()
+        self._markers: list[_FlushMarker] = []
+        self._failures = 0
+        self._retry_at = 0.0
+        self._reported = False
         self.dropped = 0
+        self.quarantined = 0
+        self._thread = threading.Thread(
+            target=self._run, name=f"tokenmeter-writer-{_name(sink)}", daemon=True
+        )
+        self._thread.start()
 
-    # -- caller's thread -------------------------------------------------------------------------
+    # -- any thread --------------------------------------------------------------------------------
     def put(self, item: _Item) -> None:
-        if self._thread is None:
-            self._start()
-        waiting = len(self._queue)
-        if waiting >= self.max_queue and not self._wait_for_room():
-            self.dropped += 1
-            logger.error("tokenmeter queue full for %.0fs: dropped a record", _FULL_WAIT)
-            return
-        self._queue.append(item)
-        if self._idle or time.monotonic() >= self._due:
-            self._hand_over()
-        elif waiting >= _NUDGE_AT and not waiting & 63:
-            self._hand_over()  # the writer is behind (slow sinks): let it catch up now and then
+        with self._lock:
+            buffer = self._buffer
+            buffer.append(item)
+            waiting = len(buffer)
+            if waiting > self.max_queue:
+                self._drop_oldest()
+        if waiting == 1 or waiting == self.batch:
+            self._wake.set()  # the first item starts the interval; a full batch ends it
 
-    def _hand_over(self) -> None:
-        """Wake the writer and give it the GIL until it blocks again (or ``_HANDOVER_WAIT``)."""
-        self._idle = False
-        self._due = _NEVER
-        self._blocking.clear()
-        self._wake.set()
-        self._blocking.wait(_HANDOVER_WAIT)
+    def _drop_oldest(self) -> None:
+        for index, item in enumerate(self._buffer):
+            if type(item) is not _FlushMarker:
+                del self._buffer[index]
+                break
+        self.dropped += 1
+        if self.dropped == 1 or not self.dropped % 10_000:
+            logger.error(
+                "tokenmeter sink %s is %d items behind: dropped the oldest (%d so far)",
+                _name(self.sink),
+                self.max_queue,
+                self.dropped,
+            )
 
-    def _wait_for_room(self) -> bool:
-        deadline = time.monotonic() + _FULL_WAIT
-        self._urgent = True  # no gathering: the sinks are behind
-        self._wake.set()
-        while time.monotonic() < deadline:
-            time.sleep(0.005)
-            if len(self._queue) < self.max_queue:
-                return True
-        return False
-
-    def _start(self) -> None:
-        with self._start_lock:
-            if self._thread is None:
-                _flush_at_multiprocessing_exit()
-                thread = threading.Thread(target=self._run, name="tokenmeter-writer", daemon=True)
-                thread.start()
-                self._thread = thread
-
-    def flush(self, timeout: float | None) -> bool:
-        if self._thread is None:
-            return True
+    def request_flush(self) -> _FlushMarker:
         marker = _FlushMarker()
-        self._queue.append(marker)
+        if not self._thread.is_alive():  # cannot happen short of a bug: never wait for nothing
+            marker.ok = False
+            marker.done.set()
+            return marker
+        with self._lock:
+            self._buffer.append(marker)
         self._urgent = True
         self._wake.set()
-        return marker.done.wait(timeout)
+        return marker
 
     def stop(self, timeout: float | None) -> None:
-        """Flush, close the sinks and end the writer thread."""
-        if self._thread is None:
-            return
-        self.flush(timeout)
-        self._queue.append(_Stop())
+        """Write what is buffered, close the sink, end the thread."""
+        self._stopping = True
         self._urgent = True
         self._wake.set()
         self._thread.join(timeout)
 
-    # -- writer thread ---------------------------------------------------------------------------
+    # -- writer thread -----------------------------------------------------------------------------
     def _run(self) -> None:
-        try:
-            self._states = [_SinkState(sink) for sink in self._make_sinks()]
-        except Exception:
-            logger.exception("tokenmeter could not open its sinks; records will be kept")
-            self._states = []
-        busy = False  # records came in the last batch: more are likely
         while True:
-            if not self._queue and not busy:
-                self._block(idle=True, timeout=self._wait_time())
-            if (self._queue or busy) and not self._urgent:
-                # Let a batch gather. A busy caller hands over when it is due (so it need not
-                # wake us per batch); the timeout is for callers gone quiet.
-                self._block(idle=False, timeout=_LINGER * 1.5)
-            self._urgent = False
-            items: list[_Item] = []
-            while len(items) < _BATCH:
-                try:
-                    items.append(self._queue.popleft())
-                except IndexError:
-                    break
-            busy = bool(items)
-            if not self._handle(items):
-                self._blocking.set()
-                return
+            try:
+                if self._wait():
+                    self._deliver(time.monotonic())
+                    _quietly(self.sink.close, self.sink)
+                    self._release_markers(ok=not self._pending)
+                    return
+                self._deliver(time.monotonic())
+            except BaseException:  # a bug of ours: report it, keep the thread alive
+                logger.exception("tokenmeter writer for sink %s failed", _name(self.sink))
+                time.sleep(0.1)
 
-    def _block(self, idle: bool, timeout: float | None) -> None:
-        """Wait for a hand-over, flush() or the timeout, with the GIL released."""
+    def _wait(self) -> bool:
+        """Sleep until there is work; gather for the interval. True once asked to stop."""
+        retry = max(0.0, self._retry_at - time.monotonic()) if self._pending else None
+        if not self._buffer and not self._urgent:
+            self._wake.wait(retry)
         self._wake.clear()
-        # Announced only after clear(): a caller that sees them wakes us, no wake-up is missed.
-        if idle:
-            self._idle = True
-            block = not self._queue
+        if not self._urgent and len(self._buffer) < self.batch:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+        self._urgent = False
+        return self._stopping
+
+    def _deliver(self, now: float) -> None:
+        with self._lock:
+            items, self._buffer = self._buffer, deque()
+        current: list[Any] = []
+        kind: type | None = None
+        asked = False  # a flush() came: try the sink now, back-off or not
+        for item in items:
+            item_kind = type(item)
+            if item_kind is _FlushMarker:
+                self._markers.append(item)  # type: ignore[arg-type]
+                asked = True
+                continue
+            if item_kind is not kind and current:
+                self._pending.append(current)
+                current = []
+            kind = item_kind
+            current.append(item)
+        if current:
+            self._pending.append(current)
+        due = not self._failures or now >= self._retry_at or asked or self._stopping
+        if self._pending and due:
+            self._write_pending(now)
+        if not self._pending:
+            self._release_markers(ok=True)
+        elif self._failures >= _FLUSH_TRIES or self._stopping:
+            self._release_markers(ok=False)
+
+    def _write_pending(self, now: float) -> None:
+        while self._pending:
+            run = self._pending[0]
+            try:
+                self._write(run)
+            except BaseException as exc:
+                self._failed(run, exc, now)
+                return
+            self._pending.popleft()
+        if self._failures:
+            logger.warning("tokenmeter sink %s recovered; kept records written", _name(self.sink))
+        self._failures, self._reported = 0, False
+
+    def _write(self, run: Sequence[Any]) -> None:
+        if type(run[0]) is UsageRecord:
+            self.sink.write(run)
         else:
-            self._due = time.monotonic() + _LINGER
-            block = True
-        if block and not self._urgent:
-            self._blocking.set()
-            self._wake.wait(timeout)
-        self._idle = False
-        self._due = _NEVER
+            write_sessions = getattr(self.sink, "write_sessions", None)
+            if write_sessions is not None:
+                write_sessions(run)
 
-    def _wait_time(self) -> float | None:
-        failing = [s.retry_at for s in self._states or () if s.failing and s.pending]
-        return max(0.0, min(failing) - time.monotonic()) if failing else None
+    def _failed(self, run: list[Any], exc: BaseException, now: float) -> None:
+        self._failures += 1
+        if not self._reported:
+            self._reported = True
+            logger.error(
+                "tokenmeter sink %s failed (%s: %s); its records are kept and retried",
+                _name(self.sink),
+                type(exc).__name__,
+                exc,
+            )
+        if self._failures >= _ISOLATE_AFTER and self._isolate(run):
+            self._failures = 0
+            self._write_pending(now)
+            return
+        backoff = min(0.1 * 2 ** (self._failures - 1), _MAX_BACKOFF)
+        self._retry_at = now + backoff
 
-    def _handle(self, items: list[_Item]) -> bool:
-        """Deliver a batch; False once asked to stop."""
-        states = self._states or []
+    def _isolate(self, run: list[Any]) -> bool:
+        """Write a failing run one item at a time. Items that fail while others succeed go to
+        quarantine. False when nothing went through: the sink itself is failing."""
+        failed: list[tuple[Any, BaseException]] = []
+        written = 0
+        for item in run:
+            try:
+                self._write([item])
+            except BaseException as error:
+                failed.append((item, error))
+                if not written and len(failed) >= 2:
+                    return False  # two in a row and no success: the sink is down, not the data
+                continue
+            written += 1
+        if not written:
+            return False
+        self._pending.popleft()  # ``run``: every item is now written or set aside
+        for item, reason in failed:
+            self._quarantine(item, reason)
+        return True
+
+    def _quarantine(self, item: Any, exc: BaseException) -> None:
+        self.quarantined += 1
+        where = self.quarantine
+        line = {
+            "sink": _name(self.sink),
+            "error": f"{type(exc).__name__}: {exc}",
+            "record": _plain(item),
+        }
         try:
-            items = build_deferred(items)
-        except Exception:  # a bug of ours: the records it could not build are lost, not the rest
-            logger.exception("tokenmeter could not build deferred records")
-            items = [item for item in items if type(item) in KINDS]
-        runs, markers, stop = _runs(items)
-        self._markers.extend(markers)
-        for state in states:
-            for run in runs:
-                state.add(run)
-        now = time.monotonic()
-        for state in states:
-            state.deliver(now)
-        if self._markers and not any(state.pending for state in states):
-            for state in states:
-                _quietly(state.sink.flush, state.sink)
-            for marker in self._markers:
-                marker.done.set()
-            self._markers.clear()
-        if stop:
-            for state in states:
-                _quietly(state.sink.close, state.sink)
-        return not stop
+            if where is None:
+                raise OSError("no quarantine file configured")
+            ensure_private_dir(where.parent)
+            fd = open_private(where, os.O_WRONLY | os.O_APPEND)
+            try:
+                data = (json.dumps(line, default=str) + "\n").encode("utf-8", "backslashreplace")
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+        except Exception as error:
+            logger.error(
+                "tokenmeter sink %s rejected a record and it could not be set aside (%s): %s",
+                _name(self.sink),
+                error,
+                line,
+            )
+            return
+        if self.quarantined == 1:
+            logger.error(
+                "tokenmeter sink %s cannot accept a record (%s); it was set aside in %s",
+                _name(self.sink),
+                line["error"],
+                where,
+            )
+
+    def _release_markers(self, ok: bool) -> None:
+        if not self._markers:
+            return
+        if ok:
+            _quietly(self.sink.flush, self.sink)
+        for marker in self._markers:
+            marker.ok = ok
+            marker.done.set()
+        self._markers.clear()
+
+
+def _plain(item: Any) -> Any:
+    try:
+        if isinstance(item, UsageRecord):
+            return item.to_json_dict()
+        return item.model_dump(mode="json")
+    except Exception:
+        return repr(item)
 
 
 def _quietly(call: Callable[[], None], sink: Sink) -> None:
     try:
         call()
-    except Exception as exc:
+    except BaseException as exc:
         logger.error("tokenmeter sink %s: %s failed: %s", _name(sink), call.__name__, exc)
+
+
+class _Pipeline:
+    def __init__(
+        self,
+        sinks: list[Sink],
+        max_queue: int,
+        interval: float,
+        quarantine: Path | None,
+    ) -> None:
+        self.writers = [_Writer(sink, max_queue, interval, quarantine) for sink in sinks]
+
+    def put(self, item: _Item) -> None:
+        for writer in self.writers:
+            writer.put(item)
+
+    def flush(self, timeout: float | None) -> bool:
+        markers = [writer.request_flush() for writer in self.writers]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for marker in markers:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not marker.done.wait(left):
+                return False
+        return all(marker.ok for marker in markers)
+
+    def stop(self, timeout: float | None) -> None:
+        """Write what is buffered, close the sinks and end the writers (each within timeout)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for writer in self.writers:
+            writer._stopping = True
+        for writer in self.writers:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            writer.stop(left)
 
 
 # -- module state --------------------------------------------------------------------------------
 _pipeline: _Pipeline | None = None
-_pipeline_lock = threading.RLock()
+_lock = threading.RLock()
 _sink_factory: Callable[[], list[Sink]] = list
-#: Loads the settings (and so the configured sinks) before the first pipeline is made.
-first_use_hook: Callable[[], object] | None = None
-#: Turns deferred calls in a batch into records (set by ``_record``; they arrive from callers as
-#: plain objects so that the caller's thread does no more than append them).
-build_deferred: Callable[[list[Any]], list[Any]] = list
 _max_queue = 100_000
 _exit_timeout = 10.0
+_interval = 0.2
+_quarantine: Path | None = None
+#: Loads the settings (and so the configured sinks) before the first pipeline is made.
+first_use_hook: Callable[[], object] | None = None
+#: Run at exit before the final flush (the implicit session ends, open streams are recorded).
+_before_exit: list[Callable[[], None]] = []
 
 
 def _get() -> _Pipeline:
     global _pipeline, first_use_hook
-    if _pipeline is None:
-        with _pipeline_lock:
-            if first_use_hook is not None:
-                hook, first_use_hook = first_use_hook, None
-                hook()
-            if _pipeline is None:
-                _pipeline = _Pipeline(_sink_factory, _max_queue)
-    return _pipeline
+    with _lock:
+        if first_use_hook is not None:
+            hook, first_use_hook = first_use_hook, None
+            hook()
+        if _pipeline is None:
+            try:
+                sinks = _sink_factory()
+            except Exception:
+                logger.exception("tokenmeter could not open its sinks; nothing is written")
+                sinks = []
+            _pipeline = _Pipeline(sinks, _max_queue, _interval, _quarantine)
+            _flush_at_multiprocessing_exit()
+            hook_termination_signals()
+        return _pipeline
 
 
-def submit(record: UsageRecord) -> None:
-    (_pipeline or _get()).put(record)
-
-
-def submit_session(info: SessionInfo) -> None:
-    (_pipeline or _get()).put(info)
+def submit(item: UsageRecord | SessionInfo) -> None:
+    """Queue a record or a session for every sink; returns at once."""
+    (_pipeline or _get()).put(item)
 
 
 def flush(timeout: float | None = None) -> bool:
-    """Wait until everything submitted so far is in every sink; False on timeout."""
+    """Wait until everything submitted so far is in every sink; False on timeout or when a sink
+    keeps failing (its records stay queued and are retried)."""
     return _pipeline.flush(timeout) if _pipeline is not None else True
 
 
+def before_exit(hook: Callable[[], None]) -> None:
+    """Run ``hook`` at exit, before the final flush (hooks registered later run first)."""
+    _before_exit.insert(0, hook)
+
+
 def set_sinks(
-    make_sinks: Callable[[], list[Sink]], *, max_queue: int = 100_000, exit_timeout: float = 10.0
+    make_sinks: Callable[[], list[Sink]],
+    *,
+    max_queue: int = 100_000,
+    exit_timeout: float = 10.0,
+    flush_interval: float = 0.2,
+    quarantine: Path | None = None,
 ) -> None:
     """Replace the sinks: the current ones get everything submitted so far, then are closed."""
-    global _pipeline, _sink_factory, _max_queue, _exit_timeout
-    with _pipeline_lock:
+    global _pipeline, _sink_factory, _max_queue, _exit_timeout, _interval, _quarantine
+    with _lock:
         old, old_timeout, _pipeline = _pipeline, _exit_timeout, None
         _sink_factory, _max_queue, _exit_timeout = make_sinks, max_queue, exit_timeout
+        _interval, _quarantine = flush_interval, quarantine
     if old is not None:
         old.stop(old_timeout)  # the old sinks' own time limit
 
 
+# -- process end -----------------------------------------------------------------------------------
 _exit_hooked_pid = 0
 _exited_pid = 0
 
@@ -388,20 +442,58 @@ def _at_exit() -> None:
     if _exited_pid == os.getpid():
         return
     _exited_pid = os.getpid()
-    from tokenmeter import _sessions  # at exit only: avoids an import cycle at load time
-
-    _sessions.finish_implicit()
-    if _pipeline is not None:
-        if not _pipeline.flush(_exit_timeout):
+    for hook in list(_before_exit):
+        try:
+            hook()
+        except Exception:
+            logger.exception("tokenmeter: an exit hook failed")
+    pipeline = _pipeline
+    if pipeline is not None:
+        started = time.monotonic()
+        if not pipeline.flush(_exit_timeout):
             logger.error("tokenmeter: sinks did not accept every record within %ss", _exit_timeout)
-        _pipeline.stop(1.0)
+        pipeline.stop(max(0.5, _exit_timeout - (time.monotonic() - started)))
+
+
+_TERMINATION_SIGNALS = ("SIGTERM", "SIGHUP")
+_signals_hooked_pid = 0
+
+
+def hook_termination_signals() -> None:
+    """Where SIGTERM / SIGHUP still have Python's default disposition (the process dies without
+    running atexit: docker stop, systemd, kubernetes), flush first, then die of the same signal.
+    A handler the application installed is never replaced; one it installs later replaces ours."""
+    global _signals_hooked_pid
+    if _signals_hooked_pid == os.getpid():
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set handlers: instrument() and configure() try again
+    _signals_hooked_pid = os.getpid()
+    for name in _TERMINATION_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is None:
+            continue
+        with contextlib.suppress(ValueError, OSError):
+            if signal.getsignal(signum) is signal.SIG_DFL:
+                signal.signal(signum, _on_termination)
+
+
+def _on_termination(signum: int, frame: object) -> None:
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+    try:
+        _at_exit()
+    finally:
+        os.kill(os.getpid(), signum)
 
 
 def _after_fork_in_child() -> None:
-    # The writer thread does not survive fork(); what the parent queued is the parent's to write.
+    # Writer threads do not survive fork(): the child starts its own. What the parent queued is
+    # the parent's to write.
     global _pipeline
     _pipeline = None
 
 
 atexit.register(_at_exit)
 os.register_at_fork(after_in_child=_after_fork_in_child)
+renew_after_fork(globals(), "_lock")

@@ -1,7 +1,9 @@
 """Building records: the one road every intercepted or manual call takes.
 
-Runs on the caller's thread, so it only computes: price (cached), attribute to the session, update
-the live summaries, enqueue. All I/O happens on the writer thread (``_pipeline``).
+Runs on the caller's thread and only computes: price (cached), attribute to the session, update
+the live summaries, enqueue. All I/O happens on the writers' threads (``_pipeline``).
+Values from outside (a provider's response, the caller's arguments) are made safe for every sink
+here, at the door: text that UTF-8 cannot encode, megabyte names, impossible costs.
 """
 
 from __future__ import annotations
@@ -11,21 +13,32 @@ import logging
 import os
 import secrets
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import ValidationError
 
 from tokenmeter import _pipeline, _runtime, _sessions
-from tokenmeter._models import Usage, UsageRecord, trusted, usage_of
+from tokenmeter._models import (
+    MAX_COST_USD,
+    Cost,
+    Usage,
+    UsageRecord,
+    clean_text,
+    trusted,
+    usage_of,
+)
 from tokenmeter.pricing import price_usage
 from tokenmeter.usage import extract
 
-__all__ = ["Deferred", "build_record", "defer", "emit", "record", "record_response"]
+__all__ = ["build_record", "emit", "record", "record_response"]
 
 logger = logging.getLogger("tokenmeter")
 
 _id_prefix = secrets.token_hex(6)
 _id_counter = itertools.count()
+_MAX_NAME = 500
+_warned_cost: set[str] = set()
+_UNKNOWN = Cost(total_usd=None)
 
 
 def _reset_ids_after_fork() -> None:
@@ -34,6 +47,28 @@ def _reset_ids_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_ids_after_fork)
+
+
+def _opt_text(value: Any) -> str | None:
+    """Optional text from a response: None stays None, anything else becomes clean text."""
+    if value is None:
+        return None
+    return clean_text(value if type(value) is str else str(value), _MAX_NAME)
+
+
+def _plausible(cost: Cost, model: str) -> Cost:
+    total = cost.total_usd
+    if total is None or total <= MAX_COST_USD:
+        return cost
+    if model not in _warned_cost:
+        _warned_cost.add(model)
+        logger.warning(
+            "tokenmeter: a %s call priced at $%s, more than any call can cost; "
+            "recorded with an unknown cost (check the price overrides)",
+            model,
+            total,
+        )
+    return _UNKNOWN
 
 
 def build_record(
@@ -45,7 +80,7 @@ def build_record(
     request_model: str | None = None,
     operation: str | None = None,
     tier: str | None = None,
-    request_id: str | None = None,
+    request_id: Any = None,
     latency_ms: float | None = None,
     streamed: bool = False,
     status: str = "ok",
@@ -53,10 +88,20 @@ def build_record(
     estimated: bool = False,
     timestamp: datetime | None = None,
     tags: dict[str, str] | None = None,
+    priced: bool = True,
 ) -> UsageRecord:
-    """Price one call's usage and make its record (no side effects). Inputs are trusted."""
+    """Price one call's usage and make its record (no side effects). ``priced=False``: the usage
+    is not known (unreadable), so neither is the cost."""
     now = timestamp or datetime.now(UTC)
-    cost = price_usage(provider, model, usage, at=now, tier=tier)
+    if type(model) is not str or not model.isascii():
+        model = clean_text(str(model), _MAX_NAME)
+    elif len(model) > _MAX_NAME:
+        model = model[:_MAX_NAME]
+    if request_model is not None:
+        request_model = model if request_model == model else _opt_text(request_model)
+    cost = price_usage(provider, model, usage, at=now, tier=tier) if priced else _UNKNOWN
+    if cost.total_usd is not None and cost.total_usd > MAX_COST_USD:
+        cost = _plausible(cost, model)
     session_tags = session.effective_tags
     record: UsageRecord = trusted(
         UsageRecord,
@@ -83,18 +128,25 @@ def build_record(
             "streamed": streamed,
             "status": status,
             "error": error,
-            "request_id": request_id,
+            "request_id": request_id if request_id is None else _opt_text(request_id),
             "estimated": estimated,
         },
     )
     return record
 
 
-def emit(provider: str, model: str, usage: Usage, **fields: Any) -> UsageRecord:
-    """Price, attribute and enqueue one call's usage now (the manual API's road)."""
+def emit(
+    provider: str,
+    model: str,
+    usage: Usage,
+    session: _sessions.Session | None = None,
+    **fields: Any,
+) -> UsageRecord:
+    """Price, attribute and enqueue one call's usage now (every record's road)."""
     if _runtime._settings is None:  # once per process: price overrides must be in place
         _runtime.settings()
-    session = _sessions.current_session() or _sessions.implicit_session()
+    if session is None:
+        session = _sessions.current_session() or _sessions.implicit_session()
     record = build_record(provider, model, usage, session, **fields)
     if not session._announced:
         _sessions.announce(session)
@@ -103,64 +155,10 @@ def emit(provider: str, model: str, usage: Usage, **fields: Any) -> UsageRecord:
     return record
 
 
-class Deferred(Protocol):
-    """An intercepted call whose record is built later, off the caller's thread."""
-
-    session: _sessions.Session | None
-
-    def build(self) -> UsageRecord | None:
-        """The call's record, made on first use (None: nothing to record). Called with the
-        sessions' lock held, so it is made exactly once."""
-        ...
-
-
-def defer(call: Deferred, session: _sessions.Session) -> None:
-    """Queue a finished call: the writer thread prices it, builds its record and adds it to the
-    session summaries, unless a summary is read first (then the reader does, on its thread).
-
-    This keeps the caller's share of an intercepted call to a few attribute writes and appends.
-    """
-    if _runtime._settings is None:  # here, not on the writer: configure() waits for the writer
-        _runtime.settings()
-    call.session = session
-    if not session._announced:
-        _sessions.announce(session)
-    node: _sessions.Session | None = session
-    while node is not None:
-        node._pending.append(call)
-        node = node.parent
-    _pipeline.submit(call)  # type: ignore[arg-type]
-
-
-def _build_deferred(items: list[Any]) -> list[Any]:
-    """On the writer thread: replace deferred calls by their records; fold them into summaries."""
-    built: list[Any] = []
-    sessions: dict[int, _sessions.Session] = {}
-    with _sessions._lock:
-        for item in items:
-            if type(item) in _pipeline.KINDS:
-                built.append(item)
-                continue
-            record = item.build()
-            if record is not None:
-                built.append(record)
-            if item.session is not None:
-                sessions[id(item.session)] = item.session
-        for session in sessions.values():
-            node: _sessions.Session | None = session
-            while node is not None:
-                node._fold()
-                node = node.parent
-    return built
-
-
-_pipeline.build_deferred = _build_deferred
-
-
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{name} must be a non-empty string, got {value!r}")
-    return value.strip()
+    return clean_text(value.strip(), _MAX_NAME)
 
 
 def _timestamp(value: Any) -> datetime:
@@ -222,13 +220,15 @@ def record(
     )
     if operation is not None and not isinstance(operation, str):
         raise ValueError(f"operation must be a string, got {operation!r}")
+    if not isinstance(estimated, bool):
+        raise ValueError(f"estimated must be True or False, got {estimated!r}")
     return emit(
         provider,
         model,
         usage,
         request_model=model,
         operation=operation,
-        estimated=bool(estimated),
+        estimated=estimated,
         timestamp=_timestamp(timestamp) if timestamp is not None else None,
         tags=_sessions._check_tags(tags) or None,
     )
@@ -246,6 +246,12 @@ def record_response(
         found = extract(response, provider)
     except ValidationError as exc:
         raise ValueError("unreadable usage in response: " + _first_error(exc)) from None
+    except (TypeError, AttributeError, ArithmeticError) as exc:
+        raise ValueError(f"unreadable usage in response: {exc}") from None
+    if found is None:
+        raise ValueError("the response carries no usage yet (still queued or in progress)")
+    if found.model is not None and (not isinstance(found.model, str) or not found.model.strip()):
+        raise ValueError(f"model: the response's model must be a string, got {found.model!r}")
     model_name = found.model or model
     if not model_name:
         raise ValueError("the response names no model: pass model=")

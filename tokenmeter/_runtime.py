@@ -7,8 +7,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from tokenmeter import _pipeline, pricing
+from tokenmeter import _pipeline, _sessions, pricing
 from tokenmeter._config import Settings, load_settings
+from tokenmeter._fork import renew_after_fork
 from tokenmeter.pricing._overrides import short_repr
 from tokenmeter.sinks._base import Sink
 
@@ -18,6 +19,7 @@ _settings: Settings | None = None
 _sink_objects: list[Sink] = []  # sink objects given to configure(), beside the named ones
 _explicit: dict[str, Any] = {}
 _lock = threading.RLock()
+renew_after_fork(globals(), "_lock")
 
 
 def settings() -> Settings:
@@ -31,7 +33,7 @@ def settings() -> Settings:
 def _default_sinks(resolved: Settings) -> list[Sink]:
     from tokenmeter.sinks import JSONLSink, MarkdownJournalSink, SQLiteSink
 
-    directory = Path(resolved.directory)
+    directory = Path(resolved.directory).absolute()  # where the process was when it started
     made: list[Sink] = []
     for name in resolved.sinks:
         if name == "sqlite":
@@ -59,9 +61,13 @@ def _apply() -> None:
             return [*objects, *_default_sinks(resolved)]
 
         _pipeline.set_sinks(
-            make_sinks, max_queue=resolved.max_queue, exit_timeout=resolved.exit_timeout
+            make_sinks,
+            max_queue=resolved.max_queue,
+            exit_timeout=resolved.exit_timeout,
+            quarantine=Path(resolved.directory).absolute() / "quarantine.jsonl",
         )
         _settings = resolved
+    _pipeline.hook_termination_signals()
 
 
 def configure(
@@ -144,10 +150,13 @@ _pipeline.first_use_hook = settings
 
 
 def reset() -> None:
-    """Forget every configure() call (tests)."""
+    """Forget every configure() call and the implicit session: as in a new process, the settings
+    are read again on next use, from the working directory and environment of then (tests)."""
     global _sink_objects, _settings
     with _lock:
         _explicit.clear()
         _sink_objects = []
         _settings = None
-        _apply()
+        _pipeline.set_sinks(list)  # the old sinks get what they were sent, then are closed
+        _pipeline.first_use_hook = settings
+        _sessions.reset()

@@ -16,15 +16,19 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar, cast
 
 from tokenmeter import _pipeline
-from tokenmeter._models import SessionInfo, UsageRecord
+from tokenmeter._fork import renew_after_fork
+from tokenmeter._models import SessionInfo, UsageRecord, clean_text
 
 __all__ = ["ModelTotals", "Session", "SessionSummary", "current_session", "session", "track"]
 
 logger = logging.getLogger("tokenmeter")
 F = TypeVar("F", bound=Callable[..., Any])
 _ZERO = Decimal(0)
-_lock = threading.RLock()  # guards summary updates and building deferred records (see _record)
+_lock = threading.RLock()  # guards summary updates
 _current: ContextVar[Session | None] = ContextVar("tokenmeter_session", default=None)
+_MAX_ID = 200
+_MAX_NAME = 500
+_MAX_NOTES = 10_000
 
 
 class ModelTotals:
@@ -129,18 +133,18 @@ class Session:
             raise ValueError(f"session name must be a string, got {name!r}")
         if id is not None and (not isinstance(id, str) or not id.strip()):
             raise ValueError(f"session id must be a non-empty string, got {id!r}")
-        self.id = id or _new_id()
-        self.name = name
+        if notes is not None and not isinstance(notes, str):
+            raise ValueError(f"session notes must be a string, got {notes!r}")
+        self.id = clean_text(id.strip(), _MAX_ID) if id else _new_id()
+        self.name = None if name is None else clean_text(name, _MAX_NAME)
         self.tags = _check_tags(tags)
         self.budget_usd = _check_budget(budget_usd)
-        self.notes = notes
+        self.notes = None if notes is None else clean_text(notes, _MAX_NOTES)
         self.status: Literal["active", "completed", "failed"] = "active"
         self.started_at: datetime | None = None
         self.ended_at: datetime | None = None
         self.parent: Session | None = None
         self._summary = SessionSummary()
-        #: Intercepted calls not yet counted in the summary (see ``_record.defer``).
-        self._pending: list[Any] = []
         #: Tags of the ancestors merged with this session's own (inner ones win).
         self.effective_tags: dict[str, str] = dict(self.tags)
         self._token: Token[Session | None] | None = None
@@ -168,11 +172,11 @@ class Session:
             self._token = None
         self.status = "failed" if failed else "completed"
         self.ended_at = datetime.now(UTC)
-        _pipeline.submit_session(self.info())
+        _pipeline.submit(self.info())
 
     def _announce(self) -> None:
         self._announced = True
-        _pipeline.submit_session(self.info())
+        _pipeline.submit(self.info())
 
     def __enter__(self) -> Session:
         self._start()
@@ -209,9 +213,6 @@ class Session:
     @property
     def summary(self) -> SessionSummary:
         """Totals of this session and its nested ones, including every call that has returned."""
-        if self._pending:
-            with _lock:
-                self._fold()
         return self._summary
 
     def _add(self, record: UsageRecord) -> None:
@@ -221,16 +222,6 @@ class Session:
                 node._summary._add(record)
                 node = node.parent
         if self.budget_usd is not None:
-            self._check_budget()
-
-    def _fold(self) -> None:
-        """Count the deferred calls (``_lock`` held: each is built and counted exactly once)."""
-        pending, self._pending = self._pending, []  # appends from now on go to the new list
-        for call in pending:
-            record = call.build()
-            if record is not None:
-                self._summary._add(record)
-        if pending and self.budget_usd is not None:
             self._check_budget()
 
     def _check_budget(self) -> None:
@@ -273,7 +264,12 @@ def _check_tags(tags: Any) -> dict[str, str]:
     for key, value in tags.items():
         if not isinstance(key, str) or not isinstance(value, str | int | float | bool):
             raise ValueError(f"tags must map strings to strings, got {key!r}: {value!r}")
-    return {key: str(value) for key, value in tags.items()}
+        if not key.strip():
+            raise ValueError("tags: a tag name must be a non-empty string")
+    return {
+        clean_text(key, _MAX_NAME): clean_text(str(value), _MAX_NOTES)
+        for key, value in tags.items()
+    }
 
 
 def _check_budget(budget: Any) -> Decimal | None:
@@ -364,4 +360,14 @@ def finish_implicit() -> None:
     if _implicit is not None and _implicit._announced and _implicit_pid == os.getpid():
         _implicit.status = "completed"
         _implicit.ended_at = datetime.now(UTC)
-        _pipeline.submit_session(_implicit.info())
+        _pipeline.submit(_implicit.info())
+
+
+_pipeline.before_exit(finish_implicit)
+renew_after_fork(globals(), "_lock")
+
+
+def reset() -> None:
+    """Forget the implicit session (tests)."""
+    global _implicit, _implicit_pid
+    _implicit, _implicit_pid = None, 0

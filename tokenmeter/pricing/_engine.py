@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Context, Decimal, localcontext
 
+from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import Cost, Usage, trusted
 
 from . import _overrides
@@ -201,6 +202,7 @@ def _price_source() -> PriceSource:
 _entries: dict[tuple[str | None, str, str | None], _Entry] = {}
 _warned: set[tuple[str | None, str]] = set()
 _lock = threading.RLock()
+renew_after_fork(globals(), "_lock")
 
 
 def price_usage(

@@ -23,6 +23,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from tokenmeter._fork import renew_after_fork
+
 from ._names import normalise_provider
 from ._source import RateCard, Rates, Tier
 
@@ -91,6 +93,7 @@ class _Settings:
 
 _settings = _Settings(prices={}, aliases={})
 _lock = threading.Lock()
+renew_after_fork(globals(), "_lock", threading.Lock)
 _listeners: list[Callable[[], None]] = []
 
 

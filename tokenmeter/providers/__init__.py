@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import wrapt
 
+from tokenmeter import _pipeline
+from tokenmeter._fork import renew_after_fork
 from tokenmeter.providers._core import Patch
 
 __all__ = ["PROVIDERS", "Instrumentation", "instrument", "uninstrument", "wrap"]
@@ -32,6 +34,7 @@ PROVIDERS: dict[str, tuple[str, str]] = {
 }
 
 _lock = threading.RLock()
+renew_after_fork(globals(), "_lock")
 _wanted: set[str] = set()  # providers instrument() asked for (hooks check it when they fire)
 _patches: dict[str, list[Patch]] = {}  # providers actually patched
 _hooked: set[str] = set()  # post-import hooks registered (they cannot be unregistered)
@@ -128,6 +131,7 @@ def instrument(
         configure(sinks=sinks)
     if settings().disabled:
         return Instrumentation([])
+    _pipeline.hook_termination_signals()
     newly: list[str] = []
     with _lock:
         for name in names:

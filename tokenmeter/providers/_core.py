@@ -15,7 +15,6 @@ its usage chunk), so the call still counts and the gap shows instead of hiding.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
@@ -25,13 +24,14 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import wrapt
 
-from tokenmeter._models import Usage, UsageRecord
-from tokenmeter._record import build_record, defer
+from tokenmeter import _pipeline
+from tokenmeter._fork import renew_after_fork
+from tokenmeter._models import Usage
+from tokenmeter._record import emit
 from tokenmeter._sessions import Session, current_session, implicit_session
 from tokenmeter.usage import Extracted
 
@@ -100,11 +100,7 @@ class Switches:
 
 @dataclass(slots=True, weakref_slot=True, eq=False)
 class Call:
-    """One logical LLM call in flight: what is known so far, recorded exactly once.
-
-    Finishing it costs the caller a few attribute writes: the record is priced and built on the
-    writer thread (``_record.defer``), or by whoever reads the session's summary first.
-    """
+    """One logical LLM call in flight: what is known so far, recorded exactly once."""
 
     provider: str
     request_model: str | None
@@ -121,11 +117,8 @@ class Call:
     #: The session the call was made in. A stream may end elsewhere (another task, a thread, the
     #: garbage collector): its record still belongs to the session it was made in.
     session: Session | None = None
-    latency_ms: float = 0.0
-    finished_at: float = 0.0
-    error: str | None = None
-    record: UsageRecord | None = None
-    built: bool = False
+    #: Why the usage the provider sent could not be read (missing, negative, inconsistent).
+    unreadable: str | None = None
 
     def __post_init__(self) -> None:
         if self.streamed:
@@ -143,6 +136,14 @@ class Call:
         self.request_id = found.request_id or self.request_id
         self.operation = self.operation or found.operation
 
+    def read(self, what: str, reader: Callable[..., Any], *args: Any) -> None:
+        """Run an adapter's reader; usage it cannot read still leaves a record (see finish)."""
+        try:
+            reader(*args)
+        except Exception as exc:
+            self.unreadable = f"{type(exc).__name__}: {exc}"[:500]
+            fault(what)
+
     def finish(self, error: BaseException | None = None) -> None:
         """Record the call (once; later calls are no-ops)."""
         if self.done:
@@ -151,52 +152,44 @@ class Call:
         if _exited:  # interpreter teardown: the sinks are closed, imports no longer work
             return
         try:
-            self.latency_ms = round((time.perf_counter() - self.started) * 1000, 3)
-            self.finished_at = time.time()
-            if error is not None:
-                self.error = type(error).__name__
-            elif self.usage is None and not self.streamed:
-                logger.debug("tokenmeter: %s call reported no usage; not recorded", self.provider)
-                return
-            defer(self, self.session or current_session() or implicit_session())
+            self._record(error)
         except Exception:
-            fault("recording a call")
+            fault(f"recording a call ({self.provider})")
 
-    def build(self) -> UsageRecord | None:
-        """The record (made once, on the writer thread or by a summary read; see ``defer``)."""
-        if not self.built:
-            self.built = True
-            try:
-                self.record = self._build()
-            except Exception:
-                fault(f"recording a call ({self.provider})")
-        return self.record
-
-    def _build(self) -> UsageRecord | None:
-        usage = self.usage
-        if usage is None and self.error is None:  # a stream that reported none (see finish())
+    def _record(self, error: BaseException | None) -> None:
+        latency_ms = round((time.perf_counter() - self.started) * 1000, 3)
+        usage, status, error_name = self.usage, "ok", None
+        if error is not None:
+            status, error_name = "error", type(error).__name__
+        elif usage is None and self.unreadable is not None:
+            # The call succeeded but its usage cannot be trusted: recorded, with an unknown cost.
+            status, error_name = "error", "UnreadableUsage"
+        elif usage is None and not self.streamed:
+            logger.debug("tokenmeter: %s call reported no usage; not recorded", self.provider)
+            return
+        elif usage is None:  # a stream that reported none
             _warn_no_usage(self.provider)
         if self.dedupe and usage is not None and self.request_id:  # noqa: SIM102
             if _already_recorded(self.request_id):  # only ids that carried usage are remembered
-                return None
-        model = self.model or self.request_model
-        if not model or self.session is None:
+                return
+        model = self.model if type(self.model) is str and self.model else self.request_model
+        if not model:
             logger.debug("tokenmeter: %s call names no model; nothing recorded", self.provider)
-            return None
-        return build_record(
+            return
+        emit(
             self.provider,
             model,
             usage or _NO_USAGE,
             self.session,
             request_model=self.request_model,
             operation=self.operation,
-            tier=self.tier,
+            tier=self.tier if status == "ok" else None,
             request_id=self.request_id,
-            latency_ms=self.latency_ms,
+            latency_ms=latency_ms,
             streamed=self.streamed,
-            status="ok" if self.error is None else "error",
-            error=self.error,
-            timestamp=datetime.fromtimestamp(self.finished_at, UTC),
+            status=status,
+            error=error_name,
+            priced=usage is not None or error is not None,
         )
 
 
@@ -217,7 +210,7 @@ def _finish_open_streams() -> None:
     _exited = True
 
 
-atexit.register(_finish_open_streams)  # runs before the pipeline's final flush (registered later)
+_pipeline.before_exit(_finish_open_streams)
 
 
 def _warn_no_usage(provider: str) -> None:
@@ -232,6 +225,7 @@ def _warn_no_usage(provider: str) -> None:
 
 _recorded_ids: OrderedDict[str, None] = OrderedDict()
 _recorded_lock = threading.Lock()
+renew_after_fork(globals(), "_recorded_lock", threading.Lock)
 _RECORDED_MAX = 10_000
 
 
@@ -300,6 +294,7 @@ class _StreamProxyBase(ObjectProxy):
 
     def _self_fault(self) -> None:
         """Called inside ``except``: our reader failed on a chunk; the caller still gets it."""
+        self._self_call.unreadable = "a stream chunk could not be read"
         if _RAISE_INTERNAL:
             raise
         logger.warning(

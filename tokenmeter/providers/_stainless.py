@@ -21,7 +21,6 @@ from tokenmeter.providers._core import (
     SyncStreamProxy,
     fault,
     guard,
-    safely,
     send,
     send_async,
 )
@@ -36,7 +35,7 @@ class Endpoint:
     """A billed API route: how to read its responses and its streams."""
 
     operation: str
-    read: Callable[[Any, str], Extracted]
+    read: Callable[[Any, str], Extracted | None]
     new_reader: Callable[[bool], StreamReader]
     #: Record each response id once (Responses API: retrieve repeats the same usage).
     dedupe: bool = False
@@ -128,8 +127,7 @@ class StainlessAdapter:
         if plan.streamed:
             proxy = AsyncStreamProxy if is_async else SyncStreamProxy
             return proxy(result, plan.call, plan.endpoint.new_reader(plan.hide_usage_chunk))
-        plan.call.take(plan.endpoint.read(result, plan.call.provider))
-        plan.call.finish()
+        _read_into(plan, result)
         return result
 
     def sync_wrapper(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -226,7 +224,7 @@ class _RawResponseProxy(ObjectProxy):
         self._self_async = is_async
         self._self_parsed: tuple[Any, Any] | None = None
         if plan.raw != "stream" and not plan.streamed:  # openai says "true", anthropic "raw"
-            safely("reading a raw response", self._self_read_body)
+            plan.call.read("reading a raw response", self._self_read_body)
 
     def _self_read_body(self) -> None:
         raw = self.__wrapped__
@@ -244,7 +242,7 @@ class _RawResponseProxy(ObjectProxy):
             proxy = AsyncStreamProxy if self._self_async else SyncStreamProxy
             shown = proxy(parsed, plan.call, plan.endpoint.new_reader(plan.hide_usage_chunk))
         else:
-            safely("reading a raw response", _read_into, plan, parsed)
+            _read_into(plan, parsed)
         self._self_parsed = (parsed, shown)
         return shown
 
@@ -266,5 +264,11 @@ class _RawResponseProxy(ObjectProxy):
 
 
 def _read_into(plan: Plan, parsed: Any) -> None:
-    plan.call.take(plan.endpoint.read(parsed, plan.call.provider))
-    plan.call.finish()
+    """Read a parsed response and record the call (unreadable usage is recorded too)."""
+    call = plan.call
+    call.read("reading a response", _take, call, plan.endpoint, parsed)
+    call.finish()
+
+
+def _take(call: Call, endpoint: Endpoint, parsed: Any) -> None:
+    call.take(endpoint.read(parsed, call.provider))

@@ -20,7 +20,6 @@ from tokenmeter.providers._core import (
     Switches,
     SyncGeneratorProxy,
     Wrapper,
-    safely,
     send,
     send_async,
 )
@@ -78,7 +77,7 @@ Kind = Callable[[Any, tuple[Any, ...], dict[str, Any], str], Any]
 def _sync_call(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], op: str) -> Any:
     call = _new_call(kwargs, op, streamed=False)
     response = send(call, wrapped, args, kwargs)
-    safely("reading a Gemini response", _read_response, response, call)
+    call.read("reading a Gemini response", _read_response, response, call)
     call.finish()
     return response
 
@@ -92,7 +91,7 @@ def _sync_stream(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], op
 async def _async_call(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], op: str) -> Any:
     call = _new_call(kwargs, op, streamed=False)
     response = await send_async(call, wrapped, args, kwargs)
-    safely("reading a Gemini response", _read_response, response, call)
+    call.read("reading a Gemini response", _read_response, response, call)
     call.finish()
     return response
 

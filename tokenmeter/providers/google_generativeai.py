@@ -55,7 +55,7 @@ class _StreamResponse(wrapt.ObjectProxy[Any]):
     def _self_settle(self, error: BaseException | None = None) -> None:
         call = self._self_call
         if not call.done:
-            safely("reading a Gemini stream", _read, self.__wrapped__, call)
+            call.read("reading a Gemini stream", _read, self.__wrapped__, call)
             call.finish(error)
 
     def __del__(self) -> None:
@@ -109,7 +109,7 @@ class AsyncStreamResponse(_StreamResponse):
 def _finish(call: Call, response: Any, is_async: bool) -> Any:
     if call.streamed:
         return (AsyncStreamResponse if is_async else SyncStreamResponse)(response, call)
-    safely("reading a Gemini response", _read, response, call)
+    call.read("reading a Gemini response", _read, response, call)
     call.finish()
     return response
 

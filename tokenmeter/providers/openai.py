@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from tokenmeter._runtime import settings
-from tokenmeter.providers._core import Call, safely
+from tokenmeter.providers._core import Call
 from tokenmeter.providers._stainless import Endpoint, StainlessAdapter
 from tokenmeter.usage import from_openai_response
 from tokenmeter.usage.openai import tier_from_openai, usage_from_openai
@@ -55,7 +55,7 @@ class ChunkReader:
             return False
         # Decided first, so that a usage block we cannot read is still hidden when we asked for it.
         hidden = self.hide and not getattr(chunk, "choices", None)
-        safely("reading stream usage", _read_usage, chunk, usage, call)
+        call.read("reading stream usage", _read_usage, chunk, usage, call)
         return hidden
 
 

@@ -65,7 +65,7 @@ def detect_provider(response: Any) -> str:
     )
 
 
-def extract(response: Any, provider: str | None = None) -> Extracted:
+def extract(response: Any, provider: str | None = None) -> Extracted | None:
     """Read usage, model, tier and id from a response of any supported provider."""
     detected = provider.lower() if provider else detect_provider(response)
     family = "openai" if detected in _OPENAI_SHAPED else detected

@@ -7,11 +7,14 @@ intercepted call; anything else goes through ``field``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
 from pydantic import BaseModel
+
+from tokenmeter._models import MAX_TOKENS
 
 Get = Callable[[str], Any]
 
@@ -63,10 +66,17 @@ def whole(value: Any, name: str) -> int:
         return value
     if value is None:
         return 0
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value != int(value)
+    ):
         raise ValueError(f"usage field {name!r} is not a whole number: {value!r}")
     if value < 0:
         raise ValueError(f"usage field {name!r} is negative: {value!r}")
+    if value > MAX_TOKENS:
+        raise ValueError(f"usage field {name!r} is more than any call can use: {value!r}")
     return int(value)
 
 

@@ -21,6 +21,7 @@ _OPERATIONS = {
     "response": "responses",
     "list": "embeddings",
 }
+_NOT_YET_BILLED = {"queued", "in_progress"}
 _STANDARD_TIERS = {None, "default", "auto", "standard", "scale"}
 #: (total input, total output, input details, output details) of the two usage shapes.
 _CHAT = ("prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details")
@@ -58,11 +59,16 @@ def tier_from_openai(service_tier: Any) -> str | None:
     return None if tier in _STANDARD_TIERS else tier
 
 
-def from_openai_response(response: Any, provider: str = "openai") -> Extracted:
-    """Read a ChatCompletion / Completion / CreateEmbeddingResponse / Response (object or dict)."""
+def from_openai_response(response: Any, provider: str = "openai") -> Extracted | None:
+    """Read a ChatCompletion / Completion / CreateEmbeddingResponse / Response (object or dict).
+
+    None for a Responses ``background`` create still queued or in progress: it reports no usage
+    yet, and its later retrieve is the record."""
     get = getter(response)
     usage = get("usage")
     if usage is None:
+        if get("object") == "response" and get("status") in _NOT_YET_BILLED:
+            return None
         raise ValueError("the OpenAI response carries no usage")
     kind = get("object")
     tier = get("service_tier")
