@@ -189,7 +189,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 "or GEMINI_API_KEY"
             )
     if not providers:
-        raise CliError("no provider SDK installed: pip install 'tokenmeter[all]'")
+        raise CliError("no provider SDK installed: pip install '.[all]' in a tokenmeter checkout")
 
     from tokenmeter._runtime import settings
 
