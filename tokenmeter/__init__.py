@@ -9,27 +9,49 @@ print(s.summary.cost_usd)
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from tokenmeter import sinks
-from tokenmeter._models import Cost, SessionInfo, Usage, UsageRecord
-from tokenmeter._pipeline import flush as _flush
-from tokenmeter._record import record, record_response
-from tokenmeter._runtime import configure
-from tokenmeter._sessions import (
-    ModelTotals,
-    Session,
-    SessionSummary,
-    current_session,
-    session,
-    track,
-)
-from tokenmeter.providers import Instrumentation, instrument, uninstrument, wrap
-
 if TYPE_CHECKING:
-    from tokenmeter import testing
+    from tokenmeter import sinks, testing
+    from tokenmeter._models import Cost, SessionInfo, Usage, UsageRecord
+    from tokenmeter._record import record, record_response
+    from tokenmeter._runtime import configure
+    from tokenmeter._sessions import (
+        ModelTotals,
+        Session,
+        SessionSummary,
+        current_session,
+        session,
+        track,
+    )
+    from tokenmeter.providers import Instrumentation, instrument, uninstrument, wrap
+
+#: Where each public name lives. They are imported on first use, so ``import tokenmeter`` stays
+#: cheap (pydantic, wrapt and the sinks load with the first ``instrument()``, record or session):
+#: a library that imports tokenmeter but never meters pays nothing for it.
+_HOMES = {
+    "Cost": "tokenmeter._models",
+    "SessionInfo": "tokenmeter._models",
+    "Usage": "tokenmeter._models",
+    "UsageRecord": "tokenmeter._models",
+    "record": "tokenmeter._record",
+    "record_response": "tokenmeter._record",
+    "configure": "tokenmeter._runtime",
+    "ModelTotals": "tokenmeter._sessions",
+    "Session": "tokenmeter._sessions",
+    "SessionSummary": "tokenmeter._sessions",
+    "current_session": "tokenmeter._sessions",
+    "session": "tokenmeter._sessions",
+    "track": "tokenmeter._sessions",
+    "Instrumentation": "tokenmeter.providers",
+    "instrument": "tokenmeter.providers",
+    "uninstrument": "tokenmeter.providers",
+    "wrap": "tokenmeter.providers",
+}
+_SUBMODULES = ("sinks", "testing")
 
 __all__ = [
     "Cost",
@@ -74,6 +96,7 @@ def price(
     """
     from pydantic import ValidationError
 
+    from tokenmeter._models import Usage
     from tokenmeter._record import _first_error
     from tokenmeter.pricing import price_usage
     from tokenmeter.pricing._overrides import short_repr
@@ -105,13 +128,25 @@ def price(
 
 
 def flush(timeout: float | None = None) -> bool:
-    """Block until every record produced so far is in every sink (False if ``timeout`` ran out)."""
-    return _flush(timeout)
+    """Block until every record produced so far is in every sink (False if ``timeout`` ran out,
+    or a sink keeps failing: its records stay queued and are retried)."""
+    from tokenmeter import _pipeline
+
+    return _pipeline.flush(timeout)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "testing":  # imported on demand: it is for tests and demos only
-        import importlib
+    home = _HOMES.get(name)
+    if home is not None:
+        value = getattr(importlib.import_module(home), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"tokenmeter.{name}")
+    else:
+        raise AttributeError(f"module 'tokenmeter' has no attribute {name!r}")
+    if name != "testing":  # testing stays on demand: it is for tests and demos only
+        globals()[name] = value
+    return value
 
-        return importlib.import_module("tokenmeter.testing")
-    raise AttributeError(f"module 'tokenmeter' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -3,7 +3,14 @@
 ``price_usage(provider, model, usage, at=..., tier=...)`` is what the rest of tokenmeter calls.
 """
 
-from ._engine import PriceDescription, clear_cache, describe_price, price_usage, set_price_source
+from ._engine import (
+    PriceDescription,
+    clear_cache,
+    describe_price,
+    price_usage,
+    set_price_source,
+    warm,
+)
 from ._overrides import (
     check_aliases,
     check_prices,
@@ -30,4 +37,5 @@ __all__ = [
     "set_aliases",
     "set_price_source",
     "set_user_prices",
+    "warm",
 ]

@@ -190,6 +190,16 @@ def _default_source() -> PriceSource:
     return ErrataSource(GenaiPricesSource())
 
 
+def warm() -> None:
+    """Load the price tables now rather than on the first call (``instrument()`` calls this at
+    start-up): importing genai-prices and reading its snapshot takes tens of milliseconds, which
+    the application's first LLM call would otherwise wait for."""
+    try:
+        _price_source().find("openai", "gpt-4o")
+    except Exception:  # a broken table shows on the first real price, with its own message
+        logger.debug("tokenmeter: warming the price tables failed", exc_info=True)
+
+
 def _price_source() -> PriceSource:
     global _source
     if _source is None:

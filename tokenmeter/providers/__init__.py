@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import wrapt
 
-from tokenmeter import _pipeline
+from tokenmeter import _pipeline, pricing
 from tokenmeter._fork import renew_after_fork
 from tokenmeter.providers._core import Patch
 
@@ -132,6 +132,7 @@ def instrument(
     if settings().disabled:
         return Instrumentation([])
     _pipeline.hook_termination_signals()
+    pricing.warm()
     newly: list[str] = []
     with _lock:
         for name in names:
