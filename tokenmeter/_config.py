@@ -54,7 +54,7 @@ class Settings(BaseModel):
     aliases: dict[str, str] = {}
     #: Ask OpenAI chat streams for usage (and hide the extra chunk) when the caller did not.
     stream_usage: bool = True
-    #: Records waiting for the writer thread before the caller is made to wait (see _pipeline).
+    #: Records buffered per sink; beyond it the oldest is dropped, never waited for (see _pipeline).
     max_queue: int = 100_000
     #: How long interpreter exit waits for records to reach the sinks.
     exit_timeout: float = 10.0

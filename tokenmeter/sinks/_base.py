@@ -14,9 +14,10 @@ __all__ = ["SessionAwareSink", "Sink"]
 class Sink(Protocol):
     """Anything with these three methods can receive records.
 
-    tokenmeter calls them from its single writer thread, never from the application's threads, so
-    an implementation needs no locking of its own. ``write`` may raise: the batch is kept and
-    retried later, nothing is dropped.
+    tokenmeter calls them from the sink's own writer thread, never from the application's threads,
+    so an implementation needs no locking of its own. ``write`` may raise: the batch is kept and
+    retried later; a record that fails alone while others go through is set aside in the
+    quarantine file.
     """
 
     def write(self, records: Sequence[UsageRecord]) -> None: ...
