@@ -192,3 +192,146 @@ def test_records_outside_sessions_belong_to_the_implicit_process_session(
 def test_ids_are_unique(sink: InMemorySink) -> None:
     ids = {tokenmeter.record("openai", "gpt-4o", 1, 1).id for _ in range(1000)}
     assert len(ids) == 1000
+
+
+# -- bad input to the manual API: one-line ValueErrors that name what is wrong --------------------
+@pytest.mark.parametrize(
+    "model", [123, 1.5, True, ["gpt-4o"], {"name": "gpt-4o"}, "", "   "], ids=repr
+)
+def test_record_response_with_a_non_string_model_names_model(
+    sink: InMemorySink, model: Any
+) -> None:
+    """A response's model is the record's name: anything but text is the caller's mistake to
+    hear about (a ValueError naming it), not an AttributeError from deep inside."""
+    usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    with pytest.raises(ValueError, match="model"):
+        tokenmeter.record_response({"model": model, "usage": usage})
+    assert tokenmeter.flush(5)
+    assert sink.records == []
+
+
+@pytest.mark.parametrize("notes", [5, b"bytes", ["a"], {"a": 1}], ids=repr)
+def test_session_notes_are_checked_when_the_session_is_made(notes: Any) -> None:
+    """At construction, where the mistake is, not later on ``with`` (or never, as a decorator)."""
+    with pytest.raises(ValueError, match="notes"):
+        tokenmeter.session(notes=notes)
+
+
+@pytest.mark.parametrize("estimated", ["no", 0, 1, None, "False"], ids=repr)
+def test_record_estimated_must_be_a_bool(sink: InMemorySink, estimated: Any) -> None:
+    with pytest.raises(ValueError, match="estimated"):
+        tokenmeter.record("openai", "gpt-4o", 10, 5, estimated=estimated)
+    assert tokenmeter.flush(5)
+    assert sink.records == []
+
+
+COUNT_FIELDS = [
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+]
+
+
+@pytest.mark.parametrize("value", [2**63, True, 1.5, "3"], ids=["2**63", "True", "1.5", "'3'"])
+@pytest.mark.parametrize("name", COUNT_FIELDS)
+def test_record_refuses_impossible_counts_naming_the_field(
+    sink: InMemorySink, name: str, value: Any
+) -> None:
+    """2**63 overflows SQLite's integers and every sum in a report; True, 1.5 and "3" are not
+    token counts. Each is refused before anything is written, naming the field."""
+    counts: dict[str, Any] = {"input_tokens": 100, "output_tokens": 50, name: value}
+    with pytest.raises(ValueError, match=name) as raised:
+        tokenmeter.record("openai", "gpt-4o", **counts)
+    assert "\n" not in str(raised.value)
+    assert tokenmeter.flush(5)
+    assert sink.records == []
+
+
+CHAT: dict[str, Any] = {"object": "chat.completion", "id": "c1", "model": "gpt-4o"}
+CLAUDE: dict[str, Any] = {"type": "message", "id": "m1", "model": "claude-sonnet-4-5"}
+GEMINI: dict[str, Any] = {"modelVersion": "gemini-2.5-flash"}
+
+
+def unreadable(name: str, response: dict[str, Any], names: str, provider: str | None = None) -> Any:
+    return pytest.param(response, provider, names, id=name)
+
+
+@pytest.mark.parametrize(
+    ("response", "provider", "names"),
+    [
+        unreadable("negative", {**CHAT, "usage": {"prompt_tokens": -5}}, "prompt_tokens"),
+        unreadable("2**63", {**CHAT, "usage": {"prompt_tokens": 2**63}}, "prompt_tokens"),
+        unreadable("1e300", {**CHAT, "usage": {"prompt_tokens": 1e300}}, "prompt_tokens"),
+        unreadable("NaN", {**CHAT, "usage": {"prompt_tokens": float("nan")}}, "prompt_tokens"),
+        unreadable(
+            "many", {**CHAT, "usage": {"prompt_tokens": 9, "completion_tokens": "many"}}, "complet"
+        ),
+        unreadable("1 MB text", {**CHAT, "usage": {"prompt_tokens": "x" * 2**20}}, "prompt_tok"),
+        unreadable(
+            "cached > prompt",
+            {**CHAT, "usage": {"prompt_tokens": 5, "prompt_tokens_details": {"cached_tokens": 9}}},
+            "cache_read_tokens",
+        ),
+        unreadable(
+            "details not an object",
+            {**CHAT, "usage": {"prompt_tokens": 5, "prompt_tokens_details": "lots"}},
+            "prompt_tokens_details",
+        ),
+        unreadable("usage null", {**CHAT, "usage": None}, "no usage"),
+        unreadable("usage 1 MB text", {**CHAT, "usage": "lots" * 2**18}, "usage", "openai"),
+        unreadable(
+            "queued background response",
+            {"object": "response", "status": "queued", "model": "gpt-4o", "usage": None},
+            "queued",
+        ),
+        unreadable(
+            "anthropic negative",
+            {**CLAUDE, "usage": {"input_tokens": -1, "output_tokens": 1}},
+            "input_tokens",
+        ),
+        unreadable(
+            "anthropic cache read '7'",
+            {**CLAUDE, "usage": {"input_tokens": 1, "cache_read_input_tokens": "7"}},
+            "cache_read_input_tokens",
+        ),
+        unreadable(
+            "gemini negative",
+            {**GEMINI, "usageMetadata": {"promptTokenCount": -3}},
+            "prompt_token_count",
+        ),
+        unreadable(
+            "gemini 10**300",
+            {**GEMINI, "usageMetadata": {"thoughtsTokenCount": 10**300}},
+            "thoughts_token_count",
+        ),
+        unreadable("gemini usage text", {**GEMINI, "usageMetadata": "none"}, "usage_metadata"),
+    ],
+)
+def test_record_response_with_unreadable_usage_says_why_in_one_line(
+    sink: InMemorySink, response: dict[str, Any], provider: str | None, names: str
+) -> None:
+    """The caller handed us the response: unlike an intercepted call (recorded as
+    UnreadableUsage), they hear why at once, in one short line, and nothing is written."""
+    with pytest.raises(ValueError, match=names) as raised:
+        tokenmeter.record_response(response, provider=provider)
+    message = str(raised.value)
+    assert "\n" not in message and len(message) < 300
+    assert tokenmeter.flush(5)
+    assert sink.records == []
+
+
+def test_record_response_cleans_text_a_server_sent(sink: InMemorySink) -> None:
+    """A response's text may hold what no sink can store: a lone surrogate, a megabyte."""
+    usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    odd = tokenmeter.record_response({**CHAT, "model": "gpt-\ud800", "id": 7, "usage": usage})
+    huge = tokenmeter.record_response(
+        {**CHAT, "model": "g" * 2**20, "id": "i" * 2**20, "usage": usage}
+    )
+    assert (odd.model_name, odd.request_id) == ("gpt-\ufffd", "7")
+    assert 0 < len(huge.model_name) <= 1_000 and 0 < len(huge.request_id or "") <= 1_000
+    assert tokenmeter.flush(5)
+    assert sink.records == [odd, huge]
+    for record in sink.records:
+        json.dumps(record.to_json_dict(), ensure_ascii=False).encode("utf-8")

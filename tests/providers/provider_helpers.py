@@ -6,7 +6,10 @@ for its tests, and no other test folder has a module of this name, so the import
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterable
+from types import ModuleType
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -35,3 +38,82 @@ def only(records: list[UsageRecord]) -> UsageRecord:
     """The one record a call made (fails, listing them, if there are more or none)."""
     assert len(records) == 1, records
     return records[0]
+
+
+# -- raw server answers (MockTransport replies) ---------------------------------------------------
+#: A server's reply to one request: ``handler(request) -> response`` of the SDK's HTTP library.
+Handler = Callable[[Any], Any]
+
+
+def http_of(sdk_client_module: ModuleType) -> Any:
+    """The HTTP library an SDK's client module is built on: ``httpx2`` (newest) or ``httpx``
+    (same API). Asked per SDK, since each pins its own."""
+    return getattr(sdk_client_module, "httpx2", None) or sdk_client_module.httpx
+
+
+def json_bytes(body: Any) -> bytes:
+    """``body`` as a server may put it on the wire, whatever it holds: a lone surrogate as its
+    ``\\ud800`` escape, NaN, 1e300 and 2**63 as JSON spells them (no library's JSON encoder in
+    between to refuse them)."""
+    return json.dumps(body, ensure_ascii=True, allow_nan=True).encode()
+
+
+def json_reply(http: Any, body: Any) -> Any:
+    return http.Response(
+        200, content=json_bytes(body), headers={"content-type": "application/json"}
+    )
+
+
+def sse_reply(http: Any, events: Iterable[tuple[str | None, Any]], end: bytes = b"\n\n") -> Any:
+    """A server-sent event stream of ``(event name or None, data)`` pairs; bytes data is sent as
+    it is (``b"[DONE]"``), anything else as JSON."""
+    parts = []
+    for name, data in events:
+        head = f"event: {name}\n".encode() if name else b""
+        payload = data if isinstance(data, bytes) else json_bytes(data)
+        parts.append(head + b"data: " + payload + end)
+    return http.Response(
+        200, content=b"".join(parts), headers={"content-type": "text/event-stream"}
+    )
+
+
+def mock_anthropic(handler: Handler, *, is_async: bool = False) -> Any:
+    """An Anthropic client whose HTTP replies come from ``handler`` (no sockets, no retries)."""
+    import anthropic
+    from anthropic import _base_client
+
+    http = http_of(_base_client)
+    transport = http.MockTransport(handler)
+    if is_async:
+        return anthropic.AsyncAnthropic(
+            api_key="sk-ant-test",
+            base_url="http://anthropic.invalid",
+            http_client=http.AsyncClient(transport=transport),
+            max_retries=0,
+        )
+    return anthropic.Anthropic(
+        api_key="sk-ant-test",
+        base_url="http://anthropic.invalid",
+        http_client=http.Client(transport=transport),
+        max_retries=0,
+    )
+
+
+def mock_genai(handler: Handler) -> Any:
+    """A ``google.genai.Client`` (``.aio`` for async) whose replies come from ``handler``.
+
+    Needs google-genai >= 1.46 (``HttpOptions(httpx_client=...)``)."""
+    from google import genai
+    from google.genai import _api_client
+    from google.genai import types as gtypes
+
+    http = http_of(_api_client)
+    return genai.Client(
+        api_key="fake-key",
+        http_options=gtypes.HttpOptions(
+            base_url="http://gemini.invalid",
+            api_version="v1beta",
+            httpx_client=http.Client(transport=http.MockTransport(handler)),
+            httpx_async_client=http.AsyncClient(transport=http.MockTransport(handler)),
+        ),
+    )

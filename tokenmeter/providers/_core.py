@@ -10,13 +10,17 @@ Which calls make a record: every failed call (status "error"); every non-streame
 reported usage (a Responses ``background`` create still queued reports none: its later retrieve
 is the record); and every stream, however it ended, with what it reported - zero tokens when it
 reported nothing (an OpenAI chat stream with an explicit ``include_usage: False``, or cut before
-its usage chunk), so the call still counts and the gap shows instead of hiding.
+its usage chunk), so the call still counts and the gap shows instead of hiding. A call whose
+usage cannot be read (missing where it is always sent, negative, not a number, inconsistent, or a
+stream that ran to its end without the usage it was asked for) is recorded with status "error",
+error "UnreadableUsage" and an unknown cost: the latest reading decides, as usage is cumulative.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -119,6 +123,10 @@ class Call:
     session: Session | None = None
     #: Why the usage the provider sent could not be read (missing, negative, inconsistent).
     unreadable: str | None = None
+    #: The provider always reports this call's usage (an OpenAI chat stream with
+    #: ``include_usage``, an Anthropic message stream, Gemini generate_content): a stream that
+    #: runs to its end without any is unreadable usage, not zero tokens.
+    expects_usage: bool = False
 
     def __post_init__(self) -> None:
         if self.streamed:
@@ -141,8 +149,21 @@ class Call:
         try:
             reader(*args)
         except Exception as exc:
-            self.unreadable = f"{type(exc).__name__}: {exc}"[:500]
+            self.cannot_read(f"{type(exc).__name__}: {exc}")
             fault(what)
+
+    def cannot_read(self, why: str) -> None:
+        """The latest usage reading failed. Usage is cumulative, so an earlier reading is not the
+        call's usage either (an Anthropic ``message_start`` before a garbled ``message_delta``):
+        forget it. A later reading that succeeds is the call's usage again."""
+        self.unreadable = why[:500]
+        self.usage = None
+
+    def ended(self) -> None:
+        """A stream ran to its end (not cut, closed early or dropped): record it."""
+        if self.expects_usage and self.usage is None and self.unreadable is None:
+            self.unreadable = "the stream ended without the usage it was asked for"
+        self.finish()
 
     def finish(self, error: BaseException | None = None) -> None:
         """Record the call (once; later calls are no-ops)."""
@@ -294,7 +315,8 @@ class _StreamProxyBase(ObjectProxy):
 
     def _self_fault(self) -> None:
         """Called inside ``except``: our reader failed on a chunk; the caller still gets it."""
-        self._self_call.unreadable = "a stream chunk could not be read"
+        exc = sys.exc_info()[1]
+        self._self_call.cannot_read(f"a stream chunk could not be read ({type(exc).__name__})")
         if _RAISE_INTERNAL:
             raise
         logger.warning(
@@ -367,14 +389,14 @@ class SyncStreamProxy(_StreamProxyBase):
         except BaseException as exc:
             call.finish(exc)
             raise
-        call.finish()
+        call.ended()
 
     def __next__(self) -> Any:
         while True:
             try:
                 chunk = next(self.__wrapped__)
             except StopIteration:
-                self._self_call.finish()
+                self._self_call.ended()
                 raise
             except BaseException as exc:
                 self._self_call.finish(exc)
@@ -414,7 +436,7 @@ class AsyncStreamProxy(_StreamProxyBase):
             try:
                 chunk = await self.__wrapped__.__anext__()
             except StopAsyncIteration:
-                self._self_call.finish()
+                self._self_call.ended()
                 raise
             except BaseException as exc:  # CancelledError included: recorded as an error
                 self._self_call.finish(exc)

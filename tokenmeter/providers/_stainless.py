@@ -25,6 +25,7 @@ from tokenmeter.providers._core import (
     send_async,
 )
 from tokenmeter.usage import Extracted
+from tokenmeter.usage._read import getter, ident
 
 RAW_HEADER = "X-Stainless-Raw-Response"
 _UNSEEN: Any = object()
@@ -72,6 +73,11 @@ class StainlessAdapter:
         hide_usage_chunk)."""
         return options, False
 
+    def promises_usage(self, options: Any, endpoint: Endpoint) -> bool:
+        """True if a stream sent with these (prepared) options always reports usage before its
+        end: one that ends without any is then recorded as unreadable usage, not zero tokens."""
+        return False
+
     # -- the generic part ------------------------------------------------------------------------
     def plan(self, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Plan | None:
         options = args[1] if len(args) > 1 else kwargs.get("options")
@@ -91,6 +97,7 @@ class StainlessAdapter:
             if isinstance(headers, dict)
             else None
         )
+        promised = False
         if streamed:
             new_options, hide = self.prepare(options, endpoint, streamed)
             if new_options is not options:
@@ -98,6 +105,7 @@ class StainlessAdapter:
                     args = (args[0], new_options, *args[2:])
                 else:
                     kwargs = {**kwargs, "options": new_options}
+            promised = self.promises_usage(new_options, endpoint)
         else:
             hide = False
         model = body.get("model")
@@ -107,6 +115,7 @@ class StainlessAdapter:
             endpoint.operation,
             streamed,
             dedupe=endpoint.dedupe,
+            expects_usage=promised,
         )
         return Plan(call, endpoint, args, kwargs, streamed, hide, raw)
 
@@ -271,4 +280,20 @@ def _read_into(plan: Plan, parsed: Any) -> None:
 
 
 def _take(call: Call, endpoint: Endpoint, parsed: Any) -> None:
-    call.take(endpoint.read(parsed, call.provider))
+    try:
+        found = endpoint.read(parsed, call.provider)
+    except Exception:
+        keep_names(call, parsed)
+        raise
+    call.take(found)
+
+
+def keep_names(call: Call, parsed: Any) -> None:
+    """The served model and the response id, for the record of a response whose usage cannot be
+    read: which model, which request (both Stainless APIs name them ``model`` and ``id``)."""
+    try:
+        get = getter(parsed, what="response")
+        call.model = get("model") or call.model
+        call.request_id = ident(get("id")) or call.request_id
+    except Exception:  # the usage error is the one to report
+        pass

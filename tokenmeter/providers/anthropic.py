@@ -11,6 +11,7 @@ from typing import Any
 from tokenmeter.providers._core import Call, _StreamProxyBase
 from tokenmeter.providers._stainless import Endpoint, StainlessAdapter
 from tokenmeter.usage import from_anthropic_response
+from tokenmeter.usage._read import ident
 from tokenmeter.usage.anthropic import tier_from_anthropic, usage_from_anthropic
 
 _FIELDS = (
@@ -37,7 +38,7 @@ class EventReader:
         if kind == "message_start":
             message = event.message
             call.model = getattr(message, "model", None) or call.model
-            call.request_id = getattr(message, "id", None)
+            call.request_id = ident(getattr(message, "id", None))
             self._merge(getattr(message, "usage", None), call)
         elif kind == "message_delta":
             self._merge(getattr(event, "usage", None), call)
@@ -69,6 +70,10 @@ class AnthropicAdapter(StainlessAdapter):
 
     def provider_of(self, client: Any) -> str:
         return "anthropic"
+
+    def promises_usage(self, options: Any, endpoint: Endpoint) -> bool:
+        """Every message stream reports usage on ``message_start``."""
+        return True
 
 
 ADAPTER = AnthropicAdapter()

@@ -24,6 +24,7 @@ from tokenmeter.providers._core import (
     send_async,
 )
 from tokenmeter.usage import Extracted, from_gemini_response
+from tokenmeter.usage._read import ident
 from tokenmeter.usage.google import usage_from_gemini
 
 __all__ = ["ADAPTER", "ChunkReader", "patch_targets", "short_model", "wrap_instance"]
@@ -42,21 +43,39 @@ def short_model(model: str | None) -> str | None:
 def _new_call(kwargs: dict[str, Any], operation: str, streamed: bool) -> Call:
     model = kwargs.get("model")
     request_model = model if isinstance(model, str) else None
-    call = Call(PROVIDER, request_model, operation, streamed=streamed)
+    # generate_content always reports usage_metadata (every chunk of a stream carries the
+    # running total); embeddings of older SDKs or of Vertex may not.
+    generates = operation == "generate_content"
+    call = Call(PROVIDER, request_model, operation, streamed=streamed, expects_usage=generates)
     call.model = short_model(request_model)  # replaced by response.model_version when given
     return call
 
 
 def _read_response(response: Any, call: Call) -> None:
     if getattr(response, "usage_metadata", None) is not None:
-        call.take(from_gemini_response(response, PROVIDER))
+        try:
+            found = from_gemini_response(response, PROVIDER)
+        except Exception:
+            _names(response, call)
+            raise
+        call.take(found)
         return
+    if call.expects_usage:
+        _names(response, call)
+        raise ValueError("the Gemini response carries no usage_metadata")
     # Vertex :predict embeddings report tokens per embedding instead of usage_metadata.
     stats = [getattr(e, "statistics", None) for e in getattr(response, "embeddings", None) or []]
     counts = [getattr(s, "token_count", None) for s in stats]
     if counts and all(isinstance(c, int | float) for c in counts):
         usage = usage_from_gemini({"prompt_token_count": sum(int(c or 0) for c in counts)})
         call.take(Extracted(provider=PROVIDER, usage=usage, operation=call.operation))
+
+
+def _names(response: Any, call: Call) -> None:
+    """The served model and the response id, for the record of a response whose usage cannot
+    be read."""
+    call.model = getattr(response, "model_version", None) or call.model
+    call.request_id = ident(getattr(response, "response_id", None)) or call.request_id
 
 
 class ChunkReader:
@@ -66,7 +85,14 @@ class ChunkReader:
 
     def feed(self, chunk: Any, call: Call) -> bool:
         if getattr(chunk, "usage_metadata", None) is not None:
-            call.take(from_gemini_response(chunk, PROVIDER))
+            try:
+                found = from_gemini_response(chunk, PROVIDER)
+            except Exception:
+                _names(chunk, call)
+                raise
+            call.take(found)
+        elif call.request_id is None:  # named even if no chunk ever reports usage
+            _names(chunk, call)
         return False
 
 

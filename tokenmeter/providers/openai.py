@@ -10,8 +10,9 @@ from typing import Any
 
 from tokenmeter._runtime import settings
 from tokenmeter.providers._core import Call
-from tokenmeter.providers._stainless import Endpoint, StainlessAdapter
+from tokenmeter.providers._stainless import Endpoint, StainlessAdapter, keep_names
 from tokenmeter.usage import from_openai_response
+from tokenmeter.usage._read import ident
 from tokenmeter.usage.openai import tier_from_openai, usage_from_openai
 
 _HOSTS = {
@@ -49,7 +50,7 @@ class ChunkReader:
     def feed(self, chunk: Any, call: Call) -> bool:
         if call.model is None:
             call.model = getattr(chunk, "model", None)
-            call.request_id = getattr(chunk, "id", None)
+            call.request_id = ident(getattr(chunk, "id", None))
         usage = getattr(chunk, "usage", None)
         if usage is None:
             return False
@@ -65,7 +66,9 @@ def _read_usage(chunk: Any, usage: Any, call: Call) -> None:
 
 
 class ResponseEventReader:
-    """Responses streams: usage on the terminal event (completed, incomplete or failed)."""
+    """Responses streams: usage on the terminal event (completed, incomplete or failed). A
+    completed or incomplete response without usage is unreadable usage; a failed one may have
+    none (nothing was generated)."""
 
     __slots__ = ()
 
@@ -73,10 +76,16 @@ class ResponseEventReader:
         pass
 
     def feed(self, event: Any, call: Call) -> bool:
-        if getattr(event, "type", None) in _TERMINAL_EVENTS:
+        kind = getattr(event, "type", None)
+        if type(kind) is str and kind in _TERMINAL_EVENTS:
             response = getattr(event, "response", None)
-            if response is not None and getattr(response, "usage", None) is not None:
-                call.take(from_openai_response(response, call.provider))
+            if kind != "response.failed" or getattr(response, "usage", None) is not None:
+                try:
+                    found = from_openai_response(response, call.provider)
+                except Exception:
+                    keep_names(call, response)
+                    raise
+                call.take(found)
         return False
 
 
@@ -139,6 +148,15 @@ class OpenAIAdapter(StainlessAdapter):
             "stream_options": {**(stream_options or {}), "include_usage": True},
         }
         return copied, True
+
+    def promises_usage(self, options: Any, endpoint: Endpoint) -> bool:
+        """A chat or legacy completion stream sent with ``include_usage`` true (asked by the
+        caller or by us) ends with a usage chunk; a server that ignores the option sends none."""
+        if endpoint.new_reader is not ChunkReader:
+            return False
+        body = options.json_data
+        stream_options = body.get("stream_options") if isinstance(body, dict) else None
+        return isinstance(stream_options, dict) and stream_options.get("include_usage") is True
 
 
 ADAPTER = OpenAIAdapter()

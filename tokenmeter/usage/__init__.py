@@ -46,6 +46,9 @@ _OPENAI_SHAPED = {
     "cerebras",
 }
 
+#: OpenAI's ``object`` values of billed responses.
+_OPENAI_OBJECTS = {"chat.completion", "text_completion", "response", "list"}
+
 
 def detect_provider(response: Any) -> str:
     """Which provider's shape a response (object or JSON dict) has."""
@@ -59,6 +62,9 @@ def detect_provider(response: Any) -> str:
             return "openai"
         if field(usage, "input_tokens") is not None or field(usage, "output_tokens") is not None:
             return "anthropic"
+    kind = field(response, "object")
+    if type(kind) is str and kind in _OPENAI_OBJECTS:  # usage absent or null: say so, by name
+        return "openai"
     raise ValueError(
         "cannot read usage from this response: expected OpenAI 'usage', Anthropic 'usage' or "
         f"Gemini 'usageMetadata', got {type(response).__name__}"

@@ -3,11 +3,15 @@
 Readers take a ``get = getter(obj)`` once per object and then look fields up by name: for dicts
 and pydantic models (every current SDK) that is a plain ``dict.get``, the hot path of every
 intercepted call; anything else goes through ``field``.
+
+What a response holds comes from a server, which may be buggy or hostile: a refusal is a
+``ValueError`` whose message is one short line however long or deep the offending value is.
 """
 
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
@@ -17,6 +21,26 @@ from pydantic import BaseModel
 from tokenmeter._models import MAX_TOKENS
 
 Get = Callable[[str], Any]
+
+#: Values that can hold no usage fields: a "usage block" of one of these is not one.
+_SCALARS = (str, bytes, bytearray, int, float, list, tuple)
+#: Longest id kept: ids are remembered for de-duplication, and a server may send a megabyte.
+MAX_ID = 500
+#: The service tiers that change a price; any other answer is billed as standard.
+_PRICED_TIERS = frozenset({"batch", "flex", "priority"})
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlevel = 2
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut short for an error message: a server may send a megabyte string, a
+    list nested thousands deep or an int with too many digits to print."""
+    try:
+        return _SHORT.repr(value)
+    except Exception:
+        return f"a {type(value).__name__} that cannot be shown"
 
 
 def field(obj: Any, name: str, camel: str | None = None) -> Any:
@@ -44,10 +68,12 @@ def _snake_or_camel(obj: Any, name: str) -> Any:
     return field(obj, name, _camel(name))
 
 
-def getter(obj: Any, camel: bool = False) -> Get:
+def getter(obj: Any, camel: bool = False, what: str = "usage") -> Get:
     """``get(name)``: a field of ``obj`` by its snake_case name, None when absent.
 
     ``camel``: REST JSON spells keys in camelCase (Gemini); dicts are then read both ways.
+    ``what`` names ``obj`` when it is text, a number or a list: that is a ValueError, never a
+    silent zero (``getattr("lots", "cached_tokens")`` would read as absent).
     """
     if type(obj) is dict:
         return partial(_snake_or_camel, obj) if camel else obj.get
@@ -56,27 +82,50 @@ def getter(obj: Any, camel: bool = False) -> Get:
         return ({**obj.__dict__, **extra} if extra else obj.__dict__).get
     if obj is None:
         return _absent
+    if isinstance(obj, _SCALARS):  # a string or a number where an object belongs: not readable
+        raise ValueError(f"{what!r} is not an object: {type(obj).__name__} {shown(obj)}")
     return partial(_snake_or_camel, obj) if camel else partial(field, obj)
+
+
+def ident(value: Any) -> str | None:
+    """A response id as text: a number is spelled out, anything else but text is no id, and a
+    very long one is cut (ids are remembered to record each response once)."""
+    if type(value) is str:
+        return value[:MAX_ID] if len(value) > MAX_ID else value
+    if type(value) is int:
+        return str(value) if -(10**50) < value < 10**50 else None
+    return None
+
+
+def priced_tier(value: Any) -> str | None:
+    """The service tier a response reports, if it is one that changes the price. Anything else
+    (standard, unknown, not text, a megabyte of it) is None: billed as standard, and never a key
+    of the price cache."""
+    if type(value) is not str or len(value) > 20:
+        value = getattr(value, "value", None)  # an SDK enum
+        if type(value) is not str or len(value) > 20:
+            return None
+    tier = value.strip().lower()
+    return tier if tier in _PRICED_TIERS else None
 
 
 def whole(value: Any, name: str) -> int:
     """A token count: absent or None reads as 0 (SDKs parse leniently); anything else must be a
     non-negative whole number."""
-    if type(value) is int and value >= 0:  # nearly always: no further checks
+    if type(value) is int and 0 <= value <= MAX_TOKENS:  # nearly always: no further checks
         return value
     if value is None:
         return 0
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value != int(value)
+        or (isinstance(value, float) and not (math.isfinite(value) and value.is_integer()))
     ):
-        raise ValueError(f"usage field {name!r} is not a whole number: {value!r}")
+        raise ValueError(f"usage field {name!r} is not a whole number: {shown(value)}")
     if value < 0:
-        raise ValueError(f"usage field {name!r} is negative: {value!r}")
+        raise ValueError(f"usage field {name!r} is negative: {shown(value)}")
     if value > MAX_TOKENS:
-        raise ValueError(f"usage field {name!r} is more than any call can use: {value!r}")
+        raise ValueError(f"usage field {name!r} is more than any call can use: {shown(value)}")
     return int(value)
 
 
@@ -90,7 +139,7 @@ def counts(get: Get, *names: str) -> list[int]:
     found = []
     for name in names:
         value = get(name)
-        if type(value) is int and value >= 0:
+        if type(value) is int and 0 <= value <= MAX_TOKENS:
             found.append(value)
         else:
             found.append(0 if value is None else whole(value, name))

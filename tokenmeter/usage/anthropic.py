@@ -11,16 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 from tokenmeter._models import Usage, usage_of
-from tokenmeter.usage._read import counts, getter
+from tokenmeter.usage._read import counts, getter, ident, priced_tier, shown
 from tokenmeter.usage._types import Extracted
-
-_STANDARD_TIERS = {None, "standard"}
 
 
 def usage_from_anthropic(usage: Any) -> Usage:
     get = getter(usage)
     if get("input_tokens") is None and get("output_tokens") is None:
-        raise ValueError(f"not an Anthropic usage block: {usage!r}")
+        raise ValueError(f"not an Anthropic usage block: {shown(usage)}")
     uncached, output, cache_read, cache_write = counts(
         get,
         "input_tokens",
@@ -29,10 +27,14 @@ def usage_from_anthropic(usage: Any) -> Usage:
         "cache_creation_input_tokens",
     )
     write_5m, write_1h = counts(
-        getter(get("cache_creation")), "ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"
+        getter(get("cache_creation"), what="cache_creation"),
+        "ephemeral_5m_input_tokens",
+        "ephemeral_1h_input_tokens",
     )
     cache_write = cache_write or write_5m + write_1h
-    (thinking,) = counts(getter(get("output_tokens_details")), "thinking_tokens")
+    (thinking,) = counts(
+        getter(get("output_tokens_details"), what="output_tokens_details"), "thinking_tokens"
+    )
     return usage_of(
         uncached + cache_read + cache_write,
         output,
@@ -45,13 +47,12 @@ def usage_from_anthropic(usage: Any) -> Usage:
 
 def tier_from_anthropic(usage: Any) -> str | None:
     tier = getter(usage)("service_tier")
-    tier = str(tier).lower() if tier is not None else None
-    return None if tier in _STANDARD_TIERS else tier
+    return None if tier is None else priced_tier(tier)
 
 
 def from_anthropic_response(response: Any, provider: str = "anthropic") -> Extracted:
     """Read a Message / BetaMessage / ParsedMessage (object or dict)."""
-    get = getter(response)
+    get = getter(response, what="response")
     usage = get("usage")
     if usage is None:
         raise ValueError("the Anthropic response carries no usage")
@@ -61,5 +62,5 @@ def from_anthropic_response(response: Any, provider: str = "anthropic") -> Extra
         model=get("model"),
         operation="messages",
         tier=tier_from_anthropic(usage),
-        request_id=get("id"),
+        request_id=ident(get("id")),
     )

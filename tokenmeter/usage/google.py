@@ -12,14 +12,14 @@ from __future__ import annotations
 from typing import Any
 
 from tokenmeter._models import Usage, usage_of
-from tokenmeter.usage._read import counts, getter
+from tokenmeter.usage._read import counts, getter, ident
 from tokenmeter.usage._types import Extracted
 
 _TIERS = {"ON_DEMAND_FLEX": "flex", "ON_DEMAND_PRIORITY": "priority"}
 
 
 def usage_from_gemini(meta: Any) -> Usage:
-    get = getter(meta, camel=True)
+    get = getter(meta, camel=True, what="usage_metadata")
     # Embeddings report their output as response_token_count.
     prompt, tool_prompt, candidates, response, thoughts, total, cached = counts(
         get,
@@ -54,7 +54,7 @@ def tier_from_gemini(meta: Any) -> str | None:
 
 def from_gemini_response(response: Any, provider: str = "google") -> Extracted:
     """Read a GenerateContentResponse / EmbedContentResponse of either SDK, or its JSON."""
-    get = getter(response, camel=True)
+    get = getter(response, camel=True, what="response")
     meta = get("usage_metadata")
     if meta is None:
         raise ValueError("the Gemini response carries no usage_metadata")
@@ -64,5 +64,5 @@ def from_gemini_response(response: Any, provider: str = "google") -> Extracted:
         model=get("model_version") or None,
         operation="generate_content" if get("candidates") is not None else "embed_content",
         tier=tier_from_gemini(meta),
-        request_id=get("response_id") or None,
+        request_id=ident(get("response_id")) or None,
     )

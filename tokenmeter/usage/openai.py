@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from tokenmeter._models import Usage, usage_of
-from tokenmeter.usage._read import counts, getter
+from tokenmeter.usage._read import counts, getter, ident, priced_tier, shown
 from tokenmeter.usage._types import Extracted
 
 _OPERATIONS = {
@@ -22,7 +22,6 @@ _OPERATIONS = {
     "list": "embeddings",
 }
 _NOT_YET_BILLED = {"queued", "in_progress"}
-_STANDARD_TIERS = {None, "default", "auto", "standard", "scale"}
 #: (total input, total output, input details, output details) of the two usage shapes.
 _CHAT = ("prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details")
 _RESPONSES = ("input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details")
@@ -36,13 +35,18 @@ def usage_from_openai(usage: Any) -> Usage:
     elif get("input_tokens") is not None:  # Responses API
         names = _RESPONSES
     else:
-        raise ValueError(f"not an OpenAI usage block: {usage!r}")
+        raise ValueError(f"not an OpenAI usage block: {shown(usage)}")
     total_in, total_out, in_details, out_details = names
     input_tokens, output_tokens, hit = counts(get, total_in, total_out, "prompt_cache_hit_tokens")
     cached, write, audio_in = counts(
-        getter(get(in_details)), "cached_tokens", "cache_write_tokens", "audio_tokens"
+        getter(get(in_details), what=in_details),
+        "cached_tokens",
+        "cache_write_tokens",
+        "audio_tokens",
     )
-    reasoning, audio_out = counts(getter(get(out_details)), "reasoning_tokens", "audio_tokens")
+    reasoning, audio_out = counts(
+        getter(get(out_details), what=out_details), "reasoning_tokens", "audio_tokens"
+    )
     return usage_of(
         input_tokens,
         output_tokens,
@@ -55,8 +59,7 @@ def usage_from_openai(usage: Any) -> Usage:
 
 
 def tier_from_openai(service_tier: Any) -> str | None:
-    tier = str(service_tier).lower() if service_tier is not None else None
-    return None if tier in _STANDARD_TIERS else tier
+    return None if service_tier is None else priced_tier(service_tier)
 
 
 def from_openai_response(response: Any, provider: str = "openai") -> Extracted | None:
@@ -64,10 +67,11 @@ def from_openai_response(response: Any, provider: str = "openai") -> Extracted |
 
     None for a Responses ``background`` create still queued or in progress: it reports no usage
     yet, and its later retrieve is the record."""
-    get = getter(response)
+    get = getter(response, what="response")
     usage = get("usage")
     if usage is None:
-        if get("object") == "response" and get("status") in _NOT_YET_BILLED:
+        status = get("status")
+        if get("object") == "response" and type(status) is str and status in _NOT_YET_BILLED:
             return None
         raise ValueError("the OpenAI response carries no usage")
     kind = get("object")
@@ -76,7 +80,7 @@ def from_openai_response(response: Any, provider: str = "openai") -> Extracted |
         provider=provider,
         usage=usage_from_openai(usage),
         model=get("model"),
-        operation=_OPERATIONS.get(str(kind)) if kind is not None else None,
-        tier=None if tier is None or tier == "default" else tier_from_openai(tier),
-        request_id=get("id"),
+        operation=_OPERATIONS.get(kind) if type(kind) is str else None,
+        tier=None if tier is None or tier == "default" else priced_tier(tier),
+        request_id=ident(get("id")),
     )

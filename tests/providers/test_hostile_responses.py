@@ -1,0 +1,573 @@
+"""Hostile server answers: whatever comes back, the caller gets the SDK's own result, and exactly
+one record is written that every sink can store.
+
+An OpenAI-compatible ``base_url`` can point at anything (a buggy proxy, a self-hosted server,
+something hostile), and the official APIs have shipped surprising usage blocks too. tokenmeter
+runs inside the caller's LLM call, so nothing such a server sends may become an exception of
+ours, a lost record, a wedged sink or a made-up number: usage that cannot be read is recorded as
+such (status "error", error "UnreadableUsage", cost unknown, the call still named by its model and
+id), text is made storable (lone surrogates replaced, megabyte names cut), and the next call is
+recorded as if nothing had happened.
+
+Every reply is exact bytes through a MockTransport, so NaN, 2**63, 1e300 and lone surrogates
+reach the real SDK as a server would send them. Each request is made once without tokenmeter
+first: what the caller gets with tokenmeter must be the same, result or exception.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from anthropic import _base_client as anthropic_base
+from google.genai import _api_client as genai_base
+from openai import _base_client as openai_base
+from provider_helpers import (
+    MESSAGES,
+    flushed,
+    http_of,
+    json_reply,
+    mock_anthropic,
+    mock_genai,
+    only,
+    sse_reply,
+)
+
+import tokenmeter
+from tokenmeter import UsageRecord
+from tokenmeter.sinks import InMemorySink
+
+OPENAI_HTTP = http_of(openai_base)
+ANTHROPIC_HTTP = http_of(anthropic_base)
+GENAI_HTTP = http_of(genai_base)
+
+
+class _Absent:
+    """A key left out of the answer altogether (as opposed to sent as null)."""
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Any = _Absent()
+UNREADABLE = ("error", "UnreadableUsage")
+MEGABYTE = 2**20
+
+
+def assert_storable(record: UsageRecord) -> None:
+    """Every text field encodes as UTF-8 and the whole record is small: what a sink can take."""
+    line = json.dumps(record.to_json_dict(), ensure_ascii=False).encode("utf-8")
+    assert len(line) < 10_000
+
+
+def assert_unreadable(record: UsageRecord) -> None:
+    """Recorded, flagged, and never priced from numbers that were not read."""
+    assert (record.status, record.error) == UNREADABLE
+    assert record.estimated_cost_usd is None and record.cost_breakdown is None
+    assert record.total_tokens == 0
+
+
+def same(result: Any) -> list[tuple[type, str]]:
+    """What a caller can observe of a result or of a list of stream items, comparable across two
+    calls (repr, not model_dump: the SDKs keep values such as "many" that would not serialise)."""
+    items = result if isinstance(result, list) else [result]
+    return [(type(item), repr(item)) for item in items]
+
+
+# -- an OpenAI-compatible server ------------------------------------------------------------------
+SERVED = "gpt-4o-2024-08-06"
+CHAT_ID = "chatcmpl-hostile"
+USAGE: dict[str, Any] = {"prompt_tokens": 19, "completion_tokens": 10, "total_tokens": 29}
+
+
+@dataclass(frozen=True)
+class Chat:
+    """What the server puts in every chat answer (and every chunk of a streamed one)."""
+
+    model: Any = SERVED
+    id: Any = CHAT_ID
+    usage: Any = field(default_factory=lambda: dict(USAGE))
+
+
+OPENAI_ANSWERS = {
+    "lone surrogate model": Chat(model="gpt-\ud800"),
+    "1 MB model": Chat(model="g" * MEGABYTE),
+    "numeric id": Chat(id=12345),
+    "count 2**63": Chat(usage={**USAGE, "prompt_tokens": 2**63}),
+    "count 1e300": Chat(usage={**USAGE, "completion_tokens": 1e300}),
+    "count -5": Chat(usage={**USAGE, "prompt_tokens": -5}),
+    "count 'many'": Chat(usage={**USAGE, "completion_tokens": "many"}),
+    "count NaN": Chat(usage={**USAGE, "prompt_tokens": math.nan}),
+    "cached > prompt": Chat(usage={**USAGE, "prompt_tokens_details": {"cached_tokens": 20}}),
+    "usage missing": Chat(usage=ABSENT),
+    "usage null": Chat(usage=None),
+}
+BAD_TEXT = {"lone surrogate model", "1 MB model", "numeric id"}
+
+
+class OpenAICompatible:
+    """Answers chat completions with one ``Chat``'s model, id and usage, streamed or not. The
+    usage-only chunk comes only when ``include_usage`` is asked for (as OpenAI sends it); a
+    usage of null is sent on every chunk, as servers that ignore the option do."""
+
+    def __init__(self, answer: Chat) -> None:
+        self.answer = answer
+
+    def __call__(self, request: Any) -> Any:
+        sent = json.loads(request.content)
+        answer = self.answer
+        head = {"id": answer.id, "created": 1, "model": answer.model}
+        if not sent.get("stream"):
+            body = {
+                **head,
+                "object": "chat.completion",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "Hello!"},
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
+            if answer.usage is not ABSENT:
+                body["usage"] = answer.usage
+            return json_reply(OPENAI_HTTP, body)
+        chunk: dict[str, Any] = {
+            **head,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": None}],
+        }
+        if answer.usage is None:
+            chunk["usage"] = None
+        chunks = [chunk, chunk, chunk]
+        asked = (sent.get("stream_options") or {}).get("include_usage")
+        if asked and answer.usage is not None and answer.usage is not ABSENT:
+            chunks.append({**head, "object": chunk["object"], "choices": [], "usage": answer.usage})
+        return sse_reply(OPENAI_HTTP, [*((None, c) for c in chunks), (None, b"[DONE]")])
+
+
+def compatible_client(answer: Chat, kit: ModuleType, is_async: bool) -> Any:
+    return kit.mock_openai(
+        OpenAICompatible(answer),
+        is_async=is_async,
+        base_url="http://llm.example.invalid/v1",
+        max_retries=0,
+    )
+
+
+async def chat(
+    client: Any, kit: ModuleType, stream: bool, stream_options: dict[str, Any] | None
+) -> Any:
+    """One chat call as the caller makes it: the result, or every chunk of the stream."""
+    extra = {"stream_options": stream_options} if stream_options else {}
+    result = await kit.maybe(
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=stream, **extra)
+    )
+    return list(await kit.drain(result)) if stream else result
+
+
+#: (stream, stream_options): a JSON answer; a stream whose caller asks for usage (and sees the
+#: usage chunk); a stream where tokenmeter asks for it (and hides the chunk it asked for).
+OPENAI_MODES = [
+    pytest.param(False, None, id="json"),
+    pytest.param(True, {"include_usage": True}, id="stream-caller-asks-usage"),
+    pytest.param(True, None, id="stream-tokenmeter-asks-usage"),
+]
+
+
+@pytest.mark.parametrize(("stream", "stream_options"), OPENAI_MODES)
+@pytest.mark.parametrize("case", list(OPENAI_ANSWERS))
+async def test_openai_compatible_server(
+    sink: InMemorySink,
+    kit: ModuleType,
+    is_async: bool,
+    case: str,
+    stream: bool,
+    stream_options: dict[str, Any] | None,
+) -> None:
+    answer = OPENAI_ANSWERS[case]
+    client = compatible_client(answer, kit, is_async)
+    bare = await chat(client, kit, stream, stream_options)
+    tokenmeter.instrument("openai")
+
+    seen = await chat(client, kit, stream, stream_options)
+
+    assert same(seen) == same(bare)  # the SDK's own result, chunk for chunk, garbage included
+    record = only(flushed(sink))
+    assert_storable(record)
+    assert record.model_provider == "openai" and record.request_model == "gpt-4o"
+    assert record.streamed is stream and record.operation == "chat.completions"
+    if case not in BAD_TEXT:
+        assert_unreadable(record)
+        assert (record.model_name, record.request_id) == (SERVED, CHAT_ID)  # still named
+        return
+    assert (record.status, record.error) == ("ok", None)
+    assert (record.input_tokens, record.output_tokens) == (19, 10)
+    if case == "lone surrogate model":
+        assert record.model_name == "gpt-\ufffd"
+    elif case == "1 MB model":
+        assert 0 < len(record.model_name) <= 1_000
+        assert answer.model.startswith(record.model_name)
+    else:
+        assert record.request_id == "12345"
+        assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
+
+
+def test_hostile_answers_never_wedge_the_default_sqlite_sink(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kit: ModuleType
+) -> None:
+    """The default sink (SQLite under TOKENMETER_DIR) takes every hostile call's record, and the
+    normal call after them is written too."""
+    monkeypatch.setenv("TOKENMETER_DIR", str(tmp_path / "meter"))
+    tokenmeter.instrument("openai")
+    hostile = ["lone surrogate model", "1 MB model", "numeric id", "count 2**63", "count NaN"]
+    hostile += ["cached > prompt", "usage null"]
+    for case in hostile:
+        client = compatible_client(OPENAI_ANSWERS[case], kit, is_async=False)
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        list(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))
+    normal = compatible_client(Chat(id="chatcmpl-normal"), kit, is_async=False)
+    normal.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert tokenmeter.flush(10)
+
+    database = tmp_path / "meter" / "usage.db"
+    with sqlite3.connect(database) as conn:
+        rows = conn.execute(
+            "SELECT model_name, status, error, estimated_cost_usd, request_id FROM records"
+        ).fetchall()
+    conn.close()
+    assert len(rows) == 2 * len(hostile) + 1
+    (last,) = [row for row in rows if row[4] == "chatcmpl-normal"]
+    assert last[:3] == (SERVED, "ok", None) and last[3] is not None
+    unreadable = [row for row in rows if row[1:3] == UNREADABLE]
+    assert len(unreadable) == 2 * 4 and all(row[3] is None for row in unreadable)
+    assert {row[0] for row in rows} >= {"gpt-\ufffd", SERVED}
+    assert max(len(row[0]) for row in rows) <= 1_000
+    assert not (tmp_path / "meter" / "quarantine.jsonl").exists()  # no record was refused
+
+
+# -- the Responses API: a queued background create is not a call yet ----------------------------
+RESPONSE_USAGE = {"input_tokens": 19, "output_tokens": 10, "total_tokens": 29}
+
+
+def response_body(status: str, usage: Any) -> dict[str, Any]:
+    return {
+        "id": "resp_hostile",
+        "object": "response",
+        "created_at": 1,
+        "status": status,
+        "model": SERVED,
+        "output": [],
+        "background": status == "queued",
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": usage,
+    }
+
+
+@pytest.mark.requires(openai=">=1.80")  # background responses
+async def test_queued_background_create_is_not_a_call_yet_but_a_chat_without_usage_is(
+    sink: InMemorySink, kit: ModuleType, is_async: bool
+) -> None:
+    """A queued create has no usage because nothing is billed yet: its retrieve is the record.
+    A chat completion is billed when it returns: without usage it is recorded as unreadable,
+    never dropped."""
+
+    def server(request: Any) -> Any:
+        if request.url.path.endswith("/chat/completions"):
+            return OpenAICompatible(Chat(usage=ABSENT))(request)
+        if request.method == "POST":
+            return json_reply(OPENAI_HTTP, response_body("queued", None))
+        return json_reply(OPENAI_HTTP, response_body("completed", RESPONSE_USAGE))
+
+    client = kit.mock_openai(server, is_async=is_async, max_retries=0)
+    tokenmeter.instrument("openai")
+    queued = await kit.maybe(client.responses.create(model="gpt-4o", input="hi", background=True))
+    assert queued.status == "queued" and queued.usage is None
+    assert flushed(sink) == []
+
+    done = await kit.maybe(client.responses.retrieve(queued.id))
+    assert done.usage.input_tokens == 19
+    retrieved = only(flushed(sink))
+    assert (retrieved.status, retrieved.operation) == ("ok", "responses")
+    assert (retrieved.request_id, retrieved.input_tokens, retrieved.output_tokens) == (
+        queued.id,
+        19,
+        10,
+    )
+
+    await kit.maybe(client.chat.completions.create(model="gpt-4o", messages=MESSAGES))
+    records = flushed(sink)
+    assert len(records) == 2 and records[0] == retrieved
+    assert_unreadable(records[1])
+    assert (records[1].operation, records[1].request_id) == ("chat.completions", CHAT_ID)
+
+
+@pytest.mark.parametrize("status", ["completed", "incomplete"])
+async def test_finished_response_without_usage_is_recorded_as_unreadable(
+    sink: InMemorySink, kit: ModuleType, is_async: bool, status: str
+) -> None:
+    """Unlike a queued one, a finished response was billed: no usage is unreadable usage."""
+    client = kit.mock_openai(
+        lambda request: json_reply(OPENAI_HTTP, response_body(status, None)),
+        is_async=is_async,
+        max_retries=0,
+    )
+    tokenmeter.instrument("openai")
+    await kit.maybe(client.responses.create(model="gpt-4o", input="hi"))
+    record = only(flushed(sink))
+    assert_unreadable(record)
+    assert (record.model_name, record.request_id) == (SERVED, "resp_hostile")
+
+
+async def responses_stream(client: Any, kit: ModuleType) -> list[Any]:
+    stream = await kit.maybe(client.responses.create(model="gpt-4o", input="hi", stream=True))
+    return list(await kit.drain(stream))
+
+
+@pytest.mark.parametrize("usage", [None, {**RESPONSE_USAGE, "input_tokens": -1}])
+async def test_responses_stream_completed_without_readable_usage(
+    sink: InMemorySink, kit: ModuleType, is_async: bool, usage: Any
+) -> None:
+    """The completed event carries the response's usage: none, or none readable, is recorded
+    as unreadable usage, not as a stream that reported nothing (zero tokens, status ok)."""
+    events = [
+        {"type": "response.created", "response": response_body("in_progress", None)},
+        {"type": "response.completed", "response": response_body("completed", usage)},
+    ]
+
+    def server(request: Any) -> Any:
+        numbered = [{**event, "sequence_number": n} for n, event in enumerate(events)]
+        return sse_reply(OPENAI_HTTP, [(event["type"], event) for event in numbered])
+
+    client = kit.mock_openai(server, is_async=is_async, max_retries=0)
+    bare = await responses_stream(client, kit)
+    tokenmeter.instrument("openai")
+    seen = await responses_stream(client, kit)
+    assert same(seen) == same(bare)
+    record = only(flushed(sink))
+    assert_unreadable(record)
+    assert record.streamed and (record.model_name, record.request_id) == (SERVED, "resp_hostile")
+
+
+# -- Anthropic ------------------------------------------------------------------------------------
+CLAUDE = "claude-haiku-4-5"
+CLAUDE_SERVED = "claude-haiku-4-5-20251001"
+MESSAGE_ID = "msg_hostile"
+CLAUDE_USAGE: dict[str, Any] = {"input_tokens": 25, "output_tokens": 12}
+
+
+@dataclass(frozen=True)
+class Message:
+    """An Anthropic answer; ``final`` is the usage of a stream's ``message_delta`` (its
+    cumulative totals), by default the same output count as ``usage``."""
+
+    model: Any = CLAUDE_SERVED
+    usage: Any = field(default_factory=lambda: dict(CLAUDE_USAGE))
+    final: Any = None
+
+
+ANTHROPIC_ANSWERS = {
+    "negative input_tokens": Message(usage={**CLAUDE_USAGE, "input_tokens": -5}),
+    "cache_read_input_tokens 'seven'": Message(
+        usage={**CLAUDE_USAGE, "cache_read_input_tokens": "seven"}
+    ),
+    "cache_read_input_tokens '7'": Message(usage={**CLAUDE_USAGE, "cache_read_input_tokens": "7"}),
+    "lone surrogate model": Message(model="claude-\ud800"),
+    "message_delta output_tokens -3": Message(final={"output_tokens": -3}),
+}
+#: A non-streamed answer has no message_delta: the case exists only as a stream.
+STREAM_ONLY = {"message_delta output_tokens -3"}
+
+
+class AnthropicServer:
+    """Answers messages with one ``Message``: JSON, or the event stream Anthropic sends."""
+
+    def __init__(self, answer: Message) -> None:
+        self.answer = answer
+
+    def __call__(self, request: Any) -> Any:
+        answer = self.answer
+        message = {
+            "id": MESSAGE_ID,
+            "type": "message",
+            "role": "assistant",
+            "model": answer.model,
+            "content": [{"type": "text", "text": "hi"}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": answer.usage,
+        }
+        if not json.loads(request.content).get("stream"):
+            return json_reply(ANTHROPIC_HTTP, message)
+        final = answer.final or {"output_tokens": answer.usage["output_tokens"]}
+        events = [
+            {"type": "message_start", "message": {**message, "content": []}},
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": "hi"},
+            },
+            {"type": "content_block_stop", "index": 0},
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": final,
+            },
+            {"type": "message_stop"},
+        ]
+        return sse_reply(ANTHROPIC_HTTP, [(event["type"], event) for event in events])
+
+
+async def anthropic_call(client: Any, kit: ModuleType, stream: bool) -> Any:
+    result = await kit.maybe(
+        client.messages.create(model=CLAUDE, max_tokens=64, messages=MESSAGES, stream=stream)
+    )
+    return list(await kit.drain(result)) if stream else result
+
+
+def cache_read_as_the_caller_sees_it(result: Any) -> Any:
+    message = result[0].message if isinstance(result, list) else result
+    return message.usage.cache_read_input_tokens
+
+
+@pytest.mark.parametrize(
+    ("case", "stream"),
+    [
+        pytest.param(case, stream, id=f"{case}-{'stream' if stream else 'json'}")
+        for case in ANTHROPIC_ANSWERS
+        for stream in (False, True)
+        if stream or case not in STREAM_ONLY
+    ],
+)
+async def test_anthropic_server(
+    sink: InMemorySink, kit: ModuleType, is_async: bool, case: str, stream: bool
+) -> None:
+    client = mock_anthropic(AnthropicServer(ANTHROPIC_ANSWERS[case]), is_async=is_async)
+    bare = await anthropic_call(client, kit, stream)
+    tokenmeter.instrument("anthropic")
+
+    seen = await anthropic_call(client, kit, stream)
+
+    assert same(seen) == same(bare)
+    record = only(flushed(sink))
+    assert_storable(record)
+    assert record.streamed is stream and record.request_id == MESSAGE_ID
+    if case == "lone surrogate model":
+        assert (record.status, record.model_name) == ("ok", "claude-\ufffd")
+        assert (record.input_tokens, record.output_tokens) == (25, 12)
+    elif (
+        case == "cache_read_input_tokens '7'"
+        and type(cache_read_as_the_caller_sees_it(seen)) is int
+    ):
+        # This SDK reads "7" as 7 for its caller: the record agrees with what the caller sees.
+        assert (record.status, record.input_tokens, record.cache_read_tokens) == ("ok", 32, 7)
+    else:
+        assert_unreadable(record)
+        assert record.model_name == CLAUDE_SERVED
+
+
+# -- Gemini (google-genai) ------------------------------------------------------------------------
+GEMINI = "gemini-2.5-flash"
+RESPONSE_ID = "gemini-hostile"
+RUNNING = {"promptTokenCount": 5, "candidatesTokenCount": 1, "totalTokenCount": 6}
+FINAL = {"promptTokenCount": 5, "candidatesTokenCount": 4, "totalTokenCount": 9}
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A Gemini answer: ``meta`` is the usageMetadata of the reply (of its last chunk when
+    streamed; earlier chunks carry a sane running total unless it is ABSENT)."""
+
+    meta: Any = field(default_factory=lambda: dict(FINAL))
+    model: Any = GEMINI
+
+
+GEMINI_ANSWERS = {
+    "negative promptTokenCount": Generated(meta={**FINAL, "promptTokenCount": -5}),
+    "thoughtsTokenCount 1e300": Generated(meta={**FINAL, "thoughtsTokenCount": 1e300}),
+    "thoughtsTokenCount 10**300": Generated(meta={**FINAL, "thoughtsTokenCount": 10**300}),
+    "usageMetadata missing": Generated(meta=ABSENT),
+    "lone surrogate modelVersion": Generated(model="gemini-\ud800"),
+}
+
+
+class GeminiServer:
+    """Answers generateContent with one ``Generated``: JSON, or two SSE chunks when streamed."""
+
+    def __init__(self, answer: Generated) -> None:
+        self.answer = answer
+
+    def chunk(self, meta: Any) -> dict[str, Any]:
+        body = {
+            "candidates": [{"content": {"parts": [{"text": "ok"}], "role": "model"}, "index": 0}],
+            "modelVersion": self.answer.model,
+            "responseId": RESPONSE_ID,
+        }
+        if meta is not ABSENT:
+            body["usageMetadata"] = meta
+        return body
+
+    def __call__(self, request: Any) -> Any:
+        meta = self.answer.meta
+        if ":streamGenerateContent" not in str(request.url):
+            return json_reply(GENAI_HTTP, self.chunk(meta))
+        first = ABSENT if meta is ABSENT else RUNNING
+        chunks = [self.chunk(first), self.chunk(meta)]
+        return sse_reply(GENAI_HTTP, [(None, c) for c in chunks], end=b"\r\n\r\n")
+
+
+async def gemini_call(client: Any, is_async: bool, stream: bool) -> Any:
+    """The result, the stream's chunks, or the exception the SDK raised (returned, to compare)."""
+    try:
+        if is_async and stream:
+            chunks = await client.aio.models.generate_content_stream(model=GEMINI, contents="hi")
+            return [chunk async for chunk in chunks]
+        if is_async:
+            return await client.aio.models.generate_content(model=GEMINI, contents="hi")
+        if stream:
+            return list(client.models.generate_content_stream(model=GEMINI, contents="hi"))
+        return client.models.generate_content(model=GEMINI, contents="hi")
+    except Exception as exc:
+        return exc
+
+
+@pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("case", list(GEMINI_ANSWERS))
+async def test_gemini_server(sink: InMemorySink, is_async: bool, case: str, stream: bool) -> None:
+    client = mock_genai(GeminiServer(GEMINI_ANSWERS[case]))
+    bare = await gemini_call(client, is_async, stream)
+    tokenmeter.instrument("google-genai")
+
+    seen = await gemini_call(client, is_async, stream)
+
+    record = only(flushed(sink))
+    assert_storable(record)
+    assert record.streamed is stream
+    if isinstance(bare, Exception):
+        # The SDK itself refuses the answer (google-genai: 1e300 is no integer): the caller
+        # gets the SDK's own exception, and the call is an error record naming it.
+        assert type(seen) is type(bare) and str(seen) == str(bare)
+        assert (record.status, record.error) == ("error", type(bare).__name__)
+        return
+    assert same(seen) == same(bare)
+    assert record.request_id == RESPONSE_ID
+    if case == "lone surrogate modelVersion":
+        assert (record.status, record.model_name) == ("ok", "gemini-\ufffd")
+        assert (record.input_tokens, record.output_tokens) == (5, 4)
+    else:
+        assert_unreadable(record)
+        assert record.model_name == GEMINI
