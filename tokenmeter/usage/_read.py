@@ -40,7 +40,7 @@ def shown(value: Any) -> str:
     try:
         return _SHORT.repr(value)
     except Exception:
-        return f"a {type(value).__name__} that cannot be shown"
+        return f"<{type(value).__name__} that cannot be shown>"
 
 
 def field(obj: Any, name: str, camel: str | None = None) -> Any:
