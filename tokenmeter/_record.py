@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from tokenmeter import _pipeline, _runtime, _sessions
 from tokenmeter._models import (
     MAX_COST_USD,
+    MAX_TOKENS,
     Cost,
     Usage,
     UsageRecord,
@@ -28,6 +29,7 @@ from tokenmeter._models import (
     usage_of,
 )
 from tokenmeter.pricing import price_usage
+from tokenmeter.pricing._overrides import short_repr
 from tokenmeter.usage import extract
 
 __all__ = ["build_record", "emit", "record", "record_response"]
@@ -173,7 +175,7 @@ def _timestamp(value: Any) -> datetime:
 
 
 def _usage(**counts: Any) -> Usage:
-    if all(type(value) is int and value >= 0 for value in counts.values()):
+    if all(type(value) is int and 0 <= value <= MAX_TOKENS for value in counts.values()):
         return usage_of(**counts)  # the common case; only the subset rules are left to check
     try:
         return Usage(**counts)  # pydantic names the field that is wrong
@@ -186,7 +188,7 @@ def _first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
     message = error["msg"].removeprefix("Value error, ")
     where = ".".join(str(part) for part in error["loc"])
-    return f"{where}: {message} (got {error['input']!r})" if where else message
+    return f"{where}: {message} (got {short_repr(error['input'])})" if where else message
 
 
 def record(
