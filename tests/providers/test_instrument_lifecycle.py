@@ -236,7 +236,7 @@ async def test_garbage_usage_is_logged_not_raised(
         return kit.http.Response(200, json=kit.chat_body(usage=garbage))
 
     client = kit.mock_openai(handler, is_async=is_async)
-    with caplog.at_level(logging.WARNING, logger="tokenmeter"):
+    with caplog.at_level(logging.DEBUG, logger="tokenmeter"):  # a warning once, then debug
         result = await chat(client, kit, stream=stream)
         if stream:
             chunks = await kit.drain(result)
@@ -244,7 +244,7 @@ async def test_garbage_usage_is_logged_not_raised(
         else:
             assert result.usage.prompt_tokens == "lots"  # the caller gets the SDK's object as is
         assert tokenmeter.flush(5)  # a non-streamed response is read on the writer thread
-    assert any("failed; the call" in r.getMessage() for r in caplog.records)
+    assert any(" failed" in r.getMessage() and "reading" in r.getMessage() for r in caplog.records)
 
 
 class FlakySink:

@@ -150,7 +150,9 @@ class Call:
             reader(*args)
         except Exception as exc:
             self.cannot_read(f"{type(exc).__name__}: {exc}")
-            fault(what)
+            if _RAISE_INTERNAL:
+                raise
+            _warn_unreadable(self.provider, what, exc)
 
     def cannot_read(self, why: str) -> None:
         """The latest usage reading failed. Usage is cumulative, so an earlier reading is not the
@@ -212,6 +214,26 @@ class Call:
             error=error_name,
             priced=usage is not None or error is not None,
         )
+
+
+_warned_unreadable: set[tuple[str, type]] = set()
+
+
+def _warn_unreadable(provider: str, what: str, exc: Exception) -> None:
+    """One line per provider and kind of fault: a misbehaving server would otherwise log a
+    traceback per call. The rest go to debug, with the traceback."""
+    key = (provider, type(exc))
+    if key in _warned_unreadable:
+        logger.debug("tokenmeter: %s failed", what, exc_info=True)
+        return
+    _warned_unreadable.add(key)
+    logger.warning(
+        "tokenmeter: %s failed; the call is unaffected and recorded with an unknown cost "
+        "(%s: %s; further ones are logged at debug level)",
+        what,
+        type(exc).__name__,
+        str(exc)[:300],
+    )
 
 
 _NO_USAGE = Usage()
