@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import one_line_value_error
 
 import tokenmeter
 from tokenmeter import _runtime
@@ -114,14 +115,6 @@ def test_unknown_sink_name_is_rejected() -> None:
         tokenmeter.configure(sinks=["postgres"])
 
 
-def _one_line_value_error(excinfo: pytest.ExceptionInfo[ValueError]) -> str:
-    """A plain ValueError on one line: not pydantic's multi-line ValidationError (a subclass)."""
-    assert excinfo.type is ValueError
-    message = str(excinfo.value)
-    assert "\n" not in message
-    return message
-
-
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -159,7 +152,7 @@ def test_bad_configure_argument_is_a_one_line_value_error_naming_it(
     """max_queue=0 once made every call wait 5 s and drop its record; strings became iterables."""
     with pytest.raises(ValueError, match=message) as excinfo:
         tokenmeter.configure(**arguments)
-    _one_line_value_error(excinfo)
+    one_line_value_error(excinfo)
 
 
 def test_a_rejected_configure_changes_nothing(sink: InMemorySink) -> None:
@@ -243,7 +236,7 @@ def test_bad_pyproject_value_is_a_one_line_value_error_naming_the_file(
     (tmp_path / "pyproject.toml").write_text(f"[tool.tokenmeter]\n{line}\n")
     with pytest.raises(ValueError, match=message) as excinfo:
         load_settings(env={}, cwd=tmp_path)
-    assert str(tmp_path / "pyproject.toml") in _one_line_value_error(excinfo)
+    assert str(tmp_path / "pyproject.toml") in one_line_value_error(excinfo)
 
 
 @pytest.mark.parametrize(
@@ -261,7 +254,7 @@ def test_unreadable_pyproject_is_a_value_error_naming_the_file(
     (tmp_path / "pyproject.toml").write_bytes(content)
     with pytest.raises(ValueError) as excinfo:
         load_settings(env={}, cwd=tmp_path)
-    assert str(tmp_path / "pyproject.toml") in _one_line_value_error(excinfo)
+    assert str(tmp_path / "pyproject.toml") in one_line_value_error(excinfo)
 
 
 def test_pyproject_layer_accepts_good_numbers(tmp_path: Path) -> None:

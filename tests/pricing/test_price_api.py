@@ -8,17 +8,10 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
+from helpers import one_line_value_error
 
 import tokenmeter
 from tokenmeter import Usage
-
-
-def _one_line_value_error(excinfo: pytest.ExceptionInfo[ValueError]) -> str:
-    """A plain ValueError on one line: not pydantic's multi-line ValidationError (a subclass)."""
-    assert excinfo.type is ValueError
-    message = str(excinfo.value)
-    assert "\n" not in message
-    return message
 
 
 @pytest.mark.parametrize(
@@ -40,20 +33,20 @@ def _one_line_value_error(excinfo: pytest.ExceptionInfo[ValueError]) -> str:
 def test_bad_usage_is_a_one_line_value_error_naming_usage(usage: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message) as excinfo:
         tokenmeter.price("openai", "gpt-4o", usage)
-    _one_line_value_error(excinfo)
+    one_line_value_error(excinfo)
 
 
 @pytest.mark.parametrize("at", ["2026-01-01", date(2026, 1, 1), 1_767_225_600, 0])
 def test_at_that_is_not_a_datetime_names_at(at: Any) -> None:
     with pytest.raises(ValueError, match=r"^at must be a datetime") as excinfo:
         tokenmeter.price("openai", "gpt-4o", {"input_tokens": 1}, at=at)
-    _one_line_value_error(excinfo)
+    one_line_value_error(excinfo)
 
 
 def test_tier_that_is_not_a_string_names_tier() -> None:
     with pytest.raises(ValueError, match=r"^tier must be a string") as excinfo:
         tokenmeter.price("openai", "gpt-4o", {"input_tokens": 1}, tier=5)  # type: ignore[arg-type]
-    _one_line_value_error(excinfo)
+    one_line_value_error(excinfo)
 
 
 def test_any_mapping_of_counts_is_a_usage() -> None:

@@ -7,6 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from helpers import one_line_value_error
 
 import tokenmeter
 from tokenmeter._models import Usage
@@ -299,15 +300,6 @@ def test_describe_price_of_an_override() -> None:
 # -- bad values through the public API: configure(prices=...) and the TOKENMETER_PRICES file ----
 
 
-def _one_line_value_error(excinfo: pytest.ExceptionInfo[ValueError]) -> str:
-    """A plain one-line ValueError of a readable length (no pydantic dump, no 10k-char repr)."""
-    assert excinfo.type is ValueError
-    message = str(excinfo.value)
-    assert "\n" not in message
-    assert len(message) < 400, message
-    return message
-
-
 BAD_RATES = [
     pytest.param(-1, id="negative"),
     pytest.param(-0.01, id="negative-float"),
@@ -337,7 +329,7 @@ BAD_RATES = [
 def test_bad_rate_given_to_configure_names_the_model_and_field(rate: object) -> None:
     with pytest.raises(ValueError, match=r"'my-model'.*output_per_mtok") as excinfo:
         tokenmeter.configure(prices={"my-model": {"input_per_mtok": 1, "output_per_mtok": rate}})
-    _one_line_value_error(excinfo)
+    one_line_value_error(excinfo)
 
 
 @pytest.mark.parametrize(
@@ -347,7 +339,7 @@ def test_bad_rate_given_to_configure_names_the_model_and_field(rate: object) -> 
 def test_a_since_that_is_not_a_date_names_the_model(since: object) -> None:
     with pytest.raises(ValueError, match=r"'my-model'.*since must be a date") as excinfo:
         tokenmeter.configure(prices={"my-model": {**MY_MODEL, "since": since}})
-    _one_line_value_error(excinfo)
+    one_line_value_error(excinfo)
 
 
 def test_a_rate_nested_too_deeply_to_print_names_the_model_and_field() -> None:
@@ -356,7 +348,7 @@ def test_a_rate_nested_too_deeply_to_print_names_the_model_and_field() -> None:
         nested = [nested]
     with pytest.raises(ValueError, match=r"'my-model'.*input_per_mtok") as excinfo:
         tokenmeter.configure(prices={"my-model": {"input_per_mtok": nested, "output_per_mtok": 1}})
-    _one_line_value_error(excinfo)
+    one_line_value_error(excinfo)
 
 
 def test_largest_sensible_rate_and_numeric_strings_are_accepted() -> None:
@@ -374,7 +366,7 @@ def _configure_from_file(
     monkeypatch.setenv("TOKENMETER_PRICES", str(path))
     with pytest.raises(ValueError) as excinfo:
         tokenmeter.configure()
-    message = _one_line_value_error(excinfo)
+    message = one_line_value_error(excinfo)
     assert str(path) in message
     return excinfo
 
@@ -457,4 +449,4 @@ def test_prices_file_named_in_pyproject_is_checked_too(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match=r"prices.json.*'my-model'.*output_per_mtok") as excinfo:
         tokenmeter.configure()
-    _one_line_value_error(excinfo)
+    one_line_value_error(excinfo)
