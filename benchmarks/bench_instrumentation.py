@@ -22,7 +22,8 @@ Targets (each printed with PASS/MISS):
 3.  8 threads making calls back to back: instrumented throughput >= 90 % of bare;
 6.  a user sink that sleeps 100 ms per write (an HTTP post) as the only sink: calls over 4 ms
     among 20,000, no more than bare.
-``--diagnose`` also times each SQLite write and counts the slow calls of 1b that overlap one.
+``--diagnose`` also logs each SQLite write and each garbage collection, and counts the slow calls
+of 1b that overlap a full collection or a write.
 Then, for information: the same calls over loopback HTTP (``FakeProvider`` in a child process),
 RSS over 10,000 streamed calls (target <= 5 MB) and peers (Logfire in this process, OpenLLMetry in
 a child process), each skipped when not installed (``--no-extras`` skips all of these).
@@ -263,12 +264,15 @@ class SlowSink:
         pass
 
 
-# -- diagnosis: which slow calls overlap a SQLite write -------------------------------------------
+# -- diagnosis: which slow calls overlap a SQLite write or a full garbage collection -------------
 SINK_WRITES: list[tuple[float, float, int]] = []
+#: (generation, start, end) of every garbage collection (``--diagnose`` only).
+GC_PAUSES: list[tuple[int, float, float]] = []
 
 
-def time_sqlite_writes() -> None:
-    """Wrap SQLiteSink.write to log (start, end, records) of each write (``--diagnose`` only)."""
+def time_sqlite_writes_and_gc() -> None:
+    """Wrap SQLiteSink.write to log (start, end, records) of each write, and log every garbage
+    collection (``--diagnose`` only)."""
     from tokenmeter.sinks import SQLiteSink
 
     original = SQLiteSink.write
@@ -281,32 +285,52 @@ def time_sqlite_writes() -> None:
             SINK_WRITES.append((start, time.perf_counter(), len(records)))
 
     SQLiteSink.write = write  # type: ignore[method-assign]
+    started = [0.0]
+
+    def collection(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            GC_PAUSES.append((info["generation"], started[0], time.perf_counter()))
+
+    gc.callbacks.append(collection)
 
 
-def overlap_report(raw: list[tuple[list[float], list[float]]], threshold: float) -> None:
+def overlap_report(raw: Raw, threshold: float) -> None:
+    """Per contender: full collections during its rounds; for the instrumented rounds, the slow
+    calls that overlap a full collection or a SQLite write."""
     writes = sorted(SINK_WRITES)
-    if not writes:
-        return
-    durations = sorted(end - start for start, end, _ in writes)
-    sizes = sorted(n for _, _, n in writes)
-    print(
-        f"  diagnose: {len(writes)} SQLite writes, records per write median "
-        f"{statistics.median(sizes):.0f} (max {sizes[-1]}), write wall time median "
-        f"{statistics.median(durations) * 1e3:.1f} ms (max {durations[-1] * 1e3:.1f} ms)"
-    )
-    slow = overlapping = 0
-    for starts, latencies in raw:
-        for start, latency in zip(starts, latencies, strict=True):
-            if latency <= threshold:
-                continue
-            slow += 1
-            end = start + latency
-            if any(w0 < end and start < w1 for w0, w1, _ in writes):
-                overlapping += 1
-    print(
-        f"  diagnose: instrumented calls over {threshold * 1e3:.2f} ms: {slow}, of which "
-        f"{overlapping} overlap a SQLite write on the writer thread"
-    )
+    if writes:
+        durations = sorted(end - start for start, end, _ in writes)
+        sizes = sorted(n for _, _, n in writes)
+        print(
+            f"  diagnose: {len(writes)} SQLite writes, records per write median "
+            f"{statistics.median(sizes):.0f} (max {sizes[-1]}), write wall time median "
+            f"{statistics.median(durations) * 1e3:.1f} ms (max {durations[-1] * 1e3:.1f} ms)"
+        )
+    for name, rounds in raw.items():
+        full = [
+            (g0, g1)
+            for starts, latencies in rounds
+            for gen, g0, g1 in GC_PAUSES
+            if gen == 2 and starts[0] <= g0 <= starts[-1] + latencies[-1]
+        ]
+        slow = in_gc = in_write = 0
+        for starts, latencies in rounds:
+            for start, latency in zip(starts, latencies, strict=True):
+                if latency <= threshold:
+                    continue
+                slow += 1
+                end = start + latency
+                in_gc += any(g0 < end and start < g1 for g0, g1 in full)
+                in_write += name != "bare" and any(w0 < end and start < w1 for w0, w1, _ in writes)
+        pauses = ", ".join(f"{(g1 - g0) * 1e3:.1f}" for g0, g1 in full) or "none"
+        print(
+            f"  diagnose {name}: full (gen 2) collections in its rounds: {len(full)} "
+            f"(ms: {pauses}); calls over {threshold * 1e3:.2f} ms: {slow}, of which {in_gc} "
+            f"during a full collection"
+            + (f" and {in_write} during a SQLite write" if name != "bare" else "")
+        )
 
 
 # -- extras (information) ------------------------------------------------------------------------
@@ -475,6 +499,7 @@ def section_1b(client: openai.OpenAI, rounds: int, calls: int, diagnose: bool) -
         f"\n1b. {calls:,} non-streamed calls on one thread, each timed, {rounds} interleaved rounds"
     )
     SINK_WRITES.clear()
+    GC_PAUSES.clear()
     stats, raw = latency_rounds(chat(client), calls, rounds, "sqlite")
     med = {name: median_tail(rounds_) for name, rounds_ in stats.items()}
     print(tail_row("bare", med["bare"]))
@@ -494,7 +519,7 @@ def section_1b(client: openai.OpenAI, rounds: int, calls: int, diagnose: bool) -
     )
     if diagnose:
         bare_p50 = statistics.median(r["p50"] for r in stats["bare"])
-        overlap_report(raw["tokenmeter"], bare_p50 + 0.002)
+        overlap_report(raw, bare_p50 + 0.002)
 
 
 def section_2(client: openai.OpenAI, rounds: int, streams: int, chunks: int) -> None:
@@ -585,7 +610,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer calls and rounds (a smoke run)")
     parser.add_argument(
-        "--diagnose", action="store_true", help="time SQLite writes; count slow calls during one"
+        "--diagnose",
+        action="store_true",
+        help="log SQLite writes and garbage collections; count the slow calls of 1b during them",
     )
     parser.add_argument("--no-extras", action="store_true", help="targets only")
     parser.add_argument("--only", default="", help="comma-separated targets: 1a,1b,2,3,6")
@@ -603,7 +630,7 @@ def main() -> None:
     directory = Path(tempfile.mkdtemp(prefix="tokenmeter-bench-"))
     tokenmeter.configure(sinks=["sqlite"], directory=directory)
     if args.diagnose:
-        time_sqlite_writes()
+        time_sqlite_writes_and_gc()
     print(describe())
     print(f"sink: sqlite in {directory}; GIL switch interval {sys.getswitchinterval() * 1e3:g} ms")
     client = mock_client(stream_chunks=chunks)
