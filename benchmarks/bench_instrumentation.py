@@ -16,8 +16,8 @@ Targets (each printed with PASS/MISS):
     (``time.process_time()``), <= 15 us; the writer thread's share is shown (/proc schedstat);
 1b. 20,000 non-streamed calls on one thread, each timed: p99.9 <= bare p99.9 + 200 us, and no
     call delayed more than 2 ms by tokenmeter: PASS when no more instrumented calls than bare
-    ones take over (bare p50 + 2 ms); calls over 2 ms and 4 ms are counted too (on a slow machine
-    the bare SDK's own p99 is near 2 ms); the median of 3 interleaved rounds;
+    ones take over (bare p50 + 2 ms), since a bare call's own tail may pass 2 ms; calls over 2 ms
+    and 4 ms are counted too; the median of 3 interleaved rounds;
 2.  1,000-chunk stream: instrumented / bare <= 1.01x;
 3.  8 threads making calls back to back: instrumented throughput >= 90 % of bare;
 6.  a user sink that sleeps 100 ms per write (an HTTP post) as the only sink: calls over 4 ms
