@@ -53,12 +53,7 @@ def _new_call(kwargs: dict[str, Any], operation: str, streamed: bool) -> Call:
 
 def _read_response(response: Any, call: Call) -> None:
     if getattr(response, "usage_metadata", None) is not None:
-        try:
-            found = from_gemini_response(response, PROVIDER)
-        except Exception:
-            _names(response, call)
-            raise
-        call.take(found)
+        _take_usage(response, call)
         return
     if call.expects_usage:
         _names(response, call)
@@ -69,6 +64,17 @@ def _read_response(response: Any, call: Call) -> None:
     if counts and all(isinstance(c, int | float) for c in counts):
         usage = usage_from_gemini({"prompt_token_count": sum(int(c or 0) for c in counts)})
         call.take(Extracted(provider=PROVIDER, usage=usage, operation=call.operation))
+
+
+def _take_usage(response: Any, call: Call) -> None:
+    """Read a response's or chunk's usage into ``call``; when it cannot be read, the call still
+    gets the served model and the response id before the error goes on to ``Call.read``."""
+    try:
+        found = from_gemini_response(response, PROVIDER)
+    except Exception:
+        _names(response, call)
+        raise
+    call.take(found)
 
 
 def _names(response: Any, call: Call) -> None:
@@ -85,12 +91,7 @@ class ChunkReader:
 
     def feed(self, chunk: Any, call: Call) -> bool:
         if getattr(chunk, "usage_metadata", None) is not None:
-            try:
-                found = from_gemini_response(chunk, PROVIDER)
-            except Exception:
-                _names(chunk, call)
-                raise
-            call.take(found)
+            _take_usage(chunk, call)
         elif call.request_id is None:  # named even if no chunk ever reports usage
             _names(chunk, call)
         return False
