@@ -8,6 +8,7 @@ arithmetic and no price-data release can change it.
 from __future__ import annotations
 
 import json
+
 import pytest
 
 pytest_plugins = ["pytester"]
@@ -273,4 +274,3 @@ def test_entry_point_names_the_plugin() -> None:
 
     (entry,) = [e for e in entry_points(group="pytest11") if e.name == "tokenmeter"]
     assert entry.value == "tokenmeter.pytest_plugin"
-

@@ -15,7 +15,7 @@ the controller: the controller adds up the same numbers a single process would, 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -178,7 +178,7 @@ class Meter:
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(
         self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Iterator[None]:
+    ) -> Generator[None, Any, None]:
         outcome = yield
         report: pytest.TestReport = outcome.get_result()
         session = item.stash.get(_SESSION_KEY, None)
@@ -210,9 +210,9 @@ class Meter:
 
         tokenmeter.flush(timeout=10)  # the sinks have every record when pytest exits
         total = self.total()
-        if self.budget is not None and total["cost"] > self.budget:
-            if session.exitstatus == pytest.ExitCode.OK:
-                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        over = self.budget is not None and total["cost"] > self.budget
+        if over and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if self.json_path is not None:
             self.write_json(total)
 
