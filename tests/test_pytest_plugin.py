@@ -274,3 +274,41 @@ def test_entry_point_names_the_plugin() -> None:
 
     (entry,) = [e for e in entry_points(group="pytest11") if e.name == "tokenmeter"]
     assert entry.value == "tokenmeter.pytest_plugin"
+
+
+def test_calls_from_async_tests_and_threads_count_for_their_test(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyprojecttoml(_PYPROJECT)
+    pytester.makepyfile(
+        _TESTS
+        + """
+
+import asyncio
+import threading
+
+
+@pytest.mark.asyncio
+async def test_async_calls(tokenmeter_fake):
+    client = openai.AsyncOpenAI(max_retries=0)
+    await asyncio.gather(
+        *(client.chat.completions.create(model="m-test", messages=[]) for _ in range(4))
+    )
+
+
+def test_calls_on_a_thread():
+    worker = threading.Thread(target=call, args=(2,))  # no session travels with it
+    worker.start()
+    worker.join()
+"""
+    )
+    result = pytester.runpytest("--tokenmeter-json=usage.json")
+    result.assert_outcomes(passed=5)
+    report = json.loads((pytester.path / "usage.json").read_text())
+    assert {t["nodeid"].split("::")[1]: t["calls"] for t in report["tests"]} == {
+        "test_async_calls": 4,
+        "test_calls_on_a_thread": 2,
+        "test_three_calls": 3,
+        "test_one_call": 1,
+    }
+    assert report["total"]["calls"] == 10

@@ -31,7 +31,7 @@ __all__ = ["tokenmeter_fake"]
 #: The attribute of a teardown report that carries the test's totals (JSON-safe values only).
 REPORT_KEY = "tokenmeter"
 _MARKER = "tokenmeter_budget"
-_SESSION_KEY = pytest.StashKey["Session"]()
+_SPEND_KEY = pytest.StashKey["_Spend"]()
 _TOP = 10
 _NAME_WIDTH = 72
 
@@ -134,18 +134,42 @@ def _marker_budget(item: pytest.Item) -> Decimal | None:
     return value
 
 
-def _totals(session: Session, nodeid: str) -> dict[str, Any]:
-    summary = session.summary
-    return {
-        "nodeid": nodeid,
-        "session_id": session.id,
-        "calls": summary.calls,
-        "input_tokens": summary.input_tokens,
-        "output_tokens": summary.output_tokens,
-        "total_tokens": summary.total_tokens,
-        "cost_usd": str(summary.cost_usd),
-        "unpriced_calls": summary.unpriced_calls,
-    }
+_COUNTS = ("calls", "input_tokens", "output_tokens", "cost_usd", "unpriced_calls")
+
+
+class _Spend:
+    """What one test spent: its session's totals, plus the calls that landed in the process's
+    implicit session meanwhile (made on a thread the test started, which does not carry the
+    test's session): tests run one at a time in a process, so those are the test's too."""
+
+    def __init__(self, session: Session) -> None:
+        from tokenmeter import _sessions
+
+        self.session = session
+        self.outside = _sessions.implicit_session()
+        self.before = self._counts(self.outside)
+
+    @staticmethod
+    def _counts(session: Session) -> dict[str, Any]:
+        return {name: getattr(session.summary, name) for name in _COUNTS}
+
+    def counts(self) -> dict[str, Any]:
+        own = self._counts(self.session)
+        now = self._counts(self.outside)
+        return {name: own[name] + now[name] - self.before[name] for name in _COUNTS}
+
+    def totals(self, nodeid: str) -> dict[str, Any]:
+        counts = self.counts()
+        return {
+            "nodeid": nodeid,
+            "session_id": self.session.id,
+            "calls": counts["calls"],
+            "input_tokens": counts["input_tokens"],
+            "output_tokens": counts["output_tokens"],
+            "total_tokens": counts["input_tokens"] + counts["output_tokens"],
+            "cost_usd": str(counts["cost_usd"]),
+            "unpriced_calls": counts["unpriced_calls"],
+        }
 
 
 class Meter:
@@ -171,7 +195,7 @@ class Meter:
             self._instrumented = True
             tokenmeter.instrument()
         session = tokenmeter.session(item.nodeid, tags={"test": item.nodeid})
-        item.stash[_SESSION_KEY] = session
+        item.stash[_SPEND_KEY] = _Spend(session)
         with session:
             yield
 
@@ -181,21 +205,24 @@ class Meter:
     ) -> Generator[None, Any, None]:
         outcome = yield
         report: pytest.TestReport = outcome.get_result()
-        session = item.stash.get(_SESSION_KEY, None)
-        if session is None:
+        spend = item.stash.get(_SPEND_KEY, None)
+        if spend is None:
             return
         budget = _marker_budget(item)
-        cost = session.summary.cost_usd
-        if budget is not None and report.passed and cost > budget and not _already_failed(item):
-            item.stash[_FAILED_KEY] = True
-            report.outcome = "failed"
-            report.longrepr = (
-                f"tokenmeter: this test's LLM calls cost ${cost.normalize():f}, over its budget "
-                f"of ${budget.normalize():f} (@pytest.mark.{_MARKER}); "
-                f"{session.summary.calls} calls, {session.summary.total_tokens} tokens"
-            )
+        if budget is not None and report.passed and not _already_failed(item):
+            counts = spend.counts()
+            cost: Decimal = counts["cost_usd"]
+            if cost > budget:
+                item.stash[_FAILED_KEY] = True
+                report.outcome = "failed"
+                tokens = counts["input_tokens"] + counts["output_tokens"]
+                report.longrepr = (
+                    f"tokenmeter: this test's LLM calls cost ${cost.normalize():f}, over its "
+                    f"budget of ${budget.normalize():f} (@pytest.mark.{_MARKER}); "
+                    f"{counts['calls']} calls, {tokens} tokens"
+                )
         if call.when == "teardown":
-            setattr(report, REPORT_KEY, _totals(session, item.nodeid))
+            setattr(report, REPORT_KEY, spend.totals(item.nodeid))
 
     # -- collecting (in the controller under xdist: the reports arrive from the workers) ---------
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
