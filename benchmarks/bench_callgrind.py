@@ -6,10 +6,11 @@ Wall and CPU clocks on a shared machine move with whatever else runs; callgrind'
 counts do not (the same binary and inputs give the same count). Each contender runs in a child
 process under ``valgrind --tool=callgrind`` twice, with ``calls`` and ``2 * calls`` calls through
 ``httpx2.MockTransport``, then ``flush()``. Valgrind runs the calls ~50x slower, so the writers'
-gathering interval is stretched alike (a batch holds as many records as at full speed, not 3): the difference divided by ``calls`` is the cost of
-one call with every thread's share (the writer's included) and no start-up. The bare call's
-instructions per call are converted to microseconds with its own median CPU time (this thread's,
-less sensitive to other load than wall time) measured outside valgrind, which gives the instrumented overhead in microseconds at this machine's speed
+gathering interval is stretched alike (a batch holds as many records as at full speed, not 3).
+The difference divided by ``calls`` is the cost of one call with every thread's share (the
+writer's included) and no start-up. The bare call's instructions per call are converted to
+microseconds with its own median CPU time (this thread's, less sensitive to other load than wall
+time) measured outside valgrind: the instrumented overhead in microseconds at this machine's speed
 (target 1a: <= 15 us per call added).
 """
 
