@@ -172,7 +172,7 @@ def test_terminal_table_uses_rich(tmp_path: Path, no_color: bool) -> None:
     extra = {"NO_COLOR": "1"} if no_color else {}
     screen = _run_in_terminal(["report", "--source", str(db)], tmp_path, **extra)
     assert "┃" in screen or "│" in screen  # rich's box drawing, not the plain layout
-    assert "$1.756389" in screen and "gpt-4o-mini" in screen
+    assert "$1.76" in screen and "gpt-4o-mini" in screen
     assert "[bold]boom[/bold]" in screen  # user strings are never rich markup
     coloured = re.search(r"\x1b\[[0-9;]*3[0-7]m", screen) is not None  # a foreground colour
     assert coloured is not no_color

@@ -127,9 +127,9 @@ def test_markdown(cli: RunCli, source: Path) -> None:
     )
     assert "| Cost | Share | Unpriced |" in header
     total = next(line for line in lines if line.startswith("| **TOTAL**"))
-    assert "**$1.256389**" in total
+    assert "**$1.26**" in total
     assert "| gpt-4o-mini |" in out
-    assert "**Total cost**: $1.256389" in out
+    assert "**Total cost**: $1.26" in out
 
 
 def test_csv_is_machine_clean(cli: RunCli, source: Path) -> None:
@@ -146,7 +146,7 @@ def test_plain_table_when_piped(cli: RunCli, source: Path) -> None:
     assert code == 0
     assert "\x1b" not in out  # no colour codes when stdout is not a terminal
     total_line = next(line for line in out.splitlines() if line.startswith("TOTAL"))
-    assert "$1.256389" in total_line and "100.0%" in total_line
+    assert "$1.26" in total_line and "100.0%" in total_line
     assert "124,110" in out  # gpt-4o-mini's total tokens, thousands separated
     header = next(line for line in out.splitlines() if line.startswith("provider"))
     for column in ("Calls", "Cache read", "Cache write", "Reasoning", "Share", "Unpriced"):

@@ -97,7 +97,7 @@ def _daily_chart(per_day_model: Breakdown, colors: dict[str, str]) -> str:
     for row in per_day_model.rows:
         model = _model_label(row, per_day_model.columns)
         day = dict(zip(per_day_model.columns, row.key, strict=True))["day"]
-        stacks[day][model if model in colors else "other"] += row.totals.priced_cost
+        stacks[day][model if model in colors else "other"] += row.totals.cost_usd
     days = sorted(stacks)
     peak = max((sum(stack.values(), Decimal(0)) for stack in stacks.values()), default=Decimal(0))
     if not days or peak <= 0:
@@ -205,7 +205,7 @@ def render_html(report: Report) -> str:
     by_session = _find(report, HTML_GROUPINGS[2])
     colors = _model_colors(by_model)
     model_bars = [
-        (label, label, row.totals.priced_cost, colors.get(label, colors["other"]))
+        (label, label, row.totals.cost_usd, colors.get(label, colors["other"]))
         for row in by_model.rows[: _TOP + 1]
         for label in [_model_label(row, by_model.columns)]
     ]
@@ -213,7 +213,7 @@ def render_html(report: Report) -> str:
         (
             row.key[1] or row.key[0],
             f"{row.key[1]} ({row.key[0]})" if row.key[1] else row.key[0],
-            row.totals.priced_cost,
+            row.totals.cost_usd,
             _PALETTE[0],
         )
         for row in by_session.rows[:10]

@@ -84,7 +84,7 @@ def render_session_markdown(detail: SessionDetail) -> str:
     if session.notes:
         lines.append(f"- **Notes**: {md(session.notes)}")
     if totals.calls:
-        per_call_cost = None if totals.cost is None else totals.priced_cost / totals.priced_calls
+        per_call_cost = None if totals.cost is None else totals.cost_usd / totals.priced_calls
         lines += [
             "",
             "## Averages per Call",
@@ -108,7 +108,7 @@ def render_session_markdown(detail: SessionDetail) -> str:
     ratio = f"{totals.input_tokens / totals.output_tokens:,.2f}" if totals.output_tokens else "n/a"
     lines.append(f"- **Input/Output Ratio**: {ratio}")
     if totals.cost is not None and totals.total_tokens:
-        per_token = totals.priced_cost / totals.total_tokens
+        per_token = totals.cost_usd / totals.total_tokens
         lines.append(f"- **Cost per Token**: ${per_token:.9f}")
         lines.append(f"- **Cost per 1K Tokens**: {fmt_usd(per_token * 1000)}")
     else:

@@ -16,9 +16,11 @@ from typing import Any
 
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError
-from tokenmeter.cli._source import JsonlReader, Source, open_sqlite, warn_skipped
-from tokenmeter.cli.reports._model import NONE_LABEL, Call, Totals
+from tokenmeter._totals import COUNT_NAMES, Totals
+from tokenmeter.cli._source import JsonlReader, Source, open_sqlite, table_columns, warn_skipped
+from tokenmeter.cli.reports._model import NONE_LABEL, Call
 from tokenmeter.cli.reports._query import calls_from_rows, exclude_bad_rows
+from tokenmeter.cli.reports._sql import totals_select
 
 __all__ = ["SessionDetail", "SessionRow", "find_session", "list_sessions"]
 
@@ -79,16 +81,7 @@ def list_sessions(
 
 
 def _add_call(totals: Totals, call: Call) -> None:
-    totals.calls += 1
-    totals.input_tokens += call.input_tokens
-    totals.output_tokens += call.output_tokens
-    totals.cache_read_tokens += call.cache_read_tokens
-    totals.cache_write_tokens += call.cache_write_tokens
-    totals.reasoning_tokens += call.reasoning_tokens
-    totals.total_tokens += call.total_tokens
-    if call.cost is not None:
-        totals.priced_calls += 1
-        totals.priced_cost += call.cost
+    totals.add_record(call)
 
 
 def _has_sessions_table(conn: sqlite3.Connection) -> bool:
@@ -112,6 +105,7 @@ def _list_sqlite(source: Source, low: str | None, high: str | None) -> tuple[lis
         conn.execute("BEGIN")  # the check and the totals see the same rows
         where, params, skipped = exclude_bad_rows(conn, window, params, "r")
         joined = _has_sessions_table(conn)
+        columns = table_columns(conn, "records")
     except sqlite3.Error as exc:
         conn.close()
         raise CliError(f"cannot read {source.path}: {exc}") from None
@@ -123,9 +117,7 @@ def _list_sqlite(source: Source, low: str | None, high: str | None) -> tuple[lis
     join = " LEFT JOIN sessions s ON s.id = r.session_id" if joined else ""
     sql = (
         f"SELECT COALESCE(r.session_id, '{NONE_LABEL}'), MAX(r.session_name), MIN(r.timestamp), "
-        "MAX(r.timestamp), COUNT(*), SUM(r.input_tokens), SUM(r.output_tokens), "
-        "SUM(r.cache_read_tokens), SUM(r.cache_write_tokens), SUM(r.reasoning_tokens), "
-        f"SUM(r.total_tokens), COUNT(r.cost_pusd), SUM(r.cost_pusd), {info} "
+        f"MAX(r.timestamp), {totals_select(columns, 'r.')}, {info} "
         f"FROM records r{join}{where} GROUP BY 1 ORDER BY 4 DESC"
     )
     try:
@@ -156,8 +148,9 @@ def _tags(value: Any) -> dict[str, str]:
 
 
 def _sqlite_session_row(values: tuple[Any, ...]) -> SessionRow:
-    totals = Totals.from_sql(values[4:13])
-    name, status, started, ended, notes, tags = values[13:19]
+    end = 4 + len(COUNT_NAMES) + 1
+    totals = Totals.from_sql(values[4:end])
+    name, status, started, ended, notes, tags = values[end : end + 6]
     return SessionRow(
         session_id=values[0],
         name=_text(name) or values[1],
