@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from html import escape
 
+from tokenmeter.cli.reports._alerts import Alerts
 from tokenmeter.cli.reports._format import fmt_int, fmt_usd
 from tokenmeter.cli.reports._model import Breakdown, Report, Row
 from tokenmeter.cli.reports._render import (
@@ -199,7 +200,7 @@ def _find(report: Report, specs: tuple[str, ...]) -> Breakdown:
     raise ValueError(f"the report was not queried with grouping {specs}")
 
 
-def render_html(report: Report) -> str:
+def render_html(report: Report, alerts: Alerts | None = None) -> str:
     per_day = _find(report, HTML_GROUPINGS[0])
     by_model = _find(report, HTML_GROUPINGS[1])
     by_session = _find(report, HTML_GROUPINGS[2])

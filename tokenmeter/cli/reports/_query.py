@@ -41,7 +41,13 @@ from tokenmeter.cli.reports._model import (
     model_family,
     raw_columns,
 )
-from tokenmeter.cli.reports._sql import PLACEHOLDER, raw_column_sql, tag_path, tag_sql, totals_select
+from tokenmeter.cli.reports._sql import (
+    PLACEHOLDER,
+    raw_column_sql,
+    tag_path,
+    tag_sql,
+    totals_select,
+)
 
 __all__ = [
     "Filters",
@@ -250,18 +256,20 @@ def _percentile(values: list[float], share: float) -> float:
 
 
 def _latencies(
-    breakdown: Breakdown, raw: tuple[str, ...], pairs: Iterable[tuple[tuple[str, ...], float]],
+    breakdown: Breakdown,
+    raw: tuple[str, ...],
+    pairs: Iterable[tuple[tuple[str, ...], float]],
     tz: tzinfo,
 ) -> None:
     """Attach p50 / p95 latency to each row of ``breakdown`` from (stored key, latency) pairs."""
     make = _key_maker(raw, breakdown.columns, tz)
     found: dict[tuple[str, ...], array[float]] = {}
-    for key, latency in pairs:
+    for key, value in pairs:
         target = key if make is None else make(key)
         values = found.get(target)
         if values is None:
             values = found[target] = array("d")
-        values.append(latency)
+        values.append(value)
     for i, row in enumerate(breakdown.rows):
         values = found.get(row.key)
         if values:

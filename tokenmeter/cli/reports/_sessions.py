@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from tokenmeter._totals import COUNT_NAMES, Totals
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError
-from tokenmeter._totals import COUNT_NAMES, Totals
 from tokenmeter.cli._source import JsonlReader, Source, open_sqlite, table_columns, warn_skipped
 from tokenmeter.cli.reports._model import NONE_LABEL, Call
 from tokenmeter.cli.reports._query import calls_from_rows, exclude_bad_rows
@@ -185,7 +185,9 @@ def find_session(source: Source, wanted: str) -> SessionDetail:
         else:
             by_name.setdefault(str(session_id), []).append(call)
     reader.warn_skipped()
-    calls = by_id or max(by_name.values(), key=lambda c: max(x.timestamp for x in c), default=[])
+    if not by_id and len(by_name) > 1:
+        _several(wanted, {sid: max(c.timestamp for c in calls) for sid, calls in by_name.items()})
+    calls = by_id or next(iter(by_name.values()), [])
     if not calls:
         raise CliError(f"no session {wanted!r} in {source.path}")
     calls.sort(key=lambda call: call.timestamp)
@@ -200,6 +202,14 @@ def find_session(source: Source, wanted: str) -> SessionDetail:
     return SessionDetail(row, calls)
 
 
+def _several(name: str, last_calls: dict[str, str]) -> None:
+    """Several sessions share this name: list them (latest first) rather than pick one."""
+    ordered = sorted(last_calls.items(), key=lambda item: item[1], reverse=True)
+    listed = "; ".join(f"{sid} (last call {last})" for sid, last in ordered[:20])
+    more = f"; and {len(ordered) - 20} more" if len(ordered) > 20 else ""
+    raise CliError(f"{len(ordered)} sessions are named {name!r}, give one id: {listed}{more}")
+
+
 def _find_sqlite(source: Source, wanted: str) -> SessionDetail:
     conn = open_sqlite(source.path)
     conn.row_factory = sqlite3.Row
@@ -207,14 +217,16 @@ def _find_sqlite(source: Source, wanted: str) -> SessionDetail:
         session_id = wanted
         hit = conn.execute("SELECT 1 FROM records WHERE session_id = ? LIMIT 1", [wanted])
         if hit.fetchone() is None:
-            latest = conn.execute(
-                "SELECT session_id FROM records WHERE session_name = ? "
-                "ORDER BY timestamp DESC LIMIT 1",
+            named = conn.execute(
+                "SELECT session_id, MAX(timestamp) FROM records WHERE session_name = ? "
+                "GROUP BY session_id ORDER BY 2 DESC",
                 [wanted],
-            ).fetchone()
-            if latest is None:
+            ).fetchall()
+            if not named:
                 raise CliError(f"no session {wanted!r} in {source.path}")
-            session_id = latest[0]
+            if len(named) > 1:
+                _several(wanted, {str(sid): str(last) for sid, last in named})
+            session_id = named[0][0]
         rows = conn.execute(
             "SELECT * FROM records WHERE session_id = ? ORDER BY timestamp, rowid", [session_id]
         ).fetchall()
