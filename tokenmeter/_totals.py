@@ -35,11 +35,20 @@ COUNT_NAMES = (
 _DECIMAL_NAMES = ("cost_usd", "output_cost_usd", "split_cost_usd")
 
 
+_ONE = Decimal(1)
+_TEN = Decimal(10)
+
+
 def normalise_usd(value: Decimal) -> Decimal:
-    """The same amount without trailing zeros or an exponent: ``0.0300000`` -> ``0.03``."""
-    if value == value.to_integral_value():
-        return value.quantize(Decimal(1))
-    return value.normalize()
+    """The same amount without trailing zeros or an exponent: ``0.0300000`` -> ``0.03``.
+
+    Cheap enough for the hot path: ``normalize`` only writes an exponent for a whole number of
+    tens (``1E+1``), which is checked only above 10.
+    """
+    plain = value.normalize()
+    if plain >= _TEN and plain == plain.to_integral_value():
+        return plain.quantize(_ONE)
+    return plain
 
 
 class _RecordLike(Protocol):

@@ -266,3 +266,36 @@ def test_sessions_filter_by_name(cli: RunCli, data: Path) -> None:
         "sessions", "--source", str(data), "--format", "json", "--session-name", "GET /x"
     )
     assert code == 0 and [row["session_id"] for row in json.loads(out)] == ["s-3"]
+
+
+def test_period_reports(cli: RunCli, tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tokenmeter.cli._dates import period_bounds
+
+    start, end = period_bounds("week", previous=True)
+    this_week, _ = period_bounds("week", previous=False)
+    assert end == this_week and end - start == timedelta(days=7)
+    stamp = lambda t: t.strftime("%Y-%m-%dT%H:%M:%S.000Z")  # noqa: E731
+    records = [
+        rec(1, stamp(start), "openai", "gpt-4o", 10, 10, "0.5"),  # first instant: in
+        rec(2, stamp(end - timedelta(seconds=1)), "openai", "gpt-4o", 10, 10, "0.25"),
+        rec(3, stamp(end), "openai", "gpt-4o", 10, 10, "4"),  # this week: out
+        rec(4, stamp(start - timedelta(seconds=1)), "openai", "gpt-4o", 10, 10, "8"),
+    ]
+    db = write_sqlite(tmp_path / "usage.db", records, [])
+    doc = report(cli, db, "--period", "week", "--previous")
+    assert doc["totals"]["cost_usd"] == Decimal("0.75")
+    code, out, _ = cli(
+        "report", "--source", str(db), "--period", "week", "--previous", "--format", "markdown"
+    )
+    assert code == 0 and "## Per model" in out and "## Efficiency" in out and "$0.75" in out
+    first, last = start.date(), (end - timedelta(days=1)).date()
+    assert f"{first} to {last} (UTC, both days included)" in out
+    now = datetime.now(UTC)
+    current = report(cli, db, "--period", "month")
+    assert current["since"].startswith(now.strftime("%Y-%m-01"))
+    code, _, err = cli("report", "--source", str(db), "--previous")
+    assert code == 2 and "--previous needs --period" in err
+    code, _, err = cli("report", "--source", str(db), "--period", "day", "--since", "1d")
+    assert code == 2 and "--period replaces" in err

@@ -423,8 +423,12 @@ def render_rich(report: Report, metrics: Sequence[str] | None = None, wide: bool
 # --- markdown --------------------------------------------------------------------------------
 
 
+_MARKDOWN_ESCAPES = str.maketrans({"\\": "\\\\", "|": "\\|", "<": "&lt;", "\n": " ", "\r": " "})
+
+
 def markdown_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+    """User text made safe for one table cell or list line (no pipes, newlines or HTML)."""
+    return text.translate(_MARKDOWN_ESCAPES)
 
 
 def markdown_table(table: CellTable) -> list[str]:
