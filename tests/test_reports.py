@@ -117,7 +117,8 @@ start = float(sys.argv[2])
 import time
 while time.time() < start:
     pass
-path = write_period_report(Path(sys.argv[1]), "week", datetime.fromisoformat("2026-11-24T08:00:00+00:00"))
+now = datetime.fromisoformat("2026-11-24T08:00:00+00:00")
+path = write_period_report(Path(sys.argv[1]), "week", now)
 print("wrote" if path else "skipped")
 """
 
@@ -150,7 +151,7 @@ def test_setting_from_every_layer(tmp_path: Path) -> None:
     )
     (tmp_path / "pyproject.toml").write_text('[tool.tokenmeter]\nreports = ["weekly"]\n')
     assert load_settings(env={}, cwd=tmp_path).reports == ("weekly",)
-    with pytest.raises(ValueError, match="'reports' from configure\\(\\).*unknown report period"):
+    with pytest.raises(ValueError, match=r"'reports' from configure\(\).*unknown report period"):
         load_settings({"reports": "hourly"})
 
 
