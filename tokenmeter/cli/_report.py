@@ -17,7 +17,7 @@ from tokenmeter.cli._progress import Progress, progress_allowed
 from tokenmeter.cli._source import resolve_source, warn_skipped
 from tokenmeter.cli.reports._alerts import alerts_near
 from tokenmeter.cli.reports._format import dumps_exact
-from tokenmeter.cli.reports._html import HTML_GROUPINGS, render_html
+from tokenmeter.cli.reports._html import html_groupings, render_html
 from tokenmeter.cli.reports._journal import render_session_markdown, render_sessions_list
 from tokenmeter.cli.reports._model import NONE_LABEL, Dimension, Report, parse_dimension
 from tokenmeter.cli.reports._periodic import PERIODIC_GROUPINGS, render_usage_report
@@ -165,7 +165,10 @@ def run_report(args: argparse.Namespace) -> int:
             raise _usage_error(str(exc)) from None
     groupings = [_dimensions(args.by)]
     if fmt == "html":
-        groupings += [tuple(parse_dimension(s) for s in specs) for specs in HTML_GROUPINGS]
+        tag_keys = [d.tag_key for d in groupings[0] if d.tag_key is not None]
+        groupings += [
+            tuple(parse_dimension(s) for s in specs) for specs in html_groupings(tag_keys)
+        ]
     if fmt == "markdown" and args.period:
         groupings += [tuple(parse_dimension(s) for s in specs) for specs in PERIODIC_GROUPINGS]
     query = Query(
@@ -179,10 +182,11 @@ def run_report(args: argparse.Namespace) -> int:
     )
     if args.compare and since is None:
         raise _usage_error("--compare needs --since or --period (the length to compare)")
+    compare = args.compare or (fmt == "html" and since is not None)
     show = progress_allowed(machine_format=fmt in MACHINE_FORMATS, to_file=args.output is not None)
     with Progress(f"reading {source.path.name}", enabled=show) as progress:
         report = run_query(source, query, progress)
-        if args.compare and since is not None:
+        if compare and since is not None:
             end = until or datetime.now(UTC)
             before = replace(query, since=since - (end - since), until=since, calls_limit=None)
             report.previous = run_query(source, before, progress)
