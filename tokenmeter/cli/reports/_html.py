@@ -107,7 +107,8 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
       var rows = Array.prototype.slice.call(body.rows);
       var down = button.getAttribute("data-dir") !== "desc";
       rows.sort(function (a, b) {
-        var x = a.cells[index].getAttribute("data-sort"), y = b.cells[index].getAttribute("data-sort");
+        var x = a.cells[index].getAttribute("data-sort");
+        var y = b.cells[index].getAttribute("data-sort");
         var nx = parseFloat(x), ny = parseFloat(y);
         var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : String(x).localeCompare(String(y));
         return down ? -c : c;
