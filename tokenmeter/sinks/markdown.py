@@ -69,7 +69,7 @@ from tokenmeter.sinks._files import (
     replace_private,
 )
 
-__all__ = ["MarkdownJournalSink"]
+__all__ = ["MarkdownJournalSink", "render_session"]
 
 _MARKER = b"<!-- tokenmeter-journal "
 _COPY_MARKER = b"\n<!-- tokenmeter-journal-copy "  # after a blank line: its own HTML block
@@ -462,6 +462,19 @@ class _SessionLog(_Log):
         if info.get("status", "active") != "active":
             lines.append(_completion(info, t))
         return "".join(lines)
+
+
+def render_session(info: dict[str, Any], records: Sequence[UsageRecord]) -> str:
+    """A whole ``sessions/<id>.md`` document at once, for ``tokenmeter session ID``: the same
+    head, call table and tail the sink writes batch by batch.
+
+    ``info`` has the keys of a journal's session state: id, name, parent_id, tags, status,
+    started_at, ended_at (ISO text), notes, budget_usd.
+    """
+    log = _SessionLog(str(info["id"]))
+    state: dict[str, Any] = {"info": dict(info)}
+    body = log.apply(state, records)
+    return log.head(state) + log.body_intro + body + log.tail(state)
 
 
 def _completion(info: dict[str, Any], t: dict[str, Any]) -> str:
