@@ -299,3 +299,15 @@ def test_period_reports(cli: RunCli, tmp_path: Path) -> None:
     assert code == 2 and "--previous needs --period" in err
     code, _, err = cli("report", "--source", str(db), "--period", "day", "--since", "1d")
     assert code == 2 and "--period replaces" in err
+
+
+def test_detailed_calls_in_tz(cli: RunCli, data: Path) -> None:
+    code, out, _ = cli(
+        "report", "--source", str(data), "--detailed", "--tz", "Europe/Paris", "--model", "gpt-4o"
+    )
+    assert code == 0 and "2026-11-02T00:30:00.000+01:00" in out  # 23:30 UTC on Nov 1
+    assert "(Europe/Paris" not in out and "all time" in out
+    code, out, _ = cli("report", "--source", str(data), "--detailed", "--model", "gpt-4o")
+    assert "2026-11-01T23:30:00.000Z" in out
+    doc = report(cli, data, "--detailed", "--tz", "Europe/Paris", "--model", "gpt-4o")
+    assert doc["calls"][0]["timestamp"] == "2026-11-01T23:30:00.000Z"  # machine formats: UTC

@@ -439,7 +439,7 @@ def render_html(
     if report.calls is not None:
         sections += [
             f"<h2>Calls ({len(report.calls):,})</h2>",
-            _table(call_cells(report.calls), sortable=True),
+            _table(call_cells(report.calls, report.tz), sortable=True),
         ]
     sections += [
         f"<footer>tokenmeter · {esc(NONE_LABEL)} marks calls without that value · "

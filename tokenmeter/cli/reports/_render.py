@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
@@ -245,12 +245,23 @@ def fit_summary(
     return table, dropped
 
 
-def call_cells(calls: Sequence[Call]) -> CellTable:
+def local_time(timestamp: str, tz: tzinfo) -> str:
+    """A record timestamp as shown to people: as stored in UTC, else in ``--tz`` with its offset."""
+    if tz is UTC:
+        return timestamp
+    try:
+        instant = datetime.fromisoformat(timestamp.replace("Z", "+00:00")).astimezone(tz)
+    except ValueError:
+        return timestamp
+    return instant.isoformat(timespec="milliseconds")
+
+
+def call_cells(calls: Sequence[Call], tz: tzinfo = UTC) -> CellTable:
     table = CellTable(CALL_HEADERS, range(4, 8))
     for call in calls:
         table.rows.append(
             [
-                call.timestamp,
+                local_time(call.timestamp, tz),
                 call.provider,
                 call.model,
                 call.session_name or call.session_id or "",
@@ -363,7 +374,7 @@ def render_text(
     lines += plain_table(table)
     lines += _hidden_note(dropped)
     if report.calls is not None:
-        lines += ["", _calls_caption(report), *plain_table(call_cells(report.calls))]
+        lines += ["", _calls_caption(report), *plain_table(call_cells(report.calls, report.tz))]
     return "\n".join(lines) + "\n"
 
 
@@ -417,7 +428,7 @@ def render_rich(report: Report, metrics: Sequence[str] | None = None, wide: bool
     for line in _hidden_note(dropped):
         console.print(line, markup=False, highlight=False, style="dim")
     if report.calls is not None:
-        console.print(rich_table(call_cells(report.calls), _calls_caption(report)))
+        console.print(rich_table(call_cells(report.calls, report.tz), _calls_caption(report)))
 
 
 # --- markdown --------------------------------------------------------------------------------
@@ -455,7 +466,12 @@ def render_markdown(report: Report) -> str:
         *markdown_table(summary_cells(report)),
     ]
     if report.calls is not None:
-        lines += ["", f"## {_calls_caption(report)}", "", *markdown_table(call_cells(report.calls))]
+        lines += [
+            "",
+            f"## {_calls_caption(report)}",
+            "",
+            *markdown_table(call_cells(report.calls, report.tz)),
+        ]
     return "\n".join(lines) + "\n"
 
 
