@@ -52,11 +52,12 @@ class SessionSummary(ModelTotals):
         self.by_model: dict[str, ModelTotals] = {}
 
     def _add(self, record: UsageRecord) -> None:
-        super()._add(record)
+        # On the caller's thread for every record: add_record directly, no extra frames.
+        self.add_record(record)
         per_model = self.by_model.get(record.model_name)
         if per_model is None:
             per_model = self.by_model[record.model_name] = ModelTotals()
-        per_model._add(record)
+        per_model.add_record(record)
 
 
 def _new_id() -> str:

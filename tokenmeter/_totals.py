@@ -102,30 +102,33 @@ class Totals:
     # --- adding up -------------------------------------------------------------------------
 
     def add_record(self, record: _RecordLike) -> None:
+        # On the caller's thread for every record (session summaries): kept to plain adds.
+        total = record.total_tokens
         self.calls += 1
         self.input_tokens += record.input_tokens
         self.output_tokens += record.output_tokens
         self.cache_read_tokens += record.cache_read_tokens
         self.cache_write_tokens += record.cache_write_tokens
         self.reasoning_tokens += record.reasoning_tokens
-        self.total_tokens += record.total_tokens
+        self.total_tokens += total
         status = record.status
-        if status == "error":
-            self.error_calls += 1
-        elif status == "blocked":
-            self.blocked_calls += 1
+        if status != "ok":
+            if status == "error":
+                self.error_calls += 1
+            elif status == "blocked":
+                self.blocked_calls += 1
         if record.estimated:
             self.estimated_calls += 1
         cost = record.estimated_cost_usd
         if cost is None:
             return
         self.priced_calls += 1
-        self.priced_tokens += record.total_tokens
+        self.priced_tokens += total
         self.cost_usd += cost
         breakdown = record.cost_breakdown
-        if breakdown:
+        if breakdown:  # its parts add up to the cost
             self.output_cost_usd += breakdown.get("output", _ZERO)
-            self.split_cost_usd += sum(breakdown.values(), _ZERO)
+            self.split_cost_usd += cost
 
     def add(self, other: Totals) -> None:
         for name in self.__slots__:
