@@ -43,6 +43,10 @@ def _default_sinks(resolved: Settings) -> list[Sink]:
             made.append(JSONLSink(directory / "usage.jsonl"))
         elif name == "markdown":
             made.append(MarkdownJournalSink(directory / "journal"))
+    if resolved.reports:
+        from tokenmeter._reports import PeriodicReports
+
+        made.append(PeriodicReports(directory, resolved.reports))
     return made
 
 
@@ -80,6 +84,7 @@ def configure(
     stream_usage: bool | None = None,
     max_queue: int | None = None,
     exit_timeout: float | None = None,
+    reports: str | Iterable[str] | None = None,
 ) -> None:
     """Set sinks, price overrides and other settings for this process.
 
@@ -107,6 +112,7 @@ def configure(
             ("stream_usage", stream_usage),
             ("max_queue", max_queue),
             ("exit_timeout", exit_timeout),
+            ("reports", list(reports) if isinstance(reports, list | tuple) else reports),
         ):
             if value is not None:
                 explicit[key] = value

@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar, cast
 from tokenmeter import _pipeline
 from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import SessionInfo, UsageRecord, clean_text
+from tokenmeter._totals import Totals
 
 __all__ = ["ModelTotals", "Session", "SessionSummary", "current_session", "session", "track"]
 
@@ -31,67 +32,16 @@ _MAX_NAME = 500
 _MAX_NOTES = 10_000
 
 
-class ModelTotals:
-    """Running totals of a set of records, with the derived figures people ask for."""
+class ModelTotals(Totals):
+    """Running totals of a set of records, with the derived figures people ask for.
 
-    def __init__(self) -> None:
-        self.calls = 0
-        self.input_tokens = 0
-        self.output_tokens = 0
-        self.cache_read_tokens = 0
-        self.cache_write_tokens = 0
-        self.reasoning_tokens = 0
-        self.cost_usd = _ZERO
-        self.output_cost_usd = _ZERO
-        self.unpriced_calls = 0
+    The sums and figures are ``tokenmeter._totals.Totals``, shared with the journal and the CLI.
+    """
+
+    __slots__ = ()
 
     def _add(self, record: UsageRecord) -> None:
-        self.calls += 1
-        self.input_tokens += record.input_tokens
-        self.output_tokens += record.output_tokens
-        self.cache_read_tokens += record.cache_read_tokens
-        self.cache_write_tokens += record.cache_write_tokens
-        self.reasoning_tokens += record.reasoning_tokens
-        if record.estimated_cost_usd is None:
-            self.unpriced_calls += 1
-            return
-        self.cost_usd += record.estimated_cost_usd
-        breakdown = record.cost_breakdown
-        if breakdown:
-            self.output_cost_usd += breakdown.get("output", _ZERO)
-
-    @property
-    def input_cost_usd(self) -> Decimal:
-        """Everything billed for input: uncached, cache reads and cache writes."""
-        return self.cost_usd - self.output_cost_usd
-
-    @property
-    def total_tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
-
-    @property
-    def avg_tokens_per_call(self) -> float:
-        return self.total_tokens / self.calls if self.calls else 0.0
-
-    @property
-    def avg_cost_per_call(self) -> Decimal:
-        priced = self.calls - self.unpriced_calls
-        return self.cost_usd / priced if priced else _ZERO
-
-    @property
-    def io_ratio(self) -> float | None:
-        """Input tokens per output token (None before any output)."""
-        return self.input_tokens / self.output_tokens if self.output_tokens else None
-
-    @property
-    def cost_per_token(self) -> Decimal:
-        return self.cost_usd / self.total_tokens if self.total_tokens else _ZERO
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(calls={self.calls}, input_tokens={self.input_tokens}, "
-            f"output_tokens={self.output_tokens}, cost_usd={self.cost_usd})"
-        )
+        self.add_record(record)
 
 
 class SessionSummary(ModelTotals):
@@ -102,11 +52,12 @@ class SessionSummary(ModelTotals):
         self.by_model: dict[str, ModelTotals] = {}
 
     def _add(self, record: UsageRecord) -> None:
-        super()._add(record)
+        # On the caller's thread for every record: add_record directly, no extra frames.
+        self.add_record(record)
         per_model = self.by_model.get(record.model_name)
         if per_model is None:
             per_model = self.by_model[record.model_name] = ModelTotals()
-        per_model._add(record)
+        per_model.add_record(record)
 
 
 def _new_id() -> str:
