@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tokenmeter import _pipeline, _runtime, _sessions
+from tokenmeter.guardrails import _budgets, _state
 from tokenmeter._models import (
     MAX_COST_USD,
     MAX_TOKENS,
@@ -142,9 +143,11 @@ def emit(
     model: str,
     usage: Usage,
     session: _sessions.Session | None = None,
+    call: object = None,
     **fields: Any,
 ) -> UsageRecord:
-    """Price, attribute and enqueue one call's usage now (every record's road)."""
+    """Price, attribute and enqueue one call's usage now (every record's road). ``call``: the
+    intercepted call, whose budget reservation the record settles."""
     if _runtime._settings is None:  # once per process: price overrides must be in place
         _runtime.settings()
     if session is None:
@@ -152,7 +155,10 @@ def emit(
     record = build_record(provider, model, usage, session, **fields)
     if not session._announced:
         _sessions.announce(session)
-    session._add(record)
+    if record.status != "blocked":  # a refused call cost nothing and is no call of the summary
+        session._add(record)
+        if _state.armed:
+            _budgets.settle(record, session, call)
     _pipeline.submit(record)
     return record
 
