@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tokenmeter import sinks, testing
+    from tokenmeter.guardrails import BudgetExceeded
     from tokenmeter._models import Cost, SessionInfo, Usage, UsageRecord
     from tokenmeter._record import record, record_response
     from tokenmeter._runtime import configure
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 #: cheap (pydantic, wrapt and the sinks load with the first ``instrument()``, record or session):
 #: a library that imports tokenmeter but never meters pays nothing for it.
 _HOMES = {
+    "BudgetExceeded": "tokenmeter.guardrails._errors",
     "Cost": "tokenmeter._models",
     "SessionInfo": "tokenmeter._models",
     "Usage": "tokenmeter._models",
@@ -54,6 +56,7 @@ _HOMES = {
 _SUBMODULES = ("sinks", "testing")
 
 __all__ = [
+    "BudgetExceeded",
     "Cost",
     "Instrumentation",
     "ModelTotals",

@@ -17,7 +17,6 @@ beyond their estimates (each was admitted against spent + everyone else's reserv
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
@@ -397,7 +396,7 @@ def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
                     continue
                 if not ok:
                     _block(call, session, budget.name, budget.scope, budget.limit_usd,
-                           Decimal(repr(spent)), estimate, budget.period)
+                           _usd(spent), estimate, budget.period)
                 taken.append((budget, start, amount))
     except BudgetExceeded:
         _release(reservation)
@@ -405,6 +404,11 @@ def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
     reservation.finalizer = weakref.finalize(call, _release, reservation)
     with _pending_lock:
         _pending[call] = reservation
+
+
+def _usd(amount: float) -> Decimal:
+    """A ledger's float as the Decimal it stands for (float sums drift in the last digits)."""
+    return Decimal(repr(round(amount, 10))).normalize()
 
 
 def _release(reservation: _Reservation, actual: float | None = None) -> None:
@@ -555,4 +559,3 @@ def reset() -> None:
     with _warned_lock:
         _warned.clear()
     _ledger_failed = False
-    _ = math

@@ -31,14 +31,24 @@ def estimate_input_usd(
     if not model:
         return _ZERO
     counter = [0, 0]  # characters, items visited
-    for key in _CONTENT_KEYS:
-        if key in kwargs:
-            _count(kwargs[key], counter, 0)
-    for arg in args:
-        _count(arg, counter, 0)
+    _count_request(kwargs, counter)
+    for value in (*args, *kwargs.values()):
+        body = getattr(value, "json_data", None)  # the Stainless SDKs' request options
+        if isinstance(body, Mapping):
+            _count_request(body, counter)
+        elif value is not None and not isinstance(value, str | int | float | bool):
+            _count(value, counter, 0)  # contents passed positionally (google-generativeai)
+    if not args and not kwargs:
+        return _ZERO
     tokens = min(counter[0] // 4 + (1 if counter[0] % 4 else 0), MAX_TOKENS)
     cost = price_usage(provider, model, usage_of(input_tokens=tokens, output_tokens=0))
     return cost.total_usd or _ZERO
+
+
+def _count_request(body: Mapping[str, Any], counter: list[int]) -> None:
+    for key in _CONTENT_KEYS:
+        if key in body:
+            _count(body[key], counter, 0)
 
 
 def _count(value: Any, counter: list[int], depth: int) -> None:
