@@ -250,6 +250,9 @@ def test_a_failing_ledger_lets_calls_through(
         def reserve(self, *args: Any) -> tuple[bool, float]:
             raise OSError("disk gone")
 
+        def reserve_many(self, *args: Any) -> list[tuple[bool, float]]:
+            raise OSError("disk gone")
+
     class LedgerSink(InMemorySink):
         def budget_ledger(self) -> MemoryLedger:
             return Broken()

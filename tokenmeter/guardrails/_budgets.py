@@ -16,8 +16,10 @@ beyond their estimates (each was admitted against spent + everyone else's reserv
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +33,14 @@ from tokenmeter import _sessions
 from tokenmeter._models import Usage, UsageRecord
 from tokenmeter.guardrails import _state
 from tokenmeter.guardrails._errors import BudgetExceeded
-from tokenmeter.guardrails._estimate import estimate_input_usd
-from tokenmeter.guardrails._ledger import BudgetLedger, MemoryLedger, SQLiteLedger
+from tokenmeter.guardrails._estimate import estimate_input_usd, forget_prices
+from tokenmeter.guardrails._ledger import (
+    BudgetLedger,
+    MemoryLedger,
+    SQLiteLedger,
+    reserve_all,
+    settle_all,
+)
 from tokenmeter.pricing._overrides import short_repr
 
 __all__ = [
@@ -53,7 +61,7 @@ _FIELDS = ("name", "limit_usd", "period", "provider", "model", "session", "tag",
 _ZERO = Decimal(0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Budget:
     """A limit in USD over a period, for the calls in a scope (everything when no scope field is
     set; otherwise calls matching every one given)."""
@@ -67,7 +75,7 @@ class Budget:
     on_exceed: Literal["raise", "warn"] = "raise"
     name: str = ""
 
-    @property
+    @functools.cached_property
     def scope(self) -> str:
         parts = []
         if self.provider:
@@ -80,7 +88,11 @@ class Budget:
             parts.append(f"tag:{self.tag[0]}={self.tag[1]}")
         return ",".join(parts) or "everything"
 
-    @property
+    @functools.cached_property
+    def limit(self) -> float:
+        return float(self.limit_usd)
+
+    @functools.cached_property
     def key(self) -> str:
         return f"{self.name}|{self.period}|{self.scope}"
 
@@ -220,6 +232,18 @@ def parse_warn_at(value: Any) -> tuple[float, ...]:
     return tuple(sorted(set(out)))
 
 
+def _next_start(period: str, start: datetime, zone: tzinfo) -> datetime:
+    if period == "hour":
+        return start + timedelta(hours=1)
+    if period == "day":
+        following = start.replace(tzinfo=None) + timedelta(days=1)
+    elif period == "week":
+        following = start.replace(tzinfo=None) + timedelta(days=7)
+    else:
+        following = (start.replace(tzinfo=None, day=28) + timedelta(days=4)).replace(day=1)
+    return following.replace(tzinfo=zone)  # the zone's offset then (DST may have changed it)
+
+
 def period_start(period: str, now: datetime, zone: tzinfo, session: Any) -> str:
     """The ledger's period key: the start of the calendar period containing ``now``."""
     if period == "total":
@@ -247,6 +271,25 @@ class _Config:
     open_ledger: Any
     ledger: BudgetLedger | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: period -> (first second, first second of the next period, the period's key)
+    periods: dict[str, tuple[float, float, str]] = field(default_factory=dict)
+
+    def start_of(self, period: str, now: float, session: Any) -> str:
+        """``period_start`` for the instant ``now`` (seconds since the epoch), cached for as
+        long as the period lasts: formatting a date per budget per call is most of a check."""
+        if period == "total":
+            return ""
+        if period == "session":
+            return str(session.id) if session is not None else ""
+        cached = self.periods.get(period)
+        if cached is not None and cached[0] <= now < cached[1]:
+            return cached[2]
+        moment = datetime.fromtimestamp(now, UTC)
+        text = period_start(period, moment, self.zone, session)
+        start = datetime.fromisoformat(text)
+        end = _next_start(period, start, self.zone)
+        self.periods[period] = (start.timestamp(), end.timestamp(), text)
+        return text
 
     def get_ledger(self) -> BudgetLedger:
         if self.ledger is None:
@@ -276,6 +319,7 @@ def configure_budgets(
     a sink's ``budget_ledger()`` if one has it, else SQLite ``<directory>/budgets.db``."""
     global _config
     old = _config
+    forget_prices()
     if not budgets:
         _config = None
     else:
@@ -308,11 +352,26 @@ class _Reservation:
     amount: float
     taken: list[tuple[Budget, str, float]]
     sessions: list[Any]
-    finalizer: Any = None
+    estimate: Decimal = _ZERO
+    #: A weak reference to the call: when the call is gone without a record (it reported no
+    #: usage, or named no model), its callback gives the reservation back.
+    ref: Any = None
 
 
-_pending: weakref.WeakKeyDictionary[Any, _Reservation] = weakref.WeakKeyDictionary()
+#: Reservations of calls in flight, by id(call).
+_pending: dict[int, _Reservation] = {}
 _pending_lock = threading.Lock()
+
+
+def _call_gone(ref: Any) -> None:
+    with _pending_lock:
+        for key, reservation in list(_pending.items()):
+            if reservation.ref is ref:
+                del _pending[key]
+                break
+        else:
+            return
+    _release(reservation)
 _ledger_failed = False
 
 
@@ -349,8 +408,9 @@ def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
     session = call.session or _sessions.current_session() or _sessions.implicit_session()
     config = _config
     models = (call.request_model,)
+    provider = call.provider
     budgets = (
-        [b for b in config.budgets if b.on_exceed == "raise" and b.matches(call.provider, models,
+        [b for b in config.budgets if b.on_exceed == "raise" and b.matches(provider, models,
                                                                             session)]
         if config is not None
         else []
@@ -358,52 +418,64 @@ def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
     guarded = [s for s in _chain(session) if s.budget_usd is not None and s.on_exceed == "raise"]
     if not budgets and not guarded:
         return
-    estimate = estimate_input_usd(call.provider, call.request_model, args, kwargs)
+    estimate = estimate_input_usd(provider, call.request_model, args, kwargs)
     amount = float(estimate)
-    with _sessions._lock:
-        for node in guarded:
-            spent = node.summary.cost_usd + node._reserved
-            if spent + estimate > node.budget_usd:
-                _block(call, session, f"session:{node.name or node.id}",
-                       f"session={node.name or node.id}", node.budget_usd, spent, estimate,
-                       "session")
-        for node in guarded:
-            node._reserved += estimate
-    taken: list[tuple[Budget, str, float]] = []
-    reservation = _Reservation(amount, taken, guarded)
+    if guarded:
+        with _sessions._lock:
+            for node in guarded:
+                spent = node.summary.cost_usd + node._reserved
+                if spent + estimate > node.budget_usd:
+                    _block(call, session, f"session:{node.name or node.id}",
+                           f"session={node.name or node.id}", node.budget_usd, spent, estimate,
+                           "session")
+            for node in guarded:
+                node._reserved += estimate
+    reservation = _Reservation(amount, [], guarded, estimate)
     try:
         if budgets:
             assert config is not None
-            now = datetime.now(UTC)
-            try:
-                ledger = config.get_ledger()
-            except Exception:
-                _ledger_fault("opening it")
-                ledger = None
-            for budget in budgets:
-                if budget.period == "call":
-                    if estimate > budget.limit_usd:
-                        _block(call, session, budget.name, budget.scope, budget.limit_usd, _ZERO,
-                               estimate, "call")
-                    continue
-                if ledger is None:
-                    continue
-                start = period_start(budget.period, now, config.zone, session)
-                try:
-                    ok, spent = ledger.reserve(budget.key, start, float(budget.limit_usd), amount)
-                except Exception:
-                    _ledger_fault("reserve")
-                    continue
-                if not ok:
-                    _block(call, session, budget.name, budget.scope, budget.limit_usd,
-                           _usd(spent), estimate, budget.period)
-                taken.append((budget, start, amount))
+            _reserve(config, call, session, budgets, estimate, reservation)
     except BudgetExceeded:
         _release(reservation)
         raise
-    reservation.finalizer = weakref.finalize(call, _release, reservation)
+    reservation.ref = weakref.ref(call, _call_gone)
     with _pending_lock:
-        _pending[call] = reservation
+        _pending[id(call)] = reservation
+
+
+def _reserve(
+    config: _Config,
+    call: Any,
+    session: Any,
+    budgets: list[Budget],
+    estimate: Decimal,
+    reservation: _Reservation,
+) -> None:
+    amount = reservation.amount
+    items = []
+    used = []
+    now = time.time()
+    for budget in budgets:
+        if budget.period == "call":
+            if estimate > budget.limit_usd:
+                _block(call, session, budget.name, budget.scope, budget.limit_usd, _ZERO,
+                       estimate, "call")
+            continue
+        items.append((budget.key, config.start_of(budget.period, now, session), budget.limit,
+                      amount))
+        used.append(budget)
+    if not items:
+        return
+    try:
+        results = reserve_all(config.ledger or config.get_ledger(), items)
+    except Exception:
+        _ledger_fault("reserve")
+        return
+    if len(results) < len(items) or not results[-1][0]:  # refused: nothing was reserved
+        budget = used[len(results) - 1]
+        _block(call, session, budget.name, budget.scope, budget.limit_usd,
+               _usd(results[-1][1]), estimate, budget.period)
+    reservation.taken = [(b, item[1], amount) for b, item in zip(used, items, strict=True)]
 
 
 def _usd(amount: float) -> Decimal:
@@ -411,22 +483,21 @@ def _usd(amount: float) -> Decimal:
     return Decimal(repr(round(amount, 10))).normalize()
 
 
-def _release(reservation: _Reservation, actual: float | None = None) -> None:
+def _release(reservation: _Reservation) -> None:
     """Give back a reservation (the call was refused, or ended without a record)."""
     if reservation.sessions:
         with _sessions._lock:
             for node in reservation.sessions:
-                node._reserved -= Decimal(repr(reservation.amount))
+                node._reserved -= reservation.estimate
         reservation.sessions = []
     config = _config
     taken, reservation.taken = reservation.taken, []
-    if config is None or config.ledger is None:
+    if config is None or config.ledger is None or not taken:
         return
-    for budget, start, amount in taken:
-        try:
-            config.ledger.settle(budget.key, start, amount, 0.0)
-        except Exception:
-            _ledger_fault("settle")
+    try:
+        settle_all(config.ledger, [(b.key, start, amount, 0.0) for b, start, amount in taken])
+    except Exception:
+        _ledger_fault("settle")
 
 
 def _block(
@@ -474,56 +545,67 @@ def settle(record: UsageRecord, session: Any, call: Any) -> None:
 
 def _settle(record: UsageRecord, session: Any, call: Any) -> None:
     reservation = None
-    if call is not None:
+    if call is not None and _pending:
         with _pending_lock:
-            reservation = _pending.pop(call, None)
-    if reservation is not None and reservation.finalizer is not None:
-        reservation.finalizer.detach()
-    if reservation is not None and reservation.sessions:
-        with _sessions._lock:
-            for node in reservation.sessions:
-                node._reserved -= Decimal(repr(reservation.amount))
+            reservation = _pending.get(id(call))
+            if reservation is not None and reservation.ref() is call:
+                del _pending[id(call)]
+                reservation.ref = None  # the callback no longer finds it
+            else:
+                reservation = None
+    if reservation is not None:
+        if reservation.sessions:
+            with _sessions._lock:
+                for node in reservation.sessions:
+                    node._reserved -= reservation.estimate
     config = _config
     if config is None:
         return
-    actual = float(record.estimated_cost_usd or 0)
-    reserved = {(b.key, start): (b, start, amt) for b, start, amt in
-                (reservation.taken if reservation is not None else [])}
+    cost = record.estimated_cost_usd
+    actual = 0.0 if cost is None else float(cost)
+    reserved = (
+        {budget.key: (start, amount) for budget, start, amount in reservation.taken}
+        if reservation is not None and reservation.taken
+        else None
+    )
     models = (record.request_model, record.model_name)
-    now = record.timestamp
-    try:
-        ledger = config.get_ledger()
-    except Exception:
-        _ledger_fault("opening it")
-        return
+    now = 0.0
+    items = []
+    settled = []
     for budget in config.budgets:
-        in_scope = budget.matches(record.model_provider, models, session)
+        mine = reserved.get(budget.key) if reserved is not None else None
+        if mine is None and not budget.matches(record.model_provider, models, session):
+            continue
         if budget.period == "call":
-            if in_scope and record.estimated_cost_usd is not None:
-                _maybe_warn(budget, "", float(record.estimated_cost_usd), config.warn_at, record)
+            if cost is not None:
+                _maybe_warn(budget, "", actual, config.warn_at, record)
             continue
-        start = period_start(budget.period, now, config.zone, session)
-        taken = reserved.pop((budget.key, start), None)
-        if taken is None:
-            for key in list(reserved):  # reserved in the previous period (a call across midnight)
-                if key[0] == budget.key:
-                    taken = reserved.pop(key)
-                    start = taken[1]
-                    break
-        if taken is None and not in_scope:
-            continue
-        try:
-            spent = ledger.settle(budget.key, start, taken[2] if taken else 0.0, actual)
-        except Exception:
-            _ledger_fault("settle")
-            continue
-        _maybe_warn(budget, start, spent, config.warn_at, record)
+        if mine is not None:  # the period the reservation was made in (a call across midnight)
+            items.append((budget.key, mine[0], mine[1], actual))
+        else:
+            now = now or record.timestamp.timestamp()
+            items.append((budget.key, config.start_of(budget.period, now, session), 0.0, actual))
+        settled.append(budget)
+    if not items:
+        return
+    try:
+        spent = settle_all(config.ledger or config.get_ledger(), items)
+    except Exception:
+        _ledger_fault("settle")
+        return
+    fractions = config.warn_at
+    if not fractions:
+        return
+    first = fractions[0]
+    for budget, item, total in zip(settled, items, spent, strict=True):
+        if total >= first * budget.limit:
+            _maybe_warn(budget, item[1], total, fractions, record)
 
 
 def _maybe_warn(
     budget: Budget, start: str, spent: float, fractions: tuple[float, ...], record: UsageRecord
 ) -> None:
-    limit = float(budget.limit_usd)
+    limit = budget.limit
     for fraction in fractions:
         if spent < fraction * limit or (limit == 0 and spent == 0):
             break

@@ -15,11 +15,11 @@ import sqlite3
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from tokenmeter.sinks._files import ensure_private_dir
 
-__all__ = ["BudgetLedger", "MemoryLedger", "SQLiteLedger"]
+__all__ = ["BudgetLedger", "MemoryLedger", "SQLiteLedger", "reserve_all", "settle_all"]
 
 
 @runtime_checkable
@@ -45,6 +45,39 @@ class BudgetLedger(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+#: Optional, for speed: a ledger may also offer ``reserve_many(items)`` (items of (scope_key,
+#: period_start, limit_usd, amount_usd); all reserved or none, in one transaction; returns the
+#: (ok, spent) of each item, stopping at the first refusal) and ``settle_many(items)`` (items of
+#: (scope_key, period_start, reserved_usd, actual_usd); one transaction; the spent after each).
+Reserve = tuple[str, str, float, float]
+Settle = tuple[str, str, float, float]
+
+
+def reserve_all(ledger: Any, items: list[Reserve]) -> list[tuple[bool, float]]:
+    """Reserve every item or none: through ``reserve_many`` when the ledger has it."""
+    many = getattr(ledger, "reserve_many", None)
+    if many is not None:
+        found: list[tuple[bool, float]] = many(items)
+        return found
+    results: list[tuple[bool, float]] = []
+    for index, (key, start, limit, amount) in enumerate(items):
+        ok, spent = ledger.reserve(key, start, limit, amount)
+        results.append((ok, spent))
+        if not ok:
+            for key2, start2, _, amount2 in items[:index]:
+                ledger.settle(key2, start2, amount2, 0.0)
+            break
+    return results
+
+
+def settle_all(ledger: Any, items: list[Settle]) -> list[float]:
+    many = getattr(ledger, "settle_many", None)
+    if many is not None:
+        found: list[float] = many(items)
+        return found
+    return [ledger.settle(*item) for item in items]
 
 
 class MemoryLedger:
@@ -74,6 +107,29 @@ class MemoryLedger:
             row[1] = max(0.0, row[1] - reserved_usd)
             row[0] += actual_usd
             return row[0] + row[1]
+
+    def reserve_many(self, items: list[Reserve]) -> list[tuple[bool, float]]:
+        with self._lock:
+            results: list[tuple[bool, float]] = []
+            for key, start, limit, amount in items:
+                row = self._rows.get((key, start))
+                spent = 0.0 if row is None else row[0] + row[1]
+                if spent + amount > limit:
+                    return [*results, (False, spent)]
+                results.append((True, spent))
+            for key, start, _, amount in items:
+                self._rows.setdefault((key, start), [0.0, 0.0])[1] += amount
+            return results
+
+    def settle_many(self, items: list[Settle]) -> list[float]:
+        with self._lock:
+            out = []
+            for key, start, reserved, actual in items:
+                row = self._rows.setdefault((key, start), [0.0, 0.0])
+                row[1] = max(0.0, row[1] - reserved)
+                row[0] += actual
+                out.append(row[0] + row[1])
+            return out
 
     def spent(self, scope_key: str, period_start: str) -> float:
         with self._lock:
@@ -172,6 +228,43 @@ class SQLiteLedger:
             conn.execute("ROLLBACK")
             raise
         return float(row[0]) if row else actual_usd
+
+    def reserve_many(self, items: list[Reserve]) -> list[tuple[bool, float]]:
+        conn = self._conn()
+        results: list[tuple[bool, float]] = []
+        now = _now()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for key, start, limit, amount in items:
+                row = conn.execute(_READ, (key, start)).fetchone()
+                spent = float(row[0]) if row else 0.0
+                if spent + amount > limit:
+                    conn.execute("ROLLBACK")
+                    return [*results, (False, spent)]
+                conn.execute(_RESERVE, (key, start, amount, now))
+                results.append((True, spent))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+    def settle_many(self, items: list[Settle]) -> list[float]:
+        conn = self._conn()
+        now = _now()
+        spent: list[float] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for key, start, reserved, actual in items:
+                row = conn.execute(_SETTLE, (key, start, actual, now, reserved)).fetchone()
+                spent.append(float(row[0]) if row else actual)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return spent
 
     def spent(self, scope_key: str, period_start: str) -> float:
         row = self._conn().execute(_READ, (scope_key, period_start)).fetchone()
