@@ -89,7 +89,10 @@ def configure(directory: Path, budgets: list[dict[str, Any]], ledger: str = "mem
     _runtime.reset()
     _state.armed = False
     tokenmeter.configure(
-        sinks=[InMemorySink()], directory=directory, budgets=budgets, budget_ledger=ledger,
+        sinks=[InMemorySink()],
+        directory=directory,
+        budgets=budgets,
+        budget_ledger=ledger,
         max_queue=10 * N,
     )
 
@@ -126,7 +129,9 @@ def main() -> None:
     base = results["no budget"]
     print(f"one uninstrumented OpenAI SDK call (MockTransport): {sdk:8.2f} µs CPU")
     for name, value in results.items():
-        print(f"send + record, {name:20s}: {value:8.2f} µs CPU ({value / sdk:6.1%} of the SDK call)")
+        print(
+            f"send + record, {name:20s}: {value:8.2f} µs CPU ({value / sdk:6.1%} of the SDK call)"
+        )
     print("the budget work alone (check before sending + settle at the record), 3 budgets:")
     for ledger in ("memory", "sqlite"):
         value = alone[ledger] - alone["nothing"]

@@ -58,7 +58,9 @@ def test_pyproject_then_environment_then_configure(tmp_path: Path) -> None:
     assert [b.name for b in from_env.budgets] == ["weekly"]
     assert from_env.budget_warn_at == (0.5, 1.0) and from_env.budget_timezone == "Europe/Paris"
     assert (from_env.exit_timeout, from_env.max_queue, from_env.budget_ledger) == (
-        2.5, 500, "memory"
+        2.5,
+        500,
+        "memory",
     )
     assert [rule.rule for rule in from_env.alerts] == ["spend_rate"]
     assert sources["budgets"] == "TOKENMETER_BUDGETS"
@@ -75,10 +77,14 @@ def test_pyproject_then_environment_then_configure(tmp_path: Path) -> None:
     [
         ({"TOKENMETER_BUDGETS": "10/day"}, "TOKENMETER_BUDGETS must be JSON"),
         ({"TOKENMETER_ALERTS": "loud"}, "TOKENMETER_ALERTS must be JSON"),
-        ({"TOKENMETER_BUDGETS": '[{"limit_usd": 1, "period": "year"}]'},
-         "'budgets' from TOKENMETER_BUDGETS: budgets[0].period"),
-        ({"TOKENMETER_BUDGET_TIMEZONE": "Mars/Olympus"},
-         "'budget_timezone' from TOKENMETER_BUDGET_TIMEZONE: unknown time zone"),
+        (
+            {"TOKENMETER_BUDGETS": '[{"limit_usd": 1, "period": "year"}]'},
+            "'budgets' from TOKENMETER_BUDGETS: budgets[0].period",
+        ),
+        (
+            {"TOKENMETER_BUDGET_TIMEZONE": "Mars/Olympus"},
+            "'budget_timezone' from TOKENMETER_BUDGET_TIMEZONE: unknown time zone",
+        ),
         ({"TOKENMETER_BUDGET_WARN_AT": "half"}, "TOKENMETER_BUDGET_WARN_AT must be a number"),
         ({"TOKENMETER_BUDGET_WARN_AT": "0,1"}, "each fraction must be a number above 0"),
         ({"TOKENMETER_BUDGET_LEDGER": "postgres"}, "must be 'sqlite' or 'memory'"),
@@ -142,5 +148,9 @@ def test_disabled_writes_nothing_at_all(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=work, timeout=60)
     assert {p.name for p in work.iterdir()} == {".tokenmeter", "state.md"}
     assert {p.name for p in (work / ".tokenmeter").iterdir()} >= {
-        "usage.db", "usage.jsonl", "journal", "alerts.jsonl", "budgets.db"
+        "usage.db",
+        "usage.jsonl",
+        "journal",
+        "alerts.jsonl",
+        "budgets.db",
     }

@@ -24,10 +24,9 @@ def record() -> None:
 
 
 def test_a_thread_pool_inside_a_session_records_into_it(sink: InMemorySink) -> None:
-    with tokenmeter.session("job", tags={"customer": "acme"}) as job:
-        with ThreadPoolExecutor(4) as pool:
-            for future in [pool.submit(record) for _ in range(8)]:
-                future.result()
+    with tokenmeter.session("job", tags={"customer": "acme"}) as job, ThreadPoolExecutor(4) as pool:
+        for future in [pool.submit(record) for _ in range(8)]:
+            future.result()
     assert job.summary.calls == 8
     assert tokenmeter.flush(5)
     assert {(r.session_id, r.tags["customer"]) for r in sink.records} == {(job.id, "acme")}
@@ -83,8 +82,9 @@ def test_on_end_hooks_receive_the_finished_session(sink: InMemorySink) -> None:
     ended: list[tuple[str, str, int, Decimal]] = []
 
     def remember(session: Session) -> None:
-        ended.append((f"{session.name}", session.status, session.summary.calls,
-                      session.summary.cost_usd))
+        ended.append(
+            (f"{session.name}", session.status, session.summary.calls, session.summary.cost_usd)
+        )
 
     tokenmeter.configure(on_session_end=remember)
     with tokenmeter.session("outer", on_end=[remember]):
@@ -104,9 +104,12 @@ def test_a_failing_hook_is_logged_not_raised(
     def broken(session: Session) -> None:
         raise RuntimeError("hook bug")
 
-    with caplog.at_level(logging.ERROR, logger="tokenmeter"):
-        with pytest.raises(KeyError), tokenmeter.session("s", on_end=broken) as s:
-            raise KeyError("the app's own error still propagates")
+    with (
+        caplog.at_level(logging.ERROR, logger="tokenmeter"),
+        pytest.raises(KeyError),
+        tokenmeter.session("s", on_end=broken) as s,
+    ):
+        raise KeyError("the app's own error still propagates")
     assert s.status == "failed"
     assert any("session-end hook failed" in r.getMessage() for r in caplog.records)
 
@@ -116,7 +119,7 @@ def test_bad_hooks_are_a_value_error() -> None:
         tokenmeter.session("s", on_end="print")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="on_exceed"):
         tokenmeter.session("s", on_exceed="stop")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="'on_session_end' from configure()"):
+    with pytest.raises(ValueError, match=r"'on_session_end' from configure\(\)"):
         tokenmeter.configure(on_session_end=[print, "x"])  # type: ignore[list-item]
 
 

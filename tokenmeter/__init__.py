@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tokenmeter import sinks, testing
-    from tokenmeter.guardrails import BudgetExceeded
     from tokenmeter._models import Cost, SessionInfo, Usage, UsageRecord
     from tokenmeter._record import record, record_response
     from tokenmeter._runtime import configure
@@ -28,6 +27,7 @@ if TYPE_CHECKING:
         session,
         track,
     )
+    from tokenmeter.guardrails import BudgetExceeded
     from tokenmeter.providers import Instrumentation, instrument, uninstrument, wrap
 
 #: Where each public name lives. They are imported on first use, so ``import tokenmeter`` stays

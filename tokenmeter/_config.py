@@ -265,8 +265,11 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
             except (ValueError, RecursionError):
                 raise ValueError(
                     f"{name} must be JSON: a list of tables, e.g. "
-                    + ('[{"limit_usd": 5, "period": "day"}]' if key == "budgets"
-                       else '[{"rule": "call_tokens", "multiplier": 3}]')
+                    + (
+                        '[{"limit_usd": 5, "period": "day"}]'
+                        if key == "budgets"
+                        else '[{"rule": "call_tokens", "multiplier": 3}]'
+                    )
                 ) from None
     if value := env.get("TOKENMETER_BUDGET_TIMEZONE"):
         found["budget_timezone"] = value

@@ -18,7 +18,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from tokenmeter import _pipeline, _runtime, _sessions
-from tokenmeter.guardrails import _budgets, _state
 from tokenmeter._models import (
     MAX_COST_USD,
     MAX_TOKENS,
@@ -29,6 +28,7 @@ from tokenmeter._models import (
     trusted,
     usage_of,
 )
+from tokenmeter.guardrails import _budgets, _state
 from tokenmeter.pricing import price_usage
 from tokenmeter.pricing._overrides import short_repr
 from tokenmeter.usage import extract

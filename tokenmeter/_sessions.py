@@ -546,4 +546,4 @@ def set_thread_propagation(enabled: bool) -> None:
     _propagate = enabled
     if enabled and threading.Thread.start is not _start_checked:
         threading.Thread.start = _start_checked  # type: ignore[method-assign]
-        ThreadPoolExecutor.submit = _submit_in_session  # type: ignore[method-assign]
+        ThreadPoolExecutor.submit = _submit_in_session  # type: ignore[method-assign, assignment]

@@ -41,8 +41,13 @@ def test_lists_every_alert(cli: RunCli, alerts_dir: Path) -> None:
 
 def test_since_and_json(cli: RunCli, alerts_dir: Path) -> None:
     code, out, _ = cli(
-        "alerts", "--source", str(alerts_dir / "alerts.jsonl"), "--since", "2026-11-02",
-        "--format", "json",
+        "alerts",
+        "--source",
+        str(alerts_dir / "alerts.jsonl"),
+        "--since",
+        "2026-11-02",
+        "--format",
+        "json",
     )
     assert code == 0
     items = [json.loads(line) for line in out.splitlines()]

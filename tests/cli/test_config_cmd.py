@@ -27,9 +27,7 @@ def test_each_setting_names_its_source(
     assert code == 0
     data = json.loads(out)
     assert data["sinks"] == {"value": ["sqlite", "markdown"], "source": "TOKENMETER_SINKS"}
-    assert data["thread_propagation"] == {
-        "value": False, "source": "TOKENMETER_THREAD_PROPAGATION"
-    }
+    assert data["thread_propagation"] == {"value": False, "source": "TOKENMETER_THREAD_PROPAGATION"}
     where = f"{tmp_path / 'pyproject.toml'} [tool.tokenmeter]"
     assert data["state_file"] == {"value": str(tmp_path / "notes" / "state.md"), "source": where}
     assert data["budgets"]["source"] == where
@@ -45,11 +43,10 @@ def test_each_setting_names_its_source(
     )
 
 
-def test_a_bad_setting_is_one_line_and_exit_1(
-    cli: RunCli, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_bad_setting_is_one_line_and_exit_1(cli: RunCli, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOKENMETER_BUDGETS", '[{"limit_usd": 5, "period": "fortnight"}]')
     code, out, err = cli("config")
     assert code == 1 and out == ""
-    assert err.startswith("tokenmeter: error: tokenmeter setting 'budgets' from "
-                          "TOKENMETER_BUDGETS: budgets[0].period")
+    assert err.startswith(
+        "tokenmeter: error: tokenmeter setting 'budgets' from TOKENMETER_BUDGETS: budgets[0].period"
+    )

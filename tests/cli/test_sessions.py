@@ -94,6 +94,8 @@ def test_a_parent_whose_calls_were_all_nested_is_listed_with_rolled_up_totals(
     assert set(rows) == {"pipeline", "extract", "summarise", "check"}
     assert rows["pipeline"]["session_id"] == parent.id
     assert (rows["pipeline"]["calls"], rows["summarise"]["calls"], rows["check"]["calls"]) == (
-        3, 2, 1
+        3,
+        2,
+        1,
     )
     assert rows["pipeline"]["status"] == "completed"

@@ -55,7 +55,10 @@ def test_a_call_far_above_its_models_baseline_alerts_everywhere(
         assert tokenmeter.flush(5)
     (alert,) = seen.alerts
     assert (alert.rule, alert.scope, alert.observed, alert.record_id) == (
-        "call_tokens", "model=gpt-4o", 9000.0, big.id
+        "call_tokens",
+        "model=gpt-4o",
+        9000.0,
+        big.id,
     )
     assert alert.baseline is not None and 1000 < alert.baseline < 1500
     assert alert.threshold == pytest.approx(3 * alert.baseline)
@@ -64,7 +67,14 @@ def test_a_call_far_above_its_models_baseline_alerts_everywhere(
     (line,) = (tmp_path / "tm" / "alerts.jsonl").read_text().splitlines()
     stored = json.loads(line)
     assert list(stored)[:8] == [
-        "time", "rule", "scope", "observed", "baseline", "threshold", "record_id", "session_id"
+        "time",
+        "rule",
+        "scope",
+        "observed",
+        "baseline",
+        "threshold",
+        "record_id",
+        "session_id",
     ]
     assert stored["time"] == "2026-12-01T09:07:00.000Z" and stored["record_id"] == big.id
 
@@ -77,7 +87,9 @@ def test_an_alert_is_not_repeated_within_its_cooldown(tmp_path: Path) -> None:
     call(6000, 11)  # cooldown over
     assert tokenmeter.flush(5)
     assert [(a.scope, a.time.minute) for a in seen.alerts] == [
-        ("model=gpt-4o", 0), ("model=gpt-4o-mini", 5), ("model=gpt-4o", 11)
+        ("model=gpt-4o", 0),
+        ("model=gpt-4o-mini", 5),
+        ("model=gpt-4o", 11),
     ]
 
 
@@ -102,8 +114,11 @@ def test_a_session_costing_a_multiple_of_its_names_baseline(tmp_path: Path) -> N
             call(4000, 6)
     assert tokenmeter.flush(5)
     (alert,) = seen.alerts
-    assert (alert.rule, alert.scope, alert.session_id) == ("session_cost", "session=nightly",
-                                                           heavy.id)
+    assert (alert.rule, alert.scope, alert.session_id) == (
+        "session_cost",
+        "session=nightly",
+        heavy.id,
+    )
     assert alert.observed == pytest.approx(0.0125)
 
 
@@ -134,8 +149,9 @@ def test_refused_calls_do_not_drag_the_baseline_down(tmp_path: Path, fake: Any) 
     client = fake.openai_client(max_retries=0)
     for _ in range(20):  # 20 blocked records of 0 tokens for the same model
         with pytest.raises(tokenmeter.BudgetExceeded):
-            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user",
-                                                                          "content": "hi"}])
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
     call(2900, 2, model="gpt-4o-mini")  # under 3x a baseline of 1000
     assert tokenmeter.flush(5)
     assert [a for a in seen.alerts if a.rule == "call_tokens"] == []
@@ -146,8 +162,12 @@ def test_a_failing_callback_is_logged(tmp_path: Path, caplog: pytest.LogCaptureF
     def broken(alert: Alert) -> None:
         raise RuntimeError("callback bug")
 
-    tokenmeter.configure(sinks=[InMemorySink()], directory=tmp_path / "tm",
-                         alerts=[{"rule": "call_tokens", "threshold": 1}], on_alert=broken)
+    tokenmeter.configure(
+        sinks=[InMemorySink()],
+        directory=tmp_path / "tm",
+        alerts=[{"rule": "call_tokens", "threshold": 1}],
+        on_alert=broken,
+    )
     with caplog.at_level(logging.ERROR, logger="tokenmeter"):
         call(1000, 0)
         assert tokenmeter.flush(5)
@@ -178,8 +198,12 @@ def test_read_alerts_skips_and_counts_bad_lines(tmp_path: Path) -> None:
     good = {"time": "2026-12-01T09:00:00.000Z", "rule": "call_cost", "scope": "s"}
     later = {**good, "time": "2026-12-02T09:00:00.000Z"}
     path.write_text(
-        json.dumps(good) + "\n{not json\n" + json.dumps({"rule": "x"}) + "\n[1]\n"
-        + json.dumps(later) + "\n"
+        json.dumps(good)
+        + "\n{not json\n"
+        + json.dumps({"rule": "x"})
+        + "\n[1]\n"
+        + json.dumps(later)
+        + "\n"
     )
     alerts, bad = read_alerts(path)
     assert (len(alerts), bad) == (2, 3)

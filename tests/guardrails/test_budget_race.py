@@ -28,7 +28,12 @@ def exact_fake() -> FakeProvider:
     provider = FakeProvider()
     provider.start()
     provider.set_usage(
-        openai={"prompt_tokens": 1000, "completion_tokens": 0, "cached_tokens": 0, "reasoning_tokens": 0}
+        openai={
+            "prompt_tokens": 1000,
+            "completion_tokens": 0,
+            "cached_tokens": 0,
+            "reasoning_tokens": 0,
+        }
     )
     return provider
 

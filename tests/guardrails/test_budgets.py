@@ -1,6 +1,6 @@
 """Budgets stop a call before it is sent: real SDKs against the loopback FakeProvider.
 
-Each gpt-4o call of the fake costs about $0.0075 (1,000 input + 500 output tokens); the request's own
+Each gpt-4o call of the fake costs about $0.0075 (1,000 input, 500 output tokens); the request's own
 estimate (4 characters a token of its text) is tiny next to it.
 """
 
@@ -117,7 +117,8 @@ def test_a_per_call_budget_refuses_a_request_whose_input_alone_costs_too_much(
     client = fake.openai_client(max_retries=0)
     with pytest.raises(BudgetExceeded, match="per call"):
         client.chat.completions.create(
-            model="gpt-4o", messages=[{"role": "user", "content": "x" * 4000}]  # ~$0.0025
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "x" * 4000}],  # ~$0.0025
         )
     assert len(fake.requests) == 1
 
@@ -126,8 +127,9 @@ def test_a_warn_budget_lets_calls_through_and_warns(
     tmp_path: Path, fake: FakeProvider, instrumented: None
 ) -> None:
     seen: list[Alert] = []
-    configured(tmp_path, [{"name": "soft", "limit_usd": 0.01, "on_exceed": "warn"}],
-               on_alert=seen.append)
+    configured(
+        tmp_path, [{"name": "soft", "limit_usd": 0.01, "on_exceed": "warn"}], on_alert=seen.append
+    )
     for _ in range(3):
         chat(fake)
     assert tokenmeter.flush(5)
@@ -202,13 +204,13 @@ def test_manual_records_count_against_budgets_and_warn_ancestors(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     seen: list[Alert] = []
-    configured(tmp_path, [{"name": "all", "limit_usd": 0.03, "on_exceed": "warn"}],
-               on_alert=seen.append)
+    configured(
+        tmp_path, [{"name": "all", "limit_usd": 0.03, "on_exceed": "warn"}], on_alert=seen.append
+    )
     with caplog.at_level(logging.WARNING, logger="tokenmeter"):
-        with tokenmeter.session("outer", budget_usd=0.01) as outer:
-            with tokenmeter.session("inner"):
-                tokenmeter.record("openai", "gpt-4o", 1000, 500)  # $0.0075
-                tokenmeter.record("openai", "gpt-4o", 1000, 500)
+        with tokenmeter.session("outer", budget_usd=0.01) as outer, tokenmeter.session("inner"):
+            tokenmeter.record("openai", "gpt-4o", 1000, 500)  # $0.0075
+            tokenmeter.record("openai", "gpt-4o", 1000, 500)
         for _ in range(2):
             tokenmeter.record("openai", "gpt-4o", 1000, 500)
         assert tokenmeter.flush(5)
@@ -216,9 +218,14 @@ def test_manual_records_count_against_budgets_and_warn_ancestors(
     assert sum("over budget" in r.getMessage() for r in caplog.records) == 1
     rules = sorted((a.scope.split(" ")[0], a.rule) for a in seen)
     assert rules == sorted(
-        [("session=outer", "budget_50pct"), ("session=outer", "budget_80pct"),
-         ("session=outer", "budget_100pct"), ("budget:all", "budget_50pct"),
-         ("budget:all", "budget_80pct"), ("budget:all", "budget_100pct")]
+        [
+            ("session=outer", "budget_50pct"),
+            ("session=outer", "budget_80pct"),
+            ("session=outer", "budget_100pct"),
+            ("budget:all", "budget_50pct"),
+            ("budget:all", "budget_80pct"),
+            ("budget:all", "budget_100pct"),
+        ]
     )
 
 

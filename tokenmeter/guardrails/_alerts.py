@@ -144,7 +144,7 @@ class _Baseline:
         self.mean = value if self.count == 1 else self.mean + self.alpha * (value - self.mean)
 
 
-# -- delivery ----------------------------------------------------------------------------------------
+# -- delivery -----------------------------------------------------------------------------------
 _active: AlertSink | None = None
 
 
@@ -184,7 +184,7 @@ class AlertSink:
         global _active
         _active = self
 
-    # -- the Sink protocol --------------------------------------------------------------------------
+    # -- the Sink protocol ----------------------------------------------------------------------
     def write(self, records: Sequence[UsageRecord]) -> None:
         with self._lock:
             for record in records:
@@ -209,16 +209,30 @@ class AlertSink:
         if _active is self:
             _active = None
 
-    # -- rules ---------------------------------------------------------------------------------------
+    # -- rules ---------------------------------------------------------------------------------
     def _judge_record(self, record: UsageRecord) -> None:
         cost = float(record.estimated_cost_usd) if record.estimated_cost_usd is not None else None
         for rule in self.rules:
             if rule.rule == "call_tokens":
-                self._judge(rule, f"model={record.model_name}", float(record.total_tokens),
-                            record.timestamp, record.id, record.session_id, "tokens")
+                self._judge(
+                    rule,
+                    f"model={record.model_name}",
+                    float(record.total_tokens),
+                    record.timestamp,
+                    record.id,
+                    record.session_id,
+                    "tokens",
+                )
             elif rule.rule == "call_cost" and cost is not None:
-                self._judge(rule, f"model={record.model_name}", cost, record.timestamp,
-                            record.id, record.session_id, "USD")
+                self._judge(
+                    rule,
+                    f"model={record.model_name}",
+                    cost,
+                    record.timestamp,
+                    record.id,
+                    record.session_id,
+                    "USD",
+                )
             elif rule.rule == "spend_rate" and cost is not None:
                 self._spend_rate(rule, record, cost)
 
@@ -226,8 +240,15 @@ class AlertSink:
         cost = float(info.cost_usd)
         for rule in self.rules:
             if rule.rule == "session_cost":
-                self._judge(rule, f"session={info.name or '(unnamed)'}", cost,
-                            info.ended_at or info.started_at, None, info.id, "USD")
+                self._judge(
+                    rule,
+                    f"session={info.name or '(unnamed)'}",
+                    cost,
+                    info.ended_at or info.started_at,
+                    None,
+                    info.id,
+                    "USD",
+                )
 
     def _judge(
         self,
@@ -273,8 +294,8 @@ class AlertSink:
                 threshold=limit,
                 record_id=record_id,
                 session_id=session_id,
-                message=f"high usage: {rule.rule} {shown} for {scope} exceeds "
-                f"{limit:,.6g} ({'baseline %.6g' % base_value if base_value is not None else 'absolute'})",
+                message=f"high usage: {rule.rule} {shown} for {scope} exceeds {limit:,.6g} "
+                + (f"({multiplier_text(rule, base_value)})"),
             )
         )
 
@@ -295,10 +316,18 @@ class AlertSink:
         self._hour_sum += cost
         while self._hour and (when - self._hour[0][0]).total_seconds() > 3600:
             self._hour_sum -= self._hour.popleft()[1]
-        self._judge(rule, "everything", self._hour_sum, when, record.id, record.session_id,
-                    "USD/hour", learn=False)
+        self._judge(
+            rule,
+            "everything",
+            self._hour_sum,
+            when,
+            record.id,
+            record.session_id,
+            "USD/hour",
+            learn=False,
+        )
 
-    # -- delivery ------------------------------------------------------------------------------------
+    # -- delivery ------------------------------------------------------------------------------
     def _deliver_pending(self) -> None:
         while self.pending:
             alert = self.pending.popleft()
@@ -323,6 +352,12 @@ class AlertSink:
                 os.close(fd)
         except OSError as exc:
             logger.error("tokenmeter: cannot append to %s: %s", self.path, exc)
+
+
+def multiplier_text(rule: AlertRule, baseline: float | None) -> str:
+    if baseline is None or rule.multiplier is None:
+        return "absolute threshold"
+    return f"{rule.multiplier:g}x a baseline of {baseline:,.6g}"
 
 
 def read_alerts(path: Path, since: datetime | None = None) -> tuple[list[dict[str, Any]], int]:

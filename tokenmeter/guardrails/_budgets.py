@@ -153,8 +153,9 @@ def _tag(where: str, value: Any) -> tuple[str, str] | None:
         ((key, item),) = value.items()
         value = f"{key}={item}"
     if not isinstance(value, str) or "=" not in value or not value.split("=", 1)[0].strip():
-        raise ValueError(f"{where} must be 'name=value' (e.g. 'customer=acme'), got "
-                         f"{short_repr(value)}")
+        raise ValueError(
+            f"{where} must be 'name=value' (e.g. 'customer=acme'), got {short_repr(value)}"
+        )
     key, item = value.split("=", 1)
     return key.strip(), item.strip()
 
@@ -163,8 +164,10 @@ def parse_budget(where: str, value: Any) -> Budget:
     if isinstance(value, Budget):
         return value
     if not isinstance(value, Mapping):
-        raise ValueError(f"{where} must be a table of limit_usd, period, scope and on_exceed, "
-                         f"got {short_repr(value)}")
+        raise ValueError(
+            f"{where} must be a table of limit_usd, period, scope and on_exceed, "
+            f"got {short_repr(value)}"
+        )
     spec = {str(key).replace("-", "_"): item for key, item in value.items()}
     unknown = sorted(set(spec) - set(_FIELDS))
     if unknown:
@@ -174,12 +177,14 @@ def parse_budget(where: str, value: Any) -> Budget:
     limit = _money(f"{where}.limit_usd", spec["limit_usd"])
     period = spec.get("period", "day")
     if period not in PERIODS:
-        raise ValueError(f"{where}.period must be one of {', '.join(PERIODS)}, got "
-                         f"{short_repr(period)}")
+        raise ValueError(
+            f"{where}.period must be one of {', '.join(PERIODS)}, got {short_repr(period)}"
+        )
     on_exceed = spec.get("on_exceed", "raise")
     if on_exceed not in ("raise", "warn"):
-        raise ValueError(f"{where}.on_exceed must be 'raise' or 'warn', got "
-                         f"{short_repr(on_exceed)}")
+        raise ValueError(
+            f"{where}.on_exceed must be 'raise' or 'warn', got {short_repr(on_exceed)}"
+        )
     provider = _opt_text(f"{where}.provider", spec.get("provider"))
     budget = Budget(
         limit_usd=limit,
@@ -210,8 +215,9 @@ def parse_budgets(value: Any) -> tuple[Budget, ...]:
 
 def parse_timezone(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"must be a time zone name such as 'UTC' or 'Europe/Paris', got "
-                         f"{short_repr(value)}")
+        raise ValueError(
+            f"must be a time zone name such as 'UTC' or 'Europe/Paris', got {short_repr(value)}"
+        )
     try:
         ZoneInfo(value.strip())
     except (ZoneInfoNotFoundError, ValueError):
@@ -221,13 +227,16 @@ def parse_timezone(value: Any) -> str:
 
 def parse_warn_at(value: Any) -> tuple[float, ...]:
     if not isinstance(value, list | tuple):
-        raise ValueError(f"must be a list of fractions of the limit, e.g. [0.5, 0.8, 1.0], got "
-                         f"{short_repr(value)}")
+        raise ValueError(
+            f"must be a list of fractions of the limit, e.g. [0.5, 0.8, 1.0], got "
+            f"{short_repr(value)}"
+        )
     out = []
     for item in value:
         if isinstance(item, bool) or not isinstance(item, int | float) or not 0 < item <= 10:
-            raise ValueError(f"each fraction must be a number above 0 (1.0 = the limit), got "
-                             f"{short_repr(item)}")
+            raise ValueError(
+                f"each fraction must be a number above 0 (1.0 = the limit), got {short_repr(item)}"
+            )
         out.append(float(item))
     return tuple(sorted(set(out)))
 
@@ -323,6 +332,7 @@ def configure_budgets(
     if not budgets:
         _config = None
     else:
+
         def open_ledger() -> BudgetLedger:
             for sink in sinks:
                 make = getattr(sink, "budget_ledger", None)
@@ -372,6 +382,8 @@ def _call_gone(ref: Any) -> None:
         else:
             return
     _release(reservation)
+
+
 _ledger_failed = False
 
 
@@ -379,8 +391,9 @@ def _ledger_fault(what: str) -> None:
     global _ledger_failed
     if not _ledger_failed:
         _ledger_failed = True
-        logger.error("tokenmeter: the budget ledger failed (%s); calls are let through", what,
-                     exc_info=True)
+        logger.error(
+            "tokenmeter: the budget ledger failed (%s); calls are let through", what, exc_info=True
+        )
 
 
 def _chain(session: Any) -> list[Any]:
@@ -410,8 +423,11 @@ def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
     models = (call.request_model,)
     provider = call.provider
     budgets = (
-        [b for b in config.budgets if b.on_exceed == "raise" and b.matches(provider, models,
-                                                                            session)]
+        [
+            b
+            for b in config.budgets
+            if b.on_exceed == "raise" and b.matches(provider, models, session)
+        ]
         if config is not None
         else []
     )
@@ -425,9 +441,16 @@ def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
             for node in guarded:
                 spent = node.summary.cost_usd + node._reserved
                 if spent + estimate > node.budget_usd:
-                    _block(call, session, f"session:{node.name or node.id}",
-                           f"session={node.name or node.id}", node.budget_usd, spent, estimate,
-                           "session")
+                    _block(
+                        call,
+                        session,
+                        f"session:{node.name or node.id}",
+                        f"session={node.name or node.id}",
+                        node.budget_usd,
+                        spent,
+                        estimate,
+                        "session",
+                    )
             for node in guarded:
                 node._reserved += estimate
     reservation = _Reservation(amount, [], guarded, estimate)
@@ -458,11 +481,20 @@ def _reserve(
     for budget in budgets:
         if budget.period == "call":
             if estimate > budget.limit_usd:
-                _block(call, session, budget.name, budget.scope, budget.limit_usd, _ZERO,
-                       estimate, "call")
+                _block(
+                    call,
+                    session,
+                    budget.name,
+                    budget.scope,
+                    budget.limit_usd,
+                    _ZERO,
+                    estimate,
+                    "call",
+                )
             continue
-        items.append((budget.key, config.start_of(budget.period, now, session), budget.limit,
-                      amount))
+        items.append(
+            (budget.key, config.start_of(budget.period, now, session), budget.limit, amount)
+        )
         used.append(budget)
     if not items:
         return
@@ -473,8 +505,16 @@ def _reserve(
         return
     if len(results) < len(items) or not results[-1][0]:  # refused: nothing was reserved
         budget = used[len(results) - 1]
-        _block(call, session, budget.name, budget.scope, budget.limit_usd,
-               _usd(results[-1][1]), estimate, budget.period)
+        _block(
+            call,
+            session,
+            budget.name,
+            budget.scope,
+            budget.limit_usd,
+            _usd(results[-1][1]),
+            estimate,
+            budget.period,
+        )
     reservation.taken = [(b, item[1], amount) for b, item in zip(used, items, strict=True)]
 
 
@@ -553,11 +593,10 @@ def _settle(record: UsageRecord, session: Any, call: Any) -> None:
                 reservation.ref = None  # the callback no longer finds it
             else:
                 reservation = None
-    if reservation is not None:
-        if reservation.sessions:
-            with _sessions._lock:
-                for node in reservation.sessions:
-                    node._reserved -= reservation.estimate
+    if reservation is not None and reservation.sessions:
+        with _sessions._lock:
+            for node in reservation.sessions:
+                node._reserved -= reservation.estimate
     config = _config
     if config is None:
         return

@@ -10,6 +10,7 @@ returns an object with these methods (e.g. a PostgreSQL store) makes budgets hol
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -274,10 +275,8 @@ class SQLiteLedger:
         with self._lock:
             conns, self._all = self._all, []
         for conn in conns:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 conn.close()
-            except sqlite3.Error:
-                pass
         self._local = threading.local()
 
 

@@ -160,9 +160,11 @@ def _roll_up(conn: sqlite3.Connection, rows: list[SessionRow]) -> list[SessionRo
         parent_id = info[1] if info is not None else None
         while isinstance(parent_id, str) and parent_id not in seen:  # a cycle is bad data
             seen.add(parent_id)
-            row = by_id.get(parent_id)
+            found = by_id.get(parent_id)
             info = parents.get(parent_id)
-            if row is None:
+            if found is not None:
+                row = found
+            else:
                 name, status, started, ended, notes, tags = (
                     info[2:8] if info is not None else (None,) * 6
                 )
