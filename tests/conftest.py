@@ -48,6 +48,7 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
         "TOKENMETER_ALERTS",
         "TOKENMETER_STATE_FILE",
         "TOKENMETER_THREAD_PROPAGATION",
+        "TOKENMETER_PROVIDERS",
     ):
         monkeypatch.delenv(name, raising=False)
     yield

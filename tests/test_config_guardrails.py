@@ -154,3 +154,21 @@ def test_disabled_writes_nothing_at_all(tmp_path: Path) -> None:
         "alerts.jsonl",
         "budgets.db",
     }
+
+
+def test_the_providers_setting_chooses_what_instrument_patches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKENMETER_PROVIDERS", "anthropic, gemini")
+    assert load_settings(cwd=tmp_path).providers == ("anthropic", "google-genai")
+    done = tokenmeter.instrument()
+    try:
+        assert set(done.providers) <= {"anthropic", "google-genai"} and done.providers
+    finally:
+        done.uninstrument()
+    monkeypatch.setenv("TOKENMETER_PROVIDERS", "openai,cohere")
+    with pytest.raises(ValueError) as excinfo:
+        load_settings(cwd=tmp_path)
+    assert "'providers' from TOKENMETER_PROVIDERS: unknown provider 'cohere'" in (
+        one_line_value_error(excinfo)
+    )

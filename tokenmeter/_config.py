@@ -41,6 +41,7 @@ _ENV_NAMES = {
     "alerts": "TOKENMETER_ALERTS",
     "state_file": "TOKENMETER_STATE_FILE",
     "thread_propagation": "TOKENMETER_THREAD_PROPAGATION",
+    "providers": "TOKENMETER_PROVIDERS",
 }
 #: Settings that hold code (callables): configure() only.
 _CODE_ONLY = ("on_alert", "on_session_end")
@@ -89,6 +90,8 @@ class Settings(BaseModel):
     state_file: Path | None = None
     #: Sessions follow work into threads started inside them.
     thread_propagation: bool = True
+    #: Providers ``instrument()`` patches when it names none (None: every installed one).
+    providers: tuple[str, ...] | None = None
 
     @field_validator("sinks", mode="before")
     @classmethod
@@ -115,6 +118,19 @@ class Settings(BaseModel):
         from tokenmeter.guardrails._budgets import parse_warn_at
 
         return parse_warn_at(value)
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _known_providers(cls, value: Any) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        from tokenmeter.providers import _names
+
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"must be provider names, got {short_repr(value)}")
+        return tuple(_names(list(value)))
 
     @field_validator("budget_ledger", mode="before")
     @classmethod
@@ -283,6 +299,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         found["budget_ledger"] = value.strip().lower()
     if value := env.get("TOKENMETER_STATE_FILE"):
         found["state_file"] = value
+    if value := env.get("TOKENMETER_PROVIDERS"):
+        found["providers"] = value
     return found
 
 

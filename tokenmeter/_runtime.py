@@ -130,6 +130,7 @@ def configure(
     on_session_end: Callable[[Any], object] | Sequence[Callable[[Any], object]] | None = None,
     state_file: str | Path | None = None,
     thread_propagation: bool | None = None,
+    providers: Sequence[str] | str | None = None,
 ) -> None:
     """Set sinks, price overrides, budgets, alerts, hooks and other settings for this process.
 
@@ -169,6 +170,7 @@ def configure(
             ("on_session_end", on_session_end),
             ("state_file", state_file),
             ("thread_propagation", thread_propagation),
+            ("providers", list(providers) if isinstance(providers, list | tuple) else providers),
         ):
             if value is not None:
                 explicit[key] = value
