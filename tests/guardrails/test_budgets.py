@@ -7,7 +7,9 @@ estimate (4 characters a token of its text) is tiny next to it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import os
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -358,3 +360,27 @@ def test_budgets_read_from_toml(tmp_path: Path) -> None:
         ]
     )
     assert budgets[1].name == "call:everything" and budgets[0].scope == "tag:customer=acme"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_never_releases_the_parents_reservations(tmp_path: Path) -> None:
+    from tokenmeter.guardrails import _budgets
+    from tokenmeter.providers._core import Call
+
+    configured(tmp_path, [{"name": "b", "limit_usd": 1, "period": "total"}])
+    call = Call("openai", "gpt-4o", "chat")
+    _budgets.check(call, (), {"messages": [{"role": "user", "content": "x" * 4000}]})
+    assert _budgets._config is not None
+    ledger = _budgets._config.get_ledger()
+    reserved = ledger.spent("b|total|everything", "")
+    assert reserved == pytest.approx(0.0025, rel=0.01)
+    pid = os.fork()
+    if pid == 0:  # the child drops its copy of the call, as it would when it finishes
+        del call
+        gc.collect()
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert ledger.spent("b|total|everything", "") == reserved  # still the parent's
+    del call
+    gc.collect()  # the parent's call ends without a record: the reservation is given back
+    assert ledger.spent("b|total|everything", "") == 0.0

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 import weakref
@@ -371,6 +372,19 @@ class _Reservation:
 #: Reservations of calls in flight, by id(call).
 _pending: dict[int, _Reservation] = {}
 _pending_lock = threading.Lock()
+
+
+def _forget_in_child() -> None:
+    """A forked child's copies of the parent's calls in flight are the parent's to settle: if
+    the child released them (when its copies are collected) it would free the parent's share of
+    a ledger shared through SQLite."""
+    global _pending, _pending_lock, _warned_lock
+    for reservation in _pending.values():
+        reservation.ref = None
+    _pending, _pending_lock, _warned_lock = {}, threading.Lock(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _call_gone(ref: Any) -> None:
