@@ -39,6 +39,16 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
         "TOKENMETER_DISABLED",
         "TOKENMETER_PRICES",
         "TOKENMETER_STREAM_USAGE",
+        "TOKENMETER_MAX_QUEUE",
+        "TOKENMETER_EXIT_TIMEOUT",
+        "TOKENMETER_BUDGETS",
+        "TOKENMETER_BUDGET_TIMEZONE",
+        "TOKENMETER_BUDGET_WARN_AT",
+        "TOKENMETER_BUDGET_LEDGER",
+        "TOKENMETER_ALERTS",
+        "TOKENMETER_STATE_FILE",
+        "TOKENMETER_THREAD_PROPAGATION",
+        "TOKENMETER_PROVIDERS",
     ):
         monkeypatch.delenv(name, raising=False)
     yield

@@ -27,12 +27,14 @@ if TYPE_CHECKING:
         session,
         track,
     )
+    from tokenmeter.guardrails import BudgetExceeded
     from tokenmeter.providers import Instrumentation, instrument, uninstrument, wrap
 
 #: Where each public name lives. They are imported on first use, so ``import tokenmeter`` stays
 #: cheap (pydantic, wrapt and the sinks load with the first ``instrument()``, record or session):
 #: a library that imports tokenmeter but never meters pays nothing for it.
 _HOMES = {
+    "BudgetExceeded": "tokenmeter.guardrails._errors",
     "Cost": "tokenmeter._models",
     "SessionInfo": "tokenmeter._models",
     "Usage": "tokenmeter._models",
@@ -54,6 +56,7 @@ _HOMES = {
 _SUBMODULES = ("sinks", "testing")
 
 __all__ = [
+    "BudgetExceeded",
     "Cost",
     "Instrumentation",
     "ModelTotals",

@@ -397,3 +397,16 @@ def test_a_journal_written_before_first_lines_had_a_checksum_is_continued(
     assert (tmp_path / "old" / "token_usage.md").read_bytes() == (
         reference / "token_usage.md"
     ).read_bytes()
+
+
+def test_a_parent_journal_shows_the_calls_of_its_nested_sessions(tmp_path: Path) -> None:
+    import tokenmeter
+
+    tokenmeter.configure(directory=tmp_path / "tm", sinks=["markdown"])
+    with tokenmeter.session("parent") as parent, tokenmeter.session("child"):
+        tokenmeter.record("openai", "gpt-4o", 1000, 500)
+        tokenmeter.record("openai", "gpt-4o", 1000, 500)
+    assert tokenmeter.flush(5)
+    text = next((tmp_path / "tm" / "journal").rglob(f"{parent.id}*.md")).read_text()
+    assert "- **Total Calls:** 0\n" in text
+    assert "- **Including Nested Sessions:** 2 calls, 3,000 tokens, $0.015" in text

@@ -1,4 +1,5 @@
-"""The ``tokenmeter`` command: reports on recorded usage, sessions, tail, prices and a demo.
+"""The ``tokenmeter`` command: reports on recorded usage, sessions, tail, prices, alerts, the
+effective settings, and a demo.
 
 ``main(argv)`` returns the exit status: 0 on success, 1 for a problem with the data (missing or
 unreadable source, unknown session), 2 for bad arguments (a bad date, an unknown ``--by`` key).
@@ -200,6 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     prices.add_argument("--tier", choices=("standard", "batch", "flex", "priority"))
     prices.add_argument("--format", choices=("table", "json"), default="table")
 
+    alerts = commands.add_parser("alerts", help="usage alerts and budget warnings raised so far")
+    alerts.add_argument(
+        "--source",
+        metavar="PATH",
+        default=None,
+        help="alerts.jsonl, or a directory holding it (default: the configured directory)",
+    )
+    alerts.add_argument("--since", type=_date_type(parse_since), help=_SINCE_HELP)
+    alerts.add_argument("--format", choices=("table", "json"), default="table")
+
+    config = commands.add_parser("config", help="the effective settings and where each came from")
+    config.add_argument("--format", choices=("text", "json"), default="text")
+
     demo = commands.add_parser(
         "demo", help="run the installed SDKs against a local fake provider and report"
     )
@@ -240,6 +254,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from tokenmeter.cli._tail import run_tail
 
         return run_tail(args)
+    if command == "alerts":
+        from tokenmeter.cli._alerts import run_alerts
+
+        return run_alerts(args)
+    if command == "config":
+        from tokenmeter.cli._config_cmd import run_config
+
+        return run_config(args)
     if command == "prices":
         from tokenmeter.cli._prices import run_prices
 

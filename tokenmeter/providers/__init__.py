@@ -126,6 +126,8 @@ def instrument(
     """
     from tokenmeter._runtime import configure, settings
 
+    if providers is None:  # the ``providers`` setting, else every installed one
+        providers = settings().providers
     names = _names(providers)
     if sinks is not None:
         configure(sinks=sinks)

@@ -37,6 +37,7 @@ from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import Usage
 from tokenmeter._record import emit
 from tokenmeter._sessions import Session, current_session, implicit_session
+from tokenmeter.guardrails import _budgets, _state
 from tokenmeter.usage import Extracted
 
 __all__ = [
@@ -213,6 +214,7 @@ class Call:
             status=status,
             error=error_name,
             priced=usage is not None or error is not None,
+            call=self,
         )
 
 
@@ -286,7 +288,10 @@ def _already_recorded(response_id: str) -> bool:
 def send(
     call: Call, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    """Make the SDK call with nested calls passing through; a failure is recorded, then raised."""
+    """Make the SDK call with nested calls passing through; a failure is recorded, then raised.
+    A budget in force is checked first: ``BudgetExceeded`` is raised before anything is sent."""
+    if _state.armed:
+        _budgets.check(call, args, kwargs)
     token = guard.set(True)
     try:
         return wrapped(*args, **kwargs)
@@ -304,6 +309,8 @@ async def send_async(
     kwargs: dict[str, Any],
 ) -> Any:
     """The async twin of ``send`` (CancelledError included: recorded as an error)."""
+    if _state.armed:
+        _budgets.check(call, args, kwargs)
     token = guard.set(True)
     try:
         return await wrapped(*args, **kwargs)
