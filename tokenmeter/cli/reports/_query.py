@@ -99,7 +99,7 @@ class Filters:
             return False
         tags = record.get("tags")
         for key, value in self.tags:
-            if not isinstance(tags, dict) or str(tags.get(key)) != value or key not in tags:
+            if not isinstance(tags, dict) or key not in tags or str(tags[key]) != value:
                 return False
         return True
 
