@@ -120,8 +120,8 @@ sys.exit(3)
     for _, _, name, tags, inp, out in rows:
         assert (name, json.loads(tags), inp, out) == ("nightly", {"team": "search"}, 1000, 500)
     assert "tokenmeter: 'nightly' (exit status 3)" in result.stderr
-    assert _summary_row(result.stderr, "m-test") == ["m-test", "2", "2,000", "1,000", "$0.004000"]
-    assert _summary_row(result.stderr, "total") == ["total", "2", "2,000", "1,000", "$0.004000"]
+    assert _summary_row(result.stderr, "m-test") == ["m-test", "2", "2,000", "1,000", "$0.004"]
+    assert _summary_row(result.stderr, "total") == ["total", "2", "2,000", "1,000", "$0.004"]
     assert run_id in result.stderr
 
 
@@ -265,7 +265,7 @@ def test_settings_reach_the_program(fake: FakeProvider, tmp_path: Path) -> None:
         "TOKENMETER_BUDGET_USD 0.5",
     ]
     assert "no LLM calls were recorded" in result.stderr
-    assert "within the budget of $0.500000" in result.stderr
+    assert "within the budget of $0.50" in result.stderr
 
 
 @pytest.mark.parametrize(
