@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenmeter._registry import provider_for_host
 from tokenmeter._runtime import settings
 from tokenmeter.providers._core import Call
 from tokenmeter.providers._stainless import Endpoint, StainlessAdapter, keep_names
@@ -15,28 +16,7 @@ from tokenmeter.usage import from_openai_response
 from tokenmeter.usage._read import ident
 from tokenmeter.usage.openai import tier_from_openai, usage_from_openai
 
-_HOSTS = {
-    "api.openai.com": "openai",
-    "api.groq.com": "groq",
-    "api.deepseek.com": "deepseek",
-    "openrouter.ai": "openrouter",
-    "api.mistral.ai": "mistral",
-    "api.x.ai": "x-ai",
-    "api.together.xyz": "together",
-    "api.fireworks.ai": "fireworks",
-    "api.perplexity.ai": "perplexity",
-    "api.cerebras.ai": "cerebras",
-    "generativelanguage.googleapis.com": "google",
-}
 _TERMINAL_EVENTS = {"response.completed", "response.incomplete", "response.failed"}
-
-
-def provider_for_host(host: str, client_class: str = "") -> str:
-    if "Azure" in client_class or host.endswith(".openai.azure.com"):
-        return "azure"
-    return _HOSTS.get(host) or next(
-        (name for known, name in _HOSTS.items() if host.endswith("." + known)), "openai"
-    )
 
 
 class ChunkReader:
