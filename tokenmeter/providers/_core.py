@@ -40,9 +40,11 @@ from tokenmeter._sessions import Session, current_session, implicit_session
 from tokenmeter.usage import Extracted
 
 __all__ = [
+    "Adapter",
     "AsyncStreamProxy",
     "Call",
     "Patch",
+    "Plan",
     "StreamReader",
     "Switches",
     "SyncGeneratorProxy",
@@ -50,6 +52,8 @@ __all__ = [
     "Wrapper",
     "fault",
     "guard",
+    "intercept",
+    "intercept_async",
     "safely",
     "send",
     "send_async",
@@ -127,6 +131,13 @@ class Call:
     #: ``include_usage``, an Anthropic message stream, Gemini generate_content): a stream that
     #: runs to its end without any is unreadable usage, not zero tokens.
     expects_usage: bool = False
+    #: The request's parameters as the caller gave them (model, messages/input/contents, tools,
+    #: ...): read only to estimate the usage of a call that reports none, never stored.
+    request: Any = None
+    #: The adapter's stream reader, which counts what passed through (estimates of the output).
+    reader: Any = None
+    #: What the caller can do about a stream without usage (the adapter words it).
+    no_usage_hint: str = ""
 
     def __post_init__(self) -> None:
         if self.streamed:
@@ -312,6 +323,93 @@ async def send_async(
         raise
     finally:
         guard.reset(token)
+
+
+@dataclass(slots=True)
+class Plan:
+    """What an adapter decided about one call before it is sent: the call being metered and the
+    arguments to send (an adapter may adjust them, e.g. to ask a stream for its usage)."""
+
+    call: Call
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+class Adapter(Protocol):
+    """What every provider adapter tells the one interception loop (``intercept``).
+
+    ``plan`` reads the intercepted method's arguments (None: not a billed call, pass it through);
+    ``deliver`` reads what the SDK returned, or wraps it (a stream) so that it is read as it is
+    consumed, and returns what the caller gets. Everything else (the nested-call guard, the send,
+    error records, faults of ours kept out of the caller's way) is the loop's, the same for all.
+    """
+
+    #: Named in the log when a step of ours fails.
+    name: str
+
+    @property
+    def active(self) -> bool:
+        """False once ``uninstrument()`` could not remove a class patch: it passes through."""
+        ...
+
+    def plan(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Plan | None: ...
+
+    def deliver(self, plan: Plan, result: Any, is_async: bool) -> Any: ...
+
+
+def _planned(
+    adapter: Adapter, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Plan | None:
+    try:
+        return adapter.plan(instance, args, kwargs)
+    except Exception:
+        fault(f"planning a {adapter.name} call")
+        return None
+
+
+def intercept(
+    adapter: Adapter,
+    gated: bool,
+    wrapped: Callable[..., Any],
+    instance: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """The one interception loop: guard -> plan -> send -> deliver. ``gated``: a class patch,
+    inert once the adapter is switched off."""
+    if (gated and not adapter.active) or guard.get():
+        return wrapped(*args, **kwargs)
+    plan = _planned(adapter, instance, args, kwargs)
+    if plan is None:
+        return wrapped(*args, **kwargs)
+    result = send(plan.call, wrapped, plan.args, plan.kwargs)
+    try:
+        return adapter.deliver(plan, result, False)
+    except Exception:
+        fault(f"reading a {adapter.name} response")
+        return result
+
+
+async def intercept_async(
+    adapter: Adapter,
+    gated: bool,
+    wrapped: Callable[..., Awaitable[Any]],
+    instance: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """The async twin of ``intercept``."""
+    if (gated and not adapter.active) or guard.get():
+        return await wrapped(*args, **kwargs)
+    plan = _planned(adapter, instance, args, kwargs)
+    if plan is None:
+        return await wrapped(*args, **kwargs)
+    result = await send_async(plan.call, wrapped, plan.args, plan.kwargs)
+    try:
+        return adapter.deliver(plan, result, True)
+    except Exception:
+        fault(f"reading a {adapter.name} response")
+        return result
 
 
 class StreamReader(Protocol):

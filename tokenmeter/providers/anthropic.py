@@ -59,7 +59,7 @@ _MESSAGES = Endpoint("messages", from_anthropic_response, EventReader)
 
 
 class AnthropicAdapter(StainlessAdapter):
-    sdk = "anthropic"
+    name = "anthropic"
 
     def endpoint(self, method: str, path: str) -> Endpoint | None:
         if method != "post":

@@ -77,7 +77,7 @@ _NOT_BILLED = {"input_tokens", "cancel", "input_items"}
 
 
 class OpenAIAdapter(StainlessAdapter):
-    sdk = "openai"
+    name = "openai"
 
     def __init__(self) -> None:
         super().__init__()
