@@ -23,7 +23,6 @@ from tokenmeter.providers._core import (
     intercept,
     intercept_async,
 )
-from tokenmeter.usage import Extracted
 from tokenmeter.usage._read import getter, ident
 
 RAW_HEADER = "X-Stainless-Raw-Response"
@@ -35,10 +34,14 @@ class Endpoint:
     """A billed API route: how to read its responses and its streams."""
 
     operation: str
-    read: Callable[[Any, str], Extracted | None]
+    #: Reads a parsed response into its call (``call.take``; ``call.missing`` when a billed
+    #: response carries no usage).
+    read: Callable[[Any, Call], None]
     new_reader: Callable[[bool], StreamReader]
     #: Record each response id once (Responses API: retrieve repeats the same usage).
     dedupe: bool = False
+    #: What a caller can do when its call reports no usage (logged once per provider).
+    no_usage_hint: str = ""
 
 
 @dataclass(slots=True)
@@ -116,6 +119,7 @@ class StainlessAdapter:
             dedupe=endpoint.dedupe,
             expects_usage=promised,
             request=body,
+            no_usage_hint=endpoint.no_usage_hint,
         )
         return StainlessPlan(call, args, kwargs, endpoint, streamed, hide, raw)
 
@@ -135,8 +139,7 @@ class StainlessAdapter:
         if plan.raw is not None and hasattr(result, "parse") and hasattr(result, "http_response"):
             return _RawResponseProxy(result, plan, is_async)
         if plan.streamed:
-            proxy = AsyncStreamProxy if is_async else SyncStreamProxy
-            return proxy(result, plan.call, plan.endpoint.new_reader(plan.hide_usage_chunk))
+            return _stream_proxy(plan, result, is_async)
         _read_into(plan, result)
         return result
 
@@ -217,8 +220,7 @@ class _RawResponseProxy(ObjectProxy):
         plan = self._self_plan
         shown: Any = parsed
         if plan.streamed:
-            proxy = AsyncStreamProxy if self._self_async else SyncStreamProxy
-            shown = proxy(parsed, plan.call, plan.endpoint.new_reader(plan.hide_usage_chunk))
+            shown = _stream_proxy(plan, parsed, self._self_async)
         else:
             _read_into(plan, parsed)
         self._self_parsed = (parsed, shown)
@@ -250,11 +252,16 @@ def _read_into(plan: StainlessPlan, parsed: Any) -> None:
 
 def _take(call: Call, endpoint: Endpoint, parsed: Any) -> None:
     try:
-        found = endpoint.read(parsed, call.provider)
+        endpoint.read(parsed, call)
     except Exception:
         keep_names(call, parsed)
         raise
-    call.take(found)
+
+
+def _stream_proxy(plan: StainlessPlan, stream: Any, is_async: bool) -> Any:
+    """The SDK stream, read as it is consumed by the endpoint's reader."""
+    plan.call.reader = reader = plan.endpoint.new_reader(plan.hide_usage_chunk)
+    return (AsyncStreamProxy if is_async else SyncStreamProxy)(stream, plan.call, reader)
 
 
 def keep_names(call: Call, parsed: Any) -> None:

@@ -55,7 +55,11 @@ class EventReader:
         call.tier = tier_from_anthropic(self.fields)
 
 
-_MESSAGES = Endpoint("messages", from_anthropic_response, EventReader)
+def _read_message(parsed: Any, call: Call) -> None:
+    call.take(from_anthropic_response(parsed, call.provider))
+
+
+_MESSAGES = Endpoint("messages", _read_message, EventReader)
 
 
 class AnthropicAdapter(StainlessAdapter):

@@ -23,6 +23,7 @@ from tokenmeter.providers._core import (
     intercept,
     intercept_async,
 )
+from tokenmeter._estimate import TextTally
 from tokenmeter.providers._gemini import PROVIDER, short_model
 from tokenmeter.usage import Extracted, from_gemini_response
 from tokenmeter.usage._read import ident
@@ -55,9 +56,10 @@ def _read_response(response: Any, call: Call) -> None:
     if getattr(response, "usage_metadata", None) is not None:
         _take_usage(response, call)
         return
-    if call.expects_usage:
+    if call.expects_usage:  # billed, and nothing reported: estimated
         _names(response, call)
-        raise ValueError("the Gemini response carries no usage_metadata")
+        call.missing = True
+        return
     # Vertex :predict embeddings report tokens per embedding instead of usage_metadata.
     stats = [getattr(e, "statistics", None) for e in getattr(response, "embeddings", None) or []]
     counts = [getattr(s, "token_count", None) for s in stats]
@@ -85,15 +87,24 @@ def _names(response: Any, call: Call) -> None:
 
 
 class ChunkReader:
-    """Each chunk's ``usage_metadata`` is the running total of its request: keep the latest."""
+    """Each chunk's ``usage_metadata`` is the running total of its request: keep the latest.
+    Until one comes, the text that passes by is tallied (estimated if none ever does)."""
 
-    __slots__ = ()
+    __slots__ = ("tally",)
+
+    def __init__(self) -> None:
+        self.tally = TextTally()
 
     def feed(self, chunk: Any, call: Call) -> bool:
         if getattr(chunk, "usage_metadata", None) is not None:
             _take_usage(chunk, call)
-        elif call.request_id is None:  # named even if no chunk ever reports usage
+            return False
+        if call.request_id is None:  # named even if no chunk ever reports usage
             _names(chunk, call)
+        for candidate in getattr(chunk, "candidates", None) or ():
+            content = getattr(candidate, "content", None)
+            for part in getattr(content, "parts", None) or ():
+                self.tally.add(getattr(part, "text", None))
         return False
 
 
