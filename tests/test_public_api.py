@@ -20,6 +20,7 @@ PUBLIC = {
     "UsageRecord",
     "configure",
     "current_session",
+    "estimate",
     "flush",
     "instrument",
     "price",

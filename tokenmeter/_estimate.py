@@ -21,6 +21,7 @@ import logging
 import os
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -44,16 +45,21 @@ _KEEP_CHARS = 64_000
 
 #: Scale from OpenAI's o200k_base count to the provider's own (measured on real usage, see
 #: tests/estimate): Claude's tokenizer splits English finer than o200k; Gemini's about the same.
-_SCALE = {"anthropic": 1.2, "google": 1.05}
+_SCALE = {"anthropic": 1.2, "google": 1.12}
 #: Characters per token of the heuristic (English prose; other scripts count 1 token a character).
 _CHARS_PER_TOKEN = {"openai": 4.0, "anthropic": 3.4, "google": 4.0}
 
 #: Per-message framing (role markers), per request (reply priming) and per tool list, in tokens.
 _OVERHEAD = {
-    "openai": (3, 3, 12),  # OpenAI's published chat format: 3 a message, 3 to prime the reply
-    "anthropic": (3, 4, 300),  # Claude adds a tool-use system prompt of a few hundred tokens
+    "openai": (4, 3, 12),  # 4 a message (role markers), 3 to prime the reply
+    "anthropic": (3, 4, 420),  # Claude adds a tool-use system prompt of a few hundred tokens
     "google": (0, 0, 0),
 }
+#: Tool definitions are sent as JSON schemas but rendered more compactly for the model: the
+#: share of their JSON's tokens that the provider counts (measured).
+_TOOL_SHARE = {"openai": 0.5, "anthropic": 1.0, "google": 0.8}
+#: Tokens a response adds around its visible text (end of turn), by family.
+_OUTPUT_OVERHEAD = {"anthropic": 3}
 #: Tokens one image costs, as each provider bills a typical (about 1 megapixel) image.
 _IMAGE = {"openai": 765, "anthropic": 1_500, "google": 258}
 _OPENAI_LOW_DETAIL_IMAGE = 85
@@ -71,11 +77,15 @@ _TIKTOKEN_FILES = {
 
 
 def _bpe_openai(name: str) -> Counter | None:
-    try:
-        import bpe_openai
-    except ImportError:
-        return None
-    encoding = bpe_openai.get_encoding(name)
+    # Its import and its vocabulary loader use a deprecated importlib call: not our callers' noise.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import bpe_openai
+        except ImportError:
+            return None
+        encoding = bpe_openai.get_encoding(name)
+        encoding.encode_ordinary("load")  # its vocabulary loads on first use
 
     def count(text: str) -> int:
         return len(encoding.encode_ordinary(text))
@@ -131,23 +141,28 @@ def _encoding_of(model: str) -> str:
     return "o200k_base"
 
 
-def _heuristic(text: str, family: str) -> int:
+def _heuristic(text: str, family: str) -> float:
     ascii_chars = sum(1 for ch in text if ch < "\x80") if not text.isascii() else len(text)
     other = len(text) - ascii_chars
-    return round(ascii_chars / _CHARS_PER_TOKEN.get(family, 4.0) + other)
+    return ascii_chars / _CHARS_PER_TOKEN.get(family, 4.0) + other
 
 
 def count_tokens(text: str, provider: str = "openai", model: str = "") -> int:
     """Tokens of ``text`` as ``provider`` counts them (estimated where its tokenizer is not
     available offline)."""
-    if not text:
-        return 0
+    return _measure((text,), provider, model) if text else 0
+
+
+def _measure(texts: Iterable[str], provider: str, model: str) -> int:
+    """Tokens of several separately sent texts (each counted on its own, scaled once)."""
     family = _family(provider)
     encoding = _encoding_of(model) if family == "openai" else "o200k_base"
     counter = _counter(encoding)
     if counter is None:
-        return max(1, _heuristic(text, family))
-    return max(1, round(counter(text) * _SCALE.get(family, 1.0)))
+        raw = sum(_heuristic(text, family) for text in texts if text)
+        return max(1, round(raw)) if raw else 0
+    total = sum(counter(text) for text in texts if text)
+    return max(1, round(total * _SCALE.get(family, 1.0))) if total else 0
 
 
 def _family(provider: str) -> str:
@@ -187,6 +202,8 @@ _NOT_TEXT = frozenset(
         "fileUri",
         "signature",
         "encrypted_content",
+        "thoughtSignature",
+        "thought_signature",
     }
 )
 _IMAGE_TYPES = frozenset({"image_url", "input_image", "image"})
@@ -242,9 +259,9 @@ class _Walk:
             self.add(item, depth + 1)
 
     def tokens(self, provider: str, model: str) -> int:
-        text = "\n".join(self.parts)
+        text = _measure(self.parts, provider, model)
         image = _IMAGE[self.family] * self.images + _OPENAI_LOW_DETAIL_IMAGE * self.low_images
-        return count_tokens(text, provider, model) + image
+        return text + image
 
 
 def _is_inline_image(value: Mapping[Any, Any]) -> bool:
@@ -330,7 +347,7 @@ def _input_tokens(provider: str, request: Any, operation: str | None = None) -> 
         items = contents if isinstance(contents, list | tuple) else [contents]
         walk, n = _messages(items, family)
         walk.add(_get(config, "system_instruction") if config is not None else None)
-        walk.add(_get(request, "system_instruction"))
+        walk.add(_get(request, "system_instruction") or _get(request, "systemInstruction"))
         tools = _get(request, "tools") or (_get(config, "tools") if config is not None else None)
     elif isinstance(messages, list | tuple):  # chat, Anthropic messages
         walk, n = _messages(messages, family)
@@ -359,7 +376,8 @@ def _tool_tokens(tools: Any, provider: str, model: str) -> int:
     """Tool definitions are sent as their JSON schemas (formatting overhead aside)."""
     items = tools if isinstance(tools, list | tuple) else [tools]
     plain = [t if isinstance(t, Mapping) else (_plain(t) or str(t)) for t in items]
-    return count_tokens(_json(plain), provider, model)
+    share = _TOOL_SHARE[_family(provider)]
+    return round(count_tokens(_json(plain), provider, model) * share)
 
 
 # -- output: what passed through a stream ---------------------------------------------------------
@@ -386,9 +404,9 @@ class TextTally:
         if not self.chars:
             return 0
         counted = count_tokens("".join(self.parts), provider, model)
-        if self.kept >= self.chars:
-            return counted
-        return round(counted * self.chars / self.kept)
+        if self.kept < self.chars:
+            counted = round(counted * self.chars / self.kept)
+        return counted + _OUTPUT_OVERHEAD.get(_family(provider), 0)
 
 
 # -- the public function --------------------------------------------------------------------------
@@ -425,7 +443,9 @@ def estimate(
         input_tokens += _input_tokens(name, {"model": model, key: list(messages)})
     if text:
         input_tokens += count_tokens(text, name, model)
-    output_tokens = count_tokens(output, name, model) if output else 0
+    output_tokens = 0
+    if output:
+        output_tokens = count_tokens(output, name, model) + _OUTPUT_OVERHEAD.get(_family(name), 0)
     return Usage(input_tokens=input_tokens, output_tokens=output_tokens)
 
 

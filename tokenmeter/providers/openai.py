@@ -60,6 +60,7 @@ class ChunkReader:
                 for tool_call in delta.tool_calls or ():
                     function = tool_call.function
                     if function is not None:
+                        add(function.name)
                         add(function.arguments)
         usage = getattr(chunk, "usage", None)
         if usage is None:
