@@ -55,7 +55,7 @@ def _real(provider: str, body: dict[str, Any]) -> tuple[int, int, int] | None:
         details = u.get("completion_tokens_details") or {}
         cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens")
         hidden = details.get("reasoning_tokens") or 0
-        return (None if cached else (u["prompt_tokens"], u["completion_tokens"], hidden))  # type: ignore[return-value]
+        return None if cached else (u["prompt_tokens"], u["completion_tokens"], hidden)  # type: ignore[return-value]
     if "input_tokens" in u:
         hidden = (u.get("output_tokens_details") or {}).get("reasoning_tokens") or 0
         if (u.get("input_tokens_details") or {}).get("cached_tokens"):

@@ -55,15 +55,17 @@ def test_aliases_resolve_the_same_everywhere() -> None:
 
 def test_a_new_openai_compatible_provider_is_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
     entry = _registry.Provider("newcloud", "openai", aliases=("nc",), hosts=("api.newcloud.ai",))
-    providers = (*_registry.PROVIDERS, entry)
-    monkeypatch.setattr(_registry, "_BY_NAME", {**_registry._BY_NAME, "newcloud": entry})
-    monkeypatch.setitem(_registry._BY_NAME, "nc", entry)
-    monkeypatch.setattr(_registry, "_BY_HOST", {**_registry._BY_HOST, "api.newcloud.ai": "newcloud"})
-    monkeypatch.setattr(_registry, "PROVIDERS", providers)
-    assert _registry.provider_for_host("api.newcloud.ai") == "newcloud"
-    assert normalise_provider("NC") == "newcloud"
-    found = extract(CHAT, "nc")
-    assert found is not None and found.provider == "newcloud"
+    monkeypatch.setattr(_registry, "PROVIDERS", (*_registry.PROVIDERS, entry))
+    try:
+        _registry._index()
+        assert _registry.provider_for_host("api.newcloud.ai") == "newcloud"
+        assert normalise_provider("NC") == "newcloud"
+        found = extract(CHAT, "nc")
+        assert found is not None and found.provider == "newcloud"
+    finally:
+        monkeypatch.undo()
+        _registry._index()
+    assert _registry.provider_for_host("api.newcloud.ai") == "openai"
 
 
 def test_every_integration_is_an_adapter_module_the_one_loop_runs() -> None:

@@ -114,14 +114,26 @@ INTEGRATIONS: tuple[Integration, ...] = (
 )
 
 _BY_NAME: dict[str, Provider] = {}
-for _p in PROVIDERS:
-    for _name in (_p.id, *_p.aliases):
-        _BY_NAME[_name] = _p
-_BY_HOST: dict[str, str] = {host: p.id for p in PROVIDERS for host in p.hosts}
+_BY_HOST: dict[str, str] = {}
 _INTEGRATION_BY_NAME: dict[str, Integration] = {}
-for _i in INTEGRATIONS:
-    for _name in (_i.name, *_i.aliases):
-        _INTEGRATION_BY_NAME[_name] = _i
+
+
+def _index() -> None:
+    """Build the lookups from the two tables (at import; again if a test extends a table)."""
+    _BY_NAME.clear()
+    _BY_HOST.clear()
+    _INTEGRATION_BY_NAME.clear()
+    for provider in PROVIDERS:
+        for name in (provider.id, *provider.aliases):
+            _BY_NAME[name] = provider
+        for host in provider.hosts:
+            _BY_HOST[host] = provider.id
+    for found in INTEGRATIONS:
+        for name in (found.name, *found.aliases):
+            _INTEGRATION_BY_NAME[name] = found
+
+
+_index()
 
 
 def canonical(name: str) -> str:

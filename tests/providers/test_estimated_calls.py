@@ -130,9 +130,7 @@ async def test_compatible_server_that_ignores_stream_options_is_estimated(
     tokenmeter.instrument("openai")
     with caplog.at_level(logging.WARNING, logger="tokenmeter"):
         chunks = await kit.drain(await _open(client, kit))
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "".join(
-        ANSWER
-    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "".join(ANSWER)
     record = only(records())
     assert record.model_provider == "groq" and record.estimated and record.status == "ok"
     assert _close_to(record.output_tokens, REAL_USAGE["completion_tokens"], 0.1)

@@ -13,6 +13,7 @@ from typing import Any
 
 import wrapt
 
+from tokenmeter._estimate import TextTally
 from tokenmeter.providers._core import (
     AsyncStreamProxy,
     Call,
@@ -23,7 +24,6 @@ from tokenmeter.providers._core import (
     intercept,
     intercept_async,
 )
-from tokenmeter._estimate import TextTally
 from tokenmeter.providers._gemini import PROVIDER, short_model
 from tokenmeter.usage import Extracted, from_gemini_response
 from tokenmeter.usage._read import ident
