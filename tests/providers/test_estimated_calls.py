@@ -242,3 +242,35 @@ async def test_background_response_is_one_quiet_record_with_the_create_model(
     assert (record.input_tokens, record.output_tokens, record.estimated) == (1200, 5400, False)
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert all(r.exc_info is None for r in caplog.records)
+
+
+async def test_anthropic_stream_left_before_its_output_count_is_estimated(
+    fake: Any, instrumented: Records, is_async: bool
+) -> None:
+    """``message_start`` reports the whole input but a provisional output of about one token;
+    left before ``message_delta``, the output is estimated from the text that streamed by."""
+    fake.stream_chunks = 60
+    client = fake.anthropic_client(async_=is_async)
+    manager = client.messages.stream(
+        model="claude-haiku-4-5", max_tokens=256, messages=[{"role": "user", "content": "Count."}]
+    )
+    seen = ""
+    if is_async:
+        async with manager as stream:
+            async for event in stream:
+                if event.type == "content_block_delta":
+                    seen += event.delta.text
+                if len(seen) > 100:
+                    break
+    else:
+        with manager as stream:
+            for event in stream:
+                if event.type == "content_block_delta":
+                    seen += event.delta.text
+                if len(seen) > 100:
+                    break
+    record = only(instrumented())
+    assert record.input_tokens == fake.anthropic_usage.normalized().input_tokens  # as reported
+    assert record.estimated and record.status == "ok"
+    expected = tokenmeter.estimate("claude-haiku-4-5", output=seen).output_tokens
+    assert record.output_tokens == expected > 20

@@ -210,6 +210,12 @@ class Call:
             usage, estimated = self._estimate(), True
             if self.ran_out or self.missing:
                 _warn_no_usage(self.provider, self.no_usage_hint)
+        elif self.streamed and hasattr(self.reader, "partial"):
+            # A stream left before its final count (Anthropic: only message_start's).
+            model = self.model if type(self.model) is str else self.request_model or ""
+            better = self.reader.partial(usage, model)
+            if better is not None:
+                usage, estimated = better, True
         if self.dedupe and usage is not None and self.request_id:  # noqa: SIM102
             if _already_recorded(self.request_id):  # only ids that carried usage are remembered
                 return
