@@ -212,8 +212,8 @@ class Call:
                 _warn_no_usage(self.provider, self.no_usage_hint)
         elif self.streamed and hasattr(self.reader, "partial"):
             # A stream left before its final count (Anthropic: only message_start's).
-            model = self.model if type(self.model) is str else self.request_model or ""
-            better = self.reader.partial(usage, model)
+            served = self.model if type(self.model) is str else self.request_model or ""
+            better = self.reader.partial(usage, served)
             if better is not None:
                 usage, estimated = better, True
         if self.dedupe and usage is not None and self.request_id:  # noqa: SIM102
