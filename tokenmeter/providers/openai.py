@@ -94,7 +94,7 @@ class ResponseEventReader:
             self.tally.add(getattr(event, "delta", None))
         elif kind in _TERMINAL_EVENTS:
             response = getattr(event, "response", None)
-            if getattr(response, "usage", None) is None:
+            if field(response, "usage") is None:  # an object, or a dict (older SDKs)
                 keep_names(call, response)
             else:
                 try:
