@@ -32,6 +32,7 @@ CALL_JSON_KEYS = (
     "cost_usd",
     "status",
     "error",
+    "estimated",
     "tags",
 )
 
@@ -173,6 +174,8 @@ class Call:
     tags: dict[str, str]
     latency_ms: float | None
     streamed: bool
+    #: Token counts estimated by tokenmeter (the provider reported none), not reported.
+    estimated: bool = False
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Call:
@@ -202,6 +205,7 @@ class Call:
             tags={str(k): str(v) for k, v in tags.items()} if isinstance(tags, dict) else {},
             latency_ms=data.get("latency_ms"),
             streamed=bool(data.get("streamed")),
+            estimated=bool(data.get("estimated")),
         )
 
     def as_json(self) -> dict[str, Any]:

@@ -114,10 +114,17 @@ def call_cells(calls: Sequence[Call]) -> CellTable:
                 fmt_int(call.output_tokens),
                 fmt_int(call.total_tokens),
                 fmt_usd(call.cost),
-                call.status if not call.error else f"{call.status} ({call.error})",
+                _status(call),
             ]
         )
     return table
+
+
+def _status(call: Call) -> str:
+    """``ok``, ``ok (estimated)`` for counts tokenmeter estimated, or ``error (its name)``."""
+    if call.error:
+        return f"{call.status} ({call.error})"
+    return f"{call.status} (estimated)" if call.estimated else call.status
 
 
 def _day_text(instant: datetime | None) -> str:
