@@ -21,6 +21,7 @@ PUBLIC = {
     "UsageRecord",
     "configure",
     "current_session",
+    "estimate",
     "flush",
     "instrument",
     "price",

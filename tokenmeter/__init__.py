@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tokenmeter import sinks, testing
+    from tokenmeter._estimate import estimate
     from tokenmeter._models import Cost, SessionInfo, Usage, UsageRecord
     from tokenmeter._record import record, record_response
     from tokenmeter._runtime import configure
@@ -42,6 +43,7 @@ _HOMES = {
     "record": "tokenmeter._record",
     "record_response": "tokenmeter._record",
     "configure": "tokenmeter._runtime",
+    "estimate": "tokenmeter._estimate",
     "ModelTotals": "tokenmeter._sessions",
     "Session": "tokenmeter._sessions",
     "SessionSummary": "tokenmeter._sessions",
@@ -67,6 +69,7 @@ __all__ = [
     "UsageRecord",
     "configure",
     "current_session",
+    "estimate",
     "flush",
     "instrument",
     "price",

@@ -448,7 +448,9 @@ def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
     guarded = [s for s in _chain(session) if s.budget_usd is not None and s.on_exceed == "raise"]
     if not budgets and not guarded:
         return
-    estimate = estimate_input_usd(provider, call.request_model, args, kwargs)
+    estimate = estimate_input_usd(
+        provider, call.request_model, args, kwargs, getattr(call, "request", None), call.operation
+    )
     amount = float(estimate)
     if guarded:
         with _sessions._lock:

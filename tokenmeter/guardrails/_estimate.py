@@ -1,9 +1,10 @@
-"""PLACEHOLDER input-cost estimate of a request, used by budgets before the request is sent.
+"""The input cost of a request, estimated before it is sent (what budgets reserve).
 
-The pricing issue builds the real estimator (``tokenmeter.estimate``, and a request-kwargs ->
-input Usage function). Until it is merged, ``estimate_input_usd`` counts the characters of the
-request's text content and takes four characters for a token, priced with the pricing engine.
-Rewire this one function to the real estimator; nothing else in guardrails reads requests.
+The tokens come from ``tokenmeter._estimate.estimate_input``, the estimator that also fills in
+calls whose provider reports no usage (the provider's tokenizer where it runs offline, a
+calibrated heuristic otherwise), applied to the request body the adapter read. Where no body was
+read, the characters of the request's text content are counted, four to a token. The tokens are
+priced as input with the pricing engine: output is not known before the answer.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from tokenmeter._estimate import estimate_input
 from tokenmeter._models import MAX_TOKENS, usage_of
 from tokenmeter.pricing import price_usage
 
@@ -25,19 +27,27 @@ _ZERO = Decimal(0)
 
 
 def estimate_input_usd(
-    provider: str, model: str | None, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    provider: str,
+    model: str | None,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    request: Any = None,
+    operation: str | None = None,
 ) -> Decimal:
     """The request's estimated input cost in USD (0 when the model has no known price)."""
     if not model:
         return _ZERO
-    counter = [0, 0]  # characters, items visited
-    _count_request(kwargs, counter)
-    for value in args:
-        _count_arg(value, counter, positional=True)
-    for value in kwargs.values():
-        _count_arg(value, counter, positional=False)
-    chars = counter[0]
-    tokens = min(chars // 4 + (1 if chars % 4 else 0), MAX_TOKENS)
+    if request is not None:
+        tokens = min(estimate_input(provider, request, operation).input_tokens, MAX_TOKENS)
+    else:
+        counter = [0, 0]  # characters, items visited
+        _count_request(kwargs, counter)
+        for value in args:
+            _count_arg(value, counter, positional=True)
+        for value in kwargs.values():
+            _count_arg(value, counter, positional=False)
+        chars = counter[0]
+        tokens = min(chars // 4 + (1 if chars % 4 else 0), MAX_TOKENS)
     if tokens > _LINEAR_UP_TO:  # long prompts may have their own (tiered) price: ask the engine
         cost = price_usage(provider, model, usage_of(input_tokens=tokens, output_tokens=0))
         return cost.total_usd or _ZERO

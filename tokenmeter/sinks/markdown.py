@@ -627,4 +627,6 @@ def _avg_tokens(t: dict[str, Any]) -> str:
 
 
 def _status(r: UsageRecord) -> str:
-    return "ok" if r.status == "ok" else f"error: {_md(r.error or 'unknown')}"
+    if r.status == "ok":
+        return "ok (estimated)" if r.estimated else "ok"
+    return f"error: {_md(r.error or 'unknown')}"
