@@ -22,7 +22,7 @@ from tokenmeter.pricing._overrides import short_repr
 
 __all__ = ["SINK_NAMES", "Settings", "load_settings"]
 
-SINK_NAMES = ("sqlite", "jsonl", "markdown")
+SINK_NAMES = ("sqlite", "jsonl", "markdown", "postgres", "otel")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _ENV_NAMES = {
@@ -31,6 +31,7 @@ _ENV_NAMES = {
     "disabled": "TOKENMETER_DISABLED",
     "prices_file": "TOKENMETER_PRICES",
     "stream_usage": "TOKENMETER_STREAM_USAGE",
+    "pg_dsn": "TOKENMETER_PG_DSN",
 }
 
 
@@ -58,6 +59,8 @@ class Settings(BaseModel):
     max_queue: int = 100_000
     #: How long interpreter exit waits for records to reach the sinks.
     exit_timeout: float = 10.0
+    #: The "postgres" sink's connection string or URL; empty: libpq's standard PG* variables.
+    pg_dsn: str = ""
 
     @field_validator("sinks", mode="before")
     @classmethod
@@ -96,6 +99,16 @@ class Settings(BaseModel):
     def _valid_aliases(cls, value: Any) -> dict[str, str]:
         check_aliases(value)
         return dict(value)
+
+    @field_validator("pg_dsn", mode="before")
+    @classmethod
+    def _a_dsn(cls, value: Any) -> str:
+        if not isinstance(value, str):
+            # Never echo it: a DSN may hold a password.
+            raise ValueError(f"must be a connection string, got {type(value).__name__}")
+        if "\x00" in value:
+            raise ValueError("must not contain a NUL character")
+        return value
 
     @field_validator("max_queue", mode="before")
     @classmethod
@@ -170,6 +183,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         found["prices_file"] = value
     if (value := env.get("TOKENMETER_STREAM_USAGE")) is not None:
         found["stream_usage"] = _parse_bool("TOKENMETER_STREAM_USAGE", value)
+    if value := env.get("TOKENMETER_PG_DSN"):
+        found["pg_dsn"] = value
     return found
 
 

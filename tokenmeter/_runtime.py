@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -31,7 +32,13 @@ def settings() -> Settings:
 
 
 def _default_sinks(resolved: Settings) -> list[Sink]:
-    from tokenmeter.sinks import JSONLSink, MarkdownJournalSink, SQLiteSink
+    from tokenmeter.sinks import (
+        JSONLSink,
+        MarkdownJournalSink,
+        OTelSink,
+        PostgresSink,
+        SQLiteSink,
+    )
 
     directory = Path(resolved.directory).absolute()  # where the process was when it started
     made: list[Sink] = []
@@ -42,6 +49,11 @@ def _default_sinks(resolved: Settings) -> list[Sink]:
             made.append(JSONLSink(directory / "usage.jsonl"))
         elif name == "markdown":
             made.append(MarkdownJournalSink(directory / "journal"))
+        else:
+            try:
+                made.append(PostgresSink(resolved.pg_dsn) if name == "postgres" else OTelSink())
+            except ImportError as exc:  # its extra is missing: the other sinks still work
+                logging.getLogger("tokenmeter").error("tokenmeter sink %r: %s", name, exc)
     return made
 
 
