@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from datetime import UTC, datetime, timedelta
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,6 +55,8 @@ DURATION_BUCKETS = [0.01 * 2**i for i in range(14)]  # 0.01, 0.02, 0.04 ... 81.9
 #: Parent contexts waiting for their record's span; beyond this, the oldest are forgotten.
 _MAX_PARENTS = 100_000
 _SCOPE = "tokenmeter"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def _otel() -> Any:
@@ -179,7 +182,10 @@ class OTelSink:
         for record in records:
             with self._parents_lock:
                 parent = self._parents.pop(record.id, None)
-            end_ns = int(record.timestamp.timestamp() * 1e9)
+            ended = record.timestamp
+            if ended.tzinfo is None:  # a record built by hand: naive means UTC, as in _models
+                ended = ended.replace(tzinfo=UTC)
+            end_ns = (ended - _EPOCH) // _MICROSECOND * 1000  # exact, no float rounding
             seconds = (record.latency_ms or 0.0) / 1000
             attrs = span_attributes(record)
             span = self._tracer.start_span(
@@ -187,7 +193,7 @@ class OTelSink:
                 context=parent,
                 kind=client,
                 attributes=attrs,
-                start_time=end_ns - int(seconds * 1e9),
+                start_time=end_ns - round((record.latency_ms or 0.0) * 1e6),
             )
             if record.status != "ok":
                 span.set_status(self._trace.Status(self._trace.StatusCode.ERROR))
