@@ -112,7 +112,8 @@ class PostgresLedger:
                 conn = self._conn
                 assert conn is not None
                 try:
-                    row: tuple[Any, ...] | None = conn.execute(sql.encode(), params).fetchone()
+                    cur = conn.execute(sql.encode(), params)
+                    row: tuple[Any, ...] | None = cur.fetchone() if cur.description else None
                     return row
                 except BaseException:
                     if not (conn.broken or conn.closed):
