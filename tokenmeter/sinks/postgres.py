@@ -118,14 +118,13 @@ _RECORD_COLUMNS = (
     "cache_write_tokens, reasoning_tokens, cost_breakdown, price_source, session_id, "
     "session_name, tags, latency_ms, streamed, status, error, request_id, estimated"
 )
-_STAGE = (
-    "CREATE TEMPORARY TABLE IF NOT EXISTS tokenmeter_stage "
-    "(LIKE records INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-)
+_STAGE = "CREATE TEMPORARY TABLE tokenmeter_stage (LIKE records INCLUDING DEFAULTS)"
 _COPY = f"COPY tokenmeter_stage ({_RECORD_COLUMNS}) FROM STDIN"
+#: Two statements sent as one simple query: PostgreSQL runs them as one implicit transaction,
+#: in one round trip.
 _MOVE = (
     f"INSERT INTO records ({_RECORD_COLUMNS}) SELECT {_RECORD_COLUMNS} FROM tokenmeter_stage "
-    "ON CONFLICT (id) DO NOTHING"
+    "ON CONFLICT (id) DO NOTHING; TRUNCATE tokenmeter_stage"
 )
 _UPSERT_SESSION = (
     "INSERT INTO sessions (id, name, parent_id, tags, status, started_at, ended_at, notes, "
@@ -221,11 +220,14 @@ class PostgresSink:
 
     # -- inside --------------------------------------------------------------------------------
     def _insert_records(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> None:
-        with conn.transaction():
-            with conn.cursor() as cur, cur.copy(_COPY) as copy:
-                for row in rows:
-                    copy.write_row(row)
-            conn.execute(_MOVE)
+        # The COPY commits rows to this connection's own temporary table only; the move into
+        # ``records`` and the emptying of the stage are one transaction. A failure anywhere drops
+        # the connection (see _with_retry), and the stage with it: no row is left over to be
+        # moved with the next batch.
+        with conn.cursor() as cur, cur.copy(_COPY) as copy:
+            for row in rows:
+                copy.write_row(row)
+        conn.execute(_MOVE.encode())
 
     def _upsert_sessions(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> None:
         with conn.transaction(), conn.cursor() as cur:
@@ -238,11 +240,12 @@ class PostgresSink:
             work(conn)
             return
         except BaseException:
-            if not (conn.broken or conn.closed):
-                raise  # the statement failed, not the connection: the writer retries later
-            self._drop_connection()
-            if fresh:
-                raise  # it died under a new connection: the server is going away
+            dead = conn.broken or conn.closed
+            self._drop_connection()  # a new connection next time, with an empty stage
+            if not dead or fresh:
+                # The statement failed (the writer retries later), or a new connection died
+                # (the server is going away).
+                raise
         # An old connection found dead (restart, terminated, idle cut): once more on a new one;
         # the batch is idempotent, so even a commit that happened before the break is harmless.
         work(self._connection())
