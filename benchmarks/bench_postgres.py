@@ -85,10 +85,13 @@ def _write_rate(dsn: str, records: list[UsageRecord], bare: bool) -> tuple[float
         if not bare:
             sink.write(chunk)
             continue
-        with conn.transaction(), conn.cursor() as cur:
-            with cur.copy("COPY records FROM STDIN") as copy:
-                for record in chunk:
-                    copy.write_row(_record_row(record))
+        with (
+            conn.transaction(),
+            conn.cursor() as cur,
+            cur.copy("COPY records FROM STDIN") as copy,
+        ):
+            for record in chunk:
+                copy.write_row(_record_row(record))
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     sink.close()
     return (len(records) - 1) / elapsed, cpu / (len(records) - 1) * 1e6

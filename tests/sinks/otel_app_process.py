@@ -1,4 +1,4 @@
-"""An application that configured OpenTelemetry itself, then meters calls with TOKENMETER_SINKS=otel.
+"""An application that set up OpenTelemetry itself, then meters calls with TOKENMETER_SINKS=otel.
 
 Used by test_otel_sink.py (a process of its own: the global providers can be set only once).
 Prints one JSON line: the application's span, tokenmeter's span made inside it, and what else

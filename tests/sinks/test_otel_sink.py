@@ -13,14 +13,16 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("opentelemetry.sdk", reason="opentelemetry-sdk is not installed (tokenmeter[otel])")
+pytest.importorskip(
+    "opentelemetry.sdk", reason="opentelemetry-sdk is not installed (tokenmeter[otel])"
+)
 pytest.importorskip("opentelemetry.proto", reason="opentelemetry-proto is not installed")
 
-from otlp_receiver import OtlpReceiver, attributes  # noqa: E402
+from otlp_receiver import OtlpReceiver, attributes
 
-import tokenmeter  # noqa: E402
-from tokenmeter.sinks.otel import DURATION_BUCKETS, TOKEN_BUCKETS  # noqa: E402
-from tokenmeter.testing import FakeProvider  # noqa: E402
+import tokenmeter
+from tokenmeter.sinks.otel import DURATION_BUCKETS, TOKEN_BUCKETS
+from tokenmeter.testing import FakeProvider
 
 HERE = Path(__file__).resolve().parent
 PROMPT = "a secret prompt that must never leave the process"
@@ -47,7 +49,10 @@ def _one_call() -> None:
         "reasoning_tokens": 120,
     }
     tokenmeter.instrument()
-    with FakeProvider(openai_usage=usage) as fake, tokenmeter.session("checkout", tags={"feature": "cart"}):
+    with (
+        FakeProvider(openai_usage=usage) as fake,
+        tokenmeter.session("checkout", tags={"feature": "cart"}),
+    ):
         fake.openai_client().chat.completions.create(
             model="gpt-4o", messages=[{"role": "user", "content": PROMPT}]
         )
@@ -100,7 +105,9 @@ def test_a_call_arrives_as_a_genai_span_and_metrics(receiver: OtlpReceiver) -> N
 
 
 def test_span_times_are_the_calls_own(receiver: OtlpReceiver) -> None:
-    made = tokenmeter.record("anthropic", "claude-sonnet-4-5", 10, 2, timestamp="2026-11-22T10:00:00.250Z")
+    made = tokenmeter.record(
+        "anthropic", "claude-sonnet-4-5", 10, 2, timestamp="2026-11-22T10:00:00.250Z"
+    )
     assert tokenmeter.flush(timeout=60)
     [span] = receiver.spans()
     assert span.end_time_unix_nano == 1795341600250000000

@@ -9,17 +9,16 @@ import threading
 from pathlib import Path
 
 import pytest
-from pg_server import pg_dsn, pg_server  # noqa: F401  (fixtures)
 
 pytest.importorskip("psycopg", reason="psycopg is not installed (tokenmeter[postgres])")
 
-from tokenmeter.sinks.postgres import PostgresSink  # noqa: E402
+from tokenmeter.sinks.postgres import PostgresSink
 
 HERE = Path(__file__).resolve().parent
 DAY = "2026-12-01T00:00:00+00:00"
 
 
-def test_reserve_settle_and_spent_follow_the_protocol(pg_dsn: str) -> None:  # noqa: F811
+def test_reserve_settle_and_spent_follow_the_protocol(pg_dsn: str) -> None:
     ledger = PostgresSink(pg_dsn).budget_ledger()
     assert ledger.spent("k", DAY) == 0.0
     assert ledger.reserve("k", DAY, 10.0, 4.0) == (True, 0.0)
@@ -40,7 +39,7 @@ def test_reserve_settle_and_spent_follow_the_protocol(pg_dsn: str) -> None:  # n
     ledger.close()
 
 
-def test_processes_racing_one_budget_never_overshoot_it(pg_dsn: str) -> None:  # noqa: F811
+def test_processes_racing_one_budget_never_overshoot_it(pg_dsn: str) -> None:
     PostgresSink(pg_dsn).budget_ledger().spent("warm-up", DAY)  # schema made (raced elsewhere)
     workers = [
         subprocess.Popen(
@@ -60,7 +59,7 @@ def test_processes_racing_one_budget_never_overshoot_it(pg_dsn: str) -> None:  #
     assert PostgresSink(pg_dsn).budget_ledger().spent("budget:team", DAY) == 30.0
 
 
-def test_threads_sharing_one_ledger_never_overshoot(pg_dsn: str) -> None:  # noqa: F811
+def test_threads_sharing_one_ledger_never_overshoot(pg_dsn: str) -> None:
     ledger = PostgresSink(pg_dsn).budget_ledger()
     granted: list[int] = []
 
@@ -79,7 +78,7 @@ def test_threads_sharing_one_ledger_never_overshoot(pg_dsn: str) -> None:  # noq
     assert ledger.spent("t", DAY) == 5.0
 
 
-def test_a_killed_connection_is_replaced(pg_dsn: str) -> None:  # noqa: F811
+def test_a_killed_connection_is_replaced(pg_dsn: str) -> None:
     import psycopg
 
     ledger = PostgresSink(pg_dsn).budget_ledger()

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import START, build_record
-from pg_server import PgServer, pg_dsn, pg_server  # noqa: F401  (fixtures)
+from pg_server import PgServer
 
 import tokenmeter
 from tokenmeter._models import SessionInfo, UsageRecord
@@ -63,20 +63,20 @@ def count(dsn: str) -> int:
 
 
 @pytest.fixture
-def pg_sink(pg_dsn: str) -> Iterator[PostgresSink]:  # noqa: F811
+def pg_sink(pg_dsn: str) -> Iterator[PostgresSink]:
     sink = PostgresSink(pg_dsn)
     yield sink
     sink.close()
 
 
-def test_records_and_sessions_round_trip_exactly(pg_sink: PostgresSink, pg_dsn: str) -> None:  # noqa: F811
+def test_records_and_sessions_round_trip_exactly(pg_sink: PostgresSink, pg_dsn: str) -> None:
     records = [
         build_record(0),
         build_record(1, estimated_cost_usd=None, cost_breakdown=None, price_source=None),
         build_record(
             2,
             model_name="claude-é\u2603",
-            tags={"ключ": "值", "quote": "it's \"x\"\t\\n"},
+            tags={"ключ": "值", "quote": 'it\'s "x"\t\\n'},
             status="error",
             error="RateLimitError",
             streamed=True,
@@ -102,23 +102,25 @@ def test_records_and_sessions_round_trip_exactly(pg_sink: PostgresSink, pg_dsn: 
     assert totals == [(2, 2400)]
 
 
-def test_a_retried_batch_creates_no_duplicates(pg_sink: PostgresSink, pg_dsn: str) -> None:  # noqa: F811
+def test_a_retried_batch_creates_no_duplicates(pg_sink: PostgresSink, pg_dsn: str) -> None:
     batch = [build_record(i) for i in range(300)]
     pg_sink.write(batch)
-    pg_sink.write(batch[100:] + [build_record(300)])
+    pg_sink.write([*batch[100:], build_record(300)])
     assert count(pg_dsn) == 301
 
 
-def test_tables_live_in_their_own_schema_at_the_current_version(pg_sink: PostgresSink, pg_dsn: str) -> None:  # noqa: F811, E501
+def test_tables_live_in_their_own_schema_at_the_current_version(
+    pg_sink: PostgresSink, pg_dsn: str
+) -> None:
     pg_sink.write([build_record(0)])
     assert query(pg_dsn, "SELECT max(version) FROM tokenmeter_schema") == [(SCHEMA_VERSION,)]
-    public = query(
-        pg_dsn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
-    )
+    public = query(pg_dsn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
     assert public == [(0,)]
 
 
-def test_a_schema_written_by_a_newer_tokenmeter_is_refused(pg_sink: PostgresSink, pg_dsn: str) -> None:  # noqa: F811, E501
+def test_a_schema_written_by_a_newer_tokenmeter_is_refused(
+    pg_sink: PostgresSink, pg_dsn: str
+) -> None:
     pg_sink.write([build_record(0)])
     query(pg_dsn, "INSERT INTO tokenmeter_schema (version) VALUES (%s)", (SCHEMA_VERSION + 1,))
     newer = PostgresSink(pg_dsn)
@@ -136,7 +138,7 @@ def test_bad_arguments_are_value_errors_and_the_dsn_is_never_shown() -> None:
 
 
 def test_configured_by_name_with_the_environment(
-    pg_dsn: str,  # noqa: F811
+    pg_dsn: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("TOKENMETER_SINKS", "postgres")
@@ -148,13 +150,17 @@ def test_configured_by_name_with_the_environment(
 
 
 def test_the_standard_pg_variables_are_enough(
-    pg_server: PgServer,  # noqa: F811
+    pg_server: PgServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     dsn = pg_server.create_database()
     params = dict(part.split("=", 1) for part in dsn.split())
-    for key, env in (("host", "PGHOST"), ("port", "PGPORT"), ("user", "PGUSER"),
-                     ("dbname", "PGDATABASE")):
+    for key, env in (
+        ("host", "PGHOST"),
+        ("port", "PGPORT"),
+        ("user", "PGUSER"),
+        ("dbname", "PGDATABASE"),
+    ):
         monkeypatch.setenv(env, params[key])
     monkeypatch.setenv("TOKENMETER_SINKS", "postgres")
     tokenmeter.record("openai", "gpt-4o", 10, 2)
@@ -191,7 +197,7 @@ def _terminate_tokenmeter_backends(dsn: str) -> int:
     return int(rows[0][0])
 
 
-def test_connections_killed_mid_stream_lose_and_duplicate_nothing(pg_dsn: str) -> None:  # noqa: F811
+def test_connections_killed_mid_stream_lose_and_duplicate_nothing(pg_dsn: str) -> None:
     tokenmeter.configure(sinks=[PostgresSink(pg_dsn)])
     killed = []
     ids = _stream(600, 100, lambda: killed.append(_terminate_tokenmeter_backends(pg_dsn)))
@@ -201,7 +207,7 @@ def test_connections_killed_mid_stream_lose_and_duplicate_nothing(pg_dsn: str) -
 
 
 def test_a_server_restart_mid_stream_loses_and_duplicates_nothing(
-    pg_server: PgServer,  # noqa: F811
+    pg_server: PgServer,
 ) -> None:
     dsn = pg_server.create_database()
     tokenmeter.configure(sinks=[PostgresSink(dsn, connect_timeout_s=2)])
@@ -230,7 +236,7 @@ def test_a_server_restart_mid_stream_loses_and_duplicates_nothing(
 
 
 def test_a_statement_timeout_fails_the_batch_which_is_retried(
-    pg_dsn: str,  # noqa: F811
+    pg_dsn: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     sink = PostgresSink(pg_dsn, statement_timeout_s=0.2)
@@ -248,7 +254,7 @@ def test_a_statement_timeout_fails_the_batch_which_is_retried(
 
 
 def test_eight_processes_racing_the_migration_store_exactly_16000(
-    pg_dsn: str,  # noqa: F811
+    pg_dsn: str,
 ) -> None:
     workers = [
         subprocess.Popen(
@@ -260,7 +266,7 @@ def test_eight_processes_racing_the_migration_store_exactly_16000(
         for _ in range(8)
     ]
     for worker in workers:
-        out, err = worker.communicate(timeout=600)
+        _, err = worker.communicate(timeout=600)
         assert worker.returncode == 0, err
         assert "Traceback" not in err, err
     assert count(pg_dsn) == 16_000

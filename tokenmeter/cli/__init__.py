@@ -64,7 +64,7 @@ def _count(value: str) -> int:
 
 
 _SOURCE_HELP = (
-    "usage.db (SQLite) or .jsonl file, or a directory holding one "
+    "usage.db (SQLite) or .jsonl file, a directory holding one, or a postgresql:// URL "
     "(default: $TOKENMETER_DIR/usage.db, else .tokenmeter/usage.db)"
 )
 _SINCE_HELP = "from this time, inclusive: 7d, 24h, 30m, 2026-11-01 or 2026-11-01T10:00 (UTC)"

@@ -66,13 +66,9 @@ class PostgresLedger:
     ) -> tuple[bool, float]:
         """Reserve ``amount_usd`` unless that would take the spent + reserved total past
         ``limit_usd``: (True, total before) or (False, total), in one statement."""
-        params = {
-            "key": scope_key,
-            "period": period_start,
-            "amount": _amount("amount_usd", amount_usd),
-            "limit": _amount("limit_usd", limit_usd),
-        }
-        if params["amount"] > params["limit"]:  # never fits, not even in an empty budget
+        amount, limit = _amount("amount_usd", amount_usd), _amount("limit_usd", limit_usd)
+        params = {"key": scope_key, "period": period_start, "amount": amount, "limit": limit}
+        if amount > limit:  # never fits, not even in an empty budget
             return False, self.spent(scope_key, period_start)
         row = self._run(_RESERVE, params)
         if row is not None:

@@ -4,10 +4,11 @@ Why it is shaped this way:
 - Names follow the OpenTelemetry GenAI semantic conventions as released in v1.41 (what the Python
   semantic-conventions package, dashboards and backends read today): one ``CLIENT`` span per call
   named ``"{operation} {model}"``, ``gen_ai.provider.name`` and the older ``gen_ai.system`` both
-  set, the usage counts, and the ``gen_ai.client.token.usage`` / ``gen_ai.client.operation.duration``
-  histograms with the spec's bucket boundaries. The conventions have no cost attribute yet, so
-  cost goes under tokenmeter's own names (``tokenmeter.cost.*`` and the ``tokenmeter.cost``
-  counter), and an unpriced call gets none (never a silent 0).
+  set, the usage counts, and the ``gen_ai.client.token.usage`` and
+  ``gen_ai.client.operation.duration`` histograms with the spec's bucket boundaries. The
+  conventions have no cost attribute yet, so cost goes under tokenmeter's own names
+  (``tokenmeter.cost.*`` and the ``tokenmeter.cost`` counter), and an unpriced call gets none
+  (never a silent 0).
 - The span's start and end are the call's own: a record is made when the call ends
   (``timestamp``) and carries its ``latency_ms``.
 - Prompts and completions are never exported: records do not hold them.
@@ -27,8 +28,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from datetime import UTC, datetime, timedelta
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tokenmeter._models import UsageRecord
@@ -201,7 +202,7 @@ class OTelSink:
             self._measure(record, attrs, seconds)
 
     def _measure(self, record: UsageRecord, attrs: dict[str, Any], seconds: float) -> None:
-        dims = {
+        dims: dict[str, Any] = {
             key: attrs[key]
             for key in (
                 "gen_ai.operation.name",
@@ -217,8 +218,10 @@ class OTelSink:
             self._duration.record(seconds, dims)
         if record.status == "ok":
             dims.pop("error.type", None)
-            self._tokens.record(record.input_tokens, {**dims, "gen_ai.token.type": "input"})
-            self._tokens.record(record.output_tokens, {**dims, "gen_ai.token.type": "output"})
+            inputs: dict[str, Any] = {**dims, "gen_ai.token.type": "input"}
+            outputs: dict[str, Any] = {**dims, "gen_ai.token.type": "output"}
+            self._tokens.record(record.input_tokens, inputs)
+            self._tokens.record(record.output_tokens, outputs)
         if record.estimated_cost_usd is not None:
             self._cost.add(float(record.estimated_cost_usd), dims)
 

@@ -2,7 +2,8 @@
 
 Why it is shaped this way:
 - The same tables and column encodings as the SQLite sink (timestamps as ISO text, costs as exact
-  decimal text plus integer pico-USD, tags as JSON text), inside their own PostgreSQL schema
+  decimal text plus integer pico-USD, tags as JSON text; ``seq`` numbers rows in insertion order,
+  as SQLite's rowid does), inside their own PostgreSQL schema
   (``tokenmeter`` by default, so ``records`` never meets an application's table of that name):
   the CLI reads both with the same SQL, and a query written for one runs on the other.
 - One transaction per batch: the rows are COPYed into a temporary table, then
@@ -62,8 +63,10 @@ CREATE TABLE records (
   status TEXT NOT NULL DEFAULT 'ok',
   error TEXT,
   request_id TEXT,
-  estimated SMALLINT NOT NULL DEFAULT 0
+  estimated SMALLINT NOT NULL DEFAULT 0,
+  seq BIGSERIAL NOT NULL
 );
+CREATE INDEX ix_records_seq ON records(seq);
 CREATE INDEX ix_records_timestamp ON records(timestamp);
 CREATE INDEX ix_records_session ON records(session_id);
 CREATE INDEX ix_records_model ON records(model_provider, model_name);
@@ -118,7 +121,9 @@ _RECORD_COLUMNS = (
     "cache_write_tokens, reasoning_tokens, cost_breakdown, price_source, session_id, "
     "session_name, tags, latency_ms, streamed, status, error, request_id, estimated"
 )
-_STAGE = "CREATE TEMPORARY TABLE tokenmeter_stage (LIKE records INCLUDING DEFAULTS)"
+_STAGE = (
+    f"CREATE TEMPORARY TABLE tokenmeter_stage AS SELECT {_RECORD_COLUMNS} FROM records WITH NO DATA"
+)
 _COPY = f"COPY tokenmeter_stage ({_RECORD_COLUMNS}) FROM STDIN"
 #: Two statements sent as one simple query: PostgreSQL runs them as one implicit transaction,
 #: in one round trip.
@@ -265,8 +270,7 @@ class PostgresSink:
         return conn
 
     def _open(self) -> psycopg.Connection[Any]:
-        psycopg = _psycopg()
-        conn: psycopg.Connection[Any] = psycopg.connect(
+        conn: psycopg.Connection[Any] = _psycopg().connect(
             self._dsn,
             autocommit=True,
             connect_timeout=self._connect_timeout,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-PG_SCRIPT = Path(__file__).resolve().parents[2] / ".ci" / "pg"
+PG_SCRIPT = Path(__file__).resolve().parents[1] / ".ci" / "pg"
 
 
 @dataclass
