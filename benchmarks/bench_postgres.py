@@ -36,7 +36,7 @@ from bench_report import _rows  # noqa: E402
 from bench_sinks import make_records  # noqa: E402
 
 from tokenmeter._models import UsageRecord  # noqa: E402
-from tokenmeter.sinks.postgres import PostgresSink  # noqa: E402
+from tokenmeter.sinks.postgres import _RECORD_COLUMNS, PostgresSink  # noqa: E402
 from tokenmeter.sinks.sqlite import _record_row  # noqa: E402
 
 WRITE_TARGET = 20_000
@@ -88,7 +88,7 @@ def _write_rate(dsn: str, records: list[UsageRecord], bare: bool) -> tuple[float
         with (
             conn.transaction(),
             conn.cursor() as cur,
-            cur.copy("COPY records FROM STDIN") as copy,
+            cur.copy(f"COPY records ({_RECORD_COLUMNS}) FROM STDIN") as copy,
         ):
             for record in chunk:
                 copy.write_row(_record_row(record))
@@ -121,7 +121,8 @@ def load_rows(dsn: str, count: int) -> None:
     PostgresSink(dsn).write(make_records(1))  # the real sink makes the real schema
     with psycopg.connect(dsn) as conn:
         conn.execute("DELETE FROM tokenmeter.records")
-        with conn.cursor() as cur, cur.copy("COPY tokenmeter.records FROM STDIN") as copy:
+        load = f"COPY tokenmeter.records ({_RECORD_COLUMNS}) FROM STDIN"
+        with conn.cursor() as cur, cur.copy(load) as copy:
             for _, row in _rows(count):
                 copy.write_row(row)
     with psycopg.connect(dsn, autocommit=True) as conn:

@@ -39,6 +39,7 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
         "TOKENMETER_DISABLED",
         "TOKENMETER_PRICES",
         "TOKENMETER_STREAM_USAGE",
+        "TOKENMETER_PG_DSN",
     ):
         monkeypatch.delenv(name, raising=False)
     yield

@@ -91,11 +91,12 @@ def configure(
     stream_usage: bool | None = None,
     max_queue: int | None = None,
     exit_timeout: float | None = None,
+    pg_dsn: str | None = None,
 ) -> None:
     """Set sinks, price overrides and other settings for this process.
 
     ``sinks`` takes sink objects (anything implementing the Sink protocol) and/or default sink
-    names ("sqlite", "jsonl", "markdown"), one of them alone, or names as a comma-separated string
+    names ("sqlite", "jsonl", "markdown", "postgres", "otel"), one of them alone, or names as a comma-separated string
     like ``TOKENMETER_SINKS``. Arguments win over ``TOKENMETER_*`` variables, which win over
     ``[tool.tokenmeter]`` in pyproject.toml. Records made before the call go to the old sinks.
 
@@ -118,6 +119,7 @@ def configure(
             ("stream_usage", stream_usage),
             ("max_queue", max_queue),
             ("exit_timeout", exit_timeout),
+            ("pg_dsn", pg_dsn),
         ):
             if value is not None:
                 explicit[key] = value

@@ -273,3 +273,21 @@ def test_eight_processes_racing_the_migration_store_exactly_16000(
     assert query(pg_dsn, "SELECT count(DISTINCT id) FROM records") == [(16_000,)]
     assert query(pg_dsn, "SELECT count(*) FROM tokenmeter_schema") == [(SCHEMA_VERSION,)]
     assert query(pg_dsn, "SELECT count(DISTINCT tags) FROM records") == [(8,)]
+
+
+def test_the_dsn_setting_comes_from_every_layer_and_is_never_echoed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tokenmeter._config import load_settings
+
+    (tmp_path / "pyproject.toml").write_text('[tool.tokenmeter]\npg_dsn = "dbname=from_toml"\n')
+    assert load_settings(cwd=tmp_path, env={}).pg_dsn == "dbname=from_toml"
+    env = {"TOKENMETER_PG_DSN": "dbname=from_env", "TOKENMETER_SINKS": "postgres,otel"}
+    settings = load_settings(cwd=tmp_path, env=env)
+    assert (settings.pg_dsn, settings.sinks) == ("dbname=from_env", ("postgres", "otel"))
+    assert load_settings({"pg_dsn": "dbname=x"}, cwd=tmp_path, env=env).pg_dsn == "dbname=x"
+    with pytest.raises(
+        ValueError, match="'pg_dsn' from configure\\(\\): must be a connection"
+    ) as e:
+        tokenmeter.configure(pg_dsn=b"password=hunter2")  # type: ignore[arg-type]
+    assert "hunter2" not in str(e.value)
