@@ -531,9 +531,10 @@ def _on_termination(signum: int, frame: object) -> None:
 
 def _after_fork_in_child() -> None:
     # Writer threads do not survive fork(): the child starts its own. What the parent queued is
-    # the parent's to write.
+    # the parent's to write. The parent's sinks observe nothing here: the child's own will.
     global _pipeline
     _pipeline = None
+    _submit_observers.clear()
 
 
 atexit.register(_at_exit)
