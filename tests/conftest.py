@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pg_server import pg_dsn, pg_server  # noqa: F401  (fixtures: a PostgreSQL on loopback)
 
 import tokenmeter
 from tokenmeter import _runtime

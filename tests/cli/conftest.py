@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pg_server import pg_dsn, pg_server  # noqa: F401  (fixtures: --source postgresql://)
 
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.cli import main

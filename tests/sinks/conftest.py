@@ -19,9 +19,6 @@ from typing import Any
 
 import pytest
 
-# The PostgreSQL server fixtures (``pg_server``, ``pg_dsn``) for every test here.
-from pg_server import pg_dsn, pg_server  # noqa: F401
-
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.sinks import JSONLSink, MarkdownJournalSink, Sink, SQLiteSink
 
