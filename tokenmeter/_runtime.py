@@ -96,9 +96,10 @@ def configure(
     """Set sinks, price overrides and other settings for this process.
 
     ``sinks`` takes sink objects (anything implementing the Sink protocol) and/or default sink
-    names ("sqlite", "jsonl", "markdown", "postgres", "otel"), one of them alone, or names as a comma-separated string
-    like ``TOKENMETER_SINKS``. Arguments win over ``TOKENMETER_*`` variables, which win over
-    ``[tool.tokenmeter]`` in pyproject.toml. Records made before the call go to the old sinks.
+    names ("sqlite", "jsonl", "markdown", "postgres", "otel"), one of them alone, or names as a
+    comma-separated string like ``TOKENMETER_SINKS``. Arguments win over ``TOKENMETER_*``
+    variables, which win over ``[tool.tokenmeter]`` in pyproject.toml. Records made before the
+    call go to the old sinks.
 
     Everything is checked before anything changes: a bad argument (or a bad prices file) raises
     a one-line ValueError naming it and leaves the previous settings in force.

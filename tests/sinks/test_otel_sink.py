@@ -37,8 +37,19 @@ def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[OtlpReceiver]:
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test,team=search")
     monkeypatch.setenv("TOKENMETER_SINKS", "otel")
     yield found
-    tokenmeter.configure(sinks=[])  # shut the sink's exporters down before the receiver
+    tokenmeter.configure(sinks=[])
+    _shut_down_own_providers()
     found.close()
+
+
+def _shut_down_own_providers() -> None:
+    """tokenmeter's own providers live for the process; each test here has its own endpoint."""
+    from tokenmeter.sinks import otel
+
+    for tracer_provider, meter_provider in otel._providers.values():
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+    otel._providers.clear()
 
 
 def _one_call() -> None:
@@ -148,6 +159,29 @@ def test_a_hung_collector_never_blocks_the_application(receiver: OtlpReceiver) -
     assert len(receiver.spans()) == 202
 
 
+def test_configure_again_keeps_one_exporter_and_a_reused_sink_working(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry import trace
+
+    from tokenmeter.sinks import OTelSink, otel
+
+    first = tokenmeter.record("openai", "gpt-4o", 10, 2).id  # the "otel" sink, by name
+    tokenmeter.configure(stream_usage=True)  # new sinks from the names; the old one is closed
+    second = tokenmeter.record("openai", "gpt-4o", 10, 2).id
+    monkeypatch.delenv("TOKENMETER_SINKS")
+    mine = OTelSink()
+    tokenmeter.configure(sinks=[mine])
+    tokenmeter.configure(stream_usage=False)  # closes ``mine``, then uses it again
+    tracer = trace.get_tracer_provider().get_tracer("test")  # none set: spans go nowhere
+    with tracer.start_as_current_span("not recorded"):
+        third = tokenmeter.record("openai", "gpt-4o", 10, 2).id
+    assert tokenmeter.flush(timeout=60)
+    got = {attributes(s.attributes)["tokenmeter.record.id"] for s in receiver.spans()}
+    assert got == {first, second, third}
+    assert len(otel._providers) == 1  # one pair of exporters for the process
+
+
 def test_a_collector_that_is_down_fails_nothing_in_the_application(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -162,6 +196,7 @@ def test_a_collector_that_is_down_fails_nothing_in_the_application(
     lines = (Path(".tokenmeter") / "usage.jsonl").read_text().splitlines()
     assert len(lines) == 2  # the other sink got everything
     tokenmeter.configure(sinks=[])
+    _shut_down_own_providers()
 
 
 def test_inside_an_application_that_set_up_opentelemetry() -> None:

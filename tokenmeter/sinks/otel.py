@@ -16,9 +16,9 @@ Why it is shaped this way:
   providers, exporters and resource: the sink uses the global TracerProvider and MeterProvider,
   and a call made inside one of the application's spans becomes that span's child (its context is
   captured on the caller's thread when the record is submitted; the span itself is made later, on
-  the writer thread). Otherwise the sink builds its own providers with OTLP/HTTP exporters, which
-  read the standard ``OTEL_EXPORTER_OTLP_*``, ``OTEL_SERVICE_NAME`` and
-  ``OTEL_RESOURCE_ATTRIBUTES`` variables.
+  the writer thread). Otherwise tokenmeter builds providers of its own (one pair per process)
+  with OTLP/HTTP exporters, which read the standard ``OTEL_EXPORTER_OTLP_*``,
+  ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` variables.
 - Exporting happens on the SDK's own threads, batched, with its retries: a collector that is down
   or answers 503 delays nothing but those threads, and spans beyond the SDK's queue are dropped
   by the SDK (its policy), never waited for.
@@ -26,6 +26,7 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -131,15 +132,17 @@ class OTelSink:
     def __init__(self, *, tracer_provider: Any = None, meter_provider: Any = None) -> None:
         context, metrics, trace = _otel()
         self._context, self._trace = context, trace
-        self._own: list[Any] = []  # providers this sink built, and so flushes and shuts down
+        self._own: list[Any] = []  # providers tokenmeter built: this sink flushes them
         if tracer_provider is None:
             tracer_provider = trace.get_tracer_provider()
-            if isinstance(tracer_provider, trace.ProxyTracerProvider):
-                tracer_provider = self._own_tracer_provider()
+            if isinstance(tracer_provider, trace.ProxyTracerProvider):  # none set globally
+                tracer_provider = _own_providers()[0]
+                self._own.append(tracer_provider)
         if meter_provider is None:
             meter_provider = metrics.get_meter_provider()
             if type(meter_provider).__name__ == "_ProxyMeterProvider":  # none set globally
-                meter_provider = self._own_meter_provider()
+                meter_provider = _own_providers()[1]
+                self._own.append(meter_provider)
         self._tracer = tracer_provider.get_tracer(_SCOPE)
         meter = meter_provider.get_meter(_SCOPE)
         self._tokens = meter.create_histogram(
@@ -162,7 +165,13 @@ class OTelSink:
         from tokenmeter import _pipeline  # not at import: the pipeline imports the sinks
 
         self._pipeline = _pipeline
-        _pipeline.add_submit_observer(self._capture_parent)
+        self._observing = False
+        self._observe()
+
+    def _observe(self) -> None:
+        if not self._observing:
+            self._observing = True
+            self._pipeline.add_submit_observer(self._capture_parent)
 
     # -- the caller's thread ---------------------------------------------------------------------
     def _capture_parent(self, item: object) -> None:
@@ -179,6 +188,7 @@ class OTelSink:
 
     # -- the Sink protocol (writer thread) -------------------------------------------------------
     def write(self, records: Sequence[UsageRecord]) -> None:
+        self._observe()  # again, if this sink was closed and is used anew (configure() again)
         client = self._trace.SpanKind.CLIENT
         for record in records:
             with self._parents_lock:
@@ -226,35 +236,50 @@ class OTelSink:
             self._cost.add(float(record.estimated_cost_usd), dims)
 
     def flush(self) -> None:
-        """Hand what is batched to the exporters this sink built (the application's are its own)."""
+        """Hand what is batched to tokenmeter's own exporters (the application's are its own)."""
         for provider in self._own:
             provider.force_flush()
 
     def close(self) -> None:
+        """Flush and stop observing calls. The providers stay up (shared, and shut down by the
+        SDK at exit): ``configure()`` closes the sinks it replaces, and may use this one again."""
         self._pipeline.remove_submit_observer(self._capture_parent)
-        for provider in self._own:
-            provider.shutdown()
-        self._own.clear()
+        self._observing = False
+        self.flush()
 
-    # -- providers of its own ----------------------------------------------------------------------
-    def _own_tracer_provider(self) -> Any:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        provider = TracerProvider(resource=Resource.create())
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-        self._own.append(provider)
-        return provider
+_providers: dict[tuple[tuple[str, str], ...], tuple[Any, Any]] = {}
+_providers_lock = threading.Lock()
 
-    def _own_meter_provider(self) -> Any:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-        from opentelemetry.sdk.resources import Resource
 
-        reader = PeriodicExportingMetricReader(OTLPMetricExporter())
-        provider = MeterProvider(resource=Resource.create(), metric_readers=[reader])
-        self._own.append(provider)
-        return provider
+def _own_providers() -> tuple[Any, Any]:
+    """The TracerProvider and MeterProvider (OTLP/HTTP) tokenmeter builds when the application
+    set none: one pair per process and ``OTEL_*`` configuration, shared by every OTelSink (a
+    ``configure()`` call makes new sinks; it must not make new exporter threads each time)."""
+    key = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("OTEL_")))
+    with _providers_lock:
+        found = _providers.get(key)
+        if found is None:
+            found = _providers[key] = (_new_tracer_provider(), _new_meter_provider())
+        return found
+
+
+def _new_tracer_provider() -> Any:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create())
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider
+
+
+def _new_meter_provider() -> Any:
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import Resource
+
+    reader = PeriodicExportingMetricReader(OTLPMetricExporter())
+    return MeterProvider(resource=Resource.create(), metric_readers=[reader])
