@@ -143,6 +143,7 @@ print(time.perf_counter() - start, file=sys.stderr)
 """
 _CHILD_REPORT = """
 import sys, time
+import psycopg  # imported before the clock starts, as in the bare child: the same driver cost
 from tokenmeter.cli import main
 start = time.perf_counter()
 code = main(sys.argv[1:])
@@ -164,9 +165,13 @@ def _timed(args: list[str]) -> float:
     return float(result.stderr.strip().splitlines()[-1])
 
 
-def bench_report(dsn: str, count: int, repeat: int) -> None:
-    database = new_database(dsn)
-    load_rows(database, count)
+def bench_report(dsn: str, count: int, repeat: int, reuse: str | None) -> None:
+    if reuse:
+        database = f"{dsn.replace('dbname=postgres', '')} dbname={reuse}"
+    else:
+        database = new_database(dsn)
+        load_rows(database, count)
+        print(f"          loaded {count:,} rows into {database.rsplit('=', 1)[1]}")
     url = "postgresql://?" + "&".join(database.split())  # the same server, as a URL
     bare = min(_timed([_CHILD_BARE, database, _BARE]) for _ in range(repeat))
     report = min(
@@ -176,7 +181,8 @@ def bench_report(dsn: str, count: int, repeat: int) -> None:
     ratio = report / bare
     print(
         f"report    {count:,} rows: --by model {report:.3f} s, bare GROUP BY {bare:.3f} s "
-        f"(connect included in both)  ratio {ratio:.2f}x  (target <= {REPORT_TARGET}x: "
+        f"(connect included in both, the driver imported before)\n"
+        f"          ratio {ratio:.2f}x  (target <= {REPORT_TARGET}x: "
         f"{'PASS' if ratio <= REPORT_TARGET else 'MISS'})"
     )
 
@@ -187,11 +193,14 @@ def main() -> None:
     parser.add_argument("--report-rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; the best counts")
     parser.add_argument("--skip-report", action="store_true")
+    parser.add_argument("--skip-writes", action="store_true")
+    parser.add_argument("--reuse-db", help="a database a previous run loaded (it prints the name)")
     args = parser.parse_args()
     with server() as dsn:
-        bench_writes(dsn, args.records, args.repeat)
+        if not args.skip_writes:
+            bench_writes(dsn, args.records, args.repeat)
         if not args.skip_report:
-            bench_report(dsn, args.report_rows, args.repeat)
+            bench_report(dsn, args.report_rows, args.repeat, args.reuse_db)
 
 
 if __name__ == "__main__":
