@@ -291,3 +291,21 @@ def test_the_dsn_setting_comes_from_every_layer_and_is_never_echoed(
     ) as e:
         tokenmeter.configure(pg_dsn=b"password=hunter2")  # type: ignore[arg-type]
     assert "hunter2" not in str(e.value)
+
+
+def test_a_nul_character_is_kept_as_a_replacement_not_refused(
+    pg_sink: PostgresSink, pg_dsn: str
+) -> None:
+    """PostgreSQL text (and jsonb) cannot hold NUL, which a hostile server can put in a model
+    name; SQLite stores it. The record is stored with U+FFFD instead of being refused."""
+    odd = build_record(
+        0, model_name="gpt\x00x", tags={"k\x00": "v\x00", "path": "C:\\u0000"}, error="E\x00"
+    )
+    pg_sink.write([odd, build_record(1)])
+    assert count(pg_dsn) == 2
+    row = query(
+        pg_dsn,
+        "SELECT model_name, tags::jsonb ->> 'k\ufffd', tags::jsonb ->> 'path', error "
+        "FROM records WHERE id = 'rec-000000'",
+    )
+    assert row == [("gpt\ufffdx", "v\ufffd", "C:\\u0000", "E\ufffd")]

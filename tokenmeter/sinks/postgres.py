@@ -23,6 +23,7 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -140,6 +141,25 @@ _UPSERT_SESSION = (
 )
 
 
+#: The JSON escape of a NUL (``\u0000``), not an escaped backslash followed by "u0000".
+_JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _pg_text(value: str) -> str:
+    value = value.replace("\x00", "\ufffd")
+    if value.startswith("{"):  # the JSON columns (tags, cost_breakdown)
+        value = _JSON_NUL.sub("\\1\ufffd", value)
+    return value
+
+
+def _pg_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``row`` with NUL characters replaced by U+FFFD: PostgreSQL text cannot hold them (nor can
+    ``jsonb`` hold the JSON escape of one), SQLite can. The record is kept, as there."""
+    if not any(type(v) is str and ("\x00" in v or "\\u0000" in v) for v in row):
+        return row
+    return tuple(_pg_text(v) if type(v) is str else v for v in row)
+
+
 def _psycopg() -> Any:
     try:
         import psycopg
@@ -196,12 +216,12 @@ class PostgresSink:
     # -- the Sink protocol -------------------------------------------------------------------------
     def write(self, records: Sequence[UsageRecord]) -> None:
         if records:
-            rows = [_record_row(r) for r in records]
+            rows = [_pg_row(_record_row(r)) for r in records]
             self._with_retry(lambda conn: self._insert_records(conn, rows))
 
     def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
         if sessions:
-            rows = [_session_row(s) for s in sessions]
+            rows = [_pg_row(_session_row(s)) for s in sessions]
             self._with_retry(lambda conn: self._upsert_sessions(conn, rows))
 
     def flush(self) -> None:
@@ -239,21 +259,21 @@ class PostgresSink:
             cur.executemany(_UPSERT_SESSION, rows)
 
     def _with_retry(self, work: Callable[[psycopg.Connection[Any]], None]) -> None:
-        fresh = self._conn is None or self._pid != os.getpid()
-        conn = self._connection()
-        try:
-            work(conn)
-            return
-        except BaseException:
-            dead = conn.broken or conn.closed
-            self._drop_connection()  # a new connection next time, with an empty stage
-            if not dead or fresh:
-                # The statement failed (the writer retries later), or a new connection died
-                # (the server is going away).
-                raise
-        # An old connection found dead (restart, terminated, idle cut): once more on a new one;
-        # the batch is idempotent, so even a commit that happened before the break is harmless.
-        work(self._connection())
+        for attempt in (1, 2):
+            fresh = self._conn is None or self._pid != os.getpid()
+            conn = self._connection()
+            try:
+                work(conn)
+                return
+            except BaseException:
+                dead = conn.broken or conn.closed
+                self._drop_connection()  # a new connection next time, with an empty stage
+                if not dead or fresh or attempt == 2:
+                    # The statement failed (the writer retries later), or a new connection died
+                    # (the server is going away).
+                    raise
+            # An old connection found dead (restart, terminated, idle cut): once more on a new
+            # one; the batch is idempotent, so a commit made before the break is harmless.
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is not None and self._pid == os.getpid():
