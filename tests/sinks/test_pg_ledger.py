@@ -25,15 +25,24 @@ def test_reserve_settle_and_spent_follow_the_protocol(pg_dsn: str) -> None:
     assert ledger.reserve("k", DAY, 10.0, 4.0) == (True, 4.0)
     assert ledger.reserve("k", DAY, 10.0, 4.0) == (False, 8.0)  # would make 12
     assert ledger.spent("k", DAY) == 8.0
-    ledger.settle("k", DAY, 4.0, 1.5)  # cost less than reserved
+    assert ledger.settle("k", DAY, 4.0, 1.5) == 5.5  # cost less than reserved
     assert ledger.spent("k", DAY) == 5.5
-    ledger.settle("k", DAY, 4.0, 0.0)  # failed call: released
+    assert ledger.settle("k", DAY, 4.0, 0.0) == 1.5  # failed call: released
     assert ledger.spent("k", DAY) == 1.5
     assert ledger.reserve("k", DAY, 1.0, 2.0) == (False, 1.5)  # larger than the whole limit
     assert ledger.reserve("k", "", 1.0, 2.0) == (False, 0.0)  # never fits: no row made
     ledger.settle("other", DAY, 0.0, 3.0)  # settles without a reservation make the row
     assert ledger.spent("other", DAY) == 3.0
     assert ledger.spent("k", "2026-12-02T00:00:00+00:00") == 0.0  # another period
+    # Several budgets at once: all reserved or none.
+    both = [("k", DAY, 10.0, 1.0), ("other", DAY, 3.5, 1.0)]
+    assert ledger.reserve_many(both) == [(True, 1.5), (False, 3.0)]
+    assert (ledger.spent("k", DAY), ledger.spent("other", DAY)) == (1.5, 3.0)
+    assert ledger.reserve_many([("k", DAY, 10.0, 1.0), ("other", DAY, 5.0, 1.0)]) == [
+        (True, 1.5),
+        (True, 3.0),
+    ]
+    assert ledger.settle_many([("k", DAY, 1.0, 0.5), ("other", DAY, 1.0, 2.0)]) == [2.0, 5.0]
     with pytest.raises(ValueError, match="amount_usd"):
         ledger.reserve("k", DAY, 10.0, -1.0)
     ledger.close()

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 if TYPE_CHECKING:
     import psycopg
@@ -24,6 +25,12 @@ if TYPE_CHECKING:
     from tokenmeter.sinks.postgres import PostgresSink
 
 __all__ = ["PostgresLedger"]
+
+T = TypeVar("T")
+#: (scope_key, period_start, limit_usd, amount_usd) and (scope_key, period_start, reserved_usd,
+#: actual_usd), as the guardrails pass them.
+Reserve = tuple[str, str, float, float]
+Settle = tuple[str, str, float, float]
 
 _RESERVE = (
     "INSERT INTO budget_ledger AS b (scope_key, period_start, reserved_usd) "
@@ -38,7 +45,8 @@ _SETTLE = (
     "VALUES (%(key)s, %(period)s, %(actual)s) "
     "ON CONFLICT (scope_key, period_start) DO UPDATE "
     "SET reserved_usd = GREATEST(b.reserved_usd - %(reserved)s, 0), "
-    "settled_usd = b.settled_usd + %(actual)s, updated_at = now()"
+    "settled_usd = b.settled_usd + %(actual)s, updated_at = now() "
+    "RETURNING b.settled_usd + b.reserved_usd"
 )
 _SPENT = (
     "SELECT settled_usd + reserved_usd FROM budget_ledger "
@@ -66,32 +74,71 @@ class PostgresLedger:
     ) -> tuple[bool, float]:
         """Reserve ``amount_usd`` unless that would take the spent + reserved total past
         ``limit_usd``: (True, total before) or (False, total), in one statement."""
-        amount, limit = _amount("amount_usd", amount_usd), _amount("limit_usd", limit_usd)
-        params = {"key": scope_key, "period": period_start, "amount": amount, "limit": limit}
-        if amount > limit:  # never fits, not even in an empty budget
-            return False, self.spent(scope_key, period_start)
-        row = self._run(_RESERVE, params)
-        if row is not None:
-            return True, max(0.0, float(row[0]))
-        return False, self.spent(scope_key, period_start)
+        [result] = self.reserve_many([(scope_key, period_start, limit_usd, amount_usd)])
+        return result
+
+    def reserve_many(self, items: Sequence[Reserve]) -> list[tuple[bool, float]]:
+        """Reserve every item or none, in one transaction: the (ok, spent) of each item, up to
+        the first refusal (then nothing is reserved)."""
+        checked = [
+            (key, start, _amount("limit_usd", limit), _amount("amount_usd", amount))
+            for key, start, limit, amount in items
+        ]
+
+        def work(conn: psycopg.Connection[Any]) -> list[tuple[bool, float]]:
+            results: list[tuple[bool, float]] = []
+            with conn.transaction() as transaction:
+                for key, start, limit, amount in checked:
+                    params = {"key": key, "period": start, "amount": amount, "limit": limit}
+                    row = None
+                    if amount <= limit:  # else it never fits, not even an empty budget
+                        row = conn.execute(_RESERVE.encode(), params).fetchone()
+                    if row is None:
+                        spent = conn.execute(_SPENT.encode(), params).fetchone()
+                        results.append((False, 0.0 if spent is None else float(spent[0])))
+                        _rollback(transaction)
+                    results.append((True, max(0.0, float(row[0]))))
+            return results
+
+        return self._run(work)
 
     def settle(
         self, scope_key: str, period_start: str, reserved_usd: float, actual_usd: float
-    ) -> None:
-        """Release the reservation and add what the call really cost, in one statement."""
-        self._run(
-            _SETTLE,
+    ) -> float:
+        """Release the reservation and add what the call really cost, in one statement; the
+        spent + reserved total after it."""
+        [after] = self.settle_many([(scope_key, period_start, reserved_usd, actual_usd)])
+        return after
+
+    def settle_many(self, items: Sequence[Settle]) -> list[float]:
+        """Settle every item in one transaction; the total after each."""
+        checked = [
             {
-                "key": scope_key,
-                "period": period_start,
-                "reserved": _amount("reserved_usd", reserved_usd),
-                "actual": _amount("actual_usd", actual_usd),
-            },
-        )
+                "key": key,
+                "period": start,
+                "reserved": _amount("reserved_usd", reserved),
+                "actual": _amount("actual_usd", actual),
+            }
+            for key, start, reserved, actual in items
+        ]
+
+        def work(conn: psycopg.Connection[Any]) -> list[float]:
+            with conn.transaction():
+                return [
+                    float(conn.execute(_SETTLE.encode(), params).fetchone()[0])  # type: ignore[index]
+                    for params in checked
+                ]
+
+        return self._run(work)
 
     def spent(self, scope_key: str, period_start: str) -> float:
-        row = self._run(_SPENT, {"key": scope_key, "period": period_start})
-        return 0.0 if row is None else float(row[0])
+        params = {"key": scope_key, "period": period_start}
+
+        def work(conn: psycopg.Connection[Any]) -> float:
+            row = conn.execute(_SPENT.encode(), params).fetchone()
+            return 0.0 if row is None else float(row[0])
+
+        return self._run(work)
 
     def close(self) -> None:
         with self._lock:
@@ -99,7 +146,7 @@ class PostgresLedger:
             if conn is not None and self._pid == os.getpid():
                 conn.close()
 
-    def _run(self, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+    def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
         with self._lock:
             for attempt in (1, 2):
                 fresh = self._conn is None or self._pid != os.getpid()
@@ -108,9 +155,7 @@ class PostgresLedger:
                 conn = self._conn
                 assert conn is not None
                 try:
-                    cur = conn.execute(sql.encode(), params)
-                    row: tuple[Any, ...] | None = cur.fetchone() if cur.description else None
-                    return row
+                    return work(conn)
                 except BaseException:
                     if not (conn.broken or conn.closed):
                         raise
@@ -118,3 +163,10 @@ class PostgresLedger:
                     if fresh or attempt == 2:
                         raise
             raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _rollback(transaction: Any) -> NoReturn:
+    """Leave ``with conn.transaction()`` undoing it, without an error (psycopg's Rollback)."""
+    import psycopg
+
+    raise psycopg.Rollback(transaction)
