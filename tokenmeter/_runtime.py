@@ -18,6 +18,7 @@ __all__ = ["configure", "settings"]
 
 _settings: Settings | None = None
 _sink_objects: list[Sink] = []  # sink objects given to configure(), beside the named ones
+_attached: list[Sink] = []  # sinks kept whatever configure() sets (see attach_sink)
 _explicit: dict[str, Any] = {}
 _lock = threading.RLock()
 renew_after_fork(globals(), "_lock")
@@ -67,7 +68,7 @@ def _apply() -> None:
         prices.update(resolved.prices)  # configure(prices=...) wins over the file
         pricing.set_user_prices(prices)
         pricing.set_aliases(resolved.aliases)
-        objects = list(_sink_objects)
+        objects = [*_sink_objects, *_attached]
 
         def make_sinks() -> list[Sink]:
             return [*objects, *_default_sinks(resolved)]
@@ -133,6 +134,15 @@ def configure(
         _apply()
 
 
+def attach_sink(sink: Sink) -> None:
+    """Add a sink that stays in place whatever ``configure(sinks=...)`` the application calls
+    later: ``tokenmeter run`` counts a program's spending with one."""
+    with _lock:
+        _attached.append(sink)
+        if _settings is not None:
+            _apply()
+
+
 def _split_sinks(sinks: object) -> tuple[str | list[str], list[Sink]]:
     """configure(sinks=...) as (names for Settings, sink objects).
 
@@ -171,6 +181,7 @@ def reset() -> None:
     with _lock:
         _explicit.clear()
         _sink_objects = []
+        _attached.clear()
         _settings = None
         _pipeline.set_sinks(list)  # the old sinks get what they were sent, then are closed
         _pipeline.first_use_hook = settings

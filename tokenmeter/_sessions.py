@@ -333,6 +333,8 @@ def current_session() -> Session | None:
 # -- the implicit per-process session -----------------------------------------------------------
 _implicit: Session | None = None
 _implicit_pid = 0
+#: Name, id and tags of the implicit session when set by `name_implicit_session`.
+_implicit_args: tuple[str | None, str | None, dict[str, str] | None] = (None, None, None)
 
 
 def implicit_session() -> Session:
@@ -343,10 +345,24 @@ def implicit_session() -> Session:
         with _lock:
             if _implicit is None or _implicit_pid != pid:
                 started = datetime.now(UTC)
-                created = Session(id=f"session_{started:%Y%m%d_%H%M%S}_{pid}")
+                name, id_, tags = _implicit_args
+                id_ = id_ or f"session_{started:%Y%m%d_%H%M%S}_{pid}"
+                created = Session(name, id=id_, tags=tags)
                 created.started_at = started
                 _implicit, _implicit_pid = created, pid
     return _implicit
+
+
+def name_implicit_session(
+    name: str | None = None, *, id: str | None = None, tags: dict[str, str] | None = None
+) -> None:
+    """Give the implicit session of this process, and of processes forked from it, a name, an id
+    and tags: ``tokenmeter run`` files every process of one run under one session this way."""
+    global _implicit, _implicit_args
+    Session(name, id=id, tags=tags)  # the same checks, the same ValueError, as session()
+    with _lock:
+        _implicit_args = (name, id, dict(tags) if tags else None)
+        _implicit = None
 
 
 def announce(record_session: Session) -> None:
@@ -369,5 +385,5 @@ renew_after_fork(globals(), "_lock")
 
 def reset() -> None:
     """Forget the implicit session (tests)."""
-    global _implicit, _implicit_pid
-    _implicit, _implicit_pid = None, 0
+    global _implicit, _implicit_pid, _implicit_args
+    _implicit, _implicit_pid, _implicit_args = None, 0, (None, None, None)

@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="call the real providers whose API keys are set (costs real money)",
     )
     demo.add_argument("--format", choices=FORMATS, default=None, help="report format (table)")
+
+    from tokenmeter.cli._run import add_run_parser
+
+    add_run_parser(commands)
     return parser
 
 
@@ -172,6 +176,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from tokenmeter.cli._prices import run_prices
 
         return run_prices(args)
+    if command == "run":
+        from tokenmeter.cli._run import run_command
+
+        return run_command(args)
     from tokenmeter.cli._demo import run_demo
 
     return run_demo(args)
