@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pg_server import pg_dsn, pg_server  # noqa: F401  (fixtures: a PostgreSQL on loopback)
 
 import tokenmeter
 from tokenmeter import _runtime
@@ -49,6 +50,7 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
         "TOKENMETER_STATE_FILE",
         "TOKENMETER_THREAD_PROPAGATION",
         "TOKENMETER_PROVIDERS",
+        "TOKENMETER_PG_DSN",
     ):
         monkeypatch.delenv(name, raising=False)
     yield

@@ -23,7 +23,7 @@ from tokenmeter.pricing._overrides import short_repr
 
 __all__ = ["SINK_NAMES", "Settings", "load_settings", "load_settings_with_sources"]
 
-SINK_NAMES = ("sqlite", "jsonl", "markdown")
+SINK_NAMES = ("sqlite", "jsonl", "markdown", "postgres", "otel")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _ENV_NAMES = {
@@ -43,6 +43,7 @@ _ENV_NAMES = {
     "thread_propagation": "TOKENMETER_THREAD_PROPAGATION",
     "providers": "TOKENMETER_PROVIDERS",
     "reports": "TOKENMETER_REPORTS",
+    "pg_dsn": "TOKENMETER_PG_DSN",
 }
 REPORT_PERIODS = ("daily", "weekly", "monthly")
 #: Settings that hold code (callables): configure() only.
@@ -101,6 +102,8 @@ class Settings(BaseModel):
     @classmethod
     def _report_periods(cls, value: Any) -> tuple[str, ...]:
         return _parse_reports(value)
+    #: The "postgres" sink's connection string or URL; empty: libpq's standard PG* variables.
+    pg_dsn: str = ""
 
     @field_validator("sinks", mode="before")
     @classmethod
@@ -196,6 +199,16 @@ class Settings(BaseModel):
     def _valid_aliases(cls, value: Any) -> dict[str, str]:
         check_aliases(value)
         return dict(value)
+
+    @field_validator("pg_dsn", mode="before")
+    @classmethod
+    def _a_dsn(cls, value: Any) -> str:
+        if not isinstance(value, str):
+            # Never echo it: a DSN may hold a password.
+            raise ValueError(f"must be a connection string, got {type(value).__name__}")
+        if "\x00" in value:
+            raise ValueError("must not contain a NUL character")
+        return value
 
     @field_validator("max_queue", mode="before")
     @classmethod
@@ -335,6 +348,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         found["state_file"] = value
     if value := env.get("TOKENMETER_PROVIDERS"):
         found["providers"] = value
+    if value := env.get("TOKENMETER_PG_DSN"):
+        found["pg_dsn"] = value
     return found
 
 

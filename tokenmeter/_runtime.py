@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -32,7 +33,13 @@ def settings() -> Settings:
 
 
 def _default_sinks(resolved: Settings) -> list[Sink]:
-    from tokenmeter.sinks import JSONLSink, MarkdownJournalSink, SQLiteSink
+    from tokenmeter.sinks import (
+        JSONLSink,
+        MarkdownJournalSink,
+        OTelSink,
+        PostgresSink,
+        SQLiteSink,
+    )
 
     directory = Path(resolved.directory).absolute()  # where the process was when it started
     made: list[Sink] = []
@@ -45,6 +52,11 @@ def _default_sinks(resolved: Settings) -> list[Sink]:
             made.append(JSONLSink(directory / "usage.jsonl"))
         elif name == "markdown":
             made.append(MarkdownJournalSink(directory / "journal"))
+        else:
+            try:
+                made.append(PostgresSink(resolved.pg_dsn) if name == "postgres" else OTelSink())
+            except ImportError as exc:  # its extra is missing: the other sinks still work
+                logging.getLogger("tokenmeter").error("tokenmeter sink %r: %s", name, exc)
     if resolved.reports:
         from tokenmeter._reports import PeriodicReports
 
@@ -137,6 +149,7 @@ def configure(
     state_file: str | Path | None = None,
     thread_propagation: bool | None = None,
     providers: Sequence[str] | str | None = None,
+    pg_dsn: str | None = None,
 ) -> None:
     """Set sinks, price overrides, budgets, alerts, hooks and other settings for this process.
 
@@ -144,9 +157,10 @@ def configure(
     docs/budgets-and-alerts.md.
 
     ``sinks`` takes sink objects (anything implementing the Sink protocol) and/or default sink
-    names ("sqlite", "jsonl", "markdown"), one of them alone, or names as a comma-separated string
-    like ``TOKENMETER_SINKS``. Arguments win over ``TOKENMETER_*`` variables, which win over
-    ``[tool.tokenmeter]`` in pyproject.toml. Records made before the call go to the old sinks.
+    names ("sqlite", "jsonl", "markdown", "postgres", "otel"), one of them alone, or names as a
+    comma-separated string like ``TOKENMETER_SINKS``. Arguments win over ``TOKENMETER_*``
+    variables, which win over ``[tool.tokenmeter]`` in pyproject.toml. Records made before the
+    call go to the old sinks.
 
     Everything is checked before anything changes: a bad argument (or a bad prices file) raises
     a one-line ValueError naming it and leaves the previous settings in force.
@@ -178,6 +192,7 @@ def configure(
             ("state_file", state_file),
             ("thread_propagation", thread_propagation),
             ("providers", list(providers) if isinstance(providers, list | tuple) else providers),
+            ("pg_dsn", pg_dsn),
         ):
             if value is not None:
                 explicit[key] = value

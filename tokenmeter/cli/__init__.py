@@ -65,8 +65,9 @@ def _count(value: str) -> int:
 
 
 _SOURCE_HELP = (
-    "usage.db (SQLite) or .jsonl file, or a directory holding one (default: the directory the "
-    "library writes to: TOKENMETER_DIR, else [tool.tokenmeter] directory, else .tokenmeter)"
+    "usage.db (SQLite) or .jsonl file, a directory holding one, or a postgresql:// URL "
+    "(default: the directory the library writes to: TOKENMETER_DIR, else [tool.tokenmeter] "
+    "directory, else .tokenmeter)"
 )
 _SINCE_HELP = "from this time, inclusive: 7d, 24h, 30m, 2026-11-01 or 2026-11-01T10:00"
 _UNTIL_HELP = "up to this time, inclusive; a bare date means the END of that day"

@@ -17,7 +17,7 @@ from typing import Any
 from tokenmeter._totals import COUNT_NAMES, Totals
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError
-from tokenmeter.cli._source import JsonlReader, Source, open_sqlite, table_columns, warn_skipped
+from tokenmeter.cli._source import JsonlReader, Source, open_database, table_columns, warn_skipped
 from tokenmeter.cli.reports._model import NONE_LABEL, Call
 from tokenmeter.cli.reports._query import calls_from_rows, exclude_bad_rows
 from tokenmeter.cli.reports._sql import totals_select
@@ -60,7 +60,7 @@ def list_sessions(
     The caller warns about the skipped ones (``warn_skipped``).
     """
     low, high = _window(since, until)
-    if source.kind == "sqlite":
+    if source.kind != "jsonl":
         return _list_sqlite(source, low, high)
     reader = JsonlReader(source.path)
     rows: dict[str, SessionRow] = {}
@@ -92,7 +92,7 @@ def _has_sessions_table(conn: sqlite3.Connection) -> bool:
 
 
 def _list_sqlite(source: Source, low: str | None, high: str | None) -> tuple[list[SessionRow], int]:
-    conn = open_sqlite(source.path)
+    conn = open_database(source)
     clauses, params = [], []
     if low is not None:
         clauses.append("r.timestamp >= ?")
@@ -109,8 +109,8 @@ def _list_sqlite(source: Source, low: str | None, high: str | None) -> tuple[lis
     except sqlite3.Error as exc:
         conn.close()
         raise CliError(f"cannot read {source.path}: {exc}") from None
-    info = (
-        "s.name, s.status, s.started_at, s.ended_at, s.notes, s.tags"
+    info = (  # MAX(): one sessions row per group; PostgreSQL wants it said (SQLite does not)
+        "MAX(s.name), MAX(s.status), MAX(s.started_at), MAX(s.ended_at), MAX(s.notes), MAX(s.tags)"
         if joined
         else "NULL, NULL, NULL, NULL, NULL, NULL"
     )
@@ -219,7 +219,7 @@ def find_session(source: Source, wanted: str) -> SessionDetail:
 
     Warns about the records it had to skip before it returns or raises.
     """
-    if source.kind == "sqlite":
+    if source.kind != "jsonl":
         return _find_sqlite(source, wanted)
     reader = JsonlReader(source.path)
     by_id: list[Call] = []
@@ -260,7 +260,7 @@ def _several(name: str, last_calls: dict[str, str]) -> None:
 
 
 def _find_sqlite(source: Source, wanted: str) -> SessionDetail:
-    conn = open_sqlite(source.path)
+    conn = open_database(source)
     conn.row_factory = sqlite3.Row
     try:
         session_id = wanted
