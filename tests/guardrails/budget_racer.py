@@ -15,7 +15,7 @@ import openai
 import tokenmeter
 from tokenmeter import BudgetExceeded
 
-#: 4,000 characters of text: the estimate is 1,000 input tokens, exactly what the fake reports.
+#: The request every racer sends; the fake reports exactly the input tokens it is estimated at.
 MESSAGES = [{"role": "user", "content": "x" * 3996}]
 
 

@@ -1,6 +1,6 @@
 """The concurrency bound: many callers racing one budget overshoot it by at most what the calls
-in flight cost beyond their estimates. Here the estimate is exact (the fake reports the 1,000
-input tokens the 4,000-character request is estimated at, and no output), so the bound is zero:
+in flight cost beyond their estimates. Here the estimate is exact (the fake reports the input
+tokens tokenmeter's estimator gives the racers' request, and no output), so the bound is zero:
 exactly as many calls as fit are made, however the threads and processes interleave.
 """
 
@@ -14,11 +14,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from budget_racer import MESSAGES
 
+from tokenmeter._estimate import estimate_input
 from tokenmeter.testing import FakeProvider
 
 HERE = Path(__file__).parent
-PER_CALL = 0.0025  # 1,000 gpt-4o input tokens
+#: What the budget reserves for each call, and what the fake then reports.
+TOKENS = estimate_input("openai", {"model": "gpt-4o", "messages": MESSAGES}).input_tokens
+PER_CALL = TOKENS * 2.5e-6  # gpt-4o input: $2.50 per million tokens
 FIT = 10
 LIMIT = str(FIT * PER_CALL + PER_CALL / 2)  # room for 10 calls and half of an 11th
 
@@ -29,7 +33,7 @@ def exact_fake() -> FakeProvider:
     provider.start()
     provider.set_usage(
         openai={
-            "prompt_tokens": 1000,
+            "prompt_tokens": TOKENS,
             "completion_tokens": 0,
             "cached_tokens": 0,
             "reasoning_tokens": 0,
