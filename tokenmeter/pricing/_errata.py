@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields, replace
 from datetime import date, datetime
 from decimal import Decimal
 
-from ._source import STANDARD, PricedModel, PriceSource, RateCard, Rates, Tier, utc_midnight
+from ._source import FEE_FIELDS, STANDARD, PricedModel, PriceSource, RateCard, Rates, Tier, utc_midnight
 
 __all__ = ["ERRATA_SOURCE", "ErrataSource"]
 
@@ -96,7 +96,10 @@ def _ratios(tier: Rates, standard: Rates) -> Rates:
 
 
 def _uniform(factor: Decimal) -> Rates:
-    return Rates(**{f.name: factor for f in fields(Rates)})
+    """``factor`` for every token rate; per-request fees are not discounted."""
+    return Rates(
+        **{f.name: Decimal(1) if f.name in FEE_FIELDS else factor for f in fields(Rates)}
+    )
 
 
 def _mark(card: RateCard, base: Rates) -> RateCard:

@@ -128,16 +128,26 @@ def _rates(values: dict[str, Any], *, input_tokens: int) -> Rates:
     output_rate = rate("output_mtok") or zero
     cache_write = _first(rate("cache_write_5m_mtok"), rate("cache_write_mtok"), input_rate)
     requests = rate("requests_kcount")
+    cache_read = _first(rate("cache_read_mtok"), input_rate)
     return Rates(
         input_per_mtok=input_rate,
         output_per_mtok=output_rate,
-        cache_read_per_mtok=_first(rate("cache_read_mtok"), input_rate),
+        cache_read_per_mtok=cache_read,
         cache_write_per_mtok=cache_write,
         cache_write_1h_per_mtok=_first(rate("cache_write_1h_mtok"), cache_write),
         input_audio_per_mtok=_first(rate("input_audio_mtok"), input_rate),
         output_audio_per_mtok=_first(rate("output_audio_mtok"), output_rate),
         reasoning_per_mtok=_first(rate("output_reasoning_mtok"), output_rate),
         per_request_usd=zero if requests is None else requests / 1000,
+        input_image_per_mtok=_first(rate("input_image_mtok"), input_rate),
+        input_video_per_mtok=_first(rate("input_video_mtok"), input_rate),
+        output_image_per_mtok=_first(rate("output_image_mtok"), output_rate),
+        output_video_per_mtok=_first(rate("output_video_mtok"), output_rate),
+        cache_read_audio_per_mtok=_first(rate("cache_audio_read_mtok"), cache_read),
+        cache_read_image_per_mtok=_first(rate("cache_image_read_mtok"), cache_read),
+        web_search_per_k=rate("web_searches_kcount") or zero,
+        file_search_per_k=rate("storage_searches_kcount") or zero,
+        code_execution_per_k=rate("code_executions_kcount") or zero,
     )
 
 
