@@ -111,7 +111,7 @@ class Pass(BaseModel):
 Usage.model_rebuild()
 
 
-def check_usage_subsets(c: dict[str, int]) -> None:
+def check_usage_subsets(c: dict[str, Any]) -> None:
     """The parts of a Usage must fit inside its totals (ValueError naming the fields if not)."""
     read, write, total_in = c["cache_read_tokens"], c["cache_write_tokens"], c["input_tokens"]
     for name in ("input_tokens", "output_tokens"):

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar, cast
 
 from tokenmeter import _pipeline
 from tokenmeter._fork import renew_after_fork
-from tokenmeter._models import SessionInfo, UsageRecord, clean_text
+from tokenmeter._models import SessionInfo, UsageRecord, clean_text, output_cost
 
 __all__ = ["ModelTotals", "Session", "SessionSummary", "current_session", "session", "track"]
 
@@ -58,7 +58,7 @@ class ModelTotals:
         self.cost_usd += record.estimated_cost_usd
         breakdown = record.cost_breakdown
         if breakdown:
-            self.output_cost_usd += breakdown.get("output", _ZERO)
+            self.output_cost_usd += output_cost(breakdown)
 
     @property
     def input_cost_usd(self) -> Decimal:

@@ -7,6 +7,7 @@ product over the token classes, a few microseconds.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import threading
 from collections.abc import Hashable
@@ -28,6 +29,8 @@ __all__ = [
     "describe_price",
     "price_usage",
     "set_price_source",
+    "suggest_models",
+    "usage_without_passes",
 ]
 
 logger = logging.getLogger("tokenmeter")
@@ -413,8 +416,11 @@ def describe_price(
     if vector is None:
         return None
     card = vector.card
+    table_provider = None
+    if entry.provider is None and card.price_source != _overrides.OVERRIDE_SOURCE:
+        table_provider = getattr(entry.models[-1], "provider", None)  # whose table priced it
     return PriceDescription(
-        provider=entry.provider,
+        provider=entry.provider or table_provider,
         model=model,
         priced_model=card.priced_model,
         price_source=card.price_source,
@@ -423,6 +429,21 @@ def describe_price(
         rates=card.base,
         tiers=card.tiers,
     )
+
+
+def suggest_models(model: str, limit: int = 3) -> list[str]:
+    """The priced model names nearest to ``model`` (user prices and aliases included), closest
+    first: what ``tokenmeter prices`` offers for a name it does not know."""
+    names = _with_alias(name_candidates(model))
+    known = set(_overrides.user_price_names()) | set(_overrides.aliases())
+    table = getattr(_price_source(), "model_names", None)
+    if table is not None:
+        known.update(table())
+    found: dict[str, None] = {}
+    for name in names:
+        for match in difflib.get_close_matches(name, known, n=limit, cutoff=0.6):
+            found.setdefault(match)
+    return list(found)[:limit]
 
 
 def clear_cache() -> None:
@@ -486,9 +507,16 @@ def _with_alias(names: list[str]) -> list[str]:
 
 def _find_in_table(provider: str | None, names: list[str]) -> PricedModel | None:
     """Every spelling with the caller's provider first, then by name alone."""
+    source = _price_source()
     for provider_id in dict.fromkeys((provider, None)):
         for name in names:
-            found = _price_source().find(provider_id, name)
+            found = source.find(provider_id, name)
+            if found is not None:
+                return found
+    if provider is None:  # the CLI, or a response of unknown origin: any provider's table
+        find_any = getattr(source, "find_in_any_provider", None)
+        for name in names if find_any is not None else ():
+            found = find_any(name)
             if found is not None:
                 return found
     return None

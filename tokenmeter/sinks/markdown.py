@@ -58,7 +58,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from tokenmeter._models import SessionInfo, UsageRecord, _iso
+from tokenmeter._models import SessionInfo, UsageRecord, _iso, output_cost
 from tokenmeter.sinks._files import (
     ensure_private_dir,
     open_private,
@@ -555,9 +555,10 @@ def _add(t: dict[str, Any], r: UsageRecord) -> None:
         t["cost"] = str(Decimal(t["cost"]) + cost)
         breakdown = r.cost_breakdown
         if breakdown:
-            inputs = sum((v for k, v in breakdown.items() if k != "output"), Decimal(0))
+            outputs = output_cost(breakdown)
+            inputs = sum(breakdown.values(), Decimal(0)) - outputs
             t["input_cost"] = str(Decimal(t["input_cost"]) + inputs)
-            t["output_cost"] = str(Decimal(t["output_cost"]) + breakdown.get("output", 0))
+            t["output_cost"] = str(Decimal(t["output_cost"]) + outputs)
 
 
 def _merge(into: dict[str, Any], t: dict[str, Any]) -> None:

@@ -70,9 +70,7 @@ def usage_from_gemini(meta: Any) -> Usage:
     )
 
 
-def _add_modalities(
-    found: dict[str, int], details: Any, side: str, limit: int, name: str
-) -> None:
+def _add_modalities(found: dict[str, int], details: Any, side: str, limit: int, name: str) -> None:
     """Add a ``[{modality, token_count}]`` list to ``found`` under ``<side>_<modality>``."""
     if not isinstance(details, list | tuple):
         raise ValueError(f"usage field {name!r} is not a list: {shown(details)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from tokenmeter._models import output_cost as output_part
 from tokenmeter.cli.reports._format import fmt_int, fmt_usd
 from tokenmeter.cli.reports._render import markdown_escape as md
 from tokenmeter.cli.reports._sessions import SessionDetail, SessionRow
@@ -12,20 +13,13 @@ __all__ = ["render_session_markdown", "render_sessions_list"]
 
 
 def _input_output_cost(detail: SessionDetail) -> tuple[Decimal | None, Decimal | None]:
-    """Input (uncached + cache read + cache write) vs output cost, from each call's breakdown."""
+    """Input (uncached + cache read + cache write, tool fees and passes) vs output cost (every
+    output modality), from each call's breakdown."""
     known = [call.cost_breakdown for call in detail.calls if call.cost_breakdown is not None]
     if not known:
         return None, None
-    input_cost = sum(
-        (
-            b.get("input", Decimal(0))
-            + b.get("cache_read", Decimal(0))
-            + b.get("cache_write", Decimal(0))
-            for b in known
-        ),
-        Decimal(0),
-    )
-    output_cost = sum((b.get("output", Decimal(0)) for b in known), Decimal(0))
+    output_cost = sum((output_part(b) for b in known), Decimal(0))
+    input_cost = sum((sum(b.values(), Decimal(0)) for b in known), Decimal(0)) - output_cost
     return input_cost, output_cost
 
 
