@@ -255,7 +255,7 @@ def output_cost(breakdown: dict[str, Decimal]) -> Decimal:
 
 def _iso(ts: datetime) -> str:
     """ISO-8601 UTC with millisecond precision and a "Z", e.g. 2026-11-22T10:00:00.123Z."""
-    if ts.tzinfo is not None:
+    if ts.tzinfo is not UTC and ts.tzinfo is not None:
         ts = ts.astimezone(UTC)
     return ts.isoformat(timespec="milliseconds")[:23] + "Z"
 

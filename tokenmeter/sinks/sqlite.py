@@ -17,15 +17,15 @@ pico-USD, so ``SUM(cost_pusd)`` is exact and fast.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
 from tokenmeter._models import SessionInfo, UsageRecord, _iso
+from tokenmeter.sinks._encode import compact_json
 from tokenmeter.sinks._files import ensure_private_dir, open_private
 
 __all__ = ["SCHEMA_VERSION", "SQLiteSink"]
@@ -147,10 +147,6 @@ def to_pico_usd(value: Decimal) -> int:
     return int((value * _PICO).to_integral_value(rounding=ROUND_HALF_EVEN))
 
 
-def _json(value: dict[str, Any]) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 def _record_row(r: UsageRecord) -> tuple[Any, ...]:
     cost = r.estimated_cost_usd
     breakdown = r.cost_breakdown
@@ -169,11 +165,13 @@ def _record_row(r: UsageRecord) -> tuple[Any, ...]:
         r.cache_read_tokens,
         r.cache_write_tokens,
         r.reasoning_tokens,
-        None if breakdown is None else _json({k: decimal_text(v) for k, v in breakdown.items()}),
+        None
+        if breakdown is None
+        else compact_json({k: decimal_text(v) for k, v in breakdown.items()}),
         r.price_source,
         r.session_id,
         r.session_name,
-        _json(r.tags) if r.tags else "{}",
+        compact_json(r.tags) if r.tags else "{}",
         r.latency_ms,
         int(r.streamed),
         r.status,
@@ -190,7 +188,7 @@ def _session_row(s: SessionInfo) -> tuple[Any, ...]:
         s.id,
         s.name,
         s.parent_id,
-        _json(s.tags),
+        compact_json(s.tags),
         s.status,
         _iso(s.started_at),
         None if s.ended_at is None else _iso(s.ended_at),
@@ -210,11 +208,13 @@ class SQLiteSink:
 
     def write(self, records: Sequence[UsageRecord]) -> None:
         if records:
-            self._transaction(_INSERT_RECORD, [_record_row(r) for r in records])
+            # Rows are made as SQLite asks for them: it lets go of the GIL for each row it
+            # inserts, so a caller never waits for a whole chunk of rows to be built.
+            self._transaction(_INSERT_RECORD, map(_record_row, records))
 
     def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
         if sessions:
-            self._transaction(_UPSERT_SESSION, [_session_row(s) for s in sessions])
+            self._transaction(_UPSERT_SESSION, map(_session_row, sessions))
 
     def flush(self) -> None:
         """Nothing to do: every ``write`` commits before it returns."""
@@ -233,7 +233,7 @@ class SQLiteSink:
             _INHERITED_CONNECTIONS.append(self._conn)
         self._conn = None
 
-    def _transaction(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    def _transaction(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:

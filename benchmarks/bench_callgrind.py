@@ -1,0 +1,118 @@
+"""CPU added per non-streamed call, counted in instructions (callgrind), not seconds.
+
+    python benchmarks/bench_callgrind.py [--calls 400] [--sinks sqlite]
+
+Wall and CPU clocks on a shared machine move with whatever else runs; callgrind's instruction
+counts do not (the same binary and inputs give the same count). Each contender runs in a child
+process under ``valgrind --tool=callgrind`` twice, with ``calls`` and ``2 * calls`` calls through
+``httpx2.MockTransport``, then ``flush()``: the difference divided by ``calls`` is the cost of
+one call with every thread's share (the writer's included) and no start-up. The bare call's
+instructions per call are converted to microseconds with its own median wall time measured
+outside valgrind, which gives the instrumented overhead in microseconds at this machine's speed
+(target 1a: <= 15 us per call added).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def child(mode: str, calls: int, sinks: str, directory: str) -> None:
+    sys.path.insert(0, str(HERE))
+    from _common import chat, mock_client
+
+    import tokenmeter
+
+    client = mock_client()
+    run = chat(client)
+    if mode != "bare":
+        tokenmeter.configure(sinks=sinks.split(","), directory=directory)
+        tokenmeter.instrument()
+    for _ in range(20):  # warm: imports, pricing caches, the database's schema
+        run()
+    tokenmeter.flush()
+    for _ in range(calls):
+        run()
+    tokenmeter.flush()
+
+
+def instructions(mode: str, calls: int, sinks: str) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        cmd = [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            __file__,
+            "--child",
+            mode,
+            "--calls",
+            str(calls),
+            "--sinks",
+            sinks,
+            "--dir",
+            tmp,
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        match = re.search(r"Collected : (\d+)", done.stderr)
+        if match is None:
+            raise RuntimeError(done.stderr[-2000:])
+        return int(match.group(1))
+
+
+def bare_wall_us(calls: int = 2000) -> float:
+    sys.path.insert(0, str(HERE))
+    from _common import chat, mock_client
+
+    run = chat(mock_client())
+    for _ in range(50):
+        run()
+    samples = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(calls):
+            run()
+        samples.append((time.perf_counter() - start) / calls)
+    samples.sort()
+    return samples[len(samples) // 2] * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=400)
+    parser.add_argument("--sinks", default="sqlite")
+    parser.add_argument("--child")
+    parser.add_argument("--dir")
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.calls, args.sinks, args.dir)
+        return
+    per_call = {}
+    for mode in ("bare", "instrumented"):
+        small = instructions(mode, args.calls, args.sinks)
+        large = instructions(mode, 2 * args.calls, args.sinks)
+        per_call[mode] = (large - small) / args.calls
+        print(f"{mode:>12}: {per_call[mode]:,.0f} instructions per call")
+    wall = bare_wall_us()
+    added = per_call["instrumented"] - per_call["bare"]
+    us_per_instr = wall / per_call["bare"]
+    verdict = "PASS" if added * us_per_instr <= 15 else "MISS"
+    print(
+        f"added: {added:,.0f} instructions per call ({added / per_call['bare']:+.1%}), "
+        f"~{added * us_per_instr:.1f} us at this machine's bare call of {wall:.0f} us "
+        f"[{verdict} 1a <= 15 us] (sinks: {args.sinks}, pid {os.getpid()})"
+    )
+
+
+if __name__ == "__main__":
+    main()
