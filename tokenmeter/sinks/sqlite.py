@@ -178,8 +178,8 @@ def _record_row(r: UsageRecord) -> tuple[Any, ...]:
         r.error,
         r.request_id,
         int(r.estimated),
-        _json(r.modalities) if r.modalities else "{}",
-        _json(r.tool_requests) if r.tool_requests else "{}",
+        compact_json(r.modalities) if r.modalities else "{}",
+        compact_json(r.tool_requests) if r.tool_requests else "{}",
     )
 
 
