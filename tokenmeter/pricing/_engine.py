@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import logging
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Context, Decimal, localcontext
@@ -513,9 +513,11 @@ def _find_in_table(provider: str | None, names: list[str]) -> PricedModel | None
             found = source.find(provider_id, name)
             if found is not None:
                 return found
-    if provider is None:  # the CLI, or a response of unknown origin: any provider's table
-        find_any = getattr(source, "find_in_any_provider", None)
-        for name in names if find_any is not None else ():
+    find_any: Callable[[str], PricedModel | None] | None = getattr(
+        source, "find_in_any_provider", None
+    )
+    if provider is None and find_any is not None:  # the CLI, or a response of unknown origin
+        for name in names:
             found = find_any(name)
             if found is not None:
                 return found
