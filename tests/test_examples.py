@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -50,4 +51,8 @@ def test_sessions_example(tmp_path: Path) -> None:
     assert "nightly-job: 3 calls" in out
     assert "over budget: True" in out
     assert "records written: 5" in out
-    assert (tmp_path / ".tokenmeter" / "example-usage.jsonl").read_text().count("\n") == 5
+    lines = (tmp_path / ".tokenmeter" / "example-usage.jsonl").read_text().splitlines()
+    assert len(lines) == 5
+    # The hand-made estimate is characters / 4: 600 and 1,500 characters of text.
+    estimated = [json.loads(line) for line in lines if json.loads(line)["estimated"]]
+    assert sorted(r["input_tokens"] for r in estimated) == [150, 375]

@@ -45,7 +45,11 @@ def test_summary_figures(sink: InMemorySink) -> None:
     assert summary.avg_cost_per_call == summary.cost_usd / 2
     assert summary.avg_tokens_per_call == pytest.approx(5020 / 3)
     assert summary.io_ratio == pytest.approx(4010 / 1010)
-    assert summary.cost_per_token == summary.cost_usd / 5020
+    # Per token of the priced calls: the unpriced call's 20 tokens are not free tokens.
+    assert summary.cost_per_token == summary.cost_usd / 5000
+    assert summary.cost_per_1k_tokens == summary.cost_usd * 1000 / 5000
+    assert summary.cache_hit_rate == pytest.approx(1000 / 4010)
+    assert summary.cost == Decimal("0.01875")  # normalised: no trailing zeros
 
 
 def test_status_failed_when_the_body_raises_and_sinks_hear_of_it(sink: InMemorySink) -> None:

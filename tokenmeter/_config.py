@@ -31,7 +31,9 @@ _ENV_NAMES = {
     "disabled": "TOKENMETER_DISABLED",
     "prices_file": "TOKENMETER_PRICES",
     "stream_usage": "TOKENMETER_STREAM_USAGE",
+    "reports": "TOKENMETER_REPORTS",
 }
+REPORT_PERIODS = ("daily", "weekly", "monthly")
 
 
 class Settings(BaseModel):
@@ -58,6 +60,13 @@ class Settings(BaseModel):
     max_queue: int = 100_000
     #: How long interpreter exit waits for records to reach the sinks.
     exit_timeout: float = 10.0
+    #: Usage reports written once per closed period to ``<directory>/reports/``.
+    reports: tuple[str, ...] = ()
+
+    @field_validator("reports", mode="before")
+    @classmethod
+    def _report_periods(cls, value: Any) -> tuple[str, ...]:
+        return _parse_reports(value)
 
     @field_validator("sinks", mode="before")
     @classmethod
@@ -155,6 +164,29 @@ def _parse_sinks(value: Any) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _parse_reports(value: Any) -> tuple[str, ...]:
+    """``"weekly"``, ``"daily,monthly"`` or a list of them; ``""`` / ``[]`` for none."""
+    if isinstance(value, str):
+        items: list[Any] = value.split(",")
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise ValueError(
+            f"must be some of {', '.join(REPORT_PERIODS)} as a string or a list, "
+            f"got {short_repr(value)}"
+        )
+    periods: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"report periods must be strings, got {short_repr(item)}")
+        name = item.strip().lower()
+        if name and name not in REPORT_PERIODS:
+            raise ValueError(f"unknown report period {short_repr(name)}; use {REPORT_PERIODS}")
+        if name and name not in periods:
+            periods.append(name)
+    return tuple(periods)
+
+
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     if value := env.get("TOKENMETER_DIR"):
@@ -170,6 +202,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         found["prices_file"] = value
     if (value := env.get("TOKENMETER_STREAM_USAGE")) is not None:
         found["stream_usage"] = _parse_bool("TOKENMETER_STREAM_USAGE", value)
+    if (value := env.get("TOKENMETER_REPORTS")) is not None:
+        found["reports"] = value
     return found
 
 

@@ -7,6 +7,7 @@ are subsets of those two. Provider-specific conventions are converted in ``token
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
@@ -247,7 +248,7 @@ class Cost(BaseModel):
         return None if self.breakdown is None else output_cost(self.breakdown)
 
 
-def output_cost(breakdown: dict[str, Decimal]) -> Decimal:
+def output_cost(breakdown: Mapping[str, Decimal]) -> Decimal:
     """The output part of a cost breakdown: the ``output`` key and its per-modality parts
     (``output_image``, ``output_audio``...). Tool fees and passes are neither input nor output."""
     return sum((v for k, v in breakdown.items() if k.startswith("output")), Decimal(0))

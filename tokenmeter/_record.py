@@ -28,6 +28,7 @@ from tokenmeter._models import (
     trusted,
     usage_of,
 )
+from tokenmeter._totals import normalise_usd
 from tokenmeter.pricing import price_usage
 from tokenmeter.pricing._overrides import short_repr
 from tokenmeter.usage import extract
@@ -114,7 +115,7 @@ def build_record(
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
             "total_tokens": usage.input_tokens + usage.output_tokens,
-            "estimated_cost_usd": cost.total_usd,
+            "estimated_cost_usd": None if cost.total_usd is None else normalise_usd(cost.total_usd),
             "id": f"{_id_prefix}{next(_id_counter):010x}",
             "request_model": request_model,
             "operation": operation,

@@ -17,6 +17,7 @@ __all__ = ["configure", "settings"]
 
 _settings: Settings | None = None
 _sink_objects: list[Sink] = []  # sink objects given to configure(), beside the named ones
+_attached: list[Sink] = []  # sinks kept whatever configure() sets (see attach_sink)
 _explicit: dict[str, Any] = {}
 _lock = threading.RLock()
 renew_after_fork(globals(), "_lock")
@@ -42,6 +43,10 @@ def _default_sinks(resolved: Settings) -> list[Sink]:
             made.append(JSONLSink(directory / "usage.jsonl"))
         elif name == "markdown":
             made.append(MarkdownJournalSink(directory / "journal"))
+    if resolved.reports:
+        from tokenmeter._reports import PeriodicReports
+
+        made.append(PeriodicReports(directory, resolved.reports))
     return made
 
 
@@ -55,7 +60,7 @@ def _apply() -> None:
         prices.update(resolved.prices)  # configure(prices=...) wins over the file
         pricing.set_user_prices(prices)
         pricing.set_aliases(resolved.aliases)
-        objects = list(_sink_objects)
+        objects = [*_sink_objects, *_attached]
 
         def make_sinks() -> list[Sink]:
             return [*objects, *_default_sinks(resolved)]
@@ -79,6 +84,7 @@ def configure(
     stream_usage: bool | None = None,
     max_queue: int | None = None,
     exit_timeout: float | None = None,
+    reports: str | Iterable[str] | None = None,
 ) -> None:
     """Set sinks, price overrides and other settings for this process.
 
@@ -106,6 +112,7 @@ def configure(
             ("stream_usage", stream_usage),
             ("max_queue", max_queue),
             ("exit_timeout", exit_timeout),
+            ("reports", list(reports) if isinstance(reports, list | tuple) else reports),
         ):
             if value is not None:
                 explicit[key] = value
@@ -116,6 +123,15 @@ def configure(
         _explicit.update(explicit)
         _sink_objects = objects
         _apply()
+
+
+def attach_sink(sink: Sink) -> None:
+    """Add a sink that stays in place whatever ``configure(sinks=...)`` the application calls
+    later: ``tokenmeter run`` counts a program's spending with one."""
+    with _lock:
+        _attached.append(sink)
+        if _settings is not None:
+            _apply()
 
 
 def _split_sinks(sinks: object) -> tuple[str | list[str], list[Sink]]:
@@ -156,6 +172,7 @@ def reset() -> None:
     with _lock:
         _explicit.clear()
         _sink_objects = []
+        _attached.clear()
         _settings = None
         _pipeline.set_sinks(list)  # the old sinks get what they were sent, then are closed
         _pipeline.first_use_hook = settings

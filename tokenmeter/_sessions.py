@@ -17,7 +17,8 @@ from typing import Any, Literal, TypeVar, cast
 
 from tokenmeter import _pipeline
 from tokenmeter._fork import renew_after_fork
-from tokenmeter._models import SessionInfo, UsageRecord, clean_text, output_cost
+from tokenmeter._models import SessionInfo, UsageRecord, clean_text
+from tokenmeter._totals import Totals
 
 __all__ = ["ModelTotals", "Session", "SessionSummary", "current_session", "session", "track"]
 
@@ -31,67 +32,16 @@ _MAX_NAME = 500
 _MAX_NOTES = 10_000
 
 
-class ModelTotals:
-    """Running totals of a set of records, with the derived figures people ask for."""
+class ModelTotals(Totals):
+    """Running totals of a set of records, with the derived figures people ask for.
 
-    def __init__(self) -> None:
-        self.calls = 0
-        self.input_tokens = 0
-        self.output_tokens = 0
-        self.cache_read_tokens = 0
-        self.cache_write_tokens = 0
-        self.reasoning_tokens = 0
-        self.cost_usd = _ZERO
-        self.output_cost_usd = _ZERO
-        self.unpriced_calls = 0
+    The sums and figures are ``tokenmeter._totals.Totals``, shared with the journal and the CLI.
+    """
+
+    __slots__ = ()
 
     def _add(self, record: UsageRecord) -> None:
-        self.calls += 1
-        self.input_tokens += record.input_tokens
-        self.output_tokens += record.output_tokens
-        self.cache_read_tokens += record.cache_read_tokens
-        self.cache_write_tokens += record.cache_write_tokens
-        self.reasoning_tokens += record.reasoning_tokens
-        if record.estimated_cost_usd is None:
-            self.unpriced_calls += 1
-            return
-        self.cost_usd += record.estimated_cost_usd
-        breakdown = record.cost_breakdown
-        if breakdown:
-            self.output_cost_usd += output_cost(breakdown)
-
-    @property
-    def input_cost_usd(self) -> Decimal:
-        """Everything billed for input: uncached, cache reads and cache writes."""
-        return self.cost_usd - self.output_cost_usd
-
-    @property
-    def total_tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
-
-    @property
-    def avg_tokens_per_call(self) -> float:
-        return self.total_tokens / self.calls if self.calls else 0.0
-
-    @property
-    def avg_cost_per_call(self) -> Decimal:
-        priced = self.calls - self.unpriced_calls
-        return self.cost_usd / priced if priced else _ZERO
-
-    @property
-    def io_ratio(self) -> float | None:
-        """Input tokens per output token (None before any output)."""
-        return self.input_tokens / self.output_tokens if self.output_tokens else None
-
-    @property
-    def cost_per_token(self) -> Decimal:
-        return self.cost_usd / self.total_tokens if self.total_tokens else _ZERO
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(calls={self.calls}, input_tokens={self.input_tokens}, "
-            f"output_tokens={self.output_tokens}, cost_usd={self.cost_usd})"
-        )
+        self.add_record(record)
 
 
 class SessionSummary(ModelTotals):
@@ -102,11 +52,12 @@ class SessionSummary(ModelTotals):
         self.by_model: dict[str, ModelTotals] = {}
 
     def _add(self, record: UsageRecord) -> None:
-        super()._add(record)
+        # On the caller's thread for every record: add_record directly, no extra frames.
+        self.add_record(record)
         per_model = self.by_model.get(record.model_name)
         if per_model is None:
             per_model = self.by_model[record.model_name] = ModelTotals()
-        per_model._add(record)
+        per_model.add_record(record)
 
 
 def _new_id() -> str:
@@ -333,6 +284,8 @@ def current_session() -> Session | None:
 # -- the implicit per-process session -----------------------------------------------------------
 _implicit: Session | None = None
 _implicit_pid = 0
+#: Name, id and tags of the implicit session when set by `name_implicit_session`.
+_implicit_args: tuple[str | None, str | None, dict[str, str] | None] = (None, None, None)
 
 
 def implicit_session() -> Session:
@@ -343,10 +296,24 @@ def implicit_session() -> Session:
         with _lock:
             if _implicit is None or _implicit_pid != pid:
                 started = datetime.now(UTC)
-                created = Session(id=f"session_{started:%Y%m%d_%H%M%S}_{pid}")
+                name, id_, tags = _implicit_args
+                id_ = id_ or f"session_{started:%Y%m%d_%H%M%S}_{pid}"
+                created = Session(name, id=id_, tags=tags)
                 created.started_at = started
                 _implicit, _implicit_pid = created, pid
     return _implicit
+
+
+def name_implicit_session(
+    name: str | None = None, *, id: str | None = None, tags: dict[str, str] | None = None
+) -> None:
+    """Give the implicit session of this process, and of processes forked from it, a name, an id
+    and tags: ``tokenmeter run`` files every process of one run under one session this way."""
+    global _implicit, _implicit_args
+    Session(name, id=id, tags=tags)  # the same checks, the same ValueError, as session()
+    with _lock:
+        _implicit_args = (name, id, dict(tags) if tags else None)
+        _implicit = None
 
 
 def announce(record_session: Session) -> None:
@@ -369,5 +336,5 @@ renew_after_fork(globals(), "_lock")
 
 def reset() -> None:
     """Forget the implicit session (tests)."""
-    global _implicit, _implicit_pid
-    _implicit, _implicit_pid = None, 0
+    global _implicit, _implicit_pid, _implicit_args
+    _implicit, _implicit_pid, _implicit_args = None, 0, (None, None, None)

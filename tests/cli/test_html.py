@@ -1,14 +1,20 @@
-"""The HTML report: self-contained, escaped, and rendered by a real headless Chromium."""
+"""The HTML dashboard: self-contained, escaped, and rendered by a real headless Chromium at
+1400 and 390 px: no console errors, no horizontal overflow, charts that carry the right numbers."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import tempfile
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tokenmeter.cli.reports._html import _SCRIPT, nice_ticks
 
 from .conftest import RECORDS, SESSIONS, RunCli, rec, write_sqlite
 
@@ -20,6 +26,14 @@ needs_chromium = pytest.mark.skipif(
 EVIL_MODEL = "<img src=x onerror=alert(1)>"
 EVIL_SESSION = "<script>document.title='pwned'</script>"
 EVIL_TAG = '"><b>bold</b>'
+EVIL_ALERT = "</script><script>document.title='alert'</script>"
+
+#: Cost per day of RECORDS plus the three evil records ($0.05 a day), worked out by hand.
+DAYS = {
+    "2026-11-01": Decimal("0.069845678901"),  # 0.0075 + 0.012345678901 + 0.05
+    "2026-11-02": Decimal("0.051975"),  # 0.00185 + 0.000125 + 0.05
+    "2026-11-03": Decimal("1.284567890123"),  # 1.234567890123 + 0.05
+}
 
 
 @pytest.fixture
@@ -39,28 +53,158 @@ def html_report(cli: RunCli, tmp_path: Path) -> Path:
         for i in range(3)
     ]
     db = write_sqlite(tmp_path / "usage.db", RECORDS + evil, SESSIONS)
+    (tmp_path / "alerts.jsonl").write_text(
+        json.dumps(
+            {
+                "time": "2026-11-02T09:00:00.000Z",
+                "rule": "budget",
+                "scope": EVIL_ALERT,
+                "observed": 1.2,
+                "threshold": 1,
+                "session_id": "sess-chat",
+            }
+        )
+        + "\n"
+    )
     out = tmp_path / "report.html"
     code, _, err = cli(
-        "report", "--source", str(db), "--by", "tag:feature", "--detailed", "-o", str(out)
+        "report",
+        "--source",
+        str(db),
+        "--by",
+        "session",
+        "--by",
+        "tag:feature",
+        "--detailed",
+        "--since",
+        "2026-11-01",
+        "--until",
+        "2026-11-03",
+        "-o",
+        str(out),
     )
     assert code == 0, err
     return out
 
 
+def test_nice_ticks() -> None:
+    assert nice_ticks(Decimal("2.15")) == [Decimal("0.5") * i for i in range(6)]
+    assert nice_ticks(Decimal("1.284567890123"))[-1] == Decimal("1.5")
+    assert nice_ticks(Decimal("0.0003"))[-1] == Decimal("0.0003")
+    assert nice_ticks(Decimal("7"))[-1] == Decimal("8")
+    assert nice_ticks(Decimal("0")) == [Decimal(0), Decimal(1)]
+    for peak in ("0.000123", "0.99", "1", "42.5", "999"):
+        ticks = nice_ticks(Decimal(peak))
+        assert ticks[-1] >= Decimal(peak) and 2 <= len(ticks) <= 7
+
+
 def test_self_contained_and_escaped(html_report: Path) -> None:
     page = html_report.read_text()
-    # Nothing to fetch: no scripts, stylesheets, images or fonts from anywhere.
-    assert "<script" not in page and "<link" not in page and "<img" not in page
-    assert not re.search(r"""<[^>]*\s(src|href)\s*=|url\(|@import""", page)
-    # User strings appear escaped, never as markup.
+    # Nothing to fetch: no stylesheets, images, fonts or scripts from anywhere.
+    assert "<link" not in page and "<img" not in page
+    tags_only = re.sub(r'"[^"]*"', '""', page)  # attribute values hold escaped user text
+    assert not re.search(r"""<[^>]*\s(src|href)\s*=|url\(|@import""", tags_only)
+    # One script: ours, the table sorter; no user text can close or open another.
+    assert page.count("<script") == 1 and page.count("</script>") == 1
+    assert f"<script>{_SCRIPT}</script>" in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
     assert "&lt;script&gt;document.title=&#x27;pwned&#x27;&lt;/script&gt;" in page
     assert "&quot;&gt;&lt;b&gt;bold&lt;/b&gt;" in page
-    for chart in ("chart-daily", "chart-models", "chart-sessions"):
-        assert f'id="{chart}"' in page
+    assert "&lt;/script&gt;&lt;script&gt;document.title=&#x27;alert&#x27;" in page
+    for section in ("chart-daily", "chart-models", "chart-names", "chart-sessions", "alerts"):
+        assert f'id="{section}"' in page
+    assert 'id="chart-tag-feature"' in page and "Generated " in page
 
 
-def _chromium(page: Path, *mode: str) -> subprocess.CompletedProcess[str]:
+def test_empty_period_still_renders(cli: RunCli, tmp_path: Path) -> None:
+    db = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
+    code, out, _ = cli("report", "--source", str(db), "--since", "2030-01-01", "--format", "html")
+    assert code == 0 and out.count("No priced calls in this period.") == 4
+
+
+def test_previous_period_delta(cli: RunCli, tmp_path: Path) -> None:
+    db = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
+    code, out, _ = cli(
+        "report", "--source", str(db), "--since", "2026-11-03", "--until", "2026-11-03",
+        "--format", "html",
+    )  # fmt: skip
+    # Nov 3: 1.234567890123; Nov 2 before it: 0.001975.
+    assert code == 0 and "+62409.8% vs $0.00198 the period before" in out
+
+
+# --- in a real browser ---------------------------------------------------------------------------
+
+_PROBE = """
+<script>
+(function () {
+  var r = {innerWidth: window.innerWidth, scrollWidth: document.documentElement.scrollWidth};
+  function box(e) { return e.getBoundingClientRect(); }
+  r.outside = [].filter.call(document.querySelectorAll("main *"), function (e) {
+    return !e.closest(".scroll") && box(e).width > 0 && box(e).right > window.innerWidth + 0.5;
+  }).map(function (e) { return e.tagName + "." + e.className; }).slice(0, 10);
+  var plot = document.querySelector("#chart-daily .plot");
+  r.plotHeight = box(plot).height;
+  r.top = document.querySelector("#chart-daily .chart").getAttribute("data-top");
+  r.days = [].map.call(document.querySelectorAll("#chart-daily .col"), function (c) {
+    var inner = c.firstElementChild;
+    return [c.getAttribute("data-day"), c.getAttribute("data-cost"), box(inner).height,
+            [].map.call(c.querySelectorAll(".seg"), function (s) {
+              return [s.getAttribute("data-label"), s.getAttribute("data-cost"), box(s).height];
+            })];
+  });
+  r.models = [].map.call(document.querySelectorAll("#chart-models .bar"), function (b) {
+    return [b.getAttribute("data-label"), b.getAttribute("data-cost"), box(b).width,
+            box(b.parentNode).width];
+  });
+  r.sessions = [].map.call(document.querySelectorAll("#chart-sessions .label"), function (l) {
+    return l.textContent;
+  });
+  r.axisFont = [].map.call(document.querySelectorAll(".yaxis span, .xaxis span"), function (s) {
+    return parseFloat(getComputedStyle(s).fontSize);
+  });
+  r.yLabels = [].map.call(document.querySelectorAll(".yaxis span"), function (s) {
+    return s.textContent;
+  });
+  var table = document.querySelector("#main-table table");
+  var costColumn = [].map.call(table.tHead.rows[0].cells, function (c) {
+    return c.textContent;
+  }).indexOf("Cost");
+  function firstColumn() {
+    return [].map.call(table.tBodies[0].rows, function (row) {
+      return row.cells[costColumn].getAttribute("data-sort");
+    });
+  }
+  var button = table.tHead.rows[0].cells[costColumn].querySelector("button");
+  button.click();
+  r.sortedDesc = firstColumn();
+  button.click();
+  r.sortedAsc = firstColumn();
+  r.title = document.title;
+  parent.postMessage(JSON.stringify(r), "*");
+})();
+</script>
+"""
+
+#: Headless Chromium will not make a window narrower than 500 px: the page is measured in an
+#: iframe of the width under test, which reports back by postMessage.
+_FRAME = """<!DOCTYPE html><html><body style="margin:0">
+<iframe src="{src}" style="border:0;display:block;width:{width}px;height:2400px"></iframe>
+<pre id="probe"></pre>
+<script>
+window.addEventListener("message", function (e) {{
+  document.getElementById("probe").textContent = e.data;
+}});
+</script></body></html>
+"""
+
+
+def _framed(page: Path, width: int) -> Path:
+    frame = page.with_name(f"frame-{width}-{page.name}")
+    frame.write_text(_FRAME.format(src=page.name, width=width))
+    return frame
+
+
+def _chromium(page: Path, width: int, *mode: str) -> subprocess.CompletedProcess[str]:
     assert CHROMIUM is not None
     with tempfile.TemporaryDirectory() as profile:
         return subprocess.run(
@@ -73,10 +217,12 @@ def _chromium(page: Path, *mode: str) -> subprocess.CompletedProcess[str]:
                 "--disable-component-update",
                 "--disable-sync",
                 "--no-first-run",
+                "--hide-scrollbars",
                 f"--user-data-dir={profile}",
                 "--enable-logging=stderr",
                 "--v=0",
-                "--window-size=1200,2000",
+                f"--window-size={max(width, 500)},2400",
+                "--virtual-time-budget=10000",
                 *mode,
                 page.as_uri(),
             ],
@@ -90,35 +236,74 @@ def _console_messages(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if ":CONSOLE" in line]
 
 
-@needs_chromium
-def test_chromium_renders_charts_without_errors(html_report: Path, tmp_path: Path) -> None:
-    result = _chromium(html_report, "--dump-dom")
+def _probe(page: Path, width: int, tmp_path: Path) -> dict[str, Any]:
+    probed = tmp_path / f"probed-{width}.html"
+    probed.write_text(page.read_text().replace("</body>", _PROBE + "</body>"))
+    result = _chromium(_framed(probed, width), width, "--dump-dom")
     assert result.returncode == 0, result.stderr[-2000:]
-    dom = result.stdout
     assert _console_messages(result.stderr) == []
-    assert "<title>tokenmeter report</title>" in dom  # the injected script never ran
-    assert "<script" not in dom and "<img" not in dom and "<b>bold" not in dom
-    for chart in ("chart-daily", "chart-models", "chart-sessions"):
-        section = dom.split(f'id="{chart}"', 1)[1].split("</div>", 1)[0]
-        assert "<svg" in section and section.count('class="bar"') >= 3, chart
-    assert "Calls (9)" in dom and "TOTAL" in dom
+    found = re.search(r'<pre id="probe">(.+?)</pre>', result.stdout, re.S)
+    assert found, result.stdout[-2000:]
+    text = found.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">")
+    return json.loads(text.replace("&amp;", "&"))  # type: ignore[no-any-return]
 
-    shot = tmp_path / "report.png"
-    result = _chromium(html_report, f"--screenshot={shot}")
+
+@needs_chromium
+@pytest.mark.parametrize("width", [1400, 390])
+def test_dashboard_in_chromium(html_report: Path, tmp_path: Path, width: int) -> None:
+    # The page as it is: no console errors, a screenshot that is not blank.
+    shot = tmp_path / f"report-{width}.png"
+    result = _chromium(_framed(html_report, width), width, f"--screenshot={shot}")
     assert result.returncode == 0 and _console_messages(result.stderr) == []
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
+    r = _probe(html_report, width, tmp_path)
+    assert r["title"] == "tokenmeter report"  # no injected script ran
+    # No horizontal overflow: wide tables scroll inside their own box, nothing else sticks out.
+    assert r["innerWidth"] == width and r["scrollWidth"] <= width, r
+    assert r["outside"] == []
+    # The daily chart: one column per day, the exact cost on it, heights in proportion.
+    assert Decimal(r["top"]) == Decimal("1.5")  # nice ticks over a $1.28 peak, not $5
+    assert r["yLabels"] == ["$0.00", "$0.25", "$0.50", "$0.75", "$1.00", "$1.25", "$1.50"]
+    assert {day: Decimal(cost) for day, cost, _, _ in r["days"]} == DAYS
+    for _, cost, height, segments in r["days"]:
+        assert height == pytest.approx(
+            r["plotHeight"] * float(Decimal(cost) / Decimal("1.5")), abs=1.5
+        )
+        assert sum(Decimal(c) for _, c, _ in segments) == Decimal(cost)
+    assert min(r["axisFont"]) >= 12  # readable at both widths
+    # Cost by model: bars largest first, widths in proportion to their cost.
+    models = {label: Decimal(cost) for label, cost, _, _ in r["models"]}
+    assert models["openai/gpt-4o-mini"] == Decimal("1.234567890123")
+    assert models[f"openai/{EVIL_MODEL}"] == Decimal("0.15")
+    top_width = r["models"][0][2]
+    for _, cost, bar_width, _ in r["models"]:
+        expected = top_width * float(Decimal(cost) / Decimal("1.234567890123"))
+        assert bar_width == pytest.approx(expected, abs=1.5)
+    assert len(set(r["sessions"])) == len(r["sessions"])  # top sessions tell apart
+    # The sortable table sorts by the number, both ways.
+    desc = [float(v) for v in r["sortedDesc"]]  # an unpriced row sorts as -Infinity
+    assert desc == sorted(desc, reverse=True) and r["sortedAsc"] == r["sortedDesc"][::-1]
+
 
 @needs_chromium
-def test_chromium_check_catches_page_errors(tmp_path: Path) -> None:
-    """The harness above can fail: a page that throws is reported."""
+def test_chromium_check_catches_page_errors_and_overflow(tmp_path: Path) -> None:
+    """The harness can fail: a page that throws is reported, and an overflow is measured."""
     bad = tmp_path / "bad.html"
-    bad.write_text("<!DOCTYPE html><p>x</p><script>missingFunction()</script>")
-    messages = _console_messages(_chromium(bad, "--dump-dom").stderr)
-    assert any("missingFunction" in line for line in messages)
-
-
-def test_empty_period_still_renders(cli: RunCli, tmp_path: Path) -> None:
-    db = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
-    code, out, _ = cli("report", "--source", str(db), "--since", "2030-01-01", "--format", "html")
-    assert code == 0 and out.count("No priced calls in this period.") == 3
+    bad.write_text(
+        "<!DOCTYPE html><main><div style='width:2000px'>wide</div>"
+        "<table><thead><tr><th>Cost</th></tr></thead><tbody></tbody></table></main>"
+        "<script>missingFunction()</script></body>"
+    )
+    probe = (
+        "<script>parent.postMessage(JSON.stringify({scrollWidth: "
+        "document.documentElement.scrollWidth, innerWidth: window.innerWidth}), '*')</script>"
+    )
+    probed = tmp_path / "probed.html"
+    probed.write_text(bad.read_text().replace("</body>", probe + "</body>"))
+    result = _chromium(_framed(probed, 390), 390, "--dump-dom")
+    assert any("missingFunction" in line for line in _console_messages(result.stderr))
+    found = re.search(r'<pre id="probe">(.+?)</pre>', result.stdout, re.S)
+    assert found, result.stdout[-2000:]
+    measured = json.loads(found.group(1).replace("&quot;", '"'))
+    assert measured["innerWidth"] == 390 and measured["scrollWidth"] > 390

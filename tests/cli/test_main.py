@@ -91,9 +91,12 @@ def test_progress_allowed(
 
 
 def test_demo_runs_offline_and_reports(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    result = run_module("demo", cwd=tmp_path, TOKENMETER_DIR=str(data))
+    real = tmp_path / "real"
+    result = run_module("demo", cwd=tmp_path, TOKENMETER_DIR=str(real))
     assert result.returncode == 0, result.stderr
+    # Fake calls never land in the application's data: the demo has its own directory.
+    assert not real.exists()
+    data = tmp_path / ".tokenmeter-demo"
     assert "TOTAL" in result.stdout
     for provider in ("openai", "anthropic", "google"):
         assert f"\n{provider}" in result.stdout
@@ -109,9 +112,17 @@ def test_demo_runs_offline_and_reports(tmp_path: Path) -> None:
     assert any('"feature":"chat"' in t for t in tags)
     assert cost > 0
 
-    listed = run_module("sessions", "--format", "json", cwd=tmp_path, TOKENMETER_DIR=str(data))
+    listed = run_module("sessions", "--format", "json", "--source", str(data), cwd=tmp_path)
     names = {row["name"] for row in json.loads(listed.stdout, parse_float=Decimal)}
     assert {"demo-chat", "demo-search"} <= names
+
+
+def test_demo_dir_option(tmp_path: Path) -> None:
+    chosen = tmp_path / "chosen"
+    result = run_module("demo", "--dir", str(chosen), "--format", "json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["totals"]["calls"] == 13
+    assert (chosen / "usage.db").exists() and not (tmp_path / ".tokenmeter-demo").exists()
 
 
 def test_live_demo_without_keys_is_a_clear_error(tmp_path: Path) -> None:
@@ -172,7 +183,7 @@ def test_terminal_table_uses_rich(tmp_path: Path, no_color: bool) -> None:
     extra = {"NO_COLOR": "1"} if no_color else {}
     screen = _run_in_terminal(["report", "--source", str(db)], tmp_path, **extra)
     assert "┃" in screen or "│" in screen  # rich's box drawing, not the plain layout
-    assert "$1.756389" in screen and "gpt-4o-mini" in screen
+    assert "$1.76" in screen and "gpt-4o-mini" in screen
     assert "[bold]boom[/bold]" in screen  # user strings are never rich markup
     coloured = re.search(r"\x1b\[[0-9;]*3[0-7]m", screen) is not None  # a foreground colour
     assert coloured is not no_color

@@ -28,7 +28,7 @@ def test_sessions_table_and_window(cli: RunCli, sqlite_db: Path) -> None:
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["Session", "Name", "Status"]
     assert len(lines) == 3 and "sess-chat" in lines[2] and "completed" in lines[2]
-    assert "$0.019846" in lines[2]  # only the two calls of 2026-11-01
+    assert "$0.0198" in lines[2]  # only the two calls of 2026-11-01
 
 
 def test_session_as_journal(cli: RunCli, source: Path) -> None:
@@ -36,27 +36,43 @@ def test_session_as_journal(cli: RunCli, source: Path) -> None:
     assert code == 0, err
     assert out.startswith("# Session: chat\n")
     assert "| Call | Timestamp | Input Tokens | Output Tokens | Total Tokens | Cost |" in out
-    assert "| 1 | 2026-11-01T00:00:00.000Z | 1,000 | 500 | 1,500 | $0.007500 |" in out
-    assert "| 3 | 2026-11-03T08:00:00.000Z | 123,456 | 654 | 124,110 | $1.234568 |" in out
-    for heading in (
-        "## Session Summary",
-        "## Averages per Call",
-        "## Cost Breakdown",
-        "## Efficiency Metrics",
-    ):
-        assert heading in out
-    assert "- **Total Cost**: $1.254414" in out
-    assert "- **Input Cost**: $1.254414 (100.0%)" in out  # the fixture prices input only
-    assert "- **Input/Output Ratio**: 100.84" in out  # 126,456 / 1,254
-    assert "openai/gpt-4o, openai/gpt-4o-mini" in out
+    assert "| 1 | 2026-11-01 00:00:00.000Z | 1,000 | 500 | 1,500 | $0.0075 |" in out
+    assert "| 3 | 2026-11-03 08:00:00.000Z | 123,456 | 654 | 124,110 | $1.23 |" in out
+    assert "## Session Summary" in out
+    assert "- **Total Cost:** $1.25" in out
+    assert "openai/gpt-4o, anthropic/claude-sonnet-4-5, openai/gpt-4o-mini" in out
+
+
+def test_session_is_rendered_by_the_journal(cli: RunCli, tmp_path: Path) -> None:
+    """One renderer: the command prints what the markdown journal wrote for the session."""
+    from tokenmeter.sinks import MarkdownJournalSink
+
+    from .conftest import RECORDS, SESSIONS, write_sqlite
+
+    chat = [r for r in RECORDS if r.session_id == "sess-chat"]
+    journal = MarkdownJournalSink(tmp_path / "journal")
+    journal.write(chat)
+    journal.write_sessions(SESSIONS)
+    journal.close()
+    written = (tmp_path / "journal" / "sessions" / "sess-chat.md").read_text()
+
+    def text(document: str) -> list[str]:  # without the journal's bookkeeping and padding
+        lines = [line.rstrip() for line in document.splitlines()]
+        return [line for line in lines if line and not line.startswith("<!--")]
+
+    db = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
+    code, out, _ = cli("session", "sess-chat", "--source", str(db))
+    assert code == 0 and text(out) == text(written)
 
 
 def test_session_status_and_notes_from_sqlite(cli: RunCli, sqlite_db: Path) -> None:
     code, out, _ = cli("session", "sess-chat", "--source", str(sqlite_db))
     assert code == 0
-    assert "- **Status**: completed" in out
-    assert "- **Completed**: 2026-11-03T08:00:01.000Z" in out
-    assert "- **Notes**: first week" in out
+    assert "- **Status:** completed" in out
+    assert "- **Completed:** 2026-11-03 08:00:01.000Z" in out
+    assert "> first week" in out
+    assert "### Averages per Call" in out and "### Efficiency Metrics" in out
+    assert "- **Input/Output Ratio:** 100.84" in out  # 126,456 / 1,254
 
 
 def test_session_by_name_and_json(cli: RunCli, source: Path) -> None:

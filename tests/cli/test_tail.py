@@ -23,7 +23,7 @@ def test_tail_last_records(cli, source: Path) -> None:  # type: ignore[no-untype
     assert len(lines) == 2
     assert lines[0].startswith("2026-11-02T12:30:00.000Z  custom/unknown-model")
     assert "n/a" in lines[0] and "error:APIError" in lines[0]
-    assert "openai/gpt-4o-mini" in lines[1] and "$1.234568" in lines[1]
+    assert "openai/gpt-4o-mini" in lines[1] and "$1.23" in lines[1]
     assert "session=chat" in lines[1]
 
 

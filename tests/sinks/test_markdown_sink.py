@@ -71,10 +71,10 @@ def test_usage_file_has_summary_total_and_detailed_log(
 
     assert table_rows(text, "| Provider | Model | Calls |") == [
         ["anthropic", "claude-sonnet-4-5", "1", "150", "150.0", "n/a"],
-        ["openai", "gpt-4o", "3", "4,500", "1,500.0", "$0.018000"],
-        ["**TOTAL**", "", "**4**", "**4,650**", "**1,162.5**", "**$0.018000**"],
+        ["openai", "gpt-4o", "3", "4,500", "1,500.0", "$0.018"],
+        ["**TOTAL**", "", "**4**", "**4,650**", "**1,162.5**", "**$0.018**"],
     ]
-    assert "**Total estimated cost: $0.018000**" in text
+    assert "**Total estimated cost: $0.018**" in text
     log = table_rows(text, "| # | Timestamp |")
     assert [row[0] for row in log] == ["1", "2", "3", "4"]
     assert log[2][2:4] == ["anthropic", "claude-sonnet-4-5"]
@@ -95,14 +95,14 @@ def test_session_file_has_information_calls_and_summary(
     assert "- **Started:** 2026-11-22 10:00:00.000Z" in text
     assert "- **Status:** active" in text
     assert table_rows(text, SESSION_TABLE) == [
-        ["1", "2026-11-22 10:00:00.123Z", "1,200", "300", "1,500", "$0.006000"],
-        ["2", "2026-11-22 10:00:00.124Z", "1,200", "300", "1,500", "$0.006000"],
+        ["1", "2026-11-22 10:00:00.123Z", "1,200", "300", "1,500", "$0.006"],
+        ["2", "2026-11-22 10:00:00.124Z", "1,200", "300", "1,500", "$0.006"],
         ["3", "2026-11-22 10:00:00.125Z", "100", "50", "150", "n/a"],
     ]
     summary = text[text.index("## Session Summary") :]
     assert "- **Total Calls:** 3" in summary
     assert "- **Total Tokens:** 3,150" in summary
-    assert "- **Total Cost:** $0.012000" in summary
+    assert "- **Total Cost:** $0.012" in summary
     assert "Session Completion" not in text
     assert text.index("## Session Information") < text.index(SESSION_TABLE)
     assert text.index(SESSION_TABLE) < text.index("## Session Summary")
@@ -133,13 +133,13 @@ def test_completed_session_gets_the_completion_section(
     assert "- **Completed:** 2026-11-22 11:30:00.000Z" in completion
     assert "> tuned \\| prompts\n> second line" in completion
     assert "- **Total Tokens:** 1,050.0" in completion  # averages per call over 3 calls
-    assert "- **Cost:** $0.006000" in completion  # average over the 2 priced calls
+    assert "- **Cost:** $0.006" in completion  # average over the 2 priced calls
     assert table_rows(completion, "| Part | Cost | Share |") == [
-        ["Input", "$0.006000", "50.0%"],
-        ["Output", "$0.006000", "50.0%"],
+        ["Input", "$0.006", "50.0%"],
+        ["Output", "$0.006", "50.0%"],
     ]
     assert "- **Input/Output Ratio:** 3.85" in completion  # 2,500 in / 650 out
-    assert "- **Cost per Token:** $0.0000040000" in completion  # $0.012 / 3,000 priced tokens
+    assert "- **Cost per Token:** $0.000004" in completion  # $0.012 / 3,000 priced tokens
     assert len(table_rows(text, SESSION_TABLE)) == 3  # the call table is untouched
 
 
@@ -255,7 +255,7 @@ def test_budget_and_tags_show_in_session_information(tmp_path: Path) -> None:
     text = (tmp_path / "sessions" / "s9.md").read_text(encoding="utf-8")
 
     assert "- **Tags:** team=search" in text
-    assert "- **Budget:** $2.500000" in text
+    assert "- **Budget:** $2.50" in text
     assert "- **Parent Session:** s1" in text
     assert "- **Provider/Model:** none yet" in text
     assert table_rows(text, SESSION_TABLE) == []

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import NoReturn
 
-from tokenmeter.cli._dates import parse_since, parse_until
+from tokenmeter.cli._dates import parse_since
 from tokenmeter.cli._errors import CliError
 
 __all__ = ["CliError", "build_parser", "main"]
@@ -64,11 +64,12 @@ def _count(value: str) -> int:
 
 
 _SOURCE_HELP = (
-    "usage.db (SQLite) or .jsonl file, or a directory holding one "
-    "(default: $TOKENMETER_DIR/usage.db, else .tokenmeter/usage.db)"
+    "usage.db (SQLite) or .jsonl file, or a directory holding one (default: the directory the "
+    "library writes to: TOKENMETER_DIR, else [tool.tokenmeter] directory, else .tokenmeter)"
 )
-_SINCE_HELP = "from this time, inclusive: 7d, 24h, 30m, 2026-11-01 or 2026-11-01T10:00 (UTC)"
-_UNTIL_HELP = "up to this time, inclusive; a bare date means the END of that day (UTC)"
+_SINCE_HELP = "from this time, inclusive: 7d, 24h, 30m, 2026-11-01 or 2026-11-01T10:00"
+_UNTIL_HELP = "up to this time, inclusive; a bare date means the END of that day"
+_TZ_HELP = "time zone of dates, calendar groups and shown times, e.g. Europe/Paris (default UTC)"
 
 
 def _add_source(parser: argparse.ArgumentParser) -> None:
@@ -76,8 +77,43 @@ def _add_source(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_window(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--since", type=_date_type(parse_since), help=_SINCE_HELP)
-    parser.add_argument("--until", type=_date_type(parse_until), help=_UNTIL_HELP)
+    # Parsed after --tz is known (see ``window``): a bare date is a day in that zone.
+    parser.add_argument("--since", metavar="WHEN", help=_SINCE_HELP)
+    parser.add_argument("--until", metavar="WHEN", help=_UNTIL_HELP)
+    parser.add_argument("--tz", metavar="ZONE", help=_TZ_HELP)
+
+
+def _tag_filter(value: str) -> tuple[str, str]:
+    key, sep, tag_value = value.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    return key.strip(), tag_value
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("filters (repeat a filter for any of several values)")
+    group.add_argument("--provider", action="append", default=[], metavar="NAME")
+    group.add_argument("--model", action="append", default=[], metavar="NAME")
+    group.add_argument("--session-name", action="append", default=[], metavar="NAME")
+    group.add_argument("--tag", action="append", default=[], type=_tag_filter, metavar="KEY=VALUE")
+    group.add_argument(
+        "--status", action="append", default=[], metavar="STATUS", help="ok, error or blocked"
+    )
+    group.add_argument(
+        "--estimated",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="only the calls whose usage was estimated (--no-estimated: only measured ones)",
+    )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tokenmeter")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,18 +123,43 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tokenmeter",
         description="Reports on what your LLM calls cost, from tokenmeter's SQLite or JSONL data.",
     )
+    parser.add_argument("--version", action="version", version=f"tokenmeter {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    commands.required = True
 
     report = commands.add_parser("report", help="totals grouped by model, day, session or tag")
     _add_source(report)
     _add_window(report)
+    _add_filters(report)
     report.add_argument(
         "--by",
         action="append",
         metavar="KEY",
-        help="model|provider|session|day|tag:KEY; repeat or comma-separate for a composite key "
-        "(default: model)",
+        help="model|provider|family|session|name (session name)|status|hour|day|week|month|"
+        "tag:KEY; repeat or comma-separate for a composite key (default: model)",
+    )
+    report.add_argument(
+        "--period",
+        choices=("day", "week", "month"),
+        help="this calendar day / week (from Monday) / month so far, in --tz",
+    )
+    report.add_argument(
+        "--previous", action="store_true", help="with --period: the last closed one instead"
+    )
+    report.add_argument(
+        "--compare",
+        action="store_true",
+        help="also show the change from the period of the same length just before",
+    )
+    report.add_argument(
+        "--latency", action="store_true", help="p50 / p95 latency per row (reads every latency)"
+    )
+    report.add_argument(
+        "--wide", action="store_true", help="every column, however wide the terminal"
+    )
+    report.add_argument(
+        "--columns",
+        metavar="LIST",
+        help="the metric columns to show, comma-separated (e.g. calls,total,cost,errors)",
     )
     report.add_argument("--format", choices=FORMATS, help="default: from -o's suffix, else table")
     report.add_argument("-o", "--output", metavar="FILE", help="write here (created owner-only)")
@@ -112,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     sessions = commands.add_parser("sessions", help="recent sessions with their totals")
     _add_source(sessions)
     _add_window(sessions)
+    sessions.add_argument("--session-name", action="append", default=[], metavar="NAME")
     sessions.add_argument("--limit", type=_count, default=20, help="how many; 0 = all (20)")
     sessions.add_argument("--format", choices=("table", "markdown", "json"), default="table")
     sessions.add_argument("-o", "--output", metavar="FILE")
@@ -147,6 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="call the real providers whose API keys are set (costs real money)",
     )
     demo.add_argument("--format", choices=FORMATS, default=None, help="report format (table)")
+    demo.add_argument(
+        "--dir",
+        metavar="DIR",
+        default=None,
+        help="where the demo records (default: ./.tokenmeter-demo, never your real data)",
+    )
+
+    from tokenmeter.cli._run import add_run_parser
+
+    add_run_parser(commands)
     return parser
 
 
@@ -172,13 +244,21 @@ def _dispatch(args: argparse.Namespace) -> int:
         from tokenmeter.cli._prices import run_prices
 
         return run_prices(args)
+    if command == "run":
+        from tokenmeter.cli._run import run_command
+
+        return run_command(args)
     from tokenmeter.cli._demo import run_demo
 
     return run_demo(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # a bare ``tokenmeter``: what can it do?
+        parser.print_help()
+        return 0
     try:
         return _dispatch(args)
     except CliError as exc:

@@ -2,9 +2,10 @@
 
 Accepted forms: a relative span back from now (``30m``, ``24h``, ``7d``, ``2w``), a date
 (``2026-11-01``) or a date and time (``2026-11-01T10:00``, seconds and a ``Z``/offset optional).
-Everything is UTC. ``--since`` is inclusive. ``--until`` is inclusive too, at the precision given:
-a bare date means the END of that day, so ``--since 2026-11-01 --until 2026-11-01`` is that whole
-day. Internally the upper bound is kept exclusive, which makes both rules one comparison.
+Dates and times without an offset are in ``--tz`` (UTC by default). ``--since`` is inclusive.
+``--until`` is inclusive too, at the precision given: a bare date means the END of that day,
+so ``--since 2026-11-01 --until 2026-11-01`` is that whole day. Internally the upper bound is
+kept exclusive, which makes both rules one comparison.
 A value outside what ``datetime`` holds (``99999999d``, a date before year 1 in UTC) is a bad
 date; an ``--until`` whose end falls after year 9999 means "no end".
 """
@@ -12,9 +13,16 @@ date; an ``--until`` whose end falls after year 9999 means "no end".
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["format_instant", "parse_since", "parse_until"]
+__all__ = [
+    "format_instant",
+    "parse_since",
+    "parse_tz",
+    "parse_until",
+    "period_bounds",
+]
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -27,7 +35,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _parse(value: str, now: datetime | None) -> tuple[datetime, bool]:
+def _parse(value: str, now: datetime | None, tz: tzinfo = UTC) -> tuple[datetime, bool]:
     """Return (instant, is_date_only); raise ValueError with a message fit for the user."""
     text = value.strip()
     relative = _RELATIVE.match(text.lower())
@@ -44,24 +52,65 @@ def _parse(value: str, now: datetime | None) -> tuple[datetime, bool]:
             f"bad date {value!r}: use 7d, 24h, 30m, 2026-11-01 or 2026-11-01T10:00 (UTC)"
         ) from None
     try:
-        parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        parsed = (parsed.replace(tzinfo=tz) if parsed.tzinfo is None else parsed).astimezone(UTC)
     except OverflowError:
         raise ValueError(f"bad date {value!r}: outside years 1 to 9999 in UTC") from None
     return parsed, bool(_DATE_ONLY.match(text))
 
 
-def parse_since(value: str, *, now: datetime | None = None) -> datetime:
+def parse_since(value: str, *, now: datetime | None = None, tz: tzinfo = UTC) -> datetime:
     """Inclusive lower bound."""
-    return _parse(value, now)[0]
+    return _parse(value, now, tz)[0]
 
 
-def parse_until(value: str, *, now: datetime | None = None) -> datetime:
+def parse_until(value: str, *, now: datetime | None = None, tz: tzinfo = UTC) -> datetime:
     """EXCLUSIVE upper bound: the end of the day for a bare date, else the instant + 1 ms."""
-    instant, date_only = _parse(value, now)
+    instant, date_only = _parse(value, now, tz)
     try:
-        return instant + timedelta(days=1) if date_only else instant + _ONE_MS
-    except OverflowError:  # the end of 9999-12-31: as late as datetime goes
+        if date_only:  # the next midnight in ``tz`` (23 or 25 hours away on a DST change)
+            day = instant.astimezone(tz).date() + timedelta(days=1)
+            return _midnight(day, tz)
+        return instant + _ONE_MS
+    except (OverflowError, ValueError):  # the end of 9999-12-31: as late as datetime goes
         return _LATEST
+
+
+def parse_tz(name: str | None) -> tzinfo:
+    """``--tz``: an IANA zone name (``Europe/Paris``), ``UTC``, or nothing (UTC)."""
+    if name is None or name.strip().upper() in ("UTC", "Z", ""):
+        return UTC
+    try:
+        return ZoneInfo(name.strip())
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {name!r}: use an IANA name such as Europe/Paris"
+        ) from None
+
+
+def _midnight(day: date, tz: tzinfo) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=tz).astimezone(UTC)
+
+
+def period_bounds(
+    period: str, *, previous: bool, tz: tzinfo = UTC, now: datetime | None = None
+) -> tuple[datetime, datetime]:
+    """[start, end) of the calendar day / week (Monday first) / month holding ``now`` in ``tz``,
+    or with ``previous`` of the one before it (the last closed one)."""
+    today = (now or _now()).astimezone(tz).date()
+    if period == "day":
+        start = today - timedelta(days=1 if previous else 0)
+        end = start + timedelta(days=1)
+    elif period == "week":
+        start = today - timedelta(days=today.weekday() + (7 if previous else 0))
+        end = start + timedelta(days=7)
+    elif period == "month":
+        start = today.replace(day=1)
+        if previous:
+            start = (start - timedelta(days=1)).replace(day=1)
+        end = (start + timedelta(days=32)).replace(day=1)
+    else:
+        raise ValueError(f"unknown period {period!r}: use day, week or month")
+    return _midnight(start, tz), _midnight(end, tz)
 
 
 def format_instant(instant: datetime) -> str:

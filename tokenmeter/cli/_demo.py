@@ -167,6 +167,10 @@ def _run_sessions(clients: dict[str, Any]) -> int:
     return failures
 
 
+#: Where ``tokenmeter demo`` records unless ``--dir`` says otherwise.
+DEMO_DIR = ".tokenmeter-demo"
+
+
 def _report_source(directory: Path) -> Path:
     for name in ("usage.db", "usage.jsonl"):
         if (directory / name).exists():
@@ -191,9 +195,8 @@ def run_demo(args: argparse.Namespace) -> int:
     if not providers:
         raise CliError("no provider SDK installed: pip install '.[all]' in a tokenmeter checkout")
 
-    from tokenmeter._runtime import settings
-
-    directory = Path(settings().directory)
+    directory = Path(args.dir or DEMO_DIR)
+    tokenmeter.configure(directory=directory)  # fake calls never go into the real usage data
     started = datetime.now(UTC)
     instrumentation = tokenmeter.instrument()
     try:

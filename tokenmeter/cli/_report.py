@@ -3,32 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
+from tokenmeter.cli._dates import parse_since, parse_tz, parse_until, period_bounds
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._output import write_output
 from tokenmeter.cli._progress import Progress, progress_allowed
 from tokenmeter.cli._source import resolve_source, warn_skipped
+from tokenmeter.cli.reports._alerts import alerts_near
 from tokenmeter.cli.reports._format import dumps_exact
-from tokenmeter.cli.reports._html import HTML_GROUPINGS, render_html
+from tokenmeter.cli.reports._html import html_groupings, render_html
 from tokenmeter.cli.reports._journal import render_session_markdown, render_sessions_list
-from tokenmeter.cli.reports._model import Dimension, Report, parse_dimension
-from tokenmeter.cli.reports._query import Query, run_query
+from tokenmeter.cli.reports._model import NONE_LABEL, Dimension, Report, parse_dimension
+from tokenmeter.cli.reports._periodic import PERIODIC_GROUPINGS, render_usage_report
+from tokenmeter.cli.reports._query import STATUSES, Filters, Query, run_query
 from tokenmeter.cli.reports._render import (
     CellTable,
     markdown_table,
+    parse_metrics,
     plain_table,
     render_csv,
     render_json,
     render_markdown,
     render_rich,
     render_text,
+    rich_table,
 )
 from tokenmeter.cli.reports._sessions import find_session, list_sessions
 
-__all__ = ["FORMATS", "run_report", "run_session", "run_sessions"]
+__all__ = ["FORMATS", "filters_from", "run_report", "run_session", "run_sessions", "window"]
 
 FORMATS = ("table", "markdown", "json", "csv", "html")
 MACHINE_FORMATS = {"json", "csv"}
@@ -82,24 +90,120 @@ def _unit(kind: str) -> str:
     return "row" if kind == "sqlite" else "line"
 
 
+def _usage_error(message: str) -> CliError:
+    return CliError(message, exit_code=2)
+
+
+def window(args: argparse.Namespace) -> tuple[datetime | None, datetime | None, tzinfo]:
+    """``--tz``, ``--since`` / ``--until`` (or ``--period`` / ``--previous``) as UTC instants
+    ``[since, until)``; an empty or reversed range is a usage error, not an empty report."""
+    try:
+        tz = parse_tz(args.tz)
+        since = None if args.since is None else parse_since(args.since, tz=tz)
+        until = None if args.until is None else parse_until(args.until, tz=tz)
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from None
+    period = getattr(args, "period", None)
+    if period is not None:
+        if since is not None or until is not None:
+            raise _usage_error("--period replaces --since / --until: give one or the other")
+        since, until = period_bounds(period, previous=args.previous, tz=tz)
+    elif getattr(args, "previous", False):
+        raise _usage_error("--previous needs --period day|week|month")
+    if since is not None and until is not None and since >= until:
+        raise _usage_error(
+            f"empty range: --since {args.since} is not before --until {args.until} "
+            "(--since is the start, --until the end)"
+        )
+    return since, until, tz
+
+
+def _split(values: list[str]) -> tuple[str, ...]:
+    return tuple(part.strip() for value in values for part in value.split(",") if part.strip())
+
+
+def filters_from(args: argparse.Namespace) -> Filters:
+    statuses = tuple(status.lower() for status in _split(args.status))
+    unknown = [status for status in statuses if status not in STATUSES]
+    if unknown:
+        raise _usage_error(
+            f"unknown --status {', '.join(unknown)}: use some of {', '.join(STATUSES)}"
+        )
+    return Filters(
+        providers=_split(args.provider),
+        models=tuple(args.model),
+        session_names=tuple(args.session_name),
+        tags=tuple(args.tag),
+        statuses=statuses,
+        estimated=args.estimated,
+    )
+
+
+def _check_tag_keys(report: Report) -> None:
+    """``--by tag:KEY`` on a key no record in the window has: say so, not one "(none)" row."""
+    breakdown = report.main
+    for dimension in breakdown.dimensions:
+        if dimension.tag_key is None or not breakdown.rows:
+            continue
+        index = breakdown.columns.index(dimension.spec)
+        if all(row.key[index] == NONE_LABEL for row in breakdown.rows):
+            raise CliError(
+                f"no record in this period has the tag {dimension.tag_key!r} "
+                f"({report.totals.calls:,} calls read)"
+            )
+
+
 def run_report(args: argparse.Namespace) -> int:
     fmt = _format(args)
     source = resolve_source(args.source)
+    since, until, tz = window(args)
+    metrics = None
+    if args.columns:
+        try:
+            metrics = parse_metrics(args.columns)
+        except ValueError as exc:
+            raise _usage_error(str(exc)) from None
     groupings = [_dimensions(args.by)]
     if fmt == "html":
-        groupings += [tuple(parse_dimension(s) for s in specs) for specs in HTML_GROUPINGS]
+        tag_keys = [d.tag_key for d in groupings[0] if d.tag_key is not None]
+        groupings += [
+            tuple(parse_dimension(s) for s in specs) for specs in html_groupings(tag_keys)
+        ]
+    if fmt == "markdown" and args.period:
+        groupings += [tuple(parse_dimension(s) for s in specs) for specs in PERIODIC_GROUPINGS]
     query = Query(
         groupings=tuple(groupings),
-        since=args.since,
-        until=args.until,
+        since=since,
+        until=until,
         calls_limit=args.limit if args.detailed else None,
+        filters=filters_from(args),
+        tz=tz,
+        latency=args.latency or fmt == "html",
     )
+    if args.compare and since is None:
+        raise _usage_error("--compare needs --since or --period (the length to compare)")
+    compare = args.compare or (fmt == "html" and since is not None)
     show = progress_allowed(machine_format=fmt in MACHINE_FORMATS, to_file=args.output is not None)
     with Progress(f"reading {source.path.name}", enabled=show) as progress:
         report = run_query(source, query, progress)
+        if compare and since is not None:
+            end = until or datetime.now(UTC)
+            before = replace(query, since=since - (end - since), until=since, calls_limit=None)
+            report.previous = run_query(source, before, progress)
+            report.skipped_lines += report.previous.skipped_lines
     warn_skipped(report.skipped_lines, source.path, _unit(source.kind))
-    if _use_rich(fmt, args.output):
-        render_rich(report)
+    _check_tag_keys(report)
+    if fmt == "markdown" and getattr(args, "period", None):
+        write_output(render_usage_report(report, alerts_near(source.path)), args.output)
+    elif _use_rich(fmt, args.output):
+        render_rich(report, metrics, wide=args.wide)
+    elif fmt == "table":
+        width = None
+        if not args.wide and args.output is None and sys.stdout.isatty():
+            width = shutil.get_terminal_size().columns
+        write_output(render_text(report, metrics, width), args.output)
+    elif fmt == "html":
+        write_output(render_html(report, alerts_near(source.path)), args.output)
     else:
         write_output(_RENDERERS[fmt](report), args.output)
     if args.output:
@@ -122,8 +226,11 @@ _SESSION_HEADERS = (
 
 def run_sessions(args: argparse.Namespace) -> int:
     source = resolve_source(args.source)
-    rows, skipped = list_sessions(source, since=args.since, until=args.until)
+    since, until, _ = window(args)
+    rows, skipped = list_sessions(source, since=since, until=until)
     warn_skipped(skipped, source.path, _unit(source.kind))
+    if args.session_name:
+        rows = [row for row in rows if row.name in args.session_name]
     rows = rows[: args.limit] if args.limit else rows
     if args.format == "json":
         document = [
@@ -146,6 +253,10 @@ def run_sessions(args: argparse.Namespace) -> int:
     table.rows = render_sessions_list(rows)
     if args.format == "markdown":
         write_output("\n".join(markdown_table(table)) + "\n", args.output)
+    elif _use_rich("table", args.output):
+        from rich.console import Console
+
+        Console().print(rich_table(table))
     else:
         write_output("\n".join(plain_table(table)) + "\n", args.output)
     return 0

@@ -41,9 +41,23 @@ _SQLITE_SUFFIXES = {".db", ".sqlite", ".sqlite3"}
 _JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json", ".log"}
 
 
+def default_directory() -> Path:
+    """Where the library writes, by the same settings it reads: ``TOKENMETER_DIR``, else
+    ``[tool.tokenmeter] directory`` of the nearest pyproject.toml, else ``.tokenmeter``."""
+    from tokenmeter._config import load_settings
+
+    try:
+        return load_settings().directory
+    except ValueError as exc:  # a bad setting: say which, as the library would
+        raise CliError(str(exc), exit_code=2) from None
+
+
 def default_source_path() -> Path:
-    """SPEC §4: ``$TOKENMETER_DIR/usage.db``, else ``.tokenmeter/usage.db`` in the working dir."""
-    return Path(os.environ.get("TOKENMETER_DIR") or ".tokenmeter") / "usage.db"
+    """The usage.db of ``default_directory()`` (its usage.jsonl when only that exists)."""
+    directory = default_directory()
+    if not (directory / "usage.db").exists() and (directory / "usage.jsonl").is_file():
+        return directory / "usage.jsonl"
+    return directory / "usage.db"
 
 
 @dataclass(frozen=True)
@@ -63,7 +77,12 @@ def resolve_source(value: str | None) -> Source:
         else:
             raise CliError(f"no usage.db or usage.jsonl in directory {path}")
     if not path.exists():
-        hint = "" if value else " (run `tokenmeter demo`, or pass --source FILE)"
+        hint = (
+            ""
+            if value
+            else " (set TOKENMETER_DIR or pass --source FILE; `tokenmeter demo` tries it on "
+            "fake calls)"
+        )
         raise CliError(f"no usage data at {path}{hint}")
     try:
         with path.open("rb") as handle:

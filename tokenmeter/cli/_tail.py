@@ -45,10 +45,44 @@ def format_call_line(call: Call) -> str:
     )
 
 
-def _emit(calls: list[Call], as_json: bool) -> None:
+def _colour_console() -> Any:
+    """A rich Console when stdout is a terminal and rich is installed (NO_COLOR is honoured)."""
+    if not sys.stdout.isatty():
+        return None
+    try:
+        from rich.console import Console
+    except ImportError:
+        return None
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _styled(call: Call) -> Any:
+    """The same text as ``format_call_line``, with the parts a reader scans for in colour."""
+    from rich.text import Text
+
+    session = call.session_name or call.session_id or "-"
+    status = call.status if not call.error else f"{call.status}:{call.error}"
+    text = Text()
+    text.append(printable(call.timestamp), style="dim")
+    text.append("  ")
+    text.append(printable(f"{call.provider}/{call.model}"), style="cyan")
+    text.append(
+        f"  in={fmt_int(call.input_tokens)} out={fmt_int(call.output_tokens)} "
+        f"total={fmt_int(call.total_tokens)}  "
+    )
+    text.append(fmt_usd(call.cost), style="green")
+    text.append(printable(f"  session={session}  "))
+    text.append(printable(status), style="bold red" if call.status != "ok" else "")
+    return text
+
+
+def _emit(calls: list[Call], as_json: bool, console: Any = None) -> None:
     for call in calls:
         if as_json:
             print(dumps_exact(call.as_json(), indent=0).replace("\n", ""), flush=True)
+        elif console is not None:
+            console.print(_styled(call))
+            sys.stdout.flush()
         else:
             print(printable(format_call_line(call)), flush=True)
 
@@ -157,16 +191,17 @@ def run_tail(args: argparse.Namespace) -> int:
     source = resolve_source(args.source)
     follower = _follower(source)
     as_json = args.format == "json"
+    console = None if as_json else _colour_console()
     try:
         try:
             first = follower.last(args.lines)
         except sqlite3.Error as exc:
             raise CliError(f"cannot read {source.path}: {exc}") from None
-        _emit(first, as_json)
+        _emit(first, as_json, console)
         while args.follow:
             time.sleep(args.interval)
             try:
-                _emit(follower.new(), as_json)
+                _emit(follower.new(), as_json, console)
             except sqlite3.Error as exc:
                 raise CliError(f"cannot read {source.path}: {exc}") from None
     except KeyboardInterrupt:

@@ -58,7 +58,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from tokenmeter._models import SessionInfo, UsageRecord, _iso, output_cost
+from tokenmeter._format import fmt_usd
+from tokenmeter._models import SessionInfo, UsageRecord, _iso
+from tokenmeter._totals import Totals
 from tokenmeter.sinks._files import (
     ensure_private_dir,
     open_private,
@@ -67,7 +69,7 @@ from tokenmeter.sinks._files import (
     replace_private,
 )
 
-__all__ = ["MarkdownJournalSink"]
+__all__ = ["MarkdownJournalSink", "render_session"]
 
 _MARKER = b"<!-- tokenmeter-journal "
 _COPY_MARKER = b"\n<!-- tokenmeter-journal-copy "  # after a blank line: its own HTML block
@@ -462,6 +464,19 @@ class _SessionLog(_Log):
         return "".join(lines)
 
 
+def render_session(info: dict[str, Any], records: Sequence[UsageRecord]) -> str:
+    """A whole ``sessions/<id>.md`` document at once, for ``tokenmeter session ID``: the same
+    head, call table and tail the sink writes batch by batch.
+
+    ``info`` has the keys of a journal's session state: id, name, parent_id, tags, status,
+    started_at, ended_at (ISO text), notes, budget_usd.
+    """
+    log = _SessionLog(str(info["id"]))
+    state: dict[str, Any] = {"info": dict(info)}
+    body = log.apply(state, records)
+    return log.head(state) + log.body_intro + body + log.tail(state)
+
+
 def _completion(info: dict[str, Any], t: dict[str, Any]) -> str:
     calls = t["calls"]
     cost = Decimal(t["cost"]) if t["priced"] else None
@@ -495,7 +510,7 @@ def _completion(info: dict[str, Any], t: dict[str, Any]) -> str:
         lines.append("n/a (no priced calls with a cost breakdown)\n")
     ratio = f"{t['input'] / t['output']:,.2f}" if t["output"] else "n/a"
     priced_tokens = t["priced_tokens"]
-    per_token = _money(cost / priced_tokens, 10) if cost is not None and priced_tokens else "n/a"
+    per_token = _money(cost / priced_tokens) if cost is not None and priced_tokens else "n/a"
     per_1k = _money(cost * 1000 / priced_tokens) if cost is not None and priced_tokens else "n/a"
     lines += [
         "\n### Efficiency Metrics\n\n",
@@ -523,51 +538,50 @@ def _info_dict(info: SessionInfo) -> dict[str, Any]:
 # --- running totals (JSON-able: Decimals are kept as strings) ------------------------------------
 
 
+#: The journal's state keys (kept as they are in files already written) -> ``Totals`` fields.
+_STATE_KEYS = {
+    "calls": "calls",
+    "priced": "priced_calls",
+    "priced_tokens": "priced_tokens",
+    "input": "input_tokens",
+    "output": "output_tokens",
+    "total": "total_tokens",
+    "cache_read": "cache_read_tokens",
+    "cache_write": "cache_write_tokens",
+    "reasoning": "reasoning_tokens",
+    "cost": "cost_usd",
+    "output_cost": "output_cost_usd",
+}
+
+
 def _new_totals() -> dict[str, Any]:
-    return {
-        "calls": 0,
-        "priced": 0,
-        "priced_tokens": 0,  # tokens of the priced calls: the base of cost per token
-        "input": 0,
-        "output": 0,
-        "total": 0,
-        "cache_read": 0,
-        "cache_write": 0,
-        "reasoning": 0,
-        "cost": "0",
-        "input_cost": "0",
-        "output_cost": "0",
-    }
+    return _to_state(Totals())
+
+
+def _from_state(t: dict[str, Any]) -> Totals:
+    totals = Totals.from_state({field: t.get(key, 0) for key, field in _STATE_KEYS.items()})
+    # "input_cost" is the input part of the costs that have a breakdown.
+    totals.split_cost_usd = Decimal(str(t.get("input_cost", "0"))) + totals.output_cost_usd
+    return totals
+
+
+def _to_state(totals: Totals) -> dict[str, Any]:
+    state = totals.to_state()
+    t = {key: state[field] for key, field in _STATE_KEYS.items()}
+    t["input_cost"] = str(totals.split_cost_usd - totals.output_cost_usd)
+    return t
 
 
 def _add(t: dict[str, Any], r: UsageRecord) -> None:
-    t["calls"] += 1
-    t["input"] += r.input_tokens
-    t["output"] += r.output_tokens
-    t["total"] += r.total_tokens
-    t["cache_read"] += r.cache_read_tokens
-    t["cache_write"] += r.cache_write_tokens
-    t["reasoning"] += r.reasoning_tokens
-    cost = r.estimated_cost_usd
-    if cost is not None:
-        t["priced"] += 1
-        t["priced_tokens"] += r.total_tokens
-        t["cost"] = str(Decimal(t["cost"]) + cost)
-        breakdown = r.cost_breakdown
-        if breakdown:
-            outputs = output_cost(breakdown)
-            inputs = sum(breakdown.values(), Decimal(0)) - outputs
-            t["input_cost"] = str(Decimal(t["input_cost"]) + inputs)
-            t["output_cost"] = str(Decimal(t["output_cost"]) + outputs)
+    totals = _from_state(t)
+    totals.add_record(r)
+    t.update(_to_state(totals))
 
 
 def _merge(into: dict[str, Any], t: dict[str, Any]) -> None:
-    for key, value in t.items():
-        into[key] = (
-            str(Decimal(into[key]) + Decimal(value))
-            if isinstance(value, str)
-            else into[key] + value
-        )
+    totals = _from_state(into)
+    totals.add(_from_state(t))
+    into.update(_to_state(totals))
 
 
 # --- formatting ---------------------------------------------------------------------------------
@@ -588,12 +602,12 @@ def _when_text(iso: str) -> str:
     return iso.replace("T", " ")
 
 
-def _money(value: Decimal, places: int = 6) -> str:
-    return f"${value:,.{places}f}"
+def _money(value: Decimal) -> str:
+    return fmt_usd(value)
 
 
 def _money_or_na(value: Decimal | None) -> str:
-    return "n/a" if value is None else _money(value)
+    return fmt_usd(value)
 
 
 def _totals_cost(t: dict[str, Any]) -> str:

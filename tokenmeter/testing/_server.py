@@ -153,6 +153,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    #: Listen backlog. socketserver's default of 5 is the reason a burst of concurrent clients
+    #: (``asyncio.gather`` of 40 calls) used to see reset connections: the one accept thread starts
+    #: a handler thread per connection, which waits for the GIL, so a burst overflows a queue of 5
+    #: and the kernel drops handshakes (``ListenOverflows`` in /proc/net/netstat). The kernel caps
+    #: it at ``net.core.somaxconn``.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], app: App) -> None:
         self.app = app

@@ -1,4 +1,4 @@
-"""Number formatting shared by every human-facing format, and an exact JSON writer."""
+"""Number formatting for the CLI (from ``tokenmeter._format``), and an exact JSON writer."""
 
 from __future__ import annotations
 
@@ -6,22 +6,14 @@ import json
 from decimal import Decimal
 from typing import Any
 
+from tokenmeter._format import fmt_count, fmt_share, fmt_usd
+
 __all__ = ["dumps_exact", "fmt_int", "fmt_share", "fmt_usd", "round_share"]
 
 _SHARE_PLACES = Decimal("0.000001")
 
 
-def fmt_int(value: int) -> str:
-    return f"{value:,}"
-
-
-def fmt_usd(value: Decimal | None) -> str:
-    """Six decimals: single calls often cost fractions of a cent. ``n/a`` when unpriced."""
-    return "n/a" if value is None else f"${value:,.6f}"
-
-
-def fmt_share(value: Decimal | None) -> str:
-    return "" if value is None else f"{value * 100:.1f}%"
+fmt_int = fmt_count
 
 
 def round_share(value: Decimal | None) -> Decimal | None:

@@ -1,29 +1,39 @@
-"""The self-contained HTML report: inline CSS and hand-drawn SVG charts, no script, no network.
+"""The HTML dashboard: one self-contained file, inline CSS, charts drawn with HTML and CSS.
 
-Every string that came from the data (model, session and tag names) goes through ``esc`` before it
-reaches the page, so a session called ``<script>`` is shown, never run.
+Nothing is fetched: no stylesheet, font, image or script from anywhere. The charts are plain
+elements sized in percent, so they fill the width at 1400 px and at 390 px with text that stays
+readable; every bar carries its exact value (``data-cost``) and a hover title. One small inline
+script sorts the main table when a header is clicked; the page is complete without it.
+
+Every string that came from the data (model, session, tag names, alert text) goes through
+``esc``, which also escapes ``<`` and ``&`` inside the script-free parts, so a session called
+``<script>`` is shown, never run.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from decimal import Decimal
+from datetime import UTC, datetime
+from decimal import ROUND_CEILING, Decimal
 from html import escape
 
-from tokenmeter.cli.reports._format import fmt_int, fmt_usd
-from tokenmeter.cli.reports._model import Breakdown, Report, Row
+from tokenmeter._format import exact_usd, fmt_count, fmt_usd
+from tokenmeter._totals import Totals
+from tokenmeter.cli.reports._alerts import Alert, Alerts
+from tokenmeter.cli.reports._model import NONE_LABEL, Breakdown, Report, Row
 from tokenmeter.cli.reports._render import (
     CellTable,
     call_cells,
+    change_text,
     period_text,
     summary_cells,
 )
 
-__all__ = ["HTML_GROUPINGS", "render_html"]
+__all__ = ["HTML_GROUPINGS", "html_groupings", "nice_ticks", "render_html"]
 
 #: The extra groupings the charts need, asked of the query next to the user's ``--by``.
-HTML_GROUPINGS = (("day", "model"), ("model",), ("session",))
+HTML_GROUPINGS = (("day", "model"), ("model",), ("session",), ("name",))
 
 _PALETTE = (
     "#4e79a7",
@@ -37,23 +47,77 @@ _PALETTE = (
     "#9c755f",
     "#bab0ac",
 )
+_OTHER = "#c7c7c7"
 _TOP = 9  # series beyond this many are summed into "other"
-_WIDTH = 760
+_BARS = 12  # rows of a horizontal bar chart
+_X_LABELS = 7  # at most this many day labels under the daily chart
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#222;
-background:#fafafa}
-h1{margin:0 0 .25rem}h2{margin-top:2rem}.meta{color:#666;margin:0 0 1rem}
-.cards{display:flex;gap:1rem;flex-wrap:wrap}.card{background:#fff;border:1px solid #ddd;
-border-radius:6px;padding:.75rem 1rem;min-width:9rem}.card b{display:block;font-size:1.4rem}
-.chart{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.5rem;margin:.5rem 0;
-max-width:100%;overflow-x:auto}
-table{border-collapse:collapse;background:#fff;font-size:.9rem}
-th,td{border:1px solid #ddd;padding:.3rem .6rem;text-align:left;white-space:nowrap}
-td.n,th.n{text-align:right}
-tfoot td{font-weight:bold;background:#f2f2f2}.legend span{display:inline-block;margin-right:1rem}
-.swatch{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:middle}
-.empty{color:#888;font-style:italic}
+*{box-sizing:border-box}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1f2328;
+background:#f6f8fa;font-size:15px;line-height:1.4}
+main{max-width:1400px;margin:0 auto;padding:1.25rem clamp(.75rem,3vw,2rem)}
+h1{margin:0 0 .25rem;font-size:1.6rem}h2{margin:1.75rem 0 .6rem;font-size:1.2rem}
+.meta{color:#57606a;margin:0 0 1rem;overflow-wrap:anywhere}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(10rem,1fr));gap:.75rem}
+.card{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:.7rem .9rem}
+.card span{color:#57606a;font-size:.85rem}.card b{display:block;font-size:1.35rem}
+.card small{color:#57606a}.up{color:#cf222e}.down{color:#1a7f37}
+.panel{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:1rem;min-width:0}
+.grid2{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,34rem),1fr));gap:1rem}
+.chart{display:grid;grid-template-columns:auto minmax(0,1fr);gap:0 .5rem}
+.yaxis{position:relative;height:260px;font-size:.8rem;color:#57606a;min-width:3.5rem}
+.yaxis span{position:absolute;right:0;transform:translateY(50%)}
+.plot{position:relative;height:260px;border-left:1px solid #8c959f;border-bottom:1px solid #8c959f}
+.gridline{position:absolute;left:0;right:0;border-top:1px solid #eaeef2}
+.cols{position:absolute;inset:0;display:flex;align-items:flex-end;gap:2px;padding:0 2px}
+.col{flex:1 1 0;min-width:0;height:100%;display:flex;flex-direction:column-reverse}
+.seg{width:100%;min-height:1px}.seg:hover,.bar:hover{filter:brightness(1.15)}
+.xaxis{grid-column:2;display:flex;gap:2px;padding:0 2px;font-size:.8rem;color:#57606a;
+height:1.3rem}
+.xaxis span{flex:1 1 0;min-width:0;white-space:nowrap;overflow:visible}
+.legend{display:flex;flex-wrap:wrap;gap:.3rem 1rem;margin-top:.6rem;font-size:.85rem}
+.legend i{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:-1px;
+border-radius:2px}
+.bars{display:grid;grid-template-columns:minmax(0,38%) minmax(0,1fr) auto;gap:.35rem .6rem;
+align-items:center;font-size:.9rem}
+.bars .label{overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.track{background:#f0f3f6;border-radius:3px;height:1.1rem}.bar{height:100%;border-radius:3px}
+.value{font-variant-numeric:tabular-nums;text-align:right}
+.scroll{overflow-x:auto;max-width:100%;border:1px solid #d0d7de;border-radius:8px;background:#fff}
+table{border-collapse:collapse;font-size:.88rem;width:100%}
+th,td{border-bottom:1px solid #eaeef2;padding:.35rem .6rem;text-align:left;white-space:nowrap}
+th{background:#f6f8fa;position:sticky;top:0}
+th button{font:inherit;font-weight:600;background:none;border:0;padding:0;cursor:pointer;
+color:inherit}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+tfoot td{font-weight:bold;background:#f6f8fa}
+.empty{color:#6e7781;font-style:italic}
+footer{color:#6e7781;font-size:.8rem;margin:2rem 0 1rem}
+@media (max-width:600px){.bars{grid-template-columns:minmax(0,1fr) auto;gap:.1rem .6rem}
+.bars .label{grid-column:1/-1;white-space:normal;overflow-wrap:anywhere;margin-top:.3rem}}
+"""
+
+#: Sorts the table whose header button was clicked by that column (numbers by value).
+_SCRIPT = """
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  table.querySelectorAll("th button").forEach(function (button, index) {
+    button.addEventListener("click", function () {
+      var body = table.tBodies[0];
+      var rows = Array.prototype.slice.call(body.rows);
+      var down = button.getAttribute("data-dir") !== "desc";
+      rows.sort(function (a, b) {
+        var x = a.cells[index].getAttribute("data-sort");
+        var y = b.cells[index].getAttribute("data-sort");
+        var nx = parseFloat(x), ny = parseFloat(y);
+        var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : String(x).localeCompare(String(y));
+        return down ? -c : c;
+      });
+      button.setAttribute("data-dir", down ? "desc" : "asc");
+      rows.forEach(function (row) { body.appendChild(row); });
+    });
+  });
+});
 """
 
 
@@ -61,23 +125,34 @@ def esc(text: object) -> str:
     return escape(str(text), quote=True)
 
 
-def _money_axis(value: Decimal, top: Decimal) -> str:
-    """Axis labels share one precision, enough to tell the gridlines apart."""
-    exponent = (top / 4).normalize().as_tuple().exponent
-    places = max(2, -exponent if isinstance(exponent, int) else 2)
-    return f"${value:,.{places}f}"
+def html_groupings(tag_keys: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    """The groupings the dashboard reads: ``HTML_GROUPINGS`` and one per ``--by tag:KEY``."""
+    return (*HTML_GROUPINGS, *((f"tag:{key}",) for key in tag_keys))
 
 
-def _nice_max(value: Decimal) -> Decimal:
-    """A round number just above ``value`` for the y axis (1, 2, 5 x 10^n)."""
-    if value <= 0:
-        return Decimal(1)
-    exponent = value.adjusted()
-    for step in (1, 2, 5, 10):
-        candidate = Decimal(step).scaleb(exponent)
-        if candidate >= value:
-            return candidate
-    return Decimal(10).scaleb(exponent)
+# --- numbers -------------------------------------------------------------------------------------
+
+
+def nice_ticks(peak: Decimal, most: int = 6) -> list[Decimal]:
+    """Axis ticks from 0 in steps of 1, 2, 2.5 or 5 x 10^n, at most ``most`` above 0, the last
+    one just at or above ``peak``: a $2.15 peak gets 0, 0.5, ..., 2.5, not an axis to $5."""
+    if peak <= 0:
+        return [Decimal(0), Decimal(1)]
+    exponent = peak.adjusted() - 1
+    while True:
+        for mantissa in ("1", "2", "2.5", "5"):
+            step = Decimal(mantissa).scaleb(exponent)
+            count = int((peak / step).to_integral_value(ROUND_CEILING))
+            if count <= most:
+                return [step * i for i in range(max(count, 1) + 1)]
+        exponent += 1
+
+
+def _pct(value: Decimal, top: Decimal) -> str:
+    return f"{float(value / top) * 100:.3f}%" if top else "0%"
+
+
+# --- charts --------------------------------------------------------------------------------------
 
 
 def _model_label(row: Row, columns: Sequence[str]) -> str:
@@ -88,8 +163,12 @@ def _model_label(row: Row, columns: Sequence[str]) -> str:
 def _model_colors(by_model: Breakdown) -> dict[str, str]:
     labels = [_model_label(row, by_model.columns) for row in by_model.rows]
     colors = {label: _PALETTE[i % len(_PALETTE)] for i, label in enumerate(labels[:_TOP])}
-    colors["other"] = "#cccccc"
+    colors["other"] = _OTHER
     return colors
+
+
+def _empty() -> str:
+    return '<p class="empty">No priced calls in this period.</p>'
 
 
 def _daily_chart(per_day_model: Breakdown, colors: dict[str, str]) -> str:
@@ -97,99 +176,165 @@ def _daily_chart(per_day_model: Breakdown, colors: dict[str, str]) -> str:
     for row in per_day_model.rows:
         model = _model_label(row, per_day_model.columns)
         day = dict(zip(per_day_model.columns, row.key, strict=True))["day"]
-        stacks[day][model if model in colors else "other"] += row.totals.priced_cost
+        stacks[day][model if model in colors else "other"] += row.totals.cost_usd
     days = sorted(stacks)
     peak = max((sum(stack.values(), Decimal(0)) for stack in stacks.values()), default=Decimal(0))
     if not days or peak <= 0:
-        return '<p class="empty">No priced calls in this period.</p>'
-    top = _nice_max(peak)
-    left, right, height, bottom = 70, 10, 240, 40
-    plot_w, plot_h = _WIDTH - left - right, height - 10
-    slot = plot_w / len(days)
-    bar = max(min(slot * 0.8, 60), 1)
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="Cost per day by model" '
-        f'width="{_WIDTH}" height="{height + bottom}" viewBox="0 0 {_WIDTH} {height + bottom}">'
-    ]
-    for i in range(5):
-        value = top * i / 4
-        y = 10 + plot_h - plot_h * float(value / top)
-        parts.append(
-            f'<line x1="{left}" x2="{_WIDTH - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
-            f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">'
-            f"{esc(_money_axis(value, top))}</text>"
+        return _empty()
+    ticks = nice_ticks(peak)
+    top = ticks[-1]
+    order = list(colors)
+    y_labels = "".join(
+        f'<span style="bottom:{_pct(tick, top)}">{esc(fmt_usd(tick))}</span>' for tick in ticks
+    )
+    grid = "".join(f'<div class="gridline" style="bottom:{_pct(t, top)}"></div>' for t in ticks)
+    columns = []
+    for day in days:
+        stack = stacks[day]
+        total = sum(stack.values(), Decimal(0))
+        segments = "".join(
+            f'<div class="seg" style="height:{_pct(cost, total)};background:{colors[model]}" '
+            f'data-label="{esc(model)}" data-cost="{exact_usd(cost)}" '
+            f'title="{esc(day)} · {esc(model)}: {esc(fmt_usd(cost))}"></div>'
+            for model, cost in sorted(stack.items(), key=lambda item: order.index(item[0]))
+            if cost > 0
         )
-    label_every = max(1, len(days) // 12)
-    for index, day in enumerate(days):
-        x = left + slot * index + (slot - bar) / 2
-        y = 10 + plot_h
-        for model, cost in sorted(
-            stacks[day].items(), key=lambda item: list(colors).index(item[0])
-        ):
-            h = plot_h * float(cost / top)
-            y -= h
-            parts.append(
-                f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}" '
-                f'fill="{colors[model]}"><title>{esc(day)} · {esc(model)}: '
-                f"{esc(fmt_usd(cost))}</title></rect>"
-            )
-        if index % label_every == 0:
-            parts.append(
-                f'<text x="{x + bar / 2:.1f}" y="{height + 16}" font-size="11" '
-                f'text-anchor="middle">{esc(day[5:])}</text>'
-            )
-    parts.append("</svg>")
+        columns.append(
+            f'<div class="col" data-day="{esc(day)}" data-cost="{exact_usd(total)}" '
+            f'title="{esc(day)}: {esc(fmt_usd(total))}">'
+            f'<div style="height:{_pct(total, top)};display:flex;flex-direction:column-reverse">'
+            f"{segments}</div></div>"
+        )
+    every = max(1, -(-len(days) // _X_LABELS))
+    x_labels = "".join(
+        f"<span>{esc(day[5:]) if i % every == 0 else ''}</span>" for i, day in enumerate(days)
+    )
     legend = "".join(
-        f'<span><i class="swatch" style="background:{color}"></i>{esc(label)}</span>'
+        f'<span><i style="background:{color}"></i>{esc(label)}</span>'
         for label, color in colors.items()
         if any(label in stack for stack in stacks.values())
     )
-    return "".join(parts) + f'<div class="legend">{legend}</div>'
+    return (
+        f'<div class="chart" role="img" aria-label="Cost per day by model, up to '
+        f'{esc(fmt_usd(peak))}" data-top="{exact_usd(top)}">'
+        f'<div class="yaxis">{y_labels}</div>'
+        f'<div class="plot">{grid}<div class="cols">{"".join(columns)}</div></div>'
+        f'<div class="xaxis">{x_labels}</div></div><div class="legend">{legend}</div>'
+    )
 
 
 def _bar_chart(title: str, bars: list[tuple[str, str, Decimal, str]]) -> str:
-    """Horizontal bars: (label, tooltip, cost, colour), largest first."""
+    """Horizontal bars: (label, hover text, cost, colour), largest first."""
     bars = [bar for bar in bars if bar[2] > 0]
     if not bars:
-        return '<p class="empty">No priced calls in this period.</p>'
+        return _empty()
     top = max(cost for _, _, cost, _ in bars)
-    label_w, row_h = 260, 24
-    plot_w = _WIDTH - label_w - 110
-    height = row_h * len(bars) + 10
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{esc(title)}" '
-        f'width="{_WIDTH}" height="{height}" viewBox="0 0 {_WIDTH} {height}">'
-    ]
-    for i, (label, tooltip, cost, color) in enumerate(bars):
-        y = 5 + i * row_h
-        w = max(plot_w * float(cost / top), 1)
-        short = label if len(label) <= 34 else label[:33] + "…"
+    parts = [f'<div class="bars" role="img" aria-label="{esc(title)}">']
+    for label, hover, cost, color in bars:
         parts.append(
-            f'<text x="{label_w - 8}" y="{y + 16}" font-size="12" text-anchor="end">'
-            f"{esc(short)}</text>"
-            f'<rect class="bar" x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row_h - 6}" '
-            f'fill="{color}"><title>{esc(tooltip)}: {esc(fmt_usd(cost))}</title></rect>'
-            f'<text x="{label_w + w + 6:.1f}" y="{y + 16}" font-size="12">'
-            f"{esc(fmt_usd(cost))}</text>"
+            f'<div class="label" title="{esc(hover)}">{esc(label)}</div>'
+            f'<div class="track"><div class="bar" style="width:{_pct(cost, top)};'
+            f'background:{color}" data-label="{esc(label)}" data-cost="{exact_usd(cost)}" '
+            f'title="{esc(hover)}: {esc(fmt_usd(cost))}"></div></div>'
+            f'<div class="value">{esc(fmt_usd(cost))}</div>'
         )
-    parts.append("</svg>")
+    parts.append("</div>")
     return "".join(parts)
 
 
-def _table(cells: CellTable) -> str:
-    def row(values: Sequence[str], tag: str) -> str:
-        return (
-            "<tr>"
-            + "".join(
-                f"<{tag}{' class=n' if cells.is_numeric(i) else ''}>{esc(value)}</{tag}>"
-                for i, value in enumerate(values)
-            )
-            + "</tr>"
-        )
+def _session_bars(by_session: Breakdown) -> list[tuple[str, str, Decimal, str]]:
+    """Top sessions: a name shared by several sessions gets the id's end, so labels differ."""
+    rows = by_session.rows[:_BARS]
+    names = [row.key[1] for row in rows]
+    bars = []
+    for row in rows:
+        session_id, name = row.key
+        label = name or session_id
+        if name and names.count(name) > 1:
+            label = f"{name} · …{session_id[-8:]}"
+        hover = f"{name} ({session_id})" if name else session_id
+        bars.append((label, hover, row.totals.cost_usd, _PALETTE[0]))
+    return bars
 
-    body = "".join(row(values, "td") for values in cells.rows)
-    foot = f"<tfoot>{row(cells.footer, 'td')}</tfoot>" if cells.footer else ""
-    return f"<table><thead>{row(cells.headers, 'th')}</thead><tbody>{body}</tbody>{foot}</table>"
+
+def _simple_bars(breakdown: Breakdown, color: str) -> list[tuple[str, str, Decimal, str]]:
+    bars = []
+    for row in breakdown.rows[:_BARS]:
+        label = row.key[-1] or "(no name)"
+        bars.append((label, label, row.totals.cost_usd, color))
+    return bars
+
+
+# --- tables --------------------------------------------------------------------------------------
+
+
+def _sort_key(cell: str) -> str:
+    """What a cell sorts by: the number in it when it is one ($1,234.5 -> 1234.5)."""
+    text = cell.replace("$", "").replace(",", "").replace("%", "").replace(" ms", "").strip()
+    if text in ("n/a", ""):
+        return "-Infinity"  # unknown sorts below every number
+    try:
+        return str(float(text))
+    except ValueError:
+        return cell
+
+
+def _table(cells: CellTable, *, sortable: bool = False) -> str:
+    def head(i: int, value: str) -> str:
+        klass = " class=n" if cells.is_numeric(i) else ""
+        inner = f"<button type=button>{esc(value)}</button>" if sortable else esc(value)
+        return f"<th{klass}>{inner}</th>"
+
+    def cell(i: int, value: str) -> str:
+        klass = " class=n" if cells.is_numeric(i) else ""
+        return f'<td{klass} data-sort="{esc(_sort_key(value))}">{esc(value)}</td>'
+
+    header = "<tr>" + "".join(head(i, v) for i, v in enumerate(cells.headers)) + "</tr>"
+    body = "".join(
+        "<tr>" + "".join(cell(i, v) for i, v in enumerate(row)) + "</tr>" for row in cells.rows
+    )
+    foot = ""
+    if cells.footer:
+        foot = "<tfoot><tr>" + "".join(cell(i, v) for i, v in enumerate(cells.footer))
+        foot += "</tr></tfoot>"
+    klass = ' class="sortable"' if sortable else ""
+    return (
+        f'<div class="scroll"><table{klass}><thead>{header}</thead><tbody>{body}</tbody>'
+        f"{foot}</table></div>"
+    )
+
+
+def _attention(by_model: Breakdown) -> str:
+    """Errors, blocked and estimated calls per model: the calls that need a second look."""
+    rows = [
+        row
+        for row in by_model.rows
+        if row.totals.error_calls or row.totals.blocked_calls or row.totals.estimated_calls
+    ]
+    if not rows:
+        return '<p class="empty">No failed, blocked or estimated calls in this period.</p>'
+    cells = CellTable(["Model", "Calls", "Errors", "Blocked", "Estimated"], range(1, 5))
+    for row in rows:
+        t = row.totals
+        cells.rows.append(
+            [
+                _model_label(row, by_model.columns),
+                fmt_count(t.calls),
+                fmt_count(t.error_calls),
+                fmt_count(t.blocked_calls),
+                fmt_count(t.estimated_calls),
+            ]
+        )
+    return _table(cells)
+
+
+def _alerts_table(alerts: list[Alert]) -> str:
+    cells = CellTable(["Time", "Rule", "Scope", "Observed", "Threshold", "About"], range(3, 5))
+    for alert in alerts:
+        cells.rows.append(
+            [alert.time, alert.rule, alert.scope, alert.observed, alert.threshold, alert.subject]
+        )
+    return _table(cells)
 
 
 def _find(report: Report, specs: tuple[str, ...]) -> Breakdown:
@@ -199,54 +344,106 @@ def _find(report: Report, specs: tuple[str, ...]) -> Breakdown:
     raise ValueError(f"the report was not queried with grouping {specs}")
 
 
-def render_html(report: Report) -> str:
+def _card(label: str, value: str, note: str = "", klass: str = "") -> str:
+    small = f'<small class="{klass}">{esc(note)}</small>' if note else ""
+    return f'<div class="card"><span>{esc(label)}</span><b>{esc(value)}</b>{small}</div>'
+
+
+def _delta(now: Totals, before: Totals | None) -> tuple[str, str]:
+    if before is None:
+        return "", ""
+    text = change_text(now.cost_usd, before.cost_usd)
+    if not text:
+        return "no change from the period before", ""
+    klass = "up" if text.startswith("+") or text == "new" else "down"
+    return f"{text} vs {fmt_usd(before.cost, na='$0.00')} the period before", klass
+
+
+# --- the page ------------------------------------------------------------------------------------
+
+
+def render_html(
+    report: Report, alerts: Alerts | None = None, *, now: datetime | None = None
+) -> str:
     per_day = _find(report, HTML_GROUPINGS[0])
     by_model = _find(report, HTML_GROUPINGS[1])
     by_session = _find(report, HTML_GROUPINGS[2])
+    by_name = _find(report, HTML_GROUPINGS[3])
     colors = _model_colors(by_model)
     model_bars = [
-        (label, label, row.totals.priced_cost, colors.get(label, colors["other"]))
-        for row in by_model.rows[: _TOP + 1]
+        (label, label, row.totals.cost_usd, colors.get(label, _OTHER))
+        for row in by_model.rows[:_BARS]
         for label in [_model_label(row, by_model.columns)]
     ]
-    session_bars = [
-        (
-            row.key[1] or row.key[0],
-            f"{row.key[1]} ({row.key[0]})" if row.key[1] else row.key[0],
-            row.totals.priced_cost,
-            _PALETTE[0],
-        )
-        for row in by_session.rows[:10]
-    ]
     totals = report.totals
-    cards = (
-        ("Total cost", fmt_usd(totals.cost)),
-        ("Calls", fmt_int(totals.calls)),
-        ("Total tokens", fmt_int(totals.total_tokens)),
-        ("Unpriced calls", fmt_int(totals.unpriced_calls)),
-    )
+    before = None if report.previous is None else report.previous.totals
+    delta, delta_class = _delta(totals, before)
+    cards = [
+        _card("Total cost", fmt_usd(totals.cost), delta, delta_class),
+        _card("Calls", fmt_count(totals.calls)),
+        _card("Total tokens", fmt_count(totals.total_tokens)),
+        _card("Average cost per call", fmt_usd(totals.avg_cost_per_call)),
+        _card("Errors", fmt_count(totals.error_calls)),
+        _card("Blocked by a budget", fmt_count(totals.blocked_calls)),
+        _card("Estimated usage", fmt_count(totals.estimated_calls)),
+        _card("Unpriced calls", fmt_count(totals.unpriced_calls)),
+    ]
+    generated = (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
+    meta = f"{report.source} · {period_text(report)}"
+    if report.filters:
+        meta += f" · only {report.filters}"
     sections = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         "<title>tokenmeter report</title>",
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{_CSS}</style></head><body><main>",
         "<h1>tokenmeter report</h1>",
-        f'<p class="meta">{esc(report.source)} · {esc(period_text(report))}</p>',
-        '<div class="cards">'
-        + "".join(f'<div class="card">{esc(k)}<b>{esc(v)}</b></div>' for k, v in cards)
-        + "</div>",
-        '<h2>Cost per day by model</h2><div class="chart" id="chart-daily">',
+        f'<p class="meta">{esc(meta)}<br>Generated {esc(generated)}</p>',
+        f'<section class="cards" id="cards">{"".join(cards)}</section>',
+        '<h2>Cost per day by model</h2><div class="panel" id="chart-daily">',
         _daily_chart(per_day, colors),
-        '</div><h2>Cost by model</h2><div class="chart" id="chart-models">',
+        '</div><div class="grid2"><div><h2>Cost by model</h2><div class="panel" id="chart-models">',
         _bar_chart("Cost by model", model_bars),
-        '</div><h2>Top sessions</h2><div class="chart" id="chart-sessions">',
-        _bar_chart("Top sessions by cost", session_bars),
+        '</div></div><div><h2>Cost by session name</h2><div class="panel" id="chart-names">',
+        _bar_chart("Cost by session name", _simple_bars(by_name, _PALETTE[2])),
+        '</div></div></div><h2>Top sessions</h2><div class="panel" id="chart-sessions">',
+        _bar_chart("Top sessions by cost", _session_bars(by_session)),
         "</div>",
+    ]
+    for breakdown in report.breakdowns[len(HTML_GROUPINGS) + 1 :]:
+        key = breakdown.dimensions[0].tag_key
+        if key is None:
+            continue
+        sections += [
+            f'<h2>Cost by tag {esc(key)}</h2><div class="panel" id="chart-tag-{esc(key)}">',
+            _bar_chart(f"Cost by tag {key}", _simple_bars(breakdown, _PALETTE[4])),
+            "</div>",
+        ]
+    sections += [
+        '<h2>Errors, blocked and estimated calls</h2><div id="attention">',
+        _attention(by_model),
+        "</div>",
+    ]
+    period_alerts = [] if alerts is None else alerts.within(report.since, report.until)
+    if period_alerts:
+        sections += [
+            f'<h2>Budgets and alerts ({len(period_alerts):,})</h2><div id="alerts">',
+            _alerts_table(period_alerts),
+            "</div>",
+        ]
+    sections += [
         f"<h2>By {esc(report.main.title)}</h2>",
-        _table(summary_cells(report)),
+        f'<div id="main-table">{_table(summary_cells(report), sortable=True)}</div>',
     ]
     if report.calls is not None:
-        sections += [f"<h2>Calls ({len(report.calls):,})</h2>", _table(call_cells(report.calls))]
-    sections.append("</body></html>")
+        sections += [
+            f"<h2>Calls ({len(report.calls):,})</h2>",
+            _table(call_cells(report.calls, report.tz), sortable=True),
+        ]
+    sections += [
+        f"<footer>tokenmeter · {esc(NONE_LABEL)} marks calls without that value · "
+        "costs are estimates from published prices</footer>",
+        f"</main><script>{_SCRIPT}</script></body></html>",
+    ]
     return "\n".join(sections) + "\n"

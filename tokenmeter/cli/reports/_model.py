@@ -6,16 +6,26 @@ readers and the output formats never meet.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["Breakdown", "Call", "Dimension", "Report", "Row", "Totals", "parse_dimension"]
+from tokenmeter._totals import Totals
+
+__all__ = [
+    "Breakdown",
+    "Call",
+    "Dimension",
+    "Latency",
+    "Report",
+    "Row",
+    "Totals",
+    "model_family",
+    "parse_dimension",
+]
 
 NONE_LABEL = "(none)"
-_PICO_PER_USD = Decimal(10**12)
 CALL_JSON_KEYS = (
     "timestamp",
     "provider",
@@ -48,15 +58,28 @@ class Dimension:
 _SIMPLE_DIMENSIONS = {
     "provider": ("provider",),
     "model": ("provider", "model"),
+    "family": ("provider", "family"),
     "session": ("session_id", "session"),
+    "name": ("session",),
+    "status": ("status",),
+    "hour": ("hour",),
     "day": ("day",),
+    "week": ("week",),
+    "month": ("month",),
 }
+_ALIASES = {"session-name": "name", "session_name": "name", "model-family": "family"}
 DIMENSION_NAMES = (*_SIMPLE_DIMENSIONS, "tag:KEY")
+#: Key columns that are calendar buckets: rows sort by time, and ``--tz`` decides the calendar.
+TIME_COLUMNS = ("hour", "day", "week", "month")
 
 
 def parse_dimension(spec: str) -> Dimension:
-    """``model|provider|session|day|tag:KEY`` -> Dimension; ValueError names the bad key."""
+    """``model|provider|family|session|name|status|hour|day|week|month|tag:KEY`` -> Dimension.
+
+    ValueError names the bad key.
+    """
     text = spec.strip()
+    text = _ALIASES.get(text, text)
     if text in _SIMPLE_DIMENSIONS:
         return Dimension(text, _SIMPLE_DIMENSIONS[text])
     if text.startswith("tag:") and text[4:].strip():
@@ -74,67 +97,45 @@ def key_columns(dimensions: tuple[Dimension, ...]) -> tuple[str, ...]:
     return tuple(seen)
 
 
-@dataclass(slots=True)
-class Totals:
-    """Token and cost sums of a set of calls. Unpriced calls add tokens but never a fake $0."""
+def raw_columns(columns: tuple[str, ...]) -> tuple[str, ...]:
+    """The stored columns a grouping is read by: a family needs the model, a calendar bucket the
+    UTC hour (rolled up into the ``--tz`` calendar afterwards, see ``_query.roll_up``)."""
+    seen: dict[str, None] = {}
+    for column in columns:
+        if column == "family":
+            seen.setdefault("provider", None)
+            seen.setdefault("model", None)
+        elif column in TIME_COLUMNS:
+            seen.setdefault("utc_hour", None)
+        else:
+            seen.setdefault(column, None)
+    return tuple(seen)
 
-    calls: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    reasoning_tokens: int = 0
-    total_tokens: int = 0
-    priced_calls: int = 0
-    priced_cost: Decimal = field(default_factory=Decimal)
 
-    @classmethod
-    def from_sql(cls, values: Sequence[Any]) -> Totals:
-        """From ``COUNT(*)``, the six token SUMs, ``COUNT(cost_pusd)``, ``SUM(cost_pusd)``."""
-        counts = [int(value or 0) for value in values[:8]]
-        return cls(
-            calls=counts[0],
-            input_tokens=counts[1],
-            output_tokens=counts[2],
-            cache_read_tokens=counts[3],
-            cache_write_tokens=counts[4],
-            reasoning_tokens=counts[5],
-            total_tokens=counts[6],
-            priced_calls=counts[7],
-            priced_cost=Decimal(values[8] or 0) / _PICO_PER_USD,
-        )
+def model_family(name: str) -> str:
+    """``gpt-4o-2024-08-06`` and ``gpt-4o`` -> ``gpt-4o``: the model without a snapshot date.
 
-    @property
-    def cost(self) -> Decimal | None:
-        """Sum of known costs; None when no call in the set has a price."""
-        return self.priced_cost if self.priced_calls else None
+    Local stand-in for ``tokenmeter.pricing.model_family`` (one function, to be rewired to it).
+    """
+    from tokenmeter.pricing._names import _undated
 
-    @property
-    def unpriced_calls(self) -> int:
-        return self.calls - self.priced_calls
+    return _undated(name)
 
-    def add(self, other: Totals) -> None:
-        self.calls += other.calls
-        self.input_tokens += other.input_tokens
-        self.output_tokens += other.output_tokens
-        self.cache_read_tokens += other.cache_read_tokens
-        self.cache_write_tokens += other.cache_write_tokens
-        self.reasoning_tokens += other.reasoning_tokens
-        self.total_tokens += other.total_tokens
-        self.priced_calls += other.priced_calls
-        self.priced_cost += other.priced_cost
 
-    def share_of(self, whole: Totals) -> Decimal | None:
-        """This cost as a fraction of ``whole``'s cost (None when there is nothing to divide)."""
-        if self.cost is None or not whole.priced_cost:
-            return None
-        return self.priced_cost / whole.priced_cost
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """Nearest-rank latency percentiles of the calls of a group that report a latency."""
+
+    p50_ms: float
+    p95_ms: float
+    calls: int
 
 
 @dataclass(frozen=True, slots=True)
 class Row:
     key: tuple[str, ...]
     totals: Totals
+    latency: Latency | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,12 @@ class Call:
     tags: dict[str, str]
     latency_ms: float | None
     streamed: bool
+    estimated: bool = False
+
+    @property
+    def estimated_cost_usd(self) -> Decimal | None:
+        """The cost under the record's name, so ``Totals.add_record`` reads a Call too."""
+        return self.cost
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Call:
@@ -202,6 +209,7 @@ class Call:
             tags={str(k): str(v) for k, v in tags.items()} if isinstance(tags, dict) else {},
             latency_ms=data.get("latency_ms"),
             streamed=bool(data.get("streamed")),
+            estimated=bool(data.get("estimated")),
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -222,6 +230,21 @@ class Report:
     calls: list[Call] | None = None  # the detailed variant: the most recent calls, oldest first
     calls_limit: int | None = None
     skipped_lines: int = 0
+    filters: str = ""  # as ``Filters.describe`` words them; "" when every record counts
+    tz: tzinfo = UTC
+    previous: Report | None = None  # the same query over the period before (``--compare``)
+
+    def previous_totals(self, breakdown: Breakdown, key: tuple[str, ...]) -> Totals | None:
+        """The totals of the row with this key in the previous period (``--compare``)."""
+        if self.previous is None:
+            return None
+        for mine, theirs in zip(self.breakdowns, self.previous.breakdowns, strict=True):
+            if mine is breakdown:
+                for row in theirs.rows:
+                    if row.key == key:
+                        return row.totals
+                return Totals()
+        return None
 
     @property
     def main(self) -> Breakdown:

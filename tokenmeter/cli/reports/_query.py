@@ -3,21 +3,26 @@
 SQLite is aggregated by SQL ``GROUP BY`` over the integer pico-USD column ``cost_pusd`` (exact and
 fast), over the rows that pass ``sql_valid`` (the rest in the window are counted as skipped); JSONL
 is streamed once, whatever the number of groupings asked for, as records already checked by
-``_validate`` (costs exact Decimals). Memory stays flat: only the groups and at most
-``calls_limit`` calls are kept.
+``_validate`` (costs exact Decimals). Both group by the stored columns (``raw_columns``); groupings
+that are computed from them (a model family, a day / week / month in ``--tz``) are then rolled up
+from those few groups by ``roll_up``. Memory stays flat: only the groups and at most
+``calls_limit`` calls are kept (``--latency`` also keeps the latencies, 8 bytes a call).
+The dialect-specific SQL lives in ``_sql``.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
+from tokenmeter._totals import Totals
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._progress import Progress
@@ -25,29 +30,116 @@ from tokenmeter.cli._source import JsonlReader, Source, open_sqlite, table_colum
 from tokenmeter.cli._validate import COUNT_FIELDS, BadRecord, record_from_row, sql_valid
 from tokenmeter.cli.reports._model import (
     NONE_LABEL,
+    TIME_COLUMNS,
     Breakdown,
     Call,
     Dimension,
+    Latency,
     Report,
     Row,
-    Totals,
     key_columns,
+    model_family,
+    raw_columns,
+)
+from tokenmeter.cli.reports._sql import (
+    PLACEHOLDER,
+    raw_column_sql,
+    tag_path,
+    tag_sql,
+    totals_select,
 )
 
-__all__ = ["Query", "calls_from_rows", "exclude_bad_rows", "read_calls", "run_query"]
+__all__ = [
+    "Filters",
+    "Query",
+    "calls_from_rows",
+    "exclude_bad_rows",
+    "read_calls",
+    "run_query",
+]
 
 Extractor = Callable[[dict[str, Any]], str]
+STATUSES = ("ok", "error", "blocked")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which records count: each set field narrows (values within one field are alternatives)."""
+
+    providers: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    session_names: tuple[str, ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+    statuses: tuple[str, ...] = ()
+    estimated: bool | None = None  # True: only estimated records; False: none of them
+
+    def describe(self) -> str:
+        parts = [
+            *(f"provider={v}" for v in self.providers),
+            *(f"model={v}" for v in self.models),
+            *(f"session-name={v}" for v in self.session_names),
+            *(f"tag {k}={v}" for k, v in self.tags),
+            *(f"status={v}" for v in self.statuses),
+        ]
+        if self.estimated is not None:
+            parts.append("estimated" if self.estimated else "not estimated")
+        return ", ".join(parts)
+
+    def matches(self, record: dict[str, Any]) -> bool:
+        """The same test as ``sql_where``, on a checked JSONL record."""
+        if self.providers and record.get("model_provider") not in self.providers:
+            return False
+        if self.models and record.get("model_name") not in self.models:
+            return False
+        if self.session_names and record.get("session_name") not in self.session_names:
+            return False
+        if self.statuses and (record.get("status") or "ok") not in self.statuses:
+            return False
+        if self.estimated is not None and bool(record.get("estimated")) != self.estimated:
+            return False
+        tags = record.get("tags")
+        for key, value in self.tags:
+            if not isinstance(tags, dict) or str(tags.get(key)) != value or key not in tags:
+                return False
+        return True
+
+    def sql_where(self, columns: set[str]) -> tuple[list[str], list[str]]:
+        clauses: list[str] = []
+        params: list[str] = []
+
+        def one_of(column: str, values: tuple[str, ...]) -> None:
+            if values:
+                marks = ", ".join(PLACEHOLDER for _ in values)
+                clauses.append(f"{column} IN ({marks})")
+                params.extend(values)
+
+        one_of("model_provider", self.providers)
+        one_of("model_name", self.models)
+        one_of("session_name", self.session_names)
+        if self.statuses:
+            column = "COALESCE(status, 'ok')" if "status" in columns else "'ok'"
+            one_of(column, self.statuses)
+        for key, value in self.tags:
+            clauses.append(f"{tag_sql()} = {PLACEHOLDER}")
+            params += [tag_path(key), value]
+        if self.estimated is not None:
+            flag = "estimated" if "estimated" in columns else "0"
+            clauses.append(f"{flag} = {1 if self.estimated else 0}")
+        return clauses, params
 
 
 @dataclass(frozen=True)
 class Query:
-    """What to read: a time window, the groupings to total, and whether to list calls."""
+    """What to read: a time window, filters, the groupings to total, whether to list calls."""
 
     groupings: tuple[tuple[Dimension, ...], ...]
     since: datetime | None = None
     until: datetime | None = None  # exclusive
     session_id: str | None = None
     calls_limit: int | None = None  # None: no call list; 0: every call
+    filters: Filters = field(default_factory=Filters)
+    tz: tzinfo = UTC  # the calendar of hour / day / week / month groups
+    latency: bool = False  # p50 / p95 latency per group of the first grouping
 
 
 def run_query(source: Source, query: Query, progress: Progress | None = None) -> Report:
@@ -69,6 +161,8 @@ def run_query(source: Source, query: Query, progress: Progress | None = None) ->
         calls=calls,
         calls_limit=query.calls_limit,
         skipped_lines=skipped,
+        filters=query.filters.describe(),
+        tz=query.tz,
     )
 
 
@@ -78,8 +172,8 @@ def read_calls(source: Source, query: Query, progress: Progress | None = None) -
 
 
 def _sort_rows(columns: tuple[str, ...], rows: Iterable[Row]) -> list[Row]:
-    """Days read best in time order; everything else most expensive first."""
-    if "day" in columns:
+    """Calendar groups read best in time order; everything else most expensive first."""
+    if any(column in TIME_COLUMNS for column in columns):
         return sorted(rows, key=lambda row: row.key)
     return sorted(
         rows,
@@ -87,38 +181,121 @@ def _sort_rows(columns: tuple[str, ...], rows: Iterable[Row]) -> list[Row]:
     )
 
 
+# --- from stored columns to the grouping asked for -------------------------------------------
+
+
+def _bucket(utc_hour: str, column: str, tz: tzinfo) -> str:
+    """The ``--tz`` calendar bucket of a UTC hour (``2026-11-01T23``)."""
+    try:
+        start = datetime.strptime(utc_hour, "%Y-%m-%dT%H").replace(tzinfo=UTC).astimezone(tz)
+    except ValueError:
+        return NONE_LABEL
+    if column == "hour":
+        return start.strftime("%Y-%m-%d %H:00")
+    if column == "day":
+        return start.date().isoformat()
+    if column == "month":
+        return start.strftime("%Y-%m")
+    monday = start.date() - timedelta(days=start.weekday())
+    return f"week of {monday.isoformat()}"
+
+
+def _key_maker(
+    raw: tuple[str, ...], columns: tuple[str, ...], tz: tzinfo
+) -> Callable[[tuple[str, ...]], tuple[str, ...]] | None:
+    """How a stored key becomes the grouping's key; None when they are the same."""
+    if raw == columns:
+        return None
+    where = {column: i for i, column in enumerate(raw)}
+    buckets: dict[tuple[str, str], str] = {}
+    families: dict[str, str] = {}
+
+    def one(key: tuple[str, ...], column: str) -> str:
+        if column == "family":
+            model = key[where["model"]]
+            family = families.get(model)
+            if family is None:
+                family = families[model] = model_family(model)
+            return family
+        if column in TIME_COLUMNS:
+            hour = key[where["utc_hour"]]
+            bucket = buckets.get((hour, column))
+            if bucket is None:
+                bucket = buckets[(hour, column)] = _bucket(hour, column, tz)
+            return bucket
+        return key[where[column]]
+
+    return lambda key: tuple(one(key, column) for column in columns)
+
+
+def roll_up(
+    grouping: tuple[Dimension, ...],
+    raw: tuple[str, ...],
+    groups: Iterable[tuple[tuple[str, ...], Totals]],
+    tz: tzinfo,
+) -> Breakdown:
+    """Merge groups of stored columns into the grouping's rows (a no-op when they match)."""
+    columns = key_columns(grouping)
+    make = _key_maker(raw, columns, tz)
+    merged: dict[tuple[str, ...], Totals] = {}
+    for key, totals in groups:
+        target = key if make is None else make(key)
+        known = merged.get(target)
+        if known is None:
+            merged[target] = totals
+        else:
+            known.add(totals)
+    rows = [Row(key, totals) for key, totals in merged.items()]
+    return Breakdown(grouping, columns, _sort_rows(columns, rows))
+
+
+def _percentile(values: list[float], share: float) -> float:
+    """Nearest-rank percentile of sorted values."""
+    rank = max(1, -(-len(values) * share // 1))
+    return values[int(rank) - 1]
+
+
+def _latencies(
+    breakdown: Breakdown,
+    raw: tuple[str, ...],
+    pairs: Iterable[tuple[tuple[str, ...], float]],
+    tz: tzinfo,
+) -> None:
+    """Attach p50 / p95 latency to each row of ``breakdown`` from (stored key, latency) pairs."""
+    make = _key_maker(raw, breakdown.columns, tz)
+    found: dict[tuple[str, ...], array[float]] = {}
+    for key, value in pairs:
+        target = key if make is None else make(key)
+        values = found.get(target)
+        if values is None:
+            values = found[target] = array("d")
+        values.append(value)
+    for i, row in enumerate(breakdown.rows):
+        values = found.get(row.key)
+        if values:
+            ordered = sorted(values)
+            latency = Latency(_percentile(ordered, 0.5), _percentile(ordered, 0.95), len(ordered))
+            breakdown.rows[i] = Row(row.key, row.totals, latency)
+
+
 # --- SQLite ----------------------------------------------------------------------------------
 
 
-def _sql_column(column: str) -> tuple[str, list[str]]:
-    """SQL expression (and its parameters) for one key column."""
-    if column == "provider":
-        return f"COALESCE(model_provider, '{NONE_LABEL}')", []
-    if column == "model":
-        return f"COALESCE(model_name, '{NONE_LABEL}')", []
-    if column == "session_id":
-        return f"COALESCE(session_id, '{NONE_LABEL}')", []
-    if column == "session":
-        return "COALESCE(session_name, '')", []
-    if column == "day":
-        return "substr(timestamp, 1, 10)", []
-    key = column.removeprefix("tag:")
-    path = '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"COALESCE(CAST(json_extract(tags, ?) AS TEXT), '{NONE_LABEL}')", [path]
-
-
-def _where(query: Query) -> tuple[str, list[str]]:
+def _where(query: Query, columns: set[str]) -> tuple[str, list[str]]:
     clauses: list[str] = []
     params: list[str] = []
     if query.since is not None:
-        clauses.append("timestamp >= ?")
+        clauses.append(f"timestamp >= {PLACEHOLDER}")
         params.append(format_instant(query.since))
     if query.until is not None:
-        clauses.append("timestamp < ?")
+        clauses.append(f"timestamp < {PLACEHOLDER}")
         params.append(format_instant(query.until))
     if query.session_id is not None:
-        clauses.append("session_id = ?")
+        clauses.append(f"session_id = {PLACEHOLDER}")
         params.append(query.session_id)
+    more, more_params = query.filters.sql_where(columns)
+    clauses += more
+    params += more_params
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
@@ -168,12 +345,14 @@ def _run_sqlite(
             return 0  # 0 = carry on
 
         conn.set_progress_handler(on_progress, 100_000)
-    window, window_params = _where(query)
     try:
+        columns = table_columns(conn, "records")
+        window, window_params = _where(query, columns)
         conn.execute("BEGIN")  # one snapshot for every query below, while writers carry on
         where, where_params, skipped = exclude_bad_rows(conn, window, window_params)
         breakdowns = [
-            _sqlite_breakdown(conn, grouping, where, where_params) for grouping in query.groupings
+            _sqlite_breakdown(conn, query, grouping, where, where_params, columns)
+            for grouping in query.groupings
         ]
         calls = None
         if query.calls_limit is not None:
@@ -194,29 +373,40 @@ def _run_sqlite(
 
 def _sqlite_breakdown(
     conn: sqlite3.Connection,
+    query: Query,
     grouping: tuple[Dimension, ...],
     where: str,
     where_params: list[str],
+    table: set[str],
 ) -> Breakdown:
-    columns = key_columns(grouping)
+    raw = raw_columns(key_columns(grouping))
     exprs: list[str] = []
     params: list[str] = []
-    for column in columns:
-        expr, expr_params = _sql_column(column)
+    for column in raw:
+        expr, expr_params = raw_column_sql(column)
         exprs.append(expr)
         params.extend(expr_params)
-    positions = ", ".join(str(i) for i in range(1, len(columns) + 1))
+    positions = ", ".join(str(i) for i in range(1, len(raw) + 1))
     sql = (
-        f"SELECT {', '.join(exprs)}, COUNT(*), SUM(input_tokens), SUM(output_tokens), "
-        "SUM(cache_read_tokens), SUM(cache_write_tokens), SUM(reasoning_tokens), "
-        f"SUM(total_tokens), COUNT(cost_pusd), SUM(cost_pusd) FROM records{where} "
+        f"SELECT {', '.join(exprs)}, {totals_select(table)} FROM records{where} "
         f"GROUP BY {positions}"
     )
-    n = len(columns)
-    rows = []
-    for values in conn.execute(sql, [*params, *where_params]):
-        rows.append(Row(tuple(str(v) for v in values[:n]), Totals.from_sql(values[n:])))
-    return Breakdown(grouping, columns, _sort_rows(columns, rows))
+    n = len(raw)
+    groups = (
+        (tuple(str(v) for v in values[:n]), Totals.from_sql(values[n:]))
+        for values in conn.execute(sql, [*params, *where_params])
+    )
+    breakdown = roll_up(grouping, raw, groups, query.tz)
+    if query.latency and grouping == query.groupings[0] and "latency_ms" in table:
+        joiner = " AND " if where else " WHERE "
+        cursor = conn.execute(
+            f"SELECT {', '.join(exprs)}, latency_ms FROM records{where}{joiner}"
+            "typeof(latency_ms) IN ('real', 'integer')",
+            [*params, *where_params],
+        )
+        pairs = ((tuple(str(v) for v in values[:n]), float(values[n])) for values in cursor)
+        _latencies(breakdown, raw, pairs, query.tz)
+    return breakdown
 
 
 # --- JSONL -----------------------------------------------------------------------------------
@@ -231,8 +421,10 @@ def _extractor(column: str) -> Extractor:
         return lambda r: r.get("session_id") or NONE_LABEL
     if column == "session":
         return lambda r: r.get("session_name") or ""
-    if column == "day":
-        return lambda r: str(r["timestamp"])[:10]
+    if column == "status":
+        return lambda r: r.get("status") or "ok"
+    if column == "utc_hour":
+        return lambda r: str(r["timestamp"])[:13]
     key = column.removeprefix("tag:")
 
     def tag(record: dict[str, Any]) -> str:
@@ -244,13 +436,14 @@ def _extractor(column: str) -> Extractor:
 
 
 class _Grouper:
-    """Running totals of one grouping over a stream of JSONL records."""
+    """Running totals of one grouping over a stream of JSONL records, by stored columns."""
 
-    def __init__(self, grouping: tuple[Dimension, ...]) -> None:
+    def __init__(self, grouping: tuple[Dimension, ...], latency: bool) -> None:
         self.grouping = grouping
-        self.columns = key_columns(grouping)
-        self.extractors = [_extractor(column) for column in self.columns]
+        self.raw = raw_columns(key_columns(grouping))
+        self.extractors = [_extractor(column) for column in self.raw]
         self.groups: dict[tuple[str, ...], Totals] = {}
+        self.latencies: list[tuple[tuple[str, ...], float]] | None = [] if latency else None
 
     def add(self, record: dict[str, Any], counts: tuple[int, ...], cost: Decimal | None) -> None:
         key = tuple([extract(record) for extract in self.extractors])
@@ -264,13 +457,27 @@ class _Grouper:
         totals.cache_write_tokens += counts[3]
         totals.reasoning_tokens += counts[4]
         totals.total_tokens += counts[5]
+        status = record.get("status")
+        if status == "error":
+            totals.error_calls += 1
+        elif status == "blocked":
+            totals.blocked_calls += 1
+        if record.get("estimated"):
+            totals.estimated_calls += 1
         if cost is not None:
             totals.priced_calls += 1
-            totals.priced_cost += cost
+            totals.priced_tokens += counts[5]
+            totals.cost_usd += cost
+        if self.latencies is not None:
+            latency = record.get("latency_ms")
+            if isinstance(latency, int | float) and not isinstance(latency, bool):
+                self.latencies.append((key, float(latency)))
 
-    def breakdown(self) -> Breakdown:
-        rows = [Row(key, totals) for key, totals in self.groups.items()]
-        return Breakdown(self.grouping, self.columns, _sort_rows(self.columns, rows))
+    def breakdown(self, tz: tzinfo) -> Breakdown:
+        breakdown = roll_up(self.grouping, self.raw, self.groups.items(), tz)
+        if self.latencies is not None:
+            _latencies(breakdown, self.raw, self.latencies, tz)
+        return breakdown
 
 
 def _run_jsonl(
@@ -279,7 +486,11 @@ def _run_jsonl(
     reader = JsonlReader(source.path, on_progress=progress.update if progress else None)
     since = format_instant(query.since) if query.since is not None else None
     until = format_instant(query.until) if query.until is not None else None
-    groupers = [_Grouper(grouping) for grouping in query.groupings]
+    groupers = [
+        _Grouper(grouping, query.latency and i == 0) for i, grouping in enumerate(query.groupings)
+    ]
+    filters = query.filters
+    filtering = filters != Filters()
     keep: deque[dict[str, Any]] | None = None
     if query.calls_limit is not None:
         keep = deque(maxlen=query.calls_limit or None)
@@ -289,6 +500,8 @@ def _run_jsonl(
             continue
         if query.session_id is not None and record.get("session_id") != query.session_id:
             continue
+        if filtering and not filters.matches(record):
+            continue
         counts = tuple([record[name] for name in COUNT_FIELDS])
         cost = record.get("estimated_cost_usd")
         for grouper in groupers:
@@ -296,4 +509,4 @@ def _run_jsonl(
         if keep is not None:
             keep.append(record)
     calls = None if keep is None else [Call.from_json(record) for record in keep]
-    return [g.breakdown() for g in groupers], calls, reader.skipped
+    return [g.breakdown(query.tz) for g in groupers], calls, reader.skipped

@@ -8,11 +8,12 @@ CSV text cells that a spreadsheet would run as a formula are neutralised (see ``
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
+from tokenmeter._totals import normalise_usd
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._output import printable
 from tokenmeter.cli.reports._format import (
@@ -22,7 +23,7 @@ from tokenmeter.cli.reports._format import (
     fmt_usd,
     round_share,
 )
-from tokenmeter.cli.reports._model import CALL_JSON_KEYS, Call, Report, Totals
+from tokenmeter.cli.reports._model import CALL_JSON_KEYS, Call, Report, Row, Totals
 
 __all__ = [
     "CellTable",
@@ -37,18 +38,119 @@ __all__ = [
     "summary_cells",
 ]
 
-METRIC_HEADERS = (
-    "Calls",
-    "Input",
-    "Output",
-    "Cache read",
-    "Cache write",
-    "Reasoning",
-    "Total tokens",
-    "Cost",
-    "Share",
-    "Unpriced",
+MetricCell = Callable[[Totals, Totals, "Row | None", "Report"], str]
+
+
+def _latency_cell(pick: str) -> MetricCell:
+    def cell(totals: Totals, whole: Totals, row: Row | None, report: Report) -> str:
+        latency = row.latency if row is not None else None
+        if latency is None:
+            return ""
+        value = latency.p50_ms if pick == "p50" else latency.p95_ms
+        return f"{value:,.0f} ms"
+
+    return cell
+
+
+def _previous(row: Row | None, report: Report) -> Totals | None:
+    if report.previous is None:
+        return None
+    if row is None:
+        return report.previous.totals
+    return report.previous_totals(report.main, row.key)
+
+
+def _prev_cost(totals: Totals, whole: Totals, row: Row | None, report: Report) -> str:
+    previous = _previous(row, report)
+    return "" if previous is None else fmt_usd(previous.cost, na="-")
+
+
+def _change(totals: Totals, whole: Totals, row: Row | None, report: Report) -> str:
+    previous = _previous(row, report)
+    if previous is None:
+        return ""
+    return change_text(totals.cost_usd, previous.cost_usd)
+
+
+def change_text(now: Decimal, before: Decimal) -> str:
+    """``+12.5%`` / ``-3.0%``; ``new`` when there was nothing before; ``""`` when both are 0."""
+    if not before:
+        return "new" if now else ""
+    return f"{(now - before) / before * 100:+.1f}%"
+
+
+#: id -> (header, cell). The order is the order of the columns.
+METRICS: dict[str, tuple[str, MetricCell]] = {
+    "calls": ("Calls", lambda t, w, r, rep: fmt_int(t.calls)),
+    "input": ("Input", lambda t, w, r, rep: fmt_int(t.input_tokens)),
+    "output": ("Output", lambda t, w, r, rep: fmt_int(t.output_tokens)),
+    "cache_read": ("Cache read", lambda t, w, r, rep: fmt_int(t.cache_read_tokens)),
+    "cache_write": ("Cache write", lambda t, w, r, rep: fmt_int(t.cache_write_tokens)),
+    "reasoning": ("Reasoning", lambda t, w, r, rep: fmt_int(t.reasoning_tokens)),
+    "total": ("Total tokens", lambda t, w, r, rep: fmt_int(t.total_tokens)),
+    "cost": ("Cost", lambda t, w, r, rep: fmt_usd(t.cost)),
+    "avg_cost": ("Avg/call", lambda t, w, r, rep: fmt_usd(t.avg_cost_per_call, na="")),
+    "share": ("Share", lambda t, w, r, rep: fmt_share(t.share_of(w))),
+    "prev_cost": ("Prev cost", _prev_cost),
+    "change": ("Change", _change),
+    "unpriced": ("Unpriced", lambda t, w, r, rep: fmt_int(t.unpriced_calls)),
+    "errors": ("Errors", lambda t, w, r, rep: fmt_int(t.error_calls)),
+    "blocked": ("Blocked", lambda t, w, r, rep: fmt_int(t.blocked_calls)),
+    "estimated": ("Estimated", lambda t, w, r, rep: fmt_int(t.estimated_calls)),
+    "p50": ("p50 latency", _latency_cell("p50")),
+    "p95": ("p95 latency", _latency_cell("p95")),
+}
+#: Never hidden to fit a terminal: what a reader came for (with the row's key columns).
+ESSENTIAL = ("calls", "total", "cost", "change")
+#: Hidden first when the terminal is too narrow, in this order.
+DROP_ORDER = (
+    "reasoning",
+    "cache_write",
+    "cache_read",
+    "prev_cost",
+    "share",
+    "avg_cost",
+    "input",
+    "output",
+    "p95",
+    "estimated",
+    "blocked",
+    "unpriced",
+    "errors",
+    "p50",
 )
+METRIC_HEADERS = tuple(header for header, _ in METRICS.values())
+
+
+def default_metrics(report: Report) -> list[str]:
+    """Every usual column; errors / blocked / estimated / latency / comparison when there is
+    something to show in them."""
+    totals = report.totals
+    hidden = set()
+    if not totals.error_calls:
+        hidden.add("errors")
+    if not totals.blocked_calls:
+        hidden.add("blocked")
+    if not totals.estimated_calls:
+        hidden.add("estimated")
+    if not any(row.latency for row in report.main.rows):
+        hidden |= {"p50", "p95"}
+    if report.previous is None:
+        hidden |= {"prev_cost", "change"}
+    return [name for name in METRICS if name not in hidden]
+
+
+def parse_metrics(text: str) -> list[str]:
+    """``--columns calls,total,cost``; ValueError names an unknown one."""
+    names = [part.strip().lower().replace("-", "_") for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in METRICS]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown column {', '.join(unknown) or text!r}: use some of {', '.join(METRICS)}"
+        )
+    return names
+
+
 CALL_HEADERS = (
     "Timestamp",
     "Provider",
@@ -70,43 +172,96 @@ class CellTable:
         self.numeric = numeric
         self.rows: list[list[str]] = []
         self.footer: list[str] | None = None
+        self.metric_ids: list[str] = []
 
     def is_numeric(self, index: int) -> bool:
         return index in self.numeric
 
 
-def _metric_cells(totals: Totals, whole: Totals) -> list[str]:
-    return [
-        fmt_int(totals.calls),
-        fmt_int(totals.input_tokens),
-        fmt_int(totals.output_tokens),
-        fmt_int(totals.cache_read_tokens),
-        fmt_int(totals.cache_write_tokens),
-        fmt_int(totals.reasoning_tokens),
-        fmt_int(totals.total_tokens),
-        fmt_usd(totals.cost),
-        fmt_share(totals.share_of(whole)),
-        fmt_int(totals.unpriced_calls),
-    ]
-
-
-def summary_cells(report: Report) -> CellTable:
+def summary_cells(report: Report, metrics: Sequence[str] | None = None) -> CellTable:
     breakdown = report.main
-    headers = [*breakdown.columns, *METRIC_HEADERS]
+    chosen = list(metrics) if metrics is not None else default_metrics(report)
+    headers = [*breakdown.columns, *(METRICS[name][0] for name in chosen)]
     table = CellTable(headers, range(len(breakdown.columns), len(headers)))
+    table.metric_ids = chosen
+    whole = report.totals
     for row in breakdown.rows:
-        table.rows.append([*row.key, *_metric_cells(row.totals, report.totals)])
+        cells = [METRICS[name][1](row.totals, whole, row, report) for name in chosen]
+        table.rows.append([*row.key, *cells])
     label = ["TOTAL"] + [""] * (len(breakdown.columns) - 1)
-    table.footer = [*label, *_metric_cells(report.totals, report.totals)]
+    cells = [
+        "" if name in ("p50", "p95") else METRICS[name][1](whole, whole, None, report)
+        for name in chosen
+    ]
+    table.footer = [*label, *cells]
     return table
 
 
-def call_cells(calls: Sequence[Call]) -> CellTable:
+def _width(table: CellTable, per_column: int = 2, extra: int = -2) -> int:
+    """Characters the table takes: its cells plus ``per_column`` each, plus ``extra``."""
+    everything = [table.headers, *table.rows, *([table.footer] if table.footer else [])]
+    widths = [max(len(cells[i]) for cells in everything) for i in range(len(table.headers))]
+    return sum(widths) + per_column * len(widths) + extra
+
+
+def shorten_middle(text: str, width: int) -> str:
+    """``gpt-4o-2024-08-06`` -> ``gpt-4o…08-06``: both ends of a name tell it apart."""
+    if len(text) <= width or width < 5:
+        return text
+    head = width // 2
+    tail = width - 1 - head
+    return text[:head] + "…" + text[len(text) - tail :]
+
+
+def fit_summary(
+    report: Report, width: int, metrics: Sequence[str], per_column: int = 2, extra: int = -2
+) -> tuple[CellTable, list[str]]:
+    """The summary table within ``width`` characters (plain layout: 2 spaces between columns;
+    rich: 3 per column and 1 more): secondary columns go first, in ``DROP_ORDER``, then long
+    key cells are shortened in the middle. Returns the table and the hidden headers."""
+    chosen = list(metrics)
+    dropped: list[str] = []
+    table = summary_cells(report, chosen)
+
+    def too_wide() -> int:
+        return _width(table, per_column, extra) - width
+
+    for name in DROP_ORDER:
+        if too_wide() <= 0:
+            break
+        if name in chosen:
+            chosen.remove(name)
+            dropped.append(METRICS[name][0])
+            table = summary_cells(report, chosen)
+    keys = len(report.main.columns)
+    while too_wide() > 0:
+        lengths = [max(len(r[i]) for r in table.rows) if table.rows else 0 for i in range(keys)]
+        widest = max(range(keys), key=lambda i: lengths[i]) if keys else None
+        if widest is None or lengths[widest] <= 12:
+            break
+        target = max(12, lengths[widest] - too_wide())
+        for cells in table.rows:
+            cells[widest] = shorten_middle(cells[widest], target)
+    return table, dropped
+
+
+def local_time(timestamp: str, tz: tzinfo) -> str:
+    """A record timestamp as shown to people: as stored in UTC, else in ``--tz`` with its offset."""
+    if tz is UTC:
+        return timestamp
+    try:
+        instant = datetime.fromisoformat(timestamp.replace("Z", "+00:00")).astimezone(tz)
+    except ValueError:
+        return timestamp
+    return instant.isoformat(timespec="milliseconds")
+
+
+def call_cells(calls: Sequence[Call], tz: tzinfo = UTC) -> CellTable:
     table = CellTable(CALL_HEADERS, range(4, 8))
     for call in calls:
         table.rows.append(
             [
-                call.timestamp,
+                local_time(call.timestamp, tz),
                 call.provider,
                 call.model,
                 call.session_name or call.session_id or "",
@@ -120,14 +275,40 @@ def call_cells(calls: Sequence[Call]) -> CellTable:
     return table
 
 
-def _day_text(instant: datetime | None) -> str:
-    return "…" if instant is None else format_instant(instant)
+def _zone_name(report: Report) -> str:
+    return str(report.tz)
+
+
+def _is_midnight(instant: datetime, report: Report) -> bool:
+    local = instant.astimezone(report.tz)
+    return (local.hour, local.minute, local.second, local.microsecond) == (0, 0, 0, 0)
+
+
+def _instant_text(instant: datetime, report: Report) -> str:
+    local = instant.astimezone(report.tz)
+    return local.strftime("%Y-%m-%d %H:%M:%S") + f".{local.microsecond // 1000:03d}"
 
 
 def period_text(report: Report) -> str:
-    if report.since is None and report.until is None:
+    """The window as ``--since`` / ``--until`` take it: both days included when it is whole days,
+    else the first instant included and the first one after the window."""
+    since, until = report.since, report.until
+    if since is None and until is None:
         return "all time"
-    return f"{_day_text(report.since)} to {_day_text(report.until)} (UTC, end exclusive)"
+    zone = _zone_name(report)
+    if (since is None or _is_midnight(since, report)) and (
+        until is None or _is_midnight(until, report)
+    ):
+        first = "…" if since is None else since.astimezone(report.tz).date().isoformat()
+        last = (
+            "…"
+            if until is None
+            else (until.astimezone(report.tz) - timedelta(days=1)).date().isoformat()
+        )
+        return f"{first} to {last} ({zone}, both days included)"
+    first = "…" if since is None else _instant_text(since, report)
+    last = "…" if until is None else _instant_text(until, report)
+    return f"{first} up to {last} ({zone}; the end is the first instant not included)"
 
 
 def _calls_caption(report: Report) -> str:
@@ -159,60 +340,106 @@ def plain_table(table: CellTable) -> list[str]:
 
 
 def _header_lines(report: Report) -> list[str]:
-    return [
+    lines = [
         f"tokenmeter report: {report.source}",
         f"period: {period_text(report)}; by {report.main.title}",
     ]
+    if report.filters:
+        lines.append(f"only: {report.filters}")
+    if report.previous is not None:
+        lines.append(f"compared with: {period_text(report.previous)}")
+    return lines
 
 
-def render_text(report: Report) -> str:
+def _fitted(
+    report: Report, metrics: Sequence[str] | None, width: int | None
+) -> tuple[CellTable, list[str]]:
+    chosen = list(metrics) if metrics is not None else default_metrics(report)
+    if width is None:
+        return summary_cells(report, chosen), []
+    return fit_summary(report, width, chosen)
+
+
+def _hidden_note(dropped: list[str]) -> list[str]:
+    if not dropped:
+        return []
+    return [f"(hidden to fit the terminal: {', '.join(dropped)}; --wide shows every column)"]
+
+
+def render_text(
+    report: Report, metrics: Sequence[str] | None = None, width: int | None = None
+) -> str:
     lines = [*_header_lines(report), ""]
-    lines += plain_table(summary_cells(report))
+    table, dropped = _fitted(report, metrics, width)
+    lines += plain_table(table)
+    lines += _hidden_note(dropped)
     if report.calls is not None:
-        lines += ["", _calls_caption(report), *plain_table(call_cells(report.calls))]
+        lines += ["", _calls_caption(report), *plain_table(call_cells(report.calls, report.tz))]
     return "\n".join(lines) + "\n"
 
 
-def render_rich(report: Report) -> None:
-    """The terminal table (stdout is a tty and rich is installed); NO_COLOR is honoured by rich."""
-    from rich.console import Console
+def rich_table(cells: CellTable, title: str = "") -> Any:
+    """A rich Table of these cells: numbers never wrap or shorten; names wrap if they must."""
     from rich.table import Table
     from rich.text import Text
 
-    console = Console()
-
-    def build(cells: CellTable, title: str) -> Table:
-        table = Table(
-            title=title,
-            title_justify="left",
-            header_style="bold cyan",
-            show_footer=cells.footer is not None,
+    table = Table(
+        title=title,
+        title_justify="left",
+        header_style="bold cyan",
+        show_footer=cells.footer is not None,
+    )
+    everything = [cells.headers, *cells.rows, *([cells.footer] if cells.footer else [])]
+    for i, header in enumerate(cells.headers):
+        footer = cells.footer[i] if cells.footer else ""
+        numeric = cells.is_numeric(i)
+        table.add_column(
+            printable(header),
+            footer=Text(printable(footer)),
+            justify="right" if numeric else "left",
+            style="green" if header == "Cost" else None,
+            no_wrap=numeric,
+            min_width=max(len(row[i]) for row in everything) if numeric else None,
+            overflow="fold",
         )
-        for i, header in enumerate(cells.headers):
-            footer = cells.footer[i] if cells.footer else ""
-            table.add_column(
-                printable(header),
-                footer=Text(printable(footer)),
-                justify="right" if cells.is_numeric(i) else "left",
-                style="green" if header == "Cost" else None,
-            )
-        for row in cells.rows:
-            # Text(), not str: a model or session name must never be read as rich markup.
-            table.add_row(*(Text(printable(cell)) for cell in row))
-        return table
+    for row in cells.rows:
+        # Text(), not str: a model or session name must never be read as rich markup.
+        table.add_row(*(Text(printable(cell)) for cell in row))
+    return table
 
+
+#: Columns a rich table spends on borders and padding, per column.
+_RICH_PER_COLUMN = 3
+
+
+def render_rich(report: Report, metrics: Sequence[str] | None = None, wide: bool = False) -> None:
+    """The terminal table (stdout is a tty and rich is installed); NO_COLOR is honoured by rich."""
+    from rich.console import Console
+
+    console = Console()
+    chosen = list(metrics) if metrics is not None else default_metrics(report)
+    if wide:
+        table, dropped = summary_cells(report, chosen), list[str]()
+    else:
+        table, dropped = fit_summary(report, console.width, chosen, _RICH_PER_COLUMN, 1)
     for line in _header_lines(report):
         console.print(printable(line), markup=False, highlight=False)
-    console.print(build(summary_cells(report), ""))
+    console.print(rich_table(table))
+    for line in _hidden_note(dropped):
+        console.print(line, markup=False, highlight=False, style="dim")
     if report.calls is not None:
-        console.print(build(call_cells(report.calls), _calls_caption(report)))
+        console.print(rich_table(call_cells(report.calls, report.tz), _calls_caption(report)))
 
 
 # --- markdown --------------------------------------------------------------------------------
 
 
+_MARKDOWN_ESCAPES = str.maketrans({"\\": "\\\\", "|": "\\|", "<": "&lt;", "\n": " ", "\r": " "})
+
+
 def markdown_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+    """User text made safe for one table cell or list line (no pipes, newlines or HTML)."""
+    return text.translate(_MARKDOWN_ESCAPES)
 
 
 def markdown_table(table: CellTable) -> list[str]:
@@ -239,15 +466,22 @@ def render_markdown(report: Report) -> str:
         *markdown_table(summary_cells(report)),
     ]
     if report.calls is not None:
-        lines += ["", f"## {_calls_caption(report)}", "", *markdown_table(call_cells(report.calls))]
+        lines += [
+            "",
+            f"## {_calls_caption(report)}",
+            "",
+            *markdown_table(call_cells(report.calls, report.tz)),
+        ]
     return "\n".join(lines) + "\n"
 
 
 # --- machine formats -------------------------------------------------------------------------
 
 
-def _totals_json(totals: Totals, whole: Totals) -> dict[str, Any]:
-    return {
+def _totals_json(
+    totals: Totals, whole: Totals, row: Row | None = None, previous: Totals | None = None
+) -> dict[str, Any]:
+    document: dict[str, Any] = {
         "calls": totals.calls,
         "input_tokens": totals.input_tokens,
         "output_tokens": totals.output_tokens,
@@ -258,7 +492,20 @@ def _totals_json(totals: Totals, whole: Totals) -> dict[str, Any]:
         "cost_usd": totals.cost,
         "share_of_cost": round_share(totals.share_of(whole)),
         "unpriced_calls": totals.unpriced_calls,
+        "error_calls": totals.error_calls,
+        "blocked_calls": totals.blocked_calls,
+        "estimated_calls": totals.estimated_calls,
+        "avg_cost_per_call_usd": None
+        if totals.avg_cost_per_call is None
+        else normalise_usd(totals.avg_cost_per_call),
     }
+    if row is not None and row.latency is not None:
+        document["latency_p50_ms"] = row.latency.p50_ms
+        document["latency_p95_ms"] = row.latency.p95_ms
+    if previous is not None:
+        document["previous_cost_usd"] = previous.cost
+        document["previous_calls"] = previous.calls
+    return document
 
 
 def render_json(report: Report) -> str:
@@ -268,14 +515,22 @@ def render_json(report: Report) -> str:
         "since": None if report.since is None else format_instant(report.since),
         "until_exclusive": None if report.until is None else format_instant(report.until),
         "group_by": [d.spec for d in breakdown.dimensions],
+        "tz": str(report.tz),
+        "filters": report.filters or None,
         "rows": [
             {
                 **dict(zip(breakdown.columns, row.key, strict=True)),
-                **_totals_json(row.totals, report.totals),
+                **_totals_json(
+                    row.totals, report.totals, row, report.previous_totals(breakdown, row.key)
+                ),
             }
             for row in breakdown.rows
         ],
-        "totals": _totals_json(report.totals, report.totals),
+        "totals": _totals_json(
+            report.totals,
+            report.totals,
+            previous=None if report.previous is None else report.previous.totals,
+        ),
         "skipped_lines": report.skipped_lines,
     }
     if report.calls is not None:
@@ -334,9 +589,11 @@ def render_csv(report: Report) -> str:
         return "".join(lines)
     breakdown = report.main
     metrics = list(_totals_json(report.totals, report.totals))
+    if any(row.latency for row in breakdown.rows):
+        metrics += ["latency_p50_ms", "latency_p95_ms"]
     lines.append(_csv_line([*breakdown.columns, *metrics]))
     for row in breakdown.rows:
-        values = _totals_json(row.totals, report.totals)
+        values = _totals_json(row.totals, report.totals, row)
         keys = [csv_text(key) for key in row.key]
-        lines.append(_csv_line([*keys, *(_csv_value(values[m]) for m in metrics)]))
+        lines.append(_csv_line([*keys, *(_csv_value(values.get(m)) for m in metrics)]))
     return "".join(lines)

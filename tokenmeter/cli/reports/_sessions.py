@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from tokenmeter._totals import COUNT_NAMES, Totals
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError
-from tokenmeter.cli._source import JsonlReader, Source, open_sqlite, warn_skipped
-from tokenmeter.cli.reports._model import NONE_LABEL, Call, Totals
+from tokenmeter.cli._source import JsonlReader, Source, open_sqlite, table_columns, warn_skipped
+from tokenmeter.cli.reports._model import NONE_LABEL, Call
 from tokenmeter.cli.reports._query import calls_from_rows, exclude_bad_rows
+from tokenmeter.cli.reports._sql import totals_select
 
 __all__ = ["SessionDetail", "SessionRow", "find_session", "list_sessions"]
 
@@ -79,16 +81,7 @@ def list_sessions(
 
 
 def _add_call(totals: Totals, call: Call) -> None:
-    totals.calls += 1
-    totals.input_tokens += call.input_tokens
-    totals.output_tokens += call.output_tokens
-    totals.cache_read_tokens += call.cache_read_tokens
-    totals.cache_write_tokens += call.cache_write_tokens
-    totals.reasoning_tokens += call.reasoning_tokens
-    totals.total_tokens += call.total_tokens
-    if call.cost is not None:
-        totals.priced_calls += 1
-        totals.priced_cost += call.cost
+    totals.add_record(call)
 
 
 def _has_sessions_table(conn: sqlite3.Connection) -> bool:
@@ -112,6 +105,7 @@ def _list_sqlite(source: Source, low: str | None, high: str | None) -> tuple[lis
         conn.execute("BEGIN")  # the check and the totals see the same rows
         where, params, skipped = exclude_bad_rows(conn, window, params, "r")
         joined = _has_sessions_table(conn)
+        columns = table_columns(conn, "records")
     except sqlite3.Error as exc:
         conn.close()
         raise CliError(f"cannot read {source.path}: {exc}") from None
@@ -123,9 +117,7 @@ def _list_sqlite(source: Source, low: str | None, high: str | None) -> tuple[lis
     join = " LEFT JOIN sessions s ON s.id = r.session_id" if joined else ""
     sql = (
         f"SELECT COALESCE(r.session_id, '{NONE_LABEL}'), MAX(r.session_name), MIN(r.timestamp), "
-        "MAX(r.timestamp), COUNT(*), SUM(r.input_tokens), SUM(r.output_tokens), "
-        "SUM(r.cache_read_tokens), SUM(r.cache_write_tokens), SUM(r.reasoning_tokens), "
-        f"SUM(r.total_tokens), COUNT(r.cost_pusd), SUM(r.cost_pusd), {info} "
+        f"MAX(r.timestamp), {totals_select(columns, 'r.')}, {info} "
         f"FROM records r{join}{where} GROUP BY 1 ORDER BY 4 DESC"
     )
     try:
@@ -156,8 +148,9 @@ def _tags(value: Any) -> dict[str, str]:
 
 
 def _sqlite_session_row(values: tuple[Any, ...]) -> SessionRow:
-    totals = Totals.from_sql(values[4:13])
-    name, status, started, ended, notes, tags = values[13:19]
+    end = 4 + len(COUNT_NAMES) + 1
+    totals = Totals.from_sql(values[4:end])
+    name, status, started, ended, notes, tags = values[end : end + 6]
     return SessionRow(
         session_id=values[0],
         name=_text(name) or values[1],
@@ -192,7 +185,9 @@ def find_session(source: Source, wanted: str) -> SessionDetail:
         else:
             by_name.setdefault(str(session_id), []).append(call)
     reader.warn_skipped()
-    calls = by_id or max(by_name.values(), key=lambda c: max(x.timestamp for x in c), default=[])
+    if not by_id and len(by_name) > 1:
+        _several(wanted, {sid: max(c.timestamp for c in calls) for sid, calls in by_name.items()})
+    calls = by_id or next(iter(by_name.values()), [])
     if not calls:
         raise CliError(f"no session {wanted!r} in {source.path}")
     calls.sort(key=lambda call: call.timestamp)
@@ -207,6 +202,14 @@ def find_session(source: Source, wanted: str) -> SessionDetail:
     return SessionDetail(row, calls)
 
 
+def _several(name: str, last_calls: dict[str, str]) -> None:
+    """Several sessions share this name: list them (latest first) rather than pick one."""
+    ordered = sorted(last_calls.items(), key=lambda item: item[1], reverse=True)
+    listed = "; ".join(f"{sid} (last call {last})" for sid, last in ordered[:20])
+    more = f"; and {len(ordered) - 20} more" if len(ordered) > 20 else ""
+    raise CliError(f"{len(ordered)} sessions are named {name!r}, give one id: {listed}{more}")
+
+
 def _find_sqlite(source: Source, wanted: str) -> SessionDetail:
     conn = open_sqlite(source.path)
     conn.row_factory = sqlite3.Row
@@ -214,14 +217,16 @@ def _find_sqlite(source: Source, wanted: str) -> SessionDetail:
         session_id = wanted
         hit = conn.execute("SELECT 1 FROM records WHERE session_id = ? LIMIT 1", [wanted])
         if hit.fetchone() is None:
-            latest = conn.execute(
-                "SELECT session_id FROM records WHERE session_name = ? "
-                "ORDER BY timestamp DESC LIMIT 1",
+            named = conn.execute(
+                "SELECT session_id, MAX(timestamp) FROM records WHERE session_name = ? "
+                "GROUP BY session_id ORDER BY 2 DESC",
                 [wanted],
-            ).fetchone()
-            if latest is None:
+            ).fetchall()
+            if not named:
                 raise CliError(f"no session {wanted!r} in {source.path}")
-            session_id = latest[0]
+            if len(named) > 1:
+                _several(wanted, {str(sid): str(last) for sid, last in named})
+            session_id = named[0][0]
         rows = conn.execute(
             "SELECT * FROM records WHERE session_id = ? ORDER BY timestamp, rowid", [session_id]
         ).fetchall()

@@ -1,0 +1,313 @@
+"""Finding the numbers: filters, groupings, calendars, comparison, latency (SQLite = JSONL)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import SESSIONS, RunCli, rec, write_jsonl, write_sqlite
+
+CHAT = ("s-1", "POST /draft")
+
+
+def _records() -> list[Any]:
+    base = [
+        rec(
+            1,
+            "2026-11-01T10:00:00.000Z",
+            "openai",
+            "gpt-4o-2024-08-06",
+            100,
+            10,
+            "0.01",
+            session=("s-1", "POST /draft"),
+            tags={"team": "a"},
+        ),
+        rec(
+            2,
+            "2026-11-01T23:30:00.000Z",
+            "openai",
+            "gpt-4o",
+            200,
+            20,
+            "0.02",
+            session=("s-2", "POST /draft"),
+            tags={"team": "b"},
+        ),
+        rec(
+            3,
+            "2026-11-02T01:00:00.000Z",
+            "anthropic",
+            "claude-sonnet-4-5",
+            300,
+            30,
+            "0.04",
+            session=("s-3", "GET /x"),
+            status="error",
+            error="APIError",
+        ),
+        rec(
+            4,
+            "2026-11-08T12:00:00.000Z",
+            "openai",
+            "gpt-4o",
+            400,
+            40,
+            "0.08",
+            session=("s-4", "POST /draft"),
+        ),
+        rec(5, "2026-11-09T12:00:00.000Z", "openai", "gpt-4o-mini", 10, 1, None, status="blocked"),
+    ]
+    latencies = [100.0, 300.0, 200.0, 400.0, None]
+    estimated = [False, True, False, False, False]
+    return [
+        r.model_copy(update={"latency_ms": lat, "estimated": est})
+        for r, lat, est in zip(base, latencies, estimated, strict=True)
+    ]
+
+
+@pytest.fixture(params=["sqlite", "jsonl"])
+def data(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    if request.param == "sqlite":
+        return write_sqlite(tmp_path / "usage.db", _records(), SESSIONS)
+    return write_jsonl(tmp_path / "usage.jsonl", _records())
+
+
+def report(cli: RunCli, data: Path, *args: str) -> dict[str, Any]:
+    code, out, err = cli("report", "--source", str(data), "--format", "json", *args)
+    assert code == 0, err
+    return json.loads(out, parse_float=Decimal)  # type: ignore[no-any-return]
+
+
+def keys(doc: dict[str, Any], *columns: str) -> dict[tuple[str, ...], dict[str, Any]]:
+    return {tuple(row[c] for c in columns): row for row in doc["rows"]}
+
+
+@pytest.mark.parametrize(
+    ("args", "calls"),
+    [
+        (["--provider", "openai"], 4),
+        (["--provider", "openai,anthropic"], 5),
+        (["--model", "gpt-4o"], 2),
+        (["--model", "gpt-4o", "--model", "gpt-4o-mini"], 3),
+        (["--session-name", "POST /draft"], 3),
+        (["--tag", "team=a"], 1),
+        (["--tag", "team=a", "--tag", "team=b"], 0),  # every tag filter must hold
+        (["--status", "error"], 1),
+        (["--status", "blocked"], 1),
+        (["--status", "ok"], 3),
+        (["--status", "error,blocked"], 2),
+        (["--estimated"], 1),
+        (["--no-estimated"], 4),
+        (["--provider", "openai", "--status", "ok", "--no-estimated"], 2),
+    ],
+)
+def test_filters(cli: RunCli, data: Path, args: list[str], calls: int) -> None:
+    doc = report(cli, data, *args)
+    assert doc["totals"]["calls"] == calls
+    assert sum(row["calls"] for row in doc["rows"]) == calls
+
+
+def test_error_blocked_estimated_columns(cli: RunCli, data: Path) -> None:
+    totals = report(cli, data)["totals"]
+    assert (totals["error_calls"], totals["blocked_calls"], totals["estimated_calls"]) == (1, 1, 1)
+    assert totals["unpriced_calls"] == 1
+    assert totals["avg_cost_per_call_usd"] == Decimal("0.0375")  # 0.15 over 4 priced calls
+
+
+def test_bad_status_is_a_usage_error(cli: RunCli, data: Path) -> None:
+    code, _, err = cli("report", "--source", str(data), "--status", "failed")
+    assert code == 2 and "unknown --status failed" in err
+
+
+def test_group_by_session_name(cli: RunCli, data: Path) -> None:
+    rows = keys(report(cli, data, "--by", "name"), "session")
+    assert rows[("POST /draft",)]["calls"] == 3  # three sessions, one row
+    assert rows[("POST /draft",)]["cost_usd"] == Decimal("0.11")
+    assert rows[("GET /x",)]["calls"] == 1 and rows[("",)]["calls"] == 1
+
+
+def test_group_by_model_family(cli: RunCli, data: Path) -> None:
+    rows = keys(report(cli, data, "--by", "family"), "provider", "family")
+    assert rows[("openai", "gpt-4o")]["calls"] == 3  # the dated snapshot joins its family
+    assert rows[("openai", "gpt-4o")]["cost_usd"] == Decimal("0.11")
+    assert rows[("openai", "gpt-4o-mini")]["calls"] == 1
+
+
+@pytest.mark.parametrize(
+    ("by", "tz", "expected"),
+    [
+        ("day", "UTC", {"2026-11-01": 2, "2026-11-02": 1, "2026-11-08": 1, "2026-11-09": 1}),
+        # 23:30 UTC on Nov 1 is Nov 2 in Paris (UTC+1); 01:00 UTC on Nov 2 is 20:00 Nov 1 in NY.
+        (
+            "day",
+            "Europe/Paris",
+            {"2026-11-01": 1, "2026-11-02": 2, "2026-11-08": 1, "2026-11-09": 1},
+        ),
+        ("day", "America/New_York", {"2026-11-01": 3, "2026-11-08": 1, "2026-11-09": 1}),
+        (
+            "week",
+            "UTC",
+            {"week of 2026-10-26": 2, "week of 2026-11-02": 2, "week of 2026-11-09": 1},
+        ),
+        ("month", "UTC", {"2026-11": 5}),
+        (
+            "hour",
+            "UTC",
+            {
+                "2026-11-01 10:00": 1,
+                "2026-11-01 23:00": 1,
+                "2026-11-02 01:00": 1,
+                "2026-11-08 12:00": 1,
+                "2026-11-09 12:00": 1,
+            },
+        ),
+    ],
+)
+def test_calendar_groups(
+    cli: RunCli, data: Path, by: str, tz: str, expected: dict[str, int]
+) -> None:
+    doc = report(cli, data, "--by", by, "--tz", tz)
+    assert {row[by]: row["calls"] for row in doc["rows"]} == expected
+    assert [row[by] for row in doc["rows"]] == sorted(expected)  # in time order
+
+
+def test_tz_moves_date_bounds(cli: RunCli, data: Path) -> None:
+    # Nov 2 in Paris is 2026-11-01T23:00Z up to 2026-11-02T23:00Z: records 2 and 3.
+    doc = report(
+        cli, data, "--since", "2026-11-02", "--until", "2026-11-02", "--tz", "Europe/Paris"
+    )
+    assert doc["totals"]["calls"] == 2
+    assert doc["since"] == "2026-11-01T23:00:00.000Z"
+
+
+def test_unknown_tz(cli: RunCli, data: Path) -> None:
+    code, _, err = cli("report", "--source", str(data), "--tz", "Mars/Olympus")
+    assert code == 2 and "unknown time zone" in err
+
+
+def test_empty_range_is_an_error(cli: RunCli, data: Path) -> None:
+    code, _, err = cli("report", "--source", str(data), "--since", "3d", "--until", "5d")
+    assert code == 2 and "empty range" in err
+    code, _, err = cli(
+        "report", "--source", str(data), "--since", "2026-11-03", "--until", "2026-11-02"
+    )
+    assert code == 2 and "empty range" in err
+
+
+def test_tag_key_nobody_has(cli: RunCli, data: Path) -> None:
+    code, out, err = cli("report", "--source", str(data), "--by", "tag:nosuch")
+    assert code == 1 and "no record in this period has the tag 'nosuch'" in err and out == ""
+    assert keys(report(cli, data, "--by", "tag:team"), "tag:team")[("a",)]["calls"] == 1
+
+
+def test_compare_with_previous_period(cli: RunCli, data: Path) -> None:
+    # Week of Nov 8-14 against Nov 1-7: 0.08 (+ unpriced) now, 0.07 before.
+    doc = report(
+        cli, data, "--since", "2026-11-08", "--until", "2026-11-14", "--compare", "--by", "provider"
+    )
+    assert doc["totals"]["cost_usd"] == Decimal("0.08")
+    assert doc["totals"]["previous_cost_usd"] == Decimal("0.07")
+    rows = keys(doc, "provider")
+    assert rows[("openai",)]["previous_cost_usd"] == Decimal("0.03")
+    code, out, _ = cli(
+        "report",
+        "--source",
+        str(data),
+        "--since",
+        "2026-11-08",
+        "--until",
+        "2026-11-14",
+        "--compare",
+        "--by",
+        "provider",
+    )
+    assert code == 0 and "Change" in out and "+166.7%" in out  # 0.08 vs 0.03 for openai
+    assert "compared with: 2026-11-01 to 2026-11-07" in out
+
+
+def test_compare_needs_a_length(cli: RunCli, data: Path) -> None:
+    code, _, err = cli("report", "--source", str(data), "--compare")
+    assert code == 2 and "--compare needs" in err
+
+
+def test_latency_percentiles(cli: RunCli, data: Path) -> None:
+    rows = keys(report(cli, data, "--by", "provider", "--latency"), "provider")
+    openai = rows[("openai",)]  # latencies 100, 300, 400 (the blocked call has none)
+    assert (openai["latency_p50_ms"], openai["latency_p95_ms"]) == (300.0, 400.0)
+    assert rows[("anthropic",)]["latency_p50_ms"] == 200.0
+    _, out, _ = cli("report", "--source", str(data), "--by", "provider", "--latency")
+    assert "p95 latency" in out and "400 ms" in out
+
+
+def test_session_name_with_several_sessions_lists_them(cli: RunCli, data: Path) -> None:
+    code, out, err = cli("session", "POST /draft", "--source", str(data))
+    assert code == 1 and out == ""
+    assert "3 sessions are named 'POST /draft'" in err
+    assert err.index("s-4") < err.index("s-2") < err.index("s-1")  # latest first
+    code, out, _ = cli("session", "GET /x", "--source", str(data))
+    assert code == 0 and "s-3" in out
+
+
+def test_columns_option(cli: RunCli, data: Path) -> None:
+    code, out, _ = cli("report", "--source", str(data), "--columns", "calls,cost,errors")
+    header = next(line for line in out.splitlines() if line.startswith("provider"))
+    assert header.split() == ["provider", "model", "Calls", "Cost", "Errors"]
+    code, _, err = cli("report", "--source", str(data), "--columns", "calls,bogus")
+    assert code == 2 and "unknown column 'bogus'" in err
+
+
+def test_sessions_filter_by_name(cli: RunCli, data: Path) -> None:
+    code, out, _ = cli(
+        "sessions", "--source", str(data), "--format", "json", "--session-name", "GET /x"
+    )
+    assert code == 0 and [row["session_id"] for row in json.loads(out)] == ["s-3"]
+
+
+def test_period_reports(cli: RunCli, tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tokenmeter.cli._dates import period_bounds
+
+    start, end = period_bounds("week", previous=True)
+    this_week, _ = period_bounds("week", previous=False)
+    assert end == this_week and end - start == timedelta(days=7)
+    stamp = lambda t: t.strftime("%Y-%m-%dT%H:%M:%S.000Z")  # noqa: E731
+    records = [
+        rec(1, stamp(start), "openai", "gpt-4o", 10, 10, "0.5"),  # first instant: in
+        rec(2, stamp(end - timedelta(seconds=1)), "openai", "gpt-4o", 10, 10, "0.25"),
+        rec(3, stamp(end), "openai", "gpt-4o", 10, 10, "4"),  # this week: out
+        rec(4, stamp(start - timedelta(seconds=1)), "openai", "gpt-4o", 10, 10, "8"),
+    ]
+    db = write_sqlite(tmp_path / "usage.db", records, [])
+    doc = report(cli, db, "--period", "week", "--previous")
+    assert doc["totals"]["cost_usd"] == Decimal("0.75")
+    code, out, _ = cli(
+        "report", "--source", str(db), "--period", "week", "--previous", "--format", "markdown"
+    )
+    assert code == 0 and "## Per model" in out and "## Efficiency" in out and "$0.75" in out
+    first, last = start.date(), (end - timedelta(days=1)).date()
+    assert f"{first} to {last} (UTC, both days included)" in out
+    now = datetime.now(UTC)
+    current = report(cli, db, "--period", "month")
+    assert current["since"].startswith(now.strftime("%Y-%m-01"))
+    code, _, err = cli("report", "--source", str(db), "--previous")
+    assert code == 2 and "--previous needs --period" in err
+    code, _, err = cli("report", "--source", str(db), "--period", "day", "--since", "1d")
+    assert code == 2 and "--period replaces" in err
+
+
+def test_detailed_calls_in_tz(cli: RunCli, data: Path) -> None:
+    code, out, _ = cli(
+        "report", "--source", str(data), "--detailed", "--tz", "Europe/Paris", "--model", "gpt-4o"
+    )
+    assert code == 0 and "2026-11-02T00:30:00.000+01:00" in out  # 23:30 UTC on Nov 1
+    assert "(Europe/Paris" not in out and "all time" in out
+    code, out, _ = cli("report", "--source", str(data), "--detailed", "--model", "gpt-4o")
+    assert "2026-11-01T23:30:00.000Z" in out
+    doc = report(cli, data, "--detailed", "--tz", "Europe/Paris", "--model", "gpt-4o")
+    assert doc["calls"][0]["timestamp"] == "2026-11-01T23:30:00.000Z"  # machine formats: UTC

@@ -1,0 +1,291 @@
+"""``tokenmeter run``: real subprocesses against FakeProvider. The programs it runs never import
+tokenmeter; what they spend is read back from the SQLite file the run wrote.
+
+Prices come from an override in the working directory's pyproject.toml (1 and 2 USD per million
+input and output tokens for ``m-test``), so every cost here is plain arithmetic. Nothing waits
+for time to pass: each test reads the program's output line by line or waits for it to end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tokenmeter.cli import main
+from tokenmeter.testing import FakeProvider
+
+_PYPROJECT = """
+[tool.tokenmeter]
+prices = {"m-test" = {input_per_mtok = 1, output_per_mtok = 2}}
+"""
+
+#: One call per provider SDK, 1000 input and 500 output tokens each ($0.002 at m-test's price).
+_CALLS = """
+import anthropic, openai
+openai.OpenAI(max_retries=0).chat.completions.create(model="m-test", messages=[])
+anthropic.Anthropic(max_retries=0).messages.create(model="m-test", max_tokens=5, messages=[])
+"""
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[FakeProvider]:
+    (tmp_path / "pyproject.toml").write_text(_PYPROJECT)
+    with FakeProvider(
+        openai_usage={"prompt_tokens": 1000, "completion_tokens": 500},
+        anthropic_usage={
+            "input_tokens": 1000,
+            "output_tokens": 500,
+            "cache_read_input_tokens": 0,
+            "cache_creation_5m": 0,
+            "cache_creation_1h": 0,
+        },
+        models={"m-test": "m-test"},
+    ) as provider:
+        yield provider
+
+
+def _script(path: Path, body: str) -> Path:
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def _env(fake: FakeProvider, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
+    return {**env, **fake.environ(), **extra}
+
+
+def _run(args: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tokenmeter", "run", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        **kwargs,
+    )
+
+
+def _records(db: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "SELECT model_provider, session_id, session_name, tags, input_tokens, output_tokens "
+            "FROM records ORDER BY model_provider"
+        ).fetchall()
+
+
+def test_a_program_that_never_imports_tokenmeter_is_metered(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    app = _script(
+        tmp_path / "app.py",
+        _CALLS
+        + """
+import sys
+assert "tokenmeter" not in sys.argv[0]
+print("program output")
+sys.exit(3)
+""",
+    )
+    result = _run(
+        [
+            "--dir",
+            "usage",
+            "--session",
+            "nightly",
+            "--tag",
+            "team=search",
+            "--",
+            "python",
+            app.name,
+        ],
+        _env(fake),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 3  # the program's exit status, passed through
+    assert result.stdout == "program output\n"  # stdout is the program's alone
+    rows = _records(tmp_path / "usage" / "usage.db")
+    assert [row[0] for row in rows] == ["anthropic", "openai"]
+    (run_id,) = {row[1] for row in rows}
+    assert run_id.startswith("run_")
+    for _, _, name, tags, inp, out in rows:
+        assert (name, json.loads(tags), inp, out) == ("nightly", {"team": "search"}, 1000, 500)
+    assert "tokenmeter: 'nightly' (exit status 3)" in result.stderr
+    assert _summary_row(result.stderr, "m-test") == ["m-test", "2", "2,000", "1,000", "$0.004000"]
+    assert _summary_row(result.stderr, "total") == ["total", "2", "2,000", "1,000", "$0.004000"]
+    assert run_id in result.stderr
+
+
+def _summary_row(stderr: str, first: str) -> list[str]:
+    for line in stderr.splitlines():
+        cells = line.split()
+        if cells and cells[0] == first:
+            return cells
+    raise AssertionError(f"no {first!r} row in:\n{stderr}")
+
+
+def test_child_processes_are_covered(fake: FakeProvider, tmp_path: Path) -> None:
+    _script(tmp_path / "child.py", _CALLS)
+    parent = _script(
+        tmp_path / "parent.py",
+        _CALLS
+        + """
+import subprocess, sys
+subprocess.run([sys.executable, "child.py"], check=True)
+subprocess.run(["sh", "-c", f"{sys.executable} child.py"], check=True)  # through a shell too
+""",
+    )
+    result = _run(["--", sys.executable, parent.name], _env(fake), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = _records(tmp_path / ".tokenmeter" / "usage.db")
+    assert len(rows) == 6
+    assert len({row[1] for row in rows}) == 1  # one run, one session, across three processes
+    assert _summary_row(result.stderr, "total")[1] == "6"
+    assert "calls from 3 processes" in result.stderr
+
+
+def test_sigterm_is_forwarded_and_the_exit_status_passed(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    app = _script(
+        tmp_path / "app.py",
+        _CALLS
+        + """
+import signal, sys
+
+def stop(signum, frame):
+    print("stopping on", signum, flush=True)
+    sys.exit(7)
+
+signal.signal(signal.SIGTERM, stop)
+print("ready", flush=True)
+while True:
+    signal.pause()
+""",
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "tokenmeter", "run", "--", sys.executable, app.name],
+        env=_env(fake),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert run.stdout is not None and run.stderr is not None
+    assert run.stdout.readline() == "ready\n"  # the handler is in place
+    run.send_signal(signal.SIGTERM)  # to `tokenmeter run`, not to the program
+    out, err = run.communicate()
+    assert out == f"stopping on {int(signal.SIGTERM)}\n"
+    assert run.returncode == 7
+    assert _summary_row(err, "total")[1] == "2"
+
+
+def test_a_program_killed_by_a_signal_still_has_its_calls_and_so_does_the_run(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    app = _script(
+        tmp_path / "app.py",
+        _CALLS
+        + """
+import signal
+print("ready", flush=True)
+while True:
+    signal.pause()
+""",
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "tokenmeter", "run", "--", sys.executable, app.name],
+        env=_env(fake),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert run.stdout is not None
+    assert run.stdout.readline() == "ready\n"
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate()
+    assert run.returncode == -signal.SIGTERM  # died of the same signal, after its summary
+    assert "killed by signal 15" in err
+    assert _summary_row(err, "total")[1] == "2"
+    assert len(_records(tmp_path / ".tokenmeter" / "usage.db")) == 2
+
+
+def test_the_programs_own_sitecustomize_still_runs(fake: FakeProvider, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("MARK = 'the application sitecustomize'\n")
+    app = _script(
+        tmp_path / "app.py",
+        _CALLS
+        + """
+import sitecustomize, sys
+print(sitecustomize.MARK)
+print(any(p.endswith("_bootstrap") for p in sys.path))
+""",
+    )
+    result = _run(
+        ["--quiet", "--", sys.executable, app.name],
+        _env(fake, PYTHONPATH=str(site)),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "the application sitecustomize\nFalse\n"
+    assert result.stderr == ""  # --quiet: no summary
+    assert len(_records(tmp_path / ".tokenmeter" / "usage.db")) == 2
+
+
+def test_settings_reach_the_program(fake: FakeProvider, tmp_path: Path) -> None:
+    app = _script(
+        tmp_path / "app.py",
+        """
+        import os
+        for name in ("TOKENMETER_SINKS", "TOKENMETER_DIR", "TOKENMETER_BUDGET_USD"):
+            print(name, os.environ.get(name))
+        """,
+    )
+    result = _run(
+        ["--sinks", "jsonl", "--dir", "d", "--budget", "0.5", "--", sys.executable, app.name],
+        _env(fake),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "TOKENMETER_SINKS jsonl",
+        f"TOKENMETER_DIR {tmp_path / 'd'}",
+        "TOKENMETER_BUDGET_USD 0.5",
+    ]
+    assert "no LLM calls were recorded" in result.stderr
+    assert "within the budget of $0.500000" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        ([], 2, "no command given"),
+        (["--", "no-such-program-tokenmeter"], 127, "command not found: no-such-program"),
+        (["--tag", "novalue", "--", "true"], 2, "must be KEY=VALUE"),
+        (["--budget", "-1", "--", "true"], 2, "must be a non-negative number of USD"),
+        (["--sinks", "carrier-pigeon", "--", "true"], 2, "unknown sink 'carrier-pigeon'"),
+    ],
+)
+def test_errors_are_one_line(
+    args: list[str], code: int, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        status = main(["run", *args])
+    except SystemExit as exc:  # argparse's own usage errors
+        status = exc.code
+    assert status == code
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1

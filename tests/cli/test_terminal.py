@@ -1,0 +1,149 @@
+"""The command at a real terminal (a pseudo-terminal): tables that fit, colour, help, version."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import SESSIONS, rec, run_module, subprocess_env, write_sqlite
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def at_terminal(args: list[str], cwd: Path, columns: int, **env: str) -> str:
+    """Run with stdout and stderr on a pseudo-terminal ``columns`` wide; the screen text."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenmeter", *args],
+        cwd=cwd,
+        env=subprocess_env(COLUMNS=str(columns), LINES="50", TERM="xterm-256color", **env),
+        stdout=follower,
+        stderr=follower,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    proc.wait(timeout=60)
+    os.close(leader)
+    assert proc.returncode == 0, b"".join(chunks).decode()
+    return b"".join(chunks).decode()
+
+
+@pytest.fixture
+def long_names(tmp_path: Path) -> Path:
+    records = [
+        rec(
+            1,
+            "2026-11-01T10:00:00.000Z",
+            "openai",
+            "gpt-4o-2024-08-06",
+            1000,
+            100,
+            "0.0325123",
+            session=("sess-aaaaaaaaaaaa", "nightly summarisation"),
+        ),
+        rec(2, "2026-11-01T11:00:00.000Z", "openai", "text-embedding-3-small", 50, 0, "0.000001"),
+        rec(
+            3,
+            "2026-11-01T12:00:00.000Z",
+            "anthropic",
+            "claude-sonnet-4-5-20250929",
+            3000,
+            900,
+            "0.0001425",
+            status="error",
+            error="APIError",
+        ),
+    ]
+    return write_sqlite(tmp_path / "usage.db", records, SESSIONS)
+
+
+@pytest.mark.parametrize("columns", [80, 100, 130])
+def test_report_fits_the_terminal_without_losing_names_or_costs(
+    long_names: Path, tmp_path: Path, columns: int
+) -> None:
+    pytest.importorskip("rich")
+    screen = ANSI.sub("", at_terminal(["report", "--source", str(long_names)], tmp_path, columns))
+    lines = screen.splitlines()
+    assert max(len(line) for line in lines) <= columns
+    flat = screen.replace("\r\n", "\n")
+    # What a reader came for is whole: names (wrapped if need be), calls, tokens and costs.
+    for cost in ("$0.0325", "$0.000001", "$0.000143", "$0.0327"):
+        assert cost in flat, (cost, flat)
+    joined = re.sub(r"[│┃\s]+", "", flat)
+    for name in ("gpt-4o-2024-08-06", "text-embedding-3-small", "claude-sonnet-4-5-20250929"):
+        assert name in joined, name
+    assert "Calls" in flat and "Total tokens" in flat
+    if columns < 130:
+        assert "hidden to fit the terminal: Reasoning" in flat
+
+
+def test_wide_shows_every_column(long_names: Path, tmp_path: Path) -> None:
+    pytest.importorskip("rich")
+    screen = ANSI.sub(
+        "", at_terminal(["report", "--source", str(long_names), "--wide"], tmp_path, 300)
+    )
+    assert "hidden" not in screen and "Reasoning" in screen and "Cache write" in screen
+
+
+def test_sessions_and_tail_are_coloured(long_names: Path, tmp_path: Path) -> None:
+    pytest.importorskip("rich")
+    sessions = at_terminal(["sessions", "--source", str(long_names)], tmp_path, 160)
+    tail = at_terminal(["tail", "--source", str(long_names)], tmp_path, 160)
+    colour = re.compile(r"\x1b\[[0-9;]*3[0-9]m")  # a foreground colour, not bold or dim
+    assert colour.search(sessions) and colour.search(tail)
+    assert "nightly summarisation" in ANSI.sub("", sessions)
+    assert "$0.0325" in ANSI.sub("", tail)
+    plain = at_terminal(["tail", "--source", str(long_names)], tmp_path, 160, NO_COLOR="1")
+    assert not colour.search(plain) and "$0.0325" in ANSI.sub("", plain)
+
+
+def test_bare_command_shows_the_commands(tmp_path: Path) -> None:
+    result = run_module(cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for command in ("report", "sessions", "session", "tail", "prices", "demo"):
+        assert command in result.stdout
+
+
+def test_version(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    result = run_module("--version", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == f"tokenmeter {version('tokenmeter')}"
+
+
+def test_cli_reads_the_configured_directory(tmp_path: Path) -> None:
+    """[tool.tokenmeter] directory, like the library; TOKENMETER_DIR wins over it."""
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "pyproject.toml").write_text('[tool.tokenmeter]\ndirectory = "var/meter"\n')
+    write_sqlite(
+        project / "var" / "meter" / "usage.db",
+        [rec(1, "2026-11-01T10:00:00.000Z", "openai", "gpt-4o", 10, 10, "0.5")],
+        [],
+    )
+    result = run_module("report", "--format", "json", cwd=project / "src")
+    assert result.returncode == 0, result.stderr
+    assert '"calls": 1' in result.stdout
+    other = tmp_path / "elsewhere"
+    two = [rec(n, "2026-11-01T10:00:00.000Z", "openai", "gpt-4o", 1, 1, "0.5") for n in (1, 2)]
+    write_sqlite(other / "usage.db", two, [])
+    result = run_module(
+        "report", "--format", "json", cwd=project / "src", TOKENMETER_DIR=str(other)
+    )
+    assert result.returncode == 0 and '"calls": 2' in result.stdout
+    result = run_module("report", cwd=tmp_path)  # nothing configured, nothing there
+    assert result.returncode == 1 and "tokenmeter demo" in result.stderr

@@ -1,0 +1,314 @@
+"""The pytest plugin, driven through ``pytester``: inner pytest runs whose tests call the real
+OpenAI SDK against FakeProvider (the ``tokenmeter_fake`` fixture), with and without xdist.
+
+Prices come from an override in the inner project's pyproject.toml, so every cost below is exact
+arithmetic and no price-data release can change it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+#: USD per million tokens for the model the inner tests call: 1000 in + 500 out = $0.002.
+_INI = """
+[tool.pytest.ini_options]
+asyncio_default_fixture_loop_scope = "function"
+"""
+_TOKENMETER = """
+[tool.tokenmeter]
+sinks = ["jsonl"]
+prices = {"m-test" = {input_per_mtok = 1, output_per_mtok = 2}}
+"""
+_PYPROJECT = _INI + _TOKENMETER
+
+_TESTS = """
+import openai
+import pytest
+
+
+def call(times=1):
+    client = openai.OpenAI(max_retries=0)  # the fixture's environment points it at the fake
+    for _ in range(times):
+        client.chat.completions.create(model="m-test", messages=[])
+
+
+@pytest.fixture(autouse=True)
+def usage(tokenmeter_fake):
+    tokenmeter_fake.set_usage(openai={"prompt_tokens": 1000, "completion_tokens": 500})
+
+
+def test_one_call():
+    call()
+
+
+def test_three_calls():
+    call(3)
+
+
+def test_no_call():
+    pass
+"""
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyprojecttoml(_PYPROJECT)
+    pytester.makepyfile(test_llm=_TESTS)
+    return pytester
+
+
+def _records(pytester: pytest.Pytester) -> list[dict[str, object]]:
+    path = pytester.path / ".tokenmeter" / "usage.jsonl"
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    return [row for row in map(json.loads, lines) if "model_name" in row]
+
+
+def test_inert_without_the_option(project: pytest.Pytester) -> None:
+    project.makepyfile(
+        test_patched="""
+        import openai
+        import wrapt
+
+        def test_sdk_is_not_patched():
+            create = openai.resources.chat.completions.Completions.__dict__["create"]
+            assert not isinstance(create, wrapt.ObjectProxy)
+        """
+    )
+    result = project.runpytest("--strict-markers")
+    result.assert_outcomes(passed=4)
+    assert "LLM usage" not in result.stdout.str()
+    assert not (project.path / ".tokenmeter").exists()
+
+
+def test_summary_lists_tests_by_cost_with_the_total(project: pytest.Pytester) -> None:
+    result = project.runpytest("--tokenmeter")
+    result.assert_outcomes(passed=3)
+    result.stdout.re_match_lines(
+        [
+            r".*tokenmeter: LLM usage by test.*",
+            r"test +calls +tokens +cost +share",
+            r"test_llm.py::test_three_calls +3 +4,500 +\$0\.006000 +75\.0%",
+            r"test_llm.py::test_one_call +1 +1,500 +\$0\.002000 +25\.0%",
+            r"-+",
+            r"total \(2 of 3 tests made calls\) +4 +6,000 +\$0\.008000",
+        ]
+    )
+
+
+def test_each_test_is_a_session_tagged_with_its_id(project: pytest.Pytester) -> None:
+    project.runpytest("--tokenmeter").assert_outcomes(passed=3)
+    records = _records(project)
+    assert sorted(str(r["session_name"]) for r in records) == [
+        "test_llm.py::test_one_call",
+        *["test_llm.py::test_three_calls"] * 3,
+    ]
+    for record in records:
+        assert record["tags"] == {"test": record["session_name"]}
+    assert len({r["session_id"] for r in records}) == 2
+
+
+def test_ini_option_turns_it_on(project: pytest.Pytester) -> None:
+    project.makepyprojecttoml(_INI + "tokenmeter = true\n" + _TOKENMETER)
+    result = project.runpytest()
+    result.stdout.fnmatch_lines(["*tokenmeter: LLM usage by test*"])
+    assert len(_records(project)) == 4
+
+
+def _json_report(project: pytest.Pytester, *args: str) -> dict[str, object]:
+    result = project.runpytest("--tokenmeter-json=out/usage.json", *args)
+    result.assert_outcomes(passed=3)
+    report: dict[str, object] = json.loads((project.path / "out/usage.json").read_text())
+    return report
+
+
+def test_json_file_for_ci(project: pytest.Pytester) -> None:
+    report = _json_report(project)
+    assert report["total"] == {
+        "tests": 3,
+        "tests_with_calls": 2,
+        "calls": 4,
+        "input_tokens": 4000,
+        "output_tokens": 2000,
+        "total_tokens": 6000,
+        "unpriced_calls": 0,
+        "cost_usd": 0.008,
+    }
+    assert report["budget_usd"] is None
+    assert report["over_budget"] is False
+    tests = report["tests"]
+    assert isinstance(tests, list)
+    assert [(t["nodeid"], t["calls"], t["cost_usd"], t["share"]) for t in tests] == [
+        ("test_llm.py::test_three_calls", 3, 0.006, 0.75),
+        ("test_llm.py::test_one_call", 1, 0.002, 0.25),
+    ]
+
+
+def test_xdist_workers_report_exact_totals(project: pytest.Pytester) -> None:
+    alone = _json_report(project)
+    spread = _json_report(project, "-n", "2")
+    assert spread["total"] == alone["total"]
+    tests = spread["tests"]
+    assert isinstance(tests, list)
+    assert {t["nodeid"]: t["cost_usd"] for t in tests} == {
+        "test_llm.py::test_three_calls": 0.006,
+        "test_llm.py::test_one_call": 0.002,
+    }
+
+
+def test_xdist_summary_and_run_budget(project: pytest.Pytester) -> None:
+    result = project.runpytest("-n", "2", "--tokenmeter-budget=0.007")
+    result.assert_outcomes(passed=3)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "total (2 of 3 tests made calls)*4*6,000*$0.008000",
+            "tokenmeter: FAILED: the tests spent $0.008000, over the budget of $0.007000*",
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("budget", "code"), [("0.008", pytest.ExitCode.OK), ("0.0079", pytest.ExitCode.TESTS_FAILED)]
+)
+def test_run_budget_fails_the_run_only_when_over(
+    project: pytest.Pytester, budget: str, code: pytest.ExitCode
+) -> None:
+    result = project.runpytest(f"--tokenmeter-budget={budget}")
+    result.assert_outcomes(passed=3)  # every test passed; the run as a whole is over budget
+    assert result.ret == code
+
+
+@pytest.mark.parametrize("budget", ["-1", "lots", "nan"])
+def test_bad_run_budget_is_a_usage_error(project: pytest.Pytester, budget: str) -> None:
+    result = project.runpytest(f"--tokenmeter-budget={budget}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--tokenmeter-budget must be a non-negative number of USD*"])
+
+
+def test_marker_fails_the_one_test_that_spends_more(pytester: pytest.Pytester) -> None:
+    pytester.makepyprojecttoml(_PYPROJECT)
+    pytester.makepyfile(
+        _TESTS
+        + """
+
+@pytest.mark.tokenmeter_budget(0.005)
+def test_over_its_budget():
+    call(3)
+
+
+@pytest.mark.tokenmeter_budget(usd=0.006)
+def test_at_its_budget():
+    call(3)
+"""
+    )
+    result = pytester.runpytest("--tokenmeter", "--strict-markers")
+    result.assert_outcomes(passed=4, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*tokenmeter: this test's LLM calls cost $0.006, over its budget of $0.005 "
+            "(@pytest.mark.tokenmeter_budget); 3 calls, 4500 tokens",
+            "FAILED test_*.py::test_over_its_budget*",
+        ]
+    )
+
+
+def test_bad_marker_argument_is_reported(pytester: pytest.Pytester) -> None:
+    pytester.makepyprojecttoml(_INI)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.tokenmeter_budget("a lot")
+        def test_x():
+            pass
+        """
+    )
+    result = pytester.runpytest("--tokenmeter")
+    result.stdout.fnmatch_lines(["*tokenmeter_budget takes one non-negative number of USD*"])
+    assert result.ret != pytest.ExitCode.OK
+
+
+def test_fixture_points_sdk_clients_at_the_fake(pytester: pytest.Pytester) -> None:
+    pytester.makepyprojecttoml(_INI)
+    pytester.makepyfile(
+        """
+        import anthropic
+        import openai
+        from google import genai
+
+        def test_clients(tokenmeter_fake):
+            tokenmeter_fake.set_usage(
+                openai={"prompt_tokens": 7}, anthropic={"input_tokens": 8},
+                gemini={"prompt": 9},
+            )
+            chat = openai.OpenAI().chat.completions.create(model="gpt-4o", messages=[])
+            message = anthropic.Anthropic().messages.create(
+                model="claude-sonnet-4-5", max_tokens=5, messages=[]
+            )
+            gemini = genai.Client()  # kept: a collected Client closes its connection
+            content = gemini.models.generate_content(model="gemini-2.5-flash", contents="hi")
+            assert chat.usage.prompt_tokens == 7
+            assert message.usage.input_tokens == 8
+            assert content.usage_metadata.prompt_token_count == 9
+            assert len(tokenmeter_fake.requests) == 3
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=1)  # no --tokenmeter needed for the fixture
+
+
+def test_no_calls_at_all(pytester: pytest.Pytester) -> None:
+    pytester.makepyprojecttoml(_INI)
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest("--tokenmeter")
+    result.stdout.fnmatch_lines(["no LLM calls in 1 tests"])
+
+
+def test_entry_point_names_the_plugin() -> None:
+    from importlib.metadata import entry_points
+
+    (entry,) = [e for e in entry_points(group="pytest11") if e.name == "tokenmeter"]
+    assert entry.value == "tokenmeter.pytest_plugin"
+
+
+def test_calls_from_async_tests_and_threads_count_for_their_test(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyprojecttoml(_PYPROJECT)
+    pytester.makepyfile(
+        _TESTS
+        + """
+
+import asyncio
+import threading
+
+
+@pytest.mark.asyncio
+async def test_async_calls(tokenmeter_fake):
+    client = openai.AsyncOpenAI(max_retries=0)
+    await asyncio.gather(
+        *(client.chat.completions.create(model="m-test", messages=[]) for _ in range(4))
+    )
+
+
+def test_calls_on_a_thread():
+    worker = threading.Thread(target=call, args=(2,))  # no session travels with it
+    worker.start()
+    worker.join()
+"""
+    )
+    result = pytester.runpytest("--tokenmeter-json=usage.json")
+    result.assert_outcomes(passed=5)
+    report = json.loads((pytester.path / "usage.json").read_text())
+    assert {t["nodeid"].split("::")[1]: t["calls"] for t in report["tests"]} == {
+        "test_async_calls": 4,
+        "test_calls_on_a_thread": 2,
+        "test_three_calls": 3,
+        "test_one_call": 1,
+    }
+    assert report["total"]["calls"] == 10

@@ -1,0 +1,173 @@
+"""Periodic usage report files: once per closed period, across processes, without a daemon."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from tokenmeter._config import load_settings
+from tokenmeter._models import UsageRecord
+from tokenmeter._reports import PeriodicReports, period_name, write_period_report
+from tokenmeter.sinks import SQLiteSink
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _record(n: int, when: str, cost: str | None, **extra: object) -> UsageRecord:
+    return UsageRecord(
+        id=f"r{n}",
+        timestamp=datetime.fromisoformat(when),
+        model_provider="openai",
+        model_name="gpt-4o",
+        input_tokens=1000,
+        output_tokens=100,
+        total_tokens=1100,
+        cache_read_tokens=250,
+        estimated_cost_usd=None if cost is None else Decimal(cost),
+        session_id=f"s{n % 2}",
+        session_name="POST /draft" if n % 2 else "nightly",
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+#: Week 47 of 2026 runs from Monday 2026-11-16 to Sunday 2026-11-22.
+WEEK_47 = [
+    _record(1, "2026-11-16T00:00:00+00:00", "0.5"),
+    _record(2, "2026-11-22T23:59:59.999+00:00", "0.25", status="blocked"),
+    _record(3, "2026-11-20T10:00:00+00:00", None, status="error", error="APIError"),
+]
+LATER = [_record(4, "2026-11-23T00:00:00+00:00", "9")]  # week 48: not in the report
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Path:
+    sink = SQLiteSink(tmp_path / "usage.db")
+    sink.write([*WEEK_47, *LATER])
+    sink.close()
+    (tmp_path / "alerts.jsonl").write_text(
+        '{"time": "2026-11-18T09:00:00.000Z", "rule": "budget:team", "scope": "team=a", '
+        '"observed": 12, "threshold": 10, "session_id": "s1"}\n'
+        '{"time": "2026-11-19T09:00:00.000Z", "rule": "spike", "scope": "<b>model</b>", '
+        '"observed": 3, "baseline": 1, "threshold": 2, "record_id": "r1"}\n'
+        "not json\n"
+        '{"time": "2026-11-25T09:00:00.000Z", "rule": "spike", "scope": "next week"}\n'
+    )
+    return tmp_path
+
+
+def test_names() -> None:
+    monday = datetime(2026, 11, 16, tzinfo=UTC)
+    assert period_name("week", monday) == "2026-W47"
+    assert period_name("day", monday) == "2026-11-16"
+    assert period_name("month", monday) == "2026-11"
+    assert period_name("week", datetime(2026, 12, 28, tzinfo=UTC)) == "2026-W53"
+
+
+def test_report_of_the_closed_week(directory: Path) -> None:
+    now = datetime(2026, 11, 24, 8, tzinfo=UTC)
+    path = write_period_report(directory, "week", now)
+    assert path == directory / "reports" / "usage_report_2026-W47.md"
+    text = path.read_text()
+    assert "2026-11-16 to 2026-11-22 (UTC, both days included)" in text
+    assert "- **Total cost**: $0.75" in text  # the 2026-11-23 call is next week's
+    assert "3 (1 errors, 1 blocked, 0 estimated, 1 unpriced)" in text
+    assert "## Per model" in text and "## Top sessions" in text
+    assert "| s0 | nightly |" in text and "| s1 | POST /draft |" in text
+    assert "- **Input/output ratio**: 10.00" in text
+    assert "- **Cost per 1K tokens**: $0.341" in text  # 0.75 over 2,200 priced tokens
+    assert "- **Cache hit rate**: 25.0%" in text
+    assert "## Budgets" in text and "budget:team" in text
+    assert "## Alerts" in text and "&lt;b>model&lt;/b>" in text and "next week" not in text
+    # Written once: a second call (another process, a restart) leaves it alone.
+    path.write_text("kept")
+    assert write_period_report(directory, "week", now) is None
+    assert path.read_text() == "kept"
+
+
+def test_no_data_no_report(tmp_path: Path) -> None:
+    assert write_period_report(tmp_path, "day", datetime(2026, 11, 24, tzinfo=UTC)) is None
+    assert not (tmp_path / "reports").exists()
+
+
+def test_sink_writes_after_the_period_closed(directory: Path) -> None:
+    sink = PeriodicReports(directory, ["weekly", "daily"])
+    sink.write(WEEK_47[:1])  # still in week 47: nothing closed yet... but day 2026-11-15 is
+    assert not (directory / "reports" / "usage_report_2026-W47.md").exists()
+    sink.write(LATER)  # the first record of week 48, but inside the grace: not yet
+    assert not (directory / "reports" / "usage_report_2026-W47.md").exists()
+    sink.write([_record(5, "2026-11-23T00:01:00+00:00", "1")])
+    assert (directory / "reports" / "usage_report_2026-W47.md").exists()
+    assert (directory / "reports" / "usage_report_2026-11-22.md").exists()
+    leftovers = [p for p in (directory / "reports").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+_WRITER = """
+import sys
+from datetime import datetime
+from pathlib import Path
+from tokenmeter._reports import write_period_report
+start = float(sys.argv[2])
+import time
+while time.time() < start:
+    pass
+now = datetime.fromisoformat("2026-11-24T08:00:00+00:00")
+path = write_period_report(Path(sys.argv[1]), "week", now)
+print("wrote" if path else "skipped")
+"""
+
+
+def test_once_across_processes(directory: Path) -> None:
+    import time
+
+    start = time.time() + 1.5
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(directory), str(start)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(4)
+    ]
+    results = [proc.communicate(timeout=120)[0].strip() for proc in procs]
+    assert sorted(results) == ["skipped", "skipped", "skipped", "wrote"]
+    files = sorted(p.name for p in (directory / "reports").iterdir())
+    assert files == ["usage_report_2026-W47.md"]
+
+
+def test_setting_from_every_layer(tmp_path: Path) -> None:
+    assert load_settings({"reports": "weekly"}).reports == ("weekly",)
+    assert load_settings(env={"TOKENMETER_REPORTS": "daily, monthly"}).reports == (
+        "daily",
+        "monthly",
+    )
+    (tmp_path / "pyproject.toml").write_text('[tool.tokenmeter]\nreports = ["weekly"]\n')
+    assert load_settings(env={}, cwd=tmp_path).reports == ("weekly",)
+    with pytest.raises(ValueError, match=r"'reports' from configure\(\).*unknown report period"):
+        load_settings({"reports": "hourly"})
+
+
+def test_library_writes_the_report_when_it_records(directory: Path) -> None:
+    """End to end: a process configured with reports="weekly" records a call in week 48."""
+    code = (
+        "import tokenmeter\n"
+        "tokenmeter.configure(reports='weekly')\n"
+        "tokenmeter.record('openai', 'gpt-4o', 10, 10, timestamp='2026-11-24T08:00:00Z')\n"
+        "tokenmeter.flush()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
+    env.update(PYTHONPATH=str(REPO), TOKENMETER_DIR=str(directory))
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=directory, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    report = directory / "reports" / "usage_report_2026-W47.md"
+    assert report.exists() and "$0.75" in report.read_text()

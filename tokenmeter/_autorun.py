@@ -1,0 +1,130 @@
+"""What every Python process started under ``tokenmeter run`` does at start-up, and the sink that
+tells the ``run`` command what the process spent.
+
+``tokenmeter run`` (``cli/_run.py``) puts ``tokenmeter/_bootstrap`` first on ``PYTHONPATH``; its
+``sitecustomize`` calls `start` before the program's first line. The settings arrive in the
+environment, which every child process inherits, so the program's own subprocesses are metered
+too. The variables below are private to ``run`` and its bootstrap; the sinks and their directory
+travel in the ordinary ``TOKENMETER_SINKS`` / ``TOKENMETER_DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from tokenmeter._models import UsageRecord
+
+__all__ = [
+    "ENV_ID",
+    "ENV_SESSION",
+    "ENV_TAGS",
+    "ENV_TOTALS",
+    "RunTotalsSink",
+    "read_totals",
+    "start",
+]
+
+#: The run's id: the id of the session every process of the run records into.
+ENV_ID = "TOKENMETER_RUN_ID"
+#: The name of that session (``--session``).
+ENV_SESSION = "TOKENMETER_RUN_SESSION"
+#: Its tags (``--tag``), a JSON object.
+ENV_TAGS = "TOKENMETER_RUN_TAGS"
+#: A directory where each process leaves its totals for the run's summary.
+ENV_TOTALS = "TOKENMETER_RUN_TOTALS"
+
+
+def start() -> None:
+    """Meter this process as part of the run the environment describes (no-op outside one)."""
+    run_id = os.environ.get(ENV_ID)
+    if not run_id:
+        return
+    import tokenmeter
+    from tokenmeter import _runtime, _sessions
+
+    tags = json.loads(os.environ.get(ENV_TAGS) or "{}")
+    _sessions.name_implicit_session(os.environ.get(ENV_SESSION) or None, id=run_id, tags=tags)
+    totals = os.environ.get(ENV_TOTALS)
+    if totals:
+        _runtime.attach_sink(RunTotalsSink(Path(totals)))
+    tokenmeter.instrument()
+
+
+def _zero() -> dict[str, Any]:
+    return {
+        "calls": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cost_usd": Decimal(0),
+        "unpriced_calls": 0,
+        "errors": 0,
+    }
+
+
+class RunTotalsSink:
+    """Adds up this process's records per model and leaves them in ``directory`` as one small
+    JSON file (rewritten on flush and at close) for the ``run`` command to add up."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # a forked child counts its own calls
+
+    def _reset(self) -> None:
+        self.models: dict[str, dict[str, Any]] = {}
+        self.path = self.directory / f"{os.getpid()}-{secrets.token_hex(4)}.json"
+        self._dirty = False
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        for record in records:
+            totals = self.models.get(record.model_name)
+            if totals is None:
+                totals = self.models[record.model_name] = _zero()
+            totals["calls"] += 1
+            totals["input_tokens"] += record.input_tokens
+            totals["output_tokens"] += record.output_tokens
+            if record.estimated_cost_usd is None:
+                totals["unpriced_calls"] += 1
+            else:
+                totals["cost_usd"] += record.estimated_cost_usd
+            if record.status != "ok":
+                totals["errors"] += 1
+        self._dirty = self._dirty or bool(records)
+
+    def flush(self) -> None:
+        if not self._dirty or not self.directory.is_dir():  # the run has ended: nobody reads it
+            return
+        document = {
+            model: {**totals, "cost_usd": str(totals["cost_usd"])}
+            for model, totals in self.models.items()
+        }
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(document), encoding="utf-8")
+        os.replace(tmp, self.path)  # the run never reads a half-written file
+        self._dirty = False
+
+    def close(self) -> None:
+        self.flush()
+
+
+def read_totals(directory: Path) -> tuple[dict[str, dict[str, Any]], int]:
+    """Totals per model over every process that left a file, and how many did."""
+    models: dict[str, dict[str, Any]] = {}
+    processes = 0
+    for path in sorted(directory.glob("*.json")):
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        processes += 1
+        for model, counts in document.items():
+            totals = models.setdefault(model, _zero())
+            for key in totals:
+                totals[key] += Decimal(counts[key]) if key == "cost_usd" else int(counts[key])
+    return models, processes

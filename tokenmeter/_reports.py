@@ -1,0 +1,136 @@
+"""Periodic usage reports: ``reports = "weekly"`` writes ``reports/usage_report_<period>.md``.
+
+No daemon: the report of a period is written by whichever process first records a call after the
+period closed (at least ``GRACE`` into the next one, so that records of the last moments have
+reached the database). It runs as one more sink, on its own writer thread: the application's call
+never waits for it. Each report is written once, across processes: it is built in a temporary
+file and linked to its final name, which fails if another process got there first; a process
+killed halfway leaves only a temporary file, and the next one writes the report.
+
+Periods are calendar periods in UTC: a day, an ISO week (Monday to Sunday, named ``2026-W47``),
+a month (``2026-11``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from tokenmeter._models import SessionInfo, UsageRecord
+
+__all__ = ["GRACE", "PERIODS", "PeriodicReports", "period_name", "write_period_report"]
+
+logger = logging.getLogger("tokenmeter")
+
+#: Setting value -> the period it reports on.
+PERIODS = {"daily": "day", "weekly": "week", "monthly": "month"}
+GRACE = timedelta(seconds=10)
+
+
+def period_name(period: str, start: datetime) -> str:
+    """``2026-11-22``, ``2026-W47`` or ``2026-11`` for the period starting at ``start`` (UTC)."""
+    if period == "day":
+        return start.date().isoformat()
+    if period == "week":
+        year, week, _ = start.date().isocalendar()
+        return f"{year}-W{week:02d}"
+    return start.strftime("%Y-%m")
+
+
+def _source(directory: Path) -> Path | None:
+    for name in ("usage.db", "usage.jsonl"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def write_period_report(directory: Path, period: str, now: datetime) -> Path | None:
+    """Write the report of the last period closed before ``now`` unless it exists already.
+
+    Returns the path written, or None when it was there (or there is no data to report on).
+    """
+    from tokenmeter.cli._dates import period_bounds
+    from tokenmeter.cli._source import resolve_source
+    from tokenmeter.cli.reports._alerts import alerts_near
+    from tokenmeter.cli.reports._model import parse_dimension
+    from tokenmeter.cli.reports._periodic import PERIODIC_GROUPINGS, render_usage_report
+    from tokenmeter.cli.reports._query import Query, run_query
+
+    since, until = period_bounds(period, previous=True, now=now)
+    name = period_name(period, since)
+    folder = directory / "reports"
+    target = folder / f"usage_report_{name}.md"
+    if target.exists():
+        return None
+    data = _source(directory)
+    if data is None:
+        return None
+    source = resolve_source(str(data))
+    groupings = tuple(
+        tuple(parse_dimension(spec) for spec in specs) for specs in PERIODIC_GROUPINGS
+    )
+    report = run_query(source, Query(groupings=groupings, since=since, until=until))
+    text = render_usage_report(
+        report, alerts_near(source.path), title=f"Usage report {name} ({period})"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".usage_report_{name}.", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.link(temporary, target)  # atomic, and refuses to replace another process's report
+    except FileExistsError:
+        return None
+    finally:
+        os.unlink(temporary)
+    return target
+
+
+class PeriodicReports:
+    """A sink that writes the report of each closed period once (see the module docstring)."""
+
+    def __init__(self, directory: Path, periods: Sequence[str]) -> None:
+        self.directory = directory
+        self.periods = [PERIODS.get(p, p) for p in periods]
+        self._done: dict[str, str] = {}  # period -> name of the last one handled here
+        self._failed = False
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        if not records:
+            return
+        latest = max(record.timestamp for record in records).astimezone(UTC)
+        for period in self.periods:
+            self._check(period, latest)
+
+    def _check(self, period: str, latest: datetime) -> None:
+        from tokenmeter.cli._dates import period_bounds
+
+        start, _ = period_bounds(period, previous=False, now=latest)
+        if latest - start < GRACE:
+            return
+        closed = period_name(period, period_bounds(period, previous=True, now=latest)[0])
+        if self._done.get(period) == closed:
+            return
+        try:
+            written = write_period_report(self.directory, period, latest)
+        except Exception as exc:
+            if not self._failed:
+                logger.warning("tokenmeter: could not write the %s usage report: %r", period, exc)
+            self._failed = True
+            return
+        self._done[period] = closed
+        if written is not None:
+            logger.info("tokenmeter: wrote %s", written)
+
+    def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
+        return None
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,229 @@
+"""Totals of a set of usage records: the one place where calls, tokens and costs are summed.
+
+A live session (``_sessions.SessionSummary``), the markdown journal (``sinks.markdown``) and every
+CLI report (``cli.reports``) add records up with this class, so a figure such as "cost per 1K
+tokens" or "unpriced calls" means the same thing wherever it is shown. Costs are exact Decimals;
+an unpriced call adds its tokens but never a fake $0 (``cost`` is None while no call is priced).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any, Protocol
+
+from tokenmeter._models import output_cost
+
+__all__ = ["COUNT_NAMES", "Totals", "normalise_usd"]
+
+_ZERO = Decimal(0)
+_PICO_PER_USD = Decimal(10**12)
+
+#: The integer fields, in the order ``from_counts`` / ``from_sql`` take them.
+COUNT_NAMES = (
+    "calls",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "priced_calls",
+    "priced_tokens",
+    "error_calls",
+    "blocked_calls",
+    "estimated_calls",
+)
+_DECIMAL_NAMES = ("cost_usd", "output_cost_usd", "split_cost_usd")
+
+
+_ONE = Decimal(1)
+_TEN = Decimal(10)
+
+
+def normalise_usd(value: Decimal) -> Decimal:
+    """The same amount without trailing zeros or an exponent: ``0.0300000`` -> ``0.03``.
+
+    Cheap enough for the hot path: ``normalize`` only writes an exponent for a whole number of
+    tens (``1E+1``), which is checked only above 10.
+    """
+    plain = value.normalize()
+    if plain >= _TEN and plain == plain.to_integral_value():
+        return plain.quantize(_ONE)
+    return plain
+
+
+class _RecordLike(Protocol):
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def cache_read_tokens(self) -> int: ...
+    @property
+    def cache_write_tokens(self) -> int: ...
+    @property
+    def reasoning_tokens(self) -> int: ...
+    @property
+    def total_tokens(self) -> int: ...
+    @property
+    def estimated_cost_usd(self) -> Decimal | None: ...
+    @property
+    def cost_breakdown(self) -> Mapping[str, Decimal] | None: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def estimated(self) -> bool: ...
+
+
+class Totals:
+    """Running sums of a set of records, with the derived figures people ask for."""
+
+    __slots__ = (*COUNT_NAMES, *_DECIMAL_NAMES)
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cache_read_tokens = 0
+        self.cache_write_tokens = 0
+        self.reasoning_tokens = 0
+        self.total_tokens = 0
+        self.priced_calls = 0
+        #: Tokens of the priced calls: the base of cost per token.
+        self.priced_tokens = 0
+        self.error_calls = 0
+        self.blocked_calls = 0
+        self.estimated_calls = 0
+        #: Sum of the known costs (see ``cost`` for "nothing priced").
+        self.cost_usd = _ZERO
+        self.output_cost_usd = _ZERO
+        #: Cost of the priced calls that carry a cost breakdown (input + output split).
+        self.split_cost_usd = _ZERO
+
+    # --- adding up -------------------------------------------------------------------------
+
+    def add_record(self, record: _RecordLike) -> None:
+        # On the caller's thread for every record (session summaries): kept to plain adds.
+        total = record.total_tokens
+        self.calls += 1
+        self.input_tokens += record.input_tokens
+        self.output_tokens += record.output_tokens
+        self.cache_read_tokens += record.cache_read_tokens
+        self.cache_write_tokens += record.cache_write_tokens
+        self.reasoning_tokens += record.reasoning_tokens
+        self.total_tokens += total
+        status = record.status
+        if status != "ok":
+            if status == "error":
+                self.error_calls += 1
+            elif status == "blocked":
+                self.blocked_calls += 1
+        if record.estimated:
+            self.estimated_calls += 1
+        cost = record.estimated_cost_usd
+        if cost is None:
+            return
+        self.priced_calls += 1
+        self.priced_tokens += total
+        self.cost_usd += cost
+        breakdown = record.cost_breakdown
+        if breakdown:  # its parts add up to the cost
+            self.output_cost_usd += output_cost(breakdown)  # every output modality
+            self.split_cost_usd += cost
+
+    def add(self, other: Totals) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @classmethod
+    def from_counts(cls, counts: Sequence[Any], cost_usd: Decimal = _ZERO) -> Totals:
+        """From integers in ``COUNT_NAMES`` order (missing ones are 0) and the summed cost."""
+        totals = cls()
+        for name, value in zip(COUNT_NAMES, counts, strict=False):
+            setattr(totals, name, int(value or 0))
+        totals.cost_usd = cost_usd
+        return totals
+
+    @classmethod
+    def from_sql(cls, values: Sequence[Any]) -> Totals:
+        """From the ``COUNT_NAMES`` aggregates followed by ``SUM(cost_pusd)`` (pico-USD)."""
+        n = len(COUNT_NAMES)
+        return cls.from_counts(values[:n], Decimal(values[n] or 0) / _PICO_PER_USD)
+
+    def to_state(self) -> dict[str, Any]:
+        """JSON-able (Decimals as strings), for a file that keeps running totals."""
+        state: dict[str, Any] = {name: getattr(self, name) for name in COUNT_NAMES}
+        state.update({name: str(getattr(self, name)) for name in _DECIMAL_NAMES})
+        return state
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Totals:
+        totals = cls()
+        for name in COUNT_NAMES:
+            setattr(totals, name, int(state.get(name, 0)))
+        for name in _DECIMAL_NAMES:
+            setattr(totals, name, Decimal(str(state.get(name, "0"))))
+        return totals
+
+    # --- derived figures -------------------------------------------------------------------
+
+    @property
+    def cost(self) -> Decimal | None:
+        """Sum of known costs, normalised; None when no call in the set has a price."""
+        return normalise_usd(self.cost_usd) if self.priced_calls else None
+
+    @property
+    def unpriced_calls(self) -> int:
+        return self.calls - self.priced_calls
+
+    @property
+    def input_cost_usd(self) -> Decimal:
+        """Everything billed for input: uncached, cache reads and cache writes."""
+        return self.cost_usd - self.output_cost_usd
+
+    @property
+    def avg_tokens_per_call(self) -> float:
+        return self.total_tokens / self.calls if self.calls else 0.0
+
+    @property
+    def avg_cost_per_call(self) -> Decimal | None:
+        """Over the priced calls only (an unpriced call is not a free one)."""
+        return self.cost_usd / self.priced_calls if self.priced_calls else None
+
+    @property
+    def io_ratio(self) -> float | None:
+        """Input tokens per output token (None before any output)."""
+        return self.input_tokens / self.output_tokens if self.output_tokens else None
+
+    @property
+    def cost_per_token(self) -> Decimal | None:
+        return self.cost_usd / self.priced_tokens if self.priced_tokens else None
+
+    @property
+    def cost_per_1k_tokens(self) -> Decimal | None:
+        return self.cost_usd * 1000 / self.priced_tokens if self.priced_tokens else None
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        """Share of input tokens read from the provider's cache (None before any input)."""
+        return self.cache_read_tokens / self.input_tokens if self.input_tokens else None
+
+    def share_of(self, whole: Totals) -> Decimal | None:
+        """This cost as a fraction of ``whole``'s cost (None when there is nothing to divide)."""
+        if not self.priced_calls or not whole.cost_usd:
+            return None
+        return self.cost_usd / whole.cost_usd
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Totals):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(calls={self.calls}, input_tokens={self.input_tokens}, "
+            f"output_tokens={self.output_tokens}, cost_usd={self.cost_usd})"
+        )

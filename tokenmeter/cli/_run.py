@@ -1,0 +1,286 @@
+"""``tokenmeter run -- COMMAND...``: meter a program that was never changed to use tokenmeter.
+
+The command runs as a child process whose environment makes every Python interpreter in it (the
+program and anything it starts) call ``instrument()`` at start-up, through the ``sitecustomize`` in
+``tokenmeter/_bootstrap`` (see ``_autorun``). This process stays to forward signals, pass the exit
+status on, and print what the program spent. Its summary goes to stderr: stdout is the program's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from secrets import token_hex
+from typing import Any
+
+from tokenmeter.cli._errors import CliError
+
+__all__ = ["add_run_parser", "run_command"]
+
+#: Where ``tokenmeter run --budget`` puts the budget for the program's processes.
+BUDGET_ENV = "TOKENMETER_BUDGET_USD"
+_BOOTSTRAP = Path(__file__).resolve().parent.parent / "_bootstrap"
+#: Signals passed on to the program. SIGINT and SIGQUIT typed at the terminal already reach it
+#: (the terminal signals the whole foreground process group): those are not sent twice.
+_FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+_SI_KERNEL = 0x80  # Linux si_code of a signal the kernel (the terminal) sent
+_TOP_MODELS = 10
+
+
+def add_run_parser(commands: Any) -> None:
+    run = commands.add_parser(
+        "run",
+        help="run a program with every LLM call it (and its child processes) makes metered",
+        description="Run COMMAND with tokenmeter instrumenting every Python process in it, then "
+        "print what it spent. Usage: tokenmeter run [options] -- COMMAND [ARGS...]",
+    )
+    run.add_argument("--sinks", help="sinks to write: sqlite,jsonl,markdown (TOKENMETER_SINKS)")
+    run.add_argument("--dir", metavar="PATH", help="directory of the sinks (TOKENMETER_DIR)")
+    run.add_argument(
+        "--budget",
+        metavar="USD",
+        type=_usd,
+        help=f"budget for the program's spending, passed on as {BUDGET_ENV}",
+    )
+    run.add_argument("--session", metavar="NAME", help="session name (default: the program's)")
+    run.add_argument(
+        "--tag", action="append", default=[], metavar="KEY=VALUE", type=_tag, help="repeatable"
+    )
+    run.add_argument("-q", "--quiet", action="store_true", help="no summary at the end")
+    run.add_argument("program", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+
+
+def _usd(value: str) -> Decimal:
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a number of USD: {value!r}") from None
+    if not number.is_finite() or number < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number of USD, got {value!r}")
+    return number
+
+
+def _tag(value: str) -> tuple[str, str]:
+    key, sep, tag_value = value.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE, got {value!r}")
+    return key.strip(), tag_value
+
+
+def _default_name(command: list[str]) -> str:
+    """The program and its script, e.g. ``python app.py``: never the other arguments, which may
+    hold secrets (``--api-key ...``)."""
+    words = [os.path.basename(command[0])]
+    script = next((arg for arg in command[1:] if not arg.startswith("-")), None)
+    if script is not None and script.endswith(".py"):
+        words.append(os.path.basename(script))
+    return " ".join(words)
+
+
+def _child_environment(
+    args: argparse.Namespace, command: list[str], totals: Path
+) -> dict[str, str]:
+    from tokenmeter import _autorun
+
+    env = dict(os.environ)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = os.pathsep.join([str(_BOOTSTRAP), *([path] if path else [])])
+    env[_autorun.ENV_ID] = f"run_{datetime.now(UTC):%Y%m%d_%H%M%S}_{token_hex(3)}"
+    env[_autorun.ENV_SESSION] = args.session or _default_name(command)
+    env[_autorun.ENV_TAGS] = json.dumps(dict(args.tag))
+    env[_autorun.ENV_TOTALS] = str(totals)
+    if args.sinks is not None:
+        env["TOKENMETER_SINKS"] = args.sinks
+    if args.dir is not None:  # absolute: a child that changes directory writes to the same place
+        env["TOKENMETER_DIR"] = str(Path(args.dir).absolute())
+    if args.budget is not None:
+        env[BUDGET_ENV] = str(args.budget)
+    return env
+
+
+def _check_settings(env: dict[str, str]) -> Any:
+    """Fail here, once, on a setting every child process would reject."""
+    from tokenmeter._config import load_settings
+
+    try:
+        return load_settings(env=env)
+    except ValueError as exc:
+        raise CliError(str(exc), exit_code=2) from None
+
+
+def run_command(args: argparse.Namespace) -> int:
+    command = list(args.program)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        raise CliError(
+            "run: no command given: tokenmeter run [options] -- COMMAND ...", exit_code=2
+        )
+    from tokenmeter import _sessions
+
+    try:
+        _sessions.Session(args.session, tags=dict(args.tag))  # the checks every child would make
+    except ValueError as exc:
+        raise CliError(f"run: {exc}", exit_code=2) from None
+    totals = Path(tempfile.mkdtemp(prefix="tokenmeter-run-"))
+    try:
+        env = _child_environment(args, command, totals)
+        settings = _check_settings(env)
+        status = _supervise(command, env)
+        if not args.quiet:
+            _summary(env, totals, settings, status)
+    finally:
+        shutil.rmtree(totals, ignore_errors=True)
+    if status < 0:  # the program died of a signal: so do we, after the summary
+        _die_of(-status)
+    return status
+
+
+# -- running the program ------------------------------------------------------------------------
+def _signals() -> list[signal.Signals]:
+    return [getattr(signal, name) for name in _FORWARDED if hasattr(signal, name)]
+
+
+def _spawn(command: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    try:
+        return subprocess.Popen(command, env=env, **kwargs)
+    except FileNotFoundError:
+        raise CliError(f"run: command not found: {command[0]}", exit_code=127) from None
+    except PermissionError:
+        raise CliError(f"run: permission denied: {command[0]}", exit_code=126) from None
+
+
+def _supervise(command: list[str], env: dict[str, str]) -> int:
+    """Run the program to its end, forwarding signals; its exit status (-N: killed by signal N)."""
+    if not hasattr(signal, "sigwaitinfo"):  # Windows, macOS
+        return _supervise_with_handlers(command, env)
+    forwarded = set(_signals())
+    waited = forwarded | {signal.SIGCHLD}
+    # Blocked before the child exists, so no signal and no child exit can slip between the two;
+    # the child gets the mask of before (preexec_fn is safe here: this process has one thread).
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    try:
+        process = _spawn(
+            command, env, preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        )
+        while True:
+            info = signal.sigwaitinfo(waited)
+            if info.si_signo == signal.SIGCHLD:
+                if process.poll() is not None:
+                    return process.returncode
+                continue  # stopped or continued, not ended
+            from_terminal = info.si_code == _SI_KERNEL and info.si_signo in (
+                signal.SIGINT,
+                signal.SIGQUIT,
+            )
+            if not from_terminal:
+                process.send_signal(info.si_signo)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _supervise_with_handlers(command: list[str], env: dict[str, str]) -> int:
+    process: subprocess.Popen[bytes] | None = None
+
+    def forward(signum: int, frame: object) -> None:
+        if process is not None and process.poll() is None:
+            process.send_signal(signum)
+
+    previous: dict[signal.Signals, Any] = {}
+    for signum in _signals():
+        # SIGINT from the terminal reaches the program directly; it must not end us first.
+        handler = signal.SIG_IGN if signum == signal.SIGINT else forward
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except (OSError, ValueError):
+            continue
+    try:
+        process = _spawn(command, env)
+        return process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _die_of(signum: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+    os.kill(os.getpid(), signum)
+
+
+# -- the summary --------------------------------------------------------------------------------
+def _summary(env: dict[str, str], totals: Path, settings: Any, status: int) -> None:
+    from tokenmeter import _autorun
+    from tokenmeter.cli.reports._format import fmt_int, fmt_usd
+
+    models, processes = _autorun.read_totals(totals)
+    out = sys.stderr
+    name = env[_autorun.ENV_SESSION]
+    ended = f"exit status {status}" if status >= 0 else f"killed by signal {-status}"
+    calls = sum(m["calls"] for m in models.values())
+    cost = sum((m["cost_usd"] for m in models.values()), Decimal(0))
+    print(f"\ntokenmeter: {name!r} ({ended})", file=out)
+    if not calls:
+        print("  no LLM calls were recorded", file=out)
+    else:
+        ranked = sorted(models.items(), key=lambda kv: (-kv[1]["cost_usd"], kv[0]))
+        rows = [
+            (
+                model,
+                fmt_int(m["calls"]),
+                fmt_int(m["input_tokens"]),
+                fmt_int(m["output_tokens"]),
+                fmt_usd(None if m["unpriced_calls"] == m["calls"] else m["cost_usd"]),
+            )
+            for model, m in ranked[:_TOP_MODELS]
+        ]
+        if len(ranked) > _TOP_MODELS:
+            rows.append((f"... {len(ranked) - _TOP_MODELS} more models", "", "", "", ""))
+        rows.append(
+            (
+                "total",
+                fmt_int(calls),
+                fmt_int(sum(m["input_tokens"] for m in models.values())),
+                fmt_int(sum(m["output_tokens"] for m in models.values())),
+                fmt_usd(cost),
+            )
+        )
+        head = ("model", "calls", "input", "output", "cost")
+        widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(5)]
+        for row in [head, *rows]:
+            cells = [row[0].ljust(widths[0])]
+            cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
+            print("  " + "  ".join(cells).rstrip(), file=out)
+        notes = []
+        unpriced = sum(m["unpriced_calls"] for m in models.values())
+        errors = sum(m["errors"] for m in models.values())
+        if unpriced:
+            notes.append(f"{unpriced} calls had no known price (not in the cost)")
+        if errors:
+            notes.append(f"{errors} calls failed or were refused")
+        if processes > 1:
+            notes.append(f"calls from {processes} processes")
+        if notes:
+            print("  " + "; ".join(notes), file=out)
+    budget = env.get(BUDGET_ENV)
+    if budget is not None:
+        verdict = "OVER" if cost > Decimal(budget) else "within"
+        print(f"  {verdict} the budget of {fmt_usd(Decimal(budget))}", file=out)
+    sinks = ", ".join(settings.sinks) or "no sinks"
+    print(
+        f"  session {env[_autorun.ENV_ID]} in {Path(settings.directory).absolute()} ({sinks}); "
+        "see `tokenmeter report --by session`",
+        file=out,
+    )

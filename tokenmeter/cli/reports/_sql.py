@@ -1,0 +1,77 @@
+"""The SQL the reports send, with every dialect-specific piece in this one module.
+
+Everything else in the query layer is plain SQL (``COUNT``, ``SUM``, ``CASE``, ``GROUP BY``,
+``IN``, ``substr``) that SQLite and PostgreSQL read alike. What differs is here: reading one key of
+the JSON ``tags`` column, and the ``?`` placeholder style of ``sqlite3``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+from tokenmeter._totals import COUNT_NAMES
+
+__all__ = [
+    "NONE_SQL",
+    "PLACEHOLDER",
+    "raw_column_sql",
+    "tag_path",
+    "tag_sql",
+    "totals_select",
+]
+
+PLACEHOLDER = "?"
+NONE_SQL = "'(none)'"
+
+
+def tag_path(key: str) -> str:
+    """The JSON path of one tag key, quoted so that any key text is one member name."""
+    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def tag_sql(prefix: str = "") -> str:
+    """SQL text of one tag's value (its path as the one parameter), NULL when absent."""
+    return f"CAST(json_extract({prefix}tags, {PLACEHOLDER}) AS TEXT)"
+
+
+def raw_column_sql(column: str, prefix: str = "") -> tuple[str, list[str]]:
+    """SQL expression (and its parameters) for one stored key column (see ``raw_columns``)."""
+    p = prefix
+    simple = {
+        "provider": f"COALESCE({p}model_provider, {NONE_SQL})",
+        "model": f"COALESCE({p}model_name, {NONE_SQL})",
+        "session_id": f"COALESCE({p}session_id, {NONE_SQL})",
+        "session": f"COALESCE({p}session_name, '')",
+        "status": f"COALESCE({p}status, 'ok')",
+        "utc_hour": f"substr({p}timestamp, 1, 13)",
+    }
+    if column in simple:
+        return simple[column], []
+    key = column.removeprefix("tag:")
+    return f"COALESCE({tag_sql(prefix)}, {NONE_SQL})", [tag_path(key)]
+
+
+def totals_select(columns: Collection[str], prefix: str = "") -> str:
+    """The aggregates ``Totals.from_sql`` reads, in ``COUNT_NAMES`` order, then the pico-USD sum.
+
+    Columns an older database lacks (``status``, ``estimated``) count as 0.
+    """
+    p = prefix
+    status = f"{p}status" if "status" in columns else None
+    parts = [
+        "COUNT(*)",
+        f"SUM({p}input_tokens)",
+        f"SUM({p}output_tokens)",
+        f"SUM({p}cache_read_tokens)",
+        f"SUM({p}cache_write_tokens)",
+        f"SUM({p}reasoning_tokens)",
+        f"SUM({p}total_tokens)",
+        f"COUNT({p}cost_pusd)",
+        f"SUM(CASE WHEN {p}cost_pusd IS NOT NULL THEN {p}total_tokens END)",
+        f"SUM(CASE WHEN {status} = 'error' THEN 1 ELSE 0 END)" if status else "0",
+        f"SUM(CASE WHEN {status} = 'blocked' THEN 1 ELSE 0 END)" if status else "0",
+        f"SUM(CASE WHEN {p}estimated = 1 THEN 1 ELSE 0 END)" if "estimated" in columns else "0",
+        f"SUM({p}cost_pusd)",
+    ]
+    assert len(parts) == len(COUNT_NAMES) + 1
+    return ", ".join(parts)

@@ -1,0 +1,369 @@
+"""The pytest plugin: what each test spent on LLM calls, budgets that fail a test or a run.
+
+Registered through the ``pytest11`` entry point, so pytest loads it in every project where
+tokenmeter is installed. It is inert unless ``--tokenmeter`` (or ``tokenmeter = true`` in the
+ini file, or ``--tokenmeter-budget`` / ``--tokenmeter-json``) turns it on: until then it only adds
+its options, its marker and the ``tokenmeter_fake`` fixture, and imports nothing heavier than
+``tokenmeter`` itself (whose names load lazily). Installing tokenmeter never changes a test run.
+
+Turned on, every test runs in its own tokenmeter session named by its node id and tagged
+``test=<node id>``, so its calls also reach the configured sinks attributed to it. The test's
+totals ride on its teardown report (a plain dict), which is how pytest-xdist workers hand them to
+the controller: the controller adds up the same numbers a single process would, exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator, Iterator
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from tokenmeter._sessions import Session
+    from tokenmeter.testing import FakeProvider
+
+__all__ = ["tokenmeter_fake"]
+
+#: The attribute of a teardown report that carries the test's totals (JSON-safe values only).
+REPORT_KEY = "tokenmeter"
+_MARKER = "tokenmeter_budget"
+_SPEND_KEY = pytest.StashKey["_Spend"]()
+_TOP = 10
+_NAME_WIDTH = 72
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("tokenmeter", "LLM usage and cost per test (tokenmeter)")
+    group.addoption(
+        "--tokenmeter",
+        action="store_true",
+        default=None,
+        help="meter the LLM calls each test makes; list the most expensive tests",
+    )
+    group.addoption(
+        "--tokenmeter-budget",
+        metavar="USD",
+        default=None,
+        help="fail the run when all tests together spend more than USD (implies --tokenmeter)",
+    )
+    group.addoption(
+        "--tokenmeter-json",
+        metavar="PATH",
+        default=None,
+        help="write every test's usage and the total to PATH as JSON (implies --tokenmeter)",
+    )
+    group.addoption(
+        "--tokenmeter-top",
+        metavar="N",
+        type=int,
+        default=None,
+        help=f"how many of the most expensive tests the summary lists (default {_TOP})",
+    )
+    parser.addini("tokenmeter", "meter LLM calls per test, like --tokenmeter", type="bool")
+    parser.addini("tokenmeter_budget", "like --tokenmeter-budget (USD)", default=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{_MARKER}(usd): fail this test when its LLM calls cost more than usd "
+        "(needs --tokenmeter)",
+    )
+    budget_text = config.getoption("tokenmeter_budget") or config.getini("tokenmeter_budget")
+    json_path = config.getoption("tokenmeter_json")
+    enabled = config.getoption("tokenmeter")
+    if enabled is None:
+        enabled = bool(config.getini("tokenmeter"))
+    if not (enabled or budget_text or json_path):
+        return
+    budget = None
+    if budget_text:
+        budget = _usd(str(budget_text))
+        if budget is None:
+            raise pytest.UsageError(
+                f"--tokenmeter-budget must be a non-negative number of USD, got {budget_text!r}"
+            )
+    top = config.getoption("tokenmeter_top")
+    if top is not None and top < 0:
+        raise pytest.UsageError(f"--tokenmeter-top must be 0 or more, got {top}")
+    meter = Meter(config, budget=budget, json_path=json_path, top=_TOP if top is None else top)
+    config.pluginmanager.register(meter, "tokenmeter-meter")
+
+
+@pytest.fixture
+def tokenmeter_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeProvider]:
+    """A started `tokenmeter.testing.FakeProvider`, with the environment pointing the OpenAI,
+    Anthropic and Gemini SDKs at it: clients your code creates during the test (``OpenAI()``,
+    ``Anthropic()``, ``genai.Client()``) talk to the fake, offline, with a fake key.
+
+    Works with or without ``--tokenmeter``; ``fake.openai_client()`` and friends give clients
+    that never retry, and ``fake.set_usage(...)`` / ``fake.fail_next(...)`` set what comes back.
+    """
+    from tokenmeter.testing import FakeProvider
+
+    with FakeProvider() as fake:
+        monkeypatch.delenv("GOOGLE_API_KEY", raising=False)  # google-genai prefers it to ours
+        for name, value in fake.environ().items():
+            monkeypatch.setenv(name, value)
+        yield fake
+
+
+def _usd(text: str) -> Decimal | None:
+    try:
+        value = Decimal(text.strip())
+    except (InvalidOperation, ValueError):
+        return None
+    return value if value.is_finite() and value >= 0 else None
+
+
+def _marker_budget(item: pytest.Item) -> Decimal | None:
+    marker = item.get_closest_marker(_MARKER)
+    if marker is None:
+        return None
+    args = list(marker.args) + ([marker.kwargs["usd"]] if "usd" in marker.kwargs else [])
+    value = _usd(str(args[0])) if len(args) == 1 and not isinstance(args[0], bool) else None
+    if value is None:
+        raise pytest.UsageError(
+            f"{item.nodeid}: @pytest.mark.{_MARKER} takes one non-negative number of USD, "
+            f"e.g. @pytest.mark.{_MARKER}(0.05); got {marker.args!r} {marker.kwargs!r}"
+        )
+    return value
+
+
+_COUNTS = ("calls", "input_tokens", "output_tokens", "cost_usd", "unpriced_calls")
+
+
+class _Spend:
+    """What one test spent: its session's totals, plus the calls that landed in the process's
+    implicit session meanwhile (made on a thread the test started, which does not carry the
+    test's session): tests run one at a time in a process, so those are the test's too."""
+
+    def __init__(self, session: Session) -> None:
+        from tokenmeter import _sessions
+
+        self.session = session
+        self.outside = _sessions.implicit_session()
+        self.before = self._counts(self.outside)
+
+    @staticmethod
+    def _counts(session: Session) -> dict[str, Any]:
+        return {name: getattr(session.summary, name) for name in _COUNTS}
+
+    def counts(self) -> dict[str, Any]:
+        own = self._counts(self.session)
+        now = self._counts(self.outside)
+        return {name: own[name] + now[name] - self.before[name] for name in _COUNTS}
+
+    def totals(self, nodeid: str) -> dict[str, Any]:
+        counts = self.counts()
+        return {
+            "nodeid": nodeid,
+            "session_id": self.session.id,
+            "calls": counts["calls"],
+            "input_tokens": counts["input_tokens"],
+            "output_tokens": counts["output_tokens"],
+            "total_tokens": counts["input_tokens"] + counts["output_tokens"],
+            "cost_usd": str(counts["cost_usd"]),
+            "unpriced_calls": counts["unpriced_calls"],
+        }
+
+
+class Meter:
+    """The plugin as turned on: one per pytest run (in the controller and in each xdist worker)."""
+
+    def __init__(
+        self, config: pytest.Config, *, budget: Decimal | None, json_path: str | None, top: int
+    ) -> None:
+        self.config = config
+        self.budget = budget
+        self.json_path = Path(json_path).absolute() if json_path else None
+        self.top = top
+        self.results: list[dict[str, Any]] = []
+        self.is_worker = hasattr(config, "workerinput")
+        self._instrumented = False
+
+    # -- running each test (in the process that runs it) ------------------------------------------
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item) -> Iterator[None]:
+        import tokenmeter
+
+        if not self._instrumented:  # here, not at start-up: an xdist controller runs no test
+            self._instrumented = True
+            tokenmeter.instrument()
+        session = tokenmeter.session(item.nodeid, tags={"test": item.nodeid})
+        item.stash[_SPEND_KEY] = _Spend(session)
+        with session:
+            yield
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, Any, None]:
+        outcome = yield
+        report: pytest.TestReport = outcome.get_result()
+        spend = item.stash.get(_SPEND_KEY, None)
+        if spend is None:
+            return
+        budget = _marker_budget(item)
+        if budget is not None and report.passed and not _already_failed(item):
+            counts = spend.counts()
+            cost: Decimal = counts["cost_usd"]
+            if cost > budget:
+                item.stash[_FAILED_KEY] = True
+                report.outcome = "failed"
+                tokens = counts["input_tokens"] + counts["output_tokens"]
+                report.longrepr = (
+                    f"tokenmeter: this test's LLM calls cost ${cost.normalize():f}, over its "
+                    f"budget of ${budget.normalize():f} (@pytest.mark.{_MARKER}); "
+                    f"{counts['calls']} calls, {tokens} tokens"
+                )
+        if call.when == "teardown":
+            setattr(report, REPORT_KEY, spend.totals(item.nodeid))
+
+    # -- collecting (in the controller under xdist: the reports arrive from the workers) ---------
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        totals = getattr(report, REPORT_KEY, None)
+        if report.when == "teardown" and isinstance(totals, dict):
+            self.results.append(totals)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.is_worker:
+            return
+        import tokenmeter
+
+        tokenmeter.flush(timeout=10)  # the sinks have every record when pytest exits
+        total = self.total()
+        over = self.budget is not None and total["cost"] > self.budget
+        if over and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if self.json_path is not None:
+            self.write_json(total)
+
+    def pytest_unconfigure(self) -> None:
+        if self._instrumented:
+            import tokenmeter
+
+            tokenmeter.uninstrument()
+
+    # -- the numbers ----------------------------------------------------------------------------
+    def total(self) -> dict[str, Any]:
+        spending = [r for r in self.results if r["calls"]]
+        return {
+            "tests": len(self.results),
+            "tests_with_calls": len(spending),
+            "calls": sum(r["calls"] for r in self.results),
+            "input_tokens": sum(r["input_tokens"] for r in self.results),
+            "output_tokens": sum(r["output_tokens"] for r in self.results),
+            "total_tokens": sum(r["total_tokens"] for r in self.results),
+            "cost": sum((Decimal(r["cost_usd"]) for r in self.results), Decimal(0)),
+            "unpriced_calls": sum(r["unpriced_calls"] for r in self.results),
+        }
+
+    def ranked(self) -> list[dict[str, Any]]:
+        """Tests that made calls, the most expensive first (then most tokens, then by id)."""
+        spending = [r for r in self.results if r["calls"]]
+        return sorted(
+            spending, key=lambda r: (-Decimal(r["cost_usd"]), -r["total_tokens"], r["nodeid"])
+        )
+
+    def write_json(self, total: dict[str, Any]) -> None:
+        from tokenmeter.cli.reports._format import dumps_exact
+
+        cost = total.pop("cost")
+        document = {
+            "total": {**total, "cost_usd": cost},
+            "budget_usd": self.budget,
+            "over_budget": self.budget is not None and cost > self.budget,
+            "tests": [
+                {**r, "cost_usd": Decimal(r["cost_usd"]), "share": _share(r, cost)}
+                for r in self.ranked()
+            ],
+        }
+        self.json_path.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        tmp = self.json_path.with_name(self.json_path.name + f".{os.getpid()}.tmp")  # type: ignore[union-attr]
+        tmp.write_text(dumps_exact(document) + "\n", encoding="utf-8")
+        os.replace(tmp, self.json_path)  # type: ignore[arg-type]
+
+    # -- the terminal summary -------------------------------------------------------------------
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.is_worker:
+            return
+        from tokenmeter.cli.reports._format import fmt_int, fmt_usd
+
+        total = self.total()
+        cost = total["cost"]
+        write = terminalreporter.write_line
+        terminalreporter.write_sep("=", "tokenmeter: LLM usage by test")
+        if not total["calls"]:
+            write(f"no LLM calls in {total['tests']} tests")
+        else:
+            ranked = self.ranked()
+            shown = ranked[: self.top]
+            rows = [
+                (
+                    r["nodeid"],
+                    fmt_int(r["calls"]),
+                    fmt_int(r["total_tokens"]),
+                    fmt_usd(Decimal(r["cost_usd"])),
+                    _fmt_share(_share(r, cost)),
+                )
+                for r in shown
+            ]
+            label = f"total ({total['tests_with_calls']} of {total['tests']} tests made calls)"
+            rows.append(
+                (label, fmt_int(total["calls"]), fmt_int(total["total_tokens"]), fmt_usd(cost), "")
+            )
+            head = ("test", "calls", "tokens", "cost", "share")
+            widths = [min(_NAME_WIDTH, max(len(row[0]) for row in rows)), 7, 11, 12, 6]
+            for index, row in enumerate([head, *rows]):
+                if index == len(rows):  # the total row: a rule above it
+                    write("-" * (sum(widths) + 2 * (len(widths) - 1)))
+                name = _middle(row[0], widths[0])
+                cells = [name.ljust(widths[0])] + [
+                    cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)
+                ]
+                write("  ".join(cells).rstrip())
+            if len(ranked) > len(shown):
+                write(f"... and {len(ranked) - len(shown)} more tests that made calls")
+            if total["unpriced_calls"]:
+                write(f"{total['unpriced_calls']} calls had no known price (not in the cost)")
+        if self.budget is not None:
+            if cost > self.budget:
+                terminalreporter.write_line(
+                    f"tokenmeter: FAILED: the tests spent {fmt_usd(cost)}, over the budget of "
+                    f"{fmt_usd(self.budget)} (--tokenmeter-budget)",
+                    red=True,
+                    bold=True,
+                )
+            else:
+                write(f"within the budget of {fmt_usd(self.budget)}")
+        if self.json_path is not None:
+            write(f"usage written to {self.json_path}")
+
+
+_FAILED_KEY = pytest.StashKey[bool]()
+
+
+def _already_failed(item: pytest.Item) -> bool:
+    """Fail a test for its budget once (in the phase that crossed it), not in every phase."""
+    return item.stash.get(_FAILED_KEY, False)
+
+
+def _share(result: dict[str, Any], cost: Decimal) -> Decimal | None:
+    return (Decimal(result["cost_usd"]) / cost).quantize(Decimal("0.0001")) if cost else None
+
+
+def _fmt_share(share: Decimal | None) -> str:
+    return "" if share is None else f"{share * 100:.1f}%"
+
+
+def _middle(text: str, width: int) -> str:
+    """Shorten in the middle: a node id's file and test name are both worth keeping."""
+    if len(text) <= width:
+        return text
+    keep = width - 1
+    return text[: keep // 2] + "…" + text[len(text) - (keep - keep // 2) :]
