@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pg_server import pg_dsn, pg_server  # noqa: F401  (fixtures: a PostgreSQL on loopback)
 
 import tokenmeter
 from tokenmeter import _runtime
@@ -39,6 +40,17 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
         "TOKENMETER_DISABLED",
         "TOKENMETER_PRICES",
         "TOKENMETER_STREAM_USAGE",
+        "TOKENMETER_MAX_QUEUE",
+        "TOKENMETER_EXIT_TIMEOUT",
+        "TOKENMETER_BUDGETS",
+        "TOKENMETER_BUDGET_TIMEZONE",
+        "TOKENMETER_BUDGET_WARN_AT",
+        "TOKENMETER_BUDGET_LEDGER",
+        "TOKENMETER_ALERTS",
+        "TOKENMETER_STATE_FILE",
+        "TOKENMETER_THREAD_PROPAGATION",
+        "TOKENMETER_PROVIDERS",
+        "TOKENMETER_PG_DSN",
     ):
         monkeypatch.delenv(name, raising=False)
     yield

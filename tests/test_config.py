@@ -45,7 +45,7 @@ def test_environment_beats_pyproject_and_arguments_beat_both(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"TOKENMETER_SINKS": "sqlite,postgres"}, "unknown sink 'postgres'"),
+        ({"TOKENMETER_SINKS": "sqlite,clickhouse"}, "unknown sink 'clickhouse'"),
         ({"TOKENMETER_DISABLED": "maybe"}, "TOKENMETER_DISABLED"),
         ({"TOKENMETER_DIR": "  "}, r"'directory' from TOKENMETER_DIR: must not be empty"),
     ],
@@ -111,8 +111,8 @@ def test_sink_objects_and_names_mix(tmp_path: Path) -> None:
 
 
 def test_unknown_sink_name_is_rejected() -> None:
-    with pytest.raises(ValueError, match="unknown sink 'postgres'"):
-        tokenmeter.configure(sinks=["postgres"])
+    with pytest.raises(ValueError, match="unknown sink 'clickhouse'"):
+        tokenmeter.configure(sinks=["clickhouse"])
 
 
 @pytest.mark.parametrize(
@@ -130,7 +130,7 @@ def test_unknown_sink_name_is_rejected() -> None:
         ({"exit_timeout": True}, r"'exit_timeout'.*got True"),
         ({"exit_timeout": "3"}, r"'exit_timeout'.*got '3'"),
         ({"sinks": 5}, r"sinks.*got 5"),
-        ({"sinks": "sqlite,postgres"}, r"unknown sink 'postgres'"),
+        ({"sinks": "sqlite,clickhouse"}, r"unknown sink 'clickhouse'"),
         ({"prices": 5}, r"'prices' from configure\(\)"),
         ({"prices": [("my-model", {"input_per_mtok": 1, "output_per_mtok": 1})]}, r"'prices'"),
         ({"prices": {1: {"input_per_mtok": 1, "output_per_mtok": 1}}}, r"'prices'.*model name"),

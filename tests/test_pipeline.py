@@ -439,3 +439,29 @@ def test_the_applications_own_sigterm_handler_is_never_replaced(tmp_path: Path) 
     assert child.stdout.read().strip() == "app handler"
     with sqlite3.connect(tmp_path / "m" / "usage.db") as db:  # its sys.exit() ran atexit
         assert db.execute("select count(*) from records").fetchone() == (1000,)
+
+
+def test_submit_observers_run_on_the_callers_thread_and_cannot_fail_the_call(
+    sink: InMemorySink, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[tuple[str, str]] = []
+
+    def observer(item: object) -> None:
+        seen.append((type(item).__name__, threading.current_thread().name))
+
+    def broken(item: object) -> None:
+        raise RuntimeError("observer bug")
+
+    _pipeline.add_submit_observer(broken)
+    _pipeline.add_submit_observer(observer)
+    try:
+        made = tokenmeter.record("openai", "gpt-4o", 10, 2)
+    finally:
+        _pipeline.remove_submit_observer(broken)
+        _pipeline.remove_submit_observer(observer)
+    tokenmeter.record("openai", "gpt-4o", 10, 2)  # no longer observed
+    assert tokenmeter.flush(timeout=10)
+    assert ("UsageRecord", threading.current_thread().name) in seen
+    assert len([kind for kind, _ in seen if kind == "UsageRecord"]) == 1
+    assert sink.records[0].id == made.id and len(sink.records) == 2
+    assert "observer bug" in caplog.text

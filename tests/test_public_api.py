@@ -10,6 +10,7 @@ import tokenmeter
 
 #: SPEC §2, plus the types the API returns.
 PUBLIC = {
+    "BudgetExceeded",
     "Cost",
     "Instrumentation",
     "ModelTotals",
@@ -20,6 +21,7 @@ PUBLIC = {
     "UsageRecord",
     "configure",
     "current_session",
+    "estimate",
     "flush",
     "instrument",
     "price",

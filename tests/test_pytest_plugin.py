@@ -93,10 +93,10 @@ def test_summary_lists_tests_by_cost_with_the_total(project: pytest.Pytester) ->
         [
             r".*tokenmeter: LLM usage by test.*",
             r"test +calls +tokens +cost +share",
-            r"test_llm.py::test_three_calls +3 +4,500 +\$0\.006000 +75\.0%",
-            r"test_llm.py::test_one_call +1 +1,500 +\$0\.002000 +25\.0%",
+            r"test_llm.py::test_three_calls +3 +4,500 +\$0\.006 +75\.0%",
+            r"test_llm.py::test_one_call +1 +1,500 +\$0\.002 +25\.0%",
             r"-+",
-            r"total \(2 of 3 tests made calls\) +4 +6,000 +\$0\.008000",
+            r"total \(2 of 3 tests made calls\) +4 +6,000 +\$0\.008",
         ]
     )
 
@@ -167,8 +167,8 @@ def test_xdist_summary_and_run_budget(project: pytest.Pytester) -> None:
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
         [
-            "total (2 of 3 tests made calls)*4*6,000*$0.008000",
-            "tokenmeter: FAILED: the tests spent $0.008000, over the budget of $0.007000*",
+            "total (2 of 3 tests made calls)*4*6,000*$0.008",
+            "tokenmeter: FAILED: the tests spent $0.008, over the budget of $0.007*",
         ]
     )
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tokenmeter import sinks, testing
+    from tokenmeter._estimate import estimate
     from tokenmeter._models import Cost, SessionInfo, Usage, UsageRecord
     from tokenmeter._record import record, record_response
     from tokenmeter._runtime import configure
@@ -27,12 +28,14 @@ if TYPE_CHECKING:
         session,
         track,
     )
+    from tokenmeter.guardrails import BudgetExceeded
     from tokenmeter.providers import Instrumentation, instrument, uninstrument, wrap
 
 #: Where each public name lives. They are imported on first use, so ``import tokenmeter`` stays
 #: cheap (pydantic, wrapt and the sinks load with the first ``instrument()``, record or session):
 #: a library that imports tokenmeter but never meters pays nothing for it.
 _HOMES = {
+    "BudgetExceeded": "tokenmeter.guardrails._errors",
     "Cost": "tokenmeter._models",
     "SessionInfo": "tokenmeter._models",
     "Usage": "tokenmeter._models",
@@ -40,6 +43,7 @@ _HOMES = {
     "record": "tokenmeter._record",
     "record_response": "tokenmeter._record",
     "configure": "tokenmeter._runtime",
+    "estimate": "tokenmeter._estimate",
     "ModelTotals": "tokenmeter._sessions",
     "Session": "tokenmeter._sessions",
     "SessionSummary": "tokenmeter._sessions",
@@ -54,6 +58,7 @@ _HOMES = {
 _SUBMODULES = ("sinks", "testing")
 
 __all__ = [
+    "BudgetExceeded",
     "Cost",
     "Instrumentation",
     "ModelTotals",
@@ -64,6 +69,7 @@ __all__ = [
     "UsageRecord",
     "configure",
     "current_session",
+    "estimate",
     "flush",
     "instrument",
     "price",

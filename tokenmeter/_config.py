@@ -8,10 +8,11 @@ call wait and drop its record).
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from tokenmeter.pricing import check_aliases, check_prices
 from tokenmeter.pricing._overrides import short_repr
 
-__all__ = ["SINK_NAMES", "Settings", "load_settings"]
+__all__ = ["SINK_NAMES", "Settings", "load_settings", "load_settings_with_sources"]
 
-SINK_NAMES = ("sqlite", "jsonl", "markdown")
+SINK_NAMES = ("sqlite", "jsonl", "markdown", "postgres", "otel")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _ENV_NAMES = {
@@ -31,9 +32,22 @@ _ENV_NAMES = {
     "disabled": "TOKENMETER_DISABLED",
     "prices_file": "TOKENMETER_PRICES",
     "stream_usage": "TOKENMETER_STREAM_USAGE",
+    "max_queue": "TOKENMETER_MAX_QUEUE",
+    "exit_timeout": "TOKENMETER_EXIT_TIMEOUT",
+    "budgets": "TOKENMETER_BUDGETS",
+    "budget_timezone": "TOKENMETER_BUDGET_TIMEZONE",
+    "budget_warn_at": "TOKENMETER_BUDGET_WARN_AT",
+    "budget_ledger": "TOKENMETER_BUDGET_LEDGER",
+    "alerts": "TOKENMETER_ALERTS",
+    "state_file": "TOKENMETER_STATE_FILE",
+    "thread_propagation": "TOKENMETER_THREAD_PROPAGATION",
+    "providers": "TOKENMETER_PROVIDERS",
     "reports": "TOKENMETER_REPORTS",
+    "pg_dsn": "TOKENMETER_PG_DSN",
 }
 REPORT_PERIODS = ("daily", "weekly", "monthly")
+#: Settings that hold code (callables): configure() only.
+_CODE_ONLY = ("on_alert", "on_session_end")
 
 
 class Settings(BaseModel):
@@ -60,6 +74,27 @@ class Settings(BaseModel):
     max_queue: int = 100_000
     #: How long interpreter exit waits for records to reach the sinks.
     exit_timeout: float = 10.0
+    #: Budgets (see docs/budgets-and-alerts.md): limit_usd, period, scope, on_exceed.
+    budgets: tuple[Any, ...] = ()
+    #: The time zone of calendar periods (hour, day, week, month).
+    budget_timezone: str = "UTC"
+    #: Fractions of a budget's limit that warn, once each per period.
+    budget_warn_at: tuple[float, ...] = (0.5, 0.8, 1.0)
+    #: Where budgets keep their spend: "sqlite" (every process using the directory) or "memory"
+    #: (this process only). A configured sink with ``budget_ledger()`` overrides both.
+    budget_ledger: str = "sqlite"
+    #: Usage alert rules (call_tokens, call_cost, session_cost, spend_rate).
+    alerts: tuple[Any, ...] = ()
+    #: Callables given each alert (configure() only).
+    on_alert: tuple[Any, ...] = ()
+    #: Callables given each session that ends (configure() only).
+    on_session_end: tuple[Any, ...] = ()
+    #: A workflow state file: a line is appended when a top-level session ends.
+    state_file: Path | None = None
+    #: Sessions follow work into threads started inside them.
+    thread_propagation: bool = True
+    #: Providers ``instrument()`` patches when it names none (None: every installed one).
+    providers: tuple[str, ...] | None = None
     #: Usage reports written once per closed period to ``<directory>/reports/``.
     reports: tuple[str, ...] = ()
 
@@ -67,13 +102,72 @@ class Settings(BaseModel):
     @classmethod
     def _report_periods(cls, value: Any) -> tuple[str, ...]:
         return _parse_reports(value)
+    #: The "postgres" sink's connection string or URL; empty: libpq's standard PG* variables.
+    pg_dsn: str = ""
 
     @field_validator("sinks", mode="before")
     @classmethod
     def _known_sinks(cls, value: Any) -> tuple[str, ...]:
         return _parse_sinks(value)
 
-    @field_validator("directory", "prices_file", mode="before")
+    @field_validator("budgets", mode="before")
+    @classmethod
+    def _valid_budgets(cls, value: Any) -> tuple[Any, ...]:
+        from tokenmeter.guardrails._budgets import parse_budgets
+
+        return parse_budgets(value)
+
+    @field_validator("budget_timezone", mode="before")
+    @classmethod
+    def _valid_zone(cls, value: Any) -> str:
+        from tokenmeter.guardrails._budgets import parse_timezone
+
+        return parse_timezone(value)
+
+    @field_validator("budget_warn_at", mode="before")
+    @classmethod
+    def _valid_warn_at(cls, value: Any) -> tuple[float, ...]:
+        from tokenmeter.guardrails._budgets import parse_warn_at
+
+        return parse_warn_at(value)
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _known_providers(cls, value: Any) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        from tokenmeter.providers import _names
+
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"must be provider names, got {short_repr(value)}")
+        return tuple(_names(list(value)))
+
+    @field_validator("budget_ledger", mode="before")
+    @classmethod
+    def _valid_ledger(cls, value: Any) -> str:
+        if value not in ("sqlite", "memory"):
+            raise ValueError(f"must be 'sqlite' or 'memory', got {short_repr(value)}")
+        return str(value)
+
+    @field_validator("alerts", mode="before")
+    @classmethod
+    def _valid_alerts(cls, value: Any) -> tuple[Any, ...]:
+        from tokenmeter.guardrails._alerts import parse_alert_rules
+
+        return parse_alert_rules(value)
+
+    @field_validator("on_alert", "on_session_end", mode="before")
+    @classmethod
+    def _callables(cls, value: Any) -> tuple[Callable[..., object], ...]:
+        if callable(value):
+            return (value,)
+        if isinstance(value, list | tuple) and all(callable(item) for item in value):
+            return tuple(value)
+        raise ValueError(f"must be a callable or a list of callables, got {short_repr(value)}")
+
+    @field_validator("directory", "prices_file", "state_file", mode="before")
     @classmethod
     def _a_path(cls, value: Any) -> Path:
         # str/PathLike only: Path(5) is a TypeError, and bytes or NUL fail later, in the writer.
@@ -86,7 +180,7 @@ class Settings(BaseModel):
             raise ValueError(f"must not contain a NUL character, got {short_repr(text)}")
         return Path(text)
 
-    @field_validator("disabled", "stream_usage", mode="before")
+    @field_validator("disabled", "stream_usage", "thread_propagation", mode="before")
     @classmethod
     def _a_bool(cls, value: Any) -> bool:
         # No truthiness: "no", "false" and 0 must not quietly mean True (or anything).
@@ -105,6 +199,16 @@ class Settings(BaseModel):
     def _valid_aliases(cls, value: Any) -> dict[str, str]:
         check_aliases(value)
         return dict(value)
+
+    @field_validator("pg_dsn", mode="before")
+    @classmethod
+    def _a_dsn(cls, value: Any) -> str:
+        if not isinstance(value, str):
+            # Never echo it: a DSN may hold a password.
+            raise ValueError(f"must be a connection string, got {type(value).__name__}")
+        if "\x00" in value:
+            raise ValueError("must not contain a NUL character")
+        return value
 
     @field_validator("max_queue", mode="before")
     @classmethod
@@ -196,6 +300,12 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
             found["sinks"] = _parse_sinks(value)
         except ValueError as exc:
             raise ValueError(f"TOKENMETER_SINKS: {exc}") from None
+        if not found["sinks"]:  # an unset variable in a shell script, not a wish to store nothing
+            raise ValueError(
+                "TOKENMETER_SINKS is set but names no sink; unset it for the default (sqlite), "
+                f"name some of {', '.join(SINK_NAMES)}, or set TOKENMETER_DISABLED=1 to store "
+                "nothing"
+            )
     if (value := env.get("TOKENMETER_DISABLED")) is not None:
         found["disabled"] = _parse_bool("TOKENMETER_DISABLED", value)
     if value := env.get("TOKENMETER_PRICES"):
@@ -204,7 +314,51 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         found["stream_usage"] = _parse_bool("TOKENMETER_STREAM_USAGE", value)
     if (value := env.get("TOKENMETER_REPORTS")) is not None:
         found["reports"] = value
+    if (value := env.get("TOKENMETER_THREAD_PROPAGATION")) is not None:
+        found["thread_propagation"] = _parse_bool("TOKENMETER_THREAD_PROPAGATION", value)
+    if value := env.get("TOKENMETER_MAX_QUEUE"):
+        found["max_queue"] = _parse_number("TOKENMETER_MAX_QUEUE", value, int)
+    if value := env.get("TOKENMETER_EXIT_TIMEOUT"):
+        found["exit_timeout"] = _parse_number("TOKENMETER_EXIT_TIMEOUT", value, float)
+    for key in ("budgets", "alerts"):
+        name = _ENV_NAMES[key]
+        if value := env.get(name):
+            try:
+                found[key] = json.loads(value)
+            except (ValueError, RecursionError):
+                raise ValueError(
+                    f"{name} must be JSON: a list of tables, e.g. "
+                    + (
+                        '[{"limit_usd": 5, "period": "day"}]'
+                        if key == "budgets"
+                        else '[{"rule": "call_tokens", "multiplier": 3}]'
+                    )
+                ) from None
+    if value := env.get("TOKENMETER_BUDGET_TIMEZONE"):
+        found["budget_timezone"] = value
+    if value := env.get("TOKENMETER_BUDGET_WARN_AT"):
+        found["budget_warn_at"] = [
+            _parse_number("TOKENMETER_BUDGET_WARN_AT", part, float)
+            for part in value.split(",")
+            if part.strip()
+        ]
+    if value := env.get("TOKENMETER_BUDGET_LEDGER"):
+        found["budget_ledger"] = value.strip().lower()
+    if value := env.get("TOKENMETER_STATE_FILE"):
+        found["state_file"] = value
+    if value := env.get("TOKENMETER_PROVIDERS"):
+        found["providers"] = value
+    if value := env.get("TOKENMETER_PG_DSN"):
+        found["pg_dsn"] = value
     return found
+
+
+def _parse_number(name: str, value: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        return kind(value.strip())
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"{name} must be {what}, got {value!r}") from None
 
 
 def _find_pyproject(start: Path) -> Path | None:
@@ -234,7 +388,10 @@ def _from_pyproject(path: Path | None) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ValueError(f"{path}: [tool.tokenmeter] must be a table, got {short_repr(table)}")
     table = {key.replace("-", "_"): value for key, value in table.items()}
-    for key in ("directory", "prices_file"):
+    for key in _CODE_ONLY:
+        if key in table:
+            raise ValueError(f"{path}: [tool.tokenmeter] {key} holds code: set it with configure()")
+    for key in ("directory", "prices_file", "state_file"):
         if isinstance(table.get(key), str):  # relative to the pyproject.toml that names them
             table[key] = path.parent / table[key]
     return table
@@ -247,6 +404,17 @@ def load_settings(
     cwd: Path | None = None,
 ) -> Settings:
     """Merge the three layers; a bad value raises ValueError naming where it came from."""
+    return load_settings_with_sources(explicit, env=env, cwd=cwd)[0]
+
+
+def load_settings_with_sources(
+    explicit: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> tuple[Settings, dict[str, str]]:
+    """The merged settings, and where each came from ("default", "configure()", the environment
+    variable's name, or "<pyproject.toml> [tool.tokenmeter]")."""
     pyproject = _find_pyproject(cwd or Path.cwd())
     layers = [
         (f"{pyproject} [tool.tokenmeter]", _from_pyproject(pyproject)),
@@ -257,7 +425,7 @@ def load_settings(
     for _, layer in layers:
         merged.update(layer)
     try:
-        return Settings.model_validate(merged)
+        resolved = Settings.model_validate(merged)
     except ValidationError as exc:
         error = exc.errors()[0]
         key = str(error["loc"][0]) if error["loc"] else "?"
@@ -269,3 +437,8 @@ def load_settings(
         else:
             message = error["msg"].removeprefix("Value error, ")
         raise ValueError(f"tokenmeter setting {key!r} from {source}: {message}") from None
+    sources = {key: "default" for key in Settings.model_fields}
+    for name, layer in layers:
+        for key in layer:
+            sources[key] = _ENV_NAMES.get(key, name) if name == "environment" else name
+    return resolved, sources

@@ -396,6 +396,14 @@ class SessionInfo(BaseModel):
     ended_at: datetime | None = None
     notes: str | None = None
     budget_usd: Decimal | None = None
+    #: Totals of the session and its nested ones when it was sent (zero when it starts): a sink
+    #: need not add records up, and a parent whose calls were all made in nested sessions still
+    #: shows what it cost.
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    unpriced_calls: int = 0
 
 
 _fields_sets: dict[type, set[str]] = {}

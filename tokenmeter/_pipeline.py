@@ -47,7 +47,15 @@ from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.sinks._base import Sink
 from tokenmeter.sinks._files import ensure_private_dir, open_private
 
-__all__ = ["before_exit", "flush", "hook_termination_signals", "set_sinks", "submit"]
+__all__ = [
+    "add_submit_observer",
+    "before_exit",
+    "flush",
+    "hook_termination_signals",
+    "remove_submit_observer",
+    "set_sinks",
+    "submit",
+]
 
 logger = logging.getLogger("tokenmeter")
 
@@ -413,9 +421,33 @@ def _get() -> _Pipeline:
         return _pipeline
 
 
+#: Called with every submitted item on the caller's thread, before it is queued: for a sink that
+#: must capture something only the caller's thread knows (the OTel sink: the active span). Each
+#: must be quick and must not raise.
+_submit_observers: list[Callable[[UsageRecord | SessionInfo], None]] = []
+
+
+def add_submit_observer(observer: Callable[[UsageRecord | SessionInfo], None]) -> None:
+    """Call ``observer(item)`` on the caller's thread for every item submitted from now on."""
+    with _lock:
+        _submit_observers.append(observer)
+
+
+def remove_submit_observer(observer: Callable[[UsageRecord | SessionInfo], None]) -> None:
+    with _lock, contextlib.suppress(ValueError):
+        _submit_observers.remove(observer)
+
+
 def submit(item: UsageRecord | SessionInfo) -> None:
     """Queue a record or a session for every sink; returns at once."""
-    (_pipeline or _get()).put(item)
+    pipeline = _pipeline or _get()  # first use makes the sinks, which may add an observer
+    if _submit_observers:
+        for observer in _submit_observers:
+            try:
+                observer(item)
+            except Exception:  # never the application's problem
+                logger.exception("tokenmeter: a submit observer failed")
+    pipeline.put(item)
 
 
 def flush(timeout: float | None = None) -> bool:
@@ -516,9 +548,10 @@ def _on_termination(signum: int, frame: object) -> None:
 
 def _after_fork_in_child() -> None:
     # Writer threads do not survive fork(): the child starts its own. What the parent queued is
-    # the parent's to write.
+    # the parent's to write. The parent's sinks observe nothing here: the child's own will.
     global _pipeline
     _pipeline = None
+    _submit_observers.clear()
 
 
 atexit.register(_at_exit)

@@ -29,6 +29,7 @@ from tokenmeter._models import (
     usage_of,
 )
 from tokenmeter._totals import normalise_usd
+from tokenmeter.guardrails import _budgets, _state
 from tokenmeter.pricing import price_usage
 from tokenmeter.pricing._overrides import short_repr
 from tokenmeter.usage import extract
@@ -145,9 +146,11 @@ def emit(
     model: str,
     usage: Usage,
     session: _sessions.Session | None = None,
+    call: object = None,
     **fields: Any,
 ) -> UsageRecord:
-    """Price, attribute and enqueue one call's usage now (every record's road)."""
+    """Price, attribute and enqueue one call's usage now (every record's road). ``call``: the
+    intercepted call, whose budget reservation the record settles."""
     if _runtime._settings is None:  # once per process: price overrides must be in place
         _runtime.settings()
     if session is None:
@@ -155,7 +158,10 @@ def emit(
     record = build_record(provider, model, usage, session, **fields)
     if not session._announced:
         _sessions.announce(session)
-    session._add(record)
+    if record.status != "blocked":  # a refused call cost nothing and is no call of the summary
+        session._add(record)
+        if _state.armed:
+            _budgets.settle(record, session, call)
     _pipeline.submit(record)
     return record
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,18 @@ def settings() -> Settings:
 
 
 def _default_sinks(resolved: Settings) -> list[Sink]:
-    from tokenmeter.sinks import JSONLSink, MarkdownJournalSink, SQLiteSink
+    from tokenmeter.sinks import (
+        JSONLSink,
+        MarkdownJournalSink,
+        OTelSink,
+        PostgresSink,
+        SQLiteSink,
+    )
 
     directory = Path(resolved.directory).absolute()  # where the process was when it started
     made: list[Sink] = []
+    if resolved.disabled:  # TOKENMETER_DISABLED=1 writes nothing at all
+        return made
     for name in resolved.sinks:
         if name == "sqlite":
             made.append(SQLiteSink(directory / "usage.db"))
@@ -43,6 +52,11 @@ def _default_sinks(resolved: Settings) -> list[Sink]:
             made.append(JSONLSink(directory / "usage.jsonl"))
         elif name == "markdown":
             made.append(MarkdownJournalSink(directory / "journal"))
+        else:
+            try:
+                made.append(PostgresSink(resolved.pg_dsn) if name == "postgres" else OTelSink())
+            except ImportError as exc:  # its extra is missing: the other sinks still work
+                logging.getLogger("tokenmeter").error("tokenmeter sink %r: %s", name, exc)
     if resolved.reports:
         from tokenmeter._reports import PeriodicReports
 
@@ -60,10 +74,11 @@ def _apply() -> None:
         prices.update(resolved.prices)  # configure(prices=...) wins over the file
         pricing.set_user_prices(prices)
         pricing.set_aliases(resolved.aliases)
-        objects = [*_sink_objects, *_attached]
+        objects = [] if resolved.disabled else [*_sink_objects, *_attached]
+        _apply_guardrails(resolved, objects)
 
         def make_sinks() -> list[Sink]:
-            return [*objects, *_default_sinks(resolved)]
+            return [*objects, *_default_sinks(resolved), *_guardrail_sinks(resolved)]
 
         _pipeline.set_sinks(
             make_sinks,
@@ -73,6 +88,45 @@ def _apply() -> None:
         )
         _settings = resolved
     _pipeline.hook_termination_signals()
+
+
+def _apply_guardrails(resolved: Settings, objects: Sequence[Sink]) -> None:
+    from tokenmeter.guardrails import _budgets, _hooks
+
+    enabled = not resolved.disabled
+    _budgets.configure_budgets(
+        resolved.budgets if enabled else (),
+        timezone=resolved.budget_timezone,
+        warn_at=resolved.budget_warn_at,
+        directory=Path(resolved.directory).absolute(),
+        ledger=resolved.budget_ledger,
+        sinks=objects,
+    )
+    _hooks.global_hooks = resolved.on_session_end if enabled else ()
+    _sessions.warn_fractions = resolved.budget_warn_at
+    _sessions.set_thread_propagation(resolved.thread_propagation)
+
+
+def _guardrail_sinks(resolved: Settings) -> list[Sink]:
+    """The alert judge and the state-file writer run as sinks: on writer threads, off the
+    caller's, and ``flush()`` waits for them like for any sink."""
+    from tokenmeter.guardrails._alerts import AlertSink
+    from tokenmeter.guardrails._hooks import StateFileSink
+
+    made: list[Sink] = []
+    if resolved.disabled:
+        return made
+    if resolved.alerts or resolved.on_alert or resolved.budgets:
+        alerts = AlertSink(
+            resolved.alerts,
+            Path(resolved.directory).absolute() / "alerts.jsonl",
+            resolved.on_alert,
+        )
+        alerts.activate()
+        made.append(alerts)
+    if resolved.state_file is not None:
+        made.append(StateFileSink(Path(resolved.state_file).absolute()))
+    return made
 
 
 def configure(
@@ -85,13 +139,28 @@ def configure(
     max_queue: int | None = None,
     exit_timeout: float | None = None,
     reports: str | Iterable[str] | None = None,
+    budgets: Sequence[Mapping[str, Any]] | None = None,
+    budget_timezone: str | None = None,
+    budget_warn_at: Sequence[float] | None = None,
+    budget_ledger: str | None = None,
+    alerts: Sequence[Mapping[str, Any] | str] | None = None,
+    on_alert: Callable[[Any], object] | Sequence[Callable[[Any], object]] | None = None,
+    on_session_end: Callable[[Any], object] | Sequence[Callable[[Any], object]] | None = None,
+    state_file: str | Path | None = None,
+    thread_propagation: bool | None = None,
+    providers: Sequence[str] | str | None = None,
+    pg_dsn: str | None = None,
 ) -> None:
-    """Set sinks, price overrides and other settings for this process.
+    """Set sinks, price overrides, budgets, alerts, hooks and other settings for this process.
+
+    Budgets, alert rules and the rest are described in docs/configuration.md and
+    docs/budgets-and-alerts.md.
 
     ``sinks`` takes sink objects (anything implementing the Sink protocol) and/or default sink
-    names ("sqlite", "jsonl", "markdown"), one of them alone, or names as a comma-separated string
-    like ``TOKENMETER_SINKS``. Arguments win over ``TOKENMETER_*`` variables, which win over
-    ``[tool.tokenmeter]`` in pyproject.toml. Records made before the call go to the old sinks.
+    names ("sqlite", "jsonl", "markdown", "postgres", "otel"), one of them alone, or names as a
+    comma-separated string like ``TOKENMETER_SINKS``. Arguments win over ``TOKENMETER_*``
+    variables, which win over ``[tool.tokenmeter]`` in pyproject.toml. Records made before the
+    call go to the old sinks.
 
     Everything is checked before anything changes: a bad argument (or a bad prices file) raises
     a one-line ValueError naming it and leaves the previous settings in force.
@@ -113,6 +182,17 @@ def configure(
             ("max_queue", max_queue),
             ("exit_timeout", exit_timeout),
             ("reports", list(reports) if isinstance(reports, list | tuple) else reports),
+            ("budgets", list(budgets) if isinstance(budgets, list | tuple) else budgets),
+            ("budget_timezone", budget_timezone),
+            ("budget_warn_at", budget_warn_at),
+            ("budget_ledger", budget_ledger),
+            ("alerts", list(alerts) if isinstance(alerts, list | tuple) else alerts),
+            ("on_alert", on_alert),
+            ("on_session_end", on_session_end),
+            ("state_file", state_file),
+            ("thread_propagation", thread_propagation),
+            ("providers", list(providers) if isinstance(providers, list | tuple) else providers),
+            ("pg_dsn", pg_dsn),
         ):
             if value is not None:
                 explicit[key] = value
@@ -177,3 +257,7 @@ def reset() -> None:
         _pipeline.set_sinks(list)  # the old sinks get what they were sent, then are closed
         _pipeline.first_use_hook = settings
         _sessions.reset()
+        from tokenmeter.guardrails import _budgets, _hooks
+
+        _budgets.reset()
+        _hooks.global_hooks = ()

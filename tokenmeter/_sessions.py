@@ -1,4 +1,9 @@
-"""Sessions: contextvars-scoped attribution of records, nesting with roll-up, live summaries."""
+"""Sessions: contextvars-scoped attribution of records, nesting with roll-up, live summaries.
+
+A session follows work into threads started inside it (``threading.Thread`` and
+``ThreadPoolExecutor.submit``), unless the ``thread_propagation`` setting is off: see
+``set_thread_propagation``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -19,6 +25,7 @@ from tokenmeter import _pipeline
 from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import SessionInfo, UsageRecord, clean_text
 from tokenmeter._totals import Totals
+from tokenmeter.guardrails import _state as _guard_state
 
 __all__ = ["ModelTotals", "Session", "SessionSummary", "current_session", "session", "track"]
 
@@ -30,6 +37,9 @@ _current: ContextVar[Session | None] = ContextVar("tokenmeter_session", default=
 _MAX_ID = 200
 _MAX_NAME = 500
 _MAX_NOTES = 10_000
+#: Fractions of a session's budget that warn, once each (``budget_warn_at``; set by _runtime).
+warn_fractions: tuple[float, ...] = (0.5, 0.8, 1.0)
+OnEnd = Callable[["Session"], object]
 
 
 class ModelTotals(Totals):
@@ -79,6 +89,8 @@ class Session:
         tags: dict[str, str] | None = None,
         budget_usd: float | Decimal | str | None = None,
         notes: str | None = None,
+        on_exceed: Literal["warn", "raise"] = "warn",
+        on_end: OnEnd | Sequence[OnEnd] | None = None,
     ) -> None:
         if name is not None and not isinstance(name, str):
             raise ValueError(f"session name must be a string, got {name!r}")
@@ -91,6 +103,15 @@ class Session:
         self.tags = _check_tags(tags)
         self.budget_usd = _check_budget(budget_usd)
         self.notes = None if notes is None else clean_text(notes, _MAX_NOTES)
+        if on_exceed not in ("warn", "raise"):
+            raise ValueError(f"on_exceed must be 'warn' or 'raise', got {on_exceed!r}")
+        #: "raise": a call that would take the session past ``budget_usd`` is refused before it
+        #: is sent (``tokenmeter.BudgetExceeded``); "warn": it is made, and a warning logged.
+        self.on_exceed = on_exceed
+        self.on_end = _check_hooks(on_end)
+        #: USD reserved by calls in flight (budgets with on_exceed="raise"), under ``_lock``.
+        self._reserved = _ZERO
+        self._warned_at: set[float] = set()
         self.status: Literal["active", "completed", "failed"] = "active"
         self.started_at: datetime | None = None
         self.ended_at: datetime | None = None
@@ -101,7 +122,7 @@ class Session:
         self._token: Token[Session | None] | None = None
         self._over_budget_warned = False
         self._announced = False
-        self._init_args = (name, id, tags, budget_usd, notes)
+        self._init_args = (name, id, tags, budget_usd, notes, on_exceed, on_end)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _start(self) -> None:
@@ -112,6 +133,8 @@ class Session:
             self.effective_tags = {**self.parent.effective_tags, **self.tags}
         self.started_at = datetime.now(UTC)
         self._token = _current.set(self)
+        if self.on_exceed == "raise" and self.budget_usd is not None:
+            _guard_state.armed = True
         self._announce()
 
     def _end(self, failed: bool) -> None:
@@ -124,6 +147,7 @@ class Session:
         self.status = "failed" if failed else "completed"
         self.ended_at = datetime.now(UTC)
         _pipeline.submit(self.info())
+        _end_hooks(self)
 
     def _announce(self) -> None:
         self._announced = True
@@ -153,10 +177,18 @@ class Session:
         self.__exit__(exc_type, exc, tb)
 
     def __call__(self, func: F) -> F:
-        name, id_, tags, budget, notes = self._init_args
+        name, id_, tags, budget, notes, on_exceed, on_end = self._init_args
 
         def fresh() -> Session:
-            return Session(name, id=id_, tags=tags, budget_usd=budget, notes=notes)
+            return Session(
+                name,
+                id=id_,
+                tags=tags,
+                budget_usd=budget,
+                notes=notes,
+                on_exceed=on_exceed,
+                on_end=on_end,
+            )
 
         return _decorate(func, fresh)
 
@@ -168,29 +200,67 @@ class Session:
 
     def _add(self, record: UsageRecord) -> None:
         node: Session | None = self
+        budgeted = False
         with _lock:
             while node is not None:
                 node._summary._add(record)
+                budgeted = budgeted or node.budget_usd is not None
                 node = node.parent
-        if self.budget_usd is not None:
-            self._check_budget()
+        if budgeted:  # every ancestor's budget, however the record was made
+            node = self
+            while node is not None:
+                if node.budget_usd is not None:
+                    node._check_budget(record)
+                node = node.parent
 
-    def _check_budget(self) -> None:
+    def _check_budget(self, record: UsageRecord | None = None) -> None:
         budget = self.budget_usd
-        if budget is not None and not self._over_budget_warned and self._summary.cost_usd > budget:
+        if budget is None:
+            return
+        spent = self._summary.cost_usd
+        for fraction in warn_fractions:
+            if fraction >= 1 or fraction in self._warned_at:
+                continue
+            if spent > 0 and spent >= budget * Decimal(repr(fraction)):
+                self._warned_at.add(fraction)
+                self._alert(record, f"budget_{round(fraction * 100)}pct", fraction, spent)
+        if not self._over_budget_warned and spent > budget:
             self._over_budget_warned = True
             logger.warning(
                 "session %r is over budget: $%s spent of $%s",
                 self.name or self.id,
-                self._summary.cost_usd,
+                spent,
                 budget,
             )
+            self._alert(record, "budget_100pct", 1.0, spent)
+
+    def _alert(
+        self, record: UsageRecord | None, rule: str, fraction: float, spent: Decimal
+    ) -> None:
+        from tokenmeter.guardrails import _alerts
+
+        assert self.budget_usd is not None
+        _alerts.post(
+            _alerts.Alert(
+                time=record.timestamp if record is not None else datetime.now(UTC),
+                rule=rule,
+                scope=f"session={self.name or self.id}",
+                observed=float(spent),
+                baseline=None,
+                threshold=float(self.budget_usd) * fraction,
+                record_id=record.id if record is not None else None,
+                session_id=self.id,
+                message=f"session {self.name or self.id!r} has reached "
+                f"{round(fraction * 100)}% of its ${self.budget_usd} budget: ${spent} spent",
+            )
+        )
 
     @property
     def over_budget(self) -> bool:
         return self.budget_usd is not None and self.summary.cost_usd > self.budget_usd
 
     def info(self) -> SessionInfo:
+        totals = self._summary
         return SessionInfo(
             id=self.id,
             name=self.name,
@@ -201,6 +271,11 @@ class Session:
             ended_at=self.ended_at,
             notes=self.notes,
             budget_usd=self.budget_usd,
+            calls=totals.calls,
+            input_tokens=totals.input_tokens,
+            output_tokens=totals.output_tokens,
+            cost_usd=totals.cost_usd,
+            unpriced_calls=totals.unpriced_calls,
         )
 
     def __repr__(self) -> str:
@@ -221,6 +296,23 @@ def _check_tags(tags: Any) -> dict[str, str]:
         clean_text(key, _MAX_NAME): clean_text(str(value), _MAX_NOTES)
         for key, value in tags.items()
     }
+
+
+def _check_hooks(hooks: Any) -> tuple[OnEnd, ...]:
+    if hooks is None:
+        return ()
+    if callable(hooks):
+        return (hooks,)
+    if isinstance(hooks, list | tuple) and all(callable(hook) for hook in hooks):
+        return tuple(hooks)
+    raise ValueError(f"on_end must be a callable or a list of callables, got {hooks!r}")
+
+
+def _end_hooks(ended: Session) -> None:
+    from tokenmeter.guardrails._hooks import global_hooks, run_end_hooks
+
+    if ended.on_end or global_hooks:
+        run_end_hooks(ended, ended.on_end)
 
 
 def _check_budget(budget: Any) -> Decimal | None:
@@ -260,9 +352,24 @@ def session(
     tags: dict[str, str] | None = None,
     budget_usd: float | Decimal | str | None = None,
     notes: str | None = None,
+    on_exceed: Literal["warn", "raise"] = "warn",
+    on_end: OnEnd | Sequence[OnEnd] | None = None,
 ) -> Session:
-    """Open a session: ``with``, ``async with`` or ``@session(...)``."""
-    return Session(name, id=id, tags=tags, budget_usd=budget_usd, notes=notes)
+    """Open a session: ``with``, ``async with`` or ``@session(...)``.
+
+    ``budget_usd`` with ``on_exceed="raise"`` refuses a call before it is sent once the session
+    (nested ones included) would pass it; the default "warn" only logs. ``on_end`` callbacks
+    receive the finished Session (with its final ``summary``) when it ends.
+    """
+    return Session(
+        name,
+        id=id,
+        tags=tags,
+        budget_usd=budget_usd,
+        notes=notes,
+        on_exceed=on_exceed,
+        on_end=on_end,
+    )
 
 
 def track(name: str | None = None, *, tags: dict[str, str] | None = None) -> Callable[[F], F]:
@@ -328,6 +435,7 @@ def finish_implicit() -> None:
         _implicit.status = "completed"
         _implicit.ended_at = datetime.now(UTC)
         _pipeline.submit(_implicit.info())
+        _end_hooks(_implicit)
 
 
 _pipeline.before_exit(finish_implicit)
@@ -338,3 +446,71 @@ def reset() -> None:
     """Forget the implicit session (tests)."""
     global _implicit, _implicit_pid, _implicit_args
     _implicit, _implicit_pid, _implicit_args = None, 0, (None, None, None)
+
+
+# -- sessions follow work into threads ------------------------------------------------------------
+_propagate = False
+_original_start = threading.Thread.start
+_original_submit = ThreadPoolExecutor.submit
+
+
+def _start_in_session(self: threading.Thread) -> None:
+    if _propagate:
+        current = _current.get()
+        if current is not None and not getattr(self, "_tokenmeter_worker", False):
+            run = self.run
+
+            def run_in_session() -> None:
+                _current.set(current)  # a new thread starts with an empty context
+                run()
+
+            self.run = run_in_session  # type: ignore[method-assign]
+    _original_start(self)
+
+
+def _run_in(current: Session | None, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    token = _current.set(current)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _current.reset(token)
+
+
+def _submit_in_session(
+    self: ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+) -> Any:
+    if _propagate:
+        # Each work item runs in the session it was submitted from (or none): a pool's worker
+        # thread outlives the session that happened to start it.
+        _worker_start.flag = True
+        try:
+            return _original_submit(
+                self, functools.partial(_run_in, _current.get(), fn), *args, **kwargs
+            )
+        finally:
+            _worker_start.flag = False
+    return _original_submit(self, fn, *args, **kwargs)
+
+
+class _WorkerStart(threading.local):
+    flag = False
+
+
+_worker_start = _WorkerStart()
+
+
+def _start_checked(self: threading.Thread) -> None:
+    if _worker_start.flag:  # a pool worker started by submit(): its items carry their session
+        _original_start(self)
+    else:
+        _start_in_session(self)
+
+
+def set_thread_propagation(enabled: bool) -> None:
+    """Carry the current session into threads started inside it (the ``thread_propagation``
+    setting). The patches are installed once and read the switch at each start / submit."""
+    global _propagate
+    _propagate = enabled
+    if enabled and threading.Thread.start is not _start_checked:
+        threading.Thread.start = _start_checked  # type: ignore[method-assign]
+        ThreadPoolExecutor.submit = _submit_in_session  # type: ignore[method-assign, assignment]

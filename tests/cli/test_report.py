@@ -367,3 +367,22 @@ def test_detailed_csv_neutralises_every_text_column(cli: RunCli, tmp_path: Path,
     assert by_model["refund"]["cost_usd"] == "-0.25"
     assert by_model["refund"]["input_tokens"] == "1"
     assert by_model["refund"]["tags"] == "'@k=v"  # a tag KEY can start a formula too
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "jsonl"])
+def test_detailed_calls_say_which_counts_are_estimated(
+    cli: RunCli, tmp_path: Path, storage: str
+) -> None:
+    """A call whose provider reported no usage is recorded with an estimate: the report says so
+    next to its status, in every format."""
+    reported = rec(1, "2026-11-01T10:00:00Z", "openai", "gpt-4o", 120, 40, "0.0007")
+    guessed = rec(2, "2026-11-01T11:00:00Z", "openai", "gpt-4o", 118, 35, "0.0006")
+    guessed = guessed.model_copy(update={"estimated": True})
+    if storage == "sqlite":
+        path = write_sqlite(tmp_path / "usage.db", [reported, guessed], [])
+    else:
+        path = write_jsonl(tmp_path / "usage.jsonl", [reported, guessed])
+    doc = report_json(cli, "--source", str(path), "--detailed")
+    assert [c["estimated"] for c in doc["calls"]] == [False, True]
+    code, out, _ = cli("report", "--source", str(path), "--detailed")
+    assert code == 0 and out.count("ok (estimated)") == 1

@@ -120,8 +120,8 @@ sys.exit(3)
     for _, _, name, tags, inp, out in rows:
         assert (name, json.loads(tags), inp, out) == ("nightly", {"team": "search"}, 1000, 500)
     assert "tokenmeter: 'nightly' (exit status 3)" in result.stderr
-    assert _summary_row(result.stderr, "m-test") == ["m-test", "2", "2,000", "1,000", "$0.004000"]
-    assert _summary_row(result.stderr, "total") == ["total", "2", "2,000", "1,000", "$0.004000"]
+    assert _summary_row(result.stderr, "m-test") == ["m-test", "2", "2,000", "1,000", "$0.004"]
+    assert _summary_row(result.stderr, "total") == ["total", "2", "2,000", "1,000", "$0.004"]
     assert run_id in result.stderr
 
 
@@ -265,7 +265,7 @@ def test_settings_reach_the_program(fake: FakeProvider, tmp_path: Path) -> None:
         "TOKENMETER_BUDGET_USD 0.5",
     ]
     assert "no LLM calls were recorded" in result.stderr
-    assert "within the budget of $0.500000" in result.stderr
+    assert "within the budget of $0.50" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -289,3 +289,38 @@ def test_errors_are_one_line(
     err = capsys.readouterr().err
     assert message in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_budget_stops_the_program_call_that_would_pass_it(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    # $0.002 a call against a budget of $0.003: the first two calls go through (one per process,
+    # the second in a child), the third is refused inside the program before it is sent.
+    child = _script(
+        tmp_path / "child.py",
+        """
+        import openai
+        openai.OpenAI(max_retries=0).chat.completions.create(model="m-test", messages=[])
+        """,
+    )
+    app = _script(
+        tmp_path / "app.py",
+        f"""
+        import subprocess, sys
+        import openai
+        client = openai.OpenAI(max_retries=0)
+        client.chat.completions.create(model="m-test", messages=[])
+        subprocess.run([sys.executable, {child.name!r}], check=True)
+        try:
+            client.chat.completions.create(model="m-test", messages=[])
+        except Exception as exc:
+            print("refused:", type(exc).__name__)
+        """,
+    )
+    result = _run(["--budget", "0.003", "--", sys.executable, app.name], _env(fake), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "refused: BudgetExceeded\n"
+    assert len(fake.requests) == 2  # the refused call never reached the server
+    with sqlite3.connect(tmp_path / ".tokenmeter" / "usage.db") as conn:
+        statuses = [s for (s,) in conn.execute("SELECT status FROM records ORDER BY timestamp")]
+    assert statuses == ["ok", "ok", "blocked"]

@@ -87,3 +87,31 @@ def test_unknown_session(cli: RunCli, source: Path) -> None:
     code, out, err = cli("session", "nope", "--source", str(source))
     assert code == 1 and out == ""
     assert err.strip() == f"tokenmeter: error: no session 'nope' in {source}"
+
+
+def test_a_parent_whose_calls_were_all_nested_is_listed_with_rolled_up_totals(
+    cli: RunCli, tmp_path: Path
+) -> None:
+    import tokenmeter
+
+    directory = tmp_path / "store"
+    tokenmeter.configure(directory=directory, sinks=["sqlite"])
+    with tokenmeter.session("pipeline") as parent:
+        with tokenmeter.session("extract"):
+            tokenmeter.record("openai", "gpt-4o", 1000, 500)
+        with tokenmeter.session("summarise"):
+            tokenmeter.record("openai", "gpt-4o", 1000, 500)
+            with tokenmeter.session("check"):
+                tokenmeter.record("openai", "gpt-4o", 1000, 500)
+    assert tokenmeter.flush(5)
+    code, out, _ = cli("sessions", "--source", str(directory), "--format", "json")
+    assert code == 0
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert set(rows) == {"pipeline", "extract", "summarise", "check"}
+    assert rows["pipeline"]["session_id"] == parent.id
+    assert (rows["pipeline"]["calls"], rows["summarise"]["calls"], rows["check"]["calls"]) == (
+        3,
+        2,
+        1,
+    )
+    assert rows["pipeline"]["status"] == "completed"

@@ -66,6 +66,15 @@ def assert_storable(record: UsageRecord) -> None:
     assert len(line) < 10_000
 
 
+def assert_estimated(record: UsageRecord, output: bool) -> None:
+    """Recorded as an estimate: the request's input (and the streamed text's output), priced,
+    flagged ``estimated``; never zero tokens passed off as reported."""
+    assert (record.status, record.error, record.estimated) == ("ok", None, True)
+    assert record.input_tokens > 0
+    assert (record.output_tokens > 0) is output
+    assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
+
+
 def assert_unreadable(record: UsageRecord) -> None:
     """Recorded, flagged, and never priced from numbers that were not read."""
     assert (record.status, record.error) == UNREADABLE
@@ -109,6 +118,8 @@ OPENAI_ANSWERS = {
     "usage null": Chat(usage=None),
 }
 BAD_TEXT = {"lone surrogate model", "1 MB model", "numeric id"}
+#: No usage at all (a server that sends none): an estimate, never a silent zero.
+NO_USAGE = {"usage missing", "usage null"}
 
 
 class OpenAICompatible:
@@ -203,6 +214,10 @@ async def test_openai_compatible_server(
     assert_storable(record)
     assert record.model_provider == "openai" and record.request_model == "gpt-4o"
     assert record.streamed is stream and record.operation == "chat.completions"
+    if case in NO_USAGE:
+        assert_estimated(record, output=stream)
+        assert (record.model_name, record.request_id) == (SERVED, CHAT_ID)
+        return
     if case not in BAD_TEXT:
         assert_unreadable(record)
         assert (record.model_name, record.request_id) == (SERVED, CHAT_ID)  # still named
@@ -246,7 +261,7 @@ def test_hostile_answers_never_wedge_the_default_sqlite_sink(
     (last,) = [row for row in rows if row[4] == "chatcmpl-normal"]
     assert last[:3] == (SERVED, "ok", None) and last[3] is not None
     unreadable = [row for row in rows if row[1:3] == UNREADABLE]
-    assert len(unreadable) == 2 * 4 and all(row[3] is None for row in unreadable)
+    assert len(unreadable) == 2 * 3 and all(row[3] is None for row in unreadable)
     assert {row[0] for row in rows} >= {"gpt-\ufffd", SERVED}
     assert max(len(row[0]) for row in rows) <= 1_000
     assert not (tmp_path / "meter" / "quarantine.jsonl").exists()  # no record was refused
@@ -277,7 +292,7 @@ async def test_queued_background_create_is_not_a_call_yet_but_a_chat_without_usa
     sink: InMemorySink, kit: ModuleType, is_async: bool
 ) -> None:
     """A queued create has no usage because nothing is billed yet: its retrieve is the record.
-    A chat completion is billed when it returns: without usage it is recorded as unreadable,
+    A chat completion is billed when it returns: without usage it is recorded as an estimate,
     never dropped."""
 
     def server(request: Any) -> Any:
@@ -306,15 +321,15 @@ async def test_queued_background_create_is_not_a_call_yet_but_a_chat_without_usa
     await kit.maybe(client.chat.completions.create(model="gpt-4o", messages=MESSAGES))
     records = flushed(sink)
     assert len(records) == 2 and records[0] == retrieved
-    assert_unreadable(records[1])
+    assert_estimated(records[1], output=False)
     assert (records[1].operation, records[1].request_id) == ("chat.completions", CHAT_ID)
 
 
 @pytest.mark.parametrize("status", ["completed", "incomplete"])
-async def test_finished_response_without_usage_is_recorded_as_unreadable(
+async def test_finished_response_without_usage_is_estimated(
     sink: InMemorySink, kit: ModuleType, is_async: bool, status: str
 ) -> None:
-    """Unlike a queued one, a finished response was billed: no usage is unreadable usage."""
+    """Unlike a queued one, a finished response was billed: without usage it is estimated."""
     client = kit.mock_openai(
         lambda request: json_reply(OPENAI_HTTP, response_body(status, None)),
         is_async=is_async,
@@ -323,7 +338,7 @@ async def test_finished_response_without_usage_is_recorded_as_unreadable(
     tokenmeter.instrument("openai")
     await kit.maybe(client.responses.create(model="gpt-4o", input="hi"))
     record = only(flushed(sink))
-    assert_unreadable(record)
+    assert_estimated(record, output=False)
     assert (record.model_name, record.request_id) == (SERVED, "resp_hostile")
 
 
@@ -336,8 +351,8 @@ async def responses_stream(client: Any, kit: ModuleType) -> list[Any]:
 async def test_responses_stream_completed_without_readable_usage(
     sink: InMemorySink, kit: ModuleType, is_async: bool, usage: Any
 ) -> None:
-    """The completed event carries the response's usage: none, or none readable, is recorded
-    as unreadable usage, not as a stream that reported nothing (zero tokens, status ok)."""
+    """The completed event carries the response's usage: none is estimated (never zero tokens
+    passed off as reported); one that cannot be read is recorded as unreadable usage."""
     events = [
         {"type": "response.created", "response": response_body("in_progress", None)},
         {"type": "response.completed", "response": response_body("completed", usage)},
@@ -353,7 +368,10 @@ async def test_responses_stream_completed_without_readable_usage(
     seen = await responses_stream(client, kit)
     assert same(seen) == same(bare)
     record = only(flushed(sink))
-    assert_unreadable(record)
+    if usage is None:
+        assert_estimated(record, output=False)
+    else:
+        assert_unreadable(record)
     assert record.streamed and (record.model_name, record.request_id) == (SERVED, "resp_hostile")
 
 
@@ -568,6 +586,9 @@ async def test_gemini_server(sink: InMemorySink, is_async: bool, case: str, stre
     if case == "lone surrogate modelVersion":
         assert (record.status, record.model_name) == ("ok", "gemini-\ufffd")
         assert (record.input_tokens, record.output_tokens) == (5, 4)
+    elif case == "usageMetadata missing":  # billed, nothing reported: estimated
+        assert_estimated(record, output=stream)
+        assert record.model_name == GEMINI
     else:
         assert_unreadable(record)
         assert record.model_name == GEMINI

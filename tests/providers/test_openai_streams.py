@@ -78,18 +78,21 @@ async def test_caller_sees_exactly_the_chunks_it_would_without_tokenmeter(
         assert sent["stream_options"] == stream_options  # an explicit choice is never overridden
 
 
-async def test_stream_without_usage_is_recorded_with_zero_tokens(
+async def test_stream_without_usage_is_recorded_with_an_estimate(
     records: Records, kit: ModuleType, is_async: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An explicit include_usage False: the call still counts, with the gap visible (0 tokens)."""
+    """An explicit include_usage False: the call still counts, estimated from the request and the
+    text that streamed by, and flagged as an estimate (never a silent zero)."""
     client = kit.mock_openai(ChatServer(kit), is_async=is_async)
     tokenmeter.instrument("openai")
     with caplog.at_level(logging.WARNING, logger="tokenmeter"):
         await stream_once(client, kit, stream_options={"include_usage": False})
         await stream_once(client, kit, stream_options={"include_usage": False})
     first, second = records()
-    assert first.streamed and first.total_tokens == 0 and first.status == "ok"
-    assert second.total_tokens == 0
+    assert first.streamed and first.status == "ok" and first.estimated
+    assert first.input_tokens > 0 and first.output_tokens > 0
+    assert first.estimated_cost_usd is not None and first.estimated_cost_usd > 0
+    assert (second.input_tokens, second.output_tokens) == (first.input_tokens, first.output_tokens)
     assert first.model_name == "gpt-4o-2024-08-06"
     warnings = [r for r in caplog.records if "without reporting usage" in r.getMessage()]
     assert len(warnings) == 1  # once per provider, not per call
@@ -182,7 +185,8 @@ async def test_break_then_garbage_collection(
     gc.collect()
     (record,) = records()
     assert record.streamed and record.status == "ok"
-    assert record.total_tokens == 0  # cut before the usage chunk: recorded with what it reported
+    # Cut before the usage chunk: estimated from the request and what streamed by, and said so.
+    assert record.estimated and record.input_tokens > 0
 
 
 async def test_close(records: Records, kit: ModuleType, is_async: bool) -> None:

@@ -397,3 +397,23 @@ def test_a_journal_written_before_first_lines_had_a_checksum_is_continued(
     assert (tmp_path / "old" / "token_usage.md").read_bytes() == (
         reference / "token_usage.md"
     ).read_bytes()
+
+
+def test_a_parent_journal_shows_the_calls_of_its_nested_sessions(tmp_path: Path) -> None:
+    import tokenmeter
+
+    tokenmeter.configure(directory=tmp_path / "tm", sinks=["markdown"])
+    with tokenmeter.session("parent") as parent, tokenmeter.session("child"):
+        tokenmeter.record("openai", "gpt-4o", 1000, 500)
+        tokenmeter.record("openai", "gpt-4o", 1000, 500)
+    assert tokenmeter.flush(5)
+    text = next((tmp_path / "tm" / "journal").rglob(f"{parent.id}*.md")).read_text()
+    assert "- **Total Calls:** 0\n" in text
+    assert "- **Including Nested Sessions:** 2 calls, 3,000 tokens, $0.015" in text
+
+
+def test_estimated_counts_are_marked_in_the_log(tmp_path: Path, make_record: RecordFactory) -> None:
+    """A call whose provider reported no usage carries tokenmeter's estimate: the log says so."""
+    MarkdownJournalSink(tmp_path).write([make_record(0), make_record(1, estimated=True)])
+    log = table_rows((tmp_path / "token_usage.md").read_text(encoding="utf-8"), "| # | Timestamp |")
+    assert [row[-1] for row in log] == ["ok", "ok (estimated)"]

@@ -1,4 +1,5 @@
-"""The ``tokenmeter`` command: reports on recorded usage, sessions, tail, prices and a demo.
+"""The ``tokenmeter`` command: reports on recorded usage, sessions, tail, prices, alerts, the
+effective settings, and a demo.
 
 ``main(argv)`` returns the exit status: 0 on success, 1 for a problem with the data (missing or
 unreadable source, unknown session), 2 for bad arguments (a bad date, an unknown ``--by`` key).
@@ -64,8 +65,9 @@ def _count(value: str) -> int:
 
 
 _SOURCE_HELP = (
-    "usage.db (SQLite) or .jsonl file, or a directory holding one (default: the directory the "
-    "library writes to: TOKENMETER_DIR, else [tool.tokenmeter] directory, else .tokenmeter)"
+    "usage.db (SQLite) or .jsonl file, a directory holding one, or a postgresql:// URL "
+    "(default: the directory the library writes to: TOKENMETER_DIR, else [tool.tokenmeter] "
+    "directory, else .tokenmeter)"
 )
 _SINCE_HELP = "from this time, inclusive: 7d, 24h, 30m, 2026-11-01 or 2026-11-01T10:00"
 _UNTIL_HELP = "up to this time, inclusive; a bare date means the END of that day"
@@ -200,6 +202,19 @@ def build_parser() -> argparse.ArgumentParser:
     prices.add_argument("--tier", choices=("standard", "batch", "flex", "priority"))
     prices.add_argument("--format", choices=("table", "json"), default="table")
 
+    alerts = commands.add_parser("alerts", help="usage alerts and budget warnings raised so far")
+    alerts.add_argument(
+        "--source",
+        metavar="PATH",
+        default=None,
+        help="alerts.jsonl, or a directory holding it (default: the configured directory)",
+    )
+    alerts.add_argument("--since", type=_date_type(parse_since), help=_SINCE_HELP)
+    alerts.add_argument("--format", choices=("table", "json"), default="table")
+
+    config = commands.add_parser("config", help="the effective settings and where each came from")
+    config.add_argument("--format", choices=("text", "json"), default="text")
+
     demo = commands.add_parser(
         "demo", help="run the installed SDKs against a local fake provider and report"
     )
@@ -240,6 +255,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from tokenmeter.cli._tail import run_tail
 
         return run_tail(args)
+    if command == "alerts":
+        from tokenmeter.cli._alerts import run_alerts
+
+        return run_alerts(args)
+    if command == "config":
+        from tokenmeter.cli._config_cmd import run_config
+
+        return run_config(args)
     if command == "prices":
         from tokenmeter.cli._prices import run_prices
 

@@ -87,7 +87,7 @@ def _use_rich(fmt: str, output: str | None) -> bool:
 
 def _unit(kind: str) -> str:
     """What a skipped record was: a JSONL line or a SQLite row."""
-    return "row" if kind == "sqlite" else "line"
+    return "line" if kind == "jsonl" else "row"
 
 
 def _usage_error(message: str) -> CliError:

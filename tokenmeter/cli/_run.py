@@ -104,7 +104,30 @@ def _child_environment(
         env["TOKENMETER_DIR"] = str(Path(args.dir).absolute())
     if args.budget is not None:
         env[BUDGET_ENV] = str(args.budget)
+        budget = _run_budget(args.budget, env[_autorun.ENV_SESSION])
+        env["TOKENMETER_BUDGETS"] = json.dumps([*_budgets_in(env), budget])
     return env
+
+
+def _budgets_in(env: dict[str, str]) -> list[Any]:
+    """The budgets the environment already sets (a malformed value is left for the settings'
+    own check to report)."""
+    try:
+        budgets = json.loads(env.get("TOKENMETER_BUDGETS") or "[]")
+    except ValueError:
+        return []
+    return budgets if isinstance(budgets, list) else []
+
+
+def _run_budget(limit: Any, session: str) -> dict[str, Any]:
+    """``--budget``: the run's session (one id shared by every process of the program) may spend
+    at most ``limit``; a call that would pass it raises BudgetExceeded in the program."""
+    return {
+        "name": "tokenmeter run --budget",
+        "limit_usd": float(limit),
+        "period": "session",
+        "session": session,
+    }
 
 
 def _check_settings(env: dict[str, str]) -> Any:

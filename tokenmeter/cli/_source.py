@@ -1,4 +1,5 @@
-"""Find and open the usage data a command reads: a SQLite database or a JSONL file.
+"""Find and open the usage data a command reads: a SQLite database, a JSONL file, or the
+PostgreSQL sink's tables (``postgresql://`` URL, read through ``_postgres``).
 
 The CLI only ever reads. SQLite is opened read-only through a ``mode=ro`` URI so a report can run
 while an application is writing; JSONL is streamed line by line and a corrupt line (a writer killed
@@ -20,6 +21,7 @@ from typing import Any, BinaryIO, Literal
 from urllib.parse import quote
 
 from tokenmeter.cli._errors import CliError
+from tokenmeter.cli._postgres import PgConnection, display_name, is_postgres_url
 from tokenmeter.cli._validate import BadRecord, check_record
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "Source",
     "default_source_path",
     "is_too_long",
+    "open_database",
     "open_sqlite",
     "parse_record",
     "resolve_source",
@@ -62,12 +65,18 @@ def default_source_path() -> Path:
 
 @dataclass(frozen=True)
 class Source:
+    #: The file; for PostgreSQL, a display name (``postgres:db@host:port``, no password).
     path: Path
-    kind: Literal["sqlite", "jsonl"]
+    kind: Literal["sqlite", "jsonl", "postgres"]
+    #: The connection URL of a PostgreSQL source.
+    url: str | None = None
 
 
 def resolve_source(value: str | None) -> Source:
-    """Turn ``--source`` (a file, a tokenmeter directory, or nothing) into a readable Source."""
+    """Turn ``--source`` (a file, a tokenmeter directory, a ``postgresql://`` URL, or nothing)
+    into a readable Source."""
+    if value and is_postgres_url(value):
+        return Source(Path(display_name(value)), "postgres", value)
     path = Path(value) if value else default_source_path()
     if path.is_dir():
         for name in ("usage.db", "usage.jsonl"):
@@ -186,8 +195,29 @@ def open_sqlite(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def open_database(source: Source) -> sqlite3.Connection:
+    """A read-only connection to a SQL source: the SQLite file, or the PostgreSQL sink's tables
+    through the dialect layer (``_postgres``), which answers the same SQL."""
+    if source.kind != "postgres":
+        return open_sqlite(source.path)
+    assert source.url is not None
+    try:
+        conn: Any = PgConnection(source.url)
+    except sqlite3.Error as exc:
+        raise CliError(f"cannot read {source.path}: {exc}") from None
+    return conn  # type: ignore[no-any-return]  # the sqlite3.Connection surface readers use
+
+
 def table_columns(conn: sqlite3.Connection, table: str) -> set[str]:
     """The column names of ``table`` (the validity check uses only the columns there are)."""
+    from tokenmeter.cli._postgres import is_postgres
+
+    if is_postgres(conn):
+        sql = (
+            "SELECT ordinal_position, column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = ?"
+        )
+        return {str(row[1]) for row in conn.execute(sql, [table])}
     return {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
 
 

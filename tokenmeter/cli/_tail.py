@@ -22,7 +22,7 @@ from tokenmeter.cli._source import (
     MAX_LINE_BYTES,
     Source,
     is_too_long,
-    open_sqlite,
+    open_database,
     parse_record,
     resolve_source,
     skip_rest_of_line,
@@ -88,9 +88,9 @@ def _emit(calls: list[Call], as_json: bool, console: Any = None) -> None:
 
 
 class _SqliteFollower:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.conn = open_sqlite(path)
+    def __init__(self, source: Source) -> None:
+        self.path = source.path
+        self.conn = open_database(source)
         self.conn.row_factory = sqlite3.Row
         self.last_rowid = 0
         self.skipped = 0
@@ -184,7 +184,7 @@ class _JsonlFollower:
 
 
 def _follower(source: Source) -> _SqliteFollower | _JsonlFollower:
-    return _SqliteFollower(source.path) if source.kind == "sqlite" else _JsonlFollower(source.path)
+    return _JsonlFollower(source.path) if source.kind == "jsonl" else _SqliteFollower(source)
 
 
 def run_tail(args: argparse.Namespace) -> int:

@@ -10,30 +10,9 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["model_family", "name_candidates", "normalise_provider"]
+from tokenmeter._registry import price_id
 
-_PROVIDER_SYNONYMS = {
-    "bedrock": "aws",
-    "amazon": "aws",
-    "amazon-bedrock": "aws",
-    "aws-bedrock": "aws",
-    "vertex": "google",
-    "vertex_ai": "google",
-    "vertex-ai": "google",
-    "gemini": "google",
-    "google-genai": "google",
-    "google-generativeai": "google",
-    "google-vertex": "google",
-    "xai": "x-ai",
-    "grok": "x-ai",
-    "azure_openai": "azure",
-    "azure-openai": "azure",
-    "mistralai": "mistral",
-    "together_ai": "together",
-    "togetherai": "together",
-    "fireworks_ai": "fireworks",
-    "fireworks-ai": "fireworks",
-}
+__all__ = ["model_family", "name_candidates", "normalise_provider"]
 
 _BEDROCK_GEO = re.compile(r"^(?:us|eu|apac|ap|au|jp|ca|us-gov|global)\.")
 _BEDROCK_VENDOR = re.compile(
@@ -53,7 +32,7 @@ def normalise_provider(provider: str | None) -> str | None:
     name = provider.strip().lower()
     if not name:
         return None
-    return _PROVIDER_SYNONYMS.get(name, name)
+    return price_id(name)  # aliases live in the provider registry
 
 
 def name_candidates(model: str) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import wrapt
 
-from tokenmeter import _pipeline, pricing
+from tokenmeter import _pipeline, _registry, pricing
 from tokenmeter._fork import renew_after_fork
 from tokenmeter.providers._core import Patch
 
@@ -25,12 +25,10 @@ __all__ = ["PROVIDERS", "Instrumentation", "instrument", "uninstrument", "wrap"]
 logger = logging.getLogger("tokenmeter")
 T = TypeVar("T")
 
-#: Provider name -> (the SDK module whose import triggers patching, our adapter module).
+#: Integration name -> (the SDK module whose import triggers patching, our adapter module); read
+#: from the registry (``tokenmeter._registry``), the one place that knows each provider.
 PROVIDERS: dict[str, tuple[str, str]] = {
-    "openai": ("openai", "tokenmeter.providers.openai"),
-    "anthropic": ("anthropic", "tokenmeter.providers.anthropic"),
-    "google-genai": ("google.genai", "tokenmeter.providers.google_genai"),
-    "google-generativeai": ("google.generativeai", "tokenmeter.providers.google_generativeai"),
+    i.name: (i.sdk_module, i.adapter_module) for i in _registry.INTEGRATIONS
 }
 
 _lock = threading.RLock()
@@ -44,16 +42,16 @@ def _names(providers: str | list[str] | tuple[str, ...] | None) -> list[str]:
     if providers is None:
         return list(PROVIDERS)
     items = [providers] if isinstance(providers, str) else list(providers)
-    aliases = {
-        "google": "google-genai",
-        "gemini": "google-genai",
-        "google-legacy": "google-generativeai",
-    }
-    names = [aliases.get(item, item) for item in items]
+    names = [_integration_name(item) for item in items]
     unknown = [n for n in names if n not in PROVIDERS]
     if unknown:
         raise ValueError(f"unknown provider {unknown[0]!r}; expected some of {list(PROVIDERS)}")
     return names
+
+
+def _integration_name(item: str) -> str:
+    found = _registry.integration(item) if isinstance(item, str) else None
+    return found.name if found is not None else item
 
 
 def _installed(module: str) -> bool:
@@ -126,6 +124,8 @@ def instrument(
     """
     from tokenmeter._runtime import configure, settings
 
+    if providers is None:  # the ``providers`` setting, else every installed one
+        providers = settings().providers
     names = _names(providers)
     if sinks is not None:
         configure(sinks=sinks)
@@ -170,11 +170,7 @@ def wrap(client: T) -> T:
     from it by ``with_options()`` / ``copy()`` is a new object: wrap that one too.
     """
     module = type(client).__module__.split(".")[0]
-    candidates = {
-        "openai": ["openai"],
-        "anthropic": ["anthropic"],
-        "google": ["google-genai", "google-generativeai"],
-    }.get(module, [])
+    candidates = [i.name for i in _registry.integrations_for_module(module)]
     for name in candidates:
         adapter = _adapter(name)
         if adapter.wrap_instance(client):

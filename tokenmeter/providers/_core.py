@@ -7,13 +7,14 @@ proxies that finalise exactly once on every exit path, and reversible patching.
 Nothing here may raise into the caller: every step of ours is wrapped by ``safely``.
 
 Which calls make a record: every failed call (status "error"); every non-streamed call that
-reported usage (a Responses ``background`` create still queued reports none: its later retrieve
-is the record); and every stream, however it ended, with what it reported - zero tokens when it
-reported nothing (an OpenAI chat stream with an explicit ``include_usage: False``, or cut before
-its usage chunk), so the call still counts and the gap shows instead of hiding. A call whose
-usage cannot be read (missing where it is always sent, negative, not a number, inconsistent, or a
-stream that ran to its end without the usage it was asked for) is recorded with status "error",
-error "UnreadableUsage" and an unknown cost: the latest reading decides, as usage is cumulative.
+reported usage, or that was billed and reported none (a Responses ``background`` create still
+queued reports none because nothing is billed yet: its later retrieve is the record); and every
+stream, however it ended. Where the provider reported no usage at all (a stream left before its
+usage arrived, an OpenAI chat stream sent with ``include_usage: False``, an OpenAI-compatible
+server that sends none), the record holds an estimate marked ``estimated`` (``_estimate``): never
+a silent zero. A call whose usage was sent but cannot be read (negative, not a number,
+inconsistent) is recorded with status "error", error "UnreadableUsage" and an unknown cost: the
+latest reading decides, as usage is cumulative.
 """
 
 from __future__ import annotations
@@ -33,16 +34,20 @@ from typing import TYPE_CHECKING, Any, Protocol
 import wrapt
 
 from tokenmeter import _pipeline
+from tokenmeter._estimate import estimate_usage
 from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import Usage
 from tokenmeter._record import emit
 from tokenmeter._sessions import Session, current_session, implicit_session
+from tokenmeter.guardrails import _budgets, _state
 from tokenmeter.usage import Extracted
 
 __all__ = [
+    "Adapter",
     "AsyncStreamProxy",
     "Call",
     "Patch",
+    "Plan",
     "StreamReader",
     "Switches",
     "SyncGeneratorProxy",
@@ -50,6 +55,8 @@ __all__ = [
     "Wrapper",
     "fault",
     "guard",
+    "intercept",
+    "intercept_async",
     "safely",
     "send",
     "send_async",
@@ -124,9 +131,20 @@ class Call:
     #: Why the usage the provider sent could not be read (missing, negative, inconsistent).
     unreadable: str | None = None
     #: The provider always reports this call's usage (an OpenAI chat stream with
-    #: ``include_usage``, an Anthropic message stream, Gemini generate_content): a stream that
-    #: runs to its end without any is unreadable usage, not zero tokens.
+    #: ``include_usage``, an Anthropic message stream, Gemini generate_content): one that ends
+    #: without any is estimated, with a warning naming what the caller can do about it.
     expects_usage: bool = False
+    #: A billed response came back without usage (set by the adapter): estimated, not dropped.
+    missing: bool = False
+    #: The stream ran to its end (a stream left early is expected to lack its usage).
+    ran_out: bool = False
+    #: The request's parameters as the caller gave them (model, messages/input/contents, tools,
+    #: ...): read only to estimate the usage of a call that reports none, never stored.
+    request: Any = None
+    #: The adapter's stream reader, which counts what passed through (estimates of the output).
+    reader: Any = None
+    #: What the caller can do about a stream without usage (the adapter words it).
+    no_usage_hint: str = ""
 
     def __post_init__(self) -> None:
         if self.streamed:
@@ -163,8 +181,7 @@ class Call:
 
     def ended(self) -> None:
         """A stream ran to its end (not cut, closed early or dropped): record it."""
-        if self.expects_usage and self.usage is None and self.unreadable is None:
-            self.unreadable = "the stream ended without the usage it was asked for"
+        self.ran_out = True
         self.finish()
 
     def finish(self, error: BaseException | None = None) -> None:
@@ -181,17 +198,25 @@ class Call:
 
     def _record(self, error: BaseException | None) -> None:
         latency_ms = round((time.perf_counter() - self.started) * 1000, 3)
-        usage, status, error_name = self.usage, "ok", None
+        usage, status, error_name, estimated = self.usage, "ok", None, False
         if error is not None:
             status, error_name = "error", type(error).__name__
         elif usage is None and self.unreadable is not None:
             # The call succeeded but its usage cannot be trusted: recorded, with an unknown cost.
             status, error_name = "error", "UnreadableUsage"
-        elif usage is None and not self.streamed:
+        elif usage is None and not self.streamed and not self.missing:
             logger.debug("tokenmeter: %s call reported no usage; not recorded", self.provider)
             return
-        elif usage is None:  # a stream that reported none
-            _warn_no_usage(self.provider)
+        elif usage is None:  # billed, and nothing reported: never a silent zero
+            usage, estimated = self._estimate(), True
+            if self.ran_out or self.missing:
+                _warn_no_usage(self.provider, self.no_usage_hint)
+        elif self.streamed and hasattr(self.reader, "partial"):
+            # A stream left before its final count (Anthropic: only message_start's).
+            served = self.model if type(self.model) is str else self.request_model or ""
+            better = self.reader.partial(usage, served)
+            if better is not None:
+                usage, estimated = better, True
         if self.dedupe and usage is not None and self.request_id:  # noqa: SIM102
             if _already_recorded(self.request_id):  # only ids that carried usage are remembered
                 return
@@ -212,8 +237,16 @@ class Call:
             streamed=self.streamed,
             status=status,
             error=error_name,
+            estimated=estimated,
             priced=usage is not None or error is not None,
+            call=self,
         )
+
+    def _estimate(self) -> Usage:
+        """What the call most likely used: its request's input, the output that passed by."""
+        model = self.model if type(self.model) is str else self.request_model or ""
+        tally = getattr(self.reader, "tally", None)
+        return estimate_usage(self.provider, self.request, model, tally, self.operation)
 
 
 _warned_unreadable: set[tuple[str, type]] = set()
@@ -256,13 +289,17 @@ def _finish_open_streams() -> None:
 _pipeline.before_exit(_finish_open_streams)
 
 
-def _warn_no_usage(provider: str) -> None:
+def _warn_no_usage(provider: str, hint: str) -> None:
+    """Once per provider: a stream ran to its end, or a response came back, without usage (a
+    server that ignores the request for it, a caller that turned it off); the adapter's ``hint``
+    says what the caller can do."""
     if provider not in _warned_no_usage:
         _warned_no_usage.add(provider)
         logger.warning(
-            "tokenmeter: %s stream ended without reporting usage; it is recorded with zero "
-            "tokens (for OpenAI chat, leave stream_options.include_usage unset or True)",
+            "tokenmeter: %s call ended without reporting usage; it is recorded with estimated "
+            "tokens%s",
             provider,
+            f" ({hint})" if hint else "",
         )
 
 
@@ -286,7 +323,10 @@ def _already_recorded(response_id: str) -> bool:
 def send(
     call: Call, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    """Make the SDK call with nested calls passing through; a failure is recorded, then raised."""
+    """Make the SDK call with nested calls passing through; a failure is recorded, then raised.
+    A budget in force is checked first: ``BudgetExceeded`` is raised before anything is sent."""
+    if _state.armed:
+        _budgets.check(call, args, kwargs)
     token = guard.set(True)
     try:
         return wrapped(*args, **kwargs)
@@ -304,6 +344,8 @@ async def send_async(
     kwargs: dict[str, Any],
 ) -> Any:
     """The async twin of ``send`` (CancelledError included: recorded as an error)."""
+    if _state.armed:
+        _budgets.check(call, args, kwargs)
     token = guard.set(True)
     try:
         return await wrapped(*args, **kwargs)
@@ -312,6 +354,93 @@ async def send_async(
         raise
     finally:
         guard.reset(token)
+
+
+@dataclass(slots=True)
+class Plan:
+    """What an adapter decided about one call before it is sent: the call being metered and the
+    arguments to send (an adapter may adjust them, e.g. to ask a stream for its usage)."""
+
+    call: Call
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+class Adapter(Protocol):
+    """What every provider adapter tells the one interception loop (``intercept``).
+
+    ``plan`` reads the intercepted method's arguments (None: not a billed call, pass it through);
+    ``deliver`` reads what the SDK returned, or wraps it (a stream) so that it is read as it is
+    consumed, and returns what the caller gets. Everything else (the nested-call guard, the send,
+    error records, faults of ours kept out of the caller's way) is the loop's, the same for all.
+    """
+
+    #: Named in the log when a step of ours fails.
+    name: str
+
+    @property
+    def active(self) -> bool:
+        """False once ``uninstrument()`` could not remove a class patch: it passes through."""
+        ...
+
+    def plan(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Plan | None: ...
+
+    def deliver(self, plan: Plan, result: Any, is_async: bool) -> Any: ...
+
+
+def _planned(
+    adapter: Adapter, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Plan | None:
+    try:
+        return adapter.plan(instance, args, kwargs)
+    except Exception:
+        fault(f"planning a {adapter.name} call")
+        return None
+
+
+def intercept(
+    adapter: Adapter,
+    gated: bool,
+    wrapped: Callable[..., Any],
+    instance: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """The one interception loop: guard -> plan -> send -> deliver. ``gated``: a class patch,
+    inert once the adapter is switched off."""
+    if (gated and not adapter.active) or guard.get():
+        return wrapped(*args, **kwargs)
+    plan = _planned(adapter, instance, args, kwargs)
+    if plan is None:
+        return wrapped(*args, **kwargs)
+    result = send(plan.call, wrapped, plan.args, plan.kwargs)
+    try:
+        return adapter.deliver(plan, result, False)
+    except Exception:
+        fault(f"reading a {adapter.name} response")
+        return result
+
+
+async def intercept_async(
+    adapter: Adapter,
+    gated: bool,
+    wrapped: Callable[..., Awaitable[Any]],
+    instance: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """The async twin of ``intercept``."""
+    if (gated and not adapter.active) or guard.get():
+        return await wrapped(*args, **kwargs)
+    plan = _planned(adapter, instance, args, kwargs)
+    if plan is None:
+        return await wrapped(*args, **kwargs)
+    result = await send_async(plan.call, wrapped, plan.args, plan.kwargs)
+    try:
+        return adapter.deliver(plan, result, True)
+    except Exception:
+        fault(f"reading a {adapter.name} response")
+        return result
 
 
 class StreamReader(Protocol):

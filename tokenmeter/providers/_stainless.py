@@ -17,14 +17,12 @@ from tokenmeter.providers._core import (
     AsyncStreamProxy,
     Call,
     ObjectProxy,
+    Plan,
     StreamReader,
     SyncStreamProxy,
-    fault,
-    guard,
-    send,
-    send_async,
+    intercept,
+    intercept_async,
 )
-from tokenmeter.usage import Extracted
 from tokenmeter.usage._read import getter, ident
 
 RAW_HEADER = "X-Stainless-Raw-Response"
@@ -36,27 +34,29 @@ class Endpoint:
     """A billed API route: how to read its responses and its streams."""
 
     operation: str
-    read: Callable[[Any, str], Extracted | None]
+    #: Reads a parsed response into its call (``call.take``; ``call.missing`` when a billed
+    #: response carries no usage).
+    read: Callable[[Any, Call], None]
     new_reader: Callable[[bool], StreamReader]
     #: Record each response id once (Responses API: retrieve repeats the same usage).
     dedupe: bool = False
+    #: What a caller can do when its call reports no usage (logged once per provider).
+    no_usage_hint: str = ""
 
 
 @dataclass(slots=True)
-class Plan:
-    call: Call
+class StainlessPlan(Plan):
     endpoint: Endpoint
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
     streamed: bool
     hide_usage_chunk: bool
     raw: str | None
 
 
 class StainlessAdapter:
-    """Subclassed per SDK: ``endpoint()``, ``provider_of()`` and optionally ``prepare()``."""
+    """Subclassed per SDK: ``endpoint()``, ``provider_of()`` and optionally ``prepare()``. An
+    ``Adapter`` of the one interception loop (``_core.intercept``)."""
 
-    sdk = ""
+    name = ""
     active = True
 
     def __init__(self) -> None:
@@ -79,7 +79,9 @@ class StainlessAdapter:
         return False
 
     # -- the generic part ------------------------------------------------------------------------
-    def plan(self, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Plan | None:
+    def plan(
+        self, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> StainlessPlan | None:
         options = args[1] if len(args) > 1 else kwargs.get("options")
         if options is None:
             return None
@@ -116,8 +118,10 @@ class StainlessAdapter:
             streamed,
             dedupe=endpoint.dedupe,
             expects_usage=promised,
+            request=body,
+            no_usage_hint=endpoint.no_usage_hint,
         )
-        return Plan(call, endpoint, args, kwargs, streamed, hide, raw)
+        return StainlessPlan(call, args, kwargs, endpoint, streamed, hide, raw)
 
     def _route(self, route: tuple[Any, Any]) -> Endpoint | None:
         """``endpoint()`` for a (method, url) seen for the first time (remembered: apps call the
@@ -129,26 +133,22 @@ class StainlessAdapter:
         self._routes[route] = endpoint
         return endpoint
 
-    def finish(self, plan: Plan, result: Any, is_async: bool) -> Any:
+    def deliver(self, plan: Plan, result: Any, is_async: bool) -> Any:
         """Read a returned result, or wrap it so that it is read as it is consumed."""
+        assert isinstance(plan, StainlessPlan)
         if plan.raw is not None and hasattr(result, "parse") and hasattr(result, "http_response"):
             return _RawResponseProxy(result, plan, is_async)
         if plan.streamed:
-            proxy = AsyncStreamProxy if is_async else SyncStreamProxy
-            return proxy(result, plan.call, plan.endpoint.new_reader(plan.hide_usage_chunk))
+            return _stream_proxy(plan, result, is_async)
         _read_into(plan, result)
         return result
 
     def sync_wrapper(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         """The class-level patch (inert once ``active`` is off)."""
-        if not self.active:
-            return wrapped(*args, **kwargs)
-        return self.sync_call(wrapped, instance, args, kwargs)
+        return intercept(self, True, wrapped, instance, args, kwargs)
 
     async def async_wrapper(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        if not self.active:
-            return await wrapped(*args, **kwargs)
-        return await self.async_call(wrapped, instance, args, kwargs)
+        return await intercept_async(self, True, wrapped, instance, args, kwargs)
 
     def wrap_client(self, client: Any, sync_base: type, async_base: type) -> bool:
         """Instrument one client object: its ``request`` becomes ours (instance attribute), and
@@ -184,38 +184,10 @@ class StainlessAdapter:
         return True
 
     def sync_call(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        if guard.get():
-            return wrapped(*args, **kwargs)
-        try:
-            plan = self.plan(instance, args, kwargs)
-        except Exception:
-            fault(f"planning an {self.sdk} call")
-            plan = None
-        if plan is None:
-            return wrapped(*args, **kwargs)
-        result = send(plan.call, wrapped, plan.args, plan.kwargs)
-        try:
-            return self.finish(plan, result, False)
-        except Exception:
-            fault(f"reading an {self.sdk} response")
-            return result
+        return intercept(self, False, wrapped, instance, args, kwargs)
 
     async def async_call(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        if guard.get():
-            return await wrapped(*args, **kwargs)
-        try:
-            plan = self.plan(instance, args, kwargs)
-        except Exception:
-            fault(f"planning an {self.sdk} call")
-            plan = None
-        if plan is None:
-            return await wrapped(*args, **kwargs)
-        result = await send_async(plan.call, wrapped, plan.args, plan.kwargs)
-        try:
-            return self.finish(plan, result, True)
-        except Exception:
-            fault(f"reading an {self.sdk} response")
-            return result
+        return await intercept_async(self, False, wrapped, instance, args, kwargs)
 
 
 class _RawResponseProxy(ObjectProxy):
@@ -227,7 +199,7 @@ class _RawResponseProxy(ObjectProxy):
     read, or for a stream wrapped, when the caller asks for it.
     """
 
-    def __init__(self, wrapped: Any, plan: Plan, is_async: bool) -> None:
+    def __init__(self, wrapped: Any, plan: StainlessPlan, is_async: bool) -> None:
         super().__init__(wrapped)
         self._self_plan = plan
         self._self_async = is_async
@@ -248,8 +220,7 @@ class _RawResponseProxy(ObjectProxy):
         plan = self._self_plan
         shown: Any = parsed
         if plan.streamed:
-            proxy = AsyncStreamProxy if self._self_async else SyncStreamProxy
-            shown = proxy(parsed, plan.call, plan.endpoint.new_reader(plan.hide_usage_chunk))
+            shown = _stream_proxy(plan, parsed, self._self_async)
         else:
             _read_into(plan, parsed)
         self._self_parsed = (parsed, shown)
@@ -272,7 +243,7 @@ class _RawResponseProxy(ObjectProxy):
             call.call.finish()
 
 
-def _read_into(plan: Plan, parsed: Any) -> None:
+def _read_into(plan: StainlessPlan, parsed: Any) -> None:
     """Read a parsed response and record the call (unreadable usage is recorded too)."""
     call = plan.call
     call.read("reading a response", _take, call, plan.endpoint, parsed)
@@ -281,11 +252,16 @@ def _read_into(plan: Plan, parsed: Any) -> None:
 
 def _take(call: Call, endpoint: Endpoint, parsed: Any) -> None:
     try:
-        found = endpoint.read(parsed, call.provider)
+        endpoint.read(parsed, call)
     except Exception:
         keep_names(call, parsed)
         raise
-    call.take(found)
+
+
+def _stream_proxy(plan: StainlessPlan, stream: Any, is_async: bool) -> Any:
+    """The SDK stream, read as it is consumed by the endpoint's reader."""
+    plan.call.reader = reader = plan.endpoint.new_reader(plan.hide_usage_chunk)
+    return (AsyncStreamProxy if is_async else SyncStreamProxy)(stream, plan.call, reader)
 
 
 def keep_names(call: Call, parsed: Any) -> None:

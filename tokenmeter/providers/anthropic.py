@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenmeter._estimate import TextTally
+from tokenmeter._models import Usage
 from tokenmeter.providers._core import Call, _StreamProxyBase
 from tokenmeter.providers._stainless import Endpoint, StainlessAdapter
 from tokenmeter.usage import from_anthropic_response
@@ -28,23 +30,44 @@ _FIELDS = (
 
 
 class EventReader:
-    """Keeps the merged usage fields of one message stream (a handful of values)."""
+    """Keeps the merged usage fields of one message stream (a handful of values). Until the
+    closing ``message_delta`` brings the output count, the text that passes by is tallied: a
+    stream left early reports only ``message_start``'s output count (a token or so)."""
 
-    __slots__ = ("fields",)
+    __slots__ = ("fields", "final", "tally")
 
     def __init__(self, hide_usage_chunk: bool = False) -> None:
         self.fields: dict[str, Any] = {}
+        self.final = False
+        self.tally = TextTally()
 
     def feed(self, event: Any, call: Call) -> bool:
         kind = getattr(event, "type", None)
-        if kind == "message_start":
+        if kind == "content_block_delta":
+            delta = event.delta
+            add = self.tally.add
+            add(getattr(delta, "text", None))
+            add(getattr(delta, "partial_json", None))
+            add(getattr(delta, "thinking", None))
+        elif kind == "message_start":
             message = event.message
             call.model = getattr(message, "model", None) or call.model
             call.request_id = ident(getattr(message, "id", None))
             self._merge(getattr(message, "usage", None), call)
         elif kind == "message_delta":
+            self.final = True
             self._merge(getattr(event, "usage", None), call)
         return False
+
+    def partial(self, usage: Usage, model: str) -> Usage | None:
+        """For a stream left before its final output count: the reported input with the output
+        estimated from what streamed by (None when the count came, or is already larger)."""
+        if self.final:
+            return None
+        output = self.tally.tokens("anthropic", model)
+        if output <= usage.output_tokens:
+            return None
+        return usage.model_copy(update={"output_tokens": output})
 
     def _merge(self, usage: Any, call: Call) -> None:
         if usage is None:
@@ -57,11 +80,15 @@ class EventReader:
         call.tier = tier_from_anthropic(self.fields)
 
 
-_MESSAGES = Endpoint("messages", from_anthropic_response, EventReader)
+def _read_message(parsed: Any, call: Call) -> None:
+    call.take(from_anthropic_response(parsed, call.provider))
+
+
+_MESSAGES = Endpoint("messages", _read_message, EventReader)
 
 
 class AnthropicAdapter(StainlessAdapter):
-    sdk = "anthropic"
+    name = "anthropic"
 
     def endpoint(self, method: str, path: str) -> Endpoint | None:
         if method != "post":

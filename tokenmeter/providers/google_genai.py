@@ -9,35 +9,29 @@ their own. Stream chunks carry usage as a running total: the latest chunk wins, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import wrapt
 
+from tokenmeter._estimate import TextTally
 from tokenmeter.providers._core import (
     AsyncStreamProxy,
     Call,
+    Plan,
     Switches,
     SyncGeneratorProxy,
     Wrapper,
-    send,
-    send_async,
+    intercept,
+    intercept_async,
 )
+from tokenmeter.providers._gemini import PROVIDER, short_model
 from tokenmeter.usage import Extracted, from_gemini_response
 from tokenmeter.usage._read import ident
 from tokenmeter.usage.google import usage_from_gemini
 
 __all__ = ["ADAPTER", "ChunkReader", "patch_targets", "short_model", "wrap_instance"]
 
-PROVIDER = "google"  # Gemini API and Vertex AI bill the same models from one price table
 ADAPTER = Switches()
-
-
-def short_model(model: str | None) -> str | None:
-    """``models/x``, ``publishers/google/models/x`` or a full Vertex path -> ``x``."""
-    if not model:
-        return None
-    return model.rsplit("models/", 1)[-1] or model
 
 
 def _new_call(kwargs: dict[str, Any], operation: str, streamed: bool) -> Call:
@@ -46,7 +40,14 @@ def _new_call(kwargs: dict[str, Any], operation: str, streamed: bool) -> Call:
     # generate_content always reports usage_metadata (every chunk of a stream carries the
     # running total); embeddings of older SDKs or of Vertex may not.
     generates = operation == "generate_content"
-    call = Call(PROVIDER, request_model, operation, streamed=streamed, expects_usage=generates)
+    call = Call(
+        PROVIDER,
+        request_model,
+        operation,
+        streamed=streamed,
+        expects_usage=generates,
+        request=kwargs,
+    )
     call.model = short_model(request_model)  # replaced by response.model_version when given
     return call
 
@@ -55,9 +56,10 @@ def _read_response(response: Any, call: Call) -> None:
     if getattr(response, "usage_metadata", None) is not None:
         _take_usage(response, call)
         return
-    if call.expects_usage:
+    if call.expects_usage:  # billed, and nothing reported: estimated
         _names(response, call)
-        raise ValueError("the Gemini response carries no usage_metadata")
+        call.missing = True
+        return
     # Vertex :predict embeddings report tokens per embedding instead of usage_metadata.
     stats = [getattr(e, "statistics", None) for e in getattr(response, "embeddings", None) or []]
     counts = [getattr(s, "token_count", None) for s in stats]
@@ -85,84 +87,89 @@ def _names(response: Any, call: Call) -> None:
 
 
 class ChunkReader:
-    """Each chunk's ``usage_metadata`` is the running total of its request: keep the latest."""
+    """Each chunk's ``usage_metadata`` is the running total of its request: keep the latest.
+    Until one comes, the text that passes by is tallied (estimated if none ever does)."""
 
-    __slots__ = ()
+    __slots__ = ("tally",)
+
+    def __init__(self) -> None:
+        self.tally = TextTally()
 
     def feed(self, chunk: Any, call: Call) -> bool:
         if getattr(chunk, "usage_metadata", None) is not None:
             _take_usage(chunk, call)
-        elif call.request_id is None:  # named even if no chunk ever reports usage
+            return False
+        if call.request_id is None:  # named even if no chunk ever reports usage
             _names(chunk, call)
+        for candidate in getattr(chunk, "candidates", None) or ():
+            content = getattr(candidate, "content", None)
+            for part in getattr(content, "parts", None) or ():
+                self.tally.add(getattr(part, "text", None))
         return False
 
 
-# -- the four call shapes ------------------------------------------------------------------------
-Kind = Callable[[Any, tuple[Any, ...], dict[str, Any], str], Any]
+# -- the adapter: one per patched method (its operation, and whether it streams) -----------------
+class _Method:
+    """An ``Adapter`` of the one interception loop for one ``Models`` method. A stream method
+    (sync: a generator function, nothing sent until the first ``next()``; async: sends when
+    awaited, returns an async generator) hands back a stream that is read as it is consumed."""
+
+    name = "google-genai"
+    __slots__ = ("operation", "streamed")
+
+    def __init__(self, operation: str, streamed: bool) -> None:
+        self.operation = operation
+        self.streamed = streamed
+
+    @property
+    def active(self) -> bool:
+        return ADAPTER.active
+
+    def plan(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Plan:
+        return Plan(_new_call(kwargs, self.operation, self.streamed), args, kwargs)
+
+    def deliver(self, plan: Plan, result: Any, is_async: bool) -> Any:
+        call = plan.call
+        if self.streamed:
+            call.reader = ChunkReader()
+            proxy = AsyncStreamProxy if is_async else SyncGeneratorProxy
+            return proxy(result, call, call.reader)
+        call.read("reading a Gemini response", _read_response, result, call)
+        call.finish()
+        return result
 
 
-def _sync_call(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], op: str) -> Any:
-    call = _new_call(kwargs, op, streamed=False)
-    response = send(call, wrapped, args, kwargs)
-    call.read("reading a Gemini response", _read_response, response, call)
-    call.finish()
-    return response
-
-
-def _sync_stream(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], op: str) -> Any:
-    """A generator function: nothing is sent until the first ``next()``; the proxy sees it all."""
-    call = _new_call(kwargs, op, streamed=True)
-    return SyncGeneratorProxy(send(call, wrapped, args, kwargs), call, ChunkReader())
-
-
-async def _async_call(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], op: str) -> Any:
-    call = _new_call(kwargs, op, streamed=False)
-    response = await send_async(call, wrapped, args, kwargs)
-    call.read("reading a Gemini response", _read_response, response, call)
-    call.finish()
-    return response
-
-
-async def _async_stream(
-    wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any], op: str
-) -> Any:
-    """``async def`` that sends the request when awaited and returns an async generator."""
-    call = _new_call(kwargs, op, streamed=True)
-    stream = await send_async(call, wrapped, args, kwargs)
-    return AsyncStreamProxy(stream, call, ChunkReader())
-
-
-def _wrapper(kind: Kind, operation: str, gated: bool) -> Wrapper:
+def _wrapper(adapter: _Method, is_async: bool, gated: bool) -> Wrapper:
     """Nested calls (a wrapped client under instrument()) pass straight through the guard."""
+    if is_async:
+
+        async def wrapper_async(
+            wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            return await intercept_async(adapter, gated, wrapped, instance, args, kwargs)
+
+        return wrapper_async
 
     def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if ADAPTER.passes_through(gated):
-            return wrapped(*args, **kwargs)
-        return kind(wrapped, args, kwargs, operation)
+        return intercept(adapter, gated, wrapped, instance, args, kwargs)
 
     return wrapper
 
 
-#: (private per-request method, public fallback, operation, shape when sync, shape when async)
-_METHODS: tuple[tuple[str, str, str, Kind, Kind], ...] = (
-    ("_generate_content", "generate_content", "generate_content", _sync_call, _async_call),
-    (
-        "_generate_content_stream",
-        "generate_content_stream",
-        "generate_content",
-        _sync_stream,
-        _async_stream,
-    ),
-    ("_embed_content", "embed_content", "embed_content", _sync_call, _async_call),
+#: (private per-request method, public fallback, its adapter)
+_METHODS: tuple[tuple[str, str, _Method], ...] = (
+    ("_generate_content", "generate_content", _Method("generate_content", False)),
+    ("_generate_content_stream", "generate_content_stream", _Method("generate_content", True)),
+    ("_embed_content", "embed_content", _Method("embed_content", False)),
 )
 
 
 def _targets(owner: type, is_async: bool, gated: bool) -> list[tuple[str, Wrapper]]:
     found: list[tuple[str, Wrapper]] = []
-    for private, public, operation, sync_kind, async_kind in _METHODS:
+    for private, public, adapter in _METHODS:
         name = private if hasattr(owner, private) else public
         if hasattr(owner, name):
-            found.append((name, _wrapper(async_kind if is_async else sync_kind, operation, gated)))
+            found.append((name, _wrapper(adapter, is_async, gated)))
     return found
 
 

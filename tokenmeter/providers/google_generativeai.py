@@ -9,28 +9,32 @@ The SDK's proto drops ``thoughts_token_count``; ``usage_from_gemini`` recovers i
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import wrapt
 
-from tokenmeter.providers._core import Call, Switches, Wrapper, safely, send, send_async
-from tokenmeter.providers.google_genai import short_model
+from tokenmeter.providers._core import Call, Plan, Switches, Wrapper, intercept, intercept_async
+from tokenmeter.providers._gemini import PROVIDER, short_model
 from tokenmeter.usage import Extracted
 from tokenmeter.usage.google import usage_from_gemini
 
 __all__ = ["ADAPTER", "patch_targets", "wrap_instance"]
 
-PROVIDER = "google"
 OPERATION = "generate_content"
-Run = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
 ADAPTER = Switches()
 
 
-def _new_call(model: Any, streamed: bool) -> Call:
+def _new_call(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
     name = getattr(model, "model_name", None)
     request_model = name if isinstance(name, str) else None
-    call = Call(PROVIDER, request_model, OPERATION, streamed=streamed)
+    request = {
+        "contents": args[0] if args else kwargs.get("contents"),
+        "system_instruction": getattr(model, "_system_instruction", None),
+        "tools": kwargs.get("tools") or getattr(model, "_tools", None),
+    }
+    streamed = bool(kwargs.get("stream"))
+    call = Call(PROVIDER, request_model, OPERATION, streamed=streamed, request=request)
     call.model = short_model(request_model)  # replaced by response.model_version when given
     return call
 
@@ -106,37 +110,48 @@ class AsyncStreamResponse(_StreamResponse):
         self._self_settle()
 
 
-def _finish(call: Call, response: Any, is_async: bool) -> Any:
-    if call.streamed:
-        return (AsyncStreamResponse if is_async else SyncStreamResponse)(response, call)
-    call.read("reading a Gemini response", _read, response, call)
-    call.finish()
-    return response
+class _Adapter:
+    """The ``Adapter`` of the one interception loop for ``generate_content`` (+ async); ``model``
+    pins the instance for a per-object wrap (wrapping a bound method)."""
+
+    name = "google-generativeai"
+    __slots__ = ("model",)
+
+    def __init__(self, model: Any = None) -> None:
+        self.model = model
+
+    @property
+    def active(self) -> bool:
+        return ADAPTER.active
+
+    def plan(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Plan:
+        model = instance if self.model is None else self.model
+        return Plan(_new_call(model, args, kwargs), args, kwargs)
+
+    def deliver(self, plan: Plan, result: Any, is_async: bool) -> Any:
+        call = plan.call
+        if call.streamed:
+            return (AsyncStreamResponse if is_async else SyncStreamResponse)(result, call)
+        call.read("reading a Gemini response", _read, result, call)
+        call.finish()
+        return result
 
 
-def _generate(wrapped: Any, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    call = _new_call(model, streamed=bool(kwargs.get("stream")))
-    response = send(call, wrapped, args, kwargs)
-    shown = safely("wrapping a Gemini response", _finish, call, response, False)
-    return response if shown is None else shown
+_CLASS_ADAPTER = _Adapter()
 
 
-async def _generate_async(
-    wrapped: Any, model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    call = _new_call(model, streamed=bool(kwargs.get("stream")))
-    response = await send_async(call, wrapped, args, kwargs)
-    shown = safely("wrapping a Gemini response", _finish, call, response, True)
-    return response if shown is None else shown
+def _wrapper(is_async: bool, gated: bool, adapter: _Adapter = _CLASS_ADAPTER) -> Wrapper:
+    if is_async:
 
+        async def wrapper_async(
+            wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            return await intercept_async(adapter, gated, wrapped, instance, args, kwargs)
 
-def _wrapper(run: Run, gated: bool, model: Any = None) -> Wrapper:
-    """``model`` pins the instance for a per-object wrap (wrapping a bound method)."""
+        return wrapper_async
 
     def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if ADAPTER.passes_through(gated):
-            return wrapped(*args, **kwargs)
-        return run(wrapped, instance if model is None else model, args, kwargs)
+        return intercept(adapter, gated, wrapped, instance, args, kwargs)
 
     return wrapper
 
@@ -147,8 +162,8 @@ def patch_targets() -> list[tuple[type, str, Wrapper]]:
 
     owner = generative_models.GenerativeModel
     return [
-        (owner, "generate_content", _wrapper(_generate, gated=True)),
-        (owner, "generate_content_async", _wrapper(_generate_async, gated=True)),
+        (owner, "generate_content", _wrapper(is_async=False, gated=True)),
+        (owner, "generate_content_async", _wrapper(is_async=True, gated=True)),
     ]
 
 
@@ -162,8 +177,9 @@ def wrap_instance(obj: Any) -> bool:
         return False
     if obj.__dict__.get("_tokenmeter_wrapped"):
         return True
-    for name, run in (("generate_content", _generate), ("generate_content_async", _generate_async)):
-        wrapper = _wrapper(run, gated=False, model=obj)
+    adapter = _Adapter(obj)
+    for name, is_async in (("generate_content", False), ("generate_content_async", True)):
+        wrapper = _wrapper(is_async, gated=False, adapter=adapter)
         setattr(obj, name, wrapt.FunctionWrapper(getattr(obj, name), wrapper))
     obj.__dict__["_tokenmeter_wrapped"] = True
     return True

@@ -6,56 +6,67 @@ inferred from the base URL's host so the right price table applies.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
+from tokenmeter._estimate import TextTally
+from tokenmeter._registry import provider_for_host
 from tokenmeter._runtime import settings
 from tokenmeter.providers._core import Call
 from tokenmeter.providers._stainless import Endpoint, StainlessAdapter, keep_names
 from tokenmeter.usage import from_openai_response
-from tokenmeter.usage._read import ident
+from tokenmeter.usage._read import field, getter, ident
 from tokenmeter.usage.openai import tier_from_openai, usage_from_openai
 
-_HOSTS = {
-    "api.openai.com": "openai",
-    "api.groq.com": "groq",
-    "api.deepseek.com": "deepseek",
-    "openrouter.ai": "openrouter",
-    "api.mistral.ai": "mistral",
-    "api.x.ai": "x-ai",
-    "api.together.xyz": "together",
-    "api.fireworks.ai": "fireworks",
-    "api.perplexity.ai": "perplexity",
-    "api.cerebras.ai": "cerebras",
-    "generativelanguage.googleapis.com": "google",
-}
 _TERMINAL_EVENTS = {"response.completed", "response.incomplete", "response.failed"}
-
-
-def provider_for_host(host: str, client_class: str = "") -> str:
-    if "Azure" in client_class or host.endswith(".openai.azure.com"):
-        return "azure"
-    return _HOSTS.get(host) or next(
-        (name for known, name in _HOSTS.items() if host.endswith("." + known)), "openai"
-    )
+#: Responses stream events whose ``delta`` is output text (estimated if no usage comes).
+_OUTPUT_DELTAS = {
+    "response.output_text.delta",
+    "response.function_call_arguments.delta",
+    "response.refusal.delta",
+    "response.reasoning_summary_text.delta",
+    "response.reasoning_text.delta",
+}
+_NOT_YET_BILLED = {"queued", "in_progress"}
+#: What a caller can do about a chat stream without usage.
+_CHAT_HINT = "for OpenAI chat, leave stream_options.include_usage unset or True"
 
 
 class ChunkReader:
-    """Chat and legacy completion streams: usage only on the last chunk (when asked for)."""
+    """Chat and legacy completion streams: usage only on the last chunk (when asked for). Until
+    it comes, the text that passes by is tallied: a stream left early, or sent without
+    ``include_usage``, is recorded with an estimate of it."""
 
-    __slots__ = ("hide",)
+    __slots__ = ("hide", "tally")
 
     def __init__(self, hide_usage_chunk: bool) -> None:
         self.hide = hide_usage_chunk
+        self.tally = TextTally()
 
     def feed(self, chunk: Any, call: Call) -> bool:
         if call.model is None:
             call.model = getattr(chunk, "model", None)
             call.request_id = ident(getattr(chunk, "id", None))
+        choices = getattr(chunk, "choices", None)
+        if choices and call.usage is None:
+            add = self.tally.add
+            for choice in choices:
+                delta = getattr(choice, "delta", None)
+                if delta is None:  # legacy completions
+                    add(getattr(choice, "text", None))
+                    continue
+                add(delta.content)
+                add(getattr(delta, "refusal", None))
+                for tool_call in delta.tool_calls or ():
+                    function = tool_call.function
+                    if function is not None:
+                        add(function.name)
+                        add(function.arguments)
         usage = getattr(chunk, "usage", None)
         if usage is None:
             return False
         # Decided first, so that a usage block we cannot read is still hidden when we asked for it.
-        hidden = self.hide and not getattr(chunk, "choices", None)
+        hidden = self.hide and not choices
         call.read("reading stream usage", _read_usage, chunk, usage, call)
         return hidden
 
@@ -66,38 +77,78 @@ def _read_usage(chunk: Any, usage: Any, call: Call) -> None:
 
 
 class ResponseEventReader:
-    """Responses streams: usage on the terminal event (completed, incomplete or failed). A
-    completed or incomplete response without usage is unreadable usage; a failed one may have
-    none (nothing was generated)."""
+    """Responses streams: usage on the terminal event (completed, incomplete or failed). Until it
+    comes, output deltas are tallied: a stream left early, or a terminal response without usage
+    (a server that sends none), is recorded with an estimate."""
 
-    __slots__ = ()
+    __slots__ = ("tally",)
 
     def __init__(self, hide_usage_chunk: bool = False) -> None:
-        pass
+        self.tally = TextTally()
 
     def feed(self, event: Any, call: Call) -> bool:
         kind = getattr(event, "type", None)
-        if type(kind) is str and kind in _TERMINAL_EVENTS:
+        if type(kind) is not str:
+            return False
+        if kind in _OUTPUT_DELTAS:
+            self.tally.add(getattr(event, "delta", None))
+        elif kind in _TERMINAL_EVENTS:
             response = getattr(event, "response", None)
-            if kind != "response.failed" or getattr(response, "usage", None) is not None:
+            if field(response, "usage") is None:  # an object, or a dict (older SDKs)
+                keep_names(call, response)
+            else:
                 try:
                     found = from_openai_response(response, call.provider)
                 except Exception:
                     keep_names(call, response)
                     raise
                 call.take(found)
+        elif kind == "response.created" and call.model is None:
+            keep_names(call, getattr(event, "response", None))
         return False
 
 
-_CHAT = Endpoint("chat.completions", from_openai_response, ChunkReader)
-_COMPLETIONS = Endpoint("completions", from_openai_response, ChunkReader)
-_EMBEDDINGS = Endpoint("embeddings", from_openai_response, ChunkReader)
-_RESPONSES = Endpoint("responses", from_openai_response, ResponseEventReader, dedupe=True)
+def _read(parsed: Any, call: Call) -> None:
+    """A chat, completion or embeddings response; a billed one without usage is estimated."""
+    if field(parsed, "usage") is None:
+        call.missing = True
+        keep_names(call, parsed)
+        return
+    call.take(from_openai_response(parsed, call.provider))
+
+
+#: Response id -> the model its background create asked for (the create reports no usage; the
+#: retrieve that does is the record, and its request names no model). Bounded.
+_background: OrderedDict[str, str] = OrderedDict()
+_BACKGROUND_MAX = 10_000
+
+
+def _read_response(parsed: Any, call: Call) -> None:
+    """A Responses API answer. A background create still queued or in progress, and its
+    retrieves until it finishes, are not billed yet: no record (the finished retrieve is it,
+    with the create's model as the request model). A finished one without usage is estimated."""
+    get = getter(parsed, what="response")
+    status, ident_ = get("status"), ident(get("id"))
+    if get("usage") is None and type(status) is str and status in _NOT_YET_BILLED:
+        if ident_ is not None and call.request_model is not None:
+            _background[ident_] = call.request_model
+            if len(_background) > _BACKGROUND_MAX:
+                _background.popitem(last=False)
+        return
+    if call.request_model is None and ident_ is not None:
+        call.request_model = _background.pop(ident_, None)
+    _read(parsed, call)
+
+
+_CHAT = Endpoint("chat.completions", _read, ChunkReader, no_usage_hint=_CHAT_HINT)
+_COMPLETIONS = Endpoint("completions", _read, ChunkReader)
+_EMBEDDINGS = Endpoint("embeddings", _read, ChunkReader)
+_RESPONSES = Endpoint("responses", _read_response, ResponseEventReader, dedupe=True)
 _NOT_BILLED = {"input_tokens", "cancel", "input_items"}
 
 
 class OpenAIAdapter(StainlessAdapter):
-    sdk = "openai"
+    name = "openai"
 
     def __init__(self) -> None:
         super().__init__()

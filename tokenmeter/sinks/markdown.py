@@ -459,6 +459,12 @@ class _SessionLog(_Log):
         if t["calls"] > t["priced"]:
             lines.append(f"- **Calls Without a Known Price:** {t['calls'] - t['priced']:,}\n")
         info = state.get("info", {})
+        rolled_up = info.get("rolled_up")
+        if rolled_up and rolled_up[0] > t["calls"]:  # calls were made in nested sessions
+            lines.append(
+                f"- **Including Nested Sessions:** {rolled_up[0]:,} calls, "
+                f"{rolled_up[1]:,} tokens, {_money(Decimal(rolled_up[2]))}\n"
+            )
         if info.get("status", "active") != "active":
             lines.append(_completion(info, t))
         return "".join(lines)
@@ -532,6 +538,8 @@ def _info_dict(info: SessionInfo) -> dict[str, Any]:
         "ended_at": None if info.ended_at is None else _iso(info.ended_at),
         "notes": info.notes,
         "budget_usd": None if info.budget_usd is None else str(info.budget_usd),
+        # The session's totals with its nested sessions', as it ended (zero when it starts).
+        "rolled_up": [info.calls, info.input_tokens + info.output_tokens, str(info.cost_usd)],
     }
 
 
@@ -619,4 +627,6 @@ def _avg_tokens(t: dict[str, Any]) -> str:
 
 
 def _status(r: UsageRecord) -> str:
-    return "ok" if r.status == "ok" else f"error: {_md(r.error or 'unknown')}"
+    if r.status == "ok":
+        return "ok (estimated)" if r.estimated else "ok"
+    return f"error: {_md(r.error or 'unknown')}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenmeter._registry import canonical, family_of
 from tokenmeter.usage._read import field
 from tokenmeter.usage._types import Extracted
 from tokenmeter.usage.anthropic import from_anthropic_response, usage_from_anthropic
@@ -30,22 +31,6 @@ _READERS = {
     "anthropic": from_anthropic_response,
     "google": from_gemini_response,
 }
-#: Providers whose responses have OpenAI's shape (OpenAI-compatible APIs).
-_OPENAI_SHAPED = {
-    "azure",
-    "groq",
-    "deepseek",
-    "openrouter",
-    "mistral",
-    "x-ai",
-    "together",
-    "fireworks",
-    "perplexity",
-    "ollama",
-    "vllm",
-    "cerebras",
-}
-
 #: OpenAI's ``object`` values of billed responses.
 _OPENAI_OBJECTS = {"chat.completion", "text_completion", "response", "list"}
 
@@ -74,11 +59,10 @@ def detect_provider(response: Any) -> str:
 def extract(response: Any, provider: str | None = None) -> Extracted | None:
     """Read usage, model, tier and id from a response of any supported provider."""
     detected = provider.lower() if provider else detect_provider(response)
-    family = "openai" if detected in _OPENAI_SHAPED else detected
-    family = "google" if family in ("gemini", "vertex", "google-genai") else family
-    reader = _READERS.get(family)
+    family = family_of(detected)  # the registry knows which shape each provider answers with
+    reader = _READERS.get(family) if family is not None else None
     if reader is None:
         raise ValueError(
             f"unknown provider {provider!r}: expected one of openai, anthropic, google"
         )
-    return reader(response, detected if detected not in ("gemini", "google-genai") else "google")
+    return reader(response, canonical(detected))

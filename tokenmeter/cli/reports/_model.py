@@ -42,6 +42,7 @@ CALL_JSON_KEYS = (
     "cost_usd",
     "status",
     "error",
+    "estimated",
     "tags",
 )
 
@@ -174,6 +175,7 @@ class Call:
     tags: dict[str, str]
     latency_ms: float | None
     streamed: bool
+    #: Token counts estimated by tokenmeter (the provider reported none), not reported.
     estimated: bool = False
 
     @property

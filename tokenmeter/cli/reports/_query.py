@@ -25,8 +25,9 @@ from typing import Any
 from tokenmeter._totals import Totals
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError
+from tokenmeter.cli._postgres import is_postgres
 from tokenmeter.cli._progress import Progress
-from tokenmeter.cli._source import JsonlReader, Source, open_sqlite, table_columns
+from tokenmeter.cli._source import JsonlReader, Source, open_database, table_columns
 from tokenmeter.cli._validate import COUNT_FIELDS, BadRecord, record_from_row, sql_valid
 from tokenmeter.cli.reports._model import (
     NONE_LABEL,
@@ -99,7 +100,7 @@ class Filters:
             return False
         tags = record.get("tags")
         for key, value in self.tags:
-            if not isinstance(tags, dict) or str(tags.get(key)) != value or key not in tags:
+            if not isinstance(tags, dict) or key not in tags or str(tags[key]) != value:
                 return False
         return True
 
@@ -145,7 +146,7 @@ class Query:
 def run_query(source: Source, query: Query, progress: Progress | None = None) -> Report:
     if not query.groupings:
         raise ValueError("a query needs at least one grouping")
-    if source.kind == "sqlite":
+    if source.kind != "jsonl":  # SQLite, or PostgreSQL through the dialect layer
         breakdowns, calls, skipped = _run_sqlite(source, query, progress)
     else:
         breakdowns, calls, skipped = _run_jsonl(source, query, progress)
@@ -321,6 +322,8 @@ def exclude_bad_rows(
     ``alias`` names the records table in the caller's query (``"r"``). Call inside one read
     transaction, so that rows written meanwhile cannot slip past the check.
     """
+    if is_postgres(conn):
+        return where, params, 0  # typed columns: the sink's NOT NULL integers need no check
     prefix = f"{alias}." if alias else ""
     table = f"records {alias}" if alias else "records"
     valid = sql_valid(table_columns(conn, "records"), prefix)
@@ -336,7 +339,7 @@ def exclude_bad_rows(
 def _run_sqlite(
     source: Source, query: Query, progress: Progress | None
 ) -> tuple[list[Breakdown], list[Call] | None, int]:
-    conn = open_sqlite(source.path)
+    conn = open_database(source)
     if progress is not None:
         tick = progress.update
 

@@ -269,7 +269,7 @@ def call_cells(calls: Sequence[Call], tz: tzinfo = UTC) -> CellTable:
                 fmt_int(call.output_tokens),
                 fmt_int(call.total_tokens),
                 fmt_usd(call.cost),
-                call.status if not call.error else f"{call.status} ({call.error})",
+                _status(call),
             ]
         )
     return table
@@ -287,6 +287,13 @@ def _is_midnight(instant: datetime, report: Report) -> bool:
 def _instant_text(instant: datetime, report: Report) -> str:
     local = instant.astimezone(report.tz)
     return local.strftime("%Y-%m-%d %H:%M:%S") + f".{local.microsecond // 1000:03d}"
+
+
+def _status(call: Call) -> str:
+    """``ok``, ``ok (estimated)`` for counts tokenmeter estimated, or ``error (its name)``."""
+    if call.error:
+        return f"{call.status} ({call.error})"
+    return f"{call.status} (estimated)" if call.estimated else call.status
 
 
 def period_text(report: Report) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from tokenmeter._totals import COUNT_NAMES, Totals
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError
-from tokenmeter.cli._source import JsonlReader, Source, open_sqlite, table_columns, warn_skipped
+from tokenmeter.cli._source import JsonlReader, Source, open_database, table_columns, warn_skipped
 from tokenmeter.cli.reports._model import NONE_LABEL, Call
 from tokenmeter.cli.reports._query import calls_from_rows, exclude_bad_rows
 from tokenmeter.cli.reports._sql import totals_select
@@ -60,7 +60,7 @@ def list_sessions(
     The caller warns about the skipped ones (``warn_skipped``).
     """
     low, high = _window(since, until)
-    if source.kind == "sqlite":
+    if source.kind != "jsonl":
         return _list_sqlite(source, low, high)
     reader = JsonlReader(source.path)
     rows: dict[str, SessionRow] = {}
@@ -92,7 +92,7 @@ def _has_sessions_table(conn: sqlite3.Connection) -> bool:
 
 
 def _list_sqlite(source: Source, low: str | None, high: str | None) -> tuple[list[SessionRow], int]:
-    conn = open_sqlite(source.path)
+    conn = open_database(source)
     clauses, params = [], []
     if low is not None:
         clauses.append("r.timestamp >= ?")
@@ -109,8 +109,8 @@ def _list_sqlite(source: Source, low: str | None, high: str | None) -> tuple[lis
     except sqlite3.Error as exc:
         conn.close()
         raise CliError(f"cannot read {source.path}: {exc}") from None
-    info = (
-        "s.name, s.status, s.started_at, s.ended_at, s.notes, s.tags"
+    info = (  # MAX(): one sessions row per group; PostgreSQL wants it said (SQLite does not)
+        "MAX(s.name), MAX(s.status), MAX(s.started_at), MAX(s.ended_at), MAX(s.notes), MAX(s.tags)"
         if joined
         else "NULL, NULL, NULL, NULL, NULL, NULL"
     )
@@ -122,11 +122,60 @@ def _list_sqlite(source: Source, low: str | None, high: str | None) -> tuple[lis
     )
     try:
         result = [_sqlite_session_row(values) for values in conn.execute(sql, params)]
+        if joined:
+            result = _roll_up(conn, result)
     except sqlite3.Error as exc:
         raise CliError(f"cannot read {source.path}: {exc}") from None
     finally:
         conn.close()
     return result, skipped
+
+
+def _roll_up(conn: sqlite3.Connection, rows: list[SessionRow]) -> list[SessionRow]:
+    """Add each session's calls to its ancestors' totals (as a live ``session.summary`` does),
+    listing an ancestor whose calls were all made in nested sessions too."""
+    parents: dict[str, tuple[Any, ...]] = {}
+    for values in conn.execute(
+        "SELECT id, parent_id, name, status, started_at, ended_at, notes, tags FROM sessions"
+    ):
+        if isinstance(values[0], str):
+            parents[values[0]] = values
+    by_id = {row.session_id: row for row in rows}
+    own: dict[str, Totals] = {}
+    for row in rows:
+        copy = own[row.session_id] = Totals()
+        copy.add(row.totals)
+    for session_id, totals in own.items():
+        child = by_id[session_id]
+        seen = {session_id}
+        info = parents.get(session_id)
+        parent_id = info[1] if info is not None else None
+        while isinstance(parent_id, str) and parent_id not in seen:  # a cycle is bad data
+            seen.add(parent_id)
+            found = by_id.get(parent_id)
+            info = parents.get(parent_id)
+            if found is not None:
+                row = found
+            else:
+                name, status, started, ended, notes, tags = (
+                    info[2:8] if info is not None else (None,) * 6
+                )
+                row = by_id[parent_id] = SessionRow(
+                    session_id=parent_id,
+                    name=_text(name),
+                    first_call=child.first_call,
+                    last_call=child.last_call,
+                    status=_text(status),
+                    started_at=_text(started),
+                    ended_at=_text(ended),
+                    notes=_text(notes),
+                    tags=_tags(tags),
+                )
+            row.first_call = min(row.first_call, child.first_call)
+            row.last_call = max(row.last_call, child.last_call)
+            row.totals.add(totals)
+            parent_id = info[1] if info is not None else None
+    return sorted(by_id.values(), key=lambda row: row.last_call, reverse=True)
 
 
 def _text(value: Any) -> str | None:
@@ -170,7 +219,7 @@ def find_session(source: Source, wanted: str) -> SessionDetail:
 
     Warns about the records it had to skip before it returns or raises.
     """
-    if source.kind == "sqlite":
+    if source.kind != "jsonl":
         return _find_sqlite(source, wanted)
     reader = JsonlReader(source.path)
     by_id: list[Call] = []
@@ -211,7 +260,7 @@ def _several(name: str, last_calls: dict[str, str]) -> None:
 
 
 def _find_sqlite(source: Source, wanted: str) -> SessionDetail:
-    conn = open_sqlite(source.path)
+    conn = open_database(source)
     conn.row_factory = sqlite3.Row
     try:
         session_id = wanted

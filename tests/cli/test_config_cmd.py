@@ -1,0 +1,52 @@
+"""``tokenmeter config``: every effective setting and the layer it came from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import RunCli
+
+
+def test_each_setting_names_its_source(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        "[tool.tokenmeter]\n"
+        'sinks = ["jsonl"]\n'
+        'state-file = "notes/state.md"\n'
+        "[[tool.tokenmeter.budgets]]\n"
+        'name = "daily"\nlimit_usd = 25\nperiod = "day"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TOKENMETER_SINKS", "sqlite,markdown")  # the environment wins
+    monkeypatch.setenv("TOKENMETER_THREAD_PROPAGATION", "0")
+    code, out, _ = cli("config", "--format", "json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["sinks"] == {"value": ["sqlite", "markdown"], "source": "TOKENMETER_SINKS"}
+    assert data["thread_propagation"] == {"value": False, "source": "TOKENMETER_THREAD_PROPAGATION"}
+    where = f"{tmp_path / 'pyproject.toml'} [tool.tokenmeter]"
+    assert data["state_file"] == {"value": str(tmp_path / "notes" / "state.md"), "source": where}
+    assert data["budgets"]["source"] == where
+    assert data["budgets"]["value"] == [
+        {"name": "daily", "limit_usd": "25", "period": "day", "on_exceed": "raise"}
+    ]
+    assert data["exit_timeout"] == {"value": 10.0, "source": "default"}
+    code, text, _ = cli("config")
+    assert code == 0
+    assert any(
+        line.startswith("sinks") and line.endswith("[TOKENMETER_SINKS]")
+        for line in text.splitlines()
+    )
+
+
+def test_a_bad_setting_is_one_line_and_exit_1(cli: RunCli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKENMETER_BUDGETS", '[{"limit_usd": 5, "period": "fortnight"}]')
+    code, out, err = cli("config")
+    assert code == 1 and out == ""
+    assert err.startswith(
+        "tokenmeter: error: tokenmeter setting 'budgets' from TOKENMETER_BUDGETS: budgets[0].period"
+    )

@@ -1,0 +1,211 @@
+"""Usage alerts: rolling baselines, thresholds, cooldown, and every delivery (logger, JSONL,
+callbacks), computed off the caller's thread. Times come from the records' own timestamps."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import one_line_value_error
+
+import tokenmeter
+from tokenmeter.guardrails._alerts import Alert, read_alerts
+from tokenmeter.sinks import InMemorySink
+
+T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+        self.threads: set[str] = set()
+
+    def __call__(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+        self.threads.add(threading.current_thread().name)
+
+
+def setup(tmp_path: Path, rules: list[Any]) -> Collect:
+    seen = Collect()
+    tokenmeter.configure(
+        sinks=[InMemorySink()], directory=tmp_path / "tm", alerts=rules, on_alert=seen
+    )
+    return seen
+
+
+def call(tokens: int, minutes: float, model: str = "gpt-4o") -> None:
+    tokenmeter.record("openai", model, tokens, 0, timestamp=T0 + timedelta(minutes=minutes))
+
+
+def test_a_call_far_above_its_models_baseline_alerts_everywhere(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen = setup(tmp_path, [{"rule": "call_tokens", "multiplier": 3, "warmup": 5}])
+    with caplog.at_level(logging.WARNING, logger="tokenmeter"):
+        for i in range(5):
+            call(1000, i)
+        call(2900, 5)  # under 3x the baseline
+        call(10_000, 6, model="gpt-4o-mini")  # another model: no baseline yet
+        big = tokenmeter.record("openai", "gpt-4o", 9000, 0, timestamp=T0 + timedelta(minutes=7))
+        assert tokenmeter.flush(5)
+    (alert,) = seen.alerts
+    assert (alert.rule, alert.scope, alert.observed, alert.record_id) == (
+        "call_tokens",
+        "model=gpt-4o",
+        9000.0,
+        big.id,
+    )
+    assert alert.baseline is not None and 1000 < alert.baseline < 1500
+    assert alert.threshold == pytest.approx(3 * alert.baseline)
+    assert threading.current_thread().name not in seen.threads  # judged on a writer thread
+    assert any("tokenmeter alert: high usage" in r.getMessage() for r in caplog.records)
+    (line,) = (tmp_path / "tm" / "alerts.jsonl").read_text().splitlines()
+    stored = json.loads(line)
+    assert list(stored)[:8] == [
+        "time",
+        "rule",
+        "scope",
+        "observed",
+        "baseline",
+        "threshold",
+        "record_id",
+        "session_id",
+    ]
+    assert stored["time"] == "2026-12-01T09:07:00.000Z" and stored["record_id"] == big.id
+
+
+def test_an_alert_is_not_repeated_within_its_cooldown(tmp_path: Path) -> None:
+    seen = setup(tmp_path, [{"rule": "call_tokens", "threshold": 5000, "cooldown_s": 600}])
+    call(6000, 0)
+    call(6000, 5)  # 5 minutes later: same rule and scope, still cooling down
+    call(6000, 5, model="gpt-4o-mini")  # another scope
+    call(6000, 11)  # cooldown over
+    assert tokenmeter.flush(5)
+    assert [(a.scope, a.time.minute) for a in seen.alerts] == [
+        ("model=gpt-4o", 0),
+        ("model=gpt-4o-mini", 5),
+        ("model=gpt-4o", 11),
+    ]
+
+
+def test_call_cost_threshold(tmp_path: Path) -> None:
+    seen = setup(tmp_path, [{"rule": "call_cost", "threshold": 0.01}])
+    call(1000, 0)  # $0.0025
+    call(5000, 1)  # $0.0125
+    assert tokenmeter.flush(5)
+    assert [(a.rule, a.observed) for a in seen.alerts] == [("call_cost", pytest.approx(0.0125))]
+
+
+def test_a_session_costing_a_multiple_of_its_names_baseline(tmp_path: Path) -> None:
+    seen = setup(tmp_path, [{"rule": "session_cost", "multiplier": 2, "warmup": 3}])
+    for i in range(3):
+        with tokenmeter.session("nightly"):
+            call(1000, i)
+    with tokenmeter.session("other"):  # its own baseline: not warmed up
+        call(50_000, 4)
+    with tokenmeter.session("nightly") as heavy:
+        call(1000, 5)
+        with tokenmeter.session("step"):  # nested calls count for the session
+            call(4000, 6)
+    assert tokenmeter.flush(5)
+    (alert,) = seen.alerts
+    assert (alert.rule, alert.scope, alert.session_id) == (
+        "session_cost",
+        "session=nightly",
+        heavy.id,
+    )
+    assert alert.observed == pytest.approx(0.0125)
+
+
+def test_spend_rate_over_the_trailing_hour(tmp_path: Path) -> None:
+    seen = setup(tmp_path, [{"rule": "spend_rate", "threshold": 0.02, "cooldown_s": 3600}])
+    for minute in range(0, 120, 10):  # $0.0025 every 10 minutes: $0.015 an hour
+        call(1000, minute)
+    assert tokenmeter.flush(5) and seen.alerts == []
+    for minute in range(120, 125):  # a burst
+        call(1000, minute)
+    assert tokenmeter.flush(5)
+    (alert,) = seen.alerts
+    assert alert.rule == "spend_rate" and alert.observed > 0.02
+
+
+def test_refused_calls_do_not_drag_the_baseline_down(tmp_path: Path, fake: Any) -> None:
+    seen = Collect()
+    tokenmeter.configure(
+        sinks=[InMemorySink()],
+        directory=tmp_path / "tm",
+        alerts=[{"rule": "call_tokens", "multiplier": 3, "warmup": 2}],
+        on_alert=seen,
+        budgets=[{"limit_usd": 0, "provider": "openai", "model": "gpt-4o-mini"}],
+    )
+    tokenmeter.instrument(["openai"])
+    call(1000, 0, model="gpt-4o-mini")
+    call(1000, 1, model="gpt-4o-mini")
+    client = fake.openai_client(max_retries=0)
+    for _ in range(20):  # 20 blocked records of 0 tokens for the same model
+        with pytest.raises(tokenmeter.BudgetExceeded):
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+            )
+    call(2900, 2, model="gpt-4o-mini")  # under 3x a baseline of 1000
+    assert tokenmeter.flush(5)
+    assert [a for a in seen.alerts if a.rule == "call_tokens"] == []
+    assert {a.rule for a in seen.alerts} == {"budget_50pct", "budget_80pct", "budget_100pct"}
+
+
+def test_a_failing_callback_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    def broken(alert: Alert) -> None:
+        raise RuntimeError("callback bug")
+
+    tokenmeter.configure(
+        sinks=[InMemorySink()],
+        directory=tmp_path / "tm",
+        alerts=[{"rule": "call_tokens", "threshold": 1}],
+        on_alert=broken,
+    )
+    with caplog.at_level(logging.ERROR, logger="tokenmeter"):
+        call(1000, 0)
+        assert tokenmeter.flush(5)
+    assert any("on_alert callback failed" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "tm" / "alerts.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        ([{"rule": "loud"}], "alerts[0].rule"),
+        ([{"rule": "call_cost", "multiplier": 0.5}], "alerts[0].multiplier"),
+        ([{"rule": "call_cost", "threshold": -1}], "alerts[0].threshold"),
+        ([{"rule": "call_cost", "warmup": 2.5}], "alerts[0].warmup"),
+        ([{"rule": "call_cost", "multiplier": None}], "give a multiplier, a threshold or both"),
+        ([{"rule": "call_cost", "every": 2}], "no such field 'every'"),
+        (7, "must be a list of alert rules"),
+    ],
+)
+def test_bad_rules_are_a_value_error_naming_the_field(rules: Any, message: str) -> None:
+    with pytest.raises(ValueError) as excinfo:
+        tokenmeter.configure(alerts=rules)
+    assert message in one_line_value_error(excinfo)
+
+
+def test_read_alerts_skips_and_counts_bad_lines(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.jsonl"
+    good = {"time": "2026-12-01T09:00:00.000Z", "rule": "call_cost", "scope": "s"}
+    later = {**good, "time": "2026-12-02T09:00:00.000Z"}
+    path.write_text(
+        json.dumps(good)
+        + "\n{not json\n"
+        + json.dumps({"rule": "x"})
+        + "\n[1]\n"
+        + json.dumps(later)
+        + "\n"
+    )
+    alerts, bad = read_alerts(path)
+    assert (len(alerts), bad) == (2, 3)
+    alerts, bad = read_alerts(path, since=datetime(2026, 12, 2, tzinfo=UTC))
+    assert [a["time"] for a in alerts] == [later["time"]]

@@ -1,0 +1,386 @@
+"""Budgets stop a call before it is sent: real SDKs against the loopback FakeProvider.
+
+Each gpt-4o call of the fake costs about $0.0075 (1,000 input, 500 output tokens); the request's own
+estimate (4 characters a token of its text) is tiny next to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from helpers import one_line_value_error
+
+import tokenmeter
+from tokenmeter import BudgetExceeded
+from tokenmeter.guardrails._alerts import Alert
+from tokenmeter.guardrails._budgets import parse_budgets, period_start
+from tokenmeter.guardrails._ledger import MemoryLedger
+from tokenmeter.sinks import InMemorySink
+from tokenmeter.testing import FakeProvider
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def chat(fake: FakeProvider, model: str = "gpt-4o") -> Any:
+    return fake.openai_client(max_retries=0).chat.completions.create(model=model, messages=MESSAGES)
+
+
+def configured(tmp_path: Path, budgets: list[dict[str, Any]], **more: Any) -> InMemorySink:
+    memory = InMemorySink()
+    tokenmeter.configure(sinks=[memory], directory=tmp_path / "tm", budgets=budgets, **more)
+    return memory
+
+
+def per_call(memory: InMemorySink) -> Decimal:
+    """What one of the fake's gpt-4o calls costs (read from its record, not repeated here)."""
+    assert tokenmeter.flush(5)
+    cost = memory.records[0].estimated_cost_usd
+    assert cost is not None
+    return cost
+
+
+def test_a_budget_refuses_the_call_before_it_is_sent(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    memory = configured(tmp_path, [{"name": "daily", "limit_usd": 0.02, "period": "day"}])
+    with tokenmeter.session("job") as job:
+        for _ in range(3):  # 0, 0.0075, 0.015 spent: each time spent + estimate <= 0.02
+            chat(fake)
+        with pytest.raises(BudgetExceeded) as refused:
+            chat(fake)
+    assert len(fake.requests) == 3  # the fourth never left the process
+    error = refused.value
+    assert (error.budget, error.scope, error.period) == ("daily", "everything", "day")
+    assert error.limit_usd == Decimal("0.02") and error.spent_usd == 3 * per_call(memory)
+    assert error.estimate_usd > 0
+    assert tokenmeter.flush(5)
+    statuses = [r.status for r in memory.records]
+    assert statuses == ["ok", "ok", "ok", "blocked"]
+    blocked = memory.records[-1]
+    assert blocked.error == "BudgetExceeded: daily" and blocked.session_id == job.id
+    assert blocked.total_tokens == 0 and blocked.estimated
+    assert job.summary.calls == 3  # a refused call is no call of the session
+
+
+def test_the_ledger_is_a_sqlite_file_shared_by_processes(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    memory = configured(tmp_path, [{"name": "d", "limit_usd": 1, "period": "total"}])
+    chat(fake)
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "tm" / "budgets.db") as conn:
+        rows = list(conn.execute("SELECT scope_key, settled_usd, reserved_usd FROM budget_ledger"))
+    assert [(k, r) for k, _, r in rows] == [("d|total|everything", 0.0)]
+    assert rows[0][1] == pytest.approx(float(per_call(memory)))
+
+
+@pytest.mark.parametrize(
+    ("scope", "blocked"),
+    [
+        ({"provider": "anthropic"}, False),
+        ({"provider": "openai"}, True),
+        ({"model": "gpt-4o-mini"}, False),
+        ({"model": "gpt-4o"}, True),
+        ({"session": "other"}, False),
+        ({"session": "outer"}, True),  # an enclosing session's name counts
+        ({"tag": "customer=globex"}, False),
+        ({"tag": "customer=acme"}, True),
+        ({"tag": {"customer": "acme"}}, True),
+    ],
+)
+def test_a_budget_applies_to_its_scope_only(
+    tmp_path: Path, fake: FakeProvider, instrumented: None, scope: dict[str, Any], blocked: bool
+) -> None:
+    configured(tmp_path, [{"limit_usd": 0.0, "period": "day", **scope}])
+    with tokenmeter.session("outer", tags={"customer": "acme"}), tokenmeter.session("inner"):
+        if blocked:
+            with pytest.raises(BudgetExceeded):
+                chat(fake)
+        else:
+            chat(fake)
+    assert len(fake.requests) == (0 if blocked else 1)
+
+
+def test_a_per_call_budget_refuses_a_request_whose_input_alone_costs_too_much(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    configured(tmp_path, [{"limit_usd": 0.001, "period": "call"}])
+    chat(fake)  # "hi" is far below $0.001, whatever the answer costs
+    client = fake.openai_client(max_retries=0)
+    with pytest.raises(BudgetExceeded, match="per call"):
+        client.chat.completions.create(
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "x" * 4000}],  # ~$0.0025
+        )
+    assert len(fake.requests) == 1
+
+
+def test_a_warn_budget_lets_calls_through_and_warns(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    seen: list[Alert] = []
+    configured(
+        tmp_path, [{"name": "soft", "limit_usd": 0.01, "on_exceed": "warn"}], on_alert=seen.append
+    )
+    for _ in range(3):
+        chat(fake)
+    assert tokenmeter.flush(5)
+    assert len(fake.requests) == 3
+    assert [a.rule for a in seen] == ["budget_50pct", "budget_80pct", "budget_100pct"]
+
+
+def test_a_session_budget_with_raise(fake: FakeProvider, instrumented: None, sink: Any) -> None:
+    with tokenmeter.session("capped", budget_usd=0.01, on_exceed="raise") as capped:
+        chat(fake)
+        chat(fake)  # 0.0075 + a tiny estimate fits under 0.01
+        with pytest.raises(BudgetExceeded) as refused:
+            chat(fake)
+    assert refused.value.scope == "session=capped"
+    assert capped.summary.calls == 2 and len(fake.requests) == 2
+    with tokenmeter.session("free", budget_usd=0.001) as free:  # "warn" is the default
+        chat(fake)
+        chat(fake)
+    assert free.over_budget and len(fake.requests) == 4
+
+
+def test_a_parent_session_budget_stops_calls_of_its_children(
+    fake: FakeProvider, instrumented: None, sink: Any
+) -> None:
+    with tokenmeter.session("parent", budget_usd=0.005, on_exceed="raise"):
+        with tokenmeter.session("child"):
+            chat(fake)
+        with tokenmeter.session("child2"), pytest.raises(BudgetExceeded):
+            chat(fake)
+    assert len(fake.requests) == 1
+
+
+def test_async_and_streamed_calls_are_refused_too(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    memory = configured(tmp_path, [{"limit_usd": 0}])
+
+    async def both() -> None:
+        client = fake.openai_client(async_=True, max_retries=0)
+        with pytest.raises(BudgetExceeded):
+            await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        with pytest.raises(BudgetExceeded):
+            await client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+
+    asyncio.run(both())
+    with pytest.raises(BudgetExceeded):
+        fake.openai_client(max_retries=0).chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, stream=True
+        )
+    from tokenmeter.providers import _core
+
+    _core._finish_open_streams()  # what exit does: a refused stream must not record again
+    _core._exited = False
+    assert tokenmeter.flush(5)
+    assert [r.status for r in memory.records] == ["blocked"] * 3
+    assert [r.streamed for r in memory.records] == [False, True, True]
+    assert fake.requests == []
+
+
+def test_anthropic_calls_are_checked(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    configured(tmp_path, [{"limit_usd": 0, "provider": "anthropic"}])
+    client = fake.anthropic_client(max_retries=0)
+    with pytest.raises(BudgetExceeded):
+        client.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=MESSAGES)
+    chat(fake)
+    assert len(fake.requests) == 1
+
+
+def test_manual_records_count_against_budgets_and_warn_ancestors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[Alert] = []
+    configured(
+        tmp_path, [{"name": "all", "limit_usd": 0.03, "on_exceed": "warn"}], on_alert=seen.append
+    )
+    with caplog.at_level(logging.WARNING, logger="tokenmeter"):
+        with tokenmeter.session("outer", budget_usd=0.01) as outer, tokenmeter.session("inner"):
+            tokenmeter.record("openai", "gpt-4o", 1000, 500)  # $0.0075
+            tokenmeter.record("openai", "gpt-4o", 1000, 500)
+        for _ in range(2):
+            tokenmeter.record("openai", "gpt-4o", 1000, 500)
+        assert tokenmeter.flush(5)
+    assert outer.over_budget
+    assert sum("over budget" in r.getMessage() for r in caplog.records) == 1
+    rules = sorted((a.scope.split(" ")[0], a.rule) for a in seen)
+    assert rules == sorted(
+        [
+            ("session=outer", "budget_50pct"),
+            ("session=outer", "budget_80pct"),
+            ("session=outer", "budget_100pct"),
+            ("budget:all", "budget_50pct"),
+            ("budget:all", "budget_80pct"),
+            ("budget:all", "budget_100pct"),
+        ]
+    )
+
+
+def test_a_ledger_from_a_sink_is_used(fake: FakeProvider, instrumented: None) -> None:
+    class LedgerSink(InMemorySink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ledger = MemoryLedger()
+
+        def budget_ledger(self) -> MemoryLedger:
+            return self.ledger
+
+    memory = LedgerSink()
+    tokenmeter.configure(sinks=[memory], budgets=[{"name": "b", "limit_usd": 1}])
+    chat(fake)
+    assert memory.ledger.spent("b|day|everything", _today()) == pytest.approx(
+        float(per_call(memory))
+    )
+
+
+def _today() -> str:
+    return period_start("day", datetime.now(UTC), ZoneInfo("UTC"), None)
+
+
+def test_a_failing_ledger_lets_calls_through(
+    fake: FakeProvider, instrumented: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(MemoryLedger):
+        def reserve(self, *args: Any) -> tuple[bool, float]:
+            raise OSError("disk gone")
+
+        def reserve_many(self, *args: Any) -> list[tuple[bool, float]]:
+            raise OSError("disk gone")
+
+    class LedgerSink(InMemorySink):
+        def budget_ledger(self) -> MemoryLedger:
+            return Broken()
+
+    tokenmeter.configure(sinks=[LedgerSink()], budgets=[{"limit_usd": 0}])
+    with caplog.at_level(logging.ERROR, logger="tokenmeter"):
+        chat(fake)
+        chat(fake)
+    assert len(fake.requests) == 2
+    assert sum("budget ledger failed" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_reservation_is_released_when_the_call_fails(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    configured(tmp_path, [{"name": "b", "limit_usd": 1, "period": "total"}])
+    fake.fail_next(500)
+    import openai
+
+    with pytest.raises(openai.InternalServerError):
+        chat(fake)
+    from tokenmeter.guardrails import _budgets
+
+    assert _budgets._config is not None
+    ledger = _budgets._config.get_ledger()
+    assert ledger.spent("b|total|everything", "") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("period", "now", "zone", "start"),
+    [
+        ("hour", "2026-12-01T23:30:05+00:00", "UTC", "2026-12-01T23:00:00+00:00"),
+        ("day", "2026-12-01T23:30:00+00:00", "Asia/Tokyo", "2026-12-02T00:00:00+09:00"),
+        ("day", "2026-12-01T23:30:00+00:00", "UTC", "2026-12-01T00:00:00+00:00"),
+        ("week", "2026-12-03T10:00:00+00:00", "UTC", "2026-11-30T00:00:00+00:00"),
+        ("month", "2026-12-31T22:00:00+00:00", "Europe/Paris", "2026-12-01T00:00:00+01:00"),
+        ("total", "2026-12-31T22:00:00+00:00", "UTC", ""),
+    ],
+)
+def test_calendar_periods_start_in_the_configured_zone(
+    period: str, now: str, zone: str, start: str
+) -> None:
+    assert period_start(period, datetime.fromisoformat(now), ZoneInfo(zone), None) == start
+
+
+def test_the_timezone_setting_moves_the_period(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    memory = configured(tmp_path, [{"name": "b", "limit_usd": 1}], budget_timezone="Asia/Tokyo")
+    chat(fake)
+    from tokenmeter.guardrails import _budgets
+
+    assert _budgets._config is not None
+    ledger = _budgets._config.get_ledger()
+    tokyo = period_start("day", datetime.now(UTC), ZoneInfo("Asia/Tokyo"), None)
+    assert tokyo.endswith("+09:00") and ledger.spent("b|day|everything", tokyo) > 0
+    assert memory is not None
+
+
+@pytest.mark.parametrize(
+    ("budgets", "message"),
+    [
+        ([{"period": "day"}], "budgets[0]: limit_usd is required"),
+        ([{"limit_usd": -1}], "budgets[0].limit_usd"),
+        ([{"limit_usd": "lots"}], "budgets[0].limit_usd"),
+        ([{"limit_usd": True}], "budgets[0].limit_usd"),
+        ([{"limit_usd": 1, "period": "fortnight"}], "budgets[0].period"),
+        ([{"limit_usd": 1, "on_exceed": "explode"}], "budgets[0].on_exceed"),
+        ([{"limit_usd": 1, "tag": "acme"}], "budgets[0].tag"),
+        ([{"limit_usd": 1, "limit": 2}], "no such field 'limit'"),
+        ([{"limit_usd": 1}, {"limit_usd": 2}], "two budgets are named"),
+        ("5 dollars", "must be a list of budgets"),
+    ],
+)
+def test_bad_budgets_are_a_value_error_naming_the_field(budgets: Any, message: str) -> None:
+    with pytest.raises(ValueError) as excinfo:
+        tokenmeter.configure(budgets=budgets)
+    assert message in one_line_value_error(excinfo)
+    assert "'budgets' from configure()" in str(excinfo.value)
+
+
+def test_budgets_read_from_toml(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        "[[tool.tokenmeter.budgets]]\n"
+        'name = "acme-daily"\nlimit_usd = 25\nperiod = "day"\ntag = "customer=acme"\n'
+        "[[tool.tokenmeter.budgets]]\n"
+        'limit_usd = "0.50"\nperiod = "call"\non_exceed = "warn"\n'
+    )
+    from tokenmeter._config import load_settings
+
+    budgets = load_settings(env={}, cwd=tmp_path).budgets
+    assert budgets == parse_budgets(
+        [
+            {"name": "acme-daily", "limit_usd": 25, "period": "day", "tag": "customer=acme"},
+            {"limit_usd": "0.50", "period": "call", "on_exceed": "warn"},
+        ]
+    )
+    assert budgets[1].name == "call:everything" and budgets[0].scope == "tag:customer=acme"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_never_releases_the_parents_reservations(tmp_path: Path) -> None:
+    from tokenmeter.guardrails import _budgets
+    from tokenmeter.providers._core import Call
+
+    configured(tmp_path, [{"name": "b", "limit_usd": 1, "period": "total"}])
+    call = Call("openai", "gpt-4o", "chat")
+    _budgets.check(call, (), {"messages": [{"role": "user", "content": "x" * 4000}]})
+    assert _budgets._config is not None
+    ledger = _budgets._config.get_ledger()
+    reserved = ledger.spent("b|total|everything", "")
+    assert reserved == pytest.approx(0.0025, rel=0.01)
+    pid = os.fork()
+    if pid == 0:  # the child drops its copy of the call, as it would when it finishes
+        del call
+        gc.collect()
+        os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert ledger.spent("b|total|everything", "") == reserved  # still the parent's
+    del call
+    gc.collect()  # the parent's call ends without a record: the reservation is given back
+    assert ledger.spent("b|total|everything", "") == 0.0

@@ -1,0 +1,276 @@
+"""Calls whose provider reports no usage are recorded with an estimate, never a silent zero; a
+Responses background call is one quiet record that keeps the create's model.
+
+Streams carry realistic text (an answer split as OpenAI splits it, a tool call's arguments), and
+each estimate is compared with the usage the same server reports when asked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from types import ModuleType
+from typing import Any
+
+import pytest
+from provider_helpers import Records, flushed, only
+
+import tokenmeter
+from tokenmeter._estimate import estimate_input
+from tokenmeter.sinks import InMemorySink
+
+ANSWER = [
+    "The",
+    " capital",
+    " of",
+    " France",
+    " is",
+    " Paris",
+    ".",
+    " It",
+    " has",
+    " been",
+    " the",
+    " country's",
+    " capital",
+    " since",
+    " the",
+    " tenth",
+    " century",
+    ".",
+]
+MESSAGES = [
+    {"role": "system", "content": "You are a helpful geography tutor."},
+    {"role": "user", "content": "What is the capital of France? Answer in two sentences."},
+]
+#: The usage this server reports when asked (shaped as OpenAI reports it for such a request: the
+#: answer's 18 o200k tokens; the prompt's text and chat framing). Accuracy against usage real
+#: providers reported is measured in tests/test_estimate.py and benchmarks/estimate_accuracy.py.
+REAL_USAGE = {"prompt_tokens": 33, "completion_tokens": 18, "total_tokens": 51}
+
+
+class StreamingServer:
+    """An OpenAI-compatible chat server: streams ANSWER; adds the usage chunk only when asked
+    for, unless it ignores ``stream_options`` (as some compatible servers do)."""
+
+    def __init__(self, kit: ModuleType, honours_usage: bool = True) -> None:
+        self.kit = kit
+        self.honours_usage = honours_usage
+
+    def __call__(self, request: Any) -> Any:
+        body = json.loads(request.content)
+        base = {"id": "chatcmpl-est", "object": "chat.completion.chunk", "created": 1}
+        base["model"] = "gpt-4o-2024-08-06"
+        chunks = [
+            {**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+            for piece in ANSWER
+        ]
+        chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        asked = (body.get("stream_options") or {}).get("include_usage")
+        if asked and self.honours_usage:
+            chunks.append({**base, "choices": [], "usage": REAL_USAGE})
+        text = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks)
+        return self.kit.sse_response((text + "data: [DONE]\n\n").encode())
+
+
+async def _open(client: Any, kit: ModuleType, **kwargs: Any) -> Any:
+    return await kit.maybe(
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True, **kwargs)
+    )
+
+
+def _close_to(got: int, real: int, within: float) -> bool:
+    return abs(got / real - 1) <= within
+
+
+async def test_stream_left_early_is_estimated_from_what_passed(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """The caller reads five chunks and closes the stream: the usage chunk never comes. The
+    record is estimated: the whole input, and the output the caller actually received."""
+    client = kit.mock_openai(StreamingServer(kit), is_async=is_async)
+    tokenmeter.instrument("openai")
+    stream = await _open(client, kit)
+    for _ in range(5):
+        await kit.maybe(stream.__anext__() if is_async else next(stream))
+    await kit.maybe(stream.close())
+    record = only(records())
+    assert record.streamed and record.status == "ok" and record.estimated
+    request = {"model": "gpt-4o", "messages": MESSAGES}
+    assert record.input_tokens == estimate_input("openai", request).input_tokens
+    assert _close_to(record.input_tokens, REAL_USAGE["prompt_tokens"], 0.1)
+    assert record.output_tokens == 5  # "The capital of France is": the 5 tokens it received
+    assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
+
+
+async def test_stream_without_include_usage_is_estimated_close_to_real_usage(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    client = kit.mock_openai(StreamingServer(kit), is_async=is_async)
+    tokenmeter.instrument("openai")
+    await kit.drain(await _open(client, kit))  # tokenmeter asks for usage: the real figures
+    await kit.drain(await _open(client, kit, stream_options={"include_usage": False}))
+    real, estimated = records()
+    assert not real.estimated and real.input_tokens == REAL_USAGE["prompt_tokens"]
+    assert estimated.estimated
+    assert _close_to(estimated.input_tokens, real.input_tokens, 0.1)
+    assert _close_to(estimated.output_tokens, real.output_tokens, 0.1)
+
+
+async def test_compatible_server_that_ignores_stream_options_is_estimated(
+    records: Records, kit: ModuleType, is_async: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Groq-hosted call whose server sends no usage chunk: estimated, provider from the host,
+    with one warning saying what to do."""
+    client = kit.mock_openai(
+        StreamingServer(kit, honours_usage=False),
+        is_async=is_async,
+        base_url="https://api.groq.com/openai/v1",
+    )
+    tokenmeter.instrument("openai")
+    with caplog.at_level(logging.WARNING, logger="tokenmeter"):
+        chunks = await kit.drain(await _open(client, kit))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "".join(ANSWER)
+    record = only(records())
+    assert record.model_provider == "groq" and record.estimated and record.status == "ok"
+    assert _close_to(record.output_tokens, REAL_USAGE["completion_tokens"], 0.1)
+    assert [r.getMessage() for r in caplog.records if "estimated" in r.getMessage()]
+
+
+async def test_streamed_tool_call_arguments_count_as_output(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    arguments = ['{"', "city", '":"', "Paris", '","', "unit", '":"', "celsius", '"}']
+
+    def server(request: Any) -> Any:
+        base = {"id": "chatcmpl-tool", "object": "chat.completion.chunk", "created": 1}
+        base["model"] = "gpt-4o-2024-08-06"
+        first = {
+            "index": 0,
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": ""},
+        }
+        deltas = [{"tool_calls": [first]}] + [
+            {"tool_calls": [{"index": 0, "function": {"arguments": a}}]} for a in arguments
+        ]
+        chunks = [
+            {**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas
+        ]
+        text = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks)
+        return kit.sse_response((text + "data: [DONE]\n\n").encode())
+
+    client = kit.mock_openai(server, is_async=is_async)
+    tokenmeter.instrument("openai")
+    await kit.drain(await _open(client, kit, stream_options={"include_usage": False}))
+    record = only(records())
+    # get_weather (2 tokens) + {"city":"Paris","unit":"celsius"} (10 tokens)
+    assert record.estimated and record.output_tokens == 12
+
+
+async def test_responses_stream_left_early_is_estimated(
+    fake: Any, sink: InMemorySink, is_async: bool, kit: ModuleType
+) -> None:
+    fake.stream_chunks = 8
+    client = fake.openai_client(async_=is_async)
+    tokenmeter.instrument("openai")
+    request = {"model": "gpt-4o", "input": "Write a haiku about the sea."}
+    stream = await kit.maybe(client.responses.create(stream=True, **request))
+    seen = []
+    async for event in _events(stream, is_async):
+        seen.append(event.type)
+        if event.type == "response.output_text.delta":
+            break
+    await kit.maybe(stream.close())
+    record = only(flushed(sink))
+    assert record.estimated and record.streamed and record.status == "ok"
+    assert record.request_model == "gpt-4o" and record.operation == "responses"
+    assert record.input_tokens == estimate_input("openai", request, "responses").input_tokens
+    assert record.output_tokens >= 1
+
+
+async def _events(stream: Any, is_async: bool) -> Any:
+    if is_async:
+        async for event in stream:
+            yield event
+    else:
+        for event in stream:
+            yield event
+
+
+@pytest.mark.requires(openai=">=1.80")  # background responses
+async def test_background_response_is_one_quiet_record_with_the_create_model(
+    sink: InMemorySink, kit: ModuleType, is_async: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Create (queued, no usage), retrieve while in progress, retrieve when completed: one
+    record, with the create's model as the request model, and nothing logged as a problem."""
+    statuses = iter(["queued", "in_progress", "in_progress", "completed"])
+
+    def server(request: Any) -> Any:
+        status = next(statuses)
+        body = {
+            "id": "resp_bg",
+            "object": "response",
+            "created_at": 1,
+            "status": status,
+            "background": True,
+            "model": "o3-deep-research-2025-06-26",
+            "output": [],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": None,
+        }
+        if status == "completed":
+            body["usage"] = {"input_tokens": 1200, "output_tokens": 5400, "total_tokens": 6600}
+        return kit.http.Response(200, json=body)
+
+    client = kit.mock_openai(server, is_async=is_async)
+    tokenmeter.instrument("openai")
+    with caplog.at_level(logging.DEBUG, logger="tokenmeter"):
+        created = await kit.maybe(
+            client.responses.create(
+                model="o3-deep-research", input="Survey of tidal energy", background=True
+            )
+        )
+        for _ in range(3):
+            done = await kit.maybe(client.responses.retrieve(created.id))
+    assert done.status == "completed"
+    record = only(flushed(sink))
+    assert record.request_model == "o3-deep-research"
+    assert record.model_name == "o3-deep-research-2025-06-26"
+    assert (record.input_tokens, record.output_tokens, record.estimated) == (1200, 5400, False)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert all(r.exc_info is None for r in caplog.records)
+
+
+async def test_anthropic_stream_left_before_its_output_count_is_estimated(
+    fake: Any, instrumented: Records, is_async: bool
+) -> None:
+    """``message_start`` reports the whole input but a provisional output of about one token;
+    left before ``message_delta``, the output is estimated from the text that streamed by."""
+    fake.stream_chunks = 60
+    client = fake.anthropic_client(async_=is_async)
+    manager = client.messages.stream(
+        model="claude-haiku-4-5", max_tokens=256, messages=[{"role": "user", "content": "Count."}]
+    )
+    seen = ""
+    if is_async:
+        async with manager as stream:
+            async for event in stream:
+                if event.type == "content_block_delta":
+                    seen += event.delta.text
+                if len(seen) > 100:
+                    break
+    else:
+        with manager as stream:
+            for event in stream:
+                if event.type == "content_block_delta":
+                    seen += event.delta.text
+                if len(seen) > 100:
+                    break
+    record = only(instrumented())
+    assert record.input_tokens == fake.anthropic_usage.normalized().input_tokens  # as reported
+    assert record.estimated and record.status == "ok"
+    expected = tokenmeter.estimate("claude-haiku-4-5", output=seen).output_tokens
+    assert record.output_tokens == expected > 20

@@ -1,0 +1,220 @@
+"""OTelSink on the wire: the real OTLP/HTTP exporters send to a loopback receiver that decodes the
+protobuf bodies; and inside an application that configured OpenTelemetry itself (a subprocess:
+the global providers can be set once per process)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip(
+    "opentelemetry.sdk", reason="opentelemetry-sdk is not installed (tokenmeter[otel])"
+)
+pytest.importorskip("opentelemetry.proto", reason="opentelemetry-proto is not installed")
+
+from otlp_receiver import OtlpReceiver, attributes
+
+import tokenmeter
+from tokenmeter.sinks.otel import DURATION_BUCKETS, TOKEN_BUCKETS
+from tokenmeter.testing import FakeProvider
+
+HERE = Path(__file__).resolve().parent
+PROMPT = "a secret prompt that must never leave the process"
+ANSWER_MARK = "fake"  # FakeProvider's completions mention it
+
+
+@pytest.fixture
+def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[OtlpReceiver]:
+    found = OtlpReceiver()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", found.endpoint)
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "checkout-api")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test,team=search")
+    monkeypatch.setenv("TOKENMETER_SINKS", "otel")
+    yield found
+    tokenmeter.configure(sinks=[])
+    _shut_down_own_providers()
+    found.close()
+
+
+def _shut_down_own_providers() -> None:
+    """tokenmeter's own providers live for the process; each test here has its own endpoint."""
+    from tokenmeter.sinks import otel
+
+    for tracer_provider, meter_provider in otel._providers.values():
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+    otel._providers.clear()
+
+
+def _one_call() -> None:
+    usage = {
+        "prompt_tokens": 1200,
+        "completion_tokens": 300,
+        "cached_tokens": 1000,
+        "reasoning_tokens": 120,
+    }
+    tokenmeter.instrument()
+    with (
+        FakeProvider(openai_usage=usage) as fake,
+        tokenmeter.session("checkout", tags={"feature": "cart"}),
+    ):
+        fake.openai_client().chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": PROMPT}]
+        )
+
+
+def test_a_call_arrives_as_a_genai_span_and_metrics(receiver: OtlpReceiver) -> None:
+    _one_call()
+    assert tokenmeter.flush(timeout=60)
+    [span] = receiver.spans()
+    attrs = attributes(span.attributes)
+    assert span.name == "chat gpt-4o"
+    assert span.kind == 3  # SPAN_KIND_CLIENT
+    assert attrs["gen_ai.operation.name"] == "chat"
+    assert attrs["gen_ai.provider.name"] == attrs["gen_ai.system"] == "openai"
+    assert attrs["gen_ai.request.model"] == "gpt-4o"
+    assert attrs["gen_ai.response.model"].startswith("gpt-4o")
+    assert attrs["gen_ai.usage.input_tokens"] == 1200
+    assert attrs["gen_ai.usage.output_tokens"] == 300
+    assert attrs["gen_ai.usage.cache_read.input_tokens"] == 1000
+    assert attrs["gen_ai.usage.cache_creation.input_tokens"] == 0
+    assert attrs["gen_ai.usage.reasoning.output_tokens"] == 120
+    assert attrs["tokenmeter.cost.amount"] > 0
+    assert attrs["tokenmeter.cost.currency"] == "USD"
+    assert attrs["tokenmeter.session.name"] == "checkout"
+    assert attrs["gen_ai.conversation.id"] == attrs["session.id"]
+    assert attrs["tokenmeter.tag.feature"] == "cart"
+    resource = attributes(receiver.traces[0].resource_spans[0].resource.attributes)
+    assert resource["service.name"] == "checkout-api"
+    assert resource["deployment.environment"] == "test"
+
+    # The span lasts as long as the call did, and ends when its record was made.
+    [record_latency_ns] = [span.end_time_unix_nano - span.start_time_unix_nano]
+    assert record_latency_ns > 0
+
+    tokens = receiver.metric_points("gen_ai.client.token.usage")
+    by_type = {attributes(p.attributes)["gen_ai.token.type"]: p for p in tokens}
+    assert by_type["input"].sum == 1200 and by_type["output"].sum == 300
+    assert list(by_type["input"].explicit_bounds) == TOKEN_BUCKETS
+    assert attributes(by_type["input"].attributes)["gen_ai.provider.name"] == "openai"
+    assert receiver.metric("gen_ai.client.token.usage").unit == "{token}"
+    [duration] = receiver.metric_points("gen_ai.client.operation.duration")
+    assert list(duration.explicit_bounds) == pytest.approx(DURATION_BUCKETS)
+    assert duration.sum == pytest.approx(record_latency_ns / 1e9, rel=1e-6)
+    assert receiver.metric("gen_ai.client.operation.duration").unit == "s"
+    [cost] = receiver.metric_points("tokenmeter.cost")
+    assert cost.as_double == pytest.approx(attrs["tokenmeter.cost.amount"])
+
+    sent = b"".join(receiver.bodies)
+    assert PROMPT.encode() not in sent and b"secret prompt" not in sent
+
+
+def test_span_times_are_the_calls_own(receiver: OtlpReceiver) -> None:
+    made = tokenmeter.record(
+        "anthropic", "claude-sonnet-4-5", 10, 2, timestamp="2026-11-22T10:00:00.250Z"
+    )
+    assert tokenmeter.flush(timeout=60)
+    [span] = receiver.spans()
+    assert span.end_time_unix_nano == 1795341600250000000
+    assert span.start_time_unix_nano == span.end_time_unix_nano  # no latency known: an instant
+    assert attributes(span.attributes)["tokenmeter.record.id"] == made.id
+
+
+def test_an_unpriced_call_has_no_cost_rather_than_zero(receiver: OtlpReceiver) -> None:
+    tokenmeter.record("openai", "no-such-model-xyz", 10, 2)
+    assert tokenmeter.flush(timeout=60)
+    [span] = receiver.spans()
+    assert "tokenmeter.cost.amount" not in attributes(span.attributes)
+    assert receiver.metric_points("tokenmeter.cost") == []
+
+
+def test_a_collector_answering_503_loses_nothing_the_exporter_retries(
+    receiver: OtlpReceiver,
+) -> None:
+    receiver.fail_next = 2
+    ids = {tokenmeter.record("openai", "gpt-4o", 10, 2).id for _ in range(5)}
+    assert tokenmeter.flush(timeout=120)
+    assert 503 in receiver.answered
+    got = {attributes(s.attributes)["tokenmeter.record.id"] for s in receiver.spans()}
+    assert got == ids
+
+
+def test_a_hung_collector_never_blocks_the_application(receiver: OtlpReceiver) -> None:
+    receiver.hold = threading.Event()  # every export waits until the test lets it go
+    tokenmeter.record("openai", "gpt-4o", 10, 2)
+    flushing = threading.Thread(target=tokenmeter.flush)
+    flushing.start()  # the sink's exporter is now stuck on the receiver
+    made = [tokenmeter.record("openai", "gpt-4o", 10, 2) for _ in range(200)]
+    _one_call()  # an instrumented SDK call goes through too
+    assert len(made) == 200 and not receiver.hold.is_set()
+    receiver.hold.set()
+    flushing.join(120)
+    assert tokenmeter.flush(timeout=60)
+    assert len(receiver.spans()) == 202
+
+
+def test_configure_again_keeps_one_exporter_and_a_reused_sink_working(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry import trace
+
+    from tokenmeter.sinks import OTelSink, otel
+
+    first = tokenmeter.record("openai", "gpt-4o", 10, 2).id  # the "otel" sink, by name
+    tokenmeter.configure(stream_usage=True)  # new sinks from the names; the old one is closed
+    second = tokenmeter.record("openai", "gpt-4o", 10, 2).id
+    monkeypatch.delenv("TOKENMETER_SINKS")
+    mine = OTelSink()
+    tokenmeter.configure(sinks=[mine])
+    tokenmeter.configure(stream_usage=False)  # closes ``mine``, then uses it again
+    tracer = trace.get_tracer_provider().get_tracer("test")  # none set: spans go nowhere
+    with tracer.start_as_current_span("not recorded"):
+        third = tokenmeter.record("openai", "gpt-4o", 10, 2).id
+    assert tokenmeter.flush(timeout=60)
+    got = {attributes(s.attributes)["tokenmeter.record.id"] for s in receiver.spans()}
+    assert got == {first, second, third}
+    assert len(otel._providers) == 1  # one pair of exporters for the process
+
+
+def test_a_collector_that_is_down_fails_nothing_in_the_application(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    closed = OtlpReceiver()
+    closed.close()  # nobody listens on this port any more
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", closed.endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    monkeypatch.setenv("TOKENMETER_SINKS", "otel,jsonl")
+    _one_call()
+    tokenmeter.record("openai", "gpt-4o", 10, 2)
+    tokenmeter.flush(timeout=60)
+    lines = (Path(".tokenmeter") / "usage.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # the other sink got everything
+    tokenmeter.configure(sinks=[])
+    _shut_down_own_providers()
+
+
+def test_inside_an_application_that_set_up_opentelemetry() -> None:
+    """Its providers are reused and a metered call is a child of the span it was made in."""
+    result = subprocess.run(
+        [sys.executable, str(HERE / "otel_app_process.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.splitlines()[-1])
+    app, metered = found["app_span"], found["metered_span"]
+    assert metered["trace_id"] == app["trace_id"]
+    assert metered["parent_id"] == app["span_id"]
+    assert found["orphan_parent"] is None  # a call outside any span starts its own trace
+    assert found["resource_service"] == "the-app"  # the application's resource, not ours
+    assert {"gen_ai.client.operation.duration", "gen_ai.client.token.usage"} <= set(
+        found["metric_names"]
+    )
+    assert found["exported_to_network"] is False

@@ -1,0 +1,101 @@
+"""The budget ledger over PostgreSQL (the guardrails' reserve-then-settle protocol), against a
+real server: semantics, processes racing one budget, and a killed connection."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("psycopg", reason="psycopg is not installed (tokenmeter[postgres])")
+
+from tokenmeter.sinks.postgres import PostgresSink
+
+HERE = Path(__file__).resolve().parent
+DAY = "2026-12-01T00:00:00+00:00"
+
+
+def test_reserve_settle_and_spent_follow_the_protocol(pg_dsn: str) -> None:
+    ledger = PostgresSink(pg_dsn).budget_ledger()
+    assert ledger.spent("k", DAY) == 0.0
+    assert ledger.reserve("k", DAY, 10.0, 4.0) == (True, 0.0)
+    assert ledger.reserve("k", DAY, 10.0, 4.0) == (True, 4.0)
+    assert ledger.reserve("k", DAY, 10.0, 4.0) == (False, 8.0)  # would make 12
+    assert ledger.spent("k", DAY) == 8.0
+    assert ledger.settle("k", DAY, 4.0, 1.5) == 5.5  # cost less than reserved
+    assert ledger.spent("k", DAY) == 5.5
+    assert ledger.settle("k", DAY, 4.0, 0.0) == 1.5  # failed call: released
+    assert ledger.spent("k", DAY) == 1.5
+    assert ledger.reserve("k", DAY, 1.0, 2.0) == (False, 1.5)  # larger than the whole limit
+    assert ledger.reserve("k", "", 1.0, 2.0) == (False, 0.0)  # never fits: no row made
+    ledger.settle("other", DAY, 0.0, 3.0)  # settles without a reservation make the row
+    assert ledger.spent("other", DAY) == 3.0
+    assert ledger.spent("k", "2026-12-02T00:00:00+00:00") == 0.0  # another period
+    # Several budgets at once: all reserved or none.
+    both = [("k", DAY, 10.0, 1.0), ("other", DAY, 3.5, 1.0)]
+    assert ledger.reserve_many(both) == [(True, 1.5), (False, 3.0)]
+    assert (ledger.spent("k", DAY), ledger.spent("other", DAY)) == (1.5, 3.0)
+    assert ledger.reserve_many([("k", DAY, 10.0, 1.0), ("other", DAY, 5.0, 1.0)]) == [
+        (True, 1.5),
+        (True, 3.0),
+    ]
+    assert ledger.settle_many([("k", DAY, 1.0, 0.5), ("other", DAY, 1.0, 2.0)]) == [2.0, 5.0]
+    with pytest.raises(ValueError, match="amount_usd"):
+        ledger.reserve("k", DAY, 10.0, -1.0)
+    ledger.close()
+
+
+def test_processes_racing_one_budget_never_overshoot_it(pg_dsn: str) -> None:
+    PostgresSink(pg_dsn).budget_ledger().spent("warm-up", DAY)  # schema made (raced elsewhere)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "pg_ledger_process.py"), pg_dsn, "30", "0.25"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    granted = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err
+        granted.append(int(out.strip()))
+    assert sum(granted) == 120  # exactly the budget: 30 / 0.25
+    assert PostgresSink(pg_dsn).budget_ledger().spent("budget:team", DAY) == 30.0
+
+
+def test_threads_sharing_one_ledger_never_overshoot(pg_dsn: str) -> None:
+    ledger = PostgresSink(pg_dsn).budget_ledger()
+    granted: list[int] = []
+
+    def spend() -> None:
+        count = 0
+        while ledger.reserve("t", DAY, 5.0, 0.5)[0]:
+            count += 1
+        granted.append(count)
+
+    threads = [threading.Thread(target=spend) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(granted) == 10
+    assert ledger.spent("t", DAY) == 5.0
+
+
+def test_a_killed_connection_is_replaced(pg_dsn: str) -> None:
+    import psycopg
+
+    ledger = PostgresSink(pg_dsn).budget_ledger()
+    assert ledger.reserve("k", DAY, 10.0, 1.0)[0]
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'tokenmeter'"
+        ).fetchone()
+    assert killed == (1,)
+    assert ledger.reserve("k", DAY, 10.0, 1.0) == (True, 1.0)

@@ -1,0 +1,311 @@
+"""PostgresSink against a real server on loopback: round trip, idempotence, migrations raced by
+processes, and the faults a shared server brings (restart, killed connection, statement timeout).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import START, build_record
+from pg_server import PgServer
+
+import tokenmeter
+from tokenmeter._models import SessionInfo, UsageRecord
+
+psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (tokenmeter[postgres])")
+
+from tokenmeter.sinks.postgres import SCHEMA_VERSION, PostgresSink  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def query(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET search_path = tokenmeter")
+        cur = conn.execute(sql.encode(), params)
+        return cur.fetchall() if cur.description is not None else []
+
+
+def read_records(dsn: str) -> list[UsageRecord]:
+    """Every stored record, rebuilt the way a reader of the schema would (as for SQLite)."""
+    import json
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute("SELECT * FROM tokenmeter.records ORDER BY timestamp, id")
+        names = [d.name for d in cur.description or ()]
+        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    records = []
+    for row in rows:
+        row.pop("cost_pusd")
+        cost = row["estimated_cost_usd"]
+        row["estimated_cost_usd"] = None if cost is None else Decimal(cost)
+        breakdown = row["cost_breakdown"]
+        row["cost_breakdown"] = (
+            None if breakdown is None else {k: Decimal(v) for k, v in json.loads(breakdown).items()}
+        )
+        row["tags"] = json.loads(row["tags"])
+        row["timestamp"] = datetime.fromisoformat(row["timestamp"].replace("Z", "+00:00"))
+        records.append(UsageRecord.model_validate(row))
+    return records
+
+
+def count(dsn: str) -> int:
+    return int(query(dsn, "SELECT count(*) FROM records")[0][0])
+
+
+@pytest.fixture
+def pg_sink(pg_dsn: str) -> Iterator[PostgresSink]:
+    sink = PostgresSink(pg_dsn)
+    yield sink
+    sink.close()
+
+
+def test_records_and_sessions_round_trip_exactly(pg_sink: PostgresSink, pg_dsn: str) -> None:
+    records = [
+        build_record(0),
+        build_record(1, estimated_cost_usd=None, cost_breakdown=None, price_source=None),
+        build_record(
+            2,
+            model_name="claude-é\u2603",
+            tags={"ключ": "值", "quote": 'it\'s "x"\t\\n'},
+            status="error",
+            error="RateLimitError",
+            streamed=True,
+            estimated=True,
+            latency_ms=None,
+            session_id=None,
+            session_name=None,
+            estimated_cost_usd=Decimal("0.0000001"),
+            cost_breakdown={"input": Decimal("0.0000001")},
+        ),
+    ]
+    pg_sink.write(records)
+    assert read_records(pg_dsn) == records
+    assert query(pg_dsn, "SELECT cost_pusd FROM records WHERE id = 'rec-000002'") == [(100_000,)]
+
+    started = SessionInfo(id="s1", name="demo", started_at=START, tags={"team": "search"})
+    pg_sink.write_sessions([started])
+    ended = started.model_copy(update={"status": "completed", "ended_at": START, "notes": "n"})
+    pg_sink.write_sessions([ended])
+    rows = query(pg_dsn, "SELECT id, status, ended_at, notes FROM sessions")
+    assert rows == [("s1", "completed", "2026-11-22T10:00:00.123Z", "n")]
+    totals = query(pg_dsn, "SELECT calls, input_tokens FROM session_totals WHERE id = 's1'")
+    assert totals == [(2, 2400)]
+
+
+def test_a_retried_batch_creates_no_duplicates(pg_sink: PostgresSink, pg_dsn: str) -> None:
+    batch = [build_record(i) for i in range(300)]
+    pg_sink.write(batch)
+    pg_sink.write([*batch[100:], build_record(300)])
+    assert count(pg_dsn) == 301
+
+
+def test_tables_live_in_their_own_schema_at_the_current_version(
+    pg_sink: PostgresSink, pg_dsn: str
+) -> None:
+    pg_sink.write([build_record(0)])
+    assert query(pg_dsn, "SELECT max(version) FROM tokenmeter_schema") == [(SCHEMA_VERSION,)]
+    public = query(pg_dsn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+    assert public == [(0,)]
+
+
+def test_a_schema_written_by_a_newer_tokenmeter_is_refused(
+    pg_sink: PostgresSink, pg_dsn: str
+) -> None:
+    pg_sink.write([build_record(0)])
+    query(pg_dsn, "INSERT INTO tokenmeter_schema (version) VALUES (%s)", (SCHEMA_VERSION + 1,))
+    newer = PostgresSink(pg_dsn)
+    with pytest.raises(ValueError, match="newer than this tokenmeter supports"):
+        newer.write([build_record(1)])
+    assert count(pg_dsn) == 1
+
+
+def test_bad_arguments_are_value_errors_and_the_dsn_is_never_shown() -> None:
+    with pytest.raises(ValueError, match="schema"):
+        PostgresSink("", schema="x; DROP TABLE records")
+    with pytest.raises(ValueError, match="statement_timeout_s"):
+        PostgresSink("", statement_timeout_s=0)
+    assert "hunter2" not in repr(PostgresSink("postgresql://u:hunter2@127.0.0.1/db"))
+
+
+def test_configured_by_name_with_the_environment(
+    pg_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TOKENMETER_SINKS", "postgres")
+    monkeypatch.setenv("TOKENMETER_PG_DSN", pg_dsn)
+    made = tokenmeter.record("anthropic", "claude-sonnet-4-5", 1000, 200)
+    assert tokenmeter.flush(timeout=60)
+    assert [r.id for r in read_records(pg_dsn)] == [made.id]
+    assert query(pg_dsn, "SELECT count(*) FROM sessions") == [(1,)]
+
+
+def test_the_standard_pg_variables_are_enough(
+    pg_server: PgServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dsn = pg_server.create_database()
+    params = dict(part.split("=", 1) for part in dsn.split())
+    for key, env in (
+        ("host", "PGHOST"),
+        ("port", "PGPORT"),
+        ("user", "PGUSER"),
+        ("dbname", "PGDATABASE"),
+    ):
+        monkeypatch.setenv(env, params[key])
+    monkeypatch.setenv("TOKENMETER_SINKS", "postgres")
+    tokenmeter.record("openai", "gpt-4o", 10, 2)
+    assert tokenmeter.flush(timeout=60)
+    assert count(dsn) == 1
+
+
+# --- faults against the real server -----------------------------------------------------------
+
+
+def _stream(n: int, every: int, fault: Callable[[], None]) -> list[str]:
+    """Record ``n`` calls through the pipeline, calling ``fault()`` after every ``every``."""
+    ids = []
+    for i in range(n):
+        ids.append(tokenmeter.record("openai", "gpt-4o", 100, 10).id)
+        if i % every == every - 1:
+            fault()
+        time.sleep(0.0005)
+    return ids
+
+
+def _flush_until_written(deadline_s: float = 120) -> None:
+    end = time.monotonic() + deadline_s
+    while not tokenmeter.flush(timeout=30):
+        assert time.monotonic() < end, "the sink never recovered"
+
+
+def _terminate_tokenmeter_backends(dsn: str) -> int:
+    rows = query(
+        dsn,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE application_name = 'tokenmeter' AND pid <> pg_backend_pid()",
+    )
+    return int(rows[0][0])
+
+
+def test_connections_killed_mid_stream_lose_and_duplicate_nothing(pg_dsn: str) -> None:
+    tokenmeter.configure(sinks=[PostgresSink(pg_dsn)])
+    killed = []
+    ids = _stream(600, 100, lambda: killed.append(_terminate_tokenmeter_backends(pg_dsn)))
+    _flush_until_written()
+    assert sum(killed) >= 1  # the writer's connection was there to be killed
+    assert sorted(r.id for r in read_records(pg_dsn)) == sorted(ids)
+
+
+def test_a_server_restart_mid_stream_loses_and_duplicates_nothing(
+    pg_server: PgServer,
+) -> None:
+    dsn = pg_server.create_database()
+    tokenmeter.configure(sinks=[PostgresSink(dsn, connect_timeout_s=2)])
+    restarts: list[threading.Thread] = []
+    done: list[bool] = []
+    booted = query(dsn, "SELECT pg_postmaster_start_time()")[0][0]
+
+    def restart() -> None:
+        pg_server.restart()
+        done.append(True)
+
+    def restart_in_background() -> None:
+        for thread in restarts:
+            thread.join()  # one restart at a time
+        thread = threading.Thread(target=restart)
+        thread.start()
+        restarts.append(thread)
+
+    ids = _stream(400, 150, restart_in_background)  # two restarts while calls go on
+    for thread in restarts:
+        thread.join()
+    assert done == [True, True]
+    assert query(dsn, "SELECT pg_postmaster_start_time()")[0][0] > booted
+    _flush_until_written()
+    assert sorted(r.id for r in read_records(dsn)) == sorted(ids)
+
+
+def test_a_statement_timeout_fails_the_batch_which_is_retried(
+    pg_dsn: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = PostgresSink(pg_dsn, statement_timeout_s=0.2)
+    sink.write([build_record(0)])  # migrated, connected
+    tokenmeter.configure(sinks=[sink])
+    with psycopg.connect(pg_dsn) as locker:
+        locker.execute("LOCK TABLE tokenmeter.records IN EXCLUSIVE MODE")
+        made = [tokenmeter.record("openai", "gpt-4o", 100, 10).id for _ in range(50)]
+        assert not tokenmeter.flush(timeout=60)  # every attempt times out: nothing written
+        assert count(pg_dsn) == 1
+        locker.rollback()
+    _flush_until_written()
+    assert "QueryCanceled" in caplog.text
+    assert {r.id for r in read_records(pg_dsn)} == {"rec-000000", *made}
+
+
+def test_eight_processes_racing_the_migration_store_exactly_16000(
+    pg_dsn: str,
+) -> None:
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "pg_writer_process.py"), pg_dsn, "2000"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    for worker in workers:
+        _, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err
+        assert "Traceback" not in err, err
+    assert count(pg_dsn) == 16_000
+    assert query(pg_dsn, "SELECT count(DISTINCT id) FROM records") == [(16_000,)]
+    assert query(pg_dsn, "SELECT count(*) FROM tokenmeter_schema") == [(SCHEMA_VERSION,)]
+    assert query(pg_dsn, "SELECT count(DISTINCT tags) FROM records") == [(8,)]
+
+
+def test_the_dsn_setting_comes_from_every_layer_and_is_never_echoed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tokenmeter._config import load_settings
+
+    (tmp_path / "pyproject.toml").write_text('[tool.tokenmeter]\npg_dsn = "dbname=from_toml"\n')
+    assert load_settings(cwd=tmp_path, env={}).pg_dsn == "dbname=from_toml"
+    env = {"TOKENMETER_PG_DSN": "dbname=from_env", "TOKENMETER_SINKS": "postgres,otel"}
+    settings = load_settings(cwd=tmp_path, env=env)
+    assert (settings.pg_dsn, settings.sinks) == ("dbname=from_env", ("postgres", "otel"))
+    assert load_settings({"pg_dsn": "dbname=x"}, cwd=tmp_path, env=env).pg_dsn == "dbname=x"
+    with pytest.raises(
+        ValueError, match="'pg_dsn' from configure\\(\\): must be a connection"
+    ) as e:
+        tokenmeter.configure(pg_dsn=b"password=hunter2")  # type: ignore[arg-type]
+    assert "hunter2" not in str(e.value)
+
+
+def test_a_nul_character_is_kept_as_a_replacement_not_refused(
+    pg_sink: PostgresSink, pg_dsn: str
+) -> None:
+    """PostgreSQL text (and jsonb) cannot hold NUL, which a hostile server can put in a model
+    name; SQLite stores it. The record is stored with U+FFFD instead of being refused."""
+    odd = build_record(
+        0, model_name="gpt\x00x", tags={"k\x00": "v\x00", "path": "C:\\u0000"}, error="E\x00"
+    )
+    pg_sink.write([odd, build_record(1)])
+    assert count(pg_dsn) == 2
+    row = query(
+        pg_dsn,
+        "SELECT model_name, tags::jsonb ->> 'k\ufffd', tags::jsonb ->> 'path', error "
+        "FROM records WHERE id = 'rec-000000'",
+    )
+    assert row == [("gpt\ufffdx", "v\ufffd", "C:\\u0000", "E\ufffd")]

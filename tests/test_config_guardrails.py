@@ -1,0 +1,174 @@
+"""The guardrail settings in all three layers, their precedence, and the two rules of issue 10:
+``TOKENMETER_DISABLED=1`` writes nothing at all; ``TOKENMETER_SINKS=`` (empty) is an error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import one_line_value_error
+
+import tokenmeter
+from tokenmeter._config import load_settings, load_settings_with_sources
+from tokenmeter.guardrails._budgets import parse_budgets
+
+PYPROJECT = """
+[tool.tokenmeter]
+state_file = "state.md"
+budget_timezone = "Europe/Paris"
+thread_propagation = false
+budget-warn-at = [0.9]
+
+[[tool.tokenmeter.budgets]]
+name = "daily"
+limit_usd = 10
+period = "day"
+
+[[tool.tokenmeter.alerts]]
+rule = "call_tokens"
+multiplier = 3
+warmup = 20
+"""
+
+
+def test_pyproject_then_environment_then_configure(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(PYPROJECT)
+    from_file, sources = load_settings_with_sources(env={}, cwd=tmp_path)
+    assert from_file.state_file == tmp_path / "state.md"  # relative to the pyproject.toml
+    assert from_file.budget_timezone == "Europe/Paris" and not from_file.thread_propagation
+    assert from_file.budget_warn_at == (0.9,)
+    assert from_file.budgets == parse_budgets([{"name": "daily", "limit_usd": 10}])
+    assert [rule.rule for rule in from_file.alerts] == ["call_tokens"]
+    assert sources["budgets"].endswith("pyproject.toml [tool.tokenmeter]")
+    env = {
+        "TOKENMETER_STATE_FILE": "/tmp/elsewhere.md",
+        "TOKENMETER_BUDGETS": '[{"name": "weekly", "limit_usd": 50, "period": "week"}]',
+        "TOKENMETER_THREAD_PROPAGATION": "yes",
+        "TOKENMETER_BUDGET_WARN_AT": "0.5, 1",
+        "TOKENMETER_EXIT_TIMEOUT": "2.5",
+        "TOKENMETER_MAX_QUEUE": "500",
+        "TOKENMETER_ALERTS": '[{"rule": "spend_rate", "threshold": 5}]',
+        "TOKENMETER_BUDGET_LEDGER": "memory",
+    }
+    from_env, sources = load_settings_with_sources(env=env, cwd=tmp_path)
+    assert from_env.state_file == Path("/tmp/elsewhere.md") and from_env.thread_propagation
+    assert [b.name for b in from_env.budgets] == ["weekly"]
+    assert from_env.budget_warn_at == (0.5, 1.0) and from_env.budget_timezone == "Europe/Paris"
+    assert (from_env.exit_timeout, from_env.max_queue, from_env.budget_ledger) == (
+        2.5,
+        500,
+        "memory",
+    )
+    assert [rule.rule for rule in from_env.alerts] == ["spend_rate"]
+    assert sources["budgets"] == "TOKENMETER_BUDGETS"
+    assert sources["budget_timezone"].endswith("[tool.tokenmeter]")
+    explicit, sources = load_settings_with_sources(
+        {"budgets": [], "thread_propagation": False}, env=env, cwd=tmp_path
+    )
+    assert explicit.budgets == () and not explicit.thread_propagation
+    assert sources["budgets"] == "configure()"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TOKENMETER_BUDGETS": "10/day"}, "TOKENMETER_BUDGETS must be JSON"),
+        ({"TOKENMETER_ALERTS": "loud"}, "TOKENMETER_ALERTS must be JSON"),
+        (
+            {"TOKENMETER_BUDGETS": '[{"limit_usd": 1, "period": "year"}]'},
+            "'budgets' from TOKENMETER_BUDGETS: budgets[0].period",
+        ),
+        (
+            {"TOKENMETER_BUDGET_TIMEZONE": "Mars/Olympus"},
+            "'budget_timezone' from TOKENMETER_BUDGET_TIMEZONE: unknown time zone",
+        ),
+        ({"TOKENMETER_BUDGET_WARN_AT": "half"}, "TOKENMETER_BUDGET_WARN_AT must be a number"),
+        ({"TOKENMETER_BUDGET_WARN_AT": "0,1"}, "each fraction must be a number above 0"),
+        ({"TOKENMETER_BUDGET_LEDGER": "postgres"}, "must be 'sqlite' or 'memory'"),
+        ({"TOKENMETER_THREAD_PROPAGATION": "sometimes"}, "TOKENMETER_THREAD_PROPAGATION must"),
+        ({"TOKENMETER_EXIT_TIMEOUT": "soon"}, "TOKENMETER_EXIT_TIMEOUT must be a number"),
+        ({"TOKENMETER_MAX_QUEUE": "0"}, "'max_queue' from TOKENMETER_MAX_QUEUE"),
+        ({"TOKENMETER_SINKS": ""}, "TOKENMETER_SINKS is set but names no sink"),
+        ({"TOKENMETER_SINKS": " , "}, "TOKENMETER_SINKS is set but names no sink"),
+    ],
+)
+def test_bad_environment_values(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError) as excinfo:
+        load_settings(env=env, cwd=tmp_path)
+    assert message in one_line_value_error(excinfo)
+
+
+def test_callbacks_cannot_be_written_in_toml(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[tool.tokenmeter]\non_alert = "print"\n')
+    with pytest.raises(ValueError, match="on_alert holds code: set it with configure"):
+        load_settings(env={}, cwd=tmp_path)
+
+
+def test_configure_takes_every_new_setting(tmp_path: Path) -> None:
+    tokenmeter.configure(
+        budgets=[{"limit_usd": 1}],
+        budget_timezone="Asia/Tokyo",
+        budget_warn_at=[0.25],
+        budget_ledger="memory",
+        alerts=["call_tokens"],
+        on_alert=print,
+        on_session_end=[print],
+        state_file=tmp_path / "s.md",
+        thread_propagation=False,
+    )
+    from tokenmeter import _runtime
+
+    resolved = _runtime.settings()
+    assert resolved.budget_timezone == "Asia/Tokyo" and resolved.on_alert == (print,)
+    assert resolved.alerts[0].multiplier == 3.0 and resolved.budget_warn_at == (0.25,)
+
+
+def test_disabled_writes_nothing_at_all(tmp_path: Path) -> None:
+    """Sessions, records, hooks, budgets, alerts and the state file: not one file appears."""
+    work = tmp_path / "work"
+    work.mkdir()
+    script = (
+        "import tokenmeter\n"
+        "tokenmeter.configure(sinks=['sqlite', 'jsonl', 'markdown'], state_file='state.md',\n"
+        "    budgets=[{'limit_usd': 0.001, 'on_exceed': 'warn'}],\n"
+        "    alerts=[{'rule': 'call_tokens', 'threshold': 1}])\n"
+        "tokenmeter.instrument()\n"
+        "with tokenmeter.session('job'):\n"
+        "    tokenmeter.record('openai', 'gpt-4o', 1000, 500)\n"
+        "tokenmeter.record('openai', 'gpt-4o', 1000, 500)\n"
+        "assert tokenmeter.flush(5)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TOKENMETER_DISABLED": "1"}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=work, timeout=60)
+    assert list(work.iterdir()) == []
+    env["TOKENMETER_DISABLED"] = "0"  # the same script does write when enabled
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=work, timeout=60)
+    assert {p.name for p in work.iterdir()} == {".tokenmeter", "state.md"}
+    assert {p.name for p in (work / ".tokenmeter").iterdir()} >= {
+        "usage.db",
+        "usage.jsonl",
+        "journal",
+        "alerts.jsonl",
+        "budgets.db",
+    }
+
+
+def test_the_providers_setting_chooses_what_instrument_patches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOKENMETER_PROVIDERS", "anthropic, gemini")
+    assert load_settings(cwd=tmp_path).providers == ("anthropic", "google-genai")
+    done = tokenmeter.instrument()
+    try:
+        assert set(done.providers) <= {"anthropic", "google-genai"} and done.providers
+    finally:
+        done.uninstrument()
+    monkeypatch.setenv("TOKENMETER_PROVIDERS", "openai,cohere")
+    with pytest.raises(ValueError) as excinfo:
+        load_settings(cwd=tmp_path)
+    assert "'providers' from TOKENMETER_PROVIDERS: unknown provider 'cohere'" in (
+        one_line_value_error(excinfo)
+    )

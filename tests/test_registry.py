@@ -1,0 +1,96 @@
+"""The provider registry: the one table every other part reads provider identity from."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+import tokenmeter
+from tokenmeter import _registry
+from tokenmeter.pricing._names import normalise_provider
+from tokenmeter.providers import PROVIDERS
+from tokenmeter.providers._core import Adapter
+from tokenmeter.usage import extract
+
+CHAT = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "model": "llama-3.3-70b-versatile",
+    "choices": [],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+}
+
+
+@pytest.mark.parametrize(
+    ("host", "provider"),
+    [
+        ("api.openai.com", "openai"),
+        ("api.groq.com", "groq"),
+        ("eu.api.groq.com", "groq"),  # a subdomain of a known host
+        ("openrouter.ai", "openrouter"),
+        ("api.x.ai", "x-ai"),
+        ("generativelanguage.googleapis.com", "google"),
+        ("api.anthropic.com", "anthropic"),  # Anthropic's OpenAI-compatible endpoint
+        ("my-resource.openai.azure.com", "azure"),
+        ("llm.internal.example", "openai"),  # unknown: priced as OpenAI
+    ],
+)
+def test_the_openai_adapter_names_providers_by_host(host: str, provider: str) -> None:
+    assert _registry.provider_for_host(host) == provider
+
+
+def test_aliases_resolve_the_same_everywhere() -> None:
+    """Pricing, usage reading and instrument() all take a provider's aliases from the registry."""
+    for entry in _registry.PROVIDERS:
+        for alias in (entry.id, *entry.aliases):
+            assert normalise_provider(alias.upper()) == (entry.price_id or entry.id)
+            assert _registry.canonical(alias) == entry.id
+            assert _registry.family_of(alias) == entry.family
+    found = extract(CHAT, "xai")
+    assert found is not None and found.provider == "x-ai" and found.usage.input_tokens == 12
+    with pytest.raises(ValueError, match="unknown provider"):
+        extract(CHAT, "aws")  # known, but its responses are not read in one shape
+
+
+def test_a_new_openai_compatible_provider_is_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    entry = _registry.Provider("newcloud", "openai", aliases=("nc",), hosts=("api.newcloud.ai",))
+    monkeypatch.setattr(_registry, "PROVIDERS", (*_registry.PROVIDERS, entry))
+    try:
+        _registry._index()
+        assert _registry.provider_for_host("api.newcloud.ai") == "newcloud"
+        assert normalise_provider("NC") == "newcloud"
+        found = extract(CHAT, "nc")
+        assert found is not None and found.provider == "newcloud"
+    finally:
+        monkeypatch.undo()
+        _registry._index()
+    assert _registry.provider_for_host("api.newcloud.ai") == "openai"
+
+
+def test_every_integration_is_an_adapter_module_the_one_loop_runs() -> None:
+    assert list(PROVIDERS) == _registry.integration_names()
+    for integration in _registry.INTEGRATIONS:
+        module = importlib.import_module(integration.adapter_module)
+        assert callable(module.patch_targets) and callable(module.wrap_instance)
+        assert hasattr(module.ADAPTER, "active")
+    from tokenmeter.providers import anthropic, google_genai, google_generativeai, openai
+
+    adapters: list[Adapter] = [openai.ADAPTER, anthropic.ADAPTER]
+    adapters += [method for *_, method in google_genai._METHODS]
+    adapters.append(google_generativeai._CLASS_ADAPTER)
+    for adapter in adapters:
+        assert isinstance(adapter.name, str) and adapter.name
+        assert callable(adapter.plan) and callable(adapter.deliver)
+        assert adapter.active in (True, False)
+
+
+def test_instrument_takes_integration_aliases() -> None:
+    with pytest.raises(ValueError, match="unknown provider 'nope'"):
+        tokenmeter.instrument("nope")
+    assert _registry.integration("gemini") is _registry.integration("google-genai")
+    assert _registry.integration("google-legacy") is _registry.integration("google-generativeai")
+    assert [i.name for i in _registry.integrations_for_module("google")] == [
+        "google-genai",
+        "google-generativeai",
+    ]

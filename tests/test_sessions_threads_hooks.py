@@ -1,0 +1,178 @@
+"""Sessions follow work into threads; session-end hooks; the state-file line; stored totals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+import tokenmeter
+from tokenmeter._sessions import Session
+from tokenmeter.sinks import InMemorySink
+
+
+def record() -> None:
+    tokenmeter.record("openai", "gpt-4o", 1000, 500)  # $0.0075
+
+
+def test_a_thread_pool_inside_a_session_records_into_it(sink: InMemorySink) -> None:
+    with tokenmeter.session("job", tags={"customer": "acme"}) as job, ThreadPoolExecutor(4) as pool:
+        for future in [pool.submit(record) for _ in range(8)]:
+            future.result()
+    assert job.summary.calls == 8
+    assert tokenmeter.flush(5)
+    assert {(r.session_id, r.tags["customer"]) for r in sink.records} == {(job.id, "acme")}
+
+
+def test_a_thread_started_inside_a_session_records_into_it(sink: InMemorySink) -> None:
+    class Worker(threading.Thread):  # a subclass with its own run() is followed too
+        def run(self) -> None:
+            record()
+
+    with tokenmeter.session("job") as job:
+        threads = [threading.Thread(target=record), Worker()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert job.summary.calls == 2
+    with tokenmeter.session("nested-parent") as parent, tokenmeter.session("child") as child:
+        thread = threading.Thread(target=record)
+        thread.start()
+        thread.join()
+    assert (child.summary.calls, parent.summary.calls) == (1, 1)
+
+
+def test_a_pool_worker_does_not_keep_the_session_that_started_it(sink: InMemorySink) -> None:
+    with ThreadPoolExecutor(1) as pool:
+        with tokenmeter.session("job") as job:
+            pool.submit(record).result()  # starts the pool's only worker, inside the session
+        pool.submit(record).result()  # outside any session
+        pool.submit(tokenmeter.current_session).result()
+        assert pool.submit(tokenmeter.current_session).result() is None
+    assert job.summary.calls == 1
+    assert tokenmeter.flush(5)
+    assert sink.records[1].session_id != job.id
+
+
+def test_propagation_can_be_switched_off(sink: InMemorySink) -> None:
+    tokenmeter.configure(thread_propagation=False)
+    with tokenmeter.session("job") as job:
+        with ThreadPoolExecutor(2) as pool:
+            pool.submit(record).result()
+        thread = threading.Thread(target=record)
+        thread.start()
+        thread.join()
+    assert job.summary.calls == 0
+    tokenmeter.configure(thread_propagation=True)
+    with tokenmeter.session("job") as job, ThreadPoolExecutor(2) as pool:
+        pool.submit(record).result()
+    assert job.summary.calls == 1
+
+
+def test_on_end_hooks_receive_the_finished_session(sink: InMemorySink) -> None:
+    ended: list[tuple[str, str, int, Decimal]] = []
+
+    def remember(session: Session) -> None:
+        ended.append(
+            (f"{session.name}", session.status, session.summary.calls, session.summary.cost_usd)
+        )
+
+    tokenmeter.configure(on_session_end=remember)
+    with tokenmeter.session("outer", on_end=[remember]):
+        with tokenmeter.session("inner"):
+            record()
+        record()
+    assert ended == [
+        ("inner", "completed", 1, Decimal("0.0075")),
+        ("outer", "completed", 2, Decimal("0.015")),  # its own hook, then the global one
+        ("outer", "completed", 2, Decimal("0.015")),
+    ]
+
+
+def test_a_failing_hook_is_logged_not_raised(
+    sink: InMemorySink, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(session: Session) -> None:
+        raise RuntimeError("hook bug")
+
+    with (
+        caplog.at_level(logging.ERROR, logger="tokenmeter"),
+        pytest.raises(KeyError),
+        tokenmeter.session("s", on_end=broken) as s,
+    ):
+        raise KeyError("the app's own error still propagates")
+    assert s.status == "failed"
+    assert any("session-end hook failed" in r.getMessage() for r in caplog.records)
+
+
+def test_bad_hooks_are_a_value_error() -> None:
+    with pytest.raises(ValueError, match="on_end"):
+        tokenmeter.session("s", on_end="print")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="on_exceed"):
+        tokenmeter.session("s", on_exceed="stop")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"'on_session_end' from configure\(\)"):
+        tokenmeter.configure(on_session_end=[print, "x"])  # type: ignore[list-item]
+
+
+LINE = re.compile(
+    r"^- (?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d UTC \d{4}: "
+    r"TOKEN_TRACKING: Session (\S+) - (\d+) tokens, \$(\S+)$"
+)
+
+
+def test_the_state_file_gets_the_original_line_per_top_level_session(tmp_path: Path) -> None:
+    state = tmp_path / "workflow_state.md"
+    state.write_text("# Workflow state\n")
+    memory = InMemorySink()
+    tokenmeter.configure(sinks=[memory], state_file=state)
+    with tokenmeter.session("job") as job:
+        with tokenmeter.session("step"):
+            record()
+        record()
+    with tokenmeter.session("empty") as empty:
+        pass
+    assert tokenmeter.flush(5)
+    lines = state.read_text().splitlines()
+    assert lines[0] == "# Workflow state"
+    found = [LINE.match(line) for line in lines[1:]]
+    assert all(found), lines
+    assert [m.groups() for m in found if m] == [
+        (job.id, "3000", "0.015"),
+        (empty.id, "0", "0"),
+    ]
+
+
+def test_the_implicit_session_writes_its_line_at_exit(tmp_path: Path) -> None:
+    state = tmp_path / "state.md"
+    script = (
+        "import tokenmeter\n"
+        f"tokenmeter.configure(directory={str(tmp_path / 'tm')!r}, state_file={str(state)!r})\n"
+        "tokenmeter.record('openai', 'gpt-4o', 1000, 500)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=60)
+    (line,) = state.read_text().splitlines()
+    match = LINE.match(line)
+    assert match and match.group(2) == "1500" and match.group(3) == "0.0075"
+
+
+def test_stored_sessions_carry_their_rolled_up_totals(sink: InMemorySink) -> None:
+    with tokenmeter.session("parent") as parent:
+        with tokenmeter.session("child-a"):
+            record()
+        with tokenmeter.session("child-b"):
+            record()
+            tokenmeter.record("openai", "unknown-model-zz", 10, 10)
+    assert tokenmeter.flush(5)
+    stored = sink.sessions[parent.id]
+    assert (stored.calls, stored.input_tokens, stored.output_tokens) == (3, 2010, 1010)
+    assert (stored.cost_usd, stored.unpriced_calls) == (Decimal("0.015"), 1)

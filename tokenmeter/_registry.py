@@ -1,0 +1,188 @@
+"""The one place that knows each provider: its id, aliases, hosts, usage family and price id, and
+which SDK integrations tokenmeter can patch.
+
+Everything else reads these tables: ``instrument()`` (which SDKs, which adapter), the OpenAI
+adapter (which provider a base URL's host belongs to), ``usage.extract`` (which response shape a
+provider speaks) and pricing (which genai-prices provider id a name means). A new
+OpenAI-compatible host, or a new alias, is one entry here.
+
+This module imports nothing of tokenmeter's, so any module may read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "INTEGRATIONS",
+    "PROVIDERS",
+    "Integration",
+    "Provider",
+    "canonical",
+    "family_of",
+    "integration_names",
+    "provider_for_host",
+    "provider_of_sdk",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """A provider as records name it (``UsageRecord.provider``)."""
+
+    id: str
+    #: The response shape it answers with: "openai", "anthropic" or "google" (None: not read).
+    family: str | None
+    #: Other spellings callers, proxies and price tables use for it.
+    aliases: tuple[str, ...] = ()
+    #: API hosts (an OpenAI client pointed at one of them, or a subdomain, bills this provider).
+    hosts: tuple[str, ...] = ()
+    #: genai-prices' provider id, when it differs from ``id``.
+    price_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Integration:
+    """An SDK tokenmeter patches (``instrument("name")``)."""
+
+    name: str
+    #: The module whose import triggers patching (tokenmeter itself imports no SDK).
+    sdk_module: str
+    #: Our adapter module: ``ADAPTER``, ``patch_targets()`` and ``wrap_instance()``.
+    adapter_module: str
+    #: The provider its calls are recorded under (the OpenAI adapter asks ``provider_for_host``).
+    provider: str
+    aliases: tuple[str, ...] = ()
+
+
+_OPENAI = "openai"
+
+PROVIDERS: tuple[Provider, ...] = (
+    Provider("openai", _OPENAI, hosts=("api.openai.com",)),
+    Provider("azure", _OPENAI, aliases=("azure_openai", "azure-openai")),
+    Provider("anthropic", "anthropic", hosts=("api.anthropic.com",)),
+    Provider(
+        "google",
+        "google",
+        aliases=(
+            "gemini",
+            "vertex",
+            "vertex_ai",
+            "vertex-ai",
+            "google-genai",
+            "google-generativeai",
+            "google-vertex",
+        ),
+        # Gemini's OpenAI-compatible endpoint, reached through the OpenAI client.
+        hosts=("generativelanguage.googleapis.com",),
+    ),
+    Provider("aws", None, aliases=("bedrock", "amazon", "amazon-bedrock", "aws-bedrock")),
+    Provider("groq", _OPENAI, hosts=("api.groq.com",)),
+    Provider("deepseek", _OPENAI, hosts=("api.deepseek.com",)),
+    Provider("openrouter", _OPENAI, hosts=("openrouter.ai",)),
+    Provider("mistral", _OPENAI, aliases=("mistralai",), hosts=("api.mistral.ai",)),
+    Provider("x-ai", _OPENAI, aliases=("xai", "grok"), hosts=("api.x.ai",)),
+    Provider(
+        "together", _OPENAI, aliases=("together_ai", "togetherai"), hosts=("api.together.xyz",)
+    ),
+    Provider(
+        "fireworks", _OPENAI, aliases=("fireworks_ai", "fireworks-ai"), hosts=("api.fireworks.ai",)
+    ),
+    Provider("perplexity", _OPENAI, hosts=("api.perplexity.ai",)),
+    Provider("cerebras", _OPENAI, hosts=("api.cerebras.ai",)),
+    Provider("ollama", _OPENAI),
+    Provider("vllm", _OPENAI),
+)
+
+INTEGRATIONS: tuple[Integration, ...] = (
+    Integration("openai", "openai", "tokenmeter.providers.openai", "openai"),
+    Integration("anthropic", "anthropic", "tokenmeter.providers.anthropic", "anthropic"),
+    Integration(
+        "google-genai",
+        "google.genai",
+        "tokenmeter.providers.google_genai",
+        "google",
+        aliases=("google", "gemini"),
+    ),
+    Integration(
+        "google-generativeai",
+        "google.generativeai",
+        "tokenmeter.providers.google_generativeai",
+        "google",
+        aliases=("google-legacy",),
+    ),
+)
+
+_BY_NAME: dict[str, Provider] = {}
+_BY_HOST: dict[str, str] = {}
+_INTEGRATION_BY_NAME: dict[str, Integration] = {}
+
+
+def _index() -> None:
+    """Build the lookups from the two tables (at import; again if a test extends a table)."""
+    _BY_NAME.clear()
+    _BY_HOST.clear()
+    _INTEGRATION_BY_NAME.clear()
+    for provider in PROVIDERS:
+        for name in (provider.id, *provider.aliases):
+            _BY_NAME[name] = provider
+        for host in provider.hosts:
+            _BY_HOST[host] = provider.id
+    for found in INTEGRATIONS:
+        for name in (found.name, *found.aliases):
+            _INTEGRATION_BY_NAME[name] = found
+
+
+_index()
+
+
+def canonical(name: str) -> str:
+    """A provider name (any case or alias) -> its id; an unknown name is returned lower-cased."""
+    key = name.strip().lower()
+    found = _BY_NAME.get(key)
+    return found.id if found is not None else key
+
+
+def family_of(name: str) -> str | None:
+    """The response shape a provider answers with (None when unknown or not readable)."""
+    found = _BY_NAME.get(name.strip().lower())
+    return found.family if found is not None else None
+
+
+def price_id(name: str) -> str:
+    """genai-prices' provider id for a provider name."""
+    key = name.strip().lower()
+    found = _BY_NAME.get(key)
+    if found is None:
+        return key
+    return found.price_id or found.id
+
+
+def provider_for_host(host: str, client_class: str = "") -> str:
+    """Which provider an OpenAI client talks to, from its base URL's host (default: openai)."""
+    if "Azure" in client_class or host.endswith(".openai.azure.com"):
+        return "azure"
+    found = _BY_HOST.get(host)
+    if found is not None:
+        return found
+    return next((p for known, p in _BY_HOST.items() if host.endswith("." + known)), "openai")
+
+
+def integration_names() -> list[str]:
+    """Every SDK integration's name, in patching order."""
+    return [i.name for i in INTEGRATIONS]
+
+
+def integration(name: str) -> Integration | None:
+    """An integration by name or alias."""
+    return _INTEGRATION_BY_NAME.get(name)
+
+
+def integrations_for_module(top_module: str) -> list[Integration]:
+    """The integrations whose SDK lives under a top-level package (``wrap()`` asks each)."""
+    return [i for i in INTEGRATIONS if i.sdk_module.split(".")[0] == top_module]
+
+
+def provider_of_sdk(name: str) -> str:
+    """The provider an integration's calls are recorded under."""
+    return _INTEGRATION_BY_NAME[name].provider

@@ -1,0 +1,56 @@
+"""``tokenmeter config``: the effective settings and where each came from.
+
+Read as a new process would read them here: ``[tool.tokenmeter]`` of the nearest pyproject.toml,
+then ``TOKENMETER_*`` variables (``configure()`` is the application's, so it cannot show here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from tokenmeter.cli._errors import CliError
+from tokenmeter.cli._output import write_output
+
+__all__ = ["run_config", "shown"]
+
+
+def shown(value: Any) -> Any:
+    """A setting as plain JSON-able data."""
+    as_setting = getattr(value, "as_setting", None)
+    if callable(as_setting):
+        return as_setting()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [shown(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): shown(item) for key, item in value.items()}
+    if callable(value):
+        return f"<{getattr(value, '__qualname__', type(value).__name__)}>"
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def run_config(args: argparse.Namespace) -> int:
+    from tokenmeter._config import Settings, load_settings_with_sources
+
+    try:
+        resolved, sources = load_settings_with_sources()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    values = {name: shown(getattr(resolved, name)) for name in Settings.model_fields}
+    if args.format == "json":
+        data = {name: {"value": values[name], "source": sources[name]} for name in values}
+        write_output(json.dumps(data, indent=2, ensure_ascii=False) + "\n", None)
+        return 0
+    width = max(len(name) for name in values)
+    lines = []
+    for name, value in values.items():
+        text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+        lines.append(f"{name.ljust(width)}  {text}  [{sources[name]}]\n")
+    write_output("".join(lines), None)
+    return 0

@@ -1,0 +1,164 @@
+"""``--source postgresql://...``: the CLI's SQL readers, run against the PostgreSQL sink's tables.
+
+The PostgreSQL sink stores the same columns with the same encodings as the SQLite file, so the
+readers' queries (aggregation in SQL, never in Python) run there almost as written. This module is
+the thin dialect layer between them: a connection object with the part of ``sqlite3.Connection``
+the readers use, which translates the few SQLite spellings they contain:
+
+- ``?`` placeholders become ``%s``; ``LIMIT -1`` (no limit) becomes ``LIMIT NULL``;
+- ``rowid`` (insertion order) becomes the ``seq`` column;
+- ``json_extract(tags, ?)`` with a ``$."key"`` path becomes ``(tags::jsonb ->> 'key')``;
+- the ``sqlite_master`` lookup of a table becomes one in ``pg_tables``;
+- ``BEGIN`` opens a read-only REPEATABLE READ transaction: one snapshot for every query, while
+  writers carry on (as a SQLite read transaction does).
+
+Errors come out as ``sqlite3.Error`` so the readers' own handling (a one-line ``CliError``)
+applies unchanged. The sink's typed columns (NOT NULL integer counts) make the SQLite readers'
+per-row validity check unnecessary here (see ``is_postgres`` in ``exclude_bad_rows``).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["PgConnection", "display_name", "is_postgres", "is_postgres_url"]
+
+_SCHEMES = ("postgresql://", "postgres://")
+_JSON_EXTRACT = re.compile(r"json_extract\((\w+(?:\.\w+)?), \?\)")
+_JSON_PATH = re.compile(r'^\$\."((?:[^"\\]|\\.)*)"$')
+_ROWID = re.compile(r"\browid\b")
+_TABLE_LOOKUP = "FROM sqlite_master WHERE type='table' AND name="
+_PG_TABLE_LOOKUP = "FROM pg_tables WHERE schemaname = current_schema() AND tablename="
+
+
+def is_postgres_url(value: str | None) -> bool:
+    return bool(value) and str(value).lower().startswith(_SCHEMES)
+
+
+def display_name(url: str) -> str:
+    """``postgres:db@host:port``: what messages and reports call the source (never a password)."""
+    parts = urlsplit(url)
+    where = parts.hostname or "localhost"
+    if parts.port:
+        where += f":{parts.port}"
+    database = parts.path.lstrip("/") or "(default database)"
+    return f"postgres:{database}@{where}"
+
+
+def is_postgres(conn: object) -> bool:
+    return isinstance(conn, PgConnection)
+
+
+class _Row(Sequence[Any]):
+    """A row readable as ``sqlite3.Row`` is: by position, by column name, ``keys()``, ``dict()``."""
+
+    __slots__ = ("_names", "_values")
+
+    def __init__(self, names: dict[str, int], values: tuple[Any, ...]) -> None:
+        self._names = names
+        self._values = values
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return self._values[self._names[key]]
+        return self._values[key]
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+
+class _Cursor:
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+        names = [column.name for column in cursor.description or ()]
+        self._names = {name: i for i, name in reversed(list(enumerate(names)))}
+
+    def _rows(self, rows: list[tuple[Any, ...]]) -> list[_Row]:
+        return [_Row(self._names, row) for row in rows]
+
+    def fetchone(self) -> _Row | None:
+        row = _call(self._cursor.fetchone)
+        return None if row is None else _Row(self._names, row)
+
+    def fetchmany(self, size: int) -> list[_Row]:
+        return self._rows(_call(self._cursor.fetchmany, size))
+
+    def fetchall(self) -> list[_Row]:
+        return self._rows(_call(self._cursor.fetchall))
+
+    def __iter__(self) -> Iterator[_Row]:
+        while rows := self.fetchmany(1000):
+            yield from rows
+
+    def close(self) -> None:
+        self._cursor.close()
+
+
+def _call(function: Any, *args: Any) -> Any:
+    import psycopg
+
+    try:
+        return function(*args)
+    except psycopg.Error as exc:
+        raise sqlite3.DatabaseError(str(exc).strip().splitlines()[0]) from None
+
+
+class PgConnection:
+    """A read-only connection to the sink's schema that answers the readers' SQLite SQL."""
+
+    row_factory: Any = None  # rows always read both ways; kept for the readers that set it
+
+    def __init__(self, url: str, schema: str = "tokenmeter") -> None:
+        try:
+            import psycopg
+        except ImportError:
+            raise sqlite3.OperationalError(
+                "reading PostgreSQL needs psycopg 3: pip install 'tokenmeter[postgres]'"
+            ) from None
+        self._conn = _call(lambda: psycopg.connect(url, autocommit=True, connect_timeout=10))
+        _call(self._conn.execute, f'SET search_path = "{schema}"'.encode())
+        _call(self._conn.execute, b"SET default_transaction_read_only = on")
+        found = _call(self._conn.execute, b"SELECT to_regclass('records') IS NOT NULL").fetchone()
+        if not found[0]:
+            self._conn.close()
+            raise sqlite3.OperationalError(
+                f"no tokenmeter records in schema {schema!r} (has a PostgresSink written here?)"
+            )
+
+    def set_progress_handler(self, handler: Any, n: int) -> None:
+        """No progress ticks: the server aggregates, the client only waits."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
+        if sql.strip().upper() == "BEGIN":
+            sql = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+        translated, values = _translate(sql, list(params))
+        cursor = self._conn.cursor()
+        _call(cursor.execute, translated.encode(), values)
+        return _Cursor(cursor)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _translate(sql: str, params: list[Any]) -> tuple[str, list[Any]]:
+    """SQLite's spelling of a reader's query -> PostgreSQL's, parameters adjusted to match."""
+    sql = sql.replace("%", "%%").replace(_TABLE_LOOKUP, _PG_TABLE_LOOKUP)
+    sql = _ROWID.sub("seq", sql)
+    paths: set[int] = set()  # parameters that are SQLite JSON paths
+    for match in _JSON_EXTRACT.finditer(sql):
+        paths.add(sql.count("?", 0, match.start()))
+    sql = _JSON_EXTRACT.sub(r"(\1::jsonb ->> ?)", sql)
+    for index in paths:
+        found = _JSON_PATH.match(str(params[index]))
+        if found:
+            params[index] = re.sub(r"\\(.)", r"\1", found.group(1))
+    if re.search(r"LIMIT \?\s*$", sql) and params and params[-1] == -1:
+        params[-1] = None  # LIMIT NULL: no limit
+    return sql.replace("?", "%s"), params

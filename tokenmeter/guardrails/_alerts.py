@@ -1,0 +1,386 @@
+"""Usage alerts, computed on a writer thread (the alert sink), never on the caller's.
+
+Rules compare what was observed with an absolute ``threshold`` and/or ``multiplier`` x a rolling
+baseline (an exponentially weighted mean over about ``window`` samples, kept incrementally per
+model, or per session name for session totals; it only judges after ``warmup`` samples):
+
+- ``call_tokens`` / ``call_cost``: one call's total tokens / USD, baseline per model;
+- ``session_cost``: a finished session's USD (nested included), baseline per session name;
+- ``spend_rate``: USD spent in the trailing hour, baseline over completed hours.
+
+An alert for a (rule, scope) is not repeated within ``cooldown_s`` seconds. Alerts (budget
+warnings included) go to the ``tokenmeter`` logger, to ``<directory>/alerts.jsonl`` (one JSON
+object a line) and to the ``on_alert`` callbacks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tokenmeter._models import SessionInfo, UsageRecord
+from tokenmeter.pricing._overrides import short_repr
+from tokenmeter.sinks._files import ensure_private_dir, open_private, write_all
+
+__all__ = ["RULES", "Alert", "AlertRule", "AlertSink", "parse_alert_rules", "post"]
+
+logger = logging.getLogger("tokenmeter")
+
+RULES = ("call_tokens", "call_cost", "session_cost", "spend_rate")
+_FIELDS = ("rule", "multiplier", "threshold", "warmup", "window", "cooldown_s")
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRule:
+    """When to raise an alert (see the module docstring for the rules)."""
+
+    rule: str
+    multiplier: float | None = 3.0
+    threshold: float | None = None
+    warmup: int = 20
+    window: int = 50
+    cooldown_s: float = 300.0
+
+    def as_setting(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in _FIELDS if getattr(self, f) is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert, as ``alerts.jsonl`` stores it and ``on_alert`` callbacks receive it."""
+
+    time: datetime
+    rule: str
+    scope: str
+    observed: float
+    baseline: float | None
+    threshold: float | None
+    message: str
+    record_id: str | None = None
+    session_id: str | None = None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "time": self.time.astimezone(UTC).isoformat(timespec="milliseconds")[:23] + "Z",
+            "rule": self.rule,
+            "scope": self.scope,
+            "observed": self.observed,
+            "baseline": self.baseline,
+            "threshold": self.threshold,
+            "record_id": self.record_id,
+            "session_id": self.session_id,
+            "message": self.message,
+        }
+
+
+def _number(where: str, value: Any, *, whole: bool = False, minimum: float = 0) -> Any:
+    ok = not isinstance(value, bool) and isinstance(value, int if whole else int | float)
+    if not ok or not value >= minimum or value != value or value == float("inf"):
+        kind = "a whole number" if whole else "a number"
+        raise ValueError(f"{where} must be {kind} of at least {minimum:g}, got {short_repr(value)}")
+    return value
+
+
+def parse_alert_rule(where: str, value: Any) -> AlertRule:
+    if isinstance(value, AlertRule):
+        return value
+    if isinstance(value, str):
+        value = {"rule": value}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where} must be a table with a rule, got {short_repr(value)}")
+    spec = {str(key).replace("-", "_"): item for key, item in value.items()}
+    unknown = sorted(set(spec) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"{where}: no such field {unknown[0]!r}; known: {', '.join(_FIELDS)}")
+    rule = spec.get("rule")
+    if rule not in RULES:
+        raise ValueError(f"{where}.rule must be one of {', '.join(RULES)}, got {short_repr(rule)}")
+    multiplier = spec.get("multiplier", None if "threshold" in spec else 3.0)
+    if multiplier is not None:
+        multiplier = float(_number(f"{where}.multiplier", multiplier, minimum=1))
+    threshold = spec.get("threshold")
+    if threshold is not None:
+        threshold = float(_number(f"{where}.threshold", threshold))
+    if multiplier is None and threshold is None:
+        raise ValueError(f"{where}: give a multiplier, a threshold or both")
+    return AlertRule(
+        rule=rule,
+        multiplier=multiplier,
+        threshold=threshold,
+        warmup=_number(f"{where}.warmup", spec.get("warmup", 20), whole=True),
+        window=_number(f"{where}.window", spec.get("window", 50), whole=True, minimum=1),
+        cooldown_s=float(_number(f"{where}.cooldown_s", spec.get("cooldown_s", 300.0))),
+    )
+
+
+def parse_alert_rules(value: Any) -> tuple[AlertRule, ...]:
+    if isinstance(value, Mapping | str):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"must be a list of alert rules, got {short_repr(value)}")
+    return tuple(parse_alert_rule(f"alerts[{i}]", item) for i, item in enumerate(value))
+
+
+class _Baseline:
+    """An exponentially weighted mean, updated in O(1) per sample."""
+
+    __slots__ = ("alpha", "count", "mean")
+
+    def __init__(self, window: int) -> None:
+        self.alpha = 2.0 / (window + 1)
+        self.count = 0
+        self.mean = 0.0
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.mean = value if self.count == 1 else self.mean + self.alpha * (value - self.mean)
+
+
+# -- delivery -----------------------------------------------------------------------------------
+_active: AlertSink | None = None
+
+
+def post(alert: Alert) -> None:
+    """Deliver an alert made on another thread (a budget warning): queued for the alert sink's
+    writer, which delivers it with the next batch; logged at once when there is no alert sink."""
+    sink = _active
+    if sink is None:
+        logger.warning("tokenmeter alert: %s", alert.message)
+        return
+    sink.pending.append(alert)
+
+
+class AlertSink:
+    """A sink that writes nothing of the records: it judges them against the alert rules (on its
+    writer thread) and delivers the alerts."""
+
+    def __init__(
+        self,
+        rules: Sequence[AlertRule],
+        path: Path,
+        callbacks: Sequence[Callable[[Alert], object]] = (),
+    ) -> None:
+        self.rules = tuple(rules)
+        self.path = path
+        self.callbacks = tuple(callbacks)
+        self.pending: deque[Alert] = deque()
+        self._baselines: dict[tuple[str, str], _Baseline] = {}
+        self._last: dict[tuple[str, str], datetime] = {}
+        self._hour: deque[tuple[datetime, float]] = deque()
+        self._hour_sum = 0.0
+        self._bucket: datetime | None = None
+        self._bucket_sum = 0.0
+        self._lock = threading.Lock()
+
+    def activate(self) -> None:
+        global _active
+        _active = self
+
+    # -- the Sink protocol ----------------------------------------------------------------------
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        with self._lock:
+            for record in records:
+                if record.status != "blocked":
+                    self._judge_record(record)
+            self._deliver_pending()
+
+    def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
+        with self._lock:
+            for info in sessions:
+                if info.status != "active" and info.calls:
+                    self._judge_session(info)
+            self._deliver_pending()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._deliver_pending()
+
+    def close(self) -> None:
+        global _active
+        self.flush()
+        if _active is self:
+            _active = None
+
+    # -- rules ---------------------------------------------------------------------------------
+    def _judge_record(self, record: UsageRecord) -> None:
+        cost = float(record.estimated_cost_usd) if record.estimated_cost_usd is not None else None
+        for rule in self.rules:
+            if rule.rule == "call_tokens":
+                self._judge(
+                    rule,
+                    f"model={record.model_name}",
+                    float(record.total_tokens),
+                    record.timestamp,
+                    record.id,
+                    record.session_id,
+                    "tokens",
+                )
+            elif rule.rule == "call_cost" and cost is not None:
+                self._judge(
+                    rule,
+                    f"model={record.model_name}",
+                    cost,
+                    record.timestamp,
+                    record.id,
+                    record.session_id,
+                    "USD",
+                )
+            elif rule.rule == "spend_rate" and cost is not None:
+                self._spend_rate(rule, record, cost)
+
+    def _judge_session(self, info: SessionInfo) -> None:
+        cost = float(info.cost_usd)
+        for rule in self.rules:
+            if rule.rule == "session_cost":
+                self._judge(
+                    rule,
+                    f"session={info.name or '(unnamed)'}",
+                    cost,
+                    info.ended_at or info.started_at,
+                    None,
+                    info.id,
+                    "USD",
+                )
+
+    def _judge(
+        self,
+        rule: AlertRule,
+        scope: str,
+        observed: float,
+        when: datetime,
+        record_id: str | None,
+        session_id: str | None,
+        unit: str,
+        *,
+        learn: bool = True,
+    ) -> None:
+        baseline = self._baselines.get((rule.rule, scope))
+        if baseline is None:
+            baseline = self._baselines[(rule.rule, scope)] = _Baseline(rule.window)
+        warm = baseline.count >= rule.warmup and baseline.count > 0
+        limits = []
+        if rule.threshold is not None:
+            limits.append(rule.threshold)
+        if rule.multiplier is not None and warm:
+            limits.append(rule.multiplier * baseline.mean)
+        limit = min(limits) if limits else None
+        if learn:
+            base_value = baseline.mean if warm else None
+            baseline.add(observed)
+        else:
+            base_value = baseline.mean if warm else None
+        if limit is None or observed <= limit:
+            return
+        last = self._last.get((rule.rule, scope))
+        if last is not None and (when - last).total_seconds() < rule.cooldown_s:
+            return
+        self._last[(rule.rule, scope)] = when
+        shown = f"{observed:,.0f} tokens" if unit == "tokens" else f"${observed:.6f}"
+        self.pending.append(
+            Alert(
+                time=when,
+                rule=rule.rule,
+                scope=scope,
+                observed=observed,
+                baseline=base_value,
+                threshold=limit,
+                record_id=record_id,
+                session_id=session_id,
+                message=f"high usage: {rule.rule} {shown} for {scope} exceeds {limit:,.6g} "
+                + (f"({multiplier_text(rule, base_value)})"),
+            )
+        )
+
+    def _spend_rate(self, rule: AlertRule, record: UsageRecord, cost: float) -> None:
+        when = record.timestamp
+        bucket = when.replace(minute=0, second=0, microsecond=0)
+        key = ("spend_rate", "everything")
+        baseline = self._baselines.get(key)
+        if baseline is None:
+            baseline = self._baselines[key] = _Baseline(rule.window)
+        if self._bucket is None:
+            self._bucket = bucket
+        elif bucket > self._bucket:
+            baseline.add(self._bucket_sum)  # a completed hour joins the baseline
+            self._bucket, self._bucket_sum = bucket, 0.0
+        self._bucket_sum += cost
+        self._hour.append((when, cost))
+        self._hour_sum += cost
+        while self._hour and (when - self._hour[0][0]).total_seconds() > 3600:
+            self._hour_sum -= self._hour.popleft()[1]
+        self._judge(
+            rule,
+            "everything",
+            self._hour_sum,
+            when,
+            record.id,
+            record.session_id,
+            "USD/hour",
+            learn=False,
+        )
+
+    # -- delivery ------------------------------------------------------------------------------
+    def _deliver_pending(self) -> None:
+        while self.pending:
+            alert = self.pending.popleft()
+            logger.warning("tokenmeter alert: %s", alert.message)
+            self._append(alert)
+            for callback in self.callbacks:
+                try:
+                    callback(alert)
+                except Exception:
+                    logger.exception("tokenmeter: an on_alert callback failed")
+
+    def _append(self, alert: Alert) -> None:
+        line = (json.dumps(alert.to_json_dict(), ensure_ascii=False) + "\n").encode(
+            "utf-8", "backslashreplace"
+        )
+        try:
+            ensure_private_dir(self.path.parent)
+            fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
+            try:
+                write_all(fd, line)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            logger.error("tokenmeter: cannot append to %s: %s", self.path, exc)
+
+
+def multiplier_text(rule: AlertRule, baseline: float | None) -> str:
+    if baseline is None or rule.multiplier is None:
+        return "absolute threshold"
+    return f"{rule.multiplier:g}x a baseline of {baseline:,.6g}"
+
+
+def read_alerts(path: Path, since: datetime | None = None) -> tuple[list[dict[str, Any]], int]:
+    """The alerts in ``path`` (oldest first) at or after ``since``; and how many lines were bad."""
+    alerts: list[dict[str, Any]] = []
+    bad = 0
+    with path.open("rb") as handle:
+        for raw in handle:
+            if not raw.strip():
+                continue
+            try:
+                item = json.loads(raw)
+                when = datetime.fromisoformat(str(item["time"]).replace("Z", "+00:00"))
+                if when.tzinfo is None:
+                    when = when.replace(tzinfo=UTC)
+                str(item["rule"])
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
+                bad += 1
+                continue
+            if not isinstance(item, dict):
+                bad += 1
+                continue
+            if since is not None and when < since:
+                continue
+            alerts.append(item)
+    return alerts, bad

@@ -1,0 +1,698 @@
+"""Budgets: the one synchronous check, made before a request leaves the process.
+
+``check`` runs from the providers' ``send`` when ``_state.armed`` (some budget is in force). It
+estimates the request's input cost, then for every budget in scope reserves that estimate in the
+budget's ledger (refused if spent + reserved + estimate would pass the limit) and for every
+enclosing session with ``on_exceed="raise"`` does the same against the session's live totals.
+A refusal releases what was reserved, writes a record with status "blocked" and raises
+``BudgetExceeded``. When the call's record is made, ``settle`` swaps the reservation for the real
+cost. Every record (intercepted or made with ``tokenmeter.record()``) adds its cost to the budgets
+whose scope it is in, and crossing 50 / 80 / 100 % of a limit (``budget_warn_at``) warns once per
+budget and period.
+
+The bound: a budget raced by N calls at once passes its limit by at most what those N calls cost
+beyond their estimates (each was admitted against spent + everyone else's reservation).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from tokenmeter import _sessions
+from tokenmeter._models import Usage, UsageRecord
+from tokenmeter.guardrails import _state
+from tokenmeter.guardrails._errors import BudgetExceeded
+from tokenmeter.guardrails._estimate import estimate_input_usd, forget_prices
+from tokenmeter.guardrails._ledger import (
+    BudgetLedger,
+    MemoryLedger,
+    SQLiteLedger,
+    reserve_all,
+    settle_all,
+)
+from tokenmeter.pricing._overrides import short_repr
+
+__all__ = [
+    "PERIODS",
+    "Budget",
+    "check",
+    "configure_budgets",
+    "parse_budgets",
+    "parse_timezone",
+    "parse_warn_at",
+    "settle",
+]
+
+logger = logging.getLogger("tokenmeter")
+
+PERIODS = ("call", "session", "hour", "day", "week", "month", "total")
+_FIELDS = ("name", "limit_usd", "period", "provider", "model", "session", "tag", "on_exceed")
+_ZERO = Decimal(0)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A limit in USD over a period, for the calls in a scope (everything when no scope field is
+    set; otherwise calls matching every one given)."""
+
+    limit_usd: Decimal
+    period: str = "day"
+    provider: str | None = None
+    model: str | None = None
+    session: str | None = None
+    tag: tuple[str, str] | None = None
+    on_exceed: Literal["raise", "warn"] = "raise"
+    name: str = ""
+
+    @functools.cached_property
+    def scope(self) -> str:
+        parts = []
+        if self.provider:
+            parts.append(f"provider={self.provider}")
+        if self.model:
+            parts.append(f"model={self.model}")
+        if self.session:
+            parts.append(f"session={self.session}")
+        if self.tag:
+            parts.append(f"tag:{self.tag[0]}={self.tag[1]}")
+        return ",".join(parts) or "everything"
+
+    @functools.cached_property
+    def limit(self) -> float:
+        return float(self.limit_usd)
+
+    @functools.cached_property
+    def key(self) -> str:
+        return f"{self.name}|{self.period}|{self.scope}"
+
+    def matches(self, provider: str, models: tuple[str | None, ...], session: Any) -> bool:
+        if self.provider is not None and provider != self.provider:
+            return False
+        if self.model is not None and self.model not in models:
+            return False
+        if self.session is not None:
+            node = session
+            while node is not None and node.name != self.session:
+                node = node.parent
+            if node is None:
+                return False
+        if self.tag is not None:
+            tags = session.effective_tags if session is not None else {}
+            if tags.get(self.tag[0]) != self.tag[1]:
+                return False
+        return True
+
+    def as_setting(self) -> dict[str, Any]:
+        """The budget as written in TOML / JSON (for ``tokenmeter config``)."""
+        out: dict[str, Any] = {"name": self.name, "limit_usd": str(self.limit_usd)}
+        out["period"] = self.period
+        for key in ("provider", "model", "session"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.tag is not None:
+            out["tag"] = f"{self.tag[0]}={self.tag[1]}"
+        out["on_exceed"] = self.on_exceed
+        return out
+
+
+def _money(where: str, value: Any) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValueError(f"{where} must be a number of USD, got {short_repr(value)}")
+    try:
+        amount = Decimal(str(value))
+    except ArithmeticError:
+        raise ValueError(f"{where} must be a number of USD, got {short_repr(value)}") from None
+    if not amount.is_finite() or amount < 0:
+        raise ValueError(f"{where} must be a non-negative number of USD, got {short_repr(value)}")
+    return amount
+
+
+def _opt_text(where: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where} must be a non-empty string, got {short_repr(value)}")
+    return value.strip()
+
+
+def _tag(where: str, value: Any) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    if isinstance(value, Mapping) and len(value) == 1:
+        ((key, item),) = value.items()
+        value = f"{key}={item}"
+    if not isinstance(value, str) or "=" not in value or not value.split("=", 1)[0].strip():
+        raise ValueError(
+            f"{where} must be 'name=value' (e.g. 'customer=acme'), got {short_repr(value)}"
+        )
+    key, item = value.split("=", 1)
+    return key.strip(), item.strip()
+
+
+def parse_budget(where: str, value: Any) -> Budget:
+    if isinstance(value, Budget):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValueError(
+            f"{where} must be a table of limit_usd, period, scope and on_exceed, "
+            f"got {short_repr(value)}"
+        )
+    spec = {str(key).replace("-", "_"): item for key, item in value.items()}
+    unknown = sorted(set(spec) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"{where}: no such field {unknown[0]!r}; known: {', '.join(_FIELDS)}")
+    if "limit_usd" not in spec:
+        raise ValueError(f"{where}: limit_usd is required")
+    limit = _money(f"{where}.limit_usd", spec["limit_usd"])
+    period = spec.get("period", "day")
+    if period not in PERIODS:
+        raise ValueError(
+            f"{where}.period must be one of {', '.join(PERIODS)}, got {short_repr(period)}"
+        )
+    on_exceed = spec.get("on_exceed", "raise")
+    if on_exceed not in ("raise", "warn"):
+        raise ValueError(
+            f"{where}.on_exceed must be 'raise' or 'warn', got {short_repr(on_exceed)}"
+        )
+    provider = _opt_text(f"{where}.provider", spec.get("provider"))
+    budget = Budget(
+        limit_usd=limit,
+        period=period,
+        provider=provider.lower() if provider else None,
+        model=_opt_text(f"{where}.model", spec.get("model")),
+        session=_opt_text(f"{where}.session", spec.get("session")),
+        tag=_tag(f"{where}.tag", spec.get("tag")),
+        on_exceed=on_exceed,
+    )
+    name = _opt_text(f"{where}.name", spec.get("name")) or f"{period}:{budget.scope}"
+    return Budget(**{**{f: getattr(budget, f) for f in _FIELDS if f != "name"}, "name": name})
+
+
+def parse_budgets(value: Any) -> tuple[Budget, ...]:
+    """Budgets from a list of tables (TOML ``[[tool.tokenmeter.budgets]]``, JSON, configure())."""
+    if isinstance(value, Mapping):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"must be a list of budgets, got {short_repr(value)}")
+    budgets = tuple(parse_budget(f"budgets[{i}]", item) for i, item in enumerate(value))
+    names = [b.name for b in budgets]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"two budgets are named {name!r}; give each a distinct name")
+    return budgets
+
+
+def parse_timezone(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(
+            f"must be a time zone name such as 'UTC' or 'Europe/Paris', got {short_repr(value)}"
+        )
+    try:
+        ZoneInfo(value.strip())
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {short_repr(value)}") from None
+    return value.strip()
+
+
+def parse_warn_at(value: Any) -> tuple[float, ...]:
+    if not isinstance(value, list | tuple):
+        raise ValueError(
+            f"must be a list of fractions of the limit, e.g. [0.5, 0.8, 1.0], got "
+            f"{short_repr(value)}"
+        )
+    out = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int | float) or not 0 < item <= 10:
+            raise ValueError(
+                f"each fraction must be a number above 0 (1.0 = the limit), got {short_repr(item)}"
+            )
+        out.append(float(item))
+    return tuple(sorted(set(out)))
+
+
+def _next_start(period: str, start: datetime, zone: tzinfo) -> datetime:
+    if period == "hour":
+        return start + timedelta(hours=1)
+    if period == "day":
+        following = start.replace(tzinfo=None) + timedelta(days=1)
+    elif period == "week":
+        following = start.replace(tzinfo=None) + timedelta(days=7)
+    else:
+        following = (start.replace(tzinfo=None, day=28) + timedelta(days=4)).replace(day=1)
+    return following.replace(tzinfo=zone)  # the zone's offset then (DST may have changed it)
+
+
+def period_start(period: str, now: datetime, zone: tzinfo, session: Any) -> str:
+    """The ledger's period key: the start of the calendar period containing ``now``."""
+    if period == "total":
+        return ""
+    if period == "session":
+        return str(session.id) if session is not None else ""
+    local = now.astimezone(zone)
+    if period == "hour":
+        start = local.replace(minute=0, second=0, microsecond=0)
+    else:
+        start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        if period == "week":
+            start -= timedelta(days=start.weekday())
+        elif period == "month":
+            start = start.replace(day=1)
+    return start.isoformat()
+
+
+# -- what configure() put in force ---------------------------------------------------------------
+@dataclass
+class _Config:
+    budgets: tuple[Budget, ...]
+    zone: tzinfo
+    warn_at: tuple[float, ...]
+    open_ledger: Any
+    ledger: BudgetLedger | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    #: period -> (first second, first second of the next period, the period's key)
+    periods: dict[str, tuple[float, float, str]] = field(default_factory=dict)
+
+    def start_of(self, period: str, now: float, session: Any) -> str:
+        """``period_start`` for the instant ``now`` (seconds since the epoch), cached for as
+        long as the period lasts: formatting a date per budget per call is most of a check."""
+        if period == "total":
+            return ""
+        if period == "session":
+            return str(session.id) if session is not None else ""
+        cached = self.periods.get(period)
+        if cached is not None and cached[0] <= now < cached[1]:
+            return cached[2]
+        moment = datetime.fromtimestamp(now, UTC)
+        text = period_start(period, moment, self.zone, session)
+        start = datetime.fromisoformat(text)
+        end = _next_start(period, start, self.zone)
+        self.periods[period] = (start.timestamp(), end.timestamp(), text)
+        return text
+
+    def get_ledger(self) -> BudgetLedger:
+        if self.ledger is None:
+            with self.lock:
+                if self.ledger is None:
+                    self.ledger = self.open_ledger()
+        assert self.ledger is not None
+        return self.ledger
+
+
+_config: _Config | None = None
+#: Warnings already given: (budget key, period start, fraction).
+_warned: set[tuple[str, str, float]] = set()
+_warned_lock = threading.Lock()
+
+
+def configure_budgets(
+    budgets: Sequence[Budget],
+    *,
+    timezone: str = "UTC",
+    warn_at: Sequence[float] = (0.5, 0.8, 1.0),
+    directory: Path | None = None,
+    ledger: str = "sqlite",
+    sinks: Sequence[Any] = (),
+) -> None:
+    """Put budgets in force (from ``_runtime._apply``). The ledger is opened at the first check:
+    a sink's ``budget_ledger()`` if one has it, else SQLite ``<directory>/budgets.db``."""
+    global _config
+    old = _config
+    forget_prices()
+    if not budgets:
+        _config = None
+    else:
+
+        def open_ledger() -> BudgetLedger:
+            for sink in sinks:
+                make = getattr(sink, "budget_ledger", None)
+                if callable(make):
+                    found: BudgetLedger = make()
+                    return found
+            if ledger == "memory" or directory is None:
+                return MemoryLedger()
+            return SQLiteLedger(Path(directory) / "budgets.db")
+
+        _config = _Config(tuple(budgets), ZoneInfo(timezone), tuple(warn_at), open_ledger)
+        _state.armed = True
+    if old is not None and old.ledger is not None:
+        try:
+            old.ledger.close()
+        except Exception:
+            logger.warning("tokenmeter: closing the budget ledger failed", exc_info=True)
+
+
+def warn_fractions() -> tuple[float, ...]:
+    return _config.warn_at if _config is not None else (0.5, 0.8, 1.0)
+
+
+# -- the check -------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class _Reservation:
+    amount: float
+    taken: list[tuple[Budget, str, float]]
+    sessions: list[Any]
+    estimate: Decimal = _ZERO
+    #: A weak reference to the call: when the call is gone without a record (it reported no
+    #: usage, or named no model), its callback gives the reservation back.
+    ref: Any = None
+
+
+#: Reservations of calls in flight, by id(call).
+_pending: dict[int, _Reservation] = {}
+_pending_lock = threading.Lock()
+
+
+def _forget_in_child() -> None:
+    """A forked child's copies of the parent's calls in flight are the parent's to settle: if
+    the child released them (when its copies are collected) it would free the parent's share of
+    a ledger shared through SQLite."""
+    global _pending, _pending_lock, _warned_lock
+    for reservation in _pending.values():
+        reservation.ref = None
+    _pending, _pending_lock, _warned_lock = {}, threading.Lock(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def _call_gone(ref: Any) -> None:
+    with _pending_lock:
+        for key, reservation in list(_pending.items()):
+            if reservation.ref is ref:
+                del _pending[key]
+                break
+        else:
+            return
+    _release(reservation)
+
+
+_ledger_failed = False
+
+
+def _ledger_fault(what: str) -> None:
+    global _ledger_failed
+    if not _ledger_failed:
+        _ledger_failed = True
+        logger.error(
+            "tokenmeter: the budget ledger failed (%s); calls are let through", what, exc_info=True
+        )
+
+
+def _chain(session: Any) -> list[Any]:
+    nodes = []
+    while session is not None:
+        nodes.append(session)
+        session = session.parent
+    return nodes
+
+
+def check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    """Before the request is sent: reserve its estimate in every budget in scope, or raise
+    ``BudgetExceeded`` (after writing a "blocked" record). A fault of ours lets the call through."""
+    try:
+        _check(call, args, kwargs)
+    except BudgetExceeded:
+        raise
+    except Exception:
+        from tokenmeter.providers._core import fault
+
+        fault("the budget check")
+
+
+def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    session = call.session or _sessions.current_session() or _sessions.implicit_session()
+    config = _config
+    models = (call.request_model,)
+    provider = call.provider
+    budgets = (
+        [
+            b
+            for b in config.budgets
+            if b.on_exceed == "raise" and b.matches(provider, models, session)
+        ]
+        if config is not None
+        else []
+    )
+    guarded = [s for s in _chain(session) if s.budget_usd is not None and s.on_exceed == "raise"]
+    if not budgets and not guarded:
+        return
+    estimate = estimate_input_usd(
+        provider, call.request_model, args, kwargs, getattr(call, "request", None), call.operation
+    )
+    amount = float(estimate)
+    if guarded:
+        with _sessions._lock:
+            for node in guarded:
+                spent = node.summary.cost_usd + node._reserved
+                if spent + estimate > node.budget_usd:
+                    _block(
+                        call,
+                        session,
+                        f"session:{node.name or node.id}",
+                        f"session={node.name or node.id}",
+                        node.budget_usd,
+                        spent,
+                        estimate,
+                        "session",
+                    )
+            for node in guarded:
+                node._reserved += estimate
+    reservation = _Reservation(amount, [], guarded, estimate)
+    try:
+        if budgets:
+            assert config is not None
+            _reserve(config, call, session, budgets, estimate, reservation)
+    except BudgetExceeded:
+        _release(reservation)
+        raise
+    reservation.ref = weakref.ref(call, _call_gone)
+    with _pending_lock:
+        _pending[id(call)] = reservation
+
+
+def _reserve(
+    config: _Config,
+    call: Any,
+    session: Any,
+    budgets: list[Budget],
+    estimate: Decimal,
+    reservation: _Reservation,
+) -> None:
+    amount = reservation.amount
+    items = []
+    used = []
+    now = time.time()
+    for budget in budgets:
+        if budget.period == "call":
+            if estimate > budget.limit_usd:
+                _block(
+                    call,
+                    session,
+                    budget.name,
+                    budget.scope,
+                    budget.limit_usd,
+                    _ZERO,
+                    estimate,
+                    "call",
+                )
+            continue
+        items.append(
+            (budget.key, config.start_of(budget.period, now, session), budget.limit, amount)
+        )
+        used.append(budget)
+    if not items:
+        return
+    try:
+        results = reserve_all(config.ledger or config.get_ledger(), items)
+    except Exception:
+        _ledger_fault("reserve")
+        return
+    if len(results) < len(items) or not results[-1][0]:  # refused: nothing was reserved
+        budget = used[len(results) - 1]
+        _block(
+            call,
+            session,
+            budget.name,
+            budget.scope,
+            budget.limit_usd,
+            _usd(results[-1][1]),
+            estimate,
+            budget.period,
+        )
+    reservation.taken = [(b, item[1], amount) for b, item in zip(used, items, strict=True)]
+
+
+def _usd(amount: float) -> Decimal:
+    """A ledger's float as the Decimal it stands for (float sums drift in the last digits)."""
+    return Decimal(repr(round(amount, 10))).normalize()
+
+
+def _release(reservation: _Reservation) -> None:
+    """Give back a reservation (the call was refused, or ended without a record)."""
+    if reservation.sessions:
+        with _sessions._lock:
+            for node in reservation.sessions:
+                node._reserved -= reservation.estimate
+        reservation.sessions = []
+    config = _config
+    taken, reservation.taken = reservation.taken, []
+    if config is None or config.ledger is None or not taken:
+        return
+    try:
+        settle_all(config.ledger, [(b.key, start, amount, 0.0) for b, start, amount in taken])
+    except Exception:
+        _ledger_fault("settle")
+
+
+def _block(
+    call: Any,
+    session: Any,
+    name: str,
+    scope: str,
+    limit: Decimal,
+    spent: Decimal,
+    estimate: Decimal,
+    period: str,
+) -> None:
+    from tokenmeter._record import emit
+
+    error = BudgetExceeded(name, scope, limit, spent, estimate, period)
+    call.done = True  # never sent: nothing else records it (not even an unfinished stream)
+    model = call.request_model or "unknown"
+    emit(
+        call.provider,
+        model,
+        Usage(),
+        session,
+        request_model=call.request_model,
+        operation=call.operation,
+        streamed=call.streamed,
+        status="blocked",
+        error=f"BudgetExceeded: {name}"[:500],
+        estimated=True,
+        priced=False,
+    )
+    raise error
+
+
+# -- after a record --------------------------------------------------------------------------------
+def settle(record: UsageRecord, session: Any, call: Any) -> None:
+    """A record was made: its real cost replaces the call's reservation in every budget in scope,
+    and crossing a warning fraction of a limit warns (once per budget and period)."""
+    try:
+        _settle(record, session, call)
+    except Exception:
+        from tokenmeter.providers._core import fault
+
+        fault("settling a budget")
+
+
+def _settle(record: UsageRecord, session: Any, call: Any) -> None:
+    reservation = None
+    if call is not None and _pending:
+        with _pending_lock:
+            reservation = _pending.get(id(call))
+            if reservation is not None and reservation.ref() is call:
+                del _pending[id(call)]
+                reservation.ref = None  # the callback no longer finds it
+            else:
+                reservation = None
+    if reservation is not None and reservation.sessions:
+        with _sessions._lock:
+            for node in reservation.sessions:
+                node._reserved -= reservation.estimate
+    config = _config
+    if config is None:
+        return
+    cost = record.estimated_cost_usd
+    actual = 0.0 if cost is None else float(cost)
+    reserved = (
+        {budget.key: (start, amount) for budget, start, amount in reservation.taken}
+        if reservation is not None and reservation.taken
+        else None
+    )
+    models = (record.request_model, record.model_name)
+    now = 0.0
+    items = []
+    settled = []
+    for budget in config.budgets:
+        mine = reserved.get(budget.key) if reserved is not None else None
+        if mine is None and not budget.matches(record.model_provider, models, session):
+            continue
+        if budget.period == "call":
+            if cost is not None:
+                _maybe_warn(budget, "", actual, config.warn_at, record)
+            continue
+        if mine is not None:  # the period the reservation was made in (a call across midnight)
+            items.append((budget.key, mine[0], mine[1], actual))
+        else:
+            now = now or record.timestamp.timestamp()
+            items.append((budget.key, config.start_of(budget.period, now, session), 0.0, actual))
+        settled.append(budget)
+    if not items:
+        return
+    try:
+        spent = settle_all(config.ledger or config.get_ledger(), items)
+    except Exception:
+        _ledger_fault("settle")
+        return
+    fractions = config.warn_at
+    if not fractions:
+        return
+    first = fractions[0]
+    for budget, item, total in zip(settled, items, spent, strict=True):
+        if total >= first * budget.limit:
+            _maybe_warn(budget, item[1], total, fractions, record)
+
+
+def _maybe_warn(
+    budget: Budget, start: str, spent: float, fractions: tuple[float, ...], record: UsageRecord
+) -> None:
+    limit = budget.limit
+    for fraction in fractions:
+        if spent < fraction * limit or (limit == 0 and spent == 0):
+            break
+        key = (budget.key, start, fraction)
+        with _warned_lock:
+            if key in _warned:
+                continue
+            _warned.add(key)
+        from tokenmeter.guardrails import _alerts
+
+        _alerts.post(
+            _alerts.Alert(
+                time=record.timestamp,
+                rule=f"budget_{round(fraction * 100)}pct",
+                scope=f"budget:{budget.name} ({budget.scope}, per {budget.period}"
+                + (f" from {start}" if start else "")
+                + ")",
+                observed=spent,
+                baseline=None,
+                threshold=fraction * limit,
+                record_id=record.id,
+                session_id=record.session_id,
+                message=f"budget {budget.name!r} has reached {round(fraction * 100)}% of its "
+                f"${budget.limit_usd} limit: ${spent:.6f} spent",
+            )
+        )
+
+
+def reset() -> None:
+    """Forget budgets and warnings given (tests, configure())."""
+    global _config, _ledger_failed
+    configure_budgets(())
+    with _warned_lock:
+        _warned.clear()
+    _ledger_failed = False

@@ -1,0 +1,90 @@
+"""Session-end hooks: user callbacks, and the workflow state-file line.
+
+``on_end`` / ``on_session_end`` callbacks run when the session's ``with`` block ends, on that
+thread, with the finished Session (its ``summary`` is final); a callback that raises is logged,
+never raised into the application. The state-file line is written by ``StateFileSink`` on its
+writer thread, from the session as stored (with its totals):
+
+    - <date>: TOKEN_TRACKING: Session <id> - <tokens> tokens, $<cost>
+
+one line per top-level session (nested sessions roll up into it), including the process's
+implicit session at exit when it recorded anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from tokenmeter._models import SessionInfo, UsageRecord
+from tokenmeter.sinks._files import ensure_private_dir, open_private, write_all
+
+__all__ = ["StateFileSink", "run_end_hooks", "state_line"]
+
+logger = logging.getLogger("tokenmeter")
+
+#: configure(on_session_end=...): run for every session that ends.
+global_hooks: tuple[Callable[[Any], object], ...] = ()
+
+
+def run_end_hooks(session: Any, own: Sequence[Callable[[Any], object]]) -> None:
+    for hook in (*own, *global_hooks):
+        try:
+            hook(session)
+        except Exception:
+            logger.exception("tokenmeter: a session-end hook failed (session %s)", session.id)
+
+
+def _date(moment: datetime) -> str:
+    """As the shell's ``date`` prints it in UTC: ``Tue Dec  1 18:18:45 UTC 2026``."""
+    utc = moment.astimezone(UTC)
+    return f"{utc:%a %b} {utc.day:2d} {utc:%H:%M:%S} UTC {utc.year}"
+
+
+def _money(value: Decimal) -> str:
+    text = format(value.normalize(), "f") if value else "0"
+    return text
+
+
+def state_line(info: SessionInfo) -> str:
+    tokens = info.input_tokens + info.output_tokens
+    return (
+        f"- {_date(info.ended_at or info.started_at)}: TOKEN_TRACKING: Session {info.id} - "
+        f"{tokens} tokens, ${_money(info.cost_usd)}\n"
+    )
+
+
+class StateFileSink:
+    """Appends the state-file line when a top-level session ends (records are not its business)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        pass
+
+    def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
+        lines = [
+            state_line(info)
+            for info in sessions
+            if info.status != "active" and info.parent_id is None
+        ]
+        if not lines:
+            return
+        ensure_private_dir(self.path.parent)
+        fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            write_all(fd, "".join(lines).encode("utf-8", "backslashreplace"))
+        finally:
+            os.close(fd)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

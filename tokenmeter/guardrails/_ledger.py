@@ -1,0 +1,284 @@
+"""Where budgets keep what has been spent: a protocol, and its SQLite implementation.
+
+A ledger row per (scope key, period start) holds the USD settled by finished calls and the USD
+reserved by calls in flight. ``reserve`` refuses when settled + reserved + the new amount would
+pass the limit, in one transaction: that is what bounds the overshoot of a budget raced by many
+threads and processes to the difference between the calls' estimates and their real costs.
+The protocol is written down in docs/budgets-and-alerts.md; a sink whose ``budget_ledger()``
+returns an object with these methods (e.g. a PostgreSQL store) makes budgets hold across machines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from tokenmeter.sinks._files import ensure_private_dir
+
+__all__ = ["BudgetLedger", "MemoryLedger", "SQLiteLedger", "reserve_all", "settle_all"]
+
+
+@runtime_checkable
+class BudgetLedger(Protocol):
+    """Spent-and-reserved USD per (scope_key, period_start); safe to call from many threads."""
+
+    def reserve(
+        self, scope_key: str, period_start: str, limit_usd: float, amount_usd: float
+    ) -> tuple[bool, float]:
+        """Atomically: if settled + reserved + amount > limit, change nothing and return
+        (False, settled + reserved); else add amount to reserved and return (True, the spent
+        before this reservation)."""
+        ...
+
+    def settle(
+        self, scope_key: str, period_start: str, reserved_usd: float, actual_usd: float
+    ) -> float:
+        """Atomically release ``reserved_usd`` and add ``actual_usd``; the spent after it."""
+        ...
+
+    def spent(self, scope_key: str, period_start: str) -> float:
+        """settled + reserved (0.0 for a key never seen)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+#: Optional, for speed: a ledger may also offer ``reserve_many(items)`` (items of (scope_key,
+#: period_start, limit_usd, amount_usd); all reserved or none, in one transaction; returns the
+#: (ok, spent) of each item, stopping at the first refusal) and ``settle_many(items)`` (items of
+#: (scope_key, period_start, reserved_usd, actual_usd); one transaction; the spent after each).
+Reserve = tuple[str, str, float, float]
+Settle = tuple[str, str, float, float]
+
+
+def reserve_all(ledger: Any, items: list[Reserve]) -> list[tuple[bool, float]]:
+    """Reserve every item or none: through ``reserve_many`` when the ledger has it."""
+    many = getattr(ledger, "reserve_many", None)
+    if many is not None:
+        found: list[tuple[bool, float]] = many(items)
+        return found
+    results: list[tuple[bool, float]] = []
+    for index, (key, start, limit, amount) in enumerate(items):
+        ok, spent = ledger.reserve(key, start, limit, amount)
+        results.append((ok, spent))
+        if not ok:
+            for key2, start2, _, amount2 in items[:index]:
+                ledger.settle(key2, start2, amount2, 0.0)
+            break
+    return results
+
+
+def settle_all(ledger: Any, items: list[Settle]) -> list[float]:
+    many = getattr(ledger, "settle_many", None)
+    if many is not None:
+        found: list[float] = many(items)
+        return found
+    return [ledger.settle(*item) for item in items]
+
+
+class MemoryLedger:
+    """One process only (a lock around a dict): for tests, and for budgets that need not hold
+    across processes."""
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, str], list[float]] = {}
+        self._lock = threading.Lock()
+
+    def reserve(
+        self, scope_key: str, period_start: str, limit_usd: float, amount_usd: float
+    ) -> tuple[bool, float]:
+        with self._lock:
+            row = self._rows.setdefault((scope_key, period_start), [0.0, 0.0])
+            spent = row[0] + row[1]
+            if spent + amount_usd > limit_usd:
+                return False, spent
+            row[1] += amount_usd
+            return True, spent
+
+    def settle(
+        self, scope_key: str, period_start: str, reserved_usd: float, actual_usd: float
+    ) -> float:
+        with self._lock:
+            row = self._rows.setdefault((scope_key, period_start), [0.0, 0.0])
+            row[1] = max(0.0, row[1] - reserved_usd)
+            row[0] += actual_usd
+            return row[0] + row[1]
+
+    def reserve_many(self, items: list[Reserve]) -> list[tuple[bool, float]]:
+        with self._lock:
+            results: list[tuple[bool, float]] = []
+            for key, start, limit, amount in items:
+                row = self._rows.get((key, start))
+                spent = 0.0 if row is None else row[0] + row[1]
+                if spent + amount > limit:
+                    return [*results, (False, spent)]
+                results.append((True, spent))
+            for key, start, _, amount in items:
+                self._rows.setdefault((key, start), [0.0, 0.0])[1] += amount
+            return results
+
+    def settle_many(self, items: list[Settle]) -> list[float]:
+        with self._lock:
+            out = []
+            for key, start, reserved, actual in items:
+                row = self._rows.setdefault((key, start), [0.0, 0.0])
+                row[1] = max(0.0, row[1] - reserved)
+                row[0] += actual
+                out.append(row[0] + row[1])
+            return out
+
+    def spent(self, scope_key: str, period_start: str) -> float:
+        with self._lock:
+            row = self._rows.get((scope_key, period_start))
+            return 0.0 if row is None else row[0] + row[1]
+
+    def close(self) -> None:
+        pass
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS budget_ledger (
+  scope_key TEXT NOT NULL,
+  period_start TEXT NOT NULL,
+  settled_usd REAL NOT NULL DEFAULT 0,
+  reserved_usd REAL NOT NULL DEFAULT 0,
+  updated_at TEXT NOT NULL,
+  PRIMARY KEY (scope_key, period_start)
+)
+"""
+_READ = "SELECT settled_usd + reserved_usd FROM budget_ledger WHERE scope_key=? AND period_start=?"
+_RESERVE = (
+    "INSERT INTO budget_ledger (scope_key, period_start, reserved_usd, updated_at) "
+    "VALUES (?, ?, ?, ?) ON CONFLICT (scope_key, period_start) DO UPDATE SET "
+    "reserved_usd = reserved_usd + excluded.reserved_usd, updated_at = excluded.updated_at"
+)
+_SETTLE = (
+    "INSERT INTO budget_ledger (scope_key, period_start, settled_usd, updated_at) "
+    "VALUES (?, ?, ?, ?) ON CONFLICT (scope_key, period_start) DO UPDATE SET "
+    "reserved_usd = max(0, reserved_usd - ?), settled_usd = settled_usd + excluded.settled_usd, "
+    "updated_at = excluded.updated_at RETURNING settled_usd + reserved_usd"
+)
+
+
+class SQLiteLedger:
+    """The default ledger: a SQLite file shared by every process of the machine that uses the
+    same directory. Each reserve and settle is one ``BEGIN IMMEDIATE`` transaction (the write
+    lock is taken before the read, so two processes cannot both see room for one more call)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._pid = os.getpid()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        conn = self._conn()
+        with conn:
+            conn.execute(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._pid == os.getpid():
+            return conn
+        if self._pid != os.getpid():  # a forked child: the parent's connections are not ours
+            self._pid, self._all, self._local = os.getpid(), [], threading.local()
+        ensure_private_dir(self.path.parent)
+        conn = sqlite3.connect(
+            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        self._local.conn = conn
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    def reserve(
+        self, scope_key: str, period_start: str, limit_usd: float, amount_usd: float
+    ) -> tuple[bool, float]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(_READ, (scope_key, period_start)).fetchone()
+            spent = float(row[0]) if row else 0.0
+            if spent + amount_usd > limit_usd:
+                conn.execute("COMMIT")
+                return False, spent
+            conn.execute(_RESERVE, (scope_key, period_start, amount_usd, _now()))
+            conn.execute("COMMIT")
+            return True, spent
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def settle(
+        self, scope_key: str, period_start: str, reserved_usd: float, actual_usd: float
+    ) -> float:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                _SETTLE, (scope_key, period_start, actual_usd, _now(), reserved_usd)
+            ).fetchone()
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return float(row[0]) if row else actual_usd
+
+    def reserve_many(self, items: list[Reserve]) -> list[tuple[bool, float]]:
+        conn = self._conn()
+        results: list[tuple[bool, float]] = []
+        now = _now()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for key, start, limit, amount in items:
+                row = conn.execute(_READ, (key, start)).fetchone()
+                spent = float(row[0]) if row else 0.0
+                if spent + amount > limit:
+                    conn.execute("ROLLBACK")
+                    return [*results, (False, spent)]
+                conn.execute(_RESERVE, (key, start, amount, now))
+                results.append((True, spent))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+    def settle_many(self, items: list[Settle]) -> list[float]:
+        conn = self._conn()
+        now = _now()
+        spent: list[float] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for key, start, reserved, actual in items:
+                row = conn.execute(_SETTLE, (key, start, actual, now, reserved)).fetchone()
+                spent.append(float(row[0]) if row else actual)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return spent
+
+    def spent(self, scope_key: str, period_start: str) -> float:
+        row = self._conn().execute(_READ, (scope_key, period_start)).fetchone()
+        return float(row[0]) if row else 0.0
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self._local = threading.local()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

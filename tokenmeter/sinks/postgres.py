@@ -1,0 +1,356 @@
+"""PostgreSQL sink: one ledger shared by every process on every machine of a team.
+
+Why it is shaped this way:
+- The same tables and column encodings as the SQLite sink (timestamps as ISO text, costs as exact
+  decimal text plus integer pico-USD, tags as JSON text; ``seq`` numbers rows in insertion order,
+  as SQLite's rowid does), inside their own PostgreSQL schema
+  (``tokenmeter`` by default, so ``records`` never meets an application's table of that name):
+  the CLI reads both with the same SQL, and a query written for one runs on the other.
+- One transaction per batch: the rows are COPYed into a temporary table, then
+  ``INSERT ... SELECT ... ON CONFLICT (id) DO NOTHING``. A batch is stored whole or not at all, and
+  a batch the writer retries after a failure never creates duplicates.
+- Every failure raises, so the writer thread keeps the batch and retries it with back-off. A broken
+  connection (server restarted, ``pg_terminate_backend``, network) is dropped and a new one is made
+  on the next attempt; a batch that failed on a connection found dead is retried once at once on a
+  fresh one. ``statement_timeout`` bounds every statement, so a locked table never hangs the writer.
+- Versioned migrations under a transaction-scoped advisory lock: when several processes start at
+  once, one migrates and the others wait for it, then find the schema current.
+- The connection is opened lazily and a new one is made after ``fork()`` (a libpq connection must
+  not be shared by two processes; the inherited one is left alone, never closed, since closing it
+  would end the parent's session too).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from tokenmeter._models import SessionInfo, UsageRecord
+from tokenmeter.sinks.sqlite import _record_row, _session_row
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["SCHEMA_VERSION", "PostgresSink"]
+
+#: Key of the advisory lock that serialises migrations (any fixed 64-bit number: "tokenme").
+_MIGRATION_LOCK = 0x746F6B656E6D65
+
+_SCHEMA_V1 = """
+CREATE TABLE records (
+  id TEXT PRIMARY KEY,
+  timestamp TEXT NOT NULL,
+  model_provider TEXT NOT NULL,
+  model_name TEXT NOT NULL,
+  input_tokens BIGINT NOT NULL,
+  output_tokens BIGINT NOT NULL,
+  total_tokens BIGINT NOT NULL,
+  estimated_cost_usd TEXT,
+  cost_pusd BIGINT,
+  request_model TEXT,
+  operation TEXT,
+  cache_read_tokens BIGINT NOT NULL DEFAULT 0,
+  cache_write_tokens BIGINT NOT NULL DEFAULT 0,
+  reasoning_tokens BIGINT NOT NULL DEFAULT 0,
+  cost_breakdown TEXT,
+  price_source TEXT,
+  session_id TEXT,
+  session_name TEXT,
+  tags TEXT NOT NULL DEFAULT '{}',
+  latency_ms DOUBLE PRECISION,
+  streamed SMALLINT NOT NULL DEFAULT 0,
+  status TEXT NOT NULL DEFAULT 'ok',
+  error TEXT,
+  request_id TEXT,
+  estimated SMALLINT NOT NULL DEFAULT 0,
+  seq BIGSERIAL NOT NULL
+);
+CREATE INDEX ix_records_seq ON records(seq);
+CREATE INDEX ix_records_timestamp ON records(timestamp);
+CREATE INDEX ix_records_session ON records(session_id);
+CREATE INDEX ix_records_model ON records(model_provider, model_name);
+CREATE TABLE sessions (
+  id TEXT PRIMARY KEY,
+  name TEXT,
+  parent_id TEXT,
+  tags TEXT NOT NULL DEFAULT '{}',
+  status TEXT NOT NULL,
+  started_at TEXT NOT NULL,
+  ended_at TEXT,
+  notes TEXT,
+  budget_usd TEXT
+);
+CREATE VIEW session_totals AS
+  SELECT s.id, s.name, s.status, s.started_at, s.ended_at,
+         COUNT(r.id) AS calls,
+         COALESCE(SUM(r.input_tokens), 0) AS input_tokens,
+         COALESCE(SUM(r.output_tokens), 0) AS output_tokens,
+         SUM(r.cost_pusd) / 1e12 AS cost_usd
+  FROM sessions s LEFT JOIN records r ON r.session_id = s.id
+  GROUP BY s.id;
+CREATE TABLE budget_ledger (
+  scope_key TEXT NOT NULL,
+  period_start TEXT NOT NULL,
+  settled_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+  reserved_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+  updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+  PRIMARY KEY (scope_key, period_start)
+)
+"""
+
+
+def _run_script(script: str) -> Callable[[psycopg.Connection[Any]], None]:
+    def migrate(conn: psycopg.Connection[Any]) -> None:
+        for statement in script.split(";\n"):
+            if statement.strip():
+                conn.execute(statement.encode())
+
+    return migrate
+
+
+#: ``_MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``, inside the migrating
+#: transaction. Append a function to evolve the schema; never edit an existing one.
+_MIGRATIONS: list[Callable[[psycopg.Connection[Any]], None]] = [_run_script(_SCHEMA_V1)]
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_RECORD_COLUMNS = (
+    "id, timestamp, model_provider, model_name, input_tokens, output_tokens, total_tokens, "
+    "estimated_cost_usd, cost_pusd, request_model, operation, cache_read_tokens, "
+    "cache_write_tokens, reasoning_tokens, cost_breakdown, price_source, session_id, "
+    "session_name, tags, latency_ms, streamed, status, error, request_id, estimated"
+)
+_STAGE = (
+    f"CREATE TEMPORARY TABLE tokenmeter_stage AS SELECT {_RECORD_COLUMNS} FROM records WITH NO DATA"
+)
+_COPY = f"COPY tokenmeter_stage ({_RECORD_COLUMNS}) FROM STDIN"
+#: Two statements sent as one simple query: PostgreSQL runs them as one implicit transaction,
+#: in one round trip.
+_MOVE = (
+    f"INSERT INTO records ({_RECORD_COLUMNS}) SELECT {_RECORD_COLUMNS} FROM tokenmeter_stage "
+    "ON CONFLICT (id) DO NOTHING; TRUNCATE tokenmeter_stage"
+)
+_UPSERT_SESSION = (
+    "INSERT INTO sessions (id, name, parent_id, tags, status, started_at, ended_at, notes, "
+    "budget_usd) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
+    "name = excluded.name, parent_id = excluded.parent_id, tags = excluded.tags, "
+    "status = excluded.status, started_at = excluded.started_at, "
+    "ended_at = excluded.ended_at, notes = excluded.notes, budget_usd = excluded.budget_usd"
+)
+
+
+#: The JSON escape of a NUL (``\u0000``), not an escaped backslash followed by "u0000".
+_JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _pg_text(value: str) -> str:
+    value = value.replace("\x00", "\ufffd")
+    if value.startswith("{"):  # the JSON columns (tags, cost_breakdown)
+        value = _JSON_NUL.sub("\\1\ufffd", value)
+    return value
+
+
+def _pg_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``row`` with NUL characters replaced by U+FFFD: PostgreSQL text cannot hold them (nor can
+    ``jsonb`` hold the JSON escape of one), SQLite can. The record is kept, as there."""
+    if not any(type(v) is str and ("\x00" in v or "\\u0000" in v) for v in row):
+        return row
+    return tuple(_pg_text(v) if type(v) is str else v for v in row)
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - depends on the extras installed
+        raise ImportError(
+            "the PostgreSQL sink needs psycopg 3: pip install 'tokenmeter[postgres]'"
+        ) from None
+    return psycopg
+
+
+def _check_schema_name(schema: str) -> str:
+    if not isinstance(schema, str) or not schema.isidentifier() or not schema.isascii():
+        raise ValueError(f"schema must be a plain SQL identifier, got {schema!r}")
+    return schema.lower()
+
+
+class PostgresSink:
+    """Stores records (and sessions) in PostgreSQL, shared by many processes and machines.
+
+    ``dsn`` is a libpq connection string or ``postgresql://`` URL; empty (the default) lets libpq
+    read the standard ``PGHOST``, ``PGPORT``, ``PGUSER``, ``PGDATABASE``, ``PGPASSWORD`` (or
+    ``~/.pgpass``) variables. Tables live in the PostgreSQL schema ``schema``, created when
+    missing. ``statement_timeout_s`` bounds every statement (a locked table fails the batch,
+    which is retried, instead of hanging the writer).
+    """
+
+    def __init__(
+        self,
+        dsn: str = "",
+        *,
+        schema: str = "tokenmeter",
+        connect_timeout_s: float = 10.0,
+        statement_timeout_s: float = 30.0,
+    ) -> None:
+        if not isinstance(dsn, str):
+            raise ValueError(f"dsn must be a connection string, got {type(dsn).__name__}")
+        for name, value in (
+            ("connect_timeout_s", connect_timeout_s),
+            ("statement_timeout_s", statement_timeout_s),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        _psycopg()  # a missing extra fails here, not at every write
+        self._dsn = dsn
+        self.schema = _check_schema_name(schema)
+        self._connect_timeout = max(1, round(connect_timeout_s))
+        self._statement_timeout_ms = max(1, round(statement_timeout_s * 1000))
+        self._conn: psycopg.Connection[Any] | None = None
+        self._pid = 0
+
+    def __repr__(self) -> str:  # never the DSN: it may hold a password
+        return f"PostgresSink(schema={self.schema!r})"
+
+    # -- the Sink protocol -------------------------------------------------------------------------
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        if records:
+            rows = [_pg_row(_record_row(r)) for r in records]
+            self._with_retry(lambda conn: self._insert_records(conn, rows))
+
+    def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
+        if sessions:
+            rows = [_pg_row(_session_row(s)) for s in sessions]
+            self._with_retry(lambda conn: self._upsert_sessions(conn, rows))
+
+    def flush(self) -> None:
+        """Nothing to do: every ``write`` commits before it returns."""
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._drop_connection()
+
+    # -- for the budget ledger and the CLI ---------------------------------------------------------
+    def connect(self) -> psycopg.Connection[Any]:
+        """A new connection of its own (autocommit, ``search_path`` set to the schema, which is
+        migrated to the current version): for readers and the budget ledger, never the writer's."""
+        return self._open()
+
+    def budget_ledger(self) -> Any:
+        """The budget ledger over this database (see ``tokenmeter.sinks._pg_ledger``)."""
+        from tokenmeter.sinks._pg_ledger import PostgresLedger
+
+        return PostgresLedger(self)
+
+    # -- inside --------------------------------------------------------------------------------
+    def _insert_records(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> None:
+        # The COPY commits rows to this connection's own temporary table only; the move into
+        # ``records`` and the emptying of the stage are one transaction. A failure anywhere drops
+        # the connection (see _with_retry), and the stage with it: no row is left over to be
+        # moved with the next batch.
+        with conn.cursor() as cur, cur.copy(_COPY) as copy:
+            for row in rows:
+                copy.write_row(row)
+        conn.execute(_MOVE.encode())
+
+    def _upsert_sessions(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> None:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.executemany(_UPSERT_SESSION, rows)
+
+    def _with_retry(self, work: Callable[[psycopg.Connection[Any]], None]) -> None:
+        for attempt in (1, 2):
+            fresh = self._conn is None or self._pid != os.getpid()
+            conn = self._connection()
+            try:
+                work(conn)
+                return
+            except BaseException:
+                dead = conn.broken or conn.closed
+                self._drop_connection()  # a new connection next time, with an empty stage
+                if not dead or fresh or attempt == 2:
+                    # The statement failed (the writer retries later), or a new connection died
+                    # (the server is going away).
+                    raise
+            # An old connection found dead (restart, terminated, idle cut): once more on a new
+            # one; the batch is idempotent, so a commit made before the break is harmless.
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        if self._conn is not None:
+            self._drop_connection()
+        conn = self._open()
+        try:
+            conn.execute(_STAGE)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    def _open(self) -> psycopg.Connection[Any]:
+        conn: psycopg.Connection[Any] = _psycopg().connect(
+            self._dsn,
+            autocommit=True,
+            connect_timeout=self._connect_timeout,
+            application_name="tokenmeter",
+        )
+        try:
+            conn.execute(f"SET statement_timeout = {self._statement_timeout_ms}".encode())
+            _migrate(conn, self.schema)
+            conn.execute(f'SET search_path = "{self.schema}"'.encode())
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self._pid == os.getpid():
+            conn.close()
+        else:
+            _INHERITED_CONNECTIONS.append(conn)  # the parent's: never close it from the child
+
+
+_INHERITED_CONNECTIONS: list[Any] = []
+
+
+def _version(conn: psycopg.Connection[Any], schema: str) -> int:
+    row = conn.execute(
+        "SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".tokenmeter_schema',)
+    ).fetchone()
+    if row is None or not row[0]:
+        return 0
+    found = conn.execute(f'SELECT max(version) FROM "{schema}".tokenmeter_schema'.encode())
+    value = found.fetchone()
+    return int(value[0]) if value is not None and value[0] is not None else 0
+
+
+def _migrate(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Bring ``schema`` to ``SCHEMA_VERSION``; ValueError for a schema written by a newer one."""
+    if _version(conn, schema) == SCHEMA_VERSION:
+        return
+    with conn.transaction():
+        # One process migrates; the others wait here, then find the work done.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'.encode())
+        conn.execute(
+            f'CREATE TABLE IF NOT EXISTS "{schema}".tokenmeter_schema '
+            "(version INTEGER NOT NULL, migrated_at TIMESTAMPTZ NOT NULL DEFAULT now())".encode()
+        )
+        version = _version(conn, schema)
+        if version > SCHEMA_VERSION:
+            raise ValueError(
+                f"PostgreSQL schema {schema!r} is at version {version}, newer than this "
+                f"tokenmeter supports ({SCHEMA_VERSION}); upgrade tokenmeter to write to it"
+            )
+        conn.execute(f'SET LOCAL search_path = "{schema}"'.encode())
+        for number, migrate in enumerate(_MIGRATIONS[version:], start=version + 1):
+            migrate(conn)
+            conn.execute(
+                f'INSERT INTO "{schema}".tokenmeter_schema (version) VALUES (%s)'.encode(),
+                (number,),
+            )
