@@ -38,6 +38,8 @@ SPEC_KEYS = [
     "error",
     "request_id",
     "estimated",
+    "modalities",
+    "tool_requests",
 ]
 
 

@@ -7,6 +7,7 @@ are subsets of those two. Provider-specific conventions are converted in ``token
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
@@ -17,10 +18,12 @@ __all__ = [
     "MAX_COST_USD",
     "MAX_TOKENS",
     "Cost",
+    "Pass",
     "SessionInfo",
     "Usage",
     "UsageRecord",
     "clean_text",
+    "output_cost",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -34,6 +37,16 @@ MAX_TOKENS = 10**12
 MAX_COST_USD = Decimal(10_000)
 
 Count = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+
+#: Modalities a provider reports token counts for, as ``modalities`` keys spell them.
+MODALITIES = ("text", "image", "audio", "video", "document")
+#: ``modalities`` keys: ``input_<m>`` and ``output_<m>`` (subsets of input/output tokens) and
+#: ``cache_read_<m>`` (subsets of cache_read_tokens), for each modality ``m`` above.
+MODALITY_KEYS = frozenset(
+    f"{side}_{m}" for side in ("input", "output", "cache_read") for m in MODALITIES
+)
+#: Billed server-side tool requests a response reports, as ``tool_requests`` keys spell them.
+TOOL_REQUEST_KEYS = frozenset({"web_search", "web_fetch", "file_search", "code_execution"})
 
 
 def clean_text(text: str, limit: int = 1_000) -> str:
@@ -65,6 +78,15 @@ class Usage(BaseModel):
     reasoning_tokens: Count = 0
     input_audio_tokens: Count = 0
     output_audio_tokens: Count = 0
+    #: Token counts by modality as the provider reports them (keys in ``MODALITY_KEYS``, e.g.
+    #: ``{"input_text": 12, "output_image": 1290}``); each priced at its modality's rate.
+    modalities: dict[str, Count] = {}
+    #: Billed server-side tool requests (keys in ``TOOL_REQUEST_KEYS``), e.g. ``{"web_search": 3}``.
+    tool_requests: dict[str, Count] = {}
+    #: Billed passes the provider reports beside the call's own (Anthropic ``usage.iterations``:
+    #: compaction, advisor). Their tokens are INSIDE the totals above; each is priced at its own
+    #: model's rates.
+    passes: tuple[Pass, ...] = ()
 
     @model_validator(mode="after")
     def _check_subsets(self) -> Usage:
@@ -76,7 +98,21 @@ class Usage(BaseModel):
         return self.input_tokens + self.output_tokens
 
 
-def check_usage_subsets(c: dict[str, int]) -> None:
+class Pass(BaseModel):
+    """One billed pass beside the call's own, with its own model (None: the call's model)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    #: What the provider calls it, e.g. "compaction", "advisor_message".
+    kind: str
+    model: str | None = None
+    usage: Usage
+
+
+Usage.model_rebuild()
+
+
+def check_usage_subsets(c: dict[str, Any]) -> None:
     """The parts of a Usage must fit inside its totals (ValueError naming the fields if not)."""
     read, write, total_in = c["cache_read_tokens"], c["cache_write_tokens"], c["input_tokens"]
     for name in ("input_tokens", "output_tokens"):
@@ -109,6 +145,41 @@ def check_usage_subsets(c: dict[str, int]) -> None:
             else f"reasoning_tokens + output_audio_tokens ({reasoning} + {audio_out}) "
             f"cannot exceed output_tokens ({total_out})"
         )
+    modalities = c.get("modalities")
+    if modalities:
+        _check_parts("modalities", modalities, MODALITY_KEYS)
+        for key, value in modalities.items():
+            limit = total_in if key.startswith("input") else total_out
+            if key.startswith("cache_read"):
+                limit = read
+            if value > limit:
+                side = key.split("_")[0] if not key.startswith("cache_read") else "cache_read"
+                whole = {"input": "input_tokens", "output": "output_tokens"}.get(
+                    side, "cache_read_tokens"
+                )
+                raise ValueError(f"modalities[{key!r}] ({value}) cannot exceed {whole} ({limit})")
+    tools = c.get("tool_requests")
+    if tools:
+        _check_parts("tool_requests", tools, TOOL_REQUEST_KEYS)
+    passes = c.get("passes")
+    if passes:
+        extra_in = sum(p.usage.input_tokens for p in passes)
+        extra_out = sum(p.usage.output_tokens for p in passes)
+        if extra_in > total_in or extra_out > total_out:
+            raise ValueError(
+                f"the passes' tokens ({extra_in} in, {extra_out} out) must be inside "
+                f"input_tokens ({total_in}) and output_tokens ({total_out})"
+            )
+
+
+def _check_parts(name: str, parts: Any, known: frozenset[str]) -> None:
+    if type(parts) is not dict:
+        raise ValueError(f"{name} must be a dict of counts, got {type(parts).__name__}")
+    for key, value in parts.items():
+        if key not in known:
+            raise ValueError(f"{name} has an unknown key {key!r}: expected one of {sorted(known)}")
+        if type(value) is not int or not 0 <= value <= MAX_TOKENS:
+            raise ValueError(f"{name}[{key!r}] must be a whole number of at most {MAX_TOKENS}")
 
 
 def usage_of(
@@ -120,10 +191,13 @@ def usage_of(
     reasoning_tokens: int = 0,
     input_audio_tokens: int = 0,
     output_audio_tokens: int = 0,
+    modalities: dict[str, int] | None = None,
+    tool_requests: dict[str, int] | None = None,
+    passes: tuple[Pass, ...] = (),
 ) -> Usage:
     """A Usage from counts already known to be non-negative ints (the usage readers' hot path):
     only the subset rules are checked, not each field again."""
-    counts = {
+    counts: dict[str, Any] = {
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
         "cache_read_tokens": cache_read_tokens,
@@ -132,6 +206,9 @@ def usage_of(
         "reasoning_tokens": reasoning_tokens,
         "input_audio_tokens": input_audio_tokens,
         "output_audio_tokens": output_audio_tokens,
+        "modalities": modalities or {},
+        "tool_requests": tool_requests or {},
+        "passes": passes,
     }
     check_usage_subsets(counts)
     usage: Usage = trusted(Usage, counts)
@@ -144,7 +221,12 @@ class Cost(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     total_usd: Decimal | None
-    #: {"input": uncached input, "cache_read": …, "cache_write": …, "output": …} in USD.
+    #: {"input": uncached input, "cache_read": …, "cache_write": …, "output": …} in USD, plus
+    #: a key per further billed part when there is one: "input_audio", "input_image",
+    #: "input_video", "output_audio", "output_image", "output_video" (modalities at their own
+    #: rates), "web_search", "web_fetch", "file_search", "code_execution" (server-side tool
+    #: requests) and one per pass kind ("compaction", "advisor_message"). The parts add up to
+    #: ``total_usd``.
     breakdown: dict[str, Decimal] | None = None
     price_source: str | None = None
     #: The price-table model the name resolved to (e.g. "gpt-4o" for "gpt-4o-2024-08-06").
@@ -152,19 +234,24 @@ class Cost(BaseModel):
 
     @property
     def input_usd(self) -> Decimal | None:
-        """Everything billed for input: uncached, cache reads and cache writes."""
+        """Everything billed for input: uncached (every modality), cache reads and writes."""
         if self.breakdown is None:
             return None
-        b = self.breakdown
-        return (
-            b.get("input", Decimal(0))
-            + b.get("cache_read", Decimal(0))
-            + b.get("cache_write", Decimal(0))
+        return sum(
+            (v for k, v in self.breakdown.items() if k.startswith(("input", "cache_"))),
+            Decimal(0),
         )
 
     @property
     def output_usd(self) -> Decimal | None:
-        return None if self.breakdown is None else self.breakdown.get("output", Decimal(0))
+        """Everything billed for output, every modality."""
+        return None if self.breakdown is None else output_cost(self.breakdown)
+
+
+def output_cost(breakdown: Mapping[str, Decimal]) -> Decimal:
+    """The output part of a cost breakdown: the ``output`` key and its per-modality parts
+    (``output_image``, ``output_audio``...). Tool fees and passes are neither input nor output."""
+    return sum((v for k, v in breakdown.items() if k.startswith("output")), Decimal(0))
 
 
 def _iso(ts: datetime) -> str:
@@ -209,6 +296,10 @@ class UsageRecord(BaseModel):
     error: str | None = None
     request_id: str | None = None
     estimated: bool = False
+    #: Token counts by modality when the provider reports them ({} when not): see ``Usage``.
+    modalities: dict[str, int] = {}
+    #: Billed server-side tool requests ({} when none), e.g. {"web_search": 2}.
+    tool_requests: dict[str, int] = {}
 
     @field_serializer("timestamp", when_used="json")
     def _ser_timestamp(self, value: datetime) -> str:
@@ -249,6 +340,8 @@ class UsageRecord(BaseModel):
             cache_read_tokens=self.cache_read_tokens,
             cache_write_tokens=self.cache_write_tokens,
             reasoning_tokens=self.reasoning_tokens,
+            modalities=self.modalities,
+            tool_requests=self.tool_requests,
         )
 
 
@@ -284,6 +377,8 @@ def _to_json_dict(record: UsageRecord) -> dict[str, Any]:
         "error": record.error,
         "request_id": record.request_id,
         "estimated": record.estimated,
+        "modalities": dict(record.modalities),
+        "tool_requests": dict(record.tool_requests),
     }
 
 

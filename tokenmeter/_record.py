@@ -134,6 +134,8 @@ def build_record(
             "error": error,
             "request_id": request_id if request_id is None else _opt_text(request_id),
             "estimated": estimated,
+            "modalities": usage.modalities,
+            "tool_requests": usage.tool_requests,
         },
     )
     return record

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Protocol
 
+from tokenmeter._models import output_cost
+
 __all__ = ["COUNT_NAMES", "Totals", "normalise_usd"]
 
 _ZERO = Decimal(0)
@@ -127,7 +129,7 @@ class Totals:
         self.cost_usd += cost
         breakdown = record.cost_breakdown
         if breakdown:  # its parts add up to the cost
-            self.output_cost_usd += breakdown.get("output", _ZERO)
+            self.output_cost_usd += output_cost(breakdown)  # every output modality
             self.split_cost_usd += cost
 
     def add(self, other: Totals) -> None:

@@ -57,3 +57,30 @@ def test_unknown_model(cli: RunCli) -> None:
     code, out, err = cli("prices", "no-such-model-xyz")
     assert code == 1 and out == ""
     assert len(err.strip().splitlines()) == 1 and "no price known" in err
+
+
+def test_model_priced_under_a_provider_resolves_without_one(cli: RunCli) -> None:
+    """A metered call knows its provider; ``prices`` without ``--provider`` asks every table."""
+    code, out, err = cli("prices", "text-embedding-3-small", "--format", "json")
+    assert code == 0, err
+    doc = json.loads(out, parse_float=Decimal)
+    assert doc["provider"] == "openai"
+    assert doc["usd_per_million_tokens"]["input_per_mtok"] == Decimal("0.02")
+
+
+def test_unknown_model_suggests_the_nearest_names(cli: RunCli) -> None:
+    code, out, err = cli("prices", "claude-sonet-4-5")
+    assert code == 1 and out == ""
+    assert "no price known" in err and "Did you mean claude-sonnet-4-5" in err
+
+
+def test_modality_rates_and_tool_fees_are_shown(cli: RunCli) -> None:
+    code, out, _ = cli("prices", "gemini-2.5-flash-image", "--provider", "google")
+    assert code == 0
+    assert [line.split() for line in out.splitlines() if "output image" in line] == [
+        ["output", "image", "30"]
+    ]
+    code, out, _ = cli("prices", "claude-sonnet-4-5", "--provider", "anthropic", "--format", "json")
+    assert json.loads(out, parse_float=Decimal)["usd_per_thousand_requests"] == {
+        "web_search_per_k": 10
+    }

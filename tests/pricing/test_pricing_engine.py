@@ -220,7 +220,11 @@ def test_batch_before_genai_prices_variant_dates_is_half_price() -> None:
     )
     gemini = price_usage("google", "gemini-2.5-pro", PLAIN, at=BEFORE_TIER_VARIANTS, tier="batch")
 
-    assert (gpt4o.total_usd, gpt4o.price_source) == (Decimal("0.00375"), "tokenmeter-errata")
+    assert gpt4o.total_usd == Decimal("0.00375")
+    # price_source names the rule: genai-prices' batch variant only starts in 2026-10.
+    assert gpt4o.price_source == (
+        "tokenmeter-errata: batch at its 2026-10-14 discount on standard rates"
+    )
     assert sonnet.total_usd == Decimal("0.0105")
     assert gemini.total_usd == Decimal("0.0031250")  # half of $1.25 / $10
 
@@ -232,7 +236,12 @@ def test_flex_and_priority_before_genai_prices_variant_dates() -> None:
 
     assert flex.total_usd == Decimal("0.03625")  # $1 / $0.25 cached / $4
     assert priority.total_usd == Decimal("0.126875")  # $3.50 / $0.875 cached / $14
-    assert flex.price_source == priority.price_source == "tokenmeter-errata"
+    assert flex.price_source == (
+        "tokenmeter-errata: flex at its 2026-10-12 discount on standard rates"
+    )
+    assert priority.price_source == (
+        "tokenmeter-errata: priority at its 2026-10-12 discount on standard rates"
+    )
 
 
 def test_cached_results_equal_uncached_results() -> None:

@@ -39,6 +39,12 @@ def test_records_round_trip_exactly(tmp_path: Path, make_record: RecordFactory) 
             error="APITimeoutError",
             streamed=True,
         ),
+        make_record(
+            3,
+            modalities={"input_text": 7, "output_image": 1290},
+            tool_requests={"web_search": 2},
+            cost_breakdown={"input": Decimal("0.0000021"), "output_image": Decimal("0.0387")},
+        ),
     ]
     sink = JSONLSink(tmp_path / "usage.jsonl")
     sink.write(records)

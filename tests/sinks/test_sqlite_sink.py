@@ -49,6 +49,8 @@ RECORD_COLUMNS = [
     "error",
     "request_id",
     "estimated",
+    "modalities",
+    "tool_requests",
 ]
 SESSION_COLUMNS = [
     "id",
@@ -147,7 +149,7 @@ def test_schema_is_the_agreed_one(tmp_path: Path, make_record: RecordFactory) ->
     assert [row[1] for row in query(path, "PRAGMA table_info(sessions)")] == SESSION_COLUMNS
     indexes = {row[0] for row in query(path, "SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"ix_records_timestamp", "ix_records_session", "ix_records_model"} <= indexes
-    assert query(path, "PRAGMA user_version") == [(1,)]
+    assert query(path, "PRAGMA user_version") == [(2,)]
     assert query(path, "PRAGMA journal_mode") == [("wal",)]
 
 
@@ -201,7 +203,7 @@ def test_existing_database_is_reused_not_recreated(
     second.close()
 
     assert query(path, "SELECT COUNT(*) FROM records") == [(3,)]
-    assert query(path, "PRAGMA user_version") == [(1,)]
+    assert query(path, "PRAGMA user_version") == [(2,)]
 
 
 def test_a_newer_code_version_migrates_an_existing_database(
@@ -216,10 +218,11 @@ def test_a_newer_code_version_migrates_an_existing_database(
     monkeypatch.setattr(
         sqlite_module, "_MIGRATIONS", [*sqlite_module._MIGRATIONS, add_budgets_table]
     )
-    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 2)
+    newer = sqlite_module.SCHEMA_VERSION + 1
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", newer)
     SQLiteSink(path).write([make_record(1)])
 
-    assert query(path, "PRAGMA user_version") == [(2,)]
+    assert query(path, "PRAGMA user_version") == [(newer,)]
     assert query(path, "SELECT COUNT(*) FROM records") == [(2,)]
     assert query(path, "SELECT name FROM sqlite_master WHERE name = 'budgets'") == [("budgets",)]
 
@@ -335,3 +338,31 @@ def test_a_full_disk_loses_and_duplicates_nothing(
     assert read_sqlite(out / "usage.db") == read_sqlite(tmp_path / "reference" / "usage.db")
     sessions = "SELECT * FROM sessions ORDER BY id"
     assert query(out / "usage.db", sessions) == query(tmp_path / "reference" / "usage.db", sessions)
+
+
+def test_version_1_database_gains_the_modality_columns(
+    tmp_path: Path, make_record: RecordFactory, read_sqlite: Reader
+) -> None:
+    """A database written before per-modality counts were kept is upgraded in place, its rows
+    reading back with no modalities, and new rows keep theirs."""
+    path = tmp_path / "usage.db"
+    conn = sqlite3.connect(path)
+    sqlite_module._create_v1(conn)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO records (id, timestamp, model_provider, model_name, input_tokens, "
+        "output_tokens, total_tokens) VALUES ('old', '2026-01-01T00:00:00.000Z', 'openai', "
+        "'gpt-4o', 1, 2, 3)"
+    )
+    conn.commit()
+    conn.close()
+    new = make_record(1).model_copy(
+        update={"modalities": {"output_image": 1290}, "tool_requests": {"web_search": 2}}
+    )
+    SQLiteSink(path).write([new])
+
+    assert query(path, "PRAGMA user_version") == [(2,)]
+    back = {r.id: r for r in read_sqlite(path)}
+    assert back["old"].modalities == {} and back["old"].tool_requests == {}
+    assert back[new.id].modalities == {"output_image": 1290}
+    assert back[new.id].tool_requests == {"web_search": 2}

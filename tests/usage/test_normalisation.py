@@ -239,3 +239,130 @@ def test_negative_or_fractional_counts_are_rejected() -> None:
 def test_unknown_provider_name_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown provider"):
         extract(OPENAI_CHAT, "cohere-v9")
+
+
+# -- billed units beside the text tokens ----------------------------------------------------------
+
+
+def _anthropic(usage: dict[str, Any]) -> dict[str, Any]:
+    return {"id": "msg_1", "type": "message", "model": "claude-sonnet-4-5", "usage": usage}
+
+
+def test_anthropic_message_iterations_are_inside_the_top_level() -> None:
+    """``message`` and ``fallback_message`` entries are the passes the top level sums: only
+    ``compaction`` and ``advisor_message`` entries add tokens."""
+    entry = {"input_tokens": 100, "output_tokens": 10}
+    found = extract(
+        _anthropic(
+            {
+                "input_tokens": 200,
+                "output_tokens": 20,
+                "iterations": [
+                    {"type": "message", **entry},
+                    {"type": "fallback_message", "model": "claude-haiku-4-5", **entry},
+                    {"type": "a_future_kind", **entry},
+                ],
+            }
+        )
+    )
+    assert found is not None
+    assert (found.usage.input_tokens, found.usage.output_tokens, found.usage.passes) == (
+        200,
+        20,
+        (),
+    )
+
+
+def test_anthropic_compaction_cache_tokens_join_the_totals() -> None:
+    found = extract(
+        _anthropic(
+            {
+                "input_tokens": 10,
+                "output_tokens": 5,
+                "iterations": [
+                    {
+                        "type": "compaction",
+                        "input_tokens": 100,
+                        "cache_read_input_tokens": 40_000,
+                        "cache_creation_input_tokens": 500,
+                        "cache_creation": {"ephemeral_1h_input_tokens": 500},
+                        "output_tokens": 300,
+                    }
+                ],
+            }
+        )
+    )
+    assert found is not None
+    u = found.usage
+    assert (u.input_tokens, u.output_tokens) == (40_610, 305)
+    assert (u.cache_read_tokens, u.cache_write_tokens, u.cache_write_1h_tokens) == (
+        40_000,
+        500,
+        500,
+    )
+    assert [(p.kind, p.model, p.usage.input_tokens) for p in u.passes] == [
+        ("compaction", None, 40_600)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("usage", "message"),
+    [
+        ({"input_tokens": 1, "output_tokens": 1, "iterations": "lots"}, "'iterations' is not"),
+        (
+            {"input_tokens": 1, "output_tokens": 1, "iterations": [{"type": "compaction"}, 7]},
+            "'iterations entry' is not an object",
+        ),
+        (
+            {"input_tokens": 1, "output_tokens": 1, "server_tool_use": {"web_search_requests": -1}},
+            "negative",
+        ),
+    ],
+)
+def test_anthropic_unreadable_billed_units_are_a_value_error(
+    usage: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        extract(_anthropic(usage))
+
+
+def test_gemini_modalities_unknown_ones_skipped_and_none_beyond_the_totals() -> None:
+    meta = {
+        "promptTokenCount": 10,
+        "candidatesTokenCount": 5,
+        "totalTokenCount": 15,
+        "promptTokensDetails": [
+            {"modality": "MODALITY_UNSPECIFIED", "tokenCount": 3},
+            {"modality": "HOLOGRAM", "tokenCount": 3},
+            {"modality": "VIDEO", "tokenCount": 99},  # more than the prompt: cut to it
+            {"tokenCount": 2},
+        ],
+        "candidatesTokensDetails": [{"modality": "AUDIO", "tokenCount": 5}],
+    }
+    found = extract({"candidates": [], "usageMetadata": meta})
+    assert found is not None
+    assert found.usage.modalities == {"input_video": 10, "output_audio": 5}
+    assert found.usage.output_audio_tokens == 5
+
+
+def test_gemini_modality_details_that_are_not_a_list_are_a_value_error() -> None:
+    meta = {"promptTokenCount": 10, "promptTokensDetails": "TEXT"}
+    with pytest.raises(ValueError, match="prompt_tokens_details"):
+        extract({"candidates": [], "usageMetadata": meta})
+
+
+def test_openai_responses_tool_usage_counts_billable_searches_once() -> None:
+    """``tool_usage.web_search.num_requests`` counts billable searches (page opens excluded):
+    it wins over counting ``web_search_call`` items."""
+    response = {
+        **OPENAI_RESPONSE,
+        "output": [{"type": "web_search_call", "id": f"ws_{i}"} for i in range(3)]
+        + [{"type": "file_search_call", "id": "fs_1"}, {"type": 7}],
+        "tool_usage": {
+            "web_search": {"num_requests": 2},
+            "image_gen": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
+        },
+    }
+    found = extract(response)
+    assert found is not None
+    assert found.usage.tool_requests == {"web_search": 2, "file_search": 1}

@@ -22,6 +22,27 @@ _RATE_LABELS = (
     ("reasoning_per_mtok", "reasoning"),
     ("input_audio_per_mtok", "input audio"),
     ("output_audio_per_mtok", "output audio"),
+    ("input_image_per_mtok", "input image"),
+    ("output_image_per_mtok", "output image"),
+    ("input_video_per_mtok", "input video"),
+    ("output_video_per_mtok", "output video"),
+    ("cache_read_audio_per_mtok", "cache read audio"),
+    ("cache_read_image_per_mtok", "cache read image"),
+)
+#: Modality rates shown in text only when they differ from the rate they otherwise equal.
+_SAME_AS = {
+    "input_image_per_mtok": "input_per_mtok",
+    "input_video_per_mtok": "input_per_mtok",
+    "output_image_per_mtok": "output_per_mtok",
+    "output_video_per_mtok": "output_per_mtok",
+    "cache_read_audio_per_mtok": "cache_read_per_mtok",
+    "cache_read_image_per_mtok": "cache_read_per_mtok",
+}
+#: Server-side tool fees, USD per 1,000 requests: shown when the model has one.
+_FEE_LABELS = (
+    ("web_search_per_k", "web search"),
+    ("file_search_per_k", "file search"),
+    ("code_execution_per_k", "code execution"),
 )
 
 
@@ -30,6 +51,10 @@ def _rates(rates: Any) -> dict[str, Decimal]:
     if getattr(rates, "per_request_usd", 0):
         values["per_request_usd"] = rates.per_request_usd
     return values
+
+
+def _fees(rates: Any) -> dict[str, Decimal]:
+    return {name: getattr(rates, name) for name, _ in _FEE_LABELS if getattr(rates, name)}
 
 
 def _load_user_prices() -> None:
@@ -43,15 +68,17 @@ def _load_user_prices() -> None:
 
 
 def run_prices(args: argparse.Namespace) -> int:
-    from tokenmeter.pricing import describe_price
+    from tokenmeter.pricing import describe_price, suggest_models
 
     _load_user_prices()
     found = describe_price(args.provider, args.model, at=args.at, tier=args.tier)
     if found is None:
         where = f" for provider {args.provider!r}" if args.provider else ""
+        nearest = suggest_models(args.model)
+        hint = f" Did you mean {', '.join(nearest)}?" if nearest else ""
         raise CliError(
             f"no price known for model {args.model!r}{where}: its calls are recorded with a null "
-            "cost (set one with configure(prices=...) or TOKENMETER_PRICES)"
+            f"cost (set one with configure(prices=...) or TOKENMETER_PRICES).{hint}"
         )
     tiers = [{"above_input_tokens": start, **_rates(rates)} for start, rates in found.tiers]
     if args.format == "json":
@@ -63,6 +90,7 @@ def run_prices(args: argparse.Namespace) -> int:
             "at": format_instant(found.at),
             "price_source": found.price_source,
             "usd_per_million_tokens": _rates(found.rates),
+            "usd_per_thousand_requests": _fees(found.rates),
             "long_context_tiers": tiers,
         }
         write_output(dumps_exact(document) + "\n", None)
@@ -78,9 +106,17 @@ def run_prices(args: argparse.Namespace) -> int:
         "USD per 1M tokens",
     ]
     for name, label in _RATE_LABELS:
+        if name in _SAME_AS and getattr(found.rates, name) == getattr(found.rates, _SAME_AS[name]):
+            continue  # billed like its side's text: nothing to add
         lines.append(f"  {label:<22}{getattr(found.rates, name):>12}")
     if found.rates.per_request_usd:
         lines.append(f"  {'per request (USD)':<22}{found.rates.per_request_usd:>12}")
+    fees = _fees(found.rates)
+    if fees:
+        lines.append("USD per 1,000 server-side tool requests")
+        for name, label in _FEE_LABELS:
+            if name in fees:
+                lines.append(f"  {label:<22}{fees[name]:>12}")
     for start, rates in found.tiers:
         lines.append(f"above {start:,} input tokens (every token of the call):")
         for name, label in _RATE_LABELS[:4]:

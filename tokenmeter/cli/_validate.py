@@ -175,9 +175,10 @@ def check_record(data: dict[str, Any]) -> dict[str, Any]:
             data[name] = False
         elif type(value) is not bool:
             raise _bad(name, value)
-    modalities = get("modalities")
-    if modalities is not None and type(modalities) is not dict:
-        raise _bad("modalities", modalities)
+    for name in ("modalities", "tool_requests"):
+        parts = get(name)
+        if parts is not None and type(parts) is not dict:
+            raise _bad(name, parts)
     return data
 
 
@@ -218,7 +219,7 @@ def record_from_row(row: sqlite3.Row) -> dict[str, Any]:
         pusd = data.pop("cost_pusd")
         if (pusd is None) != (cost is None) or (pusd is not None and type(pusd) is not int):
             raise _bad("cost_pusd", pusd)
-    for name in ("tags", "cost_breakdown", "modalities"):
+    for name in ("tags", "cost_breakdown", "modalities", "tool_requests"):
         if name in data:
             data[name] = _json_text(name, data[name])
     breakdown = data.get("cost_breakdown")

@@ -9,8 +9,10 @@ from ._engine import (
     describe_price,
     price_usage,
     set_price_source,
+    suggest_models,
     warm,
 )
+from ._names import model_family
 from ._overrides import (
     check_aliases,
     check_prices,
@@ -32,10 +34,12 @@ __all__ = [
     "clear_cache",
     "describe_price",
     "load_prices_file",
+    "model_family",
     "price_usage",
     "read_prices_file",
     "set_aliases",
     "set_price_source",
     "set_user_prices",
+    "suggest_models",
     "warm",
 ]

@@ -7,15 +7,16 @@ product over the token classes, a few microseconds.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Context, Decimal, localcontext
 
 from tokenmeter._fork import renew_after_fork
-from tokenmeter._models import Cost, Usage, trusted
+from tokenmeter._models import Cost, Usage, trusted, usage_of
 
 from . import _overrides
 from ._errata import ErrataSource
@@ -28,12 +29,15 @@ __all__ = [
     "describe_price",
     "price_usage",
     "set_price_source",
+    "suggest_models",
+    "usage_without_passes",
 ]
 
 logger = logging.getLogger("tokenmeter")
 
 _ZERO = Decimal(0)
 _PER_MTOK = Decimal(1_000_000)
+_PER_K = Decimal(1_000)
 #: Rates are divided once, at cache fill, in a context of our own (not the caller thread's).
 _RATE_CONTEXT = Context(prec=40)
 _UNKNOWN = Cost(total_usd=None, breakdown=None, price_source=None, priced_model=None)
@@ -56,19 +60,26 @@ def _make_cost(
 
 
 class _PerToken:
-    """One set of Rates divided by a million, ready for the dot product."""
+    """One set of Rates divided by a million (fees by a thousand), ready for the dot product."""
 
     __slots__ = (
         "audio_in",
         "audio_out",
         "cache_read",
+        "cache_read_audio",
+        "cache_read_image",
         "cache_write",
         "cache_write_1h",
+        "fees",
+        "image_in",
+        "image_out",
         "input",
         "output",
         "per_request",
         "reasoning",
         "source",
+        "video_in",
+        "video_out",
     )
 
     def __init__(self, rates: Rates, source: str) -> None:
@@ -86,6 +97,17 @@ class _PerToken:
         self.audio_out = rates.output_audio_per_mtok / _PER_MTOK
         self.reasoning = rates.reasoning_per_mtok / _PER_MTOK
         self.per_request = rates.per_request_usd
+        self.image_in = rates.input_image_per_mtok / _PER_MTOK
+        self.video_in = rates.input_video_per_mtok / _PER_MTOK
+        self.image_out = rates.output_image_per_mtok / _PER_MTOK
+        self.video_out = rates.output_video_per_mtok / _PER_MTOK
+        self.cache_read_audio = rates.cache_read_audio_per_mtok / _PER_MTOK
+        self.cache_read_image = rates.cache_read_image_per_mtok / _PER_MTOK
+        self.fees = {
+            "web_search": rates.web_search_per_k / _PER_K,
+            "file_search": rates.file_search_per_k / _PER_K,
+            "code_execution": rates.code_execution_per_k / _PER_K,
+        }
 
 
 class _Vector:
@@ -101,7 +123,7 @@ class _Vector:
             (start, _PerToken(rates, tier_source)) for start, rates in reversed(card.tiers)
         )
 
-    def price(self, usage: Usage) -> Cost:
+    def price(self, usage: Usage, source: str | None = None) -> Cost:
         total_in = usage.input_tokens
         r = self.base
         for start, tier_rates in self.tiers:  # highest threshold first; a cliff on total input
@@ -112,16 +134,17 @@ class _Vector:
         cache_write = usage.cache_write_tokens
         write_1h = usage.cache_write_1h_tokens
         uncached = total_in - cache_read - cache_write
-        audio_in = min(usage.input_audio_tokens, max(uncached, 0))
         audio_out = usage.output_audio_tokens
         reasoning = usage.reasoning_tokens
         text_out = usage.output_tokens - audio_out - reasoning
+        modalities = usage.modalities
+        if modalities or usage.tool_requests:
+            return self._price_parts(usage, r, source)
 
+        audio_in = min(usage.input_audio_tokens, max(uncached, 0))
         input_usd = r.per_request
         if uncached - audio_in > 0:
             input_usd = input_usd + r.input * (uncached - audio_in)
-        if audio_in:
-            input_usd = input_usd + r.audio_in * audio_in
         read_usd = r.cache_read * cache_read if cache_read else _ZERO
         write_usd = _ZERO
         if cache_write - write_1h:
@@ -129,19 +152,76 @@ class _Vector:
         if write_1h:
             write_usd = write_usd + r.cache_write_1h * write_1h
         output_usd = r.output * text_out if text_out else _ZERO
-        if audio_out:
-            output_usd = output_usd + r.audio_out * audio_out
         if reasoning:
             output_usd = output_usd + r.reasoning * reasoning
+        breakdown = {
+            "input": input_usd,
+            "cache_read": read_usd,
+            "cache_write": write_usd,
+            "output": output_usd,
+        }
+        total = input_usd + read_usd + write_usd + output_usd
+        if audio_in:
+            breakdown["input_audio"] = part = r.audio_in * audio_in
+            total += part
+        if audio_out:
+            breakdown["output_audio"] = part = r.audio_out * audio_out
+            total += part
+        return _make_cost(total, breakdown, source or r.source, self.card.priced_model)
+
+    def _price_parts(self, usage: Usage, r: _PerToken, source: str | None) -> Cost:
+        """Per-modality counts and tool requests: each part at its own rate."""
+        m = usage.modalities
+        cache_read = usage.cache_read_tokens
+        cache_write = usage.cache_write_tokens
+        write_1h = usage.cache_write_1h_tokens
+        uncached = max(usage.input_tokens - cache_read - cache_write, 0)
+        # Cache reads by modality first: whatever is left of each modality was not cached.
+        read_audio = min(m.get("cache_read_audio", 0), cache_read)
+        read_image = min(m.get("cache_read_image", 0), cache_read - read_audio)
+        read_other = cache_read - read_audio - read_image
+        audio_total = max(usage.input_audio_tokens, m.get("input_audio", 0))
+        left = uncached
+        audio_in = min(max(audio_total - read_audio, 0), left)
+        left -= audio_in
+        image_in = min(max(m.get("input_image", 0) - read_image, 0), left)
+        left -= image_in
+        video_in = min(m.get("input_video", 0), left)
+        left -= video_in
+
+        total_out = usage.output_tokens
+        audio_out = min(max(usage.output_audio_tokens, m.get("output_audio", 0)), total_out)
+        image_out = min(m.get("output_image", 0), total_out - audio_out)
+        video_out = min(m.get("output_video", 0), total_out - audio_out - image_out)
+        reasoning = min(usage.reasoning_tokens, total_out - audio_out - image_out - video_out)
+        text_out = total_out - audio_out - image_out - video_out - reasoning
+
+        breakdown = {
+            "input": r.per_request + r.input * left,
+            "cache_read": r.cache_read * read_other
+            + r.cache_read_audio * read_audio
+            + r.cache_read_image * read_image,
+            "cache_write": r.cache_write * (cache_write - write_1h) + r.cache_write_1h * write_1h,
+            "output": r.output * text_out + r.reasoning * reasoning,
+        }
+        for key, count, rate in (
+            ("input_audio", audio_in, r.audio_in),
+            ("input_image", image_in, r.image_in),
+            ("input_video", video_in, r.video_in),
+            ("output_audio", audio_out, r.audio_out),
+            ("output_image", image_out, r.image_out),
+            ("output_video", video_out, r.video_out),
+        ):
+            if count:
+                breakdown[key] = rate * count
+        fees = r.fees
+        for tool, count in usage.tool_requests.items():
+            if count:
+                breakdown[tool] = fees.get(tool, _ZERO) * count
         return _make_cost(
-            input_usd + read_usd + write_usd + output_usd,
-            {
-                "input": input_usd,
-                "cache_read": read_usd,
-                "cache_write": write_usd,
-                "output": output_usd,
-            },
-            r.source,
+            sum(breakdown.values(), _ZERO),
+            breakdown,
+            source or r.source,
             self.card.priced_model,
         )
 
@@ -235,9 +315,60 @@ def price_usage(
     if entry.models:
         vector = entry.vector(_utc(at))
         if vector is not None:
+            if usage.passes:
+                return _price_with_passes(provider, model, usage, vector, at, tier)
             return vector.price(usage)
     _warn_unknown(provider, model)
     return _UNKNOWN
+
+
+def _price_with_passes(
+    provider: str | None,
+    model: str,
+    usage: Usage,
+    vector: _Vector,
+    at: datetime | None,
+    tier: str | None,
+) -> Cost:
+    """The call's own tokens at its model's rates, and each further pass (Anthropic compaction,
+    an advisor on another model) at its own model's rates, under its own breakdown key. A pass
+    whose model has no known price makes the whole cost unknown: never a silent part."""
+    own = usage_without_passes(usage)
+    cost = vector.price(own)
+    if cost.breakdown is None or cost.total_usd is None:
+        return cost
+    breakdown = dict(cost.breakdown)
+    total = cost.total_usd
+    for extra in usage.passes:
+        part = price_usage(provider, extra.model or model, extra.usage, at=at, tier=tier)
+        if part.total_usd is None:
+            return _UNKNOWN
+        breakdown[extra.kind] = breakdown.get(extra.kind, _ZERO) + part.total_usd
+        total += part.total_usd
+    return _make_cost(total, breakdown, cost.price_source or "", cost.priced_model or model)
+
+
+def usage_without_passes(usage: Usage) -> Usage:
+    """``usage`` less the tokens of its passes: what the call's own model was billed for."""
+    passes = usage.passes
+    counts = {
+        name: getattr(usage, name) - sum(getattr(p.usage, name) for p in passes)
+        for name in (
+            "input_tokens",
+            "output_tokens",
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "cache_write_1h_tokens",
+            "reasoning_tokens",
+        )
+    }
+    return usage_of(
+        **{name: max(value, 0) for name, value in counts.items()},
+        input_audio_tokens=usage.input_audio_tokens,
+        output_audio_tokens=usage.output_audio_tokens,
+        modalities=usage.modalities,
+        tool_requests=usage.tool_requests,
+    )
 
 
 @dataclass(frozen=True)
@@ -285,8 +416,11 @@ def describe_price(
     if vector is None:
         return None
     card = vector.card
+    table_provider = None
+    if entry.provider is None and card.price_source != _overrides.OVERRIDE_SOURCE:
+        table_provider = getattr(entry.models[-1], "provider", None)  # whose table priced it
     return PriceDescription(
-        provider=entry.provider,
+        provider=entry.provider or table_provider,
         model=model,
         priced_model=card.priced_model,
         price_source=card.price_source,
@@ -295,6 +429,21 @@ def describe_price(
         rates=card.base,
         tiers=card.tiers,
     )
+
+
+def suggest_models(model: str, limit: int = 3) -> list[str]:
+    """The priced model names nearest to ``model`` (user prices and aliases included), closest
+    first: what ``tokenmeter prices`` offers for a name it does not know."""
+    names = _with_alias(name_candidates(model))
+    known = set(_overrides.user_price_names()) | set(_overrides.aliases())
+    table = getattr(_price_source(), "model_names", None)
+    if table is not None:
+        known.update(table())
+    found: dict[str, None] = {}
+    for name in names:
+        for match in difflib.get_close_matches(name, known, n=limit, cutoff=0.6):
+            found.setdefault(match)
+    return list(found)[:limit]
 
 
 def clear_cache() -> None:
@@ -358,9 +507,18 @@ def _with_alias(names: list[str]) -> list[str]:
 
 def _find_in_table(provider: str | None, names: list[str]) -> PricedModel | None:
     """Every spelling with the caller's provider first, then by name alone."""
+    source = _price_source()
     for provider_id in dict.fromkeys((provider, None)):
         for name in names:
-            found = _price_source().find(provider_id, name)
+            found = source.find(provider_id, name)
+            if found is not None:
+                return found
+    find_any: Callable[[str], PricedModel | None] | None = getattr(
+        source, "find_in_any_provider", None
+    )
+    if provider is None and find_any is not None:  # the CLI, or a response of unknown origin
+        for name in names:
+            found = find_any(name)
             if found is not None:
                 return found
     return None

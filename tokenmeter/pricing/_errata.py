@@ -11,7 +11,16 @@ from dataclasses import dataclass, fields, replace
 from datetime import date, datetime
 from decimal import Decimal
 
-from ._source import STANDARD, PricedModel, PriceSource, RateCard, Rates, Tier, utc_midnight
+from ._source import (
+    FEE_FIELDS,
+    STANDARD,
+    PricedModel,
+    PriceSource,
+    RateCard,
+    Rates,
+    Tier,
+    utc_midnight,
+)
 
 __all__ = ["ERRATA_SOURCE", "ErrataSource"]
 
@@ -31,6 +40,15 @@ class ErrataSource:
         found = self._inner.find(provider, model)
         return None if found is None else _Corrected(found, model)
 
+    def find_in_any_provider(self, model: str) -> PricedModel | None:
+        find = getattr(self._inner, "find_in_any_provider", None)
+        found = find(model) if find is not None else None
+        return None if found is None else _Corrected(found, model)
+
+    def model_names(self) -> list[str]:
+        names = getattr(self._inner, "model_names", None)
+        return list(names()) if names is not None else []
+
 
 @dataclass(frozen=True)
 class _Corrected:
@@ -40,6 +58,10 @@ class _Corrected:
     @property
     def time_dependent(self) -> bool:
         return self.inner.time_dependent
+
+    @property
+    def provider(self) -> str | None:
+        return getattr(self.inner, "provider", None)
 
     def time_slot(self, at: datetime) -> Hashable:
         return self.inner.time_slot(at)
@@ -58,30 +80,40 @@ class _Corrected:
         return card
 
     def _tier_before_its_start(self, at: datetime, tier: Tier) -> RateCard | None:
-        """Batch/flex/priority before genai-prices' variant start date (it prices them standard).
+        """Batch/flex/priority where genai-prices has no variant price in effect at ``at``.
 
-        Use the tier's discount as genai-prices has it from its start date, applied to the
-        standard rates of ``at``; batch and flex without any variant are 50 % (OpenAI, Anthropic
-        and Google have billed batch at half price since long before those dates).
+        Before the variant's start date, use the tier's discount as genai-prices has it from its
+        start date, applied to the standard rates of ``at``; batch and flex without any variant
+        are 50 % (OpenAI, Anthropic and Google have billed batch at half price since long before
+        those dates); a priority tier without any figure is billed at the standard rates. The
+        card's ``price_source`` names the rule that applied.
         """
         standard = self.rate_card(at, STANDARD)
         if standard is None:
             return None
         start = self.inner.tier_start(tier)
         factors: Rates | None = None
+        rule = ""
         if start is not None and start > at.date():
             first_day = utc_midnight(start)
             tier_card = self.inner.rate_card(first_day, tier)
             standard_then = self.inner.rate_card(first_day, STANDARD)
             if tier_card is not None and standard_then is not None:
                 factors = _ratios(tier_card.base, standard_then.base)
+                rule = f"{tier} at its {start.isoformat()} discount on standard rates"
         if factors is None:
             if tier not in ("batch", "flex"):
-                return standard  # no figure for this tier at all: bill it like genai-prices does
+                # No figure for this tier at all: billed like genai-prices does, and said so.
+                return replace(
+                    standard,
+                    price_source=f"{standard.price_source}; {tier} at standard rates "
+                    f"(no {tier} price known)",
+                )
             factors = _uniform(_HALF)
+            rule = f"{tier} at 50% of standard rates (no {tier} price known)"
         return RateCard(
             priced_model=standard.priced_model,
-            price_source=ERRATA_SOURCE,
+            price_source=f"{ERRATA_SOURCE}: {rule}",
             base=standard.base.scaled(factors),
             tiers=tuple((start_, rates.scaled(factors)) for start_, rates in standard.tiers),
         )
@@ -96,7 +128,8 @@ def _ratios(tier: Rates, standard: Rates) -> Rates:
 
 
 def _uniform(factor: Decimal) -> Rates:
-    return Rates(**{f.name: factor for f in fields(Rates)})
+    """``factor`` for every token rate; per-request fees are not discounted."""
+    return Rates(**{f.name: Decimal(1) if f.name in FEE_FIELDS else factor for f in fields(Rates)})
 
 
 def _mark(card: RateCard, base: Rates) -> RateCard:

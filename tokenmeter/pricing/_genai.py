@@ -44,15 +44,46 @@ class GenaiPricesSource:
         ):
             provider_id = None  # a provider genai-prices does not know: match on the name only
         try:
-            _, info = snapshot.find_provider_model(model, None, provider_id, None)
+            found, info = snapshot.find_provider_model(model, None, provider_id, None)
         except LookupError:
             return None
-        return _GenaiModel(info)
+        return _GenaiModel(info, found.id)
+
+    def find_in_any_provider(self, model: str) -> _GenaiModel | None:
+        """``model`` in the first provider's table that has it, first parties first.
+
+        Without a provider genai-prices guesses one from the name, and only from providers whose
+        model list matches it: ``text-embedding-3-small`` is then found nowhere, though a metered
+        call (which knows its provider) prices it.
+        """
+        snapshot = data_snapshot.get_snapshot()
+        for candidate in sorted(snapshot.providers, key=_first_party_first):
+            try:
+                found, info = snapshot.find_provider_model(model, None, candidate.id, None)
+            except LookupError:
+                continue
+            return _GenaiModel(info, found.id)
+        return None
+
+    def model_names(self) -> list[str]:
+        """Every model id the table prices (for "did you mean" suggestions)."""
+        snapshot = data_snapshot.get_snapshot()
+        return [model.id for provider in snapshot.providers for model in provider.models]
+
+
+#: Providers that make the models others resell: asked first when no provider is given.
+_FIRST_PARTY = ("openai", "anthropic", "google", "mistral", "x-ai", "deepseek", "cohere")
+
+
+def _first_party_first(provider: Any) -> int:
+    return _FIRST_PARTY.index(provider.id) if provider.id in _FIRST_PARTY else len(_FIRST_PARTY)
 
 
 @dataclass(frozen=True)
 class _GenaiModel:
     info: gp.ModelInfo
+    #: The provider whose table priced the model.
+    provider: str | None = None
 
     @property
     def time_dependent(self) -> bool:
@@ -128,16 +159,26 @@ def _rates(values: dict[str, Any], *, input_tokens: int) -> Rates:
     output_rate = rate("output_mtok") or zero
     cache_write = _first(rate("cache_write_5m_mtok"), rate("cache_write_mtok"), input_rate)
     requests = rate("requests_kcount")
+    cache_read = _first(rate("cache_read_mtok"), input_rate)
     return Rates(
         input_per_mtok=input_rate,
         output_per_mtok=output_rate,
-        cache_read_per_mtok=_first(rate("cache_read_mtok"), input_rate),
+        cache_read_per_mtok=cache_read,
         cache_write_per_mtok=cache_write,
         cache_write_1h_per_mtok=_first(rate("cache_write_1h_mtok"), cache_write),
         input_audio_per_mtok=_first(rate("input_audio_mtok"), input_rate),
         output_audio_per_mtok=_first(rate("output_audio_mtok"), output_rate),
         reasoning_per_mtok=_first(rate("output_reasoning_mtok"), output_rate),
         per_request_usd=zero if requests is None else requests / 1000,
+        input_image_per_mtok=_first(rate("input_image_mtok"), input_rate),
+        input_video_per_mtok=_first(rate("input_video_mtok"), input_rate),
+        output_image_per_mtok=_first(rate("output_image_mtok"), output_rate),
+        output_video_per_mtok=_first(rate("output_video_mtok"), output_rate),
+        cache_read_audio_per_mtok=_first(rate("cache_audio_read_mtok"), cache_read),
+        cache_read_image_per_mtok=_first(rate("cache_image_read_mtok"), cache_read),
+        web_search_per_k=rate("web_searches_kcount") or zero,
+        file_search_per_k=rate("storage_searches_kcount") or zero,
+        code_execution_per_k=rate("code_executions_kcount") or zero,
     )
 
 

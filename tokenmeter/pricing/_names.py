@@ -12,7 +12,7 @@ import re
 
 from tokenmeter._registry import price_id
 
-__all__ = ["name_candidates", "normalise_provider"]
+__all__ = ["model_family", "name_candidates", "normalise_provider"]
 
 _BEDROCK_GEO = re.compile(r"^(?:us|eu|apac|ap|au|jp|ca|us-gov|global)\.")
 _BEDROCK_VENDOR = re.compile(
@@ -20,6 +20,9 @@ _BEDROCK_VENDOR = re.compile(
 )
 _BEDROCK_VERSION = re.compile(r"(?:-v\d+)?(?::\d+)?$")
 _DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
+#: What a family leaves out after the name: a date (``-2024-08-06``, ``-20250929``, ``-0613``,
+#: a preview's ``-05-20``), a build number (``-001``) or ``-latest``.
+_VERSION_SUFFIX = re.compile(r"(?:-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4}|\d{2}-\d{2}|\d{3}|latest))+$")
 
 
 def normalise_provider(provider: str | None) -> str | None:
@@ -60,3 +63,25 @@ def name_candidates(model: str) -> list[str]:
 def _undated(name: str) -> str:
     """``gpt-4o-2099-01-01`` -> ``gpt-4o``: an unknown snapshot is priced like its family."""
     return _DATE_SUFFIX.sub("", name)
+
+
+def model_family(name: str) -> str:
+    """The family a served model name belongs to, for grouping reports: ``gpt-4o`` for
+    ``gpt-4o-2024-08-06``, ``claude-sonnet-4-5`` for ``claude-sonnet-4-5-20250929`` or
+    ``us.anthropic.claude-sonnet-4-5-20250929-v1:0``, ``gemini-2.0-flash`` for
+    ``models/gemini-2.0-flash-001``. Provider prefixes, cloud spellings, dates, build numbers and
+    ``-latest`` go; the model's generation and size stay. A fine-tune keeps ``ft:`` before its
+    base's family (it is priced differently). Lower case; a name with nothing to strip is itself.
+    """
+    name = name.strip().lower()
+    fine_tune = name.startswith("ft:")
+    if fine_tune:
+        name = name[3:].split(":", 1)[0]
+    if "models/" in name:
+        name = name.rsplit("models/", 1)[1]
+    if "/" in name:
+        name = name.rsplit("/", 1)[1]
+    name = name.split("@", 1)[0]
+    name = _BEDROCK_VERSION.sub("", _BEDROCK_VENDOR.sub("", _BEDROCK_GEO.sub("", name))) or name
+    family = _VERSION_SUFFIX.sub("", name) or name
+    return f"ft:{family}" if fine_tune else family

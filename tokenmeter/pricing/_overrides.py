@@ -229,6 +229,11 @@ def aliases() -> Mapping[str, str]:
     return _settings.aliases
 
 
+def user_price_names() -> list[str]:
+    """The model names that have user prices."""
+    return list(_settings.prices)
+
+
 def find_user_prices(names: list[str]) -> tuple[str, tuple[UserPrice, ...]] | None:
     """The first of ``names`` (normalised spellings) that has user prices."""
     prices = _settings.prices

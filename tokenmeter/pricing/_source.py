@@ -14,6 +14,8 @@ from decimal import Decimal
 from typing import Literal, Protocol
 
 __all__ = [
+    "FEE_FIELDS",
+    "GAP",
     "STANDARD",
     "PriceSource",
     "PricedModel",
@@ -50,13 +52,20 @@ def normalise_tier(tier: str | None) -> Tier:
     return _TIER_NAMES.get(tier.strip().lower(), STANDARD)
 
 
+#: A rate a source did not give: filled in by ``Rates`` from the rate that class is billed at.
+GAP = Decimal("NaN")
+#: Per-request fees, in USD per 1,000 requests: not scaled by service-tier discounts.
+FEE_FIELDS = ("per_request_usd", "web_search_per_k", "file_search_per_k", "code_execution_per_k")
+
+
 @dataclass(frozen=True, slots=True)
 class Rates:
     """USD per million tokens for every token class, with no gaps.
 
     A source that has no separate rate for a class fills in the rate that class is billed at
     (e.g. cache writes at the input rate when the table has no cache-write price), so pricing is
-    a plain dot product.
+    a plain dot product. The modality rates after ``reasoning_per_mtok`` may be left out (``GAP``):
+    they then take the text rate of their side (image input at the input rate, and so on).
     """
 
     input_per_mtok: Decimal
@@ -70,6 +79,29 @@ class Rates:
     reasoning_per_mtok: Decimal
     #: A flat fee per call (a few providers charge one), in USD.
     per_request_usd: Decimal = Decimal(0)
+    input_image_per_mtok: Decimal = GAP
+    input_video_per_mtok: Decimal = GAP
+    output_image_per_mtok: Decimal = GAP
+    output_video_per_mtok: Decimal = GAP
+    cache_read_audio_per_mtok: Decimal = GAP
+    cache_read_image_per_mtok: Decimal = GAP
+    #: Server-side tool requests, USD per 1,000 (0 where a tool is billed by its tokens only).
+    web_search_per_k: Decimal = Decimal(0)
+    file_search_per_k: Decimal = Decimal(0)
+    code_execution_per_k: Decimal = Decimal(0)
+
+    def __post_init__(self) -> None:
+        fills = (
+            ("input_image_per_mtok", self.input_per_mtok),
+            ("input_video_per_mtok", self.input_per_mtok),
+            ("output_image_per_mtok", self.output_per_mtok),
+            ("output_video_per_mtok", self.output_per_mtok),
+            ("cache_read_audio_per_mtok", self.cache_read_per_mtok),
+            ("cache_read_image_per_mtok", self.cache_read_per_mtok),
+        )
+        for name, rate in fills:
+            if getattr(self, name).is_nan():
+                object.__setattr__(self, name, rate)
 
     def scaled(self, factors: Rates) -> Rates:
         """Multiply every rate by the matching field of ``factors``."""

@@ -24,6 +24,8 @@ _FIELDS = (
     "cache_creation",
     "output_tokens_details",
     "service_tier",
+    "server_tool_use",
+    "iterations",
 )
 
 

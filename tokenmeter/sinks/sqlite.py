@@ -83,9 +83,15 @@ def _create_v1(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
 
 
+def _add_modalities_v2(conn: sqlite3.Connection) -> None:
+    """Per-modality token counts and server-side tool requests, as JSON objects."""
+    conn.execute("ALTER TABLE records ADD COLUMN modalities TEXT NOT NULL DEFAULT '{}'")
+    conn.execute("ALTER TABLE records ADD COLUMN tool_requests TEXT NOT NULL DEFAULT '{}'")
+
+
 #: ``_MIGRATIONS[n]`` takes a database from schema version ``n`` to ``n + 1``, inside the
 #: caller's transaction. Append a function to evolve the schema; never edit an existing one.
-_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_create_v1]
+_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_create_v1, _add_modalities_v2]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -115,6 +121,8 @@ _RECORD_COLUMNS = (
     "error",
     "request_id",
     "estimated",
+    "modalities",
+    "tool_requests",
 )
 _INSERT_RECORD = (
     f"INSERT OR IGNORE INTO records ({', '.join(_RECORD_COLUMNS)}) "
@@ -170,6 +178,8 @@ def _record_row(r: UsageRecord) -> tuple[Any, ...]:
         r.error,
         r.request_id,
         int(r.estimated),
+        compact_json(r.modalities) if r.modalities else "{}",
+        compact_json(r.tool_requests) if r.tool_requests else "{}",
     )
 
 

@@ -10,6 +10,7 @@ What a response holds comes from a server, which may be buggy or hostile: a refu
 
 from __future__ import annotations
 
+import functools
 import math
 import reprlib
 from collections.abc import Callable, Mapping
@@ -59,6 +60,7 @@ def _absent(name: str) -> None:
     return None
 
 
+@functools.cache  # our own field names only: a handful, each spelled once per process
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.title() for part in rest)

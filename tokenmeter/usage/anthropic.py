@@ -4,21 +4,33 @@ Anthropic's ``input_tokens`` EXCLUDES cache reads and writes, so all input is
 ``input_tokens + cache_read_input_tokens + cache_creation_input_tokens``. Cache writes are split
 by TTL in ``cache_creation`` (5-minute at 1.25x input, 1-hour at 2x). Thinking is inside
 ``output_tokens``.
+
+Billed beside the tokens:
+- ``server_tool_use``: web search requests ($10 per 1,000 on the table's rate) and web fetch
+  requests (no fee: a fetched page is billed as input tokens) are kept as ``tool_requests``.
+- ``iterations`` (beta usage): one entry per pass of the request. ``message`` entries are the
+  sampling passes of the requested model (and ``fallback_message`` the pass of a fallback model
+  that served the reply); the top-level figures are their sum. A ``compaction`` entry's tokens are
+  NOT in the top-level figures (the API reference says so), and an ``advisor_message`` entry is
+  the advisor model's own pass, billed at that model's rates and also left out of the top level.
+  Those two are added to the totals and kept as ``passes``, each priced at its own model.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tokenmeter._models import Usage, usage_of
+from tokenmeter._models import Pass, Usage, usage_of
 from tokenmeter.usage._read import counts, getter, ident, priced_tier, shown
 from tokenmeter.usage._types import Extracted
 
+#: Iteration types whose tokens the top-level usage leaves out (billed on top of it).
+_PASSES_OUTSIDE_TOP_LEVEL = frozenset({"compaction", "advisor_message"})
+_MAX_NAME = 200  # a model name longer than this is no model name
+_MAX_PASSES = 1_000  # a hostile server may send a million iterations: read this many
 
-def usage_from_anthropic(usage: Any) -> Usage:
-    get = getter(usage)
-    if get("input_tokens") is None and get("output_tokens") is None:
-        raise ValueError(f"not an Anthropic usage block: {shown(usage)}")
+
+def _counts(get: Any) -> tuple[int, int, int, int, int, int]:
     uncached, output, cache_read, cache_write = counts(
         get,
         "input_tokens",
@@ -35,14 +47,81 @@ def usage_from_anthropic(usage: Any) -> Usage:
     (thinking,) = counts(
         getter(get("output_tokens_details"), what="output_tokens_details"), "thinking_tokens"
     )
+    return uncached, output, cache_read, cache_write, min(write_1h, cache_write), thinking
+
+
+def usage_from_anthropic(usage: Any) -> Usage:
+    get = getter(usage)
+    if get("input_tokens") is None and get("output_tokens") is None:
+        raise ValueError(f"not an Anthropic usage block: {shown(usage)}")
+    uncached, output, cache_read, cache_write, write_1h, thinking = _counts(get)
+    tools = get("server_tool_use")
+    tool_requests = _tool_requests(tools) if tools is not None else None
+    iterations = get("iterations")
+    passes = _passes(iterations) if iterations else ()
+    for extra in passes:
+        u = extra.usage
+        uncached += u.input_tokens - u.cache_read_tokens - u.cache_write_tokens
+        output += u.output_tokens
+        cache_read += u.cache_read_tokens
+        cache_write += u.cache_write_tokens
+        write_1h += u.cache_write_1h_tokens
     return usage_of(
         uncached + cache_read + cache_write,
         output,
         cache_read_tokens=cache_read,
         cache_write_tokens=cache_write,
-        cache_write_1h_tokens=min(write_1h, cache_write),
+        cache_write_1h_tokens=write_1h,
         reasoning_tokens=thinking,
+        tool_requests=tool_requests,
+        passes=passes,
     )
+
+
+def _tool_requests(tools: Any) -> dict[str, int] | None:
+    web_search, web_fetch, code_execution = counts(
+        getter(tools, what="server_tool_use"),
+        "web_search_requests",
+        "web_fetch_requests",
+        "code_execution_requests",
+    )
+    found = {
+        key: value
+        for key, value in (
+            ("web_search", web_search),
+            ("web_fetch", web_fetch),
+            ("code_execution", code_execution),
+        )
+        if value
+    }
+    return found or None
+
+
+def _passes(iterations: Any) -> tuple[Pass, ...]:
+    if not isinstance(iterations, list | tuple):
+        raise ValueError(f"usage 'iterations' is not a list: {shown(iterations)}")
+    found = []
+    for entry in iterations[:_MAX_PASSES]:
+        get = getter(entry, what="iterations entry")
+        kind = get("type")
+        if type(kind) is not str or kind not in _PASSES_OUTSIDE_TOP_LEVEL:
+            continue  # message / fallback_message: already inside the top-level figures
+        uncached, output, cache_read, cache_write, write_1h, _ = _counts(get)
+        model = get("model")
+        found.append(
+            Pass(
+                kind=kind,
+                model=model[:_MAX_NAME] if type(model) is str and model.strip() else None,
+                usage=usage_of(
+                    uncached + cache_read + cache_write,
+                    output,
+                    cache_read_tokens=cache_read,
+                    cache_write_tokens=cache_write,
+                    cache_write_1h_tokens=write_1h,
+                ),
+            )
+        )
+    return tuple(found)
 
 
 def tier_from_anthropic(usage: Any) -> str | None:

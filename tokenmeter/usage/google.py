@@ -12,10 +12,19 @@ from __future__ import annotations
 from typing import Any
 
 from tokenmeter._models import Usage, usage_of
-from tokenmeter.usage._read import counts, getter, ident
+from tokenmeter.usage._read import counts, getter, ident, shown
 from tokenmeter.usage._types import Extracted
 
 _TIERS = {"ON_DEMAND_FLEX": "flex", "ON_DEMAND_PRIORITY": "priority"}
+#: Gemini's MediaModality names -> tokenmeter's ``modalities`` spelling.
+_MODALITY_KEYS = {
+    "TEXT": "text",
+    "IMAGE": "image",
+    "AUDIO": "audio",
+    "VIDEO": "video",
+    "DOCUMENT": "document",
+}
+_MAX_DETAILS = 100
 
 
 def usage_from_gemini(meta: Any) -> Usage:
@@ -36,12 +45,48 @@ def usage_from_gemini(meta: Any) -> Usage:
     hidden = total - input_tokens - candidates - thoughts
     if hidden > 0:
         thoughts += hidden
+    output_tokens = candidates + thoughts
+    cache_read = min(cached, input_tokens)
+    modalities: dict[str, int] = {}
+    for name, side, limit in (
+        ("prompt_tokens_details", "input", input_tokens),
+        ("tool_use_prompt_tokens_details", "input", input_tokens),
+        ("candidates_tokens_details", "output", output_tokens),
+        ("response_tokens_details", "output", output_tokens),
+        ("cache_tokens_details", "cache_read", cache_read),
+    ):
+        details = get(name)
+        if details:
+            _add_modalities(modalities, details, side, limit, name)
+    audio_in = modalities.get("input_audio", 0)
     return usage_of(
         input_tokens,
-        candidates + thoughts,
-        cache_read_tokens=min(cached, input_tokens),
+        output_tokens,
+        cache_read_tokens=cache_read,
         reasoning_tokens=thoughts,
+        input_audio_tokens=audio_in,
+        output_audio_tokens=modalities.get("output_audio", 0),
+        modalities=modalities or None,
     )
+
+
+def _add_modalities(found: dict[str, int], details: Any, side: str, limit: int, name: str) -> None:
+    """Add a ``[{modality, token_count}]`` list to ``found`` under ``<side>_<modality>``."""
+    if not isinstance(details, list | tuple):
+        raise ValueError(f"usage field {name!r} is not a list: {shown(details)}")
+    for entry in details[:_MAX_DETAILS]:
+        get = getter(entry, camel=True, what=name)
+        modality = get("modality")
+        modality = getattr(modality, "name", None) or modality  # an SDK enum, or its JSON text
+        if type(modality) is not str:
+            continue
+        key = _MODALITY_KEYS.get(modality.rsplit(".", 1)[-1].upper())
+        if key is None:
+            continue  # MODALITY_UNSPECIFIED or one added later: billed with the text
+        (tokens,) = counts(get, "token_count")
+        if tokens:
+            full = f"{side}_{key}"
+            found[full] = min(found.get(full, 0) + tokens, limit)
 
 
 def tier_from_gemini(meta: Any) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from tokenmeter._models import Usage, usage_of
-from tokenmeter.usage._read import counts, getter, ident, priced_tier, shown
+from tokenmeter.usage._read import Get, counts, getter, ident, priced_tier, shown
 from tokenmeter.usage._types import Extracted
 
 _OPERATIONS = {
@@ -22,6 +22,9 @@ _OPERATIONS = {
     "list": "embeddings",
 }
 _NOT_YET_BILLED = {"queued", "in_progress"}
+#: Responses output items of built-in tools billed per call, and their ``tool_requests`` key.
+_TOOL_CALLS = {"web_search_call": "web_search", "file_search_call": "file_search"}
+_MAX_ITEMS = 10_000
 #: (total input, total output, input details, output details) of the two usage shapes.
 _CHAT = ("prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details")
 _RESPONSES = ("input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details")
@@ -38,15 +41,38 @@ def usage_from_openai(usage: Any) -> Usage:
         raise ValueError(f"not an OpenAI usage block: {shown(usage)}")
     total_in, total_out, in_details, out_details = names
     input_tokens, output_tokens, hit = counts(get, total_in, total_out, "prompt_cache_hit_tokens")
-    cached, write, audio_in = counts(
-        getter(get(in_details), what=in_details),
+    details_in = get(in_details)
+    cached, write, audio_in, image_in, text_in = counts(
+        getter(details_in, what=in_details),
         "cached_tokens",
         "cache_write_tokens",
         "audio_tokens",
+        "image_tokens",
+        "text_tokens",
     )
-    reasoning, audio_out = counts(
-        getter(get(out_details), what=out_details), "reasoning_tokens", "audio_tokens"
+    details_out = get(out_details)
+    reasoning, audio_out, image_out, text_out = counts(
+        getter(details_out, what=out_details),
+        "reasoning_tokens",
+        "audio_tokens",
+        "image_tokens",
+        "text_tokens",
     )
+    modalities = None
+    if image_in or image_out or audio_in or audio_out or text_in or text_out:
+        found = {
+            "input_text": text_in,
+            "input_audio": audio_in,
+            "input_image": image_in,
+            "output_text": text_out,
+            "output_audio": audio_out,
+            "output_image": image_out,
+        }
+        modalities = {
+            key: min(value, input_tokens if key[0] == "i" else output_tokens)
+            for key, value in found.items()
+            if value
+        }
     return usage_of(
         input_tokens,
         output_tokens,
@@ -55,7 +81,28 @@ def usage_from_openai(usage: Any) -> Usage:
         reasoning_tokens=reasoning,
         input_audio_tokens=audio_in,
         output_audio_tokens=audio_out,
+        modalities=modalities,
     )
+
+
+def _tool_requests(get: Get) -> dict[str, int] | None:
+    """Built-in tool calls of a Responses answer: ``tool_usage`` when the API sends it, else
+    the tool-call items of its output (one web search or file search per item)."""
+    found: dict[str, int] = {}
+    tool_usage = get("tool_usage")
+    if tool_usage is not None:
+        web = getter(tool_usage, what="tool_usage")("web_search")
+        (searches,) = counts(getter(web, what="tool_usage.web_search"), "num_requests")
+        if searches:
+            found["web_search"] = searches
+    output = get("output")
+    if isinstance(output, list | tuple):
+        for item in output[:_MAX_ITEMS]:
+            kind = getter(item, what="output item")("type")
+            tool = _TOOL_CALLS.get(kind) if type(kind) is str else None
+            if tool is not None and (tool_usage is None or tool != "web_search"):
+                found[tool] = found.get(tool, 0) + 1
+    return found or None
 
 
 def tier_from_openai(service_tier: Any) -> str | None:
@@ -76,9 +123,14 @@ def from_openai_response(response: Any, provider: str = "openai") -> Extracted |
         raise ValueError("the OpenAI response carries no usage")
     kind = get("object")
     tier = get("service_tier")
+    found = usage_from_openai(usage)
+    if kind == "response":
+        tools = _tool_requests(get)
+        if tools:
+            found = found.model_copy(update={"tool_requests": tools})
     return Extracted(
         provider=provider,
-        usage=usage_from_openai(usage),
+        usage=found,
         model=get("model"),
         operation=_OPERATIONS.get(kind) if type(kind) is str else None,
         tier=None if tier is None or tier == "default" else priced_tier(tier),

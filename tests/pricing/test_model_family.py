@@ -1,0 +1,40 @@
+"""``model_family``: the name reports group a model's snapshots and spellings under."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokenmeter.pricing import model_family
+
+
+@pytest.mark.parametrize(
+    ("served", "family"),
+    [
+        ("gpt-4o", "gpt-4o"),
+        ("gpt-4o-2024-08-06", "gpt-4o"),
+        ("GPT-4o", "gpt-4o"),
+        ("openai/gpt-4o", "gpt-4o"),
+        ("gpt-4-0613", "gpt-4"),
+        ("gpt-3.5-turbo-0125", "gpt-3.5-turbo"),
+        ("o3-2025-04-16", "o3"),
+        ("gpt-4.1-mini", "gpt-4.1-mini"),
+        ("text-embedding-3-small", "text-embedding-3-small"),
+        ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
+        ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "claude-sonnet-4-5"),
+        ("claude-sonnet-4@20250514", "claude-sonnet-4"),
+        ("claude-3-5-sonnet-latest", "claude-3-5-sonnet"),
+        ("models/gemini-2.0-flash-001", "gemini-2.0-flash"),
+        ("gemini-2.5-flash-preview-05-20", "gemini-2.5-flash-preview"),
+        ("gemini-2.5-flash-image", "gemini-2.5-flash-image"),
+        ("ft:gpt-4o-mini-2024-07-18:acme::abc123", "ft:gpt-4o-mini"),
+        ("llama-3.1-405b", "llama-3.1-405b"),
+    ],
+)
+def test_family(served: str, family: str) -> None:
+    assert model_family(served) == family
+
+
+def test_a_manual_record_and_the_served_snapshot_share_a_family() -> None:
+    """The two rows new users saw for one model: ``gpt-4o`` recorded by hand and the SDK's
+    ``gpt-4o-2024-08-06``."""
+    assert model_family("gpt-4o") == model_family("gpt-4o-2024-08-06")

@@ -1,0 +1,389 @@
+"""Everything an invoice bills beside text tokens, through the real SDKs (MockTransport replies
+shaped like recorded provider traffic): per-modality tokens at their own rates, server-side tool
+requests, Anthropic passes the top-level usage leaves out, and service tiers of every provider.
+
+Expected figures are list prices (USD per million tokens or per 1,000 requests) worked by hand.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from provider_helpers import Records, json_reply, mock_anthropic, mock_genai, only, sse_reply
+
+import tokenmeter
+
+pytestmark = pytest.mark.usefixtures("instrumented")
+
+
+@pytest.fixture
+def instrumented(records: Records) -> Records:
+    tokenmeter.instrument(["openai", "anthropic", "google-genai"])
+    return records
+
+
+def _gemini(kit: Any, body: dict[str, Any]) -> Any:
+    return mock_genai(lambda request: json_reply(kit.http, body))
+
+
+def _gemini_body(model: str, usage: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "candidates": [
+            {"content": {"parts": [part], "role": "model"}, "finishReason": "STOP", "index": 0}
+        ],
+        "modelVersion": model,
+        "responseId": "resp-1",
+        "usageMetadata": usage,
+    }
+
+
+# -- modalities ----------------------------------------------------------------------------------
+
+
+@pytest.mark.requires(google_genai=">=1.46")
+def test_gemini_image_output_is_priced_at_the_image_token_rate(
+    kit: Any, records: Records
+) -> None:
+    """The recorded image-generation call: 1,290 image tokens at $30/M, not the $2.50/M text
+    output rate (which made it $0.00324, 12x under)."""
+    usage = {
+        "promptTokenCount": 7,
+        "candidatesTokenCount": 1290,
+        "totalTokenCount": 1297,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 7}],
+        "candidatesTokensDetails": [{"modality": "IMAGE", "tokenCount": 1290}],
+    }
+    image = {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}}
+    client = _gemini(kit, _gemini_body("gemini-2.5-flash-image", usage, image))
+
+    client.models.generate_content(model="gemini-2.5-flash-image", contents="a red bicycle")
+
+    record = only(records())
+    assert record.modalities == {"input_text": 7, "output_image": 1290}
+    assert record.cost_breakdown is not None
+    assert record.cost_breakdown["output_image"] == Decimal("0.0387")  # 1290 x $30/M
+    assert record.estimated_cost_usd == Decimal("0.0387021")  # + 7 x $0.30/M
+    assert sum(record.cost_breakdown.values()) == record.estimated_cost_usd
+
+
+@pytest.mark.requires(google_genai=">=1.46")
+def test_gemini_audio_input_and_cached_audio_at_their_own_rates(
+    kit: Any, records: Records
+) -> None:
+    """gemini-2.5-flash: audio input $1/M (text $0.30), cached audio $0.10/M (text $0.03)."""
+    usage = {
+        "promptTokenCount": 4012,
+        "candidatesTokenCount": 40,
+        "totalTokenCount": 4052,
+        "cachedContentTokenCount": 1000,
+        "promptTokensDetails": [
+            {"modality": "TEXT", "tokenCount": 12},
+            {"modality": "AUDIO", "tokenCount": 4000},
+        ],
+        "cacheTokensDetails": [{"modality": "AUDIO", "tokenCount": 1000}],
+        "candidatesTokensDetails": [{"modality": "TEXT", "tokenCount": 40}],
+    }
+    client = _gemini(kit, _gemini_body("gemini-2.5-flash", usage, {"text": "a podcast intro"}))
+
+    client.models.generate_content(model="gemini-2.5-flash", contents="transcribe")
+
+    record = only(records())
+    assert record.modalities == {
+        "input_text": 12,
+        "input_audio": 4000,
+        "cache_read_audio": 1000,
+        "output_text": 40,
+    }
+    b = record.cost_breakdown
+    assert b is not None
+    assert b["input_audio"] == Decimal("0.003")  # 3000 uncached audio x $1/M
+    assert b["cache_read"] == Decimal("0.0001")  # 1000 cached audio x $0.10/M
+    assert b["input"] == Decimal("0.0000036")  # 12 text x $0.30/M
+    assert b["output"] == Decimal("0.0001")  # 40 x $2.50/M
+    assert record.estimated_cost_usd == Decimal("0.0032036")
+
+
+def test_openai_audio_tokens_are_kept_and_priced_as_audio(kit: Any, records: Records) -> None:
+    """gpt-4o-audio-preview: audio at $40/M in and $80/M out, text at $2.50 / $10."""
+    usage = {
+        "prompt_tokens": 1200,
+        "completion_tokens": 530,
+        "total_tokens": 1730,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 1000, "text_tokens": 200},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 500,
+            "text_tokens": 30,
+        },
+    }
+    body = kit.chat_body(usage, model="gpt-4o-audio-preview-2024-12-17")
+    client = kit.mock_openai(lambda request: json_reply(kit.http, body))
+
+    client.chat.completions.create(model="gpt-4o-audio-preview", messages=[])
+
+    record = only(records())
+    assert record.modalities == {
+        "input_text": 200,
+        "input_audio": 1000,
+        "output_text": 30,
+        "output_audio": 500,
+    }
+    b = record.cost_breakdown
+    assert b is not None
+    assert (b["input_audio"], b["output_audio"]) == (Decimal("0.04"), Decimal("0.04"))
+    assert (b["input"], b["output"]) == (Decimal("0.0005"), Decimal("0.0003"))
+    assert record.estimated_cost_usd == Decimal("0.0808")
+
+
+# -- server-side tools ---------------------------------------------------------------------------
+
+
+def _anthropic_message(usage: dict[str, Any], model: str = "claude-sonnet-4-5-20250929") -> Any:
+    return {
+        "id": "msg_01",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": "Here is what I found."}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": usage,
+    }
+
+
+def test_anthropic_web_search_requests_cost_ten_dollars_a_thousand(
+    kit: Any, records: Records
+) -> None:
+    usage = {
+        "input_tokens": 8200,
+        "output_tokens": 410,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "server_tool_use": {"web_search_requests": 3, "web_fetch_requests": 2},
+        "service_tier": "standard",
+    }
+    client = mock_anthropic(lambda r: json_reply(kit.http, _anthropic_message(usage)))
+
+    client.messages.create(model="claude-sonnet-4-5", max_tokens=1024, messages=[])
+
+    record = only(records())
+    assert record.tool_requests == {"web_search": 3, "web_fetch": 2}
+    b = record.cost_breakdown
+    assert b is not None
+    assert b["web_search"] == Decimal("0.03")
+    assert b["web_fetch"] == 0  # fetched pages are billed as the input tokens they add
+    assert record.estimated_cost_usd == Decimal("0.0246") + Decimal("0.00615") + Decimal("0.03")
+
+
+def test_anthropic_stream_keeps_the_server_tool_requests(kit: Any, records: Records) -> None:
+    start = _anthropic_message(
+        {"input_tokens": 8200, "output_tokens": 1, "cache_read_input_tokens": 0}
+    )
+    start["content"] = []
+    events = [
+        ("message_start", {"type": "message_start", "message": start}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {
+                    "output_tokens": 410,
+                    "server_tool_use": {"web_search_requests": 2, "web_fetch_requests": 0},
+                },
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    client = mock_anthropic(lambda r: sse_reply(kit.http, events))
+
+    for _ in client.messages.create(
+        model="claude-sonnet-4-5", max_tokens=1024, messages=[], stream=True
+    ):
+        pass
+
+    record = only(records())
+    assert record.tool_requests == {"web_search": 2}
+    assert record.cost_breakdown is not None and record.cost_breakdown["web_search"] == Decimal(
+        "0.02"
+    )
+
+
+def test_openai_responses_built_in_tool_calls_are_billed_per_call(
+    kit: Any, records: Records
+) -> None:
+    """gpt-4o: web search $10 and file search $2.50 per 1,000 calls, one per output item."""
+    body = {
+        "id": "resp_1",
+        "object": "response",
+        "created_at": 1760000000,
+        "status": "completed",
+        "model": "gpt-4o-2024-08-06",
+        "output": [
+            {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+            {"type": "web_search_call", "id": "ws_2", "status": "completed"},
+            {"type": "file_search_call", "id": "fs_1", "status": "completed", "queries": ["q"]},
+            {
+                "type": "message",
+                "id": "msg_1",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": "found it", "annotations": []}],
+            },
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {
+            "input_tokens": 1000,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 100,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 1100,
+        },
+    }
+    client = kit.mock_openai(lambda request: json_reply(kit.http, body))
+
+    client.responses.create(model="gpt-4o", input="search")
+
+    record = only(records())
+    assert record.tool_requests == {"web_search": 2, "file_search": 1}
+    b = record.cost_breakdown
+    assert b is not None
+    assert (b["web_search"], b["file_search"]) == (Decimal("0.02"), Decimal("0.0025"))
+    assert record.estimated_cost_usd == Decimal("0.0025") + Decimal("0.001") + Decimal("0.0225")
+
+
+# -- passes the top-level usage leaves out -------------------------------------------------------
+
+
+def test_anthropic_compaction_iteration_is_added_and_priced(kit: Any, records: Records) -> None:
+    """The recorded exchange: top level 229 in / 5 out, its compaction pass 55,196 / 131."""
+    usage = {
+        "input_tokens": 229,
+        "output_tokens": 5,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "iterations": [
+            {
+                "type": "compaction",
+                "input_tokens": 55196,
+                "output_tokens": 131,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
+            {
+                "type": "message",
+                "input_tokens": 229,
+                "output_tokens": 5,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
+        ],
+    }
+    client = mock_anthropic(lambda r: json_reply(kit.http, _anthropic_message(usage)))
+
+    client.beta.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=[])
+
+    record = only(records())
+    assert (record.input_tokens, record.output_tokens) == (55_425, 136)
+    b = record.cost_breakdown
+    assert b is not None
+    assert b["compaction"] == Decimal("0.167553")  # 55196 x $3/M + 131 x $15/M
+    assert b["input"] == Decimal("0.000687") and b["output"] == Decimal("0.000075")
+    assert record.estimated_cost_usd == Decimal("0.168315")
+
+
+def test_anthropic_advisor_pass_is_priced_at_the_advisor_models_rates(
+    kit: Any, records: Records
+) -> None:
+    """An advisor sub-inference on claude-opus-4-6 ($5 / $25) beside a claude-haiku-4-5
+    executor ($1 / $5): each at its own model's rates."""
+    usage = {
+        "input_tokens": 3000,
+        "output_tokens": 200,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 1000,
+        "iterations": [
+            {
+                "type": "message",
+                "input_tokens": 3000,
+                "output_tokens": 200,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 1000,
+            },
+            {
+                "type": "advisor_message",
+                "model": "claude-opus-4-6",
+                "input_tokens": 4000,
+                "output_tokens": 1500,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
+        ],
+    }
+    body = _anthropic_message(usage, model="claude-haiku-4-5-20251001")
+    client = mock_anthropic(lambda r: json_reply(kit.http, body))
+
+    client.beta.messages.create(model="claude-haiku-4-5", max_tokens=64, messages=[])
+
+    record = only(records())
+    assert (record.input_tokens, record.output_tokens) == (8_000, 1_700)
+    b = record.cost_breakdown
+    assert b is not None
+    assert b["advisor_message"] == Decimal("0.0575")  # 4000 x $5/M + 1500 x $25/M
+    # haiku: 3000 x $1/M + 1000 cached x $0.10/M + 200 x $5/M
+    assert b["input"] + b["cache_read"] + b["output"] == Decimal("0.0041")
+    assert record.estimated_cost_usd == Decimal("0.0616")
+
+
+# -- tiers ---------------------------------------------------------------------------------------
+
+
+def test_anthropic_batch_tier_from_usage_is_half_price(kit: Any, records: Records) -> None:
+    usage = {"input_tokens": 10_000, "output_tokens": 1_000, "service_tier": "batch"}
+    client = mock_anthropic(lambda r: json_reply(kit.http, _anthropic_message(usage)))
+
+    client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=[])
+
+    record = only(records())
+    assert record.estimated_cost_usd == Decimal("0.0225")  # half of $0.03 + $0.015
+
+
+@pytest.mark.requires(google_genai=">=1.46")
+def test_gemini_flex_without_a_flex_price_says_which_rule_applied(
+    kit: Any, records: Records
+) -> None:
+    usage = {
+        "promptTokenCount": 1000,
+        "candidatesTokenCount": 100,
+        "totalTokenCount": 1100,
+        "trafficType": "ON_DEMAND_FLEX",
+    }
+    client = _gemini(kit, _gemini_body("gemini-2.5-flash", usage, {"text": "ok"}))
+
+    client.models.generate_content(model="gemini-2.5-flash", contents="hi")
+
+    record = only(records())
+    assert record.estimated_cost_usd == Decimal("0.000275")  # half of $0.0003 + $0.00025
+    assert record.price_source == (
+        "tokenmeter-errata: flex at 50% of standard rates (no flex price known)"
+    )
+
+
+def test_openai_flex_without_a_flex_price_says_which_rule_applied(
+    kit: Any, records: Records
+) -> None:
+    body = kit.chat_body({"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100})
+    body["service_tier"] = "flex"
+    client = kit.mock_openai(lambda request: json_reply(kit.http, body))
+
+    client.chat.completions.create(model="gpt-4o", messages=[], service_tier="flex")
+
+    record = only(records())
+    assert record.estimated_cost_usd == Decimal("0.001750")  # half of $0.0025 + $0.001
+    assert record.price_source == (
+        "tokenmeter-errata: flex at 50% of standard rates (no flex price known)"
+    )
