@@ -21,7 +21,6 @@ __all__ = [
     "Report",
     "Row",
     "Totals",
-    "model_family",
     "parse_dimension",
 ]
 
@@ -111,16 +110,6 @@ def raw_columns(columns: tuple[str, ...]) -> tuple[str, ...]:
         else:
             seen.setdefault(column, None)
     return tuple(seen)
-
-
-def model_family(name: str) -> str:
-    """``gpt-4o-2024-08-06`` and ``gpt-4o`` -> ``gpt-4o``: the model without a snapshot date.
-
-    Local stand-in for ``tokenmeter.pricing.model_family`` (one function, to be rewired to it).
-    """
-    from tokenmeter.pricing._names import _undated
-
-    return _undated(name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,6 @@ from tokenmeter.cli.reports._model import (
     Report,
     Row,
     key_columns,
-    model_family,
     raw_columns,
 )
 from tokenmeter.cli.reports._sql import (
@@ -49,6 +48,7 @@ from tokenmeter.cli.reports._sql import (
     tag_sql,
     totals_select,
 )
+from tokenmeter.pricing import model_family
 
 __all__ = [
     "Filters",
