@@ -53,6 +53,8 @@ def read_records(dsn: str) -> list[UsageRecord]:
             None if breakdown is None else {k: Decimal(v) for k, v in json.loads(breakdown).items()}
         )
         row["tags"] = json.loads(row["tags"])
+        row["modalities"] = json.loads(row["modalities"])
+        row["tool_requests"] = json.loads(row["tool_requests"])
         row["timestamp"] = datetime.fromisoformat(row["timestamp"].replace("Z", "+00:00"))
         records.append(UsageRecord.model_validate(row))
     return records

@@ -112,7 +112,15 @@ def _run_script(script: str) -> Callable[[psycopg.Connection[Any]], None]:
 
 #: ``_MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``, inside the migrating
 #: transaction. Append a function to evolve the schema; never edit an existing one.
-_MIGRATIONS: list[Callable[[psycopg.Connection[Any]], None]] = [_run_script(_SCHEMA_V1)]
+#: Per-modality token counts and server-side tool requests, as JSON text (as in SQLite v2).
+_SCHEMA_V2 = """
+ALTER TABLE records ADD COLUMN modalities TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE records ADD COLUMN tool_requests TEXT NOT NULL DEFAULT '{}'
+"""
+_MIGRATIONS: list[Callable[[psycopg.Connection[Any]], None]] = [
+    _run_script(_SCHEMA_V1),
+    _run_script(_SCHEMA_V2),
+]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -120,7 +128,8 @@ _RECORD_COLUMNS = (
     "id, timestamp, model_provider, model_name, input_tokens, output_tokens, total_tokens, "
     "estimated_cost_usd, cost_pusd, request_model, operation, cache_read_tokens, "
     "cache_write_tokens, reasoning_tokens, cost_breakdown, price_source, session_id, "
-    "session_name, tags, latency_ms, streamed, status, error, request_id, estimated"
+    "session_name, tags, latency_ms, streamed, status, error, request_id, estimated, "
+    "modalities, tool_requests"
 )
 _STAGE = (
     f"CREATE TEMPORARY TABLE tokenmeter_stage AS SELECT {_RECORD_COLUMNS} FROM records WITH NO DATA"
