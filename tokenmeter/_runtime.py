@@ -100,11 +100,25 @@ def _apply_guardrails(resolved: Settings, objects: Sequence[Sink]) -> None:
         warn_at=resolved.budget_warn_at,
         directory=Path(resolved.directory).absolute(),
         ledger=resolved.budget_ledger,
-        sinks=objects,
+        sinks=[*objects, *_ledger_sinks(resolved)],
     )
     _hooks.global_hooks = resolved.on_session_end if enabled else ()
     _sessions.warn_fractions = resolved.budget_warn_at
     _sessions.set_thread_propagation(resolved.thread_propagation)
+
+
+def _ledger_sinks(resolved: Settings) -> list[Sink]:
+    """A sink named in ``sinks`` that keeps budgets too: a PostgreSQL ledger makes budgets hold
+    across machines. (The sinks that write are made at first use; this one only points the
+    budgets at the same database.)"""
+    if not resolved.budgets or "postgres" not in resolved.sinks:
+        return []
+    from tokenmeter.sinks import PostgresSink
+
+    try:
+        return [PostgresSink(resolved.pg_dsn)]
+    except ImportError:  # the extra is missing: the sink itself reports it
+        return []
 
 
 def _guardrail_sinks(resolved: Settings) -> list[Sink]:

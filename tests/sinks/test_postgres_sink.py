@@ -151,6 +151,27 @@ def test_configured_by_name_with_the_environment(
     assert query(pg_dsn, "SELECT count(*) FROM sessions") == [(1,)]
 
 
+def test_budgets_keep_their_spend_in_the_postgres_sink_named_in_the_settings(
+    pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Configured by name, the sink's database is the budgets' ledger too: every machine writing
+    # there shares the budget (not a budgets.db on one machine).
+    from tokenmeter.testing import FakeProvider
+
+    monkeypatch.setenv("TOKENMETER_SINKS", "postgres")
+    monkeypatch.setenv("TOKENMETER_PG_DSN", pg_dsn)
+    tokenmeter.configure(
+        directory=tmp_path, budgets=[{"name": "team", "limit_usd": 1, "period": "total"}]
+    )
+    tokenmeter.instrument(["openai"])
+    with FakeProvider() as fake:
+        fake.openai_client().chat.completions.create(model="gpt-4o", messages=[])
+    assert tokenmeter.flush(timeout=60)
+    rows = query(pg_dsn, "SELECT scope_key, settled_usd FROM budget_ledger")
+    assert [(key.split("|")[0], spent > 0) for key, spent in rows] == [("team", True)]
+    assert not (tmp_path / "budgets.db").exists()
+
+
 def test_the_standard_pg_variables_are_enough(
     pg_server: PgServer,
     monkeypatch: pytest.MonkeyPatch,
