@@ -247,48 +247,47 @@ def _parse_bool(name: str, value: str) -> bool:
 
 def _parse_sinks(value: Any) -> tuple[str, ...]:
     """Sink names from a list or a comma-separated string (one name is a string, not letters)."""
-    if isinstance(value, str):
-        items: list[Any] = value.split(",")
-    elif isinstance(value, list | tuple):
-        items = list(value)
-    else:
-        raise ValueError(
-            f"must be sink names ({', '.join(SINK_NAMES)}) as a list or a comma-separated "
-            f"string, got {short_repr(value)}"
-        )
-    names: list[str] = []
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError(f"sink names must be strings, got {short_repr(item)}")
-        name = item.strip().lower()
-        if name and name not in SINK_NAMES:
-            raise ValueError(f"unknown sink {short_repr(name)}; expected some of {SINK_NAMES}")
-        if name and name not in names:  # twice the same file would write every record twice
-            names.append(name)
-    return tuple(names)
+    return _parse_names(
+        value,
+        SINK_NAMES,
+        f"must be sink names ({', '.join(SINK_NAMES)}) as a list or a comma-separated string",
+        "sink names",
+        f"unknown sink {{}}; expected some of {SINK_NAMES}",
+    )
 
 
 def _parse_reports(value: Any) -> tuple[str, ...]:
     """``"weekly"``, ``"daily,monthly"`` or a list of them; ``""`` / ``[]`` for none."""
+    return _parse_names(
+        value,
+        REPORT_PERIODS,
+        f"must be some of {', '.join(REPORT_PERIODS)} as a string or a list",
+        "report periods",
+        f"unknown report period {{}}; use {REPORT_PERIODS}",
+    )
+
+
+def _parse_names(
+    value: Any, known: tuple[str, ...], shape: str, items_are: str, unknown: str
+) -> tuple[str, ...]:
+    """Known names from a list or a comma-separated string, lower-cased, each once (the same
+    sink twice would write every record twice)."""
     if isinstance(value, str):
         items: list[Any] = value.split(",")
     elif isinstance(value, list | tuple):
         items = list(value)
     else:
-        raise ValueError(
-            f"must be some of {', '.join(REPORT_PERIODS)} as a string or a list, "
-            f"got {short_repr(value)}"
-        )
-    periods: list[str] = []
+        raise ValueError(f"{shape}, got {short_repr(value)}")
+    names: list[str] = []
     for item in items:
         if not isinstance(item, str):
-            raise ValueError(f"report periods must be strings, got {short_repr(item)}")
+            raise ValueError(f"{items_are} must be strings, got {short_repr(item)}")
         name = item.strip().lower()
-        if name and name not in REPORT_PERIODS:
-            raise ValueError(f"unknown report period {short_repr(name)}; use {REPORT_PERIODS}")
-        if name and name not in periods:
-            periods.append(name)
-    return tuple(periods)
+        if name and name not in known:
+            raise ValueError(unknown.format(short_repr(name)))
+        if name and name not in names:
+            names.append(name)
+    return tuple(names)
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
