@@ -226,3 +226,13 @@ def test_without_an_offline_tokenizer_a_character_heuristic_answers(
     assert guessed != exact or guessed > 0
     assert abs(guessed / exact - 1) < 0.35
     assert count_tokens("日本語のテキスト", "openai") == 8  # one token a character
+
+
+def test_a_text_the_tokenizer_refuses_is_counted_by_the_heuristic_not_as_nothing() -> None:
+    # bpe-openai refuses a text of several megabytes; a 5 MB prompt must not estimate as 0
+    # tokens (a budget would then let it through, a stream without usage would record zero).
+    huge = "word " * 1_000_000
+    estimated = tokenmeter.estimate("gpt-4o", text=huge).input_tokens
+    assert 1_000_000 <= estimated <= 1_500_000
+    request = {"model": "gpt-4o", "messages": [{"role": "user", "content": huge}]}
+    assert estimate_input("openai", request).input_tokens >= 1_000_000

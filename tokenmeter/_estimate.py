@@ -158,11 +158,15 @@ def _measure(texts: Iterable[str], provider: str, model: str) -> int:
     family = _family(provider)
     encoding = _encoding_of(model) if family == "openai" else "o200k_base"
     counter = _counter(encoding)
-    if counter is None:
-        raw = sum(_heuristic(text, family) for text in texts if text)
-        return max(1, round(raw)) if raw else 0
-    total = sum(counter(text) for text in texts if text)
-    return max(1, round(total * _SCALE.get(family, 1.0))) if total else 0
+    if counter is not None:
+        try:
+            total = sum(counter(text) for text in texts if text)
+        except Exception:  # the tokenizer refuses some input (a multi-megabyte text): count all
+            logger.debug("tokenmeter: tokenizer %s refused a text", encoding, exc_info=True)
+        else:
+            return max(1, round(total * _SCALE.get(family, 1.0))) if total else 0
+    raw = sum(_heuristic(text, family) for text in texts if text)
+    return max(1, round(raw)) if raw else 0
 
 
 def _family(provider: str) -> str:
