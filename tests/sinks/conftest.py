@@ -63,21 +63,24 @@ def read_sqlite_records(path: Path) -> list[UsageRecord]:
         rows = [dict(row) for row in conn.execute("SELECT * FROM records ORDER BY timestamp, id")]
     finally:
         conn.close()
-    records = []
-    for row in rows:
-        row.pop("cost_pusd")
-        cost = row["estimated_cost_usd"]
-        row["estimated_cost_usd"] = None if cost is None else Decimal(cost)
-        breakdown = row["cost_breakdown"]
-        row["cost_breakdown"] = (
-            None if breakdown is None else {k: Decimal(v) for k, v in json.loads(breakdown).items()}
-        )
-        row["tags"] = json.loads(row["tags"])
-        row["modalities"] = json.loads(row["modalities"])
-        row["tool_requests"] = json.loads(row["tool_requests"])
-        row["timestamp"] = datetime.fromisoformat(row["timestamp"].replace("Z", "+00:00"))
-        records.append(UsageRecord.model_validate(row))
-    return records
+    return [record_from_row(row) for row in rows]
+
+
+def record_from_row(row: dict[str, Any]) -> UsageRecord:
+    """A stored row (SQLite or PostgreSQL: same columns) as the record it was written from."""
+    row = dict(row)
+    row.pop("cost_pusd")
+    cost = row["estimated_cost_usd"]
+    row["estimated_cost_usd"] = None if cost is None else Decimal(cost)
+    breakdown = row["cost_breakdown"]
+    row["cost_breakdown"] = (
+        None if breakdown is None else {k: Decimal(v) for k, v in json.loads(breakdown).items()}
+    )
+    row["tags"] = json.loads(row["tags"])
+    row["modalities"] = json.loads(row["modalities"])
+    row["tool_requests"] = json.loads(row["tool_requests"])
+    row["timestamp"] = datetime.fromisoformat(row["timestamp"].replace("Z", "+00:00"))
+    return UsageRecord.model_validate(row)
 
 
 @pytest.fixture

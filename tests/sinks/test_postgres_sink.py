@@ -9,13 +9,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import START, build_record
+from conftest import START, build_record, record_from_row
 from pg_server import PgServer
 
 import tokenmeter
@@ -37,27 +36,10 @@ def query(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, .
 
 def read_records(dsn: str) -> list[UsageRecord]:
     """Every stored record, rebuilt the way a reader of the schema would (as for SQLite)."""
-    import json
-
     with psycopg.connect(dsn, autocommit=True) as conn:
         cur = conn.execute("SELECT * FROM tokenmeter.records ORDER BY timestamp, id")
         names = [d.name for d in cur.description or ()]
-        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-    records = []
-    for row in rows:
-        row.pop("cost_pusd")
-        cost = row["estimated_cost_usd"]
-        row["estimated_cost_usd"] = None if cost is None else Decimal(cost)
-        breakdown = row["cost_breakdown"]
-        row["cost_breakdown"] = (
-            None if breakdown is None else {k: Decimal(v) for k, v in json.loads(breakdown).items()}
-        )
-        row["tags"] = json.loads(row["tags"])
-        row["modalities"] = json.loads(row["modalities"])
-        row["tool_requests"] = json.loads(row["tool_requests"])
-        row["timestamp"] = datetime.fromisoformat(row["timestamp"].replace("Z", "+00:00"))
-        records.append(UsageRecord.model_validate(row))
-    return records
+        return [record_from_row(dict(zip(names, row, strict=True))) for row in cur.fetchall()]
 
 
 def count(dsn: str) -> int:
