@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tokenmeter._models import SessionInfo, UsageRecord
+from tokenmeter.sinks.sqlite import _RECORD_COLUMNS as RECORD_COLUMNS
 from tokenmeter.sinks.sqlite import _record_row, _session_row
 
 if TYPE_CHECKING:
@@ -124,13 +125,8 @@ _MIGRATIONS: list[Callable[[psycopg.Connection[Any]], None]] = [
 
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-_RECORD_COLUMNS = (
-    "id, timestamp, model_provider, model_name, input_tokens, output_tokens, total_tokens, "
-    "estimated_cost_usd, cost_pusd, request_model, operation, cache_read_tokens, "
-    "cache_write_tokens, reasoning_tokens, cost_breakdown, price_source, session_id, "
-    "session_name, tags, latency_ms, streamed, status, error, request_id, estimated, "
-    "modalities, tool_requests"
-)
+#: The columns of the rows ``_record_row`` makes (the SQLite sink's: one list for both).
+_RECORD_COLUMNS = ", ".join(RECORD_COLUMNS)
 _STAGE = (
     f"CREATE TEMPORARY TABLE tokenmeter_stage AS SELECT {_RECORD_COLUMNS} FROM records WITH NO DATA"
 )
