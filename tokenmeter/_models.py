@@ -251,7 +251,14 @@ class Cost(BaseModel):
 def output_cost(breakdown: Mapping[str, Decimal]) -> Decimal:
     """The output part of a cost breakdown: the ``output`` key and its per-modality parts
     (``output_image``, ``output_audio``...). Tool fees and passes are neither input nor output."""
-    return sum((v for k, v in breakdown.items() if k.startswith("output")), Decimal(0))
+    total = _NO_USD
+    for key, value in breakdown.items():  # on the caller's thread (session totals): a plain loop
+        if key[:6] == "output":
+            total += value
+    return total
+
+
+_NO_USD = Decimal(0)
 
 
 def _iso(ts: datetime) -> str:

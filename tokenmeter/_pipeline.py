@@ -13,10 +13,12 @@ Policies (documented in docs/sinks.md):
   at a time: if others go through, the ones that fail alone can never be written (a poison record)
   and are set aside in the quarantine file with the error, reported once, so they never hold back
   the records behind them.
-- A writer never holds the GIL for long: every ``_PACE`` items it works on (rows built, lines
-  encoded, whatever the sink does per record as it iterates), it sleeps ``_YIELD`` seconds, so a
-  caller thread waiting for the GIL takes it then instead of after the interpreter's 5 ms switch
-  interval. Without it, turning a batch into rows delays the calls made meanwhile by milliseconds.
+- A writer never holds the GIL for long: once it has worked for ``_SLICE`` seconds on the items
+  a sink iterates (rows built, lines encoded, whatever the sink does per record), it sleeps
+  ``_YIELD`` seconds, so a caller thread waiting for the GIL takes it then instead of after the
+  interpreter's 5 ms switch interval. Without it, turning a batch into rows delays the calls made
+  meanwhile by milliseconds. Paced by time, not by count: a cheap sink pauses rarely, so pausing
+  never caps its throughput.
 - ``flush()`` waits until everything submitted before it has been offered to every sink: True when
   all of it is written. A sink that keeps failing releases it after ``_FLUSH_TRIES`` attempts
   (False; the records stay queued and are retried).
@@ -68,22 +70,25 @@ _FLUSH_TRIES = 5
 _MAX_BACKOFF = 5.0
 #: A sink is given at most this many records per write (one transaction, one appended block).
 _CHUNK = 256
-#: Items a sink works on between two pauses of its writer, and how long a pause lasts: long enough
-#: for a thread waiting for the GIL to wake and take it.
-_PACE = 8
+#: How long a writer works on a sink's items before it pauses, and how long a pause lasts: long
+#: enough for a thread waiting for the GIL to wake and take it.
+_SLICE = 0.0002
 _YIELD = 0.0002
 
 
 class _Paced(list[Any]):
-    """A run handed to a sink: iterating it pauses the writer every ``_PACE`` items."""
+    """A run handed to a sink: iterating it pauses the writer after every ``_SLICE`` of work."""
 
     __slots__ = ()
 
     def __iter__(self) -> Iterator[Any]:
-        for index, item in enumerate(super().__iter__()):
-            if index and not index % _PACE:
-                time.sleep(_YIELD)
+        clock = time.perf_counter
+        pause_at = clock() + _SLICE
+        for item in super().__iter__():
             yield item
+            if clock() >= pause_at:
+                time.sleep(_YIELD)
+                pause_at = clock() + _SLICE
 
 
 class _FlushMarker:
