@@ -1,8 +1,11 @@
 """PostgreSQL: records/s the sink stores, and ``report --by model`` against the bare GROUP BY.
 
 Prints, in one run against a PostgreSQL on loopback:
-- records/s ``PostgresSink.write`` stores in the writer's chunks of 256 (target >= 20,000/s),
-  with the CPU seconds this process spent per 1,000 records (steadier than wall time here);
+- records/s ``PostgresSink.write`` stores in the writer's chunks (target >= 20,000/s): called
+  directly, called with the writer's paced chunks, and driven by the writer thread itself
+  (``submit`` ... ``flush``), beside a bare binary COPY of the same rows and the pipeline's own
+  ceiling (a sink that only iterates); with the CPU per record of the writing thread and of the
+  server process (steadier than wall time on a shared machine);
 - ``tokenmeter report --by model --source postgresql://...`` over N rows (default 1,000,000)
   against the bare ``SELECT ... GROUP BY`` it boils down to, run in the same way (target <= 1.5x).
 
@@ -26,6 +29,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -35,13 +39,16 @@ import psycopg  # noqa: E402
 from bench_report import _rows  # noqa: E402
 from bench_sinks import make_records  # noqa: E402
 
+from tokenmeter import _pipeline  # noqa: E402
 from tokenmeter._models import UsageRecord  # noqa: E402
+from tokenmeter._pipeline import _Paced  # noqa: E402
 from tokenmeter.sinks.postgres import _RECORD_COLUMNS, PostgresSink  # noqa: E402
 from tokenmeter.sinks.sqlite import _record_row  # noqa: E402
 
 WRITE_TARGET = 20_000
 REPORT_TARGET = 1.5
-CHUNK = 256  # what a writer thread hands a sink at most (tokenmeter._pipeline._CHUNK)
+CHUNK = _pipeline._CHUNK  # what a writer thread hands a sink at most
+_BARE_COPY = f"COPY records ({_RECORD_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 
 
 @contextmanager
@@ -69,51 +76,153 @@ def new_database(dsn: str) -> str:
     return f"{dsn.replace('dbname=postgres', '')} dbname={name}"
 
 
-def _write_rate(dsn: str, records: list[UsageRecord], bare: bool) -> tuple[float, float]:
-    """(records/s, CPU ms per 1,000 records in this process) of one run into a new database.
+def _backend_cpu(pid: int) -> float | None:
+    """CPU seconds the server process ``pid`` has used (None when /proc cannot tell)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    ``bare``: the floor to compare with, measured the same way: the same rows COPYed straight
-    into the table in the same chunks, one transaction each, with no staging, no duplicate
-    check and no retry logic.
+
+class _Timed:
+    """Passes writes to the sink, counting the CPU its caller (the writer thread) spends."""
+
+    def __init__(self, sink: PostgresSink) -> None:
+        self.sink, self.cpu = sink, 0.0
+
+    def write(self, records: list[UsageRecord]) -> None:
+        started = time.thread_time()
+        try:
+            self.sink.write(records)
+        finally:
+            self.cpu += time.thread_time() - started
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+class _Iterate:
+    """A sink that only looks at each record: the pipeline's own cost, the floor of any sink."""
+
+    def write(self, records: list[UsageRecord]) -> None:
+        for _ in records:
+            pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _through_pipeline(sink: Any, records: list[UsageRecord]) -> float:
+    """Seconds from the first ``submit`` of ``records`` to the ``flush()`` that sees them stored:
+    the writer thread drives ``sink`` exactly as it does in an application."""
+    _pipeline.set_sinks(lambda: [sink], flush_interval=0.2)
+    _pipeline.submit(records[0])
+    _pipeline.flush()  # the writer thread, the connection and the schema are ready
+    started = time.perf_counter()
+    for record in records[1:]:
+        _pipeline.submit(record)
+    _pipeline.flush()
+    return time.perf_counter() - started
+
+
+def _write_rate(dsn: str, records: list[UsageRecord], how: str) -> Run:
+    """One run into a new database.
+
+    ``how``: "write" calls ``PostgresSink.write`` on plain chunks of the writer's size (what the
+    sink can do); "paced" on the writer's own paced chunks; "pipeline" submits every record and
+    lets the writer thread drive the sink; "bare" is the floor: the same rows binary-COPYed
+    straight into the table in the same chunks, with no duplicate or NUL handling and no retry
+    logic.
     """
     sink = PostgresSink(new_database(dsn))
     sink.write(records[:1])  # connect and migrate outside the measurement
     conn = sink._connection()
-    started, cpu = time.perf_counter(), time.process_time()
-    for i in range(1, len(records), CHUNK):
-        chunk = records[i : i + CHUNK]
-        if not bare:
-            sink.write(chunk)
-            continue
-        with (
-            conn.transaction(),
-            conn.cursor() as cur,
-            cur.copy(f"COPY records ({_RECORD_COLUMNS}) FROM STDIN") as copy,
-        ):
-            for record in chunk:
-                copy.write_row(_record_row(record))
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    server = conn.info.backend_pid
+    count = len(records) - 1
+    wall, cpu, server_cpu = time.perf_counter(), time.thread_time(), _backend_cpu(server)
+    if how == "pipeline":
+        timed = _Timed(sink)
+        wall_s = _through_pipeline(timed, records)
+        cpu_s = timed.cpu
+    else:
+        for i in range(1, len(records), CHUNK):
+            chunk = records[i : i + CHUNK]
+            if how == "write":
+                sink.write(chunk)
+            elif how == "paced":
+                sink.write(_Paced(chunk))
+            else:
+                with (
+                    conn.cursor() as cur,
+                    cur.copy(_BARE_COPY) as copy,
+                ):
+                    copy.set_types(sink._types)
+                    for record in chunk:
+                        copy.write_row(_record_row(record))
+        wall_s, cpu_s = time.perf_counter() - wall, time.thread_time() - cpu
+    after = _backend_cpu(server)
+    stored = conn.execute("SELECT count(*) FROM records").fetchone()
+    assert stored is not None and stored[0] == len(records), stored
+    _pipeline.set_sinks(list)
     sink.close()
-    return (len(records) - 1) / elapsed, cpu / (len(records) - 1) * 1e6
+    used = None if after is None or server_cpu is None else after - server_cpu
+    return Run(count / wall_s, cpu_s / count * 1e6, None if used is None else used / count * 1e6)
+
+
+class Run(NamedTuple):
+    rate: float  # records/s
+    cpu_us: float  # CPU of the thread that writes, per record
+    server_us: float | None  # CPU of the server process, per record
+
+
+def _pipeline_floor(records: list[UsageRecord]) -> float:
+    rate = (len(records) - 1) / _through_pipeline(_Iterate(), records)
+    _pipeline.set_sinks(list)
+    return rate
 
 
 def bench_writes(dsn: str, count: int, repeat: int) -> None:
     records = make_records(count)
     gc.freeze()
-    runs = {"sink": [], "bare": []}  # type: dict[str, list[tuple[float, float]]]
-    for _ in range(repeat):  # interleaved: load on the machine hits both alike
-        runs["sink"].append(_write_rate(dsn, records, bare=False))
-        runs["bare"].append(_write_rate(dsn, records, bare=True))
-    sink_rate, sink_cpu = max(r[0] for r in runs["sink"]), min(r[1] for r in runs["sink"])
-    bare_rate, bare_cpu = max(r[0] for r in runs["bare"]), min(r[1] for r in runs["bare"])
+    hows = ("write", "paced", "pipeline", "bare")
+    runs: dict[str, list[Run]] = {how: [] for how in hows}
+    floor = []
+    for _ in range(repeat):  # interleaved: load on the machine hits all alike
+        for how in hows:
+            runs[how].append(_write_rate(dsn, records, how))
+        floor.append(_pipeline_floor(records))
+    labels = {
+        "write": f"PostgresSink.write, plain chunks of {CHUNK}",
+        "paced": f"PostgresSink.write, the writer's paced chunks of {CHUNK}",
+        "pipeline": "submit() ... flush(): the writer thread drives the sink",
+        "bare": "bare binary COPY of the same rows (the floor)",
+    }
+    for how in hows:
+        rate = max(r.rate for r in runs[how])
+        cpu = min(r.cpu_us for r in runs[how])
+        server = [r.server_us for r in runs[how] if r.server_us is not None]
+        on_server = f", server {min(server):5.1f} us" if server else ""
+        print(
+            f"write     {rate:>8,.0f} records/s  CPU per record: writer {cpu:5.1f} us{on_server}"
+            f"  {labels[how]}"
+        )
+    best = max(r.rate for r in runs["write"])
     print(
-        f"write     {sink_rate:>10,.0f} records/s in chunks of {CHUNK} "
-        f"({sink_cpu:.1f} ms CPU per 1,000 here); bare COPY of the same rows "
-        f"{bare_rate:,.0f}/s ({bare_cpu:.1f} ms): ratio {sink_rate / bare_rate:.2f}x of bare"
+        f"          pipeline floor (a sink that only iterates its records): "
+        f"{max(floor):,.0f} records/s"
     )
     print(
-        f"          target {WRITE_TARGET:,}/s: {'PASS' if sink_rate >= WRITE_TARGET else 'MISS'} "
-        f"({sink_rate / WRITE_TARGET:.2f}x)"
+        f"          sink {best / max(r.rate for r in runs['bare']):.2f}x of the bare COPY; "
+        f"target {WRITE_TARGET:,}/s: {'PASS' if best >= WRITE_TARGET else 'MISS'} "
+        f"({best / WRITE_TARGET:.2f}x); through the pipeline "
+        f"{max(r.rate for r in runs['pipeline']) / WRITE_TARGET:.2f}x"
     )
 
 
