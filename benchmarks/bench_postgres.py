@@ -42,7 +42,7 @@ from bench_sinks import make_records  # noqa: E402
 from tokenmeter import _pipeline  # noqa: E402
 from tokenmeter._models import UsageRecord  # noqa: E402
 from tokenmeter._pipeline import _Paced  # noqa: E402
-from tokenmeter.sinks.postgres import _RECORD_COLUMNS, PostgresSink  # noqa: E402
+from tokenmeter.sinks.postgres import _RECORD_COLUMNS, RECORD_COLUMNS, PostgresSink  # noqa: E402
 from tokenmeter.sinks.sqlite import _record_row  # noqa: E402
 
 WRITE_TARGET = 20_000
@@ -230,9 +230,14 @@ def load_rows(dsn: str, count: int) -> None:
     PostgresSink(dsn).write(make_records(1))  # the real sink makes the real schema
     with psycopg.connect(dsn) as conn:
         conn.execute("DELETE FROM tokenmeter.records")
-        load = f"COPY tokenmeter.records ({_RECORD_COLUMNS}) FROM STDIN"
+        rows = (row for _, row in _rows(count))
+        first = next(rows)
+        # bench_report's rows may stop before the newest columns, which then take their defaults
+        columns = ", ".join(RECORD_COLUMNS[: len(first)])
+        load = f"COPY tokenmeter.records ({columns}) FROM STDIN"
         with conn.cursor() as cur, cur.copy(load) as copy:
-            for _, row in _rows(count):
+            copy.write_row(first)
+            for row in rows:
                 copy.write_row(row)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE tokenmeter.records")
