@@ -10,15 +10,17 @@ Prints, in one run:
   and through the real OTLP/HTTP exporters to a loopback receiver that answers 200 (the export
   runs on the SDK's threads: it is in the process figure, with the final flush).
 
-Usage: python benchmarks/bench_otel.py [--records N] [--repeat N]
+Usage: python benchmarks/bench_otel.py [--records N] [--repeat N] [--compare-with COMMIT]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--compare-with",
+        metavar="COMMIT",
+        help="also measure tokenmeter/sinks/otel.py as it was at COMMIT (git), interleaved",
+    )
     args = parser.parse_args()
     receiver = OtlpReceiver()
     os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.endpoint
@@ -85,13 +92,20 @@ def main() -> None:
 
     records = [tokenmeter.record("openai", "gpt-4o", 1200, 300) for _ in range(args.records)]
     tokenmeter.configure(sinks=[])
+    sinks = {"": OTelSink}
+    if args.compare_with:
+        sinks[f" ({args.compare_with})"] = _sink_at(args.compare_with)
     for conventions in ("v1.41", "latest"):
         for exporter in ("memory", "otlp"):
-            writer, process = _writer_cpu(records, exporter, conventions, args.repeat, providers)
-            print(
-                f"writer    {conventions:6s} {exporter:6s} OTelSink.write {writer:6.1f} us CPU per "
-                f"record on the writer thread; {process:6.1f} us in the process (export threads)"
-            )
+            for label, sink_class in sinks.items():  # interleaved: load hits both alike
+                writer, process = _writer_cpu(
+                    sink_class, records, exporter, conventions, args.repeat, providers
+                )
+                print(
+                    f"writer    {conventions:6s} {exporter:6s} OTelSink.write{label:10s} "
+                    f"{writer:6.1f} us CPU per record on the writer thread; "
+                    f"{process:6.1f} us in the process (export threads)"
+                )
     _runtime.reset()
     from tokenmeter.sinks import otel
 
@@ -103,8 +117,27 @@ def main() -> None:
     receiver.close()
 
 
+def _sink_at(commit: str) -> Any:
+    """The OTelSink class of tokenmeter/sinks/otel.py at ``commit``, loaded beside today's."""
+    source = subprocess.run(
+        ["git", "show", f"{commit}:tokenmeter/sinks/otel.py"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    module = types.ModuleType(f"otel_at_{commit}")
+    exec(compile(source, f"otel.py@{commit}", "exec"), module.__dict__)
+    return module.OTelSink
+
+
 def _writer_cpu(
-    records: list[Any], exporter: str, conventions: str, repeat: int, providers: list[Any]
+    sink_class: Any,
+    records: list[Any],
+    exporter: str,
+    conventions: str,
+    repeat: int,
+    providers: list[Any],
 ) -> tuple[float, float]:
     """Best-of-``repeat`` CPU microseconds per record: (the thread calling ``OTelSink.write`` in
     the writer's chunks, the whole process including the SDK's export threads and the flush).
@@ -112,8 +145,6 @@ def _writer_cpu(
     ``exporter``: "memory" keeps spans and metric points in memory (the sink and the SDK alone);
     "otlp" sends them with the real OTLP/HTTP exporters to the loopback receiver.
     """
-    from tokenmeter.sinks.otel import OTelSink
-
     if conventions == "latest":
         os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"] = "gen_ai_latest_experimental"
     else:
@@ -129,7 +160,7 @@ def _writer_cpu(
             )
         )
         providers.extend((tracer, meter))
-        sink = OTelSink(tracer_provider=tracer, meter_provider=meter)
+        sink = sink_class(tracer_provider=tracer, meter_provider=meter)
         sink.write(records[:1])  # instruments and caches made outside the measurement
         writer, process = time.thread_time(), time.process_time()
         for i in range(1, len(records), CHUNK):
