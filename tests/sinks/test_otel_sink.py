@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ pytest.importorskip(
 )
 pytest.importorskip("opentelemetry.proto", reason="opentelemetry-proto is not installed")
 
+from conftest import build_record
 from otlp_receiver import OtlpReceiver, attributes
 
 import tokenmeter
@@ -218,3 +220,112 @@ def test_inside_an_application_that_set_up_opentelemetry() -> None:
         found["metric_names"]
     )
     assert found["exported_to_network"] is False
+
+
+def _points_by(name: str, receiver: OtlpReceiver, key: str) -> dict[Any, Any]:
+    return {attributes(p.attributes).get(key): p for p in receiver.metric_points(name)}
+
+
+def test_the_latest_genai_conventions_when_opted_in(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental`` (in a comma-separated list)
+    emits the latest names instead of the v1.41 ones, never both."""
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "http, gen_ai_latest_experimental")
+    from tokenmeter.sinks import OTelSink
+
+    mixed = {"input_text": 1000, "input_image": 200, "output_text": 300, "cache_read_text": 500}
+    chat = {
+        "modalities": mixed,
+        "cache_read_tokens": 500,
+        "cache_write_tokens": 40,
+        "reasoning_tokens": 0,
+        "tags": {},
+    }
+    records = [
+        build_record(0, **chat),
+        build_record(1, **chat),
+        build_record(
+            2,
+            status="error",
+            error="RateLimitError",
+            input_tokens=0,
+            output_tokens=0,
+            total_tokens=0,
+            estimated_cost_usd=None,
+            cost_breakdown=None,
+        ),
+        build_record(
+            3,
+            operation="embeddings",
+            model_name="text-embedding-3-small",
+            input_tokens=50,
+            output_tokens=0,
+            total_tokens=50,
+            latency_ms=20.0,
+        ),
+    ]
+    sink = OTelSink()
+    sink.write(records)
+    sink.close()
+
+    spans = {attributes(s.attributes)["tokenmeter.record.id"]: s for s in receiver.spans()}
+    first = attributes(spans["rec-000000"].attributes)
+    assert "gen_ai.system" not in first and "gen_ai.usage.cache_creation.input_tokens" not in first
+    assert first["gen_ai.provider.name"] == "openai"
+    assert first["gen_ai.usage.cache_write.input_tokens"] == 40
+    assert first["gen_ai.usage.text.input_tokens"] == 1000
+    assert first["gen_ai.usage.image.input_tokens"] == 200
+    assert first["gen_ai.usage.text.output_tokens"] == 300
+    assert first["gen_ai.usage.text.cache_read.input_tokens"] == 500
+    assert attributes(spans["rec-000002"].attributes)["error.type"] == "RateLimitError"
+    assert spans["rec-000003"].name == "embeddings text-embedding-3-small"
+
+    names = {
+        metric.name
+        for request in receiver.metrics
+        for resource_metrics in request.resource_metrics
+        for scope_metrics in resource_metrics.scope_metrics
+        for metric in scope_metrics.metrics
+    }
+    assert not names & {"gen_ai.client.token.usage", "gen_ai.client.operation.duration"}
+
+    # Usage counters: every inference call (the failed one adds 0 under "unknown"), summed, by
+    # the modality the provider reported; none for embeddings, which have their own histogram.
+    prefix = "gen_ai.client.inference.usage"
+    modality = "gen_ai.token.modality"
+    used_in = _points_by(f"{prefix}.input_tokens", receiver, modality)
+    assert {k: p.as_int for k, p in used_in.items()} == {"text": 2000, "image": 400, "unknown": 0}
+    assert receiver.metric(f"{prefix}.input_tokens").sum.is_monotonic
+    assert receiver.metric(f"{prefix}.input_tokens").unit == "{token}"
+    used_out = _points_by(f"{prefix}.output_tokens", receiver, modality)
+    assert {k: p.as_int for k, p in used_out.items()} == {"text": 600, "unknown": 0}
+    cached = _points_by(f"{prefix}.cache_read.input_tokens", receiver, modality)
+    assert {k: p.as_int for k, p in cached.items()} == {"text": 1000}
+    written = _points_by(f"{prefix}.cache_write.input_tokens", receiver, modality)
+    assert {k: p.as_int for k, p in written.items()} == {"unknown": 80}
+    assert receiver.metric(f"{prefix}.reasoning.output_tokens") is None  # none was used
+    for point in receiver.metric_points(f"{prefix}.input_tokens"):
+        assert attributes(point.attributes)["gen_ai.operation.name"] == "chat"
+        assert "error.type" not in attributes(point.attributes)
+
+    # Per-operation histograms: successful calls only, no modality.
+    [per_call] = receiver.metric_points("gen_ai.client.inference.operation.input_tokens")
+    assert (per_call.count, per_call.sum) == (2, 2400)
+    assert list(per_call.explicit_bounds) == TOKEN_BUCKETS
+    assert modality not in attributes(per_call.attributes)
+    [per_call_out] = receiver.metric_points("gen_ai.client.inference.operation.output_tokens")
+    assert (per_call_out.count, per_call_out.sum) == (2, 600)
+    durations = _points_by("gen_ai.client.inference.duration", receiver, "error.type")
+    assert durations[None].count == 2 and durations["RateLimitError"].count == 1
+    assert list(durations[None].explicit_bounds) == pytest.approx(DURATION_BUCKETS)
+    assert receiver.metric("gen_ai.client.inference.duration").unit == "s"
+
+    [embedded] = receiver.metric_points("gen_ai.client.embeddings.operation.input_tokens")
+    assert (embedded.count, embedded.sum) == (1, 50)
+    [embed_time] = receiver.metric_points("gen_ai.client.embeddings.duration")
+    assert embed_time.sum == pytest.approx(0.02)
+
+    costs = _points_by("tokenmeter.cost", receiver, "gen_ai.operation.name")
+    assert costs["chat"].as_double == pytest.approx(float(2 * records[0].estimated_cost_usd))
+    assert costs["embeddings"].as_double == pytest.approx(float(records[3].estimated_cost_usd))

@@ -9,8 +9,18 @@ Why it is shaped this way:
   conventions have no cost attribute yet, so cost goes under tokenmeter's own names
   (``tokenmeter.cost.*`` and the ``tokenmeter.cost`` counter), and an unpriced call gets none
   (never a silent 0).
+- ``OTEL_SEMCONV_STABILITY_OPT_IN`` containing ``gen_ai_latest_experimental`` switches to the
+  latest (unreleased, still moving) names of the GenAI conventions' own repository, and drops the
+  v1.41 ones, as the conventions ask of instrumentations: no ``gen_ai.system``,
+  ``gen_ai.usage.cache_write.input_tokens``, per-modality usage attributes, the
+  ``gen_ai.client.inference.usage.*`` counters by ``gen_ai.token.modality``, the
+  ``gen_ai.client.inference.operation.*_tokens`` and ``gen_ai.client.inference.duration``
+  histograms (``gen_ai.client.embeddings.*`` for embeddings). Read when the sink is made.
 - The span's start and end are the call's own: a record is made when the call ends
   (``timestamp``) and carries its ``latency_ms``.
+- The writer thread's cost is nearly all the SDK's own work per span and per measurement, so the
+  sink makes as few of them as the conventions allow: counters are summed over the batch and
+  added once per attribute set, and the attribute sets are built once per model and kept.
 - Prompts and completions are never exported: records do not hold them.
 - An application that already set up OpenTelemetry (its own SDK, Logfire, an agent) keeps its
   providers, exporters and resource: the sink uses the global TracerProvider and MeterProvider,
@@ -35,7 +45,15 @@ from typing import Any
 
 from tokenmeter._models import UsageRecord
 
-__all__ = ["OPERATION_NAMES", "PROVIDER_NAMES", "OTelSink", "span_attributes"]
+__all__ = [
+    "LATEST",
+    "OPERATION_NAMES",
+    "OPT_IN_VARIABLE",
+    "PROVIDER_NAMES",
+    "OTelSink",
+    "latest_conventions_requested",
+    "span_attributes",
+]
 
 #: tokenmeter provider -> ``gen_ai.provider.name`` (others are passed through as they are).
 #: "google" records cover the Gemini API and Vertex AI alike: the spec's name for "backend
@@ -54,6 +72,13 @@ OPERATION_NAMES = {
 #: The spec's advisory bucket boundaries (v1.41 ``gen_ai.client.*`` metrics).
 TOKEN_BUCKETS = [4**i for i in range(14)]  # 1, 4, 16 ... 67108864
 DURATION_BUCKETS = [0.01 * 2**i for i in range(14)]  # 0.01, 0.02, 0.04 ... 81.92
+#: The standard variable, and the value in it that asks for the latest GenAI conventions.
+OPT_IN_VARIABLE = "OTEL_SEMCONV_STABILITY_OPT_IN"
+LATEST = "gen_ai_latest_experimental"
+#: Modalities the latest conventions name usage attributes for.
+_SPAN_MODALITIES = frozenset({"text", "image", "audio"})
+#: Attribute sets kept per model, operation and error (the SDK itself caps distinct sets at 2000).
+_MAX_DIMS = 4096
 #: Parent contexts waiting for their record's span; beyond this, the oldest are forgotten.
 _MAX_PARENTS = 100_000
 _SCOPE = "tokenmeter"
@@ -80,25 +105,45 @@ def _provider(record: UsageRecord) -> str:
     return PROVIDER_NAMES.get(record.model_provider, record.model_provider)
 
 
-def span_attributes(record: UsageRecord) -> dict[str, Any]:
-    """The span attributes of ``record``: GenAI conventions, then tokenmeter's own."""
+def latest_conventions_requested() -> bool:
+    """Whether ``OTEL_SEMCONV_STABILITY_OPT_IN`` (a comma-separated list) asks for the latest
+    GenAI conventions."""
+    value = os.environ.get(OPT_IN_VARIABLE, "")
+    return any(part.strip() == LATEST for part in value.split(","))
+
+
+def span_attributes(record: UsageRecord, *, latest: bool = False) -> dict[str, Any]:
+    """The span attributes of ``record``: GenAI conventions (v1.41, or the ``latest``
+    experimental ones), then tokenmeter's own."""
     provider = _provider(record)
     attrs: dict[str, Any] = {
         "gen_ai.operation.name": _operation(record),
         "gen_ai.provider.name": provider,
-        "gen_ai.system": provider,
-        "gen_ai.request.model": record.request_model or record.model_name,
-        "gen_ai.response.model": record.model_name,
-        "gen_ai.usage.input_tokens": record.input_tokens,
-        "gen_ai.usage.output_tokens": record.output_tokens,
-        "gen_ai.usage.cache_read.input_tokens": record.cache_read_tokens,
-        "gen_ai.usage.cache_creation.input_tokens": record.cache_write_tokens,
-        "gen_ai.usage.reasoning.output_tokens": record.reasoning_tokens,
-        "tokenmeter.record.id": record.id,
-        "tokenmeter.provider": record.model_provider,
-        "tokenmeter.streamed": record.streamed,
-        "tokenmeter.estimated": record.estimated,
     }
+    if not latest:
+        attrs["gen_ai.system"] = provider
+    attrs["gen_ai.request.model"] = record.request_model or record.model_name
+    attrs["gen_ai.response.model"] = record.model_name
+    attrs["gen_ai.usage.input_tokens"] = record.input_tokens
+    attrs["gen_ai.usage.output_tokens"] = record.output_tokens
+    attrs["gen_ai.usage.cache_read.input_tokens"] = record.cache_read_tokens
+    if latest:
+        attrs["gen_ai.usage.cache_write.input_tokens"] = record.cache_write_tokens
+    else:
+        attrs["gen_ai.usage.cache_creation.input_tokens"] = record.cache_write_tokens
+    attrs["gen_ai.usage.reasoning.output_tokens"] = record.reasoning_tokens
+    if latest and record.modalities:
+        for key, count in record.modalities.items():
+            side, _, modality = key.rpartition("_")  # input_text, cache_read_image...
+            if modality in _SPAN_MODALITIES:
+                if side == "cache_read":
+                    attrs[f"gen_ai.usage.{modality}.cache_read.input_tokens"] = count
+                else:
+                    attrs[f"gen_ai.usage.{modality}.{side}_tokens"] = count
+    attrs["tokenmeter.record.id"] = record.id
+    attrs["tokenmeter.provider"] = record.model_provider
+    attrs["tokenmeter.streamed"] = record.streamed
+    attrs["tokenmeter.estimated"] = record.estimated
     if record.request_id is not None:
         attrs["gen_ai.response.id"] = record.request_id
     if record.operation:
@@ -118,6 +163,45 @@ def span_attributes(record: UsageRecord) -> dict[str, Any]:
     if record.status != "ok":
         attrs["error.type"] = record.error or record.status
     return attrs
+
+
+def _by_modality(total: int, modalities: dict[str, int], side: str) -> list[tuple[str, int]]:
+    """``total`` split by ``gen_ai.token.modality`` as the provider reported it; what it did not
+    break down (all of it, when it reported nothing) is ``unknown``."""
+    prefix = side + "_"
+    parts = [(k[len(prefix) :], n) for k, n in modalities.items() if k.startswith(prefix)]
+    rest = total - sum(n for _, n in parts)
+    if rest > 0 or not parts:
+        parts.append(("unknown", max(rest, 0)))
+    return parts
+
+
+class _Dims:
+    """The metric attribute sets of one (operation, provider, models, error): built once."""
+
+    __slots__ = ("base", "inference", "input", "ok", "output", "usage")
+
+    def __init__(self, attrs: dict[str, Any], latest: bool) -> None:
+        keys = ["gen_ai.operation.name", "gen_ai.provider.name"]
+        if not latest:
+            keys.append("gen_ai.system")
+        keys += ["gen_ai.request.model", "gen_ai.response.model"]
+        ok = {key: attrs[key] for key in keys}
+        #: Duration and cost: with ``error.type`` for a failed call.
+        self.base = {**ok, "error.type": attrs["error.type"]} if "error.type" in attrs else ok
+        #: Token histograms (successful calls only).
+        self.ok = ok
+        self.input = {**ok, "gen_ai.token.type": "input"}
+        self.output = {**ok, "gen_ai.token.type": "output"}
+        #: Latest usage counters, by modality: made on first use.
+        self.usage: dict[str, dict[str, Any]] = {}
+        self.inference = attrs["gen_ai.operation.name"] != "embeddings"
+
+    def modality(self, modality: str) -> dict[str, Any]:
+        found = self.usage.get(modality)
+        if found is None:
+            found = self.usage[modality] = {**self.ok, "gen_ai.token.modality": modality}
+        return found
 
 
 class OTelSink:
@@ -144,22 +228,27 @@ class OTelSink:
                 meter_provider = _own_providers()[1]
                 self._own.append(meter_provider)
         self._tracer = tracer_provider.get_tracer(_SCOPE)
+        self.latest = latest_conventions_requested()
         meter = meter_provider.get_meter(_SCOPE)
-        self._tokens = meter.create_histogram(
-            "gen_ai.client.token.usage",
-            unit="{token}",
-            description="Measures number of input and output tokens used",
-            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
-        )
-        self._duration = meter.create_histogram(
-            "gen_ai.client.operation.duration",
-            unit="s",
-            description="GenAI operation duration",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
         self._cost = meter.create_counter(
             "tokenmeter.cost", unit="USD", description="Estimated cost of LLM calls"
         )
+        if self.latest:
+            self._make_latest_instruments(meter)
+        else:
+            self._tokens = meter.create_histogram(
+                "gen_ai.client.token.usage",
+                unit="{token}",
+                description="Measures number of input and output tokens used",
+                explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+            )
+            self._duration = meter.create_histogram(
+                "gen_ai.client.operation.duration",
+                unit="s",
+                description="GenAI operation duration",
+                explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+            )
+        self._dims: dict[tuple[Any, ...], _Dims] = {}
         self._parents: OrderedDict[str, Any] = OrderedDict()
         self._parents_lock = threading.Lock()
         from tokenmeter import _pipeline  # not at import: the pipeline imports the sinks
@@ -167,6 +256,63 @@ class OTelSink:
         self._pipeline = _pipeline
         self._observing = False
         self._observe()
+
+    def _make_latest_instruments(self, meter: Any) -> None:
+        def histogram(name: str, unit: str, description: str, buckets: list[Any]) -> Any:
+            return meter.create_histogram(
+                name,
+                unit=unit,
+                description=description,
+                explicit_bucket_boundaries_advisory=buckets,
+            )
+
+        def counter(name: str, description: str) -> Any:
+            return meter.create_counter(name, unit="{token}", description=description)
+
+        prefix = "gen_ai.client.inference"
+        self._inference_duration = histogram(
+            f"{prefix}.duration", "s", "GenAI inference operation duration", DURATION_BUCKETS
+        )
+        self._inference_input = histogram(
+            f"{prefix}.operation.input_tokens",
+            "{token}",
+            "The number of input tokens used per inference operation",
+            TOKEN_BUCKETS,
+        )
+        self._inference_output = histogram(
+            f"{prefix}.operation.output_tokens",
+            "{token}",
+            "The number of output tokens used per inference operation",
+            TOKEN_BUCKETS,
+        )
+        self._embeddings_duration = histogram(
+            "gen_ai.client.embeddings.duration",
+            "s",
+            "GenAI client embeddings operation duration",
+            DURATION_BUCKETS,
+        )
+        self._embeddings_input = histogram(
+            "gen_ai.client.embeddings.operation.input_tokens",
+            "{token}",
+            "The number of input tokens used per embeddings operation",
+            TOKEN_BUCKETS,
+        )
+        self._usage_input = counter(
+            f"{prefix}.usage.input_tokens", "The number of input tokens used, cached included"
+        )
+        self._usage_output = counter(
+            f"{prefix}.usage.output_tokens", "The number of output tokens used, reasoning included"
+        )
+        self._usage_cache_read = counter(
+            f"{prefix}.usage.cache_read.input_tokens", "The number of input tokens read from cache"
+        )
+        self._usage_cache_write = counter(
+            f"{prefix}.usage.cache_write.input_tokens",
+            "The number of input tokens written to cache",
+        )
+        self._usage_reasoning = counter(
+            f"{prefix}.usage.reasoning.output_tokens", "The number of reasoning output tokens"
+        )
 
     def _observe(self) -> None:
         if not self._observing:
@@ -190,50 +336,95 @@ class OTelSink:
     def write(self, records: Sequence[UsageRecord]) -> None:
         self._observe()  # again, if this sink was closed and is used anew (configure() again)
         client = self._trace.SpanKind.CLIENT
-        for record in records:
-            with self._parents_lock:
-                parent = self._parents.pop(record.id, None)
-            ended = record.timestamp
-            if ended.tzinfo is None:  # a record built by hand: naive means UTC, as in _models
-                ended = ended.replace(tzinfo=UTC)
-            end_ns = (ended - _EPOCH) // _MICROSECOND * 1000  # exact, no float rounding
-            seconds = (record.latency_ms or 0.0) / 1000
-            attrs = span_attributes(record)
-            span = self._tracer.start_span(
-                f"{attrs['gen_ai.operation.name']} {attrs['gen_ai.request.model']}",
-                context=parent,
-                kind=client,
-                attributes=attrs,
-                start_time=end_ns - round((record.latency_ms or 0.0) * 1e6),
-            )
-            if record.status != "ok":
-                span.set_status(self._trace.Status(self._trace.StatusCode.ERROR))
-            span.end(end_time=end_ns)
-            self._measure(record, attrs, seconds)
+        error = self._trace.Status(self._trace.StatusCode.ERROR)
+        latest = self.latest
+        #: Counter amounts summed over the batch, added once per (counter, attribute set).
+        sums: dict[tuple[Any, int], list[Any]] = {}
+        try:
+            for record in records:
+                with self._parents_lock:
+                    parent = self._parents.pop(record.id, None)
+                ended = record.timestamp
+                if ended.tzinfo is None:  # a record built by hand: naive means UTC, as in _models
+                    ended = ended.replace(tzinfo=UTC)
+                end_ns = (ended - _EPOCH) // _MICROSECOND * 1000  # exact, no float rounding
+                attrs = span_attributes(record, latest=latest)
+                span = self._tracer.start_span(
+                    f"{attrs['gen_ai.operation.name']} {attrs['gen_ai.request.model']}",
+                    context=parent,
+                    kind=client,
+                    attributes=attrs,
+                    start_time=end_ns - round((record.latency_ms or 0.0) * 1e6),
+                )
+                if record.status != "ok":
+                    span.set_status(error)
+                span.end(end_time=end_ns)
+                dims = self._dims_of(attrs)
+                if latest:
+                    self._measure_latest(record, dims, sums)
+                else:
+                    self._measure(record, dims)
+                if record.estimated_cost_usd is not None:
+                    _add(sums, self._cost, dims.base, record.estimated_cost_usd)
+        finally:  # what was exported is counted, even when a later record failed
+            for (counter, _), (dims_of_sum, amount) in sums.items():
+                counter.add(float(amount) if counter is self._cost else amount, dims_of_sum)
 
-    def _measure(self, record: UsageRecord, attrs: dict[str, Any], seconds: float) -> None:
-        dims: dict[str, Any] = {
-            key: attrs[key]
-            for key in (
-                "gen_ai.operation.name",
-                "gen_ai.provider.name",
-                "gen_ai.system",
-                "gen_ai.request.model",
-                "gen_ai.response.model",
-                "error.type",
-            )
-            if key in attrs
-        }
+    def _dims_of(self, attrs: dict[str, Any]) -> _Dims:
+        key = (
+            attrs["gen_ai.operation.name"],
+            attrs["gen_ai.provider.name"],
+            attrs["gen_ai.request.model"],
+            attrs["gen_ai.response.model"],
+            attrs.get("error.type"),
+        )
+        found = self._dims.get(key)
+        if found is None:
+            if len(self._dims) >= _MAX_DIMS:
+                self._dims.clear()
+            found = self._dims[key] = _Dims(attrs, self.latest)
+        return found
+
+    def _measure(self, record: UsageRecord, dims: _Dims) -> None:
+        """The v1.41 histograms."""
         if record.latency_ms is not None:
-            self._duration.record(seconds, dims)
+            self._duration.record(record.latency_ms / 1000, dims.base)
         if record.status == "ok":
-            dims.pop("error.type", None)
-            inputs: dict[str, Any] = {**dims, "gen_ai.token.type": "input"}
-            outputs: dict[str, Any] = {**dims, "gen_ai.token.type": "output"}
-            self._tokens.record(record.input_tokens, inputs)
-            self._tokens.record(record.output_tokens, outputs)
-        if record.estimated_cost_usd is not None:
-            self._cost.add(float(record.estimated_cost_usd), dims)
+            self._tokens.record(record.input_tokens, dims.input)
+            self._tokens.record(record.output_tokens, dims.output)
+
+    def _measure_latest(
+        self, record: UsageRecord, dims: _Dims, sums: dict[tuple[Any, int], list[Any]]
+    ) -> None:
+        """The latest conventions' histograms, and their usage counters (summed in ``sums``)."""
+        ok = record.status == "ok"
+        if not dims.inference:  # embeddings have metrics of their own
+            if record.latency_ms is not None:
+                self._embeddings_duration.record(record.latency_ms / 1000, dims.base)
+            if ok:
+                self._embeddings_input.record(record.input_tokens, dims.ok)
+            return
+        if record.latency_ms is not None:
+            self._inference_duration.record(record.latency_ms / 1000, dims.base)
+        if ok:
+            self._inference_input.record(record.input_tokens, dims.ok)
+            self._inference_output.record(record.output_tokens, dims.ok)
+        modalities = record.modalities
+        # Every inference operation, failed ones too (0 under "unknown" when nothing was used).
+        for modality, count in _by_modality(record.input_tokens, modalities, "input"):
+            _add(sums, self._usage_input, dims.modality(modality), count)
+        for modality, count in _by_modality(record.output_tokens, modalities, "output"):
+            _add(sums, self._usage_output, dims.modality(modality), count)
+        if record.cache_read_tokens:
+            parts = _by_modality(record.cache_read_tokens, modalities, "cache_read")
+            for modality, count in parts:
+                _add(sums, self._usage_cache_read, dims.modality(modality), count)
+        if record.cache_write_tokens:
+            unknown = dims.modality("unknown")
+            _add(sums, self._usage_cache_write, unknown, record.cache_write_tokens)
+        if record.reasoning_tokens:
+            unknown = dims.modality("unknown")
+            _add(sums, self._usage_reasoning, unknown, record.reasoning_tokens)
 
     def flush(self) -> None:
         """Hand what is batched to tokenmeter's own exporters (the application's are its own)."""
@@ -246,6 +437,18 @@ class OTelSink:
         self._pipeline.remove_submit_observer(self._capture_parent)
         self._observing = False
         self.flush()
+
+
+def _add(
+    sums: dict[tuple[Any, int], list[Any]], counter: Any, dims: dict[str, Any], n: Any
+) -> None:
+    """Add ``n`` to what ``counter`` gets for ``dims`` at the end of the batch."""
+    key = (counter, id(dims))  # dims are kept in the sink's cache: the same set, the same object
+    found = sums.get(key)
+    if found is None:
+        sums[key] = [dims, n]
+    else:
+        found[1] += n
 
 
 _providers: dict[tuple[tuple[str, str], ...], tuple[Any, Any]] = {}

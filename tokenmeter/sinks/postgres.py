@@ -6,9 +6,13 @@ Why it is shaped this way:
   as SQLite's rowid does), inside their own PostgreSQL schema
   (``tokenmeter`` by default, so ``records`` never meets an application's table of that name):
   the CLI reads both with the same SQL, and a query written for one runs on the other.
-- One transaction per batch: the rows are COPYed into a temporary table, then
-  ``INSERT ... SELECT ... ON CONFLICT (id) DO NOTHING``. A batch is stored whole or not at all, and
-  a batch the writer retries after a failure never creates duplicates.
+- One transaction per batch, one round trip: a binary ``COPY`` straight into ``records``, the rows
+  streamed to the server as they are built, so the server stores the first rows while the writer
+  still builds the last. A batch is stored whole or not at all. The primary key refuses a batch
+  holding an id already stored (the writer retrying a batch whose commit was made but whose answer
+  was lost): that batch goes the slow way, COPYed into a temporary table, then
+  ``INSERT ... SELECT ... ON CONFLICT (id) DO NOTHING``, so a retry never creates duplicates. So
+  does a batch the server refused for a NUL character, after the NULs are replaced.
 - Every failure raises, so the writer thread keeps the batch and retries it with back-off. A broken
   connection (server restarted, ``pg_terminate_backend``, network) is dropped and a new one is made
   on the next attempt; a batch that failed on a connection found dead is retried once at once on a
@@ -127,10 +131,18 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 
 #: The columns of the rows ``_record_row`` makes (the SQLite sink's: one list for both).
 _RECORD_COLUMNS = ", ".join(RECORD_COLUMNS)
-_STAGE = (
-    f"CREATE TEMPORARY TABLE tokenmeter_stage AS SELECT {_RECORD_COLUMNS} FROM records WITH NO DATA"
+#: The type of each of those columns, in that order, read from the table itself: a binary COPY
+#: needs them, and the schema stays the one place that states them.
+_COLUMN_TYPES = (
+    "SELECT a.atttypid::int FROM unnest(%s::text[]) WITH ORDINALITY AS c(name, n) "
+    "JOIN pg_attribute a ON a.attrelid = 'records'::regclass AND a.attname = c.name ORDER BY c.n"
 )
-_COPY = f"COPY tokenmeter_stage ({_RECORD_COLUMNS}) FROM STDIN"
+_COPY = f"COPY records ({_RECORD_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+_STAGE = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS tokenmeter_stage AS "
+    f"SELECT {_RECORD_COLUMNS} FROM records WITH NO DATA"
+)
+_COPY_STAGE = f"COPY tokenmeter_stage ({_RECORD_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 #: Two statements sent as one simple query: PostgreSQL runs them as one implicit transaction,
 #: in one round trip.
 _MOVE = (
@@ -155,6 +167,13 @@ def _pg_text(value: str) -> str:
     if value.startswith("{"):  # the JSON columns (tags, cost_breakdown)
         value = _JSON_NUL.sub("\\1\ufffd", value)
     return value
+
+
+#: Where the JSON text columns are in a row: a ``\\u0000`` there is accepted by a text column but
+#: refused by the ``jsonb`` casts of every reader, so it is looked for before the row is sent.
+_BREAKDOWN, _TAGS, _MODALITIES, _TOOLS = (
+    RECORD_COLUMNS.index(name) for name in ("cost_breakdown", "tags", "modalities", "tool_requests")
+)
 
 
 def _pg_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -214,6 +233,7 @@ class PostgresSink:
         self._statement_timeout_ms = max(1, round(statement_timeout_s * 1000))
         self._conn: psycopg.Connection[Any] | None = None
         self._pid = 0
+        self._types: list[int] = []  # of the COPY columns, read on connecting
 
     def __repr__(self) -> str:  # never the DSN: it may hold a password
         return f"PostgresSink(schema={self.schema!r})"
@@ -221,8 +241,8 @@ class PostgresSink:
     # -- the Sink protocol -------------------------------------------------------------------------
     def write(self, records: Sequence[UsageRecord]) -> None:
         if records:
-            rows = [_pg_row(_record_row(r)) for r in records]
-            self._with_retry(lambda conn: self._insert_records(conn, rows))
+            rows: list[tuple[Any, ...]] = []  # built once, by the first attempt
+            self._with_retry(lambda conn: self._insert_records(conn, records, rows))
 
     def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
         if sessions:
@@ -249,15 +269,37 @@ class PostgresSink:
         return PostgresLedger(self)
 
     # -- inside --------------------------------------------------------------------------------
-    def _insert_records(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> None:
-        # The COPY commits rows to this connection's own temporary table only; the move into
-        # ``records`` and the emptying of the stage are one transaction. A failure anywhere drops
-        # the connection (see _with_retry), and the stage with it: no row is left over to be
-        # moved with the next batch.
-        with conn.cursor() as cur, cur.copy(_COPY) as copy:
-            for row in rows:
-                copy.write_row(row)
-        conn.execute(_MOVE.encode())
+    def _insert_records(
+        self,
+        conn: psycopg.Connection[Any],
+        records: Sequence[UsageRecord],
+        rows: list[tuple[Any, ...]],
+    ) -> None:
+        """Store ``records``. ``rows`` holds the rows built for them so far (by an attempt on a
+        connection that died) and gets the rest as they are built."""
+        errors = _psycopg().errors
+        try:
+            with conn.cursor() as cur, cur.copy(_COPY) as copy:
+                copy.set_types(self._types)
+                for row in rows:
+                    copy.write_row(row)
+                for record in records[len(rows) :] if rows else records:
+                    row = _record_row(record)
+                    if "\\u0000" in f"{row[_BREAKDOWN]}{row[_TAGS]}{row[_MODALITIES]}{row[_TOOLS]}":
+                        row = _pg_row(row)
+                    rows.append(row)
+                    copy.write_row(row)  # sent as the buffer fills: the server works meanwhile
+        except (errors.UniqueViolation, errors.CharacterNotInRepertoire):
+            # An id stored already (a retried batch), or a NUL the server refused: the whole COPY
+            # was rolled back, and the batch goes through the stage, NULs replaced.
+            rows.extend(_record_row(r) for r in records[len(rows) :])
+            rows[:] = [_pg_row(row) for row in rows]
+            conn.execute(_STAGE.encode())
+            with conn.cursor() as cur, cur.copy(_COPY_STAGE) as copy:
+                copy.set_types(self._types)
+                for row in rows:
+                    copy.write_row(row)
+            conn.execute(_MOVE.encode())
 
     def _upsert_sessions(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> None:
         with conn.transaction(), conn.cursor() as cur:
@@ -287,10 +329,14 @@ class PostgresSink:
             self._drop_connection()
         conn = self._open()
         try:
-            conn.execute(_STAGE)
+            found = conn.execute(_COLUMN_TYPES, (list(RECORD_COLUMNS),)).fetchall()
         except BaseException:
             conn.close()
             raise
+        if len(found) != len(RECORD_COLUMNS):
+            conn.close()
+            raise RuntimeError(f"table {self.schema}.records lacks some of {RECORD_COLUMNS}")
+        self._types = [oid for (oid,) in found]
         self._conn, self._pid = conn, os.getpid()
         return conn
 
