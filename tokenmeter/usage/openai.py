@@ -1,4 +1,4 @@
-"""OpenAI usage (chat completions, legacy completions, embeddings, Responses) -> Usage.
+"""OpenAI usage (chat completions, legacy completions, embeddings, Responses, Images) -> Usage.
 
 ``prompt_tokens``/``input_tokens`` already include ``cached_tokens``; reasoning is already inside
 ``completion_tokens``/``output_tokens``. So the totals are taken as they are and the details are
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenmeter._models import Usage, usage_of
+from tokenmeter._models import Pass, Usage, usage_of
 from tokenmeter.usage._read import Get, counts, getter, ident, priced_tier, shown
 from tokenmeter.usage._types import Extracted
 
@@ -85,6 +85,45 @@ def usage_from_openai(usage: Any) -> Usage:
     )
 
 
+def usage_from_openai_images(usage: Any, svg_usage: Any = None) -> Usage:
+    """An Images API ``usage`` (GPT Image models: generate, edit, their streams' completed event).
+
+    Its input is split into text and image tokens (``input_tokens_details``), each with its own
+    rate. What it outputs is the image: ``output_tokens`` are image tokens unless
+    ``output_tokens_details`` splits them. ``svg_usage`` (SVG authoring, reported apart from the
+    rendering and naming its own model) is a billed pass of its own, added to the totals."""
+    found = usage_from_openai(usage)
+    modalities = dict(found.modalities)
+    if found.output_tokens and not any(key.startswith("output_") for key in modalities):
+        modalities["output_image"] = found.output_tokens
+    passes: tuple[Pass, ...] = ()
+    extra_in = extra_out = extra_reasoning = 0
+    if svg_usage is not None:
+        get = getter(svg_usage, what="svg_usage")
+        extra_in, extra_out, extra_reasoning = counts(
+            get, "input_tokens", "output_tokens", "reasoning_tokens"
+        )
+        model = get("model")
+        passes = (
+            Pass(
+                kind="svg_authoring",
+                model=model[:500] if type(model) is str and model.strip() else None,
+                usage=usage_of(extra_in, extra_out, reasoning_tokens=extra_reasoning),
+            ),
+        )
+    return usage_of(
+        found.input_tokens + extra_in,
+        found.output_tokens + extra_out,
+        cache_read_tokens=found.cache_read_tokens,
+        cache_write_tokens=found.cache_write_tokens,
+        reasoning_tokens=found.reasoning_tokens + extra_reasoning,
+        input_audio_tokens=found.input_audio_tokens,
+        output_audio_tokens=found.output_audio_tokens,
+        modalities=modalities or None,
+        passes=passes,
+    )
+
+
 def _tool_requests(get: Get) -> dict[str, int] | None:
     """Built-in tool calls of a Responses answer: ``tool_usage`` when the API sends it, else
     the tool-call items of its output (one web search or file search per item)."""
@@ -123,6 +162,13 @@ def from_openai_response(response: Any, provider: str = "openai") -> Extracted |
         raise ValueError("the OpenAI response carries no usage")
     kind = get("object")
     tier = get("service_tier")
+    if kind is None and get("created") is not None:  # an ImagesResponse has no ``object``
+        return Extracted(
+            provider=provider,
+            usage=usage_from_openai_images(usage, get("svg_usage")),
+            model=get("model"),
+            operation="images",
+        )
     found = usage_from_openai(usage)
     if kind == "response":
         tools = _tool_requests(get)
