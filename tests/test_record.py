@@ -428,14 +428,12 @@ def test_record_refuses_bad_part_counts_naming_the_field(
         ({"modalities": {"input_pixels": 1}}, "modalities has an unknown key 'input_pixels'"),
         ({"modalities": {1: 1}}, "modalities has an unknown key 1"),
         ({"tool_requests": {"image_gen": 1}}, "tool_requests has an unknown key"),
-        ({"modalities": {"input_image": 101}}, r"modalities\['input_image'\] \(101\) cannot exceed"),
+        ({"modalities": {"input_image": 101}}, r"\['input_image'\] \(101\) cannot exceed"),
         ({"modalities": {"output_audio": 51}}, "cannot exceed output_tokens"),
         ({"modalities": {"cache_read_text": 1}}, "cannot exceed cache_read_tokens"),
     ],
 )
-def test_record_refuses_bad_parts(
-    sink: InMemorySink, kwargs: dict[str, Any], message: str
-) -> None:
+def test_record_refuses_bad_parts(sink: InMemorySink, kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message) as raised:
         tokenmeter.record("openai", "gpt-4o", input_tokens=100, output_tokens=50, **kwargs)
     assert "\n" not in str(raised.value)
