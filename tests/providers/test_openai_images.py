@@ -185,3 +185,64 @@ def test_svg_authoring_is_a_pass_at_its_own_model(kit: Any, records: Records) ->
     assert rec.cost_breakdown is not None
     assert rec.cost_breakdown["svg_authoring"] == Decimal("0.0075")
     assert rec.estimated_cost_usd == Decimal("0.17415")
+
+
+# -- the Responses image_generation tool: billed apart, at the image model's rates ------------------
+
+
+def responses_body(tools: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": "resp_img",
+        "object": "response",
+        "created_at": 1_745_000_000,
+        "status": "completed",
+        "model": "gpt-4.1-2025-04-14",
+        "output": [
+            {"id": "ig_1", "type": "image_generation_call", "status": "completed", "result": PIXEL}
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": tools,
+        "usage": {
+            "input_tokens": 100,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 50,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 150,
+        },
+        "tool_usage": {"image_gen": GENERATED, "web_search": {"num_requests": 0}},
+    }
+
+
+async def test_responses_image_generation_is_a_pass_at_the_image_model(
+    kit: Any, records: Records, is_async: bool
+) -> None:
+    echoed = [{"type": "image_generation", "model": "gpt-image-1", "quality": "high"}]
+    client = kit.mock_openai(
+        lambda request: json_reply(kit.http, responses_body(echoed)), is_async=is_async
+    )
+    await kit.maybe(
+        client.responses.create(
+            model="gpt-4.1", input="Draw a fox", tools=[{"type": "image_generation"}]
+        )
+    )
+    record = only(records())
+    assert (record.input_tokens, record.output_tokens) == (150, 4210)
+    b = record.cost_breakdown
+    assert b is not None
+    # gpt-4.1's own 100 in / 50 out at $2 / $8; the image at gpt-image-1's rates.
+    assert (b["input"], b["output"]) == (Decimal("0.0002"), Decimal("0.0004"))
+    assert b["image_generation"] == Decimal("0.16665")
+    assert record.estimated_cost_usd == Decimal("0.16725")
+
+
+def test_responses_image_generation_without_a_named_model_is_not_priced_at_the_text_model(
+    kit: Any, records: Records
+) -> None:
+    client = kit.mock_openai(
+        lambda request: json_reply(kit.http, responses_body([{"type": "image_generation"}]))
+    )
+    client.responses.create(model="gpt-4.1", input="Draw a fox")
+    record = only(records())
+    assert record.output_tokens == 4210
+    assert record.estimated_cost_usd is None  # unknown, never the image priced as text

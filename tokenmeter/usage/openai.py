@@ -144,6 +144,56 @@ def _tool_requests(get: Get) -> dict[str, int] | None:
     return found or None
 
 
+#: The image model a Responses ``image_generation`` tool used when neither the request nor the
+#: response names one: not known here, so the pass is left unpriced (the call's cost unknown)
+#: rather than priced at the text model's rates.
+UNNAMED_IMAGE_MODEL = "image-generation-model-not-named"
+
+
+def _image_generation(get: Get) -> Pass | None:
+    """``tool_usage.image_gen`` of a Responses answer: the image generation tool's tokens,
+    reported apart from the model's ``usage`` and billed at the image model's rates. That model
+    is the one the response's echoed ``image_generation`` tool names."""
+    tool_usage = get("tool_usage")
+    if tool_usage is None:
+        return None
+    image_gen = getter(tool_usage, what="tool_usage")("image_gen")
+    if image_gen is None:
+        return None
+    drawn = usage_from_openai_images(image_gen)
+    if not drawn.input_tokens and not drawn.output_tokens:
+        return None
+    (cached,) = counts(getter(image_gen, what="tool_usage.image_gen"), "cached_tokens")
+    if cached:
+        drawn = drawn.model_copy(update={"cache_read_tokens": min(cached, drawn.input_tokens)})
+    model = None
+    tools = get("tools")
+    if isinstance(tools, list | tuple):
+        for tool in tools[:_MAX_ITEMS]:
+            tool_get = getter(tool, what="tool")
+            if tool_get("type") == "image_generation":
+                named = tool_get("model")
+                model = named[:500] if type(named) is str and named.strip() else None
+                break
+    return Pass(kind="image_generation", model=model or UNNAMED_IMAGE_MODEL, usage=drawn)
+
+
+def _with_pass(usage: Usage, extra: Pass) -> Usage:
+    """``usage`` with a pass reported apart from it: its tokens added to the totals."""
+    return usage_of(
+        usage.input_tokens + extra.usage.input_tokens,
+        usage.output_tokens + extra.usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens + extra.usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        input_audio_tokens=usage.input_audio_tokens,
+        output_audio_tokens=usage.output_audio_tokens,
+        modalities=usage.modalities or None,
+        tool_requests=usage.tool_requests or None,
+        passes=(*usage.passes, extra),
+    )
+
+
 def tier_from_openai(service_tier: Any) -> str | None:
     return None if service_tier is None else priced_tier(service_tier)
 
@@ -174,6 +224,9 @@ def from_openai_response(response: Any, provider: str = "openai") -> Extracted |
         tools = _tool_requests(get)
         if tools:
             found = found.model_copy(update={"tool_requests": tools})
+        drawn = _image_generation(get)
+        if drawn is not None:
+            found = _with_pass(found, drawn)
     return Extracted(
         provider=provider,
         usage=found,
