@@ -187,7 +187,7 @@ def test_svg_authoring_is_a_pass_at_its_own_model(kit: Any, records: Records) ->
     assert rec.estimated_cost_usd == Decimal("0.17415")
 
 
-# -- the Responses image_generation tool: billed apart, at the image model's rates ------------------
+# -- the Responses image_generation tool: billed apart, at the image model's rates ----------------
 
 
 def responses_body(tools: list[dict[str, Any]]) -> dict[str, Any]:

@@ -170,11 +170,46 @@ def _read_images(parsed: Any, call: Call) -> None:
     call.take(from_openai_response(parsed, call.provider))
 
 
+class TranscriptEventReader:
+    """Audio transcription streams: ``transcript.text.done`` carries the usage."""
+
+    __slots__ = ("tally",)
+
+    def __init__(self, hide_usage_chunk: bool = False) -> None:
+        self.tally = TextTally()
+
+    def feed(self, event: Any, call: Call) -> bool:
+        kind = getattr(event, "type", None)
+        if kind == "transcript.text.delta":
+            self.tally.add(getattr(event, "delta", None))
+        elif kind == "transcript.text.done":
+            usage = getattr(event, "usage", None)
+            if usage is not None:
+                call.read("reading transcription usage", _read_transcript_usage, usage, call)
+        return False
+
+
+def _read_transcript_usage(usage: Any, call: Call) -> None:
+    if field(usage, "type") != "duration":
+        call.usage = usage_from_openai(usage)
+
+
+def _read_transcription(parsed: Any, call: Call) -> None:
+    """A transcription: GPT-4o transcribe models report tokens (audio and text in,
+    text out). whisper-1 reports seconds of audio (billed by the minute, a unit no price table
+    here holds) and plain-text formats report nothing: such calls are not recorded."""
+    usage = field(parsed, "usage")
+    if usage is None or field(usage, "type") == "duration":
+        return
+    call.usage = usage_from_openai(usage)
+
+
 _CHAT = Endpoint("chat.completions", _read, ChunkReader, no_usage_hint=_CHAT_HINT)
 _COMPLETIONS = Endpoint("completions", _read, ChunkReader)
 _EMBEDDINGS = Endpoint("embeddings", _read, ChunkReader)
 _RESPONSES = Endpoint("responses", _read_response, ResponseEventReader, dedupe=True)
 _IMAGES = Endpoint("images", _read_images, ImageEventReader)
+_TRANSCRIPTIONS = Endpoint("audio.transcriptions", _read_transcription, TranscriptEventReader)
 _NOT_BILLED = {"input_tokens", "cancel", "input_items"}
 
 
@@ -195,6 +230,8 @@ class OpenAIAdapter(StainlessAdapter):
                 return _COMPLETIONS
             if path.endswith(("/images/generations", "/images/edits")):
                 return _IMAGES
+            if path.endswith("/audio/transcriptions"):
+                return _TRANSCRIPTIONS
         elif method != "get":
             return None
         parts = path.rstrip("/").split("/")

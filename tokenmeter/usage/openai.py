@@ -42,6 +42,8 @@ def usage_from_openai(usage: Any) -> Usage:
     total_in, total_out, in_details, out_details = names
     input_tokens, output_tokens, hit = counts(get, total_in, total_out, "prompt_cache_hit_tokens")
     details_in = get(in_details)
+    if details_in is None and names is _RESPONSES:  # audio transcriptions spell it without "s"
+        details_in = get("input_token_details")
     cached, write, audio_in, image_in, text_in = counts(
         getter(details_in, what=in_details),
         "cached_tokens",
