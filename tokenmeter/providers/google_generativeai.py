@@ -5,13 +5,15 @@ these two methods, so they are the only patches. With ``stream=True`` the SDK re
 that fetches as it is iterated (one chunk ahead) and joins what it fetched, so its
 ``usage_metadata`` is the running total so far. It is wrapped in the core's stream proxies like
 every other provider's stream: recorded once when it ends, is resolved (``resolve()`` drains it
-through the proxy), fails, or is dropped. The SDK's proto drops ``thoughts_token_count``;
+through the proxy), fails, or is dropped; the running total is read then, once (a proto read
+costs more than the SDK's own work on a chunk). The SDK's proto drops ``thoughts_token_count``;
 ``usage_from_gemini`` recovers it from the total. A response whose proto carries no usage at all
 (the SDK hands back an empty message: zeros) is estimated, never a silent zero.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import wrapt
@@ -37,6 +39,20 @@ OPERATION = "generate_content"
 ADAPTER = Switches()
 
 
+@dataclass(slots=True, eq=False)
+class _StreamCall(Call):
+    """A stream's call. The SDK joins every chunk it fetched (one ahead of the caller) into the
+    response, whose usage is the running total so far: it is read once, when the call finishes,
+    however the stream ended (the core's proxies decide when)."""
+
+    response: Any = None
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if not self.done and self.response is not None:
+            self.read("reading a Gemini stream", _read, self.response, self)
+        Call.finish(self, error)
+
+
 def _new_call(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
     name = getattr(model, "model_name", None)
     request_model = name if isinstance(name, str) else None
@@ -46,7 +62,7 @@ def _new_call(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call
         "tools": kwargs.get("tools") or getattr(model, "_tools", None),
     }
     streamed = bool(kwargs.get("stream"))
-    call = Call(
+    call = (_StreamCall if streamed else Call)(
         PROVIDER, request_model, OPERATION, streamed=streamed, expects_usage=True, request=request
     )
     call.model = short_model(request_model)  # replaced by response.model_version when given
@@ -78,19 +94,16 @@ def _read(response: Any, call: Call) -> None:
     call.take(Extracted(PROVIDER, usage, model=version or None, operation=OPERATION))
 
 
-class _RunningTotal:
-    """The stream reader: the SDK joins every chunk it fetched into the response, so the
-    response's usage (not the chunk's) is the latest running total, read-ahead chunk included.
-    The text that passes by is tallied until a total comes (estimated if none ever does)."""
+class _TextTally:
+    """The stream reader: the usage is read when the call finishes (``_StreamCall``); until a
+    total is known, the text that passes by is tallied (estimated if none ever comes)."""
 
-    __slots__ = ("response", "tally")
+    __slots__ = ("tally",)
 
-    def __init__(self, response: Any) -> None:
-        self.response = response
+    def __init__(self) -> None:
         self.tally = TextTally()
 
     def feed(self, chunk: Any, call: Call) -> bool:
-        _read(self.response, call)
         if call.usage is None:
             for candidate in getattr(chunk, "candidates", None) or ():
                 content = getattr(candidate, "content", None)
@@ -137,10 +150,11 @@ class _Adapter:
 
     def deliver(self, plan: Plan, result: Any, is_async: bool) -> Any:
         call = plan.call
-        if call.streamed:
+        if isinstance(call, _StreamCall):
             # The SDK fetched the first chunk while sending: its total is known before any next().
             call.read("reading a Gemini stream", _read, result, call)
-            call.reader = _RunningTotal(result)
+            call.response = result
+            call.reader = _TextTally()
             proxy = AsyncStreamResponse if is_async else SyncStreamResponse
             return proxy(result, call, call.reader)
         call.read("reading a Gemini response", _read, result, call)
