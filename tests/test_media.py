@@ -239,9 +239,9 @@ def test_openai_input_audio_and_files() -> None:
         "type": "file",
         "file": {"filename": "a.pdf", "file_data": data_url("application/pdf", pdf(2))},
     }
-    assert openai_extra("gpt-4o", document) == 2000
+    assert openai_extra("gpt-4o", document) == 1500
     by_id = {"type": "file", "file": {"file_id": "file-abc"}}
-    assert openai_extra("gpt-4o", by_id) == 1000  # unknown: one page at least
+    assert openai_extra("gpt-4o", by_id) == 750  # unknown: one page at least
 
 
 def test_claude_documents() -> None:
@@ -271,7 +271,7 @@ def test_broken_media_never_raise_and_count_a_typical_figure() -> None:
     request = {"model": "gpt-4o", "messages": [{"role": "user", "content": parts}]}
     found = estimate_input("openai", request)
     assert found.modalities["input_image"] == 765
-    assert found.modalities["input_document"] == 1000
+    assert found.modalities["input_document"] == 750
 
 
 def test_public_estimate_prices_audio_as_audio() -> None:
@@ -286,3 +286,24 @@ def test_public_estimate_prices_audio_as_audio() -> None:
     assert cost.breakdown is not None and cost.breakdown["input_audio"] == Decimal(
         "0.024"
     )  # $40 / M
+
+
+def mp4(seconds: float, index_first: bool) -> bytes:
+    """An MP4 with an ``mvhd`` box (timescale 1000) before or after its media data."""
+    mvhd = (
+        b"mvhd" + b"\0\0\0\0" + struct.pack(">IIII", 0, 0, 1000, int(seconds * 1000)) + b"\0" * 80
+    )
+    moov = struct.pack(">I", len(mvhd) + 16) + b"moov" + struct.pack(">I", len(mvhd) + 4) + mvhd
+    mdat = struct.pack(">I", 200_008) + b"mdat" + b"\0" * 200_000
+    ftyp = b"\0\0\0\x1cftypmp42\0\0\0\x01isommp41mp42"
+    return ftyp + (moov + mdat if index_first else mdat + moov)
+
+
+@pytest.mark.parametrize("index_first", [True, False], ids=["moov-first", "moov-last"])
+def test_gemini_video_counts_263_tokens_a_second_of_its_index_duration(index_first: bool) -> None:
+    clip = mp4(7.6, index_first)
+    # Gemini's JSON carries bytes as URL-safe base64.
+    data = base64.urlsafe_b64encode(clip).decode().rstrip("=")
+    part = {"inlineData": {"mimeType": "video/mp4", "data": data}}
+    found = estimate_input("google", {"model": "gemini-2.5-flash", "contents": [{"parts": [part]}]})
+    assert found.modalities["input_video"] == 7 * 263  # sampled at one frame a second

@@ -26,7 +26,14 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from tokenmeter._media import audio_seconds, decoded_size, image_size, media_bytes, pdf_pages
+from tokenmeter._media import (
+    audio_seconds,
+    decoded_size,
+    image_size,
+    media_bytes,
+    mp4_seconds,
+    pdf_pages,
+)
 from tokenmeter._models import MAX_TOKENS, Usage
 from tokenmeter._registry import canonical, family_of
 
@@ -311,7 +318,11 @@ class _Walk:
         elif mime.startswith("audio/"):
             self._audio(data, mime)
         elif mime.startswith("video/"):
-            self.video += decoded_size(data) * 8 / _VIDEO_BITRATE
+            head, end = media_bytes(data), media_bytes(data, tail=True)
+            seconds = (mp4_seconds(head) if head else None) or (mp4_seconds(end) if end else None)
+            if seconds is None:
+                seconds = decoded_size(data) * 8 / _VIDEO_BITRATE
+            self.video += max(1, int(seconds))  # sampled at one frame a second
         elif mime == "application/pdf":
             self._document(data)
         elif mime.startswith("text/"):
@@ -346,7 +357,7 @@ class _Walk:
         if self.audio:
             found["input_audio"] = max(1, round(self.audio * per_second))
         if self.video:
-            found["input_video"] = max(1, round(self.video * _VIDEO_PER_SECOND))
+            found["input_video"] = round(self.video * _VIDEO_PER_SECOND)
         if self.documents:
             found["input_document"] = self.documents * _PAGE_TOKENS[self.family]
         return found
@@ -362,13 +373,14 @@ _MEDIA_KEYS = frozenset(
 #: Audio tokens a second: Gemini 32 (documented); OpenAI 10 (one per 100 ms of user audio, as its
 #: Realtime cost guide counts it). Claude takes no audio.
 _AUDIO_PER_SECOND = {"openai": 10, "anthropic": 10, "google": 32}
-#: Gemini video: 263 tokens a second (documented); its duration is taken from its size at a
-#: typical 1 Mbit/s, as reading it needs the whole container.
+#: Gemini video: 263 tokens a second (documented); the duration is read from an MP4's index (at
+#: its start or its end), else taken from its size at a typical 1 Mbit/s.
 _VIDEO_PER_SECOND = 263
 _VIDEO_BITRATE = 1_000_000
 #: Tokens a PDF page: Gemini 258 (documented); Claude 1,500-3,000 depending on its text
-#: (documented; the middle taken); OpenAI documents none (a page's image and text: assumed 1,000).
-_PAGE_TOKENS = {"openai": 1_000, "anthropic": 2_250, "google": 258}
+#: (documented; the middle taken); OpenAI documents none: a page's image and its text, about 220
+#: tokens for a near-empty page in recorded calls plus some 530 for a page of about 400 words.
+_PAGE_TOKENS = {"openai": 750, "anthropic": 2_250, "google": 258}
 #: OpenAI tile models: (name prefix, base tokens, tokens a 512 px tile); checked in order.
 _OPENAI_TILES = (
     ("gpt-4o-mini", 2_833, 5_667),

@@ -14,7 +14,14 @@ import re
 import struct
 from typing import Any
 
-__all__ = ["audio_seconds", "decoded_size", "image_size", "media_bytes", "pdf_pages"]
+__all__ = [
+    "audio_seconds",
+    "decoded_size",
+    "image_size",
+    "media_bytes",
+    "mp4_seconds",
+    "pdf_pages",
+]
 
 #: Base64 characters decoded to read a header: 64 KiB of text, 48 KiB of bytes (a JPEG's frame
 #: header may come after its EXIF block).
@@ -28,12 +35,13 @@ _DEFAULT_BITRATE = 128_000
 _PDF_PAGE_BYTES = 50_000
 
 
-def media_bytes(data: Any, limit: int | None = _HEAD) -> bytes | None:
-    """The first ``limit`` bytes (None: all) of inline media: raw bytes, base64 text or a
-    ``data:`` URL. None when it is none of these (a URL, a file id)."""
+def media_bytes(data: Any, limit: int | None = _HEAD, tail: bool = False) -> bytes | None:
+    """The first (``tail``: last) ``limit`` bytes (None: all) of inline media: raw bytes, base64
+    text (standard or URL-safe, as Gemini's JSON sends it) or a ``data:`` URL. None when it is
+    none of these (a URL, a file id)."""
     if isinstance(data, bytes | bytearray | memoryview):
         raw = bytes(data)
-        return raw if limit is None else raw[:limit]
+        return raw if limit is None else raw[-limit:] if tail else raw[:limit]
     if not isinstance(data, str) or not data:
         return None
     if data.startswith("data:"):
@@ -43,10 +51,17 @@ def media_bytes(data: Any, limit: int | None = _HEAD) -> bytes | None:
         data = data[comma + 1 :]
     elif data.startswith(("http://", "https://", "gs://", "file-")):
         return None
-    text = data if limit is None else data[: (limit // 3 + 1) * 4]
-    text = text[: len(text) - len(text) % 4]
+    text = data
+    if limit is not None:
+        chars = (limit // 3 + 1) * 4
+        if tail:
+            start = max(len(data) - chars, 0)
+            text = data[start - start % 4 :]
+        else:
+            text = data[:chars]
+            text = text[: len(text) - len(text) % 4]
     try:
-        return base64.b64decode(text, validate=False)
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         return None
 
@@ -170,6 +185,23 @@ def _mp3_bitrate(head: bytes) -> int:
         if at > 4096:
             break
     return 0
+
+
+def mp4_seconds(head: bytes) -> float | None:
+    """An MP4 / QuickTime clip's duration from its ``mvhd`` box, when the file starts with its
+    index (``moov`` first, as files prepared for streaming do); None otherwise."""
+    at = head.find(b"mvhd")
+    if at < 4 or at + 32 > len(head):
+        return None
+    box = head[at + 4 :]
+    try:
+        if box[0] == 1:  # version 1: 64-bit times
+            timescale, duration = struct.unpack(">IQ", box[20:32])
+        else:
+            timescale, duration = struct.unpack(">II", box[12:20])
+    except struct.error:
+        return None
+    return duration / timescale if timescale and duration < 2**40 else None
 
 
 # -- documents ------------------------------------------------------------------------------------
