@@ -6,6 +6,10 @@ response's visible output as tokenmeter would for a call that reported nothing, 
 relative error per provider and side: median and worst (signed: + over, - under).
 
     python benchmarks/estimate_accuracy.py DIR [DIR ...]
+    python benchmarks/estimate_accuracy.py --media DIR [DIR ...]
+
+``--media`` measures the other side: only the exchanges whose request carries images, files or
+audio (input only, grouped by the kinds of media the request carries).
 
 No recorded exchange ships with tokenmeter: point it at any set of cassettes (those of open-source
 projects' test suites). Needs PyYAML. Exchanges with images, files or audio, server-side tools,
@@ -24,7 +28,16 @@ import yaml  # type: ignore[import-untyped]
 
 from tokenmeter._estimate import TextTally, estimate_input
 
-_SKIP_WORDS = ("image", "input_file", "document", "audio", "file_data", "inline_data", "fileData")
+_SKIP_WORDS = (
+    "image",
+    "input_file",
+    "document",
+    "audio",
+    "video",
+    "file_data",
+    "inline_data",
+    "fileData",
+)
 
 
 def _provider(uri: str) -> str | None:
@@ -96,9 +109,27 @@ def _output_text(provider: str, body: dict[str, Any]) -> TextTally:
     return tally
 
 
-def _skip(request: dict[str, Any], response: dict[str, Any], provider: str) -> bool:
+def _media_kinds(request: dict[str, Any]) -> str:
+    """The kinds of media a request carries ("" for none), e.g. "image+audio"."""
     text = json.dumps(request)
-    if any(word in text for word in _SKIP_WORDS) or request.get("stream"):
+    kinds = {
+        "image": ("image_url", "input_image", '"image"', "image/"),
+        "audio": ("input_audio", "audio/"),
+        "document": ("input_file", '"file"', "document", "application/pdf"),
+        "video": ("video/",),
+    }
+    found = [kind for kind, words in kinds.items() if any(word in text for word in words)]
+    inline = ("base64", "inlineData", "inline_data", '"data": "', "file_data")
+    where = "inline" if any(word in text for word in inline) else "by reference"
+    return f"{'+'.join(found)}, {where}" if found else ""
+
+
+def _skip(request: dict[str, Any], response: dict[str, Any], provider: str, media: bool) -> bool:
+    text = json.dumps(request)
+    if request.get("stream"):
+        return True
+    has_media = any(word in text for word in _SKIP_WORDS)
+    if has_media != media or (media and not _media_kinds(request)):
         return True
     tools = json.dumps(request.get("tools") or [])
     if provider == "anthropic" and '"type": "' in tools and '"custom"' not in tools:
@@ -115,6 +146,8 @@ def _skip(request: dict[str, Any], response: dict[str, Any], provider: str) -> b
 
 
 def main(dirs: list[str]) -> None:
+    media = "--media" in dirs
+    dirs = [d for d in dirs if d != "--media"]
     errors: dict[tuple[str, str], list[float]] = {}
     for directory in dirs:
         for path in sorted(Path(directory).rglob("*.yaml")):
@@ -128,7 +161,7 @@ def main(dirs: list[str]) -> None:
                 request, response = req.get("parsed_body"), resp.get("parsed_body")
                 if provider is None or not isinstance(request, dict):
                     continue
-                if not isinstance(response, dict) or _skip(request, response, provider):
+                if not isinstance(response, dict) or _skip(request, response, provider, media):
                     continue
                 real = _real(provider, response)
                 if real is None or real[0] <= 0:
@@ -138,17 +171,21 @@ def main(dirs: list[str]) -> None:
                     request = {**request, "model": model}
                 operation = "responses" if "input" in request else None
                 guess = estimate_input(provider, request, operation).input_tokens
-                errors.setdefault((provider, "input"), []).append(guess / real[0] - 1)
+                side = f"input ({_media_kinds(request)})" if media else "input"
+                errors.setdefault((provider, side), []).append(guess / real[0] - 1)
+                if media:
+                    continue
                 visible = real[1] - real[2]
                 if visible >= 5 and not real[2]:
                     model = str(request.get("model") or "")
                     out = _output_text(provider, response).tokens(provider, model)
                     errors.setdefault((provider, "output"), []).append(out / visible - 1)
-    print(f"{'provider':<10} {'side':<7} {'n':>4} {'median':>8} {'|median|':>8} {'worst':>8}")
+    width = max([7, *(len(side) for _, side in errors)])
+    print(f"{'provider':<10} {'side':<{width}} {'n':>4} {'median':>8} {'|median|':>8} {'worst':>8}")
     for (provider, side), found in sorted(errors.items()):
         worst = max(found, key=abs)
         print(
-            f"{provider:<10} {side:<7} {len(found):>4} {statistics.median(found):>+8.1%} "
+            f"{provider:<10} {side:<{width}} {len(found):>4} {statistics.median(found):>+8.1%} "
             f"{statistics.median(abs(e) for e in found):>8.1%} {worst:>+8.1%}"
         )
 

@@ -337,3 +337,111 @@ def test_record_response_cleans_text_a_server_sent(sink: InMemorySink) -> None:
     assert sink.records == [odd, huge]
     for record in sink.records:
         json.dumps(record.to_json_dict(), ensure_ascii=False).encode("utf-8")
+
+
+# -- modality breakdown and server tool requests by hand -------------------------------------------
+#: A Gemini image-generation answer as the API sends it (7 prompt tokens, one 1,290-token image).
+GEMINI_IMAGE: dict[str, Any] = {
+    "modelVersion": "gemini-2.5-flash-image",
+    "candidates": [],
+    "usageMetadata": {
+        "promptTokenCount": 7,
+        "candidatesTokenCount": 1290,
+        "totalTokenCount": 1297,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 7}],
+        "candidatesTokensDetails": [{"modality": "IMAGE", "tokenCount": 1290}],
+    },
+}
+
+
+def test_record_prices_modalities_like_an_intercepted_call(sink: InMemorySink) -> None:
+    read = tokenmeter.record_response(GEMINI_IMAGE)
+    by_hand = tokenmeter.record(
+        "google",
+        "gemini-2.5-flash-image",
+        input_tokens=7,
+        output_tokens=1290,
+        modalities={"input_text": 7, "output_image": 1290},
+    )
+    assert by_hand.modalities == read.modalities == {"input_text": 7, "output_image": 1290}
+    assert by_hand.cost_breakdown == read.cost_breakdown
+    assert by_hand.estimated_cost_usd == read.estimated_cost_usd
+    assert by_hand.cost_breakdown is not None
+    assert by_hand.cost_breakdown["output_image"] == Decimal("0.0387")  # 1,290 x $30 / M
+    assert tokenmeter.flush(5)
+    assert [r.modalities for r in sink.records] == [read.modalities] * 2
+
+
+def test_record_audio_modalities_fill_the_audio_counts(sink: InMemorySink) -> None:
+    rec = tokenmeter.record(
+        "openai",
+        "gpt-4o-audio-preview",
+        input_tokens=100,
+        output_tokens=50,
+        modalities={"input_audio": 80, "output_audio": 40},
+    )
+    plain = tokenmeter.record("openai", "gpt-4o-audio-preview", input_tokens=100, output_tokens=50)
+    assert rec.cost_breakdown is not None
+    assert set(rec.cost_breakdown) >= {"input_audio", "output_audio"}
+    assert rec.estimated_cost_usd is not None and plain.estimated_cost_usd is not None
+    assert rec.estimated_cost_usd > plain.estimated_cost_usd  # audio is dearer than text
+
+
+def test_record_prices_server_tool_requests(sink: InMemorySink) -> None:
+    rec = tokenmeter.record(
+        "anthropic",
+        "claude-sonnet-4-5",
+        input_tokens=1000,
+        output_tokens=100,
+        tool_requests={"web_search": 3},
+    )
+    assert rec.tool_requests == {"web_search": 3}
+    assert rec.cost_breakdown is not None
+    assert rec.cost_breakdown["web_search"] == Decimal("0.03")  # $10 per 1,000 searches
+    assert tokenmeter.flush(5)
+    assert sink.records[0].tool_requests == {"web_search": 3}
+
+
+@pytest.mark.parametrize("field", ["modalities", "tool_requests"])
+@pytest.mark.parametrize(
+    "bad",
+    [-1, float("nan"), 1.5, "3", True, None, 10**13, 2**63],
+    ids=["negative", "NaN", "float", "text", "bool", "None", "10**13", "2**63"],
+)
+def test_record_refuses_bad_part_counts_naming_the_field(
+    sink: InMemorySink, field: str, bad: Any
+) -> None:
+    key = "input_image" if field == "modalities" else "web_search"
+    with pytest.raises(ValueError, match=rf"{field}\['{key}'\]") as raised:
+        tokenmeter.record("openai", "gpt-4o", 100, 50, **{field: {key: bad}})
+    assert "\n" not in str(raised.value)
+    assert tokenmeter.flush(5)
+    assert sink.records == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"modalities": [("input_image", 1)]}, "modalities must be a dict"),
+        ({"modalities": "input_image"}, "modalities must be a dict"),
+        ({"tool_requests": 3}, "tool_requests must be a dict"),
+        ({"modalities": {"input_pixels": 1}}, "modalities has an unknown key 'input_pixels'"),
+        ({"modalities": {1: 1}}, "modalities has an unknown key 1"),
+        ({"tool_requests": {"image_gen": 1}}, "tool_requests has an unknown key"),
+        ({"modalities": {"input_image": 101}}, r"\['input_image'\] \(101\) cannot exceed"),
+        ({"modalities": {"output_audio": 51}}, "cannot exceed output_tokens"),
+        ({"modalities": {"cache_read_text": 1}}, "cannot exceed cache_read_tokens"),
+    ],
+)
+def test_record_refuses_bad_parts(sink: InMemorySink, kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message) as raised:
+        tokenmeter.record("openai", "gpt-4o", input_tokens=100, output_tokens=50, **kwargs)
+    assert "\n" not in str(raised.value)
+    assert tokenmeter.flush(5)
+    assert sink.records == []
+
+
+def test_record_refuses_a_huge_parts_dict(sink: InMemorySink) -> None:
+    huge = {f"k{i}": 1 for i in range(100_000)}
+    with pytest.raises(ValueError, match="tool_requests has 100000 keys"):
+        tokenmeter.record("openai", "gpt-4o", 100, 50, tool_requests=huge)

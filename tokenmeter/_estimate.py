@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -25,7 +26,15 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from tokenmeter._models import Usage
+from tokenmeter._media import (
+    audio_seconds,
+    decoded_size,
+    image_size,
+    media_bytes,
+    mp4_seconds,
+    pdf_pages,
+)
+from tokenmeter._models import MAX_TOKENS, Usage
 from tokenmeter._registry import canonical, family_of
 
 __all__ = [
@@ -60,9 +69,6 @@ _OVERHEAD = {
 _TOOL_SHARE = {"openai": 0.5, "anthropic": 1.0, "google": 0.8}
 #: Tokens a response adds around its visible text (end of turn), by family.
 _OUTPUT_OVERHEAD = {"anthropic": 3}
-#: Tokens one image costs, as each provider bills a typical (about 1 megapixel) image.
-_IMAGE = {"openai": 765, "anthropic": 1_500, "google": 258}
-_OPENAI_LOW_DETAIL_IMAGE = 85
 
 
 # -- tokenizers ---------------------------------------------------------------------------------
@@ -214,16 +220,21 @@ _IMAGE_TYPES = frozenset({"image_url", "input_image", "image"})
 
 
 class _Walk:
-    """Collects the text (and counts the images) of a request's content, whatever its shape:
-    dicts, lists, strings, SDK objects (pydantic models, protos)."""
+    """Collects the text of a request's content, and what its media will cost, whatever its
+    shape: dicts, lists, strings, SDK objects (pydantic models, protos). Images, audio and
+    documents are counted as ``_media_tokens`` says: from their dimensions, duration or pages
+    when the request carries them inline, else at a typical figure."""
 
-    __slots__ = ("family", "images", "low_images", "parts")
+    __slots__ = ("audio", "documents", "family", "images", "parts", "video")
 
     def __init__(self, family: str) -> None:
         self.family = family
         self.parts: list[str] = []
-        self.images = 0
-        self.low_images = 0
+        #: (width, height) or None when unknown, and the OpenAI ``detail`` asked for.
+        self.images: list[tuple[tuple[int, int] | None, Any]] = []
+        self.audio = 0.0  # seconds
+        self.video = 0.0  # seconds
+        self.documents = 0  # pages
 
     def add(self, value: Any, depth: int = 0) -> None:
         if depth > 30 or value is None:
@@ -243,18 +254,10 @@ class _Walk:
         self.add(_plain(value), depth + 1)
 
     def _mapping(self, value: Mapping[Any, Any], depth: int) -> None:
-        kind = value.get("type")
-        if kind in _IMAGE_TYPES or _is_inline_image(value):
-            detail = value.get("detail")
-            if detail is None and isinstance(value.get("image_url"), Mapping):
-                detail = value["image_url"].get("detail")
-            if self.family == "openai" and detail == "low":
-                self.low_images += 1
-            else:
-                self.images += 1
+        if self._media(value):
             return
         for key, item in value.items():
-            if key in _NOT_TEXT or key in ("data", "url", "image_url", "inline_data"):
+            if key in _NOT_TEXT or key in _MEDIA_KEYS:
                 continue
             if isinstance(item, Mapping | list | tuple) and key in ("input", "args", "parameters"):
                 # Tool-call arguments and schemas are sent as JSON text.
@@ -262,18 +265,202 @@ class _Walk:
                 continue
             self.add(item, depth + 1)
 
+    def _media(self, value: Mapping[Any, Any]) -> bool:
+        """Count ``value`` if it is an image, audio or document part (True), else False."""
+        kind = value.get("type")
+        if kind is None and "mime_type" in value and "data" in value:  # a legacy Gemini blob
+            mime = value.get("mime_type")
+            self._blob(mime if isinstance(mime, str) else "", value.get("data"), None)
+            return True
+        inline = value.get("inline_data") or value.get("inlineData")
+        stored = value.get("file_data") or value.get("fileData")
+        if isinstance(inline, Mapping) or isinstance(stored, Mapping):  # Gemini parts
+            part = inline if isinstance(inline, Mapping) else stored
+            assert isinstance(part, Mapping)
+            mime = part.get("mime_type") or part.get("mimeType") or ""
+            self._blob(mime if isinstance(mime, str) else "", part.get("data"), None)
+            return True
+        if kind in _IMAGE_TYPES:
+            detail = value.get("detail")
+            source = value.get("image_url")
+            if isinstance(source, Mapping):  # chat: {"url": ..., "detail": ...}
+                detail = source.get("detail", detail)
+                source = source.get("url")
+            if isinstance(value.get("source"), Mapping):  # Anthropic: {"type": "base64", ...}
+                source = value["source"].get("data")
+            self._image(source, detail)
+            return True
+        if kind == "input_audio":
+            clip = value.get("input_audio")
+            clip = clip if isinstance(clip, Mapping) else value
+            fmt = clip.get("format")
+            self._audio(clip.get("data"), fmt if isinstance(fmt, str) else None)
+            return True
+        if kind in ("file", "input_file"):
+            file = value.get("file") if isinstance(value.get("file"), Mapping) else value
+            assert isinstance(file, Mapping)
+            self._document(file.get("file_data"))
+            return True
+        if kind == "document" and isinstance(value.get("source"), Mapping):
+            source = value["source"]
+            if source.get("type") == "text":  # a plain-text document: its text is what is read
+                self.add(source.get("data"))
+            elif source.get("type") == "content":
+                self.add(source.get("content"))
+            else:
+                self._document(source.get("data"))
+            return True
+        return False
+
+    def _blob(self, mime: str, data: Any, detail: Any) -> None:
+        if mime.startswith("image/"):
+            self._image(data, detail)
+        elif mime.startswith("audio/"):
+            self._audio(data, mime)
+        elif mime.startswith("video/"):
+            head, end = media_bytes(data), media_bytes(data, tail=True)
+            seconds = (mp4_seconds(head) if head else None) or (mp4_seconds(end) if end else None)
+            if seconds is None:
+                seconds = decoded_size(data) * 8 / _VIDEO_BITRATE
+            self.video += max(1, int(seconds))  # sampled at one frame a second
+        elif mime == "application/pdf":
+            self._document(data)
+        elif mime.startswith("text/"):
+            head = media_bytes(data, _KEEP_CHARS)
+            if head is not None:
+                self.parts.append(head.decode("utf-8", "replace"))
+        else:
+            self.documents += 1
+
+    def _image(self, data: Any, detail: Any) -> None:
+        head = media_bytes(data)
+        self.images.append((image_size(head) if head else None, detail))
+
+    def _audio(self, data: Any, fmt: str | None) -> None:
+        head = media_bytes(data)
+        if head:
+            self.audio += audio_seconds(head, decoded_size(data), fmt)
+
+    def _document(self, data: Any) -> None:
+        self.documents += pdf_pages(data) or 1  # unknown (a file id, a URL): one page at least
+
     def tokens(self, provider: str, model: str) -> int:
-        text = _measure(self.parts, provider, model)
-        image = _IMAGE[self.family] * self.images + _OPENAI_LOW_DETAIL_IMAGE * self.low_images
-        return text + image
+        return sum(self.counts(provider, model).values())
+
+    def counts(self, provider: str, model: str) -> dict[str, int]:
+        """Tokens by ``modalities`` key: input_text, input_image, input_audio, ..."""
+        found = {"input_text": _measure(self.parts, provider, model)}
+        if self.images:
+            image = _image_tokens(self.family, model)
+            found["input_image"] = sum(image(size, detail) for size, detail in self.images)
+        per_second = _AUDIO_PER_SECOND[self.family]
+        if self.audio:
+            found["input_audio"] = max(1, round(self.audio * per_second))
+        if self.video:
+            found["input_video"] = round(self.video * _VIDEO_PER_SECOND)
+        if self.documents:
+            found["input_document"] = self.documents * _PAGE_TOKENS[self.family]
+        return found
 
 
-def _is_inline_image(value: Mapping[Any, Any]) -> bool:
-    inline = value.get("inline_data") or value.get("inlineData")
-    if isinstance(inline, Mapping):
-        mime = inline.get("mime_type") or inline.get("mimeType") or ""
-        return isinstance(mime, str) and mime.startswith("image/")
-    return False
+#: Keys whose values are media, not text (read by ``_Walk._media`` where they can be).
+_MEDIA_KEYS = frozenset(
+    {"data", "url", "image_url", "inline_data", "inlineData", "file_data", "fileData", "source"}
+)
+
+
+# -- what media costs, by provider (each provider's documented rule; docs/providers.md) ----------
+#: Audio tokens a second: Gemini 32 (documented); OpenAI 10 (one per 100 ms of user audio, as its
+#: Realtime cost guide counts it). Claude takes no audio.
+_AUDIO_PER_SECOND = {"openai": 10, "anthropic": 10, "google": 32}
+#: Gemini video: 263 tokens a second (documented); the duration is read from an MP4's index (at
+#: its start or its end), else taken from its size at a typical 1 Mbit/s.
+_VIDEO_PER_SECOND = 263
+_VIDEO_BITRATE = 1_000_000
+#: Tokens a PDF page: Gemini 258 (documented); Claude 1,500-3,000 depending on its text
+#: (documented; the middle taken); OpenAI documents none: a page's image and its text, about 220
+#: tokens for a near-empty page in recorded calls plus some 530 for a page of about 400 words.
+_PAGE_TOKENS = {"openai": 750, "anthropic": 2_250, "google": 258}
+#: OpenAI tile models: (name prefix, base tokens, tokens a 512 px tile); checked in order.
+_OPENAI_TILES = (
+    ("gpt-4o-mini", 2_833, 5_667),
+    ("gpt-5", 70, 140),
+    ("o1", 75, 150),
+    ("o3", 75, 150),
+    ("computer-use", 65, 129),
+)
+#: OpenAI patch models: 32 px patches (at most 1,536) times a multiplier; checked first.
+_OPENAI_PATCHES = (
+    ("gpt-5-mini", 1.62),
+    ("gpt-5-nano", 2.46),
+    ("gpt-4.1-mini", 1.62),
+    ("gpt-4.1-nano", 2.46),
+    ("o4-mini", 1.72),
+)
+
+
+def _image_tokens(family: str, model: str) -> Callable[[tuple[int, int] | None, Any], int]:
+    """The provider's (and for OpenAI, the model's) image rule: tokens of one image given its
+    dimensions (None: not known, a typical image of about a megapixel is assumed)."""
+    if family == "anthropic":
+        return _claude_image
+    if family == "google":
+        return _gemini_image
+    name = model.lower().rsplit("/", 1)[-1]
+    for prefix, multiplier in _OPENAI_PATCHES:
+        if name.startswith(prefix):
+            return lambda size, detail: _openai_patches(size or (1024, 1024), multiplier)
+    base, tile = 85, 170
+    for prefix, base_, tile_ in _OPENAI_TILES:
+        if name.startswith(prefix):
+            base, tile = base_, tile_
+            break
+    return lambda size, detail: _openai_tiles(size, detail, base, tile)
+
+
+def _openai_tiles(size: tuple[int, int] | None, detail: Any, base: int, tile: int) -> int:
+    """Low detail: the base tokens. Else fit in 2048 x 2048, shorten the short side to 768 px,
+    and add a tile's tokens per 512 px tile (a 1024 x 1024 image: 4 tiles)."""
+    if detail == "low":
+        return base
+    width, height = size or (1024, 1024)
+    scale = min(1.0, 2048 / max(width, height))
+    scale *= min(1.0, 768 / (min(width, height) * scale))
+    return base + tile * math.ceil(width * scale / 512) * math.ceil(height * scale / 512)
+
+
+def _openai_patches(size: tuple[int, int], multiplier: float) -> int:
+    """32 x 32 px patches, at most 1,536 (the image is scaled down to fit), times the model's
+    multiplier."""
+    width, height = size
+    patches = math.ceil(width / 32) * math.ceil(height / 32)
+    if patches > 1_536:
+        scale = math.sqrt(32 * 32 * 1_536 / (width * height))
+        across, down = width * scale / 32, height * scale / 32
+        scale *= min(math.floor(across) / across, math.floor(down) / down)
+        patches = min(1_536, math.ceil(width * scale / 32) * math.ceil(height * scale / 32))
+    return round(patches * multiplier)
+
+
+def _claude_image(size: tuple[int, int] | None, detail: Any) -> int:
+    """width x height / 750, after scaling down to a long edge of 1568 px and about 1.2
+    megapixels (1,600 tokens)."""
+    if size is None:
+        return 1_500
+    width, height = size
+    scale = min(1.0, 1568 / max(width, height), math.sqrt(1_200_000 / (width * height)))
+    return max(1, math.ceil(width * scale * height * scale / 750))
+
+
+def _gemini_image(size: tuple[int, int] | None, detail: Any) -> int:
+    """258 tokens for an image within 384 x 384 px; larger ones are cut into 768 x 768 tiles
+    of 258 tokens each."""
+    if size is None:
+        return 258
+    width, height = size
+    if width <= 384 and height <= 384:
+        return 258
+    return 258 * math.ceil(width / 768) * math.ceil(height / 768)
 
 
 def _plain(value: Any) -> Any:
@@ -327,18 +514,39 @@ def estimate_input(provider: str, request: Any, operation: str | None = None) ->
     raises: what cannot be read counts as nothing.
     """
     try:
-        return Usage(input_tokens=_input_tokens(provider, request, operation))
+        return _usage_of(_input_parts(provider, request, operation))
     except Exception:
         logger.debug("tokenmeter: estimating a request's input failed", exc_info=True)
         return Usage()
+
+
+def _usage_of(parts: dict[str, int], output_tokens: int = 0) -> Usage:
+    """A Usage from input tokens by modality: the breakdown is kept (each part priced at its
+    modality's rate) when anything but text is in it."""
+    total = min(sum(parts.values()), MAX_TOKENS)
+    media = {key: value for key, value in parts.items() if value and key != "input_text"}
+    if not media:
+        return Usage(input_tokens=total, output_tokens=output_tokens)
+    found = {key: min(value, total) for key, value in parts.items() if value}
+    return Usage(
+        input_tokens=total,
+        output_tokens=output_tokens,
+        input_audio_tokens=found.get("input_audio", 0),
+        modalities=found,
+    )
 
 
 _BARE = frozenset({"embeddings", "embed_content", "completions"})
 
 
 def _input_tokens(provider: str, request: Any, operation: str | None = None) -> int:
+    return sum(_input_parts(provider, request, operation).values())
+
+
+def _input_parts(provider: str, request: Any, operation: str | None = None) -> dict[str, int]:
+    """A request's estimated input tokens by modality (text: with the framing and the tools)."""
     if request is None:
-        return 0
+        return {}
     family = _family(provider)
     model = _get(request, "model")
     model = model if isinstance(model, str) else ""
@@ -370,10 +578,11 @@ def _input_tokens(provider: str, request: Any, operation: str | None = None) -> 
         tools = _get(request, "tools")
     if operation in _BARE or (operation is None and _get(request, "prompt") is not None):
         n, per_request = 0, 0  # no chat framing around a bare prompt or an embeddings input
-    total = walk.tokens(provider, model) + per_message * n + per_request
+    parts = walk.counts(provider, model)
+    parts["input_text"] += per_message * n + per_request
     if tools:
-        total += _tool_tokens(tools, provider, model) + per_tools
-    return total
+        parts["input_text"] += _tool_tokens(tools, provider, model) + per_tools
+    return parts
 
 
 def _tool_tokens(tools: Any, provider: str, model: str) -> int:
@@ -441,16 +650,16 @@ def estimate(
         if value is not None and not isinstance(value, str):
             raise ValueError(f"{name} must be a string, got {type(value).__name__}")
     name = canonical(provider) if provider else provider_for_model(model)
-    input_tokens = 0
+    parts: dict[str, int] = {"input_text": 0}
     if messages is not None:
         key = "contents" if _family(name) == "google" else "messages"
-        input_tokens += _input_tokens(name, {"model": model, key: list(messages)})
+        parts.update(_input_parts(name, {"model": model, key: list(messages)}))
     if text:
-        input_tokens += count_tokens(text, name, model)
+        parts["input_text"] += count_tokens(text, name, model)
     output_tokens = 0
     if output:
         output_tokens = count_tokens(output, name, model) + _OUTPUT_OVERHEAD.get(_family(name), 0)
-    return Usage(input_tokens=input_tokens, output_tokens=output_tokens)
+    return _usage_of(parts, output_tokens)
 
 
 def estimate_usage(
@@ -465,4 +674,4 @@ def estimate_usage(
             output = tally.tokens(provider, model)
         except Exception:
             logger.debug("tokenmeter: estimating a stream's output failed", exc_info=True)
-    return Usage(input_tokens=found.input_tokens, output_tokens=output)
+    return found.model_copy(update={"output_tokens": output}) if output else found

@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import secrets
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,9 +22,12 @@ from tokenmeter import _pipeline, _runtime, _sessions
 from tokenmeter._models import (
     MAX_COST_USD,
     MAX_TOKENS,
+    MODALITY_KEYS,
+    TOOL_REQUEST_KEYS,
     Cost,
     Usage,
     UsageRecord,
+    _check_parts,
     clean_text,
     trusted,
     usage_of,
@@ -192,6 +196,41 @@ def _usage(**counts: Any) -> Usage:
         raise ValueError(_first_error(exc)) from None
 
 
+def _parts(name: str, given: Mapping[str, int] | None, known: frozenset[str]) -> dict[str, int]:
+    """A ``modalities`` / ``tool_requests`` argument as a plain dict, checked (ValueError naming
+    the field and the key: a wrong type, an unknown key, a count that is not a whole number from
+    0 to MAX_TOKENS: negative, NaN, a float, a bool, too large)."""
+    if given is None:
+        return {}
+    if not isinstance(given, Mapping):
+        raise ValueError(f"{name} must be a dict of counts, got {type(given).__name__}")
+    if len(given) > len(known):
+        raise ValueError(f"{name} has {len(given)} keys: expected at most {len(known)}")
+    parts = dict(given)
+    _check_parts(name, parts, known)
+    return {key: value for key, value in parts.items() if value}
+
+
+def _with_parts(
+    usage: Usage, modalities: Mapping[str, int] | None, tool_requests: Mapping[str, int] | None
+) -> Usage:
+    """``usage`` with its modality breakdown and tool requests, the subset rules checked. Audio
+    counts also fill the audio fields, as the usage readers of intercepted calls do."""
+    by_modality = _parts("modalities", modalities, MODALITY_KEYS)
+    tools = _parts("tool_requests", tool_requests, TOOL_REQUEST_KEYS)
+    return usage_of(
+        usage.input_tokens,
+        usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        input_audio_tokens=by_modality.get("input_audio", 0),
+        output_audio_tokens=by_modality.get("output_audio", 0),
+        modalities=by_modality or None,
+        tool_requests=tools or None,
+    )
+
+
 def _first_error(exc: ValidationError) -> str:
     """pydantic's first complaint as one line that names the field."""
     error = exc.errors()[0]
@@ -209,6 +248,8 @@ def record(
     cache_read_tokens: int = 0,
     cache_write_tokens: int = 0,
     reasoning_tokens: int = 0,
+    modalities: Mapping[str, int] | None = None,
+    tool_requests: Mapping[str, int] | None = None,
     operation: str | None = None,
     tags: dict[str, str] | None = None,
     estimated: bool = False,
@@ -217,7 +258,13 @@ def record(
     """Record a call by hand; priced, attributed and written like an intercepted one.
 
     Counts follow tokenmeter's convention: ``input_tokens`` is ALL input (cache included) and
-    ``output_tokens`` ALL output (reasoning included). Bad input raises ValueError; nothing is
+    ``output_tokens`` ALL output (reasoning included). Image, audio and video tokens and server
+    tool requests have their own rates, so a call that had them is only priced right when they
+    are given: ``modalities`` splits the counts by modality (``{"output_image": 1290}``; keys
+    ``input_*``, ``output_*``, ``cache_read_*`` for text/image/audio/video/document, each a part
+    of its total) and ``tool_requests`` counts billed server-side tool requests
+    (``{"web_search": 2}``; keys web_search, web_fetch, file_search, code_execution), both
+    priced as for an intercepted call. Bad input raises ValueError naming the field; nothing is
     written then.
     """
     provider = _text("provider", provider).lower()
@@ -229,6 +276,8 @@ def record(
         cache_write_tokens=cache_write_tokens,
         reasoning_tokens=reasoning_tokens,
     )
+    if modalities is not None or tool_requests is not None:
+        usage = _with_parts(usage, modalities, tool_requests)
     if operation is not None and not isinstance(operation, str):
         raise ValueError(f"operation must be a string, got {operation!r}")
     if not isinstance(estimated, bool):

@@ -384,3 +384,22 @@ def test_a_forked_child_never_releases_the_parents_reservations(tmp_path: Path) 
     del call
     gc.collect()  # the parent's call ends without a record: the reservation is given back
     assert ledger.spent("b|total|everything", "") == 0.0
+
+
+def test_a_request_carrying_audio_is_reserved_at_the_audio_rate() -> None:
+    """60 s of audio is 600 input tokens, at gpt-4o-audio-preview's $40 / M for audio: $0.024
+    (at its $2.50 text rate it would be reserved at $0.0015)."""
+    import base64
+    import struct
+    from decimal import Decimal
+
+    from tokenmeter.guardrails._estimate import estimate_input_usd
+
+    data = b"\0" * (60 * 16_000 * 2)
+    fmt = struct.pack("<HHIIHH", 1, 1, 16_000, 32_000, 2, 16)
+    body = b"WAVEfmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", len(data))
+    clip = b"RIFF" + struct.pack("<I", len(body) + len(data)) + body + data
+    audio = {"type": "input_audio", "input_audio": {"data": base64.b64encode(clip).decode()}}
+    request = {"model": "gpt-4o-audio-preview", "messages": [{"role": "user", "content": [audio]}]}
+    usd = estimate_input_usd("openai", "gpt-4o-audio-preview", (), {}, request)
+    assert Decimal("0.024") <= usd < Decimal("0.0241")  # the audio, and a few framing tokens

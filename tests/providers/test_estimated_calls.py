@@ -274,3 +274,43 @@ async def test_anthropic_stream_left_before_its_output_count_is_estimated(
     assert record.estimated and record.status == "ok"
     expected = tokenmeter.estimate("claude-haiku-4-5", output=seen).output_tokens
     assert record.output_tokens == expected > 20
+
+
+def _wav(seconds: int, rate: int = 16_000) -> bytes:
+    """A 16-bit mono PCM WAV file: its header says how long it is."""
+    import struct
+
+    data = b"\0" * (seconds * rate * 2)
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
+    body = b"WAVEfmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", len(data))
+    return b"RIFF" + struct.pack("<I", len(body) + len(data)) + body + data
+
+
+async def test_audio_of_a_call_without_usage_is_estimated_and_priced_as_audio(
+    kit: Any, records: Records, is_async: bool
+) -> None:
+    """A response without usage for a request carrying 30 s of audio: the estimate counts the
+    audio by its duration (10 tokens a second) and prices it at the audio rate ($40 / M for
+    gpt-4o-audio-preview, not the $2.50 of text)."""
+    import base64
+    from decimal import Decimal
+
+    body = kit.chat_body(model="gpt-4o-audio-preview-2024-12-17")
+    del body["usage"]
+    client = kit.mock_openai(lambda request: kit.http.Response(200, json=body), is_async=is_async)
+    tokenmeter.instrument("openai")
+    clip = base64.b64encode(_wav(30)).decode()
+    content = [
+        {"type": "text", "text": "Transcribe this."},
+        {"type": "input_audio", "input_audio": {"data": clip, "format": "wav"}},
+    ]
+    await kit.maybe(
+        client.chat.completions.create(
+            model="gpt-4o-audio-preview", messages=[{"role": "user", "content": content}]
+        )
+    )
+    record = only(records())
+    assert record.estimated is True
+    assert record.modalities["input_audio"] == 300
+    assert record.cost_breakdown is not None
+    assert record.cost_breakdown["input_audio"] == Decimal("0.012")  # 300 x $40 / M

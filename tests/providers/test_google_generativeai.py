@@ -6,6 +6,7 @@ twin, so async calls go to a small in-process gRPC GenerativeService (the SDK's 
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import warnings
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 from google.ai import generativelanguage_v1beta as glm
 from google.ai.generativelanguage_v1beta.services.generative_service.transports import (
     GenerativeServiceGrpcAsyncIOTransport,
+    GenerativeServiceGrpcTransport,
 )
 from google.api_core import exceptions as core_exceptions
 from provider_helpers import flushed, only
@@ -205,7 +207,7 @@ def test_uninstrument_restores_the_original_methods(sink: InMemorySink) -> None:
 # -- async over gRPC ---------------------------------------------------------------------------
 
 
-def _reply(candidates: int, done: bool) -> Any:
+def _reply(candidates: int, done: bool, usage: bool = True) -> Any:
     meta = glm.GenerateContentResponse.UsageMetadata(
         prompt_token_count=USAGE.prompt,
         cached_content_token_count=USAGE.cached,
@@ -217,7 +219,12 @@ def _reply(candidates: int, done: bool) -> Any:
         finish_reason=glm.Candidate.FinishReason.STOP if done else 0,
     )
     version = {"model_version": "gemini-1.5-flash-002"} if MODEL_VERSION else {}
-    return glm.GenerateContentResponse(candidates=[candidate], usage_metadata=meta, **version)
+    metered = {"usage_metadata": meta} if usage else {}
+    return glm.GenerateContentResponse(candidates=[candidate], **metered, **version)
+
+
+def _prompt(request: Any) -> str:
+    return str(request.contents[0].parts[0].text)
 
 
 @pytest.fixture(scope="module")
@@ -225,11 +232,15 @@ def grpc_address() -> Iterator[str]:
     """GenerateContent (unary) and StreamGenerateContent (3 running totals) on loopback."""
 
     def unary(request: Any, context: Any) -> Any:
-        return _reply(USAGE.candidates, True)
+        return _reply(USAGE.candidates, True, usage=_prompt(request) != "no usage")
 
     def streaming(request: Any, context: Any) -> Iterator[Any]:
+        """Prompt "cut": the connection fails after two chunks; "no usage": no chunk has any."""
+        prompt = _prompt(request)
         for i in (1, 2, 3):
-            yield _reply(USAGE.candidates * i // 3, i == 3)
+            if prompt == "cut" and i == 3:
+                context.abort(grpc.StatusCode.INTERNAL, "connection lost")
+            yield _reply(USAGE.candidates * i // 3, i == 3, usage=prompt != "no usage")
 
     request_type, response_type = glm.GenerateContentRequest, glm.GenerateContentResponse
     handler = grpc.method_handlers_generic_handler(
@@ -288,4 +299,126 @@ async def test_async_stream_records_the_final_running_total(
 async def test_async_stream_resolve(grpc_address: str, sink: InMemorySink) -> None:
     response = await _async_model(grpc_address).generate_content_async("hi", stream=True)
     await response.resolve()
+    assert_counts(only(flushed(sink)))
+
+
+# -- every way a stream ends is one record (the core's stream proxies, as for every provider) ---
+
+
+def _sync_model(address: str) -> Any:
+    """A sync model over gRPC: there a stream can fail part-way (the REST fake cannot)."""
+    legacy_model = model()
+    transport = GenerativeServiceGrpcTransport(channel=grpc.insecure_channel(address))
+    legacy_model._client = glm.GenerativeServiceClient(transport=transport)
+    return legacy_model
+
+
+#: The running total after two of three chunks.
+TWO_THIRDS = USAGE.candidates * 2 // 3 + USAGE.thoughts
+
+
+@pytest.mark.usefixtures("fake", "instrumented")
+def test_stream_iterated_again_replays_without_a_second_record(sink: InMemorySink) -> None:
+    response = model("gemini-1.5-flash").generate_content("hi", stream=True)
+    first = [chunk.text for chunk in response]
+    again = [chunk.text for chunk in response]  # the SDK replays a finished stream
+    response.resolve()
+    del response
+    gc.collect()
+
+    assert again == first
+    assert len(first) == 3
+    assert_counts(only(flushed(sink)))
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_stream_failing_part_way_is_one_error_record(grpc_address: str, sink: InMemorySink) -> None:
+    response = _sync_model(grpc_address).generate_content("cut", stream=True)
+    seen = []
+    with pytest.raises(core_exceptions.GoogleAPICallError) as raised:
+        for chunk in response:
+            seen.append(chunk)
+    response.resolve()  # once failed, the SDK's stream is done: resolving raises nothing more
+    del response
+    gc.collect()
+
+    assert len(seen) == 2
+    record = only(flushed(sink))
+    assert (record.status, record.error) == ("error", type(raised.value).__name__)
+    assert record.output_tokens == TWO_THIRDS  # what it reported before failing
+    assert record.streamed is True
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_stream_without_usage_is_estimated(grpc_address: str, sink: InMemorySink) -> None:
+    chunks = list(_sync_model(grpc_address).generate_content("no usage", stream=True))
+
+    assert len(chunks) == 3
+    record = only(flushed(sink))
+    assert record.estimated is True
+    assert record.input_tokens > 0
+    assert record.output_tokens > 0  # the three streamed pieces
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_response_without_usage_is_estimated_not_zero(
+    grpc_address: str, sink: InMemorySink
+) -> None:
+    response = _sync_model(grpc_address).generate_content("no usage")
+
+    assert response.text == "piece"
+    record = only(flushed(sink))
+    assert (record.status, record.estimated) == ("ok", True)
+    assert record.input_tokens > 0
+    assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
+
+
+@pytest.mark.usefixtures("instrumented")
+async def test_async_stream_left_early_is_recorded_once_when_dropped(
+    grpc_address: str, sink: InMemorySink
+) -> None:
+    response = await _async_model(grpc_address).generate_content_async("hi", stream=True)
+    async for _ in response:
+        break
+    assert flushed(sink) == []  # the caller may still iterate again
+    del response
+    for _ in range(3):  # the event loop closes the abandoned async generator
+        await asyncio.sleep(0)
+    gc.collect()
+
+    record = only(flushed(sink))
+    assert (record.status, record.streamed) == ("ok", True)
+    assert record.output_tokens == TWO_THIRDS  # the SDK read one chunk ahead
+
+
+@pytest.mark.usefixtures("instrumented")
+async def test_async_stream_failing_part_way_is_one_error_record(
+    grpc_address: str, sink: InMemorySink
+) -> None:
+    response = await _async_model(grpc_address).generate_content_async("cut", stream=True)
+    seen = []
+    with pytest.raises(core_exceptions.GoogleAPICallError) as raised:
+        async for chunk in response:
+            seen.append(chunk)
+    await response.resolve()
+    del response
+    gc.collect()
+
+    assert len(seen) == 2
+    record = only(flushed(sink))
+    assert (record.status, record.error) == ("error", type(raised.value).__name__)
+    assert record.output_tokens == TWO_THIRDS
+
+
+@pytest.mark.usefixtures("instrumented")
+async def test_async_stream_iterated_again_replays_without_a_second_record(
+    grpc_address: str, sink: InMemorySink
+) -> None:
+    response = await _async_model(grpc_address).generate_content_async("hi", stream=True)
+    await response.resolve()
+    chunks = [chunk async for chunk in response]  # the SDK replays a resolved stream
+    del response
+    gc.collect()
+
+    assert len(chunks) == 3
     assert_counts(only(flushed(sink)))

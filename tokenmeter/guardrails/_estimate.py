@@ -38,7 +38,10 @@ def estimate_input_usd(
     if not model:
         return _ZERO
     if request is not None:
-        tokens = min(estimate_input(provider, request, operation).input_tokens, MAX_TOKENS)
+        found = estimate_input(provider, request, operation)
+        if found.modalities:  # images, audio, documents: each part at its own rate
+            return price_usage(provider, model, found).total_usd or _ZERO
+        tokens = min(found.input_tokens, MAX_TOKENS)
     else:
         counter = [0, 0]  # characters, items visited
         _count_request(kwargs, counter)

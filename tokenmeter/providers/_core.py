@@ -44,6 +44,7 @@ from tokenmeter.usage import Extracted
 
 __all__ = [
     "Adapter",
+    "AsyncIterableProxy",
     "AsyncStreamProxy",
     "Call",
     "Patch",
@@ -620,6 +621,35 @@ class AsyncStreamProxy(_StreamProxyBase):
             await self.__wrapped__.aclose()
         finally:
             self._self_finish()
+
+
+class AsyncIterableProxy(AsyncStreamProxy):
+    """For an async stream that is iterable but not an iterator (the legacy google-generativeai
+    response: its ``__aiter__`` is an async generator, and iterating it again once done replays
+    its chunks): each ``async for`` is a fresh pass over the SDK's own iteration, read as it goes.
+    The async twin of ``SyncStreamProxy._self_iterate``; leaving the loop early records nothing
+    until the stream ends, is closed or is collected, as there."""
+
+    def __aiter__(self) -> Any:
+        return self._self_aiterate()
+
+    async def _self_aiterate(self) -> Any:
+        call, feed = self._self_call, self._self_feed
+        try:
+            async for chunk in self.__wrapped__:
+                try:
+                    hide = feed(chunk, call)
+                except Exception:
+                    self._self_fault()
+                    hide = False
+                if not hide:
+                    yield chunk
+        except GeneratorExit:
+            raise
+        except BaseException as exc:  # CancelledError included: recorded as an error
+            call.finish(exc)
+            raise
+        call.ended()
 
 
 class SyncGeneratorProxy(SyncStreamProxy):

@@ -2,19 +2,33 @@
 
 Every request of the SDK, ``ChatSession`` and its function-calling loop included, goes through
 these two methods, so they are the only patches. With ``stream=True`` the SDK returns a response
-that fetches as it is iterated and whose ``usage_metadata`` is the running total so far; it is
-wrapped so the final total is recorded when the stream ends, is resolved, broken off or dropped.
-The SDK's proto drops ``thoughts_token_count``; ``usage_from_gemini`` recovers it from the total.
+that fetches as it is iterated (one chunk ahead) and joins what it fetched, so its
+``usage_metadata`` is the running total so far. It is wrapped in the core's stream proxies like
+every other provider's stream: recorded once when it ends, is resolved (``resolve()`` drains it
+through the proxy), fails, or is dropped; the running total is read then, once (a proto read
+costs more than the SDK's own work on a chunk). The SDK's proto drops ``thoughts_token_count``;
+``usage_from_gemini`` recovers it from the total. A response whose proto carries no usage at all
+(the SDK hands back an empty message: zeros) is estimated, never a silent zero.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import wrapt
 
-from tokenmeter.providers._core import Call, Plan, Switches, Wrapper, intercept, intercept_async
+from tokenmeter._estimate import TextTally
+from tokenmeter.providers._core import (
+    AsyncIterableProxy,
+    Call,
+    Plan,
+    Switches,
+    SyncStreamProxy,
+    Wrapper,
+    intercept,
+    intercept_async,
+)
 from tokenmeter.providers._gemini import PROVIDER, short_model
 from tokenmeter.usage import Extracted
 from tokenmeter.usage.google import usage_from_gemini
@@ -23,6 +37,20 @@ __all__ = ["ADAPTER", "patch_targets", "wrap_instance"]
 
 OPERATION = "generate_content"
 ADAPTER = Switches()
+
+
+@dataclass(slots=True, eq=False)
+class _StreamCall(Call):
+    """A stream's call. The SDK joins every chunk it fetched (one ahead of the caller) into the
+    response, whose usage is the running total so far: it is read once, when the call finishes,
+    however the stream ended (the core's proxies decide when)."""
+
+    response: Any = None
+
+    def finish(self, error: BaseException | None = None) -> None:
+        if not self.done and self.response is not None:
+            self.read("reading a Gemini stream", _read, self.response, self)
+        Call.finish(self, error)
 
 
 def _new_call(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
@@ -34,80 +62,72 @@ def _new_call(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call
         "tools": kwargs.get("tools") or getattr(model, "_tools", None),
     }
     streamed = bool(kwargs.get("stream"))
-    call = Call(PROVIDER, request_model, OPERATION, streamed=streamed, request=request)
+    call = (_StreamCall if streamed else Call)(
+        PROVIDER, request_model, OPERATION, streamed=streamed, expects_usage=True, request=request
+    )
     call.model = short_model(request_model)  # replaced by response.model_version when given
     return call
 
 
+def _usage_metadata(response: Any) -> Any:
+    """The response's usage, None when its proto carries none: the SDK answers an unset field
+    with an empty message, whose zeros are not the call's usage."""
+    result = getattr(response, "_result", None)
+    if result is not None:
+        try:
+            if "usage_metadata" not in result:
+                return None
+        except TypeError:  # not a proto message: read the attribute
+            pass
+    return getattr(response, "usage_metadata", None)
+
+
 def _read(response: Any, call: Call) -> None:
     """Works on a finished response and on a stream part-way (the joined result so far)."""
-    meta = getattr(response, "usage_metadata", None)
-    if meta is None:
-        return
+    meta = _usage_metadata(response)
     version = getattr(response, "model_version", None)
+    if meta is None:
+        call.model = version or call.model
+        call.missing = not call.streamed  # billed, nothing reported: estimated
+        return
     usage = usage_from_gemini(meta)
     call.take(Extracted(PROVIDER, usage, model=version or None, operation=OPERATION))
 
 
-class _StreamResponse(wrapt.ObjectProxy[Any]):
-    """The SDK's stream response (``isinstance`` holds), recorded once when it is done with."""
+class _TextTally:
+    """The stream reader: the usage is read when the call finishes (``_StreamCall``); until a
+    total is known, the text that passes by is tallied (estimated if none ever comes)."""
 
-    def __init__(self, wrapped: Any, call: Call) -> None:
-        super().__init__(wrapped)
-        self._self_call = call
+    __slots__ = ("tally",)
 
-    def _self_settle(self, error: BaseException | None = None) -> None:
-        call = self._self_call
-        if not call.done:
-            call.read("reading a Gemini stream", _read, self.__wrapped__, call)
-            call.finish(error)
+    def __init__(self) -> None:
+        self.tally = TextTally()
 
-    def __del__(self) -> None:
-        if getattr(self, "_self_call", None) is not None:
-            self._self_settle()
+    def feed(self, chunk: Any, call: Call) -> bool:
+        if call.usage is None:
+            for candidate in getattr(chunk, "candidates", None) or ():
+                content = getattr(candidate, "content", None)
+                for part in getattr(content, "parts", None) or ():
+                    self.tally.add(getattr(part, "text", None))
+        return False
 
 
-class SyncStreamResponse(_StreamResponse):
-    def __iter__(self) -> Iterator[Any]:
-        try:
-            yield from self.__wrapped__
-        except GeneratorExit:  # the caller broke off: record what was reported
-            self._self_settle()
-            raise
-        except BaseException as exc:
-            self._self_settle(exc)
-            raise
-        self._self_settle()
+class SyncStreamResponse(SyncStreamProxy):
+    """The SDK's stream response (``isinstance`` holds) in the core's stream proxy."""
 
     def resolve(self) -> None:
-        try:
-            self.__wrapped__.resolve()
-        except BaseException as exc:
-            self._self_settle(exc)
-            raise
-        self._self_settle()
+        """The SDK's ``resolve()`` drains the stream by iterating it: so does this, through the
+        proxy (once done, iterating replays the chunks; the record is already made)."""
+        for _ in self:
+            pass
 
 
-class AsyncStreamResponse(_StreamResponse):
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        try:
-            async for chunk in self.__wrapped__:
-                yield chunk
-        except GeneratorExit:
-            self._self_settle()
-            raise
-        except BaseException as exc:
-            self._self_settle(exc)
-            raise
-        self._self_settle()
+class AsyncStreamResponse(AsyncIterableProxy):
+    """The async twin: ``async for`` and ``await resolve()``."""
 
     async def resolve(self) -> None:
-        try:
-            await self.__wrapped__.resolve()
-        except BaseException as exc:
-            self._self_settle(exc)
-            raise
-        self._self_settle()
+        async for _ in self:
+            pass
 
 
 class _Adapter:
@@ -130,8 +150,13 @@ class _Adapter:
 
     def deliver(self, plan: Plan, result: Any, is_async: bool) -> Any:
         call = plan.call
-        if call.streamed:
-            return (AsyncStreamResponse if is_async else SyncStreamResponse)(result, call)
+        if isinstance(call, _StreamCall):
+            # The SDK fetched the first chunk while sending: its total is known before any next().
+            call.read("reading a Gemini stream", _read, result, call)
+            call.response = result
+            call.reader = _TextTally()
+            proxy = AsyncStreamResponse if is_async else SyncStreamResponse
+            return proxy(result, call, call.reader)
         call.read("reading a Gemini response", _read, result, call)
         call.finish()
         return result

@@ -16,7 +16,7 @@ from tokenmeter.providers._core import Call
 from tokenmeter.providers._stainless import Endpoint, StainlessAdapter, keep_names
 from tokenmeter.usage import from_openai_response
 from tokenmeter.usage._read import field, getter, ident
-from tokenmeter.usage.openai import tier_from_openai, usage_from_openai
+from tokenmeter.usage.openai import tier_from_openai, usage_from_openai, usage_from_openai_images
 
 _TERMINAL_EVENTS = {"response.completed", "response.incomplete", "response.failed"}
 #: Responses stream events whose ``delta`` is output text (estimated if no usage comes).
@@ -140,10 +140,76 @@ def _read_response(parsed: Any, call: Call) -> None:
     _read(parsed, call)
 
 
+class ImageEventReader:
+    """Images API streams (``stream=True`` on generate/edit with a GPT Image model): partial
+    images, then a ``*.completed`` event that carries the usage."""
+
+    __slots__ = ("tally",)
+
+    def __init__(self, hide_usage_chunk: bool = False) -> None:
+        self.tally = None  # no text: a stream left early is estimated from its request
+
+    def feed(self, event: Any, call: Call) -> bool:
+        kind = getattr(event, "type", None)
+        if type(kind) is str and kind.endswith(".completed"):
+            usage = getattr(event, "usage", None)
+            if usage is not None:
+                call.read("reading image usage", _read_image_usage, usage, call)
+        return False
+
+
+def _read_image_usage(usage: Any, call: Call) -> None:
+    call.usage = usage_from_openai_images(usage)
+
+
+def _read_images(parsed: Any, call: Call) -> None:
+    """An ImagesResponse: GPT Image models report token usage; DALL-E models report none (they
+    are billed per image, which no price table here knows): such a call is not recorded."""
+    if field(parsed, "usage") is None:
+        return
+    call.take(from_openai_response(parsed, call.provider))
+
+
+class TranscriptEventReader:
+    """Audio transcription streams: ``transcript.text.done`` carries the usage."""
+
+    __slots__ = ("tally",)
+
+    def __init__(self, hide_usage_chunk: bool = False) -> None:
+        self.tally = TextTally()
+
+    def feed(self, event: Any, call: Call) -> bool:
+        kind = getattr(event, "type", None)
+        if kind == "transcript.text.delta":
+            self.tally.add(getattr(event, "delta", None))
+        elif kind == "transcript.text.done":
+            usage = getattr(event, "usage", None)
+            if usage is not None:
+                call.read("reading transcription usage", _read_transcript_usage, usage, call)
+        return False
+
+
+def _read_transcript_usage(usage: Any, call: Call) -> None:
+    if field(usage, "type") != "duration":
+        call.usage = usage_from_openai(usage)
+
+
+def _read_transcription(parsed: Any, call: Call) -> None:
+    """A transcription: GPT-4o transcribe models report tokens (audio and text in,
+    text out). whisper-1 reports seconds of audio (billed by the minute, a unit no price table
+    here holds) and plain-text formats report nothing: such calls are not recorded."""
+    usage = field(parsed, "usage")
+    if usage is None or field(usage, "type") == "duration":
+        return
+    call.usage = usage_from_openai(usage)
+
+
 _CHAT = Endpoint("chat.completions", _read, ChunkReader, no_usage_hint=_CHAT_HINT)
 _COMPLETIONS = Endpoint("completions", _read, ChunkReader)
 _EMBEDDINGS = Endpoint("embeddings", _read, ChunkReader)
 _RESPONSES = Endpoint("responses", _read_response, ResponseEventReader, dedupe=True)
+_IMAGES = Endpoint("images", _read_images, ImageEventReader)
+_TRANSCRIPTIONS = Endpoint("audio.transcriptions", _read_transcription, TranscriptEventReader)
 _NOT_BILLED = {"input_tokens", "cancel", "input_items"}
 
 
@@ -162,6 +228,10 @@ class OpenAIAdapter(StainlessAdapter):
                 return _EMBEDDINGS
             if path.endswith("/completions"):
                 return _COMPLETIONS
+            if path.endswith(("/images/generations", "/images/edits")):
+                return _IMAGES
+            if path.endswith("/audio/transcriptions"):
+                return _TRANSCRIPTIONS
         elif method != "get":
             return None
         parts = path.rstrip("/").split("/")

@@ -1,4 +1,4 @@
-"""OpenAI usage (chat completions, legacy completions, embeddings, Responses) -> Usage.
+"""OpenAI usage (chat completions, legacy completions, embeddings, Responses, Images) -> Usage.
 
 ``prompt_tokens``/``input_tokens`` already include ``cached_tokens``; reasoning is already inside
 ``completion_tokens``/``output_tokens``. So the totals are taken as they are and the details are
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenmeter._models import Usage, usage_of
+from tokenmeter._models import Pass, Usage, usage_of
 from tokenmeter.usage._read import Get, counts, getter, ident, priced_tier, shown
 from tokenmeter.usage._types import Extracted
 
@@ -42,6 +42,8 @@ def usage_from_openai(usage: Any) -> Usage:
     total_in, total_out, in_details, out_details = names
     input_tokens, output_tokens, hit = counts(get, total_in, total_out, "prompt_cache_hit_tokens")
     details_in = get(in_details)
+    if details_in is None and names is _RESPONSES:  # audio transcriptions spell it without "s"
+        details_in = get("input_token_details")
     cached, write, audio_in, image_in, text_in = counts(
         getter(details_in, what=in_details),
         "cached_tokens",
@@ -85,6 +87,45 @@ def usage_from_openai(usage: Any) -> Usage:
     )
 
 
+def usage_from_openai_images(usage: Any, svg_usage: Any = None) -> Usage:
+    """An Images API ``usage`` (GPT Image models: generate, edit, their streams' completed event).
+
+    Its input is split into text and image tokens (``input_tokens_details``), each with its own
+    rate. What it outputs is the image: ``output_tokens`` are image tokens unless
+    ``output_tokens_details`` splits them. ``svg_usage`` (SVG authoring, reported apart from the
+    rendering and naming its own model) is a billed pass of its own, added to the totals."""
+    found = usage_from_openai(usage)
+    modalities = dict(found.modalities)
+    if found.output_tokens and not any(key.startswith("output_") for key in modalities):
+        modalities["output_image"] = found.output_tokens
+    passes: tuple[Pass, ...] = ()
+    extra_in = extra_out = extra_reasoning = 0
+    if svg_usage is not None:
+        get = getter(svg_usage, what="svg_usage")
+        extra_in, extra_out, extra_reasoning = counts(
+            get, "input_tokens", "output_tokens", "reasoning_tokens"
+        )
+        model = get("model")
+        passes = (
+            Pass(
+                kind="svg_authoring",
+                model=model[:500] if type(model) is str and model.strip() else None,
+                usage=usage_of(extra_in, extra_out, reasoning_tokens=extra_reasoning),
+            ),
+        )
+    return usage_of(
+        found.input_tokens + extra_in,
+        found.output_tokens + extra_out,
+        cache_read_tokens=found.cache_read_tokens,
+        cache_write_tokens=found.cache_write_tokens,
+        reasoning_tokens=found.reasoning_tokens + extra_reasoning,
+        input_audio_tokens=found.input_audio_tokens,
+        output_audio_tokens=found.output_audio_tokens,
+        modalities=modalities or None,
+        passes=passes,
+    )
+
+
 def _tool_requests(get: Get) -> dict[str, int] | None:
     """Built-in tool calls of a Responses answer: ``tool_usage`` when the API sends it, else
     the tool-call items of its output (one web search or file search per item)."""
@@ -105,6 +146,56 @@ def _tool_requests(get: Get) -> dict[str, int] | None:
     return found or None
 
 
+#: The image model a Responses ``image_generation`` tool used when neither the request nor the
+#: response names one: not known here, so the pass is left unpriced (the call's cost unknown)
+#: rather than priced at the text model's rates.
+UNNAMED_IMAGE_MODEL = "image-generation-model-not-named"
+
+
+def _image_generation(get: Get) -> Pass | None:
+    """``tool_usage.image_gen`` of a Responses answer: the image generation tool's tokens,
+    reported apart from the model's ``usage`` and billed at the image model's rates. That model
+    is the one the response's echoed ``image_generation`` tool names."""
+    tool_usage = get("tool_usage")
+    if tool_usage is None:
+        return None
+    image_gen = getter(tool_usage, what="tool_usage")("image_gen")
+    if image_gen is None:
+        return None
+    drawn = usage_from_openai_images(image_gen)
+    if not drawn.input_tokens and not drawn.output_tokens:
+        return None
+    (cached,) = counts(getter(image_gen, what="tool_usage.image_gen"), "cached_tokens")
+    if cached:
+        drawn = drawn.model_copy(update={"cache_read_tokens": min(cached, drawn.input_tokens)})
+    model = None
+    tools = get("tools")
+    if isinstance(tools, list | tuple):
+        for tool in tools[:_MAX_ITEMS]:
+            tool_get = getter(tool, what="tool")
+            if tool_get("type") == "image_generation":
+                named = tool_get("model")
+                model = named[:500] if type(named) is str and named.strip() else None
+                break
+    return Pass(kind="image_generation", model=model or UNNAMED_IMAGE_MODEL, usage=drawn)
+
+
+def _with_pass(usage: Usage, extra: Pass) -> Usage:
+    """``usage`` with a pass reported apart from it: its tokens added to the totals."""
+    return usage_of(
+        usage.input_tokens + extra.usage.input_tokens,
+        usage.output_tokens + extra.usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens + extra.usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        input_audio_tokens=usage.input_audio_tokens,
+        output_audio_tokens=usage.output_audio_tokens,
+        modalities=usage.modalities or None,
+        tool_requests=usage.tool_requests or None,
+        passes=(*usage.passes, extra),
+    )
+
+
 def tier_from_openai(service_tier: Any) -> str | None:
     return None if service_tier is None else priced_tier(service_tier)
 
@@ -123,11 +214,21 @@ def from_openai_response(response: Any, provider: str = "openai") -> Extracted |
         raise ValueError("the OpenAI response carries no usage")
     kind = get("object")
     tier = get("service_tier")
+    if kind is None and get("created") is not None:  # an ImagesResponse has no ``object``
+        return Extracted(
+            provider=provider,
+            usage=usage_from_openai_images(usage, get("svg_usage")),
+            model=get("model"),
+            operation="images",
+        )
     found = usage_from_openai(usage)
     if kind == "response":
         tools = _tool_requests(get)
         if tools:
             found = found.model_copy(update={"tool_requests": tools})
+        drawn = _image_generation(get)
+        if drawn is not None:
+            found = _with_pass(found, drawn)
     return Extracted(
         provider=provider,
         usage=found,
