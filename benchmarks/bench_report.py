@@ -40,6 +40,14 @@ MODELS = [
 ]
 START = datetime(2026, 1, 1, tzinfo=UTC)
 MTOK = Decimal(1_000_000)
+#: The columns each synthetic row fills (newer columns keep their defaults).
+_COLUMNS = (
+    "id", "timestamp", "model_provider", "model_name", "input_tokens", "output_tokens",
+    "total_tokens", "estimated_cost_usd", "cost_pusd", "request_model", "operation",
+    "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cost_breakdown",
+    "price_source", "session_id", "session_name", "tags", "latency_ms", "streamed", "status",
+    "error", "request_id", "estimated",
+)  # fmt: skip
 
 
 def _rows(count: int, seed: int = 7):  # type: ignore[no-untyped-def]
@@ -126,16 +134,16 @@ def generate(directory: Path, count: int) -> tuple[Path, Path]:
     sink.close()
     conn = sqlite3.connect(db)
     conn.execute("DELETE FROM records")
-    placeholders = ", ".join("?" * 25)
+    insert = f"INSERT INTO records ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
     batch: list[tuple[object, ...]] = []
     with jsonl.open("w") as out:
         for line, row in _rows(count):
             out.write(line + "\n")
             batch.append(row)
             if len(batch) == 50_000:
-                conn.executemany(f"INSERT INTO records VALUES ({placeholders})", batch)
+                conn.executemany(insert, batch)
                 batch.clear()
-        conn.executemany(f"INSERT INTO records VALUES ({placeholders})", batch)
+        conn.executemany(insert, batch)
     conn.commit()
     conn.close()
     return db, jsonl

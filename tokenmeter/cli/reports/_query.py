@@ -13,10 +13,11 @@ The dialect-specific SQL lives in ``_sql``.
 from __future__ import annotations
 
 import json
+import operator
 import sqlite3
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
@@ -41,6 +42,7 @@ from tokenmeter.cli.reports._model import (
     key_columns,
     raw_columns,
 )
+from tokenmeter.cli.reports._scan import JsonlScan
 from tokenmeter.cli.reports._sql import (
     PLACEHOLDER,
     raw_column_sql,
@@ -438,77 +440,115 @@ def _extractor(column: str) -> Extractor:
     return tag
 
 
+def _key_function(raw: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[str, ...]]:
+    """The stored key of a record for these columns (one or two columns without a loop)."""
+    extractors = [_extractor(column) for column in raw]
+    if len(extractors) == 1:
+        (first,) = extractors
+        return lambda r: (first(r),)
+    if len(extractors) == 2:
+        first, second = extractors
+        return lambda r: (first(r), second(r))
+    return lambda r: tuple([extract(r) for extract in extractors])
+
+
+_ADD = operator.add
+_NO_COST = Decimal(0)
+
+
 class _Grouper:
-    """Running totals of one grouping over a stream of JSONL records, by stored columns."""
+    """Running totals of one grouping over a stream of JSONL records, by stored columns.
+
+    A group's counts are a plain list in ``COUNT_NAMES`` order, added to element-wise in C
+    (``map(add, ...)``); its cost a Decimal. ``Totals`` are made once per group at the end.
+    """
 
     def __init__(self, grouping: tuple[Dimension, ...], latency: bool) -> None:
         self.grouping = grouping
         self.raw = raw_columns(key_columns(grouping))
-        self.extractors = [_extractor(column) for column in self.raw]
-        self.groups: dict[tuple[str, ...], Totals] = {}
+        self.key = _key_function(self.raw)
+        self.groups: dict[tuple[str, ...], Sequence[int]] = {}
+        self.costs: dict[tuple[str, ...], Decimal] = {}
         self.latencies: list[tuple[tuple[str, ...], float]] | None = [] if latency else None
 
-    def add(self, record: dict[str, Any], counts: tuple[int, ...], cost: Decimal | None) -> None:
-        key = tuple([extract(record) for extract in self.extractors])
-        totals = self.groups.get(key)
-        if totals is None:
-            totals = self.groups[key] = Totals()
-        totals.calls += 1
-        totals.input_tokens += counts[0]
-        totals.output_tokens += counts[1]
-        totals.cache_read_tokens += counts[2]
-        totals.cache_write_tokens += counts[3]
-        totals.reasoning_tokens += counts[4]
-        totals.total_tokens += counts[5]
-        status = record.get("status")
-        if status == "error":
-            totals.error_calls += 1
-        elif status == "blocked":
-            totals.blocked_calls += 1
-        if record.get("estimated"):
-            totals.estimated_calls += 1
+    def add(self, record: dict[str, Any], values: tuple[int, ...], cost: Decimal | None) -> None:
+        key = self.key(record)
+        groups = self.groups
+        known = groups.get(key)
+        groups[key] = values if known is None else list(map(_ADD, known, values))
         if cost is not None:
-            totals.priced_calls += 1
-            totals.priced_tokens += counts[5]
-            totals.cost_usd += cost
+            costs = self.costs
+            costs[key] = costs.get(key, _NO_COST) + cost
         if self.latencies is not None:
             latency = record.get("latency_ms")
             if isinstance(latency, int | float) and not isinstance(latency, bool):
                 self.latencies.append((key, float(latency)))
 
     def breakdown(self, tz: tzinfo) -> Breakdown:
-        breakdown = roll_up(self.grouping, self.raw, self.groups.items(), tz)
+        costs = self.costs
+        groups = (
+            (key, Totals.from_counts(values, costs.get(key, _NO_COST)))
+            for key, values in self.groups.items()
+        )
+        breakdown = roll_up(self.grouping, self.raw, groups, tz)
         if self.latencies is not None:
             _latencies(breakdown, self.raw, self.latencies, tz)
         return breakdown
 
 
+def _uses_tags(query: Query) -> bool:
+    return bool(query.filters.tags) or any(
+        column.startswith("tag:")
+        for grouping in query.groupings
+        for column in raw_columns(key_columns(grouping))
+    )
+
+
 def _run_jsonl(
     source: Source, query: Query, progress: Progress | None
 ) -> tuple[list[Breakdown], list[Call] | None, int]:
-    reader = JsonlReader(source.path, on_progress=progress.update if progress else None)
+    on_progress = progress.update if progress else None
+    records: Iterable[tuple[dict[str, Any], tuple[int, ...], Decimal | None]]
+    reader: JsonlScan | JsonlReader
+    keep: deque[dict[str, Any]] | None = None
+    if query.calls_limit is None:  # totals only: the fast scan of the fields totals read
+        reader = records = JsonlScan(source.path, tags=_uses_tags(query), on_progress=on_progress)
+    else:  # the calls are listed: every field of every record
+        keep = deque(maxlen=query.calls_limit or None)
+        reader = JsonlReader(source.path, on_progress=on_progress)
+        records = (
+            (r, tuple([r[name] for name in COUNT_FIELDS]), r.get("estimated_cost_usd"))
+            for r in reader
+        )
     since = format_instant(query.since) if query.since is not None else None
     until = format_instant(query.until) if query.until is not None else None
     groupers = [
         _Grouper(grouping, query.latency and i == 0) for i, grouping in enumerate(query.groupings)
     ]
+    adders = [grouper.add for grouper in groupers]
     filters = query.filters
     filtering = filters != Filters()
-    keep: deque[dict[str, Any]] | None = None
-    if query.calls_limit is not None:
-        keep = deque(maxlen=query.calls_limit or None)
-    for record in reader:  # checked: counts are ints, the cost a Decimal or None
+    session_id = query.session_id
+    for record, counts, cost in records:  # checked: counts are ints, the cost a Decimal or None
         timestamp = record["timestamp"]
         if (since is not None and timestamp < since) or (until is not None and timestamp >= until):
             continue
-        if query.session_id is not None and record.get("session_id") != query.session_id:
+        if session_id is not None and record.get("session_id") != session_id:
             continue
         if filtering and not filters.matches(record):
             continue
-        counts = tuple([record[name] for name in COUNT_FIELDS])
-        cost = record.get("estimated_cost_usd")
-        for grouper in groupers:
-            grouper.add(record, counts, cost)
+        status = record.get("status")
+        values = (
+            1,
+            *counts,
+            0 if cost is None else 1,
+            0 if cost is None else counts[5],
+            1 if status == "error" else 0,
+            1 if status == "blocked" else 0,
+            1 if record.get("estimated") else 0,
+        )
+        for add in adders:
+            add(record, values, cost)
         if keep is not None:
             keep.append(record)
     calls = None if keep is None else [Call.from_json(record) for record in keep]
