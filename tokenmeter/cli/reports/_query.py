@@ -12,6 +12,7 @@ The dialect-specific SQL lives in ``_sql``.
 
 from __future__ import annotations
 
+import heapq
 import json
 import operator
 import sqlite3
@@ -39,13 +40,17 @@ from tokenmeter.cli.reports._model import (
     Latency,
     Report,
     Row,
+    TagSection,
     key_columns,
     raw_columns,
 )
 from tokenmeter.cli.reports._scan import JsonlScan
 from tokenmeter.cli.reports._sql import (
+    LATENCY_KNOWN,
+    PERCENTILES_PG,
     PLACEHOLDER,
     raw_column_sql,
+    tag_pairs_sql,
     tag_path,
     tag_sql,
     totals_select,
@@ -143,19 +148,24 @@ class Query:
     filters: Filters = field(default_factory=Filters)
     tz: tzinfo = UTC  # the calendar of hour / day / week / month groups
     latency: bool = False  # p50 / p95 latency per group of the first grouping
+    #: > 0: also total every tag key in the data (``Report.tags``), keeping this many of each
+    #: key's most costly values apart.
+    tag_values: int = 0
 
 
 def run_query(source: Source, query: Query, progress: Progress | None = None) -> Report:
     if not query.groupings:
         raise ValueError("a query needs at least one grouping")
+    tags = _TagTotals(query.tag_values) if query.tag_values > 0 else None
     if source.kind != "jsonl":  # SQLite, or PostgreSQL through the dialect layer
-        breakdowns, calls, skipped = _run_sqlite(source, query, progress)
+        breakdowns, calls, skipped = _run_sqlite(source, query, progress, tags)
     else:
-        breakdowns, calls, skipped = _run_jsonl(source, query, progress)
+        breakdowns, calls, skipped = _run_jsonl(source, query, progress, tags)
     totals = Totals()
     for row in breakdowns[0].rows:
         totals.add(row.totals)
     return Report(
+        tags=None if tags is None else tags.sections(totals),
         source=str(source.path),
         since=query.since,
         until=query.until,
@@ -281,6 +291,127 @@ def _latencies(
             breakdown.rows[i] = Row(row.key, row.totals, latency)
 
 
+# --- every tag key -----------------------------------------------------------------------------
+
+#: A JSONL read keeps this many tag keys, and this many values of one key, apart (memory stays
+#: flat whatever the tags hold); a key's further values are summed together, and the key's
+#: section says its ranking is among the first values seen.
+_TAG_KEYS_KEPT = 100
+_TAG_VALUES_KEPT = 2_000
+
+
+_Ranked = tuple[Decimal, int, int, str, Totals]
+
+
+def _minus(whole: Totals, part: Totals) -> Totals:
+    rest = Totals()
+    for name in Totals.__slots__:
+        setattr(rest, name, getattr(whole, name) - getattr(part, name))
+    return rest
+
+
+class _TagTotals:
+    """Totals per (tag key, value), reduced as they arrive to each key's ``limit`` most costly
+    values plus one sum of the others: memory is bounded by keys x limit, not by values."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        #: key -> (heap of (cost, calls, seq, value, totals), all totals, rest, distinct values)
+        self.keys: dict[
+            str, tuple[list[tuple[Decimal, int, int, str, Totals]], Totals, Totals]
+        ] = {}
+        self.values: dict[str, int] = {}
+        self.partial: set[str] = set()
+        self.seq = 0
+        # JSONL only: running sums per (key, value) before ``feed``.
+        self.groups: dict[tuple[str, str | None], Sequence[int]] = {}
+        self.costs: dict[tuple[str, str | None], Decimal] = {}
+        self.kept: dict[str, int] = {}
+
+    def feed(self, key: str, value: str | None, totals: Totals) -> None:
+        """One (key, value) group's totals; ``value`` None: values not kept apart."""
+        entry = self.keys.get(key)
+        if entry is None:
+            entry = self.keys[key] = ([], Totals(), Totals())
+        heap, tagged, rest = entry
+        tagged.add(totals)
+        if value is None:
+            rest.add(totals)
+            self.partial.add(key)
+            return
+        self.values[key] = self.values.get(key, 0) + 1
+        self.seq += 1
+        item = (totals.cost_usd, totals.calls, -self.seq, value, totals)
+        if len(heap) < self.limit:
+            heapq.heappush(heap, item)
+        else:
+            rest.add(heapq.heappushpop(heap, item)[4])
+
+    def add(self, tags: dict[str, str], values: tuple[int, ...], cost: Decimal | None) -> None:
+        """One JSONL record's tags (``values`` in ``COUNT_NAMES`` order)."""
+        groups, kept = self.groups, self.kept
+        for key, value in tags.items():
+            group: tuple[str, str | None] = (key, value)
+            known = groups.get(group)
+            if known is None:
+                count = kept.get(key)
+                if count is None:
+                    if len(kept) >= _TAG_KEYS_KEPT:
+                        continue
+                    count = 0
+                if count >= _TAG_VALUES_KEPT:
+                    group = (key, None)
+                    known = groups.get(group)
+                else:
+                    kept[key] = count + 1
+            groups[group] = values if known is None else list(map(_ADD, known, values))
+            if cost is not None:
+                self.costs[group] = self.costs.get(group, _NO_COST) + cost
+
+    def sections(self, report_totals: Totals) -> list[TagSection]:
+        for (key, value), counts in self.groups.items():
+            self.feed(
+                key, value, Totals.from_counts(counts, self.costs.get((key, value), _NO_COST))
+            )
+        self.groups.clear()
+        found = []
+        for key, (heap, tagged, rest) in self.keys.items():
+            rows = [
+                Row((value,), totals)
+                for _, _, _, value, totals in sorted(heap, key=lambda i: (-i[0], -i[1], i[3]))
+            ]
+            found.append(
+                TagSection(
+                    key=key,
+                    tagged=tagged,
+                    values=self.values.get(key, 0),
+                    rows=rows,
+                    rest=rest if rest.calls else None,
+                    untagged=_minus(report_totals, tagged),
+                    partial=key in self.partial,
+                )
+            )
+        return sorted(found, key=lambda section: (-section.tagged.calls, section.key))
+
+
+def _sql_tags(
+    conn: sqlite3.Connection, tags: _TagTotals, where: str, params: list[str], table: set[str]
+) -> None:
+    """Every (tag key, value) of the rows in ``where``, totalled in SQL (``json_each``)."""
+    if "tags" not in table:
+        return
+    sql = (
+        f"SELECT t.key, CAST(t.value AS TEXT), {totals_select(table, 'r.')} "
+        f"FROM (SELECT * FROM records{where}) AS r, {tag_pairs_sql('r.')} GROUP BY 1, 2"
+    )
+    for values in conn.execute(sql, params):
+        tags.feed(
+            str(values[0]),
+            NONE_LABEL if values[1] is None else str(values[1]),
+            Totals.from_sql(values[2:]),
+        )
+
+
 # --- SQLite ----------------------------------------------------------------------------------
 
 
@@ -339,7 +470,7 @@ def exclude_bad_rows(
 
 
 def _run_sqlite(
-    source: Source, query: Query, progress: Progress | None
+    source: Source, query: Query, progress: Progress | None, tags: _TagTotals | None
 ) -> tuple[list[Breakdown], list[Call] | None, int]:
     conn = open_database(source)
     if progress is not None:
@@ -359,6 +490,8 @@ def _run_sqlite(
             _sqlite_breakdown(conn, query, grouping, where, where_params, columns)
             for grouping in query.groupings
         ]
+        if tags is not None:
+            _sql_tags(conn, tags, where, where_params, columns)
         calls = None
         if query.calls_limit is not None:
             limit = query.calls_limit or -1
@@ -404,13 +537,27 @@ def _sqlite_breakdown(
     breakdown = roll_up(grouping, raw, groups, query.tz)
     if query.latency and grouping == query.groupings[0] and "latency_ms" in table:
         joiner = " AND " if where else " WHERE "
-        cursor = conn.execute(
-            f"SELECT {', '.join(exprs)}, latency_ms FROM records{where}{joiner}"
-            "typeof(latency_ms) IN ('real', 'integer')",
-            [*params, *where_params],
-        )
-        pairs = ((tuple(str(v) for v in values[:n]), float(values[n])) for values in cursor)
-        _latencies(breakdown, raw, pairs, query.tz)
+        known = f"{where}{joiner}{LATENCY_KNOWN}"
+        if is_postgres(conn) and raw == breakdown.columns:
+            # The server ranks: one row per group, nothing streamed.
+            found = {
+                tuple(str(v) for v in values[:n]): Latency(
+                    float(values[n]), float(values[n + 1]), int(values[n + 2])
+                )
+                for values in conn.execute(
+                    f"SELECT {', '.join(exprs)}, {PERCENTILES_PG} FROM records{known} "
+                    f"GROUP BY {positions}",
+                    [*params, *where_params],
+                )
+            }
+            breakdown.rows[:] = [Row(r.key, r.totals, found.get(r.key)) for r in breakdown.rows]
+        else:  # SQLite has no percentile function; a family or calendar row spans groups
+            cursor = conn.execute(
+                f"SELECT {', '.join(exprs)}, latency_ms FROM records{known}",
+                [*params, *where_params],
+            )
+            pairs = ((tuple(str(v) for v in values[:n]), float(values[n])) for values in cursor)
+            _latencies(breakdown, raw, pairs, query.tz)
     return breakdown
 
 
@@ -505,14 +652,16 @@ def _uses_tags(query: Query) -> bool:
 
 
 def _run_jsonl(
-    source: Source, query: Query, progress: Progress | None
+    source: Source, query: Query, progress: Progress | None, tags: _TagTotals | None
 ) -> tuple[list[Breakdown], list[Call] | None, int]:
     on_progress = progress.update if progress else None
     records: Iterable[tuple[dict[str, Any], tuple[int, ...], Decimal | None]]
     reader: JsonlScan | JsonlReader
     keep: deque[dict[str, Any]] | None = None
     if query.calls_limit is None:  # totals only: the fast scan of the fields totals read
-        reader = records = JsonlScan(source.path, tags=_uses_tags(query), on_progress=on_progress)
+        reader = records = JsonlScan(
+            source.path, tags=tags is not None or _uses_tags(query), on_progress=on_progress
+        )
     else:  # the calls are listed: every field of every record
         keep = deque(maxlen=query.calls_limit or None)
         reader = JsonlReader(source.path, on_progress=on_progress)
@@ -549,6 +698,8 @@ def _run_jsonl(
         )
         for add in adders:
             add(record, values, cost)
+        if tags is not None and record["tags"]:
+            tags.add(record["tags"], values, cost)
         if keep is not None:
             keep.append(record)
     calls = None if keep is None else [Call.from_json(record) for record in keep]
