@@ -265,6 +265,11 @@ _PROBE = """
     return [b.getAttribute("data-label"), b.getAttribute("data-cost"), box(b).width,
             box(b.parentNode).width];
   });
+  r.tags = [].map.call(document.querySelectorAll("#tags .panel"), function (p) {
+    return [p.getAttribute("data-tag"), [].map.call(p.querySelectorAll(".bar"), function (b) {
+      return [b.getAttribute("data-label"), b.getAttribute("data-cost"), box(b).width];
+    })];
+  });
   r.sessions = [].map.call(document.querySelectorAll("#chart-sessions .label"), function (l) {
     return l.textContent;
   });
@@ -390,6 +395,25 @@ def test_dashboard_in_chromium(html_report: Path, tmp_path: Path, width: int) ->
         expected = top_width * float(Decimal(cost) / Decimal("1.234567890123"))
         assert bar_width == pytest.approx(expected, abs=1.5)
     assert len(set(r["sessions"])) == len(r["sessions"])  # top sessions tell apart
+    # A chart per tag key, with the exact cost of each value and of the calls without it.
+    tags = {key: {label: Decimal(cost) for label, cost, _ in bars} for key, bars in r["tags"]}
+    assert tags == {
+        "feature": {
+            "chat": CHAT_COST,
+            EVIL_TAG: Decimal("0.15"),
+            "search": Decimal("0.00185"),
+            "(no feature tag)": Decimal("0.000125"),
+        },
+        "team": {
+            "core": Decimal("0.00185"),
+            "(no team tag)": sum(DAYS.values()) - Decimal("0.00185"),
+        },
+    }
+    for _, bars in r["tags"]:
+        widest = max(width for _, _, width in bars)
+        top = max(Decimal(cost) for _, cost, _ in bars)
+        for _, cost, bar_width in bars:
+            assert bar_width == pytest.approx(widest * float(Decimal(cost) / top), abs=1.5)
     # The sortable table sorts by the number, both ways.
     desc = [float(v) for v in r["sortedDesc"]]  # an unpriced row sorts as -Infinity
     assert desc == sorted(desc, reverse=True) and r["sortedAsc"] == r["sortedDesc"][::-1]
