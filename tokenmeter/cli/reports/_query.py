@@ -49,6 +49,7 @@ from tokenmeter.cli.reports._sql import (
     LATENCY_KNOWN,
     PERCENTILES_PG,
     PLACEHOLDER,
+    group_by_sql,
     raw_column_sql,
     tag_pairs_sql,
     tag_path,
@@ -527,7 +528,7 @@ def _sqlite_breakdown(
     positions = ", ".join(str(i) for i in range(1, len(raw) + 1))
     sql = (
         f"SELECT {', '.join(exprs)}, {totals_select(table)} FROM records{where} "
-        f"GROUP BY {positions}"
+        f"GROUP BY {group_by_sql(raw)}"
     )
     n = len(raw)
     groups = (

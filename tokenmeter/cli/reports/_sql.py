@@ -16,6 +16,7 @@ __all__ = [
     "NONE_SQL",
     "PERCENTILES_PG",
     "PLACEHOLDER",
+    "group_by_sql",
     "raw_column_sql",
     "tag_pairs_sql",
     "tag_path",
@@ -52,6 +53,24 @@ def tag_pairs_sql(prefix: str = "") -> str:
     and ``value``), to join after the records: SQLite's ``json_each`` (``_postgres`` turns it
     into ``jsonb_each_text``)."""
     return f"json_each({prefix}tags) AS t"
+
+
+#: Key columns that are a stored column as it is: grouped by that column (an index on it serves
+#: the GROUP BY), and shown through ``raw_column_sql``'s COALESCE.
+_STORED = {
+    "provider": "model_provider",
+    "model": "model_name",
+    "session_id": "session_id",
+    "session": "session_name",
+    "status": "status",
+}
+
+
+def group_by_sql(columns: tuple[str, ...], prefix: str = "") -> str:
+    """The GROUP BY list for these key columns: stored columns by name, others by position."""
+    return ", ".join(
+        f"{prefix}{_STORED[c]}" if c in _STORED else str(i) for i, c in enumerate(columns, 1)
+    )
 
 
 def raw_column_sql(column: str, prefix: str = "") -> tuple[str, list[str]]:
