@@ -371,6 +371,12 @@ def _header_lines(report: Report) -> list[str]:
         lines.append(f"only: {report.filters}")
     if report.previous is not None:
         lines.append(f"compared with: {period_text(report.previous)}")
+    if not report.totals.calls:
+        lines.append(
+            "no calls match these filters in this period"
+            if report.filters
+            else "no calls in this period"
+        )
     return lines
 
 
