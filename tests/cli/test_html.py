@@ -28,6 +28,7 @@ EVIL_MODEL = "<img src=x onerror=alert(1)>"
 EVIL_SESSION = "<script>document.title='pwned'</script>"
 EVIL_TAG = '"><b>bold</b>'
 EVIL_ALERT = "</script><script>document.title='alert'</script>"
+LONG_KEY = "k" * 300  # a heading that must wrap at 390 px
 
 #: Cost per day of RECORDS plus the three evil records ($0.05 a day), worked out by hand.
 DAYS = {
@@ -49,7 +50,7 @@ def html_report(cli: RunCli, tmp_path: Path) -> Path:
             100,
             "0.05",
             session=("s<1>", EVIL_SESSION),
-            tags={"feature": EVIL_TAG},
+            tags={"feature": EVIL_TAG, **({LONG_KEY: "v"} if i == 0 else {})},
         )
         for i in range(3)
     ]
@@ -407,6 +408,10 @@ def test_dashboard_in_chromium(html_report: Path, tmp_path: Path, width: int) ->
         "team": {
             "core": Decimal("0.00185"),
             "(no team tag)": sum(DAYS.values()) - Decimal("0.00185"),
+        },
+        LONG_KEY: {
+            "v": Decimal("0.05"),
+            f"(no {LONG_KEY} tag)": sum(DAYS.values()) - Decimal("0.05"),
         },
     }
     for _, bars in r["tags"]:

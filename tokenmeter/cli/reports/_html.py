@@ -62,7 +62,8 @@ _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1f2328;
 background:#f6f8fa;font-size:15px;line-height:1.4}
 main{max-width:1400px;margin:0 auto;padding:1.25rem clamp(.75rem,3vw,2rem)}
-h1{margin:0 0 .25rem;font-size:1.6rem}h2{margin:1.75rem 0 .6rem;font-size:1.2rem}
+h1{margin:0 0 .25rem;font-size:1.6rem}
+h2{margin:1.75rem 0 .6rem;font-size:1.2rem;overflow-wrap:anywhere}
 .meta{color:#57606a;margin:0 0 1rem;overflow-wrap:anywhere}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(10rem,1fr));gap:.75rem}
 .card{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:.7rem .9rem}
