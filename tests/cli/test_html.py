@@ -232,6 +232,18 @@ def test_a_jsonl_key_with_too_many_values_keeps_exact_totals(
     assert list(team)[:4] == ["t02", "t01", "t00", "core"]  # the first 4 values seen, ranked
     assert sum(team.values()) - team["(no team tag)"] == Decimal("0.78185")
     assert "ranked among the first ones seen" in page
+    assert "8 more tag keys (too many to total)</p>" in page  # k1 .. k8
+
+
+def test_sql_totals_the_most_used_tag_keys(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_query, "_TAG_KEYS_KEPT", 3)
+    source = write_sqlite(tmp_path / "usage.db", TAGGED, SESSIONS)
+    code, page, err = cli("report", "--source", str(source), "--format", "html")
+    assert code == 0, err
+    assert list(_tag_bars(page)) == ["team", "feature", "k0"]  # 13, 4 and 1 calls
+    assert "8 more tag keys (too many to total)</p>" in page
 
 
 def test_no_tags_no_tag_charts(cli: RunCli, tmp_path: Path) -> None:

@@ -308,13 +308,13 @@ def _tag_charts(report: Report) -> list[str]:
         ]
     parts.append("</div>")
     more = [section.key for section in found if section not in shown]
-    if more:
+    count = len(more) + report.more_tag_keys
+    if count:
         listed = ", ".join(more[:_MORE_KEYS_LISTED])
-        listed += "…" if len(more) > _MORE_KEYS_LISTED else ""
-        parts.append(
-            f'<p class="note" id="more-tags">{fmt_count(len(more))} more tag '
-            f"key{'' if len(more) == 1 else 's'} without a chart: {esc(listed)}</p>"
-        )
+        listed += "…" if count > min(len(more), _MORE_KEYS_LISTED) else ""
+        keys = f"{fmt_count(count)} more tag key{'' if count == 1 else 's'}"
+        text = f"{keys} without a chart: {listed}" if more else f"{keys} (too many to total)"
+        parts.append(f'<p class="note" id="more-tags">{esc(text)}</p>')
     return parts
 
 

@@ -246,6 +246,7 @@ class Report:
     previous: Report | None = None  # the same query over the period before (``--compare``)
     #: Every tag key in the data, most used first (``Query.tag_values`` > 0), else None.
     tags: list[TagSection] | None = None
+    more_tag_keys: int = 0  # tag keys beyond those in ``tags`` (too many to total each)
 
     def previous_totals(self, breakdown: Breakdown, key: tuple[str, ...]) -> Totals | None:
         """The totals of the row with this key in the previous period (``--compare``)."""

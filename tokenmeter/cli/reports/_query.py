@@ -170,6 +170,7 @@ def run_query(source: Source, query: Query, progress: Progress | None = None) ->
         totals.add(row.totals)
     return Report(
         tags=None if tags is None else tags.sections(totals),
+        more_tag_keys=0 if tags is None else tags.left_out_keys(),
         source=str(source.path),
         since=query.since,
         until=query.until,
@@ -297,11 +298,13 @@ def _latencies(
 
 # --- every tag key -----------------------------------------------------------------------------
 
-#: A JSONL read keeps this many tag keys, and this many values of one key, apart (memory stays
-#: flat whatever the tags hold); a key's further values are summed together, and the key's
-#: section says its ranking is among the first values seen.
+#: Tag keys totalled (SQL: the most used; JSONL: the first seen), and, in a JSONL read, values of
+#: one key kept apart: memory stays flat whatever the tags hold. A key's further values are
+#: summed together, and the key's section says its ranking is among the first values seen.
 _TAG_KEYS_KEPT = 100
 _TAG_VALUES_KEPT = 2_000
+#: Distinct tag keys beyond the kept ones counted (JSONL), to say how many were left out.
+_MORE_KEYS_COUNTED = 100_000
 
 
 _Ranked = tuple[Decimal, int, int, str, Totals]
@@ -331,6 +334,9 @@ class _TagTotals:
         self.groups: dict[tuple[str, str | None], Sequence[int]] = {}
         self.costs: dict[tuple[str, str | None], Decimal] = {}
         self.kept: dict[str, int] = {}
+        #: Keys left out (SQL: their number; JSONL: the first ``_MORE_KEYS_COUNTED`` of them).
+        self.more_keys = 0
+        self.left_out: set[str] = set()
 
     def feed(self, key: str, value: str | None, totals: Totals) -> None:
         """One (key, value) group's totals; ``value`` None: values not kept apart."""
@@ -361,6 +367,8 @@ class _TagTotals:
                 count = kept.get(key)
                 if count is None:
                     if len(kept) >= _TAG_KEYS_KEPT:
+                        if len(self.left_out) < _MORE_KEYS_COUNTED:
+                            self.left_out.add(key)
                         continue
                     count = 0
                 if count >= _TAG_VALUES_KEPT:
@@ -371,6 +379,9 @@ class _TagTotals:
             groups[group] = values if known is None else list(map(_ADD, known, values))
             if cost is not None:
                 self.costs[group] = self.costs.get(group, _NO_COST) + cost
+
+    def left_out_keys(self) -> int:
+        return self.more_keys + len(self.left_out)
 
     def sections(self, report_totals: Totals) -> list[TagSection]:
         for (key, value), counts in self.groups.items():
@@ -401,19 +412,27 @@ class _TagTotals:
 def _sql_tags(
     conn: sqlite3.Connection, tags: _TagTotals, where: str, params: list[str], table: set[str]
 ) -> None:
-    """Every (tag key, value) of the rows in ``where``, totalled in SQL (``json_each``)."""
+    """Every (tag key, value) of the rows in ``where``, totalled in SQL (``json_each``): the
+    ``_TAG_KEYS_KEPT`` most used keys, the number of the others."""
     if "tags" not in table:
         return
+    pairs = f"(SELECT * FROM records{where}) AS r, {tag_pairs_sql('r.')}"
+    keys = conn.execute(
+        f"SELECT t.key, COUNT(*) OVER () FROM {pairs} GROUP BY 1 ORDER BY COUNT(*) DESC, 1 "
+        f"LIMIT {_TAG_KEYS_KEPT}",
+        params,
+    ).fetchall()
+    if not keys:
+        return
+    tags.more_keys = int(keys[0][1]) - len(keys)
+    marks = ", ".join(PLACEHOLDER for _ in keys)
     sql = (
-        f"SELECT t.key, CAST(t.value AS TEXT), {totals_select(table, 'r.')} "
-        f"FROM (SELECT * FROM records{where}) AS r, {tag_pairs_sql('r.')} GROUP BY 1, 2"
+        f"SELECT t.key, CAST(t.value AS TEXT), {totals_select(table, 'r.')} FROM {pairs} "
+        f"WHERE t.key IN ({marks}) GROUP BY 1, 2"
     )
-    for values in conn.execute(sql, params):
-        tags.feed(
-            str(values[0]),
-            NONE_LABEL if values[1] is None else str(values[1]),
-            Totals.from_sql(values[2:]),
-        )
+    for values in conn.execute(sql, [*params, *(str(key) for key, _ in keys)]):
+        value = NONE_LABEL if values[1] is None else str(values[1])
+        tags.feed(str(values[0]), value, Totals.from_sql(values[2:]))
 
 
 # --- SQLite ----------------------------------------------------------------------------------
