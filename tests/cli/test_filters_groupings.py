@@ -311,3 +311,12 @@ def test_detailed_calls_in_tz(cli: RunCli, data: Path) -> None:
     assert "2026-11-01T23:30:00.000Z" in out
     doc = report(cli, data, "--detailed", "--tz", "Europe/Paris", "--model", "gpt-4o")
     assert doc["calls"][0]["timestamp"] == "2026-11-01T23:30:00.000Z"  # machine formats: UTC
+
+
+def test_an_empty_result_says_so(cli: RunCli, data: Path) -> None:
+    code, out, _ = cli("report", "--source", str(data), "--since", "2030-01-01")
+    assert code == 0 and "no calls in this period" in out
+    code, out, _ = cli("report", "--source", str(data), "--model", "no-such-model")
+    assert code == 0 and "no calls match these filters in this period" in out
+    code, out, _ = cli("report", "--source", str(data))
+    assert code == 0 and "no calls" not in out

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
+from tokenmeter.cli.reports import _query
 from tokenmeter.cli.reports._html import _SCRIPT, nice_ticks
 
-from .conftest import RECORDS, SESSIONS, RunCli, rec, write_sqlite
+from .conftest import RECORDS, SESSIONS, TOTAL_COST, RunCli, rec, write_jsonl, write_sqlite
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -27,6 +28,7 @@ EVIL_MODEL = "<img src=x onerror=alert(1)>"
 EVIL_SESSION = "<script>document.title='pwned'</script>"
 EVIL_TAG = '"><b>bold</b>'
 EVIL_ALERT = "</script><script>document.title='alert'</script>"
+LONG_KEY = "k" * 300  # a heading that must wrap at 390 px
 
 #: Cost per day of RECORDS plus the three evil records ($0.05 a day), worked out by hand.
 DAYS = {
@@ -48,7 +50,7 @@ def html_report(cli: RunCli, tmp_path: Path) -> Path:
             100,
             "0.05",
             session=("s<1>", EVIL_SESSION),
-            tags={"feature": EVIL_TAG},
+            tags={"feature": EVIL_TAG, **({LONG_KEY: "v"} if i == 0 else {})},
         )
         for i in range(3)
     ]
@@ -113,7 +115,7 @@ def test_self_contained_and_escaped(html_report: Path) -> None:
     assert "&lt;/script&gt;&lt;script&gt;document.title=&#x27;alert&#x27;" in page
     for section in ("chart-daily", "chart-models", "chart-names", "chart-sessions", "alerts"):
         assert f'id="{section}"' in page
-    assert 'id="chart-tag-feature"' in page and "Generated " in page
+    assert 'id="chart-tag-0" data-tag="feature"' in page and "Generated " in page
 
 
 def test_empty_period_still_renders(cli: RunCli, tmp_path: Path) -> None:
@@ -130,6 +132,126 @@ def test_previous_period_delta(cli: RunCli, tmp_path: Path) -> None:
     )  # fmt: skip
     # Nov 3: 1.234567890123; Nov 2 before it: 0.001975.
     assert code == 0 and "+62409.8% vs $0.00198 the period before" in out
+
+
+def _tag_bars(page: str) -> dict[str, list[tuple[str, Decimal]]]:
+    """Each tag chart's bars, in page order: (label, exact cost)."""
+    charts: dict[str, list[tuple[str, Decimal]]] = {}
+    for chunk in page.split('id="chart-tag-')[1:]:
+        key = re.match(r'\d+" data-tag="([^"]*)"', chunk)
+        assert key, chunk[:200]
+        panel = chunk.split("<h2>")[0]
+        bars = re.findall(
+            r'class="bar" style="[^"]*" data-label="([^"]*)" data-cost="([^"]*)"', panel
+        )
+        charts[key.group(1)] = [(label, Decimal(cost)) for label, cost in bars]
+    return charts
+
+
+#: 12 values of "team" ($0.01 .. $0.12) and nine keys with one call each, besides RECORDS' tags.
+TAGGED = [
+    *RECORDS,
+    *(
+        rec(40 + i, "2026-11-02T09:00:00.000Z", "openai", "gpt-4o", 5, 5, f"{(i + 1) / 100}",
+            tags={"team": f"t{i:02d}"})
+        for i in range(12)
+    ),
+    *(
+        rec(60 + i, "2026-11-02T10:00:00.000Z", "openai", "gpt-4o", 5, 5, "0.001",
+            tags={f"k{i}": "x"})
+        for i in range(9)
+    ),
+]  # fmt: skip
+TAGGED_COST = TOTAL_COST + Decimal("0.78") + Decimal("0.009")
+CHAT_COST = Decimal("0.0075") + Decimal("0.012345678901") + Decimal("1.234567890123")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_a_chart_per_tag_key_in_the_data(cli: RunCli, tmp_path: Path, kind: str) -> None:
+    if kind == "sqlite":
+        source = write_sqlite(tmp_path / "usage.db", TAGGED, SESSIONS)
+    else:
+        source = write_jsonl(tmp_path / "usage.jsonl", TAGGED)
+    code, page, err = cli("report", "--source", str(source), "--format", "html")
+    assert code == 0, err
+    charts = _tag_bars(page)
+    # Most used keys first, at most 8 charts; the rest are named.
+    assert list(charts) == ["team", "feature", "k0", "k1", "k2", "k3", "k4", "k5"]
+    assert "3 more tag keys without a chart: k6, k7, k8</p>" in page
+    # The 10 most costly values, the other 3 summed, then the calls without the key.
+    team = charts["team"]
+    assert team[:10] == [(f"t{i:02d}", Decimal(i + 1) / 100) for i in range(11, 1, -1)]
+    assert team[10] == ("3 other values", Decimal("0.03") + Decimal("0.00185"))
+    assert team[11] == ("(no team tag)", TAGGED_COST - Decimal("0.78") - Decimal("0.00185"))
+    assert len(team) == 12
+    assert "13 values on 13 of 27 calls" in page
+    feature = charts["feature"]
+    assert feature == [
+        ("chat", CHAT_COST),
+        ("search", Decimal("0.00185")),
+        ("(no feature tag)", TAGGED_COST - CHAT_COST - Decimal("0.00185")),
+    ]
+    assert charts["k0"] == [
+        ("x", Decimal("0.001")),
+        ("(no k0 tag)", TAGGED_COST - Decimal("0.001")),
+    ]
+
+
+def test_a_by_tag_key_always_has_its_chart(cli: RunCli, tmp_path: Path) -> None:
+    source = write_sqlite(tmp_path / "usage.db", TAGGED, SESSIONS)
+    code, page, err = cli("report", "--source", str(source), "--by", "tag:k8", "--format", "html")
+    assert code == 0, err
+    assert list(_tag_bars(page)) == ["k8", "team", "feature", "k0", "k1", "k2", "k3", "k4"]
+    assert "3 more tag keys without a chart: k5, k6, k7</p>" in page
+
+
+def test_tag_charts_follow_the_window_and_filters(cli: RunCli, tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "usage.jsonl", TAGGED)
+    code, page, err = cli(
+        "report", "--source", str(source), "--since", "2026-11-03", "--model", "gpt-4o-mini",
+        "--format", "html",
+    )  # fmt: skip
+    assert code == 0, err
+    assert _tag_bars(page) == {"feature": [("chat", Decimal("1.234567890123"))]}
+    assert "more tag keys" not in page
+
+
+def test_a_jsonl_key_with_too_many_values_keeps_exact_totals(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory stays flat on a tag with a value per call: past a bound, new values are summed
+    together; the key's total is still exact and the chart says its ranking is partial."""
+    monkeypatch.setattr(_query, "_TAG_VALUES_KEPT", 4)
+    monkeypatch.setattr(_query, "_TAG_KEYS_KEPT", 3)
+    source = write_jsonl(tmp_path / "usage.jsonl", TAGGED)
+    code, page, err = cli("report", "--source", str(source), "--format", "html")
+    assert code == 0, err
+    charts = _tag_bars(page)
+    assert list(charts) == ["team", "feature", "k0"]  # k1 .. k8 came after 3 keys were kept
+    team = dict(charts["team"])
+    assert list(team)[:4] == ["t02", "t01", "t00", "core"]  # the first 4 values seen, ranked
+    assert sum(team.values()) - team["(no team tag)"] == Decimal("0.78185")
+    assert "ranked among the first ones seen" in page
+    assert "8 more tag keys (too many to total)</p>" in page  # k1 .. k8
+
+
+def test_sql_totals_the_most_used_tag_keys(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_query, "_TAG_KEYS_KEPT", 3)
+    source = write_sqlite(tmp_path / "usage.db", TAGGED, SESSIONS)
+    code, page, err = cli("report", "--source", str(source), "--format", "html")
+    assert code == 0, err
+    assert list(_tag_bars(page)) == ["team", "feature", "k0"]  # 13, 4 and 1 calls
+    assert "8 more tag keys (too many to total)</p>" in page
+
+
+def test_no_tags_no_tag_charts(cli: RunCli, tmp_path: Path) -> None:
+    untagged = [r.model_copy(update={"tags": {}}) for r in RECORDS]
+    source = write_sqlite(tmp_path / "usage.db", untagged, SESSIONS)
+    code, page, err = cli("report", "--source", str(source), "--format", "html")
+    assert code == 0, err
+    assert 'id="tags"' not in page and "chart-tag-" not in page
 
 
 # --- in a real browser ---------------------------------------------------------------------------
@@ -155,6 +277,11 @@ _PROBE = """
   r.models = [].map.call(document.querySelectorAll("#chart-models .bar"), function (b) {
     return [b.getAttribute("data-label"), b.getAttribute("data-cost"), box(b).width,
             box(b.parentNode).width];
+  });
+  r.tags = [].map.call(document.querySelectorAll("#tags .panel"), function (p) {
+    return [p.getAttribute("data-tag"), [].map.call(p.querySelectorAll(".bar"), function (b) {
+      return [b.getAttribute("data-label"), b.getAttribute("data-cost"), box(b).width];
+    })];
   });
   r.sessions = [].map.call(document.querySelectorAll("#chart-sessions .label"), function (l) {
     return l.textContent;
@@ -281,6 +408,29 @@ def test_dashboard_in_chromium(html_report: Path, tmp_path: Path, width: int) ->
         expected = top_width * float(Decimal(cost) / Decimal("1.234567890123"))
         assert bar_width == pytest.approx(expected, abs=1.5)
     assert len(set(r["sessions"])) == len(r["sessions"])  # top sessions tell apart
+    # A chart per tag key, with the exact cost of each value and of the calls without it.
+    tags = {key: {label: Decimal(cost) for label, cost, _ in bars} for key, bars in r["tags"]}
+    assert tags == {
+        "feature": {
+            "chat": CHAT_COST,
+            EVIL_TAG: Decimal("0.15"),
+            "search": Decimal("0.00185"),
+            "(no feature tag)": Decimal("0.000125"),
+        },
+        "team": {
+            "core": Decimal("0.00185"),
+            "(no team tag)": sum(DAYS.values()) - Decimal("0.00185"),
+        },
+        LONG_KEY: {
+            "v": Decimal("0.05"),
+            f"(no {LONG_KEY} tag)": sum(DAYS.values()) - Decimal("0.05"),
+        },
+    }
+    for _, bars in r["tags"]:
+        widest = max(width for _, _, width in bars)
+        top = max(Decimal(cost) for _, cost, _ in bars)
+        for _, cost, bar_width in bars:
+            assert bar_width == pytest.approx(widest * float(Decimal(cost) / top), abs=1.5)
     # The sortable table sorts by the number, both ways.
     desc = [float(v) for v in r["sortedDesc"]]  # an unpriced row sorts as -Infinity
     assert desc == sorted(desc, reverse=True) and r["sortedAsc"] == r["sortedDesc"][::-1]

@@ -93,3 +93,94 @@ def test_a_database_without_tokenmeter_tables_is_refused_clearly(cli: RunCli, pg
     code, _, err = cli("report", "--source", _url(pg_dsn))
     assert code != 0
     assert "no tokenmeter records" in err
+
+
+@pytest.mark.parametrize("keys_kept", [100, 3])
+def test_tag_charts_are_totalled_in_postgresql_as_in_sqlite(
+    cli: RunCli, tmp_path: Path, pg_dsn: str, keys_kept: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tokenmeter.cli.reports import _query
+
+    from .test_html import TAGGED, _tag_bars
+
+    monkeypatch.setattr(_query, "_TAG_KEYS_KEPT", keys_kept)
+
+    sink = PostgresSink(pg_dsn)
+    sink.write(TAGGED)
+    sink.close()
+    db = write_sqlite(tmp_path / "usage.db", TAGGED, SESSIONS)
+    pages = []
+    for source in (str(db), _url(pg_dsn)):
+        code, page, err = cli("report", "--source", source, "--format", "html")
+        assert code == 0, err
+        pages.append(page)
+    from_sqlite, from_pg = (_tag_bars(page) for page in pages)
+    assert from_pg == from_sqlite and len(from_pg) == min(8, keys_kept)
+    more = "3 more tag keys without a chart: k6, k7, k8" if keys_kept == 100 else "8 more tag keys"
+    assert more in pages[0] and more in pages[1]
+
+
+#: RECORDS with latencies: 24 copies of a gpt-4o call take 10, 20, ... 240 ms but one reports
+#: none; the other records take 55.5 ms (one of them gpt-4o). gpt-4o's 24 latencies rank 120 ms
+#: 12th (p50) and 230 ms 23rd (p95, nearest rank: ceil(0.95 * 24) = 23).
+TIMED = [
+    *(
+        RECORDS[0].model_copy(
+            update={"id": f"timed-{i}", "latency_ms": 10.0 * (i + 1) if i != 7 else None}
+        )
+        for i in range(24)
+    ),
+    *(r.model_copy(update={"latency_ms": 55.5}) for r in RECORDS[1:]),
+]
+
+
+@pytest.mark.parametrize(
+    "by", ["model", "provider,status", "family", "day", "session", "tag:feature"]
+)
+def test_latency_percentiles_in_postgresql_equal_sqlite_and_jsonl(
+    cli: RunCli, tmp_path: Path, pg_dsn: str, by: str
+) -> None:
+    from .conftest import write_jsonl
+
+    sink = PostgresSink(pg_dsn)
+    sink.write(TIMED)
+    sink.close()
+    sources = [
+        _url(pg_dsn),
+        str(write_sqlite(tmp_path / "usage.db", TIMED, SESSIONS)),
+        str(write_jsonl(tmp_path / "usage.jsonl", TIMED)),
+    ]
+    found = []
+    for source in sources:
+        code, out, err = cli(
+            "report", "--source", source, "--by", by, "--latency", "--tz", "Asia/Kolkata",
+            "--format", "json",
+        )  # fmt: skip
+        assert code == 0, err
+        found.append(json.loads(out)["rows"])
+    assert found[0] == found[1] == found[2]
+    assert any("latency_p50_ms" in row for row in found[0])
+    if by == "model":
+        row = next(r for r in json.loads(out)["rows"] if r["model"] == "gpt-4o")
+        assert (row["latency_p50_ms"], row["latency_p95_ms"]) == (120.0, 230.0)
+
+
+def test_postgresql_ranks_latencies_itself(
+    cli: RunCli, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By a stored column the server computes the percentiles: none are streamed to Python."""
+    from tokenmeter.cli.reports import _query
+
+    def streamed(*args: object) -> None:
+        raise AssertionError("latencies were streamed to Python")
+
+    sink = PostgresSink(pg_dsn)
+    sink.write(TIMED)
+    sink.close()
+    monkeypatch.setattr(_query, "_latencies", streamed)
+    code, out, err = cli(
+        "report", "--source", _url(pg_dsn), "--by", "model", "--latency", "--format", "json"
+    )
+    assert code == 0, err
+    rows = {row["model"]: row for row in json.loads(out)["rows"]}
+    assert (rows["gpt-4o"]["latency_p50_ms"], rows["gpt-4o"]["latency_p95_ms"]) == (120.0, 230.0)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tokenmeter._models import UsageRecord
+
 from .conftest import SESSIONS, rec, run_module, subprocess_env, write_sqlite
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -147,3 +149,24 @@ def test_cli_reads_the_configured_directory(tmp_path: Path) -> None:
     assert result.returncode == 0 and '"calls": 2' in result.stdout
     result = run_module("report", cwd=tmp_path)  # nothing configured, nothing there
     assert result.returncode == 1 and "tokenmeter demo" in result.stderr
+
+
+def test_columns_that_are_zero_on_every_row_are_hidden_first(tmp_path: Path) -> None:
+    """An all-zero Unpriced column says nothing: it goes before Share; an unpriced call keeps it."""
+    pytest.importorskip("rich")
+    priced = [
+        rec(1, "2026-11-01T10:00:00.000Z", "openai", "gpt-4o-2024-08-06", 1000, 100, "0.0325"),
+        rec(2, "2026-11-01T11:00:00.000Z", "openai", "text-embedding-3-small", 50, 0, "0.000001"),
+    ]
+    unpriced = [*priced, rec(3, "2026-11-01T12:00:00.000Z", "custom", "mine", 5, 5, None)]
+
+    def hidden(records: list[UsageRecord]) -> list[str]:
+        db = write_sqlite(tmp_path / f"usage-{len(records)}.db", records, SESSIONS)
+        screen = ANSI.sub("", at_terminal(["report", "--source", str(db)], tmp_path, 100))
+        note = re.search(r"hidden to fit the terminal: (.*?);", screen.replace("\r\n", " "), re.S)
+        assert note, screen
+        return [name.strip() for name in note.group(1).split(",")]
+
+    all_priced = hidden(priced)
+    assert all_priced.index("Unpriced") < all_priced.index("Share")
+    assert "Unpriced" not in hidden(unpriced)

@@ -8,6 +8,8 @@ the readers use, which translates the few SQLite spellings they contain:
 - ``?`` placeholders become ``%s``; ``LIMIT -1`` (no limit) becomes ``LIMIT NULL``;
 - ``rowid`` (insertion order) becomes the ``seq`` column;
 - ``json_extract(tags, ?)`` with a ``$."key"`` path becomes ``(tags::jsonb ->> 'key')``;
+- ``json_each(tags)`` (a row per tag) becomes ``jsonb_each_text(tags::jsonb)``;
+- ``typeof(latency_ms) IN ('real', 'integer')`` becomes ``latency_ms IS NOT NULL`` (typed);
 - the ``sqlite_master`` lookup of a table becomes one in ``pg_tables``;
 - ``BEGIN`` opens a read-only REPEATABLE READ transaction: one snapshot for every query, while
   writers carry on (as a SQLite read transaction does).
@@ -29,6 +31,8 @@ __all__ = ["PgConnection", "display_name", "is_postgres", "is_postgres_url"]
 
 _SCHEMES = ("postgresql://", "postgres://")
 _JSON_EXTRACT = re.compile(r"json_extract\((\w+(?:\.\w+)?), \?\)")
+_JSON_EACH = re.compile(r"\bjson_each\((\w+(?:\.\w+)?)\)")
+_NUMBER_TYPE = re.compile(r"\btypeof\((\w+(?:\.\w+)?)\) IN \('real', 'integer'\)")
 _JSON_PATH = re.compile(r'^\$\."((?:[^"\\]|\\.)*)"$')
 _ROWID = re.compile(r"\browid\b")
 _TABLE_LOOKUP = "FROM sqlite_master WHERE type='table' AND name="
@@ -155,6 +159,8 @@ def _translate(sql: str, params: list[Any]) -> tuple[str, list[Any]]:
     for match in _JSON_EXTRACT.finditer(sql):
         paths.add(sql.count("?", 0, match.start()))
     sql = _JSON_EXTRACT.sub(r"(\1::jsonb ->> ?)", sql)
+    sql = _JSON_EACH.sub(r"jsonb_each_text(\1::jsonb)", sql)
+    sql = _NUMBER_TYPE.sub(r"\1 IS NOT NULL", sql)
     for index in paths:
         found = _JSON_PATH.match(str(params[index]))
         if found:

@@ -17,7 +17,7 @@ from tokenmeter.cli._progress import Progress, progress_allowed
 from tokenmeter.cli._source import resolve_source, warn_skipped
 from tokenmeter.cli.reports._alerts import alerts_near
 from tokenmeter.cli.reports._format import dumps_exact
-from tokenmeter.cli.reports._html import html_groupings, render_html
+from tokenmeter.cli.reports._html import HTML_GROUPINGS, HTML_TAG_VALUES, render_html
 from tokenmeter.cli.reports._journal import render_session_markdown, render_sessions_list
 from tokenmeter.cli.reports._model import NONE_LABEL, Dimension, Report, parse_dimension
 from tokenmeter.cli.reports._periodic import PERIODIC_GROUPINGS, render_usage_report
@@ -165,10 +165,7 @@ def run_report(args: argparse.Namespace) -> int:
             raise _usage_error(str(exc)) from None
     groupings = [_dimensions(args.by)]
     if fmt == "html":
-        tag_keys = [d.tag_key for d in groupings[0] if d.tag_key is not None]
-        groupings += [
-            tuple(parse_dimension(s) for s in specs) for specs in html_groupings(tag_keys)
-        ]
+        groupings += [tuple(parse_dimension(s) for s in specs) for specs in HTML_GROUPINGS]
     if fmt == "markdown" and args.period:
         groupings += [tuple(parse_dimension(s) for s in specs) for specs in PERIODIC_GROUPINGS]
     query = Query(
@@ -179,6 +176,7 @@ def run_report(args: argparse.Namespace) -> int:
         filters=filters_from(args),
         tz=tz,
         latency=args.latency or fmt == "html",
+        tag_values=HTML_TAG_VALUES if fmt == "html" else 0,
     )
     if args.compare and since is None:
         raise _usage_error("--compare needs --since or --period (the length to compare)")
@@ -188,7 +186,9 @@ def run_report(args: argparse.Namespace) -> int:
         report = run_query(source, query, progress)
         if compare and since is not None:
             end = until or datetime.now(UTC)
-            before = replace(query, since=since - (end - since), until=since, calls_limit=None)
+            before = replace(
+                query, since=since - (end - since), until=since, calls_limit=None, tag_values=0
+            )
             report.previous = run_query(source, before, progress)
             report.skipped_lines += report.previous.skipped_lines
     warn_skipped(report.skipped_lines, source.path, _unit(source.kind))

@@ -21,7 +21,7 @@ from html import escape
 from tokenmeter._format import exact_usd, fmt_count, fmt_usd
 from tokenmeter._totals import Totals
 from tokenmeter.cli.reports._alerts import Alert, Alerts
-from tokenmeter.cli.reports._model import NONE_LABEL, Breakdown, Report, Row
+from tokenmeter.cli.reports._model import NONE_LABEL, Breakdown, Report, Row, TagSection
 from tokenmeter.cli.reports._render import (
     CellTable,
     call_cells,
@@ -30,10 +30,15 @@ from tokenmeter.cli.reports._render import (
     summary_cells,
 )
 
-__all__ = ["HTML_GROUPINGS", "html_groupings", "nice_ticks", "render_html"]
+__all__ = ["HTML_GROUPINGS", "HTML_TAG_VALUES", "nice_ticks", "render_html"]
 
 #: The extra groupings the charts need, asked of the query next to the user's ``--by``.
 HTML_GROUPINGS = (("day", "model"), ("model",), ("session",), ("name",))
+#: Values of one tag key shown as bars (the others are summed in one); ``Query.tag_values``.
+HTML_TAG_VALUES = 10
+#: Tag keys with a chart of their own, most used first (a ``--by tag:KEY`` key always).
+_TAG_KEYS = 8
+_MORE_KEYS_LISTED = 20
 
 _PALETTE = (
     "#4e79a7",
@@ -57,7 +62,8 @@ _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1f2328;
 background:#f6f8fa;font-size:15px;line-height:1.4}
 main{max-width:1400px;margin:0 auto;padding:1.25rem clamp(.75rem,3vw,2rem)}
-h1{margin:0 0 .25rem;font-size:1.6rem}h2{margin:1.75rem 0 .6rem;font-size:1.2rem}
+h1{margin:0 0 .25rem;font-size:1.6rem}
+h2{margin:1.75rem 0 .6rem;font-size:1.2rem;overflow-wrap:anywhere}
 .meta{color:#57606a;margin:0 0 1rem;overflow-wrap:anywhere}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(10rem,1fr));gap:.75rem}
 .card{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:.7rem .9rem}
@@ -93,6 +99,7 @@ color:inherit}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 tfoot td{font-weight:bold;background:#f6f8fa}
 .empty{color:#6e7781;font-style:italic}
+.note{color:#57606a;font-size:.85rem;margin:0 0 .6rem;overflow-wrap:anywhere}
 footer{color:#6e7781;font-size:.8rem;margin:2rem 0 1rem}
 @media (max-width:600px){.bars{grid-template-columns:minmax(0,1fr) auto;gap:.1rem .6rem}
 .bars .label{grid-column:1/-1;white-space:normal;overflow-wrap:anywhere;margin-top:.3rem}}
@@ -123,11 +130,6 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 
 def esc(text: object) -> str:
     return escape(str(text), quote=True)
-
-
-def html_groupings(tag_keys: Sequence[str]) -> tuple[tuple[str, ...], ...]:
-    """The groupings the dashboard reads: ``HTML_GROUPINGS`` and one per ``--by tag:KEY``."""
-    return (*HTML_GROUPINGS, *((f"tag:{key}",) for key in tag_keys))
 
 
 # --- numbers -------------------------------------------------------------------------------------
@@ -263,6 +265,57 @@ def _simple_bars(breakdown: Breakdown, color: str) -> list[tuple[str, str, Decim
         label = row.key[-1] or "(no name)"
         bars.append((label, label, row.totals.cost_usd, color))
     return bars
+
+
+def _tag_chart(section: TagSection) -> str:
+    key = section.key
+    bars = [
+        (row.key[0], f"{key} = {row.key[0]}", row.totals.cost_usd, _PALETTE[4])
+        for row in section.rows
+    ]
+    if section.rest is not None:
+        others = section.values - len(section.rows)
+        label = f"{fmt_count(others)} other values" if others > 0 else "other values"
+        bars.append((label, f"{key}: {label}", section.rest.cost_usd, _OTHER))
+    if section.untagged.calls:
+        label = f"(no {key} tag)"
+        bars.append((label, f"calls without the tag {key}", section.untagged.cost_usd, _OTHER))
+    calls = section.tagged.calls + section.untagged.calls
+    note = (
+        f"{fmt_count(section.values)} value{'' if section.values == 1 else 's'} on "
+        f"{fmt_count(section.tagged.calls)} of {fmt_count(calls)} calls"
+    )
+    if section.partial:
+        note += "; more values than a JSONL read keeps apart: ranked among the first ones seen"
+    return f'<p class="note">{esc(note)}</p>' + _bar_chart(f"Cost by tag {key}", bars)
+
+
+def _tag_charts(report: Report) -> list[str]:
+    """A chart per tag key in the data: the ``--by tag:KEY`` ones, then the most used."""
+    found = report.tags or []
+    asked = {d.tag_key for d in report.main.dimensions if d.tag_key is not None}
+    first = [section for section in found if section.key in asked]
+    shown = first + [s for s in found if s.key not in asked][: max(0, _TAG_KEYS - len(first))]
+    if not shown:
+        return []
+    parts = ['<div class="grid2" id="tags">']
+    for i, section in enumerate(shown):
+        parts += [
+            f"<div><h2>Cost by tag {esc(section.key)}</h2>"
+            f'<div class="panel" id="chart-tag-{i}" data-tag="{esc(section.key)}">',
+            _tag_chart(section),
+            "</div></div>",
+        ]
+    parts.append("</div>")
+    more = [section.key for section in found if section not in shown]
+    count = len(more) + report.more_tag_keys
+    if count:
+        listed = ", ".join(more[:_MORE_KEYS_LISTED])
+        listed += "…" if count > min(len(more), _MORE_KEYS_LISTED) else ""
+        keys = f"{fmt_count(count)} more tag key{'' if count == 1 else 's'}"
+        text = f"{keys} without a chart: {listed}" if more else f"{keys} (too many to total)"
+        parts.append(f'<p class="note" id="more-tags">{esc(text)}</p>')
+    return parts
 
 
 # --- tables --------------------------------------------------------------------------------------
@@ -411,15 +464,7 @@ def render_html(
         _bar_chart("Top sessions by cost", _session_bars(by_session)),
         "</div>",
     ]
-    for breakdown in report.breakdowns[len(HTML_GROUPINGS) + 1 :]:
-        key = breakdown.dimensions[0].tag_key
-        if key is None:
-            continue
-        sections += [
-            f'<h2>Cost by tag {esc(key)}</h2><div class="panel" id="chart-tag-{esc(key)}">',
-            _bar_chart(f"Cost by tag {key}", _simple_bars(breakdown, _PALETTE[4])),
-            "</div>",
-        ]
+    sections += _tag_charts(report)
     sections += [
         '<h2>Errors, blocked and estimated calls</h2><div id="attention">',
         _attention(by_model),

@@ -20,6 +20,7 @@ __all__ = [
     "Latency",
     "Report",
     "Row",
+    "TagSection",
     "Totals",
     "parse_dimension",
 ]
@@ -210,6 +211,25 @@ class Call:
 
 
 @dataclass
+class TagSection:
+    """One tag key found in the data: its most costly values, the others summed.
+
+    ``values`` counts the distinct values seen; ``rest`` sums all but the ``rows`` shown (None
+    when every value is shown); ``untagged`` the calls of the report without this key.
+    ``partial`` is set when the key had more distinct values than a JSONL read keeps apart:
+    the ranking is then among the first ones seen (the totals are still exact).
+    """
+
+    key: str
+    tagged: Totals
+    values: int
+    rows: list[Row]
+    rest: Totals | None
+    untagged: Totals
+    partial: bool = False
+
+
+@dataclass
 class Report:
     """Everything a renderer needs: the requested breakdown, totals, and optional extras."""
 
@@ -224,6 +244,9 @@ class Report:
     filters: str = ""  # as ``Filters.describe`` words them; "" when every record counts
     tz: tzinfo = UTC
     previous: Report | None = None  # the same query over the period before (``--compare``)
+    #: Every tag key in the data, most used first (``Query.tag_values`` > 0), else None.
+    tags: list[TagSection] | None = None
+    more_tag_keys: int = 0  # tag keys beyond those in ``tags`` (too many to total each)
 
     def previous_totals(self, breakdown: Breakdown, key: tuple[str, ...]) -> Totals | None:
         """The totals of the row with this key in the previous period (``--compare``)."""

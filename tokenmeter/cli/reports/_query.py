@@ -1,22 +1,27 @@
-"""Filter and aggregate usage records into a Report, from SQLite or JSONL.
+"""Filter and aggregate usage records into a Report, from SQLite, PostgreSQL or JSONL.
 
 SQLite is aggregated by SQL ``GROUP BY`` over the integer pico-USD column ``cost_pusd`` (exact and
-fast), over the rows that pass ``sql_valid`` (the rest in the window are counted as skipped); JSONL
-is streamed once, whatever the number of groupings asked for, as records already checked by
-``_validate`` (costs exact Decimals). Both group by the stored columns (``raw_columns``); groupings
-that are computed from them (a model family, a day / week / month in ``--tz``) are then rolled up
-from those few groups by ``roll_up``. Memory stays flat: only the groups and at most
-``calls_limit`` calls are kept (``--latency`` also keeps the latencies, 8 bytes a call).
+fast), over the rows that pass ``sql_valid`` (the rest in the window are counted as skipped);
+PostgreSQL answers the same SQL through ``_postgres``. JSONL is streamed once, whatever the number
+of groupings asked for: for totals through ``_scan`` (only the fields totals read, checked as
+``_validate`` checks them), for a list of calls as full records; costs are exact Decimals. Both
+group by the stored columns (``raw_columns``); groupings that are computed from them (a model
+family, a day / week / month in ``--tz``) are then rolled up from those few groups by
+``roll_up``. Memory stays flat: only the groups and at most ``calls_limit`` calls are kept
+(``--latency`` also keeps the latencies, 8 bytes a call, except where PostgreSQL ranks them; the
+dashboard's totals per tag key keep each key's few most costly values, see ``_TagTotals``).
 The dialect-specific SQL lives in ``_sql``.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
+import operator
 import sqlite3
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
@@ -38,12 +43,18 @@ from tokenmeter.cli.reports._model import (
     Latency,
     Report,
     Row,
+    TagSection,
     key_columns,
     raw_columns,
 )
+from tokenmeter.cli.reports._scan import JsonlScan
 from tokenmeter.cli.reports._sql import (
+    LATENCY_KNOWN,
+    PERCENTILES_PG,
     PLACEHOLDER,
+    group_by_sql,
     raw_column_sql,
+    tag_pairs_sql,
     tag_path,
     tag_sql,
     totals_select,
@@ -141,19 +152,25 @@ class Query:
     filters: Filters = field(default_factory=Filters)
     tz: tzinfo = UTC  # the calendar of hour / day / week / month groups
     latency: bool = False  # p50 / p95 latency per group of the first grouping
+    #: > 0: also total every tag key in the data (``Report.tags``), keeping this many of each
+    #: key's most costly values apart.
+    tag_values: int = 0
 
 
 def run_query(source: Source, query: Query, progress: Progress | None = None) -> Report:
     if not query.groupings:
         raise ValueError("a query needs at least one grouping")
+    tags = _TagTotals(query.tag_values) if query.tag_values > 0 else None
     if source.kind != "jsonl":  # SQLite, or PostgreSQL through the dialect layer
-        breakdowns, calls, skipped = _run_sqlite(source, query, progress)
+        breakdowns, calls, skipped = _run_sqlite(source, query, progress, tags)
     else:
-        breakdowns, calls, skipped = _run_jsonl(source, query, progress)
+        breakdowns, calls, skipped = _run_jsonl(source, query, progress, tags)
     totals = Totals()
     for row in breakdowns[0].rows:
         totals.add(row.totals)
     return Report(
+        tags=None if tags is None else tags.sections(totals),
+        more_tag_keys=0 if tags is None else tags.left_out_keys(),
         source=str(source.path),
         since=query.since,
         until=query.until,
@@ -279,6 +296,145 @@ def _latencies(
             breakdown.rows[i] = Row(row.key, row.totals, latency)
 
 
+# --- every tag key -----------------------------------------------------------------------------
+
+#: Tag keys totalled (SQL: the most used; JSONL: the first seen), and, in a JSONL read, values of
+#: one key kept apart: memory stays flat whatever the tags hold. A key's further values are
+#: summed together, and the key's section says its ranking is among the first values seen.
+_TAG_KEYS_KEPT = 100
+_TAG_VALUES_KEPT = 2_000
+#: Distinct tag keys beyond the kept ones counted (JSONL), to say how many were left out.
+_MORE_KEYS_COUNTED = 100_000
+
+
+_Ranked = tuple[Decimal, int, int, str, Totals]
+
+
+def _minus(whole: Totals, part: Totals) -> Totals:
+    rest = Totals()
+    for name in Totals.__slots__:
+        setattr(rest, name, getattr(whole, name) - getattr(part, name))
+    return rest
+
+
+class _TagTotals:
+    """Totals per (tag key, value), reduced as they arrive to each key's ``limit`` most costly
+    values plus one sum of the others: memory is bounded by keys x limit, not by values."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        #: key -> (heap of (cost, calls, seq, value, totals), all totals, rest, distinct values)
+        self.keys: dict[
+            str, tuple[list[tuple[Decimal, int, int, str, Totals]], Totals, Totals]
+        ] = {}
+        self.values: dict[str, int] = {}
+        self.partial: set[str] = set()
+        self.seq = 0
+        # JSONL only: running sums per (key, value) before ``feed``.
+        self.groups: dict[tuple[str, str | None], Sequence[int]] = {}
+        self.costs: dict[tuple[str, str | None], Decimal] = {}
+        self.kept: dict[str, int] = {}
+        #: Keys left out (SQL: their number; JSONL: the first ``_MORE_KEYS_COUNTED`` of them).
+        self.more_keys = 0
+        self.left_out: set[str] = set()
+
+    def feed(self, key: str, value: str | None, totals: Totals) -> None:
+        """One (key, value) group's totals; ``value`` None: values not kept apart."""
+        entry = self.keys.get(key)
+        if entry is None:
+            entry = self.keys[key] = ([], Totals(), Totals())
+        heap, tagged, rest = entry
+        tagged.add(totals)
+        if value is None:
+            rest.add(totals)
+            self.partial.add(key)
+            return
+        self.values[key] = self.values.get(key, 0) + 1
+        self.seq += 1
+        item = (totals.cost_usd, totals.calls, -self.seq, value, totals)
+        if len(heap) < self.limit:
+            heapq.heappush(heap, item)
+        else:
+            rest.add(heapq.heappushpop(heap, item)[4])
+
+    def add(self, tags: dict[str, str], values: tuple[int, ...], cost: Decimal | None) -> None:
+        """One JSONL record's tags (``values`` in ``COUNT_NAMES`` order)."""
+        groups, kept = self.groups, self.kept
+        for key, value in tags.items():
+            group: tuple[str, str | None] = (key, value)
+            known = groups.get(group)
+            if known is None:
+                count = kept.get(key)
+                if count is None:
+                    if len(kept) >= _TAG_KEYS_KEPT:
+                        if len(self.left_out) < _MORE_KEYS_COUNTED:
+                            self.left_out.add(key)
+                        continue
+                    count = 0
+                if count >= _TAG_VALUES_KEPT:
+                    group = (key, None)
+                    known = groups.get(group)
+                else:
+                    kept[key] = count + 1
+            groups[group] = values if known is None else list(map(_ADD, known, values))
+            if cost is not None:
+                self.costs[group] = self.costs.get(group, _NO_COST) + cost
+
+    def left_out_keys(self) -> int:
+        return self.more_keys + len(self.left_out)
+
+    def sections(self, report_totals: Totals) -> list[TagSection]:
+        for (key, value), counts in self.groups.items():
+            self.feed(
+                key, value, Totals.from_counts(counts, self.costs.get((key, value), _NO_COST))
+            )
+        self.groups.clear()
+        found = []
+        for key, (heap, tagged, rest) in self.keys.items():
+            rows = [
+                Row((value,), totals)
+                for _, _, _, value, totals in sorted(heap, key=lambda i: (-i[0], -i[1], i[3]))
+            ]
+            found.append(
+                TagSection(
+                    key=key,
+                    tagged=tagged,
+                    values=self.values.get(key, 0),
+                    rows=rows,
+                    rest=rest if rest.calls else None,
+                    untagged=_minus(report_totals, tagged),
+                    partial=key in self.partial,
+                )
+            )
+        return sorted(found, key=lambda section: (-section.tagged.calls, section.key))
+
+
+def _sql_tags(
+    conn: sqlite3.Connection, tags: _TagTotals, where: str, params: list[str], table: set[str]
+) -> None:
+    """Every (tag key, value) of the rows in ``where``, totalled in SQL (``json_each``): the
+    ``_TAG_KEYS_KEPT`` most used keys, the number of the others."""
+    if "tags" not in table:
+        return
+    pairs = f"(SELECT * FROM records{where}) AS r, {tag_pairs_sql('r.')}"
+    keys = conn.execute(
+        f"SELECT t.key, COUNT(*) OVER () FROM {pairs} GROUP BY 1 ORDER BY COUNT(*) DESC, 1 "
+        f"LIMIT {_TAG_KEYS_KEPT}",
+        params,
+    ).fetchall()
+    if not keys:
+        return
+    tags.more_keys = int(keys[0][1]) - len(keys)
+    marks = ", ".join(PLACEHOLDER for _ in keys)
+    sql = (
+        f"SELECT t.key, CAST(t.value AS TEXT), {totals_select(table, 'r.')} FROM {pairs} "
+        f"WHERE t.key IN ({marks}) GROUP BY 1, 2"
+    )
+    for values in conn.execute(sql, [*params, *(str(key) for key, _ in keys)]):
+        value = NONE_LABEL if values[1] is None else str(values[1])
+        tags.feed(str(values[0]), value, Totals.from_sql(values[2:]))
+
+
 # --- SQLite ----------------------------------------------------------------------------------
 
 
@@ -337,7 +493,7 @@ def exclude_bad_rows(
 
 
 def _run_sqlite(
-    source: Source, query: Query, progress: Progress | None
+    source: Source, query: Query, progress: Progress | None, tags: _TagTotals | None
 ) -> tuple[list[Breakdown], list[Call] | None, int]:
     conn = open_database(source)
     if progress is not None:
@@ -357,6 +513,8 @@ def _run_sqlite(
             _sqlite_breakdown(conn, query, grouping, where, where_params, columns)
             for grouping in query.groupings
         ]
+        if tags is not None:
+            _sql_tags(conn, tags, where, where_params, columns)
         calls = None
         if query.calls_limit is not None:
             limit = query.calls_limit or -1
@@ -392,7 +550,7 @@ def _sqlite_breakdown(
     positions = ", ".join(str(i) for i in range(1, len(raw) + 1))
     sql = (
         f"SELECT {', '.join(exprs)}, {totals_select(table)} FROM records{where} "
-        f"GROUP BY {positions}"
+        f"GROUP BY {group_by_sql(raw)}"
     )
     n = len(raw)
     groups = (
@@ -402,13 +560,27 @@ def _sqlite_breakdown(
     breakdown = roll_up(grouping, raw, groups, query.tz)
     if query.latency and grouping == query.groupings[0] and "latency_ms" in table:
         joiner = " AND " if where else " WHERE "
-        cursor = conn.execute(
-            f"SELECT {', '.join(exprs)}, latency_ms FROM records{where}{joiner}"
-            "typeof(latency_ms) IN ('real', 'integer')",
-            [*params, *where_params],
-        )
-        pairs = ((tuple(str(v) for v in values[:n]), float(values[n])) for values in cursor)
-        _latencies(breakdown, raw, pairs, query.tz)
+        known = f"{where}{joiner}{LATENCY_KNOWN}"
+        if is_postgres(conn) and raw == breakdown.columns:
+            # The server ranks: one row per group, nothing streamed.
+            found = {
+                tuple(str(v) for v in values[:n]): Latency(
+                    float(values[n]), float(values[n + 1]), int(values[n + 2])
+                )
+                for values in conn.execute(
+                    f"SELECT {', '.join(exprs)}, {PERCENTILES_PG} FROM records{known} "
+                    f"GROUP BY {positions}",
+                    [*params, *where_params],
+                )
+            }
+            breakdown.rows[:] = [Row(r.key, r.totals, found.get(r.key)) for r in breakdown.rows]
+        else:  # SQLite has no percentile function; a family or calendar row spans groups
+            cursor = conn.execute(
+                f"SELECT {', '.join(exprs)}, latency_ms FROM records{known}",
+                [*params, *where_params],
+            )
+            pairs = ((tuple(str(v) for v in values[:n]), float(values[n])) for values in cursor)
+            _latencies(breakdown, raw, pairs, query.tz)
     return breakdown
 
 
@@ -438,77 +610,119 @@ def _extractor(column: str) -> Extractor:
     return tag
 
 
+def _key_function(raw: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[str, ...]]:
+    """The stored key of a record for these columns (one or two columns without a loop)."""
+    extractors = [_extractor(column) for column in raw]
+    if len(extractors) == 1:
+        (first,) = extractors
+        return lambda r: (first(r),)
+    if len(extractors) == 2:
+        first, second = extractors
+        return lambda r: (first(r), second(r))
+    return lambda r: tuple([extract(r) for extract in extractors])
+
+
+_ADD = operator.add
+_NO_COST = Decimal(0)
+
+
 class _Grouper:
-    """Running totals of one grouping over a stream of JSONL records, by stored columns."""
+    """Running totals of one grouping over a stream of JSONL records, by stored columns.
+
+    A group's counts are a plain list in ``COUNT_NAMES`` order, added to element-wise in C
+    (``map(add, ...)``); its cost a Decimal. ``Totals`` are made once per group at the end.
+    """
 
     def __init__(self, grouping: tuple[Dimension, ...], latency: bool) -> None:
         self.grouping = grouping
         self.raw = raw_columns(key_columns(grouping))
-        self.extractors = [_extractor(column) for column in self.raw]
-        self.groups: dict[tuple[str, ...], Totals] = {}
+        self.key = _key_function(self.raw)
+        self.groups: dict[tuple[str, ...], Sequence[int]] = {}
+        self.costs: dict[tuple[str, ...], Decimal] = {}
         self.latencies: list[tuple[tuple[str, ...], float]] | None = [] if latency else None
 
-    def add(self, record: dict[str, Any], counts: tuple[int, ...], cost: Decimal | None) -> None:
-        key = tuple([extract(record) for extract in self.extractors])
-        totals = self.groups.get(key)
-        if totals is None:
-            totals = self.groups[key] = Totals()
-        totals.calls += 1
-        totals.input_tokens += counts[0]
-        totals.output_tokens += counts[1]
-        totals.cache_read_tokens += counts[2]
-        totals.cache_write_tokens += counts[3]
-        totals.reasoning_tokens += counts[4]
-        totals.total_tokens += counts[5]
-        status = record.get("status")
-        if status == "error":
-            totals.error_calls += 1
-        elif status == "blocked":
-            totals.blocked_calls += 1
-        if record.get("estimated"):
-            totals.estimated_calls += 1
+    def add(self, record: dict[str, Any], values: tuple[int, ...], cost: Decimal | None) -> None:
+        key = self.key(record)
+        groups = self.groups
+        known = groups.get(key)
+        groups[key] = values if known is None else list(map(_ADD, known, values))
         if cost is not None:
-            totals.priced_calls += 1
-            totals.priced_tokens += counts[5]
-            totals.cost_usd += cost
+            costs = self.costs
+            costs[key] = costs.get(key, _NO_COST) + cost
         if self.latencies is not None:
             latency = record.get("latency_ms")
             if isinstance(latency, int | float) and not isinstance(latency, bool):
                 self.latencies.append((key, float(latency)))
 
     def breakdown(self, tz: tzinfo) -> Breakdown:
-        breakdown = roll_up(self.grouping, self.raw, self.groups.items(), tz)
+        costs = self.costs
+        groups = (
+            (key, Totals.from_counts(values, costs.get(key, _NO_COST)))
+            for key, values in self.groups.items()
+        )
+        breakdown = roll_up(self.grouping, self.raw, groups, tz)
         if self.latencies is not None:
             _latencies(breakdown, self.raw, self.latencies, tz)
         return breakdown
 
 
+def _uses_tags(query: Query) -> bool:
+    return bool(query.filters.tags) or any(
+        column.startswith("tag:")
+        for grouping in query.groupings
+        for column in raw_columns(key_columns(grouping))
+    )
+
+
 def _run_jsonl(
-    source: Source, query: Query, progress: Progress | None
+    source: Source, query: Query, progress: Progress | None, tags: _TagTotals | None
 ) -> tuple[list[Breakdown], list[Call] | None, int]:
-    reader = JsonlReader(source.path, on_progress=progress.update if progress else None)
+    on_progress = progress.update if progress else None
+    records: Iterable[tuple[dict[str, Any], tuple[int, ...], Decimal | None]]
+    reader: JsonlScan | JsonlReader
+    keep: deque[dict[str, Any]] | None = None
+    if query.calls_limit is None:  # totals only: the fast scan of the fields totals read
+        reader = records = JsonlScan(
+            source.path, tags=tags is not None or _uses_tags(query), on_progress=on_progress
+        )
+    else:  # the calls are listed: every field of every record
+        keep = deque(maxlen=query.calls_limit or None)
+        reader = JsonlReader(source.path, on_progress=on_progress)
+        records = (
+            (r, tuple([r[name] for name in COUNT_FIELDS]), r.get("estimated_cost_usd"))
+            for r in reader
+        )
     since = format_instant(query.since) if query.since is not None else None
     until = format_instant(query.until) if query.until is not None else None
     groupers = [
         _Grouper(grouping, query.latency and i == 0) for i, grouping in enumerate(query.groupings)
     ]
+    adders = [grouper.add for grouper in groupers]
     filters = query.filters
     filtering = filters != Filters()
-    keep: deque[dict[str, Any]] | None = None
-    if query.calls_limit is not None:
-        keep = deque(maxlen=query.calls_limit or None)
-    for record in reader:  # checked: counts are ints, the cost a Decimal or None
+    session_id = query.session_id
+    for record, counts, cost in records:  # checked: counts are ints, the cost a Decimal or None
         timestamp = record["timestamp"]
         if (since is not None and timestamp < since) or (until is not None and timestamp >= until):
             continue
-        if query.session_id is not None and record.get("session_id") != query.session_id:
+        if session_id is not None and record.get("session_id") != session_id:
             continue
         if filtering and not filters.matches(record):
             continue
-        counts = tuple([record[name] for name in COUNT_FIELDS])
-        cost = record.get("estimated_cost_usd")
-        for grouper in groupers:
-            grouper.add(record, counts, cost)
+        status = record.get("status")
+        values = (
+            1,
+            *counts,
+            0 if cost is None else 1,
+            0 if cost is None else counts[5],
+            1 if status == "error" else 0,
+            1 if status == "blocked" else 0,
+            1 if record.get("estimated") else 0,
+        )
+        for add in adders:
+            add(record, values, cost)
+        if tags is not None and record["tags"]:
+            tags.add(record["tags"], values, cost)
         if keep is not None:
             keep.append(record)
     calls = None if keep is None else [Call.from_json(record) for record in keep]

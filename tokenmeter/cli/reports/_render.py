@@ -120,6 +120,22 @@ DROP_ORDER = (
     "p50",
 )
 METRIC_HEADERS = tuple(header for header, _ in METRICS.values())
+#: The total a column sums, for the columns that can be all zero (such a column says nothing).
+_ZERO_WHEN = {
+    "reasoning": "reasoning_tokens",
+    "cache_write": "cache_write_tokens",
+    "cache_read": "cache_read_tokens",
+    "unpriced": "unpriced_calls",
+    "errors": "error_calls",
+    "blocked": "blocked_calls",
+    "estimated": "estimated_calls",
+}
+
+
+def _drop_order(totals: Totals) -> list[str]:
+    """``DROP_ORDER``, with the columns that are zero on every row first."""
+    empty = [n for n in DROP_ORDER if n in _ZERO_WHEN and not getattr(totals, _ZERO_WHEN[n])]
+    return empty + [name for name in DROP_ORDER if name not in empty]
 
 
 def default_metrics(report: Report) -> list[str]:
@@ -226,7 +242,7 @@ def fit_summary(
     def too_wide() -> int:
         return _width(table, per_column, extra) - width
 
-    for name in DROP_ORDER:
+    for name in _drop_order(report.totals):
         if too_wide() <= 0:
             break
         if name in chosen:
@@ -355,6 +371,12 @@ def _header_lines(report: Report) -> list[str]:
         lines.append(f"only: {report.filters}")
     if report.previous is not None:
         lines.append(f"compared with: {period_text(report.previous)}")
+    if not report.totals.calls:
+        lines.append(
+            "no calls match these filters in this period"
+            if report.filters
+            else "no calls in this period"
+        )
     return lines
 
 

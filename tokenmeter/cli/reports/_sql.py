@@ -2,7 +2,7 @@
 
 Everything else in the query layer is plain SQL (``COUNT``, ``SUM``, ``CASE``, ``GROUP BY``,
 ``IN``, ``substr``) that SQLite and PostgreSQL read alike. What differs is here: reading one key of
-the JSON ``tags`` column, and the ``?`` placeholder style of ``sqlite3``.
+the JSON ``tags`` column or all of its pairs, and the ``?`` placeholder style of ``sqlite3``.
 """
 
 from __future__ import annotations
@@ -12,9 +12,13 @@ from collections.abc import Collection
 from tokenmeter._totals import COUNT_NAMES
 
 __all__ = [
+    "LATENCY_KNOWN",
     "NONE_SQL",
+    "PERCENTILES_PG",
     "PLACEHOLDER",
+    "group_by_sql",
     "raw_column_sql",
+    "tag_pairs_sql",
     "tag_path",
     "tag_sql",
     "totals_select",
@@ -22,6 +26,16 @@ __all__ = [
 
 PLACEHOLDER = "?"
 NONE_SQL = "'(none)'"
+#: Rows whose latency is a number (SQLite keeps whatever another program stored; ``_postgres``
+#: makes it ``latency_ms IS NOT NULL`` for the typed column).
+LATENCY_KNOWN = "typeof(latency_ms) IN ('real', 'integer')"
+#: PostgreSQL only: p50, p95 latency and the number of calls ranked, per group. ``percentile_disc``
+#: is the nearest-rank percentile the SQLite and JSONL readers compute (a latency some call had;
+#: ``percentile_cont`` would interpolate between two), so every source gives the same figure.
+PERCENTILES_PG = (
+    "percentile_disc(0.5) WITHIN GROUP (ORDER BY latency_ms), "
+    "percentile_disc(0.95) WITHIN GROUP (ORDER BY latency_ms), COUNT(*)"
+)
 
 
 def tag_path(key: str) -> str:
@@ -32,6 +46,31 @@ def tag_path(key: str) -> str:
 def tag_sql(prefix: str = "") -> str:
     """SQL text of one tag's value (its path as the one parameter), NULL when absent."""
     return f"CAST(json_extract({prefix}tags, {PLACEHOLDER}) AS TEXT)"
+
+
+def tag_pairs_sql(prefix: str = "") -> str:
+    """A table of the (key, value) pairs of each row's tags, aliased ``t`` (its columns ``key``
+    and ``value``), to join after the records: SQLite's ``json_each`` (``_postgres`` turns it
+    into ``jsonb_each_text``)."""
+    return f"json_each({prefix}tags) AS t"
+
+
+#: Key columns that are a stored column as it is: grouped by that column (an index on it serves
+#: the GROUP BY), and shown through ``raw_column_sql``'s COALESCE.
+_STORED = {
+    "provider": "model_provider",
+    "model": "model_name",
+    "session_id": "session_id",
+    "session": "session_name",
+    "status": "status",
+}
+
+
+def group_by_sql(columns: tuple[str, ...], prefix: str = "") -> str:
+    """The GROUP BY list for these key columns: stored columns by name, others by position."""
+    return ", ".join(
+        f"{prefix}{_STORED[c]}" if c in _STORED else str(i) for i, c in enumerate(columns, 1)
+    )
 
 
 def raw_column_sql(column: str, prefix: str = "") -> tuple[str, list[str]]:

@@ -1,0 +1,213 @@
+"""The JSONL read behind a report: each line reduced to the few fields totals are made of.
+
+A report over a JSONL file spends its time reading lines, so this is the one place tuned for it.
+A line as the JSONL sink writes it (compact JSON, keys in the record's order, fields of the right
+types) is recognised by one compiled pattern (``_LINE``) that states, character by character, the
+JSON grammar of every field and the range checks of ``_validate.check_record``: counts are digit
+strings below ``2**63``, costs and latencies finite and in range, text fields JSON strings or
+null, tags an object of strings, the timestamp in the record format. From a match only the fields
+a report reads are decoded; the rest (``id``, ``error``, the cost breakdown ...) are checked by the
+pattern and never built into objects.
+
+Any other line (a different key order, extra keys from a newer writer, whitespace, an escape the
+pattern does not spell out, a wrong type, a torn line) takes the general path: full JSON parse and
+``check_record``. The pattern only ever accepts lines that path accepts and decodes them to the
+same values (``tests/cli/test_scan.py`` checks both on every field's edge cases), so a bad line is
+skipped and counted either way, and a line longer than ``MAX_LINE_BYTES`` is read past in small
+pieces without being held.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from tokenmeter.cli._errors import CliError
+from tokenmeter.cli._source import MAX_LINE_BYTES, is_too_long, parse_record, skip_rest_of_line
+from tokenmeter.cli._validate import COUNT_FIELDS
+
+__all__ = ["Counts", "JsonlScan", "ScanRecord"]
+
+#: The fields of a line a report reads, as ``check_record`` leaves them: timestamp,
+#: model_provider, model_name, session_id, session_name, status, estimated, tags, latency_ms.
+ScanRecord = dict[str, Any]
+#: The six token counts in ``COUNT_FIELDS`` order.
+Counts = tuple[int, int, int, int, int, int]
+
+_STR = r'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*"'
+_OPT_STR = rf"(?:{_STR}|null)"
+#: A string a report reads, captured without its quotes: one with an escape takes the general
+#: path (rare: names are plain text), so a match needs no decoding.
+_PLAIN = r'"([^"\\\x00-\x1f]*)"'
+_OPT_PLAIN = rf"(?:{_PLAIN}|null)"
+#: At most 18 digits: below 2**63 - 1 (``MAX_COUNT``) without a range check.
+_COUNT = r"(?:0|[1-9]\d{0,17})"
+#: Magnitude below 10**9 (``MAX_COST_USD``); no positive exponent: finite without a check.
+_MONEY = r"-?(?:0|[1-9]\d{0,8})(?:\.\d+)?(?:[eE]-\d{1,3})?"
+#: A cost as the sink writes it: an integer, or a float's shortest repr (no trailing zero in
+#: the fraction, one digit before an exponent). Such text with at most 15 significant digits
+#: (``_SHORT`` characters) reads into the same Decimal, digit for digit, as ``check_record``'s
+#: ``Decimal(repr(float(text)))``; a longer one goes through the float.
+_COST = r"-?(?:0|[1-9]\d{0,8})\.(?:0|\d*[1-9])|0|-?[1-9]\d{0,8}|-?[1-9](?:\.\d*[1-9])?e-\d{2,3}"
+_SHORT = 16
+#: Below 10**12 ms (``_MAX_LATENCY_MS``), not negative.
+_LATENCY = r"(?:0|[1-9]\d{0,11})(?:\.\d+)?(?:[eE]-\d{1,3})?"
+
+
+def _object(value: str) -> str:
+    """A flat JSON object of string keys and ``value``s."""
+    return rf"\{{(?:{_STR}:{value}(?:,{_STR}:{value})*)?\}}"
+
+
+_LINE = re.compile(
+    r'\{"timestamp":"((\d{4}-\d\d-\d\d)T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{3}Z)"'
+    rf',"model_provider":{_PLAIN},"model_name":{_PLAIN}'
+    rf',"input_tokens":({_COUNT}),"output_tokens":({_COUNT}),"total_tokens":({_COUNT})'
+    rf',"estimated_cost_usd":(?:({_COST})|null),"id":{_OPT_STR}'
+    rf',"request_model":{_OPT_STR},"operation":{_OPT_STR}'
+    rf',"cache_read_tokens":({_COUNT}),"cache_write_tokens":({_COUNT})'
+    rf',"reasoning_tokens":({_COUNT})'
+    rf',"cost_breakdown":(?:null|{_object(f"(?:{_MONEY}|null)")}),"price_source":{_OPT_STR}'
+    rf',"session_id":{_OPT_PLAIN},"session_name":{_OPT_PLAIN},"tags":({_object(_STR)})'
+    rf',"latency_ms":(?:({_LATENCY})|null),"streamed":(?:true|false),"status":{_OPT_PLAIN}'
+    rf',"error":{_OPT_STR},"request_id":{_OPT_STR},"estimated":(true|false)'
+    rf'(?:,"modalities":{_object(_COUNT)},"tool_requests":{_object(_COUNT)})?\}}\n?'
+).fullmatch
+
+_PROGRESS_EVERY = 8192
+_MAX_DATES = 100_000
+
+
+def _money(text: str) -> Decimal:
+    """What ``check_record`` makes of a JSON number the pattern matched as a cost."""
+    if len(text) <= _SHORT:
+        return Decimal(text)
+    return Decimal(repr(float(text)))
+
+
+class _Dates:
+    """Whether ``YYYY-MM-DD`` is a calendar date, remembered (a file spans few days)."""
+
+    def __init__(self) -> None:
+        self.known: dict[str, bool] = {}
+
+    def valid(self, day: str) -> bool:
+        found = self.known.get(day)
+        if found is None:
+            try:
+                date.fromisoformat(day)
+                found = True
+            except ValueError:
+                found = False
+            if len(self.known) < _MAX_DATES:
+                self.known[day] = found
+        return found
+
+
+class JsonlScan:
+    """Iterate ``(record, counts, cost)`` over the records of a JSONL file; ``skipped`` counts
+    the lines that are not records. ``tags`` says whether the records need their tags (a tag
+    grouping or filter): they are decoded only then.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        tags: bool,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.tags = tags
+        self.on_progress = on_progress
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[tuple[ScanRecord, Counts, Decimal | None]]:
+        try:
+            handle = self.path.open("rb")
+        except OSError as exc:
+            raise CliError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        need_tags = self.tags
+        dates = _Dates()
+        valid_date = dates.valid
+        match_line = _LINE
+        with handle:
+            total = os.fstat(handle.fileno()).st_size
+            done = 0
+            countdown = _PROGRESS_EVERY
+            readline = handle.readline
+            while line := readline(MAX_LINE_BYTES + 1):
+                done += len(line)
+                countdown -= 1
+                if not countdown:
+                    countdown = _PROGRESS_EVERY
+                    if self.on_progress is not None:
+                        self.on_progress(done, total)
+                if is_too_long(line):
+                    done += skip_rest_of_line(handle)[0]
+                    self.skipped += 1
+                    continue
+                try:
+                    found = match_line(line.decode())
+                except UnicodeDecodeError:
+                    found = None
+                if found is not None:
+                    (
+                        timestamp,
+                        day,
+                        provider,
+                        model,
+                        inp,
+                        out,
+                        tot,
+                        cost,
+                        cache_read,
+                        cache_write,
+                        reasoning,
+                        session_id,
+                        session_name,
+                        tags,
+                        latency,
+                        status,
+                        estimated,
+                    ) = found.groups()
+                    if valid_date(day):
+                        record = {
+                            "timestamp": timestamp,
+                            "model_provider": provider,
+                            "model_name": model,
+                            "session_id": session_id,
+                            "session_name": session_name,
+                            "status": status,
+                            "estimated": estimated == "true",
+                            "tags": json.loads(tags) if need_tags and tags != "{}" else {},
+                            "latency_ms": None if latency is None else float(latency),
+                        }
+                        counts = (
+                            int(inp),
+                            int(out),
+                            int(cache_read),
+                            int(cache_write),
+                            int(reasoning),
+                            int(tot),
+                        )
+                        yield record, counts, None if cost is None else _money(cost)
+                        continue
+                    self.skipped += 1  # the pattern's shape, but not a calendar date
+                    continue
+                checked = parse_record(line)
+                if checked is None:
+                    if line.strip():
+                        self.skipped += 1
+                    continue
+                yield (
+                    checked,
+                    tuple([checked[name] for name in COUNT_FIELDS]),
+                    checked.get("estimated_cost_usd"),
+                )
