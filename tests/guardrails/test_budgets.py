@@ -262,6 +262,9 @@ def test_a_failing_ledger_lets_calls_through(
         def reserve_many(self, *args: Any) -> list[tuple[bool, float]]:
             raise OSError("disk gone")
 
+        def lease_many(self, *args: Any) -> list[tuple[bool, float, float, float]]:
+            raise OSError("disk gone")
+
     class LedgerSink(InMemorySink):
         def budget_ledger(self) -> MemoryLedger:
             return Broken()
@@ -286,6 +289,7 @@ def test_a_reservation_is_released_when_the_call_fails(
     from tokenmeter.guardrails import _budgets
 
     assert _budgets._config is not None
+    _budgets.give_back()  # the process's unused slice of the budget too
     ledger = _budgets._config.get_ledger()
     assert ledger.spent("b|total|everything", "") == 0.0
 
@@ -372,6 +376,8 @@ def test_a_forked_child_never_releases_the_parents_reservations(tmp_path: Path) 
     _budgets.check(call, (), {"messages": [{"role": "user", "content": "x" * 4000}]})
     assert _budgets._config is not None
     ledger = _budgets._config.get_ledger()
+    assert ledger.spent("b|total|everything", "") > 0.0025  # the call and a slice for more
+    _budgets.give_back()  # the slice goes back, the call in flight keeps its reservation
     reserved = ledger.spent("b|total|everything", "")
     assert reserved == pytest.approx(0.0025, rel=0.01)
     pid = os.fork()

@@ -32,16 +32,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tokenmeter import _sessions
 from tokenmeter._models import Usage, UsageRecord
-from tokenmeter.guardrails import _state
+from tokenmeter.guardrails import _leases, _state
 from tokenmeter.guardrails._errors import BudgetExceeded
 from tokenmeter.guardrails._estimate import estimate_input_usd, forget_prices
-from tokenmeter.guardrails._ledger import (
-    BudgetLedger,
-    MemoryLedger,
-    SQLiteLedger,
-    reserve_all,
-    settle_all,
-)
+from tokenmeter.guardrails._ledger import BudgetLedger, MemoryLedger, SQLiteLedger, settle_all
 from tokenmeter.pricing._overrides import short_repr
 
 __all__ = [
@@ -52,6 +46,7 @@ __all__ = [
     "parse_budgets",
     "parse_timezone",
     "parse_warn_at",
+    "session_ended",
     "settle",
 ]
 
@@ -348,6 +343,11 @@ def configure_budgets(
         _state.armed = True
     if old is not None and old.ledger is not None:
         try:
+            _leases.give_back()
+        except Exception:
+            logger.warning("tokenmeter: returning unused budget slices failed", exc_info=True)
+        _leases.forget()
+        try:
             old.ledger.close()
         except Exception:
             logger.warning("tokenmeter: closing the budget ledger failed", exc_info=True)
@@ -361,12 +361,15 @@ def warn_fractions() -> tuple[float, ...]:
 @dataclass(slots=True)
 class _Reservation:
     amount: float
-    taken: list[tuple[Budget, str, float]]
+    #: The budgets (and their period starts) the estimate is reserved in, and their leases.
+    taken: list[tuple[Budget, str]]
     sessions: list[Any]
     estimate: Decimal = _ZERO
     #: A weak reference to the call: when the call is gone without a record (it reported no
     #: usage, or named no model), its callback gives the reservation back.
     ref: Any = None
+    #: This process's leases on the ledger rows of ``taken`` (see ``_leases``).
+    leases: list[Any] = field(default_factory=list)
 
 
 #: Reservations of calls in flight, by id(call).
@@ -491,7 +494,7 @@ def _reserve(
     reservation: _Reservation,
 ) -> None:
     amount = reservation.amount
-    items = []
+    wanted = []
     used = []
     now = time.time()
     for budget in budgets:
@@ -508,30 +511,29 @@ def _reserve(
                     "call",
                 )
             continue
-        items.append(
-            (budget.key, config.start_of(budget.period, now, session), budget.limit, amount)
-        )
+        wanted.append((budget.key, config.start_of(budget.period, now, session), budget.limit))
         used.append(budget)
-    if not items:
+    if not wanted:
         return
     try:
-        results = reserve_all(config.ledger or config.get_ledger(), items)
+        leases, refused, spent = _leases.admit(config.ledger or config.get_ledger(), wanted, amount)
     except Exception:
         _ledger_fault("reserve")
         return
-    if len(results) < len(items) or not results[-1][0]:  # refused: nothing was reserved
-        budget = used[len(results) - 1]
+    if refused >= 0:  # nothing was reserved
+        budget = used[refused]
         _block(
             call,
             session,
             budget.name,
             budget.scope,
             budget.limit_usd,
-            _usd(results[-1][1]),
+            _usd(spent),
             estimate,
             budget.period,
         )
-    reservation.taken = [(b, item[1], amount) for b, item in zip(used, items, strict=True)]
+    reservation.taken = [(b, item[1]) for b, item in zip(used, wanted, strict=True)]
+    reservation.leases = leases
 
 
 def _usd(amount: float) -> Decimal:
@@ -546,12 +548,11 @@ def _release(reservation: _Reservation) -> None:
             for node in reservation.sessions:
                 node._reserved -= reservation.estimate
         reservation.sessions = []
-    config = _config
-    taken, reservation.taken = reservation.taken, []
-    if config is None or config.ledger is None or not taken:
+    leases, reservation.leases, reservation.taken = reservation.leases, [], []
+    if not leases:
         return
     try:
-        settle_all(config.ledger, [(b.key, start, amount, 0.0) for b, start, amount in taken])
+        _leases.release(leases, reservation.amount)
     except Exception:
         _ledger_fault("settle")
 
@@ -619,32 +620,42 @@ def _settle(record: UsageRecord, session: Any, call: Any) -> None:
     cost = record.estimated_cost_usd
     actual = 0.0 if cost is None else float(cost)
     reserved = (
-        {budget.key: (start, amount) for budget, start, amount in reservation.taken}
+        {budget.key: start for budget, start in reservation.taken}
         if reservation is not None and reservation.taken
         else None
     )
     models = (record.request_model, record.model_name)
     now = 0.0
-    items = []
-    settled = []
+    # The reserved budgets settle in the period the reservation was made in (a call across
+    # midnight); the others in scope (a record made by hand) in the record's.
+    mine = list(reservation.taken) if reservation is not None else []
+    others: list[tuple[Budget, str]] = []
     for budget in config.budgets:
-        mine = reserved.get(budget.key) if reserved is not None else None
-        if mine is None and not budget.matches(record.model_provider, models, session):
+        if reserved is not None and budget.key in reserved:
+            continue
+        if not budget.matches(record.model_provider, models, session):
             continue
         if budget.period == "call":
             if cost is not None:
                 _maybe_warn(budget, "", actual, config.warn_at, record)
             continue
-        if mine is not None:  # the period the reservation was made in (a call across midnight)
-            items.append((budget.key, mine[0], mine[1], actual))
-        else:
-            now = now or record.timestamp.timestamp()
-            items.append((budget.key, config.start_of(budget.period, now, session), 0.0, actual))
-        settled.append(budget)
-    if not items:
+        now = now or record.timestamp.timestamp()
+        others.append((budget, config.start_of(budget.period, now, session)))
+    if not mine and not others:
         return
     try:
-        spent = settle_all(config.ledger or config.get_ledger(), items)
+        seen, leased = _leases.settle(
+            reservation.leases if reservation is not None else [],
+            reservation.amount if reservation is not None else 0.0,
+            actual,
+            [(budget.key, start) for budget, start in others],
+        )
+        direct = [item for item, took in zip(others, leased, strict=True) if not took]
+        settled = [*mine, *(item for item, took in zip(others, leased, strict=True) if took)]
+        if direct:
+            ledger = config.ledger or config.get_ledger()
+            seen += settle_all(ledger, [(b.key, start, 0.0, actual) for b, start in direct])
+            settled += direct
     except Exception:
         _ledger_fault("settle")
         return
@@ -652,9 +663,9 @@ def _settle(record: UsageRecord, session: Any, call: Any) -> None:
     if not fractions:
         return
     first = fractions[0]
-    for budget, item, total in zip(settled, items, spent, strict=True):
+    for (budget, start), total in zip(settled, seen, strict=True):
         if total >= first * budget.limit:
-            _maybe_warn(budget, item[1], total, fractions, record)
+            _maybe_warn(budget, start, total, fractions, record)
 
 
 def _maybe_warn(
@@ -687,6 +698,22 @@ def _maybe_warn(
                 f"${budget.limit_usd} limit: ${spent:.6f} spent",
             )
         )
+
+
+def session_ended(session: Any) -> None:
+    """Unused slices go back to the ledger when a root session ends (and a session's own
+    period, its id, is over when it ends)."""
+    try:
+        _leases.give_back(str(session.id))
+        if session.parent is None:
+            _leases.give_back()
+    except Exception:
+        _ledger_fault("settle")
+
+
+def give_back() -> None:
+    """Return every unused slice of a budget to the ledger now (tests, benchmarks, reports)."""
+    _leases.give_back()
 
 
 def reset() -> None:
