@@ -78,10 +78,21 @@ def test_the_ledger_is_a_sqlite_file_shared_by_processes(
     chat(fake)
     import sqlite3
 
-    with sqlite3.connect(tmp_path / "tm" / "budgets.db") as conn:
-        rows = list(conn.execute("SELECT scope_key, settled_usd, reserved_usd FROM budget_ledger"))
-    assert [(k, r) for k, _, r in rows] == [("d|total|everything", 0.0)]
-    assert rows[0][1] == pytest.approx(float(per_call(memory)))
+    def rows() -> list[tuple[str, float, float]]:
+        with sqlite3.connect(tmp_path / "tm" / "budgets.db") as conn:
+            return list(
+                conn.execute("SELECT scope_key, settled_usd, reserved_usd FROM budget_ledger")
+            )
+
+    # The process holds a slice of the budget: the call's cost is spent from it, and the rest
+    # stays reserved for its next calls until it gives the slice back.
+    [(key, settled, reserved)] = rows()
+    assert key == "d|total|everything" and settled + reserved > float(per_call(memory))
+    from tokenmeter.guardrails import _budgets
+
+    _budgets.give_back()
+    [(key, settled, reserved)] = rows()
+    assert reserved == 0.0 and settled == pytest.approx(float(per_call(memory)))
 
 
 @pytest.mark.parametrize(
@@ -243,6 +254,9 @@ def test_a_ledger_from_a_sink_is_used(fake: FakeProvider, instrumented: None) ->
     memory = LedgerSink()
     tokenmeter.configure(sinks=[memory], budgets=[{"name": "b", "limit_usd": 1}])
     chat(fake)
+    from tokenmeter.guardrails import _budgets
+
+    _budgets.give_back()  # the unused slice
     assert memory.ledger.spent("b|day|everything", _today()) == pytest.approx(
         float(per_call(memory))
     )

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from tokenmeter._estimate import estimate_input
+from tokenmeter._estimate import _input_tokens
 from tokenmeter._models import MAX_TOKENS, usage_of
 from tokenmeter.pricing import price_usage
 
@@ -38,7 +38,10 @@ def estimate_input_usd(
     if not model:
         return _ZERO
     if request is not None:
-        tokens = min(estimate_input(provider, request, operation).input_tokens, MAX_TOKENS)
+        try:  # the estimator's count itself: its Usage model would cost more than the count
+            tokens = min(_input_tokens(provider, request, operation), MAX_TOKENS)
+        except Exception:  # what cannot be read counts as nothing (as estimate_input does)
+            tokens = 0
     else:
         counter = [0, 0]  # characters, items visited
         _count_request(kwargs, counter)

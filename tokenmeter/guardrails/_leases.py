@@ -82,12 +82,15 @@ class Lease:
 _leases: dict[tuple[str, str], Lease] = {}
 _lock = threading.Lock()
 _ledger: Any = None
+#: Changes whenever a lease is dropped: a list of leases kept for reuse is then stale.
+_generation = 0
 _keeper: threading.Thread | None = None
 
 
-def _sync(ledger: Any, leases: list[Lease], need: float) -> int:
+def _sync(ledger: Any, leases: list[Lease], need: float, *, drop: bool = False) -> int:
     """One transaction for ``leases``; returns the index of the lease that refused ``need``
-    (-1: admitted, or nothing asked). Called under ``_lock``."""
+    (-1: admitted, or nothing asked; 0.0 asks for a new slice only). ``drop``: leases left
+    holding nothing are forgotten. Called under ``_lock``."""
     items = [
         (
             lease.key,
@@ -110,44 +113,54 @@ def _sync(ledger: Any, leases: list[Lease], need: float) -> int:
             refused = index
         lease.held, lease.used, lease.settled, lease.others = granted, 0.0, settled, others
         lease.tight = granted <= lease.inflight + max(need, 0.0) + _EPSILON
-    if refused < 0 and need >= 0:
+    if refused < 0 and need > 0:
         for lease in leases:
             lease.inflight += need
-    for lease in leases:
-        if lease.held <= 0 and lease.inflight <= 0:
-            _leases.pop((lease.key, lease.start), None)
+    if drop:
+        global _generation
+        for lease in leases:
+            if lease.held <= 0 and lease.inflight <= 0:
+                _leases.pop((lease.key, lease.start), None)
+                _generation += 1
     if any(not lease.tight for lease in leases):
         _start_keeper()
     return refused
 
 
 def admit(
-    ledger: Any, wanted: list[tuple[str, str, float]], amount: float
+    ledger: Any, wanted: list[tuple[str, str, float]], amount: float, holder: Any = None
 ) -> tuple[list[Lease], int, float]:
     """Reserve ``amount`` in every (scope_key, period_start, limit) of ``wanted``, or in none:
     (the leases, -1, 0.0), or (the leases, the index of the one that refused, what it found
-    spent and reserved)."""
+    spent and reserved). ``holder`` (an object with a ``leases`` attribute) keeps the leases
+    of ``wanted`` for the next call with the same list."""
     global _ledger
     now = time.monotonic()
     with _lock:
+        cached = holder.leases if holder is not None else None
+        if cached is not None and cached[0] is wanted and cached[1] == _generation:
+            leases = cached[2]
+            for lease in leases:
+                if lease.held - lease.inflight - lease.used < amount:
+                    break
+            else:  # every slice has room: nothing to ask the ledger
+                for lease in leases:
+                    lease.inflight += amount
+                    lease.last = now
+                return leases, -1, 0.0
         leases = []
-        fast = _ledger is ledger
         for key, start, limit in wanted:
             lease = _leases.get((key, start))
             if lease is None:
                 lease = _leases[(key, start)] = Lease(key, start, limit)
-                fast = False
-            elif lease.room < amount or lease.limit != limit:
-                lease.limit = limit
-                fast = False
+            lease.limit = limit
             lease.last = now
             leases.append(lease)
-        if fast:
-            for lease in leases:
-                lease.inflight += amount
-            return leases, -1, 0.0
-        _ledger = ledger
+        if _ledger is not ledger:
+            _ledger = ledger
         refused = _sync(ledger, leases, amount)
+        if holder is not None:
+            holder.leases = (wanted, _generation, leases)
         if refused < 0:
             return leases, -1, 0.0
         lease = leases[refused]
@@ -187,7 +200,7 @@ def settle(
                 leases = [*leases, held]
         over = [lease for lease in leases if lease.used + lease.inflight > lease.held + _EPSILON]
         if over and _ledger is not None:  # cost more than the slice had left: sync now
-            _sync(_ledger, over, -1.0)
+            _sync(_ledger, over, 0.0)
         _give_back_tight(leases)
         seen = [lease.settled + lease.used for lease in leases]
     return seen, taken
@@ -202,7 +215,7 @@ def _give_back_tight(leases: list[Lease]) -> None:
         if lease.tight and lease.inflight <= 0 and (lease.held > 0 or lease.used > 0)
     ]
     if idle and _ledger is not None:
-        _sync(_ledger, idle, -1.0)
+        _sync(_ledger, idle, -1.0, drop=True)
 
 
 def give_back(start: str | None = None, *, idle_for: float = 0.0) -> None:
@@ -221,16 +234,17 @@ def give_back(start: str | None = None, *, idle_for: float = 0.0) -> None:
             and (lease.held > lease.inflight or lease.used > 0)
         ]
         if chosen and ledger is not None:
-            _sync(ledger, chosen, -1.0)
+            _sync(ledger, chosen, -1.0, drop=True)
 
 
 def forget() -> None:
     """Drop every lease without returning it (the ledger is being replaced or closed: return
     them first with ``give_back``)."""
-    global _ledger
+    global _ledger, _generation
     with _lock:
         _leases.clear()
         _ledger = None
+        _generation += 1
 
 
 def _start_keeper() -> None:
@@ -266,8 +280,9 @@ def _at_exit() -> None:
 
 def _forget_in_child() -> None:
     """A forked child's copies of the parent's leases are the parent's: the child takes its own."""
-    global _leases, _lock, _ledger, _keeper
+    global _leases, _lock, _ledger, _keeper, _generation
     _leases, _lock, _ledger, _keeper = {}, threading.Lock(), None, None
+    _generation += 1
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
