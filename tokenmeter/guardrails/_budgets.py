@@ -422,8 +422,8 @@ class _Reservation:
     #: A weak reference to the call: when the call is gone without a record (it reported no
     #: usage, or named no model), its callback gives the reservation back.
     ref: Any = None
-    rows: list[tuple[str, str, float]] = field(default_factory=list)
-    leases: list[Any] = field(default_factory=list)
+    rows: Sequence[tuple[str, str, float]] = ()
+    leases: Sequence[Any] = ()
 
 
 #: Reservations of calls in flight, by id(call).
@@ -588,7 +588,7 @@ def _release(reservation: _Reservation) -> None:
             for node in reservation.sessions:
                 node._reserved -= reservation.estimate
         reservation.sessions = []
-    leases, reservation.leases, reservation.scope = reservation.leases, [], None
+    leases, reservation.leases, reservation.scope = reservation.leases, (), None
     if not leases:
         return
     try:
@@ -688,7 +688,7 @@ def _settle(record: UsageRecord, session: Any, call: Any) -> None:
     assert reservation is not None or reserving is None
     try:
         seen, leased = _leases.settle(
-            reservation.leases if reservation is not None else [],
+            reservation.leases if reservation is not None else (),
             reservation.amount if reservation is not None else 0.0,
             actual,
             rows,

@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from tokenmeter import _pipeline
@@ -167,7 +168,7 @@ def admit(
         return leases, refused, lease.settled + lease.others + lease.inflight
 
 
-def release(leases: list[Lease], amount: float) -> None:
+def release(leases: Sequence[Lease], amount: float) -> None:
     """Calls reserved ``amount`` in ``leases`` and ended without a cost (failed, or no record)."""
     with _lock:
         for lease in leases:
@@ -176,7 +177,7 @@ def release(leases: list[Lease], amount: float) -> None:
 
 
 def settle(
-    leases: list[Lease], amount: float, actual: float, unreserved: list[tuple[str, str]]
+    leases: Sequence[Lease], amount: float, actual: float, unreserved: list[tuple[str, str]]
 ) -> tuple[list[float], list[bool]]:
     """A call's record: its real cost replaces its reservation of ``amount`` in ``leases``, and
     is added to the leases of ``unreserved`` rows (a record made by hand) that this process
@@ -184,13 +185,17 @@ def settle(
     lease took it (else the caller settles it in the ledger)."""
     now = time.monotonic()
     taken = []
+    over = tight = False
     with _lock:
         for lease in leases:
-            lease.inflight = max(0.0, lease.inflight - amount)
+            inflight = lease.inflight - amount
+            lease.inflight = inflight if inflight > 0 else 0.0
             lease.used += actual
             lease.last = now
             if actual > 0:
                 lease.unit = actual if lease.unit <= 0 else 0.8 * lease.unit + 0.2 * actual
+            over = over or lease.used + lease.inflight > lease.held + _EPSILON
+            tight = tight or lease.tight
         for key in unreserved:
             held = _leases.get(key)
             taken.append(held is not None)
@@ -198,15 +203,22 @@ def settle(
                 held.used += actual
                 held.last = now
                 leases = [*leases, held]
-        over = [lease for lease in leases if lease.used + lease.inflight > lease.held + _EPSILON]
+                over = over or held.used + held.inflight > held.held + _EPSILON
+                tight = tight or held.tight
         if over and _ledger is not None:  # cost more than the slice had left: sync now
-            _sync(_ledger, over, 0.0)
-        _give_back_tight(leases)
+            _sync(
+                _ledger,
+                [lease for lease in leases if lease.used + lease.inflight > lease.held + _EPSILON],
+                0.0,
+            )
+            tight = True  # the sync may have found the budget near its limit
+        if tight:
+            _give_back_tight(leases)
         seen = [lease.settled + lease.used for lease in leases]
     return seen, taken
 
 
-def _give_back_tight(leases: list[Lease]) -> None:
+def _give_back_tight(leases: Sequence[Lease]) -> None:
     """Near the limit every call reserves only its estimate: what it did not use goes back when
     it ends (under ``_lock``)."""
     idle = [
