@@ -166,7 +166,10 @@ def main() -> None:
         drop_schema(pg)
     base = percentile(bare, 50)
     print(f"one uninstrumented OpenAI SDK call (MockTransport): p50 {sdk_p50:8.2f} µs CPU")
-    print(f"the call object alone (subtracted below): p50 {base:.2f} µs")
+    print(
+        f"the call object alone (subtracted below): p50 {base:.2f}, p99 "
+        f"{percentile(bare, 99):.2f}, p99.9 {percentile(bare, 99.9):.2f} µs (the noise floor)"
+    )
     print(
         "three budgets in scope, check + settle per call, µs CPU added "
         "(and as a share of the SDK call's p50):"
