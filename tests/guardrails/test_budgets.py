@@ -404,3 +404,31 @@ def test_a_forked_child_never_releases_the_parents_reservations(tmp_path: Path) 
     del call
     gc.collect()  # the parent's call ends without a record: the reservation is given back
     assert ledger.spent("b|total|everything", "") == 0.0
+
+
+def test_a_call_in_flight_across_configure_settles_in_the_ledger_it_reserved_in() -> None:
+    from tokenmeter.guardrails import _budgets
+    from tokenmeter.providers._core import Call
+
+    class LedgerSink(InMemorySink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ledger = MemoryLedger()
+
+        def budget_ledger(self) -> MemoryLedger:
+            return self.ledger
+
+    first, second = LedgerSink(), LedgerSink()
+    budget = [{"name": "b", "limit_usd": 1, "period": "total"}]
+    tokenmeter.configure(sinks=[first], budgets=budget)
+    call = Call("openai", "gpt-4o", "chat")
+    _budgets.check(call, (), {"messages": [{"role": "user", "content": "x" * 4000}]})
+    tokenmeter.configure(sinks=[second], budgets=budget)  # its slice goes back; the call stays
+    assert first.ledger.spent("b|total|everything", "") == pytest.approx(0.0025, rel=0.01)
+    # A record made by hand counts in the budget now in force; the call's record ($0.25, more
+    # than its reservation) replaces its reservation in the ledger it was reserved in.
+    record = tokenmeter.record("openai", "gpt-4o", 100_000, 0)
+    _budgets.settle(record, None, call)
+    _budgets.give_back()
+    assert first.ledger.spent("b|total|everything", "") == pytest.approx(0.25)
+    assert second.ledger.spent("b|total|everything", "") == pytest.approx(0.25)

@@ -49,6 +49,7 @@ class Lease:
         "inflight",
         "key",
         "last",
+        "ledger",
         "limit",
         "others",
         "settled",
@@ -58,8 +59,10 @@ class Lease:
         "used",
     )
 
-    def __init__(self, key: str, start: str, limit: float) -> None:
+    def __init__(self, key: str, start: str, limit: float, ledger: Any) -> None:
         self.key, self.start, self.limit = key, start, limit
+        #: The ledger the lease is in (a call in flight across a configure() settles there).
+        self.ledger = ledger
         #: USD of the row's reserved that are this process's (in flight + used + slack).
         self.held = 0.0
         #: Estimates of this process's calls in flight.
@@ -153,7 +156,7 @@ def admit(
         for key, start, limit in wanted:
             lease = _leases.get((key, start))
             if lease is None:
-                lease = _leases[(key, start)] = Lease(key, start, limit)
+                lease = _leases[(key, start)] = Lease(key, start, limit, ledger)
             lease.limit = limit
             lease.last = now
             leases.append(lease)
@@ -205,9 +208,9 @@ def settle(
                 leases = [*leases, held]
                 over = over or held.used + held.inflight > held.held + _EPSILON
                 tight = tight or held.tight
-        if over and _ledger is not None:  # cost more than the slice had left: sync now
+        if over:  # cost more than the slice had left: sync now
             _sync(
-                _ledger,
+                leases[0].ledger,
                 [lease for lease in leases if lease.used + lease.inflight > lease.held + _EPSILON],
                 0.0,
             )
@@ -226,8 +229,8 @@ def _give_back_tight(leases: Sequence[Lease]) -> None:
         for lease in leases
         if lease.tight and lease.inflight <= 0 and (lease.held > 0 or lease.used > 0)
     ]
-    if idle and _ledger is not None:
-        _sync(_ledger, idle, -1.0, drop=True)
+    if idle:
+        _sync(idle[0].ledger, idle, -1.0, drop=True)
 
 
 def give_back(start: str | None = None, *, idle_for: float = 0.0) -> None:
