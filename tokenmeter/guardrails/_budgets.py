@@ -707,7 +707,7 @@ def _settle(record: UsageRecord, session: Any, call: Any) -> None:
                 settled.append((budget, row[1]))
             else:
                 direct.append((budget, row[1]))
-        if direct:  # rows this process holds no lease on: settled in the ledger at once
+        if direct and actual > 0:  # rows this process holds no lease on: settled at once
             try:
                 ledger = config.ledger or config.get_ledger()
                 seen += settle_all(ledger, [(b.key, start, 0.0, actual) for b, start in direct])
