@@ -145,8 +145,8 @@ def main() -> None:
         directory = Path(tmp)
         sdk = samples(chat(mock_client()), max(300, N // 20))
         sdk_p50 = percentile(sdk, 50)
+        configure(directory, [])  # before the session: it writes under the temporary directory
         with tokenmeter.session("bench", tags={"customer": "acme"}) as session:
-            configure(directory, [])
 
             def one_call(sender: Callable[..., Any]) -> Callable[[], None]:
                 return lambda: sender(Call("openai", "gpt-4o", "chat"), sdk_method, (), KWARGS)
