@@ -12,3 +12,31 @@ def one_line_value_error(excinfo: pytest.ExceptionInfo[ValueError]) -> str:
     message = str(excinfo.value)
     assert "\n" not in message
     return message
+
+
+def check_lease_protocol(ledger: object) -> None:
+    """What every budget ledger's ``lease_many`` must do (docs/budgets-and-alerts.md), on one
+    that has never seen the keys "k" and "o" for the period DAY."""
+    from pytest import approx
+
+    day = "2026-12-01T00:00:00+00:00"
+    lease = ledger.lease_many  # type: ignore[attr-defined]
+    spent = ledger.spent  # type: ignore[attr-defined]
+    # A first holder: the call (1.0) and a slice of 11 calls of 0.1 (at most 1/8 of the room).
+    assert lease([("k", day, 10.0, 0.0, 0.0, 0.0, 1.0, 0.1)]) == [(True, approx(2.1), 0.0, 0.0)]
+    # A second: calls of 1.0 leave room for fewer than 8 more: no slice, only the call.
+    assert lease([("k", day, 10.0, 0.0, 0.0, 0.0, 1.0, 1.0)]) == [(True, 1.0, 0.0, approx(2.1))]
+    assert spent("k", day) == approx(3.1)
+    # The first settles 1.5 spent and gives the rest back.
+    assert lease([("k", day, 10.0, 2.1, 1.5, 0.0, -1.0, 0.1)]) == [(True, 0.0, 1.5, approx(1.0))]
+    assert spent("k", day) == approx(2.5)
+    # The second, its call still in flight (keep 1.0), asks for 8 more: refused, nothing moves.
+    assert lease([("k", day, 10.0, 1.0, 0.0, 1.0, 8.0, 1.0)]) == [(False, 1.0, 1.5, approx(0.0))]
+    assert spent("k", day) == approx(2.5)
+    # Several budgets: one refuses, none admits the call.
+    both = [("k", day, 10.0, 0.0, 0.0, 0.0, 1.0, 0.0), ("o", day, 0.5, 0.0, 0.0, 0.0, 1.0, 0.0)]
+    assert [ok for ok, *_ in lease(both)][1] is False
+    assert (spent("k", day), spent("o", day)) == (approx(2.5), 0.0)
+    # A call over its slice is settled at once: used more than held.
+    assert lease([("k", day, 10.0, 1.0, 3.0, 0.0, -1.0, 1.0)]) == [(True, 0.0, 4.5, 0.0)]
+    assert spent("k", day) == approx(4.5)

@@ -162,7 +162,12 @@ def count_tokens(text: str, provider: str = "openai", model: str = "") -> int:
 def _measure(texts: Iterable[str], provider: str, model: str) -> int:
     """Tokens of several separately sent texts (each counted on its own, scaled once)."""
     family = _family(provider)
-    encoding = _encoding_of(model) if family == "openai" else "o200k_base"
+    found = _encodings.get(model) if family == "openai" else "o200k_base"
+    if found is None:
+        found = _encoding_of(model)
+        if len(_encodings) < 1000:
+            _encodings[model] = found
+    encoding = found
     counter = _counter(encoding)
     if counter is not None:
         try:
@@ -173,6 +178,10 @@ def _measure(texts: Iterable[str], provider: str, model: str) -> int:
             return max(1, round(total * _SCALE.get(family, 1.0))) if total else 0
     raw = sum(_heuristic(text, family) for text in texts if text)
     return max(1, round(raw)) if raw else 0
+
+
+#: The encoding of each OpenAI model name seen (a request names its model each time).
+_encodings: dict[str, str] = {}
 
 
 def _family(provider: str) -> str:
@@ -238,6 +247,13 @@ class _Walk:
 
     def add(self, value: Any, depth: int = 0) -> None:
         if depth > 30 or value is None:
+            return
+        kind = type(value)  # the plain types first: a request is mostly dicts, lists and str
+        if kind is str:
+            self.parts.append(value)
+            return
+        if kind is dict:
+            self._mapping(value, depth)
             return
         if isinstance(value, str):
             self.parts.append(value)
@@ -498,7 +514,7 @@ def _messages(items: Iterable[Any], family: str) -> tuple[_Walk, int]:
 
 
 def _get(request: Any, key: str) -> Any:
-    if isinstance(request, Mapping):
+    if type(request) is dict or isinstance(request, Mapping):
         return request.get(key)
     return getattr(request, key, None)
 
@@ -537,10 +553,6 @@ def _usage_of(parts: dict[str, int], output_tokens: int = 0) -> Usage:
 
 
 _BARE = frozenset({"embeddings", "embed_content", "completions"})
-
-
-def _input_tokens(provider: str, request: Any, operation: str | None = None) -> int:
-    return sum(_input_parts(provider, request, operation).values())
 
 
 def _input_parts(provider: str, request: Any, operation: str | None = None) -> dict[str, int]:

@@ -311,6 +311,10 @@ def _check_hooks(hooks: Any) -> tuple[OnEnd, ...]:
 def _end_hooks(ended: Session) -> None:
     from tokenmeter.guardrails._hooks import global_hooks, run_end_hooks
 
+    if _guard_state.armed:  # unused budget slices go back to the ledger
+        from tokenmeter.guardrails._budgets import session_ended
+
+        session_ended(ended)
     if ended.on_end or global_hooks:
         run_end_hooks(ended, ended.on_end)
 

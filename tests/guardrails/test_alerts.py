@@ -209,3 +209,34 @@ def test_read_alerts_skips_and_counts_bad_lines(tmp_path: Path) -> None:
     assert (len(alerts), bad) == (2, 3)
     alerts, bad = read_alerts(path, since=datetime(2026, 12, 2, tzinfo=UTC))
     assert [a["time"] for a in alerts] == [later["time"]]
+
+
+RESTARTED = """
+import sys
+from datetime import datetime, timedelta, timezone
+import tokenmeter
+tokenmeter.configure(
+    sinks=["jsonl"], directory=sys.argv[1],
+    alerts=[{"rule": "call_tokens", "threshold": 5000, "cooldown_s": 600}],
+)
+at = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc) + timedelta(minutes=float(sys.argv[2]))
+tokenmeter.record("openai", "gpt-4o", 6000, 0, timestamp=at)
+"""
+
+
+def test_a_restarted_process_keeps_the_cooldowns_of_the_alerts_already_given(
+    tmp_path: Path,
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    directory = tmp_path / "tm"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for minutes in ("0", "5", "11"):  # one process each: restarted between the calls
+        subprocess.run(
+            [sys.executable, "-c", RESTARTED, str(directory), minutes], env=env, check=True
+        )
+    alerts, bad = read_alerts(directory / "alerts.jsonl")
+    assert bad == 0
+    assert [a["time"] for a in alerts] == ["2026-12-01T09:00:00.000Z", "2026-12-01T09:11:00.000Z"]

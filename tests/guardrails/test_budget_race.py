@@ -1,7 +1,8 @@
 """The concurrency bound: many callers racing one budget overshoot it by at most what the calls
-in flight cost beyond their estimates. Here the estimate is exact (the fake reports the input
-tokens tokenmeter's estimator gives the racers' request, and no output), so the bound is zero:
-exactly as many calls as fit are made, however the threads and processes interleave.
+in flight cost beyond their estimates. Where the estimate is exact (the fake reports the input
+tokens tokenmeter's estimator gives the racers' request, and no output), the bound is zero:
+exactly as many calls as fit are made, however the threads and processes interleave and
+whatever slices of the budget the processes lease (docs/budgets-and-alerts.md).
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from budget_racer import MESSAGES
@@ -23,18 +27,22 @@ HERE = Path(__file__).parent
 #: What the budget reserves for each call, and what the fake then reports.
 TOKENS = estimate_input("openai", {"model": "gpt-4o", "messages": MESSAGES}).input_tokens
 PER_CALL = TOKENS * 2.5e-6  # gpt-4o input: $2.50 per million tokens
-FIT = 10
-LIMIT = str(FIT * PER_CALL + PER_CALL / 2)  # room for 10 calls and half of an 11th
+OUTPUT_TOKENS = 100
+OUTPUT = OUTPUT_TOKENS * 10e-6  # gpt-4o output: $10 per million tokens, unknown before the call
 
 
-@pytest.fixture
-def exact_fake() -> FakeProvider:
+def limit_for(fit: int) -> str:
+    """Room for ``fit`` calls and half of one more."""
+    return repr(fit * PER_CALL + PER_CALL / 2)
+
+
+def start_fake(output_tokens: int = 0) -> FakeProvider:
     provider = FakeProvider()
     provider.start()
     provider.set_usage(
         openai={
             "prompt_tokens": TOKENS,
-            "completion_tokens": 0,
+            "completion_tokens": output_tokens,
             "cached_tokens": 0,
             "reasoning_tokens": 0,
         }
@@ -42,12 +50,24 @@ def exact_fake() -> FakeProvider:
     return provider
 
 
-def race(fake: FakeProvider, directory: Path, processes: int, threads: int) -> list[dict[str, int]]:
-    env = {**os.environ, **fake.environ(), "PYTHONPATH": os.pathsep.join(sys.path)}
+@pytest.fixture
+def exact_fake() -> Iterator[FakeProvider]:
+    provider = start_fake()
+    yield provider
+    provider.stop()
+
+
+def environ(fake: FakeProvider) -> dict[str, str]:
+    return {**os.environ, **fake.environ(), "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def race(
+    fake: FakeProvider, directory: Path, processes: int, threads: int, limit: str
+) -> list[dict[str, int]]:
     runners = [
         subprocess.Popen(
-            [sys.executable, str(HERE / "budget_racer.py"), str(directory), str(threads), LIMIT],
-            env=env,
+            [sys.executable, str(HERE / "budget_racer.py"), str(directory), str(threads), limit],
+            env=environ(fake),
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -55,7 +75,7 @@ def race(fake: FakeProvider, directory: Path, processes: int, threads: int) -> l
     ]
     results = []
     for runner in runners:
-        out, _ = runner.communicate(timeout=120)
+        out, _ = runner.communicate(timeout=300)
         assert runner.returncode == 0
         results.append(json.loads(out.strip().splitlines()[-1]))
     return results
@@ -69,16 +89,85 @@ def ledger_row(directory: Path) -> tuple[float, float]:
     return settled, reserved
 
 
-@pytest.mark.parametrize(("processes", "threads"), [(1, 8), (4, 2), (4, 8)])
+@pytest.mark.parametrize(
+    ("processes", "threads", "fit"),
+    [
+        (1, 8, 10),
+        (4, 2, 10),
+        (4, 8, 10),  # the issue's race: 8 threads in each of 4 processes
+        (2, 1, 5),  # too small to slice: every call reserves exactly its estimate
+        (2, 1, 60),  # sliced at first, exact near the limit
+        (4, 8, 200),
+    ],
+)
 def test_racing_callers_make_exactly_the_calls_that_fit(
-    tmp_path: Path, exact_fake: FakeProvider, processes: int, threads: int
+    tmp_path: Path, exact_fake: FakeProvider, processes: int, threads: int, fit: int
 ) -> None:
+    results = race(exact_fake, tmp_path / "tm", processes, threads, limit_for(fit))
+    assert sum(r["made"] for r in results) == fit  # all of them, and not one more
+    assert sum(r["refused"] for r in results) == processes * threads
+    assert len(exact_fake.requests) == fit
+    settled, reserved = ledger_row(tmp_path / "tm")  # every process gave its slices back at exit
+    assert settled == pytest.approx(fit * PER_CALL) and reserved == pytest.approx(0)
+
+
+def test_the_overshoot_is_at_most_the_calls_in_flight(tmp_path: Path) -> None:
+    """Each call costs its estimate plus output the estimate cannot know: the budget is passed
+    by at most the output of the calls in flight when it runs out (4 x 8 racers here)."""
+    fake = start_fake(OUTPUT_TOKENS)
     try:
-        results = race(exact_fake, tmp_path / "tm", processes, threads)
-        assert sum(r["made"] for r in results) == FIT
-        assert sum(r["refused"] for r in results) == processes * threads
-        assert len(exact_fake.requests) == FIT
-        settled, reserved = ledger_row(tmp_path / "tm")
-        assert settled == pytest.approx(FIT * PER_CALL) and reserved == pytest.approx(0)
+        limit = 20 * (PER_CALL + OUTPUT)
+        results = race(fake, tmp_path / "tm", 4, 8, repr(limit))
     finally:
-        exact_fake.stop()
+        fake.stop()
+    made = sum(r["made"] for r in results)
+    settled, reserved = ledger_row(tmp_path / "tm")
+    assert settled == pytest.approx(made * (PER_CALL + OUTPUT)) and reserved == pytest.approx(0)
+    assert settled <= limit + 32 * OUTPUT + 1e-12  # the bound
+    assert settled > limit - (PER_CALL + OUTPUT)  # and no call was refused while room was left
+
+
+def hold(fake: FakeProvider, directory: Path, limit: str, calls: int, mode: str) -> Any:
+    holder = subprocess.Popen(
+        [sys.executable, str(HERE / "budget_holder.py"), str(directory), limit, str(calls), mode],
+        env=environ(fake),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == f"made {calls}"
+    return holder
+
+
+@pytest.mark.parametrize("fit", [5, 60])
+def test_a_process_gives_its_slice_back_when_its_session_ends(
+    tmp_path: Path, exact_fake: FakeProvider, fit: int
+) -> None:
+    """The edge of leasing: one process takes part of a budget and stays alive, idle; another
+    must still be able to make every remaining call."""
+    directory = tmp_path / "tm"
+    holder = hold(exact_fake, directory, limit_for(fit), 1, "session")
+    try:
+        [result] = race(exact_fake, directory, 1, 1, limit_for(fit))
+        assert result == {"made": fit - 1, "refused": 1}
+    finally:
+        holder.communicate("\n", timeout=60)
+    assert holder.returncode == 0
+    assert len(exact_fake.requests) == fit
+
+
+def test_an_idle_process_gives_its_slice_back(tmp_path: Path, exact_fake: FakeProvider) -> None:
+    """Calls outside any session: the holder's slice goes back once it has been idle a while."""
+    directory = tmp_path / "tm"
+    holder = hold(exact_fake, directory, limit_for(60), 1, "bare")
+    try:
+        deadline = time.monotonic() + 60
+        while ledger_row(directory)[1] > 0:  # its slice is reserved until it gives it back
+            assert time.monotonic() < deadline, "the idle holder never gave its slice back"
+            time.sleep(0.05)
+        [result] = race(exact_fake, directory, 1, 1, limit_for(60))
+        assert result == {"made": 59, "refused": 1}
+    finally:
+        holder.communicate("\n", timeout=60)
+    assert holder.returncode == 0

@@ -78,10 +78,21 @@ def test_the_ledger_is_a_sqlite_file_shared_by_processes(
     chat(fake)
     import sqlite3
 
-    with sqlite3.connect(tmp_path / "tm" / "budgets.db") as conn:
-        rows = list(conn.execute("SELECT scope_key, settled_usd, reserved_usd FROM budget_ledger"))
-    assert [(k, r) for k, _, r in rows] == [("d|total|everything", 0.0)]
-    assert rows[0][1] == pytest.approx(float(per_call(memory)))
+    def rows() -> list[tuple[str, float, float]]:
+        with sqlite3.connect(tmp_path / "tm" / "budgets.db") as conn:
+            return list(
+                conn.execute("SELECT scope_key, settled_usd, reserved_usd FROM budget_ledger")
+            )
+
+    # The process holds a slice of the budget: the call's cost is spent from it, and the rest
+    # stays reserved for its next calls until it gives the slice back.
+    [(key, settled, reserved)] = rows()
+    assert key == "d|total|everything" and settled + reserved > float(per_call(memory))
+    from tokenmeter.guardrails import _budgets
+
+    _budgets.give_back()
+    [(key, settled, reserved)] = rows()
+    assert reserved == 0.0 and settled == pytest.approx(float(per_call(memory)))
 
 
 @pytest.mark.parametrize(
@@ -243,6 +254,9 @@ def test_a_ledger_from_a_sink_is_used(fake: FakeProvider, instrumented: None) ->
     memory = LedgerSink()
     tokenmeter.configure(sinks=[memory], budgets=[{"name": "b", "limit_usd": 1}])
     chat(fake)
+    from tokenmeter.guardrails import _budgets
+
+    _budgets.give_back()  # the unused slice
     assert memory.ledger.spent("b|day|everything", _today()) == pytest.approx(
         float(per_call(memory))
     )
@@ -260,6 +274,9 @@ def test_a_failing_ledger_lets_calls_through(
             raise OSError("disk gone")
 
         def reserve_many(self, *args: Any) -> list[tuple[bool, float]]:
+            raise OSError("disk gone")
+
+        def lease_many(self, *args: Any) -> list[tuple[bool, float, float, float]]:
             raise OSError("disk gone")
 
     class LedgerSink(InMemorySink):
@@ -286,6 +303,7 @@ def test_a_reservation_is_released_when_the_call_fails(
     from tokenmeter.guardrails import _budgets
 
     assert _budgets._config is not None
+    _budgets.give_back()  # the process's unused slice of the budget too
     ledger = _budgets._config.get_ledger()
     assert ledger.spent("b|total|everything", "") == 0.0
 
@@ -372,6 +390,8 @@ def test_a_forked_child_never_releases_the_parents_reservations(tmp_path: Path) 
     _budgets.check(call, (), {"messages": [{"role": "user", "content": "x" * 4000}]})
     assert _budgets._config is not None
     ledger = _budgets._config.get_ledger()
+    assert ledger.spent("b|total|everything", "") > 0.0025  # the call and a slice for more
+    _budgets.give_back()  # the slice goes back, the call in flight keeps its reservation
     reserved = ledger.spent("b|total|everything", "")
     assert reserved == pytest.approx(0.0025, rel=0.01)
     pid = os.fork()
@@ -403,3 +423,31 @@ def test_a_request_carrying_audio_is_reserved_at_the_audio_rate() -> None:
     request = {"model": "gpt-4o-audio-preview", "messages": [{"role": "user", "content": [audio]}]}
     usd = estimate_input_usd("openai", "gpt-4o-audio-preview", (), {}, request)
     assert Decimal("0.024") <= usd < Decimal("0.0241")  # the audio, and a few framing tokens
+
+
+def test_a_call_in_flight_across_configure_settles_in_the_ledger_it_reserved_in() -> None:
+    from tokenmeter.guardrails import _budgets
+    from tokenmeter.providers._core import Call
+
+    class LedgerSink(InMemorySink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ledger = MemoryLedger()
+
+        def budget_ledger(self) -> MemoryLedger:
+            return self.ledger
+
+    first, second = LedgerSink(), LedgerSink()
+    budget = [{"name": "b", "limit_usd": 1, "period": "total"}]
+    tokenmeter.configure(sinks=[first], budgets=budget)
+    call = Call("openai", "gpt-4o", "chat")
+    _budgets.check(call, (), {"messages": [{"role": "user", "content": "x" * 4000}]})
+    tokenmeter.configure(sinks=[second], budgets=budget)  # its slice goes back; the call stays
+    assert first.ledger.spent("b|total|everything", "") == pytest.approx(0.0025, rel=0.01)
+    # A record made by hand counts in the budget now in force; the call's record ($0.25, more
+    # than its reservation) replaces its reservation in the ledger it was reserved in.
+    record = tokenmeter.record("openai", "gpt-4o", 100_000, 0)
+    _budgets.settle(record, None, call)
+    _budgets.give_back()
+    assert first.ledger.spent("b|total|everything", "") == pytest.approx(0.25)
+    assert second.ledger.spent("b|total|everything", "") == pytest.approx(0.25)

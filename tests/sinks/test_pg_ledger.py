@@ -12,6 +12,8 @@ import pytest
 
 pytest.importorskip("psycopg", reason="psycopg is not installed (tokenmeter[postgres])")
 
+from helpers import check_lease_protocol
+
 from tokenmeter.sinks.postgres import PostgresSink
 
 HERE = Path(__file__).resolve().parent
@@ -45,6 +47,12 @@ def test_reserve_settle_and_spent_follow_the_protocol(pg_dsn: str) -> None:
     assert ledger.settle_many([("k", DAY, 1.0, 0.5), ("other", DAY, 1.0, 2.0)]) == [2.0, 5.0]
     with pytest.raises(ValueError, match="amount_usd"):
         ledger.reserve("k", DAY, 10.0, -1.0)
+    ledger.close()
+
+
+def test_leases_follow_the_protocol(pg_dsn: str) -> None:
+    ledger = PostgresSink(pg_dsn).budget_ledger()
+    check_lease_protocol(ledger)
     ledger.close()
 
 

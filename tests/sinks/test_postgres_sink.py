@@ -78,10 +78,13 @@ def test_records_and_sessions_round_trip_exactly(pg_sink: PostgresSink, pg_dsn: 
 
     started = SessionInfo(id="s1", name="demo", started_at=START, tags={"team": "search"})
     pg_sink.write_sessions([started])
-    ended = started.model_copy(update={"status": "completed", "ended_at": START, "notes": "n"})
-    pg_sink.write_sessions([ended])
+    done = {"status": "completed", "ended_at": START, "notes": "n", "calls": 2}
+    done |= {"input_tokens": 2400, "output_tokens": 7, "cost_usd": Decimal("0.0000001")}
+    pg_sink.write_sessions([started.model_copy(update=done)])
     rows = query(pg_dsn, "SELECT id, status, ended_at, notes FROM sessions")
     assert rows == [("s1", "completed", "2026-11-22T10:00:00.123Z", "n")]
+    stored = "SELECT calls, input_tokens, output_tokens, cost_usd, unpriced_calls FROM sessions"
+    assert query(pg_dsn, stored) == [(2, 2400, 7, "0.0000001", 0)]  # the totals it was sent with
     totals = query(pg_dsn, "SELECT calls, input_tokens FROM session_totals WHERE id = 's1'")
     assert totals == [(2, 2400)]
 
@@ -149,6 +152,9 @@ def test_budgets_keep_their_spend_in_the_postgres_sink_named_in_the_settings(
     with FakeProvider() as fake:
         fake.openai_client().chat.completions.create(model="gpt-4o", messages=[])
     assert tokenmeter.flush(timeout=60)
+    from tokenmeter.guardrails import _budgets
+
+    _budgets.give_back()  # the process's unused slice of the budget: what it spent is settled
     rows = query(pg_dsn, "SELECT scope_key, settled_usd FROM budget_ledger")
     assert [(key.split("|")[0], spent > 0) for key, spent in rows] == [("team", True)]
     assert not (tmp_path / "budgets.db").exists()

@@ -62,13 +62,18 @@ SESSION_COLUMNS = [
     "ended_at",
     "notes",
     "budget_usd",
+    "calls",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "unpriced_calls",
 ]
 
 
-def query(path: Path, sql: str) -> list[tuple[object, ...]]:
+def query(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
     conn = sqlite3.connect(path)
     try:
-        return conn.execute(sql).fetchall()
+        return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
 
@@ -149,7 +154,7 @@ def test_schema_is_the_agreed_one(tmp_path: Path, make_record: RecordFactory) ->
     assert [row[1] for row in query(path, "PRAGMA table_info(sessions)")] == SESSION_COLUMNS
     indexes = {row[0] for row in query(path, "SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"ix_records_timestamp", "ix_records_session", "ix_records_model"} <= indexes
-    assert query(path, "PRAGMA user_version") == [(2,)]
+    assert query(path, "PRAGMA user_version") == [(3,)]
     assert query(path, "PRAGMA journal_mode") == [("wal",)]
 
 
@@ -203,7 +208,7 @@ def test_existing_database_is_reused_not_recreated(
     second.close()
 
     assert query(path, "SELECT COUNT(*) FROM records") == [(3,)]
-    assert query(path, "PRAGMA user_version") == [(2,)]
+    assert query(path, "PRAGMA user_version") == [(3,)]
 
 
 def test_a_newer_code_version_migrates_an_existing_database(
@@ -251,9 +256,9 @@ def test_sessions_are_upserted_by_id(tmp_path: Path) -> None:
         id="s1", name="demo", tags={"team": "search"}, started_at=started, budget_usd=Decimal("5")
     )
     sink.write_sessions([start, SessionInfo(id="s2", parent_id="s1", started_at=started)])
-    sink.write_sessions(
-        [start.model_copy(update={"status": "completed", "ended_at": ended, "notes": "done"})]
-    )
+    done = {"status": "completed", "ended_at": ended, "notes": "done", "calls": 2}
+    done |= {"input_tokens": 30, "output_tokens": 20, "cost_usd": Decimal("0.5")}
+    sink.write_sessions([start.model_copy(update=done)])
 
     assert query(path, "SELECT * FROM sessions ORDER BY id") == [
         (
@@ -266,8 +271,16 @@ def test_sessions_are_upserted_by_id(tmp_path: Path) -> None:
             "2026-11-22T11:30:00.000Z",
             "done",
             "5",
+            2,
+            30,
+            20,
+            "0.5",
+            0,
         ),
-        ("s2", None, "s1", "{}", "active", "2026-11-22T10:00:00.000Z", None, None, None),
+        (
+            *("s2", None, "s1", "{}", "active", "2026-11-22T10:00:00.000Z", None, None, None),
+            *(0, 0, 0, "0", 0),  # the totals when it was sent (started: none yet)
+        ),
     ]
 
 
@@ -361,8 +374,79 @@ def test_version_1_database_gains_the_modality_columns(
     )
     SQLiteSink(path).write([new])
 
-    assert query(path, "PRAGMA user_version") == [(2,)]
+    assert query(path, "PRAGMA user_version") == [(3,)]
     back = {r.id: r for r in read_sqlite(path)}
     assert back["old"].modalities == {} and back["old"].tool_requests == {}
     assert back[new.id].modalities == {"output_image": 1290}
     assert back[new.id].tool_requests == {"web_search": 2}
+
+
+def test_a_database_of_the_previous_version_gains_the_session_totals(
+    tmp_path: Path, make_record: RecordFactory, read_sqlite: Reader
+) -> None:
+    """usage.db as the previous tokenmeter left it (schema 2): opened by this one, it is upgraded
+    in place; its sessions and records are all there, its sessions' totals unknown (NULL: a
+    reader adds their records up), and sessions stored from now on carry their totals."""
+    path = tmp_path / "usage.db"
+    conn = sqlite3.connect(path)
+    sqlite_module._create_v1(conn)
+    sqlite_module._add_modalities_v2(conn)
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute(
+        "INSERT INTO records (id, timestamp, model_provider, model_name, input_tokens, "
+        "output_tokens, total_tokens, session_id) VALUES ('old', '2026-01-01T00:00:00.000Z', "
+        "'openai', 'gpt-4o', 1, 2, 3, 'old-session')"
+    )
+    conn.execute(
+        "INSERT INTO sessions (id, name, parent_id, tags, status, started_at, ended_at, notes, "
+        "budget_usd) VALUES ('old-session', 'nightly', NULL, '{\"team\": \"a\"}', "
+        "'completed', '2026-01-01T00:00:00.000Z', '2026-01-01T00:01:00.000Z', 'n', '5')"
+    )
+    conn.commit()
+    before = query(path, "SELECT * FROM sessions")
+    conn.close()
+
+    sink = SQLiteSink(path)
+    ended = SessionInfo(
+        id="new-session",
+        name="nightly",
+        status="completed",
+        started_at=datetime(2026, 12, 1, tzinfo=UTC),
+        ended_at=datetime(2026, 12, 1, 0, 5, tzinfo=UTC),
+        calls=3,
+        input_tokens=3000,
+        output_tokens=1500,
+        cost_usd=Decimal("0.0225"),
+        unpriced_calls=1,
+    )
+    sink.write_sessions([ended])
+    sink.write([make_record(1)])
+    sink.close()
+
+    assert query(path, "PRAGMA user_version") == [(3,)]
+    assert {r.id for r in read_sqlite(path)} == {"old", make_record(1).id}
+    old = query(path, "SELECT * FROM sessions WHERE id = 'old-session'")
+    assert old == [(*before[0], None, None, None, None, None)]  # kept whole, totals unknown
+    totals = "SELECT calls, input_tokens, output_tokens, cost_usd, unpriced_calls FROM sessions"
+    assert query(path, totals + " WHERE id = 'new-session'") == [(3, 3000, 1500, "0.0225", 1)]
+
+
+def test_a_finished_session_is_stored_with_its_rolled_up_totals(tmp_path: Path) -> None:
+    """Through the real pipeline: a parent whose calls were all made in a nested session is
+    stored with their totals (its row said nothing of them before)."""
+    import tokenmeter
+
+    tokenmeter.configure(directory=tmp_path, sinks=["sqlite"])
+    with tokenmeter.session("parent") as parent, tokenmeter.session("child") as child:
+        tokenmeter.record("openai", "gpt-4o", 1000, 500)
+        tokenmeter.record("openai", "gpt-4o", 2000, 0)
+        tokenmeter.record("openai", "no-such-model-priced", 10, 10)
+    assert tokenmeter.flush(10)
+    totals = (
+        "SELECT calls, input_tokens, output_tokens, cost_usd, unpriced_calls FROM sessions "
+        "WHERE id = ?"
+    )
+    expected = (3, 3010, 510, str(parent.summary.cost_usd), 1)
+    assert query(tmp_path / "usage.db", totals, (parent.id,)) == [expected]
+    assert query(tmp_path / "usage.db", totals, (child.id,)) == [expected]
+    assert parent.summary.cost_usd == Decimal("0.0125")

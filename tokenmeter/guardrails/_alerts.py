@@ -179,6 +179,7 @@ class AlertSink:
         self._bucket: datetime | None = None
         self._bucket_sum = 0.0
         self._lock = threading.Lock()
+        self._seeded = False
 
     def activate(self) -> None:
         global _active
@@ -187,6 +188,7 @@ class AlertSink:
     # -- the Sink protocol ----------------------------------------------------------------------
     def write(self, records: Sequence[UsageRecord]) -> None:
         with self._lock:
+            self._seed()
             for record in records:
                 if record.status != "blocked":
                     self._judge_record(record)
@@ -194,6 +196,7 @@ class AlertSink:
 
     def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
         with self._lock:
+            self._seed()
             for info in sessions:
                 if info.status != "active" and info.calls:
                     self._judge_session(info)
@@ -327,6 +330,24 @@ class AlertSink:
             learn=False,
         )
 
+    def _seed(self) -> None:
+        """Once: the cooldowns still running from the alerts a previous process wrote (the tail
+        of alerts.jsonl), so a restarted process does not repeat an alert at once."""
+        if self._seeded:
+            return
+        self._seeded = True
+        rules = {rule.rule for rule in self.rules}
+        for item in _tail(self.path, _SEED_BYTES):
+            try:
+                when = datetime.fromisoformat(str(item["time"]).replace("Z", "+00:00"))
+                key = (str(item["rule"]), str(item["scope"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            if key[0] in rules and (key not in self._last or self._last[key] < when):
+                self._last[key] = when
+
     # -- delivery ------------------------------------------------------------------------------
     def _deliver_pending(self) -> None:
         while self.pending:
@@ -352,6 +373,34 @@ class AlertSink:
                 os.close(fd)
         except OSError as exc:
             logger.error("tokenmeter: cannot append to %s: %s", self.path, exc)
+
+
+#: How much of the end of alerts.jsonl a new process reads for the cooldowns still running.
+_SEED_BYTES = 256 * 1024
+
+
+def _tail(path: Path, size: int) -> list[dict[str, Any]]:
+    """The JSON objects of the last ``size`` bytes of ``path`` (bad lines skipped; none when
+    the file cannot be read)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            end = handle.tell()
+            handle.seek(max(0, end - size))
+            lines = handle.read(size).split(b"\n")
+    except OSError:
+        return []
+    if end > size:
+        lines = lines[1:]  # the first is cut
+    found = []
+    for raw in lines:
+        try:
+            item = json.loads(raw)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(item, dict):
+            found.append(item)
+    return found
 
 
 def multiplier_text(rule: AlertRule, baseline: float | None) -> str:

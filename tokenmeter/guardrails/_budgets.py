@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import threading
 import time
@@ -32,16 +33,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tokenmeter import _sessions
 from tokenmeter._models import Usage, UsageRecord
-from tokenmeter.guardrails import _state
+from tokenmeter.guardrails import _leases, _state
 from tokenmeter.guardrails._errors import BudgetExceeded
 from tokenmeter.guardrails._estimate import estimate_input_usd, forget_prices
-from tokenmeter.guardrails._ledger import (
-    BudgetLedger,
-    MemoryLedger,
-    SQLiteLedger,
-    reserve_all,
-    settle_all,
-)
+from tokenmeter.guardrails._ledger import BudgetLedger, MemoryLedger, SQLiteLedger, settle_all
 from tokenmeter.pricing._overrides import short_repr
 
 __all__ = [
@@ -52,6 +47,7 @@ __all__ = [
     "parse_budgets",
     "parse_timezone",
     "parse_warn_at",
+    "session_ended",
     "settle",
 ]
 
@@ -283,6 +279,40 @@ class _Config:
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: period -> (first second, first second of the next period, the period's key)
     periods: dict[str, tuple[float, float, str]] = field(default_factory=dict)
+    #: The budgets a call's scope falls in, by (provider, model(s), session, refusing only): the
+    #: same for every call of a model in a session, so worked out once (bounded: cleared when it
+    #: grows large).
+    scopes: dict[tuple[Any, ...], _Scope] = field(default_factory=dict)
+
+    def in_scope(
+        self, provider: str, models: tuple[str | None, ...], session: Any, refusing: bool
+    ) -> _Scope:
+        """The budgets whose scope covers a call (only those that refuse: ``refusing``)."""
+        key = (provider, models, session, refusing)
+        found = self.scopes.get(key)
+        if found is None:
+            found = _Scope(
+                tuple(
+                    b
+                    for b in self.budgets
+                    if (b.on_exceed == "raise" or not refusing)
+                    and b.matches(provider, models, session)
+                )
+            )
+            if len(self.scopes) >= 4096:
+                self.scopes.clear()
+            self.scopes[key] = found
+        return found
+
+    def rows(self, scope: _Scope, now: float, session: Any) -> list[tuple[str, str, float]]:
+        """The ledger rows (scope_key, period_start, limit) of the scope's budgets at ``now``,
+        kept until the first of their periods ends."""
+        if now < scope.until:
+            return scope.rows
+        rows = [(b.key, self.start_of(b.period, now, session), b.limit) for b in scope.ledgered]
+        ends = [self.periods[b.period][1] for b in scope.ledgered if b.period in self.periods]
+        scope.rows, scope.until = rows, min(ends, default=math.inf)
+        return rows
 
     def start_of(self, period: str, now: float, session: Any) -> str:
         """``period_start`` for the instant ``now`` (seconds since the epoch), cached for as
@@ -308,6 +338,25 @@ class _Config:
                     self.ledger = self.open_ledger()
         assert self.ledger is not None
         return self.ledger
+
+
+class _Scope:
+    """The budgets covering one kind of call, and what a check needs of them, worked out once."""
+
+    __slots__ = ("budgets", "leases", "ledgered", "others", "per_call", "rows", "until")
+
+    def __init__(self, budgets: tuple[Budget, ...]) -> None:
+        self.budgets = budgets
+        self.per_call = tuple(b for b in budgets if b.period == "call")
+        self.ledgered = tuple(b for b in budgets if b.period != "call")
+        #: Ledger rows of ``ledgered`` for the current periods, valid until ``until``.
+        self.rows: list[tuple[str, str, float]] = []
+        self.until = -math.inf
+        #: The leases of ``rows`` (``_leases`` keeps it).
+        self.leases: Any = None
+        #: Of a record's scope: its budgets other than those the call reserved in, by the
+        #: scope of the check.
+        self.others: dict[_Scope, tuple[Budget, ...]] = {}
 
 
 _config: _Config | None = None
@@ -348,6 +397,11 @@ def configure_budgets(
         _state.armed = True
     if old is not None and old.ledger is not None:
         try:
+            _leases.give_back()
+        except Exception:
+            logger.warning("tokenmeter: returning unused budget slices failed", exc_info=True)
+        _leases.forget()
+        try:
             old.ledger.close()
         except Exception:
             logger.warning("tokenmeter: closing the budget ledger failed", exc_info=True)
@@ -361,12 +415,15 @@ def warn_fractions() -> tuple[float, ...]:
 @dataclass(slots=True)
 class _Reservation:
     amount: float
-    taken: list[tuple[Budget, str, float]]
+    #: The scope whose budgets the estimate is reserved in, their ledger rows, and their leases.
+    scope: _Scope | None
     sessions: list[Any]
     estimate: Decimal = _ZERO
     #: A weak reference to the call: when the call is gone without a record (it reported no
     #: usage, or named no model), its callback gives the reservation back.
     ref: Any = None
+    rows: Sequence[tuple[str, str, float]] = ()
+    leases: Sequence[Any] = ()
 
 
 #: Reservations of calls in flight, by id(call).
@@ -410,10 +467,12 @@ def _ledger_fault(what: str) -> None:
         )
 
 
-def _chain(session: Any) -> list[Any]:
+def _guarded(session: Any) -> list[Any]:
+    """The session and its ancestors that have a budget refusing calls."""
     nodes = []
     while session is not None:
-        nodes.append(session)
+        if session.budget_usd is not None and session.on_exceed == "raise":
+            nodes.append(session)
         session = session.parent
     return nodes
 
@@ -434,22 +493,17 @@ def check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
 def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
     session = call.session or _sessions.current_session() or _sessions.implicit_session()
     config = _config
-    models = (call.request_model,)
     provider = call.provider
-    budgets = (
-        [
-            b
-            for b in config.budgets
-            if b.on_exceed == "raise" and b.matches(provider, models, session)
-        ]
+    scope = (
+        config.in_scope(provider, (call.request_model,), session, True)
         if config is not None
-        else []
+        else None
     )
-    guarded = [s for s in _chain(session) if s.budget_usd is not None and s.on_exceed == "raise"]
-    if not budgets and not guarded:
+    guarded = _guarded(session)
+    if (scope is None or not scope.budgets) and not guarded:
         return
     estimate = estimate_input_usd(
-        provider, call.request_model, args, kwargs, getattr(call, "request", None), call.operation
+        provider, call.request_model, args, kwargs, call.request, call.operation
     )
     amount = float(estimate)
     if guarded:
@@ -469,14 +523,16 @@ def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
                     )
             for node in guarded:
                 node._reserved += estimate
-    reservation = _Reservation(amount, [], guarded, estimate)
-    try:
-        if budgets:
-            assert config is not None
-            _reserve(config, call, session, budgets, estimate, reservation)
-    except BudgetExceeded:
-        _release(reservation)
-        raise
+    reservation = _Reservation(amount, None, guarded, estimate)
+    if scope is not None and scope.budgets:
+        assert config is not None
+        try:
+            _reserve(config, call, session, scope, estimate, reservation)
+        except BudgetExceeded:
+            _release(reservation)
+            raise
+        if reservation.scope is None and not guarded:
+            return  # only per-call budgets, or the ledger failed: nothing to settle
     reservation.ref = weakref.ref(call, _call_gone)
     with _pending_lock:
         _pending[id(call)] = reservation
@@ -486,52 +542,38 @@ def _reserve(
     config: _Config,
     call: Any,
     session: Any,
-    budgets: list[Budget],
+    scope: _Scope,
     estimate: Decimal,
     reservation: _Reservation,
 ) -> None:
-    amount = reservation.amount
-    items = []
-    used = []
-    now = time.time()
-    for budget in budgets:
-        if budget.period == "call":
-            if estimate > budget.limit_usd:
-                _block(
-                    call,
-                    session,
-                    budget.name,
-                    budget.scope,
-                    budget.limit_usd,
-                    _ZERO,
-                    estimate,
-                    "call",
-                )
-            continue
-        items.append(
-            (budget.key, config.start_of(budget.period, now, session), budget.limit, amount)
-        )
-        used.append(budget)
-    if not items:
+    for budget in scope.per_call:
+        if estimate > budget.limit_usd:
+            _block(
+                call, session, budget.name, budget.scope, budget.limit_usd, _ZERO, estimate, "call"
+            )
+    if not scope.ledgered:
         return
+    rows = config.rows(scope, time.time(), session)
     try:
-        results = reserve_all(config.ledger or config.get_ledger(), items)
+        leases, refused, spent = _leases.admit(
+            config.ledger or config.get_ledger(), rows, reservation.amount, scope
+        )
     except Exception:
         _ledger_fault("reserve")
         return
-    if len(results) < len(items) or not results[-1][0]:  # refused: nothing was reserved
-        budget = used[len(results) - 1]
+    if refused >= 0:  # nothing was reserved
+        budget = scope.ledgered[refused]
         _block(
             call,
             session,
             budget.name,
             budget.scope,
             budget.limit_usd,
-            _usd(results[-1][1]),
+            _usd(spent),
             estimate,
             budget.period,
         )
-    reservation.taken = [(b, item[1], amount) for b, item in zip(used, items, strict=True)]
+    reservation.scope, reservation.rows, reservation.leases = scope, rows, leases
 
 
 def _usd(amount: float) -> Decimal:
@@ -546,12 +588,11 @@ def _release(reservation: _Reservation) -> None:
             for node in reservation.sessions:
                 node._reserved -= reservation.estimate
         reservation.sessions = []
-    config = _config
-    taken, reservation.taken = reservation.taken, []
-    if config is None or config.ledger is None or not taken:
+    leases, reservation.leases, reservation.scope = reservation.leases, (), None
+    if not leases:
         return
     try:
-        settle_all(config.ledger, [(b.key, start, amount, 0.0) for b, start, amount in taken])
+        _leases.release(leases, reservation.amount)
     except Exception:
         _ledger_fault("settle")
 
@@ -618,43 +659,68 @@ def _settle(record: UsageRecord, session: Any, call: Any) -> None:
         return
     cost = record.estimated_cost_usd
     actual = 0.0 if cost is None else float(cost)
-    reserved = (
-        {budget.key: (start, amount) for budget, start, amount in reservation.taken}
-        if reservation is not None and reservation.taken
-        else None
+    scope = config.in_scope(
+        record.model_provider, (record.request_model, record.model_name), session, False
     )
-    models = (record.request_model, record.model_name)
+    reserving = reservation.scope if reservation is not None else None
+    # The budgets reserved in settle in the period the reservation was made in (a call across
+    # midnight); the others in scope (a record made by hand, a budget that only warns) in the
+    # record's.
+    others = scope.others.get(reserving) if reserving is not None else scope.budgets
+    if others is None:
+        assert reserving is not None
+        others = scope.others[reserving] = tuple(
+            b for b in scope.budgets if b not in reserving.ledgered
+        )
+    rows: list[tuple[str, str]] = []
+    budgets: list[Budget] = []
     now = 0.0
-    items = []
-    settled = []
-    for budget in config.budgets:
-        mine = reserved.get(budget.key) if reserved is not None else None
-        if mine is None and not budget.matches(record.model_provider, models, session):
-            continue
+    for budget in others:
         if budget.period == "call":
             if cost is not None:
                 _maybe_warn(budget, "", actual, config.warn_at, record)
             continue
-        if mine is not None:  # the period the reservation was made in (a call across midnight)
-            items.append((budget.key, mine[0], mine[1], actual))
-        else:
-            now = now or record.timestamp.timestamp()
-            items.append((budget.key, config.start_of(budget.period, now, session), 0.0, actual))
-        settled.append(budget)
-    if not items:
+        now = now or record.timestamp.timestamp()
+        rows.append((budget.key, config.start_of(budget.period, now, session)))
+        budgets.append(budget)
+    if reserving is None and not rows:
         return
+    assert reservation is not None or reserving is None
     try:
-        spent = settle_all(config.ledger or config.get_ledger(), items)
+        seen, leased = _leases.settle(
+            reservation.leases if reservation is not None else (),
+            reservation.amount if reservation is not None else 0.0,
+            actual,
+            rows,
+        )
     except Exception:
         _ledger_fault("settle")
         return
     fractions = config.warn_at
+    settled: list[tuple[Budget, str]] = []
+    if reserving is not None and reservation is not None:
+        settled = [(b, row[1]) for b, row in zip(reserving.ledgered, reservation.rows, strict=True)]
+    if rows:
+        direct = []
+        for budget, row, took in zip(budgets, rows, leased, strict=True):
+            if took:
+                settled.append((budget, row[1]))
+            else:
+                direct.append((budget, row[1]))
+        if direct and actual > 0:  # rows this process holds no lease on: settled at once
+            try:
+                ledger = config.ledger or config.get_ledger()
+                seen += settle_all(ledger, [(b.key, start, 0.0, actual) for b, start in direct])
+            except Exception:
+                _ledger_fault("settle")
+                return
+            settled += direct
     if not fractions:
         return
     first = fractions[0]
-    for budget, item, total in zip(settled, items, spent, strict=True):
+    for (budget, start), total in zip(settled, seen, strict=True):
         if total >= first * budget.limit:
-            _maybe_warn(budget, item[1], total, fractions, record)
+            _maybe_warn(budget, start, total, fractions, record)
 
 
 def _maybe_warn(
@@ -687,6 +753,22 @@ def _maybe_warn(
                 f"${budget.limit_usd} limit: ${spent:.6f} spent",
             )
         )
+
+
+def session_ended(session: Any) -> None:
+    """Unused slices go back to the ledger when a root session ends (and a session's own
+    period, its id, is over when it ends)."""
+    try:
+        _leases.give_back(str(session.id))
+        if session.parent is None:
+            _leases.give_back()
+    except Exception:
+        _ledger_fault("settle")
+
+
+def give_back() -> None:
+    """Return every unused slice of a budget to the ledger now (tests, benchmarks, reports)."""
+    _leases.give_back()
 
 
 def reset() -> None:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from tokenmeter._estimate import estimate_input
+from tokenmeter._estimate import _input_parts, _usage_of
 from tokenmeter._models import MAX_TOKENS, usage_of
 from tokenmeter.pricing import price_usage
 
@@ -38,10 +38,14 @@ def estimate_input_usd(
     if not model:
         return _ZERO
     if request is not None:
-        found = estimate_input(provider, request, operation)
-        if found.modalities:  # images, audio, documents: each part at its own rate
-            return price_usage(provider, model, found).total_usd or _ZERO
-        tokens = min(found.input_tokens, MAX_TOKENS)
+        try:  # the estimator's counts by modality: a Usage model only when media are in it
+            parts = _input_parts(provider, request, operation)
+        except Exception:  # what cannot be read counts as nothing (as estimate_input does)
+            parts = {}
+        if any(value for key, value in parts.items() if key != "input_text"):
+            # images, audio, documents: each part at its own rate
+            return price_usage(provider, model, _usage_of(parts)).total_usd or _ZERO
+        tokens = min(sum(parts.values()), MAX_TOKENS)
     else:
         counter = [0, 0]  # characters, items visited
         _count_request(kwargs, counter)

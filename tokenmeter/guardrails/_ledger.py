@@ -11,6 +11,7 @@ returns an object with these methods (e.g. a PostgreSQL store) makes budgets hol
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sqlite3
 import threading
@@ -20,7 +21,17 @@ from typing import Any, Protocol, runtime_checkable
 
 from tokenmeter.sinks._files import ensure_private_dir
 
-__all__ = ["BudgetLedger", "MemoryLedger", "SQLiteLedger", "reserve_all", "settle_all"]
+__all__ = [
+    "LEASE_CAP",
+    "LEASE_SHARE",
+    "BudgetLedger",
+    "MemoryLedger",
+    "SQLiteLedger",
+    "grant_of",
+    "lease_all",
+    "reserve_all",
+    "settle_all",
+]
 
 
 @runtime_checkable
@@ -55,6 +66,43 @@ class BudgetLedger(Protocol):
 Reserve = tuple[str, str, float, float]
 Settle = tuple[str, str, float, float]
 
+#: Optional, and what makes a check cheap: ``lease_many(items)``, items of (scope_key,
+#: period_start, limit_usd, held_usd, used_usd, keep_usd, need_usd, unit_usd), one transaction.
+#: A process holds a *lease* per row: ``held_usd`` of the row's reserved USD is its own. For each
+#: item: the process's ``used_usd`` (real costs of calls it settled locally) moves to settled, its
+#: ``held_usd`` is released, and it takes back ``grant_of(...)``: ``keep_usd`` (its calls still
+#: in flight), plus ``need_usd`` for a new call when that fits under the limit, plus a slice for
+#: calls to come (``need_usd < 0``: no new call, give back everything but ``keep_usd``). If any
+#: item's call does not fit, no item admits it (every item is then synced with need_usd = -1).
+#: Returns, per item, (ok, granted_usd, settled_usd after, reserved_usd of everyone else).
+Lease = tuple[str, str, float, float, float, float, float, float]
+LeaseResult = tuple[bool, float, float, float]
+
+#: A slice is at most this many calls ...
+LEASE_CAP = 64
+#: ... and at most this share of the room left after the call: a budget with room for fewer than
+#: LEASE_SHARE more calls is never sliced (each call reserves exactly its estimate), so a small
+#: budget is never refused while a slice of it sits unused in another process.
+LEASE_SHARE = 8
+
+
+def grant_of(
+    limit: float, settled: float, others: float, keep: float, need: float, unit: float
+) -> tuple[bool, float]:
+    """The lease a holder gets back (see ``lease_many``): ``settled`` and ``others`` as they are
+    after its used USD moved to settled and its held USD was released."""
+    if need < 0:
+        return True, keep
+    room = limit - settled - others - keep
+    if room < need:
+        return False, keep
+    extra = 0.0
+    if unit > 0:
+        calls = min(LEASE_CAP, math.floor((room - need) / (LEASE_SHARE * unit)))
+        if calls >= 1:
+            extra = calls * unit
+    return True, keep + need + extra
+
 
 def reserve_all(ledger: Any, items: list[Reserve]) -> list[tuple[bool, float]]:
     """Reserve every item or none: through ``reserve_many`` when the ledger has it."""
@@ -71,6 +119,38 @@ def reserve_all(ledger: Any, items: list[Reserve]) -> list[tuple[bool, float]]:
                 ledger.settle(key2, start2, amount2, 0.0)
             break
     return results
+
+
+def lease_all(ledger: Any, items: list[Lease]) -> list[LeaseResult]:
+    """``lease_many`` when the ledger has it. A ledger with only the four protocol methods is
+    driven call by call, with no slices (every call reserved and settled on its own)."""
+    many = getattr(ledger, "lease_many", None)
+    if many is not None:
+        found: list[LeaseResult] = many(items)
+        return found
+    out: list[LeaseResult] = []
+    for key, start, _, held, used, keep, _, _ in items:  # release, settle, keep in-flight calls
+        after = float(ledger.settle(key, start, held, used))
+        if keep > 0:
+            ledger.reserve(key, start, math.inf, keep)
+        out.append((True, keep, after, max(0.0, after - keep)))
+    admit = [item for item in items if item[6] >= 0]
+    if not admit:
+        return out
+    results = reserve_all(ledger, [(k, s, lim, need) for k, s, lim, _, _, _, need, _ in admit])
+    if len(results) < len(admit) or not results[-1][0]:
+        index = len(results) - 1
+        key, start = admit[index][0], admit[index][1]
+        for position, item in enumerate(items):
+            if (item[0], item[1]) == (key, start):
+                _, granted, after, _ = out[position]
+                out[position] = (False, granted, after, max(0.0, results[-1][1] - after))
+        return out
+    for position, item in enumerate(items):
+        if item[6] >= 0:
+            _, granted, after, others = out[position]
+            out[position] = (True, granted + item[6], after, others)
+    return out
 
 
 def settle_all(ledger: Any, items: list[Settle]) -> list[float]:
@@ -132,6 +212,11 @@ class MemoryLedger:
                 out.append(row[0] + row[1])
             return out
 
+    def lease_many(self, items: list[Lease]) -> list[LeaseResult]:
+        with self._lock:
+            rows = [self._rows.setdefault((item[0], item[1]), [0.0, 0.0]) for item in items]
+            return _lease(items, [(row[0], row[1]) for row in rows], rows)
+
     def spent(self, scope_key: str, period_start: str) -> float:
         with self._lock:
             row = self._rows.get((scope_key, period_start))
@@ -152,6 +237,15 @@ CREATE TABLE IF NOT EXISTS budget_ledger (
 )
 """
 _READ = "SELECT settled_usd + reserved_usd FROM budget_ledger WHERE scope_key=? AND period_start=?"
+_READ_ROW = (
+    "SELECT settled_usd, reserved_usd FROM budget_ledger WHERE scope_key=? AND period_start=?"
+)
+_WRITE = (
+    "INSERT INTO budget_ledger (scope_key, period_start, settled_usd, reserved_usd, updated_at) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (scope_key, period_start) DO UPDATE SET "
+    "settled_usd = excluded.settled_usd, reserved_usd = excluded.reserved_usd, "
+    "updated_at = excluded.updated_at"
+)
 _RESERVE = (
     "INSERT INTO budget_ledger (scope_key, period_start, reserved_usd, updated_at) "
     "VALUES (?, ?, ?, ?) ON CONFLICT (scope_key, period_start) DO UPDATE SET "
@@ -267,6 +361,31 @@ class SQLiteLedger:
             raise
         return spent
 
+    def lease_many(self, items: list[Lease]) -> list[LeaseResult]:
+        conn = self._conn()
+        now = _now()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = []
+            for item in items:
+                row = conn.execute(_READ_ROW, (item[0], item[1])).fetchone()
+                rows.append((float(row[0]), float(row[1])) if row else (0.0, 0.0))
+            after = [[0.0, 0.0] for _ in items]
+            results = _lease(items, rows, after)
+            conn.executemany(
+                _WRITE,
+                [
+                    (item[0], item[1], settled, reserved, now)
+                    for item, (settled, reserved) in zip(items, after, strict=True)
+                ],
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
     def spent(self, scope_key: str, period_start: str) -> float:
         row = self._conn().execute(_READ, (scope_key, period_start)).fetchone()
         return float(row[0]) if row else 0.0
@@ -278,6 +397,30 @@ class SQLiteLedger:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
         self._local = threading.local()
+
+
+def _lease(
+    items: list[Lease], rows: list[tuple[float, float]], out: list[list[float]]
+) -> list[LeaseResult]:
+    """``lease_many`` over rows read inside the transaction: (settled, reserved) of each item;
+    the new (settled, reserved) are written to ``out``."""
+    synced = []
+    admitted = True
+    for (_, _, limit, held, used, keep, need, unit), (settled, reserved) in zip(
+        items, rows, strict=True
+    ):
+        settled += used
+        others = max(0.0, reserved - held)
+        ok, granted = grant_of(limit, settled, others, keep, need, unit)
+        admitted = admitted and ok
+        synced.append((ok, granted, settled, others))
+    results: list[LeaseResult] = []
+    for index, (ok, granted, settled, others) in enumerate(synced):
+        if not admitted:  # one budget refuses the call: none admits it, all are synced
+            granted = items[index][5]
+        out[index][0], out[index][1] = settled, others + granted
+        results.append((ok, granted, settled, others))
+    return results
 
 
 def _now() -> str:

@@ -31,6 +31,10 @@ T = TypeVar("T")
 #: actual_usd), as the guardrails pass them.
 Reserve = tuple[str, str, float, float]
 Settle = tuple[str, str, float, float]
+#: (scope_key, period_start, limit_usd, held_usd, used_usd, keep_usd, need_usd, unit_usd) and
+#: (ok, granted_usd, settled_usd, others_usd): see ``tokenmeter.guardrails._ledger``.
+Lease = tuple[str, str, float, float, float, float, float, float]
+LeaseResult = tuple[bool, float, float, float]
 
 _RESERVE = (
     "INSERT INTO budget_ledger AS b (scope_key, period_start, reserved_usd) "
@@ -47,6 +51,32 @@ _SETTLE = (
     "SET reserved_usd = GREATEST(b.reserved_usd - %(reserved)s, 0), "
     "settled_usd = b.settled_usd + %(actual)s, updated_at = now() "
     "RETURNING b.settled_usd + b.reserved_usd"
+)
+#: A lease (see ``tokenmeter.guardrails._ledger``: ``lease_many``), in one statement on the row
+#: it locks: the holder's used USD moves to settled, its held USD is released, and it gets back
+#: its calls in flight (keep), the new call (need) if it fits, and a slice for calls to come: at
+#: most LEASE_CAP calls of ``unit`` and at most 1/LEASE_SHARE of the room left. The locked
+#: sub-select gives the row as it is once the lock is held (a concurrent lease waits for it).
+_LEASE = (
+    "UPDATE budget_ledger AS b SET settled_usd = x.settled, "
+    "reserved_usd = x.others + x.granted, updated_at = now() "
+    "FROM (SELECT s.settled, s.others, s.room >= %(need)s AS ok, "
+    "  CASE WHEN %(need)s < 0 OR s.room < %(need)s THEN %(keep)s "
+    "  ELSE %(keep)s + %(need)s + CASE WHEN %(unit)s > 0 THEN %(unit)s * "
+    "    LEAST(%(cap)s, GREATEST(0, floor((s.room - %(need)s) / (%(share)s * %(unit)s)))) "
+    "    ELSE 0 END END AS granted "
+    " FROM (SELECT o.settled_usd + %(used)s AS settled, "
+    "   GREATEST(o.reserved_usd - %(held)s, 0) AS others, "
+    "   %(limit)s - o.settled_usd - %(used)s - GREATEST(o.reserved_usd - %(held)s, 0) "
+    "   - %(keep)s AS room "
+    "  FROM budget_ledger AS o WHERE o.scope_key = %(key)s AND o.period_start = %(period)s "
+    "  FOR UPDATE) AS s) AS x "
+    "WHERE b.scope_key = %(key)s AND b.period_start = %(period)s "
+    "RETURNING x.ok, x.granted, x.settled, x.others"
+)
+_ROW = (
+    "INSERT INTO budget_ledger (scope_key, period_start) VALUES (%(key)s, %(period)s) "
+    "ON CONFLICT (scope_key, period_start) DO NOTHING"
 )
 _SPENT = (
     "SELECT settled_usd + reserved_usd FROM budget_ledger "
@@ -68,6 +98,8 @@ class PostgresLedger:
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         self._pid = 0
+        #: Rows known to exist (a lease updates its row; the first one makes it).
+        self._rows: set[tuple[str, str]] = set()
 
     def reserve(
         self, scope_key: str, period_start: str, limit_usd: float, amount_usd: float
@@ -128,6 +160,61 @@ class PostgresLedger:
                     float(conn.execute(_SETTLE.encode(), params).fetchone()[0])  # type: ignore[index]
                     for params in checked
                 ]
+
+        return self._run(work)
+
+    def lease_many(self, items: Sequence[Lease]) -> list[LeaseResult]:
+        """Leases of several budgets in one transaction (``tokenmeter.guardrails._ledger``
+        ``lease_many``): if one refuses the call, none admits it and all are only synced."""
+        from tokenmeter.guardrails._ledger import LEASE_CAP, LEASE_SHARE
+
+        checked: list[dict[str, Any]] = [
+            {
+                "key": key,
+                "period": start,
+                "limit": _amount("limit_usd", limit),
+                "held": _amount("held_usd", held),
+                "used": _amount("used_usd", used),
+                "keep": _amount("keep_usd", keep),
+                "need": float(need),
+                "unit": _amount("unit_usd", unit),
+                "cap": float(LEASE_CAP),
+                "share": float(LEASE_SHARE),
+            }
+            for key, start, limit, held, used, keep, need, unit in items
+        ]
+        known = self._rows
+
+        def run(conn: psycopg.Connection[Any], admit: bool) -> list[LeaseResult]:
+            """Every item's lease, or (when admitting) the items up to the first refusal, whose
+            result comes last; the transaction is then rolled back."""
+            results: list[LeaseResult] = []
+            with conn.transaction() as transaction:
+                for params in checked:
+                    if (params["key"], params["period"]) not in known:
+                        conn.execute(_ROW.encode(), params)
+                    row = conn.execute(
+                        _LEASE.encode(), params if admit else {**params, "need": -1.0}
+                    ).fetchone()
+                    assert row is not None
+                    ok = bool(row[0]) or not admit or params["need"] < 0
+                    results.append((ok, float(row[1]), float(row[2]), float(row[3])))
+                    if not ok:
+                        _rollback(transaction)
+            return results
+
+        def work(conn: psycopg.Connection[Any]) -> list[LeaseResult]:
+            found = run(conn, True)
+            if len(found) == len(checked) and found[-1][0]:
+                known.update((p["key"], p["period"]) for p in checked)
+                return found
+            refused = len(found) - 1
+            synced = run(conn, False)
+            known.update((p["key"], p["period"]) for p in checked)
+            return [
+                (index != refused, granted, settled, others)
+                for index, (_, granted, settled, others) in enumerate(synced)
+            ]
 
         return self._run(work)
 

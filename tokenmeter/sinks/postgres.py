@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.sinks.sqlite import _RECORD_COLUMNS as RECORD_COLUMNS
+from tokenmeter.sinks.sqlite import _SESSION_COLUMNS as SESSION_COLUMNS
 from tokenmeter.sinks.sqlite import _record_row, _session_row
 
 if TYPE_CHECKING:
@@ -122,9 +123,18 @@ _SCHEMA_V2 = """
 ALTER TABLE records ADD COLUMN modalities TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE records ADD COLUMN tool_requests TEXT NOT NULL DEFAULT '{}'
 """
+#: The totals a session carries when it is stored (as in SQLite v3; NULL for older rows).
+_SCHEMA_V3 = """
+ALTER TABLE sessions ADD COLUMN calls BIGINT;
+ALTER TABLE sessions ADD COLUMN input_tokens BIGINT;
+ALTER TABLE sessions ADD COLUMN output_tokens BIGINT;
+ALTER TABLE sessions ADD COLUMN cost_usd TEXT;
+ALTER TABLE sessions ADD COLUMN unpriced_calls BIGINT
+"""
 _MIGRATIONS: list[Callable[[psycopg.Connection[Any]], None]] = [
     _run_script(_SCHEMA_V1),
     _run_script(_SCHEMA_V2),
+    _run_script(_SCHEMA_V3),
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -150,11 +160,9 @@ _MOVE = (
     "ON CONFLICT (id) DO NOTHING; TRUNCATE tokenmeter_stage"
 )
 _UPSERT_SESSION = (
-    "INSERT INTO sessions (id, name, parent_id, tags, status, started_at, ended_at, notes, "
-    "budget_usd) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
-    "name = excluded.name, parent_id = excluded.parent_id, tags = excluded.tags, "
-    "status = excluded.status, started_at = excluded.started_at, "
-    "ended_at = excluded.ended_at, notes = excluded.notes, budget_usd = excluded.budget_usd"
+    f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * len(SESSION_COLUMNS))}) ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{column} = excluded.{column}" for column in SESSION_COLUMNS[1:])
 )
 
 

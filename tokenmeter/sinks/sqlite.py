@@ -89,9 +89,30 @@ def _add_modalities_v2(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE records ADD COLUMN tool_requests TEXT NOT NULL DEFAULT '{}'")
 
 
+#: The totals a session carries when it is stored (``SessionInfo``): NULL in the rows of sessions
+#: stored before version 3, which a reader adds up from the records instead.
+_SESSION_TOTALS_V3 = """
+ALTER TABLE sessions ADD COLUMN calls INTEGER;
+ALTER TABLE sessions ADD COLUMN input_tokens INTEGER;
+ALTER TABLE sessions ADD COLUMN output_tokens INTEGER;
+ALTER TABLE sessions ADD COLUMN cost_usd TEXT;
+ALTER TABLE sessions ADD COLUMN unpriced_calls INTEGER
+"""
+
+
+def _add_session_totals_v3(conn: sqlite3.Connection) -> None:
+    """Sessions store their totals (nested sessions included), as ``SessionInfo`` has them."""
+    for statement in _SESSION_TOTALS_V3.split(";"):
+        conn.execute(statement)
+
+
 #: ``_MIGRATIONS[n]`` takes a database from schema version ``n`` to ``n + 1``, inside the
 #: caller's transaction. Append a function to evolve the schema; never edit an existing one.
-_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_create_v1, _add_modalities_v2]
+_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _create_v1,
+    _add_modalities_v2,
+    _add_session_totals_v3,
+]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -128,12 +149,27 @@ _INSERT_RECORD = (
     f"INSERT OR IGNORE INTO records ({', '.join(_RECORD_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(_RECORD_COLUMNS))})"
 )
+#: The columns of the rows ``_session_row`` makes (the PostgreSQL sink's too).
+_SESSION_COLUMNS = (
+    "id",
+    "name",
+    "parent_id",
+    "tags",
+    "status",
+    "started_at",
+    "ended_at",
+    "notes",
+    "budget_usd",
+    "calls",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "unpriced_calls",
+)
 _UPSERT_SESSION = (
-    "INSERT INTO sessions (id, name, parent_id, tags, status, started_at, ended_at, notes, "
-    "budget_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
-    "name = excluded.name, parent_id = excluded.parent_id, tags = excluded.tags, "
-    "status = excluded.status, started_at = excluded.started_at, "
-    "ended_at = excluded.ended_at, notes = excluded.notes, budget_usd = excluded.budget_usd"
+    f"INSERT INTO sessions ({', '.join(_SESSION_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_SESSION_COLUMNS))}) ON CONFLICT(id) DO UPDATE SET "
+    + ", ".join(f"{column} = excluded.{column}" for column in _SESSION_COLUMNS[1:])
 )
 
 
@@ -194,6 +230,11 @@ def _session_row(s: SessionInfo) -> tuple[Any, ...]:
         None if s.ended_at is None else _iso(s.ended_at),
         s.notes,
         None if s.budget_usd is None else decimal_text(s.budget_usd),
+        s.calls,
+        s.input_tokens,
+        s.output_tokens,
+        decimal_text(s.cost_usd),
+        s.unpriced_calls,
     )
 
 

@@ -1,0 +1,44 @@
+"""A process that makes a few calls against the shared budget, then stays alive until told to
+exit (a line on stdin): it holds whatever slice of the budget it still has.
+
+Run as ``python budget_holder.py DIRECTORY LIMIT CALLS MODE`` with the FakeProvider's
+environment; MODE is ``session`` (the calls are made in a root session, which ends before the
+process waits) or ``bare`` (no session: the slice goes back only once the process is idle).
+Prints ``made N`` once its calls are made.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import openai
+from budget_racer import MESSAGES
+
+import tokenmeter
+
+
+def main() -> None:
+    directory, limit, calls, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    tokenmeter.configure(
+        directory=directory,
+        sinks=["sqlite"],
+        budgets=[{"name": "race", "limit_usd": limit, "period": "total"}],
+    )
+    tokenmeter.instrument(["openai"])
+    client = openai.OpenAI(max_retries=0)
+    if mode == "session":
+        from tokenmeter.guardrails import _leases
+
+        _leases.IDLE_S = 3600.0  # only the end of the session gives the slice back
+        with tokenmeter.session("holder"):
+            for _ in range(calls):
+                client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    else:
+        for _ in range(calls):
+            client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    print(f"made {calls}", flush=True)
+    sys.stdin.readline()
+
+
+if __name__ == "__main__":
+    main()

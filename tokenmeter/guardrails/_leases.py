@@ -1,0 +1,304 @@
+"""Leases: a process spends a budget locally, from a slice it took from the ledger.
+
+A check against the shared ledger is a write transaction (SQLite, PostgreSQL): far too slow to
+make for every call. So a process takes, in one transaction, a *lease* on each budget row it
+uses: its calls in flight, the new call, and a slice for calls to come (``grant_of`` in
+``_ledger``: at most LEASE_CAP calls, at most 1/LEASE_SHARE of the room left, none at all when
+fewer than LEASE_SHARE more calls fit). Its calls are then admitted and settled here, under one
+lock, until the slice runs out; the next transaction ("sync") moves what they really cost to the
+row's settled USD, gives back the unused part and takes a new lease.
+
+The ledger's reserved USD always covers every holder's calls in flight and the real cost of
+the calls it settled since its last sync; a call that costs more than its slice had left syncs
+at once. So a budget is passed by at most what the calls in flight cost beyond their estimates,
+as without leases.
+
+A slice another process holds cannot be spent by this one. A holder gives its unused slices
+back when a call of its own is refused, when a call ends and the budget is too tight to slice
+(every call then reserves exactly its estimate), when its root session ends, when it has made
+no call for ``IDLE_S`` seconds (a daemon thread), and at exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from tokenmeter import _pipeline
+from tokenmeter.guardrails._ledger import lease_all
+
+__all__ = ["IDLE_S", "Lease", "admit", "give_back", "release", "settle"]
+
+logger = logging.getLogger("tokenmeter")
+
+#: A lease nobody used for this long goes back to the ledger.
+IDLE_S = 1.0
+#: Float sums drift in the last digits: a lease is not overdrawn by less than this (USD).
+_EPSILON = 1e-12
+
+
+class Lease:
+    """This process's share of one ledger row (scope_key, period_start)."""
+
+    __slots__ = (
+        "held",
+        "inflight",
+        "key",
+        "last",
+        "ledger",
+        "limit",
+        "others",
+        "settled",
+        "start",
+        "tight",
+        "unit",
+        "used",
+    )
+
+    def __init__(self, key: str, start: str, limit: float, ledger: Any) -> None:
+        self.key, self.start, self.limit = key, start, limit
+        #: The ledger the lease is in (a call in flight across a configure() settles there).
+        self.ledger = ledger
+        #: USD of the row's reserved that are this process's (in flight + used + slack).
+        self.held = 0.0
+        #: Estimates of this process's calls in flight.
+        self.inflight = 0.0
+        #: Real costs settled here, not yet moved to the row's settled USD.
+        self.used = 0.0
+        #: The row's settled USD, and everyone else's reserved USD, at the last sync.
+        self.settled = 0.0
+        self.others = 0.0
+        #: What a call costs here (an average of the real costs): the size of a slice's calls.
+        self.unit = 0.0
+        #: The last sync gave no slice (the budget is near its limit).
+        self.tight = True
+        self.last = 0.0
+
+    @property
+    def room(self) -> float:
+        return self.held - self.inflight - self.used
+
+
+_leases: dict[tuple[str, str], Lease] = {}
+_lock = threading.Lock()
+_ledger: Any = None
+#: Changes whenever a lease is dropped: a list of leases kept for reuse is then stale.
+_generation = 0
+_keeper: threading.Thread | None = None
+
+
+def _sync(ledger: Any, leases: list[Lease], need: float, *, drop: bool = False) -> int:
+    """One transaction for ``leases``; returns the index of the lease that refused ``need``
+    (-1: admitted, or nothing asked; 0.0 asks for a new slice only). ``drop``: leases left
+    holding nothing are forgotten. Called under ``_lock``."""
+    items = [
+        (
+            lease.key,
+            lease.start,
+            lease.limit,
+            lease.held,
+            lease.used,
+            lease.inflight,
+            need,
+            max(need, lease.unit),
+        )
+        for lease in leases
+    ]
+    results = lease_all(ledger, items)
+    refused = -1
+    for index, (lease, (ok, granted, settled, others)) in enumerate(
+        zip(leases, results, strict=True)
+    ):
+        if not ok and refused < 0:
+            refused = index
+        lease.held, lease.used, lease.settled, lease.others = granted, 0.0, settled, others
+        lease.tight = granted <= lease.inflight + max(need, 0.0) + _EPSILON
+    if refused < 0 and need > 0:
+        for lease in leases:
+            lease.inflight += need
+    if drop:
+        global _generation
+        for lease in leases:
+            if lease.held <= 0 and lease.inflight <= 0:
+                _leases.pop((lease.key, lease.start), None)
+                _generation += 1
+    if any(not lease.tight for lease in leases):
+        _start_keeper()
+    return refused
+
+
+def admit(
+    ledger: Any, wanted: list[tuple[str, str, float]], amount: float, holder: Any = None
+) -> tuple[list[Lease], int, float]:
+    """Reserve ``amount`` in every (scope_key, period_start, limit) of ``wanted``, or in none:
+    (the leases, -1, 0.0), or (the leases, the index of the one that refused, what it found
+    spent and reserved). ``holder`` (an object with a ``leases`` attribute) keeps the leases
+    of ``wanted`` for the next call with the same list."""
+    global _ledger
+    now = time.monotonic()
+    with _lock:
+        cached = holder.leases if holder is not None else None
+        if cached is not None and cached[0] is wanted and cached[1] == _generation:
+            leases = cached[2]
+            for lease in leases:
+                if lease.held - lease.inflight - lease.used < amount:
+                    break
+            else:  # every slice has room: nothing to ask the ledger
+                for lease in leases:
+                    lease.inflight += amount
+                    lease.last = now
+                return leases, -1, 0.0
+        leases = []
+        for key, start, limit in wanted:
+            lease = _leases.get((key, start))
+            if lease is None:
+                lease = _leases[(key, start)] = Lease(key, start, limit, ledger)
+            lease.limit = limit
+            lease.last = now
+            leases.append(lease)
+        if _ledger is not ledger:
+            _ledger = ledger
+        refused = _sync(ledger, leases, amount)
+        if holder is not None:
+            holder.leases = (wanted, _generation, leases)
+        if refused < 0:
+            return leases, -1, 0.0
+        lease = leases[refused]
+        return leases, refused, lease.settled + lease.others + lease.inflight
+
+
+def release(leases: Sequence[Lease], amount: float) -> None:
+    """Calls reserved ``amount`` in ``leases`` and ended without a cost (failed, or no record)."""
+    with _lock:
+        for lease in leases:
+            lease.inflight = max(0.0, lease.inflight - amount)
+        _give_back_tight(leases)
+
+
+def settle(
+    leases: Sequence[Lease], amount: float, actual: float, unreserved: list[tuple[str, str]]
+) -> tuple[list[float], list[bool]]:
+    """A call's record: its real cost replaces its reservation of ``amount`` in ``leases``, and
+    is added to the leases of ``unreserved`` rows (a record made by hand) that this process
+    holds. Returns the spent USD seen in each lease, and for each unreserved row whether a
+    lease took it (else the caller settles it in the ledger)."""
+    now = time.monotonic()
+    taken = []
+    over = tight = False
+    with _lock:
+        for lease in leases:
+            inflight = lease.inflight - amount
+            lease.inflight = inflight if inflight > 0 else 0.0
+            lease.used += actual
+            lease.last = now
+            if actual > 0:
+                lease.unit = actual if lease.unit <= 0 else 0.8 * lease.unit + 0.2 * actual
+            over = over or lease.used + lease.inflight > lease.held + _EPSILON
+            tight = tight or lease.tight
+        for key in unreserved:
+            held = _leases.get(key)
+            taken.append(held is not None)
+            if held is not None:
+                held.used += actual
+                held.last = now
+                leases = [*leases, held]
+                over = over or held.used + held.inflight > held.held + _EPSILON
+                tight = tight or held.tight
+        if over:  # cost more than the slice had left: sync now
+            _sync(
+                leases[0].ledger,
+                [lease for lease in leases if lease.used + lease.inflight > lease.held + _EPSILON],
+                0.0,
+            )
+            tight = True  # the sync may have found the budget near its limit
+        if tight:
+            _give_back_tight(leases)
+        seen = [lease.settled + lease.used for lease in leases]
+    return seen, taken
+
+
+def _give_back_tight(leases: Sequence[Lease]) -> None:
+    """Near the limit every call reserves only its estimate: what it did not use goes back when
+    it ends (under ``_lock``)."""
+    idle = [
+        lease
+        for lease in leases
+        if lease.tight and lease.inflight <= 0 and (lease.held > 0 or lease.used > 0)
+    ]
+    if idle:
+        _sync(idle[0].ledger, idle, -1.0, drop=True)
+
+
+def give_back(start: str | None = None, *, idle_for: float = 0.0) -> None:
+    """Return unused slices to the ledger (calls in flight keep their reservations): all of
+    them, those of the period ``start`` (a session's id), or those unused for ``idle_for``s."""
+    if not _leases:
+        return
+    now = time.monotonic()
+    with _lock:
+        ledger = _ledger
+        chosen = [
+            lease
+            for lease in _leases.values()
+            if (start is None or lease.start == start)
+            and now - lease.last >= idle_for
+            and (lease.held > lease.inflight or lease.used > 0)
+        ]
+        if chosen and ledger is not None:
+            _sync(ledger, chosen, -1.0, drop=True)
+
+
+def forget() -> None:
+    """Drop every lease without returning it (the ledger is being replaced or closed: return
+    them first with ``give_back``)."""
+    global _ledger, _generation
+    with _lock:
+        _leases.clear()
+        _ledger = None
+        _generation += 1
+
+
+def _start_keeper() -> None:
+    global _keeper
+    if _keeper is not None and _keeper.is_alive():
+        return
+    _keeper = threading.Thread(target=_keep, name="tokenmeter-budget-leases", daemon=True)
+    _keeper.start()
+
+
+def _keep() -> None:
+    """Give back the slices no call used for ``IDLE_S``; end when no lease is left."""
+    while True:
+        time.sleep(IDLE_S / 4)
+        try:
+            give_back(idle_for=IDLE_S)
+        except Exception:
+            logger.warning("tokenmeter: returning unused budget slices failed", exc_info=True)
+        with _lock:
+            if not any(lease.held > lease.inflight for lease in _leases.values()):
+                global _keeper
+                if _keeper is threading.current_thread():
+                    _keeper = None
+                return
+
+
+def _at_exit() -> None:
+    try:
+        give_back()
+    except Exception:
+        logger.warning("tokenmeter: returning unused budget slices at exit failed", exc_info=True)
+
+
+def _forget_in_child() -> None:
+    """A forked child's copies of the parent's leases are the parent's: the child takes its own."""
+    global _leases, _lock, _ledger, _keeper, _generation
+    _leases, _lock, _ledger, _keeper = {}, threading.Lock(), None, None
+    _generation += 1
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+_pipeline.before_exit(_at_exit)
