@@ -1,12 +1,13 @@
-"""CPU added per non-streamed call, counted in instructions (callgrind), not seconds.
+"""CPU added per call (non-streamed, or a stream of N chunks), counted in instructions (callgrind).
 
-    python benchmarks/bench_callgrind.py [--calls 400] [--sinks sqlite]
+    python benchmarks/bench_callgrind.py [--calls 400] [--sinks sqlite] [--stream 1000]
 
 Wall and CPU clocks on a shared machine move with whatever else runs; callgrind's instruction
 counts do not (the same binary and inputs give the same count). Each contender runs in a child
 process under ``valgrind --tool=callgrind`` twice, with ``calls`` and ``2 * calls`` calls through
 ``httpx2.MockTransport``, then ``flush()``. Valgrind runs the calls ~50x slower, so the writers'
-gathering interval is stretched alike (a batch holds as many records as at full speed, not 3).
+gathering interval and work slice are stretched alike (a batch holds as many records as at full
+speed, not 3). Hash randomisation is off in the children, so every run lays out dicts alike.
 The difference divided by ``calls`` is the cost of one call with every thread's share (the
 writer's included) and no start-up. The bare call's instructions per call are converted to
 microseconds with its own median CPU time (this thread's, less sensitive to other load than wall
@@ -28,14 +29,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def child(mode: str, calls: int, sinks: str, directory: str) -> None:
+def child(mode: str, calls: int, sinks: str, directory: str, chunks: int) -> None:
     sys.path.insert(0, str(HERE))
-    from _common import chat, mock_client
+    from _common import chat, mock_client, stream
 
     import tokenmeter
 
-    client = mock_client()
-    run = chat(client)
+    client = mock_client(chunks or 10)
+    run = stream(client) if chunks else chat(client)
     if mode != "bare":
         tokenmeter.configure(sinks=sinks.split(","), directory=directory)
         tokenmeter.instrument()
@@ -47,12 +48,13 @@ def child(mode: str, calls: int, sinks: str, directory: str) -> None:
 
         for writer in _pipeline._pipeline.writers:  # type: ignore[union-attr]
             writer.interval = 60.0
+        _pipeline._SLICE *= 50  # a writer's work slice between pauses, at full speed
     for _ in range(calls):
         run()
     tokenmeter.flush()
 
 
-def instructions(mode: str, calls: int, sinks: str) -> int:
+def instructions(mode: str, calls: int, sinks: str, chunks: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         cmd = [
@@ -69,8 +71,11 @@ def instructions(mode: str, calls: int, sinks: str) -> int:
             sinks,
             "--dir",
             tmp,
+            "--stream",
+            str(chunks),
         ]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict layouts in every run
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         match = re.search(r"Collected : (\d+)", done.stderr)
         if match is None:
             raise RuntimeError(done.stderr[-2000:])
@@ -100,16 +105,24 @@ def main() -> None:
     parser.add_argument("--sinks", default="sqlite")
     parser.add_argument("--child")
     parser.add_argument("--dir")
+    parser.add_argument(
+        "--stream", type=int, default=0, help="chunks: time streamed calls of this many chunks"
+    )
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.calls, args.sinks, args.dir)
+        child(args.child, args.calls, args.sinks, args.dir, args.stream)
         return
     per_call = {}
     for mode in ("bare", "instrumented"):
-        small = instructions(mode, args.calls, args.sinks)
-        large = instructions(mode, 2 * args.calls, args.sinks)
+        small = instructions(mode, args.calls, args.sinks, args.stream)
+        large = instructions(mode, 2 * args.calls, args.sinks, args.stream)
         per_call[mode] = (large - small) / args.calls
         print(f"{mode:>12}: {per_call[mode]:,.0f} instructions per call")
+    if args.stream:
+        ratio = per_call["instrumented"] / per_call["bare"]
+        verdict = "PASS" if ratio <= 1.01 else "MISS"
+        print(f"{args.stream:,}-chunk stream: {ratio:.4f}x the bare stream [{verdict} 2 <= 1.01x]")
+        return
     wall = bare_cpu_us()
     added = per_call["instrumented"] - per_call["bare"]
     us_per_instr = wall / per_call["bare"]

@@ -102,6 +102,7 @@ class Settings(BaseModel):
     @classmethod
     def _report_periods(cls, value: Any) -> tuple[str, ...]:
         return _parse_reports(value)
+
     #: The "postgres" sink's connection string or URL; empty: libpq's standard PG* variables.
     pg_dsn: str = ""
 

@@ -43,9 +43,7 @@ def _gemini_body(model: str, usage: dict[str, Any], part: dict[str, Any]) -> dic
 
 
 @pytest.mark.requires(google_genai=">=1.46")
-def test_gemini_image_output_is_priced_at_the_image_token_rate(
-    kit: Any, records: Records
-) -> None:
+def test_gemini_image_output_is_priced_at_the_image_token_rate(kit: Any, records: Records) -> None:
     """The recorded image-generation call: 1,290 image tokens at $30/M, not the $2.50/M text
     output rate (which made it $0.00324, 12x under)."""
     usage = {
@@ -69,9 +67,7 @@ def test_gemini_image_output_is_priced_at_the_image_token_rate(
 
 
 @pytest.mark.requires(google_genai=">=1.46")
-def test_gemini_audio_input_and_cached_audio_at_their_own_rates(
-    kit: Any, records: Records
-) -> None:
+def test_gemini_audio_input_and_cached_audio_at_their_own_rates(kit: Any, records: Records) -> None:
     """gemini-2.5-flash: audio input $1/M (text $0.30), cached audio $0.10/M (text $0.03)."""
     usage = {
         "promptTokenCount": 4012,

@@ -50,18 +50,22 @@ class ChunkReader:
         choices = getattr(chunk, "choices", None)
         if choices and call.usage is None:
             add = self.tally.add
-            for choice in choices:
+            for choice in choices:  # per chunk: nothing is called for what a chunk lacks
                 delta = getattr(choice, "delta", None)
                 if delta is None:  # legacy completions
                     add(getattr(choice, "text", None))
                     continue
-                add(delta.content)
-                add(getattr(delta, "refusal", None))
-                for tool_call in delta.tool_calls or ():
-                    function = tool_call.function
-                    if function is not None:
-                        add(function.name)
-                        add(function.arguments)
+                text = delta.content
+                if text:
+                    add(text)
+                if getattr(delta, "refusal", None):
+                    add(delta.refusal)
+                if delta.tool_calls:
+                    for tool_call in delta.tool_calls:
+                        function = tool_call.function
+                        if function is not None:
+                            add(function.name)
+                            add(function.arguments)
         usage = getattr(chunk, "usage", None)
         if usage is None:
             return False
