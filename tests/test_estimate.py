@@ -236,3 +236,32 @@ def test_a_text_the_tokenizer_refuses_is_counted_by_the_heuristic_not_as_nothing
     assert 1_000_000 <= estimated <= 1_500_000
     request = {"model": "gpt-4o", "messages": [{"role": "user", "content": huge}]}
     assert estimate_input("openai", request).input_tokens >= 1_000_000
+
+
+def test_texts_counted_before_are_remembered_per_encoding_and_within_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A conversation resends its history: each text is tokenized once per encoding, the
+    answers are the tokenizer's, and the memory kept is bounded by characters."""
+    monkeypatch.setattr(_estimate, "_counts", {})
+    monkeypatch.setattr(_estimate, "_counts_chars", 0)
+    monkeypatch.setattr(_estimate, "_COUNTS_MAX_CHARS", 2_000)
+    calls: list[str] = []
+    real = _estimate._counter("o200k_base")
+    assert real is not None
+
+    def counting(text: str) -> int:
+        calls.append(text)
+        return real(text)
+
+    monkeypatch.setitem(_estimate._counters, "o200k_base", counting)
+    history = ["The quick brown fox jumps over the lazy dog. " * 5, "And then it slept."]
+    first = count_tokens(history[0], "openai", "gpt-4o")
+    assert count_tokens(history[0], "openai", "gpt-4o") == first == real(history[0])
+    assert len(calls) == 1
+    assert count_tokens(history[0], "openai", "gpt-4") != 0  # cl100k: its own entry
+    assert ("cl100k_base", history[0]) in _estimate._counts
+    for n in range(200):  # far more characters than the bound
+        count_tokens(f"message number {n} " * 3, "openai", "gpt-4o")
+    assert _estimate._counts_chars <= 2_000
+    assert sum(len(text) for _, text in _estimate._counts) == _estimate._counts_chars

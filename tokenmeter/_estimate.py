@@ -171,7 +171,7 @@ def _measure(texts: Iterable[str], provider: str, model: str) -> int:
     counter = _counter(encoding)
     if counter is not None:
         try:
-            total = sum(counter(text) for text in texts if text)
+            total = sum(_counted(encoding, counter, text) for text in texts if text)
         except Exception:  # the tokenizer refuses some input (a multi-megabyte text): count all
             logger.debug("tokenmeter: tokenizer %s refused a text", encoding, exc_info=True)
         else:
@@ -182,6 +182,30 @@ def _measure(texts: Iterable[str], provider: str, model: str) -> int:
 
 #: The encoding of each OpenAI model name seen (a request names its model each time).
 _encodings: dict[str, str] = {}
+
+#: Token counts of texts counted before, per encoding: a conversation resends its earlier
+#: messages with every call, and a budget check and an estimated record count the same request.
+#: Bounded by the characters it keeps; emptied when full.
+_counts: dict[tuple[str, str], int] = {}
+_counts_chars = 0
+_COUNTS_MAX_CHARS = 4_000_000
+_COUNT_LONGEST = 100_000
+
+
+def _counted(encoding: str, counter: Counter, text: str) -> int:
+    global _counts_chars
+    if len(text) > _COUNT_LONGEST:
+        return counter(text)
+    key = (encoding, text)
+    found = _counts.get(key)
+    if found is None:
+        found = counter(text)
+        if _counts_chars + len(text) > _COUNTS_MAX_CHARS:
+            _counts.clear()
+            _counts_chars = 0
+        _counts[key] = found
+        _counts_chars += len(text)
+    return found
 
 
 def _family(provider: str) -> str:
