@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, Protocol
 from urllib.parse import quote
 
 from tokenmeter.cli._errors import CliError
@@ -221,6 +221,41 @@ def table_columns(conn: sqlite3.Connection, table: str) -> set[str]:
     return {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
+class LineSource(Protocol):
+    """A reader of a JSONL file: where it is, who is told of progress, the lines it skipped."""
+
+    path: Path
+    on_progress: Callable[[int, int], None] | None
+    skipped: int
+
+
+def lines_of(reader: LineSource) -> Iterator[bytes]:
+    """The lines of ``reader.path``. One longer than ``MAX_LINE_BYTES`` is read past in pieces
+    (never held whole) and counted in ``reader.skipped``; ``reader.on_progress(bytes_read,
+    total_bytes)`` is called every few thousand lines."""
+    try:
+        handle = reader.path.open("rb")
+    except OSError as exc:
+        raise CliError(f"cannot read {reader.path}: {exc.strerror or exc}") from None
+    with handle:
+        total = os.fstat(handle.fileno()).st_size
+        done = 0
+        countdown = _PROGRESS_EVERY
+        readline = handle.readline
+        while line := readline(MAX_LINE_BYTES + 1):
+            done += len(line)
+            countdown -= 1
+            if not countdown:
+                countdown = _PROGRESS_EVERY
+                if reader.on_progress is not None:
+                    reader.on_progress(done, total)
+            if is_too_long(line):
+                done += skip_rest_of_line(handle)[0]
+                reader.skipped += 1
+                continue
+            yield line
+
+
 @dataclass
 class JsonlReader:
     """Stream checked records from a JSONL file, counting the lines that are not records.
@@ -234,32 +269,13 @@ class JsonlReader:
     skipped: int = field(default=0, init=False)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        try:
-            handle = self.path.open("rb")
-        except OSError as exc:
-            raise CliError(f"cannot read {self.path}: {exc.strerror or exc}") from None
-        with handle:
-            total = os.fstat(handle.fileno()).st_size
-            done = 0
-            countdown = _PROGRESS_EVERY
-            readline = handle.readline
-            while line := readline(MAX_LINE_BYTES + 1):
-                done += len(line)
-                countdown -= 1
-                if not countdown:
-                    countdown = _PROGRESS_EVERY
-                    if self.on_progress is not None:
-                        self.on_progress(done, total)
-                if is_too_long(line):
-                    done += skip_rest_of_line(handle)[0]
+        for line in lines_of(self):
+            record = parse_record(line)
+            if record is None:
+                if line.strip():
                     self.skipped += 1
-                    continue
-                record = parse_record(line)
-                if record is None:
-                    if line.strip():
-                        self.skipped += 1
-                    continue
-                yield record
+                continue
+            yield record
 
     def warn_skipped(self) -> None:
         warn_skipped(self.skipped, self.path)

@@ -20,7 +20,6 @@ pieces without being held.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable, Iterator
 from datetime import date
@@ -28,8 +27,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from tokenmeter.cli._errors import CliError
-from tokenmeter.cli._source import MAX_LINE_BYTES, is_too_long, parse_record, skip_rest_of_line
+from tokenmeter.cli._source import lines_of, parse_record
 from tokenmeter.cli._validate import COUNT_FIELDS
 
 __all__ = ["Counts", "JsonlScan", "ScanRecord"]
@@ -80,7 +78,6 @@ _LINE = re.compile(
     rf'(?:,"modalities":{_object(_COUNT)},"tool_requests":{_object(_COUNT)})?\}}\n?'
 ).fullmatch
 
-_PROGRESS_EVERY = 8192
 _MAX_DATES = 100_000
 
 
@@ -129,85 +126,66 @@ class JsonlScan:
         self.skipped = 0
 
     def __iter__(self) -> Iterator[tuple[ScanRecord, Counts, Decimal | None]]:
-        try:
-            handle = self.path.open("rb")
-        except OSError as exc:
-            raise CliError(f"cannot read {self.path}: {exc.strerror or exc}") from None
         need_tags = self.tags
         dates = _Dates()
         valid_date = dates.valid
         match_line = _LINE
-        with handle:
-            total = os.fstat(handle.fileno()).st_size
-            done = 0
-            countdown = _PROGRESS_EVERY
-            readline = handle.readline
-            while line := readline(MAX_LINE_BYTES + 1):
-                done += len(line)
-                countdown -= 1
-                if not countdown:
-                    countdown = _PROGRESS_EVERY
-                    if self.on_progress is not None:
-                        self.on_progress(done, total)
-                if is_too_long(line):
-                    done += skip_rest_of_line(handle)[0]
+        for line in lines_of(self):
+            try:
+                found = match_line(line.decode())
+            except UnicodeDecodeError:
+                found = None
+            if found is not None:
+                (
+                    timestamp,
+                    day,
+                    provider,
+                    model,
+                    inp,
+                    out,
+                    tot,
+                    cost,
+                    cache_read,
+                    cache_write,
+                    reasoning,
+                    session_id,
+                    session_name,
+                    tags,
+                    latency,
+                    status,
+                    estimated,
+                ) = found.groups()
+                if valid_date(day):
+                    record = {
+                        "timestamp": timestamp,
+                        "model_provider": provider,
+                        "model_name": model,
+                        "session_id": session_id,
+                        "session_name": session_name,
+                        "status": status,
+                        "estimated": estimated == "true",
+                        "tags": json.loads(tags) if need_tags and tags != "{}" else {},
+                        "latency_ms": None if latency is None else float(latency),
+                    }
+                    counts = (
+                        int(inp),
+                        int(out),
+                        int(cache_read),
+                        int(cache_write),
+                        int(reasoning),
+                        int(tot),
+                    )
+                    yield record, counts, None if cost is None else _money(cost)
+                    continue
+                self.skipped += 1  # the pattern's shape, but not a calendar date
+                continue
+            checked = parse_record(line)
+            if checked is None:
+                if line.strip():
                     self.skipped += 1
-                    continue
-                try:
-                    found = match_line(line.decode())
-                except UnicodeDecodeError:
-                    found = None
-                if found is not None:
-                    (
-                        timestamp,
-                        day,
-                        provider,
-                        model,
-                        inp,
-                        out,
-                        tot,
-                        cost,
-                        cache_read,
-                        cache_write,
-                        reasoning,
-                        session_id,
-                        session_name,
-                        tags,
-                        latency,
-                        status,
-                        estimated,
-                    ) = found.groups()
-                    if valid_date(day):
-                        record = {
-                            "timestamp": timestamp,
-                            "model_provider": provider,
-                            "model_name": model,
-                            "session_id": session_id,
-                            "session_name": session_name,
-                            "status": status,
-                            "estimated": estimated == "true",
-                            "tags": json.loads(tags) if need_tags and tags != "{}" else {},
-                            "latency_ms": None if latency is None else float(latency),
-                        }
-                        counts = (
-                            int(inp),
-                            int(out),
-                            int(cache_read),
-                            int(cache_write),
-                            int(reasoning),
-                            int(tot),
-                        )
-                        yield record, counts, None if cost is None else _money(cost)
-                        continue
-                    self.skipped += 1  # the pattern's shape, but not a calendar date
-                    continue
-                checked = parse_record(line)
-                if checked is None:
-                    if line.strip():
-                        self.skipped += 1
-                    continue
-                yield (
-                    checked,
-                    tuple([checked[name] for name in COUNT_FIELDS]),
-                    checked.get("estimated_cost_usd"),
-                )
+                continue
+            yield (
+                checked,
+                tuple([checked[name] for name in COUNT_FIELDS]),
+                checked.get("estimated_cost_usd"),
+            )
