@@ -72,7 +72,7 @@ _MAX_BACKOFF = 5.0
 _CHUNK = 256
 #: How long a writer works on a sink's items before it pauses, and how long a pause lasts: long
 #: enough for a thread waiting for the GIL to wake and take it.
-_SLICE = 0.0002
+_SLICE = 0.0005
 _YIELD = 0.0002
 
 
