@@ -7,12 +7,13 @@ are subsets of those two. Provider-specific conventions are converted in ``token
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+
+from tokenmeter._totals import output_cost
 
 __all__ = [
     "MAX_COST_USD",
@@ -246,19 +247,6 @@ class Cost(BaseModel):
     def output_usd(self) -> Decimal | None:
         """Everything billed for output, every modality."""
         return None if self.breakdown is None else output_cost(self.breakdown)
-
-
-def output_cost(breakdown: Mapping[str, Decimal]) -> Decimal:
-    """The output part of a cost breakdown: the ``output`` key and its per-modality parts
-    (``output_image``, ``output_audio``...). Tool fees and passes are neither input nor output."""
-    total = _NO_USD
-    for key, value in breakdown.items():  # on the caller's thread (session totals): a plain loop
-        if key[:6] == "output":
-            total += value
-    return total
-
-
-_NO_USD = Decimal(0)
 
 
 def _iso(ts: datetime) -> str:

@@ -12,9 +12,7 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Protocol
 
-from tokenmeter._models import output_cost
-
-__all__ = ["COUNT_NAMES", "Totals", "normalise_usd"]
+__all__ = ["COUNT_NAMES", "Totals", "normalise_usd", "output_cost"]
 
 _ZERO = Decimal(0)
 _PICO_PER_USD = Decimal(10**12)
@@ -51,6 +49,16 @@ def normalise_usd(value: Decimal) -> Decimal:
     if plain >= _TEN and plain == plain.to_integral_value():
         return plain.quantize(_ONE)
     return plain
+
+
+def output_cost(breakdown: Mapping[str, Decimal]) -> Decimal:
+    """The output part of a cost breakdown: the ``output`` key and its per-modality parts
+    (``output_image``, ``output_audio``...). Tool fees and passes are neither input nor output."""
+    total = _ZERO
+    for key, value in breakdown.items():  # on the caller's thread (session totals): a plain loop
+        if key[:6] == "output":
+            total += value
+    return total
 
 
 class _RecordLike(Protocol):

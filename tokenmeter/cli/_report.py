@@ -18,7 +18,6 @@ from tokenmeter.cli._source import resolve_source, warn_skipped
 from tokenmeter.cli.reports._alerts import alerts_near
 from tokenmeter.cli.reports._format import dumps_exact
 from tokenmeter.cli.reports._html import HTML_GROUPINGS, HTML_TAG_VALUES, render_html
-from tokenmeter.cli.reports._journal import render_session_markdown, render_sessions_list
 from tokenmeter.cli.reports._model import NONE_LABEL, Dimension, Report, parse_dimension
 from tokenmeter.cli.reports._periodic import PERIODIC_GROUPINGS, render_usage_report
 from tokenmeter.cli.reports._query import STATUSES, Filters, Query, run_query
@@ -250,6 +249,8 @@ def run_sessions(args: argparse.Namespace) -> int:
         write_output(dumps_exact(document) + "\n", args.output)
         return 0
     table = CellTable(_SESSION_HEADERS, range(5, len(_SESSION_HEADERS)))
+    from tokenmeter.cli.reports._journal import render_sessions_list  # the journal's models
+
     table.rows = render_sessions_list(rows)
     if args.format == "markdown":
         write_output("\n".join(markdown_table(table)) + "\n", args.output)
@@ -280,5 +281,7 @@ def run_session(args: argparse.Namespace) -> int:
         }
         write_output(dumps_exact(document) + "\n", args.output)
     else:
+        from tokenmeter.cli.reports._journal import render_session_markdown  # pydantic
+
         write_output(render_session_markdown(detail), args.output)
     return 0

@@ -59,7 +59,6 @@ from tokenmeter.cli.reports._sql import (
     tag_sql,
     totals_select,
 )
-from tokenmeter.pricing import model_family
 
 __all__ = [
     "Filters",
@@ -233,6 +232,8 @@ def _key_maker(
             model = key[where["model"]]
             family = families.get(model)
             if family is None:
+                from tokenmeter.pricing import model_family  # the price tables: only for this
+
                 family = families[model] = model_family(model)
             return family
         if column in TIME_COLUMNS:
