@@ -15,6 +15,7 @@ import math
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -294,78 +295,49 @@ class SQLiteLedger:
     def reserve(
         self, scope_key: str, period_start: str, limit_usd: float, amount_usd: float
     ) -> tuple[bool, float]:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(self._conn()) as conn:
             row = conn.execute(_READ, (scope_key, period_start)).fetchone()
             spent = float(row[0]) if row else 0.0
             if spent + amount_usd > limit_usd:
-                conn.execute("COMMIT")
                 return False, spent
             conn.execute(_RESERVE, (scope_key, period_start, amount_usd, _now()))
-            conn.execute("COMMIT")
             return True, spent
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def settle(
         self, scope_key: str, period_start: str, reserved_usd: float, actual_usd: float
     ) -> float:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(self._conn()) as conn:
             row = conn.execute(
                 _SETTLE, (scope_key, period_start, actual_usd, _now(), reserved_usd)
             ).fetchone()
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return float(row[0]) if row else actual_usd
 
     def reserve_many(self, items: list[Reserve]) -> list[tuple[bool, float]]:
-        conn = self._conn()
         results: list[tuple[bool, float]] = []
         now = _now()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(self._conn()) as conn:
             for key, start, limit, amount in items:
                 row = conn.execute(_READ, (key, start)).fetchone()
                 spent = float(row[0]) if row else 0.0
                 if spent + amount > limit:
-                    conn.execute("ROLLBACK")
+                    conn.execute("ROLLBACK")  # all or none
                     return [*results, (False, spent)]
                 conn.execute(_RESERVE, (key, start, amount, now))
                 results.append((True, spent))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         return results
 
     def settle_many(self, items: list[Settle]) -> list[float]:
-        conn = self._conn()
         now = _now()
         spent: list[float] = []
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(self._conn()) as conn:
             for key, start, reserved, actual in items:
                 row = conn.execute(_SETTLE, (key, start, actual, now, reserved)).fetchone()
                 spent.append(float(row[0]) if row else actual)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         return spent
 
     def lease_many(self, items: list[Lease]) -> list[LeaseResult]:
-        conn = self._conn()
         now = _now()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(self._conn()) as conn:
             rows = []
             for item in items:
                 row = conn.execute(_READ_ROW, (item[0], item[1])).fetchone()
@@ -379,11 +351,6 @@ class SQLiteLedger:
                     for item, (settled, reserved) in zip(items, after, strict=True)
                 ],
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         return results
 
     def spent(self, scope_key: str, period_start: str) -> float:
@@ -397,6 +364,21 @@ class SQLiteLedger:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
         self._local = threading.local()
+
+
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction (``BEGIN IMMEDIATE``): committed when the block ends, unless the
+    block rolled it back itself; rolled back when the block raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    if conn.in_transaction:
+        conn.execute("COMMIT")
 
 
 def _lease(
