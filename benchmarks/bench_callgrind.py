@@ -49,6 +49,7 @@ def child(mode: str, calls: int, sinks: str, directory: str, chunks: int) -> Non
         for writer in _pipeline._pipeline.writers:  # type: ignore[union-attr]
             writer.interval = 60.0
         _pipeline._SLICE *= 50  # a writer's work slice between pauses, at full speed
+        _pipeline._MAX_SLICE *= 50
     for _ in range(calls):
         run()
     tokenmeter.flush()

@@ -465,3 +465,46 @@ def test_submit_observers_run_on_the_callers_thread_and_cannot_fail_the_call(
     assert len([kind for kind, _ in seen if kind == "UsageRecord"]) == 1
     assert sink.records[0].id == made.id and len(sink.records) == 2
     assert "observer bug" in caplog.text
+
+
+class _VirtualTime:
+    """A clock for ``_pipeline.time``: each item iterated costs ``work`` seconds; a pause lasts
+    its length, or ``held`` when another thread takes the GIL meanwhile."""
+
+    def __init__(self, work: float, held: float | None) -> None:
+        self.now, self.work, self.held = 0.0, work, held
+        self.pauses: list[float] = []
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(self.now)
+        self.now += seconds if self.held is None else self.held
+
+
+def _gaps(monkeypatch: pytest.MonkeyPatch, *, held: float | None) -> list[float]:
+    """The work done between pauses while iterating 400 items of 0.1 ms each."""
+    clock = _VirtualTime(work=0.0001, held=held)
+    monkeypatch.setattr(_pipeline, "time", clock)
+    for _ in _pipeline._Paced(range(400)):
+        clock.now += clock.work
+    pause = _pipeline._YIELD if held is None else held
+    return [b - a - pause for a, b in zip(clock.pauses, clock.pauses[1:], strict=False)]
+
+
+def test_a_writer_pauses_every_slice_while_a_caller_takes_the_gil(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gaps = _gaps(monkeypatch, held=0.005)  # the caller held the GIL for a switch interval
+    assert len(gaps) > 50
+    assert all(_pipeline._SLICE <= gap < _pipeline._SLICE + 0.0001 + 1e-9 for gap in gaps)
+
+
+def test_a_writer_alone_lengthens_its_slices_up_to_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gaps = _gaps(monkeypatch, held=None)  # nobody used the pauses
+    assert gaps[0] >= 2 * _pipeline._SLICE
+    assert all(gap < _pipeline._MAX_SLICE + 0.0001 + 1e-9 for gap in gaps)
+    assert len(gaps) < len(_gaps(monkeypatch, held=0.005)) / 2

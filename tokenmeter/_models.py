@@ -253,7 +253,17 @@ def _iso(ts: datetime) -> str:
     """ISO-8601 UTC with millisecond precision and a "Z", e.g. 2026-11-22T10:00:00.123Z."""
     if ts.tzinfo is not UTC and ts.tzinfo is not None:
         ts = ts.astimezone(UTC)
-    return ts.isoformat(timespec="milliseconds")[:23] + "Z"
+    # Field by field with %: cheaper than isoformat() (which asks the zone for its offset) and
+    # than an f-string's format specs.
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031
+        ts.year,
+        ts.month,
+        ts.day,
+        ts.hour,
+        ts.minute,
+        ts.second,
+        ts.microsecond // 1000,
+    )
 
 
 def _number(value: Decimal) -> float | int:

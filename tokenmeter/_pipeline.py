@@ -17,8 +17,9 @@ Policies (documented in docs/sinks.md):
   a sink iterates (rows built, lines encoded, whatever the sink does per record), it sleeps
   ``_YIELD`` seconds, so a caller thread waiting for the GIL takes it then instead of after the
   interpreter's 5 ms switch interval. Without it, turning a batch into rows delays the calls made
-  meanwhile by milliseconds. Paced by time, not by count: a cheap sink pauses rarely, so pausing
-  never caps its throughput.
+  meanwhile by milliseconds. Paced by time, not by count: a cheap sink pauses rarely; and a pause
+  that no other thread used lengthens the next slice (up to ``_MAX_SLICE``), so a writer working
+  alone is not held back by pauses.
 - ``flush()`` waits until everything submitted before it has been offered to every sink: True when
   all of it is written. A sink that keeps failing releases it after ``_FLUSH_TRIES`` attempts
   (False; the records stay queued and are retried).
@@ -74,21 +75,36 @@ _CHUNK = 256
 #: enough for a thread waiting for the GIL to wake and take it.
 _SLICE = 0.0005
 _YIELD = 0.0002
+#: The longest slice a writer works when its pauses find no thread waiting for the GIL.
+_MAX_SLICE = 0.0015
+#: A pause longer than this was used by another thread.
+_CONTENDED = 4 * _YIELD
 
 
 class _Paced(list[Any]):
-    """A run handed to a sink: iterating it pauses the writer after every ``_SLICE`` of work."""
+    """A run handed to a sink: iterating it pauses the writer after every ``_SLICE`` of work.
+
+    A pause that took much longer than ``_YIELD`` means another thread took the GIL meanwhile: a
+    caller is busy, so the writer keeps pausing often. A pause that nobody used doubles the next
+    slice, up to ``_MAX_SLICE``: a writer alone (a ``flush()`` waiting, the application idle or
+    in network I/O) is not slowed by pauses nobody needs.
+    """
 
     __slots__ = ()
 
     def __iter__(self) -> Iterator[Any]:
         clock = time.perf_counter
-        pause_at = clock() + _SLICE
+        work = _SLICE
+        pause_at = clock() + work
         for item in super().__iter__():
             yield item
-            if clock() >= pause_at:
+            now = clock()
+            if now >= pause_at:
                 time.sleep(_YIELD)
-                pause_at = clock() + _SLICE
+                resumed = clock()
+                contended = resumed - now > _CONTENDED
+                work = _SLICE if contended else min(2 * work, _MAX_SLICE)
+                pause_at = resumed + work
 
 
 class _FlushMarker:

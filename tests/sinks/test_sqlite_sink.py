@@ -170,6 +170,22 @@ def test_retried_batch_does_not_duplicate(
     assert [r.id for r in read_sqlite(tmp_path / "usage.db")] == [f"rec-{i:06d}" for i in range(11)]
 
 
+def test_a_batch_larger_than_one_statement_takes_is_written_whole(
+    tmp_path: Path, make_record: RecordFactory, read_sqlite: Reader
+) -> None:
+    sink = SQLiteSink(tmp_path / "usage.db")
+    sink.write([make_record(0)])
+    # Rows go in as one multi-row INSERT per run of rows that fits SQLite's limit of parameters.
+    sink._connection().setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100)  # 3 rows a statement
+    sink.write([make_record(i) for i in range(1, 11)])
+    started = datetime(2026, 11, 22, 10, tzinfo=UTC)
+    first = SessionInfo(id="s1", started_at=started)
+    sink.write_sessions([first, first.model_copy(update={"status": "completed", "calls": 4})])
+
+    assert [r.id for r in read_sqlite(tmp_path / "usage.db")] == [f"rec-{i:06d}" for i in range(11)]
+    assert query(tmp_path / "usage.db", "SELECT status, calls FROM sessions") == [("completed", 4)]
+
+
 def test_failed_batch_stores_nothing_and_retry_stores_all(
     tmp_path: Path, make_record: RecordFactory
 ) -> None:

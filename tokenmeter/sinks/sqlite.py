@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,34 @@ _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
 
 SCHEMA_VERSION = len(_MIGRATIONS)
 
+
+class _Statement:
+    """An INSERT of many rows in one statement, which SQLite runs in one step.
+
+    The sqlite3 module lets go of the GIL for every step it runs; ``executemany`` steps once per
+    row, so a writer would ask for the GIL back after every record and cost a CPU-bound caller
+    thread one forced thread switch per record. One statement per run of rows asks once.
+    """
+
+    __slots__ = ("_head", "_sql", "_tail", "_width")
+
+    def __init__(self, head: str, width: int, tail: str = "") -> None:
+        self._head, self._width, self._tail = head, width, tail
+        self._sql: dict[int, str] = {}
+
+    def run(self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+        per = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // self._width)
+        for start in range(0, len(rows), per):
+            part = rows[start : start + per]
+            conn.execute(self._text(len(part)), [value for row in part for value in row])
+
+    def _text(self, count: int) -> str:
+        sql = self._sql.get(count)
+        if sql is None:
+            one = f"({', '.join('?' * self._width)})"
+            sql = self._sql[count] = self._head + ", ".join([one] * count) + self._tail
+        return sql
+
 _RECORD_COLUMNS = (
     "id",
     "timestamp",
@@ -145,9 +173,8 @@ _RECORD_COLUMNS = (
     "modalities",
     "tool_requests",
 )
-_INSERT_RECORD = (
-    f"INSERT OR IGNORE INTO records ({', '.join(_RECORD_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_RECORD_COLUMNS))})"
+_INSERT_RECORD = _Statement(
+    f"INSERT OR IGNORE INTO records ({', '.join(_RECORD_COLUMNS)}) VALUES ", len(_RECORD_COLUMNS)
 )
 #: The columns of the rows ``_session_row`` makes (the PostgreSQL sink's too).
 _SESSION_COLUMNS = (
@@ -166,16 +193,18 @@ _SESSION_COLUMNS = (
     "cost_usd",
     "unpriced_calls",
 )
-_UPSERT_SESSION = (
-    f"INSERT INTO sessions ({', '.join(_SESSION_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_SESSION_COLUMNS))}) ON CONFLICT(id) DO UPDATE SET "
-    + ", ".join(f"{column} = excluded.{column}" for column in _SESSION_COLUMNS[1:])
+_UPSERT_SESSION = _Statement(
+    f"INSERT INTO sessions ({', '.join(_SESSION_COLUMNS)}) VALUES ",
+    len(_SESSION_COLUMNS),
+    " ON CONFLICT(id) DO UPDATE SET "
+    + ", ".join(f"{column} = excluded.{column}" for column in _SESSION_COLUMNS[1:]),
 )
 
 
 def decimal_text(value: Decimal) -> str:
     """Exact fixed-point text (``0.0000001``, never ``1E-7``) that ``Decimal()`` reads back."""
-    return format(value, "f")
+    text = str(value)  # the same text unless it has an exponent, and cheaper than format()
+    return text if "E" not in text else format(value, "f")
 
 
 def to_pico_usd(value: Decimal) -> int:
@@ -249,13 +278,13 @@ class SQLiteSink:
 
     def write(self, records: Sequence[UsageRecord]) -> None:
         if records:
-            # Rows are made as SQLite asks for them: it lets go of the GIL for each row it
-            # inserts, so a caller never waits for a whole chunk of rows to be built.
-            self._transaction(_INSERT_RECORD, map(_record_row, records))
+            # Built one by one from the run the writer hands over, which pauses the writer now
+            # and then: a caller never waits for a whole chunk of rows to be built.
+            self._transaction(_INSERT_RECORD, [_record_row(r) for r in records])
 
     def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
         if sessions:
-            self._transaction(_UPSERT_SESSION, map(_session_row, sessions))
+            self._transaction(_UPSERT_SESSION, [_session_row(s) for s in sessions])
 
     def flush(self) -> None:
         """Nothing to do: every ``write`` commits before it returns."""
@@ -274,11 +303,11 @@ class SQLiteSink:
             _INHERITED_CONNECTIONS.append(self._conn)
         self._conn = None
 
-    def _transaction(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
+    def _transaction(self, statement: _Statement, rows: Sequence[tuple[Any, ...]]) -> None:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(sql, rows)
+            statement.run(conn, rows)
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)
