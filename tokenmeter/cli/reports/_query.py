@@ -71,6 +71,8 @@ __all__ = [
 
 Extractor = Callable[[dict[str, Any]], str]
 STATUSES = ("ok", "error", "blocked")
+#: The sink's partial index of the rows ``sql_valid`` refuses (schema version 4).
+UNSOUND_INDEX = "ix_records_unsound"
 
 
 @dataclass(frozen=True)
@@ -474,10 +476,13 @@ def exclude_bad_rows(
 ) -> tuple[str, list[str], int]:
     """``where`` narrowed to the rows that pass ``sql_valid``, and how many it left out.
 
-    The check runs in one scan that collects the bad rowids (normally none); the queries that
-    follow exclude those by rowid, so the per-row check is not repeated for every grouping.
-    ``alias`` names the records table in the caller's query (``"r"``). Call inside one read
-    transaction, so that rows written meanwhile cannot slip past the check.
+    The bad rowids (normally none) are collected once; the queries that follow exclude those by
+    rowid, so the check is not repeated for every grouping. A database the sink has migrated
+    keeps its unsound rows in the partial index ``ix_records_unsound``, so only that index is
+    read; where it is missing, or its condition is not this one (SQLite then finds no plan), every
+    row of the window is checked. ``alias`` names the records table in the caller's query
+    (``"r"``). Call inside one read transaction, so that rows written meanwhile cannot slip past
+    the check.
     """
     if is_postgres(conn):
         return where, params, 0  # typed columns: the sink's NOT NULL integers need no check
@@ -485,8 +490,16 @@ def exclude_bad_rows(
     table = f"records {alias}" if alias else "records"
     valid = sql_valid(table_columns(conn, "records"), prefix)
     joiner = " AND " if where else " WHERE "
-    sql = f"SELECT {prefix}rowid FROM {table}{where}{joiner}NOT {valid}"
-    bad = [row[0] for row in conn.execute(sql, params)]
+    condition = f"{where}{joiner}NOT {valid}"
+    try:
+        cursor = conn.execute(
+            f"SELECT {prefix}rowid FROM {table} INDEXED BY {UNSOUND_INDEX}{condition}", params
+        )
+    except sqlite3.OperationalError as exc:  # no such index, or not one for this condition
+        if "index" not in str(exc) and "no query solution" not in str(exc):
+            raise
+        cursor = conn.execute(f"SELECT {prefix}rowid FROM {table}{condition}", params)
+    bad = [row[0] for row in cursor]
     if not bad:
         return where, params, 0
     excluded = f"{where}{joiner}{prefix}rowid NOT IN (SELECT value FROM json_each(?))"
