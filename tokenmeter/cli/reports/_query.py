@@ -17,22 +17,35 @@ from __future__ import annotations
 
 import heapq
 import json
+import multiprocessing
 import operator
+import os
+import signal
 import sqlite3
+import sys
+import threading
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
-from typing import Any
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, TypeAlias
 
 from tokenmeter._totals import Totals
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._postgres import is_postgres
 from tokenmeter.cli._progress import Progress
-from tokenmeter.cli._source import JsonlReader, Source, open_database, table_columns
+from tokenmeter.cli._source import (
+    JsonlReader,
+    Source,
+    line_start_after,
+    open_database,
+    table_columns,
+)
 from tokenmeter.cli._validate import COUNT_FIELDS, BadRecord, record_from_row, sql_valid
 from tokenmeter.cli.reports._model import (
     NONE_LABEL,
@@ -668,6 +681,35 @@ class _Grouper:
             if isinstance(latency, int | float) and not isinstance(latency, bool):
                 self.latencies.append((key, float(latency)))
 
+    def state(self) -> _State:
+        """What ``merge`` takes (latencies by key: compact to send between processes)."""
+        if self.latencies is None:
+            return self.groups, self.costs, None
+        latencies: dict[tuple[str, ...], array[float]] = {}
+        for key, value in self.latencies:
+            found = latencies.get(key)
+            if found is None:
+                found = latencies[key] = array("d")
+            found.append(value)
+        return self.groups, self.costs, latencies
+
+    def merge(
+        self,
+        groups: dict[tuple[str, ...], Sequence[int]],
+        costs: dict[tuple[str, ...], Decimal],
+        latencies: dict[tuple[str, ...], array[float]] | None,
+    ) -> None:
+        """Add the totals of the records that follow, read elsewhere (``state``)."""
+        for key, values in groups.items():
+            known = self.groups.get(key)
+            self.groups[key] = values if known is None else list(map(_ADD, known, values))
+        for key, cost in costs.items():
+            self.costs[key] = self.costs.get(key, _NO_COST) + cost
+        if self.latencies is not None and latencies is not None:
+            self.latencies.extend(
+                (key, value) for key, found in latencies.items() for value in found
+            )
+
     def breakdown(self, tz: tzinfo) -> Breakdown:
         costs = self.costs
         groups = (
@@ -688,29 +730,141 @@ def _uses_tags(query: Query) -> bool:
     )
 
 
+#: A JSONL file this large is read in two halves at once when only totals are asked for (no
+#: call list, no dashboard tag charts): the second half in a child process, so two cores share
+#: the wait. Smaller files are not worth the child's start.
+SPLIT_BYTES = 64 << 20
+
+#: What a child's half of a read sends back: each grouping's counts, costs and latencies (by
+#: stored key), and the lines it skipped.
+_State: TypeAlias = (
+    "tuple[dict[tuple[str, ...], Sequence[int]], dict[tuple[str, ...], Decimal], "
+    "dict[tuple[str, ...], array[float]] | None]"
+)
+_Part: TypeAlias = "tuple[list[_State], int]"
+
+
 def _run_jsonl(
     source: Source, query: Query, progress: Progress | None, tags: _TagTotals | None
 ) -> tuple[list[Breakdown], list[Call] | None, int]:
     on_progress = progress.update if progress else None
-    records: Iterable[tuple[dict[str, Any], tuple[int, ...], Decimal | None]]
-    reader: JsonlScan | JsonlReader
-    keep: deque[dict[str, Any]] | None = None
-    if query.calls_limit is None:  # totals only: the fast scan of the fields totals read
-        reader = records = JsonlScan(
-            source.path, tags=tags is not None or _uses_tags(query), on_progress=on_progress
-        )
-    else:  # the calls are listed: every field of every record
-        keep = deque(maxlen=query.calls_limit or None)
+    groupers = [
+        _Grouper(grouping, query.latency and i == 0) for i, grouping in enumerate(query.groupings)
+    ]
+    if query.calls_limit is not None:  # the calls are listed: every field of every record
+        keep: deque[dict[str, Any]] = deque(maxlen=query.calls_limit or None)
         reader = JsonlReader(source.path, on_progress=on_progress)
         records = (
             (r, tuple([r[name] for name in COUNT_FIELDS]), r.get("estimated_cost_usd"))
             for r in reader
         )
-    since = format_instant(query.since) if query.since is not None else None
-    until = format_instant(query.until) if query.until is not None else None
+        _total(records, query, groupers, tags, keep)
+        calls = [Call.from_json(record) for record in keep]
+        return [g.breakdown(query.tz) for g in groupers], calls, reader.skipped
+    # Totals only: the fast scan of the fields totals read.
+    need_tags = tags is not None or _uses_tags(query)
+    middle = _middle(source.path) if tags is None else None
+    if middle is None:
+        scan = JsonlScan(source.path, tags=need_tags, on_progress=on_progress)
+        _total(scan, query, groupers, tags, None)
+        return [g.breakdown(query.tz) for g in groupers], None, scan.skipped
+    child, results = _start_half(source.path, query, need_tags, middle)
+    try:
+        scan = JsonlScan(source.path, tags=need_tags, on_progress=on_progress, end=middle)
+        _total(scan, query, groupers, tags, None)
+        part = _receive_half(child, results)
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        results.close()
+    if part is None:  # the child did not finish (killed?): read its half here
+        part = _scan_half(source.path, query, need_tags, middle)
+    parts, skipped = part
+    for grouper, (counts, costs, latencies) in zip(groupers, parts, strict=True):
+        grouper.merge(counts, costs, latencies)
+    return [g.breakdown(query.tz) for g in groupers], None, scan.skipped + skipped
+
+
+def _middle(path: Path) -> int | None:
+    """Where a large file's second half begins (at a line), if it is to be read in two halves.
+
+    Only where a child can be forked cheaply and safely: the process has no other thread.
+    """
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return None
+    if (
+        size < SPLIT_BYTES
+        or (os.cpu_count() or 1) < 2
+        or "fork" not in multiprocessing.get_all_start_methods()
+        or threading.active_count() != 1
+    ):
+        return None
+    return line_start_after(path, size // 2)
+
+
+def _start_half(
+    path: Path, query: Query, need_tags: bool, start: int
+) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+    context = multiprocessing.get_context("fork")
+    results, sender = context.Pipe(duplex=False)
+    for stream in (sys.stdout, sys.stderr):  # else the child could print what is buffered again
+        stream.flush()
+    child = context.Process(
+        target=_half_in_child, args=(sender, path, query, need_tags, start), daemon=True
+    )
+    child.start()
+    sender.close()
+    return child, results
+
+
+def _half_in_child(
+    sender: Connection, path: Path, query: Query, need_tags: bool, start: int
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: the parent reports it, once
+    try:
+        sender.send(("ok", _scan_half(path, query, need_tags, start)))
+    except CliError as exc:
+        sender.send(("error", str(exc)))
+    except Exception:  # a fault of ours: the parent reads this half itself, and meets it there
+        sender.send(("again", None))
+
+
+def _receive_half(child: multiprocessing.process.BaseProcess, results: Connection) -> _Part | None:
+    try:
+        status, value = results.recv()
+    except (EOFError, OSError):
+        return None
+    if status == "error":
+        raise CliError(value)
+    if status == "again":
+        return None
+    part: _Part = value
+    return part
+
+
+def _scan_half(path: Path, query: Query, need_tags: bool, start: int) -> _Part:
+    """Totals of the lines from ``start`` on, as the child sends them back."""
     groupers = [
         _Grouper(grouping, query.latency and i == 0) for i, grouping in enumerate(query.groupings)
     ]
+    scan = JsonlScan(path, tags=need_tags, start=start)
+    _total(scan, query, groupers, None, None)
+    return [g.state() for g in groupers], scan.skipped
+
+
+def _total(
+    records: Iterable[tuple[dict[str, Any], tuple[int, ...], Decimal | None]],
+    query: Query,
+    groupers: list[_Grouper],
+    tags: _TagTotals | None,
+    keep: deque[dict[str, Any]] | None,
+) -> None:
+    """Add the records in the window that pass the filters to every grouping (and the tags)."""
+    since = format_instant(query.since) if query.since is not None else None
+    until = format_instant(query.until) if query.until is not None else None
     adders = [grouper.add for grouper in groupers]
     filters = query.filters
     filtering = filters != Filters()
@@ -739,5 +893,3 @@ def _run_jsonl(
             tags.add(record["tags"], values, cost)
         if keep is not None:
             keep.append(record)
-    calls = None if keep is None else [Call.from_json(record) for record in keep]
-    return [g.breakdown(query.tz) for g in groupers], calls, reader.skipped
