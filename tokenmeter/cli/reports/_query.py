@@ -1,16 +1,17 @@
 """Filter and aggregate usage records into a Report, from SQLite, PostgreSQL or JSONL.
 
 SQLite is aggregated by SQL ``GROUP BY`` over the integer pico-USD column ``cost_pusd`` (exact and
-fast), over the rows that pass ``sql_valid`` (the rest in the window are counted as skipped);
-PostgreSQL answers the same SQL through ``_postgres``. JSONL is streamed once, whatever the number
-of groupings asked for: for totals through ``_scan`` (only the fields totals read, checked as
-``_validate`` checks them), for a list of calls as full records; costs are exact Decimals. Both
-group by the stored columns (``raw_columns``); groupings that are computed from them (a model
-family, a day / week / month in ``--tz``) are then rolled up from those few groups by
-``roll_up``. Memory stays flat: only the groups and at most ``calls_limit`` calls are kept
-(``--latency`` also keeps the latencies, 8 bytes a call, except where PostgreSQL ranks them; the
-dashboard's totals per tag key keep each key's few most costly values, see ``_TagTotals``).
-The dialect-specific SQL lives in ``_sql``.
+fast), over the rows that pass ``sql_valid`` (the rest in the window are counted as skipped; the
+sink's partial index of unsound rows names them, see ``exclude_bad_rows``); PostgreSQL answers the
+same SQL through ``_postgres``. JSONL is streamed once, whatever the number of groupings asked for
+(a large file as two halves at once, see ``SPLIT_BYTES``): for totals through ``_scan`` (only the
+fields totals read, checked as ``_validate`` checks them), for a list of calls as full records;
+costs are exact Decimals. Both group by the stored columns (``raw_columns``); groupings that are
+computed from them (a model family, a day / week / month in ``--tz``) are then rolled up from
+those few groups by ``roll_up``. Memory stays flat: only the groups and at most ``calls_limit``
+calls are kept (``--latency`` also keeps the latencies, 8 bytes a call, except where PostgreSQL
+ranks them; the dashboard's totals per tag key keep each key's few most costly values, see
+``_TagTotals``). The dialect-specific SQL lives in ``_sql``.
 """
 
 from __future__ import annotations
