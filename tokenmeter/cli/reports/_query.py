@@ -615,17 +615,20 @@ def _sqlite_breakdown(
 # --- JSONL -----------------------------------------------------------------------------------
 
 
+#: The columns that are one field of a record, and what stands for it when it is empty.
+_FIELDS = {
+    "provider": ("model_provider", NONE_LABEL),
+    "model": ("model_name", NONE_LABEL),
+    "session_id": ("session_id", NONE_LABEL),
+    "session": ("session_name", ""),
+    "status": ("status", "ok"),
+}
+
+
 def _extractor(column: str) -> Extractor:
-    if column == "provider":
-        return lambda r: r.get("model_provider") or NONE_LABEL
-    if column == "model":
-        return lambda r: r.get("model_name") or NONE_LABEL
-    if column == "session_id":
-        return lambda r: r.get("session_id") or NONE_LABEL
-    if column == "session":
-        return lambda r: r.get("session_name") or ""
-    if column == "status":
-        return lambda r: r.get("status") or "ok"
+    if column in _FIELDS:
+        name, none = _FIELDS[column]
+        return lambda r: r.get(name) or none
     if column == "utc_hour":
         return lambda r: str(r["timestamp"])[:13]
     key = column.removeprefix("tag:")
@@ -640,6 +643,9 @@ def _extractor(column: str) -> Extractor:
 
 def _key_function(raw: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[str, ...]]:
     """The stored key of a record for these columns (one or two columns without a loop)."""
+    if len(raw) == 2 and raw[0] in _FIELDS and raw[1] in _FIELDS:  # by model: one call a record
+        (name_1, none_1), (name_2, none_2) = _FIELDS[raw[0]], _FIELDS[raw[1]]
+        return lambda r: (r.get(name_1) or none_1, r.get(name_2) or none_2)
     extractors = [_extractor(column) for column in raw]
     if len(extractors) == 1:
         (first,) = extractors

@@ -134,6 +134,7 @@ class JsonlScan:
         need_tags = self.tags
         dates = _Dates()
         valid_date = dates.valid
+        known_date = dates.known.get
         match_line = _LINE
         for line in lines_of(self, self.start, self.end):
             try:
@@ -160,7 +161,7 @@ class JsonlScan:
                     status,
                     estimated,
                 ) = found.groups()
-                if valid_date(day):
+                if known_date(day) or valid_date(day):
                     record = {
                         "timestamp": timestamp,
                         "model_provider": provider,
