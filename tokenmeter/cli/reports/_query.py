@@ -796,7 +796,8 @@ def _run_jsonl(
 def _middle(path: Path) -> int | None:
     """Where a large file's second half begins (at a line), if it is to be read in two halves.
 
-    Only where a child can be forked cheaply and safely: the process has no other thread.
+    Only where a child can be forked cheaply and safely: the process has no other thread, and
+    the system is not macOS (whose system libraries do not survive a fork without exec).
     """
     try:
         size = path.stat().st_size
@@ -805,6 +806,7 @@ def _middle(path: Path) -> int | None:
     if (
         size < SPLIT_BYTES
         or (os.cpu_count() or 1) < 2
+        or sys.platform == "darwin"
         or "fork" not in multiprocessing.get_all_start_methods()
         or threading.active_count() != 1
     ):
