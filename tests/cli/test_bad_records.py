@@ -17,6 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from tokenmeter.cli._source import table_columns
+from tokenmeter.cli._validate import sql_valid
+from tokenmeter.cli.reports._query import UNSOUND_INDEX
+
 from .conftest import (
     RECORDS,
     SESSIONS,
@@ -233,6 +237,55 @@ def test_sqlite_wrong_types_are_skipped_and_counted(
     dirty, skipped = _without_skip_count(command, dirty)
     assert dirty == _without_skip_count(command, clean)[0]
     assert skipped in (None, len(BAD_SQLITE_COLUMNS))
+
+
+def test_the_sinks_index_of_unsound_rows_answers_the_reports_check(tmp_path: Path) -> None:
+    """Reports find unsound rows through the partial index the sink keeps: SQLite uses it only
+    for the very condition ``sql_valid`` states (else "no query solution"). If this fails,
+    ``sql_valid`` changed: add a sink migration that rebuilds the index with the new condition."""
+    path = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
+    _sqlite_with_bad_rows(path, BAD_SQLITE_COLUMNS)
+    conn = sqlite3.connect(path)
+    try:
+        columns = table_columns(conn, "records")
+        for table, prefix in (("records", ""), ("records r", "r.")):
+            found = conn.execute(
+                f"SELECT {prefix}id FROM {table} INDEXED BY {UNSOUND_INDEX} "
+                f"WHERE NOT {sql_valid(columns, prefix)}"
+            ).fetchall()
+            assert len(found) == len(BAD_SQLITE_COLUMNS)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("index", ["missing", "stale"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("report", "--format", "json"),
+        ("report", "--by", "tag:feature,day", "--format", "json"),
+        ("sessions", "--format", "json"),
+    ],
+    ids="-".join,
+)
+def test_without_the_sinks_index_every_row_is_checked(
+    cli: RunCli, tmp_path: Path, index: str, command: tuple[str, ...]
+) -> None:
+    """A database the sink never migrated (no index), or one whose index states another
+    condition, gives the same answer: the report then checks every row itself."""
+    path = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
+    _sqlite_with_bad_rows(path, BAD_SQLITE_COLUMNS)
+    indexed = cli(*command, "--source", str(path))
+    assert indexed[0] == 0 and f"skipped {len(BAD_SQLITE_COLUMNS)} corrupt rows" in indexed[2]
+    conn = sqlite3.connect(path)
+    conn.execute(f"DROP INDEX {UNSOUND_INDEX}")
+    if index == "stale":  # misses the text count: used, it would let that row through
+        conn.execute(
+            f"CREATE INDEX {UNSOUND_INDEX} ON records(timestamp) WHERE NOT (input_tokens >= 0)"
+        )
+    conn.commit()
+    conn.close()
+    assert cli(*command, "--source", str(path)) == indexed
 
 
 LISTING_COMMANDS = [c for c in COMMANDS if c[0] in ("tail", "session") or "--detailed" in c]

@@ -10,6 +10,7 @@ writes do take the fast path, so that the comparison is not between the general 
 from __future__ import annotations
 
 import json
+import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ from typing import Any
 import pytest
 
 from tokenmeter._models import UsageRecord
-from tokenmeter.cli._source import parse_record
+from tokenmeter.cli._source import MAX_LINE_BYTES, parse_record
+from tokenmeter.cli.reports import _query
 from tokenmeter.cli.reports._scan import _LINE, JsonlScan
 
-from .conftest import RECORDS, write_jsonl
+from .conftest import RECORDS, RunCli, write_jsonl
 from .test_bad_records import BAD_JSON_FIELDS
 
 BASE = RECORDS[0]  # priced, in a session, tagged, with a cost breakdown
@@ -233,3 +235,70 @@ def test_tags_are_decoded_only_when_asked(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "usage.jsonl", RECORDS[:1])
     assert next(iter(JsonlScan(path, tags=False)))[0]["tags"] == {}
     assert next(iter(JsonlScan(path, tags=True)))[0]["tags"] == {"feature": "chat"}
+
+
+# --- a large file read in two halves at once ---------------------------------------------------
+
+#: (arguments) of reports that must read the same in one pass and in two halves.
+SPLIT_REPORTS = [
+    ("--by", "model"),
+    ("--by", "family,day", "--latency", "--tz", "Asia/Kolkata"),
+    ("--by", "tag:feature,status", "--provider", "openai", "--since", "2026-11-01T01:00"),
+    ("--by", "session", "--by", "provider", "--estimated"),
+]
+
+
+def _two_halves_file(path: Path, middle_line: str) -> Path:
+    """The fixture records many times over, bad lines among them, ``middle_line`` in the middle."""
+    lines = [compact_line(r) for r in RECORDS] * 40
+    lines[7] = compact_line(BASE, input_tokens='"many"')
+    lines[-3] = lines[-3][:50]  # torn
+    lines.insert(len(lines) // 2, middle_line)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("middle", ["record", "over-long"])
+@pytest.mark.parametrize("args", SPLIT_REPORTS, ids=" ".join)
+def test_two_halves_read_as_one_pass(
+    cli: RunCli,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    middle: str,
+    args: tuple[str, ...],
+) -> None:
+    """Read in two halves (the second in a child process), a report is the one-pass report, digit
+    for digit: a line is never read twice or lost where the halves meet, even when the middle
+    falls inside a line too long to read, and the skipped lines of both halves are counted."""
+    long_line = compact_line(BASE, id=json.dumps("x" * (MAX_LINE_BYTES + 10)))
+    path = _two_halves_file(
+        tmp_path / "usage.jsonl", long_line if middle == "over-long" else compact_line(BASE)
+    )
+    command = ("report", *args, "--format", "json", "--source", str(path))
+    one_pass = cli(*command)
+    assert one_pass[0] == 0, one_pass[2]
+    assert f"skipped {3 if middle == 'over-long' else 2} corrupt lines" in one_pass[2]
+    halves: list[int] = []
+    start_half = _query._start_half
+
+    def spied(*start: Any) -> Any:
+        halves.append(start[-1])
+        return start_half(*start)
+
+    monkeypatch.setattr(_query, "_start_half", spied)
+    monkeypatch.setattr(_query, "SPLIT_BYTES", 1)
+    assert cli(*command) == one_pass
+    assert len(halves) == 1 and 0 < halves[0] < path.stat().st_size
+    if middle == "over-long":  # the second half begins after it
+        assert halves[0] > path.read_bytes().index(long_line.encode())
+
+
+def test_a_half_whose_child_dies_is_read_by_the_parent(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _two_halves_file(tmp_path / "usage.jsonl", compact_line(BASE))
+    command = ("report", "--by", "model", "--format", "json", "--source", str(path))
+    one_pass = cli(*command)
+    monkeypatch.setattr(_query, "SPLIT_BYTES", 1)
+    monkeypatch.setattr(_query, "_half_in_child", lambda *_: os._exit(1))
+    assert cli(*command) == one_pass

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tokenmeter._models import UsageRecord
 from tokenmeter.sinks import JSONLSink, MarkdownJournalSink
+from tokenmeter.sinks import sqlite as sqlite_module
 from tokenmeter.sinks.jsonl import read_jsonl
 
 RecordFactory = Callable[..., UsageRecord]
@@ -92,3 +93,38 @@ def test_a_writer_killed_mid_stream_leaves_readable_files(
     MarkdownJournalSink(tmp_path / "journal").write([make_record(0, id="after")])
     total_calls, numbers = journal_counts(tmp_path / "journal")
     assert numbers == list(range(1, total_calls + 1))
+
+
+def test_processes_racing_to_upgrade_a_version_3_database(tmp_path: Path) -> None:
+    """Four processes open a database of schema 3 at once: one upgrades it (the others wait and
+    find it done), every process writes all its records, and the rows it had are all there."""
+    path = tmp_path / "usage.db"
+    conn = sqlite3.connect(path)
+    for migrate in sqlite_module._MIGRATIONS[:3]:
+        migrate(conn)
+    conn.execute("PRAGMA user_version = 3")
+    conn.executemany(
+        "INSERT INTO records (id, timestamp, model_provider, model_name, input_tokens, "
+        "output_tokens, total_tokens) VALUES (?, '2026-01-01T00:00:00.000Z', 'openai', 'gpt-4o', "
+        "?, 2, 3)",
+        [(f"old-{n}", n) for n in range(50)] + [("old-text", "many")],
+    )
+    conn.commit()
+    conn.close()
+    writers = [
+        subprocess.Popen([sys.executable, str(WRITER), f"p{n}", "200", "50", str(tmp_path)])
+        for n in range(4)
+    ]
+    for writer in writers:
+        assert writer.wait(timeout=240) == 0
+
+    assert count_rows(path) == 51 + 800
+    assert count_rows(path, "SELECT COUNT(*) FROM records WHERE id LIKE 'old-%'") == 51
+    assert count_rows(path, "PRAGMA user_version") == sqlite_module.SCHEMA_VERSION
+    unsound = "SELECT id FROM records INDEXED BY ix_records_unsound WHERE NOT "
+    unsound += sqlite_module._SOUND_ROW_V4
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute(unsound).fetchall() == [("old-text",)]
+    finally:
+        conn.close()

@@ -153,8 +153,13 @@ def test_schema_is_the_agreed_one(tmp_path: Path, make_record: RecordFactory) ->
     assert [row[1] for row in query(path, "PRAGMA table_info(records)")] == RECORD_COLUMNS
     assert [row[1] for row in query(path, "PRAGMA table_info(sessions)")] == SESSION_COLUMNS
     indexes = {row[0] for row in query(path, "SELECT name FROM sqlite_master WHERE type='index'")}
-    assert {"ix_records_timestamp", "ix_records_session", "ix_records_model"} <= indexes
-    assert query(path, "PRAGMA user_version") == [(3,)]
+    assert {
+        "ix_records_timestamp",
+        "ix_records_session",
+        "ix_records_model",
+        "ix_records_unsound",
+    } <= indexes
+    assert query(path, "PRAGMA user_version") == [(4,)]
     assert query(path, "PRAGMA journal_mode") == [("wal",)]
 
 
@@ -224,7 +229,7 @@ def test_existing_database_is_reused_not_recreated(
     second.close()
 
     assert query(path, "SELECT COUNT(*) FROM records") == [(3,)]
-    assert query(path, "PRAGMA user_version") == [(3,)]
+    assert query(path, "PRAGMA user_version") == [(sqlite_module.SCHEMA_VERSION,)]
 
 
 def test_a_newer_code_version_migrates_an_existing_database(
@@ -390,7 +395,7 @@ def test_version_1_database_gains_the_modality_columns(
     )
     SQLiteSink(path).write([new])
 
-    assert query(path, "PRAGMA user_version") == [(3,)]
+    assert query(path, "PRAGMA user_version") == [(sqlite_module.SCHEMA_VERSION,)]
     back = {r.id: r for r in read_sqlite(path)}
     assert back["old"].modalities == {} and back["old"].tool_requests == {}
     assert back[new.id].modalities == {"output_image": 1290}
@@ -439,7 +444,7 @@ def test_a_database_of_the_previous_version_gains_the_session_totals(
     sink.write([make_record(1)])
     sink.close()
 
-    assert query(path, "PRAGMA user_version") == [(3,)]
+    assert query(path, "PRAGMA user_version") == [(sqlite_module.SCHEMA_VERSION,)]
     assert {r.id for r in read_sqlite(path)} == {"old", make_record(1).id}
     old = query(path, "SELECT * FROM sessions WHERE id = 'old-session'")
     assert old == [(*before[0], None, None, None, None, None)]  # kept whole, totals unknown
@@ -466,3 +471,57 @@ def test_a_finished_session_is_stored_with_its_rolled_up_totals(tmp_path: Path) 
     assert query(tmp_path / "usage.db", totals, (parent.id,)) == [expected]
     assert query(tmp_path / "usage.db", totals, (child.id,)) == [expected]
     assert parent.summary.cost_usd == Decimal("0.0125")
+
+
+def _version_3_database(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    for migrate in sqlite_module._MIGRATIONS[:3]:
+        migrate(conn)
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+
+
+def _unsound_ids(path: Path) -> set[object]:
+    """The ids SQLite keeps in the index of unsound rows (read through that index alone)."""
+    sql = "SELECT id FROM records INDEXED BY ix_records_unsound WHERE NOT " + (
+        sqlite_module._SOUND_ROW_V4
+    )
+    return {row[0] for row in query(path, sql)}
+
+
+def test_a_version_3_database_keeps_every_row_and_indexes_the_unsound_ones(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    """Rows another program stored with wrong types survive the upgrade untouched, and SQLite
+    from then on keeps the index of unsound rows right through inserts, updates and deletes."""
+    path = tmp_path / "usage.db"
+    _version_3_database(path)
+    sink = SQLiteSink(path)
+    conn = sqlite3.connect(path)  # written as another program would, before the upgrade
+    columns = "id, timestamp, model_provider, model_name, input_tokens, output_tokens, total_tokens"
+    insert = f"INSERT INTO records ({columns}) VALUES (?, ?, 'openai', 'gpt-4o', ?, 2, 3)"
+    conn.execute(insert, ("good", "2026-01-01T00:00:00.000Z", 1))
+    conn.execute(insert, ("text-count", "2026-01-01T00:00:00.000Z", "many"))
+    conn.execute(insert, ("bad-time", "2026-01-01 00:00:00", 1))
+    conn.execute(insert, ("bad-tags", "2026-01-01T00:00:00.000Z", 1))
+    conn.execute("UPDATE records SET tags = '[1]' WHERE id = 'bad-tags'")
+    conn.commit()
+    before = query(path, "SELECT rowid, * FROM records ORDER BY rowid")
+
+    sink.write([make_record(0)])
+    assert query(path, "PRAGMA user_version") == [(sqlite_module.SCHEMA_VERSION,)]
+    after = query(path, "SELECT rowid, * FROM records ORDER BY rowid")
+    assert after[: len(before)] == before and len(after) == len(before) + 1
+    assert _unsound_ids(path) == {"text-count", "bad-time", "bad-tags"}
+
+    conn.execute("UPDATE records SET input_tokens = -1 WHERE id = 'good'")
+    conn.execute("UPDATE records SET input_tokens = 5 WHERE id = 'text-count'")
+    conn.execute("DELETE FROM records WHERE id = 'bad-time'")
+    conn.execute(insert, ("blob-count", "2026-01-01T00:00:00.000Z", b"\x01"))
+    conn.commit()
+    conn.close()
+    assert _unsound_ids(path) == {"good", "bad-tags", "blob-count"}
+    sink.write([make_record(1)])  # the sink's own rows are sound
+    sink.close()
+    assert _unsound_ids(path) == {"good", "bad-tags", "blob-count"}

@@ -30,6 +30,7 @@ __all__ = [
     "Source",
     "default_source_path",
     "is_too_long",
+    "line_start_after",
     "open_database",
     "open_sqlite",
     "parse_record",
@@ -166,6 +167,18 @@ def skip_rest_of_line(handle: BinaryIO) -> tuple[int, bool]:
             return skipped, True
 
 
+def line_start_after(path: Path, offset: int) -> int | None:
+    """Where the first line that starts after ``offset`` begins; None if none does."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            _, newline = skip_rest_of_line(handle)
+            start = handle.tell()
+            return start if newline and handle.read(1) else None
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
 def warn_skipped(count: int, path: Path, unit: str = "line") -> None:
     """The one warning line SPEC §6 asks for; silent when nothing was skipped."""
     if count:
@@ -229,27 +242,31 @@ class LineSource(Protocol):
     skipped: int
 
 
-def lines_of(reader: LineSource) -> Iterator[bytes]:
+def lines_of(reader: LineSource, start: int = 0, end: int | None = None) -> Iterator[bytes]:
     """The lines of ``reader.path``. One longer than ``MAX_LINE_BYTES`` is read past in pieces
     (never held whole) and counted in ``reader.skipped``; ``reader.on_progress(bytes_read,
-    total_bytes)`` is called every few thousand lines."""
+    total_bytes)`` is called every few thousand lines. ``start`` and ``end`` (offsets where lines
+    begin, see ``line_start_after``) read only the lines between them."""
     try:
         handle = reader.path.open("rb")
     except OSError as exc:
         raise CliError(f"cannot read {reader.path}: {exc.strerror or exc}") from None
     with handle:
-        total = os.fstat(handle.fileno()).st_size
+        total = os.fstat(handle.fileno()).st_size if end is None else end
+        if start:
+            handle.seek(start)
+            total -= start
         done = 0
         countdown = _PROGRESS_EVERY
         readline = handle.readline
-        while line := readline(MAX_LINE_BYTES + 1):
+        while done < total and (line := readline(MAX_LINE_BYTES + 1)):
             done += len(line)
             countdown -= 1
             if not countdown:
                 countdown = _PROGRESS_EVERY
                 if reader.on_progress is not None:
                     reader.on_progress(done, total)
-            if is_too_long(line):
+            if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):  # is_too_long
                 done += skip_rest_of_line(handle)[0]
                 reader.skipped += 1
                 continue

@@ -106,12 +106,55 @@ def _add_session_totals_v3(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+#: A row is sound when the columns the report totals read hold what this sink writes: the
+#: timestamp in the record format, counts non-negative integers, names text, a cost as integer
+#: pico-USD exactly when its decimal text is there, tags a JSON object. This is the condition
+#: ``tokenmeter.cli._validate.sql_valid`` states for these columns, kept here as the text of
+#: version 4 (``tests/cli`` checks that the two agree; when the reader's condition changes, a new
+#: migration replaces the index and this text stays as it was).
+_SOUND_ROW_V4 = (
+    "(timestamp GLOB '????-??-??T??:??:??.???Z' AND julianday(timestamp) IS NOT NULL"
+    " AND (typeof(input_tokens) = 'integer' AND input_tokens >= 0 OR input_tokens IS NULL)"
+    " AND (typeof(output_tokens) = 'integer' AND output_tokens >= 0 OR output_tokens IS NULL)"
+    " AND (typeof(cache_read_tokens) = 'integer' AND cache_read_tokens >= 0"
+    " OR cache_read_tokens IS NULL)"
+    " AND (typeof(cache_write_tokens) = 'integer' AND cache_write_tokens >= 0"
+    " OR cache_write_tokens IS NULL)"
+    " AND (typeof(reasoning_tokens) = 'integer' AND reasoning_tokens >= 0"
+    " OR reasoning_tokens IS NULL)"
+    " AND (typeof(total_tokens) = 'integer' AND total_tokens >= 0 OR total_tokens IS NULL)"
+    " AND (typeof(model_provider) = 'text' OR model_provider IS NULL)"
+    " AND (typeof(model_name) = 'text' OR model_name IS NULL)"
+    " AND (typeof(session_id) = 'text' OR session_id IS NULL)"
+    " AND (typeof(session_name) = 'text' OR session_name IS NULL)"
+    " AND CASE WHEN cost_pusd IS NULL THEN estimated_cost_usd IS NULL"
+    " ELSE typeof(cost_pusd) = 'integer' AND typeof(estimated_cost_usd) = 'text'"
+    " AND estimated_cost_usd NOT GLOB '*[^0-9.-]*' END"
+    " AND (tags IS NULL OR typeof(tags) = 'text' AND json_valid(tags)"
+    " AND json_type(tags) = 'object'))"
+)
+
+
+def _index_unsound_rows_v4(conn: sqlite3.Connection) -> None:
+    """A partial index of the rows that are not sound (normally none), kept by SQLite itself.
+
+    SQLite is typed per value, so another program may store text in a count column; reports skip
+    and count such rows. Finding them took a check of every row in every report, as long again as
+    the report's own GROUP BY. SQLite now keeps them in this index as rows are inserted, updated
+    or deleted, whoever writes them and however, so a report reads only the index. Nothing is
+    refused or moved: a database keeps every row it had, and a reader without this index (an
+    older database) still checks every row.
+    """
+    conn.execute(f"CREATE INDEX ix_records_unsound ON records(timestamp) WHERE NOT {_SOUND_ROW_V4}")
+
+
 #: ``_MIGRATIONS[n]`` takes a database from schema version ``n`` to ``n + 1``, inside the
 #: caller's transaction. Append a function to evolve the schema; never edit an existing one.
 _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _create_v1,
     _add_modalities_v2,
     _add_session_totals_v3,
+    _index_unsound_rows_v4,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -1,38 +1,52 @@
 """Filter and aggregate usage records into a Report, from SQLite, PostgreSQL or JSONL.
 
 SQLite is aggregated by SQL ``GROUP BY`` over the integer pico-USD column ``cost_pusd`` (exact and
-fast), over the rows that pass ``sql_valid`` (the rest in the window are counted as skipped);
-PostgreSQL answers the same SQL through ``_postgres``. JSONL is streamed once, whatever the number
-of groupings asked for: for totals through ``_scan`` (only the fields totals read, checked as
-``_validate`` checks them), for a list of calls as full records; costs are exact Decimals. Both
-group by the stored columns (``raw_columns``); groupings that are computed from them (a model
-family, a day / week / month in ``--tz``) are then rolled up from those few groups by
-``roll_up``. Memory stays flat: only the groups and at most ``calls_limit`` calls are kept
-(``--latency`` also keeps the latencies, 8 bytes a call, except where PostgreSQL ranks them; the
-dashboard's totals per tag key keep each key's few most costly values, see ``_TagTotals``).
-The dialect-specific SQL lives in ``_sql``.
+fast), over the rows that pass ``sql_valid`` (the rest in the window are counted as skipped; the
+sink's partial index of unsound rows names them, see ``exclude_bad_rows``); PostgreSQL answers the
+same SQL through ``_postgres``. JSONL is streamed once, whatever the number of groupings asked for
+(a large file as two halves at once, see ``SPLIT_BYTES``): for totals through ``_scan`` (only the
+fields totals read, checked as ``_validate`` checks them), for a list of calls as full records;
+costs are exact Decimals. Both group by the stored columns (``raw_columns``); groupings that are
+computed from them (a model family, a day / week / month in ``--tz``) are then rolled up from
+those few groups by ``roll_up``. Memory stays flat: only the groups and at most ``calls_limit``
+calls are kept (``--latency`` also keeps the latencies, 8 bytes a call, except where PostgreSQL
+ranks them; the dashboard's totals per tag key keep each key's few most costly values, see
+``_TagTotals``). The dialect-specific SQL lives in ``_sql``.
 """
 
 from __future__ import annotations
 
 import heapq
 import json
+import multiprocessing
 import operator
+import os
+import signal
 import sqlite3
+import sys
+import threading
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
-from typing import Any
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, TypeAlias
 
 from tokenmeter._totals import Totals
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._postgres import is_postgres
 from tokenmeter.cli._progress import Progress
-from tokenmeter.cli._source import JsonlReader, Source, open_database, table_columns
+from tokenmeter.cli._source import (
+    JsonlReader,
+    Source,
+    line_start_after,
+    open_database,
+    table_columns,
+)
 from tokenmeter.cli._validate import COUNT_FIELDS, BadRecord, record_from_row, sql_valid
 from tokenmeter.cli.reports._model import (
     NONE_LABEL,
@@ -71,6 +85,8 @@ __all__ = [
 
 Extractor = Callable[[dict[str, Any]], str]
 STATUSES = ("ok", "error", "blocked")
+#: The sink's partial index of the rows ``sql_valid`` refuses (schema version 4).
+UNSOUND_INDEX = "ix_records_unsound"
 
 
 @dataclass(frozen=True)
@@ -474,10 +490,13 @@ def exclude_bad_rows(
 ) -> tuple[str, list[str], int]:
     """``where`` narrowed to the rows that pass ``sql_valid``, and how many it left out.
 
-    The check runs in one scan that collects the bad rowids (normally none); the queries that
-    follow exclude those by rowid, so the per-row check is not repeated for every grouping.
-    ``alias`` names the records table in the caller's query (``"r"``). Call inside one read
-    transaction, so that rows written meanwhile cannot slip past the check.
+    The bad rowids (normally none) are collected once; the queries that follow exclude those by
+    rowid, so the check is not repeated for every grouping. A database the sink has migrated
+    keeps its unsound rows in the partial index ``ix_records_unsound``, so only that index is
+    read; where it is missing, or its condition is not this one (SQLite then finds no plan), every
+    row of the window is checked. ``alias`` names the records table in the caller's query
+    (``"r"``). Call inside one read transaction, so that rows written meanwhile cannot slip past
+    the check.
     """
     if is_postgres(conn):
         return where, params, 0  # typed columns: the sink's NOT NULL integers need no check
@@ -485,8 +504,16 @@ def exclude_bad_rows(
     table = f"records {alias}" if alias else "records"
     valid = sql_valid(table_columns(conn, "records"), prefix)
     joiner = " AND " if where else " WHERE "
-    sql = f"SELECT {prefix}rowid FROM {table}{where}{joiner}NOT {valid}"
-    bad = [row[0] for row in conn.execute(sql, params)]
+    condition = f"{where}{joiner}NOT {valid}"
+    try:
+        cursor = conn.execute(
+            f"SELECT {prefix}rowid FROM {table} INDEXED BY {UNSOUND_INDEX}{condition}", params
+        )
+    except sqlite3.OperationalError as exc:  # no such index, or not one for this condition
+        if "index" not in str(exc) and "no query solution" not in str(exc):
+            raise
+        cursor = conn.execute(f"SELECT {prefix}rowid FROM {table}{condition}", params)
+    bad = [row[0] for row in cursor]
     if not bad:
         return where, params, 0
     excluded = f"{where}{joiner}{prefix}rowid NOT IN (SELECT value FROM json_each(?))"
@@ -588,17 +615,20 @@ def _sqlite_breakdown(
 # --- JSONL -----------------------------------------------------------------------------------
 
 
+#: The columns that are one field of a record, and what stands for it when it is empty.
+_FIELDS = {
+    "provider": ("model_provider", NONE_LABEL),
+    "model": ("model_name", NONE_LABEL),
+    "session_id": ("session_id", NONE_LABEL),
+    "session": ("session_name", ""),
+    "status": ("status", "ok"),
+}
+
+
 def _extractor(column: str) -> Extractor:
-    if column == "provider":
-        return lambda r: r.get("model_provider") or NONE_LABEL
-    if column == "model":
-        return lambda r: r.get("model_name") or NONE_LABEL
-    if column == "session_id":
-        return lambda r: r.get("session_id") or NONE_LABEL
-    if column == "session":
-        return lambda r: r.get("session_name") or ""
-    if column == "status":
-        return lambda r: r.get("status") or "ok"
+    if column in _FIELDS:
+        name, none = _FIELDS[column]
+        return lambda r: r.get(name) or none
     if column == "utc_hour":
         return lambda r: str(r["timestamp"])[:13]
     key = column.removeprefix("tag:")
@@ -613,6 +643,9 @@ def _extractor(column: str) -> Extractor:
 
 def _key_function(raw: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[str, ...]]:
     """The stored key of a record for these columns (one or two columns without a loop)."""
+    if len(raw) == 2 and raw[0] in _FIELDS and raw[1] in _FIELDS:  # by model: one call a record
+        (name_1, none_1), (name_2, none_2) = _FIELDS[raw[0]], _FIELDS[raw[1]]
+        return lambda r: (r.get(name_1) or none_1, r.get(name_2) or none_2)
     extractors = [_extractor(column) for column in raw]
     if len(extractors) == 1:
         (first,) = extractors
@@ -655,6 +688,35 @@ class _Grouper:
             if isinstance(latency, int | float) and not isinstance(latency, bool):
                 self.latencies.append((key, float(latency)))
 
+    def state(self) -> _State:
+        """What ``merge`` takes (latencies by key: compact to send between processes)."""
+        if self.latencies is None:
+            return self.groups, self.costs, None
+        latencies: dict[tuple[str, ...], array[float]] = {}
+        for key, value in self.latencies:
+            found = latencies.get(key)
+            if found is None:
+                found = latencies[key] = array("d")
+            found.append(value)
+        return self.groups, self.costs, latencies
+
+    def merge(
+        self,
+        groups: dict[tuple[str, ...], Sequence[int]],
+        costs: dict[tuple[str, ...], Decimal],
+        latencies: dict[tuple[str, ...], array[float]] | None,
+    ) -> None:
+        """Add the totals of the records that follow, read elsewhere (``state``)."""
+        for key, values in groups.items():
+            known = self.groups.get(key)
+            self.groups[key] = values if known is None else list(map(_ADD, known, values))
+        for key, cost in costs.items():
+            self.costs[key] = self.costs.get(key, _NO_COST) + cost
+        if self.latencies is not None and latencies is not None:
+            self.latencies.extend(
+                (key, value) for key, found in latencies.items() for value in found
+            )
+
     def breakdown(self, tz: tzinfo) -> Breakdown:
         costs = self.costs
         groups = (
@@ -675,29 +737,143 @@ def _uses_tags(query: Query) -> bool:
     )
 
 
+#: A JSONL file this large is read in two halves at once when only totals are asked for (no
+#: call list, no dashboard tag charts): the second half in a child process, so two cores share
+#: the wait. Smaller files are not worth the child's start.
+SPLIT_BYTES = 64 << 20
+
+#: What a child's half of a read sends back: each grouping's counts, costs and latencies (by
+#: stored key), and the lines it skipped.
+_State: TypeAlias = (
+    "tuple[dict[tuple[str, ...], Sequence[int]], dict[tuple[str, ...], Decimal], "
+    "dict[tuple[str, ...], array[float]] | None]"
+)
+_Part: TypeAlias = "tuple[list[_State], int]"
+
+
 def _run_jsonl(
     source: Source, query: Query, progress: Progress | None, tags: _TagTotals | None
 ) -> tuple[list[Breakdown], list[Call] | None, int]:
     on_progress = progress.update if progress else None
-    records: Iterable[tuple[dict[str, Any], tuple[int, ...], Decimal | None]]
-    reader: JsonlScan | JsonlReader
-    keep: deque[dict[str, Any]] | None = None
-    if query.calls_limit is None:  # totals only: the fast scan of the fields totals read
-        reader = records = JsonlScan(
-            source.path, tags=tags is not None or _uses_tags(query), on_progress=on_progress
-        )
-    else:  # the calls are listed: every field of every record
-        keep = deque(maxlen=query.calls_limit or None)
+    groupers = [
+        _Grouper(grouping, query.latency and i == 0) for i, grouping in enumerate(query.groupings)
+    ]
+    if query.calls_limit is not None:  # the calls are listed: every field of every record
+        keep: deque[dict[str, Any]] = deque(maxlen=query.calls_limit or None)
         reader = JsonlReader(source.path, on_progress=on_progress)
         records = (
             (r, tuple([r[name] for name in COUNT_FIELDS]), r.get("estimated_cost_usd"))
             for r in reader
         )
-    since = format_instant(query.since) if query.since is not None else None
-    until = format_instant(query.until) if query.until is not None else None
+        _total(records, query, groupers, tags, keep)
+        calls = [Call.from_json(record) for record in keep]
+        return [g.breakdown(query.tz) for g in groupers], calls, reader.skipped
+    # Totals only: the fast scan of the fields totals read.
+    need_tags = tags is not None or _uses_tags(query)
+    middle = _middle(source.path) if tags is None else None
+    if middle is None:
+        scan = JsonlScan(source.path, tags=need_tags, on_progress=on_progress)
+        _total(scan, query, groupers, tags, None)
+        return [g.breakdown(query.tz) for g in groupers], None, scan.skipped
+    child, results = _start_half(source.path, query, need_tags, middle)
+    try:
+        scan = JsonlScan(source.path, tags=need_tags, on_progress=on_progress, end=middle)
+        _total(scan, query, groupers, tags, None)
+        part = _receive_half(child, results)
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        results.close()
+    if part is None:  # the child did not finish (killed?): read its half here
+        part = _scan_half(source.path, query, need_tags, middle)
+    parts, skipped = part
+    for grouper, (counts, costs, latencies) in zip(groupers, parts, strict=True):
+        grouper.merge(counts, costs, latencies)
+    return [g.breakdown(query.tz) for g in groupers], None, scan.skipped + skipped
+
+
+def _middle(path: Path) -> int | None:
+    """Where a large file's second half begins (at a line), if it is to be read in two halves.
+
+    Only where a child can be forked cheaply and safely: the process has no other thread, and
+    the system is not macOS (whose system libraries do not survive a fork without exec).
+    """
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return None
+    if (
+        size < SPLIT_BYTES
+        or (os.cpu_count() or 1) < 2
+        or sys.platform == "darwin"
+        or "fork" not in multiprocessing.get_all_start_methods()
+        or threading.active_count() != 1
+    ):
+        return None
+    return line_start_after(path, size // 2)
+
+
+def _start_half(
+    path: Path, query: Query, need_tags: bool, start: int
+) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+    context = multiprocessing.get_context("fork")
+    results, sender = context.Pipe(duplex=False)
+    for stream in (sys.stdout, sys.stderr):  # else the child could print what is buffered again
+        stream.flush()
+    child = context.Process(
+        target=_half_in_child, args=(sender, path, query, need_tags, start), daemon=True
+    )
+    child.start()
+    sender.close()
+    return child, results
+
+
+def _half_in_child(
+    sender: Connection, path: Path, query: Query, need_tags: bool, start: int
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: the parent reports it, once
+    try:
+        sender.send(("ok", _scan_half(path, query, need_tags, start)))
+    except CliError as exc:
+        sender.send(("error", str(exc)))
+    except Exception:  # a fault of ours: the parent reads this half itself, and meets it there
+        sender.send(("again", None))
+
+
+def _receive_half(child: multiprocessing.process.BaseProcess, results: Connection) -> _Part | None:
+    try:
+        status, value = results.recv()
+    except (EOFError, OSError):
+        return None
+    if status == "error":
+        raise CliError(value)
+    if status == "again":
+        return None
+    part: _Part = value
+    return part
+
+
+def _scan_half(path: Path, query: Query, need_tags: bool, start: int) -> _Part:
+    """Totals of the lines from ``start`` on, as the child sends them back."""
     groupers = [
         _Grouper(grouping, query.latency and i == 0) for i, grouping in enumerate(query.groupings)
     ]
+    scan = JsonlScan(path, tags=need_tags, start=start)
+    _total(scan, query, groupers, None, None)
+    return [g.state() for g in groupers], scan.skipped
+
+
+def _total(
+    records: Iterable[tuple[dict[str, Any], tuple[int, ...], Decimal | None]],
+    query: Query,
+    groupers: list[_Grouper],
+    tags: _TagTotals | None,
+    keep: deque[dict[str, Any]] | None,
+) -> None:
+    """Add the records in the window that pass the filters to every grouping (and the tags)."""
+    since = format_instant(query.since) if query.since is not None else None
+    until = format_instant(query.until) if query.until is not None else None
     adders = [grouper.add for grouper in groupers]
     filters = query.filters
     filtering = filters != Filters()
@@ -726,5 +902,3 @@ def _run_jsonl(
             tags.add(record["tags"], values, cost)
         if keep is not None:
             keep.append(record)
-    calls = None if keep is None else [Call.from_json(record) for record in keep]
-    return [g.breakdown(query.tz) for g in groupers], calls, reader.skipped

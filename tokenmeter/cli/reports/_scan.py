@@ -110,7 +110,8 @@ class _Dates:
 class JsonlScan:
     """Iterate ``(record, counts, cost)`` over the records of a JSONL file; ``skipped`` counts
     the lines that are not records. ``tags`` says whether the records need their tags (a tag
-    grouping or filter): they are decoded only then.
+    grouping or filter): they are decoded only then. ``start`` and ``end`` read only the lines
+    between those offsets (each where a line begins).
     """
 
     def __init__(
@@ -119,18 +120,23 @@ class JsonlScan:
         *,
         tags: bool,
         on_progress: Callable[[int, int], None] | None = None,
+        start: int = 0,
+        end: int | None = None,
     ) -> None:
         self.path = path
         self.tags = tags
         self.on_progress = on_progress
+        self.start = start
+        self.end = end
         self.skipped = 0
 
     def __iter__(self) -> Iterator[tuple[ScanRecord, Counts, Decimal | None]]:
         need_tags = self.tags
         dates = _Dates()
         valid_date = dates.valid
+        known_date = dates.known.get
         match_line = _LINE
-        for line in lines_of(self):
+        for line in lines_of(self, self.start, self.end):
             try:
                 found = match_line(line.decode())
             except UnicodeDecodeError:
@@ -155,7 +161,7 @@ class JsonlScan:
                     status,
                     estimated,
                 ) = found.groups()
-                if valid_date(day):
+                if known_date(day) or valid_date(day):
                     record = {
                         "timestamp": timestamp,
                         "model_provider": provider,
