@@ -31,7 +31,7 @@ from typing import Any
 from tokenmeter import _pipeline
 from tokenmeter.guardrails._ledger import lease_all
 
-__all__ = ["IDLE_S", "Lease", "admit", "give_back", "release", "settle"]
+__all__ = ["IDLE_S", "Lease", "admit", "give_back", "release", "settle", "take"]
 
 logger = logging.getLogger("tokenmeter")
 
@@ -141,17 +141,9 @@ def admit(
     global _ledger
     now = time.monotonic()
     with _lock:
-        cached = holder.leases if holder is not None else None
-        if cached is not None and cached[0] is wanted and cached[1] == _generation:
-            leases = cached[2]
-            for lease in leases:
-                if lease.held - lease.inflight - lease.used < amount:
-                    break
-            else:  # every slice has room: nothing to ask the ledger
-                for lease in leases:
-                    lease.inflight += amount
-                    lease.last = now
-                return leases, -1, 0.0
+        found = _take(holder, wanted, amount, now)
+        if found is not None:
+            return found, -1, 0.0
         leases = []
         for key, start, limit in wanted:
             lease = _leases.get((key, start))
@@ -169,6 +161,29 @@ def admit(
             return leases, -1, 0.0
         lease = leases[refused]
         return leases, refused, lease.settled + lease.others + lease.inflight
+
+
+def take(holder: Any, wanted: list[tuple[str, str, float]], amount: float) -> list[Lease] | None:
+    """``admit`` when every slice ``holder`` keeps for ``wanted`` has room for ``amount``, else
+    None (nothing reserved): asks nothing of the ledger."""
+    with _lock:
+        return _take(holder, wanted, amount, time.monotonic())
+
+
+def _take(
+    holder: Any, wanted: list[tuple[str, str, float]], amount: float, now: float
+) -> list[Lease] | None:
+    cached = holder.leases if holder is not None else None
+    if cached is None or cached[0] is not wanted or cached[1] != _generation:
+        return None
+    leases: list[Lease] = cached[2]
+    for lease in leases:
+        if lease.held - lease.inflight - lease.used < amount:
+            return None
+    for lease in leases:  # every slice has room: nothing to ask the ledger
+        lease.inflight += amount
+        lease.last = now
+    return leases
 
 
 def release(leases: Sequence[Lease], amount: float) -> None:
