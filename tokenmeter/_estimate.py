@@ -209,8 +209,17 @@ def _counted(encoding: str, counter: Counter, text: str) -> int:
 
 
 def _family(provider: str) -> str:
-    family = family_of(provider)
-    return family if family in _OVERHEAD else "openai"
+    found = _families.get(provider)
+    if found is None:
+        family = family_of(provider)
+        found = family if family in _OVERHEAD else "openai"
+        if len(_families) < 1000:
+            _families[provider] = found
+    return found
+
+
+#: The family of each provider name seen (the registry is fixed at import).
+_families: dict[str, str] = {}
 
 
 def provider_for_model(model: str) -> str:
@@ -641,9 +650,12 @@ def _input_bound(provider: str, request: Any) -> int | None:
     size = 0  # bytes at most
     items = 1
     for key, value in request.items():
+        kind = type(value)
+        if kind is str:
+            size += len(value) if value.isascii() else 4 * len(value)
+            continue
         if key in _TOOL_KEYS:
             continue
-        kind = type(value)
         if kind is list or kind is tuple:
             items = max(items, len(value))
         found = _bound_bytes(value, 0)

@@ -76,6 +76,7 @@ class Lease:
         self.unit = 0.0
         #: The last sync gave no slice (the budget is near its limit).
         self.tight = True
+        #: When a call of this process was last admitted in it (an idle lease goes back).
         self.last = 0.0
 
     @property
@@ -201,25 +202,25 @@ def settle(
     is added to the leases of ``unreserved`` rows (a record made by hand) that this process
     holds. Returns the spent USD seen in each lease, and for each unreserved row whether a
     lease took it (else the caller settles it in the ledger)."""
-    now = time.monotonic()
     taken = []
     over = tight = False
     with _lock:
         for lease in leases:
             inflight = lease.inflight - amount
-            lease.inflight = inflight if inflight > 0 else 0.0
-            lease.used += actual
-            lease.last = now
+            lease.inflight = inflight = inflight if inflight > 0 else 0.0
+            lease.used = used = lease.used + actual
             if actual > 0:
-                lease.unit = actual if lease.unit <= 0 else 0.8 * lease.unit + 0.2 * actual
-            over = over or lease.used + lease.inflight > lease.held + _EPSILON
-            tight = tight or lease.tight
+                unit = lease.unit
+                lease.unit = actual if unit <= 0 else 0.8 * unit + 0.2 * actual
+            if used + inflight > lease.held + _EPSILON:
+                over = True
+            if lease.tight:
+                tight = True
         for key in unreserved:
             held = _leases.get(key)
             taken.append(held is not None)
             if held is not None:
                 held.used += actual
-                held.last = now
                 leases = [*leases, held]
                 over = over or held.used + held.inflight > held.held + _EPSILON
                 tight = tight or held.tight
