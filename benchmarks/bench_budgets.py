@@ -3,8 +3,9 @@
     python benchmarks/bench_budgets.py [--quick]
     TOKENMETER_TEST_PG=postgresql://... python benchmarks/bench_budgets.py   # + PostgreSQL
 
-The check is two steps on the caller's thread: before the request is sent (estimate the input
-cost of the request body, reserve it in every budget in scope) and when its record is made
+The check is two steps on the caller's thread: before the request is sent (a ceiling on the
+input cost of the request body, found without tokenizing, or near a limit its estimate; reserve
+it in every budget in scope) and when its record is made
 (settle the reservation with the real cost). Reservations come out of the slice of each budget
 the process leases from the ledger; the ledger is written only when a slice runs out (about once
 in 64 calls here), so the median call never touches it and the slow percentiles show the ledger

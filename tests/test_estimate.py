@@ -265,3 +265,117 @@ def test_texts_counted_before_are_remembered_per_encoding_and_within_bounds(
         count_tokens(f"message number {n} " * 3, "openai", "gpt-4o")
     assert _estimate._counts_chars <= 2_000
     assert sum(len(text) for _, text in _estimate._counts) == _estimate._counts_chars
+
+
+#: Plain requests of every surface and family (the bound must cover each): worst cases for it are
+#: texts that tokenize one byte a token (digits, symbols, non-Latin scripts) and many short parts.
+_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+_TEXTS = [
+    "",
+    "x",
+    "Say hello.",
+    "0123456789" * 50,
+    "}{)(][!?~^" * 40,
+    "日本語のテキストです。" * 20,
+    "emoji 🙂🚀🧪 " * 30,
+    "Ünïcödé çhàrs — \u2018quotes\u2019 … " * 10,
+    "a b c d e f g " * 100,
+    "".join(chr(i) for i in range(1, 32)) * 10,  # about a token a byte
+    "".join(chr(0x4E00 + i * 7919 % 20000) for i in range(200)),  # rare CJK: 2 tokens a character
+    "".join(chr(0x1F300 + i * 37 % 700) for i in range(100)),  # emoji
+]
+_BOUNDED = [
+    *(
+        ("openai", {"model": "gpt-4o", "messages": [{"role": "user", "content": text}]}, "chat")
+        for text in _TEXTS
+    ),
+    (
+        "openai",
+        {
+            "model": "gpt-4",
+            "messages": [{"role": "system", "content": t} for t in _TEXTS],
+            "tools": [_TOOL],
+        },
+        "chat",
+    ),
+    ("openai", {"model": "gpt-4o", "input": _TEXTS[5], "instructions": "Be brief."}, "responses"),
+    (
+        "openai",
+        {
+            "model": "gpt-4o",
+            "input": [
+                {"role": "user", "content": [{"type": "input_text", "text": t}]} for t in _TEXTS
+            ],
+            "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}],
+        },
+        "responses",
+    ),
+    ("openai", {"model": "text-embedding-3-small", "input": _TEXTS}, "embeddings"),
+    ("openai", {"model": "gpt-3.5-turbo-instruct", "prompt": _TEXTS[3]}, "completions"),
+    *(
+        (
+            "anthropic",
+            {
+                "model": "claude-sonnet-4-5",
+                "system": [{"type": "text", "text": "Be brief."}],
+                "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}],
+                "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
+            },
+            "messages",
+        )
+        for text in _TEXTS
+    ),
+    *(
+        (
+            "google",
+            {"model": "gemini-2.5-flash", "contents": [{"role": "user", "parts": [{"text": t}]}]},
+            "generate_content",
+        )
+        for t in _TEXTS
+    ),
+]
+
+
+@pytest.mark.parametrize(("provider", "request_", "operation"), _BOUNDED)
+@pytest.mark.parametrize("tokenizer", [True, False])
+def test_the_ceiling_a_budget_check_reserves_is_never_below_the_estimate(
+    provider: str,
+    request_: dict[str, Any],
+    operation: str,
+    tokenizer: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if not tokenizer:
+        monkeypatch.setattr(_estimate, "_counters", {"o200k_base": None, "cl100k_base": None})
+    exact = sum(_estimate._input_parts(provider, request_, operation).values())
+    bound = _estimate._input_bound(provider, request_)
+    assert bound is not None
+    assert bound >= exact
+    assert bound <= 8 * exact + 1000  # a ceiling, not a refusal of everything
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"messages": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "f"}}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "u"}]}]},
+        {"contents": [{"parts": [{"inline_data": {"mime_type": "image/png", "data": "AA"}}]}]},
+        {"contents": [{"parts": [{"text": "x"}]}], "config": {"tools": [_TOOL]}},
+        {"messages": [{"role": "assistant", "content": [{"type": "tool_use", "input": {}}]}]},
+        {"messages": [{"role": "user", "content": b"bytes"}]},
+        {"messages": [object()]},
+        [{"role": "user", "content": "not a dict"}],
+    ],
+)
+def test_no_ceiling_where_a_cost_is_not_its_text(request_: Any) -> None:
+    """Media, tool-call arguments (sent as JSON), tools in a Gemini config, SDK objects: the
+    characters say nothing of the cost, so only the exact estimate will do."""
+    assert _estimate._input_bound("openai", request_) is None

@@ -209,8 +209,17 @@ def _counted(encoding: str, counter: Counter, text: str) -> int:
 
 
 def _family(provider: str) -> str:
-    family = family_of(provider)
-    return family if family in _OVERHEAD else "openai"
+    found = _families.get(provider)
+    if found is None:
+        family = family_of(provider)
+        found = family if family in _OVERHEAD else "openai"
+        if len(_families) < 1000:
+            _families[provider] = found
+    return found
+
+
+#: The family of each provider name seen (the registry is fixed at import).
+_families: dict[str, str] = {}
 
 
 def provider_for_model(model: str) -> str:
@@ -619,6 +628,90 @@ def _input_parts(provider: str, request: Any, operation: str | None = None) -> d
     if tools:
         parts["input_text"] += _tool_tokens(tools, provider, model) + per_tools
     return parts
+
+
+#: Content part types whose cost is not their text (``_Walk._media`` reads them).
+_MEDIA_TYPES = _IMAGE_TYPES | {"input_audio", "file", "input_file", "document"}
+#: A request's keys whose values the bound leaves to ``_tool_tokens`` (their JSON is counted).
+_TOOL_KEYS = frozenset({"tools", "functions"})
+
+
+def _input_bound(provider: str, request: Any) -> int | None:
+    """A ceiling on ``_input_parts``' total for a plain request (a dict of dicts, lists and
+    strings, as the Stainless adapters pass their JSON body), found without tokenizing: a
+    byte-level BPE token (o200k, cl100k) covers at least one UTF-8 byte and the heuristic counts
+    at most one token a character, so every string of the request counts as its bytes, scaled
+    by the family's factor, plus the framing of every top-level item and the tools as counted
+    exactly. None when the request holds anything whose cost is not its text (media, tool-call
+    arguments sent as JSON, SDK objects): then only the exact count will do. A budget check
+    reserves this ceiling while it fits easily, and tokenizes only near a limit."""
+    if type(request) is not dict:
+        return None
+    size = 0  # bytes at most
+    items = 1
+    for key, value in request.items():
+        kind = type(value)
+        if kind is str:
+            size += len(value) if value.isascii() else 4 * len(value)
+            continue
+        if key in _TOOL_KEYS:
+            continue
+        if kind is list or kind is tuple:
+            items = max(items, len(value))
+        found = _bound_bytes(value, 0)
+        if found < 0:
+            return None
+        size += found
+    family = _family(provider)
+    per_message, per_request, per_tools = _OVERHEAD[family]
+    tokens = math.ceil(size * _SCALE.get(family, 1.0)) + 1
+    tokens += per_message * items + per_request
+    tools = request.get("tools") or request.get("functions")
+    if tools:
+        model = request.get("model")
+        model = model if type(model) is str else ""
+        tokens += _tool_tokens(tools, provider, model) + per_tools
+    return tokens
+
+
+def _bound_bytes(value: Any, depth: int) -> int:
+    """The UTF-8 bytes of ``value``'s strings at most; -1 when the bound cannot see through it."""
+    kind = type(value)
+    if kind is str:
+        return len(value) if value.isascii() else 4 * len(value)
+    if value is None or kind is int or kind is float or kind is bool:
+        return 0
+    if depth > 30:
+        return -1
+    total = 0
+    if kind is dict:
+        if value.get("type") in _MEDIA_TYPES:
+            return -1
+        for key, item in value.items():
+            if key in _MEDIA_KEYS or (key in _TOOL_KEYS and item):  # tools in a Gemini config
+                return -1
+            if type(item) is str:
+                total += len(item) if item.isascii() else 4 * len(item)
+                continue
+            if key in _JSON_KEYS and item is not None:  # tool-call arguments, sent as JSON
+                return -1
+            found = _bound_bytes(item, depth + 1)
+            if found < 0:
+                return -1
+            total += found
+        return total
+    if kind is list or kind is tuple:
+        for item in value:
+            found = _bound_bytes(item, depth + 1)
+            if found < 0:
+                return -1
+            total += found
+        return total
+    return -1
+
+
+#: Keys of a content part whose structured values are sent as JSON text (tool-call arguments).
+_JSON_KEYS = frozenset({"input", "args", "parameters"})
 
 
 def _tool_tokens(tools: Any, provider: str, model: str) -> int:

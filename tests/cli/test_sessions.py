@@ -115,3 +115,39 @@ def test_a_parent_whose_calls_were_all_nested_is_listed_with_rolled_up_totals(
         1,
     )
     assert rows["pipeline"]["status"] == "completed"
+
+
+def test_session_shows_a_parent_whose_calls_were_all_nested_with_rolled_up_totals(
+    cli: RunCli, tmp_path: Path
+) -> None:
+    import tokenmeter
+
+    directory = tmp_path / "store"
+    tokenmeter.configure(directory=directory, sinks=["sqlite"])
+    with tokenmeter.session("pipeline") as parent:
+        with tokenmeter.session("extract"):
+            tokenmeter.record("openai", "gpt-4o", 1000, 500)
+        with tokenmeter.session("summarise") as summarise:
+            tokenmeter.record("openai", "gpt-4o", 1000, 500)
+            with tokenmeter.session("check"):
+                tokenmeter.record("openai", "gpt-4o", 1000, 500)
+    with tokenmeter.session("elsewhere"):
+        tokenmeter.record("openai", "gpt-4o", 1000, 500)
+    assert tokenmeter.flush(5)
+    one = parent.summary.cost_usd / 3
+    for wanted in (parent.id, "pipeline"):
+        code, out, err = cli("session", wanted, "--source", str(directory), "--format", "json")
+        assert code == 0, err
+        doc = json.loads(out, parse_float=Decimal)
+        assert (doc["session_id"], doc["name"], doc["status"]) == (
+            parent.id,
+            "pipeline",
+            "completed",
+        )
+        assert len(doc["calls"]) == 3 and doc["cost_usd"] == parent.summary.cost_usd
+    code, out, _ = cli("session", summarise.id, "--source", str(directory), "--format", "json")
+    doc = json.loads(out, parse_float=Decimal)
+    assert code == 0 and len(doc["calls"]) == 2 and doc["cost_usd"] == 2 * one
+    code, out, _ = cli("session", parent.id, "--source", str(directory))
+    assert code == 0 and out.startswith("# Session: pipeline\n")
+    assert "- **Total Calls:** 3" in out

@@ -451,3 +451,41 @@ def test_a_call_in_flight_across_configure_settles_in_the_ledger_it_reserved_in(
     _budgets.give_back()
     assert first.ledger.spent("b|total|everything", "") == pytest.approx(0.25)
     assert second.ledger.spent("b|total|everything", "") == pytest.approx(0.25)
+
+
+RESTARTED = """
+import sys
+from datetime import datetime, timedelta, timezone
+import tokenmeter
+tokenmeter.configure(
+    sinks=["jsonl"], directory=sys.argv[1],
+    budgets=[{"name": "daily", "limit_usd": 0.01, "period": "day", "on_exceed": "warn"}],
+)
+at = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc) + timedelta(days=int(sys.argv[2]))
+tokenmeter.record("openai", "gpt-4o", 1000, 500, timestamp=at)  # $0.0075
+"""
+
+
+def test_budget_warnings_are_not_repeated_by_a_restarted_process_in_the_same_period(
+    tmp_path: Path,
+) -> None:
+    """One process a call ($0.0075 of a $0.01 day): 75 %, 150 %, 225 % on the first day, then
+    75 % on the next. The second process crosses 50 % again in its own eyes: alerts.jsonl says
+    that warning was given for this day already."""
+    import subprocess
+    import sys
+
+    from tokenmeter.guardrails._alerts import read_alerts
+
+    directory = tmp_path / "tm"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for day in ("0", "0", "0", "1"):  # one process each: restarted between the calls
+        subprocess.run([sys.executable, "-c", RESTARTED, str(directory), day], env=env, check=True)
+    alerts, bad = read_alerts(directory / "alerts.jsonl")
+    assert bad == 0
+    assert [(a["rule"], a["scope"].rsplit(" from ", 1)[1][:10]) for a in alerts] == [
+        ("budget_50pct", "2026-12-01"),
+        ("budget_80pct", "2026-12-01"),
+        ("budget_100pct", "2026-12-01"),
+        ("budget_50pct", "2026-12-02"),
+    ]

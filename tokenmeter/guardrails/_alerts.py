@@ -148,14 +148,16 @@ class _Baseline:
 _active: AlertSink | None = None
 
 
-def post(alert: Alert) -> None:
+def post(alert: Alert, *, once: bool = False) -> None:
     """Deliver an alert made on another thread (a budget warning): queued for the alert sink's
-    writer, which delivers it with the next batch; logged at once when there is no alert sink."""
+    writer, which delivers it with the next batch; logged at once when there is no alert sink.
+    ``once``: not delivered if alerts.jsonl has its (rule, scope) already (a budget warning
+    given by an earlier process in the same period: its scope names the period)."""
     sink = _active
     if sink is None:
         logger.warning("tokenmeter alert: %s", alert.message)
         return
-    sink.pending.append(alert)
+    sink.pending.append((alert, once))
 
 
 class AlertSink:
@@ -171,7 +173,10 @@ class AlertSink:
         self.rules = tuple(rules)
         self.path = path
         self.callbacks = tuple(callbacks)
-        self.pending: deque[Alert] = deque()
+        self.pending: deque[tuple[Alert, bool]] = deque()
+        #: (rule, scope) of the alerts posted ``once`` that were given (this process or an
+        #: earlier one: the tail of alerts.jsonl).
+        self._given: set[tuple[str, str]] = set()
         self._baselines: dict[tuple[str, str], _Baseline] = {}
         self._last: dict[tuple[str, str], datetime] = {}
         self._hour: deque[tuple[datetime, float]] = deque()
@@ -204,6 +209,7 @@ class AlertSink:
 
     def flush(self) -> None:
         with self._lock:
+            self._seed()
             self._deliver_pending()
 
     def close(self) -> None:
@@ -288,17 +294,20 @@ class AlertSink:
         self._last[(rule.rule, scope)] = when
         shown = f"{observed:,.0f} tokens" if unit == "tokens" else f"${observed:.6f}"
         self.pending.append(
-            Alert(
-                time=when,
-                rule=rule.rule,
-                scope=scope,
-                observed=observed,
-                baseline=base_value,
-                threshold=limit,
-                record_id=record_id,
-                session_id=session_id,
-                message=f"high usage: {rule.rule} {shown} for {scope} exceeds {limit:,.6g} "
-                + (f"({multiplier_text(rule, base_value)})"),
+            (
+                Alert(
+                    time=when,
+                    rule=rule.rule,
+                    scope=scope,
+                    observed=observed,
+                    baseline=base_value,
+                    threshold=limit,
+                    record_id=record_id,
+                    session_id=session_id,
+                    message=f"high usage: {rule.rule} {shown} for {scope} exceeds {limit:,.6g} "
+                    + (f"({multiplier_text(rule, base_value)})"),
+                ),
+                False,
             )
         )
 
@@ -332,7 +341,8 @@ class AlertSink:
 
     def _seed(self) -> None:
         """Once: the cooldowns still running from the alerts a previous process wrote (the tail
-        of alerts.jsonl), so a restarted process does not repeat an alert at once."""
+        of alerts.jsonl), so a restarted process does not repeat an alert at once; and the
+        budget warnings given already."""
         if self._seeded:
             return
         self._seeded = True
@@ -343,6 +353,8 @@ class AlertSink:
                 key = (str(item["rule"]), str(item["scope"]))
             except (ValueError, KeyError, TypeError):
                 continue
+            if key[0].startswith("budget_"):
+                self._given.add(key)
             if when.tzinfo is None:
                 when = when.replace(tzinfo=UTC)
             if key[0] in rules and (key not in self._last or self._last[key] < when):
@@ -351,7 +363,13 @@ class AlertSink:
     # -- delivery ------------------------------------------------------------------------------
     def _deliver_pending(self) -> None:
         while self.pending:
-            alert = self.pending.popleft()
+            alert, once = self.pending.popleft()
+            if once:
+                key = (alert.rule, alert.scope)
+                if key in self._given:
+                    logger.debug("tokenmeter: alert given before, not repeated: %s", alert.message)
+                    continue
+                self._given.add(key)
             logger.warning("tokenmeter alert: %s", alert.message)
             self._append(alert)
             for callback in self.callbacks:

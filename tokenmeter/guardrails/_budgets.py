@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tokenmeter import _sessions
 from tokenmeter._models import Usage, UsageRecord
 from tokenmeter.guardrails import _leases, _state
 from tokenmeter.guardrails._errors import BudgetExceeded
-from tokenmeter.guardrails._estimate import estimate_input_usd, forget_prices
+from tokenmeter.guardrails._estimate import estimate_input_usd, forget_prices, input_bound_usd
 from tokenmeter.guardrails._ledger import BudgetLedger, MemoryLedger, SQLiteLedger, settle_all
 from tokenmeter.pricing._overrides import short_repr
 
@@ -304,15 +304,17 @@ class _Config:
             self.scopes[key] = found
         return found
 
-    def rows(self, scope: _Scope, now: float, session: Any) -> list[tuple[str, str, float]]:
+    def rows(self, scope: _Scope, now: float, session: Any) -> _Rows:
         """The ledger rows (scope_key, period_start, limit) of the scope's budgets at ``now``,
         kept until the first of their periods ends."""
-        if now < scope.until:
-            return scope.rows
+        current = scope.current
+        if now < current.until:
+            return current
         rows = [(b.key, self.start_of(b.period, now, session), b.limit) for b in scope.ledgered]
         ends = [self.periods[b.period][1] for b in scope.ledgered if b.period in self.periods]
-        scope.rows, scope.until = rows, min(ends, default=math.inf)
-        return rows
+        marks = [(b, row[1]) for b, row in zip(scope.ledgered, rows, strict=True)]
+        current = scope.current = _Rows(rows, marks, min(ends, default=math.inf))
+        return current
 
     def start_of(self, period: str, now: float, session: Any) -> str:
         """``period_start`` for the instant ``now`` (seconds since the epoch), cached for as
@@ -340,18 +342,26 @@ class _Config:
         return self.ledger
 
 
+class _Rows(NamedTuple):
+    """The ledger rows of a scope's budgets for the periods in force, until the first ends."""
+
+    rows: list[tuple[str, str, float]]
+    #: Each budget with the period start of its row.
+    marks: list[tuple[Budget, str]]
+    until: float
+
+
 class _Scope:
     """The budgets covering one kind of call, and what a check needs of them, worked out once."""
 
-    __slots__ = ("budgets", "leases", "ledgered", "others", "per_call", "rows", "until")
+    __slots__ = ("budgets", "current", "leases", "ledgered", "others", "per_call")
 
     def __init__(self, budgets: tuple[Budget, ...]) -> None:
         self.budgets = budgets
         self.per_call = tuple(b for b in budgets if b.period == "call")
         self.ledgered = tuple(b for b in budgets if b.period != "call")
-        #: Ledger rows of ``ledgered`` for the current periods, valid until ``until``.
-        self.rows: list[tuple[str, str, float]] = []
-        self.until = -math.inf
+        #: Ledger rows of ``ledgered`` for the current periods.
+        self.current = _Rows([], [], -math.inf)
         #: The leases of ``rows`` (``_leases`` keeps it).
         self.leases: Any = None
         #: Of a record's scope: its budgets other than those the call reserved in, by the
@@ -412,8 +422,14 @@ def warn_fractions() -> tuple[float, ...]:
 
 
 # -- the check -------------------------------------------------------------------------------------
+#: Forks of this process so far: a reservation made before a fork is the parent's.
+_forks = 0
+
+
 @dataclass(slots=True)
 class _Reservation:
+    """What a call in flight holds (on the call: ``Call.budget``) until its record settles it."""
+
     amount: float
     #: The scope whose budgets the estimate is reserved in, their ledger rows, and their leases.
     scope: _Scope | None
@@ -424,35 +440,32 @@ class _Reservation:
     ref: Any = None
     rows: Sequence[tuple[str, str, float]] = ()
     leases: Sequence[Any] = ()
+    #: The marks of ``rows`` (``_Rows.marks``).
+    marks: Sequence[tuple[Budget, str]] = ()
+    forks: int = 0
+
+    def gone(self, ref: Any) -> None:
+        """The call is gone without a record: give the reservation back (a forked child's copy
+        is the parent's to settle: if the child released it, it would free the parent's share of
+        a ledger shared through SQLite)."""
+        if self.ref is ref and self.forks == _forks:
+            self.ref = None
+            _release(self)
 
 
-#: Reservations of calls in flight, by id(call).
-_pending: dict[int, _Reservation] = {}
-_pending_lock = threading.Lock()
+def _hold(call: Any, reservation: _Reservation) -> None:
+    reservation.forks = _forks
+    reservation.ref = weakref.ref(call, reservation.gone)
+    call.budget = reservation
 
 
 def _forget_in_child() -> None:
-    """A forked child's copies of the parent's calls in flight are the parent's to settle: if
-    the child released them (when its copies are collected) it would free the parent's share of
-    a ledger shared through SQLite."""
-    global _pending, _pending_lock, _warned_lock
-    for reservation in _pending.values():
-        reservation.ref = None
-    _pending, _pending_lock, _warned_lock = {}, threading.Lock(), threading.Lock()
+    global _forks, _warned_lock
+    _forks += 1
+    _warned_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
-
-
-def _call_gone(ref: Any) -> None:
-    with _pending_lock:
-        for key, reservation in list(_pending.items()):
-            if reservation.ref is ref:
-                del _pending[key]
-                break
-        else:
-            return
-    _release(reservation)
 
 
 _ledger_failed = False
@@ -500,8 +513,22 @@ def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         else None
     )
     guarded = _guarded(session)
-    if (scope is None or not scope.budgets) and not guarded:
-        return
+    if scope is None or not scope.budgets:
+        if not guarded:
+            return
+    elif not guarded and scope.leases is not None and scope.ledgered:
+        # Far from every limit, a ceiling on the estimate found without tokenizing is reserved
+        # (never less than the estimate, so the bound holds); near one, the estimate itself.
+        bound = input_bound_usd(provider, call.request_model, call.request)
+        if bound is not None and (
+            not scope.per_call or all(bound <= b.limit for b in scope.per_call)
+        ):
+            assert config is not None
+            rows, marks, _ = config.rows(scope, time.time(), session)
+            leases = _leases.take(scope, rows, bound)
+            if leases is not None:
+                _hold(call, _Reservation(bound, scope, [], _ZERO, None, rows, leases, marks))
+                return
     estimate = estimate_input_usd(
         provider, call.request_model, args, kwargs, call.request, call.operation
     )
@@ -533,9 +560,7 @@ def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
             raise
         if reservation.scope is None and not guarded:
             return  # only per-call budgets, or the ledger failed: nothing to settle
-    reservation.ref = weakref.ref(call, _call_gone)
-    with _pending_lock:
-        _pending[id(call)] = reservation
+    _hold(call, reservation)
 
 
 def _reserve(
@@ -553,7 +578,7 @@ def _reserve(
             )
     if not scope.ledgered:
         return
-    rows = config.rows(scope, time.time(), session)
+    rows, marks, _ = config.rows(scope, time.time(), session)
     try:
         leases, refused, spent = _leases.admit(
             config.ledger or config.get_ledger(), rows, reservation.amount, scope
@@ -574,6 +599,7 @@ def _reserve(
             budget.period,
         )
     reservation.scope, reservation.rows, reservation.leases = scope, rows, leases
+    reservation.marks = marks
 
 
 def _usd(amount: float) -> Decimal:
@@ -641,15 +667,13 @@ def settle(record: UsageRecord, session: Any, call: Any) -> None:
 
 
 def _settle(record: UsageRecord, session: Any, call: Any) -> None:
-    reservation = None
-    if call is not None and _pending:
-        with _pending_lock:
-            reservation = _pending.get(id(call))
-            if reservation is not None and reservation.ref() is call:
-                del _pending[id(call)]
-                reservation.ref = None  # the callback no longer finds it
-            else:
-                reservation = None
+    reservation: _Reservation | None = getattr(call, "budget", None)
+    if reservation is not None:
+        call.budget = None
+        if reservation.ref is None or reservation.forks != _forks:
+            reservation = None  # made before a fork: the parent's
+        else:
+            reservation.ref = None  # the callback no longer releases it
     if reservation is not None and reservation.sessions:
         with _sessions._lock:
             for node in reservation.sessions:
@@ -697,14 +721,15 @@ def _settle(record: UsageRecord, session: Any, call: Any) -> None:
         _ledger_fault("settle")
         return
     fractions = config.warn_at
-    settled: list[tuple[Budget, str]] = []
+    settled: Sequence[tuple[Budget, str]] = ()
     if reserving is not None and reservation is not None:
-        settled = [(b, row[1]) for b, row in zip(reserving.ledgered, reservation.rows, strict=True)]
+        settled = reservation.marks
     if rows:
+        more = list(settled)
         direct = []
         for budget, row, took in zip(budgets, rows, leased, strict=True):
             if took:
-                settled.append((budget, row[1]))
+                more.append((budget, row[1]))
             else:
                 direct.append((budget, row[1]))
         if direct and actual > 0:  # rows this process holds no lease on: settled at once
@@ -714,7 +739,8 @@ def _settle(record: UsageRecord, session: Any, call: Any) -> None:
             except Exception:
                 _ledger_fault("settle")
                 return
-            settled += direct
+            more += direct
+        settled = more
     if not fractions:
         return
     first = fractions[0]
@@ -751,7 +777,8 @@ def _maybe_warn(
                 session_id=record.session_id,
                 message=f"budget {budget.name!r} has reached {round(fraction * 100)}% of its "
                 f"${budget.limit_usd} limit: ${spent:.6f} spent",
-            )
+            ),
+            once=budget.period != "call",  # a period's warnings: once, across restarts too
         )
 
 

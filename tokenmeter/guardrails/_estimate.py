@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from tokenmeter._estimate import _input_parts, _usage_of
+from tokenmeter._estimate import _input_bound, _input_parts, _usage_of
 from tokenmeter._models import MAX_TOKENS, usage_of
 from tokenmeter.pricing import price_usage
 
-__all__ = ["estimate_input_usd"]
+__all__ = ["estimate_input_usd", "input_bound_usd"]
 
 #: Request arguments that carry the text sent to the model (OpenAI, Anthropic, Gemini).
 _CONTENT_KEYS = ("messages", "input", "contents", "system", "prompt", "instructions", "tools")
@@ -58,10 +58,31 @@ def estimate_input_usd(
     if tokens > _LINEAR_UP_TO:  # long prompts may have their own (tiered) price: ask the engine
         cost = price_usage(provider, model, usage_of(input_tokens=tokens, output_tokens=0))
         return cost.total_usd or _ZERO
+    return _price_per_token(provider, model) * tokens
+
+
+def _price_per_token(provider: str, model: str) -> Decimal:
     per_token = _per_token.get((provider, model))
     if per_token is None:
         cost = price_usage(provider, model, usage_of(input_tokens=_UNIT, output_tokens=0))
         per_token = _per_token[(provider, model)] = (cost.total_usd or _ZERO) / _UNIT
+    return per_token
+
+
+def input_bound_usd(provider: str, model: str | None, request: Any) -> float | None:
+    """A ceiling on ``estimate_input_usd`` for a plain request, found without tokenizing (see
+    ``_input_bound``); None when there is none short of the estimate itself."""
+    if not model or request is None:
+        return None
+    try:
+        tokens = _input_bound(provider, request)
+    except Exception:
+        return None
+    if tokens is None or tokens > _LINEAR_UP_TO:
+        return None
+    per_token = _per_token_float.get((provider, model))
+    if per_token is None:
+        per_token = _per_token_float[(provider, model)] = float(_price_per_token(provider, model))
     return per_token * tokens
 
 
@@ -70,11 +91,13 @@ def estimate_input_usd(
 _LINEAR_UP_TO = 100_000
 _UNIT = 1_000_000
 _per_token: dict[tuple[str, str], Decimal] = {}
+_per_token_float: dict[tuple[str, str], float] = {}
 
 
 def forget_prices() -> None:
     """Prices may have changed (configure()): price again."""
     _per_token.clear()
+    _per_token_float.clear()
 
 
 def _count_arg(value: Any, counter: list[int], *, positional: bool) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 from tokenmeter import _pipeline
 from tokenmeter.guardrails._ledger import lease_all
 
-__all__ = ["IDLE_S", "Lease", "admit", "give_back", "release", "settle"]
+__all__ = ["IDLE_S", "Lease", "admit", "give_back", "release", "settle", "take"]
 
 logger = logging.getLogger("tokenmeter")
 
@@ -76,6 +76,7 @@ class Lease:
         self.unit = 0.0
         #: The last sync gave no slice (the budget is near its limit).
         self.tight = True
+        #: When a call of this process was last admitted in it (an idle lease goes back).
         self.last = 0.0
 
     @property
@@ -141,17 +142,9 @@ def admit(
     global _ledger
     now = time.monotonic()
     with _lock:
-        cached = holder.leases if holder is not None else None
-        if cached is not None and cached[0] is wanted and cached[1] == _generation:
-            leases = cached[2]
-            for lease in leases:
-                if lease.held - lease.inflight - lease.used < amount:
-                    break
-            else:  # every slice has room: nothing to ask the ledger
-                for lease in leases:
-                    lease.inflight += amount
-                    lease.last = now
-                return leases, -1, 0.0
+        found = _take(holder, wanted, amount, now)
+        if found is not None:
+            return found, -1, 0.0
         leases = []
         for key, start, limit in wanted:
             lease = _leases.get((key, start))
@@ -171,6 +164,29 @@ def admit(
         return leases, refused, lease.settled + lease.others + lease.inflight
 
 
+def take(holder: Any, wanted: list[tuple[str, str, float]], amount: float) -> list[Lease] | None:
+    """``admit`` when every slice ``holder`` keeps for ``wanted`` has room for ``amount``, else
+    None (nothing reserved): asks nothing of the ledger."""
+    with _lock:
+        return _take(holder, wanted, amount, time.monotonic())
+
+
+def _take(
+    holder: Any, wanted: list[tuple[str, str, float]], amount: float, now: float
+) -> list[Lease] | None:
+    cached = holder.leases if holder is not None else None
+    if cached is None or cached[0] is not wanted or cached[1] != _generation:
+        return None
+    leases: list[Lease] = cached[2]
+    for lease in leases:
+        if lease.held - lease.inflight - lease.used < amount:
+            return None
+    for lease in leases:  # every slice has room: nothing to ask the ledger
+        lease.inflight += amount
+        lease.last = now
+    return leases
+
+
 def release(leases: Sequence[Lease], amount: float) -> None:
     """Calls reserved ``amount`` in ``leases`` and ended without a cost (failed, or no record)."""
     with _lock:
@@ -186,25 +202,25 @@ def settle(
     is added to the leases of ``unreserved`` rows (a record made by hand) that this process
     holds. Returns the spent USD seen in each lease, and for each unreserved row whether a
     lease took it (else the caller settles it in the ledger)."""
-    now = time.monotonic()
     taken = []
     over = tight = False
     with _lock:
         for lease in leases:
             inflight = lease.inflight - amount
-            lease.inflight = inflight if inflight > 0 else 0.0
-            lease.used += actual
-            lease.last = now
+            lease.inflight = inflight = inflight if inflight > 0 else 0.0
+            lease.used = used = lease.used + actual
             if actual > 0:
-                lease.unit = actual if lease.unit <= 0 else 0.8 * lease.unit + 0.2 * actual
-            over = over or lease.used + lease.inflight > lease.held + _EPSILON
-            tight = tight or lease.tight
+                unit = lease.unit
+                lease.unit = actual if unit <= 0 else 0.8 * unit + 0.2 * actual
+            if used + inflight > lease.held + _EPSILON:
+                over = True
+            if lease.tight:
+                tight = True
         for key in unreserved:
             held = _leases.get(key)
             taken.append(held is not None)
             if held is not None:
                 held.used += actual
-                held.last = now
                 leases = [*leases, held]
                 over = over or held.used + held.inflight > held.held + _EPSILON
                 tight = tight or held.tight

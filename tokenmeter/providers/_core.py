@@ -146,6 +146,8 @@ class Call:
     reader: Any = None
     #: What the caller can do about a stream without usage (the adapter words it).
     no_usage_hint: str = ""
+    #: The budget reservation the call holds until its record settles it (guardrails).
+    budget: Any = None
 
     def __post_init__(self) -> None:
         if self.streamed:

@@ -259,6 +259,39 @@ def _several(name: str, last_calls: dict[str, str]) -> None:
     raise CliError(f"{len(ordered)} sessions are named {name!r}, give one id: {listed}{more}")
 
 
+def _stored_session(conn: sqlite3.Connection, wanted: str) -> str | None:
+    """The id of the stored session with this id, else of the latest one with this name (a
+    session with no calls of its own has no records to find it by)."""
+    if not _has_sessions_table(conn):
+        return None
+    if conn.execute("SELECT 1 FROM sessions WHERE id = ?", [wanted]).fetchone() is not None:
+        return wanted
+    named = conn.execute(
+        "SELECT id, started_at FROM sessions WHERE name = ? ORDER BY started_at DESC", [wanted]
+    ).fetchall()
+    if len(named) > 1:
+        _several(wanted, {str(sid): str(started) for sid, started in named})
+    return str(named[0][0]) if named else None
+
+
+def _descendants(conn: sqlite3.Connection, session_id: str) -> list[str]:
+    """The sessions nested in this one, at any depth (its calls roll up, as in ``sessions``)."""
+    children: dict[str, list[str]] = {}
+    for child, parent in conn.execute("SELECT id, parent_id FROM sessions"):
+        if isinstance(child, str) and isinstance(parent, str):
+            children.setdefault(parent, []).append(child)
+    found: list[str] = []
+    seen = {session_id}
+    todo = [session_id]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in seen:  # a cycle is bad data
+                seen.add(child)
+                found.append(child)
+                todo.append(child)
+    return found
+
+
 def _find_sqlite(source: Source, wanted: str) -> SessionDetail:
     conn = open_database(source)
     conn.row_factory = sqlite3.Row
@@ -271,13 +304,21 @@ def _find_sqlite(source: Source, wanted: str) -> SessionDetail:
                 "GROUP BY session_id ORDER BY 2 DESC",
                 [wanted],
             ).fetchall()
-            if not named:
-                raise CliError(f"no session {wanted!r} in {source.path}")
-            if len(named) > 1:
-                _several(wanted, {str(sid): str(last) for sid, last in named})
-            session_id = named[0][0]
+            if named:
+                if len(named) > 1:
+                    _several(wanted, {str(sid): str(last) for sid, last in named})
+                session_id = named[0][0]
+            else:  # a parent whose calls were all made in nested sessions: theirs roll up
+                stored = _stored_session(conn, wanted)
+                if stored is None:
+                    raise CliError(f"no session {wanted!r} in {source.path}")
+                session_id = stored
+        ids = [session_id]
+        if _has_sessions_table(conn):
+            ids += _descendants(conn, session_id)
+        marks = ", ".join("?" * len(ids))
         rows = conn.execute(
-            "SELECT * FROM records WHERE session_id = ? ORDER BY timestamp, rowid", [session_id]
+            f"SELECT * FROM records WHERE session_id IN ({marks}) ORDER BY timestamp, rowid", ids
         ).fetchall()
         calls, skipped = calls_from_rows(rows)
         info = None
