@@ -10,6 +10,9 @@ import asyncio
 import gc
 import logging
 import os
+import subprocess
+import sys
+import textwrap
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -402,7 +405,8 @@ def test_a_forked_child_never_releases_the_parents_reservations(tmp_path: Path) 
     assert os.waitpid(pid, 0)[1] == 0
     assert ledger.spent("b|total|everything", "") == reserved  # still the parent's
     del call
-    gc.collect()  # the parent's call ends without a record: the reservation is given back
+    gc.collect()  # the parent's call ends without a record: its reservation is given back...
+    _budgets.give_back()  # ...at the next budget operation
     assert ledger.spent("b|total|everything", "") == 0.0
 
 
@@ -489,3 +493,40 @@ def test_budget_warnings_are_not_repeated_by_a_restarted_process_in_the_same_per
         ("budget_100pct", "2026-12-01"),
         ("budget_50pct", "2026-12-02"),
     ]
+
+
+def test_a_call_freed_by_a_garbage_collection_inside_our_locks_gives_its_reservation_back(
+    tmp_path: Path,
+) -> None:
+    """A call in a reference cycle (a traceback is enough) is freed by a garbage collection,
+    which can start inside any of our locked sections: its reservation is given back all the
+    same, afterwards, without taking those locks (not re-entrant) from inside the collection."""
+    script = tmp_path / "collect.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import gc
+            import tokenmeter
+            from tokenmeter.guardrails import _budgets, _leases
+            from tokenmeter.providers._core import Call
+
+            tokenmeter.configure(sinks=[], directory={str(tmp_path / "tm")!r},
+                                 budgets=[{{"name": "b", "limit_usd": 1, "period": "total"}}])
+            call = Call("openai", "gpt-4o", "chat")
+            _budgets.check(call, (), {{"messages": [{{"role": "user", "content": "x" * 4000}}]}})
+            holder = [call]
+            holder.append(holder)  # a cycle: only a collection frees the call
+            del call, holder
+            with _leases._lock:
+                gc.collect()
+            _budgets.give_back()
+            ledger = _budgets._config.get_ledger()
+            print("spent", ledger.spent("b|total|everything", ""))
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["spent", "0.0"]

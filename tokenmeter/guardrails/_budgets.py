@@ -23,6 +23,7 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from tokenmeter import _sessions
+from tokenmeter import _pipeline, _sessions
 from tokenmeter._models import Usage, UsageRecord
 from tokenmeter.guardrails import _leases, _state
 from tokenmeter.guardrails._errors import BudgetExceeded
@@ -445,17 +446,38 @@ class _Reservation:
     forks: int = 0
 
     def gone(self, ref: Any) -> None:
-        """The call is gone without a record: give the reservation back (a forked child's copy
-        is the parent's to settle: if the child released it, it would free the parent's share of
-        a ledger shared through SQLite)."""
+        """The call is gone without a record: its reservation is to be given back (a forked
+        child's copy is the parent's to settle: if the child released it, it would free the
+        parent's share of a ledger shared through SQLite). Only queued: see ``_orphans``."""
+        _refs.pop(id(ref), None)
         if self.ref is ref and self.forks == _forks:
             self.ref = None
-            _release(self)
+            _orphans.append(self)
+
+
+#: The weak references of the calls in flight, by id. Kept here, outside the call: a reference
+#: reachable only from a call that a garbage collection frees is freed with it, and its callback
+#: never runs (a call in a reference cycle, e.g. through a traceback, would keep its reservation).
+_refs: dict[int, Any] = {}
+#: Reservations of calls gone without a record. A weak reference's callback may run inside any
+#: section that holds our locks (a garbage collection starts at any allocation), so it takes
+#: none: the next check, settlement, give-back or the exit gives them back.
+_orphans: deque[_Reservation] = deque()
+
+
+def _release_orphans() -> None:
+    while _orphans:
+        try:
+            reservation = _orphans.popleft()
+        except IndexError:  # another thread took the last one
+            return
+        _release(reservation)
 
 
 def _hold(call: Any, reservation: _Reservation) -> None:
     reservation.forks = _forks
-    reservation.ref = weakref.ref(call, reservation.gone)
+    reservation.ref = ref = weakref.ref(call, reservation.gone)
+    _refs[id(ref)] = ref
     call.budget = reservation
 
 
@@ -463,9 +485,21 @@ def _forget_in_child() -> None:
     global _forks, _warned_lock
     _forks += 1
     _warned_lock = threading.Lock()
+    _orphans.clear()  # the parent's to give back
+    _refs.clear()
+
+
+def _release_orphans_at_exit() -> None:
+    try:
+        _release_orphans()
+    except Exception:
+        logger.warning("tokenmeter: giving back reservations at exit failed", exc_info=True)
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
+# Registered after the leases' own exit hook (imported above), so it runs first: the slices
+# given back at exit are then free of the orphans' reservations.
+_pipeline.before_exit(_release_orphans_at_exit)
 
 
 _ledger_failed = False
@@ -504,6 +538,8 @@ def check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
 
 
 def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    if _orphans:
+        _release_orphans()
     session = call.session or _sessions.current_session() or _sessions.implicit_session()
     config = _config
     provider = call.provider
@@ -667,12 +703,15 @@ def settle(record: UsageRecord, session: Any, call: Any) -> None:
 
 
 def _settle(record: UsageRecord, session: Any, call: Any) -> None:
+    if _orphans:
+        _release_orphans()
     reservation: _Reservation | None = getattr(call, "budget", None)
     if reservation is not None:
         call.budget = None
         if reservation.ref is None or reservation.forks != _forks:
             reservation = None  # made before a fork: the parent's
         else:
+            _refs.pop(id(reservation.ref), None)
             reservation.ref = None  # the callback no longer releases it
     if reservation is not None and reservation.sessions:
         with _sessions._lock:
@@ -786,6 +825,7 @@ def session_ended(session: Any) -> None:
     """Unused slices go back to the ledger when a root session ends (and a session's own
     period, its id, is over when it ends)."""
     try:
+        _release_orphans()
         _leases.give_back(str(session.id))
         if session.parent is None:
             _leases.give_back()
@@ -795,6 +835,7 @@ def session_ended(session: Any) -> None:
 
 def give_back() -> None:
     """Return every unused slice of a budget to the ledger now (tests, benchmarks, reports)."""
+    _release_orphans()
     _leases.give_back()
 
 
