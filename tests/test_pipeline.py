@@ -399,7 +399,11 @@ with tokenmeter.session("job"):
     for i in range(1000):
         tokenmeter.record("openai", "gpt-4o", 100 + i, 10)
     print("ready", flush=True)
-    time.sleep(60)
+    if sys.argv[1] == "blocked":  # the main thread waits in a call that only a signal ends
+        import threading
+        threading.Event().wait()
+    for _ in range(600):  # a handler runs between two sleeps, even if the signal came just
+        time.sleep(0.1)   # before the first (CPython checks for signals between bytecodes)
 """
 
 
@@ -422,6 +426,44 @@ def test_a_termination_signal_with_the_default_disposition_loses_nothing(
     with sqlite3.connect(meter / "usage.db") as db:
         assert db.execute("select count(*) from records").fetchone() == (1000,)
     assert len((meter / "usage.jsonl").read_text().splitlines()) == 1000
+
+
+def test_a_signal_reaches_the_main_thread_whatever_it_waits_in(tmp_path: Path) -> None:
+    """Our threads block the signals sent from outside: received by a writer, a SIGTERM would
+    not interrupt the main thread's wait, and the process would neither flush nor die."""
+    meter = tmp_path / "meter"
+    child = subprocess.Popen(
+        [sys.executable, "-c", TERMINATED, "blocked"],
+        env={**os.environ, "TOKENMETER_SINKS": "sqlite,jsonl", "TOKENMETER_DIR": str(meter)},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+    time.sleep(0.5)  # the main thread is in its wait now
+    child.send_signal(signal.SIGTERM)
+    try:
+        assert child.wait(60) == -signal.SIGTERM
+    finally:
+        child.kill()
+    with sqlite3.connect(meter / "usage.db") as db:
+        assert db.execute("select count(*) from records").fetchone() == (1000,)
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_writer_threads_block_the_signals_meant_for_the_application() -> None:
+    class MaskSink(InMemorySink):
+        def write(self, records: Sequence[UsageRecord]) -> None:
+            self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the writer's own
+            super().write(records)
+
+    sink = MaskSink()
+    tokenmeter.configure(sinks=[sink])
+    tokenmeter.record("openai", "gpt-4o", 10, 1)
+    assert tokenmeter.flush(10)
+    assert {signal.SIGTERM, signal.SIGINT, signal.SIGHUP} <= sink.mask
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # ours only
 
 
 def test_the_applications_own_sigterm_handler_is_never_replaced(tmp_path: Path) -> None:

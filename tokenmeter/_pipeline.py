@@ -57,6 +57,7 @@ __all__ = [
     "hook_termination_signals",
     "remove_submit_observer",
     "set_sinks",
+    "start_thread",
     "submit",
 ]
 
@@ -107,6 +108,42 @@ class _Paced(list[Any]):
                 pause_at = resumed + work
 
 
+#: Signals sent to the process from outside (kill, a terminal, a supervisor). Our threads block
+#: them, so that the kernel delivers them to the application's threads: Python runs a handler on
+#: the main thread in any case, but only a signal delivered to the main thread interrupts what it
+#: waits in (a sleep, a read). Received by a writer, a SIGTERM would wait for the sleep to end.
+_OUTSIDE_SIGNALS = frozenset(
+    getattr(signal, name)
+    for name in (
+        "SIGINT",
+        "SIGTERM",
+        "SIGHUP",
+        "SIGQUIT",
+        "SIGUSR1",
+        "SIGUSR2",
+        "SIGALRM",
+        "SIGCHLD",
+        "SIGWINCH",
+    )
+    if hasattr(signal, name)
+)
+
+
+def start_thread(target: Callable[[], None], name: str) -> threading.Thread:
+    """Start a daemon thread of ours that never receives the application's signals (a new
+    thread inherits the mask of the thread that starts it: blocked only meanwhile here)."""
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    if not hasattr(signal, "pthread_sigmask"):  # Windows
+        thread.start()
+        return thread
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _OUTSIDE_SIGNALS)
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return thread
+
+
 class _FlushMarker:
     __slots__ = ("done", "ok")
 
@@ -148,10 +185,7 @@ class _Writer:
         self._reported = False
         self.dropped = 0
         self.quarantined = 0
-        self._thread = threading.Thread(
-            target=self._run, name=f"tokenmeter-writer-{_name(sink)}", daemon=True
-        )
-        self._thread.start()
+        self._thread = start_thread(self._run, f"tokenmeter-writer-{_name(sink)}")
 
     # -- any thread --------------------------------------------------------------------------------
     def put(self, item: _Item) -> None:

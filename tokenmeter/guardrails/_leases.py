@@ -282,8 +282,7 @@ def _start_keeper() -> None:
     global _keeper
     if _keeper is not None and _keeper.is_alive():
         return
-    _keeper = threading.Thread(target=_keep, name="tokenmeter-budget-leases", daemon=True)
-    _keeper.start()
+    _keeper = _pipeline.start_thread(_keep, "tokenmeter-budget-leases")
 
 
 def _keep() -> None:
