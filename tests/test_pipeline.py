@@ -407,13 +407,11 @@ with tokenmeter.session("job"):
 """
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_a_termination_signal_with_the_default_disposition_loses_nothing(
-    tmp_path: Path, signum: int
-) -> None:
+def _terminated_child(tmp_path: Path, mode: str) -> tuple[subprocess.Popen[str], Path]:
+    """TERMINATED in a child with the SQLite and JSONL sinks, once its 1,000 calls are made."""
     meter = tmp_path / "meter"
     child = subprocess.Popen(
-        [sys.executable, "-c", TERMINATED, "default"],
+        [sys.executable, "-c", TERMINATED, mode],
         env={**os.environ, "TOKENMETER_SINKS": "sqlite,jsonl", "TOKENMETER_DIR": str(meter)},
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -421,6 +419,14 @@ def test_a_termination_signal_with_the_default_disposition_loses_nothing(
     )
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "ready"
+    return child, meter
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_termination_signal_with_the_default_disposition_loses_nothing(
+    tmp_path: Path, signum: int
+) -> None:
+    child, meter = _terminated_child(tmp_path, "default")
     child.send_signal(signum)
     assert child.wait(60) == -signum  # still dies of the signal, as it would without us
     with sqlite3.connect(meter / "usage.db") as db:
@@ -431,16 +437,7 @@ def test_a_termination_signal_with_the_default_disposition_loses_nothing(
 def test_a_signal_reaches_the_main_thread_whatever_it_waits_in(tmp_path: Path) -> None:
     """Our threads block the signals sent from outside: received by a writer, a SIGTERM would
     not interrupt the main thread's wait, and the process would neither flush nor die."""
-    meter = tmp_path / "meter"
-    child = subprocess.Popen(
-        [sys.executable, "-c", TERMINATED, "blocked"],
-        env={**os.environ, "TOKENMETER_SINKS": "sqlite,jsonl", "TOKENMETER_DIR": str(meter)},
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout is not None
-    assert child.stdout.readline().strip() == "ready"
+    child, meter = _terminated_child(tmp_path, "blocked")
     time.sleep(0.5)  # the main thread is in its wait now
     child.send_signal(signal.SIGTERM)
     try:

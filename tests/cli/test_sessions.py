@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from .conftest import RunCli
 
@@ -89,20 +90,29 @@ def test_unknown_session(cli: RunCli, source: Path) -> None:
     assert err.strip() == f"tokenmeter: error: no session 'nope' in {source}"
 
 
+def _nested_pipeline(directory: Path) -> tuple[Any, Any]:
+    """A parent session "pipeline" with no call of its own: "extract" (1 call) and "summarise"
+    (1 call, and "check" nested in it with 1), stored in SQLite. Returns (pipeline, summarise)."""
+    import tokenmeter
+
+    tokenmeter.configure(directory=directory, sinks=["sqlite"])
+    with tokenmeter.session("pipeline") as parent:
+        with tokenmeter.session("extract"):
+            tokenmeter.record("openai", "gpt-4o", 1000, 500)
+        with tokenmeter.session("summarise") as summarise:
+            tokenmeter.record("openai", "gpt-4o", 1000, 500)
+            with tokenmeter.session("check"):
+                tokenmeter.record("openai", "gpt-4o", 1000, 500)
+    return parent, summarise
+
+
 def test_a_parent_whose_calls_were_all_nested_is_listed_with_rolled_up_totals(
     cli: RunCli, tmp_path: Path
 ) -> None:
     import tokenmeter
 
     directory = tmp_path / "store"
-    tokenmeter.configure(directory=directory, sinks=["sqlite"])
-    with tokenmeter.session("pipeline") as parent:
-        with tokenmeter.session("extract"):
-            tokenmeter.record("openai", "gpt-4o", 1000, 500)
-        with tokenmeter.session("summarise"):
-            tokenmeter.record("openai", "gpt-4o", 1000, 500)
-            with tokenmeter.session("check"):
-                tokenmeter.record("openai", "gpt-4o", 1000, 500)
+    parent, _ = _nested_pipeline(directory)
     assert tokenmeter.flush(5)
     code, out, _ = cli("sessions", "--source", str(directory), "--format", "json")
     assert code == 0
@@ -123,14 +133,7 @@ def test_session_shows_a_parent_whose_calls_were_all_nested_with_rolled_up_total
     import tokenmeter
 
     directory = tmp_path / "store"
-    tokenmeter.configure(directory=directory, sinks=["sqlite"])
-    with tokenmeter.session("pipeline") as parent:
-        with tokenmeter.session("extract"):
-            tokenmeter.record("openai", "gpt-4o", 1000, 500)
-        with tokenmeter.session("summarise") as summarise:
-            tokenmeter.record("openai", "gpt-4o", 1000, 500)
-            with tokenmeter.session("check"):
-                tokenmeter.record("openai", "gpt-4o", 1000, 500)
+    parent, summarise = _nested_pipeline(directory)
     with tokenmeter.session("elsewhere"):
         tokenmeter.record("openai", "gpt-4o", 1000, 500)
     assert tokenmeter.flush(5)

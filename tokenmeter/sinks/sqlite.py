@@ -176,9 +176,14 @@ class _Statement:
 
     def run(self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
         per = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // self._width)
-        for start in range(0, len(rows), per):
-            part = rows[start : start + per]
-            conn.execute(self._text(len(part)), [value for row in part for value in row])
+        start, left = 0, len(rows)
+        while left:
+            # Runs of a power of two rows (or as many as SQLite takes): a handful of statements
+            # to prepare and cache, whatever the batch sizes.
+            count = min(per, 1 << (left.bit_length() - 1))
+            part = rows[start : start + count]
+            conn.execute(self._text(count), [value for row in part for value in row])
+            start, left = start + count, left - count
 
     def _text(self, count: int) -> str:
         sql = self._sql.get(count)
