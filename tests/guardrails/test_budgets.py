@@ -37,6 +37,17 @@ def chat(fake: FakeProvider, model: str = "gpt-4o") -> Any:
     return fake.openai_client(max_retries=0).chat.completions.create(model=model, messages=MESSAGES)
 
 
+class LedgerSink(InMemorySink):
+    """A sink that brings its own budget ledger (as the PostgreSQL sink does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ledger = MemoryLedger()
+
+    def budget_ledger(self) -> MemoryLedger:
+        return self.ledger
+
+
 def configured(tmp_path: Path, budgets: list[dict[str, Any]], **more: Any) -> InMemorySink:
     memory = InMemorySink()
     tokenmeter.configure(sinks=[memory], directory=tmp_path / "tm", budgets=budgets, **more)
@@ -246,14 +257,6 @@ def test_manual_records_count_against_budgets_and_warn_ancestors(
 
 
 def test_a_ledger_from_a_sink_is_used(fake: FakeProvider, instrumented: None) -> None:
-    class LedgerSink(InMemorySink):
-        def __init__(self) -> None:
-            super().__init__()
-            self.ledger = MemoryLedger()
-
-        def budget_ledger(self) -> MemoryLedger:
-            return self.ledger
-
     memory = LedgerSink()
     tokenmeter.configure(sinks=[memory], budgets=[{"name": "b", "limit_usd": 1}])
     chat(fake)
@@ -432,14 +435,6 @@ def test_a_request_carrying_audio_is_reserved_at_the_audio_rate() -> None:
 def test_a_call_in_flight_across_configure_settles_in_the_ledger_it_reserved_in() -> None:
     from tokenmeter.guardrails import _budgets
     from tokenmeter.providers._core import Call
-
-    class LedgerSink(InMemorySink):
-        def __init__(self) -> None:
-            super().__init__()
-            self.ledger = MemoryLedger()
-
-        def budget_ledger(self) -> MemoryLedger:
-            return self.ledger
 
     first, second = LedgerSink(), LedgerSink()
     budget = [{"name": "b", "limit_usd": 1, "period": "total"}]
