@@ -117,6 +117,24 @@ async def test_stream_without_include_usage_is_estimated_close_to_real_usage(
     assert _close_to(estimated.output_tokens, real.output_tokens, 0.1)
 
 
+async def test_a_stream_past_the_kept_chunks_is_extrapolated_from_them(
+    records: Records, kit: ModuleType, is_async: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream keeps its first chunks only (memory stays bounded however long it runs); the
+    rest are counted, and the estimate scales the kept text up to all of them."""
+    from tokenmeter.providers import openai as adapter
+
+    client = kit.mock_openai(StreamingServer(kit), is_async=is_async)
+    tokenmeter.instrument("openai")
+    await kit.drain(await _open(client, kit, stream_options={"include_usage": False}))
+    monkeypatch.setattr(adapter, "_KEEP_CHUNKS", 6)  # a third of ANSWER's 18 chunks
+    await kit.drain(await _open(client, kit, stream_options={"include_usage": False}))
+    whole, bounded = records()
+    assert whole.output_tokens == 18 and bounded.estimated
+    assert bounded.output_tokens != whole.output_tokens  # really extrapolated from 6 chunks
+    assert _close_to(bounded.output_tokens, whole.output_tokens, 0.35)
+
+
 async def test_compatible_server_that_ignores_stream_options_is_estimated(
     records: Records, kit: ModuleType, is_async: bool, caplog: pytest.LogCaptureFixture
 ) -> None:

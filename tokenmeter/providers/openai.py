@@ -34,45 +34,70 @@ _CHAT_HINT = "for OpenAI chat, leave stream_options.include_usage unset or True"
 
 class ChunkReader:
     """Chat and legacy completion streams: usage only on the last chunk (when asked for). Until
-    it comes, the text that passes by is tallied: a stream left early, or sent without
-    ``include_usage``, is recorded with an estimate of it."""
+    it comes, the chunks that pass by are kept (the first ``_KEEP_CHUNKS``; the rest counted): a
+    stream left early, or sent without ``include_usage``, is recorded with an estimate of their
+    text. Reading the text only then keeps the cost per chunk to one append."""
 
-    __slots__ = ("hide", "tally")
+    __slots__ = ("dropped", "hide", "kept")
 
     def __init__(self, hide_usage_chunk: bool) -> None:
         self.hide = hide_usage_chunk
-        self.tally = TextTally()
+        self.kept: list[Any] = []
+        self.dropped = 0
 
     def feed(self, chunk: Any, call: Call) -> bool:
+        if call.usage is None:
+            kept = self.kept
+            if len(kept) < _KEEP_CHUNKS:
+                kept.append(chunk)
+            else:
+                self.dropped += 1
         if call.model is None:
             call.model = getattr(chunk, "model", None)
             call.request_id = ident(getattr(chunk, "id", None))
-        choices = getattr(chunk, "choices", None)
-        if choices and call.usage is None:
-            add = self.tally.add
-            for choice in choices:  # per chunk: nothing is called for what a chunk lacks
-                delta = getattr(choice, "delta", None)
-                if delta is None:  # legacy completions
-                    add(getattr(choice, "text", None))
-                    continue
-                text = delta.content
-                if text:
-                    add(text)
-                if getattr(delta, "refusal", None):
-                    add(delta.refusal)
-                if delta.tool_calls:
-                    for tool_call in delta.tool_calls:
-                        function = tool_call.function
-                        if function is not None:
-                            add(function.name)
-                            add(function.arguments)
         usage = getattr(chunk, "usage", None)
         if usage is None:
             return False
+        self.kept, self.dropped = [], 0  # the usage came: nothing is left to estimate
         # Decided first, so that a usage block we cannot read is still hidden when we asked for it.
-        hidden = self.hide and not choices
+        hidden = self.hide and not getattr(chunk, "choices", None)
         call.read("reading stream usage", _read_usage, chunk, usage, call)
         return hidden
+
+    @property
+    def tally(self) -> TextTally:
+        """The output text of the kept chunks (a chunk that cannot be read adds nothing), scaled
+        up for the chunks past the bound."""
+        tally = TextTally()
+        for chunk in self.kept:
+            try:
+                _add_text(tally, chunk)
+            except Exception:  # a hostile chunk: the others still count
+                continue
+        if self.dropped and self.kept:
+            tally.chars = round(tally.chars * (len(self.kept) + self.dropped) / len(self.kept))
+        return tally
+
+
+#: Chunks a chat stream keeps until its usage comes (about a token each): the estimate of a
+#: longer stream without usage is extrapolated from them.
+_KEEP_CHUNKS = 4_096
+
+
+def _add_text(tally: TextTally, chunk: Any) -> None:
+    add = tally.add
+    for choice in getattr(chunk, "choices", None) or ():
+        delta = getattr(choice, "delta", None)
+        if delta is None:  # legacy completions
+            add(getattr(choice, "text", None))
+            continue
+        add(getattr(delta, "content", None))
+        add(getattr(delta, "refusal", None))
+        for tool_call in getattr(delta, "tool_calls", None) or ():
+            function = getattr(tool_call, "function", None)
+            if function is not None:
+                add(getattr(function, "name", None))
+                add(getattr(function, "arguments", None))
 
 
 def _read_usage(chunk: Any, usage: Any, call: Call) -> None:
