@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar, cast
 from tokenmeter import _pipeline
 from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import SessionInfo, UsageRecord, clean_text
-from tokenmeter._totals import Totals
+from tokenmeter._totals import COUNT_NAMES, DECIMAL_NAMES, Totals
 from tokenmeter.guardrails import _state as _guard_state
 
 __all__ = ["ModelTotals", "Session", "SessionSummary", "current_session", "session", "track"]
@@ -55,19 +55,37 @@ class ModelTotals(Totals):
 
 
 class SessionSummary(ModelTotals):
-    """Totals of a session and everything nested in it, up to date as soon as a call returns."""
+    """Totals of a session and everything nested in it, up to date as soon as a call returns.
 
-    def __init__(self) -> None:
-        super().__init__()
+    Each record is added once, to its model's totals (``by_model``); the session's own figures
+    are their sums, made when read (a session rarely has more than a few models).
+    """
+
+    def __init__(self) -> None:  # no Totals.__init__: the figures are read from by_model
         self.by_model: dict[str, ModelTotals] = {}
 
     def _add(self, record: UsageRecord) -> None:
         # On the caller's thread for every record: add_record directly, no extra frames.
-        self.add_record(record)
         per_model = self.by_model.get(record.model_name)
         if per_model is None:
             per_model = self.by_model[record.model_name] = ModelTotals()
         per_model.add_record(record)
+
+
+def _summed(name: str, zero: Any) -> property:
+    def total(self: SessionSummary) -> Any:
+        value = zero
+        for per_model in list(self.by_model.values()):  # a copy: another thread may add a model
+            value += getattr(per_model, name)
+        return value
+
+    return property(total, doc=f"``{name}`` summed over the session's models.")
+
+
+for _name in COUNT_NAMES:
+    setattr(SessionSummary, _name, _summed(_name, 0))
+for _name in DECIMAL_NAMES:
+    setattr(SessionSummary, _name, _summed(_name, _ZERO))
 
 
 def _new_id() -> str:

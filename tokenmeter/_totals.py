@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Protocol
 
-__all__ = ["COUNT_NAMES", "Totals", "normalise_usd", "output_cost"]
+__all__ = ["COUNT_NAMES", "DECIMAL_NAMES", "Totals", "normalise_usd", "output_cost"]
 
 _ZERO = Decimal(0)
 _PICO_PER_USD = Decimal(10**12)
@@ -32,9 +32,11 @@ COUNT_NAMES = (
     "blocked_calls",
     "estimated_calls",
 )
-_DECIMAL_NAMES = ("cost_usd", "output_cost_usd", "split_cost_usd")
+DECIMAL_NAMES = ("cost_usd", "output_cost_usd", "split_cost_usd")
 
 
+#: The parts of a call that had no image, audio or video and used no server tool.
+_TEXT_ONLY = frozenset({"input", "cache_read", "cache_write", "output"})
 _ONE = Decimal(1)
 _TEN = Decimal(10)
 
@@ -54,6 +56,8 @@ def normalise_usd(value: Decimal) -> Decimal:
 def output_cost(breakdown: Mapping[str, Decimal]) -> Decimal:
     """The output part of a cost breakdown: the ``output`` key and its per-modality parts
     (``output_image``, ``output_audio``...). Tool fees and passes are neither input nor output."""
+    if breakdown.keys() == _TEXT_ONLY:  # nearly every call: one output part
+        return breakdown["output"]
     total = _ZERO
     for key, value in breakdown.items():  # on the caller's thread (session totals): a plain loop
         if key[:6] == "output":
@@ -87,7 +91,7 @@ class _RecordLike(Protocol):
 class Totals:
     """Running sums of a set of records, with the derived figures people ask for."""
 
-    __slots__ = (*COUNT_NAMES, *_DECIMAL_NAMES)
+    __slots__ = (*COUNT_NAMES, *DECIMAL_NAMES)
 
     def __init__(self) -> None:
         self.calls = 0
@@ -162,7 +166,7 @@ class Totals:
     def to_state(self) -> dict[str, Any]:
         """JSON-able (Decimals as strings), for a file that keeps running totals."""
         state: dict[str, Any] = {name: getattr(self, name) for name in COUNT_NAMES}
-        state.update({name: str(getattr(self, name)) for name in _DECIMAL_NAMES})
+        state.update({name: str(getattr(self, name)) for name in DECIMAL_NAMES})
         return state
 
     @classmethod
@@ -170,7 +174,7 @@ class Totals:
         totals = cls()
         for name in COUNT_NAMES:
             setattr(totals, name, int(state.get(name, 0)))
-        for name in _DECIMAL_NAMES:
+        for name in DECIMAL_NAMES:
             setattr(totals, name, Decimal(str(state.get(name, "0"))))
         return totals
 
