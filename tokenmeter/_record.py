@@ -108,8 +108,14 @@ def build_record(
     if request_model is not None:
         request_model = model if request_model == model else _opt_text(request_model)
     cost = price_usage(provider, model, usage, at=now, tier=tier) if priced else _UNKNOWN
-    if cost.total_usd is not None and cost.total_usd > MAX_COST_USD:
+    # The models' fields read from their __dict__: a pydantic model's attribute access goes
+    # through its __getattr__ hook, several times dearer than a dict lookup (hot path).
+    total = cost.__dict__["total_usd"]
+    if total is not None and total > MAX_COST_USD:
         cost = _plausible(cost, model)
+        total = cost.__dict__["total_usd"]
+    priced_as = cost.__dict__
+    counts = usage.__dict__
     session_tags = session.effective_tags
     record: UsageRecord = trusted(
         UsageRecord,
@@ -117,18 +123,18 @@ def build_record(
             "timestamp": now,
             "model_provider": provider,
             "model_name": model,
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "total_tokens": usage.input_tokens + usage.output_tokens,
-            "estimated_cost_usd": None if cost.total_usd is None else normalise_usd(cost.total_usd),
+            "input_tokens": counts["input_tokens"],
+            "output_tokens": counts["output_tokens"],
+            "total_tokens": counts["input_tokens"] + counts["output_tokens"],
+            "estimated_cost_usd": None if total is None else normalise_usd(total),
             "id": f"{_id_prefix}{next(_id_counter):010x}",
             "request_model": request_model,
             "operation": operation,
-            "cache_read_tokens": usage.cache_read_tokens,
-            "cache_write_tokens": usage.cache_write_tokens,
-            "reasoning_tokens": usage.reasoning_tokens,
-            "cost_breakdown": cost.breakdown,
-            "price_source": cost.price_source,
+            "cache_read_tokens": counts["cache_read_tokens"],
+            "cache_write_tokens": counts["cache_write_tokens"],
+            "reasoning_tokens": counts["reasoning_tokens"],
+            "cost_breakdown": priced_as["breakdown"],
+            "price_source": priced_as["price_source"],
             "session_id": session.id,
             "session_name": session.name,
             "tags": {**session_tags, **tags} if tags else session_tags,
@@ -138,8 +144,8 @@ def build_record(
             "error": error,
             "request_id": request_id if request_id is None else _opt_text(request_id),
             "estimated": estimated,
-            "modalities": usage.modalities,
-            "tool_requests": usage.tool_requests,
+            "modalities": counts["modalities"],
+            "tool_requests": counts["tool_requests"],
         },
     )
     return record

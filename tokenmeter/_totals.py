@@ -88,6 +88,21 @@ class _RecordLike(Protocol):
     def estimated(self) -> bool: ...
 
 
+#: What ``add_record`` reads of a record.
+_RECORD_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "estimated_cost_usd",
+    "cost_breakdown",
+    "status",
+    "estimated",
+)
+
+
 class Totals:
     """Running sums of a set of records, with the derived figures people ask for."""
 
@@ -116,30 +131,35 @@ class Totals:
     # --- adding up -------------------------------------------------------------------------
 
     def add_record(self, record: _RecordLike) -> None:
-        # On the caller's thread for every record (session summaries): kept to plain adds.
-        total = record.total_tokens
+        # On the caller's thread for every record (session summaries): kept to plain adds. A
+        # pydantic record's fields are read from its __dict__ (its attribute access goes through
+        # a __getattr__ hook); any other record-like object, through its attributes.
+        fields = getattr(record, "__dict__", None)
+        if fields is None or "total_tokens" not in fields:
+            fields = {name: getattr(record, name) for name in _RECORD_FIELDS}
+        total = fields["total_tokens"]
         self.calls += 1
-        self.input_tokens += record.input_tokens
-        self.output_tokens += record.output_tokens
-        self.cache_read_tokens += record.cache_read_tokens
-        self.cache_write_tokens += record.cache_write_tokens
-        self.reasoning_tokens += record.reasoning_tokens
+        self.input_tokens += fields["input_tokens"]
+        self.output_tokens += fields["output_tokens"]
+        self.cache_read_tokens += fields["cache_read_tokens"]
+        self.cache_write_tokens += fields["cache_write_tokens"]
+        self.reasoning_tokens += fields["reasoning_tokens"]
         self.total_tokens += total
-        status = record.status
+        status = fields["status"]
         if status != "ok":
             if status == "error":
                 self.error_calls += 1
             elif status == "blocked":
                 self.blocked_calls += 1
-        if record.estimated:
+        if fields["estimated"]:
             self.estimated_calls += 1
-        cost = record.estimated_cost_usd
+        cost = fields["estimated_cost_usd"]
         if cost is None:
             return
         self.priced_calls += 1
         self.priced_tokens += total
         self.cost_usd += cost
-        breakdown = record.cost_breakdown
+        breakdown = fields["cost_breakdown"]
         if breakdown:  # its parts add up to the cost
             self.output_cost_usd += output_cost(breakdown)  # every output modality
             self.split_cost_usd += cost

@@ -124,24 +124,24 @@ class _Vector:
         )
 
     def price(self, usage: Usage, source: str | None = None) -> Cost:
-        total_in = usage.input_tokens
+        counts = usage.__dict__  # cheaper than a pydantic model's attribute access (hot path)
+        total_in = counts["input_tokens"]
         r = self.base
         for start, tier_rates in self.tiers:  # highest threshold first; a cliff on total input
             if total_in > start:
                 r = tier_rates
                 break
-        cache_read = usage.cache_read_tokens
-        cache_write = usage.cache_write_tokens
-        write_1h = usage.cache_write_1h_tokens
+        cache_read = counts["cache_read_tokens"]
+        cache_write = counts["cache_write_tokens"]
+        write_1h = counts["cache_write_1h_tokens"]
         uncached = total_in - cache_read - cache_write
-        audio_out = usage.output_audio_tokens
-        reasoning = usage.reasoning_tokens
-        text_out = usage.output_tokens - audio_out - reasoning
-        modalities = usage.modalities
-        if modalities or usage.tool_requests:
+        audio_out = counts["output_audio_tokens"]
+        reasoning = counts["reasoning_tokens"]
+        text_out = counts["output_tokens"] - audio_out - reasoning
+        if counts["modalities"] or counts["tool_requests"]:
             return self._price_parts(usage, r, source)
 
-        audio_in = min(usage.input_audio_tokens, max(uncached, 0))
+        audio_in = min(counts["input_audio_tokens"], max(uncached, 0))
         input_usd = r.per_request
         if uncached - audio_in > 0:
             input_usd = input_usd + r.input * (uncached - audio_in)
@@ -315,7 +315,7 @@ def price_usage(
     if entry.models:
         vector = entry.vector(_utc(at))
         if vector is not None:
-            if usage.passes:
+            if usage.__dict__["passes"]:
                 return _price_with_passes(provider, model, usage, vector, at, tier)
             return vector.price(usage)
     _warn_unknown(provider, model)
