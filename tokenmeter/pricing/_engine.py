@@ -77,6 +77,7 @@ class _PerToken:
         "output",
         "per_request",
         "reasoning",
+        "reasoning_as_output",
         "source",
         "video_in",
         "video_out",
@@ -96,6 +97,7 @@ class _PerToken:
         self.audio_in = rates.input_audio_per_mtok / _PER_MTOK
         self.audio_out = rates.output_audio_per_mtok / _PER_MTOK
         self.reasoning = rates.reasoning_per_mtok / _PER_MTOK
+        self.reasoning_as_output = self.reasoning == self.output
         self.per_request = rates.per_request_usd
         self.image_in = rates.input_image_per_mtok / _PER_MTOK
         self.video_in = rates.input_video_per_mtok / _PER_MTOK
@@ -144,23 +146,30 @@ class _Vector:
         audio_in = min(counts["input_audio_tokens"], max(uncached, 0))
         input_usd = r.per_request
         if uncached - audio_in > 0:
-            input_usd = input_usd + r.input * (uncached - audio_in)
+            input_usd = r.input * (uncached - audio_in)
+            if r.per_request:
+                input_usd += r.per_request
         read_usd = r.cache_read * cache_read if cache_read else _ZERO
         write_usd = _ZERO
         if cache_write - write_1h:
             write_usd = r.cache_write * (cache_write - write_1h)
         if write_1h:
             write_usd = write_usd + r.cache_write_1h * write_1h
-        output_usd = r.output * text_out if text_out else _ZERO
-        if reasoning:
-            output_usd = output_usd + r.reasoning * reasoning
+        if reasoning and r.reasoning_as_output:  # one product: the same rate
+            output_usd = r.output * (text_out + reasoning)
+        else:
+            output_usd = r.output * text_out if text_out else _ZERO
+            if reasoning:
+                output_usd = output_usd + r.reasoning * reasoning
         breakdown = {
             "input": input_usd,
             "cache_read": read_usd,
             "cache_write": write_usd,
             "output": output_usd,
         }
-        total = input_usd + read_usd + write_usd + output_usd
+        total = input_usd + read_usd + output_usd
+        if write_usd:
+            total += write_usd
         if audio_in:
             breakdown["input_audio"] = part = r.audio_in * audio_in
             total += part
