@@ -658,6 +658,22 @@ def _input_bound(provider: str, request: Any) -> int | None:
             continue
         if kind is list or kind is tuple:
             items = max(items, len(value))
+            for item in value:  # _bound_bytes(value, 0), with a message of strings inline
+                if type(item) is dict and _PLAIN_MESSAGE.isdisjoint(item):
+                    for text in item.values():
+                        if type(text) is str:
+                            size += len(text) if text.isascii() else 4 * len(text)
+                            continue
+                        found = _bound_bytes(text, 2)
+                        if found < 0:
+                            return None
+                        size += found
+                    continue
+                found = _bound_bytes(item, 1)
+                if found < 0:
+                    return None
+                size += found
+            continue
         found = _bound_bytes(value, 0)
         if found < 0:
             return None
@@ -712,6 +728,8 @@ def _bound_bytes(value: Any, depth: int) -> int:
 
 #: Keys of a content part whose structured values are sent as JSON text (tool-call arguments).
 _JSON_KEYS = frozenset({"input", "args", "parameters"})
+#: A dict with none of these keys is walked by ``_bound_bytes`` without a check of its keys.
+_PLAIN_MESSAGE = _MEDIA_KEYS | _TOOL_KEYS | _JSON_KEYS | {"type"}
 
 
 def _tool_tokens(tools: Any, provider: str, model: str) -> int:

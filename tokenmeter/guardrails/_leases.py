@@ -31,7 +31,17 @@ from typing import Any
 from tokenmeter import _pipeline
 from tokenmeter.guardrails._ledger import lease_all
 
-__all__ = ["IDLE_S", "Lease", "admit", "give_back", "release", "settle", "take"]
+__all__ = [
+    "IDLE_S",
+    "Group",
+    "Lease",
+    "admit",
+    "give_back",
+    "release",
+    "settle",
+    "settle_group",
+    "take",
+]
 
 logger = logging.getLogger("tokenmeter")
 
@@ -82,6 +92,18 @@ class Lease:
     @property
     def room(self) -> float:
         return self.held - self.inflight - self.used
+
+
+class Group:
+    """The leases of one list of rows (a scope's budgets for the current periods), kept by the
+    scope: a call far from every limit is admitted in all of them at once (``take``) and settled
+    in all of them at once (``settle_group``), without looking anything up. Valid while no lease
+    has been dropped since it was made (``_generation``)."""
+
+    __slots__ = ("generation", "leases", "rows")
+
+    def __init__(self, rows: list[tuple[str, str, float]], generation: int, leases: list[Lease]):
+        self.rows, self.generation, self.leases = rows, generation, leases
 
 
 _leases: dict[tuple[str, str], Lease] = {}
@@ -137,14 +159,16 @@ def admit(
 ) -> tuple[list[Lease], int, float]:
     """Reserve ``amount`` in every (scope_key, period_start, limit) of ``wanted``, or in none:
     (the leases, -1, 0.0), or (the leases, the index of the one that refused, what it found
-    spent and reserved). ``holder`` (an object with a ``leases`` attribute) keeps the leases
-    of ``wanted`` for the next call with the same list."""
+    spent and reserved). ``holder`` (an object with a ``group`` attribute) keeps the leases of
+    ``wanted`` as a ``Group`` for the next calls with the same list (``take``)."""
     global _ledger
     now = time.monotonic()
     with _lock:
-        found = _take(holder, wanted, amount, now)
-        if found is not None:
-            return found, -1, 0.0
+        group = holder.group if holder is not None else None
+        if group is not None:
+            found = _take(group, wanted, amount, now)
+            if found is not None:
+                return found, -1, 0.0
         leases = []
         for key, start, limit in wanted:
             lease = _leases.get((key, start))
@@ -157,27 +181,27 @@ def admit(
             _ledger = ledger
         refused = _sync(ledger, leases, amount)
         if holder is not None:
-            holder.leases = (wanted, _generation, leases)
+            holder.group = Group(wanted, _generation, leases)
         if refused < 0:
             return leases, -1, 0.0
         lease = leases[refused]
         return leases, refused, lease.settled + lease.others + lease.inflight
 
 
-def take(holder: Any, wanted: list[tuple[str, str, float]], amount: float) -> list[Lease] | None:
-    """``admit`` when every slice ``holder`` keeps for ``wanted`` has room for ``amount``, else
-    None (nothing reserved): asks nothing of the ledger."""
+def take(group: Group, wanted: list[tuple[str, str, float]], amount: float) -> list[Lease] | None:
+    """Reserve ``amount`` in every lease of ``group`` when each has room for it and the group
+    is still that of ``wanted``: the leases; else None (nothing reserved, nothing asked of the
+    ledger: ``admit`` then)."""
     with _lock:
-        return _take(holder, wanted, amount, time.monotonic())
+        return _take(group, wanted, amount, time.monotonic())
 
 
 def _take(
-    holder: Any, wanted: list[tuple[str, str, float]], amount: float, now: float
+    group: Group, wanted: list[tuple[str, str, float]], amount: float, now: float
 ) -> list[Lease] | None:
-    cached = holder.leases if holder is not None else None
-    if cached is None or cached[0] is not wanted or cached[1] != _generation:
+    if group.rows is not wanted or group.generation != _generation:
         return None
-    leases: list[Lease] = cached[2]
+    leases = group.leases
     for lease in leases:
         if lease.held - lease.inflight - lease.used < amount:
             return None
@@ -235,6 +259,45 @@ def settle(
             _give_back_tight(leases)
         seen = [lease.settled + lease.used for lease in leases]
     return seen, taken
+
+
+def settle_group(
+    leases: Sequence[Lease], amount: float, actual: float, floors: Sequence[float]
+) -> list[tuple[int, float]]:
+    """``settle`` for a call whose record falls in no budget but those it reserved in: its
+    real cost replaces its reservation of ``amount`` in ``leases``. Returns, for each lease
+    whose spent USD is now at least its ``floors`` entry, (its index, that spent USD)."""
+    crossed: list[tuple[int, float]] = []
+    over = tight = False
+    with _lock:
+        for index, lease in enumerate(leases):
+            inflight = lease.inflight - amount
+            lease.inflight = inflight = inflight if inflight > 0 else 0.0
+            lease.used = used = lease.used + actual
+            if actual > 0:
+                unit = lease.unit
+                lease.unit = actual if unit <= 0 else 0.8 * unit + 0.2 * actual
+            if used + inflight > lease.held + _EPSILON:
+                over = True
+            if lease.tight:
+                tight = True
+            total = lease.settled + used
+            if total >= floors[index]:
+                crossed.append((index, total))
+        if over or tight:  # a sync or a give-back moves used to settled: look again after it
+            if over:  # cost more than the slice had left: sync now
+                _sync(leases[0].ledger, [lease for lease in leases if _overdrawn(lease)], 0.0)
+            _give_back_tight(leases)
+            crossed = [
+                (index, lease.settled + lease.used)
+                for index, lease in enumerate(leases)
+                if lease.settled + lease.used >= floors[index]
+            ]
+    return crossed
+
+
+def _overdrawn(lease: Lease) -> bool:
+    return lease.used + lease.inflight > lease.held + _EPSILON
 
 
 def _give_back_tight(leases: Sequence[Lease]) -> None:
