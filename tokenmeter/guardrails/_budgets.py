@@ -555,7 +555,8 @@ def check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         session = call.session or _sessions.current_session() or _sessions.implicit_session()
         config = _config
         if config is not None:
-            scope = config.in_scope(call.provider, (call.request_model,), session, True)
+            key = (call.provider, (call.request_model,), session, True)
+            scope = config.scopes.get(key) or config.in_scope(*key)
             group = scope.group
             if group is not None:
                 node = session
@@ -569,7 +570,7 @@ def check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
                         current = scope.current
                         if time.time() >= current.until:
                             current = config.rows(scope, time.time(), session)
-                        leases = _leases.take(group, current.rows, bound)
+                        leases = _leases.take(group, current.rows, bound, current.floors)
                         if leases is not None:
                             _hold(call, _Reservation(bound, scope, (), _ZERO, leases, current))
                             return
@@ -740,18 +741,20 @@ def settle(record: UsageRecord, session: Any, call: Any) -> None:
                 config = _config
                 reserving = reservation.scope
                 if config is not None and reserving is not None and not reservation.sessions:
-                    scope = config.in_scope(
+                    key = (
                         record.model_provider,
                         (record.request_model, record.model_name),
                         session,
                         False,
                     )
+                    scope = config.scopes.get(key) or config.in_scope(*key)
                     if scope.others.get(reserving) == ():
                         current = reservation.current
                         assert current is not None
                         cost = record.estimated_cost_usd
                         try:
                             crossed = _leases.settle_group(
+                                reserving.group,
                                 reservation.leases,
                                 reservation.amount,
                                 0.0 if cost is None else float(cost),
