@@ -649,29 +649,57 @@ def _input_bound(provider: str, request: Any) -> int | None:
         return None
     size = 0  # bytes at most
     items = 1
+    tooled = False
     for key, value in request.items():
         kind = type(value)
         if kind is str:
             size += len(value) if value.isascii() else 4 * len(value)
             continue
         if key in _TOOL_KEYS:
+            tooled = True
             continue
         if kind is list or kind is tuple:
-            items = max(items, len(value))
+            if len(value) > items:
+                items = len(value)
+            for item in value:  # _bound_bytes(value, 0), with a message of strings inline
+                if type(item) is dict and _PLAIN_MESSAGE.isdisjoint(item):
+                    for text in item.values():
+                        if type(text) is str:
+                            size += len(text) if text.isascii() else 4 * len(text)
+                            continue
+                        found = _bound_bytes(text, 2)
+                        if found < 0:
+                            return None
+                        size += found
+                    continue
+                found = _bound_bytes(item, 1)
+                if found < 0:
+                    return None
+                size += found
+            continue
         found = _bound_bytes(value, 0)
         if found < 0:
             return None
         size += found
-    family = _family(provider)
-    per_message, per_request, per_tools = _OVERHEAD[family]
-    tokens = math.ceil(size * _SCALE.get(family, 1.0)) + 1
-    tokens += per_message * items + per_request
-    tools = request.get("tools") or request.get("functions")
+    framing = _framing.get(provider)
+    if framing is None:
+        family = _family(provider)
+        framing = (_SCALE.get(family, 1.0), *_OVERHEAD[family])
+        if len(_framing) < 1000:
+            _framing[provider] = framing
+    scale, per_message, per_request, per_tools = framing
+    tokens = math.ceil(size * scale) + 1 + per_message * items + per_request
+    tools = (request.get("tools") or request.get("functions")) if tooled else None
     if tools:
         model = request.get("model")
         model = model if type(model) is str else ""
         tokens += _tool_tokens(tools, provider, model) + per_tools
     return tokens
+
+
+#: Of each provider name seen: its family's scale, and per-message, per-request and per-tools
+#: framing tokens (the registry is fixed at import).
+_framing: dict[str, tuple[float, int, int, int]] = {}
 
 
 def _bound_bytes(value: Any, depth: int) -> int:
@@ -712,6 +740,8 @@ def _bound_bytes(value: Any, depth: int) -> int:
 
 #: Keys of a content part whose structured values are sent as JSON text (tool-call arguments).
 _JSON_KEYS = frozenset({"input", "args", "parameters"})
+#: A dict with none of these keys is walked by ``_bound_bytes`` without a check of its keys.
+_PLAIN_MESSAGE = _MEDIA_KEYS | _TOOL_KEYS | _JSON_KEYS | {"type"}
 
 
 def _tool_tokens(tools: Any, provider: str, model: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -525,3 +526,38 @@ def test_a_call_freed_by_a_garbage_collection_inside_our_locks_gives_its_reserva
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["spent", "0.0"]
+
+
+def test_calls_far_from_their_limits_take_the_lease_group_and_still_warn_once_per_budget(
+    tmp_path: Path, fake: FakeProvider, instrumented: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Most calls far from every limit are checked and settled on the scope's lease group
+    (without the exact path), and each budget still warns once at each fraction it crosses."""
+    from tokenmeter.guardrails import _budgets
+
+    exact = []
+    check_exactly = _budgets._check
+    monkeypatch.setattr(
+        _budgets, "_check", lambda *args: (exact.append(1), check_exactly(*args))[1]
+    )
+    seen: list[Alert] = []
+    memory = configured(
+        tmp_path,
+        [
+            {"name": "wide", "limit_usd": 1.5},  # 200 calls: 50 % is not reached
+            {"name": "openai", "limit_usd": 0.6, "period": "month", "provider": "openai"},
+        ],
+        on_alert=seen.append,
+    )
+    for _ in range(70):  # "openai" crosses 50 % (call 40) and 80 % (call 64)
+        chat(fake)
+    assert tokenmeter.flush(5)
+    assert len(fake.requests) == 70
+    assert len(exact) < 35  # the rest were admitted in the leases' slices at once
+    assert [(a.rule, a.scope.split(" ")[0]) for a in seen] == [
+        ("budget_50pct", "budget:openai"),
+        ("budget_80pct", "budget:openai"),
+    ]
+    cost = float(per_call(memory))
+    assert seen[0].observed == pytest.approx(math.ceil(0.3 / cost) * cost)  # at the crossing
+    assert seen[1].observed == pytest.approx(math.ceil(0.48 / cost) * cost)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import check_lease_protocol
 
+from tokenmeter.guardrails import _leases
 from tokenmeter.guardrails._ledger import LEASE_CAP, MemoryLedger, SQLiteLedger, grant_of
 
 
@@ -25,3 +28,167 @@ def test_a_slice_is_capped_and_a_budget_near_its_limit_is_not_sliced() -> None:
     assert grant_of(1.0, 0.5, 0.0, 0.0, 1.0, 1.0) == (False, 0.0)
     assert grant_of(1.0, 0.0, 0.0, 0.0, 0.0, 0.0) == (True, 0.0)  # an unpriced call fits
     assert grant_of(1.0, 2.0, 0.0, 0.0, 0.0, 0.0) == (False, 0.0)  # unless the budget is over
+
+
+class _Holder:
+    group: Any = None
+
+
+A = ("a|day|everything", "2026-12-01T00:00:00+00:00", 10.0)
+B = ("b|total|everything", "", 10.0)
+C = ("c|month|provider=openai", "2026-12-01T00:00:00+00:00", 10.0)
+
+
+def test_a_lease_group_admits_and_settles_in_all_its_leases_until_one_is_dropped() -> None:
+    ledger = MemoryLedger()
+    rows = [A, B]
+    holder = _Holder()
+    try:
+        leases, refused, _ = _leases.admit(ledger, rows, 0.1, holder)
+        group = holder.group
+        assert refused == -1 and group is not None and group.leases == leases
+        assert _leases.settle_group(group, leases, 0.1, 0.1, [0.15, 0.15]) == []
+        # the slices have room: the group keeps the call (below the floors of its rows)
+        assert _leases.take(group, rows, 0.1, [0.25, 0.15]) is leases
+        assert group.active and [lease.inflight for lease in leases] == [0.0, 0.0]
+        # the second row's floor is crossed (index 1, spent 0.2), the first's is not: the
+        # group is folded into its leases
+        crossed = _leases.settle_group(group, leases, 0.1, 0.1, [0.25, 0.15])
+        assert crossed == [(1, pytest.approx(0.2))]
+        assert not group.active
+        assert [lease.used for lease in leases] == [pytest.approx(0.2)] * 2
+        assert [lease.inflight for lease in leases] == [0.0, 0.0]
+        assert _leases.take(group, list(rows), 0.1, [9.0, 9.0]) is None  # not the group's rows
+        assert _leases.take(group, rows, 5.0, [9.0, 9.0]) is None  # no slice has that room
+        assert [lease.inflight for lease in leases] == [0.0, 0.0]  # nothing was reserved
+        _leases.give_back()  # unused slices back to the ledger: the leases are dropped
+        assert ledger.spent(B[0], B[1]) == pytest.approx(0.2)
+        assert _leases.take(group, rows, 0.1, [9.0, 9.0]) is None
+        leases, refused, _ = _leases.admit(ledger, rows, 0.1, holder)  # a new group
+        group = holder.group
+        _leases.settle_group(group, leases, 0.1, 0.1, [9.0, 9.0])
+        assert _leases.take(group, rows, 0.1, [9.0, 9.0]) is leases
+        _leases.forget()  # (a new ledger) the leases are forgotten, slices and all
+        assert _leases.take(group, rows, 0.1, [9.0, 9.0]) is None
+    finally:
+        _leases.give_back()
+        _leases.forget()
+        ledger.close()
+
+
+def test_two_lease_groups_sharing_a_row_settle_every_call_exactly_once() -> None:
+    """An active group keeps its calls' sums; a group or a sync that needs one of its leases
+    folds them in first: the ledger ends with exactly what the calls cost."""
+    ledger = MemoryLedger()
+    first, second = _Holder(), _Holder()
+    floors = [9.0, 9.0]
+    taken = 0
+
+    def reserve(holder: _Holder, rows: list[tuple[str, str, float]]) -> list[Any]:
+        nonlocal taken
+        if holder.group is not None:
+            leases = _leases.take(holder.group, holder.group.rows, 0.1, floors)
+            if leases is not None:
+                taken += 1
+                return leases
+        leases, refused, _ = _leases.admit(ledger, rows, 0.1, holder)  # the slow path
+        assert refused == -1
+        return leases
+
+    try:
+        calls = {id(first): 0, id(second): 0}
+        held = []
+        for turn in range(60):  # alternating, and now and then calls in flight at once
+            holder, rows = (first, [A, B]) if turn % 3 else (second, [A, C])
+            leases = reserve(holder, rows)
+            calls[id(holder)] += 1
+            if turn % 7 == 0:
+                held.append((holder, leases))
+                continue
+            assert _leases.settle_group(holder.group, leases, 0.1, 0.05, floors) == []
+        for holder, leases in held:
+            assert _leases.settle_group(holder.group, leases, 0.1, 0.05, floors) == []
+        assert taken > 30  # most calls were admitted by their group
+        assert _leases.take(first.group, first.group.rows, 99.0, floors) is None
+        _leases.give_back()
+        assert ledger.spent(*A[:2]) == pytest.approx(0.05 * 60)
+        assert ledger.spent(*B[:2]) == pytest.approx(0.05 * calls[id(first)])
+        assert ledger.spent(*C[:2]) == pytest.approx(0.05 * calls[id(second)])
+        assert [lease.inflight for lease in _leases._leases.values()] == [
+            pytest.approx(0.0, abs=1e-12)
+        ] * len(_leases._leases)
+    finally:
+        _leases.give_back()
+        _leases.forget()
+        ledger.close()
+
+
+@pytest.mark.parametrize("limit", [100.0, 6.0])  # wide slices; slices a few calls wide
+def test_lease_groups_keep_every_lease_exact_through_any_sequence_of_calls(limit: float) -> None:
+    """Three groups sharing rows, calls reserved (in a group or through the ledger), settled,
+    released, records made by hand, slices given back, in a random order: after each step every
+    lease (with what its active group keeps for it) holds exactly the calls in flight and
+    what was spent, the ledger reserves what the leases hold, and nothing is overdrawn."""
+    rng = random.Random(7)
+    ledger = MemoryLedger()
+    rows = {"a": ("a", "", 3 * limit), "b": ("b", "", limit), "c": ("c", "", limit)}
+    holders = [(_Holder(), [rows["a"], rows["b"]]), (_Holder(), [rows["a"], rows["c"]])]
+    holders.append((_Holder(), [rows["b"], rows["c"]]))
+    floors = [90.0, 90.0]
+    inflight: list[tuple[_Holder, list[Any], list[str]]] = []
+    spent = dict.fromkeys(rows, 0.0)
+    reserved = dict.fromkeys(rows, 0.0)
+
+    def check() -> None:
+        for (name, start), lease in _leases._leases.items():
+            owner = lease.owner if lease.owner is not None and lease.owner.active else None
+            pending = owner.pending if owner is not None else 0.0
+            used = lease.used + (owner.spent if owner is not None else 0.0)
+            assert lease.inflight + pending == pytest.approx(reserved[name], abs=1e-9)
+            assert lease.settled + used == pytest.approx(spent[name], abs=1e-9)
+            assert lease.held + 1e-9 >= reserved[name] + used
+            settled_row, reserved_row = ledger._rows[(name, start)]
+            assert reserved_row == pytest.approx(lease.held, abs=1e-9)
+            assert settled_row + used == pytest.approx(spent[name], abs=1e-9)
+
+    try:
+        for _ in range(800):
+            step = rng.random()
+            if step < 0.45 or not inflight:
+                holder, wanted = rng.choice(holders)
+                leases = None
+                if holder.group is not None and rng.random() < 0.9:
+                    leases = _leases.take(holder.group, holder.group.rows, 0.1, floors)
+                if leases is None:
+                    leases, refused, _ = _leases.admit(ledger, wanted, 0.1, holder)
+                    if refused >= 0:  # the budget is spent: nothing was reserved
+                        check()
+                        continue
+                names = [row[0] for row in holder.group.rows]
+                inflight.append((holder, leases, names))
+                for name in names:
+                    reserved[name] += 0.1
+            elif step < 0.85:
+                holder, leases, names = inflight.pop(rng.randrange(len(inflight)))
+                actual = rng.choice([0.0, 0.02, 0.05, 0.1])
+                assert _leases.settle_group(holder.group, leases, 0.1, actual, floors) == []
+                for name in names:
+                    reserved[name] -= 0.1
+                    spent[name] += actual
+            elif step < 0.93:
+                holder, leases, names = inflight.pop(rng.randrange(len(inflight)))
+                _leases.release(leases, 0.1)
+                for name in names:
+                    reserved[name] -= 0.1
+            elif step < 0.98:  # a record made by hand, in rows this process holds leases on
+                name = rng.choice(sorted(rows))
+                _, taken = _leases.settle((), 0.0, 0.03, [(name, "")])
+                if taken[0]:
+                    spent[name] += 0.03
+            else:
+                _leases.give_back()
+            check()
+    finally:
+        _leases.give_back()
+        _leases.forget()
+        ledger.close()

@@ -314,7 +314,9 @@ class _Config:
         rows = [(b.key, self.start_of(b.period, now, session), b.limit) for b in scope.ledgered]
         ends = [self.periods[b.period][1] for b in scope.ledgered if b.period in self.periods]
         marks = [(b, row[1]) for b, row in zip(scope.ledgered, rows, strict=True)]
-        current = scope.current = _Rows(rows, marks, min(ends, default=math.inf))
+        first = self.warn_at[0] if self.warn_at else math.inf
+        floors = [first * b.limit for b in scope.ledgered]
+        current = scope.current = _Rows(rows, marks, min(ends, default=math.inf), floors)
         return current
 
     def start_of(self, period: str, now: float, session: Any) -> str:
@@ -350,21 +352,26 @@ class _Rows(NamedTuple):
     #: Each budget with the period start of its row.
     marks: list[tuple[Budget, str]]
     until: float
+    #: Each row's spent USD from which its budget may warn (the first warning fraction of it).
+    floors: list[float]
 
 
 class _Scope:
     """The budgets covering one kind of call, and what a check needs of them, worked out once."""
 
-    __slots__ = ("budgets", "current", "leases", "ledgered", "others", "per_call")
+    __slots__ = ("budgets", "call_limit", "current", "group", "ledgered", "others", "per_call")
 
     def __init__(self, budgets: tuple[Budget, ...]) -> None:
         self.budgets = budgets
         self.per_call = tuple(b for b in budgets if b.period == "call")
         self.ledgered = tuple(b for b in budgets if b.period != "call")
         #: Ledger rows of ``ledgered`` for the current periods.
-        self.current = _Rows([], [], -math.inf)
-        #: The leases of ``rows`` (``_leases`` keeps it).
-        self.leases: Any = None
+        self.current = _Rows([], [], -math.inf, [])
+        #: The lease group of ``current.rows`` (``_leases.admit`` keeps it here): a call far
+        #: from every limit is admitted in all of them at once (``_leases.take``).
+        self.group: Any = None
+        #: The smallest per-call limit (a ceiling above it takes the exact path).
+        self.call_limit = min((b.limit for b in self.per_call), default=math.inf)
         #: Of a record's scope: its budgets other than those the call reserved in, by the
         #: scope of the check.
         self.others: dict[_Scope, tuple[Budget, ...]] = {}
@@ -427,23 +434,33 @@ def warn_fractions() -> tuple[float, ...]:
 _forks = 0
 
 
-@dataclass(slots=True)
 class _Reservation:
     """What a call in flight holds (on the call: ``Call.budget``) until its record settles it."""
 
-    amount: float
-    #: The scope whose budgets the estimate is reserved in, their ledger rows, and their leases.
-    scope: _Scope | None
-    sessions: list[Any]
-    estimate: Decimal = _ZERO
-    #: A weak reference to the call: when the call is gone without a record (it reported no
-    #: usage, or named no model), its callback gives the reservation back.
-    ref: Any = None
-    rows: Sequence[tuple[str, str, float]] = ()
-    leases: Sequence[Any] = ()
-    #: The marks of ``rows`` (``_Rows.marks``).
-    marks: Sequence[tuple[Budget, str]] = ()
-    forks: int = 0
+    __slots__ = ("amount", "current", "estimate", "forks", "leases", "ref", "scope", "sessions")
+
+    def __init__(
+        self,
+        amount: float,
+        scope: _Scope | None,
+        sessions: Sequence[Any],
+        estimate: Decimal = _ZERO,
+        leases: Sequence[Any] = (),
+        current: _Rows | None = None,
+    ) -> None:
+        self.amount = amount
+        #: The scope whose budgets the amount is reserved in, the leases it is reserved in, and
+        #: their rows (the periods the reservation was made in).
+        self.scope = scope
+        self.leases = leases
+        self.current = current
+        #: The enclosing sessions whose budgets hold ``estimate`` (on_exceed="raise").
+        self.sessions = sessions
+        self.estimate = estimate
+        #: A weak reference to the call: when the call is gone without a record (it reported
+        #: no usage, or named no model), its callback gives the reservation back.
+        self.ref: Any = None
+        self.forks = _forks
 
     def gone(self, ref: Any) -> None:
         """The call is gone without a record: its reservation is to be given back (a forked
@@ -475,7 +492,6 @@ def _release_orphans() -> None:
 
 
 def _hold(call: Any, reservation: _Reservation) -> None:
-    reservation.forks = _forks
     reservation.ref = ref = weakref.ref(call, reservation.gone)
     _refs[id(ref)] = ref
     call.budget = reservation
@@ -526,9 +542,39 @@ def _guarded(session: Any) -> list[Any]:
 
 def check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
     """Before the request is sent: reserve its estimate in every budget in scope, or raise
-    ``BudgetExceeded`` (after writing a "blocked" record). A fault of ours lets the call through."""
+    ``BudgetExceeded`` (after writing a "blocked" record). A fault of ours lets the call through.
+
+    The common case is done here, in one frame: far from every limit, with no session budget
+    refusing calls, a ceiling on the estimate found without tokenizing is reserved in the slices
+    the scope's lease group already holds (never less than the estimate, so the bound holds).
+    Anything else (near a limit, a scope's first call, media, a session budget) takes
+    ``_check``: the estimate itself, through the ledger when a slice is short."""
     try:
-        _check(call, args, kwargs)
+        if _orphans:
+            _release_orphans()
+        session = call.session or _sessions.current_session() or _sessions.implicit_session()
+        config = _config
+        if config is not None:
+            key = (call.provider, (call.request_model,), session, True)
+            scope = config.scopes.get(key) or config.in_scope(*key)
+            group = scope.group
+            if group is not None:
+                node = session
+                while node is not None:
+                    if node.budget_usd is not None and node.on_exceed == "raise":
+                        break
+                    node = node.parent
+                else:
+                    bound = input_bound_usd(call.provider, call.request_model, call.request)
+                    if bound is not None and bound <= scope.call_limit:
+                        current = scope.current
+                        if time.time() >= current.until:
+                            current = config.rows(scope, time.time(), session)
+                        leases = _leases.take(group, current.rows, bound, current.floors)
+                        if leases is not None:
+                            _hold(call, _Reservation(bound, scope, (), _ZERO, leases, current))
+                            return
+        _check(call, args, kwargs, session)
     except BudgetExceeded:
         raise
     except Exception:
@@ -537,10 +583,7 @@ def check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         fault("the budget check")
 
 
-def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
-    if _orphans:
-        _release_orphans()
-    session = call.session or _sessions.current_session() or _sessions.implicit_session()
+def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], session: Any) -> None:
     config = _config
     provider = call.provider
     scope = (
@@ -549,22 +592,8 @@ def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         else None
     )
     guarded = _guarded(session)
-    if scope is None or not scope.budgets:
-        if not guarded:
-            return
-    elif not guarded and scope.leases is not None and scope.ledgered:
-        # Far from every limit, a ceiling on the estimate found without tokenizing is reserved
-        # (never less than the estimate, so the bound holds); near one, the estimate itself.
-        bound = input_bound_usd(provider, call.request_model, call.request)
-        if bound is not None and (
-            not scope.per_call or all(bound <= b.limit for b in scope.per_call)
-        ):
-            assert config is not None
-            rows, marks, _ = config.rows(scope, time.time(), session)
-            leases = _leases.take(scope, rows, bound)
-            if leases is not None:
-                _hold(call, _Reservation(bound, scope, [], _ZERO, None, rows, leases, marks))
-                return
+    if (scope is None or not scope.budgets) and not guarded:
+        return
     estimate = estimate_input_usd(
         provider, call.request_model, args, kwargs, call.request, call.operation
     )
@@ -614,10 +643,10 @@ def _reserve(
             )
     if not scope.ledgered:
         return
-    rows, marks, _ = config.rows(scope, time.time(), session)
+    current = config.rows(scope, time.time(), session)
     try:
         leases, refused, spent = _leases.admit(
-            config.ledger or config.get_ledger(), rows, reservation.amount, scope
+            config.ledger or config.get_ledger(), current.rows, reservation.amount, scope
         )
     except Exception:
         _ledger_fault("reserve")
@@ -634,8 +663,7 @@ def _reserve(
             estimate,
             budget.period,
         )
-    reservation.scope, reservation.rows, reservation.leases = scope, rows, leases
-    reservation.marks = marks
+    reservation.scope, reservation.leases, reservation.current = scope, leases, current
 
 
 def _usd(amount: float) -> Decimal:
@@ -649,7 +677,7 @@ def _release(reservation: _Reservation) -> None:
         with _sessions._lock:
             for node in reservation.sessions:
                 node._reserved -= reservation.estimate
-        reservation.sessions = []
+        reservation.sessions = ()
     leases, reservation.leases, reservation.scope = reservation.leases, (), None
     if not leases:
         return
@@ -693,26 +721,62 @@ def _block(
 # -- after a record --------------------------------------------------------------------------------
 def settle(record: UsageRecord, session: Any, call: Any) -> None:
     """A record was made: its real cost replaces the call's reservation in every budget in scope,
-    and crossing a warning fraction of a limit warns (once per budget and period)."""
+    and crossing a warning fraction of a limit warns (once per budget and period).
+
+    The common case is done here: the call reserved in its scope's budgets only (no session
+    budget), and the record's scope holds no other budget; its lease group settles in one
+    step (``_leases.settle_group``), which also tells which rows reached a warning floor."""
     try:
-        _settle(record, session, call)
+        if _orphans:
+            _release_orphans()
+        reservation: _Reservation | None = getattr(call, "budget", None)
+        if reservation is not None:
+            call.budget = None
+            ref = reservation.ref
+            if ref is None or reservation.forks != _forks:
+                reservation = None  # made before a fork: the parent's
+            else:
+                _refs.pop(id(ref), None)
+                reservation.ref = None  # the callback no longer releases it
+                config = _config
+                reserving = reservation.scope
+                if config is not None and reserving is not None and not reservation.sessions:
+                    key = (
+                        record.model_provider,
+                        (record.request_model, record.model_name),
+                        session,
+                        False,
+                    )
+                    scope = config.scopes.get(key) or config.in_scope(*key)
+                    if scope.others.get(reserving) == ():
+                        current = reservation.current
+                        assert current is not None
+                        cost = record.estimated_cost_usd
+                        try:
+                            crossed = _leases.settle_group(
+                                reserving.group,
+                                reservation.leases,
+                                reservation.amount,
+                                0.0 if cost is None else float(cost),
+                                current.floors,
+                            )
+                        except Exception:
+                            _ledger_fault("settle")
+                            return
+                        if crossed:
+                            marks, fractions = current.marks, config.warn_at
+                            for index, total in crossed:
+                                budget, start = marks[index]
+                                _maybe_warn(budget, start, total, fractions, record)
+                        return
+        _settle(record, session, reservation)
     except Exception:
         from tokenmeter.providers._core import fault
 
         fault("settling a budget")
 
 
-def _settle(record: UsageRecord, session: Any, call: Any) -> None:
-    if _orphans:
-        _release_orphans()
-    reservation: _Reservation | None = getattr(call, "budget", None)
-    if reservation is not None:
-        call.budget = None
-        if reservation.ref is None or reservation.forks != _forks:
-            reservation = None  # made before a fork: the parent's
-        else:
-            _refs.pop(id(reservation.ref), None)
-            reservation.ref = None  # the callback no longer releases it
+def _settle(record: UsageRecord, session: Any, reservation: _Reservation | None) -> None:
     if reservation is not None and reservation.sessions:
         with _sessions._lock:
             for node in reservation.sessions:
@@ -761,8 +825,8 @@ def _settle(record: UsageRecord, session: Any, call: Any) -> None:
         return
     fractions = config.warn_at
     settled: Sequence[tuple[Budget, str]] = ()
-    if reserving is not None and reservation is not None:
-        settled = reservation.marks
+    if reserving is not None and reservation is not None and reservation.current is not None:
+        settled = reservation.current.marks
     if rows:
         more = list(settled)
         direct = []

@@ -22,6 +22,7 @@ no call for ``IDLE_S`` seconds (a daemon thread), and at exit.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -31,7 +32,17 @@ from typing import Any
 from tokenmeter import _pipeline
 from tokenmeter.guardrails._ledger import lease_all
 
-__all__ = ["IDLE_S", "Lease", "admit", "give_back", "release", "settle", "take"]
+__all__ = [
+    "IDLE_S",
+    "Group",
+    "Lease",
+    "admit",
+    "give_back",
+    "release",
+    "settle",
+    "settle_group",
+    "take",
+]
 
 logger = logging.getLogger("tokenmeter")
 
@@ -52,6 +63,7 @@ class Lease:
         "ledger",
         "limit",
         "others",
+        "owner",
         "settled",
         "start",
         "tight",
@@ -78,10 +90,95 @@ class Lease:
         self.tight = True
         #: When a call of this process was last admitted in it (an idle lease goes back).
         self.last = 0.0
+        #: The active group whose calls' reservations and costs are kept in the group, not yet
+        #: added here (``_fold`` adds them): every reading of this lease's figures folds it.
+        self.owner: Group | None = None
 
     @property
     def room(self) -> float:
         return self.held - self.inflight - self.used
+
+
+class Group:
+    """The leases of one list of rows (a scope's budgets for the current periods), kept by the
+    scope: a call far from every limit is admitted in all of them at once (``take``) and settled
+    in all of them at once (``settle_group``). Valid while no lease has been dropped since it
+    was made (``_generation``).
+
+    An *active* group owns its leases (none of them owned by another group, none near its
+    limit, no warning floor reached): every call admitted or settled in it reserves and costs
+    the same in each of its leases, so the group keeps the sums (``pending``, ``spent``) and the
+    smallest room and warning headroom of its leases, and one comparison admits or settles a
+    call. Anything else that reads or changes one of its leases first folds the sums into them
+    (``_fold``, under ``_lock``), so every other path sees exact figures."""
+
+    __slots__ = (
+        "active",
+        "drift",
+        "generation",
+        "headroom",
+        "last",
+        "leases",
+        "pending",
+        "room",
+        "rows",
+        "spent",
+        "weight",
+    )
+
+    def __init__(self, rows: list[tuple[str, str, float]], generation: int, leases: list[Lease]):
+        self.rows, self.generation, self.leases = rows, generation, leases
+        self.active = False
+        #: While active: the estimates reserved and the real costs settled in it since it
+        #: became active (not yet in its leases), the smallest room left in its leases, and
+        #: the smallest distance of their spent USD to their warning floors.
+        self.pending = self.spent = self.room = self.headroom = 0.0
+        #: ``unit`` of each lease, once folded: ``weight * unit + drift`` (the same average of
+        #: the real costs, started from each lease's own).
+        self.weight, self.drift = 1.0, 0.0
+        self.last = 0.0
+
+
+#: The active groups (under ``_lock``).
+_owning: set[Group] = set()
+
+
+def _fold(group: Group) -> None:
+    """Move what an active group's calls reserved and cost into its leases; the group is then
+    inactive (under ``_lock``)."""
+    if not group.active:
+        return
+    group.active = False
+    _owning.discard(group)
+    pending, spent, weight, drift, last = (
+        group.pending,
+        group.spent,
+        group.weight,
+        group.drift,
+        group.last,
+    )
+    for lease in group.leases:
+        inflight = lease.inflight + pending
+        lease.inflight = inflight if inflight > 0 else 0.0
+        lease.used += spent
+        lease.unit = weight * lease.unit + drift
+        if last > lease.last:
+            lease.last = last
+        if lease.owner is group:
+            lease.owner = None
+    group.pending = group.spent = group.drift = 0.0
+    group.weight = 1.0
+
+
+def _fold_owners(leases: Sequence[Lease]) -> None:
+    for lease in leases:
+        if lease.owner is not None:
+            _fold(lease.owner)
+
+
+def _fold_all() -> None:
+    for group in list(_owning):
+        _fold(group)
 
 
 _leases: dict[tuple[str, str], Lease] = {}
@@ -137,14 +234,17 @@ def admit(
 ) -> tuple[list[Lease], int, float]:
     """Reserve ``amount`` in every (scope_key, period_start, limit) of ``wanted``, or in none:
     (the leases, -1, 0.0), or (the leases, the index of the one that refused, what it found
-    spent and reserved). ``holder`` (an object with a ``leases`` attribute) keeps the leases
-    of ``wanted`` for the next call with the same list."""
+    spent and reserved). ``holder`` (an object with a ``group`` attribute) keeps the leases of
+    ``wanted`` as a ``Group`` for the next calls with the same list (``take``)."""
     global _ledger
     now = time.monotonic()
     with _lock:
-        found = _take(holder, wanted, amount, now)
-        if found is not None:
-            return found, -1, 0.0
+        _fold_all()
+        group = holder.group if holder is not None else None
+        if group is not None:
+            found = _take(group, wanted, amount, now)
+            if found is not None:
+                return found, -1, 0.0
         leases = []
         for key, start, limit in wanted:
             lease = _leases.get((key, start))
@@ -157,27 +257,65 @@ def admit(
             _ledger = ledger
         refused = _sync(ledger, leases, amount)
         if holder is not None:
-            holder.leases = (wanted, _generation, leases)
+            holder.group = Group(wanted, _generation, leases)
         if refused < 0:
             return leases, -1, 0.0
         lease = leases[refused]
         return leases, refused, lease.settled + lease.others + lease.inflight
 
 
-def take(holder: Any, wanted: list[tuple[str, str, float]], amount: float) -> list[Lease] | None:
-    """``admit`` when every slice ``holder`` keeps for ``wanted`` has room for ``amount``, else
-    None (nothing reserved): asks nothing of the ledger."""
+def take(
+    group: Group, wanted: list[tuple[str, str, float]], amount: float, floors: Sequence[float]
+) -> list[Lease] | None:
+    """Reserve ``amount`` in every lease of ``group`` when each has room for it and the group
+    is still that of ``wanted``: the leases; else None (nothing reserved, nothing asked of the
+    ledger: ``admit`` then). ``floors``: the spent USD of each row from which its budget warns
+    (the group stays active below them)."""
     with _lock:
-        return _take(holder, wanted, amount, time.monotonic())
+        if group.rows is not wanted or group.generation != _generation:
+            return None
+        if group.active:
+            if group.room < amount:
+                _fold(group)
+                return None
+            group.room -= amount
+            group.pending += amount
+            group.last = time.monotonic()
+            return group.leases
+        leases = group.leases
+        room = headroom = math.inf
+        steady = True
+        for index, lease in enumerate(leases):
+            if lease.owner is not None:
+                _fold(lease.owner)
+            spare = lease.held - lease.inflight - lease.used
+            if spare < amount:
+                return None
+            room = min(room, spare)
+            headroom = min(headroom, floors[index] - lease.settled - lease.used)
+            if lease.tight or lease.unit <= 0:
+                steady = False
+        now = time.monotonic()
+        if steady and headroom > 0:  # the group's calls are kept in the group from now on
+            group.active = True
+            _owning.add(group)
+            group.room, group.pending, group.headroom = room - amount, amount, headroom
+            group.last = now
+            for lease in leases:
+                lease.owner = group
+            return leases
+        for lease in leases:
+            lease.inflight += amount
+            lease.last = now
+        return leases
 
 
 def _take(
-    holder: Any, wanted: list[tuple[str, str, float]], amount: float, now: float
+    group: Group, wanted: list[tuple[str, str, float]], amount: float, now: float
 ) -> list[Lease] | None:
-    cached = holder.leases if holder is not None else None
-    if cached is None or cached[0] is not wanted or cached[1] != _generation:
+    if group.rows is not wanted or group.generation != _generation:
         return None
-    leases: list[Lease] = cached[2]
+    leases = group.leases
     for lease in leases:
         if lease.held - lease.inflight - lease.used < amount:
             return None
@@ -190,6 +328,7 @@ def _take(
 def release(leases: Sequence[Lease], amount: float) -> None:
     """Calls reserved ``amount`` in ``leases`` and ended without a cost (failed, or no record)."""
     with _lock:
+        _fold_owners(leases)
         for lease in leases:
             lease.inflight = max(0.0, lease.inflight - amount)
         _give_back_tight(leases)
@@ -205,6 +344,7 @@ def settle(
     taken = []
     over = tight = False
     with _lock:
+        _fold_all()
         for lease in leases:
             inflight = lease.inflight - amount
             lease.inflight = inflight = inflight if inflight > 0 else 0.0
@@ -237,6 +377,60 @@ def settle(
     return seen, taken
 
 
+def settle_group(
+    group: Group | None,
+    leases: Sequence[Lease],
+    amount: float,
+    actual: float,
+    floors: Sequence[float],
+) -> list[tuple[int, float]]:
+    """``settle`` for a call whose record falls in no budget but those it reserved in (in
+    ``leases``, of ``group`` when they are its leases): its real cost replaces its reservation
+    of ``amount``. Returns, for each lease whose spent USD is now at least its ``floors`` entry,
+    (its index, that spent USD)."""
+    with _lock:
+        if group is not None and group.active and group.leases is leases:
+            group.pending -= amount
+            group.spent = spent = group.spent + actual
+            group.room = room = group.room + amount - actual
+            if actual > 0:
+                group.weight *= 0.8
+                group.drift = 0.8 * group.drift + 0.2 * actual
+            if room >= -_EPSILON and spent < group.headroom:
+                return []
+            _fold(group)  # over its room, or a warning floor reached: as below, lease by lease
+            short = True
+        else:
+            _fold_owners(leases)
+            short = False
+            share = 0.2 * actual if actual > 0 else 0.0  # of the average real cost (``unit``)
+            for lease in leases:
+                inflight = lease.inflight - amount
+                if inflight < 0.0:
+                    inflight = 0.0
+                lease.inflight = inflight
+                lease.used = used = lease.used + actual
+                if share:
+                    unit = lease.unit
+                    lease.unit = 0.8 * unit + share if unit > 0 else actual
+                if lease.tight or used + inflight > lease.held + _EPSILON:
+                    short = True
+        if short:  # a sync or a give-back moves used to settled
+            overdrawn = [lease for lease in leases if _overdrawn(lease)]
+            if overdrawn:  # cost more than the slice had left: sync now
+                _sync(leases[0].ledger, overdrawn, 0.0)
+            _give_back_tight(leases)
+        return [
+            (index, lease.settled + lease.used)
+            for index, lease in enumerate(leases)
+            if lease.settled + lease.used >= floors[index]
+        ]
+
+
+def _overdrawn(lease: Lease) -> bool:
+    return lease.used + lease.inflight > lease.held + _EPSILON
+
+
 def _give_back_tight(leases: Sequence[Lease]) -> None:
     """Near the limit every call reserves only its estimate: what it did not use goes back when
     it ends (under ``_lock``)."""
@@ -256,6 +450,7 @@ def give_back(start: str | None = None, *, idle_for: float = 0.0) -> None:
         return
     now = time.monotonic()
     with _lock:
+        _fold_all()
         ledger = _ledger
         chosen = [
             lease
@@ -273,6 +468,9 @@ def forget() -> None:
     them first with ``give_back``)."""
     global _ledger, _generation
     with _lock:
+        for group in _owning:
+            group.active = False
+        _owning.clear()
         _leases.clear()
         _ledger = None
         _generation += 1
@@ -310,8 +508,8 @@ def _at_exit() -> None:
 
 def _forget_in_child() -> None:
     """A forked child's copies of the parent's leases are the parent's: the child takes its own."""
-    global _leases, _lock, _ledger, _keeper, _generation
-    _leases, _lock, _ledger, _keeper = {}, threading.Lock(), None, None
+    global _leases, _lock, _ledger, _keeper, _generation, _owning
+    _leases, _lock, _ledger, _keeper, _owning = {}, threading.Lock(), None, None, set()
     _generation += 1
 
 
