@@ -157,15 +157,45 @@ def emit(
     usage: Usage,
     session: _sessions.Session | None = None,
     call: object = None,
-    **fields: Any,
+    *,
+    request_model: str | None = None,
+    operation: str | None = None,
+    tier: str | None = None,
+    request_id: Any = None,
+    latency_ms: float | None = None,
+    streamed: bool = False,
+    status: str = "ok",
+    error: str | None = None,
+    estimated: bool = False,
+    timestamp: datetime | None = None,
+    tags: dict[str, str] | None = None,
+    priced: bool = True,
 ) -> UsageRecord:
     """Price, attribute and enqueue one call's usage now (every record's road). ``call``: the
-    intercepted call, whose budget reservation the record settles."""
+    intercepted call, whose budget reservation the record settles. The other arguments are
+    ``build_record``'s (named one by one: this runs for every call)."""
     if _runtime._settings is None:  # once per process: price overrides must be in place
         _runtime.settings()
     if session is None:
         session = _sessions.current_session() or _sessions.implicit_session()
-    record = build_record(provider, model, usage, session, **fields)
+    record = build_record(
+        provider,
+        model,
+        usage,
+        session,
+        request_model=request_model,
+        operation=operation,
+        tier=tier,
+        request_id=request_id,
+        latency_ms=latency_ms,
+        streamed=streamed,
+        status=status,
+        error=error,
+        estimated=estimated,
+        timestamp=timestamp,
+        tags=tags,
+        priced=priced,
+    )
     if not session._announced:
         _sessions.announce(session)
     if record.status != "blocked":  # a refused call cost nothing and is no call of the summary
