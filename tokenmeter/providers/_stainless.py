@@ -52,6 +52,10 @@ class StainlessPlan(Plan):
     raw: str | None
 
 
+#: What ``plan`` reads of the SDK's request options.
+_OPTION_FIELDS = ("method", "url", "json_data", "headers")
+
+
 class StainlessAdapter:
     """Subclassed per SDK: ``endpoint()``, ``provider_of()`` and optionally ``prepare()``. An
     ``Adapter`` of the one interception loop (``_core.intercept``)."""
@@ -85,15 +89,22 @@ class StainlessAdapter:
         options = args[1] if len(args) > 1 else kwargs.get("options")
         if options is None:
             return None
-        route = (options.method, options.url)
+        # The SDK's request options are a pydantic model: its fields read from its __dict__
+        # (attribute access goes through a __getattr__ hook; this runs for every call).
+        fields = getattr(options, "__dict__", None)
+        if type(fields) is not dict or "url" not in fields:
+            fields = {name: getattr(options, name, None) for name in _OPTION_FIELDS}
+        route = (fields["method"], fields["url"])
         endpoint = self._routes.get(route, _UNSEEN)
         if endpoint is _UNSEEN:
             endpoint = self._route(route)
         if endpoint is None:
             return None
         streamed = bool(kwargs.get("stream", False))
-        body = options.json_data if isinstance(options.json_data, dict) else {}
-        headers = options.headers
+        body = fields.get("json_data")
+        if not isinstance(body, dict):
+            body = {}
+        headers = fields.get("headers")
         raw = (
             headers.get(RAW_HEADER) or headers.get(RAW_HEADER.lower())
             if isinstance(headers, dict)
