@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from decimal import Decimal
 
@@ -147,3 +148,23 @@ def test_budget_warns_once(sink: InMemorySink, caplog: pytest.LogCaptureFixture)
 def test_bad_session_arguments(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         tokenmeter.session("x", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+def test_a_forked_child_starts_its_own_implicit_session() -> None:
+    from tokenmeter import _sessions
+
+    parent = _sessions.implicit_session().id
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its implicit session, then leave at once
+        try:
+            os.write(write_end, _sessions.implicit_session().id.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    child = os.read(read_end, 1_000).decode()
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    assert child and child != parent and child.endswith(f"_{pid}")
+    assert _sessions.implicit_session().id == parent

@@ -417,13 +417,21 @@ _implicit_pid = 0
 _implicit_args: tuple[str | None, str | None, dict[str, str] | None] = (None, None, None)
 
 
+def _forget_implicit_after_fork() -> None:
+    global _implicit
+    _implicit = None  # a forked child is another process: it starts its own implicit session
+
+
+os.register_at_fork(after_in_child=_forget_implicit_after_fork)
+
+
 def implicit_session() -> Session:
     """The session records belong to outside any explicit one: one per process."""
     global _implicit, _implicit_pid
-    pid = os.getpid()
-    if _implicit is None or _implicit_pid != pid:
+    if _implicit is None:
         with _lock:
-            if _implicit is None or _implicit_pid != pid:
+            if _implicit is None:
+                pid = os.getpid()
                 started = datetime.now(UTC)
                 name, id_, tags = _implicit_args
                 id_ = id_ or f"session_{started:%Y%m%d_%H%M%S}_{pid}"
