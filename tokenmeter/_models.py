@@ -414,19 +414,23 @@ class SessionInfo(BaseModel):
 _fields_sets: dict[type, set[str]] = {}
 
 
+_new = object.__new__
+_set = object.__setattr__
+
+
 def _trusted(cls: type[M], values: dict[str, Any]) -> M:
     # Exactly the attributes pydantic's own construction sets, without its per-field work
     # (model_construct costs ~10 µs for a UsageRecord, this ~0.5 µs). Every field is given, so
     # every instance of a class can share one fields-set (these models are frozen: pydantic only
     # copies it, never changes it in place).
-    obj = object.__new__(cls)
-    object.__setattr__(obj, "__dict__", values)
+    obj = _new(cls)
+    _set(obj, "__dict__", values)
     fields_set = _fields_sets.get(cls)
     if fields_set is None or len(fields_set) != len(values):
         fields_set = _fields_sets[cls] = set(values)
-    object.__setattr__(obj, "__pydantic_fields_set__", fields_set)
-    object.__setattr__(obj, "__pydantic_extra__", None)
-    object.__setattr__(obj, "__pydantic_private__", None)
+    _set(obj, "__pydantic_fields_set__", fields_set)
+    _set(obj, "__pydantic_extra__", None)
+    _set(obj, "__pydantic_private__", None)
     return obj
 
 

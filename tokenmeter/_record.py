@@ -61,6 +61,8 @@ def _opt_text(value: Any) -> str | None:
     """Optional text from a response: None stays None, anything else becomes clean text."""
     if value is None:
         return None
+    if type(value) is str and len(value) <= _MAX_NAME and value.isascii():
+        return value  # nearly always (a response id): nothing to clean
     return clean_text(value if type(value) is str else str(value), _MAX_NAME)
 
 
