@@ -483,16 +483,18 @@ def _sqlite_values(r: UsageRecord, values: list[Any]) -> None:
 
 
 _SQLITE_COLUMNS = _PLAIN_COLUMNS + _OPTIONAL_TEXT_COLUMNS + tuple(_BUILT_COLUMNS)
+_SQL_OF_COLUMN = ["?"] * len(_PLAIN_COLUMNS) + ["NULLIF(?, 0)"] * len(_OPTIONAL_TEXT_COLUMNS)
+_SQL_OF_COLUMN += _BUILT_COLUMNS.values()
+#: The rows' values go in as plain ``?`` (each row of a long statement costs SQLite as little to
+#: prepare as it can); the NULLIFs are applied once, in the SELECT over them.
 _SQLITE_INSERT = _Statement(
-    f"INSERT OR IGNORE INTO records ({', '.join(_SQLITE_COLUMNS)}) VALUES ",
-    len(_SQLITE_COLUMNS),
-    one="("
+    f"INSERT OR IGNORE INTO records ({', '.join(_SQLITE_COLUMNS)}) SELECT "
     + ", ".join(
-        ["?"] * len(_PLAIN_COLUMNS)
-        + ["NULLIF(?, 0)"] * len(_OPTIONAL_TEXT_COLUMNS)
-        + list(_BUILT_COLUMNS.values())
+        sql.replace("?", f"column{number}") for number, sql in enumerate(_SQL_OF_COLUMN, start=1)
     )
-    + ")",
+    + " FROM (VALUES ",
+    len(_SQLITE_COLUMNS),
+    ")",
 )
 
 
