@@ -33,8 +33,6 @@ from tokenmeter.sinks._files import ensure_private_dir, open_private
 
 __all__ = ["SCHEMA_VERSION", "SQLiteSink"]
 
-_PICO = Decimal(10) ** 12
-
 _SCHEMA_V1 = """
 CREATE TABLE records (
   id TEXT PRIMARY KEY,
@@ -169,15 +167,14 @@ class _Statement:
     The sqlite3 module lets go of the GIL for every step it runs; ``executemany`` steps once per
     row, so a writer would ask for the GIL back after every record and cost a CPU-bound caller
     thread one forced thread switch per record. One statement per run of rows asks once.
-    ``values`` is the rows' parameters one after the other (``width`` per row); ``one`` is the
-    text of one row's ``VALUES`` (plain ``?`` placeholders unless given).
+    ``values`` is the rows' parameters one after the other, ``width`` per row.
     """
 
     __slots__ = ("_head", "_one", "_sql", "_tail", "_width")
 
-    def __init__(self, head: str, width: int, tail: str = "", one: str = "") -> None:
+    def __init__(self, head: str, width: int, tail: str = "") -> None:
         self._head, self._width, self._tail = head, width, tail
-        self._one = one or f"({', '.join('?' * width)})"
+        self._one = f"({', '.join('?' * width)})"
         self._sql: dict[int, str] = {}
 
     def run(self, conn: sqlite3.Connection, values: Sequence[Any]) -> None:
