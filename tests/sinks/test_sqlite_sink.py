@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
 from collections.abc import Callable
-from datetime import UTC, datetime
-from decimal import Decimal
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from conftest import (  # type: ignore[import-not-found, unused-ignore]
     write_reference,
 )
 
-from tokenmeter._models import SessionInfo, UsageRecord
+from tokenmeter._models import SessionInfo, UsageRecord, _iso
 from tokenmeter.sinks import SessionAwareSink, SQLiteSink
 from tokenmeter.sinks import sqlite as sqlite_module
 
@@ -525,3 +526,126 @@ def test_a_version_3_database_keeps_every_row_and_indexes_the_unsound_ones(
     sink.write([make_record(1)])  # the sink's own rows are sound
     sink.close()
     assert _unsound_ids(path) == {"good", "bad-tags", "blob-count"}
+
+
+def _plain_row(r: UsageRecord) -> tuple[object, ...]:
+    """The record's row for RECORD_COLUMNS, made the obvious way (json.dumps, Decimal
+    arithmetic): what the sink's faster row building must store, byte for byte."""
+
+    def text(value: Decimal) -> str:
+        return format(value, "f") if "E" in str(value) else str(value)
+
+    def dumps(value: object) -> str:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+    cost, breakdown = r.estimated_cost_usd, r.cost_breakdown
+    values = {
+        **r.model_dump(),
+        "timestamp": _iso(r.timestamp),
+        "estimated_cost_usd": None if cost is None else text(cost),
+        "cost_pusd": None
+        if cost is None
+        else int((cost * 10**12).to_integral_value(rounding=ROUND_HALF_EVEN)),
+        "cost_breakdown": None
+        if breakdown is None
+        else dumps({k: text(v) for k, v in breakdown.items()}),
+        "tags": dumps(r.tags),
+        "modalities": dumps(r.modalities),
+        "tool_requests": dumps(r.tool_requests),
+        "streamed": int(r.streamed),
+        "estimated": int(r.estimated),
+    }
+    return tuple(values[column] for column in RECORD_COLUMNS)
+
+
+def test_stored_rows_are_the_plain_encoding_of_every_field(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    """None in every optional column, text that a stand-in for None could be mistaken for
+    ('0', ''), costs in exponent form and past a pico-USD, keys that need escaping, a timestamp
+    in another zone, memoised shapes met twice: each column holds the same value of the same
+    SQLite type as the plain row inserted as it is, and the PostgreSQL sink's rows are that row."""
+    records = [
+        *varied_records(make_record),
+        make_record(
+            10,
+            request_model=None,
+            operation=None,
+            price_source=None,
+            session_id=None,
+            session_name=None,
+            error=None,
+            request_id=None,
+            latency_ms=None,
+            estimated_cost_usd=None,
+            cost_breakdown=None,
+        ),
+        make_record(
+            11,
+            request_model="0",
+            operation="",
+            price_source="0",
+            session_id="",
+            session_name="0",
+            error="",
+            request_id="0",
+            latency_ms=0.0,
+            estimated_cost_usd=Decimal("0"),
+            cost_breakdown={"input": Decimal("0"), 'E%s"q': Decimal("2.5E-10")},
+            tags={"team": "x", 'q"%s': "é\u2028%d"},
+            timestamp=datetime(
+                2026, 3, 1, 5, 29, 59, 999999, tzinfo=timezone(timedelta(hours=5, minutes=30))
+            ),
+        ),
+        make_record(
+            12,
+            estimated_cost_usd=Decimal("0.0000000000015"),  # 1.5 pico-USD: rounds to even
+            cost_breakdown={"input": Decimal("0.0000000000015"), 'E%s"q': Decimal("3")},
+            tags={"team": "x", 'q"%s': "é\u2028%d"},
+            modalities={"input_audio": 3},
+            tool_requests={"web_search": 1},
+        ),
+        make_record(13, estimated_cost_usd=Decimal("0.0000000000025"), tags={"team": "x"}),
+    ]
+    sink = SQLiteSink(tmp_path / "usage.db")
+    sink.write(records)
+    sink.close()
+    plain = [_plain_row(r) for r in records]
+    assert [sqlite_module._record_row(r) for r in records] == plain
+    reference = tmp_path / "reference.db"
+    SQLiteSink(reference)._connection().close()
+    conn = sqlite3.connect(reference)
+    with conn:
+        conn.executemany(
+            f"INSERT INTO records ({', '.join(RECORD_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(RECORD_COLUMNS))})",
+            plain,
+        )
+    conn.close()
+    typed = ", ".join(f"typeof({c}), quote({c})" for c in RECORD_COLUMNS)
+    sql = f"SELECT {typed} FROM records ORDER BY id"
+    stored = query(tmp_path / "usage.db", sql)
+    assert stored == query(reference, sql)
+    assert len(stored) == len(records)
+    assert ("null", "NULL") in {
+        row[2 * RECORD_COLUMNS.index("session_name") :][:2] for row in stored
+    }
+
+
+def test_a_record_without_a_dict_gives_the_same_values(make_record: RecordFactory) -> None:
+    """A record type with slots (no ``__dict__``) is read field by field, to the same values."""
+    record = make_record(0, tags={"team": "x"})
+    fields = sqlite_module._FIELDS
+
+    class Slotted:
+        __slots__ = fields
+
+    slotted = Slotted()
+    for name in fields:
+        setattr(slotted, name, getattr(record, name))
+    from_model: list[object] = []
+    from_slots: list[object] = []
+    sqlite_module._sqlite_values(record, from_model)
+    sqlite_module._sqlite_values(slotted, from_slots)  # type: ignore[arg-type]
+    assert from_slots == from_model
+    assert len(from_model) == len(sqlite_module._SQLITE_COLUMNS)

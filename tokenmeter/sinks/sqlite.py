@@ -19,8 +19,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
+from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +32,6 @@ from tokenmeter.sinks._encode import compact_json
 from tokenmeter.sinks._files import ensure_private_dir, open_private
 
 __all__ = ["SCHEMA_VERSION", "SQLiteSink"]
-
-_PICO = Decimal(10) ** 12
 
 _SCHEMA_V1 = """
 CREATE TABLE records (
@@ -166,31 +167,34 @@ class _Statement:
     The sqlite3 module lets go of the GIL for every step it runs; ``executemany`` steps once per
     row, so a writer would ask for the GIL back after every record and cost a CPU-bound caller
     thread one forced thread switch per record. One statement per run of rows asks once.
+    ``values`` is the rows' parameters one after the other, ``width`` per row.
     """
 
-    __slots__ = ("_head", "_sql", "_tail", "_width")
+    __slots__ = ("_head", "_one", "_sql", "_tail", "_width")
 
     def __init__(self, head: str, width: int, tail: str = "") -> None:
         self._head, self._width, self._tail = head, width, tail
+        self._one = f"({', '.join('?' * width)})"
         self._sql: dict[int, str] = {}
 
-    def run(self, conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-        per = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // self._width)
-        start, left = 0, len(rows)
+    def run(self, conn: sqlite3.Connection, values: Sequence[Any]) -> None:
+        width = self._width
+        per = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
+        start, left = 0, len(values) // width
         while left:
             # Runs of a power of two rows (or as many as SQLite takes): a handful of statements
             # to prepare and cache, whatever the batch sizes.
             count = min(per, 1 << (left.bit_length() - 1))
-            part = rows[start : start + count]
-            conn.execute(self._text(count), [value for row in part for value in row])
-            start, left = start + count, left - count
+            end = start + count * width
+            conn.execute(self._text(count), values[start:end] if start or left > count else values)
+            start, left = end, left - count
 
     def _text(self, count: int) -> str:
         sql = self._sql.get(count)
         if sql is None:
-            one = f"({', '.join('?' * self._width)})"
-            sql = self._sql[count] = self._head + ", ".join([one] * count) + self._tail
+            sql = self._sql[count] = self._head + ", ".join([self._one] * count) + self._tail
         return sql
+
 
 _RECORD_COLUMNS = (
     "id",
@@ -220,9 +224,6 @@ _RECORD_COLUMNS = (
     "estimated",
     "modalities",
     "tool_requests",
-)
-_INSERT_RECORD = _Statement(
-    f"INSERT OR IGNORE INTO records ({', '.join(_RECORD_COLUMNS)}) VALUES ", len(_RECORD_COLUMNS)
 )
 #: The columns of the rows ``_session_row`` makes (the PostgreSQL sink's too).
 _SESSION_COLUMNS = (
@@ -257,15 +258,87 @@ def decimal_text(value: Decimal) -> str:
 
 def to_pico_usd(value: Decimal) -> int:
     """USD as integer pico-USD (10**-12), rounded half-even: exact sums in SQL."""
-    return int((value * _PICO).to_integral_value(rounding=ROUND_HALF_EVEN))
+    scaled = value.scaleb(12)  # value * 10**12, as exact (and as rounded to the context) as *
+    pico = int(scaled)
+    if pico != scaled:  # a fraction of a pico-USD: round it
+        pico = int(scaled.to_integral_value(rounding=ROUND_HALF_EVEN))
+    return pico
+
+
+#: Text made before, for the shapes records repeat: ``_MINUTES`` the timestamps' first 17
+#: characters per minute; ``_BREAKDOWN_FORMATS`` a ``%`` format per tuple of cost-breakdown keys;
+#: ``_TAGS`` the JSON of tags per tuple of their items. Each is emptied when it grows past
+#: ``_MEMO_SIZE`` (the sinks' writer threads may share them: a dict's get and set are atomic).
+_MINUTES: dict[int, str] = {}
+_BREAKDOWN_FORMATS: dict[tuple[Any, ...], tuple[str, int]] = {}
+_TAGS: dict[tuple[tuple[str, str], ...], str] = {}
+_MEMO_SIZE = 256
+_SECONDS = [f"{second:02d}." for second in range(60)]
+_MILLISECONDS = [f"{ms:03d}Z" for ms in range(1000)]
+
+
+def _memo(memo: dict[Any, str], key: Any, text: str) -> str:
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()
+    memo[key] = text
+    return text
+
+
+def iso_text(ts: datetime) -> str:
+    """``_models._iso(ts)`` (the record's timestamp text), made from the minute's text."""
+    if ts.tzinfo is not UTC:
+        return _iso(ts)
+    minute = ts.toordinal() * 1440 + ts.hour * 60 + ts.minute
+    head = _MINUTES.get(minute)
+    if head is None:
+        head = _memo(_MINUTES, minute, _iso(ts)[:17])  # "2026-11-22T10:00:"
+    return head + _SECONDS[ts.second] + _MILLISECONDS[ts.microsecond // 1000]
+
+
+def breakdown_text(breakdown: dict[str, Decimal]) -> str:
+    """``compact_json`` of the breakdown with each part as ``decimal_text``: the keys' JSON made
+    once per set of keys, the parts put in by ``%s`` (the text ``str()`` gives)."""
+    keys = tuple(breakdown)
+    memo = _BREAKDOWN_FORMATS.get(keys)
+    if memo is None:
+        if any(type(key) is not str for key in keys):
+            return compact_json({k: decimal_text(v) for k, v in breakdown.items()})
+        parts = [compact_json(key).replace("%", "%%") + ':"%s"' for key in keys]
+        form = "{" + ",".join(parts) + "}"
+        memo = _BREAKDOWN_FORMATS[keys] = (form, form.count("E"))
+        if len(_BREAKDOWN_FORMATS) > _MEMO_SIZE:
+            _BREAKDOWN_FORMATS.clear()
+    form, letters = memo
+    text = form % tuple(breakdown.values())
+    if text.count("E") != letters:  # a part in exponent form, which decimal text never has
+        text = form % tuple(map(decimal_text, breakdown.values()))
+    return text
+
+
+def tags_text(tags: dict[str, str]) -> str:
+    """``compact_json(tags)``, made once for items seen before (a session's records repeat
+    them). Only text keys and values are kept: equal items then have the same JSON."""
+    if not tags:
+        return "{}"
+    key = tuple(tags.items())
+    try:
+        text = _TAGS.get(key)
+    except TypeError:  # an unhashable value: no memo
+        return compact_json(tags)
+    if text is None:
+        text = compact_json(tags)
+        if all(type(k) is str and type(v) is str for k, v in key):
+            _memo(_TAGS, key, text)
+    return text
 
 
 def _record_row(r: UsageRecord) -> tuple[Any, ...]:
+    """The record's values for ``_RECORD_COLUMNS`` (the PostgreSQL sink's rows)."""
     cost = r.estimated_cost_usd
     breakdown = r.cost_breakdown
     return (
         r.id,
-        _iso(r.timestamp),
+        iso_text(r.timestamp),
         r.model_provider,
         r.model_name,
         r.input_tokens,
@@ -278,13 +351,11 @@ def _record_row(r: UsageRecord) -> tuple[Any, ...]:
         r.cache_read_tokens,
         r.cache_write_tokens,
         r.reasoning_tokens,
-        None
-        if breakdown is None
-        else compact_json({k: decimal_text(v) for k, v in breakdown.items()}),
+        None if breakdown is None else breakdown_text(breakdown),
         r.price_source,
         r.session_id,
         r.session_name,
-        compact_json(r.tags) if r.tags else "{}",
+        tags_text(r.tags),
         r.latency_ms,
         int(r.streamed),
         r.status,
@@ -296,6 +367,134 @@ def _record_row(r: UsageRecord) -> tuple[Any, ...]:
     )
 
 
+# The SQLite sink's INSERT takes the same values as ``_record_row`` in another order, shaped to
+# bind cheaply: on Python 3.11 the sqlite3 module binds None through its adapter lookup, which
+# raises and clears an AttributeError for every None (the cost of building a row). So a None goes
+# in as 0 where the column's SQL is ``NULLIF(?, 0)`` (text columns: text is never equal to the
+# integer 0) or ``NULLIF(?, '')`` (``cost_pusd``: an integer is never equal to text), and a
+# ``latency_ms`` of None as NaN, which SQLite stores as NULL.
+#: Columns that are never None, read in one call.
+_PLAIN_COLUMNS = (
+    "id",
+    "model_provider",
+    "model_name",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "status",
+)
+#: Text columns that may be None.
+_OPTIONAL_TEXT_COLUMNS = (
+    "request_model",
+    "operation",
+    "price_source",
+    "session_id",
+    "session_name",
+    "error",
+    "request_id",
+)
+#: The rest, built one by one in ``_sqlite_values``, with their SQL.
+_BUILT_COLUMNS = {
+    "latency_ms": "?",
+    "timestamp": "?",
+    "estimated_cost_usd": "NULLIF(?, 0)",
+    "cost_pusd": "NULLIF(?, '')",
+    "cost_breakdown": "NULLIF(?, 0)",
+    "tags": "?",
+    "streamed": "?",
+    "estimated": "?",
+    "modalities": "?",
+    "tool_requests": "?",
+}
+#: The fields ``_BUILT_COLUMNS`` are made from.
+_BUILT_FROM = (
+    "latency_ms",
+    "timestamp",
+    "estimated_cost_usd",
+    "cost_breakdown",
+    "tags",
+    "streamed",
+    "estimated",
+    "modalities",
+    "tool_requests",
+)
+_FIELDS = _PLAIN_COLUMNS + _OPTIONAL_TEXT_COLUMNS + _BUILT_FROM
+_read = itemgetter(*_FIELDS)
+_NAN = float("nan")
+
+
+def _fields(r: UsageRecord) -> dict[str, Any]:
+    """The record's fields by name: its ``__dict__`` where it has one (one lookup per field
+    instead of an attribute access through the model's class)."""
+    try:
+        fields: dict[str, Any] = r.__dict__
+    except AttributeError:
+        return {name: getattr(r, name) for name in _FIELDS}
+    return fields
+
+
+def _sqlite_values(r: UsageRecord, values: list[Any]) -> None:
+    """Append the record's values for ``_SQLITE_INSERT``'s columns to ``values``."""
+    (
+        *plain,
+        request_model,
+        operation,
+        price_source,
+        session_id,
+        session_name,
+        error,
+        request_id,
+        latency,
+        ts,
+        cost,
+        breakdown,
+        tags,
+        streamed,
+        estimated,
+        modalities,
+        tools,
+    ) = _read(_fields(r))
+    values += plain
+    values += (
+        0 if request_model is None else request_model,
+        0 if operation is None else operation,
+        0 if price_source is None else price_source,
+        0 if session_id is None else session_id,
+        0 if session_name is None else session_name,
+        0 if error is None else error,
+        0 if request_id is None else request_id,
+        _NAN if latency is None else latency,
+        iso_text(ts),
+        0 if cost is None else decimal_text(cost),
+        "" if cost is None else to_pico_usd(cost),
+        0 if breakdown is None else breakdown_text(breakdown),
+        tags_text(tags),
+        int(streamed),
+        int(estimated),
+        compact_json(modalities) if modalities else "{}",
+        compact_json(tools) if tools else "{}",
+    )
+
+
+_SQLITE_COLUMNS = _PLAIN_COLUMNS + _OPTIONAL_TEXT_COLUMNS + tuple(_BUILT_COLUMNS)
+_SQL_OF_COLUMN = ["?"] * len(_PLAIN_COLUMNS) + ["NULLIF(?, 0)"] * len(_OPTIONAL_TEXT_COLUMNS)
+_SQL_OF_COLUMN += _BUILT_COLUMNS.values()
+#: The rows' values go in as plain ``?`` (each row of a long statement costs SQLite as little to
+#: prepare as it can); the NULLIFs are applied once, in the SELECT over them.
+_SQLITE_INSERT = _Statement(
+    f"INSERT OR IGNORE INTO records ({', '.join(_SQLITE_COLUMNS)}) SELECT "
+    + ", ".join(
+        sql.replace("?", f"column{number}") for number, sql in enumerate(_SQL_OF_COLUMN, start=1)
+    )
+    + " FROM (VALUES ",
+    len(_SQLITE_COLUMNS),
+    ")",
+)
+
+
 def _session_row(s: SessionInfo) -> tuple[Any, ...]:
     return (
         s.id,
@@ -303,8 +502,8 @@ def _session_row(s: SessionInfo) -> tuple[Any, ...]:
         s.parent_id,
         compact_json(s.tags),
         s.status,
-        _iso(s.started_at),
-        None if s.ended_at is None else _iso(s.ended_at),
+        iso_text(s.started_at),
+        None if s.ended_at is None else iso_text(s.ended_at),
         s.notes,
         None if s.budget_usd is None else decimal_text(s.budget_usd),
         s.calls,
@@ -313,6 +512,10 @@ def _session_row(s: SessionInfo) -> tuple[Any, ...]:
         decimal_text(s.cost_usd),
         s.unpriced_calls,
     )
+
+
+def _flat(rows: Iterable[tuple[Any, ...]]) -> list[Any]:
+    return list(chain.from_iterable(rows))
 
 
 class SQLiteSink:
@@ -328,11 +531,14 @@ class SQLiteSink:
         if records:
             # Built one by one from the run the writer hands over, which pauses the writer now
             # and then: a caller never waits for a whole chunk of rows to be built.
-            self._transaction(_INSERT_RECORD, [_record_row(r) for r in records])
+            values: list[Any] = []
+            for record in records:
+                _sqlite_values(record, values)
+            self._transaction(_SQLITE_INSERT, values)
 
     def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
         if sessions:
-            self._transaction(_UPSERT_SESSION, [_session_row(s) for s in sessions])
+            self._transaction(_UPSERT_SESSION, _flat(_session_row(s) for s in sessions))
 
     def flush(self) -> None:
         """Nothing to do: every ``write`` commits before it returns."""
@@ -351,11 +557,11 @@ class SQLiteSink:
             _INHERITED_CONNECTIONS.append(self._conn)
         self._conn = None
 
-    def _transaction(self, statement: _Statement, rows: Sequence[tuple[Any, ...]]) -> None:
+    def _transaction(self, statement: _Statement, values: Sequence[Any]) -> None:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            statement.run(conn, rows)
+            statement.run(conn, values)
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)
