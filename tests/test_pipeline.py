@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -149,6 +150,60 @@ def test_a_full_buffer_drops_its_oldest_instead_of_making_the_caller_wait(
     got = [r.id for r in hung.records]
     assert got[0] == first.id and got[-1] == made[-1].id
     assert len(got) == 1 + 50  # the one being written, then the newest max_queue
+
+
+def test_records_waiting_for_a_writer_stay_out_of_the_collectors_oldest_generation() -> None:
+    """A writer kept from its sink (here hung; in life, kept from the GIL by a CPU-bound caller)
+    lets records wait. Waiting records that the garbage collector tracks get promoted to its
+    oldest generation, whose growth makes the interpreter run full collections: a pause of
+    every thread of the application, ~0.5 us per object of the whole heap."""
+    hung = HungSink()
+    tokenmeter.configure(sinks=[hung])
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    hung.entered.wait(30)  # the writer is now stuck inside write(): the rest wait
+    with tokenmeter.session("job", tags={"customer": "acme"}):
+        for _ in range(3):
+            tokenmeter.record("openai", "gpt-4o", 1, 1)
+        gc.collect()
+        tracked = len(gc.get_objects())
+        for i in range(1_000):
+            tokenmeter.record("openai", "gpt-4o", 10 + i, 5, tags={"run": "nightly"})
+        gc.collect(0)
+        gc.collect(1)
+        added = len(gc.get_objects()) - tracked
+    hung.release.set()
+    assert tokenmeter.flush(30)
+    assert len(hung.records) == 1 + 3 + 1_000
+    assert added < 100, f"{added} tracked objects for 1,000 waiting records"
+
+
+def test_a_sink_gets_each_record_exactly_as_it_was_made() -> None:
+    """Records wait packed as plain values; the sink still gets equal UsageRecords, field by
+    field in the model's order, with each Decimal's exponent and each mapping kept."""
+    sink = InMemorySink()
+    tokenmeter.configure(sinks=[sink])
+    with tokenmeter.session("job", tags={"team": "search", "tier": "gold"}):
+        made = [
+            tokenmeter.record("openai", "gpt-4o", 1_000, 200, cache_read_tokens=300),
+            tokenmeter.record("openai", "gpt-4o", 10, 5, tags={"run": "1"}),
+            tokenmeter.record(
+                "openai",
+                "gpt-4o",
+                700,
+                1_290,
+                modalities={"output_image": 1_290},
+                tool_requests={"web_search": 2},
+            ),
+            tokenmeter.record("nowhere", "unpriced-model", 3, 4),  # no price: no breakdown
+            tokenmeter.record("openai", "gpt-4o", 0, 0),
+        ]
+    assert tokenmeter.flush(30)
+    assert made[3].cost_breakdown is None and made[2].tool_requests
+    assert [list(r.__dict__) for r in sink.records] == [list(r.__dict__) for r in made]
+    assert [[repr(v) for v in r.__dict__.values()] for r in sink.records] == [
+        [repr(v) for v in r.__dict__.values()] for r in made
+    ]
+    assert sink.records == made
 
 
 class BatchCountingSink(InMemorySink):

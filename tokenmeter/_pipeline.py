@@ -13,6 +13,13 @@ Policies (documented in docs/sinks.md):
   at a time: if others go through, the ones that fail alone can never be written (a poison record)
   and are set aside in the quarantine file with the error, reported once, so they never hold back
   the records behind them.
+- A record waits for its writers packed (``_pack``): a tuple of plain values, its mappings as
+  flat tuples. The garbage collector stops tracking such a tuple at its first collection, so
+  however long records wait (a CPU-bound caller can keep a writer from the GIL for seconds: a
+  thread that releases the GIL briefly and often, as the SDKs do once per call, is never asked to
+  hand it over), they never pile up in the oldest generation, whose growth makes the interpreter
+  run full collections that pause every thread of the application. Each writer unpacks its runs
+  into ``UsageRecord`` objects just before it hands them to its sink.
 - A writer never holds the GIL for long: once it has worked for ``_SLICE`` seconds on the items
   a sink iterates (rows built, lines encoded, whatever the sink does per record), it sleeps
   ``_YIELD`` seconds, so a caller thread waiting for the GIL takes it then instead of after the
@@ -42,11 +49,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from tokenmeter._fork import renew_after_fork
-from tokenmeter._models import SessionInfo, UsageRecord
+from tokenmeter._models import SessionInfo, UsageRecord, trusted
 from tokenmeter.sinks._base import Sink
 from tokenmeter.sinks._files import ensure_private_dir, open_private
 
@@ -94,18 +102,23 @@ class _Paced(list[Any]):
     __slots__ = ()
 
     def __iter__(self) -> Iterator[Any]:
-        clock = time.perf_counter
-        work = _SLICE
-        pause_at = clock() + work
-        for item in super().__iter__():
-            yield item
-            now = clock()
-            if now >= pause_at:
-                time.sleep(_YIELD)
-                resumed = clock()
-                contended = resumed - now > _CONTENDED
-                work = _SLICE if contended else min(2 * work, _MAX_SLICE)
-                pause_at = resumed + work
+        return _paced(super().__iter__())
+
+
+def _paced(items: Iterator[Any]) -> Iterator[Any]:
+    """``items``, the writer pausing after every slice of work done between them."""
+    clock = time.perf_counter
+    work = _SLICE
+    pause_at = clock() + work
+    for item in items:
+        yield item
+        now = clock()
+        if now >= pause_at:
+            time.sleep(_YIELD)
+            resumed = clock()
+            contended = resumed - now > _CONTENDED
+            work = _SLICE if contended else min(2 * work, _MAX_SLICE)
+            pause_at = resumed + work
 
 
 #: Signals sent to the process from outside (kill, a terminal, a supervisor). Our threads block
@@ -152,7 +165,76 @@ class _FlushMarker:
         self.ok = True
 
 
-_Item = UsageRecord | SessionInfo | _FlushMarker
+#: A record as it waits: its plain values, then for each of ``_MAPPINGS`` its size (-1: None),
+#: its keys and its values. One flat tuple: a tuple holding another tuple is
+#: untracked only after the inner one, which one pass of the collector does not always manage.
+_Packed = tuple[Any, ...]
+_Item = _Packed | UsageRecord | SessionInfo | _FlushMarker
+
+_FIELDS = tuple(UsageRecord.model_fields)
+#: The record's fields whose values are dicts (a dict is always tracked by the collector).
+_MAPPINGS = ("cost_breakdown", "tags", "modalities", "tool_requests")
+_plain_values = itemgetter(*(name for name in _FIELDS if name not in _MAPPINGS))
+_mapping_values = itemgetter(*_MAPPINGS)
+_PLAIN = len(_FIELDS) - len(_MAPPINGS)
+#: Where each of ``_MAPPINGS`` goes back among the plain values (ascending).
+_SLOTS = tuple(sorted(_FIELDS.index(name) for name in _MAPPINGS))
+assert [_FIELDS[slot] for slot in _SLOTS] == list(_MAPPINGS)
+#: Unpacked tags, shared by the records that have the same ones (a session's records): the memo
+#: is only for text keys and values, whose equality is identity of content (a Decimal is equal
+#: to another with a different exponent; True to 1).
+_TAGS_MEMO: dict[tuple[Any, ...], dict[str, str]] = {}
+_MEMO_SIZE = 1_024
+_TAGS_SLOT = _FIELDS.index("tags")
+
+
+def _pack(record: UsageRecord) -> _Packed | UsageRecord:
+    """The record as one tuple of plain values (a record not built by us waits as it is)."""
+    values = record.__dict__
+    try:
+        c, t, m, r = _mapping_values(values)  # cost breakdown, tags, modalities, tool requests
+        if c is None:
+            return (*_plain_values(values), -1, len(t), *t, *t.values(), len(m), *m,
+                    *m.values(), len(r), *r, *r.values())  # fmt: skip
+        return (*_plain_values(values), len(c), *c, *c.values(), len(t), *t, *t.values(),
+                len(m), *m, *m.values(), len(r), *r, *r.values())  # fmt: skip
+    except (KeyError, AttributeError, TypeError):
+        return record
+
+
+def _tags(flat: tuple[Any, ...]) -> dict[Any, Any]:
+    tags = _TAGS_MEMO.get(flat)
+    if tags is None:
+        half = len(flat) // 2
+        tags = dict(zip(flat[:half], flat[half:], strict=True))
+        if all(type(part) is str for part in flat):
+            if len(_TAGS_MEMO) >= _MEMO_SIZE:
+                _TAGS_MEMO.clear()
+            _TAGS_MEMO[flat] = tags
+    return tags
+
+
+def _unpack(item: Any) -> Any:
+    """A record as its sinks take it (items that were not packed are returned as they are)."""
+    if type(item) is not tuple:
+        return item
+    values = list(item[:_PLAIN])
+    at = _PLAIN
+    for slot in _SLOTS:
+        size = item[at]
+        if size <= 0:
+            values.insert(slot, None if size < 0 else {})
+            at += 1
+            continue
+        end = at + 1 + 2 * size
+        if slot == _TAGS_SLOT:
+            values.insert(slot, _tags(item[at + 1 : end]))
+        else:
+            keys, parts = item[at + 1 : at + 1 + size], item[at + 1 + size : end]
+            values.insert(slot, dict(zip(keys, parts, strict=True)))
+        at = end
+    record: UsageRecord = trusted(UsageRecord, dict(zip(_FIELDS, values, strict=True)))
+    return record
 
 
 def _name(sink: Sink) -> str:
@@ -289,7 +371,7 @@ class _Writer:
             run = self._pending[0]
             chunk = run if len(run) <= _CHUNK else run[:_CHUNK]
             try:
-                self._write(_Paced(chunk))
+                self._write(chunk)
             except BaseException as exc:
                 self._failed(run, exc, now)
                 return
@@ -303,8 +385,9 @@ class _Writer:
         self._failures, self._reported = 0, False
 
     def _write(self, run: Sequence[Any]) -> None:
-        if type(run[0]) is UsageRecord:
-            self.sink.write(run)
+        if not isinstance(run[0], SessionInfo):
+            # Unpacked at the same pace as the sink's own work on the records.
+            self.sink.write(_Paced(map(_unpack, _paced(iter(run)))))
         else:
             write_sessions = getattr(self.sink, "write_sessions", None)
             if write_sessions is not None:
@@ -397,6 +480,7 @@ class _Writer:
 
 def _plain(item: Any) -> Any:
     try:
+        item = _unpack(item)
         if isinstance(item, UsageRecord):
             return item.to_json_dict()
         return item.model_dump(mode="json")
@@ -502,7 +586,7 @@ def submit(item: UsageRecord | SessionInfo) -> None:
                 observer(item)
             except Exception:  # never the application's problem
                 logger.exception("tokenmeter: a submit observer failed")
-    pipeline.put(item)
+    pipeline.put(_pack(item) if type(item) is UsageRecord else item)
 
 
 def flush(timeout: float | None = None) -> bool:
