@@ -162,7 +162,7 @@ def test_records_waiting_for_a_writer_stay_out_of_the_collectors_oldest_generati
     tokenmeter.record("openai", "gpt-4o", 1, 1)
     hung.entered.wait(30)  # the writer is now stuck inside write(): the rest wait
     with tokenmeter.session("job", tags={"customer": "acme"}):
-        for _ in range(3):
+        for _ in range(300):  # the writer is behind from here on
             tokenmeter.record("openai", "gpt-4o", 1, 1)
         gc.collect()
         tracked = len(gc.get_objects())
@@ -173,15 +173,20 @@ def test_records_waiting_for_a_writer_stay_out_of_the_collectors_oldest_generati
         added = len(gc.get_objects()) - tracked
     hung.release.set()
     assert tokenmeter.flush(30)
-    assert len(hung.records) == 1 + 3 + 1_000
+    assert len(hung.records) == 1 + 300 + 1_000
     assert added < 100, f"{added} tracked objects for 1,000 waiting records"
 
 
 def test_a_sink_gets_each_record_exactly_as_it_was_made() -> None:
-    """Records wait packed as plain values; the sink still gets equal UsageRecords, field by
-    field in the model's order, with each Decimal's exponent and each mapping kept."""
-    sink = InMemorySink()
+    """Records queued behind a backlog wait packed as plain values; the sink still gets equal
+    UsageRecords, field by field in the model's order, with each Decimal's exponent and each
+    mapping kept."""
+    sink = HungSink()
     tokenmeter.configure(sinks=[sink])
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    sink.entered.wait(30)
+    for _ in range(300):
+        tokenmeter.record("openai", "gpt-4o", 1, 1)
     with tokenmeter.session("job", tags={"team": "search", "tier": "gold"}):
         made = [
             tokenmeter.record("openai", "gpt-4o", 1_000, 200, cache_read_tokens=300),
@@ -197,13 +202,15 @@ def test_a_sink_gets_each_record_exactly_as_it_was_made() -> None:
             tokenmeter.record("nowhere", "unpriced-model", 3, 4),  # no price: no breakdown
             tokenmeter.record("openai", "gpt-4o", 0, 0),
         ]
+    sink.release.set()
     assert tokenmeter.flush(30)
+    got = sink.records[-len(made) :]
     assert made[3].cost_breakdown is None and made[2].tool_requests
-    assert [list(r.__dict__) for r in sink.records] == [list(r.__dict__) for r in made]
-    assert [[repr(v) for v in r.__dict__.values()] for r in sink.records] == [
+    assert [list(r.__dict__) for r in got] == [list(r.__dict__) for r in made]
+    assert [[repr(v) for v in r.__dict__.values()] for r in got] == [
         [repr(v) for v in r.__dict__.values()] for r in made
     ]
-    assert sink.records == made
+    assert got == made
 
 
 class BatchCountingSink(InMemorySink):

@@ -13,13 +13,14 @@ Policies (documented in docs/sinks.md):
   at a time: if others go through, the ones that fail alone can never be written (a poison record)
   and are set aside in the quarantine file with the error, reported once, so they never hold back
   the records behind them.
-- A record waits for its writers packed (``_pack``): a tuple of plain values, its mappings as
-  flat tuples. The garbage collector stops tracking such a tuple at its first collection, so
-  however long records wait (a CPU-bound caller can keep a writer from the GIL for seconds: a
-  thread that releases the GIL briefly and often, as the SDKs do once per call, is never asked to
-  hand it over), they never pile up in the oldest generation, whose growth makes the interpreter
-  run full collections that pause every thread of the application. Each writer unpacks its runs
-  into ``UsageRecord`` objects just before it hands them to its sink.
+- Once a writer has fallen behind (``_BACKLOG`` items wait), records are queued packed
+  (``_pack``): one tuple of plain values, which the garbage collector stops tracking at its first
+  collection. However long they wait (a CPU-bound caller can keep a writer from the GIL for
+  seconds: a thread that releases the GIL briefly and often, as the SDKs do once per call, is
+  never asked to hand it over), they never pile up in the collector's oldest generation, whose
+  growth makes the interpreter run full collections that pause every thread of the application.
+  A writer unpacks them into ``UsageRecord`` objects at its own pace, just before its sink gets
+  them. Records are not packed while writers keep up: they die young anyway.
 - A writer never holds the GIL for long: once it has worked for ``_SLICE`` seconds on the items
   a sink iterates (rows built, lines encoded, whatever the sink does per record), it sleeps
   ``_YIELD`` seconds, so a caller thread waiting for the GIL takes it then instead of after the
@@ -80,6 +81,9 @@ _FLUSH_TRIES = 5
 _MAX_BACKOFF = 5.0
 #: A sink is given at most this many records per write (one transaction, one appended block).
 _CHUNK = 256
+#: Items waiting for one writer from which records are queued packed (see the module docstring):
+#: more than one gathering interval holds at ordinary rates, so the writer has fallen behind.
+_BACKLOG = 256
 #: How long a writer works on a sink's items before it pauses, and how long a pause lasts: long
 #: enough for a thread waiting for the GIL to wake and take it.
 _SLICE = 0.0005
@@ -270,7 +274,8 @@ class _Writer:
         self._thread = start_thread(self._run, f"tokenmeter-writer-{_name(sink)}")
 
     # -- any thread --------------------------------------------------------------------------------
-    def put(self, item: _Item) -> None:
+    def put(self, item: _Item) -> int:
+        """Queue ``item``; returns how many items wait."""
         with self._lock:
             buffer = self._buffer
             buffer.append(item)
@@ -279,6 +284,7 @@ class _Writer:
                 self._drop_oldest()
         if waiting == 1 or waiting == self.batch:
             self._wake.set()  # the first item starts the interval; a full batch ends it
+        return waiting
 
     def _drop_oldest(self) -> None:
         for index, item in enumerate(self._buffer):
@@ -385,9 +391,12 @@ class _Writer:
         self._failures, self._reported = 0, False
 
     def _write(self, run: Sequence[Any]) -> None:
-        if not isinstance(run[0], SessionInfo):
+        first = run[0]
+        if type(first) is tuple:  # a run of packed records (the runs are of one kind each)
             # Unpacked at the same pace as the sink's own work on the records.
             self.sink.write(_Paced(map(_unpack, _paced(iter(run)))))
+        elif not isinstance(first, SessionInfo):
+            self.sink.write(_Paced(run))
         else:
             write_sessions = getattr(self.sink, "write_sessions", None)
             if write_sessions is not None:
@@ -504,10 +513,17 @@ class _Pipeline:
         quarantine: Path | None,
     ) -> None:
         self.writers = [_Writer(sink, max_queue, interval, quarantine) for sink in sinks]
+        #: A writer is behind: records are queued packed (they will wait long).
+        self._backlog = False
 
-    def put(self, item: _Item) -> None:
+    def put(self, item: UsageRecord | SessionInfo) -> None:
+        queued: _Item = item
+        if self._backlog and type(item) is UsageRecord:
+            queued = _pack(item)
+        longest = 0
         for writer in self.writers:
-            writer.put(item)
+            longest = max(longest, writer.put(queued))
+        self._backlog = longest >= _BACKLOG
 
     def flush(self, timeout: float | None) -> bool:
         markers = [writer.request_flush() for writer in self.writers]
@@ -586,7 +602,7 @@ def submit(item: UsageRecord | SessionInfo) -> None:
                 observer(item)
             except Exception:  # never the application's problem
                 logger.exception("tokenmeter: a submit observer failed")
-    pipeline.put(_pack(item) if type(item) is UsageRecord else item)
+    pipeline.put(item)
 
 
 def flush(timeout: float | None = None) -> bool:
