@@ -88,19 +88,8 @@ class _RecordLike(Protocol):
     def estimated(self) -> bool: ...
 
 
-#: What ``add_record`` reads of a record.
-_RECORD_FIELDS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "total_tokens",
-    "estimated_cost_usd",
-    "cost_breakdown",
-    "status",
-    "estimated",
-)
+#: What ``add_record`` reads of a record: its token counts (input ... total), then the rest.
+_RECORD_FIELDS = (*COUNT_NAMES[1:7], "estimated_cost_usd", "cost_breakdown", "status", "estimated")
 
 
 class Totals:
