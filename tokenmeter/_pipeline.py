@@ -196,12 +196,15 @@ def _pack(record: UsageRecord) -> _Packed | UsageRecord:
     """The record as one tuple of plain values (a record not built by us waits as it is)."""
     values = record.__dict__
     try:
-        c, t, m, r = _mapping_values(values)  # cost breakdown, tags, modalities, tool requests
-        if c is None:
-            return (*_plain_values(values), -1, len(t), *t, *t.values(), len(m), *m,
-                    *m.values(), len(r), *r, *r.values())  # fmt: skip
-        return (*_plain_values(values), len(c), *c, *c.values(), len(t), *t, *t.values(),
-                len(m), *m, *m.values(), len(r), *r, *r.values())  # fmt: skip
+        breakdown, tags, modalities, tools = _mapping_values(values)
+        costs = (-1,) if breakdown is None else (len(breakdown), *breakdown, *breakdown.values())
+        return (
+            *_plain_values(values),
+            *costs,
+            *(len(tags), *tags, *tags.values()),
+            *(len(modalities), *modalities, *modalities.values()),
+            *(len(tools), *tools, *tools.values()),
+        )
     except (KeyError, AttributeError, TypeError):
         return record
 
