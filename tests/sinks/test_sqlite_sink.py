@@ -192,6 +192,22 @@ def test_a_batch_larger_than_one_statement_takes_is_written_whole(
     assert query(tmp_path / "usage.db", "SELECT status, calls FROM sessions") == [("completed", 4)]
 
 
+def test_no_statement_binds_more_than_a_short_run_of_rows(
+    tmp_path: Path, make_record: RecordFactory, read_sqlite: Reader
+) -> None:
+    """Binding parameters holds the GIL: a caller thread waiting for it waits for the whole
+    bind, so a batch of 256 goes in as several short statements, not one of 6,912 parameters."""
+    sink = SQLiteSink(tmp_path / "usage.db")
+    sink.write([make_record(0)])
+    statements: list[str] = []
+    sink._connection().set_trace_callback(statements.append)
+    sink.write([make_record(i) for i in range(1, 257)])
+
+    inserts = [sql for sql in statements if sql.lstrip().upper().startswith("INSERT")]
+    assert len(inserts) == 256 // 32  # runs of 32 rows
+    assert len(read_sqlite(tmp_path / "usage.db")) == 257
+
+
 def test_failed_batch_stores_nothing_and_retry_stores_all(
     tmp_path: Path, make_record: RecordFactory
 ) -> None:

@@ -161,12 +161,18 @@ _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
+#: Rows per INSERT statement (see ``_Statement``).
+_RUN_ROWS = 32
+
+
 class _Statement:
     """An INSERT of many rows in one statement, which SQLite runs in one step.
 
     The sqlite3 module lets go of the GIL for every step it runs; ``executemany`` steps once per
     row, so a writer would ask for the GIL back after every record and cost a CPU-bound caller
     thread one forced thread switch per record. One statement per run of rows asks once.
+    Binding a statement's parameters holds the GIL, so a run is at most ``_RUN_ROWS`` rows: a
+    caller waiting for the GIL waits for one short bind, not for thousands of parameters.
     ``values`` is the rows' parameters one after the other, ``width`` per row.
     """
 
@@ -179,7 +185,7 @@ class _Statement:
 
     def run(self, conn: sqlite3.Connection, values: Sequence[Any]) -> None:
         width = self._width
-        per = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
+        per = max(1, min(_RUN_ROWS, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
         start, left = 0, len(values) // width
         while left:
             # Runs of a power of two rows (or as many as SQLite takes): a handful of statements
