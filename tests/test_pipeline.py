@@ -267,6 +267,30 @@ def test_a_record_a_sink_can_never_accept_is_set_aside_not_retried_forever(
     assert len([r for r in caplog.records if "set aside" in r.message]) == 1
 
 
+def test_a_poison_record_queued_behind_a_backlog_is_set_aside_as_a_record() -> None:
+    """Behind a backlog, records wait packed: the one set aside is still written out as the
+    record's JSON, and every other record reaches the sink."""
+
+    class SlowPicky(HungSink):
+        def write(self, records: Sequence[UsageRecord]) -> None:
+            if any(r.model_name == "poison" for r in records):
+                raise ValueError("cannot store this one")
+            super().write(records)
+
+    sink = SlowPicky()
+    tokenmeter.configure(sinks=[sink])
+    made = [tokenmeter.record("openai", "gpt-4o", 1, 1)]
+    sink.entered.wait(30)
+    made += [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(300)]
+    bad = tokenmeter.record("openai", "poison", 1, 1, tags={"why": "test"})
+    made += [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(5)]
+    sink.release.set()
+    assert tokenmeter.flush(30)
+    assert [r.id for r in sink.records] == [r.id for r in made]
+    kept = json.loads((Path(".tokenmeter") / "quarantine.jsonl").read_text())
+    assert kept["record"] == bad.to_json_dict()
+
+
 def test_impossible_values_never_wedge_the_default_sinks(tmp_path: Path) -> None:
     """A lone surrogate, a cost beyond reason: the record is made storable at the door, and every
     record after it still reaches SQLite, JSONL and the journal."""
