@@ -67,6 +67,16 @@ class HungSink(InMemorySink):
         super().write(records)
 
 
+class Picky(HungSink):
+    """Refuses every batch holding a record of the model "poison", which it can never store;
+    its other writes wait for ``release``, as HungSink's."""
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        if any(r.model_name == "poison" for r in records):
+            raise ValueError("cannot store this one")
+        super().write(records)
+
+
 def test_a_failing_sink_loses_nothing_and_is_reported_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -243,13 +253,8 @@ def test_records_are_written_in_batches_of_the_flush_size() -> None:
 def test_a_record_a_sink_can_never_accept_is_set_aside_not_retried_forever(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    class Picky(InMemorySink):
-        def write(self, records: Sequence[UsageRecord]) -> None:
-            if any(r.model_name == "poison" for r in records):
-                raise ValueError("cannot store this one")
-            super().write(records)
-
     sink = Picky()
+    sink.release.set()
     tokenmeter.configure(sinks=[sink])
     with caplog.at_level(logging.ERROR, logger="tokenmeter"):
         before = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(5)]
@@ -270,14 +275,7 @@ def test_a_record_a_sink_can_never_accept_is_set_aside_not_retried_forever(
 def test_a_poison_record_queued_behind_a_backlog_is_set_aside_as_a_record() -> None:
     """Behind a backlog, records wait packed: the one set aside is still written out as the
     record's JSON, and every other record reaches the sink."""
-
-    class SlowPicky(HungSink):
-        def write(self, records: Sequence[UsageRecord]) -> None:
-            if any(r.model_name == "poison" for r in records):
-                raise ValueError("cannot store this one")
-            super().write(records)
-
-    sink = SlowPicky()
+    sink = Picky()
     tokenmeter.configure(sinks=[sink])
     made = [tokenmeter.record("openai", "gpt-4o", 1, 1)]
     sink.entered.wait(30)
