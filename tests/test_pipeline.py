@@ -272,6 +272,37 @@ def test_a_record_a_sink_can_never_accept_is_set_aside_not_retried_forever(
     assert len([r for r in caplog.records if "set aside" in r.message]) == 1
 
 
+class Restarting(InMemorySink):
+    """Refuses batches; one record at a time, it is down for its first write, up for the next
+    three, then down again until ``up`` is set: a server restarting during the writer's
+    one-at-a-time pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.singles = 0
+        self.up = threading.Event()
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        if not self.up.is_set():
+            if len(records) > 1:
+                raise OSError("batch refused")
+            self.singles += 1
+            if self.singles == 1 or self.singles > 4:
+                raise OSError("the database system is starting up")
+        super().write(records)
+
+
+def test_records_that_fail_while_a_sink_restarts_are_never_set_aside() -> None:
+    sink = Restarting()
+    tokenmeter.configure(sinks=[sink])
+    made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(20)]
+    wait_for(lambda: sink.singles > 6, "the one-at-a-time pass met the sink down again")
+    sink.up.set()
+    assert tokenmeter.flush(30)
+    assert sorted(r.id for r in sink.records) == sorted(r.id for r in made)
+    assert not (Path(".tokenmeter") / "quarantine.jsonl").exists()
+
+
 def test_a_poison_record_queued_behind_a_backlog_is_set_aside_as_a_record() -> None:
     """Behind a backlog, records wait packed: the one set aside is still written out as the
     record's JSON, and every other record reaches the sink."""

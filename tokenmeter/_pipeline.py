@@ -41,6 +41,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib
+import itertools
 import json
 import logging
 import os
@@ -423,24 +424,47 @@ class _Writer:
         self._retry_at = now + backoff
 
     def _isolate(self, run: list[Any]) -> bool:
-        """Write a failing run one item at a time. Items that fail while others succeed go to
-        quarantine. False when nothing went through: the sink itself is failing."""
-        failed: list[tuple[Any, BaseException]] = []
-        written = 0
-        for item in run:
+        """Write a failing run one item at a time, with the runs of its kind right behind it.
+
+        An item that fails is tried again right after the sink takes another one, and set aside
+        in quarantine only if it fails then and the sink takes the next one too: a record that
+        failed while the sink was down (a server restarting before or during the pass) is never
+        mistaken for one the sink can never store. Items not judged by the end of the pass go
+        back to the head of the queue. False when nothing went through: the sink is failing."""
+        kind = isinstance(run[0], SessionInfo)
+        runs = list(
+            itertools.takewhile(
+                lambda later: isinstance(later[0], SessionInfo) == kind, self._pending
+            )
+        )
+        suspects: list[Any] = []  # failed, not yet tried again since the sink last took one
+        accused: list[tuple[Any, BaseException]] = []  # failed again right after a success
+        written = False
+        for item in itertools.chain.from_iterable(runs):
             try:
                 self._write([item])
-            except BaseException as error:
-                failed.append((item, error))
-                if not written and len(failed) >= 2:
+            except BaseException:
+                suspects.append(item)
+                if not written and len(suspects) >= 2:
                     return False  # two in a row and no success: the sink is down, not the data
                 continue
-            written += 1
+            written = True
+            for poison, reason in accused:  # the sink works on both sides of their failure
+                self._quarantine(poison, reason)
+            accused.clear()
+            retry, suspects = suspects, []
+            for suspect in retry:
+                try:
+                    self._write([suspect])
+                except BaseException as error:
+                    accused.append((suspect, error))
         if not written:
             return False
-        self._pending.popleft()  # ``run``: every item is now written or set aside
-        for item, reason in failed:
-            self._quarantine(item, reason)
+        for _ in runs:
+            self._pending.popleft()  # every item is now written, set aside or put back below
+        unjudged = [item for item, _ in accused] + suspects
+        if unjudged:
+            self._pending.appendleft(unjudged)
         return True
 
     def _quarantine(self, item: Any, exc: BaseException) -> None:
