@@ -10,9 +10,10 @@ Policies (documented in docs/sinks.md):
   never waits.
 - A sink that raises is reported once through the ``tokenmeter`` logger; its items are kept, in
   order, and retried with back-off. When a batch keeps failing, the writer writes its records one
-  at a time: if others go through, the ones that fail alone can never be written (a poison record)
-  and are set aside in the quarantine file with the error, reported once, so they never hold back
-  the records behind them.
+  at a time: a record that fails again right after the sink took another, with the sink taking
+  the next one too, can never be written (a poison record) and is set aside in the quarantine
+  file with the error, reported once, so it never holds back the records behind it. A record
+  that failed only while the sink was down (a server restarting) is written, never set aside.
 - Once a writer has fallen behind (``_BACKLOG`` items wait), records are queued packed
   (``_pack``): one tuple of plain values, which the garbage collector stops tracking at its first
   collection. However long they wait (a CPU-bound caller can keep a writer from the GIL for
