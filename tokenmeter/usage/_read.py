@@ -136,18 +136,11 @@ def count(obj: Any, name: str, camel: str | None = None) -> int:
     return whole(field(obj, name, camel), name)
 
 
-#: The types of a readable count (absent reads as None): checked for a whole list at once.
-_COUNT_TYPES = frozenset({int, type(None)})
-
-
 def counts(get: Get, *names: str) -> list[int]:
     """``whole()`` of several fields, in one call. Nearly always every value is an int in range
-    or absent: that is checked for the whole list at once, each value is looked at only if not."""
-    found = list(map(get, names))
-    kinds = set(map(type, found))
-    if kinds <= _COUNT_TYPES:
-        if type(None) in kinds:
-            found = [0 if value is None else value for value in found]
-        if min(found) >= 0 and max(found) <= MAX_TOKENS:
-            return found
-    return [whole(value, name) for value, name in zip(found, names, strict=True)]
+    or absent: each is checked by type and range in one pass, ``whole()`` runs only if not."""
+    found = [0 if (value := get(name)) is None else value for name in names]
+    for value in found:
+        if type(value) is not int or not 0 <= value <= MAX_TOKENS:
+            return [whole(value, name) for value, name in zip(found, names, strict=True)]
+    return found
