@@ -211,7 +211,18 @@ def usage_of(
         "tool_requests": tool_requests or {},
         "passes": passes,
     }
-    check_usage_subsets(counts)
+    if (  # the rules of check_usage_subsets for a call with no parts: every call, nearly
+        modalities
+        or tool_requests
+        or passes
+        or input_tokens > MAX_TOKENS
+        or output_tokens > MAX_TOKENS
+        or cache_read_tokens + cache_write_tokens > input_tokens
+        or input_audio_tokens > input_tokens
+        or cache_write_1h_tokens > cache_write_tokens
+        or reasoning_tokens + output_audio_tokens > output_tokens
+    ):
+        check_usage_subsets(counts)  # says which rule is broken, and checks the parts
     usage: Usage = trusted(Usage, counts)
     return usage
 

@@ -70,6 +70,10 @@ def _snake_or_camel(obj: Any, name: str) -> Any:
     return field(obj, name, _camel(name))
 
 
+#: Whether a type is a pydantic model, by type (the SDKs' response types: a handful).
+_is_model: dict[type, bool] = {}
+
+
 def getter(obj: Any, camel: bool = False, what: str = "usage") -> Get:
     """``get(name)``: a field of ``obj`` by its snake_case name, None when absent.
 
@@ -77,9 +81,15 @@ def getter(obj: Any, camel: bool = False, what: str = "usage") -> Get:
     ``what`` names ``obj`` when it is text, a number or a list: that is a ValueError, never a
     silent zero (``getattr("lots", "cached_tokens")`` would read as absent).
     """
-    if type(obj) is dict:
+    kind = type(obj)
+    if kind is dict:
         return partial(_snake_or_camel, obj) if camel else obj.get
-    if isinstance(obj, BaseModel):  # declared fields live in __dict__, extra ones beside it
+    is_model = _is_model.get(kind)
+    if is_model is None:  # pydantic's isinstance check runs Python code: once per type
+        if len(_is_model) >= 1_024:
+            _is_model.clear()
+        is_model = _is_model[kind] = isinstance(obj, BaseModel)
+    if is_model:  # declared fields live in __dict__, extra ones beside it
         extra = obj.__pydantic_extra__
         return ({**obj.__dict__, **extra} if extra else obj.__dict__).get
     if obj is None:
