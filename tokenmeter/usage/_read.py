@@ -147,10 +147,13 @@ def count(obj: Any, name: str, camel: str | None = None) -> int:
 
 
 def counts(get: Get, *names: str) -> list[int]:
-    """``whole()`` of several fields, in one call. Nearly always every value is an int in range
-    or absent: each is checked by type and range in one pass, ``whole()`` runs only if not."""
-    found = [0 if (value := get(name)) is None else value for name in names]
-    for value in found:
+    """``whole()`` of several fields, in one call (nearly always an int in range or absent:
+    ``whole()`` runs only for a value that is not an int in range). A plain loop: on the hot
+    path of every call, it runs fewer interpreter instructions than a comprehension or map."""
+    found = []
+    for name in names:
+        value = get(name)
         if type(value) is not int or not 0 <= value <= MAX_TOKENS:
-            return [whole(value, name) for value, name in zip(found, names, strict=True)]
+            value = whole(value, name)
+        found.append(value)
     return found
