@@ -154,6 +154,6 @@ def counts(get: Get, *names: str) -> list[int]:
     for name in names:
         value = get(name)
         if type(value) is not int or not 0 <= value <= MAX_TOKENS:
-            value = whole(value, name)
+            value = 0 if value is None else whole(value, name)
         found.append(value)
     return found
