@@ -38,7 +38,7 @@ from tokenmeter.pricing import price_usage
 from tokenmeter.pricing._overrides import short_repr
 from tokenmeter.usage import extract
 
-__all__ = ["build_record", "emit", "record", "record_response"]
+__all__ = ["emit", "record", "record_response"]
 
 logger = logging.getLogger("tokenmeter")
 
@@ -81,11 +81,12 @@ def _plausible(cost: Cost, model: str) -> Cost:
     return _UNKNOWN
 
 
-def build_record(
+def emit(
     provider: str,
     model: str,
     usage: Usage,
-    session: _sessions.Session,
+    session: _sessions.Session | None = None,
+    call: object = None,
     *,
     request_model: str | None = None,
     operation: str | None = None,
@@ -100,8 +101,15 @@ def build_record(
     tags: dict[str, str] | None = None,
     priced: bool = True,
 ) -> UsageRecord:
-    """Price one call's usage and make its record (no side effects). ``priced=False``: the usage
-    is not known (unreadable), so neither is the cost."""
+    """Price one call's usage, make its record, attribute it and enqueue it: every record's road.
+
+    ``call``: the intercepted call, whose budget reservation the record settles.
+    ``priced=False``: the usage is not known (unreadable), so neither is the cost.
+    """
+    if _runtime._settings is None:  # once per process: price overrides must be in place
+        _runtime.settings()
+    if session is None:
+        session = _sessions.current_session() or _sessions.implicit_session()
     now = timestamp or datetime.now(UTC)
     if type(model) is not str or not model.isascii():
         model = clean_text(str(model), _MAX_NAME)
@@ -150,57 +158,9 @@ def build_record(
             "tool_requests": counts["tool_requests"],
         },
     )
-    return record
-
-
-def emit(
-    provider: str,
-    model: str,
-    usage: Usage,
-    session: _sessions.Session | None = None,
-    call: object = None,
-    *,
-    request_model: str | None = None,
-    operation: str | None = None,
-    tier: str | None = None,
-    request_id: Any = None,
-    latency_ms: float | None = None,
-    streamed: bool = False,
-    status: str = "ok",
-    error: str | None = None,
-    estimated: bool = False,
-    timestamp: datetime | None = None,
-    tags: dict[str, str] | None = None,
-    priced: bool = True,
-) -> UsageRecord:
-    """Price, attribute and enqueue one call's usage now (every record's road). ``call``: the
-    intercepted call, whose budget reservation the record settles. The other arguments are
-    ``build_record``'s (named one by one: this runs for every call)."""
-    if _runtime._settings is None:  # once per process: price overrides must be in place
-        _runtime.settings()
-    if session is None:
-        session = _sessions.current_session() or _sessions.implicit_session()
-    record = build_record(
-        provider,
-        model,
-        usage,
-        session,
-        request_model=request_model,
-        operation=operation,
-        tier=tier,
-        request_id=request_id,
-        latency_ms=latency_ms,
-        streamed=streamed,
-        status=status,
-        error=error,
-        estimated=estimated,
-        timestamp=timestamp,
-        tags=tags,
-        priced=priced,
-    )
     if not session._announced:
         _sessions.announce(session)
-    if record.status != "blocked":  # a refused call cost nothing and is no call of the summary
+    if status != "blocked":  # a refused call cost nothing and is no call of the summary
         session._add(record)
         if _state.armed:
             _budgets.settle(record, session, call)
