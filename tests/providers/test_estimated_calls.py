@@ -119,39 +119,33 @@ async def test_stream_without_include_usage_is_estimated_close_to_real_usage(
     assert _close_to(estimated.output_tokens, real.output_tokens, 0.1)
 
 
-async def test_a_stream_past_the_kept_text_is_extrapolated_from_it(
+async def test_a_stream_past_the_kept_chunks_is_extrapolated_from_them(
     records: Records, kit: ModuleType, is_async: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A stream keeps the text of its first chunks only (memory stays bounded however long it
-    runs); the rest is counted, and the estimate scales the kept text up to all of it."""
-    from tokenmeter import _estimate
+    """A stream keeps its first chunks only (memory stays bounded however long it runs); the
+    rest are counted, and the estimate scales the kept text up to all of them."""
+    from tokenmeter.providers import openai as adapter
 
     client = kit.mock_openai(StreamingServer(kit), is_async=is_async)
     tokenmeter.instrument("openai")
     await kit.drain(await _open(client, kit, stream_options={"include_usage": False}))
-    whole_text = "".join(ANSWER)
-    monkeypatch.setattr(_estimate, "_KEEP_CHARS", len(whole_text) // 3)
-    counted: list[str] = []
-    count_tokens = _estimate.count_tokens
-
-    def spy(text: str, *args: Any) -> int:
-        counted.append(text)
-        return count_tokens(text, *args)
-
-    monkeypatch.setattr(_estimate, "count_tokens", spy)
+    monkeypatch.setattr(adapter, "_KEEP_CHUNKS", 6)  # a third of ANSWER's 18 chunks
     await kit.drain(await _open(client, kit, stream_options={"include_usage": False}))
     whole, bounded = records()
     assert whole.output_tokens == 18 and bounded.estimated
-    assert any(whole_text.startswith(text) and len(text) < len(whole_text) / 2 for text in counted)
-    assert _close_to(bounded.output_tokens, whole.output_tokens, 0.35)  # scaled up from a third
+    assert bounded.output_tokens != whole.output_tokens  # really extrapolated from 6 chunks
+    assert _close_to(bounded.output_tokens, whole.output_tokens, 0.35)
 
 
-async def test_a_stream_holds_no_chunk_the_caller_has_let_go_of(
-    records: Records, kit: ModuleType, is_async: bool
+async def test_a_stream_holds_no_chunk_past_the_kept_ones(
+    records: Records, kit: ModuleType, is_async: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Until its usage comes a stream keeps what it needs for an estimate, and that is text:
-    the chunks the caller is done with are freed as they would be without tokenmeter (held to
-    the end of a long stream, they cost the garbage collector more than the rest of our work)."""
+    """Past its first few chunks, a stream whose usage has not come yet only counts them: the
+    chunks the caller is done with are freed as they would be without tokenmeter (held to the
+    end of a long stream, they cost the garbage collector more than the rest of our work)."""
+    from tokenmeter.providers import openai as adapter
+
+    monkeypatch.setattr(adapter, "_KEEP_CHUNKS", 2)
     client = kit.mock_openai(StreamingServer(kit), is_async=is_async)
     tokenmeter.instrument("openai")
     stream = await _open(client, kit)
@@ -161,7 +155,7 @@ async def test_a_stream_holds_no_chunk_the_caller_has_let_go_of(
         seen.append(weakref.ref(chunk))
     del chunk
     gc.collect()
-    assert [ref() for ref in seen] == [None] * 5
+    assert [ref() is None for ref in seen] == [False, False, True, True, True]
     await kit.maybe(stream.close())
     assert only(records()).output_tokens == 5
 

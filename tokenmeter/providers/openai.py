@@ -34,34 +34,57 @@ _CHAT_HINT = "for OpenAI chat, leave stream_options.include_usage unset or True"
 
 class ChunkReader:
     """Chat and legacy completion streams: usage only on the last chunk (when asked for). Until
-    it comes, the text of the chunks that pass by is tallied: a stream left early, or sent
-    without ``include_usage``, is recorded with an estimate of it. Only the text is kept, never
-    the chunks: a thousand chunk objects held to the end of a stream cost the garbage collector
-    more than reading their text as they pass."""
+    it comes, the first ``_KEEP_CHUNKS`` chunks that pass by are kept and the rest counted: a
+    stream left early, or sent without ``include_usage``, is recorded with an estimate of the
+    kept chunks' text, scaled up to the chunks counted. Reading the text only then keeps the cost
+    per chunk to one append or one count."""
 
-    __slots__ = ("hide", "tally")
+    __slots__ = ("dropped", "hide", "kept")
 
     def __init__(self, hide_usage_chunk: bool) -> None:
         self.hide = hide_usage_chunk
-        self.tally = TextTally()
+        self.kept: list[Any] = []
+        self.dropped = 0
 
     def feed(self, chunk: Any, call: Call) -> bool:
         if call.usage is None:
-            try:  # noqa: SIM105 - per chunk: a try costs nothing, contextlib.suppress does
-                _add_text(self.tally, chunk)
-            except Exception:  # a hostile chunk: the others still count
-                pass
+            kept = self.kept
+            if len(kept) < _KEEP_CHUNKS:
+                kept.append(chunk)
+            else:
+                self.dropped += 1
         if call.model is None:
             call.model = getattr(chunk, "model", None)
             call.request_id = ident(getattr(chunk, "id", None))
         usage = getattr(chunk, "usage", None)
         if usage is None:
             return False
-        self.tally = TextTally()  # the usage came: nothing is left to estimate
+        self.kept, self.dropped = [], 0  # the usage came: nothing is left to estimate
         # Decided first, so that a usage block we cannot read is still hidden when we asked for it.
         hidden = self.hide and not getattr(chunk, "choices", None)
         call.read("reading stream usage", _read_usage, chunk, usage, call)
         return hidden
+
+    @property
+    def tally(self) -> TextTally:
+        """The output text of the kept chunks (a chunk that cannot be read adds nothing), scaled
+        up for the chunks past the bound."""
+        tally = TextTally()
+        for chunk in self.kept:
+            try:
+                _add_text(tally, chunk)
+            except Exception:  # a hostile chunk: the others still count
+                continue
+        if self.dropped and self.kept:
+            tally.chars = round(tally.chars * (len(self.kept) + self.dropped) / len(self.kept))
+        return tally
+
+
+#: Chunks a chat stream keeps until its usage comes (about a token each): the estimate of a
+#: longer stream without usage is extrapolated from them. Few: a kept chunk is a handful of SDK
+#: objects that every young collection of the garbage collector looks at again until the stream
+#: ends, so keeping thousands made long streams measurably slower than counting them.
+_KEEP_CHUNKS = 64
 
 
 def _add_text(tally: TextTally, chunk: Any) -> None:
