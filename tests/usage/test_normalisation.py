@@ -366,3 +366,16 @@ def test_openai_responses_tool_usage_counts_billable_searches_once() -> None:
     found = extract(response)
     assert found is not None
     assert found.usage.tool_requests == {"web_search": 2, "file_search": 1}
+
+
+def test_a_proxy_is_read_as_what_it_wraps_whatever_another_proxy_wrapped() -> None:
+    """A proxy's class says what it wraps (a model, then a dict): each is read as such, whichever
+    came first (a cached answer per proxy type would be the first one's)."""
+    import wrapt
+
+    from tokenmeter.usage._read import getter
+
+    model = wrapt.ObjectProxy(Usage(input_tokens=3, output_tokens=1))
+    plain = wrapt.ObjectProxy({"input_tokens": 4})
+    assert getter(model)("input_tokens") == 3
+    assert getter(plain)("input_tokens") == 4

@@ -86,9 +86,11 @@ def getter(obj: Any, camel: bool = False, what: str = "usage") -> Get:
         return partial(_snake_or_camel, obj) if camel else obj.get
     is_model = _is_model.get(kind)
     if is_model is None:  # pydantic's isinstance check runs Python code: once per type
-        if len(_is_model) >= 1_024:
-            _is_model.clear()
-        is_model = _is_model[kind] = isinstance(obj, BaseModel)
+        is_model = isinstance(obj, BaseModel)
+        if obj.__class__ is kind:  # not a proxy, whose answer depends on what it wraps
+            if len(_is_model) >= 1_024:
+                _is_model.clear()
+            _is_model[kind] = is_model
     if is_model:  # declared fields live in __dict__, extra ones beside it
         extra = obj.__pydantic_extra__
         return ({**obj.__dict__, **extra} if extra else obj.__dict__).get
