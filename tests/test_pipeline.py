@@ -20,7 +20,7 @@ import pytest
 
 import tokenmeter
 from tokenmeter import SessionInfo, UsageRecord, _pipeline
-from tokenmeter.sinks import InMemorySink
+from tokenmeter.sinks import InMemorySink, SQLiteSink
 
 
 class FlakySink(InMemorySink):
@@ -221,6 +221,57 @@ def test_a_sink_gets_each_record_exactly_as_it_was_made() -> None:
         [repr(v) for v in r.__dict__.values()] for r in made
     ]
     assert got == made
+
+
+class HungSQLiteSink(SQLiteSink):
+    """The SQLite sink, its first write held until ``release`` is set."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        self.entered.set()
+        self.release.wait()
+        super().write(records)
+
+
+def test_the_sqlite_sink_stores_records_queued_packed_as_they_were_made(tmp_path: Path) -> None:
+    """Behind a backlog, the SQLite sink makes its rows from the packed records themselves: the
+    database holds each record as made, exactly as if it had come unpacked."""
+    sink = HungSQLiteSink(tmp_path / "usage.db")
+    tokenmeter.configure(sinks=[sink])
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    sink.entered.wait(30)
+    with tokenmeter.session("job", tags={"team": "search"}):
+        made = [
+            tokenmeter.record(
+                "openai",
+                "gpt-4o",
+                1_000 + i,
+                200,
+                cache_read_tokens=300,
+                tags={"run": str(i)} if i % 2 else None,
+                modalities={"output_image": 100} if i % 3 else None,
+                tool_requests={"web_search": 2} if i % 5 else None,
+            )
+            for i in range(300)
+        ]
+    assert _pipeline._pipeline is not None and _pipeline._pipeline._backlog
+    sink.release.set()
+    assert tokenmeter.flush(30)
+    reference = SQLiteSink(tmp_path / "reference.db")
+    reference.write(made)
+    reference.close()
+    sql = "SELECT * FROM records WHERE input_tokens >= 1000 ORDER BY id"
+    with (
+        sqlite3.connect(tmp_path / "usage.db") as stored,
+        sqlite3.connect(tmp_path / "reference.db") as expected,
+    ):
+        rows = stored.execute(sql).fetchall()
+        assert len(rows) == 300
+        assert rows == expected.execute(sql).fetchall()
 
 
 class BatchCountingSink(InMemorySink):

@@ -15,13 +15,15 @@ Policies (documented in docs/sinks.md):
   file with the error, reported once, so it never holds back the records behind it. A record
   that failed only while the sink was down (a server restarting) is written, never set aside.
 - Once a writer has fallen behind (``_BACKLOG`` items wait), records are queued packed
-  (``_pack``): one tuple of plain values, which the garbage collector stops tracking at its first
+  (``_packed``): one tuple of plain values, which the garbage collector stops tracking at its first
   collection. However long they wait (a CPU-bound caller can keep a writer from the GIL for
   seconds: a thread that releases the GIL briefly and often, as the SDKs do once per call, is
   never asked to hand it over), they never pile up in the collector's oldest generation, whose
   growth makes the interpreter run full collections that pause every thread of the application.
   A writer unpacks them into ``UsageRecord`` objects at its own pace, just before its sink gets
-  them. Records are not packed while writers keep up: they die young anyway.
+  them; a sink of ours with a ``_write_packed`` method (SQLite) takes them packed and makes its
+  rows from the plain values. Records are not packed while writers keep up: they die young
+  anyway.
 - A writer never holds the GIL for long: once it has worked for ``_SLICE`` seconds on the items
   a sink iterates (rows built, lines encoded, whatever the sink does per record), it sleeps
   ``_YIELD`` seconds, so a caller thread waiting for the GIL takes it then instead of after the
@@ -52,12 +54,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from tokenmeter._fork import renew_after_fork
-from tokenmeter._models import SessionInfo, UsageRecord, trusted
+from tokenmeter._models import SessionInfo, UsageRecord
+from tokenmeter._packed import Packed, pack, unpack
 from tokenmeter.sinks._base import Sink
 from tokenmeter.sinks._files import ensure_private_dir, open_private
 
@@ -171,79 +173,7 @@ class _FlushMarker:
         self.ok = True
 
 
-#: A record as it waits: its plain values, then for each of ``_MAPPINGS`` its size (-1: None),
-#: its keys and its values. One flat tuple: a tuple holding another tuple is
-#: untracked only after the inner one, which one pass of the collector does not always manage.
-_Packed = tuple[Any, ...]
-_Item = _Packed | UsageRecord | SessionInfo | _FlushMarker
-
-_FIELDS = tuple(UsageRecord.model_fields)
-#: The record's fields whose values are dicts (a dict is always tracked by the collector).
-_MAPPINGS = ("cost_breakdown", "tags", "modalities", "tool_requests")
-_plain_values = itemgetter(*(name for name in _FIELDS if name not in _MAPPINGS))
-_mapping_values = itemgetter(*_MAPPINGS)
-_PLAIN = len(_FIELDS) - len(_MAPPINGS)
-#: Where each of ``_MAPPINGS`` goes back among the plain values (ascending).
-_SLOTS = tuple(sorted(_FIELDS.index(name) for name in _MAPPINGS))
-assert [_FIELDS[slot] for slot in _SLOTS] == list(_MAPPINGS)
-#: Unpacked tags, shared by the records that have the same ones (a session's records): the memo
-#: is only for text keys and values, whose equality is identity of content (a Decimal is equal
-#: to another with a different exponent; True to 1).
-_TAGS_MEMO: dict[tuple[Any, ...], dict[str, str]] = {}
-_MEMO_SIZE = 1_024
-_TAGS_SLOT = _FIELDS.index("tags")
-
-
-def _pack(record: UsageRecord) -> _Packed | UsageRecord:
-    """The record as one tuple of plain values (a record not built by us waits as it is)."""
-    values = record.__dict__
-    try:
-        breakdown, tags, modalities, tools = _mapping_values(values)
-        costs = (-1,) if breakdown is None else (len(breakdown), *breakdown, *breakdown.values())
-        return (
-            *_plain_values(values),
-            *costs,
-            *(len(tags), *tags, *tags.values()),
-            *(len(modalities), *modalities, *modalities.values()),
-            *(len(tools), *tools, *tools.values()),
-        )
-    except (KeyError, AttributeError, TypeError):
-        return record
-
-
-def _tags(flat: tuple[Any, ...]) -> dict[Any, Any]:
-    tags = _TAGS_MEMO.get(flat)
-    if tags is None:
-        half = len(flat) // 2
-        tags = dict(zip(flat[:half], flat[half:], strict=True))
-        if all(type(part) is str for part in flat):
-            if len(_TAGS_MEMO) >= _MEMO_SIZE:
-                _TAGS_MEMO.clear()
-            _TAGS_MEMO[flat] = tags
-    return tags
-
-
-def _unpack(item: Any) -> Any:
-    """A record as its sinks take it (items that were not packed are returned as they are)."""
-    if type(item) is not tuple:
-        return item
-    values = list(item[:_PLAIN])
-    at = _PLAIN
-    for slot in _SLOTS:
-        size = item[at]
-        if size <= 0:
-            values.insert(slot, None if size < 0 else {})
-            at += 1
-            continue
-        end = at + 1 + 2 * size
-        if slot == _TAGS_SLOT:
-            values.insert(slot, _tags(item[at + 1 : end]))
-        else:
-            keys, parts = item[at + 1 : at + 1 + size], item[at + 1 + size : end]
-            values.insert(slot, dict(zip(keys, parts, strict=True)))
-        at = end
-    record: UsageRecord = trusted(UsageRecord, dict(zip(_FIELDS, values, strict=True)))
-    return record
+_Item = Packed | UsageRecord | SessionInfo | _FlushMarker
 
 
 def _name(sink: Sink) -> str:
@@ -262,6 +192,10 @@ class _Writer:
         self.batch = max(1, min(_FLUSH_AT, max_queue // 2))
         self.interval = interval
         self.quarantine = quarantine
+        #: A sink of ours that stores packed records as they are (``_write_packed``), without
+        #: the records built back first: looked up on its class, where no stand-in's
+        #: ``__getattr__`` can answer for it.
+        self._write_packed = getattr(type(sink), "_write_packed", None)
         # Re-entrant: a signal handler that flushes may interrupt put() on the same thread.
         self._lock = threading.RLock()
         self._buffer: deque[_Item] = deque()
@@ -398,8 +332,10 @@ class _Writer:
     def _write(self, run: Sequence[Any]) -> None:
         first = run[0]
         if type(first) is tuple:  # a run of packed records (the runs are of one kind each)
-            # Unpacked at the same pace as the sink's own work on the records.
-            self.sink.write(_Paced(map(_unpack, _paced(iter(run)))))
+            if self._write_packed is not None:
+                self._write_packed(self.sink, _Paced(run))
+            else:  # unpacked at the same pace as the sink's own work on the records
+                self.sink.write(_Paced(map(unpack, _paced(iter(run)))))
         elif not isinstance(first, SessionInfo):
             self.sink.write(_Paced(run))
         else:
@@ -517,7 +453,7 @@ class _Writer:
 
 def _plain(item: Any) -> Any:
     try:
-        item = _unpack(item)
+        item = unpack(item)
         if isinstance(item, UsageRecord):
             return item.to_json_dict()
         return item.model_dump(mode="json")
@@ -547,7 +483,7 @@ class _Pipeline:
     def put(self, item: UsageRecord | SessionInfo) -> None:
         queued: _Item = item
         if self._backlog and type(item) is UsageRecord:
-            queued = _pack(item)
+            queued = pack(item)
         longest = 0
         for writer in self.writers:
             longest = max(longest, writer.put(queued))

@@ -18,6 +18,7 @@ from conftest import (  # type: ignore[import-not-found, unused-ignore]
 )
 
 from tokenmeter._models import SessionInfo, UsageRecord, _iso
+from tokenmeter._packed import pack
 from tokenmeter.sinks import SessionAwareSink, SQLiteSink
 from tokenmeter.sinks import sqlite as sqlite_module
 
@@ -580,7 +581,8 @@ def test_stored_rows_are_the_plain_encoding_of_every_field(
     """None in every optional column, text that a stand-in for None could be mistaken for
     ('0', ''), costs in exponent form and past a pico-USD, keys that need escaping, a timestamp
     in another zone, memoised shapes met twice: each column holds the same value of the same
-    SQLite type as the plain row inserted as it is, and the PostgreSQL sink's rows are that row."""
+    SQLite type as the plain row inserted as it is, whether the record came as it is or packed
+    (queued behind a backlog), and the PostgreSQL sink's rows are that row."""
     records = [
         *varied_records(make_record),
         make_record(
@@ -626,6 +628,9 @@ def test_stored_rows_are_the_plain_encoding_of_every_field(
     sink = SQLiteSink(tmp_path / "usage.db")
     sink.write(records)
     sink.close()
+    packed = SQLiteSink(tmp_path / "packed.db")  # records queued behind a backlog
+    packed._write_packed([pack(r) for r in records])
+    packed.close()
     plain = [_plain_row(r) for r in records]
     assert [sqlite_module._record_row(r) for r in records] == plain
     reference = tmp_path / "reference.db"
@@ -642,6 +647,7 @@ def test_stored_rows_are_the_plain_encoding_of_every_field(
     sql = f"SELECT {typed} FROM records ORDER BY id"
     stored = query(tmp_path / "usage.db", sql)
     assert stored == query(reference, sql)
+    assert query(tmp_path / "packed.db", sql) == stored
     assert len(stored) == len(records)
     assert ("null", "NULL") in {
         row[2 * RECORD_COLUMNS.index("session_name") :][:2] for row in stored

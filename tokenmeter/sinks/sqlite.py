@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenmeter._models import SessionInfo, UsageRecord, _iso
+from tokenmeter._packed import MAPPINGS, PLAIN_FIELDS, Packed, mappings
 from tokenmeter.sinks._encode import compact_json
 from tokenmeter.sinks._files import ensure_private_dir, open_private
 
@@ -408,27 +409,20 @@ _BUILT_COLUMNS = {
     "timestamp": "?",
     "estimated_cost_usd": "NULLIF(?, 0)",
     "cost_pusd": "NULLIF(?, '')",
-    "cost_breakdown": "NULLIF(?, 0)",
-    "tags": "?",
     "streamed": "?",
     "estimated": "?",
+    "cost_breakdown": "NULLIF(?, 0)",
+    "tags": "?",
     "modalities": "?",
     "tool_requests": "?",
 }
-#: The fields ``_BUILT_COLUMNS`` are made from.
-_BUILT_FROM = (
-    "latency_ms",
-    "timestamp",
-    "estimated_cost_usd",
-    "cost_breakdown",
-    "tags",
-    "streamed",
-    "estimated",
-    "modalities",
-    "tool_requests",
-)
+#: The fields ``_BUILT_COLUMNS`` are made from: the record's mappings last, as a packed record
+#: (``tokenmeter._packed``) gives them.
+_BUILT_FROM = ("latency_ms", "timestamp", "estimated_cost_usd", "streamed", "estimated", *MAPPINGS)
 _FIELDS = _PLAIN_COLUMNS + _OPTIONAL_TEXT_COLUMNS + _BUILT_FROM
 _read = itemgetter(*_FIELDS)
+#: The same fields but the mappings, from a packed record.
+_read_packed = itemgetter(*(PLAIN_FIELDS.index(name) for name in _FIELDS[: -len(MAPPINGS)]))
 _NAN = float("nan")
 
 
@@ -444,6 +438,16 @@ def _fields(r: UsageRecord) -> dict[str, Any]:
 
 def _sqlite_values(r: UsageRecord, values: list[Any]) -> None:
     """Append the record's values for ``_SQLITE_INSERT``'s columns to ``values``."""
+    _append_row(_read(_fields(r)), values)
+
+
+def _packed_sqlite_values(item: Packed, values: list[Any]) -> None:
+    """``_sqlite_values`` of a packed record, made from its plain values."""
+    _append_row((*_read_packed(item), *mappings(item)), values)
+
+
+def _append_row(fields: Sequence[Any], values: list[Any]) -> None:
+    """Append the values for ``_SQLITE_INSERT``'s columns made from ``fields`` (``_FIELDS``)."""
     (
         *plain,
         request_model,
@@ -456,13 +460,13 @@ def _sqlite_values(r: UsageRecord, values: list[Any]) -> None:
         latency,
         ts,
         cost,
-        breakdown,
-        tags,
         streamed,
         estimated,
+        breakdown,
+        tags,
         modalities,
         tools,
-    ) = _read(_fields(r))
+    ) = fields
     values += plain
     values += (
         0 if request_model is None else request_model,
@@ -476,10 +480,10 @@ def _sqlite_values(r: UsageRecord, values: list[Any]) -> None:
         iso_text(ts),
         0 if cost is None else decimal_text(cost),
         "" if cost is None else to_pico_usd(cost),
-        0 if breakdown is None else breakdown_text(breakdown),
-        tags_text(tags),
         int(streamed),
         int(estimated),
+        0 if breakdown is None else breakdown_text(breakdown),
+        tags_text(tags),
         compact_json(modalities) if modalities else "{}",
         compact_json(tools) if tools else "{}",
     )
@@ -534,12 +538,20 @@ class SQLiteSink:
         self._pid = 0
 
     def write(self, records: Sequence[UsageRecord]) -> None:
-        if records:
+        self._insert(records, _sqlite_values)
+
+    def _write_packed(self, items: Sequence[Packed]) -> None:
+        """``write`` for records the writer queued packed (``tokenmeter._packed``): the rows are
+        made from their plain values, without building the records back first."""
+        self._insert(items, _packed_sqlite_values)
+
+    def _insert(self, items: Sequence[Any], append: Callable[[Any, list[Any]], None]) -> None:
+        if items:
             # Built one by one from the run the writer hands over, which pauses the writer now
             # and then: a caller never waits for a whole chunk of rows to be built.
             values: list[Any] = []
-            for record in records:
-                _sqlite_values(record, values)
+            for item in items:
+                append(item, values)
             self._transaction(_SQLITE_INSERT, values)
 
     def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
