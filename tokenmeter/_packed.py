@@ -5,8 +5,8 @@ records never pile up in its oldest generation however long they wait. A tuple h
 (or another tuple) is untracked only after what it holds, which one collection does not always
 manage: the record's mappings are laid out flat.
 
-Layout: the record's fields in the model's order without ``MAPPINGS`` (``PLAIN_FIELDS``), then
-for each of ``MAPPINGS`` its size (-1: None), its keys and its values.
+Layout: the record's fields in the model's order without ``MAPPINGS`` (``PLAIN_FIELDS``), the
+sizes of ``MAPPINGS`` (-1: None), then each mapping's keys followed by its values.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from tokenmeter._models import UsageRecord, trusted
 
-__all__ = ["MAPPINGS", "PLAIN_FIELDS", "Packed", "mappings", "pack", "unpack"]
+__all__ = ["MAPPINGS", "PLAIN_FIELDS", "Packed", "as_dict", "flat_mappings", "pack", "unpack"]
 
 Packed = tuple[Any, ...]
 
@@ -42,23 +42,56 @@ def pack(record: UsageRecord) -> Packed | UsageRecord:
     values = record.__dict__
     try:
         breakdown, tags, modalities, tools = _mapping_values(values)
-        costs = (-1,) if breakdown is None else (len(breakdown), *breakdown, *breakdown.values())
+        if breakdown is None:
+            breakdown, costs = {}, -1
+        else:
+            costs = len(breakdown)
         return (
             *_plain_values(values),
-            *costs,
-            *(len(tags), *tags, *tags.values()),
-            *(len(modalities), *modalities, *modalities.values()),
-            *(len(tools), *tools, *tools.values()),
+            costs,
+            len(tags),
+            len(modalities),
+            len(tools),
+            *breakdown,
+            *breakdown.values(),
+            *tags,
+            *tags.values(),
+            *modalities,
+            *modalities.values(),
+            *tools,
+            *tools.values(),
         )
     except (KeyError, AttributeError, TypeError):
         return record
 
 
-def _tags(flat: tuple[Any, ...]) -> dict[Any, Any]:
+def flat_mappings(item: Packed) -> tuple[Packed | None, Packed, Packed, Packed]:
+    """Each of ``MAPPINGS`` in a packed record as one tuple of its keys then its values (the
+    breakdown None when the record has none): what a sink makes its text from, no dict built."""
+    costs, tags, modalities, tools = item[_PLAIN : _PLAIN + 4]
+    at = _PLAIN + 4
+    end = at + 2 * costs if costs > 0 else at
+    breakdown = item[at:end] if costs >= 0 else None
+    at, end = end, end + 2 * tags
+    tag_items = item[at:end] if tags else ()
+    at, end = end, end + 2 * modalities
+    modality_items = item[at:end] if modalities else ()
+    tool_items = item[end : end + 2 * tools] if tools else ()
+    return breakdown, tag_items, modality_items, tool_items
+
+
+def as_dict(flat: Packed) -> dict[Any, Any]:
+    """A mapping laid out flat (its keys then its values) as a dict."""
+    if not flat:
+        return {}
+    half = len(flat) // 2
+    return dict(zip(flat[:half], flat[half:], strict=True))
+
+
+def _tags(flat: Packed) -> dict[Any, Any]:
     tags = _TAGS_MEMO.get(flat)
     if tags is None:
-        half = len(flat) // 2
-        tags = dict(zip(flat[:half], flat[half:], strict=True))
+        tags = as_dict(flat)
         if all(type(part) is str for part in flat):
             if len(_TAGS_MEMO) >= _MEMO_SIZE:
                 _TAGS_MEMO.clear()
@@ -66,33 +99,15 @@ def _tags(flat: tuple[Any, ...]) -> dict[Any, Any]:
     return tags
 
 
-def mappings(item: Packed) -> list[Any]:
-    """The values of ``MAPPINGS`` in a packed record, in that order (a shared dict for tags seen
-    before: read them, never change them)."""
-    found: list[Any] = []
-    at = _PLAIN
-    for name in MAPPINGS:
-        size = item[at]
-        if size <= 0:
-            found.append(None if size < 0 else {})
-            at += 1
-            continue
-        end = at + 1 + 2 * size
-        if name == "tags":
-            found.append(_tags(item[at + 1 : end]))
-        else:
-            keys, parts = item[at + 1 : at + 1 + size], item[at + 1 + size : end]
-            found.append(dict(zip(keys, parts, strict=True)))
-        at = end
-    return found
-
-
 def unpack(item: Any) -> Any:
     """A record as its sinks take it (items that were not packed are returned as they are)."""
     if type(item) is not tuple:
         return item
+    breakdown, tags, modalities, tools = flat_mappings(item)
     values = list(item[:_PLAIN])
-    for slot, mapping in zip(_SLOTS, mappings(item), strict=True):
-        values.insert(slot, mapping)
+    values.insert(_SLOTS[0], None if breakdown is None else as_dict(breakdown))
+    values.insert(_SLOTS[1], _tags(tags) if tags else {})
+    values.insert(_SLOTS[2], as_dict(modalities) if modalities else {})
+    values.insert(_SLOTS[3], as_dict(tools) if tools else {})
     record: UsageRecord = trusted(UsageRecord, dict(zip(_FIELDS, values, strict=True)))
     return record

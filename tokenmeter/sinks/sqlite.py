@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenmeter._models import SessionInfo, UsageRecord, _iso
-from tokenmeter._packed import MAPPINGS, PLAIN_FIELDS, Packed, mappings
+from tokenmeter._packed import MAPPINGS, PLAIN_FIELDS, Packed, as_dict, flat_mappings
 from tokenmeter.sinks._encode import compact_json
 from tokenmeter.sinks._files import ensure_private_dir, open_private
 
@@ -278,7 +278,7 @@ def to_pico_usd(value: Decimal) -> int:
 #: ``_MEMO_SIZE`` (the sinks' writer threads may share them: a dict's get and set are atomic).
 _MINUTES: dict[int, str] = {}
 _BREAKDOWN_FORMATS: dict[tuple[Any, ...], tuple[str, int]] = {}
-_TAGS: dict[tuple[tuple[str, str], ...], str] = {}
+_TAGS: dict[tuple[Any, ...], str] = {}
 _MEMO_SIZE = 256
 _SECONDS = [f"{second:02d}." for second in range(60)]
 _MILLISECONDS = [f"{ms:03d}Z" for ms in range(1000)]
@@ -303,39 +303,50 @@ def iso_text(ts: datetime) -> str:
 
 
 def breakdown_text(breakdown: dict[str, Decimal]) -> str:
-    """``compact_json`` of the breakdown with each part as ``decimal_text``: the keys' JSON made
-    once per set of keys, the parts put in by ``%s`` (the text ``str()`` gives)."""
-    keys = tuple(breakdown)
+    """``compact_json`` of the breakdown with each part as ``decimal_text``."""
+    return _breakdown_text((*breakdown, *breakdown.values()))
+
+
+def _breakdown_text(flat: tuple[Any, ...]) -> str:
+    """``breakdown_text`` of a breakdown laid out flat (its keys, then its parts): the keys' JSON
+    made once per set of keys, the parts put in by ``%s`` (the text ``str()`` gives)."""
+    half = len(flat) // 2
+    keys = flat[:half]
     memo = _BREAKDOWN_FORMATS.get(keys)
     if memo is None:
         if any(type(key) is not str for key in keys):
-            return compact_json({k: decimal_text(v) for k, v in breakdown.items()})
+            return compact_json({k: decimal_text(v) for k, v in as_dict(flat).items()})
         parts = [compact_json(key).replace("%", "%%") + ':"%s"' for key in keys]
         form = "{" + ",".join(parts) + "}"
         memo = _BREAKDOWN_FORMATS[keys] = (form, form.count("E"))
         if len(_BREAKDOWN_FORMATS) > _MEMO_SIZE:
             _BREAKDOWN_FORMATS.clear()
     form, letters = memo
-    text = form % tuple(breakdown.values())
+    values = flat[half:]
+    text = form % values
     if text.count("E") != letters:  # a part in exponent form, which decimal text never has
-        text = form % tuple(map(decimal_text, breakdown.values()))
+        text = form % tuple(map(decimal_text, values))
     return text
 
 
 def tags_text(tags: dict[str, str]) -> str:
-    """``compact_json(tags)``, made once for items seen before (a session's records repeat
-    them). Only text keys and values are kept: equal items then have the same JSON."""
-    if not tags:
+    """``compact_json(tags)``, made once for tags seen before (a session's records repeat them)."""
+    return _tags_text((*tags, *tags.values())) if tags else "{}"
+
+
+def _tags_text(flat: tuple[Any, ...]) -> str:
+    """``tags_text`` of tags laid out flat (their keys, then their values). Only text keys and
+    values are kept in the memo: equal tags then have the same JSON."""
+    if not flat:
         return "{}"
-    key = tuple(tags.items())
     try:
-        text = _TAGS.get(key)
+        text = _TAGS.get(flat)
     except TypeError:  # an unhashable value: no memo
-        return compact_json(tags)
+        return compact_json(as_dict(flat))
     if text is None:
-        text = compact_json(tags)
-        if all(type(k) is str and type(v) is str for k, v in key):
-            _memo(_TAGS, key, text)
+        text = compact_json(as_dict(flat))
+        if all(type(part) is str for part in flat):
+            _memo(_TAGS, flat, text)
     return text
 
 
@@ -438,16 +449,31 @@ def _fields(r: UsageRecord) -> dict[str, Any]:
 
 def _sqlite_values(r: UsageRecord, values: list[Any]) -> None:
     """Append the record's values for ``_SQLITE_INSERT``'s columns to ``values``."""
-    _append_row(_read(_fields(r)), values)
+    *head, breakdown, tags, modalities, tools = _read(_fields(r))
+    _append_head(head, values)
+    values += (
+        0 if breakdown is None else breakdown_text(breakdown),
+        tags_text(tags),
+        compact_json(modalities) if modalities else "{}",
+        compact_json(tools) if tools else "{}",
+    )
 
 
 def _packed_sqlite_values(item: Packed, values: list[Any]) -> None:
-    """``_sqlite_values`` of a packed record, made from its plain values."""
-    _append_row((*_read_packed(item), *mappings(item)), values)
+    """``_sqlite_values`` of a packed record, made from its plain values (no record, no dict)."""
+    _append_head(_read_packed(item), values)
+    breakdown, tags, modalities, tools = flat_mappings(item)
+    values += (
+        0 if breakdown is None else _breakdown_text(breakdown),
+        _tags_text(tags),
+        compact_json(as_dict(modalities)) if modalities else "{}",
+        compact_json(as_dict(tools)) if tools else "{}",
+    )
 
 
-def _append_row(fields: Sequence[Any], values: list[Any]) -> None:
-    """Append the values for ``_SQLITE_INSERT``'s columns made from ``fields`` (``_FIELDS``)."""
+def _append_head(fields: Sequence[Any], values: list[Any]) -> None:
+    """Append the values for ``_SQLITE_INSERT``'s columns before the mappings' ones, made from
+    ``fields`` (``_FIELDS`` without ``MAPPINGS``)."""
     (
         *plain,
         request_model,
@@ -462,10 +488,6 @@ def _append_row(fields: Sequence[Any], values: list[Any]) -> None:
         cost,
         streamed,
         estimated,
-        breakdown,
-        tags,
-        modalities,
-        tools,
     ) = fields
     values += plain
     values += (
@@ -482,10 +504,6 @@ def _append_row(fields: Sequence[Any], values: list[Any]) -> None:
         "" if cost is None else to_pico_usd(cost),
         int(streamed),
         int(estimated),
-        0 if breakdown is None else breakdown_text(breakdown),
-        tags_text(tags),
-        compact_json(modalities) if modalities else "{}",
-        compact_json(tools) if tools else "{}",
     )
 
 
