@@ -335,20 +335,26 @@ class _UsageLog(_Log):
     def apply(self, state: dict[str, Any], records: Sequence[UsageRecord]) -> str:
         models: dict[str, dict[str, Any]] = state.setdefault("models", {})
         calls: int = state.get("calls", 0)
+        # Each model's totals are read from the state once per batch and written back once.
+        live: dict[tuple[str, str], tuple[str, Totals]] = {}
         rows = []
         for r in records:
             calls += 1
-            key = json.dumps([r.model_provider, r.model_name])
-            totals = models.get(key)
-            if totals is None:
-                totals = models[key] = _new_totals()
-            _add(totals, r)
+            model = (r.model_provider, r.model_name)
+            found = live.get(model)
+            if found is None:
+                key = json.dumps(list(model))
+                stored = models.get(key)
+                found = live[model] = (key, Totals() if stored is None else _from_state(stored))
+            found[1].add_record(r)
             rows.append(
                 f"| {calls} | {_when(r.timestamp)} | {_md(r.model_provider)} "
                 f"| {_md(r.model_name)} | {_md(r.session_name or r.session_id or '')} "
                 f"| {r.input_tokens:,} | {r.output_tokens:,} | {r.total_tokens:,} "
                 f"| {_money_or_na(r.estimated_cost_usd)} | {_status(r)} |\n"
             )
+        for key, totals in live.values():
+            models.setdefault(key, {}).update(_to_state(totals))
         state["calls"] = calls
         return "".join(rows)
 
@@ -403,19 +409,21 @@ class _SessionLog(_Log):
                 "status": "active",
                 "started_at": _iso(first.timestamp),
             }
-        totals: dict[str, Any] = state.setdefault("totals", _new_totals())
+        stored: dict[str, Any] = state.setdefault("totals", _new_totals())
+        totals = _from_state(stored)  # read once per batch, written back once
         models: list[str] = state.setdefault("models", [])
         rows = []
         for r in records:
-            _add(totals, r)
+            totals.add_record(r)
             model = f"{r.model_provider}/{r.model_name}"
             if model not in models:
                 models.append(model)
             rows.append(
-                f"| {totals['calls']} | {_when(r.timestamp)} | {r.input_tokens:,} "
+                f"| {totals.calls} | {_when(r.timestamp)} | {r.input_tokens:,} "
                 f"| {r.output_tokens:,} | {r.total_tokens:,} "
                 f"| {_money_or_na(r.estimated_cost_usd)} |\n"
             )
+        stored.update(_to_state(totals))
         return "".join(rows)
 
     def head(self, state: dict[str, Any]) -> str:
@@ -578,12 +586,6 @@ def _to_state(totals: Totals) -> dict[str, Any]:
     t = {key: state[field] for key, field in _STATE_KEYS.items()}
     t["input_cost"] = str(totals.split_cost_usd - totals.output_cost_usd)
     return t
-
-
-def _add(t: dict[str, Any], r: UsageRecord) -> None:
-    totals = _from_state(t)
-    totals.add_record(r)
-    t.update(_to_state(totals))
 
 
 def _merge(into: dict[str, Any], t: dict[str, Any]) -> None:
