@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,18 +54,23 @@ def wait_for(condition: Callable[[], bool], what: str, limit: float = 30.0) -> N
         time.sleep(0.01)
 
 
-class HungSink(InMemorySink):
-    """Blocks inside ``write`` until ``release`` is set, like a user sink posting to a dead host."""
+class Held:
+    """A sink whose ``write`` blocks until ``release`` is set, like a user sink posting to a dead
+    host (mixed in before the sink's class)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         self.release = threading.Event()
         self.entered = threading.Event()
 
     def write(self, records: Sequence[UsageRecord]) -> None:
         self.entered.set()
         self.release.wait()
-        super().write(records)
+        super().write(records)  # type: ignore[misc]
+
+
+class HungSink(Held, InMemorySink):
+    """The in-memory sink, held."""
 
 
 class Picky(HungSink):
@@ -223,18 +229,8 @@ def test_a_sink_gets_each_record_exactly_as_it_was_made() -> None:
     assert got == made
 
 
-class HungSQLiteSink(SQLiteSink):
-    """The SQLite sink, its first write held until ``release`` is set."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.release = threading.Event()
-        self.entered = threading.Event()
-
-    def write(self, records: Sequence[UsageRecord]) -> None:
-        self.entered.set()
-        self.release.wait()
-        super().write(records)
+class HungSQLiteSink(Held, SQLiteSink):
+    """The SQLite sink, held."""
 
 
 def test_the_sqlite_sink_stores_records_queued_packed_as_they_were_made(tmp_path: Path) -> None:
