@@ -271,20 +271,23 @@ GC_PAUSES: list[tuple[int, float, float]] = []
 
 
 def time_sqlite_writes_and_gc() -> None:
-    """Wrap SQLiteSink.write to log (start, end, records) of each write, and log every garbage
+    """Wrap SQLiteSink.write and _write_packed to log (start, end, records) of each write, and log every garbage
     collection (``--diagnose`` only)."""
     from tokenmeter.sinks import SQLiteSink
 
-    original = SQLiteSink.write
+    def timed(original: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+        def write(self: Any, records: Any) -> None:
+            start = time.perf_counter()
+            try:
+                original(self, records)
+            finally:
+                SINK_WRITES.append((start, time.perf_counter(), len(records)))
 
-    def write(self: Any, records: Any) -> None:
-        start = time.perf_counter()
-        try:
-            original(self, records)
-        finally:
-            SINK_WRITES.append((start, time.perf_counter(), len(records)))
+        return write
 
-    SQLiteSink.write = write  # type: ignore[method-assign]
+    # Records queued behind a backlog reach the sink packed, through _write_packed.
+    SQLiteSink.write = timed(SQLiteSink.write)  # type: ignore[method-assign]
+    SQLiteSink._write_packed = timed(SQLiteSink._write_packed)  # type: ignore[method-assign]
     started = [0.0]
 
     def collection(phase: str, info: dict[str, Any]) -> None:
