@@ -55,22 +55,25 @@ def wait_for(condition: Callable[[], bool], what: str, limit: float = 30.0) -> N
 
 
 class Held:
-    """A sink whose ``write`` blocks until ``release`` is set, like a user sink posting to a dead
-    host (mixed in before the sink's class)."""
+    """A sink that can be held, like a user sink posting to a dead host (mixed in before the
+    sink's class): ``hold()`` blocks until ``release`` is set."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.release = threading.Event()
         self.entered = threading.Event()
 
-    def write(self, records: Sequence[UsageRecord]) -> None:
+    def hold(self) -> None:
         self.entered.set()
         self.release.wait()
-        super().write(records)  # type: ignore[misc]
 
 
 class HungSink(Held, InMemorySink):
-    """The in-memory sink, held."""
+    """The in-memory sink, held in ``write``."""
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        self.hold()
+        super().write(records)
 
 
 class Picky(HungSink):
@@ -230,7 +233,23 @@ def test_a_sink_gets_each_record_exactly_as_it_was_made() -> None:
 
 
 class HungSQLiteSink(Held, SQLiteSink):
-    """The SQLite sink, held."""
+    """The SQLite sink, held before each insert, whether its records came packed or not."""
+
+    def _insert(self, items: Sequence[Any], append: Callable[[Any, list[Any]], None]) -> None:
+        self.hold()
+        super()._insert(items, append)
+
+
+class CopyingSQLiteSink(SQLiteSink):
+    """A user's SQLite sink that also keeps what its ``write`` is given."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.seen: list[UsageRecord] = []
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        self.seen.extend(records)
+        super().write(records)
 
 
 def test_the_sqlite_sink_stores_records_queued_packed_as_they_were_made(tmp_path: Path) -> None:
@@ -268,6 +287,22 @@ def test_the_sqlite_sink_stores_records_queued_packed_as_they_were_made(tmp_path
         rows = stored.execute(sql).fetchall()
         assert len(rows) == 300
         assert rows == expected.execute(sql).fetchall()
+
+
+def test_a_subclass_that_overrides_write_gets_every_record_through_it(tmp_path: Path) -> None:
+    """The SQLite sink's own shortcut for packed records is not taken for a subclass with a
+    ``write`` of its own: behind a backlog too, every record goes through that ``write``."""
+    sink = CopyingSQLiteSink(tmp_path / "usage.db")
+    hung = HungSink()
+    tokenmeter.configure(sinks=[sink, hung])  # the hung sink makes the backlog
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    hung.entered.wait(30)
+    made = [tokenmeter.record("openai", "gpt-4o", 10 + i, 5) for i in range(400)]
+    assert _pipeline._pipeline is not None and _pipeline._pipeline._backlog
+    hung.release.set()
+    assert tokenmeter.flush(30)
+    assert sink.seen[-400:] == made
+    assert all(type(r) is UsageRecord for r in sink.seen)
 
 
 class BatchCountingSink(InMemorySink):

@@ -176,6 +176,19 @@ class _FlushMarker:
 _Item = Packed | UsageRecord | SessionInfo | _FlushMarker
 
 
+def _packed_writer(sink: Sink) -> Callable[[Sink, Sequence[Any]], None] | None:
+    """The ``_write_packed`` of a sink of ours that stores packed records as they are, without
+    the records built back first; None for any other sink. Looked up on the class, where no
+    stand-in's ``__getattr__`` can answer for it; and only where ``write`` is the one defined
+    beside it: a subclass that overrides ``write`` gets every record through its ``write``."""
+    for cls in type(sink).__mro__:
+        defined = vars(cls)
+        if "_write_packed" in defined:
+            same_write = defined.get("write") is getattr(type(sink), "write", None)
+            return defined["_write_packed"] if same_write else None
+    return None
+
+
 def _name(sink: Sink) -> str:
     return type(sink).__name__
 
@@ -192,10 +205,7 @@ class _Writer:
         self.batch = max(1, min(_FLUSH_AT, max_queue // 2))
         self.interval = interval
         self.quarantine = quarantine
-        #: A sink of ours that stores packed records as they are (``_write_packed``), without
-        #: the records built back first: looked up on its class, where no stand-in's
-        #: ``__getattr__`` can answer for it.
-        self._write_packed = getattr(type(sink), "_write_packed", None)
+        self._write_packed = _packed_writer(sink)
         # Re-entrant: a signal handler that flushes may interrupt put() on the same thread.
         self._lock = threading.RLock()
         self._buffer: deque[_Item] = deque()
