@@ -271,8 +271,8 @@ GC_PAUSES: list[tuple[int, float, float]] = []
 
 
 def time_sqlite_writes_and_gc() -> None:
-    """Wrap SQLiteSink.write and _write_packed to log (start, end, records) of each write, and log every garbage
-    collection (``--diagnose`` only)."""
+    """Wrap SQLiteSink.write and _write_packed to log (start, end, records) of each write, and
+    log every garbage collection (``--diagnose`` only)."""
     from tokenmeter.sinks import SQLiteSink
 
     def timed(original: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
