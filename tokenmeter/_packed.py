@@ -2,8 +2,8 @@
 
 The garbage collector stops tracking a tuple of plain values at its first collection, so packed
 records never pile up in its oldest generation however long they wait. A tuple holding a dict
-(or another tuple) is untracked only after what it holds, which one collection does not always
-manage: the record's mappings are laid out flat.
+is never untracked, and one holding another tuple only after the inner one, which one collection
+does not always manage: the record's mappings are laid out flat.
 
 Layout: the record's fields in the model's order without ``MAPPINGS`` (``PLAIN_FIELDS``), the
 sizes of ``MAPPINGS`` (-1: None), then each mapping's keys followed by its values.
