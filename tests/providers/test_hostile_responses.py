@@ -342,6 +342,117 @@ async def test_finished_response_without_usage_is_estimated(
     assert (record.model_name, record.request_id) == (SERVED, "resp_hostile")
 
 
+@pytest.mark.parametrize("model", [None, "", 5])
+async def test_a_retrieve_that_names_no_model_is_recorded(
+    sink: InMemorySink, kit: ModuleType, is_async: bool, model: Any
+) -> None:
+    """A retrieve has no request model to fall back on: billed all the same, it is recorded
+    under "unknown" (with an unknown cost), never lost."""
+    body = {**response_body("completed", RESPONSE_USAGE), "model": model}
+    client = kit.mock_openai(lambda request: json_reply(OPENAI_HTTP, body), is_async=is_async)
+    tokenmeter.instrument("openai")
+    await kit.maybe(client.responses.retrieve("resp_hostile"))
+    record = only(flushed(sink))
+    assert (record.model_name, record.request_id) == ("unknown", "resp_hostile")
+    assert (record.input_tokens, record.output_tokens) == (19, 10)
+    assert record.estimated_cost_usd is None
+
+
+async def test_every_create_is_recorded_even_when_a_server_repeats_its_response_id(
+    sink: InMemorySink, kit: ModuleType, is_async: bool
+) -> None:
+    """Each POST /responses is a billed call, whatever id a compatible server gives it; only a
+    retrieve of an id already recorded is the same call again."""
+    done = response_body("completed", RESPONSE_USAGE)
+
+    def server(request: Any) -> Any:
+        if request.method == "POST" and json.loads(request.content).get("stream"):
+            event = {"type": "response.completed", "response": done}
+            return sse_reply(OPENAI_HTTP, [(event["type"], event)])
+        return json_reply(OPENAI_HTTP, done)
+
+    client = kit.mock_openai(server, is_async=is_async)
+    tokenmeter.instrument("openai")
+    for _ in range(3):
+        await kit.maybe(client.responses.create(model="gpt-4o", input="hi"))
+    await kit.drain(
+        await kit.maybe(client.responses.create(model="gpt-4o", input="hi", stream=True))
+    )
+    await kit.maybe(client.responses.retrieve("resp_hostile"))
+    records = flushed(sink)
+    assert [r.request_id for r in records] == ["resp_hostile"] * 4
+    assert [r.streamed for r in records] == [False, False, False, True]
+
+
+async def test_a_raw_response_whose_body_cannot_be_read_is_recorded_at_once(
+    sink: InMemorySink, kit: ModuleType, is_async: bool
+) -> None:
+    """``with_raw_response`` on a billed answer that is not JSON: the record is written when the
+    call returns, not when the raw response is collected (an application that keeps the parse
+    error keeps the raw response alive)."""
+    client = kit.mock_openai(
+        lambda request: OPENAI_HTTP.Response(
+            200, content=b"{not json", headers={"content-type": "application/json"}
+        ),
+        is_async=is_async,
+    )
+    tokenmeter.instrument("openai")
+    raw = await kit.maybe(
+        client.chat.completions.with_raw_response.create(model="gpt-4o", messages=MESSAGES)
+    )
+    with pytest.raises(json.JSONDecodeError):
+        await kit.maybe(raw.parse())
+    record = only(flushed(sink))  # raw is still alive here
+    assert_unreadable(record)
+    assert record.model_name == "gpt-4o"
+
+
+def cut_after(chunks: int) -> Any:
+    """A chat stream that sends ``chunks`` chunks of text, then breaks (a dropped connection)."""
+
+    def stream(request: Any) -> Any:
+        def body() -> Any:
+            for _ in range(chunks):
+                chunk = {
+                    "id": CHAT_ID,
+                    "created": 1,
+                    "model": SERVED,
+                    "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": {"content": "word "}, "finish_reason": None}],
+                }
+                yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            raise OPENAI_HTTP.ReadError("Connection reset")
+
+        return OPENAI_HTTP.Response(
+            200, content=body(), headers={"content-type": "text/event-stream"}
+        )
+
+    return stream
+
+
+@pytest.mark.parametrize("chunks", [0, 5])
+def test_a_stream_cut_after_it_sent_text_is_estimated(
+    sink: InMemorySink, kit: ModuleType, chunks: int
+) -> None:
+    """Text that streamed by was generated, so billed: a stream cut before its usage came is
+    an error record with an estimate, never a cost of 0. Cut before any text: nothing known
+    was billed beyond the request (recorded as the error, at no cost)."""
+    client = kit.mock_openai(cut_after(chunks), max_retries=0)
+    tokenmeter.instrument("openai")
+    stream = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+    with pytest.raises(Exception, match="onnection") as raised:  # the SDK's or httpx's error
+        for _ in stream:
+            pass
+    record = only(flushed(sink))
+    assert (record.status, record.error) == ("error", type(raised.value).__name__)
+    assert record.streamed
+    if chunks:
+        assert record.estimated and record.output_tokens >= chunks and record.input_tokens > 0
+        assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
+    else:
+        assert not record.estimated and record.total_tokens == 0
+
+
 async def responses_stream(client: Any, kit: ModuleType) -> list[Any]:
     stream = await kit.maybe(client.responses.create(model="gpt-4o", input="hi", stream=True))
     return list(await kit.drain(stream))
@@ -400,6 +511,9 @@ ANTHROPIC_ANSWERS = {
     "cache_read_input_tokens '7'": Message(usage={**CLAUDE_USAGE, "cache_read_input_tokens": "7"}),
     "lone surrogate model": Message(model="claude-\ud800"),
     "message_delta output_tokens -3": Message(final={"output_tokens": -3}),
+    # Required counts sent as null: unknown, never a silent zero.
+    "input_tokens null": Message(usage={**CLAUDE_USAGE, "input_tokens": None}),
+    "usage null": Message(usage=None, final={"output_tokens": 12}),
 }
 #: A non-streamed answer has no message_delta: the case exists only as a stream.
 STREAM_ONLY = {"message_delta output_tokens -3"}
@@ -518,6 +632,7 @@ GEMINI_ANSWERS = {
     "thoughtsTokenCount 1e300": Generated(meta={**FINAL, "thoughtsTokenCount": 1e300}),
     "thoughtsTokenCount 10**300": Generated(meta={**FINAL, "thoughtsTokenCount": 10**300}),
     "usageMetadata missing": Generated(meta=ABSENT),
+    "usageMetadata {}": Generated(meta={}),
     "lone surrogate modelVersion": Generated(model="gemini-\ud800"),
 }
 
@@ -586,9 +701,12 @@ async def test_gemini_server(sink: InMemorySink, is_async: bool, case: str, stre
     if case == "lone surrogate modelVersion":
         assert (record.status, record.model_name) == ("ok", "gemini-\ufffd")
         assert (record.input_tokens, record.output_tokens) == (5, 4)
-    elif case == "usageMetadata missing":  # billed, nothing reported: estimated
-        assert_estimated(record, output=stream)
+    elif case == "usageMetadata missing" or (case == "usageMetadata {}" and not stream):
+        assert_estimated(record, output=stream)  # billed, nothing reported: estimated
         assert record.model_name == GEMINI
+    elif case == "usageMetadata {}":  # a stream's last report is its running total so far
+        assert (record.status, record.estimated) == ("ok", False)
+        assert (record.input_tokens, record.output_tokens) == (5, 1)
     else:
         assert_unreadable(record)
         assert record.model_name == GEMINI

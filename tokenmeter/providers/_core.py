@@ -123,8 +123,11 @@ class Call:
     model: str | None = None
     tier: str | None = None
     request_id: str | None = None
-    #: Record a given response id only once (the Responses API repeats usage on every retrieve).
+    #: Remember the response id, so that a retrieve of it is not counted again (the Responses
+    #: API repeats a response's usage on every retrieve).
     dedupe: bool = False
+    #: A retrieve of a response (not a new call): recorded only if its id was never recorded.
+    retrieval: bool = False
     done: bool = False
     #: The session the call was made in. A stream may end elsewhere (another task, a thread, the
     #: garbage collector): its record still belongs to the session it was made in.
@@ -204,6 +207,10 @@ class Call:
         usage, status, error_name, estimated = self.usage, "ok", None, False
         if error is not None:
             status, error_name = "error", type(error).__name__
+            if usage is None and getattr(getattr(self.reader, "tally", None), "chars", 0):
+                # A stream cut after the provider had sent content: billed, though it never
+                # reported how much. Estimated, never a silent zero.
+                usage, estimated = self._estimate(), True
         elif usage is None and self.unreadable is not None:
             # The call succeeded but its usage cannot be trusted: recorded, with an unknown cost.
             status, error_name = "error", "UnreadableUsage"
@@ -221,12 +228,13 @@ class Call:
             if better is not None:
                 usage, estimated = better, True
         if self.dedupe and usage is not None and self.request_id:  # noqa: SIM102
-            if _already_recorded(self.request_id):  # only ids that carried usage are remembered
+            # Only ids that carried usage are remembered. A create is billed whatever its id (a
+            # compatible server may repeat one); a retrieve of a recorded id is not billed again.
+            if _already_recorded(self.request_id) and self.retrieval:
                 return
         model = self.model if type(self.model) is str and self.model else self.request_model
-        if not model:
-            logger.debug("tokenmeter: %s call names no model; nothing recorded", self.provider)
-            return
+        if not model:  # billed all the same: recorded under a name that says what is known
+            model = UNKNOWN_MODEL
         emit(
             self.provider,
             model,
@@ -273,6 +281,9 @@ def _warn_unreadable(provider: str, what: str, exc: Exception) -> None:
 
 
 _NO_USAGE = Usage()
+#: The model name of a billed call whose response and request name none (a retrieve answered
+#: with ``"model": null``): recorded, with an unknown cost, rather than lost.
+UNKNOWN_MODEL = "unknown"
 _warned_no_usage: set[str] = set()
 
 

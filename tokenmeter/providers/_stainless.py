@@ -38,8 +38,10 @@ class Endpoint:
     #: response carries no usage).
     read: Callable[[Any, Call], None]
     new_reader: Callable[[bool], StreamReader]
-    #: Record each response id once (Responses API: retrieve repeats the same usage).
+    #: Remember each response id (Responses API: retrieve repeats the same usage).
     dedupe: bool = False
+    #: Reads a response made before (a retrieve): not recorded again when its id was.
+    retrieval: bool = False
     #: What a caller can do when its call reports no usage (logged once per provider).
     no_usage_hint: str = ""
 
@@ -128,6 +130,7 @@ class StainlessAdapter:
             endpoint.operation,
             streamed,
             dedupe=endpoint.dedupe,
+            retrieval=endpoint.retrieval,
             expects_usage=promised,
             request=body,
             no_usage_hint=endpoint.no_usage_hint,
@@ -217,6 +220,7 @@ class _RawResponseProxy(ObjectProxy):
         self._self_parsed: tuple[Any, Any] | None = None
         if plan.raw != "stream" and not plan.streamed:  # openai says "true", anthropic "raw"
             plan.call.read("reading a raw response", self._self_read_body)
+            plan.call.finish()  # a body that cannot be read is recorded now, not at collection
 
     def _self_read_body(self) -> None:
         raw = self.__wrapped__

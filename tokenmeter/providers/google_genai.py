@@ -27,7 +27,7 @@ from tokenmeter.providers._core import (
 from tokenmeter.providers._gemini import PROVIDER, short_model
 from tokenmeter.usage import Extracted, from_gemini_response
 from tokenmeter.usage._read import ident
-from tokenmeter.usage.google import usage_from_gemini
+from tokenmeter.usage.google import reports_usage, usage_from_gemini
 
 __all__ = ["ADAPTER", "ChunkReader", "patch_targets", "short_model", "wrap_instance"]
 
@@ -53,7 +53,8 @@ def _new_call(kwargs: dict[str, Any], operation: str, streamed: bool) -> Call:
 
 
 def _read_response(response: Any, call: Call) -> None:
-    if getattr(response, "usage_metadata", None) is not None:
+    meta = getattr(response, "usage_metadata", None)
+    if meta is not None and (reports_usage(meta) or not call.expects_usage):
         _take_usage(response, call)
         return
     if call.expects_usage:  # billed, and nothing reported: estimated
@@ -96,7 +97,8 @@ class ChunkReader:
         self.tally = TextTally()
 
     def feed(self, chunk: Any, call: Call) -> bool:
-        if getattr(chunk, "usage_metadata", None) is not None:
+        meta = getattr(chunk, "usage_metadata", None)
+        if meta is not None and reports_usage(meta):
             _take_usage(chunk, call)
             return False
         if call.request_id is None:  # named even if no chunk ever reports usage

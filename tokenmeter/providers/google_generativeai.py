@@ -31,7 +31,7 @@ from tokenmeter.providers._core import (
 )
 from tokenmeter.providers._gemini import PROVIDER, short_model
 from tokenmeter.usage import Extracted
-from tokenmeter.usage.google import usage_from_gemini
+from tokenmeter.usage.google import reports_usage, usage_from_gemini
 
 __all__ = ["ADAPTER", "patch_targets", "wrap_instance"]
 
@@ -86,7 +86,7 @@ def _read(response: Any, call: Call) -> None:
     """Works on a finished response and on a stream part-way (the joined result so far)."""
     meta = _usage_metadata(response)
     version = getattr(response, "model_version", None)
-    if meta is None:
+    if meta is None or not reports_usage(meta):
         call.model = version or call.model
         call.missing = not call.streamed  # billed, nothing reported: estimated
         return

@@ -240,6 +240,9 @@ _CHAT = Endpoint("chat.completions", _read, ChunkReader, no_usage_hint=_CHAT_HIN
 _COMPLETIONS = Endpoint("completions", _read, ChunkReader)
 _EMBEDDINGS = Endpoint("embeddings", _read, ChunkReader)
 _RESPONSES = Endpoint("responses", _read_response, ResponseEventReader, dedupe=True)
+_RETRIEVED = Endpoint(
+    "responses", _read_response, ResponseEventReader, dedupe=True, retrieval=True
+)
 _IMAGES = Endpoint("images", _read_images, ImageEventReader)
 _TRANSCRIPTIONS = Endpoint("audio.transcriptions", _read_transcription, TranscriptEventReader)
 _NOT_BILLED = {"input_tokens", "cancel", "input_items"}
@@ -270,7 +273,7 @@ class OpenAIAdapter(StainlessAdapter):
         if "responses" in parts:  # create and compact (POST), retrieve (GET); not cancel, delete
             tail = parts[parts.index("responses") + 1 :]
             if not tail or (len(tail) == 1 and tail[0] not in _NOT_BILLED):
-                return _RESPONSES
+                return _RETRIEVED if method == "get" else _RESPONSES
         return None
 
     def provider_of(self, client: Any) -> str:

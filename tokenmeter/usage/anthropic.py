@@ -52,7 +52,9 @@ def _counts(get: Any) -> tuple[int, int, int, int, int, int]:
 
 def usage_from_anthropic(usage: Any) -> Usage:
     get = getter(usage)
-    if get("input_tokens") is None and get("output_tokens") is None:
+    if get("input_tokens") is None or get("output_tokens") is None:
+        # Both are required in every usage block the API sends (a stream's deltas are merged
+        # with its message_start first): a null one is unknown, never a silent zero.
         raise ValueError(f"not an Anthropic usage block: {shown(usage)}")
     uncached, output, cache_read, cache_write, write_1h, thinking = _counts(get)
     tools = get("server_tool_use")

@@ -89,6 +89,21 @@ def _add_modalities(found: dict[str, int], details: Any, side: str, limit: int, 
             found[full] = min(found.get(full, 0) + tokens, limit)
 
 
+def reports_usage(meta: Any) -> bool:
+    """False for a ``usage_metadata`` without a single count (``{}``, or a proto's empty
+    message): a generate_content call always has a prompt, so its usage was not reported (it is
+    estimated, never recorded as a silent zero). True for anything else, unreadable included:
+    ``usage_from_gemini`` says what is wrong with it."""
+    try:
+        get = getter(meta, camel=True, what="usage_metadata")
+        return any(get(name) for name in _ANY_COUNT)
+    except Exception:
+        return True
+
+
+_ANY_COUNT = ("prompt_token_count", "total_token_count", "candidates_token_count")
+
+
 def tier_from_gemini(meta: Any) -> str | None:
     traffic = getter(meta, camel=True)("traffic_type")
     if traffic is None:
