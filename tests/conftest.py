@@ -12,7 +12,7 @@ import pytest
 from pg_server import pg_dsn, pg_server  # noqa: F401  (fixtures: a PostgreSQL on loopback)
 
 import tokenmeter
-from tokenmeter import _runtime
+from tokenmeter import _estimate, _runtime
 from tokenmeter.sinks import InMemorySink
 from tokenmeter.testing._sdk import unmet
 
@@ -28,6 +28,15 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         reason = unmet(**mark.kwargs)
         if reason:
             pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _tokenizers_loaded() -> None:
+    """Inside an LLM call, an estimate never waits for a tokenizer to load: it falls back on the
+    heuristic until the tokenizer is loaded in the background. Loaded up front here, every
+    test's estimates are the tokenizer's whatever order the tests run in."""
+    for encoding in ("o200k_base", "cl100k_base"):
+        _estimate._counter(encoding)
 
 
 @pytest.fixture(autouse=True)

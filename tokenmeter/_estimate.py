@@ -23,7 +23,9 @@ import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from tokenmeter._media import (
@@ -118,10 +120,32 @@ def _tiktoken_cached(name: str) -> Counter | None:
     return count
 
 
+#: False inside an LLM call (``without_waiting``): a tokenizer not loaded yet is not waited for.
+_wait_for_load: ContextVar[bool] = ContextVar("tokenmeter_wait_for_tokenizer", default=True)
+_loading: set[str] = set()
+
+
+@contextmanager
+def without_waiting() -> Iterator[None]:
+    """Estimates made inside the application's LLM call (a record without usage, a budget's
+    reservation): importing a tokenizer and loading its vocabulary is slow, and the call must
+    never wait for it. Until it is loaded (in the background, from the first such estimate),
+    the heuristic answers. ``estimate()`` and ``count_tokens()`` called by the application
+    wait for it."""
+    token = _wait_for_load.set(False)
+    try:
+        yield
+    finally:
+        _wait_for_load.reset(token)
+
+
 def _counter(name: str) -> Counter | None:
     """The BPE counter of an OpenAI encoding, None when none runs offline (loaded once)."""
     if name in _counters:
         return _counters[name]
+    if not _wait_for_load.get():
+        _load_in_background(name)
+        return None
     with _counters_lock:
         if name not in _counters:
             found: Counter | None = None
@@ -134,6 +158,16 @@ def _counter(name: str) -> Counter | None:
                     break
             _counters[name] = found
     return _counters[name]
+
+
+def _load_in_background(name: str) -> None:
+    with _counters_lock:
+        if name in _loading:
+            return
+        _loading.add(name)
+    threading.Thread(
+        target=_counter, args=(name,), name="tokenmeter-tokenizer", daemon=True
+    ).start()
 
 
 def _encoding_of(model: str) -> str:

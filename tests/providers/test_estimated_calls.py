@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import threading
 import weakref
 from types import ModuleType
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from provider_helpers import Records, flushed, only
 
 import tokenmeter
+from tokenmeter import _estimate
 from tokenmeter._estimate import estimate_input
 from tokenmeter.sinks import InMemorySink
 
@@ -357,3 +359,45 @@ async def test_audio_of_a_call_without_usage_is_estimated_and_priced_as_audio(
     assert record.modalities["input_audio"] == 300
     assert record.cost_breakdown is not None
     assert record.cost_breakdown["input_audio"] == Decimal("0.012")  # 300 x $40 / M
+
+
+async def test_an_estimate_inside_a_call_never_waits_for_a_tokenizer_to_load(
+    records: Records, kit: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Importing a tokenizer and loading its vocabulary is slow: the first call without usage
+    is estimated by the heuristic while the tokenizer loads in the background (held here until
+    released), and the calls after it by the tokenizer."""
+    tokenizer = _estimate._counter("o200k_base")
+    loading, release = threading.Event(), threading.Event()
+
+    def held_load(name: str) -> Any:
+        loading.set()
+        release.wait(60)
+        return tokenizer
+
+    request = {"model": "gpt-4o", "messages": MESSAGES}
+    with monkeypatch.context() as none_offline:
+        none_offline.setattr(_estimate, "_counters", {"o200k_base": None, "cl100k_base": None})
+        none_offline.setattr(_estimate, "_counts", {})
+        heuristic = estimate_input("openai", request).input_tokens
+    assert heuristic != estimate_input("openai", request).input_tokens
+    monkeypatch.setattr(_estimate, "_counters", {})
+    monkeypatch.setattr(_estimate, "_loading", set())
+    monkeypatch.setattr(_estimate, "_counts", {})
+    monkeypatch.setattr(_estimate, "_bpe_openai", held_load)
+    client = kit.mock_openai(StreamingServer(kit))
+    tokenmeter.instrument("openai")
+
+    await kit.drain(await _open(client, kit, stream_options={"include_usage": False}))
+    first = only(records())  # written while the tokenizer is still loading
+    assert loading.is_set() and not release.is_set()
+    assert first.estimated and first.input_tokens == heuristic
+
+    release.set()
+    for thread in threading.enumerate():
+        if thread.name == "tokenmeter-tokenizer":
+            thread.join(60)
+    await kit.drain(await _open(client, kit, stream_options={"include_usage": False}))
+    second = records()[-1]
+    assert second.estimated
+    assert second.input_tokens == estimate_input("openai", request).input_tokens != heuristic

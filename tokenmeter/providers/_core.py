@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import wrapt
 
 from tokenmeter import _pipeline
-from tokenmeter._estimate import estimate_usage
+from tokenmeter._estimate import estimate_usage, without_waiting
 from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import Usage
 from tokenmeter._record import emit
@@ -207,7 +207,8 @@ class Call:
         usage, status, error_name, estimated = self.usage, "ok", None, False
         if error is not None:
             status, error_name = "error", type(error).__name__
-            if usage is None and getattr(getattr(self.reader, "tally", None), "chars", 0):
+            tally = getattr(self.reader, "tally", None)
+            if usage is None and tally is not None and tally.chars:
                 # A stream cut after the provider had sent content: billed, though it never
                 # reported how much. Estimated, never a silent zero.
                 usage, estimated = self._estimate(), True
@@ -224,7 +225,8 @@ class Call:
         elif self.streamed and hasattr(self.reader, "partial"):
             # A stream left before its final count (Anthropic: only message_start's).
             served = self.model if type(self.model) is str else self.request_model or ""
-            better = self.reader.partial(usage, served)
+            with without_waiting():
+                better = self.reader.partial(usage, served)
             if better is not None:
                 usage, estimated = better, True
         if self.dedupe and usage is not None and self.request_id:  # noqa: SIM102
@@ -257,7 +259,8 @@ class Call:
         """What the call most likely used: its request's input, the output that passed by."""
         model = self.model if type(self.model) is str else self.request_model or ""
         tally = getattr(self.reader, "tally", None)
-        return estimate_usage(self.provider, self.request, model, tally, self.operation)
+        with without_waiting():
+            return estimate_usage(self.provider, self.request, model, tally, self.operation)
 
 
 _warned_unreadable: set[tuple[str, type]] = set()
