@@ -10,7 +10,7 @@ import pytest
 import tokenmeter
 from tokenmeter.sinks import InMemorySink
 
-from .conftest import RunCli
+from .conftest import RunCli, peak_python_memory
 
 
 @pytest.fixture
@@ -79,3 +79,93 @@ def test_the_default_is_the_configured_directory(
 def test_a_bad_since_is_a_usage_error(cli: RunCli) -> None:
     code, _, err = cli("alerts", "--since", "yesterday-ish")
     assert code == 2 and "bad date" in err
+
+
+def _append(alerts_dir: Path, *lines: str) -> None:
+    with (alerts_dir / "alerts.jsonl").open("a") as handle:
+        handle.writelines(line + "\n" for line in lines)
+
+
+GOOD = '{"time": "2026-12-01T09:00:00.000Z", "rule": "call_cost", "scope": "s", "observed": 2}'
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        GOOD.replace('"observed": 2', '"observed": NaN'),
+        GOOD.replace('"observed": 2', '"observed": 2, "threshold": Infinity'),
+        GOOD.replace('"observed": 2', '"observed": 2, "baseline": -Infinity'),
+        GOOD.replace('"observed": 2', '"observed": 1e999'),
+        GOOD.replace('"observed": 2', '"observed": 2, "extra": [1e400]'),
+    ],
+    ids=["nan", "infinity", "minus-infinity", "overflowing-float", "overflowing-extra"],
+)
+def test_json_output_is_json_without_nan_or_infinity(
+    cli: RunCli, alerts_dir: Path, line: str
+) -> None:
+    _append(alerts_dir, line)
+    code, out, err = cli("alerts", "--source", str(alerts_dir), "--format", "json")
+    assert code == 0
+    strict = [json.loads(text, parse_constant=pytest.fail) for text in out.splitlines()]
+    assert len(strict) == 3
+    assert "skipped 1 unreadable line" in err
+
+
+@pytest.mark.parametrize(
+    "replace",
+    [
+        ('"rule": "call_cost"', '"rule": 5'),
+        ('"scope": "s"', '"scope": ["x"]'),
+        ('"observed": 2', '"observed": "abc"'),
+        ('"observed": 2', '"observed": true'),
+        ('"observed": 2', '"observed": 2, "baseline": {"a": 1}'),
+        ('"observed": 2', '"observed": 2, "threshold": [1]'),
+        ('"observed": 2', '"observed": 2, "message": 7'),
+        ('"observed": 2', '"observed": 1' + "0" * 400),
+    ],
+    ids=[
+        "rule",
+        "scope",
+        "observed",
+        "observed-bool",
+        "baseline",
+        "threshold",
+        "message",
+        "huge-int",
+    ],
+)
+def test_lines_of_the_wrong_types_are_skipped_and_counted(
+    cli: RunCli, alerts_dir: Path, replace: tuple[str, str]
+) -> None:
+    assert replace[0] in GOOD
+    _append(alerts_dir, GOOD.replace(*replace))
+    code, out, err = cli("alerts", "--source", str(alerts_dir))
+    assert code == 0 and out.splitlines()[-1] == "3 alert(s)"
+    assert "skipped 1 unreadable line" in err
+    code, out, err = cli("alerts", "--source", str(alerts_dir), "--format", "json")
+    assert code == 0 and len(out.splitlines()) == 3
+    assert "skipped 1 unreadable line" in err
+
+
+def test_an_alert_without_a_scope_or_numbers_is_listed(cli: RunCli, alerts_dir: Path) -> None:
+    _append(alerts_dir, '{"time": "2026-12-04T09:00:00.000Z", "rule": "budget", "scope": null}')
+    code, out, err = cli("alerts", "--source", str(alerts_dir))
+    assert code == 0 and err == ""
+    assert out.splitlines()[-2].split() == ["2026-12-04", "09:00:00", "budget", "-", "-", "-"]
+
+
+def test_an_over_long_line_is_skipped_in_bounded_memory(cli: RunCli, alerts_dir: Path) -> None:
+    """Read as the report reads JSONL: at most ``MAX_LINE_BYTES`` of a line is held."""
+    mib = 1 << 20
+    with (alerts_dir / "alerts.jsonl").open("ab") as handle:
+        handle.write(b'{"time": "2026-12-01T00:00:00.000Z", "rule": "x", "message": "')
+        for _ in range(50):
+            handle.write(b"a" * mib)
+        handle.write(b'"}\n')
+    _append(alerts_dir, GOOD)
+    results: list[tuple[int, str, str]] = []
+    peak = peak_python_memory(lambda: results.append(cli("alerts", "--source", str(alerts_dir))))
+    code, out, err = results[0]
+    assert code == 0 and out.splitlines()[-1] == "4 alert(s)"
+    assert "skipped 1 unreadable line" in err
+    assert peak < 16 * mib, f"held {peak / mib:.1f} MiB reading a 50 MiB line"

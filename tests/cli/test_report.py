@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import RECORDS, TOTAL_COST, RunCli, rec, write_jsonl, write_sqlite
+from .conftest import RECORDS, TOTAL_COST, RunCli, append_lines, rec, write_jsonl, write_sqlite
 
 
 def report_json(cli: RunCli, *args: str) -> dict:
@@ -386,3 +386,93 @@ def test_detailed_calls_say_which_counts_are_estimated(
     assert [c["estimated"] for c in doc["calls"]] == [False, True]
     code, out, _ = cli("report", "--source", str(path), "--detailed")
     assert code == 0 and out.count("ok (estimated)") == 1
+
+
+# --- --by that names no key, --compare near year 1, bad lines read twice ---------------------
+
+
+@pytest.mark.parametrize("by", ["", ",", " ", " , "])
+@pytest.mark.parametrize("fmt", ["table", "markdown", "json"])
+def test_a_by_value_naming_no_key_is_a_usage_error(
+    cli: RunCli, source: Path, by: str, fmt: str
+) -> None:
+    code, out, err = cli("report", "--source", str(source), "--by", by, "--format", fmt)
+    assert (code, out) == (2, "")
+    assert err.strip().splitlines() == [
+        f"tokenmeter: error: unknown --by key {by!r}: use one of "
+        "provider, model, family, session, name, status, hour, day, week, month, tag:KEY"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("window", "earlier"),
+    [
+        (("--since", "0001-01-02"), "compared with: 0001-01-01 to 0001-01-01 (UTC"),
+        (("--since", "700000d"), "compared with: 0001-01-01 00:00:00.000 up to 0"),
+        (
+            ("--since", "0001-01-01T12:00", "--until", "0001-01-03"),
+            "compared with: 0001-01-01 00:00:00.000 up to 0001-01-01 12:00:00.000 (UTC",
+        ),
+        (
+            ("--since", "0001-01-02", "--tz", "America/New_York"),
+            "compared with: 0001-01-01 to 0001-01-01 (America/New_York",
+        ),
+    ],
+)
+def test_compare_near_year_one_starts_at_year_one(
+    cli: RunCli, source: Path, window: tuple[str, ...], earlier: str
+) -> None:
+    code, out, err = cli("report", "--source", str(source), "--compare", *window)
+    assert code == 0, err
+    assert earlier in out
+    doc = report_json(cli, "--source", str(source), "--compare", *window)
+    assert doc["totals"]["previous_cost_usd"] is None  # no call before the window
+
+
+def test_compare_with_no_time_before_the_window_is_a_usage_error(
+    cli: RunCli, source: Path, tmp_path: Path
+) -> None:
+    window = ("--since", "0001-01-01", "--until", "0001-01-01")
+    code, out, err = cli("report", "--source", str(source), "--compare", *window)
+    assert (code, out) == (2, "")
+    assert err.strip().splitlines() == [
+        "tokenmeter: error: --compare: there is no time before --since to compare with"
+    ]
+    page = tmp_path / "year-one.html"  # the dashboard compares when it can, without asking
+    code, _, err = cli("report", "--source", str(source), "-o", str(page), *window)
+    assert code == 0 and page.exists(), err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("--compare", "--since", "2026-11-02", "--format", "json"),
+        ("--compare", "--since", "2026-11-02"),
+        ("--since", "2026-11-02", "--format", "html"),
+    ],
+    ids=["compare-json", "compare-table", "html"],
+)
+def test_a_corrupt_line_is_counted_once_when_the_earlier_period_is_read_too(
+    cli: RunCli, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    path = write_jsonl(tmp_path / "usage.jsonl", RECORDS)
+    append_lines(path, ["garbage"])
+    code, out, err = cli("report", "--source", str(path), *command)
+    assert code == 0, err
+    assert err.strip().splitlines() == [f"tokenmeter: warning: skipped 1 corrupt line in {path}"]
+    if "json" in command:
+        assert json.loads(out)["skipped_lines"] == 1
+
+
+def test_a_day_past_year_9999_in_the_zone_is_no_crash(cli: RunCli, source: Path) -> None:
+    last = rec(99, "9999-12-31T23:59:59.999Z", "openai", "gpt-4o", 1, 1, "0.5")
+    if source.suffix == ".db":
+        write_sqlite(source, [last], [])
+    else:
+        write_jsonl(source, [last])
+    code, out, err = cli(
+        "report", "--source", str(source), "--by", "day", "--tz", "Europe/Paris", "--format", "json"
+    )
+    assert code == 0, err
+    rows = rows_by(json.loads(out, parse_float=Decimal), "day")
+    assert rows[("(none)",)]["cost_usd"] == Decimal("0.5")

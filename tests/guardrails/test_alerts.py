@@ -14,7 +14,8 @@ import pytest
 from helpers import one_line_value_error
 
 import tokenmeter
-from tokenmeter.guardrails._alerts import Alert, read_alerts
+from tokenmeter.cli._alerts import read_alerts
+from tokenmeter.guardrails._alerts import Alert
 from tokenmeter.sinks import InMemorySink
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)

@@ -475,7 +475,7 @@ def test_budget_warnings_are_not_repeated_by_a_restarted_process_in_the_same_per
     import subprocess
     import sys
 
-    from tokenmeter.guardrails._alerts import read_alerts
+    from tokenmeter.cli._alerts import read_alerts
 
     directory = tmp_path / "tm"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._output import write_output
+from tokenmeter.cli._source import lines_of
 
 __all__ = ["run_alerts"]
 
@@ -27,6 +33,80 @@ def _alerts_path(source: str | None) -> Path:
     return Path(directory) / "alerts.jsonl"
 
 
+#: The fields the alert sink writes and their types (besides ``time``): a line where one has
+#: another type is not an alert this command can show, and is skipped and counted.
+_TEXT_FIELDS = ("rule", "scope", "message", "record_id", "session_id")
+_NUMBER_FIELDS = ("observed", "baseline", "threshold")
+
+
+def _finite(text: str) -> float:
+    """``parse_float`` that refuses what JSON cannot hold (``1e999``): out comes valid JSON."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"not a finite number: {text}")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    """``parse_constant``: ``NaN`` and ``Infinity`` are not JSON."""
+    raise ValueError(f"not JSON: {name}")
+
+
+_decode = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant).decode
+
+
+def _alert(line: bytes) -> tuple[dict[str, Any], datetime] | None:
+    """The alert on this line and its time, or None when the line is not one."""
+    try:
+        item = _decode(line.decode("utf-8"))
+    except (ValueError, RecursionError):  # also UnicodeDecodeError
+        return None
+    if not isinstance(item, dict) or not isinstance(item.get("time"), str):
+        return None
+    if not isinstance(item.get("rule"), str):
+        return None
+    if any(item.get(name) is not None and not isinstance(item[name], str) for name in _TEXT_FIELDS):
+        return None
+    for name in _NUMBER_FIELDS:
+        value = item.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        if abs(value) > sys.float_info.max:  # an integer no float holds: not a measurement
+            return None
+    try:
+        when = datetime.fromisoformat(item["time"].replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return item, when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+@dataclass
+class _AlertLines:
+    """The lines of ``alerts.jsonl``, read as the report reads JSONL (``lines_of``): a line
+    longer than ``MAX_LINE_BYTES`` is read past, not held, and counted in ``skipped``."""
+
+    path: Path
+    on_progress: Callable[[int, int], None] | None = None
+    skipped: int = field(default=0, init=False)
+
+
+def read_alerts(path: Path, since: datetime | None = None) -> tuple[list[dict[str, Any]], int]:
+    """The alerts in ``path`` at or after ``since``, in file order; and how many lines were bad."""
+    lines = _AlertLines(path)
+    alerts: list[dict[str, Any]] = []
+    for line in lines_of(lines):
+        if not line.strip():
+            continue
+        found = _alert(line)
+        if found is None:
+            lines.skipped += 1
+        elif since is None or found[1] >= since:
+            alerts.append(found[0])
+    return alerts, lines.skipped
+
+
 def _number(value: object) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return f"{value:,.6g}"
@@ -34,27 +114,24 @@ def _number(value: object) -> str:
 
 
 def run_alerts(args: argparse.Namespace) -> int:
-    from tokenmeter.guardrails._alerts import read_alerts
-
     path = _alerts_path(args.source)
     if not path.exists():
         print(f"no alerts: {path} does not exist yet", file=sys.stderr)
         return 0
-    try:
-        alerts, bad = read_alerts(path, args.since)
-    except OSError as exc:
-        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+    alerts, bad = read_alerts(path, args.since)
     if bad:
         print(f"tokenmeter: skipped {bad} unreadable line(s) in {path}", file=sys.stderr)
     if args.format == "json":
-        text = "".join(json.dumps(alert, ensure_ascii=False) + "\n" for alert in alerts)
+        text = "".join(
+            json.dumps(alert, ensure_ascii=False, allow_nan=False) + "\n" for alert in alerts
+        )
     else:
         rows = [("TIME", "RULE", "SCOPE", "OBSERVED", "BASELINE", "THRESHOLD")]
         rows += [
             (
-                str(alert.get("time", ""))[:19].replace("T", " "),
-                str(alert.get("rule", "")),
-                str(alert.get("scope", ""))[:60],
+                alert["time"][:19].replace("T", " "),
+                alert["rule"],
+                (alert.get("scope") or "")[:60],
                 _number(alert.get("observed")),
                 _number(alert.get("baseline")),
                 _number(alert.get("threshold")),

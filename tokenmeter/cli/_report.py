@@ -66,12 +66,21 @@ def _format(args: argparse.Namespace) -> str:
 
 
 def _dimensions(specs: list[str] | None) -> tuple[Dimension, ...]:
-    """``--by`` may repeat and may hold commas: ``--by model,day --by tag:team``."""
-    names = [part for spec in specs or ["model"] for part in spec.split(",") if part.strip()]
+    """``--by`` may repeat and may hold commas: ``--by model,day --by tag:team``.
+
+    A value that names no key at all (``''``, ``','``) is an unknown key, not a report with no
+    grouping: that has no rows to show.
+    """
     try:
-        return tuple(parse_dimension(name) for name in names)
+        dimensions: list[Dimension] = []
+        for spec in specs or ["model"]:
+            names = [part for part in spec.split(",") if part.strip()]
+            if not names:
+                parse_dimension(spec)  # raises: names the value as given
+            dimensions += [parse_dimension(name) for name in names]
     except ValueError as exc:
         raise CliError(str(exc), exit_code=2) from None
+    return tuple(dimensions)
 
 
 def _use_rich(fmt: str, output: str | None) -> bool:
@@ -152,6 +161,28 @@ def _check_tag_keys(report: Report) -> None:
             )
 
 
+def _earliest(tz: tzinfo) -> datetime:
+    """The first instant a report can show: the start of year 1 in UTC, and in ``tz``."""
+    first = datetime.min.replace(tzinfo=UTC)
+    try:
+        return max(first, datetime.min.replace(tzinfo=tz).astimezone(UTC))
+    except OverflowError:  # ``tz`` is ahead of UTC: year 1 began there before it did in UTC
+        return first
+
+
+def _earlier_start(since: datetime, end: datetime, tz: tzinfo) -> datetime | None:
+    """Where the period of the same length before ``[since, end)`` starts (``--compare``).
+
+    It starts no earlier than a report can show, so a window near year 1 compares with a shorter
+    one; None when there is no time before ``since`` at all.
+    """
+    earliest = _earliest(tz)
+    if since <= earliest:
+        return None
+    length = end - since
+    return earliest if since - earliest <= length else since - length
+
+
 def run_report(args: argparse.Namespace) -> int:
     fmt = _format(args)
     source = resolve_source(args.source)
@@ -179,17 +210,20 @@ def run_report(args: argparse.Namespace) -> int:
     )
     if args.compare and since is None:
         raise _usage_error("--compare needs --since or --period (the length to compare)")
-    compare = args.compare or (fmt == "html" and since is not None)
+    start = None if since is None else _earlier_start(since, until or datetime.now(UTC), tz)
+    if args.compare and start is None:
+        raise _usage_error("--compare: there is no time before --since to compare with")
+    compare = args.compare or fmt == "html"
     show = progress_allowed(machine_format=fmt in MACHINE_FORMATS, to_file=args.output is not None)
     with Progress(f"reading {source.path.name}", enabled=show) as progress:
         report = run_query(source, query, progress)
-        if compare and since is not None:
-            end = until or datetime.now(UTC)
-            before = replace(
-                query, since=since - (end - since), until=since, calls_limit=None, tag_values=0
-            )
+        if compare and start is not None:
+            before = replace(query, since=start, until=since, calls_limit=None, tag_values=0)
             report.previous = run_query(source, before, progress)
-            report.skipped_lines += report.previous.skipped_lines
+            if source.kind == "jsonl":  # the whole file is read again: the same bad lines
+                report.skipped_lines = max(report.skipped_lines, report.previous.skipped_lines)
+            else:  # only the earlier window's rows: others than the first read's
+                report.skipped_lines += report.previous.skipped_lines
     warn_skipped(report.skipped_lines, source.path, _unit(source.kind))
     _check_tag_keys(report)
     if fmt == "markdown" and getattr(args, "period", None):

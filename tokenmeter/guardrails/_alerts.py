@@ -425,29 +425,3 @@ def multiplier_text(rule: AlertRule, baseline: float | None) -> str:
     if baseline is None or rule.multiplier is None:
         return "absolute threshold"
     return f"{rule.multiplier:g}x a baseline of {baseline:,.6g}"
-
-
-def read_alerts(path: Path, since: datetime | None = None) -> tuple[list[dict[str, Any]], int]:
-    """The alerts in ``path`` (oldest first) at or after ``since``; and how many lines were bad."""
-    alerts: list[dict[str, Any]] = []
-    bad = 0
-    with path.open("rb") as handle:
-        for raw in handle:
-            if not raw.strip():
-                continue
-            try:
-                item = json.loads(raw)
-                when = datetime.fromisoformat(str(item["time"]).replace("Z", "+00:00"))
-                if when.tzinfo is None:
-                    when = when.replace(tzinfo=UTC)
-                str(item["rule"])
-            except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
-                bad += 1
-                continue
-            if not isinstance(item, dict):
-                bad += 1
-                continue
-            if since is not None and when < since:
-                continue
-            alerts.append(item)
-    return alerts, bad

@@ -221,7 +221,7 @@ def _bucket(utc_hour: str, column: str, tz: tzinfo) -> str:
     """The ``--tz`` calendar bucket of a UTC hour (``2026-11-01T23``)."""
     try:
         start = datetime.strptime(utc_hour, "%Y-%m-%dT%H").replace(tzinfo=UTC).astimezone(tz)
-    except ValueError:
+    except (ValueError, OverflowError):  # not an hour, or one past year 9999 in ``tz``
         return NONE_LABEL
     if column == "hour":
         return start.strftime("%Y-%m-%d %H:00")

@@ -301,8 +301,8 @@ def _is_midnight(instant: datetime, report: Report) -> bool:
 
 
 def _instant_text(instant: datetime, report: Report) -> str:
-    local = instant.astimezone(report.tz)
-    return local.strftime("%Y-%m-%d %H:%M:%S") + f".{local.microsecond // 1000:03d}"
+    local = instant.astimezone(report.tz).replace(tzinfo=None)
+    return local.isoformat(sep=" ", timespec="milliseconds")  # a four-digit year, unlike %Y
 
 
 def _status(call: Call) -> str:
