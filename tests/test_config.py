@@ -201,6 +201,26 @@ def test_sinks_accepts_one_sink_object() -> None:
     assert len(memory.records) == 1
 
 
+@pytest.mark.parametrize(
+    "sinks",
+    [InMemorySink, [InMemorySink], [InMemorySink(), InMemorySink]],
+    ids=["alone", "in-a-list", "beside-an-instance"],
+)
+def test_a_sink_class_for_an_instance_is_refused_naming_sinks(sinks: Any) -> None:
+    """A class passes the Sink protocol check (its methods are there); it was accepted, then
+    every write failed on the writer thread."""
+    memory = InMemorySink()
+    tokenmeter.configure(sinks=[memory])
+    with pytest.raises(
+        ValueError, match=r"^sinks: .*InMemorySink.* is a class; an instance is needed"
+    ) as excinfo:
+        tokenmeter.configure(sinks=sinks)
+    one_line_value_error(excinfo)
+    tokenmeter.record("openai", "gpt-4o", 10, 1)  # the previous sinks are still in force
+    assert tokenmeter.flush(5)
+    assert len(memory.records) == 1
+
+
 def test_smallest_queue_and_zero_exit_timeout_are_allowed() -> None:
     tokenmeter.configure(max_queue=1, exit_timeout=0, stream_usage=False)
     resolved = _runtime.settings()

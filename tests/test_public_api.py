@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
+import pytest
+from helpers import one_line_value_error
+
 import tokenmeter
+from tokenmeter.sinks import InMemorySink
 
 #: SPEC §2, plus the types the API returns.
 PUBLIC = {
@@ -71,3 +76,27 @@ def test_importing_tokenmeter_loads_nothing_heavy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert json.loads(done.stdout) == []
+
+
+@pytest.mark.parametrize("timeout", [math.inf, 1e300, 10**400], ids=["inf", "1e300", "10**400"])
+def test_flush_with_an_endless_timeout_waits_without_limit(
+    timeout: float, sink: InMemorySink
+) -> None:
+    """``math.inf`` or any wait too long for the clock means no limit (it was OverflowError)."""
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert tokenmeter.flush(timeout) is True
+    assert len(sink.records) == 1
+
+
+@pytest.mark.parametrize("timeout", [math.nan, -1, -0.5, -math.inf, True, "x", "5"])
+def test_flush_with_a_bad_timeout_is_a_one_line_value_error_naming_it(
+    timeout: object, sink: InMemorySink
+) -> None:
+    """NaN and negative timeouts returned False at once, as if the sinks were stuck; a string
+    was a TypeError from deep inside."""
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    with pytest.raises(ValueError, match=r"^timeout must be None or a number of seconds") as exc:
+        tokenmeter.flush(timeout)  # type: ignore[arg-type]
+    one_line_value_error(exc)
+    assert tokenmeter.flush(5)  # nothing was lost
+    assert len(sink.records) == 1

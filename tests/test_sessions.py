@@ -9,8 +9,10 @@ import threading
 from decimal import Decimal
 
 import pytest
+from helpers import one_line_value_error
 
 import tokenmeter
+from tokenmeter import _sessions
 from tokenmeter.sinks import InMemorySink
 
 
@@ -143,11 +145,23 @@ def test_budget_warns_once(sink: InMemorySink, caplog: pytest.LogCaptureFixture)
         ({"budget_usd": -1}, "budget_usd"),
         ({"id": ""}, "id"),
         ({"budget_usd": "lots"}, "budget_usd"),
+        ({"budget_usd": 10**10}, "budget_usd"),
     ],
 )
 def test_bad_session_arguments(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         tokenmeter.session("x", **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_budget_past_the_maximum_is_refused_at_the_session(sink: InMemorySink) -> None:
+    """``"1e999999999"`` was accepted, then every record() in the session raised
+    decimal.Overflow (working out its warning thresholds)."""
+    with pytest.raises(ValueError, match=r"^budget_usd .*got '1e999999999'") as excinfo:
+        tokenmeter.session("s", budget_usd="1e999999999")
+    one_line_value_error(excinfo)
+    with tokenmeter.session("s", budget_usd=_sessions.MAX_BUDGET_USD) as s:
+        tokenmeter.record("openai", "gpt-4o", 10, 10)
+    assert s.summary.calls == 1 and not s.over_budget
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")

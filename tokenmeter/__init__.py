@@ -10,6 +10,7 @@ print(s.summary.cost_usd)
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -102,8 +103,7 @@ def price(
     """
     from pydantic import ValidationError
 
-    from tokenmeter._models import Usage
-    from tokenmeter._record import _first_error
+    from tokenmeter._models import Usage, first_error
     from tokenmeter.pricing import price_usage
     from tokenmeter.pricing._overrides import short_repr
 
@@ -120,7 +120,7 @@ def price(
             usage = Usage.model_validate(dict(usage))
         except ValidationError as exc:  # "usage.input_tokens: ...", or "usage: <the rule>"
             joint = "." if exc.errors()[0]["loc"] else ": "
-            raise ValueError("usage" + joint + _first_error(exc)) from None
+            raise ValueError("usage" + joint + first_error(exc)) from None
     if at is not None:
         if not isinstance(at, datetime):
             raise ValueError(f"at must be a datetime, got {short_repr(at)}")
@@ -135,9 +135,26 @@ def price(
 
 def flush(timeout: float | None = None) -> bool:
     """Block until every record produced so far is in every sink (False if ``timeout`` ran out,
-    or a sink keeps failing: its records stay queued and are retried)."""
+    or a sink keeps failing: its records stay queued and are retried).
+
+    ``timeout`` is in seconds; None or ``math.inf`` waits without limit. A negative, NaN or
+    non-number timeout raises a one-line ValueError: it would otherwise return False at once,
+    as if the sinks were slow, or fail deep inside with a TypeError.
+    """
     from tokenmeter import _pipeline
 
+    if timeout is not None:
+        # "not >= 0" is also true of NaN (and works for an int too long for a float)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+            from tokenmeter.pricing._overrides import short_repr
+
+            raise ValueError(
+                "timeout must be None or a number of seconds, at least 0, "
+                f"got {short_repr(timeout)}"
+            )
+        # A wait past TIMEOUT_MAX (inf, 1e300) raises OverflowError: that long is no limit. (Half
+        # of it, so that the deadline arithmetic in _pipeline cannot round past it either.)
+        timeout = None if timeout > threading.TIMEOUT_MAX / 2 else float(timeout)
     return _pipeline.flush(timeout)
 
 

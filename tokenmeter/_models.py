@@ -9,9 +9,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
 
 from tokenmeter._totals import output_cost
 
@@ -24,6 +31,7 @@ __all__ = [
     "Usage",
     "UsageRecord",
     "clean_text",
+    "first_error",
     "output_cost",
 ]
 
@@ -64,7 +72,40 @@ def clean_text(text: str, limit: int = 1_000) -> str:
     return text
 
 
-class Usage(BaseModel):
+def first_error(exc: ValidationError) -> str:
+    """pydantic's first complaint as one line that names the field."""
+    from tokenmeter.pricing._overrides import short_repr  # not at import: pricing imports us
+
+    error = exc.errors()[0]
+    message = error["msg"].removeprefix("Value error, ")
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {message} (got {short_repr(error['input'])})" if where else message
+
+
+class _Model(BaseModel):
+    """A model users build too: a bad value is a one-line ValueError naming the field, like
+    everywhere else in the public API, not pydantic's multi-line dump with a URL.
+
+    Only calling the class is changed: ``model_validate`` still raises pydantic's
+    ValidationError, and tokenmeter's own hot path builds instances with ``trusted`` (no
+    ``__init__`` at all).
+    """
+
+    if not TYPE_CHECKING:  # type checkers keep the typed __init__ pydantic derives from fields
+
+        def __init__(self, /, **data: Any) -> None:
+            # What BaseModel.__init__ does (the same cost), the error made one line.
+            try:
+                self.__pydantic_validator__.validate_python(data, self_instance=self)
+            except ValidationError as exc:
+                raise ValueError(first_error(exc)) from None
+
+        # pydantic's mark of its own __init__: without it, validating a dict (model_validate,
+        # a nested model) would call this one too, and wrap its ValueError in a ValidationError.
+        __init__.__pydantic_base_init__ = True
+
+
+class Usage(_Model):
     """Normalised token counts of one call."""
 
     # strict: a count is an int, never a bool, float or numeric string.
@@ -99,7 +140,7 @@ class Usage(BaseModel):
         return self.input_tokens + self.output_tokens
 
 
-class Pass(BaseModel):
+class Pass(_Model):
     """One billed pass beside the call's own, with its own model (None: the call's model)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
@@ -227,7 +268,7 @@ def usage_of(
     return usage
 
 
-class Cost(BaseModel):
+class Cost(_Model):
     """What a Usage cost. ``total_usd`` is None when no price is known (never a silent 0)."""
 
     model_config = ConfigDict(frozen=True)
@@ -282,7 +323,7 @@ def _number(value: Decimal) -> float | int:
     return int(value) if value == value.to_integral_value() else float(value)
 
 
-class UsageRecord(BaseModel):
+class UsageRecord(_Model):
     """One metered LLM call, exactly as every sink stores it (SPEC §3)."""
 
     model_config = ConfigDict(frozen=True)
@@ -398,7 +439,7 @@ def _to_json_dict(record: UsageRecord) -> dict[str, Any]:
     }
 
 
-class SessionInfo(BaseModel):
+class SessionInfo(_Model):
     """A session as sinks store it: sent when it starts and again when it ends."""
 
     model_config = ConfigDict(frozen=True)

@@ -29,13 +29,13 @@ from tokenmeter._models import (
     UsageRecord,
     _check_parts,
     clean_text,
+    first_error,
     trusted,
     usage_of,
 )
 from tokenmeter._totals import normalise_usd
 from tokenmeter.guardrails import _budgets, _state
 from tokenmeter.pricing import price_usage
-from tokenmeter.pricing._overrides import short_repr
 from tokenmeter.usage import extract
 
 __all__ = ["emit", "record", "record_response"]
@@ -188,10 +188,7 @@ def _timestamp(value: Any) -> datetime:
 def _usage(**counts: Any) -> Usage:
     if all(type(value) is int and 0 <= value <= MAX_TOKENS for value in counts.values()):
         return usage_of(**counts)  # the common case; only the subset rules are left to check
-    try:
-        return Usage(**counts)  # pydantic names the field that is wrong
-    except ValidationError as exc:
-        raise ValueError(_first_error(exc)) from None
+    return Usage(**counts)  # a one-line ValueError naming the field that is wrong
 
 
 def _parts(name: str, given: Mapping[str, int] | None, known: frozenset[str]) -> dict[str, int]:
@@ -227,14 +224,6 @@ def _with_parts(
         modalities=by_modality or None,
         tool_requests=tools or None,
     )
-
-
-def _first_error(exc: ValidationError) -> str:
-    """pydantic's first complaint as one line that names the field."""
-    error = exc.errors()[0]
-    message = error["msg"].removeprefix("Value error, ")
-    where = ".".join(str(part) for part in error["loc"])
-    return f"{where}: {message} (got {short_repr(error['input'])})" if where else message
 
 
 def record(
@@ -303,7 +292,7 @@ def record_response(
     try:
         found = extract(response, provider)
     except ValidationError as exc:
-        raise ValueError("unreadable usage in response: " + _first_error(exc)) from None
+        raise ValueError("unreadable usage in response: " + first_error(exc)) from None
     except (TypeError, AttributeError, ArithmeticError) as exc:
         raise ValueError(f"unreadable usage in response: {exc}") from None
     if found is None:

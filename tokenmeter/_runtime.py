@@ -236,6 +236,7 @@ def _split_sinks(sinks: object) -> tuple[str | list[str], list[Sink]]:
     if isinstance(sinks, str):
         return sinks, []
     if isinstance(sinks, Sink):
+        _check_instance(sinks)
         return [], [sinks]
     if not isinstance(sinks, Iterable) or isinstance(sinks, bytes | Mapping):
         raise ValueError(
@@ -248,12 +249,23 @@ def _split_sinks(sinks: object) -> tuple[str | list[str], list[Sink]]:
         if isinstance(sink, str):
             names.append(sink)
         elif isinstance(sink, Sink):
+            _check_instance(sink)
             objects.append(sink)
         else:
             raise ValueError(
                 f"sinks: {short_repr(sink)} is not a sink (needs write(), flush() and close())"
             )
     return names, objects
+
+
+def _check_instance(sink: Sink) -> None:
+    """A sink class passes the Sink protocol check too (its methods are there, unbound), then
+    fails every write on the writer thread: refuse it here instead."""
+    if isinstance(sink, type):
+        name = sink.__name__[:100]
+        raise ValueError(
+            f"sinks: {short_repr(sink)} is a class; an instance is needed, e.g. {name}()"
+        )
 
 
 _pipeline.first_use_hook = settings

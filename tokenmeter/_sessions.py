@@ -26,6 +26,7 @@ from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import SessionInfo, UsageRecord, clean_text
 from tokenmeter._totals import COUNT_NAMES, DECIMAL_NAMES, Totals
 from tokenmeter.guardrails import _state as _guard_state
+from tokenmeter.pricing._overrides import short_repr
 
 __all__ = ["ModelTotals", "Session", "SessionSummary", "current_session", "session", "track"]
 
@@ -37,6 +38,9 @@ _current: ContextVar[Session | None] = ContextVar("tokenmeter_session", default=
 _MAX_ID = 200
 _MAX_NAME = 500
 _MAX_NOTES = 10_000
+#: Largest session budget: far above any real spend, far below where Decimal arithmetic
+#: overflows (the reports' bound on a cost, ``tokenmeter.cli._validate.MAX_COST_USD``).
+MAX_BUDGET_USD = Decimal(10**9)
 #: Fractions of a session's budget that warn, once each (``budget_warn_at``; set by _runtime).
 warn_fractions: tuple[float, ...] = (0.5, 0.8, 1.0)
 OnEnd = Callable[["Session"], object]
@@ -338,14 +342,19 @@ def _end_hooks(ended: Session) -> None:
 
 
 def _check_budget(budget: Any) -> Decimal | None:
+    """The budget as a Decimal from 0 to MAX_BUDGET_USD: past that (``"1e999999999"``), the
+    warning thresholds (budget x fraction) would raise decimal.Overflow in every record()."""
     if budget is None:
         return None
     try:
         value = Decimal(str(budget))
     except ArithmeticError:
-        raise ValueError(f"budget_usd must be a number, got {budget!r}") from None
-    if not value.is_finite() or value < 0:
-        raise ValueError(f"budget_usd must be a non-negative number, got {budget!r}")
+        raise ValueError(f"budget_usd must be a number, got {short_repr(budget)}") from None
+    if not value.is_finite() or not 0 <= value <= MAX_BUDGET_USD:
+        raise ValueError(
+            f"budget_usd must be a number of USD from 0 to {MAX_BUDGET_USD}, "
+            f"got {short_repr(budget)}"
+        )
     return value
 
 

@@ -240,9 +240,7 @@ _CHAT = Endpoint("chat.completions", _read, ChunkReader, no_usage_hint=_CHAT_HIN
 _COMPLETIONS = Endpoint("completions", _read, ChunkReader)
 _EMBEDDINGS = Endpoint("embeddings", _read, ChunkReader)
 _RESPONSES = Endpoint("responses", _read_response, ResponseEventReader, dedupe=True)
-_RETRIEVED = Endpoint(
-    "responses", _read_response, ResponseEventReader, dedupe=True, retrieval=True
-)
+_RETRIEVED = Endpoint("responses", _read_response, ResponseEventReader, dedupe=True, retrieval=True)
 _IMAGES = Endpoint("images", _read_images, ImageEventReader)
 _TRANSCRIPTIONS = Endpoint("audio.transcriptions", _read_transcription, TranscriptEventReader)
 _NOT_BILLED = {"input_tokens", "cancel", "input_items"}

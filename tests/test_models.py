@@ -1,0 +1,54 @@
+"""The value types users build themselves (Usage, Pass, Cost, UsageRecord, SessionInfo)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from helpers import one_line_value_error
+from pydantic import BaseModel, ValidationError
+
+import tokenmeter
+from tokenmeter._models import Pass, first_error
+
+
+@pytest.mark.parametrize(
+    ("model", "values", "message"),
+    [
+        (
+            tokenmeter.Usage,
+            {"input_tokens": -1},
+            r"^input_tokens: Input should be greater than or equal to 0 \(got -1\)$",
+        ),
+        (tokenmeter.Usage, {"input_tokens": "5"}, r"^input_tokens: .*integer \(got '5'\)$"),
+        (tokenmeter.Usage, {"input_tokens": 10**400}, r"^input_tokens: .*less than or equal"),
+        (tokenmeter.Usage, {"bogus": 1}, r"^bogus: Extra inputs are not permitted \(got 1\)$"),
+        (
+            tokenmeter.Usage,
+            {"input_tokens": 1, "cache_read_tokens": 5},
+            r"^cache_read_tokens \+ cache_write_tokens \(5 \+ 0\) cannot exceed "
+            r"input_tokens \(1\)$",
+        ),
+        (
+            tokenmeter.Usage,
+            {"passes": ({"kind": "compaction", "usage": {"input_tokens": -1}},)},
+            r"^passes\.0\.usage\.input_tokens: ",
+        ),
+        (Pass, {"kind": "compaction"}, r"^usage: Field required"),
+        (tokenmeter.Cost, {"total_usd": "abc"}, r"^total_usd: .*decimal \(got 'abc'\)$"),
+        (tokenmeter.UsageRecord, {}, r"^timestamp: Field required"),
+        (tokenmeter.SessionInfo, {"id": "s", "started_at": "soon"}, r"^started_at: "),
+    ],
+)
+def test_building_a_model_from_bad_values_is_a_one_line_value_error_naming_the_field(
+    model: type[BaseModel], values: dict[str, Any], message: str
+) -> None:
+    """It was pydantic's multi-line dump with a URL (a ValueError subclass, but not one line)."""
+    with pytest.raises(ValueError, match=message) as excinfo:
+        model(**values)
+    one_line_value_error(excinfo)
+    # Only calling the class changed: model_validate (what nested models go through too) is
+    # pydantic's, errors and all, and says the same.
+    with pytest.raises(ValidationError) as validation:
+        model.model_validate(values)
+    assert first_error(validation.value) == str(excinfo.value)
