@@ -59,6 +59,23 @@ def test_unknown_model_is_unpriced_with_exactly_one_warning_per_model(
     assert "my-custom-model" in messages[1] and "my-custom-model" in messages[2]
 
 
+def test_a_new_unknown_model_every_call_keeps_the_warnings_and_their_memory_bounded(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that names a new model in every answer: one warning per model up to a bound,
+    then one saying so, and nothing more kept or logged at warning level."""
+    from tokenmeter.pricing import _engine
+
+    caplog.set_level(logging.WARNING, logger="tokenmeter")
+    monkeypatch.setattr(_engine, "_MAX_WARNED", 5)
+    for n in range(50):
+        assert price_usage("openai", f"rotating-model-{n}", PLAIN, at=DAY).total_usd is None
+    messages = _warnings(caplog)
+    assert len(messages) == 6
+    assert "rotating-model-4" in messages[4] and "5 models" in messages[5]
+    assert len(_engine._warned) == 6
+
+
 def test_unknown_model_is_never_a_silent_zero_nor_an_exception() -> None:
     cost = price_usage("azure", "my-gpt4o-prod-deployment", PLAIN, at=DAY)
     assert cost.total_usd is None

@@ -300,6 +300,9 @@ def _price_source() -> PriceSource:
 
 _entries: dict[tuple[str | None, str, str | None], _Entry] = {}
 _warned: set[tuple[str | None, str]] = set()
+#: Models warned about by name; past this many, one more warning says so and the rest are logged
+#: at debug level (the set stays bounded).
+_MAX_WARNED = 1_000
 _lock = threading.RLock()
 renew_after_fork(globals(), "_lock")
 
@@ -539,6 +542,16 @@ def _warn_unknown(provider: str | None, model: str) -> None:
         return
     with _lock:
         if key in _warned:
+            return
+        if len(_warned) >= _MAX_WARNED:  # a server naming a new model every call: say it once
+            if len(_warned) == _MAX_WARNED:
+                _warned.add(key)
+                logger.warning(
+                    "tokenmeter: no price known for %d models; further ones are logged at debug "
+                    "level",
+                    _MAX_WARNED,
+                )
+            logger.debug("tokenmeter: no price known for model %r (provider %r)", model, provider)
             return
         _warned.add(key)
     logger.warning(
