@@ -171,6 +171,26 @@ def test_a_full_buffer_drops_its_oldest_instead_of_making_the_caller_wait(
     assert len(got) == 1 + 50  # the one being written, then the newest max_queue
 
 
+def test_a_failing_sink_keeps_at_most_max_queue_records_dropping_the_oldest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A sink that raises (a server down for hours) keeps its records for retry, but no more
+    than ``max_queue`` of them: memory stays bounded and the newest are the ones kept."""
+    flaky = FlakySink()
+    tokenmeter.configure(sinks=[flaky], max_queue=50)
+    with caplog.at_level(logging.ERROR, logger="tokenmeter"):
+        made = []
+        for _ in range(10):  # batches the writer takes in while the sink keeps failing
+            made += [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(40)]
+            assert not tokenmeter.flush(30)
+    assert any("dropped the oldest" in r.message for r in caplog.records)
+    flaky.healthy.set()
+    assert tokenmeter.flush(30)
+    got = [r.id for r in flaky.records]
+    assert got == [r.id for r in made[-len(got) :]]
+    assert 40 <= len(got) <= 50
+
+
 def test_records_waiting_for_a_writer_stay_out_of_the_collectors_oldest_generation() -> None:
     """A writer kept from its sink (here hung; in life, kept from the GIL by a CPU-bound caller)
     lets records wait. Waiting records that the garbage collector tracks get promoted to its

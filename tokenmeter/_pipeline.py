@@ -240,8 +240,11 @@ class _Writer:
             if type(item) is not _FlushMarker:
                 del self._buffer[index]
                 break
-        self.dropped += 1
-        if self.dropped == 1 or not self.dropped % 10_000:
+        self._count_drops(1)
+
+    def _count_drops(self, count: int) -> None:
+        before, self.dropped = self.dropped, self.dropped + count
+        if before == 0 or before // 10_000 != self.dropped // 10_000:
             logger.error(
                 "tokenmeter sink %s is %d items behind: dropped the oldest (%d so far)",
                 _name(self.sink),
@@ -313,6 +316,7 @@ class _Writer:
             current.append(item)
         if current:
             self._pending.append(current)
+        self._bound_pending()
         due = not self._failures or now >= self._retry_at or asked or self._stopping
         if self._pending and due:
             self._write_pending(now)
@@ -320,6 +324,24 @@ class _Writer:
             self._release_markers(ok=True)
         elif self._failures >= _FLUSH_TRIES or self._stopping:
             self._release_markers(ok=False)
+
+    def _bound_pending(self) -> None:
+        """A failing sink's kept items count against ``max_queue`` too: past it, the oldest are
+        dropped (memory stays bounded however long the sink fails)."""
+        excess = sum(map(len, self._pending)) - self.max_queue
+        dropped = 0
+        while excess > 0 and self._pending:
+            run = self._pending[0]
+            if len(run) <= excess:
+                self._pending.popleft()
+                taken = len(run)
+            else:
+                del run[:excess]
+                taken = excess
+            excess -= taken
+            dropped += taken
+        if dropped:
+            self._count_drops(dropped)
 
     def _write_pending(self, now: float) -> None:
         while self._pending:
