@@ -182,3 +182,10 @@ def test_a_forked_child_starts_its_own_implicit_session() -> None:
     os.waitpid(pid, 0)
     assert child and child != parent and child.endswith(f"_{pid}")
     assert _sessions.implicit_session().id == parent
+
+
+def test_sessions_made_in_the_same_second_never_share_an_id() -> None:
+    """Ids are the time to the second and random bits: enough bits that sessions made together
+    (by one process, or by several writing one database) never merge."""
+    ids = {tokenmeter.session().id for _ in range(20_000)}
+    assert len(ids) == 20_000

@@ -93,7 +93,9 @@ for _name in DECIMAL_NAMES:
 
 
 def _new_id() -> str:
-    return f"session_{datetime.now(UTC):%Y%m%d_%H%M%S}_{secrets.token_hex(3)}"
+    # 64 random bits: sessions made in the same second, by any process writing the same
+    # database, must not share an id (their records and summaries would merge).
+    return f"session_{datetime.now(UTC):%Y%m%d_%H%M%S}_{secrets.token_hex(8)}"
 
 
 class Session:
