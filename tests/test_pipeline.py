@@ -555,8 +555,7 @@ def test_multiprocessing_children_flush_their_records(tmp_path: Path, start_meth
 FORKS = """
 import os, sys, threading, time, tokenmeter
 tokenmeter.configure(sinks=["jsonl"], max_queue=2_000)  # the busy threads outrun the writer
-# Warm: a fork while another thread is importing a module (as the first price does) can hang the
-# child in CPython's import machinery, whatever the library; that is not what is tested here.
+# Warm: a fork while other threads make the first records is the next test's subject.
 tokenmeter.record("openai", "gpt-4o", 1, 1)
 stop = threading.Event()
 
@@ -602,6 +601,50 @@ def test_fork_while_other_threads_record_never_hangs_the_child(tmp_path: Path) -
     assert done.stdout.split() == ["hung", "0"]
     lines = (tmp_path / "m" / "usage.jsonl").read_text().splitlines()
     assert sum(json.loads(line)["input_tokens"] == 7 for line in lines) == 200
+
+
+COLD_FORK = """
+import os, threading, tokenmeter
+tokenmeter.configure(sinks=["jsonl"])
+# Threads make the process's first records (importing the modules behind tokenmeter.record and
+# tokenmeter.session, and the price tables) while the main thread forks at once.
+threads = [
+    threading.Thread(target=lambda: tokenmeter.record("openai", "gpt-4o", 1, 1)) for _ in range(4)
+]
+for t in threads:
+    t.start()
+pid = os.fork()
+if pid == 0:
+    with tokenmeter.session("child"):
+        tokenmeter.record("openai", "gpt-4o", 7, 7)
+    os._exit(0 if tokenmeter.flush(20) else 3)
+watchdog = threading.Timer(20, os.kill, (pid, 9))  # a hung child is killed, and says so
+watchdog.start()
+_, status = os.waitpid(pid, 0)
+watchdog.cancel()
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_fork_while_other_threads_make_the_first_records_never_hangs_the_child(
+    tmp_path: Path,
+) -> None:
+    """tokenmeter imports its modules on first use: a fork waits for such an import in progress
+    in another thread (the child would otherwise find its import lock held forever)."""
+    for attempt in range(6):  # each a fresh process: one race each
+        meter = tmp_path / f"m{attempt}"
+        done = subprocess.run(
+            [sys.executable, "-c", COLD_FORK],
+            env={**os.environ, "TOKENMETER_DIR": str(meter)},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["0"], f"attempt {attempt}: child exit {done.stdout}"
+        lines = (meter / "usage.jsonl").read_text().splitlines()
+        assert sum(json.loads(line)["input_tokens"] == 7 for line in lines) == 1
 
 
 TERMINATED = """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,3 +25,40 @@ def renew_after_fork(
         namespace[name] = factory()
 
     os.register_at_fork(after_in_child=renew)
+    if not _hooked:
+        _hooked.append(True)
+        os.register_at_fork(before=_wait_for_imports)
+
+
+_hooked: list[bool] = []
+#: How long ``fork()`` waits at most for imports running in other threads.
+_IMPORT_WAIT = 5.0
+
+
+def _wait_for_imports() -> None:
+    """Before ``fork()``: let imports that other threads are running finish (bounded).
+
+    tokenmeter imports modules on first use, on the caller's thread or a writer's (a record's
+    road, a sink, the price tables). A module being imported at the instant of ``fork()`` stays
+    half-imported in the child, its import lock held by a thread that does not exist there: the
+    child's first record would wait for it forever. Registered once tokenmeter is in use.
+    """
+    deadline = time.monotonic() + _IMPORT_WAIT
+    while _imports_in_other_threads() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+def _imports_in_other_threads() -> bool:
+    """True while another thread holds a module's import lock (CPython's importlib keeps them
+    in ``_module_locks``; an interpreter laid out otherwise is never waited for)."""
+    me = threading.get_ident()
+    try:
+        from importlib import _bootstrap
+
+        for ref in list(_bootstrap._module_locks.values()):  # type: ignore[attr-defined]
+            lock = ref()
+            if lock is not None and lock.count and lock.owner not in (None, me):
+                return True
+    except Exception:
+        return False
+    return False
