@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import re
 import stat
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -417,3 +418,99 @@ def test_estimated_counts_are_marked_in_the_log(tmp_path: Path, make_record: Rec
     MarkdownJournalSink(tmp_path).write([make_record(0), make_record(1, estimated=True)])
     log = table_rows((tmp_path / "token_usage.md").read_text(encoding="utf-8"), "| # | Timestamp |")
     assert [row[-1] for row in log] == ["ok", "ok (estimated)"]
+
+
+class SessionFilesRefused(MarkdownJournalSink):
+    """For its first ``failures`` writes, a directory stands where each session file goes: the OS
+    refuses to open it, after ``token_usage.md`` took the batch (a failure half-way through)."""
+
+    def __init__(self, directory: Path, failures: int) -> None:
+        super().__init__(directory)
+        self.failures = failures
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        if not self.failures:
+            return super().write(records)
+        self.failures -= 1
+        moved = []
+        for path in {self.session_path(r.session_id) for r in records if r.session_id}:
+            aside = path.with_name(f"{path.name}.aside")
+            if path.exists():
+                path.rename(aside)
+                moved.append((path, aside))
+            path.mkdir(parents=True)
+        try:
+            super().write(records)
+        finally:
+            for path in {self.session_path(r.session_id) for r in records if r.session_id}:
+                path.rmdir()
+            for path, aside in moved:
+                aside.rename(path)
+
+
+def logged_input_tokens(text: str, header: str, column: int) -> Counter[int]:
+    """How many rows of the log table carry each input token count (one per record here)."""
+    return Counter(int(row[column].replace(",", "")) for row in table_rows(text, header))
+
+
+@pytest.mark.parametrize("failures", [3, 4, 7])
+def test_records_retried_in_other_groupings_are_written_once(tmp_path: Path, failures: int) -> None:
+    """The pipeline retries a batch whole, then one record at a time: the files that took some of
+    its records before a session file failed must not take them again, whatever the grouping."""
+    import tokenmeter
+
+    sink = SessionFilesRefused(tmp_path / "journal", failures=0)
+    tokenmeter.configure(sinks=[sink], directory=tmp_path)
+    with tokenmeter.session("s", id="abc"):
+        first = tokenmeter.record("openai", "gpt-4o", 1000, 5)
+        assert tokenmeter.flush(5)
+        sink.failures = failures
+        records = [first] + [tokenmeter.record("openai", "gpt-4o", 1001 + i, 5) for i in range(10)]
+    for _ in range(5):  # each flush() gives up after a few failed attempts
+        if tokenmeter.flush(10):
+            break
+    assert sink.failures == 0
+
+    assert journal_problems(tmp_path / "journal") == []
+    expected = Counter(r.input_tokens for r in records)
+    assert len(expected) == len(records) == 11  # the input count tells the records apart
+    usage = (tmp_path / "journal" / "token_usage.md").read_text(encoding="utf-8")
+    assert logged_input_tokens(usage, "| # | Timestamp |", 5) == expected
+    total = table_rows(usage, "| Provider | Model | Calls |")[-1]
+    assert total[:4] == ["**TOTAL**", "", "**11**", f"**{sum(r.total_tokens for r in records):,}**"]
+    session = (tmp_path / "journal" / "sessions" / "abc.md").read_text(encoding="utf-8")
+    assert logged_input_tokens(session, SESSION_TABLE, 2) == expected
+    assert "- **Total Calls:** 11\n" in session
+
+
+def test_a_failed_batch_retried_in_parts_is_counted_once_in_each_file(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    """Usage file and one session file take a batch, the next session file fails: the retries of
+    its records in other groupings (part of it, then one at a time) add each one once per file."""
+    sink = MarkdownJournalSink(tmp_path)
+    batch = [
+        make_record(i, input_tokens=1000 + i, session_id=f"s{i % 2}", total_tokens=1300 + i)
+        for i in range(6)
+    ]
+    (tmp_path / "sessions" / "s1.md").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError):
+        sink.write(batch)
+    with pytest.raises(IsADirectoryError):
+        sink.write(batch[:4])
+    (tmp_path / "sessions" / "s1.md").rmdir()
+
+    sink.write(batch[1:4])  # then the records not written yet, as the pipeline hands them
+    for record in (batch[0], batch[4], batch[5]):
+        sink.write([record])
+    sink.write([make_record(6, input_tokens=1006, session_id="s0", total_tokens=1306)])
+
+    assert journal_problems(tmp_path) == []
+    usage = (tmp_path / "token_usage.md").read_text(encoding="utf-8")
+    assert logged_input_tokens(usage, "| # | Timestamp |", 5) == Counter(range(1000, 1007))
+    total = table_rows(usage, "| Provider | Model | Calls |")[-1]
+    assert total[:4] == ["**TOTAL**", "", "**7**", f"**{sum(range(1300, 1307)):,}**"]
+    for name, tokens in (("s0", [1000, 1002, 1004, 1006]), ("s1", [1001, 1003, 1005])):
+        session = (tmp_path / "sessions" / f"{name}.md").read_text(encoding="utf-8")
+        assert logged_input_tokens(session, SESSION_TABLE, 2) == Counter(tokens)
+        assert f"- **Total Calls:** {len(tokens)}\n" in session

@@ -18,9 +18,17 @@ How a document stays cheap to update: every file is ``head | body | tail``.
 The running totals live in the document itself, as JSON in an HTML comment on its first line,
 together with the head size, the body's end offset and a checksum of all three. So a new process
 continues the totals, nothing else has to be kept in sync, and deleting a file simply starts it
-afresh. Each document also remembers a digest of the last batch it took, so a batch retried after
-a failure half-way through its files is not counted twice. Writers in several processes take turns
-through ``flock`` on ``directory/.journal.lock``.
+afresh. Writers in several processes take turns through ``flock`` on ``directory/.journal.lock``.
+
+A batch spread over several files can fail after some of them took it (a session file on a full
+disk); the caller then retries its records, whole and later one at a time, and the files that
+took them must not count them twice. Each document remembers a digest of the last batch it took,
+which catches the same batch retried (also by a new process). Other groupings are caught by the
+sink: after a failed ``write`` it remembers, per file, the ids that file took (at most
+``_REMEMBER`` per file, forgotten once a ``write`` of them succeeds) and the digest of the batch
+it was writing when it failed, which is in the file exactly when the file's digest is that one.
+Its next writes leave those records out of those files. Nothing of this is kept or looked up
+while writes succeed.
 
 A full disk must not tear a document: a batch is written whole or not at all, and the sink raises
 so that the caller retries it. Every write goes on until all its bytes are written or raises (a
@@ -48,10 +56,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -86,6 +95,8 @@ class MarkdownJournalSink:
         self.directory = Path(directory)
         self.usage_path = self.directory / "token_usage.md"
         self.sessions_dir = self.directory / "sessions"
+        #: Files that a failed ``write`` left holding some of its records (see the docstring).
+        self._taken: dict[Path, _Taken] = {}
 
     def write(self, records: Sequence[UsageRecord]) -> None:
         if not records:
@@ -94,10 +105,25 @@ class MarkdownJournalSink:
         for record in records:
             if record.session_id is not None:
                 by_session.setdefault(record.session_id, []).append(record)
+        files: list[tuple[Path, _Log, Sequence[UsageRecord]]] = [
+            (self.usage_path, _UsageLog(), records)
+        ]
+        for session_id, session_records in by_session.items():
+            files.append((self.session_path(session_id), _SessionLog(session_id), session_records))
+        done = 0
         with self._locked():
-            _update(self.usage_path, _UsageLog(), records)
-            for session_id, session_records in by_session.items():
-                _update(self.session_path(session_id), _SessionLog(session_id), session_records)
+            try:
+                for path, log, batch in files:
+                    taken = self._taken.get(path)
+                    _update(path, log, batch, taken)
+                    if taken is not None:
+                        taken.commit()
+                    done += 1
+            except BaseException:
+                self._remember_failure(files, done)
+                raise
+        if self._taken:
+            self._forget(records)
 
     def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
         if not sessions:
@@ -111,6 +137,29 @@ class MarkdownJournalSink:
 
     def close(self) -> None:
         """Nothing to release: files are opened per batch (which also makes fork() safe)."""
+
+    def _remember_failure(
+        self, files: Sequence[tuple[Path, _Log, Sequence[UsageRecord]]], done: int
+    ) -> None:
+        """After ``files[done]`` failed: the files before it took their records, it may have."""
+        for index, (path, _log, batch) in enumerate(files[: done + 1]):
+            taken = self._taken.get(path)
+            if taken is None:
+                if len(self._taken) >= _REMEMBER_FILES:
+                    del self._taken[next(iter(self._taken))]
+                taken = self._taken[path] = _Taken()
+                if index == done:  # not filtered: the batch _update was writing is all of it
+                    taken.pending = (_batch_digest(batch), tuple(r.id for r in batch))
+            if index < done:
+                taken.hold(r.id for r in batch)
+
+    def _forget(self, records: Sequence[UsageRecord]) -> None:
+        """``records`` are in all their files: the caller never hands them again."""
+        for path, taken in list(self._taken.items()):
+            for record in records:
+                taken.held.pop(record.id, None)
+            if not taken.held and taken.pending is None:
+                del self._taken[path]
 
     def session_path(self, session_id: str) -> Path:
         """Where the journal of ``session_id`` lives (odd characters are replaced, then hashed)."""
@@ -159,17 +208,67 @@ class _Layout:
     from_copy: bool = False  # the first line was not whole: the head must be written again
 
 
-def _update(path: Path, log: _Log, records: Sequence[UsageRecord]) -> None:
+#: How many ids of records that failed writes put in a file the sink remembers per file (a
+#: retried batch holds at most the pipeline's 256), and for how many files at most.
+_REMEMBER = 4096
+_REMEMBER_FILES = 256
+
+
+@dataclass
+class _Taken:
+    """What one file holds of the records of failed writes, so that their retries skip them."""
+
+    held: dict[str, None] = field(default_factory=dict)  # ids, oldest first
+    #: The digest and ids of the batch being written when the write failed: the file holds them
+    #: if its ``last_batch`` is that digest, which only reading the file tells.
+    pending: tuple[str, tuple[str, ...]] | None = None
+
+    def hold(self, ids: Iterable[str]) -> None:
+        held = self.held
+        held.update(dict.fromkeys(ids))
+        for old in list(itertools.islice(held, max(0, len(held) - _REMEMBER))):
+            del held[old]
+
+    def missing(self, layout: _Layout, records: Sequence[UsageRecord]) -> list[UsageRecord]:
+        """The ``records`` the file described by ``layout`` does not hold."""
+        if self.pending is not None:
+            digest, ids = self.pending
+            if layout.state.get("last_batch") == digest:
+                self.hold(ids)
+            self.pending = None
+        return [r for r in records if r.id not in self.held]
+
+    def commit(self) -> None:
+        """The batch being written is in the file."""
+        if self.pending is not None:
+            self.hold(self.pending[1])
+            self.pending = None
+
+
+def _batch_digest(records: Sequence[UsageRecord]) -> str:
+    return hashlib.sha256("\n".join(r.id for r in records).encode()).hexdigest()[:16]
+
+
+def _update(
+    path: Path, log: _Log, records: Sequence[UsageRecord], taken: _Taken | None = None
+) -> None:
+    """Add ``records`` to the document at ``path``, less those ``taken`` says it holds."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
         fd = -1  # _rewrite creates it whole: a failed first batch leaves no file behind
     try:
         layout = _read_layout(fd, path, log) if fd >= 0 else _Layout()
+        if taken is not None and records:
+            records = taken.missing(layout, records)
+            if not records and not layout.from_copy:
+                return  # all of them are in this file already
         if records:
             # A batch is spread over several files; when one of them fails the caller retries
             # the whole batch, and the files that already took it must not count it twice.
-            batch = hashlib.sha256("\n".join(r.id for r in records).encode()).hexdigest()[:16]
+            batch = _batch_digest(records)
+            if taken is not None:
+                taken.pending = (batch, tuple(r.id for r in records))
             if layout.state.get("last_batch") == batch:
                 if not layout.from_copy:
                     return
