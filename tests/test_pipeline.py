@@ -807,3 +807,38 @@ def test_a_writer_alone_lengthens_its_slices_up_to_the_limit(
     assert gaps[0] >= 2 * _pipeline._SLICE
     assert all(gap < _pipeline._MAX_SLICE + 0.0001 + 1e-9 for gap in gaps)
     assert len(gaps) < len(_gaps(monkeypatch, held=0.005)) / 2
+
+
+class FileSink:
+    """An application's sink that writes one line per record to a file it opened once."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = path.open("a")
+        self.closed = 0
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        for record in records:
+            self.file.write(record.id + "\n")
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.closed += 1
+        self.file.close()
+
+
+def test_configure_again_goes_on_with_the_applications_own_sink_unclosed(tmp_path: Path) -> None:
+    """configure() again (a price override added) replaces the pipeline: an application's sink
+    object it still names is not closed by the old one, so the new one can go on using it."""
+    mine = FileSink(tmp_path / "mine.txt")
+    tokenmeter.configure(sinks=[mine])
+    first = tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert tokenmeter.flush(30)
+    tokenmeter.configure(prices={"my-model": {"input_per_mtok": 1, "output_per_mtok": 2}})
+    second = tokenmeter.record("openai", "gpt-4o", 2, 1)
+    assert tokenmeter.flush(30)
+    assert mine.closed == 0
+    assert (tmp_path / "mine.txt").read_text().split() == [first.id, second.id]
+    tokenmeter.configure(sinks=["jsonl"])  # no longer named: closed once
+    assert mine.closed == 1

@@ -220,6 +220,8 @@ class _Writer:
         self._reported = False
         self.dropped = 0
         self.quarantined = 0
+        #: False for a sink the next configuration goes on using (``set_sinks``' keep_open).
+        self.close_on_stop = True
         self._thread = start_thread(self._run, f"tokenmeter-writer-{_name(sink)}")
 
     # -- any thread --------------------------------------------------------------------------------
@@ -277,7 +279,8 @@ class _Writer:
             try:
                 if self._wait():
                     self._deliver(time.monotonic())
-                    _quietly(self.sink.close, self.sink)
+                    if self.close_on_stop:
+                        _quietly(self.sink.close, self.sink)
                     self._release_markers(ok=not self._pending)
                     return
                 self._deliver(time.monotonic())
@@ -530,10 +533,12 @@ class _Pipeline:
                 return False
         return all(marker.ok for marker in markers)
 
-    def stop(self, timeout: float | None) -> None:
-        """Write what is buffered, close the sinks and end the writers (each within timeout)."""
+    def stop(self, timeout: float | None, keep_open: Sequence[Sink] = ()) -> None:
+        """Write what is buffered, close the sinks (but ``keep_open``) and end the writers (each
+        within timeout)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         for writer in self.writers:
+            writer.close_on_stop = not any(writer.sink is kept for kept in keep_open)
             writer._stopping = True
         for writer in self.writers:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -619,15 +624,17 @@ def set_sinks(
     exit_timeout: float = 10.0,
     flush_interval: float = 0.2,
     quarantine: Path | None = None,
+    keep_open: Sequence[Sink] = (),
 ) -> None:
-    """Replace the sinks: the current ones get everything submitted so far, then are closed."""
+    """Replace the sinks: the current ones get everything submitted so far, then are closed,
+    but those in ``keep_open`` (sink objects of the application's that the new sinks include)."""
     global _pipeline, _sink_factory, _max_queue, _exit_timeout, _interval, _quarantine
     with _lock:
         old, old_timeout, _pipeline = _pipeline, _exit_timeout, None
         _sink_factory, _max_queue, _exit_timeout = make_sinks, max_queue, exit_timeout
         _interval, _quarantine = flush_interval, quarantine
     if old is not None:
-        old.stop(old_timeout)  # the old sinks' own time limit
+        old.stop(old_timeout, keep_open)  # the old sinks' own time limit
 
 
 # -- process end -----------------------------------------------------------------------------------

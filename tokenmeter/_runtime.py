@@ -85,6 +85,7 @@ def _apply() -> None:
             max_queue=resolved.max_queue,
             exit_timeout=resolved.exit_timeout,
             quarantine=Path(resolved.directory).absolute() / "quarantine.jsonl",
+            keep_open=objects,  # the application's own sink objects go on being used
         )
         _settings = resolved
     _pipeline.hook_termination_signals()
