@@ -158,6 +158,29 @@ def test_a_forked_child_appends_through_its_own_descriptor(
     sink.close()
 
 
+@pytest.mark.parametrize("rotation", ["delete", "rename"])
+def test_lines_after_the_file_is_deleted_or_renamed_go_to_its_path(
+    tmp_path: Path, make_record: RecordFactory, rotation: str
+) -> None:
+    path = tmp_path / "usage.jsonl"
+    rotated = tmp_path / "usage.jsonl.1"
+    sink = JSONLSink(path)
+    sink.write([make_record(i) for i in range(3)])
+
+    if rotation == "delete":
+        path.unlink()
+    else:  # log rotation moves the file
+        path.rename(rotated)
+    sink.write([make_record(3), make_record(4)])
+    sink.write([make_record(5)])
+    sink.close()
+
+    assert [r.id for r in read_jsonl(path) if r] == [f"rec-{i:06d}" for i in range(3, 6)]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    if rotation == "rename":
+        assert [r.id for r in read_jsonl(rotated) if r] == [f"rec-{i:06d}" for i in range(3)]
+
+
 def test_lines_that_are_not_records_read_as_none(tmp_path: Path) -> None:
     path = tmp_path / "usage.jsonl"
     path.write_text('{"id": "x"}\nnot json\n[1, 2]\n\n', encoding="utf-8")

@@ -4,6 +4,8 @@ import json
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -359,6 +361,59 @@ def test_a_forked_child_writes_through_its_own_connection(
     assert query(path, "SELECT COUNT(*) FROM records") == [(3,)]
     assert query(path, "PRAGMA integrity_check") == [("ok",)]
     sink.close()
+
+
+FORK_WHILE_WRITING = Path(__file__).resolve().parent / "fork_while_writing.py"
+
+
+def test_children_forked_while_threads_write_can_write_their_records(tmp_path: Path) -> None:
+    """A child forked while a writer thread was inside a transaction used to inherit SQLite's
+    in-memory record of that thread's lock, and every write of the child failed as locked."""
+    path = tmp_path / "usage.db"
+    children = 20
+
+    result = subprocess.run(
+        [sys.executable, str(FORK_WHILE_WRITING), str(path), str(children)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr
+    stored = query(path, "SELECT id FROM records WHERE id GLOB 'child-*' ORDER BY id")
+    assert stored == [(f"child-{n:02d}",) for n in range(children)]
+    assert query(path, "PRAGMA integrity_check") == [("ok",)]
+
+
+@pytest.mark.parametrize("rotation", ["delete", "rename"])
+def test_records_after_the_database_is_deleted_or_renamed_go_to_its_path(
+    tmp_path: Path, make_record: RecordFactory, read_sqlite: Reader, rotation: str
+) -> None:
+    path = tmp_path / "usage.db"
+    rotated = tmp_path / "usage.db.1"
+    sink = SQLiteSink(path)
+    before = [make_record(i) for i in range(3)]
+    sink.write(before)
+    sink.write_sessions([SessionInfo(id="s1", name="demo", started_at=before[0].timestamp)])
+
+    if rotation == "delete":  # what `rm usage.db*` does
+        for name in ("usage.db", "usage.db-wal", "usage.db-shm"):
+            (tmp_path / name).unlink(missing_ok=True)
+    else:  # log rotation moves the database file alone
+        path.rename(rotated)
+    after = [make_record(i) for i in range(3, 7)]
+    sink.write(after[:2])
+    sink.write(after[2:])
+    sink.close()
+
+    assert [r.id for r in read_sqlite(path)] == [r.id for r in after]
+    assert query(path, "PRAGMA user_version") == [(sqlite_module.SCHEMA_VERSION,)]
+    assert query(path, "PRAGMA integrity_check") == [("ok",)]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    if rotation == "rename":
+        assert [r.id for r in read_sqlite(rotated)] == [r.id for r in before]
+        assert query(rotated, "SELECT id FROM sessions") == [("s1",)]
+        assert query(rotated, "PRAGMA integrity_check") == [("ok",)]
 
 
 def test_empty_batches_create_nothing(tmp_path: Path) -> None:

@@ -10,6 +10,9 @@ Why it is shaped this way:
   fragment stays alone on its own (invalid, skipped by readers) line.
 - The descriptor is opened lazily and reopened after ``fork()``: ``flock`` belongs to the open
   file description, which a forked child would otherwise share with its parent.
+- Before each batch one ``stat`` checks that ``path`` still names the file the descriptor has
+  open: after the file is deleted or renamed away (log rotation) a new one is made at ``path``,
+  instead of lines going on into a file no reader finds there.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class JSONLSink:
         self.path = Path(path)
         self._fd: int | None = None
         self._pid = 0
+        #: ``(st_dev, st_ino)`` of the file the descriptor has open.
+        self._file_id = (0, 0)
 
     def write(self, records: Sequence[UsageRecord]) -> None:
         if not records:
@@ -56,13 +61,27 @@ class JSONLSink:
         self._fd = None
 
     def _descriptor(self) -> int:
-        if self._fd is None or self._pid != os.getpid():
-            if self._fd is not None:
-                os.close(self._fd)  # the child's copy; the parent's stays open and unlocked
-            ensure_private_dir(self.path.parent)
-            self._fd = open_private(self.path, os.O_RDWR | os.O_APPEND)
-            self._pid = os.getpid()
-        return self._fd
+        """A descriptor of the file that ``path`` names now, opened in this process."""
+        if self._fd is not None and self._pid == os.getpid() and self._names_our_file():
+            return self._fd
+        if self._fd is not None:
+            # In a forked child, its copy (the parent's stays open and unlocked); else the file
+            # was deleted or renamed away.
+            os.close(self._fd)
+            self._fd = None
+        ensure_private_dir(self.path.parent)
+        fd = open_private(self.path, os.O_RDWR | os.O_APPEND)
+        info = os.fstat(fd)
+        self._fd, self._pid, self._file_id = fd, os.getpid(), (info.st_dev, info.st_ino)
+        return fd
+
+    def _names_our_file(self) -> bool:
+        """Whether ``path`` still names the file the descriptor has open."""
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (info.st_dev, info.st_ino) == self._file_id
 
 
 def _append_whole(fd: int, data: bytes) -> None:

@@ -6,7 +6,10 @@ Why it is shaped this way:
 - One ``BEGIN IMMEDIATE`` transaction per batch with ``INSERT OR IGNORE`` on the record id: a batch
   is stored whole or not at all, and a batch retried after a failure never creates duplicates.
 - The connection is opened lazily and reopened after ``fork()`` (SQLite connections must not
-  cross a fork).
+  cross a fork), and ``fork()`` waits for our transactions to end (``_ForkGate``).
+- Before each batch one ``stat`` checks that ``path`` still names the file the connection has
+  open: a database deleted or renamed away (log rotation) is closed and a new one made at
+  ``path``, instead of records going on into a file no reader finds there.
 - The schema version lives in ``PRAGMA user_version``; ``_MIGRATIONS[n]`` upgrades version ``n``
   to ``n + 1``. A database written by a newer tokenmeter is refused rather than damaged.
 
@@ -19,7 +22,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from itertools import chain
@@ -27,6 +31,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import SessionInfo, UsageRecord, _iso
 from tokenmeter._packed import MAPPINGS, PLAIN_FIELDS, Packed, as_dict, flat_mappings
 from tokenmeter.sinks._encode import compact_json
@@ -554,6 +559,8 @@ class SQLiteSink:
         self._busy_timeout_ms = int(busy_timeout_s * 1000)
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
+        #: ``(st_dev, st_ino)`` of the database file the connection has open.
+        self._file_id = (0, 0)
 
     def write(self, records: Sequence[UsageRecord]) -> None:
         self._insert(records, _sqlite_values)
@@ -581,7 +588,8 @@ class SQLiteSink:
 
     def close(self) -> None:
         if self._conn is not None:
-            self._drop_connection()
+            with _gate.held():
+                self._drop_connection()
 
     def _drop_connection(self) -> None:
         assert self._conn is not None
@@ -594,22 +602,33 @@ class SQLiteSink:
         self._conn = None
 
     def _transaction(self, statement: _Statement, values: Sequence[Any]) -> None:
-        conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            statement.run(conn, values)
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            raise
+        with _gate.held():
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                statement.run(conn, values)
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
 
     def _connection(self) -> sqlite3.Connection:
+        """The connection to the database at ``path``: opened in this process, to the file that
+        ``path`` names now (the caller holds ``_gate``)."""
         if self._conn is not None and self._pid == os.getpid():
-            return self._conn
+            if self._names_our_file():
+                return self._conn
+            _checkpoint_moved(self._conn)
         if self._conn is not None:
             self._drop_connection()
         ensure_private_dir(self.path.parent)
-        os.close(open_private(self.path, os.O_RDWR))  # create it 0o600; -wal/-shm copy the mode
+        fd = open_private(self.path, os.O_RDWR)  # create it 0o600; -wal/-shm copy the mode
+        try:
+            info = os.fstat(fd)
+        finally:
+            # Closed before SQLite opens the file: closing a descriptor drops every POSIX lock
+            # this process holds on the file, SQLite's included.
+            os.close(fd)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
@@ -620,7 +639,76 @@ class SQLiteSink:
             conn.close()
             raise
         self._conn, self._pid = conn, os.getpid()
+        self._file_id = (info.st_dev, info.st_ino)
         return conn
+
+    def _names_our_file(self) -> bool:
+        """Whether ``path`` still names the database file the connection has open."""
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (info.st_dev, info.st_ino) == self._file_id
+
+
+class _ForkGate:
+    """Lets ``fork()`` wait until no SQLite call of ours is under way in another thread.
+
+    SQLite keeps the POSIX locks of the process in memory, per file and for all its connections.
+    A child forked while a writer thread was inside a transaction inherits that memory with the
+    lock marked held by a connection nobody will ever release it from (the thread is not in the
+    child): every write of the child then fails with "database is locked", past any busy
+    timeout. Our calls on a connection run ``held()``, any number at once; the before-fork hook
+    stops new ones and waits (at most ``_FORK_WAIT_S``) for those under way to end. If they do
+    not end in time (a writer waiting for another process's lock), the fork goes on anyway.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._busy = 0  # calls under way
+        self._forks = 0  # fork() calls between their before and after hooks
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        with self._cond:
+            while self._forks:
+                self._cond.wait()
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy -= 1
+                if not self._busy:
+                    self._cond.notify_all()
+
+    def before_fork(self, timeout: float) -> None:
+        # Waiting on the condition lets go of the GIL, so the writer threads can finish.
+        with self._cond:
+            self._forks += 1
+            self._cond.wait_for(lambda: not self._busy, timeout)
+
+    def after_fork_in_parent(self) -> None:
+        with self._cond:
+            self._forks -= 1
+            self._cond.notify_all()
+
+
+#: How long ``fork()`` waits for our SQLite calls under way to end.
+_FORK_WAIT_S = 3.0
+_gate = _ForkGate()
+
+
+def _before_fork() -> None:
+    _gate.before_fork(_FORK_WAIT_S)
+
+
+def _after_fork_in_parent() -> None:
+    _gate.after_fork_in_parent()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent)
+renew_after_fork(globals(), "_gate", _ForkGate)  # the child's threads have no call under way
 
 
 _INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
@@ -650,6 +738,18 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     except BaseException:
         _rollback(conn)
         raise
+
+
+def _checkpoint_moved(conn: sqlite3.Connection) -> None:
+    """Copy what ``conn`` wrote into the database file it has open, now deleted or renamed away.
+
+    SQLite does not checkpoint on close a database file that has moved, and a new, empty
+    database at the old path deletes the -wal file it finds there: the records of a renamed
+    database that were still in its WAL would be lost. Best effort: when other connections keep
+    the checkpoint from finishing, the new database is made all the same.
+    """
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
