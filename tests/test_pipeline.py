@@ -422,6 +422,23 @@ def test_a_poison_record_queued_behind_a_backlog_is_set_aside_as_a_record() -> N
     assert kept["record"] == bad.to_json_dict()
 
 
+def test_a_record_still_refused_when_its_sink_stops_is_set_aside_not_lost() -> None:
+    """The last record is poison: nothing behind it lets the sink prove it can store others, so
+    it waits. When the sink stops (exit, or a new configuration), it is set aside with its
+    error, and the records before it are written."""
+    sink = Picky()
+    sink.release.set()
+    tokenmeter.configure(sinks=[sink])
+    made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(5)]
+    bad = tokenmeter.record("openai", "poison", 1, 1)
+    assert not tokenmeter.flush(30)
+    tokenmeter.configure(sinks=["jsonl"])  # the old pipeline stops
+    assert [r.id for r in sink.records] == [r.id for r in made]
+    kept = [json.loads(line) for line in (Path(".tokenmeter") / "quarantine.jsonl").open()]
+    assert [k["record"]["id"] for k in kept] == [bad.id]
+    assert kept[0]["error"] == "ValueError: cannot store this one"
+
+
 def test_impossible_values_never_wedge_the_default_sinks(tmp_path: Path) -> None:
     """A lone surrogate, a cost beyond reason: the record is made storable at the door, and every
     record after it still reaches SQLite, JSONL and the journal."""

@@ -222,6 +222,7 @@ class _Writer:
         self.quarantined = 0
         #: False for a sink the next configuration goes on using (``set_sinks``' keep_open).
         self.close_on_stop = True
+        self._last_error: BaseException | None = None
         self._thread = start_thread(self._run, f"tokenmeter-writer-{_name(sink)}")
 
     # -- any thread --------------------------------------------------------------------------------
@@ -279,9 +280,11 @@ class _Writer:
             try:
                 if self._wait():
                     self._deliver(time.monotonic())
+                    ok = not self._pending
+                    self._set_aside_pending()
                     if self.close_on_stop:
                         _quietly(self.sink.close, self.sink)
-                    self._release_markers(ok=not self._pending)
+                    self._release_markers(ok=ok)
                     return
                 self._deliver(time.monotonic())
             except BaseException:  # a bug of ours: report it, keep the thread alive
@@ -378,7 +381,15 @@ class _Writer:
             if write_sessions is not None:
                 write_sessions(run)
 
+    def _set_aside_pending(self) -> None:
+        """At the end (exit, a new configuration): what the sink still refuses after its last
+        attempt goes to the quarantine file with its error, rather than nowhere."""
+        while self._pending:
+            for item in self._pending.popleft():
+                self._quarantine(item, self._last_error or RuntimeError("not written"))
+
     def _failed(self, run: list[Any], exc: BaseException, now: float) -> None:
+        self._last_error = exc
         self._failures += 1
         if not self._reported:
             self._reported = True
