@@ -680,7 +680,8 @@ def _at_exit() -> None:
         started = time.monotonic()
         if not pipeline.flush(_exit_timeout):
             logger.error("tokenmeter: sinks did not accept every record within %ss", _exit_timeout)
-        pipeline.stop(max(0.5, _exit_timeout - (time.monotonic() - started)))
+        # What is left of exit_timeout (nothing, after a flush that used it all on a hung sink).
+        pipeline.stop(max(0.0, _exit_timeout - (time.monotonic() - started)))
 
 
 _TERMINATION_SIGNALS = ("SIGTERM", "SIGHUP")
