@@ -122,3 +122,19 @@ def pread_exact(fd: int, size: int, offset: int) -> bytes:
         size -= len(chunk)
         offset += len(chunk)
     return b"".join(chunks)
+
+
+FileId = tuple[int, int]
+
+
+def file_id(info: os.stat_result) -> FileId:
+    """What tells one file from another: its device and inode."""
+    return (info.st_dev, info.st_ino)
+
+
+def still_names(path: Path, known: FileId) -> bool:
+    """Whether ``path`` still names the file ``known`` (not deleted or renamed away since)."""
+    try:
+        return file_id(os.stat(path)) == known
+    except FileNotFoundError:
+        return False

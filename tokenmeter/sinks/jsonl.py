@@ -26,7 +26,13 @@ from pathlib import Path
 
 from tokenmeter._models import UsageRecord
 from tokenmeter.sinks._encode import compact_json
-from tokenmeter.sinks._files import ensure_private_dir, open_private, write_all
+from tokenmeter.sinks._files import (
+    ensure_private_dir,
+    file_id,
+    open_private,
+    still_names,
+    write_all,
+)
 
 __all__ = ["JSONLSink", "read_jsonl"]
 
@@ -62,7 +68,11 @@ class JSONLSink:
 
     def _descriptor(self) -> int:
         """A descriptor of the file that ``path`` names now, opened in this process."""
-        if self._fd is not None and self._pid == os.getpid() and self._names_our_file():
+        if (
+            self._fd is not None
+            and self._pid == os.getpid()
+            and still_names(self.path, self._file_id)
+        ):
             return self._fd
         if self._fd is not None:
             # In a forked child, its copy (the parent's stays open and unlocked); else the file
@@ -72,16 +82,8 @@ class JSONLSink:
         ensure_private_dir(self.path.parent)
         fd = open_private(self.path, os.O_RDWR | os.O_APPEND)
         info = os.fstat(fd)
-        self._fd, self._pid, self._file_id = fd, os.getpid(), (info.st_dev, info.st_ino)
+        self._fd, self._pid, self._file_id = fd, os.getpid(), file_id(info)
         return fd
-
-    def _names_our_file(self) -> bool:
-        """Whether ``path`` still names the file the descriptor has open."""
-        try:
-            info = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        return (info.st_dev, info.st_ino) == self._file_id
 
 
 def _append_whole(fd: int, data: bytes) -> None:

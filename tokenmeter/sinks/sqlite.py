@@ -35,7 +35,7 @@ from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import SessionInfo, UsageRecord, _iso
 from tokenmeter._packed import MAPPINGS, PLAIN_FIELDS, Packed, as_dict, flat_mappings
 from tokenmeter.sinks._encode import compact_json
-from tokenmeter.sinks._files import ensure_private_dir, open_private
+from tokenmeter.sinks._files import ensure_private_dir, file_id, open_private, still_names
 
 __all__ = ["SCHEMA_VERSION", "SQLiteSink"]
 
@@ -616,7 +616,7 @@ class SQLiteSink:
         """The connection to the database at ``path``: opened in this process, to the file that
         ``path`` names now (the caller holds ``_gate``)."""
         if self._conn is not None and self._pid == os.getpid():
-            if self._names_our_file():
+            if still_names(self.path, self._file_id):
                 return self._conn
             _checkpoint_moved(self._conn)
         if self._conn is not None:
@@ -639,16 +639,8 @@ class SQLiteSink:
             conn.close()
             raise
         self._conn, self._pid = conn, os.getpid()
-        self._file_id = (info.st_dev, info.st_ino)
+        self._file_id = file_id(info)
         return conn
-
-    def _names_our_file(self) -> bool:
-        """Whether ``path`` still names the database file the connection has open."""
-        try:
-            info = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        return (info.st_dev, info.st_ino) == self._file_id
 
 
 class _ForkGate:
