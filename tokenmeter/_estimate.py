@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+from tokenmeter._fork import renew_after_fork
 from tokenmeter._media import (
     audio_seconds,
     decoded_size,
@@ -77,6 +78,7 @@ _OUTPUT_OVERHEAD = {"anthropic": 3}
 Counter = Callable[[str], int]
 _counters: dict[str, Counter | None] = {}
 _counters_lock = threading.Lock()
+renew_after_fork(globals(), "_counters_lock", threading.Lock)
 
 _TIKTOKEN_FILES = {
     "o200k_base": "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
@@ -122,16 +124,17 @@ def _tiktoken_cached(name: str) -> Counter | None:
 
 #: False inside an LLM call (``without_waiting``): a tokenizer not loaded yet is not waited for.
 _wait_for_load: ContextVar[bool] = ContextVar("tokenmeter_wait_for_tokenizer", default=True)
-_loading: set[str] = set()
+_loading: set[str] = set()  # loads started, in this process (a child starts its own)
+renew_after_fork(globals(), "_loading", set)
 
 
 @contextmanager
 def without_waiting() -> Iterator[None]:
-    """Estimates made inside the application's LLM call (a record without usage, a budget's
-    reservation): importing a tokenizer and loading its vocabulary is slow, and the call must
-    never wait for it. Until it is loaded (in the background, from the first such estimate),
-    the heuristic answers. ``estimate()`` and ``count_tokens()`` called by the application
-    wait for it."""
+    """Estimates made inside the application's LLM call for a record without usage: importing
+    a tokenizer and loading its vocabulary is slow, and the call must never wait for it. Until
+    it is loaded (in the background, from the first such estimate), the heuristic answers.
+    ``estimate()``, ``count_tokens()`` and a budget's reservation (which must be the
+    tokenizer's count; budgets start the load when configured) wait for it."""
     token = _wait_for_load.set(False)
     try:
         yield
@@ -158,6 +161,13 @@ def _counter(name: str) -> Counter | None:
                     break
             _counters[name] = found
     return _counters[name]
+
+
+def load_tokenizers_in_background() -> None:
+    """Start loading the OpenAI vocabularies now (budgets count every request with them)."""
+    for name in _TIKTOKEN_FILES:
+        if name not in _counters:
+            _load_in_background(name)
 
 
 def _load_in_background(name: str) -> None:

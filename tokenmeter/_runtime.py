@@ -103,6 +103,12 @@ def _apply_guardrails(resolved: Settings, objects: Sequence[Sink]) -> None:
         ledger=resolved.budget_ledger,
         sinks=[*objects, *_ledger_sinks(resolved)],
     )
+    if enabled and resolved.budgets:
+        # A budget's reservation is counted by the tokenizer (never a guess): it loads now, in
+        # the background, rather than on the first budgeted call.
+        from tokenmeter._estimate import load_tokenizers_in_background
+
+        load_tokenizers_in_background()
     _hooks.global_hooks = resolved.on_session_end if enabled else ()
     _sessions.warn_fractions = resolved.budget_warn_at
     _sessions.set_thread_propagation(resolved.thread_propagation)

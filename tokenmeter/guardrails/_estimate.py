@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from tokenmeter._estimate import _input_bound, _input_parts, _usage_of, without_waiting
+from tokenmeter._estimate import _input_bound, _input_parts, _usage_of
 from tokenmeter._models import MAX_TOKENS, usage_of
 from tokenmeter.pricing import price_usage
 
@@ -39,8 +39,7 @@ def estimate_input_usd(
         return _ZERO
     if request is not None:
         try:  # the estimator's counts by modality: a Usage model only when media are in it
-            with without_waiting():  # checked inside the caller's LLM call
-                parts = _input_parts(provider, request, operation)
+            parts = _input_parts(provider, request, operation)
         except Exception:  # what cannot be read counts as nothing (as estimate_input does)
             parts = {}
         if any(value for key, value in parts.items() if key != "input_text"):
