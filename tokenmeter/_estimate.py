@@ -125,7 +125,9 @@ def _tiktoken_cached(name: str) -> Counter | None:
 #: False inside an LLM call (``without_waiting``): a tokenizer not loaded yet is not waited for.
 _wait_for_load: ContextVar[bool] = ContextVar("tokenmeter_wait_for_tokenizer", default=True)
 _loading: set[str] = set()  # loads started, in this process (a child starts its own)
+_loading_lock = threading.Lock()
 renew_after_fork(globals(), "_loading", set)
+renew_after_fork(globals(), "_loading_lock", threading.Lock)
 
 
 @contextmanager
@@ -171,7 +173,10 @@ def load_tokenizers_in_background() -> None:
 
 
 def _load_in_background(name: str) -> None:
-    with _counters_lock:
+    # Not _counters_lock: a loader holds it while it imports, and this may run inside an import
+    # (an import hook that instruments): waiting for a loader that waits for the import lock
+    # would deadlock.
+    with _loading_lock:
         if name in _loading:
             return
         _loading.add(name)
