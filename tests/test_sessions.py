@@ -119,6 +119,20 @@ def test_track_and_session_decorators_make_a_fresh_session_per_call(sink: InMemo
     assert len(ids) == 2 and None not in ids
 
 
+def test_sessions_exited_out_of_order_leave_no_ended_session_current(sink: InMemorySink) -> None:
+    outer, inner = tokenmeter.session("outer"), tokenmeter.session("inner")
+    outer.__enter__()
+    inner.__enter__()
+    outer.__exit__(None, None, None)  # before the session nested in it
+    assert tokenmeter.current_session() is inner  # still open: its calls are still its own
+    inner.__exit__(None, None, None)
+    assert tokenmeter.current_session() is None  # not the ended outer session
+    record = tokenmeter.record("openai", "gpt-4o", 10, 5)
+    assert record.session_id not in {outer.id, inner.id}
+    with tokenmeter.session("after") as after:
+        assert after.parent is None
+
+
 def test_a_session_object_cannot_be_entered_twice() -> None:
     s = tokenmeter.session("once")
     with s:
