@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,34 @@ def test_price_overrides_from_configure_and_file(
     other = tokenmeter.record("openai", "other-model", 1_000_000, 0)
     assert (mine.estimated_cost_usd, mine.price_source) == (Decimal("3"), "override")
     assert other.estimated_cost_usd == Decimal("3")  # configure() wins over the file
+
+
+def test_a_prices_file_is_parsed_once_per_configure_and_again_once_edited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sink: InMemorySink
+) -> None:
+    from tokenmeter.pricing import _overrides
+
+    parses: list[Path] = []
+    parse = _overrides._read_file
+
+    def counted(file: Path) -> Any:
+        parses.append(file)
+        return parse(file)
+
+    monkeypatch.setattr(_overrides, "_read_file", counted)
+    prices = tmp_path / "prices.json"
+    prices.write_text('{"my-model": {"input_per_mtok": 2, "output_per_mtok": 10}}')
+    monkeypatch.setenv("TOKENMETER_PRICES", str(prices))
+    tokenmeter.configure(sinks=[sink])  # checked, then applied: one parse
+    assert len(parses) == 1
+    assert tokenmeter.record("openai", "my-model", 1_000_000, 0).estimated_cost_usd == 2
+    # The same size, so only the modification time tells the edit apart.
+    prices.write_text('{"my-model": {"input_per_mtok": 3, "output_per_mtok": 10}}')
+    info = prices.stat()
+    os.utime(prices, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000))
+    tokenmeter.configure(sinks=[sink])
+    assert len(parses) == 2
+    assert tokenmeter.record("openai", "my-model", 1_000_000, 0).estimated_cost_usd == 3
 
 
 def test_malformed_price_file_is_a_clear_error(

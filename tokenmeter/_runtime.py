@@ -11,7 +11,7 @@ from typing import Any
 from tokenmeter import _pipeline, _sessions, pricing
 from tokenmeter._config import Settings, load_settings
 from tokenmeter._fork import renew_after_fork
-from tokenmeter.pricing._overrides import short_repr
+from tokenmeter.pricing._overrides import check_prices_file, short_repr, use_prices
 from tokenmeter.sinks._base import Sink
 
 __all__ = ["configure", "settings"]
@@ -68,11 +68,7 @@ def _apply() -> None:
     global _settings
     with _lock:
         resolved = load_settings(_explicit)
-        prices: dict[str, Any] = {}
-        if resolved.prices_file is not None:
-            prices.update(pricing.read_prices_file(resolved.prices_file))
-        prices.update(resolved.prices)  # configure(prices=...) wins over the file
-        pricing.set_user_prices(prices)
+        use_prices(resolved.prices_file, resolved.prices)  # prices= win over the file
         pricing.set_aliases(resolved.aliases)
         objects = [] if resolved.disabled else [*_sink_objects, *_attached]
         _apply_guardrails(resolved, objects)
@@ -219,7 +215,7 @@ def configure(
                 explicit[key] = value
         resolved = load_settings(explicit)  # validate before changing anything
         if resolved.prices_file is not None:
-            pricing.read_prices_file(resolved.prices_file)  # a bad file must not half-apply
+            check_prices_file(resolved.prices_file)  # a bad file must not half-apply
         _explicit.clear()
         _explicit.update(explicit)
         _sink_objects = objects

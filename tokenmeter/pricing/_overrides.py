@@ -162,7 +162,53 @@ def load_prices_file(path: str | os.PathLike[str]) -> None:
     _install(_Settings(prices=prices, aliases=_settings.aliases))
 
 
-def _read_file(file: Path) -> tuple[dict[str, Any], dict[str, tuple[UserPrice, ...]]]:
+def use_prices(file: str | os.PathLike[str] | None, prices: Mapping[str, Any]) -> None:
+    """Make the prices file's entries, with ``prices`` over them, the user prices (what
+    ``configure()`` applies). The file is parsed once while it is unchanged: a table of many
+    thousand models is checked by ``configure()`` and then applied without a second parse."""
+    if file is None:
+        set_user_prices(prices)
+        return
+    raw, parsed = _read_file_once(Path(file))
+    if prices:
+        set_user_prices({**raw, **prices})  # per model name, configure's prices win
+    else:
+        _install(_Settings(prices=parsed, aliases=_settings.aliases))
+
+
+def check_prices_file(file: str | os.PathLike[str]) -> None:
+    """Raise the ValueError ``use_prices`` would for ``file``, installing nothing."""
+    _read_file_once(Path(file))
+
+
+_Parsed = tuple[dict[str, Any], dict[str, tuple[UserPrice, ...]]]
+#: The last file ``_read_file_once`` parsed: (its identity and version, what it gave).
+_last_file: tuple[tuple[Any, ...], _Parsed] | None = None
+
+
+def _read_file_once(file: Path) -> _Parsed:
+    """``_read_file(file)``, remembered while the file keeps its inode, size and mtime."""
+    global _last_file
+    try:
+        info = file.stat()
+        key: tuple[Any, ...] = (
+            str(file.absolute()),
+            info.st_dev,
+            info.st_ino,
+            info.st_size,
+            info.st_mtime_ns,
+        )
+    except OSError:
+        return _read_file(file)  # which says why it cannot be read
+    remembered = _last_file
+    if remembered is not None and remembered[0] == key:
+        return remembered[1]
+    parsed = _read_file(file)
+    _last_file = (key, parsed)
+    return parsed
+
+
+def _read_file(file: Path) -> _Parsed:
     try:
         raw = file.read_bytes()
     except OSError as exc:
@@ -282,22 +328,42 @@ def _parse_prices(
             f"got {short_repr(mapping)}"
         )
     parsed: dict[str, tuple[UserPrice, ...]] = {}
+    # The place an error names is spelled out only for an error: a table of 100,000 models
+    # would otherwise spend most of its parse on the text of errors it never raises.
     for model, value in mapping.items():
-        where = _where(origin, short_repr(model))
         if not isinstance(model, str) or not model.strip():
-            raise ValueError(where + "the model name must be a non-empty string")
+            raise ValueError(
+                _where(origin, short_repr(model)) + "the model name must be a non-empty string"
+            )
         key = model.strip().lower()
         if isinstance(value, Mapping):
-            entries = [_parse_entry(key, value, where)]
+            entries = [_located(key, value, origin, short_repr, model)]
         elif isinstance(value, list) and value:
             entries = [
-                _parse_entry(key, item, _where(origin, f"{short_repr(model)}[{index}]"))
+                _located(key, item, origin, _item_of(index), model)
                 for index, item in enumerate(value)
             ]
         else:
-            raise ValueError(where + "expected a table of prices or a non-empty list of them")
+            raise ValueError(
+                _where(origin, short_repr(model))
+                + "expected a table of prices or a non-empty list of them"
+            )
         parsed[key] = (*parsed.get(key, ()), *entries)
     return parsed
+
+
+def _item_of(index: int) -> Callable[[Any], str]:
+    return lambda model: f"{short_repr(model)}[{index}]"
+
+
+def _located(
+    key: str, raw: Any, origin: str | None, entry: Callable[[Any], str], model: Any
+) -> UserPrice:
+    """``_parse_entry``, its error (if any) prefixed with the file and the entry it is in."""
+    try:
+        return _parse_entry(key, raw)
+    except ValueError as exc:
+        raise ValueError(_where(origin, entry(model)) + str(exc)) from None
 
 
 def _where(origin: str | None, entry: str | None) -> str:
@@ -305,21 +371,20 @@ def _where(origin: str | None, entry: str | None) -> str:
     return f"{place}price entry {entry}: " if entry else place
 
 
-def _parse_entry(model: str, raw: Any, where: str) -> UserPrice:
+def _parse_entry(model: str, raw: Any) -> UserPrice:
+    """One price entry; a ValueError says what is wrong in it (the caller says where)."""
     if not isinstance(raw, Mapping):
-        raise ValueError(where + f"expected a table of prices, got {type(raw).__name__}")
+        raise ValueError(f"expected a table of prices, got {type(raw).__name__}")
     unknown = sorted(_key_name(key) for key in raw if key not in _KNOWN_KEYS)
     if unknown:
         shown = ", ".join(unknown[:3]) + (
             f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
         )
-        raise ValueError(
-            where + f"unknown key(s) {shown}; allowed: {', '.join(sorted(_KNOWN_KEYS))}"
-        )
+        raise ValueError(f"unknown key(s) {shown}; allowed: {', '.join(sorted(_KNOWN_KEYS))}")
     missing = [key for key in _REQUIRED if key not in raw]
     if missing:
-        raise ValueError(where + f"missing {', '.join(missing)}")
-    rate = {key: _rate(raw[key], where + key) for key in (*_REQUIRED, *_OPTIONAL) if key in raw}
+        raise ValueError(f"missing {', '.join(missing)}")
+    rate = {key: _rate(raw[key], key) for key in (*_REQUIRED, *_OPTIONAL) if key in raw}
     input_rate, output_rate = rate["input_per_mtok"], rate["output_per_mtok"]
     cache_write = rate.get("cache_write_per_mtok", input_rate)
     rates = Rates(
@@ -334,12 +399,12 @@ def _parse_entry(model: str, raw: Any, where: str) -> UserPrice:
     )
     provider = raw.get("provider")
     if provider is not None and (not isinstance(provider, str) or not provider.strip()):
-        raise ValueError(where + f"provider must be a non-empty string, got {short_repr(provider)}")
+        raise ValueError(f"provider must be a non-empty string, got {short_repr(provider)}")
     return UserPrice(
         model=model,
         rates=rates,
         provider=normalise_provider(provider),
-        since=_since(raw.get("since"), where + "since"),
+        since=_since(raw.get("since"), "since"),
     )
 
 
@@ -350,10 +415,13 @@ def _key_name(key: Any) -> str:
     )
 
 
+def _not_a_number(where: str, value: Any) -> str:
+    return f"{where} must be a number of USD per million tokens, got {short_repr(value)}"
+
+
 def _rate(value: Any, where: str) -> Decimal:
-    not_a_number = f"{where} must be a number of USD per million tokens, got {short_repr(value)}"
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
-        raise ValueError(not_a_number)
+        raise ValueError(_not_a_number(where, value))
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{where} must be a finite number, got {short_repr(value)}")
     try:
@@ -361,7 +429,7 @@ def _rate(value: Any, where: str) -> Decimal:
         # a very long int raises
         rate = Decimal(str(value) if isinstance(value, float) else value)
     except InvalidOperation:
-        raise ValueError(not_a_number) from None
+        raise ValueError(_not_a_number(where, value)) from None
     if not rate.is_finite() or rate < 0:
         raise ValueError(f"{where} must be a finite non-negative number, got {short_repr(value)}")
     if rate > MAX_RATE_PER_MTOK:
