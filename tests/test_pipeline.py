@@ -422,6 +422,28 @@ def test_a_poison_record_queued_behind_a_backlog_is_set_aside_as_a_record() -> N
     assert kept["record"] == bad.to_json_dict()
 
 
+def test_a_poison_record_in_a_trickle_of_flushes_is_set_aside() -> None:
+    """One record per flush() (a function run per request): no pass ever holds two successes
+    after the poison record, which is accused once and then judged after the next success,
+    instead of holding every later flush() back for good."""
+    sink = Picky()
+    sink.release.set()
+    tokenmeter.configure(sinks=[sink])
+    made = [tokenmeter.record("openai", "gpt-4o", 1, 1)]
+    bad = tokenmeter.record("openai", "poison", 1, 1)
+    assert not tokenmeter.flush(30)  # the poison record last: nothing proves it bad yet
+    made.append(tokenmeter.record("openai", "gpt-4o", 1, 1))
+    tokenmeter.flush(30)  # accused: it failed right after the sink took a record
+    made.append(tokenmeter.record("openai", "gpt-4o", 1, 1))
+    assert tokenmeter.flush(30)  # failed after the next one too: set aside
+    assert [r.id for r in sink.records] == [r.id for r in made]
+    kept = [json.loads(line) for line in (Path(".tokenmeter") / "quarantine.jsonl").open()]
+    assert [k["record"]["id"] for k in kept] == [bad.id]
+    made.append(tokenmeter.record("openai", "gpt-4o", 1, 1))
+    assert tokenmeter.flush(30)
+    assert [r.id for r in sink.records] == [r.id for r in made]
+
+
 def test_a_record_still_refused_when_its_sink_stops_is_set_aside_not_lost() -> None:
     """The last record is poison: nothing behind it lets the sink prove it can store others, so
     it waits. When the sink stops (exit, or a new configuration), it is set aside with its

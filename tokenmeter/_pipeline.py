@@ -11,8 +11,9 @@ Policies (documented in docs/sinks.md):
 - A sink that raises is reported once through the ``tokenmeter`` logger; its items are kept, in
   order, and retried with back-off. When a batch keeps failing, the writer writes its records one
   at a time: a record that fails again right after the sink took another, with the sink taking
-  the next one too, can never be written (a poison record) and is set aside in the quarantine
-  file with the error, reported once, so it never holds back the records behind it. A record
+  the next one too (in the same pass, or the next write the sink takes), can never be written
+  (a poison record) and is set aside in the quarantine file with the error, reported once, so
+  it never holds back the records behind it. A record
   that failed only while the sink was down (a server restarting) is written, never set aside.
 - Once a writer has fallen behind (``_BACKLOG`` items wait), records are queued packed
   (``_packed``): one tuple of plain values, which the garbage collector stops tracking at its first
@@ -214,6 +215,10 @@ class _Writer:
         self._stopping = False
         #: Runs (records or sessions, in order) this sink has not accepted yet.
         self._pending: deque[list[Any]] = deque()
+        #: Items that failed again right after the sink took another: set aside if they fail
+        #: once more after the next write the sink takes, written if not. Held apart, so the
+        #: records behind them are not held back meanwhile.
+        self._accused: list[tuple[Any, BaseException]] = []
         self._markers: list[_FlushMarker] = []
         self._failures = 0
         self._retry_at = 0.0
@@ -280,7 +285,7 @@ class _Writer:
             try:
                 if self._wait():
                     self._deliver(time.monotonic())
-                    ok = not self._pending
+                    ok = not self._pending and not self._accused
                     self._set_aside_pending()
                     if self.close_on_stop:
                         _quietly(self.sink.close, self.sink)
@@ -327,7 +332,7 @@ class _Writer:
         if self._pending and due:
             self._write_pending(now)
         if not self._pending:
-            self._release_markers(ok=True)
+            self._release_markers(ok=not self._accused)
         elif self._failures >= _FLUSH_TRIES or self._stopping:
             self._release_markers(ok=False)
 
@@ -350,6 +355,7 @@ class _Writer:
             self._count_drops(dropped)
 
     def _write_pending(self, now: float) -> None:
+        wrote = False
         while self._pending:
             run = self._pending[0]
             chunk = run if len(run) <= _CHUNK else run[:_CHUNK]
@@ -358,11 +364,14 @@ class _Writer:
             except BaseException as exc:
                 self._failed(run, exc, now)
                 return
+            wrote = True
             if chunk is run:
                 self._pending.popleft()
             else:
                 del run[:_CHUNK]
                 time.sleep(_YIELD)
+        if wrote and self._accused:
+            self._judge_accused()
         if self._failures:
             logger.warning("tokenmeter sink %s recovered; kept records written", _name(self.sink))
         self._failures, self._reported = 0, False
@@ -381,9 +390,23 @@ class _Writer:
             if write_sessions is not None:
                 write_sessions(run)
 
+    def _judge_accused(self) -> None:
+        """The sink has just taken a write: an accused item that fails now too has failed right
+        after two of them, and is set aside (a trickle of records, one per ``flush()``, never
+        brings two successes into one pass)."""
+        accused, self._accused = self._accused, []
+        for item, _ in accused:
+            try:
+                self._write([item])
+            except BaseException as error:
+                self._quarantine(item, error)
+
     def _set_aside_pending(self) -> None:
         """At the end (exit, a new configuration): what the sink still refuses after its last
         attempt goes to the quarantine file with its error, rather than nowhere."""
+        for item, error in self._accused:
+            self._quarantine(item, error)
+        self._accused.clear()
         while self._pending:
             for item in self._pending.popleft():
                 self._quarantine(item, self._last_error or RuntimeError("not written"))
@@ -412,8 +435,10 @@ class _Writer:
         An item that fails is tried again right after the sink takes another one, and set aside
         in quarantine only if it fails then and the sink takes the next one too: a record that
         failed while the sink was down (a server restarting before or during the pass) is never
-        mistaken for one the sink can never store. Items not judged by the end of the pass go
-        back to the head of the queue. False when nothing went through: the sink is failing."""
+        mistaken for one the sink can never store. Items that failed again after a success but
+        wait for the next one are held apart (``_accused``); items not tried since the last
+        success go back to the head of the queue. False when nothing went through: the sink is
+        failing."""
         kind = isinstance(run[0], SessionInfo)
         runs = list(
             itertools.takewhile(
@@ -445,9 +470,9 @@ class _Writer:
             return False
         for _ in runs:
             self._pending.popleft()  # every item is now written, set aside or put back below
-        unjudged = [item for item, _ in accused] + suspects
-        if unjudged:
-            self._pending.appendleft(unjudged)
+        self._accused += accused
+        if suspects:
+            self._pending.appendleft(suspects)
         return True
 
     def _quarantine(self, item: Any, exc: BaseException) -> None:
