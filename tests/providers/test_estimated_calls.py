@@ -131,7 +131,7 @@ async def test_a_stream_past_the_kept_chunks_is_extrapolated_from_them(
     client = kit.mock_openai(StreamingServer(kit), is_async=is_async)
     tokenmeter.instrument("openai")
     await kit.drain(await _open(client, kit, stream_options={"include_usage": False}))
-    monkeypatch.setattr(adapter, "_KEEP_CHUNKS", 6)  # a third of ANSWER's 18 chunks
+    monkeypatch.setattr(adapter, "_READ_CHUNKS", 6)  # a third of ANSWER's 18 chunks
     await kit.drain(await _open(client, kit, stream_options={"include_usage": False}))
     whole, bounded = records()
     assert whole.output_tokens == 18 and bounded.estimated
@@ -139,15 +139,16 @@ async def test_a_stream_past_the_kept_chunks_is_extrapolated_from_them(
     assert _close_to(bounded.output_tokens, whole.output_tokens, 0.35)
 
 
-async def test_a_stream_holds_no_chunk_past_the_kept_ones(
+async def test_a_stream_holds_no_chunk_the_caller_is_done_with(
     records: Records, kit: ModuleType, is_async: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Past its first few chunks, a stream whose usage has not come yet only counts them: the
-    chunks the caller is done with are freed as they would be without tokenmeter (held to the
-    end of a long stream, they cost the garbage collector more than the rest of our work)."""
+    """A stream whose usage has not come yet keeps the text of its first chunks and counts the
+    rest, never a chunk: the chunks the caller is done with are freed as they would be without
+    tokenmeter (held, they made the garbage collector run collections a bare stream never
+    runs)."""
     from tokenmeter.providers import openai as adapter
 
-    monkeypatch.setattr(adapter, "_KEEP_CHUNKS", 2)
+    monkeypatch.setattr(adapter, "_READ_CHUNKS", 2)
     client = kit.mock_openai(StreamingServer(kit), is_async=is_async)
     tokenmeter.instrument("openai")
     stream = await _open(client, kit)
@@ -157,7 +158,7 @@ async def test_a_stream_holds_no_chunk_past_the_kept_ones(
         seen.append(weakref.ref(chunk))
     del chunk
     gc.collect()
-    assert [ref() is None for ref in seen] == [False, False, True, True, True]
+    assert [ref() is None for ref in seen] == [True] * 5
     await kit.maybe(stream.close())
     assert only(records()).output_tokens == 5
 

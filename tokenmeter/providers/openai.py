@@ -7,6 +7,7 @@ inferred from the base URL's host so the right price table applies.
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import suppress
 from typing import Any
 
 from tokenmeter._estimate import TextTally
@@ -34,32 +35,36 @@ _CHAT_HINT = "for OpenAI chat, leave stream_options.include_usage unset or True"
 
 class ChunkReader:
     """Chat and legacy completion streams: usage only on the last chunk (when asked for). Until
-    it comes, the first ``_KEEP_CHUNKS`` chunks that pass by are kept and the rest counted: a
-    stream left early, or sent without ``include_usage``, is recorded with an estimate of the
-    kept chunks' text, scaled up to the chunks counted. Reading the text only then keeps the cost
-    per chunk to one append or one count."""
+    it comes, the text of the first ``_READ_CHUNKS`` chunks is read as they pass and the rest are
+    counted: a stream left early, or sent without ``include_usage``, is recorded with an estimate
+    of that text, scaled up to the chunks counted. Only text is kept, never a chunk: the bare
+    SDK frees each chunk as the caller moves on (so a stream runs no garbage collection at all),
+    and holding chunks made the collector run young and full collections the bare stream never
+    does."""
 
-    __slots__ = ("dropped", "hide", "kept")
+    __slots__ = ("counted", "hide", "read", "text")
 
     def __init__(self, hide_usage_chunk: bool) -> None:
         self.hide = hide_usage_chunk
-        self.kept: list[Any] = []
-        self.dropped = 0
+        self.text = TextTally()
+        self.read = 0  # chunks whose text is in ``text``
+        self.counted = 0  # chunks past those, only counted
 
     def feed(self, chunk: Any, call: Call) -> bool:
         if call.usage is None:
-            kept = self.kept
-            if len(kept) < _KEEP_CHUNKS:
-                kept.append(chunk)
+            if self.read < _READ_CHUNKS:
+                self.read += 1
+                with suppress(Exception):  # a hostile chunk adds nothing; the others still count
+                    _add_text(self.text, chunk)
             else:
-                self.dropped += 1
+                self.counted += 1
         if call.model is None:
             call.model = getattr(chunk, "model", None)
             call.request_id = ident(getattr(chunk, "id", None))
         usage = getattr(chunk, "usage", None)
         if usage is None:
             return False
-        self.kept, self.dropped = [], 0  # the usage came: nothing is left to estimate
+        self.text, self.read, self.counted = TextTally(), 0, 0  # nothing is left to estimate
         # Decided first, so that a usage block we cannot read is still hidden when we asked for it.
         hidden = self.hide and not getattr(chunk, "choices", None)
         call.read("reading stream usage", _read_usage, chunk, usage, call)
@@ -67,24 +72,18 @@ class ChunkReader:
 
     @property
     def tally(self) -> TextTally:
-        """The output text of the kept chunks (a chunk that cannot be read adds nothing), scaled
-        up for the chunks past the bound."""
-        tally = TextTally()
-        for chunk in self.kept:
-            try:
-                _add_text(tally, chunk)
-            except Exception:  # a hostile chunk: the others still count
-                continue
-        if self.dropped and self.kept:
-            tally.chars = round(tally.chars * (len(self.kept) + self.dropped) / len(self.kept))
+        """The output text of the chunks read, scaled up for the chunks only counted."""
+        text, tally = self.text, TextTally()
+        tally.parts, tally.chars, tally.kept = list(text.parts), text.chars, text.kept
+        if self.counted and self.read:
+            tally.chars = round(tally.chars * (self.read + self.counted) / self.read)
         return tally
 
 
-#: Chunks a chat stream keeps until its usage comes (about a token each): the estimate of a
-#: longer stream without usage is extrapolated from them. Few: a kept chunk is a handful of SDK
-#: objects that every young collection of the garbage collector looks at again until the stream
-#: ends, so keeping thousands made long streams measurably slower than counting them.
-_KEEP_CHUNKS = 64
+#: Chunks of a chat stream whose text is read until its usage comes (about a token each): the
+#: estimate of a longer stream without usage is extrapolated from them. Reading costs a few
+#: attribute reads per chunk, so only the first ones are read and the rest counted.
+_READ_CHUNKS = 64
 
 
 def _add_text(tally: TextTally, chunk: Any) -> None:
