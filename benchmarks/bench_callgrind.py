@@ -29,72 +29,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
 
-def minimal_design(directory: str) -> Callable[[], None]:
-    """Install the reference design (see the module docstring); returns its drain."""
-    import collections
-    import sqlite3
-    import threading
-
-    import wrapt
-    from openai import _base_client
-
-    buffer: collections.deque[tuple[Any, ...]] = collections.deque()
-    drained = threading.Event()
-
-    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        result = wrapped(*args, **kwargs)
-        usage = getattr(result, "usage", None)
-        if usage is not None:
-            buffer.append((time.time(), result.model, usage.prompt_tokens, usage.completion_tokens))
-        return result
-
-    def writer() -> None:
-        conn = sqlite3.connect(Path(directory) / "minimal.db", isolation_level=None)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("CREATE TABLE records (ts REAL, model TEXT, input INT, output INT)")
-        while True:
-            time.sleep(0.2 * 50)  # every 200 ms at full speed: valgrind runs ~50x slower
-            rows = [buffer.popleft() for _ in range(len(buffer))]
-            if rows:
-                conn.execute("BEGIN")
-                conn.executemany("INSERT INTO records VALUES (?, ?, ?, ?)", rows)
-                conn.execute("COMMIT")
-            elif drained.is_set():
-                drained.clear()
-
-    wrapt.wrap_function_wrapper(_base_client.SyncAPIClient, "request", wrapper)
-    threading.Thread(target=writer, daemon=True).start()
-
-    def drain() -> None:
-        drained.set()
-        while drained.is_set():
-            time.sleep(0.05)
-
-    return drain
-
-
 def child(mode: str, calls: int, sinks: str, directory: str, chunks: int) -> None:
     sys.path.insert(0, str(HERE))
-    from _common import chat, mock_client, stream
+    from _common import ReferenceDesign, chat, mock_client, stream
 
     import tokenmeter
 
     client = mock_client(chunks or 10)
     run = stream(client) if chunks else chat(client)
     if mode == "minimal":
-        drain = minimal_design(directory)
-        for _ in range(calls + 20):
-            run()
-        drain()  # the writer's last inserts, counted like tokenmeter's final flush()
-        return
+        # every 200 ms at full speed: valgrind runs ~50x slower
+        with ReferenceDesign(directory, period=0.2 * 50).round():
+            for _ in range(calls + 20):
+                run()
+        return  # the round ends with the writer's last inserts, like tokenmeter's flush()
     if mode != "bare":
         tokenmeter.configure(sinks=sinks.split(","), directory=directory)
         tokenmeter.instrument()

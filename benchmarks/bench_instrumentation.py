@@ -22,6 +22,10 @@ Targets (each printed with PASS/MISS):
 3.  8 threads making calls back to back: instrumented throughput >= 90 % of bare;
 6.  a user sink that sleeps 100 ms per write (an HTTP post) as the only sink: calls over 4 ms
     among 20,000, no more than bare.
+1a and 3 also run, in the same rounds, the "minimal persisting design" the issue measured
+(a wrapper, a deque, a thread inserting 4 columns into SQLite every 200 ms;
+``_common.ReferenceDesign``) and print what it added: a yardstick for what any writer thread
+costs on the machine at hand.
 ``--diagnose`` also logs each SQLite write and each garbage collection, and counts the slow calls
 of 1b that overlap a full collection or a write.
 Then, for information: the same calls over loopback HTTP (``FakeProvider`` in a child process),
@@ -51,9 +55,12 @@ from typing import Any
 import openai
 from _common import (
     CONTENDERS,
+    REFERENCE,
     VERDICTS,
+    ReferenceDesign,
     chat,
     describe,
+    flush_all,
     instrumented,
     median_tail,
     mock_client,
@@ -90,11 +97,11 @@ def writer_cpu() -> float:
 def per_op(run: Callable[[], Any], repeat: int) -> Sample:
     """Seconds per ``run()``; ``flush()`` inside the timing (the writer's share is counted)."""
     gc.collect()
-    tokenmeter.flush()
+    flush_all()
     writer, cpu, wall = writer_cpu(), time.process_time(), time.perf_counter()
     for _ in range(repeat):
         run()
-    tokenmeter.flush()
+    flush_all()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return wall / repeat, cpu / repeat, (writer_cpu() - writer) / repeat
 
@@ -240,7 +247,7 @@ def threads_round(clients: Sequence[openai.OpenAI], calls_each: int) -> float:
     start = time.perf_counter()
     for worker in workers:
         worker.join()
-    tokenmeter.flush()
+    flush_all()
     return len(clients) * calls_each / (time.perf_counter() - start)
 
 
@@ -476,8 +483,22 @@ def extras(args: argparse.Namespace, rounds: int, calls: int, streams: int, chun
 
 
 # -- the targets ---------------------------------------------------------------------------------
+def with_reference() -> Contenders:
+    """bare, the reference design (see ``_common.ReferenceDesign``), tokenmeter."""
+    return {"bare": CONTENDERS["bare"], "reference": REFERENCE[0].round, **CONTENDERS}
+
+
+def reference_line(bare: float, reference: float, tokenmeter_: float, unit: str) -> str:
+    """What the reference design added in the same rounds, beside tokenmeter's figure."""
+    return (
+        f"  for information: the reference design (issue 8's minimal persisting design, a "
+        f"thread writing 4 columns every 200 ms) added {reference - bare:+.1f} {unit} in the "
+        f"same rounds, tokenmeter {tokenmeter_ - bare:+.1f} {unit}"
+    )
+
+
 def section_1a(client: openai.OpenAI, rounds: int, calls: int) -> None:
-    times = interleaved(CONTENDERS, chat(client), calls, rounds)
+    times = interleaved(with_reference(), chat(client), calls, rounds)
     medians = report_ops(
         f"1a. non-streamed chat, {calls:,} calls/round + flush(), {rounds} interleaved rounds, "
         "medians (CPU = time.process_time(), every thread)",
@@ -494,6 +515,8 @@ def section_1a(client: openai.OpenAI, rounds: int, calls: int) -> None:
         f"{writer:.1f} us (its /proc schedstat) and the caller's thread the rest; per-round "
         f"pairs {deltas[0]:+.1f} .. {deltas[-1]:+.1f} us (median {statistics.median(deltas):+.1f})"
     )
+    cpu = {name: cpu_ * 1e6 for name, (_, cpu_) in medians.items()}
+    print(reference_line(cpu["bare"], cpu["reference"], cpu["tokenmeter"], "us CPU per call"))
     print(verdict("1a CPU added per call", cpu_added <= 15, f"{cpu_added:+.1f} us (target <= 15)"))
 
 
@@ -549,13 +572,14 @@ def section_2(client: openai.OpenAI, rounds: int, streams: int, chunks: int) -> 
 
 def section_3(rounds: int, calls_each: int) -> None:
     clients = [mock_client() for _ in range(8)]
-    for make in CONTENDERS.values():
+    contenders = with_reference()
+    for make in contenders.values():
         with make():
             threads_round(clients, max(5, calls_each // 10))
     metered["calls"] += 8 * max(5, calls_each // 10)
-    rates: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(rounds):
-        for name, make in CONTENDERS.items():
+        for name, make in contenders.items():
             with make():
                 rates[name].append(threads_round(clients, calls_each))
     metered["calls"] += rounds * 8 * calls_each
@@ -579,6 +603,13 @@ def section_3(rounds: int, calls_each: int) -> None:
             f"{share:.1%} of bare, median of per-round pairs (ratio of the medians "
             f"{rate['tokenmeter'] / rate['bare']:.1%}; target >= 90 %)",
         )
+    )
+    reference = statistics.median(
+        r / b for b, r in zip(rates["bare"], rates["reference"], strict=True)
+    )
+    print(
+        f"  for information: the reference design (see 1a) kept {reference:.1%} of bare "
+        "throughput in the same rounds"
     )
 
 
@@ -632,6 +663,7 @@ def main() -> None:
 
     directory = Path(tempfile.mkdtemp(prefix="tokenmeter-bench-"))
     tokenmeter.configure(sinks=["sqlite"], directory=directory)
+    REFERENCE.append(ReferenceDesign(directory))
     if args.diagnose:
         time_sqlite_writes_and_gc()
     print(describe())
