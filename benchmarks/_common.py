@@ -190,9 +190,9 @@ class ReferenceDesign:
         self.buffer: collections.deque[tuple[Any, ...]] = collections.deque()
         self.appended = self.written = 0
         self.active = False
-        self._patched = False
         self._stopping = False
         self._wake = threading.Event()  # a flush() or the round's end: write now
+        self._committed = threading.Condition()
 
     def _wrapper(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         result = wrapped(*args, **kwargs)
@@ -210,7 +210,9 @@ class ReferenceDesign:
             conn.execute("BEGIN")
             conn.executemany("INSERT INTO records VALUES (?, ?, ?, ?)", rows)
             conn.execute("COMMIT")
-            self.written += len(rows)
+            with self._committed:
+                self.written += len(rows)
+                self._committed.notify_all()
 
     def _writer(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None)
@@ -225,17 +227,17 @@ class ReferenceDesign:
 
     def flush(self) -> None:
         self._wake.set()
-        while self.written < self.appended:
-            time.sleep(0.001)
+        with self._committed:
+            self._committed.wait_for(lambda: self.written >= self.appended)
 
     @contextlib.contextmanager
     def round(self) -> Iterator[None]:
-        if not self._patched:
-            import wrapt
-            from openai import _base_client
+        import wrapt
+        from openai import _base_client
 
-            wrapt.wrap_function_wrapper(_base_client.SyncAPIClient, "request", self._wrapper)
-            self._patched = True
+        owner = _base_client.SyncAPIClient
+        original = owner.__dict__["request"]
+        wrapt.wrap_function_wrapper(owner, "request", self._wrapper)  # for this round only
         self._stopping = False
         thread = threading.Thread(target=self._writer, daemon=True)
         thread.start()
@@ -248,6 +250,7 @@ class ReferenceDesign:
             self._stopping = True
             self._wake.set()
             thread.join()
+            owner.request = original
 
 
 #: Set by a benchmark that runs the reference design among its contenders.
