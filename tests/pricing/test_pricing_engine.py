@@ -76,6 +76,29 @@ def test_a_new_unknown_model_every_call_keeps_the_warnings_and_their_memory_boun
     assert len(_engine._warned) == 6
 
 
+def test_a_new_model_name_every_call_keeps_genai_prices_caches_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """genai-prices remembers every name it is asked about, found or not: a server naming a new
+    model in every answer must not grow its caches (and the process) without end."""
+    from genai_prices import data_snapshot
+
+    from tokenmeter.pricing import _genai
+
+    expected = price_usage("openai", "gpt-4o", PLAIN, at=DAY)
+    assert expected.total_usd
+    monkeypatch.setattr(_genai, "_MAX_CACHED", 20, raising=False)  # 10,000 in use
+    for n in range(100):
+        price_usage("openai", f"gpt-4o-rotating-{n}", PLAIN, at=DAY)  # a provider it knows
+        price_usage("nobody-knows", f"rotating-{n}", PLAIN, at=DAY)  # one it does not
+    snapshot = data_snapshot.get_snapshot()
+    caches = ("_lookup_cache", "_provider_cache", "_provider_misses")
+    sizes = {name: len(getattr(snapshot, name)) for name in caches}
+    assert all(size <= 21 for size in sizes.values()), sizes
+    clear_cache()  # our own cache too: the next look-up goes through genai-prices again
+    assert price_usage("openai", "gpt-4o", PLAIN, at=DAY) == expected
+
+
 def test_unknown_model_is_never_a_silent_zero_nor_an_exception() -> None:
     cost = price_usage("azure", "my-gpt4o-prod-deployment", PLAIN, at=DAY)
     assert cost.total_usd is None

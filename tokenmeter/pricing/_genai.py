@@ -23,6 +23,12 @@ __all__ = ["SOURCE_NAME", "GenaiPricesSource"]
 
 SOURCE_NAME = f"genai-prices {genai_prices.__version__}"
 
+#: genai-prices' snapshot remembers every model name it is asked about, found or not, in caches
+#: that never shrink: a server naming a new model in every response (an id in the name) would
+#: grow them without end. Past this many entries each starts over, like our own cache in front.
+_MAX_CACHED = 10_000
+_SNAPSHOT_CACHES = ("_lookup_cache", "_provider_cache", "_provider_misses")
+
 _CONTEXT_FOR_TIER: dict[Tier, dict[str, str]] = {
     "batch": {"processing": "batch"},
     "flex": {"service_tier": "flex"},
@@ -36,7 +42,7 @@ class GenaiPricesSource:
     name = SOURCE_NAME
 
     def find(self, provider: str | None, model: str) -> _GenaiModel | None:
-        snapshot = data_snapshot.get_snapshot()
+        snapshot = _bounded(data_snapshot.get_snapshot())
         provider_id = provider
         if (
             provider_id is not None
@@ -56,7 +62,7 @@ class GenaiPricesSource:
         model list matches it: ``text-embedding-3-small`` is then found nowhere, though a metered
         call (which knows its provider) prices it.
         """
-        snapshot = data_snapshot.get_snapshot()
+        snapshot = _bounded(data_snapshot.get_snapshot())
         for candidate in sorted(snapshot.providers, key=_first_party_first):
             try:
                 found, info = snapshot.find_provider_model(model, None, candidate.id, None)
@@ -69,6 +75,15 @@ class GenaiPricesSource:
         """Every model id the table prices (for "did you mean" suggestions)."""
         snapshot = data_snapshot.get_snapshot()
         return [model.id for provider in snapshot.providers for model in provider.models]
+
+
+def _bounded(snapshot: Any) -> Any:
+    """``snapshot`` with none of its lookup caches past ``_MAX_CACHED`` entries."""
+    for name in _SNAPSHOT_CACHES:
+        cache = getattr(snapshot, name, None)
+        if isinstance(cache, dict | set) and len(cache) > _MAX_CACHED:
+            cache.clear()
+    return snapshot
 
 
 #: Providers that make the models others resell: asked first when no provider is given.
