@@ -32,6 +32,26 @@ def test_nested_sessions_roll_up_into_ancestors(sink: InMemorySink) -> None:
     assert outer.summary.by_model["gpt-4o"].calls == 2
 
 
+def test_a_new_model_every_call_keeps_a_summary_bounded_and_its_totals_whole(
+    sink: InMemorySink,
+) -> None:
+    """A server naming a new model in every answer: the summary keeps the first 100 models apart
+    and sums the rest under one name, so it neither grows without end nor loses a call."""
+    rates = {"input_per_mtok": 1, "output_per_mtok": 2}
+    tokenmeter.configure(sinks=[sink], prices={f"gpt-4o-{n}": rates for n in range(150)})
+    with tokenmeter.session("rotating") as s:
+        records = [tokenmeter.record("openai", f"gpt-4o-{n}", 10 + n, 5) for n in range(150)]
+    by_model = s.summary.by_model
+    assert len(by_model) == 101
+    assert "gpt-4o-99" in by_model and "gpt-4o-100" not in by_model
+    other = by_model["(other models)"]
+    assert other.calls == 50 and other.input_tokens == sum(10 + n for n in range(100, 150))
+    assert s.summary.calls == 150
+    assert s.summary.input_tokens == sum(r.input_tokens for r in records)
+    assert all(r.estimated_cost_usd for r in records)
+    assert s.summary.cost_usd == sum((r.estimated_cost_usd or 0 for r in records), Decimal(0))
+
+
 def test_summary_figures(sink: InMemorySink) -> None:
     with tokenmeter.session("s") as s:
         tokenmeter.record("openai", "gpt-4o", 1000, 500)  # $0.0075: input 0.0025, output 0.005

@@ -44,6 +44,11 @@ MAX_BUDGET_USD = Decimal(10**9)
 #: Fractions of a session's budget that warn, once each (``budget_warn_at``; set by _runtime).
 warn_fractions: tuple[float, ...] = (0.5, 0.8, 1.0)
 OnEnd = Callable[["Session"], object]
+#: Models a summary keeps apart (``by_model``); the calls of any further ones are summed under
+#: ``OTHER_MODELS``. A server naming a new model in every answer would otherwise grow a long
+#: session's summary without end, and make each read of it (a budget check per call) slower.
+MAX_MODELS = 100
+OTHER_MODELS = "(other models)"
 
 
 class ModelTotals(Totals):
@@ -72,7 +77,10 @@ class SessionSummary(ModelTotals):
         # On the caller's thread for every record: add_record directly, no extra frames.
         per_model = self.by_model.get(record.model_name)
         if per_model is None:
-            per_model = self.by_model[record.model_name] = ModelTotals()
+            name = record.model_name if len(self.by_model) < MAX_MODELS else OTHER_MODELS
+            per_model = self.by_model.get(name)
+            if per_model is None:
+                per_model = self.by_model[name] = ModelTotals()
         per_model.add_record(record)
 
 
