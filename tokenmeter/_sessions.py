@@ -24,7 +24,13 @@ from typing import Any, Literal, TypeVar, cast
 from tokenmeter import _pipeline
 from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import SessionInfo, UsageRecord, clean_text
-from tokenmeter._totals import COUNT_NAMES, DECIMAL_NAMES, Totals
+from tokenmeter._totals import (
+    COUNT_NAMES,
+    DECIMAL_NAMES,
+    MAX_SESSION_MODELS,
+    OTHER_MODELS,
+    Totals,
+)
 from tokenmeter.guardrails import _state as _guard_state
 from tokenmeter.pricing._overrides import short_repr
 
@@ -44,11 +50,6 @@ MAX_BUDGET_USD = Decimal(10**9)
 #: Fractions of a session's budget that warn, once each (``budget_warn_at``; set by _runtime).
 warn_fractions: tuple[float, ...] = (0.5, 0.8, 1.0)
 OnEnd = Callable[["Session"], object]
-#: Models a summary keeps apart (``by_model``); the calls of any further ones are summed under
-#: ``OTHER_MODELS``. A server naming a new model in every answer would otherwise grow a long
-#: session's summary without end, and make each read of it (a budget check per call) slower.
-MAX_MODELS = 100
-OTHER_MODELS = "(other models)"
 
 
 class ModelTotals(Totals):
@@ -77,7 +78,8 @@ class SessionSummary(ModelTotals):
         # On the caller's thread for every record: add_record directly, no extra frames.
         per_model = self.by_model.get(record.model_name)
         if per_model is None:
-            name = record.model_name if len(self.by_model) < MAX_MODELS else OTHER_MODELS
+            # Bounded: each read of a summary (a budget check per call) sums it.
+            name = record.model_name if len(self.by_model) < MAX_SESSION_MODELS else OTHER_MODELS
             per_model = self.by_model.get(name)
             if per_model is None:
                 per_model = self.by_model[name] = ModelTotals()

@@ -12,7 +12,15 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Protocol
 
-__all__ = ["COUNT_NAMES", "DECIMAL_NAMES", "Totals", "normalise_usd", "output_cost"]
+__all__ = [
+    "COUNT_NAMES",
+    "DECIMAL_NAMES",
+    "MAX_SESSION_MODELS",
+    "OTHER_MODELS",
+    "Totals",
+    "normalise_usd",
+    "output_cost",
+]
 
 _ZERO = Decimal(0)
 _PICO_PER_USD = Decimal(10**12)
@@ -33,6 +41,12 @@ COUNT_NAMES = (
     "estimated_calls",
 )
 DECIMAL_NAMES = ("cost_usd", "output_cost_usd", "split_cost_usd")
+#: Where what is kept per model (a session's summary and journal file, the journal's summary)
+#: sums the calls of the models past its bound: a server naming a new model in every answer
+#: cannot grow it without end.
+OTHER_MODELS = "(other models)"
+#: Models a session keeps apart (its summary's ``by_model``, its journal file's model list).
+MAX_SESSION_MODELS = 100
 
 
 #: The parts of a call that had no image, audio or video and used no server tool.

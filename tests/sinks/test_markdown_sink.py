@@ -189,6 +189,37 @@ def test_many_models_grow_the_summary_without_losing_the_log(
     assert "- **Total Calls:** 120" in session
 
 
+def test_models_past_the_bound_share_one_summary_row_and_every_call_is_counted(
+    tmp_path: Path, make_record: RecordFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server naming a new model in every answer: past the bound (1,000; 3 here) the summary
+    sums the further models in one last row, so a batch never rewrites a summary that grows
+    without end, while the detailed log still names each call's model."""
+    from tokenmeter.sinks import markdown
+
+    monkeypatch.setattr(markdown, "_MAX_MODELS", 3, raising=False)
+    monkeypatch.setattr(markdown, "MAX_SESSION_MODELS", 3, raising=False)  # a session's list
+    sink = MarkdownJournalSink(tmp_path)
+    sink.write([make_record(i, model_name=f"m{i}") for i in range(2)])
+    sink.write([make_record(i, model_name=f"m{i % 5}") for i in range(2, 9)])  # m2..m4, m0..m3
+    text = (tmp_path / "token_usage.md").read_text(encoding="utf-8")
+
+    summary = table_rows(text, "| Provider | Model | Calls |")
+    assert [(row[1], row[2]) for row in summary] == [
+        ("m0", "2"),
+        ("m1", "2"),
+        ("m2", "2"),
+        ("(other models)", "3"),  # m3 twice, m4 once
+        ("", "**9**"),
+    ]
+    log = table_rows(text, "| # | Timestamp |")
+    assert [row[3] for row in log] == ["m0", "m1", "m2", "m3", "m4", "m0", "m1", "m2", "m3"]
+    session = (tmp_path / "sessions" / "s1.md").read_text(encoding="utf-8")
+    listed = next(line for line in session.splitlines() if "**Provider/Model:**" in line)
+    assert listed.split(":** ")[1] == "openai/m0, openai/m1, openai/m2, (other models)"
+    assert len(table_rows(session, SESSION_TABLE)) == 9
+
+
 def test_per_batch_io_does_not_grow_with_the_file(
     tmp_path: Path, make_record: RecordFactory
 ) -> None:

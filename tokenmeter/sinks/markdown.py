@@ -69,7 +69,7 @@ from typing import Any
 
 from tokenmeter._format import fmt_usd
 from tokenmeter._models import SessionInfo, UsageRecord, _iso
-from tokenmeter._totals import Totals
+from tokenmeter._totals import MAX_SESSION_MODELS, OTHER_MODELS, Totals
 from tokenmeter.sinks._files import (
     ensure_private_dir,
     open_private,
@@ -421,6 +421,15 @@ def _read_copy(fd: int, size: int, log: _Log) -> _Layout | None:
 
 
 # --- token_usage.md ------------------------------------------------------------------------------
+#: Models the summary of ``token_usage.md`` shows apart; the calls of any more are summed in one
+#: row, so that a server naming a new model in every answer cannot make each batch rewrite (and
+#: the document carry) a summary that grows without end.
+_MAX_MODELS = 1_000
+_OTHER_KEY = json.dumps(["", OTHER_MODELS])
+
+
+def _other_models_last(item: tuple[str, Any]) -> tuple[bool, str]:
+    return item[0] == _OTHER_KEY, item[0]
 
 
 class _UsageLog(_Log):
@@ -435,25 +444,31 @@ class _UsageLog(_Log):
         models: dict[str, dict[str, Any]] = state.setdefault("models", {})
         calls: int = state.get("calls", 0)
         # Each model's totals are read from the state once per batch and written back once.
-        live: dict[tuple[str, str], tuple[str, Totals]] = {}
+        keys: dict[tuple[str, str], str] = {}
+        live: dict[str, Totals] = {}
         rows = []
         for r in records:
             calls += 1
             model = (r.model_provider, r.model_name)
-            found = live.get(model)
-            if found is None:
+            key = keys.get(model)
+            if key is None:
                 key = json.dumps(list(model))
-                stored = models.get(key)
-                found = live[model] = (key, Totals() if stored is None else _from_state(stored))
-            found[1].add_record(r)
+                if key not in models and len(models) >= _MAX_MODELS:
+                    key = _OTHER_KEY
+                keys[model] = key
+            totals = live.get(key)
+            if totals is None:
+                stored = models.setdefault(key, {})  # the model's row, kept from now on
+                totals = live[key] = _from_state(stored) if stored else Totals()
+            totals.add_record(r)
             rows.append(
                 f"| {calls} | {_when(r.timestamp)} | {_md(r.model_provider)} "
                 f"| {_md(r.model_name)} | {_md(r.session_name or r.session_id or '')} "
                 f"| {r.input_tokens:,} | {r.output_tokens:,} | {r.total_tokens:,} "
                 f"| {_money_or_na(r.estimated_cost_usd)} | {_status(r)} |\n"
             )
-        for key, totals in live.values():
-            models.setdefault(key, {}).update(_to_state(totals))
+        for key, totals in live.items():
+            models[key].update(_to_state(totals))
         state["calls"] = calls
         return "".join(rows)
 
@@ -465,7 +480,7 @@ class _UsageLog(_Log):
             "|---|---|---:|---:|---:|---:|\n",
         ]
         grand = _new_totals()
-        for key, totals in sorted(models.items()):
+        for key, totals in sorted(models.items(), key=_other_models_last):
             provider, model = json.loads(key)
             lines.append(
                 f"| {_md(provider)} | {_md(model)} | {totals['calls']:,} "
@@ -516,7 +531,10 @@ class _SessionLog(_Log):
             totals.add_record(r)
             model = f"{r.model_provider}/{r.model_name}"
             if model not in models:
-                models.append(model)
+                if len(models) >= MAX_SESSION_MODELS:
+                    model = OTHER_MODELS
+                if model not in models:
+                    models.append(model)
             rows.append(
                 f"| {totals.calls} | {_when(r.timestamp)} | {r.input_tokens:,} "
                 f"| {r.output_tokens:,} | {r.total_tokens:,} "
