@@ -167,6 +167,24 @@ def test_record_response_rejects_unreadable_shapes(sink: InMemorySink) -> None:
     assert sink.records == []
 
 
+def test_implausible_costs_warn_about_a_bounded_number_of_models(
+    sink: InMemorySink, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cost above what any call can cost is recorded as unknown with a warning per model; a
+    server naming a new model in every answer must not grow the set of models warned about."""
+    from tokenmeter import _record
+
+    rates = {"input_per_mtok": 1, "output_per_mtok": 1}
+    tokenmeter.configure(sinks=[sink], prices={f"m{n}": rates for n in range(10)})
+    monkeypatch.setattr(_record, "MAX_COST_USD", Decimal("0.000001"))  # every call implausible
+    monkeypatch.setattr(_record, "_MAX_WARNED_COST", 3, raising=False)
+    monkeypatch.setattr(_record, "_warned_cost", set())
+    records = [tokenmeter.record("openai", f"m{n}", 1_000, 10) for n in range(10)]
+    assert all(r.estimated_cost_usd is None for r in records)
+    warned = [m for m in caplog.messages if "more than any call can cost" in m]
+    assert len(warned) == 3 and len(_record._warned_cost) == 3
+
+
 def test_price_returns_decimal_and_none_for_unknown() -> None:
     cost = tokenmeter.price(
         "google",

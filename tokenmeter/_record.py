@@ -46,6 +46,9 @@ _id_prefix = secrets.token_hex(6)
 _id_counter = itertools.count()
 _MAX_NAME = 500
 _warned_cost: set[str] = set()
+#: Models warned about for an implausible cost; past this many the rest are not warned about
+#: (the set stays bounded whatever names a server sends).
+_MAX_WARNED_COST = 1_000
 _UNKNOWN = Cost(total_usd=None)
 
 
@@ -70,7 +73,7 @@ def _plausible(cost: Cost, model: str) -> Cost:
     total = cost.total_usd
     if total is None or total <= MAX_COST_USD:
         return cost
-    if model not in _warned_cost:
+    if model not in _warned_cost and len(_warned_cost) < _MAX_WARNED_COST:
         _warned_cost.add(model)
         logger.warning(
             "tokenmeter: a %s call priced at $%s, more than any call can cost; "

@@ -433,6 +433,26 @@ def test_a_request_carrying_audio_is_reserved_at_the_audio_rate() -> None:
     assert Decimal("0.024") <= usd < Decimal("0.0241")  # the audio, and a few framing tokens
 
 
+def test_the_per_token_prices_budgets_keep_stay_bounded_and_right(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A gateway passing its users' model names on: the price of one token is kept per model,
+    and past the bound (10,000; 20 here) the cache starts over, giving the same estimates."""
+    from tokenmeter.guardrails import _estimate
+
+    request = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello there."}]}
+    expected = _estimate.estimate_input_usd("openai", "gpt-4o", (), {}, request)
+    bound = _estimate.input_bound_usd("openai", "gpt-4o", request)
+    assert expected > 0 and bound is not None and bound >= float(expected)
+    monkeypatch.setattr(_estimate, "_MAX_MODELS", 20, raising=False)
+    for n in range(100):
+        _estimate.estimate_input_usd("openai", f"gpt-4o-user-{n}", (), {}, request)
+        _estimate.input_bound_usd("openai", f"gpt-4o-user-{n}", request)
+    assert len(_estimate._per_token) <= 20 and len(_estimate._per_token_float) <= 20
+    assert _estimate.estimate_input_usd("openai", "gpt-4o", (), {}, request) == expected
+    assert _estimate.input_bound_usd("openai", "gpt-4o", request) == bound
+
+
 def test_a_call_in_flight_across_configure_settles_in_the_ledger_it_reserved_in() -> None:
     from tokenmeter.guardrails import _budgets
     from tokenmeter.providers._core import Call

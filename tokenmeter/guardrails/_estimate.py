@@ -65,6 +65,8 @@ def _price_per_token(provider: str, model: str) -> Decimal:
     per_token = _per_token.get((provider, model))
     if per_token is None:
         cost = price_usage(provider, model, usage_of(input_tokens=_UNIT, output_tokens=0))
+        if len(_per_token) >= _MAX_MODELS:  # a gateway passing its users' model names on
+            _per_token.clear()
         per_token = _per_token[(provider, model)] = (cost.total_usd or _ZERO) / _UNIT
     return per_token
 
@@ -82,6 +84,8 @@ def input_bound_usd(provider: str, model: str | None, request: Any) -> float | N
         return None
     per_token = _per_token_float.get((provider, model))
     if per_token is None:
+        if len(_per_token_float) >= _MAX_MODELS:
+            _per_token_float.clear()
         per_token = _per_token_float[(provider, model)] = float(_price_per_token(provider, model))
     return per_token * tokens
 
@@ -90,6 +94,8 @@ def input_bound_usd(provider: str, model: str | None, request: Any) -> float | N
 #: 128k or 200k tokens); the price of one token is cached per model until the settings change.
 _LINEAR_UP_TO = 100_000
 _UNIT = 1_000_000
+#: Models whose price of one token is kept: past this many the cache starts over.
+_MAX_MODELS = 10_000
 _per_token: dict[tuple[str, str], Decimal] = {}
 _per_token_float: dict[tuple[str, str], float] = {}
 
