@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import logging
 import sqlite3
 import tempfile
@@ -26,11 +27,13 @@ from typing import Any
 
 import httpx2
 import openai
-from _common import describe, verdict
+from _common import BODY, describe, verdict
 
 import tokenmeter
 
 MESSAGES = [{"role": "user", "content": "Say hello."}]
+#: The benchmarks' canned chat reply, whose model and id each answer replaces.
+REPLY = json.loads(BODY)
 
 
 def client_answering(rotating: bool) -> openai.OpenAI:
@@ -38,20 +41,8 @@ def client_answering(rotating: bool) -> openai.OpenAI:
 
     def handler(request: httpx2.Request) -> httpx2.Response:
         n = next(counter)
-        body = {
-            "id": f"chatcmpl-{n}",
-            "object": "chat.completion",
-            "created": 1730000000,
-            "model": f"gpt-4o-rotating-{n}" if rotating else "gpt-4o-2024-08-06",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "Hello!"},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 19, "completion_tokens": 10, "total_tokens": 29},
-        }
+        model = f"gpt-4o-rotating-{n}" if rotating else REPLY["model"]
+        body = {**REPLY, "id": f"chatcmpl-{n}", "model": model}
         return httpx2.Response(200, json=body)
 
     http = httpx2.Client(transport=httpx2.MockTransport(handler))

@@ -821,6 +821,14 @@ class TextTally:
             self.parts.append(text)
             self.kept += len(text)
 
+    def scaled(self, seen: int, read: int) -> TextTally:
+        """A copy standing for ``seen`` chunks, of which this holds the text of ``read``."""
+        copy = TextTally()
+        copy.parts, copy.chars, copy.kept = list(self.parts), self.chars, self.kept
+        if read and seen > read:
+            copy.chars = round(self.chars * seen / read)
+        return copy
+
     def tokens(self, provider: str, model: str) -> int:
         if not self.chars:
             return 0

@@ -73,11 +73,7 @@ class ChunkReader:
     @property
     def tally(self) -> TextTally:
         """The output text of the chunks read, scaled up for the chunks only counted."""
-        text, tally = self.text, TextTally()
-        tally.parts, tally.chars, tally.kept = list(text.parts), text.chars, text.kept
-        if self.counted and self.read:
-            tally.chars = round(tally.chars * (self.read + self.counted) / self.read)
-        return tally
+        return self.text.scaled(self.read + self.counted, self.read)
 
 
 #: Chunks of a chat stream whose text is read until its usage comes (about a token each): the
