@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -195,6 +196,22 @@ def test_price_returns_decimal_and_none_for_unknown() -> None:
     assert tokenmeter.price("openai", "no-such-model", {"input_tokens": 1}).total_usd is None
     with pytest.raises(ValueError, match="provider"):
         tokenmeter.price("", "gpt-4o", Usage())
+
+
+def test_price_of_a_megabyte_model_name_keeps_the_cache_and_the_warning_short(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An unknown name is remembered (priced once, warned once): a megabyte of it is cut, as in a
+    record, not kept whole in the price cache and written whole into the log."""
+    from tokenmeter.pricing import _engine
+
+    caplog.set_level(logging.WARNING, logger="tokenmeter")
+    huge = "m" * 1_000_000
+    assert tokenmeter.price("openai", huge, {"input_tokens": 1}).total_usd is None
+    assert tokenmeter.price("\ud800" * 1_000, huge, {"input_tokens": 1}).total_usd is None
+    warned = [m for m in caplog.messages if "no price known" in m]
+    assert len(warned) == 2 and all(len(m) < 1_000 for m in warned)
+    assert max(len(part or "") for key in _engine._entries for part in key[:2]) <= 500
 
 
 def test_records_outside_sessions_belong_to_the_implicit_process_session(

@@ -103,7 +103,7 @@ def price(
     """
     from pydantic import ValidationError
 
-    from tokenmeter._models import Usage, first_error
+    from tokenmeter._models import MAX_NAME, Usage, clean_text, first_error
     from tokenmeter.pricing import price_usage
     from tokenmeter.pricing._overrides import short_repr
 
@@ -130,7 +130,15 @@ def price(
             raise ValueError(f"at is out of range in UTC, got {short_repr(at)}") from None
     if tier is not None and not isinstance(tier, str):
         raise ValueError(f"tier must be a string such as 'batch' or 'flex', got {short_repr(tier)}")
-    return price_usage(provider.strip().lower(), model.strip(), usage, at=at, tier=tier)
+    # Names cut and cleaned as a record's are: a megabyte-long name would otherwise be kept in
+    # the price cache and logged whole.
+    return price_usage(
+        clean_text(provider.strip().lower(), MAX_NAME),
+        clean_text(model.strip(), MAX_NAME),
+        usage,
+        at=at,
+        tier=tier,
+    )
 
 
 def flush(timeout: float | None = None) -> bool:

@@ -44,6 +44,9 @@ _SUBSETS_OF_INPUT = ("cache_read_tokens", "cache_write_tokens", "input_audio_tok
 MAX_TOKENS = 10**12
 #: More than any single call can cost; a larger price is treated as unknown (with a warning).
 MAX_COST_USD = Decimal(10_000)
+#: The longest name kept (model, provider, session, tag key): a server or a caller may send a
+#: megabyte of it, which every record, cache and log line would then carry.
+MAX_NAME = 500
 
 Count = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from tokenmeter import _pipeline, _runtime, _sessions
 from tokenmeter._models import (
     MAX_COST_USD,
+    MAX_NAME,
     MAX_TOKENS,
     MODALITY_KEYS,
     TOOL_REQUEST_KEYS,
@@ -44,7 +45,6 @@ logger = logging.getLogger("tokenmeter")
 
 _id_prefix = secrets.token_hex(6)
 _id_counter = itertools.count()
-_MAX_NAME = 500
 _warned_cost: set[str] = set()
 #: Models warned about for an implausible cost; past this many the rest are not warned about
 #: (the set stays bounded whatever names a server sends).
@@ -64,9 +64,9 @@ def _opt_text(value: Any) -> str | None:
     """Optional text from a response: None stays None, anything else becomes clean text."""
     if value is None:
         return None
-    if type(value) is str and len(value) <= _MAX_NAME and value.isascii():
+    if type(value) is str and len(value) <= MAX_NAME and value.isascii():
         return value  # nearly always (a response id): nothing to clean
-    return clean_text(value if type(value) is str else str(value), _MAX_NAME)
+    return clean_text(value if type(value) is str else str(value), MAX_NAME)
 
 
 def _plausible(cost: Cost, model: str) -> Cost:
@@ -115,9 +115,9 @@ def emit(
         session = _sessions.current_session() or _sessions.implicit_session()
     now = timestamp or datetime.now(UTC)
     if type(model) is not str or not model.isascii():
-        model = clean_text(str(model), _MAX_NAME)
-    elif len(model) > _MAX_NAME:
-        model = model[:_MAX_NAME]
+        model = clean_text(str(model), MAX_NAME)
+    elif len(model) > MAX_NAME:
+        model = model[:MAX_NAME]
     if request_model is not None:
         request_model = model if request_model == model else _opt_text(request_model)
     cost = price_usage(provider, model, usage, at=now, tier=tier) if priced else _UNKNOWN
@@ -174,7 +174,7 @@ def emit(
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{name} must be a non-empty string, got {value!r}")
-    return clean_text(value.strip(), _MAX_NAME)
+    return clean_text(value.strip(), MAX_NAME)
 
 
 def _timestamp(value: Any) -> datetime:

@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar, cast
 
 from tokenmeter import _pipeline
 from tokenmeter._fork import renew_after_fork
-from tokenmeter._models import SessionInfo, UsageRecord, clean_text
+from tokenmeter._models import MAX_NAME, SessionInfo, UsageRecord, clean_text
 from tokenmeter._totals import (
     COUNT_NAMES,
     DECIMAL_NAMES,
@@ -42,7 +42,6 @@ _ZERO = Decimal(0)
 _lock = threading.RLock()  # guards summary updates
 _current: ContextVar[Session | None] = ContextVar("tokenmeter_session", default=None)
 _MAX_ID = 200
-_MAX_NAME = 500
 _MAX_NOTES = 10_000
 #: Largest session budget: far above any real spend, far below where Decimal arithmetic
 #: overflows (the reports' bound on a cost, ``tokenmeter.cli._validate.MAX_COST_USD``).
@@ -133,7 +132,7 @@ class Session:
         if notes is not None and not isinstance(notes, str):
             raise ValueError(f"session notes must be a string, got {notes!r}")
         self.id = clean_text(id.strip(), _MAX_ID) if id else _new_id()
-        self.name = None if name is None else clean_text(name, _MAX_NAME)
+        self.name = None if name is None else clean_text(name, MAX_NAME)
         self.tags = _check_tags(tags)
         self.budget_usd = _check_budget(budget_usd)
         self.notes = None if notes is None else clean_text(notes, _MAX_NOTES)
@@ -338,8 +337,7 @@ def _check_tags(tags: Any) -> dict[str, str]:
         if not key.strip():
             raise ValueError("tags: a tag name must be a non-empty string")
     return {
-        clean_text(key, _MAX_NAME): clean_text(str(value), _MAX_NOTES)
-        for key, value in tags.items()
+        clean_text(key, MAX_NAME): clean_text(str(value), _MAX_NOTES) for key, value in tags.items()
     }
 
 

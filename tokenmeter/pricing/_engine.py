@@ -551,12 +551,14 @@ def _warn_unknown(provider: str | None, model: str) -> None:
                     "level",
                     _MAX_WARNED,
                 )
-            logger.debug("tokenmeter: no price known for model %r (provider %r)", model, provider)
+            logger.debug(
+                "tokenmeter: no price known for model %.200r (provider %.200r)", model, provider
+            )
             return
         _warned.add(key)
     logger.warning(
-        "tokenmeter: no price known for model %r (provider %r); its cost is recorded as null. "
-        "Set one with tokenmeter.configure(prices=...) or an alias.",
+        "tokenmeter: no price known for model %.200r (provider %.200r); its cost is recorded as "
+        "null. Set one with tokenmeter.configure(prices=...) or an alias.",
         model,
         provider,
     )
