@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import pytest
 
@@ -94,3 +95,13 @@ def test_instrument_takes_integration_aliases() -> None:
         "google-genai",
         "google-generativeai",
     ]
+
+
+@pytest.mark.parametrize("providers", [5, 1.5, object(), {"openai": 1}], ids=repr)
+def test_instrument_with_providers_of_the_wrong_type_names_the_argument(providers: Any) -> None:
+    """A ValueError naming ``providers``, like every other bad argument, not a TypeError from
+    iterating it; a dict (whose keys would be iterated) is refused too."""
+    with pytest.raises(ValueError, match="providers must be"):
+        tokenmeter.instrument(providers)
+    with pytest.raises(ValueError, match="providers must be"):
+        tokenmeter.uninstrument(providers)

@@ -41,7 +41,14 @@ _hooked: set[str] = set()  # post-import hooks registered (they cannot be unregi
 def _names(providers: str | list[str] | tuple[str, ...] | None) -> list[str]:
     if providers is None:
         return list(PROVIDERS)
-    items = [providers] if isinstance(providers, str) else list(providers)
+    if isinstance(providers, str):
+        items = [providers]
+    elif isinstance(providers, list | tuple | set | frozenset):
+        items = list(providers)
+    else:
+        raise ValueError(
+            f"providers must be a provider name or a list of them, got {type(providers).__name__}"
+        )
     names = [_integration_name(item) for item in items]
     unknown = [n for n in names if n not in PROVIDERS]
     if unknown:
