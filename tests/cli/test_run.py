@@ -324,3 +324,23 @@ def test_budget_stops_the_program_call_that_would_pass_it(
     with sqlite3.connect(tmp_path / ".tokenmeter" / "usage.db") as conn:
         statuses = [s for (s,) in conn.execute("SELECT status FROM records ORDER BY timestamp")]
     assert statuses == ["ok", "ok", "blocked"]
+
+
+def test_the_summary_never_sends_control_characters_to_the_terminal(tmp_path: Path) -> None:
+    """The model name a server answers with reaches the summary: its escape sequences are shown
+    as U+FFFD, not obeyed by the terminal (SIGINT-free: the run's stderr is a pipe here)."""
+    (tmp_path / "pyproject.toml").write_text(_PYPROJECT)
+    hostile = "m-\x1b]0;PWNED\x07\x1b[2Jtest"
+    with FakeProvider(
+        openai_usage={"prompt_tokens": 1000, "completion_tokens": 500},
+        models={"m-test": hostile},
+    ) as fake:
+        app = _script(
+            tmp_path / "app.py",
+            "import openai\nopenai.OpenAI(max_retries=0).chat.completions.create("
+            'model="m-test", messages=[])\n',
+        )
+        result = _run(["--dir", "usage", "--", sys.executable, app.name], _env(fake), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+    assert _summary_row(result.stderr, "m-\ufffd]0;PWNED\ufffd\ufffd[2Jtest")[1] == "1"

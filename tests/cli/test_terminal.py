@@ -170,3 +170,60 @@ def test_columns_that_are_zero_on_every_row_are_hidden_first(tmp_path: Path) -> 
     all_priced = hidden(priced)
     assert all_priced.index("Unpriced") < all_priced.index("Share")
     assert "Unpriced" not in hidden(unpriced)
+
+
+#: What a recorded name may hold that a terminal would act on: a window title (OSC), clear the
+#: screen, a colour, a carriage return that overwrites the line, a bell, a C1 CSI.
+_HOSTILE = "\x1b]0;PWNED\x07\x1b[2J\x1b[31m"
+_INJECTED = ("\x1b]0;", "\x1b[2J", "\x1b[31mred", "\r", "\x07", "\x9b")
+
+
+@pytest.fixture
+def hostile_names(tmp_path: Path) -> Path:
+    records = [
+        rec(
+            1,
+            "2026-11-01T10:00:00.000Z",
+            "openai",
+            f"gpt{_HOSTILE}red\x1b[0m",
+            1000,
+            100,
+            "0.0325",
+            session=("sess-\x9b2J", "night\rly"),
+            tags={"team": "core\x1b[2J"},
+            status="error",
+            error="API\x07Error",
+        )
+    ]
+    return write_sqlite(tmp_path / "usage.db", records, SESSIONS)
+
+
+def test_control_characters_in_the_data_never_reach_the_terminal(
+    hostile_names: Path, tmp_path: Path
+) -> None:
+    """A model, session or tag name holding escape sequences (a provider or another program
+    wrote them) is shown with U+FFFD in their place: it cannot retitle, clear or recolour the
+    reader's terminal, piped or at a terminal, in any command that prints it. CSV carries the
+    exact text into a pipe or file, but not onto a terminal."""
+    commands = [
+        ["report", "--detailed", "--by", "model,session,tag:team"],
+        ["report", "--format", "markdown", "--detailed"],
+        ["report", "--format", "html", "--by", "tag:team"],
+        ["tail"],
+        ["sessions"],
+        ["session", "sess-\x9b2J"],
+    ]
+    for command in commands:
+        result = run_module(*command, "--source", str(hostile_names), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        for sequence in _INJECTED:
+            assert sequence not in result.stdout, (command, sequence)
+        assert "\ufffd" in result.stdout, command
+    csv = ["report", "--format", "csv", "--detailed", "--source", str(hostile_names)]
+    assert "\x1b[2J" in run_module(*csv, cwd=tmp_path).stdout
+    assert "\x1b" not in at_terminal(csv, tmp_path, 200)
+    pytest.importorskip("rich")
+    for command in (["report", "--detailed", "--by", "model,session"], ["tail"], ["sessions"]):
+        screen = at_terminal([*command, "--source", str(hostile_names)], tmp_path, 200)
+        for sequence in _INJECTED[:3]:
+            assert sequence not in screen, (command, sequence)

@@ -285,7 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except CliError as exc:
-        print(f"tokenmeter: error: {exc}", file=sys.stderr)
+        from tokenmeter.cli._output import printable  # a message may quote the data
+
+        print(printable(f"tokenmeter: error: {exc}"), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -141,7 +140,7 @@ def run_alerts(args: argparse.Namespace) -> int:
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         text = "".join(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-            + os.linesep
+            + "\n"  # stdout's text mode writes the platform's line end
             for row in rows
         )
         text += f"{len(alerts)} alert(s)\n"

@@ -1,7 +1,10 @@
 """Where command output goes: stdout, or an owner-only file named by ``-o``.
 
 Text from the data may hold lone surrogates (JSON can spell ``"\\ud800"``), which no encoder
-accepts: they are replaced by U+FFFD here, at the one place text leaves the program.
+accepts, and control characters (a model name holding ``ESC ]0;...`` would retitle the reader's
+terminal, ``ESC [2J`` clear it, a CR overwrite the line): both are replaced by U+FFFD here, at
+the one place text leaves the program. One character for one, so tables stay aligned. CSV,
+which carries the exact text, keeps its control characters in a file or a pipe.
 """
 
 from __future__ import annotations
@@ -16,17 +19,23 @@ from tokenmeter.cli._errors import CliError
 __all__ = ["printable", "write_output"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+#: Lone surrogates, and the C0 controls (but tab and newline), DEL and the C1 controls.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def printable(text: str) -> str:
-    """``text`` with every lone surrogate replaced by U+FFFD, so that it can be encoded."""
-    if text.isascii():
-        return text
-    return _SURROGATE.sub("\ufffd", text)
+    """``text`` with every lone surrogate and control character (but tab and newline) replaced
+    by U+FFFD: it can be encoded, and a terminal shows it rather than obeys it."""
+    return _UNPRINTABLE.sub("\ufffd", text)
 
 
-def write_output(text: str, path: str | None) -> None:
-    text = printable(text)
+def write_output(text: str, path: str | None, *, exact: bool = False) -> None:
+    """``text`` to ``path`` or stdout; ``exact`` text (CSV) keeps its control characters unless
+    stdout is a terminal."""
+    if exact and (path is not None or not sys.stdout.isatty()):
+        text = _SURROGATE.sub("\ufffd", text)
+    else:
+        text = printable(text)
     if path is None:
         sys.stdout.write(text)
         sys.stdout.flush()

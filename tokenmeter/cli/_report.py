@@ -238,7 +238,7 @@ def run_report(args: argparse.Namespace) -> int:
     elif fmt == "html":
         write_output(render_html(report, alerts_near(source.path)), args.output)
     else:
-        write_output(_RENDERERS[fmt](report), args.output)
+        write_output(_RENDERERS[fmt](report), args.output, exact=fmt in MACHINE_FORMATS)
     if args.output:
         print(f"wrote {args.output}", file=sys.stderr)
     return 0

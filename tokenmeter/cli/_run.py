@@ -246,6 +246,7 @@ def _die_of(signum: int) -> None:
 # -- the summary --------------------------------------------------------------------------------
 def _summary(env: dict[str, str], totals: Path, settings: Any, status: int) -> None:
     from tokenmeter import _autorun
+    from tokenmeter.cli._output import printable
     from tokenmeter.cli.reports._format import fmt_int, fmt_usd
 
     models, processes = _autorun.read_totals(totals)
@@ -285,7 +286,7 @@ def _summary(env: dict[str, str], totals: Path, settings: Any, status: int) -> N
         for row in [head, *rows]:
             cells = [row[0].ljust(widths[0])]
             cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
-            print("  " + "  ".join(cells).rstrip(), file=out)
+            print("  " + printable("  ".join(cells).rstrip()), file=out)  # a server's name
         notes = []
         unpriced = sum(m["unpriced_calls"] for m in models.values())
         errors = sum(m["errors"] for m in models.values())
