@@ -187,3 +187,35 @@ def test_terminal_table_uses_rich(tmp_path: Path, no_color: bool) -> None:
     assert "[bold]boom[/bold]" in screen  # user strings are never rich markup
     coloured = re.search(r"\x1b\[[0-9;]*3[0-7]m", screen) is not None  # a foreground colour
     assert coloured is not no_color
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_arguments_that_are_not_utf8_are_one_line(kind: str, tmp_path: Path) -> None:
+    """A byte that is not UTF-8 in a name to match (a Latin-1 terminal): SQLite cannot bind it,
+    and it can match nothing recorded; it is a usage error naming the argument, never a traceback.
+    (Paths may hold any bytes: ``--source`` and ``-o`` take them.)"""
+    from .conftest import RECORDS, SESSIONS, write_jsonl, write_sqlite
+
+    if kind == "sqlite":
+        source = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
+    else:
+        source = write_jsonl(tmp_path / "usage.jsonl", RECORDS)
+    bad = "gpt\udcff"  # the byte 0xff, as Python decodes it from argv
+    cases = [
+        (["report", "--model", bad], "--model"),
+        (["report", "--provider", bad], "--provider"),
+        (["report", "--session-name", bad], "--session-name"),
+        (["report", "--tag", f"team={bad}"], "--tag"),
+        (["report", "--tag", f"{bad}=x"], "--tag"),
+        (["report", "--by", f"tag:{bad}"], "--by"),
+        (["sessions", "--session-name", bad], "--session-name"),
+        (["session", bad], "ID"),
+    ]
+    for args, name in cases:
+        result = run_module(*args, "--source", str(source), cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1, args
+        assert name in result.stderr and "UTF-8" in result.stderr, (args, result.stderr)
+    target = tmp_path / "r\udcff.csv"
+    result = run_module("report", "--source", str(source), "-o", str(target), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr

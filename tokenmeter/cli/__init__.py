@@ -85,8 +85,18 @@ def _add_window(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tz", metavar="ZONE", help=_TZ_HELP)
 
 
+def _text(value: str) -> str:
+    """A name to match with recorded text. A byte that is not UTF-8 (Python holds it as a lone
+    surrogate) matches nothing recorded, and SQLite cannot bind it: a usage error."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"not UTF-8 text: {value!r}") from None
+    return value
+
+
 def _tag_filter(value: str) -> tuple[str, str]:
-    key, sep, tag_value = value.partition("=")
+    key, sep, tag_value = _text(value).partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
     return key.strip(), tag_value
@@ -94,9 +104,9 @@ def _tag_filter(value: str) -> tuple[str, str]:
 
 def _add_filters(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("filters (repeat a filter for any of several values)")
-    group.add_argument("--provider", action="append", default=[], metavar="NAME")
-    group.add_argument("--model", action="append", default=[], metavar="NAME")
-    group.add_argument("--session-name", action="append", default=[], metavar="NAME")
+    group.add_argument("--provider", action="append", default=[], type=_text, metavar="NAME")
+    group.add_argument("--model", action="append", default=[], type=_text, metavar="NAME")
+    group.add_argument("--session-name", action="append", default=[], type=_text, metavar="NAME")
     group.add_argument("--tag", action="append", default=[], type=_tag_filter, metavar="KEY=VALUE")
     group.add_argument(
         "--status", action="append", default=[], metavar="STATUS", help="ok, error or blocked"
@@ -135,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--by",
         action="append",
+        type=_text,
         metavar="KEY",
         help="model|provider|family|session|name (session name)|status|hour|day|week|month|"
         "tag:KEY; repeat or comma-separate for a composite key (default: model)",
@@ -175,13 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     sessions = commands.add_parser("sessions", help="recent sessions with their totals")
     _add_source(sessions)
     _add_window(sessions)
-    sessions.add_argument("--session-name", action="append", default=[], metavar="NAME")
+    sessions.add_argument("--session-name", action="append", default=[], type=_text, metavar="NAME")
     sessions.add_argument("--limit", type=_count, default=20, help="how many; 0 = all (20)")
     sessions.add_argument("--format", choices=("table", "markdown", "json"), default="table")
     sessions.add_argument("-o", "--output", metavar="FILE")
 
     session = commands.add_parser("session", help="one session, as the markdown journal shows it")
-    session.add_argument("session_id", metavar="ID", help="session id (or a session name)")
+    session.add_argument(
+        "session_id", metavar="ID", type=_text, help="session id (or a session name)"
+    )
     _add_source(session)
     session.add_argument("--format", choices=("markdown", "json"), default="markdown")
     session.add_argument("-o", "--output", metavar="FILE")
