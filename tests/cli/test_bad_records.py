@@ -462,6 +462,9 @@ def test_out_of_range_arguments_are_one_line_errors(
         (["--until", "9999-12-31T23:59:59.999"], 6),
         (["--since", "0999-01-01"], 6),  # a year below 1000 still sorts before 2026
         (["--since", "0001-01-01", "--until", "0999-12-31"], 0),
+        # a window that starts after now and has no end: nothing earlier to compare it with
+        (["--since", "9999-12-31T23:59:59.999"], 0),
+        (["--since", "6100-01-01", "--compare"], 0),
     ],
 )
 def test_far_dates_still_work(cli: RunCli, source: Path, window: list[str], calls: int) -> None:

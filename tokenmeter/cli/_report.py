@@ -7,7 +7,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 
 from tokenmeter.cli._dates import parse_since, parse_tz, parse_until, period_bounds
@@ -174,12 +174,13 @@ def _earlier_start(since: datetime, end: datetime, tz: tzinfo) -> datetime | Non
     """Where the period of the same length before ``[since, end)`` starts (``--compare``).
 
     It starts no earlier than a report can show, so a window near year 1 compares with a shorter
-    one; None when there is no time before ``since`` at all.
+    one; None when there is no time before ``since`` at all. A window that starts after ``end``
+    (a ``--since`` in the future, no ``--until``) has no length yet: the earlier one is empty.
     """
     earliest = _earliest(tz)
     if since <= earliest:
         return None
-    length = end - since
+    length = max(end - since, timedelta(0))  # else ``since - length`` runs past year 9999
     return earliest if since - earliest <= length else since - length
 
 
