@@ -6,12 +6,24 @@ import csv
 import io
 import json
 import os
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from .conftest import RECORDS, TOTAL_COST, RunCli, append_lines, rec, write_jsonl, write_sqlite
+from .conftest import (
+    RECORDS,
+    TOTAL_COST,
+    RunCli,
+    append_lines,
+    rec,
+    run_module,
+    subprocess_env,
+    write_jsonl,
+    write_sqlite,
+)
 
 
 def report_json(cli: RunCli, *args: str) -> dict:
@@ -237,6 +249,43 @@ def test_unreadable_source(cli: RunCli, tmp_path: Path) -> None:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
     code, _, err = cli("report", "--source", str(path))
     assert code == 1 and "neither a tokenmeter SQLite database nor a JSONL file" in err
+
+
+def test_a_fifo_or_a_pipe_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO no one writes to hung every command (reading its first bytes waits for a writer);
+    a pipe (``--source <(zcat usage.jsonl.gz)``) gave a report of no calls, as its size is 0 and
+    its first bytes were spent on telling JSONL from SQLite. Both are an error, at once."""
+    fifo = tmp_path / "usage.jsonl"
+    os.mkfifo(fifo)
+    for command in (["report"], ["sessions"], ["tail"], ["session", "x"], ["alerts"]):
+        result = run_module(*command, "--source", str(fifo), cwd=tmp_path)
+        assert result.returncode == 1 and result.stdout == "", command
+        assert result.stderr.splitlines() == [
+            f"tokenmeter: error: {fifo} is not a regular file (a pipe or a device): "
+            "save it to a file and pass that"
+        ], command
+    reader, writer = os.pipe()
+    os.write(writer, write_jsonl(tmp_path / "data.jsonl", RECORDS).read_bytes())
+    os.close(writer)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "tokenmeter", "report", "--source", f"/dev/fd/{reader}"],
+            pass_fds=[reader],
+            cwd=tmp_path,
+            env=subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(reader)
+    assert result.returncode == 1 and "is not a regular file" in result.stderr
+    (tmp_path / "data").mkdir()
+    data = write_sqlite(tmp_path / "data" / "usage.db", RECORDS, [])
+    os.mkfifo(tmp_path / "data" / "alerts.jsonl")  # beside the data: the dashboard reads it
+    for command in (["--format", "html"], ["--period", "week", "--format", "markdown"]):
+        result = run_module("report", "--source", str(data), *command, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize("flag", ["--since", "--until"])

@@ -14,7 +14,7 @@ from typing import Any
 
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._output import write_output
-from tokenmeter.cli._source import lines_of
+from tokenmeter.cli._source import lines_of, refuse_special_file
 
 __all__ = ["run_alerts"]
 
@@ -117,6 +117,7 @@ def run_alerts(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"no alerts: {path} does not exist yet", file=sys.stderr)
         return 0
+    refuse_special_file(path)
     alerts, bad = read_alerts(path, args.since)
     if bad:
         print(f"tokenmeter: skipped {bad} unreadable line(s) in {path}", file=sys.stderr)

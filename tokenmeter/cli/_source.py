@@ -34,6 +34,7 @@ __all__ = [
     "open_database",
     "open_sqlite",
     "parse_record",
+    "refuse_special_file",
     "resolve_source",
     "skip_rest_of_line",
     "table_columns",
@@ -94,6 +95,7 @@ def resolve_source(value: str | None) -> Source:
             "fake calls)"
         )
         raise CliError(f"no usage data at {path}{hint}")
+    refuse_special_file(path)
     try:
         with path.open("rb") as handle:
             head = handle.read(len(_SQLITE_MAGIC))
@@ -105,6 +107,15 @@ def resolve_source(value: str | None) -> Source:
     if suffix in _JSONL_SUFFIXES or head[:1] in (b"{", b""):
         return Source(path, "jsonl")
     raise CliError(f"{path} is neither a tokenmeter SQLite database nor a JSONL file")
+
+
+def refuse_special_file(path: Path) -> None:
+    """A FIFO, a pipe (``<(zcat ...)``) or a device is not read: opening a FIFO waits for a
+    writer, and a pipe's size (0) ends the read before its first line."""
+    if not path.is_file():
+        raise CliError(
+            f"{path} is not a regular file (a pipe or a device): save it to a file and pass that"
+        )
 
 
 _PROGRESS_EVERY = 8192

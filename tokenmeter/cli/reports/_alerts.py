@@ -76,6 +76,8 @@ def _alert(data: Any) -> Alert | None:
 def alerts_in(path: Path) -> Alerts:
     """The alerts in this file (the latest ``_MAX_ALERTS``), oldest first."""
     found = Alerts(path, [])
+    if not path.is_file():  # none, or a FIFO that opening would wait on for ever
+        return Alerts(None, [])
     try:
         handle = path.open("rb")
     except OSError:
