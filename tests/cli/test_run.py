@@ -344,3 +344,21 @@ def test_the_summary_never_sends_control_characters_to_the_terminal(tmp_path: Pa
     assert result.returncode == 0, result.stderr
     assert "\x1b" not in result.stderr and "\x07" not in result.stderr
     assert _summary_row(result.stderr, "m-\ufffd]0;PWNED\ufffd\ufffd[2Jtest")[1] == "1"
+
+
+def test_a_run_whose_calls_have_no_price_totals_n_a_not_zero(tmp_path: Path) -> None:
+    """Like the reports: an unknown price is ``n/a``, never a cost of $0."""
+    with FakeProvider(
+        openai_usage={"prompt_tokens": 1000, "completion_tokens": 500},
+        models={"m-unpriced": "m-unpriced"},
+    ) as fake:
+        app = _script(
+            tmp_path / "app.py",
+            "import openai\nopenai.OpenAI(max_retries=0).chat.completions.create("
+            'model="m-unpriced", messages=[])\n',
+        )
+        result = _run(["--dir", "usage", "--", sys.executable, app.name], _env(fake), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert _summary_row(result.stderr, "m-unpriced") == ["m-unpriced", "1", "1,000", "500", "n/a"]
+    assert _summary_row(result.stderr, "total") == ["total", "1", "1,000", "500", "n/a"]
+    assert "1 calls had no known price" in result.stderr

@@ -255,6 +255,7 @@ def _summary(env: dict[str, str], totals: Path, settings: Any, status: int) -> N
     ended = f"exit status {status}" if status >= 0 else f"killed by signal {-status}"
     calls = sum(m["calls"] for m in models.values())
     cost = sum((m["cost_usd"] for m in models.values()), Decimal(0))
+    priced = any(m["unpriced_calls"] < m["calls"] for m in models.values())
     print(f"\ntokenmeter: {name!r} ({ended})", file=out)
     if not calls:
         print("  no LLM calls were recorded", file=out)
@@ -278,7 +279,7 @@ def _summary(env: dict[str, str], totals: Path, settings: Any, status: int) -> N
                 fmt_int(calls),
                 fmt_int(sum(m["input_tokens"] for m in models.values())),
                 fmt_int(sum(m["output_tokens"] for m in models.values())),
-                fmt_usd(cost),
+                fmt_usd(cost if priced else None),  # no known price: n/a, as in reports
             )
         )
         head = ("model", "calls", "input", "output", "cost")
