@@ -17,13 +17,16 @@ __all__ = [
     "DECIMAL_NAMES",
     "MAX_SESSION_MODELS",
     "OTHER_MODELS",
+    "PICO_PER_USD",
     "Totals",
     "normalise_usd",
     "output_cost",
 ]
 
 _ZERO = Decimal(0)
-_PICO_PER_USD = Decimal(10**12)
+#: The unit of the SQL sinks' integer ``cost_pusd`` column.
+PICO_PER_USD = 10**12
+_PICO_PER_USD = Decimal(PICO_PER_USD)
 
 #: The integer fields, in the order ``from_counts`` / ``from_sql`` take them.
 COUNT_NAMES = (
@@ -182,9 +185,11 @@ class Totals:
 
     @classmethod
     def from_sql(cls, values: Sequence[Any]) -> Totals:
-        """From the ``COUNT_NAMES`` aggregates followed by ``SUM(cost_pusd)`` (pico-USD)."""
+        """From the ``COUNT_NAMES`` aggregates followed by the cost in two sums, of whole USD and
+        of the pico-USD left over (``totals_select``: one 64-bit sum would overflow)."""
         n = len(COUNT_NAMES)
-        return cls.from_counts(values[:n], Decimal(values[n] or 0) / _PICO_PER_USD)
+        pico = Decimal(values[n] or 0) * _PICO_PER_USD + Decimal(values[n + 1] or 0)
+        return cls.from_counts(values[:n], pico / _PICO_PER_USD)
 
     def to_state(self) -> dict[str, Any]:
         """JSON-able (Decimals as strings), for a file that keeps running totals."""

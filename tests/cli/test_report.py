@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import (
+    CHAT,
     RECORDS,
     TOTAL_COST,
     RunCli,
@@ -34,6 +35,35 @@ def report_json(cli: RunCli, *args: str) -> dict:
 
 def rows_by(doc: dict, *columns: str) -> dict[tuple[str, ...], dict]:
     return {tuple(row[c] for c in columns): row for row in doc["rows"]}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_costs_past_nine_million_dollars_still_add_up_exactly(
+    cli: RunCli, tmp_path: Path, kind: str
+) -> None:
+    """SQLite sums pico-USD in 64 bits: $9,223,372.04 in one group overflowed it, and every
+    report, session list and dashboard of the database failed ("integer overflow")."""
+    costs = ["1000000.000001"] * 9 + ["2999999.5", "-0.250003"]  # JSONL writes floats
+    records = [
+        rec(n, "2026-11-01T10:00:00.000Z", "openai", "gpt-4o", 1, 1, cost, session=CHAT)
+        for n, cost in enumerate(costs)
+    ]
+    if kind == "sqlite":
+        source = write_sqlite(tmp_path / "usage.db", records, [])
+    else:
+        source = write_jsonl(tmp_path / "usage.jsonl", records)
+    total = sum(Decimal(cost) for cost in costs)
+    assert total == Decimal("11999999.250006")
+    doc = report_json(cli, "--source", str(source))
+    assert doc["totals"]["cost_usd"] == total
+    assert rows_by(doc, "model")[("gpt-4o",)]["cost_usd"] == total
+    code, out, err = cli("sessions", "--source", str(source), "--format", "json")
+    assert code == 0, err
+    assert json.loads(out, parse_float=Decimal)[0]["cost_usd"] == total
+    for fmt in ("html", "table"):
+        code, out, err = cli("report", "--source", str(source), "--format", fmt)
+        assert code == 0, err
+        assert "$11,999,999.25" in out
 
 
 def test_by_model_totals_are_exact(cli: RunCli, source: Path) -> None:

@@ -197,7 +197,7 @@ def _tags(value: Any) -> dict[str, str]:
 
 
 def _sqlite_session_row(values: tuple[Any, ...]) -> SessionRow:
-    end = 4 + len(COUNT_NAMES) + 1
+    end = 4 + len(COUNT_NAMES) + 2  # and the cost's two sums
     totals = Totals.from_sql(values[4:end])
     name, status, started, ended, notes, tags = values[end : end + 6]
     return SessionRow(

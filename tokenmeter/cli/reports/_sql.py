@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from tokenmeter._totals import COUNT_NAMES
+from tokenmeter._totals import COUNT_NAMES, PICO_PER_USD
 
 __all__ = [
     "LATENCY_KNOWN",
@@ -91,7 +91,11 @@ def raw_column_sql(column: str, prefix: str = "") -> tuple[str, list[str]]:
 
 
 def totals_select(columns: Collection[str], prefix: str = "") -> str:
-    """The aggregates ``Totals.from_sql`` reads, in ``COUNT_NAMES`` order, then the pico-USD sum.
+    """The aggregates ``Totals.from_sql`` reads, in ``COUNT_NAMES`` order, then the cost: the sum
+    of its whole USD and the sum of the pico-USD left over. SQLite sums integers in 64 bits, and
+    ``SUM(cost_pusd)`` overflows past $9,223,372.04 ("integer overflow": no report at all); each
+    part stays far below that. ``/`` and ``%`` truncate toward zero in SQLite and PostgreSQL
+    alike, so a refund's parts add up too.
 
     Columns an older database lacks (``status``, ``estimated``) count as 0.
     """
@@ -110,7 +114,8 @@ def totals_select(columns: Collection[str], prefix: str = "") -> str:
         f"SUM(CASE WHEN {status} = 'error' THEN 1 ELSE 0 END)" if status else "0",
         f"SUM(CASE WHEN {status} = 'blocked' THEN 1 ELSE 0 END)" if status else "0",
         f"SUM(CASE WHEN {p}estimated = 1 THEN 1 ELSE 0 END)" if "estimated" in columns else "0",
-        f"SUM({p}cost_pusd)",
+        f"SUM({p}cost_pusd / {PICO_PER_USD})",
+        f"SUM({p}cost_pusd % {PICO_PER_USD})",
     ]
-    assert len(parts) == len(COUNT_NAMES) + 1
+    assert len(parts) == len(COUNT_NAMES) + 2
     return ", ".join(parts)
