@@ -176,6 +176,30 @@ def test_valid_odd_values_are_kept(cli: RunCli, tmp_path: Path) -> None:
     assert code == 0 and json.loads(out)["totals"]["calls"] == 1
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+@pytest.mark.parametrize("command", COMMANDS, ids=COMMAND_IDS)
+def test_counts_past_what_64_bits_hold_still_add_up(
+    cli: RunCli, tmp_path: Path, command: tuple[str, ...], kind: str
+) -> None:
+    """A count near 2**63 is a valid record; with any other call of its group, SQLite's 64-bit
+    SUM overflowed, and every report and session list of the database failed ("integer
+    overflow"). The sums are exact on SQLite as on JSONL."""
+    huge = 2**63 - 1
+    if kind == "jsonl":
+        path = write_jsonl(tmp_path / "usage.jsonl", RECORDS)
+        line = record_line(RECORDS[5], input_tokens=str(huge), total_tokens=str(huge))
+        append_lines(path, [line.replace('"rec-006"', '"huge"')])
+    else:
+        path = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
+        insert_sqlite_row(path, "rec-006", "huge", input_tokens=huge, total_tokens=huge)
+    code, out, err = cli(*command, "--source", str(path))
+    assert code == 0 and err == "", err
+    code, out, err = cli("report", "--format", "json", "--source", str(path))
+    doc = json.loads(out, parse_float=Decimal)
+    assert doc["totals"]["input_tokens"] == huge + sum(r.input_tokens for r in RECORDS)
+    assert doc["totals"]["cost_usd"] == Decimal("1.256388569024") + Decimal("1.234567890123")
+
+
 # --- SQLite ----------------------------------------------------------------------------------
 
 #: Columns of a copy of a sess-chat row, stored with types SQLite accepts but tokenmeter never

@@ -23,6 +23,7 @@ from urllib.parse import quote
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._postgres import PgConnection, display_name, is_postgres_url
 from tokenmeter.cli._validate import BadRecord, check_record
+from tokenmeter.cli.reports._sql import EXACT_SUM, ExactSum
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -208,6 +209,7 @@ def open_sqlite(path: Path) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(uri, uri=True)
         conn.text_factory = _decode_text
+        conn.create_aggregate(EXACT_SUM, 1, ExactSum)  # type: ignore[arg-type]  # text out
         tables = {
             row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }

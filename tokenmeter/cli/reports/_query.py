@@ -72,6 +72,7 @@ from tokenmeter.cli.reports._sql import (
     tag_path,
     tag_sql,
     totals_select,
+    with_exact_sums,
 )
 
 __all__ = [
@@ -443,11 +444,15 @@ def _sql_tags(
         return
     tags.more_keys = int(keys[0][1]) - len(keys)
     marks = ", ".join(PLACEHOLDER for _ in keys)
-    sql = (
-        f"SELECT t.key, CAST(t.value AS TEXT), {totals_select(table, 'r.')} FROM {pairs} "
-        f"WHERE t.key IN ({marks}) GROUP BY 1, 2"
-    )
-    for values in conn.execute(sql, [*params, *(str(key) for key, _ in keys)]):
+
+    def rows(total: str) -> list[Any]:
+        sql = (
+            f"SELECT t.key, CAST(t.value AS TEXT), {totals_select(table, 'r.', total)} "
+            f"FROM {pairs} WHERE t.key IN ({marks}) GROUP BY 1, 2"
+        )
+        return conn.execute(sql, [*params, *(str(key) for key, _ in keys)]).fetchall()
+
+    for values in with_exact_sums(rows):  # a few rows per kept key
         value = NONE_LABEL if values[1] is None else str(values[1])
         tags.feed(str(values[0]), value, Totals.from_sql(values[2:]))
 
@@ -576,16 +581,20 @@ def _sqlite_breakdown(
         exprs.append(expr)
         params.extend(expr_params)
     positions = ", ".join(str(i) for i in range(1, len(raw) + 1))
-    sql = (
-        f"SELECT {', '.join(exprs)}, {totals_select(table)} FROM records{where} "
-        f"GROUP BY {group_by_sql(raw)}"
-    )
     n = len(raw)
-    groups = (
-        (tuple(str(v) for v in values[:n]), Totals.from_sql(values[n:]))
-        for values in conn.execute(sql, [*params, *where_params])
-    )
-    breakdown = roll_up(grouping, raw, groups, query.tz)
+
+    def breakdown_of(total: str) -> Breakdown:
+        sql = (
+            f"SELECT {', '.join(exprs)}, {totals_select(table, total=total)} FROM records{where} "
+            f"GROUP BY {group_by_sql(raw)}"
+        )
+        groups = (
+            (tuple(str(v) for v in values[:n]), Totals.from_sql(values[n:]))
+            for values in conn.execute(sql, [*params, *where_params])
+        )
+        return roll_up(grouping, raw, groups, query.tz)
+
+    breakdown = with_exact_sums(breakdown_of)
     if query.latency and grouping == query.groupings[0] and "latency_ms" in table:
         joiner = " AND " if where else " WHERE "
         known = f"{where}{joiner}{LATENCY_KNOWN}"

@@ -20,7 +20,7 @@ from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._source import JsonlReader, Source, open_database, table_columns, warn_skipped
 from tokenmeter.cli.reports._model import NONE_LABEL, Call
 from tokenmeter.cli.reports._query import calls_from_rows, exclude_bad_rows
-from tokenmeter.cli.reports._sql import totals_select
+from tokenmeter.cli.reports._sql import totals_select, with_exact_sums
 
 __all__ = ["SessionDetail", "SessionRow", "find_session", "list_sessions"]
 
@@ -115,13 +115,17 @@ def _list_sqlite(source: Source, low: str | None, high: str | None) -> tuple[lis
         else "NULL, NULL, NULL, NULL, NULL, NULL"
     )
     join = " LEFT JOIN sessions s ON s.id = r.session_id" if joined else ""
-    sql = (
-        f"SELECT COALESCE(r.session_id, '{NONE_LABEL}'), MAX(r.session_name), MIN(r.timestamp), "
-        f"MAX(r.timestamp), {totals_select(columns, 'r.')}, {info} "
-        f"FROM records r{join}{where} GROUP BY 1 ORDER BY 4 DESC"
-    )
+
+    def session_rows(total: str) -> list[SessionRow]:
+        sql = (
+            f"SELECT COALESCE(r.session_id, '{NONE_LABEL}'), MAX(r.session_name), "
+            f"MIN(r.timestamp), MAX(r.timestamp), {totals_select(columns, 'r.', total)}, {info} "
+            f"FROM records r{join}{where} GROUP BY 1 ORDER BY 4 DESC"
+        )
+        return [_sqlite_session_row(values) for values in conn.execute(sql, params)]
+
     try:
-        result = [_sqlite_session_row(values) for values in conn.execute(sql, params)]
+        result = with_exact_sums(session_rows)
         if joined:
             result = _roll_up(conn, result)
     except sqlite3.Error as exc:

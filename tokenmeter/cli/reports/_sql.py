@@ -7,11 +7,14 @@ the JSON ``tags`` column or all of its pairs, and the ``?`` placeholder style of
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import sqlite3
+from collections.abc import Callable, Collection
+from typing import TypeVar
 
 from tokenmeter._totals import COUNT_NAMES, PICO_PER_USD
 
 __all__ = [
+    "EXACT_SUM",
     "LATENCY_KNOWN",
     "NONE_SQL",
     "PERCENTILES_PG",
@@ -22,7 +25,10 @@ __all__ = [
     "tag_path",
     "tag_sql",
     "totals_select",
+    "with_exact_sums",
 ]
+
+_T = TypeVar("_T")
 
 PLACEHOLDER = "?"
 NONE_SQL = "'(none)'"
@@ -90,32 +96,63 @@ def raw_column_sql(column: str, prefix: str = "") -> tuple[str, list[str]]:
     return f"COALESCE({tag_sql(prefix)}, {NONE_SQL})", [tag_path(key)]
 
 
-def totals_select(columns: Collection[str], prefix: str = "") -> str:
+#: An exact SUM of integers, registered on every SQLite connection (``open_sqlite``).
+EXACT_SUM = "tokenmeter_exact_sum"
+
+
+class ExactSum:
+    """``SUM`` with Python's integers, as text (SQLite's hold 64 bits); NULL over no value."""
+
+    def __init__(self) -> None:
+        self.total: int | None = None
+
+    def step(self, value: int | None) -> None:
+        if value is not None:
+            self.total = value if self.total is None else self.total + value
+
+    def finalize(self) -> str | None:
+        return None if self.total is None else str(self.total)
+
+
+def with_exact_sums(run: Callable[[str], _T]) -> _T:
+    """``run("SUM")``, the fast SQL sum. A valid record may hold a count near 2**63, and with
+    any other call of its group SQLite's 64-bit sum fails ("integer overflow"): then
+    ``run(EXACT_SUM)``, slower and exact (PostgreSQL's SUM never overflows)."""
+    try:
+        return run("SUM")
+    except sqlite3.OperationalError as exc:
+        if "integer overflow" not in str(exc):
+            raise
+        return run(EXACT_SUM)
+
+
+def totals_select(columns: Collection[str], prefix: str = "", total: str = "SUM") -> str:
     """The aggregates ``Totals.from_sql`` reads, in ``COUNT_NAMES`` order, then the cost: the sum
     of its whole USD and the sum of the pico-USD left over. SQLite sums integers in 64 bits, and
     ``SUM(cost_pusd)`` overflows past $9,223,372.04 ("integer overflow": no report at all); each
     part stays far below that. ``/`` and ``%`` truncate toward zero in SQLite and PostgreSQL
     alike, so a refund's parts add up too.
 
-    Columns an older database lacks (``status``, ``estimated``) count as 0.
+    Columns an older database lacks (``status``, ``estimated``) count as 0. ``total`` is the sum
+    function (see ``with_exact_sums``).
     """
     p = prefix
     status = f"{p}status" if "status" in columns else None
     parts = [
         "COUNT(*)",
-        f"SUM({p}input_tokens)",
-        f"SUM({p}output_tokens)",
-        f"SUM({p}cache_read_tokens)",
-        f"SUM({p}cache_write_tokens)",
-        f"SUM({p}reasoning_tokens)",
-        f"SUM({p}total_tokens)",
+        f"{total}({p}input_tokens)",
+        f"{total}({p}output_tokens)",
+        f"{total}({p}cache_read_tokens)",
+        f"{total}({p}cache_write_tokens)",
+        f"{total}({p}reasoning_tokens)",
+        f"{total}({p}total_tokens)",
         f"COUNT({p}cost_pusd)",
-        f"SUM(CASE WHEN {p}cost_pusd IS NOT NULL THEN {p}total_tokens END)",
-        f"SUM(CASE WHEN {status} = 'error' THEN 1 ELSE 0 END)" if status else "0",
-        f"SUM(CASE WHEN {status} = 'blocked' THEN 1 ELSE 0 END)" if status else "0",
-        f"SUM(CASE WHEN {p}estimated = 1 THEN 1 ELSE 0 END)" if "estimated" in columns else "0",
-        f"SUM({p}cost_pusd / {PICO_PER_USD})",
-        f"SUM({p}cost_pusd % {PICO_PER_USD})",
+        f"{total}(CASE WHEN {p}cost_pusd IS NOT NULL THEN {p}total_tokens END)",
+        f"{total}(CASE WHEN {status} = 'error' THEN 1 ELSE 0 END)" if status else "0",
+        f"{total}(CASE WHEN {status} = 'blocked' THEN 1 ELSE 0 END)" if status else "0",
+        f"{total}(CASE WHEN {p}estimated = 1 THEN 1 ELSE 0 END)" if "estimated" in columns else "0",
+        f"{total}({p}cost_pusd / {PICO_PER_USD})",
+        f"{total}({p}cost_pusd % {PICO_PER_USD})",
     ]
     assert len(parts) == len(COUNT_NAMES) + 2
     return ", ".join(parts)
