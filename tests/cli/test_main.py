@@ -219,3 +219,42 @@ def test_arguments_that_are_not_utf8_are_one_line(kind: str, tmp_path: Path) -> 
     target = tmp_path / "r\udcff.csv"
     result = run_module("report", "--source", str(source), "-o", str(target), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_on_stdout_is_one_line(tmp_path: Path) -> None:
+    """``tokenmeter report > file`` on a full disk: one line and status 1, not a traceback (nor
+    a second complaint when Python flushes stdout at exit)."""
+    import subprocess
+    import sys
+
+    from .conftest import RECORDS, SESSIONS, subprocess_env, write_sqlite
+
+    source = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
+    (tmp_path / "alerts.jsonl").write_text('{"time": "2026-11-01T00:00:00Z", "rule": "r"}\n')
+    commands = [
+        ["report"],
+        ["report", "--format", "json"],
+        ["report", "--format", "csv"],
+        ["sessions"],
+        ["session", "sess-chat"],
+        ["tail"],
+        ["tail", "--format", "json"],
+        ["alerts"],
+    ]
+    for command in commands:
+        where = tmp_path if command == ["alerts"] else source
+        with open("/dev/full", "w") as full:
+            result = subprocess.run(
+                [sys.executable, "-m", "tokenmeter", *command, "--source", str(where)],
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=tmp_path,
+                env=subprocess_env(),
+                timeout=60,
+            )
+        assert result.returncode == 1, (command, result.stderr)
+        assert result.stderr.splitlines() == [
+            "tokenmeter: error: cannot write to standard output: No space left on device"
+        ], command

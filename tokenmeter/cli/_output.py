@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tokenmeter.cli._errors import CliError
 
-__all__ = ["printable", "write_output"]
+__all__ = ["printable", "stdout_failed", "write_output"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 #: Lone surrogates, and the C0 controls (but tab and newline), DEL and the C1 controls.
@@ -37,8 +37,13 @@ def write_output(text: str, path: str | None, *, exact: bool = False) -> None:
     else:
         text = printable(text)
     if path is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise  # the reader went away: ``main`` ends quietly
+        except OSError as exc:
+            raise stdout_failed(exc) from None
         return
     target = Path(path)
     try:
@@ -47,3 +52,10 @@ def write_output(text: str, path: str | None, *, exact: bool = False) -> None:
             handle.write(text)
     except OSError as exc:
         raise CliError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+
+def stdout_failed(exc: OSError) -> CliError:
+    """The error for stdout that cannot be written (a full disk, an I/O error). What is still
+    buffered goes to /dev/null instead, so that Python's flush at exit does not fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return CliError(f"cannot write to standard output: {exc.strerror or exc}")

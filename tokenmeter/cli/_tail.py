@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenmeter.cli._errors import CliError
-from tokenmeter.cli._output import printable
+from tokenmeter.cli._output import printable, stdout_failed
 from tokenmeter.cli._source import (
     MAX_LINE_BYTES,
     Source,
@@ -77,6 +77,15 @@ def _styled(call: Call) -> Any:
 
 
 def _emit(calls: list[Call], as_json: bool, console: Any = None) -> None:
+    try:
+        _print_calls(calls, as_json, console)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # a full disk under ``tail -f > file``
+        raise stdout_failed(exc) from None
+
+
+def _print_calls(calls: list[Call], as_json: bool, console: Any) -> None:
     for call in calls:
         if as_json:
             print(dumps_exact(call.as_json(), indent=0).replace("\n", ""), flush=True)
