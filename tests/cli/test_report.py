@@ -16,6 +16,7 @@ import pytest
 from .conftest import (
     CHAT,
     RECORDS,
+    SESSIONS,
     TOTAL_COST,
     RunCli,
     append_lines,
@@ -555,3 +556,28 @@ def test_a_day_past_year_9999_in_the_zone_is_no_crash(cli: RunCli, source: Path)
     assert code == 0, err
     rows = rows_by(json.loads(out, parse_float=Decimal), "day")
     assert rows[("(none)",)]["cost_usd"] == Decimal("0.5")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_output_onto_the_data_being_read_is_refused(tmp_path: Path, kind: str) -> None:
+    """``-o`` naming the usage data itself (a slip of tab completion) overwrote the recorded
+    history with the report: the command that only ever reads destroyed it."""
+    if kind == "sqlite":
+        source = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
+    else:
+        source = write_jsonl(tmp_path / "usage.jsonl", RECORDS)
+    before = source.read_bytes()
+    (tmp_path / "link").symlink_to(source)
+    for target, command in [
+        (source.name, ["report"]),
+        ("link", ["report", "--format", "csv"]),
+        (f"./{source.name}", ["sessions"]),
+        (source.name, ["session", "sess-chat"]),
+    ]:
+        result = run_module(*command, "--source", str(tmp_path), "-o", target, cwd=tmp_path)
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr.splitlines() == [
+            f"tokenmeter: error: -o {target} is the usage data being read: "
+            "write the report to another file"
+        ], command
+        assert source.read_bytes() == before

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tokenmeter.cli._errors import CliError
 
-__all__ = ["printable", "stdout_failed", "write_output"]
+__all__ = ["printable", "refuse_overwriting", "stdout_failed", "write_output"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 #: Lone surrogates, and the C0 controls (but tab and newline), DEL and the C1 controls.
@@ -27,6 +27,22 @@ def printable(text: str) -> str:
     """``text`` with every lone surrogate and control character (but tab and newline) replaced
     by U+FFFD: it can be encoded, and a terminal shows it rather than obeys it."""
     return _UNPRINTABLE.sub("\ufffd", text)
+
+
+def refuse_overwriting(output: str | None, data: Path) -> None:
+    """``-o`` naming the file being read (``usage.db``, through a link too) would replace the
+    recorded history with the report: a usage error, before anything is read."""
+    if output is None:
+        return
+    try:
+        same = os.path.samefile(output, data)
+    except OSError:  # the output does not exist yet (or the data is not a local file)
+        return
+    if same:
+        raise CliError(
+            f"-o {output} is the usage data being read: write the report to another file",
+            exit_code=2,
+        )
 
 
 def write_output(text: str, path: str | None, *, exact: bool = False) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tokenmeter.cli._dates import parse_since, parse_tz, parse_until, period_bounds
 from tokenmeter.cli._errors import CliError
-from tokenmeter.cli._output import write_output
+from tokenmeter.cli._output import refuse_overwriting, write_output
 from tokenmeter.cli._progress import Progress, progress_allowed
 from tokenmeter.cli._source import resolve_source, warn_skipped
 from tokenmeter.cli.reports._alerts import alerts_near
@@ -187,6 +187,7 @@ def _earlier_start(since: datetime, end: datetime, tz: tzinfo) -> datetime | Non
 def run_report(args: argparse.Namespace) -> int:
     fmt = _format(args)
     source = resolve_source(args.source)
+    refuse_overwriting(args.output, source.path)
     since, until, tz = window(args)
     metrics = None
     if args.columns:
@@ -260,6 +261,7 @@ _SESSION_HEADERS = (
 
 def run_sessions(args: argparse.Namespace) -> int:
     source = resolve_source(args.source)
+    refuse_overwriting(args.output, source.path)
     since, until, _ = window(args)
     rows, skipped = list_sessions(source, since=since, until=until)
     warn_skipped(skipped, source.path, _unit(source.kind))
@@ -300,6 +302,7 @@ def run_sessions(args: argparse.Namespace) -> int:
 
 def run_session(args: argparse.Namespace) -> int:
     source = resolve_source(args.source)
+    refuse_overwriting(args.output, source.path)
     detail = find_session(source, args.session_id)
     if args.format == "json":
         document = {
