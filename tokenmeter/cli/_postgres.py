@@ -21,6 +21,7 @@ per-row validity check unnecessary here (see ``is_postgres`` in ``exclude_bad_ro
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -163,8 +164,8 @@ def _translate(sql: str, params: list[Any]) -> tuple[str, list[Any]]:
     sql = _NUMBER_TYPE.sub(r"\1 IS NOT NULL", sql)
     for index in paths:
         found = _JSON_PATH.match(str(params[index]))
-        if found:
-            params[index] = re.sub(r"\\(.)", r"\1", found.group(1))
+        if found:  # the member name is a JSON string (``tag_path``)
+            params[index] = json.loads(str(params[index])[2:])
     if re.search(r"LIMIT \?\s*$", sql) and params and params[-1] == -1:
         params[-1] = None  # LIMIT NULL: no limit
     return sql.replace("?", "%s"), params

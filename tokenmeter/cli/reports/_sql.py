@@ -7,6 +7,7 @@ the JSON ``tags`` column or all of its pairs, and the ``?`` placeholder style of
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Collection
 from typing import TypeVar
@@ -45,8 +46,11 @@ PERCENTILES_PG = (
 
 
 def tag_path(key: str) -> str:
-    """The JSON path of one tag key, quoted so that any key text is one member name."""
-    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """The JSON path of one tag key: quoted, so that a key holding ``.`` or ``[`` is one member
+    name, and escaped as the sink's JSON escapes it (a tab as ``\\t``), since SQLite before 3.45
+    compares a path's member name with the stored text as it is, escapes and all. (A ``"`` ends
+    a quoted name whatever precedes it: a key holding one cannot be named in a SQLite path.)"""
+    return "$." + json.dumps(key, ensure_ascii=False)
 
 
 def tag_sql(prefix: str = "") -> str:
