@@ -13,7 +13,7 @@ import pytest
 
 from tokenmeter.sinks import JSONLSink, SQLiteSink
 
-from .conftest import RECORDS, SESSIONS, rec, subprocess_env, write_jsonl, write_sqlite
+from .conftest import RECORDS, SESSIONS, RunCli, rec, subprocess_env, write_jsonl, write_sqlite
 
 
 def test_tail_last_records(cli, source: Path) -> None:  # type: ignore[no-untyped-def]
@@ -32,6 +32,15 @@ def test_tail_json_lines(cli, sqlite_db: Path) -> None:  # type: ignore[no-untyp
     assert code == 0
     calls = [json.loads(line) for line in out.splitlines()]
     assert [c["model"] for c in calls][-1] == "gpt-4o-mini" and len(calls) == 6
+
+
+@pytest.mark.parametrize("lines", [str(2**31), str(sys.maxsize)])
+def test_tail_more_lines_than_a_c_int_holds(cli: RunCli, source: Path, lines: str) -> None:
+    """``-n`` takes any count up to sys.maxsize; SQLite's fetchmany took only a C int and the
+    command ended in an OverflowError traceback."""
+    code, out, err = cli("tail", "--source", str(source), "-n", lines)
+    assert code == 0, err
+    assert len(out.splitlines()) == 6
 
 
 def _read_line(proc: subprocess.Popen[str], deadline: float) -> str:

@@ -96,6 +96,10 @@ def _print_calls(calls: list[Call], as_json: bool, console: Any) -> None:
             print(printable(format_call_line(call)), flush=True)
 
 
+#: Most rows fetched at once: ``fetchmany`` takes a C int, and ``-n`` may be up to sys.maxsize.
+_BATCH = 10_000
+
+
 class _SqliteFollower:
     def __init__(self, source: Source) -> None:
         self.path = source.path
@@ -114,7 +118,7 @@ class _SqliteFollower:
         )
         newest_first: list[Call] = []
         while len(newest_first) < count:
-            rows = cursor.fetchmany(max(count - len(newest_first), 64))
+            rows = cursor.fetchmany(min(max(count - len(newest_first), 64), _BATCH))
             if not rows:
                 break
             calls, refused = calls_from_rows(rows)
