@@ -125,6 +125,19 @@ def test_demo_dir_option(tmp_path: Path) -> None:
     assert (chosen / "usage.db").exists() and not (tmp_path / ".tokenmeter-demo").exists()
 
 
+def test_demo_dir_that_cannot_be_one_is_one_line(tmp_path: Path) -> None:
+    """``--dir`` naming a file (or a place no directory can be made): the demo waited for its
+    sinks for 10 seconds and printed a screenful of rejected records; now one line, at once."""
+    a_file = tmp_path / "usage.db"
+    a_file.write_bytes(b"")
+    for where in (a_file, a_file / "below"):
+        result = run_module("demo", "--dir", str(where), cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert result.stderr.startswith(f"tokenmeter: error: --dir {where}: cannot record there")
+    assert a_file.read_bytes() == b""
+
+
 def test_live_demo_without_keys_is_a_clear_error(tmp_path: Path) -> None:
     result = run_module(
         "demo",

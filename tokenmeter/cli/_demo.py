@@ -196,6 +196,12 @@ def run_demo(args: argparse.Namespace) -> int:
         raise CliError("no provider SDK installed: pip install '.[all]' in a tokenmeter checkout")
 
     directory = Path(args.dir or DEMO_DIR)
+    try:  # else the sinks fail call after call, and the demo waits for them to give up
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(
+            f"--dir {directory}: cannot record there ({exc.strerror or exc})", exit_code=2
+        ) from None
     tokenmeter.configure(directory=directory)  # fake calls never go into the real usage data
     started = datetime.now(UTC)
     instrumentation = tokenmeter.instrument()
