@@ -271,3 +271,42 @@ def test_a_full_disk_on_stdout_is_one_line(tmp_path: Path) -> None:
         assert result.stderr.splitlines() == [
             "tokenmeter: error: cannot write to standard output: No space left on device"
         ], command
+
+
+def test_closed_stdout_or_stderr_is_no_traceback(tmp_path: Path) -> None:
+    """Started with stderr closed (``2>&-``, as from some schedulers), a report crashed on the
+    progress bar's ``sys.stderr.isatty()`` and its warnings went to stdout, into the JSON; with
+    stdout closed (``>&-``), a traceback. Now: the output alone, and one line."""
+    import shlex
+    import subprocess
+    import sys
+
+    from .conftest import RECORDS, append_lines, subprocess_env, write_jsonl
+
+    source = append_lines(write_jsonl(tmp_path / "usage.jsonl", RECORDS), ["torn"])
+
+    def shell(args: str, redirect: str) -> subprocess.CompletedProcess[str]:
+        command = f"exec {shlex.quote(sys.executable)} -m tokenmeter {args} {redirect}"
+        return subprocess.run(
+            ["sh", "-c", command],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=subprocess_env(),
+            timeout=60,
+        )
+
+    result = shell(f"report --format json --source {source}", "2>&-")
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["skipped_lines"] == 1  # the warning is not in it
+    result = shell(f"report --source {tmp_path / 'nope.db'}", "2>&-")
+    assert (result.returncode, result.stdout) == (1, "")
+    for args in (f"report --source {source}", f"tail --source {source}", "config"):
+        result = shell(args, ">&-")
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.splitlines()[-1:] == [
+            "tokenmeter: error: standard output is closed"
+        ], result.stderr
+    report = tmp_path / "report.csv"
+    result = shell(f"report --source {source} -o {report}", ">&-")
+    assert result.returncode == 0 and report.exists(), result.stderr

@@ -289,6 +289,18 @@ def _dispatch(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _closed_streams(args: argparse.Namespace) -> None:
+    """A stream the program was started without (``2>&-``) is None in Python: messages then go
+    nowhere (``print(file=None)`` would put them on stdout); output is a one-line error unless
+    it goes to ``-o`` (or, for ``run``, is the program's)."""
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115  # open as long as the process runs
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        if args.command != "run" and getattr(args, "output", None) is None:
+            raise CliError("standard output is closed")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -296,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        _closed_streams(args)
         return _dispatch(args)
     except CliError as exc:
         from tokenmeter.cli._output import printable  # a message may quote the data
