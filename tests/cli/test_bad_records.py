@@ -238,6 +238,31 @@ BAD_LISTED_COLUMNS: list[dict[str, object]] = [
 ]
 
 
+def test_sqlite_latencies_out_of_range_are_not_ranked(cli: RunCli, tmp_path: Path) -> None:
+    """A latency another program stored as Infinity (or below 0, or past 10**12 ms) was ranked:
+    ``--latency --format json`` wrote ``Infinity``, which is not JSON, and the table "inf ms".
+    Such a latency is left out of the percentiles, as a JSONL record's would be; the call
+    still counts in the totals, which do not read it."""
+    path = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE records SET latency_ms = 100 WHERE id = 'rec-001'")
+    conn.commit()
+    conn.close()
+    for number, latency in enumerate([float("inf"), -5, 1e13]):
+        insert_sqlite_row(path, "rec-001", f"odd-{number}", latency_ms=latency)
+
+    def no_constant(name: str) -> None:
+        raise AssertionError(f"not JSON: {name}")
+
+    code, out, err = cli("report", "--source", str(path), "--latency", "--format", "json")
+    assert code == 0, err
+    doc = json.loads(out, parse_constant=no_constant)
+    (gpt,) = [row for row in doc["rows"] if row["model"] == "gpt-4o"]
+    assert gpt["calls"] == 5 and (gpt["latency_p50_ms"], gpt["latency_p95_ms"]) == (100, 100)
+    code, out, err = cli("report", "--source", str(path), "--latency")
+    assert code == 0 and "inf" not in out and "-5 ms" not in out, err
+
+
 def _sqlite_with_bad_rows(path: Path, rows: list[dict[str, object]]) -> Path:
     for number, columns in enumerate(rows):
         insert_sqlite_row(path, "rec-006", f"bad-{number}", **columns)
