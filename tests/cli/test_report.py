@@ -256,6 +256,21 @@ def test_missing_source(cli: RunCli, tmp_path: Path) -> None:
     assert err.strip().splitlines() == [f"tokenmeter: error: no usage data at {tmp_path}/nope.db"]
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://user:s3cret@host:99999/db", "postgresql://user:s3cret@[::1/db"],
+)
+def test_malformed_postgres_url_is_one_line_without_the_password(cli: RunCli, url: str) -> None:
+    """A port out of range or a torn IPv6 host made ``urlsplit`` raise: a traceback."""
+    for command in (["report"], ["sessions"], ["tail"], ["session", "x"]):
+        code, out, err = cli(*command, "--source", url)
+        assert (code, out) == (2, ""), (command, err)
+        assert len(err.splitlines()) == 1 and err.startswith(
+            "tokenmeter: error: bad PostgreSQL URL"
+        )
+        assert "s3cret" not in err
+
+
 def test_missing_default_source_says_what_to_do(
     cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

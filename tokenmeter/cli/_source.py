@@ -79,7 +79,11 @@ def resolve_source(value: str | None) -> Source:
     """Turn ``--source`` (a file, a tokenmeter directory, a ``postgresql://`` URL, or nothing)
     into a readable Source."""
     if value and is_postgres_url(value):
-        return Source(Path(display_name(value)), "postgres", value)
+        try:
+            name = display_name(value)
+        except ValueError as exc:  # a port out of range, a torn [IPv6] host (never the password)
+            raise CliError(f"bad PostgreSQL URL: {exc}", exit_code=2) from None
+        return Source(Path(name), "postgres", value)
     path = Path(value) if value else default_source_path()
     if path.is_dir():
         for name in ("usage.db", "usage.jsonl"):
