@@ -40,6 +40,7 @@ def _fresh_core() -> Iterator[None]:
     """Response ids seen and one-time warnings are process state: forget them per test."""
     _core._recorded_ids.clear()
     _core._warned_no_usage.clear()
+    _core._warned_unreadable.clear()
     yield
     tokenmeter.uninstrument()
 

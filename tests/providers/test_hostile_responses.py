@@ -17,6 +17,7 @@ first: what the caller gets with tokenmeter must be the same, result or exceptio
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sqlite3
 from dataclasses import dataclass, field
@@ -710,3 +711,33 @@ async def test_gemini_server(sink: InMemorySink, is_async: bool, case: str, stre
     else:
         assert_unreadable(record)
         assert record.model_name == GEMINI
+
+
+@pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
+@pytest.mark.parametrize("provider", ["anthropic", "google-genai"])
+async def test_unreadable_stream_usage_is_one_warning_not_a_traceback_per_chunk(
+    sink: InMemorySink,
+    caplog: pytest.LogCaptureFixture,
+    kit: ModuleType,
+    is_async: bool,
+    provider: str,
+) -> None:
+    """A server whose every stream carries usage that cannot be read logs one warning line for
+    it, the rest at debug level, as a JSON answer does: a warning with a traceback for every
+    such chunk of every call flooded the application's log."""
+    tokenmeter.instrument(provider)
+    with caplog.at_level(logging.DEBUG, logger="tokenmeter"):
+        for _ in range(3):
+            if provider == "anthropic":
+                answer = Message(usage={**CLAUDE_USAGE, "input_tokens": -5})
+                client = mock_anthropic(AnthropicServer(answer), is_async=is_async)
+                await anthropic_call(client, kit, stream=True)
+            else:
+                meta = {**FINAL, "promptTokenCount": -5}
+                client = mock_genai(GeminiServer(Generated(meta=meta)))
+                assert type(await gemini_call(client, is_async, stream=True)) is list
+    records = flushed(sink)
+    assert len(records) == 3 and all((r.status, r.error) == UNREADABLE for r in records)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].exc_info is None, warnings
+    assert "-5" in warnings[0].getMessage()

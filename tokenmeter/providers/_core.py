@@ -482,14 +482,15 @@ class _StreamProxyBase(ObjectProxy):
         self._self_response: Any = None
 
     def _self_fault(self) -> None:
-        """Called inside ``except``: our reader failed on a chunk; the caller still gets it."""
+        """Called inside ``except``: our reader failed on a chunk; the caller still gets it.
+        Logged like a response that cannot be read: once per provider and kind of fault."""
         exc = sys.exc_info()[1]
-        self._self_call.cannot_read(f"a stream chunk could not be read ({type(exc).__name__})")
+        call = self._self_call
+        call.cannot_read(f"a stream chunk could not be read ({type(exc).__name__})")
         if _RAISE_INTERNAL:
             raise
-        logger.warning(
-            "tokenmeter: reading a stream chunk failed; the call is unaffected", exc_info=True
-        )
+        assert isinstance(exc, Exception)
+        _warn_unreadable(call.provider, "reading a stream chunk", exc)
 
     def _self_finish(self, error: BaseException | None = None) -> None:
         self._self_call.finish(error)
