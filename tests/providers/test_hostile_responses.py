@@ -512,12 +512,21 @@ ANTHROPIC_ANSWERS = {
     "cache_read_input_tokens '7'": Message(usage={**CLAUDE_USAGE, "cache_read_input_tokens": "7"}),
     "lone surrogate model": Message(model="claude-\ud800"),
     "message_delta output_tokens -3": Message(final={"output_tokens": -3}),
+    "message_delta usage 'many'": Message(final="many"),
+    # The closing count never came: message_start's (a token) is no count of the reply.
+    "message_delta without usage": Message(
+        usage={**CLAUDE_USAGE, "output_tokens": 1}, final=ABSENT
+    ),
     # Required counts sent as null: unknown, never a silent zero.
     "input_tokens null": Message(usage={**CLAUDE_USAGE, "input_tokens": None}),
     "usage null": Message(usage=None, final={"output_tokens": 12}),
 }
 #: A non-streamed answer has no message_delta: the case exists only as a stream.
-STREAM_ONLY = {"message_delta output_tokens -3"}
+STREAM_ONLY = {
+    "message_delta output_tokens -3",
+    "message_delta usage 'many'",
+    "message_delta without usage",
+}
 
 
 class AnthropicServer:
@@ -561,6 +570,8 @@ class AnthropicServer:
             },
             {"type": "message_stop"},
         ]
+        if final is ABSENT:
+            del events[-2]["usage"]
         return sse_reply(ANTHROPIC_HTTP, [(event["type"], event) for event in events])
 
 
@@ -601,6 +612,9 @@ async def test_anthropic_server(
     if case == "lone surrogate model":
         assert (record.status, record.model_name) == ("ok", "claude-\ufffd")
         assert (record.input_tokens, record.output_tokens) == (25, 12)
+    elif case == "message_delta without usage":  # the output streamed by is estimated
+        assert (record.status, record.estimated, record.input_tokens) == ("ok", True, 25)
+        assert record.output_tokens > 1
     elif (
         case == "cache_read_input_tokens '7'"
         and type(cache_read_as_the_caller_sees_it(seen)) is int

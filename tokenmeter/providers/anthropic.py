@@ -13,7 +13,7 @@ from tokenmeter._models import Usage
 from tokenmeter.providers._core import Call, _StreamProxyBase
 from tokenmeter.providers._stainless import Endpoint, StainlessAdapter
 from tokenmeter.usage import from_anthropic_response
-from tokenmeter.usage._read import ident
+from tokenmeter.usage._read import getter, ident
 from tokenmeter.usage.anthropic import tier_from_anthropic, usage_from_anthropic
 
 _FIELDS = (
@@ -55,8 +55,10 @@ class EventReader:
             call.request_id = ident(getattr(message, "id", None))
             self._merge(getattr(message, "usage", None), call)
         elif kind == "message_delta":
-            self.final = True
-            self._merge(getattr(event, "usage", None), call)
+            usage = getattr(event, "usage", None)
+            if usage is not None:  # none: the output is estimated, as for a stream left early
+                self.final = True
+                self._merge(usage, call)
         return False
 
     def partial(self, usage: Usage, model: str) -> Usage | None:
@@ -72,8 +74,9 @@ class EventReader:
     def _merge(self, usage: Any, call: Call) -> None:
         if usage is None:
             return
+        get = getter(usage)  # text or a number where usage belongs is unreadable, not ignored
         for name in _FIELDS:
-            value = getattr(usage, name, None)
+            value = get(name)
             if value is not None:
                 self.fields[name] = value
         call.usage = usage_from_anthropic(self.fields)
