@@ -259,6 +259,40 @@ async def test_with_streaming_response(
     assert record.streamed is stream
 
 
+@pytest.mark.parametrize("read", ["json", "text", "read", "iter_bytes"])
+async def test_with_streaming_response_read_without_parse(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool, read: str
+) -> None:
+    """A caller that reads the body itself (``json()``, ``text()``...) instead of ``parse()``
+    made a billed call all the same: it is recorded when the ``with`` block closes the response
+    (it was not recorded at all), from the body when it was kept, else estimated."""
+    client = fake.openai_client(async_=is_async)
+    manager = client.chat.completions.with_streaming_response.create(
+        model="gpt-4o", messages=MESSAGES
+    )
+    if is_async:
+        async with manager as response:
+            if read == "iter_bytes":
+                body = b"".join([part async for part in response.iter_bytes()])
+            else:
+                body = await getattr(response, read)()
+    else:
+        with manager as response:
+            body = (
+                b"".join(response.iter_bytes())
+                if read == "iter_bytes"
+                else getattr(response, read)()
+            )
+    assert body  # the caller got the body, as without tokenmeter
+    record = only(instrumented())  # ``response`` is still alive here
+    if read == "iter_bytes":  # streamed through, never kept
+        assert (record.status, record.estimated, record.model_name) == ("ok", True, "gpt-4o")
+        assert record.input_tokens > 0
+    else:
+        assert_counts(record, fake)
+        assert not record.streamed
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_azure_client(
     fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool, stream: bool

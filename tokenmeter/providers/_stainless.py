@@ -151,7 +151,8 @@ class StainlessAdapter:
         """Read a returned result, or wrap it so that it is read as it is consumed."""
         assert isinstance(plan, StainlessPlan)
         if plan.raw is not None and hasattr(result, "parse") and hasattr(result, "http_response"):
-            return _RawResponseProxy(result, plan, is_async)
+            raw = _StreamingResponseProxy if plan.raw == "stream" else _RawResponseProxy
+            return raw(result, plan, is_async)
         if plan.streamed:
             return _stream_proxy(plan, result, is_async)
         _read_into(plan, result)
@@ -253,9 +254,48 @@ class _RawResponseProxy(ObjectProxy):
         return self._self_take(await pending)
 
     def __del__(self) -> None:  # never parsed (e.g. only ``iter_lines()``): record what is known
-        call = getattr(self, "_self_plan", None)
-        if call is not None and self._self_parsed is None and not call.call.done:
-            call.call.finish()
+        if getattr(self, "_self_plan", None) is not None:
+            self._self_settle()
+
+    def _self_settle(self) -> None:
+        """Record a response the caller never parsed: from its body if it was read and kept
+        (``json()``, ``text()``, ``read()``), else estimated (a body streamed through and gone
+        was billed all the same)."""
+        plan = self._self_plan
+        if self._self_parsed is not None or plan.call.done:
+            return
+        if not plan.streamed:
+            plan.call.read("reading a raw response", self._self_read_kept)
+        plan.call.finish()
+
+    def _self_read_kept(self) -> None:
+        http = self.__wrapped__.http_response
+        try:
+            http.content  # noqa: B018 (raises when the body was never read whole)
+        except Exception:
+            self._self_plan.call.missing = True
+            return
+        _read_into(self._self_plan, http.json())
+
+
+class _StreamingResponseProxy(_RawResponseProxy):
+    """``with_streaming_response``: its ``with`` block closes the response, which records it
+    then if the caller read the body without ``parse()``."""
+
+    def close(self) -> Any:
+        closing = self.__wrapped__.close
+        if inspect.iscoroutinefunction(closing):
+            return self._self_close_async(closing)
+        try:
+            return closing()
+        finally:
+            self._self_settle()
+
+    async def _self_close_async(self, closing: Callable[[], Any]) -> Any:
+        try:
+            return await closing()
+        finally:
+            self._self_settle()
 
 
 def _read_into(plan: StainlessPlan, parsed: Any) -> None:
