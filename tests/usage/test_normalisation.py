@@ -111,6 +111,16 @@ def test_openai_responses_usage_and_service_tier() -> None:
     assert (found.operation, found.tier) == ("responses", "flex")
 
 
+def test_openai_responses_without_total_tokens_is_read_as_openai() -> None:
+    """A Responses answer names itself (``object``): one whose usage lacks ``total_tokens`` (a
+    compatible server) is OpenAI's shape all the same, not Anthropic's input_tokens and
+    output_tokens (it was recorded under provider "anthropic", its cached tokens unread)."""
+    usage = {key: value for key, value in OPENAI_RESPONSE["usage"].items() if key != "total_tokens"}
+    body = {**OPENAI_RESPONSE, "usage": usage}
+    assert detect_provider(body) == "openai"
+    assert extract(body) == extract(OPENAI_RESPONSE)
+
+
 def test_openai_embeddings_have_no_output() -> None:
     body = {
         "object": "list",

@@ -41,15 +41,15 @@ def detect_provider(response: Any) -> str:
         return "google"
     if field(response, "type") == "message":
         return "anthropic"
+    kind = field(response, "object")
+    if type(kind) is str and kind in _OPENAI_OBJECTS:  # named, whatever its usage holds
+        return "openai"
     usage = field(response, "usage")
     if usage is not None:
         if field(usage, "prompt_tokens") is not None or field(usage, "total_tokens") is not None:
             return "openai"
         if field(usage, "input_tokens") is not None or field(usage, "output_tokens") is not None:
             return "anthropic"
-    kind = field(response, "object")
-    if type(kind) is str and kind in _OPENAI_OBJECTS:  # usage absent or null: say so, by name
-        return "openai"
     raise ValueError(
         "cannot read usage from this response: expected OpenAI 'usage', Anthropic 'usage' or "
         f"Gemini 'usageMetadata', got {type(response).__name__}"
