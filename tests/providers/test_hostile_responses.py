@@ -108,6 +108,7 @@ class Chat:
 OPENAI_ANSWERS = {
     "lone surrogate model": Chat(model="gpt-\ud800"),
     "1 MB model": Chat(model="g" * MEGABYTE),
+    "blank model": Chat(model=" \n"),
     "numeric id": Chat(id=12345),
     "count 2**63": Chat(usage={**USAGE, "prompt_tokens": 2**63}),
     "count 1e300": Chat(usage={**USAGE, "completion_tokens": 1e300}),
@@ -118,7 +119,7 @@ OPENAI_ANSWERS = {
     "usage missing": Chat(usage=ABSENT),
     "usage null": Chat(usage=None),
 }
-BAD_TEXT = {"lone surrogate model", "1 MB model", "numeric id"}
+BAD_TEXT = {"lone surrogate model", "1 MB model", "blank model", "numeric id"}
 #: No usage at all (a server that sends none): an estimate, never a silent zero.
 NO_USAGE = {"usage missing", "usage null"}
 
@@ -230,6 +231,9 @@ async def test_openai_compatible_server(
     elif case == "1 MB model":
         assert 0 < len(record.model_name) <= 1_000
         assert answer.model.startswith(record.model_name)
+    elif case == "blank model":  # no name: the one asked for, priced (as for a null model)
+        assert record.model_name == "gpt-4o"
+        assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
     else:
         assert record.request_id == "12345"
         assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0

@@ -234,7 +234,8 @@ class Call:
             # compatible server may repeat one); a retrieve of a recorded id is not billed again.
             if _already_recorded(self.request_id) and self.retrieval:
                 return
-        model = self.model if type(self.model) is str and self.model else self.request_model
+        model = self.model if type(self.model) is str and self.model.strip() else None
+        model = model or self.request_model  # a blank name is none: the one asked for
         if not model:  # billed all the same: recorded under a name that says what is known
             model = UNKNOWN_MODEL
         emit(
