@@ -353,6 +353,10 @@ def test_the_timezone_setting_moves_the_period(
         ([{"limit_usd": -1}], "budgets[0].limit_usd"),
         ([{"limit_usd": "lots"}], "budgets[0].limit_usd"),
         ([{"limit_usd": True}], "budgets[0].limit_usd"),
+        # Past a float's range the slice arithmetic overflowed: every budget was let through.
+        ([{"limit_usd": "1e999999999999"}], "budgets[0].limit_usd"),
+        ([{"limit_usd": 10**400}], "budgets[0].limit_usd"),
+        ([{"limit_usd": 10**5000}], "budgets[0].limit_usd"),
         ([{"limit_usd": 1, "period": "fortnight"}], "budgets[0].period"),
         ([{"limit_usd": 1, "on_exceed": "explode"}], "budgets[0].on_exceed"),
         ([{"limit_usd": 1, "tag": "acme"}], "budgets[0].tag"),

@@ -28,6 +28,9 @@ def test_a_slice_is_capped_and_a_budget_near_its_limit_is_not_sliced() -> None:
     assert grant_of(1.0, 0.5, 0.0, 0.0, 1.0, 1.0) == (False, 0.0)
     assert grant_of(1.0, 0.0, 0.0, 0.0, 0.0, 0.0) == (True, 0.0)  # an unpriced call fits
     assert grant_of(1.0, 2.0, 0.0, 0.0, 0.0, 0.0) == (False, 0.0)  # unless the budget is over
+    # Room for more calls than a float holds (a tiny per-call cost): still one capped slice,
+    # not an OverflowError that made the ledger "fail" and let every call through.
+    assert grant_of(1e9, 0.0, 0.0, 0.0, 0.0, 1e-320) == (True, LEASE_CAP * 1e-320)
 
 
 class _Holder:

@@ -125,14 +125,19 @@ class Budget:
 
 
 def _money(where: str, value: Any) -> Decimal:
+    """A limit from 0 to ``MAX_BUDGET_USD``: past a float's range (``"1e999999999999"``) the
+    ledger's arithmetic overflowed, and every budget was let through as if the ledger failed."""
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         raise ValueError(f"{where} must be a number of USD, got {short_repr(value)}")
-    try:
-        amount = Decimal(str(value))
+    try:  # an int as it is: str() of one past 4300 digits raises
+        amount = Decimal(value) if isinstance(value, int) else Decimal(str(value))
     except ArithmeticError:
         raise ValueError(f"{where} must be a number of USD, got {short_repr(value)}") from None
-    if not amount.is_finite() or amount < 0:
-        raise ValueError(f"{where} must be a non-negative number of USD, got {short_repr(value)}")
+    if not amount.is_finite() or not 0 <= amount <= _sessions.MAX_BUDGET_USD:
+        raise ValueError(
+            f"{where} must be a number of USD from 0 to {_sessions.MAX_BUDGET_USD}, "
+            f"got {short_repr(value)}"
+        )
     return amount
 
 

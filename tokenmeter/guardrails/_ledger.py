@@ -99,7 +99,8 @@ def grant_of(
         return False, keep
     extra = 0.0
     if unit > 0:
-        calls = min(LEASE_CAP, math.floor((room - need) / (LEASE_SHARE * unit)))
+        share = (room - need) / (LEASE_SHARE * unit)  # inf for a tiny unit: capped first
+        calls = LEASE_CAP if share >= LEASE_CAP else math.floor(share)
         if calls >= 1:
             extra = calls * unit
     return True, keep + need + extra
