@@ -86,6 +86,23 @@ def test_a_budget_refuses_the_call_before_it_is_sent(
     assert job.summary.calls == 3  # a refused call is no call of the session
 
 
+def test_a_budget_whose_name_or_scope_holds_a_lone_surrogate_still_refuses(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    """A lone surrogate cannot be stored in SQLite: the ledger "failed" and let every call
+    through. Budget texts are cleaned as session names and tags are (so the tag still matches)."""
+    budget = {"name": "d\ud800", "limit_usd": 0.02, "session": "job\udcff", "tag": "t=\ud800"}
+    memory = configured(tmp_path, [budget])
+    with tokenmeter.session("job\udcff", tags={"t": "\ud800"}):
+        for _ in range(3):
+            chat(fake)
+        with pytest.raises(BudgetExceeded) as refused:
+            chat(fake)
+    assert len(fake.requests) == 3
+    assert refused.value.budget == "d\ufffd"
+    assert tokenmeter.flush(5) and [r.status for r in memory.records][-1] == "blocked"
+
+
 def test_the_ledger_is_a_sqlite_file_shared_by_processes(
     tmp_path: Path, fake: FakeProvider, instrumented: None
 ) -> None:

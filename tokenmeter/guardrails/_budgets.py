@@ -33,7 +33,7 @@ from typing import Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tokenmeter import _pipeline, _sessions
-from tokenmeter._models import Usage, UsageRecord
+from tokenmeter._models import Usage, UsageRecord, clean_text
 from tokenmeter.guardrails import _leases, _state
 from tokenmeter.guardrails._errors import BudgetExceeded
 from tokenmeter.guardrails._estimate import estimate_input_usd, forget_prices, input_bound_usd
@@ -146,7 +146,13 @@ def _opt_text(where: str, value: Any) -> str | None:
         return None
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{where} must be a non-empty string, got {short_repr(value)}")
-    return value.strip()
+    return _clean(value.strip())
+
+
+def _clean(text: str) -> str:
+    """Lone surrogates replaced, as in session names and tags: the ledger (SQLite, PostgreSQL)
+    cannot store them, and a scope must match the session's cleaned name and tags."""
+    return clean_text(text, len(text))
 
 
 def _tag(where: str, value: Any) -> tuple[str, str] | None:
@@ -160,7 +166,7 @@ def _tag(where: str, value: Any) -> tuple[str, str] | None:
             f"{where} must be 'name=value' (e.g. 'customer=acme'), got {short_repr(value)}"
         )
     key, item = value.split("=", 1)
-    return key.strip(), item.strip()
+    return _clean(key.strip()), _clean(item.strip())
 
 
 def parse_budget(where: str, value: Any) -> Budget:
