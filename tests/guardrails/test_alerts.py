@@ -186,6 +186,11 @@ def test_a_failing_callback_is_logged(tmp_path: Path, caplog: pytest.LogCaptureF
         ([{"rule": "call_cost", "multiplier": None}], "give a multiplier, a threshold or both"),
         ([{"rule": "call_cost", "every": 2}], "no such field 'every'"),
         (7, "must be a list of alert rules"),
+        # Ints past a float's range (JSON allows them): OverflowError, or later in the writer.
+        ([{"rule": "call_cost", "multiplier": 10**400}], "alerts[0].multiplier"),
+        ([{"rule": "call_cost", "threshold": 10**400}], "alerts[0].threshold"),
+        ([{"rule": "call_cost", "cooldown_s": 10**400}], "alerts[0].cooldown_s"),
+        ([{"rule": "call_cost", "window": 10**400}], "alerts[0].window"),
     ],
 )
 def test_bad_rules_are_a_value_error_naming_the_field(rules: Any, message: str) -> None:

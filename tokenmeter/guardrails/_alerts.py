@@ -82,7 +82,11 @@ class Alert:
 
 
 def _number(where: str, value: Any, *, whole: bool = False, minimum: float = 0) -> Any:
+    """A finite number, as a float too: an int past a float's range (JSON has them) overflowed
+    in ``float()`` here, or in the writer's baseline arithmetic."""
     ok = not isinstance(value, bool) and isinstance(value, int if whole else int | float)
+    if ok and isinstance(value, int) and not -(2**1023) < value < 2**1023:
+        ok = False
     if not ok or not value >= minimum or value != value or value == float("inf"):
         kind = "a whole number" if whole else "a number"
         raise ValueError(f"{where} must be {kind} of at least {minimum:g}, got {short_repr(value)}")
