@@ -313,3 +313,26 @@ def test_pyproject_layer_accepts_good_numbers(tmp_path: Path) -> None:
     resolved = load_settings(env={}, cwd=tmp_path)
     assert (resolved.max_queue, resolved.exit_timeout) == (1, 0.0)
     assert resolved.sinks == ("jsonl", "markdown")
+
+
+def test_settings_are_read_in_a_working_directory_that_was_removed(tmp_path: Path) -> None:
+    """A worker whose checkout was deleted under it: ``Path.cwd()`` raises, and configure()
+    (and the first record) raised FileNotFoundError; there is just no pyproject.toml to read."""
+    import subprocess
+    import sys
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    script = (
+        "import os, tokenmeter\n"
+        "os.rmdir(os.getcwd())\n"
+        f"tokenmeter.configure(directory={str(tmp_path / 'tm')!r}, sinks='jsonl')\n"
+        "tokenmeter.record('openai', 'gpt-4o', 1000, 500)\n"
+        "assert tokenmeter.flush(5)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=gone, timeout=60, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert len((tmp_path / "tm" / "usage.jsonl").read_text().splitlines()) == 1

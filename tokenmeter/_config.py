@@ -361,11 +361,17 @@ def _parse_number(name: str, value: str, kind: type[int] | type[float]) -> int |
         raise ValueError(f"{name} must be {what}, got {value!r}") from None
 
 
-def _find_pyproject(start: Path) -> Path | None:
-    for folder in (start, *start.parents):
-        candidate = folder / "pyproject.toml"
-        if candidate.is_file():
-            return candidate
+def _find_pyproject(start: Path | None) -> Path | None:
+    """The nearest pyproject.toml from ``start`` (the working directory) up. A working directory
+    that was removed, or a folder that cannot be searched, has none to give."""
+    try:
+        start = start or Path.cwd()
+        for folder in (start, *start.parents):
+            candidate = folder / "pyproject.toml"
+            if candidate.is_file():
+                return candidate
+    except OSError:
+        return None
     return None
 
 
@@ -415,7 +421,7 @@ def load_settings_with_sources(
 ) -> tuple[Settings, dict[str, str]]:
     """The merged settings, and where each came from ("default", "configure()", the environment
     variable's name, or "<pyproject.toml> [tool.tokenmeter]")."""
-    pyproject = _find_pyproject(cwd or Path.cwd())
+    pyproject = _find_pyproject(cwd)
     layers = [
         (f"{pyproject} [tool.tokenmeter]", _from_pyproject(pyproject)),
         ("environment", _from_env(os.environ if env is None else env)),
