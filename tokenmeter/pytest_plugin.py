@@ -85,7 +85,8 @@ def pytest_configure(config: pytest.Config) -> None:
         budget = _usd(str(budget_text))
         if budget is None:
             raise pytest.UsageError(
-                f"--tokenmeter-budget must be a non-negative number of USD, got {budget_text!r}"
+                f"--tokenmeter-budget must be a non-negative number of USD (at most "
+                f"{_MAX_USD}), got {budget_text!r}"
             )
     top = config.getoption("tokenmeter_top")
     if top is not None and top < 0:
@@ -112,12 +113,17 @@ def tokenmeter_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeProvider]:
         yield fake
 
 
+#: The largest budget (``tokenmeter._sessions.MAX_BUDGET_USD``): the summary could not print
+#: ``1e1000000`` (decimal.Overflow after every test had run).
+_MAX_USD = Decimal(10**9)
+
+
 def _usd(text: str) -> Decimal | None:
     try:
         value = Decimal(text.strip())
     except (InvalidOperation, ValueError):
         return None
-    return value if value.is_finite() and value >= 0 else None
+    return value if value.is_finite() and 0 <= value <= _MAX_USD else None
 
 
 def _marker_budget(item: pytest.Item) -> Decimal | None:
@@ -128,7 +134,8 @@ def _marker_budget(item: pytest.Item) -> Decimal | None:
     value = _usd(str(args[0])) if len(args) == 1 and not isinstance(args[0], bool) else None
     if value is None:
         raise pytest.UsageError(
-            f"{item.nodeid}: @pytest.mark.{_MARKER} takes one non-negative number of USD, "
+            f"{item.nodeid}: @pytest.mark.{_MARKER} takes one non-negative number of USD "
+            f"(at most {_MAX_USD}), "
             f"e.g. @pytest.mark.{_MARKER}(0.05); got {marker.args!r} {marker.kwargs!r}"
         )
     return value
