@@ -312,3 +312,20 @@ def test_calls_on_a_thread():
         "test_one_call": 1,
     }
     assert report["total"]["calls"] == 10
+
+
+def test_a_json_path_that_cannot_be_written_is_one_line_not_a_traceback(
+    project: pytest.Pytester,
+) -> None:
+    """A directory is refused before any test runs; a path that fails when written (under a
+    file, a full disk) is one line and a failed run, not an INTERNALERROR after every test."""
+    (project.path / "out").mkdir()
+    result = project.runpytest("--tokenmeter-json=out")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--tokenmeter-json: * is a directory*"])
+    (project.path / "a-file").write_text("")
+    result = project.runpytest("--tokenmeter-json=a-file/usage.json")
+    result.assert_outcomes(passed=3)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["tokenmeter: FAILED: cannot write *a-file/usage.json: *"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()

@@ -88,6 +88,8 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"--tokenmeter-budget must be a non-negative number of USD (at most "
                 f"{_MAX_USD}), got {budget_text!r}"
             )
+    if json_path and Path(json_path).is_dir():
+        raise pytest.UsageError(f"--tokenmeter-json: {json_path} is a directory; name a file")
     top = config.getoption("tokenmeter_top")
     if top is not None and top < 0:
         raise pytest.UsageError(f"--tokenmeter-top must be 0 or more, got {top}")
@@ -192,6 +194,8 @@ class Meter:
         self.results: list[dict[str, Any]] = []
         self.is_worker = hasattr(config, "workerinput")
         self._instrumented = False
+        #: Why the JSON file could not be written (shown in the summary; the run fails).
+        self.json_error: str | None = None
 
     # -- running each test (in the process that runs it) ------------------------------------------
     @pytest.hookimpl(hookwrapper=True)
@@ -248,7 +252,12 @@ class Meter:
         if over and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if self.json_path is not None:
-            self.write_json(total)
+            try:
+                self.write_json(total)
+            except OSError as exc:  # after every test ran: one line, not an INTERNALERROR
+                self.json_error = f"cannot write {self.json_path}: {exc.strerror or exc}"
+                if session.exitstatus == pytest.ExitCode.OK:
+                    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_unconfigure(self) -> None:
         if self._instrumented:
@@ -292,8 +301,12 @@ class Meter:
         }
         self.json_path.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
         tmp = self.json_path.with_name(self.json_path.name + f".{os.getpid()}.tmp")  # type: ignore[union-attr]
-        tmp.write_text(dumps_exact(document) + "\n", encoding="utf-8")
-        os.replace(tmp, self.json_path)  # type: ignore[arg-type]
+        try:
+            tmp.write_text(dumps_exact(document) + "\n", encoding="utf-8")
+            os.replace(tmp, self.json_path)  # type: ignore[arg-type]
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
 
     # -- the terminal summary -------------------------------------------------------------------
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -348,7 +361,11 @@ class Meter:
                 )
             else:
                 write(f"within the budget of {fmt_usd(self.budget)}")
-        if self.json_path is not None:
+        if self.json_error is not None:
+            terminalreporter.write_line(
+                f"tokenmeter: FAILED: {self.json_error} (--tokenmeter-json)", red=True, bold=True
+            )
+        elif self.json_path is not None:
             write(f"usage written to {self.json_path}")
 
 
