@@ -220,6 +220,17 @@ while True:
     assert len(_records(tmp_path / ".tokenmeter" / "usage.db")) == 2
 
 
+def test_a_program_killed_by_sigkill_is_reported_and_the_run_dies_of_it_too(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    """SIGKILL (the OOM killer): its disposition cannot be set, and passing it on raised a
+    traceback after the summary; the run now dies of it as of any other signal."""
+    app = _script(tmp_path / "app.py", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    run = _run(["--", sys.executable, app.name], _env(fake), cwd=tmp_path, timeout=120)
+    assert run.returncode == -signal.SIGKILL
+    assert "killed by signal 9" in run.stderr and "Traceback" not in run.stderr
+
+
 def test_the_programs_own_sitecustomize_still_runs(fake: FakeProvider, tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.mkdir()

@@ -9,6 +9,7 @@ status on, and print what the program spent. Its summary goes to stderr: stdout 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -237,7 +238,8 @@ def _supervise_with_handlers(command: list[str], env: dict[str, str]) -> int:
 def _die_of(signum: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
-    signal.signal(signum, signal.SIG_DFL)
+    with contextlib.suppress(OSError, ValueError):  # SIGKILL, SIGSTOP: their default always
+        signal.signal(signum, signal.SIG_DFL)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
     os.kill(os.getpid(), signum)
