@@ -286,6 +286,8 @@ def test_settings_reach_the_program(fake: FakeProvider, tmp_path: Path) -> None:
         (["--", "no-such-program-tokenmeter"], 127, "command not found: no-such-program"),
         (["--tag", "novalue", "--", "true"], 2, "must be KEY=VALUE"),
         (["--budget", "-1", "--", "true"], 2, "must be a non-negative number of USD"),
+        # Past the budgets' bound: the error named TOKENMETER_BUDGETS, a variable never set.
+        (["--budget", "1e999999999", "--", "true"], 2, "argument --budget: must be"),
         (["--sinks", "carrier-pigeon", "--", "true"], 2, "unknown sink 'carrier-pigeon'"),
     ],
 )

@@ -65,8 +65,12 @@ def _usd(value: str) -> Decimal:
         number = Decimal(value)
     except InvalidOperation:
         raise argparse.ArgumentTypeError(f"not a number of USD: {value!r}") from None
-    if not number.is_finite() or number < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative number of USD, got {value!r}")
+    from tokenmeter._sessions import MAX_BUDGET_USD  # the bound of every budget
+
+    if not number.is_finite() or not 0 <= number <= MAX_BUDGET_USD:
+        raise argparse.ArgumentTypeError(
+            f"must be a non-negative number of USD (at most {MAX_BUDGET_USD}), got {value!r}"
+        )
     return number
 
 
