@@ -266,6 +266,11 @@ class _Writer:
             marker.ok = False
             marker.done.set()
             return marker
+        if threading.current_thread() is self._thread:
+            # flush() from this sink's own write (an on_alert callback): the writer cannot wait
+            # for itself; what it is writing is in once the call returns.
+            marker.done.set()
+            return marker
         with self._lock:
             self._buffer.append(marker)
         self._urgent = True

@@ -176,6 +176,25 @@ def test_a_failing_callback_is_logged(tmp_path: Path, caplog: pytest.LogCaptureF
     assert (tmp_path / "tm" / "alerts.jsonl").exists()
 
 
+def test_a_callback_that_flushes_does_not_wait_on_its_own_writer(tmp_path: Path) -> None:
+    """Callbacks run on the alert sink's writer: a flush() there waited for that writer (for
+    ever without a timeout, and every other flush meanwhile)."""
+    flushed: list[bool] = []
+
+    def flushes(alert: Alert) -> None:
+        flushed.append(tokenmeter.flush(2))
+
+    tokenmeter.configure(
+        sinks=[InMemorySink()],
+        directory=tmp_path / "tm",
+        alerts=[{"rule": "call_tokens", "threshold": 1}],
+        on_alert=flushes,
+    )
+    call(1000, 0)
+    assert tokenmeter.flush(10)
+    assert flushed == [True]
+
+
 @pytest.mark.parametrize(
     ("rules", "message"),
     [
