@@ -195,6 +195,28 @@ def test_a_callback_that_flushes_does_not_wait_on_its_own_writer(tmp_path: Path)
     assert flushed == [True]
 
 
+def test_a_callback_that_raises_system_exit_is_logged_like_any_other(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SystemExit on a writer thread ends nothing: it got past the callback guard, and the
+    alert sink "failed" on the record and retried it (alerting again once a cooldown is 0)."""
+
+    def exits(alert: Alert) -> None:
+        raise SystemExit(3)
+
+    tokenmeter.configure(
+        sinks=[InMemorySink()],
+        directory=tmp_path / "tm",
+        alerts=[{"rule": "call_tokens", "threshold": 1}],
+        on_alert=exits,
+    )
+    with caplog.at_level(logging.ERROR, logger="tokenmeter"):
+        call(1000, 0)
+        assert tokenmeter.flush(10)
+    assert any("on_alert callback failed" in r.getMessage() for r in caplog.records)
+    assert not any("sink AlertSink failed" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize(
     ("rules", "message"),
     [

@@ -379,7 +379,7 @@ class AlertSink:
             for callback in self.callbacks:
                 try:
                     callback(alert)
-                except Exception:
+                except BaseException:  # on a writer thread: SystemExit there ends nothing
                     logger.exception("tokenmeter: an on_alert callback failed")
 
     def _append(self, alert: Alert) -> None:
