@@ -98,6 +98,27 @@ def test_on_end_hooks_receive_the_finished_session(sink: InMemorySink) -> None:
     ]
 
 
+def test_a_global_hook_that_opens_a_session_is_not_handed_its_own_session(
+    sink: InMemorySink,
+) -> None:
+    """A global hook that works in a session of its own (a summary made by an LLM call in a
+    ``@tokenmeter.track`` function) was handed that session when it ended, and so on: about
+    200 nested hook runs, sessions and records (real calls, paid for) until RecursionError."""
+    ended: list[str] = []
+
+    @tokenmeter.track("summarise")
+    def summarise(session: Session) -> None:
+        ended.append(f"{session.name}")
+        record()
+
+    tokenmeter.configure(on_session_end=summarise)
+    with tokenmeter.session("job"):
+        record()
+    assert ended == ["job"]
+    assert tokenmeter.flush(5)
+    assert [r.session_name for r in sink.records] == ["job", "summarise"]
+
+
 def test_a_failing_hook_is_logged_not_raised(
     sink: InMemorySink, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -32,12 +33,24 @@ logger = logging.getLogger("tokenmeter")
 global_hooks: tuple[Callable[[Any], object], ...] = ()
 
 
+#: True while session-end hooks run: the sessions a hook opens itself are not handed to the
+#: global hooks, which would otherwise recurse (a hook that makes its call in a session).
+_in_hooks: ContextVar[bool] = ContextVar("tokenmeter_in_end_hooks", default=False)
+
+
 def run_end_hooks(session: Any, own: Sequence[Callable[[Any], object]]) -> None:
-    for hook in (*own, *global_hooks):
-        try:
-            hook(session)
-        except Exception:
-            logger.exception("tokenmeter: a session-end hook failed (session %s)", session.id)
+    hooks = own if _in_hooks.get() else (*own, *global_hooks)
+    if not hooks:
+        return
+    token = _in_hooks.set(True)
+    try:
+        for hook in hooks:
+            try:
+                hook(session)
+            except Exception:
+                logger.exception("tokenmeter: a session-end hook failed (session %s)", session.id)
+    finally:
+        _in_hooks.reset(token)
 
 
 def _date(moment: datetime) -> str:
