@@ -320,3 +320,32 @@ def test_a_nul_character_is_kept_as_a_replacement_not_refused(
         "FROM records WHERE id = 'rec-000000'",
     )
     assert row == [("gpt\ufffdx", "v\ufffd", "C:\\u0000", "E\ufffd")]
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "host=127.0.0.1 port=1 user=tm password=hunter2 secret2 dbname=x",  # an unquoted space
+        "postgresql://tm:hunter2%zz@127.0.0.1:1/x",  # a % that is not percent-encoding
+        "host=127.0.0.1 port=1 user=tm password='hunter2 secret2",  # an unclosed quote
+    ],
+)
+def test_a_malformed_dsn_never_shows_its_password(
+    dsn: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """libpq quotes the part of a connection string it cannot parse, which may be the password
+    (or the half of it after a space): neither the error nor the log nor the quarantine file
+    may show it."""
+    sink = PostgresSink(dsn, connect_timeout_s=1)
+    with pytest.raises(psycopg.Error) as e:
+        sink.write([build_record(0)])
+    assert "connection" in str(e.value) and "hunter2" not in str(e.value)
+    assert "secret2" not in str(e.value)
+    quarantine = tmp_path / "quarantine.jsonl"
+    tokenmeter.configure(sinks=[sink], directory=str(tmp_path))
+    tokenmeter.record("openai", "gpt-4o", 100, 10)
+    assert not tokenmeter.flush(timeout=60)
+    tokenmeter.configure(sinks=[])  # the record still refused goes to the quarantine file
+    assert "PostgresSink failed" in caplog.text
+    assert "hunter2" not in caplog.text and "secret2" not in caplog.text
+    assert "hunter2" not in quarantine.read_text() and "secret2" not in quarantine.read_text()

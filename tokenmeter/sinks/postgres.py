@@ -192,6 +192,27 @@ def _pg_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(_pg_text(v) if type(v) is str else v for v in row)
 
 
+#: What libpq quotes of a connection string it cannot parse.
+_QUOTED = re.compile(r'"[^"]*"')
+
+
+def _without_password(exc: Exception, dsn: str) -> Exception:
+    """``exc`` of a failed connect, or the same error with a message that shows nothing of the
+    DSN's password: the writer logs it and the quarantine file keeps it. libpq quotes the part of
+    a string it cannot parse, which may be the password (one holding a space or a stray ``%``),
+    so those quotes are hidden; the password of a string it can parse is masked wherever it is."""
+    psycopg = _psycopg()
+    message = str(exc).strip()
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
+    except psycopg.Error:
+        hidden = _QUOTED.sub('"…"', message)
+        return type(exc)(f"malformed PostgreSQL connection string ({hidden})")
+    if password and password in message:
+        return type(exc)(message.replace(password, "***"))
+    return exc
+
+
 def _psycopg() -> Any:
     try:
         import psycopg
@@ -349,12 +370,19 @@ class PostgresSink:
         return conn
 
     def _open(self) -> psycopg.Connection[Any]:
-        conn: psycopg.Connection[Any] = _psycopg().connect(
-            self._dsn,
-            autocommit=True,
-            connect_timeout=self._connect_timeout,
-            application_name="tokenmeter",
-        )
+        errors = _psycopg().Error
+        try:
+            conn: psycopg.Connection[Any] = _psycopg().connect(
+                self._dsn,
+                autocommit=True,
+                connect_timeout=self._connect_timeout,
+                application_name="tokenmeter",
+            )
+        except errors as exc:
+            hidden = _without_password(exc, self._dsn)
+            if hidden is exc:
+                raise
+            raise hidden from None  # the original, password and all, is not chained
         try:
             conn.execute(f"SET statement_timeout = {self._statement_timeout_ms}".encode())
             _migrate(conn, self.schema)
