@@ -374,6 +374,24 @@ def test_record_response_cleans_text_a_server_sent(sink: InMemorySink) -> None:
         json.dumps(record.to_json_dict(), ensure_ascii=False).encode("utf-8")
 
 
+def test_record_cleans_the_operation_for_every_sink(tmp_path: Any) -> None:
+    """``operation`` is the caller's text: a lone surrogate in it made the SQLite and JSONL sinks
+    refuse the record (set aside in quarantine), and a megabyte of it went into every sink."""
+    from tokenmeter.sinks import JSONLSink, SQLiteSink
+
+    tokenmeter.configure(
+        sinks=[SQLiteSink(tmp_path / "u.db"), JSONLSink(tmp_path / "u.jsonl")],
+        directory=str(tmp_path),
+    )
+    odd = tokenmeter.record("openai", "gpt-4o", 10, 5, operation="chat-\ud800")
+    huge = tokenmeter.record("openai", "gpt-4o", 10, 5, operation="o" * 2**20)
+    assert odd.operation == "chat-\ufffd"
+    assert huge.operation is not None and 0 < len(huge.operation) <= 1_000
+    assert tokenmeter.flush(30)
+    assert not (tmp_path / "quarantine.jsonl").exists()
+    assert len((tmp_path / "u.jsonl").read_text().splitlines()) == 2
+
+
 # -- modality breakdown and server tool requests by hand -------------------------------------------
 #: A Gemini image-generation answer as the API sends it (7 prompt tokens, one 1,290-token image).
 GEMINI_IMAGE: dict[str, Any] = {

@@ -268,8 +268,10 @@ def record(
     )
     if modalities is not None or tool_requests is not None:
         usage = _with_parts(usage, modalities, tool_requests)
-    if operation is not None and not isinstance(operation, str):
-        raise ValueError(f"operation must be a string, got {operation!r}")
+    if operation is not None:
+        if not isinstance(operation, str):
+            raise ValueError(f"operation must be a string, got {operation!r}")
+        operation = clean_text(operation, _MAX_NAME)  # storable by every sink, as a model name
     if not isinstance(estimated, bool):
         raise ValueError(f"estimated must be True or False, got {estimated!r}")
     return emit(
