@@ -374,6 +374,38 @@ def test_a_record_a_sink_can_never_accept_is_set_aside_not_retried_forever(
     assert len([r for r in caplog.records if "set aside" in r.message]) == 1
 
 
+class Unprintable(Exception):
+    """An exception of a user sink's whose message cannot be made."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+class PickyUnprintable(InMemorySink):
+    """Refuses the record of the model "poison" with an exception that cannot be printed."""
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        if any(r.model_name == "poison" for r in records):
+            raise Unprintable()
+        super().write(records)
+
+
+def test_a_poison_record_whose_error_cannot_be_printed_is_set_aside_once() -> None:
+    """Setting the record aside wrote the error's message, which raised: the writer lost its
+    place in the one-at-a-time pass and wrote the records around the poison one again and again
+    (hundreds of duplicates, some records never written, a traceback logged every time)."""
+    sink = PickyUnprintable()
+    tokenmeter.configure(sinks=[sink])
+    made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(5)]
+    bad = tokenmeter.record("openai", "poison", 1, 1)
+    made += [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(5)]
+    assert tokenmeter.flush(30)
+    assert [r.id for r in sink.records] == [r.id for r in made]
+    kept = [json.loads(line) for line in (Path(".tokenmeter") / "quarantine.jsonl").open()]
+    assert [k["record"]["id"] for k in kept] == [bad.id]
+    assert kept[0]["error"].startswith("Unprintable")
+
+
 class Restarting(InMemorySink):
     """Refuses batches; one record at a time, it is down for its first write, up for the next
     three, then down again until ``up`` is set: a server restarting during the writer's

@@ -422,10 +422,9 @@ class _Writer:
         if not self._reported:
             self._reported = True
             logger.error(
-                "tokenmeter sink %s failed (%s: %s); its records are kept and retried",
+                "tokenmeter sink %s failed (%s); its records are kept and retried",
                 _name(self.sink),
-                type(exc).__name__,
-                exc,
+                _error_text(exc),
             )
         if self._failures >= _ISOLATE_AFTER and self._isolate(run):
             self._failures = 0
@@ -485,7 +484,7 @@ class _Writer:
         where = self.quarantine
         line = {
             "sink": _name(self.sink),
-            "error": f"{type(exc).__name__}: {exc}",
+            "error": _error_text(exc),
             "record": _plain(item),
         }
         try:
@@ -527,6 +526,16 @@ class _Writer:
         self._markers.clear()
 
 
+def _error_text(exc: BaseException) -> str:
+    """``"Type: message"`` of a sink's error. A message that cannot be made (a user sink's
+    exception whose ``__str__`` raises) is left out: raised in the middle of a one-at-a-time
+    pass, it would make the writer lose its place and write records twice."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:
+        return f"{type(exc).__name__}: <message unavailable>"
+
+
 def _plain(item: Any) -> Any:
     try:
         item = unpack(item)
@@ -541,7 +550,9 @@ def _quietly(call: Callable[[], None], sink: Sink) -> None:
     try:
         call()
     except BaseException as exc:
-        logger.error("tokenmeter sink %s: %s failed: %s", _name(sink), call.__name__, exc)
+        logger.error(
+            "tokenmeter sink %s: %s failed: %s", _name(sink), call.__name__, _error_text(exc)
+        )
 
 
 class _Pipeline:
