@@ -201,6 +201,32 @@ def test_a_collector_that_is_down_fails_nothing_in_the_application(
     _shut_down_own_providers()
 
 
+EXIT_WITH_RECORDS_QUEUED = """
+import tokenmeter
+tokenmeter.record("openai", "gpt-4o", 10, 2)
+assert tokenmeter.flush(timeout=60)  # tokenmeter's own exporters are made
+for _ in range(50):
+    tokenmeter.record("openai", "gpt-4o", 10, 2)
+"""
+
+
+def test_records_queued_at_exit_reach_the_collector(receiver: OtlpReceiver) -> None:
+    """The exporters tokenmeter builds were shut down by the SDK's own exit hook, which runs
+    before tokenmeter's exit flush (registered later, run first): the spans and metric points
+    of records still queued at exit were dropped ("Exporter already shutdown")."""
+    result = subprocess.run(
+        [sys.executable, "-c", EXIT_WITH_RECORDS_QUEUED],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "shutdown" not in result.stderr
+    assert len(receiver.spans()) == 51
+    points = _points_by("gen_ai.client.token.usage", receiver, "gen_ai.token.type")
+    assert points["input"].count == 51
+
+
 def test_inside_an_application_that_set_up_opentelemetry() -> None:
     """Its providers are reused and a metered call is a child of the span it was made in."""
     result = subprocess.run(

@@ -458,7 +458,11 @@ _providers_lock = threading.Lock()
 def _own_providers() -> tuple[Any, Any]:
     """The TracerProvider and MeterProvider (OTLP/HTTP) tokenmeter builds when the application
     set none: one pair per process and ``OTEL_*`` configuration, shared by every OTelSink (a
-    ``configure()`` call makes new sinks; it must not make new exporter threads each time)."""
+    ``configure()`` call makes new sinks; it must not make new exporter threads each time).
+
+    Never shut down by the SDK's exit hook: registered after tokenmeter's, it would run before
+    tokenmeter's exit flush and drop the spans of the records still queued. That flush hands them
+    to the exporters (``OTelSink.flush``), within ``exit_timeout`` like every sink's."""
     key = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("OTEL_")))
     with _providers_lock:
         found = _providers.get(key)
@@ -473,7 +477,7 @@ def _new_tracer_provider() -> Any:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create())
+    provider = TracerProvider(resource=Resource.create(), shutdown_on_exit=False)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return provider
 
@@ -485,4 +489,6 @@ def _new_meter_provider() -> Any:
     from opentelemetry.sdk.resources import Resource
 
     reader = PeriodicExportingMetricReader(OTLPMetricExporter())
-    return MeterProvider(resource=Resource.create(), metric_readers=[reader])
+    return MeterProvider(
+        resource=Resource.create(), metric_readers=[reader], shutdown_on_exit=False
+    )
