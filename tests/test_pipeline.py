@@ -123,6 +123,37 @@ def test_a_sink_fault_never_reaches_the_caller() -> None:
     assert not tokenmeter.flush()  # released once the sink has failed a few times, not a hang
 
 
+class BufferingSink(InMemorySink):
+    """Keeps records in ``write`` and stores them in ``flush``, which fails until ``healthy``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buffered: list[UsageRecord] = []
+        self.healthy = False
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        self.buffered += records
+
+    def flush(self) -> None:
+        if not self.healthy:
+            raise OSError("upload failed")
+        super().write(self.buffered)
+        self.buffered.clear()
+
+
+def test_flush_is_false_while_a_sinks_own_flush_fails() -> None:
+    """flush() is True only when everything is written: a sink that stores its records in its
+    own flush() (an uploader) and fails there has not written them."""
+    sink = BufferingSink()
+    tokenmeter.configure(sinks=[sink])
+    made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(3)]
+    assert not tokenmeter.flush(30)
+    assert sink.records == []
+    sink.healthy = True
+    assert tokenmeter.flush(30)
+    assert [r.id for r in sink.records] == [r.id for r in made]
+
+
 @pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit, GeneratorExit])
 def test_a_sink_raising_a_base_exception_keeps_its_writer(raised: type[BaseException]) -> None:
     class Fatal(FlakySink):

@@ -33,8 +33,8 @@ Policies (documented in docs/sinks.md):
   that no other thread used lengthens the next slice (up to ``_MAX_SLICE``), so a writer working
   alone is not held back by pauses.
 - ``flush()`` waits until everything submitted before it has been offered to every sink: True when
-  all of it is written. A sink that keeps failing releases it after ``_FLUSH_TRIES`` attempts
-  (False; the records stay queued and are retried).
+  all of it is written (and each sink's own ``flush()`` returned). A sink that keeps failing
+  releases it after ``_FLUSH_TRIES`` attempts (False; the records stay queued and are retried).
 - Interpreter exit, an unhandled exception and SIGTERM / SIGHUP (when the application left
   Python's default disposition: a handler of its own is never replaced) flush, bounded by the
   ``exit_timeout`` setting. ``os._exit()`` and SIGKILL skip everything.
@@ -518,8 +518,8 @@ class _Writer:
     def _release_markers(self, ok: bool) -> None:
         if not self._markers:
             return
-        if ok:
-            _quietly(self.sink.flush, self.sink)
+        if ok:  # a sink that stores in its own flush() (an uploader) has not when that fails
+            ok = _quietly(self.sink.flush, self.sink)
         for marker in self._markers:
             marker.ok = ok
             marker.done.set()
@@ -546,13 +546,16 @@ def _plain(item: Any) -> Any:
         return repr(item)
 
 
-def _quietly(call: Callable[[], None], sink: Sink) -> None:
+def _quietly(call: Callable[[], None], sink: Sink) -> bool:
+    """Call one of the sink's methods; False (logged) when it raised."""
     try:
         call()
+        return True
     except BaseException as exc:
         logger.error(
             "tokenmeter sink %s: %s failed: %s", _name(sink), call.__name__, _error_text(exc)
         )
+        return False
 
 
 class _Pipeline:
