@@ -107,3 +107,16 @@ def test_a_killed_connection_is_replaced(pg_dsn: str) -> None:
         ).fetchone()
     assert killed == (1,)
     assert ledger.reserve("k", DAY, 10.0, 1.0) == (True, 1.0)
+
+
+def test_a_nul_in_a_session_id_is_kept_apart_not_refused(pg_dsn: str) -> None:
+    """A session budget's period is the session id, which may hold a NUL (SQLite keeps it):
+    PostgreSQL text cannot, so the ledger failed and the budget let every call through."""
+    ledger = PostgresSink(pg_dsn).budget_ledger()
+    session = "chat\x00one"
+    assert ledger.reserve("k", session, 10.0, 4.0) == (True, 0.0)
+    assert ledger.settle("k", session, 4.0, 3.0) == 3.0
+    assert ledger.spent("k", session) == 3.0
+    assert ledger.lease_many([("k", session, 10.0, 0.0, 0.0, 0.0, 1.0, 1.0)])[0][0]
+    assert ledger.spent("k\x00", session) == 0.0  # NUL in the budget's own key too
+    ledger.close()

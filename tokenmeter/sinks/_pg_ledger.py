@@ -84,6 +84,13 @@ _SPENT = (
 )
 
 
+def _text(value: str) -> str:
+    """A scope key or period start as PostgreSQL text stores it: a NUL (a session id may hold
+    one; the SQLite ledger keeps it) is replaced, as the PostgreSQL sink does, rather than
+    failing the ledger and with it the budget."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
 def _amount(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise ValueError(f"{name} must be a non-negative number of USD, got {value!r}")
@@ -113,7 +120,7 @@ class PostgresLedger:
         """Reserve every item or none, in one transaction: the (ok, spent) of each item, up to
         the first refusal (then nothing is reserved)."""
         checked = [
-            (key, start, _amount("limit_usd", limit), _amount("amount_usd", amount))
+            (_text(key), _text(start), _amount("limit_usd", limit), _amount("amount_usd", amount))
             for key, start, limit, amount in items
         ]
 
@@ -146,8 +153,8 @@ class PostgresLedger:
         """Settle every item in one transaction; the total after each."""
         checked = [
             {
-                "key": key,
-                "period": start,
+                "key": _text(key),
+                "period": _text(start),
                 "reserved": _amount("reserved_usd", reserved),
                 "actual": _amount("actual_usd", actual),
             }
@@ -170,8 +177,8 @@ class PostgresLedger:
 
         checked: list[dict[str, Any]] = [
             {
-                "key": key,
-                "period": start,
+                "key": _text(key),
+                "period": _text(start),
                 "limit": _amount("limit_usd", limit),
                 "held": _amount("held_usd", held),
                 "used": _amount("used_usd", used),
@@ -219,7 +226,7 @@ class PostgresLedger:
         return self._run(work)
 
     def spent(self, scope_key: str, period_start: str) -> float:
-        params = {"key": scope_key, "period": period_start}
+        params = {"key": _text(scope_key), "period": _text(period_start)}
 
         def work(conn: psycopg.Connection[Any]) -> float:
             row = conn.execute(_SPENT.encode(), params).fetchone()
