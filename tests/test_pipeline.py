@@ -202,6 +202,25 @@ def test_a_full_buffer_drops_its_oldest_instead_of_making_the_caller_wait(
     assert len(got) == 1 + 50  # the one being written, then the newest max_queue
 
 
+def test_flushes_with_a_timeout_while_a_sink_hangs_keep_its_buffer_bounded() -> None:
+    """A flush() per request, with a timeout, while a sink hangs: each left a marker in the
+    hung sink's buffer for good. The markers took the records' room (the sink got back 545 of
+    its newest 1,000 records), grew memory without end, and every record the caller made
+    scanned past all of them (the call got slower and slower)."""
+    hung = HungSink()
+    tokenmeter.configure(sinks=[hung], max_queue=50)
+    first = tokenmeter.record("openai", "gpt-4o", 1, 1)
+    hung.entered.wait(30)
+    made = []
+    for _ in range(500):
+        made.append(tokenmeter.record("openai", "gpt-4o", 1, 1))
+        assert not tokenmeter.flush(timeout=0)
+    assert len(_pipeline._get().writers[0]._buffer) <= 51  # 50 records and one marker
+    hung.release.set()
+    assert tokenmeter.flush(30)
+    assert [r.id for r in hung.records] == [first.id] + [r.id for r in made[-50:]]
+
+
 def test_a_failing_sink_keeps_at_most_max_queue_records_dropping_the_oldest(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

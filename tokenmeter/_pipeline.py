@@ -220,6 +220,11 @@ class _Writer:
         #: records behind them are not held back meanwhile.
         self._accused: list[tuple[Any, BaseException]] = []
         self._markers: list[_FlushMarker] = []
+        #: The marker in the buffer, shared by every flush() until the writer takes the buffer:
+        #: markers are released together once what the writer took is written, so one marker
+        #: per buffer means the same. With a hung sink and a flush() per request, a marker
+        #: each would pile up in the buffer without end.
+        self._open_marker: _FlushMarker | None = None
         self._failures = 0
         self._retry_at = 0.0
         self._reported = False
@@ -237,7 +242,7 @@ class _Writer:
             buffer = self._buffer
             buffer.append(item)
             waiting = len(buffer)
-            if waiting > self.max_queue:
+            if waiting - (self._open_marker is not None) > self.max_queue:  # records only
                 self._drop_oldest()
         if waiting == 1 or waiting == self.batch:
             self._wake.set()  # the first item starts the interval; a full batch ends it
@@ -272,7 +277,11 @@ class _Writer:
             marker.done.set()
             return marker
         with self._lock:
-            self._buffer.append(marker)
+            if self._open_marker is None:
+                self._open_marker = marker
+                self._buffer.append(marker)
+            else:
+                marker = self._open_marker
         self._urgent = True
         self._wake.set()
         return marker
@@ -316,6 +325,7 @@ class _Writer:
     def _deliver(self, now: float) -> None:
         with self._lock:
             items, self._buffer = self._buffer, deque()
+            self._open_marker = None
         current: list[Any] = []
         kind: type | None = None
         asked = False  # a flush() came: try the sink now, back-off or not
