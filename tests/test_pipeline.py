@@ -456,6 +456,42 @@ def test_a_poison_record_whose_error_cannot_be_printed_is_set_aside_once() -> No
     assert kept[0]["error"].startswith("Unprintable")
 
 
+QUARANTINE_ON_A_FULL_DISK = """
+import resource, signal, sys, tokenmeter
+from tokenmeter.sinks import InMemorySink
+
+class Picky(InMemorySink):
+    def write(self, records):
+        if any(r.model_name == "poison" for r in records):
+            raise ValueError("cannot store this one")
+        super().write(records)
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+tokenmeter.configure(sinks=[Picky()], directory=sys.argv[1])
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+for limit in (100, soft):  # a disk with room for 100 bytes, then room again
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    for model in ("gpt-4o", "poison", "gpt-4o", "gpt-4o"):
+        tokenmeter.record("openai", model, 1, 1)
+    assert tokenmeter.flush(30)
+"""
+
+
+def test_a_record_set_aside_on_a_full_disk_leaves_no_torn_line(tmp_path: Path) -> None:
+    """The quarantine file filled the disk part-way through a line: the torn line stayed, and
+    the next record set aside was glued to it, unreadable."""
+    result = subprocess.run(
+        [sys.executable, "-c", QUARANTINE_ON_A_FULL_DISK, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "could not be set aside" in result.stderr  # the first one: the disk was full
+    lines = (tmp_path / "quarantine.jsonl").read_text().splitlines()
+    assert [json.loads(line)["record"]["model_name"] for line in lines] == ["poison"]
+
+
 class Restarting(InMemorySink):
     """Refuses batches; one record at a time, it is down for its first write, up for the next
     three, then down again until ``up`` is set: a server restarting during the writer's

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 __all__ = [
+    "append_whole",
     "ensure_private_dir",
     "open_private",
     "pread_exact",
@@ -92,6 +93,21 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         if written <= 0:  # not expected of a regular file; never loop forever on it
             raise OSError(errno.ENOSPC, "write made no progress")
         view = view[written:]
+
+
+def append_whole(fd: int, data: bytes) -> None:
+    """Append ``data`` as a unit (the caller holds a lock on the file, which ``fd`` has open for
+    reading and appending): after a torn line, and never partly (what a failed write left is cut
+    off again)."""
+    start = os.fstat(fd).st_size
+    if start and os.pread(fd, 1, start - 1) != b"\n":
+        data = b"\n" + data
+    try:
+        write_all(fd, data)  # a short write is continued; an error after one is undone below
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        raise
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:

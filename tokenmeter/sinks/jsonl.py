@@ -17,7 +17,6 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -27,11 +26,11 @@ from pathlib import Path
 from tokenmeter._models import UsageRecord
 from tokenmeter.sinks._encode import compact_json
 from tokenmeter.sinks._files import (
+    append_whole,
     ensure_private_dir,
     file_id,
     open_private,
     still_names,
-    write_all,
 )
 
 __all__ = ["JSONLSink", "read_jsonl"]
@@ -54,7 +53,7 @@ class JSONLSink:
         fd = self._descriptor()
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            _append_whole(fd, data)
+            append_whole(fd, data)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
@@ -84,19 +83,6 @@ class JSONLSink:
         info = os.fstat(fd)
         self._fd, self._pid, self._file_id = fd, os.getpid(), file_id(info)
         return fd
-
-
-def _append_whole(fd: int, data: bytes) -> None:
-    """Append ``data`` as a unit (caller holds the lock): after a torn line, and never partly."""
-    start = os.fstat(fd).st_size
-    if start and os.pread(fd, 1, start - 1) != b"\n":
-        data = b"\n" + data
-    try:
-        write_all(fd, data)  # a short write is continued; an error after one is undone below
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, start)
-        raise
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[UsageRecord | None]:
