@@ -623,6 +623,18 @@ def test_configure_rejects_things_that_are_not_sinks() -> None:
         tokenmeter.configure(sinks=[object()])  # type: ignore[list-item]
 
 
+def test_configure_rejects_a_sink_with_async_methods() -> None:
+    """An ``async def write`` returned a coroutine nobody awaited: flush() said True and the
+    sink never got a record."""
+
+    class AsyncSink(InMemorySink):
+        async def write(self, records: Sequence[UsageRecord]) -> None:  # type: ignore[override]
+            super().write(records)
+
+    with pytest.raises(ValueError, match=r"AsyncSink.write\(\) is async"):
+        tokenmeter.configure(sinks=[AsyncSink()])
+
+
 SCRIPT = """
 import sys, tokenmeter
 with tokenmeter.session("job", tags={"k": "v"}):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -269,6 +270,14 @@ def _check_instance(sink: Sink) -> None:
         raise ValueError(
             f"sinks: {short_repr(sink)} is a class; an instance is needed, e.g. {name}()"
         )
+    # An async method returns a coroutine that the writer thread never awaits: the sink would
+    # silently get nothing while flush() says everything is written.
+    for method in ("write", "flush", "close", "write_sessions"):
+        if inspect.iscoroutinefunction(getattr(sink, method, None)):
+            raise ValueError(
+                f"sinks: {type(sink).__name__[:100]}.{method}() is async; tokenmeter calls it "
+                "from a thread of its own: make it a plain method"
+            )
 
 
 _pipeline.first_use_hook = settings
