@@ -69,6 +69,7 @@ __all__ = [
     "add_submit_observer",
     "before_exit",
     "flush",
+    "flush_early_at_exit",
     "hook_termination_signals",
     "remove_submit_observer",
     "set_sinks",
@@ -746,11 +747,39 @@ def _flush_at_exit() -> None:
             logger.exception("tokenmeter: an exit hook failed")
     pipeline = _pipeline
     if pipeline is not None:
-        started = time.monotonic()
-        if not pipeline.flush(_exit_timeout):
+        if not pipeline.flush(_exit_time_left()):
             logger.error("tokenmeter: sinks did not accept every record within %ss", _exit_timeout)
         # What is left of exit_timeout (nothing, after a flush that used it all on a hung sink).
-        pipeline.stop(max(0.0, _exit_timeout - (time.monotonic() - started)))
+        pipeline.stop(_exit_time_left())
+
+
+#: (pid, when exit_timeout ends): the flushes made at exit share one exit_timeout, counted from
+#: the first of them.
+_exit_deadline: tuple[int, float] = (0, 0.0)
+
+
+def _exit_time_left() -> float:
+    global _exit_deadline
+    now = time.monotonic()
+    if _exit_deadline[0] != os.getpid():
+        _exit_deadline = (os.getpid(), now + _exit_timeout)
+    return max(0.0, _exit_deadline[1] - now)
+
+
+def flush_early_at_exit() -> None:
+    """Flush at exit before the exit hooks registered so far run too (atexit runs the last one
+    registered first): for a sink writing through something such a hook shuts down, e.g. the
+    application's OpenTelemetry providers, which the SDK shuts down at exit and which may have
+    been set up after tokenmeter's own hook was registered. The final flush still follows,
+    within what is left of ``exit_timeout``."""
+    atexit.unregister(_flush_early)  # registered again: last, so run first
+    atexit.register(_flush_early)
+
+
+def _flush_early() -> None:
+    pipeline = _pipeline
+    if pipeline is not None and _exited_pid != os.getpid():
+        pipeline.flush(_exit_time_left())
 
 
 _TERMINATION_SIGNALS = ("SIGTERM", "SIGHUP")

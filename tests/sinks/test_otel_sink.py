@@ -227,6 +227,36 @@ def test_records_queued_at_exit_reach_the_collector(receiver: OtlpReceiver) -> N
     assert points["input"].count == 51
 
 
+APP_SETS_UP_OPENTELEMETRY_AFTER_TOKENMETER = """
+import tokenmeter
+tokenmeter.instrument()  # first, as at the top of a program
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+provider = TracerProvider()  # the SDK's exit hook shuts it down, registered now
+provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+trace.set_tracer_provider(provider)
+tokenmeter.configure(sinks=["otel"])
+for _ in range(20):
+    tokenmeter.record("openai", "gpt-4o", 10, 2)
+"""
+
+
+def test_records_queued_at_exit_reach_the_applications_exporter(receiver: OtlpReceiver) -> None:
+    """The application set up OpenTelemetry after tokenmeter's exit hook was registered: its
+    provider was shut down before tokenmeter's exit flush, and every span of the records still
+    queued was dropped (here all 20)."""
+    result = subprocess.run(
+        [sys.executable, "-c", APP_SETS_UP_OPENTELEMETRY_AFTER_TOKENMETER],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(receiver.spans()) == 20
+
+
 def test_inside_an_application_that_set_up_opentelemetry() -> None:
     """Its providers are reused and a metered call is a child of the span it was made in."""
     result = subprocess.run(

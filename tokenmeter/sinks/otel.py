@@ -254,6 +254,8 @@ class OTelSink:
         from tokenmeter import _pipeline  # not at import: the pipeline imports the sinks
 
         self._pipeline = _pipeline
+        if len(self._own) < 2:  # the application's providers, which the SDK shuts down at exit
+            _pipeline.flush_early_at_exit()
         self._observing = False
         self._observe()
 
