@@ -271,7 +271,7 @@ def record(
     if operation is not None:
         if not isinstance(operation, str):
             raise ValueError(f"operation must be a string, got {operation!r}")
-        operation = clean_text(operation, _MAX_NAME)  # storable by every sink, as a model name
+        operation = clean_text(operation, MAX_NAME)  # storable by every sink, as a model name
     if not isinstance(estimated, bool):
         raise ValueError(f"estimated must be True or False, got {estimated!r}")
     return emit(
