@@ -97,7 +97,9 @@ def test_instrument_takes_integration_aliases() -> None:
     ]
 
 
-@pytest.mark.parametrize("providers", [5, 1.5, object(), {"openai": 1}], ids=repr)
+@pytest.mark.parametrize(
+    "providers", [5, 1.5, object(), {"openai": 1}], ids=["int", "float", "object", "dict"]
+)
 def test_instrument_with_providers_of_the_wrong_type_names_the_argument(providers: Any) -> None:
     """A ValueError naming ``providers``, like every other bad argument, not a TypeError from
     iterating it; a dict (whose keys would be iterated) is refused too."""
