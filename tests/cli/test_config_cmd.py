@@ -50,3 +50,28 @@ def test_a_bad_setting_is_one_line_and_exit_1(cli: RunCli, monkeypatch: pytest.M
     assert err.startswith(
         "tokenmeter: error: tokenmeter setting 'budgets' from TOKENMETER_BUDGETS: budgets[0].period"
     )
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://tm:s3cret@db.internal:5432/usage",
+        "postgresql://tm:s3@cret@db.internal/usage?sslmode=require",
+        "postgresql://tm@db.internal/usage?sslmode=require&password=s3cret",
+        "host=db.internal user=tm password=s3cret dbname=usage",
+        "host=db.internal password = 's3 cret' dbname=usage",
+    ],
+)
+def test_the_dsn_is_shown_without_its_password(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dsn: str
+) -> None:
+    """``config`` output is pasted into tickets and chats: the rest of the DSN says where the
+    ledger is, the password is ``***``."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TOKENMETER_PG_DSN", dsn)
+    code, out, _ = cli("config", "--format", "json")
+    assert code == 0
+    shown = json.loads(out)["pg_dsn"]["value"]
+    assert "db.internal" in shown and "***" in shown and "s3" not in shown and "cret" not in shown
+    code, text, _ = cli("config")
+    assert code == 0 and "db.internal" in text and "s3" not in text

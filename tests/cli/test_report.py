@@ -271,6 +271,19 @@ def test_malformed_postgres_url_is_one_line_without_the_password(cli: RunCli, ur
         assert "s3cret" not in err
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://user:s3cret%zz@127.0.0.1:1/db",  # libpq quotes the token it cannot decode
+        "postgresql://user@127.0.0.1:1/db?password=s3cret%zz",
+    ],
+)
+def test_a_url_libpq_cannot_parse_never_shows_the_password(cli: RunCli, url: str) -> None:
+    code, out, err = cli("report", "--source", url)
+    assert (code, out) == (1, "") and len(err.splitlines()) == 1, err
+    assert "s3cret" not in err and "PostgreSQL" in err
+
+
 def test_missing_default_source_says_what_to_do(
     cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._output import write_output
 
-__all__ = ["run_config", "shown"]
+__all__ = ["run_config", "shown", "without_password"]
+
+#: A password in a libpq key/value string (quoted or not) or in a URL's query string.
+_PASSWORD_PARAM = re.compile(r"""(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&]*)""", re.IGNORECASE)
+#: The password of a ``scheme://user:password@host`` URL (up to the last @ before the path).
+_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^/?#:@]*:)([^/?#]*)(@)", re.IGNORECASE)
 
 
 def shown(value: Any) -> Any:
@@ -35,6 +41,13 @@ def shown(value: Any) -> Any:
     return str(value)
 
 
+def without_password(dsn: str) -> str:
+    """A PostgreSQL connection string as ``config`` shows it: the password, wherever it is
+    written, replaced by ``***`` (the output is pasted into tickets and chats)."""
+    dsn = _URL_PASSWORD.sub(r"\1***\3", dsn)
+    return _PASSWORD_PARAM.sub(r"\1***", dsn)
+
+
 def run_config(args: argparse.Namespace) -> int:
     from tokenmeter._config import Settings, load_settings_with_sources
 
@@ -43,6 +56,7 @@ def run_config(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     values = {name: shown(getattr(resolved, name)) for name in Settings.model_fields}
+    values["pg_dsn"] = without_password(values["pg_dsn"])
     if args.format == "json":
         data = {name: {"value": values[name], "source": sources[name]} for name in values}
         write_output(json.dumps(data, indent=2, ensure_ascii=False) + "\n", None)

@@ -115,6 +115,20 @@ def _call(function: Any, *args: Any) -> Any:
         raise sqlite3.DatabaseError(str(exc).strip().splitlines()[0]) from None
 
 
+def _connect(psycopg: Any, url: str) -> Any:
+    """A connection, or an error whose message shows nothing of the URL's password (libpq quotes
+    the part it cannot parse, which may be the password)."""
+    from tokenmeter.sinks.postgres import _without_password
+
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        hidden = _without_password(exc, url)
+        if hidden is exc:
+            raise
+        raise hidden from None
+
+
 class PgConnection:
     """A read-only connection to the sink's schema that answers the readers' SQLite SQL."""
 
@@ -127,7 +141,7 @@ class PgConnection:
             raise sqlite3.OperationalError(
                 "reading PostgreSQL needs psycopg 3: pip install 'tokenmeter[postgres]'"
             ) from None
-        self._conn = _call(lambda: psycopg.connect(url, autocommit=True, connect_timeout=10))
+        self._conn = _call(lambda: _connect(psycopg, url))
         _call(self._conn.execute, f'SET search_path = "{schema}"'.encode())
         _call(self._conn.execute, b"SET default_transaction_read_only = on")
         found = _call(self._conn.execute, b"SELECT to_regclass('records') IS NOT NULL").fetchone()
