@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -246,6 +247,34 @@ def test_missing_file_is_a_value_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot read prices file") as excinfo:
         load_prices_file(path)
     assert str(path) in str(excinfo.value)
+
+
+def test_a_fifo_a_device_or_a_directory_is_refused_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO waited for a writer for ever (``configure()`` and ``tokenmeter prices`` hung), and
+    /dev/zero filled memory: only a regular file is read."""
+    fifo = tmp_path / "prices.json"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero"), tmp_path):
+        with pytest.raises(ValueError, match="must be a regular file") as excinfo:
+            load_prices_file(path)
+        assert str(path) in str(excinfo.value)
+
+
+def test_a_prices_file_past_the_size_bound_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tokenmeter.pricing import _overrides
+
+    monkeypatch.setattr(_overrides, "MAX_PRICES_FILE", 1_000)
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({f"model-{n}": MY_MODEL for n in range(100)}))
+    with pytest.raises(ValueError, match="not a prices file"):
+        load_prices_file(path)
+    path.write_text(json.dumps({"my-model": MY_MODEL}))
+    load_prices_file(path)
+    assert price_usage(None, "my-model", USAGE, at=DAY).total_usd is not None
 
 
 def test_malformed_dict_entry_names_the_entry_and_changes_nothing() -> None:

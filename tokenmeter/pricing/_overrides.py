@@ -14,6 +14,7 @@ import math
 import os
 import re
 import reprlib
+import stat
 import threading
 import tomllib
 from collections.abc import Callable, Hashable, Mapping
@@ -56,6 +57,9 @@ _KNOWN_KEYS = frozenset((*_REQUIRED, *_OPTIONAL, "provider", "since"))
 #: the float totals of the sinks and reports.
 MAX_RATE_PER_MTOK = Decimal(1_000_000)
 
+#: Larger than any real prices file (genai-prices' whole table is about 1 MB as JSON): a bigger
+#: one is a mistake (a log, a dump, /dev/zero), refused before it fills memory.
+MAX_PRICES_FILE = 64 * 1024 * 1024
 _SHORT = reprlib.Repr()
 _SHORT.maxstring = _SHORT.maxother = 60
 _SHORT.maxlevel = 2
@@ -208,11 +212,29 @@ def _read_file_once(file: Path) -> _Parsed:
     return parsed
 
 
-def _read_file(file: Path) -> _Parsed:
+def _read_bytes(file: Path) -> bytes:
+    """The file's bytes: a regular file of at most ``MAX_PRICES_FILE``. Opened without blocking
+    and checked before it is read: a FIFO would wait for a writer for ever, a device such as
+    /dev/zero never ends."""
     try:
-        raw = file.read_bytes()
+        fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise ValueError(f"{file}: cannot read prices file ({exc.strerror or exc})") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"{file}: a prices file must be a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            raw = handle.read(MAX_PRICES_FILE + 1)
+        except OSError as exc:
+            raise ValueError(f"{file}: cannot read prices file ({exc.strerror or exc})") from exc
+    if len(raw) > MAX_PRICES_FILE:
+        raise ValueError(f"{file}: larger than {MAX_PRICES_FILE >> 20} MiB: not a prices file")
+    return raw
+
+
+def _read_file(file: Path) -> _Parsed:
+    raw = _read_bytes(file)
     try:
         text = raw.decode("utf-8-sig")  # tolerate the byte-order mark Windows editors write
     except UnicodeDecodeError as exc:
