@@ -139,6 +139,33 @@ def test_track_and_session_decorators_make_a_fresh_session_per_call(sink: InMemo
     assert len(ids) == 2 and None not in ids
 
 
+def test_track_without_parentheses_is_the_same_decorator(sink: InMemorySink) -> None:
+    """``@tokenmeter.track`` bare made the function a decorator: calling it raised TypeError."""
+
+    @tokenmeter.track
+    def answer(question: str) -> str:
+        tokenmeter.record("openai", "gpt-4o", 1, 1)
+        return question.upper()
+
+    @tokenmeter.track
+    async def answer_async() -> int:
+        tokenmeter.record("openai", "gpt-4o", 2, 2)
+        return 2
+
+    assert answer("why") == "WHY" and asyncio.run(answer_async()) == 2
+    tokenmeter.flush(5)
+    names = [r.session_name for r in sink.records]
+    assert names[0].endswith("answer") and names[1].endswith("answer_async")
+    assert sink.records[0].session_id != sink.records[1].session_id
+
+
+@pytest.mark.parametrize("name", [5, b"name", ["a"]], ids=["int", "bytes", "list"])
+def test_track_with_a_name_that_is_not_text_fails_where_it_is_written(name: object) -> None:
+    """At decoration, not on every later call of the decorated function."""
+    with pytest.raises(ValueError, match="session name must be a string"):
+        tokenmeter.track(name)  # type: ignore[call-overload]
+
+
 def test_sessions_exited_out_of_order_leave_no_ended_session_current(sink: InMemorySink) -> None:
     outer, inner = tokenmeter.session("outer"), tokenmeter.session("inner")
     outer.__enter__()

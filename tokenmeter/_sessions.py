@@ -19,7 +19,7 @@ from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast, overload
 
 from tokenmeter import _pipeline
 from tokenmeter._fork import renew_after_fork
@@ -424,8 +424,22 @@ def session(
     )
 
 
-def track(name: str | None = None, *, tags: dict[str, str] | None = None) -> Callable[[F], F]:
-    """Decorator: every call of the function runs in its own session (named after it by default)."""
+@overload
+def track(name: F, *, tags: dict[str, str] | None = None) -> F: ...
+
+
+@overload
+def track(name: str | None = None, *, tags: dict[str, str] | None = None) -> Callable[[F], F]: ...
+
+
+def track(name: Any = None, *, tags: dict[str, str] | None = None) -> Any:
+    """Decorator: every call of the function runs in its own session (named after it by default).
+
+    ``@track`` and ``@track()`` are the same: the bare form is the one people write first."""
+    if callable(name) and not isinstance(name, str):
+        return track(tags=tags)(name)
+    if name is not None and not isinstance(name, str):
+        raise ValueError(f"session name must be a string, got {name!r}")
     _check_tags(tags)
 
     def decorator(func: F) -> F:
