@@ -10,6 +10,7 @@ print(s.summary.cost_usd)
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -181,3 +182,11 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
+
+
+#: ``_autorun.ENV_ID``, spelled out so that ``import tokenmeter`` stays cheap outside a run.
+_RUN_ID_VARIABLE = "TOKENMETER_RUN_ID"
+if os.environ.get(_RUN_ID_VARIABLE):
+    # Under ``tokenmeter run``, a program that imports tokenmeter to record by hand, and never
+    # imports a provider SDK (whose import starts metering otherwise), is part of the run too.
+    importlib.import_module("tokenmeter._autorun").start_or_say()

@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tokenmeter._models import UsageRecord
+if TYPE_CHECKING:
+    from tokenmeter._models import UsageRecord
 
 __all__ = [
     "ENV_ID",
@@ -28,6 +30,7 @@ __all__ = [
     "RunTotalsSink",
     "read_totals",
     "start",
+    "start_or_say",
 ]
 
 #: The run's id: the id of the session every process of the run records into.
@@ -40,11 +43,18 @@ ENV_TAGS = "TOKENMETER_RUN_TAGS"
 ENV_TOTALS = "TOKENMETER_RUN_TOTALS"
 
 
+_started = False
+
+
 def start() -> None:
-    """Meter this process as part of the run the environment describes (no-op outside one)."""
+    """Meter this process as part of the run the environment describes (no-op outside one, and
+    once: the first provider SDK import and the program's own ``import tokenmeter`` both start
+    it, whichever comes first)."""
+    global _started
     run_id = os.environ.get(ENV_ID)
-    if not run_id:
+    if not run_id or _started:
         return
+    _started = True
     import tokenmeter
     from tokenmeter import _runtime, _sessions
 
@@ -54,6 +64,16 @@ def start() -> None:
     if totals:
         _runtime.attach_sink(RunTotalsSink(Path(totals)))
     tokenmeter.instrument()
+
+
+def start_or_say() -> bool:
+    """``start()``; a failure is one line on stderr, never the program's exception."""
+    try:
+        start()
+    except Exception as exc:
+        sys.stderr.write(f"tokenmeter run: not metering this process: {exc}\n")
+        return False
+    return True
 
 
 def _zero() -> dict[str, Any]:

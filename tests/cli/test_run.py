@@ -105,7 +105,7 @@ sys.exit(3)
             "--tag",
             "team=search",
             "--",
-            "python",
+            sys.executable,  # "python" on PATH may be another interpreter (a pyenv shim)
             app.name,
         ],
         _env(fake),
@@ -375,3 +375,29 @@ def test_a_run_whose_calls_have_no_price_totals_n_a_not_zero(tmp_path: Path) -> 
     assert _summary_row(result.stderr, "m-unpriced") == ["m-unpriced", "1", "1,000", "500", "n/a"]
     assert _summary_row(result.stderr, "total") == ["total", "1", "1,000", "500", "n/a"]
     assert "1 calls had no known price" in result.stderr
+
+
+def test_a_program_that_records_by_hand_without_any_sdk_is_part_of_the_run(
+    tmp_path: Path,
+) -> None:
+    """Metering started only at a provider SDK's import: a program's own ``tokenmeter.record()``
+    calls, in a process that imports no SDK, went to the default session and the summary said
+    no call was made."""
+    (tmp_path / "pyproject.toml").write_text(_PYPROJECT)
+    app = _script(
+        tmp_path / "app.py",
+        """
+        import sys
+        import tokenmeter
+        tokenmeter.record("openai", "m-test", 1000, 500)
+        tokenmeter.record("openai", "m-test", 1000, 500)
+        assert not {"openai", "anthropic"} & set(sys.modules)
+        """,
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
+    result = _run(["--dir", "usage", "--", sys.executable, app.name], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = _records(tmp_path / "usage" / "usage.db")
+    assert len(rows) == 2 and all(row[1].startswith("run_") for row in rows)
+    assert rows[0][1] in result.stderr
+    assert _summary_row(result.stderr, "total") == ["total", "2", "2,000", "1,000", "$0.004"]

@@ -31,12 +31,7 @@ def _meter() -> bool:
     except ImportError:  # an interpreter without tokenmeter (another virtualenv)
         sys.stderr.write(f"tokenmeter run: {sys.executable} cannot import tokenmeter: unmetered\n")
         return False
-    try:
-        _autorun.start()
-    except Exception as exc:
-        sys.stderr.write(f"tokenmeter run: not metering this process: {exc}\n")
-        return False
-    return True
+    return _autorun.start_or_say()
 
 
 class _MeterOnFirstSDKImport:
