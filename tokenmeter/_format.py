@@ -12,7 +12,15 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from tokenmeter._totals import normalise_usd
 
-__all__ = ["exact_usd", "fmt_count", "fmt_per_call", "fmt_ratio", "fmt_share", "fmt_usd"]
+__all__ = [
+    "exact_usd",
+    "fmt_count",
+    "fmt_per_call",
+    "fmt_ratio",
+    "fmt_share",
+    "fmt_usd",
+    "markdown_text",
+]
 
 _CENT = Decimal("0.01")
 _SIGNIFICANT = 3
@@ -55,3 +63,16 @@ def fmt_ratio(value: float | None) -> str:
 
 def fmt_per_call(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.1f}"
+
+
+#: Markdown that recorded text (a model, session or tag name a server or a caller chose) must not
+#: make: a cell break (``|``), a new line, HTML (``<``), or a link or image (``[``/``]``: a
+#: viewer would load ``![](https://...)`` from its server on opening the journal).
+_MARKDOWN_ESCAPES = str.maketrans(
+    {"\\": "\\\\", "|": "\\|", "<": "&lt;", "[": "\\[", "]": "\\]", "\n": " ", "\r": " "}
+)
+
+
+def markdown_text(text: str) -> str:
+    """Recorded text made safe for one markdown table cell or list line."""
+    return text.translate(_MARKDOWN_ESCAPES)

@@ -154,6 +154,22 @@ def test_date_window_edges(cli: RunCli, source: Path, window: list[str], ids_exp
     assert doc["totals"]["calls"] == ids_expected
 
 
+def test_markdown_never_makes_links_or_images_of_recorded_names(
+    cli: RunCli, tmp_path: Path
+) -> None:
+    """A model a server named ``![](https://...)`` was an image a viewer loads from that server
+    on opening the report (and a link, a phishing one): brackets are escaped, the name kept."""
+    hostile = "![x](https://evil.example/p.png)[click](https://evil.example)"
+    source = write_jsonl(
+        tmp_path / "usage.jsonl",
+        [rec(1, "2026-11-01T00:00:00.000Z", "openai", hostile, 10, 5, "0.001")],
+    )
+    code, out, _ = cli("report", "--source", str(source), "--format", "markdown")
+    assert code == 0
+    assert "](" in out and "![x](" not in out and "[click](" not in out
+    assert "!\\[x\\](https://evil.example/p.png)\\[click\\](https://evil.example)" in out
+
+
 def test_relative_since_excludes_old_history(cli: RunCli, source: Path) -> None:
     doc = report_json(cli, "--source", str(source), "--since", "7d")
     assert doc["totals"]["calls"] == 0 and doc["rows"] == []

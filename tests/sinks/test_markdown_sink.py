@@ -172,6 +172,25 @@ def test_user_strings_cannot_break_tables(tmp_path: Path, make_record: RecordFac
     assert "- **Session ID:** a/../b" in session_file.read_text(encoding="utf-8")
 
 
+def test_recorded_names_never_become_links_or_images(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    """Opening the journal in a viewer must not load an image from a server that put
+    ``![](https://...)`` in its model name, nor show a link a session name made up."""
+    image = "![x](https://evil.example/p.png)"
+    link = "[click](https://evil.example)"
+    MarkdownJournalSink(tmp_path).write(
+        [make_record(0, model_name=image, session_id="s1", session_name=link)]
+    )
+    texts = [(tmp_path / "token_usage.md").read_text(encoding="utf-8")]
+    texts += [path.read_text(encoding="utf-8") for path in (tmp_path / "sessions").iterdir()]
+    for text in texts:
+        shown = re.sub(r"<!--.*?-->", "", text, flags=re.DOTALL)  # the journal's own state
+        assert "![x](" not in shown and "[click](" not in shown
+    assert "!\\[x\\](https://evil.example/p.png)" in texts[0]
+    assert "\\[click\\](https://evil.example)" in texts[1]
+
+
 def test_many_models_grow_the_summary_without_losing_the_log(
     tmp_path: Path, make_record: RecordFactory
 ) -> None:

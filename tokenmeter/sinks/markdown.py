@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenmeter._format import fmt_usd
+from tokenmeter._format import markdown_text as _md
 from tokenmeter._models import SessionInfo, UsageRecord, _iso
 from tokenmeter._totals import MAX_SESSION_MODELS, OTHER_MODELS, Totals
 from tokenmeter.sinks._files import (
@@ -712,13 +713,6 @@ def _merge(into: dict[str, Any], t: dict[str, Any]) -> None:
 
 
 # --- formatting ---------------------------------------------------------------------------------
-
-_ESCAPES = str.maketrans({"\\": "\\\\", "|": "\\|", "<": "&lt;", "\n": " ", "\r": " "})
-
-
-def _md(text: str) -> str:
-    """User text made safe for one table cell or list line (no pipes, newlines or HTML)."""
-    return text.translate(_ESCAPES)
 
 
 def _when(ts: datetime) -> str:

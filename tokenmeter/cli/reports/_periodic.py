@@ -9,9 +9,9 @@ cache hit rate), and the alerts and budget events of the period when the library
 from __future__ import annotations
 
 from tokenmeter._format import fmt_count, fmt_ratio, fmt_share, fmt_usd
+from tokenmeter._format import markdown_text as md
 from tokenmeter.cli.reports._alerts import Alert, Alerts
 from tokenmeter.cli.reports._model import Breakdown, Report
-from tokenmeter.cli.reports._render import markdown_escape as md
 from tokenmeter.cli.reports._render import period_text
 
 __all__ = ["PERIODIC_GROUPINGS", "render_usage_report"]

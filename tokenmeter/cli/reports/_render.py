@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
+from tokenmeter._format import markdown_text
 from tokenmeter._totals import normalise_usd
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._output import printable
@@ -463,17 +464,9 @@ def render_rich(report: Report, metrics: Sequence[str] | None = None, wide: bool
 # --- markdown --------------------------------------------------------------------------------
 
 
-_MARKDOWN_ESCAPES = str.maketrans({"\\": "\\\\", "|": "\\|", "<": "&lt;", "\n": " ", "\r": " "})
-
-
-def markdown_escape(text: str) -> str:
-    """User text made safe for one table cell or list line (no pipes, newlines or HTML)."""
-    return text.translate(_MARKDOWN_ESCAPES)
-
-
 def markdown_table(table: CellTable) -> list[str]:
     def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(markdown_escape(cell) for cell in cells) + " |"
+        return "| " + " | ".join(markdown_text(cell) for cell in cells) + " |"
 
     align = ["---:" if table.is_numeric(i) else "---" for i in range(len(table.headers))]
     lines = [line(table.headers), "| " + " | ".join(align) + " |"]
@@ -487,9 +480,9 @@ def render_markdown(report: Report) -> str:
     lines = [
         "# tokenmeter report",
         "",
-        f"- **Source**: {markdown_escape(report.source)}",
+        f"- **Source**: {markdown_text(report.source)}",
         f"- **Period**: {period_text(report)}",
-        f"- **Grouped by**: {markdown_escape(report.main.title)}",
+        f"- **Grouped by**: {markdown_text(report.main.title)}",
         f"- **Total cost**: {fmt_usd(report.totals.cost)}",
         "",
         *markdown_table(summary_cells(report)),
