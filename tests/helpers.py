@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
 import pytest
 
 
@@ -40,3 +45,13 @@ def check_lease_protocol(ledger: object) -> None:
     # A call over its slice is settled at once: used more than held.
     assert lease([("k", day, 10.0, 1.0, 3.0, 0.0, -1.0, 1.0)]) == [(True, 0.0, 4.5, 0.0)]
     assert spent("k", day) == approx(4.5)
+
+
+def run_python(*args: str, env: Mapping[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """This interpreter running ``args`` (a script and its arguments, or ``-c CODE``) in a child
+    process; it must exit 0 (its stderr is the failure message)."""
+    done = subprocess.run(
+        [sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done

@@ -5,27 +5,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_python
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def run(name: str, cwd: Path) -> str:
     env = {**os.environ, "TOKENMETER_DIR": str(cwd / "meter")}
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    return run_python(str(EXAMPLES / name), env=env, cwd=cwd).stdout
 
 
 @pytest.mark.parametrize(

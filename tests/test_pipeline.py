@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import run_python
 
 import tokenmeter
 from tokenmeter import SessionInfo, UsageRecord, _pipeline
@@ -709,15 +710,7 @@ def test_multiprocessing_children_flush_their_records(tmp_path: Path, start_meth
     script = tmp_path / "children.py"
     script.write_text(CHILDREN)
     env = {**os.environ, "TOKENMETER_SINKS": "jsonl", "TOKENMETER_DIR": str(tmp_path / "m")}
-    done = subprocess.run(
-        [sys.executable, str(script), start_method],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    run_python(str(script), start_method, env=env, cwd=tmp_path)
     assert (tmp_path / "m" / "usage.jsonl").read_text().count("\n") == 1 + 300 + 400
 
 
@@ -744,15 +737,7 @@ def test_pool_workers_terminated_while_flushing_at_exit_keep_their_records(
     script.write_text(POOL_TERMINATED)
     env = {**os.environ, "TOKENMETER_SINKS": "jsonl", "TOKENMETER_DIR": str(tmp_path / "m")}
     for _ in range(3):  # the signal has to catch a worker in its exit flush
-        done = subprocess.run(
-            [sys.executable, str(script), start_method],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr
+        run_python(str(script), start_method, env=env, cwd=tmp_path)
     assert (tmp_path / "m" / "usage.jsonl").read_text().count("\n") == 3 * 400
 
 

@@ -9,8 +9,6 @@ import importlib
 import json
 import logging
 import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -20,6 +18,7 @@ import anthropic
 import openai
 import pytest
 from anthropic import _base_client as anthropic_base
+from helpers import run_python
 from openai import _base_client as openai_base
 from provider_helpers import MESSAGES, Records
 
@@ -353,15 +352,7 @@ for _ in range(3):
 
 def test_streams_still_open_at_exit_are_recorded_quietly(tmp_path: Path) -> None:
     env = {**os.environ, "TOKENMETER_SINKS": "jsonl", "TOKENMETER_DIR": str(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, "-c", EXIT_WITH_OPEN_STREAMS],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_python("-c", EXIT_WITH_OPEN_STREAMS, env=env, cwd=tmp_path)
     assert "Traceback" not in done.stderr
     lines = (tmp_path / "usage.jsonl").read_text().splitlines()
     assert len(lines) == 3
