@@ -708,9 +708,6 @@ def set_sinks(
 # -- process end -----------------------------------------------------------------------------------
 _exit_hooked_pid = 0
 _exited_pid = 0
-#: The process whose exit flush is under way, and a termination signal that came meanwhile.
-_exit_running = 0
-_exit_signal = 0
 
 
 def _flush_at_multiprocessing_exit() -> None:
@@ -726,20 +723,10 @@ def _flush_at_multiprocessing_exit() -> None:
 
 
 def _at_exit() -> None:
-    global _exited_pid, _exit_running, _exit_signal
+    global _exited_pid
     if _exited_pid == os.getpid():
         return
-    _exited_pid = _exit_running = os.getpid()
-    try:
-        _flush_at_exit()
-    finally:
-        _exit_running = 0
-        signum, _exit_signal = _exit_signal, 0
-        if signum:  # a termination signal came meanwhile: the process dies of it now
-            os.kill(os.getpid(), signum)
-
-
-def _flush_at_exit() -> None:
+    _exited_pid = os.getpid()
     for hook in list(_before_exit):
         try:
             hook()
@@ -806,14 +793,8 @@ def hook_termination_signals() -> None:
 
 
 def _on_termination(signum: int, frame: object) -> None:
-    global _exit_signal
     with contextlib.suppress(ValueError, OSError):
         signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
-    if _exit_running == os.getpid():
-        # The exit flush is under way (``with Pool()`` signals workers that are exiting):
-        # dying now would lose what it is writing. It ends first, then raises the signal again.
-        _exit_signal = signum
-        return
     try:
         _at_exit()
     finally:
