@@ -160,7 +160,10 @@ def _tag(where: str, value: Any) -> tuple[str, str] | None:
         return None
     if isinstance(value, Mapping) and len(value) == 1:
         ((key, item),) = value.items()
-        value = f"{key}={item}"
+        # A session's tags are text: a number is spelled out (TOML ``{customer = 42}``), but a
+        # table, a list or a bool could never match one.
+        plain = isinstance(item, str | int | float) and not isinstance(item, bool)
+        value = f"{key}={item}" if isinstance(key, str) and plain else value
     if not isinstance(value, str) or "=" not in value or not value.split("=", 1)[0].strip():
         raise ValueError(
             f"{where} must be 'name=value' (e.g. 'customer=acme'), got {short_repr(value)}"
