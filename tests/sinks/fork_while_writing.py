@@ -80,7 +80,8 @@ def main() -> None:
     for thread in threads:
         thread.start()
     for event in started:
-        event.wait()
+        if not event.wait(60):  # a thread that failed never starts: say so, do not hang
+            sys.exit("a writer thread never wrote")
     failed = 0
     for number in range(children):
         time.sleep(0.005)  # let the threads get into their next transactions

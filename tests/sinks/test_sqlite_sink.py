@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (  # type: ignore[import-not-found, unused-ignore]
+    build_record,
     disk_faults,
     run_disk_full_writer,
     skip_without_tmpfs,
@@ -726,3 +727,32 @@ def test_a_record_without_a_dict_gives_the_same_values(make_record: RecordFactor
     sqlite_module._sqlite_values(slotted, from_slots)  # type: ignore[arg-type]
     assert from_slots == from_model
     assert len(from_model) == len(sqlite_module._SQLITE_COLUMNS)
+
+
+def test_sinks_opening_a_new_database_together_all_write(tmp_path: Path) -> None:
+    """Switching a new database to WAL is refused at once while another connection holds a lock,
+    whatever the busy timeout: of three sinks writing a new database at once, one in about 20
+    failed with "database is locked" (workers of one job starting together)."""
+    import threading
+
+    failures: list[BaseException] = []
+    for attempt in range(60):
+        path = tmp_path / f"usage-{attempt}.db"
+        together = threading.Barrier(3)
+
+        def write(name: str, path: Path = path, together: threading.Barrier = together) -> None:
+            sink = SQLiteSink(path)
+            together.wait()
+            try:
+                sink.write([build_record(i, id=f"{name}-{i}") for i in range(5)])
+            except BaseException as exc:
+                failures.append(exc)
+            finally:
+                sink.close()
+
+        threads = [threading.Thread(target=write, args=(f"t{n}",)) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []

@@ -23,6 +23,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -632,7 +633,7 @@ class SQLiteSink:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _use_wal(conn, self._busy_timeout_ms / 1000)
             conn.execute("PRAGMA synchronous = NORMAL")
             _migrate(conn, self.path)
         except BaseException:
@@ -709,6 +710,21 @@ _INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
 def _user_version(conn: sqlite3.Connection) -> int:
     version: int = conn.execute("PRAGMA user_version").fetchone()[0]
     return version
+
+
+def _use_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
+    """``journal_mode = WAL``, waiting up to ``timeout_s`` for other connections. Switching a new
+    database to WAL is refused at once while another connection holds a lock on it, busy timeout
+    or not: processes or threads opening a new database together got "database is locked"."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
