@@ -33,7 +33,15 @@ from typing import Any
 
 from tokenmeter.cli._dates import format_instant
 
-__all__ = ["MAX_COST_USD", "MAX_COUNT", "BadRecord", "check_record", "record_from_row", "sql_valid"]
+__all__ = [
+    "MAX_COST_USD",
+    "MAX_COUNT",
+    "MAX_LATENCY_MS",
+    "BadRecord",
+    "check_record",
+    "record_from_row",
+    "sql_valid",
+]
 
 #: Largest token count accepted: SQLite's integers are 64-bit, and no call comes near.
 MAX_COUNT = 2**63 - 1
@@ -42,7 +50,7 @@ MAX_COUNT = 2**63 - 1
 MAX_COST_USD = Decimal(10**9)
 _MAX_COST_FLOAT = float(MAX_COST_USD)
 #: Longest latency accepted, in ms (about 30 years); it only has to be a sane finite number.
-_MAX_LATENCY_MS = 1e12
+MAX_LATENCY_MS = 1e12
 
 COUNT_FIELDS = (
     "input_tokens",
@@ -166,7 +174,7 @@ def check_record(data: dict[str, Any]) -> dict[str, Any]:
         raise _bad("tags", tags)
     latency = get("latency_ms")
     if latency is not None and (
-        type(latency) not in (int, float) or not 0 <= latency <= _MAX_LATENCY_MS
+        type(latency) not in (int, float) or not 0 <= latency <= MAX_LATENCY_MS
     ):
         raise _bad("latency_ms", latency)
     for name in FLAG_FIELDS:

@@ -54,7 +54,7 @@ _MONEY = r"-?(?:0|[1-9]\d{0,8})(?:\.\d+)?(?:[eE]-\d{1,3})?"
 #: ``Decimal(repr(float(text)))``; a longer one goes through the float.
 _COST = r"-?(?:0|[1-9]\d{0,8})\.(?:0|\d*[1-9])|0|-?[1-9]\d{0,8}|-?[1-9](?:\.\d*[1-9])?e-\d{2,3}"
 _SHORT = 16
-#: Below 10**12 ms (``_MAX_LATENCY_MS``), not negative.
+#: Below 10**12 ms (``MAX_LATENCY_MS``), not negative.
 _LATENCY = r"(?:0|[1-9]\d{0,11})(?:\.\d+)?(?:[eE]-\d{1,3})?"
 
 

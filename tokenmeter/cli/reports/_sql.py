@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection
 from typing import TypeVar
 
 from tokenmeter._totals import COUNT_NAMES, PICO_PER_USD
-from tokenmeter.cli._validate import _MAX_LATENCY_MS
+from tokenmeter.cli._validate import MAX_LATENCY_MS
 
 __all__ = [
     "EXACT_SUM",
@@ -38,8 +38,7 @@ NONE_SQL = "'(none)'"
 #: makes it ``latency_ms IS NOT NULL`` for the typed column) in the range a record may hold
 #: (``_validate``): an Infinity stored there would be ranked, and JSON has no Infinity.
 LATENCY_KNOWN = (
-    "(typeof(latency_ms) IN ('real', 'integer') "
-    f"AND latency_ms BETWEEN 0 AND {_MAX_LATENCY_MS:.0f})"
+    f"(typeof(latency_ms) IN ('real', 'integer') AND latency_ms BETWEEN 0 AND {MAX_LATENCY_MS:.0f})"
 )
 #: PostgreSQL only: p50, p95 latency and the number of calls ranked, per group. ``percentile_disc``
 #: is the nearest-rank percentile the SQLite and JSONL readers compute (a latency some call had;
