@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import one_line_value_error
+from helpers import one_line_value_error, run_python
 
 import tokenmeter
 from tokenmeter import _runtime
@@ -336,3 +337,24 @@ def test_settings_are_read_in_a_working_directory_that_was_removed(tmp_path: Pat
     )
     assert done.returncode == 0, done.stderr.decode()
     assert len((tmp_path / "tm" / "usage.jsonl").read_text().splitlines()) == 1
+
+
+def test_record_in_a_removed_working_directory_with_the_relative_default_directory(
+    tmp_path: Path,
+) -> None:
+    """The default ``.tokenmeter`` is relative: with the working directory removed it has no
+    absolute name, and ``record()`` raised FileNotFoundError into the application. The record
+    is made (and its sink reports that it cannot write)."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    script = (
+        "import os, tokenmeter\n"
+        "os.rmdir(os.getcwd())\n"
+        "record = tokenmeter.record('openai', 'gpt-4o', 1000, 500)\n"
+        "assert record.estimated_cost_usd > 0\n"
+        "print(tokenmeter.flush(1))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TOKENMETER_EXIT_TIMEOUT": "1"}
+    done = run_python("-c", script, cwd=gone, env=env)
+    assert done.stdout.strip() == "False"
+    assert "cannot be made absolute" in done.stderr

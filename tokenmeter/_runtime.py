@@ -33,6 +33,22 @@ def settings() -> Settings:
     return _settings
 
 
+def _absolute(path: str | Path) -> Path:
+    """``path`` made absolute against the working directory. A working directory removed under
+    the process (a deleted checkout) has no absolute name: the path stays relative, so the
+    sinks that open it fail and say so, while calls and records go on (never an exception
+    from ``record()`` or an intercepted call)."""
+    try:
+        return Path(path).absolute()
+    except OSError as exc:
+        logging.getLogger("tokenmeter").error(
+            "tokenmeter: %s cannot be made absolute (%s); the working directory was removed",
+            path,
+            exc,
+        )
+        return Path(path)
+
+
 def _default_sinks(resolved: Settings) -> list[Sink]:
     from tokenmeter.sinks import (
         JSONLSink,
@@ -42,7 +58,7 @@ def _default_sinks(resolved: Settings) -> list[Sink]:
         SQLiteSink,
     )
 
-    directory = Path(resolved.directory).absolute()  # where the process was when it started
+    directory = _absolute(resolved.directory)  # where the process is at first use
     made: list[Sink] = []
     if resolved.disabled:  # TOKENMETER_DISABLED=1 writes nothing at all
         return made
@@ -81,7 +97,7 @@ def _apply() -> None:
             make_sinks,
             max_queue=resolved.max_queue,
             exit_timeout=resolved.exit_timeout,
-            quarantine=Path(resolved.directory).absolute() / "quarantine.jsonl",
+            quarantine=_absolute(resolved.directory) / "quarantine.jsonl",
             keep_open=objects,  # the application's own sink objects go on being used
         )
         _settings = resolved
@@ -96,7 +112,7 @@ def _apply_guardrails(resolved: Settings, objects: Sequence[Sink]) -> None:
         resolved.budgets if enabled else (),
         timezone=resolved.budget_timezone,
         warn_at=resolved.budget_warn_at,
-        directory=Path(resolved.directory).absolute(),
+        directory=_absolute(resolved.directory),
         ledger=resolved.budget_ledger,
         sinks=[*objects, *_ledger_sinks(resolved)],
     )
@@ -137,13 +153,13 @@ def _guardrail_sinks(resolved: Settings) -> list[Sink]:
     if resolved.alerts or resolved.on_alert or resolved.budgets:
         alerts = AlertSink(
             resolved.alerts,
-            Path(resolved.directory).absolute() / "alerts.jsonl",
+            _absolute(resolved.directory) / "alerts.jsonl",
             resolved.on_alert,
         )
         alerts.activate()
         made.append(alerts)
     if resolved.state_file is not None:
-        made.append(StateFileSink(Path(resolved.state_file).absolute()))
+        made.append(StateFileSink(_absolute(resolved.state_file)))
     return made
 
 
