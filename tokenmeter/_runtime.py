@@ -22,6 +22,7 @@ _sink_objects: list[Sink] = []  # sink objects given to configure(), beside the 
 _attached: list[Sink] = []  # sinks kept whatever configure() sets (see attach_sink)
 _explicit: dict[str, Any] = {}
 _lock = threading.RLock()
+_told_no_cwd = False
 renew_after_fork(globals(), "_lock")
 
 
@@ -38,14 +39,17 @@ def _absolute(path: str | Path) -> Path:
     the process (a deleted checkout) has no absolute name: the path stays relative, so the
     sinks that open it fail and say so, while calls and records go on (never an exception
     from ``record()`` or an intercepted call)."""
+    global _told_no_cwd
     try:
         return Path(path).absolute()
     except OSError as exc:
-        logging.getLogger("tokenmeter").error(
-            "tokenmeter: %s cannot be made absolute (%s); the working directory was removed",
-            path,
-            exc,
-        )
+        if not _told_no_cwd:
+            _told_no_cwd = True
+            logging.getLogger("tokenmeter").error(
+                "tokenmeter: %s cannot be made absolute (%s); the working directory was removed",
+                path,
+                exc,
+            )
         return Path(path)
 
 
