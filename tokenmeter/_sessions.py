@@ -42,7 +42,7 @@ _ZERO = Decimal(0)
 _lock = threading.RLock()  # guards summary updates
 _current: ContextVar[Session | None] = ContextVar("tokenmeter_session", default=None)
 _MAX_ID = 200
-_MAX_NOTES = 10_000
+MAX_NOTES = 10_000
 #: Largest session budget: far above any real spend, far below where Decimal arithmetic
 #: overflows (the reports' bound on a cost, ``tokenmeter.cli._validate.MAX_COST_USD``).
 MAX_BUDGET_USD = Decimal(10**9)
@@ -135,7 +135,7 @@ class Session:
         self.name = None if name is None else clean_text(name, MAX_NAME)
         self.tags = _check_tags(tags)
         self.budget_usd = _check_budget(budget_usd)
-        self.notes = None if notes is None else clean_text(notes, _MAX_NOTES)
+        self.notes = None if notes is None else clean_text(notes, MAX_NOTES)
         if on_exceed not in ("warn", "raise"):
             raise ValueError(f"on_exceed must be 'warn' or 'raise', got {on_exceed!r}")
         #: "raise": a call that would take the session past ``budget_usd`` is refused before it
@@ -337,7 +337,7 @@ def _check_tags(tags: Any) -> dict[str, str]:
         if not key.strip():
             raise ValueError("tags: a tag name must be a non-empty string")
     return {
-        clean_text(key, MAX_NAME): clean_text(str(value), _MAX_NOTES) for key, value in tags.items()
+        clean_text(key, MAX_NAME): clean_text(str(value), MAX_NOTES) for key, value in tags.items()
     }
 
 

@@ -103,6 +103,22 @@ def test_a_budget_whose_name_or_scope_holds_a_lone_surrogate_still_refuses(
     assert tokenmeter.flush(5) and [r.status for r in memory.records][-1] == "blocked"
 
 
+def test_a_budget_scoped_to_a_long_session_name_or_tag_still_refuses(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    """A session name is kept as its first 500 characters (a tag value as its first 10,000): a
+    budget naming the whole longer name never matched the session, so it never refused."""
+    name, value = "job-" * 200, "v" * 20_000
+    memory = configured(tmp_path, [{"limit_usd": 0.02, "session": name, "tag": f"t={value}"}])
+    with tokenmeter.session(name, tags={"t": value}):
+        for _ in range(3):
+            chat(fake)
+        with pytest.raises(BudgetExceeded):
+            chat(fake)
+    assert len(fake.requests) == 3
+    assert tokenmeter.flush(5) and [r.status for r in memory.records][-1] == "blocked"
+
+
 def test_the_ledger_is_a_sqlite_file_shared_by_processes(
     tmp_path: Path, fake: FakeProvider, instrumented: None
 ) -> None:

@@ -33,7 +33,7 @@ from typing import Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tokenmeter import _pipeline, _sessions
-from tokenmeter._models import Usage, UsageRecord, clean_text
+from tokenmeter._models import MAX_NAME, Usage, UsageRecord, clean_text
 from tokenmeter.guardrails import _leases, _state
 from tokenmeter.guardrails._errors import BudgetExceeded
 from tokenmeter.guardrails._estimate import estimate_input_usd, forget_prices, input_bound_usd
@@ -149,10 +149,11 @@ def _opt_text(where: str, value: Any) -> str | None:
     return _clean(value.strip())
 
 
-def _clean(text: str) -> str:
-    """Lone surrogates replaced, as in session names and tags: the ledger (SQLite, PostgreSQL)
-    cannot store them, and a scope must match the session's cleaned name and tags."""
-    return clean_text(text, len(text))
+def _clean(text: str, limit: int = MAX_NAME) -> str:
+    """Lone surrogates replaced and cut, as in records, session names and tags: the ledger
+    (SQLite, PostgreSQL) cannot store a surrogate, and a scope must match the cleaned names
+    (a session name of 600 characters is kept as its first ``MAX_NAME``)."""
+    return clean_text(text, limit)
 
 
 def _tag(where: str, value: Any) -> tuple[str, str] | None:
@@ -169,7 +170,7 @@ def _tag(where: str, value: Any) -> tuple[str, str] | None:
             f"{where} must be 'name=value' (e.g. 'customer=acme'), got {short_repr(value)}"
         )
     key, item = value.split("=", 1)
-    return _clean(key.strip()), _clean(item.strip())
+    return _clean(key.strip()), _clean(item.strip(), _sessions.MAX_NOTES)
 
 
 def parse_budget(where: str, value: Any) -> Budget:
