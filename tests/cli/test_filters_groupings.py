@@ -206,11 +206,14 @@ def test_tag_key_nobody_has(cli: RunCli, data: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
-@pytest.mark.parametrize("key", ["te\tam", "line\nbreak", "esc\x1b", "back\\slash", "équipe"])
+@pytest.mark.parametrize(
+    "key", ["te\tam", "line\nbreak", "esc\x1b", "back\\slash", "équipe", 'say "hi"', 'a\\"b']
+)
 def test_tag_keys_that_json_escapes(cli: RunCli, tmp_path: Path, kind: str, key: str) -> None:
     """The SQLite sink writes a tag key as JSON does (a tab as ``\\t``); the JSON path that reads
     it named the raw character, which SQLite compares with the escaped text: no match, so
-    ``--by tag:KEY`` said no record had the key and ``--tag KEY=V`` found no call."""
+    ``--by tag:KEY`` said no record had the key and ``--tag KEY=V`` found no call. A key holding
+    ``"`` cannot be named in a SQLite path at all (a bad path, or none found)."""
     records = [
         rec(1, "2026-11-01T10:00:00.000Z", "openai", "gpt-4o", 1, 1, "0.5", tags={key: "v"}),
         rec(2, "2026-11-01T11:00:00.000Z", "openai", "gpt-4o", 1, 1, "0.25"),
@@ -224,9 +227,10 @@ def test_tag_keys_that_json_escapes(cli: RunCli, tmp_path: Path, kind: str, key:
     assert report(cli, data, "--tag", f"{key}=v")["totals"]["cost_usd"] == Decimal("0.5")
     # PostgreSQL reads the key itself (``tags::jsonb ->> %s``) from the same path.
     from tokenmeter.cli._postgres import _translate
-    from tokenmeter.cli.reports._sql import tag_path, tag_sql
+    from tokenmeter.cli.reports._sql import tag_sql
 
-    assert _translate(f"SELECT {tag_sql()}", [tag_path(key)])[1] == [key]
+    sql, param = tag_sql(key)
+    assert _translate(f"SELECT {sql}", [param])[1] == [key]
 
 
 def test_compare_with_previous_period(cli: RunCli, data: Path) -> None:

@@ -69,7 +69,6 @@ from tokenmeter.cli.reports._sql import (
     group_by_sql,
     raw_column_sql,
     tag_pairs_sql,
-    tag_path,
     tag_sql,
     totals_select,
     with_exact_sums,
@@ -148,8 +147,9 @@ class Filters:
             column = "COALESCE(status, 'ok')" if "status" in columns else "'ok'"
             one_of(column, self.statuses)
         for key, value in self.tags:
-            clauses.append(f"{tag_sql()} = {PLACEHOLDER}")
-            params += [tag_path(key), value]
+            expr, param = tag_sql(key)
+            clauses.append(f"{expr} = {PLACEHOLDER}")
+            params += [param, value]
         if self.estimated is not None:
             flag = "estimated" if "estimated" in columns else "0"
             clauses.append(f"{flag} = {1 if self.estimated else 0}")

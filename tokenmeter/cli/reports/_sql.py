@@ -57,9 +57,14 @@ def tag_path(key: str) -> str:
     return "$." + json.dumps(key, ensure_ascii=False)
 
 
-def tag_sql(prefix: str = "") -> str:
-    """SQL text of one tag's value (its path as the one parameter), NULL when absent."""
-    return f"CAST(json_extract({prefix}tags, {PLACEHOLDER}) AS TEXT)"
+def tag_sql(key: str, prefix: str = "") -> tuple[str, str]:
+    """SQL text of one tag's value, NULL when absent, and its one parameter. A key holding ``"``,
+    which no SQLite path can name, is looked up among the row's pairs instead (``json_each``,
+    whose keys are unescaped; slower, so only for such a key)."""
+    if '"' not in key:
+        return f"CAST(json_extract({prefix}tags, {PLACEHOLDER}) AS TEXT)", tag_path(key)
+    pairs = f"json_each({prefix}tags)"
+    return f"(SELECT CAST(value AS TEXT) FROM {pairs} WHERE key = {PLACEHOLDER} LIMIT 1)", key
 
 
 def tag_pairs_sql(prefix: str = "") -> str:
@@ -100,8 +105,8 @@ def raw_column_sql(column: str, prefix: str = "") -> tuple[str, list[str]]:
     }
     if column in simple:
         return simple[column], []
-    key = column.removeprefix("tag:")
-    return f"COALESCE({tag_sql(prefix)}, {NONE_SQL})", [tag_path(key)]
+    expr, param = tag_sql(column.removeprefix("tag:"), prefix)
+    return f"COALESCE({expr}, {NONE_SQL})", [param]
 
 
 #: An exact SUM of integers, registered on every SQLite connection (``open_sqlite``).
