@@ -251,6 +251,50 @@ def test_output_file_owner_only_and_format_from_suffix(
     assert html.read_text().startswith("<!DOCTYPE html>")
 
 
+def _limit_file_size() -> None:  # in the child: a file grows past 4 KiB as on a full disk
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_output_file_that_cannot_be_written_whole_is_left_alone(
+    jsonl_file: Path, tmp_path: Path, existing: bool
+) -> None:
+    """``-o`` wrote into the file itself: a write that failed midway (a full disk, here the file
+    size limit) left half a report, in place of the good one when the file existed."""
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "report.html"
+    if existing:
+        target.write_text("the report of last week\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tokenmeter",
+            "report",
+            "--source",
+            str(jsonl_file),
+            "-o",
+            str(target),
+        ],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limit_file_size,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        f"tokenmeter: error: cannot write {target}: File too large"
+    ]
+    assert os.listdir(out) == (["report.html"] if existing else [])
+    if existing:
+        assert target.read_text() == "the report of last week\n"
+
+
 def test_directory_source_finds_usage_db(cli: RunCli, sqlite_db: Path) -> None:
     doc = report_json(cli, "--source", str(sqlite_db.parent))
     assert doc["totals"]["cost_usd"] == TOTAL_COST

@@ -9,9 +9,12 @@ which carries the exact text, keeps its control characters in a file or a pipe.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import stat
 import sys
+import tempfile
 from pathlib import Path
 
 from tokenmeter.cli._errors import CliError
@@ -63,11 +66,36 @@ def write_output(text: str, path: str | None, *, exact: bool = False) -> None:
         return
     target = Path(path)
     try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
+        _write_file(target, text)
     except OSError as exc:
         raise CliError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+
+def _write_file(target: Path, text: str) -> None:
+    """``text`` into a new owner-only file beside ``target`` (the file a link names), renamed
+    over it once whole: a write that fails (a full disk, Ctrl-C) leaves ``target`` as it was,
+    never half a report. What is there and is not a regular file (``/dev/stdout``, a FIFO) is
+    written to as it is."""
+    try:
+        regular = stat.S_ISREG(os.stat(target).st_mode)
+    except FileNotFoundError:
+        regular = True
+    if not regular:
+        with open(target, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+        return
+    real = Path(os.path.realpath(target))
+    fd, temporary = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, real)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def stdout_failed(exc: OSError) -> CliError:
