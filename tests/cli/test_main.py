@@ -234,6 +234,20 @@ def test_arguments_that_are_not_utf8_are_one_line(kind: str, tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.parametrize(
+    "command", [["report"], ["sessions"], ["session", "x"], ["tail"], ["alerts"]]
+)
+def test_an_empty_source_is_a_usage_error(command: list[str], tmp_path: Path) -> None:
+    """``--source "$UNSET_VARIABLE"`` read the default data (or ``./alerts.jsonl``) as if no
+    ``--source`` had been given: a report of other data than the one named, without a word."""
+    from .conftest import RECORDS, SESSIONS, write_sqlite
+
+    write_sqlite(tmp_path / ".tokenmeter" / "usage.db", RECORDS, SESSIONS)
+    result = run_module(*command, "--source", "", cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.splitlines() == ["tokenmeter: error: argument --source: must not be empty"]
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_a_full_disk_on_stdout_is_one_line(tmp_path: Path) -> None:
     """``tokenmeter report > file`` on a full disk: one line and status 1, not a traceback (nor

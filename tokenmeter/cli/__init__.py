@@ -74,8 +74,16 @@ _UNTIL_HELP = "up to this time, inclusive; a bare date means the END of that day
 _TZ_HELP = "time zone of dates, calendar groups and shown times, e.g. Europe/Paris (default UTC)"
 
 
+def _path(value: str) -> str:
+    """A path named on the command line. An empty one (``--source "$UNSET"``) would silently
+    mean the default or the current directory: a usage error instead."""
+    if not value:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
 def _add_source(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", metavar="PATH", help=_SOURCE_HELP, default=None)
+    parser.add_argument("--source", metavar="PATH", type=_path, help=_SOURCE_HELP, default=None)
 
 
 def _add_window(parser: argparse.ArgumentParser) -> None:
@@ -219,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     alerts.add_argument(
         "--source",
         metavar="PATH",
+        type=_path,
         default=None,
         help="alerts.jsonl, or a directory holding it (default: the configured directory)",
     )
