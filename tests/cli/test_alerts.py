@@ -76,6 +76,15 @@ def test_the_default_is_the_configured_directory(
     assert code == 0 and out.splitlines()[-1] == "1 alert(s)"
 
 
+def test_a_bad_setting_is_a_usage_error(cli: RunCli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad setting (where the default directory comes from) exited 1 here, 2 in every reader
+    of the usage data."""
+    monkeypatch.setenv("TOKENMETER_BUDGETS", '[{"limit_usd": 5, "period": "fortnight"}]')
+    code, out, err = cli("alerts")
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith("tokenmeter: error: tokenmeter setting 'budgets' from TOKENMETER_BUDGETS")
+
+
 def test_a_bad_since_is_a_usage_error(cli: RunCli) -> None:
     code, _, err = cli("alerts", "--since", "yesterday-ish")
     assert code == 2 and "bad date" in err

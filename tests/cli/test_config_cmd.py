@@ -43,10 +43,11 @@ def test_each_setting_names_its_source(
     )
 
 
-def test_a_bad_setting_is_one_line_and_exit_1(cli: RunCli, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bad_setting_is_one_line_and_exit_2(cli: RunCli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exit 2, as in every command (it was 1 here and in ``alerts`` and ``prices``)."""
     monkeypatch.setenv("TOKENMETER_BUDGETS", '[{"limit_usd": 5, "period": "fortnight"}]')
     code, out, err = cli("config")
-    assert code == 1 and out == ""
+    assert code == 2 and out == ""
     assert err.startswith(
         "tokenmeter: error: tokenmeter setting 'budgets' from TOKENMETER_BUDGETS: budgets[0].period"
     )

@@ -84,3 +84,11 @@ def test_modality_rates_and_tool_fees_are_shown(cli: RunCli) -> None:
     assert json.loads(out, parse_float=Decimal)["usd_per_thousand_requests"] == {
         "web_search_per_k": 10
     }
+
+
+def test_a_bad_setting_is_a_usage_error(cli: RunCli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exit 2, as in every command (it was 1 here)."""
+    monkeypatch.setenv("TOKENMETER_BUDGETS", '[{"limit_usd": 5, "period": "fortnight"}]')
+    code, out, err = cli("prices", "gpt-4o")
+    assert code == 2 and out == "" and len(err.splitlines()) == 1
+    assert err.startswith("tokenmeter: error: tokenmeter setting 'budgets' from TOKENMETER_BUDGETS")

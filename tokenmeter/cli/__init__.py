@@ -2,8 +2,8 @@
 effective settings, and a demo.
 
 ``main(argv)`` returns the exit status: 0 on success, 1 for a problem with the data (missing or
-unreadable source, unknown session), 2 for bad arguments (a bad date, an unknown ``--by`` key).
-Every error is one line on stderr.
+unreadable source, unknown session), 2 for bad arguments (a bad date, an unknown ``--by`` key)
+or a bad setting (``TOKENMETER_*``, pyproject.toml). Every error is one line on stderr.
 """
 
 from __future__ import annotations

@@ -12,9 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._output import write_output
-from tokenmeter.cli._source import lines_of, refuse_special_file
+from tokenmeter.cli._source import default_directory, lines_of, refuse_special_file
 
 __all__ = ["run_alerts"]
 
@@ -23,13 +22,7 @@ def _alerts_path(source: str | None) -> Path:
     if source is not None:
         path = Path(source)
         return path / "alerts.jsonl" if path.is_dir() else path
-    from tokenmeter._config import load_settings
-
-    try:
-        directory = load_settings().directory
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
-    return Path(directory) / "alerts.jsonl"
+    return default_directory() / "alerts.jsonl"
 
 
 #: The fields the alert sink writes and their types (besides ``time``): a line where one has

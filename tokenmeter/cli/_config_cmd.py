@@ -53,8 +53,8 @@ def run_config(args: argparse.Namespace) -> int:
 
     try:
         resolved, sources = load_settings_with_sources()
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
+    except ValueError as exc:  # a bad setting: a usage error, as in every command
+        raise CliError(str(exc), exit_code=2) from None
     values = {name: shown(getattr(resolved, name)) for name in Settings.model_fields}
     values["pg_dsn"] = without_password(values["pg_dsn"])
     if args.format == "json":

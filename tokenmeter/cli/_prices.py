@@ -63,7 +63,9 @@ def _load_user_prices() -> None:
 
     try:
         configure()  # (re)reads TOKENMETER_PRICES and [tool.tokenmeter]
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:  # a bad setting: a usage error, as in every command
+        raise CliError(str(exc), exit_code=2) from None
+    except OSError as exc:
         raise CliError(str(exc)) from None
 
 
