@@ -138,6 +138,22 @@ def test_demo_dir_that_cannot_be_one_is_one_line(tmp_path: Path) -> None:
     assert a_file.read_bytes() == b""
 
 
+def test_demo_with_a_bad_setting_is_one_line(tmp_path: Path) -> None:
+    """A bad ``TOKENMETER_*`` setting made ``configure()`` fail in the demo: a traceback."""
+    result = run_module(
+        "demo",
+        "--dir",
+        str(tmp_path / "demo"),
+        cwd=tmp_path,
+        TOKENMETER_BUDGETS='[{"limit_usd": 5, "period": "fortnight"}]',
+    )
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.splitlines() == [
+        "tokenmeter: error: tokenmeter setting 'budgets' from TOKENMETER_BUDGETS: budgets[0].period"
+        " must be one of call, session, hour, day, week, month, total, got 'fortnight'"
+    ]
+
+
 def test_live_demo_without_keys_is_a_clear_error(tmp_path: Path) -> None:
     result = run_module(
         "demo",

@@ -202,7 +202,10 @@ def run_demo(args: argparse.Namespace) -> int:
         raise CliError(
             f"--dir {directory}: cannot record there ({exc.strerror or exc})", exit_code=2
         ) from None
-    tokenmeter.configure(directory=directory)  # fake calls never go into the real usage data
+    try:
+        tokenmeter.configure(directory=directory)  # fake calls never go into the real usage data
+    except ValueError as exc:  # a bad setting (TOKENMETER_*, pyproject.toml)
+        raise CliError(str(exc), exit_code=2) from None
     started = datetime.now(UTC)
     instrumentation = tokenmeter.instrument()
     try:
