@@ -250,8 +250,10 @@ class Totals:
         return self.cache_read_tokens / self.input_tokens if self.input_tokens else None
 
     def share_of(self, whole: Totals) -> Decimal | None:
-        """This cost as a fraction of ``whole``'s cost (None when there is nothing to divide)."""
-        if not self.priced_calls or not whole.cost_usd:
+        """This cost as a fraction of ``whole``'s cost: None when it is not a part of a positive
+        whole. A refund (a negative cost) can bring the whole near zero or below, and a share of
+        that is no share (1e14 %, or -100 % and 200 %)."""
+        if not self.priced_calls or not 0 <= self.cost_usd <= whole.cost_usd or whole.cost_usd <= 0:
             return None
         return self.cost_usd / whole.cost_usd
 

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from decimal import Decimal
@@ -21,6 +22,7 @@ from .conftest import (
     RunCli,
     append_lines,
     rec,
+    record_line,
     run_module,
     subprocess_env,
     write_jsonl,
@@ -293,6 +295,32 @@ def test_output_file_that_cannot_be_written_whole_is_left_alone(
     assert os.listdir(out) == (["report.html"] if existing else [])
     if existing:
         assert target.read_text() == "the report of last week\n"
+
+
+@pytest.mark.parametrize("refund", ["-0.999999999999", "-2"])
+@pytest.mark.parametrize("fmt", ["table", "markdown", "csv", "json", "html"])
+def test_shares_of_a_total_that_refunds_bring_near_zero_or_below(
+    cli: RunCli, tmp_path: Path, fmt: str, refund: str
+) -> None:
+    """A refund (a negative cost) can bring the total near zero or below it: the shares of that
+    total were absurd (100000000000000.0% beside -99999999999900.0%; -100% and 200%). A share is
+    shown only for a part of a positive total; the others are blank (null in JSON)."""
+    paid = rec(1, "2026-11-01T10:00:00.000Z", "openai", "gpt-4o", 10, 5, "1")
+    refunded = rec(2, "2026-11-01T11:00:00.000Z", "openai", "gpt-4o-mini", 10, 5, "1")
+    data = append_lines(
+        tmp_path / "usage.jsonl",
+        [record_line(paid), record_line(refunded, estimated_cost_usd=refund)],
+    )
+    code, out, err = cli("report", "--source", str(data), "--format", fmt, "--wide")
+    assert code == 0, err
+    if fmt == "json":
+        doc = json.loads(out, parse_float=Decimal)
+        assert [row["share_of_cost"] for row in doc["rows"]] == [None, None]
+    elif fmt == "csv":
+        assert [row["share_of_cost"] for row in csv.DictReader(io.StringIO(out))] == ["", ""]
+    else:  # every percentage, the chart's heights and widths included, is a part of a whole
+        shown = [Decimal(n) for n in re.findall(r"(-?[\d,.]+)%", out.replace(",", ""))]
+        assert all(0 <= n <= 100 for n in shown), shown
 
 
 def test_directory_source_finds_usage_db(cli: RunCli, sqlite_db: Path) -> None:

@@ -194,8 +194,9 @@ def _daily_chart(per_day_model: Breakdown, colors: dict[str, str]) -> str:
     for day in days:
         stack = stacks[day]
         total = sum(stack.values(), Decimal(0))
+        drawn = sum((cost for cost in stack.values() if cost > 0), Decimal(0))  # not refunds
         segments = "".join(
-            f'<div class="seg" style="height:{_pct(cost, total)};background:{colors[model]}" '
+            f'<div class="seg" style="height:{_pct(cost, drawn)};background:{colors[model]}" '
             f'data-label="{esc(model)}" data-cost="{exact_usd(cost)}" '
             f'title="{esc(day)} · {esc(model)}: {esc(fmt_usd(cost))}"></div>'
             for model, cost in sorted(stack.items(), key=lambda item: order.index(item[0]))
