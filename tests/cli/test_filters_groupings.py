@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from .conftest import SESSIONS, RunCli, rec, write_jsonl, write_sqlite
+from .conftest import (
+    SESSIONS,
+    RunCli,
+    append_lines,
+    rec,
+    record_line,
+    write_jsonl,
+    write_sqlite,
+)
 
 CHAT = ("s-1", "POST /draft")
 
@@ -256,6 +264,23 @@ def test_compare_with_previous_period(cli: RunCli, data: Path) -> None:
     )
     assert code == 0 and "Change" in out and "+166.7%" in out  # 0.08 vs 0.03 for openai
     assert "compared with: 2026-11-01 to 2026-11-07" in out
+
+
+def test_change_from_a_negative_cost_before(cli: RunCli, tmp_path: Path) -> None:
+    """A refund made the period before cost -$2.00; $1.00 now is $3.00 more, which read as
+    "-150.0%" (and a fall, in the dashboard). No percentage of a negative cost means anything."""
+    refund = rec(1, "2026-11-01T10:00:00.000Z", "openai", "gpt-4o", 1, 1, "1")
+    paid = rec(2, "2026-11-02T10:00:00.000Z", "openai", "gpt-4o", 1, 1, "1")
+    lines = [record_line(refund, estimated_cost_usd="-2"), record_line(paid)]
+    data = append_lines(tmp_path / "usage.jsonl", lines)
+    window = ("--since", "2026-11-02", "--until", "2026-11-02")
+    code, out, err = cli("report", "--source", str(data), *window, "--compare", "--wide")
+    assert code == 0, err
+    total = next(line for line in out.splitlines() if line.startswith("TOTAL"))
+    assert total.split()[-3:] == ["-$2.00", "n/a", "0"], total
+    code, out, err = cli("report", "--source", str(data), *window, "--format", "html")
+    assert code == 0, err
+    assert '<small class="up">n/a vs -$2.00 the period before</small>' in out
 
 
 def test_compare_needs_a_length(cli: RunCli, data: Path) -> None:

@@ -409,7 +409,7 @@ def _delta(now: Totals, before: Totals | None) -> tuple[str, str]:
     text = change_text(now.cost_usd, before.cost_usd)
     if not text:
         return "no change from the period before", ""
-    klass = "up" if text.startswith("+") or text == "new" else "down"
+    klass = "up" if now.cost_usd >= before.cost_usd else "down"
     return f"{text} vs {fmt_usd(before.cost, na='$0.00')} the period before", klass
 
 

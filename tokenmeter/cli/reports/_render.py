@@ -74,9 +74,13 @@ def _change(totals: Totals, whole: Totals, row: Row | None, report: Report) -> s
 
 
 def change_text(now: Decimal, before: Decimal) -> str:
-    """``+12.5%`` / ``-3.0%``; ``new`` when there was nothing before; ``""`` when both are 0."""
+    """``+12.5%`` / ``-3.0%``; ``new`` when there was nothing before; ``""`` when both are 0;
+    ``n/a`` when refunds made the cost before negative: no percentage of that means anything
+    (-$2.00 to $1.00 read as -150%)."""
     if not before:
         return "new" if now else ""
+    if before < 0:
+        return "n/a"
     return f"{(now - before) / before * 100:+.1f}%"
 
 
