@@ -264,6 +264,32 @@ def test_an_empty_source_is_a_usage_error(command: list[str], tmp_path: Path) ->
     assert result.stderr.splitlines() == ["tokenmeter: error: argument --source: must not be empty"]
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["report", "-o", ""],
+        ["sessions", "-o", ""],
+        ["session", "sess-chat", "-o", ""],
+        ["demo", "--dir", ""],
+        ["run", "--dir", "", "--", "true"],
+    ],
+)
+def test_an_empty_output_or_dir_is_a_usage_error(args: list[str], tmp_path: Path) -> None:
+    """``-o ""`` failed as "cannot write .: Is a directory" (exit 1, as if the data were bad);
+    ``demo --dir ""`` recorded into the default demo directory and ``run --dir ""`` into the
+    current directory itself, without a word."""
+    from .conftest import RECORDS, SESSIONS, write_sqlite
+
+    write_sqlite(tmp_path / ".tokenmeter" / "usage.db", RECORDS, SESSIONS)
+    result = run_module(*args, cwd=tmp_path)
+    option = "-o/--output" if "-o" in args else "--dir"
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.splitlines() == [
+        f"tokenmeter: error: argument {option}: must not be empty"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tokenmeter"]
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_a_full_disk_on_stdout_is_one_line(tmp_path: Path) -> None:
     """``tokenmeter report > file`` on a full disk: one line and status 1, not a traceback (nor

@@ -74,7 +74,7 @@ _UNTIL_HELP = "up to this time, inclusive; a bare date means the END of that day
 _TZ_HELP = "time zone of dates, calendar groups and shown times, e.g. Europe/Paris (default UTC)"
 
 
-def _path(value: str) -> str:
+def nonempty_path(value: str) -> str:
     """A path named on the command line. An empty one (``--source "$UNSET"``) would silently
     mean the default or the current directory: a usage error instead."""
     if not value:
@@ -83,7 +83,9 @@ def _path(value: str) -> str:
 
 
 def _add_source(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", metavar="PATH", type=_path, help=_SOURCE_HELP, default=None)
+    parser.add_argument(
+        "--source", metavar="PATH", type=nonempty_path, help=_SOURCE_HELP, default=None
+    )
 
 
 def _add_window(parser: argparse.ArgumentParser) -> None:
@@ -183,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the metric columns to show, comma-separated (e.g. calls,total,cost,errors)",
     )
     report.add_argument("--format", choices=FORMATS, help="default: from -o's suffix, else table")
-    report.add_argument("-o", "--output", metavar="FILE", help="write here (created owner-only)")
+    report.add_argument(
+        "-o", "--output", metavar="FILE", type=nonempty_path, help="write here (created owner-only)"
+    )
     report.add_argument(
         "--detailed", action="store_true", help="also list the calls (newest --limit of them)"
     )
@@ -197,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     sessions.add_argument("--session-name", action="append", default=[], type=_text, metavar="NAME")
     sessions.add_argument("--limit", type=_count, default=20, help="how many; 0 = all (20)")
     sessions.add_argument("--format", choices=("table", "markdown", "json"), default="table")
-    sessions.add_argument("-o", "--output", metavar="FILE")
+    sessions.add_argument("-o", "--output", metavar="FILE", type=nonempty_path)
 
     session = commands.add_parser("session", help="one session, as the markdown journal shows it")
     session.add_argument(
@@ -205,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_source(session)
     session.add_argument("--format", choices=("markdown", "json"), default="markdown")
-    session.add_argument("-o", "--output", metavar="FILE")
+    session.add_argument("-o", "--output", metavar="FILE", type=nonempty_path)
 
     tail = commands.add_parser("tail", help="the latest records; -f to follow new ones")
     _add_source(tail)
@@ -227,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     alerts.add_argument(
         "--source",
         metavar="PATH",
-        type=_path,
+        type=nonempty_path,
         default=None,
         help="alerts.jsonl, or a directory holding it (default: the configured directory)",
     )
@@ -249,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--dir",
         metavar="DIR",
+        type=nonempty_path,
         default=None,
         help="where the demo records (default: ./.tokenmeter-demo, never your real data)",
     )

@@ -45,7 +45,11 @@ def add_run_parser(commands: Any) -> None:
         "print what it spent. Usage: tokenmeter run [options] -- COMMAND [ARGS...]",
     )
     run.add_argument("--sinks", help="sinks to write: sqlite,jsonl,markdown (TOKENMETER_SINKS)")
-    run.add_argument("--dir", metavar="PATH", help="directory of the sinks (TOKENMETER_DIR)")
+    from tokenmeter.cli import nonempty_path
+
+    run.add_argument(
+        "--dir", metavar="PATH", type=nonempty_path, help="directory of the sinks (TOKENMETER_DIR)"
+    )
     run.add_argument(
         "--budget",
         metavar="USD",
