@@ -132,6 +132,18 @@ def test_bad_status_is_a_usage_error(cli: RunCli, data: Path) -> None:
     assert code == 2 and "unknown --status failed" in err
 
 
+@pytest.mark.parametrize("option", ["--provider", "--status"])
+@pytest.mark.parametrize("value", ["", ",", " , "])
+def test_a_filter_naming_nothing_is_a_usage_error(
+    cli: RunCli, data: Path, option: str, value: str
+) -> None:
+    """``--provider "$UNSET"`` kept no provider and so filtered nothing: a report of every call
+    whose header names no filter, as if the option had not been given."""
+    code, out, err = cli("report", "--source", str(data), option, value)
+    assert code == 2 and out == ""
+    assert err.splitlines() == [f"tokenmeter: error: {option} {value!r} names no value"]
+
+
 def test_group_by_session_name(cli: RunCli, data: Path) -> None:
     rows = keys(report(cli, data, "--by", "name"), "session")
     assert rows[("POST /draft",)]["calls"] == 3  # three sessions, one row

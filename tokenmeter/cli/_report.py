@@ -126,19 +126,27 @@ def window(args: argparse.Namespace) -> tuple[datetime | None, datetime | None, 
     return since, until, tz
 
 
-def _split(values: list[str]) -> tuple[str, ...]:
-    return tuple(part.strip() for value in values for part in value.split(",") if part.strip())
+def _split(option: str, values: list[str]) -> tuple[str, ...]:
+    """The comma-separated names of a repeatable filter. A value naming none (``"$UNSET"``)
+    would filter nothing, as if the option had not been given: a usage error."""
+    parts: list[str] = []
+    for value in values:
+        names = [part.strip() for part in value.split(",") if part.strip()]
+        if not names:
+            raise _usage_error(f"{option} {value!r} names no value")
+        parts += names
+    return tuple(parts)
 
 
 def filters_from(args: argparse.Namespace) -> Filters:
-    statuses = tuple(status.lower() for status in _split(args.status))
+    statuses = tuple(status.lower() for status in _split("--status", args.status))
     unknown = [status for status in statuses if status not in STATUSES]
     if unknown:
         raise _usage_error(
             f"unknown --status {', '.join(unknown)}: use some of {', '.join(STATUSES)}"
         )
     return Filters(
-        providers=_split(args.provider),
+        providers=_split("--provider", args.provider),
         models=tuple(args.model),
         session_names=tuple(args.session_name),
         tags=tuple(args.tag),
