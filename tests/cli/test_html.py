@@ -134,6 +134,34 @@ def test_previous_period_delta(cli: RunCli, tmp_path: Path) -> None:
     assert code == 0 and "+62409.8% vs $0.00198 the period before" in out
 
 
+def test_alert_lines_are_checked_as_tokenmeter_alerts_checks_them(
+    cli: RunCli, tmp_path: Path
+) -> None:
+    """The dashboard listed lines of alerts.jsonl that ``tokenmeter alerts`` skips as not alerts
+    (``NaN`` and ``1e999`` shown as "nan" and "inf", a time that is no time, a rule that is a
+    number), and compared times as text, so an alert at ``2026-11-03T01:00:00+02:00`` (23:00 UTC
+    on the 2nd) fell outside the 2nd."""
+    db = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
+    lines = [
+        '{"time":"2026-11-02T10:00:00.000Z","rule":"kept_rule","observed":6000,"threshold":5000}',
+        '{"time":"2026-11-03T01:00:00+02:00","rule":"offset_rule","observed":1}',
+        '{"time":"2026-11-02T11:00:00.000Z","rule":"nan_rule","observed":NaN}',
+        '{"time":"2026-11-02T12:00:00.000Z","rule":"inf_rule","threshold":1e999}',
+        '{"time":"not a time","rule":"garbage_time_rule"}',
+        '{"time":"0001-01-01T00:00:00+01:00","rule":"before_year_1_rule"}',
+        '{"time":"2026-11-02T13:00:00.000Z","rule":7}',
+    ]
+    (tmp_path / "alerts.jsonl").write_text("\n".join(lines) + "\n")
+    code, out, err = cli(
+        "report", "--source", str(db), "--since", "2026-11-02", "--until", "2026-11-02",
+        "--format", "html",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "Budgets and alerts (2)" in out
+    assert "kept_rule" in out and "offset_rule" in out and "2026-11-02T23:00:00.000Z" in out
+    assert not re.search(r"nan_rule|inf_rule|garbage_time_rule|before_year_1_rule", out)
+
+
 def _tag_bars(page: str) -> dict[str, list[tuple[str, Decimal]]]:
     """Each tag chart's bars, in page order: (label, exact cost)."""
     charts: dict[str, list[tuple[str, Decimal]]] = {}

@@ -15,7 +15,7 @@ from typing import Any
 from tokenmeter.cli._output import write_output
 from tokenmeter.cli._source import default_directory, lines_of, refuse_special_file
 
-__all__ = ["run_alerts"]
+__all__ = ["parse_alert", "run_alerts"]
 
 
 def _alerts_path(source: str | None) -> Path:
@@ -47,8 +47,9 @@ def _no_constant(name: str) -> Any:
 _decode = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant).decode
 
 
-def _alert(line: bytes) -> tuple[dict[str, Any], datetime] | None:
-    """The alert on this line and its time, or None when the line is not one."""
+def parse_alert(line: bytes) -> tuple[dict[str, Any], datetime] | None:
+    """The alert on this line and its time in UTC, or None when the line is not one (the
+    reports' alert sections read lines through this too)."""
     try:
         item = _decode(line.decode("utf-8"))
     except (ValueError, RecursionError):  # also UnicodeDecodeError
@@ -69,9 +70,10 @@ def _alert(line: bytes) -> tuple[dict[str, Any], datetime] | None:
             return None
     try:
         when = datetime.fromisoformat(item["time"].replace("Z", "+00:00"))
-    except ValueError:
+        when = when.astimezone(UTC) if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):  # no time, or before year 1 in UTC
         return None
-    return item, when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    return item, when
 
 
 @dataclass
@@ -91,7 +93,7 @@ def read_alerts(path: Path, since: datetime | None = None) -> tuple[list[dict[st
     for line in lines_of(lines):
         if not line.strip():
             continue
-        found = _alert(line)
+        found = parse_alert(line)
         if found is None:
             lines.skipped += 1
         elif since is None or found[1] >= since:

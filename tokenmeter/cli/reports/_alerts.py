@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tokenmeter.cli._alerts import parse_alert
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._source import MAX_LINE_BYTES, is_too_long, skip_rest_of_line
 
@@ -59,11 +60,15 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _alert(data: Any) -> Alert | None:
-    if not isinstance(data, dict) or not isinstance(data.get("time"), str):
+def _alert(line: bytes) -> Alert | None:
+    """The alert on this line, checked as ``tokenmeter alerts`` checks it, its time in the
+    record format (so that ``within`` compares it as text); None when the line is not one."""
+    found = parse_alert(line)
+    if found is None:
         return None
+    data, when = found
     return Alert(
-        time=data["time"],
+        time=format_instant(when),
         rule=_text(data.get("rule")),
         scope=_text(data.get("scope")),
         observed=_text(data.get("observed")),
@@ -90,10 +95,7 @@ def alerts_in(path: Path) -> Alerts:
                 continue
             if not line.strip():
                 continue
-            try:
-                alert = _alert(json.loads(line))
-            except (ValueError, RecursionError):
-                alert = None
+            alert = _alert(line)
             if alert is None:
                 found.skipped += 1
                 continue
