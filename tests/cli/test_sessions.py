@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from .conftest import RunCli
 
@@ -154,3 +157,39 @@ def test_session_shows_a_parent_whose_calls_were_all_nested_with_rolled_up_total
     code, out, _ = cli("session", parent.id, "--source", str(directory))
     assert code == 0 and out.startswith("# Session: pipeline\n")
     assert "- **Total Calls:** 3" in out
+
+
+def test_session_with_more_nested_sessions_than_sqlite_takes_parameters(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The calls of a session and of those nested in it were selected with one parameter per
+    session id: SQLite before 3.32 takes 999 (later builds 32,766; PostgreSQL 65,535), so
+    ``session run_...`` of a server whose 1,000 requests each had a session was "too many SQL
+    variables". Here SQLite is limited to 999 as those builds are."""
+    from tokenmeter._models import SessionInfo
+
+    from .conftest import rec, ts, write_sqlite
+
+    started = ts("2026-11-01T00:00:00.000Z")
+    children = [(f"req-{i}", "POST /draft") for i in range(1000)]
+    records = [
+        rec(i, "2026-11-01T00:00:00.000Z", "openai", "gpt-4o", 1, 1, "0.001", session=child)
+        for i, child in enumerate(children)
+    ]
+    sessions = [SessionInfo(id="run_1", name="server", started_at=started)] + [
+        SessionInfo(id=sid, name=name, parent_id="run_1", started_at=started)
+        for sid, name in children
+    ]
+    data = write_sqlite(tmp_path / "usage.db", records, sessions)
+    connect = sqlite3.connect
+
+    def limited(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", limited)
+    code, out, err = cli("session", "run_1", "--source", str(data), "--format", "json")
+    assert code == 0, err
+    doc = json.loads(out, parse_float=Decimal)
+    assert len(doc["calls"]) == 1000 and doc["cost_usd"] == Decimal("1")

@@ -278,22 +278,14 @@ def _stored_session(conn: sqlite3.Connection, wanted: str) -> str | None:
     return str(named[0][0]) if named else None
 
 
-def _descendants(conn: sqlite3.Connection, session_id: str) -> list[str]:
-    """The sessions nested in this one, at any depth (its calls roll up, as in ``sessions``)."""
-    children: dict[str, list[str]] = {}
-    for child, parent in conn.execute("SELECT id, parent_id FROM sessions"):
-        if isinstance(child, str) and isinstance(parent, str):
-            children.setdefault(parent, []).append(child)
-    found: list[str] = []
-    seen = {session_id}
-    todo = [session_id]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            if child not in seen:  # a cycle is bad data
-                seen.add(child)
-                found.append(child)
-                todo.append(child)
-    return found
+#: The calls of a session and of the sessions nested in it at any depth (its calls roll up, as
+#: in ``sessions``), found in SQL: one parameter per nested session would meet SQLite's limit
+#: (999 before 3.32) and PostgreSQL's. ``UNION`` drops an id already found: a cycle ends.
+_TREE_CALLS = (
+    "WITH RECURSIVE tree(id) AS (SELECT CAST(? AS TEXT) "
+    "UNION SELECT s.id FROM sessions s JOIN tree ON s.parent_id = tree.id) "
+    "SELECT * FROM records WHERE session_id IN (SELECT id FROM tree) ORDER BY timestamp, rowid"
+)
 
 
 def _find_sqlite(source: Source, wanted: str) -> SessionDetail:
@@ -317,16 +309,16 @@ def _find_sqlite(source: Source, wanted: str) -> SessionDetail:
                 if stored is None:
                     raise CliError(f"no session {wanted!r} in {source.path}")
                 session_id = stored
-        ids = [session_id]
-        if _has_sessions_table(conn):
-            ids += _descendants(conn, session_id)
-        marks = ", ".join("?" * len(ids))
-        rows = conn.execute(
-            f"SELECT * FROM records WHERE session_id IN ({marks}) ORDER BY timestamp, rowid", ids
-        ).fetchall()
+        nested = _has_sessions_table(conn)
+        sql = (
+            _TREE_CALLS
+            if nested
+            else "SELECT * FROM records WHERE session_id = ? ORDER BY timestamp, rowid"
+        )
+        rows = conn.execute(sql, [session_id]).fetchall()
         calls, skipped = calls_from_rows(rows)
         info = None
-        if _has_sessions_table(conn):
+        if nested:
             info = conn.execute("SELECT * FROM sessions WHERE id = ?", [session_id]).fetchone()
     except sqlite3.Error as exc:
         raise CliError(f"cannot read {source.path}: {exc}") from None
