@@ -16,7 +16,7 @@ from types import ModuleType
 import anthropic
 import pytest
 from anthropic.types import Message
-from provider_helpers import MESSAGES, Answer, Records, only
+from provider_helpers import MESSAGES, Answer, Records, mock_anthropic, only, sse_reply
 
 from tokenmeter._models import UsageRecord
 from tokenmeter.testing import FakeProvider
@@ -134,6 +134,66 @@ async def test_stream_helper_left_early_records_what_was_reported(
     del stream
     gc.collect()
     assert len(instrumented()) == 1
+
+
+def _stream_event(kind: str, usage: dict[str, int]) -> tuple[str, dict[str, object]]:
+    """A ``message_start`` or ``message_delta`` event carrying ``usage``."""
+    if kind == "message_delta":
+        delta = {"stop_reason": "end_turn", "stop_sequence": None}
+        return kind, {"type": kind, "delta": delta, "usage": usage}
+    message = {
+        "id": "msg_order",
+        "type": "message",
+        "role": "assistant",
+        "model": SERVED,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": usage,
+    }
+    return kind, {"type": kind, "message": message}
+
+
+_START = _stream_event("message_start", {"input_tokens": 25, "output_tokens": 1})
+_DELTA = _stream_event("message_delta", {"output_tokens": 410})
+#: Newer API versions repeat the input and cache counts on message_delta (cumulative too).
+_FULL_DELTA = _stream_event(
+    "message_delta",
+    {"input_tokens": 25, "cache_read_input_tokens": 300, "output_tokens": 410},
+)
+_STOP = ("message_stop", {"type": "message_stop"})
+
+
+@pytest.mark.parametrize(
+    ("events", "cache_read"),
+    [
+        pytest.param([_DELTA, _START, _STOP], 0, id="delta-before-start"),
+        pytest.param([_START, _DELTA, _START, _STOP], 0, id="start-again-after-delta"),
+        pytest.param([_START, _FULL_DELTA, _START, _STOP], 300, id="full-delta-then-start"),
+    ],
+)
+async def test_stream_usage_is_the_final_count_whatever_the_event_order(
+    kit: ModuleType,
+    instrumented: Records,
+    is_async: bool,
+    caplog: pytest.LogCaptureFixture,
+    events: list[tuple[str, object]],
+    cache_read: int,
+) -> None:
+    """A message_delta's cumulative counts are the call's, whether a message_start (input and a
+    provisional output of one token) comes before or after it: never message_start's output."""
+    client = mock_anthropic(lambda request: sse_reply(kit.http, events), is_async=is_async)
+
+    stream = await kit.maybe(
+        client.messages.create(model=MODEL, max_tokens=512, messages=MESSAGES, stream=True)
+    )
+    await kit.drain(stream)
+
+    record = only(instrumented())
+    assert (record.status, record.estimated) == ("ok", False)
+    assert (record.input_tokens, record.output_tokens) == (25 + cache_read, 410)
+    assert record.cache_read_tokens == cache_read
+    assert "tokenmeter" not in caplog.text  # nothing was wrong with this usage
 
 
 @pytest.mark.requires(anthropic=">=0.77")  # messages.parse()

@@ -1,7 +1,8 @@
 """Anthropic adapter: the messages routes, and the cumulative usage of its streams.
 
 Stream usage arrives twice: complete on ``message_start`` and as cumulative totals on each
-``message_delta`` (fields omitted when unchanged). Merge by overwriting, never by adding.
+``message_delta`` (fields omitted when unchanged). Merge by overwriting, never by adding; a
+``message_delta``'s counts win over any ``message_start``'s, whichever came first.
 """
 
 from __future__ import annotations
@@ -30,14 +31,19 @@ _FIELDS = (
 
 
 class EventReader:
-    """Keeps the merged usage fields of one message stream (a handful of values). Until the
-    closing ``message_delta`` brings the output count, the text that passes by is tallied: a
-    stream left early reports only ``message_start``'s output count (a token or so)."""
+    """Keeps the usage fields of one message stream (a handful of values): those of
+    ``message_start`` and, apart, the cumulative ones of ``message_delta``, which win whatever the
+    order (a ``message_start`` seen after a delta, or twice, must not bring back its provisional
+    output count). Until the closing ``message_delta`` brings the output count, the text that
+    passes by is tallied: a stream left early reports only ``message_start``'s output count (a
+    token or so)."""
 
-    __slots__ = ("fields", "final", "tally")
+    __slots__ = ("delta", "final", "start", "started", "tally")
 
     def __init__(self, hide_usage_chunk: bool = False) -> None:
-        self.fields: dict[str, Any] = {}
+        self.start: dict[str, Any] = {}
+        self.delta: dict[str, Any] = {}
+        self.started = False
         self.final = False
         self.tally = TextTally()
 
@@ -53,12 +59,13 @@ class EventReader:
             message = event.message
             call.model = getattr(message, "model", None) or call.model
             call.request_id = ident(getattr(message, "id", None))
-            self._merge(getattr(message, "usage", None), call)
+            self.started = True
+            self._merge(getattr(message, "usage", None), self.start, call)
         elif kind == "message_delta":
             usage = getattr(event, "usage", None)
             if usage is not None:  # none: the output is estimated, as for a stream left early
                 self.final = True
-                self._merge(usage, call)
+                self._merge(usage, self.delta, call)
         return False
 
     def partial(self, usage: Usage, model: str) -> Usage | None:
@@ -71,16 +78,21 @@ class EventReader:
             return None
         return usage.model_copy(update={"output_tokens": output})
 
-    def _merge(self, usage: Any, call: Call) -> None:
+    def _merge(self, usage: Any, into: dict[str, Any], call: Call) -> None:
         if usage is None:
             return
         get = getter(usage)  # text or a number where usage belongs is unreadable, not ignored
         for name in _FIELDS:
             value = get(name)
             if value is not None:
-                self.fields[name] = value
-        call.usage = usage_from_anthropic(self.fields)
-        call.tier = tier_from_anthropic(self.fields)
+                into[name] = value
+        fields = {**self.start, **self.delta}
+        if not self.started and "input_tokens" not in fields:
+            # A message_delta before message_start: the input count is still to come.
+            call.cannot_read("message_delta before message_start: no input count yet")
+            return
+        call.usage = usage_from_anthropic(fields)
+        call.tier = tier_from_anthropic(fields)
 
 
 def _read_message(parsed: Any, call: Call) -> None:
