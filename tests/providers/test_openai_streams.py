@@ -18,7 +18,7 @@ from typing import Any
 
 import openai
 import pytest
-from provider_helpers import MESSAGES, Records
+from provider_helpers import MESSAGES, Records, only, sse_reply
 
 import tokenmeter
 from tokenmeter.testing import FakeProvider
@@ -326,6 +326,60 @@ async def test_mid_stream_network_failure_is_an_error_record(
         expected = "APIConnectionError"
     (record,) = records()
     assert record.status == "error" and record.error == expected
+
+
+def _responses_events(deltas: int, last: dict[str, Any]) -> list[tuple[str | None, Any]]:
+    """A Responses stream: created, ``deltas`` output text deltas, then ``last``."""
+    response = {
+        "id": "resp_err",
+        "object": "response",
+        "created_at": 1,
+        "status": "in_progress",
+        "model": "gpt-4o-2024-08-06",
+        "output": [],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": None,
+    }
+    events: list[tuple[str | None, Any]] = [
+        ("response.created", {"type": "response.created", "response": response})
+    ]
+    for n in range(deltas):
+        delta = {
+            "type": "response.output_text.delta",
+            "item_id": "msg_1",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": " word",
+            "logprobs": [],
+            "sequence_number": n + 1,
+        }
+        events.append((delta["type"], delta))
+    events.append((last["type"], last))
+    return events
+
+
+@pytest.mark.parametrize(("code", "expected"), [("server_error", "server_error"), (None, None)])
+async def test_responses_stream_ending_on_an_error_event_is_an_error_record(
+    records: Records, kit: ModuleType, is_async: bool, code: str | None, expected: str | None
+) -> None:
+    """An ``error`` event and no terminal event: the SDK raises nothing, the stream just ends.
+    Recorded as an error named by the event's code, with the output that streamed by estimated
+    (billed: never a silent zero)."""
+    error = {"type": "error", "code": code, "message": "boom", "param": None, "sequence_number": 9}
+    events = _responses_events(8, error)
+    client = kit.mock_openai(lambda request: sse_reply(kit.http, events), is_async=is_async)
+    tokenmeter.instrument("openai")
+
+    stream = await kit.maybe(client.responses.create(model="gpt-4o", input="hi", stream=True))
+    seen = await kit.drain(stream)
+
+    assert seen[-1].type == "error"
+    record = only(records())
+    assert (record.status, record.error) == ("error", expected or "ResponseErrorEvent")
+    assert record.estimated and record.output_tokens >= 8
+    assert (record.model_name, record.request_id) == ("gpt-4o-2024-08-06", "resp_err")
 
 
 async def test_stream_state_is_constant(records: Records, kit: ModuleType, is_async: bool) -> None:

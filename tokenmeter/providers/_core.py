@@ -151,6 +151,9 @@ class Call:
     no_usage_hint: str = ""
     #: The budget reservation the call holds until its record settles it (guardrails).
     budget: Any = None
+    #: An error the provider reported inside a stream without the SDK raising (an OpenAI
+    #: Responses ``error`` event): recorded as the call's error, like an exception.
+    failure: str | None = None
 
     def __post_init__(self) -> None:
         if self.streamed:
@@ -205,8 +208,9 @@ class Call:
     def _record(self, error: BaseException | None) -> None:
         latency_ms = round((time.perf_counter() - self.started) * 1000, 3)
         usage, status, error_name, estimated = self.usage, "ok", None, False
-        if error is not None:
-            status, error_name = "error", type(error).__name__
+        if error is not None or self.failure is not None:
+            status = "error"
+            error_name = type(error).__name__ if error is not None else self.failure
             tally = getattr(self.reader, "tally", None)
             if usage is None and tally is not None and tally.chars:
                 # A stream cut after the provider had sent content: billed, though it never

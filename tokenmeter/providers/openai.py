@@ -29,6 +29,8 @@ _OUTPUT_DELTAS = {
     "response.reasoning_text.delta",
 }
 _NOT_YET_BILLED = {"queued", "in_progress"}
+#: The error of a Responses stream that ended on an ``error`` event without a code.
+_ERROR_EVENT = "ResponseErrorEvent"
 #: What a caller can do about a chat stream without usage.
 _CHAT_HINT = "for OpenAI chat, leave stream_options.include_usage unset or True"
 
@@ -106,7 +108,8 @@ def _read_usage(chunk: Any, usage: Any, call: Call) -> None:
 class ResponseEventReader:
     """Responses streams: usage on the terminal event (completed, incomplete or failed). Until it
     comes, output deltas are tallied: a stream left early, or a terminal response without usage
-    (a server that sends none), is recorded with an estimate."""
+    (a server that sends none), is recorded with an estimate. A stream that ends on an ``error``
+    event is recorded as an error named by the event's code (estimated the same way)."""
 
     __slots__ = ("tally",)
 
@@ -132,6 +135,9 @@ class ResponseEventReader:
                 call.take(found)
         elif kind == "response.created" and call.model is None:
             keep_names(call, getattr(event, "response", None))
+        elif kind == "error":  # the SDK raises nothing: the stream just ends, with no usage
+            code = getattr(event, "code", None)
+            call.failure = code[:100] if type(code) is str and code.strip() else _ERROR_EVENT
         return False
 
 
