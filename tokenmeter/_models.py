@@ -62,10 +62,13 @@ TOOL_REQUEST_KEYS = frozenset({"web_search", "web_fetch", "file_search", "code_e
 
 
 def clean_text(text: str, limit: int = 1_000) -> str:
-    """``text`` as every sink can store it: lone surrogates (not encodable as UTF-8) replaced by
-    U+FFFD, and at most ``limit`` characters (a hostile server may send a megabyte-long model)."""
+    """``text`` as every sink can store it: lone surrogates (not encodable as UTF-8) and NUL
+    (PostgreSQL text cannot hold it) replaced by U+FFFD, and at most ``limit`` characters (a
+    hostile server may send a megabyte-long model)."""
     if len(text) > limit:
         text = text[:limit]
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
     if text.isascii():
         return text
     try:

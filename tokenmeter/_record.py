@@ -64,7 +64,7 @@ def _opt_text(value: Any) -> str | None:
     """Optional text from a response: None stays None, anything else becomes clean text."""
     if value is None:
         return None
-    if type(value) is str and len(value) <= MAX_NAME and value.isascii():
+    if type(value) is str and len(value) <= MAX_NAME and value.isascii() and "\x00" not in value:
         return value  # nearly always (a response id): nothing to clean
     return clean_text(value if type(value) is str else str(value), MAX_NAME)
 
@@ -114,12 +114,14 @@ def emit(
     if session is None:
         session = _sessions.current_session() or _sessions.implicit_session()
     now = timestamp or datetime.now(UTC)
-    if type(model) is not str or not model.isascii():
+    if type(model) is not str or not model.isascii() or "\x00" in model:
         model = clean_text(str(model), MAX_NAME)
     elif len(model) > MAX_NAME:
         model = model[:MAX_NAME]
     if request_model is not None:
         request_model = model if request_model == model else _opt_text(request_model)
+    if error is not None:  # a stream's own error event names it: text from a server
+        error = _opt_text(error)
     cost = price_usage(provider, model, usage, at=now, tier=tier) if priced else _UNKNOWN
     # The models' fields read from their __dict__: a pydantic model's attribute access goes
     # through its __getattr__ hook, several times dearer than a dict lookup (hot path).

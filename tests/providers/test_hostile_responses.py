@@ -107,6 +107,8 @@ class Chat:
 
 OPENAI_ANSWERS = {
     "lone surrogate model": Chat(model="gpt-\ud800"),
+    # PostgreSQL refuses a NUL in text: it must never reach a sink.
+    "NUL in model and id": Chat(model=f"{SERVED}\x00", id=f"{CHAT_ID}\x00"),
     "1 MB model": Chat(model="g" * MEGABYTE),
     "blank model": Chat(model=" \n"),
     "numeric id": Chat(id=12345),
@@ -119,7 +121,13 @@ OPENAI_ANSWERS = {
     "usage missing": Chat(usage=ABSENT),
     "usage null": Chat(usage=None),
 }
-BAD_TEXT = {"lone surrogate model", "1 MB model", "blank model", "numeric id"}
+BAD_TEXT = {
+    "lone surrogate model",
+    "NUL in model and id",
+    "1 MB model",
+    "blank model",
+    "numeric id",
+}
 #: No usage at all (a server that sends none): an estimate, never a silent zero.
 NO_USAGE = {"usage missing", "usage null"}
 
@@ -228,6 +236,8 @@ async def test_openai_compatible_server(
     assert (record.input_tokens, record.output_tokens) == (19, 10)
     if case == "lone surrogate model":
         assert record.model_name == "gpt-\ufffd"
+    elif case == "NUL in model and id":  # replaced as a lone surrogate is
+        assert (record.model_name, record.request_id) == (f"{SERVED}\ufffd", f"{CHAT_ID}\ufffd")
     elif case == "1 MB model":
         assert 0 < len(record.model_name) <= 1_000
         assert answer.model.startswith(record.model_name)
@@ -270,6 +280,44 @@ def test_hostile_answers_never_wedge_the_default_sqlite_sink(
     assert {row[0] for row in rows} >= {"gpt-\ufffd", SERVED}
     assert max(len(row[0]) for row in rows) <= 1_000
     assert not (tmp_path / "meter" / "quarantine.jsonl").exists()  # no record was refused
+
+
+async def test_a_nul_in_any_text_field_never_reaches_a_sink(
+    sink: InMemorySink, kit: ModuleType, is_async: bool
+) -> None:
+    """NUL in the served and requested model, the response id, the session's name, id and tags,
+    and the error a stream reports: each replaced (U+FFFD), never handed to a sink."""
+    error = {"type": "error", "code": "boom\x00", "message": "x", "param": None}
+    events = [
+        (
+            "response.created",
+            {
+                "type": "response.created",
+                "response": {
+                    **response_body("in_progress", None),
+                    "model": "gpt-4o\x00",
+                    "id": "resp_\x00",
+                },
+            },
+        ),
+        ("error", {**error, "sequence_number": 1}),
+    ]
+    client = kit.mock_openai(lambda request: sse_reply(OPENAI_HTTP, events), is_async=is_async)
+    tokenmeter.instrument("openai")
+
+    tags = {"team\x00": "a\x00b"}
+    with tokenmeter.session("nul\x00name", id="nul\x00id", tags=tags):
+        stream = await kit.maybe(
+            client.responses.create(model="gpt-4o-mini\x00", input="hi", stream=True)
+        )
+        await kit.drain(stream)
+
+    record = only(flushed(sink))
+    assert (record.status, record.error) == ("error", "boom\ufffd")
+    assert (record.model_name, record.request_model) == ("gpt-4o\ufffd", "gpt-4o-mini\ufffd")
+    assert (record.session_name, record.session_id) == ("nul\ufffdname", "nul\ufffdid")
+    assert (record.request_id, record.tags) == ("resp_\ufffd", {"team\ufffd": "a\ufffdb"})
+    assert "\\u0000" not in json.dumps(record.to_json_dict())
 
 
 # -- the Responses API: a queued background create is not a call yet ----------------------------
