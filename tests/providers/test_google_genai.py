@@ -13,10 +13,11 @@ import pytest
 from google import genai
 from google.genai import _api_client, errors, models
 from google.genai import types as gtypes
-from provider_helpers import flushed, only
+from provider_helpers import flushed, json_reply, mock_genai, only
 
 import tokenmeter
 from tokenmeter import UsageRecord
+from tokenmeter._estimate import estimate_input
 from tokenmeter.providers.google_genai import _targets, short_model
 from tokenmeter.testing import FakeProvider, GeminiUsage, InMemorySink
 from tokenmeter.testing._sdk import unmet
@@ -162,6 +163,36 @@ async def test_async_embed_content(fake: FakeProvider, sink: InMemorySink) -> No
     await client(fake).aio.models.embed_content(model="gemini-embedding-001", contents="a")
     record = only(flushed(sink))
     assert (record.operation, record.input_tokens) == ("embed_content", FINAL.prompt)
+
+
+@pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
+@pytest.mark.parametrize("meta", ["absent", {}], ids=["usageMetadata absent", "usageMetadata {}"])
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.usefixtures("instrumented")
+async def test_embed_content_without_usage_is_estimated_not_lost(
+    sink: InMemorySink, meta: Any, is_async: bool
+) -> None:
+    """An embedding reply without a count (older SDKs drop it; a server may send none) was
+    billed all the same: its input is estimated from the request, never lost or a silent 0."""
+    body: dict[str, Any] = {"embeddings": [{"values": [0.1, 0.2]}, {"values": [0.3, 0.4]}]}
+    if meta != "absent":
+        body["usageMetadata"] = meta
+    made = mock_genai(lambda request: json_reply(http, body))
+    _clients.append(made)
+    contents = ["The capital of France is Paris.", "Berlin is the capital of Germany."]
+    request = {"model": "gemini-embedding-001", "contents": contents}
+
+    if is_async:
+        response = await made.aio.models.embed_content(**request)
+    else:
+        response = made.models.embed_content(**request)
+
+    assert len(response.embeddings or []) == 2
+    record = only(flushed(sink))
+    assert (record.operation, record.status, record.estimated) == ("embed_content", "ok", True)
+    expected = estimate_input("google", request, "embed_content").input_tokens
+    assert record.input_tokens == expected > 0 and record.output_tokens == 0
+    assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
 
 
 @pytest.mark.usefixtures("instrumented")

@@ -54,19 +54,22 @@ def _new_call(kwargs: dict[str, Any], operation: str, streamed: bool) -> Call:
 
 def _read_response(response: Any, call: Call) -> None:
     meta = getattr(response, "usage_metadata", None)
-    if meta is not None and (reports_usage(meta) or not call.expects_usage):
+    if meta is not None and reports_usage(meta):
         _take_usage(response, call)
         return
-    if call.expects_usage:  # billed, and nothing reported: estimated
-        _names(response, call)
-        call.missing = True
-        return
-    # Vertex :predict embeddings report tokens per embedding instead of usage_metadata.
-    stats = [getattr(e, "statistics", None) for e in getattr(response, "embeddings", None) or []]
-    counts = [getattr(s, "token_count", None) for s in stats]
-    if counts and all(isinstance(c, int | float) for c in counts):
-        usage = usage_from_gemini({"prompt_token_count": sum(int(c or 0) for c in counts)})
-        call.take(Extracted(provider=PROVIDER, usage=usage, operation=call.operation))
+    if not call.expects_usage:
+        # Vertex :predict embeddings report tokens per embedding instead of usage_metadata.
+        embeddings = getattr(response, "embeddings", None) or []
+        stats = [getattr(e, "statistics", None) for e in embeddings]
+        counts = [getattr(s, "token_count", None) for s in stats]
+        if counts and all(isinstance(c, int | float) for c in counts):
+            usage = usage_from_gemini({"prompt_token_count": sum(int(c or 0) for c in counts)})
+            call.take(Extracted(provider=PROVIDER, usage=usage, operation=call.operation))
+            return
+    # Billed, and nothing reported (an embedding answer whose usage an older SDK drops, or a
+    # usage_metadata without a count): estimated from the request, never lost or a silent 0.
+    _names(response, call)
+    call.missing = True
 
 
 def _take_usage(response: Any, call: Call) -> None:
