@@ -11,12 +11,22 @@ its streams arrive as AWS event-stream frames.
 from __future__ import annotations
 
 import gc
+from collections.abc import AsyncIterator, Iterator
 from types import ModuleType
 
 import anthropic
 import pytest
+from anthropic import _base_client as anthropic_base_client
 from anthropic.types import Message
-from provider_helpers import MESSAGES, Answer, Records, mock_anthropic, only, sse_reply
+from provider_helpers import (
+    MESSAGES,
+    Answer,
+    Records,
+    http_of,
+    mock_anthropic,
+    only,
+    sse_reply,
+)
 
 from tokenmeter._models import UsageRecord
 from tokenmeter.testing import FakeProvider
@@ -194,6 +204,45 @@ async def test_stream_usage_is_the_final_count_whatever_the_event_order(
     assert (record.input_tokens, record.output_tokens) == (25 + cache_read, 410)
     assert record.cache_read_tokens == cache_read
     assert "tokenmeter" not in caplog.text  # nothing was wrong with this usage
+
+
+async def test_stream_cut_after_text_is_estimated_not_message_start_count(
+    kit: ModuleType, instrumented: Records, is_async: bool
+) -> None:
+    """A dropped connection after message_start and some text: the error record's output is the
+    text that streamed by (estimated), not message_start's provisional token."""
+    http = http_of(anthropic_base_client)
+    text = {"type": "text_delta", "text": " The capital of France is Paris."}
+    events = [
+        _START,
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": text}),
+    ]
+    head = sse_reply(http, [events[0], *[events[1]] * 40]).content
+
+    class Broken(http.SyncByteStream, http.AsyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            yield head
+            raise http.ReadError("connection reset")
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield head
+            raise http.ReadError("connection reset")
+
+    def server(request: object) -> object:
+        headers = {"content-type": "text/event-stream"}
+        return http.Response(200, stream=Broken(), headers=headers)
+
+    client = mock_anthropic(server, is_async=is_async)
+    stream = await kit.maybe(
+        client.messages.create(model=MODEL, max_tokens=512, messages=MESSAGES, stream=True)
+    )
+    with pytest.raises(Exception) as raised:
+        await kit.drain(stream)
+
+    record = only(instrumented())
+    assert (record.status, record.error) == ("error", type(raised.value).__name__)
+    assert record.input_tokens == 25  # message_start's, as reported
+    assert record.estimated and record.output_tokens > 40  # 40 deltas of 7 words streamed by
 
 
 @pytest.mark.requires(anthropic=">=0.77")  # messages.parse()

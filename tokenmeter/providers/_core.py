@@ -226,8 +226,13 @@ class Call:
             usage, estimated = self._estimate(), True
             if self.ran_out or self.missing:
                 _warn_no_usage(self.provider, self.no_usage_hint)
-        elif self.streamed and hasattr(self.reader, "partial"):
-            # A stream left before its final count (Anthropic: only message_start's).
+        if (
+            not estimated
+            and usage is not None
+            and self.streamed
+            and hasattr(self.reader, "partial")
+        ):
+            # A stream left or cut before its final count (Anthropic: only message_start's).
             served = self.model if type(self.model) is str else self.request_model or ""
             with without_waiting():
                 better = self.reader.partial(usage, served)
