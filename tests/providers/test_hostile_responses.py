@@ -569,6 +569,9 @@ ANTHROPIC_ANSWERS = {
     "message_delta without usage": Message(
         usage={**CLAUDE_USAGE, "output_tokens": 1}, final=ABSENT
     ),
+    "message_delta output_tokens null": Message(
+        usage={**CLAUDE_USAGE, "output_tokens": 1}, final={"output_tokens": None}
+    ),
     # Required counts sent as null: unknown, never a silent zero.
     "input_tokens null": Message(usage={**CLAUDE_USAGE, "input_tokens": None}),
     "usage null": Message(usage=None, final={"output_tokens": 12}),
@@ -578,7 +581,10 @@ STREAM_ONLY = {
     "message_delta output_tokens -3",
     "message_delta usage 'many'",
     "message_delta without usage",
+    "message_delta output_tokens null",
 }
+#: The closing output count never came: the output that streamed by is estimated.
+NO_CLOSING_COUNT = {"message_delta without usage", "message_delta output_tokens null"}
 
 
 class AnthropicServer:
@@ -664,7 +670,7 @@ async def test_anthropic_server(
     if case == "lone surrogate model":
         assert (record.status, record.model_name) == ("ok", "claude-\ufffd")
         assert (record.input_tokens, record.output_tokens) == (25, 12)
-    elif case == "message_delta without usage":  # the output streamed by is estimated
+    elif case in NO_CLOSING_COUNT:  # the output streamed by is estimated
         assert (record.status, record.estimated, record.input_tokens) == ("ok", True, 25)
         assert record.output_tokens > 1
     elif (

@@ -38,14 +38,19 @@ class EventReader:
     passes by is tallied: a stream left early reports only ``message_start``'s output count (a
     token or so)."""
 
-    __slots__ = ("delta", "final", "start", "started", "tally")
+    __slots__ = ("delta", "start", "started", "tally")
 
     def __init__(self, hide_usage_chunk: bool = False) -> None:
         self.start: dict[str, Any] = {}
         self.delta: dict[str, Any] = {}
         self.started = False
-        self.final = False
         self.tally = TextTally()
+
+    @property
+    def final(self) -> bool:
+        """The closing output count came: a message_delta whose usage holds one (a usage block
+        without it, or with a null one, brought none)."""
+        return "output_tokens" in self.delta
 
     def feed(self, event: Any, call: Call) -> bool:
         kind = getattr(event, "type", None)
@@ -64,7 +69,6 @@ class EventReader:
         elif kind == "message_delta":
             usage = getattr(event, "usage", None)
             if usage is not None:  # none: the output is estimated, as for a stream left early
-                self.final = True
                 self._merge(usage, self.delta, call)
         return False
 
