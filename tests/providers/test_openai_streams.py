@@ -78,6 +78,32 @@ async def test_caller_sees_exactly_the_chunks_it_would_without_tokenmeter(
         assert sent["stream_options"] == stream_options  # an explicit choice is never overridden
 
 
+@pytest.mark.parametrize(
+    "stream_options",
+    [{"include_usage": True}, {"include_usage": False}, {"continuous_usage_stats": True}],
+)
+async def test_stream_options_given_through_extra_body_are_the_callers(
+    records: Records, kit: ModuleType, is_async: bool, stream_options: dict[str, Any]
+) -> None:
+    """``extra_body`` replaces the body's ``stream_options`` whole (the SDK merges shallowly):
+    what the caller put there is sent as it is, and a usage chunk it asked for is not hidden."""
+    server = ChatServer(kit)
+    client = kit.mock_openai(server, is_async=is_async)
+    extra = {"extra_body": {"stream_options": stream_options}}
+    bare = await stream_once(client, kit, **extra)
+    tokenmeter.instrument("openai")
+
+    seen = await stream_once(client, kit, **extra)
+
+    assert dumps(seen) == dumps(bare)
+    assert server.bodies[-1]["stream_options"] == stream_options
+    record = only(records())
+    reported = stream_options.get("include_usage") is True
+    assert (record.status, record.estimated) == ("ok", not reported)
+    if reported:
+        assert (record.input_tokens, record.output_tokens) == (19, 10)
+
+
 async def test_stream_without_usage_is_recorded_with_an_estimate(
     records: Records, kit: ModuleType, is_async: bool, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -7,6 +7,7 @@ inferred from the base URL's host so the right price table applies.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from contextlib import suppress
 from typing import Any
 
@@ -293,8 +294,10 @@ class OpenAIAdapter(StainlessAdapter):
             return options, False
         body = options.json_data
         stream_options = body.get("stream_options") if isinstance(body, dict) else None
-        if not isinstance(body, dict) or (
-            isinstance(stream_options, dict) and "include_usage" in stream_options
+        if (
+            not isinstance(body, dict)
+            or _in_extra_body(options)
+            or (isinstance(stream_options, dict) and "include_usage" in stream_options)
         ):
             return options, False  # the caller decided; never override an explicit choice
         copied = options.model_copy()
@@ -309,9 +312,20 @@ class OpenAIAdapter(StainlessAdapter):
         caller or by us) ends with a usage chunk; a server that ignores the option sends none."""
         if endpoint.new_reader is not ChunkReader:
             return False
-        body = options.json_data
-        stream_options = body.get("stream_options") if isinstance(body, dict) else None
+        if _in_extra_body(options):
+            stream_options = options.extra_json["stream_options"]
+        else:
+            body = options.json_data
+            stream_options = body.get("stream_options") if isinstance(body, dict) else None
         return isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+
+
+def _in_extra_body(options: Any) -> bool:
+    """``stream_options`` given through ``extra_body``: the SDK merges it over the body's,
+    replacing them whole, so it is the caller's to send as it is (and a usage chunk it asks for
+    is the caller's, not hidden)."""
+    extra = getattr(options, "extra_json", None)
+    return isinstance(extra, Mapping) and "stream_options" in extra
 
 
 ADAPTER = OpenAIAdapter()
