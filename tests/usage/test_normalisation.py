@@ -189,6 +189,25 @@ def test_gemini_thoughts_are_outside_candidates_and_tool_prompt_is_input() -> No
     assert (found.model, found.request_id) == ("gemini-2.5-pro", "resp-abc")
 
 
+@pytest.mark.parametrize(
+    ("response", "operation"),
+    [
+        ({"promptFeedback": {"blockReason": "SAFETY"}}, "generate_content"),  # no candidates
+        ({}, "generate_content"),  # a usage-only answer (a stream's last chunk)
+        ({"embeddings": [{"values": [0.1]}]}, "embed_content"),  # batchEmbedContents
+        ({"embedding": {"values": [0.1]}}, "embed_content"),  # embedContent
+    ],
+)
+def test_gemini_operation_is_embed_content_only_for_embeddings(
+    response: dict[str, Any], operation: str
+) -> None:
+    """A generate_content answer without candidates (a blocked prompt, a usage-only chunk) is
+    no embedding: only an answer that holds embeddings is one."""
+    meta = {"promptTokenCount": 10, "candidatesTokenCount": 3, "totalTokenCount": 13}
+    found = extract({**response, "usageMetadata": meta, "modelVersion": "gemini-2.5-flash"})
+    assert found is not None and found.operation == operation
+
+
 def test_gemini_snake_case_sdk_object() -> None:
     types = pytest.importorskip("google.genai.types")
     response = types.GenerateContentResponse.model_validate(GEMINI_RESPONSE)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from tokenmeter._models import Usage, usage_of
-from tokenmeter.usage._read import counts, getter, ident, shown
+from tokenmeter.usage._read import Get, counts, getter, ident, shown
 from tokenmeter.usage._types import Extracted
 
 _TIERS = {"ON_DEMAND_FLEX": "flex", "ON_DEMAND_PRIORITY": "priority"}
@@ -122,7 +122,14 @@ def from_gemini_response(response: Any, provider: str = "google") -> Extracted:
         provider=provider,
         usage=usage_from_gemini(meta),
         model=get("model_version") or None,
-        operation="generate_content" if get("candidates") is not None else "embed_content",
+        # A generate_content answer may hold no candidates (a blocked prompt, a usage-only chunk)
+        operation="embed_content" if _holds_embeddings(get) else "generate_content",
         tier=tier_from_gemini(meta),
         request_id=ident(get("response_id")) or None,
     )
+
+
+def _holds_embeddings(get: Get) -> bool:
+    """An embedding answer: ``embeddings`` (batchEmbedContents, the SDK) or ``embedding``
+    (embedContent)."""
+    return get("embeddings") is not None or get("embedding") is not None
