@@ -104,6 +104,44 @@ async def test_stream_options_given_through_extra_body_are_the_callers(
         assert (record.input_tokens, record.output_tokens) == (19, 10)
 
 
+async def test_azure_stream_is_named_by_the_chunks_after_its_prompt_filter_chunk(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """Azure OpenAI opens a stream with a chunk of prompt filter results whose model and id are
+    empty: the served model and the id come from the chunks after it (else the call was
+    recorded under its deployment name, unpriced)."""
+    first = {
+        "choices": [],
+        "created": 0,
+        "id": "",
+        "model": "",
+        "object": "",
+        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}],
+    }
+    rest = kit.chat_sse(3, kit.CHAT_USAGE).decode()
+    body = f"data: {json.dumps(first)}\n\n{rest}".encode()
+    transport = kit.http.MockTransport(lambda request: kit.sse_response(body))
+    azure = openai.AsyncAzureOpenAI if is_async else openai.AzureOpenAI
+    http_client = (kit.http.AsyncClient if is_async else kit.http.Client)(transport=transport)
+    client = azure(
+        api_key="sk-test",
+        api_version="2024-10-21",
+        azure_endpoint="http://azure.invalid",
+        http_client=http_client,
+    )
+    tokenmeter.instrument("openai")
+
+    stream = await kit.maybe(
+        client.chat.completions.create(model="my-gpt4o-deployment", messages=MESSAGES, stream=True)
+    )
+    await kit.drain(stream)
+
+    record = only(records())
+    assert (record.model_provider, record.request_model) == ("azure", "my-gpt4o-deployment")
+    assert (record.model_name, record.request_id) == ("gpt-4o-2024-08-06", "chatcmpl-mock")
+    assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
+
+
 async def test_stream_without_usage_is_recorded_with_an_estimate(
     records: Records, kit: ModuleType, is_async: bool, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -61,9 +61,9 @@ class ChunkReader:
                     _add_text(self.text, chunk)
             else:
                 self.counted += 1
-        if call.model is None:
+        if not call.model:  # Azure's first chunk (prompt filter results) names none, nor an id
             call.model = getattr(chunk, "model", None)
-            call.request_id = ident(getattr(chunk, "id", None))
+            call.request_id = ident(getattr(chunk, "id", None)) or None
         usage = getattr(chunk, "usage", None)
         if usage is None:
             return False
