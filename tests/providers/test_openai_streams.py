@@ -446,6 +446,25 @@ async def test_responses_stream_ending_on_an_error_event_is_an_error_record(
     assert (record.model_name, record.request_id) == ("gpt-4o-2024-08-06", "resp_err")
 
 
+async def test_responses_stream_ending_on_an_error_event_before_any_output_costs_nothing(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """Nothing streamed by before the error event: an error record of 0 tokens at $0, as for a
+    call that raised (not an unknown cost, which is for usage that could not be read)."""
+    error = {"type": "error", "code": "server_error", "message": "boom", "param": None}
+    events = _responses_events(0, {**error, "sequence_number": 1})
+    client = kit.mock_openai(lambda request: sse_reply(kit.http, events), is_async=is_async)
+    tokenmeter.instrument("openai")
+
+    await kit.drain(
+        await kit.maybe(client.responses.create(model="gpt-4o", input="hi", stream=True))
+    )
+
+    record = only(records())
+    assert (record.status, record.error, record.estimated) == ("error", "server_error", False)
+    assert (record.total_tokens, record.estimated_cost_usd) == (0, 0)
+
+
 async def test_stream_state_is_constant(records: Records, kit: ModuleType, is_async: bool) -> None:
     """No chunk outlives the caller's reference to it: nothing is buffered."""
     client = kit.mock_openai(ChatServer(kit, chunks=200), is_async=is_async)

@@ -261,7 +261,7 @@ class Call:
             status=status,
             error=error_name,
             estimated=estimated,
-            priced=usage is not None or error is not None,
+            priced=usage is not None or error is not None or self.failure is not None,
             call=self,
         )
 
