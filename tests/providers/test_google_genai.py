@@ -13,7 +13,7 @@ import pytest
 from google import genai
 from google.genai import _api_client, errors, models
 from google.genai import types as gtypes
-from provider_helpers import flushed, json_reply, mock_genai, only
+from provider_helpers import flushed, json_reply, mock_genai, only, sse_reply
 
 import tokenmeter
 from tokenmeter import UsageRecord
@@ -193,6 +193,78 @@ async def test_embed_content_without_usage_is_estimated_not_lost(
     expected = estimate_input("google", request, "embed_content").input_tokens
     assert record.input_tokens == expected > 0 and record.output_tokens == 0
     assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
+
+
+def _text_chunk(meta: dict[str, int], finish: bool = False) -> dict[str, Any]:
+    candidate: dict[str, Any] = {
+        "content": {"parts": [{"text": " The capital of France is Paris."}], "role": "model"},
+        "index": 0,
+    }
+    if finish:
+        candidate["finishReason"] = "STOP"
+    return {"candidates": [candidate], "usageMetadata": meta, "modelVersion": "gemini-2.0-flash"}
+
+
+@pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
+@pytest.mark.parametrize(
+    ("is_async", "how"), [(False, "left"), (False, "cut"), (True, "cut")], ids=str
+)
+@pytest.mark.usefixtures("instrumented")
+async def test_stream_ended_while_its_running_total_counts_no_output_is_estimated(
+    sink: InMemorySink, is_async: bool, how: str
+) -> None:
+    """Early chunks may report the prompt alone (no candidates count yet): a stream left or cut
+    (a dropped connection) then is estimated from the text that streamed by, never recorded as 0
+    output tokens. A stream that runs to its end keeps the count it reported."""
+    running = {"promptTokenCount": 8, "totalTokenCount": 8}
+    final = {"promptTokenCount": 8, "candidatesTokenCount": 70, "totalTokenCount": 78}
+    chunks = [_text_chunk(running) for _ in range(9)] + [_text_chunk(final, finish=True)]
+    whole = sse_reply(http, [(None, c) for c in chunks]).content
+    head = sse_reply(http, [(None, c) for c in chunks[:6]]).content
+
+    class Cut(http.SyncByteStream, http.AsyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            yield head
+            raise http.ReadError("connection reset")
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield head
+            raise http.ReadError("connection reset")
+
+    replies = iter([whole, None if how == "cut" else whole])
+
+    def server(request: Any) -> Any:
+        body = next(replies)
+        headers = {"content-type": "text/event-stream"}
+        if body is None:
+            return http.Response(200, stream=Cut(), headers=headers)
+        return http.Response(200, content=body, headers=headers)
+
+    made = mock_genai(server)
+    _clients.append(made)
+    request = {"model": "gemini-2.0-flash", "contents": "hi"}
+
+    for leave_after in (None, 6 if how == "left" else None):
+        seen = 0
+        try:
+            if is_async:
+                async for _ in await made.aio.models.generate_content_stream(**request):
+                    seen += 1
+            else:
+                stream = made.models.generate_content_stream(**request)
+                for _ in stream:
+                    seen += 1
+                    if seen == leave_after:
+                        break
+                stream.close()
+        except Exception:
+            assert how == "cut" and seen == 6
+
+    whole_record, ended = flushed(sink)
+    assert (whole_record.output_tokens, whole_record.estimated) == (70, False)
+    assert (ended.status == "error") is (how == "cut")
+    assert (ended.input_tokens, ended.estimated) == (8, True)
+    assert ended.output_tokens >= 6 * 7  # six chunks of seven words streamed by
 
 
 @pytest.mark.usefixtures("instrumented")

@@ -14,6 +14,7 @@ from typing import Any
 import wrapt
 
 from tokenmeter._estimate import TextTally
+from tokenmeter._models import Usage
 from tokenmeter.providers._core import (
     AsyncStreamProxy,
     Call,
@@ -92,7 +93,8 @@ def _names(response: Any, call: Call) -> None:
 
 class ChunkReader:
     """Each chunk's ``usage_metadata`` is the running total of its request: keep the latest.
-    Until one comes, the text that passes by is tallied (estimated if none ever does)."""
+    The text that passes by is tallied: estimated if no total ever comes, or if the stream ends
+    while the total counts no output yet (early chunks may report the prompt alone)."""
 
     __slots__ = ("tally",)
 
@@ -100,17 +102,23 @@ class ChunkReader:
         self.tally = TextTally()
 
     def feed(self, chunk: Any, call: Call) -> bool:
-        meta = getattr(chunk, "usage_metadata", None)
-        if meta is not None and reports_usage(meta):
-            _take_usage(chunk, call)
-            return False
-        if call.request_id is None:  # named even if no chunk ever reports usage
-            _names(chunk, call)
         for candidate in getattr(chunk, "candidates", None) or ():
             content = getattr(candidate, "content", None)
             for part in getattr(content, "parts", None) or ():
                 self.tally.add(getattr(part, "text", None))
+        meta = getattr(chunk, "usage_metadata", None)
+        if meta is not None and reports_usage(meta):
+            _take_usage(chunk, call)
+        elif call.request_id is None:  # named even if no chunk ever reports usage
+            _names(chunk, call)
         return False
+
+    def partial(self, usage: Usage, model: str) -> Usage | None:
+        """The output estimated from the text that streamed by, for a running total that counts
+        none (None when it counts some: the provider's own count, then)."""
+        if usage.output_tokens or not self.tally.chars:
+            return None
+        return usage.model_copy(update={"output_tokens": self.tally.tokens(PROVIDER, model)})
 
 
 # -- the adapter: one per patched method (its operation, and whether it streams) -----------------
