@@ -289,6 +289,9 @@ def test_settings_reach_the_program(fake: FakeProvider, tmp_path: Path) -> None:
         # Past the budgets' bound: the error named TOKENMETER_BUDGETS, a variable never set.
         (["--budget", "1e999999999", "--", "true"], 2, "argument --budget: must be"),
         (["--sinks", "carrier-pigeon", "--", "true"], 2, "unknown sink 'carrier-pigeon'"),
+        # An unset variable: the run went under the program's name without a word.
+        (["--session", "", "--", "true"], 2, "argument --session: must not be empty"),
+        (["--session", " ", "--", "true"], 2, "argument --session: must not be empty"),
     ],
 )
 def test_errors_are_one_line(

@@ -56,7 +56,12 @@ def add_run_parser(commands: Any) -> None:
         type=_usd,
         help=f"budget for the program's spending, passed on as {BUDGET_ENV}",
     )
-    run.add_argument("--session", metavar="NAME", help="session name (default: the program's)")
+    run.add_argument(
+        "--session",
+        metavar="NAME",
+        type=_session_name,
+        help="session name (default: the program's)",
+    )
     run.add_argument(
         "--tag", action="append", default=[], metavar="KEY=VALUE", type=_tag, help="repeatable"
     )
@@ -126,6 +131,13 @@ def _budgets_in(env: dict[str, str]) -> list[Any]:
     except ValueError:
         return []
     return budgets if isinstance(budgets, list) else []
+
+
+def _session_name(value: str) -> str:
+    """``--session "$UNSET"`` would silently mean the program's name: a usage error instead."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
 
 
 def _run_budget(limit: Any, session: str) -> dict[str, Any]:
