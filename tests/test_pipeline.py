@@ -714,6 +714,102 @@ def test_multiprocessing_children_flush_their_records(tmp_path: Path, start_meth
     assert (tmp_path / "m" / "usage.jsonl").read_text().count("\n") == 1 + 300 + 400
 
 
+def _run_bounded(args: list[str], env: dict[str, str], cwd: Path) -> str:
+    """This interpreter running ``args`` in a new process group, which is killed whole if it has
+    not ended within 60 s (a hung worker must not outlive the test); its stdout."""
+    child = subprocess.Popen(
+        [sys.executable, *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = child.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        pytest.fail(f"{args} hung")
+    assert child.returncode == 0, err
+    return out
+
+
+MISSED_SIGNAL = """
+import multiprocessing as mp, signal, sys, threading, time, tokenmeter
+
+def child():
+    for _ in range(100):
+        tokenmeter.record("openai", "gpt-4o", 10, 1)
+    # The SIGTERM reaches the process while the main thread is not in a wait it interrupts (as
+    # when it comes just before the main thread blocks): Python runs the handler only between
+    # bytecodes, and the main thread then waits for ever (a pool worker in its queue's lock).
+    # Here it is delivered to another thread of the application's, which it does not interrupt.
+    threading.Timer(0.3, lambda: signal.pthread_kill(threading.get_ident(), signal.SIGTERM)).start()
+    threading.Event().wait()
+
+if __name__ == "__main__":
+    p = mp.get_context(sys.argv[1]).Process(target=child)
+    p.start()
+    p.join(30)
+    if p.exitcode is None:
+        p.kill()
+        p.join()
+        print("hung")
+    else:
+        print(p.exitcode)
+"""
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_a_sigterm_that_missed_the_blocked_main_thread_still_flushes_and_ends_the_child(
+    tmp_path: Path, start_method: str
+) -> None:
+    """A multiprocessing child whose main thread was blocked when its SIGTERM came never ran
+    our handler: it neither flushed nor died, and its parent's join() waited for ever."""
+    script = tmp_path / "missed.py"
+    script.write_text(MISSED_SIGNAL)
+    env = {**os.environ, "TOKENMETER_SINKS": "jsonl", "TOKENMETER_DIR": str(tmp_path / "m")}
+    out = _run_bounded([str(script), start_method], env, tmp_path)
+    assert out.split() == [str(-signal.SIGTERM)]
+    assert (tmp_path / "m" / "usage.jsonl").read_text().count("\n") == 100
+
+
+FORKED_AND_TERMINATED = """
+import multiprocessing as mp, os, signal, sys, time, tokenmeter
+
+def child():
+    tokenmeter.record("openai", "gpt-4o", 10, 1)
+    pid = os.fork()
+    if pid == 0:
+        tokenmeter.record("openai", "gpt-4o", 10, 1)
+        time.sleep(30)
+        os._exit(0)
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGTERM)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+    time.sleep(1)
+
+if __name__ == "__main__":
+    p = mp.get_context("spawn").Process(target=child)
+    p.start()
+    p.join(30)
+    print(p.exitcode)
+"""
+
+
+def test_a_forked_childs_sigterm_never_ends_its_parent(tmp_path: Path) -> None:
+    """A multiprocessing child watches the signals it gets through a pipe Python writes into:
+    inherited by a process it forks, the grandchild's SIGTERM would make the child end itself."""
+    script = tmp_path / "forked.py"
+    script.write_text(FORKED_AND_TERMINATED)
+    env = {**os.environ, "TOKENMETER_SINKS": "jsonl", "TOKENMETER_DIR": str(tmp_path / "m")}
+    out = _run_bounded([str(script)], env, tmp_path)
+    assert out.split() == [str(-signal.SIGTERM), "0"]
+    assert (tmp_path / "m" / "usage.jsonl").read_text().count("\n") == 2
+
+
 FORKS = """
 import os, sys, threading, time, tokenmeter
 tokenmeter.configure(sinks=["jsonl"], max_queue=2_000)  # the busy threads outrun the writer

@@ -37,7 +37,8 @@ Policies (documented in docs/sinks.md):
   releases it after ``_FLUSH_TRIES`` attempts (False; the records stay queued and are retried).
 - Interpreter exit, an unhandled exception and SIGTERM / SIGHUP (when the application left
   Python's default disposition: a handler of its own is never replaced) flush, bounded by the
-  ``exit_timeout`` setting. ``os._exit()`` and SIGKILL skip everything.
+  ``exit_timeout`` setting. In a multiprocessing child, a termination signal the main thread
+  missed is sent to it again (``_watch_signals``). ``os._exit()`` and SIGKILL skip everything.
 """
 
 from __future__ import annotations
@@ -790,6 +791,15 @@ def hook_termination_signals() -> None:
         with contextlib.suppress(ValueError, OSError):
             if signal.getsignal(signum) is signal.SIG_DFL:
                 signal.signal(signum, _on_termination)
+    mp = sys.modules.get("multiprocessing")
+    if mp is not None and mp.parent_process() is not None and _our_signals():
+        _watch_for_missed_signals()
+
+
+def _our_signals() -> list[int]:
+    """The termination signals whose handler is ours (set here, or inherited through fork)."""
+    found = (getattr(signal, name, None) for name in _TERMINATION_SIGNALS)
+    return [s for s in found if s is not None and signal.getsignal(s) is _on_termination]
 
 
 def _on_termination(signum: int, frame: object) -> None:
@@ -801,12 +811,86 @@ def _on_termination(signum: int, frame: object) -> None:
         os.kill(os.getpid(), signum)
 
 
+#: The pipe (read end, write end) Python writes the number of every signal it catches into.
+_wakeup: tuple[int, int] | None = None
+
+
+def _watch_for_missed_signals() -> None:
+    """Have a thread of ours see every termination signal the process gets, and interrupt the
+    main thread until our handler runs.
+
+    Python runs a handler on the main thread between two bytecodes, after a signal interrupted
+    what it waits in. A signal that came just before the main thread blocked (while it waited
+    for the GIL our writer held, at its last check for signals), or that the kernel gave to
+    another thread, interrupts nothing: the handler waits until the main thread wakes, which a
+    multiprocessing child blocked in its queue's lock (its parent holds it, and ends it with
+    SIGTERM: ``Pool.terminate()``) never does. Its parent then waits for ever in ``join()``.
+    Only in multiprocessing children: Python has one wakeup fd per process, and an application
+    that set its own (asyncio, trio) keeps it (we never watch then)."""
+    global _wakeup
+    if _wakeup is not None:
+        return
+    read, write = os.pipe()
+    os.set_blocking(write, False)  # the signal handler never waits
+    try:
+        previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    except (ValueError, OSError):
+        previous = -2
+    if previous != -1:  # the application's: put back at once
+        with contextlib.suppress(ValueError, OSError):
+            if previous >= 0:
+                signal.set_wakeup_fd(previous)
+        os.close(read)
+        os.close(write)
+        return
+    _wakeup = (read, write)
+    start_thread(lambda: _watch_signals(read), "tokenmeter-signals")
+
+
+def _watch_signals(read: int) -> None:
+    while True:
+        try:
+            caught = os.read(read, 64)
+        except OSError:
+            return
+        if not caught:
+            return
+        for signum in set(caught) & set(_our_signals()):
+            _interrupt_main_thread(signum)
+
+
+def _interrupt_main_thread(signum: int) -> None:
+    """Send ``signum`` again to the main thread, until our handler starts the exit flush: it
+    interrupts the wait the first one missed. Never once the flush started."""
+    pid = os.getpid()
+    pause = 0.05
+    while _exited_pid != pid and signal.getsignal(signum) is _on_termination:
+        time.sleep(pause)
+        if _exited_pid == pid:
+            return
+        main = threading.main_thread().ident
+        if main is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            signal.pthread_kill(main, signum)
+        pause = min(2 * pause, 1.0)
+
+
 def _after_fork_in_child() -> None:
     # Writer threads do not survive fork(): the child starts its own. What the parent queued is
     # the parent's to write. The parent's sinks observe nothing here: the child's own will.
-    global _pipeline
+    global _pipeline, _wakeup
     _pipeline = None
     _submit_observers.clear()
+    if _wakeup is not None:
+        # Our wakeup pipe is the parent's: the child's signals would make the parent's thread
+        # interrupt the parent. The child watches its own, once it records.
+        with contextlib.suppress(ValueError, OSError):
+            signal.set_wakeup_fd(-1)
+        for fd in _wakeup:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        _wakeup = None
 
 
 atexit.register(_at_exit)
