@@ -736,6 +736,33 @@ def _run_bounded(args: list[str], env: dict[str, str], cwd: Path) -> str:
     return out
 
 
+POOL_TERMINATED = """
+import multiprocessing as mp, sys, tokenmeter
+
+def work(i):
+    for _ in range(100):
+        tokenmeter.record("openai", "gpt-4o", 10, 1)
+
+if __name__ == "__main__":
+    with mp.get_context(sys.argv[1]).Pool(2) as pool:  # __exit__: terminate(), i.e. SIGTERM
+        pool.map(work, range(4))
+"""
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_pool_workers_terminated_while_flushing_at_exit_keep_their_records(
+    tmp_path: Path, start_method: str
+) -> None:
+    """``with Pool()`` ends its workers, then sends SIGTERM to those still alive: a worker still
+    flushing at its exit was killed by the signal in the middle, and its records were lost."""
+    script = tmp_path / "pool.py"
+    script.write_text(POOL_TERMINATED)
+    env = {**os.environ, "TOKENMETER_SINKS": "jsonl", "TOKENMETER_DIR": str(tmp_path / "m")}
+    for _ in range(3):  # the signal has to catch a worker in its exit flush
+        _run_bounded([str(script), start_method], env, tmp_path)
+    assert (tmp_path / "m" / "usage.jsonl").read_text().count("\n") == 3 * 400
+
+
 MISSED_SIGNAL = """
 import multiprocessing as mp, signal, sys, threading, time, tokenmeter
 

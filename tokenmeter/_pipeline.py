@@ -37,8 +37,9 @@ Policies (documented in docs/sinks.md):
   releases it after ``_FLUSH_TRIES`` attempts (False; the records stay queued and are retried).
 - Interpreter exit, an unhandled exception and SIGTERM / SIGHUP (when the application left
   Python's default disposition: a handler of its own is never replaced) flush, bounded by the
-  ``exit_timeout`` setting. In a multiprocessing child, a termination signal the main thread
-  missed is sent to it again (``_watch_signals``). ``os._exit()`` and SIGKILL skip everything.
+  ``exit_timeout`` setting. A termination signal that comes during that flush waits for it; in a
+  multiprocessing child, one the main thread missed is sent to it again (``_watch_signals``).
+  ``os._exit()`` and SIGKILL skip everything.
 """
 
 from __future__ import annotations
@@ -709,6 +710,9 @@ def set_sinks(
 # -- process end -----------------------------------------------------------------------------------
 _exit_hooked_pid = 0
 _exited_pid = 0
+#: The process whose exit flush is under way, and a termination signal that came meanwhile.
+_exit_running = 0
+_exit_signal = 0
 
 
 def _flush_at_multiprocessing_exit() -> None:
@@ -724,10 +728,20 @@ def _flush_at_multiprocessing_exit() -> None:
 
 
 def _at_exit() -> None:
-    global _exited_pid
+    global _exited_pid, _exit_running, _exit_signal
     if _exited_pid == os.getpid():
         return
-    _exited_pid = os.getpid()
+    _exited_pid = _exit_running = os.getpid()
+    try:
+        _flush_at_exit()
+    finally:
+        _exit_running = 0
+        signum, _exit_signal = _exit_signal, 0
+        if signum:  # a termination signal came meanwhile: the process dies of it now
+            _die_of(signum)
+
+
+def _flush_at_exit() -> None:
     for hook in list(_before_exit):
         try:
             hook()
@@ -803,12 +817,22 @@ def _our_signals() -> list[int]:
 
 
 def _on_termination(signum: int, frame: object) -> None:
+    global _exit_signal
+    if _exit_running == os.getpid():
+        # The exit flush is under way (``with Pool()`` signals workers that are exiting; or this
+        # handler's own, signalled again): dying now would lose what it is writing. The process
+        # dies of the signal once it ends, bounded by exit_timeout.
+        _exit_signal = _exit_signal or signum
+        return
+    _exit_signal = signum
+    _at_exit()  # ends by raising the signal again; returns at once when the exit flush is over
+    _die_of(signum)
+
+
+def _die_of(signum: int) -> None:
     with contextlib.suppress(ValueError, OSError):
-        signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
-    try:
-        _at_exit()
-    finally:
-        os.kill(os.getpid(), signum)
+        signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 #: The pipe (read end, write end) Python writes the number of every signal it catches into.
@@ -861,7 +885,8 @@ def _watch_signals(read: int) -> None:
 
 def _interrupt_main_thread(signum: int) -> None:
     """Send ``signum`` again to the main thread, until our handler starts the exit flush: it
-    interrupts the wait the first one missed. Never once the flush started."""
+    interrupts the wait the first one missed. Never once the flush started: a second signal then
+    waits for it."""
     pid = os.getpid()
     pause = 0.05
     while _exited_pid != pid and signal.getsignal(signum) is _on_termination:
