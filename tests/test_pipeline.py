@@ -874,6 +874,36 @@ def test_a_forked_childs_sigterm_never_ends_its_parent(tmp_path: Path) -> None:
     assert (tmp_path / "m" / "usage.jsonl").read_text().count("\n") == 2
 
 
+APPLICATION_WAKEUP_FD = """
+import multiprocessing as mp, os, signal, socket, tokenmeter
+
+def child():
+    tokenmeter.record("openai", "gpt-4o", 10, 1)  # tokenmeter watches the wakeup fd from here
+    mine, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    signal.set_wakeup_fd(theirs.fileno())  # the application's own (asyncio sets one this way)
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if signal.set_wakeup_fd(-1) == theirs.fileno() else 1)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+
+if __name__ == "__main__":
+    p = mp.get_context("spawn").Process(target=child)
+    p.start()
+    p.join(30)
+    print(p.exitcode)
+"""
+
+
+def test_a_forked_child_keeps_the_wakeup_fd_the_application_set(tmp_path: Path) -> None:
+    """After a fork, tokenmeter drops its own wakeup pipe in the child: one the application set
+    in its place since (an event loop's) is the application's, and stays."""
+    script = tmp_path / "wakeup.py"
+    script.write_text(APPLICATION_WAKEUP_FD)
+    env = {**os.environ, "TOKENMETER_SINKS": "jsonl", "TOKENMETER_DIR": str(tmp_path / "m")}
+    assert _run_bounded([str(script)], env, tmp_path).split() == ["0", "0"]
+
+
 FORKS = """
 import os, sys, threading, time, tokenmeter
 tokenmeter.configure(sinks=["jsonl"], max_queue=2_000)  # the busy threads outrun the writer

@@ -924,7 +924,9 @@ def _after_fork_in_child() -> None:
         # Our wakeup pipe is the parent's: the child's signals would make the parent's thread
         # interrupt the parent. The child watches its own, once it records.
         with contextlib.suppress(ValueError, OSError):
-            signal.set_wakeup_fd(-1)
+            current = signal.set_wakeup_fd(-1)
+            if current != _wakeup[1]:  # the application set its own since: it stays
+                signal.set_wakeup_fd(current)
         for fd in _wakeup:
             with contextlib.suppress(OSError):
                 os.close(fd)
