@@ -674,6 +674,34 @@ def test_a_day_past_year_9999_in_the_zone_is_no_crash(cli: RunCli, source: Path)
     assert rows[("(none)",)]["cost_usd"] == Decimal("0.5")
 
 
+def test_output_onto_other_recorded_data_is_refused(tmp_path: Path) -> None:
+    """Only the file being read was refused: a report of ``usage.db`` written with ``-o`` over
+    ``usage.jsonl`` beside it, over ``alerts.jsonl`` or over another SQLite database replaced
+    that history with the report."""
+    data = tmp_path / ".tokenmeter"
+    write_sqlite(data / "usage.db", RECORDS, SESSIONS)
+    jsonl = write_jsonl(data / "usage.jsonl", RECORDS)
+    (data / "alerts.jsonl").write_text('{"time": "2026-11-01T00:00:00Z", "rule": "r"}\n')
+    other = write_sqlite(tmp_path / "archive.sqlite", RECORDS, SESSIONS)
+    kept = {path: path.read_bytes() for path in (jsonl, data / "alerts.jsonl", other)}
+    for target in (".tokenmeter/usage.jsonl", ".tokenmeter/alerts.jsonl", "archive.sqlite"):
+        result = run_module(
+            "report", "--source", ".tokenmeter/usage.db", "-o", target, cwd=tmp_path
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines() == [
+            f"tokenmeter: error: -o {target} holds recorded tokenmeter data: "
+            "write the report to another file"
+        ]
+    assert {path: path.read_bytes() for path in kept} == kept
+    report = tmp_path / "report.txt"  # an ordinary file is still written over
+    report.write_text("old")
+    result = run_module(
+        "report", "--source", ".tokenmeter/usage.db", "-o", "report.txt", cwd=tmp_path
+    )
+    assert result.returncode == 0 and "gpt" in report.read_text(), result.stderr
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
 def test_output_onto_the_data_being_read_is_refused(tmp_path: Path, kind: str) -> None:
     """``-o`` naming the usage data itself (a slip of tab completion) overwrote the recorded

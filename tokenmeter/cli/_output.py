@@ -32,9 +32,19 @@ def printable(text: str) -> str:
     return _UNPRINTABLE.sub("\ufffd", text)
 
 
+#: Files tokenmeter keeps beside its usage data: a report written over one destroys it.
+_DATA_FILES = frozenset(
+    f"{name}{suffix}"
+    for name in ("usage.db", "budgets.db")
+    for suffix in ("", "-wal", "-shm", "-journal")
+) | {"usage.jsonl", "alerts.jsonl", "quarantine.jsonl"}
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
 def refuse_overwriting(output: str | None, data: Path) -> None:
-    """``-o`` naming the file being read (``usage.db``, through a link too) would replace the
-    recorded history with the report: a usage error, before anything is read."""
+    """``-o`` naming the file being read (``usage.db``, through a link too), or another file of
+    recorded data (any SQLite database; ``usage.jsonl``, ``alerts.jsonl``... beside the data)
+    would replace it with the report: a usage error, before anything is read."""
     if output is None:
         return
     try:
@@ -46,6 +56,24 @@ def refuse_overwriting(output: str | None, data: Path) -> None:
             f"-o {output} is the usage data being read: write the report to another file",
             exit_code=2,
         )
+    if _recorded_data(Path(output), data):
+        raise CliError(
+            f"-o {output} holds recorded tokenmeter data: write the report to another file",
+            exit_code=2,
+        )
+
+
+def _recorded_data(output: Path, data: Path) -> bool:
+    try:
+        folder = data if data.is_dir() else data.parent
+        if output.name in _DATA_FILES and os.path.samefile(output.parent, folder):
+            return True
+        if not output.is_file():
+            return False
+        with output.open("rb") as file:
+            return file.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER
+    except OSError:
+        return False
 
 
 def write_output(text: str, path: str | None, *, exact: bool = False) -> None:
