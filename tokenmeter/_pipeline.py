@@ -627,9 +627,6 @@ _quarantine: Path | None = None
 first_use_hook: Callable[[], object] | None = None
 #: Run at exit before the final flush (the implicit session ends, open streams are recorded).
 _before_exit: list[Callable[[], None]] = []
-#: Pipelines ``set_sinks`` is stopping (and the sinks it keeps open): a termination signal that
-#: comes meanwhile waits for them too, or their records would be lost with the process.
-_retiring: list[tuple[_Pipeline, Sequence[Sink]]] = []
 
 
 def _get() -> _Pipeline:
@@ -706,15 +703,8 @@ def set_sinks(
         old, old_timeout, _pipeline = _pipeline, _exit_timeout, None
         _sink_factory, _max_queue, _exit_timeout = make_sinks, max_queue, exit_timeout
         _interval, _quarantine = flush_interval, quarantine
-        if old is None:
-            return
-        retiring = (old, keep_open)
-        _retiring.append(retiring)
-    try:
+    if old is not None:
         old.stop(old_timeout, keep_open)  # the old sinks' own time limit
-    finally:
-        with _lock, contextlib.suppress(ValueError):
-            _retiring.remove(retiring)
 
 
 # -- process end -----------------------------------------------------------------------------------
@@ -757,8 +747,6 @@ def _flush_at_exit() -> None:
             hook()
         except Exception:
             logger.exception("tokenmeter: an exit hook failed")
-    for old, keep_open in list(_retiring):
-        old.stop(_exit_time_left(), keep_open)
     pipeline = _pipeline
     if pipeline is not None:
         if not pipeline.flush(_exit_time_left()):
@@ -919,7 +907,6 @@ def _after_fork_in_child() -> None:
     global _pipeline, _wakeup
     _pipeline = None
     _submit_observers.clear()
-    _retiring.clear()
     if _wakeup is not None:
         # Our wakeup pipe is the parent's: the child's signals would make the parent's thread
         # interrupt the parent. The child watches its own, once it records.
