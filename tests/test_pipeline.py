@@ -1157,3 +1157,55 @@ def test_configure_again_goes_on_with_the_applications_own_sink_unclosed(tmp_pat
     assert (tmp_path / "mine.txt").read_text().split() == [first.id, second.id]
     tokenmeter.configure(sinks=["jsonl"])  # no longer named: closed once
     assert mine.closed == 1
+
+
+class OneAtATime(InMemorySink):
+    """Notes a write made while another is under way (a sink need not be thread-safe); holds
+    the write of a record of 1 input token until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.writing = 0
+        self.overlapped = False
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        self.writing += 1
+        self.overlapped |= self.writing > 1
+        try:
+            if records[0].input_tokens == 1:
+                self.entered.set()
+                self.release.wait()
+            super().write(records)
+        finally:
+            self.writing -= 1
+
+
+def test_configure_again_never_lets_two_writers_call_the_applications_sink_at_once() -> None:
+    """configure() stops waiting for the old pipeline after exit_timeout: a sink object it
+    passes on, still inside a slow write, was given a second writer by the new pipeline, which
+    wrote the next records at the same time and before the held ones."""
+    mine = OneAtATime()
+    tokenmeter.configure(sinks=[mine], exit_timeout=0.1)
+    held = tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert mine.entered.wait(30)
+    tokenmeter.configure(prices={"my-model": {"input_per_mtok": 1, "output_per_mtok": 2}})
+    later = tokenmeter.record("openai", "gpt-4o", 2, 1)
+    tokenmeter.flush(0.3)  # the sink is still held
+    mine.release.set()
+    assert tokenmeter.flush(30)
+    assert not mine.overlapped
+    assert [r.id for r in mine.records] == [held.id, later.id]
+
+
+def test_flush_right_after_configure_waits_for_the_records_a_kept_sink_still_holds() -> None:
+    mine = OneAtATime()
+    tokenmeter.configure(sinks=[mine], exit_timeout=0.1)
+    held = tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert mine.entered.wait(30)
+    tokenmeter.configure(prices={"my-model": {"input_per_mtok": 1, "output_per_mtok": 2}})
+    assert not tokenmeter.flush(0.1)  # no record since: the kept sink's writer is still at work
+    mine.release.set()
+    assert tokenmeter.flush(30)
+    assert [r.id for r in mine.records] == [held.id]

@@ -205,11 +205,7 @@ class _Writer:
         self, sink: Sink, max_queue: int, interval: float, quarantine: Path | None
     ) -> None:
         self.sink = sink
-        self.max_queue = max_queue
-        #: Items that end the interval early: a full batch, or half the buffer's room.
-        self.batch = max(1, min(_FLUSH_AT, max_queue // 2))
-        self.interval = interval
-        self.quarantine = quarantine
+        self.settle(max_queue, interval, quarantine)
         self._write_packed = _packed_writer(sink)
         # Re-entrant: a signal handler that flushes may interrupt put() on the same thread.
         self._lock = threading.RLock()
@@ -234,10 +230,17 @@ class _Writer:
         self._reported = False
         self.dropped = 0
         self.quarantined = 0
-        #: False for a sink the next configuration goes on using (``set_sinks``' keep_open).
-        self.close_on_stop = True
         self._last_error: BaseException | None = None
         self._thread = start_thread(self._run, f"tokenmeter-writer-{_name(sink)}")
+
+    def settle(self, max_queue: int, interval: float, quarantine: Path | None) -> None:
+        """Take a configuration's settings: a new writer's, or those of the configuration that
+        goes on with this writer's sink (``set_sinks``' keep_open)."""
+        self.max_queue = max_queue
+        #: Items that end the interval early: a full batch, or half the buffer's room.
+        self.batch = max(1, min(_FLUSH_AT, max_queue // 2))
+        self.interval = interval
+        self.quarantine = quarantine
 
     # -- any thread --------------------------------------------------------------------------------
     def put(self, item: _Item) -> int:
@@ -305,8 +308,7 @@ class _Writer:
                     self._deliver(time.monotonic())
                     ok = not self._pending and not self._accused
                     self._set_aside_pending()
-                    if self.close_on_stop:
-                        _quietly(self.sink.close, self.sink)
+                    _quietly(self.sink.close, self.sink)
                     self._release_markers(ok=ok)
                     return
                 self._deliver(time.monotonic())
@@ -580,8 +582,21 @@ class _Pipeline:
         max_queue: int,
         interval: float,
         quarantine: Path | None,
+        carried: Sequence[_Writer] = (),
     ) -> None:
-        self.writers = [_Writer(sink, max_queue, interval, quarantine) for sink in sinks]
+        """``carried``: the writers of sinks the previous configuration passed on (``set_sinks``'
+        keep_open); such a sink goes on with its writer, never two writers at once."""
+        self.writers: list[_Writer] = []
+        for sink in sinks:
+            writer = next((kept for kept in carried if kept.sink is sink), None)
+            if writer is None:
+                writer = _Writer(sink, max_queue, interval, quarantine)
+            else:
+                writer.settle(max_queue, interval, quarantine)
+            self.writers.append(writer)
+        for writer in carried:
+            if writer not in self.writers:  # passed on, then not used: ends on its own thread
+                writer.stop(0)
         #: A writer is behind: records are queued packed (they will wait long).
         self._backlog = False
 
@@ -594,25 +609,25 @@ class _Pipeline:
             longest = max(longest, writer.put(queued))
         self._backlog = longest >= _BACKLOG
 
-    def flush(self, timeout: float | None) -> bool:
-        markers = [writer.request_flush() for writer in self.writers]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for marker in markers:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not marker.done.wait(left):
-                return False
-        return all(marker.ok for marker in markers)
 
-    def stop(self, timeout: float | None, keep_open: Sequence[Sink] = ()) -> None:
-        """Write what is buffered, close the sinks (but ``keep_open``) and end the writers (each
-        within timeout)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for writer in self.writers:
-            writer.close_on_stop = not any(writer.sink is kept for kept in keep_open)
-            writer._stopping = True
-        for writer in self.writers:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            writer.stop(left)
+def _flush_writers(writers: Sequence[_Writer], timeout: float | None) -> bool:
+    markers = [writer.request_flush() for writer in writers]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for marker in markers:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not marker.done.wait(left):
+            return False
+    return all(marker.ok for marker in markers)
+
+
+def _stop_writers(writers: Sequence[_Writer], timeout: float | None) -> None:
+    """Write what is buffered, close the sinks and end the writers (all within timeout)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for writer in writers:
+        writer._stopping = True
+    for writer in writers:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        writer.stop(left)
 
 
 # -- module state --------------------------------------------------------------------------------
@@ -623,6 +638,9 @@ _max_queue = 100_000
 _exit_timeout = 10.0
 _interval = 0.2
 _quarantine: Path | None = None
+#: Writers of the sinks the last ``set_sinks`` passed on (keep_open), until the next pipeline
+#: takes them over.
+_carried: list[_Writer] = []
 #: Loads the settings (and so the configured sinks) before the first pipeline is made.
 first_use_hook: Callable[[], object] | None = None
 #: Run at exit before the final flush (the implicit session ends, open streams are recorded).
@@ -630,7 +648,7 @@ _before_exit: list[Callable[[], None]] = []
 
 
 def _get() -> _Pipeline:
-    global _pipeline, first_use_hook
+    global _pipeline, first_use_hook, _carried
     with _lock:
         if first_use_hook is not None:
             hook, first_use_hook = first_use_hook, None
@@ -641,7 +659,8 @@ def _get() -> _Pipeline:
             except Exception:
                 logger.exception("tokenmeter could not open its sinks; nothing is written")
                 sinks = []
-            _pipeline = _Pipeline(sinks, _max_queue, _interval, _quarantine)
+            _pipeline = _Pipeline(sinks, _max_queue, _interval, _quarantine, _carried)
+            _carried = []
             _flush_at_multiprocessing_exit()
             hook_termination_signals()
         return _pipeline
@@ -679,7 +698,13 @@ def submit(item: UsageRecord | SessionInfo) -> None:
 def flush(timeout: float | None = None) -> bool:
     """Wait until everything submitted so far is in every sink; False on timeout or when a sink
     keeps failing (its records stay queued and are retried)."""
-    return _pipeline.flush(timeout) if _pipeline is not None else True
+    return _flush_writers(_writers(), timeout)
+
+
+def _writers() -> list[_Writer]:
+    """Every writer at work: the pipeline's, or those passed on to the next one (not made yet)."""
+    pipeline = _pipeline
+    return pipeline.writers if pipeline is not None else list(_carried)
 
 
 def before_exit(hook: Callable[[], None]) -> None:
@@ -697,14 +722,18 @@ def set_sinks(
     keep_open: Sequence[Sink] = (),
 ) -> None:
     """Replace the sinks: the current ones get everything submitted so far, then are closed,
-    but those in ``keep_open`` (sink objects of the application's that the new sinks include)."""
-    global _pipeline, _sink_factory, _max_queue, _exit_timeout, _interval, _quarantine
+    but those in ``keep_open`` (sink objects of the application's that the new sinks include):
+    their writers, with what they still hold, go on in the new pipeline. A sink need not be
+    thread-safe: a second writer would call it while the first is still inside a slow write."""
+    global _pipeline, _sink_factory, _max_queue, _exit_timeout, _interval, _quarantine, _carried
     with _lock:
         old, old_timeout, _pipeline = _pipeline, _exit_timeout, None
         _sink_factory, _max_queue, _exit_timeout = make_sinks, max_queue, exit_timeout
         _interval, _quarantine = flush_interval, quarantine
-    if old is not None:
-        old.stop(old_timeout, keep_open)  # the old sinks' own time limit
+        writers = [*_carried, *(old.writers if old is not None else ())]
+        _carried = [w for w in writers if any(w.sink is kept for kept in keep_open)]
+        ending = [w for w in writers if w not in _carried]
+    _stop_writers(ending, old_timeout)  # the old sinks' own time limit
 
 
 # -- process end -----------------------------------------------------------------------------------
@@ -747,12 +776,12 @@ def _flush_at_exit() -> None:
             hook()
         except Exception:
             logger.exception("tokenmeter: an exit hook failed")
-    pipeline = _pipeline
-    if pipeline is not None:
-        if not pipeline.flush(_exit_time_left()):
+    writers = _writers()
+    if writers:
+        if not _flush_writers(writers, _exit_time_left()):
             logger.error("tokenmeter: sinks did not accept every record within %ss", _exit_timeout)
         # What is left of exit_timeout (nothing, after a flush that used it all on a hung sink).
-        pipeline.stop(_exit_time_left())
+        _stop_writers(writers, _exit_time_left())
 
 
 #: (pid, when exit_timeout ends): the flushes made at exit share one exit_timeout, counted from
@@ -779,9 +808,8 @@ def flush_early_at_exit() -> None:
 
 
 def _flush_early() -> None:
-    pipeline = _pipeline
-    if pipeline is not None and _exited_pid != os.getpid():
-        pipeline.flush(_exit_time_left())
+    if _exited_pid != os.getpid():
+        _flush_writers(_writers(), _exit_time_left())
 
 
 _TERMINATION_SIGNALS = ("SIGTERM", "SIGHUP")
@@ -904,8 +932,9 @@ def _interrupt_main_thread(signum: int) -> None:
 def _after_fork_in_child() -> None:
     # Writer threads do not survive fork(): the child starts its own. What the parent queued is
     # the parent's to write. The parent's sinks observe nothing here: the child's own will.
-    global _pipeline, _wakeup
+    global _pipeline, _carried, _wakeup
     _pipeline = None
+    _carried = []
     _submit_observers.clear()
     if _wakeup is not None:
         # Our wakeup pipe is the parent's: the child's signals would make the parent's thread
