@@ -1209,3 +1209,33 @@ def test_flush_right_after_configure_waits_for_the_records_a_kept_sink_still_hol
     mine.release.set()
     assert tokenmeter.flush(30)
     assert [r.id for r in mine.records] == [held.id]
+
+
+AFTER_THE_EXIT_FLUSH = """
+import atexit, sys
+
+def late():  # registered before tokenmeter's own exit hook: runs after it
+    import tokenmeter
+    tokenmeter.record("openai", "gpt-4o", 5, 5)
+    CLIENT.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+
+atexit.register(late)
+import tokenmeter
+from tokenmeter.testing import FakeProvider
+
+tokenmeter.instrument()
+CLIENT = FakeProvider().start().openai_client(max_retries=0)
+tokenmeter.record("openai", "gpt-4o", 1, 1)
+"""
+
+
+def test_records_made_after_the_exit_flush_are_still_written(tmp_path: Path) -> None:
+    """An exit hook that runs after tokenmeter's (atexit runs the last registered first) made a
+    record and an LLM call after the sinks were flushed and closed: both went nowhere."""
+    env = {**os.environ, "TOKENMETER_SINKS": "sqlite,jsonl", "TOKENMETER_DIR": str(tmp_path / "m")}
+    done = run_python("-c", AFTER_THE_EXIT_FLUSH, env=env, cwd=tmp_path)
+    assert "Traceback" not in done.stderr
+    with sqlite3.connect(tmp_path / "m" / "usage.db") as db:
+        rows = db.execute("select input_tokens from records order by rowid").fetchall()
+    assert len(rows) == 3 and rows[:2] == [(1,), (5,)]
+    assert (tmp_path / "m" / "usage.jsonl").read_text().count("\n") == 3

@@ -272,6 +272,12 @@ class _Writer:
                 self.dropped,
             )
 
+    def revive(self) -> None:
+        """Start the thread again once it has ended (after the exit flush: ``_write_late``)."""
+        if not self._thread.is_alive():
+            self._stopping = False
+            self._thread = start_thread(self._run, f"tokenmeter-writer-{_name(self.sink)}")
+
     def request_flush(self) -> _FlushMarker:
         marker = _FlushMarker()
         if not self._thread.is_alive():  # cannot happen short of a bug: never wait for nothing
@@ -693,6 +699,8 @@ def submit(item: UsageRecord | SessionInfo) -> None:
             except Exception:  # never the application's problem
                 logger.exception("tokenmeter: a submit observer failed")
     pipeline.put(item)
+    if _ended_pid == os.getpid():
+        _write_late()
 
 
 def flush(timeout: float | None = None) -> bool:
@@ -742,6 +750,10 @@ _exited_pid = 0
 #: The process whose exit flush is under way, and a termination signal that came meanwhile.
 _exit_running = 0
 _exit_signal = 0
+#: The process whose exit flush has ended (or is ending) the writers.
+_ended_pid = 0
+_late_lock = threading.Lock()
+_warned_late = False
 
 
 def _flush_at_multiprocessing_exit() -> None:
@@ -771,17 +783,50 @@ def _at_exit() -> None:
 
 
 def _flush_at_exit() -> None:
+    global _ended_pid
     for hook in list(_before_exit):
         try:
             hook()
         except Exception:
             logger.exception("tokenmeter: an exit hook failed")
     writers = _writers()
-    if writers:
-        if not _flush_writers(writers, _exit_time_left()):
-            logger.error("tokenmeter: sinks did not accept every record within %ss", _exit_timeout)
-        # What is left of exit_timeout (nothing, after a flush that used it all on a hung sink).
+    if writers and not _flush_writers(writers, _exit_time_left()):
+        logger.error("tokenmeter: sinks did not accept every record within %ss", _exit_timeout)
+    _ended_pid = os.getpid()  # from now on a record is written at once (_write_late)
+    # What is left of exit_timeout (nothing, after a flush that used it all on a hung sink).
+    _stop_writers(writers, _exit_time_left())
+
+
+def _write_late() -> None:
+    """A record made after the exit flush (by an exit hook that runs after ours: one the
+    application registered before it imported tokenmeter) is written at once: the writers, ended
+    by then, start again, write it, close their sinks and end, within what is left of
+    ``exit_timeout``."""
+    global _warned_late
+    if sys.is_finalizing():  # teardown: no other thread runs any more
+        return
+    writers = _writers()
+    current = threading.current_thread()
+    if any(writer._thread is current for writer in writers):
+        return  # a sink's own write recording (an on_alert callback): its writer is ending
+    written = False
+    with _late_lock:
+        _stop_writers(writers, _exit_time_left())  # the exit flush may still be ending them
+        try:
+            for writer in writers:
+                writer.revive()
+        except Exception as exc:  # RuntimeError: no new thread at interpreter shutdown
+            logger.debug("tokenmeter: writers not restarted after the exit flush: %s", exc)
+        else:
+            written = _flush_writers(writers, _exit_time_left())
         _stop_writers(writers, _exit_time_left())
+    if not written and not _warned_late:
+        _warned_late = True
+        logger.error(
+            "tokenmeter: a record made after the exit flush was not written to every sink "
+            "within exit_timeout (%ss)",
+            _exit_timeout,
+        )
 
 
 #: (pid, when exit_timeout ends): the flushes made at exit share one exit_timeout, counted from
@@ -952,3 +997,4 @@ def _after_fork_in_child() -> None:
 atexit.register(_at_exit)
 os.register_at_fork(after_in_child=_after_fork_in_child)
 renew_after_fork(globals(), "_lock")
+renew_after_fork(globals(), "_late_lock", threading.Lock)

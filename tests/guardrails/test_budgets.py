@@ -243,7 +243,6 @@ def test_async_and_streamed_calls_are_refused_too(
     from tokenmeter.providers import _core
 
     _core._finish_open_streams()  # what exit does: a refused stream must not record again
-    _core._exited = False
     assert tokenmeter.flush(5)
     assert [r.status for r in memory.records] == ["blocked"] * 3
     assert [r.streamed for r in memory.records] == [False, True, True]

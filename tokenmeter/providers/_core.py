@@ -198,7 +198,7 @@ class Call:
         if self.done:
             return
         self.done = True
-        if _exited:  # interpreter teardown: the sinks are closed, imports no longer work
+        if sys.is_finalizing():  # teardown (after every exit hook): imports no longer work
             return
         try:
             self._record(error)
@@ -303,14 +303,11 @@ _warned_no_usage: set[str] = set()
 #: Streams not yet finished. At exit they are recorded with what they reported so far, before the
 #: final flush: left to the garbage collector, they would end after the sinks are closed.
 _open_streams: weakref.WeakSet[Call] = weakref.WeakSet()
-_exited = False
 
 
 def _finish_open_streams() -> None:
-    global _exited
     for call in list(_open_streams):
         call.finish()
-    _exited = True
 
 
 _pipeline.before_exit(_finish_open_streams)
