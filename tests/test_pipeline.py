@@ -1239,3 +1239,38 @@ def test_records_made_after_the_exit_flush_are_still_written(tmp_path: Path) -> 
         rows = db.execute("select input_tokens from records order by rowid").fetchall()
     assert len(rows) == 3 and rows[:2] == [(1,), (5,)]
     assert (tmp_path / "m" / "usage.jsonl").read_text().count("\n") == 3
+
+
+FAILING_AT_EXIT = """
+import sys, threading, tokenmeter
+from tokenmeter.sinks import InMemorySink
+
+class Broken(InMemorySink):
+    def write(self, records):
+        raise OSError("disk full")
+
+class Hung(InMemorySink):
+    def write(self, records):
+        threading.Event().wait()
+
+sink = Broken() if sys.argv[1] == "failing" else Hung()
+tokenmeter.configure(sinks=[sink], exit_timeout=float(sys.argv[2]))
+tokenmeter.record("openai", "gpt-4o", 1, 1)
+"""
+
+
+@pytest.mark.parametrize(
+    ("how", "exit_timeout", "said"),
+    [
+        ("failing", "60", "sinks Broken failed to write every record at exit"),
+        ("hung", "0.3", "sinks Hung did not accept every record at exit within exit_timeout"),
+    ],
+)
+def test_exit_says_whether_a_sink_failed_or_ran_out_of_time(
+    tmp_path: Path, how: str, exit_timeout: str, said: str
+) -> None:
+    """A sink that failed at once was reported as not done "within 60s"."""
+    env = {**os.environ, "TOKENMETER_DIR": str(tmp_path / "m")}
+    done = run_python("-c", FAILING_AT_EXIT, how, exit_timeout, env=env, cwd=tmp_path)
+    assert said in done.stderr
+    assert ("within" in done.stderr) == (how == "hung")

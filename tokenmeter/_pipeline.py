@@ -617,13 +617,41 @@ class _Pipeline:
 
 
 def _flush_writers(writers: Sequence[_Writer], timeout: float | None) -> bool:
-    markers = [writer.request_flush() for writer in writers]
+    failed, timed_out = _unflushed(writers, timeout)
+    return not failed and not timed_out
+
+
+def _unflushed(writers: Sequence[_Writer], timeout: float | None) -> tuple[list[str], list[str]]:
+    """Flush: the names of the sinks that failed to take everything, and of those that did not
+    finish within ``timeout`` (what exit reports: a sink that failed at once did not time out)."""
+    markers = [(writer, writer.request_flush()) for writer in writers]
     deadline = None if timeout is None else time.monotonic() + timeout
-    for marker in markers:
+    failed: list[str] = []
+    timed_out: list[str] = []
+    for writer, marker in markers:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not marker.done.wait(left):
-            return False
-    return all(marker.ok for marker in markers)
+            timed_out.append(_name(writer.sink))
+        elif not marker.ok:
+            failed.append(_name(writer.sink))
+    return failed, timed_out
+
+
+def _report_unflushed(failed: list[str], timed_out: list[str], what: str) -> None:
+    """Log what an exit flush did not write, by what happened (see ``_unflushed``)."""
+    if timed_out:
+        logger.error(
+            "tokenmeter: sinks %s did not accept %s within exit_timeout (%ss)",
+            ", ".join(timed_out),
+            what,
+            _exit_timeout,
+        )
+    if failed:
+        logger.error(
+            "tokenmeter: sinks %s failed to write %s (their errors are logged above)",
+            ", ".join(failed),
+            what,
+        )
 
 
 def _stop_writers(writers: Sequence[_Writer], timeout: float | None) -> None:
@@ -790,8 +818,7 @@ def _flush_at_exit() -> None:
         except Exception:
             logger.exception("tokenmeter: an exit hook failed")
     writers = _writers()
-    if writers and not _flush_writers(writers, _exit_time_left()):
-        logger.error("tokenmeter: sinks did not accept every record within %ss", _exit_timeout)
+    _report_unflushed(*_unflushed(writers, _exit_time_left()), "every record at exit")
     _ended_pid = os.getpid()  # from now on a record is written at once (_write_late)
     # What is left of exit_timeout (nothing, after a flush that used it all on a hung sink).
     _stop_writers(writers, _exit_time_left())
@@ -809,24 +836,23 @@ def _write_late() -> None:
     current = threading.current_thread()
     if any(writer._thread is current for writer in writers):
         return  # a sink's own write recording (an on_alert callback): its writer is ending
-    written = False
+    failed: list[str] = []
+    timed_out: list[str] = []
     with _late_lock:
         _stop_writers(writers, _exit_time_left())  # the exit flush may still be ending them
         try:
             for writer in writers:
                 writer.revive()
         except Exception as exc:  # RuntimeError: no new thread at interpreter shutdown
-            logger.debug("tokenmeter: writers not restarted after the exit flush: %s", exc)
+            if not _warned_late:
+                _warned_late = True
+                logger.error("tokenmeter: a record made after the exit flush is lost (%s)", exc)
         else:
-            written = _flush_writers(writers, _exit_time_left())
+            failed, timed_out = _unflushed(writers, _exit_time_left())
         _stop_writers(writers, _exit_time_left())
-    if not written and not _warned_late:
-        _warned_late = True
-        logger.error(
-            "tokenmeter: a record made after the exit flush was not written to every sink "
-            "within exit_timeout (%ss)",
-            _exit_timeout,
-        )
+    if (failed or timed_out) and not _warned_late:
+        _warned_late = True  # once: a hung sink would otherwise log a line per record
+        _report_unflushed(failed, timed_out, "a record made after the exit flush")
 
 
 #: (pid, when exit_timeout ends): the flushes made at exit share one exit_timeout, counted from
