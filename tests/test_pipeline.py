@@ -1274,3 +1274,15 @@ def test_exit_says_whether_a_sink_failed_or_ran_out_of_time(
     done = run_python("-c", FAILING_AT_EXIT, how, exit_timeout, env=env, cwd=tmp_path)
     assert said in done.stderr
     assert ("within" in done.stderr) == (how == "hung")
+
+
+def test_a_sink_object_named_twice_gets_every_record_once() -> None:
+    """configure(sinks=[mine, mine]) (or a sink attached by ``tokenmeter run`` and named again)
+    made two writers for one object: every record written twice, by two threads at once."""
+    mine = OneAtATime()
+    mine.release.set()
+    tokenmeter.configure(sinks=[mine, mine])
+    made = [tokenmeter.record("openai", "gpt-4o", 2, 1) for _ in range(3)]
+    assert tokenmeter.flush(30)
+    assert [r.id for r in mine.records] == [r.id for r in made]
+    assert not mine.overlapped

@@ -594,6 +594,8 @@ class _Pipeline:
         keep_open); such a sink goes on with its writer, never two writers at once."""
         self.writers: list[_Writer] = []
         for sink in sinks:
+            if any(writer.sink is sink for writer in self.writers):
+                continue  # one object named twice: one writer, every record once
             writer = next((kept for kept in carried if kept.sink is sink), None)
             if writer is None:
                 writer = _Writer(sink, max_queue, interval, quarantine)
