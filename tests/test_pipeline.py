@@ -1286,3 +1286,37 @@ def test_a_sink_object_named_twice_gets_every_record_once() -> None:
     assert tokenmeter.flush(30)
     assert [r.id for r in mine.records] == [r.id for r in made]
     assert not mine.overlapped
+
+
+def test_a_record_made_while_another_thread_configures_is_never_lost() -> None:
+    """A thread took the pipeline, then configure() on another thread stopped its writers before
+    the record was queued: it went into a buffer nobody reads any more. (A submit observer, as
+    the OTel sink installs, widens that window; here it waits for the configure() to end.)"""
+    mine = InMemorySink()
+    tokenmeter.configure(sinks=[mine, "jsonl"])
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    entered, go = threading.Event(), threading.Event()
+
+    def observer(item: UsageRecord | SessionInfo) -> None:
+        if threading.current_thread().name == "recorder":
+            entered.set()
+            go.wait()
+
+    _pipeline.add_submit_observer(observer)
+    try:
+        made: list[UsageRecord] = []
+        recorder = threading.Thread(
+            target=lambda: made.append(tokenmeter.record("openai", "gpt-4o", 2, 1)),
+            name="recorder",
+        )
+        recorder.start()
+        assert entered.wait(30)
+        tokenmeter.configure(sinks=[mine, "jsonl"])  # a new JSONL sink; mine goes on
+        go.set()
+        recorder.join(30)
+    finally:
+        _pipeline.remove_submit_observer(observer)
+    assert tokenmeter.flush(30)
+    assert [r.input_tokens for r in mine.records] == [1, 2]
+    lines = (Path(".tokenmeter") / "usage.jsonl").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in lines][1:] == [made[0].id]

@@ -607,15 +607,31 @@ class _Pipeline:
                 writer.stop(0)
         #: A writer is behind: records are queued packed (they will wait long).
         self._backlog = False
+        #: Held while an item goes into the buffers; re-entrant, as the writers' locks are.
+        self._lock = threading.RLock()
+        self._replaced = False
 
-    def put(self, item: UsageRecord | SessionInfo) -> None:
+    def put(self, item: UsageRecord | SessionInfo) -> bool:
+        """Queue ``item`` for every sink; False once ``replace`` has been called: the caller
+        took this pipeline just before a ``set_sinks`` on another thread, whose writers may have
+        ended since, and the item goes to the new one."""
         queued: _Item = item
         if self._backlog and type(item) is UsageRecord:
             queued = pack(item)
         longest = 0
-        for writer in self.writers:
-            longest = max(longest, writer.put(queued))
+        with self._lock:
+            if self._replaced:
+                return False
+            for writer in self.writers:
+                longest = max(longest, writer.put(queued))
         self._backlog = longest >= _BACKLOG
+        return True
+
+    def replace(self) -> None:
+        """Take no more items (each one is then in every buffer or in none), before the writers
+        are stopped or passed on."""
+        with self._lock:
+            self._replaced = True
 
 
 def _flush_writers(writers: Sequence[_Writer], timeout: float | None) -> bool:
@@ -728,7 +744,8 @@ def submit(item: UsageRecord | SessionInfo) -> None:
                 observer(item)
             except Exception:  # never the application's problem
                 logger.exception("tokenmeter: a submit observer failed")
-    pipeline.put(item)
+    while not pipeline.put(item):  # replaced meanwhile: configure() on another thread
+        pipeline = _pipeline or _get()
     if _ended_pid == os.getpid():
         _write_late()
 
@@ -768,6 +785,8 @@ def set_sinks(
         old, old_timeout, _pipeline = _pipeline, _exit_timeout, None
         _sink_factory, _max_queue, _exit_timeout = make_sinks, max_queue, exit_timeout
         _interval, _quarantine = flush_interval, quarantine
+        if old is not None:
+            old.replace()
         writers = [*_carried, *(old.writers if old is not None else ())]
         _carried = [w for w in writers if any(w.sink is kept for kept in keep_open)]
         ending = [w for w in writers if w not in _carried]
