@@ -1320,3 +1320,30 @@ def test_a_record_made_while_another_thread_configures_is_never_lost() -> None:
     assert [r.input_tokens for r in mine.records] == [1, 2]
     lines = (Path(".tokenmeter") / "usage.jsonl").read_text().splitlines()
     assert [json.loads(line)["id"] for line in lines][1:] == [made[0].id]
+
+
+FLUSH_AFTER_THE_EXIT_FLUSH = """
+import atexit
+
+def late():  # runs after tokenmeter's exit hook
+    import tokenmeter
+    print(tokenmeter.flush(30))
+    tokenmeter.record("openai", "gpt-4o", 5, 5)
+    print(tokenmeter.flush(30))
+
+atexit.register(late)
+import tokenmeter
+
+tokenmeter.record("openai", "gpt-4o", 1, 1)
+"""
+
+
+def test_flush_in_an_exit_hook_after_tokenmeters_says_whether_all_is_written(
+    tmp_path: Path,
+) -> None:
+    """It returned False (as if a sink had failed) once the exit flush had ended the writers,
+    though everything was written."""
+    env = {**os.environ, "TOKENMETER_SINKS": "jsonl", "TOKENMETER_DIR": str(tmp_path / "m")}
+    done = run_python("-c", FLUSH_AFTER_THE_EXIT_FLUSH, env=env, cwd=tmp_path)
+    assert done.stdout.split() == ["True", "True"]
+    assert (tmp_path / "m" / "usage.jsonl").read_text().count("\n") == 2

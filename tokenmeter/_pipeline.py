@@ -280,8 +280,10 @@ class _Writer:
 
     def request_flush(self) -> _FlushMarker:
         marker = _FlushMarker()
-        if not self._thread.is_alive():  # cannot happen short of a bug: never wait for nothing
-            marker.ok = False
+        if not self._thread.is_alive():
+            # Ended by the exit flush (a flush() in a later exit hook), or short of a bug died:
+            # never wait for nothing. Done if it holds nothing.
+            marker.ok = not self._buffer and not self._pending and not self._accused
             marker.done.set()
             return marker
         if threading.current_thread() is self._thread:
