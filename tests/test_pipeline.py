@@ -1347,3 +1347,35 @@ def test_flush_in_an_exit_hook_after_tokenmeters_says_whether_all_is_written(
     done = run_python("-c", FLUSH_AFTER_THE_EXIT_FLUSH, env=env, cwd=tmp_path)
     assert done.stdout.split() == ["True", "True"]
     assert (tmp_path / "m" / "usage.jsonl").read_text().count("\n") == 2
+
+
+class Reconfiguring(InMemorySink):
+    """Calls configure() from its own write, as an on_alert callback may (callbacks run on the
+    alert sink's writer thread), naming other sinks: its writer is one of those that end."""
+
+    def __init__(self, then: InMemorySink) -> None:
+        super().__init__()
+        self.then = then
+        self.raised: list[BaseException] = []
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        super().write(records)
+        try:
+            tokenmeter.configure(sinks=[self.then])
+        except Exception as exc:
+            self.raised.append(exc)
+
+
+def test_configure_from_a_sinks_own_writer_thread_never_raises() -> None:
+    """configure() joined every old writer, the one it ran on included: "RuntimeError: cannot
+    join current thread" raised into the callback, and the settings were half applied."""
+    other = InMemorySink()
+    mine = Reconfiguring(then=other)
+    tokenmeter.configure(sinks=[mine])
+    first = tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert tokenmeter.flush(30)
+    second = tokenmeter.record("openai", "gpt-4o", 2, 1)
+    assert tokenmeter.flush(30)
+    assert mine.raised == []
+    assert [r.id for r in mine.records] == [first.id]
+    assert [r.id for r in other.records] == [second.id]

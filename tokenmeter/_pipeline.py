@@ -306,7 +306,8 @@ class _Writer:
         self._stopping = True
         self._urgent = True
         self._wake.set()
-        self._thread.join(timeout)
+        if threading.current_thread() is not self._thread:  # else it ends once its write returns
+            self._thread.join(timeout)
 
     # -- writer thread -----------------------------------------------------------------------------
     def _run(self) -> None:
