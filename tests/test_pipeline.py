@@ -1379,3 +1379,28 @@ def test_configure_from_a_sinks_own_writer_thread_never_raises() -> None:
     assert mine.raised == []
     assert [r.id for r in mine.records] == [first.id]
     assert [r.id for r in other.records] == [second.id]
+
+
+SLOWER_THAN_EXIT_TIMEOUT = """
+import time, tokenmeter
+from tokenmeter.sinks import InMemorySink
+
+class Slow(InMemorySink):
+    def write(self, records):
+        time.sleep(1)
+        super().write(records)
+        print("written", len(records), flush=True)
+
+tokenmeter.configure(sinks=[Slow()], exit_timeout=0.2)
+tokenmeter.record("openai", "gpt-4o", 1, 1)
+tokenmeter.configure(sinks=[InMemorySink()], exit_timeout=60)  # the old sink is still writing
+"""
+
+
+def test_exit_waits_for_a_sink_configure_left_still_writing(tmp_path: Path) -> None:
+    """configure() stops waiting for the old sinks after their exit_timeout; one still writing
+    then was forgotten: the process exited under it without a word and its records were lost."""
+    env = {**os.environ, "TOKENMETER_DIR": str(tmp_path / "m")}
+    done = run_python("-c", SLOWER_THAN_EXIT_TIMEOUT, env=env, cwd=tmp_path)
+    assert done.stdout.split() == ["written", "1"]
+    assert "sinks Slow were still writing after exit_timeout (0.2s)" in done.stderr

@@ -696,6 +696,8 @@ _quarantine: Path | None = None
 #: Writers of the sinks the last ``set_sinks`` passed on (keep_open), until the next pipeline
 #: takes them over.
 _carried: list[_Writer] = []
+#: Writers ``set_sinks`` ended that were still writing after exit_timeout: exit waits for them.
+_ending: list[_Writer] = []
 #: Loads the settings (and so the configured sinks) before the first pipeline is made.
 first_use_hook: Callable[[], object] | None = None
 #: Run at exit before the final flush (the implicit session ends, open streams are recorded).
@@ -794,6 +796,17 @@ def set_sinks(
         _carried = [w for w in writers if any(w.sink is kept for kept in keep_open)]
         ending = [w for w in writers if w not in _carried]
     _stop_writers(ending, old_timeout)  # the old sinks' own time limit
+    current = threading.current_thread()  # a writer configuring from its sink's write goes on
+    behind = [w for w in ending if w._thread.is_alive() and w._thread is not current]
+    if behind:
+        logger.error(
+            "tokenmeter: sinks %s were still writing after exit_timeout (%ss) when configure() "
+            "replaced them; they finish in the background",
+            ", ".join(_name(w.sink) for w in behind),
+            old_timeout,
+        )
+    with _lock:
+        _ending[:] = [w for w in (*_ending, *behind) if w._thread.is_alive()]
 
 
 # -- process end -----------------------------------------------------------------------------------
@@ -842,10 +855,12 @@ def _flush_at_exit() -> None:
         except Exception:
             logger.exception("tokenmeter: an exit hook failed")
     writers = _writers()
-    _report_unflushed(*_unflushed(writers, _exit_time_left()), "every record at exit")
+    failed, timed_out = _unflushed(writers, _exit_time_left())
     _ended_pid = os.getpid()  # from now on a record is written at once (_write_late)
     # What is left of exit_timeout (nothing, after a flush that used it all on a hung sink).
-    _stop_writers(writers, _exit_time_left())
+    _stop_writers([*writers, *_ending], _exit_time_left())
+    timed_out += [_name(w.sink) for w in _ending if w._thread.is_alive()]
+    _report_unflushed(failed, timed_out, "every record at exit")
 
 
 def _write_late() -> None:
@@ -1027,9 +1042,10 @@ def _interrupt_main_thread(signum: int) -> None:
 def _after_fork_in_child() -> None:
     # Writer threads do not survive fork(): the child starts its own. What the parent queued is
     # the parent's to write. The parent's sinks observe nothing here: the child's own will.
-    global _pipeline, _carried, _wakeup
+    global _pipeline, _carried, _ending, _wakeup
     _pipeline = None
     _carried = []
+    _ending = []
     _submit_observers.clear()
     if _wakeup is not None:
         # Our wakeup pipe is the parent's: the child's signals would make the parent's thread
