@@ -736,6 +736,43 @@ def _run_bounded(args: list[str], env: dict[str, str], cwd: Path) -> str:
     return out
 
 
+RECONFIGURED = """
+import os, signal, threading, time, tokenmeter
+from tokenmeter.sinks import JSONLSink
+
+configuring = threading.Event()
+
+class Slow(JSONLSink):
+    def write(self, records):
+        if configuring.is_set():  # SIGTERM while configure() waits for the old sinks
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)
+        super().write(records)
+
+tokenmeter.configure(sinks=[Slow("old.jsonl")])
+for _ in range(10):
+    tokenmeter.record("openai", "gpt-4o", 10, 1)
+configuring.set()
+tokenmeter.configure(sinks=["jsonl"])
+"""
+
+
+def test_a_sigterm_while_configure_stops_the_old_sinks_loses_none_of_their_records(
+    tmp_path: Path,
+) -> None:
+    """configure() takes the old pipeline out, then waits for it to write its records: the
+    handler flushed only the new (empty) one and ended the process, the old records unwritten."""
+    done = subprocess.run(
+        [sys.executable, "-c", RECONFIGURED],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert (tmp_path / "old.jsonl").read_text().count("\n") == 10
+
+
 POOL_TERMINATED = """
 import multiprocessing as mp, sys, tokenmeter
 

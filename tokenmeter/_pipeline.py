@@ -795,6 +795,9 @@ def set_sinks(
         writers = [*_carried, *(old.writers if old is not None else ())]
         _carried = [w for w in writers if any(w.sink is kept for kept in keep_open)]
         ending = [w for w in writers if w not in _carried]
+        # Known to the exit flush while they end: a SIGTERM while configure() waits for them
+        # (its handler runs right here) flushes them too, not only the new, empty pipeline.
+        _ending.extend(ending)
     _stop_writers(ending, old_timeout)  # the old sinks' own time limit
     current = threading.current_thread()  # a writer configuring from its sink's write goes on
     behind = [w for w in ending if w._thread.is_alive() and w._thread is not current]
@@ -806,7 +809,7 @@ def set_sinks(
             old_timeout,
         )
     with _lock:
-        _ending[:] = [w for w in (*_ending, *behind) if w._thread.is_alive()]
+        _ending[:] = [w for w in _ending if w._thread.is_alive()]
 
 
 # -- process end -----------------------------------------------------------------------------------
