@@ -1278,6 +1278,30 @@ def test_records_made_after_the_exit_flush_are_still_written(tmp_path: Path) -> 
     assert (tmp_path / "m" / "usage.jsonl").read_text().count("\n") == 3
 
 
+FIRST_USED_AFTER_THE_EXIT_FLUSH = """
+import atexit
+
+def late():  # tokenmeter's delivery is first used here, in an exit hook
+    import tokenmeter
+    tokenmeter.record("openai", "gpt-4o", 5, 5)
+
+atexit.register(late)
+import tokenmeter
+"""
+
+
+def test_records_of_an_exit_hook_that_first_uses_tokenmeter_are_written(tmp_path: Path) -> None:
+    """tokenmeter's own exit hook is registered when its delivery is first used: inside an exit
+    hook, too late to run, so the record waited in a buffer nobody wrote (and importing the
+    session module there raised RuntimeError: can't register atexit after shutdown)."""
+    env = {**os.environ, "TOKENMETER_SINKS": "sqlite,jsonl", "TOKENMETER_DIR": str(tmp_path / "m")}
+    done = run_python("-c", FIRST_USED_AFTER_THE_EXIT_FLUSH, env=env, cwd=tmp_path)
+    assert "Traceback" not in done.stderr, done.stderr
+    with sqlite3.connect(tmp_path / "m" / "usage.db") as db:
+        assert db.execute("select input_tokens from records").fetchall() == [(5,)]
+    assert (tmp_path / "m" / "usage.jsonl").read_text().count("\n") == 1
+
+
 FAILING_AT_EXIT = """
 import sys, threading, tokenmeter
 from tokenmeter.sinks import InMemorySink

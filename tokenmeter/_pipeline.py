@@ -720,7 +720,23 @@ def _get() -> _Pipeline:
             _carried = []
             _flush_at_multiprocessing_exit()
             hook_termination_signals()
+            if _in_exit_hooks():
+                # First used by an exit hook: ours, registered at this module's import (just
+                # now), will not run; the records are written at once, as after our exit flush.
+                _mark_exit_flushed()
         return _pipeline
+
+
+def _in_exit_hooks() -> bool:
+    """True while the interpreter runs its exit hooks: they run on the main thread, which
+    ``threading`` has marked stopped by then (other threads run on during its last joins)."""
+    main = threading.main_thread()
+    return threading.current_thread() is main and not main.is_alive()
+
+
+def _mark_exit_flushed() -> None:
+    global _ended_pid
+    _ended_pid = os.getpid()
 
 
 #: Called with every submitted item on the caller's thread, before it is queued: for a sink that
@@ -851,7 +867,6 @@ def _at_exit() -> None:
 
 
 def _flush_at_exit() -> None:
-    global _ended_pid
     for hook in list(_before_exit):
         try:
             hook()
@@ -859,7 +874,7 @@ def _flush_at_exit() -> None:
             logger.exception("tokenmeter: an exit hook failed")
     writers = _writers()
     failed, timed_out = _unflushed(writers, _exit_time_left())
-    _ended_pid = os.getpid()  # from now on a record is written at once (_write_late)
+    _mark_exit_flushed()  # from now on a record is written at once (_write_late)
     # What is left of exit_timeout (nothing, after a flush that used it all on a hung sink).
     _stop_writers([*writers, *_ending], _exit_time_left())
     timed_out += [_name(w.sink) for w in _ending if w._thread.is_alive()]

@@ -14,12 +14,11 @@ import os
 import secrets
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Literal, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 from tokenmeter import _pipeline
 from tokenmeter._fork import renew_after_fork
@@ -523,9 +522,15 @@ def reset() -> None:
 
 
 # -- sessions follow work into threads ------------------------------------------------------------
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+try:
+    from concurrent.futures import thread as _futures_thread
+except RuntimeError:  # first imported by an exit hook after threading's shutdown: no pool runs
+    _futures_thread = None  # type: ignore[assignment]
 _propagate = False
 _original_start = threading.Thread.start
-_original_submit = ThreadPoolExecutor.submit
+_original_submit = None if _futures_thread is None else _futures_thread.ThreadPoolExecutor.submit
 
 
 def _start_in_session(self: threading.Thread) -> None:
@@ -587,4 +592,5 @@ def set_thread_propagation(enabled: bool) -> None:
     _propagate = enabled
     if enabled and threading.Thread.start is not _start_checked:
         threading.Thread.start = _start_checked  # type: ignore[method-assign]
-        ThreadPoolExecutor.submit = _submit_in_session  # type: ignore[method-assign, assignment]
+        if _futures_thread is not None:
+            _futures_thread.ThreadPoolExecutor.submit = _submit_in_session  # type: ignore[method-assign, assignment]
