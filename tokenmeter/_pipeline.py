@@ -767,7 +767,7 @@ def submit(item: UsageRecord | SessionInfo) -> None:
                 logger.exception("tokenmeter: a submit observer failed")
     while not pipeline.put(item):  # replaced meanwhile: configure() on another thread
         pipeline = _pipeline or _get()
-    if _ended_pid == os.getpid():
+    if _ended_pid and _ended_pid == os.getpid():  # 0 until the exit flush: no getpid() call
         _write_late()
 
 
