@@ -439,7 +439,8 @@ async def test_responses_stream_ending_on_an_error_event_is_an_error_record(
     stream = await kit.maybe(client.responses.create(model="gpt-4o", input="hi", stream=True))
     seen = await kit.drain(stream)
 
-    assert seen[-1].type == "error"
+    # The SDK yields the event (older SDKs wrap it: its type None, event "error"), raises nothing
+    assert "error" in (seen[-1].type, getattr(seen[-1], "event", None))
     record = only(records())
     assert (record.status, record.error) == ("error", expected or "ResponseErrorEvent")
     assert record.estimated and record.output_tokens >= 8

@@ -120,6 +120,9 @@ class ResponseEventReader:
     def feed(self, event: Any, call: Call) -> bool:
         kind = getattr(event, "type", None)
         if type(kind) is not str:
+            if kind is None and getattr(event, "event", None) == "error":
+                # Older SDKs hand an SSE ``error`` event over wrapped: {"event", "data"}.
+                _ended_on_error(call, field(getattr(event, "data", None), "code"))
             return False
         if kind in _OUTPUT_DELTAS:
             self.tally.add(getattr(event, "delta", None))
@@ -136,10 +139,15 @@ class ResponseEventReader:
                 call.take(found)
         elif kind == "response.created" and call.model is None:
             keep_names(call, getattr(event, "response", None))
-        elif kind == "error":  # the SDK raises nothing: the stream just ends, with no usage
-            code = getattr(event, "code", None)
-            call.failure = code[:100] if type(code) is str and code.strip() else _ERROR_EVENT
+        elif kind == "error":
+            _ended_on_error(call, getattr(event, "code", None))
         return False
+
+
+def _ended_on_error(call: Call, code: Any) -> None:
+    """A Responses stream's ``error`` event: the SDK raises nothing, the stream just ends with
+    no usage. Recorded as an error named by the event's code."""
+    call.failure = code[:100] if type(code) is str and code.strip() else _ERROR_EVENT
 
 
 def _read(parsed: Any, call: Call) -> None:
