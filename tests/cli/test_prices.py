@@ -92,3 +92,20 @@ def test_a_bad_setting_is_a_usage_error(cli: RunCli, monkeypatch: pytest.MonkeyP
     code, out, err = cli("prices", "gpt-4o")
     assert code == 2 and out == "" and len(err.splitlines()) == 1
     assert err.startswith("tokenmeter: error: tokenmeter setting 'budgets' from TOKENMETER_BUDGETS")
+
+
+def test_a_model_priced_from_another_providers_table_says_whose(cli: RunCli) -> None:
+    """``--provider anthropic`` for gpt-4o: a metered call (a proxy) is priced from OpenAI's
+    table, and ``prices`` said so as "provider anthropic" with OpenAI's rates and no word of it."""
+    code, out, err = cli("prices", "gpt-4o", "--provider", "anthropic")
+    assert code == 0, err
+    provider_line = next(line for line in out.splitlines() if line.startswith("provider"))
+    assert provider_line.split(None, 1)[1] == "anthropic (no price of its own: openai's price)"
+    code, out, err = cli("prices", "gpt-4o", "--provider", "anthropic", "--format", "json")
+    assert code == 0, err
+    doc = json.loads(out, parse_float=Decimal)
+    assert (doc["provider"], doc["priced_provider"]) == ("anthropic", "openai")
+    assert doc["usd_per_million_tokens"]["input_per_mtok"] == Decimal("2.5")
+    code, out, err = cli("prices", "gpt-4o", "--provider", "openai")
+    assert code == 0, err
+    assert "provider       openai\n" in out

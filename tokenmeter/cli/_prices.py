@@ -57,6 +57,14 @@ def _fees(rates: Any) -> dict[str, Decimal]:
     return {name: getattr(rates, name) for name, _ in _FEE_LABELS if getattr(rates, name)}
 
 
+def _priced_elsewhere(found: Any) -> str:
+    """Says so when the rates are another provider's (the asked one has no price of its own)."""
+    other = found.priced_provider
+    if other is None or other == found.provider:
+        return ""
+    return f" (no price of its own: {other}'s price)"
+
+
 def _load_user_prices() -> None:
     """Apply the price overrides a metered process would (environment and pyproject.toml)."""
     from tokenmeter._runtime import configure
@@ -87,6 +95,7 @@ def run_prices(args: argparse.Namespace) -> int:
         document = {
             "model": found.model,
             "provider": found.provider,
+            "priced_provider": found.priced_provider,
             "priced_model": found.priced_model,
             "tier": found.tier,
             "at": format_instant(found.at),
@@ -100,7 +109,7 @@ def run_prices(args: argparse.Namespace) -> int:
     lines = [
         f"model          {found.model}"
         + (f" (priced as {found.priced_model})" if found.priced_model != found.model else ""),
-        f"provider       {found.provider or '(any)'}",
+        f"provider       {found.provider or '(any)'}" + _priced_elsewhere(found),
         f"service tier   {found.tier}",
         f"as of          {format_instant(found.at)}",
         f"price source   {found.price_source}",

@@ -396,6 +396,9 @@ class PriceDescription:
     rates: Rates
     #: Long-context tiers: (start, rates) applies to every token when total input > start.
     tiers: tuple[tuple[int, Rates], ...] = ()
+    #: The provider whose table priced the model (None for an override): another than
+    #: ``provider`` when that one has no price for it and the model was found by name alone.
+    priced_provider: str | None = None
 
     @property
     def input_per_mtok(self) -> Decimal:
@@ -429,10 +432,11 @@ def describe_price(
         return None
     card = vector.card
     table_provider = None
-    if entry.provider is None and card.price_source != _overrides.OVERRIDE_SOURCE:
+    if card.price_source != _overrides.OVERRIDE_SOURCE:
         table_provider = getattr(entry.models[-1], "provider", None)  # whose table priced it
     return PriceDescription(
         provider=entry.provider or table_provider,
+        priced_provider=table_provider,
         model=model,
         priced_model=card.priced_model,
         price_source=card.price_source,
