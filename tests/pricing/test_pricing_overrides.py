@@ -479,3 +479,15 @@ def test_prices_file_named_in_pyproject_is_checked_too(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"prices.json.*'my-model'.*output_per_mtok") as excinfo:
         tokenmeter.configure()
     one_line_value_error(excinfo)
+
+
+def test_configure_prices_win_over_the_file_however_the_file_spells_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Model names are matched in any case; the file's "My-Model" won over configure()'s
+    "my-model" (both were kept, and the file's came first)."""
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({"My-Model": {"input_per_mtok": 1, "output_per_mtok": 1}}))
+    monkeypatch.setenv("TOKENMETER_PRICES", str(path))
+    tokenmeter.configure(prices={"my-model": MY_MODEL})
+    assert tokenmeter.price("openai", "MY-MODEL", USAGE, at=DAY).total_usd == Decimal("2.69")

@@ -173,11 +173,11 @@ def use_prices(file: str | os.PathLike[str] | None, prices: Mapping[str, Any]) -
     if file is None:
         set_user_prices(prices)
         return
-    raw, parsed = _read_file_once(Path(file))
+    parsed = _read_file_once(Path(file))[1]
     if prices:
-        set_user_prices({**raw, **prices})  # per model name, configure's prices win
-    else:
-        _install(_Settings(prices=parsed, aliases=_settings.aliases))
+        # Per model name as matched (any case, spaces around), configure's prices win.
+        parsed = {**parsed, **_parse_prices(prices, origin=None)}
+    _install(_Settings(prices=parsed, aliases=_settings.aliases))
 
 
 def check_prices_file(file: str | os.PathLike[str]) -> None:
