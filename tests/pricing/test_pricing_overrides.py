@@ -491,3 +491,16 @@ def test_configure_prices_win_over_the_file_however_the_file_spells_the_model(
     monkeypatch.setenv("TOKENMETER_PRICES", str(path))
     tokenmeter.configure(prices={"my-model": MY_MODEL})
     assert tokenmeter.price("openai", "MY-MODEL", USAGE, at=DAY).total_usd == Decimal("2.69")
+
+
+def test_describe_price_without_a_provider_finds_a_provider_scoped_override() -> None:
+    """``tokenmeter prices only-groq`` said "no price known ... Did you mean only-groq?": without
+    ``--provider`` a model is found as a metered call would find it, so under groq here."""
+    set_user_prices({"only-groq": {"input_per_mtok": 7, "output_per_mtok": 0, "provider": "groq"}})
+
+    described = describe_price(None, "only-groq", at=DAY)
+
+    assert described is not None
+    assert (described.provider, described.price_source) == ("groq", "override")
+    assert described.input_per_mtok == Decimal(7)
+    assert describe_price("openai", "only-groq", at=DAY) is None

@@ -429,7 +429,7 @@ def describe_price(
     when = _utc(at)
     vector = entry.vector(when) if entry.models else None
     if vector is None:
-        return None
+        return _describe_scoped_override(model, at, tier) if provider is None else None
     card = vector.card
     table_provider = None
     if card.price_source != _overrides.OVERRIDE_SOURCE:
@@ -445,6 +445,20 @@ def describe_price(
         rates=card.base,
         tiers=card.tiers,
     )
+
+
+def _describe_scoped_override(
+    model: str, at: datetime | None, tier: str | None
+) -> PriceDescription | None:
+    """Without a provider, a user price set only for some providers, as a call of the first of
+    them would be priced (``tokenmeter prices MODEL`` finds a model as a metered call would)."""
+    user = _overrides.find_user_prices(_with_alias(name_candidates(model)))
+    scoped = () if user is None else (e.provider for e in user[1] if e.provider is not None)
+    for provider in dict.fromkeys(scoped):
+        found = describe_price(provider, model, at=at, tier=tier)
+        if found is not None:
+            return found
+    return None
 
 
 def suggest_models(model: str, limit: int = 3) -> list[str]:
