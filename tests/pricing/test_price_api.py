@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from types import MappingProxyType
@@ -55,3 +56,23 @@ def test_any_mapping_of_counts_is_a_usage() -> None:
     as_mapping = tokenmeter.price("openai", "gpt-4o", counts, at=at)
     as_usage = tokenmeter.price("openai", "gpt-4o", Usage(**counts), at=at)
     assert as_mapping.total_usd == as_usage.total_usd == Decimal("2.5")
+
+
+def test_the_callers_decimal_context_changes_no_price() -> None:
+    """Costs were computed in the calling thread's decimal context: an application that set
+    ``getcontext().prec = 4`` (as the decimal docs' first example does with 6) got 1.295 for
+    1.29504125, with breakdown parts that no longer added up to it, and one that traps Inexact
+    got ``decimal.Inexact`` raised from pricing."""
+    counts = {"input_tokens": 123_457, "output_tokens": 98_765, "cache_read_tokens": 1_001}
+    at = datetime(2026, 6, 1, tzinfo=UTC)
+    tokenmeter.configure(prices={"my-model": {"input_per_mtok": "0.1234567", "output_per_mtok": 3}})
+    expected = {
+        model: tokenmeter.price("openai", model, counts, at=at) for model in ("gpt-4o", "my-model")
+    }
+    with decimal.localcontext() as context:
+        context.prec = 4
+        context.traps[decimal.Inexact] = True
+        for model, cost in expected.items():
+            got = tokenmeter.price("openai", model, counts, at=at)
+            assert (got.total_usd, got.breakdown) == (cost.total_usd, cost.breakdown)
+    assert expected["gpt-4o"].total_usd == Decimal("1.29504125")
