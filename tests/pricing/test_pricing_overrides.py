@@ -388,6 +388,25 @@ def test_largest_sensible_rate_and_numeric_strings_are_accepted() -> None:
     assert tokenmeter.price("openai", "my-model", usage).total_usd == Decimal("1.000001")
 
 
+@pytest.mark.parametrize("rate", ["1e-999999999", Decimal("1E-13"), 1e-300, "0." + "0" * 99 + "1"])
+def test_a_rate_too_small_to_write_out_is_refused(rate: object) -> None:
+    """ "1e-999999999" was accepted: one record's cost then took a million digits in the journal
+    and ``tokenmeter tail``, and ``tokenmeter prices --format json`` died of MemoryError."""
+    with pytest.raises(ValueError, match=r"'my-model'.*output_per_mtok.*at least 1E-12") as excinfo:
+        tokenmeter.configure(prices={"my-model": {"input_per_mtok": 1, "output_per_mtok": rate}})
+    one_line_value_error(excinfo)
+
+
+def test_the_smallest_rate_and_any_zero_are_accepted() -> None:
+    tokenmeter.configure(
+        prices={"my-model": {"input_per_mtok": "1e-12", "output_per_mtok": "0E-999999999"}}
+    )
+    usage = Usage(input_tokens=1_000_000, output_tokens=5)
+    cost = tokenmeter.price("openai", "my-model", usage)
+    assert cost.breakdown is not None and cost.breakdown["output"] == 0
+    assert cost.total_usd == Decimal("1E-12")
+
+
 def _configure_from_file(
     path: Path, content: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> pytest.ExceptionInfo[ValueError]:

@@ -56,6 +56,10 @@ _KNOWN_KEYS = frozenset((*_REQUIRED, *_OPTIONAL, "provider", "since"))
 #: point, a per-token price given per million); absurd rates such as 1e300 would also overflow
 #: the float totals of the sinks and reports.
 MAX_RATE_PER_MTOK = Decimal(1_000_000)
+#: A pico-dollar a million tokens, the least positive rate: a smaller one is a typo (an
+#: exponent's sign), and costs at it written out in full (the journal, ``tokenmeter tail``, JSON)
+#: ran to millions of digits ("1e-999999999": a billion).
+MIN_RATE_PER_MTOK = Decimal("1e-12")
 
 #: Larger than any real prices file (genai-prices' whole table is about 1 MB as JSON): a bigger
 #: one is a mistake (a log, a dump, /dev/zero), refused before it fills memory.
@@ -454,6 +458,11 @@ def _rate(value: Any, where: str) -> Decimal:
         raise ValueError(_not_a_number(where, value)) from None
     if not rate.is_finite() or rate < 0:
         raise ValueError(f"{where} must be a finite non-negative number, got {short_repr(value)}")
+    if 0 < rate < MIN_RATE_PER_MTOK:
+        raise ValueError(
+            f"{where} must be 0 or at least {MIN_RATE_PER_MTOK} USD per million tokens, "
+            f"got {short_repr(value)}"
+        )
     if rate > MAX_RATE_PER_MTOK:
         raise ValueError(
             f"{where} must be at most {MAX_RATE_PER_MTOK} USD per million tokens "
