@@ -25,7 +25,7 @@ from tokenmeter.pricing import (
     set_price_source,
     set_user_prices,
 )
-from tokenmeter.pricing._genai import GenaiPricesSource
+from tokenmeter.pricing._genai import GenaiPricesSource, _billed_in_other_units
 
 DAY = datetime(2026, 11, 23, 12, tzinfo=UTC)
 BEFORE_TIER_VARIANTS = datetime(
@@ -103,6 +103,27 @@ def test_unknown_model_is_never_a_silent_zero_nor_an_exception() -> None:
     cost = price_usage("azure", "my-gpt4o-prod-deployment", PLAIN, at=DAY)
     assert cost.total_usd is None
     assert describe_price("azure", "my-gpt4o-prod-deployment", at=DAY) is None
+
+
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [
+        ("openai", "whisper-1"),  # by the hour of audio
+        ("openai", "tts-1"),  # by the million characters
+        ("mistral", "mistral-ocr-2505"),  # by the thousand pages
+        ("groq", "whisper-large-v3"),
+    ],
+)
+def test_a_model_billed_only_in_units_other_than_tokens_is_unpriced_not_free(
+    provider: str, model: str
+) -> None:
+    """genai-prices has no token rate for these: their tokens were priced at $0 with
+    price_source "genai-prices" (a silent zero), and ``tokenmeter prices whisper-1`` showed
+    rates of 0."""
+    assert price_usage(provider, model, PLAIN, at=DAY).total_usd is None
+    assert describe_price(provider, model, at=DAY) is None
+    free = price_usage("openrouter", "deepseek-chat:free", PLAIN, at=DAY)  # no rate at all: free
+    assert (free.total_usd, free.price_source) == (0, "genai-prices 0.2.3")
 
 
 @pytest.mark.parametrize(
@@ -336,6 +357,9 @@ def test_identical_to_genai_prices_for_every_model_in_its_table() -> None:
             if theirs.model is not model:
                 continue
             ours = price_usage(provider.id, model.id, Usage(**kwargs), at=at)
+            if _billed_in_other_units(model.get_prices(at)):  # their $0 is no price per token
+                assert ours.total_usd is None, (provider.id, model.id)
+                continue
             assert ours.total_usd == theirs.total_price, (provider.id, model.id, kwargs, at)
             compared += 1
     assert compared > 2000

@@ -72,6 +72,8 @@ class _Corrected:
     def rate_card(self, at: datetime, tier: Tier) -> RateCard | None:
         card = self.inner.rate_card(at, tier)
         if card is None:
+            if tier == STANDARD:  # not priced per token at all
+                return None
             card = self._tier_before_its_start(at, tier)
             if card is None:
                 return None

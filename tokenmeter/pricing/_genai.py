@@ -113,7 +113,10 @@ class _GenaiModel:
         context = _CONTEXT_FOR_TIER.get(tier)
         if context is not None and not self._variant_active(context, at):
             return None  # genai-prices would silently fall back to standard prices here
-        return _rate_card(self.info.id, self.info.get_prices(at, context))
+        price = self.info.get_prices(at, context)
+        if _billed_in_other_units(price):
+            return None
+        return _rate_card(self.info.id, price)
 
     def tier_start(self, tier: Tier) -> date | None:
         context = _CONTEXT_FOR_TIER.get(tier)
@@ -141,6 +144,24 @@ class _GenaiModel:
         conditional = [] if isinstance(prices, gp.ModelPrice) else [c.constraint for c in prices]
         variants = [v.constraint for v in self.info.price_variants or ()]
         return [c for c in conditional + variants if c is not None]
+
+
+#: Rates ``_rates`` reads that are not per token: per request and per server-side tool call.
+_FEE_KEYS = frozenset(
+    ("requests_kcount", "web_searches_kcount", "storage_searches_kcount", "code_executions_kcount")
+)
+
+
+def _billed_in_other_units(price: gp.ModelPrice) -> bool:
+    """No rate per token, but one in a unit tokenmeter does not meter (whisper-1 by the hour of
+    audio, tts-1 by the million characters, OCR by the page): pricing such a model's tokens
+    would give a silent $0. A model with no rate at all is free (``:free`` routes)."""
+    rated = [
+        key
+        for key, value in price.__dict__.items()
+        if not key.startswith("_") and value is not None and key not in _FEE_KEYS
+    ]
+    return bool(rated) and not any(key.endswith("_mtok") for key in rated)
 
 
 def _rate_card(model_id: str, price: gp.ModelPrice) -> RateCard:
