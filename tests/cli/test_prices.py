@@ -109,3 +109,19 @@ def test_a_model_priced_from_another_providers_table_says_whose(cli: RunCli) -> 
     code, out, err = cli("prices", "gpt-4o", "--provider", "openai")
     assert code == 0, err
     assert "provider       openai\n" in out
+
+
+@pytest.mark.usefixtures("clean_user_prices")
+def test_an_unpriced_name_is_not_suggested_as_its_own_correction(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "no price known for model 'whisper-1' ... Did you mean whisper-1, ...?": a name with no
+    price now (billed by the hour of audio, or priced from a later date) was offered as the fix."""
+    prices = tmp_path / "prices.json"
+    later = {"input_per_mtok": 2, "output_per_mtok": 10, "since": "2099-01-01"}
+    prices.write_text(json.dumps({"my-model": later}))
+    monkeypatch.setenv("TOKENMETER_PRICES", str(prices))
+    for model in ("whisper-1", "my-model", "MY-MODEL"):
+        code, out, err = cli("prices", model)
+        assert code == 1 and out == "" and "no price known" in err
+        assert model.lower() not in err.lower().partition("did you mean")[2]

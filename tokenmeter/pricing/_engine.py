@@ -495,6 +495,7 @@ def suggest_models(model: str, limit: int = 3) -> list[str]:
     table = getattr(_price_source(), "model_names", None)
     if table is not None:
         known.update(table())
+    known.difference_update(names)  # the name asked, unpriced now, is no correction of itself
     found: dict[str, None] = {}
     for name in names:
         for match in difflib.get_close_matches(name, known, n=limit, cutoff=0.6):
