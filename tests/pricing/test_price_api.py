@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import decimal
+import threading
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from types import MappingProxyType
@@ -76,3 +77,22 @@ def test_the_callers_decimal_context_changes_no_price() -> None:
             got = tokenmeter.price("openai", model, counts, at=at)
             assert (got.total_usd, got.breakdown) == (cost.total_usd, cost.breakdown)
     assert expected["gpt-4o"].total_usd == Decimal("1.29504125")
+
+
+def test_a_thread_with_a_low_decimal_precision_does_not_change_the_rates_others_get() -> None:
+    """The rates cached for the day (here batch before genai-prices' variant date: a discount
+    worked out from ratios) were worked out in the context of the first thread to price: one at
+    ``prec = 2`` made every thread's gpt-4o batch price 6.2 for 6.25."""
+    counts = {"input_tokens": 1_000_000, "output_tokens": 1_000_000}
+    at = datetime(2025, 9, 1, tzinfo=UTC)
+    seen: list[Decimal | None] = []
+
+    def low_precision() -> None:
+        decimal.getcontext().prec = 2  # this thread's own context
+        seen.append(tokenmeter.price("openai", "gpt-4o", counts, at=at, tier="batch").total_usd)
+
+    thread = threading.Thread(target=low_precision)
+    thread.start()
+    thread.join()
+    ours = tokenmeter.price("openai", "gpt-4o", counts, at=at, tier="batch").total_usd
+    assert seen == [ours] and ours == Decimal("6.25")

@@ -50,7 +50,7 @@ _PER_MTOK = Decimal(1_000_000)
 _PER_K = Decimal(1_000)
 #: Rates are divided once, at cache fill, in a context of our own (not the caller thread's).
 _RATE_CONTEXT = Context(prec=40)
-#: Costs are computed in Python's default context whatever the calling thread set (an
+#: Costs and rates are computed in Python's default context whatever the calling thread set (an
 #: application's ``getcontext().prec = 6`` or trapped Inexact must not change or break a price).
 _PRICE_CONTEXT = Context(
     prec=28,
@@ -280,11 +280,12 @@ class _Entry:
         except KeyError:
             pass
         vector = None
-        for model in self.models:
-            card = model.rate_card(at, self.tier)
-            if card is not None:
-                vector = _Vector(card)
-                break
+        with localcontext(_PRICE_CONTEXT):  # cached for every thread: not in the caller's
+            for model in self.models:
+                card = model.rate_card(at, self.tier)
+                if card is not None:
+                    vector = _Vector(card)
+                    break
         if len(self.periods) >= _MAX_PERIODS:
             self.periods.clear()
         self.periods[key] = vector
