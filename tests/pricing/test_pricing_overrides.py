@@ -523,3 +523,21 @@ def test_describe_price_without_a_provider_finds_a_provider_scoped_override() ->
     assert (described.provider, described.price_source) == ("groq", "override")
     assert described.input_per_mtok == Decimal(7)
     assert describe_price("openai", "only-groq", at=DAY) is None
+
+
+@pytest.mark.parametrize(
+    "prices",
+    [
+        {"My-Model": MY_MODEL, "my-model": {"input_per_mtok": 9, "output_per_mtok": 9}},
+        {"my-model": [MY_MODEL, {**MY_MODEL, "input_per_mtok": 9}]},
+        {"my-model": [{**MY_MODEL, "since": "2026-01-01"}, {**MY_MODEL, "since": "2026-01-01"}]},
+        {"my-model": [{**MY_MODEL, "provider": "OpenAI"}, {**MY_MODEL, "provider": "openai"}]},
+    ],
+)
+def test_two_prices_for_the_same_model_provider_and_date_are_refused(
+    prices: dict[str, object],
+) -> None:
+    """Which of two such entries applied was an accident of their order (the first), silently."""
+    with pytest.raises(ValueError, match=r"'my-model'.*two prices") as excinfo:
+        tokenmeter.configure(prices=prices)
+    one_line_value_error(excinfo)

@@ -374,8 +374,25 @@ def _parse_prices(
                 _where(origin, short_repr(model))
                 + "expected a table of prices or a non-empty list of them"
             )
-        parsed[key] = (*parsed.get(key, ()), *entries)
+        merged = (*parsed.get(key, ()), *entries)
+        if len({(e.provider, e.since) for e in merged}) < len(merged):
+            raise ValueError(_where(origin, short_repr(model)) + _same_scope(merged))
+        parsed[key] = merged
     return parsed
+
+
+def _same_scope(entries: tuple[UserPrice, ...]) -> str:
+    """The message for two entries of one model with the same provider and since date: which
+    one applied was an accident of their order."""
+    seen: set[tuple[str | None, date | None]] = set()
+    for entry in entries:
+        scope = (entry.provider, entry.since)
+        if scope in seen:
+            break
+        seen.add(scope)
+    provider = "any provider" if entry.provider is None else f"provider {entry.provider!r}"
+    since = "" if entry.since is None else f" from {entry.since.isoformat()}"
+    return f"two prices for {provider}{since} (model names match in any case)"
 
 
 def _item_of(index: int) -> Callable[[Any], str]:
