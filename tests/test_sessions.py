@@ -250,3 +250,26 @@ def test_sessions_made_in_the_same_second_never_share_an_id() -> None:
     (by one process, or by several writing one database) never merge."""
     ids = {tokenmeter.session().id for _ in range(20_000)}
     assert len(ids) == 20_000
+
+
+def test_the_callers_decimal_context_rounds_no_cost_and_no_total(sink: InMemorySink) -> None:
+    """An application that lowers its thread's decimal precision (or traps Inexact) had its
+    record's cost normalised, its session's totals summed and its budget fractions worked out
+    in that context: 1.295 for $1.29504125, or decimal.Inexact raised from record()."""
+    import decimal
+
+    usage = {"input_tokens": 123_457, "output_tokens": 98_765, "cache_read_tokens": 1_001}
+    exact = tokenmeter.price("openai", "gpt-4o", usage).total_usd
+    assert exact == Decimal("1.29504125")
+    with decimal.localcontext() as context:
+        context.prec = 4
+        context.traps[decimal.Inexact] = True
+        with tokenmeter.session("s", budget_usd=1.23456) as session:
+            records = [
+                tokenmeter.record("openai", "gpt-4o", 123_457, 98_765, cache_read_tokens=1_001)
+                for _ in range(3)
+            ]
+        cost, output = session.summary.cost_usd, session.summary.output_cost_usd
+    assert [r.estimated_cost_usd for r in records] == [exact] * 3
+    assert (cost, output) == (3 * exact, 3 * Decimal("0.98765"))
+    assert tokenmeter.flush(5) and len(sink.records) == 3

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import operator
 import os
 import secrets
 import threading
@@ -28,6 +29,7 @@ from tokenmeter._totals import (
     DECIMAL_NAMES,
     MAX_SESSION_MODELS,
     OTHER_MODELS,
+    USD_CONTEXT,
     Totals,
 )
 from tokenmeter.guardrails import _state as _guard_state
@@ -85,10 +87,12 @@ class SessionSummary(ModelTotals):
 
 
 def _summed(name: str, zero: Any) -> property:
+    add = USD_CONTEXT.add if isinstance(zero, Decimal) else operator.add  # not the caller's
+
     def total(self: SessionSummary) -> Any:
         value = zero
         for per_model in list(self.by_model.values()):  # a copy: another thread may add a model
-            value += getattr(per_model, name)
+            value = add(value, getattr(per_model, name))
         return value
 
     return property(total, doc=f"``{name}`` summed over the session's models.")
@@ -264,7 +268,7 @@ class Session:
         for fraction in warn_fractions:
             if fraction >= 1 or fraction in self._warned_at:
                 continue
-            if spent > 0 and spent >= budget * Decimal(repr(fraction)):
+            if spent > 0 and spent >= USD_CONTEXT.multiply(budget, Decimal(repr(fraction))):
                 self._warned_at.add(fraction)
                 self._alert(record, f"budget_{round(fraction * 100)}pct", fraction, spent)
         if not self._over_budget_warned and spent > budget:

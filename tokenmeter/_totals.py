@@ -9,7 +9,14 @@ an unpriced call adds its tokens but never a fake $0 (``cost`` is None while no 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from decimal import Decimal
+from decimal import (
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+)
 from typing import Any, Protocol
 
 __all__ = [
@@ -56,6 +63,19 @@ MAX_SESSION_MODELS = 100
 _TEXT_ONLY = frozenset({"input", "cache_read", "cache_write", "output"})
 _ONE = Decimal(1)
 _TEN = Decimal(10)
+#: Money is computed in Python's default context whatever the calling thread set (an
+#: application's ``getcontext().prec = 4`` or trapped Inexact must not round or break a cost,
+#: a price or a session's running total).
+USD_CONTEXT = Context(
+    prec=28,
+    rounding=ROUND_HALF_EVEN,
+    Emin=-999_999,
+    Emax=999_999,
+    capitals=1,
+    clamp=0,
+    traps=[InvalidOperation, DivisionByZero, Overflow],
+)
+_add = USD_CONTEXT.add
 
 
 def normalise_usd(value: Decimal) -> Decimal:
@@ -64,9 +84,9 @@ def normalise_usd(value: Decimal) -> Decimal:
     Cheap enough for the hot path: ``normalize`` only writes an exponent for a whole number of
     tens (``1E+1``), which is checked only above 10.
     """
-    plain = value.normalize()
-    if plain >= _TEN and plain == plain.to_integral_value():
-        return plain.quantize(_ONE)
+    plain = value.normalize(USD_CONTEXT)
+    if plain >= _TEN and plain == plain.to_integral_value(context=USD_CONTEXT):
+        return plain.quantize(_ONE, context=USD_CONTEXT)
     return plain
 
 
@@ -78,7 +98,7 @@ def output_cost(breakdown: Mapping[str, Decimal]) -> Decimal:
     total = _ZERO
     for key, value in breakdown.items():  # on the caller's thread (session totals): a plain loop
         if key[:6] == "output":
-            total += value
+            total = _add(total, value)
     return total
 
 
@@ -164,11 +184,11 @@ class Totals:
             return
         self.priced_calls += 1
         self.priced_tokens += total
-        self.cost_usd += cost
+        self.cost_usd = _add(self.cost_usd, cost)
         breakdown = fields["cost_breakdown"]
         if breakdown:  # its parts add up to the cost
-            self.output_cost_usd += output_cost(breakdown)  # every output modality
-            self.split_cost_usd += cost
+            self.output_cost_usd = _add(self.output_cost_usd, output_cost(breakdown))
+            self.split_cost_usd = _add(self.split_cost_usd, cost)
 
     def add(self, other: Totals) -> None:
         for name in self.__slots__:

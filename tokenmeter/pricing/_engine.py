@@ -14,12 +14,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import (
-    ROUND_HALF_EVEN,
     Context,
     Decimal,
-    DivisionByZero,
-    InvalidOperation,
-    Overflow,
     getcontext,
     localcontext,
     setcontext,
@@ -27,6 +23,7 @@ from decimal import (
 
 from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import Cost, Usage, trusted, usage_of
+from tokenmeter._totals import USD_CONTEXT as _PRICE_CONTEXT
 
 from . import _overrides
 from ._errata import ErrataSource
@@ -50,17 +47,6 @@ _PER_MTOK = Decimal(1_000_000)
 _PER_K = Decimal(1_000)
 #: Rates are divided once, at cache fill, in a context of our own (not the caller thread's).
 _RATE_CONTEXT = Context(prec=40)
-#: Costs and rates are computed in Python's default context whatever the calling thread set (an
-#: application's ``getcontext().prec = 6`` or trapped Inexact must not change or break a price).
-_PRICE_CONTEXT = Context(
-    prec=28,
-    rounding=ROUND_HALF_EVEN,
-    Emin=-999_999,
-    Emax=999_999,
-    capitals=1,
-    clamp=0,
-    traps=[InvalidOperation, DivisionByZero, Overflow],
-)
 _UNKNOWN = Cost(total_usd=None, breakdown=None, price_source=None, priced_model=None)
 _MAX_ENTRIES = 10_000  # distinct (provider, model, tier) triples before the cache starts over
 _MAX_PERIODS = 1_000  # cached days/windows per entry
