@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -13,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from helpers import run_python
 
 import tokenmeter
 from tokenmeter._sessions import Session
@@ -197,3 +199,45 @@ def test_stored_sessions_carry_their_rolled_up_totals(sink: InMemorySink) -> Non
     stored = sink.sessions[parent.id]
     assert (stored.calls, stored.input_tokens, stored.output_tokens) == (3, 2010, 1010)
     assert (stored.cost_usd, stored.unpriced_calls) == (Decimal("0.015"), 1)
+
+
+STATE_LINE_ON_A_FULL_DISK = """
+import json, resource, signal, sys
+from pathlib import Path
+import tokenmeter
+from tokenmeter.sinks import InMemorySink
+
+from helpers import run_python
+
+state, alerts = Path(sys.argv[1]), Path(sys.argv[2]) / "alerts.jsonl"
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+tokenmeter.configure(
+    sinks=[InMemorySink()], directory=sys.argv[2], state_file=state,
+    alerts=[{"rule": "call_tokens", "threshold": 1, "cooldown_s": 0}],
+)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (30, hard))  # room for part of a line, not all
+with tokenmeter.session("job"):
+    tokenmeter.record("openai", "gpt-4o", 1000, 500)
+assert not tokenmeter.flush(2)  # the state file cannot take its line
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # room again: the line is retried
+with tokenmeter.session("job"):
+    tokenmeter.record("openai", "gpt-4o", 1000, 500)
+assert tokenmeter.flush(30)
+"""
+
+
+def test_a_full_disk_leaves_no_torn_line_in_the_state_file_or_alerts(tmp_path: Path) -> None:
+    """The state-file line (retried) and an alert (dropped) that filled the disk part-way were
+    left torn, and the next line was glued to them: two sessions' lines read as one."""
+    state = tmp_path / "state.md"
+    state.write_text("# Workflow state\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run_python(
+        "-c", STATE_LINE_ON_A_FULL_DISK, str(state), str(tmp_path / "tm"), env=env, cwd=tmp_path
+    )
+    lines = state.read_text().splitlines()
+    assert lines[0] == "# Workflow state" and len(lines) == 3
+    assert all(LINE.match(line) for line in lines[1:]), lines
+    alerts = (tmp_path / "tm" / "alerts.jsonl").read_text().splitlines()
+    assert [json.loads(line)["rule"] for line in alerts] == ["call_tokens"]  # the second call's

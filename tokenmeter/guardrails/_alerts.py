@@ -28,7 +28,7 @@ from typing import Any
 
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.pricing._overrides import short_repr
-from tokenmeter.sinks._files import ensure_private_dir, open_private, write_all
+from tokenmeter.sinks._files import append_line
 
 __all__ = ["RULES", "Alert", "AlertRule", "AlertSink", "parse_alert_rules", "post"]
 
@@ -386,13 +386,8 @@ class AlertSink:
         line = (json.dumps(alert.to_json_dict(), ensure_ascii=False) + "\n").encode(
             "utf-8", "backslashreplace"
         )
-        try:
-            ensure_private_dir(self.path.parent)
-            fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
-            try:
-                write_all(fd, line)
-            finally:
-                os.close(fd)
+        try:  # whole or not at all: a torn line would swallow the next alert too
+            append_line(self.path, line)
         except OSError as exc:
             logger.error("tokenmeter: cannot append to %s: %s", self.path, exc)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenmeter._models import SessionInfo, UsageRecord
-from tokenmeter.sinks._files import ensure_private_dir, open_private, write_all
+from tokenmeter.sinks._files import append_line
 
 __all__ = ["StateFileSink", "run_end_hooks", "state_line"]
 
@@ -89,12 +89,8 @@ class StateFileSink:
         ]
         if not lines:
             return
-        ensure_private_dir(self.path.parent)
-        fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
-        try:
-            write_all(fd, "".join(lines).encode("utf-8", "backslashreplace"))
-        finally:
-            os.close(fd)
+        # Whole or not at all: a line a full disk tore would be glued to the retried one.
+        append_line(self.path, "".join(lines).encode("utf-8", "backslashreplace"))
 
     def flush(self) -> None:
         pass

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 from pathlib import Path
 
 __all__ = [
+    "append_line",
     "append_whole",
     "ensure_private_dir",
     "open_private",
@@ -108,6 +110,18 @@ def append_whole(fd: int, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, start)
         raise
+
+
+def append_line(path: Path, data: bytes) -> None:
+    """Append ``data`` to the file at ``path`` (created owner-only) with ``append_whole``, under
+    an exclusive lock: other processes append to the same state file and alerts.jsonl."""
+    ensure_private_dir(path.parent)
+    fd = open_private(path, os.O_RDWR | os.O_APPEND)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        append_whole(fd, data)
+    finally:
+        os.close(fd)  # also releases the lock
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
