@@ -94,6 +94,22 @@ def test_an_alert_is_not_repeated_within_its_cooldown(tmp_path: Path) -> None:
     ]
 
 
+def test_an_alert_dated_in_the_future_does_not_silence_its_rule(tmp_path: Path) -> None:
+    """One line of alerts.jsonl dated ahead (a clock set wrong, a record backfilled with a
+    future timestamp, a hand edit) kept its rule and scope cooling down until that date: for a
+    line of year 9999, silenced for good. A record only cools down near the last alert's time,
+    before it as after (threads' records arrive a little out of order)."""
+    (tmp_path / "tm").mkdir()
+    ahead = {"time": "9999-12-31T00:00:00.000Z", "rule": "call_tokens", "scope": "model=gpt-4o"}
+    (tmp_path / "tm" / "alerts.jsonl").write_text(json.dumps(ahead) + "\n")
+    seen = setup(tmp_path, [{"rule": "call_tokens", "threshold": 5000, "cooldown_s": 600}])
+    call(6000, 5)
+    call(6000, 4)  # a minute before the alert (another thread's record): still cooling down
+    call(6000, 16)  # 11 minutes after: over
+    assert tokenmeter.flush(5)
+    assert [a.time.minute for a in seen.alerts] == [5, 16]
+
+
 def test_call_cost_threshold(tmp_path: Path) -> None:
     seen = setup(tmp_path, [{"rule": "call_cost", "threshold": 0.01}])
     call(1000, 0)  # $0.0025

@@ -293,7 +293,9 @@ class AlertSink:
         if limit is None or observed <= limit:
             return
         last = self._last.get((rule.rule, scope))
-        if last is not None and (when - last).total_seconds() < rule.cooldown_s:
+        # Quiet near the last alert on either side: a record a little older (another thread's)
+        # as one a little newer; an alert dated far ahead (a clock set wrong) silences nothing.
+        if last is not None and abs((when - last).total_seconds()) < rule.cooldown_s:
             return
         self._last[(rule.rule, scope)] = when
         shown = f"{observed:,.0f} tokens" if unit == "tokens" else f"${observed:.6f}"
