@@ -12,9 +12,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
-from helpers import run_python
+from helpers import one_line_value_error, run_python
 
 import tokenmeter
 from tokenmeter._sessions import Session
@@ -146,6 +147,35 @@ def test_bad_hooks_are_a_value_error() -> None:
         tokenmeter.configure(on_session_end=[print, "x"])  # type: ignore[list-item]
 
 
+def test_an_async_hook_is_a_value_error_not_a_hook_that_never_runs(
+    sink: InMemorySink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ``async def`` hook or on_alert callback was accepted, and called without being
+    awaited: it never ran (a RuntimeWarning at best), session after session."""
+
+    async def hook(session: Session) -> None:
+        raise AssertionError("never awaited")
+
+    with pytest.raises(ValueError, match="on_end") as refused:
+        tokenmeter.session("s", on_end=hook)
+    assert "async" in one_line_value_error(refused)
+    with pytest.raises(ValueError, match=r"on_session_end.*async"):
+        tokenmeter.configure(on_session_end=[print, hook])
+    with pytest.raises(ValueError, match=r"on_alert.*async"):
+        tokenmeter.configure(on_alert=hook)
+
+    class Sneaky:  # not an async function, yet what it returns is a coroutine
+        def __call__(self, session: Session) -> Any:
+            return hook(session)
+
+    with (
+        caplog.at_level(logging.ERROR, logger="tokenmeter"),
+        tokenmeter.session("s", on_end=Sneaky()),
+    ):
+        pass
+    assert any("coroutine" in r.getMessage() for r in caplog.records)
+
+
 LINE = re.compile(
     r"^- (?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d UTC \d{4}: "
     r"TOKEN_TRACKING: Session (\S+) - (\d+) tokens, \$(\S+)$"
@@ -207,7 +237,7 @@ from pathlib import Path
 import tokenmeter
 from tokenmeter.sinks import InMemorySink
 
-from helpers import run_python
+from helpers import one_line_value_error, run_python
 
 state, alerts = Path(sys.argv[1]), Path(sys.argv[2]) / "alerts.jsonl"
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG

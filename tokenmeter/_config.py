@@ -162,9 +162,12 @@ class Settings(BaseModel):
     @field_validator("on_alert", "on_session_end", mode="before")
     @classmethod
     def _callables(cls, value: Any) -> tuple[Callable[..., object], ...]:
+        from tokenmeter.guardrails._hooks import check_not_async
+
         if callable(value):
-            return (value,)
+            value = (value,)
         if isinstance(value, list | tuple) and all(callable(item) for item in value):
+            check_not_async("hooks and callbacks", value)
             return tuple(value)
         raise ValueError(f"must be a callable or a list of callables, got {short_repr(value)}")
 

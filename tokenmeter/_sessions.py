@@ -345,11 +345,14 @@ def _check_tags(tags: Any) -> dict[str, str]:
 
 
 def _check_hooks(hooks: Any) -> tuple[OnEnd, ...]:
+    from tokenmeter.guardrails._hooks import check_not_async
+
     if hooks is None:
         return ()
     if callable(hooks):
-        return (hooks,)
+        hooks = (hooks,)
     if isinstance(hooks, list | tuple) and all(callable(hook) for hook in hooks):
+        check_not_async("on_end hooks", hooks)
         return tuple(hooks)
     raise ValueError(f"on_end must be a callable or a list of callables, got {hooks!r}")
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenmeter._models import SessionInfo, UsageRecord
+from tokenmeter.guardrails._hooks import not_awaited
 from tokenmeter.pricing._overrides import short_repr
 from tokenmeter.sinks._files import append_line
 
@@ -380,7 +381,7 @@ class AlertSink:
             self._append(alert)
             for callback in self.callbacks:
                 try:
-                    callback(alert)
+                    not_awaited(callback(alert), "an on_alert callback")
                 except BaseException:  # on a writer thread: SystemExit there ends nothing
                     logger.exception("tokenmeter: an on_alert callback failed")
 

@@ -13,6 +13,7 @@ implicit session at exit when it recorded anything.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -23,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from tokenmeter._models import SessionInfo, UsageRecord
+from tokenmeter.pricing._overrides import short_repr
 from tokenmeter.sinks._files import append_line
 
-__all__ = ["StateFileSink", "run_end_hooks", "state_line"]
+__all__ = ["StateFileSink", "check_not_async", "run_end_hooks", "state_line"]
 
 logger = logging.getLogger("tokenmeter")
 
@@ -38,6 +40,28 @@ global_hooks: tuple[Callable[[Any], object], ...] = ()
 _in_hooks: ContextVar[bool] = ContextVar("tokenmeter_in_end_hooks", default=False)
 
 
+def check_not_async(where: str, hooks: Sequence[Callable[..., object]]) -> None:
+    """Hooks and on_alert callbacks are called, never awaited (no event loop runs them): an
+    ``async def`` one would never run, session after session, without a word."""
+    for hook in hooks:
+        call = getattr(type(hook), "__call__", None)  # noqa: B004 (an async __call__ too)
+        if inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(call):
+            raise ValueError(
+                f"{where} must be plain functions: {short_repr(hook)} is async, and its "
+                "coroutine would never run"
+            )
+
+
+def not_awaited(result: object, what: str) -> None:
+    """A hook returned a coroutine anyway (an object whose call makes one): closed unrun, and
+    said so (rather than Python's 'never awaited' warning at some later collection)."""
+    if inspect.iscoroutine(result):
+        result.close()
+        logger.error(
+            "tokenmeter: %s returned a coroutine; it is not awaited, so it did not run", what
+        )
+
+
 def run_end_hooks(session: Any, own: Sequence[Callable[[Any], object]]) -> None:
     hooks = own if _in_hooks.get() else (*own, *global_hooks)
     if not hooks:
@@ -46,7 +70,7 @@ def run_end_hooks(session: Any, own: Sequence[Callable[[Any], object]]) -> None:
     try:
         for hook in hooks:
             try:
-                hook(session)
+                not_awaited(hook(session), "a session-end hook")
             except Exception:
                 logger.exception("tokenmeter: a session-end hook failed (session %s)", session.id)
     finally:
