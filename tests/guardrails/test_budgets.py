@@ -170,6 +170,24 @@ def test_a_budget_applies_to_its_scope_only(
     assert len(fake.requests) == (0 if blocked else 1)
 
 
+def test_a_budget_on_the_model_name_a_response_gives_refuses_calls_too(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    """The records (and reports) name the model as the response does ("gpt-4o-2024-08-06" for a
+    request of "gpt-4o"); a budget on that name only warned: the check knew the request's name
+    alone, so every call went through, 8 calls on a budget of fewer than 3. The check now
+    knows the names responses gave to a request's model."""
+    fake.set_model("gpt-4o", "gpt-4o-2024-08-06")
+    memory = configured(tmp_path, [{"limit_usd": 0.02, "model": "gpt-4o-2024-08-06"}])
+    with pytest.raises(BudgetExceeded):
+        for _ in range(8):
+            chat(fake)
+    assert len(fake.requests) == 3
+    assert tokenmeter.flush(5)
+    assert [r.status for r in memory.records] == ["ok", "ok", "ok", "blocked"]
+    assert memory.records[0].model_name == "gpt-4o-2024-08-06"
+
+
 def test_a_per_call_budget_refuses_a_request_whose_input_alone_costs_too_much(
     tmp_path: Path, fake: FakeProvider, instrumented: None
 ) -> None:

@@ -299,6 +299,35 @@ class _Config:
     #: same for every call of a model in a session, so worked out once (bounded: cleared when it
     #: grows large).
     scopes: dict[tuple[Any, ...], _Scope] = field(default_factory=dict)
+    #: Some budget is scoped to a model: a check then also matches the names responses gave to
+    #: the request's model (``models``).
+    model_scoped: bool = False
+    #: (provider, request model) -> the request model and the names responses gave it ("gpt-4o"
+    #: answers as "gpt-4o-2024-08-06", the name records and reports show, so budgets are set on
+    #: it): the check only knows the request's name. Learnt from records (``learn``).
+    models: dict[tuple[str, str], tuple[str | None, ...]] = field(default_factory=dict)
+
+    def check_models(self, provider: str, request_model: str | None) -> tuple[str | None, ...]:
+        """The model names a call about to be sent is known by."""
+        if self.model_scoped and request_model is not None:
+            known = self.models.get((provider, request_model))
+            if known is not None:
+                return known
+        return (request_model,)
+
+    def learn(self, record: UsageRecord) -> None:
+        """A record named the model as its response did: later checks of its request model
+        match budgets on that name too (bounded: a few names per model, a few thousand models)."""
+        request_model, name = record.request_model, record.model_name
+        if request_model is None or name == request_model:
+            return
+        key = (record.model_provider, request_model)
+        known = self.models.get(key, (request_model,))
+        if name in known or len(known) > _MAX_RESPONSE_NAMES:
+            return
+        if len(self.models) >= 4096:
+            self.models.clear()
+        self.models[key] = (*known, name)
 
     def in_scope(
         self, provider: str, models: tuple[str | None, ...], session: Any, refusing: bool
@@ -392,6 +421,9 @@ class _Scope:
         self.others: dict[_Scope, tuple[Budget, ...]] = {}
 
 
+#: Names a response may give one request model that a check matches (past these, no more are
+#: learnt: a gateway routing one name to many models).
+_MAX_RESPONSE_NAMES = 8
 _config: _Config | None = None
 #: Warnings already given: (budget key, period start, fraction).
 _warned: set[tuple[str, str, float]] = set()
@@ -427,6 +459,7 @@ def configure_budgets(
             return SQLiteLedger(Path(directory) / "budgets.db")
 
         _config = _Config(tuple(budgets), ZoneInfo(timezone), tuple(warn_at), open_ledger)
+        _config.model_scoped = any(b.model is not None for b in budgets)
         _state.armed = True
     if old is not None and old.ledger is not None:
         try:
@@ -570,7 +603,12 @@ def check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         session = call.session or _sessions.current_session() or _sessions.implicit_session()
         config = _config
         if config is not None:
-            key = (call.provider, (call.request_model,), session, True)
+            models = (
+                config.check_models(call.provider, call.request_model)
+                if config.model_scoped
+                else (call.request_model,)
+            )
+            key = (call.provider, models, session, True)
             scope = config.scopes.get(key) or config.in_scope(*key)
             group = scope.group
             if group is not None:
@@ -602,7 +640,7 @@ def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], session:
     config = _config
     provider = call.provider
     scope = (
-        config.in_scope(provider, (call.request_model,), session, True)
+        config.in_scope(provider, config.check_models(provider, call.request_model), session, True)
         if config is not None
         else None
     )
@@ -744,6 +782,9 @@ def settle(record: UsageRecord, session: Any, call: Any) -> None:
     try:
         if _orphans:
             _release_orphans()
+        learning = _config
+        if learning is not None and learning.model_scoped:
+            learning.learn(record)
         reservation: _Reservation | None = getattr(call, "budget", None)
         if reservation is not None:
             call.budget = None
