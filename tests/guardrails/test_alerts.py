@@ -151,6 +151,21 @@ def test_spend_rate_over_the_trailing_hour(tmp_path: Path) -> None:
     assert alert.rule == "spend_rate" and alert.observed > 0.02
 
 
+def test_spend_rate_counts_only_the_trailing_hour_of_backfilled_records(tmp_path: Path) -> None:
+    """Records made with an earlier timestamp (a backfill of the morning's calls) were added to
+    the hour the newest records are in: $0.0075 an hour at 08:00 and at 12:00 alerted as
+    $0.0225 "in the trailing hour" of 08:00, where $0.0075 was spent."""
+    seen = setup(tmp_path, [{"rule": "spend_rate", "threshold": 0.007}])
+    call(1000, 240)  # 13:00, then 13:01: $0.005 in the hour
+    call(1000, 241)
+    call(1000, 0)  # 09:00 and 09:01, told afterwards
+    call(1000, 1)
+    call(1000, 239.5)  # 12:59:30, a little out of order: in the trailing hour
+    assert tokenmeter.flush(5)
+    (alert,) = seen.alerts
+    assert alert.observed == pytest.approx(0.0075) and alert.time.minute == 59
+
+
 def test_refused_calls_do_not_drag_the_baseline_down(tmp_path: Path, fake: Any) -> None:
     seen = Collect()
     tokenmeter.configure(

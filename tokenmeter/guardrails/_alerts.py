@@ -186,6 +186,9 @@ class AlertSink:
         self._last: dict[tuple[str, str], datetime] = {}
         self._hour: deque[tuple[datetime, float]] = deque()
         self._hour_sum = 0.0
+        #: The latest record time seen: the trailing hour ends there (records arrive a little
+        #: out of order, and a backfill far out of it).
+        self._newest: datetime | None = None
         self._bucket: datetime | None = None
         self._bucket_sum = 0.0
         self._lock = threading.Lock()
@@ -320,6 +323,11 @@ class AlertSink:
 
     def _spend_rate(self, rule: AlertRule, record: UsageRecord, cost: float) -> None:
         when = record.timestamp
+        newest = self._newest
+        if newest is not None and (newest - when).total_seconds() > 3600:
+            return  # made earlier (a backfill): not in the trailing hour, nor in the hour counted
+        if newest is None or when > newest:
+            self._newest = newest = when
         bucket = when.replace(minute=0, second=0, microsecond=0)
         key = ("spend_rate", "everything")
         baseline = self._baselines.get(key)
@@ -333,7 +341,7 @@ class AlertSink:
         self._bucket_sum += cost
         self._hour.append((when, cost))
         self._hour_sum += cost
-        while self._hour and (when - self._hour[0][0]).total_seconds() > 3600:
+        while self._hour and (newest - self._hour[0][0]).total_seconds() > 3600:
             self._hour_sum -= self._hour.popleft()[1]
         self._judge(
             rule,
