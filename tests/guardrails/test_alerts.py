@@ -166,6 +166,28 @@ def test_spend_rate_counts_only_the_trailing_hour_of_backfilled_records(tmp_path
     assert alert.observed == pytest.approx(0.0075) and alert.time.minute == 59
 
 
+def test_two_rules_of_one_kind_count_each_record_once(tmp_path: Path) -> None:
+    """Rules of one kind shared their state, and each added the record to it: with two
+    spend_rate rules $0.01275 spent in an hour alerted as $0.0255 over a $0.013 threshold, and
+    with two call_tokens rules a baseline took each call twice (warm after half its warmup)."""
+    rules = [
+        {"rule": "spend_rate", "threshold": 0.013},
+        {"rule": "spend_rate", "multiplier": 2},
+        {"rule": "call_tokens", "multiplier": 3, "warmup": 4},
+        {"rule": "call_tokens", "threshold": 10**9},
+    ]
+    seen = setup(tmp_path, rules)
+    call(1000, 0)  # $0.0025 each
+    call(1000, 1)
+    call(3100, 2)  # 3 calls, $0.01275: a baseline of 4 samples is not there yet
+    assert tokenmeter.flush(5)
+    assert seen.alerts == []
+    call(1000, 3)  # $0.01525 in the hour
+    call(5000, 4)  # 4 samples in: far above them
+    assert tokenmeter.flush(5)
+    assert sorted(a.rule for a in seen.alerts) == ["call_tokens", "spend_rate"]
+
+
 def test_refused_calls_do_not_drag_the_baseline_down(tmp_path: Path, fake: Any) -> None:
     seen = Collect()
     tokenmeter.configure(

@@ -175,14 +175,14 @@ class AlertSink:
         path: Path,
         callbacks: Sequence[Callable[[Alert], object]] = (),
     ) -> None:
-        self.rules = tuple(rules)
+        self.rules = tuple(dict.fromkeys(rules))  # a rule given twice would judge twice
         self.path = path
         self.callbacks = tuple(callbacks)
         self.pending: deque[tuple[Alert, bool]] = deque()
         #: (rule, scope) of the alerts posted ``once`` that were given (this process or an
         #: earlier one: the tail of alerts.jsonl).
         self._given: set[tuple[str, str]] = set()
-        self._baselines: dict[tuple[str, str], _Baseline] = {}
+        self._baselines: dict[tuple[AlertRule, str], _Baseline] = {}
         self._last: dict[tuple[str, str], datetime] = {}
         self._hour: deque[tuple[datetime, float]] = deque()
         self._hour_sum = 0.0
@@ -229,6 +229,7 @@ class AlertSink:
     # -- rules ---------------------------------------------------------------------------------
     def _judge_record(self, record: UsageRecord) -> None:
         cost = float(record.estimated_cost_usd) if record.estimated_cost_usd is not None else None
+        rate: tuple[bool, float | None] | None = None  # the trailing hour, counted once
         for rule in self.rules:
             if rule.rule == "call_tokens":
                 self._judge(
@@ -251,7 +252,9 @@ class AlertSink:
                     "USD",
                 )
             elif rule.rule == "spend_rate" and cost is not None:
-                self._spend_rate(rule, record, cost)
+                if rate is None:
+                    rate = self._count_spend(record, cost)
+                self._spend_rate(rule, record, *rate)
 
     def _judge_session(self, info: SessionInfo) -> None:
         cost = float(info.cost_usd)
@@ -279,9 +282,9 @@ class AlertSink:
         *,
         learn: bool = True,
     ) -> None:
-        baseline = self._baselines.get((rule.rule, scope))
+        baseline = self._baselines.get((rule, scope))  # each rule's own (its window, warmup)
         if baseline is None:
-            baseline = self._baselines[(rule.rule, scope)] = _Baseline(rule.window)
+            baseline = self._baselines[(rule, scope)] = _Baseline(rule.window)
         warm = baseline.count >= rule.warmup and baseline.count > 0
         limits = []
         if rule.threshold is not None:
@@ -321,33 +324,45 @@ class AlertSink:
             )
         )
 
-    def _spend_rate(self, rule: AlertRule, record: UsageRecord, cost: float) -> None:
+    def _count_spend(self, record: UsageRecord, cost: float) -> tuple[bool, float | None]:
+        """Add a record's cost to the trailing hour (once, whatever the number of spend_rate
+        rules): whether it is in it, and the spend of the clock hour it completed, if any."""
         when = record.timestamp
         newest = self._newest
         if newest is not None and (newest - when).total_seconds() > 3600:
-            return  # made earlier (a backfill): not in the trailing hour, nor in the hour counted
+            return False, None  # made earlier (a backfill): not in the trailing hour
         if newest is None or when > newest:
             self._newest = newest = when
         bucket = when.replace(minute=0, second=0, microsecond=0)
-        key = ("spend_rate", "everything")
-        baseline = self._baselines.get(key)
-        if baseline is None:
-            baseline = self._baselines[key] = _Baseline(rule.window)
+        completed = None
         if self._bucket is None:
             self._bucket = bucket
         elif bucket > self._bucket:
-            baseline.add(self._bucket_sum)  # a completed hour joins the baseline
+            completed = self._bucket_sum
             self._bucket, self._bucket_sum = bucket, 0.0
         self._bucket_sum += cost
         self._hour.append((when, cost))
         self._hour_sum += cost
         while self._hour and (newest - self._hour[0][0]).total_seconds() > 3600:
             self._hour_sum -= self._hour.popleft()[1]
+        return True, completed
+
+    def _spend_rate(
+        self, rule: AlertRule, record: UsageRecord, counted: bool, completed: float | None
+    ) -> None:
+        key = (rule, "everything")
+        baseline = self._baselines.get(key)
+        if baseline is None:
+            baseline = self._baselines[key] = _Baseline(rule.window)
+        if completed is not None:
+            baseline.add(completed)  # a completed hour joins the baseline
+        if not counted:
+            return
         self._judge(
             rule,
             "everything",
             self._hour_sum,
-            when,
+            record.timestamp,
             record.id,
             record.session_id,
             "USD/hour",
