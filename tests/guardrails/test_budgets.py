@@ -568,6 +568,31 @@ def test_budget_warnings_are_not_repeated_by_a_restarted_process_in_the_same_per
     ]
 
 
+def test_the_warnings_kept_for_per_session_budgets_stay_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server with a ``period = "session"`` budget kept, for every session it ever ran, the
+    warnings given in it (twice: the check's set and the alert sink's): memory grew without end.
+    A session's are forgotten when it ends; the alert sink's past a bound (10,000; 20 here)
+    are read again from the end of alerts.jsonl (256 KiB; 2 KiB here)."""
+    from tokenmeter.guardrails import _alerts, _budgets
+
+    monkeypatch.setattr(_alerts, "_MAX_GIVEN", 20, raising=False)
+    monkeypatch.setattr(_alerts, "_SEED_BYTES", 2048)  # the last few lines
+    seen: list[Alert] = []
+    budget = {"name": "per-job", "limit_usd": 0.01, "period": "session", "on_exceed": "warn"}
+    configured(tmp_path, [budget], on_alert=seen.append)
+    for _ in range(100):
+        with tokenmeter.session("job"):
+            tokenmeter.record("openai", "gpt-4o", 1000, 500)  # $0.0075: 75 % of the session's
+    assert tokenmeter.flush(5)
+    assert [a.rule for a in seen] == ["budget_50pct"] * 100
+    assert len({a.session_id for a in seen}) == 100
+    assert not _budgets._warned
+    sink = _alerts._active
+    assert sink is not None and len(sink._given) <= 20
+
+
 def test_a_call_freed_by_a_garbage_collection_inside_our_locks_gives_its_reservation_back(
     tmp_path: Path,
 ) -> None:

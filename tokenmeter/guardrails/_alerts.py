@@ -399,6 +399,12 @@ class AlertSink:
                 if key in self._given:
                     logger.debug("tokenmeter: alert given before, not repeated: %s", alert.message)
                     continue
+                if len(self._given) >= _MAX_GIVEN:  # one per session of a per-session budget
+                    self._given.clear()
+                    self._seeded = False
+                    self._seed()  # those of the end of alerts.jsonl, as a new process has
+                    if key in self._given:
+                        continue
                 self._given.add(key)
             logger.warning("tokenmeter alert: %s", alert.message)
             self._append(alert)
@@ -418,6 +424,9 @@ class AlertSink:
             logger.error("tokenmeter: cannot append to %s: %s", self.path, exc)
 
 
+#: Warnings given ``once`` kept in memory: past this many, only those at the end of
+#: alerts.jsonl (what a restarted process knows) are kept.
+_MAX_GIVEN = 10_000
 #: How much of the end of alerts.jsonl a new process reads for the cooldowns still running.
 _SEED_BYTES = 256 * 1024
 

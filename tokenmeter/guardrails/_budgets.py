@@ -943,7 +943,8 @@ def _maybe_warn(
 
 def session_ended(session: Any) -> None:
     """Unused slices go back to the ledger when a root session ends (and a session's own
-    period, its id, is over when it ends)."""
+    period, its id, is over when it ends: the warnings given in it are forgotten, or a server
+    would keep those of every session it ran)."""
     try:
         _release_orphans()
         _leases.give_back(str(session.id))
@@ -951,6 +952,14 @@ def session_ended(session: Any) -> None:
             _leases.give_back()
     except Exception:
         _ledger_fault("settle")
+    config = _config
+    if config is not None and _warned:  # its period is over: its warnings need not be kept
+        start = str(session.id)
+        with _warned_lock:
+            for budget in config.budgets:
+                if budget.period == "session":
+                    for fraction in config.warn_at:
+                        _warned.discard((budget.key, start, fraction))
 
 
 def give_back() -> None:
