@@ -139,6 +139,30 @@ def test_a_session_costing_a_multiple_of_its_names_baseline(tmp_path: Path) -> N
     assert alert.observed == pytest.approx(0.0125)
 
 
+def test_the_baselines_kept_per_session_name_or_model_stay_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server naming its sessions after its requests (or a gateway passing its users' model
+    names on) kept a baseline, and a cooldown, for every name it ever saw: memory grew without
+    end. Past a bound (10,000; 20 here) they start over."""
+    from tokenmeter.guardrails import _alerts
+
+    monkeypatch.setattr(_alerts, "_MAX_SCOPES", 20, raising=False)
+    rules = [
+        {"rule": "session_cost", "threshold": 0.001},
+        {"rule": "call_tokens", "threshold": 1, "cooldown_s": 0},
+    ]
+    seen = setup(tmp_path, rules)
+    for i in range(100):
+        with tokenmeter.session(f"request-{i}"):
+            call(1000, i)  # $0.0025
+        call(1000, i, model=f"model-{i}")
+    assert tokenmeter.flush(5)
+    assert len(seen.alerts) == 300  # each name its own scope: none cooling down another
+    sink = _alerts._active
+    assert sink is not None and len(sink._baselines) <= 20 and len(sink._last) <= 20
+
+
 def test_spend_rate_over_the_trailing_hour(tmp_path: Path) -> None:
     seen = setup(tmp_path, [{"rule": "spend_rate", "threshold": 0.02, "cooldown_s": 3600}])
     for minute in range(0, 120, 10):  # $0.0025 every 10 minutes: $0.015 an hour

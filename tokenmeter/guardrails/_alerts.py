@@ -284,6 +284,8 @@ class AlertSink:
     ) -> None:
         baseline = self._baselines.get((rule, scope))  # each rule's own (its window, warmup)
         if baseline is None:
+            if len(self._baselines) >= _MAX_SCOPES:  # a name per request: start over
+                self._baselines.clear()
             baseline = self._baselines[(rule, scope)] = _Baseline(rule.window)
         warm = baseline.count >= rule.warmup and baseline.count > 0
         limits = []
@@ -304,6 +306,8 @@ class AlertSink:
         # as one a little newer; an alert dated far ahead (a clock set wrong) silences nothing.
         if last is not None and abs((when - last).total_seconds()) < rule.cooldown_s:
             return
+        if len(self._last) >= _MAX_SCOPES and (rule.rule, scope) not in self._last:
+            self._last.clear()
         self._last[(rule.rule, scope)] = when
         shown = f"{observed:,.0f} tokens" if unit == "tokens" else f"${observed:.6f}"
         self.pending.append(
@@ -424,6 +428,9 @@ class AlertSink:
             logger.error("tokenmeter: cannot append to %s: %s", self.path, exc)
 
 
+#: Scopes (model names, session names) whose baselines and cooldowns are kept: past this many
+#: they start over (a server naming sessions after its requests would keep one each forever).
+_MAX_SCOPES = 10_000
 #: Warnings given ``once`` kept in memory: past this many, only those at the end of
 #: alerts.jsonl (what a restarted process knows) are kept.
 _MAX_GIVEN = 10_000
