@@ -20,6 +20,24 @@ def test_leases_follow_the_protocol(tmp_path: Path, kind: str) -> None:
     ledger.close()
 
 
+def test_a_sqlite_ledger_removed_while_in_use_is_made_again(tmp_path: Path) -> None:
+    """The ledger's file deleted under a running process (a clean-up of .tokenmeter/): its
+    connections went on writing to the deleted file, so what it spent from then on reached no
+    other process (and a thread that connected later used a new file: two ledgers in one
+    process). A connection now follows the file its path names, as the SQLite sink does."""
+    path = tmp_path / "budgets.db"
+    ledger = SQLiteLedger(path)
+    day = "2026-12-01T00:00:00+00:00"
+    assert ledger.reserve("k", day, 10.0, 1.0) == (True, 0.0)
+    for name in ("budgets.db", "budgets.db-wal", "budgets.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    assert ledger.reserve("k", day, 10.0, 2.0) == (True, 0.0)  # a new ledger: nothing spent
+    other = SQLiteLedger(path)  # another process's view
+    assert other.spent("k", day) == 2.0
+    other.close()
+    ledger.close()
+
+
 def test_a_slice_is_capped_and_a_budget_near_its_limit_is_not_sliced() -> None:
     assert grant_of(1e9, 0.0, 0.0, 0.0, 1.0, 1.0) == (True, 1.0 + LEASE_CAP * 1.0)
     assert grant_of(9.0, 0.0, 0.0, 0.0, 1.0, 1.0) == (True, 2.0)  # 8 more fit: one slice call

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from tokenmeter.sinks._files import ensure_private_dir
+from tokenmeter.sinks._files import ensure_private_dir, file_id, still_names
 
 __all__ = [
     "LEASE_CAP",
@@ -272,22 +272,34 @@ class SQLiteLedger:
         self._pid = os.getpid()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        conn = self._conn()
-        with conn:
-            conn.execute(_SCHEMA)
+        self._conn()  # the table is made there
 
     def _conn(self) -> sqlite3.Connection:
+        """This thread's connection to the file ``path`` names now: one deleted under us (a
+        clean-up of the directory) would keep this process's spending from every other."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None and self._pid == os.getpid():
-            return conn
+            if still_names(self.path, self._local.file):
+                return conn
+            with self._lock:
+                if conn in self._all:
+                    self._all.remove(conn)
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
         if self._pid != os.getpid():  # a forked child: the parent's connections are not ours
             self._pid, self._all, self._local = os.getpid(), [], threading.local()
         ensure_private_dir(self.path.parent)
         conn = sqlite3.connect(
             self.path, timeout=30.0, isolation_level=None, check_same_thread=False
         )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(_SCHEMA)  # the file may be new
+            self._local.file = file_id(os.stat(self.path))
+        except BaseException:
+            conn.close()
+            raise
         self._local.conn = conn
         with self._lock:
             self._all.append(conn)
