@@ -128,6 +128,20 @@ def test_span_times_are_the_calls_own(receiver: OtlpReceiver) -> None:
     assert attributes(span.attributes)["tokenmeter.record.id"] == made.id
 
 
+def test_a_record_dated_beyond_what_otlp_holds_loses_no_spans(receiver: OtlpReceiver) -> None:
+    """OTLP times are unsigned 64-bit nanoseconds since 1970 (up to 2554). A record dated outside
+    (``record(timestamp=...)`` takes any date) made the exporter fail to encode the whole batch
+    of spans it was in ("Value out of range"): the spans of every other record were lost too."""
+    when = ["2026-11-22T10:00:00Z", "3000-01-01T00:00:00Z", "1900-01-01T00:00:00Z"]
+    ids = {tokenmeter.record("openai", "gpt-4o", 10, 2, timestamp=ts).id for ts in when}
+    assert tokenmeter.flush(timeout=60)
+    spans = {attributes(s.attributes)["tokenmeter.record.id"]: s for s in receiver.spans()}
+    assert set(spans) == ids
+    times = [(s.start_time_unix_nano, s.end_time_unix_nano) for s in spans.values()]
+    assert (1795341600000000000, 1795341600000000000) in times
+    assert (2**64 - 1, 2**64 - 1) in times and (0, 0) in times  # the nearest times OTLP holds
+
+
 def test_an_unpriced_call_has_no_cost_rather_than_zero(receiver: OtlpReceiver) -> None:
     tokenmeter.record("openai", "no-such-model-xyz", 10, 2)
     assert tokenmeter.flush(timeout=60)

@@ -84,6 +84,8 @@ _MAX_PARENTS = 100_000
 _SCOPE = "tokenmeter"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+#: OTLP times are unsigned 64-bit nanoseconds since 1970: from 1970 to 2554.
+_MAX_NS = 2**64 - 1
 
 
 def _otel() -> Any:
@@ -350,13 +352,19 @@ class OTelSink:
                 if ended.tzinfo is None:  # a record built by hand: naive means UTC, as in _models
                     ended = ended.replace(tzinfo=UTC)
                 end_ns = (ended - _EPOCH) // _MICROSECOND * 1000  # exact, no float rounding
+                start_ns = end_ns - round((record.latency_ms or 0.0) * 1e6)
+                if start_ns < 0 or end_ns > _MAX_NS:
+                    # A record dated where OTLP has no time (``record(timestamp=...)`` takes
+                    # any date): the exporter would fail to encode, and drop, every span of
+                    # the batch it is in. It is exported at the nearest time OTLP holds.
+                    start_ns, end_ns = (min(max(ns, 0), _MAX_NS) for ns in (start_ns, end_ns))
                 attrs = span_attributes(record, latest=latest)
                 span = self._tracer.start_span(
                     f"{attrs['gen_ai.operation.name']} {attrs['gen_ai.request.model']}",
                     context=parent,
                     kind=client,
                     attributes=attrs,
-                    start_time=end_ns - round((record.latency_ms or 0.0) * 1e6),
+                    start_time=start_ns,
                 )
                 if record.status != "ok":
                     span.set_status(error)
