@@ -326,6 +326,30 @@ def test_sessions_are_upserted_by_id(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("bad", [float("nan"), -1, "5", True, None])
+def test_a_busy_timeout_that_is_not_a_number_of_seconds_is_a_value_error(
+    tmp_path: Path, bad: object
+) -> None:
+    """It was taken as it came: "5" became 5000 fives (every write then raised OverflowError),
+    NaN raised from int(), and -1 gave no wait at all."""
+    with pytest.raises(ValueError, match="busy_timeout_s"):
+        SQLiteSink(tmp_path / "usage.db", busy_timeout_s=bad)  # type: ignore[arg-type]
+
+
+def test_a_busy_timeout_longer_than_sqlite_takes_waits_as_long_as_it_can(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    """SQLite holds the timeout in a 32-bit count of milliseconds and reads a larger one (25 days
+    and more: "wait for ever") as 0, no wait at all: writers of several processes failed at once
+    with "database is locked"; infinity raised OverflowError."""
+    for number, seconds in enumerate([1e9, float("inf")]):
+        sink = SQLiteSink(tmp_path / f"usage{number}.db", busy_timeout_s=seconds)
+        sink.write([make_record(number)])
+        assert sink._conn is not None
+        assert sink._conn.execute("PRAGMA busy_timeout").fetchone() == (2**31 - 1,)
+        sink.close()
+
+
 def test_files_and_created_directories_are_owner_only(
     tmp_path: Path, make_record: RecordFactory
 ) -> None:

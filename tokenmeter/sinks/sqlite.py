@@ -552,12 +552,25 @@ def _flat(rows: Iterable[tuple[Any, ...]]) -> list[Any]:
     return list(chain.from_iterable(rows))
 
 
+#: The longest busy timeout SQLite takes (``int`` milliseconds: 24.8 days).
+_MAX_BUSY_TIMEOUT_MS = 2**31 - 1
+
+
 class SQLiteSink:
     """Stores records (and sessions) in the SQLite database at ``path``."""
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout_s: float = 30.0) -> None:
+        if (
+            isinstance(busy_timeout_s, bool)
+            or not isinstance(busy_timeout_s, int | float)
+            or not busy_timeout_s >= 0
+        ):
+            raise ValueError(
+                f"busy_timeout_s must be a non-negative number of seconds, got {busy_timeout_s!r}"
+            )
         self.path = Path(path)
-        self._busy_timeout_ms = int(busy_timeout_s * 1000)
+        # SQLite keeps it as 32-bit milliseconds, and reads a larger number as 0 (no wait at all).
+        self._busy_timeout_ms = int(min(busy_timeout_s * 1000, _MAX_BUSY_TIMEOUT_MS))
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
         #: ``(st_dev, st_ino)`` of the database file the connection has open.
