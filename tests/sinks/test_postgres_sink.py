@@ -124,6 +124,17 @@ def test_bad_arguments_are_value_errors_and_the_dsn_is_never_shown() -> None:
     assert "hunter2" not in repr(PostgresSink("postgresql://u:hunter2@127.0.0.1/db"))
 
 
+def test_timeouts_longer_than_postgresql_takes_wait_as_long_as_they_can(pg_dsn: str) -> None:
+    """PostgreSQL holds ``statement_timeout`` in 32-bit milliseconds: one of 25 days or more
+    ("never time out") was refused by the server on every connection ("Value exceeds integer
+    range"), so no record was ever written; infinity raised OverflowError in the constructor."""
+    for number, seconds in enumerate([1e7, float("inf")]):
+        sink = PostgresSink(pg_dsn, statement_timeout_s=seconds, connect_timeout_s=seconds)
+        sink.write([build_record(number)])
+        sink.close()
+    assert count(pg_dsn) == 2
+
+
 def test_configured_by_name_with_the_environment(
     pg_dsn: str,
     monkeypatch: pytest.MonkeyPatch,

@@ -192,6 +192,9 @@ def _pg_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(_pg_text(v) if type(v) is str else v for v in row)
 
 
+#: The longest timeout PostgreSQL and libpq take (a 32-bit ``int``: ms, or s to connect).
+_MAX_INT32 = 2**31 - 1
+
 #: What libpq quotes of a connection string it cannot parse.
 _QUOTED = re.compile(r'"[^"]*"')
 
@@ -258,8 +261,9 @@ class PostgresSink:
         _psycopg()  # a missing extra fails here, not at every write
         self._dsn = dsn
         self.schema = _check_schema_name(schema)
-        self._connect_timeout = max(1, round(connect_timeout_s))
-        self._statement_timeout_ms = max(1, round(statement_timeout_s * 1000))
+        # Both are 32-bit integers to libpq and the server, which refuses a larger timeout.
+        self._connect_timeout = max(1, round(min(connect_timeout_s, _MAX_INT32)))
+        self._statement_timeout_ms = max(1, round(min(statement_timeout_s * 1000, _MAX_INT32)))
         self._conn: psycopg.Connection[Any] | None = None
         self._pid = 0
         self._types: list[int] = []  # of the COPY columns, read on connecting
