@@ -278,6 +278,31 @@ def test_a_file_that_is_not_a_journal_is_refused(
     assert (tmp_path / "token_usage.md").read_text(encoding="utf-8") == "# my own notes\n"
 
 
+@pytest.mark.parametrize("content", [b"x" * (32 << 20), b"a line\n" * (4 << 20)])
+def test_a_large_file_that_is_not_a_journal_is_refused_without_reading_it_all(
+    tmp_path: Path, make_record: RecordFactory, content: bytes
+) -> None:
+    """Before refusing it, the sink read the whole file into memory looking for a first line
+    (the file as one line) and then for the copy of one at its end, on every retry of the
+    batch: a 2 GB log at the journal's path took 2 to 4 GB each time."""
+    io_stats = Path("/proc/self/io")
+    if not io_stats.exists():
+        pytest.skip("needs Linux /proc/self/io to count bytes read")
+    path = tmp_path / "token_usage.md"
+    path.write_bytes(content)
+    sink = MarkdownJournalSink(tmp_path)
+
+    def read_bytes() -> int:
+        fields = dict(line.split(": ") for line in io_stats.read_text().splitlines())
+        return int(fields["rchar"])
+
+    before = read_bytes()
+    with pytest.raises(ValueError, match=r"token_usage\.md.*not a tokenmeter journal"):
+        sink.write([make_record(0)])
+    assert read_bytes() - before < 1 << 20
+    assert path.stat().st_size == len(content)
+
+
 def test_files_and_directories_are_owner_only(tmp_path: Path, make_record: RecordFactory) -> None:
     directory = tmp_path / "journal"
     write_demo(directory, make_record)

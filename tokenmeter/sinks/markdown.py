@@ -378,12 +378,17 @@ def _read_layout(fd: int, path: Path, log: _Log) -> _Layout:
     chunk = _MIN_HEAD  # the first line is inside the head, which is at least this big
     while True:
         data = os.pread(fd, chunk, 0)
+        if not data.startswith(_MARKER):
+            # Every journal starts so, even one whose first line a write left torn (the marker
+            # is the same in the old line and the new): this file is someone else's, and is
+            # neither read whole looking for a first line nor for its copy at the end.
+            raise _not_a_journal(path)
         newline = data.find(b"\n")
         if newline >= 0 or len(data) < chunk:
             break
         chunk *= 4
     layout = None
-    if data.startswith(_MARKER) and newline >= 0:
+    if newline >= 0:
         layout = _parse_meta(data[len(_MARKER) : newline], legacy=True)
     if layout is not None and newline < layout.head_size <= layout.end <= size:
         return layout
@@ -391,11 +396,15 @@ def _read_layout(fd: int, path: Path, log: _Log) -> _Layout:
     if copy is not None:
         return copy
     if layout is None:
-        raise ValueError(
-            f"{path}: not a tokenmeter journal or its first line was edited; "
-            "move the file away and tokenmeter starts a new one"
-        )
+        raise _not_a_journal(path)
     raise ValueError(f"{path}: journal was truncated or edited; move the file away")
+
+
+def _not_a_journal(path: Path) -> ValueError:
+    return ValueError(
+        f"{path}: not a tokenmeter journal or its first line was edited; "
+        "move the file away and tokenmeter starts a new one"
+    )
 
 
 def _read_copy(fd: int, size: int, log: _Log) -> _Layout | None:
