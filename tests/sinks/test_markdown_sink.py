@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import os
 import re
+import signal
 import stat
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -473,6 +476,49 @@ def test_a_journal_written_before_first_lines_had_a_checksum_is_continued(
     assert (tmp_path / "old" / "token_usage.md").read_bytes() == (
         reference / "token_usage.md"
     ).read_bytes()
+
+
+def test_a_child_forked_while_a_batch_is_written_holds_no_lock(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    """The lock on ``.journal.lock`` was let go by closing its descriptor, which releases a
+    ``flock`` only with the last descriptor of the open file: a child forked during a batch (a
+    pool worker) kept a copy, so the parent's journal stalled until the child exited, and the
+    child's own writes waited for ever on the lock its copy held."""
+    sink = MarkdownJournalSink(tmp_path)
+    sink.write([make_record(0)])
+    go_read, go_write = os.pipe()
+    with sink._locked():  # the writer thread is inside a batch...
+        pid = os.fork()  # ...when the application forks
+        if pid == 0:
+            code = 1
+            try:
+                os.close(go_write)
+                os.read(go_read, 1)  # lives on, as a pool worker does, until told
+                signal.alarm(10)  # a hung write ends the child, not the test run
+                sink.write([make_record(1)])
+                code = 0
+            finally:
+                os._exit(code)
+    os.close(go_read)
+    parent = threading.Thread(target=sink.write, args=([make_record(2)],), daemon=True)
+    parent.start()
+    parent.join(10)
+    stalled = parent.is_alive()
+    os.write(go_write, b"x")
+    os.close(go_write)
+    _, status = os.waitpid(pid, 0)
+    parent.join(10)
+    assert not stalled, "the parent's batch waited for the child to exit"
+    assert os.waitstatus_to_exitcode(status) == 0
+    [calls] = [
+        row[2]
+        for row in table_rows(
+            (tmp_path / "token_usage.md").read_text(encoding="utf-8"), "| Provider"
+        )
+        if row[0] == "openai"
+    ]
+    assert calls == "3"
 
 
 def test_a_parent_journal_shows_the_calls_of_its_nested_sessions(tmp_path: Path) -> None:

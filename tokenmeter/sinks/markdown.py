@@ -177,9 +177,14 @@ class MarkdownJournalSink:
         fd = open_private(self.directory / ".journal.lock", os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            try:
+                yield
+            finally:
+                # Not left to close(): that releases a flock only with the last descriptor of
+                # the open file, and a child forked during the batch keeps a copy of this one.
+                fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
-            os.close(fd)  # also releases the lock
+            os.close(fd)
 
 
 # --- the document mechanics: head | append-only body | tail ------------------------------------
