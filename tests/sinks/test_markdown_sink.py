@@ -635,3 +635,26 @@ def test_a_failed_batch_retried_in_parts_is_counted_once_in_each_file(
         session = (tmp_path / "sessions" / f"{name}.md").read_text(encoding="utf-8")
         assert logged_input_tokens(session, SESSION_TABLE, 2) == Counter(tokens)
         assert f"- **Total Calls:** {len(tokens)}\n" in session
+
+
+def test_a_failed_batch_over_more_session_files_than_remembered_is_counted_once(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    """The pipeline's chunk of 256 records, each of its own session (a server with a session
+    per request), fails at the last session file: the sink remembered what only 256 files took,
+    of 257, and forgot the usage file first (the oldest), so retried one at a time every record
+    was counted twice in ``token_usage.md`` (512 calls for 256)."""
+    sink = MarkdownJournalSink(tmp_path)
+    batch = [make_record(i, session_id=f"s{i}") for i in range(256)]
+    (tmp_path / "sessions" / "s255.md").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError):
+        sink.write(batch)
+    (tmp_path / "sessions" / "s255.md").rmdir()
+
+    for record in batch:  # as the pipeline retries a batch that keeps failing
+        sink.write([record])
+
+    usage = (tmp_path / "token_usage.md").read_text(encoding="utf-8")
+    assert table_rows(usage, "| Provider | Model | Calls |")[-1][2] == "**256**"
+    assert len(table_rows(usage, "| # | Timestamp |")) == 256
+    assert journal_problems(tmp_path) == []

@@ -146,13 +146,18 @@ class MarkdownJournalSink:
         for index, (path, _log, batch) in enumerate(files[: done + 1]):
             taken = self._taken.get(path)
             if taken is None:
-                if len(self._taken) >= _REMEMBER_FILES:
-                    del self._taken[next(iter(self._taken))]
                 taken = self._taken[path] = _Taken()
                 if index == done:  # not filtered: the batch _update was writing is all of it
                     taken.pending = (_batch_digest(batch), tuple(r.id for r in batch))
             if index < done:
                 taken.hold(r.id for r in batch)
+        excess = len(self._taken) - _REMEMBER_FILES
+        if excess > 0:
+            # Files of earlier failures are forgotten first, never those of this one (a batch
+            # may span more files than the bound): retried in parts, they would count again.
+            current = {path for path, _log, _batch in files[: done + 1]}
+            for path in [path for path in self._taken if path not in current][:excess]:
+                del self._taken[path]
 
     def _forget(self, records: Sequence[UsageRecord]) -> None:
         """``records`` are in all their files: the caller never hands them again."""
@@ -215,7 +220,8 @@ class _Layout:
 
 
 #: How many ids of records that failed writes put in a file the sink remembers per file (a
-#: retried batch holds at most the pipeline's 256), and for how many files at most.
+#: retried batch holds at most the pipeline's 256), and for how many files at most (more while
+#: the files of one failed batch are more).
 _REMEMBER = 4096
 _REMEMBER_FILES = 256
 
