@@ -206,3 +206,23 @@ def test_a_full_disk_leaves_no_torn_or_duplicate_lines(
     write_reference("jsonl", tmp_path / "reference")
     reference = (tmp_path / "reference" / "usage.jsonl").read_bytes()
     assert (out / "usage.jsonl").read_bytes() == reference
+
+
+def test_a_relative_path_stays_where_it_was_when_the_process_changes_directory(
+    tmp_path: Path, make_record: RecordFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon changes to "/" after start-up: a sink given a relative path looked it up again
+    from the new working directory, and went on in new files there (or failed for ever where it
+    may not write), its records split over two places."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    sink = JSONLSink("usage.jsonl")
+    sink.write([make_record(0)])
+    monkeypatch.chdir(tmp_path / "b")
+    sink.write([make_record(1)])
+    sink.close()
+
+    assert sink.path == tmp_path / "a" / "usage.jsonl"
+    assert [r.id for r in read_jsonl(sink.path) if r] == ["rec-000000", "rec-000001"]
+    assert list((tmp_path / "b").iterdir()) == []

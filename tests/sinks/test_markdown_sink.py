@@ -658,3 +658,23 @@ def test_a_failed_batch_over_more_session_files_than_remembered_is_counted_once(
     assert table_rows(usage, "| Provider | Model | Calls |")[-1][2] == "**256**"
     assert len(table_rows(usage, "| # | Timestamp |")) == 256
     assert journal_problems(tmp_path) == []
+
+
+def test_a_relative_path_stays_where_it_was_when_the_process_changes_directory(
+    tmp_path: Path, make_record: RecordFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon changes to "/" after start-up: a sink given a relative path looked it up again
+    from the new working directory, and went on in new files there (or failed for ever where it
+    may not write), its records split over two places."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    sink = MarkdownJournalSink("journal")
+    sink.write([make_record(0)])
+    monkeypatch.chdir(tmp_path / "b")
+    sink.write([make_record(1)])
+
+    assert sink.directory == tmp_path / "a" / "journal"
+    usage = (sink.directory / "token_usage.md").read_text(encoding="utf-8")
+    assert table_rows(usage, "| Provider | Model | Calls |")[-1][2] == "**2**"
+    assert list((tmp_path / "b").iterdir()) == []

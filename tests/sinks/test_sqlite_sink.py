@@ -780,3 +780,23 @@ def test_sinks_opening_a_new_database_together_all_write(tmp_path: Path) -> None
         for thread in threads:
             thread.join()
     assert failures == []
+
+
+def test_a_relative_path_stays_where_it_was_when_the_process_changes_directory(
+    tmp_path: Path, make_record: RecordFactory, read_sqlite: Reader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon changes to "/" after start-up: a sink given a relative path looked it up again
+    from the new working directory, and went on in new files there (or failed for ever where it
+    may not write), its records split over two places."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    sink = SQLiteSink("usage.db")
+    sink.write([make_record(0)])
+    monkeypatch.chdir(tmp_path / "b")
+    sink.write([make_record(1)])
+    sink.close()
+
+    assert sink.path == tmp_path / "a" / "usage.db"
+    assert [r.id for r in read_sqlite(sink.path)] == ["rec-000000", "rec-000001"]
+    assert list((tmp_path / "b").iterdir()) == []

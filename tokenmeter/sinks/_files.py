@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 __all__ = [
+    "absolute",
     "append_line",
     "append_whole",
     "ensure_private_dir",
@@ -32,6 +33,16 @@ __all__ = [
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+
+
+def absolute(path: str | os.PathLike[str]) -> Path:
+    """``path`` made absolute against the working directory now, so that a process changing
+    directory later (a daemon going to "/") goes on writing to the same file. Left relative when
+    the working directory was removed: opening it then fails, and says so, at each write."""
+    try:
+        return Path(path).absolute()
+    except OSError:
+        return Path(path)
 
 
 def ensure_private_dir(directory: Path) -> None:

@@ -21,11 +21,11 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 from tokenmeter._models import UsageRecord
 from tokenmeter.sinks._encode import compact_json
 from tokenmeter.sinks._files import (
+    absolute,
     append_whole,
     ensure_private_dir,
     file_id,
@@ -40,7 +40,7 @@ class JSONLSink:
     """Appends every record as one line of JSON to the file at ``path``."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        self.path = absolute(path)
         self._fd: int | None = None
         self._pid = 0
         #: ``(st_dev, st_ino)`` of the file the descriptor has open.

@@ -72,6 +72,7 @@ from tokenmeter._format import markdown_text as _md
 from tokenmeter._models import SessionInfo, UsageRecord, _iso
 from tokenmeter._totals import MAX_SESSION_MODELS, OTHER_MODELS, Totals
 from tokenmeter.sinks._files import (
+    absolute,
     ensure_private_dir,
     open_private,
     pread_exact,
@@ -93,7 +94,7 @@ class MarkdownJournalSink:
     """Writes ``token_usage.md`` and one file per session under ``directory``."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.directory = Path(directory)
+        self.directory = absolute(directory)
         self.usage_path = self.directory / "token_usage.md"
         self.sessions_dir = self.directory / "sessions"
         #: Files that a failed ``write`` left holding some of its records (see the docstring).

@@ -36,7 +36,7 @@ from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import SessionInfo, UsageRecord, _iso
 from tokenmeter._packed import MAPPINGS, PLAIN_FIELDS, Packed, as_dict, flat_mappings
 from tokenmeter.sinks._encode import compact_json
-from tokenmeter.sinks._files import ensure_private_dir, file_id, open_private, still_names
+from tokenmeter.sinks._files import absolute, ensure_private_dir, file_id, open_private, still_names
 
 __all__ = ["SCHEMA_VERSION", "SQLiteSink"]
 
@@ -568,7 +568,7 @@ class SQLiteSink:
             raise ValueError(
                 f"busy_timeout_s must be a non-negative number of seconds, got {busy_timeout_s!r}"
             )
-        self.path = Path(path)
+        self.path = absolute(path)
         # SQLite keeps it as 32-bit milliseconds, and reads a larger number as 0 (no wait at all).
         self._busy_timeout_ms = int(min(busy_timeout_s * 1000, _MAX_BUSY_TIMEOUT_MS))
         self._conn: sqlite3.Connection | None = None
