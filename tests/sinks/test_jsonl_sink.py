@@ -188,6 +188,20 @@ def test_lines_that_are_not_records_read_as_none(tmp_path: Path) -> None:
     assert list(read_jsonl(path)) == [None, None, None]
 
 
+def test_a_deeply_nested_line_reads_as_none(tmp_path: Path, make_record: RecordFactory) -> None:
+    """``json.loads`` of a line nested 100,000 deep raises RecursionError, which stopped the
+    reading of the whole file instead of skipping that line."""
+    path = tmp_path / "usage.jsonl"
+    JSONLSink(path).write([make_record(0)])
+    with path.open("a", encoding="utf-8") as file:
+        file.write("[" * 100_000 + "]" * 100_000 + "\n")
+        file.write('{"a":' * 100_000 + "1" + "}" * 100_000 + "\n")
+    JSONLSink(path).write([make_record(1)])
+
+    read = list(read_jsonl(path))
+    assert [r if r is None else r.id for r in read] == ["rec-000000", None, None, "rec-000001"]
+
+
 @pytest.mark.parametrize(("fault", "start", "step"), disk_faults(fsize_step=5000, enospc_step=8192))
 def test_a_full_disk_leaves_no_torn_or_duplicate_lines(
     tmp_path: Path, fault: str, start: int, step: int

@@ -93,5 +93,5 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[UsageRecord | None]:
                 continue
             try:
                 yield UsageRecord.from_json_dict(json.loads(line))
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, RecursionError):  # nested too deep for json.loads
                 yield None
