@@ -4,6 +4,9 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.sinks import (
@@ -57,3 +60,12 @@ def test_every_built_in_sink_satisfies_the_protocols(tmp_path: Path) -> None:
         assert isinstance(sink, Sink)
     for sink in (sinks[0], sinks[1], sinks[3]):
         assert isinstance(sink, SessionAwareSink)
+
+
+@pytest.mark.parametrize("sink", [SQLiteSink, JSONLSink, MarkdownJournalSink])
+@pytest.mark.parametrize("bad", ["usage\x00.db", None, 3, b"usage.db"])
+def test_a_path_that_cannot_name_a_file_is_a_value_error(sink: type[Any], bad: object) -> None:
+    """A path with a NUL was taken, and every write then failed ("embedded null byte") until
+    the records were dropped; None, a number or bytes raised a TypeError that named nothing."""
+    with pytest.raises(ValueError, match=r"^(path|directory) must be"):
+        sink(bad)

@@ -35,14 +35,24 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
-def absolute(path: str | os.PathLike[str]) -> Path:
+def absolute(path: str | os.PathLike[str], name: str = "path") -> Path:
     """``path`` made absolute against the working directory now, so that a process changing
     directory later (a daemon going to "/") goes on writing to the same file. Left relative when
-    the working directory was removed: opening it then fails, and says so, at each write."""
+    the working directory was removed: opening it then fails, and says so, at each write.
+
+    ValueError naming the argument ``name`` for what cannot name a file (None, bytes, a NUL),
+    rather than failing every write later.
+    """
     try:
-        return Path(path).absolute()
+        found = Path(path)
+    except TypeError:
+        found = None
+    if found is None or "\x00" in str(found):
+        raise ValueError(f"{name} must be a file system path, got {path!r}")
+    try:
+        return found.absolute()
     except OSError:
-        return Path(path)
+        return found
 
 
 def ensure_private_dir(directory: Path) -> None:

@@ -94,7 +94,7 @@ class MarkdownJournalSink:
     """Writes ``token_usage.md`` and one file per session under ``directory``."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.directory = absolute(directory)
+        self.directory = absolute(directory, "directory")
         self.usage_path = self.directory / "token_usage.md"
         self.sessions_dir = self.directory / "sessions"
         #: Files that a failed ``write`` left holding some of its records (see the docstring).
