@@ -288,6 +288,24 @@ def test_a_database_from_a_newer_version_is_refused_untouched(
     assert query(path, "SELECT name FROM sqlite_master") == []
 
 
+def test_another_programs_database_is_refused_untouched(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    """An application's own database (schema version 0, as before its first migration) given
+    to the sink: tokenmeter's tables were added to it and its ``user_version`` set to 4, so the
+    application's own migrations then took it for a database at their version 4."""
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.commit()
+    conn.close()
+
+    with pytest.raises(ValueError, match=r"app\.db.*not a tokenmeter database.*users"):
+        SQLiteSink(path).write([make_record(0)])
+    assert query(path, "PRAGMA user_version") == [(0,)]
+    assert query(path, "SELECT name FROM sqlite_master") == [("users",)]
+
+
 def test_sessions_are_upserted_by_id(tmp_path: Path) -> None:
     path = tmp_path / "usage.db"
     sink = SQLiteSink(path)

@@ -752,6 +752,8 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
                 f"{path}: database schema version {version} is newer than this tokenmeter "
                 f"supports ({SCHEMA_VERSION}); upgrade tokenmeter to write to it"
             )
+        if version == 0:
+            _refuse_others(conn, path)
         for migrate in _MIGRATIONS[version:]:
             migrate(conn)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -759,6 +761,23 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     except BaseException:
         _rollback(conn)
         raise
+
+
+def _refuse_others(conn: sqlite3.Connection, path: Path) -> None:
+    """Raise ``ValueError`` for a database that holds another program's tables: tokenmeter's
+    would be added to it and its ``user_version`` (which the program's own migrations may keep)
+    set to tokenmeter's schema version."""
+    names = [
+        name
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite!_%' ESCAPE '!' LIMIT 3"
+        )
+    ]
+    if names:
+        raise ValueError(
+            f"{path}: not a tokenmeter database (it holds {', '.join(names)}); "
+            "give the SQLite sink a file of its own"
+        )
 
 
 def _checkpoint_moved(conn: sqlite3.Connection) -> None:
