@@ -14,6 +14,7 @@ from tokenmeter._config import Settings, load_settings
 from tokenmeter._fork import renew_after_fork
 from tokenmeter.pricing._overrides import check_prices_file, short_repr, use_prices
 from tokenmeter.sinks._base import Sink
+from tokenmeter.sinks._files import absolute
 
 __all__ = ["configure", "settings"]
 
@@ -35,22 +36,17 @@ def settings() -> Settings:
 
 
 def _absolute(path: str | Path) -> Path:
-    """``path`` made absolute against the working directory. A working directory removed under
-    the process (a deleted checkout) has no absolute name: the path stays relative, so the
-    sinks that open it fail and say so, while calls and records go on (never an exception
-    from ``record()`` or an intercepted call)."""
+    """``path`` made absolute against the working directory (``sinks._files.absolute``); a
+    working directory removed under the process (a deleted checkout) is logged once: the path
+    stays relative, the sinks that open it fail and say so, calls and records go on."""
     global _told_no_cwd
-    try:
-        return Path(path).absolute()
-    except OSError as exc:
-        if not _told_no_cwd:
-            _told_no_cwd = True
-            logging.getLogger("tokenmeter").error(
-                "tokenmeter: %s cannot be made absolute (%s); the working directory was removed",
-                path,
-                exc,
-            )
-        return Path(path)
+    made = absolute(path)
+    if not made.is_absolute() and not _told_no_cwd:
+        _told_no_cwd = True
+        logging.getLogger("tokenmeter").error(
+            "tokenmeter: %s cannot be made absolute; the working directory was removed", path
+        )
+    return made
 
 
 def _default_sinks(resolved: Settings) -> list[Sink]:
