@@ -1465,3 +1465,38 @@ def test_exit_waits_for_a_sink_configure_left_still_writing(tmp_path: Path) -> N
     done = run_python("-c", SLOWER_THAN_EXIT_TIMEOUT, env=env, cwd=tmp_path)
     assert done.stdout.split() == ["written", "1"]
     assert "sinks Slow were still writing after exit_timeout (0.2s)" in done.stderr
+
+
+def test_a_child_forked_while_a_line_is_appended_holds_no_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quarantine file, the state file and alerts.jsonl are appended under a ``flock`` that
+    was let go by closing the descriptor: a child forked meanwhile (a pool worker) kept a copy,
+    and every later append, by any process, waited for that child to exit."""
+    import fcntl
+
+    from tokenmeter.sinks import _files
+
+    path = tmp_path / "quarantine.jsonl"
+    real_append = _files.append_whole
+    go_read, go_write = os.pipe()
+    children = []
+
+    def append_while_forking(fd: int, data: bytes) -> None:
+        pid = os.fork()  # another thread of the application forks right now
+        if pid == 0:
+            os.read(go_read, 1)  # lives on, as a pool worker does, until told
+            os._exit(0)
+        children.append(pid)
+        real_append(fd, data)
+
+    monkeypatch.setattr(_files, "append_whole", append_while_forking)
+    _files.append_line(path, b'{"a": 1}\n')
+    try:
+        with path.open("rb") as other:
+            fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if held
+    finally:
+        os.write(go_write, b"x")
+        for pid in children:
+            os.waitpid(pid, 0)
+    assert path.read_bytes() == b'{"a": 1}\n'

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import importlib
 import itertools
 import json
@@ -65,7 +64,7 @@ from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter._packed import Packed, pack, unpack
 from tokenmeter.sinks._base import Sink
-from tokenmeter.sinks._files import append_whole, ensure_private_dir, open_private
+from tokenmeter.sinks._files import append_line
 
 __all__ = [
     "add_submit_observer",
@@ -515,16 +514,11 @@ class _Writer:
         try:
             if where is None:
                 raise OSError("no quarantine file configured")
-            ensure_private_dir(where.parent)
-            fd = open_private(where, os.O_RDWR | os.O_APPEND)
-            try:
-                data = (json.dumps(line, default=str) + "\n").encode("utf-8", "backslashreplace")
-                # As the JSONL sink appends: whole or not at all (a full disk leaves no torn line
-                # for the next one to be glued to), one process at a time.
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                append_whole(fd, data)
-            finally:
-                os.close(fd)  # also releases the lock
+            # As the JSONL sink appends: whole or not at all (a full disk leaves no torn line for
+            # the next one to be glued to), one process at a time.
+            append_line(
+                where, (json.dumps(line, default=str) + "\n").encode("utf-8", "backslashreplace")
+            )
         except Exception as error:
             logger.error(
                 "tokenmeter sink %s rejected a record and it could not be set aside (%s): %s",

@@ -140,9 +140,14 @@ def append_line(path: Path, data: bytes) -> None:
     fd = open_private(path, os.O_RDWR | os.O_APPEND)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        append_whole(fd, data)
+        try:
+            append_whole(fd, data)
+        finally:
+            # Not left to close(): a child forked meanwhile holds a copy of the descriptor, and
+            # the lock would last as long as that child (every later append would wait for it).
+            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
-        os.close(fd)  # also releases the lock
+        os.close(fd)
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
