@@ -131,6 +131,26 @@ def test_aliases_price_azure_deployments(sink: InMemorySink) -> None:
     assert rec.estimated_cost_usd == Decimal("0.0075")
 
 
+def test_configure_installs_prices_and_aliases_in_one_step(sink: InMemorySink) -> None:
+    """A call priced on another thread while configure() runs sees the old settings or the new:
+    never the new prices with the old aliases (the alias then named no priced model)."""
+    from tokenmeter.pricing import _overrides
+
+    seen: list[tuple[bool, bool]] = []
+
+    def installed() -> None:
+        seen.append(("my-model" in _overrides.user_price_names(), "prod" in _overrides.aliases()))
+
+    _overrides._listeners.append(installed)
+    try:
+        tokenmeter.configure(sinks=[sink], prices={"my-model": CHEAP}, aliases={"prod": "my-model"})
+    finally:
+        _overrides._listeners.remove(installed)
+
+    assert seen and set(seen) <= {(False, False), (True, True)}
+    assert tokenmeter.record("azure", "prod", 1_000_000, 0).estimated_cost_usd == Decimal(1)
+
+
 def test_sink_objects_and_names_mix(tmp_path: Path) -> None:
     memory = InMemorySink()
     tokenmeter.configure(sinks=[memory, "jsonl"], directory=tmp_path / "meter")

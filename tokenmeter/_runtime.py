@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenmeter import _pipeline, _sessions, pricing
+from tokenmeter import _pipeline, _sessions
 from tokenmeter._config import Settings, load_settings
 from tokenmeter._fork import renew_after_fork
 from tokenmeter.pricing._overrides import check_prices_file, short_repr, use_prices
@@ -85,8 +85,7 @@ def _apply() -> None:
     global _settings
     with _lock:
         resolved = load_settings(_explicit)
-        use_prices(resolved.prices_file, resolved.prices)  # prices= win over the file
-        pricing.set_aliases(resolved.aliases)
+        use_prices(resolved.prices_file, resolved.prices, resolved.aliases)
         objects = [] if resolved.disabled else [*_sink_objects, *_attached]
         _apply_guardrails(resolved, objects)
 

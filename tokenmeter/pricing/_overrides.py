@@ -170,18 +170,19 @@ def load_prices_file(path: str | os.PathLike[str]) -> None:
     _install(_Settings(prices=prices, aliases=_settings.aliases))
 
 
-def use_prices(file: str | os.PathLike[str] | None, prices: Mapping[str, Any]) -> None:
-    """Make the prices file's entries, with ``prices`` over them, the user prices (what
-    ``configure()`` applies). The file is parsed once while it is unchanged: a table of many
-    thousand models is checked by ``configure()`` and then applied without a second parse."""
-    if file is None:
-        set_user_prices(prices)
-        return
-    parsed = _read_file_once(Path(file))[1]
+def use_prices(
+    file: str | os.PathLike[str] | None, prices: Mapping[str, Any], aliases: Mapping[str, str]
+) -> None:
+    """Make the prices file's entries, with ``prices`` over them, the user prices, and ``aliases``
+    the alias map, in one step (what ``configure()`` applies): a call priced meanwhile on another
+    thread sees the old settings or the new, never new prices with old aliases. The file is parsed
+    once while it is unchanged: a table of many thousand models is checked by ``configure()`` and
+    then applied without a second parse."""
+    parsed = _read_file_once(Path(file))[1] if file is not None else {}
     if prices:
         # Per model name as matched (any case, spaces around), configure's prices win.
         parsed = {**parsed, **_parse_prices(prices, origin=None)}
-    _install(_Settings(prices=parsed, aliases=_settings.aliases))
+    _install(_Settings(prices=parsed, aliases=check_aliases(aliases)))
 
 
 def check_prices_file(file: str | os.PathLike[str]) -> None:
