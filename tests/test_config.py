@@ -151,6 +151,31 @@ def test_configure_installs_prices_and_aliases_in_one_step(sink: InMemorySink) -
     assert tokenmeter.record("azure", "prod", 1_000_000, 0).estimated_cost_usd == Decimal(1)
 
 
+def test_a_prices_file_broken_after_its_check_leaves_the_previous_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sink: InMemorySink
+) -> None:
+    prices = tmp_path / "prices.json"
+    prices.write_text('{"my-model": {"input_per_mtok": 1, "output_per_mtok": 1}}')
+    monkeypatch.setenv("TOKENMETER_PRICES", str(prices))
+    tokenmeter.configure(sinks=[sink])
+    check = _runtime.check_prices_file
+
+    def edited_after_the_check(file: Path) -> None:
+        check(file)
+        prices.write_text('{"my-model": {"input_per_mtok": "cheap"}}')  # an editor saves now
+
+    monkeypatch.setattr(_runtime, "check_prices_file", edited_after_the_check)
+    with pytest.raises(ValueError, match="my-model"):
+        tokenmeter.configure(aliases={"prod": "gpt-4o"})
+    monkeypatch.setattr(_runtime, "check_prices_file", check)
+    prices.write_text('{"my-model": {"input_per_mtok": 2, "output_per_mtok": 2}}')
+
+    tokenmeter.configure()  # the rejected aliases are not remembered
+
+    assert tokenmeter.record("azure", "prod", 1_000_000, 0).estimated_cost_usd is None
+    assert tokenmeter.record("azure", "my-model", 1_000_000, 0).estimated_cost_usd == Decimal(2)
+
+
 def test_sink_objects_and_names_mix(tmp_path: Path) -> None:
     memory = InMemorySink()
     tokenmeter.configure(sinks=[memory, "jsonl"], directory=tmp_path / "meter")

@@ -232,10 +232,17 @@ def configure(
         resolved = load_settings(explicit)  # validate before changing anything
         if resolved.prices_file is not None:
             check_prices_file(resolved.prices_file)  # a bad file must not half-apply
+        previous = dict(_explicit), _sink_objects
         _explicit.clear()
         _explicit.update(explicit)
         _sink_objects = objects
-        _apply()
+        try:
+            _apply()
+        except Exception:  # the prices file was broken since its check: keep no rejected argument
+            _explicit.clear()
+            _explicit.update(previous[0])
+            _sink_objects = previous[1]
+            raise
 
 
 def attach_sink(sink: Sink) -> None:
