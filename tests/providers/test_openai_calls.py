@@ -171,6 +171,49 @@ async def test_background_response_is_recorded_when_its_usage_arrives(
     assert_counts(record, fake)
 
 
+@pytest.mark.parametrize(
+    ("status", "error", "expected"),
+    [
+        ("failed", {"code": "server_error", "message": "boom"}, ("error", "server_error")),
+        ("failed", None, ("error", "response.failed")),
+        ("incomplete", None, ("ok", None)),
+    ],
+)
+async def test_a_failed_response_is_an_error_record_with_its_billed_usage(
+    instrumented: Records, kit: ModuleType, is_async: bool, status: str, error: Any, expected: Any
+) -> None:
+    """``responses.create`` answered with status ``failed`` (the SDK raises nothing): an error
+    record named by the response's error code, keeping the usage it was billed and its cost. An
+    ``incomplete`` one (max_output_tokens reached) succeeded."""
+    usage = {
+        "input_tokens": 20,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 9,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 29,
+    }
+    body = {
+        "id": "resp_failed",
+        "object": "response",
+        "created_at": 1,
+        "status": status,
+        "error": error,
+        "model": "gpt-4o-2024-08-06",
+        "output": [],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": usage,
+    }
+    client = kit.mock_openai(lambda request: kit.http.Response(200, json=body), is_async=is_async)
+    result = await kit.maybe(client.responses.create(model="gpt-4o", input="hi"))
+    assert result.status == status
+    record = only(instrumented())
+    assert (record.status, record.error) == expected
+    assert (record.input_tokens, record.output_tokens, record.estimated) == (20, 9, False)
+    assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
+
+
 async def test_embeddings(
     fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool
 ) -> None:

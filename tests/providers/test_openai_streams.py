@@ -466,6 +466,66 @@ async def test_responses_stream_ending_on_an_error_event_before_any_output_costs
     assert (record.total_tokens, record.estimated_cost_usd) == (0, 0)
 
 
+_RESPONSE_USAGE = {
+    "input_tokens": 20,
+    "input_tokens_details": {"cached_tokens": 0},
+    "output_tokens": 9,
+    "output_tokens_details": {"reasoning_tokens": 0},
+    "total_tokens": 29,
+}
+
+
+def _terminal(kind: str, status: str, **extra: Any) -> dict[str, Any]:
+    """A Responses stream's terminal event (``kind``), its response ``status`` and usage."""
+    created = _responses_events(0, {"type": "x"})[0][1]["response"]
+    response = {**created, "status": status, "usage": _RESPONSE_USAGE, **extra}
+    return {"type": kind, "response": response, "sequence_number": 9}
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [({"code": "server_error", "message": "boom"}, "server_error"), (None, "response.failed")],
+)
+async def test_responses_stream_ending_failed_is_an_error_record_with_its_billed_usage(
+    records: Records, kit: ModuleType, is_async: bool, error: Any, expected: str
+) -> None:
+    """A ``response.failed`` event: the SDK raises nothing, but the call failed. Recorded as an
+    error named by the response's error code (else ``response.failed``), with the usage the
+    provider billed and its cost (at the service tier it was billed at)."""
+    failed = _terminal("response.failed", "failed", error=error, service_tier="flex")
+    events = _responses_events(3, failed)
+    client = kit.mock_openai(lambda request: sse_reply(kit.http, events), is_async=is_async)
+    tokenmeter.instrument("openai")
+
+    stream = await kit.maybe(client.responses.create(model="gpt-4o", input="hi", stream=True))
+    seen = await kit.drain(stream)
+
+    assert seen[-1].type == "response.failed"
+    record = only(records())
+    assert (record.status, record.error, record.estimated) == ("error", expected, False)
+    assert (record.input_tokens, record.output_tokens) == (20, 9)
+    assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
+    assert "flex" in (record.price_source or "")
+
+
+async def test_responses_stream_ending_incomplete_is_ok(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """``response.incomplete`` (max_output_tokens reached): billed, and the call succeeded."""
+    details = {"incomplete_details": {"reason": "max_output_tokens"}}
+    events = _responses_events(3, _terminal("response.incomplete", "incomplete", **details))
+    client = kit.mock_openai(lambda request: sse_reply(kit.http, events), is_async=is_async)
+    tokenmeter.instrument("openai")
+
+    await kit.drain(
+        await kit.maybe(client.responses.create(model="gpt-4o", input="hi", stream=True))
+    )
+
+    record = only(records())
+    assert (record.status, record.error, record.estimated) == ("ok", None, False)
+    assert (record.input_tokens, record.output_tokens) == (20, 9)
+
+
 async def test_stream_state_is_constant(records: Records, kit: ModuleType, is_async: bool) -> None:
     """No chunk outlives the caller's reference to it: nothing is buffered."""
     client = kit.mock_openai(ChatServer(kit, chunks=200), is_async=is_async)

@@ -151,8 +151,9 @@ class Call:
     no_usage_hint: str = ""
     #: The budget reservation the call holds until its record settles it (guardrails).
     budget: Any = None
-    #: An error the provider reported inside a stream without the SDK raising (an OpenAI
-    #: Responses ``error`` event): recorded as the call's error, like an exception.
+    #: An error the provider reported without the SDK raising (an OpenAI Responses ``error``
+    #: event, a response whose status is ``failed``): recorded as the call's error, like an
+    #: exception, with the usage it reported (billed all the same).
     failure: str | None = None
 
     def __post_init__(self) -> None:
@@ -254,7 +255,8 @@ class Call:
             self.session,
             request_model=self.request_model,
             operation=self.operation,
-            tier=self.tier if status == "ok" else None,
+            # A failed response's billed usage is priced at its tier; an exception's is not read.
+            tier=self.tier if error is None and usage is not None else None,
             request_id=self.request_id,
             latency_ms=latency_ms,
             streamed=self.streamed,

@@ -32,6 +32,8 @@ _OUTPUT_DELTAS = {
 _NOT_YET_BILLED = {"queued", "in_progress"}
 #: The error of a Responses stream that ended on an ``error`` event without a code.
 _ERROR_EVENT = "ResponseErrorEvent"
+#: The error of a Responses answer whose status is ``failed`` without an error code.
+_FAILED = "response.failed"
 #: What a caller can do about a chat stream without usage.
 _CHAT_HINT = "for OpenAI chat, leave stream_options.include_usage unset or True"
 
@@ -110,7 +112,8 @@ class ResponseEventReader:
     """Responses streams: usage on the terminal event (completed, incomplete or failed). Until it
     comes, output deltas are tallied: a stream left early, or a terminal response without usage
     (a server that sends none), is recorded with an estimate. A stream that ends on an ``error``
-    event is recorded as an error named by the event's code (estimated the same way)."""
+    event is recorded as an error named by the event's code (estimated the same way), and one
+    that ends on ``response.failed`` as an error named by the response's (its usage billed)."""
 
     __slots__ = ("tally",)
 
@@ -128,6 +131,8 @@ class ResponseEventReader:
             self.tally.add(getattr(event, "delta", None))
         elif kind in _TERMINAL_EVENTS:
             response = getattr(event, "response", None)
+            if kind == "response.failed":
+                _failed(call, response)
             if field(response, "usage") is None:  # an object, or a dict (older SDKs)
                 keep_names(call, response)
             else:
@@ -144,10 +149,16 @@ class ResponseEventReader:
         return False
 
 
-def _ended_on_error(call: Call, code: Any) -> None:
+def _ended_on_error(call: Call, code: Any, otherwise: str = _ERROR_EVENT) -> None:
     """A Responses stream's ``error`` event: the SDK raises nothing, the stream just ends with
     no usage. Recorded as an error named by the event's code."""
-    call.failure = code[:100] if type(code) is str and code.strip() else _ERROR_EVENT
+    call.failure = code[:100] if type(code) is str and code.strip() else otherwise
+
+
+def _failed(call: Call, response: Any) -> None:
+    """A response whose status is ``failed`` (the SDK raises nothing): an error record named by
+    its error's code, that keeps the usage the provider billed for it."""
+    _ended_on_error(call, field(field(response, "error"), "code"), _FAILED)
 
 
 def _read(parsed: Any, call: Call) -> None:
@@ -168,7 +179,8 @@ _BACKGROUND_MAX = 10_000
 def _read_response(parsed: Any, call: Call) -> None:
     """A Responses API answer. A background create still queued or in progress, and its
     retrieves until it finishes, are not billed yet: no record (the finished retrieve is it,
-    with the create's model as the request model). A finished one without usage is estimated."""
+    with the create's model as the request model). A finished one without usage is estimated,
+    and a failed one is an error record (with the usage it was billed)."""
     get = getter(parsed, what="response")
     status, ident_ = get("status"), ident(get("id"))
     if get("usage") is None and type(status) is str and status in _NOT_YET_BILLED:
@@ -179,6 +191,8 @@ def _read_response(parsed: Any, call: Call) -> None:
         return
     if call.request_model is None and ident_ is not None:
         call.request_model = _background.pop(ident_, None)
+    if status == "failed":
+        _failed(call, parsed)
     _read(parsed, call)
 
 
