@@ -373,6 +373,31 @@ def test_stream_broken_off_is_recorded_once_with_what_it_reported(
     assert record.output_tokens == FINAL.candidates // 3 + FINAL.thoughts  # first running total
 
 
+@pytest.mark.parametrize("via", ["models", "chat"])
+@pytest.mark.usefixtures("instrumented")
+async def test_async_stream_closed_early_is_recorded_when_closed(
+    fake: FakeProvider, sink: InMemorySink, via: str
+) -> None:
+    """``aclose()`` of an async stream left early records it at once, as a sync ``close()`` does
+    (not some event loop iterations later, when the loop finalises the SDK's inner generators,
+    or at loop shutdown if the caller awaits nothing else)."""
+    fake.stream_chunks = 3
+    made = client(fake)
+    if via == "chat":
+        stream = await made.aio.chats.create(model="gemini-2.5-flash").send_message_stream("hi")
+    else:
+        stream = await made.aio.models.generate_content_stream(
+            model="gemini-2.5-flash", contents="hi"
+        )
+    async for _ in stream:
+        break
+    await stream.aclose()
+
+    record = only(flushed(sink))
+    assert record.streamed is True
+    assert record.output_tokens == FINAL.candidates // 3 + FINAL.thoughts  # first running total
+
+
 @pytest.fixture
 def raised_errors(monkeypatch: pytest.MonkeyPatch) -> list[errors.APIError]:
     """Every APIError the SDK constructs, to check that the caller gets that very object."""

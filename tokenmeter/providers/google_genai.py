@@ -5,10 +5,13 @@ calling and continuation hops, but hands back only the LAST response's usage. So
 per-request methods are patched: each billed round becomes one record. Older SDKs without them
 fall back to the public methods. Chats call ``Models``, so they are covered without a patch of
 their own. Stream chunks carry usage as a running total: the latest chunk wins, never a sum.
+The public async stream method is patched as well, only to record its rounds when the caller
+closes it (``_OuterStream``).
 """
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
 import wrapt
@@ -18,6 +21,7 @@ from tokenmeter._models import Usage
 from tokenmeter.providers._core import (
     AsyncStreamProxy,
     Call,
+    ObjectProxy,
     Plan,
     Switches,
     SyncGeneratorProxy,
@@ -145,11 +149,71 @@ class _Method:
         call = plan.call
         if self.streamed:
             call.reader = ChunkReader()
+            rounds = _rounds.get()
+            if is_async and rounds is not None:
+                rounds.append(call)
             proxy = AsyncStreamProxy if is_async else SyncGeneratorProxy
             return proxy(result, call, call.reader)
         call.read("reading a Gemini response", _read_response, result, call)
         call.finish()
         return result
+
+
+#: The rounds of the public async stream whose next chunk is being fetched (``_OuterStream``).
+_rounds: ContextVar[list[Call] | None] = ContextVar("tokenmeter_genai_rounds", default=None)
+
+
+class _OuterStream(ObjectProxy):
+    """The async generator ``AsyncModels.generate_content_stream`` hands back, over the
+    per-round streams we read. Closed (``aclose()``) or dropped early, it leaves those to the
+    event loop's async generator finaliser, which closes them some loop iterations later (at
+    loop shutdown if nothing else runs): its rounds are recorded when it is closed or dropped
+    instead, as a sync stream's are."""
+
+    def __init__(self, wrapped: Any, calls: list[Call]) -> None:
+        super().__init__(wrapped)
+        self._self_calls = calls
+
+    def __aiter__(self) -> _OuterStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        token = _rounds.set(self._self_calls)
+        try:
+            return await self.__wrapped__.__anext__()
+        finally:
+            _rounds.reset(token)
+
+    async def aclose(self) -> None:
+        try:
+            await self.__wrapped__.aclose()
+        finally:
+            self._self_finish()
+
+    def _self_finish(self) -> None:
+        for call in self._self_calls:
+            call.finish()
+
+    def __del__(self) -> None:
+        if getattr(self, "_self_calls", None):
+            self._self_finish()
+
+
+def _outer_wrapper(gated: bool) -> Wrapper:
+    async def wrapper(
+        wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if gated and not ADAPTER.active:
+            return await wrapped(*args, **kwargs)
+        calls: list[Call] = []  # older SDKs send the first round before they return
+        token = _rounds.set(calls)
+        try:
+            stream = await wrapped(*args, **kwargs)
+        finally:
+            _rounds.reset(token)
+        return _OuterStream(stream, calls)
+
+    return wrapper
 
 
 def _wrapper(adapter: _Method, is_async: bool, gated: bool) -> Wrapper:
@@ -183,6 +247,8 @@ def _targets(owner: type, is_async: bool, gated: bool) -> list[tuple[str, Wrappe
         name = private if hasattr(owner, private) else public
         if hasattr(owner, name):
             found.append((name, _wrapper(adapter, is_async, gated)))
+        if is_async and adapter.streamed and name == private and hasattr(owner, public):
+            found.append((public, _outer_wrapper(gated)))
     return found
 
 
