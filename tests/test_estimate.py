@@ -216,6 +216,18 @@ def test_text_tally_is_bounded_and_extrapolates() -> None:
     assert abs(tally.tokens("openai", "gpt-4o") / exact - 1) < 0.01
 
 
+def test_one_huge_streamed_piece_is_not_kept_whole() -> None:
+    """A 20 MB delta (a hostile or broken server) keeps no more than the bound: the rest is only
+    counted, and the estimate extrapolated from what was kept."""
+    tally = TextTally()
+    tally.add("word " * 4)
+    tally.add("word " * 4_000_000)
+    assert tally.chars == 20_000_020
+    assert tally.kept == _estimate._KEEP_CHARS == sum(map(len, tally.parts))
+    exact = count_tokens("word " * 100_000, "openai", "gpt-4o") * 40  # a 20 MB text is refused
+    assert abs(tally.tokens("openai", "gpt-4o") / exact - 1) < 0.01
+
+
 def test_without_an_offline_tokenizer_a_character_heuristic_answers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -818,6 +818,9 @@ class TextTally:
             return
         self.chars += len(text)
         if self.kept < _KEEP_CHARS:
+            room = _KEEP_CHARS - self.kept
+            if len(text) > room:  # one huge piece (a server's megabytes) is not kept whole
+                text = text[:room]
             self.parts.append(text)
             self.kept += len(text)
 
