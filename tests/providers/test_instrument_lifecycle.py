@@ -152,6 +152,30 @@ def test_wrap_rejects_other_objects() -> None:
         tokenmeter.wrap(object())
 
 
+class _NoRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+@pytest.mark.parametrize(
+    "providers", ["x" * 1_000_000, ["x" * 1_000_000], [_NoRepr()], [["openai"] * 100_000]]
+)
+def test_unknown_providers_are_a_short_value_error(providers: Any) -> None:
+    """A megabyte name, an object whose repr fails, an unhashable item: one short ValueError."""
+    for call in (tokenmeter.instrument, tokenmeter.uninstrument):
+        with pytest.raises(ValueError, match="unknown provider") as raised:
+            call(providers)
+        assert len(str(raised.value)) < 300
+
+
+@pytest.mark.parametrize("module", ["m", None])
+def test_wrap_names_a_class_with_a_huge_name_or_no_module_shortly(module: Any) -> None:
+    odd = type("X" * 1_000_000, (), {"__module__": module})
+    with pytest.raises(ValueError, match="wrap\\(\\) takes") as raised:
+        tokenmeter.wrap(odd())
+    assert len(str(raised.value)) < 300
+
+
 def test_raw_response_wrapper_accessed_before_instrument_is_still_recorded(
     fake: FakeProvider, records: Records
 ) -> None:

@@ -19,6 +19,7 @@ import wrapt
 from tokenmeter import _pipeline, _registry, pricing
 from tokenmeter._fork import renew_after_fork
 from tokenmeter.providers._core import Patch
+from tokenmeter.usage._read import shown
 
 __all__ = ["PROVIDERS", "Instrumentation", "instrument", "uninstrument", "wrap"]
 
@@ -50,9 +51,10 @@ def _names(providers: str | list[str] | tuple[str, ...] | None) -> list[str]:
             f"providers must be a provider name or a list of them, got {type(providers).__name__}"
         )
     names = [_integration_name(item) for item in items]
-    unknown = [n for n in names if n not in PROVIDERS]
-    if unknown:
-        raise ValueError(f"unknown provider {unknown[0]!r}; expected some of {list(PROVIDERS)}")
+    unknown = [n for n in names if type(n) is not str or n not in PROVIDERS]
+    if unknown:  # shown cut short: a caller may pass a megabyte, or an object without a repr
+        expected = list(PROVIDERS)
+        raise ValueError(f"unknown provider {shown(unknown[0])}; expected some of {expected}")
     return names
 
 
@@ -176,12 +178,14 @@ def wrap(client: T) -> T:
     Calls through it are recorded once even while ``instrument()`` is also active. A client made
     from it by ``with_options()`` / ``copy()`` is a new object: wrap that one too.
     """
-    module = type(client).__module__.split(".")[0]
+    module = str(type(client).__module__).split(".")[0]  # a class may set it to anything
     candidates = [i.name for i in _registry.integrations_for_module(module)]
     for name in candidates:
         adapter = _adapter(name)
         if adapter.wrap_instance(client):
             return client
+    kind = type(client).__name__
     raise ValueError(
-        f"wrap() takes an OpenAI, Anthropic or Google GenAI client, got {type(client).__name__}"
+        "wrap() takes an OpenAI, Anthropic or Google GenAI client, got "
+        + (kind if len(kind) <= 100 else f"{kind[:100]}...")
     )
