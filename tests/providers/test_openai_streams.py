@@ -508,6 +508,25 @@ async def test_responses_stream_ending_failed_is_an_error_record_with_its_billed
     assert "flex" in (record.price_source or "")
 
 
+async def test_responses_stream_ending_failed_with_unreadable_usage_has_an_unknown_cost(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """A failed response billed usage that cannot be read: its cost is unknown, not $0."""
+    failed = _terminal("response.failed", "failed")
+    failed["response"]["usage"] = {**_RESPONSE_USAGE, "input_tokens": -20}
+    events = _responses_events(0, failed)
+    client = kit.mock_openai(lambda request: sse_reply(kit.http, events), is_async=is_async)
+    tokenmeter.instrument("openai")
+
+    await kit.drain(
+        await kit.maybe(client.responses.create(model="gpt-4o", input="hi", stream=True))
+    )
+
+    record = only(records())
+    assert (record.status, record.error, record.estimated) == ("error", "response.failed", False)
+    assert record.estimated_cost_usd is None
+
+
 async def test_responses_stream_ending_incomplete_is_ok(
     records: Records, kit: ModuleType, is_async: bool
 ) -> None:

@@ -263,7 +263,8 @@ class Call:
             status=status,
             error=error_name,
             estimated=estimated,
-            priced=usage is not None or error is not None or self.failure is not None,
+            # A failed call's cost is $0 only if it sent no usage we could not read.
+            priced=usage is not None or (status == "error" and self.unreadable is None),
             call=self,
         )
 
