@@ -270,6 +270,15 @@ def test_unknown_provider_name_is_rejected() -> None:
         extract(OPENAI_CHAT, "cohere-v9")
 
 
+@pytest.mark.parametrize(
+    ("provider", "message"), [(3, "provider must be"), ("x" * 10**6, "unknown")]
+)
+def test_a_provider_that_is_no_name_is_a_short_value_error(provider: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as raised:
+        extract(OPENAI_CHAT, provider)
+    assert len(str(raised.value)) < 200
+
+
 # -- billed units beside the text tokens ----------------------------------------------------------
 
 

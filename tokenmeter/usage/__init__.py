@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from tokenmeter._registry import canonical, family_of
-from tokenmeter.usage._read import field
+from tokenmeter.usage._read import field, shown
 from tokenmeter.usage._types import Extracted
 from tokenmeter.usage.anthropic import from_anthropic_response, usage_from_anthropic
 from tokenmeter.usage.google import from_gemini_response, usage_from_gemini
@@ -58,11 +58,13 @@ def detect_provider(response: Any) -> str:
 
 def extract(response: Any, provider: str | None = None) -> Extracted | None:
     """Read usage, model, tier and id from a response of any supported provider."""
+    if provider is not None and type(provider) is not str:
+        raise ValueError(f"provider must be a provider name, got {type(provider).__name__}")
     detected = provider.lower() if provider else detect_provider(response)
     family = family_of(detected)  # the registry knows which shape each provider answers with
     reader = _READERS.get(family) if family is not None else None
     if reader is None:
         raise ValueError(
-            f"unknown provider {provider!r}: expected one of openai, anthropic, google"
+            f"unknown provider {shown(provider)}: expected one of openai, anthropic, google"
         )
     return reader(response, canonical(detected))
