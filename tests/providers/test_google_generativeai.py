@@ -11,6 +11,7 @@ import gc
 import warnings
 from collections.abc import Iterator
 from concurrent import futures
+from contextlib import nullcontext
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
@@ -207,12 +208,13 @@ def test_uninstrument_restores_the_original_methods(sink: InMemorySink) -> None:
 # -- async over gRPC ---------------------------------------------------------------------------
 
 
-def _reply(candidates: int, done: bool, usage: bool = True) -> Any:
+def _reply(candidates: int, done: bool, usage: bool = True, output: bool = True) -> Any:
+    """``output`` False: a running total of the prompt alone (early chunks may count no output)."""
     meta = glm.GenerateContentResponse.UsageMetadata(
         prompt_token_count=USAGE.prompt,
         cached_content_token_count=USAGE.cached,
-        candidates_token_count=candidates,
-        total_token_count=USAGE.prompt + candidates + USAGE.thoughts,
+        candidates_token_count=candidates if output else 0,
+        total_token_count=USAGE.prompt + (candidates + USAGE.thoughts if output else 0),
     )
     candidate = glm.Candidate(
         content=glm.Content(parts=[glm.Part(text="piece")], role="model"),
@@ -235,12 +237,17 @@ def grpc_address() -> Iterator[str]:
         return _reply(USAGE.candidates, True, usage=_prompt(request) != "no usage")
 
     def streaming(request: Any, context: Any) -> Iterator[Any]:
-        """Prompt "cut": the connection fails after two chunks; "no usage": no chunk has any."""
+        """Prompt "cut": the connection fails after two chunks; "no usage": no chunk has any;
+        "prompt only": each running total counts the prompt alone, and the connection fails
+        after two chunks."""
         prompt = _prompt(request)
         for i in (1, 2, 3):
-            if prompt == "cut" and i == 3:
+            if prompt in ("cut", "prompt only") and i == 3:
                 context.abort(grpc.StatusCode.INTERNAL, "connection lost")
-            yield _reply(USAGE.candidates * i // 3, i == 3, usage=prompt != "no usage")
+            counted = USAGE.candidates * i // 3
+            yield _reply(
+                counted, i == 3, usage=prompt != "no usage", output=prompt != "prompt only"
+            )
 
     request_type, response_type = glm.GenerateContentRequest, glm.GenerateContentResponse
     handler = grpc.method_handlers_generic_handler(
@@ -347,6 +354,27 @@ def test_stream_failing_part_way_is_one_error_record(grpc_address: str, sink: In
     assert (record.status, record.error) == ("error", type(raised.value).__name__)
     assert record.output_tokens == TWO_THIRDS  # what it reported before failing
     assert record.streamed is True
+
+
+@pytest.mark.parametrize("how", ["left", "cut"])
+@pytest.mark.usefixtures("instrumented")
+def test_stream_ended_while_its_running_total_counts_no_output_is_estimated(
+    grpc_address: str, sink: InMemorySink, how: str
+) -> None:
+    """Early running totals may count the prompt alone: a stream left or cut then is estimated
+    from the text it fetched, never recorded as 0 output tokens (as with google-genai)."""
+    response = _sync_model(grpc_address).generate_content("prompt only", stream=True)
+    with pytest.raises(core_exceptions.GoogleAPICallError) if how == "cut" else nullcontext():
+        for _ in response:
+            if how == "left":
+                break
+    del response
+    gc.collect()
+
+    record = only(flushed(sink))
+    assert (record.status == "error") is (how == "cut")
+    assert (record.input_tokens, record.estimated) == (USAGE.prompt, True)
+    assert record.output_tokens > 0  # the pieces it fetched
 
 
 @pytest.mark.usefixtures("instrumented")

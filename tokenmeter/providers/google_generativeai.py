@@ -8,17 +8,20 @@ every other provider's stream: recorded once when it ends, is resolved (``resolv
 through the proxy), fails, or is dropped; the running total is read then, once (a proto read
 costs more than the SDK's own work on a chunk). The SDK's proto drops ``thoughts_token_count``;
 ``usage_from_gemini`` recovers it from the total. A response whose proto carries no usage at all
-(the SDK hands back an empty message: zeros) is estimated, never a silent zero.
+(the SDK hands back an empty message: zeros) is estimated, never a silent zero; so is the output
+of a stream that ended while its running total counted the prompt alone.
 """
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
 import wrapt
 
 from tokenmeter._estimate import TextTally
+from tokenmeter._models import Usage
 from tokenmeter.providers._core import (
     AsyncIterableProxy,
     Call,
@@ -98,18 +101,36 @@ class _TextTally:
     """The stream reader: the usage is read when the call finishes (``_StreamCall``); until a
     total is known, the text that passes by is tallied (estimated if none ever comes)."""
 
-    __slots__ = ("tally",)
+    __slots__ = ("response", "tally")
 
-    def __init__(self) -> None:
+    def __init__(self, response: Any) -> None:
         self.tally = TextTally()
+        self.response = response
 
     def feed(self, chunk: Any, call: Call) -> bool:
         if call.usage is None:
-            for candidate in getattr(chunk, "candidates", None) or ():
-                content = getattr(candidate, "content", None)
-                for part in getattr(content, "parts", None) or ():
-                    self.tally.add(getattr(part, "text", None))
+            _add_text(self.tally, chunk)
         return False
+
+    def partial(self, usage: Usage, model: str) -> Usage | None:
+        """The output estimated from the text the SDK fetched (joined in its response), for a
+        running total that counts none: early chunks may count the prompt alone."""
+        if usage.output_tokens:
+            return None
+        fetched = TextTally()
+        # The joined proto: the SDK's own ``candidates`` refuses a stream left part-way.
+        with suppress(Exception):  # what cannot be read leaves the reported count
+            _add_text(fetched, getattr(self.response, "_result", None))
+        if not fetched.chars:
+            return None
+        return usage.model_copy(update={"output_tokens": fetched.tokens(PROVIDER, model)})
+
+
+def _add_text(tally: TextTally, response: Any) -> None:
+    for candidate in getattr(response, "candidates", None) or ():
+        content = getattr(candidate, "content", None)
+        for part in getattr(content, "parts", None) or ():
+            tally.add(getattr(part, "text", None))
 
 
 class SyncStreamResponse(SyncStreamProxy):
@@ -154,7 +175,7 @@ class _Adapter:
             # The SDK fetched the first chunk while sending: its total is known before any next().
             call.read("reading a Gemini stream", _read, result, call)
             call.response = result
-            call.reader = _TextTally()
+            call.reader = _TextTally(result)
             proxy = AsyncStreamResponse if is_async else SyncStreamResponse
             return proxy(result, call, call.reader)
         call.read("reading a Gemini response", _read, result, call)
