@@ -104,6 +104,31 @@ async def test_stream_options_given_through_extra_body_are_the_callers(
         assert (record.input_tokens, record.output_tokens) == (19, 10)
 
 
+@pytest.mark.parametrize("stream_options", ["usage", ["include_usage"], 5])
+async def test_stream_options_that_are_not_an_object_are_sent_as_given_and_recorded(
+    records: Records, kit: ModuleType, is_async: bool, stream_options: Any
+) -> None:
+    """A ``stream_options`` that is not an object is the caller's mistake, sent as it is: the
+    server's refusal reaches the caller and is an error record (the call was not left
+    unmetered because its options could not be merged with ``include_usage``)."""
+    bodies: list[dict[str, Any]] = []
+
+    def server(request: Any) -> Any:
+        bodies.append(json.loads(request.content))
+        error = {"message": "Invalid type for 'stream_options'", "type": "invalid_request_error"}
+        return kit.http.Response(400, json={"error": error})
+
+    client = kit.mock_openai(server, is_async=is_async, max_retries=0)
+    tokenmeter.instrument("openai")
+
+    with pytest.raises(openai.BadRequestError):
+        await stream_once(client, kit, stream_options=stream_options)
+
+    assert bodies[-1]["stream_options"] == stream_options
+    record = only(records())
+    assert (record.status, record.error, record.streamed) == ("error", "BadRequestError", True)
+
+
 async def test_azure_stream_is_named_by_the_chunks_after_its_prompt_filter_chunk(
     records: Records, kit: ModuleType, is_async: bool
 ) -> None:

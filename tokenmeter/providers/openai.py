@@ -320,6 +320,7 @@ class OpenAIAdapter(StainlessAdapter):
             not isinstance(body, dict)
             or _in_extra_body(options)
             or (isinstance(stream_options, dict) and "include_usage" in stream_options)
+            or not isinstance(stream_options, dict | None)  # the caller's mistake, sent as given
         ):
             return options, False  # the caller decided; never override an explicit choice
         copied = options.model_copy()
