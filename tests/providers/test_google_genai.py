@@ -463,6 +463,34 @@ async def test_async_errors_are_recorded(
     ]
 
 
+@pytest.mark.skipif(
+    "should_return_http_response" not in gtypes.GenerateContentConfig.model_fields,
+    reason="google-genai without should_return_http_response",
+)
+@pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.usefixtures("instrumented")
+async def test_a_raw_http_response_is_read_for_its_usage(
+    sink: InMemorySink, is_async: bool
+) -> None:
+    """``should_return_http_response``: the SDK hands back only the raw body, whose usage is
+    the call's (not an estimate of a response without usage)."""
+    body = _text_chunk({"promptTokenCount": 812, "candidatesTokenCount": 3, "totalTokenCount": 815})
+    made = mock_genai(lambda request: http.Response(200, json=body))
+    _clients.append(made)
+    config = gtypes.GenerateContentConfig(should_return_http_response=True)
+    request = {"model": "gemini-2.0-flash", "contents": "hi", "config": config}
+    if is_async:
+        response = await made.aio.models.generate_content(**request)
+    else:
+        response = made.models.generate_content(**request)
+
+    assert response.usage_metadata is None and response.sdk_http_response.body
+    record = only(flushed(sink))
+    assert (record.input_tokens, record.output_tokens, record.estimated) == (812, 3, False)
+    assert (record.status, record.model_name) == ("ok", "gemini-2.0-flash")
+
+
 # -- model names -----------------------------------------------------------------------------
 
 

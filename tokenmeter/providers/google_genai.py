@@ -11,6 +11,7 @@ closes it (``_OuterStream``).
 
 from __future__ import annotations
 
+import json
 from contextvars import ContextVar
 from typing import Any
 
@@ -59,6 +60,10 @@ def _new_call(kwargs: dict[str, Any], operation: str, streamed: bool) -> Call:
 
 def _read_response(response: Any, call: Call) -> None:
     meta = getattr(response, "usage_metadata", None)
+    if meta is None:
+        body = _raw_body(response)
+        if body is not None:
+            response, meta = body, body.get("usageMetadata")
     if meta is not None and reports_usage(meta):
         _take_usage(response, call)
         return
@@ -75,6 +80,23 @@ def _read_response(response: Any, call: Call) -> None:
     # usage_metadata without a count): estimated from the request, never lost or a silent 0.
     _names(response, call)
     call.missing = True
+
+
+#: Largest raw body read for its usage (Gemini answers are far smaller, images inline included).
+_MAX_RAW_BODY = 16 * 1024 * 1024
+
+
+def _raw_body(response: Any) -> dict[str, Any] | None:
+    """The JSON body of an answer the SDK handed back unparsed (``should_return_http_response``:
+    its response holds only ``sdk_http_response``), None if there is none that can be read."""
+    body = getattr(getattr(response, "sdk_http_response", None), "body", None)
+    if type(body) is not str or not body or len(body) > _MAX_RAW_BODY:
+        return None
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return parsed if type(parsed) is dict else None
 
 
 def _take_usage(response: Any, call: Call) -> None:
