@@ -116,6 +116,36 @@ def test_a_schema_written_by_a_newer_tokenmeter_is_refused(
     assert count(pg_dsn) == 1
 
 
+@pytest.mark.parametrize(
+    "drop",
+    [
+        "DROP TABLE records CASCADE",
+        "DROP TABLE sessions CASCADE",
+        "DROP SCHEMA tokenmeter CASCADE",
+    ],
+)
+def test_tables_dropped_while_running_are_made_again(
+    pg_sink: PostgresSink, pg_dsn: str, drop: str
+) -> None:
+    """The version table still said "current" when only ``records`` was dropped, so nothing
+    made it again and every later batch failed (``relation "records" does not exist``)."""
+    pg_sink.write([build_record(0)])
+    query(pg_dsn, drop)
+    for write in (
+        lambda: pg_sink.write([build_record(1)]),
+        lambda: pg_sink.write_sessions([SessionInfo(id="s1", name="demo", started_at=START)]),
+    ):
+        try:
+            write()
+        except psycopg.errors.UndefinedTable:  # on the old connection: the writer retries
+            write()
+    assert [r.id for r in read_records(pg_dsn)][-1] == "rec-000001"
+    assert query(pg_dsn, "SELECT calls FROM session_totals") == [(count(pg_dsn),)]
+    tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'tokenmeter'"
+    assert query(pg_dsn, tables) == [(4,)]
+    assert query(pg_dsn, "SELECT max(version) FROM tokenmeter_schema") == [(SCHEMA_VERSION,)]
+
+
 def test_bad_arguments_are_value_errors_and_the_dsn_is_never_shown() -> None:
     with pytest.raises(ValueError, match="schema"):
         PostgresSink("", schema="x; DROP TABLE records")

@@ -45,7 +45,7 @@ __all__ = ["SCHEMA_VERSION", "PostgresSink"]
 _MIGRATION_LOCK = 0x746F6B656E6D65
 
 _SCHEMA_V1 = """
-CREATE TABLE records (
+CREATE TABLE IF NOT EXISTS records (
   id TEXT PRIMARY KEY,
   timestamp TEXT NOT NULL,
   model_provider TEXT NOT NULL,
@@ -73,11 +73,11 @@ CREATE TABLE records (
   estimated SMALLINT NOT NULL DEFAULT 0,
   seq BIGSERIAL NOT NULL
 );
-CREATE INDEX ix_records_seq ON records(seq);
-CREATE INDEX ix_records_timestamp ON records(timestamp);
-CREATE INDEX ix_records_session ON records(session_id);
-CREATE INDEX ix_records_model ON records(model_provider, model_name);
-CREATE TABLE sessions (
+CREATE INDEX IF NOT EXISTS ix_records_seq ON records(seq);
+CREATE INDEX IF NOT EXISTS ix_records_timestamp ON records(timestamp);
+CREATE INDEX IF NOT EXISTS ix_records_session ON records(session_id);
+CREATE INDEX IF NOT EXISTS ix_records_model ON records(model_provider, model_name);
+CREATE TABLE IF NOT EXISTS sessions (
   id TEXT PRIMARY KEY,
   name TEXT,
   parent_id TEXT,
@@ -88,7 +88,7 @@ CREATE TABLE sessions (
   notes TEXT,
   budget_usd TEXT
 );
-CREATE VIEW session_totals AS
+CREATE OR REPLACE VIEW session_totals AS
   SELECT s.id, s.name, s.status, s.started_at, s.ended_at,
          COUNT(r.id) AS calls,
          COALESCE(SUM(r.input_tokens), 0) AS input_tokens,
@@ -96,7 +96,7 @@ CREATE VIEW session_totals AS
          SUM(r.cost_pusd) / 1e12 AS cost_usd
   FROM sessions s LEFT JOIN records r ON r.session_id = s.id
   GROUP BY s.id;
-CREATE TABLE budget_ledger (
+CREATE TABLE IF NOT EXISTS budget_ledger (
   scope_key TEXT NOT NULL,
   period_start TEXT NOT NULL,
   settled_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
@@ -117,19 +117,21 @@ def _run_script(script: str) -> Callable[[psycopg.Connection[Any]], None]:
 
 
 #: ``_MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``, inside the migrating
-#: transaction. Append a function to evolve the schema; never edit an existing one.
+#: transaction. Append a function to evolve the schema; never change what an existing one makes.
+#: Each makes only what is missing (``IF NOT EXISTS``): a schema that lost a table while in use
+#: is migrated again from the start, which makes that table again and leaves the others alone.
 #: Per-modality token counts and server-side tool requests, as JSON text (as in SQLite v2).
 _SCHEMA_V2 = """
-ALTER TABLE records ADD COLUMN modalities TEXT NOT NULL DEFAULT '{}';
-ALTER TABLE records ADD COLUMN tool_requests TEXT NOT NULL DEFAULT '{}'
+ALTER TABLE records ADD COLUMN IF NOT EXISTS modalities TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE records ADD COLUMN IF NOT EXISTS tool_requests TEXT NOT NULL DEFAULT '{}'
 """
 #: The totals a session carries when it is stored (as in SQLite v3; NULL for older rows).
 _SCHEMA_V3 = """
-ALTER TABLE sessions ADD COLUMN calls BIGINT;
-ALTER TABLE sessions ADD COLUMN input_tokens BIGINT;
-ALTER TABLE sessions ADD COLUMN output_tokens BIGINT;
-ALTER TABLE sessions ADD COLUMN cost_usd TEXT;
-ALTER TABLE sessions ADD COLUMN unpriced_calls BIGINT
+ALTER TABLE sessions ADD COLUMN IF NOT EXISTS calls BIGINT;
+ALTER TABLE sessions ADD COLUMN IF NOT EXISTS input_tokens BIGINT;
+ALTER TABLE sessions ADD COLUMN IF NOT EXISTS output_tokens BIGINT;
+ALTER TABLE sessions ADD COLUMN IF NOT EXISTS cost_usd TEXT;
+ALTER TABLE sessions ADD COLUMN IF NOT EXISTS unpriced_calls BIGINT
 """
 _MIGRATIONS: list[Callable[[psycopg.Connection[Any]], None]] = [
     _run_script(_SCHEMA_V1),
@@ -409,20 +411,29 @@ class PostgresSink:
 _INHERITED_CONNECTIONS: list[Any] = []
 
 
-def _version(conn: psycopg.Connection[Any], schema: str) -> int:
+#: The tables and view the migrations make: a schema missing one (dropped while in use) is
+#: migrated again.
+_RELATIONS = ("records", "sessions", "session_totals", "budget_ledger")
+
+
+def _version(conn: psycopg.Connection[Any], schema: str) -> tuple[int, bool]:
+    """The schema's version, and whether every one of ``_RELATIONS`` is there."""
+    names = [f'"{schema}".{name}' for name in ("tokenmeter_schema", *_RELATIONS)]
     row = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".tokenmeter_schema',)
+        "SELECT bool_and(to_regclass(n) IS NOT NULL) FILTER (WHERE n <> %s), "
+        "to_regclass(%s) IS NOT NULL FROM unnest(%s::text[]) AS t(n)",
+        (names[0], names[0], names),
     ).fetchone()
-    if row is None or not row[0]:
-        return 0
+    if row is None or not row[1]:
+        return 0, False
     found = conn.execute(f'SELECT max(version) FROM "{schema}".tokenmeter_schema'.encode())
     value = found.fetchone()
-    return int(value[0]) if value is not None and value[0] is not None else 0
+    return int(value[0]) if value is not None and value[0] is not None else 0, bool(row[0])
 
 
 def _migrate(conn: psycopg.Connection[Any], schema: str) -> None:
     """Bring ``schema`` to ``SCHEMA_VERSION``; ValueError for a schema written by a newer one."""
-    if _version(conn, schema) == SCHEMA_VERSION:
+    if _version(conn, schema) == (SCHEMA_VERSION, True):
         return
     with conn.transaction():
         # One process migrates; the others wait here, then find the work done.
@@ -432,16 +443,18 @@ def _migrate(conn: psycopg.Connection[Any], schema: str) -> None:
             f'CREATE TABLE IF NOT EXISTS "{schema}".tokenmeter_schema '
             "(version INTEGER NOT NULL, migrated_at TIMESTAMPTZ NOT NULL DEFAULT now())".encode()
         )
-        version = _version(conn, schema)
+        version, complete = _version(conn, schema)
         if version > SCHEMA_VERSION:
             raise ValueError(
                 f"PostgreSQL schema {schema!r} is at version {version}, newer than this "
                 f"tokenmeter supports ({SCHEMA_VERSION}); upgrade tokenmeter to write to it"
             )
         conn.execute(f'SET LOCAL search_path = "{schema}"'.encode())
-        for number, migrate in enumerate(_MIGRATIONS[version:], start=version + 1):
+        first = version if complete else 0  # a table dropped: every migration makes what it lacks
+        for number, migrate in enumerate(_MIGRATIONS[first:], start=first + 1):
             migrate(conn)
-            conn.execute(
-                f'INSERT INTO "{schema}".tokenmeter_schema (version) VALUES (%s)'.encode(),
-                (number,),
-            )
+            if number > version:
+                conn.execute(
+                    f'INSERT INTO "{schema}".tokenmeter_schema (version) VALUES (%s)'.encode(),
+                    (number,),
+                )
