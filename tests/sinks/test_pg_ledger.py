@@ -120,3 +120,20 @@ def test_a_nul_in_a_session_id_is_kept_apart_not_refused(pg_dsn: str) -> None:
     assert ledger.lease_many([("k", session, 10.0, 0.0, 0.0, 0.0, 1.0, 1.0)])[0][0]
     assert ledger.spent("k\x00", session) == 0.0  # NUL in the budget's own key too
     ledger.close()
+
+
+def test_a_budget_row_deleted_by_hand_is_made_again(pg_dsn: str) -> None:
+    """The ledger remembers which rows exist, so a lease only updates them: a row deleted since
+    (a budget reset by hand) made every later lease fail, and the budget let every call through."""
+    import psycopg
+
+    ledger = PostgresSink(pg_dsn).budget_ledger()
+    lease = ("k", DAY, 10.0, 0.0, 0.0, 0.0, 1.0, 1.0)
+    assert ledger.lease_many([lease])[0][0]
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute("DELETE FROM tokenmeter.budget_ledger")
+    ok, granted, settled, others = ledger.lease_many([lease])[0]
+    assert (ok, settled, others) == (True, 0.0, 0.0)
+    assert ledger.spent("k", DAY) == granted
+    ledger.close()
+

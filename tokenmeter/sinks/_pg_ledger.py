@@ -198,11 +198,13 @@ class PostgresLedger:
             results: list[LeaseResult] = []
             with conn.transaction() as transaction:
                 for params in checked:
-                    if (params["key"], params["period"]) not in known:
+                    lease = params if admit else {**params, "need": -1.0}
+                    row = None
+                    if (params["key"], params["period"]) in known:
+                        row = conn.execute(_LEASE.encode(), lease).fetchone()
+                    if row is None:  # a new row, or one deleted since (a budget reset by hand)
                         conn.execute(_ROW.encode(), params)
-                    row = conn.execute(
-                        _LEASE.encode(), params if admit else {**params, "need": -1.0}
-                    ).fetchone()
+                        row = conn.execute(_LEASE.encode(), lease).fetchone()
                     assert row is not None
                     ok = bool(row[0]) or not admit or params["need"] < 0
                     results.append((ok, float(row[1]), float(row[2]), float(row[3])))
