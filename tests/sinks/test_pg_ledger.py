@@ -137,3 +137,19 @@ def test_a_budget_row_deleted_by_hand_is_made_again(pg_dsn: str) -> None:
     assert ledger.spent("k", DAY) == granted
     ledger.close()
 
+
+@pytest.mark.parametrize(
+    "drop", ["DROP TABLE tokenmeter.budget_ledger", "DROP SCHEMA tokenmeter CASCADE"]
+)
+def test_a_ledger_table_dropped_while_in_use_is_made_again(pg_dsn: str, drop: str) -> None:
+    """The statement failed on a live connection, which was kept: every later one failed too
+    (``relation "budget_ledger" does not exist``), and the budget let every call through."""
+    import psycopg
+
+    ledger = PostgresSink(pg_dsn).budget_ledger()
+    assert ledger.reserve("k", DAY, 10.0, 1.0) == (True, 0.0)
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute(drop.encode())
+    assert ledger.reserve("k", DAY, 10.0, 1.0) == (True, 0.0)
+    assert ledger.lease_many([("k", DAY, 10.0, 0.0, 0.0, 0.0, 1.0, 1.0)])[0][0]
+    ledger.close()

@@ -8,8 +8,8 @@ budget cannot all pass the check. The overshoot is bounded by what the calls in 
 beyond their reservations.
 
 Called on the application's threads: one connection per ledger, used under a lock, made again
-after a server restart or a killed connection (a failure raises; the guardrails let the call
-through, "fail open").
+after a server restart, a killed connection or a dropped table (a failure raises; the
+guardrails let the call through, "fail open").
 """
 
 from __future__ import annotations
@@ -252,10 +252,16 @@ class PostgresLedger:
                 assert conn is not None
                 try:
                     return work(conn)
-                except BaseException:
-                    if not (conn.broken or conn.closed):
+                except BaseException as exc:
+                    import psycopg
+
+                    # A table dropped while in use: a new connection makes it again (migrating).
+                    dropped = isinstance(exc, psycopg.errors.UndefinedTable)
+                    if not (dropped or conn.broken or conn.closed):
                         raise
                     self._conn = None  # dead: the next statement gets a new connection
+                    if dropped:
+                        conn.close()
                     if fresh or attempt == 2:
                         raise
             raise AssertionError("unreachable")  # pragma: no cover
