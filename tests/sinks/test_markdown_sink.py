@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -519,6 +520,40 @@ def test_a_child_forked_while_a_batch_is_written_holds_no_lock(
         if row[0] == "openai"
     ]
     assert calls == "3"
+
+
+@pytest.mark.parametrize("killed_at", [1, 2], ids=["usage-file", "session-file"])
+def test_temporary_files_of_a_writer_killed_mid_rewrite_are_removed(
+    tmp_path: Path, make_record: RecordFactory, killed_at: int
+) -> None:
+    """A document is rewritten whole into ``.NAME.PID.tmp``, then renamed over the old one: a
+    process killed in between left that file for ever (each as big as its document), since
+    every later process writes a temporary file of its own pid."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            replaced = itertools.count(1)
+            real_replace = os.replace
+
+            def replace(src: str, dst: str) -> None:
+                if next(replaced) == killed_at:
+                    os.kill(os.getpid(), signal.SIGKILL)  # killed with the file written
+                real_replace(src, dst)
+
+            os.replace = replace  # type: ignore[assignment]
+            MarkdownJournalSink(tmp_path).write([make_record(0)])
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == -signal.SIGKILL
+    assert [p.name for p in tmp_path.rglob("*.tmp")] != []
+    theirs = tmp_path / ".notes.md.42.tmp"  # another program's, in a directory shared with it
+    theirs.write_text("not ours")
+
+    MarkdownJournalSink(tmp_path).write([make_record(1)])
+    theirs.unlink()
+    assert journal_problems(tmp_path) == []
+    assert [p.name for p in tmp_path.rglob("*.tmp")] == []
 
 
 def test_a_parent_journal_shows_the_calls_of_its_nested_sessions(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 from pathlib import Path
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "open_private",
     "pread_exact",
     "pwrite_all",
+    "remove_temporaries",
     "replace_private",
     "write_all",
 ]
@@ -106,6 +108,23 @@ def replace_private(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def remove_temporaries(directory: Path, names: str) -> None:
+    """Remove the temporary files (``.NAME.PID.tmp``) that ``replace_private`` left in
+    ``directory`` for the files whose names match the regular expression ``names``, when its
+    process was killed before the rename: each is as big as its file, and never used again (a
+    later process writes one of its own pid). Only for a caller holding the lock that every
+    writer of those files takes, so that none of them is being written; best effort."""
+    temporary = re.compile(rf"\.(?:{names})\.[0-9]+\.tmp")
+    try:
+        found = [entry.name for entry in os.scandir(directory)]
+    except OSError:
+        return
+    for name in found:
+        if temporary.fullmatch(name):
+            with contextlib.suppress(OSError):
+                os.unlink(directory / name)
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:

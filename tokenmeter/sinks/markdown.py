@@ -48,7 +48,8 @@ Should they fail part-way anyway (copy-on-write filesystems, I/O errors), the fi
 the old one (the retry writes the batch again) or not whole, which its checksum shows: then the
 copy at the end of the file, written before the head and describing the same state, is used, and
 the retry only writes the head again. A document that must grow its head is written whole to a
-temporary file and renamed over the old one, which a failure leaves untouched.
+temporary file and renamed over the old one, which a failure leaves untouched; the temporary
+file of a writer killed before the rename is removed by the next process that takes the lock.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ from tokenmeter.sinks._files import (
     open_private,
     pread_exact,
     pwrite_all,
+    remove_temporaries,
     replace_private,
 )
 
@@ -99,6 +101,8 @@ class MarkdownJournalSink:
         self.sessions_dir = self.directory / "sessions"
         #: Files that a failed ``write`` left holding some of its records (see the docstring).
         self._taken: dict[Path, _Taken] = {}
+        #: The process that removed what killed writers left (see ``_locked``).
+        self._swept = 0
 
     def write(self, records: Sequence[UsageRecord]) -> None:
         if not records:
@@ -184,6 +188,12 @@ class MarkdownJournalSink:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
+                if self._swept != os.getpid():
+                    # Once per process: a writer killed while it rewrote a document left its
+                    # temporary file; none is being written by anyone while the lock is held.
+                    self._swept = os.getpid()
+                    remove_temporaries(self.directory, re.escape(self.usage_path.name))
+                    remove_temporaries(self.sessions_dir, r".+\.md")
                 yield
             finally:
                 # Not left to close(): that releases a flock only with the last descriptor of
