@@ -168,6 +168,31 @@ def test_schema_is_the_agreed_one(tmp_path: Path, make_record: RecordFactory) ->
     assert query(path, "PRAGMA journal_mode") == [("wal",)]
 
 
+@pytest.mark.parametrize("table", ["records", "sessions"])
+def test_a_table_dropped_while_in_use_is_made_again(
+    tmp_path: Path, make_record: RecordFactory, table: str
+) -> None:
+    """``user_version`` still said "current" when a table was dropped (a database emptied by
+    hand), so neither the sink nor a new process made it again: every later batch failed with
+    "no such table" until the records were dropped at ``max_queue``."""
+    path = tmp_path / "usage.db"
+    sink = SQLiteSink(path)
+    sink.write([make_record(0)])
+    query(path, f"DROP TABLE {table}")
+    session = SessionInfo(id="s1", name="demo", started_at=datetime(2026, 1, 1, tzinfo=UTC))
+    for write in (lambda: sink.write([make_record(1)]), lambda: sink.write_sessions([session])):
+        try:
+            write()
+        except sqlite3.OperationalError:  # on the old connection: the writer retries
+            write()
+    assert query(path, "SELECT count(*) FROM sessions") == [(1,)]
+    assert query(path, "SELECT id FROM records ORDER BY id")[-1] == ("rec-000001",)
+    other = tmp_path / "fresh.db"
+    SQLiteSink(other).write([make_record(0)])
+    schema = "SELECT type, name, sql FROM sqlite_master ORDER BY name"
+    assert query(path, schema) == query(other, schema)
+
+
 def test_retried_batch_does_not_duplicate(
     tmp_path: Path, make_record: RecordFactory, read_sqlite: Reader
 ) -> None:

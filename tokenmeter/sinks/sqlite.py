@@ -622,8 +622,10 @@ class SQLiteSink:
             try:
                 statement.run(conn, values)
                 conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 _rollback(conn)
+                if isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc):
+                    self._drop_connection()  # a table dropped: a new connection makes it again
                 raise
 
     def _connection(self) -> sqlite3.Connection:
@@ -740,9 +742,20 @@ def _use_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
             time.sleep(0.005)
 
 
+#: The tables the migrations make.
+_TABLES = ("records", "sessions")
+
+
+def _missing_tables(conn: sqlite3.Connection) -> set[str]:
+    found = conn.execute(
+        f"SELECT name FROM sqlite_master WHERE type = 'table' AND name IN {_TABLES}"
+    ).fetchall()
+    return set(_TABLES).difference(name for (name,) in found)
+
+
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     """Bring the schema to ``SCHEMA_VERSION``; raise ``ValueError`` for a newer database."""
-    if _user_version(conn) == SCHEMA_VERSION:
+    if _user_version(conn) == SCHEMA_VERSION and not _missing_tables(conn):
         return
     conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then see it done
     try:
@@ -754,6 +767,8 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             )
         if version == 0:
             _refuse_others(conn, path)
+        elif version == SCHEMA_VERSION:
+            _make_again(conn, _missing_tables(conn))
         for migrate in _MIGRATIONS[version:]:
             migrate(conn)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -761,6 +776,25 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     except BaseException:
         _rollback(conn)
         raise
+
+
+def _make_again(conn: sqlite3.Connection, tables: set[str]) -> None:
+    """Make ``tables`` (dropped while in use: a database emptied by hand) and their indexes as
+    the migrations make them, which a new in-memory database states."""
+    if not tables:
+        return
+    scratch = sqlite3.connect(":memory:")
+    try:
+        for migrate in _MIGRATIONS:
+            migrate(scratch)
+        schema = scratch.execute(
+            "SELECT tbl_name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY type = 'index'"
+        ).fetchall()
+    finally:
+        scratch.close()
+    for table, sql in schema:
+        if table in tables:
+            conn.execute(sql)
 
 
 def _refuse_others(conn: sqlite3.Connection, path: Path) -> None:
