@@ -72,7 +72,9 @@ def _default_sinks(resolved: Settings) -> list[Sink]:
         else:
             try:
                 made.append(PostgresSink(resolved.pg_dsn) if name == "postgres" else OTelSink())
-            except ImportError as exc:  # its extra is missing: the other sinks still work
+            except Exception as exc:
+                # Its extra is missing, or its SDK refuses the OTEL_* settings: the other sinks
+                # still work.
                 logging.getLogger("tokenmeter").error("tokenmeter sink %r: %s", name, exc)
     if resolved.reports:
         from tokenmeter._reports import PeriodicReports

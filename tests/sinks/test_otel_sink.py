@@ -215,6 +215,26 @@ def test_a_collector_that_is_down_fails_nothing_in_the_application(
     _shut_down_own_providers()
 
 
+def test_an_otel_sink_that_cannot_be_made_leaves_the_other_sinks_writing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OpenTelemetry's SDK refuses some settings of its own variables when the sink builds its
+    exporters (a batch larger than the queue): the ValueError took every sink named with it
+    away ("could not open its sinks; nothing is written"), the local files included."""
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096")  # the queue holds 2048
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("TOKENMETER_SINKS", "otel,jsonl")
+    _one_call()
+    tokenmeter.record("openai", "gpt-4o", 10, 2)
+    assert tokenmeter.flush(timeout=60)
+    lines = (Path(".tokenmeter") / "usage.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    [error] = [r for r in caplog.records if r.name == "tokenmeter" and r.levelname == "ERROR"]
+    assert "'otel'" in error.getMessage() and "max_export_batch_size" in error.getMessage()
+    tokenmeter.configure(sinks=[])
+    _shut_down_own_providers()
+
+
 EXIT_WITH_RECORDS_QUEUED = """
 import tokenmeter
 tokenmeter.record("openai", "gpt-4o", 10, 2)
