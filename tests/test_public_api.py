@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from helpers import one_line_value_error
@@ -100,3 +101,60 @@ def test_flush_with_a_bad_timeout_is_a_one_line_value_error_naming_it(
     one_line_value_error(exc)
     assert tokenmeter.flush(5)  # nothing was lost
     assert len(sink.records) == 1
+
+
+class _Unshowable:
+    """A value whose ``repr`` and ``str`` raise, as a broken user object's may."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr")
+
+    __str__ = __repr__
+
+
+_MEGABYTE = "x" * 1_000_000
+_USAGE = {"prompt_tokens": 1, "completion_tokens": 1}
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda v: tokenmeter.record(v, "gpt-4o", 1, 1), "provider"),
+        (lambda v: tokenmeter.record("openai", v, 1, 1), "model"),
+        (lambda v: tokenmeter.record("openai", "gpt-4o", 1, 1, operation=v), "operation"),
+        (lambda v: tokenmeter.record("openai", "gpt-4o", 1, 1, estimated=v), "estimated"),
+        (lambda v: tokenmeter.record("openai", "gpt-4o", 1, 1, timestamp=v), "timestamp"),
+        (lambda v: tokenmeter.record("openai", "gpt-4o", 1, 1, tags={"k": v}), "tags"),
+        (lambda v: tokenmeter.record_response({"usage": _USAGE}, provider=v), "provider"),
+        (lambda v: tokenmeter.record_response({"model": v, "usage": _USAGE}), "model"),
+        (lambda v: tokenmeter.session(v), "name"),
+        (lambda v: tokenmeter.session(id=v), "id"),
+        (lambda v: tokenmeter.session(notes=v), "notes"),
+        (lambda v: tokenmeter.session(budget_usd=v), "budget_usd"),
+        (lambda v: tokenmeter.session(on_exceed=v), "on_exceed"),
+        (lambda v: tokenmeter.session(on_end=v), "on_end"),
+        (lambda v: tokenmeter.track(v, tags={"k": "v"}), "name"),
+        (lambda v: tokenmeter.estimate(v, text="hi"), "model"),
+        (lambda v: tokenmeter.estimate("gpt-4o", text="hi", provider=v), "provider"),
+        (lambda v: tokenmeter.instrument(v), "provider"),
+        (lambda v: tokenmeter.uninstrument(v), "provider"),
+    ],
+)
+@pytest.mark.parametrize("value", [_MEGABYTE, _Unshowable()], ids=["1 MB text", "unshowable"])
+def test_a_bad_value_is_named_in_a_short_line_whatever_it_is(
+    call: Any, name: str, value: object, sink: InMemorySink
+) -> None:
+    """The message quotes the value cut short: a megabyte of text was quoted whole (a 1 MB
+    message, in every log line that shows it), and a value whose repr raises turned the
+    ValueError into the RuntimeError of that repr. (Where a megabyte of text is a valid value,
+    the call succeeds, the text cut as the record's names are.)"""
+    try:
+        call(value)
+    except ValueError as exc:
+        message = str(exc)
+        assert type(exc) is ValueError
+        assert name in message
+        assert "\n" not in message
+        assert len(message) < 1_000
+    else:
+        assert value is _MEGABYTE

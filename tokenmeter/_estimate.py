@@ -39,6 +39,7 @@ from tokenmeter._media import (
 )
 from tokenmeter._models import MAX_TOKENS, Usage
 from tokenmeter._registry import canonical, family_of
+from tokenmeter.pricing._overrides import short_repr
 
 __all__ = [
     "TextTally",
@@ -860,9 +861,9 @@ def estimate(
     ``gemini-*``: Google, else OpenAI). The result is an estimate: docs/providers.md says how close.
     """
     if not isinstance(model, str) or not model.strip():
-        raise ValueError(f"model must be a non-empty string, got {model!r}")
+        raise ValueError(f"model must be a non-empty string, got {short_repr(model)}")
     if provider is not None and (not isinstance(provider, str) or not provider.strip()):
-        raise ValueError(f"provider must be a non-empty string, got {provider!r}")
+        raise ValueError(f"provider must be a non-empty string, got {short_repr(provider)}")
     if messages is not None and not isinstance(messages, list | tuple):
         raise ValueError(f"messages must be a list of messages, got {type(messages).__name__}")
     for name, value in (("text", text), ("output", output)):

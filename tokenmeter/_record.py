@@ -37,6 +37,7 @@ from tokenmeter._models import (
 from tokenmeter._totals import normalise_usd
 from tokenmeter.guardrails import _budgets, _state
 from tokenmeter.pricing import price_usage
+from tokenmeter.pricing._overrides import short_repr
 from tokenmeter.usage import extract
 
 __all__ = ["emit", "record", "record_response"]
@@ -175,7 +176,7 @@ def emit(
 
 def _text(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        raise ValueError(f"{name} must be a non-empty string, got {short_repr(value)}")
     return clean_text(value.strip(), MAX_NAME)
 
 
@@ -184,9 +185,13 @@ def _timestamp(value: Any) -> datetime:
         try:
             value = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            raise ValueError(f"timestamp is not an ISO-8601 date/time: {value!r}") from None
+            raise ValueError(
+                f"timestamp is not an ISO-8601 date/time: {short_repr(value)}"
+            ) from None
     if not isinstance(value, datetime):
-        raise ValueError(f"timestamp must be a datetime or ISO-8601 string, got {value!r}")
+        raise ValueError(
+            f"timestamp must be a datetime or ISO-8601 string, got {short_repr(value)}"
+        )
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
@@ -272,10 +277,10 @@ def record(
         usage = _with_parts(usage, modalities, tool_requests)
     if operation is not None:
         if not isinstance(operation, str):
-            raise ValueError(f"operation must be a string, got {operation!r}")
+            raise ValueError(f"operation must be a string, got {short_repr(operation)}")
         operation = clean_text(operation, MAX_NAME)  # storable by every sink, as a model name
     if not isinstance(estimated, bool):
-        raise ValueError(f"estimated must be True or False, got {estimated!r}")
+        raise ValueError(f"estimated must be True or False, got {short_repr(estimated)}")
     return emit(
         provider,
         model,
@@ -305,7 +310,9 @@ def record_response(
     if found is None:
         raise ValueError("the response carries no usage yet (still queued or in progress)")
     if found.model is not None and (not isinstance(found.model, str) or not found.model.strip()):
-        raise ValueError(f"model: the response's model must be a string, got {found.model!r}")
+        raise ValueError(
+            f"model: the response's model must be a string, got {short_repr(found.model)}"
+        )
     model_name = found.model or model
     if not model_name:
         raise ValueError("the response names no model: pass model=")

@@ -129,18 +129,18 @@ class Session:
         on_end: OnEnd | Sequence[OnEnd] | None = None,
     ) -> None:
         if name is not None and not isinstance(name, str):
-            raise ValueError(f"session name must be a string, got {name!r}")
+            raise ValueError(f"session name must be a string, got {short_repr(name)}")
         if id is not None and (not isinstance(id, str) or not id.strip()):
-            raise ValueError(f"session id must be a non-empty string, got {id!r}")
+            raise ValueError(f"session id must be a non-empty string, got {short_repr(id)}")
         if notes is not None and not isinstance(notes, str):
-            raise ValueError(f"session notes must be a string, got {notes!r}")
+            raise ValueError(f"session notes must be a string, got {short_repr(notes)}")
         self.id = clean_text(id.strip(), _MAX_ID) if id else _new_id()
         self.name = None if name is None else clean_text(name, MAX_NAME)
         self.tags = _check_tags(tags)
         self.budget_usd = _check_budget(budget_usd)
         self.notes = None if notes is None else clean_text(notes, MAX_NOTES)
         if on_exceed not in ("warn", "raise"):
-            raise ValueError(f"on_exceed must be 'warn' or 'raise', got {on_exceed!r}")
+            raise ValueError(f"on_exceed must be 'warn' or 'raise', got {short_repr(on_exceed)}")
         #: "raise": a call that would take the session past ``budget_usd`` is refused before it
         #: is sent (``tokenmeter.BudgetExceeded``); "warn": it is made, and a warning logged.
         self.on_exceed = on_exceed
@@ -336,7 +336,9 @@ def _check_tags(tags: Any) -> dict[str, str]:
         raise ValueError(f"tags must be a dict of str to str, got {type(tags).__name__}")
     for key, value in tags.items():
         if not isinstance(key, str) or not isinstance(value, str | int | float | bool):
-            raise ValueError(f"tags must map strings to strings, got {key!r}: {value!r}")
+            raise ValueError(
+                f"tags must map strings to strings, got {short_repr(key)}: {short_repr(value)}"
+            )
         if not key.strip():
             raise ValueError("tags: a tag name must be a non-empty string")
     return {
@@ -354,7 +356,7 @@ def _check_hooks(hooks: Any) -> tuple[OnEnd, ...]:
     if isinstance(hooks, list | tuple) and all(callable(hook) for hook in hooks):
         check_not_async("on_end hooks", hooks)
         return tuple(hooks)
-    raise ValueError(f"on_end must be a callable or a list of callables, got {hooks!r}")
+    raise ValueError(f"on_end must be a callable or a list of callables, got {short_repr(hooks)}")
 
 
 def _end_hooks(ended: Session) -> None:
@@ -375,7 +377,7 @@ def _check_budget(budget: Any) -> Decimal | None:
         return None
     try:
         value = Decimal(str(budget))
-    except ArithmeticError:
+    except Exception:  # not a number's text (an object whose __str__ raises is none either)
         raise ValueError(f"budget_usd must be a number, got {short_repr(budget)}") from None
     if not value.is_finite() or not 0 <= value <= MAX_BUDGET_USD:
         raise ValueError(
@@ -445,7 +447,7 @@ def track(name: Any = None, *, tags: dict[str, str] | None = None) -> Any:
     if callable(name) and not isinstance(name, str):
         return track(tags=tags)(name)
     if name is not None and not isinstance(name, str):
-        raise ValueError(f"session name must be a string, got {name!r}")
+        raise ValueError(f"session name must be a string, got {short_repr(name)}")
     _check_tags(tags)
 
     def decorator(func: F) -> F:
