@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -498,3 +498,25 @@ def test_record_refuses_a_huge_parts_dict(sink: InMemorySink) -> None:
     huge = {f"k{i}": 1 for i in range(100_000)}
     with pytest.raises(ValueError, match="tool_requests has 100000 keys"):
         tokenmeter.record("openai", "gpt-4o", 100, 50, tool_requests=huge)
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5))),
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5))),
+        "9999-12-31T23:00:00-05:00",
+        "0001-01-01T00:00:00+05:00",
+    ],
+    ids=["aware past year 9999", "aware before year 1", "ISO past 9999", "ISO before year 1"],
+)
+def test_record_with_a_timestamp_beyond_utc_is_a_value_error(
+    sink: InMemorySink, timestamp: Any
+) -> None:
+    """A time whose UTC form falls outside years 1 to 9999 raised OverflowError from the
+    conversion to UTC."""
+    with pytest.raises(ValueError, match="timestamp") as raised:
+        tokenmeter.record("openai", "gpt-4o", 10, 5, timestamp=timestamp)
+    assert type(raised.value) is ValueError
+    assert tokenmeter.flush(5)
+    assert sink.records == []

@@ -192,7 +192,10 @@ def _timestamp(value: Any) -> datetime:
         raise ValueError(
             f"timestamp must be a datetime or ISO-8601 string, got {short_repr(value)}"
         )
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:00-05:00: past year 9999 in UTC
+        raise ValueError(f"timestamp is out of range in UTC, got {short_repr(value)}") from None
 
 
 def _usage(**counts: Any) -> Usage:
