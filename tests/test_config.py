@@ -213,6 +213,10 @@ def test_unknown_sink_name_is_rejected() -> None:
         ({"directory": ""}, r"'directory'"),
         ({"directory": b"meter"}, r"'directory'"),
         ({"directory": "me\x00ter"}, r"'directory'"),
+        # A lone surrogate names no file (not a non-UTF-8 byte, which is \udc80-\udcff): every
+        # record was rejected by the sinks, and could not be set aside in that directory either.
+        ({"directory": "me\ud800ter"}, r"'directory'.*cannot name a file"),
+        ({"state_file": "state\ud800.md"}, r"'state_file'.*cannot name a file"),
         ({"aliases": [1]}, r"'aliases' from configure\(\)"),
         ({"aliases": 5}, r"'aliases'"),
         ({"aliases": {"prod": 3}}, r"'aliases'.*alias 'prod'"),
@@ -403,3 +407,13 @@ def test_record_in_a_removed_working_directory_with_the_relative_default_directo
     done = run_python("-c", script, cwd=gone, env=env)
     assert done.stdout.strip() == "False"
     assert "cannot be made absolute" in done.stderr
+
+
+def test_a_directory_named_with_bytes_that_are_not_utf8_is_used(tmp_path: Path) -> None:
+    """Such a name reaches Python as \\udc80-\\udcff (surrogateescape): it names a file and is
+    kept, unlike a lone surrogate outside that range."""
+    directory = tmp_path / "usage-\udcff"
+    tokenmeter.configure(directory=directory, sinks="jsonl")
+    tokenmeter.record("openai", "gpt-4o", 10, 5)
+    assert tokenmeter.flush(5)
+    assert (directory / "usage.jsonl").is_file()
