@@ -107,6 +107,7 @@ def price(
     from tokenmeter._models import MAX_NAME, Usage, clean_text, first_error
     from tokenmeter.pricing import price_usage
     from tokenmeter.pricing._overrides import short_repr
+    from tokenmeter.usage._read import priced_tier
 
     if not isinstance(provider, str) or not provider.strip():
         raise ValueError(f"provider must be a non-empty string, got {short_repr(provider)}")
@@ -129,8 +130,14 @@ def price(
             at = at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)  # naive is UTC
         except OverflowError:
             raise ValueError(f"at is out of range in UTC, got {short_repr(at)}") from None
-    if tier is not None and not isinstance(tier, str):
-        raise ValueError(f"tier must be a string such as 'batch' or 'flex', got {short_repr(tier)}")
+    if tier is not None:
+        if not isinstance(tier, str):
+            raise ValueError(
+                f"tier must be a string such as 'batch' or 'flex', got {short_repr(tier)}"
+            )
+        # Only a tier that changes the price is kept, as for a response's: the price cache is
+        # keyed by it, and would hold each distinct megabyte-long tier otherwise.
+        tier = priced_tier(tier)
     # Names cut and cleaned as a record's are: a megabyte-long name would otherwise be kept in
     # the price cache and logged whole.
     return price_usage(

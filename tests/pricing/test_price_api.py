@@ -96,3 +96,21 @@ def test_a_thread_with_a_low_decimal_precision_does_not_change_the_rates_others_
     thread.join()
     ours = tokenmeter.price("openai", "gpt-4o", counts, at=at, tier="batch").total_usd
     assert seen == [ours] and ours == Decimal("6.25")
+
+
+def test_a_tier_of_any_length_leaves_no_long_key_in_the_price_cache() -> None:
+    """The price cache is keyed by (provider, model, tier): a tier given to price() was kept as
+    given, so 10,000 distinct megabyte tiers held 10 GB until the cache started over (a tier a
+    response reports was already reduced to the tiers that change the price)."""
+    from tokenmeter.pricing import _engine
+
+    at = datetime(2026, 6, 1, tzinfo=UTC)
+    counts = {"input_tokens": 1_000_000, "output_tokens": 0}
+    standard = tokenmeter.price("openai", "gpt-4o", counts, at=at).total_usd
+    for n in range(3):
+        cost = tokenmeter.price("openai", "gpt-4o", counts, at=at, tier="x" * 100_000 + str(n))
+        assert cost.total_usd == standard  # an unknown tier is billed as standard
+    assert all(len(key[2] or "") <= 20 for key in list(_engine._entries))
+    batch = tokenmeter.price("openai", "gpt-4o", counts, at=at, tier=" Batch ").total_usd
+    assert batch == tokenmeter.price("openai", "gpt-4o", counts, at=at, tier="batch").total_usd
+    assert batch is not None and standard is not None and batch < standard
