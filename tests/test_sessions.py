@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import threading
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 
 import pytest
@@ -157,6 +158,53 @@ def test_track_without_parentheses_is_the_same_decorator(sink: InMemorySink) -> 
     names = [r.session_name for r in sink.records]
     assert names[0].endswith("answer") and names[1].endswith("answer_async")
     assert sink.records[0].session_id != sink.records[1].session_id
+
+
+def test_a_decorated_generator_records_into_its_session_only_while_it_runs(
+    sink: InMemorySink,
+) -> None:
+    """A generator function (a streamed answer) decorated with ``@track`` or ``@session`` got a
+    session that ended as soon as the generator was made: every record made while it was
+    iterated went to the implicit session. Now each call's session lasts until the generator
+    ends, and is current only while its body runs, not in the code that iterates it."""
+
+    @tokenmeter.track
+    def stream(n: int) -> Iterator[int]:
+        with tokenmeter.session("nested"):  # a session inside stays current across yields
+            for i in range(n):
+                tokenmeter.record("openai", "gpt-4o", 1, 1)
+                yield i
+        own = tokenmeter.current_session()
+        assert own is not None and own.name is not None and own.name.endswith("stream")
+
+    @tokenmeter.session("astream")
+    async def astream(n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            tokenmeter.record("openai", "gpt-4o", 2, 2)
+            yield i
+
+    async def consume() -> list[int]:
+        return [i async for i in astream(2)]
+
+    with tokenmeter.session("caller") as caller:
+        seen = []
+        for i in stream(2):
+            assert tokenmeter.current_session() is caller  # not the generator's session
+            tokenmeter.record("openai", "gpt-4o", 3, 3)
+            seen.append(i)
+        assert seen == [0, 1]
+        assert asyncio.run(consume()) == [0, 1]
+        unfinished = stream(5)
+        assert next(unfinished) == 0
+        unfinished.close()  # a consumer that stops early ends the session too
+    assert tokenmeter.flush(5)
+    names = [r.session_name for r in sink.records]
+    assert names == ["nested", "caller", "nested", "caller", "astream", "astream", "nested"]
+    assert caller.summary.calls == 7  # every generator's session is nested in the caller's
+    infos = list(sink.sessions.values())
+    assert all(info.ended_at is not None for info in infos)  # the closed one included
+    decorated = [info for info in infos if info.name and info.name.endswith("stream")]
+    assert len(decorated) == 3 and all(info.parent_id == caller.id for info in decorated)
 
 
 @pytest.mark.parametrize("name", [5, b"name", ["a"]], ids=["int", "bytes", "list"])

@@ -14,7 +14,7 @@ import operator
 import os
 import secrets
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -387,7 +387,109 @@ def _check_budget(budget: Any) -> Decimal | None:
     return value
 
 
+class _Steps:
+    """The session of one call of a decorated generator function: it lasts until the generator
+    ends, and is current only while the generator's body runs (each step), never in the code
+    that iterates it. A session the body opens stays current across its yields."""
+
+    def __init__(self, session: Session) -> None:
+        session._start()  # its parent: the session the generator is first iterated in
+        assert session._token is not None
+        _current.reset(session._token)  # current only during the steps
+        session._token = None
+        self.session = session
+        self.current: Session | None = session
+
+    def run(self, step: Callable[..., Any], *args: Any) -> Any:
+        token = _current.set(self.current)
+        try:
+            return step(*args)
+        finally:
+            self.current = _current.get()
+            _current.reset(token)
+
+    async def run_async(self, step: Awaitable[Any]) -> Any:
+        token = _current.set(self.current)
+        try:
+            return await step
+        finally:
+            self.current = _current.get()
+            _current.reset(token)
+
+
+def _decorate_generator(func: Callable[..., Any], make_session: Callable[[], Session]) -> Any:
+    """``func`` is a generator function (a streamed answer): its session spans the iteration."""
+
+    @functools.wraps(func)
+    def run_generator(*args: Any, **kwargs: Any) -> Any:
+        steps = _Steps(make_session())
+        inner = func(*args, **kwargs)
+        failed = True
+        try:
+            value: Any = None
+            thrown: BaseException | None = None
+            while True:
+                try:
+                    if thrown is None:
+                        item = steps.run(inner.send, value)
+                    else:
+                        item = steps.run(inner.throw, thrown)
+                except StopIteration as stop:
+                    failed = False
+                    return stop.value
+                thrown = None
+                try:
+                    value = yield item
+                except GeneratorExit:  # the consumer stopped early: no failure of the body
+                    steps.run(inner.close)
+                    failed = False
+                    raise
+                except BaseException as exc:
+                    thrown = exc
+        finally:
+            steps.session._end(failed)
+
+    return run_generator
+
+
+def _decorate_async_generator(func: Callable[..., Any], make_session: Callable[[], Session]) -> Any:
+    """``func`` is an async generator function: as ``_decorate_generator``."""
+
+    @functools.wraps(func)
+    async def run_async_generator(*args: Any, **kwargs: Any) -> Any:
+        steps = _Steps(make_session())
+        inner = func(*args, **kwargs)
+        failed = True
+        try:
+            value: Any = None
+            thrown: BaseException | None = None
+            while True:
+                try:
+                    step = inner.asend(value) if thrown is None else inner.athrow(thrown)
+                    item = await steps.run_async(step)
+                except StopAsyncIteration:
+                    failed = False
+                    return
+                thrown = None
+                try:
+                    value = yield item
+                except GeneratorExit:
+                    await steps.run_async(inner.aclose())
+                    failed = False
+                    raise
+                except BaseException as exc:
+                    thrown = exc
+        finally:
+            steps.session._end(failed)
+
+    return run_async_generator
+
+
 def _decorate(func: F, make_session: Callable[[], Session]) -> F:
+    if inspect.isgeneratorfunction(func):
+        return cast(F, _decorate_generator(func, make_session))
+    if inspect.isasyncgenfunction(func):
+        return cast(F, _decorate_async_generator(func, make_session))
     if inspect.iscoroutinefunction(func):
 
         @functools.wraps(func)
