@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -205,6 +206,39 @@ def test_a_decorated_generator_records_into_its_session_only_while_it_runs(
     assert all(info.ended_at is not None for info in infos)  # the closed one included
     decorated = [info for info in infos if info.name and info.name.endswith("stream")]
     assert len(decorated) == 3 and all(info.parent_id == caller.id for info in decorated)
+
+
+def test_track_names_a_partial_or_a_callable_object_it_decorates(sink: InMemorySink) -> None:
+    """They have no ``__qualname__``: ``@track`` raised AttributeError on them."""
+
+    def ask(question: str) -> str:
+        tokenmeter.record("openai", "gpt-4o", 1, 1)
+        return question
+
+    async def ask_async(question: str) -> str:
+        tokenmeter.record("openai", "gpt-4o", 1, 1)
+        return question
+
+    class Asker:
+        def __call__(self) -> str:
+            tokenmeter.record("openai", "gpt-4o", 1, 1)
+            return "called"
+
+    assert tokenmeter.track(functools.partial(ask, "why"))() == "why"
+    assert asyncio.run(tokenmeter.track()(functools.partial(ask_async, "how"))()) == "how"
+    assert tokenmeter.track(Asker())() == "called"
+    assert tokenmeter.flush(5)
+    names = [record.session_name or "" for record in sink.records]
+    assert [name.rsplit(".", 1)[-1] for name in names] == ["ask", "ask_async", "Asker"]
+
+
+@pytest.mark.parametrize("decorator", ["track", "session"])
+def test_decorating_what_cannot_be_called_is_a_value_error(decorator: str) -> None:
+    """It failed later, in every call (or with an AttributeError naming __qualname__)."""
+    decorate = tokenmeter.track() if decorator == "track" else tokenmeter.session("s")
+    with pytest.raises(ValueError, match="callable") as raised:
+        decorate(5)  # type: ignore[type-var]
+    one_line_value_error(raised)
 
 
 @pytest.mark.parametrize("name", [5, b"name", ["a"]], ids=["int", "bytes", "list"])

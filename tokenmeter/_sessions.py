@@ -486,6 +486,8 @@ def _decorate_async_generator(func: Callable[..., Any], make_session: Callable[[
 
 
 def _decorate(func: F, make_session: Callable[[], Session]) -> F:
+    if not callable(func):  # else every call of the "decorated" function would fail
+        raise ValueError(f"a session decorates a function or callable, got {short_repr(func)}")
     if inspect.isgeneratorfunction(func):
         return cast(F, _decorate_generator(func, make_session))
     if inspect.isasyncgenfunction(func):
@@ -553,10 +555,19 @@ def track(name: Any = None, *, tags: dict[str, str] | None = None) -> Any:
     _check_tags(tags)
 
     def decorator(func: F) -> F:
-        session_name = name or func.__qualname__
+        session_name = name or _qualname(func)
         return _decorate(func, lambda: Session(session_name, tags=tags))
 
     return decorator
+
+
+def _qualname(func: Any) -> str:
+    """The name of what ``@track`` decorates: a partial is named after its function, and a
+    callable object (which has no ``__qualname__``) after its class."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    name = getattr(func, "__qualname__", None)
+    return name if isinstance(name, str) else type(func).__qualname__
 
 
 def current_session() -> Session | None:
