@@ -241,6 +241,12 @@ def test_decorating_what_cannot_be_called_is_a_value_error(decorator: str) -> No
     one_line_value_error(raised)
 
 
+def test_a_tag_value_too_long_to_show_names_tags() -> None:
+    with pytest.raises(ValueError, match=r"^tags: ") as raised:
+        tokenmeter.session(tags={"run": 10**5000})
+    one_line_value_error(raised)
+
+
 @pytest.mark.parametrize("name", [5, b"name", ["a"]], ids=["int", "bytes", "list"])
 def test_track_with_a_name_that_is_not_text_fails_where_it_is_written(name: object) -> None:
     """At decoration, not on every later call of the decorated function."""

@@ -341,9 +341,16 @@ def _check_tags(tags: Any) -> dict[str, str]:
             )
         if not key.strip():
             raise ValueError("tags: a tag name must be a non-empty string")
-    return {
-        clean_text(key, MAX_NAME): clean_text(str(value), MAX_NOTES) for key, value in tags.items()
-    }
+    cleaned: dict[str, str] = {}
+    for key, value in tags.items():
+        try:
+            text = str(value)
+        except Exception:  # an int past sys.get_int_max_str_digits(), a subclass's own __str__
+            raise ValueError(
+                f"tags: the value of {short_repr(key)} cannot be made text (too long?)"
+            ) from None
+        cleaned[clean_text(key, MAX_NAME)] = clean_text(text, MAX_NOTES)
+    return cleaned
 
 
 def _check_hooks(hooks: Any) -> tuple[OnEnd, ...]:
