@@ -57,6 +57,24 @@ def test_bad_environment_values_name_the_variable(env: dict[str, str], message: 
         load_settings(env=env)
 
 
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "TOKENMETER_DISABLED",
+        "TOKENMETER_STREAM_USAGE",
+        "TOKENMETER_THREAD_PROPAGATION",
+        "TOKENMETER_MAX_QUEUE",
+        "TOKENMETER_EXIT_TIMEOUT",
+        "TOKENMETER_BUDGET_WARN_AT",
+    ],
+)
+def test_a_huge_bad_environment_value_is_quoted_short(variable: str) -> None:
+    """The whole value was quoted: a 100 kB variable made a 100 kB message."""
+    with pytest.raises(ValueError, match=variable) as raised:
+        load_settings(env={variable: "x" * 100_000})
+    assert len(one_line_value_error(raised)) < 300
+
+
 def test_bad_pyproject_value_names_its_source(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text("[tool.tokenmeter]\nmax_queue = 'many'\n")
     with pytest.raises(ValueError, match=r"max_queue.*\[tool.tokenmeter\]"):

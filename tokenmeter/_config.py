@@ -250,7 +250,7 @@ def _parse_bool(name: str, value: str) -> bool:
         return True
     if lowered in _FALSE:
         return False
-    raise ValueError(f"{name} must be 1/0, true/false, yes/no or on/off, got {value!r}")
+    raise ValueError(f"{name} must be 1/0, true/false, yes/no or on/off, got {short_repr(value)}")
 
 
 def _parse_sinks(value: Any) -> tuple[str, ...]:
@@ -365,7 +365,7 @@ def _parse_number(name: str, value: str, kind: type[int] | type[float]) -> int |
         return kind(value.strip())
     except ValueError:
         what = "a whole number" if kind is int else "a number"
-        raise ValueError(f"{name} must be {what}, got {value!r}") from None
+        raise ValueError(f"{name} must be {what}, got {short_repr(value)}") from None
 
 
 def _find_pyproject(start: Path | None) -> Path | None:
