@@ -75,6 +75,17 @@ def test_a_huge_bad_environment_value_is_quoted_short(variable: str) -> None:
     assert len(one_line_value_error(raised)) < 300
 
 
+@pytest.mark.parametrize(
+    "periods",
+    [{"daily"}, frozenset({"daily"}), (p for p in ["daily"]), ["daily"]],
+    ids=["set", "frozenset", "generator", "list"],
+)
+def test_reports_takes_any_iterable_of_periods_as_its_type_says(periods: Any) -> None:
+    """``reports: str | Iterable[str]``: a set or a generator was refused (sinks takes them)."""
+    tokenmeter.configure(reports=periods)
+    assert _runtime.settings().reports == ("daily",)
+
+
 def test_bad_pyproject_value_names_its_source(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text("[tool.tokenmeter]\nmax_queue = 'many'\n")
     with pytest.raises(ValueError, match=r"max_queue.*\[tool.tokenmeter\]"):

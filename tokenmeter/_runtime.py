@@ -216,7 +216,7 @@ def configure(
             ("stream_usage", stream_usage),
             ("max_queue", max_queue),
             ("exit_timeout", exit_timeout),
-            ("reports", list(reports) if isinstance(reports, list | tuple) else reports),
+            ("reports", _listed(reports)),
             ("budgets", list(budgets) if isinstance(budgets, list | tuple) else budgets),
             ("budget_timezone", budget_timezone),
             ("budget_warn_at", budget_warn_at),
@@ -245,6 +245,14 @@ def configure(
             _explicit.update(previous[0])
             _sink_objects = previous[1]
             raise
+
+
+def _listed(value: object) -> object:
+    """An iterable of names (a set, a generator) as a list, once; text and anything else as given,
+    for Settings to take (a comma-separated string) or reject naming the setting."""
+    if isinstance(value, Iterable) and not isinstance(value, str | bytes | Mapping):
+        return list(value)
+    return value
 
 
 def attach_sink(sink: Sink) -> None:
