@@ -7,6 +7,7 @@ are subsets of those two. Provider-specific conventions are converted in ``token
 
 from __future__ import annotations
 
+import reprlib
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
@@ -59,6 +60,24 @@ MODALITY_KEYS = frozenset(
 )
 #: Billed server-side tool requests a response reports, as ``tool_requests`` keys spell them.
 TOOL_REQUEST_KEYS = frozenset({"web_search", "web_fetch", "file_search", "code_execution"})
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlevel = 2
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` cut to a readable length, for error messages.
+
+    A value read from a file or given by a caller can be a 10 kB string, a list nested 100 000
+    deep (plain ``repr`` raises RecursionError) or an int too long to print; the message must
+    still be one short line.
+    """
+    try:
+        return _SHORT.repr(value)
+    except Exception:  # a user object's __repr__, or an int beyond sys.get_int_max_str_digits()
+        return f"a {type(value).__name__} that cannot be shown"
 
 
 def clean_text(text: str, limit: int = 1_000) -> str:

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import re
-import reprlib
 import stat
 import threading
 import tomllib
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenmeter._fork import renew_after_fork
+from tokenmeter._models import short_repr
 
 from ._names import normalise_provider
 from ._source import RateCard, Rates, Tier
@@ -64,23 +64,7 @@ MIN_RATE_PER_MTOK = Decimal("1e-12")
 #: Larger than any real prices file (genai-prices' whole table is about 1 MB as JSON): a bigger
 #: one is a mistake (a log, a dump, /dev/zero), refused before it fills memory.
 MAX_PRICES_FILE = 64 * 1024 * 1024
-_SHORT = reprlib.Repr()
-_SHORT.maxstring = _SHORT.maxother = 60
-_SHORT.maxlevel = 2
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
-
-
-def short_repr(value: Any) -> str:
-    """``repr(value)`` cut to a readable length, for error messages.
-
-    A value read from a file or given by a caller can be a 10 kB string, a list nested 100 000
-    deep (plain ``repr`` raises RecursionError) or an int too long to print; the message must
-    still be one short line.
-    """
-    try:
-        return _SHORT.repr(value)
-    except Exception:  # a user object's __repr__, or an int beyond sys.get_int_max_str_digits()
-        return f"a {type(value).__name__} that cannot be shown"
 
 
 @dataclass(frozen=True)

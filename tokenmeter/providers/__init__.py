@@ -18,8 +18,8 @@ import wrapt
 
 from tokenmeter import _pipeline, _registry, pricing
 from tokenmeter._fork import renew_after_fork
+from tokenmeter._models import short_repr
 from tokenmeter.providers._core import Patch
-from tokenmeter.usage._read import shown
 
 __all__ = ["PROVIDERS", "Instrumentation", "instrument", "uninstrument", "wrap"]
 
@@ -54,7 +54,7 @@ def _names(providers: str | list[str] | tuple[str, ...] | None) -> list[str]:
     unknown = [n for n in names if type(n) is not str or n not in PROVIDERS]
     if unknown:  # shown cut short: a caller may pass a megabyte, or an object without a repr
         expected = list(PROVIDERS)
-        raise ValueError(f"unknown provider {shown(unknown[0])}; expected some of {expected}")
+        raise ValueError(f"unknown provider {short_repr(unknown[0])}; expected some of {expected}")
     return names
 
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokenmeter._models import short_repr
 from tokenmeter._registry import canonical, family_of
-from tokenmeter.usage._read import field, shown
+from tokenmeter.usage._read import field
 from tokenmeter.usage._types import Extracted
 from tokenmeter.usage.anthropic import from_anthropic_response, usage_from_anthropic
 from tokenmeter.usage.google import from_gemini_response, usage_from_gemini
@@ -65,6 +66,6 @@ def extract(response: Any, provider: str | None = None) -> Extracted | None:
     reader = _READERS.get(family) if family is not None else None
     if reader is None:
         raise ValueError(
-            f"unknown provider {shown(provider)}: expected one of openai, anthropic, google"
+            f"unknown provider {short_repr(provider)}: expected one of openai, anthropic, google"
         )
     return reader(response, canonical(detected))

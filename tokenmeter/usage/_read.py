@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import functools
 import math
-import reprlib
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
 from pydantic import BaseModel
 
-from tokenmeter._models import MAX_TOKENS
+from tokenmeter._models import MAX_TOKENS, short_repr
 
 Get = Callable[[str], Any]
 
@@ -29,19 +28,6 @@ _SCALARS = (str, bytes, bytearray, int, float, list, tuple)
 MAX_ID = 500
 #: The service tiers that change a price; any other answer is billed as standard.
 _PRICED_TIERS = frozenset({"batch", "flex", "priority"})
-
-_SHORT = reprlib.Repr()
-_SHORT.maxstring = _SHORT.maxother = 60
-_SHORT.maxlevel = 2
-
-
-def shown(value: Any) -> str:
-    """``repr(value)`` cut short for an error message: a server may send a megabyte string, a
-    list nested thousands deep or an int with too many digits to print."""
-    try:
-        return _SHORT.repr(value)
-    except Exception:
-        return f"<{type(value).__name__} that cannot be shown>"
 
 
 def field(obj: Any, name: str, camel: str | None = None) -> Any:
@@ -97,7 +83,7 @@ def getter(obj: Any, camel: bool = False, what: str = "usage") -> Get:
     if obj is None:
         return _absent
     if isinstance(obj, _SCALARS):  # a string or a number where an object belongs: not readable
-        raise ValueError(f"{what!r} is not an object: {type(obj).__name__} {shown(obj)}")
+        raise ValueError(f"{what!r} is not an object: {type(obj).__name__} {short_repr(obj)}")
     return partial(_snake_or_camel, obj) if camel else partial(field, obj)
 
 
@@ -135,11 +121,11 @@ def whole(value: Any, name: str) -> int:
         or not isinstance(value, int | float)
         or (isinstance(value, float) and not (math.isfinite(value) and value.is_integer()))
     ):
-        raise ValueError(f"usage field {name!r} is not a whole number: {shown(value)}")
+        raise ValueError(f"usage field {name!r} is not a whole number: {short_repr(value)}")
     if value < 0:
-        raise ValueError(f"usage field {name!r} is negative: {shown(value)}")
+        raise ValueError(f"usage field {name!r} is negative: {short_repr(value)}")
     if value > MAX_TOKENS:
-        raise ValueError(f"usage field {name!r} is more than any call can use: {shown(value)}")
+        raise ValueError(f"usage field {name!r} is more than any call can use: {short_repr(value)}")
     return int(value)
 
 

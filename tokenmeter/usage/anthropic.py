@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenmeter._models import Pass, Usage, usage_of
-from tokenmeter.usage._read import counts, getter, ident, priced_tier, shown
+from tokenmeter._models import Pass, Usage, short_repr, usage_of
+from tokenmeter.usage._read import counts, getter, ident, priced_tier
 from tokenmeter.usage._types import Extracted
 
 #: Iteration types whose tokens the top-level usage leaves out (billed on top of it).
@@ -55,7 +55,7 @@ def usage_from_anthropic(usage: Any) -> Usage:
     if get("input_tokens") is None or get("output_tokens") is None:
         # Both are required in every usage block the API sends (a stream's deltas are merged
         # with its message_start first): a null one is unknown, never a silent zero.
-        raise ValueError(f"not an Anthropic usage block: {shown(usage)}")
+        raise ValueError(f"not an Anthropic usage block: {short_repr(usage)}")
     uncached, output, cache_read, cache_write, write_1h, thinking = _counts(get)
     tools = get("server_tool_use")
     tool_requests = _tool_requests(tools) if tools is not None else None
@@ -101,7 +101,7 @@ def _tool_requests(tools: Any) -> dict[str, int] | None:
 
 def _passes(iterations: Any) -> tuple[Pass, ...]:
     if not isinstance(iterations, list | tuple):
-        raise ValueError(f"usage 'iterations' is not a list: {shown(iterations)}")
+        raise ValueError(f"usage 'iterations' is not a list: {short_repr(iterations)}")
     found = []
     for entry in iterations[:_MAX_PASSES]:
         get = getter(entry, what="iterations entry")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenmeter._models import Usage, usage_of
-from tokenmeter.usage._read import Get, counts, getter, ident, shown
+from tokenmeter._models import Usage, short_repr, usage_of
+from tokenmeter.usage._read import Get, counts, getter, ident
 from tokenmeter.usage._types import Extracted
 
 _TIERS = {"ON_DEMAND_FLEX": "flex", "ON_DEMAND_PRIORITY": "priority"}
@@ -73,7 +73,7 @@ def usage_from_gemini(meta: Any) -> Usage:
 def _add_modalities(found: dict[str, int], details: Any, side: str, limit: int, name: str) -> None:
     """Add a ``[{modality, token_count}]`` list to ``found`` under ``<side>_<modality>``."""
     if not isinstance(details, list | tuple):
-        raise ValueError(f"usage field {name!r} is not a list: {shown(details)}")
+        raise ValueError(f"usage field {name!r} is not a list: {short_repr(details)}")
     for entry in details[:_MAX_DETAILS]:
         get = getter(entry, camel=True, what=name)
         modality = get("modality")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenmeter._models import Pass, Usage, usage_of
-from tokenmeter.usage._read import Get, counts, getter, ident, priced_tier, shown
+from tokenmeter._models import Pass, Usage, short_repr, usage_of
+from tokenmeter.usage._read import Get, counts, getter, ident, priced_tier
 from tokenmeter.usage._types import Extracted
 
 _OPERATIONS = {
@@ -38,7 +38,7 @@ def usage_from_openai(usage: Any) -> Usage:
     elif get("input_tokens") is not None:  # Responses API
         names = _RESPONSES
     else:
-        raise ValueError(f"not an OpenAI usage block: {shown(usage)}")
+        raise ValueError(f"not an OpenAI usage block: {short_repr(usage)}")
     total_in, total_out, in_details, out_details = names
     input_tokens, output_tokens, hit = counts(get, total_in, total_out, "prompt_cache_hit_tokens")
     details_in = get(in_details)
