@@ -6,9 +6,11 @@ import asyncio
 import functools
 import logging
 import os
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from helpers import one_line_value_error
@@ -311,6 +313,21 @@ def test_a_budget_past_the_maximum_is_refused_at_the_session(sink: InMemorySink)
     with tokenmeter.session("s", budget_usd=_sessions.MAX_BUDGET_USD) as s:
         tokenmeter.record("openai", "gpt-4o", 10, 10)
     assert s.summary.calls == 1 and not s.over_budget
+
+
+def test_a_budget_finer_than_a_pico_dollar_is_kept_to_the_pico_dollar(tmp_path: Path) -> None:
+    """``Decimal("1e-999999")`` was kept whole: every sink wrote a million digits for it (a 2 MB
+    journal head, read and written again at every batch)."""
+    tokenmeter.configure(sinks=["sqlite", "markdown"], directory=tmp_path)
+    with tokenmeter.session("s", budget_usd=Decimal("1e-999999")) as s:
+        pass
+    assert s.budget_usd == 0 and len(str(s.budget_usd)) < 20
+    assert tokenmeter.session("t", budget_usd="1.0000000000001").budget_usd == Decimal(1)
+    assert tokenmeter.session("u", budget_usd="0.50").budget_usd == Decimal("0.50")  # as given
+    assert tokenmeter.flush(10)
+    with sqlite3.connect(tmp_path / "usage.db") as db:
+        assert db.execute("SELECT budget_usd FROM sessions").fetchall() == [("0",)]
+    assert max(path.stat().st_size for path in tmp_path.rglob("*.md")) < 10_000
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")

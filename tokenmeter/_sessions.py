@@ -31,6 +31,7 @@ from tokenmeter._totals import (
     OTHER_MODELS,
     USD_CONTEXT,
     Totals,
+    normalise_usd,
 )
 from tokenmeter.guardrails import _state as _guard_state
 from tokenmeter.pricing._overrides import short_repr
@@ -378,20 +379,33 @@ def _end_hooks(ended: Session) -> None:
 
 
 def _check_budget(budget: Any) -> Decimal | None:
-    """The budget as a Decimal from 0 to MAX_BUDGET_USD: past that (``"1e999999999"``), the
-    warning thresholds (budget x fraction) would raise decimal.Overflow in every record()."""
-    if budget is None:
-        return None
-    try:
-        value = Decimal(str(budget))
-    except Exception:  # not a number's text (an object whose __str__ raises is none either)
-        raise ValueError(f"budget_usd must be a number, got {short_repr(budget)}") from None
-    if not value.is_finite() or not 0 <= value <= MAX_BUDGET_USD:
+    return None if budget is None else usd_amount("budget_usd", budget)
+
+
+#: The finest budget kept: a pico-dollar, the finest cost the SQLite sink stores.
+_PICO_USD = Decimal("1E-12")
+
+
+def usd_amount(where: str, value: Any) -> Decimal:
+    """A budget or limit in USD, from 0 to ``MAX_BUDGET_USD``; ValueError naming ``where``.
+
+    Past that (``"1e999999999"``) the warning thresholds (budget x fraction) and the ledger's
+    arithmetic overflow; below a pico-dollar (``"1e-999999"``) the amount is kept to the
+    pico-dollar, not written out as a million digits by every sink."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValueError(f"{where} must be a number of USD, got {short_repr(value)}")
+    try:  # an int as it is: str() of one past 4300 digits raises
+        amount = Decimal(value) if isinstance(value, int) else Decimal(str(value))
+    except ArithmeticError:
+        raise ValueError(f"{where} must be a number of USD, got {short_repr(value)}") from None
+    if not amount.is_finite() or not 0 <= amount <= MAX_BUDGET_USD:
         raise ValueError(
-            f"budget_usd must be a number of USD from 0 to {MAX_BUDGET_USD}, "
-            f"got {short_repr(budget)}"
+            f"{where} must be a number of USD from 0 to {MAX_BUDGET_USD}, got {short_repr(value)}"
         )
-    return value
+    exponent = amount.as_tuple().exponent
+    if type(exponent) is int and exponent < -12:
+        amount = normalise_usd(amount.quantize(_PICO_USD, context=USD_CONTEXT))
+    return amount
 
 
 class _Steps:

@@ -124,23 +124,6 @@ class Budget:
         return out
 
 
-def _money(where: str, value: Any) -> Decimal:
-    """A limit from 0 to ``MAX_BUDGET_USD``: past a float's range (``"1e999999999999"``) the
-    ledger's arithmetic overflowed, and every budget was let through as if the ledger failed."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
-        raise ValueError(f"{where} must be a number of USD, got {short_repr(value)}")
-    try:  # an int as it is: str() of one past 4300 digits raises
-        amount = Decimal(value) if isinstance(value, int) else Decimal(str(value))
-    except ArithmeticError:
-        raise ValueError(f"{where} must be a number of USD, got {short_repr(value)}") from None
-    if not amount.is_finite() or not 0 <= amount <= _sessions.MAX_BUDGET_USD:
-        raise ValueError(
-            f"{where} must be a number of USD from 0 to {_sessions.MAX_BUDGET_USD}, "
-            f"got {short_repr(value)}"
-        )
-    return amount
-
-
 def _opt_text(where: str, value: Any) -> str | None:
     if value is None:
         return None
@@ -187,7 +170,7 @@ def parse_budget(where: str, value: Any) -> Budget:
         raise ValueError(f"{where}: no such field {unknown[0]!r}; known: {', '.join(_FIELDS)}")
     if "limit_usd" not in spec:
         raise ValueError(f"{where}: limit_usd is required")
-    limit = _money(f"{where}.limit_usd", spec["limit_usd"])
+    limit = _sessions.usd_amount(f"{where}.limit_usd", spec["limit_usd"])
     period = spec.get("period", "day")
     if period not in PERIODS:
         raise ValueError(
