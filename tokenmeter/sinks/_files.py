@@ -20,6 +20,8 @@ import os
 import re
 from pathlib import Path
 
+from tokenmeter._models import short_repr
+
 __all__ = [
     "absolute",
     "append_line",
@@ -50,7 +52,11 @@ def absolute(path: str | os.PathLike[str], name: str = "path") -> Path:
     except TypeError:
         found = None
     if found is None or "\x00" in str(found):
-        raise ValueError(f"{name} must be a file system path, got {path!r}")
+        raise ValueError(f"{name} must be a file system path, got {short_repr(path)}")
+    try:
+        os.fsencode(found)  # a lone surrogate: every write would fail to encode it
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} cannot name a file, got {short_repr(path)}") from None
     try:
         return found.absolute()
     except OSError:
