@@ -101,6 +101,37 @@ def test_on_end_hooks_receive_the_finished_session(sink: InMemorySink) -> None:
     ]
 
 
+def test_a_session_exited_twice_or_never_entered_runs_its_hooks_once(sink: InMemorySink) -> None:
+    """A second ``__exit__`` ran the end hooks (and wrote the state-file line) again; a session
+    never entered could be exited, and was reported as ended."""
+    ended: list[str] = []
+
+    def remember(session: Session) -> None:
+        ended.append(f"{session.name}")
+
+    with tokenmeter.session("once", on_end=[remember]) as s:
+        record()
+    s.__exit__(None, None, None)
+    never = tokenmeter.session("never", on_end=[remember])
+    never.__exit__(None, None, None)
+    assert ended == ["once"] and never.status == "active" and never.ended_at is None
+
+
+def test_a_session_exited_on_another_thread_is_no_longer_current(sink: InMemorySink) -> None:
+    """Entered on one thread and exited on another (a worker closing a request's session), it
+    stayed current on the first: later records went to a session already ended."""
+    with tokenmeter.session("request") as outer:
+        inner = tokenmeter.session("job").__enter__()
+        closer = threading.Thread(target=inner.__exit__, args=(None, None, None))
+        closer.start()
+        closer.join()
+        assert tokenmeter.current_session() is outer
+        record()
+    assert inner.summary.calls == 0 and outer.summary.calls == 1
+    assert tokenmeter.flush(5)
+    assert sink.records[-1].session_name == "request"
+
+
 def test_a_global_hook_that_opens_a_session_is_not_handed_its_own_session(
     sink: InMemorySink,
 ) -> None:

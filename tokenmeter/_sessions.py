@@ -165,7 +165,7 @@ class Session:
     def _start(self) -> None:
         if self._token is not None or self.ended_at is not None:
             raise RuntimeError(f"session {self.id!r} was already entered; create a new one")
-        self.parent = _current.get()
+        self.parent = current_session()
         if self.parent is not None:
             self.effective_tags = {**self.parent.effective_tags, **self.tags}
         self.started_at = datetime.now(UTC)
@@ -175,6 +175,8 @@ class Session:
         self._announce()
 
     def _end(self, failed: bool) -> None:
+        if self.started_at is None or self.ended_at is not None:
+            return  # never entered, or exited already: its hooks and its row are done once
         self.status = "failed" if failed else "completed"
         self.ended_at = datetime.now(UTC)
         if self._token is not None:
@@ -593,7 +595,12 @@ def _qualname(func: Any) -> str:
 
 def current_session() -> Session | None:
     """The innermost explicit session of this thread or task, or None."""
-    return _current.get()
+    session = _current.get()
+    while session is not None and session.ended_at is not None:
+        # Exited in another thread or task, whose context it was not current in: this one
+        # falls back to the innermost enclosing session still open.
+        session = session.parent
+    return session
 
 
 # -- the implicit per-process session -----------------------------------------------------------
