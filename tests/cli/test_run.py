@@ -404,3 +404,37 @@ def test_a_program_that_records_by_hand_without_any_sdk_is_part_of_the_run(
     assert len(rows) == 2 and all(row[1].startswith("run_") for row in rows)
     assert rows[0][1] in result.stderr
     assert _summary_row(result.stderr, "total") == ["total", "2", "2,000", "1,000", "$0.004"]
+
+
+@pytest.mark.parametrize("options", [[], ["--dir", "usage"]])
+def test_a_removed_working_directory_keeps_the_programs_exit_status(
+    options: list[str], tmp_path: Path
+) -> None:
+    # Started in a directory that is gone (a deleted build dir): the summary and --dir made it
+    # absolute with os.getcwd(), so the run ended in a traceback and status 1, not the program's.
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys; from tokenmeter.cli import main; os.rmdir(os.getcwd()); "
+            "sys.exit(main(sys.argv[1:]))",
+            "run",
+            *options,
+            "--",
+            sys.executable,
+            "-c",
+            "print('program output'); raise SystemExit(3)",
+        ],
+        env=env,
+        cwd=gone,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 3
+    assert result.stdout == "program output\n"
+    assert "Traceback" not in result.stderr
+    assert "tokenmeter: 'python" in result.stderr

@@ -104,6 +104,7 @@ def _child_environment(
     args: argparse.Namespace, command: list[str], totals: Path
 ) -> dict[str, str]:
     from tokenmeter import _autorun
+    from tokenmeter.sinks._files import absolute
 
     env = dict(os.environ)
     path = env.get("PYTHONPATH")
@@ -115,7 +116,7 @@ def _child_environment(
     if args.sinks is not None:
         env["TOKENMETER_SINKS"] = args.sinks
     if args.dir is not None:  # absolute: a child that changes directory writes to the same place
-        env["TOKENMETER_DIR"] = str(Path(args.dir).absolute())
+        env["TOKENMETER_DIR"] = str(absolute(args.dir))
     if args.budget is not None:
         env[BUDGET_ENV] = str(args.budget)
         budget = _run_budget(args.budget, env[_autorun.ENV_SESSION])
@@ -270,6 +271,7 @@ def _summary(env: dict[str, str], totals: Path, settings: Any, status: int) -> N
     from tokenmeter import _autorun
     from tokenmeter.cli._output import printable
     from tokenmeter.cli.reports._format import fmt_int, fmt_usd
+    from tokenmeter.sinks._files import absolute  # left relative if the directory was removed
 
     models, processes = _autorun.read_totals(totals)
     out = sys.stderr
@@ -327,7 +329,7 @@ def _summary(env: dict[str, str], totals: Path, settings: Any, status: int) -> N
         print(f"  {verdict} the budget of {fmt_usd(Decimal(budget))}", file=out)
     sinks = ", ".join(settings.sinks) or "no sinks"
     print(
-        f"  session {env[_autorun.ENV_ID]} in {Path(settings.directory).absolute()} ({sinks}); "
+        f"  session {env[_autorun.ENV_ID]} in {absolute(settings.directory)} ({sinks}); "
         "see `tokenmeter report --by session`",
         file=out,
     )
