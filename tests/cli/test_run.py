@@ -292,6 +292,8 @@ def test_settings_reach_the_program(fake: FakeProvider, tmp_path: Path) -> None:
         # An unset variable: the run went under the program's name without a word.
         (["--session", "", "--", "true"], 2, "argument --session: must not be empty"),
         (["--session", " ", "--", "true"], 2, "argument --session: must not be empty"),
+        # More environment than exec() takes (E2BIG): an OSError traceback and status 1.
+        (["--tag", "big=" + "x" * 2_000_000, "--", "true"], 126, "run: cannot run true: "),
     ],
 )
 def test_errors_are_one_line(
@@ -305,6 +307,17 @@ def test_errors_are_one_line(
     err = capsys.readouterr().err
     assert message in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_file_that_is_no_program_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"\x7fELF not really")
+    junk.chmod(0o755)
+    assert main(["run", "--", str(junk)]) == 126  # ENOEXEC: it was an OSError traceback
+    err = capsys.readouterr().err
+    assert err == f"tokenmeter: error: run: cannot run {junk}: Exec format error\n"
 
 
 def test_budget_stops_the_program_call_that_would_pass_it(

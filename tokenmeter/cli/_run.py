@@ -202,6 +202,10 @@ def _spawn(command: list[str], env: dict[str, str], **kwargs: Any) -> subprocess
         raise CliError(f"run: command not found: {command[0]}", exit_code=127) from None
     except PermissionError:
         raise CliError(f"run: permission denied: {command[0]}", exit_code=126) from None
+    except OSError as exc:  # not a program (ENOEXEC), too big an environment (E2BIG), ...
+        raise CliError(
+            f"run: cannot run {command[0]}: {exc.strerror or exc}", exit_code=126
+        ) from None
 
 
 def _supervise(command: list[str], env: dict[str, str]) -> int:
