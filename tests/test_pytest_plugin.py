@@ -7,7 +7,10 @@ arithmetic and no price-data release can change it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import stat
 
 import pytest
 
@@ -329,3 +332,27 @@ def test_a_json_path_that_cannot_be_written_is_one_line_not_a_traceback(
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["tokenmeter: FAILED: cannot write *a-file/usage.json: *"])
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_a_json_path_that_is_a_link_or_a_pipe_is_written_through(
+    project: pytest.Pytester,
+) -> None:
+    """The file was renamed over the path: a link to the file CI keeps became a file of its
+    own, and a FIFO (or /dev/stdout) was replaced by a file that nobody reads."""
+    kept = project.path / "artifacts" / "usage.json"
+    kept.parent.mkdir()
+    (project.path / "link.json").symlink_to(kept)
+    project.runpytest("--tokenmeter-json=link.json").assert_outcomes(passed=3)
+    assert (project.path / "link.json").is_symlink()
+    assert json.loads(kept.read_text())["total"]["calls"] == 4
+    fifo = project.path / "fifo.json"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader, so opening it never blocks
+    try:
+        project.runpytest("--tokenmeter-json=fifo.json").assert_outcomes(passed=3)
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+        with os.fdopen(reader, "rb") as pipe:
+            assert json.loads(pipe.read())["total"]["calls"] == 4
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(reader)

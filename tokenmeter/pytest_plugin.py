@@ -14,7 +14,6 @@ the controller: the controller adds up the same numbers a single process would, 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Generator, Iterator
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -287,6 +286,7 @@ class Meter:
         )
 
     def write_json(self, total: dict[str, Any]) -> None:
+        from tokenmeter.cli._output import _write_file  # through a link, into a pipe, atomic
         from tokenmeter.cli.reports._format import dumps_exact
 
         cost = total.pop("cost")
@@ -300,13 +300,7 @@ class Meter:
             ],
         }
         self.json_path.parent.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-        tmp = self.json_path.with_name(self.json_path.name + f".{os.getpid()}.tmp")  # type: ignore[union-attr]
-        try:
-            tmp.write_text(dumps_exact(document) + "\n", encoding="utf-8")
-            os.replace(tmp, self.json_path)  # type: ignore[arg-type]
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
+        _write_file(self.json_path, dumps_exact(document) + "\n")  # type: ignore[arg-type]
 
     # -- the terminal summary -------------------------------------------------------------------
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
