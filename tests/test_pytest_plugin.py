@@ -194,6 +194,15 @@ def test_bad_run_budget_is_a_usage_error(project: pytest.Pytester, budget: str) 
     result.stderr.fnmatch_lines(["*--tokenmeter-budget must be a non-negative number of USD*"])
 
 
+@pytest.mark.parametrize("option", ["--tokenmeter-budget", "--tokenmeter-json"])
+def test_an_empty_option_is_a_usage_error(project: pytest.Pytester, option: str) -> None:
+    """``--tokenmeter-budget="$LLM_BUDGET"`` with the variable unset ran with no budget (and no
+    JSON file, for ``--tokenmeter-json``) without a word."""
+    result = project.runpytest(f"{option}=")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{option} must not be empty*"])
+
+
 def test_marker_fails_the_one_test_that_spends_more(pytester: pytest.Pytester) -> None:
     pytester.makepyprojecttoml(_PYPROJECT)
     pytester.makepyfile(

@@ -72,6 +72,9 @@ def pytest_configure(config: pytest.Config) -> None:
         f"{_MARKER}(usd): fail this test when its LLM calls cost more than usd "
         "(needs --tokenmeter)",
     )
+    for option in ("tokenmeter_budget", "tokenmeter_json"):
+        if config.getoption(option) == "":  # ``--tokenmeter-budget="$UNSET"``: not silently off
+            raise pytest.UsageError(f"--{option.replace('_', '-')} must not be empty")
     budget_text = config.getoption("tokenmeter_budget") or config.getini("tokenmeter_budget")
     json_path = config.getoption("tokenmeter_json")
     enabled = config.getoption("tokenmeter")
