@@ -320,6 +320,22 @@ def test_a_file_that_is_no_program_is_one_line(
     assert err == f"tokenmeter: error: run: cannot run {junk}: Exec format error\n"
 
 
+def test_the_default_session_name_never_holds_a_shell_command_line(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    """``sh -c "KEY=... python app.py"``: the command line ends in ``.py`` and was taken for the
+    script, so the API key became the session's name, in every record and in the summary."""
+    app = _script(tmp_path / "app.py", _CALLS)
+    line = f"OPENAI_API_KEY=sk-secret-123 {Path(sys.executable).name} app.py"
+    env = {**_env(fake), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = _run(["--dir", "usage", "--", "sh", "-c", line], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert {row[2] for row in _records(tmp_path / "usage" / "usage.db")} == {"sh"}
+    assert "sk-secret" not in result.stderr
+    result = _run(["--dir", "usage", "--", sys.executable, app.name], _env(fake), cwd=tmp_path)
+    assert f"tokenmeter: '{Path(sys.executable).name} app.py' (exit status 0)" in result.stderr
+
+
 def test_budget_stops_the_program_call_that_would_pass_it(
     fake: FakeProvider, tmp_path: Path
 ) -> None:

@@ -92,10 +92,11 @@ def _tag(value: str) -> tuple[str, str]:
 
 def _default_name(command: list[str]) -> str:
     """The program and its script, e.g. ``python app.py``: never the other arguments, which may
-    hold secrets (``--api-key ...``)."""
+    hold secrets (``--api-key ...``). The script is a file: an argument that names none may be a
+    command line (``sh -c "OPENAI_API_KEY=... python app.py"``)."""
     words = [os.path.basename(command[0])]
     script = next((arg for arg in command[1:] if not arg.startswith("-")), None)
-    if script is not None and script.endswith(".py"):
+    if script is not None and script.endswith(".py") and os.path.isfile(script):
         words.append(os.path.basename(script))
     return " ".join(words)
 
