@@ -336,6 +336,21 @@ def test_the_default_session_name_never_holds_a_shell_command_line(
     assert f"tokenmeter: '{Path(sys.executable).name} app.py' (exit status 0)" in result.stderr
 
 
+@pytest.mark.parametrize("inherited", ["lots", "5"])
+def test_a_budget_figure_inherited_from_the_environment_is_not_the_runs(
+    inherited: str, tmp_path: Path
+) -> None:
+    """TOKENMETER_BUDGET_USD set around the run (an outer ``tokenmeter run``, a CI variable) was
+    taken for --budget: a summary claiming a budget nothing enforced, or, not a number, a
+    traceback after the program ended and status 1 instead of the program's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
+    env["TOKENMETER_BUDGET_USD"] = inherited
+    result = _run(["--dir", "usage", "--", "sh", "-c", "exit 7"], env, cwd=tmp_path)
+    assert result.returncode == 7
+    assert "Traceback" not in result.stderr
+    assert "the budget of" not in result.stderr
+
+
 def test_budget_stops_the_program_call_that_would_pass_it(
     fake: FakeProvider, tmp_path: Path
 ) -> None:

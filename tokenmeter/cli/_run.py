@@ -183,7 +183,7 @@ def run_command(args: argparse.Namespace) -> int:
         settings = _check_settings(env)
         status = _supervise(command, env)
         if not args.quiet:
-            _summary(env, totals, settings, status)
+            _summary(env, totals, settings, status, args.budget)
     finally:
         shutil.rmtree(totals, ignore_errors=True)
     if status < 0:  # the program died of a signal: so do we, after the summary
@@ -272,7 +272,11 @@ def _die_of(signum: int) -> None:
 
 
 # -- the summary --------------------------------------------------------------------------------
-def _summary(env: dict[str, str], totals: Path, settings: Any, status: int) -> None:
+def _summary(
+    env: dict[str, str], totals: Path, settings: Any, status: int, budget: Decimal | None
+) -> None:
+    """What the program spent; ``budget`` is --budget's (a TOKENMETER_BUDGET_USD the run
+    inherited is no budget of this run)."""
     from tokenmeter import _autorun
     from tokenmeter.cli._output import printable
     from tokenmeter.cli.reports._format import fmt_int, fmt_usd
@@ -328,10 +332,9 @@ def _summary(env: dict[str, str], totals: Path, settings: Any, status: int) -> N
             notes.append(f"calls from {processes} processes")
         if notes:
             print("  " + "; ".join(notes), file=out)
-    budget = env.get(BUDGET_ENV)
     if budget is not None:
-        verdict = "OVER" if cost > Decimal(budget) else "within"
-        print(f"  {verdict} the budget of {fmt_usd(Decimal(budget))}", file=out)
+        verdict = "OVER" if cost > budget else "within"
+        print(f"  {verdict} the budget of {fmt_usd(budget)}", file=out)
     sinks = ", ".join(settings.sinks) or "no sinks"
     print(
         f"  session {env[_autorun.ENV_ID]} in {absolute(settings.directory)} ({sinks}); "
