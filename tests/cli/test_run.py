@@ -231,6 +231,39 @@ def test_a_program_killed_by_sigkill_is_reported_and_the_run_dies_of_it_too(
     assert "killed by signal 9" in run.stderr and "Traceback" not in run.stderr
 
 
+def _core_files_here() -> bool:
+    """Core dumps written as files in the working directory, and allowed (Linux)."""
+    try:
+        import resource
+
+        pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    except (ImportError, OSError):
+        return False
+    hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
+    return bool(pattern) and pattern[0] not in "|/" and hard != 0
+
+
+@pytest.mark.skipif(not _core_files_here(), reason="core dumps are off or go elsewhere here")
+def test_a_program_that_dumps_core_keeps_its_core_file(tmp_path: Path) -> None:
+    """The run dies of the program's signal: for SIGSEGV or SIGABRT, with core dumps on, it
+    dumped a core of its own (of the Python running tokenmeter), over the program's ``core``."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tokenmeter", "run", "-q", "--", "sh", "-c", "kill -SEGV $$"],
+        env=env,
+        cwd=tmp_path,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (hard, hard)),
+    )
+    _, status = os.waitpid(process.pid, 0)
+    process.returncode = 0  # reaped here
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSEGV
+    assert not os.WCOREDUMP(status)
+
+
 def test_the_programs_own_sitecustomize_still_runs(fake: FakeProvider, tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.mkdir()

@@ -264,6 +264,11 @@ def _supervise_with_handlers(command: list[str], env: dict[str, str]) -> int:
 def _die_of(signum: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
+    with contextlib.suppress(ImportError, OSError, ValueError):
+        # A core of ours (SIGSEGV, SIGABRT) would be written over the program's own ``core``.
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
     with contextlib.suppress(OSError, ValueError):  # SIGKILL, SIGSTOP: their default always
         signal.signal(signum, signal.SIG_DFL)
     if hasattr(signal, "pthread_sigmask"):
