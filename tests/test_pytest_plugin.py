@@ -194,6 +194,14 @@ def test_bad_run_budget_is_a_usage_error(project: pytest.Pytester, budget: str) 
     result.stderr.fnmatch_lines(["*--tokenmeter-budget must be a non-negative number of USD*"])
 
 
+def test_a_bad_ini_budget_is_named_as_the_ini_option(project: pytest.Pytester) -> None:
+    """It was reported as --tokenmeter-budget, an option nobody gave."""
+    project.makepyprojecttoml(_INI + 'tokenmeter_budget = "lots"\n' + _TOKENMETER)
+    result = project.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*tokenmeter_budget (ini) must be a non-negative number*"])
+
+
 @pytest.mark.parametrize("option", ["--tokenmeter-budget", "--tokenmeter-json"])
 def test_an_empty_option_is_a_usage_error(project: pytest.Pytester, option: str) -> None:
     """``--tokenmeter-budget="$LLM_BUDGET"`` with the variable unset ran with no budget (and no

@@ -75,7 +75,10 @@ def pytest_configure(config: pytest.Config) -> None:
     for option in ("tokenmeter_budget", "tokenmeter_json"):
         if config.getoption(option) == "":  # ``--tokenmeter-budget="$UNSET"``: not silently off
             raise pytest.UsageError(f"--{option.replace('_', '-')} must not be empty")
-    budget_text = config.getoption("tokenmeter_budget") or config.getini("tokenmeter_budget")
+    budget_text = config.getoption("tokenmeter_budget")
+    budget_name = "--tokenmeter-budget"
+    if not budget_text:
+        budget_text, budget_name = config.getini("tokenmeter_budget"), "tokenmeter_budget (ini)"
     json_path = config.getoption("tokenmeter_json")
     enabled = config.getoption("tokenmeter")
     if enabled is None:
@@ -87,7 +90,7 @@ def pytest_configure(config: pytest.Config) -> None:
         budget = _usd(str(budget_text))
         if budget is None:
             raise pytest.UsageError(
-                f"--tokenmeter-budget must be a non-negative number of USD (at most "
+                f"{budget_name} must be a non-negative number of USD (at most "
                 f"{_MAX_USD}), got {budget_text!r}"
             )
     if json_path and Path(json_path).is_dir():
