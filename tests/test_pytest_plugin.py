@@ -194,6 +194,29 @@ def test_bad_run_budget_is_a_usage_error(project: pytest.Pytester, budget: str) 
     result.stderr.fnmatch_lines(["*--tokenmeter-budget must be a non-negative number of USD*"])
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("TOKENMETER_SINKS", "carrier-pigeon", "TOKENMETER_SINKS: unknown sink 'carrier-pigeon'*"),
+        ("TOKENMETER_PRICES", "missing.json", "*missing.json: cannot read prices file*"),
+    ],
+)
+def test_a_bad_tokenmeter_setting_is_a_usage_error_not_an_internal_error(
+    project: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    message: str,
+) -> None:
+    """It surfaced from the first test's instrument() as an INTERNALERROR traceback."""
+    monkeypatch.setenv(variable, value)
+    result = project.runpytest("--tokenmeter")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    assert project.runpytest().ret == pytest.ExitCode.OK  # turned off, it reads no setting
+
+
 def test_a_bad_ini_budget_is_named_as_the_ini_option(project: pytest.Pytester) -> None:
     """It was reported as --tokenmeter-budget, an option nobody gave."""
     project.makepyprojecttoml(_INI + 'tokenmeter_budget = "lots"\n' + _TOKENMETER)

@@ -93,6 +93,15 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"{budget_name} must be a non-negative number of USD (at most "
                 f"{_MAX_USD}), got {budget_text!r}"
             )
+    from tokenmeter._config import load_settings
+    from tokenmeter.pricing._overrides import check_prices_file
+
+    try:  # here, once: from the first test's instrument() it was an INTERNALERROR traceback
+        settings = load_settings()
+        if settings.prices_file is not None:
+            check_prices_file(settings.prices_file)
+    except ValueError as exc:  # a bad TOKENMETER_* variable, [tool.tokenmeter] or prices file
+        raise pytest.UsageError(str(exc)) from None
     if json_path and Path(json_path).is_dir():
         raise pytest.UsageError(f"--tokenmeter-json: {json_path} is a directory; name a file")
     top = config.getoption("tokenmeter_top")
