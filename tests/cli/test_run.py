@@ -342,6 +342,20 @@ def test_errors_are_one_line(
     assert len(err.strip().splitlines()) == 1
 
 
+def test_a_prices_file_that_cannot_be_read_stops_the_run_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every process of the program said "not metering this process" and ran unmetered, and
+    the run reported no calls with status 0: unlike the other settings every child rejects."""
+    monkeypatch.setenv("TOKENMETER_PRICES", str(tmp_path / "missing.json"))
+    assert main(["run", "--", "true"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == f"tokenmeter: error: {tmp_path / 'missing.json'}: cannot read prices file "
+        "(No such file or directory)\n"
+    )
+
+
 def test_a_file_that_is_no_program_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -156,9 +156,13 @@ def _run_budget(limit: Any, session: str) -> dict[str, Any]:
 def _check_settings(env: dict[str, str]) -> Any:
     """Fail here, once, on a setting every child process would reject."""
     from tokenmeter._config import load_settings
+    from tokenmeter.pricing._overrides import check_prices_file
 
     try:
-        return load_settings(env=env)
+        settings = load_settings(env=env)
+        if settings.prices_file is not None:  # else each process runs unmetered, saying so
+            check_prices_file(settings.prices_file)
+        return settings
     except ValueError as exc:
         raise CliError(str(exc), exit_code=2) from None
 
