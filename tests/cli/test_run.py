@@ -325,6 +325,8 @@ def test_settings_reach_the_program(fake: FakeProvider, tmp_path: Path) -> None:
         # An unset variable: the run went under the program's name without a word.
         (["--session", "", "--", "true"], 2, "argument --session: must not be empty"),
         (["--session", " ", "--", "true"], 2, "argument --session: must not be empty"),
+        # Every process of the program failed every write there, many lines each.
+        (["--dir", "/dev/null/usage", "--", "true"], 2, "--dir /dev/null/usage: cannot record"),
         # More environment than exec() takes (E2BIG): an OSError traceback and status 1.
         (["--tag", "big=" + "x" * 2_000_000, "--", "true"], 126, "run: cannot run true: "),
     ],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -167,6 +168,25 @@ def _check_settings(env: dict[str, str]) -> Any:
         raise CliError(str(exc), exit_code=2) from None
 
 
+def _check_dir(given: str, directory: Path) -> None:
+    """``--dir`` under a file, or where nothing may be written: one line here, not the failed
+    writes of every process of the program."""
+    try:
+        existing = next((path for path in (directory, *directory.parents) if path.exists()), None)
+    except OSError as exc:  # a parent that may not be searched (EACCES)
+        reason = exc.strerror or str(exc)
+    else:
+        if existing is None:
+            return
+        if not existing.is_dir():
+            reason = os.strerror(errno.ENOTDIR)
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            reason = f"{existing} cannot be written"
+        else:
+            return
+    raise CliError(f"--dir {given}: cannot record there ({reason})", exit_code=2)
+
+
 def run_command(args: argparse.Namespace) -> int:
     command = list(args.program)
     if command[:1] == ["--"]:
@@ -185,6 +205,8 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         env = _child_environment(args, command, totals)
         settings = _check_settings(env)
+        if args.dir is not None:
+            _check_dir(args.dir, Path(env["TOKENMETER_DIR"]))
         status = _supervise(command, env)
         if not args.quiet:
             _summary(env, totals, settings, status, args.budget)
