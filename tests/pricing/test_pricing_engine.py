@@ -247,10 +247,25 @@ def test_audio_tokens_use_audio_rates() -> None:
         ("batch", "0.00375"),
         ("BATCH", "0.00375"),
         ("priority", "0.01275"),  # $4.25 / $17
+        ("fast", "0.01275"),  # OpenAI bills fast mode at the priority rates
     ],
 )
 def test_service_tiers(tier: str | None, expected: str) -> None:
     assert price_usage("openai", "gpt-4o", PLAIN, at=DAY, tier=tier).total_usd == Decimal(expected)
+
+
+def test_anthropic_fast_mode_is_priced_at_its_speed_variant() -> None:
+    """Fast mode is a ``speed`` variant in genai-prices: claude-opus-4-8 $10 / $50, twice the
+    standard rates; a model without one is billed at standard rates, and says so."""
+    opus = price_usage("anthropic", "claude-opus-4-8", PLAIN, at=DAY, tier="fast")
+    sonnet = price_usage("anthropic", "claude-sonnet-4-5", PLAIN, at=DAY, tier="fast")
+
+    assert opus.total_usd == Decimal("0.035")
+    assert opus.price_source == "genai-prices 0.2.3"
+    assert sonnet.total_usd == Decimal("0.0105")
+    assert sonnet.price_source == (
+        "genai-prices 0.2.3; fast at standard rates (no fast price known)"
+    )
 
 
 def test_tiers_match_genai_prices_after_its_variant_start_dates() -> None:

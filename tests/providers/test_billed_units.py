@@ -348,6 +348,63 @@ def test_anthropic_batch_tier_from_usage_is_half_price(kit: Any, records: Record
     assert record.estimated_cost_usd == Decimal("0.0225")  # half of $0.03 + $0.015
 
 
+def test_anthropic_fast_mode_is_priced_at_its_fast_rates(kit: Any, records: Records) -> None:
+    """``usage.speed: "fast"`` (fast mode) is billed at the model's fast rates, $10 / $50 for
+    claude-opus-4-8 (standard $5 / $25); it was priced as a standard call, half the bill."""
+    usage = {
+        "input_tokens": 10_000,
+        "output_tokens": 1_000,
+        "service_tier": "standard",
+        "speed": "fast",
+    }
+    body = _anthropic_message(usage, model="claude-opus-4-8")
+    client = mock_anthropic(lambda r: json_reply(kit.http, body))
+
+    client.messages.create(model="claude-opus-4-8", max_tokens=64, messages=[])
+
+    record = only(records())
+    assert record.estimated_cost_usd == Decimal("0.15")  # $0.10 + $0.05
+
+
+def test_anthropic_fast_mode_stream_is_priced_at_its_fast_rates(kit: Any, records: Records) -> None:
+    start = _anthropic_message(
+        {"input_tokens": 10_000, "output_tokens": 1, "speed": "fast"}, model="claude-opus-4-8"
+    )
+    start["content"] = []
+    events = [
+        ("message_start", {"type": "message_start", "message": start}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": 1_000},
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    client = mock_anthropic(lambda r: sse_reply(kit.http, events))
+
+    for _ in client.messages.create(
+        model="claude-opus-4-8", max_tokens=1024, messages=[], stream=True
+    ):
+        pass
+
+    assert only(records()).estimated_cost_usd == Decimal("0.15")
+
+
+def test_openai_fast_service_tier_is_priced_as_priority(kit: Any, records: Records) -> None:
+    """A response reporting ``service_tier: "fast"`` (fast mode) pays fast-mode rates, the
+    priority ones: gpt-4o $4.25 / $17, not the standard $2.50 / $10."""
+    body = kit.chat_body({"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500})
+    body["service_tier"] = "fast"
+    client = kit.mock_openai(lambda request: json_reply(kit.http, body))
+
+    client.chat.completions.create(model="gpt-4o", messages=[], service_tier="fast")
+
+    assert only(records()).estimated_cost_usd == Decimal("0.01275")
+
+
 @pytest.mark.requires(google_genai=">=1.46")
 def test_gemini_flex_without_a_flex_price_says_which_rule_applied(
     kit: Any, records: Records

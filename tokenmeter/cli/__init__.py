@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     prices.add_argument("model")
     prices.add_argument("--provider", help="openai, anthropic, google, ... (default: guessed)")
     prices.add_argument("--at", type=_date_type(parse_since), help="prices as of this date")
-    prices.add_argument("--tier", choices=("standard", "batch", "flex", "priority"))
+    prices.add_argument("--tier", choices=("standard", "batch", "flex", "priority", "fast"))
     prices.add_argument("--format", choices=("table", "json"), default="table")
 
     alerts = commands.add_parser("alerts", help="usage alerts and budget warnings raised so far")

@@ -326,8 +326,8 @@ def price_usage(
     """What ``usage`` cost at ``at`` (default now); ``total_usd`` is None for an unknown model.
 
     ``tier`` is the service tier / processing mode the response reported ("batch", "flex",
-    "priority"; None, "default", "standard", "auto" mean standard). Never raises for an unknown
-    model: it logs one warning per (provider, model) on the ``tokenmeter`` logger instead.
+    "priority", "fast"; None, "default", "standard", "auto" mean standard). Never raises for an
+    unknown model: it logs one warning per (provider, model) on the ``tokenmeter`` logger instead.
     """
     entry = _entries.get((provider, model, tier))
     if entry is None:

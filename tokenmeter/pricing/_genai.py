@@ -33,6 +33,8 @@ _CONTEXT_FOR_TIER: dict[Tier, dict[str, str]] = {
     "batch": {"processing": "batch"},
     "flex": {"service_tier": "flex"},
     "priority": {"service_tier": "priority"},
+    # Anthropic prices fast mode as a ``speed`` variant, OpenAI as a ``service_tier`` one.
+    "fast": {"speed": "fast", "service_tier": "fast"},
 }
 
 

@@ -26,7 +26,8 @@ __all__ = [
     "utc_midnight",
 ]
 
-Tier = Literal["standard", "batch", "flex", "priority"]
+#: "fast": fast mode (Anthropic ``usage.speed``, OpenAI ``service_tier``), billed at its own rates.
+Tier = Literal["standard", "batch", "flex", "priority", "fast"]
 STANDARD: Tier = "standard"
 
 _TIER_NAMES: dict[str, Tier] = {
@@ -38,6 +39,7 @@ _TIER_NAMES: dict[str, Tier] = {
     "batch": "batch",
     "flex": "flex",
     "priority": "priority",
+    "fast": "fast",
 }
 
 
@@ -46,7 +48,7 @@ def utc_midnight(day: date) -> datetime:
 
 
 def normalise_tier(tier: str | None) -> Tier:
-    """Map the service tier a response reports to one of the four tiers we price."""
+    """Map the service tier a response reports to one of the tiers we price."""
     if tier is None:
         return STANDARD
     return _TIER_NAMES.get(tier.strip().lower(), STANDARD)

@@ -25,6 +25,7 @@ _FIELDS = (
     "cache_creation",
     "output_tokens_details",
     "service_tier",
+    "speed",
     "server_tool_use",
     "iterations",
 )

@@ -27,7 +27,7 @@ _SCALARS = (str, bytes, bytearray, int, float, list, tuple)
 #: Longest id kept: ids are remembered for de-duplication, and a server may send a megabyte.
 MAX_ID = 500
 #: The service tiers that change a price; any other answer is billed as standard.
-_PRICED_TIERS = frozenset({"batch", "flex", "priority"})
+_PRICED_TIERS = frozenset({"batch", "flex", "priority", "fast"})
 
 
 def field(obj: Any, name: str, camel: str | None = None) -> Any:

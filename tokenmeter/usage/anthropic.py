@@ -127,7 +127,12 @@ def _passes(iterations: Any) -> tuple[Pass, ...]:
 
 
 def tier_from_anthropic(usage: Any) -> str | None:
-    tier = getter(usage)("service_tier")
+    """``usage.speed`` "fast" (fast mode, billed at the model's fast rates) before
+    ``usage.service_tier``: a fast-mode call is never a batch one."""
+    get = getter(usage)
+    if priced_tier(get("speed")) == "fast":
+        return "fast"
+    tier = get("service_tier")
     return None if tier is None else priced_tier(tier)
 
 
