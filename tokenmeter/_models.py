@@ -54,10 +54,11 @@ Count = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 #: Modalities a provider reports token counts for, as ``modalities`` keys spell them.
 MODALITIES = ("text", "image", "audio", "video", "document")
 #: ``modalities`` keys: ``input_<m>`` and ``output_<m>`` (subsets of input/output tokens) and
-#: ``cache_read_<m>`` (subsets of cache_read_tokens), for each modality ``m`` above.
+#: ``cache_read_<m>`` (subsets of cache_read_tokens), for each modality ``m`` above; and
+#: ``output_citation``: the citation tokens Perplexity bills as output at a rate of their own.
 MODALITY_KEYS = frozenset(
     f"{side}_{m}" for side in ("input", "output", "cache_read") for m in MODALITIES
-)
+) | {"output_citation"}
 #: Billed server-side tool requests a response reports, as ``tool_requests`` keys spell them.
 TOOL_REQUEST_KEYS = frozenset({"web_search", "web_fetch", "file_search", "code_execution"})
 

@@ -207,6 +207,42 @@ def test_anthropic_stream_keeps_the_server_tool_requests(kit: Any, records: Reco
     )
 
 
+#: A Perplexity Deep Research answer's usage (its API reference): reasoning and citation tokens
+#: are reported beside ``completion_tokens``, outside it (``total_tokens`` leaves them out).
+DEEP_RESEARCH_USAGE = {
+    "prompt_tokens": 19,
+    "completion_tokens": 9095,
+    "total_tokens": 9114,
+    "citation_tokens": 93174,
+    "num_search_queries": 33,
+    "reasoning_tokens": 293727,
+    "search_context_size": "low",
+}
+
+
+def test_perplexity_reasoning_citations_and_searches_are_billed(kit: Any, records: Records) -> None:
+    """sonar-deep-research bills reasoning ($3/M) and citation ($2/M) tokens and search queries
+    ($5 per 1,000) beside the completion: recorded at $0.072798, 18x under the bill."""
+    body = kit.chat_body(DEEP_RESEARCH_USAGE, model="sonar-deep-research")
+    client = kit.mock_openai(
+        lambda request: json_reply(kit.http, body), base_url="https://api.perplexity.ai"
+    )
+
+    client.chat.completions.create(model="sonar-deep-research", messages=[])
+
+    record = only(records())
+    assert record.model_provider == "perplexity"
+    assert record.output_tokens == 9095 + 293727 + 93174
+    assert record.reasoning_tokens == 293727
+    assert record.tool_requests == {"web_search": 33}
+    b = record.cost_breakdown
+    assert b is not None
+    assert b["output_citation"] == Decimal("0.186348")  # 93,174 x $2/M
+    assert b["web_search"] == Decimal("0.165")  # 33 x $5/1,000
+    # 19 x $2 + 9,095 x $8 + 293,727 x $3 (per M): genai-prices' own figure for this usage
+    assert record.estimated_cost_usd == Decimal("1.305327")
+
+
 def test_openai_responses_built_in_tool_calls_are_billed_per_call(
     kit: Any, records: Records
 ) -> None:

@@ -77,6 +77,7 @@ class _PerToken:
         "cache_read_image",
         "cache_write",
         "cache_write_1h",
+        "citation_out",
         "fees",
         "image_in",
         "image_out",
@@ -112,6 +113,7 @@ class _PerToken:
         self.video_out = rates.output_video_per_mtok / _PER_MTOK
         self.cache_read_audio = rates.cache_read_audio_per_mtok / _PER_MTOK
         self.cache_read_image = rates.cache_read_image_per_mtok / _PER_MTOK
+        self.citation_out = rates.output_citation_per_mtok / _PER_MTOK
         self.fees = {
             "web_search": rates.web_search_per_k / _PER_K,
             "file_search": rates.file_search_per_k / _PER_K,
@@ -209,8 +211,11 @@ class _Vector:
         audio_out = min(max(usage.output_audio_tokens, m.get("output_audio", 0)), total_out)
         image_out = min(m.get("output_image", 0), total_out - audio_out)
         video_out = min(m.get("output_video", 0), total_out - audio_out - image_out)
-        reasoning = min(usage.reasoning_tokens, total_out - audio_out - image_out - video_out)
-        text_out = total_out - audio_out - image_out - video_out - reasoning
+        media_out = audio_out + image_out + video_out
+        citation_out = min(m.get("output_citation", 0), total_out - media_out)
+        media_out += citation_out
+        reasoning = min(usage.reasoning_tokens, total_out - media_out)
+        text_out = total_out - media_out - reasoning
 
         breakdown = {
             "input": r.per_request + r.input * left,
@@ -227,6 +232,7 @@ class _Vector:
             ("output_audio", audio_out, r.audio_out),
             ("output_image", image_out, r.image_out),
             ("output_video", video_out, r.video_out),
+            ("output_citation", citation_out, r.citation_out),
         ):
             if count:
                 breakdown[key] = rate * count

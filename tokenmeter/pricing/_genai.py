@@ -214,6 +214,7 @@ def _rates(values: dict[str, Any], *, input_tokens: int) -> Rates:
         output_video_per_mtok=_first(rate("output_video_mtok"), output_rate),
         cache_read_audio_per_mtok=_first(rate("cache_audio_read_mtok"), cache_read),
         cache_read_image_per_mtok=_first(rate("cache_image_read_mtok"), cache_read),
+        output_citation_per_mtok=_first(rate("output_citation_mtok"), output_rate),
         web_search_per_k=rate("web_searches_kcount") or zero,
         file_search_per_k=rate("storage_searches_kcount") or zero,
         code_execution_per_k=rate("code_executions_kcount") or zero,

@@ -87,6 +87,7 @@ class Rates:
     output_video_per_mtok: Decimal = GAP
     cache_read_audio_per_mtok: Decimal = GAP
     cache_read_image_per_mtok: Decimal = GAP
+    output_citation_per_mtok: Decimal = GAP
     #: Server-side tool requests, USD per 1,000 (0 where a tool is billed by its tokens only).
     web_search_per_k: Decimal = Decimal(0)
     file_search_per_k: Decimal = Decimal(0)
@@ -100,6 +101,7 @@ class Rates:
             ("output_video_per_mtok", self.output_per_mtok),
             ("cache_read_audio_per_mtok", self.cache_read_per_mtok),
             ("cache_read_image_per_mtok", self.cache_read_per_mtok),
+            ("output_citation_per_mtok", self.output_per_mtok),
         )
         for name, rate in fills:
             if getattr(self, name).is_nan():

@@ -3,7 +3,8 @@
 ``prompt_tokens``/``input_tokens`` already include ``cached_tokens``; reasoning is already inside
 ``completion_tokens``/``output_tokens``. So the totals are taken as they are and the details are
 subsets. OpenAI-compatible servers put extra keys beside them
-(DeepSeek: ``prompt_cache_hit_tokens``).
+(DeepSeek: ``prompt_cache_hit_tokens``; Perplexity: ``reasoning_tokens`` and ``citation_tokens``
+OUTSIDE ``completion_tokens``, and ``num_search_queries``, each billed at its own rate).
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def usage_from_openai(usage: Any) -> Usage:
         raise ValueError(f"not an OpenAI usage block: {short_repr(usage)}")
     total_in, total_out, in_details, out_details = names
     input_tokens, output_tokens, hit = counts(get, total_in, total_out, "prompt_cache_hit_tokens")
+    citations, searches = counts(get, "citation_tokens", "num_search_queries")
+    beside = 0  # Perplexity's reasoning tokens, outside completion_tokens (only in its usage)
+    if citations or searches:
+        (beside,) = counts(get, "reasoning_tokens")
+        output_tokens += beside + citations
     details_in = get(in_details)
     if details_in is None and names is _RESPONSES:  # audio transcriptions spell it without "s"
         details_in = get("input_token_details")
@@ -60,8 +66,9 @@ def usage_from_openai(usage: Any) -> Usage:
         "image_tokens",
         "text_tokens",
     )
+    reasoning += beside
     modalities = None
-    if image_in or image_out or audio_in or audio_out or text_in or text_out:
+    if image_in or image_out or audio_in or audio_out or text_in or text_out or citations:
         found = {
             "input_text": text_in,
             "input_audio": audio_in,
@@ -69,6 +76,7 @@ def usage_from_openai(usage: Any) -> Usage:
             "output_text": text_out,
             "output_audio": audio_out,
             "output_image": image_out,
+            "output_citation": citations,
         }
         modalities = {
             key: min(value, input_tokens if key[0] == "i" else output_tokens)
@@ -84,6 +92,7 @@ def usage_from_openai(usage: Any) -> Usage:
         input_audio_tokens=audio_in,
         output_audio_tokens=audio_out,
         modalities=modalities,
+        tool_requests={"web_search": searches} if searches else None,
     )
 
 
