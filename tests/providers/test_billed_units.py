@@ -243,6 +243,37 @@ def test_perplexity_reasoning_citations_and_searches_are_billed(kit: Any, record
     assert record.estimated_cost_usd == Decimal("1.305327")
 
 
+@pytest.mark.parametrize(
+    ("completion", "reasoning", "expected"),
+    [
+        (1, 326, "0.0001674"),  # xAI's reasoning guide: the call was not recorded at all
+        (200, 94, "0.0001509"),  # priced as 200 output tokens: the 94 reasoning ones left out
+    ],
+)
+def test_xai_reasoning_outside_completion_tokens_is_billed(
+    kit: Any, records: Records, completion: int, reasoning: int, expected: str
+) -> None:
+    """xAI counts reasoning tokens beside ``completion_tokens``, not in it (``total_tokens`` is
+    their sum with the prompt), and bills them as output: grok-3-mini $0.30 / $0.50."""
+    usage = {
+        "prompt_tokens": 13,
+        "completion_tokens": completion,
+        "total_tokens": 13 + completion + reasoning,
+        "completion_tokens_details": {"reasoning_tokens": reasoning},
+    }
+    body = kit.chat_body(usage, model="grok-3-mini")
+    client = kit.mock_openai(
+        lambda request: json_reply(kit.http, body), base_url="https://api.x.ai/v1"
+    )
+
+    client.chat.completions.create(model="grok-3-mini", messages=[])
+
+    record = only(records())
+    assert record.model_provider == "x-ai"
+    assert (record.output_tokens, record.reasoning_tokens) == (completion + reasoning, reasoning)
+    assert record.estimated_cost_usd == Decimal(expected)
+
+
 def test_openai_responses_built_in_tool_calls_are_billed_per_call(
     kit: Any, records: Records
 ) -> None:

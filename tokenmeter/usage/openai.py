@@ -4,7 +4,9 @@
 ``completion_tokens``/``output_tokens``. So the totals are taken as they are and the details are
 subsets. OpenAI-compatible servers put extra keys beside them
 (DeepSeek: ``prompt_cache_hit_tokens``; Perplexity: ``reasoning_tokens`` and ``citation_tokens``
-OUTSIDE ``completion_tokens``, and ``num_search_queries``, each billed at its own rate).
+OUTSIDE ``completion_tokens``, and ``num_search_queries``, each billed at its own rate). xAI counts
+its reasoning tokens beside ``completion_tokens`` too, and says so in ``total_tokens`` (prompt +
+completion + reasoning): when the total says so, they are added to the output.
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ def usage_from_openai(usage: Any) -> Usage:
         "image_tokens",
         "text_tokens",
     )
+    if reasoning and not beside:
+        (total,) = counts(get, "total_tokens")
+        if total == input_tokens + output_tokens + reasoning:  # xAI: outside the completion
+            output_tokens += reasoning
     reasoning += beside
     modalities = None
     if image_in or image_out or audio_in or audio_out or text_in or text_out or citations:
