@@ -173,7 +173,8 @@ def test_prices_from_a_json_file(tmp_path: Path) -> None:
     load_prices_file(str(path))
 
     assert price_usage(None, "my-model", USAGE, at=DAY).total_usd == Decimal("2.69")
-    assert read_prices_file(path) == {"my-model": MY_MODEL}
+    # numbers as written (Decimal), not as floats
+    assert read_prices_file(path) == {"my-model": {k: Decimal(str(v)) for k, v in MY_MODEL.items()}}
 
 
 def test_loading_a_file_replaces_previous_user_prices(tmp_path: Path) -> None:
@@ -421,7 +422,19 @@ def _configure_from_file(
 
 @pytest.mark.parametrize(
     "rate",
-    ["-1", "NaN", "Infinity", "-Infinity", "1e300", "1e400", '"two"', '"nan"', "true", "null"],
+    [
+        "-1",
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "1e300",
+        "1e400",
+        "1e-400",  # read as a float it was 0.0: the model priced at $0 without a word
+        '"two"',
+        '"nan"',
+        "true",
+        "null",
+    ],
 )
 def test_bad_rate_in_a_json_file_names_the_file_model_and_field(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rate: str
@@ -431,7 +444,7 @@ def test_bad_rate_in_a_json_file_names_the_file_model_and_field(
     excinfo.match(r"'my-model'.*output_per_mtok")
 
 
-@pytest.mark.parametrize("rate", ["-1", "nan", "inf", "-inf", "1e300", '"two"', "true"])
+@pytest.mark.parametrize("rate", ["-1", "nan", "inf", "-inf", "1e300", "1e-400", '"two"', "true"])
 def test_bad_rate_in_a_toml_file_names_the_file_model_and_field(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rate: str
 ) -> None:

@@ -141,7 +141,8 @@ def check_aliases(mapping: Any) -> dict[str, str]:
 
 
 def read_prices_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse and validate a TOML or JSON prices file; returns the raw mapping, installs nothing.
+    """Parse and validate a TOML or JSON prices file; returns the raw mapping (its numbers as
+    ``Decimal``), installs nothing.
 
     Lets a caller combine the file with other prices before ``set_user_prices``.
     """
@@ -235,7 +236,13 @@ def _read_file(file: Path) -> _Parsed:
     )
     kind = "JSON" if as_json else "TOML"
     try:
-        data: Any = json.loads(text) if as_json else tomllib.loads(text)
+        # Numbers as written, not as floats: 1e-400 would be 0.0, a silent $0 for a typo that
+        # the rate checks refuse.
+        data: Any = (
+            json.loads(text, parse_float=Decimal)
+            if as_json
+            else tomllib.loads(text, parse_float=Decimal)
+        )
     except RecursionError:
         # The decoders recurse once per level of nesting; no prices file nests more than three.
         culprit = _too_deep_json_key(text) if as_json else None
