@@ -391,3 +391,14 @@ def test_no_ceiling_where_a_cost_is_not_its_text(request_: Any) -> None:
     """Media, tool-call arguments (sent as JSON), tools in a Gemini config, SDK objects: the
     characters say nothing of the cost, so only the exact estimate will do."""
     assert _estimate._input_bound("openai", request_) is None
+
+
+def test_a_request_holding_a_list_twice_at_every_level_is_walked_within_bounds() -> None:
+    """A list that holds itself twice is a tree of 2**30 values within the walk's depth: it was
+    walked whole (hours, and gigabytes of text parts). The walk now reads a bounded number."""
+    looped: list[Any] = ["word"]
+    looped += [looped, looped]
+
+    usage = tokenmeter.estimate("gpt-4o", messages=[{"role": "user", "content": looped}])
+
+    assert 0 < usage.input_tokens <= _estimate._MAX_VALUES

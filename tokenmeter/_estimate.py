@@ -309,6 +309,10 @@ _NOT_TEXT = frozenset(
     }
 )
 _IMAGE_TYPES = frozenset({"image_url", "input_image", "image"})
+#: Values a request's walk reads at most. A request holding one list twice at each of its levels
+#: (a list that contains itself twice) is a tree of 2**30 values: walking it whole took hours
+#: and gigabytes. No real request comes near this many.
+_MAX_VALUES = 1_000_000
 
 
 class _Walk:
@@ -317,7 +321,7 @@ class _Walk:
     documents are counted as ``_media_tokens`` says: from their dimensions, duration or pages
     when the request carries them inline, else at a typical figure."""
 
-    __slots__ = ("audio", "documents", "family", "images", "parts", "video")
+    __slots__ = ("audio", "documents", "family", "images", "left", "parts", "video")
 
     def __init__(self, family: str) -> None:
         self.family = family
@@ -327,10 +331,12 @@ class _Walk:
         self.audio = 0.0  # seconds
         self.video = 0.0  # seconds
         self.documents = 0  # pages
+        self.left = _MAX_VALUES
 
     def add(self, value: Any, depth: int = 0) -> None:
-        if depth > 30 or value is None:
+        if depth > 30 or value is None or self.left <= 0:
             return
+        self.left -= 1
         kind = type(value)  # the plain types first: a request is mostly dicts, lists and str
         if kind is str:
             self.parts.append(value)
