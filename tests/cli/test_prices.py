@@ -86,6 +86,18 @@ def test_modality_rates_and_tool_fees_are_shown(cli: RunCli) -> None:
     }
 
 
+def test_the_citation_rate_is_shown(cli: RunCli) -> None:
+    """sonar-deep-research bills citation tokens at $2/M (output $8/M): a rate applied to its
+    calls that ``prices`` did not show."""
+    code, out, _ = cli("prices", "sonar-deep-research", "--provider", "perplexity")
+    assert code == 0
+    assert [line.split() for line in out.splitlines() if "citation" in line] == [
+        ["output", "citation", "2"]
+    ]
+    code, out, _ = cli("prices", "gpt-4o", "--provider", "openai")
+    assert "citation" not in out  # the output rate: not repeated
+
+
 def test_a_bad_setting_is_a_usage_error(cli: RunCli, monkeypatch: pytest.MonkeyPatch) -> None:
     """Exit 2, as in every command (it was 1 here)."""
     monkeypatch.setenv("TOKENMETER_BUDGETS", '[{"limit_usd": 5, "period": "fortnight"}]')

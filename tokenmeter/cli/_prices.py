@@ -28,6 +28,7 @@ _RATE_LABELS = (
     ("output_video_per_mtok", "output video"),
     ("cache_read_audio_per_mtok", "cache read audio"),
     ("cache_read_image_per_mtok", "cache read image"),
+    ("output_citation_per_mtok", "output citation"),
 )
 #: Modality rates shown in text only when they differ from the rate they otherwise equal.
 _SAME_AS = {
@@ -37,6 +38,7 @@ _SAME_AS = {
     "output_video_per_mtok": "output_per_mtok",
     "cache_read_audio_per_mtok": "cache_read_per_mtok",
     "cache_read_image_per_mtok": "cache_read_per_mtok",
+    "output_citation_per_mtok": "output_per_mtok",
 }
 #: Server-side tool fees, USD per 1,000 requests: shown when the model has one.
 _FEE_LABELS = (
