@@ -92,6 +92,26 @@ def test_bad_pyproject_value_names_its_source(tmp_path: Path) -> None:
         load_settings(env={}, cwd=tmp_path)
 
 
+def test_pyproject_money_is_exact_and_a_rate_too_small_to_be_a_float_is_refused(
+    tmp_path: Path,
+) -> None:
+    """TOML read ``input_per_mtok = 1e-400`` as the float 0.0: the model was priced $0, while
+    configure(prices=...) and the prices file refuse that rate. Money is now read exactly."""
+    (tmp_path / "pyproject.toml").write_text(
+        "[tool.tokenmeter]\nexit_timeout = 2.5\n"
+        "[tool.tokenmeter.prices.my-model]\ninput_per_mtok = 1e-400\noutput_per_mtok = 1\n"
+    )
+    with pytest.raises(ValueError, match=r"'prices' from .*pyproject.toml.*input_per_mtok"):
+        load_settings(env={}, cwd=tmp_path)
+    (tmp_path / "pyproject.toml").write_text(
+        "[tool.tokenmeter]\nexit_timeout = 2.5\nbudget_warn_at = [0.5]\n"
+        'budgets = [{limit_usd = 0.1, period = "day"}]\n'
+    )
+    settings = load_settings(env={}, cwd=tmp_path)
+    assert settings.budgets[0].limit_usd == Decimal("0.1")  # not 0.1000000000000000055...
+    assert (settings.exit_timeout, settings.budget_warn_at) == (2.5, (0.5,))
+
+
 def test_disabled_makes_instrument_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOKENMETER_DISABLED", "1")
     tokenmeter.configure()  # re-read the environment

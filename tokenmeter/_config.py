@@ -13,6 +13,7 @@ import os
 import threading
 import tomllib
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -382,12 +383,27 @@ def _find_pyproject(start: Path | None) -> Path | None:
     return None
 
 
+#: Settings whose numbers are money, read from pyproject.toml as exact decimals; the other
+#: settings' numbers are floats, as TOML gives them.
+_EXACT = frozenset({"prices", "budgets"})
+
+
+def _floats(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, list):
+        return [_floats(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _floats(item) for key, item in value.items()}
+    return value
+
+
 def _from_pyproject(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
         with path.open("rb") as fh:
-            data = tomllib.load(fh)
+            data = tomllib.load(fh, parse_float=Decimal)  # a rate of 1e-400 is not 0.0
     except OSError as exc:
         raise ValueError(f"{path}: cannot read [tool.tokenmeter]: {exc}") from None
     except UnicodeDecodeError as exc:
@@ -400,7 +416,13 @@ def _from_pyproject(path: Path | None) -> dict[str, Any]:
     table = tool.get("tokenmeter", {}) if isinstance(tool, dict) else {}
     if not isinstance(table, dict):
         raise ValueError(f"{path}: [tool.tokenmeter] must be a table, got {short_repr(table)}")
-    table = {key.replace("-", "_"): value for key, value in table.items()}
+    try:
+        table = {
+            key.replace("-", "_"): value if key in _EXACT else _floats(value)
+            for key, value in table.items()
+        }
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be read") from None
     for key in _CODE_ONLY:
         if key in table:
             raise ValueError(f"{path}: [tool.tokenmeter] {key} holds code: set it with configure()")
