@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tokenmeter._models import UsageRecord
+from tokenmeter.cli._tail import _JsonlFollower
 from tokenmeter.sinks import JSONLSink, SQLiteSink
+from tokenmeter.sinks._encode import compact_json
 
 from .conftest import RECORDS, SESSIONS, RunCli, rec, subprocess_env, write_jsonl, write_sqlite
 
@@ -135,3 +138,32 @@ def test_follow_jsonl_waits_for_complete_lines(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0 and err == ""
+
+
+def _new_records(first: int, count: int, model: str) -> list[UsageRecord]:
+    return [
+        rec(first + i, "2026-11-09T00:00:00.000Z", "openai", f"{model}-{i}", 5, 5, "0.01")
+        for i in range(count)
+    ]
+
+
+def test_follow_jsonl_reads_a_file_rewritten_larger_in_place_from_the_start(
+    tmp_path: Path,
+) -> None:
+    """A file truncated and written again, larger, between two polls kept the follower's old
+    offset: it skipped the new file's first records and counted the line it landed in as
+    corrupt."""
+    path = write_jsonl(tmp_path / "usage.jsonl", RECORDS[:2])
+    follower = _JsonlFollower(path)
+    assert len(follower.last(10)) == 2
+    with path.open("r+b") as handle:
+        handle.truncate(0)
+        handle.write(
+            "".join(
+                compact_json(r.to_json_dict()) + "\n" for r in _new_records(60, 4, "new")
+            ).encode()
+        )
+    assert [call.model for call in follower.new()] == [f"new-{i}" for i in range(4)]
+    assert follower.skipped == 0
+    JSONLSink(path).write(_new_records(70, 1, "appended"))
+    assert [call.model for call in follower.new()] == ["appended-0"]

@@ -1,20 +1,23 @@
 """``tokenmeter tail [-f]``: the latest records, then (with -f) each new one as it arrives.
 
 Following polls: SQLite by ``rowid`` (insertion order, so a late batch with older timestamps is
-still shown), JSONL by byte offset (only complete lines; a truncated file is read again from the
-start). Records that fail the record check, and JSONL lines longer than ``MAX_LINE_BYTES``, are
-skipped and counted, with one warning at the end. Ctrl-C ends it quietly with status 0.
+still shown), JSONL by byte offset (only complete lines). A JSONL file truncated, replaced or
+rewritten in place is read again from the start: the follower checks that the bytes before its
+offset are still the ones it read. Records that fail the record check, and JSONL lines
+longer than ``MAX_LINE_BYTES``, are skipped and counted, with one warning at the end. Ctrl-C ends
+it quietly with status 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._output import printable, stdout_failed
@@ -143,19 +146,35 @@ class _SqliteFollower:
         warn_skipped(self.skipped, self.path, "row")
 
 
+#: Bytes before the offset that a JSONL follower checks are still there at its next poll.
+_SEEN_BYTES = 64
+
+
 class _JsonlFollower:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offset = 0
         self.skipped = 0
         self.in_long_line = False  # the offset is inside a too-long line not yet ended
+        #: The file read (device, inode) and its last bytes before ``offset``.
+        self.file_id = (0, 0)
+        self.seen = b""
+
+    def _same_file(self, handle: BinaryIO, offset: int) -> bool:
+        """Whether ``offset`` still follows what was read: the same file, no shorter, with the
+        same bytes before it (a file rewritten in place, even larger, is read again)."""
+        info = os.fstat(handle.fileno())
+        if (info.st_dev, info.st_ino) != self.file_id or info.st_size < offset:
+            return False
+        handle.seek(offset - len(self.seen))
+        return handle.read(len(self.seen)) == self.seen
 
     def _read_from(self, offset: int, keep: int | None) -> tuple[deque[dict[str, Any]], int]:
         """Complete records after ``offset`` (only the last ``keep`` of them when given)."""
         records: deque[dict[str, Any]] = deque(maxlen=keep)
         try:
             with self.path.open("rb") as handle:
-                if handle.seek(0, 2) < offset:  # truncated or replaced: start again
+                if offset and not self._same_file(handle, offset):  # start again
                     offset = 0
                     self.in_long_line = False
                 handle.seek(offset)
@@ -180,6 +199,10 @@ class _JsonlFollower:
                         records.append(record)
                     elif line.strip():
                         self.skipped += 1
+                info = os.fstat(handle.fileno())
+                self.file_id = (info.st_dev, info.st_ino)
+                handle.seek(offset - min(offset, _SEEN_BYTES))
+                self.seen = handle.read(min(offset, _SEEN_BYTES))
         except OSError as exc:
             raise CliError(f"cannot read {self.path}: {exc.strerror or exc}") from None
         return records, offset
