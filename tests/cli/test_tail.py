@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tokenmeter._models import UsageRecord
-from tokenmeter.cli._tail import _JsonlFollower
+from tokenmeter.cli._source import Source
+from tokenmeter.cli._tail import _JsonlFollower, _SqliteFollower
 from tokenmeter.sinks import JSONLSink, SQLiteSink
 from tokenmeter.sinks._encode import compact_json
 
@@ -167,3 +170,25 @@ def test_follow_jsonl_reads_a_file_rewritten_larger_in_place_from_the_start(
     assert follower.skipped == 0
     JSONLSink(path).write(_new_records(70, 1, "appended"))
     assert [call.model for call in follower.new()] == ["appended-0"]
+
+
+def test_follow_sqlite_reads_a_records_table_made_again(tmp_path: Path) -> None:
+    """A ``records`` table dropped and made again (the sink makes it again) starts its rowids
+    over: the follower went on from the old table's last rowid and skipped the new rows."""
+    path = write_sqlite(tmp_path / "usage.db", RECORDS[:3], SESSIONS)
+    follower = _SqliteFollower(Source(path, "sqlite"))
+    try:
+        assert len(follower.last(10)) == 3
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute("DROP TABLE records")
+            conn.commit()
+        sink = SQLiteSink(path)
+        try:
+            sink.write(_new_records(70, 2, "new"))
+            assert [call.model for call in follower.new()] == ["new-0", "new-1"]
+            sink.write(_new_records(80, 3, "later"))
+            assert [call.model for call in follower.new()] == [f"later-{i}" for i in range(3)]
+        finally:
+            sink.close()
+    finally:
+        follower.close()

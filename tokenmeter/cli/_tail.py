@@ -2,8 +2,9 @@
 
 Following polls: SQLite by ``rowid`` (insertion order, so a late batch with older timestamps is
 still shown), JSONL by byte offset (only complete lines). A JSONL file truncated, replaced or
-rewritten in place is read again from the start: the follower checks that the bytes before its
-offset are still the ones it read. Records that fail the record check, and JSONL lines
+rewritten in place, and a ``records`` table dropped and made again (its rowids start over), are
+read again from the start: the follower checks that the bytes before its offset, or the row at
+its rowid, are still the ones it read. Records that fail the record check, and JSONL lines
 longer than ``MAX_LINE_BYTES``, are skipped and counted, with one warning at the end. Ctrl-C ends
 it quietly with status 0.
 """
@@ -109,12 +110,27 @@ class _SqliteFollower:
         self.conn = open_database(source)
         self.conn.row_factory = sqlite3.Row
         self.last_rowid = 0
+        #: The id of the row at ``last_rowid``: another one there means the table was made again.
+        self.last_id: Any = None
         self.skipped = 0
+
+    def _still_there(self) -> bool:
+        """Whether the row at ``last_rowid`` is the one read (not a table dropped and made again,
+        whose rowids start over: following on would skip its rows up to the old rowid)."""
+        if not self.last_rowid:
+            return True
+        row = self.conn.execute(
+            "SELECT id FROM records WHERE rowid = ?", [self.last_rowid]
+        ).fetchone()
+        return row is not None and row[0] == self.last_id
 
     def last(self, count: int) -> list[Call]:
         """The latest ``count`` good records: bad rows on the way are skipped, not shown."""
-        top = self.conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM records").fetchone()
-        self.last_rowid = int(top[0])
+        top = self.conn.execute(
+            "SELECT rowid, id FROM records ORDER BY rowid DESC LIMIT 1"
+        ).fetchone()
+        if top is not None:
+            self.last_rowid, self.last_id = int(top[0]), top[1]
         cursor = self.conn.execute(
             "SELECT rowid AS _rowid, * FROM records WHERE rowid <= ? ORDER BY rowid DESC",
             [self.last_rowid],
@@ -131,12 +147,14 @@ class _SqliteFollower:
         return newest_first[:count][::-1]
 
     def new(self) -> list[Call]:
+        if not self._still_there():
+            self.last_rowid = 0
         rows = self.conn.execute(
             "SELECT rowid AS _rowid, * FROM records WHERE rowid > ? ORDER BY rowid",
             [self.last_rowid],
         ).fetchall()
         if rows:
-            self.last_rowid = int(rows[-1]["_rowid"])
+            self.last_rowid, self.last_id = int(rows[-1]["_rowid"]), rows[-1]["id"]
         calls, refused = calls_from_rows(rows)
         self.skipped += refused
         return calls
