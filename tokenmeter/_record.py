@@ -292,8 +292,19 @@ def record(
         operation=operation,
         estimated=estimated,
         timestamp=_timestamp(timestamp) if timestamp is not None else None,
-        tags=_sessions._check_tags(tags) or None,
+        tags=_merged_tags_fit(_sessions._check_tags(tags)) or None,
     )
+
+
+def _merged_tags_fit(tags: dict[str, str]) -> dict[str, str]:
+    """``tags``, checked with the session's they are merged with (``_sessions.MAX_TAGS_SIZE``)."""
+    if tags:
+        session = _sessions.current_session() or _sessions.implicit_session()
+        if session.effective_tags:
+            _sessions.check_tags_size(
+                {**session.effective_tags, **tags}, "with those of the session"
+            )
+    return tags
 
 
 def record_response(

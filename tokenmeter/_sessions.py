@@ -45,6 +45,11 @@ _lock = threading.RLock()  # guards summary updates
 _current: ContextVar[Session | None] = ContextVar("tokenmeter_session", default=None)
 _MAX_ID = 200
 MAX_NOTES = 10_000
+#: Most text a record's tags may hold: every name and value, plus 2 a tag. JSON takes at most 6
+#: bytes a character (``\u001f``) and 6 a tag for its quotes, ``:`` and ``,``, so a record's
+#: JSONL line stays under what ``tokenmeter report`` reads whole (1 MiB); a longer line could
+#: only be skipped there, as a corrupt one.
+MAX_TAGS_SIZE = 100_000
 #: Largest session budget: far above any real spend, far below where Decimal arithmetic
 #: overflows (the reports' bound on a cost, ``tokenmeter.cli._validate.MAX_COST_USD``).
 MAX_BUDGET_USD = Decimal(10**9)
@@ -167,7 +172,9 @@ class Session:
             raise RuntimeError(f"session {self.id!r} was already entered; create a new one")
         self.parent = current_session()
         if self.parent is not None:
-            self.effective_tags = {**self.parent.effective_tags, **self.tags}
+            self.effective_tags = check_tags_size(
+                {**self.parent.effective_tags, **self.tags}, "with those of the enclosing sessions"
+            )
         self.started_at = datetime.now(UTC)
         self._token = _current.set(self)
         if self.on_exceed == "raise" and self.budget_usd is not None:
@@ -353,7 +360,19 @@ def _check_tags(tags: Any) -> dict[str, str]:
                 f"tags: the value of {short_repr(key)} cannot be made text (too long?)"
             ) from None
         cleaned[clean_text(key, MAX_NAME)] = clean_text(text, MAX_NOTES)
-    return cleaned
+    return check_tags_size(cleaned)
+
+
+def check_tags_size(tags: dict[str, str], merged: str = "") -> dict[str, str]:
+    """``tags``, or ValueError when they hold more than ``MAX_TAGS_SIZE`` (``merged`` says with
+    which other tags they were merged)."""
+    size = sum(len(key) + len(value) + 2 for key, value in tags.items())
+    if size > MAX_TAGS_SIZE:
+        raise ValueError(
+            f"tags{' ' + merged if merged else ''}: {size:,} characters of names and values "
+            f"(2 more a tag), more than the {MAX_TAGS_SIZE:,} a record keeps"
+        )
+    return tags
 
 
 def _check_hooks(hooks: Any) -> tuple[OnEnd, ...]:

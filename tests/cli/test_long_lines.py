@@ -158,3 +158,51 @@ def test_totals_unchanged_by_a_long_line(cli: RunCli, tmp_path: Path) -> None:
     code, out, _ = cli("report", "--format", "json", "--source", str(path))
     assert code == 0
     assert json.loads(out, parse_float=Decimal)["totals"]["cost_usd"] == TOTAL_COST
+
+
+def test_the_longest_record_the_library_writes_is_read_not_skipped(
+    cli: RunCli, tmp_path: Path
+) -> None:
+    """Tags were unbounded: a record with 1.2 MB of them made a JSONL line longer than the reader
+    takes, and ``report`` skipped a valid record as corrupt. The tags a record keeps are now
+    bounded (``MAX_TAGS_SIZE``), and the longest line a record can make, every text at its limit
+    in the characters JSON spells longest (``\\u0001``), fits the reader."""
+    import tokenmeter
+    from tokenmeter import _sessions
+    from tokenmeter.sinks import JSONLSink
+
+    path = tmp_path / "usage.jsonl"
+    tokenmeter.configure(sinks=[JSONLSink(path)])
+    odd = "\x01"
+    tags: dict[str, str] = {}
+    while sum(len(k) + len(v) + 2 for k, v in tags.items()) < _sessions.MAX_TAGS_SIZE - 300:
+        tags[odd + str(len(tags))] = odd * 200
+    with tokenmeter.session(odd * 1000, id=odd * 1000):
+        tokenmeter.record(odd * 1000, odd * 1000, 10, 5, operation=odd * 1000, tags=tags)
+    assert tokenmeter.flush()
+    assert 500_000 < path.stat().st_size <= _source.MAX_LINE_BYTES
+    code, out, err = cli("report", "--source", str(path), "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["totals"]["calls"] == 1 and "skipped" not in err
+
+
+def test_tags_beyond_what_a_record_keeps_are_a_value_error() -> None:
+    import tokenmeter
+    from tokenmeter import _sessions
+
+    too_many = {f"k{i}": "v" * 10_000 for i in range(120)}
+    with pytest.raises(ValueError, match=r"^tags: .* more than the 100,000"):
+        tokenmeter.record("openai", "gpt-4o", 1, 1, tags=too_many)
+    with pytest.raises(ValueError, match=r"^tags: "):
+        tokenmeter.session("s", tags=too_many)
+    half = {f"a{i}": "v" * 9_000 for i in range(6)}
+    other = {f"b{i}": "v" * 9_000 for i in range(6)}
+    with tokenmeter.session("outer", tags=half):
+        with pytest.raises(ValueError, match=r"^tags with those of the session: "):
+            tokenmeter.record("openai", "gpt-4o", 1, 1, tags=other)
+        with (
+            pytest.raises(ValueError, match=r"^tags with those of the enclosing sessions: "),
+            tokenmeter.session("inner", tags=other),
+        ):
+            pass
+    assert _sessions.current_session() is None

@@ -124,8 +124,10 @@ def refuse_special_file(path: Path) -> None:
 
 
 _PROGRESS_EVERY = 8192
-#: Longest JSONL line read, newline excluded. A record takes well under a kilobyte; a longer line
-#: is skipped and counted, and read past in ``_SKIP_CHUNK`` pieces without being held.
+#: Longest JSONL line read, newline excluded. A record takes well under a kilobyte, and never more
+#: than this: its tags, the one field without a fixed bound, are bounded for it
+#: (``_sessions.MAX_TAGS_SIZE``). A longer line is skipped and counted, and read past in
+#: ``_SKIP_CHUNK`` pieces without being held.
 MAX_LINE_BYTES = 1 << 20
 _SKIP_CHUNK = 1 << 16
 _raw_decode = json.JSONDecoder().raw_decode
