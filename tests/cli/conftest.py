@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sqlite3
@@ -222,13 +223,17 @@ def run_module(*args: str, cwd: Path, **extra_env: str) -> subprocess.CompletedP
     )
 
 
+_LINE_IDS = itertools.count()
+
+
 def record_line(base: UsageRecord, **raw: str) -> str:
-    """``base`` as one JSONL line, with the named fields replaced by raw JSON text.
+    """``base`` as one JSONL line of an id of its own (a record's id twice is one record written
+    twice, counted once), with the named fields replaced by raw JSON text.
 
     Raw text, not Python values, so a test can write what ``json.dumps`` never would: ``NaN``,
     ``1e400``, a lone surrogate escape, a nesting thousands deep.
     """
-    fields = base.to_json_dict()
+    fields = {**base.to_json_dict(), "id": f"{base.id}-line-{next(_LINE_IDS)}"}
     text = {k: raw.pop(k) if k in raw else json.dumps(v) for k, v in fields.items()}
     text.update(raw)
     parts = [f"{json.dumps(k)}:{v}" for k, v in text.items()]

@@ -725,3 +725,29 @@ def test_output_onto_the_data_being_read_is_refused(tmp_path: Path, kind: str) -
             "write the report to another file"
         ], command
         assert source.read_bytes() == before
+
+
+def test_records_of_two_jsonl_sinks_on_one_path_are_counted_once(
+    cli: RunCli, tmp_path: Path
+) -> None:
+    """Two JSONL sinks on one path write every record twice; the report counted each twice,
+    where SQLite keeps one row per id. Each is counted once, in totals as in the listed calls
+    and the sessions."""
+    import tokenmeter
+    from tokenmeter.sinks import JSONLSink, SQLiteSink
+
+    jsonl, db = tmp_path / "usage.jsonl", tmp_path / "usage.db"
+    tokenmeter.configure(sinks=[JSONLSink(jsonl), JSONLSink(jsonl), SQLiteSink(db)])
+    with tokenmeter.session("job"):
+        for i in range(30):
+            tokenmeter.record("openai", "gpt-4o", 1000 + i, 500)
+    assert tokenmeter.flush()
+    assert len(jsonl.read_text().splitlines()) == 60
+    reports = [
+        json.loads(cli("report", "--detailed", "--format", "json", "--source", str(path))[1])
+        for path in (jsonl, db)
+    ]
+    assert reports[0]["totals"] == reports[1]["totals"]
+    assert reports[0]["totals"]["calls"] == 30 and len(reports[0]["calls"]) == 30
+    code, out, _ = cli("sessions", "--format", "json", "--source", str(jsonl))
+    assert code == 0 and [s["calls"] for s in json.loads(out)] == [30]

@@ -9,6 +9,7 @@ writes do take the fast path, so that the comparison is not between the general 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from decimal import Decimal
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from tokenmeter._models import UsageRecord
+from tokenmeter.cli import _source
 from tokenmeter.cli._source import MAX_LINE_BYTES, parse_record
 from tokenmeter.cli.reports import _query
 from tokenmeter.cli.reports._scan import _LINE, JsonlScan
@@ -46,9 +48,13 @@ COUNTS = (
 )
 
 
+_LINE_IDS = itertools.count()
+
+
 def compact_line(base: UsageRecord, **raw: str) -> str:
-    """``base`` as the JSONL sink writes it, with the named fields replaced by raw JSON text."""
-    fields = base.to_json_dict()
+    """``base`` as the JSONL sink writes it, with an id of its own and the named fields replaced
+    by raw JSON text."""
+    fields = {**base.to_json_dict(), "id": f"{base.id}-line-{next(_LINE_IDS)}"}
     text = {
         k: raw.pop(k) if k in raw else json.dumps(v, separators=(",", ":"), ensure_ascii=False)
         for k, v in fields.items()
@@ -206,8 +212,12 @@ def test_scan_agrees_with_the_general_path(tmp_path: Path, field: str, raw: str)
 def test_the_sinks_lines_take_the_fast_path(tmp_path: Path) -> None:
     many = [
         *RECORDS,
-        RECORDS[1].model_copy(update={"modalities": {"input_text": 3}, "latency_ms": 812.25}),
-        RECORDS[2].model_copy(update={"tool_requests": {"web_search": 2}, "estimated": True}),
+        RECORDS[1].model_copy(
+            update={"id": "more-1", "modalities": {"input_text": 3}, "latency_ms": 812.25}
+        ),
+        RECORDS[2].model_copy(
+            update={"id": "more-2", "tool_requests": {"web_search": 2}, "estimated": True}
+        ),
     ]
     path = write_jsonl(tmp_path / "usage.jsonl", many)
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -226,7 +236,8 @@ def test_the_sinks_lines_take_the_fast_path(tmp_path: Path) -> None:
 def test_a_record_followed_by_more_on_its_line_is_skipped(tmp_path: Path) -> None:
     line = compact_line(BASE)
     path = tmp_path / "usage.jsonl"
-    path.write_text(f"{line}{line}\n{line} x\n{line[:-1]}\n{line}\r\n{line}\n", encoding="utf-8")
+    other = compact_line(BASE)
+    path.write_text(f"{line}{line}\n{line} x\n{line[:-1]}\n{line}\r\n{other}\n", encoding="utf-8")
     found, skipped = _scan(path)
     assert skipped == 3 and len(found) == 2  # "\r\n" is whitespace after the object: kept
 
@@ -250,7 +261,7 @@ SPLIT_REPORTS = [
 
 def _two_halves_file(path: Path, middle_line: str) -> Path:
     """The fixture records many times over, bad lines among them, ``middle_line`` in the middle."""
-    lines = [compact_line(r) for r in RECORDS] * 40
+    lines = [compact_line(r) for _ in range(40) for r in RECORDS]
     lines[7] = compact_line(BASE, input_tokens='"many"')
     lines[-3] = lines[-3][:50]  # torn
     lines.insert(len(lines) // 2, middle_line)
@@ -302,3 +313,34 @@ def test_a_half_whose_child_dies_is_read_by_the_parent(
     monkeypatch.setattr(_query, "SPLIT_BYTES", 1)
     monkeypatch.setattr(_query, "_half_in_child", lambda *_: os._exit(1))
     assert cli(*command) == one_pass
+
+
+def _ids_file(path: Path, ids: list[str]) -> Path:
+    lines = [compact_line(RECORDS[i % 3], id=json.dumps(rid)) for i, rid in enumerate(ids)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("args", SPLIT_REPORTS[:2], ids=" ".join)
+def test_a_record_written_twice_is_counted_once_in_one_pass_and_in_two_halves(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    """The same record twice in a JSONL file (two JSONL sinks on one path) was counted twice,
+    where SQLite keeps one row per id. A record whose id is among the last ``SAME_ID_WINDOW``
+    records' is now counted once, and the halves read the same: what the second half counted of
+    a record written twice across the middle is taken back."""
+    monkeypatch.setattr(_source, "SAME_ID_WINDOW", 5)
+    ids = [f"r{i}" for i in range(60)]
+    # Twice at distances 1..7 everywhere, the middle among them; a third copy further on.
+    ids = [rid for i, rid in enumerate(ids) for rid in [rid, ids[i - i % 7]]]
+    ids.insert(len(ids) // 2, "r1")
+    path = _ids_file(tmp_path / "usage.jsonl", ids)
+    expected = [i for i, rid in enumerate(ids) if rid not in ids[max(0, i - 5) : i]]
+    command = ("report", *args, "--format", "json", "--source", str(path))
+    code, out, err = cli(*command)
+    assert code == 0, err
+    assert json.loads(out)["totals"]["calls"] == len(expected) < len(ids)
+    monkeypatch.setattr(_query, "SPLIT_BYTES", 1)
+    assert cli(*command) == (code, out, err)
+    code, out, err = cli("report", "--detailed", "--format", "json", "--source", str(path))
+    assert len(json.loads(out)["calls"]) == len(expected)

@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 import sys
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,9 @@ from tokenmeter.cli.reports._sql import EXACT_SUM, ExactSum
 
 __all__ = [
     "MAX_LINE_BYTES",
+    "SAME_ID_WINDOW",
     "JsonlReader",
+    "RecentIds",
     "Source",
     "default_source_path",
     "is_too_long",
@@ -253,6 +256,42 @@ def table_columns(conn: sqlite3.Connection, table: str) -> set[str]:
     return {str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
+#: Records a JSONL read remembers the ids of. A record whose id is among those of the records just
+#: before it is one record written twice (two JSONL sinks on one path, a batch written again) and
+#: counted once, as the SQLite sink keeps one row per id; remembering only these keeps memory flat.
+SAME_ID_WINDOW = 20_000
+
+
+class RecentIds:
+    """The ids of the last ``size`` records read (None for a record without one)."""
+
+    __slots__ = ("counts", "order", "size")
+
+    def __init__(self, size: int | None = None) -> None:
+        self.size = SAME_ID_WINDOW if size is None else size
+        self.counts: dict[str, int] = {}
+        self.order: deque[str | None] = deque()
+
+    def seen(self, record_id: str | None) -> bool:
+        """Whether ``record_id`` is among the remembered ids; it is then remembered as the
+        latest record's. A read and its halves read in parallel (``_query``) see the same."""
+        counts = self.counts
+        found = record_id in counts
+        if record_id is not None:
+            counts[record_id] = counts.get(record_id, 0) + 1
+        order = self.order
+        order.append(record_id)
+        if len(order) > self.size:
+            oldest = order.popleft()
+            if oldest is not None:
+                left = counts[oldest] - 1
+                if left:
+                    counts[oldest] = left
+                else:
+                    del counts[oldest]
+        return found
+
+
 class LineSource(Protocol):
     """A reader of a JSONL file: where it is, who is told of progress, the lines it skipped."""
 
@@ -294,7 +333,8 @@ def lines_of(reader: LineSource, start: int = 0, end: int | None = None) -> Iter
 
 @dataclass
 class JsonlReader:
-    """Stream checked records from a JSONL file, counting the lines that are not records.
+    """Stream checked records from a JSONL file, counting the lines that are not records; a
+    record written twice (``RecentIds``) is yielded once.
 
     ``on_progress(bytes_read, total_bytes)`` is called every few thousand lines so a caller can
     draw a progress bar without this module knowing about terminals.
@@ -303,13 +343,19 @@ class JsonlReader:
     path: Path
     on_progress: Callable[[int, int], None] | None = None
     skipped: int = field(default=0, init=False)
+    #: Records not yielded: their id was among the last ``SAME_ID_WINDOW`` records'.
+    duplicates: int = field(default=0, init=False)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        seen = RecentIds().seen
         for line in lines_of(self):
             record = parse_record(line)
             if record is None:
                 if line.strip():
                     self.skipped += 1
+                continue
+            if seen(record.get("id")):
+                self.duplicates += 1
                 continue
             yield record
 

@@ -6,9 +6,10 @@ sink's partial index of unsound rows names them, see ``exclude_bad_rows``); Post
 same SQL through ``_postgres``. JSONL is streamed once, whatever the number of groupings asked for
 (a large file as two halves at once, see ``SPLIT_BYTES``): for totals through ``_scan`` (only the
 fields totals read, checked as ``_validate`` checks them), for a list of calls as full records;
-costs are exact Decimals. Both group by the stored columns (``raw_columns``); groupings that are
-computed from them (a model family, a day / week / month in ``--tz``) are then rolled up from
-those few groups by ``roll_up``. Memory stays flat: only the groups and at most ``calls_limit``
+costs are exact Decimals; a record written twice is counted once (``_source.RecentIds``). Both
+group by the stored columns (``raw_columns``); groupings that are computed from them (a model
+family, a day / week / month in ``--tz``) are then rolled up from those few groups by
+``roll_up``. Memory stays flat: only the groups and at most ``calls_limit``
 calls are kept (``--latency`` also keeps the latencies, 8 bytes a call, except where PostgreSQL
 ranks them; the dashboard's totals per tag key keep each key's few most costly values, see
 ``_TagTotals``). The dialect-specific SQL lives in ``_sql``.
@@ -16,6 +17,7 @@ ranks them; the dashboard's totals per tag key keep each key's few most costly v
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import multiprocessing
@@ -42,6 +44,7 @@ from tokenmeter.cli._postgres import is_postgres
 from tokenmeter.cli._progress import Progress
 from tokenmeter.cli._source import (
     JsonlReader,
+    RecentIds,
     Source,
     line_start_after,
     open_database,
@@ -697,6 +700,19 @@ class _Grouper:
             if isinstance(latency, int | float) and not isinstance(latency, bool):
                 self.latencies.append((key, float(latency)))
 
+    def subtract(
+        self, record: dict[str, Any], values: tuple[int, ...], cost: Decimal | None
+    ) -> None:
+        """Take back a record ``add`` counted (with its latency)."""
+        latencies, self.latencies = self.latencies, None
+        try:
+            self.add(record, tuple([-value for value in values]), None if cost is None else -cost)
+        finally:
+            self.latencies = latencies
+        latency = record.get("latency_ms")
+        if isinstance(latency, int | float) and not isinstance(latency, bool) and latencies:
+            latencies.remove((self.key(record), float(latency)))
+
     def state(self) -> _State:
         """What ``merge`` takes (latencies by key: compact to send between processes)."""
         if self.latencies is None:
@@ -785,8 +801,11 @@ def _run_jsonl(
         _total(scan, query, groupers, tags, None)
         return [g.breakdown(query.tz) for g in groupers], None, scan.skipped
     child, results = _start_half(source.path, query, need_tags, middle)
+    window = RecentIds()
     try:
-        scan = JsonlScan(source.path, tags=need_tags, on_progress=on_progress, end=middle)
+        scan = JsonlScan(
+            source.path, tags=need_tags, on_progress=on_progress, end=middle, window=window
+        )
         _total(scan, query, groupers, tags, None)
         part = _receive_half(child, results)
     finally:
@@ -799,7 +818,49 @@ def _run_jsonl(
     parts, skipped = part
     for grouper, (counts, costs, latencies) in zip(groupers, parts, strict=True):
         grouper.merge(counts, costs, latencies)
+    _take_back_seam(source.path, query, need_tags, middle, window, groupers)
     return [g.breakdown(query.tz) for g in groupers], None, scan.skipped + skipped
+
+
+class _SeamPassed(Exception):
+    """The records after the middle that the first half's ids reach have all been read."""
+
+
+class _Seam(RecentIds):
+    """As ``RecentIds`` for a read from the middle on: ``seen`` is False only for the records
+    that one read of the whole file drops as written twice (their id among the first half's
+    last ids, ``first``) and the second half's read counted (its own ``second`` had not seen
+    it); past the first half's reach, the two reads see the same, and ``_SeamPassed`` ends it."""
+
+    __slots__ = ("first", "left", "second")
+
+    def __init__(self, first: RecentIds) -> None:
+        super().__init__(first.size)
+        self.first = first
+        self.second = RecentIds(first.size)
+        self.left = first.size
+
+    def seen(self, record_id: str | None) -> bool:
+        if not self.left:
+            raise _SeamPassed
+        self.left -= 1
+        in_first = self.first.seen(record_id)
+        return self.second.seen(record_id) or not in_first
+
+
+def _take_back_seam(
+    path: Path,
+    query: Query,
+    need_tags: bool,
+    middle: int,
+    window: RecentIds,
+    groupers: list[_Grouper],
+) -> None:
+    """The second half was read with no memory of the first half's ids: take back what it
+    counted of a record written twice across the middle, so the figures are one read's."""
+    scan = JsonlScan(path, tags=need_tags, start=middle, window=_Seam(window))
+    with contextlib.suppress(_SeamPassed):
+        _total(scan, query, groupers, None, None, subtract=True)
 
 
 def _middle(path: Path) -> int | None:
@@ -879,11 +940,13 @@ def _total(
     groupers: list[_Grouper],
     tags: _TagTotals | None,
     keep: deque[dict[str, Any]] | None,
+    subtract: bool = False,
 ) -> None:
-    """Add the records in the window that pass the filters to every grouping (and the tags)."""
+    """Add the records in the window that pass the filters to every grouping (and the tags);
+    ``subtract``: take them back."""
     since = format_instant(query.since) if query.since is not None else None
     until = format_instant(query.until) if query.until is not None else None
-    adders = [grouper.add for grouper in groupers]
+    adders = [grouper.subtract if subtract else grouper.add for grouper in groupers]
     filters = query.filters
     filtering = filters != Filters()
     session_id = query.session_id

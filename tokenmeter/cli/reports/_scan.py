@@ -27,7 +27,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from tokenmeter.cli._source import lines_of, parse_record
+from tokenmeter.cli._source import RecentIds, lines_of, parse_record
 from tokenmeter.cli._validate import COUNT_FIELDS
 
 __all__ = ["Counts", "JsonlScan", "ScanRecord"]
@@ -67,7 +67,7 @@ _LINE = re.compile(
     r'\{"timestamp":"((\d{4}-\d\d-\d\d)T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{3}Z)"'
     rf',"model_provider":{_PLAIN},"model_name":{_PLAIN}'
     rf',"input_tokens":({_COUNT}),"output_tokens":({_COUNT}),"total_tokens":({_COUNT})'
-    rf',"estimated_cost_usd":(?:({_COST})|null),"id":{_OPT_STR}'
+    rf',"estimated_cost_usd":(?:({_COST})|null),"id":({_STR}|null)'
     rf',"request_model":{_OPT_STR},"operation":{_OPT_STR}'
     rf',"cache_read_tokens":({_COUNT}),"cache_write_tokens":({_COUNT})'
     rf',"reasoning_tokens":({_COUNT})'
@@ -111,7 +111,8 @@ class JsonlScan:
     """Iterate ``(record, counts, cost)`` over the records of a JSONL file; ``skipped`` counts
     the lines that are not records. ``tags`` says whether the records need their tags (a tag
     grouping or filter): they are decoded only then. ``start`` and ``end`` read only the lines
-    between those offsets (each where a line begins).
+    between those offsets (each where a line begins). A record whose id ``window`` has seen is
+    one written twice: not yielded, counted in ``duplicates``.
     """
 
     def __init__(
@@ -122,13 +123,16 @@ class JsonlScan:
         on_progress: Callable[[int, int], None] | None = None,
         start: int = 0,
         end: int | None = None,
+        window: RecentIds | None = None,
     ) -> None:
         self.path = path
         self.tags = tags
         self.on_progress = on_progress
         self.start = start
         self.end = end
+        self.window = RecentIds() if window is None else window
         self.skipped = 0
+        self.duplicates = 0
 
     def __iter__(self) -> Iterator[tuple[ScanRecord, Counts, Decimal | None]]:
         need_tags = self.tags
@@ -136,6 +140,7 @@ class JsonlScan:
         valid_date = dates.valid
         known_date = dates.known.get
         match_line = _LINE
+        seen = self.window.seen
         for line in lines_of(self, self.start, self.end):
             try:
                 found = match_line(line.decode())
@@ -151,6 +156,7 @@ class JsonlScan:
                     out,
                     tot,
                     cost,
+                    record_id,
                     cache_read,
                     cache_write,
                     reasoning,
@@ -162,6 +168,15 @@ class JsonlScan:
                     estimated,
                 ) = found.groups()
                 if known_date(day) or valid_date(day):
+                    if seen(
+                        None
+                        if record_id == "null"
+                        else record_id[1:-1]
+                        if "\\" not in record_id
+                        else json.loads(record_id)
+                    ):
+                        self.duplicates += 1
+                        continue
                     record = {
                         "timestamp": timestamp,
                         "model_provider": provider,
@@ -189,6 +204,9 @@ class JsonlScan:
             if checked is None:
                 if line.strip():
                     self.skipped += 1
+                continue
+            if seen(checked.get("id")):
+                self.duplicates += 1
                 continue
             yield (
                 checked,
