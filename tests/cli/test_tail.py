@@ -192,3 +192,20 @@ def test_follow_sqlite_reads_a_records_table_made_again(tmp_path: Path) -> None:
             sink.close()
     finally:
         follower.close()
+
+
+def test_tail_of_a_records_table_of_another_schema_skips_its_rows(
+    cli: RunCli, tmp_path: Path
+) -> None:
+    path = tmp_path / "other.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE records (a, b)")
+        conn.execute("INSERT INTO records VALUES (1, 2)")
+        conn.commit()
+    follower = _SqliteFollower(Source(path, "sqlite"))
+    try:
+        assert follower.last(3) == [] and follower.new() == []
+    finally:
+        follower.close()
+    code, out, err = cli("tail", "--source", str(path))
+    assert (code, out) == (0, "") and "skipped 1 corrupt row" in err

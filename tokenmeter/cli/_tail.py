@@ -104,6 +104,11 @@ def _print_calls(calls: list[Call], as_json: bool, console: Any) -> None:
 _BATCH = 10_000
 
 
+def _row_id(row: sqlite3.Row) -> Any:
+    """The record id of a row (None in a table of another schema, without one)."""
+    return row["id"] if "id" in row.keys() else None  # noqa: SIM118  (a Row holds values)
+
+
 class _SqliteFollower:
     def __init__(self, source: Source) -> None:
         self.path = source.path
@@ -119,18 +124,17 @@ class _SqliteFollower:
         whose rowids start over: following on would skip its rows up to the old rowid)."""
         if not self.last_rowid:
             return True
-        row = self.conn.execute(
-            "SELECT id FROM records WHERE rowid = ?", [self.last_rowid]
-        ).fetchone()
-        return row is not None and row[0] == self.last_id
+        row = self.conn.execute("SELECT * FROM records WHERE rowid = ?", [self.last_rowid])
+        found = row.fetchone()
+        return found is not None and _row_id(found) == self.last_id
 
     def last(self, count: int) -> list[Call]:
         """The latest ``count`` good records: bad rows on the way are skipped, not shown."""
         top = self.conn.execute(
-            "SELECT rowid, id FROM records ORDER BY rowid DESC LIMIT 1"
+            "SELECT rowid AS _rowid, * FROM records ORDER BY rowid DESC LIMIT 1"
         ).fetchone()
         if top is not None:
-            self.last_rowid, self.last_id = int(top[0]), top[1]
+            self.last_rowid, self.last_id = int(top["_rowid"]), _row_id(top)
         cursor = self.conn.execute(
             "SELECT rowid AS _rowid, * FROM records WHERE rowid <= ? ORDER BY rowid DESC",
             [self.last_rowid],
@@ -154,7 +158,7 @@ class _SqliteFollower:
             [self.last_rowid],
         ).fetchall()
         if rows:
-            self.last_rowid, self.last_id = int(rows[-1]["_rowid"]), rows[-1]["id"]
+            self.last_rowid, self.last_id = int(rows[-1]["_rowid"]), _row_id(rows[-1])
         calls, refused = calls_from_rows(rows)
         self.skipped += refused
         return calls
