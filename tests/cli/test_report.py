@@ -253,6 +253,18 @@ def test_output_file_owner_only_and_format_from_suffix(
     assert html.read_text().startswith("<!DOCTYPE html>")
 
 
+def test_output_dash_is_standard_output(
+    cli: RunCli, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``-o -`` wrote a file named "-" in the working directory (and said "wrote -")."""
+    monkeypatch.chdir(tmp_path)
+    to_stdout = cli("report", "--source", str(source), "-o", "-", "--format", "csv")
+    assert to_stdout == cli("report", "--source", str(source), "--format", "csv")
+    assert to_stdout[0] == 0 and "," in to_stdout[1]
+    assert cli("sessions", "--source", str(source), "-o", "-")[0] == 0
+    assert not (tmp_path / "-").exists()
+
+
 def _limit_file_size() -> None:  # in the child: a file grows past 4 KiB as on a full disk
     import resource
 

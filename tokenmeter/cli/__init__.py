@@ -82,6 +82,11 @@ def nonempty_path(value: str) -> str:
     return value
 
 
+def output_file(value: str) -> str | None:
+    """``-o``: a file to write, or ``-`` for standard output (as most commands take it)."""
+    return None if value == "-" else nonempty_path(value)
+
+
 def _add_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source", metavar="PATH", type=nonempty_path, help=_SOURCE_HELP, default=None
@@ -186,7 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--format", choices=FORMATS, help="default: from -o's suffix, else table")
     report.add_argument(
-        "-o", "--output", metavar="FILE", type=nonempty_path, help="write here (created owner-only)"
+        "-o",
+        "--output",
+        metavar="FILE",
+        type=output_file,
+        help="write here (created owner-only); - is standard output",
     )
     report.add_argument(
         "--detailed", action="store_true", help="also list the calls (newest --limit of them)"
@@ -201,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     sessions.add_argument("--session-name", action="append", default=[], type=_text, metavar="NAME")
     sessions.add_argument("--limit", type=_count, default=20, help="how many; 0 = all (20)")
     sessions.add_argument("--format", choices=("table", "markdown", "json"), default="table")
-    sessions.add_argument("-o", "--output", metavar="FILE", type=nonempty_path)
+    sessions.add_argument("-o", "--output", metavar="FILE", type=output_file)
 
     session = commands.add_parser("session", help="one session, as the markdown journal shows it")
     session.add_argument(
@@ -209,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_source(session)
     session.add_argument("--format", choices=("markdown", "json"), default="markdown")
-    session.add_argument("-o", "--output", metavar="FILE", type=nonempty_path)
+    session.add_argument("-o", "--output", metavar="FILE", type=output_file)
 
     tail = commands.add_parser("tail", help="the latest records; -f to follow new ones")
     _add_source(tail)
