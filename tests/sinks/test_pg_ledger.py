@@ -3,6 +3,8 @@ real server: semantics, processes racing one budget, and a killed connection."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -152,4 +154,42 @@ def test_a_ledger_table_dropped_while_in_use_is_made_again(pg_dsn: str, drop: st
         admin.execute(drop.encode())
     assert ledger.reserve("k", DAY, 10.0, 1.0) == (True, 0.0)
     assert ledger.lease_many([("k", DAY, 10.0, 0.0, 0.0, 0.0, 1.0, 1.0)])[0][0]
+    ledger.close()
+
+
+def test_a_stalled_server_fails_the_ledger_in_time_and_pauses_it(pg_dsn: str) -> None:
+    """The ledger runs on the application's thread: a server that stops answering (its backend
+    stopped: statement_timeout is the server's, so it never fires) made the LLM call wait for
+    ever. The transaction is now given up a second past ``statement_timeout_s`` (rolled back),
+    and the ledger is not asked again for a while, so calls go through without waiting."""
+    import psycopg
+
+    ledger = PostgresSink(pg_dsn, statement_timeout_s=1).budget_ledger()
+    assert ledger.reserve("k", DAY, 10.0, 1.0) == (True, 0.0)
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        [(backend,)] = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'tokenmeter' "
+            "AND datname = current_database()"
+        ).fetchall()
+    failed: list[BaseException] = []
+
+    def reserve() -> None:
+        try:
+            ledger.reserve("k", DAY, 10.0, 1.0)
+        except Exception as exc:
+            failed.append(exc)
+
+    os.kill(backend, signal.SIGSTOP)
+    try:
+        for _ in range(2):  # the second is not sent at all: the ledger is paused
+            caller = threading.Thread(target=reserve)
+            caller.start()
+            caller.join(timeout=30)
+            assert not caller.is_alive(), "the ledger waits for a server that does not answer"
+    finally:
+        os.kill(backend, signal.SIGCONT)
+    assert [type(exc) for exc in failed] == [TimeoutError, TimeoutError]
+    assert "did not answer" in str(failed[0]) and "not asked again" in str(failed[1])
+    # The transaction cut off was rolled back: only the first reservation is there.
+    assert PostgresSink(pg_dsn).budget_ledger().spent("k", DAY) == 1.0
     ledger.close()

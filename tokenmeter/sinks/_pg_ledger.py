@@ -9,13 +9,19 @@ beyond their reservations.
 
 Called on the application's threads: one connection per ledger, used under a lock, made again
 after a server restart, a killed connection or a dropped table (a failure raises; the
-guardrails let the call through, "fail open").
+guardrails let the call through, "fail open"). ``statement_timeout`` is the server's, so a
+server that stops answering would hold the call for ever: a transaction is given up a second
+past it (a watchdog thread shuts the connection's socket down), and a ledger that failed slowly
+is not asked again for ``PAUSE_S``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -24,7 +30,13 @@ if TYPE_CHECKING:
 
     from tokenmeter.sinks.postgres import PostgresSink
 
-__all__ = ["PostgresLedger"]
+__all__ = ["PAUSE_S", "PostgresLedger"]
+
+#: A ledger whose transaction failed after waiting this long (a server that does not answer,
+#: or cannot be reached) ...
+_SLOW_S = 1.0
+#: ... is not asked again for this long: calls go through at once meanwhile, not after a wait.
+PAUSE_S = 60.0
 
 T = TypeVar("T")
 #: (scope_key, period_start, limit_usd, amount_usd) and (scope_key, period_start, reserved_usd,
@@ -107,6 +119,10 @@ class PostgresLedger:
         self._pid = 0
         #: Rows known to exist (a lease updates its row; the first one makes it).
         self._rows: set[tuple[str, str]] = set()
+        #: How long a transaction may wait for the server: past the server's own timeout.
+        self._deadline_s = sink._statement_timeout_ms / 1000 + 1.0
+        self._paused_until = 0.0
+        self._watch = _Watchdog()
 
     def reserve(
         self, scope_key: str, period_start: str, limit_usd: float, amount_usd: float
@@ -244,27 +260,119 @@ class PostgresLedger:
 
     def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
         with self._lock:
-            for attempt in (1, 2):
-                fresh = self._conn is None or self._pid != os.getpid()
-                if fresh:
-                    self._conn, self._pid = self._sink.connect(), os.getpid()
-                conn = self._conn
-                assert conn is not None
-                try:
-                    return work(conn)
-                except BaseException as exc:
-                    import psycopg
+            if time.monotonic() < self._paused_until:
+                raise TimeoutError(
+                    "the PostgreSQL budget ledger failed slowly (a server not answering): "
+                    f"not asked again for {PAUSE_S:g} s after that"
+                )
+            began = time.monotonic()
+            try:
+                return self._attempt(work)
+            except Exception:
+                if time.monotonic() - began >= _SLOW_S:
+                    self._paused_until = time.monotonic() + PAUSE_S
+                raise
 
-                    # A table dropped while in use: a new connection makes it again (migrating).
-                    dropped = isinstance(exc, psycopg.errors.UndefinedTable)
-                    if not (dropped or conn.broken or conn.closed):
-                        raise
-                    self._conn = None  # dead: the next statement gets a new connection
-                    if dropped:
-                        conn.close()
-                    if fresh or attempt == 2:
-                        raise
-            raise AssertionError("unreachable")  # pragma: no cover
+    def _attempt(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        for attempt in (1, 2):
+            fresh = self._conn is None or self._pid != os.getpid()
+            if fresh:
+                self._conn, self._pid = self._sink.connect(), os.getpid()
+            conn = self._conn
+            assert conn is not None
+            cut = self._watch.start(conn, self._deadline_s)
+            try:
+                return work(conn)
+            except BaseException as exc:
+                import psycopg
+
+                if cut.is_set():  # the server did not answer: no second attempt
+                    self._conn = None
+                    conn.close()
+                    raise TimeoutError(
+                        "the PostgreSQL budget ledger did not answer within "
+                        f"{self._deadline_s:g} s (statement_timeout_s + 1)"
+                    ) from exc
+                # A table dropped while in use: a new connection makes it again (migrating).
+                dropped = isinstance(exc, psycopg.errors.UndefinedTable)
+                if not (dropped or conn.broken or conn.closed):
+                    raise
+                self._conn = None  # dead: the next statement gets a new connection
+                if dropped:
+                    conn.close()
+                if fresh or attempt == 2:
+                    raise
+            finally:
+                self._watch.done()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _Watchdog:
+    """Shuts down the socket of a connection whose transaction is past its deadline: the thread
+    waiting on it gets an error at once, and the server, when it answers again, finds the
+    connection gone and rolls the transaction back. One thread, started when a transaction
+    begins and none is running, ended after ``_IDLE_S`` with nothing to watch: a transaction
+    costs two short locked sections, no thread of its own."""
+
+    _IDLE_S = 10.0
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pid = os.getpid()
+        self._conn: Any = None
+        self._deadline = 0.0
+        self._cut = threading.Event()
+        self._running = False
+        self._idle = False  # the thread waits with no deadline: a start must wake it
+
+    def start(self, conn: Any, seconds: float) -> threading.Event:
+        """Watch ``conn`` for ``seconds``; the event is set if it was cut off."""
+        if self._pid != os.getpid():  # a forked child: the parent's thread and lock are not ours
+            self._cond, self._pid, self._running, self._idle = (
+                threading.Condition(),
+                os.getpid(),
+                False,
+                False,
+            )
+        cut = threading.Event()
+        with self._cond:
+            self._conn, self._deadline, self._cut = conn, time.monotonic() + seconds, cut
+            if not self._running:
+                from tokenmeter._pipeline import start_thread
+
+                self._running = True
+                start_thread(self._watch, "tokenmeter-pg-ledger-watchdog")
+            elif self._idle:
+                self._cond.notify()
+        return cut
+
+    def done(self) -> None:
+        with self._cond:
+            self._conn = None
+
+    def _watch(self) -> None:
+        cond = self._cond
+        with cond:
+            while cond is self._cond:
+                if self._conn is None:
+                    self._idle = True
+                    woken = cond.wait(self._IDLE_S)
+                    self._idle = False
+                    if not woken and self._conn is None:
+                        self._running = False
+                        return
+                    continue
+                left = self._deadline - time.monotonic()
+                if left > 0:
+                    cond.wait(left)
+                    continue
+                self._cut.set()
+                with (
+                    contextlib.suppress(Exception),  # closed meanwhile: nothing to cut
+                    socket.socket(fileno=os.dup(self._conn.fileno())) as sock,
+                ):
+                    sock.shutdown(socket.SHUT_RDWR)
+                self._conn = None
 
 
 def _rollback(transaction: Any) -> NoReturn:
