@@ -568,6 +568,60 @@ def test_budget_warnings_are_not_repeated_by_a_restarted_process_in_the_same_per
     ]
 
 
+CONCURRENT = """
+import sys
+from datetime import datetime, timezone
+import tokenmeter
+tokenmeter.configure(
+    sinks=["jsonl"], directory=sys.argv[1],
+    budgets=[{"name": "daily", "limit_usd": 0.01, "period": "day", "on_exceed": "warn"}],
+    on_alert=lambda alert: print(alert.rule, flush=True),
+)
+at = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
+tokenmeter.record("openai", "gpt-4o", 100, 0, timestamp=at)  # $0.00025: no warning yet
+assert tokenmeter.flush(10)
+print("ready", flush=True)
+sys.stdin.readline()
+tokenmeter.record("openai", "gpt-4o", int(sys.argv[2]), 0, timestamp=at)
+assert tokenmeter.flush(10)
+"""
+
+
+def test_a_budget_warning_is_given_once_by_processes_running_side_by_side(
+    tmp_path: Path,
+) -> None:
+    """Workers sharing a budget each read the end of alerts.jsonl once, when they started: each
+    gave the 50 % warning again (logged, written, sent to every on_alert callback: a page per
+    worker). It is now looked for in alerts.jsonl, under its lock, before it is given."""
+    import subprocess
+    import sys
+
+    from tokenmeter.cli._alerts import read_alerts
+
+    directory = tmp_path / "tm"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT, str(directory), tokens],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for tokens in ("2000", "400")  # $0.005 (then 50 % is passed), then $0.001 more
+    ]
+    for worker in workers:  # both started, and have read alerts.jsonl
+        assert worker.stdout is not None and worker.stdout.readline() == "ready\n"
+    given = []
+    for worker in workers:  # one after the other: each crosses 50 % in its own eyes
+        out, _ = worker.communicate("go\n", timeout=60)
+        assert worker.returncode == 0
+        given.append(out.split())
+    assert given == [["budget_50pct"], []]
+    alerts, bad = read_alerts(directory / "alerts.jsonl")
+    assert bad == 0 and [a["rule"] for a in alerts] == ["budget_50pct"]
+
+
 def test_the_warnings_kept_for_per_session_budgets_stay_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

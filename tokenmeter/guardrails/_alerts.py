@@ -410,22 +410,38 @@ class AlertSink:
                     if key in self._given:
                         continue
                 self._given.add(key)
+            if not self._append(alert, once=once):
+                logger.debug("tokenmeter: alert given by another process: %s", alert.message)
+                continue
             logger.warning("tokenmeter alert: %s", alert.message)
-            self._append(alert)
             for callback in self.callbacks:
                 try:
                     not_awaited(callback(alert), "an on_alert callback")
                 except BaseException:  # on a writer thread: SystemExit there ends nothing
                     logger.exception("tokenmeter: an on_alert callback failed")
 
-    def _append(self, alert: Alert) -> None:
+    def _append(self, alert: Alert, *, once: bool = False) -> bool:
+        """Write the alert to alerts.jsonl; False (nothing written, nothing to give) when it is
+        ``once`` and another process running meanwhile wrote it since this one read the file."""
         line = (json.dumps(alert.to_json_dict(), ensure_ascii=False) + "\n").encode(
             "utf-8", "backslashreplace"
         )
+        key = (alert.rule, alert.scope)
+        needle = json.dumps(alert.scope, ensure_ascii=False).encode("utf-8", "backslashreplace")
+
+        def given(fd: int) -> bool:
+            end = os.fstat(fd).st_size
+            data = os.pread(fd, _SEED_BYTES, max(0, end - _SEED_BYTES))
+            if needle not in data:  # the common case: no line to parse
+                return False
+            found = _objects(data, cut=end > _SEED_BYTES)
+            return any((str(item.get("rule")), str(item.get("scope"))) == key for item in found)
+
         try:  # whole or not at all: a torn line would swallow the next alert too
-            append_line(self.path, line)
+            return append_line(self.path, line, given if once else None)
         except OSError as exc:
             logger.error("tokenmeter: cannot append to %s: %s", self.path, exc)
+            return True
 
 
 #: Scopes (model names, session names) whose baselines and cooldowns are kept: past this many
@@ -446,10 +462,16 @@ def _tail(path: Path, size: int) -> list[dict[str, Any]]:
             handle.seek(0, os.SEEK_END)
             end = handle.tell()
             handle.seek(max(0, end - size))
-            lines = handle.read(size).split(b"\n")
+            data = handle.read(size)
     except OSError:
         return []
-    if end > size:
+    return _objects(data, cut=end > size)
+
+
+def _objects(data: bytes, *, cut: bool) -> list[dict[str, Any]]:
+    """The JSON objects of the lines of ``data`` (the first skipped when ``cut``)."""
+    lines = data.split(b"\n")
+    if cut:
         lines = lines[1:]  # the first is cut
     found = []
     for raw in lines:

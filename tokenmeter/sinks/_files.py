@@ -18,6 +18,7 @@ import errno
 import fcntl
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from tokenmeter._models import short_repr
@@ -158,15 +159,20 @@ def append_whole(fd: int, data: bytes) -> None:
         raise
 
 
-def append_line(path: Path, data: bytes) -> None:
+def append_line(path: Path, data: bytes, unless: Callable[[int], bool] | None = None) -> bool:
     """Append ``data`` to the file at ``path`` (created owner-only) with ``append_whole``, under
-    an exclusive lock: other processes append to the same state file and alerts.jsonl."""
+    an exclusive lock: other processes append to the same state file and alerts.jsonl.
+    ``unless(fd)``, called under the lock, may find the file has what it needs already (another
+    process wrote it): nothing is appended then, and False returned."""
     ensure_private_dir(path.parent)
     fd = open_private(path, os.O_RDWR | os.O_APPEND)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
+            if unless is not None and unless(fd):
+                return False
             append_whole(fd, data)
+            return True
         finally:
             # Not left to close(): a child forked meanwhile holds a copy of the descriptor, and
             # the lock would last as long as that child (every later append would wait for it).
