@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -192,4 +193,38 @@ def test_a_stalled_server_fails_the_ledger_in_time_and_pauses_it(pg_dsn: str) ->
     assert "did not answer" in str(failed[0]) and "not asked again" in str(failed[1])
     # The transaction cut off was rolled back: only the first reservation is there.
     assert PostgresSink(pg_dsn).budget_ledger().spent("k", DAY) == 1.0
+    ledger.close()
+
+
+def test_a_child_forked_while_another_thread_is_in_the_ledger_can_use_it(pg_dsn: str) -> None:
+    """The ledger's lock is held for a whole transaction: a process forked meanwhile (by another
+    thread: multiprocessing, a pre-fork server) got it locked for ever, and its first call that
+    needed the ledger hung. The child now has a lock of its own (and a connection of its own)."""
+    import psycopg
+
+    ledger = PostgresSink(pg_dsn).budget_ledger()
+    assert ledger.reserve("k", DAY, 10.0, 1.0) == (True, 0.0)
+    with psycopg.connect(pg_dsn) as admin:  # holds the row's lock: the reservation waits for it
+        admin.execute("SELECT * FROM tokenmeter.budget_ledger FOR UPDATE").fetchall()
+        waiting = threading.Thread(target=ledger.reserve, args=("k", DAY, 10.0, 1.0))
+        waiting.start()
+        with psycopg.connect(pg_dsn, autocommit=True) as watcher:
+            while not watcher.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'tokenmeter' "
+                "AND datname = current_database() AND wait_event_type = 'Lock'"
+            ).fetchall():
+                time.sleep(0.01)
+        child = os.fork()
+        if child == 0:  # pragma: no cover (the child's)
+            code = 1
+            try:
+                signal.alarm(10)  # hung: killed
+                code = 0 if ledger.spent("k", "another day") == 0.0 else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(child, 0)
+        admin.rollback()
+    waiting.join(timeout=30)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert ledger.spent("k", DAY) == 2.0
     ledger.close()

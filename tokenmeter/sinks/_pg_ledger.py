@@ -22,6 +22,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -123,6 +124,7 @@ class PostgresLedger:
         self._deadline_s = sink._statement_timeout_ms / 1000 + 1.0
         self._paused_until = 0.0
         self._watch = _Watchdog()
+        _LEDGERS.add(self)
 
     def reserve(
         self, scope_key: str, period_start: str, limit_usd: float, amount_usd: float
@@ -373,6 +375,20 @@ class _Watchdog:
                 ):
                     sock.shutdown(socket.SHUT_RDWR)
                 self._conn = None
+
+
+#: Every ledger of the process: a forked child gives each a lock of its own (see below).
+_LEDGERS: weakref.WeakSet[PostgresLedger] = weakref.WeakSet()
+
+
+def _unlock_in_child() -> None:
+    """A child forked while another thread was in a transaction would find the lock held for
+    ever (that thread is not in the child): its first call needing the ledger would hang."""
+    for ledger in list(_LEDGERS):
+        ledger._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_unlock_in_child)
 
 
 def _rollback(transaction: Any) -> NoReturn:
