@@ -38,6 +38,34 @@ def test_a_sqlite_ledger_removed_while_in_use_is_made_again(tmp_path: Path) -> N
     ledger.close()
 
 
+def test_a_sqlite_ledger_locked_by_someone_else_is_not_waited_for_at_every_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """budgets.db write-locked by someone else (a sqlite3 shell left in a transaction while a
+    budget is reset by hand, a process stopped in one) made every LLM call of every process wait
+    the busy timeout twice (a minute) before it went through. A ledger that failed after waiting
+    a second or more is now not asked again for a while: calls go through at once meanwhile."""
+    import sqlite3
+
+    from tokenmeter.guardrails import _ledger
+
+    monkeypatch.setattr(_ledger, "BUSY_TIMEOUT_S", 1.0)  # 30 s in use
+    path = tmp_path / "budgets.db"
+    ledger = SQLiteLedger(path)
+    day = "2026-12-01T00:00:00+00:00"
+    assert ledger.reserve("k", day, 10.0, 1.0) == (True, 0.0)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        ledger.reserve("k", day, 10.0, 1.0)  # waited for the lock, in vain
+    with pytest.raises(TimeoutError, match="not asked again"):
+        ledger.reserve("k", day, 10.0, 1.0)  # not sent: not waited for
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert SQLiteLedger(path).spent("k", day) == 1.0
+    ledger.close()
+
+
 def test_a_slice_is_capped_and_a_budget_near_its_limit_is_not_sliced() -> None:
     assert grant_of(1e9, 0.0, 0.0, 0.0, 1.0, 1.0) == (True, 1.0 + LEASE_CAP * 1.0)
     assert grant_of(9.0, 0.0, 0.0, 0.0, 1.0, 1.0) == (True, 2.0)  # 8 more fit: one slice call

@@ -15,6 +15,7 @@ import math
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,8 +26,10 @@ from tokenmeter.sinks._files import ensure_private_dir, file_id, still_names
 __all__ = [
     "LEASE_CAP",
     "LEASE_SHARE",
+    "PAUSE_S",
     "BudgetLedger",
     "MemoryLedger",
+    "Pause",
     "SQLiteLedger",
     "grant_of",
     "lease_all",
@@ -261,6 +264,44 @@ _SETTLE = (
 )
 
 
+#: How long a SQLite transaction waits for another process's write lock.
+BUSY_TIMEOUT_S = 30.0
+#: A ledger whose transaction failed after waiting this long ...
+_SLOW_S = 1.0
+#: ... is not asked again for this long: calls go through at once meanwhile, not after a wait.
+PAUSE_S = 60.0
+
+
+class Pause:
+    """Around each transaction of a ledger on the application's thread: one that failed after
+    waiting ``_SLOW_S`` or more (a database locked by someone else, a server not answering)
+    pauses the ledger for ``PAUSE_S``, during which a transaction raises ``TimeoutError`` at
+    once; the budgets let the calls through, as for any failure of the ledger, but without each
+    of them waiting as long."""
+
+    __slots__ = ("began", "until", "what")
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.until = 0.0
+        self.began = threading.local()
+
+    def __enter__(self) -> None:
+        now = time.monotonic()
+        if now < self.until:
+            raise TimeoutError(
+                f"{self.what} failed slowly (locked, or not answering): not asked again for "
+                f"{PAUSE_S:g} s after that"
+            )
+        self.began.at = now
+
+    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        if kind is not None and issubclass(kind, Exception):
+            now = time.monotonic()
+            if now - self.began.at >= _SLOW_S:
+                self.until = now + PAUSE_S
+
+
 class SQLiteLedger:
     """The default ledger: a SQLite file shared by every process of the machine that uses the
     same directory. Each reserve and settle is one ``BEGIN IMMEDIATE`` transaction (the write
@@ -272,6 +313,7 @@ class SQLiteLedger:
         self._pid = os.getpid()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._pause = Pause("the SQLite budget ledger")
         self._conn()  # the table is made there
 
     def _conn(self) -> sqlite3.Connection:
@@ -290,7 +332,7 @@ class SQLiteLedger:
             self._pid, self._all, self._local = os.getpid(), [], threading.local()
         ensure_private_dir(self.path.parent)
         conn = sqlite3.connect(
-            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
         try:
             conn.execute("PRAGMA journal_mode=WAL")
@@ -308,7 +350,7 @@ class SQLiteLedger:
     def reserve(
         self, scope_key: str, period_start: str, limit_usd: float, amount_usd: float
     ) -> tuple[bool, float]:
-        with _immediate(self._conn()) as conn:
+        with self._pause, _immediate(self._conn()) as conn:
             row = conn.execute(_READ, (scope_key, period_start)).fetchone()
             spent = float(row[0]) if row else 0.0
             if spent + amount_usd > limit_usd:
@@ -319,7 +361,7 @@ class SQLiteLedger:
     def settle(
         self, scope_key: str, period_start: str, reserved_usd: float, actual_usd: float
     ) -> float:
-        with _immediate(self._conn()) as conn:
+        with self._pause, _immediate(self._conn()) as conn:
             row = conn.execute(
                 _SETTLE, (scope_key, period_start, actual_usd, _now(), reserved_usd)
             ).fetchone()
@@ -328,7 +370,7 @@ class SQLiteLedger:
     def reserve_many(self, items: list[Reserve]) -> list[tuple[bool, float]]:
         results: list[tuple[bool, float]] = []
         now = _now()
-        with _immediate(self._conn()) as conn:
+        with self._pause, _immediate(self._conn()) as conn:
             for key, start, limit, amount in items:
                 row = conn.execute(_READ, (key, start)).fetchone()
                 spent = float(row[0]) if row else 0.0
@@ -342,7 +384,7 @@ class SQLiteLedger:
     def settle_many(self, items: list[Settle]) -> list[float]:
         now = _now()
         spent: list[float] = []
-        with _immediate(self._conn()) as conn:
+        with self._pause, _immediate(self._conn()) as conn:
             for key, start, reserved, actual in items:
                 row = conn.execute(_SETTLE, (key, start, actual, now, reserved)).fetchone()
                 spent.append(float(row[0]) if row else actual)
@@ -350,7 +392,7 @@ class SQLiteLedger:
 
     def lease_many(self, items: list[Lease]) -> list[LeaseResult]:
         now = _now()
-        with _immediate(self._conn()) as conn:
+        with self._pause, _immediate(self._conn()) as conn:
             rows = []
             for item in items:
                 row = conn.execute(_READ_ROW, (item[0], item[1])).fetchone()
@@ -367,7 +409,8 @@ class SQLiteLedger:
         return results
 
     def spent(self, scope_key: str, period_start: str) -> float:
-        row = self._conn().execute(_READ, (scope_key, period_start)).fetchone()
+        with self._pause:
+            row = self._conn().execute(_READ, (scope_key, period_start)).fetchone()
         return float(row[0]) if row else 0.0
 
     def close(self) -> None:

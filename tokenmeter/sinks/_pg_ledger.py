@@ -12,7 +12,7 @@ after a server restart, a killed connection or a dropped table (a failure raises
 guardrails let the call through, "fail open"). ``statement_timeout`` is the server's, so a
 server that stops answering would hold the call for ever: a transaction is given up a second
 past it (a watchdog thread shuts the connection's socket down), and a ledger that failed slowly
-is not asked again for ``PAUSE_S``.
+is not asked again for a while (``tokenmeter.guardrails._ledger.Pause``).
 """
 
 from __future__ import annotations
@@ -31,13 +31,7 @@ if TYPE_CHECKING:
 
     from tokenmeter.sinks.postgres import PostgresSink
 
-__all__ = ["PAUSE_S", "PostgresLedger"]
-
-#: A ledger whose transaction failed after waiting this long (a server that does not answer,
-#: or cannot be reached) ...
-_SLOW_S = 1.0
-#: ... is not asked again for this long: calls go through at once meanwhile, not after a wait.
-PAUSE_S = 60.0
+__all__ = ["PostgresLedger"]
 
 T = TypeVar("T")
 #: (scope_key, period_start, limit_usd, amount_usd) and (scope_key, period_start, reserved_usd,
@@ -122,8 +116,10 @@ class PostgresLedger:
         self._rows: set[tuple[str, str]] = set()
         #: How long a transaction may wait for the server: past the server's own timeout.
         self._deadline_s = sink._statement_timeout_ms / 1000 + 1.0
-        self._paused_until = 0.0
         self._watch = _Watchdog()
+        from tokenmeter.guardrails._ledger import Pause
+
+        self._pause = Pause("the PostgreSQL budget ledger")
         _LEDGERS.add(self)
 
     def reserve(
@@ -261,19 +257,8 @@ class PostgresLedger:
                 conn.close()
 
     def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
-        with self._lock:
-            if time.monotonic() < self._paused_until:
-                raise TimeoutError(
-                    "the PostgreSQL budget ledger failed slowly (a server not answering): "
-                    f"not asked again for {PAUSE_S:g} s after that"
-                )
-            began = time.monotonic()
-            try:
-                return self._attempt(work)
-            except Exception:
-                if time.monotonic() - began >= _SLOW_S:
-                    self._paused_until = time.monotonic() + PAUSE_S
-                raise
+        with self._lock, self._pause:
+            return self._attempt(work)
 
     def _attempt(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
         for attempt in (1, 2):
