@@ -176,6 +176,20 @@ def test_every_request_surface_is_read() -> None:
     assert estimate_input("openai", embeddings, "embeddings").input_tokens == 4
 
 
+def test_token_ids_sent_in_place_of_text_are_a_token_each() -> None:
+    """Embeddings and legacy completions take token ids (LangChain's OpenAI embeddings send
+    them by default): they were estimated at 0 tokens, so a budget reserved nothing for them."""
+    ids = {"model": "text-embedding-3-small", "input": [1] * 5000}
+    batch = {"model": "text-embedding-3-small", "input": [[1] * 50, [2] * 70]}
+    prompt = {"model": "gpt-3.5-turbo-instruct", "prompt": [5] * 10}
+    assert estimate_input("openai", ids, "embeddings").input_tokens == 5000
+    assert estimate_input("openai", batch, "embeddings").input_tokens == 120
+    assert estimate_input("openai", prompt, "completions").input_tokens == 10
+    # the budgets' cheap ceiling cannot see token ids: it leaves them to the exact count
+    assert _estimate._input_bound("openai", ids) is None
+    assert _estimate._input_bound("openai", batch) is None
+
+
 def test_images_are_counted_at_the_providers_typical_rate() -> None:
     picture = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
     low = {"type": "image_url", "image_url": {"url": "https://x.invalid/a.png", "detail": "low"}}

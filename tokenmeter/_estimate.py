@@ -656,6 +656,7 @@ def _input_parts(provider: str, request: Any, operation: str | None = None) -> d
     messages = _get(request, "messages")
     config = _get(request, "config")
     tools: Any = None
+    token_ids = 0
     if contents is not None:  # Gemini
         items = contents if isinstance(contents, list | tuple) else [contents]
         walk, n = _messages(items, family)
@@ -670,20 +671,37 @@ def _input_parts(provider: str, request: Any, operation: str | None = None) -> d
         given = _get(request, "input")
         if given is None:
             given = _get(request, "prompt")
+        token_ids = _token_ids(given)
         if isinstance(given, list | tuple) and given and isinstance(given[0], Mapping):
             walk, n = _messages(given, family)  # Responses items
         else:
             walk, n = _Walk(family), 1
-            walk.add(given)
+            walk.add(None if token_ids else given)
         walk.add(_get(request, "instructions"))
         tools = _get(request, "tools")
     if operation in _BARE or (operation is None and _get(request, "prompt") is not None):
         n, per_request = 0, 0  # no chat framing around a bare prompt or an embeddings input
     parts = walk.counts(provider, model)
-    parts["input_text"] += per_message * n + per_request
+    parts["input_text"] += per_message * n + per_request + token_ids
     if tools:
         parts["input_text"] += _tool_tokens(tools, provider, model) + per_tools
     return parts
+
+
+def _token_ids(given: Any) -> int:
+    """Tokens sent as token ids in place of text (embeddings, legacy completions: a list of
+    ints, or a list of such lists, as LangChain's OpenAI embeddings send them): one token each.
+    0 when ``given`` is not that."""
+    if not isinstance(given, list | tuple) or not given:
+        return 0
+    if all(type(item) is int for item in given):
+        return len(given)
+    if all(
+        isinstance(item, list | tuple) and all(type(token) is int for token in item)
+        for item in given
+    ):
+        return sum(len(item) for item in given)
+    return 0
 
 
 #: Content part types whose cost is not their text (``_Walk._media`` reads them).
@@ -718,6 +736,8 @@ def _input_bound(provider: str, request: Any) -> int | None:
             if len(value) > items:
                 items = len(value)
             for item in value:  # _bound_bytes(value, 0), with a message of strings inline
+                if type(item) is int:  # token ids, a token each: the exact count will do
+                    return None
                 if type(item) is dict and _PLAIN_MESSAGE.isdisjoint(item):
                     for text in item.values():
                         if type(text) is str:
@@ -786,6 +806,8 @@ def _bound_bytes(value: Any, depth: int) -> int:
         return total
     if kind is list or kind is tuple:
         for item in value:
+            if type(item) is int:  # token ids (a list of them in a list): not text
+                return -1
             found = _bound_bytes(item, depth + 1)
             if found < 0:
                 return -1
