@@ -1349,6 +1349,61 @@ def test_a_sink_object_named_twice_gets_every_record_once() -> None:
     assert not mine.overlapped
 
 
+class Redacting(InMemorySink):
+    """A user's sink that edits what it is given before keeping it (drops a tag, adds one,
+    clears the cost breakdown), then lets ``after`` go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done = threading.Event()
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        for record in records:
+            record.tags.pop("user", None)
+            record.tags["redacted"] = "yes"
+            if record.cost_breakdown is not None:
+                record.cost_breakdown.clear()
+            record.modalities["input_image"] = 1
+        super().write(records)
+        self.done.set()
+
+    def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
+        for session in sessions:
+            session.tags.clear()
+        super().write_sessions(sessions)
+
+
+class AfterRedacting(InMemorySink):
+    """Writes only once the redacting sink has written (the order the race may take)."""
+
+    def __init__(self, redacting: Redacting) -> None:
+        super().__init__()
+        self.redacting = redacting
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        self.redacting.done.wait(30)
+        super().write(records)
+
+
+def test_a_sink_that_edits_its_records_changes_no_other_sinks_nor_later_records() -> None:
+    """A sink is handed the record objects the other sinks get, whose mappings the session's
+    later records share: a user's sink editing its own (dropping a tag) changed what every
+    other sink stored, and the tags of every later record of the session."""
+    redacting = Redacting()
+    other = AfterRedacting(redacting)
+    tokenmeter.configure(sinks=[redacting, other])
+    with tokenmeter.session("job", tags={"user": "alice"}):
+        first = tokenmeter.record("openai", "gpt-4o", 1_000, 100, modalities={"input_text": 1})
+        assert tokenmeter.flush(30)
+        later = tokenmeter.record("openai", "gpt-4o", 1_000, 100)
+    assert tokenmeter.flush(30)
+    assert first.tags == later.tags == {"user": "alice"}
+    assert first.modalities == {"input_text": 1} and first.cost_breakdown
+    assert other.records == [first, later]
+    assert [s.tags for s in other.sessions.values()] == [{"user": "alice"}]
+    assert [r.tags for r in redacting.records] == [{"redacted": "yes"}] * 2
+
+
 def test_a_record_made_while_another_thread_configures_is_never_lost() -> None:
     """A thread took the pipeline, then configure() on another thread stopped its writers before
     the record was queued: it went into a buffer nobody reads any more. (A submit observer, as

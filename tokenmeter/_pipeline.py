@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenmeter._fork import renew_after_fork
-from tokenmeter._models import SessionInfo, UsageRecord
+from tokenmeter._models import SessionInfo, UsageRecord, trusted
 from tokenmeter._packed import Packed, pack, unpack
 from tokenmeter.sinks._base import Sink
 from tokenmeter.sinks._files import append_line
@@ -193,6 +193,19 @@ def _packed_writer(sink: Sink) -> Callable[[Sink, Sequence[Any]], None] | None:
     return None
 
 
+def _edits_nothing(sink: Sink) -> bool:
+    """True for a sink of ours (not a subclass of one): it never edits the records it gets."""
+    return type(sink).__module__.startswith("tokenmeter.")
+
+
+def _own_copy(item: Any) -> Any:
+    """``item`` with mappings of its own (its other values are immutable): the sinks share one
+    record object, and a record its session's tags, so a user's sink that edits what it is given
+    (drops a tag) would change what every other sink stores, and the session's later records."""
+    values = item.__dict__
+    return trusted(type(item), {k: dict(v) if type(v) is dict else v for k, v in values.items()})
+
+
 def _name(sink: Sink) -> str:
     return type(sink).__name__
 
@@ -206,6 +219,7 @@ class _Writer:
         self.sink = sink
         self.settle(max_queue, interval, quarantine)
         self._write_packed = _packed_writer(sink)
+        self._copy: Callable[[Any], Any] | None = None if _edits_nothing(sink) else _own_copy
         # Re-entrant: a signal handler that flushes may interrupt put() on the same thread.
         self._lock = threading.RLock()
         self._buffer: deque[_Item] = deque()
@@ -407,17 +421,19 @@ class _Writer:
 
     def _write(self, run: Sequence[Any]) -> None:
         first = run[0]
+        copy = self._copy
         if type(first) is tuple:  # a run of packed records (the runs are of one kind each)
             if self._write_packed is not None:
                 self._write_packed(self.sink, _Paced(run))
             else:  # unpacked at the same pace as the sink's own work on the records
-                self.sink.write(_Paced(map(unpack, _paced(iter(run)))))
+                unpacked = map(unpack, _paced(iter(run)))
+                self.sink.write(_Paced(unpacked if copy is None else map(copy, unpacked)))
         elif not isinstance(first, SessionInfo):
-            self.sink.write(_Paced(run))
+            self.sink.write(_Paced(run if copy is None else map(copy, _paced(iter(run)))))
         else:
             write_sessions = getattr(self.sink, "write_sessions", None)
             if write_sessions is not None:
-                write_sessions(run)
+                write_sessions(run if copy is None else list(map(copy, run)))
 
     def _judge_accused(self) -> None:
         """The sink has just taken a write: an accused item that fails now too has failed right
