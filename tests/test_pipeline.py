@@ -173,6 +173,31 @@ def test_a_sink_raising_a_base_exception_keeps_its_writer(raised: type[BaseExcep
     assert [r.id for r in sink.records] == [r.id for r in made]
 
 
+class RaisingFilter(logging.Filter):
+    """An application's logging filter that fails on every line it is shown."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        raise RuntimeError("the application's logging is broken")
+
+
+def test_a_writer_outlives_a_logging_setup_that_raises() -> None:
+    """The writer reports a failing sink through the logger: a filter of the application's
+    that raises there made the error escape the writer's own guard, whose report raised again,
+    and the writer thread died: the sink's records were never written and flush() said False."""
+    sink = FlakySink()
+    tokenmeter.configure(sinks=[sink])
+    broken = RaisingFilter()
+    logging.getLogger("tokenmeter").addFilter(broken)
+    try:
+        made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(3)]
+        wait_for(lambda: sink.failures >= 2, "a retry after the failure was reported")
+        sink.healthy.set()
+        assert tokenmeter.flush(30)
+    finally:
+        logging.getLogger("tokenmeter").removeFilter(broken)
+    assert [r.id for r in sink.records] == [r.id for r in made]
+
+
 def test_a_hung_sink_holds_back_neither_the_caller_nor_the_other_sinks() -> None:
     hung, memory = HungSink(), InMemorySink()
     tokenmeter.configure(sinks=[hung, memory])

@@ -335,8 +335,11 @@ class _Writer:
                     return
                 self._deliver(time.monotonic())
             except BaseException:  # a bug of ours: report it, keep the thread alive
-                logger.exception("tokenmeter writer for sink %s failed", _name(self.sink))
+                # even when reporting fails too (an application's logging filter that raises)
+                with contextlib.suppress(BaseException):
+                    logger.exception("tokenmeter writer for sink %s failed", _name(self.sink))
                 time.sleep(0.1)
+                self._urgent = True  # take up the delivery it broke off: a flush() may wait
 
     def _wait(self) -> bool:
         """Sleep until there is work; gather for the interval. True once asked to stop."""
@@ -415,9 +418,10 @@ class _Writer:
                 time.sleep(_YIELD)
         if wrote and self._accused:
             self._judge_accused()
-        if self._failures:
+        recovered = self._failures
+        self._failures, self._reported = 0, False  # before the line: logging may raise
+        if recovered:
             logger.warning("tokenmeter sink %s recovered; kept records written", _name(self.sink))
-        self._failures, self._reported = 0, False
 
     def _write(self, run: Sequence[Any]) -> None:
         first = run[0]
