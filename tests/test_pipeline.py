@@ -981,8 +981,11 @@ def test_fork_while_other_threads_record_never_hangs_the_child(tmp_path: Path) -
 
 
 COLD_FORK = """
-import os, threading, tokenmeter
-tokenmeter.configure(sinks=["jsonl"])
+import os, sys, threading, tokenmeter
+if sys.argv[1] == "configured":
+    tokenmeter.configure(sinks=["jsonl"])
+# else the settings come from the environment: nothing of tokenmeter's is loaded until the
+# threads' first record
 # Threads make the process's first records (importing the modules behind tokenmeter.record and
 # tokenmeter.session, and the price tables) while the main thread forks at once.
 threads = [
@@ -1003,16 +1006,18 @@ print(os.waitstatus_to_exitcode(status))
 """
 
 
+@pytest.mark.parametrize("start", ["configured", "imported"])
 def test_fork_while_other_threads_make_the_first_records_never_hangs_the_child(
-    tmp_path: Path,
+    tmp_path: Path, start: str
 ) -> None:
     """tokenmeter imports its modules on first use: a fork waits for such an import in progress
-    in another thread (the child would otherwise find its import lock held forever)."""
+    in another thread (the child would otherwise find its import lock held forever). Imported
+    only, with the first records made by threads, the wait was not in place yet: 4 of 4 hung."""
     for attempt in range(6):  # each a fresh process: one race each
         meter = tmp_path / f"m{attempt}"
         done = subprocess.run(
-            [sys.executable, "-c", COLD_FORK],
-            env={**os.environ, "TOKENMETER_DIR": str(meter)},
+            [sys.executable, "-c", COLD_FORK, start],
+            env={**os.environ, "TOKENMETER_DIR": str(meter), "TOKENMETER_SINKS": "jsonl"},
             cwd=tmp_path,
             capture_output=True,
             text=True,

@@ -16,6 +16,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+# fork() waits for imports other threads run (tokenmeter's own come on first use, maybe on a
+# thread of the application's at the instant the main thread forks).
+from tokenmeter import _fork  # noqa: F401
+
 if TYPE_CHECKING:
     from tokenmeter import sinks, testing
     from tokenmeter._estimate import estimate

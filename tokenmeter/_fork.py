@@ -7,6 +7,7 @@ the child hangs on its first record. Every module-level lock of tokenmeter is re
 
 from __future__ import annotations
 
+import logging  # noqa: F401  (imported before our fork hook is registered: see the end)
 import os
 import threading
 import time
@@ -26,6 +27,8 @@ def renew_after_fork(
 
     os.register_at_fork(after_in_child=renew)
     if not _hooked:
+        # Again, now that tokenmeter is in use: the hooks registered last run first (see the
+        # end of this module).
         _hooked.append(True)
         os.register_at_fork(before=_wait_for_imports)
 
@@ -41,7 +44,8 @@ def _wait_for_imports() -> None:
     tokenmeter imports modules on first use, on the caller's thread or a writer's (a record's
     road, a sink, the price tables). A module being imported at the instant of ``fork()`` stays
     half-imported in the child, its import lock held by a thread that does not exist there: the
-    child's first record would wait for it forever. Registered once tokenmeter is in use.
+    child's first record would wait for it forever. Registered at ``import tokenmeter``: the
+    first records may be made by threads while the main thread forks.
     """
     deadline = time.monotonic() + _IMPORT_WAIT
     while _imports_in_other_threads() and time.monotonic() < deadline:
@@ -62,3 +66,9 @@ def _imports_in_other_threads() -> bool:
     except Exception:
         return False
     return False
+
+
+# At ``import tokenmeter``. Fork hooks registered last run first: logging's takes the logging
+# lock, and run before this wait, it would keep an import that needs the lock (every module of
+# tokenmeter asks for its logger) from ending: logging is imported above, so its hook runs after.
+os.register_at_fork(before=_wait_for_imports)
