@@ -697,8 +697,11 @@ class _ForkGate:
             self._cond.wait_for(lambda: not self._busy, timeout)
 
     def after_fork_in_parent(self) -> None:
+        # Unmatched when this module was imported (on another thread) during that fork's
+        # before-hooks, which the wait for imports lets end: the count must not go below zero,
+        # or every SQLite call of ours would wait for a fork that is not under way.
         with self._cond:
-            self._forks -= 1
+            self._forks = max(0, self._forks - 1)
             self._cond.notify_all()
 
 
