@@ -80,6 +80,16 @@ def test_json_form_has_spec_keys_in_order_and_round_trips(sink: InMemorySink) ->
     assert json.loads(rec.model_dump_json()) == data
 
 
+def test_editing_a_returned_records_tags_leaves_the_sessions_alone(sink: InMemorySink) -> None:
+    """A record's tags were the session's own dict: an application editing the record it got
+    back changed the tags of every later record of the session."""
+    with tokenmeter.session("s", tags={"team": "core"}) as s:
+        first = tokenmeter.record("openai", "gpt-4o", 10, 5)
+        first.tags["leaked"] = "yes"
+        second = tokenmeter.record("openai", "gpt-4o", 10, 5)
+    assert second.tags == {"team": "core"} and s.effective_tags == {"team": "core"}
+
+
 def test_unknown_model_records_null_cost_never_zero(sink: InMemorySink) -> None:
     rec = tokenmeter.record("openai", "my-private-model-x", 100, 10)
     assert rec.estimated_cost_usd is None

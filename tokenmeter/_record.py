@@ -153,7 +153,9 @@ def emit(
             "price_source": priced_as["price_source"],
             "session_id": session.id,
             "session_name": session.name,
-            "tags": {**session_tags, **tags} if tags else session_tags,
+            # A dict of the record's own: an application editing a returned record's tags
+            # must not change the session's (nor its later records').
+            "tags": {**session_tags, **tags} if tags else dict(session_tags),
             "latency_ms": latency_ms,
             "streamed": streamed,
             "status": status,
