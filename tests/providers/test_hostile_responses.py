@@ -249,6 +249,28 @@ async def test_openai_compatible_server(
         assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
 
 
+def test_an_application_logging_setup_that_raises_never_reaches_its_call(
+    kit: ModuleType, sink: InMemorySink
+) -> None:
+    """Reading an unreadable usage logs a warning on the caller's thread; an application whose
+    logging filter raises got that error from its own LLM call (our fault report raised too)."""
+
+    class Broken(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            raise RuntimeError("the application's logging is broken")
+
+    broken = Broken()
+    logging.getLogger("tokenmeter").addFilter(broken)
+    try:
+        tokenmeter.instrument("openai")
+        client = compatible_client(OPENAI_ANSWERS["cached > prompt"], kit, is_async=False)
+        answer = client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    finally:
+        logging.getLogger("tokenmeter").removeFilter(broken)
+    assert answer.choices[0].message.content == "Hello!"
+    assert_unreadable(only(flushed(sink)))
+
+
 def test_hostile_answers_never_wedge_the_default_sqlite_sink(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kit: ModuleType
 ) -> None:

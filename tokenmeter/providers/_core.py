@@ -19,6 +19,7 @@ latest reading decides, as usage is cumulative.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -63,7 +64,18 @@ __all__ = [
     "send_async",
 ]
 
-logger = logging.getLogger("tokenmeter")
+
+class _QuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The ``tokenmeter`` logger as the interception loop uses it, on the application's thread:
+    an application's logging that raises (a failing filter or handler) is not its call's problem,
+    so what we log there never raises."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        with contextlib.suppress(Exception):
+            super().log(level, msg, *args, **kwargs)
+
+
+logger = _QuietLogger(logging.getLogger("tokenmeter"), {})
 
 if TYPE_CHECKING:
     ObjectProxy = wrapt.ObjectProxy[Any]
