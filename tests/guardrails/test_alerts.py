@@ -364,3 +364,39 @@ def test_a_restarted_process_keeps_the_cooldowns_of_the_alerts_already_given(
     alerts, bad = read_alerts(directory / "alerts.jsonl")
     assert bad == 0
     assert [a["time"] for a in alerts] == ["2026-12-01T09:00:00.000Z", "2026-12-01T09:11:00.000Z"]
+
+
+def test_a_callback_that_makes_an_llm_call_does_not_alert_about_it(
+    tmp_path: Path, fake: Any
+) -> None:
+    """An on_alert callback that asks a model (to summarise the alert, say) made a call over
+    the threshold: that alerted again and called the callback again, a paid loop without end
+    once the cooldown is 0 (one more call per cooldown otherwise). The callback's own calls are
+    recorded, and not judged."""
+    client = fake.openai_client(max_retries=0)
+    asked: list[str] = []
+
+    def summarise(alert: Alert) -> None:
+        asked.append(alert.scope)
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": alert.message}]
+        )
+
+    memory = InMemorySink()
+    tokenmeter.configure(
+        sinks=[memory],
+        directory=tmp_path / "tm",
+        alerts=[{"rule": "call_tokens", "threshold": 1, "cooldown_s": 0}],
+        on_alert=summarise,
+    )
+    tokenmeter.instrument(["openai"])
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    for _ in range(5):
+        assert tokenmeter.flush(5)
+    assert asked == ["model=gpt-4o-2024-08-06"]
+    assert [r.request_model for r in memory.records] == ["gpt-4o", "gpt-4o-mini"]
+    # The application's own calls go on being judged.
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert tokenmeter.flush(5)
+    assert tokenmeter.flush(5)
+    assert asked == ["model=gpt-4o-2024-08-06"] * 2

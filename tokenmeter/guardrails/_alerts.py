@@ -10,7 +10,8 @@ model, or per session name for session totals; it only judges after ``warmup`` s
 
 An alert for a (rule, scope) is not repeated within ``cooldown_s`` seconds. Alerts (budget
 warnings included) go to the ``tokenmeter`` logger, to ``<directory>/alerts.jsonl`` (one JSON
-object a line) and to the ``on_alert`` callbacks.
+object a line) and to the ``on_alert`` callbacks. The calls a callback makes (an LLM asked to
+summarise the alert) are recorded but not judged: an alert about them would call it again.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tokenmeter import _pipeline
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.guardrails._hooks import not_awaited
 from tokenmeter.pricing._overrides import short_repr
@@ -151,6 +154,11 @@ class _Baseline:
 
 # -- delivery -----------------------------------------------------------------------------------
 _active: AlertSink | None = None
+#: True while an ``on_alert`` callback runs (on the alert sink's writer thread).
+_in_callback: ContextVar[bool] = ContextVar("tokenmeter_in_alert_callback", default=False)
+#: Ids of records made by callbacks, not yet seen by the alert sink: past this many (records
+#: that never reached it) the set starts over.
+_MAX_OWN = 10_000
 
 
 def post(alert: Alert, *, once: bool = False) -> None:
@@ -193,17 +201,33 @@ class AlertSink:
         self._bucket_sum = 0.0
         self._lock = threading.Lock()
         self._seeded = False
+        #: Ids of the records the callbacks made: not judged (see ``_note_own``).
+        self._own: set[str] = set()
+        self._observing = False
 
     def activate(self) -> None:
         global _active
         _active = self
+        if self.callbacks and not self._observing:
+            self._observing = True
+            _pipeline.add_submit_observer(self._note_own)
+
+    def _note_own(self, item: object) -> None:
+        """On the submitting thread: remember a record an ``on_alert`` callback made. Judged, a
+        call over the threshold would alert and run the callback again: a loop of paid calls."""
+        if _in_callback.get() and type(item) is UsageRecord:
+            if len(self._own) >= _MAX_OWN:
+                self._own.clear()
+            self._own.add(item.id)
 
     # -- the Sink protocol ----------------------------------------------------------------------
     def write(self, records: Sequence[UsageRecord]) -> None:
         with self._lock:
             self._seed()
             for record in records:
-                if record.status != "blocked":
+                if record.id in self._own:
+                    self._own.discard(record.id)  # an on_alert callback's own call
+                elif record.status != "blocked":
                     self._judge_record(record)
             self._deliver_pending()
 
@@ -222,6 +246,9 @@ class AlertSink:
 
     def close(self) -> None:
         global _active
+        if self._observing:
+            _pipeline.remove_submit_observer(self._note_own)
+            self._observing = False
         self.flush()
         if _active is self:
             _active = None
@@ -414,11 +441,15 @@ class AlertSink:
                 logger.debug("tokenmeter: alert given by another process: %s", alert.message)
                 continue
             logger.warning("tokenmeter alert: %s", alert.message)
-            for callback in self.callbacks:
-                try:
-                    not_awaited(callback(alert), "an on_alert callback")
-                except BaseException:  # on a writer thread: SystemExit there ends nothing
-                    logger.exception("tokenmeter: an on_alert callback failed")
+            token = _in_callback.set(True)
+            try:
+                for callback in self.callbacks:
+                    try:
+                        not_awaited(callback(alert), "an on_alert callback")
+                    except BaseException:  # on a writer thread: SystemExit there ends nothing
+                        logger.exception("tokenmeter: an on_alert callback failed")
+            finally:
+                _in_callback.reset(token)
 
     def _append(self, alert: Alert, *, once: bool = False) -> bool:
         """Write the alert to alerts.jsonl; False (nothing written, nothing to give) when it is
