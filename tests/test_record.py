@@ -532,3 +532,53 @@ def test_record_with_a_timestamp_beyond_utc_is_a_value_error(
     assert type(raised.value) is ValueError
     assert tokenmeter.flush(5)
     assert sink.records == []
+
+
+class _Int64:
+    """An integer of another library (numpy's ``int64``, a pandas column's cell): an int by
+    ``__index__``, not by type."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+
+def test_record_takes_integers_of_other_libraries(sink: InMemorySink) -> None:
+    """Counts summed with numpy (or read from a pandas frame) are ``numpy.int64``: refused as
+    "not a whole number" although each is one."""
+    rec = tokenmeter.record(
+        "openai",
+        "gpt-4o",
+        _Int64(1000),
+        _Int64(200),
+        cache_read_tokens=_Int64(100),
+        reasoning_tokens=_Int64(50),
+        modalities={"input_image": _Int64(300)},
+        tool_requests={"web_search": _Int64(2)},
+    )
+    counts = (rec.input_tokens, rec.output_tokens, rec.cache_read_tokens, rec.reasoning_tokens)
+    assert counts == (1000, 200, 100, 50)
+    assert all(type(n) is int for n in counts)
+    assert rec.modalities == {"input_image": 300}
+    assert type(rec.modalities["input_image"]) is int
+    assert rec.tool_requests == {"web_search": 2}
+    assert type(rec.tool_requests["web_search"]) is int
+    assert tokenmeter.flush(5)
+    assert [r.input_tokens for r in sink.records] == [1000]
+    with pytest.raises(ValueError, match="input_tokens"):  # the checks still apply
+        tokenmeter.record("openai", "gpt-4o", _Int64(-1), 0)
+
+
+def test_price_takes_integers_of_other_libraries() -> None:
+    given = tokenmeter.price(
+        "openai",
+        "gpt-4o",
+        {"input_tokens": _Int64(1000), "output_tokens": _Int64(100), "modalities": {}},
+    )
+    assert given == tokenmeter.price(
+        "openai", "gpt-4o", {"input_tokens": 1000, "output_tokens": 100}
+    )
+    with pytest.raises(ValueError, match=r"usage\.input_tokens"):
+        tokenmeter.price("openai", "gpt-4o", {"input_tokens": _Int64(-1), "output_tokens": 0})

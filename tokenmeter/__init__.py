@@ -108,7 +108,7 @@ def price(
     """
     from pydantic import ValidationError
 
-    from tokenmeter._models import MAX_NAME, Usage, clean_text, first_error
+    from tokenmeter._models import MAX_NAME, Usage, as_int, clean_text, first_error
     from tokenmeter.pricing import price_usage
     from tokenmeter.pricing._overrides import short_repr
     from tokenmeter.usage._read import priced_tier
@@ -123,7 +123,13 @@ def price(
                 f"usage must be a Usage or a mapping of token counts, got {short_repr(usage)}"
             )
         try:
-            usage = Usage.model_validate(dict(usage))
+            counts = {
+                name: {key: as_int(n) for key, n in value.items()}
+                if isinstance(value, Mapping)
+                else as_int(value)
+                for name, value in usage.items()
+            }
+            usage = Usage.model_validate(counts)
         except ValidationError as exc:  # "usage.input_tokens: ...", or "usage: <the rule>"
             joint = "." if exc.errors()[0]["loc"] else ": "
             raise ValueError("usage" + joint + first_error(exc)) from None

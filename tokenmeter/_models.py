@@ -7,6 +7,7 @@ are subsets of those two. Provider-specific conventions are converted in ``token
 
 from __future__ import annotations
 
+import operator
 import reprlib
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -238,6 +239,17 @@ def check_usage_subsets(c: dict[str, Any]) -> None:
                 f"the passes' tokens ({extra_in} in, {extra_out} out) must be inside "
                 f"input_tokens ({total_in}) and output_tokens ({total_out})"
             )
+
+
+def as_int(value: Any) -> Any:
+    """An integer of another library (numpy's ``int64``) as the int it stands for; anything
+    else as it is, for the checks to name (a bool is no count, though it has ``__index__``)."""
+    if type(value) is int or isinstance(value, bool | float | str):
+        return value
+    try:
+        return operator.index(value)
+    except Exception:
+        return value
 
 
 def _check_parts(name: str, parts: Any, known: frozenset[str]) -> None:

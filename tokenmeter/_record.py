@@ -29,6 +29,7 @@ from tokenmeter._models import (
     Usage,
     UsageRecord,
     _check_parts,
+    as_int,
     clean_text,
     first_error,
     trusted,
@@ -203,6 +204,7 @@ def _timestamp(value: Any) -> datetime:
 def _usage(**counts: Any) -> Usage:
     if all(type(value) is int and 0 <= value <= MAX_TOKENS for value in counts.values()):
         return usage_of(**counts)  # the common case; only the subset rules are left to check
+    counts = {name: as_int(value) for name, value in counts.items()}
     return Usage(**counts)  # a one-line ValueError naming the field that is wrong
 
 
@@ -216,7 +218,7 @@ def _parts(name: str, given: Mapping[str, int] | None, known: frozenset[str]) ->
         raise ValueError(f"{name} must be a dict of counts, got {type(given).__name__}")
     if len(given) > len(known):
         raise ValueError(f"{name} has {len(given)} keys: expected at most {len(known)}")
-    parts = dict(given)
+    parts = {key: as_int(value) for key, value in given.items()}
     _check_parts(name, parts, known)
     return {key: value for key, value in parts.items() if value}
 
@@ -266,8 +268,8 @@ def record(
     ``input_*``, ``output_*``, ``cache_read_*`` for text/image/audio/video/document, each a part
     of its total) and ``tool_requests`` counts billed server-side tool requests
     (``{"web_search": 2}``; keys web_search, web_fetch, file_search, code_execution), both
-    priced as for an intercepted call. Bad input raises ValueError naming the field; nothing is
-    written then.
+    priced as for an intercepted call. A count may be any integer type (numpy's ``int64`` from a
+    sum over a frame). Bad input raises ValueError naming the field; nothing is written then.
     """
     provider = _text("provider", provider).lower()
     model = _text("model", model)
