@@ -234,6 +234,31 @@ def test_track_names_a_partial_or_a_callable_object_it_decorates(sink: InMemoryS
     assert [name.rsplit(".", 1)[-1] for name in names] == ["ask", "ask_async", "Asker"]
 
 
+def test_track_on_an_object_whose_call_is_async_or_a_generator_spans_its_work(
+    sink: InMemorySink,
+) -> None:
+    """An object with an ``async def __call__`` (or a generator one) was taken for a plain
+    function: its session ended as soon as the coroutine (or generator) was made, and the calls
+    it made went to the implicit session."""
+
+    class AsyncAsker:
+        async def __call__(self) -> str:
+            await asyncio.sleep(0)
+            tokenmeter.record("openai", "gpt-4o", 1, 1)
+            return "awaited"
+
+    class Streamer:
+        def __call__(self) -> Iterator[int]:
+            tokenmeter.record("openai", "gpt-4o", 1, 1)
+            yield 1
+
+    assert asyncio.run(tokenmeter.track(AsyncAsker())()) == "awaited"
+    assert list(tokenmeter.track(Streamer())()) == [1]
+    assert tokenmeter.flush(5)
+    names = [record.session_name or "" for record in sink.records]
+    assert [name.rsplit(".", 1)[-1] for name in names] == ["AsyncAsker", "Streamer"]
+
+
 @pytest.mark.parametrize("decorator", ["track", "session"])
 def test_decorating_what_cannot_be_called_is_a_value_error(decorator: str) -> None:
     """It failed later, in every call (or with an AttributeError naming __qualname__)."""

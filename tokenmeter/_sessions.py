@@ -530,11 +530,15 @@ def _decorate_async_generator(func: Callable[..., Any], make_session: Callable[[
 def _decorate(func: F, make_session: Callable[[], Session]) -> F:
     if not callable(func):  # else every call of the "decorated" function would fail
         raise ValueError(f"a session decorates a function or callable, got {short_repr(func)}")
-    if inspect.isgeneratorfunction(func):
+    # What runs when it is called: a callable object's own __call__ (async or a generator too).
+    code: Any = func
+    if not (inspect.isroutine(func) or isinstance(func, functools.partial)):
+        code = type(func).__call__
+    if inspect.isgeneratorfunction(code):
         return cast(F, _decorate_generator(func, make_session))
-    if inspect.isasyncgenfunction(func):
+    if inspect.isasyncgenfunction(code):
         return cast(F, _decorate_async_generator(func, make_session))
-    if inspect.iscoroutinefunction(func):
+    if inspect.iscoroutinefunction(code):
 
         @functools.wraps(func)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
