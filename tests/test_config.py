@@ -266,6 +266,10 @@ def test_unknown_sink_name_is_rejected() -> None:
         # record was rejected by the sinks, and could not be set aside in that directory either.
         ({"directory": "me\ud800ter"}, r"'directory'.*cannot name a file"),
         ({"state_file": "state\ud800.md"}, r"'state_file'.*cannot name a file"),
+        # Past what any file system takes: accepted, then every write failed (every record lost).
+        ({"directory": "t" * 256}, r"'directory'.*name longer than any file system takes"),
+        ({"state_file": "/tmp/" + "s" * 300 + ".md"}, r"'state_file'.*name longer"),
+        ({"directory": "/tmp/" + "d/" * 2100}, r"'directory'.*longer than any file system"),
         ({"aliases": [1]}, r"'aliases' from configure\(\)"),
         ({"aliases": 5}, r"'aliases'"),
         ({"aliases": {"prod": 3}}, r"'aliases'.*alias 'prod'"),

@@ -183,10 +183,11 @@ class Settings(BaseModel):
             raise ValueError("must not be empty")
         if "\x00" in text:
             raise ValueError(f"must not contain a NUL character, got {short_repr(text)}")
-        try:
-            os.fsencode(text)  # a lone surrogate: every file operation on it would fail later
-        except UnicodeEncodeError:
-            raise ValueError(f"cannot name a file, got {short_repr(text)}") from None
+        from tokenmeter.sinks._files import unnameable  # the sinks' own rule
+
+        fault = unnameable(text)  # else every file operation on it would fail later
+        if fault is not None:
+            raise ValueError(f"{fault}, got {short_repr(text)}")
         return Path(text)
 
     @field_validator("disabled", "stream_usage", "thread_propagation", mode="before")

@@ -40,6 +40,26 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
+#: The longest file name (one path component) Linux, macOS and Windows file systems take, and
+#: the longest path Linux takes: past them every open fails, so every record would be lost.
+NAME_MAX = 255
+PATH_MAX = 4096
+
+
+def unnameable(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` can name no file on any file system (None if it can): a lone surrogate
+    (not encodable), or a name or a path longer than any file system takes."""
+    try:
+        encoded = os.fsencode(path)
+    except UnicodeEncodeError:
+        return "cannot name a file"
+    if len(encoded) >= PATH_MAX:
+        return f"is longer than any file system takes ({PATH_MAX} bytes)"
+    if any(len(part) > NAME_MAX for part in encoded.split(os.sep.encode())):
+        return f"has a name longer than any file system takes ({NAME_MAX} bytes)"
+    return None
+
+
 def absolute(path: str | os.PathLike[str], name: str = "path") -> Path:
     """``path`` made absolute against the working directory now, so that a process changing
     directory later (a daemon going to "/") goes on writing to the same file. Left relative when
@@ -54,10 +74,9 @@ def absolute(path: str | os.PathLike[str], name: str = "path") -> Path:
         found = None
     if found is None or "\x00" in str(found):
         raise ValueError(f"{name} must be a file system path, got {short_repr(path)}")
-    try:
-        os.fsencode(found)  # a lone surrogate: every write would fail to encode it
-    except UnicodeEncodeError:
-        raise ValueError(f"{name} cannot name a file, got {short_repr(path)}") from None
+    fault = unnameable(found)
+    if fault is not None:
+        raise ValueError(f"{name} {fault}, got {short_repr(path)}")
     try:
         return found.absolute()
     except OSError:
