@@ -155,6 +155,25 @@ def test_flush_is_false_while_a_sinks_own_flush_fails() -> None:
     assert [r.id for r in sink.records] == [r.id for r in made]
 
 
+def test_two_sinks_that_flush_inside_their_writes_do_not_wait_on_each_other() -> None:
+    """Each writer's flush() waited for the other writer, busy in the same wait: both hung until
+    their timeouts ran out (for ever without one), and every flush() of the application with
+    them. A writer in flush() does not wait for a writer that entered flush() before it."""
+    results: list[bool] = []
+
+    class Flushing(InMemorySink):
+        def write(self, records: Sequence[UsageRecord]) -> None:
+            results.append(tokenmeter.flush(20))
+            super().write(records)
+
+    first, second = Flushing(), Flushing()
+    tokenmeter.configure(sinks=[first, second])
+    made = tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert tokenmeter.flush(60)
+    assert [r.id for r in first.records] == [r.id for r in second.records] == [made.id]
+    assert len(results) == 2 and True in results  # the one that waited saw the other finish
+
+
 @pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit, GeneratorExit])
 def test_a_sink_raising_a_base_exception_keeps_its_writer(raised: type[BaseException]) -> None:
     class Fatal(FlakySink):

@@ -656,20 +656,40 @@ def _flush_writers(writers: Sequence[_Writer], timeout: float | None) -> bool:
     return not failed and not timed_out
 
 
+#: Writer threads inside a flush (a sink's write, or an on_alert callback, calling flush()): a
+#: writer's flush does not wait for those that entered theirs before it, which may be waiting
+#: for it (two sinks flushing in their writes waited on each other for ever).
+_flushing: set[threading.Thread] = set()
+_flushing_lock = threading.Lock()
+
+
 def _unflushed(writers: Sequence[_Writer], timeout: float | None) -> tuple[list[str], list[str]]:
     """Flush: the names of the sinks that failed to take everything, and of those that did not
-    finish within ``timeout`` (what exit reports: a sink that failed at once did not time out)."""
-    markers = [(writer, writer.request_flush()) for writer in writers]
-    deadline = None if timeout is None else time.monotonic() + timeout
-    failed: list[str] = []
-    timed_out: list[str] = []
-    for writer, marker in markers:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if not marker.done.wait(left):
-            timed_out.append(_name(writer.sink))
-        elif not marker.ok:
-            failed.append(_name(writer.sink))
-    return failed, timed_out
+    finish within ``timeout`` (what exit reports: a sink that failed at once did not time out).
+    A writer busy in a flush of its own is not waited for: it counts as failed."""
+    current = threading.current_thread()
+    on_a_writer = any(writer._thread is current for writer in writers)
+    busy: set[threading.Thread] = set()
+    if on_a_writer:
+        with _flushing_lock:
+            busy = set(_flushing)
+            _flushing.add(current)
+    try:
+        failed = [_name(writer.sink) for writer in writers if writer._thread in busy]
+        markers = [(w, w.request_flush()) for w in writers if w._thread not in busy]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        timed_out: list[str] = []
+        for writer, marker in markers:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not marker.done.wait(left):
+                timed_out.append(_name(writer.sink))
+            elif not marker.ok:
+                failed.append(_name(writer.sink))
+        return failed, timed_out
+    finally:
+        if on_a_writer:
+            with _flushing_lock:
+                _flushing.discard(current)
 
 
 def _report_unflushed(failed: list[str], timed_out: list[str], what: str) -> None:
@@ -1079,6 +1099,7 @@ def _after_fork_in_child() -> None:
     _carried = []
     _ending = []
     _submit_observers.clear()
+    _flushing.clear()
     if _wakeup is not None:
         # Our wakeup pipe is the parent's: the child's signals would make the parent's thread
         # interrupt the parent. The child watches its own, once it records.
@@ -1096,3 +1117,4 @@ atexit.register(_at_exit)
 os.register_at_fork(after_in_child=_after_fork_in_child)
 renew_after_fork(globals(), "_lock")
 renew_after_fork(globals(), "_late_lock", threading.Lock)
+renew_after_fork(globals(), "_flushing_lock", threading.Lock)
