@@ -193,6 +193,26 @@ def test_a_table_dropped_while_in_use_is_made_again(
     assert query(path, schema) == query(other, schema)
 
 
+def test_a_database_emptied_by_another_process_is_made_again(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    """A database file truncated to nothing in place (``: > usage.db``, a copytruncate rotation)
+    after a checkpoint made every later batch of the running sink fail with "file is not a
+    database" for ever, while a new process made it again and wrote: the running process's
+    records were dropped at ``max_queue``."""
+    path = tmp_path / "usage.db"
+    sink = SQLiteSink(path)
+    sink.write([make_record(0)])
+    query(path, "PRAGMA wal_checkpoint(TRUNCATE)")
+    os.truncate(path, 0)
+    try:
+        sink.write([make_record(1)])
+    except sqlite3.DatabaseError:  # on the old connection: the writer retries
+        sink.write([make_record(1)])
+    sink.close()
+    assert query(path, "SELECT id FROM records") == [("rec-000001",)]
+
+
 def test_retried_batch_does_not_duplicate(
     tmp_path: Path, make_record: RecordFactory, read_sqlite: Reader
 ) -> None:

@@ -618,14 +618,14 @@ class SQLiteSink:
     def _transaction(self, statement: _Statement, values: Sequence[Any]) -> None:
         with _gate.held():
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
             try:
+                conn.execute("BEGIN IMMEDIATE")
                 statement.run(conn, values)
                 conn.execute("COMMIT")
             except BaseException as exc:
                 _rollback(conn)
-                if isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc):
-                    self._drop_connection()  # a table dropped: a new connection makes it again
+                if _made_again_by_new_connection(exc):
+                    self._drop_connection()
                 raise
 
     def _connection(self) -> sqlite3.Connection:
@@ -657,6 +657,20 @@ class SQLiteSink:
         self._conn, self._pid = conn, os.getpid()
         self._file_id = file_id(info)
         return conn
+
+
+#: SQLite's result code for a file that is not a database (``sqlite3.SQLITE_NOTADB``).
+_NOTADB = 26
+
+
+def _made_again_by_new_connection(exc: BaseException) -> bool:
+    """Whether ``exc`` is what a database emptied under the connection gives, which only a new
+    connection makes again: a table dropped ("no such table"), or the file truncated to nothing
+    by another process ("file is not a database": the connection's cache still describes the
+    old file, where a new one takes the empty file for a new database)."""
+    if isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc):
+        return True
+    return isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorcode", 0) == _NOTADB
 
 
 class _ForkGate:
