@@ -713,3 +713,39 @@ def test_a_relative_path_stays_where_it_was_when_the_process_changes_directory(
     usage = (sink.directory / "token_usage.md").read_text(encoding="utf-8")
     assert table_rows(usage, "| Provider | Model | Calls |")[-1][2] == "**2**"
     assert list((tmp_path / "b").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "old", "new"),
+    [
+        ("token_usage.md", "## Detailed Log\n", "## Detailed Log\n\nA note of mine.\n"),
+        ("token_usage.md", "| demo |", "| dem |"),
+        ("token_usage.md", "## Usage Summary", "## Usage Summary (seen by Ann)"),
+        ("sessions/s1.md", "## Calls\n", "## Calls\n\nA note of mine.\n"),
+    ],
+    ids=["note-in-the-log", "shorter-row", "longer-head", "note-in-a-session"],
+)
+def test_a_journal_edited_by_hand_goes_on_whole(
+    tmp_path: Path, make_record: RecordFactory, name: str, old: str, new: str
+) -> None:
+    """A journal saved from an editor with a line added or a row shortened (its first line kept)
+    was written at the offsets its first line recorded, now elsewhere in the text: the next
+    batch's first row was glued into an old row ("$0.00| 4 |"), or left after a blank line,
+    outside the table. The document is now taken as it was edited and written whole again."""
+    sink = MarkdownJournalSink(tmp_path)
+    sink.write([make_record(i) for i in range(3)])
+    path = tmp_path / name
+    text = path.read_text(encoding="utf-8")
+    assert old in text
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+    sink.write([make_record(3 + i) for i in range(2)])
+    sink.write([make_record(5)])
+
+    assert journal_problems(tmp_path) == []
+    edited = path.read_text(encoding="utf-8")
+    if "Summary" not in old:  # an edit of the head is written over, as the head always is
+        assert new in edited
+    usage = (tmp_path / "token_usage.md").read_text(encoding="utf-8")
+    assert len(table_rows(usage, "| # | Timestamp |")) == 6
+    assert table_rows(usage, "| Provider | Model | Calls |")[-1][2] == "**6**"

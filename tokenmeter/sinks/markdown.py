@@ -228,6 +228,9 @@ class _Layout:
     end: int = 0  # where the body ends and the tail starts
     state: dict[str, Any] = field(default_factory=dict)
     from_copy: bool = False  # the first line was not whole: the head must be written again
+    #: The body found in a document edited by hand (see ``_edited_body``), to be written whole
+    #: again; None when the document is as its first line describes it.
+    edited_body: bytes | None = None
 
 
 #: How many ids of records that failed writes put in a file the sink remembers per file (a
@@ -302,16 +305,21 @@ def _update(
         tail = log.tail(layout.state).encode()
         meta = _meta(layout.head_size, layout.end + len(rows), layout.state)
         first_line = _MARKER + meta
-        if layout.head_size and len(first_line) + len(head) + _PAD_MIN <= layout.head_size:
+        if (
+            layout.head_size
+            and layout.edited_body is None
+            and len(first_line) + len(head) + _PAD_MIN <= layout.head_size
+        ):
             new_head = _pad(first_line + head, layout.head_size)
             data = rows + tail + _COPY_MARKER + meta
             _write_in_place(fd, layout.end, data, new_head, len(first_line))
             return
-        body = (
-            pread_exact(fd, layout.end - layout.head_size, layout.head_size)
-            if layout.head_size
-            else log.body_intro.encode()
-        )
+        if layout.edited_body is not None:
+            body = layout.edited_body
+        elif layout.head_size:
+            body = pread_exact(fd, layout.end - layout.head_size, layout.head_size)
+        else:
+            body = log.body_intro.encode()
     finally:
         if fd >= 0:
             os.close(fd)
@@ -412,14 +420,40 @@ def _read_layout(fd: int, path: Path, log: _Log) -> _Layout:
     layout = None
     if newline >= 0:
         layout = _parse_meta(data[len(_MARKER) : newline], legacy=True)
-    if layout is not None and newline < layout.head_size <= layout.end <= size:
-        return layout
+    if layout is not None and newline < layout.head_size:
+        trailer = log.tail(layout.state).encode() + _COPY_MARKER + data[len(_MARKER) : newline + 1]
+        at = size - len(trailer)
+        if at != layout.end and at > 0 and os.pread(fd, len(trailer), at) == trailer:
+            # The file ends as the first line's batch left it, but not where the first line
+            # says: it was saved from an editor with a line added or shortened.
+            layout.edited_body = _edited_body(fd, at)
+            if layout.edited_body is None:
+                raise ValueError(f"{path}: journal was edited; move the file away")
+            return layout
+        if layout.head_size <= layout.end <= size:
+            return layout
     copy = _read_copy(fd, size, log)
     if copy is not None:
         return copy
     if layout is None:
         raise _not_a_journal(path)
     raise ValueError(f"{path}: journal was truncated or edited; move the file away")
+
+
+#: The end of the head's padding, the first one of these after the first line: the head's text
+#: has no "<!--" (recorded text is escaped), and the first line's comment has a marker.
+_HEAD_END = re.compile(rb"<!-- *-->\n")
+
+
+def _edited_body(fd: int, end: int) -> bytes | None:
+    """The body of a document edited by hand, its tail starting at ``end``: what lies between
+    the end of the head and ``end``, as edited. None when the head's end is not found."""
+    data = pread_exact(fd, end, 0)
+    head_end = _HEAD_END.search(data, data.find(b"\n") + 1)
+    if head_end is None:
+        return None
+    body = data[head_end.end() :]
+    return body if not body or body.endswith(b"\n") else body + b"\n"
 
 
 def _not_a_journal(path: Path) -> ValueError:
