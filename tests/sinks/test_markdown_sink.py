@@ -749,3 +749,33 @@ def test_a_journal_edited_by_hand_goes_on_whole(
     usage = (tmp_path / "token_usage.md").read_text(encoding="utf-8")
     assert len(table_rows(usage, "| # | Timestamp |")) == 6
     assert table_rows(usage, "| Provider | Model | Calls |")[-1][2] == "**6**"
+
+
+def test_a_link_planted_at_the_temporary_file_is_not_followed(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    """A document rewritten whole (its head grew) was written to ``.NAME.PID.tmp`` opened with
+    O_TRUNC, following a symbolic link someone with write access to the directory planted there
+    (the pid is no secret): the file it pointed to was truncated, overwritten with the journal
+    and made mode 0600, and the link renamed to ``token_usage.md`` took every later batch there."""
+    journal = tmp_path / "journal"
+    sink = MarkdownJournalSink(journal)
+    sink.write([make_record(0)])
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n", encoding="utf-8")
+    victim.chmod(0o644)
+    (journal / f".token_usage.md.{os.getpid()}.tmp").symlink_to(victim)
+
+    # 30 models with long names make the head outgrow its room: the document is rewritten.
+    sink.write(
+        [make_record(1 + i, model_name=f"model-{i:02d}-with-a-long-name") for i in range(30)]
+    )
+
+    assert victim.read_text(encoding="utf-8") == "precious\n"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644
+    usage = journal / "token_usage.md"
+    assert not usage.is_symlink()
+    assert table_rows(usage.read_text(encoding="utf-8"), "| Provider | Model | Calls |")[-1][2] == (
+        "**31**"
+    )
+    assert journal_problems(journal) == []

@@ -119,9 +119,14 @@ def replace_private(path: Path, data: bytes) -> None:
 
     Readers and a process killed half-way see the old or the new content, never a mix; when a
     write fails (disk full) the old file is left as it was and the temporary file is removed.
+    The temporary file is always a new one (``O_EXCL``): whatever is at its name, which anyone
+    who may write in the directory can guess, is removed first, never followed (a symbolic link
+    planted there would have the file it points to overwritten).
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         os.fchmod(fd, FILE_MODE)
         write_all(fd, data)
