@@ -319,6 +319,26 @@ def test_files_and_directories_are_owner_only(tmp_path: Path, make_record: Recor
         assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
 
 
+def test_a_journal_shared_by_its_owner_stays_shared_when_written_whole_again(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    """Files that exist are left as their owner configured them: a journal made readable to a
+    team (0644) became 0600 once its head outgrew its room and the document was written whole
+    again, and the team could no longer read it."""
+    sink = MarkdownJournalSink(tmp_path)
+    sink.write([make_record(0)])
+    usage = tmp_path / "token_usage.md"
+    usage.chmod(0o644)
+
+    # 30 models with long names make the head outgrow its room: the document is rewritten.
+    sink.write(
+        [make_record(1 + i, model_name=f"model-{i:02d}-with-a-long-name") for i in range(30)]
+    )
+
+    assert b"model-29-with-a-long-name" in usage.read_bytes()
+    assert stat.S_IMODE(usage.stat().st_mode) == 0o644
+
+
 def test_budget_and_tags_show_in_session_information(tmp_path: Path) -> None:
     sink = MarkdownJournalSink(tmp_path)
     sink.write_sessions(

@@ -115,7 +115,8 @@ def open_private(path: Path, flags: int) -> int:
 
 
 def replace_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + rename) with mode 0o600.
+    """Write ``data`` to ``path`` atomically (temp file + rename) with mode 0o600, or the mode
+    of the file it replaces (left as its owner configured it: a journal shared with a team).
 
     Readers and a process killed half-way see the old or the new content, never a mix; when a
     write fails (disk full) the old file is left as it was and the temporary file is removed.
@@ -126,9 +127,13 @@ def replace_private(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        mode = FILE_MODE
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
-        os.fchmod(fd, FILE_MODE)
+        os.fchmod(fd, mode)
         write_all(fd, data)
         os.close(fd)
         fd = -1
