@@ -417,3 +417,58 @@ def test_a_proxy_is_read_as_what_it_wraps_whatever_another_proxy_wrapped() -> No
     plain = wrapt.ObjectProxy({"input_tokens": 4})
     assert getter(model)("input_tokens") == 3
     assert getter(plain)("input_tokens") == 4
+
+
+def test_gemini_search_grounding_is_a_billed_tool_request() -> None:
+    """Grounding with Google Search is billed beside the tokens: per search query the model ran
+    from Gemini 3 on ($14 per 1,000 in genai-prices), per grounded prompt (an answer that ran
+    any) on Gemini 1.x and 2.x ($35 per 1,000). It was never read, though docs/pricing.md lists
+    its fee: a grounded call was priced at its tokens alone."""
+    from decimal import Decimal
+
+    from google.genai import types
+
+    import tokenmeter
+
+    def grounded(model: str, *queries: str) -> dict[str, Any]:
+        return {
+            **GEMINI_RESPONSE,
+            "modelVersion": model,
+            "candidates": [
+                {
+                    **GEMINI_RESPONSE["candidates"][0],
+                    "groundingMetadata": {
+                        "webSearchQueries": list(queries[:2]),
+                        "imageSearchQueries": list(queries[2:]),
+                        "groundingChunks": [{"web": {"uri": "https://example.com"}}],
+                    },
+                }
+            ],
+        }
+
+    three = grounded("gemini-3-pro-preview", "weather paris", "weather lyon", "eiffel tower")
+    for response in (three, types.GenerateContentResponse.model_validate(three)):
+        found = extract(response)
+        assert found is not None
+        assert found.usage.tool_requests == {"web_search": 3}
+    cost = tokenmeter.price("google", "gemini-3-pro-preview", found.usage)
+    assert cost.breakdown is not None
+    assert cost.breakdown["web_search"] == Decimal("0.042")  # 3 queries at $14 per 1,000
+
+    found = extract(grounded("gemini-2.5-flash", "weather paris", "weather lyon"))
+    assert found is not None
+    assert found.usage.tool_requests == {"web_search": 1}  # one grounded prompt
+    cost = tokenmeter.price("google", "gemini-2.5-flash", found.usage)
+    assert cost.breakdown is not None
+    assert cost.breakdown["web_search"] == Decimal("0.035")
+
+    # The search tool offered but not used, or metadata of no known shape: nothing billed.
+    for metadata in ({"webSearchQueries": []}, {"webSearchQueries": "x"}, "x", 5):
+        response = grounded("gemini-3-pro-preview")
+        response["candidates"][0]["groundingMetadata"] = metadata
+        found = extract(response)
+        assert found is not None
+        assert found.usage.tool_requests == {}
+    found = extract({**GEMINI_RESPONSE, "candidates": ["x", None, 5]})
+    assert found is not None
+    assert found.usage.tool_requests == {}

@@ -5,14 +5,19 @@
 input = prompt + tool_use_prompt, output = candidates + thoughts. The legacy SDK's proto drops the
 thoughts field while ``total_token_count`` still counts it: whatever the total holds beyond
 input + output is hidden thinking, added to output (and to reasoning).
+
+Billed beside the tokens: Grounding with Google Search, per search query the model ran (its
+``groundingMetadata`` lists them) from Gemini 3 on, per grounded prompt (an answer that ran any)
+on Gemini 1.x and 2.x. Kept as ``tool_requests["web_search"]``, priced at the model's fee.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tokenmeter._models import Usage, short_repr, usage_of
-from tokenmeter.usage._read import Get, counts, getter, ident
+from tokenmeter.usage._read import _SCALARS, Get, counts, getter, ident
 from tokenmeter.usage._types import Extracted
 
 _TIERS = {"ON_DEMAND_FLEX": "flex", "ON_DEMAND_PRIORITY": "priority"}
@@ -25,6 +30,8 @@ _MODALITY_KEYS = {
     "DOCUMENT": "document",
 }
 _MAX_DETAILS = 100
+#: Models billed per grounded prompt rather than per search query.
+_GROUNDED_PER_PROMPT = re.compile(r"gemini-[12]\.")
 
 
 def usage_from_gemini(meta: Any) -> Usage:
@@ -118,15 +125,43 @@ def from_gemini_response(response: Any, provider: str = "google") -> Extracted:
     meta = get("usage_metadata")
     if meta is None:
         raise ValueError("the Gemini response carries no usage_metadata")
+    model = get("model_version") or None
+    usage = usage_from_gemini(meta)
+    searches = _searches(get("candidates"), model)
+    if searches:
+        usage = usage.model_copy(update={"tool_requests": {"web_search": searches}})
     return Extracted(
         provider=provider,
-        usage=usage_from_gemini(meta),
-        model=get("model_version") or None,
+        usage=usage,
+        model=model,
         # A generate_content answer may hold no candidates (a blocked prompt, a usage-only chunk)
         operation="embed_content" if _holds_embeddings(get) else "generate_content",
         tier=tier_from_gemini(meta),
         request_id=ident(get("response_id")) or None,
     )
+
+
+def _searches(candidates: Any, model: Any) -> int:
+    """Billed Google Search grounding of an answer: the web and image search queries its
+    candidates ran, or 1 for a model billed per grounded prompt. What is not of the known shape
+    counts nothing (grounding is billed beside the tokens, which stay readable)."""
+    if not isinstance(candidates, list | tuple):
+        return 0
+    queries = 0
+    for candidate in candidates[:_MAX_DETAILS]:
+        if candidate is None or isinstance(candidate, _SCALARS):
+            continue
+        grounding = getter(candidate, camel=True)("grounding_metadata")
+        if grounding is None or isinstance(grounding, _SCALARS):
+            continue
+        get = getter(grounding, camel=True)
+        for name in ("web_search_queries", "image_search_queries"):
+            found = get(name)
+            if isinstance(found, list | tuple):
+                queries += len(found)
+    if queries and type(model) is str and _GROUNDED_PER_PROMPT.search(model.lower()):
+        return 1
+    return queries
 
 
 def _holds_embeddings(get: Get) -> bool:
