@@ -554,3 +554,34 @@ def test_two_prices_for_the_same_model_provider_and_date_are_refused(
     with pytest.raises(ValueError, match=r"'my-model'.*two prices") as excinfo:
         tokenmeter.configure(prices=prices)
     one_line_value_error(excinfo)
+
+
+def test_an_override_keeps_the_tables_fees_per_request_and_per_tool_request() -> None:
+    """A user price sets rates per token only (it has no key for a fee): a negotiated token
+    price for claude-sonnet-4-5 billed its web searches at $0, and one for Perplexity's sonar
+    dropped its fee per request. The table's fees of the model stay."""
+    set_user_prices(
+        {
+            "claude-sonnet-4-5": {"input_per_mtok": "2.4", "output_per_mtok": 12},
+            "sonar": {"input_per_mtok": "0.8", "output_per_mtok": "0.8"},
+            "my-finetune": MY_MODEL,
+        }
+    )
+    searched = Usage(input_tokens=1_000, output_tokens=200, tool_requests={"web_search": 3})
+    cost = price_usage("anthropic", "claude-sonnet-4-5", searched, at=DAY)
+    assert cost.price_source == "override"
+    assert cost.breakdown is not None
+    assert cost.breakdown["web_search"] == Decimal("0.03")  # 3 at $10 per 1,000
+    assert cost.total_usd == Decimal("0.0024") + Decimal("0.0024") + Decimal("0.03")
+
+    plain = Usage(input_tokens=1_000_000, output_tokens=0)
+    cost = price_usage("perplexity", "sonar", plain, at=DAY)
+    assert cost.price_source == "override"
+    assert cost.total_usd == Decimal("0.8") + Decimal(
+        "0.012"
+    )  # + the table's $12 per 1,000 requests
+
+    # A model no table prices has no fee to keep.
+    cost = price_usage(None, "my-finetune", searched, at=DAY)
+    assert cost.breakdown is not None
+    assert cost.breakdown["web_search"] == 0

@@ -11,7 +11,7 @@ import difflib
 import logging
 import threading
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import (
     Context,
@@ -28,7 +28,16 @@ from tokenmeter._totals import USD_CONTEXT as _PRICE_CONTEXT
 from . import _overrides
 from ._errata import ErrataSource
 from ._names import name_candidates, normalise_provider
-from ._source import PricedModel, PriceSource, RateCard, Rates, Tier, normalise_tier
+from ._source import (
+    FEE_FIELDS,
+    STANDARD,
+    PricedModel,
+    PriceSource,
+    RateCard,
+    Rates,
+    Tier,
+    normalise_tier,
+)
 
 __all__ = [
     "PriceDescription",
@@ -273,15 +282,29 @@ class _Entry:
             pass
         vector = None
         with localcontext(_PRICE_CONTEXT):  # cached for every thread: not in the caller's
-            for model in self.models:
+            for index, model in enumerate(self.models):
                 card = model.rate_card(at, self.tier)
                 if card is not None:
+                    if card.price_source == _overrides.OVERRIDE_SOURCE:
+                        card = self._with_table_fees(card, self.models[index + 1 :], at)
                     vector = _Vector(card)
                     break
         if len(self.periods) >= _MAX_PERIODS:
             self.periods.clear()
         self.periods[key] = vector
         return vector
+
+    def _with_table_fees(
+        self, card: RateCard, tables: tuple[PricedModel, ...], at: datetime
+    ) -> RateCard:
+        """A user price sets rates per token only (it has no key for a fee): the fees per request
+        and per tool request stay those the table has for the model, never a silent $0."""
+        for model in tables:
+            table = model.rate_card(at, self.tier) or model.rate_card(at, STANDARD)
+            if table is not None:
+                fees = {name: getattr(table.base, name) for name in FEE_FIELDS}
+                return replace(card, base=card.base.with_rates(**fees))
+        return card
 
 
 _source: PriceSource | None = None  # made on first use: importing genai-prices takes ~50 ms
