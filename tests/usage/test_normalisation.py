@@ -304,11 +304,64 @@ def test_anthropic_message_iterations_are_inside_the_top_level() -> None:
         )
     )
     assert found is not None
-    assert (found.usage.input_tokens, found.usage.output_tokens, found.usage.passes) == (
-        200,
-        20,
-        (),
-    )
+    assert (found.usage.input_tokens, found.usage.output_tokens) == (200, 20)
+    # The fallback model's pass is kept (inside the totals) to be priced at its own model.
+    assert [(p.kind, p.model, p.usage.input_tokens) for p in found.usage.passes] == [
+        ("fallback_message", "claude-haiku-4-5", 100)
+    ]
+
+
+def test_anthropic_fallback_pass_is_priced_at_the_fallback_models_rates() -> None:
+    """Server-side fallback: the requested model declined (its ``message`` entry) and a
+    fallback model served the reply (``fallback_message``, naming it). Both are inside the top
+    level; each was billed at its own model, but the whole was priced at the call's model:
+    claude-haiku-4-5's pass at claude-opus-4-1's rates, 15x over."""
+    from decimal import Decimal
+
+    from anthropic.types.beta import BetaMessage
+
+    import tokenmeter
+
+    usage = {
+        "input_tokens": 2_000,
+        "output_tokens": 1_010,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "iterations": [
+            {
+                "type": "message",
+                "model": "claude-opus-4-1",
+                "input_tokens": 1_000,
+                "output_tokens": 10,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
+            {
+                "type": "fallback_message",
+                "model": "claude-haiku-4-5",
+                "input_tokens": 1_000,
+                "output_tokens": 1_000,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
+        ],
+    }
+    body = {**_anthropic(usage), "model": "claude-opus-4-1", "role": "assistant", "content": []}
+    for response in (body, BetaMessage.model_validate(body)):
+        found = extract(response)
+        assert found is not None
+        assert (found.usage.input_tokens, found.usage.output_tokens) == (2_000, 1_010)
+        cost = tokenmeter.price("anthropic", "claude-opus-4-1", found.usage)
+        assert cost.breakdown is not None
+        # opus-4-1 $15/$75: 1,000 in + 10 out; haiku-4-5 $1/$5: 1,000 in + 1,000 out
+        assert cost.breakdown["fallback_message"] == Decimal("0.006")
+        assert cost.total_usd == Decimal("0.01575") + Decimal("0.006")
+
+    # A fallback pass larger than the top level it is part of is priced with it, still read.
+    usage["iterations"][1]["input_tokens"] = 5_000  # type: ignore[index]
+    found = extract({**body, "usage": usage})
+    assert found is not None
+    assert (found.usage.input_tokens, found.usage.passes) == (2_000, ())
 
 
 def test_anthropic_compaction_cache_tokens_join_the_totals() -> None:

@@ -13,7 +13,9 @@ Billed beside the tokens:
   that served the reply); the top-level figures are their sum. A ``compaction`` entry's tokens are
   NOT in the top-level figures (the API reference says so), and an ``advisor_message`` entry is
   the advisor model's own pass, billed at that model's rates and also left out of the top level.
-  Those two are added to the totals and kept as ``passes``, each priced at its own model.
+  Those two are added to the totals and kept as ``passes``, each priced at its own model. A
+  ``fallback_message`` entry is kept as a pass too, inside the totals: it names the fallback
+  model whose rates billed it, not the requested one the response names.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from tokenmeter.usage._types import Extracted
 
 #: Iteration types whose tokens the top-level usage leaves out (billed on top of it).
 _PASSES_OUTSIDE_TOP_LEVEL = frozenset({"compaction", "advisor_message"})
+#: Iteration types priced at the model they name: those above, and a fallback model's pass
+#: (inside the top-level figures).
+_PASSES = _PASSES_OUTSIDE_TOP_LEVEL | {"fallback_message"}
 _MAX_NAME = 200  # a model name longer than this is no model name
 _MAX_PASSES = 1_000  # a hostile server may send a million iterations: read this many
 
@@ -61,7 +66,15 @@ def usage_from_anthropic(usage: Any) -> Usage:
     tool_requests = _tool_requests(tools) if tools is not None else None
     iterations = get("iterations")
     passes = _passes(iterations) if iterations else ()
+    inside = [p.usage for p in passes if p.kind not in _PASSES_OUTSIDE_TOP_LEVEL]
+    if inside and (
+        sum(u.input_tokens for u in inside) > uncached + cache_read + cache_write
+        or sum(u.output_tokens for u in inside) > output
+    ):  # more than the top level they are part of: priced with it, as if unnamed
+        passes = tuple(p for p in passes if p.kind in _PASSES_OUTSIDE_TOP_LEVEL)
     for extra in passes:
+        if extra.kind not in _PASSES_OUTSIDE_TOP_LEVEL:
+            continue  # already inside the top-level figures
         u = extra.usage
         uncached += u.input_tokens - u.cache_read_tokens - u.cache_write_tokens
         output += u.output_tokens
@@ -106,10 +119,12 @@ def _passes(iterations: Any) -> tuple[Pass, ...]:
     for entry in iterations[:_MAX_PASSES]:
         get = getter(entry, what="iterations entry")
         kind = get("type")
-        if type(kind) is not str or kind not in _PASSES_OUTSIDE_TOP_LEVEL:
-            continue  # message / fallback_message: already inside the top-level figures
+        if type(kind) is not str or kind not in _PASSES:
+            continue  # message: the requested model's, already inside the top-level figures
         uncached, output, cache_read, cache_write, write_1h, _ = _counts(get)
         model = get("model")
+        if kind == "fallback_message" and (type(model) is not str or not model.strip()):
+            continue  # no other model named: priced with the top level
         found.append(
             Pass(
                 kind=kind,
