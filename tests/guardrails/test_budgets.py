@@ -241,6 +241,31 @@ def test_a_parent_session_budget_stops_calls_of_its_children(
     assert len(fake.requests) == 1
 
 
+def test_a_session_budget_refuses_whatever_decimal_context_the_caller_set(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    """The check added the session's spend, its reservations and the estimate in the caller's
+    decimal context: an application trapping Inexact (or with a low precision) had that sum
+    raise, which let every call through (20 calls of a $0.05 budget made, $0.15 spent), and a low
+    precision rounded the reservations."""
+    import decimal
+
+    memory = configured(tmp_path, [{"limit_usd": 100, "period": "day"}])
+    with decimal.localcontext() as context:
+        context.prec = 3
+        context.traps[decimal.Inexact] = True
+        with tokenmeter.session("capped", budget_usd="0.01", on_exceed="raise") as capped:
+            chat(fake)
+            chat(fake)  # 0.0075 + a tiny estimate fits under 0.01
+            with pytest.raises(BudgetExceeded):
+                chat(fake)
+        with tokenmeter.session("again", budget_usd="0.01", on_exceed="raise") as again:
+            chat(fake)
+    assert capped.summary.calls == 2 and again.summary.calls == 1 and len(fake.requests) == 3
+    assert capped._reserved == again._reserved == 0  # every reservation given back, exactly
+    assert tokenmeter.flush(5) and len(memory.records) == 4
+
+
 def test_async_and_streamed_calls_are_refused_too(
     tmp_path: Path, fake: FakeProvider, instrumented: None
 ) -> None:

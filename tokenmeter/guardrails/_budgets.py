@@ -27,13 +27,14 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tokenmeter import _pipeline, _sessions
 from tokenmeter._models import MAX_NAME, Usage, UsageRecord, clean_text
+from tokenmeter._totals import USD_CONTEXT
 from tokenmeter.guardrails import _leases, _state
 from tokenmeter.guardrails._errors import BudgetExceeded
 from tokenmeter.guardrails._estimate import estimate_input_usd, forget_prices, input_bound_usd
@@ -610,7 +611,10 @@ def check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
                         if leases is not None:
                             _hold(call, _Reservation(bound, scope, (), _ZERO, leases, current))
                             return
-        _check(call, args, kwargs, session)
+        # The estimate and the session sums in Python's default context, not the caller's (a
+        # trapped Inexact would raise, and let the call through; a low precision would round).
+        with localcontext(USD_CONTEXT):
+            _check(call, args, kwargs, session)
     except BudgetExceeded:
         raise
     except Exception:
@@ -712,7 +716,7 @@ def _release(reservation: _Reservation) -> None:
     if reservation.sessions:
         with _sessions._lock:
             for node in reservation.sessions:
-                node._reserved -= reservation.estimate
+                node._reserved = USD_CONTEXT.subtract(node._reserved, reservation.estimate)
         reservation.sessions = ()
     leases, reservation.leases, reservation.scope = reservation.leases, (), None
     if not leases:
@@ -819,7 +823,7 @@ def _settle(record: UsageRecord, session: Any, reservation: _Reservation | None)
     if reservation is not None and reservation.sessions:
         with _sessions._lock:
             for node in reservation.sessions:
-                node._reserved -= reservation.estimate
+                node._reserved = USD_CONTEXT.subtract(node._reserved, reservation.estimate)
     config = _config
     if config is None:
         return
