@@ -108,6 +108,36 @@ def test_totals_and_figures() -> None:
     assert Totals().cost is None and Totals().avg_cost_per_call is None
 
 
+def test_the_callers_decimal_context_changes_no_figure() -> None:
+    """The figures made from the sums (input cost, per call, per token) and the sum of two
+    totals were worked out in the caller's decimal context: a session's ``input_cost_usd`` read
+    by an application with ``prec = 4`` was rounded (0.01746 for 0.017465), and one trapping
+    Inexact got decimal.Inexact from reading it."""
+    import decimal
+
+    records = _records()
+
+    def figures() -> list[object]:
+        totals, more = Totals(), Totals()
+        for record in records:
+            totals.add_record(record)
+            more.add_record(record)
+        totals.add(more)
+        return [
+            totals.cost_usd,
+            totals.input_cost_usd,
+            totals.avg_cost_per_call,
+            totals.cost_per_token,
+            totals.cost_per_1k_tokens,
+        ]
+
+    expected = figures()
+    with decimal.localcontext() as context:
+        context.prec = 4
+        context.traps[decimal.Inexact] = True
+        assert figures() == expected
+
+
 def test_session_summary_is_the_shared_totals() -> None:
     assert issubclass(ModelTotals, Totals)
 

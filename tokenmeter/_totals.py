@@ -75,7 +75,9 @@ USD_CONTEXT = Context(
     clamp=0,
     traps=[InvalidOperation, DivisionByZero, Overflow],
 )
+#: The figures made from the sums are worked out in it too (read on the caller's thread).
 _add = USD_CONTEXT.add
+_divide = USD_CONTEXT.divide
 
 
 def normalise_usd(value: Decimal) -> Decimal:
@@ -191,8 +193,10 @@ class Totals:
             self.split_cost_usd = _add(self.split_cost_usd, cost)
 
     def add(self, other: Totals) -> None:
-        for name in self.__slots__:
+        for name in COUNT_NAMES:
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in DECIMAL_NAMES:
+            setattr(self, name, _add(getattr(self, name), getattr(other, name)))
 
     @classmethod
     def from_counts(cls, counts: Sequence[Any], cost_usd: Decimal = _ZERO) -> Totals:
@@ -240,7 +244,7 @@ class Totals:
     @property
     def input_cost_usd(self) -> Decimal:
         """Everything billed for input: uncached, cache reads and cache writes."""
-        return self.cost_usd - self.output_cost_usd
+        return USD_CONTEXT.subtract(self.cost_usd, self.output_cost_usd)
 
     @property
     def avg_tokens_per_call(self) -> float:
@@ -249,7 +253,7 @@ class Totals:
     @property
     def avg_cost_per_call(self) -> Decimal | None:
         """Over the priced calls only (an unpriced call is not a free one)."""
-        return self.cost_usd / self.priced_calls if self.priced_calls else None
+        return _divide(self.cost_usd, self.priced_calls) if self.priced_calls else None
 
     @property
     def io_ratio(self) -> float | None:
@@ -258,11 +262,13 @@ class Totals:
 
     @property
     def cost_per_token(self) -> Decimal | None:
-        return self.cost_usd / self.priced_tokens if self.priced_tokens else None
+        return _divide(self.cost_usd, self.priced_tokens) if self.priced_tokens else None
 
     @property
     def cost_per_1k_tokens(self) -> Decimal | None:
-        return self.cost_usd * 1000 / self.priced_tokens if self.priced_tokens else None
+        if not self.priced_tokens:
+            return None
+        return _divide(USD_CONTEXT.multiply(self.cost_usd, 1000), self.priced_tokens)
 
     @property
     def cache_hit_rate(self) -> float | None:
@@ -275,7 +281,7 @@ class Totals:
         that is no share (1e14 %, or -100 % and 200 %)."""
         if not self.priced_calls or not 0 <= self.cost_usd <= whole.cost_usd or whole.cost_usd <= 0:
             return None
-        return self.cost_usd / whole.cost_usd
+        return _divide(self.cost_usd, whole.cost_usd)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Totals):
