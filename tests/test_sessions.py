@@ -314,6 +314,44 @@ def test_budget_warns_once(sink: InMemorySink, caplog: pytest.LogCaptureFixture)
     assert sum("over budget" in r.message for r in caplog.records) == 1
 
 
+def test_threads_crossing_a_budget_fraction_at_once_warn_once(
+    sink: InMemorySink, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threads whose records crossed 50 % of a session's budget at the same moment each found
+    it not yet warned about, and each warned (11 of 300 sessions of 8 threads warned two or
+    three times). Made certain here: working out the threshold waits for the other thread,
+    which only gets there when nothing keeps it out."""
+    import contextlib
+
+    from tokenmeter import _sessions
+
+    both = threading.Barrier(2)
+    usd = _sessions.USD_CONTEXT
+
+    class Waiting:
+        def multiply(self, a: Decimal, b: Decimal) -> Decimal:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both.wait(timeout=0.5)  # the other thread is kept out: on alone
+            return usd.multiply(a, b)
+
+    with (
+        caplog.at_level(logging.WARNING, logger="tokenmeter"),
+        tokenmeter.session("b", budget_usd="0.01") as s,
+    ):
+        monkeypatch.setattr(_sessions, "USD_CONTEXT", Waiting())
+        threads = [
+            threading.Thread(target=tokenmeter.record, args=("openai", "gpt-4o", 1000, 500))
+            for _ in range(2)
+        ]  # $0.0075 each: 75 % of the budget
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        monkeypatch.undo()
+    assert s.summary.calls == 2
+    assert sum("reached 50%" in r.message for r in caplog.records) == 1
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

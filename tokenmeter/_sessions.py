@@ -274,15 +274,20 @@ class Session:
         budget = self.budget_usd
         if budget is None:
             return
-        spent = self._summary.cost_usd
-        for fraction in warn_fractions:
-            if fraction >= 1 or fraction in self._warned_at:
-                continue
-            if spent > 0 and spent >= USD_CONTEXT.multiply(budget, Decimal(repr(fraction))):
-                self._warned_at.add(fraction)
-                self._alert(record, f"budget_{round(fraction * 100)}pct", fraction, spent)
-        if not self._over_budget_warned and spent > budget:
-            self._over_budget_warned = True
+        crossed: list[float] = []
+        with _lock:  # threads crossing a fraction at once: one of them warns
+            spent = self._summary.cost_usd
+            for fraction in warn_fractions:
+                if fraction >= 1 or fraction in self._warned_at:
+                    continue
+                if spent > 0 and spent >= USD_CONTEXT.multiply(budget, Decimal(repr(fraction))):
+                    self._warned_at.add(fraction)
+                    crossed.append(fraction)
+            over = not self._over_budget_warned and spent > budget
+            self._over_budget_warned = self._over_budget_warned or over
+        for fraction in crossed:
+            self._alert(record, f"budget_{round(fraction * 100)}pct", fraction, spent)
+        if over:
             logger.warning(
                 "session %r is over budget: $%s spent of $%s",
                 self.name or self.id,
