@@ -303,6 +303,36 @@ def test_a_session_object_cannot_be_entered_twice() -> None:
         pass
 
 
+def test_the_running_session_of_a_decorated_generator_cannot_be_entered_again(
+    sink: InMemorySink,
+) -> None:
+    """The session of a decorated generator is current while its body runs, but holds no token
+    of its own: entering it there (``with tokenmeter.current_session():``, to join it) made it
+    its own parent, and its next record walked the loop of ancestors for ever, holding the
+    sessions' lock (every call of every thread hung)."""
+
+    refused: list[str] = []
+
+    @tokenmeter.track
+    def answer() -> Iterator[int]:
+        running = tokenmeter.current_session()
+        assert running is not None
+        try:
+            running.__enter__()
+        except RuntimeError as exc:
+            refused.append(str(exc))
+        else:  # its own parent: undone, so that a regression fails here instead of hanging
+            running.parent = running._token = None
+        tokenmeter.record("openai", "gpt-4o", 1000, 500)
+        yield 1
+
+    with tokenmeter.session("outer") as outer:
+        assert list(answer()) == [1]
+    assert len(refused) == 1 and "already entered" in refused[0]
+    assert outer.summary.calls == 1
+    assert tokenmeter.flush(5) and sink.records[0].session_name.endswith("answer")
+
+
 def test_budget_warns_once(sink: InMemorySink, caplog: pytest.LogCaptureFixture) -> None:
     with (
         caplog.at_level(logging.WARNING, logger="tokenmeter"),

@@ -168,7 +168,9 @@ class Session:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _start(self) -> None:
-        if self._token is not None or self.ended_at is not None:
+        if self.started_at is not None:  # entered, ended, or running a decorated generator
+            # (its session, current in its body, holds no token: entered again there, it was
+            # its own parent, and every record walked that loop of ancestors for ever)
             raise RuntimeError(f"session {self.id!r} was already entered; create a new one")
         self.parent = current_session()
         if self.parent is not None:
