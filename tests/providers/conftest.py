@@ -25,6 +25,7 @@ from provider_helpers import Records, flushed
 
 import tokenmeter
 from tokenmeter.providers import _core
+from tokenmeter.providers import openai as openai_adapter
 from tokenmeter.sinks import InMemorySink
 from tokenmeter.testing import FakeProvider
 
@@ -37,8 +38,10 @@ _THIS = sys.modules[__name__]
 
 @pytest.fixture(autouse=True)
 def _fresh_core() -> Iterator[None]:
-    """Response ids seen and one-time warnings are process state: forget them per test."""
+    """Response ids seen, servers that refused stream_options and one-time warnings are process
+    state: forget them per test."""
     _core._recorded_ids.clear()
+    openai_adapter.ADAPTER._refusing.clear()
     _core._warned_no_usage.clear()
     _core._warned_unreadable.clear()
     yield

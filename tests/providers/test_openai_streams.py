@@ -129,6 +129,49 @@ async def test_stream_options_that_are_not_an_object_are_sent_as_given_and_recor
     assert (record.status, record.error, record.streamed) == ("error", "BadRequestError", True)
 
 
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (400, {"error": {"message": "Unrecognized request argument supplied: stream_options"}}),
+        (
+            422,
+            {
+                "detail": [
+                    {"loc": ["body", "stream_options"], "msg": "Extra inputs are not permitted"}
+                ]
+            },
+        ),
+    ],
+)
+async def test_a_server_that_refuses_stream_options_still_answers_the_callers_stream(
+    records: Records, kit: ModuleType, is_async: bool, status: int, error: dict[str, Any]
+) -> None:
+    """Azure OpenAI before api-version 2024-09-01-preview (and compatible servers that forbid
+    unknown fields) refuse ``stream_options``: the bare call streams, so the include_usage that
+    tokenmeter adds must not make it fail. The caller's own request is sent instead, the stream
+    recorded with an estimate, and that server is not asked again."""
+    inner = ChatServer(kit)
+
+    def server(request: Any) -> Any:
+        if "stream_options" in json.loads(request.content):
+            inner.bodies.append(json.loads(request.content))
+            return kit.http.Response(status, json=error)
+        return inner(request)
+
+    client = kit.mock_openai(server, is_async=is_async, max_retries=0)
+    bare = await stream_once(client, kit)
+    tokenmeter.instrument("openai")
+
+    seen = await stream_once(client, kit)
+    again = await stream_once(client, kit)
+
+    assert dumps(seen) == dumps(again) == dumps(bare)
+    assert [("stream_options" in body) for body in inner.bodies] == [False, True, False, False]
+    first, second = records()
+    assert (first.status, first.estimated, first.streamed) == ("ok", True, True)
+    assert (second.status, second.estimated) == ("ok", True)
+
+
 async def test_azure_stream_is_named_by_the_chunks_after_its_prompt_filter_chunk(
     records: Records, kit: ModuleType, is_async: bool
 ) -> None:

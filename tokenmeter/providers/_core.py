@@ -359,16 +359,32 @@ def _already_recorded(response_id: str) -> bool:
         return False
 
 
+#: Given the error a server answered an adjusted request with: the arguments as the caller gave
+#: them if the server refused what the adapter added (sent instead, once), else None.
+AsGiven = Callable[[Exception], tuple[tuple[Any, ...], dict[str, Any]] | None]
+
+
 def send(
-    call: Call, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    call: Call,
+    wrapped: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    as_given: AsGiven | None = None,
 ) -> Any:
     """Make the SDK call with nested calls passing through; a failure is recorded, then raised.
-    A budget in force is checked first: ``BudgetExceeded`` is raised before anything is sent."""
+    A budget in force is checked first: ``BudgetExceeded`` is raised before anything is sent.
+    A server that refuses what the adapter added gets the caller's own request (``as_given``)."""
     if _state.armed:
         _budgets.check(call, args, kwargs)
     token = guard.set(True)
     try:
-        return wrapped(*args, **kwargs)
+        try:
+            return wrapped(*args, **kwargs)
+        except Exception as exc:
+            given = _refused(as_given, exc)
+            if given is None:
+                raise
+        return wrapped(*given[0], **given[1])  # outside the except: no chained refusal
     except BaseException as exc:
         call.finish(exc)
         raise
@@ -381,18 +397,38 @@ async def send_async(
     wrapped: Callable[..., Awaitable[Any]],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    as_given: AsGiven | None = None,
 ) -> Any:
     """The async twin of ``send`` (CancelledError included: recorded as an error)."""
     if _state.armed:
         _budgets.check(call, args, kwargs)
     token = guard.set(True)
     try:
-        return await wrapped(*args, **kwargs)
+        try:
+            return await wrapped(*args, **kwargs)
+        except Exception as exc:
+            given = _refused(as_given, exc)
+            if given is None:
+                raise
+        return await wrapped(*given[0], **given[1])
     except BaseException as exc:
         call.finish(exc)
         raise
     finally:
         guard.reset(token)
+
+
+def _refused(
+    as_given: AsGiven | None, error: Exception
+) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    """The caller's own arguments if ``error`` is the server refusing what we added."""
+    if as_given is None:
+        return None
+    try:
+        return as_given(error)
+    except Exception:
+        fault("reading a refused request")
+        return None
 
 
 @dataclass(slots=True)
@@ -403,6 +439,11 @@ class Plan:
     call: Call
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+
+    def as_given(self, error: Exception) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """The arguments as the caller gave them, when ``error`` is the server refusing what the
+        adapter added to them (sent instead, once); None otherwise."""
+        return None
 
 
 class Adapter(Protocol):
@@ -452,7 +493,7 @@ def intercept(
     plan = _planned(adapter, instance, args, kwargs)
     if plan is None:
         return wrapped(*args, **kwargs)
-    result = send(plan.call, wrapped, plan.args, plan.kwargs)
+    result = send(plan.call, wrapped, plan.args, plan.kwargs, plan.as_given)
     try:
         return adapter.deliver(plan, result, False)
     except Exception:
@@ -474,7 +515,7 @@ async def intercept_async(
     plan = _planned(adapter, instance, args, kwargs)
     if plan is None:
         return await wrapped(*args, **kwargs)
-    result = await send_async(plan.call, wrapped, plan.args, plan.kwargs)
+    result = await send_async(plan.call, wrapped, plan.args, plan.kwargs, plan.as_given)
     try:
         return adapter.deliver(plan, result, True)
     except Exception:

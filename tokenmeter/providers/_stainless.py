@@ -22,6 +22,7 @@ from tokenmeter.providers._core import (
     SyncStreamProxy,
     intercept,
     intercept_async,
+    logger,
 )
 from tokenmeter.usage._read import getter, ident
 
@@ -52,6 +53,18 @@ class StainlessPlan(Plan):
     streamed: bool
     hide_usage_chunk: bool
     raw: str | None
+    #: When ``prepare`` adjusted the request: the adapter, the client and the caller's own
+    #: (args, kwargs), sent instead if the server refuses the adjustment.
+    given: tuple[StainlessAdapter, Any, tuple[Any, ...], dict[str, Any]] | None = None
+
+    def as_given(self, error: Exception) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        if self.given is None:
+            return None
+        adapter, client, args, kwargs = self.given
+        if not adapter.refused(client, error):
+            return None
+        self.hide_usage_chunk = self.call.expects_usage = False  # none was asked for
+        return args, kwargs
 
 
 #: What ``plan`` reads of the SDK's request options.
@@ -67,6 +80,8 @@ class StainlessAdapter:
 
     def __init__(self) -> None:
         self._routes: dict[tuple[Any, Any], Endpoint | None] = {}
+        #: Servers that refused what ``prepare`` adds (``_server``): sent as given from then on.
+        self._refusing: set[tuple[str, str]] = set()
 
     def endpoint(self, method: str, path: str) -> Endpoint | None:
         raise NotImplementedError
@@ -83,6 +98,27 @@ class StainlessAdapter:
         """True if a stream sent with these (prepared) options always reports usage before its
         end: one that ends without any is then recorded as unreadable usage, not zero tokens."""
         return False
+
+    def refuses(self, error: Exception) -> bool:
+        """True if ``error`` is a server refusing what ``prepare`` added to a request."""
+        return False
+
+    def refused(self, client: Any, error: Exception) -> bool:
+        """``refuses``, remembered: the server's later calls are sent as the caller gives them."""
+        if not self.refuses(error):
+            return False
+        server = _server(client)
+        if server not in self._refusing:
+            if len(self._refusing) >= 1024:
+                self._refusing.clear()
+            self._refusing.add(server)
+            logger.warning(
+                "tokenmeter: %s at %s refused the usage request tokenmeter adds to streams; "
+                "its streams are sent as you give them and recorded with estimated usage",
+                self.name,
+                str(getattr(getattr(client, "base_url", None), "host", "?"))[:200],  # no userinfo
+            )
+        return True
 
     # -- the generic part ------------------------------------------------------------------------
     def plan(
@@ -112,10 +148,14 @@ class StainlessAdapter:
             if isinstance(headers, dict)
             else None
         )
-        promised = False
+        promised, given = False, None
         if streamed:
-            new_options, hide = self.prepare(options, endpoint, streamed)
+            if self._refusing and _server(client) in self._refusing:
+                new_options, hide = options, False
+            else:
+                new_options, hide = self.prepare(options, endpoint, streamed)
             if new_options is not options:
+                given = (self, client, args, kwargs)
                 if len(args) > 1:
                     args = (args[0], new_options, *args[2:])
                 else:
@@ -135,7 +175,7 @@ class StainlessAdapter:
             request=body,
             no_usage_hint=endpoint.no_usage_hint,
         )
-        return StainlessPlan(call, args, kwargs, endpoint, streamed, hide, raw)
+        return StainlessPlan(call, args, kwargs, endpoint, streamed, hide, raw, given)
 
     def _route(self, route: tuple[Any, Any]) -> Endpoint | None:
         """``endpoint()`` for a (method, url) seen for the first time (remembered: apps call the
@@ -296,6 +336,12 @@ class _StreamingResponseProxy(_RawResponseProxy):
             return await closing()
         finally:
             self._self_settle()
+
+
+def _server(client: Any) -> tuple[str, str]:
+    """A client's server as far as what it takes: its base URL and default query (Azure's
+    api-version)."""
+    return str(getattr(client, "base_url", "")), repr(getattr(client, "default_query", None))
 
 
 def _read_into(plan: StainlessPlan, parsed: Any) -> None:

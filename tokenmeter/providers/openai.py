@@ -330,6 +330,20 @@ class OpenAIAdapter(StainlessAdapter):
         }
         return copied, True
 
+    def refuses(self, error: Exception) -> bool:
+        """A server that does not take ``stream_options`` (Azure OpenAI before api-version
+        2024-09-01-preview: 400 "Unrecognized request argument supplied: stream_options"; a
+        compatible server that forbids unknown fields: 400 or 422 naming it)."""
+        if getattr(error, "status_code", None) not in (400, 422):
+            return False
+        try:
+            text = error.response.text  # type: ignore[attr-defined]
+        except Exception:
+            text = None
+        return "stream_options" in str(error) or (
+            type(text) is str and "stream_options" in text[:65_536]
+        )
+
     def promises_usage(self, options: Any, endpoint: Endpoint) -> bool:
         """A chat or legacy completion stream sent with ``include_usage`` true (asked by the
         caller or by us) ends with a usage chunk; a server that ignores the option sends none."""
