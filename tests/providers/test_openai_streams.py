@@ -230,6 +230,44 @@ async def test_stream_without_usage_is_recorded_with_an_estimate(
     assert len(warnings) == 1  # once per provider, not per call
 
 
+async def _raw_lines(client: Any, kit: ModuleType, mode: str) -> list[str]:
+    """The lines of a chat stream's body read as the caller reads a raw response."""
+    create = getattr(client.chat.completions, mode).create
+    if mode == "with_raw_response":
+        raw = await kit.maybe(create(model="gpt-4o", messages=MESSAGES, stream=True))
+        if hasattr(raw.http_response, "aiter_lines"):
+            return [line async for line in raw.http_response.aiter_lines()]
+        return list(raw.http_response.iter_lines())
+    manager = create(model="gpt-4o", messages=MESSAGES, stream=True)
+    if hasattr(manager, "__aenter__"):
+        async with manager as response:
+            return [line async for line in response.iter_lines()]
+    with manager as response:
+        return list(response.iter_lines())
+
+
+@pytest.mark.parametrize("mode", ["with_streaming_response", "with_raw_response"])
+async def test_a_raw_stream_read_line_by_line_is_the_bare_body(
+    records: Records, kit: ModuleType, is_async: bool, mode: str
+) -> None:
+    """A raw stream's body is the caller's to read (``iter_lines()``, the SDK's own example,
+    or relayed to a client of its own): a usage-only chunk tokenmeter asked for could not be
+    hidden there (a client reading ``choices[0]`` fails on it), so none is asked for. The
+    stream is recorded with an estimate."""
+    server = ChatServer(kit)
+    client = kit.mock_openai(server, is_async=is_async)
+    bare = await _raw_lines(client, kit, mode)
+    tokenmeter.instrument("openai")
+
+    seen = await _raw_lines(client, kit, mode)
+    gc.collect()  # a raw response only iterated through is recorded when it goes
+
+    assert seen == bare
+    assert "stream_options" not in server.bodies[-1]
+    record = only(records())
+    assert (record.status, record.streamed, record.estimated) == ("ok", True, True)
+
+
 async def test_callers_arguments_are_not_mutated(
     records: Records, kit: ModuleType, is_async: bool
 ) -> None:

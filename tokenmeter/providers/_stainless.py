@@ -150,7 +150,8 @@ class StainlessAdapter:
         )
         promised, given = False, None
         if streamed:
-            if self._refusing and _server(client) in self._refusing:
+            if raw is not None or (self._refusing and _server(client) in self._refusing):
+                # A raw body is the caller's to read: what it did not ask for cannot be hidden.
                 new_options, hide = options, False
             else:
                 new_options, hide = self.prepare(options, endpoint, streamed)
