@@ -651,6 +651,46 @@ async def test_responses_stream_ending_incomplete_is_ok(
     assert (record.input_tokens, record.output_tokens) == (20, 9)
 
 
+@pytest.mark.requires(openai=">=1.80")  # background responses
+@pytest.mark.parametrize("leave", ["break", "cut"])
+async def test_background_stream_left_before_its_usage_is_recorded_by_its_retrieve(
+    records: Records, kit: ModuleType, is_async: bool, leave: str
+) -> None:
+    """A ``background`` Responses stream left (or cut) before its usage runs on at the provider
+    and is billed whole: like a queued background create it is not the record, the retrieve
+    that finds it done is (it was an estimate of the few deltas seen, and the retrieve's real
+    usage was dropped as a repeat of its id)."""
+    completed = _terminal("response.completed", "completed", background=True)
+    events = _responses_events(6, completed)
+    events[0][1]["response"]["background"] = True
+    if leave == "cut":
+        events = events[:4]
+
+    def server(request: Any) -> Any:
+        if request.method == "GET":
+            return kit.http.Response(200, json=completed["response"])
+        return sse_reply(kit.http, events)
+
+    client = kit.mock_openai(server, is_async=is_async)
+    tokenmeter.instrument("openai")
+
+    stream = await kit.maybe(
+        client.responses.create(model="gpt-4o", input="hi", stream=True, background=True)
+    )
+    seen = await kit.drain(stream) if leave == "cut" else None
+    if leave == "break":
+        await kit.maybe(stream.__anext__() if is_async else next(stream))
+        await kit.maybe(stream.close())
+    assert seen is None or seen[-1].type == "response.output_text.delta"
+    assert records() == []  # still running at the provider
+    await kit.maybe(client.responses.retrieve("resp_err"))
+
+    record = only(records())
+    assert (record.status, record.estimated) == ("ok", False)
+    assert (record.input_tokens, record.output_tokens) == (20, 9)
+    assert record.request_model == "gpt-4o"
+
+
 async def test_stream_state_is_constant(records: Records, kit: ModuleType, is_async: bool) -> None:
     """No chunk outlives the caller's reference to it: nothing is buffered."""
     client = kit.mock_openai(ChatServer(kit, chunks=200), is_async=is_async)

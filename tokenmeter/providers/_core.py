@@ -167,6 +167,10 @@ class Call:
     #: event, a response whose status is ``failed``): recorded as the call's error, like an
     #: exception, with the usage it reported (billed all the same).
     failure: str | None = None
+    #: Its usage comes with a later call (an OpenAI Responses ``background`` create, which runs
+    #: on at the provider when its stream is left or cut: the retrieve that finds it done is
+    #: the record). Ended without usage, it makes no record.
+    deferred: bool = False
 
     def __post_init__(self) -> None:
         if self.streamed:
@@ -221,6 +225,9 @@ class Call:
     def _record(self, error: BaseException | None) -> None:
         latency_ms = round((time.perf_counter() - self.started) * 1000, 3)
         usage, status, error_name, estimated = self.usage, "ok", None, False
+        if usage is None and self.deferred and self.unreadable is None:
+            logger.debug("tokenmeter: %s call runs on; its retrieve is the record", self.provider)
+            return
         if error is not None or self.failure is not None:
             status = "error"
             error_name = type(error).__name__ if error is not None else self.failure

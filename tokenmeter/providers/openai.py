@@ -142,8 +142,13 @@ class ResponseEventReader:
                     keep_names(call, response)
                     raise
                 call.take(found)
-        elif kind == "response.created" and call.model is None:
-            keep_names(call, getattr(event, "response", None))
+        elif kind == "response.created":
+            response = getattr(event, "response", None)
+            if call.model is None:
+                keep_names(call, response)
+            if field(response, "background") is True:
+                call.deferred = True  # runs on if the stream is left: the retrieve records it
+                _runs_on(ident(field(response, "id")), call.request_model)
         elif kind == "error":
             _ended_on_error(call, getattr(event, "code", None))
         return False
@@ -176,6 +181,14 @@ _background: OrderedDict[str, str] = OrderedDict()
 _BACKGROUND_MAX = 10_000
 
 
+def _runs_on(response_id: str | None, model: str | None) -> None:
+    """A background response not billed yet: its retrieve's record gets the create's model."""
+    if response_id is not None and model is not None:
+        _background[response_id] = model
+        if len(_background) > _BACKGROUND_MAX:
+            _background.popitem(last=False)
+
+
 def _read_response(parsed: Any, call: Call) -> None:
     """A Responses API answer. A background create still queued or in progress, and its
     retrieves until it finishes, are not billed yet: no record (the finished retrieve is it,
@@ -184,10 +197,7 @@ def _read_response(parsed: Any, call: Call) -> None:
     get = getter(parsed, what="response")
     status, ident_ = get("status"), ident(get("id"))
     if get("usage") is None and type(status) is str and status in _NOT_YET_BILLED:
-        if ident_ is not None and call.request_model is not None:
-            _background[ident_] = call.request_model
-            if len(_background) > _BACKGROUND_MAX:
-                _background.popitem(last=False)
+        _runs_on(ident_, call.request_model)
         return
     if call.request_model is None and ident_ is not None:
         call.request_model = _background.pop(ident_, None)
