@@ -691,6 +691,34 @@ async def test_background_stream_left_before_its_usage_is_recorded_by_its_retrie
     assert record.request_model == "gpt-4o"
 
 
+@pytest.mark.requires(openai=">=1.80")  # background responses
+async def test_resumed_background_stream_left_before_its_usage_makes_no_record(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """``responses.retrieve(id, stream=True, starting_after=n)`` resumes a background response:
+    a retrieve, not a call. Left before its usage it was recorded as a call of its own (an
+    estimate, under model 'unknown'), beside the retrieve that found it done."""
+    completed = _terminal("response.completed", "completed", background=True)
+    events = _responses_events(6, completed)[2:5]  # resumed after the second delta, left
+
+    def server(request: Any) -> Any:
+        if request.url.params.get("stream") == "true":
+            return sse_reply(kit.http, events)
+        return kit.http.Response(200, json=completed["response"])
+
+    client = kit.mock_openai(server, is_async=is_async)
+    tokenmeter.instrument("openai")
+
+    resumed = await kit.maybe(client.responses.retrieve("resp_err", stream=True, starting_after=2))
+    assert len(await kit.drain(resumed)) == 3
+    assert records() == []
+    await kit.maybe(client.responses.retrieve("resp_err"))
+
+    record = only(records())
+    assert (record.status, record.estimated, record.streamed) == ("ok", False, False)
+    assert (record.input_tokens, record.output_tokens) == (20, 9)
+
+
 async def test_stream_state_is_constant(records: Records, kit: ModuleType, is_async: bool) -> None:
     """No chunk outlives the caller's reference to it: nothing is buffered."""
     client = kit.mock_openai(ChatServer(kit, chunks=200), is_async=is_async)

@@ -168,8 +168,8 @@ class Call:
     #: exception, with the usage it reported (billed all the same).
     failure: str | None = None
     #: Its usage comes with a later call (an OpenAI Responses ``background`` create, which runs
-    #: on at the provider when its stream is left or cut: the retrieve that finds it done is
-    #: the record). Ended without usage, it makes no record.
+    #: on at the provider when its stream is left or cut, or a resumed stream of one: the
+    #: retrieve that finds it done is the record). Ended without usage, it makes no record.
     deferred: bool = False
 
     def __post_init__(self) -> None:

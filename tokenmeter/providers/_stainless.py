@@ -172,6 +172,7 @@ class StainlessAdapter:
             streamed,
             dedupe=endpoint.dedupe,
             retrieval=endpoint.retrieval,
+            deferred=streamed and endpoint.retrieval,  # a resumed stream is no call of its own
             expects_usage=promised,
             request=body,
             no_usage_hint=endpoint.no_usage_hint,
