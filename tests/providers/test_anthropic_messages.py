@@ -125,6 +125,25 @@ async def test_stream_helper_get_final_message_alone(
     assert_counts(only(instrumented()), fake)
 
 
+async def test_async_stream_has_the_close_methods_of_the_sdks_and_no_others(
+    fake: FakeProvider, instrumented: Records
+) -> None:
+    """anthropic's ``AsyncStream`` has ``close()`` and no ``aclose()``: generic cleanup that
+    asks ``hasattr(stream, "aclose")`` (closing any async resource) must take ``close()``, as
+    without tokenmeter, not an ``aclose`` of ours that fails with AttributeError."""
+    client = fake.anthropic_client(async_=True)
+    stream = await client.messages.create(
+        model=MODEL, max_tokens=64, messages=MESSAGES, stream=True
+    )
+    assert await stream.__anext__()
+    assert hasattr(stream, "aclose") is hasattr(stream.__wrapped__, "aclose") is False
+
+    await (stream.aclose() if hasattr(stream, "aclose") else stream.close())
+
+    record = only(instrumented())
+    assert (record.status, record.streamed) == ("ok", True)
+
+
 async def test_stream_helper_left_early_records_what_was_reported(
     fake: FakeProvider, instrumented: Records, is_async: bool
 ) -> None:

@@ -697,17 +697,24 @@ class AsyncStreamProxy(_StreamProxyBase):
         finally:
             self._self_finish()
 
-    async def close(self) -> None:
-        try:
-            await self.__wrapped__.close()
-        finally:
-            self._self_finish()
+    # Properties, so that ``hasattr`` answers as for the SDK's stream: anthropic's has no
+    # ``aclose()``, an async generator no ``close()`` (generic cleanup asks which there is).
+    @property
+    def close(self) -> Callable[[], Awaitable[None]]:
+        return self._self_closing(self.__wrapped__.close)
 
-    async def aclose(self) -> None:
-        try:
-            await self.__wrapped__.aclose()
-        finally:
-            self._self_finish()
+    @property
+    def aclose(self) -> Callable[[], Awaitable[None]]:
+        return self._self_closing(self.__wrapped__.aclose)
+
+    def _self_closing(self, closing: Callable[[], Awaitable[None]]) -> Callable[[], Any]:
+        async def close() -> None:
+            try:
+                await closing()
+            finally:
+                self._self_finish()
+
+        return close
 
 
 class AsyncIterableProxy(AsyncStreamProxy):
