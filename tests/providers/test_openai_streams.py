@@ -652,7 +652,7 @@ async def test_responses_stream_ending_incomplete_is_ok(
 
 
 @pytest.mark.requires(openai=">=1.80")  # background responses
-@pytest.mark.parametrize("leave", ["break", "cut"])
+@pytest.mark.parametrize("leave", ["break", "cut", "never iterated"])
 async def test_background_stream_left_before_its_usage_is_recorded_by_its_retrieve(
     records: Records, kit: ModuleType, is_async: bool, leave: str
 ) -> None:
@@ -681,6 +681,9 @@ async def test_background_stream_left_before_its_usage_is_recorded_by_its_retrie
     if leave == "break":
         await kit.maybe(stream.__anext__() if is_async else next(stream))
         await kit.maybe(stream.close())
+    elif leave == "never iterated":
+        del stream
+        gc.collect()
     assert seen is None or seen[-1].type == "response.output_text.delta"
     assert records() == []  # still running at the provider
     await kit.maybe(client.responses.retrieve("resp_err"))
@@ -688,7 +691,8 @@ async def test_background_stream_left_before_its_usage_is_recorded_by_its_retrie
     record = only(records())
     assert (record.status, record.estimated) == ("ok", False)
     assert (record.input_tokens, record.output_tokens) == (20, 9)
-    assert record.request_model == "gpt-4o"
+    # the create's model, when its stream named the response (one never iterated did not)
+    assert record.request_model == (None if leave == "never iterated" else "gpt-4o")
 
 
 @pytest.mark.requires(openai=">=1.80")  # background responses

@@ -99,6 +99,11 @@ class StainlessAdapter:
         end: one that ends without any is then recorded as unreadable usage, not zero tokens."""
         return False
 
+    def defers(self, body: dict[str, Any], endpoint: Endpoint) -> bool:
+        """True if a stream of this request is recorded by a later call when it ends without
+        usage (``Call.deferred``): a resumed stream (a retrieve) is no call of its own."""
+        return endpoint.retrieval
+
     def refuses(self, error: Exception) -> bool:
         """True if ``error`` is a server refusing what ``prepare`` added to a request."""
         return False
@@ -172,7 +177,7 @@ class StainlessAdapter:
             streamed,
             dedupe=endpoint.dedupe,
             retrieval=endpoint.retrieval,
-            deferred=streamed and endpoint.retrieval,  # a resumed stream is no call of its own
+            deferred=streamed and self.defers(body, endpoint),
             expects_usage=promised,
             request=body,
             no_usage_hint=endpoint.no_usage_hint,

@@ -340,6 +340,11 @@ class OpenAIAdapter(StainlessAdapter):
         }
         return copied, True
 
+    def defers(self, body: dict[str, Any], endpoint: Endpoint) -> bool:
+        """A ``background`` Responses create runs on at OpenAI however its stream ends (even
+        never iterated): its retrieve is the record."""
+        return endpoint.retrieval or (endpoint is _RESPONSES and body.get("background") is True)
+
     def refuses(self, error: Exception) -> bool:
         """A server that does not take ``stream_options`` (Azure OpenAI before api-version
         2024-09-01-preview: 400 "Unrecognized request argument supplied: stream_options"; a
