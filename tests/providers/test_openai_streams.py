@@ -696,6 +696,28 @@ async def test_background_stream_left_before_its_usage_is_recorded_by_its_retrie
 
 
 @pytest.mark.requires(openai=">=1.80")  # background responses
+async def test_background_stream_refused_by_the_server_is_an_error_record(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """Deferred to its retrieve is a background response that was made: a create the server
+    refused made none, and is an error record like any failed call."""
+
+    def server(request: Any) -> Any:
+        return kit.http.Response(500, json={"error": {"message": "boom", "type": "server_error"}})
+
+    client = kit.mock_openai(server, is_async=is_async, max_retries=0)
+    tokenmeter.instrument("openai")
+
+    with pytest.raises(openai.InternalServerError):
+        await kit.maybe(
+            client.responses.create(model="gpt-4o", input="hi", stream=True, background=True)
+        )
+
+    record = only(records())
+    assert (record.status, record.error) == ("error", "InternalServerError")
+
+
+@pytest.mark.requires(openai=">=1.80")  # background responses
 async def test_resumed_background_stream_left_before_its_usage_makes_no_record(
     records: Records, kit: ModuleType, is_async: bool
 ) -> None:

@@ -225,7 +225,8 @@ class Call:
     def _record(self, error: BaseException | None) -> None:
         latency_ms = round((time.perf_counter() - self.started) * 1000, 3)
         usage, status, error_name, estimated = self.usage, "ok", None, False
-        if usage is None and self.deferred and self.unreadable is None:
+        ran_on = error is None or self.request_id is not None  # a refused request made none
+        if usage is None and self.deferred and self.unreadable is None and ran_on:
             logger.debug("tokenmeter: %s call runs on; its retrieve is the record", self.provider)
             return
         if error is not None or self.failure is not None:
