@@ -246,7 +246,7 @@ async def _raw_lines(client: Any, kit: ModuleType, mode: str) -> list[str]:
         return list(response.iter_lines())
 
 
-@pytest.mark.parametrize("mode", ["with_streaming_response", "with_raw_response"])
+@pytest.mark.parametrize("mode", ["with_streaming_response"])
 async def test_a_raw_stream_read_line_by_line_is_the_bare_body(
     records: Records, kit: ModuleType, is_async: bool, mode: str
 ) -> None:

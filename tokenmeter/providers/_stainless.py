@@ -155,8 +155,10 @@ class StainlessAdapter:
         )
         promised, given = False, None
         if streamed:
-            if raw is not None or (self._refusing and _server(client) in self._refusing):
-                # A raw body is the caller's to read: what it did not ask for cannot be hidden.
+            if raw == "stream" or (self._refusing and _server(client) in self._refusing):
+                # A streaming response's body is the caller's to read line by line: what it did
+                # not ask for cannot be hidden there. (A raw response is read through parse(),
+                # whose stream hides the usage chunk as any stream does.)
                 new_options, hide = options, False
             else:
                 new_options, hide = self.prepare(options, endpoint, streamed)
