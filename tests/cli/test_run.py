@@ -437,9 +437,10 @@ def test_budget_stops_the_program_call_that_would_pass_it(
 
 def test_the_summary_never_sends_control_characters_to_the_terminal(tmp_path: Path) -> None:
     """The model name a server answers with reaches the summary: its escape sequences are shown
-    as U+FFFD, not obeyed by the terminal (SIGINT-free: the run's stderr is a pipe here)."""
+    as U+FFFD, not obeyed by the terminal, and so is a newline, which would start a row of its
+    own (SIGINT-free: the run's stderr is a pipe here)."""
     (tmp_path / "pyproject.toml").write_text(_PYPROJECT)
-    hostile = "m-\x1b]0;PWNED\x07\x1b[2Jtest"
+    hostile = "m-\x1b]0;PWNED\x07\x1b[2J\ntest"
     with FakeProvider(
         openai_usage={"prompt_tokens": 1000, "completion_tokens": 500},
         models={"m-test": hostile},
@@ -452,7 +453,7 @@ def test_the_summary_never_sends_control_characters_to_the_terminal(tmp_path: Pa
         result = _run(["--dir", "usage", "--", sys.executable, app.name], _env(fake), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "\x1b" not in result.stderr and "\x07" not in result.stderr
-    assert _summary_row(result.stderr, "m-\ufffd]0;PWNED\ufffd\ufffd[2Jtest")[1] == "1"
+    assert _summary_row(result.stderr, "m-\ufffd]0;PWNED\ufffd\ufffd[2J\ufffdtest")[1] == "1"
 
 
 def test_a_run_whose_calls_have_no_price_totals_n_a_not_zero(tmp_path: Path) -> None:

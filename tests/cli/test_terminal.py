@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -227,3 +228,46 @@ def test_control_characters_in_the_data_never_reach_the_terminal(
         screen = at_terminal([*command, "--source", str(hostile_names)], tmp_path, 200)
         for sequence in _INJECTED[:3]:
             assert sequence not in screen, (command, sequence)
+
+
+def test_a_newline_in_recorded_text_never_starts_a_line_of_its_own(tmp_path: Path) -> None:
+    """A name holding a newline (or a tab) would start a line of its own in a text table or a
+    tail line: a model named ``x\\nTOTAL ... $0.00`` forges a row. It is shown as U+FFFD, piped
+    or at a terminal, in every command that prints recorded text on lines."""
+    forged = "FORGED  999  $0.00"
+    records = [
+        rec(
+            1,
+            "2026-11-01T10:00:00.000Z",
+            "openai",
+            f"gpt\n{forged}",
+            1000,
+            100,
+            "0.0325",
+            session=("sess-1", f"night\n{forged}"),
+            tags={"team": f"a\t\n{forged}"},
+            status="error",
+            error=f"API\n{forged}",
+        )
+    ]
+    db = write_sqlite(tmp_path / "usage.db", records, SESSIONS)
+    alert = {"time": "2026-11-01T10:00:00.000Z", "rule": "budget", "scope": f"s\n{forged}"}
+    (tmp_path / "alerts.jsonl").write_text(json.dumps(alert) + "\n")
+
+    def forges(output: str) -> bool:
+        return any(line.lstrip().startswith("FORGED") for line in output.splitlines())
+
+    commands = [
+        ["report", "--by", "model,session,tag:team", "--source", str(db)],
+        ["report", "--detailed", "--source", str(db)],
+        ["sessions", "--source", str(db)],
+        ["tail", "--source", str(db)],
+        ["alerts", "--source", str(tmp_path)],
+    ]
+    for command in commands:
+        result = run_module(*command, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert forged in result.stdout and not forges(result.stdout), command
+    pytest.importorskip("rich")
+    for command in commands[3:]:
+        assert not forges(at_terminal(command, tmp_path, 200)), command

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tokenmeter.cli._output import write_output
+from tokenmeter.cli._output import one_line, write_output
 from tokenmeter.cli._source import default_directory, lines_of, refuse_special_file
 
 __all__ = ["parse_alert", "run_alerts"]
@@ -135,7 +135,9 @@ def run_alerts(args: argparse.Namespace) -> int:
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         text = "".join(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            one_line(
+                "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+            ).rstrip()
             + "\n"  # stdout's text mode writes the platform's line end
             for row in rows
         )

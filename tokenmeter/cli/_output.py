@@ -19,17 +19,25 @@ from pathlib import Path
 
 from tokenmeter.cli._errors import CliError
 
-__all__ = ["printable", "refuse_overwriting", "stdout_failed", "write_output"]
+__all__ = ["one_line", "printable", "refuse_overwriting", "stdout_failed", "write_output"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 #: Lone surrogates, and the C0 controls (but tab and newline), DEL and the C1 controls.
 _UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+#: The same, with tab and newline: what recorded text must not hold inside one line.
+_NOT_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def printable(text: str) -> str:
     """``text`` with every lone surrogate and control character (but tab and newline) replaced
     by U+FFFD: it can be encoded, and a terminal shows it rather than obeys it."""
     return _UNPRINTABLE.sub("\ufffd", text)
+
+
+def one_line(text: str) -> str:
+    """Recorded text for a table cell or a field of a line: as ``printable``, and a tab or
+    newline replaced too (a model named ``x\\nTOTAL ... $0.00`` would start a forged row)."""
+    return _NOT_IN_LINE.sub("\ufffd", text)
 
 
 #: Files tokenmeter keeps beside its usage data: a report written over one destroys it.

@@ -309,7 +309,7 @@ def _summary(
     """What the program spent; ``budget`` is --budget's (a TOKENMETER_BUDGET_USD the run
     inherited is no budget of this run)."""
     from tokenmeter import _autorun
-    from tokenmeter.cli._output import printable
+    from tokenmeter.cli._output import one_line
     from tokenmeter.cli.reports._format import fmt_int, fmt_usd
     from tokenmeter.sinks._files import absolute  # left relative if the directory was removed
 
@@ -351,7 +351,7 @@ def _summary(
         for row in [head, *rows]:
             cells = [row[0].ljust(widths[0])]
             cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
-            print("  " + printable("  ".join(cells).rstrip()), file=out)  # a server's name
+            print("  " + one_line("  ".join(cells).rstrip()), file=out)  # a server's name
         notes = []
         unpriced = sum(m["unpriced_calls"] for m in models.values())
         errors = sum(m["errors"] for m in models.values())

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from tokenmeter.cli._errors import CliError
-from tokenmeter.cli._output import printable, stdout_failed
+from tokenmeter.cli._output import one_line, stdout_failed
 from tokenmeter.cli._source import (
     MAX_LINE_BYTES,
     Source,
@@ -40,9 +40,10 @@ __all__ = ["format_call_line", "run_tail"]
 
 
 def format_call_line(call: Call) -> str:
+    """One line a call, whatever its text holds (``one_line``)."""
     session = call.session_name or call.session_id or "-"
     status = call.status if not call.error else f"{call.status}:{call.error}"
-    return (
+    return one_line(
         f"{call.timestamp}  {call.provider}/{call.model}  in={fmt_int(call.input_tokens)} "
         f"out={fmt_int(call.output_tokens)} total={fmt_int(call.total_tokens)}  "
         f"{fmt_usd(call.cost)}  session={session}  {status}"
@@ -67,16 +68,16 @@ def _styled(call: Call) -> Any:
     session = call.session_name or call.session_id or "-"
     status = call.status if not call.error else f"{call.status}:{call.error}"
     text = Text()
-    text.append(printable(call.timestamp), style="dim")
+    text.append(one_line(call.timestamp), style="dim")
     text.append("  ")
-    text.append(printable(f"{call.provider}/{call.model}"), style="cyan")
+    text.append(one_line(f"{call.provider}/{call.model}"), style="cyan")
     text.append(
         f"  in={fmt_int(call.input_tokens)} out={fmt_int(call.output_tokens)} "
         f"total={fmt_int(call.total_tokens)}  "
     )
     text.append(fmt_usd(call.cost), style="green")
-    text.append(printable(f"  session={session}  "))
-    text.append(printable(status), style="bold red" if call.status != "ok" else "")
+    text.append(one_line(f"  session={session}  "))
+    text.append(one_line(status), style="bold red" if call.status != "ok" else "")
     return text
 
 
@@ -97,7 +98,7 @@ def _print_calls(calls: list[Call], as_json: bool, console: Any) -> None:
             console.print(_styled(call))
             sys.stdout.flush()
         else:
-            print(printable(format_call_line(call)), flush=True)
+            print(format_call_line(call), flush=True)
 
 
 #: Most rows fetched at once: ``fetchmany`` takes a C int, and ``-n`` may be up to sys.maxsize.

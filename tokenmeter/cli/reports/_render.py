@@ -16,7 +16,7 @@ from typing import Any
 from tokenmeter._format import markdown_text
 from tokenmeter._totals import normalise_usd
 from tokenmeter.cli._dates import format_instant
-from tokenmeter.cli._output import printable
+from tokenmeter.cli._output import one_line, printable
 from tokenmeter.cli.reports._format import (
     dumps_exact,
     fmt_int,
@@ -358,7 +358,7 @@ def plain_table(table: CellTable) -> list[str]:
             cell.rjust(width) if table.is_numeric(i) else cell.ljust(width)
             for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
         ]
-        return "  ".join(parts).rstrip()
+        return one_line("  ".join(parts).rstrip())
 
     rule = "  ".join("-" * width for width in widths)
     lines = [line(table.headers), rule, *(line(row) for row in table.rows)]
