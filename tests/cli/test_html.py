@@ -118,6 +118,37 @@ def test_self_contained_and_escaped(html_report: Path) -> None:
     assert 'id="chart-tag-0" data-tag="feature"' in page and "Generated " in page
 
 
+#: Bidirectional embeddings, overrides and isolates: each reorders how the text after it shows.
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+def test_bidi_overrides_in_the_data_are_shown_not_obeyed(cli: RunCli, tmp_path: Path) -> None:
+    """A session named ``s`` RLO ``gnp.exe`` would read ``sexe.png`` in the dashboard (and in
+    markdown, or a terminal that does bidi): every such character is shown as U+FFFD."""
+    records = [
+        rec(
+            1,
+            "2026-11-01T10:00:00.000Z",
+            "openai",
+            f"gpt-4o{BIDI}",
+            100,
+            100,
+            "0.05",
+            session=("s-1", "s\u202egnp.exe"),
+            tags={"team": "\u2067core"},
+        )
+    ]
+    db = write_sqlite(tmp_path / "usage.db", records, SESSIONS)
+    for fmt in ("html", "markdown", "table"):
+        out = tmp_path / f"report.{fmt}"
+        args = ["--by", "model,name,tag:team", "--detailed", "--format", fmt, "-o", str(out)]
+        code, _, err = cli("report", "--source", str(db), *args)
+        assert code == 0, err
+        page = out.read_text()
+        assert not set(BIDI) & set(page), fmt
+        assert "s\ufffdgnp.exe" in page and "gpt-4o" + "\ufffd" * len(BIDI) in page, fmt
+
+
 def test_empty_period_still_renders(cli: RunCli, tmp_path: Path) -> None:
     db = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
     code, out, _ = cli("report", "--source", str(db), "--since", "2030-01-01", "--format", "html")

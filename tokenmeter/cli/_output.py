@@ -1,10 +1,12 @@
 """Where command output goes: stdout, or an owner-only file named by ``-o``.
 
 Text from the data may hold lone surrogates (JSON can spell ``"\\ud800"``), which no encoder
-accepts, and control characters (a model name holding ``ESC ]0;...`` would retitle the reader's
-terminal, ``ESC [2J`` clear it, a CR overwrite the line): both are replaced by U+FFFD here, at
-the one place text leaves the program. One character for one, so tables stay aligned. CSV,
-which carries the exact text, keeps its control characters in a file or a pipe.
+accepts, control characters (a model name holding ``ESC ]0;...`` would retitle the reader's
+terminal, ``ESC [2J`` clear it, a CR overwrite the line) and bidirectional overrides (a session
+named ``s`` RLO ``gnp.exe`` shows as ``sexe.png`` in a browser, an editor or a bidi terminal):
+all are replaced by U+FFFD here, at the one place text leaves the program. One character for
+one, so tables stay aligned. CSV, which carries the exact text, keeps its control characters in a
+file or a pipe.
 """
 
 from __future__ import annotations
@@ -22,15 +24,16 @@ from tokenmeter.cli._errors import CliError
 __all__ = ["one_line", "printable", "refuse_overwriting", "stdout_failed", "write_output"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-#: Lone surrogates, and the C0 controls (but tab and newline), DEL and the C1 controls.
-_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+#: Lone surrogates, the C0 controls (but tab and newline), DEL and the C1 controls, and the
+#: bidirectional embeddings, overrides and isolates ("Trojan Source", CVE-2021-42574).
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 #: The same, with tab and newline: what recorded text must not hold inside one line.
-_NOT_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_NOT_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def printable(text: str) -> str:
-    """``text`` with every lone surrogate and control character (but tab and newline) replaced
-    by U+FFFD: it can be encoded, and a terminal shows it rather than obeys it."""
+    """``text`` with every lone surrogate, control character (but tab and newline) and bidi
+    override replaced by U+FFFD: it can be encoded, and is shown as it is stored, not obeyed."""
     return _UNPRINTABLE.sub("\ufffd", text)
 
 
