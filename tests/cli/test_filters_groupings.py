@@ -196,6 +196,37 @@ def test_calendar_groups(
     assert [row[by] for row in doc["rows"]] == sorted(expected)  # in time order
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_calendar_groups_in_a_zone_off_utc_by_part_of_an_hour(
+    cli: RunCli, tmp_path: Path, kind: str
+) -> None:
+    """India is UTC+05:30: the UTC hour 18:00-19:00 is 23:30 on one day to 00:30 on the next,
+    so a call at 18:40Z is on the next day, in its hour 00:00, and inside that day's window."""
+    records = [
+        rec(1, "2026-11-01T18:20:00.000Z", "openai", "gpt-4o", 100, 10, "0.01"),  # 23:50 IST
+        rec(2, "2026-11-01T18:40:00.000Z", "openai", "gpt-4o", 100, 10, "0.02"),  # 00:10 IST
+        rec(3, "2026-11-01T18:14:00.000Z", "openai", "gpt-4o", 100, 10, "0.04"),  # 23:59 NPT
+    ]
+    records = [r.model_copy(update={"latency_ms": 100.0}) for r in records]
+    data = (
+        write_sqlite(tmp_path / "usage.db", records, SESSIONS)
+        if kind == "sqlite"
+        else write_jsonl(tmp_path / "usage.jsonl", records)
+    )
+    for by, expected in (
+        ("day", {"2026-11-01": Decimal("0.05"), "2026-11-02": Decimal("0.02")}),
+        ("hour", {"2026-11-01 23:00": Decimal("0.05"), "2026-11-02 00:00": Decimal("0.02")}),
+    ):
+        doc = report(cli, data, "--by", by, "--tz", "Asia/Kolkata", "--latency")
+        assert {row[by]: row["cost_usd"] for row in doc["rows"]} == expected
+        assert all(row["latency_p50_ms"] == 100.0 for row in doc["rows"])
+    window = ("--since", "2026-11-02", "--until", "2026-11-02", "--by", "day")
+    doc = report(cli, data, *window, "--tz", "Asia/Kolkata")
+    assert {row["day"]: row["calls"] for row in doc["rows"]} == {"2026-11-02": 1}
+    doc = report(cli, data, "--by", "day", "--tz", "Asia/Kathmandu")  # UTC+05:45
+    assert {row["day"]: row["calls"] for row in doc["rows"]} == {"2026-11-01": 1, "2026-11-02": 2}
+
+
 def test_tz_moves_date_bounds(cli: RunCli, data: Path) -> None:
     # Nov 2 in Paris is 2026-11-01T23:00Z up to 2026-11-02T23:00Z: records 2 and 3.
     doc = report(

@@ -7,8 +7,9 @@ readers and the output formats never meet.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from tokenmeter._totals import Totals
@@ -98,19 +99,42 @@ def key_columns(dimensions: tuple[Dimension, ...]) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def raw_columns(columns: tuple[str, ...]) -> tuple[str, ...]:
+def raw_columns(columns: tuple[str, ...], tz: tzinfo = UTC) -> tuple[str, ...]:
     """The stored columns a grouping is read by: a family needs the model, a calendar bucket the
-    UTC hour (rolled up into the ``--tz`` calendar afterwards, see ``_query.roll_up``)."""
+    UTC hour or minute (``time_column``), rolled up into the ``--tz`` calendar afterwards (see
+    ``_query.roll_up``)."""
     seen: dict[str, None] = {}
     for column in columns:
         if column == "family":
             seen.setdefault("provider", None)
             seen.setdefault("model", None)
         elif column in TIME_COLUMNS:
-            seen.setdefault("utc_hour", None)
+            seen.setdefault(time_column(tz), None)
         else:
             seen.setdefault(column, None)
     return tuple(seen)
+
+
+#: The stored time columns: a record's UTC hour (``2026-11-01T18``) or minute (``...T18:40``).
+UTC_HOUR = "utc_hour"
+UTC_MINUTE = "utc_minute"
+_PROBE_FROM = datetime(1970, 1, 1, tzinfo=UTC)
+_PROBE_STEP = timedelta(days=91)
+_PROBES = 525  # a season apart, to 2100: such an offset has lasted months or years
+
+
+@lru_cache(maxsize=16)
+def time_column(tz: tzinfo) -> str:
+    """``UTC_HOUR``, or ``UTC_MINUTE`` where ``tz`` is ever off UTC by a part of an hour (India
+    +05:30, Nepal +05:45, Adelaide +09:30 ...): there a UTC hour holds the end of one local
+    hour and the start of the next, at midnight of two days, so it cannot be put in one."""
+    if tz is UTC:
+        return UTC_HOUR
+    for step in range(_PROBES):
+        offset = (_PROBE_FROM + step * _PROBE_STEP).astimezone(tz).utcoffset()
+        if offset is not None and offset % timedelta(hours=1):
+            return UTC_MINUTE
+    return UTC_HOUR
 
 
 @dataclass(frozen=True, slots=True)

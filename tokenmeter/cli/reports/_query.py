@@ -54,6 +54,8 @@ from tokenmeter.cli._validate import COUNT_FIELDS, BadRecord, record_from_row, s
 from tokenmeter.cli.reports._model import (
     NONE_LABEL,
     TIME_COLUMNS,
+    UTC_HOUR,
+    UTC_MINUTE,
     Breakdown,
     Call,
     Dimension,
@@ -221,10 +223,11 @@ def _sort_rows(columns: tuple[str, ...], rows: Iterable[Row]) -> list[Row]:
 # --- from stored columns to the grouping asked for -------------------------------------------
 
 
-def _bucket(utc_hour: str, column: str, tz: tzinfo) -> str:
-    """The ``--tz`` calendar bucket of a UTC hour (``2026-11-01T23``)."""
+def _bucket(utc_time: str, column: str, tz: tzinfo) -> str:
+    """The ``--tz`` calendar bucket of a UTC hour (``2026-11-01T23``) or minute (``...T23:40``)."""
+    shape = "%Y-%m-%dT%H" if len(utc_time) == 13 else "%Y-%m-%dT%H:%M"
     try:
-        start = datetime.strptime(utc_hour, "%Y-%m-%dT%H").replace(tzinfo=UTC).astimezone(tz)
+        start = datetime.strptime(utc_time, shape).replace(tzinfo=UTC).astimezone(tz)
     except (ValueError, OverflowError):  # not an hour, or one past year 9999 in ``tz``
         return NONE_LABEL
     if column == "hour":
@@ -244,6 +247,7 @@ def _key_maker(
     if raw == columns:
         return None
     where = {column: i for i, column in enumerate(raw)}
+    time = where.get(UTC_HOUR, where.get(UTC_MINUTE, -1))
     buckets: dict[tuple[str, str], str] = {}
     families: dict[str, str] = {}
 
@@ -257,10 +261,10 @@ def _key_maker(
                 family = families[model] = model_family(model)
             return family
         if column in TIME_COLUMNS:
-            hour = key[where["utc_hour"]]
-            bucket = buckets.get((hour, column))
+            when = key[time]
+            bucket = buckets.get((when, column))
             if bucket is None:
-                bucket = buckets[(hour, column)] = _bucket(hour, column, tz)
+                bucket = buckets[(when, column)] = _bucket(when, column, tz)
             return bucket
         return key[where[column]]
 
@@ -576,7 +580,7 @@ def _sqlite_breakdown(
     where_params: list[str],
     table: set[str],
 ) -> Breakdown:
-    raw = raw_columns(key_columns(grouping))
+    raw = raw_columns(key_columns(grouping), query.tz)
     exprs: list[str] = []
     params: list[str] = []
     for column in raw:
@@ -641,8 +645,10 @@ def _extractor(column: str) -> Extractor:
     if column in _FIELDS:
         name, none = _FIELDS[column]
         return lambda r: r.get(name) or none
-    if column == "utc_hour":
+    if column == UTC_HOUR:
         return lambda r: str(r["timestamp"])[:13]
+    if column == UTC_MINUTE:
+        return lambda r: str(r["timestamp"])[:16]
     key = column.removeprefix("tag:")
 
     def tag(record: dict[str, Any]) -> str:
@@ -679,9 +685,9 @@ class _Grouper:
     (``map(add, ...)``); its cost a Decimal. ``Totals`` are made once per group at the end.
     """
 
-    def __init__(self, grouping: tuple[Dimension, ...], latency: bool) -> None:
+    def __init__(self, grouping: tuple[Dimension, ...], latency: bool, tz: tzinfo) -> None:
         self.grouping = grouping
-        self.raw = raw_columns(key_columns(grouping))
+        self.raw = raw_columns(key_columns(grouping), tz)
         self.key = _key_function(self.raw)
         self.groups: dict[tuple[str, ...], Sequence[int]] = {}
         self.costs: dict[tuple[str, ...], Decimal] = {}
@@ -781,7 +787,8 @@ def _run_jsonl(
 ) -> tuple[list[Breakdown], list[Call] | None, int]:
     on_progress = progress.update if progress else None
     groupers = [
-        _Grouper(grouping, query.latency and i == 0) for i, grouping in enumerate(query.groupings)
+        _Grouper(grouping, query.latency and i == 0, query.tz)
+        for i, grouping in enumerate(query.groupings)
     ]
     if query.calls_limit is not None:  # the calls are listed: every field of every record
         keep: deque[dict[str, Any]] = deque(maxlen=query.calls_limit or None)
@@ -927,7 +934,8 @@ def _receive_half(child: multiprocessing.process.BaseProcess, results: Connectio
 def _scan_half(path: Path, query: Query, need_tags: bool, start: int) -> _Part:
     """Totals of the lines from ``start`` on, as the child sends them back."""
     groupers = [
-        _Grouper(grouping, query.latency and i == 0) for i, grouping in enumerate(query.groupings)
+        _Grouper(grouping, query.latency and i == 0, query.tz)
+        for i, grouping in enumerate(query.groupings)
     ]
     scan = JsonlScan(path, tags=need_tags, start=start)
     _total(scan, query, groupers, None, None)

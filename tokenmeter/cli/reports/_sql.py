@@ -102,6 +102,7 @@ def raw_column_sql(column: str, prefix: str = "") -> tuple[str, list[str]]:
         "session": f"COALESCE({p}session_name, '')",
         "status": f"COALESCE({p}status, 'ok')",
         "utc_hour": f"substr({p}timestamp, 1, 13)",
+        "utc_minute": f"substr({p}timestamp, 1, 16)",
     }
     if column in simple:
         return simple[column], []
