@@ -108,6 +108,20 @@ def test_sink_writes_after_the_period_closed(directory: Path) -> None:
     assert leftovers == []
 
 
+@pytest.mark.parametrize(
+    "when", ["9999-12-31T23:59:59+00:00", "0001-01-01T00:00:30+00:00", "0001-01-03T00:00:30+00:00"]
+)
+def test_a_record_at_the_edge_of_the_calendar_is_no_failure(directory: Path, when: str) -> None:
+    """record(timestamp=...) takes any time in years 1 to 9999: one whose period has no period
+    after it (or before it) to report is not a failure of the sink (which would keep and retry
+    the batch, then set it aside), and the next record's reports are written as ever."""
+    sink = PeriodicReports(directory, ["daily", "weekly", "monthly"])
+    sink.write([_record(6, when, "1")])
+    sink.write([_record(5, "2026-11-23T00:01:00+00:00", "1")])
+    assert (directory / "reports" / "usage_report_2026-W47.md").exists()
+    assert (directory / "reports" / "usage_report_2026-11-22.md").exists()
+
+
 _WRITER = """
 import sys
 from datetime import datetime

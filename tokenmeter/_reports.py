@@ -109,10 +109,14 @@ class PeriodicReports:
     def _check(self, period: str, latest: datetime) -> None:
         from tokenmeter.cli._dates import period_bounds
 
-        start, _ = period_bounds(period, previous=False, now=latest)
+        try:
+            start, _ = period_bounds(period, previous=False, now=latest)
+            closed_start, _ = period_bounds(period, previous=True, now=latest)
+        except OverflowError:  # a record of year 1 or 9999: no period before or after it
+            return
         if latest - start < GRACE:
             return
-        closed = period_name(period, period_bounds(period, previous=True, now=latest)[0])
+        closed = period_name(period, closed_start)
         if self._done.get(period) == closed:
             return
         try:
