@@ -14,7 +14,7 @@ import pytest
 from tokenmeter._config import load_settings
 from tokenmeter._models import UsageRecord
 from tokenmeter._reports import PeriodicReports, period_name, write_period_report
-from tokenmeter.sinks import SQLiteSink
+from tokenmeter.sinks import JSONLSink, SQLiteSink
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -88,6 +88,28 @@ def test_report_of_the_closed_week(directory: Path) -> None:
     path.write_text("kept")
     assert write_period_report(directory, "week", now) is None
     assert path.read_text() == "kept"
+
+
+def test_text_a_reader_would_obey_is_shown_not_kept(tmp_path: Path) -> None:
+    """A model or session name holding a terminal escape sequence (``cat`` of the report would
+    retitle or clear the terminal), a bidi override or, in a JSONL line another program wrote, a
+    lone surrogate (which no UTF-8 file holds: the report failed): U+FFFD in the file."""
+    hostile = "gpt\x1b]0;PWNED\x07\x1b[2J\u202eevil\x9b"
+    record = _record(1, "2026-11-20T10:00:00+00:00", "0.5")
+    records = [record.model_copy(update={"model_name": hostile, "session_name": "s\x1b[31m"})]
+    sink = JSONLSink(tmp_path / "usage.jsonl")
+    sink.write(records)
+    sink.close()
+    with (tmp_path / "usage.jsonl").open("a") as handle:
+        line = (tmp_path / "usage.jsonl").read_text().replace('"r1"', '"r2"')
+        handle.write(line.replace("gpt", "\\ud800"))
+    path = write_period_report(tmp_path, "week", datetime(2026, 11, 24, 8, tzinfo=UTC))
+    assert path is not None
+    text = path.read_text(encoding="utf-8")
+    assert not any(ch in text for ch in "\x1b\x07\x9b\u202e")
+    assert (
+        "gpt\ufffd\\]0;PWNED\ufffd\ufffd\\[2J\ufffdevil\ufffd" in text and "\ufffd\ufffd\\]0;" in text
+    )
 
 
 def test_no_data_no_report(tmp_path: Path) -> None:

@@ -67,9 +67,25 @@ def fmt_per_call(value: float | None) -> str:
 
 #: Markdown that recorded text (a model, session or tag name a server or a caller chose) must not
 #: make: a cell break (``|``), a new line, HTML (``<``), or a link or image (``[``/``]``: a
-#: viewer would load ``![](https://...)`` from its server on opening the journal).
+#: viewer would load ``![](https://...)`` from its server on opening the journal). And what a
+#: reader of the file would obey rather than see, shown as U+FFFD as the CLI does: control
+#: characters (``ESC ]0;...`` retitles the terminal that prints the file, ``ESC [2J`` clears it),
+#: bidirectional overrides (they reorder the text after them) and lone surrogates (which no
+#: UTF-8 file can hold).
+_SHOWN_AS_REPLACEMENT = (
+    *range(0x00, 0x09),
+    *range(0x0B, 0x0D),
+    *range(0x0E, 0x20),
+    *range(0x7F, 0xA0),
+    *range(0x202A, 0x202F),
+    *range(0x2066, 0x206A),
+    *range(0xD800, 0xE000),
+)
 _MARKDOWN_ESCAPES = str.maketrans(
-    {"\\": "\\\\", "|": "\\|", "<": "&lt;", "[": "\\[", "]": "\\]", "\n": " ", "\r": " "}
+    {
+        **dict.fromkeys(map(chr, _SHOWN_AS_REPLACEMENT), "\ufffd"),
+        **{"\\": "\\\\", "|": "\\|", "<": "&lt;", "[": "\\[", "]": "\\]", "\n": " ", "\r": " "},
+    }
 )
 
 
