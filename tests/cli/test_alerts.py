@@ -55,6 +55,18 @@ def test_since_and_json(cli: RunCli, alerts_dir: Path) -> None:
     assert {item["observed"] for item in items} == {6000}
 
 
+def test_json_carries_the_exact_text_into_a_pipe(cli: RunCli, tmp_path: Path) -> None:
+    """The table shows a bidi override as U+FFFD; JSON, a machine format like CSV, keeps the
+    scope as written (control characters are escaped by JSON itself)."""
+    scope = "team=\u202ecba\x1b[2J"
+    line = {"time": "2026-11-01T10:00:00.000Z", "rule": "budget", "scope": scope}
+    (tmp_path / "alerts.jsonl").write_text(json.dumps(line) + "\n")
+    code, out, _ = cli("alerts", "--source", str(tmp_path), "--format", "json")
+    assert code == 0 and json.loads(out)["scope"] == scope and "\x1b" not in out
+    code, out, _ = cli("alerts", "--source", str(tmp_path))
+    assert code == 0 and "team=\ufffdcba\ufffd[2J" in out
+
+
 def test_bad_lines_are_skipped_and_counted(cli: RunCli, alerts_dir: Path) -> None:
     with (alerts_dir / "alerts.jsonl").open("a") as handle:
         handle.write("{torn\n")

@@ -142,5 +142,5 @@ def run_alerts(args: argparse.Namespace) -> int:
             for row in rows
         )
         text += f"{len(alerts)} alert(s)\n"
-    write_output(text, None)
+    write_output(text, None, exact=args.format == "json")  # JSON: the exact text, as CSV
     return 0
