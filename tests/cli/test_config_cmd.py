@@ -76,3 +76,16 @@ def test_the_dsn_is_shown_without_its_password(
     assert "db.internal" in shown and "***" in shown and "s3" not in shown and "cret" not in shown
     code, text, _ = cli("config")
     assert code == 0 and "db.internal" in text and "s3" not in text
+
+
+def test_json_carries_a_settings_exact_text_into_a_pipe(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bidi override in a setting was written as U+FFFD into the JSON (its text passed through
+    the terminal filter): JSON, a machine format, keeps the text as set."""
+    directory = str(tmp_path / "team\u202ecba")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TOKENMETER_DIR", directory)
+    code, out, _ = cli("config", "--format", "json")
+    assert code == 0
+    assert json.loads(out)["directory"]["value"] == directory

@@ -59,7 +59,7 @@ def run_config(args: argparse.Namespace) -> int:
     values["pg_dsn"] = without_password(values["pg_dsn"])
     if args.format == "json":
         data = {name: {"value": values[name], "source": sources[name]} for name in values}
-        write_output(json.dumps(data, indent=2, ensure_ascii=False) + "\n", None)
+        write_output(json.dumps(data, indent=2, ensure_ascii=False) + "\n", None, exact=True)
         return 0
     width = max(len(name) for name in values)
     lines = []
