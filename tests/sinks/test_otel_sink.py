@@ -142,6 +142,25 @@ def test_a_record_dated_beyond_what_otlp_holds_loses_no_spans(receiver: OtlpRece
     assert (2**64 - 1, 2**64 - 1) in times and (0, 0) in times  # the nearest times OTLP holds
 
 
+def test_a_record_with_more_tags_than_a_span_holds_keeps_its_genai_attributes(
+    receiver: OtlpReceiver,
+) -> None:
+    """A span holds 128 attributes (OTEL_ATTRIBUTE_COUNT_LIMIT) and the SDK makes room by
+    dropping the OLDEST: with the tags after the GenAI attributes, a record with 120 tags lost
+    its operation, provider, model and token counts, and kept its tags."""
+    tags = {f"k{i:03d}": "v" for i in range(150)}
+    made = tokenmeter.record("openai", "gpt-4o", 1200, 300, tags=tags)
+    assert tokenmeter.flush(timeout=60)
+    [span] = receiver.spans()
+    got = attributes(span.attributes)
+    assert got["gen_ai.operation.name"] == "chat"
+    assert got["gen_ai.provider.name"] == "openai"
+    assert got["gen_ai.request.model"] == got["gen_ai.response.model"] == "gpt-4o"
+    assert got["gen_ai.usage.input_tokens"] == 1200 and got["gen_ai.usage.output_tokens"] == 300
+    assert got["tokenmeter.record.id"] == made.id and "tokenmeter.cost.amount" in got
+    assert span.dropped_attributes_count > 0 and got["tokenmeter.tag.k149"] == "v"
+
+
 def test_an_unpriced_call_has_no_cost_rather_than_zero(receiver: OtlpReceiver) -> None:
     tokenmeter.record("openai", "no-such-model-xyz", 10, 2)
     assert tokenmeter.flush(timeout=60)

@@ -115,13 +115,15 @@ def latest_conventions_requested() -> bool:
 
 
 def span_attributes(record: UsageRecord, *, latest: bool = False) -> dict[str, Any]:
-    """The span attributes of ``record``: GenAI conventions (v1.41, or the ``latest``
-    experimental ones), then tokenmeter's own."""
+    """The span attributes of ``record``: its tags, then the GenAI conventions' (v1.41, or the
+    ``latest`` experimental ones) and tokenmeter's own."""
     provider = _provider(record)
-    attrs: dict[str, Any] = {
-        "gen_ai.operation.name": _operation(record),
-        "gen_ai.provider.name": provider,
-    }
+    # The tags first: a span holds a limited number of attributes (128 by default) and the SDK
+    # makes room by dropping the oldest, so a record with more tags than fit loses tags, never
+    # the conventions' attributes.
+    attrs: dict[str, Any] = {f"tokenmeter.tag.{key}": value for key, value in record.tags.items()}
+    attrs["gen_ai.operation.name"] = _operation(record)
+    attrs["gen_ai.provider.name"] = provider
     if not latest:
         attrs["gen_ai.system"] = provider
     attrs["gen_ai.request.model"] = record.request_model or record.model_name
@@ -160,8 +162,6 @@ def span_attributes(record: UsageRecord, *, latest: bool = False) -> dict[str, A
         attrs["session.id"] = record.session_id
     if record.session_name is not None:
         attrs["tokenmeter.session.name"] = record.session_name
-    for key, value in record.tags.items():
-        attrs[f"tokenmeter.tag.{key}"] = value
     if record.status != "ok":
         attrs["error.type"] = record.error or record.status
     return attrs
