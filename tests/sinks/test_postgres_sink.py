@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -303,6 +304,51 @@ def test_a_statement_timeout_fails_the_batch_which_is_retried(
     _flush_until_written()
     assert "QueryCanceled" in caplog.text
     assert {r.id for r in read_records(pg_dsn)} == {"rec-000000", *made}
+
+
+@pytest.mark.parametrize(
+    "alter",
+    [
+        "ALTER TABLE records ALTER COLUMN tags DROP DEFAULT, "
+        "ALTER COLUMN tags TYPE jsonb USING tags::jsonb",
+        'ALTER TABLE records ALTER COLUMN "timestamp" TYPE timestamptz '
+        'USING "timestamp"::timestamptz',
+        "ALTER TABLE records ALTER COLUMN estimated_cost_usd TYPE numeric "
+        "USING estimated_cost_usd::numeric",
+        "ALTER TABLE records ALTER COLUMN model_name TYPE varchar(200)",
+    ],
+    ids=["tags jsonb", "timestamp timestamptz", "cost numeric", "model varchar"],
+)
+def test_a_column_whose_type_an_admin_changed_gets_the_records_values(
+    pg_sink: PostgresSink, pg_dsn: str, alter: str
+) -> None:
+    """The binary COPY sends each value as its column's type: tags in a column made jsonb were
+    stored as one JSON string ('"{\\"team\\":\\"search\\"}"', every tag query broken), and a
+    timestamp made timestamptz, a cost made numeric or a name made varchar failed every batch
+    for ever (the records set aside). The server now reads such columns from text, as an
+    INSERT would."""
+    pg_sink.write([build_record(0)])
+    query(pg_dsn, alter)
+    batch = [build_record(1, tags={"team": "search", "tab": "a\tb\\n"}), build_record(2)]
+    try:
+        pg_sink.write(batch)
+    except psycopg.Error:  # the old connection's types: the writer retries on a new one
+        pg_sink.write(batch)
+    pg_sink.write([build_record(2), build_record(3)])  # one stored already: through the stage
+    rows = query(
+        pg_dsn,
+        "SELECT id, tags::jsonb, estimated_cost_usd::numeric, model_name::text, "
+        "timestamp::timestamptz FROM records ORDER BY id",
+    )
+    assert [row[0] for row in rows] == [f"rec-{i:06d}" for i in range(4)]
+    assert [row[1] for row in rows] == [
+        {"team": "search"},
+        {"team": "search", "tab": "a\tb\\n"},
+        {"team": "search"},
+        {"team": "search"},
+    ]
+    assert {row[2] for row in rows} == {Decimal("0.006")} and {row[3] for row in rows} == {"gpt-4o"}
+    assert [row[4] for row in rows] == [START + timedelta(milliseconds=i) for i in range(4)]
 
 
 def test_eight_processes_racing_the_migration_store_exactly_16000(

@@ -149,12 +149,18 @@ _COLUMN_TYPES = (
     "SELECT a.atttypid::int FROM unnest(%s::text[]) WITH ORDINALITY AS c(name, n) "
     "JOIN pg_attribute a ON a.attrelid = 'records'::regclass AND a.attname = c.name ORDER BY c.n"
 )
-_COPY = f"COPY records ({_RECORD_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+#: Binary COPY sends each value as its column's type, which is right only for the types the
+#: migrations make (text, bigint, smallint, double precision). A column an admin changed (tags
+#: made jsonb, timestamp made timestamptz) would get the JSON text as one jsonb string, or fail
+#: every batch: a table with such a column gets the text COPY, read by the server as an INSERT is.
+_BINARY_TYPES = frozenset({25, 20, 21, 701})
+_BINARY = " (FORMAT BINARY)"
+_COPY = f"COPY records ({_RECORD_COLUMNS}) FROM STDIN"
 _STAGE = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS tokenmeter_stage AS "
     f"SELECT {_RECORD_COLUMNS} FROM records WITH NO DATA"
 )
-_COPY_STAGE = f"COPY tokenmeter_stage ({_RECORD_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+_COPY_STAGE = f"COPY tokenmeter_stage ({_RECORD_COLUMNS}) FROM STDIN"
 #: Two statements sent as one simple query: PostgreSQL runs them as one implicit transaction,
 #: in one round trip.
 _MOVE = (
@@ -269,6 +275,7 @@ class PostgresSink:
         self._conn: psycopg.Connection[Any] | None = None
         self._pid = 0
         self._types: list[int] = []  # of the COPY columns, read on connecting
+        self._format = _BINARY  # or "" (text) when one of those types is not the schema's
 
     def __repr__(self) -> str:  # never the DSN: it may hold a password
         return f"PostgresSink(schema={self.schema!r})"
@@ -314,8 +321,9 @@ class PostgresSink:
         connection that died) and gets the rest as they are built."""
         errors = _psycopg().errors
         try:
-            with conn.cursor() as cur, cur.copy(_COPY) as copy:
-                copy.set_types(self._types)
+            with conn.cursor() as cur, cur.copy(_COPY + self._format) as copy:
+                if self._format:
+                    copy.set_types(self._types)
                 for row in rows:
                     copy.write_row(row)
                 for record in records[len(rows) :] if rows else records:
@@ -330,8 +338,9 @@ class PostgresSink:
             rows.extend(_record_row(r) for r in records[len(rows) :])
             rows[:] = [_pg_row(row) for row in rows]
             conn.execute(_STAGE.encode())
-            with conn.cursor() as cur, cur.copy(_COPY_STAGE) as copy:
-                copy.set_types(self._types)
+            with conn.cursor() as cur, cur.copy(_COPY_STAGE + self._format) as copy:
+                if self._format:
+                    copy.set_types(self._types)
                 for row in rows:
                     copy.write_row(row)
             conn.execute(_MOVE.encode())
@@ -372,6 +381,7 @@ class PostgresSink:
             conn.close()
             raise RuntimeError(f"table {self.schema}.records lacks some of {RECORD_COLUMNS}")
         self._types = [oid for (oid,) in found]
+        self._format = _BINARY if _BINARY_TYPES.issuperset(self._types) else ""
         self._conn, self._pid = conn, os.getpid()
         return conn
 
