@@ -161,6 +161,32 @@ def test_a_record_with_more_tags_than_a_span_holds_keeps_its_genai_attributes(
     assert span.dropped_attributes_count > 0 and got["tokenmeter.tag.k149"] == "v"
 
 
+def test_providers_have_the_conventions_well_known_names(receiver: OtlpReceiver) -> None:
+    """xAI, Mistral, Azure OpenAI and Bedrock calls went out under tokenmeter's own names
+    (``x-ai``, ``mistral``, ``azure``, ``aws``), which the conventions' well-known values
+    (``x_ai``, ``mistral_ai``, ``azure.ai.openai``, ``aws.bedrock``) never match: a dashboard
+    of the GenAI providers missed those calls. Aliases given to ``record()`` name them too."""
+    expected = {
+        "x-ai": ("x_ai", "xai"),  # the deprecated gen_ai.system spelled xAI "xai"
+        "xai": ("x_ai", "xai"),
+        "mistral": ("mistral_ai", "mistral_ai"),
+        "azure": ("azure.ai.openai", "azure.ai.openai"),
+        "bedrock": ("aws.bedrock", "aws.bedrock"),
+        "gemini": ("gcp.gen_ai", "gcp.gen_ai"),
+        "deepseek": ("deepseek", "deepseek"),
+        "ollama": ("ollama", "ollama"),  # not a well-known one: as it is
+    }
+    made = {tokenmeter.record(name, "some-model", 10, 2).id: name for name in expected}
+    assert tokenmeter.flush(timeout=60)
+    got = {}
+    for span in receiver.spans():
+        attrs = attributes(span.attributes)
+        name = made[attrs["tokenmeter.record.id"]]
+        got[name] = (attrs["gen_ai.provider.name"], attrs["gen_ai.system"])
+        assert attrs["tokenmeter.provider"] == name  # tokenmeter's own name stays as recorded
+    assert got == expected
+
+
 def test_an_unpriced_call_has_no_cost_rather_than_zero(receiver: OtlpReceiver) -> None:
     tokenmeter.record("openai", "no-such-model-xyz", 10, 2)
     assert tokenmeter.flush(timeout=60)

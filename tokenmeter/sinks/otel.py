@@ -44,6 +44,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tokenmeter._models import UsageRecord
+from tokenmeter._registry import canonical
 
 __all__ = [
     "LATEST",
@@ -55,10 +56,22 @@ __all__ = [
     "span_attributes",
 ]
 
-#: tokenmeter provider -> ``gen_ai.provider.name`` (others are passed through as they are).
-#: "google" records cover the Gemini API and Vertex AI alike: the spec's name for "backend
-#: unknown" is ``gcp.gen_ai``.
-PROVIDER_NAMES = {"openai": "openai", "anthropic": "anthropic", "google": "gcp.gen_ai"}
+#: tokenmeter provider (any alias of it) -> ``gen_ai.provider.name``: the conventions'
+#: well-known value where they name one, so the calls of each provider meet other
+#: instrumentations' under one name (others are passed through as they are). "google" records
+#: cover the Gemini API and Vertex AI alike: the spec's name for "backend unknown" is
+#: ``gcp.gen_ai``.
+PROVIDER_NAMES = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "google": "gcp.gen_ai",
+    "azure": "azure.ai.openai",
+    "aws": "aws.bedrock",
+    "mistral": "mistral_ai",
+    "x-ai": "x_ai",
+}
+#: Where the deprecated ``gen_ai.system`` (v1.41) spelled a provider otherwise.
+_SYSTEM_NAMES = {"x_ai": "xai"}
 #: tokenmeter operation -> ``gen_ai.operation.name`` (well-known values of the spec).
 OPERATION_NAMES = {
     "chat.completions": "chat",
@@ -104,7 +117,8 @@ def _operation(record: UsageRecord) -> str:
 
 
 def _provider(record: UsageRecord) -> str:
-    return PROVIDER_NAMES.get(record.model_provider, record.model_provider)
+    name = record.model_provider
+    return PROVIDER_NAMES.get(canonical(name), name)
 
 
 def latest_conventions_requested() -> bool:
@@ -125,7 +139,7 @@ def span_attributes(record: UsageRecord, *, latest: bool = False) -> dict[str, A
     attrs["gen_ai.operation.name"] = _operation(record)
     attrs["gen_ai.provider.name"] = provider
     if not latest:
-        attrs["gen_ai.system"] = provider
+        attrs["gen_ai.system"] = _SYSTEM_NAMES.get(provider, provider)
     attrs["gen_ai.request.model"] = record.request_model or record.model_name
     attrs["gen_ai.response.model"] = record.model_name
     attrs["gen_ai.usage.input_tokens"] = record.input_tokens
