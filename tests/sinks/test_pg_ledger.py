@@ -141,6 +141,28 @@ def test_a_budget_row_deleted_by_hand_is_made_again(pg_dsn: str) -> None:
     ledger.close()
 
 
+def test_the_rows_a_ledger_remembers_are_bounded(pg_dsn: str) -> None:
+    """The ledger remembered every row it had leased, for the life of the process: a budget of
+    ``period="session"`` has a row per session, so a server opening a session per request grew
+    by a row's keys at every request (about 250 bytes; 2,000 sessions, 2,000 rows kept)."""
+    from tokenmeter.sinks import _pg_ledger
+
+    ledger = PostgresSink(pg_dsn).budget_ledger()
+    many = _pg_ledger.MAX_KNOWN_ROWS + 1_000
+    for first in range(0, many, 500):
+        leases = [
+            (f"per|session|s{i}", f"s{i}", 1.0, 0.0, 0.0, 0.0, 0.25, 0.25)
+            for i in range(first, first + 500)
+        ]
+        assert all(ok for ok, *_ in ledger.lease_many(leases))
+    assert len(ledger._rows) <= _pg_ledger.MAX_KNOWN_ROWS
+    # A row forgotten is leased as before: its call settled at 0.25, the next one granted.
+    again = ledger.lease_many([("per|session|s0", "s0", 1.0, 0.25, 0.25, 0.0, 0.25, 0.25)])
+    assert again == [(True, 0.25, 0.25, 0.0)]
+    assert ledger.spent("per|session|s0", "s0") == 0.5
+    ledger.close()
+
+
 @pytest.mark.parametrize(
     "drop", ["DROP TABLE tokenmeter.budget_ledger", "DROP SCHEMA tokenmeter CASCADE"]
 )

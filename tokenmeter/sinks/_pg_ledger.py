@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from tokenmeter.sinks.postgres import PostgresSink
 
-__all__ = ["PostgresLedger"]
+__all__ = ["MAX_KNOWN_ROWS", "PostgresLedger"]
 
 T = TypeVar("T")
 #: (scope_key, period_start, limit_usd, amount_usd) and (scope_key, period_start, reserved_usd,
@@ -89,6 +89,11 @@ _SPENT = (
     "SELECT settled_usd + reserved_usd FROM budget_ledger "
     "WHERE scope_key = %(key)s AND period_start = %(period)s"
 )
+
+
+#: Rows a ledger remembers as made; beyond this it starts over (a budget of period "session"
+#: has a row per session: a long-running server would remember every session it served).
+MAX_KNOWN_ROWS = 4096
 
 
 def _text(value: str) -> str:
@@ -227,6 +232,8 @@ class PostgresLedger:
             return results
 
         def work(conn: psycopg.Connection[Any]) -> list[LeaseResult]:
+            if len(known) >= MAX_KNOWN_ROWS:
+                known.clear()  # a forgotten row is made (if missing) and leased, one more statement
             found = run(conn, True)
             if len(found) == len(checked) and found[-1][0]:
                 known.update((p["key"], p["period"]) for p in checked)
