@@ -400,7 +400,13 @@ class PostgresSink:
                 raise
             raise hidden from None  # the original, password and all, is not chained
         try:
-            conn.execute(f"SET statement_timeout = {self._statement_timeout_ms}".encode())
+            # READ COMMITTED whatever the database's default: the budget ledger's statements
+            # re-check the row they lock, which a stricter isolation refuses under concurrent
+            # updates ("could not serialize access"), and a refused check lets the call through.
+            conn.execute(
+                f"SET statement_timeout = {self._statement_timeout_ms}; "
+                "SET default_transaction_isolation = 'read committed'".encode()
+            )
             _migrate(conn, self.schema)
             conn.execute(f'SET search_path = "{self.schema}"'.encode())
         except BaseException:
