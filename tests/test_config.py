@@ -270,6 +270,9 @@ def test_unknown_sink_name_is_rejected() -> None:
         ({"directory": "t" * 256}, r"'directory'.*name longer than any file system takes"),
         ({"state_file": "/tmp/" + "s" * 300 + ".md"}, r"'state_file'.*name longer"),
         ({"directory": "/tmp/" + "d/" * 2100}, r"'directory'.*longer than any file system"),
+        # libpq cannot take it whole: a NUL ends the string, a lone surrogate is not UTF-8.
+        ({"pg_dsn": "host=db\x00 password=x"}, r"'pg_dsn'.*NUL character"),
+        ({"pg_dsn": "host=db password=x\ud800"}, r"'pg_dsn'.*lone surrogate"),
         ({"aliases": [1]}, r"'aliases' from configure\(\)"),
         ({"aliases": 5}, r"'aliases'"),
         ({"aliases": {"prod": 3}}, r"'aliases'.*alias 'prod'"),

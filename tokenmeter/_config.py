@@ -216,8 +216,10 @@ class Settings(BaseModel):
         if not isinstance(value, str):
             # Never echo it: a DSN may hold a password.
             raise ValueError(f"must be a connection string, got {type(value).__name__}")
-        if "\x00" in value:
-            raise ValueError("must not contain a NUL character")
+        from tokenmeter.sinks.postgres import _sendable  # only when a DSN is given
+
+        if not _sendable(value):
+            raise ValueError("must not contain a NUL character or a lone surrogate")
         return value
 
     @field_validator("max_queue", mode="before")

@@ -153,6 +153,13 @@ def test_bad_arguments_are_value_errors_and_the_dsn_is_never_shown() -> None:
     with pytest.raises(ValueError, match="statement_timeout_s"):
         PostgresSink("", statement_timeout_s=0)
     assert "hunter2" not in repr(PostgresSink("postgresql://u:hunter2@127.0.0.1/db"))
+    # libpq reads a connection string up to a NUL: "host=db\x00..." connected to the local
+    # socket's server, and the rest of the string (its password too) was dropped without a
+    # word; a lone surrogate failed every write (UnicodeEncodeError), every record set aside.
+    for dsn in ("host=db\x00 password=hunter2", "host=db password=hunter2\ud800"):
+        with pytest.raises(ValueError, match="dsn cannot hold") as refused:
+            PostgresSink(dsn)
+        assert "hunter2" not in str(refused.value)
 
 
 def test_timeouts_longer_than_postgresql_takes_wait_as_long_as_they_can(pg_dsn: str) -> None:

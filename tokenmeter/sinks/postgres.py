@@ -234,6 +234,17 @@ def _psycopg() -> Any:
     return psycopg
 
 
+def _sendable(dsn: str) -> bool:
+    """Whether libpq gets ``dsn`` whole: it takes UTF-8 bytes up to the first NUL."""
+    if "\x00" in dsn:
+        return False
+    try:
+        dsn.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _check_schema_name(schema: str) -> str:
     if not isinstance(schema, str) or not schema.isidentifier() or not schema.isascii():
         raise ValueError(f"schema must be a plain SQL identifier, got {schema!r}")
@@ -260,6 +271,11 @@ class PostgresSink:
     ) -> None:
         if not isinstance(dsn, str):
             raise ValueError(f"dsn must be a connection string, got {type(dsn).__name__}")
+        if not _sendable(dsn):  # never echoed: it may hold a password
+            raise ValueError(
+                "dsn cannot hold a NUL character (libpq would read the string up to it) or a "
+                "lone surrogate (not UTF-8)"
+            )
         for name, value in (
             ("connect_timeout_s", connect_timeout_s),
             ("statement_timeout_s", statement_timeout_s),
