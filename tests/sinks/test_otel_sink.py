@@ -4,10 +4,12 @@ the global providers can be set once per process)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -334,6 +336,46 @@ def test_records_queued_at_exit_reach_the_applications_exporter(receiver: OtlpRe
     )
     assert result.returncode == 0, result.stderr
     assert len(receiver.spans()) == 20
+
+
+def test_a_sink_never_configured_holds_none_of_the_applications_spans() -> None:
+    """A sink watches the records submitted on the application's threads from the moment it is
+    made, to find the span each call was made in. One made for a configure() call that was
+    refused (or made and dropped) was kept by that watch for ever, and so were the contexts of
+    every record made in a span, spans and all, up to 100,000 of them (20,000 requests with a
+    2 kB attribute each held 75 MB)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from tokenmeter.sinks import OTelSink
+
+    tracer_provider = TracerProvider()
+    exported = InMemorySpanExporter()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exported))
+    providers = {
+        "tracer_provider": tracer_provider,
+        "meter_provider": MeterProvider(metric_readers=[InMemoryMetricReader()]),
+    }
+    refused = OTelSink(**providers)
+    with pytest.raises(ValueError, match="max_queue"):
+        tokenmeter.configure(sinks=[refused], max_queue=0)
+    forgotten = weakref.ref(refused)
+    del refused
+    gc.collect()
+    assert forgotten() is None
+
+    tokenmeter.configure(sinks=[OTelSink(**providers)])  # one in use still finds the span
+    tracer = tracer_provider.get_tracer("the-app")
+    with tracer.start_as_current_span("handle-request") as request:
+        made = tokenmeter.record("openai", "gpt-4o", 10, 2)
+    assert tokenmeter.flush(timeout=60)
+    [call] = [s for s in exported.get_finished_spans() if s.name == "chat gpt-4o"]
+    assert call.attributes is not None and call.attributes["tokenmeter.record.id"] == made.id
+    assert call.parent is not None
+    assert call.parent.span_id == request.get_span_context().span_id
 
 
 def test_inside_an_application_that_set_up_opentelemetry() -> None:

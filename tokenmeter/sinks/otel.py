@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -272,7 +273,7 @@ class OTelSink:
         self._pipeline = _pipeline
         if len(self._own) < 2:  # the application's providers, which the SDK shuts down at exit
             _pipeline.flush_early_at_exit()
-        self._observing = False
+        self._observer: Callable[[object], None] | None = None
         self._observe()
 
     def _make_latest_instruments(self, meter: Any) -> None:
@@ -333,9 +334,9 @@ class OTelSink:
         )
 
     def _observe(self) -> None:
-        if not self._observing:
-            self._observing = True
-            self._pipeline.add_submit_observer(self._capture_parent)
+        if self._observer is None:
+            self._observer = _weak_observer(self)
+            self._pipeline.add_submit_observer(self._observer)
 
     # -- the caller's thread ---------------------------------------------------------------------
     def _capture_parent(self, item: object) -> None:
@@ -458,9 +459,24 @@ class OTelSink:
     def close(self) -> None:
         """Flush and stop observing calls. The providers stay up (shared, and shut down by the
         SDK at exit): ``configure()`` closes the sinks it replaces, and may use this one again."""
-        self._pipeline.remove_submit_observer(self._capture_parent)
-        self._observing = False
+        if self._observer is not None:
+            self._pipeline.remove_submit_observer(self._observer)
+            self._observer = None
         self.flush()
+
+
+def _weak_observer(sink: OTelSink) -> Callable[[object], None]:
+    """``sink._capture_parent`` without keeping ``sink`` alive: a sink never configured (made for
+    a ``configure()`` call that was refused) is collected, rather than kept by its watch with the
+    contexts, spans and all, of every record made in a span. Its observer then does nothing."""
+    found = weakref.ref(sink)
+
+    def observe(item: object) -> None:
+        alive = found()
+        if alive is not None:
+            alive._capture_parent(item)
+
+    return observe
 
 
 def _add(
