@@ -125,6 +125,27 @@ def test_demo_dir_option(tmp_path: Path) -> None:
     assert (chosen / "usage.db").exists() and not (tmp_path / ".tokenmeter-demo").exists()
 
 
+def test_the_commands_the_demo_suggests_next_read_the_demo(tmp_path: Path) -> None:
+    """The demo's last line names commands to try: 'tokenmeter sessions' and 'tokenmeter report
+    -o report.html' read the application's data, not the demo's, and failed at once for a new
+    user ('no usage data at .tokenmeter/usage.db'). Each is run here as the line spells it."""
+    import shlex
+
+    result = run_module("demo", "--dir", "my demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [hint] = [line for line in result.stderr.splitlines() if line.startswith("Next: ")]
+    commands = re.split(r"\s+\(or: |, |\)$", hint.removeprefix("Next: ").strip())
+    commands = [command.strip() for command in commands if command.strip()]
+    assert len(commands) == 3, hint
+    for command in commands:
+        program, *args = shlex.split(command)
+        assert program == "tokenmeter", command
+        done = run_module(*args, cwd=tmp_path)
+        assert done.returncode == 0, f"{command}: {done.stderr}"
+        assert "demo-chat" in done.stdout or (tmp_path / "report.html").exists(), command
+    assert "demo-chat" in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
 def test_demo_dir_that_cannot_be_one_is_one_line(tmp_path: Path) -> None:
     """``--dir`` naming a file (or a place no directory can be made): the demo waited for its
     sinks for 10 seconds and printed a screenful of rejected records; now one line, at once."""

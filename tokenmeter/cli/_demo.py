@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Callable
@@ -236,9 +237,13 @@ def run_demo(args: argparse.Namespace) -> int:
             *(["--format", args.format] if args.format else []),
         ]
     )
+    # Every command named here reads the demo's data (the defaults read the application's), and
+    # is quoted as a shell takes it: --dir may hold a space.
+    where = shlex.quote(str(source))
     print(
-        f"\nNext: tokenmeter report --by session --source {source}   "
-        f"(or: tokenmeter sessions, tokenmeter report -o report.html)",
+        f"\nNext: tokenmeter report --by session --source {where}   "
+        f"(or: tokenmeter sessions --source {where}, "
+        f"tokenmeter report --source {where} -o report.html)",
         file=sys.stderr,
     )
     return code or (1 if failures == len(providers) * 2 else 0)
