@@ -146,6 +146,32 @@ def test_the_commands_the_demo_suggests_next_read_the_demo(tmp_path: Path) -> No
     assert "demo-chat" in (tmp_path / "report.html").read_text(encoding="utf-8")
 
 
+def test_demo_writes_nothing_outside_its_directory(tmp_path: Path) -> None:
+    """docs/cli.md: the demo 'records into its own directory, never into your data'. The
+    application's settings still sent its fake calls to the team's PostgreSQL database and
+    OpenTelemetry collector and appended its sessions to the application's state file; only
+    the sinks that write into the demo's directory are kept, and its state file is there."""
+    state = tmp_path / "workflow_state.md"
+    result = run_module(
+        "demo",
+        "--format",
+        "json",
+        cwd=tmp_path,
+        TOKENMETER_SINKS="sqlite,jsonl,markdown,postgres,otel",
+        TOKENMETER_PG_DSN="postgresql://tokenmeter@127.0.0.1:9/nowhere?connect_timeout=1",
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9",
+        TOKENMETER_STATE_FILE=str(state),
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["totals"]["calls"] == 13
+    assert not state.exists()
+    assert "127.0.0.1:9" not in result.stderr and "postgres" not in result.stderr, result.stderr
+    demo = tmp_path / ".tokenmeter-demo"
+    assert {"usage.db", "usage.jsonl", "journal", "workflow_state.md"} <= {
+        path.name for path in demo.iterdir()
+    }
+
+
 def test_demo_dir_that_cannot_be_one_is_one_line(tmp_path: Path) -> None:
     """``--dir`` naming a file (or a place no directory can be made): the demo waited for its
     sinks for 10 seconds and printed a screenful of rejected records; now one line, at once."""

@@ -2,8 +2,8 @@
 
 It starts ``FakeProvider`` (a loopback server that speaks the OpenAI, Anthropic and Gemini APIs),
 instruments the installed SDKs with ``tokenmeter.instrument()``, makes a few ordinary calls in two
-named sessions, flushes to the default sinks and prints the report of this run. With ``--live``
-the same calls go to the real providers whose API keys are set.
+named sessions, flushes to the file sinks of its own directory and prints the report of this run.
+With ``--live`` the same calls go to the real providers whose API keys are set.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tokenmeter._config import load_settings
 from tokenmeter.cli._errors import CliError
 
 __all__ = ["run_demo"]
@@ -170,6 +171,10 @@ def _run_sessions(clients: dict[str, Any]) -> int:
 
 #: Where ``tokenmeter demo`` records unless ``--dir`` says otherwise.
 DEMO_DIR = ".tokenmeter-demo"
+#: The demo's workflow state file in that directory, when the settings name one.
+STATE_FILE = "workflow_state.md"
+#: The default sinks that write into the directory: the demo keeps only these.
+_FILE_SINKS = ("sqlite", "jsonl", "markdown")
 
 
 def _report_source(directory: Path) -> Path:
@@ -204,7 +209,15 @@ def run_demo(args: argparse.Namespace) -> int:
             f"--dir {directory}: cannot record there ({exc.strerror or exc})", exit_code=2
         ) from None
     try:
-        tokenmeter.configure(directory=directory)  # fake calls never go into the real usage data
+        # Fake calls never go into the application's data: only the sinks that write into the
+        # demo's directory are kept (not the team's PostgreSQL database or OTel collector), and
+        # a workflow state file is kept there too.
+        configured = load_settings()
+        tokenmeter.configure(
+            directory=directory,
+            sinks=[name for name in configured.sinks if name in _FILE_SINKS] or ["sqlite"],
+            state_file=None if configured.state_file is None else directory / STATE_FILE,
+        )
     except ValueError as exc:  # a bad setting (TOKENMETER_*, pyproject.toml)
         raise CliError(str(exc), exit_code=2) from None
     started = datetime.now(UTC)
