@@ -172,6 +172,17 @@ def test_demo_writes_nothing_outside_its_directory(tmp_path: Path) -> None:
     }
 
 
+def test_demo_with_tokenmeter_disabled_says_so(tmp_path: Path) -> None:
+    """With TOKENMETER_DISABLED=1 the demo made its calls unmetered, then blamed the sinks:
+    'the demo recorded nothing readable ... (TOKENMETER_SINKS must include sqlite or jsonl)'."""
+    result = run_module("demo", cwd=tmp_path, TOKENMETER_DISABLED="1")
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.splitlines() == [
+        "tokenmeter: error: tokenmeter is disabled (TOKENMETER_DISABLED): the demo would record"
+        " nothing"
+    ]
+
+
 def test_demo_dir_that_cannot_be_one_is_one_line(tmp_path: Path) -> None:
     """``--dir`` naming a file (or a place no directory can be made): the demo waited for its
     sinks for 10 seconds and printed a screenful of rejected records; now one line, at once."""

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tokenmeter._config import load_settings
+from tokenmeter._config import load_settings_with_sources
 from tokenmeter.cli._errors import CliError
 
 __all__ = ["run_demo"]
@@ -212,7 +212,12 @@ def run_demo(args: argparse.Namespace) -> int:
         # Fake calls never go into the application's data: only the sinks that write into the
         # demo's directory are kept (not the team's PostgreSQL database or OTel collector), and
         # a workflow state file is kept there too.
-        configured = load_settings()
+        configured, sources = load_settings_with_sources()
+        if configured.disabled:  # else the calls run unmetered and the sinks take the blame
+            raise CliError(
+                f"tokenmeter is disabled ({sources['disabled']}): the demo would record nothing",
+                exit_code=2,
+            )
         tokenmeter.configure(
             directory=directory,
             sinks=[name for name in configured.sinks if name in _FILE_SINKS] or ["sqlite"],
