@@ -172,6 +172,24 @@ def test_demo_writes_nothing_outside_its_directory(tmp_path: Path) -> None:
     }
 
 
+def test_demo_directory_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """SPEC §4: files tokenmeter creates are its owner's only (directories 0700); the demo made
+    its directory itself, and with the umask's mode (0755 here, so session names, tags and the
+    costs of a --live run were readable by every user)."""
+    import os
+    import stat
+
+    chosen = tmp_path / "made" / "for the demo"
+    old = os.umask(0o022)
+    try:
+        result = run_module("demo", "--dir", str(chosen), "--format", "json", cwd=tmp_path)
+    finally:
+        os.umask(old)
+    assert result.returncode == 0, result.stderr
+    for directory in (chosen, chosen.parent):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+
+
 def test_demo_with_tokenmeter_disabled_says_so(tmp_path: Path) -> None:
     """With TOKENMETER_DISABLED=1 the demo made its calls unmetered, then blamed the sinks:
     'the demo recorded nothing readable ... (TOKENMETER_SINKS must include sqlite or jsonl)'."""

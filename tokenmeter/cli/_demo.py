@@ -21,6 +21,7 @@ from typing import Any
 
 from tokenmeter._config import load_settings_with_sources
 from tokenmeter.cli._errors import CliError
+from tokenmeter.sinks._files import ensure_private_dir
 
 __all__ = ["run_demo"]
 
@@ -203,7 +204,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
     directory = Path(args.dir or DEMO_DIR)
     try:  # else the sinks fail call after call, and the demo waits for them to give up
-        directory.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(directory)  # owner-only, missing parents too, as the sinks make theirs
+        directory.mkdir(exist_ok=True)  # a file there: FileExistsError
     except OSError as exc:
         raise CliError(
             f"--dir {directory}: cannot record there ({exc.strerror or exc})", exit_code=2
