@@ -50,6 +50,23 @@ def test_all_lists_exactly_the_public_api_and_every_name_resolves() -> None:
     assert set(dir(tokenmeter)) >= PUBLIC
 
 
+def test_every_public_name_has_a_docstring_and_is_in_the_docs() -> None:
+    """A newcomer finds each exported name in README.md or docs/ (in a code span or a snippet),
+    and ``help()`` says what it is for: uninstrument(), the Instrumentation handle that
+    instrument() returns, SessionSummary and ModelTotals were named nowhere in the docs."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    text = "\n".join(page.read_text(encoding="utf-8") for page in pages)
+    spans = " ".join(re.findall(r"`[^`\n]+`", text) + re.findall(r"```.*?```", text, re.S))
+    for name in tokenmeter.__all__:
+        assert re.search(rf"\b{name}\b", spans), f"{name} is in no code span of the docs"
+        assert len(inspect.getdoc(getattr(tokenmeter, name)) or "") > 20, name
+
+
 def test_an_unknown_name_is_an_attribute_error() -> None:
     try:
         tokenmeter.no_such_thing  # type: ignore[attr-defined]  # noqa: B018
