@@ -123,3 +123,26 @@ def test_a_failing_snippet_fails(tmp_path: Path) -> None:
     script.write_text("raise SystemExit('boom')\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
     assert done.returncode != 0
+
+
+def test_every_command_line_option_is_in_docs_cli() -> None:
+    """Every option of every subcommand is named in docs/cli.md: tail's -n, --interval and
+    --follow, sessions' --limit and report's --limit were in --help only."""
+    import argparse
+
+    from tokenmeter.cli import build_parser
+
+    text = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
+    [commands] = [
+        action
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    ]
+    missing = [
+        f"{name} {option}"
+        for name, parser in commands.choices.items()
+        for action in parser._actions
+        for option in action.option_strings
+        if option not in ("-h", "--help") and not re.search(re.escape(option) + r"(?![\w-])", text)
+    ]
+    assert missing == []
