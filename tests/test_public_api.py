@@ -175,3 +175,26 @@ def test_a_bad_value_is_named_in_a_short_line_whatever_it_is(
         assert len(message) < 1_000
     else:
         assert value is _MEGABYTE
+
+
+_COUNTS = {"input_tokens": 10, "output_tokens": 10}
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda k: tokenmeter.record("openai", "gpt-4o", 10, 10, modalities={k: 1}), "modalities"),
+        (lambda k: tokenmeter.record("openai", "gpt-4o", 1, 1, tool_requests={k: 1}), "tool"),
+        (lambda k: tokenmeter.price("openai", "gpt-4o", {**_COUNTS, "modalities": {k: 1}}), "mod"),
+        (lambda k: tokenmeter.price("openai", "gpt-4o", {**_COUNTS, k: 1}), "usage"),
+    ],
+    ids=["record modalities", "record tool_requests", "price modalities", "price"],
+)
+def test_a_bad_key_is_named_in_a_short_line(call: Any, name: str, sink: InMemorySink) -> None:
+    """A key no count may have was quoted whole: a megabyte-long key gave a 1 MB ValueError
+    (record(modalities=...), tool_requests, and the mapping price() takes)."""
+    with pytest.raises(ValueError) as exc:
+        call("x" * 1_000_000)
+    message = one_line_value_error(exc)
+    assert name in message and len(message) < 1_000
+    assert tokenmeter.flush(5) and sink.records == []

@@ -105,7 +105,10 @@ def first_error(exc: ValidationError) -> str:
 
     error = exc.errors()[0]
     message = error["msg"].removeprefix("Value error, ")
-    where = ".".join(str(part) for part in error["loc"])
+    # A key the model does not have is part of the location: a megabyte-long one is cut.
+    where = ".".join(
+        str(part) if len(str(part)) <= 60 else short_repr(part) for part in error["loc"]
+    )
     return f"{where}: {message} (got {short_repr(error['input'])})" if where else message
 
 
@@ -257,7 +260,9 @@ def _check_parts(name: str, parts: Any, known: frozenset[str]) -> None:
         raise ValueError(f"{name} must be a dict of counts, got {type(parts).__name__}")
     for key, value in parts.items():
         if key not in known:
-            raise ValueError(f"{name} has an unknown key {key!r}: expected one of {sorted(known)}")
+            raise ValueError(
+                f"{name} has an unknown key {short_repr(key)}: expected one of {sorted(known)}"
+            )
         if type(value) is not int or not 0 <= value <= MAX_TOKENS:
             raise ValueError(f"{name}[{key!r}] must be a whole number of at most {MAX_TOKENS}")
 
