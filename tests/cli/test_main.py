@@ -172,6 +172,19 @@ def test_demo_writes_nothing_outside_its_directory(tmp_path: Path) -> None:
     }
 
 
+def test_demo_reports_whatever_file_sinks_are_configured(tmp_path: Path) -> None:
+    """With only the markdown journal (or a team's postgres) configured, the demo recorded
+    nothing it could report on and ended in 'the demo recorded nothing readable ...
+    (TOKENMETER_SINKS must include sqlite or jsonl)', exit 1: it adds SQLite to report from."""
+    result = run_module(
+        "demo", "--format", "json", cwd=tmp_path, TOKENMETER_SINKS="markdown,postgres"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["totals"]["calls"] == 13
+    demo = tmp_path / ".tokenmeter-demo"
+    assert (demo / "journal" / "token_usage.md").exists() and (demo / "usage.db").exists()
+
+
 def test_demo_directory_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     """SPEC §4: files tokenmeter creates are its owner's only (directories 0700); the demo made
     its directory itself, and with the umask's mode (0755 here, so session names, tags and the

@@ -182,10 +182,7 @@ def _report_source(directory: Path) -> Path:
     for name in ("usage.db", "usage.jsonl"):
         if (directory / name).exists():
             return directory / name
-    raise CliError(
-        f"the demo recorded nothing readable in {directory} "
-        "(TOKENMETER_SINKS must include sqlite or jsonl)"
-    )
+    raise CliError(f"the demo recorded nothing in {directory} (see the errors above)")
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -212,17 +209,21 @@ def run_demo(args: argparse.Namespace) -> int:
         ) from None
     try:
         # Fake calls never go into the application's data: only the sinks that write into the
-        # demo's directory are kept (not the team's PostgreSQL database or OTel collector), and
-        # a workflow state file is kept there too.
+        # demo's directory are kept (not the team's PostgreSQL database or OTel collector), with
+        # SQLite to report from if neither it nor JSONL is among them, and a workflow state file
+        # is kept there too.
         configured, sources = load_settings_with_sources()
         if configured.disabled:  # else the calls run unmetered and the sinks take the blame
             raise CliError(
                 f"tokenmeter is disabled ({sources['disabled']}): the demo would record nothing",
                 exit_code=2,
             )
+        sinks = [name for name in configured.sinks if name in _FILE_SINKS]
+        if "sqlite" not in sinks and "jsonl" not in sinks:  # the report reads one of them
+            sinks.append("sqlite")
         tokenmeter.configure(
             directory=directory,
-            sinks=[name for name in configured.sinks if name in _FILE_SINKS] or ["sqlite"],
+            sinks=sinks,
             state_file=None if configured.state_file is None else directory / STATE_FILE,
         )
     except ValueError as exc:  # a bad setting (TOKENMETER_*, pyproject.toml)
