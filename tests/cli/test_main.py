@@ -185,6 +185,18 @@ def test_demo_reports_whatever_file_sinks_are_configured(tmp_path: Path) -> None
     assert (demo / "journal" / "token_usage.md").exists() and (demo / "usage.db").exists()
 
 
+def test_demo_calls_only_the_providers_that_are_metered(tmp_path: Path) -> None:
+    """With the providers setting (TOKENMETER_PROVIDERS=openai) instrument() patched OpenAI
+    only, yet the demo called every installed SDK and named them all: the others' calls went
+    unmetered (with --live, paid calls that no record shows)."""
+    result = run_module("demo", "--format", "json", cwd=tmp_path, TOKENMETER_PROVIDERS="openai")
+    assert result.returncode == 0, result.stderr
+    assert "tokenmeter demo: openai -> .tokenmeter-demo/" in result.stderr.splitlines()
+    report = json.loads(result.stdout)
+    assert report["totals"]["calls"] == 4
+    assert {row["provider"] for row in report["rows"]} == {"openai"}
+
+
 def test_demo_directory_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     """SPEC §4: files tokenmeter creates are its owner's only (directories 0700); the demo made
     its directory itself, and with the umask's mode (0755 here, so session names, tags and the

@@ -188,7 +188,23 @@ def _report_source(directory: Path) -> Path:
 def run_demo(args: argparse.Namespace) -> int:
     import tokenmeter
 
-    providers = [name for name, module in _MODULES.items() if _installed(module)]
+    try:  # a bad setting (TOKENMETER_*, pyproject.toml)
+        configured, sources = load_settings_with_sources()
+    except ValueError as exc:
+        raise CliError(str(exc), exit_code=2) from None
+    if configured.disabled:  # else the calls run unmetered and the sinks take the blame
+        raise CliError(
+            f"tokenmeter is disabled ({sources['disabled']}): the demo would record nothing",
+            exit_code=2,
+        )
+    # Only the SDKs that instrument() meters (the providers setting): a call through another
+    # would go unmetered, and with --live be paid for without a record.
+    wanted = configured.providers
+    providers = [
+        name
+        for name, module in _MODULES.items()
+        if (wanted is None or name in wanted) and _installed(module)
+    ]
     if args.live:
         providers = [name for name in providers if _has_key(name)]
         if not providers:
@@ -197,6 +213,11 @@ def run_demo(args: argparse.Namespace) -> int:
                 "or GEMINI_API_KEY"
             )
     if not providers:
+        if wanted is not None:
+            raise CliError(
+                f"no SDK of the providers metered here ({', '.join(wanted)}, from "
+                f"{sources['providers']}) is installed"
+            )
         raise CliError("no provider SDK installed: pip install '.[all]' in a tokenmeter checkout")
 
     directory = Path(args.dir or DEMO_DIR)
@@ -207,26 +228,20 @@ def run_demo(args: argparse.Namespace) -> int:
         raise CliError(
             f"--dir {directory}: cannot record there ({exc.strerror or exc})", exit_code=2
         ) from None
+    # Fake calls never go into the application's data: only the sinks that write into the
+    # demo's directory are kept (not the team's PostgreSQL database or OTel collector), with
+    # SQLite to report from if neither it nor JSONL is among them, and a workflow state file is
+    # kept there too.
+    sinks = [name for name in configured.sinks if name in _FILE_SINKS]
+    if "sqlite" not in sinks and "jsonl" not in sinks:  # the report reads one of them
+        sinks.append("sqlite")
     try:
-        # Fake calls never go into the application's data: only the sinks that write into the
-        # demo's directory are kept (not the team's PostgreSQL database or OTel collector), with
-        # SQLite to report from if neither it nor JSONL is among them, and a workflow state file
-        # is kept there too.
-        configured, sources = load_settings_with_sources()
-        if configured.disabled:  # else the calls run unmetered and the sinks take the blame
-            raise CliError(
-                f"tokenmeter is disabled ({sources['disabled']}): the demo would record nothing",
-                exit_code=2,
-            )
-        sinks = [name for name in configured.sinks if name in _FILE_SINKS]
-        if "sqlite" not in sinks and "jsonl" not in sinks:  # the report reads one of them
-            sinks.append("sqlite")
         tokenmeter.configure(
             directory=directory,
             sinks=sinks,
             state_file=None if configured.state_file is None else directory / STATE_FILE,
         )
-    except ValueError as exc:  # a bad setting (TOKENMETER_*, pyproject.toml)
+    except ValueError as exc:  # a prices file that became unreadable since
         raise CliError(str(exc), exit_code=2) from None
     started = datetime.now(UTC)
     instrumentation = tokenmeter.instrument()
