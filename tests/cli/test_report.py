@@ -340,6 +340,18 @@ def test_directory_source_finds_usage_db(cli: RunCli, sqlite_db: Path) -> None:
     assert doc["totals"]["cost_usd"] == TOTAL_COST
 
 
+def test_a_source_whose_path_is_not_utf8_is_read(cli: RunCli, tmp_path: Path) -> None:
+    """A directory named in another encoding (Latin-1 'caf\\xe9', from an old archive): the
+    sinks and ``tokenmeter demo --dir`` write there, but a report of its SQLite database ended
+    in a UnicodeEncodeError traceback (the read-only URI quoted the path as UTF-8 text)."""
+    import os
+
+    folder = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    write_sqlite(folder / "usage.db", RECORDS, SESSIONS)
+    for source in (folder, folder / "usage.db"):
+        assert report_json(cli, "--source", str(source))["totals"]["calls"] == 6
+
+
 def test_default_source_honours_tokenmeter_dir(
     cli: RunCli, sqlite_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

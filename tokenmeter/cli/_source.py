@@ -214,7 +214,8 @@ def _decode_text(data: bytes) -> str:
 
 def open_sqlite(path: Path) -> sqlite3.Connection:
     """Open read-only and check this is a tokenmeter database (it has a ``records`` table)."""
-    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    # The path's bytes, quoted: a name that is not UTF-8 (Latin-1 'caf\xe9') is a valid one.
+    uri = f"file:{quote(os.fsencode(path.resolve()))}?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True)
         conn.text_factory = _decode_text
