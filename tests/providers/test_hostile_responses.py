@@ -835,3 +835,45 @@ async def test_unreadable_stream_usage_is_one_warning_not_a_traceback_per_chunk(
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and warnings[0].exc_info is None, warnings
     assert "-5" in warnings[0].getMessage()
+
+
+_STRICT_SCRIPT = """
+import tokenmeter
+from tokenmeter.testing import FakeProvider, InMemorySink
+
+tokenmeter.instrument(["openai"])
+sink = InMemorySink()
+tokenmeter.configure(sinks=[sink])
+usage = {"prompt_tokens": 10**13, "completion_tokens": 10, "reasoning_tokens": 0}
+with FakeProvider(openai_usage=usage) as fake:
+    try:
+        reply = fake.openai_client().chat.completions.create(model="gpt-4o", messages=[])
+    except ValueError as exc:
+        print("raised", exc)
+    else:
+        print("returned", type(reply).__name__)
+tokenmeter.flush()
+print([record.error for record in sink.records])
+"""
+
+
+@pytest.mark.parametrize(
+    ("value", "raised"),
+    [("0", False), ("false", False), ("off", False), ("", False), ("1", True), ("true", True)],
+)
+def test_strict_mode_is_on_only_when_the_variable_says_so(
+    value: str, raised: bool, tmp_path: Path
+) -> None:
+    """TOKENMETER_STRICT=1 makes our own faults raise (docs/configuration.md); any other text
+    did too, so TOKENMETER_STRICT=0 or false, an explicit 'off' in a deployment's environment,
+    sent a usage that cannot be read into the application's LLM call as a ValueError."""
+    import os
+
+    from helpers import run_python
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
+    env.update(TOKENMETER_STRICT=value, TOKENMETER_DIR=str(tmp_path / "meter"))
+    out = run_python("-c", _STRICT_SCRIPT, env=env, cwd=tmp_path).stdout.splitlines()
+    assert out[0].startswith("raised" if raised else "returned ChatCompletion"), out
+    if not raised:
+        assert out[-1] == "['UnreadableUsage']"

@@ -86,7 +86,10 @@ else:  # wrapt 1.x proxies are not subscriptable at run time
 #: instrument(), a helper calling create, an SDK retry) pass straight through. One call, one record.
 guard: ContextVar[bool] = ContextVar("tokenmeter_in_call", default=False)
 
-_RAISE_INTERNAL = bool(os.environ.get("TOKENMETER_STRICT"))
+#: TOKENMETER_STRICT=1 (or true, yes, on) only: "0" or "false" is a deployment saying off, and
+#: must never let our faults into the application's calls.
+_STRICT = os.environ.get("TOKENMETER_STRICT", "").strip().lower()
+_RAISE_INTERNAL = _STRICT in ("1", "true", "yes", "on")
 
 
 def fault(what: str) -> None:
