@@ -742,3 +742,60 @@ def test_calls_far_from_their_limits_take_the_lease_group_and_still_warn_once_pe
     cost = float(per_call(memory))
     assert seen[0].observed == pytest.approx(math.ceil(0.3 / cost) * cost)  # at the crossing
     assert seen[1].observed == pytest.approx(math.ceil(0.48 / cost) * cost)
+
+
+GARBAGE_IN_THE_LOCK = """
+import faulthandler, gc
+import tokenmeter
+from tokenmeter.guardrails import _leases
+from tokenmeter.sinks import InMemorySink
+from tokenmeter.testing import FakeProvider
+
+faulthandler.dump_traceback_later(30, exit=True)  # a hang fails, it does not hang the suite
+tokenmeter.configure(
+    sinks=[InMemorySink()],
+    budgets=[{"limit_usd": 100, "period": "day"}],
+    budget_ledger="memory",
+)
+tokenmeter.instrument()
+with FakeProvider(openai_usage={"prompt_tokens": 1000, "completion_tokens": 500}) as fake:
+    client = fake.openai_client()
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+
+    @tokenmeter.track
+    def answer():
+        yield 1
+        yield 2
+
+    class Holder:
+        pass
+
+    holder = Holder()
+    holder.answer, holder.me = answer(), holder  # a cycle: only the collector frees it
+    next(holder.answer)
+    del holder
+    gc.disable()
+    with _leases._lock:  # as a settle holds it, while it allocates
+        gc.collect()  # a collection there, as any allocation may start one
+    gc.enable()
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    print("calls", "ok")
+"""
+
+
+def test_a_session_ended_by_the_collector_inside_our_lock_never_hangs_the_budgets(
+    tmp_path: Path,
+) -> None:
+    """A @track generator dropped in a reference cycle ends its session when the collector frees
+    it; a collection running while this thread held the leases' lock (any allocation there may
+    start one) gave the session's unused slices back under that same lock: the thread waited for
+    itself, and every budgeted call of the process after it. The give-back waits for the lock
+    to be free instead."""
+    script = tmp_path / "garbage.py"
+    script.write_text(GARBAGE_IN_THE_LOCK)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["calls", "ok"]

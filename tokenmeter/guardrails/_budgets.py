@@ -411,7 +411,7 @@ _MAX_RESPONSE_NAMES = 8
 _config: _Config | None = None
 #: Warnings already given: (budget key, period start, fraction).
 _warned: set[tuple[str, str, float]] = set()
-_warned_lock = threading.Lock()
+_warned_lock = threading.RLock()  # re-entrant: a session ended by a collection inside it
 
 
 def configure_budgets(
@@ -515,6 +515,8 @@ _orphans: deque[_Reservation] = deque()
 
 
 def _release_orphans() -> None:
+    if _leases.busy():  # a collection inside a lease step: they wait for the next call
+        return
     while _orphans:
         try:
             reservation = _orphans.popleft()
@@ -532,7 +534,7 @@ def _hold(call: Any, reservation: _Reservation) -> None:
 def _forget_in_child() -> None:
     global _forks, _warned_lock
     _forks += 1
-    _warned_lock = threading.Lock()
+    _warned_lock = threading.RLock()
     _orphans.clear()  # the parent's to give back
     _refs.clear()
 

@@ -182,7 +182,8 @@ def _fold_all() -> None:
 
 
 _leases: dict[tuple[str, str], Lease] = {}
-_lock = threading.Lock()
+#: Re-entrant only so that ``busy`` can tell a thread it holds it already (see there).
+_lock = threading.RLock()
 _ledger: Any = None
 #: Changes whenever a lease is dropped: a list of leases kept for reuse is then stale.
 _generation = 0
@@ -443,10 +444,19 @@ def _give_back_tight(leases: Sequence[Lease]) -> None:
         _sync(idle[0].ledger, idle, -1.0, drop=True)
 
 
+def busy() -> bool:
+    """True on a thread inside a lease step: a garbage collection that ran there (any allocation
+    may start one) and ended a session (a dropped ``@track`` generator) must not give back or
+    release now, in the middle of that step. What it would give back goes back later: the
+    keeper returns unused slices within ``IDLE_S``, and released reservations wait in the
+    budgets' orphans."""
+    return bool(_lock._is_owned())  # type: ignore[attr-defined]
+
+
 def give_back(start: str | None = None, *, idle_for: float = 0.0) -> None:
     """Return unused slices to the ledger (calls in flight keep their reservations): all of
     them, those of the period ``start`` (a session's id), or those unused for ``idle_for``s."""
-    if not _leases:
+    if not _leases or busy():
         return
     now = time.monotonic()
     with _lock:
@@ -509,7 +519,7 @@ def _at_exit() -> None:
 def _forget_in_child() -> None:
     """A forked child's copies of the parent's leases are the parent's: the child takes its own."""
     global _leases, _lock, _ledger, _keeper, _generation, _owning
-    _leases, _lock, _ledger, _keeper, _owning = {}, threading.Lock(), None, None, set()
+    _leases, _lock, _ledger, _keeper, _owning = {}, threading.RLock(), None, None, set()
     _generation += 1
 
 
