@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import re
 import subprocess
 import sys
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
@@ -65,6 +67,23 @@ def test_a_pool_worker_does_not_keep_the_session_that_started_it(sink: InMemoryS
     assert job.summary.calls == 1
     assert tokenmeter.flush(5)
     assert sink.records[1].session_id != job.id
+
+
+def test_a_thread_of_ours_started_inside_a_session_does_not_keep_it() -> None:
+    """A sink's writer thread starts at its first record, and lives as long as the sink: started
+    inside a session, it was carried into it like an application's thread, so the session (its
+    tags, notes, summary and enclosing sessions) stayed alive for the life of the process, and
+    the writer's own calls (an on_alert callback asking a model) were made in it."""
+    memory = InMemorySink()
+    with tokenmeter.session("first") as first:
+        tokenmeter.configure(sinks=[memory])
+        record()  # the new sink's writer starts here, inside the session
+        assert tokenmeter.flush(5)
+    ended = weakref.ref(first)
+    del first
+    gc.collect()
+    assert ended() is None
+    assert len(memory.records) == 1
 
 
 def test_propagation_can_be_switched_off(sink: InMemorySink) -> None:

@@ -181,9 +181,11 @@ def _load_in_background(name: str) -> None:
         if name in _loading:
             return
         _loading.add(name)
-    threading.Thread(
+    loader = threading.Thread(
         target=_counter, args=(name,), name="tokenmeter-tokenizer", daemon=True
-    ).start()
+    )
+    loader._tokenmeter_worker = True  # type: ignore[attr-defined]  # in no session
+    loader.start()
 
 
 def _encoding_of(model: str) -> str:

@@ -158,6 +158,9 @@ def start_thread(target: Callable[[], None], name: str) -> threading.Thread:
     """Start a daemon thread of ours that never receives the application's signals (a new
     thread inherits the mask of the thread that starts it: blocked only meanwhile here)."""
     thread = threading.Thread(target=target, name=name, daemon=True)
+    # Not carried into the session it happens to start in (_sessions._start_in_session): it
+    # outlives that session, which it would keep alive, and its work belongs to none.
+    thread._tokenmeter_worker = True  # type: ignore[attr-defined]
     if not hasattr(signal, "pthread_sigmask"):  # Windows
         thread.start()
         return thread
