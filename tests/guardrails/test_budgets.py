@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import weakref
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -799,3 +800,24 @@ def test_a_session_ended_by_the_collector_inside_our_lock_never_hangs_the_budget
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["calls", "ok"]
+
+
+def test_an_ended_session_is_not_kept_by_the_budgets(
+    fake: FakeProvider, instrumented: None
+) -> None:
+    """The budgets' cache of which budgets cover a call is keyed by the call's session: it kept
+    every ended session (its tags, its summary) until 4,096 entries piled up, hundreds of MB for
+    a server opening a session per request with large tags. An ended session's entries go."""
+    tokenmeter.configure(
+        sinks=[InMemorySink()],
+        budgets=[{"limit_usd": 100, "period": "day"}],
+        budget_ledger="memory",
+    )
+    client = fake.openai_client(max_retries=0)
+    with tokenmeter.session("request", tags={"payload": "x" * 10_000}) as ended:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    gone = weakref.ref(ended)
+    del ended
+    assert tokenmeter.flush(5)
+    gc.collect()
+    assert gone() is None

@@ -283,6 +283,9 @@ class _Config:
     #: same for every call of a model in a session, so worked out once (bounded: cleared when it
     #: grows large).
     scopes: dict[tuple[Any, ...], _Scope] = field(default_factory=dict)
+    #: A session's id -> its keys in ``scopes``: dropped when it ends (a key holds its session,
+    #: with its tags and summary: a server with a session per request kept thousands alive).
+    session_keys: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     #: Some budget is scoped to a model: a check then also matches the names responses gave to
     #: the request's model (``models``).
     model_scoped: bool = False
@@ -330,8 +333,17 @@ class _Config:
             )
             if len(self.scopes) >= 4096:
                 self.scopes.clear()
+                self.session_keys.clear()
             self.scopes[key] = found
+            ident = getattr(session, "id", None)
+            if ident is not None:
+                self.session_keys.setdefault(str(ident), []).append(key)
         return found
+
+    def forget_session(self, session: Any) -> None:
+        """Drop an ended session's entries of ``scopes``."""
+        for key in self.session_keys.pop(str(getattr(session, "id", None)), ()):
+            self.scopes.pop(key, None)
 
     def rows(self, scope: _Scope, now: float, session: Any) -> _Rows:
         """The ledger rows (scope_key, period_start, limit) of the scope's budgets at ``now``,
@@ -942,6 +954,8 @@ def session_ended(session: Any) -> None:
     except Exception:
         _ledger_fault("settle")
     config = _config
+    if config is not None:
+        config.forget_session(session)
     if config is not None and _warned:  # its period is over: its warnings need not be kept
         start = str(session.id)
         with _warned_lock:
