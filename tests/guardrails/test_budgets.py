@@ -821,3 +821,30 @@ def test_an_ended_session_is_not_kept_by_the_budgets(
     assert tokenmeter.flush(5)
     gc.collect()
     assert gone() is None
+
+
+def test_a_call_refused_by_a_budget_is_recorded_under_the_name_its_calls_have(
+    fake: FakeProvider,
+) -> None:
+    """The legacy Gemini SDK names its model ``models/gemini-2.5-flash``: a refused call was
+    recorded under that spelling, a model of its own in every report beside the calls' own
+    ``gemini-2.5-flash``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import google.generativeai as legacy
+
+    sink = InMemorySink()
+    tokenmeter.configure(
+        sinks=[sink], budgets=[{"limit_usd": 0, "period": "day"}], budget_ledger="memory"
+    )
+    tokenmeter.instrument(["google-generativeai"])
+    fake.configure_generativeai()
+    try:
+        with pytest.raises(BudgetExceeded):
+            legacy.GenerativeModel("gemini-2.5-flash").generate_content("hi")  # type: ignore[attr-defined]
+    finally:
+        tokenmeter.uninstrument()
+    assert tokenmeter.flush(5)
+    assert [(r.status, r.model_name) for r in sink.records] == [("blocked", "gemini-2.5-flash")]

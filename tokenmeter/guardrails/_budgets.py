@@ -755,7 +755,10 @@ def _block(
 
     error = BudgetExceeded(name, scope, limit, spent, estimate, period)
     call.done = True  # never sent: nothing else records it (not even an unfinished stream)
-    model = call.request_model or "unknown"
+    # The name the call is known by, as its other records have it (the legacy Gemini SDK asks
+    # for "models/gemini-2.5-flash": the adapter knows it as "gemini-2.5-flash").
+    known = call.model if type(call.model) is str and call.model.strip() else None
+    model = known or call.request_model or "unknown"
     emit(
         call.provider,
         model,
