@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -206,3 +207,16 @@ def test_library_writes_the_report_when_it_records(directory: Path) -> None:
     assert done.returncode == 0, done.stderr
     report = directory / "reports" / "usage_report_2026-W47.md"
     assert report.exists() and "$0.75" in report.read_text()
+
+
+def test_the_reports_folder_is_its_owners_only(directory: Path) -> None:
+    """It was made with the umask's mode (0755 by default), where every other directory of
+    tokenmeter's is its owner's only: the reports name sessions, tags and costs."""
+    previous = os.umask(0o022)
+    try:
+        path = write_period_report(directory, "week", datetime(2026, 11, 24, 8, tzinfo=UTC))
+    finally:
+        os.umask(previous)
+    assert path is not None
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

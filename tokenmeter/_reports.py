@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tokenmeter._models import SessionInfo, UsageRecord
+from tokenmeter.sinks._files import ensure_private_dir
 
 __all__ = ["GRACE", "PERIODS", "PeriodicReports", "period_name", "write_period_report"]
 
@@ -77,7 +78,7 @@ def write_period_report(directory: Path, period: str, now: datetime) -> Path | N
     text = render_usage_report(
         report, alerts_near(source.path), title=f"Usage report {name} ({period})"
     )
-    folder.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(folder)  # tokenmeter's directories are their owner's only (SPEC §4)
     fd, temporary = tempfile.mkstemp(prefix=f".usage_report_{name}.", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
