@@ -108,6 +108,39 @@ def test_totals_and_figures() -> None:
     assert Totals().cost is None and Totals().avg_cost_per_call is None
 
 
+def test_a_call_a_budget_refused_is_not_an_unpriced_call(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A refused call has no cost because it cost nothing, not because its price is unknown:
+    reports, the journal and ``tokenmeter run`` counted every budget-blocked call as "unpriced"
+    ("3 calls had no known price (not in the cost)")."""
+    priced, _error, unpriced, blocked = _records()
+    blocked = blocked.model_copy(
+        update={"estimated_cost_usd": None, "cost_breakdown": None, "input_tokens": 0}
+    )
+    records = [priced, unpriced, blocked]
+    totals = Totals()
+    for record in records:
+        totals.add_record(record)
+    assert (totals.calls, totals.blocked_calls, totals.unpriced_calls) == (3, 1, 1)
+    # state written before the two were told apart counts every call without a cost
+    old = {k: v for k, v in totals.to_state().items() if k != "unpriced_calls"}
+    assert Totals.from_state(old).unpriced_calls == 2
+    SQLiteSink(tmp_path / "usage.db").write(records)
+    (tmp_path / "usage.jsonl").write_text(
+        "".join(r.model_dump_json() + "\n" for r in records), encoding="utf-8"
+    )
+    for source in ("usage.db", "usage.jsonl"):
+        args = ["report", "--source", str(tmp_path / source), "--format", "json"]
+        assert main(args) == 0
+        assert json.loads(capsys.readouterr().out)["totals"]["unpriced_calls"] == 1, source
+    journal = MarkdownJournalSink(tmp_path / "journal")
+    journal.write(records)
+    journal.close()
+    text = (tmp_path / "journal" / "token_usage.md").read_text(encoding="utf-8")
+    assert "_1 call(s) had no known price" in text
+
+
 def test_the_callers_decimal_context_changes_no_figure() -> None:
     """The figures made from the sums (input cost, per call, per token) and the sum of two
     totals were worked out in the caller's decimal context: a session's ``input_cost_usd`` read

@@ -110,7 +110,8 @@ class RunTotalsSink:
             totals["input_tokens"] += record.input_tokens
             totals["output_tokens"] += record.output_tokens
             if record.estimated_cost_usd is None:
-                totals["unpriced_calls"] += 1
+                # a call a budget refused cost nothing: it is no call of unknown price
+                totals["unpriced_calls"] += record.status != "blocked"
             else:
                 totals["cost_usd"] += record.estimated_cost_usd
             if record.status != "ok":

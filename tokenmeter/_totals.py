@@ -49,6 +49,7 @@ COUNT_NAMES = (
     "error_calls",
     "blocked_calls",
     "estimated_calls",
+    "unpriced_calls",
 )
 DECIMAL_NAMES = ("cost_usd", "output_cost_usd", "split_cost_usd")
 #: Where what is kept per model (a session's summary and journal file, the journal's summary)
@@ -150,6 +151,8 @@ class Totals:
         self.error_calls = 0
         self.blocked_calls = 0
         self.estimated_calls = 0
+        #: Calls without a known cost. A call a budget refused is not one: it cost nothing.
+        self.unpriced_calls = 0
         #: Sum of the known costs (see ``cost`` for "nothing priced").
         self.cost_usd = _ZERO
         self.output_cost_usd = _ZERO
@@ -183,6 +186,8 @@ class Totals:
             self.estimated_calls += 1
         cost = fields["estimated_cost_usd"]
         if cost is None:
+            if status != "blocked":
+                self.unpriced_calls += 1
             return
         self.priced_calls += 1
         self.priced_tokens += total
@@ -226,6 +231,8 @@ class Totals:
         totals = cls()
         for name in COUNT_NAMES:
             setattr(totals, name, int(state.get(name, 0)))
+        if "unpriced_calls" not in state:  # written before blocked calls were told apart
+            totals.unpriced_calls = totals.calls - totals.priced_calls
         for name in DECIMAL_NAMES:
             setattr(totals, name, Decimal(str(state.get(name, "0"))))
         return totals
@@ -236,10 +243,6 @@ class Totals:
     def cost(self) -> Decimal | None:
         """Sum of known costs, normalised; None when no call in the set has a price."""
         return normalise_usd(self.cost_usd) if self.priced_calls else None
-
-    @property
-    def unpriced_calls(self) -> int:
-        return self.calls - self.priced_calls
 
     @property
     def input_cost_usd(self) -> Decimal:

@@ -123,7 +123,7 @@ def test_filters(cli: RunCli, data: Path, args: list[str], calls: int) -> None:
 def test_error_blocked_estimated_columns(cli: RunCli, data: Path) -> None:
     totals = report(cli, data)["totals"]
     assert (totals["error_calls"], totals["blocked_calls"], totals["estimated_calls"]) == (1, 1, 1)
-    assert totals["unpriced_calls"] == 1
+    assert totals["unpriced_calls"] == 0  # the blocked call has no cost: it cost nothing
     assert totals["avg_cost_per_call_usd"] == Decimal("0.0375")  # 0.15 over 4 priced calls
 
 

@@ -433,6 +433,7 @@ def test_budget_stops_the_program_call_that_would_pass_it(
     with sqlite3.connect(tmp_path / ".tokenmeter" / "usage.db") as conn:
         statuses = [s for (s,) in conn.execute("SELECT status FROM records ORDER BY timestamp")]
     assert statuses == ["ok", "ok", "blocked"]
+    assert "no known price" not in result.stderr  # the refused call cost nothing
 
 
 def test_the_summary_never_sends_control_characters_to_the_terminal(tmp_path: Path) -> None:

@@ -558,7 +558,7 @@ class _UsageLog(_Log):
             f"| **{_avg_tokens(grand)}** | **{_totals_cost(grand)}** |\n\n"
         )
         lines.append(f"**Total estimated cost: {_totals_cost(grand)}**\n")
-        unpriced = grand["calls"] - grand["priced"]
+        unpriced = grand["unpriced"]
         if unpriced:
             lines.append(f"\n_{unpriced:,} call(s) had no known price and are not in the cost._\n")
         return "".join(lines)
@@ -750,6 +750,7 @@ _STATE_KEYS = {
     "reasoning": "reasoning_tokens",
     "cost": "cost_usd",
     "output_cost": "output_cost_usd",
+    "unpriced": "unpriced_calls",  # absent from journals of earlier versions: calls - priced
 }
 
 
@@ -758,7 +759,7 @@ def _new_totals() -> dict[str, Any]:
 
 
 def _from_state(t: dict[str, Any]) -> Totals:
-    totals = Totals.from_state({field: t.get(key, 0) for key, field in _STATE_KEYS.items()})
+    totals = Totals.from_state({field: t[key] for key, field in _STATE_KEYS.items() if key in t})
     # "input_cost" is the input part of the costs that have a breakdown.
     totals.split_cost_usd = Decimal(str(t.get("input_cost", "0"))) + totals.output_cost_usd
     return totals

@@ -975,6 +975,7 @@ def _total(
             1 if status == "error" else 0,
             1 if status == "blocked" else 0,
             1 if record.get("estimated") else 0,
+            1 if cost is None and status != "blocked" else 0,
         )
         for add in adders:
             add(record, values, cost)

@@ -165,6 +165,12 @@ def totals_select(columns: Collection[str], prefix: str = "", total: str = "SUM"
         f"{total}(CASE WHEN {status} = 'error' THEN 1 ELSE 0 END)" if status else "0",
         f"{total}(CASE WHEN {status} = 'blocked' THEN 1 ELSE 0 END)" if status else "0",
         f"{total}(CASE WHEN {p}estimated = 1 THEN 1 ELSE 0 END)" if "estimated" in columns else "0",
+        (
+            f"{total}(CASE WHEN {p}cost_pusd IS NULL AND COALESCE({status}, '') <> 'blocked'"
+            " THEN 1 ELSE 0 END)"
+            if status
+            else f"COUNT(*) - COUNT({p}cost_pusd)"
+        ),
         f"{total}({p}cost_pusd / {PICO_PER_USD})",
         f"{total}({p}cost_pusd % {PICO_PER_USD})",
     ]
