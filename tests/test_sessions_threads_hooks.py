@@ -360,3 +360,56 @@ def test_a_full_disk_leaves_no_torn_line_in_the_state_file_or_alerts(tmp_path: P
     assert all(LINE.match(line) for line in lines[1:]), lines
     alerts = (tmp_path / "tm" / "alerts.jsonl").read_text().splitlines()
     assert [json.loads(line)["rule"] for line in alerts] == ["call_tokens"]  # the second call's
+
+
+def test_a_stream_read_after_its_session_ended_is_in_the_stored_session(tmp_path: Path) -> None:
+    """A stream made in a session and read after its ``with`` block (a web handler returning a
+    streamed answer) is the session's call: its live summary counted it, but the stored session
+    (the SQLite row, what ``tokenmeter sessions`` prints beside the records) kept the totals
+    it had when it ended, one call short. The state file keeps the one line it wrote then."""
+    import sqlite3
+
+    from tokenmeter.testing import FakeProvider
+
+    state = tmp_path / "state.md"
+    tokenmeter.configure(sinks=["sqlite"], directory=tmp_path / "tm", state_file=state)
+    tokenmeter.instrument(["openai"])
+    try:
+        with FakeProvider() as fake:
+            client = fake.openai_client(max_retries=0)
+            with tokenmeter.session("request") as outer, tokenmeter.session("answer") as inner:
+                client.chat.completions.create(model="gpt-4o", messages=[])
+                stream = client.chat.completions.create(model="gpt-4o", messages=[], stream=True)
+            assert tokenmeter.flush(5)
+            assert [line.count("TOKEN_TRACKING") for line in state.read_text().splitlines()] == [1]
+            for _ in stream:
+                pass
+            assert tokenmeter.flush(5)
+    finally:
+        tokenmeter.uninstrument()
+    assert outer.summary.calls == inner.summary.calls == 2
+    with sqlite3.connect(tmp_path / "tm" / "usage.db") as conn:
+        stored = dict(conn.execute("SELECT id, calls FROM sessions"))
+    assert stored == {outer.id: 2, inner.id: 2}
+    (line,) = state.read_text().splitlines()
+    assert f"Session {outer.id} -" in line  # its one line, as the session ended
+
+
+def test_a_record_made_after_the_exit_flush_is_in_the_implicit_sessions_row(
+    tmp_path: Path,
+) -> None:
+    """An exit hook the application registered before tokenmeter's runs after the exit flush;
+    the call it records was written, but the implicit session's stored row said one call."""
+    import sqlite3
+
+    script = (
+        "import atexit, tokenmeter\n"
+        "atexit.register(lambda: tokenmeter.record('openai', 'gpt-4o', 1000, 500))\n"
+        f"tokenmeter.configure(directory={str(tmp_path / 'tm')!r})\n"
+        "tokenmeter.record('openai', 'gpt-4o', 1000, 500)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run_python("-c", script, env=env, cwd=tmp_path)
+    with sqlite3.connect(tmp_path / "tm" / "usage.db") as conn:
+        assert list(conn.execute("SELECT status, calls FROM sessions")) == [("completed", 2)]
+        assert list(conn.execute("SELECT COUNT(*) FROM records")) == [(2,)]

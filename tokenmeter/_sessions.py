@@ -260,11 +260,16 @@ class Session:
     def _add(self, record: UsageRecord) -> None:
         node: Session | None = self
         budgeted = False
+        ended: list[Session] = []
         with _lock:
             while node is not None:
                 node._summary._add(record)
                 budgeted = budgeted or node.budget_usd is not None
+                if node.ended_at is not None:
+                    ended.append(node)
                 node = node.parent
+        for late in ended:  # a stream read after its session ended: its stored totals go on
+            _pipeline.submit(late.info())
         if budgeted:  # every ancestor's budget, however the record was made
             node = self
             while node is not None:

@@ -14,6 +14,7 @@ implicit session at exit when it recorded anything.
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -30,6 +31,9 @@ from tokenmeter.sinks._files import append_line
 __all__ = ["StateFileSink", "check_not_async", "run_end_hooks", "state_line"]
 
 logger = logging.getLogger("tokenmeter")
+
+#: Sessions whose state-file line a ``StateFileSink`` remembers writing.
+_REMEMBERED = 10_000
 
 #: configure(on_session_end=...): run for every session that ends.
 global_hooks: tuple[Callable[[Any], object], ...] = ()
@@ -101,20 +105,28 @@ class StateFileSink:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        #: The sessions given a line, most recent last: a session is handed over again when a
+        #: call is recorded after it ended (a stream read after its ``with`` block), and keeps
+        #: the one line, with its totals as they were when it ended (as its on_end hooks saw).
+        self._written: dict[str, None] = {}
 
     def write(self, records: Sequence[UsageRecord]) -> None:
         pass
 
     def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
-        lines = [
-            state_line(info)
-            for info in sessions
-            if info.status != "active" and info.parent_id is None
-        ]
-        if not lines:
+        written = self._written
+        ended: dict[str, SessionInfo] = {}
+        for info in sessions:
+            if info.status != "active" and info.parent_id is None and info.id not in written:
+                ended.setdefault(info.id, info)  # its first ending
+        if not ended:
             return
+        lines = [state_line(info) for info in ended.values()]
         # Whole or not at all: a line a full disk tore would be glued to the retried one.
         append_line(self.path, "".join(lines).encode("utf-8", "backslashreplace"))
+        written.update(dict.fromkeys(ended))
+        for old in list(itertools.islice(written, max(0, len(written) - _REMEMBERED))):
+            del written[old]
 
     def flush(self) -> None:
         pass
