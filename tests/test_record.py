@@ -90,6 +90,18 @@ def test_editing_a_returned_records_tags_leaves_the_sessions_alone(sink: InMemor
     assert second.tags == {"team": "core"} and s.effective_tags == {"team": "core"}
 
 
+def test_a_records_id_has_room_for_every_process_of_a_team(sink: InMemorySink) -> None:
+    """A record's id is its process's random prefix and a counter from 0, and the SQLite and
+    PostgreSQL sinks keep the first row of an id (a retried batch is no new record): two
+    processes drawing the same prefix lose the second one's records, silently. 48 random bits
+    gave that odds of 16 % among the 10 million processes (jobs, workers, functions) that may
+    write into a team's PostgreSQL database over its life; 80 bits make it nil."""
+    first, second = (tokenmeter.record("openai", "gpt-4o", 10, 5).id for _ in range(2))
+    prefix = first[:-10]  # the counter is the last 10 hex digits
+    assert second.startswith(prefix) and first != second
+    assert len(prefix) * 4 >= 80 and int(prefix, 16) >= 0
+
+
 def test_unknown_model_records_null_cost_never_zero(sink: InMemorySink) -> None:
     rec = tokenmeter.record("openai", "my-private-model-x", 100, 10)
     assert rec.estimated_cost_usd is None

@@ -45,7 +45,12 @@ __all__ = ["emit", "record", "record_response"]
 
 logger = logging.getLogger("tokenmeter")
 
-_id_prefix = secrets.token_hex(6)
+#: Random bytes that start every record id of a process (a counter follows). The sinks keep the
+#: first row of an id, so two processes sharing a prefix would lose records: 80 bits keep that
+#: out of reach of any number of processes writing into one database (48 did not, at a team's
+#: millions of short-lived processes).
+_ID_BYTES = 10
+_id_prefix = secrets.token_hex(_ID_BYTES)
 _id_counter = itertools.count()
 _warned_cost: set[str] = set()
 #: Models warned about for an implausible cost; past this many the rest are not warned about
@@ -56,7 +61,7 @@ _UNKNOWN = Cost(total_usd=None)
 
 def _reset_ids_after_fork() -> None:
     global _id_prefix, _id_counter
-    _id_prefix, _id_counter = secrets.token_hex(6), itertools.count()
+    _id_prefix, _id_counter = secrets.token_hex(_ID_BYTES), itertools.count()
 
 
 os.register_at_fork(after_in_child=_reset_ids_after_fork)
