@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -88,6 +89,48 @@ def test_editing_a_returned_records_tags_leaves_the_sessions_alone(sink: InMemor
         first.tags["leaked"] = "yes"
         second = tokenmeter.record("openai", "gpt-4o", 10, 5)
     assert second.tags == {"team": "core"} and s.effective_tags == {"team": "core"}
+
+
+def test_editing_a_returned_record_changes_nothing_the_sinks_store(tmp_path: Any) -> None:
+    """record() and record_response() returned the object queued for the sinks: an application
+    editing what it got back (a tag added for its own log, a part of the breakdown dropped)
+    changed what SQLite and JSONL stored whenever the writer had not written it yet, so the
+    stored breakdown no longer added up to the cost, and sinks disagreed with each other."""
+    from tokenmeter.sinks import JSONLSink, SQLiteSink
+
+    memory = InMemorySink()
+    tokenmeter.configure(
+        sinks=[memory, SQLiteSink(tmp_path / "u.db"), JSONLSink(tmp_path / "u.jsonl")],
+        directory=str(tmp_path),
+    )
+    body = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "gpt-4o",
+        "choices": [],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+    with tokenmeter.session("s", tags={"team": "core"}):
+        made = [
+            tokenmeter.record("openai", "gpt-4o", 10, 5, modalities={"input_text": 10}),
+            tokenmeter.record_response(body),
+        ]
+    expected = [rec.to_json_dict() for rec in made]
+    for rec in made:
+        rec.tags["mine"] = "x"
+        rec.modalities["input_image"] = 3
+        assert rec.cost_breakdown is not None
+        rec.cost_breakdown["input"] = Decimal(99)
+    assert tokenmeter.flush(30)
+    assert [rec.to_json_dict() for rec in memory.records] == expected
+    lines = (tmp_path / "u.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == expected
+    rows = sqlite3.connect(tmp_path / "u.db").execute(
+        "SELECT tags, modalities, estimated_cost_usd, cost_breakdown FROM records ORDER BY id"
+    )
+    for (tags, modalities, cost, breakdown), want in zip(rows, expected, strict=True):
+        assert json.loads(tags) == want["tags"] and json.loads(modalities) == want["modalities"]
+        assert sum(Decimal(part) for part in json.loads(breakdown).values()) == Decimal(cost)
 
 
 def test_a_records_id_has_room_for_every_process_of_a_team(sink: InMemorySink) -> None:

@@ -293,16 +293,26 @@ def record(
         operation = clean_text(operation, MAX_NAME)  # storable by every sink, as a model name
     if not isinstance(estimated, bool):
         raise ValueError(f"estimated must be True or False, got {short_repr(estimated)}")
-    return emit(
-        provider,
-        model,
-        usage,
-        request_model=model,
-        operation=operation,
-        estimated=estimated,
-        timestamp=_timestamp(timestamp) if timestamp is not None else None,
-        tags=_merged_tags_fit(_sessions._check_tags(tags)) or None,
+    return _returned(
+        emit(
+            provider,
+            model,
+            usage,
+            request_model=model,
+            operation=operation,
+            estimated=estimated,
+            timestamp=_timestamp(timestamp) if timestamp is not None else None,
+            tags=_merged_tags_fit(_sessions._check_tags(tags)) or None,
+        )
     )
+
+
+def _returned(record: UsageRecord) -> UsageRecord:
+    """The record for the application: a copy with mappings of its own, since the one queued
+    for the sinks is written later, and an edit of what the caller got back (a tag added, a
+    part of the breakdown dropped) would change what they store."""
+    copy: UsageRecord = _pipeline._own_copy(record)
+    return copy
 
 
 def _merged_tags_fit(tags: dict[str, str]) -> dict[str, str]:
@@ -339,12 +349,14 @@ def record_response(
     model_name = found.model or model
     if not model_name:
         raise ValueError("the response names no model: pass model=")
-    return emit(
-        found.provider,
-        model_name,
-        found.usage,
-        request_model=model or model_name,
-        operation=found.operation,
-        tier=found.tier,
-        request_id=found.request_id,
+    return _returned(
+        emit(
+            found.provider,
+            model_name,
+            found.usage,
+            request_model=model or model_name,
+            operation=found.operation,
+            tier=found.tier,
+            request_id=found.request_id,
+        )
     )
