@@ -596,6 +596,31 @@ def test_estimated_counts_are_marked_in_the_log(tmp_path: Path, make_record: Rec
     assert [row[-1] for row in log] == ["ok", "ok (estimated)"]
 
 
+def test_a_call_refused_by_a_budget_is_logged_as_blocked(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    """A refused call's record has status "blocked": the log called it an error ("error:
+    BudgetExceeded: cap"), a call that failed, where every other reader says blocked."""
+    blocked = make_record(
+        1,
+        status="blocked",
+        error="BudgetExceeded: cap",
+        input_tokens=0,
+        output_tokens=0,
+        total_tokens=0,
+        estimated_cost_usd=None,
+        cost_breakdown=None,
+    )
+    failed = make_record(2, status="error", error="APITimeoutError")
+    MarkdownJournalSink(tmp_path).write([make_record(0), blocked, failed])
+    log = table_rows((tmp_path / "token_usage.md").read_text(encoding="utf-8"), "| # | Timestamp |")
+    assert [row[-1] for row in log] == [
+        "ok",
+        "blocked (BudgetExceeded: cap)",
+        "error: APITimeoutError",
+    ]
+
+
 class SessionFilesRefused(MarkdownJournalSink):
     """For its first ``failures`` writes, a directory stands where each session file goes: the OS
     refuses to open it, after ``token_usage.md`` took the batch (a failure half-way through)."""

@@ -808,4 +808,6 @@ def _avg_tokens(t: dict[str, Any]) -> str:
 def _status(r: UsageRecord) -> str:
     if r.status == "ok":
         return "ok (estimated)" if r.estimated else "ok"
+    if r.status == "blocked":  # refused by a budget before it was sent: no call failed
+        return f"blocked ({_md(r.error)})" if r.error else "blocked"
     return f"error: {_md(r.error or 'unknown')}"
