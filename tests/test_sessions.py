@@ -92,6 +92,35 @@ def test_status_failed_when_the_body_raises_and_sinks_hear_of_it(sink: InMemoryS
     assert sink.sessions[ok.id].status == "completed"
 
 
+def test_notes_written_at_the_end_are_stored_as_notes_given_at_the_start(tmp_path: Path) -> None:
+    """Notes set on a session as it goes (``job.notes = ...``, what completion notes are) skipped
+    what the constructor does: a name decoded with surrogateescape ('caf\\udce9.txt' from
+    os.listdir) made the SQLite sink refuse the session's end row, set aside in quarantine, so the
+    session stayed "active" for ever and flush() said False; a number raised ValueError into the
+    application as the session ended; a megabyte went into every sink whole."""
+    tokenmeter.configure(sinks=["sqlite"], directory=str(tmp_path))
+    with tokenmeter.session("job") as job:
+        tokenmeter.record("openai", "gpt-4o", 10, 5)
+        job.notes = "processed caf\udce9.txt\x00"
+    with tokenmeter.session("long") as long:
+        long.notes = "n" * 2**20
+    assert tokenmeter.flush(30)
+    rows = dict(
+        sqlite3.connect(tmp_path / "usage.db").execute(
+            "SELECT id, status || ' ' || notes FROM sessions"
+        )
+    )
+    assert rows[job.id] == "completed processed caf\ufffd.txt\ufffd"
+    assert long.notes is not None and len(rows[long.id]) <= len("completed ") + 10_000
+    assert not (tmp_path / "quarantine.jsonl").exists()
+    with tokenmeter.session("odd") as odd:
+        with pytest.raises(ValueError) as excinfo:
+            odd.notes = 5  # type: ignore[assignment]
+        assert "notes" in one_line_value_error(excinfo)
+        odd.notes = None
+    assert odd.status == "completed" and odd.notes is None
+
+
 async def test_concurrent_tasks_each_see_their_own_session(sink: InMemorySink) -> None:
     async def work(name: str) -> tuple[str, str | None]:
         async with tokenmeter.session(name) as s:

@@ -138,13 +138,11 @@ class Session:
             raise ValueError(f"session name must be a string, got {short_repr(name)}")
         if id is not None and (not isinstance(id, str) or not id.strip()):
             raise ValueError(f"session id must be a non-empty string, got {short_repr(id)}")
-        if notes is not None and not isinstance(notes, str):
-            raise ValueError(f"session notes must be a string, got {short_repr(notes)}")
+        self.notes = notes  # checked and cleaned by the property's setter
         self.id = clean_text(id.strip(), _MAX_ID) if id else _new_id()
         self.name = None if name is None else clean_text(name, MAX_NAME)
         self.tags = _check_tags(tags)
         self.budget_usd = _check_budget(budget_usd)
-        self.notes = None if notes is None else clean_text(notes, MAX_NOTES)
         if on_exceed not in ("warn", "raise"):
             raise ValueError(f"on_exceed must be 'warn' or 'raise', got {short_repr(on_exceed)}")
         #: "raise": a call that would take the session past ``budget_usd`` is refused before it
@@ -165,6 +163,19 @@ class Session:
         self._over_budget_warned = False
         self._announced = False
         self._init_args = (name, id, tags, budget_usd, notes, on_exceed, on_end)
+
+    @property
+    def notes(self) -> str | None:
+        """Free text stored with the session; may be set as it goes (completion notes)."""
+        return self._notes
+
+    @notes.setter
+    def notes(self, notes: str | None) -> None:
+        # Set later, notes must be made storable as the constructor's are: a lone surrogate (a
+        # file name from os.listdir) made the sinks refuse the session's end row.
+        if notes is not None and not isinstance(notes, str):
+            raise ValueError(f"session notes must be a string, got {short_repr(notes)}")
+        self._notes = None if notes is None else clean_text(notes, MAX_NOTES)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _start(self) -> None:
