@@ -423,10 +423,14 @@ class UsageRecord(_Model):
         data = dict(data)
         cost = data.get("estimated_cost_usd")
         if cost is not None:
-            data["estimated_cost_usd"] = Decimal(str(cost))
+            data["estimated_cost_usd"] = _json_usd("estimated_cost_usd", cost)
         breakdown = data.get("cost_breakdown")
         if breakdown is not None:
-            data["cost_breakdown"] = {k: Decimal(str(v)) for k, v in breakdown.items()}
+            if type(breakdown) is not dict:
+                raise ValueError(f"cost_breakdown: not an object (got {short_repr(breakdown)})")
+            data["cost_breakdown"] = {
+                k: _json_usd(f"cost_breakdown.{k}", v) for k, v in breakdown.items()
+            }
         ts = data.get("timestamp")
         if isinstance(ts, str):
             data["timestamp"] = datetime.fromisoformat(ts.replace("Z", "+00:00"))
@@ -443,6 +447,18 @@ class UsageRecord(_Model):
             modalities=self.modalities,
             tool_requests=self.tool_requests,
         )
+
+
+def _json_usd(name: str, value: Any) -> Decimal:
+    """A cost as JSON holds it (a number) as the exact Decimal it was written from; ValueError
+    naming the field for anything else (text, a bool, null in a breakdown: an edited line),
+    where ``Decimal()`` raised decimal.InvalidOperation, which no reader expects."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{name}: not a number (got {short_repr(value)})")
+    try:
+        return Decimal(str(value))
+    except ArithmeticError:
+        raise ValueError(f"{name}: not a number (got {short_repr(value)})") from None
 
 
 def _to_json_dict(record: UsageRecord) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import (  # type: ignore[import-not-found, unused-ignore]
@@ -200,6 +201,38 @@ def test_a_deeply_nested_line_reads_as_none(tmp_path: Path, make_record: RecordF
 
     read = list(read_jsonl(path))
     assert [r if r is None else r.id for r in read] == ["rec-000000", None, None, "rec-000001"]
+
+
+@pytest.mark.parametrize(
+    ("cost", "breakdown", "field"),
+    [
+        ("abc", None, "estimated_cost_usd"),
+        (True, None, "estimated_cost_usd"),
+        ([1], None, "estimated_cost_usd"),
+        (0.5, {"input": None}, "cost_breakdown"),
+        (0.5, {"input": "many"}, "cost_breakdown"),
+        (0.5, [1, 2], "cost_breakdown"),
+    ],
+)
+def test_a_line_with_a_cost_that_is_no_number_reads_as_none(
+    tmp_path: Path, make_record: RecordFactory, cost: Any, breakdown: Any, field: str
+) -> None:
+    """A line edited to hold a cost that is no number stopped the reading of the whole file
+    with decimal.InvalidOperation (or AttributeError for a breakdown that is no object), and
+    UsageRecord.from_json_dict raised those instead of a ValueError naming the field."""
+    path = tmp_path / "usage.jsonl"
+    JSONLSink(path).write([make_record(0)])
+    edited = {**make_record(1).to_json_dict(), "estimated_cost_usd": cost}
+    edited["cost_breakdown"] = breakdown
+    with path.open("a", encoding="utf-8") as file:
+        file.write(json.dumps(edited) + "\n")
+    JSONLSink(path).write([make_record(2)])
+
+    read = list(read_jsonl(path))
+    assert [r if r is None else r.id for r in read] == ["rec-000000", None, "rec-000002"]
+    with pytest.raises(ValueError, match=field) as excinfo:
+        UsageRecord.from_json_dict(edited)
+    assert excinfo.type is ValueError and "\n" not in str(excinfo.value)
 
 
 @pytest.mark.parametrize(("fault", "start", "step"), disk_faults(fsize_step=5000, enospc_step=8192))
