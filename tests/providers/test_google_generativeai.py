@@ -113,6 +113,17 @@ def test_stream_records_the_final_running_total_once(sink: InMemorySink) -> None
 
 
 @pytest.mark.usefixtures("fake", "instrumented")
+def test_stream_response_shows_as_the_sdks_response(sink: InMemorySink) -> None:
+    """Its repr (a notebook shows a response by it) is the SDK's text, not our proxy's name."""
+    response = model().generate_content("hi", stream=True)
+    assert repr(response).startswith("response:\nGenerateContentResponse(\n    done=False,")
+    assert str(response) == repr(response)
+    response.resolve()
+    assert repr(response).startswith("response:\nGenerateContentResponse(\n    done=True,")
+    assert len(flushed(sink)) == 1
+
+
+@pytest.mark.usefixtures("fake", "instrumented")
 def test_stream_resolve_records_once(sink: InMemorySink) -> None:
     response = model("gemini-1.5-flash").generate_content("hi", stream=True)
     response.resolve()

@@ -147,6 +147,31 @@ async def test_streams_stay_sdk_streams_when_wrapped_and_after_uninstrument(
     assert len(records()) == 2
 
 
+def test_what_a_call_returns_shows_as_the_sdks_object(
+    fake: FakeProvider, instrumented: Records
+) -> None:
+    """repr() of a stream, its HTTP response, a raw or streaming response (a log line, a
+    notebook's display) is the SDK object's own, not the name of a proxy of ours."""
+    client = fake.openai_client()
+    stream = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=MESSAGES)
+    shown = [
+        (stream, "<openai.Stream object at "),
+        (stream.response, "<Response [200 OK]>"),
+        (raw, "<APIResponse [200 OK] type="),
+    ]
+    with fake.anthropic_client().messages.with_streaming_response.create(
+        model="claude-haiku-4-5", max_tokens=64, messages=MESSAGES
+    ) as streaming:
+        streaming.parse()
+        shown.append((streaming, "<APIResponse [200 OK] type="))
+        for obj, start in shown:
+            assert repr(obj).startswith(start), repr(obj)
+            assert repr(obj) == repr(obj.__wrapped__)
+    list(stream)
+    assert len(instrumented()) == 3
+
+
 def test_wrap_rejects_other_objects() -> None:
     with pytest.raises(ValueError, match="wrap\\(\\) takes"):
         tokenmeter.wrap(object())

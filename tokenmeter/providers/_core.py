@@ -78,9 +78,19 @@ class _QuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 logger = _QuietLogger(logging.getLogger("tokenmeter"), {})
 
 if TYPE_CHECKING:
-    ObjectProxy = wrapt.ObjectProxy[Any]
+    _Proxy = wrapt.ObjectProxy[Any]
 else:  # wrapt 1.x proxies are not subscriptable at run time
-    ObjectProxy = wrapt.ObjectProxy
+    _Proxy = wrapt.ObjectProxy
+
+
+class ObjectProxy(_Proxy):
+    """wrapt's proxy, shown as the SDK object it stands for: ``repr()`` (a log line, a
+    notebook's display of a response) reads as without tokenmeter, not as wrapt's
+    ``<Proxy at 0x... for Stream at 0x...>``."""
+
+    def __repr__(self) -> str:
+        return repr(self.__wrapped__)
+
 
 #: Set while an instrumented call is running: nested instrumented calls (a wrapped client under
 #: instrument(), a helper calling create, an SDK retry) pass straight through. One call, one record.
