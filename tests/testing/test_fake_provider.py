@@ -99,6 +99,16 @@ def test_fail_next_counts_and_then_recovers(fake: FakeProvider) -> None:
     assert client.chat.completions.create(model="gpt-4o", messages=[]).usage is not None
 
 
+def test_fail_next_for_ever_costs_no_memory(fake: FakeProvider) -> None:
+    """A count meaning 'always' (sys.maxsize) is one entry, not a list of that many failures."""
+    client = fake.openai_client()
+    fake.fail_next(status=429, count=sys.maxsize, message="slow down")
+    fake.fail_next(status=500, count=10**12)
+    for _ in range(3):
+        with pytest.raises(openai.RateLimitError, match="slow down"):
+            client.chat.completions.create(model="gpt-4o", messages=[])
+
+
 def test_set_usage_and_models(fake: FakeProvider) -> None:
     fake.set_usage(
         openai={
@@ -128,6 +138,7 @@ def test_set_usage_and_models(fake: FakeProvider) -> None:
         (lambda f: f.set_usage(gemini_function_call={}, model="m"), "gemini_function_call"),
         (lambda f: f.fail_next(status=200), "status"),
         (lambda f: f.fail_next(count=0), "count"),
+        (lambda f: f.fail_next(message=5), "message"),
         (lambda f: setattr(f, "stream_chunks", 0), "stream_chunks"),
         (lambda f: f.set_model("", "x"), "request_model"),
     ],

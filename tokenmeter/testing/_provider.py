@@ -98,7 +98,9 @@ class FakeProvider:
         self.stream_chunks = stream_chunks
         self.record_requests = record_requests
         self._requests: list[FakeRequest] = []
-        self._failures: deque[tuple[int, str | None]] = deque()
+        #: Injected failures: [status, message, requests left to fail] (a count may mean
+        #: "always": one entry, never a list of that many).
+        self._failures: deque[list[Any]] = deque()
         self._lock = threading.Lock()
         self._server = LoopbackServer(self._app, host, port)
         self._grpc: LegacyGrpcServer | None = None
@@ -240,8 +242,10 @@ class FakeProvider:
             raise ValueError(f"status must be an HTTP error status (400-599), got {status!r}")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"count must be a positive integer, got {count!r}")
+        if message is not None and not isinstance(message, str):
+            raise ValueError(f"message must be a string, got {type(message).__name__}")
         with self._lock:
-            self._failures.extend([(status, message)] * count)
+            self._failures.append([status, message, count])
 
     # -- request log -----------------------------------------------------------------------
 
@@ -262,7 +266,13 @@ class FakeProvider:
         with self._lock:
             if self.record_requests:
                 self._requests.append(request)
-            return self._failures.popleft() if self._failures else None
+            if not self._failures:
+                return None
+            failure = self._failures[0]
+            failure[2] -= 1
+            if failure[2] == 0:
+                self._failures.popleft()
+            return failure[0], failure[1]
 
     def _app(self, request: FakeRequest) -> Reply:
         provider = _provider_for(request.path)
