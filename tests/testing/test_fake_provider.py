@@ -131,6 +131,24 @@ def test_set_usage_and_models(fake: FakeProvider) -> None:
 
 
 @pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"port": 70_000}, "port"),
+        ({"port": -1}, "port"),
+        ({"port": "8080"}, "port"),
+        ({"port": 10**5000}, "port"),
+        ({"host": 5}, "host"),
+        ({"host": ""}, "host"),
+    ],
+)
+def test_a_bad_host_or_port_is_a_value_error_naming_it(
+    kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        FakeProvider(**kwargs).start()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
     ("call", "message"),
     [
         (lambda f: f.set_usage(openai={"prompt": 1}), "openai: unknown field"),

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self, TypeVar, overload
 
+from tokenmeter._models import short_repr
 from tokenmeter.testing import _anthropic, _gemini, _openai
 from tokenmeter.testing._server import FakeRequest, LoopbackServer, Reply
 from tokenmeter.testing._state import State
@@ -86,6 +87,10 @@ class FakeProvider:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ValueError(f"port must be an integer from 0 to 65535, got {short_repr(port)}")
+        if not isinstance(host, str) or not host:
+            raise ValueError(f"host must be a non-empty string, got {short_repr(host)}")
         self._state = State()
         self.set_usage(
             openai=openai_usage,
