@@ -175,8 +175,8 @@ def uninstrument(providers: str | list[str] | tuple[str, ...] | None = None) -> 
 def wrap(client: T) -> T:
     """Instrument this one client object only; returns the same object.
 
-    Calls through it are recorded once even while ``instrument()`` is also active. A client made
-    from it by ``with_options()`` / ``copy()`` is a new object: wrap that one too.
+    Calls through it are recorded once even while ``instrument()`` is also active. The clients
+    its ``with_options()`` / ``copy()`` make (OpenAI, Anthropic) are wrapped as they are made.
     """
     module = str(type(client).__module__).split(".")[0]  # a class may set it to anything
     candidates = [i.name for i in _registry.integrations_for_module(module)]
