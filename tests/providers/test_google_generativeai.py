@@ -123,6 +123,21 @@ def test_stream_response_shows_as_the_sdks_response(sink: InMemorySink) -> None:
     assert len(flushed(sink)) == 1
 
 
+#: What generic code asks a response for (cleanup asks for close() or aclose()).
+_SURFACE = ("__next__", "__aiter__", "__anext__", "close", "aclose", "resolve", "response")
+
+
+@pytest.mark.usefixtures("fake", "instrumented")
+def test_stream_response_has_the_sdks_methods_and_no_others(sink: InMemorySink) -> None:
+    """It has no close() nor next(): code that asks (``hasattr``, generic cleanup) must find
+    what it finds without tokenmeter, not a method that fails with AttributeError."""
+    response = model().generate_content("hi", stream=True)
+    for name in _SURFACE:
+        assert hasattr(response, name) == hasattr(generation_types.GenerateContentResponse, name)
+    response.resolve()
+    assert len(flushed(sink)) == 1
+
+
 @pytest.mark.usefixtures("fake", "instrumented")
 def test_stream_resolve_records_once(sink: InMemorySink) -> None:
     response = model("gemini-1.5-flash").generate_content("hi", stream=True)
@@ -318,6 +333,18 @@ async def test_async_stream_resolve(grpc_address: str, sink: InMemorySink) -> No
     response = await _async_model(grpc_address).generate_content_async("hi", stream=True)
     await response.resolve()
     assert_counts(only(flushed(sink)))
+
+
+@pytest.mark.usefixtures("instrumented")
+async def test_async_stream_response_has_the_sdks_methods_and_no_others(
+    grpc_address: str, sink: InMemorySink
+) -> None:
+    response = await _async_model(grpc_address).generate_content_async("hi", stream=True)
+    kind = generation_types.AsyncGenerateContentResponse
+    for name in _SURFACE:
+        assert hasattr(response, name) == hasattr(kind, name), name
+    await response.resolve()
+    assert len(flushed(sink)) == 1
 
 
 # -- every way a stream ends is one record (the core's stream proxies, as for every provider) ---

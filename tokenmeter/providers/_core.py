@@ -53,6 +53,7 @@ __all__ = [
     "StreamReader",
     "Switches",
     "SyncGeneratorProxy",
+    "SyncIterableProxy",
     "SyncStreamProxy",
     "Wrapper",
     "fault",
@@ -616,8 +617,10 @@ class _ClosingResponse(ObjectProxy):
             self._self_call.finish()
 
 
-class SyncStreamProxy(_StreamProxyBase):
-    """Looks and behaves like the SDK stream (isinstance holds); records when it ends."""
+class SyncIterableProxy(_StreamProxyBase):
+    """For a sync stream that is only iterable (the legacy google-generativeai response: no
+    ``next()``, no ``close()``, no ``with``): only what it has, so that code asking for a method
+    (``hasattr``, ``with``) finds what it finds without tokenmeter. Records when it ends."""
 
     def __iter__(self) -> Iterator[Any]:
         return self._self_iterate()
@@ -643,6 +646,11 @@ class SyncStreamProxy(_StreamProxyBase):
             call.finish(exc)
             raise
         call.ended()
+
+
+class SyncStreamProxy(SyncIterableProxy):
+    """Looks and behaves like the SDK stream (isinstance holds): an iterator, a context manager
+    with ``close()``; records when it ends."""
 
     def __next__(self) -> Any:
         while True:
@@ -731,10 +739,11 @@ class AsyncStreamProxy(_StreamProxyBase):
         return close
 
 
-class AsyncIterableProxy(AsyncStreamProxy):
+class AsyncIterableProxy(_StreamProxyBase):
     """For an async stream that is iterable but not an iterator (the legacy google-generativeai
     response: its ``__aiter__`` is an async generator, and iterating it again once done replays
-    its chunks): each ``async for`` is a fresh pass over the SDK's own iteration, read as it goes.
+    its chunks; it has no ``__anext__``, ``close()`` or ``async with``, nor has this): each
+    ``async for`` is a fresh pass over the SDK's own iteration, read as it goes.
     The async twin of ``SyncStreamProxy._self_iterate``; leaving the loop early records nothing
     until the stream ends, is closed or is collected, as there."""
 

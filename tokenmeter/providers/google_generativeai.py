@@ -27,7 +27,7 @@ from tokenmeter.providers._core import (
     Call,
     Plan,
     Switches,
-    SyncStreamProxy,
+    SyncIterableProxy,
     Wrapper,
     intercept,
     intercept_async,
@@ -133,7 +133,7 @@ def _add_text(tally: TextTally, response: Any) -> None:
             tally.add(getattr(part, "text", None))
 
 
-class SyncStreamResponse(SyncStreamProxy):
+class SyncStreamResponse(SyncIterableProxy):
     """The SDK's stream response (``isinstance`` holds) in the core's stream proxy."""
 
     def resolve(self) -> None:
