@@ -416,3 +416,27 @@ def test_a_request_holding_a_list_twice_at_every_level_is_walked_within_bounds()
     usage = tokenmeter.estimate("gpt-4o", messages=[{"role": "user", "content": looped}])
 
     assert 0 < usage.input_tokens <= _estimate._MAX_VALUES
+
+
+def test_a_part_whose_type_is_not_text_leaves_the_rest_of_the_request_counted() -> None:
+    """A tool's result is the application's own JSON: a Gemini function response holding a JSON
+    schema (``"type": ["string", "null"]``) made the whole request estimate 0 tokens (a record
+    without usage silently zero, a budget reserving nothing), and the budget's ceiling raise."""
+    text = "word " * 2_000
+    schema = {"type": ["string", "null"], "items": {"type": {"$ref": "#/x"}}}
+    gemini = {
+        "model": "gemini-2.5-flash",
+        "contents": [
+            {"role": "user", "parts": [{"text": text}]},
+            {"role": "user", "parts": [{"function_response": {"name": "f", "response": schema}}]},
+        ],
+    }
+    chat = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": text}, {"role": "tool", "content": [schema]}],
+    }
+    for provider, request in (("google", gemini), ("openai", chat)):
+        usage = estimate_input(provider, request)
+        assert usage.input_tokens > 2_000
+        bound = _estimate._input_bound(provider, request)
+        assert bound is None or bound >= usage.input_tokens

@@ -375,6 +375,8 @@ class _Walk:
     def _media(self, value: Mapping[Any, Any]) -> bool:
         """Count ``value`` if it is an image, audio or document part (True), else False."""
         kind = value.get("type")
+        if not isinstance(kind, str):  # a tool result's own JSON (a schema's list of types)
+            kind = None
         if kind is None and "mime_type" in value and "data" in value:  # a legacy Gemini blob
             mime = value.get("mime_type")
             self._blob(mime if isinstance(mime, str) else "", value.get("data"), None)
@@ -791,7 +793,8 @@ def _bound_bytes(value: Any, depth: int) -> int:
         return -1
     total = 0
     if kind is dict:
-        if value.get("type") in _MEDIA_TYPES:
+        part = value.get("type")
+        if isinstance(part, str) and part in _MEDIA_TYPES:
             return -1
         for key, item in value.items():
             if key in _MEDIA_KEYS or (key in _TOOL_KEYS and item):  # tools in a Gemini config
