@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import tokenmeter
-from tokenmeter._estimate import estimate_input
+from tokenmeter._estimate import count_tokens, estimate_input
 from tokenmeter._media import audio_seconds, image_size, media_bytes, pdf_pages
 
 
@@ -307,3 +307,17 @@ def test_gemini_video_counts_263_tokens_a_second_of_its_index_duration(index_fir
     part = {"inlineData": {"mimeType": "video/mp4", "data": data}}
     found = estimate_input("google", {"model": "gemini-2.5-flash", "contents": [{"parts": [part]}]})
     assert found.modalities["input_video"] == 7 * 263  # sampled at one frame a second
+
+
+@pytest.mark.parametrize("encode", [bytes, b64], ids=["bytes", "base64"])
+def test_a_long_inline_text_file_counts_all_of_its_text(encode: Any) -> None:
+    """A text file sent inline (a CSV, a log, Part.from_bytes(mime_type="text/plain")) is read
+    as text: only its first 64 KB were counted, so a 1 MB file estimated at 6% of its tokens."""
+    text = "".join(f"row {n}, the quick brown fox, {n * 7919 % 1000}\n" for n in range(25_000))
+    part = {"inline_data": {"mime_type": "text/csv", "data": encode(text.encode())}}
+    found = estimate_input("google", {"model": "gemini-2.5-flash", "contents": [{"parts": [part]}]})
+    lines = text.splitlines(keepends=True)
+    exact = sum(  # counted a thousand lines at a time: the tokenizer refuses a text this long
+        count_tokens("".join(lines[at : at + 1_000]), "google") for at in range(0, 25_000, 1_000)
+    )
+    assert abs(found.input_tokens / exact - 1) < 0.05

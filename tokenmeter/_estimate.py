@@ -323,11 +323,13 @@ class _Walk:
     documents are counted as ``_media_tokens`` says: from their dimensions, duration or pages
     when the request carries them inline, else at a typical figure."""
 
-    __slots__ = ("audio", "documents", "family", "images", "left", "parts", "video")
+    __slots__ = ("audio", "documents", "excerpts", "family", "images", "left", "parts", "video")
 
     def __init__(self, family: str) -> None:
         self.family = family
         self.parts: list[str] = []
+        #: The first bytes of long inline text files as text, and how many times longer each is.
+        self.excerpts: list[tuple[str, float]] = []
         #: (width, height) or None when unknown, and the OpenAI ``detail`` asked for.
         self.images: list[tuple[tuple[int, int] | None, Any]] = []
         self.audio = 0.0  # seconds
@@ -436,8 +438,12 @@ class _Walk:
             self._document(data)
         elif mime.startswith("text/"):
             head = media_bytes(data, _KEEP_CHARS)
-            if head is not None:
-                self.parts.append(head.decode("utf-8", "replace"))
+            if head:
+                size = decoded_size(data)
+                if size > len(head):  # only its head is decoded: its count is extrapolated
+                    self.excerpts.append((head.decode("utf-8", "replace"), size / len(head)))
+                else:
+                    self.parts.append(head.decode("utf-8", "replace"))
         else:
             self.documents += 1
 
@@ -459,6 +465,8 @@ class _Walk:
     def counts(self, provider: str, model: str) -> dict[str, int]:
         """Tokens by ``modalities`` key: input_text, input_image, input_audio, ..."""
         found = {"input_text": _measure(self.parts, provider, model)}
+        for text, times in self.excerpts:
+            found["input_text"] += round(_measure((text,), provider, model) * times)
         if self.images:
             image = _image_tokens(self.family, model)
             found["input_image"] = sum(image(size, detail) for size, detail in self.images)
