@@ -440,3 +440,15 @@ def test_a_part_whose_type_is_not_text_leaves_the_rest_of_the_request_counted() 
         assert usage.input_tokens > 2_000
         bound = _estimate._input_bound(provider, request)
         assert bound is None or bound >= usage.input_tokens
+
+
+def test_a_text_too_long_for_the_tokenizer_in_one_piece_is_still_tokenized() -> None:
+    """bpe-openai refuses a text of more than 200,000 tokens; such a text (a 600 KB JSON
+    document, within a 1M-token context) was counted by the character heuristic, at half its
+    tokens: a budget's reservation guessed where docs promise the tokenizer's count."""
+    rows = [f'{{"id": {n * 7919}, "v": {n / 7:.6f}, "tag": "ab{n}"}}' for n in range(10_000)]
+    document = "[" + ", ".join(rows) + "]"
+    exact = sum(count_tokens(", ".join(rows[at : at + 500])) for at in range(0, 10_000, 500))
+    assert abs(count_tokens(document) / exact - 1) < 0.01
+    request = {"model": "gpt-4.1", "messages": [{"role": "user", "content": document * 10}]}
+    assert abs(estimate_input("openai", request).input_tokens / (10 * exact) - 1) < 0.02

@@ -244,10 +244,18 @@ _COUNTS_MAX_CHARS = 4_000_000
 _COUNT_LONGEST = 100_000
 
 
+#: A long text is tokenized in pieces of at most this many characters (at most 4 bytes, so
+#: tokens, each): bpe-openai refuses a text of more than 200,000 tokens.
+_PIECE = 40_000
+#: Characters of one text tokenized at most (some 0.05 s of prose, a few tenths for the slowest
+#: text, random symbols); its count is extrapolated beyond.
+_TOKENIZE_MOST = 500_000
+
+
 def _counted(encoding: str, counter: Counter, text: str) -> int:
     global _counts_chars
     if len(text) > _COUNT_LONGEST:
-        return counter(text)
+        return _counted_in_pieces(counter, text)
     key = (encoding, text)
     found = _counts.get(key)
     if found is None:
@@ -258,6 +266,20 @@ def _counted(encoding: str, counter: Counter, text: str) -> int:
         _counts[key] = found
         _counts_chars += len(text)
     return found
+
+
+def _counted_in_pieces(counter: Counter, text: str) -> int:
+    """Tokens of a long text, tokenized piece by piece (cut before a space, where the tokenizer
+    splits anyway), up to ``_TOKENIZE_MOST`` characters and extrapolated beyond."""
+    total = at = 0
+    while at < len(text) and at < _TOKENIZE_MOST:
+        end = at + _PIECE
+        if end < len(text):
+            cut = text.rfind(" ", at + _PIECE // 2, end)
+            end = cut if cut > 0 else end
+        total += counter(text[at:end])
+        at = end
+    return total if at >= len(text) else round(total * len(text) / at)
 
 
 def _family(provider: str) -> str:
