@@ -133,6 +133,23 @@ def test_openai_embeddings_have_no_output() -> None:
     assert found.operation == "embeddings"
 
 
+@pytest.mark.parametrize("absent", [None, ...], ids=["null", "absent"])
+def test_openai_output_left_out_is_what_the_total_holds_beyond_the_input(absent: Any) -> None:
+    """A compatible server that sends its output count as null, or not at all, beside a total:
+    the output was recorded as 0 tokens (a silent zero, priced at the input alone)."""
+    for total_in, total_out in (
+        ("prompt_tokens", "completion_tokens"),
+        ("input_tokens", "output_tokens"),
+    ):
+        usage = {total_in: 19, "total_tokens": 29}
+        if absent is None:
+            usage[total_out] = None
+        body = {"object": "chat.completion", "model": "m", "usage": usage}
+        assert extract(body).usage == Usage(input_tokens=19, output_tokens=10)
+    embeddings = {"object": "list", "usage": {"prompt_tokens": 8, "total_tokens": 8}}
+    assert extract(embeddings).usage == Usage(input_tokens=8)
+
+
 def test_openai_compatible_extra_cache_field_is_read() -> None:
     body = {
         "object": "chat.completion",

@@ -44,6 +44,9 @@ def usage_from_openai(usage: Any) -> Usage:
         raise ValueError(f"not an OpenAI usage block: {short_repr(usage)}")
     total_in, total_out, in_details, out_details = names
     input_tokens, output_tokens, hit = counts(get, total_in, total_out, "prompt_cache_hit_tokens")
+    if get(total_out) is None:  # left out (a compatible server): what the total holds beyond
+        (total,) = counts(get, "total_tokens")
+        output_tokens = max(total - input_tokens, 0)
     citations, searches = counts(get, "citation_tokens", "num_search_queries")
     beside = 0  # Perplexity's reasoning tokens, outside completion_tokens (only in its usage)
     if citations or searches:
