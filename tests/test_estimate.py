@@ -452,3 +452,14 @@ def test_a_text_too_long_for_the_tokenizer_in_one_piece_is_still_tokenized() -> 
     assert abs(count_tokens(document) / exact - 1) < 0.01
     request = {"model": "gpt-4.1", "messages": [{"role": "user", "content": document * 10}]}
     assert abs(estimate_input("openai", request).input_tokens / (10 * exact) - 1) < 0.02
+
+
+def test_a_model_name_of_any_length_is_not_kept_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encoding of each model name seen is remembered (up to 1,000 names): a server naming
+    its model with a megabyte per answer (estimated for want of usage) held a gigabyte."""
+    monkeypatch.setattr(_estimate, "_encodings", {})
+    tally = TextTally()
+    tally.add("Hello there.")
+    for n in range(50):
+        assert tally.tokens("openai", f"gpt-4-{n}" + "x" * 100_000) == 3
+    assert sum(map(len, _estimate._encodings)) < 50 * 1_000

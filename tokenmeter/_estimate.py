@@ -217,7 +217,7 @@ def _measure(texts: Iterable[str], provider: str, model: str) -> int:
     found = _encodings.get(model) if family == "openai" else "o200k_base"
     if found is None:
         found = _encoding_of(model)
-        if len(_encodings) < 1000:
+        if len(_encodings) < 1000 and len(model) <= 200:  # a server's megabyte name: not kept
             _encodings[model] = found
     encoding = found
     counter = _counter(encoding)
