@@ -463,3 +463,13 @@ def test_a_model_name_of_any_length_is_not_kept_whole(monkeypatch: pytest.Monkey
     for n in range(50):
         assert tally.tokens("openai", f"gpt-4-{n}" + "x" * 100_000) == 3
     assert sum(map(len, _estimate._encodings)) < 50 * 1_000
+
+
+def test_a_provider_name_of_any_length_is_not_kept_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The family of each provider name seen is remembered (up to 1,000 names): estimate() with
+    a megabyte-long provider name each time held a gigabyte."""
+    monkeypatch.setattr(_estimate, "_families", {})
+    for n in range(50):
+        usage = tokenmeter.estimate("gpt-4o", provider=f"p{n}" + "x" * 100_000, text="Hello there.")
+        assert usage.input_tokens == 3
+    assert sum(map(len, _estimate._families)) < 50 * 1_000

@@ -287,7 +287,7 @@ def _family(provider: str) -> str:
     if found is None:
         family = family_of(provider)
         found = family if family in _OVERHEAD else "openai"
-        if len(_families) < 1000:
+        if len(_families) < 1000 and len(provider) <= 200:  # a megabyte name: not kept
             _families[provider] = found
     return found
 
