@@ -178,6 +178,26 @@ def test_responses_input_image_and_unknown_images_at_a_typical_rate() -> None:
     assert found.modalities["input_image"] == 1105 + 765
 
 
+def test_a_computer_use_screenshot_is_an_image() -> None:
+    """A Responses computer_call_output carries the screenshot the model looks at next; it was
+    counted as nothing (its image_url skipped as media, its type not known as an image)."""
+    screenshot = data_url("image/png", png(1024, 768))
+    request = {
+        "model": "computer-use-preview",
+        "input": [
+            {"role": "user", "content": "Open the browser."},
+            {"type": "computer_call", "call_id": "c1", "action": {"type": "screenshot"}},
+            {
+                "type": "computer_call_output",
+                "call_id": "c1",
+                "output": {"type": "computer_screenshot", "image_url": screenshot},
+            },
+        ],
+    }
+    found = estimate_input("openai", request, "responses")
+    assert found.modalities["input_image"] == 65 + 4 * 129  # 1024 x 768: 4 tiles
+
+
 def test_claude_images_by_their_dimensions() -> None:
     def part(data: bytes) -> dict[str, Any]:
         source = {"type": "base64", "media_type": "image/jpeg", "data": b64(data)}

@@ -332,7 +332,7 @@ _NOT_TEXT = frozenset(
         "thought_signature",
     }
 )
-_IMAGE_TYPES = frozenset({"image_url", "input_image", "image"})
+_IMAGE_TYPES = frozenset({"image_url", "input_image", "image", "computer_screenshot"})
 #: Values a request's walk reads at most. A request holding one list twice at each of its levels
 #: (a list that contains itself twice) is a tree of 2**30 values: walking it whole took hours
 #: and gigabytes. No real request comes near this many.
