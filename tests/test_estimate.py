@@ -6,6 +6,7 @@ recorded API exchanges (short prompts; the counts are facts about the providers'
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -473,3 +474,19 @@ def test_a_provider_name_of_any_length_is_not_kept_whole(monkeypatch: pytest.Mon
         usage = tokenmeter.estimate("gpt-4o", provider=f"p{n}" + "x" * 100_000, text="Hello there.")
         assert usage.input_tokens == 3
     assert sum(map(len, _estimate._families)) < 50 * 1_000
+
+
+def test_a_gemini_function_response_is_counted_as_the_json_it_is_sent_as() -> None:
+    """A function response is the application's JSON, sent as JSON: one shaped {"data": [...]}
+    (the commonest shape of an API's answer) was counted as nothing, its key taken for media."""
+    rows = [{"name": f"item {n}", "price": n * 1.5, "note": "a fine thing"} for n in range(200)]
+    sent = count_tokens(json.dumps({"data": rows}, separators=(",", ":")), "google")
+
+    def tokens(response: dict[str, Any]) -> int:
+        part = {"function_response": {"name": "lookup", "response": response}}
+        request = {"model": "gemini-2.5-flash", "contents": [{"role": "user", "parts": [part]}]}
+        assert _estimate._input_bound("google", request) is None  # not text: the exact count
+        return estimate_input("google", request).input_tokens
+
+    for response in ({"data": rows}, {"result": {"data": rows}}, {"rows": rows}):
+        assert abs(tokens(response) / sent - 1) < 0.1

@@ -390,8 +390,8 @@ class _Walk:
         for key, item in value.items():
             if key in _NOT_TEXT or key in _MEDIA_KEYS:
                 continue
-            if isinstance(item, Mapping | list | tuple) and key in ("input", "args", "parameters"):
-                # Tool-call arguments and schemas are sent as JSON text.
+            if isinstance(item, Mapping | list | tuple) and key in _JSON_KEYS:
+                # Tool-call arguments, schemas and Gemini function responses are sent as JSON.
                 self.parts.append(_json(item))
                 continue
             self.add(item, depth + 1)
@@ -851,8 +851,9 @@ def _bound_bytes(value: Any, depth: int) -> int:
     return -1
 
 
-#: Keys of a content part whose structured values are sent as JSON text (tool-call arguments).
-_JSON_KEYS = frozenset({"input", "args", "parameters"})
+#: Keys of a content part whose structured values are sent as JSON text (tool-call arguments,
+#: a Gemini function response).
+_JSON_KEYS = frozenset({"input", "args", "parameters", "response"})
 #: A dict with none of these keys is walked by ``_bound_bytes`` without a check of its keys.
 _PLAIN_MESSAGE = _MEDIA_KEYS | _TOOL_KEYS | _JSON_KEYS | {"type"}
 
