@@ -848,3 +848,34 @@ def test_a_call_refused_by_a_budget_is_recorded_under_the_name_its_calls_have(
         tokenmeter.uninstrument()
     assert tokenmeter.flush(5)
     assert [(r.status, r.model_name) for r in sink.records] == [("blocked", "gemini-2.5-flash")]
+
+
+def test_the_slices_of_ended_sessions_are_not_kept(fake: FakeProvider, instrumented: None) -> None:
+    """A budget of period "session" has a lease per session. Calls of one session made at once
+    (asyncio.gather) left a float residue of their reservations (a + b + c - a - b - c) in flight
+    once all had ended, so the lease was never given back nor dropped: one kept per session, for
+    ever, in a server opening a session per request. What is left of settled reservations below
+    the budgets' float tolerance is nothing."""
+    from tokenmeter.guardrails import _leases
+
+    tokenmeter.configure(
+        sinks=[InMemorySink()],
+        budgets=[{"limit_usd": 5, "period": "session"}],
+        budget_ledger="memory",
+    )
+    client = fake.openai_client(async_=True, max_retries=0)
+
+    async def requests() -> None:
+        for i in range(20):
+            async with tokenmeter.session(f"request {i}"):
+                await asyncio.gather(
+                    *(
+                        client.chat.completions.create(
+                            model="gpt-4o", messages=[{"role": "user", "content": "hi " * (j + 1)}]
+                        )
+                        for j in range(3)
+                    )
+                )
+
+    asyncio.run(requests())
+    assert [lease.start for lease in _leases._leases.values()] == []

@@ -143,6 +143,14 @@ class Group:
 _owning: set[Group] = set()
 
 
+def _less(inflight: float, amount: float) -> float:
+    """What is still in flight once calls that reserved ``amount`` have ended. Reservations made
+    and ended in another order leave a float residue (a + b + c - a - b - c): nothing, or the
+    lease of an ended session (period "session") was never given back and was kept for ever."""
+    left = inflight - amount
+    return left if left > _EPSILON else 0.0
+
+
 def _fold(group: Group) -> None:
     """Move what an active group's calls reserved and cost into its leases; the group is then
     inactive (under ``_lock``)."""
@@ -158,8 +166,7 @@ def _fold(group: Group) -> None:
         group.last,
     )
     for lease in group.leases:
-        inflight = lease.inflight + pending
-        lease.inflight = inflight if inflight > 0 else 0.0
+        lease.inflight = _less(lease.inflight, -pending)
         lease.used += spent
         lease.unit = weight * lease.unit + drift
         if last > lease.last:
@@ -331,7 +338,7 @@ def release(leases: Sequence[Lease], amount: float) -> None:
     with _lock:
         _fold_owners(leases)
         for lease in leases:
-            lease.inflight = max(0.0, lease.inflight - amount)
+            lease.inflight = _less(lease.inflight, amount)
         _give_back_tight(leases)
 
 
@@ -347,8 +354,7 @@ def settle(
     with _lock:
         _fold_all()
         for lease in leases:
-            inflight = lease.inflight - amount
-            lease.inflight = inflight = inflight if inflight > 0 else 0.0
+            lease.inflight = inflight = _less(lease.inflight, amount)
             lease.used = used = lease.used + actual
             if actual > 0:
                 unit = lease.unit
@@ -406,10 +412,7 @@ def settle_group(
             short = False
             share = 0.2 * actual if actual > 0 else 0.0  # of the average real cost (``unit``)
             for lease in leases:
-                inflight = lease.inflight - amount
-                if inflight < 0.0:
-                    inflight = 0.0
-                lease.inflight = inflight
+                lease.inflight = inflight = _less(lease.inflight, amount)
                 lease.used = used = lease.used + actual
                 if share:
                     unit = lease.unit
