@@ -423,7 +423,7 @@ async def test_a_retrieve_that_names_no_model_is_recorded(
 ) -> None:
     """A retrieve has no request model to fall back on: billed all the same, it is recorded
     under "unknown" (with an unknown cost), never lost."""
-    body = {**response_body("completed", RESPONSE_USAGE), "model": model}
+    body = {**response_body("completed", RESPONSE_USAGE), "model": model, "background": True}
     client = kit.mock_openai(lambda request: json_reply(OPENAI_HTTP, body), is_async=is_async)
     tokenmeter.instrument("openai")
     await kit.maybe(client.responses.retrieve("resp_hostile"))
@@ -431,6 +431,20 @@ async def test_a_retrieve_that_names_no_model_is_recorded(
     assert (record.model_name, record.request_id) == ("unknown", "resp_hostile")
     assert (record.input_tokens, record.output_tokens) == (19, 10)
     assert record.estimated_cost_usd is None
+
+
+async def test_a_retrieve_of_a_response_made_in_the_foreground_is_no_call(
+    sink: InMemorySink, kit: ModuleType, is_async: bool
+) -> None:
+    """A response created without ``background`` was billed at its create; reading it again
+    (a worker or a restarted process, which has not recorded its id) is not billed, and was
+    recorded a second time with the whole usage."""
+    body = response_body("completed", RESPONSE_USAGE)
+    assert body["background"] is False
+    client = kit.mock_openai(lambda request: json_reply(OPENAI_HTTP, body), is_async=is_async)
+    tokenmeter.instrument("openai")
+    await kit.maybe(client.responses.retrieve("resp_hostile"))
+    assert flushed(sink) == []
 
 
 async def test_every_create_is_recorded_even_when_a_server_repeats_its_response_id(

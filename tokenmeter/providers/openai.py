@@ -190,12 +190,17 @@ def _runs_on(response_id: str | None, model: str | None) -> None:
 
 
 def _read_response(parsed: Any, call: Call) -> None:
-    """A Responses API answer. A background create still queued or in progress, and its
-    retrieves until it finishes, are not billed yet: no record (the finished retrieve is it,
+    """A Responses API answer. A retrieve of one made in the foreground is no call. A
+    background create still queued or in progress, and its retrieves until it finishes, are not
+    billed yet: no record (the finished retrieve is it,
     with the create's model as the request model). A finished one without usage is estimated,
     and a failed one is an error record (with the usage it was billed)."""
     get = getter(parsed, what="response")
     status, ident_ = get("status"), ident(get("id"))
+    if call.retrieval and get("background") is False and ident_ not in _background:
+        # A response made in the foreground, read again (by another process, say): it was
+        # billed once, at its create, which is its record. Only background ones bill a retrieve.
+        return
     if get("usage") is None and type(status) is str and status in _NOT_YET_BILLED:
         _runs_on(ident_, call.request_model)
         return
