@@ -406,3 +406,40 @@ def test_streams_still_open_at_exit_are_recorded_quietly(tmp_path: Path) -> None
     lines = (tmp_path / "usage.jsonl").read_text().splitlines()
     assert len(lines) == 3
     assert all(json.loads(line)["streamed"] for line in lines)
+
+
+INSTRUMENT_WHILE_ANOTHER_THREAD_IMPORTS = """
+import faulthandler, sys, threading, time
+faulthandler.dump_traceback_later(30, exit=True)  # a hang fails, with every thread's stack
+import tokenmeter
+tokenmeter.configure(sinks=[tokenmeter.sinks.InMemorySink()])
+tokenmeter.instrument("openai")  # its import hook is registered; openai is not imported yet
+tokenmeter.uninstrument()
+inside = threading.Event()
+
+class HoldOpenAIImport:
+    '''Keeps the importing thread inside openai's import a moment, as a slow import does.'''
+    def find_spec(self, name, path=None, target=None):
+        if name == "openai._client" and not inside.is_set():
+            inside.set()
+            time.sleep(0.5)
+        return None
+
+sys.meta_path.insert(0, HoldOpenAIImport())
+importing = threading.Thread(target=lambda: __import__("openai"))
+importing.start()
+inside.wait()
+tokenmeter.instrument("openai")
+importing.join()
+from openai import _base_client
+print(type(_base_client.SyncAPIClient.__dict__["request"]).__name__)
+"""
+
+
+def test_instrument_while_another_thread_imports_the_sdk_never_hangs(tmp_path: Path) -> None:
+    """The importing thread holds the SDK's import lock while its post-import hook patches;
+    instrument() on another thread must not hold our lock while it waits for that import."""
+    done = run_python(
+        "-c", INSTRUMENT_WHILE_ANOTHER_THREAD_IMPORTS, env=dict(os.environ), cwd=tmp_path
+    )
+    assert done.stdout.split() == ["FunctionWrapper"]

@@ -10,6 +10,7 @@ import functools
 import importlib
 import importlib.util
 import logging
+import sys
 import threading
 from types import ModuleType, TracebackType
 from typing import Any, TypeVar
@@ -75,15 +76,26 @@ def _adapter(name: str) -> ModuleType:
 
 
 def _patch(name: str) -> None:
-    """Called by the post-import hook once the SDK is imported (or at once if it already was)."""
+    """Called by the post-import hook once the SDK is imported (or at once if it already was).
+
+    The targets are found outside ``_lock``: finding them imports the SDK's modules, and a thread
+    importing the SDK holds its import lock while its post-import hook waits for ``_lock``."""
+    with _lock:
+        if name not in _wanted or name in _patches:
+            return
+    try:
+        adapter = _adapter(name)
+        targets = adapter.patch_targets()
+    except Exception:
+        logger.warning("tokenmeter could not instrument %s", name, exc_info=True)
+        return
     with _lock:
         if name not in _wanted or name in _patches:
             return
         patches: list[Patch] = []
         try:
-            adapter = _adapter(name)
             adapter.ADAPTER.active = True
-            for owner, method, wrapper in adapter.patch_targets():
+            for owner, method, wrapper in targets:
                 patch = Patch(owner, method, wrapper)
                 patch.apply()
                 patches.append(patch)
@@ -143,6 +155,7 @@ def instrument(
     _pipeline.hook_termination_signals()
     pricing.warm()
     newly: list[str] = []
+    hook: list[str] = []
     with _lock:
         for name in names:
             module = PROVIDERS[name][0]
@@ -152,12 +165,14 @@ def instrument(
             newly.append(name)
             if name not in _hooked:
                 _hooked.add(name)
-                wrapt.register_post_import_hook(functools.partial(_on_import, name), module)
-            else:
-                import sys
-
-                if module in sys.modules:
-                    _patch(name)
+                hook.append(name)
+    # Outside ``_lock`` (see ``_patch``): a hook runs at once for an SDK already imported.
+    for name in newly:
+        module = PROVIDERS[name][0]
+        if name in hook:
+            wrapt.register_post_import_hook(functools.partial(_on_import, name), module)
+        elif module in sys.modules:
+            _patch(name)
     return Instrumentation(newly)
 
 
