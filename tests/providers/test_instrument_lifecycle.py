@@ -4,11 +4,13 @@ nothing of ours ever breaking or changing a call (errors, retries, faults, warni
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import importlib
 import json
 import logging
 import os
+import pickle
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -443,3 +445,45 @@ def test_instrument_while_another_thread_imports_the_sdk_never_hangs(tmp_path: P
         "-c", INSTRUMENT_WHILE_ANOTHER_THREAD_IMPORTS, env=dict(os.environ), cwd=tmp_path
     )
     assert done.stdout.split() == ["FunctionWrapper"]
+
+
+# -- copies and pickles of what the SDK returned through our proxies ------------------------------
+def _sdk_refusal(action: Any, obj: Any) -> str:
+    try:
+        action(obj)
+    except Exception as exc:
+        return type(exc).__name__
+    return "copied"
+
+
+async def test_a_copied_stream_is_read_into_its_call_and_recorded_once(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """copy.copy() of an SDK stream reads the same response (it shares its iterator)."""
+    stream = await chat(fake.openai_client(async_=is_async), kit, stream=True)
+    twin = copy.copy(stream)
+    assert isinstance(twin, openai.AsyncStream if is_async else openai.Stream)
+    assert await kit.drain(twin)
+    del stream, twin
+    gc.collect()
+    (record,) = instrumented()
+    assert not record.estimated
+    assert record.input_tokens == fake.openai_usage.prompt_tokens
+
+
+@pytest.mark.parametrize("action", [copy.deepcopy, pickle.dumps])
+def test_deepcopy_and_pickle_do_what_the_sdk_does(
+    fake: FakeProvider, records: Records, action: Any
+) -> None:
+    """The SDK's streams and raw responses hold its client (a lock): a TypeError, not wrapt's
+    NotImplementedError, for code that falls back on it."""
+
+    def made() -> list[Any]:
+        client = fake.openai_client()
+        stream = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=MESSAGES)
+        return [stream, raw]
+
+    bare = [_sdk_refusal(action, obj) for obj in made()]
+    tokenmeter.instrument("openai")
+    assert [_sdk_refusal(action, obj) for obj in made()] == bare == ["TypeError"] * 2

@@ -20,6 +20,7 @@ latest reading decides, as usage is cumulative.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import sys
@@ -30,7 +31,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, SupportsIndex
 
 import wrapt
 
@@ -50,6 +51,7 @@ __all__ = [
     "Call",
     "Patch",
     "Plan",
+    "SDKObjectProxy",
     "StreamReader",
     "Switches",
     "SyncGeneratorProxy",
@@ -553,7 +555,23 @@ class StreamReader(Protocol):
         ...
 
 
-class _StreamProxyBase(ObjectProxy):
+class SDKObjectProxy(ObjectProxy):
+    """A proxy of ours over an object the SDK returned: ``copy.copy``, ``copy.deepcopy`` and
+    ``pickle`` do what they do to the SDK's object (wrapt's proxies refuse all three with
+    NotImplementedError). A deep copy or an unpickled copy is the SDK's own object: a snapshot,
+    not a call in flight."""
+
+    def __copy__(self) -> Any:
+        return copy.copy(self.__wrapped__)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return copy.deepcopy(self.__wrapped__, memo)
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
+        return self.__wrapped__.__reduce_ex__(protocol)
+
+
+class _StreamProxyBase(SDKObjectProxy):
     """State lives in ``_self_*`` attributes so nothing is written onto the SDK object.
 
     Per chunk, the proxy does one reader call inside one ``try``: nothing is kept but the reader's
@@ -563,8 +581,19 @@ class _StreamProxyBase(ObjectProxy):
     def __init__(self, wrapped: Any, call: Call, reader: StreamReader) -> None:
         super().__init__(wrapped)
         self._self_call = call
+        self._self_reader = reader
         self._self_feed = reader.feed
         self._self_response: Any = None
+        #: The proxy this one is a ``copy.copy()`` of (kept alive by it; see ``__copy__``).
+        self._self_origin: Any = None
+
+    def __copy__(self) -> Any:
+        """The SDK's shallow copy of a stream reads the same response: ours reads it into the same
+        call. It keeps this proxy alive and records nothing when collected, so the call is
+        recorded once, at the end of whichever is read to the end, closed, or collected last."""
+        twin = type(self)(copy.copy(self.__wrapped__), self._self_call, self._self_reader)
+        twin._self_origin = self
+        return twin
 
     def _self_fault(self) -> None:
         """Called inside ``except``: our reader failed on a chunk; the caller still gets it.
@@ -593,11 +622,11 @@ class _StreamProxyBase(ObjectProxy):
 
     def __del__(self) -> None:  # abandoned without being drained or closed: record what it said
         call = getattr(self, "_self_call", None)
-        if call is not None and not call.done:
+        if call is not None and not call.done and getattr(self, "_self_origin", None) is None:
             call.finish()
 
 
-class _ClosingResponse(ObjectProxy):
+class _ClosingResponse(SDKObjectProxy):
     """An SDK stream's HTTP response; closing it finalises the stream's call."""
 
     def __init__(self, wrapped: Any, call: Call) -> None:

@@ -16,8 +16,8 @@ from typing import Any
 from tokenmeter.providers._core import (
     AsyncStreamProxy,
     Call,
-    ObjectProxy,
     Plan,
+    SDKObjectProxy,
     StreamReader,
     SyncStreamProxy,
     intercept,
@@ -254,7 +254,7 @@ class StainlessAdapter:
         return await intercept_async(self, False, wrapped, instance, args, kwargs)
 
 
-class _RawResponseProxy(ObjectProxy):
+class _RawResponseProxy(SDKObjectProxy):
     """``with_raw_response`` / ``with_streaming_response``: the usage is in what ``parse()`` gives.
 
     A raw non-stream response (``with_raw_response``) has its body already: it is read at once

@@ -22,8 +22,8 @@ from tokenmeter._models import Usage
 from tokenmeter.providers._core import (
     AsyncStreamProxy,
     Call,
-    ObjectProxy,
     Plan,
+    SDKObjectProxy,
     Switches,
     SyncGeneratorProxy,
     Wrapper,
@@ -185,7 +185,7 @@ class _Method:
 _rounds: ContextVar[list[Call] | None] = ContextVar("tokenmeter_genai_rounds", default=None)
 
 
-class _OuterStream(ObjectProxy):
+class _OuterStream(SDKObjectProxy):
     """The async generator ``AsyncModels.generate_content_stream`` hands back, over the
     per-round streams we read. Closed (``aclose()``) or dropped early, it leaves those to the
     event loop's async generator finaliser, which closes them some loop iterations later (at
