@@ -7,7 +7,9 @@ twin, so async calls go to a small in-process gRPC GenerativeService (the SDK's 
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
+import pickle
 import warnings
 from collections.abc import Iterator
 from concurrent import futures
@@ -213,6 +215,24 @@ def test_wrap_alone_meters_that_model_only(sink: InMemorySink) -> None:
 
     assert generative_models.GenerativeModel.__dict__["generate_content"] is original
     assert_counts(only(flushed(sink)))
+
+
+@pytest.mark.usefixtures("fake")
+@pytest.mark.parametrize("instrumented", [False, True])
+@pytest.mark.parametrize("copied", [copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m))])
+def test_a_wrapped_model_deep_copied_or_pickled_stays_metered(
+    sink: InMemorySink, instrumented: bool, copied: Any
+) -> None:
+    """The SDK's model deep-copies and pickles (a process pool's argument): a wrapped one too."""
+    if instrumented:
+        tokenmeter.instrument("google-generativeai")
+    original = tokenmeter.wrap(model())
+    twin = copied(original)
+    assert twin is not original and twin.model_name == original.model_name
+    twin.generate_content("hi")
+    assert tokenmeter.wrap(twin) is twin
+    original.generate_content("hi", stream=True).resolve()
+    assert [r.streamed for r in flushed(sink)] == [False, True]
 
 
 @pytest.mark.usefixtures("fake")

@@ -14,9 +14,10 @@ of a stream that ended while its running total counted the prompt alone.
 
 from __future__ import annotations
 
+import copy
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 import wrapt
 
@@ -223,9 +224,34 @@ def wrap_instance(obj: Any) -> bool:
         return False
     if obj.__dict__.get("_tokenmeter_wrapped"):
         return True
-    adapter = _Adapter(obj)
-    for name, is_async in (("generate_content", False), ("generate_content_async", True)):
-        wrapper = _wrapper(is_async, gated=False, adapter=adapter)
-        setattr(obj, name, wrapt.FunctionWrapper(getattr(obj, name), wrapper))
+    for name in ("generate_content", "generate_content_async"):
+        setattr(obj, name, _wrapped_method(obj, name))
     obj.__dict__["_tokenmeter_wrapped"] = True
     return True
+
+
+if TYPE_CHECKING:
+    _FunctionWrapper = wrapt.FunctionWrapper[..., Any]
+else:  # wrapt's wrappers are not subscriptable at run time
+    _FunctionWrapper = wrapt.FunctionWrapper
+
+
+class _ModelMethod(_FunctionWrapper):
+    """A wrapped model's method, in the model's ``__dict__``. The SDK's model can be deep-copied
+    and pickled (to a process pool, say), which wrapt's wrappers refuse: the copy's methods are
+    wrapped in turn, around the copy."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        bound: Any = self.__wrapped__
+        return _wrapped_method(copy.deepcopy(bound.__self__, memo), bound.__name__)
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> Any:
+        bound: Any = self.__wrapped__
+        return _wrapped_method, (bound.__self__, bound.__name__)
+
+
+def _wrapped_method(model: Any, name: str) -> _ModelMethod:
+    """``model``'s method ``name`` (one of the two ``wrap_instance`` meters), metered."""
+    is_async = name == "generate_content_async"
+    wrapper = _wrapper(is_async, gated=False, adapter=_Adapter(model))
+    return _ModelMethod(getattr(model, name), wrapper)
