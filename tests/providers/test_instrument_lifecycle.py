@@ -487,3 +487,37 @@ def test_deepcopy_and_pickle_do_what_the_sdk_does(
     bare = [_sdk_refusal(action, obj) for obj in made()]
     tokenmeter.instrument("openai")
     assert [_sdk_refusal(action, obj) for obj in made()] == bare == ["TypeError"] * 2
+
+
+FORK_WITH_A_STREAM_OPEN = """
+import multiprocessing, os, sys
+import tokenmeter
+from tokenmeter.testing import FakeProvider
+tokenmeter.instrument()
+fake = FakeProvider(stream_chunks=5).start()
+stream = fake.openai_client().chat.completions.create(model="gpt-4o", messages=[], stream=True)
+next(stream)  # open in the parent when it forks
+
+def child():
+    tokenmeter.record("openai", "gpt-4o", 1, 1, tags={"who": "child"})
+
+worker = multiprocessing.get_context("fork").Process(target=child)
+worker.start()
+worker.join()
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # a plain child, exiting normally: its exit hooks run
+os.waitpid(pid, 0)
+list(stream)
+"""
+
+
+def test_a_stream_open_in_the_parent_at_fork_is_not_recorded_by_the_child(tmp_path: Path) -> None:
+    env = {**os.environ, "TOKENMETER_SINKS": "jsonl", "TOKENMETER_DIR": str(tmp_path)}
+    done = run_python("-c", FORK_WITH_A_STREAM_OPEN, env=env, cwd=tmp_path)
+    assert "Traceback" not in done.stderr
+    lines = [json.loads(line) for line in (tmp_path / "usage.jsonl").read_text().splitlines()]
+    assert sorted((r["streamed"], r["estimated"], r["tags"]) for r in lines) == [
+        (False, False, {"who": "child"}),
+        (True, False, {}),
+    ]

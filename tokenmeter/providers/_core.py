@@ -352,6 +352,18 @@ def _finish_open_streams() -> None:
 _pipeline.before_exit(_finish_open_streams)
 
 
+def _leave_the_parents_streams() -> None:
+    """In a forked child (a pool worker): the streams open in the parent at ``fork()`` are the
+    parent's calls, read and recorded there. The child's copies of them, finished at its exit or
+    collected, must not record each call again as an estimate of its own."""
+    for call in list(_open_streams):
+        call.done = True
+    _open_streams.clear()
+
+
+os.register_at_fork(after_in_child=_leave_the_parents_streams)
+
+
 def _warn_no_usage(provider: str, hint: str) -> None:
     """Once per provider: a stream ran to its end, or a response came back, without usage (a
     server that ignores the request for it, a caller that turned it off); the adapter's ``hint``
