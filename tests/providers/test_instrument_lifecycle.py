@@ -19,6 +19,7 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+import wrapt
 from anthropic import _base_client as anthropic_base
 from helpers import run_python
 from openai import _base_client as openai_base
@@ -172,6 +173,27 @@ def test_what_a_call_returns_shows_as_the_sdks_object(
             assert repr(obj) == repr(obj.__wrapped__)
     list(stream)
     assert len(instrumented()) == 3
+
+
+def test_a_wrapper_another_library_buried_stays_inert_after_a_later_uninstrument(
+    fake: FakeProvider, records: Records
+) -> None:
+    """Another library wraps over our patch; uninstrument() leaves ours in its chain, inert.
+    instrument() again switches it on under the new patch: the next uninstrument() must switch
+    it off again, or calls go on being metered by the buried one."""
+    owner, original = PATCHED[0]
+    tokenmeter.instrument("openai")
+    try:
+        owner.request = wrapt.FunctionWrapper(  # type: ignore[method-assign]
+            owner.__dict__["request"], lambda w, i, a, k: w(*a, **k)
+        )
+        tokenmeter.uninstrument()
+        tokenmeter.instrument("openai")
+        tokenmeter.uninstrument()
+        fake.openai_client().chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        assert records() == []
+    finally:  # the other library's wrapper and ours under it go
+        owner.request = original  # type: ignore[method-assign]
 
 
 def test_wrap_rejects_other_objects() -> None:

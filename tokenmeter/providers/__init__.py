@@ -182,8 +182,12 @@ def uninstrument(providers: str | list[str] | tuple[str, ...] | None = None) -> 
         for name in _names(providers):
             _wanted.discard(name)
             patches = _patches.pop(name, [])
-            if not all([patch.restore() for patch in patches]):
-                # Another library wrapped over ours: our wrapper stays in its chain, inert.
+            for patch in patches:
+                patch.restore()
+            if patches:
+                # A wrapper of ours that another library wrapped over stays in its chain, inert:
+                # one restored cleanly now may sit on top of one buried at an earlier
+                # uninstrument(), which instrument() switched on again.
                 _adapter(name).ADAPTER.active = False
 
 
