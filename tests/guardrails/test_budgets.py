@@ -422,6 +422,33 @@ def test_the_timezone_setting_moves_the_period(
     assert memory is not None
 
 
+def test_a_clock_stepped_back_charges_the_period_it_names(
+    fake: FakeProvider, instrumented: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process whose clock said 2030 (a VM booted with a wrong date) until NTP stepped it
+    back kept charging the 2030 day: its rows were kept until that day ended, so the day budget
+    never rolled over for it (years of spending in one row, then every call refused)."""
+    import types
+
+    from tokenmeter.guardrails import _budgets
+
+    clock = [datetime(2030, 1, 1, 12, tzinfo=UTC).timestamp()]
+    monkeypatch.setattr(_budgets, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    memory = LedgerSink()
+    tokenmeter.configure(sinks=[memory], budgets=[{"name": "b", "limit_usd": 1}])
+    chat(fake)
+    clock[0] = datetime(2029, 6, 1, 12, tzinfo=UTC).timestamp()  # stepped back
+    chat(fake)
+    _budgets.give_back()
+    cost = float(per_call(memory))
+    assert memory.ledger.spent("b|day|everything", "2030-01-01T00:00:00+00:00") == pytest.approx(
+        cost
+    )
+    assert memory.ledger.spent("b|day|everything", "2029-06-01T00:00:00+00:00") == pytest.approx(
+        cost
+    )
+
+
 @pytest.mark.parametrize(
     ("budgets", "message"),
     [

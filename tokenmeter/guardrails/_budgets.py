@@ -347,16 +347,19 @@ class _Config:
 
     def rows(self, scope: _Scope, now: float, session: Any) -> _Rows:
         """The ledger rows (scope_key, period_start, limit) of the scope's budgets at ``now``,
-        kept until the first of their periods ends."""
+        kept while ``now`` is inside all of their periods (a clock stepped back, by NTP or
+        from a wrong date, goes back to the period it names, not on in a later one)."""
         current = scope.current
-        if now < current.until:
+        if current.since <= now < current.until:
             return current
         rows = [(b.key, self.start_of(b.period, now, session), b.limit) for b in scope.ledgered]
-        ends = [self.periods[b.period][1] for b in scope.ledgered if b.period in self.periods]
+        spans = [self.periods[b.period] for b in scope.ledgered if b.period in self.periods]
         marks = [(b, row[1]) for b, row in zip(scope.ledgered, rows, strict=True)]
         first = self.warn_at[0] if self.warn_at else math.inf
         floors = [first * b.limit for b in scope.ledgered]
-        current = scope.current = _Rows(rows, marks, min(ends, default=math.inf), floors)
+        since = max((span[0] for span in spans), default=-math.inf)
+        until = min((span[1] for span in spans), default=math.inf)
+        current = scope.current = _Rows(rows, marks, until, floors, since)
         return current
 
     def start_of(self, period: str, now: float, session: Any) -> str:
@@ -394,6 +397,8 @@ class _Rows(NamedTuple):
     until: float
     #: Each row's spent USD from which its budget may warn (the first warning fraction of it).
     floors: list[float]
+    #: The first second of the last of the periods to start: before it, the rows are others.
+    since: float = -math.inf
 
 
 class _Scope:
@@ -618,9 +623,9 @@ def check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
                 else:
                     bound = input_bound_usd(call.provider, call.request_model, call.request)
                     if bound is not None and bound <= scope.call_limit:
-                        current = scope.current
-                        if time.time() >= current.until:
-                            current = config.rows(scope, time.time(), session)
+                        current, now = scope.current, time.time()
+                        if not current.since <= now < current.until:
+                            current = config.rows(scope, now, session)
                         leases = _leases.take(group, current.rows, bound, current.floors)
                         if leases is not None:
                             _hold(call, _Reservation(bound, scope, (), _ZERO, leases, current))
