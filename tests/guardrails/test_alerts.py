@@ -190,6 +190,21 @@ def test_spend_rate_counts_only_the_trailing_hour_of_backfilled_records(tmp_path
     assert alert.observed == pytest.approx(0.0075) and alert.time.minute == 59
 
 
+def test_spend_rate_still_judges_after_a_record_dated_ahead_of_the_clock(tmp_path: Path) -> None:
+    """One record dated a year ahead (a clock stepped back since, a wrong timestamp given to
+    record()) ended the trailing hour there: every later record was 'a backfill' and the rule
+    was silent for the rest of the process ($1.50 in minutes over a $1 threshold: no alert)."""
+    seen = setup(tmp_path, [{"rule": "spend_rate", "threshold": 1}])
+    now = datetime.now(UTC)
+    tokenmeter.record("openai", "gpt-4o", 1000, 0, timestamp=now + timedelta(days=400))
+    assert tokenmeter.flush(5)
+    for _ in range(3):
+        tokenmeter.record("openai", "gpt-4o", 200_000, 0, timestamp=now)  # $0.50 each
+    assert tokenmeter.flush(5)
+    (alert,) = seen.alerts
+    assert alert.rule == "spend_rate" and alert.observed == pytest.approx(1.5)
+
+
 def test_two_rules_of_one_kind_count_each_record_once(tmp_path: Path) -> None:
     """Rules of one kind shared their state, and each added the record to it: with two
     spend_rate rules $0.01275 spent in an hour alerted as $0.0255 over a $0.013 threshold, and

@@ -195,7 +195,7 @@ class AlertSink:
         self._hour: deque[tuple[datetime, float]] = deque()
         self._hour_sum = 0.0
         #: The latest record time seen: the trailing hour ends there (records arrive a little
-        #: out of order, and a backfill far out of it).
+        #: out of order, and a backfill far out of it), unless it is ahead of the clock.
         self._newest: datetime | None = None
         self._bucket: datetime | None = None
         self._bucket_sum = 0.0
@@ -361,7 +361,14 @@ class AlertSink:
         when = record.timestamp
         newest = self._newest
         if newest is not None and (newest - when).total_seconds() > 3600:
-            return False, None  # made earlier (a backfill): not in the trailing hour
+            if (newest - datetime.now(UTC)).total_seconds() <= 3600:
+                return False, None  # made earlier (a backfill): not in the trailing hour
+            # The newest is dated ahead of the clock (a clock stepped back since, a wrong
+            # timestamp): ending the trailing hour there would leave every later record out.
+            self._newest = newest = None
+            self._hour.clear()
+            self._hour_sum = 0.0
+            self._bucket, self._bucket_sum = None, 0.0
         if newest is None or when > newest:
             self._newest = newest = when
         bucket = when.replace(minute=0, second=0, microsecond=0)
