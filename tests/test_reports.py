@@ -130,6 +130,24 @@ def test_sink_writes_after_the_period_closed(directory: Path) -> None:
     assert leftovers == []
 
 
+@pytest.mark.parametrize("sink", [SQLiteSink, JSONLSink])
+def test_a_period_with_calls_is_reported_when_the_next_calls_come_periods_later(
+    tmp_path: Path, sink: type[SQLiteSink] | type[JSONLSink]
+) -> None:
+    """Only the report of the period just closed was written: a job run every other day
+    (Monday, then Wednesday) wrote Tuesday's report, empty, and never Monday's."""
+    store = sink(tmp_path / ("usage.db" if sink is SQLiteSink else "usage.jsonl"))
+    monday = [_record(1, "2026-11-16T09:00:00+00:00", "0.5")]
+    wednesday = [_record(2, "2026-11-18T09:00:00+00:00", "0.25")]
+    for batch in (monday, wednesday):  # a process each
+        store.write(batch)
+        PeriodicReports(tmp_path, ["daily"]).write(batch)
+    store.close()
+    report = tmp_path / "reports" / "usage_report_2026-11-16.md"
+    assert report.exists() and "**Total cost**: $0.50" in report.read_text()
+    assert "**Calls**: 0" in (tmp_path / "reports" / "usage_report_2026-11-17.md").read_text()
+
+
 @pytest.mark.parametrize(
     "when", ["9999-12-31T23:59:59+00:00", "0001-01-01T00:00:30+00:00", "0001-01-03T00:00:30+00:00"]
 )

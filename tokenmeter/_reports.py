@@ -2,10 +2,11 @@
 
 No daemon: the report of a period is written by whichever process first records a call after the
 period closed (at least ``GRACE`` into the next one, so that records of the last moments have
-reached the database). It runs as one more sink, on its own writer thread: the application's call
-never waits for it. Each report is written once, across processes: it is built in a temporary
-file and linked to its final name, which fails if another process got there first; a process
-killed halfway leaves only a temporary file, and the next one writes the report.
+reached the database), with the report of the period of the last calls before it when missing
+(no call came in between to write it). It runs as one more sink, on its own writer thread: the
+application's call never waits for it. Each report is written once, across processes: it is
+built in a temporary file and linked to its final name, which fails if another process got there
+first; a process killed halfway leaves only a temporary file, and the next one writes the report.
 
 Periods are calendar periods in UTC: a day, an ISO week (Monday to Sunday, named ``2026-W47``),
 a month (``2026-11``).
@@ -19,9 +20,13 @@ import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.sinks._files import ensure_private_dir
+
+if TYPE_CHECKING:
+    from tokenmeter.cli._source import Source
 
 __all__ = ["GRACE", "PERIODS", "PeriodicReports", "period_name", "write_period_report"]
 
@@ -53,24 +58,60 @@ def write_period_report(directory: Path, period: str, now: datetime) -> Path | N
     """Write the report of the last period closed before ``now`` unless it exists already.
 
     Returns the path written, or None when it was there (or there is no data to report on).
+    The process that writes it also writes the report of the period of the last calls before
+    it, if missing: no call came in the periods between to write it (a job run every few days
+    left only empty daily reports).
     """
     from tokenmeter.cli._dates import period_bounds
     from tokenmeter.cli._source import resolve_source
-    from tokenmeter.cli.reports._alerts import alerts_near
-    from tokenmeter.cli.reports._model import parse_dimension
-    from tokenmeter.cli.reports._periodic import PERIODIC_GROUPINGS, render_usage_report
-    from tokenmeter.cli.reports._query import Query, run_query
 
     since, until = period_bounds(period, previous=True, now=now)
-    name = period_name(period, since)
-    folder = directory / "reports"
-    target = folder / f"usage_report_{name}.md"
-    if target.exists():
+    if _target(directory, period, since).exists():
         return None
     data = _source(directory)
     if data is None:
         return None
     source = resolve_source(str(data))
+    written = _write(directory, source, period, since, until)
+    if written is not None:
+        last = _last_call_before(source, since)
+        if last is not None:
+            start, end = period_bounds(period, previous=False, now=last)
+            if not _target(directory, period, start).exists():
+                earlier = _write(directory, source, period, start, end)
+                if earlier is not None:
+                    logger.info("tokenmeter: wrote %s", earlier)
+    return written
+
+
+def _target(directory: Path, period: str, start: datetime) -> Path:
+    return directory / "reports" / f"usage_report_{period_name(period, start)}.md"
+
+
+def _last_call_before(source: Source, instant: datetime) -> datetime | None:
+    """The time of the newest call recorded before ``instant``, if any."""
+    from tokenmeter.cli.reports._model import parse_dimension
+    from tokenmeter.cli.reports._query import Query, run_query
+
+    query = Query(groupings=((parse_dimension("model"),),), until=instant, calls_limit=1)
+    calls = run_query(source, query).calls
+    if not calls:
+        return None
+    return datetime.fromisoformat(calls[-1].timestamp.replace("Z", "+00:00"))
+
+
+def _write(
+    directory: Path, source: Source, period: str, since: datetime, until: datetime
+) -> Path | None:
+    """Write the report of [since, until) unless another process got there first."""
+    from tokenmeter.cli.reports._alerts import alerts_near
+    from tokenmeter.cli.reports._model import parse_dimension
+    from tokenmeter.cli.reports._periodic import PERIODIC_GROUPINGS, render_usage_report
+    from tokenmeter.cli.reports._query import Query, run_query
+
+    name = period_name(period, since)
+    folder = directory / "reports"
+    target = folder / f"usage_report_{name}.md"
     groupings = tuple(
         tuple(parse_dimension(spec) for spec in specs) for specs in PERIODIC_GROUPINGS
     )
