@@ -6,7 +6,7 @@ import os
 import stat
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -146,6 +146,21 @@ def test_a_period_with_calls_is_reported_when_the_next_calls_come_periods_later(
     report = tmp_path / "reports" / "usage_report_2026-11-16.md"
     assert report.exists() and "**Total cost**: $0.50" in report.read_text()
     assert "**Calls**: 0" in (tmp_path / "reports" / "usage_report_2026-11-17.md").read_text()
+
+
+def test_a_record_dated_ahead_of_the_clock_closes_no_period(tmp_path: Path) -> None:
+    """A record dated two days ahead (record(timestamp=...)) closed the periods up to it: the
+    reports of today and tomorrow were written before their calls (empty or short, and a report
+    is never replaced)."""
+    now = datetime.now(UTC)
+    ahead = _record(2, (now + timedelta(days=2)).isoformat(), "1")
+    store = SQLiteSink(tmp_path / "usage.db")
+    store.write([_record(1, now.isoformat(), "1"), ahead])
+    store.close()
+    PeriodicReports(tmp_path, ["daily"]).write([ahead])
+    names = {p.name for p in (tmp_path / "reports").glob("*.md")}
+    for days in (0, 1):
+        assert f"usage_report_{period_name('day', now + timedelta(days=days))}.md" not in names
 
 
 @pytest.mark.parametrize(

@@ -144,7 +144,9 @@ class PeriodicReports:
     def write(self, records: Sequence[UsageRecord]) -> None:
         if not records:
             return
-        latest = max(record.timestamp for record in records).astimezone(UTC)
+        # Never past the clock: a record dated ahead of it (record(timestamp=...), a clock
+        # stepped back since) would close periods not over yet, their reports never replaced.
+        latest = min(max(record.timestamp for record in records), datetime.now(UTC))
         for period in self.periods:
             self._check(period, latest)
 
