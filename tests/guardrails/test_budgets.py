@@ -422,6 +422,34 @@ def test_the_timezone_setting_moves_the_period(
     assert memory is not None
 
 
+def test_a_day_whose_midnight_comes_twice_is_one_period(
+    fake: FakeProvider, instrumented: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the Azores the clock goes back from 01:00 to 00:00 (2026-10-25 at 01:00 UTC): a call
+    in the second 00:xx hour named its day from the second midnight ('...T00:00:00-01:00'), and
+    the process kept that row for the rest of the day while others used the first midnight's:
+    one day's budget in two rows, each with the whole limit."""
+    import types
+
+    from tokenmeter.guardrails import _budgets
+
+    clock = [datetime(2026, 10, 25, 1, 30, tzinfo=UTC).timestamp()]  # 00:30, the second time
+    monkeypatch.setattr(_budgets, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    memory = LedgerSink()
+    tokenmeter.configure(
+        sinks=[memory],
+        budgets=[{"name": "b", "limit_usd": 1}],
+        budget_timezone="Atlantic/Azores",
+    )
+    chat(fake)
+    clock[0] = datetime(2026, 10, 25, 12, tzinfo=UTC).timestamp()
+    chat(fake)
+    _budgets.give_back()
+    assert memory.ledger.spent("b|day|everything", "2026-10-25T00:00:00+00:00") == pytest.approx(
+        2 * float(per_call(memory))
+    )
+
+
 def test_a_clock_stepped_back_charges_the_period_it_names(
     fake: FakeProvider, instrumented: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

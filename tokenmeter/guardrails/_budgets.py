@@ -259,8 +259,8 @@ def period_start(period: str, now: datetime, zone: tzinfo, session: Any) -> str:
     local = now.astimezone(zone)
     if period == "hour":
         start = local.replace(minute=0, second=0, microsecond=0)
-    else:
-        start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    else:  # the first midnight, where the clock goes back from 01:00 to 00:00 (the Azores)
+        start = local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0)
         if period == "week":
             start -= timedelta(days=start.weekday())
         elif period == "month":
