@@ -44,7 +44,7 @@ def period_name(period: str, start: datetime) -> str:
     if period == "week":
         year, week, _ = start.date().isocalendar()
         return f"{year}-W{week:02d}"
-    return start.strftime("%Y-%m")
+    return start.date().isoformat()[:7]  # a four-digit year, unlike strftime("%Y")
 
 
 def _source(directory: Path) -> Path | None:

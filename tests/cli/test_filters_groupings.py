@@ -227,6 +227,29 @@ def test_calendar_groups_in_a_zone_off_utc_by_part_of_an_hour(
     assert {row["day"]: row["calls"] for row in doc["rows"]} == {"2026-11-01": 1, "2026-11-02": 2}
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_calendar_groups_of_years_before_1000_are_in_time_order(
+    cli: RunCli, tmp_path: Path, kind: str
+) -> None:
+    """record() takes any time from year 1: --by month and --by hour wrote the year as
+    strftime's %Y does on glibc, unpadded ('999-12'), which sorted after '2026-11'."""
+    records = [
+        rec(1, "0999-12-31T10:00:00.000Z", "openai", "gpt-4o", 100, 10, "0.01"),
+        rec(2, "2026-11-01T10:00:00.000Z", "openai", "gpt-4o", 100, 10, "0.02"),
+    ]
+    data = (
+        write_sqlite(tmp_path / "usage.db", records, SESSIONS)
+        if kind == "sqlite"
+        else write_jsonl(tmp_path / "usage.jsonl", records)
+    )
+    for by, expected in (
+        ("month", ["0999-12", "2026-11"]),
+        ("hour", ["0999-12-31 10:00", "2026-11-01 10:00"]),
+    ):
+        doc = report(cli, data, "--by", by)
+        assert [row[by] for row in doc["rows"]] == expected
+
+
 def test_tz_moves_date_bounds(cli: RunCli, data: Path) -> None:
     # Nov 2 in Paris is 2026-11-01T23:00Z up to 2026-11-02T23:00Z: records 2 and 3.
     doc = report(

@@ -230,12 +230,14 @@ def _bucket(utc_time: str, column: str, tz: tzinfo) -> str:
         start = datetime.strptime(utc_time, shape).replace(tzinfo=UTC).astimezone(tz)
     except (ValueError, OverflowError):  # not an hour, or one past year 9999 in ``tz``
         return NONE_LABEL
+    # ``isoformat`` pads the year to four digits (``strftime("%Y")`` does not on glibc: year
+    # 999 would sort after 2026).
     if column == "hour":
-        return start.strftime("%Y-%m-%d %H:00")
+        return f"{start.date().isoformat()} {start.hour:02d}:00"
     if column == "day":
         return start.date().isoformat()
     if column == "month":
-        return start.strftime("%Y-%m")
+        return start.date().isoformat()[:7]
     monday = start.date() - timedelta(days=start.weekday())
     return f"week of {monday.isoformat()}"
 
