@@ -504,6 +504,17 @@ def test_out_of_range_arguments_are_one_line_errors(
     assert len(err.strip().splitlines()) == 1 and err.startswith("tokenmeter: error:"), err
 
 
+@pytest.mark.parametrize("command", ["report", "sessions", "alerts"])
+def test_a_relative_date_of_thousands_of_digits_is_a_bad_date(
+    cli: RunCli, jsonl_file: Path, command: str
+) -> None:
+    """Past 4,300 digits int() refuses the number: the error was Python's ('Exceeds the limit
+    (4300 digits) for integer string conversion ... use sys.set_int_max_str_digits()')."""
+    code, out, err = cli(command, "--since", "9" * 5000 + "d", "--source", str(jsonl_file))
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "bad date" in err and "4300" not in err, err
+
+
 @pytest.mark.parametrize(
     ("window", "calls"),
     [

@@ -40,10 +40,10 @@ def _parse(value: str, now: datetime | None, tz: tzinfo = UTC) -> tuple[datetime
     text = value.strip()
     relative = _RELATIVE.match(text.lower())
     if relative:
-        amount, unit = int(relative.group(1)), relative.group(2)
-        try:
+        try:  # int() refuses over 4,300 digits (ValueError): as far back as past year 1
+            amount, unit = int(relative.group(1)), relative.group(2)
             return (now or _now()) - timedelta(**{_UNITS[unit]: amount}), False
-        except OverflowError:
+        except (OverflowError, ValueError):
             raise ValueError(f"bad date {value!r}: that is before year 1") from None
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
