@@ -381,6 +381,26 @@ def test_a_restarted_process_keeps_the_cooldowns_of_the_alerts_already_given(
     assert [a["time"] for a in alerts] == ["2026-12-01T09:00:00.000Z", "2026-12-01T09:11:00.000Z"]
 
 
+def test_an_alert_dated_ahead_in_alerts_jsonl_does_not_hide_a_running_cooldown(
+    tmp_path: Path,
+) -> None:
+    """A restarted process took the latest time of each (rule, scope) in alerts.jsonl as its
+    cooldown: a line dated ahead of the clock (an alert about a record dated ahead) won over
+    the alert given a minute ago, whose cooldown was then not kept: the alert came again."""
+    now = datetime.now(UTC)
+    lines = [
+        {"time": (now - timedelta(minutes=1)).isoformat(), "rule": "call_tokens"},
+        {"time": (now + timedelta(days=300)).isoformat(), "rule": "call_tokens"},
+    ]
+    (tmp_path / "tm").mkdir()
+    (tmp_path / "tm" / "alerts.jsonl").write_text(
+        "".join(json.dumps({**line, "scope": "model=gpt-4o"}) + "\n" for line in lines)
+    )
+    seen = setup(tmp_path, [{"rule": "call_tokens", "threshold": 100}])  # cooldown 300 s
+    tokenmeter.record("openai", "gpt-4o", 1000, 0, timestamp=now)
+    assert tokenmeter.flush(5) and seen.alerts == []
+
+
 def test_a_callback_that_makes_an_llm_call_does_not_alert_about_it(
     tmp_path: Path, fake: Any
 ) -> None:

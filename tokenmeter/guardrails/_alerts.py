@@ -415,6 +415,7 @@ class AlertSink:
             return
         self._seeded = True
         rules = {rule.rule for rule in self.rules}
+        now = datetime.now(UTC)
         for item in _tail(self.path, _SEED_BYTES):
             try:
                 when = datetime.fromisoformat(str(item["time"]).replace("Z", "+00:00"))
@@ -425,7 +426,13 @@ class AlertSink:
                 self._given.add(key)
             if when.tzinfo is None:
                 when = when.replace(tzinfo=UTC)
-            if key[0] in rules and (key not in self._last or self._last[key] < when):
+            # One dated ahead of the clock (record(timestamp=...)) silences nothing: kept as
+            # the latest, it hid the cooldown of the alert given a minute ago.
+            if (
+                key[0] in rules
+                and when <= now
+                and (key not in self._last or self._last[key] < when)
+            ):
                 self._last[key] = when
 
     # -- delivery ------------------------------------------------------------------------------
