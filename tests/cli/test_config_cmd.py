@@ -61,6 +61,14 @@ def test_a_bad_setting_is_one_line_and_exit_2(cli: RunCli, monkeypatch: pytest.M
         "postgresql://tm@db.internal/usage?sslmode=require&password=s3cret",
         "host=db.internal user=tm password=s3cret dbname=usage",
         "host=db.internal password = 's3 cret' dbname=usage",
+        # libpq takes these characters raw in a URL's password or user, and backslash escapes
+        # and & in a key/value password; a query parameter's name may be percent-encoded.
+        "postgresql://tm:s3#cret@db.internal/usage",
+        "postgresql://tm:s3?cret@db.internal/usage",
+        "postgresql://t#m:s3cret@db.internal/usage",
+        "postgresql://tm@db.internal/usage?%70assword=s3cret",
+        r"host=db.internal password=s3\ cret dbname=usage",
+        "host=db.internal password=s3&cret dbname=usage",
     ],
 )
 def test_the_dsn_is_shown_without_its_password(

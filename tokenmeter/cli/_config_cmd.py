@@ -11,16 +11,25 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._output import write_output
 
 __all__ = ["run_config", "shown", "without_password"]
 
-#: A password in a libpq key/value string (quoted or not) or in a URL's query string.
-_PASSWORD_PARAM = re.compile(r"""(password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s&]*)""", re.IGNORECASE)
-#: The password of a ``scheme://user:password@host`` URL (up to the last @ before the path).
-_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^/?#:@]*:)([^/?#]*)(@)", re.IGNORECASE)
+#: A password in a libpq key/value string: quoted, or up to a space, with backslash escapes.
+_PASSWORD_PARAM = re.compile(
+    r"""(password\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:[^\s\\]|\\.)*\\?)""", re.IGNORECASE
+)
+#: A connection URL (else libpq reads key/value pairs).
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+#: The password of a ``scheme://user:password@host`` URL: libpq ends the user at the first ``:``
+#: and takes any other character (``#``, ``?``) up to an ``@`` before the path's ``/`` (masked
+#: up to the last such ``@``).
+_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^/:@]*:)([^/]*)(@)", re.IGNORECASE)
+#: A URL's query parameter: libpq decodes its name too (``%70assword``).
+_QUERY_PARAM = re.compile(r"([?&])([^=&]*)(=)([^&]*)")
 
 
 def shown(value: Any) -> Any:
@@ -44,8 +53,15 @@ def shown(value: Any) -> Any:
 def without_password(dsn: str) -> str:
     """A PostgreSQL connection string as ``config`` shows it: the password, wherever it is
     written, replaced by ``***`` (the output is pasted into tickets and chats)."""
+    if not _URL.match(dsn):  # key/value: a space ends a value, & does not
+        return _PASSWORD_PARAM.sub(r"\1***", dsn)
     dsn = _URL_PASSWORD.sub(r"\1***\3", dsn)
-    return _PASSWORD_PARAM.sub(r"\1***", dsn)
+
+    def hidden(param: re.Match[str]) -> str:
+        secret = "password" in unquote(param[2]).lower()
+        return param[0] if not secret else f"{param[1]}{param[2]}{param[3]}***"
+
+    return _QUERY_PARAM.sub(hidden, dsn)
 
 
 def run_config(args: argparse.Namespace) -> int:
