@@ -473,3 +473,29 @@ def test_a_directory_named_with_bytes_that_are_not_utf8_is_used(tmp_path: Path) 
     tokenmeter.record("openai", "gpt-4o", 10, 5)
     assert tokenmeter.flush(5)
     assert (directory / "usage.jsonl").is_file()
+
+
+@pytest.mark.parametrize("read_by", ["configure", "instrument"])
+def test_relative_paths_are_where_the_process_was_when_the_settings_were_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_by: str
+) -> None:
+    """The sinks (and the state file) are made at the first record: a process that changed
+    directory in between (a daemon going to '/') wrote its records and sessions there, while its
+    budgets and quarantine stayed where the settings were read, the data split over two places."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    monkeypatch.setenv("TOKENMETER_SINKS", "jsonl")
+    monkeypatch.setenv("TOKENMETER_STATE_FILE", "state.md")
+    if read_by == "configure":
+        tokenmeter.configure(directory="meter", budgets=[{"limit_usd": 5}])
+    else:
+        monkeypatch.setenv("TOKENMETER_DIR", "meter")
+        tokenmeter.instrument()
+    monkeypatch.chdir(tmp_path / "b")
+    with tokenmeter.session("job"):
+        tokenmeter.record("openai", "gpt-4o", 10, 5)
+    assert tokenmeter.flush(5)
+    assert list((tmp_path / "b").iterdir()) == []
+    assert (tmp_path / "a" / "meter" / "usage.jsonl").is_file()
+    assert (tmp_path / "a" / "state.md").read_text().count("TOKEN_TRACKING") == 1

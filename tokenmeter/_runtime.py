@@ -49,7 +49,7 @@ def _absolute(path: str | Path) -> Path:
     return made
 
 
-def _default_sinks(resolved: Settings) -> list[Sink]:
+def _default_sinks(resolved: Settings, directory: Path) -> list[Sink]:
     from tokenmeter.sinks import (
         JSONLSink,
         MarkdownJournalSink,
@@ -58,7 +58,6 @@ def _default_sinks(resolved: Settings) -> list[Sink]:
         SQLiteSink,
     )
 
-    directory = _absolute(resolved.directory)  # where the process is at first use
     made: list[Sink] = []
     if resolved.disabled:  # TOKENMETER_DISABLED=1 writes nothing at all
         return made
@@ -89,23 +88,31 @@ def _apply() -> None:
         resolved = load_settings(_explicit)
         use_prices(resolved.prices_file, resolved.prices, resolved.aliases)
         objects = [] if resolved.disabled else [*_sink_objects, *_attached]
-        _apply_guardrails(resolved, objects)
+        # Where the process is now: the sinks are made at the first record, maybe after the
+        # process changed directory (a daemon going to '/'), and must write beside the budgets.
+        directory = _absolute(resolved.directory)
+        state_file = None if resolved.state_file is None else _absolute(resolved.state_file)
+        _apply_guardrails(resolved, objects, directory)
 
         def make_sinks() -> list[Sink]:
-            return [*objects, *_default_sinks(resolved), *_guardrail_sinks(resolved)]
+            return [
+                *objects,
+                *_default_sinks(resolved, directory),
+                *_guardrail_sinks(resolved, directory, state_file),
+            ]
 
         _pipeline.set_sinks(
             make_sinks,
             max_queue=resolved.max_queue,
             exit_timeout=resolved.exit_timeout,
-            quarantine=_absolute(resolved.directory) / "quarantine.jsonl",
+            quarantine=directory / "quarantine.jsonl",
             keep_open=objects,  # the application's own sink objects go on being used
         )
         _settings = resolved
     _pipeline.hook_termination_signals()
 
 
-def _apply_guardrails(resolved: Settings, objects: Sequence[Sink]) -> None:
+def _apply_guardrails(resolved: Settings, objects: Sequence[Sink], directory: Path) -> None:
     from tokenmeter.guardrails import _budgets, _hooks
 
     enabled = not resolved.disabled
@@ -113,7 +120,7 @@ def _apply_guardrails(resolved: Settings, objects: Sequence[Sink]) -> None:
         resolved.budgets if enabled else (),
         timezone=resolved.budget_timezone,
         warn_at=resolved.budget_warn_at,
-        directory=_absolute(resolved.directory),
+        directory=directory,
         ledger=resolved.budget_ledger,
         sinks=[*objects, *_ledger_sinks(resolved)],
     )
@@ -142,7 +149,7 @@ def _ledger_sinks(resolved: Settings) -> list[Sink]:
         return []
 
 
-def _guardrail_sinks(resolved: Settings) -> list[Sink]:
+def _guardrail_sinks(resolved: Settings, directory: Path, state_file: Path | None) -> list[Sink]:
     """The alert judge and the state-file writer run as sinks: on writer threads, off the
     caller's, and ``flush()`` waits for them like for any sink."""
     from tokenmeter.guardrails._alerts import AlertSink
@@ -154,13 +161,13 @@ def _guardrail_sinks(resolved: Settings) -> list[Sink]:
     if resolved.alerts or resolved.on_alert or resolved.budgets:
         alerts = AlertSink(
             resolved.alerts,
-            _absolute(resolved.directory) / "alerts.jsonl",
+            directory / "alerts.jsonl",
             resolved.on_alert,
         )
         alerts.activate()
         made.append(alerts)
-    if resolved.state_file is not None:
-        made.append(StateFileSink(_absolute(resolved.state_file)))
+    if state_file is not None:
+        made.append(StateFileSink(state_file))
     return made
 
 
