@@ -379,6 +379,11 @@ def test_smallest_queue_and_zero_exit_timeout_are_allowed() -> None:
         ("sinks = 5", r"'sinks' from .*pyproject.toml \[tool.tokenmeter\]: .*got 5"),
         ("sinks = [1]", r"sinks.*got 1"),
         ("directory = 5", r"'directory'.*got 5"),
+        # Joined to the pyproject.toml's folder, an empty path was that folder: the state file
+        # a directory (every line lost), the usage files beside pyproject.toml.
+        ('state_file = ""', r"'state_file' from .*pyproject.toml.*must not be empty"),
+        ('directory = " "', r"'directory' from .*pyproject.toml.*must not be empty"),
+        ("prices-file = ''", r"'prices_file' from .*pyproject.toml.*must not be empty"),
         ("prices = 5", r"'prices'"),
         ("prices = { my-model = { input_per_mtok = -1, output_per_mtok = 1 } }", r"'my-model'"),
         ("aliases = { prod = 3 }", r"'aliases'.*alias 'prod'"),

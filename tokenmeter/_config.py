@@ -430,8 +430,11 @@ def _from_pyproject(path: Path | None) -> dict[str, Any]:
         if key in table:
             raise ValueError(f"{path}: [tool.tokenmeter] {key} holds code: set it with configure()")
     for key in ("directory", "prices_file", "state_file"):
-        if isinstance(table.get(key), str):  # relative to the pyproject.toml that names them
-            table[key] = path.parent / table[key]
+        value = table.get(key)
+        # Relative to the pyproject.toml that names them; an empty one is refused as empty,
+        # not taken for that file's folder.
+        if isinstance(value, str) and value.strip():
+            table[key] = path.parent / value
     return table
 
 
