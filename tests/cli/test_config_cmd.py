@@ -97,3 +97,30 @@ def test_json_carries_a_settings_exact_text_into_a_pipe(
     code, out, _ = cli("config", "--format", "json")
     assert code == 0
     assert json.loads(out)["directory"]["value"] == directory
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "nope.json"),
+        ('{"my-model": {"input_per_mtok": "cheap"}}', "my-model"),
+    ],
+    ids=["missing", "malformed"],
+)
+def test_a_prices_file_the_application_would_refuse_is_one_line_and_exit_2(
+    cli: RunCli,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    content: str | None,
+    message: str,
+) -> None:
+    """``config`` showed TOKENMETER_PRICES=nope.json as a setting in force (exit 0) while
+    configure() and instrument() refused it: the command one runs to see what is wrong said
+    nothing was."""
+    monkeypatch.chdir(tmp_path)
+    if content is not None:
+        (tmp_path / "nope.json").write_text(content)
+    monkeypatch.setenv("TOKENMETER_PRICES", "nope.json")
+    code, out, err = cli("config", "--format", "json")
+    assert (code, out) == (2, "")
+    assert err.startswith("tokenmeter: error: ") and message in err and err.count("\n") == 1
