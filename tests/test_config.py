@@ -504,3 +504,39 @@ def test_relative_paths_are_where_the_process_was_when_the_settings_were_read(
     assert list((tmp_path / "b").iterdir()) == []
     assert (tmp_path / "a" / "meter" / "usage.jsonl").is_file()
     assert (tmp_path / "a" / "state.md").read_text().count("TOKEN_TRACKING") == 1
+
+
+def test_a_bad_setting_found_at_the_first_call_is_read_once_and_never_breaks_the_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client wrapped without configure() or instrument() reads the settings at its first
+    call: a bad one was read again (the pyproject.toml searched for and parsed) at every call,
+    twice for a stream, the calls themselves unaffected."""
+    from tokenmeter.testing import FakeProvider
+
+    monkeypatch.setenv("TOKENMETER_MAX_QUEUE", "0")
+    reads: list[object] = []
+    load = _runtime.load_settings
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append(args)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(_runtime, "load_settings", counted)
+    with FakeProvider() as fake:
+        client = tokenmeter.wrap(fake.openai_client())
+        for stream in (False, True, False, True):
+            reply = client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=stream
+            )
+            if stream:
+                assert sum(1 for _ in reply) > 0
+            else:
+                assert reply.choices[0].message.content
+    assert len(reads) == 1
+    with pytest.raises(ValueError, match="'max_queue' from TOKENMETER_MAX_QUEUE") as raised:
+        tokenmeter.record("openai", "gpt-4o", 10, 5)  # the application's own call is told
+    one_line_value_error(raised)
+    monkeypatch.delenv("TOKENMETER_MAX_QUEUE")
+    tokenmeter.configure()  # read again: now good
+    assert tokenmeter.record("openai", "gpt-4o", 10, 5).estimated_cost_usd

@@ -24,13 +24,23 @@ _attached: list[Sink] = []  # sinks kept whatever configure() sets (see attach_s
 _explicit: dict[str, Any] = {}
 _lock = threading.RLock()
 _told_no_cwd = False
+#: Why the settings could not be read at first use: raised again, not read again, at every
+#: intercepted call (the pyproject.toml searched for and parsed each time) until configure().
+_refused: str | None = None
 renew_after_fork(globals(), "_lock")
 
 
 def settings() -> Settings:
     """The settings in force, loaded on first use (never on the hot path)."""
+    global _refused
     if _settings is None:
-        _apply()
+        if _refused is not None:
+            raise ValueError(_refused)  # a new one: re-raising one object grows its traceback
+        try:
+            _apply()
+        except ValueError as exc:
+            _refused = str(exc)
+            raise
     assert _settings is not None
     return _settings
 
@@ -207,7 +217,7 @@ def configure(
     Everything is checked before anything changes: a bad argument (or a bad prices file) raises
     a one-line ValueError naming it and leaves the previous settings in force.
     """
-    global _sink_objects
+    global _sink_objects, _refused
     with _lock:
         explicit = dict(_explicit)
         objects = _sink_objects
@@ -247,6 +257,7 @@ def configure(
         _sink_objects = objects
         try:
             _apply()
+            _refused = None
         except Exception:  # the prices file was broken since its check: keep no rejected argument
             _explicit.clear()
             _explicit.update(previous[0])
@@ -325,8 +336,9 @@ _pipeline.first_use_hook = settings
 def reset() -> None:
     """Forget every configure() call and the implicit session: as in a new process, the settings
     are read again on next use, from the working directory and environment of then (tests)."""
-    global _sink_objects, _settings
+    global _sink_objects, _settings, _refused
     with _lock:
+        _refused = None
         _explicit.clear()
         _sink_objects = []
         _attached.clear()
