@@ -93,6 +93,9 @@ def test_pyproject_then_environment_then_configure(tmp_path: Path) -> None:
         ({"TOKENMETER_MAX_QUEUE": "0"}, "'max_queue' from TOKENMETER_MAX_QUEUE"),
         ({"TOKENMETER_SINKS": ""}, "TOKENMETER_SINKS is set but names no sink"),
         ({"TOKENMETER_SINKS": " , "}, "TOKENMETER_SINKS is set but names no sink"),
+        # Nothing was patched, without a word: every call unmetered (an empty value is unset).
+        ({"TOKENMETER_PROVIDERS": " "}, "TOKENMETER_PROVIDERS is set but names no provider"),
+        ({"TOKENMETER_PROVIDERS": ","}, "TOKENMETER_PROVIDERS is set but names no provider"),
     ],
 )
 def test_bad_environment_values(tmp_path: Path, env: dict[str, str], message: str) -> None:

@@ -358,6 +358,11 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     if value := env.get("TOKENMETER_STATE_FILE"):
         found["state_file"] = value
     if value := env.get("TOKENMETER_PROVIDERS"):
+        if not value.replace(",", " ").strip():  # as TOKENMETER_SINKS: nothing would be patched
+            raise ValueError(
+                "TOKENMETER_PROVIDERS is set but names no provider; unset it for every installed "
+                "one, or name some (openai, anthropic, gemini...)"
+            )
         found["providers"] = value
     if value := env.get("TOKENMETER_PG_DSN"):
         found["pg_dsn"] = value
