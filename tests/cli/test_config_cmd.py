@@ -124,3 +124,19 @@ def test_a_prices_file_the_application_would_refuse_is_one_line_and_exit_2(
     code, out, err = cli("config", "--format", "json")
     assert (code, out) == (2, "")
     assert err.startswith("tokenmeter: error: ") and message in err and err.count("\n") == 1
+
+
+def test_a_line_break_in_a_setting_cannot_forge_a_line_of_the_text_output(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A path holding a line break was printed raw: its rest read as a setting of its own
+    (``pg_dsn  postgresql://elsewhere  [default]``). Such a text is shown quoted, escaped."""
+    monkeypatch.chdir(tmp_path)
+    directory = str(tmp_path / "m\npg_dsn  postgresql://elsewhere  [default]")
+    monkeypatch.setenv("TOKENMETER_DIR", directory)
+    code, text, _ = cli("config")
+    assert code == 0
+    lines = text.splitlines()
+    assert [line.split()[0] for line in lines].count("pg_dsn") == 1
+    assert len(lines) == len(json.loads(cli("config", "--format", "json")[1]))
+    assert json.dumps(directory) in text

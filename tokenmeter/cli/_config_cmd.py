@@ -83,7 +83,9 @@ def run_config(args: argparse.Namespace) -> int:
     width = max(len(name) for name in values)
     lines = []
     for name, value in values.items():
-        text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+        # Plain text as it is; anything else (a line break would forge a line) as JSON.
+        plain = isinstance(value, str) and value.isprintable()
+        text = value if plain else json.dumps(value, ensure_ascii=False)
         lines.append(f"{name.ljust(width)}  {text}  [{sources[name]}]\n")
     write_output("".join(lines), None)
     return 0
