@@ -540,3 +540,36 @@ def test_a_bad_setting_found_at_the_first_call_is_read_once_and_never_breaks_the
     monkeypatch.delenv("TOKENMETER_MAX_QUEUE")
     tokenmeter.configure()  # read again: now good
     assert tokenmeter.record("openai", "gpt-4o", 10, 5).estimated_cost_usd
+
+
+def test_threads_making_their_first_records_at_once_read_the_settings_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each thread that found no settings read and applied them: 8 threads, 8 applies, each
+    replacing the sinks just made (the thread waiting for the old writers to stop) and the
+    budgets' state of the calls in flight."""
+    import threading
+
+    monkeypatch.setenv("TOKENMETER_SINKS", "jsonl")
+    applies: list[int] = []
+    apply = _runtime._apply
+
+    def counted() -> None:
+        applies.append(1)
+        apply()
+
+    monkeypatch.setattr(_runtime, "_apply", counted)
+    start = threading.Barrier(8)
+
+    def work() -> None:
+        start.wait()
+        tokenmeter.record("openai", "gpt-4o", 10, 5)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert tokenmeter.flush(5)
+    assert len(applies) == 1
+    assert (tmp_path / ".tokenmeter" / "usage.jsonl").read_text().count("\n") == 8

@@ -34,13 +34,15 @@ def settings() -> Settings:
     """The settings in force, loaded on first use (never on the hot path)."""
     global _refused
     if _settings is None:
-        if _refused is not None:
-            raise ValueError(_refused)  # a new one: re-raising one object grows its traceback
-        try:
-            _apply()
-        except ValueError as exc:
-            _refused = str(exc)
-            raise
+        with _lock:  # threads making their first records at once: one reads, the others wait
+            if _settings is None:
+                if _refused is not None:
+                    raise ValueError(_refused)  # a new one: one object's traceback would grow
+                try:
+                    _apply()
+                except ValueError as exc:
+                    _refused = str(exc)
+                    raise
     assert _settings is not None
     return _settings
 
