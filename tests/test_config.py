@@ -573,3 +573,41 @@ def test_threads_making_their_first_records_at_once_read_the_settings_once(
     assert tokenmeter.flush(5)
     assert len(applies) == 1
     assert (tmp_path / ".tokenmeter" / "usage.jsonl").read_text().count("\n") == 8
+
+
+def test_configure_while_another_thread_opens_the_first_session_never_hangs(
+    tmp_path: Path,
+) -> None:
+    """configure() holds the settings' lock and then takes the pipeline's to replace the sinks;
+    a session opened meanwhile on another thread (the process's first use) took the pipeline's
+    lock and then waited for the settings': both threads hung for ever."""
+    script = (
+        "import threading, time, tokenmeter\n"
+        "from tokenmeter import _runtime\n"
+        "load = _runtime.load_settings\n"
+        "def slow(*args, **kwargs):\n"
+        "    time.sleep(0.3)  # a slow disk: configure() holds its lock meanwhile\n"
+        "    return load(*args, **kwargs)\n"
+        "_runtime.load_settings = slow\n"
+        "def work():\n"
+        "    time.sleep(0.1)\n"
+        "    with tokenmeter.session('job'):\n"
+        "        tokenmeter.record('openai', 'gpt-4o', 10, 5)\n"
+        "worker = threading.Thread(target=work, daemon=True)\n"
+        "worker.start()\n"
+        f"tokenmeter.configure(sinks='jsonl', directory={str(tmp_path / 'tm')!r})\n"
+        "worker.join(20)\n"
+        "assert not worker.is_alive(), 'hung'\n"
+        "assert tokenmeter.flush(5)\n"
+    )
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("configure() and the first session hung each other")
+    assert done.returncode == 0, done.stderr.decode()
+    assert (tmp_path / "tm" / "usage.jsonl").read_text().count("\n") == 1

@@ -743,10 +743,16 @@ _before_exit: list[Callable[[], None]] = []
 
 def _get() -> _Pipeline:
     global _pipeline, first_use_hook, _carried
-    with _lock:
-        if first_use_hook is not None:
-            hook, first_use_hook = first_use_hook, None
+    hook = first_use_hook
+    if hook is not None:
+        # Outside our lock: the hook takes the settings' lock, which configure() holds while it
+        # takes ours (the two threads hung each other). A thread that comes meanwhile calls it
+        # too, and waits for the first there; it is cleared once it has run.
+        try:
             hook()
+        finally:
+            first_use_hook = None
+    with _lock:
         if _pipeline is None:
             try:
                 sinks = _sink_factory()
