@@ -533,3 +533,33 @@ def test_a_removed_working_directory_keeps_the_programs_exit_status(
     assert result.stdout == "program output\n"
     assert "Traceback" not in result.stderr
     assert "tokenmeter: 'python" in result.stderr
+
+
+@pytest.mark.parametrize("program", ["raise SystemExit(7)", "import os; os.kill(os.getpid(), 15)"])
+@pytest.mark.parametrize("stderr", ["a pipe nobody reads", "/dev/full"])
+def test_a_summary_that_cannot_be_written_keeps_the_programs_exit_status(
+    program: str, stderr: str, tmp_path: Path
+) -> None:
+    # ``tokenmeter run -- cmd 2>&1 | head -1`` (the reader gone before the summary), or a full
+    # disk: the failed write of the summary ended the run with status 1, not the program's.
+    if stderr == "/dev/full" and not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    target = write_end if stderr != "/dev/full" else os.open("/dev/full", os.O_WRONLY)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "tokenmeter", "run", "--", sys.executable, "-c", program],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=target,
+            check=False,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+        if target != write_end:
+            os.close(target)
+    assert result.returncode == (7 if "SystemExit" in program else -signal.SIGTERM)

@@ -209,7 +209,7 @@ def run_command(args: argparse.Namespace) -> int:
             _check_dir(args.dir, Path(env["TOKENMETER_DIR"]))
         status = _supervise(command, env)
         if not args.quiet:
-            _summary(env, totals, settings, status, args.budget)
+            _summary_or_nothing(env, totals, settings, status, args.budget)
     finally:
         shutil.rmtree(totals, ignore_errors=True)
     if status < 0:  # the program died of a signal: so do we, after the summary
@@ -303,6 +303,19 @@ def _die_of(signum: int) -> None:
 
 
 # -- the summary --------------------------------------------------------------------------------
+def _summary_or_nothing(
+    env: dict[str, str], totals: Path, settings: Any, status: int, budget: Decimal | None
+) -> None:
+    """The summary; one that cannot be written (its reader gone: ``2>&1 | head``; a full disk)
+    is lost, and the run still ends as the program did, not with the write's error."""
+    try:
+        _summary(env, totals, settings, status, budget)
+        sys.stderr.flush()
+    except OSError:
+        with contextlib.suppress(OSError, ValueError):  # what is left to flush goes nowhere
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+
+
 def _summary(
     env: dict[str, str], totals: Path, settings: Any, status: int, budget: Decimal | None
 ) -> None:
