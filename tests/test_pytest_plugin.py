@@ -396,3 +396,35 @@ def test_a_json_path_that_is_a_link_or_a_pipe_is_written_through(
     finally:
         with contextlib.suppress(OSError):
             os.close(reader)
+
+
+def test_a_hostile_test_id_never_forges_a_line_of_the_summary(project: pytest.Pytester) -> None:
+    # A plugin's items (tests read from YAML files) are named by their data: a newline in a
+    # name started a forged total row, and an escape sequence reached the terminal or the log.
+    project.makeconftest(
+        """
+        import pytest
+        from tokenmeter.testing import FakeProvider
+
+        class Item(pytest.Item):
+            def runtest(self):
+                with FakeProvider() as fake:
+                    fake.set_usage(openai={"prompt_tokens": 1000, "completion_tokens": 500})
+                    fake.openai_client().chat.completions.create(model="m-test", messages=[])
+
+        class File(pytest.File):
+            def collect(self):
+                yield Item.from_parent(self, name="x\\n\\x1b[31mtotal (forged)  9  $0.00\\x1b[0m")
+
+        def pytest_collect_file(parent, file_path):
+            if file_path.suffix == ".yaml":
+                return File.from_parent(parent, path=file_path)
+        """
+    )
+    (project.path / "test_cases.yaml").write_text("")
+    result = project.runpytest("--tokenmeter")
+    result.assert_outcomes(passed=4)
+    out = result.stdout.str()
+    assert "\x1b" not in out
+    assert not any(line.startswith("total (forged)") for line in result.stdout.lines)
+    result.stdout.re_match_lines([r"test_cases.yaml::x\ufffd\ufffd\[31mtotal \(forged\) .* 1 .*"])

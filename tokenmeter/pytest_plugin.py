@@ -321,6 +321,7 @@ class Meter:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker:
             return
+        from tokenmeter.cli._output import one_line
         from tokenmeter.cli.reports._format import fmt_int, fmt_usd
 
         total = self.total()
@@ -334,7 +335,7 @@ class Meter:
             shown = ranked[: self.top]
             rows = [
                 (
-                    r["nodeid"],
+                    one_line(r["nodeid"]),  # a plugin's item named by its data: no forged row
                     fmt_int(r["calls"]),
                     fmt_int(r["total_tokens"]),
                     fmt_usd(Decimal(r["cost_usd"])),
