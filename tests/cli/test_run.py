@@ -563,3 +563,19 @@ def test_a_summary_that_cannot_be_written_keeps_the_programs_exit_status(
         if target != write_end:
             os.close(target)
     assert result.returncode == (7 if "SystemExit" in program else -signal.SIGTERM)
+
+
+def test_the_summary_line_naming_the_directory_sends_no_control_characters(
+    tmp_path: Path,
+) -> None:
+    # The directory comes from a project's pyproject.toml (a repository just cloned) as well as
+    # from --dir: its escape sequences reached the terminal, and a newline started a line.
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.tokenmeter]\ndirectory = "usage\\u001b]0;PWNED\\u0007\\n  total  9"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
+    result = _run(["--", sys.executable, "-c", "pass"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+    assert not any(line.startswith("  total") for line in result.stderr.splitlines())
+    assert "usage\ufffd]0;PWNED\ufffd\ufffd  total  9 (sqlite)" in result.stderr

@@ -380,8 +380,9 @@ def _summary(
         verdict = "OVER" if cost > budget else "within"
         print(f"  {verdict} the budget of {fmt_usd(budget)}", file=out)
     sinks = ", ".join(settings.sinks) or "no sinks"
+    where = one_line(str(absolute(settings.directory)))  # a cloned project's pyproject.toml
     print(
-        f"  session {env[_autorun.ENV_ID]} in {absolute(settings.directory)} ({sinks}); "
+        f"  session {env[_autorun.ENV_ID]} in {where} ({sinks}); "
         "see `tokenmeter report --by session`",
         file=out,
     )
