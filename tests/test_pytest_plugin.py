@@ -277,6 +277,32 @@ def test_bad_marker_argument_is_reported(pytester: pytest.Pytester) -> None:
     assert result.ret != pytest.ExitCode.OK
 
 
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["alone", "xdist"])
+def test_a_bad_marker_argument_errors_its_test_not_the_run(
+    pytester: pytest.Pytester, xdist: list[str]
+) -> None:
+    # It was a UsageError raised from the report hook: under xdist the worker died of it and
+    # the run ended in an INTERNALERROR traceback that never said why; alone, it stopped the
+    # run at that test.
+    pytester.makepyprojecttoml(_INI)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.tokenmeter_budget("a lot")
+        def test_x():
+            pass
+
+        def test_y():
+            pass
+        """
+    )
+    result = pytester.runpytest("--tokenmeter", *xdist)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*tokenmeter_budget takes one non-negative number of USD*"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
 def test_fixture_points_sdk_clients_at_the_fake(pytester: pytest.Pytester) -> None:
     pytester.makepyprojecttoml(_INI)
     pytester.makepyfile(

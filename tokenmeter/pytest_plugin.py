@@ -149,7 +149,7 @@ def _marker_budget(item: pytest.Item) -> Decimal | None:
     args = list(marker.args) + ([marker.kwargs["usd"]] if "usd" in marker.kwargs else [])
     value = _usd(str(args[0])) if len(args) == 1 and not isinstance(args[0], bool) else None
     if value is None:
-        raise pytest.UsageError(
+        raise ValueError(
             f"{item.nodeid}: @pytest.mark.{_MARKER} takes one non-negative number of USD "
             f"(at most {_MAX_USD}), "
             f"e.g. @pytest.mark.{_MARKER}(0.05); got {marker.args!r} {marker.kwargs!r}"
@@ -224,6 +224,15 @@ class Meter:
         with session:
             yield
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """Read the test's budget marker; a bad one is an error of that test (a UsageError
+        from a report hook killed an xdist worker: an INTERNALERROR that never said why)."""
+        try:
+            item.stash[_BUDGET_KEY] = _marker_budget(item)
+        except ValueError as exc:
+            raise pytest.fail.Exception(str(exc), pytrace=False) from None
+
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(
         self, item: pytest.Item, call: pytest.CallInfo[None]
@@ -233,7 +242,7 @@ class Meter:
         spend = item.stash.get(_SPEND_KEY, None)
         if spend is None:
             return
-        budget = _marker_budget(item)
+        budget = item.stash.get(_BUDGET_KEY, None)
         if budget is not None and report.passed and not _already_failed(item):
             counts = spend.counts()
             cost: Decimal = counts["cost_usd"]
@@ -380,6 +389,8 @@ class Meter:
 
 
 _FAILED_KEY = pytest.StashKey[bool]()
+#: The test's ``tokenmeter_budget`` marker, read when its setup starts (None: no marker).
+_BUDGET_KEY = pytest.StashKey[Decimal | None]()
 
 
 def _already_failed(item: pytest.Item) -> bool:
