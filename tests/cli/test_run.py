@@ -579,3 +579,21 @@ def test_the_summary_line_naming_the_directory_sends_no_control_characters(
     assert "\x1b" not in result.stderr and "\x07" not in result.stderr
     assert not any(line.startswith("  total") for line in result.stderr.splitlines())
     assert "usage\ufffd]0;PWNED\ufffd\ufffd  total  9 (sqlite)" in result.stderr
+
+
+def test_a_run_with_tokenmeter_disabled_says_so_not_that_nothing_was_spent(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    # TOKENMETER_DISABLED=1 (a kill switch) still runs the program, unmetered: the summary said
+    # "no LLM calls were recorded" and "within the budget of $0.001" after $0.004 of calls.
+    app = _script(tmp_path / "app.py", _CALLS)
+    result = _run(
+        ["--budget", "0.001", "--", sys.executable, app.name],
+        _env(fake, TOKENMETER_DISABLED="1"),
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(fake.requests) == 2  # the program ran as without tokenmeter
+    assert "tokenmeter is disabled (TOKENMETER_DISABLED): nothing was metered" in result.stderr
+    assert "no LLM calls" not in result.stderr and "budget" not in result.stderr

@@ -154,16 +154,17 @@ def _run_budget(limit: Any, session: str) -> dict[str, Any]:
     }
 
 
-def _check_settings(env: dict[str, str]) -> Any:
-    """Fail here, once, on a setting every child process would reject."""
-    from tokenmeter._config import load_settings
+def _check_settings(env: dict[str, str]) -> tuple[Any, str | None]:
+    """Fail here, once, on a setting every child process would reject. The settings, and what
+    disables tokenmeter (``TOKENMETER_DISABLED``, a pyproject.toml) when it is disabled."""
+    from tokenmeter._config import load_settings_with_sources
     from tokenmeter.pricing._overrides import check_prices_file
 
     try:
-        settings = load_settings(env=env)
+        settings, sources = load_settings_with_sources(env=env)
         if settings.prices_file is not None:  # else each process runs unmetered, saying so
             check_prices_file(settings.prices_file)
-        return settings
+        return settings, sources["disabled"] if settings.disabled else None
     except ValueError as exc:
         raise CliError(str(exc), exit_code=2) from None
 
@@ -204,12 +205,12 @@ def run_command(args: argparse.Namespace) -> int:
     totals = Path(tempfile.mkdtemp(prefix="tokenmeter-run-"))
     try:
         env = _child_environment(args, command, totals)
-        settings = _check_settings(env)
+        settings, disabled_by = _check_settings(env)
         if args.dir is not None:
             _check_dir(args.dir, Path(env["TOKENMETER_DIR"]))
         status = _supervise(command, env)
         if not args.quiet:
-            _summary_or_nothing(env, totals, settings, status, args.budget)
+            _summary_or_nothing(env, totals, settings, disabled_by, status, args.budget)
     finally:
         shutil.rmtree(totals, ignore_errors=True)
     if status < 0:  # the program died of a signal: so do we, after the summary
@@ -304,12 +305,17 @@ def _die_of(signum: int) -> None:
 
 # -- the summary --------------------------------------------------------------------------------
 def _summary_or_nothing(
-    env: dict[str, str], totals: Path, settings: Any, status: int, budget: Decimal | None
+    env: dict[str, str],
+    totals: Path,
+    settings: Any,
+    disabled_by: str | None,
+    status: int,
+    budget: Decimal | None,
 ) -> None:
     """The summary; one that cannot be written (its reader gone: ``2>&1 | head``; a full disk)
     is lost, and the run still ends as the program did, not with the write's error."""
     try:
-        _summary(env, totals, settings, status, budget)
+        _summary(env, totals, settings, disabled_by, status, budget)
         sys.stderr.flush()
     except OSError:
         with contextlib.suppress(OSError, ValueError):  # what is left to flush goes nowhere
@@ -317,10 +323,16 @@ def _summary_or_nothing(
 
 
 def _summary(
-    env: dict[str, str], totals: Path, settings: Any, status: int, budget: Decimal | None
+    env: dict[str, str],
+    totals: Path,
+    settings: Any,
+    disabled_by: str | None,
+    status: int,
+    budget: Decimal | None,
 ) -> None:
     """What the program spent; ``budget`` is --budget's (a TOKENMETER_BUDGET_USD the run
-    inherited is no budget of this run)."""
+    inherited is no budget of this run). Disabled, the program ran unmetered: nothing is known
+    of its calls, its budget or its records."""
     from tokenmeter import _autorun
     from tokenmeter.cli._output import one_line
     from tokenmeter.cli.reports._format import fmt_int, fmt_usd
@@ -334,6 +346,9 @@ def _summary(
     cost = sum((m["cost_usd"] for m in models.values()), Decimal(0))
     priced = any(m["unpriced_calls"] < m["calls"] for m in models.values())
     print(f"\ntokenmeter: {name!r} ({ended})", file=out)
+    if disabled_by is not None:
+        print(f"  tokenmeter is disabled ({one_line(disabled_by)}): nothing was metered", file=out)
+        return
     if not calls:
         print("  no LLM calls were recorded", file=out)
     else:
