@@ -454,3 +454,19 @@ def test_a_hostile_test_id_never_forges_a_line_of_the_summary(project: pytest.Py
     assert "\x1b" not in out
     assert not any(line.startswith("total (forged)") for line in result.stdout.lines)
     result.stdout.re_match_lines([r"test_cases.yaml::x\ufffd\ufffd\[31mtotal \(forged\) .* 1 .*"])
+
+
+def test_with_tokenmeter_disabled_the_summary_says_so(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # TOKENMETER_DISABLED=1 (a kill switch) leaves the tests unmetered: the summary said "no
+    # LLM calls in 3 tests" and "within the budget of $0.001" after $0.008 of calls.
+    monkeypatch.setenv("TOKENMETER_DISABLED", "1")
+    result = project.runpytest("--tokenmeter-budget=0.001")
+    result.assert_outcomes(passed=3)
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(
+        ["tokenmeter is disabled (TOKENMETER_DISABLED): nothing was metered"]
+    )
+    assert "no LLM calls" not in result.stdout.str()
+    assert "within the budget" not in result.stdout.str()

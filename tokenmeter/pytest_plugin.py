@@ -93,11 +93,11 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"{budget_name} must be a non-negative number of USD (at most "
                 f"{_MAX_USD}), got {budget_text!r}"
             )
-    from tokenmeter._config import load_settings
+    from tokenmeter._config import load_settings_with_sources
     from tokenmeter.pricing._overrides import check_prices_file
 
     try:  # here, once: from the first test's instrument() it was an INTERNALERROR traceback
-        settings = load_settings()
+        settings, sources = load_settings_with_sources()
         if settings.prices_file is not None:
             check_prices_file(settings.prices_file)
     except ValueError as exc:  # a bad TOKENMETER_* variable, [tool.tokenmeter] or prices file
@@ -107,7 +107,13 @@ def pytest_configure(config: pytest.Config) -> None:
     top = config.getoption("tokenmeter_top")
     if top is not None and top < 0:
         raise pytest.UsageError(f"--tokenmeter-top must be 0 or more, got {top}")
-    meter = Meter(config, budget=budget, json_path=json_path, top=_TOP if top is None else top)
+    meter = Meter(
+        config,
+        budget=budget,
+        json_path=json_path,
+        top=_TOP if top is None else top,
+        disabled_by=sources["disabled"] if settings.disabled else None,
+    )
     config.pluginmanager.register(meter, "tokenmeter-meter")
 
 
@@ -199,7 +205,13 @@ class Meter:
     """The plugin as turned on: one per pytest run (in the controller and in each xdist worker)."""
 
     def __init__(
-        self, config: pytest.Config, *, budget: Decimal | None, json_path: str | None, top: int
+        self,
+        config: pytest.Config,
+        *,
+        budget: Decimal | None,
+        json_path: str | None,
+        top: int,
+        disabled_by: str | None = None,
     ) -> None:
         self.config = config
         self.budget = budget
@@ -208,6 +220,8 @@ class Meter:
         self.results: list[dict[str, Any]] = []
         self.is_worker = hasattr(config, "workerinput")
         self._instrumented = False
+        #: What disabled tokenmeter (TOKENMETER_DISABLED...): the tests ran unmetered.
+        self.disabled_by = disabled_by
         #: Why the JSON file could not be written (shown in the summary; the run fails).
         self.json_error: str | None = None
 
@@ -337,7 +351,9 @@ class Meter:
         cost = total["cost"]
         write = terminalreporter.write_line
         terminalreporter.write_sep("=", "tokenmeter: LLM usage by test")
-        if not total["calls"]:
+        if self.disabled_by is not None:  # no count, and no budget verdict: nothing is known
+            write(f"tokenmeter is disabled ({one_line(self.disabled_by)}): nothing was metered")
+        elif not total["calls"]:
             write(f"no LLM calls in {total['tests']} tests")
         else:
             ranked = self.ranked()
@@ -370,7 +386,7 @@ class Meter:
                 write(f"... and {len(ranked) - len(shown)} more tests that made calls")
             if total["unpriced_calls"]:
                 write(f"{total['unpriced_calls']} calls had no known price (not in the cost)")
-        if self.budget is not None:
+        if self.budget is not None and self.disabled_by is None:
             if cost > self.budget:
                 terminalreporter.write_line(
                     f"tokenmeter: FAILED: the tests spent {fmt_usd(cost)}, over the budget of "
