@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,24 +44,7 @@ def _tokenizers_loaded() -> None:
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A fresh working directory and no TOKENMETER_* settings leaking in from the machine."""
     monkeypatch.chdir(tmp_path)
-    for name in (
-        "TOKENMETER_DIR",
-        "TOKENMETER_SINKS",
-        "TOKENMETER_DISABLED",
-        "TOKENMETER_PRICES",
-        "TOKENMETER_STREAM_USAGE",
-        "TOKENMETER_MAX_QUEUE",
-        "TOKENMETER_EXIT_TIMEOUT",
-        "TOKENMETER_BUDGETS",
-        "TOKENMETER_BUDGET_TIMEZONE",
-        "TOKENMETER_BUDGET_WARN_AT",
-        "TOKENMETER_BUDGET_LEDGER",
-        "TOKENMETER_ALERTS",
-        "TOKENMETER_STATE_FILE",
-        "TOKENMETER_THREAD_PROPAGATION",
-        "TOKENMETER_PROVIDERS",
-        "TOKENMETER_PG_DSN",
-    ):
+    for name in [name for name in os.environ if name.startswith("TOKENMETER_")]:
         monkeypatch.delenv(name, raising=False)
     yield
     tokenmeter.uninstrument()
