@@ -57,6 +57,32 @@ def test_bad_environment_values_name_the_variable(env: dict[str, str], message: 
         load_settings(env=env)
 
 
+def test_the_kill_switch_works_whatever_else_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TOKENMETER_DISABLED=1 beside a bad setting (in the environment or the pyproject) made
+    instrument() raise that setting's ValueError: the switch an operator reaches for when the
+    settings are wrong did not work until they were fixed. What the code passes still counts."""
+    (tmp_path / "pyproject.toml").write_text("[tool.tokenmeter]\nmax_queue = -5\n")
+    monkeypatch.chdir(tmp_path)
+    bad = {"TOKENMETER_MAX_QUEUE": "0", "TOKENMETER_SINKS": ""}
+    with pytest.raises(ValueError, match="TOKENMETER_SINKS"):
+        load_settings(env=bad)
+    assert load_settings(env={**bad, "TOKENMETER_DISABLED": "1"}).disabled
+    with pytest.raises(ValueError, match="max_queue"):
+        load_settings(env={})  # the pyproject alone is bad
+    assert load_settings(env={"TOKENMETER_DISABLED": "1"}).disabled
+    assert load_settings({"exit_timeout": 3}, env={"TOKENMETER_DISABLED": "yes"}).exit_timeout == 3
+    with pytest.raises(ValueError, match="exit_timeout"):
+        load_settings({"exit_timeout": -1}, env={**bad, "TOKENMETER_DISABLED": "1"})
+    with pytest.raises(ValueError, match="TOKENMETER_SINKS"):
+        load_settings({"disabled": False}, env={**bad, "TOKENMETER_DISABLED": "1"})
+    for name, value in {**bad, "TOKENMETER_DISABLED": "1"}.items():
+        monkeypatch.setenv(name, value)
+    tokenmeter.instrument()  # patches nothing, raises nothing
+    assert tokenmeter.record("openai", "gpt-4o", 10, 5).input_tokens == 10
+
+
 @pytest.mark.parametrize(
     "variable",
     [

@@ -453,25 +453,23 @@ def load_settings(
     return load_settings_with_sources(explicit, env=env, cwd=cwd)[0]
 
 
-def load_settings_with_sources(
-    explicit: Mapping[str, Any] | None = None,
-    *,
-    env: Mapping[str, str] | None = None,
-    cwd: Path | None = None,
-) -> tuple[Settings, dict[str, str]]:
-    """The merged settings, and where each came from ("default", "configure()", the environment
-    variable's name, or "<pyproject.toml> [tool.tokenmeter]")."""
-    pyproject = _find_pyproject(cwd)
-    layers = [
-        (f"{pyproject} [tool.tokenmeter]", _from_pyproject(pyproject)),
-        ("environment", _from_env(os.environ if env is None else env)),
-        ("configure()", dict(explicit or {})),
-    ]
+def _switched_off(env: Mapping[str, str]) -> bool:
+    """``TOKENMETER_DISABLED`` says yes (the kill switch), whatever else is set."""
+    value = env.get("TOKENMETER_DISABLED")
+    try:
+        return value is not None and _parse_bool("TOKENMETER_DISABLED", value)
+    except ValueError:
+        return False
+
+
+def _validated(layers: list[tuple[str, dict[str, Any]]]) -> Settings:
+    """The layers merged (later ones win) and checked: a ValueError names the bad setting and
+    the layer it came from."""
     merged: dict[str, Any] = {}
     for _, layer in layers:
         merged.update(layer)
     try:
-        resolved = Settings.model_validate(merged)
+        return Settings.model_validate(merged)
     except ValidationError as exc:
         error = exc.errors()[0]
         key = str(error["loc"][0]) if error["loc"] else "?"
@@ -483,6 +481,34 @@ def load_settings_with_sources(
         else:
             message = error["msg"].removeprefix("Value error, ")
         raise ValueError(f"tokenmeter setting {key!r} from {source}: {message}") from None
+
+
+def load_settings_with_sources(
+    explicit: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> tuple[Settings, dict[str, str]]:
+    """The merged settings, and where each came from ("default", "configure()", the environment
+    variable's name, or "<pyproject.toml> [tool.tokenmeter]")."""
+    environ = os.environ if env is None else env
+    given = ("configure()", dict(explicit or {}))
+    try:
+        pyproject = _find_pyproject(cwd)
+        layers = [
+            (f"{pyproject} [tool.tokenmeter]", _from_pyproject(pyproject)),
+            ("environment", _from_env(environ)),
+            given,
+        ]
+        resolved = _validated(layers)
+    except ValueError:
+        if not _switched_off(environ) or given[1].get("disabled") is False:
+            raise
+        # TOKENMETER_DISABLED=1 turns tokenmeter off whatever else the environment or the
+        # pyproject holds: an operator reaching for the switch must not first have to fix the
+        # setting that made them reach for it. What the application's code passes still counts.
+        layers = [("environment", {"disabled": True}), given]
+        resolved = _validated(layers)
     sources = {key: "default" for key in Settings.model_fields}
     for name, layer in layers:
         for key in layer:
