@@ -121,6 +121,24 @@ def test_notes_written_at_the_end_are_stored_as_notes_given_at_the_start(tmp_pat
     assert odd.status == "completed" and odd.notes is None
 
 
+def test_a_session_renamed_as_it_goes_keeps_its_records(tmp_path: Path) -> None:
+    """A name set on a running session skipped the constructor's cleaning: 'caf\udce9' (a file
+    name read with surrogateescape) made SQLite refuse every later record of the session, each
+    set aside in quarantine, and flush() said False."""
+    tokenmeter.configure(sinks=["sqlite"], directory=str(tmp_path))
+    with tokenmeter.session("job") as job:
+        job.name = "caf\udce9"
+        tokenmeter.record("openai", "gpt-4o", 10, 5)
+        with pytest.raises(ValueError) as excinfo:
+            job.name = 5  # type: ignore[assignment]
+        assert "name" in one_line_value_error(excinfo)
+    assert tokenmeter.flush(30)
+    db = sqlite3.connect(tmp_path / "usage.db")
+    assert list(db.execute("SELECT session_name FROM records")) == [("caf\ufffd",)]
+    assert list(db.execute("SELECT name FROM sessions")) == [("caf\ufffd",)]
+    assert not (tmp_path / "quarantine.jsonl").exists()
+
+
 async def test_concurrent_tasks_each_see_their_own_session(sink: InMemorySink) -> None:
     async def work(name: str) -> tuple[str, str | None]:
         async with tokenmeter.session(name) as s:

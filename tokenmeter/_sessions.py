@@ -134,13 +134,11 @@ class Session:
         on_exceed: Literal["warn", "raise"] = "warn",
         on_end: OnEnd | Sequence[OnEnd] | None = None,
     ) -> None:
-        if name is not None and not isinstance(name, str):
-            raise ValueError(f"session name must be a string, got {short_repr(name)}")
         if id is not None and (not isinstance(id, str) or not id.strip()):
             raise ValueError(f"session id must be a non-empty string, got {short_repr(id)}")
         self.notes = notes  # checked and cleaned by the property's setter
         self.id = clean_text(id.strip(), _MAX_ID) if id else _new_id()
-        self.name = None if name is None else clean_text(name, MAX_NAME)
+        self.name = name  # checked and cleaned by the property's setter
         self.tags = _check_tags(tags)
         self.budget_usd = _check_budget(budget_usd)
         if on_exceed not in ("warn", "raise"):
@@ -163,6 +161,19 @@ class Session:
         self._over_budget_warned = False
         self._announced = False
         self._init_args = (name, id, tags, budget_usd, notes, on_exceed, on_end)
+
+    @property
+    def name(self) -> str | None:
+        """The session's name, stored with it and with each of its records."""
+        return self._name
+
+    @name.setter
+    def name(self, name: str | None) -> None:
+        # Renamed as it goes, the name must be storable as the constructor's is: a lone
+        # surrogate made the sinks refuse every record of the session from then on.
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"session name must be a string, got {short_repr(name)}")
+        self._name = None if name is None else clean_text(name, MAX_NAME)
 
     @property
     def notes(self) -> str | None:
