@@ -14,6 +14,7 @@ import os
 import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
@@ -41,7 +42,7 @@ from tokenmeter.pricing import price_usage
 from tokenmeter.pricing._overrides import short_repr
 from tokenmeter.usage import extract
 
-__all__ = ["emit", "record", "record_response"]
+__all__ = ["NOTHING_USED", "emit", "record", "record_response"]
 
 logger = logging.getLogger("tokenmeter")
 
@@ -57,6 +58,11 @@ _warned_cost: set[str] = set()
 #: (the set stays bounded whatever names a server sends).
 _MAX_WARNED_COST = 1_000
 _UNKNOWN = Cost(total_usd=None)
+#: The usage of a call that failed before anything was billed (an HTTP error, a timeout with
+#: no answer): it cost nothing, whatever its model, even one no price table knows (an Azure
+#: deployment's own name).
+NOTHING_USED = Usage()
+_NOTHING = Cost(total_usd=Decimal(0))
 
 
 def _reset_ids_after_fork() -> None:
@@ -129,7 +135,12 @@ def emit(
         request_model = model if request_model == model else _opt_text(request_model)
     if error is not None:  # a stream's own error event names it: text from a server
         error = _opt_text(error)
-    cost = price_usage(provider, model, usage, at=now, tier=tier) if priced else _UNKNOWN
+    if not priced:
+        cost = _UNKNOWN
+    elif usage is NOTHING_USED:
+        cost = _NOTHING
+    else:
+        cost = price_usage(provider, model, usage, at=now, tier=tier)
     # The models' fields read from their __dict__: a pydantic model's attribute access goes
     # through its __getattr__ hook, several times dearer than a dict lookup (hot path).
     total = cost.__dict__["total_usd"]

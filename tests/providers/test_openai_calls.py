@@ -364,6 +364,29 @@ async def test_azure_client(
     assert_counts(record, fake)
 
 
+async def test_a_failed_call_to_a_deployment_no_price_table_knows_cost_nothing(
+    fake: FakeProvider,
+    instrumented: Records,
+    kit: ModuleType,
+    is_async: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A failed call is known by the name the request gave (an Azure deployment's own name):
+    it was recorded with an unknown cost, an "unpriced" call in every report, with a warning
+    that no price is known for 'prod-chat', where nothing was billed."""
+    client = fake.azure_openai_client(async_=is_async, max_retries=0)
+    fake.fail_next(429)
+    with pytest.raises(openai.RateLimitError):
+        await kit.maybe(client.chat.completions.create(model="prod-chat", messages=MESSAGES))
+    record = only(instrumented())
+    assert (record.status, record.model_name, record.estimated_cost_usd) == (
+        "error",
+        "prod-chat",
+        0,
+    )
+    assert "no price" not in caplog.text
+
+
 @pytest.mark.parametrize(
     ("base_url", "provider"),
     [

@@ -39,7 +39,7 @@ from tokenmeter import _pipeline
 from tokenmeter._estimate import estimate_usage, without_waiting
 from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import Usage
-from tokenmeter._record import emit
+from tokenmeter._record import NOTHING_USED, emit
 from tokenmeter._sessions import Session, current_session, implicit_session
 from tokenmeter.guardrails import _budgets, _state
 from tokenmeter.usage import Extracted
@@ -287,7 +287,7 @@ class Call:
         emit(
             self.provider,
             model,
-            usage or _NO_USAGE,
+            usage or NOTHING_USED,
             self.session,
             request_model=self.request_model,
             operation=self.operation,
@@ -332,7 +332,6 @@ def _warn_unreadable(provider: str, what: str, exc: Exception) -> None:
     )
 
 
-_NO_USAGE = Usage()
 #: The model name of a billed call whose response and request name none (a retrieve answered
 #: with ``"model": null``): recorded, with an unknown cost, rather than lost.
 UNKNOWN_MODEL = "unknown"
