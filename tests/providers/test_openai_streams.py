@@ -210,6 +210,28 @@ async def test_azure_stream_is_named_by_the_chunks_after_its_prompt_filter_chunk
     assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
 
 
+@pytest.mark.parametrize(
+    "usage", [{"prompt_tokens": 19}, {"prompt_tokens": 19, "total_tokens": None}]
+)
+async def test_a_usage_without_an_output_count_has_its_output_estimated(
+    records: Records, kit: ModuleType, is_async: bool, usage: dict[str, Any]
+) -> None:
+    """A compatible server's usage chunk that counts the prompt only: the stream was recorded
+    "ok" with 0 output tokens, not estimated, after 40 chunks of text had streamed by."""
+    reply = kit.chat_sse(40, usage)
+    client = kit.mock_openai(lambda request: kit.sse_response(reply), is_async=is_async)
+    tokenmeter.instrument("openai")
+    await stream_once(client, kit)
+    record = only(records())
+    assert (record.status, record.input_tokens, record.estimated) == ("ok", 19, True)
+    assert record.output_tokens > 0  # 40 x, as the tokenizer counts them
+    reply = kit.chat_sse(40, {"prompt_tokens": 19, "completion_tokens": 0})
+    client = kit.mock_openai(lambda request: kit.sse_response(reply), is_async=is_async)
+    await stream_once(client, kit)
+    counted = records()[-1]  # a count of 0 is the server's word: taken as it is
+    assert (counted.output_tokens, counted.estimated) == (0, False)
+
+
 async def test_stream_without_usage_is_recorded_with_an_estimate(
     records: Records, kit: ModuleType, is_async: bool, caplog: pytest.LogCaptureFixture
 ) -> None:

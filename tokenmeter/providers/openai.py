@@ -12,6 +12,7 @@ from contextlib import suppress
 from typing import Any
 
 from tokenmeter._estimate import TextTally
+from tokenmeter._models import Usage
 from tokenmeter._registry import provider_for_host
 from tokenmeter._runtime import settings
 from tokenmeter.providers._core import Call
@@ -47,13 +48,16 @@ class ChunkReader:
     and holding chunks made the collector run young and full collections the bare stream never
     does."""
 
-    __slots__ = ("counted", "hide", "read", "text")
+    __slots__ = ("counted", "hide", "no_output", "read", "text")
 
     def __init__(self, hide_usage_chunk: bool) -> None:
         self.hide = hide_usage_chunk
         self.text = TextTally()
         self.read = 0  # chunks whose text is in ``text``
         self.counted = 0  # chunks past those, only counted
+        #: The usage came without an output count, or a total to tell it by (a compatible
+        #: server's ``{"prompt_tokens": 19}``): the output is estimated from what streamed by.
+        self.no_output = False
 
     def feed(self, chunk: Any, call: Call) -> bool:
         if call.usage is None:
@@ -69,7 +73,12 @@ class ChunkReader:
         usage = getattr(chunk, "usage", None)
         if usage is None:
             return False
-        self.text, self.read, self.counted = TextTally(), 0, 0  # nothing is left to estimate
+        self.no_output = False
+        with suppress(Exception):  # text where usage belongs: unreadable (read below), no more
+            get = getter(usage)
+            self.no_output = all(get(name) is None for name in _OUTPUT_COUNTS)
+        if not self.no_output:
+            self.text, self.read, self.counted = TextTally(), 0, 0  # nothing left to estimate
         # Decided first, so that a usage block we cannot read is still hidden when we asked for it.
         hidden = self.hide and not getattr(chunk, "choices", None)
         call.read("reading stream usage", _read_usage, chunk, usage, call)
@@ -80,6 +89,19 @@ class ChunkReader:
         """The output text of the chunks read, scaled up for the chunks only counted."""
         return self.text.scaled(self.read + self.counted, self.read)
 
+    def partial(self, usage: Usage, model: str) -> Usage | None:
+        """For a usage that named no output count: the reported input with the output
+        estimated from what streamed by (None when the count came)."""
+        if not self.no_output:
+            return None
+        output = self.tally.tokens("openai", model)
+        if output <= usage.output_tokens:
+            return None
+        return usage.model_copy(update={"output_tokens": output})
+
+
+#: The usage fields that tell a chat stream's output count (see ``usage_from_openai``).
+_OUTPUT_COUNTS = ("completion_tokens", "output_tokens", "total_tokens")
 
 #: Chunks of a chat stream whose text is read until its usage comes (about a token each): the
 #: estimate of a longer stream without usage is extrapolated from them. Reading costs a few
