@@ -408,6 +408,26 @@ def test_calendar_periods_start_in_the_configured_zone(
     assert period_start(period, datetime.fromisoformat(now), ZoneInfo(zone), None) == start
 
 
+@pytest.mark.parametrize("period", ["hour", "day", "week", "month"])
+@pytest.mark.parametrize("zone", ["Asia/Tokyo", "America/New_York"])
+def test_records_dated_at_the_calendars_edges_are_charged_without_a_fault(
+    tmp_path: Path, period: str, zone: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record dated in year 1 or 9999 (record(timestamp=...)) with a calendar budget in a zone
+    east or west of UTC: the period's bounds overflowed the calendar, and settling the budget
+    logged a traceback and charged nothing (raised out of record() under TOKENMETER_STRICT)."""
+    configured(
+        tmp_path,
+        [{"name": "b", "limit_usd": 1, "period": period}],
+        budget_timezone=zone,
+        budget_ledger="memory",
+    )
+    for moment in ("0001-01-01T01:00:00Z", "9999-12-31T23:30:00Z"):
+        tokenmeter.record("openai", "gpt-4o", 1000, 0, timestamp=moment)
+    assert tokenmeter.flush(5)
+    assert "failed" not in caplog.text
+
+
 def test_the_timezone_setting_moves_the_period(
     tmp_path: Path, fake: FakeProvider, instrumented: None
 ) -> None:

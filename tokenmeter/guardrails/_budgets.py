@@ -256,7 +256,10 @@ def period_start(period: str, now: datetime, zone: tzinfo, session: Any) -> str:
         return ""
     if period == "session":
         return str(session.id) if session is not None else ""
-    local = now.astimezone(zone)
+    try:
+        local = now.astimezone(zone)
+    except OverflowError:  # a record dated in year 1 or 9999, east or west of UTC: its UTC time
+        local = now
     if period == "hour":
         start = local.replace(minute=0, second=0, microsecond=0)
     else:  # the first midnight, where the clock goes back from 01:00 to 00:00 (the Azores)
@@ -375,8 +378,11 @@ class _Config:
         moment = datetime.fromtimestamp(now, UTC)
         text = period_start(period, moment, self.zone, session)
         start = datetime.fromisoformat(text)
-        end = _next_start(period, start, self.zone)
-        self.periods[period] = (start.timestamp(), end.timestamp(), text)
+        try:
+            bounds = (start.timestamp(), _next_start(period, start, self.zone).timestamp())
+        except OverflowError:  # the calendar's last period (year 9999): not kept
+            return text
+        self.periods[period] = (*bounds, text)
         return text
 
     def get_ledger(self) -> BudgetLedger:
