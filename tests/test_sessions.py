@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import os
 import sqlite3
@@ -378,6 +379,27 @@ def test_the_running_session_of_a_decorated_generator_cannot_be_entered_again(
     assert len(refused) == 1 and "already entered" in refused[0]
     assert outer.summary.calls == 1
     assert tokenmeter.flush(5) and sink.records[0].session_name.endswith("answer")
+
+
+def test_an_async_generator_left_as_asyncio_run_ends_is_no_failure(sink: InMemorySink) -> None:
+    """Left with break as the main coroutine returns, the generator's closing is scheduled and
+    then cancelled by asyncio.run, which throws CancelledError in at its yield: its session
+    ended "failed", where the same generator left earlier in the loop ends "completed"."""
+
+    @tokenmeter.track("answer")
+    async def answer() -> AsyncIterator[int]:
+        yield 1
+        yield 2
+
+    async def main() -> None:
+        async for _ in answer():
+            break
+
+    asyncio.run(main())
+    gc.collect()
+    assert tokenmeter.flush(5)
+    ended = [s for s in sink.sessions.values() if s.name == "answer"]
+    assert [s.status for s in ended] == ["completed"]
 
 
 def test_budget_warns_once(sink: InMemorySink, caplog: pytest.LogCaptureFixture) -> None:

@@ -533,6 +533,8 @@ def _decorate_async_generator(func: Callable[..., Any], make_session: Callable[[
 
     @functools.wraps(func)
     async def run_async_generator(*args: Any, **kwargs: Any) -> Any:
+        from asyncio import CancelledError  # loaded already: an async generator is running
+
         steps = _Steps(make_session())
         inner = func(*args, **kwargs)
         failed = True
@@ -546,6 +548,11 @@ def _decorate_async_generator(func: Callable[..., Any], make_session: Callable[[
                 except StopAsyncIteration:
                     failed = False
                     return
+                except CancelledError as exc:
+                    # Cancelled at its yield (asyncio.run ending cancels the closing of a
+                    # generator its consumer left with break): stopped early, as by aclose().
+                    failed = exc is not thrown
+                    raise
                 thrown = None
                 try:
                     value = yield item
