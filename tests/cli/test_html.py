@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -516,3 +517,56 @@ def test_chromium_check_catches_page_errors_and_overflow(tmp_path: Path) -> None
     assert found, result.stdout[-2000:]
     measured = json.loads(found.group(1).replace("&quot;", '"'))
     assert measured["innerWidth"] == 390 and measured["scrollWidth"] > 390
+
+
+_COLUMNS_PROBE = """
+<script>
+(function () {
+  var cols = document.querySelectorAll("#chart-daily .col");
+  parent.postMessage(JSON.stringify({
+    innerWidth: window.innerWidth,
+    scrollWidth: document.documentElement.scrollWidth,
+    heading: document.querySelector("#chart-daily").previousElementSibling.textContent,
+    cols: [].map.call(cols, function (c) {
+      return [c.getAttribute("data-day"), c.getAttribute("data-cost"),
+              c.getBoundingClientRect().width, c.firstElementChild.getBoundingClientRect().height];
+    })
+  }), "*");
+})();
+</script>
+"""
+
+
+@needs_chromium
+def test_a_daily_chart_of_years_of_calls_is_drawn_within_the_page(
+    cli: RunCli, tmp_path: Path
+) -> None:
+    """Two years of daily calls made 730 columns 2 px apart: each 0 px wide (a blank chart, at
+    1400 px too) and the page scrolled sideways at 390 px. More days than the chart can draw are
+    drawn by week, then by month (as ``--by month`` totals them), every column visible."""
+    first = date(2025, 1, 1)
+    records = [
+        rec(i, f"{first + timedelta(days=i)}T10:00:00.000Z", "openai", f"m{i % 3}", 10, 10,
+            f"0.0{1 + i % 9}")
+        for i in range(730)
+    ]  # fmt: skip
+    db = write_sqlite(tmp_path / "usage.db", records, [])
+    code, out, err = cli("report", "--source", str(db), "--by", "month", "--format", "json")
+    assert code == 0, err
+    months = {row["month"]: Decimal(str(row["cost_usd"])) for row in json.loads(out)["rows"]}
+    page = tmp_path / "report.html"
+    code, _, err = cli("report", "--source", str(db), "-o", str(page))
+    assert code == 0, err
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", _COLUMNS_PROBE + "</body>"))
+    for width in (1400, 390):
+        result = _chromium(_framed(probed, width), width, "--dump-dom")
+        assert result.returncode == 0 and _console_messages(result.stderr) == []
+        found = re.search(r'<pre id="probe">(.+?)</pre>', result.stdout, re.S)
+        assert found, result.stdout[-2000:]
+        r = json.loads(found.group(1).replace("&quot;", '"'))
+        assert r["scrollWidth"] <= r["innerWidth"] == width, r["scrollWidth"]
+        assert r["heading"] == "Cost per month by model"
+        assert {day: Decimal(cost) for day, cost, _, _ in r["cols"]} == months
+        assert min(col_width for _, _, col_width, _ in r["cols"]) >= 1
+        assert min(height for _, _, _, height in r["cols"]) > 0

@@ -13,8 +13,8 @@ Every string that came from the data (model, session, tag names, alert text) goe
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from html import escape
 
@@ -56,6 +56,10 @@ _OTHER = "#c7c7c7"
 _TOP = 9  # series beyond this many are summed into "other"
 _BARS = 12  # rows of a horizontal bar chart
 _X_LABELS = 7  # at most this many day labels under the daily chart
+#: Columns the daily chart draws at most: a quarter of days, still 2 px wide each at 390 px.
+#: More days than that are drawn by week, month, year... (730 columns were each 0 px wide).
+_COLUMNS = 92
+_DENSE = 46  # beyond this many columns they stand 1 px apart, not 2
 
 _CSS = """
 *{box-sizing:border-box}
@@ -173,16 +177,55 @@ def _empty() -> str:
     return '<p class="empty">No priced calls in this period.</p>'
 
 
-def _daily_chart(per_day_model: Breakdown, colors: dict[str, str]) -> str:
+def _week(day: str) -> str:
+    start = date.fromisoformat(day)
+    return f"week of {(start - timedelta(days=start.weekday())).isoformat()}"  # as --by week
+
+
+#: The periods the daily chart can draw, finest first: a day's label to that period's label.
+_PERIODS: tuple[tuple[str, Callable[[str], str]], ...] = (
+    ("day", lambda day: day),
+    ("week", _week),
+    ("month", lambda day: day[:7]),
+    ("year", lambda day: day[:4]),
+    *((f"{10**n:,} years", lambda day, n=n: day[: 4 - n] + "0" * n + "s") for n in (1, 2, 3)),
+)
+
+
+def _period_of(days: list[str]) -> tuple[str, Callable[[str], str]]:
+    """The finest period that draws ``days`` in at most ``_COLUMNS`` columns (a label that is
+    no day, such as ``(none)``, stays as it is)."""
+
+    def label(period: Callable[[str], str], day: str) -> str:
+        try:
+            date.fromisoformat(day)
+        except ValueError:
+            return day
+        return period(day)
+
+    name, period = next(
+        ((name, period) for name, period in _PERIODS
+         if len({label(period, day) for day in days}) <= _COLUMNS),
+        _PERIODS[-1],
+    )  # fmt: skip
+    return name, lambda day: label(period, day)
+
+
+def _daily_chart(per_day_model: Breakdown, colors: dict[str, str]) -> tuple[str, str]:
+    """The chart of cost per day (or per coarser period: see ``_COLUMNS``) and that period."""
+    days_seen = sorted(
+        {dict(zip(per_day_model.columns, r.key, strict=True))["day"] for r in per_day_model.rows}
+    )
+    unit, period_of = _period_of(days_seen)
     stacks: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     for row in per_day_model.rows:
         model = _model_label(row, per_day_model.columns)
-        day = dict(zip(per_day_model.columns, row.key, strict=True))["day"]
+        day = period_of(dict(zip(per_day_model.columns, row.key, strict=True))["day"])
         stacks[day][model if model in colors else "other"] += row.totals.cost_usd
     days = sorted(stacks)
     peak = max((sum(stack.values(), Decimal(0)) for stack in stacks.values()), default=Decimal(0))
     if not days or peak <= 0:
-        return _empty()
+        return unit, _empty()
     ticks = nice_ticks(peak)
     top = ticks[-1]
     order = list(colors)
@@ -210,19 +253,22 @@ def _daily_chart(per_day_model: Breakdown, colors: dict[str, str]) -> str:
         )
     every = max(1, -(-len(days) // _X_LABELS))
     x_labels = "".join(
-        f"<span>{esc(day[5:]) if i % every == 0 else ''}</span>" for i, day in enumerate(days)
+        f"<span>{esc(day[-5:] if unit in ('day', 'week') else day) if i % every == 0 else ''}"
+        "</span>"
+        for i, day in enumerate(days)
     )
+    gap = ' style="gap:1px"' if len(days) > _DENSE else ""
     legend = "".join(
         f'<span><i style="background:{color}"></i>{esc(label)}</span>'
         for label, color in colors.items()
         if any(label in stack for stack in stacks.values())
     )
-    return (
-        f'<div class="chart" role="img" aria-label="Cost per day by model, up to '
+    return unit, (
+        f'<div class="chart" role="img" aria-label="Cost per {unit} by model, up to '
         f'{esc(fmt_usd(peak))}" data-top="{exact_usd(top)}">'
         f'<div class="yaxis">{y_labels}</div>'
-        f'<div class="plot">{grid}<div class="cols">{"".join(columns)}</div></div>'
-        f'<div class="xaxis">{x_labels}</div></div><div class="legend">{legend}</div>'
+        f'<div class="plot">{grid}<div class="cols"{gap}>{"".join(columns)}</div></div>'
+        f'<div class="xaxis"{gap}>{x_labels}</div></div><div class="legend">{legend}</div>'
     )
 
 
@@ -424,6 +470,7 @@ def render_html(
     by_session = _find(report, HTML_GROUPINGS[2])
     by_name = _find(report, HTML_GROUPINGS[3])
     colors = _model_colors(by_model)
+    unit, daily_chart = _daily_chart(per_day, colors)
     model_bars = [
         (label, label, row.totals.cost_usd, colors.get(label, _OTHER))
         for row in by_model.rows[:_BARS]
@@ -455,8 +502,8 @@ def render_html(
         "<h1>tokenmeter report</h1>",
         f'<p class="meta">{esc(meta)}<br>Generated {esc(generated)}</p>',
         f'<section class="cards" id="cards">{"".join(cards)}</section>',
-        '<h2>Cost per day by model</h2><div class="panel" id="chart-daily">',
-        _daily_chart(per_day, colors),
+        f'<h2>Cost per {unit} by model</h2><div class="panel" id="chart-daily">',
+        daily_chart,
         '</div><div class="grid2"><div><h2>Cost by model</h2><div class="panel" id="chart-models">',
         _bar_chart("Cost by model", model_bars),
         '</div></div><div><h2>Cost by session name</h2><div class="panel" id="chart-names">',
