@@ -570,3 +570,33 @@ def test_a_daily_chart_of_years_of_calls_is_drawn_within_the_page(
         assert {day: Decimal(cost) for day, cost, _, _ in r["cols"]} == months
         assert min(col_width for _, _, col_width, _ in r["cols"]) >= 1
         assert min(height for _, _, _, height in r["cols"]) > 0
+
+
+@needs_chromium
+def test_long_names_never_push_the_page_sideways(cli: RunCli, tmp_path: Path) -> None:
+    """A model or provider name of 300 characters (a Bedrock ARN is a hundred) made the daily
+    chart's legend 2,500 px wide: the page scrolled sideways at 390 and at 1400 px. Every name
+    in every part of the page wraps, is cut with an ellipsis or scrolls inside its table."""
+    long = "x" * 300
+    records = [
+        rec(1, "2026-11-01T10:00:00.000Z", "openai", f"m{long}", 10, 10, "1.00",
+            session=(f"s{long}", f"n{long}"), tags={f"k{long}": f"v{long}"}),
+        rec(2, "2026-11-02T10:00:00.000Z", f"p{long}", "b", 10, 10, "0.5", status="error",
+            error=f"E{long}"),
+    ]  # fmt: skip
+    db = write_sqlite(tmp_path / "usage.db", records, [])
+    page = tmp_path / "report.html"
+    code, _, err = cli(
+        "report", "--source", str(db), "--model", f"m{long}", "--model", "b", "-o", str(page)
+    )
+    assert code == 0, err
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", _COLUMNS_PROBE + "</body>"))
+    for width in (1400, 390):
+        result = _chromium(_framed(probed, width), width, "--dump-dom")
+        assert result.returncode == 0 and _console_messages(result.stderr) == []
+        found = re.search(r'<pre id="probe">(.+?)</pre>', result.stdout, re.S)
+        assert found, result.stdout[-2000:]
+        r = json.loads(found.group(1).replace("&quot;", '"'))
+        assert r["scrollWidth"] <= r["innerWidth"] == width, r["scrollWidth"]
+        assert len(r["cols"]) == 2

@@ -86,7 +86,8 @@ h2{margin:1.75rem 0 .6rem;font-size:1.2rem;overflow-wrap:anywhere}
 .xaxis{grid-column:2;display:flex;gap:2px;padding:0 2px;font-size:.8rem;color:#57606a;
 height:1.3rem}
 .xaxis span{flex:1 1 0;min-width:0;white-space:nowrap;overflow:visible}
-.legend{display:flex;flex-wrap:wrap;gap:.3rem 1rem;margin-top:.6rem;font-size:.85rem}
+.legend{display:flex;flex-wrap:wrap;gap:.3rem 1rem;margin-top:.6rem;font-size:.85rem;
+overflow-wrap:anywhere}
 .legend i{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:-1px;
 border-radius:2px}
 .bars{display:grid;grid-template-columns:minmax(0,38%) minmax(0,1fr) auto;gap:.35rem .6rem;
