@@ -192,6 +192,19 @@ def test_markdown(cli: RunCli, source: Path) -> None:
     assert "**Total cost**: $1.26" in out
 
 
+def test_a_markdown_report_says_which_calls_it_counts(cli: RunCli, source: Path) -> None:
+    """A markdown report of ``--provider openai`` (or ``--tag``, ``--status``...) said nothing of
+    the filter: pasted into a ticket, its "Total cost" read as the whole spend, where the table,
+    HTML and JSON formats name it. It names it, and the period a ``--compare`` compares with."""
+    code, out, err = cli(
+        "report", "--source", str(source), "--provider", "openai", "--since", "2026-11-02",
+        "--until", "2026-11-03", "--compare", "--format", "markdown",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "- **Only**: provider=openai\n" in out
+    assert "- **Compared with**: 2026-10-31 to 2026-11-01 (UTC, both days included)\n" in out
+
+
 def test_csv_is_machine_clean(cli: RunCli, source: Path) -> None:
     code, out, err = cli("report", "--source", str(source), "--by", "day", "--format", "csv")
     assert code == 0 and err == ""

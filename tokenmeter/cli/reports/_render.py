@@ -487,6 +487,12 @@ def render_markdown(report: Report) -> str:
         f"- **Source**: {markdown_text(report.source)}",
         f"- **Period**: {period_text(report)}",
         f"- **Grouped by**: {markdown_text(report.main.title)}",
+    ]
+    if report.filters:  # else a filtered total reads as the whole spend
+        lines.append(f"- **Only**: {markdown_text(report.filters)}")
+    if report.previous is not None:
+        lines.append(f"- **Compared with**: {period_text(report.previous)}")
+    lines += [
         f"- **Total cost**: {fmt_usd(report.totals.cost)}",
         "",
         *markdown_table(summary_cells(report)),
