@@ -600,3 +600,21 @@ def test_long_names_never_push_the_page_sideways(cli: RunCli, tmp_path: Path) ->
         r = json.loads(found.group(1).replace("&quot;", '"'))
         assert r["scrollWidth"] <= r["innerWidth"] == width, r["scrollWidth"]
         assert len(r["cols"]) == 2
+
+
+def test_the_daily_legend_names_only_the_models_drawn(cli: RunCli, tmp_path: Path) -> None:
+    """The legend named every model with a call in the chart's days, so a model whose calls were
+    all unpriced or refunds (never drawn: no cost above 0) had a colour that appears nowhere."""
+    records = [
+        rec(1, "2026-11-01T10:00:00.000Z", "openai", "paid", 10, 10, "1.00"),
+        rec(2, "2026-11-01T11:00:00.000Z", "openai", "refunded", 10, 10, "-0.50"),
+        rec(3, "2026-11-02T11:00:00.000Z", "openai", "unpriced", 10, 10, None),
+    ]
+    db = write_sqlite(tmp_path / "usage.db", records, [])
+    code, page, err = cli("report", "--source", str(db), "--format", "html")
+    assert code == 0, err
+    legend = re.search(r'<div class="legend">(.*?)</div>', page)
+    assert legend, page
+    drawn = set(re.findall(r'class="seg" style="[^"]*" data-label="([^"]*)"', page))
+    assert drawn == {"openai/paid"}
+    assert re.findall(r"</i>([^<]*)</span>", legend.group(1)) == ["openai/paid"]

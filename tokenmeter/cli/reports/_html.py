@@ -262,7 +262,7 @@ def _daily_chart(per_day_model: Breakdown, colors: dict[str, str]) -> tuple[str,
     legend = "".join(
         f'<span><i style="background:{color}"></i>{esc(label)}</span>'
         for label, color in colors.items()
-        if any(label in stack for stack in stacks.values())
+        if any(stack.get(label, 0) > 0 for stack in stacks.values())  # drawn somewhere
     )
     return unit, (
         f'<div class="chart" role="img" aria-label="Cost per {unit} by model, up to '
