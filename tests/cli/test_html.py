@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -527,6 +528,14 @@ _COLUMNS_PROBE = """
     innerWidth: window.innerWidth,
     scrollWidth: document.documentElement.scrollWidth,
     heading: document.querySelector("#chart-daily").previousElementSibling.textContent,
+    xLabels: [].filter.call(document.querySelectorAll("#chart-daily .xaxis span"), function (s) {
+      return s.textContent;
+    }).map(function (s) {
+      var range = document.createRange();
+      range.selectNodeContents(s);
+      var box = range.getBoundingClientRect();
+      return [s.textContent, box.left, box.right];
+    }),
     cols: [].map.call(cols, function (c) {
       return [c.getAttribute("data-day"), c.getAttribute("data-cost"),
               c.getBoundingClientRect().width, c.firstElementChild.getBoundingClientRect().height];
@@ -570,6 +579,9 @@ def test_a_daily_chart_of_years_of_calls_is_drawn_within_the_page(
         assert {day: Decimal(cost) for day, cost, _, _ in r["cols"]} == months
         assert min(col_width for _, _, col_width, _ in r["cols"]) >= 1
         assert min(height for _, _, _, height in r["cols"]) > 0
+        labels = r["xLabels"]  # month names under the chart, side by side, none over another
+        assert labels[0][0] == "2025-01" and len(labels) >= 3
+        assert all(a[2] <= b[1] for a, b in itertools.pairwise(labels)), labels
 
 
 @needs_chromium

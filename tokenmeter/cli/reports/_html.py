@@ -55,7 +55,9 @@ _PALETTE = (
 _OTHER = "#c7c7c7"
 _TOP = 9  # series beyond this many are summed into "other"
 _BARS = 12  # rows of a horizontal bar chart
-_X_LABELS = 7  # at most this many day labels under the daily chart
+#: Characters of labels under the daily chart, at most: side by side at 390 px (6 days'
+#: MM-DD, 4 months' YYYY-MM).
+_X_LABEL_CHARS = 30
 #: Columns the daily chart draws at most: a quarter of days, still 2 px wide each at 390 px.
 #: More days than that are drawn by week, month, year... (730 columns were each 0 px wide).
 _COLUMNS = 92
@@ -252,11 +254,10 @@ def _daily_chart(per_day_model: Breakdown, colors: dict[str, str]) -> tuple[str,
             f'<div style="height:{_pct(total, top)};display:flex;flex-direction:column-reverse">'
             f"{segments}</div></div>"
         )
-    every = max(1, -(-len(days) // _X_LABELS))
+    texts = [day[-5:] if unit in ("day", "week") else day for day in days]
+    every = max(1, -(-len(days) // max(1, _X_LABEL_CHARS // max(map(len, texts)))))
     x_labels = "".join(
-        f"<span>{esc(day[-5:] if unit in ('day', 'week') else day) if i % every == 0 else ''}"
-        "</span>"
-        for i, day in enumerate(days)
+        f"<span>{esc(text) if i % every == 0 else ''}</span>" for i, text in enumerate(texts)
     )
     gap = ' style="gap:1px"' if len(days) > _DENSE else ""
     legend = "".join(
