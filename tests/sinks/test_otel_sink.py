@@ -506,3 +506,75 @@ def test_the_latest_genai_conventions_when_opted_in(
     costs = _points_by("tokenmeter.cost", receiver, "gen_ai.operation.name")
     assert costs["chat"].as_double == pytest.approx(float(2 * records[0].estimated_cost_usd))
     assert costs["embeddings"].as_double == pytest.approx(float(records[3].estimated_cost_usd))
+
+
+FORK_WITH_THE_APPLICATIONS_SINK = """
+import json, os, threading, time
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+import tokenmeter
+from tokenmeter.sinks import OTelSink
+
+spans = InMemorySpanExporter()
+tracer_provider = TracerProvider()
+tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+sink = OTelSink(tracer_provider=tracer_provider, meter_provider=meter_provider)
+tokenmeter.configure(sinks=[sink])
+tracer = tracer_provider.get_tracer("the-app")
+with tracer.start_as_current_span("parent-request"):
+    tokenmeter.record("openai", "gpt-4o", 10, 2)
+assert tokenmeter.flush(timeout=60)
+held, release = threading.Event(), threading.Event()
+
+def hold_the_lock():  # as the writer does for an instant per record
+    with sink._parents_lock:
+        held.set()
+        release.wait()
+
+threading.Thread(target=hold_the_lock, daemon=True).start()
+held.wait()
+spans.clear()
+pid = os.fork()
+if pid == 0:
+    with tracer.start_as_current_span("child-request") as request:
+        made = tokenmeter.record("openai", "gpt-4o", 10, 2)
+    flushed = tokenmeter.flush(timeout=20)
+    [call] = [s for s in spans.get_finished_spans() if s.name == "chat gpt-4o"] or [None]
+    parent = None if call is None or call.parent is None else call.parent.span_id
+    print(json.dumps({
+        "flushed": flushed,
+        "exported": call is not None,
+        "is_child": parent == request.get_span_context().span_id,
+    }), flush=True)
+    os._exit(0)
+release.set()
+for _ in range(600):
+    if os.waitpid(pid, os.WNOHANG)[0]:
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    print(json.dumps({"hung": True}), flush=True)
+"""
+
+
+def test_a_forked_child_exports_its_calls_inside_its_own_spans() -> None:
+    """An OTelSink given to configure() is used again by a forked child (a worker of a pool,
+    a server's preforked worker). Its watch of the records submitted was gone there (the
+    pipeline forgets the parent's at fork), so the child's calls were never children of the
+    spans they were made in; and a lock another thread of the parent held at the fork was held
+    for ever in the child, whose records then never reached the exporter."""
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_WITH_THE_APPLICATIONS_SINK],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.splitlines()[-1])
+    assert found == {"flushed": True, "exported": True, "is_child": True}

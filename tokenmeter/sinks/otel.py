@@ -274,7 +274,9 @@ class OTelSink:
         if len(self._own) < 2:  # the application's providers, which the SDK shuts down at exit
             _pipeline.flush_early_at_exit()
         self._observer: Callable[[object], None] | None = None
+        self._unsure = False  # see _after_fork_in_child
         self._observe()
+        _register_for_fork(self)
 
     def _make_latest_instruments(self, meter: Any) -> None:
         def histogram(name: str, unit: str, description: str, buckets: list[Any]) -> Any:
@@ -338,10 +340,32 @@ class OTelSink:
             self._observer = _weak_observer(self)
             self._pipeline.add_submit_observer(self._observer)
 
+    def _after_fork_in_child(self) -> None:
+        """A forked child uses a sink the application configured again, but the pipeline forgot
+        the parent's watches (its calls were no child of the spans they were made in there), a
+        lock another thread held at the fork stays held for ever, and the parents kept are the
+        parent's calls, never written here."""
+        self._parents_lock = threading.Lock()
+        self._parents = OrderedDict()
+        if self._observer is not None:  # observing in the parent (a closed sink stays closed)
+            self._observer = None
+            self._observe()
+            # The parent's sinks made from names are not the child's (it makes its own), and
+            # one kept alive would hold the span of every call made in one: it watches only once
+            # the child's pipeline writes to it.
+            self._unsure = True
+
+    def _in_use(self) -> bool:
+        """In a forked child: whether its pipeline writes to this sink (known for good once it
+        does)."""
+        if any(writer.sink is self for writer in self._pipeline._writers()):
+            self._unsure = False
+        return not self._unsure
+
     # -- the caller's thread ---------------------------------------------------------------------
     def _capture_parent(self, item: object) -> None:
         """Remember the caller's active span for ``item`` (only when there is one)."""
-        if type(item) is not UsageRecord:
+        if type(item) is not UsageRecord or (self._unsure and not self._in_use()):
             return
         current = self._context.get_current()
         if not self._trace.get_current_span(current).get_span_context().is_valid:
@@ -489,6 +513,25 @@ def _add(
         sums[key] = [dims, n]
     else:
         found[1] += n
+
+
+#: Every sink of the process, for the fork hook below.
+_sinks: weakref.WeakSet[OTelSink] = weakref.WeakSet()
+_fork_hooked: list[bool] = []
+
+
+def _register_for_fork(sink: OTelSink) -> None:
+    """Have ``sink`` set up anew in a forked child. Hooked once, after the pipeline's own (made
+    before any sink): hooks run in order in the child, and the pipeline's forgets every watch."""
+    _sinks.add(sink)
+    if not _fork_hooked:
+        _fork_hooked.append(True)
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _after_fork_in_child() -> None:
+    for sink in list(_sinks):
+        sink._after_fork_in_child()
 
 
 _providers: dict[tuple[tuple[str, str], ...], tuple[Any, Any]] = {}
