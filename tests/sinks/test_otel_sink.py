@@ -245,6 +245,24 @@ def test_configure_again_keeps_one_exporter_and_a_reused_sink_working(
     assert len(otel._providers) == 1  # one pair of exporters for the process
 
 
+@pytest.mark.parametrize("signal", ["TRACES", "METRICS"])
+def test_an_exporter_set_to_none_sends_nothing(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch, signal: str
+) -> None:
+    """``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER=none`` is the standard way to turn a
+    signal off (a backend taking traces only, as Langfuse): it was ignored, so the metrics went
+    to the OTLP endpoint all the same, by default localhost:4318, where nobody listens: a
+    warning every minute, and every exit held up to exit_timeout by the exporter's retries."""
+    monkeypatch.setenv(f"OTEL_{signal}_EXPORTER", "none")
+    made = tokenmeter.record("openai", "gpt-4o", 10, 2)
+    assert tokenmeter.flush(timeout=60)
+    spans = [attributes(s.attributes)["tokenmeter.record.id"] for s in receiver.spans()]
+    if signal == "TRACES":
+        assert spans == [] and receiver.metric_points("gen_ai.client.token.usage")
+    else:
+        assert spans == [made.id] and receiver.metrics == []
+
+
 def test_a_collector_that_is_down_fails_nothing_in_the_application(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

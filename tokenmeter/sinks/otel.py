@@ -28,7 +28,8 @@ Why it is shaped this way:
   captured on the caller's thread when the record is submitted; the span itself is made later, on
   the writer thread). Otherwise tokenmeter builds providers of its own (one pair per process)
   with OTLP/HTTP exporters, which read the standard ``OTEL_EXPORTER_OTLP_*``,
-  ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` variables.
+  ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` variables (``OTEL_TRACES_EXPORTER`` or
+  ``OTEL_METRICS_EXPORTER`` set to ``none`` turns that signal off).
 - Exporting happens on the SDK's own threads, batched, with its retries: a collector that is down
   or answers 503 delays nothing but those threads, and spans beyond the SDK's queue are dropped
   by the SDK (its policy), never waited for.
@@ -561,7 +562,8 @@ def _new_tracer_provider() -> Any:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     provider = TracerProvider(resource=Resource.create(), shutdown_on_exit=False)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    if _exporting("TRACES"):
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return provider
 
 
@@ -571,7 +573,14 @@ def _new_meter_provider() -> Any:
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import Resource
 
-    reader = PeriodicExportingMetricReader(OTLPMetricExporter())
-    return MeterProvider(
-        resource=Resource.create(), metric_readers=[reader], shutdown_on_exit=False
-    )
+    readers = [PeriodicExportingMetricReader(OTLPMetricExporter())] if _exporting("METRICS") else []
+    return MeterProvider(resource=Resource.create(), metric_readers=readers, shutdown_on_exit=False)
+
+
+def _exporting(signal: str) -> bool:
+    """False when ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER`` is ``none``: the standard
+    way to turn a signal off (a backend that takes traces only), where an exporter would send
+    to an endpoint nobody listens on, warn every minute and hold every exit up to
+    ``exit_timeout`` with its retries. Any other value is OTLP, the one exporter built here."""
+    value = os.environ.get(f"OTEL_{signal}_EXPORTER", "")
+    return [part.strip().lower() for part in value.split(",") if part.strip()] != ["none"]
