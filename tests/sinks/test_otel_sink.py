@@ -396,6 +396,43 @@ def test_a_sink_never_configured_holds_none_of_the_applications_spans() -> None:
     assert call.parent.span_id == request.get_span_context().span_id
 
 
+def test_a_stream_read_after_its_span_ended_is_still_that_spans_child() -> None:
+    """A stream's record is made when it ends, and its span's parent was the span active
+    then: a stream made inside the application's span and read after it ended (returned by a
+    traced function, handed to a web framework's streaming response) was exported outside the
+    request's trace. Its parent is the span it was made in, as its session is."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from tokenmeter.sinks import OTelSink
+
+    tracer_provider = TracerProvider()
+    exported = InMemorySpanExporter()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exported))
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    tokenmeter.configure(
+        sinks=[OTelSink(tracer_provider=tracer_provider, meter_provider=meter_provider)]
+    )
+    tokenmeter.instrument()
+    tracer = tracer_provider.get_tracer("the-app")
+    with FakeProvider() as fake:
+        client = fake.openai_client()
+        with tracer.start_as_current_span("generate") as generate:
+            stream = client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": PROMPT}], stream=True
+            )
+        with tracer.start_as_current_span("send-response"):
+            chunks = list(stream)
+    assert chunks
+    assert tokenmeter.flush(timeout=60)
+    [call] = [s for s in exported.get_finished_spans() if s.name.startswith("chat ")]
+    assert call.parent is not None
+    assert call.parent.span_id == generate.get_span_context().span_id
+
+
 def test_inside_an_application_that_set_up_opentelemetry() -> None:
     """Its providers are reused and a metered call is a child of the span it was made in."""
     result = subprocess.run(

@@ -29,7 +29,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
-from contextvars import ContextVar
+from contextvars import Context, ContextVar, copy_context
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, SupportsIndex
 
@@ -187,11 +187,16 @@ class Call:
     #: on at the provider when its stream is left or cut, or a resumed stream of one: the
     #: retrieve that finds it done is the record). Ended without usage, it makes no record.
     deferred: bool = False
+    #: A stream's context where it was made: its record is made in it wherever the stream ends,
+    #: so that what the sinks read of the caller's context is the call's (the OpenTelemetry
+    #: span it was made in becomes its span's parent, not the one active when it was read).
+    context: Context | None = None
 
     def __post_init__(self) -> None:
         if self.streamed:
             if self.session is None:
                 self.session = current_session() or implicit_session()
+            self.context = copy_context()
             _open_streams.add(self)
 
     def take(self, found: Extracted | None) -> None:
@@ -233,8 +238,12 @@ class Call:
         self.done = True
         if sys.is_finalizing():  # teardown (after every exit hook): imports no longer work
             return
+        context, self.context = self.context, None  # nothing of the caller's kept past this
         try:
-            self._record(error)
+            if context is None:
+                self._record(error)
+            else:
+                context.run(self._record, error)
         except Exception:
             fault(f"recording a call ({self.provider})")
 

@@ -25,7 +25,8 @@ Why it is shaped this way:
 - An application that already set up OpenTelemetry (its own SDK, Logfire, an agent) keeps its
   providers, exporters and resource: the sink uses the global TracerProvider and MeterProvider,
   and a call made inside one of the application's spans becomes that span's child (its context is
-  captured on the caller's thread when the record is submitted; the span itself is made later, on
+  captured on the caller's thread when the record is submitted, in the context the call was
+  made in for a stream; the span itself is made later, on
   the writer thread). Otherwise tokenmeter builds providers of its own (one pair per process)
   with OTLP/HTTP exporters, which read the standard ``OTEL_EXPORTER_OTLP_*``,
   ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` variables (``OTEL_TRACES_EXPORTER`` or
