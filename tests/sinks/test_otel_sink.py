@@ -633,3 +633,52 @@ def test_a_forked_child_exports_its_calls_inside_its_own_spans() -> None:
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout.splitlines()[-1])
     assert found == {"flushed": True, "exported": True, "is_child": True}
+
+
+FORK_WHILE_A_THREAD_BUILDS_THE_EXPORTERS = """
+import json, os, threading, time
+os.environ["TOKENMETER_SINKS"] = "otel"
+import tokenmeter
+from tokenmeter.sinks import otel
+
+held, release = threading.Event(), threading.Event()
+
+def build():  # a thread making the first sink holds the lock while it builds the exporters
+    with otel._providers_lock:
+        held.set()
+        release.wait()
+
+threading.Thread(target=build, daemon=True).start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    tokenmeter.record("openai", "gpt-4o", 10, 2)  # makes the child's sinks
+    print(json.dumps({"flushed": tokenmeter.flush(timeout=30)}), flush=True)
+    os._exit(0)
+release.set()
+for _ in range(600):
+    if os.waitpid(pid, os.WNOHANG)[0]:
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    print(json.dumps({"hung": True}), flush=True)
+"""
+
+
+def test_a_child_forked_while_a_thread_builds_the_exporters_records(
+    receiver: OtlpReceiver,
+) -> None:
+    """The lock guarding tokenmeter's own providers, held by another thread of the parent at
+    the fork (making its first OTel sink), was held for ever in the child: its first record,
+    on the application's thread, never returned."""
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_WHILE_A_THREAD_BUILDS_THE_EXPORTERS],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == {"flushed": True}
+    assert len(receiver.spans()) == 1

@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import UsageRecord
 from tokenmeter._registry import canonical
 
@@ -538,6 +539,8 @@ def _after_fork_in_child() -> None:
 
 _providers: dict[tuple[tuple[str, str], ...], tuple[Any, Any]] = {}
 _providers_lock = threading.Lock()
+# A child forked while another thread was building them would find the lock held for ever.
+renew_after_fork(globals(), "_providers_lock", threading.Lock)
 
 
 def _own_providers() -> tuple[Any, Any]:
