@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,55 @@ def test_a_sqlite_ledger_locked_by_someone_else_is_not_waited_for_at_every_call(
     holder.execute("ROLLBACK")
     holder.close()
     assert SQLiteLedger(path).spent("k", day) == 1.0
+    ledger.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_child_forked_during_another_threads_ledger_transaction_keeps_its_ledger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fork() while another thread (the lease keeper giving a slice back, an application's
+    thread reserving a call) was inside a ledger transaction: SQLite keeps the process's locks in
+    memory, so the child inherited a write lock held by a thread it does not have, and its every
+    ledger transaction failed "database is locked" after the busy timeout (30 s of an LLM call
+    held, then let through unchecked), or hung. fork() now waits for them, as for the SQLite
+    sink's."""
+    import signal
+    import threading
+
+    from tokenmeter.guardrails import _ledger
+
+    monkeypatch.setattr(_ledger, "BUSY_TIMEOUT_S", 2.0)  # 30 s in use
+    ledger = SQLiteLedger(tmp_path / "budgets.db")
+    inside, release = threading.Event(), threading.Event()
+
+    def held_up(statement: str) -> None:
+        if statement.startswith("INSERT"):  # after BEGIN IMMEDIATE and the read
+            inside.set()
+            release.wait(10)
+
+    def reserve_slowly() -> None:
+        conn = ledger._conn()  # this thread's connection: held up inside the transaction
+        conn.set_trace_callback(held_up)
+        ledger.reserve("k", "", 10.0, 1.0)
+        conn.set_trace_callback(None)
+
+    worker = threading.Thread(target=reserve_slowly)
+    worker.start()
+    assert inside.wait(10)
+    threading.Timer(0.3, release.set).start()  # the transaction ends while fork() waits for it
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        signal.alarm(20)  # a hang fails the test instead of holding it
+        try:
+            code = 0 if ledger.reserve("k", "", 10.0, 2.0) == (True, 1.0) else 2
+        except BaseException:
+            code = 1
+        os._exit(code)
+    release.set()
+    worker.join()
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert ledger.spent("k", "") == 3.0
     ledger.close()
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from tokenmeter.sinks._files import ensure_private_dir, file_id, still_names
+from tokenmeter.sinks.sqlite import held_from_fork
 
 __all__ = [
     "LEASE_CAP",
@@ -314,7 +315,8 @@ class SQLiteLedger:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._pause = Pause("the SQLite budget ledger")
-        self._conn()  # the table is made there
+        with held_from_fork():
+            self._conn()  # the table is made there
 
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection to the file ``path`` names now: one deleted under us (a
@@ -350,7 +352,7 @@ class SQLiteLedger:
     def reserve(
         self, scope_key: str, period_start: str, limit_usd: float, amount_usd: float
     ) -> tuple[bool, float]:
-        with self._pause, _immediate(self._conn()) as conn:
+        with self._pause, held_from_fork(), _immediate(self._conn()) as conn:
             row = conn.execute(_READ, (scope_key, period_start)).fetchone()
             spent = float(row[0]) if row else 0.0
             if spent + amount_usd > limit_usd:
@@ -361,7 +363,7 @@ class SQLiteLedger:
     def settle(
         self, scope_key: str, period_start: str, reserved_usd: float, actual_usd: float
     ) -> float:
-        with self._pause, _immediate(self._conn()) as conn:
+        with self._pause, held_from_fork(), _immediate(self._conn()) as conn:
             row = conn.execute(
                 _SETTLE, (scope_key, period_start, actual_usd, _now(), reserved_usd)
             ).fetchone()
@@ -370,7 +372,7 @@ class SQLiteLedger:
     def reserve_many(self, items: list[Reserve]) -> list[tuple[bool, float]]:
         results: list[tuple[bool, float]] = []
         now = _now()
-        with self._pause, _immediate(self._conn()) as conn:
+        with self._pause, held_from_fork(), _immediate(self._conn()) as conn:
             for key, start, limit, amount in items:
                 row = conn.execute(_READ, (key, start)).fetchone()
                 spent = float(row[0]) if row else 0.0
@@ -384,7 +386,7 @@ class SQLiteLedger:
     def settle_many(self, items: list[Settle]) -> list[float]:
         now = _now()
         spent: list[float] = []
-        with self._pause, _immediate(self._conn()) as conn:
+        with self._pause, held_from_fork(), _immediate(self._conn()) as conn:
             for key, start, reserved, actual in items:
                 row = conn.execute(_SETTLE, (key, start, actual, now, reserved)).fetchone()
                 spent.append(float(row[0]) if row else actual)
@@ -392,7 +394,7 @@ class SQLiteLedger:
 
     def lease_many(self, items: list[Lease]) -> list[LeaseResult]:
         now = _now()
-        with self._pause, _immediate(self._conn()) as conn:
+        with self._pause, held_from_fork(), _immediate(self._conn()) as conn:
             rows = []
             for item in items:
                 row = conn.execute(_READ_ROW, (item[0], item[1])).fetchone()
@@ -409,16 +411,17 @@ class SQLiteLedger:
         return results
 
     def spent(self, scope_key: str, period_start: str) -> float:
-        with self._pause:
+        with self._pause, held_from_fork():
             row = self._conn().execute(_READ, (scope_key, period_start)).fetchone()
         return float(row[0]) if row else 0.0
 
     def close(self) -> None:
         with self._lock:
             conns, self._all = self._all, []
-        for conn in conns:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
+        with held_from_fork():
+            for conn in conns:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
         self._local = threading.local()
 
 

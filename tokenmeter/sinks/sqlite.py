@@ -724,6 +724,13 @@ _FORK_WAIT_S = 3.0
 _gate = _ForkGate()
 
 
+def held_from_fork() -> contextlib.AbstractContextManager[None]:
+    """Around a call on another SQLite connection of ours (the budget ledger's, made on the
+    application's threads and the lease keeper's): ``fork()`` waits for it to end, as for the
+    sink's, since SQLite's memory of the process's locks is shared by every connection."""
+    return _gate.held()
+
+
 def _before_fork() -> None:
     _gate.before_fork(_FORK_WAIT_S)
 
