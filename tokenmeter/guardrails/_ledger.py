@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from tokenmeter.sinks._files import ensure_private_dir, file_id, still_names
-from tokenmeter.sinks.sqlite import held_from_fork
+from tokenmeter.sinks.sqlite import _use_wal, held_from_fork
 
 __all__ = [
     "LEASE_CAP",
@@ -337,7 +337,7 @@ class SQLiteLedger:
             self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            _use_wal(conn, BUSY_TIMEOUT_S)  # waits for processes making the same new file
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(_SCHEMA)  # the file may be new
             self._local.file = file_id(os.stat(self.path))
