@@ -12,6 +12,7 @@ from tokenmeter import _registry
 from tokenmeter.pricing._names import normalise_provider
 from tokenmeter.providers import PROVIDERS
 from tokenmeter.providers._core import Adapter
+from tokenmeter.sinks import InMemorySink
 from tokenmeter.usage import extract
 
 CHAT = {
@@ -35,10 +36,45 @@ CHAT = {
         ("api.anthropic.com", "anthropic"),  # Anthropic's OpenAI-compatible endpoint
         ("my-resource.openai.azure.com", "azure"),
         ("llm.internal.example", "openai"),  # unknown: priced as OpenAI
+        ("api.groq.com.", "groq"),  # a fully qualified name: the same host
+        ("my-resource.openai.azure.com.", "azure"),
+        ("API.X.AI", "x-ai"),
+        ("api.groq.com.evil.example", "openai"),  # a known host's name inside another's
+        ("evilapi.groq.com", "openai"),
     ],
 )
 def test_the_openai_adapter_names_providers_by_host(host: str, provider: str) -> None:
     assert _registry.provider_for_host(host) == provider
+
+
+@pytest.mark.parametrize(
+    ("base_url", "provider"),
+    [
+        ("https://api.groq.com./openai/v1", "groq"),
+        ("https://my-resource.openai.azure.com./openai/v1/", "azure"),
+        ("https://API.DEEPSEEK.COM:443", "deepseek"),
+    ],
+)
+def test_a_call_through_a_host_spelled_another_way_names_its_provider(
+    sink: InMemorySink, base_url: str, provider: str
+) -> None:
+    """A trailing dot (a fully qualified name, as DNS and TLS take it), a port or capitals reach
+    the same server: the call is that provider's, not OpenAI's (the default for unknown hosts)."""
+    import httpx2
+    import openai
+
+    def reply(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, json=CHAT)
+
+    client = openai.OpenAI(
+        api_key="sk-test",
+        base_url=base_url,
+        http_client=httpx2.Client(transport=httpx2.MockTransport(reply)),
+    )
+    tokenmeter.wrap(client)
+    client.chat.completions.create(model="llama-3.3-70b-versatile", messages=[])
+    tokenmeter.flush()
+    assert [r.model_provider for r in sink.records] == [provider]
 
 
 def test_aliases_resolve_the_same_everywhere() -> None:

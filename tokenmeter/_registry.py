@@ -159,7 +159,11 @@ def price_id(name: str) -> str:
 
 
 def provider_for_host(host: str, client_class: str = "") -> str:
-    """Which provider an OpenAI client talks to, from its base URL's host (default: openai)."""
+    """Which provider an OpenAI client talks to, from its base URL's host (default: openai).
+
+    Matched in any case and without a trailing dot: ``api.groq.com.`` (a fully qualified name)
+    reaches the same server as ``api.groq.com``."""
+    host = host.lower().rstrip(".")
     if "Azure" in client_class or host.endswith(".openai.azure.com"):
         return "azure"
     found = _BY_HOST.get(host)
