@@ -47,19 +47,8 @@ def test_the_openai_adapter_names_providers_by_host(host: str, provider: str) ->
     assert _registry.provider_for_host(host) == provider
 
 
-@pytest.mark.parametrize(
-    ("base_url", "provider"),
-    [
-        ("https://api.groq.com./openai/v1", "groq"),
-        ("https://my-resource.openai.azure.com./openai/v1/", "azure"),
-        ("https://API.DEEPSEEK.COM:443", "deepseek"),
-    ],
-)
-def test_a_call_through_a_host_spelled_another_way_names_its_provider(
-    sink: InMemorySink, base_url: str, provider: str
-) -> None:
-    """A trailing dot (a fully qualified name, as DNS and TLS take it), a port or capitals reach
-    the same server: the call is that provider's, not OpenAI's (the default for unknown hosts)."""
+def _provider_of_a_call(sink: InMemorySink, base_url: str) -> str:
+    """The provider a chat call through the real OpenAI SDK at ``base_url`` is recorded under."""
     import httpx2
     import openai
 
@@ -74,7 +63,39 @@ def test_a_call_through_a_host_spelled_another_way_names_its_provider(
     tokenmeter.wrap(client)
     client.chat.completions.create(model="llama-3.3-70b-versatile", messages=[])
     tokenmeter.flush()
-    assert [r.model_provider for r in sink.records] == [provider]
+    (record,) = sink.records
+    return record.model_provider
+
+
+@pytest.mark.parametrize(
+    ("base_url", "provider"),
+    [
+        ("https://api.groq.com./openai/v1", "groq"),
+        ("https://my-resource.openai.azure.com./openai/v1/", "azure"),
+        ("https://API.DEEPSEEK.COM:443", "deepseek"),
+    ],
+)
+def test_a_call_through_a_host_spelled_another_way_names_its_provider(
+    sink: InMemorySink, base_url: str, provider: str
+) -> None:
+    """A trailing dot (a fully qualified name, as DNS and TLS take it), a port or capitals reach
+    the same server: the call is that provider's, not OpenAI's (the default for unknown hosts)."""
+    assert _provider_of_a_call(sink, base_url) == provider
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "https://my-resource.cognitiveservices.azure.com/openai/v1/",
+        "https://my-foundry.services.ai.azure.com/openai/v1/",
+    ],
+)
+def test_azure_openai_through_the_plain_openai_client_is_azure(
+    sink: InMemorySink, base_url: str
+) -> None:
+    """Azure OpenAI's v1 API on an Azure AI services or an Azure AI Foundry resource (the
+    endpoints the Azure portal shows for them), called with ``openai.OpenAI(base_url=...)``."""
+    assert _provider_of_a_call(sink, base_url) == "azure"
 
 
 def test_aliases_resolve_the_same_everywhere() -> None:

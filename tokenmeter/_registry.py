@@ -59,7 +59,14 @@ _OPENAI = "openai"
 
 PROVIDERS: tuple[Provider, ...] = (
     Provider("openai", _OPENAI, hosts=("api.openai.com",)),
-    Provider("azure", _OPENAI, aliases=("azure_openai", "azure-openai")),
+    Provider(
+        "azure",
+        _OPENAI,
+        aliases=("azure_openai", "azure-openai"),
+        # Azure OpenAI resources, Azure AI services and Azure AI Foundry resources: each serves
+        # the OpenAI API (``/openai/v1/``), which the plain OpenAI client calls.
+        hosts=("openai.azure.com", "cognitiveservices.azure.com", "services.ai.azure.com"),
+    ),
     Provider("anthropic", "anthropic", hosts=("api.anthropic.com",)),
     Provider(
         "google",
@@ -164,7 +171,7 @@ def provider_for_host(host: str, client_class: str = "") -> str:
     Matched in any case and without a trailing dot: ``api.groq.com.`` (a fully qualified name)
     reaches the same server as ``api.groq.com``."""
     host = host.lower().rstrip(".")
-    if "Azure" in client_class or host.endswith(".openai.azure.com"):
+    if "Azure" in client_class:
         return "azure"
     found = _BY_HOST.get(host)
     if found is not None:
