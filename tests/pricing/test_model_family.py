@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+from helpers import run_python
 
 from tokenmeter.pricing import model_family
 
@@ -38,3 +42,20 @@ def test_a_manual_record_and_the_served_snapshot_share_a_family() -> None:
     """The two rows new users saw for one model: ``gpt-4o`` recorded by hand and the SDK's
     ``gpt-4o-2024-08-06``."""
     assert model_family("gpt-4o") == model_family("gpt-4o-2024-08-06")
+
+
+def test_a_long_name_of_version_like_parts_is_grouped_without_backtracking(
+    tmp_path: Path,
+) -> None:
+    """A stored model name is not bounded in a JSONL file (edited, or written by another tool):
+    100 KB of ``-1234`` made the version-suffix pattern backtrack for minutes (holding the GIL),
+    and ``tokenmeter report --by family`` with it. Run in a child process, killed after 120 s."""
+    code = (
+        "from tokenmeter.pricing import model_family\n"
+        "for part in ('-1234', '-12-34', '-123', '-latest'):\n"
+        "    name = 'gpt-4o' + part * (200_000 // len(part)) + 'x'\n"
+        "    assert model_family(name) == name, part\n"
+        "print(model_family('gpt-4o' + '-x' * 1000 + '-2024-08-06-latest'))\n"
+    )
+    done = run_python("-c", code, env=dict(os.environ), cwd=tmp_path)
+    assert done.stdout.strip() == "gpt-4o" + "-x" * 1000

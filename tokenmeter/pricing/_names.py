@@ -23,6 +23,10 @@ _DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
 #: What a family leaves out after the name: a date (``-2024-08-06``, ``-20250929``, ``-0613``,
 #: a preview's ``-05-20``), a build number (``-001``) or ``-latest``.
 _VERSION_SUFFIX = re.compile(r"(?:-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4}|\d{2}-\d{2}|\d{3}|latest))+$")
+#: Far more than a version suffix takes (``-2024-08-06-latest``: 18 characters). The pattern is
+#: searched for in a name's last characters only: over a whole stored name (unbounded in a JSONL
+#: file) it backtracks quadratically, minutes for 100 KB of ``-1234``.
+_VERSION_TAIL = 100
 
 
 def normalise_provider(provider: str | None) -> str | None:
@@ -83,5 +87,6 @@ def model_family(name: str) -> str:
         name = name.rsplit("/", 1)[1]
     name = name.split("@", 1)[0]
     name = _BEDROCK_VERSION.sub("", _BEDROCK_VENDOR.sub("", _BEDROCK_GEO.sub("", name))) or name
-    family = _VERSION_SUFFIX.sub("", name) or name
+    head, tail = name[:-_VERSION_TAIL], name[-_VERSION_TAIL:]
+    family = head + _VERSION_SUFFIX.sub("", tail) or name
     return f"ft:{family}" if fine_tune else family
