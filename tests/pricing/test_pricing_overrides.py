@@ -70,6 +70,25 @@ def test_user_price_matches_normalised_spellings() -> None:
     assert price_usage("openai", "openai/MY-MODEL", USAGE, at=DAY).total_usd == Decimal("2.69")
 
 
+def test_a_price_set_for_a_base_model_is_not_its_fine_tunes_price() -> None:
+    """A fine-tune is billed at its own rates (gpt-4o's: $3.75/$15 where gpt-4o's are $2.50/$10):
+    a price set for gpt-4o billed every gpt-4o fine-tune at it, a third under, as gpt-4o."""
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    tuned = "ft:gpt-4o-2024-08-06:acme::abc123"
+    set_user_prices({"gpt-4o": {"input_per_mtok": 2, "output_per_mtok": 8}})
+
+    cost = price_usage("openai", tuned, usage, at=DAY)
+    assert (cost.total_usd, cost.priced_model) == (Decimal("18.75"), "ft:gpt-4o")
+    assert price_usage("openai", "gpt-4o-2024-08-06", usage, at=DAY).total_usd == Decimal(10)
+    # A fine-tune no table prices is priced as its base, by the user's price then.
+    set_user_prices({"gpt-4.1": {"input_per_mtok": 2, "output_per_mtok": 8}})
+    base = price_usage("openai", "ft:gpt-4.1-2025-04-14:acme::x", usage, at=DAY)
+    assert (base.total_usd, base.price_source) == (Decimal(10), "override")
+    # A price set for the fine-tune is its price.
+    set_user_prices({"ft:gpt-4o": {"input_per_mtok": 2, "output_per_mtok": 8}})
+    assert price_usage("openai", tuned, usage, at=DAY).total_usd == Decimal(10)
+
+
 def test_missing_cache_rates_bill_cache_tokens_at_the_input_rate() -> None:
     set_user_prices({"plain": {"input_per_mtok": "3", "output_per_mtok": "4"}})
     # 1M input (all kinds) at $3 + 100k output at $4

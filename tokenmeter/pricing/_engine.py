@@ -556,7 +556,7 @@ def _resolve(provider: str | None, model: str, tier: str | None) -> _Entry:
         provider_id = normalise_provider(provider)
         names = _with_alias(name_candidates(model))
         models: list[PricedModel] = []
-        user = _overrides.find_user_prices(names)
+        user = _user_prices(provider_id, names)
         if user is not None:
             models.append(_overrides.UserPricedModel(user[0], user[1], provider_id))
         table = _find_in_table(provider_id, names)
@@ -567,6 +567,19 @@ def _resolve(provider: str | None, model: str, tier: str | None) -> _Entry:
             _entries.clear()
         _entries[key] = entry
         return entry
+
+
+def _user_prices(
+    provider: str | None, names: list[str]
+) -> tuple[str, tuple[_overrides.UserPrice, ...]] | None:
+    """The user's prices for the first of ``names`` that has some. A price set for a fine-tune's
+    base model is not the fine-tune's when a table has the fine-tune's own: a fine-tune is billed
+    at other rates, and a price for gpt-4o would bill every gpt-4o fine-tune as gpt-4o."""
+    user = _overrides.find_user_prices(names)
+    if user is None or user[0].startswith("ft:") or not names[0].startswith("ft:"):
+        return user
+    tuned = [name for name in names if name.startswith("ft:")]
+    return None if _find_in_table(provider, tuned) is not None else user
 
 
 def _with_alias(names: list[str]) -> list[str]:
