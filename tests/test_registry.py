@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -81,6 +82,18 @@ def test_a_call_through_a_host_spelled_another_way_names_its_provider(
     """A trailing dot (a fully qualified name, as DNS and TLS take it), a port or capitals reach
     the same server: the call is that provider's, not OpenAI's (the default for unknown hosts)."""
     assert _provider_of_a_call(sink, base_url) == provider
+
+
+def test_together_on_either_of_its_api_hosts_is_together(sink: InMemorySink) -> None:
+    """Together AI serves its API on api.together.ai as well as api.together.xyz (both in use):
+    a call to the first was OpenAI's, and its Llama models had no price."""
+    assert _provider_of_a_call(sink, "https://api.together.ai/v1") == "together"
+    cost = tokenmeter.price(
+        "together",
+        "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+        {"input_tokens": 1_000_000, "output_tokens": 1_000_000},
+    )
+    assert cost.total_usd == Decimal("1.76")
 
 
 @pytest.mark.parametrize(

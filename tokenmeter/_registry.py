@@ -90,7 +90,10 @@ PROVIDERS: tuple[Provider, ...] = (
     Provider("mistral", _OPENAI, aliases=("mistralai",), hosts=("api.mistral.ai",)),
     Provider("x-ai", _OPENAI, aliases=("xai", "grok"), hosts=("api.x.ai",)),
     Provider(
-        "together", _OPENAI, aliases=("together_ai", "togetherai"), hosts=("api.together.xyz",)
+        "together",
+        _OPENAI,
+        aliases=("together_ai", "togetherai"),
+        hosts=("api.together.xyz", "api.together.ai"),
     ),
     Provider(
         "fireworks", _OPENAI, aliases=("fireworks_ai", "fireworks-ai"), hosts=("api.fireworks.ai",)
