@@ -7,6 +7,7 @@ estimate (4 characters a token of its text) is tiny next to it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import logging
 import math
@@ -26,6 +27,7 @@ from helpers import one_line_value_error
 
 import tokenmeter
 from tokenmeter import BudgetExceeded
+from tokenmeter.guardrails import _budgets
 from tokenmeter.guardrails._alerts import Alert
 from tokenmeter.guardrails._budgets import parse_budgets, period_start
 from tokenmeter.guardrails._ledger import MemoryLedger
@@ -896,6 +898,45 @@ def test_an_ended_session_is_not_kept_by_the_budgets(
     assert tokenmeter.flush(5)
     gc.collect()
     assert gone() is None
+
+
+def test_sessions_open_at_once_past_any_bound_work_out_their_budgets_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Which budgets cover a session's calls is worked out once per session and model; the
+    cache of it was emptied whenever it reached 4,096 entries, so a server with more sessions
+    open at once (long-lived websockets) worked it out over every budget at every call, and its
+    budgeted calls each took a ledger transaction (the lease group went with the entry)."""
+    tokenmeter.configure(
+        sinks=[InMemorySink()],
+        budgets=[
+            {"limit_usd": 10**6, "period": "day"},
+            {"limit_usd": 10**6, "tag": "customer=acme"},
+        ],
+        budget_ledger="memory",
+    )
+    sessions = []
+    for index in range(4_500):
+        context = contextvars.copy_context()
+        opened = tokenmeter.session(f"socket-{index}", tags={"customer": "acme"})
+        context.run(opened.__enter__)
+        sessions.append((context, opened))
+    for context, _ in sessions:
+        context.run(tokenmeter.record, "openai", "gpt-4o", 100, 20)
+    matched = 0
+    matches = _budgets.Budget.matches
+
+    def counted(budget: Any, *args: Any) -> bool:
+        nonlocal matched
+        matched += 1
+        return matches(budget, *args)
+
+    monkeypatch.setattr(_budgets.Budget, "matches", counted)
+    for context, _ in sessions:
+        context.run(tokenmeter.record, "openai", "gpt-4o", 100, 20)
+    for context, opened in sessions:
+        context.run(opened.__exit__, None, None, None)
+    assert matched == 0
 
 
 def test_a_call_refused_by_a_budget_is_recorded_under_the_name_its_calls_have(

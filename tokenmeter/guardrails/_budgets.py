@@ -282,13 +282,14 @@ class _Config:
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: period -> (first second, first second of the next period, the period's key)
     periods: dict[str, tuple[float, float, str]] = field(default_factory=dict)
-    #: The budgets a call's scope falls in, by (provider, model(s), session, refusing only): the
-    #: same for every call of a model in a session, so worked out once (bounded: cleared when it
-    #: grows large).
-    scopes: dict[tuple[Any, ...], _Scope] = field(default_factory=dict)
-    #: A session's id -> its keys in ``scopes``: dropped when it ends (a key holds its session,
-    #: with its tags and summary: a server with a session per request kept thousands alive).
-    session_keys: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    #: The budgets a call's scope falls in, by session, then by (provider, model(s), refusing
+    #: only): the same for every call of a model in a session, so worked out once. Kept while the
+    #: session lives, and dropped when it ends (its tags and summary are not kept alive): a bound
+    #: on every session's entries together made a server with more sessions open than it (long-
+    #: lived websockets) work them out at every call, and take a ledger transaction for each.
+    scopes: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], _Scope]] = field(
+        default_factory=weakref.WeakKeyDictionary
+    )
     #: Some budget is scoped to a model: a check then also matches the names responses gave to
     #: the request's model (``models``).
     model_scoped: bool = False
@@ -323,8 +324,12 @@ class _Config:
         self, provider: str, models: tuple[str | None, ...], session: Any, refusing: bool
     ) -> _Scope:
         """The budgets whose scope covers a call (only those that refuse: ``refusing``)."""
-        key = (provider, models, session, refusing)
-        found = self.scopes.get(key)
+        owner = _NO_SESSION if session is None else session
+        kinds = self.scopes.get(owner)
+        if kinds is None:
+            kinds = self.scopes[owner] = {}
+        key = (provider, models, refusing)
+        found = kinds.get(key)
         if found is None:
             found = _Scope(
                 tuple(
@@ -334,19 +339,14 @@ class _Config:
                     and b.matches(provider, models, session)
                 )
             )
-            if len(self.scopes) >= 4096:
-                self.scopes.clear()
-                self.session_keys.clear()
-            self.scopes[key] = found
-            ident = getattr(session, "id", None)
-            if ident is not None:
-                self.session_keys.setdefault(str(ident), []).append(key)
+            if len(kinds) >= _MAX_SESSION_SCOPES:  # a session given a new model per answer
+                kinds.clear()
+            kinds[key] = found
         return found
 
     def forget_session(self, session: Any) -> None:
         """Drop an ended session's entries of ``scopes``."""
-        for key in self.session_keys.pop(str(getattr(session, "id", None)), ()):
-            self.scopes.pop(key, None)
+        self.scopes.pop(_NO_SESSION if session is None else session, None)
 
     def rows(self, scope: _Scope, now: float, session: Any) -> _Rows:
         """The ledger rows (scope_key, period_start, limit) of the scope's budgets at ``now``,
@@ -428,6 +428,14 @@ class _Scope:
         self.others: dict[_Scope, tuple[Budget, ...]] = {}
 
 
+class _NoSession:
+    """Stands for "no session" among the sessions of ``_Config.scopes`` (weakly referred to)."""
+
+
+_NO_SESSION = _NoSession()
+#: Kinds of call (provider, model, refusing or not) whose scope a session keeps: past this many
+#: (a server naming a new model per answer) its entries start over.
+_MAX_SESSION_SCOPES = 256
 #: Names a response may give one request model that a check matches (past these, no more are
 #: learnt: a gateway routing one name to many models).
 _MAX_RESPONSE_NAMES = 8
@@ -617,8 +625,7 @@ def check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
                 if config.model_scoped
                 else (call.request_model,)
             )
-            key = (call.provider, models, session, True)
-            scope = config.scopes.get(key) or config.in_scope(*key)
+            scope = config.in_scope(call.provider, models, session, True)
             group = scope.group
             if group is not None:
                 node = session
@@ -812,13 +819,12 @@ def settle(record: UsageRecord, session: Any, call: Any) -> None:
                 config = _config
                 reserving = reservation.scope
                 if config is not None and reserving is not None and not reservation.sessions:
-                    key = (
+                    scope = config.in_scope(
                         record.model_provider,
                         (record.request_model, record.model_name),
                         session,
                         False,
                     )
-                    scope = config.scopes.get(key) or config.in_scope(*key)
                     if scope.others.get(reserving) == ():
                         current = reservation.current
                         assert current is not None
