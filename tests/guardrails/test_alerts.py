@@ -205,6 +205,25 @@ def test_spend_rate_still_judges_after_a_record_dated_ahead_of_the_clock(tmp_pat
     assert alert.rule == "spend_rate" and alert.observed == pytest.approx(1.5)
 
 
+def test_spend_rate_keeps_the_trailing_hour_in_seconds_not_records(tmp_path: Path) -> None:
+    """spend_rate kept every record of the trailing hour (its time and cost): memory grew with
+    the call rate, about 136 bytes a call, 490 MB at 1,000 calls a second. The hour is kept by
+    the second, its sums the same."""
+    from tokenmeter.guardrails import _alerts
+
+    seen = setup(tmp_path, [{"rule": "spend_rate", "threshold": 0.02}])
+    for index in range(3_000):  # 3,000 calls in 30 seconds, $0.000025 each: $0.075
+        tokenmeter.record(
+            "openai", "gpt-4o", 10, 0, timestamp=T0 + timedelta(milliseconds=10 * index)
+        )
+    assert tokenmeter.flush(5)
+    sink = _alerts._active
+    assert sink is not None and len(sink._hour) <= 30
+    assert sink._hour_sum == pytest.approx(0.075)
+    (alert,) = seen.alerts  # as the hour passed the threshold (within a call), then cooling
+    assert alert.observed == pytest.approx(0.02, abs=0.000025)
+
+
 def test_two_rules_of_one_kind_count_each_record_once(tmp_path: Path) -> None:
     """Rules of one kind shared their state, and each added the record to it: with two
     spend_rate rules $0.01275 spent in an hour alerted as $0.0255 over a $0.013 threshold, and
