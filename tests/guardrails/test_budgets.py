@@ -939,6 +939,31 @@ def test_sessions_open_at_once_past_any_bound_work_out_their_budgets_once(
     assert matched == 0
 
 
+def test_the_warnings_remembered_for_past_periods_stay_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each warning given (budget, period, fraction) was remembered for the life of the process:
+    an hourly budget per customer adds three every hour, for ever. Past a bound (10,000; 20
+    here) they start over; alerts.jsonl still has each period's warnings given once."""
+    monkeypatch.setattr(_budgets, "_MAX_WARNED", 20, raising=False)
+    tokenmeter.configure(
+        sinks=[InMemorySink()],
+        directory=tmp_path / "tm",
+        budgets=[{"limit_usd": "0.0001", "period": "hour", "on_exceed": "warn"}],
+        budget_ledger="memory",
+    )
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    for hour in range(50):  # $0.0025 each: every fraction of that hour's limit passed
+        tokenmeter.record(
+            "openai", "gpt-4o", 1000, 0, timestamp=start.replace(hour=hour % 24, day=1 + hour // 24)
+        )
+    tokenmeter.record("openai", "gpt-4o", 1000, 0, timestamp=start)  # the first hour again
+    assert tokenmeter.flush(5)
+    assert 0 < len(_budgets._warned) <= 20
+    lines = (tmp_path / "tm" / "alerts.jsonl").read_text().splitlines()
+    assert len(lines) == len(set(lines)) == 150  # each hour's three warnings, once
+
+
 def test_a_call_refused_by_a_budget_is_recorded_under_the_name_its_calls_have(
     fake: FakeProvider,
 ) -> None:

@@ -440,8 +440,10 @@ _MAX_SESSION_SCOPES = 256
 #: learnt: a gateway routing one name to many models).
 _MAX_RESPONSE_NAMES = 8
 _config: _Config | None = None
-#: Warnings already given: (budget key, period start, fraction).
+#: Warnings already given: (budget key, period start, fraction); past ``_MAX_WARNED`` they start
+#: over.
 _warned: set[tuple[str, str, float]] = set()
+_MAX_WARNED = 10_000
 _warned_lock = threading.RLock()  # re-entrant: a session ended by a collection inside it
 
 
@@ -940,6 +942,8 @@ def _maybe_warn(
         with _warned_lock:
             if key in _warned:
                 continue
+            if len(_warned) >= _MAX_WARNED:  # past periods' (an hourly budget adds 3 an hour)
+                _warned.clear()  # a period's warnings are posted once: alerts.jsonl knows them
             _warned.add(key)
         from tokenmeter.guardrails import _alerts
 
