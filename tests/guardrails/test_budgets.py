@@ -173,6 +173,24 @@ def test_a_budget_applies_to_its_scope_only(
     assert len(fake.requests) == (0 if blocked else 1)
 
 
+def test_a_record_made_by_hand_counts_in_the_budget_of_its_own_tags(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    """record(tags=...) tags its record (reports file it there) but a tag budget looked at the
+    session's tags only: calls recorded by hand for customer acme never counted in acme's
+    budget, and one recorded for another customer in an acme session did."""
+    configured(tmp_path, [{"limit_usd": 0.02, "period": "total", "tag": "customer=acme"}])
+    with tokenmeter.session("batch", tags={"customer": "globex"}):
+        for _ in range(2):  # $0.0075 each: acme's
+            tokenmeter.record("openai", "gpt-4o", 1000, 500, tags={"customer": "acme"})
+    with tokenmeter.session("support", tags={"customer": "acme"}):
+        tokenmeter.record("openai", "gpt-4o", 1000, 500, tags={"customer": "globex"})  # not acme's
+        chat(fake)  # $0.015 of $0.02 spent: sent, and then $0.0225
+        with pytest.raises(BudgetExceeded):
+            chat(fake)
+    assert len(fake.requests) == 1
+
+
 def test_a_budget_on_the_model_name_a_response_gives_refuses_calls_too(
     tmp_path: Path, fake: FakeProvider, instrumented: None
 ) -> None:

@@ -95,7 +95,14 @@ class Budget:
     def key(self) -> str:
         return f"{self.name}|{self.period}|{self.scope}"
 
-    def matches(self, provider: str, models: tuple[str | None, ...], session: Any) -> bool:
+    def matches(
+        self,
+        provider: str,
+        models: tuple[str | None, ...],
+        session: Any,
+        tags: Mapping[str, str] | None = None,
+    ) -> bool:
+        """``tags``: a record's own (record(tags=...)), where they are not its session's."""
         if self.provider is not None and provider != self.provider:
             return False
         if self.model is not None and self.model not in models:
@@ -107,7 +114,8 @@ class Budget:
             if node is None:
                 return False
         if self.tag is not None:
-            tags = session.effective_tags if session is not None else {}
+            if tags is None:
+                tags = session.effective_tags if session is not None else {}
             if tags.get(self.tag[0]) != self.tag[1]:
                 return False
         return True
@@ -290,6 +298,8 @@ class _Config:
     scopes: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], _Scope]] = field(
         default_factory=weakref.WeakKeyDictionary
     )
+    #: Some budget is scoped to a tag: a record tagged by hand is matched on its own tags.
+    tag_scoped: bool = False
     #: Some budget is scoped to a model: a check then also matches the names responses gave to
     #: the request's model (``models``).
     model_scoped: bool = False
@@ -477,6 +487,7 @@ def configure_budgets(
 
         _config = _Config(tuple(budgets), ZoneInfo(timezone), tuple(warn_at), open_ledger)
         _config.model_scoped = any(b.model is not None for b in budgets)
+        _config.tag_scoped = any(b.tag is not None for b in budgets)
         _state.armed = True
     if old is not None and old.ledger is not None:
         try:
@@ -865,9 +876,18 @@ def _settle(record: UsageRecord, session: Any, reservation: _Reservation | None)
         return
     cost = record.estimated_cost_usd
     actual = 0.0 if cost is None else float(cost)
-    scope = config.in_scope(
-        record.model_provider, (record.request_model, record.model_name), session, False
-    )
+    models = (record.request_model, record.model_name)
+    if config.tag_scoped and record.tags != session.effective_tags:
+        # Tagged by hand (record(tags=...)): the budgets of the tags it is filed under.
+        scope = _Scope(
+            tuple(
+                b
+                for b in config.budgets
+                if b.matches(record.model_provider, models, session, record.tags)
+            )
+        )
+    else:
+        scope = config.in_scope(record.model_provider, models, session, False)
     reserving = reservation.scope if reservation is not None else None
     # The budgets reserved in settle in the period the reservation was made in (a call across
     # midnight); the others in scope (a record made by hand, a budget that only warns) in the
