@@ -173,7 +173,12 @@ class Session:
         # surrogate made the sinks refuse every record of the session from then on.
         if name is not None and not isinstance(name, str):
             raise ValueError(f"session name must be a string, got {short_repr(name)}")
+        renamed = "_name" in self.__dict__  # not the constructor's
         self._name = None if name is None else clean_text(name, MAX_NAME)
+        if renamed and _guard_state.armed:  # which budgets scoped to a name cover its calls
+            from tokenmeter.guardrails._budgets import session_renamed
+
+            session_renamed()
 
     @property
     def notes(self) -> str | None:

@@ -191,6 +191,21 @@ def test_a_record_made_by_hand_counts_in_the_budget_of_its_own_tags(
     assert len(fake.requests) == 1
 
 
+def test_a_session_renamed_as_it_goes_is_in_the_budget_of_its_new_name(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    """Which budgets cover a session's calls was worked out at its first call and kept: a session
+    renamed after it (job.name = ...) stayed out of its new name's budget for good."""
+    configured(tmp_path, [{"limit_usd": 0.005, "period": "total", "session": "nightly"}])
+    with tokenmeter.session("starting") as job, tokenmeter.session("step"):
+        chat(fake)  # not yet nightly's
+        job.name = "nightly"
+        chat(fake)  # nothing spent yet: sent, and then $0.0075 of $0.005
+        with pytest.raises(BudgetExceeded):
+            chat(fake)
+    assert len(fake.requests) == 2
+
+
 def test_a_budget_on_the_model_name_a_response_gives_refuses_calls_too(
     tmp_path: Path, fake: FakeProvider, instrumented: None
 ) -> None:

@@ -1009,6 +1009,15 @@ def session_ended(session: Any) -> None:
                         _warned.discard((budget.key, start, fraction))
 
 
+def session_renamed() -> None:
+    """A session was renamed as it goes (``job.name = ...``): which budgets cover the calls of it
+    and of its nested sessions is worked out again (it was kept from their first call)."""
+    config = _config
+    if config is not None and any(b.session is not None for b in config.budgets):
+        config.scopes.clear()
+        config.session_keys.clear()
+
+
 def give_back() -> None:
     """Return every unused slice of a budget to the ledger now (tests, benchmarks, reports)."""
     _release_orphans()
