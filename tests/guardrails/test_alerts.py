@@ -270,6 +270,38 @@ def test_refused_calls_do_not_drag_the_baseline_down(tmp_path: Path, fake: Any) 
     assert {a.rule for a in seen.alerts} == {"budget_50pct", "budget_80pct", "budget_100pct"}
 
 
+def test_failed_calls_that_used_nothing_do_not_drag_the_baseline_down(
+    tmp_path: Path, fake: Any, instrumented: None
+) -> None:
+    """A burst of rate-limited calls (429: no usage, 0 tokens, $0) taught the model's baselines
+    zeros, so the next ordinary call alerted as high usage, at 5x its baseline."""
+    import openai
+
+    seen = setup(
+        tmp_path,
+        [
+            {"rule": "call_tokens", "multiplier": 3, "warmup": 5},
+            {"rule": "call_cost", "multiplier": 3, "warmup": 5},
+        ],
+    )
+    client = fake.openai_client(max_retries=0)
+
+    def ask() -> Any:  # the model the fake's responses name, so errors share its baseline
+        return client.chat.completions.create(
+            model="gpt-4o-2024-08-06", messages=[{"role": "user", "content": "hi"}]
+        )
+
+    for _ in range(5):
+        ask()
+    fake.fail_next(429, count=40)
+    for _ in range(40):
+        with pytest.raises(openai.RateLimitError):
+            ask()
+    ask()  # as the first five
+    assert tokenmeter.flush(5)
+    assert seen.alerts == []
+
+
 def test_a_failing_callback_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     def broken(alert: Alert) -> None:
         raise RuntimeError("callback bug")

@@ -228,7 +228,9 @@ class AlertSink:
             for record in records:
                 if record.id in self._own:
                     self._own.discard(record.id)  # an on_alert callback's own call
-                elif record.status != "blocked":
+                elif record.status == "ok" or (record.status == "error" and record.total_tokens):
+                    # Not samples: a refused call, a failed one that used nothing (a burst of
+                    # 429s taught a baseline zeros: the next ordinary call alerted)
                     self._judge_record(record)
             self._deliver_pending()
 
