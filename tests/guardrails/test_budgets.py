@@ -1024,6 +1024,38 @@ def test_a_call_refused_by_a_budget_is_recorded_under_the_name_its_calls_have(
     assert [(r.status, r.model_name) for r in sink.records] == [("blocked", "gemini-2.5-flash")]
 
 
+@pytest.mark.parametrize("sdk", ["google-generativeai", "google-genai"])
+def test_a_budget_on_a_gemini_model_refuses_the_first_call_asking_for_its_path(
+    fake: FakeProvider, sdk: str
+) -> None:
+    """The legacy Gemini SDK asks for models/gemini-2.5-flash (google-genai too, given that
+    path): a budget on gemini-2.5-flash, the name records and reports give, only learnt the path
+    from the first call's record, so the first call of every process was sent past it."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import google.generativeai as legacy
+
+    tokenmeter.configure(
+        sinks=[InMemorySink()],
+        budgets=[{"limit_usd": 0, "model": "gemini-2.5-flash"}],
+        budget_ledger="memory",
+    )
+    tokenmeter.instrument([sdk])
+    try:
+        with pytest.raises(BudgetExceeded):
+            if sdk == "google-generativeai":
+                fake.configure_generativeai()
+                legacy.GenerativeModel("gemini-2.5-flash").generate_content("hi")  # type: ignore[attr-defined]
+            else:
+                client = fake.genai_client()
+                client.models.generate_content(model="models/gemini-2.5-flash", contents="hi")
+    finally:
+        tokenmeter.uninstrument()
+    assert fake.requests == []
+
+
 def test_the_slices_of_ended_sessions_are_not_kept(fake: FakeProvider, instrumented: None) -> None:
     """A budget of period "session" has a lease per session. Calls of one session made at once
     (asyncio.gather) left a float residue of their reservations (a + b + c - a - b - c) in flight

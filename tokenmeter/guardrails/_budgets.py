@@ -308,10 +308,21 @@ class _Config:
     #: it): the check only knows the request's name. Learnt from records (``learn``).
     models: dict[tuple[str, str], tuple[str | None, ...]] = field(default_factory=dict)
 
-    def check_models(self, provider: str, request_model: str | None) -> tuple[str | None, ...]:
-        """The model names a call about to be sent is known by."""
+    def check_models(
+        self, provider: str, request_model: str | None, model: Any = None
+    ) -> tuple[str | None, ...]:
+        """The model names a call about to be sent is known by. ``model``: the adapter's name
+        for it, before any response (Gemini's ``models/gemini-2.5-flash`` is
+        ``gemini-2.5-flash``, the name its records have: else only learnt from the first)."""
         if self.model_scoped and request_model is not None:
             known = self.models.get((provider, request_model))
+            if (
+                type(model) is str
+                and model != request_model
+                and (known is None or model not in known)
+            ):
+                self._add(provider, request_model, model)
+                known = self.models.get((provider, request_model))
             if known is not None:
                 return known
         return (request_model,)
@@ -322,7 +333,10 @@ class _Config:
         request_model, name = record.request_model, record.model_name
         if request_model is None or name == request_model:
             return
-        key = (record.model_provider, request_model)
+        self._add(record.model_provider, request_model, name)
+
+    def _add(self, provider: str, request_model: str, name: str) -> None:
+        key = (provider, request_model)
         known = self.models.get(key, (request_model,))
         if name in known or len(known) > _MAX_RESPONSE_NAMES:
             return
@@ -634,7 +648,7 @@ def check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         config = _config
         if config is not None:
             models = (
-                config.check_models(call.provider, call.request_model)
+                config.check_models(call.provider, call.request_model, call.model)
                 if config.model_scoped
                 else (call.request_model,)
             )
@@ -672,7 +686,9 @@ def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], session:
     config = _config
     provider = call.provider
     scope = (
-        config.in_scope(provider, config.check_models(provider, call.request_model), session, True)
+        config.in_scope(
+            provider, config.check_models(provider, call.request_model, call.model), session, True
+        )
         if config is not None
         else None
     )
