@@ -704,6 +704,32 @@ def test_budget_warnings_are_not_repeated_by_a_restarted_process_in_the_same_per
     ]
 
 
+def test_a_budget_whose_limit_was_raised_warns_again_on_the_way_to_its_new_limit(
+    tmp_path: Path,
+) -> None:
+    """Warned at 100 % of $0.01, the limit raised to $0.05 (configure() again, or a restarted
+    process with the new setting): its warnings were known as given for the period, so passing
+    the new limit ($0.06 spent) said nothing."""
+    seen: list[Alert] = []
+    for limit, records in ((0.01, 2), (0.05, 6)):  # $0.0075 a record
+        configured(
+            tmp_path,
+            [{"name": "team", "limit_usd": limit, "on_exceed": "warn"}],
+            on_alert=seen.append,
+        )
+        for _ in range(records):
+            tokenmeter.record("openai", "gpt-4o", 1000, 500)
+        assert tokenmeter.flush(5)
+    assert [(a.rule, round(a.threshold or 0, 9)) for a in seen] == [
+        ("budget_50pct", 0.005),
+        ("budget_80pct", 0.008),
+        ("budget_100pct", 0.01),
+        ("budget_50pct", 0.025),
+        ("budget_80pct", 0.04),
+        ("budget_100pct", 0.05),
+    ]
+
+
 CONCURRENT = """
 import sys
 from datetime import datetime, timezone

@@ -164,8 +164,9 @@ _MAX_OWN = 10_000
 def post(alert: Alert, *, once: bool = False) -> None:
     """Deliver an alert made on another thread (a budget warning): queued for the alert sink's
     writer, which delivers it with the next batch; logged at once when there is no alert sink.
-    ``once``: not delivered if alerts.jsonl has its (rule, scope) already (a budget warning
-    given by an earlier process in the same period: its scope names the period)."""
+    ``once``: not delivered if alerts.jsonl has its (rule, scope, threshold) already (a budget
+    warning given by an earlier process in the same period, at the same limit: its scope names
+    the period)."""
     sink = _active
     if sink is None:
         logger.warning("tokenmeter alert: %s", alert.message)
@@ -187,9 +188,10 @@ class AlertSink:
         self.path = path
         self.callbacks = tuple(callbacks)
         self.pending: deque[tuple[Alert, bool]] = deque()
-        #: (rule, scope) of the alerts posted ``once`` that were given (this process or an
-        #: earlier one: the tail of alerts.jsonl).
-        self._given: set[tuple[str, str]] = set()
+        #: (rule, scope, threshold) of the alerts posted ``once`` that were given (this process
+        #: or an earlier one: the tail of alerts.jsonl). The threshold: a budget's limit raised
+        #: in the period warns again on the way to the new one.
+        self._given: set[tuple[str, str, Any]] = set()
         self._baselines: dict[tuple[AlertRule, str], _Baseline] = {}
         self._last: dict[tuple[str, str], datetime] = {}
         #: The trailing hour's spend, by the second (in the order the records came).
@@ -431,8 +433,9 @@ class AlertSink:
                 key = (str(item["rule"]), str(item["scope"]))
             except (ValueError, KeyError, TypeError):
                 continue
-            if key[0].startswith("budget_"):
-                self._given.add(key)
+            threshold = item.get("threshold")
+            if key[0].startswith("budget_") and type(threshold) in (float, int, type(None)):
+                self._given.add((*key, threshold))  # a hand-edited list would not hash
             if when.tzinfo is None:
                 when = when.replace(tzinfo=UTC)
             # One dated ahead of the clock (record(timestamp=...)) silences nothing: kept as
@@ -449,7 +452,7 @@ class AlertSink:
         while self.pending:
             alert, once = self.pending.popleft()
             if once:
-                key = (alert.rule, alert.scope)
+                key = (alert.rule, alert.scope, alert.threshold)
                 if key in self._given:
                     logger.debug("tokenmeter: alert given before, not repeated: %s", alert.message)
                     continue
@@ -480,7 +483,7 @@ class AlertSink:
         line = (json.dumps(alert.to_json_dict(), ensure_ascii=False) + "\n").encode(
             "utf-8", "backslashreplace"
         )
-        key = (alert.rule, alert.scope)
+        key = (alert.rule, alert.scope, alert.threshold)
         needle = json.dumps(alert.scope, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
         def given(fd: int) -> bool:
@@ -489,7 +492,10 @@ class AlertSink:
             if needle not in data:  # the common case: no line to parse
                 return False
             found = _objects(data, cut=end > _SEED_BYTES)
-            return any((str(item.get("rule")), str(item.get("scope"))) == key for item in found)
+            return any(
+                (str(item.get("rule")), str(item.get("scope")), item.get("threshold")) == key
+                for item in found
+            )
 
         try:  # whole or not at all: a torn line would swallow the next alert too
             return append_line(self.path, line, given if once else None)

@@ -464,9 +464,9 @@ _MAX_SESSION_SCOPES = 256
 #: learnt: a gateway routing one name to many models).
 _MAX_RESPONSE_NAMES = 8
 _config: _Config | None = None
-#: Warnings already given: (budget key, period start, fraction); past ``_MAX_WARNED`` they start
-#: over.
-_warned: set[tuple[str, str, float]] = set()
+#: Warnings already given: (budget key, period start, fraction, limit: a limit raised in the
+#: period warns again on the way to the new one); past ``_MAX_WARNED`` they start over.
+_warned: set[tuple[str, str, float, float]] = set()
 _MAX_WARNED = 10_000
 _warned_lock = threading.RLock()  # re-entrant: a session ended by a collection inside it
 
@@ -974,7 +974,7 @@ def _maybe_warn(
     for fraction in fractions:
         if spent < fraction * limit or (limit == 0 and spent == 0):
             break
-        key = (budget.key, start, fraction)
+        key = (budget.key, start, fraction, limit)
         with _warned_lock:
             if key in _warned:
                 continue
@@ -1022,7 +1022,7 @@ def session_ended(session: Any) -> None:
             for budget in config.budgets:
                 if budget.period == "session":
                     for fraction in config.warn_at:
-                        _warned.discard((budget.key, start, fraction))
+                        _warned.discard((budget.key, start, fraction, budget.limit))
 
 
 def session_renamed() -> None:
