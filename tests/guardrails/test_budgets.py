@@ -730,6 +730,27 @@ def test_a_budget_whose_limit_was_raised_warns_again_on_the_way_to_its_new_limit
     ]
 
 
+def test_a_warning_of_the_first_record_after_configure_reaches_the_callbacks_and_the_file(
+    tmp_path: Path,
+) -> None:
+    """configure() replaces the sinks, the alert sink among them; the new ones are made when the
+    first record is submitted, and its budget warnings are posted before that (as it is
+    settled): a session already under way had the warning its first record crossed only
+    logged, neither written to alerts.jsonl nor given to on_alert."""
+    seen: list[Alert] = []
+    configured(tmp_path, [])
+    tokenmeter.record("openai", "gpt-4o", 1, 1)  # the implicit session is announced
+    configured(
+        tmp_path,
+        [{"name": "team", "limit_usd": 0.01, "on_exceed": "warn"}],
+        on_alert=seen.append,
+    )
+    tokenmeter.record("openai", "gpt-4o", 1000, 500)  # $0.0075 of $0.01
+    assert tokenmeter.flush(5)
+    assert [a.rule for a in seen] == ["budget_50pct"]
+    assert "budget_50pct" in (tmp_path / "tm" / "alerts.jsonl").read_text()
+
+
 CONCURRENT = """
 import sys
 from datetime import datetime, timezone

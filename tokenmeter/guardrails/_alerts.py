@@ -168,6 +168,14 @@ def post(alert: Alert, *, once: bool = False) -> None:
     warning given by an earlier process in the same period, at the same limit: its scope names
     the period)."""
     sink = _active
+    if sink is None and _pipeline._pipeline is None:
+        # configure() replaced the sinks and the new ones are made at the first record, which
+        # posts its warnings before it is submitted: make them now, the alert sink among them
+        try:
+            _pipeline._get()
+        except Exception:  # a setting refused at first use: the record's own submit says so
+            logger.debug("tokenmeter: no sinks for an alert", exc_info=True)
+        sink = _active
     if sink is None:
         logger.warning("tokenmeter alert: %s", alert.message)
         return
