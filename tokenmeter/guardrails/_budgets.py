@@ -1031,7 +1031,6 @@ def session_renamed() -> None:
     config = _config
     if config is not None and any(b.session is not None for b in config.budgets):
         config.scopes.clear()
-        config.session_keys.clear()
 
 
 def give_back() -> None:
