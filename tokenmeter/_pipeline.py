@@ -920,7 +920,11 @@ def _flush_at_exit() -> None:
     _mark_exit_flushed()  # from now on a record is written at once (_write_late)
     # What is left of exit_timeout (nothing, after a flush that used it all on a hung sink).
     _stop_writers([*writers, *_ending], _exit_time_left())
-    timed_out += [_name(w.sink) for w in _ending if w._thread.is_alive()]
+    # A writer still at work (setting aside what its sink refused, closing it) is cut off when
+    # the interpreter ends: what it still holds is lost, not failed and set aside.
+    late = [_name(w.sink) for w in [*writers, *_ending] if w._thread.is_alive()]
+    timed_out += [name for name in late if name not in timed_out]
+    failed = [name for name in failed if name not in timed_out]
     _report_unflushed(failed, timed_out, "every record at exit")
 
 
