@@ -624,6 +624,32 @@ def test_a_record_still_refused_when_its_sink_stops_is_set_aside_not_lost() -> N
     assert kept[0]["error"] == "ValueError: cannot store this one"
 
 
+class DownSink(InMemorySink):
+    """A user sink whose server is down: every write fails."""
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        raise OSError("server down")
+
+
+def test_records_that_cannot_be_set_aside_are_not_logged_one_line_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A sink down for long, stopped with thousands of records when the quarantine file cannot
+    be written (a directory in its place, a read-only or full disk): a log line each, with the
+    whole record (20,000 records: 20,000 lines, 18 MB of log). The first is logged with its
+    record, then how many."""
+    (Path(".tokenmeter") / "quarantine.jsonl").mkdir(parents=True)
+    tokenmeter.configure(sinks=[DownSink()])
+    made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(3_000)]
+    assert not tokenmeter.flush(30)
+    with caplog.at_level(logging.ERROR, logger="tokenmeter"):
+        tokenmeter.configure(sinks=["jsonl"])  # the old sink stops: its records are refused
+    lost = [r.getMessage() for r in caplog.records if "could not be set aside" in r.message]
+    assert len(lost) == 2, len(lost)
+    assert made[0].id in lost[0]  # the first one's record is in the log
+    assert "3000 records it rejected when it stopped could not be set aside" in lost[1]
+
+
 def test_impossible_values_never_wedge_the_default_sinks(tmp_path: Path) -> None:
     """A lone surrogate, a cost beyond reason: the record is made storable at the door, and every
     record after it still reaches SQLite, JSONL and the journal."""

@@ -246,6 +246,8 @@ class _Writer:
         self._reported = False
         self.dropped = 0
         self.quarantined = 0
+        #: Records that could not be set aside either.
+        self.lost = 0
         self._last_error: BaseException | None = None
         self._thread = start_thread(self._run, f"tokenmeter-writer-{_name(sink)}")
 
@@ -456,12 +458,20 @@ class _Writer:
     def _set_aside_pending(self) -> None:
         """At the end (exit, a new configuration): what the sink still refuses after its last
         attempt goes to the quarantine file with its error, rather than nowhere."""
+        lost = self.lost
         for item, error in self._accused:
             self._quarantine(item, error)
         self._accused.clear()
         while self._pending:
             for item in self._pending.popleft():
                 self._quarantine(item, self._last_error or RuntimeError("not written"))
+        if self.lost - lost > 1:  # the first is logged with its record, the rest counted
+            logger.error(
+                "tokenmeter sink %s: %d records it rejected when it stopped could not be set "
+                "aside either",
+                _name(self.sink),
+                self.lost - lost,
+            )
 
     def _failed(self, run: list[Any], exc: BaseException, now: float) -> None:
         self._last_error = exc
@@ -543,12 +553,7 @@ class _Writer:
                 where, (json.dumps(line, default=str) + "\n").encode("utf-8", "backslashreplace")
             )
         except Exception as error:
-            logger.error(
-                "tokenmeter sink %s rejected a record and it could not be set aside (%s): %s",
-                _name(self.sink),
-                error,
-                line,
-            )
+            self._count_lost(line, error)
             return
         if self.quarantined == 1:
             logger.error(
@@ -556,6 +561,26 @@ class _Writer:
                 _name(self.sink),
                 line["error"],
                 where,
+            )
+
+    def _count_lost(self, line: dict[str, Any], error: Exception) -> None:
+        """Log a record that could not be set aside: the first with the record itself, then one
+        line per 10,000 (a sink down for long stops holding up to ``max_queue`` records, and a
+        line each flooded the log; ``_set_aside_pending`` says how many it lost)."""
+        self.lost += 1
+        if self.lost == 1:
+            logger.error(
+                "tokenmeter sink %s rejected a record and it could not be set aside (%s): %s",
+                _name(self.sink),
+                error,
+                line,
+            )
+        elif self.lost % 10_000 == 0:
+            logger.error(
+                "tokenmeter sink %s: %d records it rejected could not be set aside (%s)",
+                _name(self.sink),
+                self.lost,
+                error,
             )
 
     def _release_markers(self, ok: bool) -> None:
