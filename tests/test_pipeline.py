@@ -650,6 +650,31 @@ def test_records_that_cannot_be_set_aside_are_not_logged_one_line_each(
     assert "3000 records it rejected when it stopped could not be set aside" in lost[1]
 
 
+class DownWithAPage(InMemorySink):
+    """A user sink whose server is down and which raises with the error page it got."""
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        raise RuntimeError("upload failed: 502 <html>" + "x" * 200_000)
+
+
+def test_a_sinks_long_error_message_is_kept_short_with_each_record_set_aside(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The sink's whole message went into the log and into every line of the quarantine file:
+    2,000 records of a sink raising with a 200 kB error page made a 400 MB quarantine file
+    (max_queue records, 20 GB)."""
+    tokenmeter.configure(sinks=[DownWithAPage()])
+    made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(50)]
+    with caplog.at_level(logging.ERROR, logger="tokenmeter"):
+        assert not tokenmeter.flush(30)
+        tokenmeter.configure(sinks=["jsonl"])  # the old sink stops: its records are set aside
+    kept = [json.loads(line) for line in (Path(".tokenmeter") / "quarantine.jsonl").open()]
+    assert [k["record"]["id"] for k in kept] == [r.id for r in made]
+    assert all(k["error"].startswith("RuntimeError: upload failed: 502 <html>xxx") for k in kept)
+    assert max(len(k["error"]) for k in kept) <= 1_100
+    assert max(len(r.getMessage()) for r in caplog.records) <= 1_500
+
+
 def test_impossible_values_never_wedge_the_default_sinks(tmp_path: Path) -> None:
     """A lone surrogate, a cost beyond reason: the record is made storable at the door, and every
     record after it still reaches SQLite, JSONL and the journal."""

@@ -594,14 +594,21 @@ class _Writer:
         self._markers.clear()
 
 
+#: The most of a sink's error message that is logged and kept with each record set aside: a
+#: user sink raising with the error page it got (200 kB) made every quarantine line that long.
+_ERROR_TEXT_MAX = 1_000
+
+
 def _error_text(exc: BaseException) -> str:
-    """``"Type: message"`` of a sink's error. A message that cannot be made (a user sink's
-    exception whose ``__str__`` raises) is left out: raised in the middle of a one-at-a-time
-    pass, it would make the writer lose its place and write records twice."""
+    """``"Type: message"`` of a sink's error, cut at ``_ERROR_TEXT_MAX`` characters. A message
+    that cannot be made (a user sink's exception whose ``__str__`` raises) is left out: raised
+    in the middle of a one-at-a-time pass, it would make the writer lose its place and write
+    records twice."""
     try:
-        return f"{type(exc).__name__}: {exc}"
+        text = f"{type(exc).__name__}: {exc}"
     except Exception:
         return f"{type(exc).__name__}: <message unavailable>"
+    return text if len(text) <= _ERROR_TEXT_MAX else text[:_ERROR_TEXT_MAX] + "..."
 
 
 def _plain(item: Any) -> Any:
