@@ -155,6 +155,27 @@ def test_flush_is_false_while_a_sinks_own_flush_fails() -> None:
     assert [r.id for r in sink.records] == [r.id for r in made]
 
 
+def test_a_sinks_own_flush_failing_at_every_flush_is_reported_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An uploader whose endpoint is down, and a flush() per request (a function run per
+    request): an error line per flush(), where a failing sink is reported once."""
+    sink = BufferingSink()
+    tokenmeter.configure(sinks=[sink])
+    with caplog.at_level(logging.ERROR, logger="tokenmeter"):
+        for _ in range(20):
+            tokenmeter.record("openai", "gpt-4o", 1, 1)
+            assert not tokenmeter.flush(30)
+        sink.healthy = True
+        assert tokenmeter.flush(30)
+        sink.healthy = False  # down again: said again
+        assert not tokenmeter.flush(30)
+        assert not tokenmeter.flush(30)
+    failed = [r for r in caplog.records if "flush failed" in r.message]
+    assert len(failed) == 2, len(failed)
+    assert len(sink.records) == 20
+
+
 def test_two_sinks_that_flush_inside_their_writes_do_not_wait_on_each_other() -> None:
     """Each writer's flush() waited for the other writer, busy in the same wait: both hung until
     their timeouts ran out (for ever without one), and every flush() of the application with

@@ -244,6 +244,8 @@ class _Writer:
         self._failures = 0
         self._retry_at = 0.0
         self._reported = False
+        #: The sink's own flush() failed last time: its failure has been reported.
+        self._flush_failing = False
         self.dropped = 0
         self.quarantined = 0
         #: Records that could not be set aside either.
@@ -587,7 +589,9 @@ class _Writer:
         if not self._markers:
             return
         if ok:  # a sink that stores in its own flush() (an uploader) has not when that fails
-            ok = _quietly(self.sink.flush, self.sink)
+            # Reported once until it works again: with a flush() per request, a line each.
+            ok = _quietly(self.sink.flush, self.sink, quiet=self._flush_failing)
+            self._flush_failing = not ok
         for marker in self._markers:
             marker.ok = ok
             marker.done.set()
@@ -621,12 +625,14 @@ def _plain(item: Any) -> Any:
         return repr(item)
 
 
-def _quietly(call: Callable[[], None], sink: Sink) -> bool:
-    """Call one of the sink's methods; False (logged) when it raised."""
+def _quietly(call: Callable[[], None], sink: Sink, quiet: bool = False) -> bool:
+    """Call one of the sink's methods; False (logged unless ``quiet``) when it raised."""
     try:
         call()
         return True
     except BaseException as exc:
+        if quiet:
+            return False
         logger.error(
             "tokenmeter sink %s: %s failed: %s", _name(sink), call.__name__, _error_text(exc)
         )
