@@ -645,6 +645,31 @@ def test_a_record_still_refused_when_its_sink_stops_is_set_aside_not_lost() -> N
     assert kept[0]["error"] == "ValueError: cannot store this one"
 
 
+class RecordsOnly(InMemorySink):
+    """A user sink that stores records and left ``write_sessions`` unimplemented."""
+
+    def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
+        raise NotImplementedError
+
+
+def test_sessions_a_sink_keeps_refusing_never_hold_back_its_records() -> None:
+    """Its sessions failed at the head of its queue and were taken for the sink being down: no
+    record of a session ever reached it (dropped at max_queue, set aside at exit)."""
+    sink = RecordsOnly()
+    tokenmeter.configure(sinks=[sink])
+    with tokenmeter.session("job"):
+        made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(10)]
+    assert not tokenmeter.flush(30)  # the sessions are not written
+    with tokenmeter.session("next"):
+        made += [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(10)]
+    tokenmeter.flush(30)
+    assert [r.id for r in sink.records] == [r.id for r in made]
+    tokenmeter.configure(sinks=["jsonl"])  # it stops: the sessions it refused are set aside
+    kept = [json.loads(line) for line in (Path(".tokenmeter") / "quarantine.jsonl").open()]
+    assert [k["record"]["name"] for k in kept] == ["job", "job", "next", "next"]
+    assert [k["record"]["status"] for k in kept] == ["active", "completed"] * 2
+
+
 class DownSink(InMemorySink):
     """A user sink whose server is down: every write fails."""
 
