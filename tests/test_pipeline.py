@@ -307,6 +307,25 @@ def test_a_failing_sink_keeps_at_most_max_queue_records_dropping_the_oldest(
     assert 40 <= len(got) <= 50
 
 
+def test_how_many_records_a_sink_dropped_is_said_when_it_stops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Drops are logged once per 10,000: a sink that dropped 24,000 records said '20,272 so
+    far' last, and the total was never said."""
+    tokenmeter.configure(sinks=[FlakySink()], max_queue=50)
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    (writer,) = _pipeline._writers()
+    with caplog.at_level(logging.ERROR, logger="tokenmeter"):
+        for _ in range(10):
+            for _ in range(40):
+                tokenmeter.record("openai", "gpt-4o", 1, 1)
+            assert not tokenmeter.flush(30)
+        tokenmeter.configure(sinks=["jsonl"])  # it stops
+    said = [r.getMessage() for r in caplog.records if "dropped" in r.message]
+    assert writer.dropped > 300
+    assert said[-1] == f"tokenmeter sink FlakySink dropped {writer.dropped} records in all"
+
+
 def test_records_waiting_for_a_writer_stay_out_of_the_collectors_oldest_generation() -> None:
     """A writer kept from its sink (here hung; in life, kept from the GIL by a CPU-bound caller)
     lets records wait. Waiting records that the garbage collector tracks get promoted to its

@@ -247,6 +247,8 @@ class _Writer:
         #: The sink's own flush() failed last time: its failure has been reported.
         self._flush_failing = False
         self.dropped = 0
+        #: ``dropped`` when it was last logged (a line per 10,000): the total is said at the end.
+        self._drops_said = 0
         self.quarantined = 0
         #: Records that could not be set aside either.
         self.lost = 0
@@ -285,11 +287,21 @@ class _Writer:
     def _count_drops(self, count: int) -> None:
         before, self.dropped = self.dropped, self.dropped + count
         if before == 0 or before // 10_000 != self.dropped // 10_000:
+            self._drops_said = self.dropped
             logger.error(
                 "tokenmeter sink %s is %d items behind: dropped the oldest (%d so far)",
                 _name(self.sink),
                 self.max_queue,
                 self.dropped,
+            )
+
+    def _report_drops(self) -> None:
+        """At the end (exit, a new configuration): how many records were dropped in all, when
+        more than the last line said."""
+        if self.dropped != self._drops_said:
+            self._drops_said = self.dropped
+            logger.error(
+                "tokenmeter sink %s dropped %d records in all", _name(self.sink), self.dropped
             )
 
     def revive(self) -> None:
@@ -339,6 +351,7 @@ class _Writer:
                     self._set_aside_pending()
                     _quietly(self.sink.close, self.sink)
                     self._release_markers(ok=ok)
+                    self._report_drops()
                     return
                 self._deliver(time.monotonic())
             except BaseException:  # a bug of ours: report it, keep the thread alive
