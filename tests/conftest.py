@@ -14,6 +14,7 @@ from pg_server import pg_dsn, pg_server  # noqa: F401  (fixtures: a PostgreSQL o
 
 import tokenmeter
 from tokenmeter import _estimate, _runtime
+from tokenmeter.providers import _core
 from tokenmeter.sinks import InMemorySink
 from tokenmeter.testing._sdk import unmet
 
@@ -44,6 +45,7 @@ def _tokenizers_loaded() -> None:
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A fresh working directory and no TOKENMETER_* settings leaking in from the machine."""
     monkeypatch.chdir(tmp_path)
+    _core._faults_logged.clear()  # each test sees its own faults logged
     for name in [name for name in os.environ if name.startswith("TOKENMETER_")]:
         monkeypatch.delenv(name, raising=False)
     yield

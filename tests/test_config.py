@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -533,11 +534,12 @@ def test_relative_paths_are_where_the_process_was_when_the_settings_were_read(
 
 
 def test_a_bad_setting_found_at_the_first_call_is_read_once_and_never_breaks_the_call(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A client wrapped without configure() or instrument() reads the settings at its first
     call: a bad one was read again (the pyproject.toml searched for and parsed) at every call,
-    twice for a stream, the calls themselves unaffected."""
+    twice for a stream, the calls themselves unaffected; and its fault was logged with a
+    traceback at every call."""
     from tokenmeter.testing import FakeProvider
 
     monkeypatch.setenv("TOKENMETER_MAX_QUEUE", "0")
@@ -560,6 +562,9 @@ def test_a_bad_setting_found_at_the_first_call_is_read_once_and_never_breaks_the
             else:
                 assert reply.choices[0].message.content
     assert len(reads) == 1
+    faults = [r for r in caplog.records if r.levelno >= logging.WARNING and "failed" in r.message]
+    # once per step it broke (planning, recording), with its traceback; not once a call
+    assert len({r.message for r in faults}) == len(faults) == 2 and faults[0].exc_info
     with pytest.raises(ValueError, match="'max_queue' from TOKENMETER_MAX_QUEUE") as raised:
         tokenmeter.record("openai", "gpt-4o", 10, 5)  # the application's own call is told
     one_line_value_error(raised)

@@ -105,11 +105,28 @@ _STRICT = os.environ.get("TOKENMETER_STRICT", "").strip().lower()
 _RAISE_INTERNAL = _STRICT in ("1", "true", "yes", "on")
 
 
+#: Our faults already logged with their traceback, by what failed and the exception's type: a
+#: fault that lasts (a bad setting found at every call, a sink's code broken) is logged once, its
+#: repeats at debug, not a traceback per LLM call. Bounded.
+_faults_logged: set[tuple[str, type[BaseException]]] = set()
+_MAX_FAULTS_LOGGED = 1_000
+
+
 def fault(what: str) -> None:
     """Called inside ``except``: log our own failure (re-raise it under TOKENMETER_STRICT=1)."""
     if _RAISE_INTERNAL:
         raise
-    logger.warning("tokenmeter: %s failed; the call itself is unaffected", what, exc_info=True)
+    kind = (what, type(sys.exc_info()[1] or BaseException()))
+    if kind in _faults_logged:
+        logger.debug("tokenmeter: %s failed again", what, exc_info=True)
+        return
+    if len(_faults_logged) < _MAX_FAULTS_LOGGED:
+        _faults_logged.add(kind)
+    logger.warning(
+        "tokenmeter: %s failed; the call itself is unaffected (logged once; repeats at debug)",
+        what,
+        exc_info=True,
+    )
 
 
 #: A ``wrapt`` wrapper: ``(wrapped, instance, args, kwargs) -> result``.
