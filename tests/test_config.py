@@ -58,6 +58,24 @@ def test_bad_environment_values_name_the_variable(env: dict[str, str], message: 
         load_settings(env=env)
 
 
+def test_a_path_from_the_home_folder_is_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """directory = "~/usage" (pyproject, TOKENMETER_DIR, configure()) made a folder named "~" in
+    the working directory (or beside the pyproject.toml): records where nobody looks."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text('[tool.tokenmeter]\nstate_file = "~/state.md"\n')
+    settings = load_settings(
+        {"prices_file": "~/prices.toml"}, env={"TOKENMETER_DIR": "~/meter"}, cwd=project
+    )
+    assert settings.directory == home / "meter"
+    assert settings.state_file == home / "state.md"
+    assert settings.prices_file == home / "prices.toml"
+
+
 def test_the_kill_switch_works_whatever_else_is_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -188,7 +188,7 @@ class Settings(BaseModel):
         fault = unnameable(text)  # else every file operation on it would fail later
         if fault is not None:
             raise ValueError(f"{fault}, got {short_repr(text)}")
-        return Path(text)
+        return Path(os.path.expanduser(text))  # "~/usage": the home folder, as a shell means it
 
     @field_validator("disabled", "stream_usage", "thread_propagation", mode="before")
     @classmethod
@@ -439,7 +439,7 @@ def _from_pyproject(path: Path | None) -> dict[str, Any]:
         # Relative to the pyproject.toml that names them; an empty one is refused as empty,
         # not taken for that file's folder.
         if isinstance(value, str) and value.strip():
-            table[key] = path.parent / value
+            table[key] = path.parent / os.path.expanduser(value)
     return table
 
 
