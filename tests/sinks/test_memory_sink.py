@@ -74,3 +74,43 @@ def test_a_path_that_cannot_name_a_file_is_a_value_error(sink: type[Any], bad: o
     a TypeError that named nothing."""
     with pytest.raises(ValueError, match=r"^(path|directory) (must be|cannot name|.*longer)"):
         sink(bad)
+
+
+def test_a_child_forked_while_the_sink_is_locked_can_use_it(make_record: RecordFactory) -> None:
+    """The sink's lock held by another thread at fork (its writer inside write()) stayed held
+    in the child for ever: the child's writer, and the test reading the sink, hung."""
+    import os
+
+    sink = InMemorySink()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with sink._lock:
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: exits 0 only if the sink takes a record
+        code = 1
+        try:
+            sink.write([make_record(0)])
+            code = 0 if len(sink.records) == 1 else 2
+        finally:
+            os._exit(code)
+    release.set()
+    holder.join()
+    deadline = 30
+    while deadline > 0:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        threading.Event().wait(0.1)
+        deadline -= 0.1
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the child hung on the sink's lock")
+    assert os.waitstatus_to_exitcode(status) == 0

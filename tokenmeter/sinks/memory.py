@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections.abc import Sequence
 
 from tokenmeter._models import SessionInfo, UsageRecord
@@ -21,6 +23,7 @@ class InMemorySink:
         self.records: list[UsageRecord] = []
         self.sessions: dict[str, SessionInfo] = {}
         self._lock = threading.Lock()
+        _made.add(self)
 
     def write(self, records: Sequence[UsageRecord]) -> None:
         with self._lock:
@@ -41,3 +44,16 @@ class InMemorySink:
         with self._lock:
             self.records.clear()
             self.sessions.clear()
+
+
+#: Every sink made, for a forked child to give each a lock of its own: one held by the parent's
+#: writer at the fork (inside ``write``) would be held in the child for ever.
+_made: weakref.WeakSet[InMemorySink] = weakref.WeakSet()
+
+
+def _renew_locks() -> None:
+    for sink in list(_made):
+        sink._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_renew_locks)
