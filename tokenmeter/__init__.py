@@ -148,6 +148,10 @@ def price(
         # Only a tier that changes the price is kept, as for a response's: the price cache is
         # keyed by it, and would hold each distinct megabyte-long tier otherwise.
         tier = priced_tier(tier)
+    from tokenmeter import _runtime
+
+    if _runtime._settings is None:  # the overrides of TOKENMETER_PRICES or pyproject.toml, as
+        _runtime.settings()  # a record's price has them (once per process)
     # Names cut and cleaned as a record's are: a megabyte-long name would otherwise be kept in
     # the price cache and logged whole.
     return price_usage(

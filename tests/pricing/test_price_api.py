@@ -114,3 +114,23 @@ def test_a_tier_of_any_length_leaves_no_long_key_in_the_price_cache() -> None:
     batch = tokenmeter.price("openai", "gpt-4o", counts, at=at, tier=" Batch ").total_usd
     assert batch == tokenmeter.price("openai", "gpt-4o", counts, at=at, tier="batch").total_usd
     assert batch is not None and standard is not None and batch < standard
+
+
+def test_price_has_the_overrides_of_the_environment_and_the_pyproject(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """price() before any record or configure() did not read the settings: a model priced in
+    [tool.tokenmeter] prices or a TOKENMETER_PRICES file had no price through price(), while
+    the records of its calls had one."""
+    from tokenmeter import _runtime
+
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.tokenmeter]\nsinks = []\n[tool.tokenmeter.prices]\n"my-model" = '
+        "{input_per_mtok = 1, output_per_mtok = 2}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    _runtime.reset()
+    assert _runtime._settings is None
+    counts = {"input_tokens": 10**6, "output_tokens": 10**6}
+    assert tokenmeter.price("openai", "my-model", counts).total_usd == Decimal(3)
+    assert tokenmeter.record("openai", "my-model", 10**6, 10**6).estimated_cost_usd == Decimal(3)
