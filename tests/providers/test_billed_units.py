@@ -507,3 +507,46 @@ def test_openai_flex_without_a_flex_price_says_which_rule_applied(
     assert record.price_source == (
         "tokenmeter-errata: flex at 50% of standard rates (no flex price known)"
     )
+
+
+@pytest.mark.parametrize("named", ["claude-opus-4-1-20250805", "claude-haiku-4-5-20251001"])
+def test_anthropic_fallback_models_tool_loop_passes_are_priced_at_its_rates(
+    kit: Any, records: Records, named: str
+) -> None:
+    """A fallback-served turn whose serving model ran a tool loop: its earlier iterations are
+    ``message`` entries naming it (the SDK's reference), not ``fallback_message`` ones; they were
+    billed at the fallback model's rates, but were priced at the model the response names. Either
+    model (a stream's message_start names the requested one, a non-streamed reply the serving
+    one: the SDK relabels its stream snapshot to match): 1.9x over, or 2.7x under."""
+
+    def entry(kind: str, model: str, in_: int, out: int) -> dict[str, Any]:
+        return {
+            "type": kind,
+            "model": model,
+            "input_tokens": in_,
+            "output_tokens": out,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        }
+
+    usage = {
+        "input_tokens": 3_200,
+        "output_tokens": 1_110,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "iterations": [
+            entry("message", "claude-opus-4-1", 1_000, 10),  # the requested model declined
+            entry("message", "claude-haiku-4-5-20251001", 1_000, 100),  # the fallback's tool loop
+            entry("fallback_message", "claude-haiku-4-5-20251001", 1_200, 1_000),
+        ],
+    }
+    body = _anthropic_message(usage, model=named)
+    client = mock_anthropic(lambda r: json_reply(kit.http, body))
+
+    client.beta.messages.create(model="claude-opus-4-1", max_tokens=64, messages=[])
+
+    record = only(records())
+    assert (record.input_tokens, record.output_tokens) == (3_200, 1_110)
+    # claude-opus-4-1 ($15 / $75): 1,000 in + 10 out; claude-haiku-4-5 ($1 / $5): 2,200 in +
+    # 1,100 out
+    assert record.estimated_cost_usd == Decimal("0.01575") + Decimal("0.0077")

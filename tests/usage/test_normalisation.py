@@ -381,6 +381,30 @@ def test_anthropic_fallback_pass_is_priced_at_the_fallback_models_rates() -> Non
     assert (found.usage.input_tokens, found.usage.passes) == (2_000, ())
 
 
+@pytest.mark.parametrize(
+    ("served", "named"),
+    [
+        ("claude-sonnet-4-20250514", "claude-sonnet-4-0"),
+        ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
+        ("claude-sonnet-4-5-20250929", "us.anthropic.claude-sonnet-4-5-20250929-v1:0"),
+        ("claude-opus-4-1", "Claude-Opus-4-1-20250805"),
+    ],
+)
+def test_anthropic_message_entries_naming_the_served_model_stay_in_the_top_level(
+    served: str, named: str
+) -> None:
+    """A ``message`` entry of the requested model may spell it as the caller did (an alias):
+    still the call's own pass, not a fallback model's."""
+    entry = {"type": "message", "model": named, "input_tokens": 100, "output_tokens": 10}
+    found = extract(
+        {
+            **_anthropic({"input_tokens": 100, "output_tokens": 10, "iterations": [entry]}),
+            "model": served,
+        }
+    )
+    assert found is not None and found.usage.passes == ()
+
+
 def test_anthropic_compaction_cache_tokens_join_the_totals() -> None:
     found = extract(
         _anthropic(

@@ -96,7 +96,7 @@ class EventReader:
             # A message_delta before message_start: the input count is still to come.
             call.cannot_read("message_delta before message_start: no input count yet")
             return
-        call.usage = usage_from_anthropic(fields)
+        call.usage = usage_from_anthropic(fields, call.model)
         call.tier = tier_from_anthropic(fields)
 
 

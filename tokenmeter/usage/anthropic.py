@@ -15,7 +15,9 @@ Billed beside the tokens:
   the advisor model's own pass, billed at that model's rates and also left out of the top level.
   Those two are added to the totals and kept as ``passes``, each priced at its own model. A
   ``fallback_message`` entry is kept as a pass too, inside the totals: it names the fallback
-  model whose rates billed it, not the requested one the response names.
+  model whose rates billed it, not the requested one the response names. So is a ``message``
+  entry naming a model of another family than the response's: the fallback model's earlier
+  tool-loop passes (or a fallback model that declined in turn) are ``message`` entries.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from tokenmeter._models import Pass, Usage, short_repr, usage_of
+from tokenmeter.pricing._names import model_family
 from tokenmeter.usage._read import counts, getter, ident, priced_tier
 from tokenmeter.usage._types import Extracted
 
@@ -55,7 +58,9 @@ def _counts(get: Any) -> tuple[int, int, int, int, int, int]:
     return uncached, output, cache_read, cache_write, min(write_1h, cache_write), thinking
 
 
-def usage_from_anthropic(usage: Any) -> Usage:
+def usage_from_anthropic(usage: Any, model: Any = None) -> Usage:
+    """``model``: the one the response names, to tell a fallback model's ``message`` passes
+    from the requested model's (without it, every ``message`` entry is taken as its own)."""
     get = getter(usage)
     if get("input_tokens") is None or get("output_tokens") is None:
         # Both are required in every usage block the API sends (a stream's deltas are merged
@@ -65,7 +70,7 @@ def usage_from_anthropic(usage: Any) -> Usage:
     tools = get("server_tool_use")
     tool_requests = _tool_requests(tools) if tools is not None else None
     iterations = get("iterations")
-    passes = _passes(iterations) if iterations else ()
+    passes = _passes(iterations, model) if iterations else ()
     inside = [p.usage for p in passes if p.kind not in _PASSES_OUTSIDE_TOP_LEVEL]
     if inside and (
         sum(u.input_tokens for u in inside) > uncached + cache_read + cache_write
@@ -112,23 +117,37 @@ def _tool_requests(tools: Any) -> dict[str, int] | None:
     return found or None
 
 
-def _passes(iterations: Any) -> tuple[Pass, ...]:
+def _family(model: str) -> str:
+    """The model a name spells, to tell the requested model's ``message`` entries from a
+    fallback model's: an entry may echo the alias the caller sent (``claude-sonnet-4-0``) where
+    the response names the snapshot (``claude-sonnet-4-20250514``)."""
+    family = model_family(model[:_MAX_NAME])
+    return family.removesuffix("-0")
+
+
+def _passes(iterations: Any, served: Any) -> tuple[Pass, ...]:
     if not isinstance(iterations, list | tuple):
         raise ValueError(f"usage 'iterations' is not a list: {short_repr(iterations)}")
+    family = _family(served) if type(served) is str and served.strip() else None
     found = []
     for entry in iterations[:_MAX_PASSES]:
         get = getter(entry, what="iterations entry")
         kind = get("type")
+        model = get("model")
+        named = type(model) is str and bool(model.strip())
+        if kind == "message" and named and family is not None:
+            if _family(model) == family:
+                continue  # the requested model's, already inside the top-level figures
+            kind = "fallback_message"  # a fallback model's pass, billed at its rates
         if type(kind) is not str or kind not in _PASSES:
             continue  # message: the requested model's, already inside the top-level figures
         uncached, output, cache_read, cache_write, write_1h, _ = _counts(get)
-        model = get("model")
-        if kind == "fallback_message" and (type(model) is not str or not model.strip()):
+        if kind == "fallback_message" and not named:
             continue  # no other model named: priced with the top level
         found.append(
             Pass(
                 kind=kind,
-                model=model[:_MAX_NAME] if type(model) is str and model.strip() else None,
+                model=model[:_MAX_NAME] if named else None,
                 usage=usage_of(
                     uncached + cache_read + cache_write,
                     output,
@@ -159,7 +178,7 @@ def from_anthropic_response(response: Any, provider: str = "anthropic") -> Extra
         raise ValueError("the Anthropic response carries no usage")
     return Extracted(
         provider=provider,
-        usage=usage_from_anthropic(usage),
+        usage=usage_from_anthropic(usage, get("model")),
         model=get("model"),
         operation="messages",
         tier=tier_from_anthropic(usage),
