@@ -550,3 +550,56 @@ def test_anthropic_fallback_models_tool_loop_passes_are_priced_at_its_rates(
     # claude-opus-4-1 ($15 / $75): 1,000 in + 10 out; claude-haiku-4-5 ($1 / $5): 2,200 in +
     # 1,100 out
     assert record.estimated_cost_usd == Decimal("0.01575") + Decimal("0.0077")
+
+
+def test_anthropic_stream_served_by_a_fallback_model_names_it(kit: Any, records: Records) -> None:
+    """A stream's message_start names the requested model; when a fallback model serves the
+    reply, a ``fallback`` content block names it (``to.model``), and the SDK's final message
+    names it, as a non-streamed reply does. The record named the requested model."""
+    start = _anthropic_message(
+        {"input_tokens": 1_000, "output_tokens": 1}, model="claude-opus-4-1-20250805"
+    )
+    start["content"] = []
+    seam = {
+        "type": "fallback",
+        "from": {"model": "claude-opus-4-1"},
+        "to": {"model": "claude-haiku-4-5-20251001"},
+        "trigger": {"type": "refusal", "category": None},
+    }
+    iteration = {"cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    events = [
+        ("message_start", {"type": "message_start", "message": start}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": seam}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {
+                    "input_tokens": 2_000,
+                    "output_tokens": 1_010,
+                    "iterations": [
+                        {"type": "message", "model": "claude-opus-4-1", **iteration}
+                        | {"input_tokens": 1_000, "output_tokens": 10},
+                        {"type": "fallback_message", "model": "claude-haiku-4-5-20251001"}
+                        | iteration
+                        | {"input_tokens": 1_000, "output_tokens": 1_000},
+                    ],
+                },
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    client = mock_anthropic(lambda r: sse_reply(kit.http, events))
+
+    with client.beta.messages.stream(
+        model="claude-opus-4-1", max_tokens=1024, messages=[]
+    ) as stream:
+        final = stream.get_final_message()
+
+    record = only(records())
+    assert record.model_name == final.model == "claude-haiku-4-5-20251001"
+    assert record.request_model == "claude-opus-4-1"
+    # opus-4-1 $15/$75: 1,000 in + 10 out; haiku-4-5 $1/$5: 1,000 in + 1,000 out
+    assert record.estimated_cost_usd == Decimal("0.01575") + Decimal("0.006")

@@ -61,6 +61,8 @@ class EventReader:
             add(getattr(delta, "text", None))
             add(getattr(delta, "partial_json", None))
             add(getattr(delta, "thinking", None))
+        elif kind == "content_block_start":
+            self._fallback(getattr(event, "content_block", None), call)
         elif kind == "message_start":
             message = event.message
             call.model = getattr(message, "model", None) or call.model
@@ -82,6 +84,17 @@ class EventReader:
         if output <= usage.output_tokens:
             return None
         return usage.model_copy(update={"output_tokens": output})
+
+    @staticmethod
+    def _fallback(block: Any, call: Call) -> None:
+        """A ``fallback`` block: the model it hands over to serves the reply from here on (the
+        SDK's final message names it, as a non-streamed reply does), not message_start's."""
+        if getattr(block, "type", None) != "fallback":
+            return
+        to = getattr(block, "to", None)
+        model = to.get("model") if type(to) is dict else getattr(to, "model", None)
+        if type(model) is str and model.strip():
+            call.model = model
 
     def _merge(self, usage: Any, into: dict[str, Any], call: Call) -> None:
         if usage is None:
