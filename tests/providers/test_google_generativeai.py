@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Iterator
 from concurrent import futures
 from contextlib import nullcontext
+from decimal import Decimal
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
@@ -370,9 +371,9 @@ async def test_async_stream_response_has_the_sdks_methods_and_no_others(
 # -- every way a stream ends is one record (the core's stream proxies, as for every provider) ---
 
 
-def _sync_model(address: str) -> Any:
+def _sync_model(address: str, name: str = "gemini-1.5-flash") -> Any:
     """A sync model over gRPC: there a stream can fail part-way (the REST fake cannot)."""
-    legacy_model = model()
+    legacy_model = model(name)
     transport = GenerativeServiceGrpcTransport(channel=grpc.insecure_channel(address))
     legacy_model._client = glm.GenerativeServiceClient(transport=transport)
     return legacy_model
@@ -508,3 +509,104 @@ async def test_async_stream_iterated_again_replays_without_a_second_record(
 
     assert len(chunks) == 3
     assert_counts(only(flushed(sink)))
+
+
+# -- usage fields the SDK's proto lacks (over gRPC, its default transport) -----------------------
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _wire(number: int, value: int | bytes) -> bytes:
+    """One protobuf field: a varint, or a length-delimited field (an embedded message)."""
+    if isinstance(value, int):
+        return _varint(number << 3) + _varint(value)
+    return _varint(number << 3 | 2) + _varint(len(value)) + value
+
+
+def _modality(number: int, modality: int, count: int) -> bytes:
+    """A ``ModalityTokenCount`` (TEXT 1, IMAGE 2, AUDIO 4) in the details list ``number``."""
+    return _wire(number, _wire(1, modality) + _wire(2, count))
+
+
+@pytest.fixture
+def api_usage() -> Iterator[tuple[str, dict[str, Any]]]:
+    """A GenerateContent server answering as the API does today: ``usage`` gives the counts the
+    SDK's proto has and ``usage["beyond"]`` the wire form of the ``UsageMetadata`` fields it
+    lacks (thoughts 10, tool-use prompt 8, details by modality 5 and 7), sent as the API sends
+    them, in the same message (the SDK keeps them as unknown fields)."""
+    usage: dict[str, Any] = {}
+
+    def unary(request: Any, context: Any) -> Any:
+        meta = glm.GenerateContentResponse.UsageMetadata(
+            prompt_token_count=usage["prompt"],
+            candidates_token_count=usage["candidates"],
+            total_token_count=usage["total"],
+        )
+        candidate = glm.Candidate(
+            content=glm.Content(parts=[glm.Part(text="done")], role="model"),
+            finish_reason=glm.Candidate.FinishReason.STOP,
+        )
+        return glm.GenerateContentResponse(candidates=[candidate], usage_metadata=meta)
+
+    def serialize(response: Any) -> bytes:
+        # A second usage_metadata (field 3) on the wire is merged into the first by the parser.
+        wire: bytes = glm.GenerateContentResponse.serialize(response)
+        return wire + _wire(3, usage["beyond"])
+
+    handler = grpc.method_handlers_generic_handler(
+        "google.ai.generativelanguage.v1beta.GenerativeService",
+        {
+            "GenerateContent": grpc.unary_unary_rpc_method_handler(
+                unary, glm.GenerateContentRequest.deserialize, serialize
+            ),
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}", usage
+    server.stop(0)
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_usage_fields_the_sdks_proto_lacks_are_read_over_grpc(
+    api_usage: tuple[str, dict[str, Any]], sink: InMemorySink
+) -> None:
+    """The proto of google-ai-generativelanguage 0.6.x has four usage counts; the total counts
+    the rest. Read as thoughts, a code-execution call's tool-use prompt was billed as output
+    ($2.50/M, not $0.30/M: $0.00143 for $0.00033), and without the counts by modality an image
+    was billed as text output ($2.50/M, not $30/M: 12x under) and audio input as text."""
+    address, usage = api_usage
+
+    # gemini-2.5-flash, code execution: prompt 100, tool-use prompt 500, 20 + 40 thoughts.
+    usage.update(prompt=100, candidates=20, total=660, beyond=_wire(8, 500) + _wire(10, 40))
+    _sync_model(address, "gemini-2.5-flash").generate_content("run the code")
+    record = only(flushed(sink))
+    assert (record.input_tokens, record.output_tokens, record.reasoning_tokens) == (600, 60, 40)
+    assert record.estimated_cost_usd == Decimal("0.00033")  # 600 x $0.30/M + 60 x $2.50/M
+
+    # gemini-2.5-flash-image: 1,290 image tokens at $30/M.
+    sink.records.clear()
+    image = _modality(5, 1, 7) + _modality(7, 2, 1290)
+    usage.update(prompt=7, candidates=1290, total=1297, beyond=image)
+    _sync_model(address, "gemini-2.5-flash-image").generate_content("a red bicycle")
+    record = only(flushed(sink))
+    assert record.modalities == {"input_text": 7, "output_image": 1290}
+    assert record.estimated_cost_usd == Decimal("0.0387021")  # + 7 x $0.30/M
+
+    # gemini-2.5-flash, 5,000 tokens of audio at $1/M.
+    sink.records.clear()
+    audio = _modality(5, 1, 1000) + _modality(5, 4, 5000)
+    usage.update(prompt=6000, candidates=200, total=6200, beyond=audio)
+    _sync_model(address, "gemini-2.5-flash").generate_content("transcribe")
+    record = only(flushed(sink))
+    assert record.modalities == {"input_text": 1000, "input_audio": 5000}
+    assert record.estimated_cost_usd == Decimal("0.0058")  # $0.005 + $0.0003 + 200 x $2.50/M

@@ -6,15 +6,19 @@ that fetches as it is iterated (one chunk ahead) and joins what it fetched, so i
 ``usage_metadata`` is the running total so far. It is wrapped in the core's stream proxies like
 every other provider's stream: recorded once when it ends, is resolved (``resolve()`` drains it
 through the proxy), fails, or is dropped; the running total is read then, once (a proto read
-costs more than the SDK's own work on a chunk). The SDK's proto drops ``thoughts_token_count``;
-``usage_from_gemini`` recovers it from the total. A response whose proto carries no usage at all
-(the SDK hands back an empty message: zeros) is estimated, never a silent zero; so is the output
-of a stream that ended while its running total counted the prompt alone.
+costs more than the SDK's own work on a chunk). The SDK's proto lacks the usage fields the API
+added since (thoughts, tool-use prompt, counts by modality): over gRPC, the SDK's default
+transport, they arrive as unknown fields and are read from there (``_dropped_fields``); over REST
+they are dropped, and ``usage_from_gemini`` recovers the thoughts from the total. A response whose
+proto carries no usage at all (the SDK hands back an empty message: zeros) is estimated, never a
+silent zero; so is the output of a stream that ended while its running total counted the prompt
+alone.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, SupportsIndex
@@ -94,8 +98,102 @@ def _read(response: Any, call: Call) -> None:
         call.model = version or call.model
         call.missing = not call.streamed  # billed, nothing reported: estimated
         return
+    dropped = _dropped_fields(meta)
+    if dropped:
+        meta = {name: getattr(meta, name, None) for name in _PROTO_COUNTS} | dropped
     usage = usage_from_gemini(meta)
     call.take(Extracted(PROVIDER, usage, model=version or None, operation=OPERATION))
+
+
+#: The usage fields the SDK's proto has.
+_PROTO_COUNTS = (
+    "prompt_token_count",
+    "cached_content_token_count",
+    "candidates_token_count",
+    "total_token_count",
+)
+#: Usage fields it lacks, by their number in the API's v1beta ``UsageMetadata``: counts...
+_DROPPED_COUNTS = {8: "tool_use_prompt_token_count", 10: "thoughts_token_count"}
+#: ... and lists of ``ModalityTokenCount`` (modality = 1, token_count = 2).
+_DROPPED_DETAILS = {
+    5: "prompt_tokens_details",
+    6: "cache_tokens_details",
+    7: "candidates_tokens_details",
+    9: "tool_use_prompt_tokens_details",
+}
+_MODALITIES = {1: "TEXT", 2: "IMAGE", 3: "VIDEO", 4: "AUDIO", 5: "DOCUMENT"}
+#: Entries kept per details list (the reader reads no more).
+_MAX_DETAILS = 100
+
+
+def _dropped_fields(meta: Any) -> dict[str, Any]:
+    """The usage fields the SDK's proto lacks, as the server sent them: over gRPC a message
+    keeps the fields it does not know, so thoughts (which the total counts), the tool-use prompt
+    (which it counts too: input, not thoughts) and the counts by modality (audio input, image
+    output, each at its own rate) are read from its wire form. Empty over REST (the SDK's JSON
+    parser drops them) and for a wire form that cannot be read (the proto's counts stand)."""
+    try:
+        data = type(meta).serialize(meta)
+        found: dict[str, Any] = {}
+        for number, value in _wire_fields(data):
+            if number in _DROPPED_COUNTS and type(value) is int:
+                found[_DROPPED_COUNTS[number]] = _int32(value)
+            elif number in _DROPPED_DETAILS and type(value) is bytes:
+                entries = found.setdefault(_DROPPED_DETAILS[number], [])
+                if len(entries) < _MAX_DETAILS:
+                    entries.append(_modality_count(value))
+    except Exception:
+        return {}
+    return found
+
+
+def _modality_count(data: bytes) -> dict[str, Any]:
+    """A ``ModalityTokenCount`` (modality = 1, token_count = 2) as the API's JSON spells it."""
+    entry = dict(_wire_fields(data))
+    modality, count = entry.get(1), entry.get(2, 0)
+    return {
+        "modality": _MODALITIES.get(modality) if type(modality) is int else None,
+        "token_count": _int32(count) if type(count) is int else None,
+    }
+
+
+def _wire_fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
+    """(field number, value) of a protobuf message's wire form: varints as ints, length-delimited
+    fields as bytes; fixed-width ones skipped. Raises on a malformed one."""
+    at = 0
+    while at < len(data):
+        key, at = _varint(data, at)
+        number, kind = key >> 3, key & 7
+        if kind == 0:
+            value, at = _varint(data, at)
+            yield number, value
+        elif kind == 2:
+            size, at = _varint(data, at)
+            if at + size > len(data):
+                raise ValueError("truncated field")
+            yield number, data[at : at + size]
+            at += size
+        elif kind in (1, 5):
+            at += 8 if kind == 1 else 4
+        else:
+            raise ValueError(f"wire type {kind}")
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while shift < 70:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, at
+        shift += 7
+    raise ValueError("varint too long")
+
+
+def _int32(value: int) -> int:
+    """An int32 varint: a negative one is sent as its 64-bit two's complement."""
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 class _TextTally:
