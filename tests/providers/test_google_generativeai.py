@@ -610,3 +610,69 @@ def test_usage_fields_the_sdks_proto_lacks_are_read_over_grpc(
     record = only(flushed(sink))
     assert record.modalities == {"input_text": 1000, "input_audio": 5000}
     assert record.estimated_cost_usd == Decimal("0.0058")  # $0.005 + $0.0003 + 200 x $2.50/M
+
+
+@pytest.fixture
+def grounded_address() -> Iterator[str]:
+    """GenerateContent and StreamGenerateContent (3 chunks) answering with Grounding with Google
+    Search: two search queries in the candidate's grounding metadata (on the last chunk)."""
+
+    def reply(request: Any, last: bool) -> Any:
+        grounding = glm.GroundingMetadata(web_search_queries=["weather paris", "weather lyon"])
+        candidate = glm.Candidate(
+            content=glm.Content(parts=[glm.Part(text="sunny")], role="model"),
+            finish_reason=glm.Candidate.FinishReason.STOP if last else 0,
+            grounding_metadata=grounding if last else None,
+        )
+        meta = glm.GenerateContentResponse.UsageMetadata(
+            prompt_token_count=100, candidates_token_count=20, total_token_count=120
+        )
+        return glm.GenerateContentResponse(candidates=[candidate], usage_metadata=meta)
+
+    def streaming(request: Any, context: Any) -> Iterator[Any]:
+        for i in (1, 2, 3):
+            yield reply(request, i == 3)
+
+    request_type, response_type = glm.GenerateContentRequest, glm.GenerateContentResponse
+    handler = grpc.method_handlers_generic_handler(
+        "google.ai.generativelanguage.v1beta.GenerativeService",
+        {
+            "GenerateContent": grpc.unary_unary_rpc_method_handler(
+                lambda request, context: reply(request, True),
+                request_type.deserialize,
+                response_type.serialize,
+            ),
+            "StreamGenerateContent": grpc.unary_stream_rpc_method_handler(
+                streaming, request_type.deserialize, response_type.serialize
+            ),
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(0)
+
+
+@pytest.mark.usefixtures("instrumented")
+def test_search_grounding_is_a_billed_tool_request(
+    grounded_address: str, sink: InMemorySink
+) -> None:
+    """Grounding with Google Search is billed beside the tokens (per search query from Gemini 3
+    on, per grounded prompt before), as google-genai's calls are: the legacy SDK's calls were
+    priced at their tokens alone. A stream's joined response drops the grounding metadata its
+    last chunk had: it is read from the chunks."""
+    _sync_model(grounded_address, "gemini-3-pro-preview").generate_content("weather?")
+    record = only(flushed(sink))
+    assert record.tool_requests == {"web_search": 2}
+    assert record.cost_breakdown is not None
+    assert record.cost_breakdown["web_search"] == Decimal("0.028")  # 2 queries at $14 per 1,000
+
+    sink.records.clear()
+    stream = _sync_model(grounded_address, "gemini-2.5-flash").generate_content("w?", stream=True)
+    assert len(list(stream)) == 3
+    record = only(flushed(sink))
+    assert record.tool_requests == {"web_search": 1}  # one grounded prompt
+    assert record.cost_breakdown is not None
+    assert record.cost_breakdown["web_search"] == Decimal("0.035")

@@ -39,7 +39,7 @@ from tokenmeter.providers._core import (
 )
 from tokenmeter.providers._gemini import PROVIDER, short_model
 from tokenmeter.usage import Extracted
-from tokenmeter.usage.google import reports_usage, usage_from_gemini
+from tokenmeter.usage.google import billed_searches, reports_usage, usage_from_gemini
 
 __all__ = ["ADAPTER", "patch_targets", "wrap_instance"]
 
@@ -102,6 +102,14 @@ def _read(response: Any, call: Call) -> None:
     if dropped:
         meta = {name: getattr(meta, name, None) for name in _PROTO_COUNTS} | dropped
     usage = usage_from_gemini(meta)
+    if call.streamed:  # its joined response drops the grounding: read from the chunks
+        reader = call.reader
+        queries = reader.queries if isinstance(reader, _TextTally) else 0
+    else:
+        queries = _search_queries(response)
+    searches = billed_searches(queries, version or call.model)
+    if searches:
+        usage = usage.model_copy(update={"tool_requests": {"web_search": searches}})
     call.take(Extracted(PROVIDER, usage, model=version or None, operation=OPERATION))
 
 
@@ -196,19 +204,38 @@ def _int32(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
+def _search_queries(response: Any) -> int:
+    """The Google Search queries the grounding metadata of a response's (or chunk's) candidates
+    lists, read on its protobuf: a few microseconds a chunk, where the SDK's wrappers take ten
+    times that. 0 when there is none, or no proto to read."""
+    result: Any = getattr(response, "_result", None)
+    try:
+        message = type(result).pb(result)
+        return sum(
+            len(candidate.grounding_metadata.web_search_queries)
+            for candidate in message.candidates
+            if candidate.HasField("grounding_metadata")
+        )
+    except Exception:
+        return 0
+
+
 class _TextTally:
     """The stream reader: the usage is read when the call finishes (``_StreamCall``); until a
-    total is known, the text that passes by is tallied (estimated if none ever comes)."""
+    total is known, the text that passes by is tallied (estimated if none ever comes). The
+    chunks' search queries are kept too: the SDK's joined response drops them."""
 
-    __slots__ = ("response", "tally")
+    __slots__ = ("queries", "response", "tally")
 
     def __init__(self, response: Any) -> None:
         self.tally = TextTally()
         self.response = response
+        self.queries = 0
 
     def feed(self, chunk: Any, call: Call) -> bool:
         if call.usage is None:
             _add_text(self.tally, chunk)
+        self.queries = max(self.queries, _search_queries(chunk))
         return False
 
     def partial(self, usage: Usage, model: str) -> Usage | None:

@@ -159,6 +159,12 @@ def _searches(candidates: Any, model: Any) -> int:
             found = get(name)
             if isinstance(found, list | tuple):
                 queries += len(found)
+    return billed_searches(queries, model)
+
+
+def billed_searches(queries: int, model: Any) -> int:
+    """The searches billed for an answer whose candidates ran ``queries`` search queries: 1 (a
+    grounded prompt) on a model billed per grounded prompt."""
     if queries and type(model) is str and _GROUNDED_PER_PROMPT.search(model.lower()):
         return 1
     return queries
