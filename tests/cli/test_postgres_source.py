@@ -4,9 +4,11 @@ what it says of the same history in SQLite (the aggregation runs in PostgreSQL).
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
+from pg_server import PgServer
 
 from .conftest import RECORDS, SESSIONS, RunCli, write_sqlite
 
@@ -71,6 +73,35 @@ def test_every_command_says_the_same_of_postgresql_as_of_sqlite(
     )
     assert _normalised(from_pg, shown) == _normalised(from_sqlite, str(db))
     assert len(from_pg) > 200  # a real answer, not two empty ones
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c))
+def test_a_database_of_encoding_sql_ascii_reads_as_text(
+    cli: RunCli, tmp_path: Path, pg_server: PgServer, command: tuple[str, ...]
+) -> None:
+    """A cluster made by initdb in the C locale makes SQL_ASCII databases: psycopg then returns
+    every text column as bytes (b'gpt-4o' in reports, tracebacks) unless the CLI asks for UTF-8."""
+    import psycopg
+
+    name = f"tm_ascii_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' TEMPLATE template0 "
+            "LC_COLLATE 'C' LC_CTYPE 'C'".encode()
+        )
+    dsn = f"{pg_server.dsn.replace('dbname=postgres', '')} dbname={name}".strip()
+    sink = PostgresSink(dsn)
+    sink.write(RECORDS)
+    sink.write_sessions(SESSIONS)
+    sink.close()
+    pg_url = _url(dsn)
+    db = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
+    _, from_sqlite, _ = cli(command[0], "--source", str(db), *command[1:])
+    code, from_pg, err = cli(command[0], "--source", pg_url, *command[1:])
+    assert code == 0, err
+    assert "b'" not in from_pg and not err
+    shown = f"postgres:{name}@127.0.0.1:{pg_url.rsplit(':', 1)[1].split('/')[0]}"
+    assert _normalised(from_pg, shown) == _normalised(from_sqlite, str(db))
 
 
 def test_a_report_over_postgresql_is_aggregated_in_sql(cli: RunCli, pg_url: str) -> None:

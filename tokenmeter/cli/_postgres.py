@@ -117,11 +117,12 @@ def _call(function: Any, *args: Any) -> Any:
 
 def _connect(psycopg: Any, url: str) -> Any:
     """A connection, or an error whose message shows nothing of the URL's password (libpq quotes
-    the part it cannot parse, which may be the password)."""
+    the part it cannot parse, which may be the password). It asks for UTF-8, as the sink writes:
+    in a SQL_ASCII database (initdb in the C locale) psycopg would return text columns as bytes."""
     from tokenmeter.sinks.postgres import _without_password
 
     try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=10)
+        return psycopg.connect(url, autocommit=True, connect_timeout=10, client_encoding="utf8")
     except psycopg.Error as exc:
         hidden = _without_password(exc, url)
         if hidden is exc:
