@@ -416,6 +416,27 @@ def test_a_nul_character_is_kept_as_a_replacement_not_refused(
     assert row == [("gpt\ufffdx", "v\ufffd", "C:\\u0000", "E\ufffd")]
 
 
+def test_a_client_encoding_set_for_the_application_stores_any_text(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PGCLIENTENCODING (libpq's, set for an application's own database use) made psycopg encode
+    every value in it: a model or tag outside LATIN1 failed the batch (UnicodeEncodeError) and
+    the ledger (the budget let the call through). The sink's connections ask for UTF-8."""
+    monkeypatch.setenv("PGCLIENTENCODING", "LATIN1")
+    sink = PostgresSink(pg_dsn)
+    odd = build_record(0, model_name="模型", tags={"k": "\u2603"})
+    sink.write([odd])
+    ledger = sink.budget_ledger()
+    try:
+        assert ledger.reserve("session:\u2603", "2026-11-22", 1.0, 0.25) == (True, 0.0)
+        assert ledger.spent("session:\u2603", "2026-11-22") == 0.25
+    finally:
+        ledger.close()
+        sink.close()
+    monkeypatch.delenv("PGCLIENTENCODING")  # for the test's own reader
+    assert read_records(pg_dsn) == [odd]
+
+
 @pytest.mark.parametrize(
     "dsn",
     [

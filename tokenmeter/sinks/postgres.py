@@ -409,6 +409,9 @@ class PostgresSink:
                 autocommit=True,
                 connect_timeout=self._connect_timeout,
                 application_name="tokenmeter",
+                # Whatever PGCLIENTENCODING says (set for an application's own use, LATIN1, say):
+                # psycopg encodes every value in it, and a model name outside it fails the batch.
+                client_encoding="utf8",
             )
         except errors as exc:
             hidden = _without_password(exc, self._dsn)
