@@ -120,6 +120,16 @@ def test_a_wrong_url_is_one_line_without_the_password(cli: RunCli, pg_dsn: str) 
     assert err.strip().count("\n") == 0
 
 
+@pytest.mark.parametrize("query", ["?application_name=%ff", "?password=hunter2%ff"])
+def test_a_url_whose_escapes_are_not_utf8_is_one_line(cli: RunCli, pg_dsn: str, query: str) -> None:
+    """libpq decodes %-escapes to bytes, which psycopg then decodes as UTF-8: %ff raised a
+    UnicodeDecodeError traceback out of the command."""
+    code, _, err = cli("report", "--source", _url(pg_dsn) + query)
+    assert code != 0
+    assert "Traceback" not in err and "hunter2" not in err
+    assert err.strip().count("\n") == 0 and "not UTF-8" in err
+
+
 def test_a_database_without_tokenmeter_tables_is_refused_clearly(cli: RunCli, pg_dsn: str) -> None:
     code, _, err = cli("report", "--source", _url(pg_dsn))
     assert code != 0

@@ -123,6 +123,10 @@ def _connect(psycopg: Any, url: str) -> Any:
 
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=10, client_encoding="utf8")
+    except UnicodeDecodeError:  # a %-escape libpq decoded is not UTF-8 (psycopg decodes it)
+        raise psycopg.ProgrammingError(
+            "malformed PostgreSQL connection string (a %-escaped value is not UTF-8)"
+        ) from None
     except psycopg.Error as exc:
         hidden = _without_password(exc, url)
         if hidden is exc:
