@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from decimal import Decimal
@@ -414,6 +415,39 @@ def test_a_nul_character_is_kept_as_a_replacement_not_refused(
         "FROM records WHERE id = 'rec-000000'",
     )
     assert row == [("gpt\ufffdx", "v\ufffd", "C:\\u0000", "E\ufffd")]
+
+
+def test_a_role_given_the_documented_privileges_writes_and_keeps_budgets(pg_dsn: str) -> None:
+    """docs/team.md names the privileges a writing role needs once the schema is made; with
+    only INSERT/SELECT (what they said) every batch failed on the seq column's sequence, every
+    session on its upsert and every budget check on its ledger row."""
+    role = f"tm_writer_{uuid.uuid4().hex[:8]}"
+    admin = PostgresSink(pg_dsn)
+    admin.write([build_record(0)])  # the schema, made by a role that may
+    admin.close()
+    database = pg_dsn.rsplit("dbname=", 1)[1]
+    query(pg_dsn, f"CREATE ROLE {role} LOGIN")
+    try:
+        query(pg_dsn, f"REVOKE CREATE ON DATABASE {database} FROM PUBLIC")
+        query(pg_dsn, f"GRANT USAGE ON SCHEMA tokenmeter TO {role}")
+        query(pg_dsn, f"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA tokenmeter TO {role}")
+        query(pg_dsn, f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA tokenmeter TO {role}")
+        sink = PostgresSink(pg_dsn.replace("user=tm", f"user={role}"))
+        sink.write([build_record(1)])
+        sink.write([build_record(1), build_record(2)])  # a retried batch: through the stage
+        started = SessionInfo(id="s1", name="demo", started_at=START)
+        sink.write_sessions([started])
+        sink.write_sessions([started.model_copy(update={"status": "completed"})])
+        ledger = sink.budget_ledger()
+        assert ledger.reserve("k", "2026-11-22", 1.0, 0.25) == (True, 0.0)
+        assert ledger.lease_many([("k2", "2026-11-22", 1.0, 0, 0, 0, 0.1, 0.01)])[0][0]
+        ledger.close()
+        sink.close()
+    finally:
+        query(pg_dsn, f"DROP OWNED BY {role}")
+        query(pg_dsn, f"DROP ROLE {role}")
+    assert count(pg_dsn) == 3
+    assert query(pg_dsn, "SELECT status FROM sessions") == [("completed",)]
 
 
 def test_a_client_encoding_set_for_the_application_stores_any_text(
