@@ -99,21 +99,14 @@ def test_threads_sharing_one_ledger_never_overshoot(pg_dsn: str) -> None:
     assert ledger.spent("t", DAY) == 5.0
 
 
-@pytest.mark.parametrize("isolation", ["repeatable read", "serializable"])
-def test_a_database_whose_transactions_default_to_a_stricter_isolation_never_fails_a_call(
-    pg_dsn: str, isolation: str
-) -> None:
-    """The ledger's statements re-check the row they lock, as READ COMMITTED does: a database
-    set to a stricter default (ALTER DATABASE ... SET default_transaction_isolation) refused
-    concurrent updates of a budget's row ("could not serialize access"), each such call was let
-    through unreserved, and processes racing a budget made 120 calls where 100 fit."""
+def _race_four_ledgers(pg_dsn: str, setting: str) -> None:
+    """Four ledgers racing one budget of 100 calls in a database set so (ALTER DATABASE ...
+    SET): every call is checked (none fails, which would let it through) and exactly 100 fit."""
     import psycopg
 
     name = pg_dsn.rsplit("dbname=", 1)[1]
     with psycopg.connect(pg_dsn, autocommit=True) as admin:
-        admin.execute(
-            f"ALTER DATABASE {name} SET default_transaction_isolation = '{isolation}'".encode()
-        )
+        admin.execute(f"ALTER DATABASE {name} SET {setting}".encode())
     ledgers = [PostgresSink(pg_dsn).budget_ledger() for _ in range(4)]
     granted: list[int] = []
     errors: list[BaseException] = []
@@ -138,6 +131,25 @@ def test_a_database_whose_transactions_default_to_a_stricter_isolation_never_fai
     assert ledgers[0].spent("t", DAY) == pytest.approx(5.0)
     for ledger in ledgers:
         ledger.close()
+
+
+@pytest.mark.parametrize("isolation", ["repeatable read", "serializable"])
+def test_a_database_whose_transactions_default_to_a_stricter_isolation_never_fails_a_call(
+    pg_dsn: str, isolation: str
+) -> None:
+    """The ledger's statements re-check the row they lock, as READ COMMITTED does: a database
+    set to a stricter default (ALTER DATABASE ... SET default_transaction_isolation) refused
+    concurrent updates of a budget's row ("could not serialize access"), each such call was let
+    through unreserved, and processes racing a budget made 120 calls where 100 fit."""
+    _race_four_ledgers(pg_dsn, f"default_transaction_isolation = '{isolation}'")
+
+
+def test_a_database_with_a_short_lock_timeout_never_fails_a_call(pg_dsn: str) -> None:
+    """Racing ledgers wait on a budget's row lock for the moment another holds it: an admin's
+    lock_timeout (ALTER DATABASE ... SET lock_timeout, a guard against DDL queues) shorter than
+    that failed the check (LockNotAvailable) and let the call through unreserved.
+    statement_timeout_s bounds every wait instead."""
+    _race_four_ledgers(pg_dsn, "lock_timeout = '1ms'")
 
 
 def test_a_killed_connection_is_replaced(pg_dsn: str) -> None:

@@ -422,8 +422,11 @@ class PostgresSink:
             # READ COMMITTED whatever the database's default: the budget ledger's statements
             # re-check the row they lock, which a stricter isolation refuses under concurrent
             # updates ("could not serialize access"), and a refused check lets the call through.
+            # No lock_timeout either (an admin's guard against DDL queues): racing ledgers wait
+            # a moment for a budget's row, and one given up lets the call through unreserved;
+            # statement_timeout bounds every wait.
             conn.execute(
-                f"SET statement_timeout = {self._statement_timeout_ms}; "
+                f"SET statement_timeout = {self._statement_timeout_ms}; SET lock_timeout = 0; "
                 "SET default_transaction_isolation = 'read committed'".encode()
             )
             _migrate(conn, self.schema)
