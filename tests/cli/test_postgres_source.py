@@ -4,13 +4,17 @@ what it says of the same history in SQLite (the aggregation runs in PostgreSQL).
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import threading
 import uuid
 from pathlib import Path
 
 import pytest
 from pg_server import PgServer
 
-from .conftest import RECORDS, SESSIONS, RunCli, write_sqlite
+from .conftest import RECORDS, SESSIONS, RunCli, rec, subprocess_env, write_sqlite
 
 pytest.importorskip("psycopg", reason="psycopg is not installed (tokenmeter[postgres])")
 
@@ -128,6 +132,51 @@ def test_a_url_whose_escapes_are_not_utf8_is_one_line(cli: RunCli, pg_dsn: str, 
     assert code != 0
     assert "Traceback" not in err and "hunter2" not in err
     assert err.strip().count("\n") == 0 and "not UTF-8" in err
+
+
+@pytest.mark.parametrize("cut", ["terminated", "restarted"])
+def test_tail_follow_goes_on_when_its_connection_is_ended(
+    pg_url: str, pg_dsn: str, pg_server: PgServer, cut: str
+) -> None:
+    """tail -f polls for hours: a server restart, a failover or pg_terminate_backend ended its
+    connection, and with it the command ('terminating connection due to administrator
+    command', exit 1). The follower now connects again, once the server is back, and goes on."""
+    import psycopg
+
+    follow = ["tail", "-f", "-n", "1", "--interval", "0.1", "--source", pg_url]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenmeter", *follow],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
+    sink = PostgresSink(pg_dsn)
+    stuck = threading.Timer(120, proc.kill)  # a readline below never waits for ever
+    stuck.start()
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline()  # following
+        if cut == "restarted":
+            pg_server.restart()
+        else:
+            with psycopg.connect(pg_dsn, autocommit=True) as admin:
+                ended = admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ).fetchone()
+            assert ended == (1,)
+        sink.write([rec(60, "2026-11-09T00:00:00.000Z", "openai", "after-cut", 5, 5, "0.02")])
+        line = proc.stdout.readline()  # '' when the command ended
+        assert "openai/after-cut" in line, proc.stderr.read() if proc.poll() is not None else ""
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        stuck.cancel()
+        sink.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err
 
 
 def test_a_database_without_tokenmeter_tables_is_refused_clearly(cli: RunCli, pg_dsn: str) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,6 +39,8 @@ _JSON_PATH = re.compile(r'^\$\."((?:[^"\\]|\\.)*)"$')
 _ROWID = re.compile(r"\browid\b")
 _TABLE_LOOKUP = "FROM sqlite_master WHERE type='table' AND name="
 _PG_TABLE_LOOKUP = "FROM pg_tables WHERE schemaname = current_schema() AND tablename="
+#: Seconds waited before each attempt to connect again when a connection was ended (1 min).
+_RECONNECT_WAITS = (0, 0.5, 1, 2, 4, 8, 15, 30)
 
 
 def is_postgres_url(value: str | None) -> bool:
@@ -141,20 +144,29 @@ class PgConnection:
 
     def __init__(self, url: str, schema: str = "tokenmeter") -> None:
         try:
-            import psycopg
+            import psycopg  # noqa: F401
         except ImportError:
             raise sqlite3.OperationalError(
                 "reading PostgreSQL needs psycopg 3: pip install 'tokenmeter[postgres]'"
             ) from None
-        self._conn = _call(lambda: _connect(psycopg, url))
-        _call(self._conn.execute, f'SET search_path = "{schema}"'.encode())
-        _call(self._conn.execute, b"SET default_transaction_read_only = on")
-        found = _call(self._conn.execute, b"SELECT to_regclass('records') IS NOT NULL").fetchone()
+        self._url, self._schema = url, schema
+        self._conn = self._open()
+        self._snapshot = False  # inside the readers' BEGIN: a statement is never run elsewhere
+
+    def _open(self) -> Any:
+        import psycopg
+
+        conn = _call(lambda: _connect(psycopg, self._url))
+        _call(conn.execute, f'SET search_path = "{self._schema}"'.encode())
+        _call(conn.execute, b"SET default_transaction_read_only = on")
+        found = _call(conn.execute, b"SELECT to_regclass('records') IS NOT NULL").fetchone()
         if not found[0]:
-            self._conn.close()
+            conn.close()
             raise sqlite3.OperationalError(
-                f"no tokenmeter records in schema {schema!r} (has a PostgresSink written here?)"
+                f"no tokenmeter records in schema {self._schema!r} "
+                "(has a PostgresSink written here?)"
             )
+        return conn
 
     def set_progress_handler(self, handler: Any, n: int) -> None:
         """No progress ticks: the server aggregates, the client only waits."""
@@ -162,9 +174,30 @@ class PgConnection:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
         if sql.strip().upper() == "BEGIN":
             sql = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+            self._snapshot = True
         translated, values = _translate(sql, list(params))
+        try:
+            return self._run(translated, values)
+        except sqlite3.DatabaseError:
+            if self._snapshot or not self._conn.broken:
+                raise
+        # The server restarted or ended the connection since the last statement (tail -f polls
+        # for hours): once more on a new one, made as soon as the server is back (a restart or
+        # a failover takes a moment). Never inside a snapshot, which it would split.
+        self._conn.close()
+        for wait in _RECONNECT_WAITS:
+            time.sleep(wait)
+            try:
+                self._conn = self._open()
+                break
+            except sqlite3.DatabaseError:
+                if wait == _RECONNECT_WAITS[-1]:
+                    raise
+        return self._run(translated, values)
+
+    def _run(self, sql: str, values: list[Any]) -> _Cursor:
         cursor = self._conn.cursor()
-        _call(cursor.execute, translated.encode(), values)
+        _call(cursor.execute, sql.encode(), values)
         return _Cursor(cursor)
 
     def close(self) -> None:
