@@ -232,6 +232,44 @@ async def test_a_usage_without_an_output_count_has_its_output_estimated(
     assert (counted.output_tokens, counted.estimated) == (0, False)
 
 
+@pytest.mark.parametrize("stream_options", [None, {"include_usage": False}])
+async def test_groq_usage_in_x_groq_is_read_not_estimated(
+    records: Records,
+    kit: ModuleType,
+    is_async: bool,
+    caplog: pytest.LogCaptureFixture,
+    stream_options: dict[str, Any] | None,
+) -> None:
+    """Groq sends a stream's usage in its last choice chunk's ``x_groq`` whatever
+    ``include_usage`` says: it was never read, so the stream was recorded as an estimate (from
+    our tokenizer, not Groq's count) and logged as one that reported no usage."""
+    usage = {"queue_time": 0.07, "prompt_tokens": 2300, "prompt_time": 0.006}
+    usage |= {"completion_tokens": 30, "completion_time": 0.02, "total_tokens": 2330}
+    base = {"id": "chatcmpl-g", "object": "chat.completion.chunk", "created": 1}
+    base["model"] = "llama-3.3-70b-versatile"
+    chunks = [
+        {**base, "choices": [{"index": 0, "delta": {"content": "word "}}], "x_groq": {"id": "r"}}
+    ] * 30
+    last = {"index": 0, "delta": {}, "finish_reason": "stop"}
+    chunks.append({**base, "choices": [last], "x_groq": {"id": "r", "usage": usage}})
+    body = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
+    client = kit.mock_openai(
+        lambda request: kit.sse_response(body.encode()),
+        is_async=is_async,
+        base_url="https://api.groq.com/openai/v1",
+    )
+    bare = await stream_once(client, kit)
+    tokenmeter.instrument("openai")
+    extra = {} if stream_options is None else {"stream_options": stream_options}
+    with caplog.at_level(logging.WARNING, logger="tokenmeter"):
+        seen = await stream_once(client, kit, **extra)
+    assert dumps(seen) == dumps(bare)  # the chunk with the usage is the caller's, not hidden
+    record = only(records())
+    assert (record.model_provider, record.status, record.estimated) == ("groq", "ok", False)
+    assert (record.input_tokens, record.output_tokens) == (2300, 30)
+    assert not [r for r in caplog.records if "without reporting usage" in r.getMessage()]
+
+
 async def test_stream_without_usage_is_recorded_with_an_estimate(
     records: Records, kit: ModuleType, is_async: bool, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -72,7 +72,9 @@ class ChunkReader:
             call.request_id = ident(getattr(chunk, "id", None)) or None
         usage = getattr(chunk, "usage", None)
         if usage is None:
-            return False
+            usage = _groq_usage(chunk)
+            if usage is None:
+                return False
         self.no_output = False
         with suppress(Exception):  # text where usage belongs: unreadable (read below), no more
             get = getter(usage)
@@ -107,6 +109,14 @@ _OUTPUT_COUNTS = ("completion_tokens", "output_tokens", "total_tokens")
 #: estimate of a longer stream without usage is extrapolated from them. Reading costs a few
 #: attribute reads per chunk, so only the first ones are read and the rest counted.
 _READ_CHUNKS = 64
+
+
+def _groq_usage(chunk: Any) -> Any:
+    """Groq sends a stream's usage in its last choice chunk's ``x_groq`` (asked for or not).
+    Read from the chunk's extra fields: a dict look-up, on every chunk without usage."""
+    extra = getattr(chunk, "__pydantic_extra__", None)
+    groq = extra.get("x_groq") if type(extra) is dict else None
+    return field(groq, "usage") if isinstance(groq, Mapping) else None
 
 
 def _add_text(tally: TextTally, chunk: Any) -> None:
