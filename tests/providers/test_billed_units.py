@@ -603,3 +603,26 @@ def test_anthropic_stream_served_by_a_fallback_model_names_it(kit: Any, records:
     assert record.request_model == "claude-opus-4-1"
     # opus-4-1 $15/$75: 1,000 in + 10 out; haiku-4-5 $1/$5: 1,000 in + 1,000 out
     assert record.estimated_cost_usd == Decimal("0.01575") + Decimal("0.006")
+
+
+def test_groq_flex_is_priced_as_on_demand(kit: Any, records: Records) -> None:
+    """Groq's flex tier (``service_tier: "flex"``) is billed at its on-demand prices (Groq's flex
+    processing docs), where the rule for a flex tier without a flex price billed it at half:
+    llama-3.3-70b-versatile at $0.295 / $0.79 instead of $0.59 / $0.79."""
+    body = kit.chat_body(
+        {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100},
+        model="llama-3.3-70b-versatile",
+    )
+    body["service_tier"] = "flex"
+    client = kit.mock_openai(
+        lambda request: json_reply(kit.http, body), base_url="https://api.groq.com/openai/v1"
+    )
+
+    client.chat.completions.create(
+        model="llama-3.3-70b-versatile", messages=[], service_tier="flex"
+    )
+
+    record = only(records())
+    assert record.model_provider == "groq"
+    assert record.estimated_cost_usd == Decimal("0.000669")  # $0.00059 + $0.000079
+    assert record.price_source == "genai-prices 0.2.3; flex at standard rates (no flex price known)"

@@ -27,6 +27,10 @@ __all__ = ["ERRATA_SOURCE", "ErrataSource"]
 ERRATA_SOURCE = "tokenmeter-errata"
 
 _HALF = Decimal("0.5")
+#: Providers whose flex tier is billed at half the standard rates (OpenAI at its Batch API rates,
+#: Gemini's Flex inference). Another's flex without a flex price is billed as standard: Groq's
+#: flex tier is billed at its on-demand prices.
+_FLEX_AT_HALF = frozenset({"openai", "google"})
 _O3_PRICE_CUT = date(2025, 6, 10)
 
 
@@ -87,7 +91,8 @@ class _Corrected:
         Before the variant's start date, use the tier's discount as genai-prices has it from its
         start date, applied to the standard rates of ``at``; batch and flex without any variant
         are 50 % (OpenAI, Anthropic and Google have billed batch at half price since long before
-        those dates); a priority tier without any figure is billed at the standard rates. The
+        those dates), flex only from a provider that discounts it (``_FLEX_AT_HALF``); a priority
+        tier, or another provider's flex, without any figure is billed at the standard rates. The
         card's ``price_source`` names the rule that applied.
         """
         standard = self.rate_card(at, STANDARD)
@@ -104,7 +109,7 @@ class _Corrected:
                 factors = _ratios(tier_card.base, standard_then.base)
                 rule = f"{tier} at its {start.isoformat()} discount on standard rates"
         if factors is None:
-            if tier not in ("batch", "flex"):
+            if tier != "batch" and (tier != "flex" or self.provider not in _FLEX_AT_HALF):
                 # No figure for this tier at all: billed like genai-prices does, and said so.
                 return replace(
                     standard,
