@@ -246,3 +246,34 @@ def test_responses_image_generation_without_a_named_model_is_not_priced_at_the_t
     record = only(records())
     assert record.output_tokens == 4210
     assert record.estimated_cost_usd is None  # unknown, never the image priced as text
+
+
+def test_responses_image_generation_cached_image_tokens_at_the_cached_image_rate(
+    kit: Any, records: Records
+) -> None:
+    """``tool_usage.image_gen`` splits its cached input (``cached_tokens_details``): cached image
+    tokens are billed at the cached image rate ($2.50 a million for gpt-image-1), cached text at
+    the cached text rate ($1.25). Read as one cached count, all of it was priced at the text
+    rate, and the uncached input taken for image tokens first."""
+    body = responses_body([{"type": "image_generation", "model": "gpt-image-1"}])
+    body["tool_usage"]["image_gen"] = {
+        "input_tokens": 1000,
+        "input_tokens_details": {"text_tokens": 200, "image_tokens": 800},
+        "output_tokens": 4160,
+        "total_tokens": 5160,
+        "cached_tokens": 600,
+        "cached_tokens_details": {"cached_image_tokens": 500, "cached_text_tokens": 100},
+    }
+    client = kit.mock_openai(lambda request: json_reply(kit.http, body))
+    client.responses.create(
+        model="gpt-4.1", input="Edit the fox", tools=[{"type": "image_generation"}]
+    )
+    record = only(records())
+    b = record.cost_breakdown
+    assert b is not None
+    # 100 text at $5, 300 image at $10, 100 cached text at $1.25, 500 cached image at $2.50,
+    # 4,160 image out at $40.
+    assert b["image_generation"] == Decimal("0.0005") + Decimal("0.003") + Decimal(
+        "0.000125"
+    ) + Decimal("0.00125") + Decimal("0.1664")
+    assert record.estimated_cost_usd == b["image_generation"] + Decimal("0.0006")

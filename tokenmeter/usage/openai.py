@@ -183,9 +183,19 @@ def _image_generation(get: Get) -> Pass | None:
     drawn = usage_from_openai_images(image_gen)
     if not drawn.input_tokens and not drawn.output_tokens:
         return None
-    (cached,) = counts(getter(image_gen, what="tool_usage.image_gen"), "cached_tokens")
+    get_drawn = getter(image_gen, what="tool_usage.image_gen")
+    (cached,) = counts(get_drawn, "cached_tokens")
     if cached:
-        drawn = drawn.model_copy(update={"cache_read_tokens": min(cached, drawn.input_tokens)})
+        cached = min(cached, drawn.input_tokens)
+        # Cached image tokens have a rate of their own (``cached_tokens_details`` splits them).
+        (cached_image,) = counts(
+            getter(get_drawn("cached_tokens_details"), what="cached_tokens_details"),
+            "cached_image_tokens",
+        )
+        modalities = dict(drawn.modalities)
+        if cached_image:
+            modalities["cache_read_image"] = min(cached_image, cached)
+        drawn = drawn.model_copy(update={"cache_read_tokens": cached, "modalities": modalities})
     model = None
     tools = get("tools")
     if isinstance(tools, list | tuple):
