@@ -500,6 +500,22 @@ def test_openai_responses_tool_usage_counts_billable_searches_once() -> None:
     assert found.usage.tool_requests == {"web_search": 2, "file_search": 1}
 
 
+def test_openai_web_search_page_actions_are_not_billed_searches() -> None:
+    """Without ``tool_usage``, searches are counted from the ``web_search_call`` items; a
+    reasoning model's ``open_page`` and ``find_in_page`` actions are such items too, but only
+    ``search`` actions incur the per-call fee (OpenAI's web search docs; ``tool_usage`` leaves
+    page opens out). They were each billed as a search."""
+    calls = [
+        {"type": "web_search_call", "id": "ws_1", "action": {"type": "search", "query": "q"}},
+        {"type": "web_search_call", "id": "ws_2", "action": {"type": "open_page", "url": "u"}},
+        {"type": "web_search_call", "id": "ws_3", "action": {"type": "find_in_page", "url": "u"}},
+        {"type": "web_search_call", "id": "ws_4", "status": "completed"},  # older: no action
+    ]
+    found = extract({**OPENAI_RESPONSE, "output": calls})
+    assert found is not None
+    assert found.usage.tool_requests == {"web_search": 2}
+
+
 def test_a_proxy_is_read_as_what_it_wraps_whatever_another_proxy_wrapped() -> None:
     """A proxy's class says what it wraps (a model, then a dict): each is read as such, whichever
     came first (a cached answer per proxy type would be the first one's)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from tokenmeter._models import Pass, Usage, short_repr, usage_of
-from tokenmeter.usage._read import Get, counts, getter, ident, priced_tier
+from tokenmeter.usage._read import Get, counts, field, getter, ident, priced_tier
 from tokenmeter.usage._types import Extracted
 
 _OPERATIONS = {
@@ -27,6 +27,8 @@ _OPERATIONS = {
 _NOT_YET_BILLED = {"queued", "in_progress"}
 #: Responses output items of built-in tools billed per call, and their ``tool_requests`` key.
 _TOOL_CALLS = {"web_search_call": "web_search", "file_search_call": "file_search"}
+#: Web search actions that are no search (a reasoning model reading a page it found): no fee.
+_PAGE_ACTIONS = {"open_page", "find_in_page", "find"}
 _MAX_ITEMS = 10_000
 #: (total input, total output, input details, output details) of the two usage shapes.
 _CHAT = ("prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details")
@@ -146,7 +148,8 @@ def usage_from_openai_images(usage: Any, svg_usage: Any = None) -> Usage:
 
 def _tool_requests(get: Get) -> dict[str, int] | None:
     """Built-in tool calls of a Responses answer: ``tool_usage`` when the API sends it, else
-    the tool-call items of its output (one web search or file search per item)."""
+    the tool-call items of its output (one web search or file search per item; a web search
+    item whose action opens or searches a page it found is none)."""
     found: dict[str, int] = {}
     tool_usage = get("tool_usage")
     if tool_usage is not None:
@@ -157,11 +160,19 @@ def _tool_requests(get: Get) -> dict[str, int] | None:
     output = get("output")
     if isinstance(output, list | tuple):
         for item in output[:_MAX_ITEMS]:
-            kind = getter(item, what="output item")("type")
+            get_item = getter(item, what="output item")
+            kind = get_item("type")
             tool = _TOOL_CALLS.get(kind) if type(kind) is str else None
-            if tool is not None and (tool_usage is None or tool != "web_search"):
+            if tool == "web_search" and (tool_usage is not None or _opens_a_page(get_item)):
+                continue
+            if tool is not None:
                 found[tool] = found.get(tool, 0) + 1
     return found or None
+
+
+def _opens_a_page(get_item: Get) -> bool:
+    kind = field(get_item("action"), "type")
+    return type(kind) is str and kind in _PAGE_ACTIONS
 
 
 #: The image model a Responses ``image_generation`` tool used when neither the request nor the
