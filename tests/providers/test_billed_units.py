@@ -101,8 +101,29 @@ def test_gemini_audio_input_and_cached_audio_at_their_own_rates(kit: Any, record
     assert record.estimated_cost_usd == Decimal("0.0032036")
 
 
-def test_openai_audio_tokens_are_kept_and_priced_as_audio(kit: Any, records: Records) -> None:
-    """gpt-4o-audio-preview: audio at $40/M in and $80/M out, text at $2.50 / $10."""
+@pytest.mark.parametrize(
+    ("model", "audio", "text", "total"),
+    [
+        ("gpt-4o-audio-preview-2024-12-17", ("0.04", "0.04"), ("0.0005", "0.0003"), "0.0808"),
+        # genai-prices has no audio rates for it: audio was priced as text ($0.15 / $0.60).
+        (
+            "gpt-4o-mini-audio-preview-2024-12-17",
+            ("0.01", "0.01"),
+            ("0.00003", "0.000018"),
+            "0.020048",
+        ),
+    ],
+)
+def test_openai_audio_tokens_are_kept_and_priced_as_audio(
+    kit: Any,
+    records: Records,
+    model: str,
+    audio: tuple[str, str],
+    text: tuple[str, str],
+    total: str,
+) -> None:
+    """gpt-4o-audio-preview: audio at $40/M in and $80/M out, text at $2.50 / $10;
+    gpt-4o-mini-audio-preview: audio at $10 / $20, text at $0.15 / $0.60."""
     usage = {
         "prompt_tokens": 1200,
         "completion_tokens": 530,
@@ -114,10 +135,10 @@ def test_openai_audio_tokens_are_kept_and_priced_as_audio(kit: Any, records: Rec
             "text_tokens": 30,
         },
     }
-    body = kit.chat_body(usage, model="gpt-4o-audio-preview-2024-12-17")
+    body = kit.chat_body(usage, model=model)
     client = kit.mock_openai(lambda request: json_reply(kit.http, body))
 
-    client.chat.completions.create(model="gpt-4o-audio-preview", messages=[])
+    client.chat.completions.create(model=model, messages=[])
 
     record = only(records())
     assert record.modalities == {
@@ -128,9 +149,9 @@ def test_openai_audio_tokens_are_kept_and_priced_as_audio(kit: Any, records: Rec
     }
     b = record.cost_breakdown
     assert b is not None
-    assert (b["input_audio"], b["output_audio"]) == (Decimal("0.04"), Decimal("0.04"))
-    assert (b["input"], b["output"]) == (Decimal("0.0005"), Decimal("0.0003"))
-    assert record.estimated_cost_usd == Decimal("0.0808")
+    assert (b["input_audio"], b["output_audio"]) == tuple(map(Decimal, audio))
+    assert (b["input"], b["output"]) == tuple(map(Decimal, text))
+    assert record.estimated_cost_usd == Decimal(total)
 
 
 # -- server-side tools ---------------------------------------------------------------------------

@@ -144,17 +144,20 @@ def _mark(card: RateCard, base: Rates) -> RateCard:
 
 
 def _gpt4o_audio_preview(card: RateCard, requested: str, at: datetime) -> RateCard:
-    """gpt-4o-audio-preview has no audio rates in genai-prices: audio billed as text."""
+    """gpt-4o-audio-preview and gpt-4o-mini-audio-preview have no audio rates in genai-prices:
+    audio billed as text (OpenAI's list: $40 / $80 and $10 / $20 per million audio tokens)."""
     base = card.base
     if (
-        card.priced_model != "gpt-4o-audio-preview"
+        card.priced_model not in ("gpt-4o-audio-preview", "gpt-4o-mini-audio-preview")
         or base.input_audio_per_mtok != base.input_per_mtok
     ):
         return card
-    first_snapshot = "2024-10-01" in requested
-    audio_in, audio_out = (
-        (Decimal(100), Decimal(200)) if first_snapshot else (Decimal(40), Decimal(80))
-    )
+    if card.priced_model == "gpt-4o-mini-audio-preview":
+        audio_in, audio_out = Decimal(10), Decimal(20)
+    elif "2024-10-01" in requested:  # the first snapshot
+        audio_in, audio_out = Decimal(100), Decimal(200)
+    else:
+        audio_in, audio_out = Decimal(40), Decimal(80)
     return _mark(
         card,
         base=base.with_rates(input_audio_per_mtok=audio_in, output_audio_per_mtok=audio_out),
