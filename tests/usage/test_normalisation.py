@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
+import tokenmeter
 from tokenmeter import Usage
+from tokenmeter.sinks import InMemorySink
 from tokenmeter.usage import detect_provider, extract
 
 OPENAI_CHAT: dict[str, Any] = {
@@ -514,6 +517,40 @@ def test_openai_web_search_page_actions_are_not_billed_searches() -> None:
     found = extract({**OPENAI_RESPONSE, "output": calls})
     assert found is not None
     assert found.usage.tool_requests == {"web_search": 2}
+
+
+def test_an_openai_batch_results_line_is_read_at_batch_prices(sink: InMemorySink) -> None:
+    """docs/providers.md sends batch jobs to record_response(), but a results file's body says
+    ``"service_tier": "default"``: recorded at the standard price, twice the bill (gpt-4o-mini
+    $0.00036 for 1,200 / 300 tokens where the Batch API bills $0.00018). The results line
+    (``custom_id``, ``response.body``) is read as its body, at batch prices."""
+    body = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [],
+        "usage": {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500},
+        "service_tier": "default",
+    }
+    line = {
+        "id": "batch_req_1",
+        "custom_id": "request-1",
+        "response": {"status_code": 200, "request_id": "req_1", "body": body},
+        "error": None,
+    }
+    found = extract(line)
+    assert found is not None
+    assert (found.provider, found.tier, found.usage.input_tokens) == ("openai", "batch", 1200)
+    rec = tokenmeter.record_response(line)
+    assert (rec.model_name, rec.operation, rec.request_id) == (
+        "gpt-4o-mini-2024-07-18",
+        "chat.completions",
+        "chatcmpl-1",
+    )
+    assert rec.estimated_cost_usd == Decimal("0.00018")  # half of $0.15 / $0.60 a million
+    failed = {**line, "response": {"status_code": 400, "body": {"error": {"code": "x"}}}}
+    with pytest.raises(ValueError, match="no usage"):
+        tokenmeter.record_response(failed)
 
 
 def test_a_proxy_is_read_as_what_it_wraps_whatever_another_proxy_wrapped() -> None:

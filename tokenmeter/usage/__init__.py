@@ -5,6 +5,7 @@ The provider patches and ``record_response()`` both come through here: one road,
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from tokenmeter._models import short_repr
@@ -13,7 +14,7 @@ from tokenmeter.usage._read import field
 from tokenmeter.usage._types import Extracted
 from tokenmeter.usage.anthropic import from_anthropic_response, usage_from_anthropic
 from tokenmeter.usage.google import from_gemini_response, usage_from_gemini
-from tokenmeter.usage.openai import from_openai_response, usage_from_openai
+from tokenmeter.usage.openai import batch_result_body, from_openai_response, usage_from_openai
 
 __all__ = [
     "Extracted",
@@ -46,6 +47,8 @@ def detect_provider(response: Any) -> str:
     if type(kind) is str and kind in _OPENAI_OBJECTS:  # named, whatever its usage holds
         return "openai"
     usage = field(response, "usage")
+    if usage is None and batch_result_body(partial(field, response)) is not None:
+        return "openai"  # a line of an OpenAI Batch API results file
     if usage is not None:
         if field(usage, "prompt_tokens") is not None or field(usage, "total_tokens") is not None:
             return "openai"

@@ -239,11 +239,30 @@ def tier_from_openai(service_tier: Any) -> str | None:
     return None if service_tier is None else priced_tier(service_tier)
 
 
+def batch_result_body(get: Get) -> Any:
+    """The response body of a Batch API results line (``custom_id``, ``response.body``), or
+    None for anything else: billed at batch prices though the body says ``"default"``."""
+    if get("custom_id") is None or get("usage") is not None:
+        return None
+    return field(get("response"), "body")
+
+
 def from_openai_response(response: Any, provider: str = "openai") -> Extracted | None:
-    """Read a ChatCompletion / Completion / CreateEmbeddingResponse / Response (object or dict).
+    """Read a ChatCompletion / Completion / CreateEmbeddingResponse / Response (object or dict),
+    or a Batch API results line holding one (priced at the batch tier).
 
     None for a Responses ``background`` create still queued or in progress: it reports no usage
     yet, and its later retrieve is the record."""
+    body = batch_result_body(getter(response, what="response"))
+    if body is None:
+        return _from_response(response, provider)
+    batched = _from_response(body, provider)
+    if batched is not None:
+        batched.tier = "batch"
+    return batched
+
+
+def _from_response(response: Any, provider: str) -> Extracted | None:
     get = getter(response, what="response")
     usage = get("usage")
     if usage is None:
