@@ -72,6 +72,8 @@ class ChunkReader:
             call.request_id = ident(getattr(chunk, "id", None)) or None
         usage = getattr(chunk, "usage", None)
         if usage is None:
+            if call.provider != "groq":
+                return False
             usage = _groq_usage(chunk)
             if usage is None:
                 return False
@@ -113,7 +115,7 @@ _READ_CHUNKS = 64
 
 def _groq_usage(chunk: Any) -> Any:
     """Groq sends a stream's usage in its last choice chunk's ``x_groq`` (asked for or not).
-    Read from the chunk's extra fields: a dict look-up, on every chunk without usage."""
+    Read from the chunk's extra fields: a dict look-up, on every chunk of a Groq stream."""
     extra = getattr(chunk, "__pydantic_extra__", None)
     groq = extra.get("x_groq") if type(extra) is dict else None
     return field(groq, "usage") if isinstance(groq, Mapping) else None
