@@ -546,6 +546,20 @@ _COLUMNS_PROBE = """
 """
 
 
+def _probed(page: Path, width: int) -> dict[str, Any]:
+    """What ``_COLUMNS_PROBE`` finds in ``page`` shown in Chromium ``width`` px wide, after
+    checking that it loads without a console message and never scrolls sideways."""
+    probed = page.with_name(f"probed-{width}.html")
+    probed.write_text(page.read_text().replace("</body>", _COLUMNS_PROBE + "</body>"))
+    result = _chromium(_framed(probed, width), width, "--dump-dom")
+    assert result.returncode == 0 and _console_messages(result.stderr) == []
+    found = re.search(r'<pre id="probe">(.+?)</pre>', result.stdout, re.S)
+    assert found, result.stdout[-2000:]
+    r: dict[str, Any] = json.loads(found.group(1).replace("&quot;", '"'))
+    assert r["scrollWidth"] <= r["innerWidth"] == width, r["scrollWidth"]
+    return r
+
+
 @needs_chromium
 def test_a_daily_chart_of_years_of_calls_is_drawn_within_the_page(
     cli: RunCli, tmp_path: Path
@@ -566,15 +580,8 @@ def test_a_daily_chart_of_years_of_calls_is_drawn_within_the_page(
     page = tmp_path / "report.html"
     code, _, err = cli("report", "--source", str(db), "-o", str(page))
     assert code == 0, err
-    probed = tmp_path / "probed.html"
-    probed.write_text(page.read_text().replace("</body>", _COLUMNS_PROBE + "</body>"))
     for width in (1400, 390):
-        result = _chromium(_framed(probed, width), width, "--dump-dom")
-        assert result.returncode == 0 and _console_messages(result.stderr) == []
-        found = re.search(r'<pre id="probe">(.+?)</pre>', result.stdout, re.S)
-        assert found, result.stdout[-2000:]
-        r = json.loads(found.group(1).replace("&quot;", '"'))
-        assert r["scrollWidth"] <= r["innerWidth"] == width, r["scrollWidth"]
+        r = _probed(page, width)
         assert r["heading"] == "Cost per month by model"
         assert {day: Decimal(cost) for day, cost, _, _ in r["cols"]} == months
         assert min(col_width for _, _, col_width, _ in r["cols"]) >= 1
@@ -602,15 +609,8 @@ def test_long_names_never_push_the_page_sideways(cli: RunCli, tmp_path: Path) ->
         "report", "--source", str(db), "--model", f"m{long}", "--model", "b", "-o", str(page)
     )
     assert code == 0, err
-    probed = tmp_path / "probed.html"
-    probed.write_text(page.read_text().replace("</body>", _COLUMNS_PROBE + "</body>"))
     for width in (1400, 390):
-        result = _chromium(_framed(probed, width), width, "--dump-dom")
-        assert result.returncode == 0 and _console_messages(result.stderr) == []
-        found = re.search(r'<pre id="probe">(.+?)</pre>', result.stdout, re.S)
-        assert found, result.stdout[-2000:]
-        r = json.loads(found.group(1).replace("&quot;", '"'))
-        assert r["scrollWidth"] <= r["innerWidth"] == width, r["scrollWidth"]
+        r = _probed(page, width)
         assert len(r["cols"]) == 2
 
 

@@ -276,6 +276,29 @@ def _prompt(request: Any) -> str:
     return str(request.contents[0].parts[0].text)
 
 
+def _served(unary: Any, streaming: Any) -> Iterator[str]:
+    """The API's GenerateContent (``unary``) and StreamGenerateContent (``streaming``) served on
+    loopback gRPC: yields the address, and stops the server after."""
+    request_type, response_type = glm.GenerateContentRequest, glm.GenerateContentResponse
+    handler = grpc.method_handlers_generic_handler(
+        "google.ai.generativelanguage.v1beta.GenerativeService",
+        {
+            "GenerateContent": grpc.unary_unary_rpc_method_handler(
+                unary, request_type.deserialize, response_type.serialize
+            ),
+            "StreamGenerateContent": grpc.unary_stream_rpc_method_handler(
+                streaming, request_type.deserialize, response_type.serialize
+            ),
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(0)
+
+
 @pytest.fixture(scope="module")
 def grpc_address() -> Iterator[str]:
     """GenerateContent (unary) and StreamGenerateContent (3 running totals) on loopback."""
@@ -296,24 +319,7 @@ def grpc_address() -> Iterator[str]:
                 counted, i == 3, usage=prompt != "no usage", output=prompt != "prompt only"
             )
 
-    request_type, response_type = glm.GenerateContentRequest, glm.GenerateContentResponse
-    handler = grpc.method_handlers_generic_handler(
-        "google.ai.generativelanguage.v1beta.GenerativeService",
-        {
-            "GenerateContent": grpc.unary_unary_rpc_method_handler(
-                unary, request_type.deserialize, response_type.serialize
-            ),
-            "StreamGenerateContent": grpc.unary_stream_rpc_method_handler(
-                streaming, request_type.deserialize, response_type.serialize
-            ),
-        },
-    )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop(0)
+    yield from _served(unary, streaming)
 
 
 def _async_model(address: str) -> Any:
@@ -635,26 +641,7 @@ def grounded_address() -> Iterator[str]:
         for i in (1, 2, 3):
             yield reply(request, i == 3)
 
-    request_type, response_type = glm.GenerateContentRequest, glm.GenerateContentResponse
-    handler = grpc.method_handlers_generic_handler(
-        "google.ai.generativelanguage.v1beta.GenerativeService",
-        {
-            "GenerateContent": grpc.unary_unary_rpc_method_handler(
-                lambda request, context: reply(request, True),
-                request_type.deserialize,
-                response_type.serialize,
-            ),
-            "StreamGenerateContent": grpc.unary_stream_rpc_method_handler(
-                streaming, request_type.deserialize, response_type.serialize
-            ),
-        },
-    )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop(0)
+    yield from _served(lambda request, context: reply(request, True), streaming)
 
 
 @pytest.mark.usefixtures("instrumented")
