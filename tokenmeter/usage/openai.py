@@ -253,17 +253,18 @@ def from_openai_response(response: Any, provider: str = "openai") -> Extracted |
 
     None for a Responses ``background`` create still queued or in progress: it reports no usage
     yet, and its later retrieve is the record."""
-    body = batch_result_body(getter(response, what="response"))
+    get = getter(response, what="response")
+    body = batch_result_body(get)
     if body is None:
-        return _from_response(response, provider)
-    batched = _from_response(body, provider)
+        return _from_response(get, provider)
+    batched = _from_response(getter(body, what="response"), provider)
     if batched is not None:
         batched.tier = "batch"
     return batched
 
 
-def _from_response(response: Any, provider: str) -> Extracted | None:
-    get = getter(response, what="response")
+def _from_response(get: Get, provider: str) -> Extracted | None:
+    """``get``: the response's fields (read once: the batch line check above reads them too)."""
     usage = get("usage")
     if usage is None:
         status = get("status")
