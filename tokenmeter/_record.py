@@ -38,7 +38,7 @@ from tokenmeter._models import (
 )
 from tokenmeter._totals import normalise_usd
 from tokenmeter.guardrails import _budgets, _state
-from tokenmeter.pricing import price_usage
+from tokenmeter.pricing._engine import CostFields, cost_fields
 from tokenmeter.pricing._overrides import short_repr
 from tokenmeter.usage import extract
 
@@ -57,12 +57,13 @@ _warned_cost: set[str] = set()
 #: Models warned about for an implausible cost; past this many the rest are not warned about
 #: (the set stays bounded whatever names a server sends).
 _MAX_WARNED_COST = 1_000
-_UNKNOWN = Cost(total_usd=None)
+#: The fields of an unknown cost and of a call that cost nothing (shared: never changed).
+_UNKNOWN: CostFields = Cost(total_usd=None).__dict__
 #: The usage of a call that failed before anything was billed (an HTTP error, a timeout with
 #: no answer): it cost nothing, whatever its model, even one no price table knows (an Azure
 #: deployment's own name).
 NOTHING_USED = Usage()
-_NOTHING = Cost(total_usd=Decimal(0))
+_NOTHING: CostFields = Cost(total_usd=Decimal(0)).__dict__
 
 
 def _reset_ids_after_fork() -> None:
@@ -82,8 +83,8 @@ def _opt_text(value: Any) -> str | None:
     return clean_text(value if type(value) is str else str(value), MAX_NAME)
 
 
-def _plausible(cost: Cost, model: str) -> Cost:
-    total = cost.total_usd
+def _plausible(cost: CostFields, model: str) -> CostFields:
+    total = cost["total_usd"]
     if total is None or total <= MAX_COST_USD:
         return cost
     if model not in _warned_cost and len(_warned_cost) < _MAX_WARNED_COST:
@@ -140,14 +141,15 @@ def emit(
     elif usage is NOTHING_USED:
         cost = _NOTHING
     else:
-        cost = price_usage(provider, model, usage, at=now, tier=tier)
-    # The models' fields read from their __dict__: a pydantic model's attribute access goes
-    # through its __getattr__ hook, several times dearer than a dict lookup (hot path).
-    total = cost.__dict__["total_usd"]
+        # The Cost's fields, not a Cost: the record copies them, no object is needed between.
+        cost = cost_fields(provider, model, usage, at=now, tier=tier)
+    total = cost["total_usd"]
     if total is not None and total > MAX_COST_USD:
         cost = _plausible(cost, model)
-        total = cost.__dict__["total_usd"]
-    priced_as = cost.__dict__
+        total = cost["total_usd"]
+    priced_as = cost
+    # The models' fields read from their __dict__: a pydantic model's attribute access goes
+    # through its __getattr__ hook, several times dearer than a dict lookup (hot path).
     counts = usage.__dict__
     session_tags = session.effective_tags
     record: UsageRecord = trusted(

@@ -20,6 +20,7 @@ from decimal import (
     localcontext,
     setcontext,
 )
+from typing import Any
 
 from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import Cost, Usage, trusted, usage_of
@@ -42,6 +43,7 @@ from ._source import (
 __all__ = [
     "PriceDescription",
     "clear_cache",
+    "cost_fields",
     "describe_price",
     "price_usage",
     "set_price_source",
@@ -57,22 +59,25 @@ _PER_K = Decimal(1_000)
 #: Rates are divided once, at cache fill, in a context of our own (not the caller thread's).
 _RATE_CONTEXT = Context(prec=40)
 _UNKNOWN = Cost(total_usd=None, breakdown=None, price_source=None, priced_model=None)
+_UNKNOWN_FIELDS = _UNKNOWN.__dict__
 _MAX_ENTRIES = 10_000  # distinct (provider, model, tier) triples before the cache starts over
 _MAX_PERIODS = 1_000  # cached days/windows per entry
 
 
+#: A Cost's fields as a dict: what the engine computes, and what ``emit`` reads (a record needs
+#: the figures, not a Cost object; ``price_usage`` wraps them in one).
+CostFields = dict[str, Any]
+
+
 def _make_cost(
     total: Decimal, breakdown: dict[str, Decimal], source: str, priced_model: str
-) -> Cost:
-    """A Cost from figures computed here, without re-validating them (hot path)."""
-    values = {
+) -> CostFields:
+    return {
         "total_usd": total,
         "breakdown": breakdown,
         "price_source": source,
         "priced_model": priced_model,
     }
-    cost: Cost = trusted(Cost, values)
-    return cost
 
 
 class _PerToken:
@@ -143,7 +148,7 @@ class _Vector:
             (start, _PerToken(rates, tier_source)) for start, rates in reversed(card.tiers)
         )
 
-    def price(self, usage: Usage, source: str | None = None) -> Cost:
+    def price(self, usage: Usage, source: str | None = None) -> CostFields:
         counts = usage.__dict__  # cheaper than a pydantic model's attribute access (hot path)
         total_in = counts["input_tokens"]
         r = self.base
@@ -196,7 +201,7 @@ class _Vector:
             total += part
         return _make_cost(total, breakdown, source or r.source, self.card.priced_model)
 
-    def _price_parts(self, usage: Usage, r: _PerToken, source: str | None) -> Cost:
+    def _price_parts(self, usage: Usage, r: _PerToken, source: str | None) -> CostFields:
         """Per-modality counts and tool requests: each part at its own rate."""
         m = usage.modalities
         cache_read = usage.cache_read_tokens
@@ -363,6 +368,23 @@ def price_usage(
     "priority", "fast"; None, "default", "standard", "auto" mean standard). Never raises for an
     unknown model: it logs one warning per (provider, model) on the ``tokenmeter`` logger instead.
     """
+    fields = cost_fields(provider, model, usage, at=at, tier=tier)
+    if fields is _UNKNOWN_FIELDS:
+        return _UNKNOWN
+    cost: Cost = trusted(Cost, fields)
+    return cost
+
+
+def cost_fields(
+    provider: str | None,
+    model: str,
+    usage: Usage,
+    *,
+    at: datetime | None = None,
+    tier: str | None = None,
+) -> CostFields:
+    """``price_usage`` as the fields of its Cost, for a caller that only reads them (``emit``,
+    once per record). A new dict each time, but an unknown model's is shared: never change it."""
     entry = _entries.get((provider, model, tier))
     if entry is None:
         entry = _resolve(provider, model, tier)
@@ -378,7 +400,7 @@ def price_usage(
             finally:
                 setcontext(caller)
     _warn_unknown(provider, model)
-    return _UNKNOWN
+    return _UNKNOWN_FIELDS
 
 
 def _price_with_passes(
@@ -388,23 +410,23 @@ def _price_with_passes(
     vector: _Vector,
     at: datetime | None,
     tier: str | None,
-) -> Cost:
+) -> CostFields:
     """The call's own tokens at its model's rates, and each further pass (Anthropic compaction,
     an advisor on another model) at its own model's rates, under its own breakdown key. A pass
     whose model has no known price makes the whole cost unknown: never a silent part."""
     own = usage_without_passes(usage)
     cost = vector.price(own)
-    if cost.breakdown is None or cost.total_usd is None:
+    if cost["breakdown"] is None or cost["total_usd"] is None:
         return cost
-    breakdown = dict(cost.breakdown)
-    total = cost.total_usd
+    breakdown = dict(cost["breakdown"])
+    total = cost["total_usd"]
     for extra in usage.passes:
-        part = price_usage(provider, extra.model or model, extra.usage, at=at, tier=tier)
-        if part.total_usd is None:
-            return _UNKNOWN
-        breakdown[extra.kind] = breakdown.get(extra.kind, _ZERO) + part.total_usd
-        total += part.total_usd
-    return _make_cost(total, breakdown, cost.price_source or "", cost.priced_model or model)
+        part = cost_fields(provider, extra.model or model, extra.usage, at=at, tier=tier)
+        if part["total_usd"] is None:
+            return _UNKNOWN_FIELDS
+        breakdown[extra.kind] = breakdown.get(extra.kind, _ZERO) + part["total_usd"]
+        total += part["total_usd"]
+    return _make_cost(total, breakdown, cost["price_source"] or "", cost["priced_model"] or model)
 
 
 def usage_without_passes(usage: Usage) -> Usage:
