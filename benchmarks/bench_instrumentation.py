@@ -679,9 +679,10 @@ def main() -> None:
     if "3" in only:
         section_3(rounds, thread_calls)
     tokenmeter.flush()
-    with sqlite3.connect(directory / "usage.db") as db:
-        rows = db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
-    print(f"\n  usage.db holds {rows:,} records; {metered['calls']:,} instrumented calls made")
+    if metered["calls"]:  # `--only 6` alone writes nothing to usage.db (its table is not made)
+        with sqlite3.connect(directory / "usage.db") as db:
+            rows = db.execute("SELECT COUNT(*) FROM records").fetchone()[0]
+        print(f"\n  usage.db holds {rows:,} records; {metered['calls']:,} instrumented calls made")
     if "6" in only:
         section_6(client, tail_rounds, tail_calls)
         tokenmeter.configure(sinks=["sqlite"], directory=directory)
