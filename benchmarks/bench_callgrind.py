@@ -1,6 +1,6 @@
 """CPU added per call (non-streamed, or a stream of N chunks), counted in instructions (callgrind).
 
-    python benchmarks/bench_callgrind.py [--calls 400] [--sinks sqlite] [--stream 1000]
+    python benchmarks/bench_callgrind.py [--calls 400] [--sinks sqlite|null|...] [--stream 1000]
 
 Wall and CPU clocks on a shared machine move with whatever else runs; callgrind's instruction
 counts do not (the same binary and inputs give the same count). Each contender runs in a child
@@ -34,6 +34,20 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+class NullSink:
+    """``--sinks null``: takes records and does nothing, so the count is the caller's thread's
+    share and the delivery's, without any sink's own work (SQLite's minus this is the writer's)."""
+
+    def write(self, records: object) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def child(mode: str, calls: int, sinks: str, directory: str, chunks: int) -> None:
     sys.path.insert(0, str(HERE))
     from _common import ReferenceDesign, chat, mock_client, stream
@@ -49,7 +63,8 @@ def child(mode: str, calls: int, sinks: str, directory: str, chunks: int) -> Non
                 run()
         return  # the round ends with the writer's last inserts, like tokenmeter's flush()
     if mode != "bare":
-        tokenmeter.configure(sinks=sinks.split(","), directory=directory)
+        chosen: list[object] = [NullSink()] if sinks == "null" else sinks.split(",")
+        tokenmeter.configure(sinks=chosen, directory=directory)
         tokenmeter.instrument()
     for _ in range(20):  # warm: imports, pricing caches, the database's schema
         run()
