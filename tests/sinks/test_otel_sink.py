@@ -563,7 +563,22 @@ def test_the_latest_genai_conventions_when_opted_in(
     assert costs["embeddings"].as_double == pytest.approx(float(records[3].estimated_cost_usd))
 
 
-FORK_WITH_THE_APPLICATIONS_SINK = """
+#: The end of the fork scripts: the parent lets its thread go, then waits up to 30 s for the
+#: child, which prints one JSON line (a child that hangs is killed and said to be "hung").
+_REAP_THE_CHILD = """
+release.set()
+for _ in range(600):
+    if os.waitpid(pid, os.WNOHANG)[0]:
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    print(json.dumps({"hung": True}), flush=True)
+"""
+
+FORK_WITH_THE_APPLICATIONS_SINK = (
+    """
 import json, os, threading, time
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -606,16 +621,9 @@ if pid == 0:
         "is_child": parent == request.get_span_context().span_id,
     }), flush=True)
     os._exit(0)
-release.set()
-for _ in range(600):
-    if os.waitpid(pid, os.WNOHANG)[0]:
-        break
-    time.sleep(0.05)
-else:
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    print(json.dumps({"hung": True}), flush=True)
 """
+    + _REAP_THE_CHILD
+)
 
 
 def test_a_forked_child_exports_its_calls_inside_its_own_spans() -> None:
@@ -635,7 +643,8 @@ def test_a_forked_child_exports_its_calls_inside_its_own_spans() -> None:
     assert found == {"flushed": True, "exported": True, "is_child": True}
 
 
-FORK_WHILE_A_THREAD_BUILDS_THE_EXPORTERS = """
+FORK_WHILE_A_THREAD_BUILDS_THE_EXPORTERS = (
+    """
 import json, os, threading, time
 os.environ["TOKENMETER_SINKS"] = "otel"
 import tokenmeter
@@ -655,16 +664,9 @@ if pid == 0:
     tokenmeter.record("openai", "gpt-4o", 10, 2)  # makes the child's sinks
     print(json.dumps({"flushed": tokenmeter.flush(timeout=30)}), flush=True)
     os._exit(0)
-release.set()
-for _ in range(600):
-    if os.waitpid(pid, os.WNOHANG)[0]:
-        break
-    time.sleep(0.05)
-else:
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    print(json.dumps({"hung": True}), flush=True)
 """
+    + _REAP_THE_CHILD
+)
 
 
 def test_a_child_forked_while_a_thread_builds_the_exporters_records(
