@@ -388,11 +388,11 @@ def test_a_sink_gets_each_record_exactly_as_it_was_made() -> None:
 
 
 class HungSQLiteSink(Held, SQLiteSink):
-    """The SQLite sink, held before each insert, whether its records came packed or not."""
+    """The SQLite sink, held before each insert."""
 
-    def _insert(self, items: Sequence[Any], append: Callable[[Any, list[Any]], None]) -> None:
+    def _write_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
         self.hold()
-        super()._insert(items, append)
+        super()._write_rows(rows)
 
 
 class CopyingSQLiteSink(SQLiteSink):
@@ -407,9 +407,9 @@ class CopyingSQLiteSink(SQLiteSink):
         super().write(records)
 
 
-def test_the_sqlite_sink_stores_records_queued_packed_as_they_were_made(tmp_path: Path) -> None:
-    """Behind a backlog, the SQLite sink makes its rows from the packed records themselves: the
-    database holds each record as made, exactly as if it had come unpacked."""
+def test_the_sqlite_sink_stores_the_rows_made_on_the_callers_thread(tmp_path: Path) -> None:
+    """The SQLite sink's rows are made when the records are, and wait as rows (plain values,
+    never packed): the database holds each record as made, exactly as its ``write`` would."""
     sink = HungSQLiteSink(tmp_path / "usage.db")
     tokenmeter.configure(sinks=[sink])
     tokenmeter.record("openai", "gpt-4o", 1, 1)
@@ -428,7 +428,10 @@ def test_the_sqlite_sink_stores_records_queued_packed_as_they_were_made(tmp_path
             )
             for i in range(300)
         ]
-    assert _pipeline._pipeline is not None and _pipeline._pipeline._backlog
+    assert _pipeline._pipeline is not None and not _pipeline._pipeline._backlog
+    waiting = [i for i in _pipeline._pipeline.writers[0]._buffer if type(i) is not SessionInfo]
+    assert len(waiting) == 300
+    assert all(type(row) is tuple and len(row) == 27 for row in waiting)
     sink.release.set()
     assert tokenmeter.flush(30)
     reference = SQLiteSink(tmp_path / "reference.db")
@@ -625,6 +628,33 @@ def test_a_poison_record_queued_behind_a_backlog_is_set_aside_as_a_record() -> N
     assert kept["record"] == bad.to_json_dict()
 
 
+def test_a_row_the_database_refuses_is_set_aside_as_its_record(tmp_path: Path) -> None:
+    """The SQLite sink's rows are made on the caller's thread and wait as rows: one that the
+    database refuses (here by a trigger) is set aside as its record's JSON, and every other
+    record is stored."""
+    path = tmp_path / "usage.db"
+    sink = SQLiteSink(path)
+    sink._connection().execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON records WHEN NEW.model_name = 'poison' "
+        "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+    )
+    tokenmeter.configure(sinks=[sink])
+    made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(3)]
+    with tokenmeter.session("job", tags={"team": "search"}):
+        bad = tokenmeter.record(
+            "openai", "poison", 1_000, 20, cache_read_tokens=100, modalities={"input_audio": 3}
+        )
+    made += [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(3)]
+    wait_for(lambda: tokenmeter.flush(30), "the poison row set aside")
+    with sqlite3.connect(path) as conn:
+        stored = [row[0] for row in conn.execute("SELECT id FROM records ORDER BY id")]
+    assert stored == sorted(r.id for r in made)
+    (kept,) = [json.loads(line) for line in (Path(".tokenmeter") / "quarantine.jsonl").open()]
+    assert kept["sink"] == "SQLiteSink"
+    assert "refused by a trigger" in kept["error"]
+    assert kept["record"] == bad.to_json_dict()
+
+
 def test_a_poison_record_in_a_trickle_of_flushes_is_set_aside() -> None:
     """One record per flush() (a function run per request): no pass ever holds two successes
     after the poison record, which is accused once and then judged after the next success,
@@ -694,6 +724,23 @@ class DownSink(InMemorySink):
 
     def write(self, records: Sequence[UsageRecord]) -> None:
         raise OSError("server down")
+
+
+def test_a_sink_that_fails_thousands_of_times_keeps_its_writer_working(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each failure doubles the back-off, capped at 5 s: the power of two itself overflowed a
+    float after 1,024 failures (a server down for hours; or a flush() per request, each asking
+    for an attempt), and the writer failed on every delivery from then on."""
+    sink = DownSink()
+    tokenmeter.configure(sinks=[sink])
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    writer = _pipeline._writers()[0]
+    with caplog.at_level(logging.ERROR, logger="tokenmeter"):
+        while writer._failures < 1_100:
+            assert not tokenmeter.flush(30)
+    assert not [r for r in caplog.records if "writer for sink" in r.getMessage()]
+    assert writer._retry_at - time.monotonic() <= _pipeline._MAX_BACKOFF
 
 
 def test_records_that_cannot_be_set_aside_are_not_logged_one_line_each(

@@ -22,9 +22,10 @@ Policies (documented in docs/sinks.md):
   never asked to hand it over), they never pile up in the collector's oldest generation, whose
   growth makes the interpreter run full collections that pause every thread of the application.
   A writer unpacks them into ``UsageRecord`` objects at its own pace, just before its sink gets
-  them; a sink of ours with a ``_write_packed`` method (SQLite) takes them packed and makes its
-  rows from the plain values. Records are not packed while writers keep up: they die young
-  anyway.
+  them. Records are not packed while writers keep up: they die young anyway.
+- The SQLite sink's rows are made on the caller's thread, with the record (``SQLiteSink._row``,
+  plain values too), and its writer only binds and steps them: it spends no GIL-held time per
+  record that could delay the application's calls, and its rows are never packed.
 - A writer never holds the GIL for long: once it has worked for ``_SLICE`` seconds on the items
   a sink iterates (rows built, lines encoded, whatever the sink does per record), it sleeps
   ``_YIELD`` seconds, so a caller thread waiting for the GIL takes it then instead of after the
@@ -183,17 +184,16 @@ class _FlushMarker:
 _Item = Packed | UsageRecord | SessionInfo | _FlushMarker
 
 
-def _packed_writer(sink: Sink) -> Callable[[Sink, Sequence[Any]], None] | None:
-    """The ``_write_packed`` of a sink of ours that stores packed records as they are, without
-    the records built back first; None for any other sink. Looked up on the class, where no
-    stand-in's ``__getattr__`` can answer for it; and only where ``write`` is the one defined
-    beside it: a subclass that overrides ``write`` gets every record through its ``write``."""
+def _makes_rows(sink: Sink) -> bool:
+    """True for a sink of ours whose rows are made on the caller's thread (``_row``, then
+    ``_write_rows`` on the writer's: SQLite). Looked up on the class, where no stand-in's
+    ``__getattr__`` can answer for it; and only where ``write`` is the one defined beside it: a
+    subclass that overrides ``write`` gets every record through its ``write``."""
     for cls in type(sink).__mro__:
         defined = vars(cls)
-        if "_write_packed" in defined:
-            same_write = defined.get("write") is getattr(type(sink), "write", None)
-            return defined["_write_packed"] if same_write else None
-    return None
+        if "_row" in defined:
+            return defined.get("write") is getattr(type(sink), "write", None)
+    return False
 
 
 def _edits_nothing(sink: Sink) -> bool:
@@ -221,7 +221,10 @@ class _Writer:
     ) -> None:
         self.sink = sink
         self.settle(max_queue, interval, quarantine)
-        self._write_packed = _packed_writer(sink)
+        #: The sink's ``_row`` (see ``_makes_rows``), called on the caller's thread by ``row``.
+        self.make_row: Callable[[UsageRecord], Packed] | None = (
+            sink._row if _makes_rows(sink) else None  # type: ignore[attr-defined]
+        )
         self._copy: Callable[[Any], Any] | None = None if _edits_nothing(sink) else _own_copy
         # Re-entrant: a signal handler that flushes may interrupt put() on the same thread.
         self._lock = threading.RLock()
@@ -265,6 +268,15 @@ class _Writer:
         self.quarantine = quarantine
 
     # -- any thread --------------------------------------------------------------------------------
+    def row(self, record: UsageRecord) -> Any:
+        """What this writer queues for ``record``: the sink's row, made here (on the caller's
+        thread); the record itself when that fails, so that the sink's ``write`` meets the fault
+        on the writer's thread, where a record that can never be stored is set aside."""
+        try:
+            return self.make_row(record)  # type: ignore[misc]
+        except Exception:
+            return record
+
     def put(self, item: _Item) -> int:
         """Queue ``item``; returns how many items wait."""
         with self._lock:
@@ -446,9 +458,9 @@ class _Writer:
     def _write(self, run: Sequence[Any]) -> None:
         first = run[0]
         copy = self._copy
-        if type(first) is tuple:  # a run of packed records (the runs are of one kind each)
-            if self._write_packed is not None:
-                self._write_packed(self.sink, _Paced(run))
+        if type(first) is tuple:  # a run of rows or of packed records (runs are of one kind)
+            if self.make_row is not None:  # rows made on the callers' threads
+                self.sink._write_rows(run)  # type: ignore[attr-defined]
             else:  # unpacked at the same pace as the sink's own work on the records
                 unpacked = map(unpack, _paced(iter(run)))
                 self.sink.write(_Paced(unpacked if copy is None else map(copy, unpacked)))
@@ -505,7 +517,9 @@ class _Writer:
         if isinstance(run[0], SessionInfo) and self._records_first():
             self._write_pending(now)
             return
-        backoff = min(0.1 * 2 ** (self._failures - 1), _MAX_BACKOFF)
+        # The exponent capped: a float power of two overflows after 1,024 failures (a sink down
+        # for hours, or a flush() per request asking for an attempt each).
+        backoff = min(0.1 * 2 ** min(self._failures - 1, 16), _MAX_BACKOFF)
         self._retry_at = now + backoff
 
     def _records_first(self) -> bool:
@@ -557,6 +571,21 @@ class _Writer:
                     self._write([suspect])
                 except BaseException as error:
                     accused.append((suspect, error))
+        if not written and len(suspects) == 1 and len(self._pending) > len(runs):
+            # One item failed with no other of its kind behind it (a session's only record,
+            # between the session's start and end): the run of the other kind behind it shows
+            # whether the sink is down or the item cannot be stored.
+            try:
+                self._write(self._pending[len(runs)])
+            except BaseException:
+                return False
+            del self._pending[len(runs)]
+            written = True
+            retry, suspects = suspects, []
+            try:
+                self._write(retry)
+            except BaseException as error:
+                accused.append((retry[0], error))
         if not written:
             return False
         for _ in runs:
@@ -572,7 +601,7 @@ class _Writer:
         line = {
             "sink": _name(self.sink),
             "error": _error_text(exc),
-            "record": _plain(item),
+            "record": self._plain(item),
         }
         try:
             if where is None:
@@ -592,6 +621,22 @@ class _Writer:
                 line["error"],
                 where,
             )
+
+    def _plain(self, item: Any) -> Any:
+        """``item`` as JSON values, for the quarantine file."""
+        try:
+            if type(item) is tuple and self.make_row is not None:  # a row: its record again
+                data = self.sink._row_record(item)  # type: ignore[attr-defined]
+                try:
+                    return UsageRecord.model_validate(data).to_json_dict()
+                except ValueError:
+                    return data
+            item = unpack(item)
+            if isinstance(item, UsageRecord):
+                return item.to_json_dict()
+            return item.model_dump(mode="json")
+        except Exception:
+            return repr(item)
 
     def _count_lost(self, line: dict[str, Any], error: Exception) -> None:
         """Log a record that could not be set aside: the first with the record itself, then one
@@ -643,16 +688,6 @@ def _error_text(exc: BaseException) -> str:
     return text if len(text) <= _ERROR_TEXT_MAX else text[:_ERROR_TEXT_MAX] + "..."
 
 
-def _plain(item: Any) -> Any:
-    try:
-        item = unpack(item)
-        if isinstance(item, UsageRecord):
-            return item.to_json_dict()
-        return item.model_dump(mode="json")
-    except Exception:
-        return repr(item)
-
-
 def _quietly(call: Callable[[], None], sink: Sink, quiet: bool = False) -> bool:
     """Call one of the sink's methods; False (logged unless ``quiet``) when it raised."""
     try:
@@ -701,15 +736,20 @@ class _Pipeline:
         """Queue ``item`` for every sink; False once ``replace`` has been called: the caller
         took this pipeline just before a ``set_sinks`` on another thread, whose writers may have
         ended since, and the item goes to the new one."""
-        queued: _Item = item
-        if self._backlog and type(item) is UsageRecord:
-            queued = pack(item)
+        writers = self.writers
+        if type(item) is UsageRecord:
+            packed = pack(item) if self._backlog else item
+            queued = [packed if w.make_row is None else w.row(item) for w in writers]
+        else:
+            queued = [item] * len(writers)
         longest = 0
         with self._lock:
             if self._replaced:
                 return False
-            for writer in self.writers:
-                longest = max(longest, writer.put(queued))
+            for writer, one in zip(writers, queued, strict=True):
+                waiting = writer.put(one)
+                if writer.make_row is None and waiting > longest:  # rows are never packed
+                    longest = waiting
         self._backlog = longest >= _BACKLOG
         return True
 

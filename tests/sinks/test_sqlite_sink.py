@@ -21,7 +21,6 @@ from conftest import (  # type: ignore[import-not-found, unused-ignore]
 )
 
 from tokenmeter._models import SessionInfo, UsageRecord, _iso
-from tokenmeter._packed import pack
 from tokenmeter.sinks import SessionAwareSink, SQLiteSink
 from tokenmeter.sinks import sqlite as sqlite_module
 
@@ -771,9 +770,9 @@ def test_stored_rows_are_the_plain_encoding_of_every_field(
     sink = SQLiteSink(tmp_path / "usage.db")
     sink.write(records)
     sink.close()
-    packed = SQLiteSink(tmp_path / "packed.db")  # records queued behind a backlog
-    packed._write_packed([pack(r) for r in records])
-    packed.close()
+    rows = SQLiteSink(tmp_path / "rows.db")  # the pipeline's road: rows made on the caller's thread
+    rows._write_rows([SQLiteSink._row(r) for r in records])
+    rows.close()
     plain = [_plain_row(r) for r in records]
     assert [sqlite_module._record_row(r) for r in records] == plain
     reference = tmp_path / "reference.db"
@@ -790,7 +789,7 @@ def test_stored_rows_are_the_plain_encoding_of_every_field(
     sql = f"SELECT {typed} FROM records ORDER BY id"
     stored = query(tmp_path / "usage.db", sql)
     assert stored == query(reference, sql)
-    assert query(tmp_path / "packed.db", sql) == stored
+    assert query(tmp_path / "rows.db", sql) == stored
     assert len(stored) == len(records)
     assert ("null", "NULL") in {
         row[2 * RECORD_COLUMNS.index("session_name") :][:2] for row in stored
@@ -808,10 +807,8 @@ def test_a_record_without_a_dict_gives_the_same_values(make_record: RecordFactor
     slotted = Slotted()
     for name in fields:
         setattr(slotted, name, getattr(record, name))
-    from_model: list[object] = []
-    from_slots: list[object] = []
-    sqlite_module._sqlite_values(record, from_model)
-    sqlite_module._sqlite_values(slotted, from_slots)  # type: ignore[arg-type]
+    from_model = sqlite_module._sqlite_row(record)
+    from_slots = sqlite_module._sqlite_row(slotted)  # type: ignore[arg-type]
     assert from_slots == from_model
     assert len(from_model) == len(sqlite_module._SQLITE_COLUMNS)
 

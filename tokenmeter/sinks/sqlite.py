@@ -20,6 +20,7 @@ pico-USD, so ``SUM(cost_pusd)`` is exact and fast.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import threading
@@ -34,7 +35,7 @@ from typing import Any
 
 from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import SessionInfo, UsageRecord, _iso
-from tokenmeter._packed import MAPPINGS, PLAIN_FIELDS, Packed, as_dict, flat_mappings
+from tokenmeter._packed import MAPPINGS, as_dict
 from tokenmeter.sinks._encode import compact_json
 from tokenmeter.sinks._files import absolute, ensure_private_dir, file_id, open_private, still_names
 
@@ -433,13 +434,10 @@ _BUILT_COLUMNS = {
     "modalities": "?",
     "tool_requests": "?",
 }
-#: The fields ``_BUILT_COLUMNS`` are made from: the record's mappings last, as a packed record
-#: (``tokenmeter._packed``) gives them.
+#: The fields ``_BUILT_COLUMNS`` are made from.
 _BUILT_FROM = ("latency_ms", "timestamp", "estimated_cost_usd", "streamed", "estimated", *MAPPINGS)
 _FIELDS = _PLAIN_COLUMNS + _OPTIONAL_TEXT_COLUMNS + _BUILT_FROM
 _read = itemgetter(*_FIELDS)
-#: The same fields but the mappings, from a packed record.
-_read_packed = itemgetter(*(PLAIN_FIELDS.index(name) for name in _FIELDS[: -len(MAPPINGS)]))
 _NAN = float("nan")
 
 
@@ -453,33 +451,10 @@ def _fields(r: UsageRecord) -> dict[str, Any]:
     return fields
 
 
-def _sqlite_values(r: UsageRecord, values: list[Any]) -> None:
-    """Append the record's values for ``_SQLITE_INSERT``'s columns to ``values``."""
-    *head, breakdown, tags, modalities, tools = _read(_fields(r))
-    _append_head(head, values)
-    values += (
-        0 if breakdown is None else breakdown_text(breakdown),
-        tags_text(tags),
-        compact_json(modalities) if modalities else "{}",
-        compact_json(tools) if tools else "{}",
-    )
-
-
-def _packed_sqlite_values(item: Packed, values: list[Any]) -> None:
-    """``_sqlite_values`` of a packed record, made from its plain values (no record, no dict)."""
-    _append_head(_read_packed(item), values)
-    breakdown, tags, modalities, tools = flat_mappings(item)
-    values += (
-        0 if breakdown is None else _breakdown_text(breakdown),
-        _tags_text(tags),
-        compact_json(as_dict(modalities)) if modalities else "{}",
-        compact_json(as_dict(tools)) if tools else "{}",
-    )
-
-
-def _append_head(fields: Sequence[Any], values: list[Any]) -> None:
-    """Append the values for ``_SQLITE_INSERT``'s columns before the mappings' ones, made from
-    ``fields`` (``_FIELDS`` without ``MAPPINGS``)."""
+def _sqlite_row(r: UsageRecord) -> tuple[Any, ...]:
+    """The record's values for ``_SQLITE_INSERT``'s columns: text and numbers only, so that the
+    row, made on the caller's thread, waits in the writer's buffer untracked by the garbage
+    collector (see ``SQLiteSink._row``)."""
     (
         *plain,
         request_model,
@@ -494,9 +469,13 @@ def _append_head(fields: Sequence[Any], values: list[Any]) -> None:
         cost,
         streamed,
         estimated,
-    ) = fields
-    values += plain
-    values += (
+        breakdown,
+        tags,
+        modalities,
+        tools,
+    ) = _read(_fields(r))
+    return (
+        *plain,
         0 if request_model is None else request_model,
         0 if operation is None else operation,
         0 if price_source is None else price_source,
@@ -510,6 +489,10 @@ def _append_head(fields: Sequence[Any], values: list[Any]) -> None:
         "" if cost is None else to_pico_usd(cost),
         int(streamed),
         int(estimated),
+        0 if breakdown is None else breakdown_text(breakdown),
+        tags_text(tags),
+        compact_json(modalities) if modalities else "{}",
+        compact_json(tools) if tools else "{}",
     )
 
 
@@ -527,6 +510,30 @@ _SQLITE_INSERT = _Statement(
     len(_SQLITE_COLUMNS),
     ")",
 )
+
+
+#: The columns whose stand-in for NULL is 0 (``NULLIF(?, 0)``).
+_ZERO_FOR_NULL = frozenset(
+    column for column, sql in zip(_SQLITE_COLUMNS, _SQL_OF_COLUMN, strict=True) if "0)" in sql
+)
+_JSON_COLUMNS = ("cost_breakdown", "tags", "modalities", "tool_requests")
+
+
+def _row_record(row: tuple[Any, ...]) -> dict[str, Any]:
+    """``_sqlite_row``'s row read back: NULL's stand-ins as None, the JSON columns parsed."""
+    data = dict(zip(_SQLITE_COLUMNS, row, strict=True))
+    for column in _ZERO_FOR_NULL:
+        if type(data[column]) is int and data[column] == 0:
+            data[column] = None
+    del data["cost_pusd"]
+    latency = data["latency_ms"]
+    if latency != latency:  # NaN
+        data["latency_ms"] = None
+    for column in _JSON_COLUMNS:
+        if data[column] is not None:
+            data[column] = json.loads(data[column])
+    data["streamed"], data["estimated"] = bool(data["streamed"]), bool(data["estimated"])
+    return data
 
 
 def _session_row(s: SessionInfo) -> tuple[Any, ...]:
@@ -577,21 +584,28 @@ class SQLiteSink:
         self._file_id = (0, 0)
 
     def write(self, records: Sequence[UsageRecord]) -> None:
-        self._insert(records, _sqlite_values)
+        # Built one by one from the run the writer hands over, which pauses the writer now and
+        # then: a caller never waits for a whole chunk of rows to be built.
+        self._write_rows([_sqlite_row(r) for r in records])
 
-    def _write_packed(self, items: Sequence[Packed]) -> None:
-        """``write`` for records the writer queued packed (``tokenmeter._packed``): the rows are
-        made from their plain values, without building the records back first."""
-        self._insert(items, _packed_sqlite_values)
+    # The pipeline's road for this sink's records (``tokenmeter._pipeline``): each row is made on
+    # the thread that made its record, as part of the call, and the writer thread only binds and
+    # steps. Made on the writer, thousands of rows at a time, the same work held the GIL in
+    # stretches that delayed the application's calls by milliseconds.
+    @staticmethod
+    def _row(record: UsageRecord) -> tuple[Any, ...]:
+        """The row the database will hold for ``record`` (text and numbers only)."""
+        return _sqlite_row(record)
 
-    def _insert(self, items: Sequence[Any], append: Callable[[Any, list[Any]], None]) -> None:
-        if items:
-            # Built one by one from the run the writer hands over, which pauses the writer now
-            # and then: a caller never waits for a whole chunk of rows to be built.
-            values: list[Any] = []
-            for item in items:
-                append(item, values)
-            self._transaction(_SQLITE_INSERT, values)
+    def _write_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Store rows made by ``_row``, in one transaction."""
+        if rows:
+            self._transaction(_SQLITE_INSERT, _flat(rows))
+
+    @staticmethod
+    def _row_record(row: tuple[Any, ...]) -> dict[str, Any]:
+        """A row made by ``_row`` in the record's JSON shape, for the quarantine file."""
+        return _row_record(row)
 
     def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
         if sessions:
