@@ -278,7 +278,7 @@ GC_PAUSES: list[tuple[int, float, float]] = []
 
 
 def time_sqlite_writes_and_gc() -> None:
-    """Wrap SQLiteSink.write and _write_packed to log (start, end, records) of each write, and
+    """Wrap SQLiteSink._write_rows to log (start, end, records) of each write, and
     log every garbage collection (``--diagnose`` only)."""
     from tokenmeter.sinks import SQLiteSink
 
@@ -292,9 +292,8 @@ def time_sqlite_writes_and_gc() -> None:
 
         return write
 
-    # Records queued behind a backlog reach the sink packed, through _write_packed.
-    SQLiteSink.write = timed(SQLiteSink.write)  # type: ignore[method-assign]
-    SQLiteSink._write_packed = timed(SQLiteSink._write_packed)  # type: ignore[method-assign]
+    # Every write stores its rows through _write_rows (the pipeline's rows are made beforehand).
+    SQLiteSink._write_rows = timed(SQLiteSink._write_rows)  # type: ignore[method-assign]
     started = [0.0]
 
     def collection(phase: str, info: dict[str, Any]) -> None:
