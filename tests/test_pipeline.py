@@ -655,6 +655,45 @@ def test_a_row_the_database_refuses_is_set_aside_as_its_record(tmp_path: Path) -
     assert kept["record"] == bad.to_json_dict()
 
 
+class RecordsOnlyPicky:
+    """A user sink with ``write`` only (no ``write_sessions``) that refuses the model
+    "poison"."""
+
+    def __init__(self) -> None:
+        self.records: list[UsageRecord] = []
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        if any(r.model_name == "poison" for r in records):
+            raise ValueError("cannot store this one")
+        self.records.extend(records)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("sink_class", [Picky, RecordsOnlyPicky])
+def test_a_sessions_only_record_that_is_poison_is_set_aside(sink_class: type) -> None:
+    """The poison record is its session's only one, so sessions are queued on both sides of
+    it: isolated alone, it never met a success, and the sink was taken for down for good. The
+    runs behind it show the sink works (a run of sessions only where the sink stores them)."""
+    sink = sink_class()
+    if isinstance(sink, Picky):
+        sink.release.set()
+    tokenmeter.configure(sinks=[sink])
+    made = [tokenmeter.record("openai", "gpt-4o", 1, 1)]
+    with tokenmeter.session("job"):
+        bad = tokenmeter.record("openai", "poison", 1, 1)
+    with tokenmeter.session("next"):
+        made.append(tokenmeter.record("openai", "gpt-4o", 1, 1))
+    wait_for(lambda: tokenmeter.flush(30), "the poison record set aside")
+    assert [r.id for r in sink.records] == [r.id for r in made]
+    kept = [json.loads(line) for line in (Path(".tokenmeter") / "quarantine.jsonl").open()]
+    assert [k["record"]["id"] for k in kept] == [bad.id]
+
+
 def test_a_poison_record_in_a_trickle_of_flushes_is_set_aside() -> None:
     """One record per flush() (a function run per request): no pass ever holds two successes
     after the poison record, which is accused once and then judged after the next success,

@@ -571,15 +571,16 @@ class _Writer:
                     self._write([suspect])
                 except BaseException as error:
                     accused.append((suspect, error))
-        if not written and len(suspects) == 1 and len(self._pending) > len(runs):
+        probe = self._probe(len(runs)) if not written and len(suspects) == 1 else None
+        if probe is not None:
             # One item failed with no other of its kind behind it (a session's only record,
-            # between the session's start and end): the run of the other kind behind it shows
-            # whether the sink is down or the item cannot be stored.
+            # between the session's start and end): a run written behind it shows whether the
+            # sink is down or the item cannot be stored.
             try:
-                self._write(self._pending[len(runs)])
+                self._write(self._pending[probe])
             except BaseException:
                 return False
-            del self._pending[len(runs)]
+            del self._pending[probe]
             written = True
             retry, suspects = suspects, []
             try:
@@ -594,6 +595,15 @@ class _Writer:
         if suspects:
             self._pending.appendleft(suspects)
         return True
+
+    def _probe(self, start: int) -> int | None:
+        """The index of the first run from ``start`` on that the sink really writes: a run of
+        sessions is no proof for a sink without ``write_sessions``, which is never called."""
+        real_sessions = getattr(self.sink, "write_sessions", None) is not None
+        for index in range(start, len(self._pending)):
+            if real_sessions or not isinstance(self._pending[index][0], SessionInfo):
+                return index
+        return None
 
     def _quarantine(self, item: Any, exc: BaseException) -> None:
         self.quarantined += 1
