@@ -16,7 +16,7 @@ from typing import Any
 
 from tokenmeter._models import UsageRecord, trusted
 
-__all__ = ["MAPPINGS", "PLAIN_FIELDS", "Packed", "as_dict", "flat_mappings", "pack", "unpack"]
+__all__ = ["MAPPINGS", "PLAIN_FIELDS", "Packed", "as_dict", "pack", "unpack"]
 
 Packed = tuple[Any, ...]
 
@@ -67,7 +67,7 @@ def pack(record: UsageRecord) -> Packed | UsageRecord:
 
 def flat_mappings(item: Packed) -> tuple[Packed | None, Packed, Packed, Packed]:
     """Each of ``MAPPINGS`` in a packed record as one tuple of its keys then its values (the
-    breakdown None when the record has none): what a sink makes its text from, no dict built."""
+    breakdown None when the record has none)."""
     costs, tags, modalities, tools = item[_PLAIN : _PLAIN + 4]
     at = _PLAIN + 4
     end = at + 2 * costs if costs > 0 else at

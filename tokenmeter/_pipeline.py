@@ -222,7 +222,7 @@ class _Writer:
         self.sink = sink
         self.settle(max_queue, interval, quarantine)
         #: The sink's ``_row`` (see ``_makes_rows``), called on the caller's thread by ``row``.
-        self.make_row: Callable[[UsageRecord], Packed] | None = (
+        self.make_row: Callable[[UsageRecord], tuple[Any, ...]] | None = (
             sink._row if _makes_rows(sink) else None  # type: ignore[attr-defined]
         )
         self._copy: Callable[[Any], Any] | None = None if _edits_nothing(sink) else _own_copy
