@@ -72,6 +72,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=3000)
     args = parser.parse_args()
+    if args.calls < 1:
+        parser.error("--calls must be at least 1")
     print(describe())
     tokenmeter.configure(sinks=["sqlite"], directory=tempfile.mkdtemp())
     bare = chat(mock_client())
