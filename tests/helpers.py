@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tokenmeter import UsageRecord
+from tokenmeter.sinks import InMemorySink
 
 
 def one_line_value_error(excinfo: pytest.ExceptionInfo[ValueError]) -> str:
@@ -55,3 +61,34 @@ def run_python(*args: str, env: Mapping[str, str], cwd: Path) -> subprocess.Comp
     )
     assert done.returncode == 0, done.stderr
     return done
+
+
+def wait_for(condition: Callable[[], bool], what: str, limit: float = 30.0) -> None:
+    """Poll until ``condition()`` holds; ``limit`` only turns a hang into a failure."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        time.sleep(0.01)
+
+
+class Held:
+    """A sink that can be held, like a user sink posting to a dead host (mixed in before the
+    sink's class): ``hold()`` blocks until ``release`` is set."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def hold(self) -> None:
+        self.entered.set()
+        self.release.wait()
+
+
+class HungSink(Held, InMemorySink):
+    """The in-memory sink, held in ``write``."""
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        self.hold()
+        super().write(records)

@@ -13,12 +13,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import run_python
+from helpers import Held, HungSink, run_python, wait_for
 
 import tokenmeter
 from tokenmeter import SessionInfo, UsageRecord, _pipeline
@@ -44,37 +44,6 @@ class FlakySink(InMemorySink):
             self.failures += 1
             raise OSError("disk full")
         super().write_sessions(sessions)
-
-
-def wait_for(condition: Callable[[], bool], what: str, limit: float = 30.0) -> None:
-    """Poll until ``condition()`` holds; ``limit`` only turns a hang into a failure."""
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.01)
-
-
-class Held:
-    """A sink that can be held, like a user sink posting to a dead host (mixed in before the
-    sink's class): ``hold()`` blocks until ``release`` is set."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.release = threading.Event()
-        self.entered = threading.Event()
-
-    def hold(self) -> None:
-        self.entered.set()
-        self.release.wait()
-
-
-class HungSink(Held, InMemorySink):
-    """The in-memory sink, held in ``write``."""
-
-    def write(self, records: Sequence[UsageRecord]) -> None:
-        self.hold()
-        super().write(records)
 
 
 class Picky(HungSink):

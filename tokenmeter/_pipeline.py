@@ -1,6 +1,10 @@
 """Delivery: a plain batcher per sink, so no caller ever waits on a writer.
 
 Policies (documented in docs/sinks.md):
+- An intercepted call's record is made later (``later``): the caller's thread queues what it
+  read, as plain values, and a writer makes the records of the waiting calls in a batch at its
+  next delivery, where the code and data stay in the CPU's caches. Whatever needs them first
+  catches up (``catch_up``): a session's summary or end, ``flush()``, ``configure()``, the exit.
 - ``submit`` appends the item to each sink's buffer under a lock and returns. Each sink has its own
   writer thread: a slow or hung sink delays only itself. A writer sleeps until its buffer gets its
   first item, gathers for ``flush_interval`` seconds (or until ``_FLUSH_AT`` items wait, or a
@@ -23,9 +27,8 @@ Policies (documented in docs/sinks.md):
   growth makes the interpreter run full collections that pause every thread of the application.
   A writer unpacks them into ``UsageRecord`` objects at its own pace, just before its sink gets
   them. Records are not packed while writers keep up: they die young anyway.
-- The SQLite sink's rows are made on the caller's thread, with the record (``SQLiteSink._row``,
-  plain values too), and its writer only binds and steps them: it spends no GIL-held time per
-  record that could delay the application's calls, and its rows are never packed.
+- The SQLite sink's rows are made with the record (``SQLiteSink._row``, plain values too), and
+  its writer only binds and steps them, and never packs them.
 - A writer never holds the GIL for long: once it has worked for ``_SLICE`` seconds on the items
   a sink iterates (rows built, lines encoded, whatever the sink does per record), it sleeps
   ``_YIELD`` seconds, so a caller thread waiting for the GIL takes it then instead of after the
@@ -70,9 +73,12 @@ from tokenmeter.sinks._files import append_line
 __all__ = [
     "add_submit_observer",
     "before_exit",
+    "can_make_later",
+    "catch_up",
     "flush",
     "flush_early_at_exit",
     "hook_termination_signals",
+    "later",
     "remove_submit_observer",
     "set_sinks",
     "start_thread",
@@ -376,7 +382,7 @@ class _Writer:
     def _wait(self) -> bool:
         """Sleep until there is work; gather for the interval. True once asked to stop."""
         retry = max(0.0, self._retry_at - time.monotonic()) if self._pending else None
-        if not self._buffer and not self._urgent:
+        if not self._buffer and not self._urgent and not _later:
             self._wake.wait(retry)
         self._wake.clear()
         if not self._urgent and len(self._buffer) < self.batch:
@@ -386,6 +392,7 @@ class _Writer:
         return self._stopping
 
     def _deliver(self, now: float) -> None:
+        catch_up(paced=True)
         with self._lock:
             items, self._buffer = self._buffer, deque()
             self._open_marker = None
@@ -930,9 +937,88 @@ def submit(item: UsageRecord | SessionInfo) -> None:
         _write_late()
 
 
+# -- records made later -----------------------------------------------------------------------
+#: Intercepted calls whose records are still to be made (``later``), oldest first: each one's
+#: session, then its plain values.
+_later: deque[Any] = deque()
+#: Makes and submits one call's record from what ``later`` was given (set by ``_record``).
+make_later: Callable[[Any, tuple[Any, ...]], None] | None = None
+#: Held while one call's record is made: whoever catches up next sees it complete.
+_later_lock = threading.RLock()
+#: The longest a catch-up waits for the record being made on another thread (microseconds,
+#: unless that thread waits for one the catching-up thread holds).
+_CATCH_UP_WAIT = 2.0
+
+
+def can_make_later() -> bool:
+    """True when a call's record may be made later, on a writer's thread: writers are at work
+    (fewer than ``max_queue`` calls wait: a CPU-bound caller can keep them from the GIL for
+    long; memory stays bounded as the sinks' buffers do), and no submit observer waits to see
+    the record on the caller's thread."""
+    pipeline = _pipeline
+    return (
+        pipeline is not None
+        and bool(pipeline.writers)
+        and len(_later) < 2 * _max_queue
+        and not _submit_observers
+        and not _ended_pid
+    )
+
+
+def later(session: Any, call: tuple[Any, ...]) -> None:
+    """Have a call's record made later, in order, by a writer (see ``_Writer._deliver``).
+
+    The caller's thread only queues what it read. Made between SDK calls, a record costs the
+    caller several times what it costs a writer making a batch of them back to back, whose code
+    and data stay in the CPU's caches (``benchmarks/bench_cold.py``). Whatever needs records made
+    first catches up: a flush, a session's summary or end, a configure().
+    """
+    _later.extend((session, call))  # one step: no other thread's pair comes between
+    if len(_later) == 2:
+        pipeline = _pipeline
+        for writer in pipeline.writers if pipeline is not None else ():
+            # Each one asleep (one gathering catches up at its interval's end): a hung sink's
+            # writer must not hold the others' records.
+            if not writer._buffer:
+                writer._wake.set()
+
+
+def _making() -> Iterator[None]:
+    """Make the waiting calls' records, one at a time under the lock, oldest first."""
+    while _later:
+        # Bounded: a signal handler's exit flush may run on a thread that holds a lock the record
+        # being made waits for (a session's, the sinks'): the flush goes on without it.
+        if not _later_lock.acquire(timeout=_CATCH_UP_WAIT):
+            logger.error(
+                "tokenmeter: %d calls wait for their records (a catch-up gave up)", len(_later) // 2
+            )
+            return
+        try:
+            session, call = _later.popleft(), _later.popleft()
+        except IndexError:  # another thread took the last one
+            _later_lock.release()
+            return
+        try:
+            make_later(session, call)  # type: ignore[misc]
+        except Exception:  # a bug of ours: the next calls are made all the same
+            logger.exception("tokenmeter: making a record failed")
+        finally:
+            _later_lock.release()
+        yield None
+
+
+def catch_up(paced: bool = False) -> None:
+    """Make every waiting call's record now. ``paced``: a writer's thread, which pauses between
+    slices of work for the application's threads (see ``_Paced``)."""
+    if _later:
+        for _ in _paced(_making()) if paced else _making():
+            pass
+
+
 def flush(timeout: float | None = None) -> bool:
     """Wait until everything submitted so far is in every sink; False on timeout or when a sink
     keeps failing (its records stay queued and are retried)."""
+    catch_up()
     return _flush_writers(_writers(), timeout)
 
 
@@ -961,6 +1047,7 @@ def set_sinks(
     their writers, with what they still hold, go on in the new pipeline. A sink need not be
     thread-safe: a second writer would call it while the first is still inside a slow write."""
     global _pipeline, _sink_factory, _max_queue, _exit_timeout, _interval, _quarantine, _carried
+    catch_up()  # the calls made so far go to the sinks they were made under
     with _lock:
         old, old_timeout, _pipeline = _pipeline, _exit_timeout, None
         _sink_factory, _max_queue, _exit_timeout = make_sinks, max_queue, exit_timeout
@@ -1026,11 +1113,13 @@ def _at_exit() -> None:
 
 
 def _flush_at_exit() -> None:
+    catch_up()  # before the hooks: the implicit session's end needs every record made
     for hook in list(_before_exit):
         try:
             hook()
         except Exception:
             logger.exception("tokenmeter: an exit hook failed")
+    catch_up()  # the open streams the hooks recorded
     writers = _writers()
     failed, timed_out = _unflushed(writers, _exit_time_left())
     _mark_exit_flushed()  # from now on a record is written at once (_write_late)
@@ -1229,6 +1318,7 @@ def _after_fork_in_child() -> None:
     _ending = []
     _submit_observers.clear()
     _flushing.clear()
+    _later.clear()  # the parent's calls
     if _wakeup is not None:
         # Our wakeup pipe is the parent's: the child's signals would make the parent's thread
         # interrupt the parent. The child watches its own, once it records.
@@ -1245,5 +1335,6 @@ def _after_fork_in_child() -> None:
 atexit.register(_at_exit)
 os.register_at_fork(after_in_child=_after_fork_in_child)
 renew_after_fork(globals(), "_lock")
+renew_after_fork(globals(), "_later_lock")
 renew_after_fork(globals(), "_late_lock", threading.Lock)
 renew_after_fork(globals(), "_flushing_lock", threading.Lock)

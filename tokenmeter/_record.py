@@ -1,7 +1,9 @@
 """Building records: the one road every intercepted or manual call takes.
 
-Runs on the caller's thread and only computes: price (cached), attribute to the session, update
-the live summaries, enqueue. All I/O happens on the writers' threads (``_pipeline``).
+Only computes: price (cached), attribute to the session, update the live summaries, enqueue.
+An intercepted call's record is made on a writer's thread when nothing waits for it on the
+caller's (``emit_call``); a manual one, on the caller's. All I/O happens on the writers' threads
+(``_pipeline``).
 Values from outside (a provider's response, the caller's arguments) are made safe for every sink
 here, at the door: text that UTF-8 cannot encode, megabyte names, impossible costs.
 """
@@ -12,6 +14,7 @@ import itertools
 import logging
 import os
 import secrets
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -42,7 +45,7 @@ from tokenmeter.pricing._engine import CostFields, cost_fields
 from tokenmeter.pricing._overrides import short_repr
 from tokenmeter.usage import extract
 
-__all__ = ["NOTHING_USED", "emit", "record", "record_response"]
+__all__ = ["NOTHING_USED", "emit", "emit_call", "record", "record_response"]
 
 logger = logging.getLogger("tokenmeter")
 
@@ -193,6 +196,119 @@ def emit(
             _budgets.settle(record, session, call)
     _pipeline.submit(record)
     return record
+
+
+#: (provider, model) pairs that have had a record made on the caller's thread: priced once
+#: there (a model no price table knows is warned about where the call was made).
+_made_here: set[tuple[str, str]] = set()
+#: Past this many pairs, a new model's calls are all made on the caller's thread (bounded).
+_MAX_MADE_HERE = 1_000
+#: A Usage's token counts: what ``emit_call`` queues of it, with its modalities and tool requests.
+_COUNT_FIELDS = tuple(name for name, info in Usage.model_fields.items() if info.annotation is int)
+
+
+def emit_call(
+    provider: str,
+    model: str,
+    usage: Usage,
+    session: _sessions.Session | None,
+    call: object,
+    *,
+    request_model: str | None,
+    operation: str | None,
+    tier: str | None,
+    request_id: str | None,
+    latency_ms: float,
+    streamed: bool,
+    status: str,
+    error: str | None,
+    estimated: bool,
+    priced: bool,
+) -> None:
+    """An intercepted call's record: made later by a writer (``_pipeline.later``) when nothing
+    waits for it on the caller's thread, else at once (``emit``).
+
+    Made at once: a call with a budget to settle (the guardrails, a session's budget), the first
+    call of a session (announced first) or of a model (priced first: an unknown one is warned
+    about here), and a call that failed or was estimated or unpriced (rare, and warned about).
+    """
+    if (
+        status == "ok"
+        and priced
+        and not estimated
+        and not _state.armed
+        and (provider, model) in _made_here
+        and _pipeline.can_make_later()
+    ):
+        if session is None:
+            session = _sessions.current_session() or _sessions.implicit_session()
+        if (
+            session._announced
+            and session.ended_at is None
+            and not session._budgeted()
+            and not usage.passes
+        ):
+            # Plain values only (the usage's counts, not the Usage): the garbage collector stops
+            # tracking the tuple, which then never reaches its oldest generation, however long
+            # it waits for a writer kept from the GIL (see _pipeline's docstring).
+            fields = usage.__dict__
+            counts = (
+                *map(fields.__getitem__, _COUNT_FIELDS),
+                tuple(fields["modalities"].items()),  # no dicts: a tuple holding one stays tracked
+                tuple(fields["tool_requests"].items()),
+            )
+            made = (provider, model, request_model, operation, tier, request_id, latency_ms)
+            _pipeline.later(session, (*made, streamed, time.time(), counts))
+            return
+    emit(
+        provider,
+        model,
+        usage,
+        session,
+        call,
+        request_model=request_model,
+        operation=operation,
+        tier=tier,
+        request_id=request_id,
+        latency_ms=latency_ms,
+        streamed=streamed,
+        status=status,
+        error=error,
+        estimated=estimated,
+        priced=priced,
+    )
+    if status == "ok" and len(_made_here) < _MAX_MADE_HERE:
+        _made_here.add((provider, model))
+
+
+def _usage_of(counts: tuple[Any, ...]) -> Usage:
+    *numbers, modalities, tool_requests = counts
+    fields: dict[str, Any] = dict(zip(_COUNT_FIELDS, numbers, strict=True))
+    fields.update(modalities=dict(modalities), tool_requests=dict(tool_requests), passes=())
+    usage: Usage = trusted(Usage, fields)
+    return usage
+
+
+def _make_later(session: _sessions.Session, call: tuple[Any, ...]) -> None:
+    """Make the record of a call ``emit_call`` queued, as ``emit`` would have made it then."""
+    provider, model, request_model, operation, tier, request_id, latency_ms = call[:7]
+    streamed, at, counts = call[7:]
+    emit(
+        provider,
+        model,
+        _usage_of(counts),
+        session,
+        request_model=request_model,
+        operation=operation,
+        tier=tier,
+        request_id=request_id,
+        latency_ms=latency_ms,
+        streamed=streamed,
+        timestamp=datetime.fromtimestamp(at, UTC),
+    )
+
+
+_pipeline.make_later = _make_later
 
 
 def _text(name: str, value: Any) -> str:

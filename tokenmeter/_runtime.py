@@ -348,7 +348,11 @@ def reset() -> None:
         _pipeline.set_sinks(list)  # the old sinks get what they were sent, then are closed
         _pipeline.first_use_hook = settings
         _sessions.reset()
+        from tokenmeter import _record
         from tokenmeter.guardrails import _budgets, _hooks
+        from tokenmeter.guardrails import _state as _guard_state
 
+        _record._made_here.clear()
         _budgets.reset()
+        _guard_state.armed = False  # as in a new process: no budget in force
         _hooks.global_hooks = ()

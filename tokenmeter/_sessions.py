@@ -211,6 +211,7 @@ class Session:
         self._announce()
 
     def _end(self, failed: bool) -> None:
+        _pipeline.catch_up()  # its calls are in its totals before its end hooks run
         with _lock:  # two threads exiting it at once: one ends it
             if self.started_at is None or self.ended_at is not None:
                 return  # never entered, or exited already: its hooks and its row are done once
@@ -282,7 +283,17 @@ class Session:
     @property
     def summary(self) -> SessionSummary:
         """Totals of this session and its nested ones, including every call that has returned."""
+        _pipeline.catch_up()  # the records of calls that have returned, made by now
         return self._summary
+
+    def _budgeted(self) -> bool:
+        """This session or an enclosing one has a budget."""
+        node: Session | None = self
+        while node is not None:
+            if node.budget_usd is not None:
+                return True
+            node = node.parent
+        return False
 
     def _add(self, record: UsageRecord) -> None:
         node: Session | None = self

@@ -702,7 +702,9 @@ def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], session:
     if guarded:
         with _sessions._lock:
             for node in guarded:
-                spent = node.summary.cost_usd + node._reserved
+                # _summary: a budgeted session's calls are never made later (nothing to catch
+                # up), and catching up under this lock would wait for a writer that waits for it.
+                spent = node._summary.cost_usd + node._reserved
                 if spent + estimate > node.budget_usd:
                     _block(
                         call,

@@ -39,7 +39,7 @@ from tokenmeter import _pipeline
 from tokenmeter._estimate import estimate_usage, without_waiting
 from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import Usage
-from tokenmeter._record import NOTHING_USED, emit
+from tokenmeter._record import NOTHING_USED, emit_call
 from tokenmeter._sessions import Session, current_session, implicit_session
 from tokenmeter.guardrails import _budgets, _state
 from tokenmeter.usage import Extracted
@@ -310,11 +310,12 @@ class Call:
         model = model or self.request_model  # a blank name is none: the one asked for
         if not model:  # billed all the same: recorded under a name that says what is known
             model = UNKNOWN_MODEL
-        emit(
+        emit_call(
             self.provider,
             model,
             usage or NOTHING_USED,
             self.session,
+            self,
             request_model=self.request_model,
             operation=self.operation,
             # A failed response's billed usage is priced at its tier; an exception's is not read.
@@ -327,7 +328,6 @@ class Call:
             estimated=estimated,
             # A failed call's cost is $0 only if it sent no usage we could not read.
             priced=usage is not None or (status == "error" and self.unreadable is None),
-            call=self,
         )
 
     def _estimate(self) -> Usage:

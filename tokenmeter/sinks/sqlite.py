@@ -453,7 +453,7 @@ def _fields(r: UsageRecord) -> dict[str, Any]:
 
 def _sqlite_row(r: UsageRecord) -> tuple[Any, ...]:
     """The record's values for ``_SQLITE_INSERT``'s columns: text and numbers only, so that the
-    row, made on the caller's thread, waits in the writer's buffer untracked by the garbage
+    row, made with the record, waits in the writer's buffer untracked by the garbage
     collector (see ``SQLiteSink._row``)."""
     (
         *plain,

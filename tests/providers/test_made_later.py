@@ -1,0 +1,231 @@
+"""Records made later: an intercepted call queues what it read, a writer makes its record.
+
+Whatever needs the records first catches up: a session's summary and end, flush(), configure(),
+the exit. Each test holds the writers back with a long ``flush_interval``, so that the records
+are still waiting when the test looks.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from helpers import HungSink, run_python, wait_for
+from provider_helpers import MESSAGES
+
+import tokenmeter
+from tokenmeter import _pipeline
+from tokenmeter.sinks import InMemorySink, JSONLSink
+from tokenmeter.testing import FakeProvider
+
+#: Long enough that no writer wakes by itself during a test.
+HELD = 600.0
+
+
+def chat(client: Any) -> Any:
+    return client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+
+
+def waiting() -> int:
+    """Calls whose records are not made yet."""
+    return len(_pipeline._later) // 2
+
+
+@pytest.fixture
+def held() -> InMemorySink:
+    """An in-memory sink whose writer waits ``HELD`` seconds before it takes anything."""
+    memory = InMemorySink()
+    tokenmeter.configure(sinks=[memory])
+    _pipeline.set_sinks(lambda: [memory], flush_interval=HELD)
+    tokenmeter.instrument(["openai"])
+    return memory
+
+
+def test_a_calls_record_waits_for_a_writer_and_a_summary_counts_it(
+    fake: FakeProvider, held: InMemorySink
+) -> None:
+    client = fake.openai_client()
+    with tokenmeter.session("chat") as session:
+        chat(client)  # the first call of the session and of the model: made at once
+        assert waiting() == 0
+        for _ in range(3):
+            chat(client)
+        assert waiting() == 3
+        assert session.summary.calls == 4  # caught up
+        assert waiting() == 0
+    assert tokenmeter.flush(5)
+    assert len(held.records) == 4
+    assert len({record.id for record in held.records}) == 4
+
+
+def test_a_sessions_end_hooks_count_every_call_it_made(
+    fake: FakeProvider, held: InMemorySink
+) -> None:
+    client = fake.openai_client()
+    seen: list[int] = []
+    with tokenmeter.session("job", on_end=lambda ended: seen.append(ended.summary.calls)):
+        for _ in range(5):
+            chat(client)
+        assert waiting() == 4
+    assert seen == [5]
+
+
+def test_a_record_made_later_keeps_its_calls_time_and_session(
+    fake: FakeProvider, held: InMemorySink
+) -> None:
+    client = fake.openai_client()
+    with tokenmeter.session("first") as first:
+        chat(client)
+        before = datetime.now(UTC)
+        chat(client)
+        after = datetime.now(UTC)
+        assert waiting() == 1
+        time.sleep(0.05)
+        with tokenmeter.session("second"):  # made here, in another session's context
+            assert tokenmeter.flush(5)
+    later = held.records[-1]
+    assert later.session_id == first.id
+    assert before <= later.timestamp <= after
+
+
+def test_configure_sends_waiting_records_to_the_sinks_they_were_made_under(
+    fake: FakeProvider, held: InMemorySink
+) -> None:
+    client = fake.openai_client()
+    for _ in range(4):
+        chat(client)
+    assert waiting() == 3
+    then = InMemorySink()
+    tokenmeter.configure(sinks=[then])
+    assert len(held.records) == 4
+    assert tokenmeter.flush(5)
+    assert then.records == []
+
+
+def test_waiting_calls_hold_nothing_the_garbage_collector_tracks(
+    fake: FakeProvider, held: InMemorySink
+) -> None:
+    """Calls can wait long for a writer that a CPU-bound caller keeps from the GIL: tracked
+    objects among them would reach the collector's oldest generation, whose growth makes the
+    interpreter pause every thread for full collections."""
+    client = fake.openai_client()
+    for _ in range(20):
+        chat(client)
+    assert waiting() == 19
+    gc.collect()
+    gc.collect()
+    queued = [item for item in _pipeline._later if type(item) is tuple]
+    assert len(queued) == 19
+    assert not any(gc.is_tracked(item) for item in queued)
+
+
+def test_a_hung_sink_holds_back_no_other_sinks_records(fake: FakeProvider) -> None:
+    """Every writer is woken for the waiting calls: the first one may be stuck in its sink."""
+    hung, memory = HungSink(), InMemorySink()
+    tokenmeter.configure(sinks=[hung, memory])
+    _pipeline.set_sinks(lambda: [hung, memory], flush_interval=0.05)
+    tokenmeter.instrument(["openai"])
+    client = fake.openai_client()
+    chat(client)
+    hung.entered.wait(10)  # stuck in the first record's write
+    for _ in range(5):
+        chat(client)
+    try:
+        wait_for(lambda: len(memory.records) == 6, "the other sink's records")
+    finally:
+        hung.release.set()
+
+
+def test_budgeted_calls_are_made_at_once(fake: FakeProvider, held: InMemorySink) -> None:
+    """A budget is checked against the spend of every call before it (nothing waits)."""
+    client = fake.openai_client()
+    with tokenmeter.session("capped", budget_usd=100):
+        for _ in range(3):
+            chat(client)
+        assert waiting() == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() only")
+def test_a_forked_child_makes_none_of_its_parents_waiting_calls(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    path = tmp_path / "usage.jsonl"
+    sink = JSONLSink(path)
+    tokenmeter.configure(sinks=[sink])
+    _pipeline.set_sinks(lambda: [sink], flush_interval=HELD)
+    tokenmeter.instrument(["openai"])
+    client = fake.openai_client()
+    for _ in range(3):
+        chat(client)
+    assert waiting() == 2
+    pid = os.fork()
+    if pid == 0:  # the child: its flush has none of the parent's calls to make
+        code = 0 if tokenmeter.flush(5) and waiting() == 0 else 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert tokenmeter.flush(5)
+    lines = path.read_text().splitlines()
+    assert len([json.loads(line) for line in lines]) == 3
+
+
+def test_waiting_records_are_made_and_written_at_exit(kit: ModuleType, tmp_path: Path) -> None:
+    code = f"""
+import json, sys
+sys.path.insert(0, {str(Path(kit.__file__).parent)!r})
+import tokenmeter
+from provider_helpers import MESSAGES
+from tokenmeter import _pipeline
+from tokenmeter.sinks import JSONLSink
+from tokenmeter.testing import FakeProvider
+from tokenmeter.sinks import InMemorySink
+class Ended(InMemorySink):
+    def write_sessions(self, sessions):
+        print(*[f"calls {{s.calls}}" for s in sessions if s.ended_at], flush=True)
+sinks = [JSONLSink("usage.jsonl"), Ended()]
+tokenmeter.configure(sinks=sinks)
+_pipeline.set_sinks(lambda: sinks, flush_interval={HELD})
+tokenmeter.instrument(["openai"])
+with FakeProvider() as fake:
+    client = fake.openai_client()
+    for _ in range(4):
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert len(_pipeline._later) == 6, len(_pipeline._later)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = run_python("-c", code, env=env, cwd=tmp_path)
+    lines = (tmp_path / "usage.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    assert done.stdout.split() == ["calls", "4"]  # the implicit session ends with all of them
+
+
+def test_a_record_made_later_is_the_record_made_at_once(
+    kit: ModuleType, held: InMemorySink
+) -> None:
+    """Every count survives the queue: modalities, tool requests, cache and reasoning tokens."""
+    usage = {
+        "prompt_tokens": 30,
+        "completion_tokens": 12,
+        "total_tokens": 42,
+        "prompt_tokens_details": {"cached_tokens": 6, "audio_tokens": 5, "text_tokens": 25},
+        "completion_tokens_details": {"reasoning_tokens": 4, "text_tokens": 12},
+        "num_search_queries": 2,
+    }
+    body = kit.chat_body(usage)
+    client = kit.mock_openai(lambda request: kit.http.Response(200, json=body))
+    chat(client)
+    chat(client)
+    assert waiting() == 1
+    assert tokenmeter.flush(5)
+    at_once, later = held.records
+    varying = {"id", "timestamp", "latency_ms"}
+    assert at_once.modalities and at_once.tool_requests  # the queue carried them
+    assert later.model_dump(exclude=varying) == at_once.model_dump(exclude=varying)
