@@ -14,7 +14,9 @@ Each piece runs with the default SQLite sink configured, its inputs made once fr
 ``ChatCompletion`` parsed by the openai SDK over ``httpx2.MockTransport``. Printed: the median of
 ``--calls`` timings, hot and cold, and cold/hot. The last line times whole calls, a bare client
 and a ``tokenmeter.wrap()``-ped one alternating call by call: the median of the per-pair
-differences is what one instrumented call adds, cold as in an application.
+differences is what one instrumented call adds, cold as in an application; its record is made
+later by a writer (the ``emit`` row's hot figure is what that costs the writer), so the line
+after it says how many calls were.
 """
 
 from __future__ import annotations
@@ -111,8 +113,24 @@ def main() -> None:
         print(f"  {name:38} {hot:7.2f}  {cold:8.2f}   {cold / hot:5.1f}x")
     metered = chat(tokenmeter.wrap(mock_client()))
     added_per_call(bare, metered, 200)
+    queued = _count_calls_made_later()
     added = added_per_call(bare, metered, args.calls) * 1e6
     print(f"\n  a whole call, wrapped client - bare client, alternating: {added:+.1f} us (median)")
+    print(f"  of {args.calls:,} calls, {queued[0]:,} had their record made later by a writer")
+
+
+def _count_calls_made_later() -> list[int]:
+    """A counter of the calls ``_pipeline.later`` queues from now on (the others were made on
+    the caller's thread: the writer was behind by ``max_queue`` calls, or something waited)."""
+    count = [0]
+    queue = _pipeline.later
+
+    def counted(session: Any, call: tuple[Any, ...]) -> None:
+        count[0] += 1
+        queue(session, call)
+
+    _pipeline.later = counted
+    return count
 
 
 if __name__ == "__main__":
