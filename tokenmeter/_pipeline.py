@@ -105,6 +105,9 @@ _SLICE = 0.0005
 _YIELD = 0.0002
 #: The longest slice a writer works when its pauses find no thread waiting for the GIL.
 _MAX_SLICE = 0.0015
+#: The longest slice a writer works making records (``catch_up``): an application thread waiting
+#: for the GIL (an event loop woken by its timer) waits at most this long.
+_MAKING_SLICE = 0.0002
 #: A pause longer than this was used by another thread.
 _CONTENDED = 4 * _YIELD
 
@@ -124,10 +127,11 @@ class _Paced(list[Any]):
         return _paced(super().__iter__())
 
 
-def _paced(items: Iterator[Any]) -> Iterator[Any]:
-    """``items``, the writer pausing after every slice of work done between them."""
+def _paced(items: Iterator[Any], longest: float = _MAX_SLICE) -> Iterator[Any]:
+    """``items``, the writer pausing after every slice of work done between them (``longest``:
+    the longest slice, when the pauses find no thread waiting)."""
     clock = time.perf_counter
-    work = _SLICE
+    work = min(_SLICE, longest)
     pause_at = clock() + work
     for item in items:
         yield item
@@ -136,7 +140,7 @@ def _paced(items: Iterator[Any]) -> Iterator[Any]:
             time.sleep(_YIELD)
             resumed = clock()
             contended = resumed - now > _CONTENDED
-            work = _SLICE if contended else min(2 * work, _MAX_SLICE)
+            work = min(_SLICE, longest) if contended else min(2 * work, longest)
             pause_at = resumed + work
 
 
@@ -1011,7 +1015,7 @@ def catch_up(paced: bool = False) -> None:
     """Make every waiting call's record now. ``paced``: a writer's thread, which pauses between
     slices of work for the application's threads (see ``_Paced``)."""
     if _later:
-        for _ in _paced(_making()) if paced else _making():
+        for _ in _paced(_making(), _MAKING_SLICE) if paced else _making():
             pass
 
 

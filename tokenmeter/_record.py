@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import secrets
+import sys
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -230,7 +231,8 @@ def emit_call(
 
     Made at once: a call with a budget to settle (the guardrails, a session's budget), the first
     call of a session (announced first) or of a model (priced first: an unknown one is warned
-    about here), and a call that failed or was estimated or unpriced (rare, and warned about).
+    about here), a call that failed or was estimated or unpriced (rare, and warned about), and
+    a call made on an asyncio event loop's thread (``_in_event_loop``).
     """
     if (
         status == "ok"
@@ -239,6 +241,7 @@ def emit_call(
         and not _state.armed
         and (provider, model) in _made_here
         and _pipeline.can_make_later()
+        and not _in_event_loop()
     ):
         if session is None:
             session = _sessions.current_session() or _sessions.implicit_session()
@@ -287,6 +290,15 @@ def _usage_of(counts: tuple[Any, ...]) -> Usage:
     fields.update(modalities=dict(modalities), tool_requests=dict(tool_requests), passes=())
     usage: Usage = trusted(Usage, fields)
     return usage
+
+
+def _in_event_loop() -> bool:
+    """An asyncio event loop runs on this thread. Its timers would wait for a writer making
+    records whenever they fire during one of its slices: its calls' records are made on the
+    loop, each delaying only the callbacks behind it (the loop's lag is lower so:
+    ``benchmarks/bench_asyncio.py``)."""
+    events = sys.modules.get("asyncio.events")  # not imported: no loop runs
+    return events is not None and events._get_running_loop() is not None
 
 
 def _make_later(session: _sessions.Session, call: tuple[Any, ...]) -> None:

@@ -229,3 +229,16 @@ def test_a_record_made_later_is_the_record_made_at_once(
     varying = {"id", "timestamp", "latency_ms"}
     assert at_once.modalities and at_once.tool_requests  # the queue carried them
     assert later.model_dump(exclude=varying) == at_once.model_dump(exclude=varying)
+
+
+async def test_an_event_loops_calls_are_made_at_once(
+    fake: FakeProvider, held: InMemorySink
+) -> None:
+    """A writer making records would hold up the loop's timers whenever they fire during one
+    of its slices; made on the loop, a record delays only the callbacks behind it."""
+    client = fake.openai_client(async_=True)
+    for _ in range(3):
+        await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert waiting() == 0
+    assert tokenmeter.flush(5)
+    assert len(held.records) == 3
