@@ -1012,11 +1012,18 @@ def _making() -> Iterator[None]:
 
 
 def catch_up(paced: bool = False) -> None:
-    """Make every waiting call's record now. ``paced``: a writer's thread, which pauses between
-    slices of work for the application's threads (see ``_Paced``)."""
-    if _later:
-        for _ in _paced(_making(), _MAKING_SLICE) if paced else _making():
-            pass
+    """Make every waiting call's record now, and wait for one another thread is making.
+    ``paced``: a writer's thread, which pauses between slices of work for the application's
+    threads (see ``_Paced``)."""
+    if paced:
+        if _later:
+            for _ in _paced(_making(), _MAKING_SLICE):
+                pass
+        return
+    for _ in _making():
+        pass
+    if _later_lock.acquire(timeout=_CATCH_UP_WAIT):  # the last one taken is made by now
+        _later_lock.release()
 
 
 def flush(timeout: float | None = None) -> bool:

@@ -96,6 +96,8 @@ def _default_sinks(resolved: Settings, directory: Path) -> list[Sink]:
 
 def _apply() -> None:
     global _settings
+    # The calls made so far are priced and written under the settings they were made under.
+    _pipeline.catch_up()
     with _lock:
         resolved = load_settings(_explicit)
         use_prices(resolved.prices_file, resolved.prices, resolved.aliases)
@@ -339,6 +341,7 @@ def reset() -> None:
     """Forget every configure() call and the implicit session: as in a new process, the settings
     are read again on next use, from the working directory and environment of then (tests)."""
     global _sink_objects, _settings, _refused
+    _pipeline.catch_up()  # made now, not by a writer finding no settings (and loading them)
     with _lock:
         _refused = None
         _explicit.clear()

@@ -242,3 +242,24 @@ async def test_an_event_loops_calls_are_made_at_once(
     assert waiting() == 0
     assert tokenmeter.flush(5)
     assert len(held.records) == 3
+
+
+def test_a_catch_up_waits_for_the_record_another_thread_is_making() -> None:
+    """A writer took the last waiting call and is making it: a summary read (or a reset of the
+    settings) must not go on without it."""
+    import threading
+
+    taken, made = threading.Event(), threading.Event()
+
+    def making() -> None:
+        with _pipeline._later_lock:  # as _making holds it around one record
+            taken.set()
+            time.sleep(0.2)
+            made.set()
+
+    writer = threading.Thread(target=making)
+    writer.start()
+    taken.wait(10)
+    _pipeline.catch_up()
+    assert made.is_set()
+    writer.join()
