@@ -949,8 +949,8 @@ _later: deque[Any] = deque()
 make_later: Callable[[Any, tuple[Any, ...]], None] | None = None
 #: Held while one call's record is made: whoever catches up next sees it complete.
 _later_lock = threading.RLock()
-#: The longest a catch-up waits for the record being made on another thread (microseconds,
-#: unless that thread waits for one the catching-up thread holds).
+#: The longest a catch-up waits for the record another thread is making: microseconds, unless
+#: that thread waits for a lock the catching-up thread holds (a signal handler's exit flush).
 _CATCH_UP_WAIT = 2.0
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from helpers import HungSink, run_python, wait_for
-from provider_helpers import MESSAGES
+from provider_helpers import MESSAGES, json_bytes
 
 import tokenmeter
 from tokenmeter import _pipeline
@@ -182,7 +182,7 @@ def test_waiting_records_are_made_and_written_at_exit(kit: ModuleType, tmp_path:
 import json, sys
 sys.path.insert(0, {str(Path(kit.__file__).parent)!r})
 import tokenmeter
-from provider_helpers import MESSAGES
+from provider_helpers import MESSAGES, json_bytes
 from tokenmeter import _pipeline
 from tokenmeter.sinks import JSONLSink
 from tokenmeter.testing import FakeProvider
@@ -263,3 +263,32 @@ def test_a_catch_up_waits_for_the_record_another_thread_is_making() -> None:
     _pipeline.catch_up()
     assert made.is_set()
     writer.join()
+
+
+def test_hostile_values_made_later_reach_the_sqlite_sink(kit: ModuleType, tmp_path: Path) -> None:
+    """A lone surrogate in the model name and a megabyte response id, made later by the writer:
+    cleaned at the door as when made at once, and every record stored."""
+    import sqlite3
+
+    from tokenmeter.sinks import SQLiteSink
+
+    body = {**kit.chat_body(model="gpt-\ud800"), "id": "x" * 1_000_000}
+    reply = json_bytes(body)
+    client = kit.mock_openai(
+        lambda request: kit.http.Response(
+            200, content=reply, headers={"content-type": "application/json"}
+        )
+    )
+    sink = SQLiteSink(tmp_path / "usage.db")
+    tokenmeter.configure(sinks=[sink])
+    _pipeline.set_sinks(lambda: [sink], flush_interval=HELD)
+    tokenmeter.instrument(["openai"])
+    for _ in range(3):
+        chat(client)
+    assert waiting() == 2
+    assert tokenmeter.flush(5)
+    with sqlite3.connect(tmp_path / "usage.db") as conn:
+        rows = conn.execute("SELECT model_name, length(request_id) FROM records").fetchall()
+    assert len(rows) == 3
+    assert len(set(rows)) == 1
+    assert rows[0][1] < 1_000
