@@ -10,6 +10,8 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -292,3 +294,33 @@ def test_hostile_values_made_later_reach_the_sqlite_sink(kit: ModuleType, tmp_pa
     assert len(rows) == 3
     assert len(set(rows)) == 1
     assert rows[0][1] < 1_000
+
+
+def test_waiting_records_are_written_on_sigterm(kit: ModuleType, tmp_path: Path) -> None:
+    """docker / systemd / kubernetes stop: Python's default SIGTERM disposition, calls waiting."""
+    code = f"""
+import os, signal, sys, time
+sys.path.insert(0, {str(Path(kit.__file__).parent)!r})
+import tokenmeter
+from provider_helpers import MESSAGES
+from tokenmeter import _pipeline
+from tokenmeter.sinks import JSONLSink
+from tokenmeter.testing import FakeProvider
+sink = JSONLSink("usage.jsonl")
+tokenmeter.configure(sinks=[sink])
+_pipeline.set_sinks(lambda: [sink], flush_interval={HELD})
+tokenmeter.instrument(["openai"])
+with FakeProvider() as fake:
+    client = fake.openai_client()
+    for _ in range(4):
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert len(_pipeline._later) == 6, len(_pipeline._later)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, timeout=120
+    )
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert len((tmp_path / "usage.jsonl").read_text().splitlines()) == 4
