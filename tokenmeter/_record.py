@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 
 from pydantic import ValidationError
@@ -204,8 +205,19 @@ def emit(
 _made_here: set[tuple[str, str]] = set()
 #: Past this many pairs, a new model's calls are all made on the caller's thread (bounded).
 _MAX_MADE_HERE = 1_000
-#: A Usage's token counts: what ``emit_call`` queues of it, with its modalities and tool requests.
-_COUNT_FIELDS = tuple(name for name, info in Usage.model_fields.items() if info.annotation is int)
+#: A Usage's token counts, in the order ``emit_call`` queues them and ``_usage_of`` reads them
+#: (``tests/providers/test_made_later.py`` checks that they are all of them).
+_COUNT_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "reasoning_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
+)
+_counts_of = itemgetter(*_COUNT_FIELDS)
 
 
 def emit_call(
@@ -254,14 +266,8 @@ def emit_call(
             # Plain values only (the usage's counts, not the Usage): the garbage collector stops
             # tracking the tuple, which then never reaches its oldest generation, however long
             # it waits for a writer kept from the GIL (see _pipeline's docstring).
-            fields = usage.__dict__
-            counts = (
-                *map(fields.__getitem__, _COUNT_FIELDS),
-                tuple(fields["modalities"].items()),  # no dicts: a tuple holding one stays tracked
-                tuple(fields["tool_requests"].items()),
-            )
             made = (provider, model, request_model, operation, tier, request_id, latency_ms)
-            _pipeline.later(session, (*made, streamed, time.time(), counts))
+            _pipeline.later(session, (*made, streamed, time.time(), _queued(usage)))
             return
     emit(
         provider,
@@ -284,11 +290,38 @@ def emit_call(
         _made_here.add((provider, model))
 
 
+def _queued(usage: Usage) -> tuple[Any, ...]:
+    """What ``emit_call`` queues of a Usage without passes: its counts in ``_COUNT_FIELDS``
+    order, then its modalities and tool requests as pairs when it has any (no dicts: a tuple
+    holding one stays tracked by the garbage collector)."""
+    fields = usage.__dict__
+    counts: tuple[Any, ...] = _counts_of(fields)
+    modalities, tools = fields["modalities"], fields["tool_requests"]
+    if modalities or tools:
+        counts += (tuple(modalities.items()), tuple(tools.items()))
+    return counts
+
+
 def _usage_of(counts: tuple[Any, ...]) -> Usage:
-    *numbers, modalities, tool_requests = counts
-    fields: dict[str, Any] = dict(zip(_COUNT_FIELDS, numbers, strict=True))
-    fields.update(modalities=dict(modalities), tool_requests=dict(tool_requests), passes=())
-    usage: Usage = trusted(Usage, fields)
+    """The Usage ``emit_call`` queued as ``counts`` (a dict literal, cheaper than ``dict(zip())``:
+    a writer makes one per record)."""
+    modalities, tools = counts[8:] or ((), ())
+    usage: Usage = trusted(
+        Usage,
+        {
+            "input_tokens": counts[0],
+            "output_tokens": counts[1],
+            "cache_read_tokens": counts[2],
+            "cache_write_tokens": counts[3],
+            "cache_write_1h_tokens": counts[4],
+            "reasoning_tokens": counts[5],
+            "input_audio_tokens": counts[6],
+            "output_audio_tokens": counts[7],
+            "modalities": dict(modalities),
+            "tool_requests": dict(tools),
+            "passes": (),
+        },
+    )
     return usage
 
 

@@ -324,3 +324,36 @@ with FakeProvider() as fake:
     )
     assert done.returncode == -signal.SIGTERM, done.stderr
     assert len((tmp_path / "usage.jsonl").read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize(
+    ("modalities", "tools"),
+    [({}, {}), ({"input_text": 70, "output_image": 2}, {"web_search": 3})],
+)
+def test_the_queue_carries_every_count_of_a_usage(
+    modalities: dict[str, int], tools: dict[str, int]
+) -> None:
+    """Each count in its own place (all different, so a swapped pair shows), none left out."""
+    from tokenmeter import Usage
+    from tokenmeter._record import _COUNT_FIELDS, _queued, _usage_of
+
+    counts = [n for n, info in Usage.model_fields.items() if info.annotation is int]
+    assert sorted(_COUNT_FIELDS) == sorted(counts)
+    usage = Usage(
+        input_tokens=100,
+        output_tokens=50,
+        cache_read_tokens=11,
+        cache_write_tokens=12,
+        cache_write_1h_tokens=5,
+        reasoning_tokens=7,
+        input_audio_tokens=13,
+        output_audio_tokens=3,
+        modalities=modalities,
+        tool_requests=tools,
+    )
+    queued = _queued(usage)
+    for _ in range(3):  # a tuple is untracked once those it holds are: a level per collection
+        gc.collect()
+    assert not gc.is_tracked(queued)  # plain values only
+    assert _usage_of(queued) == usage
+    assert _usage_of(queued).modalities is not usage.modalities  # a dict of its own
