@@ -205,18 +205,9 @@ def emit(
 _made_here: set[tuple[str, str]] = set()
 #: Past this many pairs, a new model's calls are all made on the caller's thread (bounded).
 _MAX_MADE_HERE = 1_000
-#: A Usage's token counts, in the order ``emit_call`` queues them and ``_usage_of`` reads them
-#: (``tests/providers/test_made_later.py`` checks that they are all of them).
-_COUNT_FIELDS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "cache_write_1h_tokens",
-    "reasoning_tokens",
-    "input_audio_tokens",
-    "output_audio_tokens",
-)
+#: A Usage's token counts, in its declaration order: ``emit_call`` queues them so, ``_usage_of``
+#: reads them so (``tests/providers/test_made_later.py`` checks the two agree).
+_COUNT_FIELDS = tuple(name for name, info in Usage.model_fields.items() if info.annotation is int)
 _counts_of = itemgetter(*_COUNT_FIELDS)
 
 
