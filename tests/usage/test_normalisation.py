@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 from decimal import Decimal
 from typing import Any
 
@@ -9,6 +11,7 @@ import pytest
 
 import tokenmeter
 from tokenmeter import Usage
+from tokenmeter._models import MAX_TOKENS
 from tokenmeter.sinks import InMemorySink
 from tokenmeter.usage import detect_provider, extract
 
@@ -619,3 +622,95 @@ def test_gemini_search_grounding_is_a_billed_tool_request() -> None:
     found = extract({**GEMINI_RESPONSE, "candidates": ["x", None, 5]})
     assert found is not None
     assert found.usage.tool_requests == {}
+
+
+#: Values a compatible server may send for a count: fine ones, and every kind to refuse.
+_COUNT_VALUES: list[Any] = [None, 0, 1, 3, 19, 250, MAX_TOKENS, MAX_TOKENS + 1, -1, 2.0, 2.5]
+_COUNT_VALUES += [True, False, "5", "", [], {}, 2**70, float("nan")]
+_TOP = ("prompt_tokens", "completion_tokens", "total_tokens")
+_DETAILS_IN = ("cached_tokens", "cache_write_tokens", "audio_tokens", "image_tokens", "text_tokens")
+_DETAILS_OUT = ("reasoning_tokens", "audio_tokens", "accepted_prediction_tokens", "text_tokens")
+#: Keys beside the declared ones (compatible servers), and details that are not an object.
+_EXTRA = ("prompt_cache_hit_tokens", "citation_tokens", "num_search_queries", "reasoning_tokens")
+_ODD_DETAILS: list[Any] = [None, 5, "x", [], {"cached_tokens": 2, "extra_key": 1}]
+
+
+def _random_chat_usage(rng: random.Random) -> dict[str, Any]:
+    """A chat usage block: mostly consistent counts (parts within their totals; now and then
+    xAI's total with the reasoning beside the output), now and then a value or a shape to refuse
+    or a key beside the declared ones."""
+    prompt, completion = rng.randrange(0, 3000), rng.randrange(0, 1000)
+
+    def part(total: int) -> Any:
+        return (
+            rng.choice(_COUNT_VALUES) if rng.random() < 0.03 else rng.randrange(0, total // 3 + 1)
+        )
+
+    reasoning = part(completion)
+    total = (
+        prompt + completion + (reasoning if type(reasoning) is int and rng.random() < 0.2 else 0)
+    )
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion}
+    usage["total_tokens"] = total
+    for name in _TOP:
+        if rng.random() < 0.04:
+            usage[name] = rng.choice([*_COUNT_VALUES, "absent"])
+    usage = {name: value for name, value in usage.items() if value != "absent"}
+    for key, names, within in (
+        ("prompt_tokens_details", _DETAILS_IN, prompt),
+        ("completion_tokens_details", _DETAILS_OUT, completion),
+    ):
+        if rng.random() < 0.05:
+            usage[key] = rng.choice(_ODD_DETAILS)
+        elif rng.random() < 0.9:
+            usage[key] = {name: part(within) for name in names if rng.random() < 0.7}
+    details_out = usage.get("completion_tokens_details")
+    if type(details_out) is dict and "reasoning_tokens" in details_out:
+        details_out["reasoning_tokens"] = reasoning  # the one the total may count beside
+    if rng.random() < 0.1:
+        usage[rng.choice(_EXTRA)] = part(completion)
+    if type(details_out) is dict and rng.random() < 0.1:  # not declared by every SDK release
+        details_out["image_tokens"] = part(completion)
+    return usage
+
+
+def test_a_chat_usage_block_reads_alike_on_the_straight_road_and_the_general_one() -> None:
+    """``usage_from_openai`` reads the usual SDK chat block in a straight line, and anything else
+    the general way: both must give the same Usage, or refuse with the same message, for the
+    objects the SDK really builds from a response (it does not validate what a server sends)."""
+    openai = pytest.importorskip("openai")
+    import httpx2
+
+    from tokenmeter.usage import openai as reader
+
+    bodies: list[dict[str, Any]] = []
+    client = openai.OpenAI(
+        api_key="sk-test",
+        base_url="http://fake.local/v1",
+        http_client=httpx2.Client(
+            transport=httpx2.MockTransport(
+                lambda request: httpx2.Response(
+                    200,  # NaN too, as a server may send it (json= refuses it)
+                    content=json.dumps(bodies[-1]).encode(),
+                    headers={"content-type": "application/json"},
+                )
+            )
+        ),
+    )
+
+    def outcome(read: Any, usage: Any) -> tuple[str, Any]:
+        try:
+            return "read", read(usage)
+        except ValueError as error:
+            return "refused", str(error)
+
+    rng = random.Random(8)
+    straight = refused = 0
+    for _ in range(400):
+        bodies.append({**OPENAI_CHAT, "usage": _random_chat_usage(rng)})
+        usage = client.chat.completions.create(model="gpt-4o", messages=[]).usage
+        general = outcome(reader._any_shape, usage)  # meets the block's types first
+        straight += outcome(reader._plain_chat, usage) != ("read", None)
+        refused += general[0] == "refused"
+        assert outcome(reader.usage_from_openai, usage) == general, bodies[-1]["usage"]
+    assert straight > 200 and refused > 40, (straight, refused)  # both roads; refusals too

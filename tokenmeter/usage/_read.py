@@ -87,6 +87,16 @@ def getter(obj: Any, camel: bool = False, what: str = "usage") -> Get:
     return partial(_snake_or_camel, obj) if camel else partial(field, obj)
 
 
+def plain_fields(obj: Any) -> dict[str, Any] | None:
+    """``obj``'s fields as they are (its ``__dict__``) when it is a pydantic model of a type
+    ``getter`` has met, and holds nothing beside its declared fields; else None. A proxy's type
+    is never one ``getter`` keeps: what a proxy answers depends on what it wraps."""
+    if _is_model.get(type(obj)) and not obj.__pydantic_extra__:
+        fields: dict[str, Any] = obj.__dict__
+        return fields
+    return None
+
+
 def ident(value: Any) -> str | None:
     """A response id as text: a number is spelled out, anything else but text is no id, and a
     very long one is cut (ids are remembered to record each response once)."""
