@@ -627,16 +627,34 @@ def test_gemini_search_grounding_is_a_billed_tool_request() -> None:
 #: Values a compatible server may send for a count: fine ones, and every kind to refuse.
 _COUNT_VALUES: list[Any] = [None, 0, 1, 3, 19, 250, MAX_TOKENS, MAX_TOKENS + 1, -1, 2.0, 2.5]
 _COUNT_VALUES += [True, False, "5", "", [], {}, 2**70, float("nan")]
-_TOP = ("prompt_tokens", "completion_tokens", "total_tokens")
-_DETAILS_IN = ("cached_tokens", "cache_write_tokens", "audio_tokens", "image_tokens", "text_tokens")
-_DETAILS_OUT = ("reasoning_tokens", "audio_tokens", "accepted_prediction_tokens", "text_tokens")
+#: Per shape: the totals, then each details object with the counts it may hold.
+_SHAPES: dict[
+    str, tuple[tuple[str, ...], tuple[str, tuple[str, ...]], tuple[str, tuple[str, ...]]]
+] = {
+    "chat": (
+        ("prompt_tokens", "completion_tokens", "total_tokens"),
+        (
+            "prompt_tokens_details",
+            ("cached_tokens", "cache_write_tokens", "audio_tokens", "image_tokens", "text_tokens"),
+        ),
+        (
+            "completion_tokens_details",
+            ("reasoning_tokens", "audio_tokens", "accepted_prediction_tokens", "text_tokens"),
+        ),
+    ),
+    "responses": (
+        ("input_tokens", "output_tokens", "total_tokens"),
+        ("input_tokens_details", ("cached_tokens", "cache_write_tokens")),
+        ("output_tokens_details", ("reasoning_tokens",)),
+    ),
+}
 #: Keys beside the declared ones (compatible servers), and details that are not an object.
 _EXTRA = ("prompt_cache_hit_tokens", "citation_tokens", "num_search_queries", "reasoning_tokens")
 _ODD_DETAILS: list[Any] = [None, 5, "x", [], {"cached_tokens": 2, "extra_key": 1}]
 
 
-def _random_chat_usage(rng: random.Random) -> dict[str, Any]:
-    """A chat usage block: mostly consistent counts (parts within their totals; now and then
+def _random_usage(rng: random.Random, shape: str) -> dict[str, Any]:
+    """A usage block of ``shape``: mostly consistent counts (parts within their totals; now and then
     xAI's total with the reasoning beside the output), now and then a value or a shape to refuse
     or a key beside the declared ones."""
     prompt, completion = rng.randrange(0, 3000), rng.randrange(0, 1000)
@@ -650,21 +668,21 @@ def _random_chat_usage(rng: random.Random) -> dict[str, Any]:
     total = (
         prompt + completion + (reasoning if type(reasoning) is int and rng.random() < 0.2 else 0)
     )
-    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion}
-    usage["total_tokens"] = total
-    for name in _TOP:
+    top, (key_in, names_in), (key_out, names_out) = _SHAPES[shape]
+    usage: dict[str, Any] = dict(zip(top, (prompt, completion, total), strict=True))
+    for name in top:
         if rng.random() < 0.04:
             usage[name] = rng.choice([*_COUNT_VALUES, "absent"])
     usage = {name: value for name, value in usage.items() if value != "absent"}
     for key, names, within in (
-        ("prompt_tokens_details", _DETAILS_IN, prompt),
-        ("completion_tokens_details", _DETAILS_OUT, completion),
+        (key_in, names_in, prompt),
+        (key_out, names_out, completion),
     ):
         if rng.random() < 0.05:
             usage[key] = rng.choice(_ODD_DETAILS)
         elif rng.random() < 0.9:
             usage[key] = {name: part(within) for name in names if rng.random() < 0.7}
-    details_out = usage.get("completion_tokens_details")
+    details_out = usage.get(key_out)
     if type(details_out) is dict and "reasoning_tokens" in details_out:
         details_out["reasoning_tokens"] = reasoning  # the one the total may count beside
     if rng.random() < 0.1:
@@ -674,10 +692,12 @@ def _random_chat_usage(rng: random.Random) -> dict[str, Any]:
     return usage
 
 
-def test_a_chat_usage_block_reads_alike_on_the_straight_road_and_the_general_one() -> None:
-    """``usage_from_openai`` reads the usual SDK chat block in a straight line, and anything else
-    the general way: both must give the same Usage, or refuse with the same message, for the
-    objects the SDK really builds from a response (it does not validate what a server sends)."""
+@pytest.mark.parametrize("shape", ["chat", "responses"])
+def test_a_usage_block_reads_alike_on_the_straight_road_and_the_general_one(shape: str) -> None:
+    """``usage_from_openai`` reads the usual SDK chat or Responses block in a straight line, and
+    anything else the general way: both must give the same Usage, or refuse with the same message,
+    for the objects the SDK really builds from a response (it does not validate what a server
+    sends)."""
     openai = pytest.importorskip("openai")
     import httpx2
 
@@ -707,10 +727,14 @@ def test_a_chat_usage_block_reads_alike_on_the_straight_road_and_the_general_one
     rng = random.Random(8)
     straight = refused = 0
     for _ in range(400):
-        bodies.append({**OPENAI_CHAT, "usage": _random_chat_usage(rng)})
-        usage = client.chat.completions.create(model="gpt-4o", messages=[]).usage
+        body = OPENAI_CHAT if shape == "chat" else OPENAI_RESPONSE
+        bodies.append({**body, "usage": _random_usage(rng, shape)})
+        if shape == "chat":
+            usage = client.chat.completions.create(model="gpt-4o", messages=[]).usage
+        else:
+            usage = client.responses.create(model="o3", input="hi").usage
         general = outcome(reader._any_shape, usage)  # meets the block's types first
-        straight += outcome(reader._plain_chat, usage) != ("read", None)
+        straight += outcome(reader._plain_block, usage) != ("read", None)
         refused += general[0] == "refused"
         assert outcome(reader.usage_from_openai, usage) == general, bodies[-1]["usage"]
     assert straight > 200 and refused > 40, (straight, refused)  # both roads; refusals too

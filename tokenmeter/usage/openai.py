@@ -45,30 +45,33 @@ _RESPONSES = ("input_tokens", "output_tokens", "input_tokens_details", "output_t
 
 def usage_from_openai(usage: Any) -> Usage:
     """Normalise an OpenAI ``usage`` block of any of its three shapes."""
-    found = _plain_chat(usage)
+    found = _plain_block(usage)
     return found if found is not None else _any_shape(usage)
 
 
 _NO_FIELDS: dict[str, Any] = {}
 
 
-def _plain_chat(usage: Any) -> Usage | None:
-    """``_any_shape`` of the usual block, read in a straight line (every chat call reads one):
-    an SDK chat usage block whose details hold nothing beside their declared fields, each count a
-    whole number in range or absent. None for anything else, which ``_any_shape`` reads
+def _plain_block(usage: Any) -> Usage | None:
+    """``_any_shape`` of the usual block, read in a straight line (every call reads one): an SDK
+    chat or Responses usage block whose details hold nothing beside their declared fields, each
+    count a whole number in range or absent. None for anything else, which ``_any_shape`` reads
     (``tests/usage/test_normalisation.py`` checks that the two read alike)."""
     fields = plain_fields(usage)
     if fields is None:
         return None
-    details_in = fields.get("prompt_tokens_details")
-    details_out = fields.get("completion_tokens_details")
+    names = _CHAT if fields.get("prompt_tokens") is not None else _RESPONSES
+    total_in, total_out, in_details, out_details = names
+    details_in, details_out = fields.get(in_details), fields.get(out_details)
+    if details_in is None and names is _RESPONSES:  # a transcription's may be spelled otherwise
+        return None
     got_in = _NO_FIELDS if details_in is None else plain_fields(details_in)
     got_out = _NO_FIELDS if details_out is None else plain_fields(details_out)
     if got_in is None or got_out is None:
         return None
     found: tuple[Any, ...] = (
-        fields.get("prompt_tokens"),
-        fields.get("completion_tokens"),
+        fields.get(total_in),
+        fields.get(total_out),
         fields.get("total_tokens"),
         got_in.get("cached_tokens"),
         got_in.get("cache_write_tokens"),
@@ -80,7 +83,7 @@ def _plain_chat(usage: Any) -> Usage | None:
         got_out.get("image_tokens"),
         got_out.get("text_tokens"),
     )
-    if found[0] is None or found[1] is None:  # the Responses shape, or an output to work out
+    if found[0] is None or found[1] is None:  # no usage block, or an output to work out
         return None
     for value in found:
         if value is not None and (type(value) is not int or not 0 <= value <= MAX_TOKENS):
