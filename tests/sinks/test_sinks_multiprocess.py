@@ -122,7 +122,7 @@ def test_processes_racing_to_upgrade_a_version_3_database(tmp_path: Path) -> Non
     assert count_rows(path, "SELECT COUNT(*) FROM records WHERE id LIKE 'old-%'") == 51
     assert count_rows(path, "PRAGMA user_version") == sqlite_module.SCHEMA_VERSION
     unsound = "SELECT id FROM records INDEXED BY ix_records_unsound WHERE NOT "
-    unsound += sqlite_module._SOUND_ROW_V4
+    unsound += sqlite_module._SOUND_ROW_V5
     conn = sqlite3.connect(path)
     try:
         assert conn.execute(unsound).fetchall() == [("old-text",)]

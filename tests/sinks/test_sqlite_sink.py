@@ -163,7 +163,7 @@ def test_schema_is_the_agreed_one(tmp_path: Path, make_record: RecordFactory) ->
         "ix_records_model",
         "ix_records_unsound",
     } <= indexes
-    assert query(path, "PRAGMA user_version") == [(4,)]
+    assert query(path, "PRAGMA user_version") == [(5,)]
     assert query(path, "PRAGMA journal_mode") == [("wal",)]
 
 
@@ -645,7 +645,7 @@ def _version_3_database(path: Path) -> None:
 def _unsound_ids(path: Path) -> set[object]:
     """The ids SQLite keeps in the index of unsound rows (read through that index alone)."""
     sql = "SELECT id FROM records INDEXED BY ix_records_unsound WHERE NOT " + (
-        sqlite_module._SOUND_ROW_V4
+        sqlite_module._SOUND_ROW_V5
     )
     return {row[0] for row in query(path, sql)}
 
@@ -685,6 +685,74 @@ def test_a_version_3_database_keeps_every_row_and_indexes_the_unsound_ones(
     sink.write([make_record(1)])  # the sink's own rows are sound
     sink.close()
     assert _unsound_ids(path) == {"good", "bad-tags", "blob-count"}
+
+
+#: Tags as another program might store them: the index's condition of version 5 must judge each
+#: as version 4's did (sound: a JSON object), and never fail on any.
+_TAGS_VALUES: list[object] = [
+    "{}",
+    '{"feature":"chat"}',
+    ' \t\r\n{"a": "b"}',
+    "{} ",
+    "{",
+    "{}x",
+    "{'a': 1}",
+    "[1]",
+    " [ ]",
+    '"feature=chat"',
+    "null",
+    "5",
+    "",
+    " ",
+    "not json",
+    "[" * 3000 + "]" * 3000,
+    "{" + '"a":{' * 3000 + "}" * 3001,
+    "\u00a0{}",
+    5,
+    2.5,
+    b"{}",
+    b'{"a":"b"}',
+]
+
+
+def test_a_version_4_database_gets_the_cheaper_index_of_unsound_rows(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    """Version 5 checks tags with one JSON parse (none for ``{}``) where version 4 took two: the
+    upgrade keeps every row, and the same rows are unsound, whatever another program stored."""
+    path = tmp_path / "usage.db"
+    conn = sqlite3.connect(path)
+    for migrate in sqlite_module._MIGRATIONS[:4]:
+        migrate(conn)
+    conn.execute("PRAGMA user_version = 4")
+    columns = (
+        "id, timestamp, model_provider, model_name, input_tokens, output_tokens, total_tokens, tags"
+    )
+    insert = f"INSERT INTO records ({columns}) VALUES (?, '2026-01-01T00:00:00.000Z', 'openai',"
+    insert += " 'gpt-4o', 1, 2, 3, ?)"
+    for n, tags in enumerate(_TAGS_VALUES):
+        conn.execute(insert, (f"t{n}", tags))
+    conn.commit()
+    conn.close()
+    unsound_before = {
+        row[0]
+        for row in query(
+            path,
+            "SELECT id FROM records INDEXED BY ix_records_unsound WHERE NOT "
+            + sqlite_module._SOUND_ROW_V4,
+        )
+    }
+    assert "t0" not in unsound_before and "t1" not in unsound_before and "t7" in unsound_before
+
+    sink = SQLiteSink(path)
+    sink.write([make_record(0)])
+    sink.close()
+    assert query(path, "PRAGMA user_version") == [(5,)]
+    index_sql = query(path, "SELECT sql FROM sqlite_master WHERE name = 'ix_records_unsound'")
+    condition = sqlite_module._SOUND_ROW_V5
+    expected = f"CREATE INDEX ix_records_unsound ON records(timestamp) WHERE NOT {condition}"
+    assert index_sql == [(expected,)]
+    assert _unsound_ids(path) == unsound_before
 
 
 def _plain_row(r: UsageRecord) -> tuple[object, ...]:

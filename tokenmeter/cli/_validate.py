@@ -256,7 +256,8 @@ def sql_valid(columns: Collection[str], prefix: str = "") -> str:
     The same checks as ``check_record`` on those columns, as far as SQL states them cheaply:
     the timestamp in the record format (so that windows and days compare as text), counts
     non-negative integers, ``cost_pusd`` an integer exactly when the cost text is there, and that
-    text plain digits; tags a JSON object. Built only from the ``columns`` the table has;
+    text plain digits; tags a JSON object (valid JSON whose first character past white space is
+    ``{``: one parse). Built only from the ``columns`` the table has;
     ``prefix`` is a table alias with its dot (``"r."``). Never NULL, so ``NOT (...)`` selects the
     rest.
     """
@@ -285,7 +286,7 @@ def sql_valid(columns: Collection[str], prefix: str = "") -> str:
             parts.append(f"({c} IS NULL OR {text})")
     if c := has("tags"):
         parts.append(
-            f"({c} IS NULL OR typeof({c}) = 'text' AND json_valid({c}) "
-            f"AND json_type({c}) = 'object')"
+            f"({c} IS NULL OR {c} = '{{}}' OR typeof({c}) = 'text' AND json_valid({c}) "
+            f"AND ltrim({c}, char(32, 9, 10, 13)) GLOB '{{*')"
         )
     return "(" + " AND ".join(parts or ["1"]) + ")"

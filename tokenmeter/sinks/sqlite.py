@@ -118,9 +118,8 @@ def _add_session_totals_v3(conn: sqlite3.Connection) -> None:
 #: A row is sound when the columns the report totals read hold what this sink writes: the
 #: timestamp in the record format, counts non-negative integers, names text, a cost as integer
 #: pico-USD exactly when its decimal text is there, tags a JSON object. This is the condition
-#: ``tokenmeter.cli._validate.sql_valid`` states for these columns, kept here as the text of
-#: version 4 (``tests/cli`` checks that the two agree; when the reader's condition changes, a new
-#: migration replaces the index and this text stays as it was).
+#: ``tokenmeter.cli._validate.sql_valid`` stated for these columns at version 4, kept as it was
+#: (version 5 replaced it: ``_SOUND_ROW``).
 _SOUND_ROW_V4 = (
     "(timestamp GLOB '????-??-??T??:??:??.???Z' AND julianday(timestamp) IS NOT NULL"
     " AND (typeof(input_tokens) = 'integer' AND input_tokens >= 0 OR input_tokens IS NULL)"
@@ -157,6 +156,26 @@ def _index_unsound_rows_v4(conn: sqlite3.Connection) -> None:
     conn.execute(f"CREATE INDEX ix_records_unsound ON records(timestamp) WHERE NOT {_SOUND_ROW_V4}")
 
 
+#: The condition of version 5, which ``sql_valid`` states (``tests/cli`` checks that the two
+#: agree; when the reader's condition changes, a new migration replaces the index and this text
+#: stays as it was). Tags are checked as in version 4, for one JSON parse less per insert: none
+#: for no tags (``'{}'``), one for others (valid JSON whose first character past JSON's white
+#: space is ``{`` is an object).
+_SOUND_ROW_V5 = _SOUND_ROW_V4.replace(
+    " AND (tags IS NULL OR typeof(tags) = 'text' AND json_valid(tags)"
+    " AND json_type(tags) = 'object'))",
+    " AND (tags IS NULL OR tags = '{}' OR typeof(tags) = 'text' AND json_valid(tags)"
+    " AND ltrim(tags, char(32, 9, 10, 13)) GLOB '{*'))",
+)
+
+
+def _index_unsound_rows_v5(conn: sqlite3.Connection) -> None:
+    """The index of unsound rows, rebuilt for a cheaper condition: SQLite checks it for every
+    row inserted, and the tags' two JSON parses were half the cost of storing a record."""
+    conn.execute("DROP INDEX IF EXISTS ix_records_unsound")
+    conn.execute(f"CREATE INDEX ix_records_unsound ON records(timestamp) WHERE NOT {_SOUND_ROW_V5}")
+
+
 #: ``_MIGRATIONS[n]`` takes a database from schema version ``n`` to ``n + 1``, inside the
 #: caller's transaction. Append a function to evolve the schema; never edit an existing one.
 _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
@@ -164,6 +183,7 @@ _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _add_modalities_v2,
     _add_session_totals_v3,
     _index_unsound_rows_v4,
+    _index_unsound_rows_v5,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
