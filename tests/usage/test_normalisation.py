@@ -738,3 +738,61 @@ def test_a_usage_block_reads_alike_on_the_straight_road_and_the_general_one(shap
         refused += general[0] == "refused"
         assert outcome(reader.usage_from_openai, usage) == general, bodies[-1]["usage"]
     assert straight > 200 and refused > 40, (straight, refused)  # both roads; refusals too
+
+
+#: Values a compatible server may send for a chat completion's own fields.
+_TOP_VALUES: dict[str, list[Any]] = {
+    "model": ["gpt-4o-2024-08-06", "", None, 5, ["gpt-4o"], "gpt-\ud800", "m" * 5000],
+    "id": ["chatcmpl-1", None, 12, 2**70, "", ["x"], "i" * 5000, 1.5],
+    "service_tier": [None, "default", "flex", "priority", " Flex ", "scale", 5, ["x"], "x" * 30],
+    "object": ["chat.completion", "chat.completion.chunk", "text_completion", None, 5, "response"],
+}
+
+
+def test_a_chat_completion_reads_alike_on_the_straight_road_and_the_general_one() -> None:
+    """``from_openai_response`` reads the usual SDK chat completion in a straight line and
+    anything else the general way: both must give the same reading, or refuse with the same
+    message, for the objects the SDK really builds from what a server sends."""
+    openai = pytest.importorskip("openai")
+    import httpx2
+
+    from tokenmeter.usage import openai as reader
+
+    bodies: list[dict[str, Any]] = []
+    client = openai.OpenAI(
+        api_key="sk-test",
+        base_url="http://fake.local/v1",
+        http_client=httpx2.Client(
+            transport=httpx2.MockTransport(
+                lambda request: httpx2.Response(
+                    200,
+                    content=json.dumps(bodies[-1]).encode(),
+                    headers={"content-type": "application/json"},
+                )
+            )
+        ),
+    )
+
+    def outcome(read: Any, response: Any) -> tuple[str, Any]:
+        try:
+            return "read", read(response, "openai")
+        except ValueError as error:
+            return "refused", str(error)
+
+    rng = random.Random(9)
+    straight = 0
+    for _ in range(400):
+        body: dict[str, Any] = {**OPENAI_CHAT, "usage": _random_usage(rng, "chat")}
+        for name, values in _TOP_VALUES.items():
+            if rng.random() < 0.15:
+                body[name] = rng.choice(values)
+        if rng.random() < 0.05:
+            body["usage"] = rng.choice([None, 5, "x", {}])
+        if rng.random() < 0.05:
+            body[rng.choice(["custom_id", "x_extra"])] = "req-1"
+        bodies.append(body)
+        completion = client.chat.completions.create(model="gpt-4o", messages=[])
+        general = outcome(reader._any_response, completion)  # meets the types first
+        straight += outcome(reader._plain_completion, completion) != ("read", None)
+        assert outcome(reader.from_openai_response, completion) == general, body
+    assert straight > 200, straight

@@ -352,6 +352,34 @@ def from_openai_response(response: Any, provider: str = "openai") -> Extracted |
 
     None for a Responses ``background`` create still queued or in progress: it reports no usage
     yet, and its later retrieve is the record."""
+    found = _plain_completion(response, provider)
+    return found if found is not None else _any_response(response, provider)
+
+
+def _plain_completion(response: Any, provider: str) -> Extracted | None:
+    """``_any_response`` of the usual chat completion, read in a straight line (every call reads
+    one): an SDK ``ChatCompletion`` holding nothing beside its declared fields, with a plain
+    usage block (``_plain_block``). None for anything else, which ``_any_response`` reads
+    (``tests/usage/test_normalisation.py`` checks that the two read alike)."""
+    fields = plain_fields(response)
+    if fields is None or fields.get("object") != "chat.completion":
+        return None
+    usage = _plain_block(fields.get("usage"))
+    if usage is None:
+        return None
+    tier = fields.get("service_tier")
+    return Extracted(
+        provider,
+        usage,
+        fields.get("model"),
+        "chat.completions",
+        None if tier is None or tier == "default" else priced_tier(tier),
+        ident(fields.get("id")),
+    )
+
+
+def _any_response(response: Any, provider: str) -> Extracted | None:
+    """``from_openai_response`` of a response of any shape, or a Batch API results line."""
     get = getter(response, what="response")
     body = batch_result_body(get)
     if body is None:
