@@ -692,19 +692,12 @@ def _random_usage(rng: random.Random, shape: str) -> dict[str, Any]:
     return usage
 
 
-@pytest.mark.parametrize("shape", ["chat", "responses"])
-def test_a_usage_block_reads_alike_on_the_straight_road_and_the_general_one(shape: str) -> None:
-    """``usage_from_openai`` reads the usual SDK chat or Responses block in a straight line, and
-    anything else the general way: both must give the same Usage, or refuse with the same message,
-    for the objects the SDK really builds from a response (it does not validate what a server
-    sends)."""
+def _openai_serving(bodies: list[dict[str, Any]]) -> Any:
+    """A real openai client whose server answers each call with the last of ``bodies``."""
     openai = pytest.importorskip("openai")
     import httpx2
 
-    from tokenmeter.usage import openai as reader
-
-    bodies: list[dict[str, Any]] = []
-    client = openai.OpenAI(
+    return openai.OpenAI(
         api_key="sk-test",
         base_url="http://fake.local/v1",
         http_client=httpx2.Client(
@@ -717,6 +710,18 @@ def test_a_usage_block_reads_alike_on_the_straight_road_and_the_general_one(shap
             )
         ),
     )
+
+
+@pytest.mark.parametrize("shape", ["chat", "responses"])
+def test_a_usage_block_reads_alike_on_the_straight_road_and_the_general_one(shape: str) -> None:
+    """``usage_from_openai`` reads the usual SDK chat or Responses block in a straight line, and
+    anything else the general way: both must give the same Usage, or refuse with the same message,
+    for the objects the SDK really builds from a response (it does not validate what a server
+    sends)."""
+    from tokenmeter.usage import openai as reader
+
+    bodies: list[dict[str, Any]] = []
+    client = _openai_serving(bodies)
 
     def outcome(read: Any, usage: Any) -> tuple[str, Any]:
         try:
@@ -753,25 +758,10 @@ def test_a_chat_completion_reads_alike_on_the_straight_road_and_the_general_one(
     """``from_openai_response`` reads the usual SDK chat completion in a straight line and
     anything else the general way: both must give the same reading, or refuse with the same
     message, for the objects the SDK really builds from what a server sends."""
-    openai = pytest.importorskip("openai")
-    import httpx2
-
     from tokenmeter.usage import openai as reader
 
     bodies: list[dict[str, Any]] = []
-    client = openai.OpenAI(
-        api_key="sk-test",
-        base_url="http://fake.local/v1",
-        http_client=httpx2.Client(
-            transport=httpx2.MockTransport(
-                lambda request: httpx2.Response(
-                    200,
-                    content=json.dumps(bodies[-1]).encode(),
-                    headers={"content-type": "application/json"},
-                )
-            )
-        ),
-    )
+    client = _openai_serving(bodies)
 
     def outcome(read: Any, response: Any) -> tuple[str, Any]:
         try:
