@@ -633,11 +633,12 @@ def test_a_finished_session_is_stored_with_its_rolled_up_totals(tmp_path: Path) 
     assert parent.summary.cost_usd == Decimal("0.0125")
 
 
-def _version_3_database(path: Path) -> None:
+def _database_at(path: Path, version: int) -> None:
+    """A database as an older tokenmeter left it, at schema ``version``."""
     conn = sqlite3.connect(path)
-    for migrate in sqlite_module._MIGRATIONS[:3]:
+    for migrate in sqlite_module._MIGRATIONS[:version]:
         migrate(conn)
-    conn.execute("PRAGMA user_version = 3")
+    conn.execute(f"PRAGMA user_version = {version}")
     conn.commit()
     conn.close()
 
@@ -656,7 +657,7 @@ def test_a_version_3_database_keeps_every_row_and_indexes_the_unsound_ones(
     """Rows another program stored with wrong types survive the upgrade untouched, and SQLite
     from then on keeps the index of unsound rows right through inserts, updates and deletes."""
     path = tmp_path / "usage.db"
-    _version_3_database(path)
+    _database_at(path, 3)
     sink = SQLiteSink(path)
     conn = sqlite3.connect(path)  # written as another program would, before the upgrade
     columns = "id, timestamp, model_provider, model_name, input_tokens, output_tokens, total_tokens"
@@ -721,10 +722,8 @@ def test_a_version_4_database_gets_the_cheaper_index_of_unsound_rows(
     """Version 5 checks tags with one JSON parse (none for ``{}``) where version 4 took two: the
     upgrade keeps every row, and the same rows are unsound, whatever another program stored."""
     path = tmp_path / "usage.db"
+    _database_at(path, 4)
     conn = sqlite3.connect(path)
-    for migrate in sqlite_module._MIGRATIONS[:4]:
-        migrate(conn)
-    conn.execute("PRAGMA user_version = 4")
     columns = (
         "id, timestamp, model_provider, model_name, input_tokens, output_tokens, total_tokens, tags"
     )
