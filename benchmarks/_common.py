@@ -174,6 +174,16 @@ def instrumented() -> Iterator[None]:
 CONTENDERS = {"bare": bare, "tokenmeter": instrumented}
 
 
+def make_records_at_once() -> None:
+    """``--made-at-once``: every intercepted call's record made on the caller's thread as the
+    call returns, instead of by a writer in a batch (``tokenmeter._pipeline.later``). The design
+    issue 8 suggested, kept measurable: it runs fewer instructions in a tight loop, and costs
+    more time where the caches are cold (``bench_cold``) and with threads (target 3)."""
+    from tokenmeter import _pipeline
+
+    _pipeline.can_make_later = lambda: False
+
+
 class ReferenceDesign:
     """The "minimal persisting design" issue 8 measured at +2.6 us of CPU per call on its machine:
     a wrapt wrapper reading the usage into a tuple, a deque, and a thread inserting 4 columns into

@@ -1,6 +1,7 @@
 """CPU added per call (non-streamed, or a stream of N chunks), counted in instructions (callgrind).
 
     python benchmarks/bench_callgrind.py [--calls 400] [--sinks sqlite|null|...] [--stream 1000]
+                                         [--reference] [--made-at-once]
 
 Wall and CPU clocks on a shared machine move with whatever else runs; callgrind's instruction
 counts do not (the same binary and inputs give the same count). Each contender runs in a child
@@ -48,11 +49,16 @@ class NullSink:
         pass
 
 
-def child(mode: str, calls: int, sinks: str, directory: str, chunks: int) -> None:
+def child(
+    mode: str, calls: int, sinks: str, directory: str, chunks: int, at_once: bool = False
+) -> None:
     sys.path.insert(0, str(HERE))
-    from _common import ReferenceDesign, chat, mock_client, stream
+    from _common import ReferenceDesign, chat, make_records_at_once, mock_client, stream
 
     import tokenmeter
+
+    if at_once:
+        make_records_at_once()
 
     client = mock_client(chunks or 10)
     run = stream(client) if chunks else chat(client)
@@ -81,7 +87,7 @@ def child(mode: str, calls: int, sinks: str, directory: str, chunks: int) -> Non
     tokenmeter.flush()
 
 
-def instructions(mode: str, calls: int, sinks: str, chunks: int) -> int:
+def instructions(mode: str, calls: int, sinks: str, chunks: int, at_once: bool = False) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         cmd = [
@@ -100,6 +106,7 @@ def instructions(mode: str, calls: int, sinks: str, chunks: int) -> int:
             tmp,
             "--stream",
             str(chunks),
+            *(["--made-at-once"] if at_once else []),
         ]
         env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same dict layouts in every run
         done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
@@ -138,15 +145,21 @@ def main() -> None:
     parser.add_argument(
         "--reference", action="store_true", help="also count the minimal persisting design"
     )
+    parser.add_argument(
+        "--made-at-once",
+        action="store_true",
+        help="make each record on the caller's thread (a design compared, not tokenmeter's)",
+    )
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.calls, args.sinks, args.dir, args.stream)
+        child(args.child, args.calls, args.sinks, args.dir, args.stream, args.made_at_once)
         return
     per_call = {}
     modes = ("bare", "instrumented", "minimal") if args.reference else ("bare", "instrumented")
     for mode in modes:
-        small = instructions(mode, args.calls, args.sinks, args.stream)
-        large = instructions(mode, 2 * args.calls, args.sinks, args.stream)
+        at_once = args.made_at_once and mode == "instrumented"
+        small = instructions(mode, args.calls, args.sinks, args.stream, at_once)
+        large = instructions(mode, 2 * args.calls, args.sinks, args.stream, at_once)
         per_call[mode] = (large - small) / args.calls
         print(f"{mode:>12}: {per_call[mode]:,.0f} instructions per call")
     if args.stream:

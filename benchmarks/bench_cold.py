@@ -1,6 +1,6 @@
 """The record's road timed hot (run back to back) and cold (one run after each bare SDK call).
 
-    python benchmarks/bench_cold.py [--calls 3000]
+    python benchmarks/bench_cold.py [--calls 3000] [--made-at-once]
 
 An application calls tokenmeter once per LLM call, between a millisecond or more of the SDK's
 own work (request building, JSON, pydantic models), which evicts our code and data from the CPU's
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import chat, describe, mock_client
+from _common import chat, describe, make_records_at_once, mock_client
 
 import tokenmeter
 from tokenmeter import _pipeline, _record, _sessions
@@ -73,7 +73,14 @@ def added_per_call(bare: Callable[[], Any], metered: Callable[[], Any], calls: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument(
+        "--made-at-once",
+        action="store_true",
+        help="make each record on the caller's thread (a design compared, not tokenmeter's)",
+    )
     args = parser.parse_args()
+    if args.made_at_once:
+        make_records_at_once()
     if args.calls < 1:
         parser.error("--calls must be at least 1")
     print(describe())

@@ -1,7 +1,7 @@
 """What instrumenting the OpenAI SDK costs the caller, against the bare SDK in the same run.
 
     python benchmarks/bench_instrumentation.py [--quick] [--only 1a,1b,2,3,6] [--diagnose]
-                                               [--no-extras]
+                                               [--no-extras] [--made-at-once]
 
 Every call goes through ``httpx2.MockTransport`` (in-process, prebuilt replies): what is left is
 the SDK's own work, so a ratio is our overhead against it, with no socket noise. Bare and
@@ -62,6 +62,7 @@ from _common import (
     describe,
     flush_all,
     instrumented,
+    make_records_at_once,
     median_tail,
     mock_client,
     stream,
@@ -650,7 +651,14 @@ def main() -> None:
     parser.add_argument("--no-extras", action="store_true", help="targets only")
     parser.add_argument("--only", default="", help="comma-separated targets: 1a,1b,2,3,6")
     parser.add_argument("--openllmetry", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--made-at-once",
+        action="store_true",
+        help="make each record on the caller's thread (a design compared, not tokenmeter's)",
+    )
     args = parser.parse_args()
+    if args.made_at_once:
+        make_records_at_once()
     chunks = 1_000
     if args.quick:
         rounds, calls, tail_calls, tail_rounds, streams, thread_calls = 2, 300, 2_000, 1, 1, 40
