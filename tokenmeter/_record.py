@@ -295,8 +295,12 @@ def _queued(usage: Usage) -> tuple[Any, ...]:
 
 def _usage_of(counts: tuple[Any, ...]) -> Usage:
     """The Usage ``emit_call`` queued as ``counts`` (a dict literal, cheaper than ``dict(zip())``:
-    a writer makes one per record)."""
-    modalities, tools = counts[8:] or ((), ())
+    a writer makes one per record; new empty dicts for a call without parts, nearly every one)."""
+    if len(counts) == 8:
+        modalities: dict[str, int] = {}
+        tools: dict[str, int] = {}
+    else:
+        modalities, tools = dict(counts[8]), dict(counts[9])
     usage: Usage = trusted(
         Usage,
         {
@@ -308,8 +312,8 @@ def _usage_of(counts: tuple[Any, ...]) -> Usage:
             "reasoning_tokens": counts[5],
             "input_audio_tokens": counts[6],
             "output_audio_tokens": counts[7],
-            "modalities": dict(modalities),
-            "tool_requests": dict(tools),
+            "modalities": modalities,
+            "tool_requests": tools,
             "passes": (),
         },
     )
