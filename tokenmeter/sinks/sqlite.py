@@ -331,26 +331,20 @@ def iso_text(ts: datetime) -> str:
 
 
 def breakdown_text(breakdown: dict[str, Decimal]) -> str:
-    """``compact_json`` of the breakdown with each part as ``decimal_text``."""
-    return _breakdown_text((*breakdown, *breakdown.values()))
-
-
-def _breakdown_text(flat: tuple[Any, ...]) -> str:
-    """``breakdown_text`` of a breakdown laid out flat (its keys, then its parts): the keys' JSON
-    made once per set of keys, the parts put in by ``%s`` (the text ``str()`` gives)."""
-    half = len(flat) // 2
-    keys = flat[:half]
+    """``compact_json`` of the breakdown with each part as ``decimal_text``: the keys' JSON made
+    once per set of keys, the parts put in by ``%s`` (the text ``str()`` gives)."""
+    keys = tuple(breakdown)
     memo = _BREAKDOWN_FORMATS.get(keys)
     if memo is None:
         if any(type(key) is not str for key in keys):
-            return compact_json({k: decimal_text(v) for k, v in as_dict(flat).items()})
+            return compact_json({k: decimal_text(v) for k, v in breakdown.items()})
         parts = [compact_json(key).replace("%", "%%") + ':"%s"' for key in keys]
         form = "{" + ",".join(parts) + "}"
         memo = _BREAKDOWN_FORMATS[keys] = (form, form.count("E"))
         if len(_BREAKDOWN_FORMATS) > _MEMO_SIZE:
             _BREAKDOWN_FORMATS.clear()
     form, letters = memo
-    values = flat[half:]
+    values = tuple(breakdown.values())
     text = form % values
     if text.count("E") != letters:  # a part in exponent form, which decimal text never has
         text = form % tuple(map(decimal_text, values))
