@@ -1227,6 +1227,46 @@ def test_fork_while_other_threads_make_the_first_records_never_hangs_the_child(
         assert sum(json.loads(line)["input_tokens"] == 7 for line in lines) == 1
 
 
+SLOW_IMPORT_FORK = """
+import faulthandler, os, signal, sys, threading, time
+faulthandler.enable()
+sys.path.insert(0, os.getcwd())
+import tokenmeter
+from tokenmeter import _fork
+_fork._IMPORT_WAIT = 0.05  # the fork does not wait for the import below
+threading.Thread(target=lambda: __import__("slowmod"), daemon=True).start()
+while "slowmod" not in sys.modules:
+    time.sleep(0.001)
+pid = os.fork()
+if pid == 0:
+    import slowmod  # held by a thread that is not in the child: imported afresh
+    os._exit(0 if slowmod.DONE else 3)
+watchdog = threading.Timer(20, os.kill, (pid, signal.SIGABRT))
+watchdog.start()
+_, status = os.waitpid(pid, 0)
+watchdog.cancel()
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() only")
+def test_a_child_forked_during_another_threads_import_imports_the_module_afresh(
+    tmp_path: Path,
+) -> None:
+    """The wait for imports before fork() is bounded, and a thread may start one just after it:
+    the child must not wait for ever on the module lock of a thread it does not have."""
+    (tmp_path / "slowmod.py").write_text("import time\ntime.sleep(1)\nDONE = True\n")
+    done = subprocess.run(
+        [sys.executable, "-c", SLOW_IMPORT_FORK],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0"], done.stderr[-5000:]
+
+
 TERMINATED = """
 import os, signal, sys, time, tokenmeter
 if sys.argv[1] == "own-handler":

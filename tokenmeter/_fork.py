@@ -7,8 +7,10 @@ the child hangs on its first record. Every module-level lock of tokenmeter is re
 
 from __future__ import annotations
 
+import _thread
 import logging  # noqa: F401  (imported before our fork hook is registered: see the end)
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -72,3 +74,32 @@ def _imports_in_other_threads() -> bool:
 # lock, and run before this wait, it would keep an import that needs the lock (every module of
 # tokenmeter asks for its logger) from ending: logging is imported above, so its hook runs after.
 os.register_at_fork(before=_wait_for_imports)
+
+
+def _forget_imports_of_other_threads() -> None:
+    """In a forked child: imports that other threads of the parent were running at the fork
+    never finish here (the wait before the fork is bounded, and a thread may start one right
+    after it looked). Their module locks are released and their half-made modules forgotten, so
+    that the child imports them afresh instead of waiting for ever."""
+    me = threading.get_ident()
+    try:
+        from importlib import _bootstrap
+
+        for name, ref in list(_bootstrap._module_locks.items()):  # type: ignore[attr-defined]
+            lock = ref()
+            if lock is None or not lock.count or lock.owner == me:
+                continue
+            lock.lock, lock.wakeup = _thread.allocate_lock(), _thread.allocate_lock()
+            lock.owner, lock.count, lock.waiters = None, 0, 0
+            module = sys.modules.get(name)
+            if getattr(getattr(module, "__spec__", None), "_initializing", False):
+                del sys.modules[name]
+        blocking = getattr(_bootstrap, "_blocking_on", None)
+        if isinstance(blocking, dict):
+            for tid in [tid for tid in blocking if tid != me]:
+                blocking.pop(tid, None)
+    except Exception:  # an interpreter laid out otherwise: nothing to mend
+        pass
+
+
+os.register_at_fork(after_in_child=_forget_imports_of_other_threads)
