@@ -1256,14 +1256,7 @@ def test_a_child_forked_during_another_threads_import_imports_the_module_afresh(
     """The wait for imports before fork() is bounded, and a thread may start one just after it:
     the child must not wait for ever on the module lock of a thread it does not have."""
     (tmp_path / "slowmod.py").write_text("import time\ntime.sleep(1)\nDONE = True\n")
-    done = subprocess.run(
-        [sys.executable, "-c", SLOW_IMPORT_FORK],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_python("-c", SLOW_IMPORT_FORK, env=os.environ, cwd=tmp_path)
     assert done.stdout.split() == ["0"], done.stderr[-5000:]
 
 
