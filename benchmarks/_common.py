@@ -263,6 +263,27 @@ class ReferenceDesign:
             owner.request = original
 
 
+@contextlib.contextmanager
+def gil_waiter() -> Iterator[None]:
+    """A yardstick contender: the bare SDK beside a thread that does nothing but wake every
+    millisecond, so that it keeps asking for the GIL. What a background thread costs the calls
+    on this machine while it is kept from the GIL, whatever it would do with it (see
+    ``bench_instrumentation``'s docstring)."""
+    stop = threading.Event()
+
+    def wait_for_the_gil() -> None:
+        while not stop.wait(0.001):
+            pass
+
+    thread = threading.Thread(target=wait_for_the_gil, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 #: Set by a benchmark that runs the reference design among its contenders.
 REFERENCE: list[ReferenceDesign] = []
 
