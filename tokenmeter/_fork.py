@@ -8,6 +8,7 @@ the child hangs on its first record. Every module-level lock of tokenmeter is re
 from __future__ import annotations
 
 import _thread
+import contextlib
 import logging  # noqa: F401  (imported before our fork hook is registered: see the end)
 import os
 import sys
@@ -15,6 +16,11 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+# See the end of this module. A RuntimeError: imported after threading's shutdown (by an exit
+# hook), when no pool runs any more.
+with contextlib.suppress(RuntimeError):
+    import concurrent.futures.thread  # noqa: F401
 
 __all__ = ["renew_after_fork"]
 
@@ -73,6 +79,10 @@ def _imports_in_other_threads() -> bool:
 # At ``import tokenmeter``. Fork hooks registered last run first: logging's takes the logging
 # lock, and run before this wait, it would keep an import that needs the lock (every module of
 # tokenmeter asks for its logger) from ending: logging is imported above, so its hook runs after.
+# concurrent.futures.thread (which the sessions import) is imported above too: a module that
+# registers a pair of hooks while this wait runs misses the fork's before-hooks but not its
+# after-hooks, and its after-hook in the parent would release a lock that nothing took (another
+# thread's, had one held it).
 os.register_at_fork(before=_wait_for_imports)
 
 
