@@ -53,11 +53,13 @@ def check_lease_protocol(ledger: object) -> None:
     assert spent("k", day) == approx(4.5)
 
 
-def run_python(*args: str, env: Mapping[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """This interpreter running ``args`` (a script and its arguments, or ``-c CODE``) in a child
-    process; it must exit 0 (its stderr is the failure message)."""
+def run_python(
+    *args: str, env: Mapping[str, str], cwd: Path, python: str = sys.executable
+) -> subprocess.CompletedProcess[str]:
+    """This interpreter (or ``python``) running ``args`` (a script and its arguments, or
+    ``-c CODE``) in a child process; it must exit 0 (its stderr is the failure message)."""
     done = subprocess.run(
-        [sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+        [python, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
     return done

@@ -6,6 +6,7 @@ import gc
 import json
 import logging
 import os
+import shutil
 import signal
 import sqlite3
 import stat
@@ -1260,6 +1261,60 @@ def test_a_child_forked_during_another_threads_import_imports_the_module_afresh(
     the child must not wait for ever on the module lock of a thread it does not have."""
     (tmp_path / "slowmod.py").write_text("import time\ntime.sleep(1)\nDONE = True\n")
     done = run_python("-c", SLOW_IMPORT_FORK, env=os.environ, cwd=tmp_path)
+    assert done.stdout.split() == ["0"], done.stderr[-5000:]
+
+
+def _other_cpython(name: str) -> str | None:
+    """``name`` (python3.12...) when this machine runs it (on the PATH, or installed by pyenv,
+    whose shims run only the versions a project selects), else None."""
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    for found in [shutil.which(name), *sorted(map(str, pyenv.glob(f"versions/*/bin/{name}")))]:
+        if found is None:
+            continue
+        try:
+            works = subprocess.run([found, "-c", "pass"], capture_output=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if works.returncode == 0:
+            return found
+    return None
+
+
+#: The same fork as SLOW_IMPORT_FORK, with only ``tokenmeter/_fork.py`` loaded (standard library
+#: only), so that any CPython can run it without tokenmeter's dependencies.
+BARE_SLOW_IMPORT_FORK = """
+import importlib.util, os, signal, sys, threading, time
+sys.path.insert(0, os.getcwd())
+spec = importlib.util.spec_from_file_location("tokenmeter_fork", sys.argv[1])
+fork = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(fork)
+fork._IMPORT_WAIT = 0.05
+threading.Thread(target=lambda: __import__("slowmod"), daemon=True).start()
+while "slowmod" not in sys.modules:
+    time.sleep(0.001)
+pid = os.fork()
+if pid == 0:
+    signal.alarm(20)  # a hung child dies
+    import slowmod
+    os._exit(0 if slowmod.DONE else 3)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() only")
+@pytest.mark.parametrize("name", ["python3.12", "python3.13"])
+def test_the_childs_import_mend_fits_each_cpythons_module_locks(tmp_path: Path, name: str) -> None:
+    """Module locks are laid out otherwise from CPython 3.12 (an RLock, lists for the counts):
+    the mend must make each part anew in its own kind, or the child's import fails."""
+    python = _other_cpython(name)
+    if python is None:
+        pytest.skip(f"{name} is not installed here")
+    (tmp_path / "slowmod.py").write_text("import time\ntime.sleep(1)\nDONE = True\n")
+    fork = Path(tokenmeter.__file__).parent / "_fork.py"
+    done = run_python(
+        "-c", BARE_SLOW_IMPORT_FORK, str(fork), env=os.environ, cwd=tmp_path, python=python
+    )
     assert done.stdout.split() == ["0"], done.stderr[-5000:]
 
 

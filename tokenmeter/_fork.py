@@ -60,20 +60,22 @@ def _wait_for_imports() -> None:
         time.sleep(0.001)
 
 
-def _imports_in_other_threads() -> bool:
-    """True while another thread holds a module's import lock (CPython's importlib keeps them
-    in ``_module_locks``; an interpreter laid out otherwise is never waited for)."""
+def _imports_in_other_threads() -> list[tuple[str, Any]]:
+    """The modules whose import another thread is running, with their import locks (CPython's
+    importlib keeps them in ``_module_locks``; an interpreter laid out otherwise has none here:
+    it is never waited for, nor mended after a fork)."""
     me = threading.get_ident()
     try:
         from importlib import _bootstrap
 
-        for ref in list(_bootstrap._module_locks.values()):  # type: ignore[attr-defined]
+        held = []
+        for name, ref in list(_bootstrap._module_locks.items()):  # type: ignore[attr-defined]
             lock = ref()
             if lock is not None and lock.count and lock.owner not in (None, me):
-                return True
+                held.append((name, lock))
     except Exception:
-        return False
-    return False
+        return []
+    return held
 
 
 # At ``import tokenmeter``. Fork hooks registered last run first: logging's takes the logging
@@ -93,19 +95,19 @@ def _forget_imports_of_other_threads() -> None:
     that the child imports them afresh instead of waiting for ever."""
     me = threading.get_ident()
     try:
-        from importlib import _bootstrap
-
-        for name, ref in list(_bootstrap._module_locks.items()):  # type: ignore[attr-defined]
-            lock = ref()
-            if lock is None or not lock.count or lock.owner == me:
-                continue
-            lock.lock, lock.wakeup = _thread.allocate_lock(), _thread.allocate_lock()
-            lock.owner, lock.count, lock.waiters = None, 0, 0
+        for name, lock in _imports_in_other_threads():
+            # Each part new and of its kind: a lock and counts (3.11), an RLock and lists (3.12+).
+            rlock = isinstance(lock.lock, _thread.RLock)
+            lock.lock = _thread.RLock() if rlock else _thread.allocate_lock()
+            lock.wakeup = _thread.allocate_lock()
+            lock.owner, lock.count, lock.waiters = None, type(lock.count)(), type(lock.waiters)()
             module = sys.modules.get(name)
             if getattr(getattr(module, "__spec__", None), "_initializing", False):
                 del sys.modules[name]
+        from importlib import _bootstrap
+
         blocking = getattr(_bootstrap, "_blocking_on", None)
-        if isinstance(blocking, dict):
+        if isinstance(blocking, dict):  # 3.11: the dead threads' entries (3.12+ drops its own)
             for tid in [tid for tid in blocking if tid != me]:
                 blocking.pop(tid, None)
     except Exception:  # an interpreter laid out otherwise: nothing to mend
