@@ -6,6 +6,7 @@ import gc
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import sqlite3
@@ -686,6 +687,76 @@ def test_a_poison_record_in_a_trickle_of_flushes_is_set_aside() -> None:
     assert [r.id for r in sink.records] == [r.id for r in made]
 
 
+class CoinFlipSink(InMemorySink):
+    """A user sink behind a flaky network: each write fails at random, half of them (seeded)."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.coin = random.Random(seed)
+        self.failures = 0
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        if self.coin.random() < 0.5:
+            self.failures += 1
+            raise ConnectionError("connection reset by peer")
+        super().write(records)
+
+
+def test_a_sink_that_fails_at_random_gets_every_record_and_sets_none_aside() -> None:
+    """Tried one at a time after three failed batches, a good record that failed, then failed
+    once more right after the sink took another, then once more after the next, was set aside as
+    if the sink could never store it: at half its writes failing, 58 of 2,000 records. Each of
+    those "once more" is now many tries in a row, and a good record passes one of them."""
+    sink = CoinFlipSink(seed=1)
+    tokenmeter.configure(sinks=[sink])
+    made = []
+    for _ in range(20):
+        made += [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(25)]
+        tokenmeter.flush(30)
+    wait_for(lambda: tokenmeter.flush(30), "every record written")
+    assert sink.failures > 100  # the sink did fail half the time, isolated passes included
+    assert sorted(r.id for r in sink.records) == sorted(r.id for r in made)
+    assert not (Path(".tokenmeter") / "quarantine.jsonl").exists()
+
+
+def _alone_gathering_for_an_hour(sink: object) -> None:
+    """``sink`` as the only sink, its writer gathering records for an hour."""
+    tokenmeter.configure(sinks=[sink])
+    quarantine = Path(".tokenmeter") / "quarantine.jsonl"
+    _pipeline.set_sinks(lambda: [sink], flush_interval=3600, quarantine=quarantine)
+
+
+class FailsOnce(InMemorySink):
+    """A user sink whose first write fails (a connection the server had closed), as do the
+    next ``more``; then it takes every write."""
+
+    def __init__(self, more: int = 0) -> None:
+        super().__init__()
+        self.failures = 0
+        self.more = more
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        if self.failures <= self.more:
+            self.failures += 1
+            raise ConnectionError("connection reset by peer")
+        super().write(records)
+
+
+@pytest.mark.parametrize("more", [0, 3])
+def test_a_sink_replaced_right_after_one_failed_write_gets_its_records(more: int) -> None:
+    """configure() stops the sink it replaces: one failed write then set aside every record the
+    sink held, though its next write would have taken them. It gets a flush()'s tries now
+    (back to back), the isolated pass of one record at a time included."""
+    sink = FailsOnce(more)
+    _alone_gathering_for_an_hour(sink)  # nothing is written before it stops
+    made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(20)]
+    assert not sink.failures
+    tokenmeter.configure(sinks=[InMemorySink()])
+    assert sink.failures == more + 1
+    assert sorted(r.id for r in sink.records) == sorted(r.id for r in made)
+    assert not (Path(".tokenmeter") / "quarantine.jsonl").exists()
+
+
 def test_a_record_still_refused_when_its_sink_stops_is_set_aside_not_lost() -> None:
     """The last record is poison: nothing behind it lets the sink prove it can store others, so
     it waits. When the sink stops (exit, or a new configuration), it is set aside with its
@@ -733,6 +804,18 @@ class DownSink(InMemorySink):
 
     def write(self, records: Sequence[UsageRecord]) -> None:
         raise OSError("server down")
+
+
+def test_a_sink_down_when_replaced_has_its_records_set_aside_at_once() -> None:
+    """A sink that refuses every write when it is stopped gets its five tries, no more: the
+    records are set aside, not retried for ever."""
+    sink = DownSink()
+    _alone_gathering_for_an_hour(sink)  # nothing is written before it stops
+    made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(20)]
+    tokenmeter.configure(sinks=[InMemorySink()])
+    kept = [json.loads(line) for line in (Path(".tokenmeter") / "quarantine.jsonl").open()]
+    assert [k["record"]["id"] for k in kept] == [r.id for r in made]
+    assert {k["error"] for k in kept} == {"OSError: server down"}
 
 
 def test_a_sink_that_fails_thousands_of_times_keeps_its_writer_working(

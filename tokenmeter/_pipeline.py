@@ -14,11 +14,12 @@ Policies (documented in docs/sinks.md):
   never waits.
 - A sink that raises is reported once through the ``tokenmeter`` logger; its items are kept, in
   order, and retried with back-off. When a batch keeps failing, the writer writes its records one
-  at a time: a record that fails again right after the sink took another, with the sink taking
-  the next one too (in the same pass, or the next write the sink takes), can never be written
-  (a poison record) and is set aside in the quarantine file with the error, reported once, so
-  it never holds back the records behind it. A record
-  that failed only while the sink was down (a server restarting) is written, never set aside.
+  at a time: a record that fails again right after the sink took another, and once more after
+  the next one the sink takes (in the same pass, or the next write the sink takes), each time
+  in ``_TRIES`` tries in a row, can never be written (a poison record) and is set aside in the
+  quarantine file with the error, reported once, so it never holds back the records behind it.
+  A record that failed only while the sink was down (a server restarting) or at random (a flaky
+  sink) is written, never set aside. A sink that is stopped gets a flush()'s tries first.
 - Once a writer has fallen behind (``_BACKLOG`` items wait), records are queued packed
   (``_packed``): one tuple of plain values, which the garbage collector stops tracking at its first
   collection. However long they wait (a CPU-bound caller can keep a writer from the GIL for
@@ -91,6 +92,12 @@ logger = logging.getLogger("tokenmeter")
 _FLUSH_AT = 1_000
 #: Failed attempts of a whole batch before its records are tried one at a time.
 _ISOLATE_AFTER = 3
+#: Tries in a row of one record the sink refused, right after it took another: a record that
+#: fails them all, and then all of them again after the sink's next success, can never be stored.
+#: A sink failing at random (a flaky network) takes a good record in one of them: at half its
+#: writes, all 33 tries of an isolated record fail once in 2**33 (with one try each, 1 record in
+#: 35 of a pass was set aside).
+_TRIES = 16
 #: Failed attempts after which a waiting ``flush()`` is released (returning False).
 _FLUSH_TRIES = 5
 _MAX_BACKOFF = 5.0
@@ -369,6 +376,7 @@ class _Writer:
             try:
                 if self._wait():
                     self._deliver(time.monotonic())
+                    self._last_tries()
                     ok = not self._pending and not self._accused
                     self._set_aside_pending()
                     _quietly(self.sink.close, self.sink)
@@ -382,6 +390,16 @@ class _Writer:
                     logger.exception("tokenmeter writer for sink %s failed", _name(self.sink))
                 time.sleep(0.1)
                 self._urgent = True  # take up the delivery it broke off: a flush() may wait
+
+    def _last_tries(self) -> None:
+        """Stopping (a new configuration, the exit): a sink that refused its last write gets the
+        tries a ``flush()`` gives it (back to back) before what it still holds is set aside. One
+        failed write of a flaky sink set aside every record it held when configure() replaced it;
+        a sink that has failed that often already (the exit's flush) gets no more."""
+        for _ in range(_FLUSH_TRIES):
+            if not self._pending or self._failures >= _FLUSH_TRIES:
+                return
+            self._write_pending(time.monotonic())
 
     def _wait(self) -> bool:
         """Sleep until there is work; gather for the interval. True once asked to stop."""
@@ -488,10 +506,23 @@ class _Writer:
         brings two successes into one pass)."""
         accused, self._accused = self._accused, []
         for item, _ in accused:
+            error = self._refused(item)
+            if error is not None:
+                self._quarantine(item, error)
+
+    def _refused(self, item: Any) -> BaseException | None:
+        """Write ``item`` alone, up to ``_TRIES`` times in a row: None once the sink takes it,
+        else the last error. A sink that fails now and then (a flaky network) takes a good
+        record in one of the tries; a record it can never store fails every one."""
+        error: BaseException | None = None
+        for _ in range(_TRIES):
             try:
                 self._write([item])
-            except BaseException as error:
-                self._quarantine(item, error)
+            except BaseException as exc:
+                error = exc
+            else:
+                return None
+        return error
 
     def _set_aside_pending(self) -> None:
         """At the end (exit, a new configuration): what the sink still refuses after its last
@@ -573,14 +604,15 @@ class _Writer:
                     return False  # two in a row and no success: the sink is down, not the data
                 continue
             written = True
-            for poison, reason in accused:  # the sink works on both sides of their failure
-                self._quarantine(poison, reason)
+            for poison, _ in accused:  # the sink works on both sides of their failure
+                error = self._refused(poison)
+                if error is not None:
+                    self._quarantine(poison, error)
             accused.clear()
             retry, suspects = suspects, []
             for suspect in retry:
-                try:
-                    self._write([suspect])
-                except BaseException as error:
+                error = self._refused(suspect)
+                if error is not None:
                     accused.append((suspect, error))
         probe = self._probe(len(runs)) if not written and len(suspects) == 1 else None
         if probe is not None:
@@ -594,9 +626,8 @@ class _Writer:
             del self._pending[probe]
             written = True
             retry, suspects = suspects, []
-            try:
-                self._write(retry)
-            except BaseException as error:
+            error = self._refused(retry[0])
+            if error is not None:
                 accused.append((retry[0], error))
         if not written:
             return False
