@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -208,6 +209,24 @@ def test_a_collector_answering_503_loses_nothing_the_exporter_retries(
     assert got == ids
 
 
+def test_flush_says_false_when_the_collector_refused_an_export_and_true_once_it_takes_them(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The exporter gives up on a batch the collector keeps refusing past its timeout, and the
+    OpenTelemetry SDK drops it: flush() returned True all the same, as if it were written."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    receiver.fail_next = 1_000_000  # 503 to everything
+    tokenmeter.record("openai", "gpt-4o", 10, 2)
+    with caplog.at_level(logging.ERROR, logger="tokenmeter"):
+        assert not tokenmeter.flush(timeout=60)
+    assert any("did not reach the collector" in r.getMessage() for r in caplog.records)
+    receiver.fail_next = 0
+    kept = tokenmeter.record("openai", "gpt-4o", 10, 2)
+    assert tokenmeter.flush(timeout=60)
+    got = [attributes(s.attributes)["tokenmeter.record.id"] for s in receiver.spans()]
+    assert got == [kept.id]
+
+
 def test_a_hung_collector_never_blocks_the_application(receiver: OtlpReceiver) -> None:
     receiver.hold = threading.Event()  # every export waits until the test lets it go
     tokenmeter.record("openai", "gpt-4o", 10, 2)
@@ -273,7 +292,7 @@ def test_a_collector_that_is_down_fails_nothing_in_the_application(
     monkeypatch.setenv("TOKENMETER_SINKS", "otel,jsonl")
     _one_call()
     tokenmeter.record("openai", "gpt-4o", 10, 2)
-    tokenmeter.flush(timeout=60)
+    assert not tokenmeter.flush(timeout=60)  # the spans were dropped: not written
     lines = (Path(".tokenmeter") / "usage.jsonl").read_text().splitlines()
     assert len(lines) == 2  # the other sink got everything
     tokenmeter.configure(sinks=[])

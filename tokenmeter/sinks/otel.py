@@ -269,6 +269,8 @@ class OTelSink:
                 explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
             )
         self._dims: dict[tuple[Any, ...], _Dims] = {}
+        #: ``_failed_exports`` when this sink's last flush() returned.
+        self._failures_seen = _failed_exports.count
         self._parents: OrderedDict[str, Any] = OrderedDict()
         self._parents_lock = threading.Lock()
         from tokenmeter import _pipeline  # not at import: the pipeline imports the sinks
@@ -479,9 +481,20 @@ class OTelSink:
             _add(sums, self._usage_reasoning, unknown, record.reasoning_tokens)
 
     def flush(self) -> None:
-        """Hand what is batched to tokenmeter's own exporters (the application's are its own)."""
-        for provider in self._own:
-            provider.force_flush()
+        """Hand what is batched to tokenmeter's own exporters (the application's are its own),
+        and raise when they did not deliver everything since the last flush: an export the
+        collector did not take (down, refusing) is dropped by the OpenTelemetry SDK, and
+        ``tokenmeter.flush()`` must not say it was written."""
+        unfinished = [type(p).__name__ for p in self._own if p.force_flush() is False]
+        failed = _failed_exports.count
+        lost, self._failures_seen = failed - self._failures_seen, failed
+        if lost:
+            raise ConnectionError(
+                f"{lost} OTLP exports since the last flush did not reach the collector (down, "
+                "or refusing them): their spans or metric points are lost"
+            )
+        if unfinished:
+            raise TimeoutError(f"{', '.join(unfinished)} did not finish exporting in time")
 
     def close(self) -> None:
         """Flush and stop observing calls. The providers stay up (shared, and shut down by the
@@ -559,25 +572,64 @@ def _own_providers() -> tuple[Any, Any]:
         return found
 
 
+class _Failures:
+    """Exports of tokenmeter's own exporters that failed, counted from the exporters' threads."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        with self._lock:
+            self.count += 1
+
+    def checked(self, export: Callable[..., Any], success: Any, *args: Any, **kwargs: Any) -> Any:
+        """An exporter's ``export(*args, **kwargs)``, counted when it is not ``success``."""
+        try:
+            result = export(*args, **kwargs)
+        except BaseException:
+            self.add()
+            raise
+        if result is not success:
+            self.add()
+        return result
+
+
+_failed_exports = _Failures()
+renew_after_fork(_failed_exports.__dict__, "_lock", threading.Lock)
+
+
 def _new_tracer_provider() -> Any:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
+
+    class Exporter(OTLPSpanExporter):
+        def export(self, *args: Any, **kwargs: Any) -> Any:
+            return _failed_exports.checked(
+                super().export, SpanExportResult.SUCCESS, *args, **kwargs
+            )
 
     provider = TracerProvider(resource=Resource.create(), shutdown_on_exit=False)
     if _exporting("TRACES"):
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        provider.add_span_processor(BatchSpanProcessor(Exporter()))
     return provider
 
 
 def _new_meter_provider() -> Any:
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.metrics.export import MetricExportResult, PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import Resource
 
-    readers = [PeriodicExportingMetricReader(OTLPMetricExporter())] if _exporting("METRICS") else []
+    class Exporter(OTLPMetricExporter):
+        def export(self, *args: Any, **kwargs: Any) -> Any:
+            return _failed_exports.checked(
+                super().export, MetricExportResult.SUCCESS, *args, **kwargs
+            )
+
+    readers = [PeriodicExportingMetricReader(Exporter())] if _exporting("METRICS") else []
     return MeterProvider(resource=Resource.create(), metric_readers=readers, shutdown_on_exit=False)
 
 
