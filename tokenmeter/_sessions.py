@@ -31,7 +31,7 @@ from tokenmeter._totals import (
     OTHER_MODELS,
     USD_CONTEXT,
     Totals,
-    normalise_usd,
+    to_pico_usd_precision,
 )
 from tokenmeter.guardrails import _state as _guard_state
 from tokenmeter.pricing._overrides import short_repr
@@ -453,10 +453,6 @@ def _check_budget(budget: Any) -> Decimal | None:
     return None if budget is None else usd_amount("budget_usd", budget)
 
 
-#: The finest budget kept: a pico-dollar, the finest cost the SQLite sink stores.
-_PICO_USD = Decimal("1E-12")
-
-
 def usd_amount(where: str, value: Any) -> Decimal:
     """A budget or limit in USD, from 0 to ``MAX_BUDGET_USD``; ValueError naming ``where``.
 
@@ -475,7 +471,7 @@ def usd_amount(where: str, value: Any) -> Decimal:
         )
     exponent = amount.as_tuple().exponent
     if type(exponent) is int and exponent < -12:
-        amount = normalise_usd(amount.quantize(_PICO_USD, context=USD_CONTEXT))
+        amount = to_pico_usd_precision(amount)
     return amount
 
 

@@ -28,12 +28,16 @@ __all__ = [
     "Totals",
     "normalise_usd",
     "output_cost",
+    "to_pico_usd_precision",
 ]
 
 _ZERO = Decimal(0)
 #: The unit of the SQL sinks' integer ``cost_pusd`` column.
 PICO_PER_USD = 10**12
 _PICO_PER_USD = Decimal(PICO_PER_USD)
+#: The finest amount kept where a figure is not a sum of costs (a budget, an average written
+#: out): a pico-dollar, the finest cost the SQL sinks store.
+_PICO_USD = Decimal("1E-12")
 
 #: The integer fields, in the order ``from_counts`` / ``from_sql`` take them.
 COUNT_NAMES = (
@@ -91,6 +95,12 @@ def normalise_usd(value: Decimal) -> Decimal:
     if plain >= _TEN and plain == plain.to_integral_value(context=USD_CONTEXT):
         return plain.quantize(_ONE, context=USD_CONTEXT)
     return plain
+
+
+def to_pico_usd_precision(value: Decimal) -> Decimal:
+    """``value`` rounded half-even to a pico-dollar, normalised: an average of $0.00007 over 3
+    calls is ``0.000023333333``, not the 32 digits of the exact quotient."""
+    return normalise_usd(value.quantize(_PICO_USD, context=USD_CONTEXT))
 
 
 def output_cost(breakdown: Mapping[str, Decimal]) -> Decimal:

@@ -788,3 +788,30 @@ def test_records_of_two_jsonl_sinks_on_one_path_are_counted_once(
     assert reports[0]["totals"]["calls"] == 30 and len(reports[0]["calls"]) == 30
     code, out, _ = cli("sessions", "--format", "json", "--source", str(jsonl))
     assert code == 0 and [s["calls"] for s in json.loads(out)] == [30]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_an_average_cost_is_written_to_the_pico_dollar(
+    cli: RunCli, tmp_path: Path, kind: str
+) -> None:
+    """$0.00007 over 3 priced calls was written as the exact quotient's 32 digits
+    (0.00002333333333333333333333333333) in JSON and CSV; the other formats round it for
+    reading. The machine formats keep it to the pico-dollar, as costs are stored."""
+    records = [
+        rec(i, "2026-03-01T10:00:00Z", "openai", "gpt-4o", 10, 5, cost)
+        for i, cost in enumerate(["0.00002", "0.00002", "0.00003"])
+    ]
+    source = (
+        write_sqlite(tmp_path / "usage.db", records, [])
+        if kind == "sqlite"
+        else write_jsonl(tmp_path / "usage.jsonl", records)
+    )
+    code, out, _ = cli("report", "--source", str(source), "--format", "json")
+    assert code == 0
+    document = json.loads(out, parse_float=Decimal)
+    assert document["totals"]["avg_cost_per_call_usd"] == Decimal("0.000023333333")
+    assert [row["avg_cost_per_call_usd"] for row in document["rows"]] == [Decimal("0.000023333333")]
+    code, out, _ = cli("report", "--source", str(source), "--format", "csv")
+    assert code == 0
+    [row] = list(csv.DictReader(io.StringIO(out)))
+    assert row["avg_cost_per_call_usd"] == "0.000023333333"

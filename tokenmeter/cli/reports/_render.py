@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from tokenmeter._format import markdown_text
-from tokenmeter._totals import normalise_usd
+from tokenmeter._totals import to_pico_usd_precision
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._output import one_line, printable
 from tokenmeter.cli.reports._format import (
@@ -529,7 +529,7 @@ def _totals_json(
         "estimated_calls": totals.estimated_calls,
         "avg_cost_per_call_usd": None
         if totals.avg_cost_per_call is None
-        else normalise_usd(totals.avg_cost_per_call),
+        else to_pico_usd_precision(totals.avg_cost_per_call),
     }
     if row is not None and row.latency is not None:
         document["latency_p50_ms"] = row.latency.p50_ms
