@@ -3,7 +3,8 @@
 Policies (documented in docs/sinks.md):
 - An intercepted call's record is made later (``later``): the caller's thread queues what it
   read, as plain values, and a writer makes the records of the waiting calls in a batch at its
-  next delivery, where the code and data stay in the CPU's caches. Whatever needs them first
+  next delivery, where the code and data stay in the CPU's caches (an asyncio event loop's
+  calls: that loop, shortly after). Whatever needs them first
   catches up (``catch_up``): a session's summary or end, ``flush()``, ``configure()``, the exit.
 - ``submit`` appends the item to each sink's buffer under a lock and returns. Each sink has its own
   writer thread: a slow or hung sink delays only itself. A writer sleeps until its buffer gets its
@@ -60,6 +61,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -983,6 +985,12 @@ _later_lock = threading.RLock()
 #: The longest a catch-up waits for the record another thread is making: microseconds, unless
 #: that thread waits for a lock the catching-up thread holds (a signal handler's exit flush).
 _CATCH_UP_WAIT = 2.0
+#: How long an asyncio event loop gathers its calls before it makes their records, and the
+#: longest it works on them at a time.
+_LOOP_GATHERING = 0.05
+_LOOP_SLICE = 0.001
+#: Event loops whose ``_make_on_loop`` is due (weakly: a loop closed before it is not kept).
+_loops_making: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def can_make_later() -> bool:
@@ -1000,15 +1008,28 @@ def can_make_later() -> bool:
     )
 
 
-def later(session: Any, call: tuple[Any, ...]) -> None:
+def later(session: Any, call: tuple[Any, ...], loop: Any = None) -> None:
     """Have a call's record made later, in order, by a writer (see ``_Writer._deliver``).
 
     The caller's thread only queues what it read. Made between SDK calls, a record costs the
     caller several times what it costs a writer making a batch of them back to back, whose code
     and data stay in the CPU's caches (``benchmarks/bench_cold.py``). Whatever needs records made
     first catches up: a flush, a session's summary or end, a configure().
+
+    ``loop``: the asyncio event loop the call was made on. It makes the waiting records itself,
+    ``_LOOP_GATHERING`` seconds after the first (``_make_on_loop``): a writer making them held
+    up the loop's timers for its slices, and made at once, between the loop's SDK calls, each
+    cost the loop several times as much (``benchmarks/bench_asyncio.py``). A writer still makes
+    those a loop leaves (closed first), at its next delivery.
     """
     _later.extend((session, call))  # one step: no other thread's pair comes between
+    if loop is not None and loop not in _loops_making:
+        try:
+            _loops_making.add(loop)
+            loop.call_later(_LOOP_GATHERING, _make_on_loop, loop)
+        except Exception:  # a loop of another kind (no weak reference): the writers make them
+            with contextlib.suppress(TypeError):
+                _loops_making.discard(loop)
     if len(_later) == 2:
         pipeline = _pipeline
         for writer in pipeline.writers if pipeline is not None else ():
@@ -1016,6 +1037,20 @@ def later(session: Any, call: tuple[Any, ...]) -> None:
             # writer must not hold the others' records.
             if not writer._buffer:
                 writer._wake.set()
+
+
+def _make_on_loop(loop: Any) -> None:
+    """On the loop: make the waiting calls' records for ``_LOOP_SLICE`` seconds at most, and
+    the rest at the loop's next turn (its timers run between)."""
+    try:
+        stop = time.perf_counter() + _LOOP_SLICE
+        for _ in _making():
+            if _later and time.perf_counter() >= stop:
+                loop.call_soon(_make_on_loop, loop)
+                return
+    except Exception:  # never the loop's exception handler's: the writers make what is left
+        logger.exception("tokenmeter: making records on an event loop failed")
+    _loops_making.discard(loop)
 
 
 def _making() -> Iterator[None]:

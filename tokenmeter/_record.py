@@ -234,8 +234,8 @@ def emit_call(
 
     Made at once: a call with a budget to settle (the guardrails, a session's budget), the first
     call of a session (announced first) or of a model (priced first: an unknown one is warned
-    about here), a call that failed or was estimated or unpriced (rare, and warned about), and
-    a call made on an asyncio event loop's thread (``_in_event_loop``).
+    about here), and a call that failed or was estimated or unpriced (rare, and warned about).
+    A call made on an asyncio event loop's thread is made later by that loop (``_pipeline.later``).
     """
     if (
         status == "ok"
@@ -244,7 +244,6 @@ def emit_call(
         and not _state.armed
         and (provider, model) in _made_here
         and _pipeline.can_make_later()
-        and not _in_event_loop()
     ):
         if session is None:
             session = _sessions.current_session() or _sessions.implicit_session()
@@ -258,7 +257,8 @@ def emit_call(
             # tracking the tuple, which then never reaches its oldest generation, however long
             # it waits for a writer kept from the GIL (see _pipeline's docstring).
             made = (provider, model, request_model, operation, tier, request_id, latency_ms)
-            _pipeline.later(session, (*made, streamed, time.time(), _queued(usage)))
+            call = (*made, streamed, time.time(), _queued(usage))
+            _pipeline.later(session, call, _running_loop())
             return
     emit(
         provider,
@@ -320,13 +320,10 @@ def _usage_of(counts: tuple[Any, ...]) -> Usage:
     return usage
 
 
-def _in_event_loop() -> bool:
-    """An asyncio event loop runs on this thread. Its timers would wait for a writer making
-    records whenever they fire during one of its slices: its calls' records are made on the
-    loop, each delaying only the callbacks behind it (the loop's lag is lower so:
-    ``benchmarks/bench_asyncio.py``)."""
+def _running_loop() -> Any:
+    """The asyncio event loop running on this thread, or None."""
     events = sys.modules.get("asyncio.events")  # not imported: no loop runs
-    return events is not None and events._get_running_loop() is not None
+    return None if events is None else events._get_running_loop()
 
 
 def _make_later(session: _sessions.Session, call: tuple[Any, ...]) -> None:

@@ -7,6 +7,7 @@ are still waiting when the test looks.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import os
@@ -233,17 +234,70 @@ def test_a_record_made_later_is_the_record_made_at_once(
     assert later.model_dump(exclude=varying) == at_once.model_dump(exclude=varying)
 
 
-async def test_an_event_loops_calls_are_made_at_once(
+async def test_an_event_loops_calls_are_made_later_by_the_loop_itself(
     fake: FakeProvider, held: InMemorySink
 ) -> None:
-    """A writer making records would hold up the loop's timers whenever they fire during one
-    of its slices; made on the loop, a record delays only the callbacks behind it."""
+    """Made at once on the loop, between its SDK calls, each record cost the loop several times
+    what a batch costs; made by a writer, they held up the loop's timers for its slices. The
+    loop makes them itself, shortly after (the writer here waits ``HELD`` seconds)."""
     client = fake.openai_client(async_=True)
     for _ in range(3):
         await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert waiting() == 2  # the first call of the model was made at once
+    deadline = time.monotonic() + 30
+    while waiting() and time.monotonic() < deadline:
+        await asyncio.sleep(_pipeline._LOOP_GATHERING)
     assert waiting() == 0
     assert tokenmeter.flush(5)
     assert len(held.records) == 3
+
+
+def test_an_event_loop_makes_a_long_backlog_in_turns(
+    fake: FakeProvider, held: InMemorySink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``_LOOP_SLICE`` of work, the loop makes the rest at its next turn, so that its
+    timers and tasks run between: with no time at all, one record per turn."""
+    monkeypatch.setattr(_pipeline, "_LOOP_SLICE", 0.0)
+    turns: list[int] = []
+    make_on_loop = _pipeline._make_on_loop
+
+    def counted(loop: Any) -> None:
+        turns.append(waiting())
+        make_on_loop(loop)
+
+    monkeypatch.setattr(_pipeline, "_make_on_loop", counted)
+
+    async def main() -> None:
+        client = fake.openai_client(async_=True)
+        for _ in range(5):
+            await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        while waiting():
+            await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert turns == [4, 3, 2, 1]
+    assert tokenmeter.flush(5)
+    assert len(held.records) == 5
+
+
+def test_the_calls_a_closed_event_loop_left_are_made_and_the_loop_not_kept(
+    fake: FakeProvider, held: InMemorySink
+) -> None:
+    """``asyncio.run()`` ends before its loop's turn to make the records: they wait for the next
+    catch-up (here a flush; else a writer's delivery), and the closed loop is not kept for
+    them (one per ``asyncio.run()`` would pile up)."""
+
+    async def calls() -> None:
+        client = fake.openai_client(async_=True)
+        for _ in range(4):
+            await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+
+    asyncio.run(calls())
+    assert waiting() == 3
+    gc.collect()
+    assert len(_pipeline._loops_making) == 0
+    assert tokenmeter.flush(5)
+    assert waiting() == 0 and len(held.records) == 4
 
 
 def test_a_catch_up_waits_for_the_record_another_thread_is_making() -> None:
