@@ -1041,10 +1041,11 @@ def later(session: Any, call: tuple[Any, ...], loop: Any = None) -> None:
 
 def _make_on_loop(loop: Any) -> None:
     """On the loop: make the waiting calls' records for ``_LOOP_SLICE`` seconds at most, and
-    the rest at the loop's next turn (its timers run between)."""
+    the rest at the loop's next turn (its timers run between). Never waits for a writer: one
+    making records already makes them all."""
     try:
         stop = time.perf_counter() + _LOOP_SLICE
-        for _ in _making():
+        for _ in _making(wait=False):
             if _later and time.perf_counter() >= stop:
                 loop.call_soon(_make_on_loop, loop)
                 return
@@ -1053,12 +1054,16 @@ def _make_on_loop(loop: Any) -> None:
     _loops_making.discard(loop)
 
 
-def _making() -> Iterator[None]:
-    """Make the waiting calls' records, one at a time under the lock, oldest first."""
+def _making(wait: bool = True) -> Iterator[None]:
+    """Make the waiting calls' records, one at a time under the lock, oldest first.
+    ``wait=False``: stop when another thread is making one (it makes the rest)."""
     while _later:
+        if not wait:
+            if not _later_lock.acquire(blocking=False):
+                return
         # Bounded: a signal handler's exit flush may run on a thread that holds a lock the record
         # being made waits for (a session's, the sinks'): the flush goes on without it.
-        if not _later_lock.acquire(timeout=_CATCH_UP_WAIT):
+        elif not _later_lock.acquire(timeout=_CATCH_UP_WAIT):
             logger.error(
                 "tokenmeter: %d calls wait for their records (a catch-up gave up)", len(_later) // 2
             )

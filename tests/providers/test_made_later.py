@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -278,6 +279,36 @@ def test_an_event_loop_makes_a_long_backlog_in_turns(
     assert turns == [4, 3, 2, 1]
     assert tokenmeter.flush(5)
     assert len(held.records) == 5
+
+
+async def test_an_event_loop_never_waits_for_a_writer_making_records(
+    fake: FakeProvider, held: InMemorySink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another thread holds the queue's lock (a writer making a record): it makes every waiting
+    call, so the loop goes on at once instead of waiting for it (it waited, up to 2 s)."""
+    import threading
+
+    client = fake.openai_client(async_=True)
+    for _ in range(3):
+        await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    taken, done = threading.Event(), threading.Event()
+
+    def making() -> None:
+        with _pipeline._later_lock:
+            taken.set()
+            done.wait(30)
+
+    writer = threading.Thread(target=making)
+    writer.start()
+    taken.wait(10)
+    with caplog.at_level(logging.ERROR, logger="tokenmeter"):
+        _pipeline._make_on_loop(asyncio.get_running_loop())
+    done.set()
+    writer.join()
+    assert waiting() == 2
+    assert not [r for r in caplog.records if r.name == "tokenmeter"]  # no catch-up gave up
+    assert tokenmeter.flush(5)
+    assert len(held.records) == 3
 
 
 def test_the_calls_a_closed_event_loop_left_are_made_and_the_loop_not_kept(
