@@ -757,6 +757,34 @@ def test_a_sink_replaced_right_after_one_failed_write_gets_its_records(more: int
     assert not (Path(".tokenmeter") / "quarantine.jsonl").exists()
 
 
+class SlowToFail(InMemorySink):
+    """A user sink whose server is gone: each write fails after a while (a connect timeout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        self.writes += 1
+        time.sleep(0.1)
+        raise TimeoutError("connect timed out")
+
+
+def test_a_sink_slow_to_fail_when_replaced_is_not_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its tries would keep its records past the exit, where they are lost: once the stop has
+    taken ``_LAST_TRIES_FOR``, what it holds is set aside."""
+    monkeypatch.setattr(_pipeline, "_LAST_TRIES_FOR", 0.05)
+    sink = SlowToFail()
+    _alone_gathering_for_an_hour(sink)
+    made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(3)]
+    tokenmeter.configure(sinks=[InMemorySink()])
+    assert sink.writes == 1
+    kept = [json.loads(line) for line in (Path(".tokenmeter") / "quarantine.jsonl").open()]
+    assert [k["record"]["id"] for k in kept] == [r.id for r in made]
+
+
 def test_a_record_still_refused_when_its_sink_stops_is_set_aside_not_lost() -> None:
     """The last record is poison: nothing behind it lets the sink prove it can store others, so
     it waits. When the sink stops (exit, or a new configuration), it is set aside with its

@@ -102,6 +102,9 @@ _ISOLATE_AFTER = 3
 _TRIES = 16
 #: Failed attempts after which a waiting ``flush()`` is released (returning False).
 _FLUSH_TRIES = 5
+#: How long a stopping writer goes on trying a sink that refused its last write (see
+#: ``_Writer._last_tries``).
+_LAST_TRIES_FOR = 1.0
 _MAX_BACKOFF = 5.0
 #: A sink is given at most this many records per write (one transaction, one appended block).
 _CHUNK = 256
@@ -377,8 +380,9 @@ class _Writer:
         while True:
             try:
                 if self._wait():
-                    self._deliver(time.monotonic())
-                    self._last_tries()
+                    stopped = time.monotonic()
+                    self._deliver(stopped)
+                    self._last_tries(stopped)
                     ok = not self._pending and not self._accused
                     self._set_aside_pending()
                     _quietly(self.sink.close, self.sink)
@@ -393,13 +397,19 @@ class _Writer:
                 time.sleep(0.1)
                 self._urgent = True  # take up the delivery it broke off: a flush() may wait
 
-    def _last_tries(self) -> None:
+    def _last_tries(self, stopped: float) -> None:
         """Stopping (a new configuration, the exit): a sink that refused its last write gets the
         tries a ``flush()`` gives it (back to back) before what it still holds is set aside. One
-        failed write of a flaky sink set aside every record it held when configure() replaced it;
-        a sink that has failed that often already (the exit's flush) gets no more."""
+        failed write of a flaky sink set aside every record it held when configure() replaced it.
+        No more tries for a sink that has failed that often already (the exit's flush), nor once
+        ``_LAST_TRIES_FOR`` seconds have passed since ``stopped``: a sink that takes seconds to
+        fail would keep its records past the exit, where they are lost, not set aside."""
         for _ in range(_FLUSH_TRIES):
-            if not self._pending or self._failures >= _FLUSH_TRIES:
+            if (
+                not self._pending
+                or self._failures >= _FLUSH_TRIES
+                or time.monotonic() - stopped > _LAST_TRIES_FOR
+            ):
                 return
             self._write_pending(time.monotonic())
 
