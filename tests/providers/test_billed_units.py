@@ -14,6 +14,7 @@ import pytest
 from provider_helpers import Records, json_reply, mock_anthropic, mock_genai, only, sse_reply
 
 import tokenmeter
+from tokenmeter.pricing._genai import SOURCE_NAME
 
 pytestmark = pytest.mark.usefixtures("instrumented")
 
@@ -647,4 +648,4 @@ def test_groq_flex_is_priced_as_on_demand(kit: Any, records: Records) -> None:
     record = only(records())
     assert record.model_provider == "groq"
     assert record.estimated_cost_usd == Decimal("0.000669")  # $0.00059 + $0.000079
-    assert record.price_source == "genai-prices 0.2.3; flex at standard rates (no flex price known)"
+    assert record.price_source == f"{SOURCE_NAME}; flex at standard rates (no flex price known)"
