@@ -22,7 +22,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from helpers import HungSink, run_python, wait_for
+from helpers import HungSink, held_by_another_thread, run_python, wait_for
 from provider_helpers import MESSAGES, json_bytes
 
 import tokenmeter
@@ -286,25 +286,14 @@ async def test_an_event_loop_never_waits_for_a_writer_making_records(
 ) -> None:
     """Another thread holds the queue's lock (a writer making a record): it makes every waiting
     call, so the loop goes on at once instead of waiting for it (it waited, up to 2 s)."""
-    import threading
-
     client = fake.openai_client(async_=True)
     for _ in range(3):
         await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
-    taken, done = threading.Event(), threading.Event()
-
-    def making() -> None:
-        with _pipeline._later_lock:
-            taken.set()
-            done.wait(30)
-
-    writer = threading.Thread(target=making)
-    writer.start()
-    taken.wait(10)
-    with caplog.at_level(logging.ERROR, logger="tokenmeter"):
+    with (
+        held_by_another_thread(_pipeline._later_lock),
+        caplog.at_level(logging.ERROR, logger="tokenmeter"),
+    ):
         _pipeline._make_on_loop(asyncio.get_running_loop())
-    done.set()
-    writer.join()
     assert waiting() == 2
     assert not [r for r in caplog.records if r.name == "tokenmeter"]  # no catch-up gave up
     assert tokenmeter.flush(5)

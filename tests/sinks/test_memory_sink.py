@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import held_by_another_thread
 
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.sinks import (
@@ -82,26 +83,15 @@ def test_a_child_forked_while_the_sink_is_locked_can_use_it(make_record: RecordF
     import os
 
     sink = InMemorySink()
-    holding, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with sink._lock:
-            holding.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    holding.wait(10)
-    pid = os.fork()
-    if pid == 0:  # the child: exits 0 only if the sink takes a record
-        code = 1
-        try:
-            sink.write([make_record(0)])
-            code = 0 if len(sink.records) == 1 else 2
-        finally:
-            os._exit(code)
-    release.set()
-    holder.join()
+    with held_by_another_thread(sink._lock):
+        pid = os.fork()
+        if pid == 0:  # the child: exits 0 only if the sink takes a record
+            code = 1
+            try:
+                sink.write([make_record(0)])
+                code = 0 if len(sink.records) == 1 else 2
+            finally:
+                os._exit(code)
     deadline = 30
     while deadline > 0:
         done, status = os.waitpid(pid, os.WNOHANG)
