@@ -400,6 +400,38 @@ async def test_queued_background_create_is_not_a_call_yet_but_a_chat_without_usa
     assert (records[1].operation, records[1].request_id) == ("chat.completions", CHAT_ID)
 
 
+@pytest.mark.parametrize("status", ["queued", "in_progress"])
+async def test_create_that_asked_no_background_is_recorded_though_said_to_run_on(
+    sink: InMemorySink, kit: ModuleType, is_async: bool, status: str
+) -> None:
+    """Only a create that asked for ``background`` runs on to a retrieve that records it. One
+    that did not, answered as still running without usage (a compatible server), was dropped:
+    no retrieve would ever come. It is an estimate. ``extra_body`` asks as the argument does."""
+
+    def server(request: Any) -> Any:
+        if request.method == "POST":
+            background = json.loads(request.content).get("background") is True
+            body = {**response_body(status, None), "background": background}
+            return json_reply(OPENAI_HTTP, {**body, "id": "resp_bg"} if background else body)
+        return json_reply(
+            OPENAI_HTTP, {**response_body("completed", RESPONSE_USAGE), "id": "resp_bg"}
+        )
+
+    client = kit.mock_openai(server, is_async=is_async, max_retries=0)
+    tokenmeter.instrument("openai")
+    await kit.maybe(client.responses.create(model="gpt-4o", input="hi"))
+    record = only(flushed(sink))
+    assert_estimated(record, output=False)
+    assert (record.request_id, record.request_model) == ("resp_hostile", "gpt-4o")
+
+    asked = {"background": True}
+    await kit.maybe(client.responses.create(model="gpt-4o", input="hi", extra_body=asked))
+    assert flushed(sink) == [record]  # runs on: its retrieve is the record
+    await kit.maybe(client.responses.retrieve("resp_bg"))
+    retrieved = flushed(sink)[1]
+    assert (retrieved.input_tokens, retrieved.request_model) == (19, "gpt-4o")
+
+
 @pytest.mark.parametrize("status", ["completed", "incomplete"])
 async def test_finished_response_without_usage_is_estimated(
     sink: InMemorySink, kit: ModuleType, is_async: bool, status: str

@@ -755,6 +755,29 @@ async def test_background_stream_left_before_its_usage_is_recorded_by_its_retrie
     assert record.request_model == (None if leave == "never iterated" else "gpt-4o")
 
 
+@pytest.mark.parametrize("leave", ["no usage", "cut"])
+async def test_stream_the_server_calls_background_unasked_is_still_recorded(
+    records: Records, kit: ModuleType, is_async: bool, leave: str
+) -> None:
+    """A create that did not ask for ``background``, whose stream's first event says it is one
+    (a compatible server): it ends here, so it is recorded here, an estimate of what streamed.
+    The server's word alone deferred it to a retrieve that never comes: no record at all."""
+    events = _responses_events(6, _terminal("response.completed", "completed", usage=None))
+    events[0][1]["response"]["background"] = True
+    if leave == "cut":
+        events = events[:4]
+    client = kit.mock_openai(lambda request: sse_reply(kit.http, events), is_async=is_async)
+    tokenmeter.instrument("openai")
+
+    await kit.drain(
+        await kit.maybe(client.responses.create(model="gpt-4o", input="hi", stream=True))
+    )
+
+    record = only(records())
+    assert (record.status, record.estimated) == ("ok", True)
+    assert record.input_tokens > 0 and record.output_tokens > 0
+
+
 @pytest.mark.requires(openai=">=1.80")  # background responses
 async def test_background_stream_refused_by_the_server_is_an_error_record(
     records: Records, kit: ModuleType, is_async: bool

@@ -68,7 +68,7 @@ class StainlessPlan(Plan):
 
 
 #: What ``plan`` reads of the SDK's request options.
-_OPTION_FIELDS = ("method", "url", "json_data", "headers")
+_OPTION_FIELDS = ("method", "url", "json_data", "extra_json", "headers")
 
 
 class StainlessAdapter:
@@ -147,6 +147,9 @@ class StainlessAdapter:
         body = fields.get("json_data")
         if not isinstance(body, dict):
             body = {}
+        extra = fields.get("extra_json")
+        if extra and isinstance(extra, dict):  # what the SDK sends: ``extra_body`` over the body
+            body = {**body, **extra}
         headers = fields.get("headers")
         raw = (
             headers.get(RAW_HEADER) or headers.get(RAW_HEADER.lower())

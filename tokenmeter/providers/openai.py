@@ -180,8 +180,9 @@ class ResponseEventReader:
             response = getattr(event, "response", None)
             if call.model is None:
                 keep_names(call, response)
-            if field(response, "background") is True:
-                call.deferred = True  # runs on if the stream is left: the retrieve records it
+            if call.deferred and field(response, "background") is True:
+                # Asked for: it runs on if the stream is left, and its retrieve records it. A
+                # server's say-so alone defers nothing (the call would go unrecorded).
                 _runs_on(ident(field(response, "id")), call.request_model)
         elif kind == "error":
             _ended_on_error(call, getattr(event, "code", None))
@@ -228,14 +229,21 @@ def _read_response(parsed: Any, call: Call) -> None:
     background create still queued or in progress, and its retrieves until it finishes, are not
     billed yet: no record (the finished retrieve is it,
     with the create's model as the request model). A finished one without usage is estimated,
-    and a failed one is an error record (with the usage it was billed)."""
+    and so is a create that did not ask for ``background`` whose answer says it is still
+    running (no retrieve would ever record it), and a failed one is an error record (with the
+    usage it was billed)."""
     get = getter(parsed, what="response")
     status, ident_ = get("status"), ident(get("id"))
     if call.retrieval and get("background") is False and ident_ not in _background:
         # A response made in the foreground, read again (by another process, say): it was
         # billed once, at its create, which is its record. Only background ones bill a retrieve.
         return
-    if get("usage") is None and type(status) is str and status in _NOT_YET_BILLED:
+    if (
+        get("usage") is None
+        and type(status) is str
+        and status in _NOT_YET_BILLED
+        and (call.retrieval or field(call.request, "background") is True)
+    ):
         _runs_on(ident_, call.request_model)
         return
     if call.request_model is None and ident_ is not None:
