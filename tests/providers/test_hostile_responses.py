@@ -775,6 +775,12 @@ GEMINI_ANSWERS = {
     "usageMetadata missing": Generated(meta=ABSENT),
     "usageMetadata {}": Generated(meta={}),
     "lone surrogate modelVersion": Generated(model="gemini-\ud800"),
+    "no promptTokenCount, total beyond the output": Generated(
+        meta={"candidatesTokenCount": 100, "totalTokenCount": 10_100}
+    ),
+    "cachedContentTokenCount above the prompt": Generated(
+        meta={**FINAL, "cachedContentTokenCount": 50}
+    ),
 }
 
 

@@ -244,6 +244,27 @@ def test_legacy_gemini_without_thoughts_field_derives_output_from_total() -> Non
     assert found.usage.reasoning_tokens == 32
 
 
+@pytest.mark.parametrize("prompt", [{}, {"promptTokenCount": None}, {"promptTokenCount": 0}])
+def test_gemini_total_beyond_its_parts_without_a_prompt_count_is_unreadable(
+    prompt: dict[str, Any],
+) -> None:
+    """The excess over the output was taken for hidden thinking: the whole prompt became
+    reasoning output (10,000 tokens priced at the output rate, ~8x the cost)."""
+    meta = {**prompt, "candidatesTokenCount": 100, "totalTokenCount": 10_100}
+    with pytest.raises(ValueError, match="no prompt"):
+        extract({"candidates": [], "usageMetadata": meta})
+    meta["totalTokenCount"] = 100  # no excess: nothing to tell apart
+    assert extract({"candidates": [], "usageMetadata": meta}).usage.output_tokens == 100
+
+
+def test_gemini_cached_count_above_the_prompt_is_unreadable() -> None:
+    """The prompt count includes the cached content: more cached than prompt is inconsistent
+    (it was cut down to the prompt, and all of it priced as cached)."""
+    meta = {"promptTokenCount": 10_000, "cachedContentTokenCount": 50_000}
+    with pytest.raises(ValueError, match="cache"):
+        extract({"candidates": [], "usageMetadata": {**meta, "totalTokenCount": 10_000}})
+
+
 def test_legacy_proto_object() -> None:
     glm = pytest.importorskip("google.ai.generativelanguage")
     response = glm.GenerateContentResponse(

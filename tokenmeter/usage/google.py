@@ -4,7 +4,9 @@
 ``candidates_token_count``; ``tool_use_prompt_token_count`` is input outside the prompt. So
 input = prompt + tool_use_prompt, output = candidates + thoughts. The legacy SDK's proto drops the
 thoughts field while ``total_token_count`` still counts it: whatever the total holds beyond
-input + output is hidden thinking, added to output (and to reasoning).
+input + output is hidden thinking, added to output (and to reasoning). Without a prompt count
+that excess cannot be told from the prompt: such usage is unreadable, as is a cached count above
+the prompt's.
 
 Billed beside the tokens: Grounding with Google Search, per search query the model ran (its
 ``groundingMetadata`` lists them) from Gemini 3 on, per grounded prompt (an answer that ran any)
@@ -51,9 +53,11 @@ def usage_from_gemini(meta: Any) -> Usage:
     input_tokens = prompt + tool_prompt
     hidden = total - input_tokens - candidates - thoughts
     if hidden > 0:
+        if not prompt:  # null, absent or 0: the total may hold the prompt, not only thinking
+            raise ValueError("usage_metadata counts a total beyond its parts, and no prompt")
         thoughts += hidden
     output_tokens = candidates + thoughts
-    cache_read = min(cached, input_tokens)
+    cache_read = cached  # inside the prompt: more is inconsistent, and usage_of refuses it
     modalities: dict[str, int] = {}
     for name, side, limit in (
         ("prompt_tokens_details", "input", input_tokens),
