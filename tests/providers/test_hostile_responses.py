@@ -432,6 +432,23 @@ async def test_create_that_asked_no_background_is_recorded_though_said_to_run_on
     assert (retrieved.input_tokens, retrieved.request_model) == (19, "gpt-4o")
 
 
+async def test_embeddings_whose_total_exceeds_the_prompt_are_unreadable(
+    sink: InMemorySink, kit: ModuleType, is_async: bool
+) -> None:
+    """An embedding has no output: a total beyond the prompt was stored as 5,000 output tokens
+    that no embedding model prices, a billed call at $0. Unreadable: recorded, cost unknown."""
+    body = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}],
+        "model": "text-embedding-3-small",
+        "usage": {"prompt_tokens": 0, "total_tokens": 5000},
+    }
+    client = kit.mock_openai(lambda request: json_reply(OPENAI_HTTP, body), is_async=is_async)
+    tokenmeter.instrument("openai")
+    await kit.maybe(client.embeddings.create(model="text-embedding-3-small", input="hi"))
+    assert_unreadable(only(flushed(sink)))
+
+
 @pytest.mark.parametrize("status", ["completed", "incomplete"])
 async def test_finished_response_without_usage_is_estimated(
     sink: InMemorySink, kit: ModuleType, is_async: bool, status: str

@@ -137,6 +137,9 @@ def test_openai_embeddings_have_no_output() -> None:
     found = extract(body)
     assert found.usage == Usage(input_tokens=8)
     assert found.operation == "embeddings"
+    # A total beyond the prompt was read as output, which no embedding model prices: $0.
+    with pytest.raises(ValueError, match="embeddings"):
+        extract({**body, "usage": {"prompt_tokens": 0, "total_tokens": 5000}})
 
 
 @pytest.mark.parametrize("absent", [None, ...], ids=["null", "absent"])

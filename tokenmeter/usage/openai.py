@@ -408,6 +408,8 @@ def _from_response(get: Get, provider: str) -> Extracted | None:
             operation="images",
         )
     found = usage_from_openai(usage)
+    if kind == "list" and found.output_tokens:  # an embedding has no output: the total is off
+        raise ValueError("an embeddings usage counts more in total than its prompt")
     if kind == "response":
         tools = _tool_requests(get)
         if tools:
