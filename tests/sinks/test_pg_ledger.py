@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -270,6 +271,50 @@ def test_a_stalled_server_fails_the_ledger_in_time_and_pauses_it(pg_dsn: str) ->
     # The transaction cut off was rolled back: only the first reservation is there.
     assert PostgresSink(pg_dsn).budget_ledger().spent("k", DAY) == 1.0
     ledger.close()
+
+
+def test_a_server_that_never_answers_a_connection_holds_a_call_no_longer_than_a_statement() -> None:
+    """Connecting was outside the transaction's deadline: a server whose port takes the
+    connection and never answers (a frozen host, a full backlog) held the call for the sink's
+    whole ``connect_timeout_s`` (10 s by default, whatever ``statement_timeout_s`` said). The
+    ledger now connects within the deadline, then is not asked again for a while."""
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as silent:
+        port = silent.getsockname()[1]
+        sink = PostgresSink(
+            f"postgresql://nobody@127.0.0.1:{port}/db",
+            connect_timeout_s=3600,
+            statement_timeout_s=1,
+        )
+        ledger = sink.budget_ledger()
+        failed: list[BaseException] = []
+
+        def reserve() -> None:
+            try:
+                ledger.reserve("k", DAY, 10.0, 1.0)
+            except Exception as exc:
+                failed.append(exc)
+
+        caller = threading.Thread(target=reserve, daemon=True)
+        caller.start()
+        caller.join(timeout=60)
+        assert not caller.is_alive(), "the ledger waits the sink's connect_timeout_s"
+    assert len(failed) == 1
+    with pytest.raises(TimeoutError, match="not asked again"):
+        ledger.reserve("k", DAY, 10.0, 1.0)
+
+
+def test_a_server_refusing_connections_is_not_asked_again_at_every_call() -> None:
+    """A refused connection fails fast, so the ledger was never paused: every budgeted call
+    made a connection attempt (two, with its settlement), for as long as the server was down."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]  # closed, never listened: refused
+    ledger = PostgresSink(f"postgresql://nobody@127.0.0.1:{port}/db").budget_ledger()
+    with pytest.raises(Exception) as refused:
+        ledger.reserve("k", DAY, 10.0, 1.0)
+    assert not isinstance(refused.value, TimeoutError)
+    with pytest.raises(TimeoutError, match="not asked again"):
+        ledger.lease_many([("k", DAY, 10.0, 0.0, 0.0, 0.0, 1.0, 1.0)])
 
 
 def test_a_child_forked_while_another_thread_is_in_the_ledger_can_use_it(pg_dsn: str) -> None:

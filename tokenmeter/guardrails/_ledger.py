@@ -302,6 +302,10 @@ class Pause:
             if now - self.began.at >= _SLOW_S:
                 self.until = now + PAUSE_S
 
+    def trip(self) -> None:
+        """Pause now, however fast the failure was (a server that cannot be reached)."""
+        self.until = time.monotonic() + PAUSE_S
+
 
 class SQLiteLedger:
     """The default ledger: a SQLite file shared by every process of the machine that uses the

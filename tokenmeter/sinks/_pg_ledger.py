@@ -11,8 +11,9 @@ Called on the application's threads: one connection per ledger, used under a loc
 after a server restart, a killed connection or a dropped table (a failure raises; the
 guardrails let the call through, "fail open"). ``statement_timeout`` is the server's, so a
 server that stops answering would hold the call for ever: a transaction is given up a second
-past it (a watchdog thread shuts the connection's socket down), and a ledger that failed slowly
-is not asked again for a while (``tokenmeter.guardrails._ledger.Pause``).
+past it (a watchdog thread shuts the connection's socket down), a connection is waited for no
+longer, and a ledger that failed slowly, or could not connect, is not asked again for a while
+(``tokenmeter.guardrails._ledger.Pause``).
 """
 
 from __future__ import annotations
@@ -271,7 +272,14 @@ class PostgresLedger:
         for attempt in (1, 2):
             fresh = self._conn is None or self._pid != os.getpid()
             if fresh:
-                self._conn, self._pid = self._sink.connect(), os.getpid()
+                try:  # waits no longer than a transaction may (the sink's default: 10 s)
+                    self._conn = self._sink.connect(self._deadline_s)
+                except Exception:
+                    # Not asked again for a while, however fast it failed: a server refusing
+                    # connections cost every call a connect (two, with its settlement).
+                    self._pause.trip()
+                    raise
+                self._pid = os.getpid()
             conn = self._conn
             assert conn is not None
             cut = self._watch.start(conn, self._deadline_s)

@@ -26,6 +26,7 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -315,10 +316,13 @@ class PostgresSink:
             self._drop_connection()
 
     # -- for the budget ledger and the CLI ---------------------------------------------------------
-    def connect(self) -> psycopg.Connection[Any]:
+    def connect(self, timeout_s: float | None = None) -> psycopg.Connection[Any]:
         """A new connection of its own (autocommit, ``search_path`` set to the schema, which is
-        migrated to the current version): for readers and the budget ledger, never the writer's."""
-        return self._open()
+        migrated to the current version): for readers and the budget ledger, never the writer's.
+        ``timeout_s``: a shorter wait to connect than ``connect_timeout_s`` (whole seconds)."""
+        if timeout_s is None:
+            return self._open()
+        return self._open(max(1, min(self._connect_timeout, math.ceil(timeout_s))))
 
     def budget_ledger(self) -> Any:
         """The budget ledger over this database (see ``tokenmeter.sinks._pg_ledger``)."""
@@ -401,13 +405,13 @@ class PostgresSink:
         self._conn, self._pid = conn, os.getpid()
         return conn
 
-    def _open(self) -> psycopg.Connection[Any]:
+    def _open(self, connect_timeout: int | None = None) -> psycopg.Connection[Any]:
         errors = _psycopg().Error
         try:
             conn: psycopg.Connection[Any] = _psycopg().connect(
                 self._dsn,
                 autocommit=True,
-                connect_timeout=self._connect_timeout,
+                connect_timeout=connect_timeout or self._connect_timeout,
                 application_name="tokenmeter",
                 # Whatever PGCLIENTENCODING says (set for an application's own use, LATIN1, say):
                 # psycopg encodes every value in it, and a model name outside it fails the batch.
