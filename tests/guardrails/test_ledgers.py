@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,88 @@ def test_a_lease_group_admits_and_settles_in_all_its_leases_until_one_is_dropped
         _leases.give_back()
         _leases.forget()
         ledger.close()
+
+
+class _Stalling(MemoryLedger):
+    """A ledger that keeps a lease transaction waiting once ``stall`` is set (a database locked
+    by another program, a server that stopped answering), until ``go``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stall = False
+        self.entered = threading.Event()
+        self.go = threading.Event()
+
+    def lease_many(self, items: Any) -> Any:
+        if self.stall:
+            self.entered.set()
+            self.go.wait(60)
+        return super().lease_many(items)
+
+
+def test_a_give_back_the_ledger_keeps_waiting_holds_up_no_call() -> None:
+    """The keeper (and a session's end) gave slices back holding the leases' lock: a ledger
+    that kept it waiting held up every budgeted call of the process, those whose slice had room
+    too (8.5 s on a locked SQLite file, 30 s on a frozen PostgreSQL server). A call now goes on
+    (without the slice going back, it asks the ledger itself), and the ledger ends exact."""
+    ledger = _Stalling()
+    rows = [A]
+    holder = _Holder()
+    giving: threading.Thread | None = None
+    try:
+        leases, refused, _ = _leases.admit(ledger, rows, 0.1, holder)
+        group = holder.group
+        assert _leases.settle_group(group, leases, 0.1, 0.1, [9.0]) == []
+        assert leases[0].room > 0.1  # a slice: the next call needs no ledger
+        ledger.stall = True
+        giving = threading.Thread(target=_leases.give_back, daemon=True)
+        giving.start()
+        assert ledger.entered.wait(30)
+        took: list[Any] = []
+        caller = threading.Thread(target=lambda: took.append(_leases.take(group, rows, 0.1, [9.0])))
+        caller.start()
+        caller.join(timeout=10)
+        assert not caller.is_alive(), "a call waits for the ledger's give-back"
+        assert took == [None]  # its slice is on its way back: admit asks the ledger
+    finally:
+        ledger.go.set()
+        if giving is not None:
+            giving.join(timeout=30)
+    assert ledger.spent(*A[:2]) == pytest.approx(0.1)
+    assert _leases._leases == {}  # nothing held: forgotten
+    leases, refused, _ = _leases.admit(ledger, rows, 0.1, holder)
+    assert refused == -1
+    _leases.give_back()
+    _leases.forget()
+
+
+def test_a_give_back_that_fails_leaves_the_slices_with_their_leases() -> None:
+    """The ledger still holds what a failed give-back sent: so do the leases, used USD too."""
+
+    class Failing(MemoryLedger):
+        fail = False
+
+        def lease_many(self, items: Any) -> Any:
+            if self.fail:
+                raise OSError("the ledger is down")
+            return super().lease_many(items)
+
+    ledger = Failing()
+    holder = _Holder()
+    try:
+        leases, _, _ = _leases.admit(ledger, [A], 0.1, holder)
+        _leases.settle_group(holder.group, leases, 0.1, 0.1, [9.0])
+        before = (leases[0].held, leases[0].used, leases[0].inflight)
+        ledger.fail = True
+        with pytest.raises(OSError):
+            _leases.give_back()
+        assert (leases[0].held, leases[0].used, leases[0].inflight) == before
+        ledger.fail = False
+        _leases.give_back()
+        assert ledger.spent(*A[:2]) == pytest.approx(0.1)
+        assert _leases._leases == {}
+    finally:
+        _leases.forget()
 
 
 def test_two_lease_groups_sharing_a_row_settle_every_call_exactly_once() -> None:

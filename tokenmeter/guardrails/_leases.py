@@ -66,6 +66,7 @@ class Lease:
         "owner",
         "settled",
         "start",
+        "syncs",
         "tight",
         "unit",
         "used",
@@ -93,6 +94,8 @@ class Lease:
         #: The active group whose calls' reservations and costs are kept in the group, not yet
         #: added here (``_fold`` adds them): every reading of this lease's figures folds it.
         self.owner: Group | None = None
+        #: Syncs begun (a give-back's figures are not taken over those of a later sync).
+        self.syncs = 0
 
     @property
     def room(self) -> float:
@@ -222,6 +225,7 @@ def _sync(ledger: Any, leases: list[Lease], need: float, *, drop: bool = False) 
         if not ok and refused < 0:
             refused = index
         lease.held, lease.used, lease.settled, lease.others = granted, 0.0, settled, others
+        lease.syncs += 1
         lease.tight = granted <= lease.inflight + max(need, 0.0) + _EPSILON
     if refused < 0 and need > 0:
         for lease in leases:
@@ -458,7 +462,15 @@ def busy() -> bool:
 
 def give_back(start: str | None = None, *, idle_for: float = 0.0) -> None:
     """Return unused slices to the ledger (calls in flight keep their reservations): all of
-    them, those of the period ``start`` (a session's id), or those unused for ``idle_for``s."""
+    them, those of the period ``start`` (a session's id), or those unused for ``idle_for``s.
+
+    The ledger is asked without ``_lock``: one that keeps it waiting (a database another
+    program holds locked, a server that stopped answering) held up every budgeted call of the
+    process meanwhile, those whose slices had room too (the keeper gives back on a thread of
+    its own). The slices leave the leases first, under the lock, so a call that needs room
+    meanwhile asks the ledger itself; a ledger that fails gives them back to the leases. The
+    ledger's rows change by what each sync says this process held, so a sync of a call made
+    meanwhile and this one add up, in either order."""
     if not _leases or busy():
         return
     now = time.monotonic()
@@ -472,8 +484,40 @@ def give_back(start: str | None = None, *, idle_for: float = 0.0) -> None:
             and now - lease.last >= idle_for
             and (lease.held > lease.inflight or lease.used > 0)
         ]
-        if chosen and ledger is not None:
-            _sync(ledger, chosen, -1.0, drop=True)
+        if not chosen or ledger is None:
+            return
+        items = []
+        sent = []
+        for lease in chosen:
+            held, used, inflight = lease.held, lease.used, lease.inflight
+            items.append(
+                (lease.key, lease.start, lease.limit, held, used, inflight, -1.0, lease.unit)
+            )
+            lease.syncs += 1
+            sent.append((lease, held - inflight, used, lease.syncs))
+            lease.held, lease.used, lease.tight = inflight, 0.0, True
+    try:
+        results = lease_all(ledger, items)
+    except BaseException:
+        with _lock:  # the ledger still holds them: so do the leases
+            for lease, spare, used, _ in sent:
+                lease.held += spare
+                lease.used += used
+        raise
+    global _generation
+    with _lock:
+        for (lease, _, _, syncs), (_, _, settled, others) in zip(sent, results, strict=True):
+            if lease.syncs == syncs:  # no sync since: its figures are the latest
+                lease.settled, lease.others = settled, others
+            key = (lease.key, lease.start)
+            if (
+                lease.held <= 0
+                and lease.inflight <= 0
+                and lease.used <= 0
+                and _leases.get(key) is lease
+            ):
+                del _leases[key]
+                _generation += 1
 
 
 def forget() -> None:
