@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -245,6 +246,50 @@ def test_a_give_back_the_ledger_keeps_waiting_holds_up_no_call() -> None:
     assert refused == -1
     _leases.give_back()
     _leases.forget()
+
+
+def test_the_keepers_give_back_waits_briefly_for_a_locked_ledger_and_keeps_the_slice(
+    tmp_path: Path,
+) -> None:
+    """The keeper returns idle slices: with ``budgets.db`` write-locked by another program it
+    waited SQLite's busy timeout (30 s), and the process's next call with room in that slice
+    waited with it (8.5 s measured). It now gives up after ``BRIEF_S``, keeps the slice, and
+    the call takes it."""
+    ledger = SQLiteLedger(tmp_path / "budgets.db")
+    holder = _Holder()
+    rows = [A]
+    other = sqlite3.connect(tmp_path / "budgets.db", isolation_level=None)
+    try:
+        leases, _, _ = _leases.admit(ledger, rows, 0.1, holder)
+        _leases.settle_group(holder.group, leases, 0.1, 0.1, [9.0])
+        room = leases[0].room
+        assert room > 0.1
+        other.execute("BEGIN EXCLUSIVE")
+        failed: list[BaseException] = []
+
+        def keeper() -> None:
+            try:
+                _leases.give_back(brief=True)
+            except Exception as exc:
+                failed.append(exc)
+
+        giving = threading.Thread(target=keeper, daemon=True)
+        giving.start()
+        giving.join(timeout=20)
+        assert not giving.is_alive(), "the keeper waits SQLite's busy timeout"
+        assert [type(exc) for exc in failed] == [sqlite3.OperationalError]
+        assert leases[0].room == room  # nothing went back: the slice is the lease's still
+        assert _leases.take(holder.group, rows, 0.1, [9.0]) is leases
+        other.execute("ROLLBACK")
+        _leases.settle_group(holder.group, leases, 0.1, 0.1, [9.0])
+        _leases.give_back(brief=True)
+        assert ledger.spent(*A[:2]) == pytest.approx(0.2)
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
+        _leases.forget()
+        ledger.close()
 
 
 def test_a_give_back_that_fails_leaves_the_slices_with_their_leases() -> None:

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tokenmeter import _pipeline
-from tokenmeter.guardrails._ledger import lease_all
+from tokenmeter.guardrails._ledger import PAUSE_S, briefly, lease_all
 
 __all__ = [
     "IDLE_S",
@@ -460,17 +460,20 @@ def busy() -> bool:
     return bool(_lock._is_owned())  # type: ignore[attr-defined]
 
 
-def give_back(start: str | None = None, *, idle_for: float = 0.0) -> None:
+def give_back(start: str | None = None, *, idle_for: float = 0.0, brief: bool = False) -> None:
     """Return unused slices to the ledger (calls in flight keep their reservations): all of
     them, those of the period ``start`` (a session's id), or those unused for ``idle_for``s.
 
     The ledger is asked without ``_lock``: one that keeps it waiting (a database another
     program holds locked, a server that stopped answering) held up every budgeted call of the
-    process meanwhile, those whose slices had room too (the keeper gives back on a thread of
-    its own). The slices leave the leases first, under the lock, so a call that needs room
-    meanwhile asks the ledger itself; a ledger that fails gives them back to the leases. The
-    ledger's rows change by what each sync says this process held, so a sync of a call made
-    meanwhile and this one add up, in either order."""
+    process meanwhile, those whose slices had room too. The slices leave the leases first,
+    under the lock, so a call that needs room meanwhile asks the ledger itself; a ledger that
+    fails gives them back to the leases. The ledger's rows change by what each sync says this
+    process held, so a sync of a call made meanwhile and this one add up, in either order.
+
+    ``brief`` (the keeper's, which can try again later): under the lock, in a transaction made
+    ``briefly``, so a call meanwhile waits at most that long and then has its slice still,
+    rather than asking a ledger that keeps it waiting."""
     if not _leases or busy():
         return
     now = time.monotonic()
@@ -485,6 +488,10 @@ def give_back(start: str | None = None, *, idle_for: float = 0.0) -> None:
             and (lease.held > lease.inflight or lease.used > 0)
         ]
         if not chosen or ledger is None:
+            return
+        if brief:
+            with briefly():
+                _sync(ledger, chosen, -1.0, drop=True)
             return
         items = []
         sent = []
@@ -541,13 +548,29 @@ def _start_keeper() -> None:
 
 
 def _keep() -> None:
-    """Give back the slices no call used for ``IDLE_S``; end when no lease is left."""
+    """Give back the slices no call used for ``IDLE_S``; end when no lease is left. A ledger
+    that fails (or keeps the give-back waiting past ``BRIEF_S``) is left alone for
+    ``PAUSE_S``, and said once until a give-back goes through (it was logged, traceback and
+    all, four times a second)."""
+    failing = False
+    retry_at = 0.0
     while True:
         time.sleep(IDLE_S / 4)
-        try:
-            give_back(idle_for=IDLE_S)
-        except Exception:
-            logger.warning("tokenmeter: returning unused budget slices failed", exc_info=True)
+        if time.monotonic() >= retry_at:
+            try:
+                give_back(idle_for=IDLE_S, brief=True)
+                failing = False
+            except Exception as exc:
+                retry_at = time.monotonic() + PAUSE_S
+                if not failing:
+                    failing = True
+                    logger.warning(
+                        "tokenmeter: returning unused budget slices failed (%s: %s); tried "
+                        "again every %g s",
+                        type(exc).__name__,
+                        exc,
+                        PAUSE_S,
+                    )
         with _lock:
             if not any(lease.held > lease.inflight for lease in _leases.values()):
                 global _keeper

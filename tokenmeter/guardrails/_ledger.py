@@ -429,11 +429,41 @@ class SQLiteLedger:
         self._local = threading.local()
 
 
+#: How long a transaction made ``briefly`` waits for the ledger (SQLite's lock, a PostgreSQL
+#: server's answer): past it, it fails, and is tried again later.
+BRIEF_S = 0.25
+_brief = threading.local()
+
+
+@contextlib.contextmanager
+def briefly() -> Iterator[None]:
+    """The ledger's transactions on this thread wait at most ``BRIEF_S`` (then fail) instead of
+    the busy timeout: for what can be done later (returning idle slices), while the leases wait
+    for it."""
+    _brief.on = True
+    try:
+        yield
+    finally:
+        _brief.on = False
+
+
+def is_brief() -> bool:
+    return bool(getattr(_brief, "on", False))
+
+
 @contextlib.contextmanager
 def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One write transaction (``BEGIN IMMEDIATE``): committed when the block ends, unless the
-    block rolled it back itself; rolled back when the block raises."""
-    conn.execute("BEGIN IMMEDIATE")
+    block rolled it back itself; rolled back when the block raises. ``briefly``: it waits for
+    another process's lock at most ``BRIEF_S``."""
+    if is_brief():
+        conn.execute(f"PRAGMA busy_timeout = {round(BRIEF_S * 1000)}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {round(BUSY_TIMEOUT_S * 1000)}")
+    else:
+        conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
     except BaseException:

@@ -269,11 +269,14 @@ class PostgresLedger:
             return self._attempt(work)
 
     def _attempt(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        from tokenmeter.guardrails._ledger import BRIEF_S, is_brief
+
+        deadline = min(self._deadline_s, BRIEF_S) if is_brief() else self._deadline_s
         for attempt in (1, 2):
             fresh = self._conn is None or self._pid != os.getpid()
             if fresh:
                 try:  # waits no longer than a transaction may (the sink's default: 10 s)
-                    self._conn = self._sink.connect(self._deadline_s)
+                    self._conn = self._sink.connect(deadline)
                 except Exception:
                     # Not asked again for a while, however fast it failed: a server refusing
                     # connections cost every call a connect (two, with its settlement).
@@ -282,7 +285,7 @@ class PostgresLedger:
                 self._pid = os.getpid()
             conn = self._conn
             assert conn is not None
-            cut = self._watch.start(conn, self._deadline_s)
+            cut = self._watch.start(conn, deadline)
             try:
                 return work(conn)
             except BaseException as exc:
@@ -292,8 +295,8 @@ class PostgresLedger:
                     self._conn = None
                     conn.close()
                     raise TimeoutError(
-                        "the PostgreSQL budget ledger did not answer within "
-                        f"{self._deadline_s:g} s (statement_timeout_s + 1)"
+                        f"the PostgreSQL budget ledger did not answer within {deadline:g} s"
+                        + ("" if deadline < self._deadline_s else " (statement_timeout_s + 1)")
                     ) from exc
                 # A table dropped while in use: a new connection makes it again (migrating).
                 dropped = isinstance(exc, psycopg.errors.UndefinedTable)
