@@ -78,6 +78,9 @@ __all__ = [
     "before_exit",
     "can_make_later",
     "catch_up",
+    "exit_time_left",
+    "exit_timeout",
+    "exiting",
     "flush",
     "flush_early_at_exit",
     "hook_termination_signals",
@@ -1259,6 +1262,21 @@ def _write_late() -> None:
 #: (pid, when exit_timeout ends): the flushes made at exit share one exit_timeout, counted from
 #: the first of them.
 _exit_deadline: tuple[int, float] = (0, 0.0)
+
+
+def exiting() -> bool:
+    """True while this process's exit flush runs (``exit_timeout``'s clock is running)."""
+    return _exit_running == os.getpid()
+
+
+def exit_timeout() -> float:
+    """The ``exit_timeout`` setting in force (seconds)."""
+    return _exit_timeout
+
+
+def exit_time_left() -> float:
+    """What is left of ``exit_timeout`` at exit (its clock starts at the first asking)."""
+    return _exit_time_left()
 
 
 def _exit_time_left() -> float:

@@ -3,7 +3,8 @@ exit (a line on stdin): it holds whatever slice of the budget it still has.
 
 Run as ``python budget_holder.py DIRECTORY LIMIT CALLS MODE`` with the FakeProvider's
 environment; MODE is ``session`` (the calls are made in a root session, which ends before the
-process waits) or ``bare`` (no session: the slice goes back only once the process is idle).
+process waits), ``bare`` (no session: the slice goes back only once the process is idle) or
+``exit`` (no session, and the slice goes back only at exit, within ``exit_timeout`` = 1 s).
 Prints ``made N`` once its calls are made.
 """
 
@@ -23,13 +24,15 @@ def main() -> None:
         directory=directory,
         sinks=["sqlite"],
         budgets=[{"name": "race", "limit_usd": limit, "period": "total"}],
+        exit_timeout=1.0 if mode == "exit" else 10.0,
     )
     tokenmeter.instrument(["openai"])
     client = openai.OpenAI(max_retries=0)
-    if mode == "session":
-        from tokenmeter.guardrails import _leases
+    from tokenmeter.guardrails import _leases
 
-        _leases.IDLE_S = 3600.0  # only the end of the session gives the slice back
+    if mode != "bare":
+        _leases.IDLE_S = 3600.0  # only the end of the session (or the exit) gives it back
+    if mode == "session":
         with tokenmeter.session("holder"):
             for _ in range(calls):
                 client.chat.completions.create(model="gpt-4o", messages=MESSAGES)

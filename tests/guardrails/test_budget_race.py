@@ -157,6 +157,30 @@ def test_a_process_gives_its_slice_back_when_its_session_ends(
     assert len(exact_fake.requests) == fit
 
 
+def test_an_exit_waits_for_a_locked_ledger_no_longer_than_exit_timeout(
+    tmp_path: Path, exact_fake: FakeProvider
+) -> None:
+    """At exit a process gives its unused slices back: with budgets.db write-locked by another
+    program it waited SQLite's busy timeout (30 s) before its exit_timeout even began. The
+    give-back now has half of exit_timeout (1 s here); the slice stays reserved."""
+    directory = tmp_path / "tm"
+    holder = hold(exact_fake, directory, limit_for(60), 3, "exit")
+    other = sqlite3.connect(directory / "budgets.db", isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        holder.stdin.write("\n")  # type: ignore[union-attr]
+        holder.stdin.flush()  # type: ignore[union-attr]
+        assert holder.wait(timeout=20) == 0, "the exit waits SQLite's busy timeout"
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert ledger_row(directory)[1] > 0  # not given back: the ledger was locked
+
+
 def test_an_idle_process_gives_its_slice_back(tmp_path: Path, exact_fake: FakeProvider) -> None:
     """Calls outside any session: the holder's slice goes back once it has been idle a while."""
     directory = tmp_path / "tm"

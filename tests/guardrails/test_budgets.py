@@ -12,9 +12,11 @@ import gc
 import logging
 import math
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import weakref
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -87,6 +89,35 @@ def test_a_budget_refuses_the_call_before_it_is_sent(
     assert blocked.error == "BudgetExceeded: daily" and blocked.session_id == job.id
     assert blocked.total_tokens == 0 and blocked.estimated
     assert job.summary.calls == 3  # a refused call is no call of the session
+
+
+def test_configure_waits_for_a_locked_ledger_no_longer_than_exit_timeout(
+    tmp_path: Path, fake: FakeProvider, instrumented: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """configure() gives the old ledger the process's unused slices: with budgets.db
+    write-locked by another program it waited SQLite's busy timeout (30 s), whatever
+    exit_timeout (its bound for the old sinks) said."""
+    from tokenmeter.guardrails import _leases
+
+    monkeypatch.setattr(_leases, "IDLE_S", 3600.0)  # the slices wait for configure()
+    configured(tmp_path, [{"name": "daily", "limit_usd": 100, "period": "day"}], exit_timeout=1)
+    for _ in range(3):
+        chat(fake)
+    other = sqlite3.connect(tmp_path / "tm" / "budgets.db", isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        replacing = threading.Thread(
+            target=tokenmeter.configure,
+            kwargs={"sinks": [InMemorySink()], "directory": tmp_path / "other"},
+            daemon=True,
+        )
+        replacing.start()
+        replacing.join(timeout=20)
+        assert not replacing.is_alive(), "configure() waits SQLite's busy timeout"
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
 
 
 def test_a_budget_whose_name_or_scope_holds_a_lone_surrogate_still_refuses(

@@ -38,7 +38,13 @@ from tokenmeter._totals import USD_CONTEXT
 from tokenmeter.guardrails import _leases, _state
 from tokenmeter.guardrails._errors import BudgetExceeded
 from tokenmeter.guardrails._estimate import estimate_input_usd, forget_prices, input_bound_usd
-from tokenmeter.guardrails._ledger import BudgetLedger, MemoryLedger, SQLiteLedger, settle_all
+from tokenmeter.guardrails._ledger import (
+    BudgetLedger,
+    MemoryLedger,
+    SQLiteLedger,
+    briefly,
+    settle_all,
+)
 from tokenmeter.pricing._overrides import short_repr
 
 __all__ = [
@@ -504,8 +510,9 @@ def configure_budgets(
         _config.tag_scoped = any(b.tag is not None for b in budgets)
         _state.armed = True
     if old is not None and old.ledger is not None:
-        try:
-            _leases.give_back()
+        try:  # waited for as configure() waits for the old sinks: up to exit_timeout
+            with briefly(_pipeline.exit_timeout()):
+                _leases.give_back()
         except Exception:
             logger.warning("tokenmeter: returning unused budget slices failed", exc_info=True)
         _leases.forget()

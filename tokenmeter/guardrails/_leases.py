@@ -580,6 +580,7 @@ def _keep() -> None:
 
 
 def _at_exit() -> None:
+    """Within ``exit_timeout`` (see ``_ledger.brief_wait``)."""
     try:
         give_back()
     except Exception:

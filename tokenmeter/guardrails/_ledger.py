@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from tokenmeter import _pipeline
 from tokenmeter.sinks._files import ensure_private_dir, file_id, still_names
 from tokenmeter.sinks.sqlite import _use_wal, held_from_fork
 
@@ -430,34 +431,42 @@ class SQLiteLedger:
 
 
 #: How long a transaction made ``briefly`` waits for the ledger (SQLite's lock, a PostgreSQL
-#: server's answer): past it, it fails, and is tried again later.
+#: server's answer) by default: past it, it fails, and is tried again later.
 BRIEF_S = 0.25
 _brief = threading.local()
 
 
 @contextlib.contextmanager
-def briefly() -> Iterator[None]:
-    """The ledger's transactions on this thread wait at most ``BRIEF_S`` (then fail) instead of
-    the busy timeout: for what can be done later (returning idle slices), while the leases wait
-    for it."""
-    _brief.on = True
+def briefly(seconds: float = BRIEF_S) -> Iterator[None]:
+    """The ledger's transactions on this thread wait at most ``seconds`` (then fail) instead
+    of the busy timeout or ``statement_timeout_s`` + 1: for what can be done later (returning
+    idle slices, while the leases wait for it), or must end in time (at exit, within
+    ``exit_timeout``)."""
+    _brief.seconds = max(0.0, seconds)
     try:
         yield
     finally:
-        _brief.on = False
+        _brief.seconds = None
 
 
-def is_brief() -> bool:
-    return bool(getattr(_brief, "on", False))
+def brief_wait() -> float | None:
+    """The bound ``briefly`` set on this thread, or None. At exit, half of what is left of
+    ``exit_timeout``: a ledger that kept the exit's give-back (or a settlement) waiting held
+    the exit for its own timeout, before ``exit_timeout`` began; the sinks get the rest."""
+    found: float | None = getattr(_brief, "seconds", None)
+    if found is None and _pipeline.exiting():
+        return _pipeline.exit_time_left() / 2
+    return found
 
 
 @contextlib.contextmanager
 def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One write transaction (``BEGIN IMMEDIATE``): committed when the block ends, unless the
     block rolled it back itself; rolled back when the block raises. ``briefly``: it waits for
-    another process's lock at most ``BRIEF_S``."""
-    if is_brief():
-        conn.execute(f"PRAGMA busy_timeout = {round(BRIEF_S * 1000)}")
+    another process's lock no longer than it says."""
+    wait = brief_wait()
+    if wait is not None:
+        conn.execute(f"PRAGMA busy_timeout = {round(min(wait, BUSY_TIMEOUT_S) * 1000)}")
         try:
             conn.execute("BEGIN IMMEDIATE")
         finally:

@@ -269,9 +269,10 @@ class PostgresLedger:
             return self._attempt(work)
 
     def _attempt(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
-        from tokenmeter.guardrails._ledger import BRIEF_S, is_brief
+        from tokenmeter.guardrails._ledger import brief_wait
 
-        deadline = min(self._deadline_s, BRIEF_S) if is_brief() else self._deadline_s
+        wait = brief_wait()
+        deadline = self._deadline_s if wait is None else min(self._deadline_s, wait)
         for attempt in (1, 2):
             fresh = self._conn is None or self._pid != os.getpid()
             if fresh:
