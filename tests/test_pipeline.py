@@ -126,6 +126,35 @@ def test_flush_is_false_while_a_sinks_own_flush_fails() -> None:
     assert [r.id for r in sink.records] == [r.id for r in made]
 
 
+def test_flush_without_a_timeout_is_released_once_a_slow_failure_outlasts_its_patience(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sink whose every attempt fails slowly (a server that takes the connection and never
+    answers: 10 s or more each) held a flush() without a timeout for five attempts (109.5 s with
+    a PostgreSQL sink). Past ``_FLUSH_PATIENCE`` (0.1 s here) with a failure since, it returns
+    False after the attempt that outlasted it; the records stay queued."""
+    monkeypatch.setattr(_pipeline, "_FLUSH_PATIENCE", 0.1, raising=False)
+
+    class SlowToFail(InMemorySink):
+        attempts = 0
+        down = True
+
+        def write(self, records: Sequence[UsageRecord]) -> None:
+            if self.down:
+                self.attempts += 1
+                time.sleep(0.3)  # longer than the patience: each attempt outlasts it
+                raise OSError("connection timeout expired")
+            super().write(records)
+
+    sink = SlowToFail()
+    tokenmeter.configure(sinks=[sink])
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert tokenmeter.flush() is False
+    assert sink.attempts < _pipeline._FLUSH_TRIES
+    sink.down = False
+    assert tokenmeter.flush(30) and len(sink.records) == 1
+
+
 def test_a_sinks_own_flush_failing_at_every_flush_is_reported_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

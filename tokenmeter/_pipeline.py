@@ -40,7 +40,8 @@ Policies (documented in docs/sinks.md):
   alone is not held back by pauses.
 - ``flush()`` waits until everything submitted before it has been offered to every sink: True when
   all of it is written (and each sink's own ``flush()`` returned). A sink that keeps failing
-  releases it after ``_FLUSH_TRIES`` attempts (False; the records stay queued and are retried).
+  releases it after ``_FLUSH_TRIES`` attempts, or once it has waited ``_FLUSH_PATIENCE`` seconds
+  and the sink failed since (False; the records stay queued and are retried).
 - Interpreter exit, an unhandled exception and SIGTERM / SIGHUP (when the application left
   Python's default disposition: a handler of its own is never replaced) flush, bounded by the
   ``exit_timeout`` setting. A termination signal that comes during that flush waits for it; in a
@@ -105,6 +106,10 @@ _ISOLATE_AFTER = 3
 _TRIES = 16
 #: Failed attempts after which a waiting ``flush()`` is released (returning False).
 _FLUSH_TRIES = 5
+#: ... or seconds it has waited for a sink that failed since: a sink whose every attempt takes
+#: long to fail (a server that takes the connection and never answers: 10 s or more each) held
+#: a ``flush()`` without a timeout for five of them (109.5 s measured).
+_FLUSH_PATIENCE = 10.0
 #: How long a stopping writer goes on trying a sink that refused its last write (see
 #: ``_Writer._last_tries``).
 _LAST_TRIES_FOR = 1.0
@@ -199,11 +204,12 @@ def start_thread(target: Callable[[], None], name: str) -> threading.Thread:
 
 
 class _FlushMarker:
-    __slots__ = ("done", "ok")
+    __slots__ = ("done", "ok", "since")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.ok = True
+        self.since = time.monotonic()
 
 
 _Item = Packed | UsageRecord | SessionInfo | _FlushMarker
@@ -455,7 +461,15 @@ class _Writer:
             self._write_pending(now)
         if not self._pending:
             self._release_markers(ok=not self._accused)
-        elif self._failures >= _FLUSH_TRIES or self._stopping:
+        elif (
+            self._failures >= _FLUSH_TRIES
+            or self._stopping
+            or (
+                self._failures
+                and self._markers
+                and time.monotonic() - self._markers[0].since >= _FLUSH_PATIENCE
+            )
+        ):
             self._release_markers(ok=False)
 
     def _bound_pending(self) -> None:
