@@ -498,3 +498,41 @@ def test_a_malformed_dsn_never_shows_its_password(
     assert "PostgresSink failed" in caplog.text
     assert "hunter2" not in caplog.text and "secret2" not in caplog.text
     assert "hunter2" not in quarantine.read_text() and "secret2" not in quarantine.read_text()
+
+
+def test_a_server_that_stops_answering_mid_write_fails_the_write_in_time(pg_dsn: str) -> None:
+    """statement_timeout is the server's: a server that stopped answering during a write (its
+    backend frozen; a failover behind a proxy that keeps the socket open) held the sink's writer,
+    and every record after, for ever. The write is now given up a second past
+    ``statement_timeout_s`` (the connection cut, the server rolls the batch back), and the next
+    write, on a new connection, stores it."""
+    import os
+    import signal
+
+    sink = PostgresSink(pg_dsn, statement_timeout_s=1)
+    sink.write([build_record(0)])
+    [(backend,)] = query(
+        pg_dsn,
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'tokenmeter' "
+        "AND datname = current_database()",
+    )
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            sink.write([build_record(1)])
+        except Exception as exc:
+            failed.append(exc)
+
+    os.kill(backend, signal.SIGSTOP)
+    try:
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        writer.join(timeout=30)
+        assert not writer.is_alive(), "the writer waits for a server that does not answer"
+    finally:
+        os.kill(backend, signal.SIGCONT)
+    assert [type(exc) for exc in failed] == [TimeoutError]
+    sink.write([build_record(1)])  # retried, as the writer does: stored once
+    assert [r.id for r in read_records(pg_dsn)] == [build_record(0).id, build_record(1).id]
+    sink.close()

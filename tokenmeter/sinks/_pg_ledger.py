@@ -322,7 +322,8 @@ class _Watchdog:
 
     _IDLE_S = 10.0
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "tokenmeter-pg-ledger-watchdog") -> None:
+        self._name = name
         self._cond = threading.Condition()
         self._pid = os.getpid()
         self._conn: Any = None
@@ -347,7 +348,7 @@ class _Watchdog:
                 from tokenmeter._pipeline import start_thread
 
                 self._running = True
-                start_thread(self._watch, "tokenmeter-pg-ledger-watchdog")
+                start_thread(self._watch, self._name)
             elif self._idle:
                 self._cond.notify()
         return cut

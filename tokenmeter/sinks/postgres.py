@@ -291,6 +291,7 @@ class PostgresSink:
         self._statement_timeout_ms = max(1, round(min(statement_timeout_s * 1000, _MAX_INT32)))
         self._conn: psycopg.Connection[Any] | None = None
         self._pid = 0
+        self._watch: Any = None  # the writer's watchdog (``_with_retry``), made at first use
         self._types: list[int] = []  # of the COPY columns, read on connecting
         self._format = _BINARY  # or "" (text) when one of those types is not the schema's
 
@@ -370,19 +371,36 @@ class PostgresSink:
             cur.executemany(_UPSERT_SESSION, rows)
 
     def _with_retry(self, work: Callable[[psycopg.Connection[Any]], None]) -> None:
+        """``work`` on the connection, once more on a new one if it was found dead. Given up a
+        second past ``statement_timeout_s``: the timeout is the server's, so a server that
+        stopped answering mid-write (frozen, or cut off behind a proxy that keeps the socket
+        open) held the writer, and every record after, for ever."""
+        if self._watch is None:
+            from tokenmeter.sinks._pg_ledger import _Watchdog
+
+            self._watch = _Watchdog("tokenmeter-pg-sink-watchdog")
+        deadline = self._statement_timeout_ms / 1000 + 1.0
         for attempt in (1, 2):
             fresh = self._conn is None or self._pid != os.getpid()
             conn = self._connection()
+            cut = self._watch.start(conn, deadline)
             try:
                 work(conn)
                 return
-            except BaseException:
+            except BaseException as exc:
+                if cut.is_set():  # the server did not answer: no second attempt
+                    self._drop_connection()
+                    raise TimeoutError(
+                        f"PostgreSQL did not answer within {deadline:g} s (statement_timeout_s + 1)"
+                    ) from exc
                 dead = conn.broken or conn.closed
                 self._drop_connection()  # a new connection next time, with an empty stage
                 if not dead or fresh or attempt == 2:
                     # The statement failed (the writer retries later), or a new connection died
                     # (the server is going away).
                     raise
+            finally:
+                self._watch.done()
             # An old connection found dead (restart, terminated, idle cut): once more on a new
             # one; the batch is idempotent, so a commit made before the break is harmless.
 
