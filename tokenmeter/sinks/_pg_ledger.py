@@ -263,6 +263,7 @@ class PostgresLedger:
             conn, self._conn = self._conn, None
             if conn is not None and self._pid == os.getpid():
                 conn.close()
+        self._watch.stop()
 
     def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
         with self._lock, self._pause:
@@ -331,6 +332,8 @@ class _Watchdog:
         self._cut = threading.Event()
         self._running = False
         self._idle = False  # the thread waits with no deadline: a start must wake it
+        self._stopping = False
+        self._thread: threading.Thread | None = None
 
     def start(self, conn: Any, seconds: float) -> threading.Event:
         """Watch ``conn`` for ``seconds``; the event is set if it was cut off."""
@@ -347,8 +350,8 @@ class _Watchdog:
             if not self._running:
                 from tokenmeter._pipeline import start_thread
 
-                self._running = True
-                start_thread(self._watch, self._name)
+                self._running, self._stopping = True, False
+                self._thread = start_thread(self._watch, self._name)
             elif self._idle:
                 self._cond.notify()
         return cut
@@ -357,11 +360,26 @@ class _Watchdog:
         with self._cond:
             self._conn = None
 
+    def stop(self) -> None:
+        """End the thread now, not ``_IDLE_S`` later: its owner is closed (a process that then
+        forks a child, or counts its threads, finds none of ours left)."""
+        with self._cond:
+            self._conn = None
+            thread = self._thread if self._running and self._pid == os.getpid() else None
+            if thread is not None:
+                self._stopping = True
+                self._cond.notify()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(1.0)
+
     def _watch(self) -> None:
         cond = self._cond
         with cond:
             while cond is self._cond:
                 if self._conn is None:
+                    if self._stopping:
+                        self._running = self._stopping = False
+                        return
                     self._idle = True
                     woken = cond.wait(self._IDLE_S)
                     self._idle = False

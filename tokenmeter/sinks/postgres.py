@@ -315,6 +315,8 @@ class PostgresSink:
     def close(self) -> None:
         if self._conn is not None:
             self._drop_connection()
+        if self._watch is not None:
+            self._watch.stop()
 
     # -- for the budget ledger and the CLI ---------------------------------------------------------
     def connect(self, timeout_s: float | None = None) -> psycopg.Connection[Any]:
