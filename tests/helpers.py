@@ -75,6 +75,24 @@ def wait_for(condition: Callable[[], bool], what: str, limit: float = 30.0) -> N
         time.sleep(0.01)
 
 
+def returns(work: Callable[[], Any], hang: str, limit: float = 60.0) -> list[Exception]:
+    """Run ``work`` on a daemon thread: the exceptions it raised, once it returned. ``limit``
+    only turns a hang (``hang`` says which) into a failure; the thread is left behind then."""
+    raised: list[Exception] = []
+
+    def run() -> None:
+        try:
+            work()
+        except Exception as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(limit)
+    assert not thread.is_alive(), hang
+    return raised
+
+
 @contextlib.contextmanager
 def held_by_another_thread(lock: Any) -> Iterator[None]:
     """``lock`` held by another thread for the block (a writer inside its work), let go after."""

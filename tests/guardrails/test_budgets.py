@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import gc
 import logging
 import math
@@ -16,7 +17,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import threading
 import weakref
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -25,7 +25,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from helpers import one_line_value_error
+from helpers import one_line_value_error, returns
 
 import tokenmeter
 from tokenmeter import BudgetExceeded
@@ -106,14 +106,10 @@ def test_configure_waits_for_a_locked_ledger_no_longer_than_exit_timeout(
     other = sqlite3.connect(tmp_path / "tm" / "budgets.db", isolation_level=None)
     try:
         other.execute("BEGIN EXCLUSIVE")
-        replacing = threading.Thread(
-            target=tokenmeter.configure,
-            kwargs={"sinks": [InMemorySink()], "directory": tmp_path / "other"},
-            daemon=True,
+        replace = functools.partial(
+            tokenmeter.configure, sinks=[InMemorySink()], directory=tmp_path / "other"
         )
-        replacing.start()
-        replacing.join(timeout=20)
-        assert not replacing.is_alive(), "configure() waits SQLite's busy timeout"
+        assert returns(replace, "configure() waits SQLite's busy timeout", 20) == []
     finally:
         if other.in_transaction:
             other.execute("ROLLBACK")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import check_lease_protocol
+from helpers import check_lease_protocol, returns
 
 from tokenmeter.guardrails import _leases
 from tokenmeter.guardrails._ledger import LEASE_CAP, MemoryLedger, SQLiteLedger, grant_of
@@ -265,18 +265,9 @@ def test_the_keepers_give_back_waits_briefly_for_a_locked_ledger_and_keeps_the_s
         room = leases[0].room
         assert room > 0.1
         other.execute("BEGIN EXCLUSIVE")
-        failed: list[BaseException] = []
-
-        def keeper() -> None:
-            try:
-                _leases.give_back(brief=True)
-            except Exception as exc:
-                failed.append(exc)
-
-        giving = threading.Thread(target=keeper, daemon=True)
-        giving.start()
-        giving.join(timeout=20)
-        assert not giving.is_alive(), "the keeper waits SQLite's busy timeout"
+        failed = returns(
+            lambda: _leases.give_back(brief=True), "the keeper waits SQLite's busy timeout", 20
+        )
         assert [type(exc) for exc in failed] == [sqlite3.OperationalError]
         assert leases[0].room == room  # nothing went back: the slice is the lease's still
         assert _leases.take(holder.group, rows, 0.1, [9.0]) is leases

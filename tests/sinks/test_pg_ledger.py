@@ -3,6 +3,7 @@ real server: semantics, processes racing one budget, and a killed connection."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -17,7 +18,7 @@ import pytest
 
 pytest.importorskip("psycopg", reason="psycopg is not installed (tokenmeter[postgres])")
 
-from helpers import check_lease_protocol
+from helpers import check_lease_protocol, returns
 
 from tokenmeter.sinks.postgres import PostgresSink
 
@@ -249,21 +250,12 @@ def test_a_stalled_server_fails_the_ledger_in_time_and_pauses_it(pg_dsn: str) ->
             "SELECT pid FROM pg_stat_activity WHERE application_name = 'tokenmeter' "
             "AND datname = current_database()"
         ).fetchall()
-    failed: list[BaseException] = []
-
-    def reserve() -> None:
-        try:
-            ledger.reserve("k", DAY, 10.0, 1.0)
-        except Exception as exc:
-            failed.append(exc)
-
+    failed: list[Exception] = []
+    reserve = functools.partial(ledger.reserve, "k", DAY, 10.0, 1.0)
     os.kill(backend, signal.SIGSTOP)
     try:
         for _ in range(2):  # the second is not sent at all: the ledger is paused
-            caller = threading.Thread(target=reserve)
-            caller.start()
-            caller.join(timeout=30)
-            assert not caller.is_alive(), "the ledger waits for a server that does not answer"
+            failed += returns(reserve, "the ledger waits for a server that does not answer", 30)
     finally:
         os.kill(backend, signal.SIGCONT)
     assert [type(exc) for exc in failed] == [TimeoutError, TimeoutError]
@@ -286,18 +278,8 @@ def test_a_server_that_never_answers_a_connection_holds_a_call_no_longer_than_a_
             statement_timeout_s=1,
         )
         ledger = sink.budget_ledger()
-        failed: list[BaseException] = []
-
-        def reserve() -> None:
-            try:
-                ledger.reserve("k", DAY, 10.0, 1.0)
-            except Exception as exc:
-                failed.append(exc)
-
-        caller = threading.Thread(target=reserve, daemon=True)
-        caller.start()
-        caller.join(timeout=60)
-        assert not caller.is_alive(), "the ledger waits the sink's connect_timeout_s"
+        reserve = functools.partial(ledger.reserve, "k", DAY, 10.0, 1.0)
+        failed = returns(reserve, "the ledger waits the sink's connect_timeout_s")
     assert len(failed) == 1
     with pytest.raises(TimeoutError, match="not asked again"):
         ledger.reserve("k", DAY, 10.0, 1.0)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import START, build_record, record_from_row
+from helpers import returns
 from pg_server import PgServer
 
 import tokenmeter
@@ -516,20 +517,11 @@ def test_a_server_that_stops_answering_mid_write_fails_the_write_in_time(pg_dsn:
         "SELECT pid FROM pg_stat_activity WHERE application_name = 'tokenmeter' "
         "AND datname = current_database()",
     )
-    failed: list[BaseException] = []
-
-    def write() -> None:
-        try:
-            sink.write([build_record(1)])
-        except Exception as exc:
-            failed.append(exc)
-
     os.kill(backend, signal.SIGSTOP)
     try:
-        writer = threading.Thread(target=write, daemon=True)
-        writer.start()
-        writer.join(timeout=30)
-        assert not writer.is_alive(), "the writer waits for a server that does not answer"
+        failed = returns(
+            lambda: sink.write([build_record(1)]), "the writer waits for a server not answering", 30
+        )
     finally:
         os.kill(backend, signal.SIGCONT)
     assert [type(exc) for exc in failed] == [TimeoutError]
