@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("psycopg", reason="psycopg is not installed (tokenmeter[postgres])")
 
-from helpers import check_lease_protocol, returns
+from helpers import check_lease_protocol, held_by_another_thread, returns
 
 from tokenmeter.sinks.postgres import PostgresSink
 
@@ -283,6 +283,23 @@ def test_a_server_that_never_answers_a_connection_holds_a_call_no_longer_than_a_
     assert len(failed) == 1
     with pytest.raises(TimeoutError, match="not asked again"):
         ledger.reserve("k", DAY, 10.0, 1.0)
+
+
+def test_a_brief_transaction_does_not_wait_behind_another_threads() -> None:
+    """The keeper's give-back (``briefly``) holds the leases' lock: behind another thread's
+    transaction with a server that stopped answering, it waited that one's whole deadline, and
+    every budgeted call with it."""
+    from tokenmeter.guardrails._ledger import briefly
+
+    ledger = PostgresSink("postgresql://nobody@127.0.0.1:9/db").budget_ledger()
+
+    def reserve_briefly() -> None:
+        with briefly(0.05):
+            ledger.reserve("k", DAY, 10.0, 1.0)
+
+    with held_by_another_thread(ledger._lock):  # type: ignore[attr-defined]
+        failed = returns(reserve_briefly, "it waits for the lock", 20)
+    assert [type(exc) for exc in failed] == [TimeoutError] and "busy" in str(failed[0])
 
 
 def test_a_server_refusing_connections_is_not_asked_again_at_every_call() -> None:

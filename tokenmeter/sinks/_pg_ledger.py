@@ -266,8 +266,16 @@ class PostgresLedger:
         self._watch.stop()
 
     def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
-        with self._lock, self._pause:
-            return self._attempt(work)
+        from tokenmeter.guardrails._ledger import brief_wait
+
+        wait = brief_wait()  # ``briefly``: not behind another thread's transaction either
+        if not self._lock.acquire(timeout=-1 if wait is None else wait):
+            raise TimeoutError(f"the PostgreSQL budget ledger was busy for {wait:g} s")
+        try:
+            with self._pause:
+                return self._attempt(work)
+        finally:
+            self._lock.release()
 
     def _attempt(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
         from tokenmeter.guardrails._ledger import brief_wait
