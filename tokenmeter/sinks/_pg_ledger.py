@@ -121,7 +121,7 @@ class PostgresLedger:
         #: Rows known to exist (a lease updates its row; the first one makes it).
         self._rows: set[tuple[str, str]] = set()
         #: How long a transaction may wait for the server: past the server's own timeout.
-        self._deadline_s = sink._statement_timeout_ms / 1000 + 1.0
+        self._deadline_s: float = sink._deadline_s
         self._watch = _Watchdog()
         from tokenmeter.guardrails._ledger import Pause
 
@@ -273,14 +273,11 @@ class PostgresLedger:
             raise TimeoutError(f"the PostgreSQL budget ledger was busy for {wait:g} s")
         try:
             with self._pause:
-                return self._attempt(work)
+                return self._attempt(work, wait)
         finally:
             self._lock.release()
 
-    def _attempt(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
-        from tokenmeter.guardrails._ledger import brief_wait
-
-        wait = brief_wait()
+    def _attempt(self, work: Callable[[psycopg.Connection[Any]], T], wait: float | None) -> T:
         deadline = self._deadline_s if wait is None else min(self._deadline_s, wait)
         for attempt in (1, 2):
             fresh = self._conn is None or self._pid != os.getpid()

@@ -289,6 +289,8 @@ class PostgresSink:
         # Both are 32-bit integers to libpq and the server, which refuses a larger timeout.
         self._connect_timeout = max(1, round(min(connect_timeout_s, _MAX_INT32)))
         self._statement_timeout_ms = max(1, round(min(statement_timeout_s * 1000, _MAX_INT32)))
+        #: How long a write or a ledger transaction may wait for the server: past its own timeout.
+        self._deadline_s = self._statement_timeout_ms / 1000 + 1.0
         self._conn: psycopg.Connection[Any] | None = None
         self._pid = 0
         self._watch: Any = None  # the writer's watchdog (``_with_retry``), made at first use
@@ -381,7 +383,7 @@ class PostgresSink:
             from tokenmeter.sinks._pg_ledger import _Watchdog
 
             self._watch = _Watchdog("tokenmeter-pg-sink-watchdog")
-        deadline = self._statement_timeout_ms / 1000 + 1.0
+        deadline = self._deadline_s
         for attempt in (1, 2):
             fresh = self._conn is None or self._pid != os.getpid()
             conn = self._connection()
