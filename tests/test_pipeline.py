@@ -1807,6 +1807,39 @@ def test_exit_says_whether_a_sink_failed_or_ran_out_of_time(
     assert ("within" in done.stderr) == (how != "failing")
 
 
+HUNG_BESIDE_HEALTHY = """
+import sys, threading, tokenmeter
+from tokenmeter.sinks import InMemorySink
+
+class Hung(InMemorySink):
+    def write(self, records):
+        threading.Event().wait()
+
+class Closing(InMemorySink):
+    def close(self):
+        print("closed", len(self.records), flush=True)
+
+tokenmeter.configure(sinks=[Hung(), Closing(), "jsonl"], exit_timeout=1)
+for _ in range(20):
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+"""
+
+
+def test_a_hung_sink_at_exit_is_the_only_one_named_and_the_others_are_closed(
+    tmp_path: Path,
+) -> None:
+    """The exit woke the writers one after another, each after the one before it had ended or
+    used up what was left of exit_timeout: behind a hung sink, the healthy ones were woken
+    with nothing left, cut off before closing their sinks, and named as not having accepted
+    their records, which they had."""
+    env = {**os.environ, "TOKENMETER_DIR": str(tmp_path / "m")}
+    done = run_python("-c", HUNG_BESIDE_HEALTHY, env=env, cwd=tmp_path)
+    assert "sinks Hung did not accept every record at exit" in done.stderr
+    assert "Closing" not in done.stderr and "JSONLSink" not in done.stderr
+    assert done.stdout.split() == ["closed", "20"]
+    assert len((tmp_path / "m" / "usage.jsonl").read_text().splitlines()) == 20
+
+
 def test_a_sink_object_named_twice_gets_every_record_once() -> None:
     """configure(sinks=[mine, mine]) (or a sink attached by ``tokenmeter run`` and named again)
     made two writers for one object: every record written twice, by two threads at once."""

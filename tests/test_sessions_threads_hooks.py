@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -225,6 +226,92 @@ def test_a_failing_hook_is_logged_not_raised(
         raise KeyError("the app's own error still propagates")
     assert s.status == "failed"
     assert any("session-end hook failed" in r.getMessage() for r in caplog.records)
+
+
+def test_a_hook_failing_every_time_is_logged_once_until_it_succeeds(
+    sink: InMemorySink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A global hook that failed for every session logged a traceback each time (800 in a run
+    of 800 sessions)."""
+    failing = [True]
+
+    def flaky(session: Session) -> None:
+        if failing[0]:
+            raise RuntimeError("hook bug")
+
+    tokenmeter.configure(on_session_end=flaky)
+
+    def failures() -> int:
+        return sum("session-end hook failed" in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level(logging.ERROR, logger="tokenmeter"):
+        for _ in range(5):
+            with tokenmeter.session("s"):
+                pass
+        assert failures() == 1
+        failing[0] = False
+        with tokenmeter.session("s"):
+            pass
+        failing[0] = True
+        with tokenmeter.session("s"):
+            pass
+        assert failures() == 2  # failing again after it succeeded
+
+
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit, GeneratorExit])
+def test_a_hook_raising_a_base_exception_runs_the_other_hooks_first(
+    sink: InMemorySink, raised: type[BaseException]
+) -> None:
+    """A KeyboardInterrupt may be a Ctrl-C, so it reaches the application; but the session's
+    other hooks and the global ones did not run at all."""
+    ran: list[str] = []
+
+    def interrupted(session: Session) -> None:
+        ran.append("first")
+        raise raised()
+
+    tokenmeter.configure(on_session_end=lambda session: ran.append("global"))
+    hooks = [interrupted, lambda session: ran.append("second")]
+    with pytest.raises(raised), tokenmeter.session("s", on_end=hooks):
+        pass
+    assert ran == ["first", "second", "global"]
+
+
+AT_EXIT_HOOK = """
+import sys, threading, time
+import tokenmeter
+how = sys.argv[1]
+
+class Mine(BaseException):
+    pass
+
+def hook(session):
+    if how == "hang":
+        threading.Event().wait()
+    raise {"interrupt": KeyboardInterrupt, "exit": SystemExit, "own": Mine}[how]()
+
+tokenmeter.configure(sinks=["sqlite", "jsonl"], on_session_end=hook, exit_timeout=2)
+for _ in range(50):
+    tokenmeter.record("openai", "gpt-4o", 1000, 500)
+print(time.monotonic(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["interrupt", "exit", "own", "hang"])
+def test_a_session_end_hook_that_raises_or_hangs_at_exit_loses_no_record(
+    tmp_path: Path, how: str
+) -> None:
+    """The implicit session's hooks run at exit. One raising a BaseException (KeyboardInterrupt,
+    SystemExit, its own) stopped the exit there: none of the 50 records was written. One that
+    hung held the exit for ever (exit_timeout=2): the exit gives its hooks half of exit_timeout."""
+    env = {**os.environ, "TOKENMETER_DIR": str(tmp_path / "m")}
+    done = run_python("-c", AT_EXIT_HOOK, how, env=env, cwd=tmp_path)
+    with contextlib.closing(sqlite3.connect(tmp_path / "m" / "usage.db")) as db:
+        assert db.execute("SELECT count(*) FROM records").fetchone() == (50,)
+        assert db.execute("SELECT status FROM sessions").fetchall() == [("completed",)]
+    assert len((tmp_path / "m" / "usage.jsonl").read_text().splitlines()) == 50
+    said = "did not finish within 1.0 s" if how == "hang" else "an exit hook failed"
+    assert said in done.stderr
 
 
 def test_bad_hooks_are_a_value_error() -> None:

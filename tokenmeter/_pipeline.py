@@ -378,11 +378,15 @@ class _Writer:
 
     def stop(self, timeout: float | None) -> None:
         """Write what is buffered, close the sink, end the thread."""
+        self.ask_to_stop()
+        if threading.current_thread() is not self._thread:  # else it ends once its write returns
+            self._thread.join(timeout)
+
+    def ask_to_stop(self) -> None:
+        """Have the writer write what is buffered, close the sink and end, without waiting."""
         self._stopping = True
         self._urgent = True
         self._wake.set()
-        if threading.current_thread() is not self._thread:  # else it ends once its write returns
-            self._thread.join(timeout)
 
     # -- writer thread -----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -899,11 +903,21 @@ def _report_unflushed(failed: list[str], timed_out: list[str], what: str) -> Non
         )
 
 
+#: The least time writers asked to stop together get to end, even when a hung one used up the
+#: timeout: the others, woken at the same moment, close their sinks meanwhile.
+_STOP_GRACE = 0.1
+
+
 def _stop_writers(writers: Sequence[_Writer], timeout: float | None) -> None:
-    """Write what is buffered, close the sinks and end the writers (all within timeout)."""
-    deadline = None if timeout is None else time.monotonic() + timeout
+    """Write what is buffered, close the sinks and end the writers (all within timeout).
+
+    Every writer is woken first, then waited for: a hung sink's writer does not keep the others
+    asleep until it has used up the timeout (they were then cut off before closing their sinks,
+    and reported as not having accepted their records at exit)."""
+    start = time.monotonic()
+    deadline = None if timeout is None else start + max(timeout, _STOP_GRACE)
     for writer in writers:
-        writer._stopping = True
+        writer.ask_to_stop()
     for writer in writers:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         writer.stop(left)
@@ -1223,11 +1237,7 @@ def _at_exit() -> None:
 
 def _flush_at_exit() -> None:
     catch_up()  # before the hooks: the implicit session's end needs every record made
-    for hook in list(_before_exit):
-        try:
-            hook()
-        except Exception:
-            logger.exception("tokenmeter: an exit hook failed")
+    _run_exit_hooks()
     catch_up()  # the open streams the hooks recorded
     writers = _writers()
     failed, timed_out = _unflushed(writers, _exit_time_left())
@@ -1240,6 +1250,37 @@ def _flush_at_exit() -> None:
     timed_out += [name for name in late if name not in timed_out]
     failed = [name for name in failed if name not in timed_out]
     _report_unflushed(failed, timed_out, "every record at exit")
+
+
+def _run_exit_hooks() -> None:
+    """Run the hooks of ``before_exit`` (the implicit session's end and its session-end hooks,
+    the budget slices given back, the open streams), within half of what is left of
+    ``exit_timeout``: the sinks' flush gets the rest. Each hook's failure is logged, whatever it
+    raised: a user hook's KeyboardInterrupt or SystemExit stopped the exit there, and every
+    queued record was lost; a user hook (or budget ledger) that hung held the exit for ever.
+    They run on a thread of their own for that bound. Where no thread can start (CPython 3.12's
+    first releases, in an atexit hook) they run here, unbounded."""
+
+    def run_hooks() -> None:
+        for hook in list(_before_exit):
+            try:
+                hook()
+            except BaseException:  # the records are flushed all the same
+                logger.exception("tokenmeter: an exit hook failed")
+
+    try:
+        thread = start_thread(run_hooks, "tokenmeter-exit-hooks")
+    except RuntimeError:  # can't create new thread at interpreter shutdown
+        run_hooks()
+        return
+    limit = _exit_time_left() / 2
+    thread.join(limit)
+    if thread.is_alive():
+        logger.error(
+            "tokenmeter: the exit hooks (session-end hooks, budget slices given back) did not "
+            "finish within %.1f s, half of exit_timeout; the records are flushed without them",
+            limit,
+        )
 
 
 def _write_late() -> None:

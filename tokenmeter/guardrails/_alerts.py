@@ -30,13 +30,14 @@ from typing import Any
 
 from tokenmeter import _pipeline
 from tokenmeter._models import SessionInfo, UsageRecord
-from tokenmeter.guardrails._hooks import not_awaited
+from tokenmeter.guardrails._hooks import FailureLog, not_awaited
 from tokenmeter.pricing._overrides import short_repr
 from tokenmeter.sinks._files import append_line
 
 __all__ = ["RULES", "Alert", "AlertRule", "AlertSink", "parse_alert_rules", "post"]
 
 logger = logging.getLogger("tokenmeter")
+_callback_failures = FailureLog("an on_alert callback")
 
 RULES = ("call_tokens", "call_cost", "session_cost", "spend_rate")
 _FIELDS = ("rule", "multiplier", "threshold", "warmup", "window", "cooldown_s")
@@ -481,7 +482,9 @@ class AlertSink:
                     try:
                         not_awaited(callback(alert), "an on_alert callback")
                     except BaseException:  # on a writer thread: SystemExit there ends nothing
-                        logger.exception("tokenmeter: an on_alert callback failed")
+                        _callback_failures.failed(callback)
+                    else:
+                        _callback_failures.succeeded(callback)
             finally:
                 _in_callback.reset(token)
 

@@ -28,7 +28,7 @@ from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.pricing._overrides import short_repr
 from tokenmeter.sinks._files import append_line
 
-__all__ = ["StateFileSink", "check_not_async", "run_end_hooks", "state_line"]
+__all__ = ["FailureLog", "StateFileSink", "check_not_async", "run_end_hooks", "state_line"]
 
 logger = logging.getLogger("tokenmeter")
 
@@ -66,19 +66,66 @@ def not_awaited(result: object, what: str) -> None:
         )
 
 
+class FailureLog:
+    """Reports a user callback's failure once, until it succeeds again: a hook or an alert
+    callback that fails every time logged a traceback per session or alert (800 in a run of
+    800 calls). Its later failures are logged at debug level."""
+
+    #: Callbacks remembered as failing; past this many, the memory starts again (bounded).
+    _MAX = 1_000
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        #: The failing callbacks by id, held so that no new callback takes a failing one's id.
+        self._failing: dict[int, object] = {}
+
+    def failed(self, callback: object, about: str = "") -> None:
+        """Log the exception being handled, with its traceback the first time in a row."""
+        key = id(callback)
+        if key in self._failing:
+            logger.debug("tokenmeter: %s failed again%s", self.what, about, exc_info=True)
+            return
+        if len(self._failing) >= self._MAX:
+            self._failing.clear()
+        self._failing[key] = callback
+        logger.exception(
+            "tokenmeter: %s failed%s (logged once until it succeeds again)", self.what, about
+        )
+
+    def succeeded(self, callback: object) -> None:
+        if self._failing:
+            self._failing.pop(id(callback), None)
+
+
+_hook_failures = FailureLog("a session-end hook")
+
+
 def run_end_hooks(session: Any, own: Sequence[Callable[[Any], object]]) -> None:
+    """Run a session's hooks, then the global ones, each once, whatever the others do.
+
+    A hook that raises an Exception is logged (``FailureLog``), never raised. A BaseException
+    (KeyboardInterrupt, SystemExit: perhaps a Ctrl-C, or a signal handler's) is raised once the
+    other hooks have run: on the application's thread it is the application's.
+    """
     hooks = own if _in_hooks.get() else (*own, *global_hooks)
     if not hooks:
         return
+    interrupted: BaseException | None = None
     token = _in_hooks.set(True)
     try:
         for hook in hooks:
             try:
                 not_awaited(hook(session), "a session-end hook")
             except Exception:
-                logger.exception("tokenmeter: a session-end hook failed (session %s)", session.id)
+                _hook_failures.failed(hook, f" (session {session.id})")
+            except BaseException as exc:
+                interrupted = interrupted or exc
+            else:
+                _hook_failures.succeeded(hook)
     finally:
         _in_hooks.reset(token)
+    if interrupted is not None:
+        raise interrupted
 
 
 def _date(moment: datetime) -> str:
