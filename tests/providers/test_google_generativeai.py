@@ -618,6 +618,29 @@ def test_usage_fields_the_sdks_proto_lacks_are_read_over_grpc(
     assert record.estimated_cost_usd == Decimal("0.0058")  # $0.005 + $0.0003 + 200 x $2.50/M
 
 
+@pytest.mark.parametrize(
+    ("field", "sent"),
+    [(10, 2**31 + 5), (8, 2**31 + 5), (10, 2**32 - 5), (10, 2**64 - 5)],
+)
+@pytest.mark.usefixtures("instrumented")
+def test_a_count_the_proto_lacks_is_read_as_an_int32_as_the_sdk_reads_its_own(
+    api_usage: tuple[str, dict[str, Any]], sink: InMemorySink, field: int, sent: int
+) -> None:
+    """Thoughts (10) or the tool-use prompt (8) sent as a varint beyond 32 bits were read whole:
+    2**31 + 5 thoughts was an "ok" record of two billion reasoning tokens at $5,368.71. As
+    an int32 (what the SDK makes of the same bytes in a field it knows) it is negative: the
+    usage is unreadable, its cost unknown."""
+    address, usage = api_usage
+    usage.update(prompt=1000, candidates=100, total=1150, beyond=_wire(field, sent))
+    _sync_model(address, "gemini-2.5-flash").generate_content("hi")
+    record = only(flushed(sink))
+    assert (record.status, record.error, record.estimated_cost_usd) == (
+        "error",
+        "UnreadableUsage",
+        None,
+    )
+
+
 @pytest.fixture
 def grounded_address() -> Iterator[str]:
     """GenerateContent and StreamGenerateContent (3 chunks) answering with Grounding with Google

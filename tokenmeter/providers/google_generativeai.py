@@ -200,8 +200,11 @@ def _varint(data: bytes, at: int) -> tuple[int, int]:
 
 
 def _int32(value: int) -> int:
-    """An int32 varint: a negative one is sent as its 64-bit two's complement."""
-    return value - (1 << 64) if value >= 1 << 63 else value
+    """An int32 varint as protobuf reads it: its low 32 bits, signed (a negative one is sent as
+    its 64-bit two's complement). The SDK reads its own fields so: 2**31 + 5 is -2147483643, an
+    unreadable count, where the whole varint was a count of two billion tokens at $5,368."""
+    value &= 0xFFFF_FFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 def _search_queries(response: Any) -> int:
