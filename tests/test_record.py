@@ -507,6 +507,26 @@ def test_record_audio_modalities_fill_the_audio_counts(sink: InMemorySink) -> No
     assert rec.estimated_cost_usd > plain.estimated_cost_usd  # audio is dearer than text
 
 
+def test_record_modalities_adding_up_beyond_their_total_are_a_value_error(
+    sink: InMemorySink,
+) -> None:
+    """Each count by modality is a part of its total: 1000 text and 1000 audio tokens of an
+    input of 1000 were recorded, all priced as audio and the text at nothing."""
+    with pytest.raises(ValueError, match=r"^modalities: .*\(2000\) .* input \(1000\)$"):
+        tokenmeter.record(
+            "google",
+            "gemini-2.5-flash",
+            1000,
+            100,
+            modalities={"input_text": 1000, "input_audio": 1000},
+        )
+    assert tokenmeter.flush(5) and not sink.records
+    fits = tokenmeter.record(
+        "google", "gemini-2.5-flash", 1000, 100, modalities={"input_text": 600, "input_audio": 400}
+    )
+    assert fits.modalities == {"input_text": 600, "input_audio": 400}
+
+
 def test_record_prices_server_tool_requests(sink: InMemorySink) -> None:
     rec = tokenmeter.record(
         "anthropic",

@@ -267,6 +267,24 @@ def _check_parts(name: str, parts: Any, known: frozenset[str]) -> None:
             raise ValueError(f"{name}[{key!r}] must be a whole number of at most {MAX_TOKENS}")
 
 
+def modalities_over_total(
+    modalities: dict[str, int], input_tokens: int, output_tokens: int, cache_read_tokens: int
+) -> str | None:
+    """What is wrong when the counts by modality of a side add up to more than its total (each
+    is a part of it: ``input_text`` 1000 and ``input_audio`` 1000 of an input of 1000 priced it
+    all as audio and the text at nothing), else None. Citation tokens are billed beside the
+    output, not inside it."""
+    totals = {"input": input_tokens, "output": output_tokens, "cache_read": cache_read_tokens}
+    sums = dict.fromkeys(totals, 0)
+    for key, value in modalities.items():
+        if key != "output_citation":
+            sums[key.rpartition("_")[0]] += value
+    for side, total in totals.items():
+        if sums[side] > total:
+            return f"its counts by modality ({sums[side]}) are more than its {side} ({total})"
+    return None
+
+
 def usage_of(
     input_tokens: int,
     output_tokens: int,

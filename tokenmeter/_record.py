@@ -38,6 +38,7 @@ from tokenmeter._models import (
     as_int,
     clean_text,
     first_error,
+    modalities_over_total,
     trusted,
     usage_of,
 )
@@ -401,7 +402,7 @@ def _with_parts(
     counts also fill the audio fields, as the usage readers of intercepted calls do."""
     by_modality = _parts("modalities", modalities, MODALITY_KEYS)
     tools = _parts("tool_requests", tool_requests, TOOL_REQUEST_KEYS)
-    return usage_of(
+    parted = usage_of(  # each part within its total, or a ValueError naming that part
         usage.input_tokens,
         usage.output_tokens,
         cache_read_tokens=usage.cache_read_tokens,
@@ -412,6 +413,12 @@ def _with_parts(
         modalities=by_modality or None,
         tool_requests=tools or None,
     )
+    wrong = by_modality and modalities_over_total(
+        by_modality, usage.input_tokens, usage.output_tokens, usage.cache_read_tokens
+    )
+    if wrong:
+        raise ValueError(f"modalities: {wrong}")
+    return parted
 
 
 def record(
@@ -437,10 +444,11 @@ def record(
     tool requests have their own rates, so a call that had them is only priced right when they
     are given: ``modalities`` splits the counts by modality (``{"output_image": 1290}``; keys
     ``input_*``, ``output_*``, ``cache_read_*`` for text/image/audio/video/document, each a part
-    of its total) and ``tool_requests`` counts billed server-side tool requests
-    (``{"web_search": 2}``; keys web_search, web_fetch, file_search, code_execution), both
-    priced as for an intercepted call. A count may be any integer type (numpy's ``int64`` from a
-    sum over a frame). Bad input raises ValueError naming the field; nothing is written then.
+    of its total, a side's parts together no more than it) and ``tool_requests`` counts billed
+    server-side tool requests (``{"web_search": 2}``; keys web_search, web_fetch, file_search,
+    code_execution), both priced as for an intercepted call. A count may be any integer type
+    (numpy's ``int64`` from a sum over a frame). Bad input raises ValueError naming the field;
+    nothing is written then.
     """
     provider = _text("provider", provider).lower()
     model = _text("model", model)

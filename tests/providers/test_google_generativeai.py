@@ -641,6 +641,24 @@ def test_a_count_the_proto_lacks_is_read_as_an_int32_as_the_sdk_reads_its_own(
     )
 
 
+@pytest.mark.usefixtures("instrumented")
+def test_counts_by_modality_beyond_their_total_over_grpc_are_unreadable(
+    api_usage: tuple[str, dict[str, Any]], sink: InMemorySink
+) -> None:
+    """TEXT 1000 and AUDIO 1000 in the details of a 1000-token prompt: recorded "ok", all of it
+    priced as audio ($0.00125 for gemini-2.5-flash's $0.00055 of text) and the text at nothing."""
+    address, usage = api_usage
+    over = _modality(5, 1, 1000) + _modality(5, 4, 1000)
+    usage.update(prompt=1000, candidates=100, total=1100, beyond=over)
+    _sync_model(address, "gemini-2.5-flash").generate_content("hi")
+    record = only(flushed(sink))
+    assert (record.status, record.error, record.estimated_cost_usd) == (
+        "error",
+        "UnreadableUsage",
+        None,
+    )
+
+
 @pytest.fixture
 def grounded_address() -> Iterator[str]:
     """GenerateContent and StreamGenerateContent (3 chunks) answering with Grounding with Google

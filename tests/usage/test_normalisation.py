@@ -507,6 +507,43 @@ def test_gemini_modalities_unknown_ones_skipped_and_none_beyond_the_totals() -> 
     assert found.usage.output_audio_tokens == 5
 
 
+@pytest.mark.parametrize(
+    ("side", "details"),
+    [
+        ("input", {"promptTokensDetails": [("TEXT", 1000), ("AUDIO", 1000)]}),
+        ("output", {"candidatesTokensDetails": [("TEXT", 100), ("IMAGE", 60)]}),
+        ("cache_read", {"cacheTokensDetails": [("TEXT", 400), ("AUDIO", 400)]}),
+    ],
+)
+def test_gemini_modalities_adding_up_beyond_their_total_are_unreadable(
+    side: str, details: dict[str, list[tuple[str, int]]]
+) -> None:
+    """Each count by modality was cut to its total, never their sum: TEXT 1000 and AUDIO 1000 of
+    a 1000-token prompt priced all of it as audio and the text at nothing."""
+    meta: dict[str, Any] = {
+        "promptTokenCount": 1000,
+        "cachedContentTokenCount": 500,
+        "candidatesTokenCount": 100,
+        "totalTokenCount": 1100,
+    }
+    for name, entries in details.items():
+        meta[name] = [{"modality": m, "tokenCount": n} for m, n in entries]
+    with pytest.raises(ValueError, match=f"counts by modality .* more than its {side}"):
+        extract({"candidates": [], "usageMetadata": meta})
+    fitting = {**meta, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 1000}]}
+    found = extract({"candidates": [], "usageMetadata": {**fitting, **_one_each(details)}})
+    assert found is not None and found.usage.input_tokens == 1000
+
+
+def _one_each(details: dict[str, list[tuple[str, int]]]) -> dict[str, Any]:
+    """``details`` with only the first entry of each list: parts that fit their totals."""
+    return {
+        name: [{"modality": m, "tokenCount": n} for m, n in entries[:1]]
+        for name, entries in details.items()
+        if name != "promptTokensDetails"
+    }
+
+
 def test_gemini_modality_details_that_are_not_a_list_are_a_value_error() -> None:
     meta = {"promptTokenCount": 10, "promptTokensDetails": "TEXT"}
     with pytest.raises(ValueError, match="prompt_tokens_details"):

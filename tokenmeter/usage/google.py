@@ -6,7 +6,8 @@ input = prompt + tool_use_prompt, output = candidates + thoughts. The legacy SDK
 thoughts field while ``total_token_count`` still counts it: whatever the total holds beyond
 input + output is hidden thinking, added to output (and to reasoning). Without a prompt count
 that excess cannot be told from the prompt: such usage is unreadable, as is a cached count above
-the prompt's.
+the prompt's, or counts by modality adding up to more than their total. A total below the parts is
+not used (the parts are billed), as OpenAI's totals are not.
 
 Billed beside the tokens: Grounding with Google Search, per search query the model ran (its
 ``groundingMetadata`` lists them) from Gemini 3 on, per grounded prompt (an answer that ran any)
@@ -18,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tokenmeter._models import Usage, short_repr, usage_of
+from tokenmeter._models import Usage, modalities_over_total, short_repr, usage_of
 from tokenmeter.usage._read import _SCALARS, Get, counts, getter, ident
 from tokenmeter.usage._types import Extracted
 
@@ -69,6 +70,9 @@ def usage_from_gemini(meta: Any) -> Usage:
         details = get(name)
         if details:
             _add_modalities(modalities, details, side, limit, name)
+    wrong = modalities and modalities_over_total(modalities, input_tokens, output_tokens, cached)
+    if wrong:
+        raise ValueError(f"usage_metadata: {wrong}")
     audio_in = modalities.get("input_audio", 0)
     return usage_of(
         input_tokens,
