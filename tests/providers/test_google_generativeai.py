@@ -619,37 +619,27 @@ def test_usage_fields_the_sdks_proto_lacks_are_read_over_grpc(
 
 
 @pytest.mark.parametrize(
-    ("field", "sent"),
-    [(10, 2**31 + 5), (8, 2**31 + 5), (10, 2**32 - 5), (10, 2**64 - 5)],
+    "beyond",
+    [
+        _wire(10, 2**31 + 5),
+        _wire(8, 2**31 + 5),
+        _wire(10, 2**32 - 5),
+        _wire(10, 2**64 - 5),
+        _modality(5, 1, 1000) + _modality(5, 4, 1000),
+    ],
+    ids=["thoughts-2e31", "tool-prompt-2e31", "thoughts-u32", "thoughts-negative", "modalities"],
 )
 @pytest.mark.usefixtures("instrumented")
-def test_a_count_the_proto_lacks_is_read_as_an_int32_as_the_sdk_reads_its_own(
-    api_usage: tuple[str, dict[str, Any]], sink: InMemorySink, field: int, sent: int
+def test_impossible_usage_in_the_fields_the_proto_lacks_is_unreadable(
+    api_usage: tuple[str, dict[str, Any]], sink: InMemorySink, beyond: bytes
 ) -> None:
     """Thoughts (10) or the tool-use prompt (8) sent as a varint beyond 32 bits were read whole:
-    2**31 + 5 thoughts was an "ok" record of two billion reasoning tokens at $5,368.71. As
-    an int32 (what the SDK makes of the same bytes in a field it knows) it is negative: the
-    usage is unreadable, its cost unknown."""
+    2**31 + 5 thoughts was an "ok" record of two billion reasoning tokens at $5,368.71. As an
+    int32 (what the SDK makes of the same bytes in a field it knows) it is negative. TEXT 1000
+    and AUDIO 1000 in the details of a 1000-token prompt were "ok" too: all of it priced as
+    audio ($0.00125 for $0.00055 of text), the text at nothing. Both are unreadable usage."""
     address, usage = api_usage
-    usage.update(prompt=1000, candidates=100, total=1150, beyond=_wire(field, sent))
-    _sync_model(address, "gemini-2.5-flash").generate_content("hi")
-    record = only(flushed(sink))
-    assert (record.status, record.error, record.estimated_cost_usd) == (
-        "error",
-        "UnreadableUsage",
-        None,
-    )
-
-
-@pytest.mark.usefixtures("instrumented")
-def test_counts_by_modality_beyond_their_total_over_grpc_are_unreadable(
-    api_usage: tuple[str, dict[str, Any]], sink: InMemorySink
-) -> None:
-    """TEXT 1000 and AUDIO 1000 in the details of a 1000-token prompt: recorded "ok", all of it
-    priced as audio ($0.00125 for gemini-2.5-flash's $0.00055 of text) and the text at nothing."""
-    address, usage = api_usage
-    over = _modality(5, 1, 1000) + _modality(5, 4, 1000)
-    usage.update(prompt=1000, candidates=100, total=1100, beyond=over)
+    usage.update(prompt=1000, candidates=100, total=1150, beyond=beyond)
     _sync_model(address, "gemini-2.5-flash").generate_content("hi")
     record = only(flushed(sink))
     assert (record.status, record.error, record.estimated_cost_usd) == (
