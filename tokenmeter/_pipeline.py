@@ -1273,7 +1273,7 @@ def _run_exit_hooks() -> None:
     except RuntimeError:  # can't create new thread at interpreter shutdown
         run_hooks()
         return
-    limit = _exit_time_left() / 2
+    limit = max(_exit_time_left() / 2, _STOP_GRACE)  # exit_timeout=0: ours take milliseconds
     thread.join(limit)
     if thread.is_alive():
         logger.error(
