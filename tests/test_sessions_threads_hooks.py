@@ -314,6 +314,23 @@ def test_a_session_end_hook_that_raises_or_hangs_at_exit_loses_no_record(
     assert said in done.stderr
 
 
+def test_an_exit_with_no_time_to_wait_still_runs_a_quick_session_end_hook(tmp_path: Path) -> None:
+    """exit_timeout=0 gave the exit hooks no time at all: a hook of a few milliseconds was left
+    unfinished, and every exit said so."""
+    script = (
+        "import sys, time, tokenmeter\n"
+        "def hook(session):\n"
+        "    time.sleep(0.02)\n"
+        "    print('hook ran', flush=True)\n"
+        "tokenmeter.configure(sinks=['jsonl'], exit_timeout=0, on_session_end=hook)\n"
+        "tokenmeter.record('openai', 'gpt-4o', 1000, 500)\n"
+    )
+    env = {**os.environ, "TOKENMETER_DIR": str(tmp_path / "m")}
+    done = run_python("-c", script, env=env, cwd=tmp_path)
+    assert "exit hooks" not in done.stderr
+    assert done.stdout == "hook ran\n"
+
+
 def test_bad_hooks_are_a_value_error() -> None:
     with pytest.raises(ValueError, match="on_end"):
         tokenmeter.session("s", on_end="print")  # type: ignore[arg-type]
