@@ -1460,6 +1460,8 @@ def test_the_childs_import_mend_fits_each_cpythons_module_locks(tmp_path: Path, 
 
 TERMINATED = """
 import os, signal, sys, time, tokenmeter
+for name in ("SIGTERM", "SIGHUP"):  # the default, whatever the parent left (nohup: SIGHUP ignored)
+    signal.signal(getattr(signal, name), signal.SIG_DFL)
 if sys.argv[1] == "own-handler":
     def handler(signum, frame):
         print("app handler", flush=True)
