@@ -1842,6 +1842,47 @@ def test_a_hung_sink_at_exit_is_the_only_one_named_and_the_others_are_closed(
     assert len((tmp_path / "m" / "usage.jsonl").read_text().splitlines()) == 20
 
 
+@pytest.mark.parametrize("paced", [False, True])
+def test_a_catch_up_makes_the_calls_waiting_when_it_began(
+    monkeypatch: pytest.MonkeyPatch, paced: bool
+) -> None:
+    """Threads queueing calls as fast as a writer made their records kept its catch-up going:
+    it never wrote, its sink's buffer dropped what passed max_queue (18,002 of 23,002 records
+    in 20 s, every sink healthy), and a configure() or an exit waiting for it ran far past
+    exit_timeout. Here each record made queues another call, as a busy thread would."""
+    made: list[tuple[str, ...]] = []
+
+    def make(session: object, call: tuple[str, ...]) -> None:
+        made.append(call)
+        if len(made) < 1_000:
+            _pipeline._later.extend((None, ("queued meanwhile",)))
+
+    monkeypatch.setattr(_pipeline, "make_later", make)
+    monkeypatch.setattr(_pipeline, "_later", type(_pipeline._later)())
+    _pipeline._later.extend((None, ("a",), None, ("b",)))
+    _pipeline.catch_up(paced=paced)
+    assert made == [("a",), ("b",)]
+    assert len(_pipeline._later) == 4  # the next catch-up's
+
+
+@pytest.mark.parametrize("waiting", [0, 201])
+def test_a_writer_whose_records_are_about_to_be_dropped_stops_pausing(
+    monkeypatch: pytest.MonkeyPatch, waiting: int
+) -> None:
+    """A writer pauses between slices of work for the callers; busy callers took the GIL at
+    every pause and kept it (CPython does not hand it to a waiting thread while its holder lets
+    go of it briefly and often, as the SDKs do once per call), so the writer fell behind at each
+    pause, and a healthy sink dropped records past max_queue (15,571 of 24,602 with
+    max_queue=5,000 and 8 busy threads). Past half of max_queue, it no longer pauses."""
+    paused: list[float] = []
+    monkeypatch.setattr(_pipeline, "_max_queue", 100)
+    monkeypatch.setattr(_pipeline, "_later", type(_pipeline._later)([None] * 2 * waiting))
+    monkeypatch.setattr(_pipeline, "_SLICE", 0.0)  # a pause after every item, unless behind
+    monkeypatch.setattr(_pipeline.time, "sleep", paused.append)
+    assert list(_pipeline._paced(iter(range(10)), 0.0)) == list(range(10))
+    assert len(paused) == (10 if not waiting else 0)
+
+
 def test_a_sink_object_named_twice_gets_every_record_once() -> None:
     """configure(sinks=[mine, mine]) (or a sink attached by ``tokenmeter run`` and named again)
     made two writers for one object: every record written twice, by two threads at once."""

@@ -37,7 +37,9 @@ Policies (documented in docs/sinks.md):
   interpreter's 5 ms switch interval. Without it, turning a batch into rows delays the calls made
   meanwhile by milliseconds. Paced by time, not by count: a cheap sink pauses rarely; and a pause
   that no other thread used lengthens the next slice (up to ``_MAX_SLICE``), so a writer working
-  alone is not held back by pauses.
+  alone is not held back by pauses. A writer whose records are about to be dropped (``_behind``)
+  does not pause at all: busy callers took the GIL at each pause and kept it.
+- A catch-up makes the calls waiting when it begins, not those queued meanwhile: it ends.
 - ``flush()`` waits until everything submitted before it has been offered to every sink: True when
   all of it is written (and each sink's own ``flush()`` returned). A sink that keeps failing
   releases it after ``_FLUSH_TRIES`` attempts, or once it has waited ``_FLUSH_PATIENCE`` seconds
@@ -157,11 +159,28 @@ def _paced(items: Iterator[Any], longest: float = _MAX_SLICE) -> Iterator[Any]:
         yield item
         now = clock()
         if now >= pause_at:
+            if _behind():
+                pause_at = now + work
+                continue
             time.sleep(_YIELD)
             resumed = clock()
             contended = resumed - now > _CONTENDED
             work = min(_SLICE, longest) if contended else min(2 * work, longest)
             pause_at = resumed + work
+
+
+def _behind() -> bool:
+    """Records wait in numbers that will soon be dropped (past half of ``max_queue``): then the
+    writers stop pausing. Busy callers take the GIL at every pause, and a thread waiting for it
+    is not given it while its holder lets go of it briefly and often (as the SDKs do once per
+    call): a writer that paused fell further behind at each pause, and its healthy sink's
+    buffer dropped records. Callers then wait for the GIL as long as Python's switch interval."""
+    if len(_later) > _max_queue:  # two entries a call: half of what can_make_later allows
+        return True
+    pipeline = _pipeline
+    return pipeline is not None and any(
+        len(writer._buffer) > writer.max_queue // 2 for writer in pipeline.writers
+    )
 
 
 #: Signals sent to the process from outside (kill, a terminal, a supervisor). Our threads block
@@ -509,7 +528,8 @@ class _Writer:
                 self._pending.popleft()
             else:
                 del run[:_CHUNK]
-                time.sleep(_YIELD)
+                if not _behind():
+                    time.sleep(_YIELD)
         if wrote and self._accused:
             self._judge_accused()
         recovered = self._failures
@@ -1095,10 +1115,13 @@ def _make_on_loop(loop: Any) -> None:
     _loops_making.discard(loop)
 
 
-def _making(wait: bool = True) -> Iterator[None]:
+def _making(wait: bool = True, most: int | None = None) -> Iterator[None]:
     """Make the waiting calls' records, one at a time under the lock, oldest first.
-    ``wait=False``: stop when another thread is making one (it makes the rest)."""
-    while _later:
+    ``wait=False``: stop when another thread is making one (it makes the rest). ``most``: make
+    no more than that many (those waiting when a catch-up began)."""
+    left = len(_later) if most is None else 2 * most  # two entries a call
+    while _later and left > 0:
+        left -= 2
         if not wait:
             if not _later_lock.acquire(blocking=False):
                 return
@@ -1124,15 +1147,22 @@ def _making(wait: bool = True) -> Iterator[None]:
 
 
 def catch_up(paced: bool = False) -> None:
-    """Make every waiting call's record now, and wait for one another thread is making.
+    """Make the record of every call waiting now, and wait for one another thread is making.
     ``paced``: a writer's thread, which pauses between slices of work for the application's
-    threads (see ``_Paced``)."""
+    threads (see ``_Paced``).
+
+    Only those waiting when it begins (their number, taken from the head: other threads
+    append): with threads queueing calls as fast as it made them, a writer's catch-up never
+    ended, so it never wrote, and its sink's buffer dropped what passed max_queue (18,002 of
+    23,002 records in 20 s, sinks healthy); a configure() or an exit waiting for it ran far past
+    its exit_timeout. What comes later is for the next catch-up."""
+    waiting = len(_later) // 2
     if paced:
-        if _later:
-            for _ in _paced(_making(), _MAKING_SLICE):
+        if waiting:
+            for _ in _paced(_making(most=waiting), _MAKING_SLICE):
                 pass
         return
-    for _ in _making():
+    for _ in _making(most=waiting):
         pass
     if _later_lock.acquire(timeout=_CATCH_UP_WAIT):  # the last one taken is made by now
         _later_lock.release()
