@@ -58,6 +58,36 @@ def test_a_thread_started_inside_a_session_records_into_it(sink: InMemorySink) -
     assert (child.summary.calls, parent.summary.calls) == (1, 1)
 
 
+@pytest.mark.parametrize("how", ["thread", "pool"])
+def test_work_started_inside_a_session_stays_in_it_after_its_block_ends(
+    sink: InMemorySink, how: str
+) -> None:
+    """A thread started, or a work item submitted, inside a session whose block ended before it
+    made its call recorded into the enclosing session (here the implicit one): 9 to 61 of 160
+    calls of a stress run. Its record is a late one of the session, as a stream's read after
+    the block is, in its stored totals too."""
+    go = threading.Event()
+
+    def late() -> None:
+        go.wait(30)
+        record()
+
+    with ThreadPoolExecutor(1) as pool, tokenmeter.session("outer") as outer:
+        with tokenmeter.session("job") as job:
+            if how == "pool":
+                done = pool.submit(late)
+            else:
+                thread = threading.Thread(target=late)
+                thread.start()
+        go.set()
+        done.result(30) if how == "pool" else thread.join(30)
+        record()  # outer's own: the thread that ran job's block is back in outer
+    assert (job.summary.calls, outer.summary.calls) == (1, 2)
+    assert tokenmeter.flush(5)
+    assert [r.session_name for r in sink.records] == ["job", "outer"]
+    assert sink.sessions[job.id].calls == 1
+
+
 def test_a_pool_worker_does_not_keep_the_session_that_started_it(sink: InMemorySink) -> None:
     with ThreadPoolExecutor(1) as pool:
         with tokenmeter.session("job") as job:

@@ -132,7 +132,7 @@ def emit(
     if _runtime._settings is None:  # once per process: price overrides must be in place
         _runtime.settings()
     if session is None:
-        session = _sessions.current_session() or _sessions.implicit_session()
+        session = _sessions.session_of_record()
     now = timestamp or datetime.now(UTC)
     if type(model) is not str or not model.isascii() or "\x00" in model:
         model = clean_text(str(model), MAX_NAME)
@@ -247,7 +247,7 @@ def emit_call(
         and _pipeline.can_make_later()
     ):
         if session is None:
-            session = _sessions.current_session() or _sessions.implicit_session()
+            session = _sessions.session_of_record()
         if (
             session._announced
             and session.ended_at is None
@@ -492,7 +492,7 @@ def _returned(record: UsageRecord) -> UsageRecord:
 def _merged_tags_fit(tags: dict[str, str]) -> dict[str, str]:
     """``tags``, checked with the session's they are merged with (``_sessions.MAX_TAGS_SIZE``)."""
     if tags:
-        session = _sessions.current_session() or _sessions.implicit_session()
+        session = _sessions.session_of_record()
         if session.effective_tags:
             _sessions.check_tags_size(
                 {**session.effective_tags, **tags}, "with those of the session"

@@ -679,6 +679,28 @@ def current_session() -> Session | None:
     return session
 
 
+#: The session a thread, or a pool's work item, was started in (``_start_in_session``,
+#: ``_run_in``), by the thread that started it.
+_started_in: ContextVar[Session | None] = ContextVar("tokenmeter_started_in", default=None)
+
+
+def session_of_record() -> Session:
+    """The session a record made now belongs to: the current one; or, once that has ended, the
+    one this thread's work was started in, ended or not (work started inside a session stays
+    in it: a thread or work item that runs on after its ``with`` block fell back to the
+    enclosing session, or the implicit one, as a late stream does not); else the innermost
+    enclosing session still open, or the implicit session."""
+    session = _current.get()
+    if session is None or session.ended_at is None:  # nearly always
+        return session or implicit_session()
+    started_in = _started_in.get()
+    while session is not None and session.ended_at is not None:
+        if session is started_in:
+            return session  # a late call of it: counted in its stored totals (Session._add)
+        session = session.parent
+    return session or implicit_session()
+
+
 # -- the implicit per-process session -----------------------------------------------------------
 _implicit: Session | None = None
 _implicit_pid = 0
@@ -767,6 +789,7 @@ def _start_in_session(self: threading.Thread) -> None:
 
             def run_in_session() -> None:
                 _current.set(current)  # a new thread starts with an empty context
+                _started_in.set(current)
                 run()
 
             self.run = run_in_session  # type: ignore[method-assign]
@@ -774,10 +797,11 @@ def _start_in_session(self: threading.Thread) -> None:
 
 
 def _run_in(current: Session | None, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    token = _current.set(current)
+    token, started = _current.set(current), _started_in.set(current)
     try:
         return fn(*args, **kwargs)
     finally:
+        _started_in.reset(started)
         _current.reset(token)
 
 

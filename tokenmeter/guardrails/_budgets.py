@@ -651,7 +651,7 @@ def check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
     try:
         if _orphans:
             _release_orphans()
-        session = call.session or _sessions.current_session() or _sessions.implicit_session()
+        session = call.session or _sessions.session_of_record()
         config = _config
         if config is not None:
             models = (

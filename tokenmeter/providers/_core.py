@@ -40,7 +40,7 @@ from tokenmeter._estimate import estimate_usage, without_waiting
 from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import Usage
 from tokenmeter._record import NOTHING_USED, emit_call
-from tokenmeter._sessions import Session, current_session, implicit_session
+from tokenmeter._sessions import Session, session_of_record
 from tokenmeter.guardrails import _budgets, _state
 from tokenmeter.usage import Extracted
 
@@ -212,7 +212,7 @@ class Call:
     def __post_init__(self) -> None:
         if self.streamed:
             if self.session is None:
-                self.session = current_session() or implicit_session()
+                self.session = session_of_record()
             self.context = copy_context()
             _open_streams.add(self)
 
