@@ -41,6 +41,9 @@ ENV_SESSION = "TOKENMETER_RUN_SESSION"
 ENV_TAGS = "TOKENMETER_RUN_TAGS"
 #: A directory where each process leaves its totals for the run's summary.
 ENV_TOTALS = "TOKENMETER_RUN_TOTALS"
+#: The pyproject.toml whose settings every process of the run reads ("" for none), wherever its
+#: working directory is (``tokenmeter._config`` reads it).
+ENV_PYPROJECT = "TOKENMETER_RUN_PYPROJECT"
 
 
 _started = False

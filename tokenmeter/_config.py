@@ -377,6 +377,10 @@ def _parse_number(name: str, value: str, kind: type[int] | type[float]) -> int |
         raise ValueError(f"{name} must be {what}, got {short_repr(value)}") from None
 
 
+#: ``tokenmeter._autorun.ENV_PYPROJECT`` (not imported: the settings load before it).
+_RUN_PYPROJECT = "TOKENMETER_RUN_PYPROJECT"
+
+
 def _find_pyproject(start: Path | None) -> Path | None:
     """The nearest pyproject.toml from ``start`` (the working directory) up. A working directory
     that was removed, or a folder that cannot be searched, has none to give."""
@@ -494,7 +498,8 @@ def load_settings_with_sources(
     environ = os.environ if env is None else env
     given = ("configure()", dict(explicit or {}))
     try:
-        pyproject = _find_pyproject(cwd)
+        pinned = environ.get(_RUN_PYPROJECT)  # tokenmeter run: the run's, in every process
+        pyproject = _find_pyproject(cwd) if pinned is None else Path(pinned) if pinned else None
         layers = [
             (f"{pyproject} [tool.tokenmeter]", _from_pyproject(pyproject)),
             ("environment", _from_env(environ)),

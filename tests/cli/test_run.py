@@ -153,6 +153,31 @@ subprocess.run(["sh", "-c", f"{sys.executable} child.py"], check=True)  # throug
     assert "calls from 3 processes" in result.stderr
 
 
+def test_a_child_started_elsewhere_records_into_the_runs_store_with_its_prices(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    """Without --dir, a process of the program started in another directory wrote into its own
+    ./.tokenmeter, unpriced (it found no pyproject.toml there): 2 of 6 calls missing from the
+    run's store, and a --budget of the run not shared with it (it spent 2.25x the budget)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    _script(tmp_path / "child.py", _CALLS)
+    parent = _script(
+        tmp_path / "parent.py",
+        _CALLS
+        + f"""
+import subprocess, sys
+subprocess.run([sys.executable, {str(tmp_path / "child.py")!r}], check=True, cwd={str(elsewhere)!r})
+""",
+    )
+    result = _run(["--", sys.executable, parent.name], _env(fake), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not (elsewhere / ".tokenmeter").exists()
+    with sqlite3.connect(tmp_path / ".tokenmeter" / "usage.db") as conn:
+        costs = conn.execute("SELECT estimated_cost_usd FROM records").fetchall()
+    assert costs == [("0.002",)] * 4
+
+
 def test_sigterm_is_forwarded_and_the_exit_status_passed(
     fake: FakeProvider, tmp_path: Path
 ) -> None:

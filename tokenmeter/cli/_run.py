@@ -126,6 +126,21 @@ def _child_environment(
     return env
 
 
+def _pin_settings(env: dict[str, str], settings: Any) -> None:
+    """Every process of the program reads the settings of ``tokenmeter run``'s directory: a
+    process that started elsewhere (``subprocess.run(..., cwd=...)``) found another or no
+    pyproject.toml, and without ``--dir`` wrote into its own ``./.tokenmeter``: its records
+    unpriced and missing from the run's store, its spending outside the run's ``--budget``."""
+    from tokenmeter import _autorun
+    from tokenmeter._config import _find_pyproject
+    from tokenmeter.sinks._files import absolute
+
+    env["TOKENMETER_DIR"] = str(absolute(settings.directory))  # --dir's, made absolute too
+    if _autorun.ENV_PYPROJECT not in env:
+        pyproject = _find_pyproject(None)
+        env[_autorun.ENV_PYPROJECT] = str(pyproject.resolve()) if pyproject else ""
+
+
 def _budgets_in(env: dict[str, str]) -> list[Any]:
     """The budgets the environment already sets (a malformed value is left for the settings'
     own check to report)."""
@@ -208,6 +223,7 @@ def run_command(args: argparse.Namespace) -> int:
         settings, disabled_by = _check_settings(env)
         if args.dir is not None:
             _check_dir(args.dir, Path(env["TOKENMETER_DIR"]))
+        _pin_settings(env, settings)
         status = _supervise(command, env)
         if not args.quiet:
             _summary_or_nothing(env, totals, settings, disabled_by, status, args.budget)
