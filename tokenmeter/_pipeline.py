@@ -934,8 +934,7 @@ def _stop_writers(writers: Sequence[_Writer], timeout: float | None) -> None:
     Every writer is woken first, then waited for: a hung sink's writer does not keep the others
     asleep until it has used up the timeout (they were then cut off before closing their sinks,
     and reported as not having accepted their records at exit)."""
-    start = time.monotonic()
-    deadline = None if timeout is None else start + max(timeout, _STOP_GRACE)
+    deadline = None if timeout is None else time.monotonic() + max(timeout, _STOP_GRACE)
     for writer in writers:
         writer.ask_to_stop()
     for writer in writers:
