@@ -131,6 +131,26 @@ def test_reports_takes_any_iterable_of_periods_as_its_type_says(periods: Any) ->
     assert _runtime.settings().reports == ("daily",)
 
 
+def test_the_pyproject_tokenmeter_run_pins_is_read_wherever_the_process_starts(
+    tmp_path: Path,
+) -> None:
+    """``tokenmeter run`` names the pyproject.toml it found (TOKENMETER_RUN_PYPROJECT, "" for
+    none): a process of the program started in another directory reads that one, not the
+    nearest (or none) from where it is; one removed since reads as none, never as an error."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    pinned = project / "pyproject.toml"
+    pinned.write_text('[tool.tokenmeter]\nsinks = ["jsonl"]\n')
+    (elsewhere / "pyproject.toml").write_text('[tool.tokenmeter]\nsinks = ["markdown"]\n')
+    run = "TOKENMETER_RUN_PYPROJECT"
+    assert load_settings(env={run: str(pinned)}, cwd=elsewhere).sinks == ("jsonl",)
+    assert load_settings(env={run: ""}, cwd=elsewhere).sinks == ("sqlite",)
+    assert load_settings(env={}, cwd=elsewhere).sinks == ("markdown",)
+    pinned.unlink()
+    assert load_settings(env={run: str(pinned)}, cwd=elsewhere).sinks == ("sqlite",)
+
+
 def test_bad_pyproject_value_names_its_source(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text("[tool.tokenmeter]\nmax_queue = 'many'\n")
     with pytest.raises(ValueError, match=r"max_queue.*\[tool.tokenmeter\]"):

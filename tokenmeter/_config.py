@@ -381,6 +381,17 @@ def _parse_number(name: str, value: str, kind: type[int] | type[float]) -> int |
 _RUN_PYPROJECT = "TOKENMETER_RUN_PYPROJECT"
 
 
+def _pinned_pyproject(pinned: str) -> Path | None:
+    """The pyproject.toml ``tokenmeter run`` found ("" for none). One removed since (a build that
+    rewrites it, a checkout switching branches) is none, as where no project has one: a process
+    started then must not fail to start metering."""
+    path = Path(pinned) if pinned else None
+    try:
+        return path if path is not None and path.exists() else None
+    except OSError:  # a folder on the way that cannot be searched: read, and refused, as any
+        return path
+
+
 def _find_pyproject(start: Path | None) -> Path | None:
     """The nearest pyproject.toml from ``start`` (the working directory) up. A working directory
     that was removed, or a folder that cannot be searched, has none to give."""
@@ -499,7 +510,7 @@ def load_settings_with_sources(
     given = ("configure()", dict(explicit or {}))
     try:
         pinned = environ.get(_RUN_PYPROJECT)  # tokenmeter run: the run's, in every process
-        pyproject = _find_pyproject(cwd) if pinned is None else Path(pinned) if pinned else None
+        pyproject = _find_pyproject(cwd) if pinned is None else _pinned_pyproject(pinned)
         layers = [
             (f"{pyproject} [tool.tokenmeter]", _from_pyproject(pyproject)),
             ("environment", _from_env(environ)),
