@@ -1883,6 +1883,29 @@ def test_a_writer_whose_records_are_about_to_be_dropped_stops_pausing(
     assert len(paused) == (10 if not waiting else 0)
 
 
+def test_only_a_writer_kept_from_the_gil_makes_the_writers_stop_pausing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past half of max_queue the writers stop pausing (callers then wait for the GIL one
+    switch interval), but not for a sink that holds records because it fails or hangs (an
+    OpenTelemetry collector down for a minute): the other writers keep their pauses, and the
+    callers' latency."""
+    from types import SimpleNamespace
+
+    writer = SimpleNamespace(_buffer=[None] * 6, max_queue=10, _failures=0, _writing_since=None)
+    monkeypatch.setattr(_pipeline, "_pipeline", SimpleNamespace(writers=[writer]))
+    monkeypatch.setattr(_pipeline, "_later", type(_pipeline._later)())
+    assert _pipeline._behind()  # 6 of 10 wait: kept from the GIL
+    writer._failures = 1
+    assert not _pipeline._behind()  # failing: backing off, not starved
+    writer._failures, writer._writing_since = 0, time.monotonic() - 2 * _pipeline._HUNG_S
+    assert not _pipeline._behind()  # inside one write for long: hung
+    writer._writing_since = time.monotonic()
+    assert _pipeline._behind()
+    writer._buffer = [None] * 5
+    assert not _pipeline._behind()  # half, not past it
+
+
 def test_a_sink_object_named_twice_gets_every_record_once() -> None:
     """configure(sinks=[mine, mine]) (or a sink attached by ``tokenmeter run`` and named again)
     made two writers for one object: every record written twice, by two threads at once."""

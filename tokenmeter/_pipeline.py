@@ -169,17 +169,29 @@ def _paced(items: Iterator[Any], longest: float = _MAX_SLICE) -> Iterator[Any]:
             pause_at = resumed + work
 
 
+#: A write that has taken this long is a hung sink's, not a writer kept from the GIL.
+_HUNG_S = 1.0
+
+
 def _behind() -> bool:
-    """Records wait in numbers that will soon be dropped (past half of ``max_queue``): then the
-    writers stop pausing. Busy callers take the GIL at every pause, and a thread waiting for it
-    is not given it while its holder lets go of it briefly and often (as the SDKs do once per
-    call): a writer that paused fell further behind at each pause, and its healthy sink's
-    buffer dropped records. Callers then wait for the GIL as long as Python's switch interval."""
+    """Records wait in numbers that will soon be dropped (past half of ``max_queue``), for want
+    of the GIL: then the writers stop pausing. Busy callers take the GIL at every pause, and a
+    thread waiting for it is not given it while its holder lets go of it briefly and often (as
+    the SDKs do once per call): a writer that paused fell further behind at each pause, and its
+    healthy sink's buffer dropped records. Callers then wait for the GIL as long as Python's
+    switch interval. A sink that is failing or hung holds records for another reason: the other
+    writers keep their pauses (the callers' latency) meanwhile."""
     if len(_later) > _max_queue:  # two entries a call: half of what can_make_later allows
         return True
     pipeline = _pipeline
-    return pipeline is not None and any(
-        len(writer._buffer) > writer.max_queue // 2 for writer in pipeline.writers
+    if pipeline is None:
+        return False
+    now = time.monotonic()
+    return any(
+        len(writer._buffer) > writer.max_queue // 2
+        and not writer._failures
+        and (writer._writing_since is None or now - writer._writing_since < _HUNG_S)
+        for writer in pipeline.writers
     )
 
 
@@ -296,6 +308,8 @@ class _Writer:
         self._open_marker: _FlushMarker | None = None
         self._failures = 0
         self._retry_at = 0.0
+        #: When its sink's current write began (None between writes): see ``_behind``.
+        self._writing_since: float | None = None
         self._reported = False
         #: The sink's own flush() failed last time: its failure has been reported.
         self._flush_failing = False
@@ -518,11 +532,14 @@ class _Writer:
         while self._pending:
             run = self._pending[0]
             chunk = run if len(run) <= _CHUNK else run[:_CHUNK]
+            self._writing_since = time.monotonic()
             try:
                 self._write(chunk)
             except BaseException as exc:
                 self._failed(run, exc, now)
                 return
+            finally:
+                self._writing_since = None
             wrote = True
             if chunk is run:
                 self._pending.popleft()
