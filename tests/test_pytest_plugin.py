@@ -152,6 +152,32 @@ def test_json_file_for_ci(project: pytest.Pytester) -> None:
     ]
 
 
+def test_an_interrupted_run_says_its_totals_are_those_of_the_tests_that_finished(
+    project: pytest.Pytester,
+) -> None:
+    """A run stopped by Ctrl-C wrote a summary and a JSON file that looked complete: the test
+    that was running, and those after it, were missing without a word."""
+    project.makepyfile(
+        test_stop="""
+        from test_llm import call
+
+        def test_stopped(tokenmeter_fake):
+            tokenmeter_fake.set_usage(openai={"prompt_tokens": 1000, "completion_tokens": 500})
+            call()
+            raise KeyboardInterrupt
+        """
+    )
+    # In a process of its own: the KeyboardInterrupt of an inline run reaches this one.
+    result = project.runpytest_subprocess(
+        "--tokenmeter-json=out/usage.json", "test_llm.py", "test_stop.py"
+    )
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*the run was interrupted: these totals count the tests that*"])
+    report = json.loads((project.path / "out/usage.json").read_text())
+    assert report["interrupted"] is True
+    assert _json_report(project, "test_llm.py")["interrupted"] is False
+
+
 def test_xdist_workers_report_exact_totals(project: pytest.Pytester) -> None:
     alone = _json_report(project)
     spread = _json_report(project, "-n", "2")

@@ -224,6 +224,8 @@ class Meter:
         self.disabled_by = disabled_by
         #: Why the JSON file could not be written (shown in the summary; the run fails).
         self.json_error: str | None = None
+        #: The run was interrupted (Ctrl-C): its totals count the tests that finished only.
+        self.interrupted = False
 
     # -- running each test (in the process that runs it) ------------------------------------------
     @pytest.hookimpl(hookwrapper=True)
@@ -284,6 +286,7 @@ class Meter:
         import tokenmeter
 
         tokenmeter.flush(timeout=10)  # the sinks have every record when pytest exits
+        self.interrupted = session.exitstatus == pytest.ExitCode.INTERRUPTED
         total = self.total()
         over = self.budget is not None and total["cost"] > self.budget
         if over and session.exitstatus == pytest.ExitCode.OK:
@@ -332,6 +335,7 @@ class Meter:
             "total": {**total, "cost_usd": cost},
             "budget_usd": self.budget,
             "over_budget": self.budget is not None and cost > self.budget,
+            "interrupted": self.interrupted,
             "tests": [
                 {**r, "cost_usd": Decimal(r["cost_usd"]), "share": _share(r, cost)}
                 for r in self.ranked()
@@ -386,6 +390,11 @@ class Meter:
                 write(f"... and {len(ranked) - len(shown)} more tests that made calls")
             if total["unpriced_calls"]:
                 write(f"{total['unpriced_calls']} calls had no known price (not in the cost)")
+        if self.interrupted and self.disabled_by is None:
+            write(
+                "the run was interrupted: these totals count the tests that finished "
+                "(the store holds every call recorded)"
+            )
         if self.budget is not None and self.disabled_by is None:
             if cost > self.budget:
                 terminalreporter.write_line(
