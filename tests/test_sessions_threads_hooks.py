@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import json
@@ -86,6 +87,57 @@ def test_work_started_inside_a_session_stays_in_it_after_its_block_ends(
     assert tokenmeter.flush(5)
     assert [r.session_name for r in sink.records] == ["job", "outer"]
     assert sink.sessions[job.id].calls == 1
+
+
+def test_an_asyncio_task_started_inside_a_session_stays_in_it_after_its_block_ends(
+    sink: InMemorySink,
+) -> None:
+    """A task created inside a session that recorded after the block ended went to the
+    enclosing session, as threads did: it is a late call of the session it was started in."""
+
+    async def main() -> tuple[Session, Session]:
+        go = asyncio.Event()
+
+        async def late() -> None:
+            await go.wait()
+            record()
+
+        with tokenmeter.session("outer") as outer:
+            with tokenmeter.session("job") as job:
+                task = asyncio.create_task(late())
+            go.set()
+            await task
+            record()  # outer's own
+        return job, outer
+
+    job, outer = asyncio.run(main())
+    assert (job.summary.calls, outer.summary.calls) == (1, 2)
+    assert tokenmeter.flush(5)
+    assert [r.session_name for r in sink.records] == ["job", "outer"]
+
+
+def test_a_session_ended_from_another_task_is_left_by_the_task_that_entered_it(
+    sink: InMemorySink,
+) -> None:
+    """A generator's session block entered in one task and closed from another: the task that
+    entered it is back in the enclosing session, not in the ended one."""
+
+    async def body() -> Any:
+        with tokenmeter.session("inner"):
+            yield
+
+    async def main() -> tuple[Session, Session | None]:
+        with tokenmeter.session("outer") as outer:
+            gen = body()
+            await gen.__anext__()  # "inner" entered in this task
+            await asyncio.create_task(gen.aclose())  # ... and ended in another
+            record()
+            return outer, tokenmeter.current_session()
+
+    outer, current = asyncio.run(main())
+    assert current is outer and outer.summary.calls == 1
+    assert tokenmeter.flush(5)
+    assert [r.session_name for r in sink.records] == ["outer"]
 
 
 def test_a_pool_worker_does_not_keep_the_session_that_started_it(sink: InMemorySink) -> None:

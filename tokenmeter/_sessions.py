@@ -7,12 +7,14 @@ A session follows work into threads started inside it (``threading.Thread`` and
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
 import operator
 import os
 import secrets
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar, Token
@@ -158,6 +160,7 @@ class Session:
         #: Tags of the ancestors merged with this session's own (inner ones win).
         self.effective_tags: dict[str, str] = dict(self.tags)
         self._token: Token[Session | None] | None = None
+        self._entered_in: tuple[int, int] | None = None
         self._over_budget_warned = False
         self._announced = False
         self._init_args = (name, id, tags, budget_usd, notes, on_exceed, on_end)
@@ -206,6 +209,7 @@ class Session:
             )
         self.started_at = datetime.now(UTC)
         self._token = _current.set(self)
+        self._entered_in = _running_here()
         if self.on_exceed == "raise" and self.budget_usd is not None:
             _guard_state.armed = True
         self._announce()
@@ -679,26 +683,33 @@ def current_session() -> Session | None:
     return session
 
 
-#: The session a thread, or a pool's work item, was started in (``_start_in_session``,
-#: ``_run_in``), by the thread that started it.
-_started_in: ContextVar[Session | None] = ContextVar("tokenmeter_started_in", default=None)
-
-
 def session_of_record() -> Session:
-    """The session a record made now belongs to: the current one; or, once that has ended, the
-    one this thread's work was started in, ended or not (work started inside a session stays
-    in it: a thread or work item that runs on after its ``with`` block fell back to the
-    enclosing session, or the implicit one, as a late stream does not); else the innermost
-    enclosing session still open, or the implicit session."""
+    """The session a record made now belongs to: the current one, ended or not, else the
+    implicit session.
+
+    An ended session still current here was ended in another context than the one that
+    entered it (a generator's block closed from another task): that one falls back to the
+    innermost enclosing session still open. Anywhere else it was copied inside the block: a
+    thread or pool work item started there, an asyncio task or callback created there. Work
+    started inside a session stays in it (it used to fall back as well when it ran on after
+    the block): its record is a late call of it, counted in its stored totals as a late
+    stream's is (``Session._add``). ``current_session()`` names the open session."""
     session = _current.get()
-    if session is None or session.ended_at is None:  # nearly always
-        return session or implicit_session()
-    started_in = _started_in.get()
-    while session is not None and session.ended_at is not None:
-        if session is started_in:
-            return session  # a late call of it: counted in its stored totals (Session._add)
-        session = session.parent
-    return session or implicit_session()
+    if session is None:
+        return implicit_session()
+    if session.ended_at is not None and session._entered_in == _running_here():
+        return current_session() or implicit_session()
+    return session
+
+
+def _running_here() -> tuple[int, int]:
+    """This thread, and the asyncio task it runs (0 outside one)."""
+    task = None
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None:
+        with contextlib.suppress(RuntimeError):  # no event loop running in this thread
+            task = asyncio.current_task()
+    return threading.get_ident(), 0 if task is None else id(task)
 
 
 # -- the implicit per-process session -----------------------------------------------------------
@@ -789,7 +800,6 @@ def _start_in_session(self: threading.Thread) -> None:
 
             def run_in_session() -> None:
                 _current.set(current)  # a new thread starts with an empty context
-                _started_in.set(current)
                 run()
 
             self.run = run_in_session  # type: ignore[method-assign]
@@ -797,11 +807,10 @@ def _start_in_session(self: threading.Thread) -> None:
 
 
 def _run_in(current: Session | None, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    token, started = _current.set(current), _started_in.set(current)
+    token = _current.set(current)
     try:
         return fn(*args, **kwargs)
     finally:
-        _started_in.reset(started)
         _current.reset(token)
 
 
