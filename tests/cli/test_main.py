@@ -29,6 +29,13 @@ def test_python_dash_m_help(tmp_path: Path) -> None:
         assert command in result.stdout
 
 
+def test_every_report_format_has_a_renderer() -> None:
+    from tokenmeter.cli._output import FORMATS
+    from tokenmeter.cli._report import _RENDERERS
+
+    assert set(_RENDERERS) == set(FORMATS)
+
+
 def test_unknown_command_is_one_line(tmp_path: Path) -> None:
     result = run_module("reprot", cwd=tmp_path)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1

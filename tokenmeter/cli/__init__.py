@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from tokenmeter.cli._dates import parse_since
 from tokenmeter.cli._errors import CliError
+from tokenmeter.cli._output import FORMATS
 
 __all__ = ["CliError", "build_parser", "main"]
 
@@ -144,8 +145,6 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tokenmeter.cli._report import FORMATS
-
     parser = _Parser(
         prog="tokenmeter",
         description="Reports on what your LLM calls cost, from tokenmeter's SQLite or JSONL data.",

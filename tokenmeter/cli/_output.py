@@ -21,7 +21,17 @@ from pathlib import Path
 
 from tokenmeter.cli._errors import CliError
 
-__all__ = ["one_line", "printable", "refuse_overwriting", "stdout_failed", "write_output"]
+__all__ = [
+    "FORMATS",
+    "one_line",
+    "printable",
+    "refuse_overwriting",
+    "stdout_failed",
+    "write_output",
+]
+
+#: The report formats (``--format``), each rendered by ``_report``.
+FORMATS = ("table", "markdown", "json", "csv", "html")
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 #: Lone surrogates, the C0 controls (but tab and newline), DEL and the C1 controls, and the

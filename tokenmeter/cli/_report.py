@@ -35,9 +35,8 @@ from tokenmeter.cli.reports._render import (
 )
 from tokenmeter.cli.reports._sessions import find_session, list_sessions
 
-__all__ = ["FORMATS", "filters_from", "run_report", "run_session", "run_sessions", "window"]
+__all__ = ["filters_from", "run_report", "run_session", "run_sessions", "window"]
 
-FORMATS = ("table", "markdown", "json", "csv", "html")
 MACHINE_FORMATS = {"json", "csv"}
 _SUFFIX_FORMATS = {
     ".html": "html",
