@@ -436,6 +436,50 @@ def test_a_failing_ledger_lets_calls_through(
     assert sum("budget ledger failed" in r.getMessage() for r in caplog.records) == 1
 
 
+@pytest.mark.parametrize("many", [True, False], ids=["settle_many", "settle"])
+def test_spend_a_failing_ledger_could_not_take_is_settled_once_it_can(
+    fake: FakeProvider, instrumented: None, many: bool
+) -> None:
+    """A budget that only warns holds no lease: the spend of its calls made while the ledger
+    failed (its disk full, a lock held by another program) was lost for good, and the warnings
+    it should have given never came. It is owed, and settled with the next call."""
+
+    class Flaky(MemoryLedger):
+        down = True
+
+        def settle(self, *item: Any) -> float:
+            if self.down:
+                raise OSError("disk full")
+            return super().settle(*item)
+
+        def settle_many(self, items: list[Any]) -> list[float]:
+            if self.down:
+                raise OSError("disk full")
+            return super().settle_many(items)
+
+    ledger = Flaky()
+    if not many:
+        ledger.settle_many = None  # type: ignore[assignment,method-assign]
+
+    class FlakySink(InMemorySink):
+        def budget_ledger(self) -> MemoryLedger:
+            return ledger
+
+    seen: list[Alert] = []
+    memory = FlakySink()
+    budget = {"name": "soft", "limit_usd": 0.01, "on_exceed": "warn"}
+    tokenmeter.configure(sinks=[memory], budgets=[budget], on_alert=seen.append)
+    chat(fake)
+    chat(fake)
+    assert seen == [] and ledger.spent("soft|day|everything", _today()) == 0
+    ledger.down = False
+    chat(fake)
+    assert ledger.spent("soft|day|everything", _today()) == pytest.approx(
+        3 * float(per_call(memory))
+    )
+    assert [a.rule for a in seen] == ["budget_50pct", "budget_80pct", "budget_100pct"]
+
+
 def test_a_reservation_is_released_when_the_call_fails(
     tmp_path: Path, fake: FakeProvider, instrumented: None
 ) -> None:

@@ -597,10 +597,12 @@ def _hold(call: Any, reservation: _Reservation) -> None:
 
 
 def _forget_in_child() -> None:
-    global _forks, _warned_lock
+    global _forks, _warned_lock, _owed_lock
     _forks += 1
     _warned_lock = threading.RLock()
+    _owed_lock = threading.Lock()
     _orphans.clear()  # the parent's to give back
+    _owed.clear()  # the parent's to settle
     _refs.clear()
 
 
@@ -962,7 +964,7 @@ def _settle(record: UsageRecord, session: Any, reservation: _Reservation | None)
         if direct and actual > 0:  # rows this process holds no lease on: settled at once
             try:
                 ledger = config.ledger or config.get_ledger()
-                seen += settle_all(ledger, [(b.key, start, 0.0, actual) for b, start in direct])
+                seen += _settle_direct(ledger, [(b.key, start) for b, start in direct], actual)
             except Exception:
                 _ledger_fault("settle")
                 return
@@ -974,6 +976,56 @@ def _settle(record: UsageRecord, session: Any, reservation: _Reservation | None)
     for (budget, start), total in zip(settled, seen, strict=True):
         if total >= first * budget.limit:
             _maybe_warn(budget, start, total, fractions, record)
+
+
+#: Real costs the ledger could not take at once (down, locked, its disk full), by row
+#: (scope_key, period_start): the next direct settlement adds them, or the exit. A budget that
+#: only warns holds no lease to keep them in: its spend of a ledger's outage was lost, and its
+#: warnings never came.
+_owed: dict[tuple[str, str], float] = {}
+_owed_lock = threading.Lock()
+
+
+def _settle_direct(ledger: Any, rows: list[tuple[str, str]], actual: float) -> list[float]:
+    """Add ``actual`` to the settled USD of each ledger row of ``rows``, with whatever is owed:
+    the spent USD of each. What the ledger did not take is owed, and its error raised."""
+    with _owed_lock:
+        owed = _owed.copy()
+        _owed.clear()
+    amounts = dict.fromkeys(rows, actual)
+    for row, amount in owed.items():
+        amounts[row] = amounts.get(row, 0.0) + amount
+    items = [(key, start, 0.0, amount) for (key, start), amount in amounts.items()]
+    seen: list[float] = []
+    try:
+        if getattr(ledger, "settle_many", None) is not None:  # one transaction: all or none
+            seen = settle_all(ledger, items)
+        else:
+            for item in items:
+                seen.append(ledger.settle(*item))
+    except BaseException:
+        with _owed_lock:
+            for key, start, _, amount in items[len(seen) :]:
+                _owed[(key, start)] = _owed.get((key, start), 0.0) + amount
+        raise
+    return seen[: len(rows)]
+
+
+def _settle_owed_at_exit() -> None:
+    config = _config
+    if not _owed or config is None:
+        return
+    try:
+        _settle_direct(config.ledger or config.get_ledger(), [], 0.0)
+    except Exception:
+        logger.error(
+            "tokenmeter: the budget ledger did not take the spend of %d budget rows at exit",
+            len(_owed),
+            exc_info=True,
+        )
+
+
+_pipeline.before_exit(_settle_owed_at_exit)
 
 
 def _maybe_warn(
@@ -1054,4 +1106,6 @@ def reset() -> None:
     configure_budgets(())
     with _warned_lock:
         _warned.clear()
+    with _owed_lock:
+        _owed.clear()
     _ledger_failed = False
