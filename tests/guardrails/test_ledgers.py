@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,20 @@ def test_leases_follow_the_protocol(tmp_path: Path, kind: str) -> None:
     ledger = MemoryLedger() if kind == "memory" else SQLiteLedger(tmp_path / "budgets.db")
     check_lease_protocol(ledger)
     ledger.close()
+
+
+def test_a_sqlite_ledgers_files_are_owner_only(tmp_path: Path) -> None:
+    """budgets.db and its -wal and -shm were made 0o644 (world-readable budget names and
+    spend), though files tokenmeter creates are its owner's only."""
+    old = os.umask(0o022)  # the usual one: sqlite3 alone makes files 0o644
+    ledger = SQLiteLedger(tmp_path / "budgets.db")
+    try:
+        ledger.reserve("k", "2026-12-01T00:00:00+00:00", 10.0, 1.0)
+        for name in ("budgets.db", "budgets.db-wal", "budgets.db-shm"):
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+    finally:
+        ledger.close()
+        os.umask(old)
 
 
 def test_a_sqlite_ledger_removed_while_in_use_is_made_again(tmp_path: Path) -> None:

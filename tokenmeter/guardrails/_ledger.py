@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from tokenmeter import _pipeline
-from tokenmeter.sinks._files import ensure_private_dir, file_id, still_names
+from tokenmeter.sinks._files import ensure_private_dir, file_id, open_private, still_names
 from tokenmeter.sinks.sqlite import _use_wal, held_from_fork
 
 __all__ = [
@@ -338,6 +338,9 @@ class SQLiteLedger:
         if self._pid != os.getpid():  # a forked child: the parent's connections are not ours
             self._pid, self._all, self._local = os.getpid(), [], threading.local()
         ensure_private_dir(self.path.parent)
+        # Created 0o600 (its -wal and -shm copy the mode): sqlite3 would make it 0o644. Closed
+        # before SQLite opens it: closing a descriptor drops this process's locks on the file.
+        os.close(open_private(self.path, os.O_RDWR))
         conn = sqlite3.connect(
             self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
