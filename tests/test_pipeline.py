@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -1127,6 +1128,46 @@ def test_a_sigterm_while_configure_stops_the_old_sinks_loses_none_of_their_recor
     )
     assert done.returncode == -signal.SIGTERM, done.stderr
     assert (tmp_path / "old.jsonl").read_text().count("\n") == 10
+
+
+FIRST_RECORD_SIGNALLED = """
+import os, signal, time, tokenmeter
+from tokenmeter import _pipeline
+
+tokenmeter.configure(sinks=["sqlite"], directory=".", exit_timeout=10)
+make = _pipeline._sink_factory
+
+def make_and_be_stopped():  # SIGTERM while the first record opens the sinks
+    sinks = make()
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.5)
+    return sinks
+
+_pipeline._sink_factory = make_and_be_stopped
+tokenmeter.record("openai", "gpt-4o", 10, 1)
+time.sleep(60)
+"""
+
+
+def test_a_sigterm_while_the_first_record_opens_the_sinks_flushes_and_ends_at_once(
+    tmp_path: Path,
+) -> None:
+    """The handler runs on the main thread, which was holding the pipeline's lock to make it:
+    the exit hooks' thread waited for that lock until its timeout (half of exit_timeout: 5 s,
+    ``Pool.terminate()`` of workers making their first call), and nothing was written. The
+    signal is now acted on once the lock is let go: the process flushes what was submitted (the
+    implicit session) and dies of it."""
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_RECORD_SIGNALLED],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert "did not finish" not in done.stderr
+    with contextlib.closing(sqlite3.connect(tmp_path / "usage.db")) as db:
+        assert db.execute("SELECT count(*) FROM sessions").fetchone() == (1,)
 
 
 POOL_TERMINATED = """

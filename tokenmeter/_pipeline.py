@@ -962,6 +962,19 @@ def _stop_writers(writers: Sequence[_Writer], timeout: float | None) -> None:
 # -- module state --------------------------------------------------------------------------------
 _pipeline: _Pipeline | None = None
 _lock = threading.RLock()
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """Hold ``_lock``; then act on a termination signal that came meanwhile (deferred: see
+    ``_on_termination``)."""
+    try:
+        with _lock:
+            yield
+    finally:
+        _take_deferred_signal()
+
+
 _sink_factory: Callable[[], list[Sink]] = list
 _max_queue = 100_000
 _exit_timeout = 10.0
@@ -989,7 +1002,7 @@ def _get() -> _Pipeline:
             hook()
         finally:
             first_use_hook = None
-    with _lock:
+    with _lock:  # a termination signal meanwhile is taken by the caller (``submit``)
         if _pipeline is None:
             try:
                 sinks = _sink_factory()
@@ -1027,12 +1040,12 @@ _submit_observers: list[Callable[[UsageRecord | SessionInfo], None]] = []
 
 def add_submit_observer(observer: Callable[[UsageRecord | SessionInfo], None]) -> None:
     """Call ``observer(item)`` on the caller's thread for every item submitted from now on."""
-    with _lock:
+    with _locked():
         _submit_observers.append(observer)
 
 
 def remove_submit_observer(observer: Callable[[UsageRecord | SessionInfo], None]) -> None:
-    with _lock, contextlib.suppress(ValueError):
+    with _locked(), contextlib.suppress(ValueError):
         _submit_observers.remove(observer)
 
 
@@ -1047,6 +1060,8 @@ def submit(item: UsageRecord | SessionInfo) -> None:
                 logger.exception("tokenmeter: a submit observer failed")
     while not pipeline.put(item):  # replaced meanwhile: configure() on another thread
         pipeline = _pipeline or _get()
+    if _deferred_signal:  # came while this first record made the sinks: the exit writes it
+        _take_deferred_signal()
     if _ended_pid and _ended_pid == os.getpid():  # 0 until the exit flush: no getpid() call
         _write_late()
 
@@ -1217,7 +1232,7 @@ def set_sinks(
     thread-safe: a second writer would call it while the first is still inside a slow write."""
     global _pipeline, _sink_factory, _max_queue, _exit_timeout, _interval, _quarantine, _carried
     catch_up()  # the calls made so far go to the sinks they were made under
-    with _lock:
+    with _locked():
         old, old_timeout, _pipeline = _pipeline, _exit_timeout, None
         _sink_factory, _max_queue, _exit_timeout = make_sinks, max_queue, exit_timeout
         _interval, _quarantine = flush_interval, quarantine
@@ -1239,7 +1254,7 @@ def set_sinks(
             ", ".join(_name(w.sink) for w in behind),
             old_timeout,
         )
-    with _lock:
+    with _locked():
         _ending[:] = [w for w in _ending if w._thread.is_alive()]
 
 
@@ -1435,8 +1450,18 @@ def _our_signals() -> list[int]:
     return [s for s in found if s is not None and signal.getsignal(s) is _on_termination]
 
 
+#: A termination signal that came while the main thread held ``_lock``.
+_deferred_signal = 0
+
+
 def _on_termination(signum: int, frame: object) -> None:
-    global _exit_signal
+    global _exit_signal, _deferred_signal
+    if _lock._is_owned():  # type: ignore[attr-defined]
+        # The main thread is making or replacing the pipeline (its first record opens the
+        # sinks): the exit flush, on the hooks' thread, would wait for the lock until its
+        # timeout (5 s of exit_timeout=10) and lose the record. It runs once the lock is let go.
+        _deferred_signal = signum
+        return
     if _exit_running == os.getpid():
         # The exit flush is under way (``with Pool()`` signals workers that are exiting; or this
         # handler's own, signalled again): dying now would lose what it is writing. The process
@@ -1446,6 +1471,17 @@ def _on_termination(signum: int, frame: object) -> None:
     _exit_signal = signum
     _at_exit()  # ends by raising the signal again; returns at once when the exit flush is over
     _die_of(signum)
+
+
+def _take_deferred_signal() -> None:
+    """Act on the termination signal that came while this (the main) thread held ``_lock``."""
+    global _deferred_signal
+    signum = _deferred_signal
+    if not signum or threading.current_thread() is not threading.main_thread():
+        return
+    if not _lock._is_owned():  # type: ignore[attr-defined]
+        _deferred_signal = 0
+        _on_termination(signum, None)
 
 
 def _die_of(signum: int) -> None:
