@@ -94,6 +94,26 @@ def test_an_alert_is_not_repeated_within_its_cooldown(tmp_path: Path) -> None:
     ]
 
 
+def test_alerts_alerts_jsonl_refused_are_written_once_it_takes_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """alerts.jsonl unwritable (its disk full, a directory in its place): each alert was lost,
+    with an error line of its own. They are kept, and written, in order, once it can be."""
+    seen = setup(tmp_path, [{"rule": "call_tokens", "threshold": 5000, "cooldown_s": 0}])
+    path = tmp_path / "tm" / "alerts.jsonl"
+    path.mkdir(parents=True)
+    with caplog.at_level(logging.ERROR, logger="tokenmeter"):
+        for minute in range(3):
+            call(6000, minute)
+            assert tokenmeter.flush(5)
+    assert len(seen.alerts) == 3
+    assert sum(str(path) in r.getMessage() for r in caplog.records) == 1
+    path.rmdir()
+    call(6000, 3)
+    assert tokenmeter.flush(5)
+    assert [a["time"][14:16] for a in read_alerts(path)[0]] == ["00", "01", "02", "03"]
+
+
 def test_an_alert_dated_in_the_future_does_not_silence_its_rule(tmp_path: Path) -> None:
     """One line of alerts.jsonl dated ahead (a clock set wrong, a record backfilled with a
     future timestamp, a hand edit) kept its rule and scope cooling down until that date: for a

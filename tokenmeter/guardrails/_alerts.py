@@ -216,6 +216,9 @@ class AlertSink:
         #: Ids of the records the callbacks made: not judged (see ``_note_own``).
         self._own: set[str] = set()
         self._observing = False
+        #: Lines alerts.jsonl refused (its disk full, made read-only, a directory in its
+        #: place), in order: written before the next ones once it takes them again.
+        self._unwritten: deque[bytes] = deque(maxlen=_MAX_UNWRITTEN)
 
     def activate(self) -> None:
         global _active
@@ -264,6 +267,11 @@ class AlertSink:
             _pipeline.remove_submit_observer(self._note_own)
             self._observing = False
         self.flush()
+        if self._unwritten:
+            logger.error(
+                "tokenmeter: %d alerts could not be written to %s", len(self._unwritten), self.path
+            )
+            self._unwritten.clear()
         if _active is self:
             _active = None
 
@@ -458,6 +466,8 @@ class AlertSink:
 
     # -- delivery ------------------------------------------------------------------------------
     def _deliver_pending(self) -> None:
+        if self._unwritten:
+            self._write_unwritten()
         while self.pending:
             alert, once = self.pending.popleft()
             if once:
@@ -508,11 +518,34 @@ class AlertSink:
                 for item in found
             )
 
+        if self._unwritten:  # after those the file refused, in order
+            self._unwritten.append(line)
+            return True
         try:  # whole or not at all: a torn line would swallow the next alert too
             return append_line(self.path, line, given if once else None)
         except OSError as exc:
-            logger.error("tokenmeter: cannot append to %s: %s", self.path, exc)
+            # Given all the same (logged, the callbacks called), and written once it can be:
+            # each one was lost, with an error line of its own.
+            self._unwritten.append(line)
+            logger.error(
+                "tokenmeter: cannot append to %s: %s; its alerts are kept and written once it "
+                "can be",
+                self.path,
+                exc,
+            )
             return True
+
+    def _write_unwritten(self) -> None:
+        lines = list(self._unwritten)
+        try:
+            append_line(self.path, b"".join(lines))
+        except OSError:
+            return
+        for _ in lines:
+            self._unwritten.popleft()
+        logger.info(
+            "tokenmeter: %s is written again (%d alerts kept meanwhile)", self.path, len(lines)
+        )
 
 
 #: Scopes (model names, session names) whose baselines and cooldowns are kept: past this many
@@ -521,6 +554,8 @@ _MAX_SCOPES = 10_000
 #: Warnings given ``once`` kept in memory: past this many, only those at the end of
 #: alerts.jsonl (what a restarted process knows) are kept.
 _MAX_GIVEN = 10_000
+#: Alert lines kept while alerts.jsonl cannot be written: past this many the oldest go.
+_MAX_UNWRITTEN = 10_000
 #: How much of the end of alerts.jsonl a new process reads for the cooldowns still running.
 _SEED_BYTES = 256 * 1024
 
