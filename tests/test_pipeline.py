@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -1878,6 +1879,9 @@ def test_a_hung_sink_at_exit_is_the_only_one_named_and_the_others_are_closed(
     env = {**os.environ, "TOKENMETER_DIR": str(tmp_path / "m")}
     done = run_python("-c", HUNG_BESIDE_HEALTHY, env=env, cwd=tmp_path)
     assert "sinks Hung did not accept every record at exit" in done.stderr
+    # How many it held is said (the 20 records, the implicit session): the line had no count.
+    lost = re.search(r"(\d+) records and sessions still held by Hung are lost", done.stderr)
+    assert lost is not None and int(lost[1]) >= 20, done.stderr
     assert "Closing" not in done.stderr and "JSONLSink" not in done.stderr
     assert done.stdout.split() == ["closed", "20"]
     assert len((tmp_path / "m" / "usage.jsonl").read_text().splitlines()) == 20

@@ -353,6 +353,15 @@ class _Writer:
             self._wake.set()  # the first item starts the interval; a full batch ends it
         return waiting
 
+    def held(self) -> int:
+        """Records and sessions this writer holds, unwritten (read from another thread: a
+        writer cut off at exit, inside its sink's write)."""
+        try:
+            runs = sum(map(len, self._pending)) + len(self._accused)
+            return runs + sum(type(item) is not _FlushMarker for item in self._buffer)
+        except RuntimeError:  # changed while counted: the writer is not stuck after all
+            return 0
+
     def _drop_oldest(self) -> None:
         for index, item in enumerate(self._buffer):
             if type(item) is not _FlushMarker:
@@ -1307,10 +1316,16 @@ def _flush_at_exit() -> None:
     _stop_writers([*writers, *_ending], _exit_time_left())
     # A writer still at work (setting aside what its sink refused, closing it) is cut off when
     # the interpreter ends: what it still holds is lost, not failed and set aside.
-    late = [_name(w.sink) for w in [*writers, *_ending] if w._thread.is_alive()]
+    cut_off = [w for w in [*writers, *_ending] if w._thread.is_alive()]
+    late = [_name(w.sink) for w in cut_off]
     timed_out += [name for name in late if name not in timed_out]
     failed = [name for name in failed if name not in timed_out]
     _report_unflushed(failed, timed_out, "every record at exit")
+    held = sum(w.held() for w in cut_off)
+    if held:
+        logger.error(
+            "tokenmeter: %d records and sessions still held by %s are lost", held, ", ".join(late)
+        )
 
 
 def _run_exit_hooks() -> None:
