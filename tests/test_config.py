@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import one_line_value_error, run_python
+from helpers import one_line_value_error, returns, run_python
 
 import tokenmeter
 from tokenmeter import _runtime
@@ -149,6 +149,19 @@ def test_the_pyproject_tokenmeter_run_pins_is_read_wherever_the_process_starts(
     assert load_settings(env={}, cwd=elsewhere).sinks == ("markdown",)
     pinned.unlink()
     assert load_settings(env={run: str(pinned)}, cwd=elsewhere).sinks == ("sqlite",)
+
+
+def test_a_pinned_pyproject_that_is_no_regular_file_is_refused_without_reading_it(
+    tmp_path: Path,
+) -> None:
+    """A FIFO there blocked the application's first settings read for ever (opened, it waits
+    for a writer); /dev/zero was read until MemoryError."""
+    fifo = tmp_path / "pyproject.toml"
+    os.mkfifo(fifo)
+    run = "TOKENMETER_RUN_PYPROJECT"
+    for path in (fifo, Path("/dev/zero")):
+        raised = returns(lambda p=path: load_settings(env={run: str(p)}), f"reading {path}")
+        assert [str(e) for e in raised] == [f"{path}: a pyproject.toml must be a regular file"]
 
 
 def test_bad_pyproject_value_names_its_source(tmp_path: Path) -> None:

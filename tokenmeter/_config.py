@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from tokenmeter.pricing import check_aliases, check_prices
-from tokenmeter.pricing._overrides import short_repr
+from tokenmeter.pricing._overrides import read_small_file, short_repr
 
 __all__ = ["SINK_NAMES", "Settings", "load_settings", "load_settings_with_sources"]
 
@@ -421,14 +421,16 @@ def _floats(value: Any) -> Any:
     return value
 
 
+#: The largest pyproject.toml read for its [tool.tokenmeter] table.
+_MAX_PYPROJECT = 16 * 1024 * 1024
+
+
 def _from_pyproject(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
+    raw = read_small_file(path, "pyproject.toml", _MAX_PYPROJECT)  # not a FIFO, nor /dev/zero
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh, parse_float=Decimal)  # a rate of 1e-400 is not 0.0
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read [tool.tokenmeter]: {exc}") from None
+        data = tomllib.loads(raw.decode("utf-8"), parse_float=Decimal)  # 1e-400 is not 0.0
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except RecursionError:

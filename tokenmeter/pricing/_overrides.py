@@ -202,29 +202,29 @@ def _read_file_once(file: Path) -> _Parsed:
     return parsed
 
 
-def _read_bytes(file: Path) -> bytes:
-    """The file's bytes: a regular file of at most ``MAX_PRICES_FILE``. Opened without blocking
-    and checked before it is read: a FIFO would wait for a writer for ever, a device such as
-    /dev/zero never ends."""
+def read_small_file(file: Path, what: str, limit: int) -> bytes:
+    """The file's bytes: a regular file of at most ``limit`` bytes, or a ValueError naming it
+    and ``what`` it was read as. Opened without blocking and checked before it is read: a FIFO
+    would wait for a writer for ever, a device such as /dev/zero never ends."""
     try:
         fd = os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        raise ValueError(f"{file}: cannot read prices file ({exc.strerror or exc})") from exc
+        raise ValueError(f"{file}: cannot read {what} ({exc.strerror or exc})") from exc
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise ValueError(f"{file}: a prices file must be a regular file")
+        raise ValueError(f"{file}: a {what} must be a regular file")
     with os.fdopen(fd, "rb") as handle:
         try:
-            raw = handle.read(MAX_PRICES_FILE + 1)
+            raw = handle.read(limit + 1)
         except OSError as exc:
-            raise ValueError(f"{file}: cannot read prices file ({exc.strerror or exc})") from exc
-    if len(raw) > MAX_PRICES_FILE:
-        raise ValueError(f"{file}: larger than {MAX_PRICES_FILE >> 20} MiB: not a prices file")
+            raise ValueError(f"{file}: cannot read {what} ({exc.strerror or exc})") from exc
+    if len(raw) > limit:
+        raise ValueError(f"{file}: larger than {limit >> 20} MiB: not a {what}")
     return raw
 
 
 def _read_file(file: Path) -> _Parsed:
-    raw = _read_bytes(file)
+    raw = read_small_file(file, "prices file", MAX_PRICES_FILE)
     try:
         text = raw.decode("utf-8-sig")  # tolerate the byte-order mark Windows editors write
     except UnicodeDecodeError as exc:
