@@ -282,6 +282,19 @@ def test_a_fifo_a_device_or_a_directory_is_refused_not_read(
         assert str(path) in str(excinfo.value)
 
 
+def test_a_json_prices_file_naming_a_key_twice_is_refused(tmp_path: Path) -> None:
+    """The JSON decoder kept a repeated key's last value: a model's second entry silently won
+    ($25 a million input tokens instead of $2.50), where TOML refuses the file."""
+    path = tmp_path / "prices.json"
+    low, high = json.dumps(MY_MODEL), json.dumps({**MY_MODEL, "input_per_mtok": 25})
+    path.write_text(f'{{"my-model": {low}, "my-model": {high}}}')
+    with pytest.raises(ValueError, match=r"not valid JSON: 'my-model' is given twice$"):
+        load_prices_file(path)
+    path.write_text('{"my-model": {"input_per_mtok": 1, "input_per_mtok": 2}}')
+    with pytest.raises(ValueError, match=r"'input_per_mtok' is given twice$"):
+        load_prices_file(path)
+
+
 def test_a_prices_file_past_the_size_bound_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

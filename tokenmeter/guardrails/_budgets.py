@@ -217,10 +217,11 @@ def parse_budgets(value: Any) -> tuple[Budget, ...]:
     if not isinstance(value, list | tuple):
         raise ValueError(f"must be a list of budgets, got {short_repr(value)}")
     budgets = tuple(parse_budget(f"budgets[{i}]", item) for i, item in enumerate(value))
-    names = [b.name for b in budgets]
-    for name in names:
-        if names.count(name) > 1:
-            raise ValueError(f"two budgets are named {name!r}; give each a distinct name")
+    seen: set[str] = set()
+    for budget in budgets:
+        if budget.name in seen:
+            raise ValueError(f"two budgets are named {budget.name!r}; give each a distinct name")
+        seen.add(budget.name)
     return budgets
 
 

@@ -239,7 +239,7 @@ def _read_file(file: Path) -> _Parsed:
         # Numbers as written, not as floats: 1e-400 would be 0.0, a silent $0 for a typo that
         # the rate checks refuse.
         data: Any = (
-            json.loads(text, parse_float=Decimal)
+            json.loads(text, parse_float=Decimal, object_pairs_hook=_no_repeated_keys)
             if as_json
             else tomllib.loads(text, parse_float=Decimal)
         )
@@ -255,6 +255,17 @@ def _read_file(file: Path) -> _Parsed:
     if not isinstance(data, dict):
         raise ValueError(f"{file}: expected a table of models, got {type(data).__name__}")
     return data, _parse_prices(data, origin=str(file))
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused when it names one key twice: the decoder kept the last one (a
+    model's second entry silently won), where TOML refuses the file."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"{short_repr(key)} is given twice")
+        found[key] = value
+    return found
 
 
 def _too_deep_json_key(text: str) -> str | None:
