@@ -287,19 +287,27 @@ def test_at_its_budget():
     )
 
 
-def test_bad_marker_argument_is_reported(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize(
+    ("argument", "shown"), [('"a lot"', "('a lot',)"), ("10**5000", "<tuple>")]
+)
+def test_bad_marker_argument_is_reported(
+    pytester: pytest.Pytester, argument: str, shown: str
+) -> None:
+    """An int past Python's digit limit failed with that limit's error, naming no marker."""
     pytester.makepyprojecttoml(_INI)
     pytester.makepyfile(
-        """
+        f"""
         import pytest
 
-        @pytest.mark.tokenmeter_budget("a lot")
+        @pytest.mark.tokenmeter_budget({argument})
         def test_x():
             pass
         """
     )
     result = pytester.runpytest("--tokenmeter")
-    result.stdout.fnmatch_lines(["*tokenmeter_budget takes one non-negative number of USD*"])
+    result.stdout.fnmatch_lines(
+        [f"*tokenmeter_budget takes one non-negative number of USD*got {shown} {{}}*"]
+    )
     assert result.ret != pytest.ExitCode.OK
 
 

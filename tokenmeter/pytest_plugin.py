@@ -14,6 +14,7 @@ the controller: the controller adds up the same numbers a single process would, 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator, Iterator
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -153,14 +154,27 @@ def _marker_budget(item: pytest.Item) -> Decimal | None:
     if marker is None:
         return None
     args = list(marker.args) + ([marker.kwargs["usd"]] if "usd" in marker.kwargs else [])
-    value = _usd(str(args[0])) if len(args) == 1 and not isinstance(args[0], bool) else None
+    value = None
+    if len(args) == 1 and not isinstance(args[0], bool):
+        with contextlib.suppress(Exception):  # str() of an int past Python's digit limit
+            value = _usd(str(args[0]))
     if value is None:
         raise ValueError(
             f"{item.nodeid}: @pytest.mark.{_MARKER} takes one non-negative number of USD "
             f"(at most {_MAX_USD}), "
-            f"e.g. @pytest.mark.{_MARKER}(0.05); got {marker.args!r} {marker.kwargs!r}"
+            f"e.g. @pytest.mark.{_MARKER}(0.05); got {_shown(marker.args)} {_shown(marker.kwargs)}"
         )
     return value
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, cut to 100 characters; a value that cannot show itself (an int past
+    Python's digit limit) by its type."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= 100 else f"{text[:97]}..."
 
 
 _COUNTS = ("calls", "input_tokens", "output_tokens", "cost_usd", "unpriced_calls")

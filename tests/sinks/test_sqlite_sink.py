@@ -398,6 +398,25 @@ def test_a_busy_timeout_that_is_not_a_number_of_seconds_is_a_value_error(
         SQLiteSink(tmp_path / "usage.db", busy_timeout_s=bad)  # type: ignore[arg-type]
 
 
+def test_a_bad_busy_timeout_is_named_shortly() -> None:
+    """The value was quoted whole: a 10 MB string made a 10 MB message."""
+    with pytest.raises(ValueError, match="busy_timeout_s") as raised:
+        SQLiteSink("usage.db", busy_timeout_s="x" * 10_000_000)  # type: ignore[arg-type]
+    assert len(str(raised.value)) < 200
+
+
+def test_a_device_is_no_sqlite_file(tmp_path: Path, make_record: RecordFactory) -> None:
+    """SQLite opened /dev/null as a database and made its journal beside it, with the device's
+    mode (/dev/null-journal, 0o666). A device there since the sink was made fails its write."""
+    with pytest.raises(ValueError, match=r"^SQLiteSink: /dev/null is not a regular file$"):
+        SQLiteSink("/dev/null")
+    sink = SQLiteSink(tmp_path / "usage.db")
+    (tmp_path / "usage.db").symlink_to("/dev/null")
+    with pytest.raises(OSError, match="is not a regular file"):
+        sink.write([make_record(0)])
+    assert not Path("/dev/null-journal").exists()
+
+
 def test_a_busy_timeout_longer_than_sqlite_takes_waits_as_long_as_it_can(
     tmp_path: Path, make_record: RecordFactory
 ) -> None:

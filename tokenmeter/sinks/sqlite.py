@@ -20,9 +20,11 @@ pico-USD, so ``SUM(cost_pusd)`` is exact and fast.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenmeter._fork import renew_after_fork
-from tokenmeter._models import SessionInfo, UsageRecord, _iso
+from tokenmeter._models import SessionInfo, UsageRecord, _iso, short_repr
 from tokenmeter._packed import MAPPINGS, as_dict
 from tokenmeter.sinks._encode import compact_json
 from tokenmeter.sinks._files import absolute, ensure_private_dir, file_id, open_private, still_names
@@ -578,6 +580,16 @@ def _flat(rows: Iterable[tuple[Any, ...]]) -> list[Any]:
 _MAX_BUSY_TIMEOUT_MS = 2**31 - 1
 
 
+def _regular_or_none(path: Path) -> bool:
+    """True when nothing is at ``path`` yet, or a regular file (through links)."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except FileNotFoundError:
+        return True
+    except OSError:  # not searchable, a loop of links: the first write says why
+        return True
+
+
 class SQLiteSink:
     """Stores records (and sessions) in the SQLite database at ``path``."""
 
@@ -588,9 +600,13 @@ class SQLiteSink:
             or not busy_timeout_s >= 0
         ):
             raise ValueError(
-                f"busy_timeout_s must be a non-negative number of seconds, got {busy_timeout_s!r}"
+                "busy_timeout_s must be a non-negative number of seconds, got "
+                + short_repr(busy_timeout_s)
             )
         self.path = absolute(path)
+        if not _regular_or_none(self.path):
+            # A device: SQLite would make its journal beside it (/dev/zero-journal, mode 0o666).
+            raise ValueError(f"SQLiteSink: {self.path} is not a regular file")
         # SQLite keeps it as 32-bit milliseconds, and reads a larger number as 0 (no wait at all).
         self._busy_timeout_ms = int(min(busy_timeout_s * 1000, _MAX_BUSY_TIMEOUT_MS))
         self._conn: sqlite3.Connection | None = None
@@ -674,6 +690,8 @@ class SQLiteSink:
             # Closed before SQLite opens the file: closing a descriptor drops every POSIX lock
             # this process holds on the file, SQLite's included.
             os.close(fd)
+        if not stat.S_ISREG(info.st_mode):  # put there since the sink was made
+            raise OSError(errno.EINVAL, f"{self.path} is not a regular file")
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
