@@ -118,7 +118,10 @@ def _child_environment(
     if args.sinks is not None:
         env["TOKENMETER_SINKS"] = args.sinks
     if args.dir is not None:  # absolute: a child that changes directory writes to the same place
-        env["TOKENMETER_DIR"] = str(absolute(args.dir))
+        try:
+            env["TOKENMETER_DIR"] = str(absolute(args.dir))
+        except ValueError as exc:  # a path longer than any file system takes
+            raise CliError(f"--dir: {exc}", exit_code=2) from None
     if args.budget is not None:
         env[BUDGET_ENV] = str(args.budget)
         budget = _run_budget(args.budget, env[_autorun.ENV_SESSION])
