@@ -9,10 +9,15 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+
+import tokenmeter
+from tokenmeter import UsageRecord
+from tokenmeter.sinks import InMemorySink
 
 from .conftest import (
     CHAT,
@@ -815,3 +820,24 @@ def test_an_average_cost_is_written_to_the_pico_dollar(
     assert code == 0
     [row] = list(csv.DictReader(io.StringIO(out)))
     assert row["avg_cost_per_call_usd"] == "0.000023333333"
+
+
+def test_the_quarantine_file_is_read_as_the_records_it_set_aside(
+    cli: RunCli, tmp_path: Path
+) -> None:
+    """``report --source quarantine.jsonl`` skipped every line (each wraps a record with the
+    sink and its error): what a sink refused could not be looked at."""
+
+    class Down(InMemorySink):
+        def write(self, records: Sequence[UsageRecord]) -> None:
+            raise OSError("server down")
+
+    tokenmeter.configure(sinks=[Down()], directory=tmp_path)
+    for _ in range(3):
+        tokenmeter.record("openai", "gpt-4o", 1000, 500)
+    tokenmeter.configure(sinks=[InMemorySink()])  # the old sink stops: set aside
+    code, out, err = cli(
+        "report", "--source", str(tmp_path / "quarantine.jsonl"), "--format", "json"
+    )
+    assert code == 0 and err == ""
+    assert json.loads(out)["totals"]["calls"] == 3

@@ -155,8 +155,14 @@ def _parse_line(line: bytes) -> dict[str, Any] | None:
     else:
         if end != len(text) and not text[end:].isspace():
             return None
-    if not isinstance(record, dict) or "timestamp" not in record:
+    if not isinstance(record, dict):
         return None
+    if "timestamp" not in record:
+        # A line of quarantine.jsonl: {"sink", "error", "record"}, the record a sink refused.
+        inner = record.get("record")
+        if "sink" not in record or not isinstance(inner, dict) or "timestamp" not in inner:
+            return None
+        return inner
     return record
 
 
