@@ -1094,6 +1094,15 @@ def _run_bounded(args: list[str], env: dict[str, str], cwd: Path) -> str:
     return out
 
 
+def _dies_of_sigterm(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a child process, which must end killed by SIGTERM."""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    return done
+
+
 RECONFIGURED = """
 import os, signal, threading, time, tokenmeter
 from tokenmeter.sinks import JSONLSink
@@ -1120,14 +1129,7 @@ def test_a_sigterm_while_configure_stops_the_old_sinks_loses_none_of_their_recor
 ) -> None:
     """configure() takes the old pipeline out, then waits for it to write its records: the
     handler flushed only the new (empty) one and ended the process, the old records unwritten."""
-    done = subprocess.run(
-        [sys.executable, "-c", RECONFIGURED],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == -signal.SIGTERM, done.stderr
+    _dies_of_sigterm(RECONFIGURED, tmp_path)
     assert (tmp_path / "old.jsonl").read_text().count("\n") == 10
 
 
@@ -1158,14 +1160,7 @@ def test_a_sigterm_while_the_first_record_opens_the_sinks_flushes_and_ends_at_on
     ``Pool.terminate()`` of workers making their first call), and nothing was written. The
     signal is now acted on once the lock is let go: the process flushes what was submitted (the
     implicit session) and dies of it."""
-    done = subprocess.run(
-        [sys.executable, "-c", FIRST_RECORD_SIGNALLED],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == -signal.SIGTERM, done.stderr
+    done = _dies_of_sigterm(FIRST_RECORD_SIGNALLED, tmp_path)
     assert "did not finish" not in done.stderr
     with contextlib.closing(sqlite3.connect(tmp_path / "usage.db")) as db:
         assert db.execute("SELECT count(*) FROM sessions").fetchone() == (1,)
