@@ -524,8 +524,8 @@ class AlertSink:
         try:  # whole or not at all: a torn line would swallow the next alert too
             return append_line(self.path, line, given if once else None)
         except OSError as exc:
-            # Given all the same (logged, the callbacks called), and written once it can be:
-            # each one was lost, with an error line of its own.
+            # Given all the same (logged, the callbacks called); written once the file takes
+            # lines again, and said once.
             self._unwritten.append(line)
             logger.error(
                 "tokenmeter: cannot append to %s: %s; its alerts are kept and written once it "
