@@ -3,10 +3,11 @@
 # No ``from __future__ import annotations`` here: google-genai 1.10 reads a tool function's
 # annotations as written, and fails automatic function calling on the string "str".
 
+import contextlib
 import gc
 import json
 import types as pytypes
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -135,6 +136,26 @@ async def test_async_stream(fake: FakeProvider, sink: InMemorySink) -> None:
     record = only(flushed(sink))
     assert_counts(record, FINAL)
     assert record.streamed is True
+
+
+@pytest.mark.usefixtures("instrumented")
+async def test_async_stream_has_only_the_sdks_protocols(
+    fake: FakeProvider, sink: InMemorySink
+) -> None:
+    """The proxy had wrapt's context-manager methods and ``__iter__`` whatever it wrapped: the
+    async generator claimed to be sync-iterable and an async context manager, and ``async
+    with`` on it raised AttributeError, where the SDK's own raises TypeError."""
+    stream = await client(fake).aio.models.generate_content_stream(
+        model="gemini-2.5-flash", contents="hi"
+    )
+    assert not isinstance(stream, Iterable)
+    assert not isinstance(stream, contextlib.AbstractAsyncContextManager)
+    assert not isinstance(stream, contextlib.AbstractContextManager)
+    with pytest.raises(TypeError):
+        async with stream:  # type: ignore[attr-defined]
+            pass
+    assert len([chunk async for chunk in stream]) == fake.stream_chunks
+    assert_counts(only(flushed(sink)), FINAL)
 
 
 @pytest.mark.usefixtures("instrumented")

@@ -7,12 +7,13 @@ bytes are identical with and without tokenmeter, which makes chunk-for-chunk com
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import gc
 import json
 import logging
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -867,6 +868,8 @@ async def test_stream_proxy_keeps_the_sdk_surface(
     client = fake.openai_client(async_=is_async)
     stream = await _open(client, kit)
     assert isinstance(stream, openai.AsyncStream if is_async else openai.Stream)
+    assert isinstance(stream, Iterable) is not is_async  # wrapt's proxy has __iter__ for all
+    assert isinstance(stream, contextlib.AbstractContextManager) is not is_async
     assert isinstance(stream.response, kit.http.Response)
     assert stream.response.status_code == 200
     assert stream.response is stream.response

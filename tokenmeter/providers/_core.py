@@ -592,11 +592,45 @@ class StreamReader(Protocol):
         ...
 
 
+#: The protocols a proxy of ours may implement (wrapt's proxy has the context managers and
+#: ``__iter__`` whatever it wraps).
+_PROTOCOL = (
+    "__enter__",
+    "__exit__",
+    "__aenter__",
+    "__aexit__",
+    "__iter__",
+    "__next__",
+    "__aiter__",
+    "__anext__",
+)
+_fitted: dict[tuple[type, frozenset[str]], type] = {}
+
+
 class SDKObjectProxy(ObjectProxy):
     """A proxy of ours over an object the SDK returned: ``copy.copy``, ``copy.deepcopy`` and
     ``pickle`` do what they do to the SDK's object (wrapt's proxies refuse all three with
     NotImplementedError). A deep copy or an unpickled copy is the SDK's own object: a snapshot,
-    not a call in flight."""
+    not a call in flight.
+
+    It has only the protocols of the SDK's object: ``with``, ``async with`` or ``iter()`` on one
+    that the SDK's object does not support raise the TypeError they raise there, and
+    ``isinstance(proxy, collections.abc.Iterable)`` (or ``AbstractContextManager``) answers as
+    for it (an async stream claimed to be sync-iterable, a google-genai async stream to be an
+    async context manager, whose ``async with`` then raised AttributeError)."""
+
+    def __new__(cls, wrapped: Any, *args: Any, **kwargs: Any) -> Any:
+        kind = type(wrapped)
+        missing = frozenset(
+            name
+            for name in _PROTOCOL
+            if getattr(cls, name, None) is not None and not hasattr(kind, name)
+        )
+        fitted = _fitted.get((cls, missing))
+        if fitted is None:  # the protocol's methods set to None, as for ``__hash__ = None``
+            made = type(cls.__name__, (cls,), dict.fromkeys(missing)) if missing else cls
+            fitted = _fitted.setdefault((cls, missing), made)
+        return super().__new__(fitted)
 
     def __copy__(self) -> Any:
         return copy.copy(self.__wrapped__)
