@@ -275,9 +275,11 @@ class Call:
             status = "error"
             error_name = type(error).__name__ if error is not None else self.failure
             tally = getattr(self.reader, "tally", None)
-            if usage is None and tally is not None and tally.chars:
-                # A stream cut after the provider had sent content: billed, though it never
-                # reported how much. Estimated, never a silent zero.
+            if usage is None and tally is not None and (tally.chars or _broken_off(error)):
+                # A stream cut once the provider had answered (content streamed by; or the
+                # connection dropped, a timeout, the task cancelled: not an error the provider
+                # reported), with no usage reported: billed, so estimated, never a silent zero,
+                # as when the application closes it there.
                 usage, estimated = self._estimate(), True
         elif usage is None and self.unreadable is not None:
             # The call succeeded but its usage cannot be trusted: recorded, with an unknown cost.
@@ -582,6 +584,15 @@ async def intercept_async(
     except Exception:
         fault(f"reading a {adapter.name} response")
         return result
+
+
+def _broken_off(error: BaseException | None) -> bool:
+    """True for an exception that broke a stream off on the client's side (a dropped
+    connection, a read timeout, a cancelled task), not one carrying the provider's own error
+    report (an HTTP status, an error event's body or code: a failure it does not bill)."""
+    return error is not None and all(
+        getattr(error, name, None) is None for name in ("status_code", "body", "code")
+    )
 
 
 class StreamReader(Protocol):
