@@ -36,7 +36,10 @@ _ERROR_EVENT = "ResponseErrorEvent"
 #: The error of a Responses answer whose status is ``failed`` without an error code.
 _FAILED = "response.failed"
 #: What a caller can do about a chat stream without usage.
-_CHAT_HINT = "for OpenAI chat, leave stream_options.include_usage unset or True"
+_CHAT_HINT = (
+    "a chat stream reports it when stream_options.include_usage is True, as tokenmeter asks "
+    "unless you set False; a compatible server may ignore it, and a stream cut short has none"
+)
 
 
 class ChunkReader:
