@@ -375,6 +375,50 @@ def test_records_queued_at_exit_reach_the_applications_exporter(receiver: OtlpRe
     assert len(receiver.spans()) == 20
 
 
+APP_TRACES_ONLY_AFTER_THE_SINK_IS_MADE = """
+import tokenmeter
+from tokenmeter.sinks import OTelSink
+tokenmeter.configure(sinks=[OTelSink()])  # first, as in a settings module
+tokenmeter.record("openai", "gpt-4o", 10, 2)
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+provider = TracerProvider(resource=Resource.create({"service.name": "the-app"}))
+provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+trace.set_tracer_provider(provider)  # tracing only: no MeterProvider
+for _ in range(20):
+    tokenmeter.record("openai", "gpt-4o", 10, 2)
+"""
+
+
+def test_an_application_setting_up_tracing_after_the_sink_was_made_gets_its_spans(
+    receiver: OtlpReceiver,
+) -> None:
+    """A sink made before the application set up OpenTelemetry (a configure() in a settings
+    module, a first call) kept tokenmeter's own providers for good: none of its spans reached
+    the application's exporter (here they reached the same collector only because both read
+    the endpoint from the environment, under tokenmeter's resource). And an application that
+    traces only got a metrics exporter of tokenmeter's that it never set up."""
+    result = subprocess.run(
+        [sys.executable, "-c", APP_TRACES_ONLY_AFTER_THE_SINK_IS_MADE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    with receiver.arrived:
+        services = [
+            attributes(resource_spans.resource.attributes)["service.name"]
+            for request in receiver.traces
+            for resource_spans in request.resource_spans
+            for _ in resource_spans.scope_spans[0].spans
+        ]
+    assert services[-20:] == ["the-app"] * 20
+    assert receiver.metrics == []
+
+
 def test_a_sink_never_configured_holds_none_of_the_applications_spans() -> None:
     """A sink watches the records submitted on the application's threads from the moment it is
     made, to find the span each call was made in. One made for a configure() call that was

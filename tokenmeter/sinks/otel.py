@@ -235,20 +235,53 @@ class OTelSink:
 
     def __init__(self, *, tracer_provider: Any = None, meter_provider: Any = None) -> None:
         context, metrics, trace = _otel()
-        self._context, self._trace = context, trace
-        self._own: list[Any] = []  # providers tokenmeter built: this sink flushes them
-        if tracer_provider is None:
-            tracer_provider = trace.get_tracer_provider()
-            if isinstance(tracer_provider, trace.ProxyTracerProvider):  # none set globally
-                tracer_provider = _own_providers()[0]
-                self._own.append(tracer_provider)
-        if meter_provider is None:
-            meter_provider = metrics.get_meter_provider()
-            if type(meter_provider).__name__ == "_ProxyMeterProvider":  # none set globally
-                meter_provider = _own_providers()[1]
-                self._own.append(meter_provider)
-        self._tracer = tracer_provider.get_tracer(_SCOPE)
+        self._context, self._trace, self._metrics = context, trace, metrics
+        self._given = (tracer_provider, meter_provider)
+        #: Providers tokenmeter built (this sink flushes them), and those it used before the
+        #: application set up its own (flushed too: what they hold is exported still).
+        self._own: list[Any] = []
+        self._retired: list[Any] = []
+        self._saw_app = False
         self.latest = latest_conventions_requested()
+        self._bind()
+        self._dims: dict[tuple[Any, ...], _Dims] = {}
+        #: ``_failed_exports`` when this sink's last flush() returned.
+        self._failures_seen = _failed_exports.count
+        self._parents: OrderedDict[str, Any] = OrderedDict()
+        self._parents_lock = threading.Lock()
+        from tokenmeter import _pipeline  # not at import: the pipeline imports the sinks
+
+        self._pipeline = _pipeline
+        if len(self._own) < 2:  # the application's providers, which the SDK shuts down at exit
+            _pipeline.flush_early_at_exit()
+        self._observer: Callable[[object], None] | None = None
+        self._unsure = False  # see _after_fork_in_child
+        self._observe()
+        _register_for_fork(self)
+
+    def _app_set_up(self) -> bool:
+        """Whether the application set a global TracerProvider or MeterProvider."""
+        return not isinstance(
+            self._trace.get_tracer_provider(), self._trace.ProxyTracerProvider
+        ) or (type(self._metrics.get_meter_provider()).__name__ != "_ProxyMeterProvider")
+
+    def _bind(self) -> None:
+        """Take the providers given, else the application's: its global ones once it set up
+        either (the other one too, a no-op until it sets it: an application that traces only
+        gets no metrics exporter it never asked for, which failed and held every exit for
+        exit_timeout), else tokenmeter's own, until the application sets up its own (a sink
+        made before that, at a first call or a configure() in a settings module, kept its own
+        for good: the application's collector never saw a span of tokenmeter's)."""
+        tracer_provider, meter_provider = self._given
+        own = () if self._app_set_up() else _own_providers()
+        if tracer_provider is None:
+            tracer_provider = own[0] if own else self._trace.get_tracer_provider()
+        if meter_provider is None:
+            meter_provider = own[1] if own else self._metrics.get_meter_provider()
+        built = [p for p in own if p is tracer_provider or p is meter_provider]
+        self._retired += [p for p in self._own if p not in built and p not in self._retired]
+        self._own = built
+        self._tracer = tracer_provider.get_tracer(_SCOPE)
         meter = meter_provider.get_meter(_SCOPE)
         self._cost = meter.create_counter(
             "tokenmeter.cost", unit="USD", description="Estimated cost of LLM calls"
@@ -268,20 +301,6 @@ class OTelSink:
                 description="GenAI operation duration",
                 explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
             )
-        self._dims: dict[tuple[Any, ...], _Dims] = {}
-        #: ``_failed_exports`` when this sink's last flush() returned.
-        self._failures_seen = _failed_exports.count
-        self._parents: OrderedDict[str, Any] = OrderedDict()
-        self._parents_lock = threading.Lock()
-        from tokenmeter import _pipeline  # not at import: the pipeline imports the sinks
-
-        self._pipeline = _pipeline
-        if len(self._own) < 2:  # the application's providers, which the SDK shuts down at exit
-            _pipeline.flush_early_at_exit()
-        self._observer: Callable[[object], None] | None = None
-        self._unsure = False  # see _after_fork_in_child
-        self._observe()
-        _register_for_fork(self)
 
     def _make_latest_instruments(self, meter: Any) -> None:
         def histogram(name: str, unit: str, description: str, buckets: list[Any]) -> Any:
@@ -370,6 +389,11 @@ class OTelSink:
     # -- the caller's thread ---------------------------------------------------------------------
     def _capture_parent(self, item: object) -> None:
         """Remember the caller's active span for ``item`` (only when there is one)."""
+        if self._own and not self._saw_app and self._app_set_up():
+            # The next write takes the application's providers (``_bind``), which the SDK shuts
+            # down at exit: what is queued is flushed before that.
+            self._saw_app = True
+            self._pipeline.flush_early_at_exit()
         if type(item) is not UsageRecord or (self._unsure and not self._in_use()):
             return
         current = self._context.get_current()
@@ -383,6 +407,9 @@ class OTelSink:
     # -- the Sink protocol (writer thread) -------------------------------------------------------
     def write(self, records: Sequence[UsageRecord]) -> None:
         self._observe()  # again, if this sink was closed and is used anew (configure() again)
+        if self._own and self._app_set_up():  # the application set up OpenTelemetry since
+            self._bind()
+            self._pipeline.flush_early_at_exit()
         client = self._trace.SpanKind.CLIENT
         error = self._trace.Status(self._trace.StatusCode.ERROR)
         latest = self.latest
@@ -485,7 +512,9 @@ class OTelSink:
         and raise when they did not deliver everything since the last flush: an export the
         collector did not take (down, refusing) is dropped by the OpenTelemetry SDK, and
         ``tokenmeter.flush()`` must not say it was written."""
-        unfinished = [type(p).__name__ for p in self._own if p.force_flush() is False]
+        unfinished = [
+            type(p).__name__ for p in (*self._own, *self._retired) if p.force_flush() is False
+        ]
         failed = _failed_exports.count
         lost, self._failures_seen = failed - self._failures_seen, failed
         if lost:
