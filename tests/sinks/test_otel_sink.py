@@ -747,3 +747,29 @@ def test_a_child_forked_while_a_thread_builds_the_exporters_records(
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1]) == {"flushed": True}
     assert len(receiver.spans()) == 1
+
+
+def test_attributes_say_only_what_a_call_has() -> None:
+    """Embeddings exported an output count of 0 (and a 0 output point, dragging averages down);
+    a call a budget refused had its budget's name in error.type (one value per unnamed session:
+    the conventions want few); a call refused, or failed with nothing back, claimed a response
+    model."""
+    from tokenmeter.sinks.otel import span_attributes
+
+    embeddings = span_attributes(
+        build_record(0, operation="embeddings", output_tokens=0, total_tokens=1200)
+    )
+    assert embeddings["gen_ai.operation.name"] == "embeddings"
+    assert "gen_ai.usage.output_tokens" not in embeddings
+    nothing = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    blocked = span_attributes(
+        build_record(
+            1, status="blocked", error="BudgetExceeded: session:ab12", estimated=True, **nothing
+        )
+    )
+    assert blocked["error.type"] == "BudgetExceeded"
+    assert blocked["tokenmeter.budget.name"] == "session:ab12"
+    assert "gen_ai.response.model" not in blocked
+    failed = span_attributes(build_record(2, status="error", error="APITimeoutError", **nothing))
+    assert failed["error.type"] == "APITimeoutError" and "gen_ai.response.model" not in failed
+    assert span_attributes(build_record(3))["gen_ai.response.model"] == "gpt-4o"

@@ -140,14 +140,16 @@ def span_attributes(record: UsageRecord, *, latest: bool = False) -> dict[str, A
     # makes room by dropping the oldest, so a record with more tags than fit loses tags, never
     # the conventions' attributes.
     attrs: dict[str, Any] = {f"tokenmeter.tag.{key}": value for key, value in record.tags.items()}
-    attrs["gen_ai.operation.name"] = _operation(record)
+    operation = attrs["gen_ai.operation.name"] = _operation(record)
     attrs["gen_ai.provider.name"] = provider
     if not latest:
         attrs["gen_ai.system"] = _SYSTEM_NAMES.get(provider, provider)
     attrs["gen_ai.request.model"] = record.request_model or record.model_name
-    attrs["gen_ai.response.model"] = record.model_name
+    if record.status == "ok" or record.total_tokens:  # a response came (no model without one)
+        attrs["gen_ai.response.model"] = record.model_name
     attrs["gen_ai.usage.input_tokens"] = record.input_tokens
-    attrs["gen_ai.usage.output_tokens"] = record.output_tokens
+    if operation != "embeddings":  # which has no output
+        attrs["gen_ai.usage.output_tokens"] = record.output_tokens
     attrs["gen_ai.usage.cache_read.input_tokens"] = record.cache_read_tokens
     if latest:
         attrs["gen_ai.usage.cache_write.input_tokens"] = record.cache_write_tokens
@@ -180,7 +182,11 @@ def span_attributes(record: UsageRecord, *, latest: bool = False) -> dict[str, A
         attrs["session.id"] = record.session_id
     if record.session_name is not None:
         attrs["tokenmeter.session.name"] = record.session_name
-    if record.status != "ok":
+    if record.status == "blocked":  # "BudgetExceeded: <budget>": the name apart (cardinality)
+        attrs["error.type"], _, budget = (record.error or "BudgetExceeded").partition(": ")
+        if budget:
+            attrs["tokenmeter.budget.name"] = budget
+    elif record.status != "ok":
         attrs["error.type"] = record.error or record.status
     return attrs
 
@@ -206,7 +212,7 @@ class _Dims:
         if not latest:
             keys.append("gen_ai.system")
         keys += ["gen_ai.request.model", "gen_ai.response.model"]
-        ok = {key: attrs[key] for key in keys}
+        ok = {key: attrs[key] for key in keys if key in attrs}
         #: Duration and cost: with ``error.type`` for a failed call.
         self.base = {**ok, "error.type": attrs["error.type"]} if "error.type" in attrs else ok
         #: Token histograms (successful calls only).
@@ -456,7 +462,7 @@ class OTelSink:
             attrs["gen_ai.operation.name"],
             attrs["gen_ai.provider.name"],
             attrs["gen_ai.request.model"],
-            attrs["gen_ai.response.model"],
+            attrs.get("gen_ai.response.model"),
             attrs.get("error.type"),
         )
         found = self._dims.get(key)
@@ -472,7 +478,8 @@ class OTelSink:
             self._duration.record(record.latency_ms / 1000, dims.base)
         if record.status == "ok":
             self._tokens.record(record.input_tokens, dims.input)
-            self._tokens.record(record.output_tokens, dims.output)
+            if dims.inference:  # embeddings have no output
+                self._tokens.record(record.output_tokens, dims.output)
 
     def _measure_latest(
         self, record: UsageRecord, dims: _Dims, sums: dict[tuple[Any, int], list[Any]]
