@@ -191,6 +191,28 @@ def span_attributes(record: UsageRecord, *, latest: bool = False) -> dict[str, A
     return attrs
 
 
+def _attribute_room() -> int | None:
+    """How many attributes a span holds (``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT``, else
+    ``OTEL_ATTRIBUTE_COUNT_LIMIT``, else 128); None: no limit, or no SDK to say."""
+    try:
+        from opentelemetry.sdk.trace import SpanLimits
+    except ImportError:  # pragma: no cover - the API alone, with the application's own SDK
+        return None
+    room: int | None = SpanLimits().max_span_attributes
+    return room
+
+
+def _within(attrs: dict[str, Any], room: int) -> dict[str, Any]:
+    """``attrs`` without their first tags past ``room``: the SDK drops the oldest attributes
+    itself, with a warning for each (891 lines for a record with 1,000 tags)."""
+    excess = len(attrs) - room
+    return {
+        key: value
+        for index, (key, value) in enumerate(attrs.items())
+        if index >= excess or not key.startswith("tokenmeter.tag.")
+    }
+
+
 def _by_modality(total: int, modalities: dict[str, int], side: str) -> list[tuple[str, int]]:
     """``total`` split by ``gen_ai.token.modality`` as the provider reported it; what it did not
     break down (all of it, when it reported nothing) is ``unknown``."""
@@ -249,6 +271,7 @@ class OTelSink:
         self._retired: list[Any] = []
         self._saw_app = False
         self.latest = latest_conventions_requested()
+        self._room = _attribute_room()
         self._bind()
         self._dims: dict[tuple[Any, ...], _Dims] = {}
         #: ``_failed_exports`` when this sink's last flush() returned.
@@ -418,7 +441,7 @@ class OTelSink:
             self._pipeline.flush_early_at_exit()
         client = self._trace.SpanKind.CLIENT
         error = self._trace.Status(self._trace.StatusCode.ERROR)
-        latest = self.latest
+        latest, room = self.latest, self._room
         #: Counter amounts summed over the batch, added once per (counter, attribute set).
         sums: dict[tuple[Any, int], list[Any]] = {}
         try:
@@ -436,6 +459,8 @@ class OTelSink:
                     # the batch it is in. It is exported at the nearest time OTLP holds.
                     start_ns, end_ns = (min(max(ns, 0), _MAX_NS) for ns in (start_ns, end_ns))
                 attrs = span_attributes(record, latest=latest)
+                if room is not None and len(attrs) > room:
+                    attrs = _within(attrs, room)
                 span = self._tracer.start_span(
                     f"{attrs['gen_ai.operation.name']} {attrs['gen_ai.request.model']}",
                     context=parent,
