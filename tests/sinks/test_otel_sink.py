@@ -778,3 +778,27 @@ def test_attributes_say_only_what_a_call_has() -> None:
     failed = span_attributes(build_record(2, status="error", error="APITimeoutError", **nothing))
     assert failed["error.type"] == "APITimeoutError" and "gen_ai.response.model" not in failed
     assert span_attributes(build_record(3))["gen_ai.response.model"] == "gpt-4o"
+
+
+def test_the_otlp_protocol_variables_choose_the_exporter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OTEL_EXPORTER_OTLP_PROTOCOL was ignored: with grpc, a gRPC collector got nothing and
+    the logs said only BadStatusLine."""
+    import importlib.util
+
+    from tokenmeter.sinks.otel import _exporter_class
+
+    def exporter() -> Any:
+        return _exporter_class("TRACES", "trace_exporter", "OTLPSpanExporter")
+
+    assert exporter().__module__.startswith("opentelemetry.exporter.otlp.proto.http")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    with pytest.raises(ValueError, match=r"^OTEL_EXPORTER_OTLP_PROTOCOL='http/json': "):
+        exporter()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")  # wins
+    assert exporter().__module__.startswith("opentelemetry.exporter.otlp.proto.http")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc")
+    if importlib.util.find_spec("opentelemetry.exporter.otlp.proto.grpc") is None:
+        with pytest.raises(ImportError, match="pip install opentelemetry-exporter-otlp-proto-grpc"):
+            exporter()
+    else:
+        assert exporter().__module__.startswith("opentelemetry.exporter.otlp.proto.grpc")

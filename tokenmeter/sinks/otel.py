@@ -38,6 +38,7 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 import weakref
@@ -47,7 +48,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tokenmeter._fork import renew_after_fork
-from tokenmeter._models import UsageRecord
+from tokenmeter._models import UsageRecord, short_repr
 from tokenmeter._registry import canonical
 
 __all__ = [
@@ -660,13 +661,36 @@ _failed_exports = _Failures()
 renew_after_fork(_failed_exports.__dict__, "_lock", threading.Lock)
 
 
+def _exporter_class(signal: str, module: str, name: str) -> Any:
+    """The OTLP exporter class for ``signal`` ("TRACES", "METRICS") in the protocol that
+    ``OTEL_EXPORTER_OTLP_<signal>_PROTOCOL`` or ``OTEL_EXPORTER_OTLP_PROTOCOL`` names:
+    ``http/protobuf`` (the default) or ``grpc`` (its package installed). Another one was
+    ignored, and a gRPC collector got nothing, a cryptic BadStatusLine in the logs."""
+    variable = f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"
+    if not os.environ.get(variable, "").strip():
+        variable = "OTEL_EXPORTER_OTLP_PROTOCOL"
+    protocol = os.environ.get(variable, "").strip().lower() or "http/protobuf"
+    if protocol not in ("http/protobuf", "grpc"):
+        raise ValueError(
+            f"{variable}={short_repr(protocol)}: tokenmeter's exporters speak http/protobuf or grpc"
+        )
+    kind = "grpc" if protocol == "grpc" else "http"
+    try:
+        found = importlib.import_module(f"opentelemetry.exporter.otlp.proto.{kind}.{module}")
+    except ImportError:
+        raise ImportError(
+            f"{variable}={protocol} needs the exporter package: pip install "
+            f"opentelemetry-exporter-otlp-proto-{kind}"
+        ) from None
+    return getattr(found, name)
+
+
 def _new_tracer_provider() -> Any:
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 
-    class Exporter(OTLPSpanExporter):
+    class Exporter(_exporter_class("TRACES", "trace_exporter", "OTLPSpanExporter")):  # type: ignore[misc]
         def export(self, *args: Any, **kwargs: Any) -> Any:
             return _failed_exports.checked(
                 super().export, SpanExportResult.SUCCESS, *args, **kwargs
@@ -679,12 +703,11 @@ def _new_tracer_provider() -> Any:
 
 
 def _new_meter_provider() -> Any:
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import MetricExportResult, PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import Resource
 
-    class Exporter(OTLPMetricExporter):
+    class Exporter(_exporter_class("METRICS", "metric_exporter", "OTLPMetricExporter")):  # type: ignore[misc]
         def export(self, *args: Any, **kwargs: Any) -> Any:
             return _failed_exports.checked(
                 super().export, MetricExportResult.SUCCESS, *args, **kwargs
