@@ -324,6 +324,16 @@ def test_an_otel_sink_that_cannot_be_made_leaves_the_other_sinks_writing(
     _shut_down_own_providers()
 
 
+def _run_app(code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` run in a process of its own (the global providers can be set only once), which
+    must succeed."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 EXIT_WITH_RECORDS_QUEUED = """
 import tokenmeter
 tokenmeter.record("openai", "gpt-4o", 10, 2)
@@ -337,13 +347,7 @@ def test_records_queued_at_exit_reach_the_collector(receiver: OtlpReceiver) -> N
     """The exporters tokenmeter builds were shut down by the SDK's own exit hook, which runs
     before tokenmeter's exit flush (registered later, run first): the spans and metric points
     of records still queued at exit were dropped ("Exporter already shutdown")."""
-    result = subprocess.run(
-        [sys.executable, "-c", EXIT_WITH_RECORDS_QUEUED],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
+    result = _run_app(EXIT_WITH_RECORDS_QUEUED)
     assert "shutdown" not in result.stderr
     assert len(receiver.spans()) == 51
     points = _points_by("gen_ai.client.token.usage", receiver, "gen_ai.token.type")
@@ -370,13 +374,7 @@ def test_records_queued_at_exit_reach_the_applications_exporter(receiver: OtlpRe
     """The application set up OpenTelemetry after tokenmeter's exit hook was registered: its
     provider was shut down before tokenmeter's exit flush, and every span of the records still
     queued was dropped (here all 20)."""
-    result = subprocess.run(
-        [sys.executable, "-c", APP_SETS_UP_OPENTELEMETRY_AFTER_TOKENMETER],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
+    _run_app(APP_SETS_UP_OPENTELEMETRY_AFTER_TOKENMETER)
     assert len(receiver.spans()) == 20
 
 
@@ -406,13 +404,7 @@ def test_an_application_setting_up_tracing_after_the_sink_was_made_gets_its_span
     the application's exporter (here they reached the same collector only because both read
     the endpoint from the environment, under tokenmeter's resource). And an application that
     traces only got a metrics exporter of tokenmeter's that it never set up."""
-    result = subprocess.run(
-        [sys.executable, "-c", APP_TRACES_ONLY_AFTER_THE_SINK_IS_MADE],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
+    _run_app(APP_TRACES_ONLY_AFTER_THE_SINK_IS_MADE)
     with receiver.arrived:
         services = [
             attributes(resource_spans.resource.attributes)["service.name"]
@@ -700,13 +692,7 @@ def test_a_forked_child_exports_its_calls_inside_its_own_spans() -> None:
     pipeline forgets the parent's at fork), so the child's calls were never children of the
     spans they were made in; and a lock another thread of the parent held at the fork was held
     for ever in the child, whose records then never reached the exporter."""
-    result = subprocess.run(
-        [sys.executable, "-c", FORK_WITH_THE_APPLICATIONS_SINK],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
+    result = _run_app(FORK_WITH_THE_APPLICATIONS_SINK)
     found = json.loads(result.stdout.splitlines()[-1])
     assert found == {"flushed": True, "exported": True, "is_child": True}
 
@@ -743,13 +729,7 @@ def test_a_child_forked_while_a_thread_builds_the_exporters_records(
     """The lock guarding tokenmeter's own providers, held by another thread of the parent at
     the fork (making its first OTel sink), was held for ever in the child: its first record,
     on the application's thread, never returned."""
-    result = subprocess.run(
-        [sys.executable, "-c", FORK_WHILE_A_THREAD_BUILDS_THE_EXPORTERS],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
+    result = _run_app(FORK_WHILE_A_THREAD_BUILDS_THE_EXPORTERS)
     assert json.loads(result.stdout.splitlines()[-1]) == {"flushed": True}
     assert len(receiver.spans()) == 1
 
