@@ -41,6 +41,30 @@ def test_unknown_command_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["tail", "--interval", "x" * 100_000], 2),  # argparse's error, quoting the value
+        (["report", "--source", "/" + "x" * 100_000], 1),  # a CliError, quoting the path
+    ],
+    ids=["argparse", "command"],
+)
+def test_an_error_quoting_a_huge_argument_is_one_short_line(
+    args: list[str], code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The argument was quoted whole: a 100 KB value filled the terminal; a path longer than
+    any file system takes was a traceback (OSError: File name too long)."""
+    from tokenmeter.cli import main
+
+    try:
+        status = main(args)
+    except SystemExit as exc:
+        status = exc.code
+    err = capsys.readouterr().err
+    assert status == code and err.startswith("tokenmeter: error: ")
+    assert len(err.splitlines()) == 1 and len(err) <= 1_001
+
+
 def test_piped_json_has_no_progress_or_colour(tmp_path: Path) -> None:
     from .conftest import RECORDS, write_jsonl
 

@@ -26,7 +26,21 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line, not the usage block plus a line."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"tokenmeter: error: {message}\n")
+        self.exit(2, _error_line(message) + "\n")
+
+
+#: The longest error line printed: one quoting a hostile argument (a 100 KB ``--since``) whole
+#: filled the terminal.
+_MAX_ERROR = 1_000
+
+
+def _error_line(message: str) -> str:
+    """``message`` as the one line an error prints: what it quotes (an argument, the data) shown,
+    not obeyed (control characters, bidi overrides), and cut at ``_MAX_ERROR`` characters."""
+    from tokenmeter.cli._output import printable
+
+    line = printable(f"tokenmeter: error: {message}")
+    return line if len(line) <= _MAX_ERROR else f"{line[: _MAX_ERROR - 3]}..."
 
 
 def _date_type(parse: Callable[[str], datetime]) -> Callable[[str], datetime]:
@@ -333,9 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _closed_streams(args)
         return _dispatch(args)
     except CliError as exc:
-        from tokenmeter.cli._output import printable  # a message may quote the data
-
-        print(printable(f"tokenmeter: error: {exc}"), file=sys.stderr)
+        print(_error_line(str(exc)), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -88,6 +88,21 @@ def resolve_source(value: str | None) -> Source:
             raise CliError(f"bad PostgreSQL URL: {exc}", exit_code=2) from None
         return Source(Path(name), "postgres", value)
     path = Path(value) if value else default_source_path()
+    try:
+        path, head = _opened(path, bool(value))
+    except OSError as exc:  # a name too long, a folder that may not be searched, ...
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+    suffix = path.suffix.lower()
+    if head == _SQLITE_MAGIC or suffix in _SQLITE_SUFFIXES:
+        return Source(path, "sqlite")
+    if suffix in _JSONL_SUFFIXES or head[:1] in (b"{", b""):
+        return Source(path, "jsonl")
+    raise CliError(f"{path} is neither a tokenmeter SQLite database nor a JSONL file")
+
+
+def _opened(path: Path, given: bool) -> tuple[Path, bytes]:
+    """The file ``path`` names (its usage.db or usage.jsonl, for a directory) and its first
+    bytes; CliError when there is none to read, OSError when it cannot be looked at."""
     if path.is_dir():
         for name in ("usage.db", "usage.jsonl"):
             if (path / name).is_file():
@@ -98,23 +113,14 @@ def resolve_source(value: str | None) -> Source:
     if not path.exists():
         hint = (
             ""
-            if value
+            if given
             else " (set TOKENMETER_DIR or pass --source FILE; `tokenmeter demo` tries it on "
             "fake calls)"
         )
         raise CliError(f"no usage data at {path}{hint}")
     refuse_special_file(path)
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(len(_SQLITE_MAGIC))
-    except OSError as exc:
-        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
-    suffix = path.suffix.lower()
-    if head == _SQLITE_MAGIC or suffix in _SQLITE_SUFFIXES:
-        return Source(path, "sqlite")
-    if suffix in _JSONL_SUFFIXES or head[:1] in (b"{", b""):
-        return Source(path, "jsonl")
-    raise CliError(f"{path} is neither a tokenmeter SQLite database nor a JSONL file")
+    with path.open("rb") as handle:
+        return path, handle.read(len(_SQLITE_MAGIC))
 
 
 def refuse_special_file(path: Path) -> None:
