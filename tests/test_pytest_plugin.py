@@ -152,6 +152,23 @@ def test_json_file_for_ci(project: pytest.Pytester) -> None:
     ]
 
 
+def test_a_test_that_uninstruments_leaves_the_next_tests_metered(project: pytest.Pytester) -> None:
+    """A test calling ``tokenmeter.uninstrument()`` (to check its code runs without metering)
+    left every test after it unmetered: the run's totals missed their calls without a word."""
+    project.makepyfile(
+        test_a_first="""
+        import tokenmeter
+
+        def test_off():
+            tokenmeter.uninstrument()
+        """
+    )
+    result = project.runpytest("--tokenmeter-json=out/usage.json", "test_a_first.py", "test_llm.py")
+    result.assert_outcomes(passed=4)
+    report = json.loads((project.path / "out/usage.json").read_text())
+    assert report["total"]["calls"] == 4
+
+
 def test_an_interrupted_run_says_its_totals_are_those_of_the_tests_that_finished(
     project: pytest.Pytester,
 ) -> None:

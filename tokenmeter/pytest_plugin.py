@@ -246,9 +246,10 @@ class Meter:
     def pytest_runtest_protocol(self, item: pytest.Item) -> Iterator[None]:
         import tokenmeter
 
-        if not self._instrumented:  # here, not at start-up: an xdist controller runs no test
-            self._instrumented = True
-            tokenmeter.instrument()
+        # Here, not at start-up: an xdist controller runs no test. At every test: one that
+        # called uninstrument() left the tests after it unmetered (instrument() is idempotent).
+        self._instrumented = True
+        tokenmeter.instrument()
         session = tokenmeter.session(item.nodeid, tags={"test": item.nodeid})
         item.stash[_SPEND_KEY] = _Spend(session)
         with session:
