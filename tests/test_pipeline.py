@@ -316,7 +316,7 @@ def test_how_many_records_a_sink_dropped_is_said_when_it_stops(
     far' last, and the total was never said."""
     tokenmeter.configure(sinks=[FlakySink()], max_queue=50)
     tokenmeter.record("openai", "gpt-4o", 1, 1)
-    (writer,) = _pipeline._writers()
+    (writer,) = _pipeline._get().writers
     with caplog.at_level(logging.ERROR, logger="tokenmeter"):
         for _ in range(10):
             for _ in range(40):
@@ -490,6 +490,43 @@ def test_records_are_written_in_batches_of_the_flush_size() -> None:
     # Not one write per record: full chunks, a short one where a batch ends.
     assert max(sink.batches) == _pipeline._CHUNK
     assert len(sink.batches) <= 2 * made // _pipeline._CHUNK, sink.batches
+
+
+def test_a_call_made_after_a_delivery_waits_for_the_next_gathering_to_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A writer delivers once per interval. The records it made itself in a delivery woke it
+    again, and the first call after that ended its next gathering at once: it delivered once
+    per call (one SQLite transaction and a GIL hand-over each, a CPU-bound stream's ~1 %)."""
+    sink = HungSink()
+    monkeypatch.setattr(_pipeline, "make_later", lambda session, call: tokenmeter.record(*call))
+    tokenmeter.configure(sinks=[sink])
+    _pipeline.set_sinks(lambda: [sink], flush_interval=0.05)
+    (writer,) = _pipeline._get().writers
+    _pipeline.later(None, ("openai", "gpt-4o", 1, 1))
+    assert sink.entered.wait(30)  # its delivery made the record, and writes it
+    writer.interval = 3600.0
+    sink.release.set()
+    wait_for(lambda: len(sink.records) == 1, "the first delivery")
+    time.sleep(0.2)  # the writer is gathering again
+    _pipeline.later(None, ("openai", "gpt-4o", 2, 2))
+    time.sleep(1.0)
+    assert len(sink.records) == 1  # gathering for the interval, not ended by the call
+    assert tokenmeter.flush(30)
+    assert [r.usage.input_tokens for r in sink.records] == [1, 2]
+
+
+def test_a_full_batch_of_calls_waiting_for_their_records_ends_the_gathering(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sink = BatchCountingSink()
+    monkeypatch.setattr(_pipeline, "make_later", lambda session, call: tokenmeter.record(*call))
+    tokenmeter.configure(sinks=[sink])
+    _pipeline.set_sinks(lambda: [sink], flush_interval=3600)
+    _pipeline._get()  # its writers, which a call finds at work (``can_make_later``)
+    for _ in range(_pipeline._FLUSH_AT):
+        _pipeline.later(None, ("openai", "gpt-4o", 1, 1))
+    wait_for(lambda: len(sink.records) == _pipeline._FLUSH_AT, "a full batch written")
 
 
 def test_a_record_a_sink_can_never_accept_is_set_aside_not_retried_forever(

@@ -291,7 +291,12 @@ class _Writer:
         # Re-entrant: a signal handler that flushes may interrupt put() on the same thread.
         self._lock = threading.RLock()
         self._buffer: deque[_Item] = deque()
-        self._wake = threading.Event()
+        #: Set when work comes to a writer asleep (its first item, a call's record to make): it
+        #: starts the gathering interval. Never ends one: set by every first call after a
+        #: delivery, it ended each gathering at once, and a writer delivered once per call.
+        self._arrived = threading.Event()
+        #: Set to end the gathering early (a full batch, a flush(), the stop).
+        self._hurry = threading.Event()
         self._urgent = False
         self._stopping = False
         #: Runs (records or sessions, in order) this sink has not accepted yet.
@@ -349,8 +354,10 @@ class _Writer:
             waiting = len(buffer)
             if waiting - (self._open_marker is not None) > self.max_queue:  # records only
                 self._drop_oldest()
-        if waiting == 1 or waiting == self.batch:
-            self._wake.set()  # the first item starts the interval; a full batch ends it
+        if waiting == 1:
+            self._arrived.set()
+        if waiting == self.batch:
+            self._hurry.set()
         return waiting
 
     def held(self) -> int:
@@ -414,8 +421,7 @@ class _Writer:
                 self._buffer.append(marker)
             else:
                 marker = self._open_marker
-        self._urgent = True
-        self._wake.set()
+        self._rouse()
         return marker
 
     def stop(self, timeout: float | None) -> None:
@@ -427,8 +433,13 @@ class _Writer:
     def ask_to_stop(self) -> None:
         """Have the writer write what is buffered, close the sink and end, without waiting."""
         self._stopping = True
+        self._rouse()
+
+    def _rouse(self) -> None:
+        """Have the writer deliver now, asleep or gathering."""
         self._urgent = True
-        self._wake.set()
+        self._arrived.set()
+        self._hurry.set()
 
     # -- writer thread -----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -450,7 +461,7 @@ class _Writer:
                 with contextlib.suppress(BaseException):
                     logger.exception("tokenmeter writer for sink %s failed", _name(self.sink))
                 time.sleep(0.1)
-                self._urgent = True  # take up the delivery it broke off: a flush() may wait
+                self._rouse()  # take up the delivery it broke off: a flush() may wait
 
     def _last_tries(self, stopped: float) -> None:
         """Stopping (a new configuration, the exit): a sink that refused its last write gets the
@@ -471,12 +482,14 @@ class _Writer:
     def _wait(self) -> bool:
         """Sleep until there is work; gather for the interval. True once asked to stop."""
         retry = max(0.0, self._retry_at - time.monotonic()) if self._pending else None
+        # Each event is cleared before the state it stands for is read: work that comes after
+        # the clear sets it again, so neither wait can miss it.
+        self._arrived.clear()
         if not self._buffer and not self._urgent and not _later:
-            self._wake.wait(retry)
-        self._wake.clear()
-        if not self._urgent and len(self._buffer) < self.batch:
-            self._wake.wait(self.interval)
-            self._wake.clear()
+            self._arrived.wait(retry)
+        self._hurry.clear()
+        if not self._urgent and len(self._buffer) < self.batch and len(_later) < 2 * self.batch:
+            self._hurry.wait(self.interval)
         self._urgent = False
         return self._stopping
 
@@ -1131,13 +1144,18 @@ def later(session: Any, call: tuple[Any, ...], loop: Any = None) -> None:
         except Exception:  # a loop of another kind (no weak reference): the writers make them
             with contextlib.suppress(TypeError):
                 _loops_making.discard(loop)
-    if len(_later) == 2:
+    waiting = len(_later)
+    if waiting == 2:
         pipeline = _pipeline
         for writer in pipeline.writers if pipeline is not None else ():
             # Each one asleep (one gathering catches up at its interval's end): a hung sink's
             # writer must not hold the others' records.
             if not writer._buffer:
-                writer._wake.set()
+                writer._arrived.set()
+    elif waiting == 2 * _FLUSH_AT:  # two entries a call: a full batch ends the gathering
+        pipeline = _pipeline
+        for writer in pipeline.writers if pipeline is not None else ():
+            writer._hurry.set()
 
 
 def _make_on_loop(loop: Any) -> None:
