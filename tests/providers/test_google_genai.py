@@ -227,6 +227,38 @@ def _text_chunk(meta: dict[str, int], finish: bool = False) -> dict[str, Any]:
 
 
 @pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
+@pytest.mark.parametrize("searched_first", [True, False], ids=["grounding first", "last"])
+@pytest.mark.usefixtures("instrumented")
+def test_a_streams_search_grounding_is_billed_whichever_chunk_lists_it(
+    sink: InMemorySink, searched_first: bool
+) -> None:
+    """An image model sends its grounding with the first part, whose running total counts the
+    prompt alone; the last total lists no search. Its fee was lost (a non-streamed answer with
+    the same grounding was billed)."""
+    model = "gemini-3.1-flash-image-preview"  # billed per search query
+    grounding = {"webSearchQueries": ["cats"], "imageSearchQueries": ["cat photo"]}
+    chunks = [
+        _text_chunk({"promptTokenCount": 500, "totalTokenCount": 500}),
+        _text_chunk(
+            {"promptTokenCount": 500, "candidatesTokenCount": 100, "totalTokenCount": 600},
+            finish=True,
+        ),
+    ]
+    chunks[0 if searched_first else 1]["candidates"][0]["groundingMetadata"] = grounding
+    for chunk in chunks:
+        chunk["modelVersion"] = model
+    client = mock_genai(lambda request: sse_reply(http, [(None, c) for c in chunks]))
+    for _ in client.models.generate_content_stream(model=model, contents="draw a cat"):
+        pass
+    record = only(flushed(sink))
+    assert record.tool_requests == {"web_search": 2}
+    assert (record.input_tokens, record.output_tokens) == (500, 100)
+    expected = tokenmeter.price("google", model, record.usage)
+    assert record.estimated_cost_usd == expected.total_usd
+    assert expected.total_usd is not None and expected.total_usd > 0.028  # 2 x $14 / 1,000
+
+
+@pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
 @pytest.mark.parametrize(
     ("is_async", "how"), [(False, "left"), (False, "cut"), (True, "cut")], ids=str
 )

@@ -240,6 +240,23 @@ def test_gemini_snake_case_sdk_object() -> None:
     assert extract(response).usage == extract(GEMINI_RESPONSE).usage
 
 
+def test_gemini_candidates_that_hold_the_thoughts_as_the_total_says_count_them_once() -> None:
+    """A recorded answer (openinference #3177) whose candidates count holds its thinking:
+    341 + 3,362 = 3,703, the total. Adding the thoughts again made 6,709 output tokens, twice
+    the cost. Thoughts outside the candidates (the documented shape) still add up."""
+    meta = {
+        "promptTokenCount": 341,
+        "candidatesTokenCount": 3362,
+        "thoughtsTokenCount": 3347,
+        "totalTokenCount": 3703,
+    }
+    found = extract({"candidates": [], "usageMetadata": meta})
+    assert (found.usage.input_tokens, found.usage.output_tokens) == (341, 3362)
+    assert found.usage.reasoning_tokens == 3347
+    meta["totalTokenCount"] = 341 + 3362 + 3347
+    assert extract({"candidates": [], "usageMetadata": meta}).usage.output_tokens == 3362 + 3347
+
+
 def test_legacy_gemini_without_thoughts_field_derives_output_from_total() -> None:
     meta = {"promptTokenCount": 8, "candidatesTokenCount": 5, "totalTokenCount": 45}
     found = extract({"candidates": [], "usageMetadata": meta})

@@ -33,7 +33,12 @@ from tokenmeter.providers._core import (
 from tokenmeter.providers._gemini import PROVIDER, short_model
 from tokenmeter.usage import Extracted, from_gemini_response
 from tokenmeter.usage._read import ident
-from tokenmeter.usage.google import reports_usage, usage_from_gemini
+from tokenmeter.usage.google import (
+    billed_searches,
+    reports_usage,
+    search_queries,
+    usage_from_gemini,
+)
 
 __all__ = ["ADAPTER", "ChunkReader", "patch_targets", "short_model", "wrap_instance"]
 
@@ -120,15 +125,20 @@ def _names(response: Any, call: Call) -> None:
 class ChunkReader:
     """Each chunk's ``usage_metadata`` is the running total of its request: keep the latest.
     The text that passes by is tallied: estimated if no total ever comes, or if the stream ends
-    while the total counts no output yet (early chunks may report the prompt alone)."""
+    while the total counts no output yet (early chunks may report the prompt alone).
 
-    __slots__ = ("tally",)
+    Search grounding is kept apart, the most any chunk listed: it may come on an earlier chunk
+    than the last total (image models send it with their first part), which lists none."""
+
+    __slots__ = ("queries", "tally")
 
     def __init__(self) -> None:
         self.tally = TextTally()
+        self.queries = 0
 
     def feed(self, chunk: Any, call: Call) -> bool:
-        for candidate in getattr(chunk, "candidates", None) or ():
+        candidates = getattr(chunk, "candidates", None)
+        for candidate in candidates or ():
             content = getattr(candidate, "content", None)
             for part in getattr(content, "parts", None) or ():
                 self.tally.add(getattr(part, "text", None))
@@ -137,6 +147,12 @@ class ChunkReader:
             _take_usage(chunk, call)
         elif call.request_id is None:  # named even if no chunk ever reports usage
             _names(chunk, call)
+        self.queries = max(self.queries, search_queries(candidates))
+        if self.queries and call.usage is not None:
+            searches = billed_searches(self.queries, call.model)
+            if call.usage.tool_requests.get("web_search", 0) < searches:
+                tools = {**call.usage.tool_requests, "web_search": searches}
+                call.usage = call.usage.model_copy(update={"tool_requests": tools})
         return False
 
     def partial(self, usage: Usage, model: str) -> Usage | None:

@@ -53,7 +53,11 @@ def usage_from_gemini(meta: Any) -> Usage:
     candidates = candidates or response
     input_tokens = prompt + tool_prompt
     hidden = total - input_tokens - candidates - thoughts
-    if hidden > 0:
+    if thoughts and hidden == -thoughts and candidates >= thoughts:
+        # The total says the candidates count holds the thinking (some Vertex answers): the
+        # output is that count, not it plus the thinking again.
+        candidates -= thoughts
+    elif hidden > 0:
         if not prompt:  # null, absent or 0: the total may hold the prompt, not only thinking
             raise ValueError("usage_metadata counts a total beyond its parts, and no prompt")
         thoughts += hidden
@@ -135,7 +139,7 @@ def from_gemini_response(response: Any, provider: str = "google") -> Extracted:
         raise ValueError("the Gemini response carries no usage_metadata")
     model = get("model_version") or None
     usage = usage_from_gemini(meta)
-    searches = _searches(get("candidates"), model)
+    searches = billed_searches(search_queries(get("candidates")), model)
     if searches:
         usage = usage.model_copy(update={"tool_requests": {"web_search": searches}})
     return Extracted(
@@ -149,10 +153,10 @@ def from_gemini_response(response: Any, provider: str = "google") -> Extracted:
     )
 
 
-def _searches(candidates: Any, model: Any) -> int:
-    """Billed Google Search grounding of an answer: the web and image search queries its
-    candidates ran, or 1 for a model billed per grounded prompt. What is not of the known shape
-    counts nothing (grounding is billed beside the tokens, which stay readable)."""
+def search_queries(candidates: Any) -> int:
+    """The Google Search queries (web and image) an answer's candidates ran, as their
+    grounding metadata lists them. What is not of the known shape counts nothing (grounding is
+    billed beside the tokens, which stay readable)."""
     if not isinstance(candidates, list | tuple):
         return 0
     queries = 0
@@ -167,7 +171,7 @@ def _searches(candidates: Any, model: Any) -> int:
             found = get(name)
             if isinstance(found, list | tuple):
                 queries += len(found)
-    return billed_searches(queries, model)
+    return queries
 
 
 def billed_searches(queries: int, model: Any) -> int:
