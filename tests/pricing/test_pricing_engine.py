@@ -268,6 +268,17 @@ def test_anthropic_fast_mode_is_priced_at_its_speed_variant() -> None:
     )
 
 
+def test_opus_4_6_fast_mode_is_six_times_standard_where_genai_prices_has_no_price() -> None:
+    """claude-opus-4-6 (the first model with fast mode) bills it at $30 / $150 per million;
+    genai-prices has no fast price for it, and it was billed at $5 / $25."""
+    usage = Usage(input_tokens=10_000, output_tokens=2_000, cache_read_tokens=1_000)
+    fast = price_usage("anthropic", "claude-opus-4-6", usage, at=DAY, tier="fast")
+    standard = price_usage("anthropic", "claude-opus-4-6", usage, at=DAY)
+    assert fast.total_usd == Decimal("0.573")  # 9,000 x $30 + 1,000 x $3 + 2,000 x $150
+    assert standard.total_usd is not None and fast.total_usd == 6 * standard.total_usd
+    assert fast.price_source == "tokenmeter-errata: fast at 6x standard rates"
+
+
 def test_tiers_match_genai_prices_after_its_variant_start_dates() -> None:
     usage = Usage(input_tokens=5000, cache_read_tokens=1000, output_tokens=8000)
     g_usage = genai_prices.Usage(input_tokens=5000, cache_read_tokens=1000, output_tokens=8000)

@@ -32,6 +32,10 @@ _HALF = Decimal("0.5")
 #: flex tier is billed at its on-demand prices.
 _FLEX_AT_HALF = frozenset({"openai", "google"})
 _O3_PRICE_CUT = date(2025, 6, 10)
+#: Fast mode's multiple of the standard rates (every token class, cache reads and writes
+#: included; Anthropic's fast-mode page) for models genai-prices has no fast price for:
+#: claude-opus-4-6, the first model with fast mode, at $30 / $150 per million.
+_FAST_MODE = {"claude-opus-4-6": Decimal(6)}
 
 
 class ErrataSource:
@@ -108,6 +112,9 @@ class _Corrected:
             if tier_card is not None and standard_then is not None:
                 factors = _ratios(tier_card.base, standard_then.base)
                 rule = f"{tier} at its {start.isoformat()} discount on standard rates"
+        if factors is None and tier == "fast" and standard.priced_model in _FAST_MODE:
+            factors = _uniform(_FAST_MODE[standard.priced_model])
+            rule = f"fast at {_FAST_MODE[standard.priced_model]}x standard rates"
         if factors is None:
             if tier != "batch" and (tier != "flex" or self.provider not in _FLEX_AT_HALF):
                 # No figure for this tier at all: billed like genai-prices does, and said so.
