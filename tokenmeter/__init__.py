@@ -111,6 +111,7 @@ def price(
     from tokenmeter._models import MAX_NAME, Usage, as_int, clean_text, first_error
     from tokenmeter.pricing import price_usage
     from tokenmeter.pricing._overrides import short_repr
+    from tokenmeter.pricing._source import split_tier
     from tokenmeter.usage._read import priced_tier
 
     if not isinstance(provider, str) or not provider.strip():
@@ -147,7 +148,8 @@ def price(
             )
         # Only a tier that changes the price is kept, as for a response's: the price cache is
         # keyed by it, and would hold each distinct megabyte-long tier otherwise.
-        tier = priced_tier(tier)
+        name, region = split_tier(tier[:40])
+        tier = f"{name}+{region}" if region else priced_tier(name)
     from tokenmeter import _runtime
 
     if _runtime._settings is None:  # the overrides of TOKENMETER_PRICES or pyproject.toml, as

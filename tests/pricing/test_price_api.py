@@ -114,6 +114,20 @@ def test_a_tier_of_any_length_leaves_no_long_key_in_the_price_cache() -> None:
     batch = tokenmeter.price("openai", "gpt-4o", counts, at=at, tier=" Batch ").total_usd
     assert batch == tokenmeter.price("openai", "gpt-4o", counts, at=at, tier="batch").total_usd
     assert batch is not None and standard is not None and batch < standard
+    us = tokenmeter.price("openai", "gpt-4o", counts, at=at, tier="batch+" + "us" * 50_000)
+    assert us.total_usd == batch  # no such region: the tier alone
+    assert all(len(key[2] or "") <= 20 for key in list(_engine._entries))
+
+
+def test_a_region_after_the_tier_is_billed_at_its_uplift() -> None:
+    """US-only inference (Anthropic ``inference_geo: "us"``) costs 1.1x on top of the tier."""
+    counts = {"input_tokens": 1_000_000, "output_tokens": 0}
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    batch = tokenmeter.price("anthropic", "claude-opus-4-6", counts, at=at, tier="batch")
+    us = tokenmeter.price("anthropic", "claude-opus-4-6", counts, at=at, tier=" Batch+US ")
+    assert batch.total_usd == Decimal("2.5")
+    assert us.total_usd == Decimal("2.75")
+    assert us.price_source == f"{batch.price_source}; US-only inference at 1.1x"
 
 
 def test_price_has_the_overrides_of_the_environment_and_the_pyproject(

@@ -482,6 +482,52 @@ def test_anthropic_fast_mode_stream_is_priced_at_its_fast_rates(kit: Any, record
     assert only(records()).estimated_cost_usd == Decimal("0.15")
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["message", "stream"])
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({}, "0.10"),  # claude-opus-4-8 at $5 / $25: $0.05 + $0.05
+        ({"speed": "fast"}, "0.20"),  # its fast rates, $10 / $50
+        ({"service_tier": "batch"}, "0.05"),  # half price
+    ],
+    ids=["standard", "fast", "batch"],
+)
+def test_anthropic_us_only_inference_is_billed_at_1_1x(
+    kit: Any, records: Records, extra: dict[str, str], expected: str, streamed: bool
+) -> None:
+    """``usage.inference_geo: "us"`` (US-only inference, Opus 4.6, Sonnet 4.6 and later) is
+    billed at 1.1x every token rate, on top of the tier; it was billed at the global rates."""
+    usage = {"input_tokens": 10_000, "output_tokens": 2_000, "inference_geo": "us", **extra}
+    body = _anthropic_message(usage, model="claude-opus-4-8")
+    if streamed:
+        body["content"] = []
+        body["usage"] = {**usage, "output_tokens": 1}
+        events = [
+            ("message_start", {"type": "message_start", "message": body}),
+            (
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": 2_000},
+                },
+            ),
+            ("message_stop", {"type": "message_stop"}),
+        ]
+        client = mock_anthropic(lambda r: sse_reply(kit.http, events))
+        for _ in client.messages.create(
+            model="claude-opus-4-8", max_tokens=64, messages=[], stream=True
+        ):
+            pass
+    else:
+        client = mock_anthropic(lambda r: json_reply(kit.http, body))
+        client.messages.create(model="claude-opus-4-8", max_tokens=64, messages=[])
+    record = only(records())
+    assert record.estimated_cost_usd == Decimal(expected) * Decimal("1.1")
+    assert record.price_source is not None
+    assert record.price_source.endswith("; US-only inference at 1.1x")
+
+
 def test_openai_fast_service_tier_is_priced_as_priority(kit: Any, records: Records) -> None:
     """A response reporting ``service_tier: "fast"`` (fast mode) pays fast-mode rates, the
     priority ones: gpt-4o $4.25 / $17, not the standard $2.50 / $10."""

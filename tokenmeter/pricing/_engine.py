@@ -27,7 +27,7 @@ from tokenmeter._models import Cost, Usage, trusted, usage_of
 from tokenmeter._totals import USD_CONTEXT as _PRICE_CONTEXT
 
 from . import _overrides
-from ._errata import ErrataSource
+from ._errata import ErrataSource, regional
 from ._names import name_candidates, normalise_provider
 from ._source import (
     FEE_FIELDS,
@@ -37,7 +37,7 @@ from ._source import (
     RateCard,
     Rates,
     Tier,
-    normalise_tier,
+    split_tier,
 )
 
 __all__ = [
@@ -265,12 +265,20 @@ class _Vector:
 class _Entry:
     """Everything known about one (provider, model, tier) as the caller spelled it."""
 
-    __slots__ = ("last", "models", "periods", "provider", "tier", "timed")
+    __slots__ = ("last", "models", "periods", "provider", "region", "tier", "timed")
 
-    def __init__(self, provider: str | None, models: tuple[PricedModel, ...], tier: Tier) -> None:
+    def __init__(
+        self,
+        provider: str | None,
+        models: tuple[PricedModel, ...],
+        tier: Tier,
+        region: str | None = None,
+    ) -> None:
         self.provider = provider
         self.models = models
         self.tier = tier
+        #: An inference region billed above the global rates (a price table's, not yours).
+        self.region = region
         self.timed = any(m.time_dependent for m in models)
         self.periods: dict[Hashable, _Vector | None] = {}
         #: The vector made last: a period whose rates are the same shares it (about 3 KB each,
@@ -295,6 +303,8 @@ class _Entry:
                 if card is not None:
                     if card.price_source == _overrides.OVERRIDE_SOURCE:
                         card = self._with_table_fees(card, self.models[index + 1 :], at)
+                    elif self.region is not None:
+                        card = regional(card, self.region)
                     last = self.last
                     vector = last if last is not None and last.card == card else _Vector(card)
                     self.last = vector
@@ -589,7 +599,7 @@ def _resolve(provider: str | None, model: str, tier: str | None) -> _Entry:
         table = _find_in_table(provider_id, names)
         if table is not None:
             models.append(table)
-        entry = _Entry(provider_id, tuple(models), normalise_tier(tier))
+        entry = _Entry(provider_id, tuple(models), *split_tier(tier))
         if len(_entries) >= _MAX_ENTRIES:
             _entries.clear()
         _entries[key] = entry

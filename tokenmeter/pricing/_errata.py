@@ -13,6 +13,7 @@ from decimal import Decimal
 
 from ._source import (
     FEE_FIELDS,
+    REGION_UPLIFT,
     STANDARD,
     PricedModel,
     PriceSource,
@@ -22,7 +23,7 @@ from ._source import (
     utc_midnight,
 )
 
-__all__ = ["ERRATA_SOURCE", "ErrataSource"]
+__all__ = ["ERRATA_SOURCE", "ErrataSource", "regional"]
 
 ERRATA_SOURCE = "tokenmeter-errata"
 
@@ -131,6 +132,19 @@ class _Corrected:
             base=standard.base.scaled(factors),
             tiers=tuple((start_, rates.scaled(factors)) for start_, rates in standard.tiers),
         )
+
+
+def regional(card: RateCard, region: str) -> RateCard:
+    """``card`` for inference kept in ``region``: every token rate at the region's multiple
+    (fees per request are not scaled), and ``price_source`` says so."""
+    factors = _uniform(REGION_UPLIFT[region])
+    return replace(
+        card,
+        price_source=f"{card.price_source}; {region.upper()}-only inference at "
+        f"{REGION_UPLIFT[region]}x",
+        base=card.base.scaled(factors),
+        tiers=tuple((start, rates.scaled(factors)) for start, rates in card.tiers),
+    )
 
 
 def _ratios(tier: Rates, standard: Rates) -> Rates:

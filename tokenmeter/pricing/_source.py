@@ -16,6 +16,7 @@ from typing import Literal, Protocol
 __all__ = [
     "FEE_FIELDS",
     "GAP",
+    "REGION_UPLIFT",
     "STANDARD",
     "PriceSource",
     "PricedModel",
@@ -23,6 +24,7 @@ __all__ = [
     "Rates",
     "Tier",
     "normalise_tier",
+    "split_tier",
     "utc_midnight",
 ]
 
@@ -52,6 +54,23 @@ def normalise_tier(tier: str | None) -> Tier:
     if tier is None:
         return STANDARD
     return _TIER_NAMES.get(tier.strip().lower(), STANDARD)
+
+
+def split_tier(tier: str | None) -> tuple[Tier, str | None]:
+    """A tier as a response reported it, and the inference region it names after a ``+``
+    (``"fast+us"``: Anthropic's ``usage.inference_geo``), when that region is billed above
+    the global rates (``REGION_UPLIFT``)."""
+    if tier is None or "+" not in tier:
+        return normalise_tier(tier), None
+    name, _, region = tier.partition("+")
+    region = region.strip().lower()
+    return normalise_tier(name), region if region in REGION_UPLIFT else None
+
+
+#: Each inference region billed at a multiple of the global rates: Anthropic bills US-only
+#: inference (``inference_geo: "us"``, Opus 4.6, Sonnet 4.6 and later) at 1.1x every token
+#: class (``_errata.regional``).
+REGION_UPLIFT = {"us": Decimal("1.1")}
 
 
 #: A rate a source did not give: filled in by ``Rates`` from the rate that class is billed at.

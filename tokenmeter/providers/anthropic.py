@@ -26,6 +26,7 @@ _FIELDS = (
     "output_tokens_details",
     "service_tier",
     "speed",
+    "inference_geo",
     "server_tool_use",
     "iterations",
 )

@@ -162,12 +162,18 @@ def _passes(iterations: Any, served: Any) -> tuple[Pass, ...]:
 
 def tier_from_anthropic(usage: Any) -> str | None:
     """``usage.speed`` "fast" (fast mode, billed at the model's fast rates) before
-    ``usage.service_tier``: a fast-mode call is never a batch one."""
+    ``usage.service_tier``: a fast-mode call is never a batch one. ``usage.inference_geo``
+    "us" (US-only inference, billed at 1.1x) follows after a ``+``: ``"fast+us"``."""
     get = getter(usage)
     if priced_tier(get("speed")) == "fast":
-        return "fast"
-    tier = get("service_tier")
-    return None if tier is None else priced_tier(tier)
+        tier: str | None = "fast"
+    else:
+        reported = get("service_tier")
+        tier = None if reported is None else priced_tier(reported)
+    geo = get("inference_geo")
+    if type(geo) is str and geo.strip().lower() == "us":
+        return f"{tier or 'standard'}+us"
+    return tier
 
 
 def from_anthropic_response(response: Any, provider: str = "anthropic") -> Extracted:
