@@ -301,11 +301,13 @@ async def test_an_event_loop_never_waits_for_a_writer_making_records(
 
 
 def test_the_calls_a_closed_event_loop_left_are_made_and_the_loop_not_kept(
-    fake: FakeProvider, held: InMemorySink
+    fake: FakeProvider, held: InMemorySink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``asyncio.run()`` ends before its loop's turn to make the records: they wait for the next
     catch-up (here a flush; else a writer's delivery), and the closed loop is not kept for
-    them (one per ``asyncio.run()`` would pile up)."""
+    them (one per ``asyncio.run()`` would pile up). The loop's turn is put off for the test:
+    four calls outlasted the 50 ms gathering on a loaded machine."""
+    monkeypatch.setattr(_pipeline, "_LOOP_GATHERING", 3600.0)
 
     async def calls() -> None:
         client = fake.openai_client(async_=True)
@@ -313,7 +315,7 @@ def test_the_calls_a_closed_event_loop_left_are_made_and_the_loop_not_kept(
             await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
 
     asyncio.run(calls())
-    assert waiting() == 3
+    assert waiting() == 3  # the first record, which made the sinks, was made at once
     gc.collect()
     assert len(_pipeline._loops_making) == 0
     assert tokenmeter.flush(5)

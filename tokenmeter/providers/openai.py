@@ -312,7 +312,7 @@ def _read_transcript_usage(usage: Any, call: Call) -> None:
 
 def _read_transcription(parsed: Any, call: Call) -> None:
     """A transcription: GPT-4o transcribe models report tokens (audio and text in,
-    text out). whisper-1 reports seconds of audio (billed by the minute, a unit no price table
+    text out). whisper-1 reports seconds of audio (billed per second, a unit no record field
     here holds) and plain-text formats report nothing: such calls are not recorded."""
     usage = field(parsed, "usage")
     if usage is None or field(usage, "type") == "duration":
