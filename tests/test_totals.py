@@ -105,7 +105,12 @@ def test_totals_and_figures() -> None:
         (half if i < 2 else rest).add_record(record)
     half.add(rest)
     assert half == totals
-    assert Totals().cost is None and Totals().avg_cost_per_call is None
+    # No call costs $0 (a report of an empty period said "n/a", the mark of an unknown price);
+    # calls none of which has a price cost an unknown amount.
+    assert Totals().cost == 0 and Totals().avg_cost_per_call is None
+    unpriced = Totals()
+    unpriced.add_record(_records()[2])
+    assert unpriced.calls == 1 and unpriced.cost is None
 
 
 def test_a_call_a_budget_refused_is_not_an_unpriced_call(

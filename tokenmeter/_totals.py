@@ -251,8 +251,9 @@ class Totals:
 
     @property
     def cost(self) -> Decimal | None:
-        """Sum of known costs, normalised; None when no call in the set has a price."""
-        return normalise_usd(self.cost_usd) if self.priced_calls else None
+        """Sum of known costs, normalised; None when the set has calls and none has a price
+        (no call at all costs $0: a report of an empty period said "n/a", as for unknown)."""
+        return normalise_usd(self.cost_usd) if self.priced_calls or not self.calls else None
 
     @property
     def input_cost_usd(self) -> Decimal:

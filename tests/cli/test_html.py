@@ -630,3 +630,55 @@ def test_the_daily_legend_names_only_the_models_drawn(cli: RunCli, tmp_path: Pat
     drawn = set(re.findall(r'class="seg" style="[^"]*" data-label="([^"]*)"', page))
     assert drawn == {"openai/paid"}
     assert re.findall(r"</i>([^<]*)</span>", legend.group(1)) == ["openai/paid"]
+
+
+_TILES_AND_SORT = """
+<script>
+(function () {
+  function box(e) { return e.getBoundingClientRect(); }
+  var r = {};
+  r.spilled = [].filter.call(document.querySelectorAll(".card b"), function (b) {
+    return box(b).right > box(b.closest(".card")).right + 0.5 || b.scrollWidth > b.clientWidth;
+  }).map(function (b) { return b.textContent; });
+  var table = document.querySelector("#main-table table");
+  function days() {
+    return [].map.call(table.tBodies[0].rows, function (row) { return row.cells[0].textContent; });
+  }
+  var button = table.tHead.rows[0].cells[0].querySelector("button");
+  button.click();
+  r.down = days();
+  button.click();
+  r.up = days();
+  parent.postMessage(JSON.stringify(r), "*");
+})();
+</script>
+"""
+
+
+@needs_chromium
+@pytest.mark.parametrize("width", [1400, 390])
+def test_huge_totals_stay_in_their_tiles_and_days_sort_as_dates(
+    cli: RunCli, tmp_path: Path, width: int
+) -> None:
+    """12 billion tokens ran out of the "Total tokens" tile under the next one; clicking the day
+    column sorted nothing (parseFloat read every "2026-11-0x" as 2026)."""
+    records = [
+        rec(n, f"2026-11-0{day}T10:00:00.000Z", "openai", "gpt-4o-mini", 4_000_000_000, 2_000, "1")
+        for n, day in enumerate((3, 1, 2))
+    ]
+    source = write_sqlite(tmp_path / "usage.db", records, [])
+    page = tmp_path / "report.html"
+    code, _, err = cli(
+        "report", "--source", str(source), "--by", "day", "--since", "2026-11-01", "-o", str(page)
+    )
+    assert code == 0, err
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.read_text().replace("</body>", _TILES_AND_SORT + "</body>"))
+    result = _chromium(_framed(probed, width), width, "--dump-dom")
+    assert result.returncode == 0 and _console_messages(result.stderr) == []
+    found = re.search(r'<pre id="probe">(.+?)</pre>', result.stdout, re.S)
+    assert found, result.stdout[-2000:]
+    r = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert r["spilled"] == []
+    assert r["down"] == ["2026-11-03", "2026-11-02", "2026-11-01"]
+    assert r["up"] == ["2026-11-01", "2026-11-02", "2026-11-03"]

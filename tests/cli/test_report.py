@@ -46,6 +46,24 @@ def rows_by(doc: dict, *columns: str) -> dict[tuple[str, ...], dict]:
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_a_period_without_calls_costs_nothing_not_an_unknown_amount(
+    cli: RunCli, tmp_path: Path, kind: str
+) -> None:
+    """Its total cost was "n/a" (JSON null), what a report says of calls without a price."""
+    records = [rec(1, "2026-01-01T10:00:00.000Z", "openai", "gpt-4o", 100, 10, "0.001")]
+    if kind == "sqlite":
+        source = write_sqlite(tmp_path / "usage.db", records, [])
+    else:
+        source = write_jsonl(tmp_path / "usage.jsonl", records)
+    window = ("--source", str(source), "--since", "2026-06-01", "--until", "2026-06-30")
+    doc = report_json(cli, *window)
+    assert doc["totals"]["calls"] == 0 and doc["totals"]["cost_usd"] == 0
+    code, out, err = cli("report", *window, "--format", "markdown")
+    assert code == 0, err
+    assert "$0.00" in out and "n/a" not in out
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
 def test_costs_past_nine_million_dollars_still_add_up_exactly(
     cli: RunCli, tmp_path: Path, kind: str
 ) -> None:
@@ -664,7 +682,8 @@ def test_compare_near_year_one_starts_at_year_one(
     assert code == 0, err
     assert earlier in out
     doc = report_json(cli, "--source", str(source), "--compare", *window)
-    assert doc["totals"]["previous_cost_usd"] is None  # no call before the window
+    assert doc["totals"]["previous_cost_usd"] == 0  # no call before the window: $0
+    assert doc["totals"]["previous_calls"] == 0
 
 
 def test_compare_with_no_time_before_the_window_is_a_usage_error(

@@ -149,6 +149,24 @@ def test_a_budget_scoped_to_a_long_session_name_or_tag_still_refuses(
     assert tokenmeter.flush(5) and [r.status for r in memory.records][-1] == "blocked"
 
 
+def test_budgets_whose_names_or_values_hold_the_keys_separators_keep_rows_of_their_own() -> None:
+    """A ledger row's key is name|period|scope: "n|day|tag:a=b" and a budget "n" on tag a =
+    "b|day|everything" had the same key and spent from one row (the duplicate-name check
+    did not see it). Keys without separators in them are as they were: a ledger's rows stay."""
+    from tokenmeter.guardrails._budgets import parse_budgets
+
+    one, other, plain = parse_budgets(
+        [
+            {"name": "n|day|tag:a=b", "limit_usd": 1, "period": "day"},
+            {"name": "n", "limit_usd": 1, "period": "day", "tag": "a=b|day|everything"},
+            {"name": "d", "limit_usd": 1, "period": "total", "model": "gpt-4o"},
+        ]
+    )
+    assert one.key != other.key
+    assert plain.key == "d|total|model=gpt-4o"
+    assert other.scope == "tag:a=b|day|everything"  # as shown: unescaped
+
+
 def test_the_ledger_is_a_sqlite_file_shared_by_processes(
     tmp_path: Path, fake: FakeProvider, instrumented: None
 ) -> None:

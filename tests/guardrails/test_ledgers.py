@@ -68,20 +68,20 @@ import sqlite3, threading
 from tokenmeter.guardrails._ledger import SQLiteLedger
 ledger = SQLiteLedger({str(tmp_path / "budgets.db")!r})
 day = "2026-12-01T00:00:00+00:00"
-stop, errors, done = threading.Event(), [], [0]
-def use():
+stop, errors, counts = threading.Event(), [], [0] * 8
+def use(index):
     try:
         while not stop.is_set():
             ledger.reserve("k", day, 1e9, 1.0)
             ledger.spent("k", day)
-            done[0] += 1
+            counts[index] += 1  # each thread its own count
     except Exception as exc:
         errors.append(repr(exc))
-threads = [threading.Thread(target=use) for _ in range(8)]
+threads = [threading.Thread(target=use, args=(index,)) for index in range(8)]
 for thread in threads:
     thread.start()
 closes = 0
-while done[0] < 200 and not errors and all(thread.is_alive() for thread in threads):
+while (sum(counts) < 200 or closes < 50) and not errors and all(t.is_alive() for t in threads):
     ledger.close()  # all the while they work
     closes += 1
 stop.set()
@@ -90,11 +90,9 @@ for thread in threads:
 assert not errors, errors[:3]
 conn = sqlite3.connect({str(tmp_path / "budgets.db")!r})
 (reserved,) = conn.execute("SELECT SUM(reserved_usd) FROM budget_ledger").fetchone()
-assert reserved == done[0], (reserved, done[0])
-print(closes)
+assert reserved == sum(counts), (reserved, sum(counts))
 """
-    done = run_python("-c", script, env=dict(os.environ), cwd=tmp_path)
-    assert int(done.stdout) > 10
+    run_python("-c", script, env=dict(os.environ), cwd=tmp_path)
 
 
 def test_a_sqlite_ledger_locked_by_someone_else_is_not_waited_for_at_every_call(

@@ -24,7 +24,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal, localcontext
@@ -66,6 +66,14 @@ _FIELDS = ("name", "limit_usd", "period", "provider", "model", "session", "tag",
 _ZERO = Decimal(0)
 
 
+_KEY_ESCAPES = str.maketrans({"%": "%25", "|": "%7C", ",": "%2C", "=": "%3D"})
+
+
+def _key_part(text: str) -> str:
+    """``text`` with the separators of a ledger key (and ``%``) percent-escaped."""
+    return text.translate(_KEY_ESCAPES)
+
+
 @dataclass(frozen=True)
 class Budget:
     """A limit in USD over a period, for the calls in a scope (everything when no scope field is
@@ -82,15 +90,18 @@ class Budget:
 
     @functools.cached_property
     def scope(self) -> str:
+        return self._scope(str)
+
+    def _scope(self, part: Callable[[str], str]) -> str:
         parts = []
         if self.provider:
-            parts.append(f"provider={self.provider}")
+            parts.append(f"provider={part(self.provider)}")
         if self.model:
-            parts.append(f"model={self.model}")
+            parts.append(f"model={part(self.model)}")
         if self.session:
-            parts.append(f"session={self.session}")
+            parts.append(f"session={part(self.session)}")
         if self.tag:
-            parts.append(f"tag:{self.tag[0]}={self.tag[1]}")
+            parts.append(f"tag:{part(self.tag[0])}={part(self.tag[1])}")
         return ",".join(parts) or "everything"
 
     @functools.cached_property
@@ -99,7 +110,10 @@ class Budget:
 
     @functools.cached_property
     def key(self) -> str:
-        return f"{self.name}|{self.period}|{self.scope}"
+        """Its ledger row's key. Names and values are escaped: with "|", "," or "=" in them,
+        two budgets had one key ("n|day|tag:a=b" and "n" on tag a = "b|day|everything"), and
+        spent from one row. A key without those is as before (the ledger's rows stay)."""
+        return f"{_key_part(self.name)}|{self.period}|{self._scope(_key_part)}"
 
     def matches(
         self,

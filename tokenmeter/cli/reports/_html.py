@@ -73,7 +73,8 @@ h2{margin:1.75rem 0 .6rem;font-size:1.2rem;overflow-wrap:anywhere}
 .meta{color:#57606a;margin:0 0 1rem;overflow-wrap:anywhere}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(10rem,1fr));gap:.75rem}
 .card{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:.7rem .9rem}
-.card span{color:#57606a;font-size:.85rem}.card b{display:block;font-size:1.35rem}
+.card span{color:#57606a;font-size:.85rem}
+.card b{display:block;font-size:1.35rem;overflow-wrap:anywhere}
 .card small{color:#57606a}.up{color:#cf222e}.down{color:#1a7f37}
 .panel{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:1rem;min-width:0}
 .grid2{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,34rem),1fr));gap:1rem}
@@ -112,7 +113,8 @@ footer{color:#6e7781;font-size:.8rem;margin:2rem 0 1rem}
 .bars .label{grid-column:1/-1;white-space:normal;overflow-wrap:anywhere;margin-top:.3rem}}
 """
 
-#: Sorts the table whose header button was clicked by that column (numbers by value).
+#: Sorts the table whose header button was clicked by that column (numbers by value; a cell
+#: that is not wholly a number, such as a day, as text: parseFloat read "2026-11-01" as 2026).
 _SCRIPT = """
 document.querySelectorAll("table.sortable").forEach(function (table) {
   table.querySelectorAll("th button").forEach(function (button, index) {
@@ -123,7 +125,7 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
       rows.sort(function (a, b) {
         var x = a.cells[index].getAttribute("data-sort");
         var y = b.cells[index].getAttribute("data-sort");
-        var nx = parseFloat(x), ny = parseFloat(y);
+        var nx = Number(x), ny = Number(y);
         var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : String(x).localeCompare(String(y));
         return down ? -c : c;
       });
