@@ -40,6 +40,25 @@ def test_tail_json_lines(cli, sqlite_db: Path) -> None:  # type: ignore[no-untyp
     assert [c["model"] for c in calls][-1] == "gpt-4o-mini" and len(calls) == 6
 
 
+def test_tail_of_jsonl_reads_from_its_end(cli: RunCli, tmp_path: Path) -> None:
+    """tail read a JSONL file from its first line (15 s for ten lines of a million): the
+    lines well before those it shows are not read now (nor counted as skipped).
+    Corrupt lines among the last ones make it look further back, for as many records."""
+    records = [
+        rec(n, f"2026-11-01T10:{n // 60:02d}:{n % 60:02d}.000Z", "openai", "gpt-4o", n, 1, "0.1")
+        for n in range(60)
+    ]
+    path = tmp_path / "usage.jsonl"
+    lines = [compact_json(r.model_dump(mode="json")) for r in records]
+    path.write_text("{not json\n" * 1_000 + "\n".join(lines[:55]) + "\n")
+    path.write_text(path.read_text() + "{torn\n" * 100 + "\n".join(lines[55:]) + "\n")
+    code, out, err = cli("tail", "--source", str(path), "-n", "8", "--format", "json")
+    assert code == 0, err
+    assert [json.loads(line)["input_tokens"] for line in out.splitlines()] == list(range(52, 60))
+    skipped = int(err.split("skipped ")[1].split()[0])
+    assert 100 <= skipped < 1_100  # the torn lines, and not all of the 1,000 before them
+
+
 @pytest.mark.parametrize("lines", [str(2**31), str(sys.maxsize)])
 def test_tail_more_lines_than_a_c_int_holds(cli: RunCli, source: Path, lines: str) -> None:
     """``-n`` takes any count up to sys.maxsize; SQLite's fetchmany took only a C int and the
