@@ -167,6 +167,17 @@ def test_budgets_whose_names_or_values_hold_the_keys_separators_keep_rows_of_the
     assert other.scope == "tag:a=b|day|everything"  # as shown: unescaped
 
 
+@pytest.mark.parametrize("given", ["gemini", "google-genai", " Google "])
+def test_a_budget_on_a_providers_alias_is_on_that_provider(given: str) -> None:
+    """Records say "google": a budget on "gemini" or "google-genai" (the names instrument()
+    takes) was accepted, matched no call and never refused anything."""
+    from tokenmeter.guardrails._budgets import parse_budgets
+
+    (budget,) = parse_budgets([{"limit_usd": 1, "provider": given}])
+    assert budget.provider == "google"
+    assert budget.matches("google", ("gemini-2.5-flash",), None)
+
+
 def test_the_ledger_is_a_sqlite_file_shared_by_processes(
     tmp_path: Path, fake: FakeProvider, instrumented: None
 ) -> None:

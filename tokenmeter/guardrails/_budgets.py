@@ -34,6 +34,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tokenmeter import _pipeline, _sessions
 from tokenmeter._models import MAX_NAME, Usage, UsageRecord, clean_text
+from tokenmeter._registry import canonical
 from tokenmeter._totals import USD_CONTEXT
 from tokenmeter.guardrails import _leases, _state
 from tokenmeter.guardrails._errors import BudgetExceeded
@@ -214,7 +215,9 @@ def parse_budget(where: str, value: Any) -> Budget:
     budget = Budget(
         limit_usd=limit,
         period=period,
-        provider=provider.lower() if provider else None,
+        # Records name the provider by its id: "gemini" or "google-genai" (the names
+        # instrument() takes) matched no call, and the budget never refused anything.
+        provider=canonical(provider) if provider else None,
         model=_opt_text(f"{where}.model", spec.get("model")),
         session=_opt_text(f"{where}.session", spec.get("session")),
         tag=_tag(f"{where}.tag", spec.get("tag")),
