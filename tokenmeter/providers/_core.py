@@ -275,11 +275,15 @@ class Call:
             status = "error"
             error_name = type(error).__name__ if error is not None else self.failure
             tally = getattr(self.reader, "tally", None)
-            if usage is None and tally is not None and (tally.chars or _broken_off(error)):
+            if usage is None and (
+                (tally is not None and (tally.chars or _broken_off(error)))
+                or (not self.streamed and _cut_after_sending(error))
+            ):
                 # A stream cut once the provider had answered (content streamed by; or the
                 # connection dropped, a timeout, the task cancelled: not an error the provider
-                # reported), with no usage reported: billed, so estimated, never a silent zero,
-                # as when the application closes it there.
+                # reported), or a reply that timed out or broke off while read: billed, so
+                # estimated (the request's input), never a silent zero, as when the
+                # application closes a stream there.
                 usage, estimated = self._estimate(), True
         elif usage is None and self.unreadable is not None:
             # The call succeeded but its usage cannot be trusted: recorded, with an unknown cost.
@@ -593,6 +597,24 @@ def _broken_off(error: BaseException | None) -> bool:
     return error is not None and all(
         getattr(error, name, None) is None for name in ("status_code", "body", "code")
     )
+
+
+#: Transport errors (httpx, httpx2, requests: the same names) raised while a reply was read:
+#: the request had reached the provider, which runs it, and bills it.
+_READING_FAILURES = frozenset({"ReadTimeout", "ReadError", "RemoteProtocolError"})
+
+
+def _cut_after_sending(error: BaseException | None) -> bool:
+    """True for an error that came once the request was sent: its reply timed out, or the
+    connection broke while it was read (the SDK's timeout or connection error has it as its
+    cause). Not a connection never made (nothing was sent), nor an error the provider reported."""
+    for _ in range(8):  # along the causes, bounded
+        if error is None:
+            return False
+        if type(error).__name__ in _READING_FAILURES:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 class StreamReader(Protocol):
