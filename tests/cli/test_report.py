@@ -272,7 +272,37 @@ def test_detailed_csv_lists_calls(cli: RunCli, source: Path) -> None:
     code, out, _ = cli("report", "--source", str(source), "--detailed", "--format", "csv")
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert len(rows) == 6 and rows[2]["tags"] == "feature=search;team=core"
+    assert len(rows) == 6 and json.loads(rows[2]["tags"]) == {"feature": "search", "team": "core"}
+
+
+def test_detailed_lists_say_when_limit_cut_them_and_tags_stay_apart(
+    cli: RunCli, tmp_path: Path
+) -> None:
+    """A CSV or JSON of calls stopped at --limit with no sign of it, and CSV joined tags as
+    k=v;k=v: {"a": "1;b=2"} and {"a": "1", "b": "2"} read the same."""
+    records = [
+        rec(1, "2026-11-01T10:00:00.000Z", "openai", "gpt-4o", 1, 1, "0.1", tags={"a": "1;b=2"}),
+        rec(
+            2,
+            "2026-11-01T11:00:00.000Z",
+            "openai",
+            "gpt-4o",
+            1,
+            1,
+            "0.1",
+            tags={"a": "1", "b": "2"},
+        ),
+    ]
+    source = write_sqlite(tmp_path / "usage.db", records, [])
+    code, out, err = cli("report", "--source", str(source), "--detailed", "--format", "csv")
+    assert code == 0, err
+    tags = [json.loads(row["tags"]) for row in csv.DictReader(io.StringIO(out))]
+    assert tags == [{"a": "1;b=2"}, {"a": "1", "b": "2"}] and "listed" not in err
+    args = ("--source", str(source), "--detailed", "--limit", "1")
+    assert report_json(cli, *args)["calls_listed_all"] is False
+    assert report_json(cli, "--source", str(source), "--detailed")["calls_listed_all"] is True
+    code, out, err = cli("report", *args, "--format", "csv")
+    assert code == 0 and "listed the latest 1 of 2 calls (--limit 0 lists them all)" in err
 
 
 def test_output_file_owner_only_and_format_from_suffix(
@@ -619,10 +649,10 @@ def test_detailed_csv_neutralises_every_text_column(cli: RunCli, tmp_path: Path,
     for text in FORMULAS:
         row = by_model["'" + text]
         assert row["session_name"] == "'" + text
-        assert row["tags"] == "team=" + text  # starts with the key: nothing to neutralise
+        assert json.loads(row["tags"]) == {"team": text}  # JSON text: nothing to neutralise
     assert by_model["refund"]["cost_usd"] == "-0.25"
     assert by_model["refund"]["input_tokens"] == "1"
-    assert by_model["refund"]["tags"] == "'@k=v"  # a tag KEY can start a formula too
+    assert json.loads(by_model["refund"]["tags"]) == {"@k": "v"}  # '{': no formula
 
 
 @pytest.mark.parametrize("storage", ["sqlite", "jsonl"])

@@ -23,6 +23,7 @@ from tokenmeter.cli.reports._periodic import PERIODIC_GROUPINGS, render_usage_re
 from tokenmeter.cli.reports._query import STATUSES, Filters, Query, run_query
 from tokenmeter.cli.reports._render import (
     CellTable,
+    calls_listed_all,
     markdown_table,
     parse_metrics,
     plain_table,
@@ -235,6 +236,14 @@ def run_report(args: argparse.Namespace) -> int:
                 report.skipped_lines += report.previous.skipped_lines
     warn_skipped(report.skipped_lines, source.path, _unit(source.kind))
     _check_tag_keys(report)
+    if not calls_listed_all(report):
+        # Said where a machine format cannot: its rows stop at --limit with no sign of it.
+        print(
+            f"tokenmeter: listed the latest {len(report.calls or ()):,} of "
+            f"{report.totals.calls:,} "
+            "calls (--limit 0 lists them all)",
+            file=sys.stderr,
+        )
     if fmt == "markdown" and getattr(args, "period", None):
         write_output(render_usage_report(report, alerts_near(source.path)), args.output)
     elif _use_rich(fmt, args.output):

@@ -7,6 +7,7 @@ CSV text cells that a spreadsheet would run as a formula are neutralised (see ``
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -339,9 +340,15 @@ def period_text(report: Report) -> str:
     return f"{first} up to {last} ({zone}; the end is the first instant not included)"
 
 
+def calls_listed_all(report: Report) -> bool:
+    """False when ``--limit`` cut the list of calls short (bad rows, skipped, do not)."""
+    shown = len(report.calls or [])
+    return not (report.calls_limit and shown >= report.calls_limit < report.totals.calls)
+
+
 def _calls_caption(report: Report) -> str:
     shown = len(report.calls or [])
-    if report.calls_limit and shown >= report.calls_limit < report.totals.calls:
+    if not calls_listed_all(report):
         return f"Calls (the latest {shown} of {report.totals.calls:,})"
     return f"Calls ({shown:,})"
 
@@ -567,6 +574,7 @@ def render_json(report: Report) -> str:
     }
     if report.calls is not None:
         document["calls"] = [call.as_json() for call in report.calls]
+        document["calls_listed_all"] = calls_listed_all(report)
     return dumps_exact(document) + "\n"
 
 
@@ -616,7 +624,8 @@ def render_csv(report: Report) -> str:
         lines.append(_csv_line(headers))
         for call in report.calls:
             record = call.as_json()
-            record["tags"] = ";".join(f"{k}={v}" for k, v in record["tags"].items())
+            # JSON: "k=v;k=v" told {"a": "1;b=2"} from {"a": "1", "b": "2"} by nothing.
+            record["tags"] = json.dumps(record["tags"], ensure_ascii=False, sort_keys=True)
             lines.append(_csv_line([_csv_value(record[h]) for h in headers]))
         return "".join(lines)
     breakdown = report.main
