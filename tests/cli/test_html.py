@@ -682,3 +682,28 @@ def test_huge_totals_stay_in_their_tiles_and_days_sort_as_dates(
     assert r["spilled"] == []
     assert r["down"] == ["2026-11-03", "2026-11-02", "2026-11-01"]
     assert r["up"] == ["2026-11-01", "2026-11-02", "2026-11-03"]
+
+
+def test_a_table_of_very_many_rows_shows_the_first_and_says_so(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """100,000 sessions made a 50 MB page that Chromium took 107 s to show: a table holds the
+    first rows (here 3) and says how many there are; the totals still count every one."""
+    from tokenmeter.cli.reports import _html
+
+    monkeypatch.setattr(_html, "_MAX_ROWS", 3)
+    records = [
+        rec(
+            n, f"2026-11-01T10:00:0{n}.000Z", "openai", "gpt-4o", 1, 1, "0.5", session=(f"s{n}", "")
+        )
+        for n in range(5)
+    ]
+    source = write_sqlite(tmp_path / "usage.db", records, [])
+    code, page, err = cli(
+        "report", "--source", str(source), "--by", "session", "--detailed", "--format", "html"
+    )
+    assert code == 0, err
+    main = page.split('<div id="main-table">')[1].split("</table>")[0]
+    assert main.split("<tbody>")[1].split("</tbody>")[0].count("<tr>") == 3
+    assert "The first 3 of 5 rows" in page and "The first 3 of 5 calls" in page
+    assert "$2.50" in main.split("<tfoot>")[1]  # the total counts all five

@@ -371,6 +371,22 @@ def _tag_charts(report: Report) -> list[str]:
 
 # --- tables --------------------------------------------------------------------------------------
 
+#: Rows a table of the page holds at most: 100,000 sessions made a 50 MB page that a browser
+#: took 107 s to show. The JSON and CSV formats hold every row.
+_MAX_ROWS = 1_000
+
+
+def _rows_shown(table: CellTable, what: str) -> str:
+    """Cut ``table`` to its first ``_MAX_ROWS`` rows; the note that says so (or nothing)."""
+    count = len(table.rows)
+    if count <= _MAX_ROWS:
+        return ""
+    del table.rows[_MAX_ROWS:]
+    return (
+        f'<p class="note">The first {_MAX_ROWS:,} of {count:,} {what}s, in this order; the '
+        "totals count them all, and the json and csv formats list every one.</p>"
+    )
+
 
 def _sort_key(cell: str) -> str:
     """What a cell sorts by: the number in it when it is one ($1,234.5 -> 1234.5)."""
@@ -529,14 +545,18 @@ def render_html(
             _alerts_table(period_alerts),
             "</div>",
         ]
+    main = summary_cells(report)
     sections += [
         f"<h2>By {esc(report.main.title)}</h2>",
-        f'<div id="main-table">{_table(summary_cells(report), sortable=True)}</div>',
+        _rows_shown(main, "row"),
+        f'<div id="main-table">{_table(main, sortable=True)}</div>',
     ]
     if report.calls is not None:
+        calls = call_cells(report.calls, report.tz)
         sections += [
             f"<h2>Calls ({len(report.calls):,})</h2>",
-            _table(call_cells(report.calls, report.tz), sortable=True),
+            _rows_shown(calls, "call"),
+            _table(calls, sortable=True),
         ]
     sections += [
         f"<footer>tokenmeter · {esc(NONE_LABEL)} marks calls without that value · "
