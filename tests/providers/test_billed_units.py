@@ -455,23 +455,28 @@ def test_anthropic_fast_mode_is_priced_at_its_fast_rates(kit: Any, records: Reco
     assert record.estimated_cost_usd == Decimal("0.15")  # $0.10 + $0.05
 
 
-def test_anthropic_fast_mode_stream_is_priced_at_its_fast_rates(kit: Any, records: Records) -> None:
-    start = _anthropic_message(
-        {"input_tokens": 10_000, "output_tokens": 1, "speed": "fast"}, model="claude-opus-4-8"
-    )
-    start["content"] = []
-    events = [
-        ("message_start", {"type": "message_start", "message": start}),
+def _anthropic_stream(start: dict[str, Any], output_tokens: int) -> list[tuple[str, Any]]:
+    """The events of a stream that starts with message ``start`` (its content left out) and
+    ends with ``output_tokens`` in its message_delta."""
+    return [
+        ("message_start", {"type": "message_start", "message": {**start, "content": []}}),
         (
             "message_delta",
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                "usage": {"output_tokens": 1_000},
+                "usage": {"output_tokens": output_tokens},
             },
         ),
         ("message_stop", {"type": "message_stop"}),
     ]
+
+
+def test_anthropic_fast_mode_stream_is_priced_at_its_fast_rates(kit: Any, records: Records) -> None:
+    start = _anthropic_message(
+        {"input_tokens": 10_000, "output_tokens": 1, "speed": "fast"}, model="claude-opus-4-8"
+    )
+    events = _anthropic_stream(start, output_tokens=1_000)
     client = mock_anthropic(lambda r: sse_reply(kit.http, events))
 
     for _ in client.messages.create(
@@ -500,20 +505,8 @@ def test_anthropic_us_only_inference_is_billed_at_1_1x(
     usage = {"input_tokens": 10_000, "output_tokens": 2_000, "inference_geo": "us", **extra}
     body = _anthropic_message(usage, model="claude-opus-4-8")
     if streamed:
-        body["content"] = []
         body["usage"] = {**usage, "output_tokens": 1}
-        events = [
-            ("message_start", {"type": "message_start", "message": body}),
-            (
-                "message_delta",
-                {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                    "usage": {"output_tokens": 2_000},
-                },
-            ),
-            ("message_stop", {"type": "message_stop"}),
-        ]
+        events = _anthropic_stream(body, output_tokens=2_000)
         client = mock_anthropic(lambda r: sse_reply(kit.http, events))
         for _ in client.messages.create(
             model="claude-opus-4-8", max_tokens=64, messages=[], stream=True
