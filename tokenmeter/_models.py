@@ -61,7 +61,9 @@ MODALITY_KEYS = frozenset(
     f"{side}_{m}" for side in ("input", "output", "cache_read") for m in MODALITIES
 ) | {"output_citation"}
 #: Billed server-side tool requests a response reports, as ``tool_requests`` keys spell them.
-TOOL_REQUEST_KEYS = frozenset({"web_search", "web_fetch", "file_search", "code_execution"})
+TOOL_REQUEST_KEYS = frozenset(
+    {"web_search", "web_search_preview", "web_fetch", "file_search", "code_execution"}
+)
 
 
 _SHORT = reprlib.Repr()

@@ -445,10 +445,10 @@ def record(
     are given: ``modalities`` splits the counts by modality (``{"output_image": 1290}``; keys
     ``input_*``, ``output_*``, ``cache_read_*`` for text/image/audio/video/document, each a part
     of its total, a side's parts together no more than it) and ``tool_requests`` counts billed
-    server-side tool requests (``{"web_search": 2}``; keys web_search, web_fetch, file_search,
-    code_execution), both priced as for an intercepted call. A count may be any integer type
-    (numpy's ``int64`` from a sum over a frame). Bad input raises ValueError naming the field;
-    nothing is written then.
+    server-side tool requests (``{"web_search": 2}``; keys web_search, web_search_preview,
+    web_fetch, file_search, code_execution), both priced as for an intercepted call. A count
+    may be any integer type (numpy's ``int64`` from a sum over a frame). Bad input raises
+    ValueError naming the field; nothing is written then.
     """
     provider = _text("provider", provider).lower()
     model = _text("model", model)

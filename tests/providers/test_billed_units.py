@@ -341,6 +341,53 @@ def test_openai_responses_built_in_tool_calls_are_billed_per_call(
     assert record.estimated_cost_usd == Decimal("0.0025") + Decimal("0.001") + Decimal("0.0225")
 
 
+@pytest.mark.parametrize(
+    ("model", "tool", "key", "fee"),
+    [
+        ("gpt-4.1-2025-04-14", "web_search_preview", "web_search_preview", "0.025"),
+        ("gpt-4o-mini", "web_search_preview_2025_03_11", "web_search_preview", "0.025"),
+        ("gpt-4.1-2025-04-14", "web_search", "web_search", "0.01"),
+        ("o3-2025-04-16", "web_search_preview", "web_search_preview", "0.01"),
+    ],
+)
+def test_openai_web_search_preview_on_a_model_without_reasoning_is_25_dollars_a_thousand(
+    kit: Any, records: Records, model: str, tool: str, key: str, fee: str
+) -> None:
+    """OpenAI bills the web_search_preview tool at $25 per 1,000 calls on gpt-4o and gpt-4.1
+    (their search content's tokens free), and every other web search at $10: one search of
+    gpt-4.1 with the preview tool was recorded at $10 a thousand."""
+    body = {
+        "id": "resp_wsp",
+        "object": "response",
+        "created_at": 1764900000,
+        "status": "completed",
+        "model": model,
+        "output": [{"type": "web_search_call", "id": "ws_1", "status": "completed"}],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [{"type": tool, "search_context_size": "medium"}],
+        "usage": {
+            "input_tokens": 1000,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 200,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 1200,
+        },
+    }
+    client = kit.mock_openai(lambda request: json_reply(kit.http, body))
+
+    client.responses.create(model=model, input="search", tools=[{"type": tool}])
+
+    record = only(records())
+    assert record.tool_requests == {key: 1}
+    assert record.cost_breakdown is not None and record.cost_breakdown[key] == Decimal(fee)
+    tokens = tokenmeter.price(
+        "openai", model, record.usage.model_copy(update={"tool_requests": {}})
+    )
+    assert tokens.total_usd is not None
+    assert record.estimated_cost_usd == tokens.total_usd + Decimal(fee)
+
+
 # -- passes the top-level usage leaves out -------------------------------------------------------
 
 

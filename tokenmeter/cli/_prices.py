@@ -43,6 +43,7 @@ _SAME_AS = {
 #: Server-side tool fees, USD per 1,000 requests: shown when the model has one.
 _FEE_LABELS = (
     ("web_search_per_k", "web search"),
+    ("web_search_preview_per_k", "web search preview"),
     ("file_search_per_k", "file search"),
     ("code_execution_per_k", "code execution"),
 )
@@ -56,7 +57,10 @@ def _rates(rates: Any) -> dict[str, Decimal]:
 
 
 def _fees(rates: Any) -> dict[str, Decimal]:
-    return {name: getattr(rates, name) for name, _ in _FEE_LABELS if getattr(rates, name)}
+    fees = {name: getattr(rates, name) for name, _ in _FEE_LABELS if getattr(rates, name)}
+    if fees.get("web_search_preview_per_k") == fees.get("web_search_per_k"):
+        fees.pop("web_search_preview_per_k", None)  # the same fee: said once
+    return fees
 
 
 def _priced_elsewhere(found: Any) -> str:

@@ -130,6 +130,7 @@ class _PerToken:
         self.citation_out = rates.output_citation_per_mtok / _PER_MTOK
         self.fees = {
             "web_search": rates.web_search_per_k / _PER_K,
+            "web_search_preview": rates.web_search_preview_per_k / _PER_K,
             "file_search": rates.file_search_per_k / _PER_K,
             "code_execution": rates.code_execution_per_k / _PER_K,
         }

@@ -6,6 +6,7 @@ soon as genai-prices ships the fix. A corrected card carries ``price_source="tok
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, fields, replace
 from datetime import date, datetime
@@ -216,7 +217,30 @@ def _o3_launch_cache_rate(card: RateCard, requested: str, at: datetime) -> RateC
     return _mark(card, base=base.with_rates(cache_read_per_mtok=base.input_per_mtok / 4))
 
 
+#: OpenAI's models without reasoning (gpt-4o, gpt-4.1 and their minis), whose
+#: ``web_search_preview`` calls cost $25 per 1,000 (the search content's tokens free) where
+#: every other web search costs $10 (OpenAI's pricing page; genai-prices has one fee).
+_PREVIEW_SEARCH_AT_25 = re.compile(r"^(chatgpt-4o|gpt-4o|gpt-4\.1)")
+_PREVIEW_SEARCH_FEE = Decimal(25)
+
+
+def _web_search_preview_fee(card: RateCard, requested: str, at: datetime) -> RateCard:
+    base = card.base
+    if (
+        not _PREVIEW_SEARCH_AT_25.match(card.priced_model)
+        or base.web_search_preview_per_k != base.web_search_per_k
+    ):
+        return card
+    fee = {"web_search_preview_per_k": _PREVIEW_SEARCH_FEE}
+    return replace(
+        card,
+        base=base.with_rates(**fee),
+        tiers=tuple((start, rates.with_rates(**fee)) for start, rates in card.tiers),
+    )
+
+
 _DATA_CORRECTIONS: tuple[Callable[[RateCard, str, datetime], RateCard], ...] = (
+    _web_search_preview_fee,
     _gpt4o_audio_preview,
     _sonnet_4_long_context,
     _o3_launch_cache_rate,

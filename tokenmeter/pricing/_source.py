@@ -76,7 +76,13 @@ REGION_UPLIFT = {"us": Decimal("1.1")}
 #: A rate a source did not give: filled in by ``Rates`` from the rate that class is billed at.
 GAP = Decimal("NaN")
 #: Per-request fees, in USD per 1,000 requests: not scaled by service-tier discounts.
-FEE_FIELDS = ("per_request_usd", "web_search_per_k", "file_search_per_k", "code_execution_per_k")
+FEE_FIELDS = (
+    "per_request_usd",
+    "web_search_per_k",
+    "web_search_preview_per_k",
+    "file_search_per_k",
+    "code_execution_per_k",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +117,8 @@ class Rates:
     web_search_per_k: Decimal = Decimal(0)
     file_search_per_k: Decimal = Decimal(0)
     code_execution_per_k: Decimal = Decimal(0)
+    #: OpenAI's ``web_search_preview`` tool: the web search fee unless a model's differs.
+    web_search_preview_per_k: Decimal = GAP
 
     def __post_init__(self) -> None:
         fills = (
@@ -121,6 +129,7 @@ class Rates:
             ("cache_read_audio_per_mtok", self.cache_read_per_mtok),
             ("cache_read_image_per_mtok", self.cache_read_per_mtok),
             ("output_citation_per_mtok", self.output_per_mtok),
+            ("web_search_preview_per_k", self.web_search_per_k),
         )
         for name, rate in fills:
             if getattr(self, name).is_nan():

@@ -266,7 +266,22 @@ def _tool_requests(get: Get) -> dict[str, int] | None:
                 continue
             if tool is not None:
                 found[tool] = found.get(tool, 0) + 1
+    if "web_search" in found and _searches_in_preview(get("tools")):
+        found["web_search_preview"] = found.pop("web_search")
     return found or None
+
+
+def _searches_in_preview(tools: Any) -> bool:
+    """The answer's searches were made by the ``web_search_preview`` tool (billed apart from
+    ``web_search`` on some models): the tools it echoes have that one and no other search."""
+    if not isinstance(tools, list | tuple):
+        return False
+    kinds = {field(tool, "type") for tool in tools[:_MAX_ITEMS]}
+    preview = any(type(k) is str and k.startswith("web_search_preview") for k in kinds)
+    return preview and not any(
+        type(k) is str and k.startswith("web_search") and not k.startswith("web_search_preview")
+        for k in kinds
+    )
 
 
 def _opens_a_page(get_item: Get) -> bool:
