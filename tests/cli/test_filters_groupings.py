@@ -228,6 +228,36 @@ def test_calendar_groups_in_a_zone_off_utc_by_part_of_an_hour(
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+@pytest.mark.parametrize(
+    ("zone", "first", "then"),
+    [("Europe/Paris", "+02:00", "+01:00"), ("America/New_York", "-04:00", "-05:00")],
+)
+def test_the_hour_a_clock_lives_twice_is_two_rows_in_the_order_lived(
+    cli: RunCli, tmp_path: Path, kind: str, zone: str, first: str, then: str
+) -> None:
+    """At the end of summer time 02:00 (Paris) or 01:00 (New York) comes twice: --by hour made
+    one row of two hours' calls, with nothing to tell them apart."""
+    day, utc = ("2026-10-25", 0) if zone == "Europe/Paris" else ("2026-11-01", 5)
+    records = [
+        rec(n, f"{day}T{utc + n:02d}:30:00.000Z", "openai", "gpt-4o", 100, 10, "0.01")
+        for n in range(3)
+    ]
+    data = (
+        write_sqlite(tmp_path / "usage.db", records, SESSIONS)
+        if kind == "sqlite"
+        else write_jsonl(tmp_path / "usage.jsonl", records)
+    )
+    doc = report(cli, data, "--by", "hour", "--tz", zone)
+    hour = "02:00" if zone == "Europe/Paris" else "01:00"
+    after = "03:00" if zone == "Europe/Paris" else "02:00"
+    assert [(row["hour"], row["calls"]) for row in doc["rows"]] == [
+        (f"{day} {hour} {first}", 1),
+        (f"{day} {hour} {then}", 1),
+        (f"{day} {after}", 1),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
 def test_calendar_groups_of_years_before_1000_are_in_time_order(
     cli: RunCli, tmp_path: Path, kind: str
 ) -> None:

@@ -210,10 +210,19 @@ def read_calls(source: Source, query: Query, progress: Progress | None = None) -
     return run_query(source, query, progress).calls or []
 
 
+def _in_time_order(value: str) -> tuple[str, int]:
+    """A group's label as it sorts: an hour lived twice (``2026-10-25 02:00 +02:00``, then
+    ``+01:00``) in the order it was lived, the larger offset first."""
+    if len(value) == 23 and value[16] == " " and value[17] in "+-":
+        minutes = int(value[18:20]) * 60 + int(value[21:23])
+        return value[:16], -minutes if value[17] == "+" else minutes
+    return value, 0
+
+
 def _sort_rows(columns: tuple[str, ...], rows: Iterable[Row]) -> list[Row]:
     """Calendar groups read best in time order; everything else most expensive first."""
     if any(column in TIME_COLUMNS for column in columns):
-        return sorted(rows, key=lambda row: row.key)
+        return sorted(rows, key=lambda row: tuple(map(_in_time_order, row.key)))
     return sorted(
         rows,
         key=lambda row: (-(row.totals.cost or Decimal(-1)), -row.totals.calls, row.key),
@@ -233,7 +242,12 @@ def _bucket(utc_time: str, column: str, tz: tzinfo) -> str:
     # ``isoformat`` pads the year to four digits (``strftime("%Y")`` does not on glibc: year
     # 999 would sort after 2026).
     if column == "hour":
-        return f"{start.date().isoformat()} {start.hour:02d}:00"
+        label = f"{start.date().isoformat()} {start.hour:02d}:00"
+        if start.replace(fold=1 - start.fold).utcoffset() != start.utcoffset():
+            # An hour the clock lived twice (set back at the end of summer time): each named
+            # by its UTC offset, or the two made one row.
+            label += " " + start.isoformat()[-6:]
+        return label
     if column == "day":
         return start.date().isoformat()
     if column == "month":
