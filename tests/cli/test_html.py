@@ -151,6 +151,30 @@ def test_bidi_overrides_in_the_data_are_shown_not_obeyed(cli: RunCli, tmp_path: 
         assert "s\ufffdgnp.exe" in page and "gpt-4o" + "\ufffd" * len(BIDI) in page, fmt
 
 
+#: Characters that print as nothing: a soft hyphen, zero-width spaces and joiners, the BOM.
+HIDDEN = "\xad\u200b\u200c\u200d\u200e\u200f\u2060\ufeff"
+
+
+def test_names_with_characters_that_print_as_nothing_are_told_apart(
+    cli: RunCli, tmp_path: Path
+) -> None:
+    """``gpt\u200b-4o`` showed as a second ``gpt-4o`` row in every format but JSON and CSV."""
+    records = [
+        rec(1, "2026-11-01T10:00:00.000Z", "openai", "gpt-4o", 100, 100, "0.05"),
+        rec(2, "2026-11-01T11:00:00.000Z", "openai", f"gpt{HIDDEN}-4o", 100, 100, "0.05"),
+    ]
+    db = write_sqlite(tmp_path / "usage.db", records, SESSIONS)
+    for fmt in ("html", "markdown", "table"):
+        out = tmp_path / f"report.{fmt}"
+        code, _, err = cli("report", "--source", str(db), "--format", fmt, "-o", str(out))
+        assert code == 0, err
+        page = out.read_text()
+        assert not set(HIDDEN) & set(page), fmt
+        assert "gpt" + "\ufffd" * len(HIDDEN) + "-4o" in page, fmt
+    code, out, _ = cli("tail", "--source", str(db))
+    assert code == 0 and "gpt" + "\ufffd" * len(HIDDEN) + "-4o" in out
+
+
 def test_empty_period_still_renders(cli: RunCli, tmp_path: Path) -> None:
     db = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
     code, out, _ = cli("report", "--source", str(db), "--since", "2030-01-01", "--format", "html")
