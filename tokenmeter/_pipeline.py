@@ -292,8 +292,8 @@ class _Writer:
         self._lock = threading.RLock()
         self._buffer: deque[_Item] = deque()
         #: Set when work comes to a writer asleep (its first item, a call's record to make): it
-        #: starts the gathering interval. Never ends one: set by every first call after a
-        #: delivery, it ended each gathering at once, and a writer delivered once per call.
+        #: starts the gathering interval, never ends one (the first call after each delivery
+        #: would end the next gathering: a delivery per call).
         self._arrived = threading.Event()
         #: Set to end the gathering early (a full batch, a flush(), the stop).
         self._hurry = threading.Event()

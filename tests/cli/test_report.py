@@ -302,7 +302,7 @@ def test_detailed_lists_say_when_limit_cut_them_and_tags_stay_apart(
     assert report_json(cli, *args)["calls_listed_all"] is False
     assert report_json(cli, "--source", str(source), "--detailed")["calls_listed_all"] is True
     code, out, err = cli("report", *args, "--format", "csv")
-    assert code == 0 and "listed the latest 1 of 2 calls (--limit 0 lists them all)" in err
+    assert code == 0 and "listed the latest 1 of 2 calls (--limit 0 lists all)" in err
 
 
 def test_output_file_owner_only_and_format_from_suffix(

@@ -238,10 +238,9 @@ def run_report(args: argparse.Namespace) -> int:
     _check_tag_keys(report)
     if not calls_listed_all(report):
         # Said where a machine format cannot: its rows stop at --limit with no sign of it.
+        shown, calls = len(report.calls or ()), report.totals.calls
         print(
-            f"tokenmeter: listed the latest {len(report.calls or ()):,} of "
-            f"{report.totals.calls:,} "
-            "calls (--limit 0 lists them all)",
+            f"tokenmeter: listed the latest {shown:,} of {calls:,} calls (--limit 0 lists all)",
             file=sys.stderr,
         )
     if fmt == "markdown" and getattr(args, "period", None):
