@@ -8,6 +8,7 @@ formats (JSON, CSV, the record itself) carry the exact value instead; see ``exac
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_HALF_UP, Decimal
 
 from tokenmeter._totals import normalise_usd
@@ -65,25 +66,39 @@ def fmt_per_call(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.1f}"
 
 
+#: Code points (inclusive ranges) that recorded text shows as U+FFFD wherever people read it (the
+#: CLI, the journal), rather than hand to a reader to obey or to hide: the control characters
+#: but tab and newline (``ESC ]0;...`` retitles the terminal that prints them, ``ESC [2J``
+#: clears it), the bidirectional marks, embeddings, overrides and isolates (they reorder the
+#: text after them: "Trojan Source", CVE-2021-42574), the characters that print as nothing (a
+#: soft hyphen, zero-width spaces and joiners, the BOM: ``gpt\u200b-4o`` reads ``gpt-4o``) and
+#: lone surrogates (which no UTF-8 file can hold).
+SHOWN_AS_REPLACEMENT = (
+    (0x00, 0x08),
+    (0x0B, 0x1F),
+    (0x7F, 0x9F),
+    (0xAD, 0xAD),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x2064),
+    (0x2066, 0x2069),
+    (0xFEFF, 0xFEFF),
+    (0xD800, 0xDFFF),
+)
+
+
+def char_class(ranges: tuple[tuple[int, int], ...]) -> str:
+    """A regular expression's character class of ``ranges``."""
+    return "[" + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges) + "]"
+
+
 #: Markdown that recorded text (a model, session or tag name a server or a caller chose) must not
 #: make: a cell break (``|``), a new line, HTML (``<``), or a link or image (``[``/``]``: a
-#: viewer would load ``![](https://...)`` from its server on opening the journal). And what a
-#: reader of the file would obey rather than see, shown as U+FFFD as the CLI does: control
-#: characters (``ESC ]0;...`` retitles the terminal that prints the file, ``ESC [2J`` clears it),
-#: bidirectional overrides (they reorder the text after them) and lone surrogates (which no
-#: UTF-8 file can hold).
-_SHOWN_AS_REPLACEMENT = (
-    *range(0x00, 0x09),
-    *range(0x0B, 0x0D),
-    *range(0x0E, 0x20),
-    *range(0x7F, 0xA0),
-    *range(0x202A, 0x202F),
-    *range(0x2066, 0x206A),
-    *range(0xD800, 0xE000),
-)
+#: viewer would load ``![](https://...)`` from its server on opening the journal); and what
+#: ``SHOWN_AS_REPLACEMENT`` holds.
 _MARKDOWN_ESCAPES = str.maketrans(
     {
-        **dict.fromkeys(map(chr, _SHOWN_AS_REPLACEMENT), "\ufffd"),
+        **{chr(c): "\ufffd" for a, b in SHOWN_AS_REPLACEMENT for c in range(a, b + 1)},
         **{"\\": "\\\\", "|": "\\|", "<": "&lt;", "[": "\\[", "]": "\\]", "\n": " ", "\r": " "},
     }
 )

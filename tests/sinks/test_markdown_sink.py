@@ -176,6 +176,21 @@ def test_user_strings_cannot_break_tables(tmp_path: Path, make_record: RecordFac
     assert "- **Session ID:** a/../b" in session_file.read_text(encoding="utf-8")
 
 
+def test_names_with_characters_that_print_as_nothing_are_told_apart(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    """``gpt``, ZERO WIDTH SPACE, ``-4o`` was a second row that read ``gpt-4o`` in the journal,
+    as in the CLI's reports: shown as U+FFFD there too."""
+    MarkdownJournalSink(tmp_path).write(
+        [make_record(0, model_name="gpt-4o"), make_record(1, model_name="gpt\u200b\ufeff-4o")]
+    )
+    text = (tmp_path / "token_usage.md").read_text(encoding="utf-8")
+    models = [row[1] for row in table_rows(text, "| Provider | Model | Calls |")]
+    assert "gpt-4o" in models and "gpt\ufffd\ufffd-4o" in models
+    shown = re.sub(r"<!--.*?-->", "", text, flags=re.DOTALL)  # the journal's own state
+    assert "\u200b" not in shown and "\ufeff" not in shown
+
+
 def test_recorded_names_never_become_links_or_images(
     tmp_path: Path, make_record: RecordFactory
 ) -> None:

@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tokenmeter._format import SHOWN_AS_REPLACEMENT, char_class
 from tokenmeter.cli._errors import CliError
 
 __all__ = [
@@ -34,14 +35,9 @@ __all__ = [
 FORMATS = ("table", "markdown", "json", "csv", "html")
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-#: Lone surrogates, the C0 controls (but tab and newline), DEL and the C1 controls, the
-#: bidirectional marks, embeddings, overrides and isolates ("Trojan Source", CVE-2021-42574),
-#: and the characters that print as nothing (a soft hyphen, zero-width spaces and joiners, the
-#: BOM): "gpt\u200b-4o" was a second row that read "gpt-4o".
-_HIDDEN = "\xad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\ud800-\udfff"
-_UNPRINTABLE = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f{_HIDDEN}]")
+_UNPRINTABLE = re.compile(char_class(SHOWN_AS_REPLACEMENT))
 #: The same, with tab and newline: what recorded text must not hold inside one line.
-_NOT_IN_LINE = re.compile(f"[\x00-\x1f\x7f-\x9f{_HIDDEN}]")
+_NOT_IN_LINE = re.compile(char_class(((0x09, 0x0A), *SHOWN_AS_REPLACEMENT)))
 
 
 def printable(text: str) -> str:
