@@ -296,39 +296,47 @@ def test_xai_reasoning_outside_completion_tokens_is_billed(
     assert record.estimated_cost_usd == Decimal(expected)
 
 
-def test_openai_responses_built_in_tool_calls_are_billed_per_call(
-    kit: Any, records: Records
-) -> None:
-    """gpt-4o: web search $10 and file search $2.50 per 1,000 calls, one per output item."""
-    body = {
+def _response(
+    model: str, output: list[Any], tools: list[Any], input_tokens: int, output_tokens: int
+) -> dict[str, Any]:
+    """A completed Responses answer of ``model`` with these output items and echoed tools."""
+    return {
         "id": "resp_1",
         "object": "response",
         "created_at": 1760000000,
         "status": "completed",
-        "model": "gpt-4o-2024-08-06",
-        "output": [
-            {"type": "web_search_call", "id": "ws_1", "status": "completed"},
-            {"type": "web_search_call", "id": "ws_2", "status": "completed"},
-            {"type": "file_search_call", "id": "fs_1", "status": "completed", "queries": ["q"]},
-            {
-                "type": "message",
-                "id": "msg_1",
-                "role": "assistant",
-                "status": "completed",
-                "content": [{"type": "output_text", "text": "found it", "annotations": []}],
-            },
-        ],
+        "model": model,
+        "output": output,
         "parallel_tool_calls": True,
         "tool_choice": "auto",
-        "tools": [],
+        "tools": tools,
         "usage": {
-            "input_tokens": 1000,
+            "input_tokens": input_tokens,
             "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": 100,
+            "output_tokens": output_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": 1100,
+            "total_tokens": input_tokens + output_tokens,
         },
     }
+
+
+def test_openai_responses_built_in_tool_calls_are_billed_per_call(
+    kit: Any, records: Records
+) -> None:
+    """gpt-4o: web search $10 and file search $2.50 per 1,000 calls, one per output item."""
+    output = [
+        {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+        {"type": "web_search_call", "id": "ws_2", "status": "completed"},
+        {"type": "file_search_call", "id": "fs_1", "status": "completed", "queries": ["q"]},
+        {
+            "type": "message",
+            "id": "msg_1",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": "found it", "annotations": []}],
+        },
+    ]
+    body = _response("gpt-4o-2024-08-06", output, [], 1000, 100)
     client = kit.mock_openai(lambda request: json_reply(kit.http, body))
 
     client.responses.create(model="gpt-4o", input="search")
@@ -356,24 +364,8 @@ def test_openai_web_search_preview_on_a_model_without_reasoning_is_25_dollars_a_
     """OpenAI bills the web_search_preview tool at $25 per 1,000 calls on gpt-4o and gpt-4.1
     (their search content's tokens free), and every other web search at $10: one search of
     gpt-4.1 with the preview tool was recorded at $10 a thousand."""
-    body = {
-        "id": "resp_wsp",
-        "object": "response",
-        "created_at": 1764900000,
-        "status": "completed",
-        "model": model,
-        "output": [{"type": "web_search_call", "id": "ws_1", "status": "completed"}],
-        "parallel_tool_calls": True,
-        "tool_choice": "auto",
-        "tools": [{"type": tool, "search_context_size": "medium"}],
-        "usage": {
-            "input_tokens": 1000,
-            "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": 200,
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": 1200,
-        },
-    }
+    searched = [{"type": "web_search_call", "id": "ws_1", "status": "completed"}]
+    body = _response(model, searched, [{"type": tool, "search_context_size": "medium"}], 1000, 200)
     client = kit.mock_openai(lambda request: json_reply(kit.http, body))
 
     client.responses.create(model=model, input="search", tools=[{"type": tool}])
