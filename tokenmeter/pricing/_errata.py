@@ -139,12 +139,16 @@ def regional(card: RateCard, region: str) -> RateCard:
     """``card`` for inference kept in ``region``: every token rate at the region's multiple
     (fees per request are not scaled), and ``price_source`` says so."""
     factors = _uniform(REGION_UPLIFT[region])
+    source = f"{card.price_source}; {region.upper()}-only inference at {REGION_UPLIFT[region]}x"
+    return _each_rates(replace(card, price_source=source), lambda rates: rates.scaled(factors))
+
+
+def _each_rates(card: RateCard, change: Callable[[Rates], Rates]) -> RateCard:
+    """``card`` with ``change`` made to its base rates and to each long-context tier's."""
     return replace(
         card,
-        price_source=f"{card.price_source}; {region.upper()}-only inference at "
-        f"{REGION_UPLIFT[region]}x",
-        base=card.base.scaled(factors),
-        tiers=tuple((start, rates.scaled(factors)) for start, rates in card.tiers),
+        base=change(card.base),
+        tiers=tuple((start, change(rates)) for start, rates in card.tiers),
     )
 
 
@@ -231,11 +235,8 @@ def _web_search_preview_fee(card: RateCard, requested: str, at: datetime) -> Rat
         or base.web_search_preview_per_k != base.web_search_per_k
     ):
         return card
-    fee = {"web_search_preview_per_k": _PREVIEW_SEARCH_FEE}
-    return replace(
-        card,
-        base=base.with_rates(**fee),
-        tiers=tuple((start, rates.with_rates(**fee)) for start, rates in card.tiers),
+    return _each_rates(
+        card, lambda rates: rates.with_rates(web_search_preview_per_k=_PREVIEW_SEARCH_FEE)
     )
 
 
