@@ -8,8 +8,10 @@ for time to pass: each test reads the program's output line by line or waits for
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -311,6 +313,53 @@ print(any(p.endswith("_bootstrap") for p in sys.path))
     assert result.stdout == "the application sitecustomize\nFalse\n"
     assert result.stderr == ""  # --quiet: no summary
     assert len(_records(tmp_path / ".tokenmeter" / "usage.db")) == 2
+
+
+_SHIM = Path(__file__).resolve().parents[2] / "tokenmeter" / "_bootstrap" / "sitecustomize.py"
+
+
+def _older_pythons() -> list[str]:
+    """Interpreters older than tokenmeter's on this machine (pyenv's or on PATH), if any."""
+    found = set()
+    for path in Path(os.path.expanduser("~/.pyenv/versions")).glob("*/bin/python"):
+        version = path.parent.parent.name.split(".")[:2]
+        if all(part.isdigit() for part in version) and tuple(map(int, version)) < (3, 11):
+            found.add(str(path))
+    for version in ("2.7", "3.6", "3.7", "3.8", "3.9", "3.10"):
+        on_path = shutil.which(f"python{version}")
+        if on_path and "shims" not in Path(on_path).parts:  # pyenv's: may run none
+            found.add(on_path)
+    return sorted(found)
+
+
+def test_the_start_up_hook_reads_as_an_older_python_would() -> None:
+    # The hook every Python of a command imports first: no syntax newer than Python 3.4 (2.7
+    # reads the same subset here), or an older interpreter fails at every start.
+    ast.parse(_SHIM.read_text(), feature_version=(3, 4))
+    assert "annotations" not in _SHIM.read_text()
+
+
+@pytest.mark.parametrize("python", _older_pythons() or [None])
+def test_an_older_python_in_the_command_runs_unmetered_and_says_so(
+    fake: FakeProvider, tmp_path: Path, python: str | None
+) -> None:
+    if python is None:
+        pytest.skip("no Python older than 3.11 on this machine")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("MARK = 'the application sitecustomize'\n")
+    app = _script(tmp_path / "app.py", "import sitecustomize\nprint(sitecustomize.MARK)\n")
+    result = _run(
+        ["--quiet", "--", python, app.name], _env(fake, PYTHONPATH=str(site)), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "the application sitecustomize\n"
+    assert "Error in sitecustomize" not in result.stderr
+    assert "older than tokenmeter supports: unmetered" in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    # Without a sitecustomize of its own, the program starts all the same.
+    bare = _run(["--quiet", "--", python, "-c", "print(1)"], _env(fake), cwd=tmp_path)
+    assert (bare.returncode, bare.stdout) == (0, "1\n"), bare.stderr
 
 
 def test_settings_reach_the_program(fake: FakeProvider, tmp_path: Path) -> None:
