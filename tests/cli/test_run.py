@@ -391,6 +391,8 @@ def test_settings_reach_the_program(fake: FakeProvider, tmp_path: Path) -> None:
     [
         ([], 2, "no command given"),
         (["--", "no-such-program-tokenmeter"], 127, "command not found: no-such-program"),
+        # An empty name (an unset variable): a shell's 127, not "permission denied" (126).
+        (["--", ""], 127, "command not found"),
         (["--tag", "novalue", "--", "true"], 2, "must be KEY=VALUE"),
         (["--budget", "-1", "--", "true"], 2, "must be a non-negative number of USD"),
         # Past the budgets' bound: the error named TOKENMETER_BUDGETS, a variable never set.
@@ -548,7 +550,7 @@ def test_a_run_whose_calls_have_no_price_totals_n_a_not_zero(tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
     assert _summary_row(result.stderr, "m-unpriced") == ["m-unpriced", "1", "1,000", "500", "n/a"]
     assert _summary_row(result.stderr, "total") == ["total", "1", "1,000", "500", "n/a"]
-    assert "1 calls had no known price" in result.stderr
+    assert "1 call had no known price" in result.stderr
 
 
 def test_a_program_that_records_by_hand_without_any_sdk_is_part_of_the_run(

@@ -244,6 +244,8 @@ def _signals() -> list[signal.Signals]:
 
 def _spawn(command: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.Popen[bytes]:
     try:
+        if not command[0]:  # searched along PATH, '' names each directory: "permission denied"
+            raise FileNotFoundError
         return subprocess.Popen(command, env=env, **kwargs)
     except FileNotFoundError:
         raise CliError(f"run: command not found: {command[0]}", exit_code=127) from None
@@ -403,9 +405,11 @@ def _summary(
         unpriced = sum(m["unpriced_calls"] for m in models.values())
         errors = sum(m["errors"] for m in models.values())
         if unpriced:
-            notes.append(f"{unpriced} calls had no known price (not in the cost)")
+            had = "call had" if unpriced == 1 else "calls had"
+            notes.append(f"{unpriced} {had} no known price (not in the cost)")
         if errors:
-            notes.append(f"{errors} calls failed or were refused")
+            failed = "call failed or was" if errors == 1 else "calls failed or were"
+            notes.append(f"{errors} {failed} refused")
         if processes > 1:
             notes.append(f"calls from {processes} processes")
         if notes:
