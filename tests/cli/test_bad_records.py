@@ -492,6 +492,8 @@ def test_follow_skips_bad_records_that_arrive(kind: str, tmp_path: Path) -> None
         ["tail", "--interval", "nan"],
         ["tail", "--interval", "inf"],
         ["tail", "--interval", "1e300"],
+        ["tail", "--interval", "1e-300"],  # polled without pause, a CPU busy
+        ["tail", "--interval", "0"],
         ["tail", "-n", "99999999999999999999"],
         ["report", "--detailed", "--limit", "99999999999999999999"],
     ],

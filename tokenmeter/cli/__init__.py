@@ -55,6 +55,8 @@ def _date_type(parse: Callable[[str], datetime]) -> Callable[[str], datetime]:
 
 #: Longest poll interval: ``time.sleep`` refuses NaN and overflows on huge values.
 _MAX_INTERVAL = 86_400.0
+#: Shortest: below it a poll loop only burns a CPU (``--interval 1e-300`` polled without pause).
+_MIN_INTERVAL = 0.01
 
 
 def _positive_float(value: str) -> float:
@@ -62,9 +64,9 @@ def _positive_float(value: str) -> float:
         number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not 0 < number <= _MAX_INTERVAL:  # NaN fails this too
+    if not _MIN_INTERVAL <= number <= _MAX_INTERVAL:  # NaN fails this too
         raise argparse.ArgumentTypeError(
-            f"must be more than 0 and at most {_MAX_INTERVAL:.0f}, got {value!r}"
+            f"must be from {_MIN_INTERVAL} to {_MAX_INTERVAL:.0f} seconds, got {value!r}"
         )
     return number
 
