@@ -50,6 +50,20 @@ def test_all_lists_exactly_the_public_api_and_every_name_resolves() -> None:
     assert set(dir(tokenmeter)) >= PUBLIC
 
 
+def test_the_guardrails_namespace_exports_what_the_docs_name() -> None:
+    """budgets-and-alerts.md: on_alert callbacks get a ``tokenmeter.guardrails`` ``Alert``,
+    which could not be imported from there (only ``BudgetExceeded`` was); it loads on demand, so
+    ``import tokenmeter`` stays light (``test_importing_tokenmeter_loads_nothing_heavy``)."""
+    from tokenmeter import guardrails
+    from tokenmeter.guardrails import Alert, BudgetExceeded
+    from tokenmeter.guardrails._alerts import Alert as Defined
+
+    assert Alert is Defined and BudgetExceeded is tokenmeter.BudgetExceeded
+    assert guardrails.__all__ == ["Alert", "BudgetExceeded"]
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        guardrails.no_such_thing  # type: ignore[attr-defined]  # noqa: B018
+
+
 def test_every_public_name_has_a_docstring_and_is_in_the_docs() -> None:
     """A newcomer finds each exported name in README.md or docs/ (in a code span or a snippet),
     and ``help()`` says what it is for: uninstrument(), the Instrumentation handle that

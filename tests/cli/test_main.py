@@ -177,6 +177,22 @@ def test_the_commands_the_demo_suggests_next_read_the_demo(tmp_path: Path) -> No
     assert "demo-chat" in (tmp_path / "report.html").read_text(encoding="utf-8")
 
 
+def test_a_report_after_the_demo_without_source_names_the_demos_records(tmp_path: Path) -> None:
+    """getting-started.md runs `tokenmeter demo`, then `tokenmeter report --by model`: that reads
+    the application's store, empty on a first run, and the error sent the user back to the demo
+    they had just run ('`tokenmeter demo` tries it on fake calls')."""
+    demo = run_module("demo", "--format", "json", cwd=tmp_path)
+    assert demo.returncode == 0, demo.stderr
+    result = run_module("report", "--by", "model", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"tokenmeter: error: no usage data at {Path('.tokenmeter', 'usage.db')} (the demo's "
+        "records are in .tokenmeter-demo: pass --source .tokenmeter-demo)"
+    ]
+    again = run_module("report", "--by", "model", "--source", ".tokenmeter-demo", cwd=tmp_path)
+    assert again.returncode == 0 and "gpt-4o-mini" in again.stdout, again.stderr
+
+
 def test_demo_writes_nothing_outside_its_directory(tmp_path: Path) -> None:
     """docs/cli.md: the demo 'records into its own directory, never into your data'. The
     application's settings still sent its fake calls to the team's PostgreSQL database and

@@ -21,6 +21,7 @@ from typing import Any
 
 from tokenmeter._config import load_settings_with_sources
 from tokenmeter.cli._errors import CliError
+from tokenmeter.cli._source import DEMO_DIR
 from tokenmeter.sinks._files import ensure_private_dir
 
 __all__ = ["run_demo"]
@@ -170,8 +171,6 @@ def _run_sessions(clients: dict[str, Any]) -> int:
     return failures
 
 
-#: Where ``tokenmeter demo`` records unless ``--dir`` says otherwise.
-DEMO_DIR = ".tokenmeter-demo"
 #: The demo's workflow state file in that directory, when the settings name one.
 STATE_FILE = "workflow_state.md"
 #: The default sinks that write into the directory: the demo keeps only these.

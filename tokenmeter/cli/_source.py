@@ -27,6 +27,7 @@ from tokenmeter.cli._validate import BadRecord, check_record
 from tokenmeter.cli.reports._sql import EXACT_SUM, ExactSum
 
 __all__ = [
+    "DEMO_DIR",
     "MAX_LINE_BYTES",
     "SAME_ID_WINDOW",
     "JsonlReader",
@@ -46,6 +47,8 @@ __all__ = [
 ]
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+#: Where ``tokenmeter demo`` records (``_demo``): named when a first run looks for the default.
+DEMO_DIR = ".tokenmeter-demo"
 _SQLITE_SUFFIXES = {".db", ".sqlite", ".sqlite3"}
 _JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json", ".log"}
 
@@ -111,12 +114,16 @@ def _opened(path: Path, given: bool) -> tuple[Path, bytes]:
         else:
             raise CliError(f"no usage.db or usage.jsonl in directory {path}")
     if not path.exists():
-        hint = (
-            ""
-            if given
-            else " (set TOKENMETER_DIR or pass --source FILE; `tokenmeter demo` tries it on "
-            "fake calls)"
-        )
+        hint = ""
+        if given:
+            pass
+        elif Path(DEMO_DIR, "usage.db").is_file():  # a first run's next command, after the demo
+            hint = f" (the demo's records are in {DEMO_DIR}: pass --source {DEMO_DIR})"
+        else:
+            hint = (
+                " (set TOKENMETER_DIR or pass --source FILE; `tokenmeter demo` tries it on "
+                "fake calls)"
+            )
         raise CliError(f"no usage data at {path}{hint}")
     refuse_special_file(path)
     with path.open("rb") as handle:
