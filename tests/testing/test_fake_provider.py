@@ -13,6 +13,7 @@ from pathlib import Path
 import openai
 import pytest
 
+import tokenmeter
 from tokenmeter.testing import FakeProvider, InMemorySink, OpenAIUsage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,6 +129,35 @@ def test_set_usage_and_models(fake: FakeProvider) -> None:
     assert special.usage is not None and special.usage.total_tokens == 10
     assert special.model == "special-2025"
     assert fake.openai_usage.prompt_tokens == 100
+
+
+def test_usage_given_as_a_dict_reports_those_counts_and_no_others(fake: FakeProvider) -> None:
+    """docs/testing.md's ``set_usage(openai={"prompt_tokens": 120, "completion_tokens": 30})``:
+    the counts left out kept the fake's defaults, so Anthropic's input_tokens=100 came back with
+    50 cache reads and 100 cache writes beside it (recorded as 250 input tokens)."""
+    sink = InMemorySink()
+    tokenmeter.instrument()
+    tokenmeter.configure(sinks=[sink])
+    fake.set_usage(
+        openai={"prompt_tokens": 120, "completion_tokens": 30},
+        anthropic={"input_tokens": 100, "output_tokens": 10},
+        gemini={"prompt": 7, "candidates": 3},
+    )
+    fake.openai_client().chat.completions.create(model="gpt-4o", messages=[])
+    fake.anthropic_client().messages.create(model="claude-haiku-4-5", max_tokens=5, messages=[])
+    genai = fake.genai_client()  # kept: the client closes its connection when collected
+    genai.models.generate_content(model="gemini-2.5-flash", contents="hi")
+    tokenmeter.flush()
+    counts = {
+        r.model_provider: (r.input_tokens, r.output_tokens, r.cache_read_tokens, r.reasoning_tokens)
+        for r in sink.records
+    }
+    assert counts == {
+        "openai": (120, 30, 0, 0),
+        "anthropic": (100, 10, 0, 0),
+        "google": (7, 3, 0, 0),
+    }
+    assert fake.anthropic_usage.service_tier == "standard"  # not a count: its default stays
 
 
 @pytest.mark.parametrize(

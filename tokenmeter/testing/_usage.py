@@ -218,7 +218,11 @@ _UsageT = TypeVar("_UsageT", OpenAIUsage, AnthropicUsage, GeminiUsage)
 
 
 def coerce_usage(kind: type[_UsageT], value: _UsageT | Mapping[str, Any], arg: str) -> _UsageT:
-    """Accept a usage object or a plain mapping of its fields; name ``arg`` on bad input."""
+    """Accept a usage object or a plain mapping of its fields; name ``arg`` on bad input.
+
+    A mapping gives the counts the replies report: a count it leaves out is 0, not the type's
+    default (``{"input_tokens": 100, "output_tokens": 10}`` reported Anthropic's default cache
+    reads and writes beside them: 250 input tokens recorded)."""
     if isinstance(value, kind):
         return value
     if not isinstance(value, Mapping):
@@ -227,4 +231,5 @@ def coerce_usage(kind: type[_UsageT], value: _UsageT | Mapping[str, Any], arg: s
     unknown = sorted(set(value) - known)
     if unknown:
         raise ValueError(f"{arg}: unknown field(s) {unknown}; expected some of {sorted(known)}")
-    return kind(**value)
+    counts = {f.name: 0 for f in fields(kind) if f.type == "int"}
+    return kind(**{**counts, **value})
