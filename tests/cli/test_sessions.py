@@ -79,6 +79,15 @@ def test_session_status_and_notes_from_sqlite(cli: RunCli, sqlite_db: Path) -> N
     assert "- **Input/Output Ratio:** 100.84" in out  # 126,456 / 1,254
 
 
+def test_a_jsonl_sessions_status_is_unknown_not_active(cli: RunCli, jsonl_file: Path) -> None:
+    """JSONL keeps no session status (``sessions`` leaves the column empty, JSON says null):
+    the markdown said a session that had ended was "active"."""
+    code, out, _ = cli("session", "sess-chat", "--source", str(jsonl_file))
+    assert code == 0
+    assert "- **Status:** unknown" in out and "active" not in out
+    assert "## Session Completion" not in out  # nothing is known of its end
+
+
 def test_session_by_name_and_json(cli: RunCli, source: Path) -> None:
     code, out, _ = cli("session", "search", "--source", str(source), "--format", "json")
     assert code == 0

@@ -656,7 +656,7 @@ class _SessionLog(_Log):
                 f"- **Including Nested Sessions:** {rolled_up[0]:,} calls, "
                 f"{rolled_up[1]:,} tokens, {_money(Decimal(rolled_up[2]))}\n"
             )
-        if info.get("status", "active") != "active":
+        if info.get("status", "active") not in ("active", "unknown"):
             lines.append(_completion(info, t))
         return "".join(lines)
 

@@ -47,7 +47,9 @@ def render_session_markdown(detail: SessionDetail) -> str:
         "name": session.name,
         "parent_id": None,
         "tags": session.tags,
-        "status": session.status or "active",
+        # JSONL keeps no session status (nor SQLite for a session whose row is missing): not
+        # known, not "active" (a session that ended long ago read as running).
+        "status": session.status or "unknown",
         "started_at": session.started_at or session.first_call,
         "ended_at": session.ended_at,
         "notes": session.notes,
