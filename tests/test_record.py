@@ -555,6 +555,8 @@ def test_record_refuses_bad_part_counts_naming_the_field(
     with pytest.raises(ValueError, match=rf"{field}\['{key}'\]") as raised:
         tokenmeter.record("openai", "gpt-4o", 100, 50, **{field: {key: bad}})
     assert "\n" not in str(raised.value)
+    # The range, both ends: "of at most 10**12" told nothing about -1.
+    assert "from 0 to 1000000000000" in str(raised.value), raised.value
     assert tokenmeter.flush(5)
     assert sink.records == []
 

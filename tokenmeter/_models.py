@@ -266,7 +266,10 @@ def _check_parts(name: str, parts: Any, known: frozenset[str]) -> None:
                 f"{name} has an unknown key {short_repr(key)}: expected one of {sorted(known)}"
             )
         if type(value) is not int or not 0 <= value <= MAX_TOKENS:
-            raise ValueError(f"{name}[{key!r}] must be a whole number of at most {MAX_TOKENS}")
+            raise ValueError(
+                f"{name}[{key!r}] must be a whole number from 0 to {MAX_TOKENS}, "
+                f"got {short_repr(value)}"
+            )
 
 
 def modalities_over_total(

@@ -45,7 +45,11 @@ def add_run_parser(commands: Any) -> None:
         description="Run COMMAND with tokenmeter instrumenting every Python process in it, then "
         "print what it spent. Usage: tokenmeter run [options] -- COMMAND [ARGS...]",
     )
-    run.add_argument("--sinks", help="sinks to write: sqlite,jsonl,markdown (TOKENMETER_SINKS)")
+    run.add_argument(
+        "--sinks",
+        help="sinks to write, comma-separated: sqlite, jsonl, markdown, postgres, otel "
+        "(TOKENMETER_SINKS)",
+    )
     from tokenmeter.cli import nonempty_path
 
     run.add_argument(
@@ -55,7 +59,8 @@ def add_run_parser(commands: Any) -> None:
         "--budget",
         metavar="USD",
         type=_usd,
-        help=f"budget for the program's spending, passed on as {BUDGET_ENV}",
+        help="budget for the program's spending, shared by its processes (added to "
+        f"TOKENMETER_BUDGETS; the figure is passed on as {BUDGET_ENV})",
     )
     run.add_argument(
         "--session",
