@@ -122,6 +122,63 @@ def test_follow_prints_new_records_and_stops_on_ctrl_c(kind: str, tmp_path: Path
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl", "directory"])
+def test_follow_started_before_the_first_record_waits_for_it(kind: str, tmp_path: Path) -> None:
+    """`tail -f` in one terminal, then the application in another: it exited at once ('no
+    usage data') where it should wait, as `tail -F` does."""
+    names = {"sqlite": "usage.db", "jsonl": "usage.jsonl", "directory": "usage.db"}
+    path = tmp_path / names[kind]
+    given = tmp_path if kind == "directory" else path
+    args = ["tail", "-f", "--interval", "0.1", "--source", str(given)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenmeter", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        assert proc.stderr is not None
+        waiting = proc.stderr.readline()
+        assert "waiting for the first record" in waiting and str(given) in waiting, waiting
+        sink: SQLiteSink | JSONLSink = SQLiteSink(path) if kind != "jsonl" else JSONLSink(path)
+        try:
+            sink.write([rec(60, "2026-11-09T00:00:00.000Z", "openai", "first-model", 5, 5, "1")])
+            assert "openai/first-model" in _read_line(proc, deadline)
+            sink.write([rec(61, "2026-11-09T00:00:01.000Z", "openai", "next-model", 5, 5, "1")])
+            assert "openai/next-model" in _read_line(proc, deadline)
+        finally:
+            sink.close()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+def test_follow_waiting_for_a_store_ends_quietly_on_ctrl_c(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenmeter", "tail", "-f", "--source", str(tmp_path / "a.db")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
+    try:
+        assert proc.stderr is not None
+        assert "waiting for the first record" in proc.stderr.readline()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (proc.returncode, out) == (0, "")
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
 def test_follow_jsonl_waits_for_complete_lines(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "usage.jsonl", RECORDS[:1])
     proc = subprocess.Popen(

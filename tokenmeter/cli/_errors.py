@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CliError"]
+__all__ = ["CliError", "NoSourceYet"]
 
 
 class CliError(Exception):
@@ -11,3 +11,8 @@ class CliError(Exception):
     def __init__(self, message: str, *, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class NoSourceYet(CliError):
+    """The store named (or the default one) does not exist: nothing has been recorded there yet.
+    ``tail -f`` waits for it; every other command says so."""

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol
 from urllib.parse import quote
 
-from tokenmeter.cli._errors import CliError
+from tokenmeter.cli._errors import CliError, NoSourceYet
 from tokenmeter.cli._postgres import PgConnection, display_name, is_postgres_url
 from tokenmeter.cli._validate import BadRecord, check_record
 from tokenmeter.cli.reports._sql import EXACT_SUM, ExactSum
@@ -112,7 +112,7 @@ def _opened(path: Path, given: bool) -> tuple[Path, bytes]:
                 path = path / name
                 break
         else:
-            raise CliError(f"no usage.db or usage.jsonl in directory {path}")
+            raise NoSourceYet(f"no usage.db or usage.jsonl in directory {path}")
     if not path.exists():
         hint = ""
         if given:
@@ -124,7 +124,7 @@ def _opened(path: Path, given: bool) -> tuple[Path, bytes]:
                 " (set TOKENMETER_DIR or pass --source FILE; `tokenmeter demo` tries it on "
                 "fake calls)"
             )
-        raise CliError(f"no usage data at {path}{hint}")
+        raise NoSourceYet(f"no usage data at {path}{hint}")
     refuse_special_file(path)
     with path.open("rb") as handle:
         return path, handle.read(len(_SQLITE_MAGIC))

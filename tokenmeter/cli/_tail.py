@@ -12,6 +12,7 @@ it quietly with status 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sqlite3
 import sys
@@ -20,7 +21,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from tokenmeter.cli._errors import CliError
+from tokenmeter.cli._errors import CliError, NoSourceYet
 from tokenmeter.cli._output import one_line, stdout_failed
 from tokenmeter.cli._source import (
     MAX_LINE_BYTES,
@@ -30,6 +31,7 @@ from tokenmeter.cli._source import (
     parse_record,
     resolve_source,
     skip_rest_of_line,
+    table_columns,
     warn_skipped,
 )
 from tokenmeter.cli.reports._format import dumps_exact, fmt_int, fmt_usd
@@ -280,23 +282,51 @@ def _follower(source: Source) -> _SqliteFollower | _JsonlFollower:
     return _JsonlFollower(source.path) if source.kind == "jsonl" else _SqliteFollower(source)
 
 
+def _when_recorded(args: argparse.Namespace) -> _SqliteFollower | _JsonlFollower | None:
+    """``-f`` started before anything was recorded (tail in one terminal, then the application
+    in another) waits for the store, as ``tail -F`` does; None once Ctrl-C ends the wait."""
+    said = False
+    try:
+        while True:
+            try:
+                source = resolve_source(args.source)
+                if source.kind == "sqlite":  # made, but not its table yet: the writer is at it
+                    with contextlib.closing(open_database(source)) as conn:
+                        if not table_columns(conn, "records"):
+                            raise NoSourceYet(f"no records in {source.path} yet")
+                return _follower(source)
+            except NoSourceYet as exc:
+                if not said:
+                    print(f"tokenmeter tail: {exc}; waiting for the first record", file=sys.stderr)
+                    said = True
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return None
+
+
 def run_tail(args: argparse.Namespace) -> int:
-    source = resolve_source(args.source)
-    follower = _follower(source)
+    if args.follow:
+        waited = _when_recorded(args)
+        if waited is None:
+            return 0
+        follower = waited
+    else:
+        follower = _follower(resolve_source(args.source))
+    source_path = follower.path
     as_json = args.format == "json"
     console = None if as_json else _colour_console()
     try:
         try:
             first = follower.last(args.lines)
         except sqlite3.Error as exc:
-            raise CliError(f"cannot read {source.path}: {exc}") from None
+            raise CliError(f"cannot read {source_path}: {exc}") from None
         _emit(first, as_json, console)
         while args.follow:
             time.sleep(args.interval)
             try:
                 _emit(follower.new(), as_json, console)
             except sqlite3.Error as exc:
-                raise CliError(f"cannot read {source.path}: {exc}") from None
+                raise CliError(f"cannot read {source_path}: {exc}") from None
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:
