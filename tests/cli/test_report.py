@@ -785,6 +785,20 @@ def test_output_onto_other_recorded_data_is_refused(tmp_path: Path) -> None:
             "write the report to another file"
         ]
     assert {path: path.read_bytes() for path in kept} == kept
+    # Nor one of those names beside the data before it exists: a report made usage.db beside
+    # usage.jsonl, read as the data next time, and refused by the library's SQLite sink.
+    jsonl_only = tmp_path / "jsonl-only"
+    write_jsonl(jsonl_only / "usage.jsonl", RECORDS)
+    for name in ("usage.db", "budgets.db", "quarantine.jsonl"):
+        result = run_module(
+            "report", "--source", "jsonl-only", "-o", f"jsonl-only/{name}", cwd=tmp_path
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines() == [
+            f"tokenmeter: error: -o jsonl-only/{name} names a file of tokenmeter data: "
+            "write the report to another file"
+        ]
+    assert sorted(path.name for path in jsonl_only.iterdir()) == ["usage.jsonl"]
     report = tmp_path / "report.txt"  # an ordinary file is still written over
     report.write_text("old")
     result = run_module(

@@ -64,21 +64,25 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 def refuse_overwriting(output: str | None, data: Path) -> None:
     """``-o`` naming the file being read (``usage.db``, through a link too), or another file of
     recorded data (any SQLite database; ``usage.jsonl``, ``alerts.jsonl``... beside the data)
-    would replace it with the report: a usage error, before anything is read."""
+    would replace it with the report: a usage error, before anything is read. So is one of
+    those names beside the data before it exists: a report written as ``usage.db`` beside
+    ``usage.jsonl`` was read as the data next time (``--source DIR`` takes ``usage.db`` first),
+    and the library's SQLite sink refused every record for it."""
     if output is None:
         return
     try:
         same = os.path.samefile(output, data)
     except OSError:  # the output does not exist yet (or the data is not a local file)
-        return
+        same = False
     if same:
         raise CliError(
             f"-o {output} is the usage data being read: write the report to another file",
             exit_code=2,
         )
     if _recorded_data(Path(output), data):
+        held = "holds recorded" if os.path.lexists(output) else "names a file of"
         raise CliError(
-            f"-o {output} holds recorded tokenmeter data: write the report to another file",
+            f"-o {output} {held} tokenmeter data: write the report to another file",
             exit_code=2,
         )
 
