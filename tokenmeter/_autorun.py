@@ -138,17 +138,41 @@ class RunTotalsSink:
 
 
 def read_totals(directory: Path) -> tuple[dict[str, dict[str, Any]], int]:
-    """Totals per model over every process that left a file, and how many did."""
+    """Totals per model over every process that left a file, and how many did. A file of
+    another shape (another tokenmeter's, in another virtualenv; anything a program wrote there)
+    is left out whole: it ended the run's summary in a traceback, the program's exit status
+    lost."""
     models: dict[str, dict[str, Any]] = {}
     processes = 0
     for path in sorted(directory.glob("*.json")):
         try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            found = _file_totals(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, ArithmeticError):
             continue
         processes += 1
-        for model, counts in document.items():
+        for model, counts in found.items():
             totals = models.setdefault(model, _zero())
-            for key in totals:
-                totals[key] += Decimal(counts[key]) if key == "cost_usd" else int(counts[key])
+            for key, value in counts.items():
+                totals[key] += value
     return models, processes
+
+
+def _file_totals(document: Any) -> dict[str, dict[str, Any]]:
+    """One process's totals (``RunTotalsSink.flush``), checked: ValueError if not that shape."""
+    if not isinstance(document, dict):
+        raise ValueError("not a JSON object")
+    found: dict[str, dict[str, Any]] = {}
+    for model, counts in document.items():
+        if not isinstance(counts, dict) or set(counts) != set(_zero()):
+            raise ValueError(f"not the totals of a model: {model!r}")
+        cost = Decimal(counts["cost_usd"]) if type(counts["cost_usd"]) is str else None
+        if cost is None or not cost.is_finite() or cost < 0:
+            raise ValueError("not a cost")
+        checked: dict[str, Any] = {"cost_usd": cost}
+        for key, value in counts.items():
+            if key != "cost_usd":
+                if type(value) is not int or value < 0:
+                    raise ValueError(f"not a count: {key}")
+                checked[key] = value
+        found[model] = checked
+    return found

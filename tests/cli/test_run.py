@@ -436,6 +436,44 @@ def test_a_prices_file_that_cannot_be_read_stops_the_run_before_it_starts(
     )
 
 
+@pytest.mark.parametrize("directory", ["/dev/null", "/dev/null/usage"])
+def test_a_directory_from_the_environment_is_checked_as_dir_is(
+    directory: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--dir /dev/null`` was refused in one line; ``TOKENMETER_DIR=/dev/null`` ran the program,
+    whose every process printed its records as errors, and the summary said they were there."""
+    monkeypatch.setenv("TOKENMETER_DIR", directory)
+    assert main(["run", "--", "true"]) == 2
+    assert capsys.readouterr().err == (
+        f"tokenmeter: error: directory {directory} (from TOKENMETER_DIR): cannot record there "
+        "(Not a directory)\n"
+    )
+
+
+def test_a_totals_file_of_another_shape_leaves_the_summary_and_the_status(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    """A JSON file of another shape among the processes' totals (another tokenmeter's, in
+    another virtualenv) ended the summary in a KeyError traceback, and the run's status was 1,
+    not the program's."""
+    app = _script(
+        tmp_path / "app.py",
+        _CALLS
+        + """
+import json, os
+folder = os.environ["TOKENMETER_RUN_TOTALS"]
+for name, document in [("a", {"m": {"calls": 1}}), ("b", [1]), ("c", {"m": {"calls": "x"}})]:
+    with open(os.path.join(folder, name + ".json"), "w") as file:
+        json.dump(document, file)
+raise SystemExit(4)
+""",
+    )
+    result = _run(["--", sys.executable, app.name], _env(fake), cwd=tmp_path)
+    assert result.returncode == 4, result.stderr
+    assert "Traceback" not in result.stderr
+    assert _summary_row(result.stderr, "total") == ["total", "2", "2,000", "1,000", "$0.004"]
+
+
 def test_a_file_that_is_no_program_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

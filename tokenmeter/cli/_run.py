@@ -177,9 +177,9 @@ def _run_budget(limit: Any, session: str) -> dict[str, Any]:
     }
 
 
-def _check_settings(env: dict[str, str]) -> tuple[Any, str | None]:
-    """Fail here, once, on a setting every child process would reject. The settings, and what
-    disables tokenmeter (``TOKENMETER_DISABLED``, a pyproject.toml) when it is disabled."""
+def _check_settings(env: dict[str, str]) -> tuple[Any, dict[str, str]]:
+    """Fail here, once, on a setting every child process would reject. The settings, and where
+    each came from (``TOKENMETER_DIR``, a pyproject.toml, the default...)."""
     from tokenmeter._config import load_settings_with_sources
     from tokenmeter.pricing._overrides import check_prices_file
 
@@ -187,14 +187,16 @@ def _check_settings(env: dict[str, str]) -> tuple[Any, str | None]:
         settings, sources = load_settings_with_sources(env=env)
         if settings.prices_file is not None:  # else each process runs unmetered, saying so
             check_prices_file(settings.prices_file)
-        return settings, sources["disabled"] if settings.disabled else None
+        return settings, sources
     except ValueError as exc:
         raise CliError(str(exc), exit_code=2) from None
 
 
 def _check_dir(given: str, directory: Path) -> None:
-    """``--dir`` under a file, or where nothing may be written: one line here, not the failed
-    writes of every process of the program."""
+    """The directory (``--dir``, ``TOKENMETER_DIR``, pyproject.toml's) under a file, or where
+    nothing may be written: one line here, not the failed writes of every process of the
+    program (``TOKENMETER_DIR=/dev/null`` was not checked: each process printed its records as
+    errors, and the summary said they were stored there)."""
     try:
         existing = next((path for path in (directory, *directory.parents) if path.exists()), None)
     except OSError as exc:  # a parent that may not be searched (EACCES)
@@ -208,7 +210,7 @@ def _check_dir(given: str, directory: Path) -> None:
             reason = f"{existing} cannot be written"
         else:
             return
-    raise CliError(f"--dir {given}: cannot record there ({reason})", exit_code=2)
+    raise CliError(f"{given}: cannot record there ({reason})", exit_code=2)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -228,9 +230,15 @@ def run_command(args: argparse.Namespace) -> int:
     totals = Path(tempfile.mkdtemp(prefix="tokenmeter-run-"))
     try:
         env = _child_environment(args, command, totals)
-        settings, disabled_by = _check_settings(env)
-        if args.dir is not None:
-            _check_dir(args.dir, Path(env["TOKENMETER_DIR"]))
+        settings, sources = _check_settings(env)
+        disabled_by = sources["disabled"] if settings.disabled else None
+        if disabled_by is None:  # a disabled run records nothing anywhere
+            where = (
+                f"--dir {args.dir}"
+                if args.dir is not None
+                else f"directory {settings.directory} (from {sources['directory']})"
+            )
+            _check_dir(where, Path(settings.directory))
         _pin_settings(env, settings)
         status = _supervise(command, env)
         if not args.quiet:
