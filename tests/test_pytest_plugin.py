@@ -152,6 +152,37 @@ def test_json_file_for_ci(project: pytest.Pytester) -> None:
     ]
 
 
+def test_calls_with_no_known_price_are_n_a_not_zero(project: pytest.Pytester) -> None:
+    """A model no price table knows: the summary said $0.00 and the JSON file 0 for its test
+    (``tokenmeter run`` and the reports say n/a / null: never a silent zero)."""
+    project.makepyfile(
+        test_unpriced="""
+        import openai
+
+        def test_unknown_model(tokenmeter_fake):
+            tokenmeter_fake.set_usage(openai={"prompt_tokens": 10, "completion_tokens": 5})
+            openai.OpenAI(max_retries=0).chat.completions.create(model="m-unknown", messages=[])
+        """
+    )
+    result = project.runpytest("--tokenmeter-json=out/usage.json", "test_unpriced.py")
+    result.assert_outcomes(passed=1)
+    result.stdout.re_match_lines(
+        [
+            r"test_unpriced.py::test_unknown_model +1 +15 +n/a$",
+            r"total \(1 of 1 tests made calls\) +1 +15 +n/a$",
+            r"1 call had no known price \(not in the cost\)",
+        ]
+    )
+    report = json.loads((project.path / "out/usage.json").read_text())
+    assert report["total"]["cost_usd"] is None and report["total"]["unpriced_calls"] == 1
+    assert [t["cost_usd"] for t in report["tests"]] == [None]
+    # With a priced test beside it, the total is the known cost (the note says what is left out).
+    mixed = project.runpytest("--tokenmeter-json=out/mixed.json")
+    mixed.assert_outcomes(passed=4)
+    total = json.loads((project.path / "out/mixed.json").read_text())["total"]
+    assert (total["cost_usd"], total["unpriced_calls"]) == (0.008, 1)
+
+
 def test_a_test_that_uninstruments_leaves_the_next_tests_metered(project: pytest.Pytester) -> None:
     """A test calling ``tokenmeter.uninstrument()`` (to check its code runs without metering)
     left every test after it unmetered: the run's totals missed their calls without a word."""

@@ -347,12 +347,12 @@ class Meter:
 
         cost = total.pop("cost")
         document = {
-            "total": {**total, "cost_usd": cost},
+            "total": {**total, "cost_usd": _known(cost, total)},
             "budget_usd": self.budget,
             "over_budget": self.budget is not None and cost > self.budget,
             "interrupted": self.interrupted,
             "tests": [
-                {**r, "cost_usd": Decimal(r["cost_usd"]), "share": _share(r, cost)}
+                {**r, "cost_usd": _known(Decimal(r["cost_usd"]), r), "share": _share(r, cost)}
                 for r in self.ranked()
             ],
         }
@@ -382,14 +382,20 @@ class Meter:
                     one_line(r["nodeid"]),  # a plugin's item named by its data: no forged row
                     fmt_int(r["calls"]),
                     fmt_int(r["total_tokens"]),
-                    fmt_usd(Decimal(r["cost_usd"])),
+                    fmt_usd(_known(Decimal(r["cost_usd"]), r)),
                     _fmt_share(_share(r, cost)),
                 )
                 for r in shown
             ]
             label = f"total ({total['tests_with_calls']} of {total['tests']} tests made calls)"
             rows.append(
-                (label, fmt_int(total["calls"]), fmt_int(total["total_tokens"]), fmt_usd(cost), "")
+                (
+                    label,
+                    fmt_int(total["calls"]),
+                    fmt_int(total["total_tokens"]),
+                    fmt_usd(_known(cost, total)),
+                    "",
+                )
             )
             head = ("test", "calls", "tokens", "cost", "share")
             widths = [min(_NAME_WIDTH, max(len(row[0]) for row in rows)), 7, 11, 12, 6]
@@ -404,7 +410,9 @@ class Meter:
             if len(ranked) > len(shown):
                 write(f"... and {len(ranked) - len(shown)} more tests that made calls")
             if total["unpriced_calls"]:
-                write(f"{total['unpriced_calls']} calls had no known price (not in the cost)")
+                unpriced = total["unpriced_calls"]
+                had = "call had" if unpriced == 1 else "calls had"
+                write(f"{unpriced} {had} no known price (not in the cost)")
         if self.interrupted and self.disabled_by is None:
             write(
                 "the run was interrupted: these totals count the tests that finished "
@@ -436,6 +444,12 @@ _BUDGET_KEY = pytest.StashKey[Decimal | None]()
 def _already_failed(item: pytest.Item) -> bool:
     """Fail a test for its budget once (in the phase that crossed it), not in every phase."""
     return item.stash.get(_FAILED_KEY, False)
+
+
+def _known(cost: Decimal, counts: dict[str, Any]) -> Decimal | None:
+    """``cost``, or None (shown ``n/a``, JSON null) when every call counted had no known price:
+    as ``tokenmeter run`` and the reports show them, never a cost of $0."""
+    return None if counts["calls"] and counts["unpriced_calls"] == counts["calls"] else cost
 
 
 def _share(result: dict[str, Any], cost: Decimal) -> Decimal | None:
