@@ -474,6 +474,22 @@ raise SystemExit(4)
     assert _summary_row(result.stderr, "total") == ["total", "2", "2,000", "1,000", "$0.004"]
 
 
+def test_a_run_inside_a_run_counts_in_both_summaries(fake: FakeProvider, tmp_path: Path) -> None:
+    """A Makefile target using ``tokenmeter run``, in a CI job wrapped in one: the inner run took
+    the calls, and the outer summary said no LLM calls were recorded."""
+    app = _script(tmp_path / "app.py", _CALLS)
+    inner = [sys.executable, "-m", "tokenmeter", "run", "--session", "inner", "--"]
+    result = _run(
+        ["--session", "outer", "--", *inner, sys.executable, app.name], _env(fake), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    outer_summary = result.stderr[result.stderr.index("'outer'") :]
+    inner_summary = result.stderr[result.stderr.index("'inner'") : result.stderr.index("'outer'")]
+    for summary in (inner_summary, outer_summary):
+        assert _summary_row(summary, "total") == ["total", "2", "2,000", "1,000", "$0.004"]
+    assert len(_records(tmp_path / ".tokenmeter" / "usage.db")) == 2
+
+
 def test_a_file_that_is_no_program_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
