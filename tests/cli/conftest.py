@@ -211,6 +211,18 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def start_module(*args: str) -> subprocess.Popen[str]:
+    """``python -m tokenmeter ARGS`` started in a real subprocess (``tail -f``), its stdout and
+    stderr pipes of text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tokenmeter", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
+
+
 def run_module(*args: str, cwd: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
     """``python -m tokenmeter ARGS`` in a real subprocess (stdout and stderr are pipes)."""
     return subprocess.run(

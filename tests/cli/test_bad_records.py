@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -30,7 +28,7 @@ from .conftest import (
     rec,
     record_line,
     run_module,
-    subprocess_env,
+    start_module,
     write_jsonl,
     write_sqlite,
 )
@@ -445,13 +443,7 @@ def test_follow_skips_bad_records_that_arrive(kind: str, tmp_path: Path) -> None
     else:
         path = write_sqlite(tmp_path / "usage.db", RECORDS[:1], SESSIONS)
     args = ["tail", "-f", "-n", "1", "--interval", "0.1", "--source", str(path)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tokenmeter", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env(),
-    )
+    proc = start_module(*args)
     assert proc.stdout is not None
     try:
         assert "gpt-4o" in proc.stdout.readline()

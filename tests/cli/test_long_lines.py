@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -26,7 +24,7 @@ from .conftest import (
     peak_python_memory,
     rec,
     record_line,
-    subprocess_env,
+    start_module,
     write_jsonl,
 )
 
@@ -124,13 +122,7 @@ def test_follow_skips_a_long_line_written_in_pieces(tmp_path: Path) -> None:
     """``tail -f`` may poll while the long line is half written: it is still one skipped line."""
     path = write_jsonl(tmp_path / "usage.jsonl", RECORDS[:1])
     args = ["tail", "-f", "--interval", "0.05", "--format", "json", "--source", str(path)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tokenmeter", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env(),
-    )
+    proc = start_module(*args)
     assert proc.stdout is not None
     try:
         assert json.loads(proc.stdout.readline())["model"] == "gpt-4o"

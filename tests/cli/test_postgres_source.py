@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import threading
 import uuid
 from pathlib import Path
@@ -14,7 +12,7 @@ from pathlib import Path
 import pytest
 from pg_server import PgServer
 
-from .conftest import RECORDS, SESSIONS, RunCli, rec, subprocess_env, write_sqlite
+from .conftest import RECORDS, SESSIONS, RunCli, rec, start_module, write_sqlite
 
 pytest.importorskip("psycopg", reason="psycopg is not installed (tokenmeter[postgres])")
 
@@ -144,13 +142,7 @@ def test_tail_follow_goes_on_when_its_connection_is_ended(
     import psycopg
 
     follow = ["tail", "-f", "-n", "1", "--interval", "0.1", "--source", pg_url]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tokenmeter", *follow],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env(),
-    )
+    proc = start_module(*follow)
     sink = PostgresSink(pg_dsn)
     stuck = threading.Timer(120, proc.kill)  # a readline below never waits for ever
     stuck.start()

@@ -19,7 +19,15 @@ from tokenmeter.cli._tail import _JsonlFollower, _SqliteFollower
 from tokenmeter.sinks import JSONLSink, SQLiteSink
 from tokenmeter.sinks._encode import compact_json
 
-from .conftest import RECORDS, SESSIONS, RunCli, rec, subprocess_env, write_jsonl, write_sqlite
+from .conftest import (
+    RECORDS,
+    SESSIONS,
+    RunCli,
+    rec,
+    start_module,
+    write_jsonl,
+    write_sqlite,
+)
 
 
 def test_tail_last_records(cli, source: Path) -> None:  # type: ignore[no-untyped-def]
@@ -85,25 +93,7 @@ def test_follow_prints_new_records_and_stops_on_ctrl_c(kind: str, tmp_path: Path
     else:
         path = write_jsonl(tmp_path / "usage.jsonl", RECORDS[:2])
         sink = JSONLSink(path)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tokenmeter",
-            "tail",
-            "-f",
-            "-n",
-            "1",
-            "--interval",
-            "0.1",
-            "--source",
-            str(path),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env(),
-    )
+    proc = start_module("tail", "-f", "-n", "1", "--interval", "0.1", "--source", str(path))
     try:
         deadline = time.monotonic() + 30
         assert "claude-sonnet-4-5" in _read_line(proc, deadline)
@@ -130,13 +120,7 @@ def test_follow_started_before_the_first_record_waits_for_it(kind: str, tmp_path
     path = tmp_path / names[kind]
     given = tmp_path if kind == "directory" else path
     args = ["tail", "-f", "--interval", "0.1", "--source", str(given)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tokenmeter", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env(),
-    )
+    proc = start_module(*args)
     try:
         deadline = time.monotonic() + 30
         assert proc.stderr is not None
@@ -160,13 +144,7 @@ def test_follow_started_before_the_first_record_waits_for_it(kind: str, tmp_path
 
 
 def test_follow_waiting_for_a_store_ends_quietly_on_ctrl_c(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tokenmeter", "tail", "-f", "--source", str(tmp_path / "a.db")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env(),
-    )
+    proc = start_module("tail", "-f", "--source", str(tmp_path / "a.db"))
     try:
         assert proc.stderr is not None
         assert "waiting for the first record" in proc.stderr.readline()
@@ -181,24 +159,8 @@ def test_follow_waiting_for_a_store_ends_quietly_on_ctrl_c(tmp_path: Path) -> No
 
 def test_follow_jsonl_waits_for_complete_lines(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "usage.jsonl", RECORDS[:1])
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tokenmeter",
-            "tail",
-            "-f",
-            "--interval",
-            "0.1",
-            "--format",
-            "json",
-            "--source",
-            str(path),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=subprocess_env(),
+    proc = start_module(
+        "tail", "-f", "--interval", "0.1", "--format", "json", "--source", str(path)
     )
     try:
         deadline = time.monotonic() + 30
