@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import json
 import logging
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import weakref
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
@@ -138,6 +140,137 @@ def test_a_session_ended_from_another_task_is_left_by_the_task_that_entered_it(
     assert current is outer and outer.summary.calls == 1
     assert tokenmeter.flush(5)
     assert [r.session_name for r in sink.records] == ["outer"]
+
+
+def test_late_work_on_the_thread_or_task_that_entered_the_session_stays_in_it(
+    sink: InMemorySink,
+) -> None:
+    """Which context entered a session was told by its thread and task ids, which Python reuses:
+    late work of the session that ran where it had been entered (a follow-up item on the pool
+    worker that ran it, a thread or task made after the entering one was freed, a context
+    copied inside its block) was charged to the enclosing or the implicit session."""
+    with ThreadPoolExecutor(1) as pool:
+        follow_up: list[Any] = []
+
+        def job() -> Session:
+            with tokenmeter.session("pool-job") as session:
+                record()
+                follow_up.append(pool.submit(record))  # runs on this same worker, later
+            return session
+
+        pooled = pool.submit(job).result()
+        follow_up[0].result()
+
+    started = threading.Event()
+
+    def later_thread() -> None:
+        started.wait()
+        helper = threading.Thread(target=record)  # may take the freed entering thread's id
+        helper.start()
+        helper.join()
+
+    def handler() -> None:
+        with tokenmeter.session("thread-job"):
+            holder.append(threading.Thread(target=later_thread))
+            holder[0].start()
+
+    holder: list[threading.Thread] = []
+    entering = threading.Thread(target=handler)
+    entering.start()
+    entering.join()
+    started.set()
+    holder[0].join()
+
+    async def main() -> Session:
+        go = asyncio.Event()
+
+        async def one() -> None:
+            record()
+
+        async def background() -> None:
+            await go.wait()
+            for _ in range(3):
+                await asyncio.create_task(one())  # ids of freed tasks come back
+
+        async def handle() -> tuple[Session, Any]:
+            async with tokenmeter.session("task-job") as session:
+                return session, asyncio.create_task(background())
+
+        session, task = await asyncio.create_task(handle())
+        gc.collect()
+        go.set()
+        await task
+        return session
+
+    tasked = asyncio.run(main())
+    with tokenmeter.session("copied") as copied:
+        context = contextvars.copy_context()
+    context.run(record)
+    with tokenmeter.session("elsewhere") as elsewhere:
+        context.run(record)
+    assert (pooled.summary.calls, tasked.summary.calls, copied.summary.calls) == (2, 3, 2)
+    assert elsewhere.summary.calls == 0
+    assert tokenmeter.flush(5)
+    counts = Counter(r.session_name for r in sink.records)
+    assert counts == {"pool-job": 2, "thread-job": 1, "task-job": 3, "copied": 2}
+
+
+def test_a_session_opened_by_late_work_is_nested_in_the_session_of_that_work(
+    sink: InMemorySink,
+) -> None:
+    """A step (``@track``) run by a thread started in ``job`` after job's block was a session
+    of its own, with no parent: its calls were in neither job's summary nor its stored totals,
+    and job's tags were not its."""
+
+    @tokenmeter.track
+    def step() -> None:
+        record()
+
+    go = threading.Event()
+
+    def background() -> None:
+        go.wait()
+        record()
+        step()
+
+    with tokenmeter.session("job", tags={"team": "search"}) as job:
+        worker = threading.Thread(target=background)
+        worker.start()
+    go.set()
+    worker.join()
+    assert job.summary.calls == 2
+    assert tokenmeter.flush(5)
+    [nested] = [r for r in sink.records if r.session_id != job.id]
+    assert nested.tags == {"team": "search"}
+    stored = sink.sessions[nested.session_id]
+    assert stored.parent_id == job.id and stored.ended_at is not None
+    assert sink.sessions[job.id].calls == 2  # its stored totals, the nested step's included
+
+
+def test_each_item_of_a_multiprocessing_thread_pool_runs_in_the_session_it_came_from(
+    sink: InMemorySink,
+) -> None:
+    """``multiprocessing.pool.ThreadPool`` starts its workers with the pool: every item ran in
+    the session the pool was made in (closed long before), or in none."""
+    from multiprocessing.pool import ThreadPool
+
+    with tokenmeter.session("made-here") as first:
+        pool = ThreadPool(2)  # its workers start here
+        pool.apply(record)
+    with pool, ThreadPool(2) as pool_of_none, ThreadPool(2) as other:
+        with tokenmeter.session("used-here") as second:
+            pool.apply(record)
+            pool.map(lambda _: record(), range(2))
+            pool.starmap(lambda a, b: record(), [(1, 2)])
+            list(pool.imap(lambda _: record(), range(2), chunksize=2))
+            list(pool.imap_unordered(lambda _: record(), range(1)))
+            pool.apply_async(record).get(5)
+            pool_of_none.map_async(lambda _: record(), range(2)).get(5)
+        other.apply(record)  # outside any session
+    assert (first.summary.calls, second.summary.calls) == (1, 10)
+    assert tokenmeter.flush(5)
+    counts = Counter(r.session_name for r in sink.records)
+    assert (counts["made-here"], counts["used-here"]) == (1, 10) and len(sink.records) == 12
 
 
 def test_a_pool_worker_does_not_keep_the_session_that_started_it(sink: InMemorySink) -> None:

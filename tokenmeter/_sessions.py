@@ -14,7 +14,6 @@ import logging
 import operator
 import os
 import secrets
-import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar, Token
@@ -160,7 +159,10 @@ class Session:
         #: Tags of the ancestors merged with this session's own (inner ones win).
         self.effective_tags: dict[str, str] = dict(self.tags)
         self._token: Token[Session | None] | None = None
-        self._entered_in: tuple[int, int] | None = None
+        #: Its token once it ended in another context than the one it was entered in (a
+        #: generator's block closed from another task), which still holds it as current: reset
+        #: there by the first record made there (``_attributed``).
+        self._left_current: Token[Session | None] | None = None
         self._over_budget_warned = False
         self._announced = False
         self._init_args = (name, id, tags, budget_usd, notes, on_exceed, on_end)
@@ -202,14 +204,13 @@ class Session:
             # (its session, current in its body, holds no token: entered again there, it was
             # its own parent, and every record walked that loop of ancestors for ever)
             raise RuntimeError(f"session {self.id!r} was already entered; create a new one")
-        self.parent = current_session()
+        self.parent = _attributed()  # ended, in work started inside it: part of that work
         if self.parent is not None:
             self.effective_tags = check_tags_size(
                 {**self.parent.effective_tags, **self.tags}, "with those of the enclosing sessions"
             )
         self.started_at = datetime.now(UTC)
         self._token = _current.set(self)
-        self._entered_in = _running_here()
         if self.on_exceed == "raise" and self.budget_usd is not None:
             _guard_state.armed = True
         self._announce()
@@ -228,15 +229,15 @@ class Session:
             outer = self.parent
             while outer is not None and outer.ended_at is not None:
                 outer = outer.parent
-            try:
-                if outer is self.parent:
-                    _current.reset(token)
-                else:
-                    _current.set(outer)
-            except ValueError:  # exited in another context (a generator moved across tasks)
+            with contextlib.suppress(ValueError):  # exited in another context than its own
+                _current.reset(token)
+                token = None
+            if _current.get() is not outer:
                 _current.set(outer)
         # Else not current: exited before a session nested in it, which stays current until its
-        # own exit (which then skips this one).
+        # own exit (which then skips this one). Either way, a token not used here is that of a
+        # context that may still hold it: ``_attributed`` resets it there.
+        self._left_current = token
         _pipeline.submit(self.info())
         _end_hooks(self)
 
@@ -687,29 +688,38 @@ def session_of_record() -> Session:
     """The session a record made now belongs to: the current one, ended or not, else the
     implicit session.
 
-    An ended session still current here was ended in another context than the one that
-    entered it (a generator's block closed from another task): that one falls back to the
-    innermost enclosing session still open. Anywhere else it was copied inside the block: a
-    thread or pool work item started there, an asyncio task or callback created there. Work
-    started inside a session stays in it (it used to fall back as well when it ran on after
-    the block): its record is a late call of it, counted in its stored totals as a late
-    stream's is (``Session._add``). ``current_session()`` names the open session."""
+    An ended session still current here was either copied inside the block (a thread or pool
+    work item started there, an asyncio task or callback created there, a ``copy_context()``)
+    or ended in another context than the one that entered it (a generator's block closed from
+    another task), and this is that one (``_attributed``), which falls back to what was current
+    before it. Work started inside a session stays in it (it used to fall back as well when it
+    ran on after the block): its record is a late call of it, counted in its stored totals as
+    a late stream's is (``Session._add``), and a session it opens is nested in it.
+    ``current_session()`` names the open session."""
+    return _attributed() or implicit_session()
+
+
+def _attributed() -> Session | None:
+    """The session that work running here belongs to: the current one, ended or not, unless it
+    ended in another context than the one it was entered in and this is that one (which still
+    holds it): there it is reset to what was current before it, as its exit would have done.
+
+    Told apart by its token, which resets only in the context it was made in: the entering
+    context's thread or task id said so, and ids are reused (a follow-up item of a pool on the
+    thread that ran the session, a task made after the entering task was freed: each charged
+    to the enclosing session)."""
     session = _current.get()
-    if session is None:
-        return implicit_session()
-    if session.ended_at is not None and session._entered_in == _running_here():
-        return current_session() or implicit_session()
-    return session
-
-
-def _running_here() -> tuple[int, int]:
-    """This thread, and the asyncio task it runs (0 outside one)."""
-    task = None
-    asyncio = sys.modules.get("asyncio")
-    if asyncio is not None:
-        with contextlib.suppress(RuntimeError):  # no event loop running in this thread
-            task = asyncio.current_task()
-    return threading.get_ident(), 0 if task is None else id(task)
+    if session is None or session.ended_at is None:
+        return session
+    left = session._left_current
+    if left is None:  # exited where it was entered: a context that holds it was copied inside
+        return session
+    try:
+        _current.reset(left)
+    except (ValueError, RuntimeError):  # copied inside the block (or reset there already)
+        return session
+    session._left_current = None
+    return _attributed()
 
 
 # -- the implicit per-process session -----------------------------------------------------------
@@ -844,6 +854,35 @@ def _start_checked(self: threading.Thread) -> None:
         _start_in_session(self)
 
 
+#: ``multiprocessing.pool.ThreadPool`` methods that hand work to its workers, each given the
+#: function that a worker calls for every item (``_map_async`` serves map, map_async, starmap
+#: and starmap_async). Its workers start with the pool and serve every later session.
+_THREAD_POOL_METHODS = ("apply_async", "_map_async", "imap", "imap_unordered")
+
+
+def _items_in_session(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def in_session(self: Any, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if _propagate:
+            func = functools.partial(_run_in, _current.get(), func)
+        return method(self, func, *args, **kwargs)
+
+    in_session._tokenmeter_items = True  # type: ignore[attr-defined]
+    return in_session
+
+
+def _follow_thread_pool_items(module: Any) -> None:
+    """Each item of a ``multiprocessing.pool.ThreadPool`` runs in the session it was handed
+    over from (or none), as a ``ThreadPoolExecutor``'s does: every item ran in the session of
+    the pool's creation (a session closed long before: its late calls; or none). Its process
+    ``Pool`` (which pickles the function) is left as it is."""
+    pool = getattr(module, "ThreadPool", None)
+    for name in _THREAD_POOL_METHODS if pool is not None else ():
+        method = getattr(pool, name, None)
+        if method is not None and not getattr(method, "_tokenmeter_items", False):
+            setattr(pool, name, _items_in_session(method))
+
+
 def set_thread_propagation(enabled: bool) -> None:
     """Carry the current session into threads started inside it (the ``thread_propagation``
     setting). The patches are installed once and read the switch at each start / submit."""
@@ -853,3 +892,6 @@ def set_thread_propagation(enabled: bool) -> None:
         threading.Thread.start = _start_checked  # type: ignore[method-assign]
         if _futures_thread is not None:
             _futures_thread.ThreadPoolExecutor.submit = _submit_in_session  # type: ignore[method-assign, assignment]
+        import wrapt  # its post-import hooks patch the SDKs too
+
+        wrapt.register_post_import_hook(_follow_thread_pool_items, "multiprocessing.pool")
