@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -654,6 +655,52 @@ def test_the_implicit_session_writes_its_line_at_exit(tmp_path: Path) -> None:
     (line,) = state.read_text().splitlines()
     match = LINE.match(line)
     assert match and match.group(2) == "1500" and match.group(3) == "0.0075"
+
+
+_STILL_OPEN = """
+import os, signal, sys, tokenmeter
+tokenmeter.configure(directory=sys.argv[1], sinks=["sqlite"])
+record = lambda: tokenmeter.record("openai", "gpt-4o", 1000, 500)
+if sys.argv[2] == "sigterm":
+    with tokenmeter.session("server"):
+        for _ in range(3):
+            record()
+        os.kill(os.getpid(), signal.SIGTERM)
+elif sys.argv[2] == "entered":
+    tokenmeter.session("server").__enter__()
+    for _ in range(3):
+        record()
+else:
+    def answer():
+        with tokenmeter.session("server"):
+            for _ in range(3):
+                record()
+            yield
+            yield
+    started = answer()
+    next(started)
+"""
+
+
+@pytest.mark.parametrize("how", ["sigterm", "entered", "generator"])
+def test_a_session_still_open_at_exit_has_its_stored_totals(tmp_path: Path, how: str) -> None:
+    """A SIGTERM inside its block, a session entered and never exited, a generator never
+    closed: the row kept its start (0 calls, $0) beside its 3 records; the generator's, closed
+    at teardown, printed an ImportError ('sys.meta_path is None')."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-c", _STILL_OPEN, str(tmp_path), how],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == (-signal.SIGTERM if how == "sigterm" else 0), done.stderr
+    assert "Error" not in done.stderr and "Exception" not in done.stderr, done.stderr
+    with contextlib.closing(sqlite3.connect(tmp_path / "usage.db")) as conn:
+        row = conn.execute("SELECT status, calls, cost_usd FROM sessions WHERE name = 'server'")
+        assert row.fetchone() == ("active", 3, "0.0225")  # it never ended: still "active"
+        assert conn.execute("SELECT COUNT(*) FROM records").fetchone() == (3,)
 
 
 def test_stored_sessions_carry_their_rolled_up_totals(sink: InMemorySink) -> None:

@@ -14,7 +14,9 @@ import logging
 import operator
 import os
 import secrets
+import sys
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
@@ -43,6 +45,8 @@ logger = logging.getLogger("tokenmeter")
 F = TypeVar("F", bound=Callable[..., Any])
 _ZERO = Decimal(0)
 _lock = threading.RLock()  # guards summary updates
+#: Sessions entered and not ended (weakly): at exit, their stored totals are brought up to date.
+_open: weakref.WeakSet[Session] = weakref.WeakSet()
 #: Held while a session's state is taken and handed to the sinks (``_tell``), so that they get
 #: the states in the order they were taken: the last one they keep is the latest.
 _told = threading.RLock()
@@ -241,11 +245,15 @@ class Session:
         # own exit (which then skips this one). Either way, a token not used here is that of a
         # context that may still hold it: ``_attributed`` resets it there.
         self._left_current = token
+        _open.discard(self)
+        if sys.is_finalizing():  # a generator's block closed at teardown: imports fail now
+            return
         _tell(self)
         _end_hooks(self)
 
     def _announce(self) -> None:
         self._announced = True
+        _open.add(self)
         _pipeline.submit(self.info())
 
     def __enter__(self) -> Session:
@@ -785,7 +793,13 @@ def announce(record_session: Session) -> None:
 
 
 def finish_implicit() -> None:
-    """At exit: the implicit session is complete (if it ever recorded anything)."""
+    """At exit: the implicit session is complete (if it ever recorded anything), and a session
+    still open (a SIGTERM inside its block, a generator never closed) has its stored totals
+    brought up to date: its row said 0 calls beside its records. It is still "active": it
+    never ended."""
+    for session in list(_open):
+        if session.ended_at is None and session._summary.calls:
+            _tell(session)
     if _implicit is not None and _implicit._announced and _implicit_pid == os.getpid():
         _implicit.status = "completed"
         _implicit.ended_at = datetime.now(UTC)
