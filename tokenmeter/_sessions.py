@@ -207,16 +207,18 @@ class Session:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _start(self) -> None:
-        if self.started_at is not None:  # entered, ended, or running a decorated generator
-            # (its session, current in its body, holds no token: entered again there, it was
-            # its own parent, and every record walked that loop of ancestors for ever)
-            raise RuntimeError(f"session {self.id!r} was already entered; create a new one")
-        self.parent = _attributed()  # ended, in work started inside it: part of that work
-        if self.parent is not None:
-            self.effective_tags = check_tags_size(
-                {**self.parent.effective_tags, **self.tags}, "with those of the enclosing sessions"
-            )
-        self.started_at = datetime.now(UTC)
+        with _lock:  # two threads entering it at once: one does (both did, unlocked)
+            if self.started_at is not None:  # entered, ended, or running a decorated generator
+                # (its session, current in its body, holds no token: entered again there, it
+                # was its own parent, and every record walked that loop of ancestors for ever)
+                raise RuntimeError(f"session {self.id!r} was already entered; create a new one")
+            parent = _attributed()  # ended, in work started inside it: part of that work
+            if parent is not None:
+                self.effective_tags = check_tags_size(
+                    {**parent.effective_tags, **self.tags}, "with those of the enclosing sessions"
+                )
+            self.parent = parent
+            self.started_at = datetime.now(UTC)
         self._token = _current.set(self)
         if self.on_exceed == "raise" and self.budget_usd is not None:
             _guard_state.armed = True
