@@ -45,7 +45,8 @@ logger = logging.getLogger("tokenmeter")
 F = TypeVar("F", bound=Callable[..., Any])
 _ZERO = Decimal(0)
 _lock = threading.RLock()  # guards summary updates
-#: Sessions entered and not ended (weakly): at exit, their stored totals are brought up to date.
+#: Sessions entered and not ended (weakly, under ``_lock``): at exit, their stored totals are
+#: brought up to date.
 _open: weakref.WeakSet[Session] = weakref.WeakSet()
 #: Held while a session's state is taken and handed to the sinks (``_tell``), so that they get
 #: the states in the order they were taken: the last one they keep is the latest.
@@ -232,6 +233,7 @@ class Session:
             self.status = "failed" if failed else "completed"
             self.ended_at = datetime.now(UTC)
             token, self._token = self._token, None
+            _open.discard(self)
         if token is not None and _current.get() is self:
             # Back to the innermost enclosing session still open: an outer session exited
             # before this one (ExitStack misuse, a generator closed late) is current no more.
@@ -247,7 +249,6 @@ class Session:
         # own exit (which then skips this one). Either way, a token not used here is that of a
         # context that may still hold it: ``_attributed`` resets it there.
         self._left_current = token
-        _open.discard(self)
         if sys.is_finalizing():  # a generator's block closed at teardown: imports fail now
             return
         _tell(self)
@@ -255,7 +256,8 @@ class Session:
 
     def _announce(self) -> None:
         self._announced = True
-        _open.add(self)
+        with _lock:
+            _open.add(self)
         _pipeline.submit(self.info())
 
     def __enter__(self) -> Session:
@@ -799,8 +801,10 @@ def finish_implicit() -> None:
     still open (a SIGTERM inside its block, a generator never closed) has its stored totals
     brought up to date: its row said 0 calls beside its records. It is still "active": it
     never ended."""
-    for session in list(_open):
-        if session.ended_at is None and session._summary.calls:
+    with _lock:
+        still_open = list(_open)
+    for session in still_open:
+        if session is not _implicit and session.ended_at is None and session._summary.calls:
             _tell(session)
     if _implicit is not None and _implicit._announced and _implicit_pid == os.getpid():
         _implicit.status = "completed"
