@@ -12,6 +12,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import one_line_value_error
@@ -305,6 +306,42 @@ def test_track_on_an_object_whose_call_is_async_or_a_generator_spans_its_work(
     assert tokenmeter.flush(5)
     names = [record.session_name or "" for record in sink.records]
     assert [name.rsplit(".", 1)[-1] for name in names] == ["AsyncAsker", "Streamer"]
+
+
+def test_track_over_a_plain_wrapper_of_an_async_function_spans_the_coroutine(
+    sink: InMemorySink,
+) -> None:
+    """``@track`` over a ``functools.wraps`` decorator that returns the coroutine: the session
+    opened and closed before the coroutine ran (0 calls), and its calls went to the caller's."""
+
+    def logged(func: Any) -> Any:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    @tokenmeter.track
+    @logged
+    async def step() -> str:
+        await asyncio.sleep(0)
+        tokenmeter.record("openai", "gpt-4o", 1, 1)
+        return "done"
+
+    async def main() -> tuple[str, Any, Any]:
+        async with tokenmeter.session("caller") as caller:
+            pending = step()
+            between = tokenmeter.current_session()  # the caller's, until it is awaited
+            return await pending, caller, between
+
+    result, caller, between = asyncio.run(main())
+    assert result == "done" and between is caller
+    assert caller.summary.calls == 1  # the step's, nested in it
+    assert tokenmeter.flush(5)
+    [made] = sink.records
+    assert made.session_id != caller.id and (made.session_name or "").endswith("step")
+    assert sink.sessions[made.session_id].parent_id == caller.id
+    assert sink.sessions[made.session_id].calls == 1
 
 
 @pytest.mark.parametrize("decorator", ["track", "session"])

@@ -632,10 +632,43 @@ def _decorate(func: F, make_session: Callable[[], Session]) -> F:
 
     @functools.wraps(func)
     def run(*args: Any, **kwargs: Any) -> Any:
-        with make_session():
-            return func(*args, **kwargs)
+        made = make_session()
+        made._start()
+        try:
+            result = func(*args, **kwargs)
+        except BaseException:
+            made._end(failed=True)
+            raise
+        if inspect.iscoroutine(result):
+            # A plain wrapper of an async function (a functools.wraps decorator): its session
+            # ended before the coroutine ran, and the coroutine's calls went to the caller's.
+            return _awaited_in(made, result)
+        made._end(failed=False)
+        return result
 
     return cast(F, run)
+
+
+def _awaited_in(session: Session, coroutine: Any) -> Any:
+    """``coroutine`` run in ``session``, which ends with it: current only while it runs, not in
+    the code that holds it until it is awaited (as a decorated generator's session is)."""
+    assert session._token is not None
+    _current.reset(session._token)  # the caller's context, as it was before the call
+    session._token = None
+
+    async def run_in_session() -> Any:
+        token = _current.set(session)
+        failed = False
+        try:
+            return await coroutine
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            _current.reset(token)
+            session._end(failed)
+
+    return run_in_session()
 
 
 def session(
