@@ -8,13 +8,35 @@ arithmetic and no price-data release can change it.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
+import pkgutil
 import stat
 
 import pytest
 
+import tokenmeter
+
 pytest_plugins = ["pytester"]
+
+
+def _import_what_inner_runs_import() -> None:
+    """pytester's in-process runs drop from ``sys.modules`` every module first imported inside
+    them. A tokenmeter module or SDK first imported there was imported again by the tests after
+    this file's, in a second copy: their calls went to a pipeline no sink was configured in (a
+    budget test never refused, in some orders of the suite). Imported here first, they stay."""
+    names = [
+        name
+        for _, name, _ in pkgutil.walk_packages(tokenmeter.__path__, "tokenmeter.")
+        if not name.startswith(("tokenmeter.__main__", "tokenmeter._bootstrap"))
+    ]
+    for name in [*names, "openai", "anthropic", "google.genai", "google.generativeai"]:
+        with contextlib.suppress(ImportError):  # an extra not installed (oldest constraints)
+            importlib.import_module(name)
+
+
+_import_what_inner_runs_import()
 
 #: USD per million tokens for the model the inner tests call: 1000 in + 500 out = $0.002.
 _INI = """
