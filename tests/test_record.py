@@ -611,6 +611,22 @@ def test_record_with_a_timestamp_beyond_utc_is_a_value_error(
     assert sink.records == []
 
 
+@pytest.mark.parametrize("text", ["1" * 5_000, "2026-11-22T10:00:00" + " " * 100])
+def test_record_with_a_long_timestamp_text_is_a_value_error(sink: InMemorySink, text: str) -> None:
+    """Python reads 5,000 ones as 1111-11-11 11:11:11.111111: text far longer than any ISO-8601
+    time is refused, not read as some date."""
+    with pytest.raises(ValueError, match=r"^timestamp is not an ISO-8601 date/time"):
+        tokenmeter.record("openai", "gpt-4o", 10, 5, timestamp=text)
+    assert tokenmeter.flush(5)
+    assert sink.records == []
+
+
+def test_record_reads_the_longest_iso_timestamp(sink: InMemorySink) -> None:
+    tokenmeter.record("openai", "gpt-4o", 10, 5, timestamp="2026-11-22T10:00:00.123456+05:30")
+    assert tokenmeter.flush(5)
+    assert sink.records[0].timestamp == datetime(2026, 11, 22, 4, 30, 0, 123456, tzinfo=UTC)
+
+
 class _Int64:
     """An integer of another library (numpy's ``int64``, a pandas column's cell): an int by
     ``__index__``, not by type."""

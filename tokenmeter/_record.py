@@ -355,9 +355,16 @@ def _text(name: str, value: Any) -> str:
     return clean_text(value.strip(), MAX_NAME)
 
 
+#: The longest timestamp text read: ``2026-11-22T10:00:00.123456+05:30`` is 32 characters.
+#: Python's ``fromisoformat`` reads far longer text (5,000 ones as 1111-11-11 11:11:11.111111).
+_MAX_TIMESTAMP_TEXT = 40
+
+
 def _timestamp(value: Any) -> datetime:
     if isinstance(value, str):
         try:
+            if len(value) > _MAX_TIMESTAMP_TEXT:
+                raise ValueError
             value = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             raise ValueError(
