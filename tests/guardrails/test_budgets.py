@@ -395,6 +395,36 @@ def test_anthropic_calls_are_checked(
     assert len(fake.requests) == 1
 
 
+@pytest.mark.parametrize("ledger", ["sqlite", "memory"])
+def test_a_budget_met_exactly_by_calls_warns_at_the_call_that_meets_it(
+    tmp_path: Path, ledger: str
+) -> None:
+    """Ten calls of $0.10 are a $1 limit exactly, but their float sum is 0.9999999999999999:
+    the 100 % warning came at the eleventh call, not the tenth (about a third of such exact ties
+    warned a call late)."""
+    seen: list[Alert] = []
+    configured(
+        tmp_path,
+        [{"name": "exact", "limit_usd": 1, "period": "total", "on_exceed": "warn"}],
+        on_alert=seen.append,
+        budget_ledger=ledger,
+    )
+    records = [tokenmeter.record("openai", "gpt-4o", 40_000, 0) for _ in range(11)]
+    assert {r.estimated_cost_usd for r in records} == {Decimal("0.1")}
+    assert tokenmeter.flush(5)
+    warned_at = {a.rule: [r.id for r in records].index(a.record_id) + 1 for a in seen}
+    assert warned_at == {"budget_50pct": 5, "budget_80pct": 8, "budget_100pct": 10}
+
+
+def test_a_ledger_takes_calls_that_meet_a_budgets_limit_exactly() -> None:
+    """The ledgers compare float sums with the limit: three reservations of $0.0001 must fit a
+    $0.0003 budget (their float sum is 0.00030000000000000003), a fourth not."""
+    [budget] = parse_budgets([{"limit_usd": "0.0003", "period": "total"}])
+    ledger = MemoryLedger()
+    taken = [ledger.reserve(budget.key, "", budget.limit, 0.0001)[0] for _ in range(4)]
+    assert taken == [True, True, True, False]
+
+
 def test_manual_records_count_against_budgets_and_warn_ancestors(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

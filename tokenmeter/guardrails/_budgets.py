@@ -75,6 +75,11 @@ def _key_part(text: str) -> str:
     return text.translate(_KEY_ESCAPES)
 
 
+#: How far a sum of float costs may be from the same sum in decimals, as a share of it (more
+#: than a million calls' rounding errors).
+_FLOAT_SLACK = 1e-9
+
+
 @dataclass(frozen=True)
 class Budget:
     """A limit in USD over a period, for the calls in a scope (everything when no scope field is
@@ -107,7 +112,17 @@ class Budget:
 
     @functools.cached_property
     def limit(self) -> float:
-        return float(self.limit_usd)
+        """The limit the ledgers compare spent + reserved + a call's estimate with. Their sums are
+        of floats: three calls of $0.0001 add up to 0.00030000000000000003, a hair over a $0.0003
+        limit. The limit has a billionth of itself of room over it (a nano-dollar on $1), so that
+        a sum that meets it exactly in decimals is never taken to pass it."""
+        return float(self.limit_usd) * (1 + _FLOAT_SLACK)
+
+    def floor(self, fraction: float) -> float:
+        """The spent USD from which the budget warns at ``fraction`` of its limit, a billionth of
+        the limit early (see ``limit``): ten calls of $0.10 add up to 0.9999999999999999 in
+        floats, and must reach 100 % of $1 at the tenth call, as they do in decimals."""
+        return fraction * float(self.limit_usd) * (1 - _FLOAT_SLACK)
 
     @functools.cached_property
     def key(self) -> str:
@@ -407,7 +422,7 @@ class _Config:
         spans = [self.periods[b.period] for b in scope.ledgered if b.period in self.periods]
         marks = [(b, row[1]) for b, row in zip(scope.ledgered, rows, strict=True)]
         first = self.warn_at[0] if self.warn_at else math.inf
-        floors = [first * b.limit for b in scope.ledgered]
+        floors = [b.floor(first) for b in scope.ledgered]
         since = max((span[0] for span in spans), default=-math.inf)
         until = min((span[1] for span in spans), default=math.inf)
         current = scope.current = _Rows(rows, marks, until, floors, since)
@@ -992,7 +1007,7 @@ def _settle(record: UsageRecord, session: Any, reservation: _Reservation | None)
         return
     first = fractions[0]
     for (budget, start), total in zip(settled, seen, strict=True):
-        if total >= first * budget.limit:
+        if total >= budget.floor(first):
             _maybe_warn(budget, start, total, fractions, record)
 
 
@@ -1051,7 +1066,7 @@ def _maybe_warn(
 ) -> None:
     limit = budget.limit
     for fraction in fractions:
-        if spent < fraction * limit or (limit == 0 and spent == 0):
+        if spent < budget.floor(fraction) or (limit == 0 and spent == 0):
             break
         key = (budget.key, start, fraction, limit)
         with _warned_lock:
@@ -1071,7 +1086,7 @@ def _maybe_warn(
                 + ")",
                 observed=spent,
                 baseline=None,
-                threshold=fraction * limit,
+                threshold=fraction * float(budget.limit_usd),
                 record_id=record.id,
                 session_id=record.session_id,
                 message=f"budget {budget.name!r} has reached {round(fraction * 100)}% of its "
