@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import pkgutil
+import signal
 import stat
 
 import pytest
@@ -246,6 +247,37 @@ def test_an_interrupted_run_says_its_totals_are_those_of_the_tests_that_finished
     report = json.loads((project.path / "out/usage.json").read_text())
     assert report["interrupted"] is True
     assert _json_report(project, "test_llm.py")["interrupted"] is False
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
+def test_a_run_ended_by_a_termination_signal_still_writes_its_json_file(
+    project: pytest.Pytester, signal_name: str
+) -> None:
+    """A CI job's time limit stops pytest with SIGTERM: no JSON file was written at all (Ctrl-C
+    wrote one). It is written at the exit flush, marked interrupted, with the tests that
+    finished; the process still dies of the signal."""
+    project.makepyfile(
+        test_stop=f"""
+        import os
+        import signal
+
+        from test_llm import call
+
+        def test_stopped(tokenmeter_fake):
+            tokenmeter_fake.set_usage(openai={{"prompt_tokens": 1000, "completion_tokens": 500}})
+            call()
+            os.kill(os.getpid(), signal.{signal_name})
+        """
+    )
+    result = project.runpytest_subprocess(
+        "--tokenmeter-json=out/usage.json", "-p", "no:cacheprovider", "test_llm.py", "test_stop.py"
+    )
+    assert result.ret == -getattr(signal, signal_name)
+    report = json.loads((project.path / "out/usage.json").read_text())
+    assert report["interrupted"] is True
+    assert report["total"]["tests"] == 3  # test_llm.py's, which finished
+    assert report["total"]["calls"] == 4
+    assert report["total"]["cost_usd"] == 0.008
 
 
 def test_xdist_workers_report_exact_totals(project: pytest.Pytester) -> None:

@@ -88,6 +88,7 @@ __all__ = [
     "flush_early_at_exit",
     "hook_termination_signals",
     "later",
+    "remove_before_exit",
     "remove_submit_observer",
     "set_sinks",
     "start_thread",
@@ -1242,6 +1243,12 @@ def _writers() -> list[_Writer]:
 def before_exit(hook: Callable[[], None]) -> None:
     """Run ``hook`` at exit, before the final flush (hooks registered later run first)."""
     _before_exit.insert(0, hook)
+
+
+def remove_before_exit(hook: Callable[[], None]) -> None:
+    """Undo ``before_exit(hook)`` (nothing if it is not registered)."""
+    with contextlib.suppress(ValueError):
+        _before_exit.remove(hook)
 
 
 def set_sinks(

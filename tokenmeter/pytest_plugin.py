@@ -240,6 +240,12 @@ class Meter:
         self.json_error: str | None = None
         #: The run was interrupted (Ctrl-C): its totals count the tests that finished only.
         self.interrupted = False
+        #: The JSON file was written, or tried: the exit flush does not write it again.
+        self.json_done = False
+        if self.json_path is not None and not self.is_worker:
+            from tokenmeter import _pipeline
+
+            _pipeline.before_exit(self._write_json_at_exit)
 
     # -- running each test (in the process that runs it) ------------------------------------------
     @pytest.hookimpl(hookwrapper=True)
@@ -307,6 +313,7 @@ class Meter:
         if over and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if self.json_path is not None:
+            self.json_done = True
             try:
                 self.write_json(total)
             except OSError as exc:  # after every test ran: one line, not an INTERNALERROR
@@ -315,6 +322,9 @@ class Meter:
                     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_unconfigure(self) -> None:
+        from tokenmeter import _pipeline
+
+        _pipeline.remove_before_exit(self._write_json_at_exit)
         if self._instrumented:
             import tokenmeter
 
@@ -340,6 +350,15 @@ class Meter:
         return sorted(
             spending, key=lambda r: (-Decimal(r["cost_usd"]), -r["total_tokens"], r["nodeid"])
         )
+
+    def _write_json_at_exit(self) -> None:
+        """A run ended by SIGTERM or SIGHUP (a CI job's time limit, ``kill``) never reaches
+        ``pytest_sessionfinish``, and left no JSON file: it is written at tokenmeter's exit
+        flush instead, marked interrupted, with the tests that had finished."""
+        if self.json_done:
+            return
+        self.json_done = self.interrupted = True
+        self.write_json(self.total())
 
     def write_json(self, total: dict[str, Any]) -> None:
         from tokenmeter.cli._output import _write_file  # through a link, into a pipe, atomic
