@@ -236,18 +236,25 @@ def test_a_record_made_later_is_the_record_made_at_once(
 
 
 async def test_an_event_loops_calls_are_made_later_by_the_loop_itself(
-    fake: FakeProvider, held: InMemorySink
+    fake: FakeProvider, held: InMemorySink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Made at once on the loop, between its SDK calls, each record cost the loop several times
     what a batch costs; made by a writer, they held up the loop's timers for its slices. The
-    loop makes them itself, shortly after (the writer here waits ``HELD`` seconds)."""
+    loop makes them itself, shortly after (the writer here waits ``HELD`` seconds). The loop's
+    turn is put off until the calls are made (on a slow machine three calls outlasted the 50 ms
+    gathering), then brought back."""
+    monkeypatch.setattr(_pipeline, "_LOOP_GATHERING", 3600.0)
     client = fake.openai_client(async_=True)
     for _ in range(3):
         await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
     assert waiting() == 2  # the first call of the model was made at once
+    loop = asyncio.get_running_loop()
+    [turn] = [h for h in loop._scheduled if h._callback is _pipeline._make_on_loop]
+    turn.cancel()
+    loop.call_soon(_pipeline._make_on_loop, loop)
     deadline = time.monotonic() + 30
     while waiting() and time.monotonic() < deadline:
-        await asyncio.sleep(_pipeline._LOOP_GATHERING)
+        await asyncio.sleep(0.01)
     assert waiting() == 0
     assert tokenmeter.flush(5)
     assert len(held.records) == 3
@@ -257,8 +264,11 @@ def test_an_event_loop_makes_a_long_backlog_in_turns(
     fake: FakeProvider, held: InMemorySink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Past ``_LOOP_SLICE`` of work, the loop makes the rest at its next turn, so that its
-    timers and tasks run between: with no time at all, one record per turn."""
+    timers and tasks run between: with no time at all, one record per turn. The first turn is
+    put off until the five calls are made, and then started (on a slow machine they outlasted
+    the 50 ms gathering: the turns saw 3, 2, 1, 1)."""
     monkeypatch.setattr(_pipeline, "_LOOP_SLICE", 0.0)
+    monkeypatch.setattr(_pipeline, "_LOOP_GATHERING", 3600.0)
     turns: list[int] = []
     make_on_loop = _pipeline._make_on_loop
 
@@ -272,6 +282,7 @@ def test_an_event_loop_makes_a_long_backlog_in_turns(
         client = fake.openai_client(async_=True)
         for _ in range(5):
             await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        counted(asyncio.get_running_loop())
         while waiting():
             await asyncio.sleep(0.01)
 
