@@ -314,7 +314,7 @@ async def test_a_raw_stream_read_line_by_line_is_the_bare_body(
     """A raw stream's body is the caller's to read (``iter_lines()``, the SDK's own example,
     or relayed to a client of its own): a usage-only chunk tokenmeter asked for could not be
     hidden there (a client reading ``choices[0]`` fails on it), so none is asked for. The
-    stream is recorded with an estimate."""
+    stream is recorded with an estimate, its output counted from the text that passed by."""
     server = ChatServer(kit)
     client = kit.mock_openai(server, is_async=is_async)
     bare = await _raw_lines(client, kit, mode)
@@ -327,6 +327,7 @@ async def test_a_raw_stream_read_line_by_line_is_the_bare_body(
     assert "stream_options" not in server.bodies[-1]
     record = only(records())
     assert (record.status, record.streamed, record.estimated) == ("ok", True, True)
+    assert record.output_tokens > 0
 
 
 async def test_callers_arguments_are_not_mutated(

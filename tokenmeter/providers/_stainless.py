@@ -8,11 +8,15 @@ The adapter only says which URLs are billed and how to read their responses and 
 
 from __future__ import annotations
 
+import copy
 import inspect
-from collections.abc import Callable
+import json
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from tokenmeter.providers import _core
 from tokenmeter.providers._core import (
     AsyncStreamProxy,
     Call,
@@ -271,6 +275,8 @@ class _RawResponseProxy(SDKObjectProxy):
         self._self_plan = plan
         self._self_async = is_async
         self._self_parsed: tuple[Any, Any] | None = None
+        #: The body as the caller reads it through ``iter_bytes``/``iter_text``/``iter_lines``.
+        self._self_body: _BodyReading | None = None
         if plan.raw != "stream" and not plan.streamed:  # openai says "true", anthropic "raw"
             plan.call.read("reading a raw response", self._self_read_body)
             plan.call.finish()  # a body that cannot be read is recorded now, not at collection
@@ -316,7 +322,9 @@ class _RawResponseProxy(SDKObjectProxy):
         plan = self._self_plan
         if self._self_parsed is not None or plan.call.done:
             return
-        if not plan.streamed:
+        if plan.streamed and self._self_body is not None:  # read through iter_*(), not to its end
+            self._self_body.left()
+        elif not plan.streamed:
             plan.call.read("reading a raw response", self._self_read_kept)
         plan.call.finish()
 
@@ -332,7 +340,42 @@ class _RawResponseProxy(SDKObjectProxy):
 
 class _StreamingResponseProxy(_RawResponseProxy):
     """``with_streaming_response``: its ``with`` block closes the response, which records it
-    then if the caller read the body without ``parse()``."""
+    then if the caller read the body without ``parse()``.
+
+    A body read through ``iter_bytes()``, ``iter_text()`` or ``iter_lines()`` (the SDKs' own
+    example, or a server relaying a stream to its client) is read as it passes by: its usage is
+    the call's, as with ``parse()``. The caller gets every piece as the SDK gives it.
+    """
+
+    def iter_bytes(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_read_through(self.__wrapped__.iter_bytes(*args, **kwargs), _as_is)
+
+    def iter_text(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_read_through(self.__wrapped__.iter_text(*args, **kwargs), _text)
+
+    def iter_lines(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_read_through(self.__wrapped__.iter_lines(*args, **kwargs), _line)
+
+    def _self_read_through(self, pieces: Any, to_bytes: Callable[[Any], bytes]) -> Any:
+        if (
+            self._self_body is not None
+            or self._self_parsed is not None
+            or self._self_plan.call.done
+        ):
+            return pieces  # read already (a second pass gets what the SDK gives it, unread)
+        self._self_body = body = _BodyReading(self, to_bytes)
+        if hasattr(pieces, "__anext__"):
+            return body.passing_async(pieces)
+        return body.passing(pieces)
+
+    def _self_events(self, data: bytes) -> Iterator[Any]:
+        """The events in ``data`` (whole SSE events of this response's body) as the SDK's own
+        stream parses them: ``parse()``'s stream, made over a copy of the response that holds
+        ``data``. An async client's stream is stepped here: nothing in it waits on anything."""
+        raw = copy.copy(self.__wrapped__)
+        raw.http_response = _Replay(raw.http_response, data)
+        stream = raw._parse()
+        return _stepped(stream) if hasattr(stream, "__anext__") else iter(stream)
 
     def close(self) -> Any:
         closing = self.__wrapped__.close
@@ -348,6 +391,248 @@ class _StreamingResponseProxy(_RawResponseProxy):
             return await closing()
         finally:
             self._self_settle()
+
+
+#: A streamed body read through ``iter_*()`` is parsed whenever this many bytes of it wait: one
+#: batch of events at a time, whatever the size of the pieces the caller reads.
+_PARSE_AT = 16 * 1024
+#: The most of a body kept to be read: a JSON body, or one SSE event. Past it, the call is
+#: recorded as one whose body was never read (estimated).
+_MAX_KEPT = 32 * 1024 * 1024
+#: What ends an SSE event: an empty line, whichever line ending the server uses.
+_EVENT_ENDS = (b"\n\n", b"\r\r", b"\n\r\n")
+
+
+def _as_is(piece: bytes) -> bytes:
+    return bytes(piece)
+
+
+def _text(piece: str) -> bytes:
+    return piece.encode("utf-8", "replace")
+
+
+def _line(piece: str) -> bytes:
+    return (piece + "\n").encode("utf-8", "replace")
+
+
+#: Events of a stream read through ``iter_*()`` that the SDK parses before only those that
+#: matter are: their text is what an estimate is made of when no usage comes (a chat stream's
+#: reader extrapolates from it to the events counted after).
+_READ_EVENTS = 64
+#: What the reader is fed for an event not parsed: it has no attribute a reader reads.
+_SKIPPED = object()
+
+
+def _skippable(event: bytes) -> bool:
+    """An SSE event a reader only needs to count: no usage, no error, and one of a stream's
+    many (a chat chunk, which has no event name; an event whose name ends in ``delta``)."""
+    if b"usage" in event or b"error" in event:
+        return False
+    if event.startswith(b"event:"):
+        at = 0
+    else:
+        at = event.find(b"\nevent:") + 1
+        if not at:
+            return True
+    return event[at + 6 :].split(b"\n", 1)[0].strip().endswith(b"delta")
+
+
+def _whole_events(data: bytes) -> int:
+    """How many bytes of ``data`` are whole SSE events."""
+    return max(data.rfind(end) + len(end) if end in data else 0 for end in _EVENT_ENDS)
+
+
+class _BodyReading:
+    """A raw response's body as the caller reads it, kept only until it is read: a JSON body
+    whole (read at its end), a stream's events a batch at a time, parsed by the SDK as its own
+    stream would (those a reader needs) and fed to the endpoint's reader. Memory is bounded by
+    ``_MAX_KEPT``.
+    Nothing here raises into the caller's loop: a fault leaves the call recorded as unreadable."""
+
+    def __init__(self, response: _StreamingResponseProxy, to_bytes: Callable[[Any], bytes]):
+        self.response = response
+        self.plan: StainlessPlan = response._self_plan
+        self.to_bytes = to_bytes
+        self.pending: list[bytes] = []
+        self.size = 0
+        self.reader: StreamReader | None = None
+        self.stopped = False  # given up: too big, or a fault
+        self.parse_at = _PARSE_AT
+        self.events = 0
+        if self.plan.streamed:
+            self.plan.call.reader = self.reader = self.plan.endpoint.new_reader(False)
+
+    def passing(self, pieces: Iterator[Any]) -> Iterator[Any]:
+        try:
+            for piece in pieces:
+                self.take(piece)
+                yield piece
+        except GeneratorExit:  # left early: the response's close (or collection) records it
+            raise
+        except BaseException as exc:
+            self.plan.call.finish(exc)
+            raise
+        self.ended()
+
+    async def passing_async(self, pieces: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        try:
+            async for piece in pieces:
+                self.take(piece)
+                yield piece
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            self.plan.call.finish(exc)
+            raise
+        self.ended()
+
+    def take(self, piece: Any) -> None:
+        if self.stopped:
+            return
+        try:
+            data = self.to_bytes(piece)
+            self.pending.append(data)
+            self.size += len(data)
+            if self.reader is not None and self.size >= self.parse_at:
+                self.parse()
+                # What waits now is part of one event: look again when it has doubled (a long
+                # event read in small pieces is joined a logarithmic number of times).
+                self.parse_at = max(2 * self.size, _PARSE_AT)
+            if self.size > _MAX_KEPT:
+                self.stop()
+        except Exception:
+            self.fault()
+
+    def parse(self) -> None:
+        """Feed the reader the whole events waiting. The SDK parses those the reader needs (the
+        first ``_READ_EVENTS``, then those with usage, an error, or other than a delta); the
+        rest are fed as ``_SKIPPED`` (a chat stream's reader counts them)."""
+        assert self.reader is not None
+        data = b"".join(self.pending)
+        end = _whole_events(data)
+        if not end:
+            return
+        self.pending, self.size = ([data[end:]], len(data) - end) if end < len(data) else ([], 0)
+        batch = data[:end]
+        if b"\r" in batch:
+            batch = batch.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        call, feed = self.plan.call, self.reader.feed
+        run: list[bytes] = []
+        try:
+            for event in batch.split(b"\n\n"):
+                if b"data:" not in event or event.startswith(b"data: [DONE]"):
+                    continue  # a comment, a keep-alive, the end: no event of the SDK's stream
+                self.events += 1
+                if self.events <= _READ_EVENTS or not _skippable(event):
+                    run.append(event)
+                    continue
+                if run:
+                    self.feed_parsed(run)
+                    run = []
+                feed(_SKIPPED, call)
+            if run:
+                self.feed_parsed(run)
+        except Exception as exc:
+            if not any(kind.__name__ == "APIError" for kind in type(exc).__mro__):
+                raise
+            # An error event: the SDK's stream raises it; the caller reading the body does not
+            # see it. Recorded as the call's error, as the stream would have been.
+            call.failure = type(exc).__name__
+            self.stop()
+
+    def feed_parsed(self, events: list[bytes]) -> None:
+        assert self.reader is not None
+        call, feed = self.plan.call, self.reader.feed
+        for event in self.response._self_events(b"\n\n".join(events) + b"\n\n"):
+            feed(event, call)
+
+    def ended(self) -> None:
+        """The caller read the body to its end: the call is recorded now."""
+        call = self.plan.call
+        try:
+            if self.stopped:
+                call.missing = call.missing or self.reader is None
+            elif self.reader is not None:
+                self.parse()  # an event not ended by an empty line is none (as for the SDK)
+                call.ran_out = True
+            else:
+                body, self.pending = b"".join(self.pending), []
+                call.read("reading a raw response", _read_into, self.plan, json.loads(body))
+        except Exception:
+            self.fault()
+        call.finish()
+
+    def left(self) -> None:
+        """The response closed (or was collected) before the caller read the stream to its end:
+        its whole events are read. (A JSON body is read from what the response kept, if any.)"""
+        if not self.stopped:
+            try:
+                self.parse()
+            except Exception:
+                self.fault()
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.pending, self.size = [], 0
+
+    def fault(self) -> None:
+        """Called inside ``except``: our reading failed; the caller's body is unaffected."""
+        self.stop()
+        exc = sys.exc_info()[1]
+        self.plan.call.cannot_read(f"a response's body could not be read ({type(exc).__name__})")
+        if _core._RAISE_INTERNAL:
+            raise
+        if isinstance(exc, Exception):
+            _core._warn_unreadable(self.plan.call.provider, "reading a response's body", exc)
+
+
+class _Replay:
+    """An HTTP response holding bytes another one gave: what an SDK stream made by ``parse()``
+    reads instead of the network. Closing it closes nothing (the caller is still reading the real
+    one); only what an SDK stream reads of a response is passed through. It says it is closed:
+    an SDK that drains a stream's rest after its end (for the connection's reuse) drains nothing.
+    """
+
+    is_closed = True
+    _PASSED = frozenset({"request", "headers", "status_code", "url", "http_version", "encoding"})
+
+    def __init__(self, http: Any, data: bytes) -> None:
+        self._http = http
+        self._data = data
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _Replay._PASSED:
+            return getattr(self._http, name)
+        raise AttributeError(name)
+
+    def iter_bytes(self, *args: Any, **kwargs: Any) -> Iterator[bytes]:
+        yield self._data
+
+    async def aiter_bytes(self, *args: Any, **kwargs: Any) -> AsyncIterator[bytes]:
+        yield self._data
+
+    def close(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _stepped(stream: Any) -> Iterator[Any]:
+    """An SDK async stream over a ``_Replay``, iterated without an event loop: none of its steps
+    waits on anything, so each one completes at its first ``send``."""
+    events = stream.__aiter__()
+    while True:
+        step = events.__anext__()
+        try:
+            step.send(None)
+        except StopIteration as done:
+            yield done.value
+            continue
+        except StopAsyncIteration:
+            return
+        step.close()
+        raise RuntimeError("an SDK stream over bytes in memory waited on something")
 
 
 def _server(client: Any) -> tuple[str, str]:

@@ -1,0 +1,296 @@
+"""A ``with_streaming_response`` body read by the caller itself (``iter_bytes``, ``iter_text``,
+``iter_lines``: the SDKs' own example, or a server relaying a stream to its client) is read as it
+passes: the record is the one ``parse()`` would have given, and the caller gets every piece the
+SDK gives it."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import pytest
+from provider_helpers import MESSAGES, Records, only, sse_reply
+
+import tokenmeter
+from tokenmeter import UsageRecord
+from tokenmeter.providers import _stainless
+from tokenmeter.testing import FakeProvider
+
+READS = ["iter_bytes", "iter_text", "iter_lines"]
+#: What a record says of a call's usage and cost.
+COMPARED = (
+    "model_name",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "estimated_cost_usd",
+    "cost_breakdown",
+    "estimated",
+    "status",
+    "streamed",
+    "operation",
+)
+
+
+def same_body(pieces: list[Any]) -> tuple[int, Any]:
+    """The pieces' number and their text, without the ids and times the fake makes up."""
+    text = "".join(pieces) if isinstance(pieces[0], str) else b"".join(pieces).decode()
+    return len(pieces), re.sub(r'"(\w*id|created\w*)": ?("[^"]*"|\d+)', "", text)
+
+
+def summary(record: UsageRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in COMPARED}
+
+
+Create = Callable[[Any], Any]
+CALLS: dict[str, tuple[str, Create]] = {
+    "chat stream": (
+        "openai",
+        lambda c: c.chat.completions.with_streaming_response.create(
+            model="gpt-4o",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        ),
+    ),
+    "chat": (
+        "openai",
+        lambda c: c.chat.completions.with_streaming_response.create(
+            model="gpt-4o", messages=MESSAGES
+        ),
+    ),
+    "responses stream": (
+        "openai",
+        lambda c: c.responses.with_streaming_response.create(
+            model="gpt-4o", input="hi", stream=True
+        ),
+    ),
+    "messages stream": (
+        "anthropic",
+        lambda c: c.messages.with_streaming_response.create(
+            model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES, stream=True
+        ),
+    ),
+    "messages": (
+        "anthropic",
+        lambda c: c.messages.with_streaming_response.create(
+            model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES
+        ),
+    ),
+}
+
+
+async def read_through(manager: Any, read: str, **kwargs: Any) -> list[Any]:
+    """The body's pieces as the caller reads them, inside the response's ``with`` block."""
+    if hasattr(manager, "__aenter__"):
+        async with manager as response:
+            return [piece async for piece in getattr(response, read)(**kwargs)]
+    with manager as response:
+        return list(getattr(response, read)(**kwargs))
+
+
+async def parsed(manager: Any, kit: ModuleType) -> None:
+    """What ``parse()`` gives, read to its end."""
+    if hasattr(manager, "__aenter__"):
+        async with manager as response:
+            result = await response.parse()
+            if hasattr(result, "__aiter__"):
+                await kit.drain(result)
+        return
+    with manager as response:
+        result = response.parse()
+        if hasattr(result, "__iter__") and not hasattr(result, "model_dump"):
+            list(result)
+
+
+def client_of(fake: FakeProvider, provider: str, is_async: bool) -> Any:
+    if provider == "openai":
+        return fake.openai_client(async_=is_async)
+    return fake.anthropic_client(async_=is_async)
+
+
+@pytest.mark.parametrize("read", READS)
+@pytest.mark.parametrize("call", list(CALLS))
+async def test_a_body_read_through_is_recorded_as_parse_records_it(
+    fake: FakeProvider, records: Records, kit: ModuleType, is_async: bool, call: str, read: str
+) -> None:
+    provider, create = CALLS[call]
+    client = client_of(fake, provider, is_async)
+    bare = await read_through(create(client), read)
+    tokenmeter.instrument(provider)
+
+    seen = await read_through(create(client), read)
+    read_record = only(records())
+    await parsed(create(client), kit)
+    parse_record = records()[-1]
+
+    assert same_body(seen) == same_body(bare)
+    assert len(records()) == 2
+    assert summary(read_record) == summary(parse_record)
+    assert read_record.estimated is False and read_record.status == "ok"
+    assert read_record.output_tokens > 0 and read_record.estimated_cost_usd
+
+
+class Server:
+    """A chat stream of ``chunks`` deltas and a usage chunk, its lines ended by ``ending``."""
+
+    def __init__(self, kit: ModuleType, chunks: int, ending: bytes = b"\n") -> None:
+        self.kit, self.chunks, self.ending = kit, chunks, ending
+
+    def __call__(self, request: Any) -> Any:
+        body = self.kit.chat_sse(self.chunks, self.kit.CHAT_USAGE)
+        return self.kit.sse_response(body.replace(b"\n", self.ending))
+
+
+@pytest.mark.parametrize(
+    ("chunks", "ending", "size"),
+    [(3, b"\n", 1), (600, b"\n", None), (600, b"\r\n", 777), (40, b"\r", 5)],
+)
+async def test_a_stream_read_in_any_pieces_is_exact(
+    records: Records,
+    kit: ModuleType,
+    is_async: bool,
+    chunks: int,
+    ending: bytes,
+    size: int | None,
+) -> None:
+    """Pieces of any size (one byte; events split across pieces), any line ending the SSE
+    format allows, and a body longer than one parse batch (600 chunks: ~100 KB)."""
+    client = kit.mock_openai(Server(kit, chunks, ending), is_async=is_async)
+    tokenmeter.instrument("openai")
+    create = CALLS["chat stream"][1]
+    pieces = await read_through(create(client), "iter_bytes", chunk_size=size)
+    assert b"".join(pieces) == kit.chat_sse(chunks, kit.CHAT_USAGE).replace(b"\n", ending)
+    record = only(records())
+    assert (record.input_tokens, record.output_tokens, record.cache_read_tokens) == (19, 10, 4)
+    assert (record.reasoning_tokens, record.estimated, record.status) == (2, False, "ok")
+
+
+async def test_a_stream_left_early_is_recorded_once_with_an_estimate(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    client = kit.mock_openai(Server(kit, 50), is_async=is_async)
+    tokenmeter.instrument("openai")
+    manager = CALLS["chat stream"][1](client)
+    seen = 0
+    if is_async:
+        async with manager as response:
+            async for line in response.iter_lines():
+                seen += line.startswith("data:")
+                if seen == 3:  # two whole events read, the third's data line read
+                    break
+    else:
+        with manager as response:
+            for line in response.iter_lines():
+                seen += line.startswith("data:")
+                if seen == 3:
+                    break
+    record = only(records())
+    assert (record.status, record.streamed, record.estimated) == ("ok", True, True)
+    assert record.output_tokens > 0  # the text of the whole events that passed by
+
+
+async def test_an_error_event_is_the_calls_error(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """The SDK raises an error event's APIError to a caller of ``parse()``; the caller reading
+    the body gets the event as bytes, and the call is recorded as an error all the same."""
+    chunk = json.loads(kit.chat_sse(1).split(b"\n\n")[0][len(b"data: ") :])
+    events = [(None, chunk), (None, {"error": {"message": "overloaded"}})]
+    client = kit.mock_openai(lambda request: sse_reply(kit.http, events), is_async=is_async)
+    tokenmeter.instrument("openai")
+    lines = await read_through(CALLS["chat stream"][1](client), "iter_lines")
+    assert any("overloaded" in line for line in lines)
+    record = only(records())
+    assert (record.status, record.error) == ("error", "APIError")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"data: {not json\n\n" * 3,
+        b"\xff\xfe\x00garbage" * 1000,
+        b'data: {"choices": "many", "usage": {"prompt_tokens": -1}}\n\n',
+        b"data: " + b"x" * 5000,  # one event longer than what is kept (patched below)
+    ],
+)
+async def test_a_hostile_body_reaches_the_caller_whole_and_leaves_one_record(
+    records: Records,
+    kit: ModuleType,
+    is_async: bool,
+    body: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_stainless, "_MAX_KEPT", 4096)
+    client = kit.mock_openai(lambda request: kit.sse_response(body), is_async=is_async)
+    tokenmeter.instrument("openai")
+    pieces = await read_through(CALLS["chat stream"][1](client), "iter_bytes")
+    assert b"".join(pieces) == body
+    record = only(records())
+    assert record.streamed and record.model_name == "gpt-4o"
+    assert record.estimated or record.estimated_cost_usd is None
+
+
+async def test_a_json_body_cut_short_is_estimated(
+    fake: FakeProvider, records: Records, is_async: bool
+) -> None:
+    client = fake.openai_client(async_=is_async)
+    tokenmeter.instrument("openai")
+    manager = CALLS["chat"][1](client)
+    if is_async:
+        async with manager as response:
+            async for _ in response.iter_bytes(chunk_size=16):
+                break
+    else:
+        with manager as response:
+            for _ in response.iter_bytes(chunk_size=16):
+                break
+    record = only(records())
+    assert (record.status, record.estimated, record.streamed) == ("ok", True, False)
+
+
+async def test_a_second_pass_is_the_sdks_own(
+    fake: FakeProvider, records: Records, is_async: bool
+) -> None:
+    """Reading the body twice fails in the SDK as it does without tokenmeter (the body was
+    consumed), and the call is recorded once, from the first pass."""
+    client = fake.openai_client(async_=is_async)
+    tokenmeter.instrument("openai")
+    manager = CALLS["chat stream"][1](client)
+    if is_async:
+        async with manager as response:
+            first = [line async for line in response.iter_lines()]
+            with pytest.raises(Exception) as again:
+                _ = [line async for line in response.iter_lines()]
+    else:
+        with manager as response:
+            first = list(response.iter_lines())
+            with pytest.raises(Exception) as again:
+                list(response.iter_lines())
+    assert first and "consumed" in type(again.value).__name__.lower() + str(again.value).lower()
+    record = only(records())
+    assert (record.estimated, record.status) == (False, "ok")
+
+
+async def test_a_json_body_read_whole_after_an_unused_iterator_is_exact(
+    fake: FakeProvider, records: Records, is_async: bool
+) -> None:
+    client = fake.openai_client(async_=is_async)
+    tokenmeter.instrument("openai")
+    manager = CALLS["chat"][1](client)
+    if is_async:
+        async with manager as response:
+            response.iter_bytes()  # made, never iterated
+            body = await response.read()
+    else:
+        with manager as response:
+            response.iter_bytes()
+            body = response.read()
+    assert json.loads(body)["usage"]
+    record = only(records())
+    assert (record.status, record.estimated, record.output_tokens) == ("ok", False, 10)
