@@ -10,6 +10,7 @@ import logging
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -230,6 +231,38 @@ def test_flush_says_false_when_the_collector_refused_an_export_and_true_once_it_
     assert tokenmeter.flush(timeout=60)
     got = [attributes(s.attributes)["tokenmeter.record.id"] for s in receiver.spans()]
     assert got == [kept.id]
+
+
+def test_flush_says_false_when_the_sdks_queue_dropped_spans(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A collector slower than the calls: the OpenTelemetry SDK's batch processor drops the
+    spans past its queue (one log line of its own), and flush() said True, as if written."""
+    from tokenmeter.sinks import otel
+
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "8")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "8")
+    receiver.hold = threading.Event()  # every export waits until the test lets it go
+    before = otel._spans.ended
+    for _ in range(100):
+        tokenmeter.record("openai", "gpt-4o", 10, 2)
+    flushing = threading.Thread(target=lambda: results.append(tokenmeter.flush(timeout=120)))
+    results: list[bool] = []
+    with caplog.at_level(logging.ERROR, logger="tokenmeter"):
+        flushing.start()  # the writer makes the 100 spans, then waits for the exporter
+        for _ in range(12_000):  # until the writer has made them (at most 2 minutes)
+            if otel._spans.ended >= before + 100:
+                break
+            time.sleep(0.01)
+        receiver.hold.set()
+        flushing.join(120)
+    arrived = len(receiver.spans())
+    assert results == [False] and arrived < 100
+    said = [r.getMessage() for r in caplog.records if "queue" in r.getMessage()]
+    assert said and f"{100 - arrived} spans were dropped" in said[0]
+    kept = tokenmeter.record("openai", "gpt-4o", 10, 2)
+    assert tokenmeter.flush(timeout=60)  # the drops were said once
+    assert attributes(receiver.spans()[-1].attributes)["tokenmeter.record.id"] == kept.id
 
 
 def test_a_hung_collector_never_blocks_the_application(receiver: OtlpReceiver) -> None:

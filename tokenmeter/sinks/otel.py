@@ -33,7 +33,8 @@ Why it is shaped this way:
   ``OTEL_METRICS_EXPORTER`` set to ``none`` turns that signal off).
 - Exporting happens on the SDK's own threads, batched, with its retries: a collector that is down
   or answers 503 delays nothing but those threads, and spans beyond the SDK's queue are dropped
-  by the SDK (its policy), never waited for.
+  by the SDK (its policy), never waited for. With tokenmeter's own providers, exports that failed
+  and spans the queue dropped are counted, and ``flush()`` reports them (``_SpanTally``).
 """
 
 from __future__ import annotations
@@ -545,16 +546,27 @@ class OTelSink:
         and raise when they did not deliver everything since the last flush: an export the
         collector did not take (down, refusing) is dropped by the OpenTelemetry SDK, and
         ``tokenmeter.flush()`` must not say it was written."""
+        ended = _spans.ended  # before the flush: every one of these is exported, or dropped
         unfinished = [
             type(p).__name__ for p in (*self._own, *self._retired) if p.force_flush() is False
         ]
         failed = _failed_exports.count
         lost, self._failures_seen = failed - self._failures_seen, failed
+        dropped = 0 if unfinished else _spans.dropped_since_asked(ended)
+        problems = []
         if lost:
-            raise ConnectionError(
+            problems.append(
                 f"{lost} OTLP exports since the last flush did not reach the collector (down, "
                 "or refusing them): their spans or metric points are lost"
             )
+        if dropped:
+            problems.append(
+                f"{dropped} spans were dropped by the OpenTelemetry SDK's queue before export "
+                "(the collector took them slower than they came; OTEL_BSP_MAX_QUEUE_SIZE sets "
+                "the queue's size)"
+            )
+        if problems:
+            raise ConnectionError("; ".join(problems))
         if unfinished:
             raise TimeoutError(f"{', '.join(unfinished)} did not finish exporting in time")
 
@@ -661,6 +673,38 @@ _failed_exports = _Failures()
 renew_after_fork(_failed_exports.__dict__, "_lock", threading.Lock)
 
 
+class _SpanTally:
+    """Spans of tokenmeter's own TracerProviders handed to their batch processor (``ended``) and
+    to their exporter (``exported``, whether the collector took them or not): once a flush has
+    exported everything queued, those ended before it and never exported were dropped by the
+    processor's queue, which the SDK only logs. Counted here, without the SDK's internals."""
+
+    def __init__(self) -> None:
+        self.ended = 0
+        self.exported = 0
+        self.reported = 0
+        self._lock = threading.Lock()
+
+    def end(self) -> None:
+        with self._lock:
+            self.ended += 1
+
+    def export(self, spans: Sequence[Any]) -> None:
+        with self._lock:
+            self.exported += len(spans)
+
+    def dropped_since_asked(self, ended: int) -> int:
+        """Spans among the first ``ended`` that were never exported and not reported yet."""
+        with self._lock:
+            dropped = max(0, ended - self.exported - self.reported)
+            self.reported += dropped
+            return dropped
+
+
+_spans = _SpanTally()
+renew_after_fork(_spans.__dict__, "_lock", threading.Lock)
+
+
 def _exporter_class(signal: str, module: str, name: str) -> Any:
     """The OTLP exporter class for ``signal`` ("TRACES", "METRICS") in the protocol that
     ``OTEL_EXPORTER_OTLP_<signal>_PROTOCOL`` or ``OTEL_EXPORTER_OTLP_PROTOCOL`` names:
@@ -691,14 +735,21 @@ def _new_tracer_provider() -> Any:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 
     class Exporter(_exporter_class("TRACES", "trace_exporter", "OTLPSpanExporter")):  # type: ignore[misc]
-        def export(self, *args: Any, **kwargs: Any) -> Any:
+        def export(self, spans: Sequence[Any], *args: Any, **kwargs: Any) -> Any:
+            _spans.export(spans)
             return _failed_exports.checked(
-                super().export, SpanExportResult.SUCCESS, *args, **kwargs
+                super().export, SpanExportResult.SUCCESS, spans, *args, **kwargs
             )
+
+    class Processor(BatchSpanProcessor):
+        def on_end(self, span: Any) -> None:
+            if span.context is not None and span.context.trace_flags.sampled:
+                _spans.end()  # what the batch processor takes: a sampled span
+            super().on_end(span)
 
     provider = TracerProvider(resource=Resource.create(), shutdown_on_exit=False)
     if _exporting("TRACES"):
-        provider.add_span_processor(BatchSpanProcessor(Exporter()))
+        provider.add_span_processor(Processor(Exporter()))
     return provider
 
 
