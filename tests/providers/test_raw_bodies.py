@@ -94,6 +94,20 @@ async def read_through(manager: Any, read: str, **kwargs: Any) -> list[Any]:
         return list(getattr(response, read)(**kwargs))
 
 
+async def read_until(manager: Any, read: str, stop: Callable[[Any], bool], **kwargs: Any) -> None:
+    """The body's pieces read until ``stop(piece)``, then the response's ``with`` block left."""
+    if hasattr(manager, "__aenter__"):
+        async with manager as response:
+            async for piece in getattr(response, read)(**kwargs):
+                if stop(piece):
+                    break
+        return
+    with manager as response:
+        for piece in getattr(response, read)(**kwargs):
+            if stop(piece):
+                break
+
+
 async def parsed(manager: Any, kit: ModuleType) -> None:
     """What ``parse()`` gives, read to its end."""
     if hasattr(manager, "__aenter__"):
@@ -176,20 +190,12 @@ async def test_a_stream_left_early_is_recorded_once_with_an_estimate(
 ) -> None:
     client = kit.mock_openai(Server(kit, 50), is_async=is_async)
     tokenmeter.instrument("openai")
-    manager = CALLS["chat stream"][1](client)
-    seen = 0
-    if is_async:
-        async with manager as response:
-            async for line in response.iter_lines():
-                seen += line.startswith("data:")
-                if seen == 3:  # two whole events read, the third's data line read
-                    break
-    else:
-        with manager as response:
-            for line in response.iter_lines():
-                seen += line.startswith("data:")
-                if seen == 3:
-                    break
+    data_lines = iter(range(1, 100))
+
+    def third_data_line(line: str) -> bool:  # two whole events read, and the third's data
+        return line.startswith("data:") and next(data_lines) == 3
+
+    await read_until(CALLS["chat stream"][1](client), "iter_lines", third_data_line)
     record = only(records())
     assert (record.status, record.streamed, record.estimated) == ("ok", True, True)
     assert record.output_tokens > 0  # the text of the whole events that passed by
@@ -241,15 +247,7 @@ async def test_a_json_body_cut_short_is_estimated(
 ) -> None:
     client = fake.openai_client(async_=is_async)
     tokenmeter.instrument("openai")
-    manager = CALLS["chat"][1](client)
-    if is_async:
-        async with manager as response:
-            async for _ in response.iter_bytes(chunk_size=16):
-                break
-    else:
-        with manager as response:
-            for _ in response.iter_bytes(chunk_size=16):
-                break
+    await read_until(CALLS["chat"][1](client), "iter_bytes", lambda piece: True, chunk_size=16)
     record = only(records())
     assert (record.status, record.estimated, record.streamed) == ("ok", True, False)
 
