@@ -292,3 +292,33 @@ async def test_a_json_body_read_whole_after_an_unused_iterator_is_exact(
     assert json.loads(body)["usage"]
     record = only(records())
     assert (record.status, record.estimated, record.output_tokens) == ("ok", False, 10)
+
+
+async def test_a_stream_broken_after_its_usage_keeps_it(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """The connection breaks after the usage chunk came (before ``[DONE]``): the call is an
+    error, with the usage that came, as a parsed stream records it."""
+    body = kit.chat_sse(3, kit.CHAT_USAGE).rsplit(b"data: [DONE]", 1)[0]
+
+    def pieces() -> Any:
+        yield body
+        raise kit.http.ReadError("connection reset")
+
+    async def async_pieces() -> Any:
+        for piece in pieces():
+            yield piece
+
+    def handler(request: Any) -> Any:
+        content = async_pieces() if is_async else pieces()
+        return kit.http.Response(
+            200, content=content, headers={"content-type": "text/event-stream"}
+        )
+
+    client = kit.mock_openai(handler, is_async=is_async)
+    tokenmeter.instrument("openai")
+    with pytest.raises(Exception, match="connection reset"):
+        await read_through(CALLS["chat stream"][1](client), "iter_lines")
+    record = only(records())
+    assert (record.status, record.estimated) == ("error", False)
+    assert (record.input_tokens, record.output_tokens) == (19, 10)

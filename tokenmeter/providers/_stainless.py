@@ -470,7 +470,7 @@ class _BodyReading:
         except GeneratorExit:  # left early: the response's close (or collection) records it
             raise
         except BaseException as exc:
-            self.plan.call.finish(exc)
+            self.broken_off(exc)
             raise
         self.ended()
 
@@ -482,7 +482,7 @@ class _BodyReading:
         except GeneratorExit:
             raise
         except BaseException as exc:
-            self.plan.call.finish(exc)
+            self.broken_off(exc)
             raise
         self.ended()
 
@@ -561,6 +561,13 @@ class _BodyReading:
         except Exception:
             self.fault()
         call.finish()
+
+    def broken_off(self, error: BaseException) -> None:
+        """The body failed part-way (the connection broke): the whole events that came are read
+        first, as a parsed stream's reader had them (the usage, when it came before the break)."""
+        if self.reader is not None:
+            self.left()
+        self.plan.call.finish(error)
 
     def left(self) -> None:
         """The response closed (or was collected) before the caller read the stream to its end:
