@@ -94,10 +94,10 @@ def _last_call_before(source: Source, instant: datetime) -> datetime | None:
     from tokenmeter.cli.reports._query import Query, run_query
 
     query = Query(groupings=((parse_dimension("model"),),), until=instant, calls_limit=1)
-    calls = run_query(source, query).calls
-    if not calls:
+    last = next(iter(run_query(source, query).calls or ()), None)  # the newest, alone
+    if last is None:
         return None
-    return datetime.fromisoformat(calls[-1].timestamp.replace("Z", "+00:00"))
+    return datetime.fromisoformat(last.timestamp.replace("Z", "+00:00"))
 
 
 def _write(

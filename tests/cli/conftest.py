@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tracemalloc
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -151,6 +151,26 @@ SESSIONS = [
         ended_at=ts("2026-11-02T12:00:01.000Z"),
     ),
 ]
+
+
+HISTORY_START = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def history(count: int) -> list[UsageRecord]:
+    """``count`` calls a second apart, each with its own counts, cost and tags."""
+    return [
+        rec(
+            n,
+            (HISTORY_START + timedelta(seconds=n)).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+            "openai",
+            f"gpt-4o-{n % 7}",
+            100 + n,
+            n % 50,
+            f"0.{n:06d}",
+            tags={"feature": f"f{n % 3}", "customer": f"c{n}"},
+        )
+        for n in range(count)
+    ]
 
 
 def write_sqlite(path: Path, records: list[UsageRecord], sessions: list[SessionInfo]) -> Path:

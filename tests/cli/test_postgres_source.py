@@ -12,10 +12,20 @@ from pathlib import Path
 import pytest
 from pg_server import PgServer
 
-from .conftest import RECORDS, SESSIONS, RunCli, rec, start_module, write_sqlite
+from .conftest import (
+    RECORDS,
+    SESSIONS,
+    RunCli,
+    history,
+    peak_python_memory,
+    rec,
+    start_module,
+    write_sqlite,
+)
 
 pytest.importorskip("psycopg", reason="psycopg is not installed (tokenmeter[postgres])")
 
+from tokenmeter.cli.reports import _spool
 from tokenmeter.sinks.postgres import PostgresSink
 
 COMMANDS = [
@@ -35,6 +45,8 @@ COMMANDS = [
         "json",
     ),
     ("report", "--by", "model", "--detailed", "--format", "json"),
+    ("report", "--detailed", "--limit", "0", "--format", "json"),  # every call, read as streamed
+    ("report", "--detailed", "--limit", "0", "--format", "csv"),
     ("report", "--by", "model", "--format", "csv"),
     ("sessions", "--format", "json"),
     ("session", "sess-chat", "--format", "json"),
@@ -75,6 +87,45 @@ def test_every_command_says_the_same_of_postgresql_as_of_sqlite(
     )
     assert _normalised(from_pg, shown) == _normalised(from_sqlite, str(db))
     assert len(from_pg) > 200  # a real answer, not two empty ones
+
+
+def test_every_call_is_read_as_streamed_in_memory_that_does_not_grow(
+    cli: RunCli, tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--detailed --limit 0`` over PostgreSQL: the rows come as the server sends them, not all
+    fetched at once, and the calls wait on disk (see ``test_detailed_all``)."""
+    monkeypatch.setattr(_spool, "IN_MEMORY", 100)
+    records = history(2_400)
+    sink = PostgresSink(pg_dsn)
+    peaks = []
+    out = tmp_path / "calls.csv"
+    args = ("report", "--source", _url(pg_dsn), "--detailed", "--limit", "0", "-o", str(out))
+    for written, upto in ((0, 400), (400, 2_400)):
+        sink.write(records[written:upto])
+        cli(*args)  # the first read imports psycopg's modules: not what is measured
+        results: list[tuple[int, str, str]] = []
+        peaks.append(peak_python_memory(lambda: results.append(cli(*args))))  # noqa: B023
+        assert results[0][0] == 0, results[0][2]
+        assert out.read_text().count("\n") == upto + 1
+    sink.close()
+    grown = peaks[1] - peaks[0]
+    assert grown < 1 << 20, f"2,000 more calls held {grown / (1 << 20):.1f} MiB more"
+
+
+def test_the_newest_calls_of_a_long_list_are_read_as_streamed(
+    cli: RunCli, tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``--limit`` past what is kept in memory: the newest calls, counted, skipped to and
+    streamed (``LIMIT ... OFFSET``), as SQLite answers."""
+    monkeypatch.setattr(_spool, "IN_MEMORY", 2)
+    db = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
+    command = ("report", "--detailed", "--limit", "4", "--format", "json")
+    code, from_sqlite, err = cli(command[0], "--source", str(db), *command[1:])
+    assert code == 0 and "listed the latest 4 of 6 calls" in err
+    code, from_pg, err = cli(command[0], "--source", pg_url, *command[1:])
+    assert code == 0, err
+    calls = json.loads(from_pg)["calls"]
+    assert calls == json.loads(from_sqlite)["calls"] and len(calls) == 4
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c))

@@ -17,6 +17,7 @@ import re
 import stat
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from tokenmeter._format import SHOWN_AS_REPLACEMENT, char_class
@@ -100,16 +101,18 @@ def _recorded_data(output: Path, data: Path) -> bool:
         return False
 
 
-def write_output(text: str, path: str | None, *, exact: bool = False) -> None:
-    """``text`` to ``path`` or stdout; ``exact`` text (CSV) keeps its control characters unless
-    stdout is a terminal."""
+def write_output(text: str | Iterable[str], path: str | None, *, exact: bool = False) -> None:
+    """``text`` (or its pieces, written as they come) to ``path`` or stdout; ``exact`` text
+    (CSV) keeps its control characters unless stdout is a terminal."""
+    pieces = [text] if isinstance(text, str) else text
     if exact and (path is not None or not sys.stdout.isatty()):
-        text = _SURROGATE.sub("\ufffd", text)
+        clean: Iterable[str] = (_SURROGATE.sub("\ufffd", piece) for piece in pieces)
     else:
-        text = printable(text)
+        clean = (printable(piece) for piece in pieces)
     if path is None:
         try:
-            sys.stdout.write(text)
+            for piece in clean:
+                sys.stdout.write(piece)
             sys.stdout.flush()
         except BrokenPipeError:
             raise  # the reader went away: ``main`` ends quietly
@@ -118,29 +121,29 @@ def write_output(text: str, path: str | None, *, exact: bool = False) -> None:
         return
     target = Path(path)
     try:
-        _write_file(target, text)
+        _write_file(target, clean)
     except OSError as exc:
         raise CliError(f"cannot write {target}: {exc.strerror or exc}") from None
 
 
-def _write_file(target: Path, text: str) -> None:
-    """``text`` into a new owner-only file beside ``target`` (the file a link names), renamed
-    over it once whole: a write that fails (a full disk, Ctrl-C) leaves ``target`` as it was,
-    never half a report. What is there and is not a regular file (``/dev/stdout``, a FIFO) is
-    written to as it is."""
+def _write_file(target: Path, text: Iterable[str]) -> None:
+    """``text``'s pieces into a new owner-only file beside ``target`` (the file a link names),
+    renamed over it once whole: a write that fails (a full disk, Ctrl-C) leaves ``target`` as it
+    was, never half a report. What is there and is not a regular file (``/dev/stdout``, a FIFO)
+    is written to as it is."""
     try:
         regular = stat.S_ISREG(os.stat(target).st_mode)
     except FileNotFoundError:
         regular = True
     if not regular:
         with open(target, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
+            handle.writelines(text)
         return
     real = Path(os.path.realpath(target))
     fd, temporary = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
+            handle.writelines(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, real)

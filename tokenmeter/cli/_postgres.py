@@ -200,6 +200,23 @@ class PgConnection:
         _call(cursor.execute, sql.encode(), values)
         return _Cursor(cursor)
 
+    def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[_Row]:
+        """The rows of a query as the server sends them, one at a time: a client cursor holds
+        every row of the answer at once (``report --detailed --limit 0``: millions of rows).
+        Inside the readers' snapshot; nothing else runs on the connection until it is read."""
+        import psycopg
+
+        translated, values = _translate(sql, list(params))
+        cursor = self._conn.cursor()
+        names: dict[str, int] | None = None
+        try:
+            for row in cursor.stream(translated.encode(), values):
+                if names is None:
+                    names = _Cursor(cursor)._names
+                yield _Row(names, row)
+        except psycopg.Error as exc:
+            raise sqlite3.DatabaseError(str(exc).strip().splitlines()[0]) from None
+
     def close(self) -> None:
         self._conn.close()
 

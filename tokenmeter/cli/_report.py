@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -24,11 +24,11 @@ from tokenmeter.cli.reports._query import STATUSES, Filters, Query, run_query
 from tokenmeter.cli.reports._render import (
     CellTable,
     calls_listed_all,
+    csv_pieces,
+    json_pieces,
     markdown_table,
     parse_metrics,
     plain_table,
-    render_csv,
-    render_json,
     render_markdown,
     render_rich,
     render_text,
@@ -47,11 +47,13 @@ _SUFFIX_FORMATS = {
     ".csv": "csv",
     ".txt": "table",
 }
-_RENDERERS: dict[str, Callable[[Report], str]] = {
+#: The machine formats are written as they are made, a line or a call at a time (``--detailed
+#: --limit 0`` may list millions of calls).
+_RENDERERS: dict[str, Callable[[Report], str | Iterator[str]]] = {
     "table": render_text,
     "markdown": render_markdown,
-    "json": render_json,
-    "csv": render_csv,
+    "json": json_pieces,
+    "csv": csv_pieces,
     "html": render_html,
 }
 

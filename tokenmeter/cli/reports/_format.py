@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 from tokenmeter._format import fmt_count, fmt_share, fmt_usd
 
-__all__ = ["dumps_exact", "fmt_int", "fmt_share", "fmt_usd", "round_share"]
+__all__ = ["dumps_exact", "exact_pieces", "fmt_int", "fmt_share", "fmt_usd", "round_share"]
 
 _SHARE_PLACES = Decimal("0.000001")
 
@@ -20,11 +21,31 @@ def round_share(value: Decimal | None) -> Decimal | None:
     return None if value is None else value.quantize(_SHARE_PLACES)
 
 
-def dumps_exact(value: Any, indent: int = 2) -> str:
-    """JSON text in which a Decimal is written as the exact number it is (never via float)."""
+def dumps_exact(value: Any, indent: int = 2, level: int = 0) -> str:
+    """JSON text in which a Decimal is written as the exact number it is (never via float);
+    ``level``: how deep ``value`` is nested (its lines are indented so much)."""
     parts: list[str] = []
-    _write(value, parts, indent, 0)
+    _write(value, parts, indent, level)
     return "".join(parts)
+
+
+def exact_pieces(document: dict[str, Any], indent: int = 2) -> Iterator[str]:
+    """``dumps_exact(document)`` in pieces, where a member that is an iterator (not a list) is
+    written as a list an item at a time: a document listing a million calls is never whole in
+    memory."""
+    pad = "\n" + " " * indent
+    yield "{"
+    for i, (key, value) in enumerate(document.items()):
+        yield ("," if i else "") + pad + json.dumps(str(key)) + ": "
+        if not isinstance(value, Iterator):
+            yield dumps_exact(value, indent, 1)
+            continue
+        opened = False
+        for item in value:
+            yield ("," if opened else "[") + pad + " " * indent + dumps_exact(item, indent, 2)
+            opened = True
+        yield pad + "]" if opened else "[]"
+    yield "\n}" if document else "}"
 
 
 def _write(value: Any, out: list[str], indent: int, level: int) -> None:

@@ -6,11 +6,12 @@ readers and the output formats never meet.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 from tokenmeter._totals import Totals
 
@@ -234,6 +235,14 @@ class Call:
         return {key: values[key] if key in values else getattr(self, key) for key in CALL_JSON_KEYS}
 
 
+class CallList(Protocol):
+    """The calls a detailed report lists, oldest first: a list, or a ``CallSpool`` (on disk)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Call]: ...
+
+
 @dataclass
 class TagSection:
     """One tag key found in the data: its most costly values, the others summed.
@@ -262,7 +271,7 @@ class Report:
     until: datetime | None  # exclusive
     totals: Totals
     breakdowns: list[Breakdown]  # the first one is what --by asked for
-    calls: list[Call] | None = None  # the detailed variant: the most recent calls, oldest first
+    calls: CallList | None = None  # the detailed variant: the most recent calls, oldest first
     calls_limit: int | None = None
     skipped_lines: int = 0
     filters: str = ""  # as ``Filters.describe`` words them; "" when every record counts

@@ -9,10 +9,11 @@ fields totals read, checked as ``_validate`` checks them), for a list of calls a
 costs are exact Decimals; a record written twice is counted once (``_source.RecentIds``). Both
 group by the stored columns (``raw_columns``); groupings that are computed from them (a model
 family, a day / week / month in ``--tz``) are then rolled up from those few groups by
-``roll_up``. Memory stays flat: only the groups and at most ``calls_limit``
-calls are kept (``--latency`` also keeps the latencies, 8 bytes a call, except where PostgreSQL
-ranks them; the dashboard's totals per tag key keep each key's few most costly values, see
-``_TagTotals``). The dialect-specific SQL lives in ``_sql``.
+``roll_up``. Memory stays flat: only the groups and at most ``calls_limit`` calls are kept in
+memory, a longer list on disk (``_spool``: ``--limit 0`` lists every call; PostgreSQL sends those
+rows as it reads them); ``--latency`` also keeps the latencies, 8 bytes a call, except where
+PostgreSQL ranks them; the dashboard's totals per tag key keep each key's few most costly values,
+see ``_TagTotals``. The dialect-specific SQL lives in ``_sql``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from typing import Any, TypeAlias
 from tokenmeter._totals import Totals
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError
-from tokenmeter.cli._postgres import is_postgres
+from tokenmeter.cli._postgres import PgConnection, is_postgres
 from tokenmeter.cli._progress import Progress
 from tokenmeter.cli._source import (
     JsonlReader,
@@ -58,6 +59,7 @@ from tokenmeter.cli.reports._model import (
     UTC_MINUTE,
     Breakdown,
     Call,
+    CallList,
     Dimension,
     Latency,
     Report,
@@ -67,6 +69,7 @@ from tokenmeter.cli.reports._model import (
     raw_columns,
 )
 from tokenmeter.cli.reports._scan import JsonlScan
+from tokenmeter.cli.reports._spool import CallSpool, spooled
 from tokenmeter.cli.reports._sql import (
     LATENCY_KNOWN,
     PERCENTILES_PG,
@@ -84,7 +87,6 @@ __all__ = [
     "Query",
     "calls_from_rows",
     "exclude_bad_rows",
-    "read_calls",
     "run_query",
 ]
 
@@ -203,11 +205,6 @@ def run_query(source: Source, query: Query, progress: Progress | None = None) ->
         filters=query.filters.describe(),
         tz=query.tz,
     )
-
-
-def read_calls(source: Source, query: Query, progress: Progress | None = None) -> list[Call]:
-    """Just the calls (for ``session`` and ``tail``), oldest first."""
-    return run_query(source, query, progress).calls or []
 
 
 def _in_time_order(value: str) -> tuple[str, int]:
@@ -504,13 +501,34 @@ def _where(query: Query, columns: set[str]) -> tuple[str, list[str]]:
 def calls_from_rows(rows: Iterable[sqlite3.Row]) -> tuple[list[Call], int]:
     """The calls in these ``records`` rows, and how many rows the record check refused."""
     calls: list[Call] = []
+    return calls, _add_calls(rows, calls.append)
+
+
+def _add_calls(rows: Iterable[sqlite3.Row], add: Callable[[Call], None]) -> int:
+    """``add`` the call of each of these ``records`` rows; how many rows the check refused."""
     refused = 0
     for row in rows:
         try:
-            calls.append(Call.from_json(record_from_row(row)))
+            add(Call.from_json(record_from_row(row)))
         except BadRecord:
             refused += 1
-    return calls, refused
+    return refused
+
+
+def _spool_rows(
+    conn: sqlite3.Connection, where: str, params: list[str], limit: int
+) -> tuple[CallSpool, int]:
+    """The newest ``limit`` calls (0: all) in ``CallSpool``, streamed from the database oldest
+    first (no row list in memory), and how many rows the record check refused."""
+    sql = f"SELECT * FROM records{where} ORDER BY timestamp, rowid"
+    values: list[Any] = list(params)
+    if limit:
+        (count,) = conn.execute(f"SELECT count(*) FROM records{where}", params).fetchone()
+        sql += " LIMIT ? OFFSET ?"
+        values += [limit, max(count - limit, 0)]
+    rows = conn.stream(sql, values) if isinstance(conn, PgConnection) else conn.execute(sql, values)
+    spool = CallSpool()
+    return spool, _add_calls(rows, spool.append)
 
 
 def exclude_bad_rows(
@@ -550,7 +568,7 @@ def exclude_bad_rows(
 
 def _run_sqlite(
     source: Source, query: Query, progress: Progress | None, tags: _TagTotals | None
-) -> tuple[list[Breakdown], list[Call] | None, int]:
+) -> tuple[list[Breakdown], CallList | None, int]:
     conn = open_database(source)
     if progress is not None:
         tick = progress.update
@@ -571,8 +589,12 @@ def _run_sqlite(
         ]
         if tags is not None:
             _sql_tags(conn, tags, where, where_params, columns)
-        calls = None
-        if query.calls_limit is not None:
+        calls: CallList | None = None
+        if query.calls_limit is not None and spooled(query.calls_limit):
+            conn.row_factory = sqlite3.Row
+            calls, refused = _spool_rows(conn, where, where_params, query.calls_limit)
+            skipped += refused
+        elif query.calls_limit is not None:
             limit = query.calls_limit or -1
             conn.row_factory = sqlite3.Row
             rows = conn.execute(
@@ -800,21 +822,30 @@ _Part: TypeAlias = "tuple[list[_State], int]"
 
 def _run_jsonl(
     source: Source, query: Query, progress: Progress | None, tags: _TagTotals | None
-) -> tuple[list[Breakdown], list[Call] | None, int]:
+) -> tuple[list[Breakdown], CallList | None, int]:
     on_progress = progress.update if progress else None
     groupers = [
         _Grouper(grouping, query.latency and i == 0, query.tz)
         for i, grouping in enumerate(query.groupings)
     ]
     if query.calls_limit is not None:  # the calls are listed: every field of every record
-        keep: deque[dict[str, Any]] = deque(maxlen=query.calls_limit or None)
         reader = JsonlReader(source.path, on_progress=on_progress)
         records = (
             (r, tuple([r[name] for name in COUNT_FIELDS]), r.get("estimated_cost_usd"))
             for r in reader
         )
-        _total(records, query, groupers, tags, keep)
-        calls = [Call.from_json(record) for record in keep]
+        calls: CallList
+        if spooled(query.calls_limit):
+            spool = calls = CallSpool(query.calls_limit)
+
+            def keep_call(record: dict[str, Any]) -> None:
+                spool.append(Call.from_json(record))
+
+            _total(records, query, groupers, tags, keep_call)
+        else:  # the last few: only those are made Calls
+            keep: deque[dict[str, Any]] = deque(maxlen=query.calls_limit)
+            _total(records, query, groupers, tags, keep.append)
+            calls = [Call.from_json(record) for record in keep]
         return [g.breakdown(query.tz) for g in groupers], calls, reader.skipped
     # Totals only: the fast scan of the fields totals read.
     need_tags = tags is not None or _uses_tags(query)
@@ -963,11 +994,11 @@ def _total(
     query: Query,
     groupers: list[_Grouper],
     tags: _TagTotals | None,
-    keep: deque[dict[str, Any]] | None,
+    keep: Callable[[dict[str, Any]], None] | None,
     subtract: bool = False,
 ) -> None:
-    """Add the records in the window that pass the filters to every grouping (and the tags);
-    ``subtract``: take them back."""
+    """Add the records in the window that pass the filters to every grouping (and the tags), and
+    ``keep`` each (the listed calls); ``subtract``: take them back."""
     since = format_instant(query.since) if query.since is not None else None
     until = format_instant(query.until) if query.until is not None else None
     adders = [grouper.subtract if subtract else grouper.add for grouper in groupers]
@@ -998,4 +1029,4 @@ def _total(
         if tags is not None and record["tags"]:
             tags.add(record["tags"], values, cost)
         if keep is not None:
-            keep.append(record)
+            keep(record)

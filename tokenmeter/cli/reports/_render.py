@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
@@ -19,7 +19,7 @@ from tokenmeter._totals import to_pico_usd_precision
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._output import one_line, printable
 from tokenmeter.cli.reports._format import (
-    dumps_exact,
+    exact_pieces,
     fmt_int,
     fmt_share,
     fmt_usd,
@@ -30,7 +30,9 @@ from tokenmeter.cli.reports._model import CALL_JSON_KEYS, Call, Report, Row, Tot
 __all__ = [
     "CellTable",
     "call_cells",
+    "csv_pieces",
     "csv_text",
+    "json_pieces",
     "period_text",
     "render_csv",
     "render_json",
@@ -278,7 +280,7 @@ def local_time(timestamp: str, tz: tzinfo) -> str:
     return instant.isoformat(timespec="milliseconds")
 
 
-def call_cells(calls: Sequence[Call], tz: tzinfo = UTC) -> CellTable:
+def call_cells(calls: Iterable[Call], tz: tzinfo = UTC) -> CellTable:
     table = CellTable(CALL_HEADERS, range(4, 8))
     for call in calls:
         table.rows.append(
@@ -548,6 +550,12 @@ def _totals_json(
 
 
 def render_json(report: Report) -> str:
+    return "".join(json_pieces(report))
+
+
+def json_pieces(report: Report) -> Iterator[str]:
+    """The JSON report in pieces: the calls listed one at a time (``--limit 0`` may list a
+    million of them, read back from disk: see ``_spool``)."""
     breakdown = report.main
     document: dict[str, Any] = {
         "source": report.source,
@@ -573,9 +581,10 @@ def render_json(report: Report) -> str:
         "skipped_lines": report.skipped_lines,
     }
     if report.calls is not None:
-        document["calls"] = [call.as_json() for call in report.calls]
+        document["calls"] = (call.as_json() for call in report.calls)
         document["calls_listed_all"] = calls_listed_all(report)
-    return dumps_exact(document) + "\n"
+    yield from exact_pieces(document)
+    yield "\n"
 
 
 #: What a spreadsheet reads as the start of a formula (OWASP, "CSV Injection").
@@ -618,23 +627,27 @@ def _csv_line(cells: Iterable[str]) -> str:
 
 def render_csv(report: Report) -> str:
     """One table: the grouped rows, or with ``--detailed`` the calls. No totals row."""
-    lines: list[str] = []
+    return "".join(csv_pieces(report))
+
+
+def csv_pieces(report: Report) -> Iterator[str]:
+    """``render_csv``'s lines one at a time (the calls read back one at a time, see
+    ``json_pieces``)."""
     if report.calls is not None:
         headers = list(CALL_JSON_KEYS)
-        lines.append(_csv_line(headers))
+        yield _csv_line(headers)
         for call in report.calls:
             record = call.as_json()
             # JSON: "k=v;k=v" told {"a": "1;b=2"} from {"a": "1", "b": "2"} by nothing.
             record["tags"] = json.dumps(record["tags"], ensure_ascii=False, sort_keys=True)
-            lines.append(_csv_line([_csv_value(record[h]) for h in headers]))
-        return "".join(lines)
+            yield _csv_line([_csv_value(record[h]) for h in headers])
+        return
     breakdown = report.main
     metrics = list(_totals_json(report.totals, report.totals))
     if any(row.latency for row in breakdown.rows):
         metrics += ["latency_p50_ms", "latency_p95_ms"]
-    lines.append(_csv_line([*breakdown.columns, *metrics]))
+    yield _csv_line([*breakdown.columns, *metrics])
     for row in breakdown.rows:
         values = _totals_json(row.totals, report.totals, row)
         keys = [csv_text(key) for key in row.key]
-        lines.append(_csv_line([*keys, *(_csv_value(values.get(m)) for m in metrics)]))
-    return "".join(lines)
+        yield _csv_line([*keys, *(_csv_value(values.get(m)) for m in metrics)])

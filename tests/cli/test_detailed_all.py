@@ -1,0 +1,185 @@
+"""``report --detailed --limit 0`` (every call: an export) in memory that does not grow with the
+number of calls: the calls wait in a temporary file (``_spool``) and the machine formats are
+written a call at a time. It held every call in memory, several times over (300,000 calls: 1.6 GB
+for CSV, 2.2 GB for JSON)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import tempfile
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from tokenmeter._models import UsageRecord
+from tokenmeter.cli.reports import _spool
+from tokenmeter.cli.reports._format import dumps_exact, exact_pieces
+
+from .conftest import (
+    RunCli,
+    history,
+    peak_python_memory,
+    subprocess_env,
+    write_jsonl,
+    write_sqlite,
+)
+
+MIB = 1 << 20
+
+
+def _store(tmp_path: Path, kind: str, records: list[UsageRecord]) -> Path:
+    if kind == "sqlite":
+        return write_sqlite(tmp_path / "usage.db", records, [])
+    return write_jsonl(tmp_path / "usage.jsonl", records)
+
+
+def _listed(text: str, fmt: str) -> list[tuple[str, str, int, Decimal]]:
+    """(timestamp, model, input tokens, cost) of each call a CSV or JSON report lists."""
+    if fmt == "json":
+        calls = json.loads(text, parse_float=Decimal)["calls"]
+    else:
+        calls = list(csv.DictReader(io.StringIO(text)))
+    return [
+        (c["timestamp"], c["model"], int(c["input_tokens"]), Decimal(str(c["cost_usd"])))
+        for c in calls
+    ]
+
+
+def _expected(records: list[UsageRecord]) -> list[tuple[str, str, int, Decimal]]:
+    return [
+        (
+            r.timestamp.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+            r.model_name,
+            r.input_tokens,
+            Decimal(str(r.estimated_cost_usd)),
+        )
+        for r in records
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_every_call_is_listed_in_memory_that_does_not_grow(
+    cli: RunCli, tmp_path: Path, kind: str, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_spool, "IN_MEMORY", 100)  # past 100 calls, the list waits on disk
+    peaks = {}
+    for count in (400, 2_400):
+        folder = tmp_path / f"{kind}{count}"
+        records = history(count)
+        source = _store(folder, kind, records)
+        out = folder / f"calls.{fmt}"
+        args = ("report", "--source", str(source), "--detailed", "--limit", "0", "-o", str(out))
+        cli(*args)  # modules imported once are not what is measured
+        results: list[tuple[int, str, str]] = []
+        peaks[count] = peak_python_memory(lambda: results.append(cli(*args)))  # noqa: B023
+        code, _, err = results[0]
+        assert code == 0, err
+        assert _listed(out.read_text(encoding="utf-8"), fmt) == _expected(records)
+    grown = peaks[2_400] - peaks[400]
+    # Held in memory, 2,000 more calls took ~10 MiB more (about 5 KB a call).
+    assert grown < MIB, f"2,000 more calls held {grown / MIB:.1f} MiB more"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_a_long_limit_lists_the_newest_calls_oldest_first(
+    cli: RunCli, tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_spool, "IN_MEMORY", 10)  # a --limit past it is spooled
+    records = history(60)
+    source = _store(tmp_path, kind, records)
+    for limit, listed in ((25, records[-25:]), (60, records), (100, records)):
+        args = ("report", "--source", str(source), "--detailed", "--limit", str(limit))
+        code, out, err = cli(*args, "--format", "json")
+        assert code == 0, err
+        assert _listed(out, "json") == _expected(listed)
+        assert json.loads(out)["calls_listed_all"] is (limit >= 60)
+        assert ("listed the latest 25 of 60 calls" in err) is (limit == 25)
+        code, out, err = cli(*args, "--format", "csv")
+        assert code == 0 and _listed(out, "csv") == _expected(listed)
+
+
+def test_no_call_in_the_window_is_an_empty_list(cli: RunCli, tmp_path: Path) -> None:
+    source = _store(tmp_path, "jsonl", history(3))
+    args = ("report", "--source", str(source), "--detailed", "--limit", "0")
+    args += ("--until", "2026-10-01")
+    code, out, err = cli(*args, "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["calls"] == [] and '"calls": []' in out
+    code, out, err = cli(*args, "--format", "csv")
+    assert code == 0 and out.count("\n") == 1  # the header alone
+
+
+def test_pieces_make_the_same_text_as_the_whole_document() -> None:
+    calls = [{"cost": Decimal("0.10"), "tags": {"a": "b"}, "parts": [1, [2]]}, {}]
+    document = {"source": "x", "rows": [], "calls": calls, "empty": {}, "last": True}
+    streamed = {**document, "calls": iter(calls)}
+    assert "".join(exact_pieces(streamed)) == dumps_exact(document)
+    assert "".join(exact_pieces({**document, "calls": iter([])})) == dumps_exact(
+        {**document, "calls": []}
+    )
+    assert "".join(exact_pieces({})) == dumps_exact({}) == "{}"
+
+
+def test_without_a_temporary_file_the_calls_are_listed_from_memory(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only system without a writable /tmp still gets its report, with a warning."""
+    records = history(30)
+    source = _store(tmp_path, "sqlite", records)
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(not_a_folder))
+    monkeypatch.setattr(_spool, "IN_MEMORY", 10)
+    for limit, listed in (("0", records), ("20", records[-20:])):
+        args = ("report", "--source", str(source), "--detailed", "--limit", limit)
+        code, out, err = cli(*args, "--format", "csv")
+        assert code == 0 and _listed(out, "csv") == _expected(listed)
+        assert err.splitlines()[0] == (
+            f"tokenmeter: warning: cannot keep the calls listed in a temporary file in "
+            f"{not_a_folder}: Not a directory (set TMPDIR to a directory with room); the calls "
+            "are listed from memory"
+        )
+    # A list that fits in memory never asks for a file.
+    args = ("report", "--source", str(source), "--detailed", "--limit", "0", "--format", "csv")
+    code, out, err = cli(*args, "--until", "2026-11-01T00:00:08Z")
+    assert code == 0 and _listed(out, "csv") == _expected(records[:9]) and err == ""
+
+
+@pytest.mark.parametrize("output", ["file", "stdout"])
+def test_a_full_disk_while_the_calls_wait_is_one_line(tmp_path: Path, output: str) -> None:
+    """The temporary file's writes fail part-way (a real file size limit, as a full disk makes
+    them fail): the report says so in one line, and an output file is left as it was."""
+    source = _store(tmp_path, "jsonl", history(2_400))  # ~500 KB of calls to keep
+    out = tmp_path / "calls.csv"
+    out.write_text("the previous export\n")
+    args = ["report", "--source", str(source), "--detailed", "--limit", "0", "--format", "csv"]
+    args += ["-o", str(out)] if output == "file" else []
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
+        "from tokenmeter.cli import main\n"
+        "from tokenmeter.cli.reports import _spool\n"
+        "_spool.IN_MEMORY = 100\n"
+        f"sys.exit(main({args!r}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        f"tokenmeter: error: cannot keep the calls listed in a temporary file in "
+        f"{tempfile.gettempdir()}: File too large (set TMPDIR to a directory with room)"
+    ]
+    assert out.read_text() == "the previous export\n"
