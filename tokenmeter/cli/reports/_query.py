@@ -590,18 +590,16 @@ def _run_sqlite(
         if tags is not None:
             _sql_tags(conn, tags, where, where_params, columns)
         calls: CallList | None = None
-        if query.calls_limit is not None and spooled(query.calls_limit):
+        if query.calls_limit is not None:
             conn.row_factory = sqlite3.Row
-            calls, refused = _spool_rows(conn, where, where_params, query.calls_limit)
-            skipped += refused
-        elif query.calls_limit is not None:
-            limit = query.calls_limit or -1
-            conn.row_factory = sqlite3.Row
-            rows = conn.execute(
-                f"SELECT * FROM records{where} ORDER BY timestamp DESC, rowid DESC LIMIT ?",
-                [*where_params, limit],
-            ).fetchall()
-            calls, refused = calls_from_rows(reversed(rows))
+            if spooled(query.calls_limit):
+                calls, refused = _spool_rows(conn, where, where_params, query.calls_limit)
+            else:  # the newest few, fetched at once
+                rows = conn.execute(
+                    f"SELECT * FROM records{where} ORDER BY timestamp DESC, rowid DESC LIMIT ?",
+                    [*where_params, query.calls_limit],
+                ).fetchall()
+                calls, refused = calls_from_rows(reversed(rows))
             skipped += refused
     except sqlite3.Error as exc:
         raise CliError(f"cannot read {source.path}: {exc}") from None
