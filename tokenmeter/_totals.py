@@ -27,6 +27,7 @@ __all__ = [
     "PICO_PER_USD",
     "Totals",
     "normalise_usd",
+    "note_model",
     "output_cost",
     "to_pico_usd_precision",
 ]
@@ -62,6 +63,16 @@ DECIMAL_NAMES = ("cost_usd", "output_cost_usd", "split_cost_usd")
 OTHER_MODELS = "(other models)"
 #: Models a session keeps apart (its summary's ``by_model``, its journal file's model list).
 MAX_SESSION_MODELS = 100
+
+
+def note_model(models: list[str], model: str) -> None:
+    """Add ``model`` to a session's list of models, first seen first (its journal file's
+    "Provider/Model" line); past ``MAX_SESSION_MODELS`` the others show as ``OTHER_MODELS``."""
+    if model not in models:
+        if len(models) >= MAX_SESSION_MODELS:
+            model = OTHER_MODELS
+        if model not in models:
+            models.append(model)
 
 
 #: The parts of a call that had no image, audio or video and used no server tool.

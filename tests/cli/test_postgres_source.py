@@ -4,6 +4,7 @@ what it says of the same history in SQLite (the aggregation runs in PostgreSQL).
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 import uuid
@@ -107,6 +108,34 @@ def test_every_call_is_read_as_streamed_in_memory_that_does_not_grow(
         peaks.append(peak_python_memory(lambda: results.append(cli(*args))))  # noqa: B023
         assert results[0][0] == 0, results[0][2]
         assert out.read_text().count("\n") == upto + 1
+    sink.close()
+    grown = peaks[1] - peaks[0]
+    assert grown < 1 << 20, f"2,000 more calls held {grown / (1 << 20):.1f} MiB more"
+
+
+@pytest.mark.parametrize("fmt", ["markdown", "json"])
+def test_a_long_session_is_read_as_streamed(
+    cli: RunCli, tmp_path: Path, pg_dsn: str, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``session ID`` over PostgreSQL: a session's rows as the server sends them, its calls on
+    disk past ``IN_MEMORY``, the document written as it is made (see ``test_sessions``)."""
+    monkeypatch.setattr(_spool, "IN_MEMORY", 100)
+    records = [r.model_copy(update={"session_id": "s-long"}) for r in history(2_400)]
+    sink = PostgresSink(pg_dsn)
+    peaks = []
+    out = tmp_path / f"session.{fmt}"
+    args = ("session", "s-long", "--source", _url(pg_dsn), "--format", fmt, "-o", str(out))
+    for written, upto in ((0, 400), (400, 2_400)):
+        sink.write(records[written:upto])
+        cli(*args)  # the first read imports psycopg's modules: not what is measured
+        results: list[tuple[int, str, str]] = []
+        peaks.append(peak_python_memory(lambda: results.append(cli(*args))))  # noqa: B023
+        assert results[0][0] == 0, results[0][2]
+        text = out.read_text()
+        if fmt == "json":
+            assert len(json.loads(text)["calls"]) == upto
+        else:  # the call table's rows: | 1 | 2026-... |
+            assert len(re.findall(r"^\| \d+ \| 20", text, re.MULTILINE)) == upto
     sink.close()
     grown = peaks[1] - peaks[0]
     assert grown < 1 << 20, f"2,000 more calls held {grown / (1 << 20):.1f} MiB more"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import re
 import sqlite3
 from decimal import Decimal
 from pathlib import Path
@@ -10,7 +12,12 @@ from typing import Any
 
 import pytest
 
-from .conftest import RunCli
+from tokenmeter._models import UsageRecord
+from tokenmeter.cli.reports import _spool
+
+from .conftest import RunCli, history, peak_python_memory, write_jsonl, write_sqlite
+
+MIB = 1 << 20
 
 
 def test_sessions_lists_most_recent_first_with_totals(cli: RunCli, source: Path) -> None:
@@ -202,3 +209,108 @@ def test_session_with_more_nested_sessions_than_sqlite_takes_parameters(
     assert code == 0, err
     doc = json.loads(out, parse_float=Decimal)
     assert len(doc["calls"]) == 1000 and doc["cost_usd"] == Decimal("1")
+
+
+# -- a session of many calls (a server's implicit session over months) --------------------------
+def _one_session(count: int, *, models: int = 7, name: str | None = None) -> list[UsageRecord]:
+    """``count`` calls a second apart, all in one session, over ``models`` models."""
+    return [
+        r.model_copy(
+            update={
+                "session_id": "session_20261101_000000_42",
+                "session_name": name,
+                "model_name": f"m{n % models}",
+            }
+        )
+        for n, r in enumerate(history(count))
+    ]
+
+
+def _shuffled(records: list[UsageRecord]) -> list[UsageRecord]:
+    """Out of time order, as several processes appending to one JSONL file write them."""
+    mixed = list(records)
+    random.Random(7).shuffle(mixed)
+    return mixed
+
+
+def _listed_times(out: str, fmt: str) -> list[str]:
+    if fmt == "json":
+        return [call["timestamp"] for call in json.loads(out)["calls"]]
+    rows = [line.split(" | ") for line in out.splitlines() if re.match(r"\| \d+ \| 20", line)]
+    return [row[1].replace(" ", "T") for row in rows]
+
+
+@pytest.mark.parametrize("fmt", ["markdown", "json"])
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_a_long_session_is_shown_in_memory_that_does_not_grow(
+    cli: RunCli, tmp_path: Path, kind: str, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``IN_MEMORY`` calls (100 here) the session's calls wait on disk and the document is
+    written as it is made. It held every call (100,000 calls: 580 MB; a million: ~6 GB)."""
+    monkeypatch.setattr(_spool, "IN_MEMORY", 100)
+    peaks = {}
+    for count in (400, 2_400):
+        records = _one_session(count)
+        folder = tmp_path / f"{kind}{count}"
+        source = _session_store(folder, kind, records)
+        out = folder / f"session.{fmt}"
+        args = ("session", "session_20261101_000000_42", "--source", str(source))
+        args += ("--format", fmt, "-o", str(out))
+        cli(*args)  # modules imported once are not what is measured
+        results: list[tuple[int, str, str]] = []
+        peaks[count] = peak_python_memory(lambda: results.append(cli(*args)))  # noqa: B023
+        code, _, err = results[0]
+        assert code == 0, err
+        assert _listed_times(out.read_text(encoding="utf-8"), fmt) == [_when(r) for r in records]
+    grown = peaks[2_400] - peaks[400]
+    # Held in memory, 2,000 more calls took ~11 MiB more.
+    assert grown < MIB, f"2,000 more calls held {grown / MIB:.1f} MiB more"
+
+
+def _session_store(folder: Path, kind: str, records: list[UsageRecord]) -> Path:
+    """SQLite in time order; JSONL shuffled."""
+    if kind == "sqlite":
+        return write_sqlite(folder / "usage.db", records, [])
+    return write_jsonl(folder / "usage.jsonl", _shuffled(records))
+
+
+def _when(record: UsageRecord) -> str:
+    return record.timestamp.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+@pytest.mark.parametrize("wanted", ["session_20261101_000000_42", "nightly"])
+@pytest.mark.parametrize("fmt", ["markdown", "json"])
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_a_session_on_disk_reads_as_one_held_in_memory(
+    cli: RunCli, tmp_path: Path, kind: str, fmt: str, wanted: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Byte for byte: in time order (ties as written), the same totals, and the same model list
+    in its head, whose first 100 models are those used first and the rest one "(other models)"."""
+    records = _one_session(300, models=150, name="nightly")
+    records[5:9] = [r.model_copy(update={"timestamp": records[5].timestamp}) for r in records[5:9]]
+    source = _session_store(tmp_path, kind, records)
+    written = records if kind == "sqlite" else _shuffled(records)
+    ordered = sorted(written, key=lambda r: r.timestamp)  # stable: ties as written
+    args = ("session", wanted, "--source", str(source), "--format", fmt)
+    code, held, err = cli(*args)
+    assert code == 0, err
+    monkeypatch.setattr(_spool, "IN_MEMORY", 20)
+    code, spooled, err = cli(*args)
+    assert code == 0 and err == ""
+    assert spooled == held
+    if fmt == "json":
+        document = json.loads(held, parse_float=Decimal)
+        assert document["cost_usd"] == sum(r.estimated_cost_usd or 0 for r in records)
+        listed = [(c["timestamp"], c["input_tokens"]) for c in document["calls"]]
+        assert listed == [(_when(r), r.input_tokens) for r in ordered]
+    else:
+        models = list(dict.fromkeys(f"openai/{r.model_name}" for r in ordered))
+        head = ", ".join([*models[:100], "(other models)"])
+        assert f"- **Provider/Model:** {head}\n" in held
+        assert "- **Total Calls:** 300\n" in held
+        assert _listed_times(held, fmt) == [_when(r) for r in ordered]
+
+
+def test_a_spool_in_time_order_is_for_every_call() -> None:
+    with pytest.raises(ValueError, match="by_time"):
+        _spool.CallSpool(10, by_time=True)

@@ -233,10 +233,11 @@ def test_models_past_the_bound_share_one_summary_row_and_every_call_is_counted(
     """A server naming a new model in every answer: past the bound (1,000; 3 here) the summary
     sums the further models in one last row, so a batch never rewrites a summary that grows
     without end, while the detailed log still names each call's model."""
+    from tokenmeter import _totals
     from tokenmeter.sinks import markdown
 
-    monkeypatch.setattr(markdown, "_MAX_MODELS", 3, raising=False)
-    monkeypatch.setattr(markdown, "MAX_SESSION_MODELS", 3, raising=False)  # a session's list
+    monkeypatch.setattr(markdown, "_MAX_MODELS", 3)
+    monkeypatch.setattr(_totals, "MAX_SESSION_MODELS", 3)  # a session's list (``note_model``)
     sink = MarkdownJournalSink(tmp_path)
     sink.write([make_record(i, model_name=f"m{i}") for i in range(2)])
     sink.write([make_record(i, model_name=f"m{i % 5}") for i in range(2, 9)])  # m2..m4, m0..m3

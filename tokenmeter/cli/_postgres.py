@@ -26,7 +26,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 __all__ = ["PgConnection", "display_name", "is_postgres", "is_postgres_url"]
@@ -57,7 +57,7 @@ def display_name(url: str) -> str:
     return f"postgres:{database}@{where}"
 
 
-def is_postgres(conn: object) -> bool:
+def is_postgres(conn: object) -> TypeGuard[PgConnection]:
     return isinstance(conn, PgConnection)
 
 
@@ -82,11 +82,16 @@ class _Row(Sequence[Any]):
         return list(self._names)
 
 
+def _columns(cursor: Any) -> dict[str, int]:
+    """Each column name's place in a psycopg cursor's rows (the first, if a name is twice)."""
+    names = [column.name for column in cursor.description or ()]
+    return {name: i for i, name in reversed(list(enumerate(names)))}
+
+
 class _Cursor:
     def __init__(self, cursor: Any) -> None:
         self._cursor = cursor
-        names = [column.name for column in cursor.description or ()]
-        self._names = {name: i for i, name in reversed(list(enumerate(names)))}
+        self._names = _columns(cursor)
 
     def _rows(self, rows: list[tuple[Any, ...]]) -> list[_Row]:
         return [_Row(self._names, row) for row in rows]
@@ -212,7 +217,7 @@ class PgConnection:
         try:
             for row in cursor.stream(translated.encode(), values):
                 if names is None:
-                    names = _Cursor(cursor)._names
+                    names = _columns(cursor)
                 yield _Row(names, row)
         except psycopg.Error as exc:
             raise sqlite3.DatabaseError(str(exc).strip().splitlines()[0]) from None

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, tzinfo
+from itertools import chain
 from pathlib import Path
 
 from tokenmeter.cli._dates import parse_since, parse_tz, parse_until, period_bounds
@@ -16,7 +17,7 @@ from tokenmeter.cli._output import refuse_overwriting, write_output
 from tokenmeter.cli._progress import Progress, progress_allowed
 from tokenmeter.cli._source import resolve_source, warn_skipped
 from tokenmeter.cli.reports._alerts import alerts_near
-from tokenmeter.cli.reports._format import dumps_exact
+from tokenmeter.cli.reports._format import dumps_exact, exact_pieces
 from tokenmeter.cli.reports._html import HTML_GROUPINGS, HTML_TAG_VALUES, render_html
 from tokenmeter.cli.reports._model import NONE_LABEL, Dimension, Report, parse_dimension
 from tokenmeter.cli.reports._periodic import PERIODIC_GROUPINGS, render_usage_report
@@ -330,11 +331,11 @@ def run_session(args: argparse.Namespace) -> int:
             "ended_at": detail.session.ended_at,
             "notes": detail.session.notes,
             "tags": detail.session.tags,
-            "calls": [call.as_json() for call in detail.calls],
+            "calls": (call.as_json() for call in detail.calls),
             "cost_usd": detail.session.totals.cost,
             "total_tokens": detail.session.totals.total_tokens,
         }
-        write_output(dumps_exact(document) + "\n", args.output)
+        write_output(chain(exact_pieces(document), ["\n"]), args.output)
     else:
         from tokenmeter.cli.reports._journal import render_session_markdown  # pydantic
 

@@ -71,7 +71,7 @@ from typing import Any
 from tokenmeter._format import fmt_usd
 from tokenmeter._format import markdown_text as _md
 from tokenmeter._models import SessionInfo, UsageRecord, _iso
-from tokenmeter._totals import MAX_SESSION_MODELS, OTHER_MODELS, Totals
+from tokenmeter._totals import OTHER_MODELS, Totals, note_model
 from tokenmeter.sinks._files import (
     absolute,
     ensure_private_dir,
@@ -595,12 +595,7 @@ class _SessionLog(_Log):
         rows = []
         for r in records:
             totals.add_record(r)
-            model = f"{r.model_provider}/{r.model_name}"
-            if model not in models:
-                if len(models) >= MAX_SESSION_MODELS:
-                    model = OTHER_MODELS
-                if model not in models:
-                    models.append(model)
+            note_model(models, f"{r.model_provider}/{r.model_name}")
             rows.append(
                 f"| {totals.calls} | {_when(r.timestamp)} | {r.input_tokens:,} "
                 f"| {r.output_tokens:,} | {r.total_tokens:,} "
@@ -661,17 +656,26 @@ class _SessionLog(_Log):
         return "".join(lines)
 
 
-def render_session(info: dict[str, Any], records: Sequence[UsageRecord]) -> str:
-    """A whole ``sessions/<id>.md`` document at once, for ``tokenmeter session ID``: the same
-    head, call table and tail the sink writes batch by batch.
+def render_session(
+    info: dict[str, Any], records: Iterable[UsageRecord], models: list[str]
+) -> Iterator[str]:
+    """A whole ``sessions/<id>.md`` document in pieces, for ``tokenmeter session ID``: the same
+    head, call table and tail the sink writes batch by batch. The table is made 200
+    calls at a time (a process's implicit session may hold millions).
 
     ``info`` has the keys of a journal's session state: id, name, parent_id, tags, status,
-    started_at, ended_at (ISO text), notes, budget_usd.
+    started_at, ended_at (ISO text), notes, budget_usd. ``models`` is the session's model list
+    as ``note_model`` makes it from the records in order: the head, which names them, comes
+    before the records are read.
     """
     log = _SessionLog(str(info["id"]))
-    state: dict[str, Any] = {"info": dict(info)}
-    body = log.apply(state, records)
-    return log.head(state) + log.body_intro + body + log.tail(state)
+    state: dict[str, Any] = {"info": dict(info), "models": list(models)}
+    yield log.head(state)
+    yield log.body_intro
+    records = iter(records)
+    while batch := list(itertools.islice(records, 200)):
+        yield log.apply(state, batch)
+    yield log.tail(state)
 
 
 def _completion(info: dict[str, Any], t: dict[str, Any]) -> str:

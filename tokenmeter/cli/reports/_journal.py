@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 
 from tokenmeter._models import UsageRecord
@@ -39,8 +40,9 @@ def _record(call: Call) -> UsageRecord:
     )
 
 
-def render_session_markdown(detail: SessionDetail) -> str:
-    """The session exactly as the markdown journal writes ``sessions/<id>.md`` (one renderer)."""
+def render_session_markdown(detail: SessionDetail) -> Iterator[str]:
+    """The session exactly as the markdown journal writes ``sessions/<id>.md`` (one renderer),
+    in pieces: its calls are read one at a time."""
     session = detail.session
     info = {
         "id": session.session_id,
@@ -55,7 +57,7 @@ def render_session_markdown(detail: SessionDetail) -> str:
         "notes": session.notes,
         "budget_usd": None,
     }
-    return render_session(info, [_record(call) for call in detail.calls])
+    return render_session(info, map(_record, detail.calls), detail.models)
 
 
 def render_sessions_list(rows: list[SessionRow]) -> list[list[str]]:

@@ -41,7 +41,7 @@ from typing import Any, TypeAlias
 from tokenmeter._totals import Totals
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError
-from tokenmeter.cli._postgres import PgConnection, is_postgres
+from tokenmeter.cli._postgres import is_postgres
 from tokenmeter.cli._progress import Progress
 from tokenmeter.cli._source import (
     JsonlReader,
@@ -85,9 +85,11 @@ from tokenmeter.cli.reports._sql import (
 __all__ = [
     "Filters",
     "Query",
+    "add_calls",
     "calls_from_rows",
     "exclude_bad_rows",
     "run_query",
+    "stream_rows",
 ]
 
 Extractor = Callable[[dict[str, Any]], str]
@@ -501,10 +503,16 @@ def _where(query: Query, columns: set[str]) -> tuple[str, list[str]]:
 def calls_from_rows(rows: Iterable[sqlite3.Row]) -> tuple[list[Call], int]:
     """The calls in these ``records`` rows, and how many rows the record check refused."""
     calls: list[Call] = []
-    return calls, _add_calls(rows, calls.append)
+    return calls, add_calls(rows, calls.append)
 
 
-def _add_calls(rows: Iterable[sqlite3.Row], add: Callable[[Call], None]) -> int:
+def stream_rows(conn: sqlite3.Connection, sql: str, params: list[Any]) -> Iterable[Any]:
+    """A query's rows one at a time as they are read, never all at once (a PostgreSQL client
+    cursor would hold the whole answer); nothing else runs on ``conn`` until they are read."""
+    return conn.stream(sql, params) if is_postgres(conn) else conn.execute(sql, params)
+
+
+def add_calls(rows: Iterable[sqlite3.Row], add: Callable[[Call], None]) -> int:
     """``add`` the call of each of these ``records`` rows; how many rows the check refused."""
     refused = 0
     for row in rows:
@@ -526,9 +534,8 @@ def _spool_rows(
         (count,) = conn.execute(f"SELECT count(*) FROM records{where}", params).fetchone()
         sql += " LIMIT ? OFFSET ?"
         values += [limit, max(count - limit, 0)]
-    rows = conn.stream(sql, values) if isinstance(conn, PgConnection) else conn.execute(sql, values)
     spool = CallSpool()
-    return spool, _add_calls(rows, spool.append)
+    return spool, add_calls(stream_rows(conn, sql, values), spool.append)
 
 
 def exclude_bad_rows(

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from tokenmeter._totals import COUNT_NAMES, Totals
+from tokenmeter._totals import COUNT_NAMES, Totals, note_model
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._source import JsonlReader, Source, open_database, table_columns, warn_skipped
-from tokenmeter.cli.reports._model import NONE_LABEL, Call
-from tokenmeter.cli.reports._query import calls_from_rows, exclude_bad_rows
+from tokenmeter.cli.reports._model import NONE_LABEL, Call, CallList
+from tokenmeter.cli.reports._query import add_calls, exclude_bad_rows, stream_rows
+from tokenmeter.cli.reports._spool import CallSpool
 from tokenmeter.cli.reports._sql import totals_select, with_exact_sums
 
 __all__ = ["SessionDetail", "SessionRow", "find_session", "list_sessions"]
@@ -42,7 +43,8 @@ class SessionRow:
 @dataclass
 class SessionDetail:
     session: SessionRow
-    calls: list[Call]
+    calls: CallList  # in time order
+    models: list[str]  # "provider/model", first used first (``note_model``)
 
 
 def _window(since: datetime | None, until: datetime | None) -> tuple[str | None, str | None]:
@@ -75,13 +77,9 @@ def list_sessions(
             row = rows[session_id] = SessionRow(session_id, call.session_name, timestamp, timestamp)
         row.first_call = min(row.first_call, timestamp)
         row.last_call = max(row.last_call, timestamp)
-        _add_call(row.totals, call)
+        row.totals.add_record(call)
     ordered = sorted(rows.values(), key=lambda row: row.last_call, reverse=True)
     return ordered, reader.skipped
-
-
-def _add_call(totals: Totals, call: Call) -> None:
-    totals.add_record(call)
 
 
 def _has_sessions_table(conn: sqlite3.Connection) -> bool:
@@ -221,38 +219,62 @@ def _sqlite_session_row(values: tuple[Any, ...]) -> SessionRow:
 def find_session(source: Source, wanted: str) -> SessionDetail:
     """The session with this id, else the most recent one with this name; CliError if none.
 
+    Its calls are in a ``CallSpool``: a process's implicit session may hold millions of them.
     Warns about the records it had to skip before it returns or raises.
     """
     if source.kind != "jsonl":
         return _find_sqlite(source, wanted)
     reader = JsonlReader(source.path)
-    by_id: list[Call] = []
-    by_name: dict[str, list[Call]] = {}
+    found = _Found(CallSpool(by_time=True))
+    named: dict[str, str] = {}  # the sessions of that name: their last calls
     for record in reader:
-        session_id, name = record.get("session_id"), record.get("session_name")
-        if session_id != wanted and name != wanted:
-            continue
-        call = Call.from_json(record)
+        session_id = record.get("session_id")
         if session_id == wanted:
-            by_id.append(call)
-        else:
-            by_name.setdefault(str(session_id), []).append(call)
+            found.add(Call.from_json(record))
+        elif not found.calls and record.get("session_name") == wanted:
+            call = Call.from_json(record)
+            key = str(session_id)
+            named[key] = max(named.get(key, call.timestamp), call.timestamp)
     reader.warn_skipped()
-    if not by_id and len(by_name) > 1:
-        _several(wanted, {sid: max(c.timestamp for c in calls) for sid, calls in by_name.items()})
-    calls = by_id or next(iter(by_name.values()), [])
-    if not calls:
+    if not found.calls and named:  # no session has that id: the one with that name, read again
+        if len(named) > 1:
+            _several(wanted, named)
+        (key,) = named
+        for record in JsonlReader(source.path):  # its skipped lines were counted above
+            if record.get("session_name") == wanted and str(record.get("session_id")) == key:
+                found.add(Call.from_json(record))
+    if not found.calls:
         raise CliError(f"no session {wanted!r} in {source.path}")
-    calls.sort(key=lambda call: call.timestamp)
-    row = SessionRow(
-        calls[0].session_id or NONE_LABEL,
-        calls[-1].session_name,
-        calls[0].timestamp,
-        calls[-1].timestamp,
-    )
-    for call in calls:
-        _add_call(row.totals, call)
-    return SessionDetail(row, calls)
+    return found.detail()
+
+
+class _Found:
+    """A session's calls as they are read, and what is added up from them in time order: its
+    span, its totals and its models (its journal file's list)."""
+
+    def __init__(self, calls: CallSpool) -> None:
+        self.calls = calls
+        self.row = SessionRow("", None, "", "")
+        self.models: list[str] = []
+
+    def add(self, call: Call) -> None:
+        self.calls.append(call)
+        self._sum(call)
+
+    def _sum(self, call: Call) -> None:
+        row = self.row
+        if not row.totals.calls:
+            row.session_id, row.first_call = call.session_id or NONE_LABEL, call.timestamp
+        row.name, row.last_call = call.session_name, call.timestamp
+        row.totals.add_record(call)
+        note_model(self.models, f"{call.provider}/{call.model}")
+
+    def detail(self) -> SessionDetail:
+        if not self.calls.in_order:  # appended out of time order: added up again, in order
+            self.row, self.models = SessionRow("", None, "", ""), []
+            for call in self.calls:
+                self._sum(call)
+        return SessionDetail(self.row, self.calls, self.models)
 
 
 def _several(name: str, last_calls: dict[str, str]) -> None:
@@ -315,8 +337,8 @@ def _find_sqlite(source: Source, wanted: str) -> SessionDetail:
             if nested
             else "SELECT * FROM records WHERE session_id = ? ORDER BY timestamp, rowid"
         )
-        rows = conn.execute(sql, [session_id]).fetchall()
-        calls, skipped = calls_from_rows(rows)
+        found = _Found(CallSpool())
+        skipped = add_calls(stream_rows(conn, sql, [session_id]), found.add)
         info = None
         if nested:
             info = conn.execute("SELECT * FROM sessions WHERE id = ?", [session_id]).fetchone()
@@ -325,9 +347,11 @@ def _find_sqlite(source: Source, wanted: str) -> SessionDetail:
     finally:
         conn.close()
     warn_skipped(skipped, source.path, "row")
-    if not calls:  # every row of it failed the record check
+    if not found.calls:  # every row of it failed the record check
         raise CliError(f"no session {wanted!r} in {source.path}")
-    row = SessionRow(session_id, calls[-1].session_name, calls[0].timestamp, calls[-1].timestamp)
+    detail = found.detail()
+    row = detail.session
+    row.session_id = session_id  # its nested sessions' calls are listed too
     if info is not None:
         keys = info.keys()
 
@@ -340,6 +364,4 @@ def _find_sqlite(source: Source, wanted: str) -> SessionDetail:
         row.ended_at = column("ended_at")
         row.notes = column("notes")
         row.tags = _tags(info["tags"]) if "tags" in keys else {}
-    for call in calls:
-        _add_call(row.totals, call)
-    return SessionDetail(row, calls)
+    return detail

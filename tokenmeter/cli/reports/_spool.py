@@ -5,7 +5,7 @@ million ``Call`` objects (and the record dicts they were read from) in memory at
 gigabytes. A ``CallSpool`` holds the first ``IN_MEMORY`` calls; past them it writes each call to
 an anonymous temporary file as it is read, and reads them back one at a time while the report is
 written, so memory stays flat whatever the number of calls (8 bytes a call for its place in the
-file).
+file). ``tokenmeter session ID`` lists a session's calls the same way, in time order.
 """
 
 from __future__ import annotations
@@ -66,26 +66,44 @@ class CallSpool:
     first: in memory up to ``IN_MEMORY`` calls, past that in a temporary file that no other
     process can open (it has no name).
 
+    ``by_time``: the calls are read back in the order of their timestamps (ties as appended),
+    whatever order they were appended in (a JSONL file that several processes append to). That
+    keeps each call's timestamp in memory, not the call.
+
     Where no temporary file can be made (a read-only system without a writable ``/tmp``), the
     calls stay in memory, with a warning: the report is still made.
     """
 
-    def __init__(self, limit: int = 0) -> None:
+    def __init__(self, limit: int = 0, *, by_time: bool = False) -> None:
+        if limit and by_time:
+            raise ValueError("by_time: only for a spool of every call (limit 0)")
         self._limit = limit
         self._held: deque[Call] = deque(maxlen=limit or None)
         self._file: IO[bytes] | None = None
         self._offsets = array("q", [0])  # where each call starts in the file, and its end
         self._in_memory = False  # no temporary file could be made
+        self._times: list[str] | None = [] if by_time else None
+        self._order: array[int] | None = None  # the calls' places in time order, once sorted
+        self._in_order = True
+        self._sorted = False
 
     def append(self, call: Call) -> None:
+        times = self._times
+        if times is not None:
+            if times and call.timestamp < times[-1]:
+                self._in_order = False
+            times.append(call.timestamp)
         if self._file is None:
             self._held.append(call)
             if len(self._held) > IN_MEMORY and not self._in_memory:
                 self._spill()
             return
+        self._write(self._file, call)
+
+    def _write(self, file: IO[bytes], call: Call) -> None:
         data = _dump(call)
         try:
-            self._file.write(data)
+            file.write(data)
         except OSError as exc:  # a full disk: said in one line, as any other failure to read
             raise _spool_failed(exc) from None
         self._offsets.append(self._offsets[-1] + len(data))
@@ -103,7 +121,7 @@ class CallSpool:
             return
         held, self._held = self._held, deque()
         for call in held:
-            self.append(call)
+            self._write(self._file, call)
 
     def __len__(self) -> int:
         if self._file is None:
@@ -111,10 +129,31 @@ class CallSpool:
         count = len(self._offsets) - 1
         return min(count, self._limit) if self._limit else count
 
+    @property
+    def in_order(self) -> bool:
+        """Whether the calls were appended in time order (always, unless ``by_time``)."""
+        return self._in_order
+
+    def _sort(self) -> None:
+        """Put the calls in time order, once appending is over (sorting places, not calls)."""
+        times = self._times or []
+        order = array("q", sorted(range(len(times)), key=times.__getitem__))
+        self._times, self._sorted = None, True  # appending is over
+        if self._file is None:
+            held = list(self._held)
+            self._held = deque(held[index] for index in order)
+        else:
+            self._order = order
+
     def __iter__(self) -> Iterator[Call]:
         """The calls, read back one at a time (one iteration at a time; appending is over)."""
+        if not (self._in_order or self._sorted):
+            self._sort()
         if self._file is None:
             yield from self._held
+            return
+        if self._order is not None:
+            yield from self._in_time_order(self._file, self._order)
             return
         offsets = self._offsets
         first = len(offsets) - 1 - len(self)
@@ -126,6 +165,16 @@ class CallSpool:
         for index in range(first, len(offsets) - 1):
             yield _load(read(offsets[index + 1] - offsets[index]))
         self._file.seek(0, os.SEEK_END)
+
+    def _in_time_order(self, file: IO[bytes], order: array[int]) -> Iterator[Call]:
+        offsets, seek, read = self._offsets, file.seek, file.read
+        try:
+            for index in order:
+                seek(offsets[index])
+                yield _load(read(offsets[index + 1] - offsets[index]))
+        except OSError as exc:  # what was still buffered could not be written
+            raise _spool_failed(exc) from None
+        seek(0, os.SEEK_END)
 
 
 def _no_room(exc: OSError) -> str:
