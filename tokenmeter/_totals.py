@@ -29,6 +29,7 @@ __all__ = [
     "normalise_usd",
     "note_model",
     "output_cost",
+    "sql_cost",
     "to_pico_usd_precision",
 ]
 
@@ -153,6 +154,12 @@ class _RecordLike(Protocol):
 _RECORD_FIELDS = (*COUNT_NAMES[1:7], "estimated_cost_usd", "cost_breakdown", "status", "estimated")
 
 
+def sql_cost(whole_usd: Any, pico_usd: Any) -> Decimal:
+    """The cost of ``totals_select``'s two sums: of whole USD, and of the pico-USD left over
+    (integers, or their text from an exact sum; None over no priced call)."""
+    return (Decimal(whole_usd or 0) * _PICO_PER_USD + Decimal(pico_usd or 0)) / _PICO_PER_USD
+
+
 class Totals:
     """Running sums of a set of records, with the derived figures people ask for."""
 
@@ -238,8 +245,7 @@ class Totals:
         """From the ``COUNT_NAMES`` aggregates followed by the cost in two sums, of whole USD and
         of the pico-USD left over (``totals_select``: one 64-bit sum would overflow)."""
         n = len(COUNT_NAMES)
-        pico = Decimal(values[n] or 0) * _PICO_PER_USD + Decimal(values[n + 1] or 0)
-        return cls.from_counts(values[:n], pico / _PICO_PER_USD)
+        return cls.from_counts(values[:n], sql_cost(values[n], values[n + 1]))
 
     def to_state(self) -> dict[str, Any]:
         """JSON-able (Decimals as strings), for a file that keeps running totals."""

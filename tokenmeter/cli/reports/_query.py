@@ -38,7 +38,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from tokenmeter._totals import Totals
+from tokenmeter._totals import COUNT_NAMES, Totals, sql_cost
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._postgres import is_postgres
@@ -350,6 +350,14 @@ _MORE_KEYS_COUNTED = 100_000
 _Ranked = tuple[Decimal, int, int, str, Totals]
 
 
+@dataclass
+class _Sums:
+    """What a tag key's values add up to: counts in ``COUNT_NAMES`` order, and their cost."""
+
+    counts: list[int]
+    cost: Decimal
+
+
 def _minus(whole: Totals, part: Totals) -> Totals:
     rest = Totals()
     for name in Totals.__slots__:
@@ -359,14 +367,17 @@ def _minus(whole: Totals, part: Totals) -> Totals:
 
 class _TagTotals:
     """Totals per (tag key, value), reduced as they arrive to each key's ``limit`` most costly
-    values plus one sum of the others: memory is bounded by keys x limit, not by values."""
+    values plus one sum of the others: memory is bounded by keys x limit, not by values.
+
+    A tag of a value per call (a request or customer id) sends a million groups: each is ranked
+    by its cost and calls alone, and only the values shown are made ``Totals``; what a key's
+    values add up to is kept as plain counts (the values not shown are that less those shown).
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        #: key -> (heap of (cost, calls, seq, value, totals), all totals, rest, distinct values)
-        self.keys: dict[
-            str, tuple[list[tuple[Decimal, int, int, str, Totals]], Totals, Totals]
-        ] = {}
+        #: key -> (heap of (cost, calls, -seq, value, counts), all its counts, their cost)
+        self.keys: dict[str, tuple[list[tuple[Decimal, int, int, str, Sequence[int]]], _Sums]] = {}
         self.values: dict[str, int] = {}
         self.partial: set[str] = set()
         self.seq = 0
@@ -378,24 +389,25 @@ class _TagTotals:
         self.more_keys = 0
         self.left_out: set[str] = set()
 
-    def feed(self, key: str, value: str | None, totals: Totals) -> None:
-        """One (key, value) group's totals; ``value`` None: values not kept apart."""
+    def feed(self, key: str, value: str | None, counts: Sequence[int], cost: Decimal) -> None:
+        """One (key, value) group's counts (``COUNT_NAMES`` order) and cost; ``value`` None:
+        values not kept apart."""
         entry = self.keys.get(key)
         if entry is None:
-            entry = self.keys[key] = ([], Totals(), Totals())
-        heap, tagged, rest = entry
-        tagged.add(totals)
+            entry = self.keys[key] = ([], _Sums([0] * len(counts), _NO_COST))
+        heap, tagged = entry
+        tagged.counts = list(map(_ADD, tagged.counts, counts))
+        tagged.cost += cost
         if value is None:
-            rest.add(totals)
             self.partial.add(key)
             return
         self.values[key] = self.values.get(key, 0) + 1
         self.seq += 1
-        item = (totals.cost_usd, totals.calls, -self.seq, value, totals)
+        item = (cost, counts[0], -self.seq, value, counts)
         if len(heap) < self.limit:
             heapq.heappush(heap, item)
         else:
-            rest.add(heapq.heappushpop(heap, item)[4])
+            heapq.heappushpop(heap, item)
 
     def add(self, tags: dict[str, str], values: tuple[int, ...], cost: Decimal | None) -> None:
         """One JSONL record's tags (``values`` in ``COUNT_NAMES`` order)."""
@@ -425,16 +437,18 @@ class _TagTotals:
 
     def sections(self, report_totals: Totals) -> list[TagSection]:
         for (key, value), counts in self.groups.items():
-            self.feed(
-                key, value, Totals.from_counts(counts, self.costs.get((key, value), _NO_COST))
-            )
+            self.feed(key, value, counts, self.costs.get((key, value), _NO_COST))
         self.groups.clear()
         found = []
-        for key, (heap, tagged, rest) in self.keys.items():
+        for key, (heap, sums) in self.keys.items():
             rows = [
-                Row((value,), totals)
-                for _, _, _, value, totals in sorted(heap, key=lambda i: (-i[0], -i[1], i[3]))
+                Row((value,), Totals.from_counts(counts, cost))
+                for cost, _, _, value, counts in sorted(heap, key=lambda i: (-i[0], -i[1], i[3]))
             ]
+            tagged = Totals.from_counts(sums.counts, sums.cost)
+            rest = tagged
+            for row in rows:
+                rest = _minus(rest, row.totals)
             found.append(
                 TagSection(
                     key=key,
@@ -474,9 +488,11 @@ def _sql_tags(
         )
         return conn.execute(sql, [*params, *(str(key) for key, _ in keys)]).fetchall()
 
-    for values in with_exact_sums(rows):  # a few rows per kept key
+    n = 2 + len(COUNT_NAMES)
+    for values in with_exact_sums(rows):  # a row per (kept key, value): a million, or more
         value = NONE_LABEL if values[1] is None else str(values[1])
-        tags.feed(str(values[0]), value, Totals.from_sql(values[2:]))
+        counts = [int(count or 0) for count in values[2:n]]
+        tags.feed(str(values[0]), value, counts, sql_cost(values[n], values[n + 1]))
 
 
 # --- SQLite ----------------------------------------------------------------------------------
