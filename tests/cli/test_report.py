@@ -212,7 +212,7 @@ def test_markdown(cli: RunCli, source: Path) -> None:
     total = next(line for line in lines if line.startswith("| **TOTAL**"))
     assert "**$1.26**" in total
     assert "| gpt-4o-mini |" in out
-    assert "**Total cost**: $1.26" in out
+    assert "- **Total cost**: $1.26 (without 1 unpriced call)\n" in out
 
 
 def test_a_markdown_report_says_which_calls_it_counts(cli: RunCli, source: Path) -> None:
@@ -314,6 +314,9 @@ def test_output_file_owner_only_and_format_from_suffix(
     assert code == 0 and out == ""
     assert target.read_text().startswith("# tokenmeter report")
     assert os.stat(target).st_mode & 0o777 == 0o600
+    long_suffix = tmp_path / "report.markdown"  # was a plain table
+    assert cli("report", "--source", str(source), "-o", str(long_suffix))[0] == 0
+    assert long_suffix.read_text() == target.read_text()
     html = tmp_path / "report.html"
     assert cli("report", "--source", str(source), "-o", str(html))[0] == 0
     assert html.read_text().startswith("<!DOCTYPE html>")

@@ -44,6 +44,7 @@ _SUFFIX_FORMATS = {
     ".html": "html",
     ".htm": "html",
     ".md": "markdown",
+    ".markdown": "markdown",
     ".json": "json",
     ".csv": "csv",
     ".txt": "table",

@@ -501,11 +501,11 @@ def render_markdown(report: Report) -> str:
         lines.append(f"- **Only**: {markdown_text(report.filters)}")
     if report.previous is not None:
         lines.append(f"- **Compared with**: {period_text(report.previous)}")
-    lines += [
-        f"- **Total cost**: {fmt_usd(report.totals.cost)}",
-        "",
-        *markdown_table(summary_cells(report)),
-    ]
+    total = fmt_usd(report.totals.cost)
+    unpriced = report.totals.unpriced_calls
+    if unpriced:  # as the TOTAL row's Unpriced cell says: the total leaves them out
+        total += f" (without {fmt_int(unpriced)} unpriced call{'s' if unpriced > 1 else ''})"
+    lines += [f"- **Total cost**: {total}", "", *markdown_table(summary_cells(report))]
     if report.calls is not None:
         lines += [
             "",
