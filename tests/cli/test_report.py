@@ -907,3 +907,18 @@ def test_the_quarantine_file_is_read_as_the_records_it_set_aside(
     )
     assert code == 0 and err == ""
     assert json.loads(out)["totals"]["calls"] == 3
+
+
+def test_calls_outside_a_named_session_are_labelled_by_name(cli: RunCli, source: Path) -> None:
+    """``--by name`` showed a row with a blank label for them (the HTML chart said "(no name)");
+    the machine formats keep the empty text a program tests for."""
+    code, out, err = cli("report", "--source", str(source), "--by", "name", "--by", "day")
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if "2026-11-02" in line and " 55 " in line)
+    assert row.startswith("(no name)  2026-11-02")
+    code, out, _ = cli("report", "--source", str(source), "--by", "name", "--format", "markdown")
+    assert "| (no name) | 1 |" in out
+    code, out, _ = cli("report", "--source", str(source), "--by", "name", "--format", "csv")
+    assert ",1,50,5," in out and "\n,1,50,5," in out and "(no name)" not in out
+    code, out, _ = cli("report", "--source", str(source), "--by", "session")
+    assert "(no name)" not in out  # the session id names the row

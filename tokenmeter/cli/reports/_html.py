@@ -21,7 +21,14 @@ from html import escape
 from tokenmeter._format import exact_usd, fmt_count, fmt_usd
 from tokenmeter._totals import Totals
 from tokenmeter.cli.reports._alerts import Alert, Alerts
-from tokenmeter.cli.reports._model import NONE_LABEL, Breakdown, Report, Row, TagSection
+from tokenmeter.cli.reports._model import (
+    NO_NAME_LABEL,
+    NONE_LABEL,
+    Breakdown,
+    Report,
+    Row,
+    TagSection,
+)
 from tokenmeter.cli.reports._render import (
     CellTable,
     call_cells,
@@ -313,7 +320,7 @@ def _session_bars(by_session: Breakdown) -> list[tuple[str, str, Decimal, str]]:
 def _simple_bars(breakdown: Breakdown, color: str) -> list[tuple[str, str, Decimal, str]]:
     bars = []
     for row in breakdown.rows[:_BARS]:
-        label = row.key[-1] or "(no name)"
+        label = row.key[-1] or NO_NAME_LABEL
         bars.append((label, label, row.totals.cost_usd, color))
     return bars
 

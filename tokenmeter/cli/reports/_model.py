@@ -28,6 +28,9 @@ __all__ = [
 ]
 
 NONE_LABEL = "(none)"
+#: What the tables and charts show for calls outside a named session, grouped ``--by name`` (the
+#: machine formats keep its empty text).
+NO_NAME_LABEL = "(no name)"
 CALL_JSON_KEYS = (
     "timestamp",
     "provider",

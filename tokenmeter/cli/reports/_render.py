@@ -25,7 +25,7 @@ from tokenmeter.cli.reports._format import (
     fmt_usd,
     round_share,
 )
-from tokenmeter.cli.reports._model import CALL_JSON_KEYS, Call, Report, Row, Totals
+from tokenmeter.cli.reports._model import CALL_JSON_KEYS, NO_NAME_LABEL, Call, Report, Row, Totals
 
 __all__ = [
     "CellTable",
@@ -209,9 +209,15 @@ def summary_cells(report: Report, metrics: Sequence[str] | None = None) -> CellT
     table = CellTable(headers, range(len(breakdown.columns), len(headers)))
     table.metric_ids = chosen
     whole = report.totals
+    # --by name: a blank name read as a row without a label (with no session id beside it)
+    columns = breakdown.columns
+    name = columns.index("session") if "session" in columns and "session_id" not in columns else -1
     for row in breakdown.rows:
-        cells = [METRICS[name][1](row.totals, whole, row, report) for name in chosen]
-        table.rows.append([*row.key, *cells])
+        cells = [METRICS[metric][1](row.totals, whole, row, report) for metric in chosen]
+        key = list(row.key)
+        if name >= 0 and not key[name]:
+            key[name] = NO_NAME_LABEL
+        table.rows.append([*key, *cells])
     label = ["TOTAL"] + [""] * (len(breakdown.columns) - 1)
     cells = [
         "" if name in ("p50", "p95") else METRICS[name][1](whole, whole, None, report)
