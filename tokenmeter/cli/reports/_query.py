@@ -88,11 +88,14 @@ __all__ = [
     "add_calls",
     "calls_from_rows",
     "exclude_bad_rows",
+    "figures",
     "run_query",
     "stream_rows",
 ]
 
 Extractor = Callable[[dict[str, Any]], str]
+#: A record's figures in ``COUNT_NAMES`` order (``figures``).
+Figures = tuple[int, ...]
 STATUSES = ("ok", "error", "blocked")
 #: The sink's partial index of the rows ``sql_valid`` refuses (schema version 4).
 UNSOUND_INDEX = "ix_records_unsound"
@@ -1010,6 +1013,22 @@ def _scan_half(path: Path, query: Query, need_tags: bool, start: int) -> _Part:
     return [g.state() for g in groupers], scan.skipped
 
 
+def figures(record: dict[str, Any], counts: Sequence[int], cost: Decimal | None) -> Figures:
+    """A scanned record's figures in ``COUNT_NAMES`` order, as ``Totals.from_counts`` reads them
+    (``counts``: its six token counts, as ``JsonlScan`` yields them)."""
+    status = record.get("status")
+    return (
+        1,
+        *counts,
+        0 if cost is None else 1,
+        0 if cost is None else counts[5],
+        1 if status == "error" else 0,
+        1 if status == "blocked" else 0,
+        1 if record.get("estimated") else 0,
+        1 if cost is None and status != "blocked" else 0,
+    )
+
+
 def _total(
     records: Iterable[tuple[dict[str, Any], tuple[int, ...], Decimal | None]],
     query: Query,
@@ -1034,17 +1053,7 @@ def _total(
             continue
         if filtering and not filters.matches(record):
             continue
-        status = record.get("status")
-        values = (
-            1,
-            *counts,
-            0 if cost is None else 1,
-            0 if cost is None else counts[5],
-            1 if status == "error" else 0,
-            1 if status == "blocked" else 0,
-            1 if record.get("estimated") else 0,
-            1 if cost is None and status != "blocked" else 0,
-        )
+        values = figures(record, counts, cost)
         for add in adders:
             add(record, values, cost)
         if tags is not None and record["tags"]:

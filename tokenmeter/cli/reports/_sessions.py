@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
+from operator import add
 from typing import Any
 
 from tokenmeter._totals import COUNT_NAMES, Totals, note_model
@@ -19,11 +22,14 @@ from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._source import JsonlReader, Source, open_database, table_columns, warn_skipped
 from tokenmeter.cli.reports._model import NONE_LABEL, Call, CallList
-from tokenmeter.cli.reports._query import add_calls, exclude_bad_rows, stream_rows
+from tokenmeter.cli.reports._query import add_calls, exclude_bad_rows, figures, stream_rows
+from tokenmeter.cli.reports._scan import JsonlScan
 from tokenmeter.cli.reports._spool import CallSpool
 from tokenmeter.cli.reports._sql import totals_select, with_exact_sums
 
 __all__ = ["SessionDetail", "SessionRow", "find_session", "list_sessions"]
+
+_NO_COST = Decimal(0)
 
 
 @dataclass
@@ -64,22 +70,29 @@ def list_sessions(
     low, high = _window(since, until)
     if source.kind != "jsonl":
         return _list_sqlite(source, low, high)
-    reader = JsonlReader(source.path)
+    scan = JsonlScan(source.path, tags=False)  # the fields totals read, as reports scan them
     rows: dict[str, SessionRow] = {}
-    for record in reader:
+    sums: dict[str, tuple[Sequence[int], Decimal]] = {}
+    for record, counts, cost in scan:
         timestamp = record["timestamp"]
         if (low is not None and timestamp < low) or (high is not None and timestamp >= high):
             continue
-        call = Call.from_json(record)
-        session_id = call.session_id or NONE_LABEL
+        session_id = record.get("session_id") or NONE_LABEL
         row = rows.get(session_id)
+        values = figures(record, counts, cost)
         if row is None:
-            row = rows[session_id] = SessionRow(session_id, call.session_name, timestamp, timestamp)
+            name = record.get("session_name")
+            rows[session_id] = SessionRow(session_id, name, timestamp, timestamp)
+            sums[session_id] = (values, cost or _NO_COST)
+            continue
         row.first_call = min(row.first_call, timestamp)
         row.last_call = max(row.last_call, timestamp)
-        row.totals.add_record(call)
+        known, spent = sums[session_id]
+        sums[session_id] = (list(map(add, known, values)), spent if cost is None else spent + cost)
+    for session_id, (summed, spent) in sums.items():
+        rows[session_id].totals = Totals.from_counts(summed, spent)
     ordered = sorted(rows.values(), key=lambda row: row.last_call, reverse=True)
-    return ordered, reader.skipped
+    return ordered, scan.skipped
 
 
 def _has_sessions_table(conn: sqlite3.Connection) -> bool:
