@@ -13,6 +13,7 @@ import sys
 import tempfile
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -183,3 +184,15 @@ def test_a_full_disk_while_the_calls_wait_is_one_line(tmp_path: Path, output: st
         f"{tempfile.gettempdir()}: File too large (set TMPDIR to a directory with room)"
     ]
     assert out.read_text() == "the previous export\n"
+
+
+def test_exact_json_writes_every_other_value_as_json_does() -> None:
+    """The writer's scalars skip ``json.dumps``'s dispatch (a million calls write twenty million
+    of them): the same text, hostile strings and big integers included; Decimals stay exact."""
+    values: list[Any] = ["", 'q"b\\s/', "\ud800", "\x00\x1f\x7f", "é€𝄞", "\u2028"]
+    values += [0, -1, 2**70, True, False, None, 1.5, float("nan"), float("-inf")]
+    document = {"k\udfff": values, "nested": {"": {}, "list": [values, ()]}, "t": tuple(values)}
+    assert dumps_exact(document) == json.dumps(document, indent=2)
+    assert dumps_exact([Decimal("1.2300"), Decimal("0E-12"), Decimal("1E+3")]) == (
+        "[\n  1.23,\n  0,\n  1000\n]"
+    )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from tokenmeter._format import fmt_count, fmt_share, fmt_usd
@@ -48,8 +49,21 @@ def exact_pieces(document: dict[str, Any], indent: int = 2) -> Iterator[str]:
     yield "\n}" if document else "}"
 
 
+#: The scalars a report holds, written as ``json.dumps`` writes them, without its dispatch (a
+#: detailed list of a million calls writes twenty million of them).
+_SCALARS: dict[type, Callable[[Any], str]] = {
+    str: encode_basestring_ascii,
+    int: int.__repr__,
+    bool: lambda value: "true" if value else "false",
+    type(None): lambda _: "null",
+}
+
+
 def _write(value: Any, out: list[str], indent: int, level: int) -> None:
-    if isinstance(value, Decimal):
+    scalar = _SCALARS.get(type(value))
+    if scalar is not None:
+        out.append(scalar(value))
+    elif isinstance(value, Decimal):
         text = format(value, "f")
         out.append(text if "." not in text else text.rstrip("0").rstrip(".") or "0")
     elif isinstance(value, dict):
@@ -59,7 +73,7 @@ def _write(value: Any, out: list[str], indent: int, level: int) -> None:
         pad = "\n" + " " * (indent * (level + 1))
         out.append("{")
         for i, (key, item) in enumerate(value.items()):
-            out.append(("," if i else "") + pad + json.dumps(str(key)) + ": ")
+            out.append(("," if i else "") + pad + encode_basestring_ascii(str(key)) + ": ")
             _write(item, out, indent, level + 1)
         out.append("\n" + " " * (indent * level) + "}")
     elif isinstance(value, list | tuple):
