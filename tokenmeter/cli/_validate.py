@@ -205,13 +205,20 @@ def _decimal_text(name: str, value: Any) -> Any:
     return Decimal(value)
 
 
+#: One decoder for every JSON column of every row (``json.loads`` with an argument makes one a
+#: call); numbers with a fraction read as exact Decimals.
+_DECODE = json.JSONDecoder(parse_float=Decimal).decode
+
+
 def _json_text(name: str, value: Any) -> Any:
     if value is None:
         return None
     if type(value) is not str:
         raise _bad(name, value)
+    if value == "{}":  # no tags, modalities or server tools: most rows
+        return {}
     try:
-        return json.loads(value, parse_float=Decimal)
+        return _DECODE(value)
     except (ValueError, RecursionError):
         raise _bad(name, value) from None
 
