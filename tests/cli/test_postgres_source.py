@@ -8,6 +8,7 @@ import re
 import signal
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from .conftest import (
 
 pytest.importorskip("psycopg", reason="psycopg is not installed (tokenmeter[postgres])")
 
+from tokenmeter._models import UsageRecord
 from tokenmeter.cli.reports import _spool
 from tokenmeter.sinks.postgres import PostgresSink
 
@@ -96,18 +98,32 @@ def test_every_call_is_read_as_streamed_in_memory_that_does_not_grow(
     """``--detailed --limit 0`` over PostgreSQL: the rows come as the server sends them, not all
     fetched at once, and the calls wait on disk (see ``test_detailed_all``)."""
     monkeypatch.setattr(_spool, "IN_MEMORY", 100)
-    records = history(2_400)
-    sink = PostgresSink(pg_dsn)
-    peaks = []
     out = tmp_path / "calls.csv"
     args = ("report", "--source", _url(pg_dsn), "--detailed", "--limit", "0", "-o", str(out))
+
+    def listed(count: int) -> None:
+        assert out.read_text().count("\n") == count + 1
+
+    _held_by_2_000_more_calls(cli, PostgresSink(pg_dsn), history(2_400), args, listed)
+
+
+def _held_by_2_000_more_calls(
+    cli: RunCli,
+    sink: PostgresSink,
+    records: list[UsageRecord],
+    args: tuple[str, ...],
+    listed: Callable[[int], None],
+) -> None:
+    """The command's peak Python memory over 400 of ``records`` in the database, then over all
+    2,400: less than 1 MiB apart (``listed(count)`` checks what it wrote each time)."""
+    peaks = []
     for written, upto in ((0, 400), (400, 2_400)):
         sink.write(records[written:upto])
         cli(*args)  # the first read imports psycopg's modules: not what is measured
         results: list[tuple[int, str, str]] = []
         peaks.append(peak_python_memory(lambda: results.append(cli(*args))))  # noqa: B023
         assert results[0][0] == 0, results[0][2]
-        assert out.read_text().count("\n") == upto + 1
+        listed(upto)
     sink.close()
     grown = peaks[1] - peaks[0]
     assert grown < 1 << 20, f"2,000 more calls held {grown / (1 << 20):.1f} MiB more"
@@ -121,24 +137,17 @@ def test_a_long_session_is_read_as_streamed(
     disk past ``IN_MEMORY``, the document written as it is made (see ``test_sessions``)."""
     monkeypatch.setattr(_spool, "IN_MEMORY", 100)
     records = [r.model_copy(update={"session_id": "s-long"}) for r in history(2_400)]
-    sink = PostgresSink(pg_dsn)
-    peaks = []
     out = tmp_path / f"session.{fmt}"
     args = ("session", "s-long", "--source", _url(pg_dsn), "--format", fmt, "-o", str(out))
-    for written, upto in ((0, 400), (400, 2_400)):
-        sink.write(records[written:upto])
-        cli(*args)  # the first read imports psycopg's modules: not what is measured
-        results: list[tuple[int, str, str]] = []
-        peaks.append(peak_python_memory(lambda: results.append(cli(*args))))  # noqa: B023
-        assert results[0][0] == 0, results[0][2]
+
+    def listed(count: int) -> None:
         text = out.read_text()
         if fmt == "json":
-            assert len(json.loads(text)["calls"]) == upto
+            assert len(json.loads(text)["calls"]) == count
         else:  # the call table's rows: | 1 | 2026-... |
-            assert len(re.findall(r"^\| \d+ \| 20", text, re.MULTILINE)) == upto
-    sink.close()
-    grown = peaks[1] - peaks[0]
-    assert grown < 1 << 20, f"2,000 more calls held {grown / (1 << 20):.1f} MiB more"
+            assert len(re.findall(r"^\| \d+ \| 20", text, re.MULTILINE)) == count
+
+    _held_by_2_000_more_calls(cli, PostgresSink(pg_dsn), records, args, listed)
 
 
 def test_the_newest_calls_of_a_long_list_are_read_as_streamed(
