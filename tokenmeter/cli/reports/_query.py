@@ -350,7 +350,8 @@ _TAG_VALUES_KEPT = 2_000
 _MORE_KEYS_COUNTED = 100_000
 
 
-_Ranked = tuple[Decimal, int, int, str, Totals]
+#: A tag value as a key's heap ranks it: (cost, calls, -arrival, value, its counts).
+_Ranked = tuple[Decimal, int, int, str, Sequence[int]]
 
 
 @dataclass
@@ -379,8 +380,8 @@ class _TagTotals:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        #: key -> (heap of (cost, calls, -seq, value, counts), all its counts, their cost)
-        self.keys: dict[str, tuple[list[tuple[Decimal, int, int, str, Sequence[int]]], _Sums]] = {}
+        #: key -> (heap of its values ranked, what all its values add up to)
+        self.keys: dict[str, tuple[list[_Ranked], _Sums]] = {}
         self.values: dict[str, int] = {}
         self.partial: set[str] = set()
         self.seq = 0
