@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -391,6 +392,31 @@ def test_latency_percentiles(cli: RunCli, data: Path) -> None:
     assert rows[("anthropic",)]["latency_p50_ms"] == 200.0
     _, out, _ = cli("report", "--source", str(data), "--by", "provider", "--latency")
     assert "p95 latency" in out and "400 ms" in out
+
+
+def test_latency_percentiles_are_nearest_ranks_in_groups_of_any_size(
+    cli: RunCli, tmp_path: Path
+) -> None:
+    """SQLite ranks each group's latencies itself (window functions: every latency was fetched
+    and sorted in Python): the nearest ranks a JSONL file's read gives, for groups of 1 to 41
+    calls written in shuffled order with ties, by a stored column and by a tag."""
+    rng = random.Random(7)
+    records, expected = [], {}
+    for size in (1, 2, 3, 19, 20, 21, 40, 41):
+        latencies = [float(rng.randrange(1, 15) * 10) for _ in range(size)]
+        ordered = sorted(latencies)
+        expected[f"m{size}"] = (ordered[-(-size // 2) - 1], ordered[-(-size * 95 // 100) - 1])
+        for latency in latencies:
+            one = rec(len(records), "2026-11-01T10:00:00.000Z", "openai", f"m{size}", 10, 1, "0.01")
+            one = one.model_copy(update={"latency_ms": latency, "tags": {"team": f"m{size}"}})
+            records.append(one)
+    rng.shuffle(records)
+    db = write_sqlite(tmp_path / "u.db", records, [])
+    for source in (db, write_jsonl(tmp_path / "u.jsonl", records)):
+        for by, column in (("model", "model"), ("tag:team", "tag:team")):
+            rows = report(cli, source, "--by", by, "--latency")["rows"]
+            found = {row[column]: (row["latency_p50_ms"], row["latency_p95_ms"]) for row in rows}
+            assert found == expected, (source.name, by)
 
 
 def test_session_name_with_several_sessions_lists_them(cli: RunCli, data: Path) -> None:

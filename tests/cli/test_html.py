@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 
+from tokenmeter.cli._source import resolve_source
 from tokenmeter.cli.reports import _query
 from tokenmeter.cli.reports._html import _SCRIPT, nice_ticks
+from tokenmeter.cli.reports._model import parse_dimension
 
 from .conftest import RECORDS, SESSIONS, TOTAL_COST, RunCli, rec, write_jsonl, write_sqlite
 
@@ -731,3 +733,39 @@ def test_a_table_of_very_many_rows_shows_the_first_and_says_so(
     assert main.split("<tbody>")[1].split("</tbody>")[0].count("<tr>") == 3
     assert "The first 3 of 5 rows" in page and "The first 3 of 5 calls" in page
     assert "$2.50" in main.split("<tfoot>")[1]  # the total counts all five
+
+
+@pytest.mark.parametrize("suffix", ["db", "jsonl"])
+def test_each_grouping_is_read_once(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    """The HTML report asks for ``model`` beside the default ``--by model``: the two were each
+    a scan of the window (and a ranking of its latencies). Read once, the page is the same,
+    and each table keeps rows of its own."""
+    path = tmp_path / f"usage.{suffix}"
+    timed = [r.model_copy(update={"latency_ms": 100.0 + i}) for i, r in enumerate(RECORDS)]
+    if suffix == "db":
+        write_sqlite(path, timed, SESSIONS)
+    else:
+        write_jsonl(path, timed)
+    asked: list[tuple[Any, ...]] = []
+    for runner in ("_run_sqlite", "_run_jsonl"):
+        run = getattr(_query, runner)
+
+        def spy(source: Any, query: Any, *rest: Any, run: Any = run) -> Any:
+            asked.extend(query.groupings)
+            return run(source, query, *rest)
+
+        monkeypatch.setattr(_query, runner, spy)
+    source = resolve_source(str(path))
+    by_model = (parse_dimension("model"),)
+    query = _query.Query(groupings=(by_model, by_model), latency=True)
+    report = _query.run_query(source, query)
+    assert asked == [by_model]
+    first, again = report.breakdowns
+    assert first == again and any(row.latency is not None for row in first.rows)
+    assert all(a.totals is not b.totals for a, b in zip(first.rows, again.rows, strict=True))
+    page = tmp_path / "r.html"
+    code, _, err = cli("report", "--source", str(path), "--format", "html", "-o", str(page))
+    assert code == 0, err
+    assert asked.count(by_model) == 2  # the window and the one before it (the comparison)

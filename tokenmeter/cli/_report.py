@@ -232,7 +232,17 @@ def run_report(args: argparse.Namespace) -> int:
     with Progress(f"reading {source.path.name}", enabled=show) as progress:
         report = run_query(source, query, progress)
         if compare and start is not None:
-            before = replace(query, since=start, until=since, calls_limit=None, tag_values=0)
+            # Only the main table's rows and the totals are compared: the period before is
+            # read for them alone (the HTML report's charts are of this period).
+            before = replace(
+                query,
+                groupings=query.groupings[:1],
+                since=start,
+                until=since,
+                calls_limit=None,
+                latency=False,
+                tag_values=0,
+            )
             report.previous = run_query(source, before, progress)
             if source.kind == "jsonl":  # the whole file is read again: the same bad lines
                 report.skipped_lines = max(report.skipped_lines, report.previous.skipped_lines)

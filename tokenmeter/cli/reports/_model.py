@@ -288,7 +288,8 @@ class Report:
         """The totals of the row with this key in the previous period (``--compare``)."""
         if self.previous is None:
             return None
-        for mine, theirs in zip(self.breakdowns, self.previous.breakdowns, strict=True):
+        # The period before may be read for the main table alone (``run_report``).
+        for mine, theirs in zip(self.breakdowns, self.previous.breakdowns, strict=False):
             if mine is breakdown:
                 for row in theirs.rows:
                     if row.key == key:

@@ -19,6 +19,7 @@ see ``_TagTotals``. The dialect-specific SQL lives in ``_sql``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import heapq
 import json
 import multiprocessing
@@ -31,7 +32,7 @@ import threading
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 from multiprocessing.connection import Connection
@@ -189,10 +190,15 @@ def run_query(source: Source, query: Query, progress: Progress | None = None) ->
     if not query.groupings:
         raise ValueError("a query needs at least one grouping")
     tags = _TagTotals(query.tag_values) if query.tag_values > 0 else None
+    # Each grouping is read once: the HTML report asks for ``model`` beside a ``--by model``
+    # (each one a scan of the window, with its latencies).
+    distinct = tuple(dict.fromkeys(query.groupings))
+    read = replace(query, groupings=distinct)
     if source.kind != "jsonl":  # SQLite, or PostgreSQL through the dialect layer
-        breakdowns, calls, skipped = _run_sqlite(source, query, progress, tags)
+        found, calls, skipped = _run_sqlite(source, read, progress, tags)
     else:
-        breakdowns, calls, skipped = _run_jsonl(source, query, progress, tags)
+        found, calls, skipped = _run_jsonl(source, read, progress, tags)
+    breakdowns = _as_asked(query.groupings, dict(zip(distinct, found, strict=True)))
     totals = Totals()
     for row in breakdowns[0].rows:
         totals.add(row.totals)
@@ -210,6 +216,23 @@ def run_query(source: Source, query: Query, progress: Progress | None = None) ->
         filters=query.filters.describe(),
         tz=query.tz,
     )
+
+
+def _as_asked(
+    groupings: Sequence[tuple[Dimension, ...]], found: dict[tuple[Dimension, ...], Breakdown]
+) -> list[Breakdown]:
+    """The breakdown of each grouping asked for, in order: a grouping asked for again gets a
+    copy of its own (rows and totals), which a renderer may change without changing the other."""
+    given: set[tuple[Dimension, ...]] = set()
+    breakdowns = []
+    for grouping in groupings:
+        breakdown = found[grouping]
+        if grouping in given:
+            rows = [Row(row.key, copy.copy(row.totals), row.latency) for row in breakdown.rows]
+            breakdown = replace(breakdown, rows=rows)
+        given.add(grouping)
+        breakdowns.append(breakdown)
+    return breakdowns
 
 
 def _in_time_order(value: str) -> tuple[str, int]:
@@ -310,10 +333,50 @@ def roll_up(
     return Breakdown(grouping, columns, _sort_rows(columns, rows))
 
 
+def _rank(count: int, share: float) -> int:
+    """The nearest rank of a percentile (1-based) among ``count`` values."""
+    return max(1, int(-(-count * share // 1)))
+
+
+def _rank_sql(count: str, share: float) -> str:
+    """``_rank`` in SQL, with the same floating-point product (a ceiling, as ``_rank``'s)."""
+    product = f"({count} * {share!r})"
+    return f"MAX(1, CAST({product} AS INTEGER) + ({product} > CAST({product} AS INTEGER)))"
+
+
 def _percentile(values: list[float], share: float) -> float:
     """Nearest-rank percentile of sorted values."""
-    rank = max(1, -(-len(values) * share // 1))
-    return values[int(rank) - 1]
+    return values[_rank(len(values), share) - 1]
+
+
+def _ranked_latencies(
+    conn: Any, exprs: list[str], where: str, params: list[str]
+) -> dict[tuple[str, ...], Latency]:
+    """p50 / p95 latency of each group of stored keys ``exprs``, ranked by SQLite (window
+    functions), which returns the two ranked rows of each group instead of every latency."""
+    keys = ", ".join(f"k{i}" for i in range(len(exprs)))
+    named = ", ".join(f"{expr} AS k{i}" for i, expr in enumerate(exprs))
+    ranked = (
+        f"SELECT {keys}, lat, ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY lat) AS rn, "
+        f"COUNT(*) OVER (PARTITION BY {keys}) AS n "
+        f"FROM (SELECT {named}, latency_ms AS lat FROM records{where})"
+    )
+    sql = (
+        f"SELECT {keys}, lat, rn, n FROM ({ranked}) "
+        f"WHERE rn = {_rank_sql('n', 0.5)} OR rn = {_rank_sql('n', 0.95)}"
+    )
+    n = len(exprs)
+    found: dict[tuple[str, ...], Latency] = {}
+    for values in conn.execute(sql, params):
+        key = tuple(map(str, values[:n]))
+        latency, rank, count = float(values[n]), int(values[n + 1]), int(values[n + 2])
+        known = found.get(key, Latency(latency, latency, count))
+        if rank == _rank(count, 0.5):
+            known = replace(known, p50_ms=latency)
+        if rank == _rank(count, 0.95):
+            known = replace(known, p95_ms=latency)
+        found[key] = known
+    return found
 
 
 def _latencies(
@@ -681,7 +744,10 @@ def _sqlite_breakdown(
                 )
             }
             breakdown.rows[:] = [Row(r.key, r.totals, found.get(r.key)) for r in breakdown.rows]
-        else:  # SQLite has no percentile function; a family or calendar row spans groups
+        elif raw == breakdown.columns:  # SQLite ranks in window functions: two rows per group
+            found = _ranked_latencies(conn, exprs, known, [*params, *where_params])
+            breakdown.rows[:] = [Row(r.key, r.totals, found.get(r.key)) for r in breakdown.rows]
+        else:  # a family or calendar row spans stored groups: their latencies ranked here
             cursor = conn.execute(
                 f"SELECT {', '.join(exprs)}, latency_ms FROM records{known}",
                 [*params, *where_params],
