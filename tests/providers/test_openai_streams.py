@@ -233,6 +233,27 @@ async def test_a_usage_without_an_output_count_has_its_output_estimated(
     assert (counted.output_tokens, counted.estimated) == (0, False)
 
 
+async def test_chunks_after_a_usage_without_an_output_count_are_not_counted(
+    records: Records, kit: ModuleType, is_async: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the chunks whose text is read, a chunk without usage is only counted (in fewer
+    steps); once a usage chunk has come, the chunks after it are not counted, as before: its
+    output is estimated from the chunks that came before it, as if the stream ended there."""
+    from tokenmeter.providers import openai as adapter
+
+    monkeypatch.setattr(adapter, "_READ_CHUNKS", 4)
+    tokenmeter.instrument("openai")
+    ended = kit.chat_sse(12, {"prompt_tokens": 19})
+    went_on = ended.replace(b"data: [DONE]", kit.chat_sse(12).replace(b"data: [DONE]\n\n", b""))
+    went_on += b"data: [DONE]\n\n"
+    for reply in (ended, went_on):
+        client = kit.mock_openai(lambda request, r=reply: kit.sse_response(r), is_async=is_async)
+        await stream_once(client, kit)
+    first, second = records()
+    assert first.estimated and first.output_tokens > 0
+    assert (second.output_tokens, second.estimated) == (first.output_tokens, True)
+
+
 @pytest.mark.parametrize("stream_options", [None, {"include_usage": False}])
 async def test_groq_usage_in_x_groq_is_read_not_estimated(
     records: Records,

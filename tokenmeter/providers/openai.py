@@ -51,7 +51,7 @@ class ChunkReader:
     and holding chunks made the collector run young and full collections the bare stream never
     does."""
 
-    __slots__ = ("counted", "hide", "no_output", "read", "text")
+    __slots__ = ("counted", "hide", "no_output", "quiet", "read", "text")
 
     def __init__(self, hide_usage_chunk: bool) -> None:
         self.hide = hide_usage_chunk
@@ -61,8 +61,14 @@ class ChunkReader:
         #: The usage came without an output count, or a total to tell it by (a compatible
         #: server's ``{"prompt_tokens": 19}``): the output is estimated from what streamed by.
         self.no_output = False
+        #: Every text chunk to read is read and the model is known: a chunk without usage is
+        #: only counted (nearly every chunk of a long stream, so in as few steps as can be).
+        self.quiet = False
 
     def feed(self, chunk: Any, call: Call) -> bool:
+        if self.quiet and getattr(chunk, "usage", None) is None:
+            self.counted += 1
+            return False
         if call.usage is None:
             if self.read < _READ_CHUNKS:
                 self.read += 1
@@ -75,11 +81,13 @@ class ChunkReader:
             call.request_id = ident(getattr(chunk, "id", None)) or None
         usage = getattr(chunk, "usage", None)
         if usage is None:
-            if call.provider != "groq":
+            if call.provider != "groq":  # Groq's usage comes beside: each chunk is looked at
+                self.quiet = self.read >= _READ_CHUNKS and call.usage is None and bool(call.model)
                 return False
             usage = _groq_usage(chunk)
             if usage is None:
                 return False
+        self.quiet = False  # after it, chunks are not counted (unless it cannot be read)
         self.no_output = False
         with suppress(Exception):  # text where usage belongs: unreadable (read below), no more
             get = getter(usage)
