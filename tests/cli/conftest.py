@@ -297,6 +297,9 @@ def insert_sqlite_row(path: Path, copy_of: str, new_id: str, **columns: Any) -> 
         conn.close()
 
 
+MIB = 1 << 20
+
+
 def peak_python_memory(run: Callable[[], Any]) -> int:
     """Bytes of the largest Python heap ``run()`` held at once, above what was held before."""
     tracemalloc.start()

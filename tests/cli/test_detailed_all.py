@@ -22,6 +22,7 @@ from tokenmeter.cli.reports import _spool
 from tokenmeter.cli.reports._format import dumps_exact, exact_pieces
 
 from .conftest import (
+    MIB,
     RunCli,
     history,
     peak_python_memory,
@@ -29,8 +30,6 @@ from .conftest import (
     write_jsonl,
     write_sqlite,
 )
-
-MIB = 1 << 20
 
 
 def _store(tmp_path: Path, kind: str, records: list[UsageRecord]) -> Path:

@@ -17,6 +17,7 @@ import pytest
 from tokenmeter.cli import _source
 
 from .conftest import (
+    MIB,
     RECORDS,
     TOTAL_COST,
     RunCli,
@@ -28,7 +29,6 @@ from .conftest import (
     write_jsonl,
 )
 
-MIB = 1 << 20
 LONG = 50 * MIB
 #: What reading may hold at once, whatever the length of a line: a few times the line limit.
 BUDGET = 16 * MIB

@@ -15,9 +15,7 @@ import pytest
 from tokenmeter._models import UsageRecord
 from tokenmeter.cli.reports import _spool
 
-from .conftest import RunCli, history, peak_python_memory, write_jsonl, write_sqlite
-
-MIB = 1 << 20
+from .conftest import MIB, RunCli, history, peak_python_memory, write_jsonl, write_sqlite
 
 
 def test_sessions_lists_most_recent_first_with_totals(cli: RunCli, source: Path) -> None:

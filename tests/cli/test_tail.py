@@ -20,9 +20,11 @@ from tokenmeter.sinks import JSONLSink, SQLiteSink
 from tokenmeter.sinks._encode import compact_json
 
 from .conftest import (
+    MIB,
     RECORDS,
     SESSIONS,
     RunCli,
+    peak_python_memory,
     rec,
     start_module,
     write_jsonl,
@@ -247,3 +249,73 @@ def test_tail_of_a_records_table_of_another_schema_skips_its_rows(
         follower.close()
     code, out, err = cli("tail", "--source", str(path))
     assert (code, out) == (0, "") and "skipped 1 corrupt row" in err
+
+
+def _many(count: int) -> list[UsageRecord]:
+    return [
+        rec(
+            n,
+            f"2026-11-01T{n // 3600:02d}:{n // 60 % 60:02d}:{n % 60:02d}.000Z",
+            "openai",
+            "m",
+            n,
+            1,
+            "0.1",
+        )
+        for n in range(count)
+    ]
+
+
+def _store(kind: str, folder: Path, records: list[UsageRecord]) -> Path:
+    """``records`` with a bad one every 50th: a corrupt line, or a row the record check refuses."""
+    folder.mkdir()
+    if kind == "jsonl":
+        path = folder / "usage.jsonl"
+        lines = [compact_json(r.model_dump(mode="json")) for r in records]
+        for n in range(0, len(lines), 50):
+            lines[n] = "{torn"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+    path = write_sqlite(folder / "usage.db", records, [])
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("UPDATE records SET input_tokens = -1 WHERE input_tokens % 50 = 0")
+        conn.commit()
+    return path
+
+
+def _tail_to_file(cli: RunCli, out: Path, *args: str) -> tuple[int, str]:
+    with out.open("w", encoding="utf-8") as handle, contextlib.redirect_stdout(handle):
+        code, _, err = cli("tail", *args)
+    return code, err
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_tail_of_very_many_records_prints_them_as_it_reads_them(
+    cli: RunCli, tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``_HELD`` records (100 here), tail finds where the last ones begin and prints them as
+    it reads them: it held them all (``-n 150000``: 286 MB from SQLite, 757 MB from JSONL).
+    The same lines as when they are held, bad rows and corrupt lines skipped alike."""
+    from tokenmeter.cli import _tail
+
+    peaks = {}
+    for count in (400, 2_400):
+        source = _store(kind, tmp_path / f"{kind}{count}", _many(count + 100))
+        args = ("-n", str(count), "--source", str(source), "--format", "json")
+        held = _tail_to_file(cli, tmp_path / f"held{count}.txt", *args)
+        monkeypatch.setattr(_tail, "_HELD", 100)
+        out = tmp_path / f"read{count}.txt"
+        _tail_to_file(cli, out, *args)  # modules imported once are not what is measured
+        results: list[tuple[int, str]] = []
+        peaks[count] = peak_python_memory(
+            lambda: results.append(_tail_to_file(cli, out, *args))  # noqa: B023
+        )
+        monkeypatch.undo()
+        (code, err), (held_code, held_err) = results[0], held
+        assert code == held_code == 0, err
+        assert out.read_text() == (tmp_path / f"held{count}.txt").read_text()
+        shown = [json.loads(line)["input_tokens"] for line in out.read_text().splitlines()]
+        assert len(shown) == count and shown[-1] == count + 99 and all(n % 50 for n in shown)
+        assert "skipped" in err and "skipped" in held_err
+    grown = peaks[2_400] - peaks[400]
+    assert grown < MIB, f"2,000 more records held {grown / MIB:.1f} MiB more"

@@ -18,6 +18,7 @@ import sqlite3
 import sys
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -34,6 +35,7 @@ from tokenmeter.cli._source import (
     table_columns,
     warn_skipped,
 )
+from tokenmeter.cli._validate import BadRecord, record_from_row
 from tokenmeter.cli.reports._format import dumps_exact, fmt_int, fmt_usd
 from tokenmeter.cli.reports._model import Call
 from tokenmeter.cli.reports._query import calls_from_rows
@@ -83,7 +85,7 @@ def _styled(call: Call) -> Any:
     return text
 
 
-def _emit(calls: list[Call], as_json: bool, console: Any = None) -> None:
+def _emit(calls: Iterable[Call], as_json: bool, console: Any = None) -> None:
     try:
         _print_calls(calls, as_json, console)
     except BrokenPipeError:
@@ -92,7 +94,7 @@ def _emit(calls: list[Call], as_json: bool, console: Any = None) -> None:
         raise stdout_failed(exc) from None
 
 
-def _print_calls(calls: list[Call], as_json: bool, console: Any) -> None:
+def _print_calls(calls: Iterable[Call], as_json: bool, console: Any) -> None:
     for call in calls:
         if as_json:
             print(dumps_exact(call.as_json(), indent=0).replace("\n", ""), flush=True)
@@ -105,6 +107,10 @@ def _print_calls(calls: list[Call], as_json: bool, console: Any) -> None:
 
 #: Most rows fetched at once: ``fetchmany`` takes a C int, and ``-n`` may be up to sys.maxsize.
 _BATCH = 10_000
+#: Past this many records, ``tail -n`` first finds where they begin, then reads them from there
+#: as it prints them: it held them all (about 2 KB a record read from SQLite, 5 KB from JSONL;
+#: ``-n 1000000`` over a large store ran out of memory).
+_HELD = 10_000
 
 
 def _row_id(row: sqlite3.Row) -> Any:
@@ -131,13 +137,15 @@ class _SqliteFollower:
         found = row.fetchone()
         return found is not None and _row_id(found) == self.last_id
 
-    def last(self, count: int) -> list[Call]:
+    def last(self, count: int) -> Iterable[Call]:
         """The latest ``count`` good records: bad rows on the way are skipped, not shown."""
         top = self.conn.execute(
             "SELECT rowid AS _rowid, * FROM records ORDER BY rowid DESC LIMIT 1"
         ).fetchone()
         if top is not None:
             self.last_rowid, self.last_id = int(top["_rowid"]), _row_id(top)
+        if count > _HELD:
+            return self._forward(self._start_of_newest(count))
         cursor = self.conn.execute(
             "SELECT rowid AS _rowid, * FROM records WHERE rowid <= ? ORDER BY rowid DESC",
             [self.last_rowid],
@@ -152,6 +160,35 @@ class _SqliteFollower:
             newest_first += calls
         cursor.close()
         return newest_first[:count][::-1]
+
+    def _start_of_newest(self, count: int) -> int:
+        """The rowid of the oldest of the newest ``count`` good rows (0 when there are fewer),
+        found by checking the rows newest first, keeping none."""
+        rows = self.conn.execute(
+            "SELECT rowid AS _rowid, * FROM records WHERE rowid <= ? ORDER BY rowid DESC",
+            [self.last_rowid],
+        )
+        good = 0
+        for row in rows:
+            try:
+                record_from_row(row)
+            except BadRecord:
+                continue
+            good += 1
+            if good == count:
+                return int(row["_rowid"])
+        return 0
+
+    def _forward(self, start: int) -> Iterator[Call]:
+        """The good records from rowid ``start`` to the newest one seen, a batch at a time."""
+        cursor = self.conn.execute(
+            "SELECT rowid AS _rowid, * FROM records WHERE rowid >= ? AND rowid <= ? ORDER BY rowid",
+            [start, self.last_rowid],
+        )
+        while rows := cursor.fetchmany(256):  # a few at a time: printed before the next
+            calls, refused = calls_from_rows(rows)
+            self.skipped += refused
+            yield from calls
 
     def new(self) -> list[Call]:
         if not self._still_there():
@@ -196,20 +233,21 @@ class _JsonlFollower:
         handle.seek(offset - len(self.seen))
         return handle.read(len(self.seen)) == self.seen
 
-    def _read_from(
-        self, offset: int, keep: int | None, followed: bool = True
-    ) -> tuple[deque[dict[str, Any]], int]:
-        """Complete records after ``offset`` (only the last ``keep`` of them when given).
-        ``followed``: ``offset`` is where the last read ended (checked: the file may have been
-        replaced since), not a line's start found by ``_start_of_last``."""
-        records: deque[dict[str, Any]] = deque(maxlen=keep)
+    def _records_from(
+        self, offset: int, followed: bool = True, until: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The complete records after ``offset``, read as they are taken; ``self.offset`` is
+        where reading ended once they all are. ``followed``: ``offset`` is where the last read
+        ended (checked: the file may have been replaced since), not a line's start found by
+        ``_start_of_last``. ``until``: stop at that offset (lines appended since are not read)."""
         try:
             with self.path.open("rb") as handle:
-                if followed and offset and not self._same_file(handle, offset):  # start again
-                    offset = 0
+                if not followed or (offset and not self._same_file(handle, offset)):
+                    # A line's start (found, or the file's when read again from there).
+                    offset = offset if not followed else 0
                     self.in_long_line = False
                 handle.seek(offset)
-                while True:
+                while until is None or offset < until:
                     if self.in_long_line:
                         skipped, ended = skip_rest_of_line(handle)
                         offset += skipped
@@ -227,28 +265,41 @@ class _JsonlFollower:
                     offset += len(line)
                     record = parse_record(line)
                     if record is not None:
-                        records.append(record)
+                        yield record
                     elif line.strip():
                         self.skipped += 1
                 info = os.fstat(handle.fileno())
                 self.file_id = (info.st_dev, info.st_ino)
                 handle.seek(offset - min(offset, _SEEN_BYTES))
                 self.seen = handle.read(min(offset, _SEEN_BYTES))
+                self.offset = offset
         except OSError as exc:
             raise CliError(f"cannot read {self.path}: {exc.strerror or exc}") from None
-        return records, offset
 
-    def last(self, count: int) -> list[Call]:
+    def last(self, count: int) -> Iterable[Call]:
         """The last ``count`` records, read from near the end: reading the whole file took 15 s
-        to show ten lines of a million. Corrupt lines among them make it look further back."""
+        to show ten lines of a million. Corrupt lines among them make it look further back.
+        Past ``_HELD`` records, they are counted first and read again as they are printed."""
         lines, skipped = count + 16, self.skipped
         while True:
             start = self._start_of_last(lines)
             self.skipped = skipped  # what an earlier try skipped is read again
-            records, self.offset = self._read_from(start, count, followed=False)
-            if len(records) >= count or start == 0:
-                return [Call.from_json(record) for record in records]
+            if count <= _HELD:
+                records = deque(self._records_from(start, followed=False), maxlen=count)
+                if len(records) >= count or start == 0:
+                    return [Call.from_json(record) for record in records]
+            else:
+                found = sum(1 for _ in self._records_from(start, followed=False))
+                if found >= count or start == 0:
+                    self.skipped = skipped  # counted again as they are read
+                    return self._forward(start, found - count, self.offset)
             lines *= 4
+
+    def _forward(self, start: int, skip: int, until: int) -> Iterator[Call]:
+        """The records from ``start`` to ``until`` but the first ``skip`` of them."""
+        for index, record in enumerate(self._records_from(start, followed=False, until=until)):
+            if index >= skip:
+                yield Call.from_json(record)
 
     def _start_of_last(self, lines: int) -> int:
         """Where the last ``lines`` complete lines begin (0 when the file has fewer), found by
@@ -271,8 +322,7 @@ class _JsonlFollower:
         return 0
 
     def new(self) -> list[Call]:
-        records, self.offset = self._read_from(self.offset, None)
-        return [Call.from_json(record) for record in records]
+        return [Call.from_json(record) for record in self._records_from(self.offset)]
 
     def close(self) -> None:
         warn_skipped(self.skipped, self.path)
@@ -316,11 +366,10 @@ def run_tail(args: argparse.Namespace) -> int:
     as_json = args.format == "json"
     console = None if as_json else _colour_console()
     try:
-        try:
-            first = follower.last(args.lines)
+        try:  # the latest records, printed as they are read
+            _emit(follower.last(args.lines), as_json, console)
         except sqlite3.Error as exc:
             raise CliError(f"cannot read {source_path}: {exc}") from None
-        _emit(first, as_json, console)
         while args.follow:
             time.sleep(args.interval)
             try:
