@@ -333,6 +333,10 @@ def roll_up(
     return Breakdown(grouping, columns, _sort_rows(columns, rows))
 
 
+#: The SQLite that has window functions (a Python built on an older one ranks here).
+_WINDOWS = (3, 25, 0)
+
+
 def _rank(count: int, share: float) -> int:
     """The nearest rank of a percentile (1-based) among ``count`` values."""
     return max(1, int(-(-count * share // 1)))
@@ -744,7 +748,8 @@ def _sqlite_breakdown(
                 )
             }
             breakdown.rows[:] = [Row(r.key, r.totals, found.get(r.key)) for r in breakdown.rows]
-        elif raw == breakdown.columns:  # SQLite ranks in window functions: two rows per group
+        elif raw == breakdown.columns and sqlite3.sqlite_version_info >= _WINDOWS:
+            # SQLite ranks in window functions: two rows per group come back
             found = _ranked_latencies(conn, exprs, known, [*params, *where_params])
             breakdown.rows[:] = [Row(r.key, r.totals, found.get(r.key)) for r in breakdown.rows]
         else:  # a family or calendar row spans stored groups: their latencies ranked here
