@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -22,6 +24,7 @@ from .conftest import (
     peak_python_memory,
     rec,
     start_module,
+    subprocess_env,
     write_sqlite,
 )
 
@@ -355,3 +358,63 @@ def test_postgresql_ranks_latencies_itself(
     assert code == 0, err
     rows = {row["model"]: row for row in json.loads(out)["rows"]}
     assert (rows["gpt-4o"]["latency_p50_ms"], rows["gpt-4o"]["latency_p95_ms"]) == (120.0, 230.0)
+
+
+#: Runs the CLI with the given arguments, then writes its process' peak RSS (KiB) to stderr:
+#: VmHWM, its own (``ru_maxrss`` keeps the larger peak of the pytest process it was forked from).
+_PEAK_RSS = (
+    "import re, sys\n"
+    "from pathlib import Path\n"
+    "from tokenmeter.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "status = Path('/proc/self/status').read_text()\n"
+    "print('peak', re.search(r'VmHWM:\\s*(\\d+)', status)[1], file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
+def _peak_kib(*args: str) -> tuple[int, str]:
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, *args],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return int(done.stderr.rsplit("peak ", 1)[1]), done.stdout
+
+
+def test_tail_reads_the_rows_it_prints_not_the_table(pg_url: str, pg_dsn: str) -> None:
+    """``tail -n 3`` (and ``-n 20000``) over a ledger of 150,000 rows: read a page of rows at a
+    time, newest first, each page a query of its own. One query ordered newest first, as
+    before, was held whole by psycopg's client cursor: every row of the table came over the
+    connection (~100 MiB more for ``-n 3`` here)."""
+    import psycopg
+
+    before, last_3 = _peak_kib("tail", "-n", "3", "--format", "json", "--source", pg_url)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("SET search_path = tokenmeter")
+        columns = [
+            name
+            for (name,) in conn.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = 'tokenmeter' AND table_name = 'records' "
+                "AND column_name NOT IN ('id', 'seq') ORDER BY ordinal_position"
+            )
+        ]
+        listed = ", ".join(columns)
+        conn.execute(  # 150,000 copies of the oldest record, older than every other row
+            f"INSERT INTO records (id, {listed}) "
+            f"SELECT 'copy-' || n, {listed} FROM records, generate_series(1, 150000) AS n "
+            "WHERE seq = (SELECT min(seq) FROM records) ORDER BY n"
+        )
+        conn.execute("UPDATE records SET seq = seq + 1000000 WHERE id NOT LIKE 'copy-%'")
+    after, still_last_3 = _peak_kib("tail", "-n", "3", "--format", "json", "--source", pg_url)
+    assert still_last_3 == last_3 and len(last_3.splitlines()) == 3
+    grown = (after - before) / 1024
+    assert grown < 30, f"tail -n 3 took {grown:.0f} MiB more over 150,000 more rows"
+    many, printed = _peak_kib("tail", "-n", "20000", "--format", "json", "--source", pg_url)
+    lines = printed.splitlines()
+    assert len(lines) == 20_000 and "\n".join(lines[-3:]) + "\n" == last_3
+    assert (many - before) / 1024 < 30, f"tail -n 20000 took {(many - before) / 1024:.0f} MiB"

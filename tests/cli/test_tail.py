@@ -319,3 +319,31 @@ def test_tail_of_very_many_records_prints_them_as_it_reads_them(
         assert "skipped" in err and "skipped" in held_err
     grown = peaks[2_400] - peaks[400]
     assert grown < MIB, f"2,000 more records held {grown / MIB:.1f} MiB more"
+
+
+@pytest.mark.parametrize("held", [10_000, 2], ids=["held", "read-twice"])
+def test_rows_another_program_stored_at_negative_rowids_are_shown(
+    cli: RunCli, tmp_path: Path, held: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite allows rowids down to -2**63; a program that inserts its own rowids may use them.
+    They come first, in rowid order, whichever way the newest are read (the twice-read path
+    began at rowid 0 when there were fewer than asked for, and left them out)."""
+    from tokenmeter.cli import _tail
+
+    monkeypatch.setattr(_tail, "_HELD", held)
+    path = write_sqlite(tmp_path / "usage.db", _many(5), [])
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        names = [row[1] for row in conn.execute("PRAGMA table_info(records)") if row[1] != "id"]
+        listed = ", ".join(names)
+        for rowid in (-(2**63), -7):
+            conn.execute(
+                f"INSERT INTO records (rowid, id, {listed}) "
+                f"SELECT ?, ?, {listed} FROM records "
+                "WHERE rowid = (SELECT MAX(rowid) FROM records)",
+                [rowid, f"below-{rowid}"],
+            )
+        conn.commit()
+    code, out, err = cli("tail", "-n", "8", "--source", str(path), "--format", "json")
+    assert code == 0, err
+    shown = [json.loads(line)["input_tokens"] for line in out.splitlines()]
+    assert shown == [4, 4, 0, 1, 2, 3, 4]

@@ -105,8 +105,10 @@ def _print_calls(calls: Iterable[Call], as_json: bool, console: Any) -> None:
             print(format_call_line(call), flush=True)
 
 
-#: Most rows fetched at once: ``fetchmany`` takes a C int, and ``-n`` may be up to sys.maxsize.
-_BATCH = 10_000
+#: Rows read at a time past ``_HELD``.
+_PAGE = 256
+#: The lowest rowid SQLite allows (another program may have inserted rows with negative ones).
+_LOWEST = -(1 << 63)
 #: Past this many records, ``tail -n`` first finds where they begin, then reads them from there
 #: as it prints them: it held them all (about 2 KB a record read from SQLite, 5 KB from JSONL;
 #: ``-n 1000000`` over a large store ran out of memory).
@@ -137,6 +139,25 @@ class _SqliteFollower:
         found = row.fetchone()
         return found is not None and _row_id(found) == self.last_id
 
+    def _pages(self, low: int, high: int, newest_first: bool, size: int) -> Iterator[list[Any]]:
+        """The rows from rowid ``low`` to ``high``, ``size`` at a time, each page a query of its
+        own that starts past the last row read. One query over them all would be held whole
+        by PostgreSQL's client cursor (``tail -n 5`` of a ledger of millions of rows fetched
+        them all); SQLite walks its rowids either way."""
+        order = "DESC" if newest_first else "ASC"
+        while low <= high:
+            rows = self.conn.execute(
+                "SELECT rowid AS _rowid, * FROM records WHERE rowid >= ? AND rowid <= ? "
+                f"ORDER BY rowid {order} LIMIT ?",
+                [low, high, size],
+            ).fetchall()
+            if rows:
+                yield rows
+            if len(rows) < size:
+                return
+            edge = int(rows[-1]["_rowid"])
+            low, high = (low, edge - 1) if newest_first else (edge + 1, high)
+
     def last(self, count: int) -> Iterable[Call]:
         """The latest ``count`` good records: bad rows on the way are skipped, not shown."""
         top = self.conn.execute(
@@ -146,46 +167,34 @@ class _SqliteFollower:
             self.last_rowid, self.last_id = int(top["_rowid"]), _row_id(top)
         if count > _HELD:
             return self._forward(self._start_of_newest(count))
-        cursor = self.conn.execute(
-            "SELECT rowid AS _rowid, * FROM records WHERE rowid <= ? ORDER BY rowid DESC",
-            [self.last_rowid],
-        )
         newest_first: list[Call] = []
-        while len(newest_first) < count:
-            rows = cursor.fetchmany(min(max(count - len(newest_first), 64), _BATCH))
-            if not rows:
-                break
+        for rows in self._pages(_LOWEST, self.last_rowid, True, max(count, 64)):
             calls, refused = calls_from_rows(rows)
             self.skipped += refused
             newest_first += calls
-        cursor.close()
+            if len(newest_first) >= count:
+                break
         return newest_first[:count][::-1]
 
     def _start_of_newest(self, count: int) -> int:
-        """The rowid of the oldest of the newest ``count`` good rows (0 when there are fewer),
+        """The rowid of the oldest of the newest ``count`` good rows (``_LOWEST`` when fewer),
         found by checking the rows newest first, keeping none."""
-        rows = self.conn.execute(
-            "SELECT rowid AS _rowid, * FROM records WHERE rowid <= ? ORDER BY rowid DESC",
-            [self.last_rowid],
-        )
         good = 0
-        for row in rows:
-            try:
-                record_from_row(row)
-            except BadRecord:
-                continue
-            good += 1
-            if good == count:
-                return int(row["_rowid"])
-        return 0
+        for rows in self._pages(_LOWEST, self.last_rowid, True, _PAGE):
+            for row in rows:
+                try:
+                    record_from_row(row)
+                except BadRecord:
+                    continue
+                good += 1
+                if good == count:
+                    return int(row["_rowid"])
+        return _LOWEST
 
     def _forward(self, start: int) -> Iterator[Call]:
-        """The good records from rowid ``start`` to the newest one seen, a batch at a time."""
-        cursor = self.conn.execute(
-            "SELECT rowid AS _rowid, * FROM records WHERE rowid >= ? AND rowid <= ? ORDER BY rowid",
-            [start, self.last_rowid],
-        )
-        while rows := cursor.fetchmany(256):  # a few at a time: printed before the next
+        """The good records from rowid ``start`` to the newest one seen, a page at a time (each
+        printed before the next is read)."""
+        for rows in self._pages(start, self.last_rowid, False, _PAGE):
             calls, refused = calls_from_rows(rows)
             self.skipped += refused
             yield from calls
