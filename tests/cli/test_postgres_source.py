@@ -224,6 +224,51 @@ def test_a_url_whose_escapes_are_not_utf8_is_one_line(cli: RunCli, pg_dsn: str, 
     assert err.strip().count("\n") == 0 and "not UTF-8" in err
 
 
+def test_a_schema_of_the_sinks_choosing_is_read_when_the_url_names_it(
+    cli: RunCli, tmp_path: Path, pg_dsn: str
+) -> None:
+    """``PostgresSink(dsn, schema="llm_usage")`` keeps its tables in that schema; the CLI read
+    only ``tokenmeter``. ``?schema=llm_usage`` (any case, as PostgreSQL folds it) names it, is
+    taken out of the URL before libpq sees it (libpq refuses parameters it does not know), and
+    the URL's other parameters are kept as written."""
+    sink = PostgresSink(pg_dsn, schema="llm_usage")
+    sink.write(RECORDS)
+    sink.write_sessions(SESSIONS)
+    sink.close()
+    db = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
+    code, from_sqlite, err = cli("report", "--by", "model", "--format", "json", "--source", str(db))
+    assert code == 0, err
+    for query in ("?schema=llm_usage", "?application_name=tm%20cli&schema=LLM_usage"):
+        url = _url(pg_dsn) + query
+        for command in (("report", "--by", "model", "--format", "json"), ("tail", "-n", "2")):
+            code, out, err = cli(command[0], "--source", url, *command[1:])
+            assert code == 0, err
+            assert len(out) > 100
+        code, from_pg, err = cli("report", "--by", "model", "--format", "json", "--source", url)
+        assert json.loads(from_pg)["rows"] == json.loads(from_sqlite)["rows"]
+        assert json.loads(from_pg)["source"].endswith("?schema=llm_usage")
+    code, _, err = cli("report", "--source", _url(pg_dsn))  # the default schema: not there
+    assert code == 1 and "no tokenmeter records in schema 'tokenmeter'" in err
+
+
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [
+        ("?schema=llm;drop", "schema must be a plain SQL identifier, got 'llm;drop'"),
+        ('?schema=a"b', "schema must be a plain SQL identifier"),
+        ("?schema=", "schema must be a plain SQL identifier, got ''"),
+        ("?schema=%ff", "can't decode"),
+        ("?schema=a&schema=b", "schema is given more than once"),
+    ],
+)
+def test_a_schema_that_is_not_a_plain_name_is_refused_in_one_line(
+    cli: RunCli, pg_dsn: str, query: str, said: str
+) -> None:
+    code, out, err = cli("report", "--source", _url(pg_dsn) + query)
+    assert (code, out) == (2, "")
+    assert said in err and err.strip().count("\n") == 0 and "Traceback" not in err
+
+
 @pytest.mark.parametrize("cut", ["terminated", "restarted"])
 def test_tail_follow_goes_on_when_its_connection_is_ended(
     pg_url: str, pg_dsn: str, pg_server: PgServer, cut: str

@@ -27,9 +27,9 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeGuard
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-__all__ = ["PgConnection", "display_name", "is_postgres", "is_postgres_url"]
+__all__ = ["PgConnection", "display_name", "is_postgres", "is_postgres_url", "split_schema"]
 
 _SCHEMES = ("postgresql://", "postgres://")
 _JSON_EXTRACT = re.compile(r"json_extract\((\w+(?:\.\w+)?), \?\)")
@@ -47,14 +47,37 @@ def is_postgres_url(value: str | None) -> bool:
     return bool(value) and str(value).lower().startswith(_SCHEMES)
 
 
+def split_schema(url: str) -> tuple[str, str | None]:
+    """The URL without tokenmeter's own ``schema=NAME`` parameter (libpq refuses a parameter it
+    does not know), and that schema (None: not given). The other parameters are kept as written,
+    escapes and all. ValueError for a name ``PostgresSink`` would refuse, or two of them."""
+    base, mark, query = url.partition("?")
+    kept, found = [], []
+    for item in query.split("&") if mark else ():
+        key, _, value = item.partition("=")
+        if key == "schema":
+            found.append(unquote(value, errors="strict"))
+        else:
+            kept.append(item)
+    if not found:
+        return url, None
+    if len(found) > 1:
+        raise ValueError("schema is given more than once")
+    from tokenmeter.sinks.postgres import check_schema_name
+
+    return base + ("?" + "&".join(kept) if kept else ""), check_schema_name(found[0])
+
+
 def display_name(url: str) -> str:
-    """``postgres:db@host:port``: what messages and reports call the source (never a password)."""
+    """``postgres:db@host:port``: what messages and reports call the source (never a password),
+    followed by ``?schema=NAME`` when the URL names a schema."""
+    url, schema = split_schema(url)
     parts = urlsplit(url)
     where = parts.hostname or "localhost"
     if parts.port:
         where += f":{parts.port}"
     database = parts.path.lstrip("/") or "(default database)"
-    return f"postgres:{database}@{where}"
+    return f"postgres:{database}@{where}" + (f"?schema={schema}" if schema else "")
 
 
 def is_postgres(conn: object) -> TypeGuard[PgConnection]:
@@ -143,18 +166,22 @@ def _connect(psycopg: Any, url: str) -> Any:
 
 
 class PgConnection:
-    """A read-only connection to the sink's schema that answers the readers' SQLite SQL."""
+    """A read-only connection to the sink's schema (the URL's ``schema=NAME``, else the sink's
+    default) that answers the readers' SQLite SQL."""
 
     row_factory: Any = None  # rows always read both ways; kept for the readers that set it
 
-    def __init__(self, url: str, schema: str = "tokenmeter") -> None:
+    def __init__(self, url: str) -> None:
         try:
             import psycopg  # noqa: F401
         except ImportError:
             raise sqlite3.OperationalError(
                 "reading PostgreSQL needs psycopg 3: pip install 'tokenmeter[postgres]'"
             ) from None
-        self._url, self._schema = url, schema
+        from tokenmeter.sinks.postgres import DEFAULT_SCHEMA
+
+        self._url, schema = split_schema(url)
+        self._schema = schema or DEFAULT_SCHEMA
         self._conn = self._open()
         self._snapshot = False  # inside the readers' BEGIN: a statement is never run elsewhere
 

@@ -40,7 +40,7 @@ from tokenmeter.sinks.sqlite import _record_row, _session_row
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["SCHEMA_VERSION", "PostgresSink"]
+__all__ = ["DEFAULT_SCHEMA", "SCHEMA_VERSION", "PostgresSink", "check_schema_name"]
 
 #: Key of the advisory lock that serialises migrations (any fixed 64-bit number: "tokenme").
 _MIGRATION_LOCK = 0x746F6B656E6D65
@@ -246,7 +246,13 @@ def _sendable(dsn: str) -> bool:
     return True
 
 
-def _check_schema_name(schema: str) -> str:
+#: The PostgreSQL schema the sink's tables live in unless another is given (and the CLI reads).
+DEFAULT_SCHEMA = "tokenmeter"
+
+
+def check_schema_name(schema: str) -> str:
+    """A schema name as PostgreSQL folds it (lower case), or ValueError: only plain identifiers,
+    which are spliced into ``SET search_path`` (never a quoted name or SQL)."""
     if not isinstance(schema, str) or not schema.isidentifier() or not schema.isascii():
         raise ValueError(f"schema must be a plain SQL identifier, got {schema!r}")
     return schema.lower()
@@ -266,7 +272,7 @@ class PostgresSink:
         self,
         dsn: str = "",
         *,
-        schema: str = "tokenmeter",
+        schema: str = DEFAULT_SCHEMA,
         connect_timeout_s: float = 10.0,
         statement_timeout_s: float = 30.0,
     ) -> None:
@@ -285,7 +291,7 @@ class PostgresSink:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         _psycopg()  # a missing extra fails here, not at every write
         self._dsn = dsn
-        self.schema = _check_schema_name(schema)
+        self.schema = check_schema_name(schema)
         # Both are 32-bit integers to libpq and the server, which refuses a larger timeout.
         self._connect_timeout = max(1, round(min(connect_timeout_s, _MAX_INT32)))
         self._statement_timeout_ms = max(1, round(min(statement_timeout_s * 1000, _MAX_INT32)))
