@@ -2201,3 +2201,60 @@ def test_a_child_forked_while_a_line_is_appended_holds_no_lock(
         for pid in children:
             os.waitpid(pid, 0)
     assert path.read_bytes() == b'{"a": 1}\n'
+
+
+EXEC_SCRIPT = """
+import os, sys, tokenmeter
+
+replace = [sys.executable, "-c", "print('replaced')"]
+how = sys.argv[1]
+made = 5 if how in ("fork", "failed") else 300
+for n in range(2 if how in ("fork", "failed") else made):
+    tokenmeter.record("openai", "gpt-4o", 10 + n, 1)
+if how == "execv":
+    os.execv(sys.executable, replace)
+elif how == "execl":
+    os.execl(sys.executable, *replace)
+elif how == "execvpe":
+    os.execvpe(sys.executable, replace, dict(os.environ))
+elif how == "fork":  # the child records its own, then execs (as pty.spawn does)
+    pid = os.fork()
+    if pid == 0:
+        for n in range(3):
+            tokenmeter.record("openai", "gpt-4o", 100 + n, 1)
+        os.execv(sys.executable, replace)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+elif how == "failed":
+    try:
+        os.execv(os.path.join(os.getcwd(), "no-such-program"), ["no-such-program"])
+    except FileNotFoundError:
+        print("not replaced")
+    for n in range(3):
+        tokenmeter.record("openai", "gpt-4o", 100 + n, 1)
+"""
+
+
+@pytest.mark.parametrize("how", ["execv", "execl", "execvpe", "fork", "failed"])
+def test_a_process_that_execs_writes_its_records_first(tmp_path: Path, how: str) -> None:
+    """``os.exec*()`` replaces the process without running atexit: the records made just before
+    it (within a flush interval) were lost. They are written first, the implicit session
+    ended; a forked child that execs writes its own records only, and an exec that fails leaves
+    the program recording on."""
+    env = {**os.environ, "TOKENMETER_SINKS": "sqlite", "TOKENMETER_DIR": str(tmp_path / "m")}
+    done = subprocess.run(
+        [sys.executable, "-c", EXEC_SCRIPT, how],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ("not replaced\n" if how == "failed" else "replaced\n")
+    with sqlite3.connect(tmp_path / "m" / "usage.db") as db:
+        inputs = sorted(n for (n,) in db.execute("SELECT input_tokens FROM records"))
+        ended = db.execute("SELECT status FROM sessions").fetchall()
+    expected = [10, 11, 100, 101, 102] if how in ("fork", "failed") else list(range(10, 310))
+    assert inputs == expected
+    assert ended and all(status == ("completed",) for status in ended), ended
+    assert "Traceback" not in done.stderr

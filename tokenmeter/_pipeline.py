@@ -48,6 +48,7 @@ Policies (documented in docs/sinks.md):
   Python's default disposition: a handler of its own is never replaced) flush, bounded by the
   ``exit_timeout`` setting. A termination signal that comes during that flush waits for it; in a
   multiprocessing child, one the main thread missed is sent to it again (``_watch_signals``).
+  ``os.execv`` / ``os.execve`` (which the other ``os.exec*`` call) run the exit flush first.
   ``os._exit()`` and SIGKILL skip everything.
 """
 
@@ -55,6 +56,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import importlib
 import itertools
 import json
@@ -1036,6 +1038,7 @@ def _get() -> _Pipeline:
             _carried = []
             _flush_at_multiprocessing_exit()
             hook_termination_signals()
+            _hook_exec()
             if _in_exit_hooks():
                 # First used by an exit hook: ours, registered at this module's import (just
                 # now), will not run; the records are written at once, as after our exit flush.
@@ -1456,6 +1459,39 @@ def flush_early_at_exit() -> None:
 def _flush_early() -> None:
     if _exited_pid != os.getpid():
         _flush_writers(_writers(), _exit_time_left())
+
+
+#: What ``os.exec*()`` goes through: ``execl`` calls ``execv``, ``execle`` ``execve``, and the
+#: ``execlp`` / ``execvp`` family one of the two, looked up in ``os`` at each call.
+_EXEC_FUNCTIONS = ("execv", "execve")
+
+
+def _hook_exec() -> None:
+    """``os.exec*()`` replaces the process without running atexit: the records not yet written
+    (up to a flush interval's) were lost. Patched once, so that the exit flush runs first, as
+    at exit (the exit hooks too: the program ends there). An exec that fails leaves the process
+    running on with its records written at once, as after the exit flush. A forked child that
+    execs (``pty.spawn``) flushes its own records only: the parent's are not its to write."""
+    for name in _EXEC_FUNCTIONS:
+        original = getattr(os, name, None)
+        if original is not None and not hasattr(original, "__tokenmeter_exec__"):
+            setattr(os, name, _flushing_first(original))
+
+
+def _flushing_first(exec_function: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(exec_function)
+    def exec_after_flush(*args: Any, **kwargs: Any) -> Any:
+        current = threading.current_thread()
+        if not any(writer._thread is current for writer in _writers()):  # a sink's own exec
+            try:
+                _at_exit()
+            except Exception:  # the exec is the application's: it happens whatever ours did
+                logger.exception("tokenmeter: the flush before os.%s() failed", name)
+        return exec_function(*args, **kwargs)
+
+    name = exec_function.__name__
+    exec_after_flush.__tokenmeter_exec__ = exec_function  # type: ignore[attr-defined]
+    return exec_after_flush
 
 
 _TERMINATION_SIGNALS = ("SIGTERM", "SIGHUP")
