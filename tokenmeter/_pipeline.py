@@ -1482,16 +1482,37 @@ def _flushing_first(exec_function: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(exec_function)
     def exec_after_flush(*args: Any, **kwargs: Any) -> Any:
         current = threading.current_thread()
-        if not any(writer._thread is current for writer in _writers()):  # a sink's own exec
+        in_writer = any(writer._thread is current for writer in _writers())  # a sink's own exec
+        flushed = _exited_pid != os.getpid() and not in_writer
+        if flushed:
             try:
                 _at_exit()
             except Exception:  # the exec is the application's: it happens whatever ours did
                 logger.exception("tokenmeter: the flush before os.%s() failed", name)
-        return exec_function(*args, **kwargs)
+        try:
+            return exec_function(*args, **kwargs)
+        except BaseException:
+            if flushed:
+                _resume_after_failed_exec()
+            raise
 
     name = exec_function.__name__
     exec_after_flush.__tokenmeter_exec__ = exec_function  # type: ignore[attr-defined]
     return exec_after_flush
+
+
+def _resume_after_failed_exec() -> None:
+    """The exec failed (no such program, not executable): the program runs on. Its writers,
+    ended by the exit flush, start again, so that its next records are queued as before rather
+    than written at once, each on the caller's thread; and its real exit flushes again (the
+    implicit session's end with it: its totals then count the calls made meanwhile)."""
+    global _exited_pid, _exit_deadline, _ended_pid
+    with _locked():
+        _exited_pid = _ended_pid = 0
+        _exit_deadline = (0, 0.0)
+        for writer in _writers():
+            with contextlib.suppress(RuntimeError):  # no new thread (at interpreter shutdown)
+                writer.revive()
 
 
 _TERMINATION_SIGNALS = ("SIGTERM", "SIGHUP")
