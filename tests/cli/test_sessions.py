@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tokenmeter._models import UsageRecord
+from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.cli.reports import _spool
 
 from .conftest import MIB, RunCli, history, peak_python_memory, write_jsonl, write_sqlite
@@ -338,3 +338,53 @@ def test_the_session_list_of_a_jsonl_file_is_that_of_the_same_records_in_sqlite(
     listed = {row["session_id"]: row for row in json.loads(out, parse_float=Decimal)}
     assert listed["s1"]["unpriced_calls"] == 1 and listed["s1"]["calls"] == 10
     assert listed["s0"]["name"] == '"n\\0" é\t' and listed["(none)"]["calls"] == 1
+
+
+def _a_session_per_call(count: int) -> list[UsageRecord]:
+    """``count`` calls, each in a session of its own (``@track`` around a request handler)."""
+    return [
+        r.model_copy(update={"session_id": f"req-{n:05d}", "session_name": "handle"})
+        for n, r in enumerate(history(count))
+    ]
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["flat", "nested"])
+def test_the_latest_sessions_of_many_are_listed_without_totalling_them_all(
+    cli: RunCli, tmp_path: Path, nested: bool
+) -> None:
+    """``sessions`` (the latest 20) over a store of a session per call: where no session holds
+    another, only the latest are read (a row for each of 200,000 sessions took 10 s and
+    340 MB); where some do, all are rolled up as before. Either way the same list as
+    ``--limit 0``'s first rows, ties in the same order."""
+    peaks = {}
+    for count in (400, 2_400):
+        records = _a_session_per_call(count)  # the last two sessions' last calls tie
+        records[-2] = records[-2].model_copy(update={"timestamp": records[-1].timestamp})
+        sessions = [
+            SessionInfo(id="req-00003", name="handle", started_at=records[3].timestamp),
+            SessionInfo(
+                id="req-00004",
+                name="handle",
+                parent_id="req-00003" if nested else None,
+                started_at=records[4].timestamp,
+            ),
+        ]
+        db = write_sqlite(tmp_path / f"usage{count}.db", records, sessions)
+        args = ("sessions", "--source", str(db), "--format", "json")
+        code, everything, err = cli(*args, "--limit", "0")
+        assert code == 0, err
+        cli(*args, "--limit", "5")  # modules imported once are not what is measured
+        results: list[tuple[int, str, str]] = []
+        peaks[count] = peak_python_memory(
+            lambda: results.append(cli(*args, "--limit", "5"))  # noqa: B023
+        )
+        code, latest, err = results[0]
+        assert code == 0, err
+        assert json.loads(latest) == json.loads(everything)[:5]
+        assert [row["session_id"] for row in json.loads(latest)][:2] == [
+            f"req-{count - 1:05d}",  # a tie: the one stored last first
+            f"req-{count - 2:05d}",
+        ]
+    grown = peaks[2_400] - peaks[400]
+    if not nested:  # held a row for each, 2,000 more sessions took ~3 MiB more
+        assert grown < MIB / 2, f"2,000 more sessions held {grown / MIB:.1f} MiB more"

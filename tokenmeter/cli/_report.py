@@ -292,7 +292,8 @@ def run_sessions(args: argparse.Namespace) -> int:
     source = resolve_source(args.source)
     refuse_overwriting(args.output, source.path)
     since, until, _ = window(args)
-    rows, skipped = list_sessions(source, since=since, until=until)
+    latest = None if args.session_name else args.limit  # names are picked from every session
+    rows, skipped = list_sessions(source, since=since, until=until, limit=latest)
     warn_skipped(skipped, source.path, _unit(source.kind))
     if args.session_name:
         rows = [row for row in rows if row.name in args.session_name]

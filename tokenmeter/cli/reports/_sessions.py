@@ -61,15 +61,21 @@ def _window(since: datetime | None, until: datetime | None) -> tuple[str | None,
 
 
 def list_sessions(
-    source: Source, *, since: datetime | None = None, until: datetime | None = None
+    source: Source,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int | None = None,
 ) -> tuple[list[SessionRow], int]:
     """Every session with calls in the window, most recently active first; and skipped records.
+    ``limit``: at least the latest ``limit`` of them (the caller cuts the list; a SQL source
+    then need not total every session of a large store).
 
     The caller warns about the skipped ones (``warn_skipped``).
     """
     low, high = _window(since, until)
     if source.kind != "jsonl":
-        return _list_sqlite(source, low, high)
+        return _list_sqlite(source, low, high, limit)
     scan = JsonlScan(source.path, tags=False)  # the fields totals read, as reports scan them
     rows: dict[str, SessionRow] = {}
     sums: dict[str, tuple[Sequence[int], Decimal]] = {}
@@ -102,7 +108,15 @@ def _has_sessions_table(conn: sqlite3.Connection) -> bool:
     return found is not None
 
 
-def _list_sqlite(source: Source, low: str | None, high: str | None) -> tuple[list[SessionRow], int]:
+def _nested(conn: sqlite3.Connection) -> bool:
+    """Whether any stored session has a parent (whose totals then include its children's)."""
+    found = conn.execute("SELECT 1 FROM sessions WHERE parent_id IS NOT NULL LIMIT 1")
+    return found.fetchone() is not None
+
+
+def _list_sqlite(
+    source: Source, low: str | None, high: str | None, limit: int | None
+) -> tuple[list[SessionRow], int]:
     conn = open_database(source)
     clauses, params = [], []
     if low is not None:
@@ -117,6 +131,11 @@ def _list_sqlite(source: Source, low: str | None, high: str | None) -> tuple[lis
         where, params, skipped = exclude_bad_rows(conn, window, params, "r")
         joined = _has_sessions_table(conn)
         columns = table_columns(conn, "records")
+        # Where sessions nest, a parent's totals and last call come from its children: all are
+        # read and rolled up. Where none does, the latest few alone: a store of a session per
+        # request (``@track``) has millions, each made a row before (200,000: 10 s, 340 MB).
+        nested = joined and _nested(conn)
+        latest = f" LIMIT {int(limit)}" if limit and not nested else ""
     except sqlite3.Error as exc:
         conn.close()
         raise CliError(f"cannot read {source.path}: {exc}") from None
@@ -131,13 +150,13 @@ def _list_sqlite(source: Source, low: str | None, high: str | None) -> tuple[lis
         sql = (
             f"SELECT COALESCE(r.session_id, '{NONE_LABEL}'), MAX(r.session_name), "
             f"MIN(r.timestamp), MAX(r.timestamp), {totals_select(columns, 'r.', total)}, {info} "
-            f"FROM records r{join}{where} GROUP BY 1 ORDER BY 4 DESC"
+            f"FROM records r{join}{where} GROUP BY 1 ORDER BY 4 DESC, MAX(r.rowid) DESC{latest}"
         )
         return [_sqlite_session_row(values) for values in conn.execute(sql, params)]
 
     try:
         result = with_exact_sums(session_rows)
-        if joined:
+        if nested:
             result = _roll_up(conn, result)
     except sqlite3.Error as exc:
         raise CliError(f"cannot read {source.path}: {exc}") from None
