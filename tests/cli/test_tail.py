@@ -234,6 +234,29 @@ def test_follow_sqlite_reads_a_records_table_made_again(tmp_path: Path) -> None:
         follower.close()
 
 
+def test_follow_sqlite_reads_many_new_rows_a_page_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows stored between two polls come a page at a time (each page its own query: over
+    PostgreSQL a single one was held whole by the client cursor), all of them, in order."""
+    from tokenmeter.cli import _tail
+
+    monkeypatch.setattr(_tail, "_PAGE", 2)
+    path = write_sqlite(tmp_path / "usage.db", RECORDS[:3], SESSIONS)
+    follower = _SqliteFollower(Source(path, "sqlite"))
+    sink = SQLiteSink(path)
+    try:
+        assert len(follower.last(10)) == 3
+        sink.write(_new_records(70, 7, "new"))
+        assert [call.model for call in follower.new()] == [f"new-{i}" for i in range(7)]
+        sink.write(_new_records(80, 1, "later"))
+        assert [call.model for call in follower.new()] == ["later-0"]
+        assert list(follower.new()) == []
+    finally:
+        sink.close()
+        follower.close()
+
+
 def test_tail_of_a_records_table_of_another_schema_skips_its_rows(
     cli: RunCli, tmp_path: Path
 ) -> None:
@@ -244,7 +267,7 @@ def test_tail_of_a_records_table_of_another_schema_skips_its_rows(
         conn.commit()
     follower = _SqliteFollower(Source(path, "sqlite"))
     try:
-        assert follower.last(3) == [] and follower.new() == []
+        assert follower.last(3) == [] and list(follower.new()) == []
     finally:
         follower.close()
     code, out, err = cli("tail", "--source", str(path))

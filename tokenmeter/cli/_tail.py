@@ -107,8 +107,9 @@ def _print_calls(calls: Iterable[Call], as_json: bool, console: Any) -> None:
 
 #: Rows read at a time past ``_HELD``.
 _PAGE = 256
-#: The lowest rowid SQLite allows (another program may have inserted rows with negative ones).
-_LOWEST = -(1 << 63)
+#: The lowest and highest rowids SQLite allows (another program may have inserted rows with
+#: negative ones).
+_LOWEST, _HIGHEST = -(1 << 63), (1 << 63) - 1
 #: Past this many records, ``tail -n`` first finds where they begin, then reads them from there
 #: as it prints them: it held them all (about 2 KB a record read from SQLite, 5 KB from JSONL;
 #: ``-n 1000000`` over a large store ran out of memory).
@@ -199,18 +200,16 @@ class _SqliteFollower:
             self.skipped += refused
             yield from calls
 
-    def new(self) -> list[Call]:
+    def new(self) -> Iterator[Call]:
+        """The records stored since the last read, a page at a time (a table made again and
+        filled meanwhile is read from its start)."""
         if not self._still_there():
             self.last_rowid = 0
-        rows = self.conn.execute(
-            "SELECT rowid AS _rowid, * FROM records WHERE rowid > ? ORDER BY rowid",
-            [self.last_rowid],
-        ).fetchall()
-        if rows:
+        for rows in self._pages(self.last_rowid + 1, _HIGHEST, False, _PAGE):
             self.last_rowid, self.last_id = int(rows[-1]["_rowid"]), _row_id(rows[-1])
-        calls, refused = calls_from_rows(rows)
-        self.skipped += refused
-        return calls
+            calls, refused = calls_from_rows(rows)
+            self.skipped += refused
+            yield from calls
 
     def close(self) -> None:
         self.conn.close()
