@@ -26,6 +26,7 @@ __all__ = [
     "OTHER_MODELS",
     "PICO_PER_USD",
     "Totals",
+    "known_cost",
     "normalise_usd",
     "note_model",
     "output_cost",
@@ -154,6 +155,11 @@ class _RecordLike(Protocol):
 _RECORD_FIELDS = (*COUNT_NAMES[1:7], "estimated_cost_usd", "cost_breakdown", "status", "estimated")
 
 
+def known_cost(cost_usd: Decimal, priced_calls: int, calls: int) -> Decimal | None:
+    """``Totals.cost`` of these sums (for a reader that ranks groups before making Totals)."""
+    return normalise_usd(cost_usd) if priced_calls or not calls else None
+
+
 def sql_cost(whole_usd: Any, pico_usd: Any) -> Decimal:
     """The cost of ``totals_select``'s two sums: of whole USD, and of the pico-USD left over
     (integers, or their text from an exact sum; None over no priced call)."""
@@ -270,7 +276,7 @@ class Totals:
     def cost(self) -> Decimal | None:
         """Sum of known costs, normalised; None when the set has calls and none has a price
         (no call at all costs $0: a report of an empty period said "n/a", as for unknown)."""
-        return normalise_usd(self.cost_usd) if self.priced_calls or not self.calls else None
+        return known_cost(self.cost_usd, self.priced_calls, self.calls)
 
     @property
     def input_cost_usd(self) -> Decimal:

@@ -769,3 +769,56 @@ def test_each_grouping_is_read_once(
     code, _, err = cli("report", "--source", str(path), "--format", "html", "-o", str(page))
     assert code == 0, err
     assert asked.count(by_model) == 2  # the window and the one before it (the comparison)
+
+
+def _sessions_to_rank() -> list[Any]:
+    """60 sessions whose costs tie, or are $0 or unknown, in groups of calls that tie too: the
+    order among them rests on each rule of the sort (cost, then calls, then the key)."""
+    records = []
+    for n in range(120):
+        cost = (None, "0", "0.5", "0.25", "1.25")[n % 5]
+        session = (f"s-{(n * 7) % 60:02d}", f"name-{n % 4}")
+        when = f"2026-11-0{1 + n % 5}T10:00:{n % 60:02d}.000Z"
+        records.append(rec(n, when, "openai", "gpt-4o", 10 + n % 3, 1, cost, session=session))
+    return records
+
+
+@pytest.mark.parametrize("suffix", ["db", "jsonl"])
+def test_a_charts_first_rows_alone_are_made_and_are_the_first_of_all(
+    cli: RunCli, tmp_path: Path, suffix: str
+) -> None:
+    """The HTML page's session and name charts, and the weekly report's top sessions, show a
+    grouping's first rows: only those are made rows (a store of a session per call made
+    millions), and they are the first rows of the whole grouping, ties and unknown costs
+    ranked alike. The main table (``--by session``) still has every row."""
+    path = tmp_path / f"usage.{suffix}"
+    records = _sessions_to_rank()
+    if suffix == "db":
+        write_sqlite(path, records, [])
+    else:
+        write_jsonl(path, records)
+    source = resolve_source(str(path))
+    by_model, by_session, by_name = (
+        (parse_dimension(spec),) for spec in ("model", "session", "name")
+    )
+    whole = _query.run_query(source, _query.Query(groupings=(by_model, by_session, by_name)))
+    short = _query.run_query(
+        source,
+        _query.Query(
+            groupings=(by_model, by_session, by_name), shortlists={by_session: 7, by_name: 2}
+        ),
+    )
+    assert len(whole.breakdowns[1].rows) == 60 and len(whole.breakdowns[2].rows) == 4
+    assert short.breakdowns[1].rows == whole.breakdowns[1].rows[:7]
+    assert short.breakdowns[2].rows == whole.breakdowns[2].rows[:2]
+    assert short.totals == whole.totals and short.breakdowns[0] == whole.breakdowns[0]
+    main = _query.run_query(
+        source, _query.Query(groupings=(by_session, by_name), shortlists={by_session: 7})
+    )
+    assert main.breakdowns[0].rows == whole.breakdowns[1].rows  # the main table: every row
+    page = tmp_path / "r.html"
+    code, _, err = cli("report", "--source", str(path), "--format", "html", "-o", str(page))
+    assert code == 0, err
+    chart = page.read_text().split('id="chart-sessions"')[1].split("</div></div>")[0]
+    first = whole.breakdowns[1].rows[0].key[0]
+    assert first in chart

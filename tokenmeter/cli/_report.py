@@ -18,9 +18,18 @@ from tokenmeter.cli._progress import Progress, progress_allowed
 from tokenmeter.cli._source import resolve_source, warn_skipped
 from tokenmeter.cli.reports._alerts import alerts_near
 from tokenmeter.cli.reports._format import dumps_exact, exact_pieces
-from tokenmeter.cli.reports._html import HTML_GROUPINGS, HTML_TAG_VALUES, render_html
+from tokenmeter.cli.reports._html import (
+    HTML_GROUPINGS,
+    HTML_SHORTLISTS,
+    HTML_TAG_VALUES,
+    render_html,
+)
 from tokenmeter.cli.reports._model import NONE_LABEL, Dimension, Report, parse_dimension
-from tokenmeter.cli.reports._periodic import PERIODIC_GROUPINGS, render_usage_report
+from tokenmeter.cli.reports._periodic import (
+    PERIODIC_GROUPINGS,
+    PERIODIC_SHORTLISTS,
+    render_usage_report,
+)
 from tokenmeter.cli.reports._query import STATUSES, Filters, Query, run_query
 from tokenmeter.cli.reports._render import (
     CellTable,
@@ -221,6 +230,7 @@ def run_report(args: argparse.Namespace) -> int:
         tz=tz,
         latency=args.latency or fmt == "html",
         tag_values=HTML_TAG_VALUES if fmt == "html" else 0,
+        shortlists=_shortlists(fmt, args.period),
     )
     if args.compare and since is None:
         raise _usage_error("--compare needs --since or --period (the length to compare)")
@@ -286,6 +296,17 @@ _SESSION_HEADERS = (
     "Cost",
     "Unpriced",
 )
+
+
+def _shortlists(fmt: str, period: str | None) -> dict[tuple[Dimension, ...], int]:
+    """The charts' groupings of which only the first rows are shown (``Query.shortlists``)."""
+    if fmt == "html":
+        specs = HTML_SHORTLISTS
+    elif fmt == "markdown" and period:
+        specs = PERIODIC_SHORTLISTS
+    else:
+        return {}
+    return {tuple(parse_dimension(s) for s in spec): count for spec, count in specs.items()}
 
 
 def run_sessions(args: argparse.Namespace) -> int:

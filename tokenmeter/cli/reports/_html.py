@@ -37,7 +37,7 @@ from tokenmeter.cli.reports._render import (
     summary_cells,
 )
 
-__all__ = ["HTML_GROUPINGS", "HTML_TAG_VALUES", "nice_ticks", "render_html"]
+__all__ = ["HTML_GROUPINGS", "HTML_SHORTLISTS", "HTML_TAG_VALUES", "nice_ticks", "render_html"]
 
 #: The extra groupings the charts need, asked of the query next to the user's ``--by``.
 HTML_GROUPINGS = (("day", "model"), ("model",), ("session",), ("name",))
@@ -62,6 +62,9 @@ _PALETTE = (
 _OTHER = "#c7c7c7"
 _TOP = 9  # series beyond this many are summed into "other"
 _BARS = 12  # rows of a horizontal bar chart
+#: The groupings only a bar chart shows (their first ``_BARS`` rows): a store of a session per
+#: call has millions of sessions, which need not all be made rows.
+HTML_SHORTLISTS = {HTML_GROUPINGS[2]: _BARS, HTML_GROUPINGS[3]: _BARS}
 #: Characters of labels under the daily chart, at most: side by side at 390 px (6 days'
 #: MM-DD, 4 months' YYYY-MM).
 _X_LABEL_CHARS = 30

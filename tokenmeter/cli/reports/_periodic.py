@@ -14,11 +14,13 @@ from tokenmeter.cli.reports._alerts import Alert, Alerts
 from tokenmeter.cli.reports._model import Breakdown, Report
 from tokenmeter.cli.reports._render import period_text
 
-__all__ = ["PERIODIC_GROUPINGS", "render_usage_report"]
+__all__ = ["PERIODIC_GROUPINGS", "PERIODIC_SHORTLISTS", "render_usage_report"]
 
 #: The groupings this report reads, next to the one of ``--by``.
 PERIODIC_GROUPINGS = (("model",), ("session",))
 _TOP_SESSIONS = 10
+#: The groupings of which only the first rows are shown (``Query.shortlists``).
+PERIODIC_SHORTLISTS = {PERIODIC_GROUPINGS[1]: _TOP_SESSIONS}
 
 
 def _find(report: Report, specs: tuple[str, ...]) -> Breakdown | None:

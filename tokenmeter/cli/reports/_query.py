@@ -31,7 +31,7 @@ import sys
 import threading
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
@@ -39,7 +39,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from tokenmeter._totals import COUNT_NAMES, Totals, sql_cost
+from tokenmeter._totals import COUNT_NAMES, Totals, known_cost, sql_cost
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._postgres import is_postgres
@@ -184,6 +184,10 @@ class Query:
     #: > 0: also total every tag key in the data (``Report.tags``), keeping this many of each
     #: key's most costly values apart.
     tag_values: int = 0
+    #: Groupings of which only the first rows (most costly first) are shown, and how many: a
+    #: chart's top sessions. Only those rows are made (a store of a session per call has
+    #: millions). Never the first grouping, the main table, shown whole.
+    shortlists: Mapping[tuple[Dimension, ...], int] = field(default_factory=dict)
 
 
 def run_query(source: Source, query: Query, progress: Progress | None = None) -> Report:
@@ -193,7 +197,8 @@ def run_query(source: Source, query: Query, progress: Progress | None = None) ->
     # Each grouping is read once: the HTML report asks for ``model`` beside a ``--by model``
     # (each one a scan of the window, with its latencies).
     distinct = tuple(dict.fromkeys(query.groupings))
-    read = replace(query, groupings=distinct)
+    shortlists = {g: n for g, n in query.shortlists.items() if g != query.groupings[0]}
+    read = replace(query, groupings=distinct, shortlists=shortlists)
     if source.kind != "jsonl":  # SQLite, or PostgreSQL through the dialect layer
         found, calls, skipped = _run_sqlite(source, read, progress, tags)
     else:
@@ -248,10 +253,41 @@ def _sort_rows(columns: tuple[str, ...], rows: Iterable[Row]) -> list[Row]:
     """Calendar groups read best in time order; everything else most expensive first."""
     if any(column in TIME_COLUMNS for column in columns):
         return sorted(rows, key=lambda row: tuple(map(_in_time_order, row.key)))
-    return sorted(
-        rows,
-        key=lambda row: (-(row.totals.cost or Decimal(-1)), -row.totals.calls, row.key),
+    return sorted(rows, key=lambda row: _costliest(row.totals.cost, row.totals.calls, row.key))
+
+
+def _costliest(
+    cost: Decimal | None, calls: int, key: tuple[str, ...]
+) -> tuple[Decimal, int, tuple[str, ...]]:
+    """Where a group sorts among others: most costly first (unknown and $0 last), then most
+    calls, then by its key."""
+    return -(cost or Decimal(-1)), -calls, key
+
+
+#: Where ``priced_calls`` is among ``COUNT_NAMES``.
+_PRICED = COUNT_NAMES.index("priced_calls")
+
+
+def _shortlisted(
+    count: int, groups: Iterable[tuple[tuple[str, ...], Sequence[Any], Decimal]]
+) -> list[tuple[tuple[str, ...], Totals]]:
+    """The ``count`` groups ``_sort_rows`` puts first, of (key, counts in ``COUNT_NAMES`` order,
+    summed cost): the others are ranked, not made ``Totals``."""
+    first = heapq.nsmallest(
+        count,
+        groups,
+        key=lambda g: _costliest(
+            known_cost(g[2], int(g[1][_PRICED] or 0), int(g[1][0] or 0)), int(g[1][0] or 0), g[0]
+        ),
     )
+    return [(key, Totals.from_counts(counts, cost)) for key, counts, cost in first]
+
+
+def _can_shortlist(grouping: tuple[Dimension, ...], raw: tuple[str, ...]) -> bool:
+    """Whether the stored groups are the grouping's rows, most costly first (no calendar bucket
+    or family merging several of them)."""
+    columns = key_columns(grouping)
+    return raw == columns and not any(column in TIME_COLUMNS for column in columns)
 
 
 # --- from stored columns to the grouping asked for -------------------------------------------
@@ -720,14 +756,29 @@ def _sqlite_breakdown(
     positions = ", ".join(str(i) for i in range(1, len(raw) + 1))
     n = len(raw)
 
+    shortlist = query.shortlists.get(grouping)
+    if shortlist is not None and not _can_shortlist(grouping, raw):
+        shortlist = None
+    counted = n + len(COUNT_NAMES)
+
     def breakdown_of(total: str) -> Breakdown:
         sql = (
             f"SELECT {', '.join(exprs)}, {totals_select(table, total=total)} FROM records{where} "
             f"GROUP BY {group_by_sql(raw)}"
         )
+        found = conn.execute(sql, [*params, *where_params])
+        if shortlist is not None:
+            ranked = (
+                (
+                    tuple(str(v) for v in values[:n]),
+                    values[n:counted],
+                    sql_cost(values[counted], values[counted + 1]),
+                )
+                for values in found
+            )
+            return roll_up(grouping, raw, _shortlisted(shortlist, ranked), query.tz)
         groups = (
-            (tuple(str(v) for v in values[:n]), Totals.from_sql(values[n:]))
-            for values in conn.execute(sql, [*params, *where_params])
+            (tuple(str(v) for v in values[:n]), Totals.from_sql(values[n:])) for values in found
         )
         return roll_up(grouping, raw, groups, query.tz)
 
@@ -882,16 +933,26 @@ class _Grouper:
                 (key, value) for key, found in latencies.items() for value in found
             )
 
-    def breakdown(self, tz: tzinfo) -> Breakdown:
+    def breakdown(self, tz: tzinfo, shortlist: int | None = None) -> Breakdown:
         costs = self.costs
-        groups = (
-            (key, Totals.from_counts(values, costs.get(key, _NO_COST)))
-            for key, values in self.groups.items()
-        )
+        if shortlist is not None and _can_shortlist(self.grouping, self.raw):
+            ranked = (
+                (key, values, costs.get(key, _NO_COST)) for key, values in self.groups.items()
+            )
+            groups: Iterable[tuple[tuple[str, ...], Totals]] = _shortlisted(shortlist, ranked)
+        else:
+            groups = (
+                (key, Totals.from_counts(values, costs.get(key, _NO_COST)))
+                for key, values in self.groups.items()
+            )
         breakdown = roll_up(self.grouping, self.raw, groups, tz)
         if self.latencies is not None:
             _latencies(breakdown, self.raw, self.latencies, tz)
         return breakdown
+
+
+def _breakdowns(groupers: list[_Grouper], query: Query) -> list[Breakdown]:
+    return [g.breakdown(query.tz, query.shortlists.get(g.grouping)) for g in groupers]
 
 
 def _uses_tags(query: Query) -> bool:
@@ -942,14 +1003,14 @@ def _run_jsonl(
             keep: deque[dict[str, Any]] = deque(maxlen=query.calls_limit)
             _total(records, query, groupers, tags, keep.append)
             calls = [Call.from_json(record) for record in keep]
-        return [g.breakdown(query.tz) for g in groupers], calls, reader.skipped
+        return _breakdowns(groupers, query), calls, reader.skipped
     # Totals only: the fast scan of the fields totals read.
     need_tags = tags is not None or _uses_tags(query)
     middle = _middle(source.path) if tags is None else None
     if middle is None:
         scan = JsonlScan(source.path, tags=need_tags, on_progress=on_progress)
         _total(scan, query, groupers, tags, None)
-        return [g.breakdown(query.tz) for g in groupers], None, scan.skipped
+        return _breakdowns(groupers, query), None, scan.skipped
     child, results = _start_half(source.path, query, need_tags, middle)
     window = RecentIds()
     try:
@@ -969,7 +1030,7 @@ def _run_jsonl(
     for grouper, (counts, costs, latencies) in zip(groupers, parts, strict=True):
         grouper.merge(counts, costs, latencies)
     _take_back_seam(source.path, query, need_tags, middle, window, groupers)
-    return [g.breakdown(query.tz) for g in groupers], None, scan.skipped + skipped
+    return _breakdowns(groupers, query), None, scan.skipped + skipped
 
 
 class _SeamPassed(Exception):
