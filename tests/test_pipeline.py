@@ -2244,15 +2244,7 @@ def test_a_process_that_execs_writes_its_records_first(tmp_path: Path, how: str)
     the program recording on, its writers started again (its records were then each written
     at once on the caller's thread: ~10 ms a record)."""
     env = {**os.environ, "TOKENMETER_SINKS": "sqlite", "TOKENMETER_DIR": str(tmp_path / "m")}
-    done = subprocess.run(
-        [sys.executable, "-c", EXEC_SCRIPT, how],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_python("-c", EXEC_SCRIPT, how, env=env, cwd=tmp_path)
     assert done.stdout == ("not replaced\n" if how == "failed" else "replaced\n")
     with sqlite3.connect(tmp_path / "m" / "usage.db") as db:
         inputs = sorted(n for (n,) in db.execute("SELECT input_tokens FROM records"))
