@@ -1469,9 +1469,9 @@ _EXEC_FUNCTIONS = ("execv", "execve")
 def _hook_exec() -> None:
     """``os.exec*()`` replaces the process without running atexit: the records not yet written
     (up to a flush interval's) were lost. Patched once, so that the exit flush runs first, as
-    at exit (the exit hooks too: the program ends there). An exec that fails leaves the process
-    running on with its records written at once, as after the exit flush. A forked child that
-    execs (``pty.spawn``) flushes its own records only: the parent's are not its to write."""
+    at exit (the exit hooks too: the program ends there); an exec that fails starts the writers
+    again (``_resume_after_failed_exec``). A forked child that execs (``pty.spawn``) flushes
+    its own records only: the parent's are not its to write."""
     for name in _EXEC_FUNCTIONS:
         original = getattr(os, name, None)
         if original is not None and not hasattr(original, "__tokenmeter_exec__"):

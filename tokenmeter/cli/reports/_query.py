@@ -273,13 +273,13 @@ def _shortlisted(
 ) -> list[tuple[tuple[str, ...], Totals]]:
     """The ``count`` groups ``_sort_rows`` puts first, of (key, counts in ``COUNT_NAMES`` order,
     summed cost): the others are ranked, not made ``Totals``."""
-    first = heapq.nsmallest(
-        count,
-        groups,
-        key=lambda g: _costliest(
-            known_cost(g[2], int(g[1][_PRICED] or 0), int(g[1][0] or 0)), int(g[1][0] or 0), g[0]
-        ),
-    )
+
+    def rank(group: tuple[tuple[str, ...], Sequence[Any], Decimal]) -> tuple[Any, ...]:
+        key, counts, cost = group
+        calls = int(counts[0] or 0)
+        return _costliest(known_cost(cost, int(counts[_PRICED] or 0), calls), calls, key)
+
+    first = heapq.nsmallest(count, groups, key=rank)
     return [(key, Totals.from_counts(counts, cost)) for key, counts, cost in first]
 
 
