@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import pathlib
 import subprocess
 import sys
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -212,3 +214,36 @@ def test_a_bad_key_is_named_in_a_short_line(call: Any, name: str, sink: InMemory
     message = one_line_value_error(exc)
     assert name in message and len(message) < 1_000
     assert tokenmeter.flush(5) and sink.records == []
+
+
+class _Treacherous(str):
+    """Text whose own ``__str__``, ``__hash__``, ``__eq__`` and ``__repr__`` raise: the
+    application's code, which tokenmeter has no reason to run (it needs the characters)."""
+
+    def _refuse(self, *args: object) -> Any:
+        raise RuntimeError("the application's own method")
+
+    __str__ = __hash__ = __eq__ = __repr__ = _refuse  # type: ignore[assignment]
+
+
+def test_a_str_subclass_is_taken_for_its_characters(
+    sink: InMemorySink, tmp_path: pathlib.Path
+) -> None:
+    """Its own methods ran inside tokenmeter: ``record_response``, ``session(budget_usd=)``,
+    ``estimate()`` and ``configure(directory=)`` raised the RuntimeError they raise."""
+    text = _Treacherous
+    tokenmeter.record("openai", "gpt-4o", 1, 1, tags={"k": text("v")})
+    tokenmeter.record_response({"model": text("gpt-4o"), "usage": _USAGE})
+    assert tokenmeter.flush(5)
+    stored = [(r.model_name, r.tags) for r in sink.records]
+    assert stored == [("gpt-4o", {"k": "v"}), ("gpt-4o", {})]
+    assert all(type(r.model_name) is str for r in sink.records)
+    with tokenmeter.session("s", budget_usd=text("2.5")) as budgeted:
+        assert budgeted.budget_usd == Decimal("2.5")
+    expected = tokenmeter.estimate("gpt-4o", text="hello there", provider="openai")
+    assert tokenmeter.estimate(text("gpt-4o"), text=text("hello there"), provider=text("openai"))
+    assert expected == tokenmeter.estimate(text("gpt-4o"), text=text("hello there"))
+    tokenmeter.configure(directory=text(str(tmp_path / "usage")), sinks=["jsonl"])
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert tokenmeter.flush(5)
+    assert (tmp_path / "usage" / "usage.jsonl").exists()

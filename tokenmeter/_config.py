@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from tokenmeter._models import plain_str
 from tokenmeter.pricing import check_aliases, check_prices
 from tokenmeter.pricing._overrides import read_small_file, short_repr
 
@@ -179,6 +180,7 @@ class Settings(BaseModel):
         text = os.fspath(value) if isinstance(value, str | os.PathLike) else None
         if not isinstance(text, str):
             raise ValueError(f"must be a path (str or pathlib.Path), got {short_repr(value)}")
+        text = plain_str(text)
         if not text.strip():
             raise ValueError("must not be empty")
         if "\x00" in text:

@@ -37,7 +37,7 @@ from tokenmeter._media import (
     mp4_seconds,
     pdf_pages,
 )
-from tokenmeter._models import MAX_TOKENS, Usage
+from tokenmeter._models import MAX_TOKENS, Usage, plain_str
 from tokenmeter._registry import canonical, family_of
 from tokenmeter.pricing._overrides import short_repr
 
@@ -933,7 +933,10 @@ def estimate(
     for name, value in (("text", text), ("output", output)):
         if value is not None and not isinstance(value, str):
             raise ValueError(f"{name} must be a string, got {type(value).__name__}")
-    name = canonical(provider) if provider else provider_for_model(model)
+    # A str subclass's own __hash__ / __eq__ would run in the caches' lookups: its characters.
+    model = plain_str(model)
+    text, output = (None if value is None else plain_str(value) for value in (text, output))
+    name = canonical(plain_str(provider)) if provider else provider_for_model(model)
     parts: dict[str, int] = {"input_text": 0}
     if messages is not None:
         key = "contents" if _family(name) == "google" else "messages"

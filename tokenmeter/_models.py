@@ -84,6 +84,13 @@ def short_repr(value: Any) -> str:
         return f"a {type(value).__name__} that cannot be shown"
 
 
+def plain_str(text: str) -> str:
+    """``text`` as a plain ``str``: a subclass's ``__str__``, ``__hash__`` and ``__eq__`` are the
+    application's code (they may raise, or differ from the characters), and we only want the
+    characters."""
+    return text if type(text) is str else str.__str__(text)
+
+
 def clean_text(text: str, limit: int = 1_000) -> str:
     """``text`` as every sink can store it: lone surrogates (not encodable as UTF-8) and NUL
     (PostgreSQL text cannot hold it) replaced by U+FFFD, and at most ``limit`` characters (a

@@ -39,6 +39,7 @@ from tokenmeter._models import (
     clean_text,
     first_error,
     modalities_over_total,
+    plain_str,
     trusted,
     usage_of,
 )
@@ -527,7 +528,7 @@ def record_response(
         raise ValueError(
             f"model: the response's model must be a string, got {short_repr(found.model)}"
         )
-    model_name = found.model or model
+    model_name = plain_str(found.model) if found.model else model
     if not model_name:
         raise ValueError("the response names no model: pass model=")
     return _returned(

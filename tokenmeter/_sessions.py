@@ -434,8 +434,8 @@ def _check_tags(tags: Any) -> dict[str, str]:
     cleaned: dict[str, str] = {}
     for key, value in tags.items():
         try:
-            text = str(value)
-        except Exception:  # an int past sys.get_int_max_str_digits(), a subclass's own __str__
+            text = _text_of(value)
+        except Exception:  # an int past sys.get_int_max_str_digits()
             raise ValueError(
                 f"tags: the value of {short_repr(key)} cannot be made text (too long?)"
             ) from None
@@ -483,6 +483,25 @@ def _check_budget(budget: Any) -> Decimal | None:
     return None if budget is None else usd_amount("budget_usd", budget)
 
 
+#: ``str()`` of a value, by its built-in type's own method: a subclass's ``__str__`` or
+#: ``__repr__`` is the application's code, which may raise or say something else.
+_AS_TEXT: tuple[tuple[type, Callable[[Any], str]], ...] = (
+    (str, str.__str__),
+    (bool, bool.__repr__),
+    (int, int.__repr__),
+    (float, float.__repr__),
+    (Decimal, Decimal.__str__),
+)
+
+
+def _text_of(value: Any) -> str:
+    """``str(value)`` for the types ``_AS_TEXT`` names, whatever a subclass says."""
+    for kind, as_text in _AS_TEXT:
+        if isinstance(value, kind):
+            return as_text(value)
+    return str(value)
+
+
 def usd_amount(where: str, value: Any) -> Decimal:
     """A budget or limit in USD, from 0 to ``MAX_BUDGET_USD``; ValueError naming ``where``.
 
@@ -492,7 +511,7 @@ def usd_amount(where: str, value: Any) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
         raise ValueError(f"{where} must be a number of USD, got {short_repr(value)}")
     try:  # an int as it is: str() of one past 4300 digits raises
-        amount = Decimal(value) if isinstance(value, int) else Decimal(str(value))
+        amount = Decimal(value) if isinstance(value, int) else Decimal(_text_of(value))
     except ArithmeticError:
         raise ValueError(f"{where} must be a number of USD, got {short_repr(value)}") from None
     if not amount.is_finite() or not 0 <= amount <= MAX_BUDGET_USD:
