@@ -7,6 +7,7 @@ Expected figures are list prices (USD per million tokens or per 1,000 requests) 
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -704,6 +705,81 @@ def test_anthropic_stream_served_by_a_fallback_model_names_it(kit: Any, records:
     assert record.request_model == "claude-opus-4-1"
     # opus-4-1 $15/$75: 1,000 in + 10 out; haiku-4-5 $1/$5: 1,000 in + 1,000 out
     assert record.estimated_cost_usd == Decimal("0.01575") + Decimal("0.006")
+
+
+@pytest.mark.requires(anthropic=">=2.15")
+def test_a_hop_the_sdks_refusal_fallback_middleware_declined_is_counted_in_its_stream(
+    kit: Any, records: Records
+) -> None:
+    """``BetaRefusalFallbackMiddleware`` retries a refused request with a fallback model and
+    splices the two streams into one whose final usage is the serving hop's alone, the declined
+    hop in ``usage.iterations`` beside it. Both hops were billed, but the entries adding up to
+    more than the top level were dropped: the refused claude-sonnet-4-5 hop (20,000 in, 300 out)
+    was missing from the record."""
+    import anthropic
+    from anthropic.lib.middleware import BetaRefusalFallbackMiddleware
+
+    refusal = {"type": "refusal", "category": "cyber", "fallback_credit_token": "fct_1"}
+
+    def hop(model: str, output: int, stop: str) -> Any:
+        start = _anthropic_message({"input_tokens": 20_000, "output_tokens": 1}, model=model)
+        start["content"] = []
+        delta: dict[str, Any] = {"stop_reason": stop, "stop_sequence": None}
+        if stop == "refusal":
+            delta["stop_details"] = refusal
+        text = {"type": "text", "text": ""}
+        return sse_reply(
+            kit.http,
+            [
+                ("message_start", {"type": "message_start", "message": start}),
+                (
+                    "content_block_start",
+                    {"type": "content_block_start", "index": 0, "content_block": text},
+                ),
+                (
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": "Sure"},
+                    },
+                ),
+                ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                (
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": delta,
+                        "usage": {"input_tokens": 20_000, "output_tokens": output},
+                    },
+                ),
+                ("message_stop", {"type": "message_stop"}),
+            ],
+        )
+
+    def reply(request: Any) -> Any:
+        if json.loads(request.content)["model"].startswith("claude-sonnet"):
+            return hop("claude-sonnet-4-5-20250929", 300, "refusal")
+        return hop("claude-opus-4-6", 500, "end_turn")
+
+    client = anthropic.Anthropic(
+        api_key="sk-ant-test",
+        http_client=kit.http.Client(transport=kit.http.MockTransport(reply)),
+        max_retries=0,
+        middleware=[BetaRefusalFallbackMiddleware([{"model": "claude-opus-4-6"}])],
+    )
+    with client.beta.messages.stream(
+        model="claude-sonnet-4-5", max_tokens=1024, messages=[]
+    ) as stream:
+        final = stream.get_final_message()
+
+    hops = [(i.type, i.input_tokens, i.output_tokens) for i in final.usage.iterations or []]
+    assert hops == [("message", 20_000, 300), ("fallback_message", 20_000, 500)]
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (20_000, 500)
+    record = only(records())
+    assert (record.input_tokens, record.output_tokens) == (40_000, 800)
+    # sonnet-4-5 $3/$15: 20,000 in + 300 out; opus-4-6 $5/$25: 20,000 in + 500 out
+    assert record.estimated_cost_usd == Decimal("0.0645") + Decimal("0.1125")
 
 
 def test_groq_flex_is_priced_as_on_demand(kit: Any, records: Records) -> None:

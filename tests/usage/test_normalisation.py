@@ -421,11 +421,20 @@ def test_anthropic_fallback_pass_is_priced_at_the_fallback_models_rates() -> Non
         assert cost.breakdown["fallback_message"] == Decimal("0.006")
         assert cost.total_usd == Decimal("0.01575") + Decimal("0.006")
 
-    # A fallback pass larger than the top level it is part of is priced with it, still read.
+    # Entries that add up to more than the top level: it does not sum them (it is the serving
+    # hop's alone, as in the stream the SDK's refusal-fallback middleware splices), so each
+    # entry is counted, at its own model's rates; the top level's own figures are never cut.
     usage["iterations"][1]["input_tokens"] = 5_000  # type: ignore[index]
     found = extract({**body, "usage": usage})
     assert found is not None
-    assert (found.usage.input_tokens, found.usage.passes) == (2_000, ())
+    assert (found.usage.input_tokens, found.usage.output_tokens) == (6_000, 1_010)
+    assert [(p.model, p.usage.input_tokens) for p in found.usage.passes] == [
+        ("claude-haiku-4-5", 5_000)
+    ]
+    usage["iterations"][1]["output_tokens"] = 5  # type: ignore[index]
+    found = extract({**body, "usage": usage})
+    assert found is not None
+    assert (found.usage.input_tokens, found.usage.output_tokens) == (6_000, 1_010)
 
 
 @pytest.mark.parametrize(

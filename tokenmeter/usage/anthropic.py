@@ -18,6 +18,10 @@ Billed beside the tokens:
   model whose rates billed it, not the requested one the response names. So is a ``message``
   entry naming a model of another family than the response's: the fallback model's earlier
   tool-loop passes (or a fallback model that declined in turn) are ``message`` entries.
+  Where the ``message`` and ``fallback_message`` entries add up to more than the top level, the
+  top level is the serving hop's alone (the stream the SDK's ``BetaRefusalFallbackMiddleware``
+  splices: the declined hop's entry beside the serving one's): the entries' sum is counted, each
+  hop at its own model, since each was billed.
 """
 
 from __future__ import annotations
@@ -70,13 +74,14 @@ def usage_from_anthropic(usage: Any, model: Any = None) -> Usage:
     tools = get("server_tool_use")
     tool_requests = _tool_requests(tools) if tools is not None else None
     iterations = get("iterations")
-    passes = _passes(iterations, model) if iterations else ()
-    inside = [p.usage for p in passes if p.kind not in _PASSES_OUTSIDE_TOP_LEVEL]
-    if inside and (
-        sum(u.input_tokens for u in inside) > uncached + cache_read + cache_write
-        or sum(u.output_tokens for u in inside) > output
-    ):  # more than the top level they are part of: priced with it, as if unnamed
-        passes = tuple(p for p in passes if p.kind in _PASSES_OUTSIDE_TOP_LEVEL)
+    passes, hops = _passes(iterations, model) if iterations else ((), None)
+    if hops is not None and (
+        hops[0] + hops[2] + hops[3] > uncached + cache_read + cache_write or hops[1] > output
+    ):
+        # The hops claim more than the top level: it is the serving hop's alone (the SDK's
+        # BetaRefusalFallbackMiddleware splices a stream so), and each hop was billed.
+        top = (uncached, output, cache_read, cache_write, write_1h, thinking)
+        uncached, output, cache_read, cache_write, write_1h, thinking = map(max, top, hops)
     for extra in passes:
         if extra.kind not in _PASSES_OUTSIDE_TOP_LEVEL:
             continue  # already inside the top-level figures
@@ -125,23 +130,34 @@ def _family(model: str) -> str:
     return family.removesuffix("-0")
 
 
-def _passes(iterations: Any, served: Any) -> tuple[Pass, ...]:
+def _passes(iterations: Any, served: Any) -> tuple[tuple[Pass, ...], tuple[int, ...] | None]:
+    """The passes priced at a model of their own, and the sum of the ``message`` and
+    ``fallback_message`` entries' counts (as ``_counts`` gives them, None without any entry), to
+    check the top level against."""
     if not isinstance(iterations, list | tuple):
         raise ValueError(f"usage 'iterations' is not a list: {short_repr(iterations)}")
     family = _family(served) if type(served) is str and served.strip() else None
     found = []
+    hops: tuple[int, ...] | None = None
     for entry in iterations[:_MAX_PASSES]:
         get = getter(entry, what="iterations entry")
         kind = get("type")
+        if type(kind) is not str or (kind not in _PASSES and kind != "message"):
+            continue  # a kind this reader does not know: inside the top-level figures
+        entry_counts = _counts(get)
+        uncached, output, cache_read, cache_write, write_1h, _ = entry_counts
+        if kind not in _PASSES_OUTSIDE_TOP_LEVEL:
+            hops = (
+                entry_counts
+                if hops is None
+                else tuple(map(sum, zip(hops, entry_counts, strict=True)))
+            )
         model = get("model")
         named = type(model) is str and bool(model.strip())
-        if kind == "message" and named and family is not None:
-            if _family(model) == family:
+        if kind == "message":
+            if not named or family is None or _family(model) == family:
                 continue  # the requested model's, already inside the top-level figures
             kind = "fallback_message"  # a fallback model's pass, billed at its rates
-        if type(kind) is not str or kind not in _PASSES:
-            continue  # message: the requested model's, already inside the top-level figures
-        uncached, output, cache_read, cache_write, write_1h, _ = _counts(get)
         if kind == "fallback_message" and not named:
             continue  # no other model named: priced with the top level
         found.append(
@@ -157,7 +173,7 @@ def _passes(iterations: Any, served: Any) -> tuple[Pass, ...]:
                 ),
             )
         )
-    return tuple(found)
+    return tuple(found), hops
 
 
 def tier_from_anthropic(usage: Any) -> str | None:
