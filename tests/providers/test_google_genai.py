@@ -320,6 +320,42 @@ async def test_stream_ended_while_its_running_total_counts_no_output_is_estimate
     assert ended.output_tokens >= 6 * 7  # six chunks of seven words streamed by
 
 
+@pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
+@pytest.mark.usefixtures("instrumented")
+def test_a_thinking_streams_text_is_estimated_when_left_before_its_output_was_counted(
+    sink: InMemorySink,
+) -> None:
+    """A thinking model's running total counts its thoughts before any text (no candidates
+    count until the last chunk): a stream left then was recorded with the thoughts as its whole
+    output, exact, the text that streamed by left out. Its text is estimated now, as for a model
+    that does not think, and added to the thoughts; the thought summary's own text is not
+    counted twice."""
+
+    def leave_early(thoughts: int) -> None:
+        running = {"promptTokenCount": 8, "totalTokenCount": 8 + thoughts}
+        if thoughts:
+            running["thoughtsTokenCount"] = thoughts
+        final = {**running, "candidatesTokenCount": 70, "totalTokenCount": 78 + thoughts}
+        summary = {"text": "Considering the question at length. " * 20, "thought": True}
+        chunks = [_text_chunk(running) for _ in range(9)] + [_text_chunk(final, finish=True)]
+        chunks[0]["candidates"][0]["content"]["parts"].insert(0, summary)
+        made = mock_genai(lambda request: sse_reply(http, [(None, c) for c in chunks]))
+        stream = made.models.generate_content_stream(model="gemini-2.5-flash", contents="hi")
+        for seen, _ in enumerate(stream, 1):
+            if seen == 6:
+                break
+        stream.close()
+
+    leave_early(thoughts=50)
+    leave_early(thoughts=0)
+    thinking, plain = flushed(sink)
+    text = tokenmeter.estimate("gemini-2.0-flash", output=" The capital of France is Paris." * 6)
+    assert (thinking.reasoning_tokens, thinking.estimated) == (50, True)
+    assert thinking.output_tokens == 50 + text.output_tokens  # was 50, exact
+    # Without a thoughts count, the summary's text stands for them.
+    assert plain.estimated and plain.output_tokens > text.output_tokens + 100
+
+
 @pytest.mark.usefixtures("instrumented")
 def test_vertex_predict_embeddings_count_per_embedding_tokens(
     fake: FakeProvider, sink: InMemorySink

@@ -30,7 +30,7 @@ from tokenmeter.providers._core import (
     intercept,
     intercept_async,
 )
-from tokenmeter.providers._gemini import PROVIDER, short_model
+from tokenmeter.providers._gemini import PROVIDER, estimated_output, short_model
 from tokenmeter.usage import Extracted, from_gemini_response
 from tokenmeter.usage._read import ident
 from tokenmeter.usage.google import (
@@ -130,10 +130,11 @@ class ChunkReader:
     Search grounding is kept apart, the most any chunk listed: it may come on an earlier chunk
     than the last total (image models send it with their first part), which lists none."""
 
-    __slots__ = ("queries", "tally")
+    __slots__ = ("queries", "tally", "thoughts")
 
     def __init__(self) -> None:
         self.tally = TextTally()
+        self.thoughts = TextTally()  # thought summaries (``include_thoughts``)
         self.queries = 0
 
     def feed(self, chunk: Any, call: Call) -> bool:
@@ -141,7 +142,8 @@ class ChunkReader:
         for candidate in candidates or ():
             content = getattr(candidate, "content", None)
             for part in getattr(content, "parts", None) or ():
-                self.tally.add(getattr(part, "text", None))
+                tally = self.thoughts if getattr(part, "thought", None) else self.tally
+                tally.add(getattr(part, "text", None))
         meta = getattr(chunk, "usage_metadata", None)
         if meta is not None and reports_usage(meta):
             _take_usage(chunk, call)
@@ -158,9 +160,7 @@ class ChunkReader:
     def partial(self, usage: Usage, model: str) -> Usage | None:
         """The output estimated from the text that streamed by, for a running total that counts
         none (None when it counts some: the provider's own count, then)."""
-        if usage.output_tokens or not self.tally.chars:
-            return None
-        return usage.model_copy(update={"output_tokens": self.tally.tokens(PROVIDER, model)})
+        return estimated_output(usage, self.tally, self.thoughts, PROVIDER, model)
 
 
 # -- the adapter: one per patched method (its operation, and whether it streams) -----------------

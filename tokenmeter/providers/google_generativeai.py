@@ -37,7 +37,7 @@ from tokenmeter.providers._core import (
     intercept,
     intercept_async,
 )
-from tokenmeter.providers._gemini import PROVIDER, short_model
+from tokenmeter.providers._gemini import PROVIDER, estimated_output, short_model
 from tokenmeter.usage import Extracted
 from tokenmeter.usage.google import billed_searches, reports_usage, usage_from_gemini
 
@@ -244,22 +244,22 @@ class _TextTally:
     def partial(self, usage: Usage, model: str) -> Usage | None:
         """The output estimated from the text the SDK fetched (joined in its response), for a
         running total that counts none: early chunks may count the prompt alone."""
-        if usage.output_tokens:
+        if usage.output_tokens > usage.reasoning_tokens:
             return None
-        fetched = TextTally()
+        fetched, thoughts = TextTally(), TextTally()
         # The joined proto: the SDK's own ``candidates`` refuses a stream left part-way.
         with suppress(Exception):  # what cannot be read leaves the reported count
-            _add_text(fetched, getattr(self.response, "_result", None))
-        if not fetched.chars:
-            return None
-        return usage.model_copy(update={"output_tokens": fetched.tokens(PROVIDER, model)})
+            _add_text(fetched, getattr(self.response, "_result", None), thoughts)
+        return estimated_output(usage, fetched, thoughts, PROVIDER, model)
 
 
-def _add_text(tally: TextTally, response: Any) -> None:
+def _add_text(tally: TextTally, response: Any, thoughts: TextTally | None = None) -> None:
+    """The text of ``response``'s parts, thought summaries into ``thoughts`` when given."""
     for candidate in getattr(response, "candidates", None) or ():
         content = getattr(candidate, "content", None)
         for part in getattr(content, "parts", None) or ():
-            tally.add(getattr(part, "text", None))
+            into = thoughts if thoughts is not None and getattr(part, "thought", None) else tally
+            into.add(getattr(part, "text", None))
 
 
 class SyncStreamResponse(SyncIterableProxy):
