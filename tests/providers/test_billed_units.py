@@ -594,6 +594,51 @@ def test_gemini_flex_without_a_flex_price_says_which_rule_applied(
     )
 
 
+@pytest.mark.requires(google_genai=">=3.6")  # GenerateContentConfig.service_tier
+@pytest.mark.parametrize(
+    ("traffic", "expected"),
+    [(None, "0.000275"), ("ON_DEMAND_FLEX", "0.000275"), ("ON_DEMAND", "0.00055")],
+    ids=["Gemini API, no tier reported", "Vertex flex", "Vertex served on demand"],
+)
+@pytest.mark.parametrize("streamed", [False, True], ids=["unary", "stream"])
+def test_gemini_service_tier_asked_for_is_priced_when_the_answer_reports_none(
+    kit: Any, records: Records, traffic: str | None, expected: str, streamed: bool
+) -> None:
+    """``config.service_tier="flex"`` goes out as ``serviceTier``; the Gemini API's answer
+    reports no tier (Vertex's ``trafficType`` does, and wins: it may have served the call on
+    demand). A Gemini API flex call was priced at standard rates, twice its cost."""
+    from google.genai import types
+
+    usage: dict[str, Any] = {
+        "promptTokenCount": 1000,
+        "candidatesTokenCount": 100,
+        "totalTokenCount": 1100,
+    }
+    if traffic is not None:
+        usage["trafficType"] = traffic
+    body = _gemini_body("gemini-2.5-flash", usage, {"text": "ok"})
+    sent: list[Any] = []
+
+    def reply(request: Any) -> Any:
+        sent.append(json.loads(request.content).get("serviceTier"))
+        if streamed:
+            return sse_reply(kit.http, [(None, body)])
+        return json_reply(kit.http, body)
+
+    client = mock_genai(reply)
+    config = types.GenerateContentConfig(service_tier=types.ServiceTier.FLEX)
+    request = {"model": "gemini-2.5-flash", "contents": "hi", "config": config}
+    if streamed:
+        for _ in client.models.generate_content_stream(**request):
+            pass
+    else:
+        client.models.generate_content(**request)
+
+    assert sent == ["flex"]
+    record = only(records())
+    assert record.estimated_cost_usd == Decimal(expected)  # $0.30 / $2.50 a million standard
+
+
 def test_openai_flex_without_a_flex_price_says_which_rule_applied(
     kit: Any, records: Records
 ) -> None:

@@ -32,7 +32,7 @@ from tokenmeter.providers._core import (
 )
 from tokenmeter.providers._gemini import PROVIDER, estimated_output, short_model
 from tokenmeter.usage import Extracted, from_gemini_response
-from tokenmeter.usage._read import ident
+from tokenmeter.usage._read import getter, ident, priced_tier
 from tokenmeter.usage.google import (
     billed_searches,
     reports_usage,
@@ -60,7 +60,18 @@ def _new_call(kwargs: dict[str, Any], operation: str, streamed: bool) -> Call:
         request=kwargs,
     )
     call.model = short_model(request_model)  # replaced by response.model_version when given
+    call.tier = _requested_tier(kwargs.get("config"))  # replaced by a reported trafficType
     return call
+
+
+def _requested_tier(config: Any) -> str | None:
+    """The service tier a request asks for (``config.service_tier``, sent as ``serviceTier``):
+    the Gemini API reports none in its answer (Vertex reports ``trafficType``), so a flex or
+    priority call is priced at the tier it asked for. A config the SDK will refuse has none."""
+    try:
+        return priced_tier(getter(config, camel=True, what="config")("service_tier"))
+    except Exception:
+        return None
 
 
 def _read_response(response: Any, call: Call) -> None:
@@ -112,7 +123,15 @@ def _take_usage(response: Any, call: Call) -> None:
     except Exception:
         _names(response, call)
         raise
+    requested = call.tier
     call.take(found)
+    if requested is not None and found.tier is None and _reports_traffic(response):
+        call.tier = None  # Vertex served it on demand (standard), whatever was asked
+
+
+def _reports_traffic(response: Any) -> bool:
+    meta = getter(response, camel=True, what="response")("usage_metadata")
+    return getter(meta, camel=True, what="usage_metadata")("traffic_type") is not None
 
 
 def _names(response: Any, call: Call) -> None:
