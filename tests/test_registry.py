@@ -159,8 +159,20 @@ def test_every_integration_is_an_adapter_module_the_one_loop_runs() -> None:
 def test_instrument_takes_integration_aliases() -> None:
     with pytest.raises(ValueError, match="unknown provider 'nope'"):
         tokenmeter.instrument("nope")
-    assert _registry.integration("gemini") is _registry.integration("google-genai")
     assert _registry.integration("google-legacy") is _registry.integration("google-generativeai")
+    # A provider's name means every SDK recorded under it: "google" left google-generativeai
+    # unmetered, silently.
+    both = ["google-genai", "google-generativeai"]
+    for name in ("google", "gemini", "Vertex", "google-vertex"):
+        assert [i.name for i in _registry.integrations_named(name)] == both
+    assert [i.name for i in _registry.integrations_named("google-genai")] == both[:1]
+    assert [i.name for i in _registry.integrations_named("google-legacy")] == both[1:]
+    assert _registry.integrations_named("azure") == []  # recorded by the openai integration
+    tokenmeter.uninstrument()
+    assert tokenmeter.instrument("google").providers == both
+    tokenmeter.uninstrument(["gemini", "google-genai"])
+    assert tokenmeter.instrument(["gemini", "google-genai"]).providers == both
+    tokenmeter.uninstrument()
     assert [i.name for i in _registry.integrations_for_module("google")] == [
         "google-genai",
         "google-generativeai",

@@ -112,7 +112,6 @@ INTEGRATIONS: tuple[Integration, ...] = (
         "google.genai",
         "tokenmeter.providers.google_genai",
         "google",
-        aliases=("google", "gemini"),
     ),
     Integration(
         "google-generativeai",
@@ -190,6 +189,21 @@ def integration_names() -> list[str]:
 def integration(name: str) -> Integration | None:
     """An integration by name or alias."""
     return _INTEGRATION_BY_NAME.get(name)
+
+
+def integrations_named(name: str) -> list[Integration]:
+    """The integrations a name given to ``instrument()`` means: an integration by its name; a
+    provider's name or alias, every SDK recorded under it ("google", "gemini", "vertex": both
+    Gemini SDKs); else an integration by alias. None for any other name."""
+    found = _INTEGRATION_BY_NAME.get(name)
+    if found is not None and found.name == name:
+        return [found]
+    provider = _BY_NAME.get(name.strip().lower())
+    if provider is not None:
+        recorded = [i for i in INTEGRATIONS if i.provider == provider.id]
+        if recorded:
+            return recorded
+    return [found] if found is not None else []
 
 
 def integrations_for_module(top_module: str) -> list[Integration]:

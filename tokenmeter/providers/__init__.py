@@ -51,17 +51,14 @@ def _names(providers: str | list[str] | tuple[str, ...] | None) -> list[str]:
         raise ValueError(
             f"providers must be a provider name or a list of them, got {type(providers).__name__}"
         )
-    names = [_integration_name(item) for item in items]
-    unknown = [n for n in names if type(n) is not str or n not in PROVIDERS]
-    if unknown:  # shown cut short: a caller may pass a megabyte, or an object without a repr
-        expected = list(PROVIDERS)
-        raise ValueError(f"unknown provider {short_repr(unknown[0])}; expected some of {expected}")
+    names: list[str] = []
+    for item in items:
+        found = _registry.integrations_named(item) if isinstance(item, str) else []
+        if not found:  # shown cut short: a caller may pass a megabyte, or an object without a repr
+            expected = list(PROVIDERS)
+            raise ValueError(f"unknown provider {short_repr(item)}; expected some of {expected}")
+        names += [i.name for i in found if i.name not in names]
     return names
-
-
-def _integration_name(item: str) -> str:
-    found = _registry.integration(item) if isinstance(item, str) else None
-    return found.name if found is not None else item
 
 
 def _installed(module: str) -> bool:
