@@ -454,3 +454,89 @@ def test_summaries_count_a_call_as_soon_as_it_returns(
     )
     assert inner.summary.cost_usd == sum(r.estimated_cost_usd or 0 for r in records)
     assert sum("over budget" in r.getMessage() for r in caplog.records) == 1
+
+
+_CUT_USAGE = {"prompt_tokens": 5_000, "completion_tokens": 16_384, "total_tokens": 21_384}
+
+
+def _cut_completion(finish: str) -> dict[str, Any]:
+    message = {"role": "assistant", "content": '{"answer": "aaaa' if finish == "length" else None}
+    return {
+        "id": "chatcmpl-cut",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-2024-08-06",
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": _CUT_USAGE,
+    }
+
+
+@pytest.mark.parametrize(
+    ("finish", "raised"),
+    [("length", "LengthFinishReasonError"), ("content_filter", "ContentFilterFinishReasonError")],
+)
+@pytest.mark.parametrize("raw", [False, True], ids=["parse", "with_raw_response"])
+async def test_a_billed_answer_a_parse_helper_refuses_keeps_its_usage(
+    instrumented: Records, kit: ModuleType, is_async: bool, finish: str, raised: str, raw: bool
+) -> None:
+    """``parse()`` raises after the answer came when it cannot be the caller's type (cut at the
+    output cap, filtered): the call was billed, but recorded at 0 tokens and $0 (through
+    ``with_raw_response``, at an unknown cost)."""
+    if raw and is_async:
+        pytest.skip("an async raw response is read from its JSON body: no parse() runs there")
+    body = _cut_completion(finish)
+    client = kit.mock_openai(lambda request: kit.http.Response(200, json=body), is_async=is_async)
+    helpers = kit.chat_helpers(client)
+    request = {"model": "gpt-4o", "messages": MESSAGES, "response_format": Answer}
+    with pytest.raises(Exception) as caught:
+        if raw:
+            helpers.with_raw_response.parse(**request).parse()
+        else:
+            await kit.maybe(helpers.parse(**request))
+    assert type(caught.value).__name__ == raised  # the application's error, as without us
+    record = only(instrumented())
+    assert (record.input_tokens, record.output_tokens) == (5_000, 16_384)
+    assert (record.status, record.error) == ("error", raised)
+    expected = tokenmeter.price("openai", "gpt-4o-2024-08-06", record.usage)
+    assert record.estimated_cost_usd == expected.total_usd and expected.total_usd
+
+
+async def test_an_incomplete_response_responses_parse_refuses_keeps_its_usage(
+    instrumented: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """``responses.parse`` of an answer cut at ``max_output_tokens``: the SDK's parser raises
+    pydantic's ValidationError on the partial JSON; its 3,000 / 800 tokens were recorded as 0."""
+    text = {"type": "output_text", "text": '{"answer": "aa', "annotations": []}
+    body = {
+        "id": "resp_cut",
+        "object": "response",
+        "created_at": 1,
+        "model": "gpt-4o-2024-08-06",
+        "status": "incomplete",
+        "incomplete_details": {"reason": "max_output_tokens"},
+        "output": [
+            {
+                "type": "message",
+                "id": "msg_1",
+                "status": "incomplete",
+                "role": "assistant",
+                "content": [text],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {
+            "input_tokens": 3_000,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 800,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 3_800,
+        },
+    }
+    client = kit.mock_openai(lambda request: kit.http.Response(200, json=body), is_async=is_async)
+    with pytest.raises(Exception, match="validation error"):
+        await kit.maybe(client.responses.parse(model="gpt-4o", input="hi", text_format=Answer))
+    record = only(instrumented())
+    assert (record.input_tokens, record.output_tokens, record.status) == (3_000, 800, "error")
+    assert record.estimated_cost_usd

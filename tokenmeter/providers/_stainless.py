@@ -8,6 +8,7 @@ The adapter only says which URLs are billed and how to read their responses and 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
@@ -161,20 +162,17 @@ class StainlessAdapter:
             else None
         )
         promised, given = False, None
+        new_options = options
         if streamed:
             if raw == "stream" or (self._refusing and _server(client) in self._refusing):
                 # A streaming response's body is the caller's to read line by line: what it did
                 # not ask for cannot be hidden there. (A raw response is read through parse(),
                 # whose stream hides the usage chunk as any stream does.)
-                new_options, hide = options, False
+                hide = False
             else:
                 new_options, hide = self.prepare(options, endpoint, streamed)
             if new_options is not options:
                 given = (self, client, args, kwargs)
-                if len(args) > 1:
-                    args = (args[0], new_options, *args[2:])
-                else:
-                    kwargs = {**kwargs, "options": new_options}
             promised = self.promises_usage(new_options, endpoint)
         else:
             hide = False
@@ -191,6 +189,15 @@ class StainlessAdapter:
             request=body,
             no_usage_hint=endpoint.no_usage_hint,
         )
+        post_parser = fields.get("post_parser")
+        if not streamed and callable(post_parser):  # a parse() helper's
+            new_options = new_options.model_copy()
+            new_options.post_parser = _reading_first(post_parser, call, endpoint)
+        if new_options is not options:
+            if len(args) > 1:
+                args = (args[0], new_options, *args[2:])
+            else:
+                kwargs = {**kwargs, "options": new_options}
         return StainlessPlan(call, args, kwargs, endpoint, streamed, hide, raw, given)
 
     def _route(self, route: tuple[Any, Any]) -> Endpoint | None:
@@ -285,8 +292,15 @@ class _RawResponseProxy(SDKObjectProxy):
         raw = self.__wrapped__
         if inspect.iscoroutinefunction(raw.parse):
             _read_into(self._self_plan, raw.http_response.json())
-        else:
-            self._self_take(raw.parse())
+            return
+        call = self._self_plan.call
+        try:
+            parsed = raw.parse()
+        except Exception:
+            if call.failure is not None and call.usage is not None:
+                return  # a parse() helper refused a billed answer: read (_reading_first)
+            raise
+        self._self_take(parsed)
 
     def _self_take(self, parsed: Any) -> Any:
         if self._self_parsed is not None and parsed is self._self_parsed[0]:
@@ -646,6 +660,28 @@ def _server(client: Any) -> tuple[str, str]:
     """A client's server as far as what it takes: its base URL and default query (Azure's
     api-version)."""
     return str(getattr(client, "base_url", "")), repr(getattr(client, "default_query", None))
+
+
+def _reading_first(
+    post_parser: Callable[[Any], Any], call: Call, endpoint: Endpoint
+) -> Callable[[Any], Any]:
+    """A ``parse()`` helper's post-parser that reads the usage of the response first: the
+    helper raises on a billed answer it cannot turn into the caller's type (cut at the output
+    cap: ``LengthFinishReasonError``; a content filter; JSON its model refuses), and that
+    answer's usage must not be lost with it. The call is recorded as failed, with that usage."""
+
+    def read_then_post_parse(parsed: Any) -> Any:
+        if not call.done:
+            with contextlib.suppress(Exception):  # read again, and reported, once delivered
+                endpoint.read(parsed, call)
+        try:
+            return post_parser(parsed)
+        except Exception as exc:
+            if call.usage is not None:
+                call.failure = type(exc).__name__
+            raise
+
+    return read_then_post_parse
 
 
 def _read_into(plan: StainlessPlan, parsed: Any) -> None:
