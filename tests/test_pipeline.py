@@ -2253,3 +2253,36 @@ def test_a_process_that_execs_writes_its_records_first(tmp_path: Path, how: str)
     assert inputs == expected
     assert ended and all(status == ("completed",) for status in ended), ended
     assert "Traceback" not in done.stderr
+
+
+_TOKENIZER_LOADING_AT_EXIT = """
+import atexit, sys, threading, time
+
+def check():  # registered before tokenmeter's exit flush: runs after it
+    loading = [t for t in threading.enumerate() if t.name == "tokenmeter-tokenizer"]
+    print("still loading" if any(t.is_alive() for t in loading) else "loaded", flush=True)
+
+atexit.register(check)
+import tokenmeter
+from tokenmeter import _estimate
+
+load = _estimate._bpe_openai
+def slow_load(name):
+    time.sleep(0.5)  # a cold disk: the import and vocabulary take a while
+    return load(name)
+
+_estimate._bpe_openai = slow_load
+tokenmeter.record("openai", "gpt-4o", 1, 1)  # the exit flush runs
+with _estimate.without_waiting():  # a stream left early, estimated inside the call
+    _estimate.count_tokens("a stream's text", "openai", "gpt-4o")
+"""
+
+
+def test_the_exit_waits_for_a_tokenizer_load_under_way(tmp_path: Path) -> None:
+    """An estimate made inside a call (a stream the exit flush records) loads the tokenizer on
+    a daemon thread. The interpreter ended while it imported: stopped holding the import lock,
+    it hung the exiting program's next import for ever (an SDK stream's cleanup, when the
+    collector closed it: 1 run in 10-20 of a parse() stream helper that raised)."""
+    env = {**os.environ, "TOKENMETER_SINKS": "jsonl", "TOKENMETER_DIR": str(tmp_path / "m")}
+    done = run_python("-c", _TOKENIZER_LOADING_AT_EXIT, env=env, cwd=tmp_path)
+    assert done.stdout.strip() == "loaded"

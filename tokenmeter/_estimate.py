@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+from tokenmeter import _pipeline
 from tokenmeter._fork import renew_after_fork
 from tokenmeter._media import (
     audio_seconds,
@@ -181,11 +182,8 @@ def _load_in_background(name: str) -> None:
         if name in _loading:
             return
         _loading.add(name)
-    loader = threading.Thread(
-        target=_counter, args=(name,), name="tokenmeter-tokenizer", daemon=True
-    )
-    loader._tokenmeter_worker = True  # type: ignore[attr-defined]  # in no session
-    loader.start()
+    # (``imports``: the exit waits for a load under way, which holds the import lock.)
+    _pipeline.start_thread(lambda: _counter(name), "tokenmeter-tokenizer", imports=True)
 
 
 def _encoding_of(model: str) -> str:

@@ -219,10 +219,22 @@ _OUTSIDE_SIGNALS = frozenset(
 )
 
 
-def start_thread(target: Callable[[], None], name: str) -> threading.Thread:
+#: Threads of ours that import (a tokenizer's load, started by an estimate): the exit flush
+#: waits for them. A daemon thread stopped mid-import when the interpreter ends holds the import
+#: lock, and the exiting program's next import (an SDK stream's cleanup, when the collector
+#: closes it) waits for it for ever.
+_importing: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
+def start_thread(
+    target: Callable[[], object], name: str, *, imports: bool = False
+) -> threading.Thread:
     """Start a daemon thread of ours that never receives the application's signals (a new
-    thread inherits the mask of the thread that starts it: blocked only meanwhile here)."""
+    thread inherits the mask of the thread that starts it: blocked only meanwhile here).
+    ``imports``: it may import, so the exit waits for it (``_importing``)."""
     thread = threading.Thread(target=target, name=name, daemon=True)
+    if imports:
+        _importing.add(thread)
     # Not carried into the session it happens to start in (_sessions._start_in_session): it
     # outlives that session, which it would keep alive, and its work belongs to none.
     thread._tokenmeter_worker = True  # type: ignore[attr-defined]
@@ -1342,6 +1354,8 @@ def _flush_at_exit() -> None:
     _mark_exit_flushed()  # from now on a record is written at once (_write_late)
     # What is left of exit_timeout (nothing, after a flush that used it all on a hung sink).
     _stop_writers([*writers, *_ending], _exit_time_left())
+    for thread in list(_importing):
+        thread.join(_exit_time_left())
     # A writer still at work (setting aside what its sink refused, closing it) is cut off when
     # the interpreter ends: what it still holds is lost, not failed and set aside.
     cut_off = [w for w in [*writers, *_ending] if w._thread.is_alive()]
