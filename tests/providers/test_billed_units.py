@@ -297,6 +297,31 @@ def test_xai_reasoning_outside_completion_tokens_is_billed(
     assert record.estimated_cost_usd == Decimal(expected)
 
 
+@pytest.mark.parametrize("details", [None, {"reasoning_tokens": 0}], ids=["no details", "zero"])
+def test_thinking_only_the_total_holds_is_billed_as_output(
+    kit: Any, records: Records, details: dict[str, int] | None
+) -> None:
+    """Gemini's OpenAI-compatible endpoint (and gateways that translate Gemini's usage) leave
+    a thinking model's thoughts out of ``completion_tokens``, naming them nowhere but in
+    ``total_tokens``: 5 output tokens were recorded for 505 billed (gemini-2.5-flash
+    $0.30 / $2.50)."""
+    usage: dict[str, Any] = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 515}
+    if details is not None:
+        usage["completion_tokens_details"] = details
+    body = kit.chat_body(usage, model="gemini-2.5-flash")
+    client = kit.mock_openai(
+        lambda request: json_reply(kit.http, body),
+        base_url="https://generativelanguage.googleapis.com/v1beta/openai/",
+    )
+
+    client.chat.completions.create(model="gemini-2.5-flash", messages=[])
+
+    record = only(records())
+    assert record.model_provider == "google"
+    assert (record.output_tokens, record.reasoning_tokens) == (505, 500)
+    assert record.estimated_cost_usd == Decimal("0.000003") + Decimal("0.0012625")
+
+
 def _response(
     model: str, output: list[Any], tools: list[Any], input_tokens: int, output_tokens: int
 ) -> dict[str, Any]:

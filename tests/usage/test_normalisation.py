@@ -872,4 +872,5 @@ def test_a_chat_completion_reads_alike_on_the_straight_road_and_the_general_one(
         general = outcome(reader._any_response, completion)  # meets the types first
         straight += outcome(reader._plain_completion, completion) != ("read", None)
         assert outcome(reader.from_openai_response, completion) == general, body
-    assert straight > 200, straight
+    # (A random total beyond prompt + completion takes the general road: thinking it holds.)
+    assert straight > 150, straight

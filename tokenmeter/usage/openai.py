@@ -6,7 +6,9 @@ subsets. OpenAI-compatible servers put extra keys beside them
 (DeepSeek: ``prompt_cache_hit_tokens``; Perplexity: ``reasoning_tokens`` and ``citation_tokens``
 OUTSIDE ``completion_tokens``, and ``num_search_queries``, each billed at its own rate). xAI counts
 its reasoning tokens beside ``completion_tokens`` too, and says so in ``total_tokens`` (prompt +
-completion + reasoning): when the total says so, they are added to the output.
+completion + reasoning): when the total says so, they are added to the output. A total beyond
+prompt + completion that no reasoning detail names is thinking the completion count leaves out
+(Gemini's OpenAI-compatible usage): added to the output, as reasoning.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ def _plain_block(usage: Any) -> Usage | None:
             return None  # to be refused, with the field named
     input_tokens, output_tokens, total, cached, write, audio_in, image_in, text_in = found[:8]
     reasoning, audio_out, image_out, text_out = found[8:]
+    if not reasoning and total is not None and total > input_tokens + output_tokens:
+        return None  # thinking only the total holds, as _any_shape reads it
     if reasoning and total == input_tokens + output_tokens + reasoning:  # as in _any_shape
         output_tokens += reasoning
     modalities = None
@@ -178,6 +182,13 @@ def _any_shape(usage: Any) -> Usage:
     if reasoning and not beside:
         (total,) = counts(get, "total_tokens")
         if total == input_tokens + output_tokens + reasoning:  # xAI: outside the completion
+            output_tokens += reasoning
+    elif not reasoning and not beside and get(total_out) is not None:
+        (total,) = counts(get, "total_tokens")
+        if total > input_tokens + output_tokens + citations:
+            # Thinking the completion count leaves out, and no detail names: only the total
+            # holds it (Gemini's OpenAI-compatible usage, and gateways that translate it).
+            reasoning = total - input_tokens - output_tokens - citations
             output_tokens += reasoning
     reasoning += beside
     modalities = None
