@@ -123,6 +123,30 @@ def chat_body(usage: Any = None, model: str = "gpt-4o-2024-08-06") -> dict[str, 
     }
 
 
+def response_body(
+    model: str, output: list[Any], tools: list[Any], input_tokens: int, output_tokens: int
+) -> dict[str, Any]:
+    """A completed Responses answer of ``model`` with these output items and echoed tools."""
+    return {
+        "id": "resp_1",
+        "object": "response",
+        "created_at": 1760000000,
+        "status": "completed",
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": tools,
+        "usage": {
+            "input_tokens": input_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": input_tokens + output_tokens,
+        },
+    }
+
+
 def chat_sse(chunks: int, usage: Any = None, model: str = "gpt-4o-2024-08-06") -> bytes:
     """A chat stream of ``chunks`` text deltas, plus a usage-only chunk when ``usage`` is given."""
     base = {"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model}

@@ -322,30 +322,6 @@ def test_thinking_only_the_total_holds_is_billed_as_output(
     assert record.estimated_cost_usd == Decimal("0.000003") + Decimal("0.0012625")
 
 
-def _response(
-    model: str, output: list[Any], tools: list[Any], input_tokens: int, output_tokens: int
-) -> dict[str, Any]:
-    """A completed Responses answer of ``model`` with these output items and echoed tools."""
-    return {
-        "id": "resp_1",
-        "object": "response",
-        "created_at": 1760000000,
-        "status": "completed",
-        "model": model,
-        "output": output,
-        "parallel_tool_calls": True,
-        "tool_choice": "auto",
-        "tools": tools,
-        "usage": {
-            "input_tokens": input_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": output_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": input_tokens + output_tokens,
-        },
-    }
-
-
 def test_openai_responses_built_in_tool_calls_are_billed_per_call(
     kit: Any, records: Records
 ) -> None:
@@ -362,7 +338,7 @@ def test_openai_responses_built_in_tool_calls_are_billed_per_call(
             "content": [{"type": "output_text", "text": "found it", "annotations": []}],
         },
     ]
-    body = _response("gpt-4o-2024-08-06", output, [], 1000, 100)
+    body = kit.response_body("gpt-4o-2024-08-06", output, [], 1000, 100)
     client = kit.mock_openai(lambda request: json_reply(kit.http, body))
 
     client.responses.create(model="gpt-4o", input="search")
@@ -391,7 +367,9 @@ def test_openai_web_search_preview_on_a_model_without_reasoning_is_25_dollars_a_
     (their search content's tokens free), and every other web search at $10: one search of
     gpt-4.1 with the preview tool was recorded at $10 a thousand."""
     searched = [{"type": "web_search_call", "id": "ws_1", "status": "completed"}]
-    body = _response(model, searched, [{"type": tool, "search_context_size": "medium"}], 1000, 200)
+    body = kit.response_body(
+        model, searched, [{"type": tool, "search_context_size": "medium"}], 1000, 200
+    )
     client = kit.mock_openai(lambda request: json_reply(kit.http, body))
 
     client.responses.create(model=model, input="search", tools=[{"type": tool}])

@@ -507,33 +507,9 @@ async def test_an_incomplete_response_responses_parse_refuses_keeps_its_usage(
     """``responses.parse`` of an answer cut at ``max_output_tokens``: the SDK's parser raises
     pydantic's ValidationError on the partial JSON; its 3,000 / 800 tokens were recorded as 0."""
     text = {"type": "output_text", "text": '{"answer": "aa', "annotations": []}
-    body = {
-        "id": "resp_cut",
-        "object": "response",
-        "created_at": 1,
-        "model": "gpt-4o-2024-08-06",
-        "status": "incomplete",
-        "incomplete_details": {"reason": "max_output_tokens"},
-        "output": [
-            {
-                "type": "message",
-                "id": "msg_1",
-                "status": "incomplete",
-                "role": "assistant",
-                "content": [text],
-            }
-        ],
-        "parallel_tool_calls": True,
-        "tool_choice": "auto",
-        "tools": [],
-        "usage": {
-            "input_tokens": 3_000,
-            "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": 800,
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": 3_800,
-        },
-    }
+    message = {"type": "message", "id": "msg_1", "status": "incomplete", "role": "assistant"}
+    body = kit.response_body("gpt-4o-2024-08-06", [{**message, "content": [text]}], [], 3_000, 800)
+    body.update(status="incomplete", incomplete_details={"reason": "max_output_tokens"})
     client = kit.mock_openai(lambda request: kit.http.Response(200, json=body), is_async=is_async)
     with pytest.raises(Exception, match="validation error"):
         await kit.maybe(client.responses.parse(model="gpt-4o", input="hi", text_format=Answer))
