@@ -418,6 +418,23 @@ def test_a_nul_character_is_kept_as_a_replacement_not_refused(
     assert row == [("gpt\ufffdx", "v\ufffd", "C:\\u0000", "E\ufffd")]
 
 
+def test_text_that_spells_a_json_nul_escape_is_kept_outside_the_json_columns(
+    pg_sink: PostgresSink, pg_dsn: str
+) -> None:
+    """The six characters ``\\u0000`` are text in a model or session name: only in the JSON
+    columns (tags, breakdown) are they the escape of a NUL, which jsonb refuses. Any text that
+    began with ``{`` was rewritten (a session's name always, a record's model when its tags held
+    them): ``{\\u0000}`` became ``{\ufffd}``, and PostgreSQL's reports differed from SQLite's."""
+    odd = "{\\u0000}"
+    record = build_record(0, model_name=odd, tags={"path": "C:\\u0000"})
+    pg_sink.write([record])
+    pg_sink.write_sessions([SessionInfo(id="s1", name=f"{odd} nightly", started_at=START)])
+    assert query(pg_dsn, "SELECT model_name, tags::jsonb ->> 'path' FROM records") == [
+        (odd, "C:\\u0000")
+    ]
+    assert query(pg_dsn, "SELECT name FROM sessions") == [(f"{odd} nightly",)]
+
+
 def test_a_role_given_the_documented_privileges_writes_and_keeps_budgets(pg_dsn: str) -> None:
     """docs/team.md names the privileges a writing role needs once the schema is made; with
     only INSERT/SELECT (what they said) every batch failed on the seq column's sequence, every

@@ -179,26 +179,27 @@ _UPSERT_SESSION = (
 _JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 
-def _pg_text(value: str) -> str:
-    value = value.replace("\x00", "\ufffd")
-    if value.startswith("{"):  # the JSON columns (tags, cost_breakdown)
-        value = _JSON_NUL.sub("\\1\ufffd", value)
-    return value
-
-
-#: Where the JSON text columns are in a row: a ``\\u0000`` there is accepted by a text column but
-#: refused by the ``jsonb`` casts of every reader, so it is looked for before the row is sent.
-_BREAKDOWN, _TAGS, _MODALITIES, _TOOLS = (
+#: Where the JSON text columns are in a record's row and a session's: a ``\\u0000`` there is
+#: accepted by a text column but refused by the ``jsonb`` casts of every reader, so it is looked
+#: for before the row is sent. (Elsewhere those six characters are text, kept as SQLite keeps it.)
+_RECORD_JSON = tuple(
     RECORD_COLUMNS.index(name) for name in ("cost_breakdown", "tags", "modalities", "tool_requests")
 )
+_SESSION_JSON = (SESSION_COLUMNS.index("tags"),)
 
 
-def _pg_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
+def _pg_row(row: tuple[Any, ...], json_columns: tuple[int, ...]) -> tuple[Any, ...]:
     """``row`` with NUL characters replaced by U+FFFD: PostgreSQL text cannot hold them (nor can
-    ``jsonb`` hold the JSON escape of one), SQLite can. The record is kept, as there."""
+    ``jsonb`` hold the JSON escape of one, in ``json_columns``), SQLite can. The record is kept,
+    as there."""
     if not any(type(v) is str and ("\x00" in v or "\\u0000" in v) for v in row):
         return row
-    return tuple(_pg_text(v) if type(v) is str else v for v in row)
+    return tuple(
+        (_JSON_NUL.sub("\\1\ufffd", v) if index in json_columns else v).replace("\x00", "\ufffd")
+        if type(v) is str
+        else v
+        for index, v in enumerate(row)
+    )
 
 
 #: The longest timeout PostgreSQL and libpq take (a 32-bit ``int``: ms, or s to connect).
@@ -314,7 +315,7 @@ class PostgresSink:
 
     def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
         if sessions:
-            rows = [_pg_row(_session_row(s)) for s in sessions]
+            rows = [_pg_row(_session_row(s), _SESSION_JSON) for s in sessions]
             self._with_retry(lambda conn: self._upsert_sessions(conn, rows))
 
     def flush(self) -> None:
@@ -359,15 +360,15 @@ class PostgresSink:
                     copy.write_row(row)
                 for record in records[len(rows) :] if rows else records:
                     row = _record_row(record)
-                    if "\\u0000" in f"{row[_BREAKDOWN]}{row[_TAGS]}{row[_MODALITIES]}{row[_TOOLS]}":
-                        row = _pg_row(row)
+                    if any("\\u0000" in (row[index] or "") for index in _RECORD_JSON):
+                        row = _pg_row(row, _RECORD_JSON)
                     rows.append(row)
                     copy.write_row(row)  # sent as the buffer fills: the server works meanwhile
         except (errors.UniqueViolation, errors.CharacterNotInRepertoire):
             # An id stored already (a retried batch), or a NUL the server refused: the whole COPY
             # was rolled back, and the batch goes through the stage, NULs replaced.
             rows.extend(_record_row(r) for r in records[len(rows) :])
-            rows[:] = [_pg_row(row) for row in rows]
+            rows[:] = [_pg_row(row, _RECORD_JSON) for row in rows]
             conn.execute(_STAGE.encode())
             with conn.cursor() as cur, cur.copy(_COPY_STAGE + self._format) as copy:
                 if self._format:
