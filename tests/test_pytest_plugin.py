@@ -280,6 +280,47 @@ def test_a_run_ended_by_a_termination_signal_still_writes_its_json_file(
     assert report["total"]["cost_usd"] == 0.008
 
 
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
+def test_an_xdist_run_ended_by_a_termination_signal_still_writes_its_json_file(
+    project: pytest.Pytester, signal_name: str
+) -> None:
+    """Under ``-n``, the signal ends the controller, which runs no test and so never set up the
+    exit flush that writes the file: none was written. (The worker's test sends it to the
+    controller, its parent, as a CI job's time limit would.)"""
+    project.makepyfile(
+        test_stop=f"""
+        import os
+        import signal
+        import time
+
+        def test_stopped():
+            controller = os.getppid()
+            os.kill(controller, signal.{signal_name})
+            while os.getppid() == controller:  # until it has died: this test never finishes
+                time.sleep(0.05)
+        """
+    )
+    result = project.runpytest_subprocess(
+        "--tokenmeter-json=out/usage.json", "-p", "no:cacheprovider", "-n", "1", "test_stop.py"
+    )
+    assert result.ret == -getattr(signal, signal_name)
+    report = json.loads((project.path / "out/usage.json").read_text())
+    assert report["interrupted"] is True
+    assert report["total"]["tests"] == 0  # the one test never finished
+
+
+def test_a_collection_error_is_no_interruption(project: pytest.Pytester) -> None:
+    """pytest ends a run whose collection failed with the exit status of an interrupted one:
+    the JSON file said ``"interrupted": true`` and the summary that the run was interrupted, so
+    a CI step took a broken import for a cancelled job."""
+    project.makepyfile(test_broken="import no_such_module_here")
+    result = project.runpytest("--tokenmeter-json=out/usage.json", "test_llm.py", "test_broken.py")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    report = json.loads((project.path / "out/usage.json").read_text())
+    assert report["interrupted"] is False
+    assert "the run was interrupted" not in result.stdout.str()
+
+
 def test_xdist_workers_report_exact_totals(project: pytest.Pytester) -> None:
     alone = _json_report(project)
     spread = _json_report(project, "-n", "2")

@@ -238,7 +238,8 @@ class Meter:
         self.disabled_by = disabled_by
         #: Why the JSON file could not be written (shown in the summary; the run fails).
         self.json_error: str | None = None
-        #: The run was interrupted (Ctrl-C): its totals count the tests that finished only.
+        #: The run was interrupted (Ctrl-C, SIGTERM, SIGHUP): its totals count the tests that
+        #: finished only. (Not a run that stopped itself: collection errors, ``-x``.)
         self.interrupted = False
         #: The JSON file was written, or tried: the exit flush does not write it again.
         self.json_done = False
@@ -246,6 +247,9 @@ class Meter:
             from tokenmeter import _pipeline
 
             _pipeline.before_exit(self._write_json_at_exit)
+            # SIGTERM / SIGHUP run the exit flush, which writes the file: hooked here too, for
+            # an xdist controller never instruments (it runs no test).
+            _pipeline.hook_termination_signals()
 
     # -- running each test (in the process that runs it) ------------------------------------------
     @pytest.hookimpl(hookwrapper=True)
@@ -301,13 +305,18 @@ class Meter:
         if report.when == "teardown" and isinstance(totals, dict):
             self.results.append(totals)
 
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        """Ctrl-C. pytest also ends a run this way, with an exception of its own (a subclass),
+        when it stops itself (collection errors; xdist's ``-x``): not an interruption."""
+        if type(excinfo.value) is KeyboardInterrupt:
+            self.interrupted = True
+
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.is_worker:
             return
         import tokenmeter
 
         tokenmeter.flush(timeout=10)  # the sinks have every record when pytest exits
-        self.interrupted = session.exitstatus == pytest.ExitCode.INTERRUPTED
         total = self.total()
         over = self.budget is not None and total["cost"] > self.budget
         if over and session.exitstatus == pytest.ExitCode.OK:
