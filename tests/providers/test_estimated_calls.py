@@ -7,6 +7,7 @@ each estimate is compared with the usage the same server reports when asked.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -113,6 +114,36 @@ async def test_a_reply_cut_while_read_is_estimated_and_a_call_never_sent_costs_n
     assert (record.input_tokens, record.output_tokens) == (expected, 0)
     assert record.estimated_cost_usd is not None
     assert (record.estimated_cost_usd > 0) is billed
+
+
+async def test_a_call_cancelled_while_it_waits_for_its_reply_is_estimated(
+    records: Records, kit: ModuleType
+) -> None:
+    """``asyncio.wait_for`` (the usual timeout of async code) cancels the task while the call
+    waits for its reply: the request was sent, and the provider runs and bills it, but the
+    record said $0, so a raise budget let every such call through (its SDK ReadTimeout twin
+    was estimated)."""
+    sent = asyncio.Event()
+
+    async def slow_server(request: Any) -> Any:
+        sent.set()
+        await asyncio.sleep(30)
+        raise AssertionError("cancelled before this")
+
+    client = kit.mock_openai(slow_server, is_async=True, max_retries=0)
+    tokenmeter.instrument("openai")
+    pending = asyncio.ensure_future(
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    )
+    await sent.wait()
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    record = only(records())
+    assert (record.status, record.error, record.estimated) == ("error", "CancelledError", True)
+    request = {"model": "gpt-4o", "messages": MESSAGES}
+    assert record.input_tokens == estimate_input("openai", request).input_tokens
+    assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
 
 
 async def test_stream_left_early_is_estimated_from_what_passed(

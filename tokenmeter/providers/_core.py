@@ -604,10 +604,19 @@ def _broken_off(error: BaseException | None) -> bool:
 _READING_FAILURES = frozenset({"ReadTimeout", "ReadError", "RemoteProtocolError"})
 
 
+#: A task cancelled (asyncio, trio): the application's own timeout (``asyncio.wait_for``,
+#: ``asyncio.timeout``) of a call that is waiting for its reply, nearly always: the request was
+#: sent, and the provider runs it and bills it.
+_CANCELLED = frozenset({"CancelledError", "Cancelled"})
+
+
 def _cut_after_sending(error: BaseException | None) -> bool:
     """True for an error that came once the request was sent: its reply timed out, or the
     connection broke while it was read (the SDK's timeout or connection error has it as its
-    cause). Not a connection never made (nothing was sent), nor an error the provider reported."""
+    cause), or the caller's task was cancelled while it waited. Not a connection never made
+    (nothing was sent), nor an error the provider reported."""
+    if error is not None and type(error).__name__ in _CANCELLED:
+        return True
     for _ in range(8):  # along the causes, bounded
         if error is None:
             return False
