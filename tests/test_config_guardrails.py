@@ -162,11 +162,14 @@ def test_disabled_writes_nothing_at_all(tmp_path: Path) -> None:
 def test_the_providers_setting_chooses_what_instrument_patches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("TOKENMETER_PROVIDERS", "anthropic, gemini")
-    assert load_settings(cwd=tmp_path).providers == ("anthropic", "google-genai")
+    monkeypatch.setenv("TOKENMETER_PROVIDERS", "anthropic, gemini")  # gemini: both its SDKs
+    chosen = ("anthropic", "google-genai", "google-generativeai")
+    assert load_settings(cwd=tmp_path).providers == chosen
+    monkeypatch.setenv("TOKENMETER_PROVIDERS", "anthropic, google-genai")
+    assert load_settings(cwd=tmp_path).providers == chosen[:2]
     done = tokenmeter.instrument()
     try:
-        assert set(done.providers) <= {"anthropic", "google-genai"} and done.providers
+        assert set(done.providers) <= set(chosen[:2]) and done.providers
     finally:
         done.uninstrument()
     monkeypatch.setenv("TOKENMETER_PROVIDERS", "openai,cohere")
