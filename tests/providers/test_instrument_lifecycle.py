@@ -94,6 +94,36 @@ async def test_instrument_and_wrap_record_once(
     assert len(records()) == 2
 
 
+@pytest.mark.requires(anthropic=">=2.15")
+def test_a_call_another_client_makes_inside_a_metered_call_is_metered(
+    fake: FakeProvider, records: Records
+) -> None:
+    """A call made while another is being sent, on another client (an SDK middleware asking a
+    moderation model first, of the same provider or another), is billed on its own: it went
+    unrecorded, as a call nested in the one being metered (the guard let every client through)."""
+    from anthropic._middleware import Middleware
+
+    tokenmeter.instrument()
+    judge_openai = fake.openai_client()
+    judge_anthropic = fake.anthropic_client()
+
+    class Moderation(Middleware):  # type: ignore[misc]
+        def handle(self, request: Any, call_next: Any) -> Any:
+            judge_openai.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+            judge_anthropic.messages.create(
+                model="claude-haiku-4-5", max_tokens=5, messages=MESSAGES
+            )
+            return call_next(request)
+
+    client = fake.anthropic_client(middleware=[Moderation()])
+    client.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=MESSAGES)
+    assert sorted(r.request_model for r in records()) == [
+        "claude-haiku-4-5",
+        "claude-sonnet-4-5",
+        "gpt-4o-mini",
+    ]
+
+
 async def test_wrap_instruments_only_that_client(
     fake: FakeProvider, records: Records, kit: ModuleType, is_async: bool
 ) -> None:

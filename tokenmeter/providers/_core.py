@@ -95,9 +95,11 @@ class ObjectProxy(_Proxy):
         return repr(self.__wrapped__)
 
 
-#: Set while an instrumented call is running: nested instrumented calls (a wrapped client under
-#: instrument(), a helper calling create, an SDK retry) pass straight through. One call, one record.
-guard: ContextVar[bool] = ContextVar("tokenmeter_in_call", default=False)
+#: The client (or SDK object) whose instrumented call is running: nested calls on it (a wrapped
+#: client under instrument(), a helper calling create, an SDK retry) pass straight through. One
+#: call, one record. A call on another client made meanwhile (an SDK middleware asking a second
+#: model, of the same provider or not) is a call of its own, billed, so metered.
+guard: ContextVar[object] = ContextVar("tokenmeter_in_call", default=None)
 
 #: TOKENMETER_STRICT=1 (or true, yes, on) only: "0" or "false" is a deployment saying off, and
 #: must never let our faults into the application's calls.
@@ -148,11 +150,6 @@ class Switches:
     after an unclean restore (someone wrapped over them)."""
 
     active: bool = True
-
-    def passes_through(self, gated: bool) -> bool:
-        """True when the SDK's method should run untouched: a class patch (``gated``) switched
-        off, or a call nested inside one already being metered."""
-        return (gated and not self.active) or guard.get()
 
 
 @dataclass(slots=True, weakref_slot=True, eq=False)
@@ -433,6 +430,7 @@ AsGiven = Callable[[Exception], tuple[tuple[Any, ...], dict[str, Any]] | None]
 
 def send(
     call: Call,
+    instance: Any,
     wrapped: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -443,7 +441,7 @@ def send(
     A server that refuses what the adapter added gets the caller's own request (``as_given``)."""
     if _state.armed:
         _budgets.check(call, args, kwargs)
-    token = guard.set(True)
+    token = guard.set(instance)
     try:
         try:
             return wrapped(*args, **kwargs)
@@ -461,6 +459,7 @@ def send(
 
 async def send_async(
     call: Call,
+    instance: Any,
     wrapped: Callable[..., Awaitable[Any]],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -469,7 +468,7 @@ async def send_async(
     """The async twin of ``send`` (CancelledError included: recorded as an error)."""
     if _state.armed:
         _budgets.check(call, args, kwargs)
-    token = guard.set(True)
+    token = guard.set(instance)
     try:
         try:
             return await wrapped(*args, **kwargs)
@@ -555,12 +554,12 @@ def intercept(
 ) -> Any:
     """The one interception loop: guard -> plan -> send -> deliver. ``gated``: a class patch,
     inert once the adapter is switched off."""
-    if (gated and not adapter.active) or guard.get():
+    if (gated and not adapter.active) or guard.get() is instance:
         return wrapped(*args, **kwargs)
     plan = _planned(adapter, instance, args, kwargs)
     if plan is None:
         return wrapped(*args, **kwargs)
-    result = send(plan.call, wrapped, plan.args, plan.kwargs, plan.as_given)
+    result = send(plan.call, instance, wrapped, plan.args, plan.kwargs, plan.as_given)
     try:
         return adapter.deliver(plan, result, False)
     except Exception:
@@ -577,12 +576,12 @@ async def intercept_async(
     kwargs: dict[str, Any],
 ) -> Any:
     """The async twin of ``intercept``."""
-    if (gated and not adapter.active) or guard.get():
+    if (gated and not adapter.active) or guard.get() is instance:
         return await wrapped(*args, **kwargs)
     plan = _planned(adapter, instance, args, kwargs)
     if plan is None:
         return await wrapped(*args, **kwargs)
-    result = await send_async(plan.call, wrapped, plan.args, plan.kwargs, plan.as_given)
+    result = await send_async(plan.call, instance, wrapped, plan.args, plan.kwargs, plan.as_given)
     try:
         return adapter.deliver(plan, result, True)
     except Exception:
