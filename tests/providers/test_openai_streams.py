@@ -173,6 +173,53 @@ async def test_a_server_that_refuses_stream_options_still_answers_the_callers_st
     assert (second.status, second.estimated) == ("ok", True)
 
 
+async def test_the_callers_own_stream_options_mistake_is_not_a_server_refusing_usage(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """A 400 naming the caller's own ``stream_options`` (a string where a boolean belongs) is
+    the caller's error: it was taken for the server refusing the include_usage tokenmeter adds,
+    so the request was sent a second time and every later stream to that server went without
+    include_usage, recorded as an estimate instead of its exact usage."""
+    inner = ChatServer(kit)
+    refusal = {
+        "error": {
+            "message": "Invalid type for 'stream_options.include_obfuscation': expected a boolean",
+            "type": "invalid_request_error",
+            "param": "stream_options.include_obfuscation",
+        }
+    }
+
+    sent = []
+
+    def server(request: Any) -> Any:
+        options = json.loads(request.content).get("stream_options") or {}
+        sent.append(options)
+        if "include_obfuscation" in options:
+            return kit.http.Response(400, json=refusal)
+        return inner(request)
+
+    client = kit.mock_openai(server, is_async=is_async, max_retries=0)
+    tokenmeter.instrument("openai")
+    with pytest.raises(openai.BadRequestError, match="include_obfuscation"):
+        await kit.maybe(
+            client.chat.completions.create(
+                model="gpt-4o",
+                messages=MESSAGES,
+                stream=True,
+                stream_options={"include_obfuscation": "no"},  # type: ignore[typeddict-item]
+            )
+        )
+    await stream_once(client, kit)
+
+    assert sent == [
+        {"include_obfuscation": "no", "include_usage": True},  # sent once
+        {"include_usage": True},  # still asked
+    ]
+    failed, streamed = records()
+    assert (failed.status, failed.error) == ("error", "BadRequestError")
+    assert (streamed.status, streamed.estimated) == ("ok", False)
+
+
 async def test_azure_stream_is_named_by_the_chunks_after_its_prompt_filter_chunk(
     records: Records, kit: ModuleType, is_async: bool
 ) -> None:

@@ -66,10 +66,15 @@ class StainlessPlan(Plan):
         if self.given is None:
             return None
         adapter, client, args, kwargs = self.given
-        if not adapter.refused(client, error):
+        if not adapter.refused(client, error, _options_of(args, kwargs)):
             return None
         self.hide_usage_chunk = self.call.expects_usage = False  # none was asked for
         return args, kwargs
+
+
+def _options_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The SDK's request options among the arguments of its client's ``request``."""
+    return args[1] if len(args) > 1 else kwargs.get("options")
 
 
 #: What ``plan`` reads of the SDK's request options.
@@ -109,13 +114,14 @@ class StainlessAdapter:
         usage (``Call.deferred``): a resumed stream (a retrieve) is no call of its own."""
         return endpoint.retrieval
 
-    def refuses(self, error: Exception) -> bool:
-        """True if ``error`` is a server refusing what ``prepare`` added to a request."""
+    def refuses(self, error: Exception, given: Any) -> bool:
+        """True if ``error`` is a server refusing what ``prepare`` added to a request (``given``:
+        the request options as the caller gave them)."""
         return False
 
-    def refused(self, client: Any, error: Exception) -> bool:
+    def refused(self, client: Any, error: Exception, given: Any) -> bool:
         """``refuses``, remembered: the server's later calls are sent as the caller gives them."""
-        if not self.refuses(error):
+        if not self.refuses(error, given):
             return False
         server = _server(client)
         if server not in self._refusing:
@@ -134,7 +140,7 @@ class StainlessAdapter:
     def plan(
         self, client: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> StainlessPlan | None:
-        options = args[1] if len(args) > 1 else kwargs.get("options")
+        options = _options_of(args, kwargs)
         if options is None:
             return None
         # The SDK's request options are a pydantic model: its fields read from its __dict__

@@ -403,19 +403,26 @@ class OpenAIAdapter(StainlessAdapter):
         never iterated): its retrieve is the record."""
         return endpoint.retrieval or (endpoint is _RESPONSES and body.get("background") is True)
 
-    def refuses(self, error: Exception) -> bool:
+    def refuses(self, error: Exception, given: Any) -> bool:
         """A server that does not take ``stream_options`` (Azure OpenAI before api-version
         2024-09-01-preview: 400 "Unrecognized request argument supplied: stream_options"; a
-        compatible server that forbids unknown fields: 400 or 422 naming it)."""
+        compatible server that forbids unknown fields: 400 or 422 naming it). When the caller
+        gave ``stream_options`` of its own, only ``include_usage`` is ours: an error naming the
+        caller's options (a wrong type in ``include_obfuscation``) is the caller's, raised as it
+        is, and the server is not taken for one that refuses usage."""
         if getattr(error, "status_code", None) not in (400, 422):
             return False
+        body = getattr(given, "json_data", None)
+        ours = (
+            "include_usage"
+            if isinstance(body, dict) and body.get("stream_options") is not None
+            else "stream_options"
+        )
         try:
             text = error.response.text  # type: ignore[attr-defined]
         except Exception:
             text = None
-        return "stream_options" in str(error) or (
-            type(text) is str and "stream_options" in text[:65_536]
-        )
+        return ours in str(error) or (type(text) is str and ours in text[:65_536])
 
     def promises_usage(self, options: Any, endpoint: Endpoint) -> bool:
         """A chat or legacy completion stream sent with ``include_usage`` true (asked by the
