@@ -154,6 +154,30 @@ def test_provider_scoped_prices() -> None:
     assert price_usage("openai", "only-groq", usage, at=DAY).total_usd is None
 
 
+def test_a_snapshots_price_that_does_not_apply_leaves_the_call_to_its_familys_price() -> None:
+    """The user's gpt-4o price bills every gpt-4o snapshot; a snapshot's own entries for another
+    provider, or from a later date, hid it: the call fell to the table's $2.50, not the $2 set."""
+    set_user_prices(
+        {
+            "gpt-4o": {"input_per_mtok": 2, "output_per_mtok": 8},
+            "gpt-4o-2024-08-06": [
+                {"input_per_mtok": 1, "output_per_mtok": 4, "provider": "azure"},
+                {"input_per_mtok": 1.5, "output_per_mtok": 6, "since": "2027-01-01"},
+            ],
+        }
+    )
+    usage = Usage(input_tokens=1_000_000, output_tokens=0)
+
+    def cost(provider: str, on: datetime = DAY) -> tuple[Decimal | None, str | None]:
+        found = price_usage(provider, "gpt-4o-2024-08-06", usage, at=on)
+        return found.total_usd, found.price_source
+
+    assert cost("openai") == (Decimal(2), "override")
+    assert cost("azure") == (Decimal(1), "override")
+    assert cost("openai", datetime(2027, 1, 1, tzinfo=UTC)) == (Decimal("1.5"), "override")
+    assert price_usage("openai", "gpt-4o-2024-11-20", usage, at=DAY).total_usd == Decimal(2)
+
+
 def test_prices_from_a_toml_file(tmp_path: Path) -> None:
     path = tmp_path / "prices.toml"
     path.write_text(

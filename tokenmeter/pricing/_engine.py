@@ -594,9 +594,8 @@ def _resolve(provider: str | None, model: str, tier: str | None) -> _Entry:
         provider_id = normalise_provider(provider)
         names = _with_alias(name_candidates(model))
         models: list[PricedModel] = []
-        user = _user_prices(provider_id, names)
-        if user is not None:
-            models.append(_overrides.UserPricedModel(user[0], user[1], provider_id))
+        for name, entries in _user_prices(provider_id, names):
+            models.append(_overrides.UserPricedModel(name, entries, provider_id))
         table = _find_in_table(provider_id, names)
         if table is not None:
             models.append(table)
@@ -609,15 +608,18 @@ def _resolve(provider: str | None, model: str, tier: str | None) -> _Entry:
 
 def _user_prices(
     provider: str | None, names: list[str]
-) -> tuple[str, tuple[_overrides.UserPrice, ...]] | None:
-    """The user's prices for the first of ``names`` that has some. A price set for a fine-tune's
-    base model is not the fine-tune's when a table has the fine-tune's own: a fine-tune is billed
-    at other rates, and a price for gpt-4o would bill every gpt-4o fine-tune as gpt-4o."""
-    user = _overrides.find_user_prices(names)
-    if user is None or user[0].startswith("ft:") or not names[0].startswith("ft:"):
-        return user
+) -> list[tuple[str, tuple[_overrides.UserPrice, ...]]]:
+    """The user's prices for each of ``names`` that has some, the most specific first (the
+    first whose entries apply to a call prices it). A price set for a fine-tune's base model is
+    not the fine-tune's when a table has the fine-tune's own: a fine-tune is billed at other
+    rates, and a price for gpt-4o would bill every gpt-4o fine-tune as gpt-4o."""
+    found = _overrides.every_user_price(names)
+    if not names or not names[0].startswith("ft:"):
+        return found
     tuned = [name for name in names if name.startswith("ft:")]
-    return None if _find_in_table(provider, tuned) is not None else user
+    if _find_in_table(provider, tuned) is None:
+        return found
+    return [(name, entries) for name, entries in found if name.startswith("ft:")]
 
 
 def _with_alias(names: list[str]) -> list[str]:

@@ -311,12 +311,16 @@ def user_price_names() -> list[str]:
 
 def find_user_prices(names: list[str]) -> tuple[str, tuple[UserPrice, ...]] | None:
     """The first of ``names`` (normalised spellings) that has user prices."""
+    found = every_user_price(names)
+    return found[0] if found else None
+
+
+def every_user_price(names: list[str]) -> list[tuple[str, tuple[UserPrice, ...]]]:
+    """Each of ``names`` (normalised spellings, the most specific first) that has user prices,
+    in that order: a snapshot's entries that do not apply to a call (another provider's, or
+    not yet in force) leave it to the prices set for its family."""
     prices = _settings.prices
-    for name in names:
-        entries = prices.get(name)
-        if entries:
-            return name, entries
-    return None
+    return [(name, prices[name]) for name in names if prices.get(name)]
 
 
 class UserPricedModel:
