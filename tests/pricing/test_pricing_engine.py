@@ -214,6 +214,31 @@ def test_long_context_tier_is_a_cliff_on_total_input_including_cache() -> None:
     )  # 50_001*2.5 + 150k*0.25 + 1k*15, per million
 
 
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [
+        ("anthropic", "claude-sonnet-4-20250514"),
+        ("aws", "us.anthropic.claude-sonnet-4-20250514-v1:0"),
+        ("aws", "global.anthropic.claude-sonnet-4-20250514-v1:0"),
+        ("google", "claude-sonnet-4@20250514"),
+        ("openrouter", "anthropic/claude-sonnet-4"),
+    ],
+)
+def test_claude_sonnet_4_above_200k_is_at_its_long_context_rates_in_every_table(
+    provider: str, model: str
+) -> None:
+    """Sonnet 4's 1M-context calls are billed $6 / $22.50 above 200k input tokens by Anthropic,
+    Bedrock, Vertex and OpenRouter alike; the tables lack the tier, and the correction knew
+    Anthropic's name for the model only: the others were priced at half, $0.915."""
+    usage = Usage(input_tokens=300_000, output_tokens=1_000)
+    cost = price_usage(provider, model, usage, at=DAY)
+    assert cost.total_usd == Decimal("1.8225")  # 300k * $6 + 1k * $22.50, per million
+    at_limit = Usage(input_tokens=200_000, output_tokens=1_000)
+    assert price_usage(provider, model, at_limit, at=DAY).total_usd == Decimal("0.615")
+    sonnet_45 = price_usage(provider, model.replace("sonnet-4", "sonnet-4-5"), usage, at=DAY)
+    assert sonnet_45.price_source != "tokenmeter-errata"
+
+
 def test_cache_writes_5m_and_1h_are_priced_separately() -> None:
     # claude-sonnet-4-5: input $3, 5m write $3.75, 1h write $6, output $15
     usage = Usage(

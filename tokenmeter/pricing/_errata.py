@@ -190,9 +190,15 @@ def _gpt4o_audio_preview(card: RateCard, requested: str, at: datetime) -> RateCa
     )
 
 
+#: Claude Sonnet 4 as each table names it: Anthropic's, Bedrock's (regional and global
+#: profiles), Vertex's and OpenRouter's.
+_SONNET_4 = re.compile(r"(?:^|[./])claude-sonnet-4(?:-0|-20250514(?:-v1:0)?)?$|^claude-4-sonnet$")
+
+
 def _sonnet_4_long_context(card: RateCard, requested: str, at: datetime) -> RateCard:
-    """claude-sonnet-4-0 lacks the >200k (1M-context) tier that claude-sonnet-4-5 has."""
-    if card.priced_model != "claude-sonnet-4-0" or card.tiers:
+    """Claude Sonnet 4 lacks the >200k (1M-context) tier that claude-sonnet-4-5 has, in every
+    table that prices it (Anthropic, Bedrock, Vertex and OpenRouter bill it alike)."""
+    if card.tiers or not _SONNET_4.search(card.priced_model):
         return card
     base = card.base
     two, one_and_half = Decimal(2), Decimal("1.5")
