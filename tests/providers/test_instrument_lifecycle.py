@@ -124,6 +124,36 @@ def test_a_call_another_client_makes_inside_a_metered_call_is_metered(
     ]
 
 
+@pytest.mark.requires(anthropic=">=2.15")
+def test_an_answer_middleware_gives_from_its_cache_is_not_billed_again(
+    fake: FakeProvider, records: Records
+) -> None:
+    """anthropic's client middleware may answer a call without sending it (the SDK hands back
+    what the middleware returns as it is): three calls, one request sent, three records were
+    made, each at the full price of the first."""
+    from anthropic._middleware import Middleware
+
+    class Cache(Middleware):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.answers: dict[str, Any] = {}
+
+        def handle(self, request: Any, call_next: Any) -> Any:
+            key = json.dumps(request.options.json_data, sort_keys=True, default=str)
+            if key not in self.answers:
+                self.answers[key] = call_next(request).parse()
+            return self.answers[key]
+
+    tokenmeter.instrument()
+    client = fake.anthropic_client(middleware=[Cache()])
+    for question in ("a", "a", "b", "a"):
+        client.messages.create(
+            model="claude-sonnet-4-5",
+            max_tokens=10,
+            messages=[{"role": "user", "content": question}],
+        )
+    assert len(fake.requests) == len(records()) == 2
+
+
 async def test_wrap_instruments_only_that_client(
     fake: FakeProvider, records: Records, kit: ModuleType, is_async: bool
 ) -> None:

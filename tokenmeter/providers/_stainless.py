@@ -13,6 +13,7 @@ import copy
 import inspect
 import json
 import sys
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,8 @@ class StainlessPlan(Plan):
     #: When ``prepare`` adjusted the request: the adapter, the client and the caller's own
     #: (args, kwargs), sent instead if the server refuses the adjustment.
     given: tuple[StainlessAdapter, Any, tuple[Any, ...], dict[str, Any]] | None = None
+    #: The client runs middleware (anthropic 2.15+), which may answer from a cache of its own.
+    middleware: bool = False
 
     def as_given(self, error: Exception) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         if self.given is None:
@@ -204,7 +207,8 @@ class StainlessAdapter:
                 args = (args[0], new_options, *args[2:])
             else:
                 kwargs = {**kwargs, "options": new_options}
-        return StainlessPlan(call, args, kwargs, endpoint, streamed, hide, raw, given)
+        middleware = bool(getattr(client, "_middleware", None))
+        return StainlessPlan(call, args, kwargs, endpoint, streamed, hide, raw, given, middleware)
 
     def _route(self, route: tuple[Any, Any]) -> Endpoint | None:
         """``endpoint()`` for a (method, url) seen for the first time (remembered: apps call the
@@ -224,6 +228,9 @@ class StainlessAdapter:
             return raw(result, plan, is_async)
         if plan.streamed:
             return _stream_proxy(plan, result, is_async)
+        if plan.middleware and _replayed(result):
+            plan.call.done = True  # nothing was sent: no record (a reservation is given back)
+            return result
         _read_into(plan, result)
         return result
 
@@ -688,6 +695,22 @@ def _reading_first(
             raise
 
     return read_then_post_parse
+
+
+#: The answers a client running middleware returned, by id: middleware answering from a cache
+#: of its own hands back the very object an earlier call returned (the SDK returns a value the
+#: middleware gives verbatim), and nothing was sent or billed. Each entry lives as long as its
+#: answer does (as long as the cache keeps it).
+_answered: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+
+
+def _replayed(answer: Any) -> bool:
+    """True for an answer returned before (a middleware's cache hit); else it is remembered."""
+    if _answered.get(id(answer)) is answer:
+        return True
+    with contextlib.suppress(TypeError):  # an object that cannot be weakly referenced
+        _answered[id(answer)] = answer
+    return False
 
 
 def _read_into(plan: StainlessPlan, parsed: Any) -> None:
