@@ -61,6 +61,21 @@ def test_record_is_priced_attributed_and_written(sink: InMemorySink) -> None:
     assert s.summary.calls == 1 and s.summary.cost_usd == Decimal("0.02")
 
 
+def test_a_provider_alias_is_recorded_as_its_provider(sink: InMemorySink) -> None:
+    """Aliases are accepted wherever a provider is named: ``record("gemini", ...)`` stored
+    "gemini", so reports split one provider in two rows (``record_response`` stored "google"),
+    and a budget on google never counted those calls (tests/guardrails)."""
+    made = [
+        tokenmeter.record(name, "gemini-2.5-flash", 1_000, 1_000)
+        for name in ("gemini", "Google-GenAI", " vertex ")
+    ]
+    made.append(tokenmeter.record("azure_openai", "gpt-4o", 10, 10))
+    made.append(tokenmeter.record("my-own-host", "x", 10, 10))
+    assert [r.model_provider for r in made] == ["google"] * 3 + ["azure", "my-own-host"]
+    assert tokenmeter.flush(5)
+    assert [r.model_provider for r in sink.records] == [r.model_provider for r in made]
+
+
 def test_json_form_has_spec_keys_in_order_and_round_trips(sink: InMemorySink) -> None:
     rec = tokenmeter.record(
         "anthropic",

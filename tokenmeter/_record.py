@@ -43,6 +43,7 @@ from tokenmeter._models import (
     trusted,
     usage_of,
 )
+from tokenmeter._registry import canonical
 from tokenmeter._totals import normalise_usd
 from tokenmeter.guardrails import _budgets, _state
 from tokenmeter.pricing._engine import CostFields, cost_fields
@@ -458,7 +459,7 @@ def record(
     may be any integer type (numpy's ``int64`` from a sum over a frame). Bad input raises
     ValueError naming the field; nothing is written then.
     """
-    provider = _text("provider", provider).lower()
+    provider = canonical(_text("provider", provider))  # an alias is its provider, as elsewhere
     model = _text("model", model)
     usage = _usage(
         input_tokens=input_tokens,

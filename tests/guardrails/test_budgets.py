@@ -68,6 +68,20 @@ def per_call(memory: InMemorySink) -> Decimal:
     return cost
 
 
+def test_calls_recorded_under_a_providers_alias_count_against_its_budget(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    """``record("azure_openai", ...)`` stored the alias as the provider: a budget on azure
+    (named by any of its names) never counted it, and the next Azure call was sent."""
+    budget = {"name": "az", "limit_usd": 0.01, "period": "total", "provider": "azure-openai"}
+    configured(tmp_path, [budget])
+    tokenmeter.record("azure_openai", "gpt-4o", 2_000, 1_000)  # $0.015
+    client = fake.azure_openai_client(max_retries=0)
+    with pytest.raises(BudgetExceeded):
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert fake.requests == []
+
+
 def test_a_budget_refuses_the_call_before_it_is_sent(
     tmp_path: Path, fake: FakeProvider, instrumented: None
 ) -> None:
