@@ -101,6 +101,8 @@ def keys(doc: dict[str, Any], *columns: str) -> dict[tuple[str, ...], dict[str, 
     [
         (["--provider", "openai"], 4),
         (["--provider", "openai,anthropic"], 5),
+        (["--provider", "OpenAI"], 4),  # a provider in any case, or by an alias
+        (["--provider", "Anthropic", "--provider", "gemini"], 1),
         (["--model", "gpt-4o"], 2),
         (["--model", "gpt-4o", "--model", "gpt-4o-mini"], 3),
         (["--session-name", "POST /draft"], 3),
@@ -119,6 +121,26 @@ def test_filters(cli: RunCli, data: Path, args: list[str], calls: int) -> None:
     doc = report(cli, data, *args)
     assert doc["totals"]["calls"] == calls
     assert sum(row["calls"] for row in doc["rows"]) == calls
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_model_filter_finds_the_model_asked_for_too(cli: RunCli, tmp_path: Path, kind: str) -> None:
+    """``--model gpt-4o-mini`` found none of the calls made with that model: their records name
+    the dated model that answered (``gpt-4o-mini-2024-07-18``) beside the one asked for."""
+    made = [
+        rec(1, "2026-11-01T10:00:00.000Z", "openai", "gpt-4o-mini-2024-07-18", 10, 1, "0.01"),
+        rec(2, "2026-11-01T11:00:00.000Z", "openai", "gpt-4o-mini-2024-07-18", 10, 1, "0.01"),
+        rec(3, "2026-11-01T12:00:00.000Z", "openai", "gpt-4o-2024-08-06", 10, 1, "0.01"),
+    ]
+    made[0] = made[0].model_copy(update={"request_model": "gpt-4o-mini"})
+    made[2] = made[2].model_copy(update={"request_model": "gpt-4o"})
+    if kind == "sqlite":
+        data = write_sqlite(tmp_path / "usage.db", made, [])
+    else:
+        data = write_jsonl(tmp_path / "usage.jsonl", made)
+    assert report(cli, data, "--model", "gpt-4o-mini")["totals"]["calls"] == 1
+    assert report(cli, data, "--model", "gpt-4o-mini-2024-07-18")["totals"]["calls"] == 2
+    assert report(cli, data, "--model", "gpt-4o-mini", "--model", "gpt-4o")["totals"]["calls"] == 2
 
 
 def test_error_blocked_estimated_columns(cli: RunCli, data: Path) -> None:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from itertools import chain
 from pathlib import Path
 
+from tokenmeter._registry import canonical
 from tokenmeter.cli._dates import parse_since, parse_tz, parse_until, period_bounds
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._output import refuse_overwriting, write_output
@@ -159,13 +160,19 @@ def filters_from(args: argparse.Namespace) -> Filters:
             f"unknown --status {', '.join(unknown)}: use some of {', '.join(STATUSES)}"
         )
     return Filters(
-        providers=_split("--provider", args.provider),
+        providers=_providers(_split("--provider", args.provider)),
         models=tuple(args.model),
         session_names=tuple(args.session_name),
         tags=tuple(args.tag),
         statuses=statuses,
         estimated=args.estimated,
     )
+
+
+def _providers(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Each provider as records name it (``gemini`` and ``vertex`` are google, ``OpenAI`` is
+    openai), and as given in lower case (records an older version stored under an alias)."""
+    return tuple(dict.fromkeys(n for name in names for n in (canonical(name), name.lower())))
 
 
 def _check_tag_keys(report: Report) -> None:

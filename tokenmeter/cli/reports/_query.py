@@ -129,7 +129,11 @@ class Filters:
         """The same test as ``sql_where``, on a checked JSONL record."""
         if self.providers and record.get("model_provider") not in self.providers:
             return False
-        if self.models and record.get("model_name") not in self.models:
+        if (
+            self.models
+            and record.get("model_name") not in self.models
+            and record.get("request_model") not in self.models
+        ):
             return False
         if self.session_names and record.get("session_name") not in self.session_names:
             return False
@@ -154,7 +158,12 @@ class Filters:
                 params.extend(values)
 
         one_of("model_provider", self.providers)
-        one_of("model_name", self.models)
+        if self.models and "request_model" in columns:  # the name served, or the one asked for
+            marks = ", ".join(PLACEHOLDER for _ in self.models)
+            clauses.append(f"(model_name IN ({marks}) OR request_model IN ({marks}))")
+            params.extend(self.models * 2)
+        else:
+            one_of("model_name", self.models)
         one_of("session_name", self.session_names)
         if self.statuses:
             column = "COALESCE(status, 'ok')" if "status" in columns else "'ok'"

@@ -68,7 +68,7 @@ _LINE = re.compile(
     rf',"model_provider":{_PLAIN},"model_name":{_PLAIN}'
     rf',"input_tokens":({_COUNT}),"output_tokens":({_COUNT}),"total_tokens":({_COUNT})'
     rf',"estimated_cost_usd":(?:({_COST})|null),"id":({_STR}|null)'
-    rf',"request_model":{_OPT_STR},"operation":{_OPT_STR}'
+    rf',"request_model":{_OPT_PLAIN},"operation":{_OPT_STR}'
     rf',"cache_read_tokens":({_COUNT}),"cache_write_tokens":({_COUNT})'
     rf',"reasoning_tokens":({_COUNT})'
     rf',"cost_breakdown":(?:null|{_object(f"(?:{_MONEY}|null)")}),"price_source":{_OPT_STR}'
@@ -157,6 +157,7 @@ class JsonlScan:
                     tot,
                     cost,
                     record_id,
+                    request_model,
                     cache_read,
                     cache_write,
                     reasoning,
@@ -181,6 +182,7 @@ class JsonlScan:
                         "timestamp": timestamp,
                         "model_provider": provider,
                         "model_name": model,
+                        "request_model": request_model,
                         "session_id": session_id,
                         "session_name": session_name,
                         "status": status,
