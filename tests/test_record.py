@@ -636,6 +636,21 @@ def test_record_with_a_long_timestamp_text_is_a_value_error(sink: InMemorySink, 
     assert sink.records == []
 
 
+@pytest.mark.parametrize(
+    "timestamp", [datetime(2026, 11, 22, 10), "2026-11-22T10:00:00", "2026-11-22"]
+)
+def test_record_with_a_timestamp_without_a_time_zone_is_a_value_error(
+    sink: InMemorySink, timestamp: Any
+) -> None:
+    """A naive time was read as UTC; Python's naive times are local (``datetime.now()``), so a
+    call made now in Tokyo was recorded nine hours ahead, in another day's reports."""
+    with pytest.raises(ValueError, match=r"^timestamp must say its time zone") as raised:
+        tokenmeter.record("openai", "gpt-4o", 10, 5, timestamp=timestamp)
+    assert "2026-11-22" in str(raised.value)
+    assert tokenmeter.flush(5)
+    assert sink.records == []
+
+
 def test_record_reads_the_longest_iso_timestamp(sink: InMemorySink) -> None:
     tokenmeter.record("openai", "gpt-4o", 10, 5, timestamp="2026-11-22T10:00:00.123456+05:30")
     assert tokenmeter.flush(5)

@@ -376,8 +376,15 @@ def _timestamp(value: Any) -> datetime:
         raise ValueError(
             f"timestamp must be a datetime or ISO-8601 string, got {short_repr(value)}"
         )
+    if value.tzinfo is None or value.utcoffset() is None:
+        # Python's naive times are local (datetime.now()): read as UTC, a call made "now" in
+        # Tokyo was recorded 9 hours ahead, in another day's reports and budgets.
+        raise ValueError(
+            "timestamp must say its time zone (datetime.now(UTC), or ISO text ending in Z or "
+            f"+hh:mm), got {short_repr(value if isinstance(value, str) else value.isoformat())}"
+        )
     try:
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value.astimezone(UTC)
     except OverflowError:  # e.g. 9999-12-31T23:00-05:00: past year 9999 in UTC
         raise ValueError(f"timestamp is out of range in UTC, got {short_repr(value)}") from None
 
