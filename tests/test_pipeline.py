@@ -914,6 +914,31 @@ def test_a_sink_down_when_replaced_has_its_records_set_aside_at_once() -> None:
     assert {k["error"] for k in kept} == {"OSError: server down"}
 
 
+class DownWithoutSessions:
+    """A user sink of records only (no ``write_sessions``: it is never given a session), down."""
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        raise OSError("server down")
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_sink_that_takes_no_sessions_has_none_set_aside() -> None:
+    """Its sessions were set aside beside its records when it stopped down, though it is never
+    given one: the CLI then called each such line of the quarantine file corrupt."""
+    sink = DownWithoutSessions()
+    _alone_gathering_for_an_hour(sink)
+    with tokenmeter.session("job"):
+        made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(3)]
+    tokenmeter.configure(sinks=[InMemorySink()])
+    kept = [json.loads(line) for line in (Path(".tokenmeter") / "quarantine.jsonl").open()]
+    assert [k["record"]["id"] for k in kept] == [r.id for r in made]
+
+
 def test_a_sink_that_fails_thousands_of_times_keeps_its_writer_working(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

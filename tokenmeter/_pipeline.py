@@ -638,8 +638,12 @@ class _Writer:
         for item, error in self._accused:
             self._quarantine(item, error)
         self._accused.clear()
+        takes_sessions = getattr(self.sink, "write_sessions", None) is not None
         while self._pending:
-            for item in self._pending.popleft():
+            run = self._pending.popleft()
+            if not takes_sessions and isinstance(run[0], SessionInfo):
+                continue  # never given to this sink: nothing of it is lost (a run is of one kind)
+            for item in run:
                 self._quarantine(item, self._last_error or RuntimeError("not written"))
         if self.lost - lost > 1:  # the first is logged with its record, the rest counted
             logger.error(
