@@ -154,6 +154,33 @@ def test_an_answer_middleware_gives_from_its_cache_is_not_billed_again(
     assert len(fake.requests) == len(records()) == 2
 
 
+async def test_a_copy_of_a_wrapped_client_sends_as_itself(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """``copy.copy()`` of a wrapped client kept the methods wrap() set on the original, bound to
+    it: the copy sent every call to the original's server with the original's key, whatever was
+    changed on the copy."""
+    seen = []
+
+    def server(request: Any) -> Any:
+        seen.append((request.url.host, request.headers["authorization"]))
+        return kit.http.Response(200, json=kit.chat_body())
+
+    client = tokenmeter.wrap(kit.mock_openai(server, is_async=is_async))
+    other = copy.copy(client)
+    other.api_key = "sk-other"
+    other.base_url = "http://other.local/v1"
+    await chat(other, kit)
+    await chat(copy.copy(other).with_options(timeout=5), kit)
+    await chat(client, kit)
+    assert seen == [
+        ("other.local", "Bearer sk-other"),
+        ("other.local", "Bearer sk-other"),
+        ("fake.local", "Bearer sk-test"),
+    ]
+    assert len(records()) == 3
+
+
 async def test_wrap_instruments_only_that_client(
     fake: FakeProvider, records: Records, kit: ModuleType, is_async: bool
 ) -> None:

@@ -16,7 +16,7 @@ import sys
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, SupportsIndex
 
 from tokenmeter.providers import _core
 from tokenmeter.providers._core import (
@@ -73,6 +73,22 @@ class StainlessPlan(Plan):
             return None
         self.hide_usage_chunk = self.call.expects_usage = False  # none was asked for
         return args, kwargs
+
+
+#: What ``wrap_client`` sets on a client it wraps.
+_WRAPPED_ATTRIBUTES = frozenset(
+    ("request", "copy", "with_options", "__reduce_ex__", "_tokenmeter_wrapped")
+)
+
+
+def _wrapped_copy(
+    adapter: StainlessAdapter, cls: type, state: dict[str, Any], sync_base: type, async_base: type
+) -> Any:
+    """A copy of a wrapped client (``copy.copy``), wrapped in turn."""
+    made = cls.__new__(cls)
+    made.__dict__.update(state)
+    adapter.wrap_client(made, sync_base, async_base)
+    return made
 
 
 def _options_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -271,6 +287,15 @@ class StainlessAdapter:
             return made
 
         client.copy = client.with_options = copy
+
+        def reduce_ex(protocol: SupportsIndex) -> tuple[Any, ...]:
+            # copy.copy() / deepcopy() of the client (they look this up on the object): the copy
+            # is wrapped around itself; given our methods, it sent as this client, to its server
+            # with its key, whatever was changed on the copy.
+            state = {k: v for k, v in vars(client).items() if k not in _WRAPPED_ATTRIBUTES}
+            return _wrapped_copy, (self, type(client), state, sync_base, async_base)
+
+        client.__reduce_ex__ = reduce_ex
         client._tokenmeter_wrapped = True
         return True
 
