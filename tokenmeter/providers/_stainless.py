@@ -82,7 +82,7 @@ _WRAPPED_ATTRIBUTES = frozenset(
 
 
 def _wrapped_copy(
-    adapter: StainlessAdapter, cls: type, state: dict[str, Any], sync_base: type, async_base: type
+    adapter: StainlessAdapter, cls: Any, state: dict[str, Any], sync_base: type, async_base: type
 ) -> Any:
     """A copy of a wrapped client (``copy.copy``), wrapped in turn."""
     made = cls.__new__(cls)
