@@ -974,6 +974,22 @@ def test_the_warnings_kept_for_per_session_budgets_stay_bounded(
     assert sink is not None and len(sink._given) <= 20
 
 
+def test_the_memory_ledger_drops_the_rows_of_ended_sessions(tmp_path: Path) -> None:
+    """``budget_ledger="memory"`` with a ``period = "session"`` budget kept a row for every
+    session the process ever ran (a server opening one per request: ~344 B each, for ever)."""
+    from tokenmeter.guardrails import _budgets
+
+    budget = {"name": "per-job", "limit_usd": 0.01, "period": "session", "on_exceed": "raise"}
+    configured(tmp_path, [budget], budget_ledger="memory")
+    for _ in range(50):
+        with tokenmeter.session("job"):
+            tokenmeter.record("openai", "gpt-4o", 1000, 500)  # $0.0075 of the session's $0.01
+    with tokenmeter.session("open"):
+        tokenmeter.record("openai", "gpt-4o", 10, 5)
+        ledger = _budgets._config.ledger  # type: ignore[union-attr]
+        assert len(ledger._rows) == 1  # the open session's alone
+
+
 def test_a_call_freed_by_a_garbage_collection_inside_our_locks_gives_its_reservation_back(
     tmp_path: Path,
 ) -> None:

@@ -1110,6 +1110,12 @@ def session_ended(session: Any) -> None:
     config = _config
     if config is not None:
         config.forget_session(session)
+        forget_period = getattr(config.ledger, "forget_period", None)
+        if forget_period is not None and any(b.period == "session" for b in config.budgets):
+            try:
+                forget_period(str(session.id))  # the memory ledger's rows: its period is over
+            except Exception:
+                _ledger_fault("settle")
     if config is not None and _warned:  # its period is over: its warnings need not be kept
         start = str(session.id)
         with _warned_lock:

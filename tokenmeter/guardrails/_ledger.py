@@ -229,6 +229,13 @@ class MemoryLedger:
             row = self._rows.get((scope_key, period_start))
             return 0.0 if row is None else row[0] + row[1]
 
+    def forget_period(self, period_start: str) -> None:
+        """Drop the rows of a period that is over (an ended session's, ``period="session"``):
+        a server opening a session per request kept a row of each for ever."""
+        with self._lock:
+            for key in [key for key in self._rows if key[1] == period_start]:
+                del self._rows[key]
+
     def close(self) -> None:
         pass
 
