@@ -31,6 +31,19 @@ def test_sessions_lists_most_recent_first_with_totals(cli: RunCli, source: Path)
     assert rows[1]["cost_usd"] is None and rows[1]["unpriced_calls"] == 1
 
 
+def test_sessions_and_session_take_their_format_from_the_output_files_suffix(
+    cli: RunCli, sqlite_db: Path, tmp_path: Path
+) -> None:
+    """``sessions -o s.json`` wrote a table into s.json (``report`` reads the suffix)."""
+    listed, one, table = tmp_path / "s.json", tmp_path / "one.json", tmp_path / "s.txt"
+    assert cli("sessions", "--source", str(sqlite_db), "-o", str(listed))[0] == 0
+    assert json.loads(listed.read_text())[0]["session_id"] == "sess-chat"
+    assert cli("session", "sess-chat", "--source", str(sqlite_db), "-o", str(one))[0] == 0
+    assert json.loads(one.read_text())["session_id"] == "sess-chat"
+    assert cli("sessions", "--source", str(sqlite_db), "-o", str(table))[0] == 0
+    assert table.read_text().split()[:3] == ["Session", "Name", "Status"]
+
+
 def test_sessions_table_and_window(cli: RunCli, sqlite_db: Path) -> None:
     code, out, _ = cli("sessions", "--source", str(sqlite_db), "--until", "2026-11-01")
     assert code == 0

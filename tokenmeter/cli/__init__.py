@@ -224,7 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_window(sessions)
     sessions.add_argument("--session-name", action="append", default=[], type=_text, metavar="NAME")
     sessions.add_argument("--limit", type=_count, default=20, help="how many; 0 = all (20)")
-    sessions.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    sessions.add_argument(
+        "--format",
+        choices=("table", "markdown", "json"),
+        help="default: from -o's suffix, else table",
+    )
     sessions.add_argument("-o", "--output", metavar="FILE", type=output_file)
 
     session = commands.add_parser("session", help="one session, as the markdown journal shows it")
@@ -232,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
         "session_id", metavar="ID", type=_text, help="session id (or a session name)"
     )
     _add_source(session)
-    session.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    session.add_argument(
+        "--format", choices=("markdown", "json"), help="default: from -o's suffix, else markdown"
+    )
     session.add_argument("-o", "--output", metavar="FILE", type=output_file)
 
     tail = commands.add_parser("tail", help="the latest records; -f to follow new ones")

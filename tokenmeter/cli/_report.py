@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from itertools import chain
@@ -70,13 +70,15 @@ _RENDERERS: dict[str, Callable[[Report], str | Iterator[str]]] = {
 }
 
 
-def _format(args: argparse.Namespace) -> str:
-    """``--format``, else guessed from ``-o``'s suffix, else a table."""
+def _format(args: argparse.Namespace, among: Collection[str] = (), default: str = "table") -> str:
+    """``--format``, else guessed from ``-o``'s suffix (one of ``among``, when given), else
+    ``default``."""
     if args.format:
         return str(args.format)
     if args.output:
-        return _SUFFIX_FORMATS.get(Path(args.output).suffix.lower(), "table")
-    return "table"
+        found = _SUFFIX_FORMATS.get(Path(args.output).suffix.lower(), default)
+        return found if not among or found in among else default
+    return default
 
 
 def _dimensions(specs: list[str] | None) -> tuple[Dimension, ...]:
@@ -326,6 +328,7 @@ def run_sessions(args: argparse.Namespace) -> int:
     if args.session_name:
         rows = [row for row in rows if row.name in args.session_name]
     rows = rows[: args.limit] if args.limit else rows
+    args.format = _format(args, among=("table", "markdown", "json"))
     if args.format == "json":
         document = [
             {
@@ -362,6 +365,7 @@ def run_session(args: argparse.Namespace) -> int:
     source = resolve_source(args.source)
     refuse_overwriting(args.output, source.path)
     detail = find_session(source, args.session_id)
+    args.format = _format(args, among=("markdown", "json"), default="markdown")
     if args.format == "json":
         document = {
             "session_id": detail.session.session_id,
