@@ -17,8 +17,10 @@ import sys
 import threading
 import weakref
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from typing import Any
 
@@ -456,6 +458,45 @@ def test_a_global_hook_that_opens_a_session_is_not_handed_its_own_session(
     assert ended == ["job"]
     assert tokenmeter.flush(5)
     assert [r.session_name for r in sink.records] == ["job", "summarise"]
+
+
+@pytest.mark.parametrize("how", ["thread", "ThreadPoolExecutor", "ThreadPool"])
+def test_a_global_hook_handing_its_work_to_a_thread_is_not_handed_the_sessions_it_opens_there(
+    sink: InMemorySink, how: str
+) -> None:
+    """A global hook that hands its slow work (a summary made by an LLM call in a session of its
+    own) to a thread or a pool was handed the session opened there, whose end handed its work
+    over again: 'job', 'summary of job', 'summary of summary of job', ... for ever, a paid call
+    a round. The thread did not carry the guard that the hook's own work is running."""
+    ended: list[str | None] = []
+    waits: list[Callable[[float], object]] = []  # each handed-over work's join / result
+
+    def summarise(name: str | None) -> None:
+        with tokenmeter.session(f"summary of {name}"):
+            record()
+
+    def hand_over(session: Session) -> None:
+        ended.append(session.name)
+        if len(ended) > 3:  # this test's cap on the loop
+            return
+        if how == "thread":
+            thread = threading.Thread(target=summarise, args=(session.name,))
+            thread.start()
+            waits.append(thread.join)
+        elif how == "ThreadPoolExecutor":
+            waits.append(executor.submit(summarise, session.name).result)
+        else:
+            waits.append(thread_pool.apply_async(summarise, (session.name,)).get)
+
+    tokenmeter.configure(sinks=[sink], on_session_end=hand_over)
+    with ThreadPoolExecutor(1) as executor, ThreadPool(1) as thread_pool:
+        with tokenmeter.session("job"):
+            record()
+        while waits:  # the work's own hook hands over the next round before the work ends
+            waits.pop(0)(30)
+    assert ended == ["job"]
+    assert tokenmeter.flush(5)
+    assert [r.session_name for r in sink.records] == ["job", "summary of job"]
 
 
 def test_a_failing_hook_is_logged_not_raised(

@@ -37,6 +37,7 @@ from tokenmeter._totals import (
     to_pico_usd_precision,
 )
 from tokenmeter.guardrails import _state as _guard_state
+from tokenmeter.guardrails._hooks import _in_hooks
 from tokenmeter.pricing._overrides import short_repr
 
 __all__ = ["ModelTotals", "Session", "SessionSummary", "current_session", "session", "track"]
@@ -888,25 +889,40 @@ _original_start = threading.Thread.start
 _original_submit = None if _futures_thread is None else _futures_thread.ThreadPoolExecutor.submit
 
 
+#: What work handed to another thread takes along: the current session, and whether
+#: session-end hooks are running. A hook's work done there is still the hook's own: a session it
+#: opens is not handed to the global hooks, whose work would open another, a paid call a round
+#: for ever (``run_end_hooks``).
+_Carried = tuple[Session | None, bool]
+
+
+def _carried() -> _Carried:
+    return _current.get(), _in_hooks.get()
+
+
 def _start_in_session(self: threading.Thread) -> None:
-    if _propagate:
-        current = _current.get()
-        if current is not None and not getattr(self, "_tokenmeter_worker", False):
+    if _propagate and not getattr(self, "_tokenmeter_worker", False):
+        current, in_hooks = _carried()
+        if current is not None or in_hooks:
             run = self.run
 
             def run_in_session() -> None:
                 _current.set(current)  # a new thread starts with an empty context
+                _in_hooks.set(in_hooks)
                 run()
 
             self.run = run_in_session  # type: ignore[method-assign]
     _original_start(self)
 
 
-def _run_in(current: Session | None, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def _run_in(carried: _Carried, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    current, in_hooks = carried
     token = _current.set(current)
+    hooks_token = _in_hooks.set(in_hooks)
     try:
         return fn(*args, **kwargs)
     finally:
+        _in_hooks.reset(hooks_token)
         _current.reset(token)
 
 
@@ -919,7 +935,7 @@ def _submit_in_session(
         _worker_start.flag = True
         try:
             return _original_submit(
-                self, functools.partial(_run_in, _current.get(), fn), *args, **kwargs
+                self, functools.partial(_run_in, _carried(), fn), *args, **kwargs
             )
         finally:
             _worker_start.flag = False
@@ -950,7 +966,7 @@ def _items_in_session(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def in_session(self: Any, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if _propagate:
-            func = functools.partial(_run_in, _current.get(), func)
+            func = functools.partial(_run_in, _carried(), func)
         return method(self, func, *args, **kwargs)
 
     in_session._tokenmeter_items = True  # type: ignore[attr-defined]
