@@ -20,6 +20,7 @@ from helpers import one_line_value_error
 import tokenmeter
 from tokenmeter import _sessions
 from tokenmeter.sinks import InMemorySink
+from tokenmeter.testing import FakeProvider
 
 
 def test_nested_sessions_roll_up_into_ancestors(sink: InMemorySink) -> None:
@@ -342,6 +343,74 @@ def test_track_over_a_plain_wrapper_of_an_async_function_spans_the_coroutine(
     assert made.session_id != caller.id and (made.session_name or "").endswith("step")
     assert sink.sessions[made.session_id].parent_id == caller.id
     assert sink.sessions[made.session_id].calls == 1
+
+
+def test_track_over_a_plain_wrapper_of_a_generator_function_spans_the_iteration(
+    sink: InMemorySink,
+) -> None:
+    """``@track`` / ``@session`` over a ``functools.wraps`` decorator (retry, logging) of a
+    generator or async generator function: the session ended when the wrapper returned the
+    generator (0 calls), before its body ran. Its calls went to the caller's session, and a
+    ``budget_usd=0, on_exceed="raise"`` on it refused none of them."""
+    tokenmeter.instrument(["openai"])
+
+    def logged(func: Any) -> Any:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    @tokenmeter.track("stream")
+    @logged
+    def stream(n: int) -> Iterator[int]:
+        for i in range(n):
+            tokenmeter.record("openai", "gpt-4o", 1000, 500)
+            yield i
+
+    @tokenmeter.session("astream")
+    @logged
+    async def astream(n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            await asyncio.sleep(0)
+            tokenmeter.record("openai", "gpt-4o", 1000, 500)
+            yield i
+
+    @tokenmeter.session("capped", budget_usd=0, on_exceed="raise")
+    @logged
+    def capped(client: Any) -> Iterator[None]:
+        yield client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        )
+
+    async def consume() -> list[int]:
+        return [i async for i in astream(2)]
+
+    with FakeProvider() as fake, tokenmeter.session("caller") as caller:
+        for _ in stream(2):
+            assert tokenmeter.current_session() is caller  # not the generator's session
+            tokenmeter.record("openai", "gpt-4o", 1, 1)
+        assert asyncio.run(consume()) == [0, 1]
+        unfinished = stream(5)
+        assert next(unfinished) == 0
+        unfinished.close()  # stopped early: no failure
+        with pytest.raises(tokenmeter.BudgetExceeded):
+            list(capped(fake.openai_client(max_retries=0)))
+    assert fake.requests == []  # refused before it was sent
+    assert tokenmeter.flush(5)
+    names = [r.session_name for r in sink.records if r.status != "blocked"]
+    assert names == ["stream", "caller", "stream", "caller", "astream", "astream", "stream"]
+    stored = sorted(
+        (info.name, info.status, info.calls, info.parent_id == caller.id)
+        for info in sink.sessions.values()
+        if info.id != caller.id
+    )
+    assert stored == [
+        ("astream", "completed", 2, True),
+        ("capped", "failed", 0, True),
+        ("stream", "completed", 1, True),
+        ("stream", "completed", 2, True),
+    ]
 
 
 @pytest.mark.parametrize("decorator", ["track", "session"])

@@ -531,10 +531,7 @@ class _Steps:
     that iterates it. A session the body opens stays current across its yields."""
 
     def __init__(self, session: Session) -> None:
-        session._start()  # its parent: the session the generator is first iterated in
-        assert session._token is not None
-        _current.reset(session._token)  # current only during the steps
-        session._token = None
+        """``session``: entered, and set aside (``_set_aside``): current only during the steps."""
         self.session = session
         self.current: Session | None = session
 
@@ -555,12 +552,24 @@ class _Steps:
             _current.reset(token)
 
 
-def _decorate_generator(func: Callable[..., Any], make_session: Callable[[], Session]) -> Any:
-    """``func`` is a generator function (a streamed answer): its session spans the iteration."""
+def _set_aside(session: Session) -> Session:
+    """``session``, just entered here, current here no more: only where its work runs (the
+    steps of a generator, a coroutine), not in the code that holds that work until it runs it."""
+    assert session._token is not None
+    _current.reset(session._token)  # the caller's context, as it was before it was entered
+    session._token = None
+    return session
+
+
+def _decorate_generator(func: Callable[..., Any], session_of: Callable[[], Session]) -> Any:
+    """``func`` is a generator function (a streamed answer): its session spans the iteration.
+
+    ``session_of`` gives the session of a call, entered and set aside (``_set_aside``), when
+    the generator is first iterated."""
 
     @functools.wraps(func)
     def run_generator(*args: Any, **kwargs: Any) -> Any:
-        steps = _Steps(make_session())
+        steps = _Steps(session_of())
         inner = func(*args, **kwargs)
         failed = True
         try:
@@ -590,14 +599,14 @@ def _decorate_generator(func: Callable[..., Any], make_session: Callable[[], Ses
     return run_generator
 
 
-def _decorate_async_generator(func: Callable[..., Any], make_session: Callable[[], Session]) -> Any:
+def _decorate_async_generator(func: Callable[..., Any], session_of: Callable[[], Session]) -> Any:
     """``func`` is an async generator function: as ``_decorate_generator``."""
 
     @functools.wraps(func)
     async def run_async_generator(*args: Any, **kwargs: Any) -> Any:
         from asyncio import CancelledError  # loaded already: an async generator is running
 
-        steps = _Steps(make_session())
+        steps = _Steps(session_of())
         inner = func(*args, **kwargs)
         failed = True
         try:
@@ -637,10 +646,16 @@ def _decorate(func: F, make_session: Callable[[], Session]) -> F:
     code: Any = func
     if not (inspect.isroutine(func) or isinstance(func, functools.partial)):
         code = type(func).__call__
+
+    def entered_aside() -> Session:  # its parent: the session the generator is first iterated in
+        made = make_session()
+        made._start()
+        return _set_aside(made)
+
     if inspect.isgeneratorfunction(code):
-        return cast(F, _decorate_generator(func, make_session))
+        return cast(F, _decorate_generator(func, entered_aside))
     if inspect.isasyncgenfunction(code):
-        return cast(F, _decorate_async_generator(func, make_session))
+        return cast(F, _decorate_async_generator(func, entered_aside))
     if inspect.iscoroutinefunction(code):
 
         @functools.wraps(func)
@@ -663,6 +678,16 @@ def _decorate(func: F, make_session: Callable[[], Session]) -> F:
             # A plain wrapper of an async function (a functools.wraps decorator): its session
             # ended before the coroutine ran, and the coroutine's calls went to the caller's.
             return _awaited_in(made, result)
+        if inspect.isgenerator(result) or inspect.isasyncgen(result):
+            # The same over a generator function (a streamed answer): its session ended before
+            # the body ran, its calls went to the caller's session, its budget refused none.
+            # It spans the iteration, as a decorated generator function's does.
+            _set_aside(made)
+            steps_of = (
+                _decorate_generator if inspect.isgenerator(result) else _decorate_async_generator
+            )
+            named = functools.wraps(func)(lambda: result)  # its repr names the function
+            return steps_of(named, lambda: made)()
         made._end(failed=False)
         return result
 
@@ -672,9 +697,7 @@ def _decorate(func: F, make_session: Callable[[], Session]) -> F:
 def _awaited_in(session: Session, coroutine: Any) -> Any:
     """``coroutine`` run in ``session``, which ends with it: current only while it runs, not in
     the code that holds it until it is awaited (as a decorated generator's session is)."""
-    assert session._token is not None
-    _current.reset(session._token)  # the caller's context, as it was before the call
-    session._token = None
+    _set_aside(session)
 
     async def run_in_session() -> Any:
         token = _current.set(session)
