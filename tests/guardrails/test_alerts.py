@@ -3,6 +3,7 @@ callbacks), computed off the caller's thread. Times come from the records' own t
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import threading
@@ -157,6 +158,45 @@ def test_a_session_costing_a_multiple_of_its_names_baseline(tmp_path: Path) -> N
         heavy.id,
     )
     assert alert.observed == pytest.approx(0.0125)
+
+
+def test_a_session_with_late_calls_is_one_sample_at_its_latest_total(tmp_path: Path) -> None:
+    """A session is handed to the sinks again for each call recorded after it ended (a stream
+    read after its block, pool work that outlives it): the session_cost rule took each as a new
+    sample. Four identical sessions of $0.01 (one call in the block, three late) made 16
+    samples of $0.0025 to $0.01 and 8 false alerts; now 4 samples and none. A session whose
+    late calls take it over the limit alerts once, with its total then."""
+    rule = {"rule": "session_cost", "multiplier": 1.6, "warmup": 3, "cooldown_s": 0}
+    seen = setup(tmp_path, [rule])
+
+    def nightly(late_calls: int) -> contextvars.Context:
+        with tokenmeter.session("nightly"):
+            call(1000, 0)  # $0.0025
+            late = contextvars.copy_context()  # work started in the block, run after it
+        for _ in range(late_calls):
+            late.run(call, 1000, 0)
+            assert tokenmeter.flush(5)  # each handed to the alert sink on its own
+        return late
+
+    for _ in range(4):
+        nightly(late_calls=3)
+    assert seen.alerts == []
+    from tokenmeter.guardrails import _alerts
+
+    sink = _alerts._active
+    assert sink is not None
+    [baseline] = sink._baselines.values()
+    assert (baseline.count, baseline.mean) == (4, pytest.approx(0.01))
+    heavy = nightly(late_calls=6)  # $0.0175, over 1.6 x $0.01 (at its 7th call)
+    heavy.run(call, 1000, 0)  # $0.02: the same session, alerted already
+    assert tokenmeter.flush(5)
+    [alert] = seen.alerts
+    assert (alert.rule, alert.observed, alert.threshold) == (
+        "session_cost",
+        pytest.approx(0.0175),
+        pytest.approx(0.016),
+    )
+    assert (baseline.count, baseline.mean) == (5, pytest.approx(0.01 + (0.02 - 0.01) * 2 / 51))
 
 
 def test_the_baselines_kept_per_session_name_or_model_stay_bounded(

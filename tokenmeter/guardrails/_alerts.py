@@ -5,7 +5,8 @@ baseline (an exponentially weighted mean over about ``window`` samples, kept inc
 model, or per session name for session totals; it only judges after ``warmup`` samples):
 
 - ``call_tokens`` / ``call_cost``: one call's total tokens / USD, baseline per model;
-- ``session_cost``: a finished session's USD (nested included), baseline per session name;
+- ``session_cost``: a finished session's USD (nested included), baseline per session name; one
+  sample a session, kept to its latest total (calls recorded after it ended add to it);
 - ``spend_rate``: USD spent in the trailing hour, baseline over completed hours.
 
 An alert for a (rule, scope) is not repeated within ``cooldown_s`` seconds. Alerts (budget
@@ -148,9 +149,36 @@ class _Baseline:
         self.count = 0
         self.mean = 0.0
 
-    def add(self, value: float) -> None:
+    def add(self, value: float) -> int:
+        """Add a sample; its number (1 for the first)."""
         self.count += 1
         self.mean = value if self.count == 1 else self.mean + self.alpha * (value - self.mean)
+        return self.count
+
+    def revise(self, number: int, old: float, new: float) -> None:
+        """Sample ``number``, taken as ``old``, is ``new``: the mean as if it had been all along.
+        Its weight in the mean is alpha x (1 - alpha) for each later sample (the first's has
+        no alpha: it was the mean)."""
+        weight = (1 - self.alpha) ** (self.count - number)
+        if number > 1:
+            weight *= self.alpha
+        self.mean += weight * (new - old)
+
+
+@dataclass(slots=True)
+class _SessionSample:
+    """A session's sample in a ``session_cost`` baseline, kept to its latest total: a session
+    is handed over again for each call recorded after it ended (a stream read after its block,
+    pool work that outlives it), and each had been taken as a sample of its own (identical
+    sessions alerted, at their partial totals)."""
+
+    baseline: _Baseline
+    number: int
+    cost: float
+    #: What it is judged against, from the sessions before it: with the baseline as it was.
+    limit: float | None
+    base_value: float | None
+    alerted: bool = False
 
 
 # -- delivery -----------------------------------------------------------------------------------
@@ -202,6 +230,8 @@ class AlertSink:
         #: in the period warns again on the way to the new one.
         self._given: set[tuple[str, str, Any]] = set()
         self._baselines: dict[tuple[AlertRule, str], _Baseline] = {}
+        #: The sessions sampled by each session_cost rule, the latest last (``_MAX_SCOPES``).
+        self._session_samples: dict[tuple[AlertRule, str], _SessionSample] = {}
         self._last: dict[tuple[str, str], datetime] = {}
         #: The trailing hour's spend, by the second (in the order the records came).
         self._hour: deque[tuple[datetime, float]] = deque()
@@ -306,18 +336,30 @@ class AlertSink:
                 self._spend_rate(rule, record, *rate)
 
     def _judge_session(self, info: SessionInfo) -> None:
+        """One sample a session, at its latest total; an alert when that first passes its
+        limit."""
         cost = float(info.cost_usd)
+        scope = f"session={info.name or '(unnamed)'}"
         for rule in self.rules:
-            if rule.rule == "session_cost":
-                self._judge(
-                    rule,
-                    f"session={info.name or '(unnamed)'}",
-                    cost,
-                    info.ended_at or info.started_at,
-                    None,
-                    info.id,
-                    "USD",
-                )
+            if rule.rule != "session_cost":
+                continue
+            sample = self._session_samples.get((rule, info.id))
+            if sample is None:
+                baseline = self._baseline(rule, scope)
+                limit, base_value = self._limit(rule, baseline)
+                number = baseline.add(cost)
+                sample = _SessionSample(baseline, number, cost, limit, base_value)
+                samples = self._session_samples
+                if len(samples) >= _MAX_SCOPES:  # the oldest: ended long before, if ever late
+                    del samples[next(iter(samples))]
+                samples[(rule, info.id)] = sample
+            elif cost != sample.cost:  # handed over again: a call recorded after it ended
+                sample.baseline.revise(sample.number, sample.cost, cost)
+                sample.cost = cost
+            if not sample.alerted and sample.limit is not None and cost > sample.limit:
+                sample.alerted = True
+                when = info.ended_at or info.started_at
+                self._alert(rule, scope, cost, sample.limit, sample.base_value, when, None, info.id)
 
     def _judge(
         self,
@@ -331,25 +373,45 @@ class AlertSink:
         *,
         learn: bool = True,
     ) -> None:
+        baseline = self._baseline(rule, scope)
+        limit, base_value = self._limit(rule, baseline)
+        if learn:
+            baseline.add(observed)
+        if limit is not None and observed > limit:
+            self._alert(rule, scope, observed, limit, base_value, when, record_id, session_id, unit)
+
+    def _baseline(self, rule: AlertRule, scope: str) -> _Baseline:
         baseline = self._baselines.get((rule, scope))  # each rule's own (its window, warmup)
         if baseline is None:
             if len(self._baselines) >= _MAX_SCOPES:  # a name per request: start over
                 self._baselines.clear()
             baseline = self._baselines[(rule, scope)] = _Baseline(rule.window)
+        return baseline
+
+    def _limit(self, rule: AlertRule, baseline: _Baseline) -> tuple[float | None, float | None]:
+        """The value past which the rule fires (None: it cannot yet), and the baseline's mean
+        once it is warm."""
         warm = baseline.count >= rule.warmup and baseline.count > 0
         limits = []
         if rule.threshold is not None:
             limits.append(rule.threshold)
         if rule.multiplier is not None and warm:
             limits.append(rule.multiplier * baseline.mean)
-        limit = min(limits) if limits else None
-        if learn:
-            base_value = baseline.mean if warm else None
-            baseline.add(observed)
-        else:
-            base_value = baseline.mean if warm else None
-        if limit is None or observed <= limit:
-            return
+        return (min(limits) if limits else None), (baseline.mean if warm else None)
+
+    def _alert(
+        self,
+        rule: AlertRule,
+        scope: str,
+        observed: float,
+        limit: float,
+        base_value: float | None,
+        when: datetime,
+        record_id: str | None,
+        session_id: str | None,
+        unit: str = "USD",
+    ) -> None:
+        """Queue an alert, unless one of (rule, scope) is cooling down."""
         last = self._last.get((rule.rule, scope))
         # Quiet near the last alert on either side: a record a little older (another thread's)
         # as one a little newer; an alert dated far ahead (a clock set wrong) silences nothing.
