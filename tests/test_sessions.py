@@ -95,6 +95,48 @@ def test_status_failed_when_the_body_raises_and_sinks_hear_of_it(sink: InMemoryS
     assert sink.sessions[ok.id].status == "completed"
 
 
+def test_a_session_in_a_generator_left_early_is_completed_not_failed(sink: InMemorySink) -> None:
+    """A ``with`` / ``async with`` session around the yields of a generator (paging) that its
+    consumer leaves early: the generator is closed with GeneratorExit, and the session was
+    stored "failed", where the decorated generator's session is "completed". Nothing failed:
+    the consumer stopped. An exception raised in the body still fails it."""
+
+    def pages() -> Iterator[int]:
+        with tokenmeter.session("pages"):
+            for i in range(5):
+                tokenmeter.record("openai", "gpt-4o", 1000, 500)
+                yield i
+
+    async def apages() -> AsyncIterator[int]:
+        async with tokenmeter.session("apages"):
+            for i in range(5):
+                tokenmeter.record("openai", "gpt-4o", 1000, 500)
+                yield i
+
+    async def leave_early() -> None:
+        agen = apages()
+        async for _ in agen:
+            break
+        await agen.aclose()
+
+    gen = pages()
+    for _ in gen:
+        break
+    gen.close()
+    asyncio.run(leave_early())
+    broken = pages()
+    next(broken)
+    with pytest.raises(RuntimeError):
+        broken.throw(RuntimeError("page 2 failed"))
+    assert tokenmeter.flush(5)
+    stored = sorted((info.name, info.status, info.calls) for info in sink.sessions.values())
+    assert stored == [
+        ("apages", "completed", 1),
+        ("pages", "completed", 1),
+        ("pages", "failed", 1),
+    ]
+
+
 def test_notes_written_at_the_end_are_stored_as_notes_given_at_the_start(tmp_path: Path) -> None:
     """Notes set on a session as it goes (``job.notes = ...``, what completion notes are) skipped
     what the constructor does: a name decoded with surrogateescape ('caf\\udce9.txt' from

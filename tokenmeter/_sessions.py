@@ -271,7 +271,9 @@ class Session:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._end(failed=exc_type is not None)
+        # GeneratorExit: a generator around whose yields it is was left early by its consumer
+        # (break, close()): no failure, as for a decorated generator's session.
+        self._end(failed=exc_type is not None and not issubclass(exc_type, GeneratorExit))
 
     async def __aenter__(self) -> Session:
         return self.__enter__()
