@@ -550,6 +550,14 @@ class SessionInfo(_Model):
     output_tokens: int = 0
     cost_usd: Decimal = Decimal(0)
     unpriced_calls: int = 0
+    #: Whose totals these are: one session may be carried on by several processes (workers
+    #: forked inside it, every process of ``tokenmeter run``) or entered again under its id, and
+    #: each of them sends its own part, under its own key. A store keeps the latest of each part
+    #: and shows their sum: the last one sent is not the whole session.
+    part: str = ""
+    #: Sent by a process forked inside the session, which neither started nor ends it: only
+    #: its totals (its own calls since the fork) are news; its status stays "active".
+    inherited: bool = False
 
 
 _fields_sets: dict[type, set[str]] = {}

@@ -175,6 +175,14 @@ class Session:
         self._over_budget_warned = False
         self._announced = False
         self._init_args = (name, id, tags, budget_usd, notes, on_exceed, on_end)
+        #: This process's part of the session's stored totals (``SessionInfo.part``): others
+        #: may carry the same session on (forked workers, ``tokenmeter run``, its id reused).
+        self._part = secrets.token_hex(8)
+        #: The process ``_part`` is for: the one that entered the session, or that inherited it.
+        self._pid = 0
+        #: In a process forked inside the session: its totals at the fork, which are the parent's
+        #: part, not this process's (``_inherit``). None in the process that entered it.
+        self._base: tuple[int, int, int, Decimal, int] | None = None
 
     @property
     def name(self) -> str | None:
@@ -221,6 +229,7 @@ class Session:
                 )
             self.parent = parent
             self.started_at = datetime.now(UTC)
+            self._pid = os.getpid()
         self._token = _current.set(self)
         if self.on_exceed == "raise" and self.budget_usd is not None:
             _guard_state.armed = True
@@ -253,7 +262,8 @@ class Session:
         if sys.is_finalizing():  # a generator's block closed at teardown: imports fail now
             return
         _tell(self)
-        _end_hooks(self)
+        if self._base is None:  # a forked worker leaving the block ends its part, not the session
+            _end_hooks(self)
 
     def _announce(self) -> None:
         self._announced = True
@@ -324,10 +334,12 @@ class Session:
         ended: list[Session] = []
         with _lock:
             while node is not None:
+                if node.ended_at is not None:
+                    if node._pid != os.getpid():  # ended before a fork: this process's part
+                        node._inherit()
+                    ended.append(node)
                 node._summary._add(record)
                 budgeted = budgeted or node.budget_usd is not None
-                if node.ended_at is not None:
-                    ended.append(node)
                 node = node.parent
         for late in ended:  # a stream read after its session ended: its stored totals go on
             _tell(late)
@@ -389,23 +401,51 @@ class Session:
     def over_budget(self) -> bool:
         return self.budget_usd is not None and self.summary.cost_usd > self.budget_usd
 
+    def _totals(self) -> tuple[int, int, int, Decimal, int]:
+        """This process's part of the session's totals: all of them, less those it inherited."""
+        t = self._summary
+        calls, input_tokens, output_tokens = t.calls, t.input_tokens, t.output_tokens
+        cost, unpriced = t.cost_usd, t.unpriced_calls
+        base = self._base
+        if base is None:
+            return calls, input_tokens, output_tokens, cost, unpriced
+        return (
+            calls - base[0],
+            input_tokens - base[1],
+            output_tokens - base[2],
+            USD_CONTEXT.subtract(cost, base[3]),
+            unpriced - base[4],
+        )
+
+    def _inherit(self) -> None:
+        """In a process forked inside this session (or in work still running on after it):
+        the totals so far are the parent's part, stored by the parent. This process's part,
+        under a key of its own, is what it adds from now on; it never ends the session."""
+        t = self._summary
+        self._base = (t.calls, t.input_tokens, t.output_tokens, t.cost_usd, t.unpriced_calls)
+        self._part = secrets.token_hex(8)
+        self._pid = os.getpid()
+
     def info(self) -> SessionInfo:
-        totals = self._summary
+        calls, input_tokens, output_tokens, cost, unpriced = self._totals()
+        inherited = self._base is not None
         return SessionInfo(
             id=self.id,
             name=self.name,
             parent_id=self.parent.id if self.parent else None,
             tags=self.effective_tags,
-            status=self.status,
+            status="active" if inherited else self.status,
             started_at=self.started_at or datetime.now(UTC),
-            ended_at=self.ended_at,
+            ended_at=None if inherited else self.ended_at,
             notes=self.notes,
             budget_usd=self.budget_usd,
-            calls=totals.calls,
-            input_tokens=totals.input_tokens,
-            output_tokens=totals.output_tokens,
-            cost_usd=totals.cost_usd,
-            unpriced_calls=totals.unpriced_calls,
+            calls=calls,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost_usd=cost,
+            unpriced_calls=unpriced,
+            part=self._part,
+            inherited=inherited,
         )
 
     def __repr__(self) -> str:
@@ -835,6 +875,8 @@ _implicit_args: tuple[str | None, str | None, dict[str, str] | None] = (None, No
 def _forget_implicit_after_fork() -> None:
     global _implicit
     _implicit = None  # a forked child is another process: it starts its own implicit session
+    for inherited in list(_open):  # sessions open at the fork: the child adds its own part
+        inherited._inherit()
 
 
 os.register_at_fork(after_in_child=_forget_implicit_after_fork)
@@ -851,7 +893,7 @@ def implicit_session() -> Session:
                 name, id_, tags = _implicit_args
                 id_ = id_ or f"session_{started:%Y%m%d_%H%M%S}_{pid}"
                 created = Session(name, id=id_, tags=tags)
-                created.started_at = started
+                created.started_at, created._pid = started, pid
                 _implicit, _implicit_pid = created, pid
     return _implicit
 
@@ -882,7 +924,7 @@ def finish_implicit() -> None:
     with _lock:
         still_open = list(_open)
     for session in still_open:
-        if session is not _implicit and session.ended_at is None and session._summary.calls:
+        if session is not _implicit and session.ended_at is None and session._totals()[0]:
             _tell(session)
     if _implicit is not None and _implicit._announced and _implicit_pid == os.getpid():
         _implicit.status = "completed"

@@ -145,7 +145,7 @@ def test_tables_dropped_while_running_are_made_again(
     assert [r.id for r in read_records(pg_dsn)][-1] == "rec-000001"
     assert query(pg_dsn, "SELECT calls FROM session_totals") == [(count(pg_dsn),)]
     tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'tokenmeter'"
-    assert query(pg_dsn, tables) == [(4,)]
+    assert query(pg_dsn, tables) == [(5,)]
     assert query(pg_dsn, "SELECT max(version) FROM tokenmeter_schema") == [(SCHEMA_VERSION,)]
 
 
@@ -545,3 +545,29 @@ def test_a_server_that_stops_answering_mid_write_fails_the_write_in_time(pg_dsn:
     sink.write([build_record(1)])  # retried, as the writer does: stored once
     assert [r.id for r in read_records(pg_dsn)] == [build_record(0).id, build_record(1).id]
     sink.close()
+
+
+def test_a_session_row_adds_up_the_parts_of_every_process(
+    pg_sink: PostgresSink, pg_dsn: str
+) -> None:
+    """Every process of ``tokenmeter run`` (and every worker forked inside a session) stores the
+    session's row: the row kept the totals of the last one, 3 calls of the run's 6."""
+    ended = START + timedelta(minutes=1)
+    parts = [
+        SessionInfo(id="run", started_at=START, part="p0", calls=3, cost_usd=Decimal("0.0225")),
+        SessionInfo(id="run", started_at=START, part="p1", calls=1, input_tokens=5, inherited=True),
+        SessionInfo(
+            id="run",
+            started_at=START,
+            ended_at=ended,
+            status="completed",
+            part="p0",
+            calls=3,
+            cost_usd=Decimal("0.0225"),
+        ),
+    ]
+    pg_sink.write_sessions(parts[:2])
+    pg_sink.write_sessions(parts[2:])
+    pg_sink.write_sessions([parts[1].model_copy(update={"calls": 2, "output_tokens": 7})])
+    row = "SELECT status, calls, input_tokens, output_tokens, cost_usd FROM sessions"
+    assert query(pg_dsn, row) == [("completed", 5, 5, 7, "0.0225")]

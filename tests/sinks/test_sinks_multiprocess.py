@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 
 from tokenmeter._models import UsageRecord
@@ -128,3 +129,31 @@ def test_processes_racing_to_upgrade_a_version_3_database(tmp_path: Path) -> Non
         assert conn.execute(unsound).fetchall() == [("old-text",)]
     finally:
         conn.close()
+
+
+def test_workers_forked_inside_a_session_add_their_calls_to_its_row(tmp_path: Path) -> None:
+    """Each forked worker stored the session again over the parent's row, with its own copy of
+    the totals and a status of its own: "completed" with 2 calls became "active" with 3 (the
+    parent's 2 before the fork and the worker's), while the session's records were 4."""
+    script = Path(__file__).with_name("fork_in_session.py")
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    session_id = done.stdout.strip()
+    conn = sqlite3.connect(tmp_path / "usage.db")
+    try:
+        rows = conn.execute(
+            "SELECT status, calls, input_tokens, output_tokens, cost_usd FROM sessions"
+        ).fetchall()
+        records = conn.execute(
+            "SELECT count(*), sum(input_tokens), sum(output_tokens), sum(cost_pusd) FROM records "
+            "WHERE session_id = ?",
+            [session_id],
+        ).fetchone()
+    finally:
+        conn.close()
+    assert records[:3] == (4, 4000, 400)
+    [(status, calls, input_tokens, output_tokens, cost)] = rows
+    assert (status, calls, input_tokens, output_tokens) == ("completed", 4, 4000, 400)
+    assert Decimal(cost) == Decimal(records[3]).scaleb(-12) == Decimal("0.014")

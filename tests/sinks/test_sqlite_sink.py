@@ -156,6 +156,15 @@ def test_schema_is_the_agreed_one(tmp_path: Path, make_record: RecordFactory) ->
 
     assert [row[1] for row in query(path, "PRAGMA table_info(records)")] == RECORD_COLUMNS
     assert [row[1] for row in query(path, "PRAGMA table_info(sessions)")] == SESSION_COLUMNS
+    assert [row[1] for row in query(path, "PRAGMA table_info(session_parts)")] == [
+        "session_id",
+        "part",
+        "calls",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "unpriced_calls",
+    ]
     indexes = {row[0] for row in query(path, "SELECT name FROM sqlite_master WHERE type='index'")}
     assert {
         "ix_records_timestamp",
@@ -163,7 +172,7 @@ def test_schema_is_the_agreed_one(tmp_path: Path, make_record: RecordFactory) ->
         "ix_records_model",
         "ix_records_unsound",
     } <= indexes
-    assert query(path, "PRAGMA user_version") == [(5,)]
+    assert query(path, "PRAGMA user_version") == [(6,)]
     assert query(path, "PRAGMA journal_mode") == [("wal",)]
 
 
@@ -765,7 +774,7 @@ def test_a_version_4_database_gets_the_cheaper_index_of_unsound_rows(
     sink = SQLiteSink(path)
     sink.write([make_record(0)])
     sink.close()
-    assert query(path, "PRAGMA user_version") == [(5,)]
+    assert query(path, "PRAGMA user_version") == [(sqlite_module.SCHEMA_VERSION,)]
     index_sql = query(path, "SELECT sql FROM sqlite_master WHERE name = 'ix_records_unsound'")
     condition = sqlite_module._SOUND_ROW_V5
     expected = f"CREATE INDEX ix_records_unsound ON records(timestamp) WHERE NOT {condition}"

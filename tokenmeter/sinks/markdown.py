@@ -136,7 +136,8 @@ class MarkdownJournalSink:
             return
         with self._locked():
             for info in sessions:
-                _update(self.session_path(info.id), _SessionLog(info.id, info), [])
+                if not info.inherited:  # a forked worker's part: its records are in the file
+                    _update(self.session_path(info.id), _SessionLog(info.id, info), [])
 
     def flush(self) -> None:
         """Nothing to do: ``write`` hands every byte to the OS before it returns."""

@@ -35,7 +35,9 @@ from typing import TYPE_CHECKING, Any
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.sinks.sqlite import _RECORD_COLUMNS as RECORD_COLUMNS
 from tokenmeter.sinks.sqlite import _SESSION_COLUMNS as SESSION_COLUMNS
-from tokenmeter.sinks.sqlite import _record_row, _session_row
+from tokenmeter.sinks.sqlite import SESSION_PARTS_V6, SESSION_TOTALS, _record_row, _session_row
+from tokenmeter.sinks.sqlite import part_row as _part_row
+from tokenmeter.sinks.sqlite import sum_parts as _sum_parts
 
 if TYPE_CHECKING:
     import psycopg
@@ -134,10 +136,15 @@ ALTER TABLE sessions ADD COLUMN IF NOT EXISTS output_tokens BIGINT;
 ALTER TABLE sessions ADD COLUMN IF NOT EXISTS cost_usd TEXT;
 ALTER TABLE sessions ADD COLUMN IF NOT EXISTS unpriced_calls BIGINT
 """
+#: Each process's part of a session's totals, which the session's row adds up (as in SQLite v6).
+_SCHEMA_V4 = SESSION_PARTS_V6.replace("calls INTEGER", "calls BIGINT").replace(
+    "tokens INTEGER", "tokens BIGINT"
+)
 _MIGRATIONS: list[Callable[[psycopg.Connection[Any]], None]] = [
     _run_script(_SCHEMA_V1),
     _run_script(_SCHEMA_V2),
     _run_script(_SCHEMA_V3),
+    _run_script(_SCHEMA_V4),
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -168,10 +175,35 @@ _MOVE = (
     f"INSERT INTO records ({_RECORD_COLUMNS}) SELECT {_RECORD_COLUMNS} FROM tokenmeter_stage "
     "ON CONFLICT (id) DO NOTHING; TRUNCATE tokenmeter_stage"
 )
-_UPSERT_SESSION = (
+_ADD_SESSION = (
     f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)}) "
-    f"VALUES ({', '.join(['%s'] * len(SESSION_COLUMNS))}) ON CONFLICT (id) DO UPDATE SET "
-    + ", ".join(f"{column} = excluded.{column}" for column in SESSION_COLUMNS[1:])
+    f"VALUES ({', '.join(['%s'] * len(SESSION_COLUMNS))}) ON CONFLICT (id) "
+)
+#: The row of the process that entered the session sets what it says (name, status, times...);
+#: a process forked inside it only adds its part (the SQLite sink's rule).
+_UPSERT_SESSION = (
+    _ADD_SESSION
+    + "DO UPDATE SET "
+    + ", ".join(
+        f"{column} = excluded.{column}"
+        for column in SESSION_COLUMNS[1:]
+        if column not in SESSION_TOTALS
+    )
+)
+_PART_COLUMNS = ("session_id", "part", *SESSION_TOTALS)
+_UPSERT_PART = (
+    f"INSERT INTO session_parts ({', '.join(_PART_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * len(_PART_COLUMNS))}) ON CONFLICT (session_id, part) "
+    "DO UPDATE SET " + ", ".join(f"{column} = excluded.{column}" for column in SESSION_TOTALS)
+)
+#: The sessions' rows locked, in one order, before their parts are added up: two processes
+#: storing parts of one session at once each added up the parts without the other's.
+_LOCK_SESSIONS = "SELECT id FROM sessions WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+_READ_PARTS = (
+    f"SELECT session_id, {', '.join(SESSION_TOTALS)} FROM session_parts WHERE session_id = ANY(%s)"
+)
+_SET_TOTALS = (
+    f"UPDATE sessions SET {', '.join(f'{column} = %s' for column in SESSION_TOTALS)} WHERE id = %s"
 )
 
 
@@ -315,8 +347,7 @@ class PostgresSink:
 
     def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
         if sessions:
-            rows = [_pg_row(_session_row(s), _SESSION_JSON) for s in sessions]
-            self._with_retry(lambda conn: self._upsert_sessions(conn, rows))
+            self._with_retry(lambda conn: self._upsert_sessions(conn, sessions))
 
     def flush(self) -> None:
         """Nothing to do: every ``write`` commits before it returns."""
@@ -377,9 +408,24 @@ class PostgresSink:
                     copy.write_row(row)
             conn.execute(_MOVE.encode())
 
-    def _upsert_sessions(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> None:
+    def _upsert_sessions(
+        self, conn: psycopg.Connection[Any], sessions: Sequence[SessionInfo]
+    ) -> None:
+        """The sessions' rows and parts, each row's totals the sum of its parts."""
+        ids = sorted({s.id for s in sessions})
+        first = {s.id: s for s in reversed(sessions)}  # a row for each, made if missing
         with conn.transaction(), conn.cursor() as cur:
-            cur.executemany(_UPSERT_SESSION, rows)
+            cur.executemany(
+                _ADD_SESSION + "DO NOTHING",
+                [_pg_row(_session_row(first[id_]), _SESSION_JSON) for id_ in ids],
+            )
+            cur.execute(_LOCK_SESSIONS, [ids])
+            owned = [_pg_row(_session_row(s), _SESSION_JSON) for s in sessions if not s.inherited]
+            if owned:
+                cur.executemany(_UPSERT_SESSION, owned)
+            cur.executemany(_UPSERT_PART, [_pg_row(_part_row(s), ()) for s in sessions])
+            cur.execute(_READ_PARTS, [ids])
+            cur.executemany(_SET_TOTALS, _sum_parts(cur.fetchall()))
 
     def _with_retry(self, work: Callable[[psycopg.Connection[Any]], None]) -> None:
         """``work`` on the connection, once more on a new one if it was found dead. Given up a
@@ -484,7 +530,7 @@ _INHERITED_CONNECTIONS: list[Any] = []
 
 #: The tables and view the migrations make: a schema missing one (dropped while in use) is
 #: migrated again.
-_RELATIONS = ("records", "sessions", "session_totals", "budget_ledger")
+_RELATIONS = ("records", "sessions", "session_parts", "session_totals", "budget_ledger")
 
 
 def _version(conn: psycopg.Connection[Any], schema: str) -> tuple[int, bool]:

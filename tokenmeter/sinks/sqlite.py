@@ -38,6 +38,7 @@ from typing import Any
 from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import SessionInfo, UsageRecord, _iso, short_repr
 from tokenmeter._packed import MAPPINGS, as_dict
+from tokenmeter._totals import USD_CONTEXT
 from tokenmeter.sinks._encode import compact_json
 from tokenmeter.sinks._files import absolute, ensure_private_dir, file_id, open_private, still_names
 
@@ -179,6 +180,35 @@ def _index_unsound_rows_v5(conn: sqlite3.Connection) -> None:
     conn.execute(f"CREATE INDEX ix_records_unsound ON records(timestamp) WHERE NOT {_SOUND_ROW_V5}")
 
 
+#: One session may be carried on by several processes (workers forked inside it, every process of
+#: ``tokenmeter run``) or entered again under its id: each sends its own part of the totals
+#: (``SessionInfo.part``). This table keeps the latest of each part; the session's row holds their
+#: sum, which one process's last word is not. The totals stored before are the rows' parts ``''``.
+SESSION_PARTS_V6 = """
+CREATE TABLE IF NOT EXISTS session_parts (
+  session_id TEXT NOT NULL,
+  part TEXT NOT NULL,
+  calls INTEGER NOT NULL,
+  input_tokens INTEGER NOT NULL,
+  output_tokens INTEGER NOT NULL,
+  cost_usd TEXT NOT NULL,
+  unpriced_calls INTEGER NOT NULL,
+  PRIMARY KEY (session_id, part)
+);
+INSERT INTO session_parts
+  SELECT id, '', calls, COALESCE(input_tokens, 0), COALESCE(output_tokens, 0),
+         COALESCE(cost_usd, '0'), COALESCE(unpriced_calls, 0)
+  FROM sessions WHERE calls IS NOT NULL
+  ON CONFLICT DO NOTHING
+"""
+
+
+def _add_session_parts_v6(conn: sqlite3.Connection) -> None:
+    """Each process's part of a session's totals, which the session's row adds up."""
+    for statement in SESSION_PARTS_V6.split(";"):
+        conn.execute(statement)
+
+
 #: ``_MIGRATIONS[n]`` takes a database from schema version ``n`` to ``n + 1``, inside the
 #: caller's transaction. Append a function to evolve the schema; never edit an existing one.
 _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
@@ -187,6 +217,7 @@ _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _add_session_totals_v3,
     _index_unsound_rows_v4,
     _index_unsound_rows_v5,
+    _add_session_parts_v6,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -279,12 +310,37 @@ _SESSION_COLUMNS = (
     "cost_usd",
     "unpriced_calls",
 )
+#: The totals among them, which the session's parts make (``sum_parts``).
+SESSION_TOTALS = ("calls", "input_tokens", "output_tokens", "cost_usd", "unpriced_calls")
+#: The row of the process that entered the session sets what it says (name, status, times...).
 _UPSERT_SESSION = _Statement(
     f"INSERT INTO sessions ({', '.join(_SESSION_COLUMNS)}) VALUES ",
     len(_SESSION_COLUMNS),
     " ON CONFLICT(id) DO UPDATE SET "
-    + ", ".join(f"{column} = excluded.{column}" for column in _SESSION_COLUMNS[1:]),
+    + ", ".join(
+        f"{column} = excluded.{column}"
+        for column in _SESSION_COLUMNS[1:]
+        if column not in SESSION_TOTALS
+    ),
 )
+#: A process forked inside it only adds its part: its row is stored if the session has none yet.
+_ADD_SESSION = _Statement(
+    f"INSERT INTO sessions ({', '.join(_SESSION_COLUMNS)}) VALUES ",
+    len(_SESSION_COLUMNS),
+    " ON CONFLICT(id) DO NOTHING",
+)
+_PART_COLUMNS = ("session_id", "part", *SESSION_TOTALS)
+_UPSERT_PART = _Statement(
+    f"INSERT INTO session_parts ({', '.join(_PART_COLUMNS)}) VALUES ",
+    len(_PART_COLUMNS),
+    " ON CONFLICT(session_id, part) DO UPDATE SET "
+    + ", ".join(f"{column} = excluded.{column}" for column in SESSION_TOTALS),
+)
+_SET_TOTALS = (
+    f"UPDATE sessions SET {', '.join(f'{column} = ?' for column in SESSION_TOTALS)} WHERE id = ?"
+)
+#: Session ids a query of the parts names at once (well under SQLite's 999 variables).
+_IDS_PER_QUERY = 500
 
 
 def decimal_text(value: Decimal) -> str:
@@ -572,6 +628,53 @@ def _session_row(s: SessionInfo) -> tuple[Any, ...]:
     )
 
 
+def part_row(s: SessionInfo) -> tuple[Any, ...]:
+    """The ``session_parts`` row of ``s``: its sender's part of the session's totals."""
+    return (
+        s.id,
+        s.part,
+        s.calls,
+        s.input_tokens,
+        s.output_tokens,
+        decimal_text(s.cost_usd),
+        s.unpriced_calls,
+    )
+
+
+def sum_parts(rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """``(calls, input_tokens, output_tokens, cost_usd, unpriced_calls, session_id)`` for each
+    session of ``rows`` (``session_parts`` rows, the session id first): its parts added up, the
+    cost exactly (decimal text, as a session's own is stored)."""
+    sums: dict[str, list[Any]] = {}
+    for session_id, calls, input_tokens, output_tokens, cost, unpriced in rows:
+        total = sums.setdefault(session_id, [0, 0, 0, Decimal(0), 0])
+        total[0] += calls or 0
+        total[1] += input_tokens or 0
+        total[2] += output_tokens or 0
+        with contextlib.suppress(ArithmeticError, TypeError, ValueError):  # edited by hand
+            total[3] = USD_CONTEXT.add(total[3], Decimal(cost))
+        total[4] += unpriced or 0
+    return [(*total[:3], decimal_text(total[3]), total[4], id_) for id_, total in sums.items()]
+
+
+def _store_sessions(conn: sqlite3.Connection, sessions: Sequence[SessionInfo]) -> None:
+    """Store the sessions' rows and parts, and set each row's totals to the sum of its parts."""
+    owned = [_session_row(s) for s in sessions if not s.inherited]
+    inherited = [_session_row(s) for s in sessions if s.inherited]
+    _UPSERT_SESSION.run(conn, _flat(owned))
+    _ADD_SESSION.run(conn, _flat(inherited))
+    _UPSERT_PART.run(conn, _flat(part_row(s) for s in sessions))
+    ids = list(dict.fromkeys(s.id for s in sessions))
+    for start in range(0, len(ids), _IDS_PER_QUERY):
+        chunk = ids[start : start + _IDS_PER_QUERY]
+        rows = conn.execute(
+            f"SELECT {', '.join(_PART_COLUMNS[:1] + _PART_COLUMNS[2:])} FROM session_parts "
+            f"WHERE session_id IN ({', '.join('?' * len(chunk))})",
+            chunk,
+        )
+        conn.executemany(_SET_TOTALS, sum_parts(rows))
+
+
 def _flat(rows: Iterable[tuple[Any, ...]]) -> list[Any]:
     return list(chain.from_iterable(rows))
 
@@ -640,7 +743,7 @@ class SQLiteSink:
 
     def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
         if sessions:
-            self._transaction(_UPSERT_SESSION, _flat(_session_row(s) for s in sessions))
+            self._in_transaction(lambda conn: _store_sessions(conn, sessions))
 
     def flush(self) -> None:
         """Nothing to do: every ``write`` commits before it returns."""
@@ -661,11 +764,14 @@ class SQLiteSink:
         self._conn = None
 
     def _transaction(self, statement: _Statement, values: Sequence[Any]) -> None:
+        self._in_transaction(lambda conn: statement.run(conn, values))
+
+    def _in_transaction(self, work: Callable[[sqlite3.Connection], None]) -> None:
         with _gate.held():
             conn = self._connection()
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                statement.run(conn, values)
+                work(conn)
                 conn.execute("COMMIT")
             except BaseException as exc:
                 _rollback(conn)
@@ -814,7 +920,7 @@ def _use_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
 
 
 #: The tables the migrations make.
-_TABLES = ("records", "sessions")
+_TABLES = ("records", "sessions", "session_parts")
 
 
 def _missing_tables(conn: sqlite3.Connection) -> set[str]:
