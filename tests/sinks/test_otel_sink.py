@@ -27,6 +27,7 @@ from conftest import build_record
 from otlp_receiver import OtlpReceiver, attributes
 
 import tokenmeter
+from tokenmeter._registry import canonical
 from tokenmeter.sinks.otel import DURATION_BUCKETS, TOKEN_BUCKETS
 from tokenmeter.testing import FakeProvider
 
@@ -192,7 +193,7 @@ def test_providers_have_the_conventions_well_known_names(receiver: OtlpReceiver)
         attrs = attributes(span.attributes)
         name = made[attrs["tokenmeter.record.id"]]
         got[name] = (attrs["gen_ai.provider.name"], attrs["gen_ai.system"])
-        assert attrs["tokenmeter.provider"] == name  # tokenmeter's own name stays as recorded
+        assert attrs["tokenmeter.provider"] == canonical(name)  # an alias is its provider
     assert got == expected
 
 
