@@ -83,6 +83,7 @@ __all__ = [
     "before_exit",
     "can_make_later",
     "catch_up",
+    "exit_deadline",
     "exit_time_left",
     "exit_timeout",
     "exiting",
@@ -1449,6 +1450,16 @@ def exiting() -> bool:
 def exit_timeout() -> float:
     """The ``exit_timeout`` setting in force (seconds)."""
     return _exit_timeout
+
+
+def exit_deadline() -> float | None:
+    """When (``time.monotonic()``) ``exit_timeout`` runs out, once this process's exit flush
+    has begun; None before. A sink that waits for something in its write (the SQLite sink for
+    another program's lock) gives up by then: a write still under way is cut off with the
+    interpreter and what its writer holds is lost, where a write that failed has it set aside
+    in the quarantine file. Asking does not start the clock."""
+    pid, deadline = _exit_deadline
+    return deadline if pid == os.getpid() else None
 
 
 def exit_time_left() -> float:

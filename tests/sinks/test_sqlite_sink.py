@@ -19,6 +19,7 @@ from conftest import (  # type: ignore[import-not-found, unused-ignore]
     skip_without_tmpfs,
     write_reference,
 )
+from helpers import run_python  # type: ignore[import-not-found, unused-ignore]
 
 from tokenmeter._models import SessionInfo, UsageRecord, _iso
 from tokenmeter.sinks import SessionAwareSink, SQLiteSink
@@ -431,12 +432,16 @@ def test_a_busy_timeout_longer_than_sqlite_takes_waits_as_long_as_it_can(
 ) -> None:
     """SQLite holds the timeout in a 32-bit count of milliseconds and reads a larger one (25 days
     and more: "wait for ever") as 0, no wait at all: writers of several processes failed at once
-    with "database is locked"; infinity raised OverflowError."""
+    with "database is locked"; infinity raised OverflowError. SQLite waits in slices (the sink
+    repeats them for as long as it was asked), and as long as it takes for a moved database's
+    last checkpoint."""
     for number, seconds in enumerate([1e9, float("inf")]):
         sink = SQLiteSink(tmp_path / f"usage{number}.db", busy_timeout_s=seconds)
         sink.write([make_record(number)])
         assert sink._conn is not None
-        assert sink._conn.execute("PRAGMA busy_timeout").fetchone() == (2**31 - 1,)
+        slice_ms = round(sqlite_module._BUSY_SLICE_S * 1000)
+        assert sink._conn.execute("PRAGMA busy_timeout").fetchone() == (slice_ms,)
+        assert (sink._busy_timeout_s, sink._busy_timeout_ms) == (seconds, 2**31 - 1)
         sink.close()
 
 
@@ -476,6 +481,60 @@ def test_a_forked_child_writes_through_its_own_connection(
     assert query(path, "SELECT COUNT(*) FROM records") == [(3,)]
     assert query(path, "PRAGMA integrity_check") == [("ok",)]
     sink.close()
+
+
+#: Another program's transaction on the database (a DB browser with an edit pending, the sqlite3
+#: shell inside BEGIN): it holds the write lock until its stdin closes.
+HOLDING_THE_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.read()
+conn.execute("ROLLBACK")
+"""
+
+RECORDING_TEN = """
+import tokenmeter
+for number in range(10):
+    tokenmeter.record("openai", "gpt-4o", input_tokens=100 + number, output_tokens=10)
+"""
+
+
+def test_records_waiting_for_a_lock_held_past_the_exit_are_set_aside(tmp_path: Path) -> None:
+    """The write waited for the lock inside SQLite for the whole busy timeout (30 s), past
+    exit_timeout (10 s): the writer was cut off at exit and its records were lost ("12 records
+    and sessions still held by SQLiteSink are lost"), neither in usage.db nor set aside in
+    quarantine.jsonl. They are set aside now, once, as what a stopping sink refuses is."""
+    directory = tmp_path / "m"
+    env = {
+        **os.environ,
+        "TOKENMETER_DIR": str(directory),
+        "TOKENMETER_SINKS": "sqlite",
+        "TOKENMETER_EXIT_TIMEOUT": "1",
+    }
+    first = "import tokenmeter; tokenmeter.record('openai', 'gpt-4o', 1, 1)"
+    run_python("-c", first, env=env, cwd=tmp_path)  # the database exists (an earlier run)
+    locker = subprocess.Popen(
+        [sys.executable, "-c", HOLDING_THE_LOCK, str(directory / "usage.db")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert locker.stdout is not None and locker.stdout.readline() == "locked\n"
+        done = run_python("-c", RECORDING_TEN, env=env, cwd=tmp_path)
+    finally:
+        assert locker.stdin is not None
+        locker.stdin.close()
+        locker.wait(60)
+
+    assert "lost" not in done.stderr
+    lines = (directory / "quarantine.jsonl").read_text().splitlines()
+    set_aside = [json.loads(line)["record"] for line in lines]
+    records = sorted(r["input_tokens"] for r in set_aside if "model_provider" in r)
+    assert records == list(range(100, 110))
+    assert query(directory / "usage.db", "SELECT input_tokens FROM records") == [(1,)]
 
 
 FORK_WHILE_WRITING = Path(__file__).resolve().parent / "fork_while_writing.py"

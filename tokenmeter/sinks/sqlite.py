@@ -1,8 +1,9 @@
 """SQLite sink: one local database that several processes can write at once.
 
 Why it is shaped this way:
-- WAL journal + ``busy_timeout``: writers from other processes wait for the lock instead of
-  failing, and readers (the CLI) never block writers.
+- WAL journal + a busy timeout: writers from other processes wait for the lock instead of
+  failing, and readers (the CLI) never block writers. SQLite waits in slices (``_BUSY_SLICE_S``)
+  that ``_begin`` repeats up to ``busy_timeout_s``: between them it sees the exit's deadline.
 - One ``BEGIN IMMEDIATE`` transaction per batch with ``INSERT OR IGNORE`` on the record id: a batch
   is stored whole or not at all, and a batch retried after a failure never creates duplicates.
 - The connection is opened lazily and reopened after ``fork()`` (SQLite connections must not
@@ -681,6 +682,12 @@ def _flat(rows: Iterable[tuple[Any, ...]]) -> list[Any]:
 
 #: The longest busy timeout SQLite takes (``int`` milliseconds: 24.8 days).
 _MAX_BUSY_TIMEOUT_MS = 2**31 - 1
+#: The longest one wait of SQLite's for another connection's lock: ``_begin`` repeats such waits
+#: up to ``busy_timeout_s``, and sees between them when the exit's time runs out. SQLite's own
+#: wait cannot be ended from outside (``interrupt()`` does not end it): a writer still inside a
+#: 30 s one when ``exit_timeout`` (10 s) ran out was cut off with the interpreter, and the records
+#: it held were lost instead of set aside.
+_BUSY_SLICE_S = 0.05
 
 
 def _regular_or_none(path: Path) -> bool:
@@ -710,8 +717,11 @@ class SQLiteSink:
         if not _regular_or_none(self.path):
             # A device: SQLite would make its journal beside it (/dev/zero-journal, mode 0o666).
             raise ValueError(f"SQLiteSink: {self.path} is not a regular file")
+        self._busy_timeout_s = float(busy_timeout_s)
         # SQLite keeps it as 32-bit milliseconds, and reads a larger number as 0 (no wait at all).
         self._busy_timeout_ms = int(min(busy_timeout_s * 1000, _MAX_BUSY_TIMEOUT_MS))
+        #: The busy timeout set on the connection (ms): one slice, less at exit (``_begin``).
+        self._slice_ms = 0
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
         #: ``(st_dev, st_ino)`` of the database file the connection has open.
@@ -770,7 +780,7 @@ class SQLiteSink:
         with _gate.held():
             conn = self._connection()
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                self._begin(conn)
                 work(conn)
                 conn.execute("COMMIT")
             except BaseException as exc:
@@ -779,12 +789,42 @@ class SQLiteSink:
                     self._drop_connection()
                 raise
 
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE``, waiting up to ``busy_timeout_s`` for the write lock another
+        connection holds (a DB browser with an edit pending holds it as long as it likes), one
+        slice at a time. At exit, no longer than ``exit_timeout`` allows: a write still waiting
+        then would be cut off with the interpreter and its records lost, where a write that
+        gives up has them set aside in the quarantine file."""
+        started = time.monotonic()
+        while True:
+            deadline = _exit_deadline()
+            wait = self._busy_timeout_s if deadline is None else deadline - time.monotonic()
+            self._set_slice(conn, int(max(0.0, min(wait, _BUSY_SLICE_S)) * 1000))
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                    raise
+                now = time.monotonic()
+                waited_enough = now - started >= self._busy_timeout_s
+                if waited_enough or (deadline is not None and now >= deadline):
+                    raise
+
+    def _set_slice(self, conn: sqlite3.Connection, milliseconds: int) -> None:
+        """Set how long SQLite itself waits for a lock in the statements that follow (a
+        statement only when that changes: at exit)."""
+        if milliseconds != self._slice_ms:
+            conn.execute(f"PRAGMA busy_timeout = {milliseconds}")
+            self._slice_ms = milliseconds
+
     def _connection(self) -> sqlite3.Connection:
         """The connection to the database at ``path``: opened in this process, to the file that
         ``path`` names now (the caller holds ``_gate``)."""
         if self._conn is not None and self._pid == os.getpid():
             if still_names(self.path, self._file_id):
                 return self._conn
+            self._set_slice(self._conn, self._busy_timeout_ms)  # best effort, as long as asked
             _checkpoint_moved(self._conn)
         if self._conn is not None:
             self._drop_connection()
@@ -799,11 +839,12 @@ class SQLiteSink:
         if not stat.S_ISREG(info.st_mode):  # put there since the sink was made
             raise OSError(errno.EINVAL, f"{self.path} is not a regular file")
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._slice_ms = -1  # a new connection: set it
         try:
-            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-            _use_wal(conn, self._busy_timeout_ms / 1000)
+            self._set_slice(conn, int(min(self._busy_timeout_s, _BUSY_SLICE_S) * 1000))
+            _use_wal(conn, self._busy_timeout_s)
             conn.execute("PRAGMA synchronous = NORMAL")
-            _migrate(conn, self.path)
+            _migrate(conn, self.path, self._begin)
         except BaseException:
             conn.close()
             raise
@@ -899,6 +940,13 @@ renew_after_fork(globals(), "_gate", _ForkGate)  # the child's threads have no c
 _INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
 
 
+def _exit_deadline() -> float | None:
+    """When the exit's ``exit_timeout`` runs out, once this process's exit flush has begun."""
+    from tokenmeter import _pipeline  # not at import: the pipeline imports the sinks
+
+    return _pipeline.exit_deadline()
+
+
 def _user_version(conn: sqlite3.Connection) -> int:
     version: int = conn.execute("PRAGMA user_version").fetchone()[0]
     return version
@@ -930,11 +978,14 @@ def _missing_tables(conn: sqlite3.Connection) -> set[str]:
     return set(_TABLES).difference(name for (name,) in found)
 
 
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    """Bring the schema to ``SCHEMA_VERSION``; raise ``ValueError`` for a newer database."""
+def _migrate(
+    conn: sqlite3.Connection, path: Path, begin: Callable[[sqlite3.Connection], None]
+) -> None:
+    """Bring the schema to ``SCHEMA_VERSION``; raise ``ValueError`` for a newer database.
+    ``begin``: the sink's ``BEGIN IMMEDIATE``, which waits for another connection's lock."""
     if _user_version(conn) == SCHEMA_VERSION and not _missing_tables(conn):
         return
-    conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then see it done
+    begin(conn)  # one process migrates; the others wait, then see it done
     try:
         version = _user_version(conn)
         if version > SCHEMA_VERSION:
