@@ -812,6 +812,52 @@ def test_a_journal_edited_by_hand_goes_on_whole(
     assert table_rows(usage, "| Provider | Model | Calls |")[-1][2] == "**6**"
 
 
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize(
+    "save",
+    [
+        lambda text: text.replace(b"\n", b"\r\n"),
+        lambda text: BOM + text,
+        lambda text: BOM + text.replace(b"\n", b"\r\n"),
+        lambda text: text.replace(b"\n", b"\r\n").removesuffix(b"\r\n"),
+    ],
+    ids=["crlf", "bom", "bom-and-crlf", "crlf-no-last-line-end"],
+)
+@pytest.mark.parametrize(
+    ("name", "heading"),
+    [("token_usage.md", b"## Detailed Log\n"), ("sessions/s1.md", b"## Calls\n")],
+)
+def test_a_journal_an_editor_saved_with_crlf_or_a_bom_goes_on(
+    tmp_path: Path,
+    make_record: RecordFactory,
+    name: str,
+    heading: bytes,
+    save: Callable[[bytes], bytes],
+) -> None:
+    """A journal with a note added and saved by an editor that writes CRLF line ends or a UTF-8
+    BOM (Windows editors, VS Code with files.eol, git core.autocrlf) was refused for good ("not
+    a tokenmeter journal or its first line was edited"): every later record went to
+    quarantine.jsonl. It goes on from the text as edited, written again with LF line ends."""
+    sink = MarkdownJournalSink(tmp_path)
+    sink.write([make_record(i) for i in range(3)])
+    path = tmp_path / name
+    text = path.read_bytes()
+    path.write_bytes(save(text.replace(heading, heading + b"\nA note of mine.\n", 1)))
+
+    sink.write([make_record(3 + i) for i in range(2)])
+    sink.write([make_record(5)])
+
+    assert journal_problems(tmp_path) == []
+    saved = path.read_bytes()
+    assert b"\nA note of mine.\n" in saved
+    assert b"\r" not in saved and not saved.startswith(BOM)
+    usage = (tmp_path / "token_usage.md").read_text(encoding="utf-8")
+    assert len(table_rows(usage, "| # | Timestamp |")) == 6
+    assert table_rows(usage, "| Provider | Model | Calls |")[-1][2] == "**6**"
+
+
 def test_a_link_planted_at_the_temporary_file_is_not_followed(
     tmp_path: Path, make_record: RecordFactory
 ) -> None:

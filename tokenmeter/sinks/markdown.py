@@ -85,6 +85,9 @@ from tokenmeter.sinks._files import (
 __all__ = ["MarkdownJournalSink", "render_session"]
 
 _MARKER = b"<!-- tokenmeter-journal "
+#: What an editor may put before the first line (Windows Notepad, VS Code with its "UTF-8 with
+#: BOM" encoding): a UTF-8 byte order mark.
+_BOM = b"\xef\xbb\xbf"
 _COPY_MARKER = b"\n<!-- tokenmeter-journal-copy "  # after a blank line: its own HTML block
 _SUMMED = re.compile(rb"(.*) sha256=([0-9a-f]{16}) -->", re.DOTALL)
 _MIN_HEAD = 4096
@@ -409,6 +412,8 @@ def _read_layout(fd: int, path: Path, log: _Log) -> _Layout:
     chunk = _MIN_HEAD  # the first line is inside the head, which is at least this big
     while True:
         data = os.pread(fd, chunk, 0)
+        if data.startswith(_BOM):
+            return _read_resaved(fd, path, log)
         if not data.startswith(_MARKER):
             # Every journal starts so, even one whose first line a write left torn (the marker
             # is the same in the old line and the new): this file is someone else's, and is
@@ -418,6 +423,8 @@ def _read_layout(fd: int, path: Path, log: _Log) -> _Layout:
         if newline >= 0 or len(data) < chunk:
             break
         chunk *= 4
+    if data[newline - 1 : newline] == b"\r":
+        return _read_resaved(fd, path, log)
     layout = None
     if newline >= 0:
         layout = _parse_meta(data[len(_MARKER) : newline], legacy=True)
@@ -449,12 +456,44 @@ _HEAD_END = re.compile(rb"<!-- *-->\n")
 def _edited_body(fd: int, end: int) -> bytes | None:
     """The body of a document edited by hand, its tail starting at ``end``: what lies between
     the end of the head and ``end``, as edited. None when the head's end is not found."""
-    data = pread_exact(fd, end, 0)
+    return _body_before_tail(pread_exact(fd, end, 0))
+
+
+def _body_before_tail(data: bytes) -> bytes | None:
+    """The body in ``data``, a document up to where its tail starts (see ``_edited_body``)."""
     head_end = _HEAD_END.search(data, data.find(b"\n") + 1)
     if head_end is None:
         return None
     body = data[head_end.end() :]
     return body if not body or body.endswith(b"\n") else body + b"\n"
+
+
+def _read_resaved(fd: int, path: Path, log: _Log) -> _Layout:
+    """The layout of a journal an editor saved with CRLF line ends or a UTF-8 BOM (Windows
+    editors, VS Code with ``files.eol``, a git checkout with ``core.autocrlf``): read as the
+    text tokenmeter wrote, with LF line ends and no BOM, and then as a document edited by hand,
+    which ``_update`` writes again whole, in LF. Such a journal was refused for good as "not a
+    tokenmeter journal", and every later record went to the quarantine file instead.
+
+    Recorded text never holds a CR (``markdown_text`` replaces control characters), so every
+    CRLF is a line end the editor wrote. Text after the closing copy comment is not kept, as in
+    a journal saved with LF."""
+    data = pread_exact(fd, os.fstat(fd).st_size, 0).removeprefix(_BOM).replace(b"\r\n", b"\n")
+    if not data.endswith(b"\n"):  # the editor left out the last line end
+        data += b"\n"
+    newline = data.find(b"\n")
+    layout = None
+    if data.startswith(_MARKER) and newline >= 0:
+        layout = _parse_meta(data[len(_MARKER) : newline], legacy=True)
+    if layout is None:
+        raise _not_a_journal(path)
+    trailer = log.tail(layout.state).encode() + _COPY_MARKER + data[len(_MARKER) : newline + 1]
+    at = data.rfind(trailer)
+    body = _body_before_tail(data[:at]) if at > 0 else None
+    if body is None:
+        raise ValueError(f"{path}: journal was edited; move the file away")
+    layout.edited_body = body
+    return layout
 
 
 def _not_a_journal(path: Path) -> ValueError:
