@@ -6,6 +6,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -19,7 +20,7 @@ from conftest import (  # type: ignore[import-not-found, unused-ignore]
     skip_without_tmpfs,
     write_reference,
 )
-from helpers import run_python  # type: ignore[import-not-found, unused-ignore]
+from helpers import run_python, wait_for  # type: ignore[import-not-found, unused-ignore]
 
 from tokenmeter._models import SessionInfo, UsageRecord, _iso
 from tokenmeter.sinks import SessionAwareSink, SQLiteSink
@@ -535,6 +536,56 @@ def test_records_waiting_for_a_lock_held_past_the_exit_are_set_aside(tmp_path: P
     records = sorted(r["input_tokens"] for r in set_aside if "model_provider" in r)
     assert records == list(range(100, 110))
     assert query(directory / "usage.db", "SELECT input_tokens FROM records") == [(1,)]
+
+
+def test_a_fork_does_not_wait_for_a_write_waiting_for_another_programs_lock(
+    tmp_path: Path, make_record: RecordFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fork() waits for the sink's SQLite calls under way; a write waiting for another program's
+    lock was one for its whole busy timeout, so every fork waited up to 3 s for it (a pre-fork
+    server, 3 s a worker) while a DB browser held the lock. The fork now goes on while the
+    write still waits (here, however long the fork would wait for it)."""
+    path = tmp_path / "usage.db"
+    sink = SQLiteSink(path, busy_timeout_s=20)
+    sink.write([make_record(0)])
+    assert sink._conn is not None
+    begun = threading.Event()
+    sink._conn.set_trace_callback(lambda sql: sql == "BEGIN IMMEDIATE" and begun.set())
+    monkeypatch.setattr(sqlite_module, "_FORK_WAIT_S", 600.0)
+    locker = subprocess.Popen(
+        [sys.executable, "-c", HOLDING_THE_LOCK, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            sink.write([make_record(1)])
+        except BaseException as exc:
+            errors.append(exc)
+
+    writer = threading.Thread(target=write)
+    try:
+        assert locker.stdout is not None and locker.stdout.readline() == "locked\n"
+        writer.start()
+        wait_for(begun.is_set, "the write asks for the lock")
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        still_waiting = writer.is_alive()
+        os.waitpid(pid, 0)
+    finally:
+        assert locker.stdin is not None
+        locker.stdin.close()
+        locker.wait(60)
+    writer.join(60)
+
+    assert still_waiting
+    assert errors == []
+    assert query(path, "SELECT COUNT(*) FROM records") == [(2,)]
+    sink.close()
 
 
 FORK_WHILE_WRITING = Path(__file__).resolve().parent / "fork_while_writing.py"

@@ -777,39 +777,53 @@ class SQLiteSink:
         self._in_transaction(lambda conn: statement.run(conn, values))
 
     def _in_transaction(self, work: Callable[[sqlite3.Connection], None]) -> None:
-        with _gate.held():
-            conn = self._connection()
-            try:
-                self._begin(conn)
-                work(conn)
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                _rollback(conn)
-                if _made_again_by_new_connection(exc):
-                    self._drop_connection()
-                raise
+        started = time.monotonic()
+        while True:
+            # Each wait for another connection's lock (one slice) in a pass of its own: fork()
+            # waits for the calls under way in ``_gate``, and waited for a whole busy timeout
+            # (up to its 3 s) at every fork while a DB browser held the lock.
+            with _gate.held():
+                conn = self._connection()
+                try:
+                    if not self._begun(conn, started):
+                        continue
+                    work(conn)
+                    conn.execute("COMMIT")
+                    return
+                except BaseException as exc:
+                    _rollback(conn)
+                    if _made_again_by_new_connection(exc):
+                        self._drop_connection()
+                    raise
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         """``BEGIN IMMEDIATE``, waiting up to ``busy_timeout_s`` for the write lock another
-        connection holds (a DB browser with an edit pending holds it as long as it likes), one
-        slice at a time. At exit, no longer than ``exit_timeout`` allows: a write still waiting
+        connection holds (see ``_begun``)."""
+        started = time.monotonic()
+        while not self._begun(conn, started):
+            pass
+
+    def _begun(self, conn: sqlite3.Connection, started: float) -> bool:
+        """Try ``BEGIN IMMEDIATE``, waiting at most one slice for the write lock another
+        connection holds (a DB browser with an edit pending holds it as long as it likes): False
+        when it is still held and ``busy_timeout_s`` since ``started`` has not run out (raises
+        once it has). At exit, no longer than ``exit_timeout`` allows: a write still waiting
         then would be cut off with the interpreter and its records lost, where a write that
         gives up has them set aside in the quarantine file."""
-        started = time.monotonic()
-        while True:
-            deadline = _exit_deadline()
-            wait = self._busy_timeout_s if deadline is None else deadline - time.monotonic()
-            self._set_slice(conn, int(max(0.0, min(wait, _BUSY_SLICE_S)) * 1000))
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
-                    raise
-                now = time.monotonic()
-                waited_enough = now - started >= self._busy_timeout_s
-                if waited_enough or (deadline is not None and now >= deadline):
-                    raise
+        deadline = _exit_deadline()
+        wait = self._busy_timeout_s if deadline is None else deadline - time.monotonic()
+        self._set_slice(conn, int(max(0.0, min(wait, _BUSY_SLICE_S)) * 1000))
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return True
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            now = time.monotonic()
+            waited_enough = now - started >= self._busy_timeout_s
+            if waited_enough or (deadline is not None and now >= deadline):
+                raise
+            return False
 
     def _set_slice(self, conn: sqlite3.Connection, milliseconds: int) -> None:
         """Set how long SQLite itself waits for a lock in the statements that follow (a
@@ -876,7 +890,9 @@ class _ForkGate:
     child): every write of the child then fails with "database is locked", past any busy
     timeout. Our calls on a connection run ``held()``, any number at once; the before-fork hook
     stops new ones and waits (at most ``_FORK_WAIT_S``) for those under way to end. If they do
-    not end in time (a writer waiting for another process's lock), the fork goes on anyway.
+    not end in time, the fork goes on anyway. A write waiting for another process's lock holds
+    the gate for one slice of its wait at a time (``SQLiteSink._transaction``), outside any
+    transaction: the fork waits for that slice only (``_BUSY_SLICE_S``).
     """
 
     def __init__(self) -> None:
