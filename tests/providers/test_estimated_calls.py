@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from provider_helpers import Records, flushed, only
+from provider_helpers import Records, flushed, http_of, mock_genai, only
 
 import tokenmeter
 from tokenmeter import _estimate
@@ -144,6 +144,105 @@ async def test_a_call_cancelled_while_it_waits_for_its_reply_is_estimated(
     request = {"model": "gpt-4o", "messages": MESSAGES}
     assert record.input_tokens == estimate_input("openai", request).input_tokens
     assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
+
+
+#: An Images API stream's events (gpt-image-1, ``partial_images=1``): a partial image, then the
+#: completed event with the usage (50 prompt tokens, 4,160 image tokens out).
+IMAGE = {
+    "b64_json": "iVBORw0KGgo",
+    "background": "opaque",
+    "created_at": 1_745_000_000,
+    "output_format": "png",
+    "quality": "high",
+    "size": "1024x1024",
+}
+IMAGE_EVENTS = [
+    {**IMAGE, "type": "image_generation.partial_image", "partial_image_index": 0},
+    {
+        **IMAGE,
+        "type": "image_generation.completed",
+        "usage": {"input_tokens": 50, "output_tokens": 4160, "total_tokens": 4210},
+    },
+]
+
+
+def _broken_stream(kit: ModuleType, events: list[dict[str, Any]]) -> Any:
+    """A server-sent event stream that sends ``events``, then breaks (a dropped connection)."""
+    head = "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
+
+    class Broken(kit.http.SyncByteStream, kit.http.AsyncByteStream):  # type: ignore[misc]
+        def __iter__(self) -> Any:
+            yield head
+            raise kit.http.ReadError("connection reset")
+
+        async def __aiter__(self) -> Any:
+            yield head
+            raise kit.http.ReadError("connection reset")
+
+    return kit.http.Response(200, stream=Broken(), headers={"content-type": "text/event-stream"})
+
+
+@pytest.mark.requires(openai=">=2.0")  # streamed image generation (stream=True, partial_images)
+@pytest.mark.parametrize("how", ["cut", "refused", "error event"])
+async def test_an_image_stream_cut_by_the_network_is_estimated(
+    records: Records, kit: ModuleType, is_async: bool, how: str
+) -> None:
+    """An Images API stream whose connection dropped after a partial image ran, and is billed:
+    it was an error record of 0 tokens and $0 (its reader tallies no text), where the same
+    stream left early by the application is estimated from its request. A connection refused
+    (nothing sent) and an error the provider reported stay $0, not estimated."""
+
+    def server(request: Any) -> Any:
+        if how == "refused":
+            raise kit.http.ConnectError("connection refused", request=request)
+        if how == "cut":
+            return _broken_stream(kit, IMAGE_EVENTS[:1])
+        error = {"type": "error", "error": {"type": "server_error", "message": "failed"}}
+        return kit.sse_response(f"event: error\ndata: {json.dumps(error)}\n\n".encode())
+
+    client = kit.mock_openai(server, is_async=is_async, max_retries=0)
+    tokenmeter.instrument("openai")
+    request = {"model": "gpt-image-1", "prompt": "A lighthouse at dawn, in watercolour."}
+    with pytest.raises(Exception, match=r"onnection|failed"):
+        await kit.drain(
+            await kit.maybe(client.images.generate(stream=True, partial_images=1, **request))
+        )
+    record = only(records())
+    billed = how == "cut"
+    assert (record.status, record.estimated) == ("error", billed)
+    expected = estimate_input("openai", request, "images").input_tokens if billed else 0
+    assert (record.input_tokens, record.output_tokens) == (expected, 0)
+    assert record.estimated_cost_usd is not None
+    assert (record.estimated_cost_usd > 0) is billed
+
+
+@pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
+async def test_a_gemini_stream_refused_before_it_started_is_not_estimated(
+    records: Records, is_async: bool
+) -> None:
+    """A sync google-genai stream is a generator that sends its request at its first ``next()``:
+    a connection refused there sent nothing, but was recorded as an estimated, billed stream
+    (its reader was attached before the request went). Now $0, as the async twin is."""
+    from google.genai import _api_client
+
+    http = http_of(_api_client)
+
+    def refused(request: Any) -> Any:
+        raise http.ConnectError("connection refused", request=request)
+
+    client = mock_genai(refused)
+    tokenmeter.instrument("google-genai")
+    request = {"model": "gemini-2.5-flash", "contents": "Weather in Paris for 5 days?"}
+    with pytest.raises(http.ConnectError):
+        if is_async:
+            async for _ in await client.aio.models.generate_content_stream(**request):
+                pass
+        else:
+            for _ in client.models.generate_content_stream(**request):
+                pass
+    record = only(records())
+    assert (record.status, record.error, record.estimated) == ("error", "ConnectError", False)
+    assert (record.input_tokens, record.estimated_cost_usd) == (0, 0)
 
 
 async def test_stream_left_early_is_estimated_from_what_passed(

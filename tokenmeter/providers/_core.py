@@ -271,14 +271,19 @@ class Call:
         if error is not None or self.failure is not None:
             status = "error"
             error_name = type(error).__name__ if error is not None else self.failure
-            tally = getattr(self.reader, "tally", None)
+            # A stream's reader is attached once its stream started (the provider answered):
+            # a call that failed before (a connection refused) has none.
+            reader = self.reader
+            tally = getattr(reader, "tally", None)
             if usage is None and (
-                (tally is not None and (tally.chars or _broken_off(error)))
+                (tally is not None and tally.chars)
+                or (reader is not None and _broken_off(error))
                 or (not self.streamed and _cut_after_sending(error))
             ):
                 # A stream cut once the provider had answered (content streamed by; or the
                 # connection dropped, a timeout, the task cancelled: not an error the provider
-                # reported), or a reply that timed out or broke off while read: billed, so
+                # reported), whether or not its reader tallies text (an Images API stream has
+                # none), or a reply that timed out or broke off while read: billed, so
                 # estimated (the request's input), never a silent zero, as when the
                 # application closes a stream there.
                 usage, estimated = self._estimate(), True

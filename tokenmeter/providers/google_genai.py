@@ -157,6 +157,7 @@ class ChunkReader:
         self.queries = 0
 
     def feed(self, chunk: Any, call: Call) -> bool:
+        call.reader = self  # the stream has started (see ``_Method.deliver``)
         candidates = getattr(chunk, "candidates", None)
         for candidate in candidates or ():
             content = getattr(candidate, "content", None)
@@ -205,12 +206,17 @@ class _Method:
     def deliver(self, plan: Plan, result: Any, is_async: bool) -> Any:
         call = plan.call
         if self.streamed:
-            call.reader = ChunkReader()
+            reader = ChunkReader()
+            if is_async:  # sent when awaited: its stream has started
+                call.reader = reader
+            # A sync stream is a generator that sends its request at its first next(): its
+            # reader is the call's once a chunk came (``ChunkReader.feed``), so that a failure
+            # before (a connection refused: nothing sent) is not estimated as a billed stream.
             rounds = _rounds.get()
             if is_async and rounds is not None:
                 rounds.append(call)
             proxy = AsyncStreamProxy if is_async else SyncGeneratorProxy
-            return proxy(result, call, call.reader)
+            return proxy(result, call, reader)
         call.read("reading a Gemini response", _read_response, result, call)
         call.finish()
         return result
