@@ -320,6 +320,99 @@ async def test_stream_ended_while_its_running_total_counts_no_output_is_estimate
     assert ended.output_tokens >= 6 * 7  # six chunks of seven words streamed by
 
 
+#: A function call's arguments, and code the model wrote for code execution with its output.
+FORECAST_ARGS = {
+    "city": "Paris",
+    "days": 5,
+    "units": "metric",
+    "include": ["hourly forecast", "air quality index", "pollen"],
+}
+CODE = (
+    "primes = [n for n in range(2, 200) if all(n % d for d in range(2, n))]\n"
+    "print(sum(primes[:20]))"
+)
+#: Each kind of output a stream may carry instead of text: its parts (one a chunk), and the text
+#: an estimate counts of them (as the OpenAI and Anthropic readers count a tool call's).
+NON_TEXT_OUTPUT = {
+    "function call": (
+        [{"functionCall": {"name": "get_weather_forecast", "args": FORECAST_ARGS}}],
+        "get_weather_forecast" + json.dumps(FORECAST_ARGS, ensure_ascii=False),
+    ),
+    "code execution": (
+        [
+            {"executableCode": {"language": "PYTHON", "code": CODE}},
+            {"codeExecutionResult": {"outcome": "OUTCOME_OK", "output": "639\n"}},
+        ],
+        CODE + "639\n",
+    ),
+}
+
+
+@pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
+@pytest.mark.parametrize("output", list(NON_TEXT_OUTPUT))
+@pytest.mark.parametrize(
+    ("is_async", "how"), [(False, "left"), (False, "cut"), (True, "cut")], ids=str
+)
+@pytest.mark.usefixtures("instrumented")
+async def test_a_stream_ended_after_a_function_call_or_code_estimates_them_as_output(
+    sink: InMemorySink, is_async: bool, how: str, output: str
+) -> None:
+    """A stream whose running total counted the prompt alone, left or cut after a function call
+    (or code execution) streamed by: only ``part.text`` was tallied, so its output was 0 and the
+    record not marked estimated (40 in, 0 out, where the whole stream reports 38 out). The
+    call's name and arguments, the code and its output are estimated as output now."""
+    parts, text = NON_TEXT_OUTPUT[output]
+    running = {"promptTokenCount": 40, "totalTokenCount": 40}
+    final = {"promptTokenCount": 40, "candidatesTokenCount": 38, "totalTokenCount": 78}
+    model = "gemini-2.5-flash"
+    chunks = [
+        {
+            "candidates": [{"content": {"parts": [part], "role": "model"}, "index": 0}],
+            "usageMetadata": running,
+            "modelVersion": model,
+        }
+        for part in parts
+    ]
+    chunks.append(_text_chunk(final, finish=True))
+    head = sse_reply(http, [(None, c) for c in chunks[:-1]]).content
+
+    class Cut(http.SyncByteStream, http.AsyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            yield head
+            raise http.ReadError("connection reset")
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield head
+            raise http.ReadError("connection reset")
+
+    def server(request: Any) -> Any:
+        if how == "cut":
+            return http.Response(200, stream=Cut(), headers={"content-type": "text/event-stream"})
+        return sse_reply(http, [(None, c) for c in chunks])
+
+    made = mock_genai(server)
+    _clients.append(made)
+    request = {"model": model, "contents": "Weather in Paris for 5 days?"}
+    seen = 0
+    with pytest.raises(http.ReadError) if how == "cut" else contextlib.nullcontext():
+        if is_async:
+            async for _ in await made.aio.models.generate_content_stream(**request):
+                seen += 1
+        else:
+            stream = made.models.generate_content_stream(**request)
+            for _ in stream:
+                seen += 1
+                if how == "left" and seen == len(parts):
+                    break
+            stream.close()
+    assert seen == len(parts)
+
+    record = only(flushed(sink))
+    assert (record.status == "error") is (how == "cut")
+    assert (record.input_tokens, record.estimated) == (40, True)
+    assert record.output_tokens == tokenmeter.estimate(model, output=text).output_tokens > 20
+
+
 @pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
 @pytest.mark.usefixtures("instrumented")
 def test_a_thinking_streams_text_is_estimated_when_left_before_its_output_was_counted(

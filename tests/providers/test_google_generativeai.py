@@ -255,8 +255,11 @@ def test_uninstrument_restores_the_original_methods(sink: InMemorySink) -> None:
 # -- async over gRPC ---------------------------------------------------------------------------
 
 
-def _reply(candidates: int, done: bool, usage: bool = True, output: bool = True) -> Any:
-    """``output`` False: a running total of the prompt alone (early chunks may count no output)."""
+def _reply(
+    candidates: int, done: bool, usage: bool = True, output: bool = True, part: Any = None
+) -> Any:
+    """``output`` False: a running total of the prompt alone (early chunks may count no output).
+    ``part``: the chunk's part (by default the text "piece")."""
     meta = glm.GenerateContentResponse.UsageMetadata(
         prompt_token_count=USAGE.prompt,
         cached_content_token_count=USAGE.cached,
@@ -264,7 +267,7 @@ def _reply(candidates: int, done: bool, usage: bool = True, output: bool = True)
         total_token_count=USAGE.prompt + (candidates + USAGE.thoughts if output else 0),
     )
     candidate = glm.Candidate(
-        content=glm.Content(parts=[glm.Part(text="piece")], role="model"),
+        content=glm.Content(parts=[part or glm.Part(text="piece")], role="model"),
         finish_reason=glm.Candidate.FinishReason.STOP if done else 0,
     )
     version = {"model_version": "gemini-1.5-flash-002"} if MODEL_VERSION else {}
@@ -299,6 +302,38 @@ def _served(unary: Any, streaming: Any) -> Iterator[str]:
     server.stop(0)
 
 
+#: Each kind of output a stream may carry instead of text: its parts (one a chunk), and the text
+#: an estimate counts of them. Arguments without numbers (a proto Struct holds them as floats).
+NON_TEXT_OUTPUT = {
+    "function call": (
+        [
+            glm.Part(
+                function_call=glm.FunctionCall(
+                    name="get_weather_forecast",
+                    args={"include": ["hourly forecast", "air quality index", "pollen"]},
+                )
+            )
+        ],
+        'get_weather_forecast{"include": ["hourly forecast", "air quality index", "pollen"]}',
+    ),
+    "code execution": (
+        [
+            glm.Part(
+                executable_code=glm.ExecutableCode(
+                    language="PYTHON", code="print(sum(n * n for n in range(1, 101)))"
+                )
+            ),
+            glm.Part(
+                code_execution_result=glm.CodeExecutionResult(
+                    outcome="OUTCOME_OK", output="338350\n"
+                )
+            ),
+        ],
+        "print(sum(n * n for n in range(1, 101)))338350\n",
+    ),
+}
+
+
 @pytest.fixture(scope="module")
 def grpc_address() -> Iterator[str]:
     """GenerateContent (unary) and StreamGenerateContent (3 running totals) on loopback."""
@@ -309,8 +344,13 @@ def grpc_address() -> Iterator[str]:
     def streaming(request: Any, context: Any) -> Iterator[Any]:
         """Prompt "cut": the connection fails after two chunks; "no usage": no chunk has any;
         "prompt only": each running total counts the prompt alone, and the connection fails
-        after two chunks."""
+        after two chunks; a ``NON_TEXT_OUTPUT`` kind: those parts, one a chunk, each running
+        total counting the prompt alone, then the connection fails."""
         prompt = _prompt(request)
+        if prompt in NON_TEXT_OUTPUT:
+            for part in NON_TEXT_OUTPUT[prompt][0]:
+                yield _reply(0, False, output=False, part=part)
+            context.abort(grpc.StatusCode.INTERNAL, "connection lost")
         for i in (1, 2, 3):
             if prompt in ("cut", "prompt only") and i == 3:
                 context.abort(grpc.StatusCode.INTERNAL, "connection lost")
@@ -440,6 +480,37 @@ def test_stream_ended_while_its_running_total_counts_no_output_is_estimated(
     assert (record.status == "error") is (how == "cut")
     assert (record.input_tokens, record.estimated) == (USAGE.prompt, True)
     assert record.output_tokens > 0  # the pieces it fetched
+
+
+@pytest.mark.parametrize("output", list(NON_TEXT_OUTPUT))
+@pytest.mark.parametrize(("is_async", "how"), [(False, "left"), (False, "cut"), (True, "cut")])
+@pytest.mark.usefixtures("instrumented")
+async def test_a_stream_ended_after_a_function_call_or_code_estimates_them_as_output(
+    grpc_address: str, sink: InMemorySink, is_async: bool, how: str, output: str
+) -> None:
+    """Left or cut while its running total counted the prompt alone, after a function call (or
+    code execution) streamed by: only text was tallied, so the output was 0 and the record not
+    marked estimated. The call's name and arguments, the code and its output count now."""
+    parts, text = NON_TEXT_OUTPUT[output]
+    seen = 0
+    with pytest.raises(core_exceptions.GoogleAPICallError) if how == "cut" else nullcontext():
+        if is_async:
+            model_ = _async_model(grpc_address)
+            async for _ in await model_.generate_content_async(output, stream=True):
+                seen += 1
+        else:
+            for _ in _sync_model(grpc_address).generate_content(output, stream=True):
+                seen += 1
+                if how == "left" and seen == len(parts):
+                    break
+    gc.collect()
+
+    assert seen == len(parts)
+    record = only(flushed(sink))
+    assert (record.status == "error") is (how == "cut")
+    assert (record.input_tokens, record.estimated) == (USAGE.prompt, True)
+    expected = tokenmeter.estimate("gemini-1.5-flash", output=text).output_tokens
+    assert record.output_tokens == expected > 10
 
 
 @pytest.mark.usefixtures("instrumented")

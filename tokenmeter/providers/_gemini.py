@@ -1,14 +1,19 @@
 """What the two Gemini adapters (google-genai, legacy google-generativeai) share: the provider
-their calls are recorded under, how a request's model path is shortened, and how a stream left
-before its output was counted is estimated."""
+their calls are recorded under, how a request's model path is shortened, what of a streamed part
+is output, and how a stream left before its output was counted is estimated."""
 
 from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from contextlib import suppress
+from typing import Any
 
 from tokenmeter._estimate import TextTally
 from tokenmeter._models import Usage
 from tokenmeter._registry import provider_of_sdk
 
-__all__ = ["PROVIDER", "estimated_output", "short_model"]
+__all__ = ["PROVIDER", "add_output", "estimated_output", "short_model"]
 
 #: Gemini API and Vertex AI bill the same models from one price table.
 PROVIDER = provider_of_sdk("google-genai")
@@ -37,3 +42,30 @@ def estimated_output(
     if not found:
         return None
     return usage.model_copy(update={"output_tokens": usage.reasoning_tokens + found})
+
+
+def add_output(tally: TextTally, part: Any) -> None:
+    """What a part the model streamed adds to its output: its text, a function call's name and
+    arguments (as the OpenAI and Anthropic readers count a tool call's), the code it wrote for
+    code execution and that code's output. A part of either SDK (google-genai's objects, the
+    legacy SDK's protos, whose unset fields read as empty)."""
+    add = tally.add
+    add(getattr(part, "text", None))
+    call = getattr(part, "function_call", None)
+    if call is not None:
+        add(getattr(call, "name", None))
+        args = getattr(call, "args", None)
+        if args:
+            with suppress(Exception):  # arguments that cannot be spelled add nothing
+                add(json.dumps(args, ensure_ascii=False, default=_plain))
+    add(getattr(getattr(part, "executable_code", None), "code", None))
+    add(getattr(getattr(part, "code_execution_result", None), "output", None))
+
+
+def _plain(value: Any) -> Any:
+    """A proto-plus map or list (the legacy SDK's function call arguments) as JSON reads it."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if hasattr(value, "__iter__") and not isinstance(value, (str, bytes)):
+        return list(value)
+    return str(value)

@@ -30,7 +30,7 @@ from tokenmeter.providers._core import (
     intercept,
     intercept_async,
 )
-from tokenmeter.providers._gemini import PROVIDER, estimated_output, short_model
+from tokenmeter.providers._gemini import PROVIDER, add_output, estimated_output, short_model
 from tokenmeter.usage import Extracted, from_gemini_response
 from tokenmeter.usage._read import getter, ident, priced_tier
 from tokenmeter.usage.google import (
@@ -143,8 +143,9 @@ def _names(response: Any, call: Call) -> None:
 
 class ChunkReader:
     """Each chunk's ``usage_metadata`` is the running total of its request: keep the latest.
-    The text that passes by is tallied: estimated if no total ever comes, or if the stream ends
-    while the total counts no output yet (early chunks may report the prompt alone).
+    The output that passes by (text, function calls, code) is tallied: estimated if no total
+    ever comes, or if the stream ends while the total counts no output yet (early chunks may
+    report the prompt alone).
 
     Search grounding is kept apart, the most any chunk listed: it may come on an earlier chunk
     than the last total (image models send it with their first part), which lists none."""
@@ -162,8 +163,7 @@ class ChunkReader:
         for candidate in candidates or ():
             content = getattr(candidate, "content", None)
             for part in getattr(content, "parts", None) or ():
-                tally = self.thoughts if getattr(part, "thought", None) else self.tally
-                tally.add(getattr(part, "text", None))
+                add_output(self.thoughts if getattr(part, "thought", None) else self.tally, part)
         meta = getattr(chunk, "usage_metadata", None)
         if meta is not None and reports_usage(meta):
             _take_usage(chunk, call)

@@ -37,7 +37,7 @@ from tokenmeter.providers._core import (
     intercept,
     intercept_async,
 )
-from tokenmeter.providers._gemini import PROVIDER, estimated_output, short_model
+from tokenmeter.providers._gemini import PROVIDER, add_output, estimated_output, short_model
 from tokenmeter.usage import Extracted
 from tokenmeter.usage.google import billed_searches, reports_usage, usage_from_gemini
 
@@ -254,12 +254,13 @@ class _TextTally:
 
 
 def _add_text(tally: TextTally, response: Any, thoughts: TextTally | None = None) -> None:
-    """The text of ``response``'s parts, thought summaries into ``thoughts`` when given."""
+    """The output of ``response``'s parts (text, function calls, code: ``add_output``), thought
+    summaries into ``thoughts`` when given."""
     for candidate in getattr(response, "candidates", None) or ():
         content = getattr(candidate, "content", None)
         for part in getattr(content, "parts", None) or ():
             into = thoughts if thoughts is not None and getattr(part, "thought", None) else tally
-            into.add(getattr(part, "text", None))
+            add_output(into, part)
 
 
 class SyncStreamResponse(SyncIterableProxy):
