@@ -624,6 +624,32 @@ def test_a_bad_setting_found_at_the_first_call_is_read_once_and_never_breaks_the
     assert tokenmeter.record("openai", "gpt-4o", 10, 5).estimated_cost_usd
 
 
+def test_a_bad_setting_never_breaks_a_session_entry_nor_leaves_the_session_current(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bad setting found at a session's entry (its announcement is the first record): the
+    first `with session()` raised its ValueError and the next ones did not (the refusal was read
+    once), and the session that raised stayed current for good: once configure() had fixed the
+    setting, a call made outside any session was filed under it."""
+    from tokenmeter.testing import FakeProvider
+
+    monkeypatch.setenv("TOKENMETER_MAX_QUEUE", "0")
+    messages = [{"role": "user", "content": "hi"}]
+    with FakeProvider() as fake:
+        client = tokenmeter.wrap(fake.openai_client())
+        for _ in range(3):  # three requests of a web handler: the same outcome each time
+            with tokenmeter.session("request"):
+                assert client.chat.completions.create(model="gpt-4o", messages=messages).id
+            assert tokenmeter.current_session() is None
+        told = [r for r in caplog.records if "TOKENMETER_MAX_QUEUE" in r.getMessage()]
+        assert len(told) == 1 and told[0].levelno == logging.WARNING
+        memory = InMemorySink()
+        tokenmeter.configure(max_queue=1000, sinks=[memory])  # the setting fixed in code
+        client.chat.completions.create(model="gpt-4o", messages=messages)
+    assert tokenmeter.flush(5)
+    assert [r.session_name for r in memory.records] == [None]
+
+
 def test_threads_making_their_first_records_at_once_read_the_settings_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -491,6 +491,20 @@ def test_sessions_exited_out_of_order_leave_no_ended_session_current(sink: InMem
         assert after.parent is None
 
 
+def test_a_session_whose_entry_fails_is_not_left_current(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session whose entry raised (a Ctrl-C while the settings load for its announcement) stayed
+    current: its block never ran, nothing ended it, and every later record was filed under it."""
+    from tokenmeter import _pipeline
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_pipeline, "first_use_hook", interrupted)
+    with pytest.raises(KeyboardInterrupt), tokenmeter.session("job"):
+        pass
+    assert tokenmeter.current_session() is None
+
+
 def test_a_session_object_cannot_be_entered_twice() -> None:
     s = tokenmeter.session("once")
     with s:

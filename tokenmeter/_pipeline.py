@@ -1042,6 +1042,11 @@ def _get() -> _Pipeline:
         # too, and waits for the first there; it is cleared once it has run.
         try:
             hook()
+        except ValueError as exc:
+            # A bad setting (TOKENMETER_MAX_QUEUE=0): what made the first record (a session's
+            # entry, an intercepted call) goes on, unmetered, the same every time; instrument()
+            # and the application's own record() raise it.
+            logger.warning("tokenmeter: %s; nothing is recorded until configure() is called", exc)
         finally:
             first_use_hook = None
     with _lock:  # a termination signal meanwhile is taken by the caller (``submit``)

@@ -231,9 +231,18 @@ class Session:
             self.started_at = datetime.now(UTC)
             self._pid = os.getpid()
         self._token = _current.set(self)
-        if self.on_exceed == "raise" and self.budget_usd is not None:
-            _guard_state.armed = True
-        self._announce()
+        try:
+            if self.on_exceed == "raise" and self.budget_usd is not None:
+                _guard_state.armed = True
+            self._announce()
+        except BaseException:
+            # Not entered after all (a Ctrl-C as the settings load): its block does not run and
+            # nothing ends it, so it must not stay current, filing every later record under it.
+            _current.reset(self._token)
+            self._token = None
+            with _lock:
+                _open.discard(self)
+            raise
 
     def _end(self, failed: bool) -> None:
         _pipeline.catch_up()  # its calls are in its totals before its end hooks run
