@@ -62,7 +62,8 @@ class Settings(BaseModel):
     directory: Path = Path(".tokenmeter")
     #: Default sinks by name, used when no sink objects are configured.
     sinks: tuple[str, ...] = ("sqlite",)
-    #: ``instrument()`` does nothing when set.
+    #: The kill switch: ``instrument()`` does nothing, a ``wrap()``ped client passes its calls
+    #: through, no budget refuses a call and nothing is written.
     disabled: bool = False
     #: Price overrides (USD per million tokens), see ``tokenmeter.pricing.set_user_prices``.
     prices: dict[str, Any] = {}

@@ -47,6 +47,18 @@ def settings() -> Settings:
     return _settings
 
 
+def disabled() -> bool:
+    """The kill switch is on (``TOKENMETER_DISABLED=1``, ``disabled = true``): no call is metered
+    or refused by a budget. A bad setting is no switch: it is reported where it is used."""
+    resolved = _settings
+    if resolved is None:
+        try:
+            resolved = settings()
+        except ValueError:
+            return False
+    return resolved.disabled
+
+
 def _absolute(path: str | Path) -> Path:
     """``path`` made absolute against the working directory (``sinks._files.absolute``); a
     working directory removed under the process (a deleted checkout) is logged once: the path

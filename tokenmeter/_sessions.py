@@ -232,7 +232,7 @@ class Session:
             self._pid = os.getpid()
         self._token = _current.set(self)
         try:
-            if self.on_exceed == "raise" and self.budget_usd is not None:
+            if self.on_exceed == "raise" and self.budget_usd is not None and not _disabled():
                 _guard_state.armed = True
             self._announce()
         except BaseException:
@@ -529,6 +529,12 @@ def _end_hooks(ended: Session) -> None:
         session_ended(ended)
     if ended.on_end or global_hooks:
         run_end_hooks(ended, ended.on_end)
+
+
+def _disabled() -> bool:
+    from tokenmeter import _runtime  # imports this module
+
+    return _runtime.disabled()
 
 
 def _check_budget(budget: Any) -> Decimal | None:

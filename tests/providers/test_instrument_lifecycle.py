@@ -452,6 +452,27 @@ def test_disabled_makes_instrument_a_no_op(
     assert originals_in_place()
 
 
+async def test_disabled_leaves_a_wrapped_client_unmetered_and_under_no_budget(
+    fake: FakeProvider,
+    kit: ModuleType,
+    is_async: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """TOKENMETER_DISABLED=1 ("unmetered and with no budget") made only instrument() a no-op: a
+    wrap()ped client was metered, and a session's budget refused its 3rd call (BudgetExceeded,
+    after warnings at 50% and 80%). A session still works as a context manager."""
+    monkeypatch.setenv("TOKENMETER_DISABLED", "1")
+    client = tokenmeter.wrap(fake.openai_client(async_=is_async))
+    with tokenmeter.session("job", budget_usd=0.0002, on_exceed="raise") as job:
+        assert tokenmeter.current_session() is job
+        for _ in range(10):  # $0.0001425 each: the 2nd passes the budget
+            await chat(client, kit)
+    assert tokenmeter.current_session() is None and job.status == "completed"
+    assert (job.summary.calls, job.summary.cost_usd) == (0, 0)
+    assert not [r for r in caplog.records if "budget" in r.getMessage()]
+
+
 # -- SDK warnings still reach the user, attributed to the user's line ------------------------------
 def _a_deprecated_anthropic_model() -> str:
     """A model the installed SDK itself warns about: its table changes with every release, so the

@@ -193,6 +193,7 @@ def wrap(client: T) -> T:
 
     Calls through it are recorded once even while ``instrument()`` is also active. The clients
     its ``with_options()`` / ``copy()`` make (OpenAI, Anthropic) are wrapped as they are made.
+    With ``TOKENMETER_DISABLED=1`` its calls pass through, unmetered and under no budget.
     """
     module = str(type(client).__module__).split(".")[0]  # a class may set it to anything
     candidates = [i.name for i in _registry.integrations_for_module(module)]
