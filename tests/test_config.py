@@ -15,7 +15,7 @@ from helpers import one_line_value_error, returns, run_python
 
 import tokenmeter
 from tokenmeter import _runtime
-from tokenmeter._config import load_settings
+from tokenmeter._config import load_settings, load_settings_with_sources
 from tokenmeter.sinks import InMemorySink
 
 CHEAP = {"input_per_mtok": 1, "output_per_mtok": 1}
@@ -100,6 +100,29 @@ def test_the_kill_switch_works_whatever_else_is_set(
         monkeypatch.setenv(name, value)
     tokenmeter.instrument()  # patches nothing, raises nothing
     assert tokenmeter.record("openai", "gpt-4o", 10, 5).input_tokens == 10
+
+
+def test_disabled_true_in_the_pyproject_works_whatever_else_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`disabled = true` in [tool.tokenmeter] beside a bad value (max_queue = 0) made instrument()
+    raise that value's ValueError, where TOKENMETER_DISABLED=1 beside it was a quiet no-op. The
+    variable, when set, still decides."""
+    (tmp_path / "pyproject.toml").write_text("[tool.tokenmeter]\ndisabled = true\nmax_queue = 0\n")
+    monkeypatch.chdir(tmp_path)
+    resolved, sources = load_settings_with_sources(env={})
+    assert resolved.disabled and resolved.max_queue == 100_000
+    assert sources["disabled"].endswith("pyproject.toml [tool.tokenmeter]")
+    assert load_settings(env={"TOKENMETER_MAX_QUEUE": "0"}).disabled
+    with pytest.raises(ValueError, match=r"'max_queue' from .*pyproject\.toml"):
+        load_settings(env={"TOKENMETER_DISABLED": "0"})  # switched on: the bad value counts
+    with pytest.raises(ValueError, match="TOKENMETER_DISABLED"):
+        load_settings(env={"TOKENMETER_DISABLED": "maybe"})
+    (tmp_path / "pyproject.toml").write_text('[tool.tokenmeter]\ndisabled = "yes"\nmax_queue = 0\n')
+    with pytest.raises(ValueError, match=r"'disabled' from .*pyproject\.toml"):
+        load_settings(env={})  # not a boolean: no switch
+    (tmp_path / "pyproject.toml").write_text("[tool.tokenmeter]\ndisabled = true\nmax_queue = 0\n")
+    assert tokenmeter.instrument().providers == []
 
 
 @pytest.mark.parametrize(

@@ -473,13 +473,22 @@ def load_settings(
     return load_settings_with_sources(explicit, env=env, cwd=cwd)[0]
 
 
-def _switched_off(env: Mapping[str, str]) -> bool:
-    """``TOKENMETER_DISABLED`` says yes (the kill switch), whatever else is set."""
+def _switched_off(
+    env: Mapping[str, str], pyproject: tuple[str, dict[str, Any]]
+) -> tuple[str, dict[str, Any]] | None:
+    """The layer that turns tokenmeter off whatever else is set (the kill switch), or None:
+    ``TOKENMETER_DISABLED`` saying yes, else, when that is unset, ``disabled = true`` in the
+    pyproject.toml (as the layers' order has it)."""
     value = env.get("TOKENMETER_DISABLED")
-    try:
-        return value is not None and _parse_bool("TOKENMETER_DISABLED", value)
-    except ValueError:
-        return False
+    if value is None:
+        layer, on = pyproject[0], pyproject[1].get("disabled") is True  # a boolean, not "yes"
+    else:
+        layer = "environment"
+        try:
+            on = _parse_bool("TOKENMETER_DISABLED", value)
+        except ValueError:  # a bad switch is no switch: its own error is raised
+            on = False
+    return (layer, {"disabled": True}) if on else None
 
 
 def _validated(layers: list[tuple[str, dict[str, Any]]]) -> Settings:
@@ -513,22 +522,22 @@ def load_settings_with_sources(
     variable's name, or "<pyproject.toml> [tool.tokenmeter]")."""
     environ = os.environ if env is None else env
     given = ("configure()", dict(explicit or {}))
+    table: tuple[str, dict[str, Any]] = ("pyproject.toml", {})  # none read yet
     try:
         pinned = environ.get(_RUN_PYPROJECT)  # tokenmeter run: the run's, in every process
         pyproject = _find_pyproject(cwd) if pinned is None else _pinned_pyproject(pinned)
-        layers = [
-            (f"{pyproject} [tool.tokenmeter]", _from_pyproject(pyproject)),
-            ("environment", _from_env(environ)),
-            given,
-        ]
+        table = (f"{pyproject} [tool.tokenmeter]", _from_pyproject(pyproject))
+        layers = [table, ("environment", _from_env(environ)), given]
         resolved = _validated(layers)
     except ValueError:
-        if not _switched_off(environ) or given[1].get("disabled") is False:
+        switch = _switched_off(environ, table)
+        if switch is None or given[1].get("disabled") is False:
             raise
-        # TOKENMETER_DISABLED=1 turns tokenmeter off whatever else the environment or the
-        # pyproject holds: an operator reaching for the switch must not first have to fix the
-        # setting that made them reach for it. What the application's code passes still counts.
-        layers = [("environment", {"disabled": True}), given]
+        # TOKENMETER_DISABLED=1 (or disabled = true in a pyproject.toml that can be read) turns
+        # tokenmeter off whatever else the environment or the pyproject holds: an operator
+        # reaching for the switch must not first have to fix the setting that made them reach
+        # for it. What the application's code passes still counts.
+        layers = [switch, given]
         resolved = _validated(layers)
     sources = {key: "default" for key in Settings.model_fields}
     for name, layer in layers:
