@@ -197,6 +197,10 @@ def wrap(client: T) -> T:
     """
     module = str(type(client).__module__).split(".")[0]  # a class may set it to anything
     candidates = [i.name for i in _registry.integrations_for_module(module)]
+    from tokenmeter._runtime import disabled
+
+    if candidates and disabled():  # switched off: nothing metered, as instrument() patches none
+        return client
     for name in candidates:
         adapter = _adapter(name)
         if adapter.wrap_instance(client):

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol, SupportsIndex
 
 import wrapt
 
-from tokenmeter import _pipeline, _runtime
+from tokenmeter import _pipeline
 from tokenmeter._estimate import estimate_usage, without_waiting
 from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import Usage
@@ -559,8 +559,7 @@ def intercept(
 ) -> Any:
     """The one interception loop: guard -> plan -> send -> deliver. ``gated``: a class patch,
     inert once the adapter is switched off."""
-    # Disabled: a wrap()ped client's calls pass through (instrument() patched nothing).
-    if (gated and not adapter.active) or guard.get() is instance or _runtime.disabled():
+    if (gated and not adapter.active) or guard.get() is instance:
         return wrapped(*args, **kwargs)
     plan = _planned(adapter, instance, args, kwargs)
     if plan is None:
@@ -582,8 +581,7 @@ async def intercept_async(
     kwargs: dict[str, Any],
 ) -> Any:
     """The async twin of ``intercept``."""
-    # Disabled: a wrap()ped client's calls pass through (instrument() patched nothing).
-    if (gated and not adapter.active) or guard.get() is instance or _runtime.disabled():
+    if (gated and not adapter.active) or guard.get() is instance:
         return await wrapped(*args, **kwargs)
     plan = _planned(adapter, instance, args, kwargs)
     if plan is None:
