@@ -545,10 +545,9 @@ def configure_budgets(
     if old is not None and old.ledger is not None:
         try:  # waited for as configure() waits for the old sinks: up to exit_timeout
             with briefly(_pipeline.exit_timeout()):
-                _leases.give_back()
+                _leases.retire()  # calls in flight in them end there (``Lease.retired``)
         except Exception:
             logger.warning("tokenmeter: returning unused budget slices failed", exc_info=True)
-        _leases.forget()
         try:
             old.ledger.close()
         except Exception:
@@ -932,10 +931,15 @@ def _settle(record: UsageRecord, session: Any, reservation: _Reservation | None)
             for node in reservation.sessions:
                 node._reserved = USD_CONTEXT.subtract(node._reserved, reservation.estimate)
     config = _config
-    if config is None:
-        return
     cost = record.estimated_cost_usd
     actual = 0.0 if cost is None else float(cost)
+    if config is None:  # budgets removed while the call was in flight: it ends in its leases
+        if reservation is not None and reservation.leases:
+            try:
+                _leases.settle(reservation.leases, reservation.amount, actual, [])
+            except Exception:
+                _ledger_fault("settle")
+        return
     models = (record.request_model, record.model_name)
     if config.tag_scoped and record.tags != session.effective_tags:
         # Tagged by hand (record(tags=...)): the budgets of the tags it is filed under.

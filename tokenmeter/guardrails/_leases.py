@@ -17,6 +17,11 @@ A slice another process holds cannot be spent by this one. A holder gives its un
 back when a call of its own is refused, when a call ends and the budget is too tight to slice
 (every call then reserves exactly its estimate), when its root session ends, when it has made
 no call for ``IDLE_S`` seconds (a daemon thread), and at exit.
+
+configure() *retires* the leases of the budgets it replaces (``retire``): their unused slices
+go back, and a call still in flight in one of them (a stream read across configure()) settles
+there without taking a new slice, and the last of them to end gives back what the lease
+still holds.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ class Lease:
         "limit",
         "others",
         "owner",
+        "retired",
         "settled",
         "start",
         "syncs",
@@ -96,6 +102,11 @@ class Lease:
         self.owner: Group | None = None
         #: Syncs begun (a give-back's figures are not taken over those of a later sync).
         self.syncs = 0
+        #: Of a replaced configuration (``retire``): only calls in flight use it, it takes no
+        #: new slice, and it is given back whole when they have ended. No give-back nor the
+        #: keeper sees it (they go through ``_leases``): a slice taken into it stayed reserved
+        #: in the ledger until its period ended.
+        self.retired = False
 
     @property
     def room(self) -> float:
@@ -202,21 +213,24 @@ _keeper: threading.Thread | None = None
 
 def _sync(ledger: Any, leases: list[Lease], need: float, *, drop: bool = False) -> int:
     """One transaction for ``leases``; returns the index of the lease that refused ``need``
-    (-1: admitted, or nothing asked; 0.0 asks for a new slice only). ``drop``: leases left
-    holding nothing are forgotten. Called under ``_lock``."""
-    items = [
-        (
-            lease.key,
-            lease.start,
-            lease.limit,
-            lease.held,
-            lease.used,
-            lease.inflight,
-            need,
-            max(need, lease.unit),
+    (-1: admitted, or nothing asked; 0.0 asks for a new slice only: a retired lease asks for
+    none and keeps only its calls in flight). ``drop``: leases left holding nothing are
+    forgotten. Called under ``_lock``."""
+    items = []
+    for lease in leases:
+        ask = -1.0 if lease.retired and need <= 0 else need
+        items.append(
+            (
+                lease.key,
+                lease.start,
+                lease.limit,
+                lease.held,
+                lease.used,
+                lease.inflight,
+                ask,
+                max(ask, lease.unit),
+            )
         )
-        for lease in leases
-    ]
     results = lease_all(ledger, items)
     refused = -1
     for index, (lease, (ok, granted, settled, others)) in enumerate(
@@ -226,15 +240,17 @@ def _sync(ledger: Any, leases: list[Lease], need: float, *, drop: bool = False) 
             refused = index
         lease.held, lease.used, lease.settled, lease.others = granted, 0.0, settled, others
         lease.syncs += 1
-        lease.tight = granted <= lease.inflight + max(need, 0.0) + _EPSILON
+        lease.tight = lease.retired or granted <= lease.inflight + max(need, 0.0) + _EPSILON
     if refused < 0 and need > 0:
         for lease in leases:
             lease.inflight += need
     if drop:
         global _generation
         for lease in leases:
-            if lease.held <= 0 and lease.inflight <= 0:
-                _leases.pop((lease.key, lease.start), None)
+            key = (lease.key, lease.start)
+            # A retired lease is not in ``_leases``: the one there is the new configuration's.
+            if lease.held <= 0 and lease.inflight <= 0 and _leases.get(key) is lease:
+                del _leases[key]
                 _generation += 1
     if any(not lease.tight for lease in leases):
         _start_keeper()
@@ -493,29 +509,49 @@ def give_back(start: str | None = None, *, idle_for: float = 0.0, brief: bool = 
             with briefly():
                 _sync(ledger, chosen, -1.0, drop=True)
             return
-        items = []
-        sent = []
-        for lease in chosen:
-            held, used, inflight = lease.held, lease.used, lease.inflight
-            items.append(
-                (lease.key, lease.start, lease.limit, held, used, inflight, -1.0, lease.unit)
-            )
-            lease.syncs += 1
-            sent.append((lease, held - inflight, used, lease.syncs))
-            lease.held, lease.used, lease.tight = inflight, 0.0, True
+        items, sent = _take_back(chosen)
+    _send_back(ledger, items, sent)
+
+
+_Sent = list[tuple[Lease, float, float, int, float]]
+
+
+def _take_back(chosen: list[Lease]) -> tuple[list[Any], _Sent]:
+    """The unused slices and used USD of ``chosen`` leave them, for ``_send_back`` to give to
+    the ledger (under ``_lock``).
+
+    Only the unused part is sent as held (and nothing kept): the calls in flight stay the
+    lease's, in the ledger too. Sent as held with them as kept, a call that ended and synced
+    its lease before this transaction (it released them) was reserved again here, for good:
+    the ledger works out the others' reserved USD as the row's minus this held, counted as
+    nothing below zero."""
+    items = []
+    sent = []
+    for lease in chosen:
+        held, used = lease.held, lease.used
+        spare = max(0.0, held - lease.inflight)
+        items.append((lease.key, lease.start, lease.limit, spare, used, 0.0, -1.0, lease.unit))
+        lease.syncs += 1
+        lease.held, lease.used, lease.tight = held - spare, 0.0, True
+        sent.append((lease, spare, used, lease.syncs, lease.held))
+    return items, sent
+
+
+def _send_back(ledger: Any, items: list[Any], sent: _Sent) -> None:
+    """Give the ledger what ``_take_back`` took (without ``_lock``: see ``give_back``)."""
     try:
         results = lease_all(ledger, items)
     except BaseException:
         with _lock:  # the ledger still holds them: so do the leases
-            for lease, spare, used, _ in sent:
+            for lease, spare, used, _, _ in sent:
                 lease.held += spare
                 lease.used += used
         raise
     global _generation
     with _lock:
-        for (lease, _, _, syncs), (_, _, settled, others) in zip(sent, results, strict=True):
+        for (lease, _, _, syncs, kept), (_, _, settled, others) in zip(sent, results, strict=True):
             if lease.syncs == syncs:  # no sync since: its figures are the latest
-                lease.settled, lease.others = settled, others
+                lease.settled, lease.others = settled, max(0.0, others - kept)
             key = (lease.key, lease.start)
             if (
                 lease.held <= 0
@@ -527,17 +563,40 @@ def give_back(start: str | None = None, *, idle_for: float = 0.0, brief: bool = 
                 _generation += 1
 
 
-def forget() -> None:
-    """Drop every lease without returning it (the ledger is being replaced or closed: return
-    them first with ``give_back``)."""
-    global _ledger, _generation
+def retire() -> None:
+    """The budgets are being replaced (configure()): every lease is retired, then what each
+    holds beyond its calls in flight goes back to the ledger, as ``give_back`` does (without
+    ``_lock``; a ledger that fails raises, and the leases keep it). Retired first: a call in
+    flight that ends meanwhile, or later, settles without taking a new slice, and the last
+    one to end gives back what is left (see ``Lease.retired``)."""
+    inside = busy()  # inside a lease step (see there): nothing goes back now
     with _lock:
-        for group in _owning:
-            group.active = False
-        _owning.clear()
-        _leases.clear()
-        _ledger = None
-        _generation += 1
+        ledger = _ledger
+        retired = _retire_all()
+        chosen = [lease for lease in retired if lease.held > lease.inflight or lease.used > 0]
+        if not chosen or ledger is None or inside:
+            return
+        items, sent = _take_back(chosen)
+    _send_back(ledger, items, sent)
+
+
+def forget() -> None:
+    """Drop every lease without returning it (tests; configure() uses ``retire``)."""
+    with _lock:
+        _retire_all()
+
+
+def _retire_all() -> list[Lease]:
+    """Every lease leaves ``_leases``, retired (under ``_lock``)."""
+    global _ledger, _generation
+    _fold_all()
+    retired = list(_leases.values())
+    for lease in retired:
+        lease.retired = lease.tight = True
+    _leases.clear()
+    _ledger = None
+    _generation += 1
+    return retired
 
 
 def _start_keeper() -> None:
