@@ -1808,6 +1808,28 @@ def test_flush_right_after_configure_waits_for_the_records_a_kept_sink_still_hol
     assert [r.id for r in mine.records] == [held.id]
 
 
+def test_flush_while_configure_replaces_a_sink_waits_for_the_records_it_still_holds() -> None:
+    """configure() on another thread waits for the sink it replaces to write what it holds:
+    meanwhile flush() waited only for the new sinks, and returned True at once with the old
+    sink one record short (a remote collector taking a second a write: 1 of 2 records), though
+    it promises every record made so far in every sink (flush() then os._exit())."""
+    old, new = OneAtATime(), InMemorySink()
+    tokenmeter.configure(sinks=[old])
+    held = tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert old.entered.wait(30)
+    replacing = threading.Thread(target=tokenmeter.configure, kwargs={"sinks": [new]})
+    replacing.start()
+    try:
+        wait_for(lambda: bool(_pipeline._ending), "configure() stops the old sink")
+        assert not tokenmeter.flush(0.1)  # the old sink is still writing the record
+        old.release.set()
+        assert tokenmeter.flush(30)
+        assert [r.id for r in old.records] == [held.id] and new.records == []
+    finally:
+        old.release.set()
+        replacing.join(30)
+
+
 AFTER_THE_EXIT_FLUSH = """
 import atexit, sys
 

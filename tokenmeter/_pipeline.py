@@ -315,6 +315,10 @@ class _Writer:
         self._hurry = threading.Event()
         self._urgent = False
         self._stopping = False
+        #: Once the writer has stopped (a new configuration, the exit): whether its sink took
+        #: everything. A flush() is then answered with it: a marker put in the buffer after the
+        #: last delivery would wait for a writer that is gone.
+        self._stopped: bool | None = None
         #: Runs (records or sessions, in order) this sink has not accepted yet.
         self._pending: deque[list[Any]] = deque()
         #: Items that failed again right after the sink took another: set aside if they fail
@@ -416,6 +420,8 @@ class _Writer:
         """Start the thread again once it has ended (after the exit flush: ``_write_late``)."""
         if not self._thread.is_alive():
             self._stopping = False
+            with self._lock:
+                self._stopped = None
             self._thread = start_thread(self._run, f"tokenmeter-writer-{_name(self.sink)}")
 
     def request_flush(self) -> _FlushMarker:
@@ -432,6 +438,10 @@ class _Writer:
             marker.done.set()
             return marker
         with self._lock:
+            if self._stopped is not None:  # stopping, and no delivery left to take the marker
+                marker.ok = self._stopped
+                marker.done.set()
+                return marker
             if self._open_marker is None:
                 self._open_marker = marker
                 self._buffer.append(marker)
@@ -469,6 +479,7 @@ class _Writer:
                     self._set_aside_pending()
                     _quietly(self.sink.close, self.sink)
                     self._release_markers(ok=ok)
+                    self._answer_late_flushes(ok)
                     self._report_drops()
                     return
                 self._deliver(time.monotonic())
@@ -478,6 +489,19 @@ class _Writer:
                     logger.exception("tokenmeter writer for sink %s failed", _name(self.sink))
                 time.sleep(0.1)
                 self._rouse()  # take up the delivery it broke off: a flush() may wait
+
+    def _answer_late_flushes(self, ok: bool) -> None:
+        """The writer has stopped: the flush() calls that came after its last delivery (a
+        flush() while configure() waits for the sinks it replaces) get its verdict."""
+        with self._lock:
+            self._stopped = ok
+            late = [item for item in self._buffer if type(item) is _FlushMarker]
+            if late:
+                self._buffer = deque(i for i in self._buffer if type(i) is not _FlushMarker)
+            self._open_marker = None
+        for marker in late:
+            marker.ok = ok
+            marker.done.set()
 
     def _last_tries(self, stopped: float) -> None:
         """Stopping (a new configuration, the exit): a sink that refused its last write gets the
@@ -1254,9 +1278,11 @@ def catch_up(paced: bool = False) -> None:
 
 def flush(timeout: float | None = None) -> bool:
     """Wait until everything submitted so far is in every sink; False on timeout or when a sink
-    keeps failing (its records stay queued and are retried)."""
+    keeps failing (its records stay queued and are retried). The sinks a configure() on another
+    thread is replacing are waited for too (``_ending``): they still hold records made before
+    the flush, and flush() returned True before they had written them."""
     catch_up()
-    return _flush_writers(_writers(), timeout)
+    return _flush_writers([*_writers(), *_ending], timeout)
 
 
 def _writers() -> list[_Writer]:
