@@ -7,7 +7,7 @@ for its tests, and no other test folder has a module of this name, so the import
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -75,6 +75,21 @@ def sse_reply(http: Any, events: Iterable[tuple[str | None, Any]], end: bytes = 
     return http.Response(
         200, content=b"".join(parts), headers={"content-type": "text/event-stream"}
     )
+
+
+def cut_reply(http: Any, head: bytes) -> Any:
+    """A server-sent event stream whose connection drops after ``head`` (sync and async)."""
+
+    class Cut(http.SyncByteStream, http.AsyncByteStream):  # type: ignore[misc]
+        def __iter__(self) -> Iterator[bytes]:
+            yield head
+            raise http.ReadError("connection reset")
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield head
+            raise http.ReadError("connection reset")
+
+    return http.Response(200, stream=Cut(), headers={"content-type": "text/event-stream"})
 
 
 def mock_anthropic(handler: Handler, *, is_async: bool = False) -> Any:

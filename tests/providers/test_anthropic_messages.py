@@ -11,7 +11,6 @@ its streams arrive as AWS event-stream frames.
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Iterator
 from types import ModuleType
 
 import anthropic
@@ -22,6 +21,7 @@ from provider_helpers import (
     MESSAGES,
     Answer,
     Records,
+    cut_reply,
     http_of,
     mock_anthropic,
     only,
@@ -238,18 +238,8 @@ async def test_stream_cut_after_text_is_estimated_not_message_start_count(
     ]
     head = sse_reply(http, [events[0], *[events[1]] * 40]).content
 
-    class Broken(http.SyncByteStream, http.AsyncByteStream):
-        def __iter__(self) -> Iterator[bytes]:
-            yield head
-            raise http.ReadError("connection reset")
-
-        async def __aiter__(self) -> AsyncIterator[bytes]:
-            yield head
-            raise http.ReadError("connection reset")
-
     def server(request: object) -> object:
-        headers = {"content-type": "text/event-stream"}
-        return http.Response(200, stream=Broken(), headers=headers)
+        return cut_reply(http, head)
 
     client = mock_anthropic(server, is_async=is_async)
     stream = await kit.maybe(

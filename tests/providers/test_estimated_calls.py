@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from provider_helpers import Records, flushed, http_of, mock_genai, only
+from provider_helpers import Records, cut_reply, flushed, http_of, mock_genai, only
 
 import tokenmeter
 from tokenmeter import _estimate
@@ -170,16 +170,7 @@ def _broken_stream(kit: ModuleType, events: list[dict[str, Any]]) -> Any:
     """A server-sent event stream that sends ``events``, then breaks (a dropped connection)."""
     head = "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
 
-    class Broken(kit.http.SyncByteStream, kit.http.AsyncByteStream):  # type: ignore[misc]
-        def __iter__(self) -> Any:
-            yield head
-            raise kit.http.ReadError("connection reset")
-
-        async def __aiter__(self) -> Any:
-            yield head
-            raise kit.http.ReadError("connection reset")
-
-    return kit.http.Response(200, stream=Broken(), headers={"content-type": "text/event-stream"})
+    return cut_reply(kit.http, head)
 
 
 @pytest.mark.requires(openai=">=2.0")  # streamed image generation (stream=True, partial_images)

@@ -14,7 +14,7 @@ import pytest
 from google import genai
 from google.genai import _api_client, errors, models
 from google.genai import types as gtypes
-from provider_helpers import flushed, json_reply, mock_genai, only, sse_reply
+from provider_helpers import cut_reply, flushed, json_reply, mock_genai, only, sse_reply
 
 import tokenmeter
 from tokenmeter import UsageRecord
@@ -275,22 +275,13 @@ async def test_stream_ended_while_its_running_total_counts_no_output_is_estimate
     whole = sse_reply(http, [(None, c) for c in chunks]).content
     head = sse_reply(http, [(None, c) for c in chunks[:6]]).content
 
-    class Cut(http.SyncByteStream, http.AsyncByteStream):
-        def __iter__(self) -> Iterator[bytes]:
-            yield head
-            raise http.ReadError("connection reset")
-
-        async def __aiter__(self) -> AsyncIterator[bytes]:
-            yield head
-            raise http.ReadError("connection reset")
-
     replies = iter([whole, None if how == "cut" else whole])
 
     def server(request: Any) -> Any:
         body = next(replies)
         headers = {"content-type": "text/event-stream"}
         if body is None:
-            return http.Response(200, stream=Cut(), headers=headers)
+            return cut_reply(http, head)
         return http.Response(200, content=body, headers=headers)
 
     made = mock_genai(server)
@@ -376,18 +367,9 @@ async def test_a_stream_ended_after_a_function_call_or_code_estimates_them_as_ou
     chunks.append(_text_chunk(final, finish=True))
     head = sse_reply(http, [(None, c) for c in chunks[:-1]]).content
 
-    class Cut(http.SyncByteStream, http.AsyncByteStream):
-        def __iter__(self) -> Iterator[bytes]:
-            yield head
-            raise http.ReadError("connection reset")
-
-        async def __aiter__(self) -> AsyncIterator[bytes]:
-            yield head
-            raise http.ReadError("connection reset")
-
     def server(request: Any) -> Any:
         if how == "cut":
-            return http.Response(200, stream=Cut(), headers={"content-type": "text/event-stream"})
+            return cut_reply(http, head)
         return sse_reply(http, [(None, c) for c in chunks])
 
     made = mock_genai(server)

@@ -13,13 +13,13 @@ import gc
 import json
 import logging
 import weakref
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from types import ModuleType
 from typing import Any
 
 import openai
 import pytest
-from provider_helpers import MESSAGES, Records, only, sse_reply
+from provider_helpers import MESSAGES, Records, cut_reply, only, sse_reply
 
 import tokenmeter
 from tokenmeter.testing import FakeProvider
@@ -599,18 +599,8 @@ async def test_mid_stream_network_failure_is_an_error_record(
 ) -> None:
     head = kit.chat_sse(2)[: -len(b"data: [DONE]\n\n")]
 
-    class Broken(kit.http.SyncByteStream, kit.http.AsyncByteStream):
-        def __iter__(self) -> Iterator[bytes]:
-            yield head
-            raise kit.http.ReadError("connection reset")
-
-        async def __aiter__(self) -> AsyncIterator[bytes]:
-            yield head
-            raise kit.http.ReadError("connection reset")
-
     def handler(request: Any) -> Any:
-        headers = {"content-type": "text/event-stream"}
-        return kit.http.Response(200, stream=Broken(), headers=headers)
+        return cut_reply(kit.http, head)
 
     client = kit.mock_openai(handler, is_async=is_async)
     tokenmeter.instrument("openai")
