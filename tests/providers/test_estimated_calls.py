@@ -88,25 +88,27 @@ def _close_to(got: int, real: int, within: float) -> bool:
     return abs(got / real - 1) <= within
 
 
+@pytest.mark.parametrize("streamed", [False, True])
 @pytest.mark.parametrize(
     ("failure", "billed"),
     [("ReadTimeout", True), ("RemoteProtocolError", True), ("ConnectError", False)],
 )
 async def test_a_reply_cut_while_read_is_estimated_and_a_call_never_sent_costs_nothing(
-    records: Records, kit: ModuleType, is_async: bool, failure: str, billed: bool
+    records: Records, kit: ModuleType, is_async: bool, failure: str, billed: bool, streamed: bool
 ) -> None:
     """A non-streamed call whose reply timed out (or whose connection broke) once it was sent
     was a $0 record, though the provider ran and billed it: a raise budget let 100 timed-out
-    calls of 100 through a $0.01 cap, where a stream cut the same way is estimated. A
-    connection never made sent nothing: $0, as before."""
+    calls of 100 through a $0.01 cap, where a stream cut the same way is estimated. So was a
+    stream whose reply timed out before it began. A connection never made sent nothing: $0."""
 
     def server(request: Any) -> Any:
         raise getattr(kit.http, failure)("cut", request=request)
 
     client = kit.mock_openai(server, is_async=is_async, max_retries=0)
     tokenmeter.instrument("openai")
+    asked = {"stream": True} if streamed else {}
     with pytest.raises(Exception, match=r"timed out|Connection error"):
-        await kit.maybe(client.chat.completions.create(model="gpt-4o", messages=MESSAGES))
+        await kit.maybe(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, **asked))
     record = only(records())
     assert record.status == "error" and record.estimated is billed
     request = {"model": "gpt-4o", "messages": MESSAGES}

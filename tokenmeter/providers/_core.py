@@ -278,12 +278,13 @@ class Call:
             if usage is None and (
                 (tally is not None and tally.chars)
                 or (reader is not None and _broken_off(error))
-                or (not self.streamed and _cut_after_sending(error))
+                or _cut_after_sending(error)  # sent, and its reply (or stream) timed out
             ):
                 # A stream cut once the provider had answered (content streamed by; or the
                 # connection dropped, a timeout, the task cancelled: not an error the provider
                 # reported), whether or not its reader tallies text (an Images API stream has
-                # none), or a reply that timed out or broke off while read: billed, so
+                # none), or a reply (a stream's before it began) that timed out or broke off
+                # while read: billed, so
                 # estimated (the request's input), never a silent zero, as when the
                 # application closes a stream there.
                 usage, estimated = self._estimate(), True
