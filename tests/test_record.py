@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from typing import Any
 
@@ -647,6 +647,19 @@ def test_record_with_a_timestamp_without_a_time_zone_is_a_value_error(
     with pytest.raises(ValueError, match=r"^timestamp must say its time zone") as raised:
         tokenmeter.record("openai", "gpt-4o", 10, 5, timestamp=timestamp)
     assert "2026-11-22" in str(raised.value)
+    assert tokenmeter.flush(5)
+    assert sink.records == []
+
+
+def test_record_with_a_time_zone_that_fails_is_a_value_error(sink: InMemorySink) -> None:
+    class Failing(tzinfo):
+        def utcoffset(self, dt: datetime | None) -> timedelta:
+            raise RuntimeError("no offset")
+
+    with pytest.raises(ValueError, match=r"^timestamp's time zone failed: RuntimeError"):
+        tokenmeter.record(
+            "openai", "gpt-4o", 10, 5, timestamp=datetime(2026, 1, 1, tzinfo=Failing())
+        )
     assert tokenmeter.flush(5)
     assert sink.records == []
 

@@ -376,7 +376,11 @@ def _timestamp(value: Any) -> datetime:
         raise ValueError(
             f"timestamp must be a datetime or ISO-8601 string, got {short_repr(value)}"
         )
-    if value.tzinfo is None or value.utcoffset() is None:
+    try:
+        offset = value.utcoffset()
+    except Exception as exc:  # a tzinfo of the caller's that fails
+        raise ValueError(f"timestamp's time zone failed: {type(exc).__name__}") from None
+    if offset is None:
         # Python's naive times are local (datetime.now()): read as UTC, a call made "now" in
         # Tokyo was recorded 9 hours ahead, in another day's reports and budgets.
         raise ValueError(
