@@ -335,6 +335,9 @@ class _Writer:
         self._retry_at = 0.0
         #: When its sink's current write began (None between writes): see ``_behind``.
         self._writing_since: float | None = None
+        #: The exit set aside what this writer held while its sink's write had not returned
+        #: (``abandon``): nothing it held is its own any more.
+        self._abandoned = False
         self._reported = False
         #: The sink's own flush() failed last time: its failure has been reported.
         self._flush_failing = False
@@ -598,10 +601,11 @@ class _Writer:
             try:
                 self._write(chunk)
             except BaseException as exc:
-                self._failed(run, exc, now)
+                if not self._abandoned_meanwhile():
+                    self._failed(run, exc, now)
                 return
-            finally:
-                self._writing_since = None
+            if self._abandoned_meanwhile():
+                return
             wrote = True
             if chunk is run:
                 self._pending.popleft()
@@ -615,6 +619,49 @@ class _Writer:
         self._failures, self._reported = 0, False  # before the line: logging may raise
         if recovered:
             logger.warning("tokenmeter sink %s recovered; kept records written", _name(self.sink))
+
+    def _abandoned_meanwhile(self) -> bool:
+        """The sink's write has returned: whether the exit set aside, meanwhile, what this
+        writer held (then it must touch none of it; what comes later is its own again)."""
+        with self._lock:
+            self._writing_since = None
+            abandoned, self._abandoned = self._abandoned, False
+            return abandoned
+
+    def abandon(self) -> tuple[int, int]:
+        """At exit, for a writer cut off inside its sink's write (a hung user sink): set aside
+        in quarantine what it holds and has not handed to the sink, rather than lose it with the
+        thread. Returns how many items were set aside and how many are in the unfinished write
+        (those may be in the sink already: not set aside twice). (0, 0) when the writer is not
+        inside a write: what it holds is its own to handle."""
+        with self._lock:
+            if self._writing_since is None or self._abandoned:
+                return 0, 0
+            self._abandoned = True
+            pending, self._pending = self._pending, deque()
+            accused, self._accused = self._accused, []
+            buffer, self._buffer = self._buffer, deque()
+            self._open_marker = None
+        in_write = min(len(pending[0]), _CHUNK) if pending else 0
+        if pending:
+            pending[0] = pending[0][_CHUNK:]
+        for marker in buffer:
+            if type(marker) is _FlushMarker:  # a flush() that came meanwhile: not written
+                marker.ok = False
+                marker.done.set()
+        error = RuntimeError("the sink's write() had not returned when the process exited")
+        runs = [
+            *pending,
+            [item for item, _ in accused],
+            [i for i in buffer if type(i) is not _FlushMarker],
+        ]
+        takes_sessions = getattr(self.sink, "write_sessions", None) is not None
+        set_aside = 0
+        for item in itertools.chain.from_iterable(runs):
+            if takes_sessions or not isinstance(item, SessionInfo):
+                self._quarantine(item, error)
+                set_aside += 1
+        return set_aside, in_write
 
     def _write(self, run: Sequence[Any]) -> None:
         first = run[0]
@@ -1399,11 +1446,23 @@ def _flush_at_exit() -> None:
     timed_out += [name for name in late if name not in timed_out]
     failed = [name for name in failed if name not in timed_out]
     _report_unflushed(failed, timed_out, "every record at exit")
-    held = sum(w.held() for w in cut_off)
-    if held:
-        logger.error(
-            "tokenmeter: %d records and sessions still held by %s are lost", held, ", ".join(late)
-        )
+    for writer in cut_off:
+        set_aside, in_write = writer.abandon()
+        held = writer.held() if not set_aside and not in_write else in_write
+        if set_aside:
+            logger.error(
+                "tokenmeter: %d records and sessions held by %s were set aside in %s",
+                set_aside,
+                _name(writer.sink),
+                writer.quarantine,
+            )
+        if held:
+            logger.error(
+                "tokenmeter: %d records and sessions %s by %s may be lost",
+                held,
+                "in the unfinished write" if in_write else "still held",
+                _name(writer.sink),
+            )
 
 
 def _run_exit_hooks() -> None:
