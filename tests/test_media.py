@@ -264,6 +264,21 @@ def test_openai_input_audio_and_files() -> None:
     assert openai_extra("gpt-4o", by_id) == 750  # unknown: one page at least
 
 
+def test_openai_text_files_are_counted_as_their_text() -> None:
+    """A code or CSV file sent inline is passed on as its text: it was counted as one PDF
+    page (750 tokens), whatever its size; a binary document (docx) still is."""
+    source = ("def add(a, b):\n    return a + b  # été\n\n" * 800).encode()  # ~30 kB
+    for mime, kind in [("text/x-python", "file"), ("application/octet-stream", "input_file")]:
+        file = {"filename": "add.py", "file_data": data_url(mime, source)}
+        part = {"type": "file", "file": file} if kind == "file" else {"type": kind, **file}
+        tokens = openai_extra("gpt-4o", part)
+        text = openai_extra("gpt-4o", {"type": "text", "text": source.decode()})
+        assert abs(tokens - text) <= 0.02 * text, (tokens, text)
+        assert tokens > 5_000
+    zipped = {"type": "file", "file": {"file_data": data_url("application/zip", b"PK\3\4" * 9)}}
+    assert openai_extra("gpt-4o", zipped) == 750
+
+
 def test_claude_documents() -> None:
     def tokens(source: dict[str, Any]) -> int:
         content = [{"type": "document", "source": source}, {"type": "text", "text": "Summarise."}]
