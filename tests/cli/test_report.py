@@ -17,7 +17,7 @@ import pytest
 
 import tokenmeter
 from tokenmeter import UsageRecord
-from tokenmeter.sinks import InMemorySink
+from tokenmeter.sinks import InMemorySink, MarkdownJournalSink
 
 from .conftest import (
     CHAT,
@@ -808,6 +808,37 @@ def test_output_onto_other_recorded_data_is_refused(tmp_path: Path) -> None:
         "report", "--source", ".tokenmeter/usage.db", "-o", "report.txt", cwd=tmp_path
     )
     assert result.returncode == 0 and "gpt" in report.read_text(), result.stderr
+
+
+def test_output_onto_the_markdown_journal_is_refused(tmp_path: Path, cli: RunCli) -> None:
+    """``report --format markdown -o .tokenmeter/journal/token_usage.md`` replaced the journal's
+    whole history with the report (exit 0), and the journal sink then refused every later
+    record for it ("not a tokenmeter journal"): a journal page is recorded data, wherever it is,
+    and so are its names beside the data before they exist."""
+    data = tmp_path / ".tokenmeter"
+    write_sqlite(data / "usage.db", RECORDS, SESSIONS)
+    journal = MarkdownJournalSink(data / "journal")
+    journal.write(RECORDS)
+    pages = [data / "journal" / "token_usage.md", journal.session_path(CHAT[0])]
+    copy = tmp_path / "kept.md"  # a journal copied away is sniffed by its first line
+    copy.write_bytes(pages[0].read_bytes())
+    kept = {path: path.read_bytes() for path in (*pages, copy)}
+    for target in (*pages, copy):
+        code, _, err = cli(
+            "report", "--source", str(data), "--format", "markdown", "-o", str(target)
+        )
+        assert code == 2, err
+        assert err == (
+            f"tokenmeter: error: -o {target} holds recorded tokenmeter data: "
+            "write the report to another file\n"
+        )
+    assert {path: path.read_bytes() for path in kept} == kept
+    # A session page not made yet is the journal's too: the sink would refuse a report there.
+    code, _, err = cli(
+        "session", CHAT[0], "--source", str(data), "-o", str(data / "journal/sessions/new.md")
+    )
+    assert code == 2 and "names a file of tokenmeter data" in err, err
+    assert not (data / "journal/sessions/new.md").exists()
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "jsonl"])

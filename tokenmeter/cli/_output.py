@@ -59,13 +59,24 @@ _DATA_FILES = frozenset(
     for name in ("usage.db", "budgets.db")
     for suffix in ("", "-wal", "-shm", "-journal")
 ) | {"usage.jsonl", "alerts.jsonl", "quarantine.jsonl"}
-_SQLITE_HEADER = b"SQLite format 3\x00"
+#: The markdown journal beside the data: ``journal/token_usage.md`` and a page per session.
+_JOURNAL_DIR = "journal"
+_JOURNAL_USAGE = "token_usage.md"
+_JOURNAL_SESSIONS = "sessions"
+#: How recorded data begins: a SQLite database, or a page of the markdown journal (whose
+#: first line an editor may have put a byte order mark before).
+_DATA_HEADERS = (
+    b"SQLite format 3\x00",
+    b"<!-- tokenmeter-journal",
+    b"\xef\xbb\xbf<!-- tokenmeter-journal",
+)
 
 
 def refuse_overwriting(output: str | None, data: Path) -> None:
     """``-o`` naming the file being read (``usage.db``, through a link too), or another file of
-    recorded data (any SQLite database; ``usage.jsonl``, ``alerts.jsonl``... beside the data)
-    would replace it with the report: a usage error, before anything is read. So is one of
+    recorded data (any SQLite database or page of the markdown journal; ``usage.jsonl``,
+    ``alerts.jsonl``, ``journal/token_usage.md``... beside the data) would replace it with the
+    report: a usage error, before anything is read. So is one of
     those names beside the data before it exists: a report written as ``usage.db`` beside
     ``usage.jsonl`` was read as the data next time (``--source DIR`` takes ``usage.db`` first),
     and the library's SQLite sink refused every record for it."""
@@ -91,13 +102,32 @@ def refuse_overwriting(output: str | None, data: Path) -> None:
 def _recorded_data(output: Path, data: Path) -> bool:
     try:
         folder = data if data.is_dir() else data.parent
-        if output.name in _DATA_FILES and os.path.samefile(output.parent, folder):
+        if _data_file_name(output, folder):
             return True
         if not output.is_file():
             return False
         with output.open("rb") as file:
-            return file.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER
+            return file.read(max(map(len, _DATA_HEADERS))).startswith(_DATA_HEADERS)
     except OSError:
+        return False
+
+
+def _data_file_name(output: Path, folder: Path) -> bool:
+    """Whether ``output`` is where tokenmeter keeps data beside ``folder``, whether or not it
+    exists yet: a report there is data corrupted (the journal sink refuses every record for a
+    ``token_usage.md`` that is not its journal)."""
+    journal = folder / _JOURNAL_DIR
+    return (
+        (output.name in _DATA_FILES and _same_folder(output.parent, folder))
+        or (output.name == _JOURNAL_USAGE and _same_folder(output.parent, journal))
+        or (output.suffix == ".md" and _same_folder(output.parent, journal / _JOURNAL_SESSIONS))
+    )
+
+
+def _same_folder(one: Path, other: Path) -> bool:
+    try:
+        return os.path.samefile(one, other)
+    except FileNotFoundError:
         return False
 
 
