@@ -385,6 +385,43 @@ def test_compare_with_previous_period(cli: RunCli, data: Path) -> None:
     assert "compared with: 2026-11-01 to 2026-11-07" in out
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_compare_lists_the_keys_that_spent_only_before(
+    cli: RunCli, tmp_path: Path, kind: str
+) -> None:
+    """A model used the day before and not this day had no row: Prev cost read $0.0125 above a
+    TOTAL of $0.0305, and the -59% had nothing to explain it. Every key of either period has a
+    row, in every format (zero this period, -100%)."""
+    records = [
+        rec(1, "2026-11-01T10:00:00.000Z", "openai", "gpt-4o", 1, 1, "0.0125"),
+        rec(2, "2026-11-01T10:00:00.000Z", "anthropic", "claude-sonnet-4-5", 1, 1, "0.018"),
+        rec(3, "2026-11-02T10:00:00.000Z", "openai", "gpt-4o", 1, 1, "0.0125"),
+    ]
+    if kind == "sqlite":
+        data = write_sqlite(tmp_path / "usage.db", records, [])
+    else:
+        data = write_jsonl(tmp_path / "usage.jsonl", records)
+    window = ("--since", "2026-11-02", "--until", "2026-11-02", "--compare")
+    doc = report(cli, data, *window)
+    gone = keys(doc, "model")[("claude-sonnet-4-5",)]
+    assert (gone["calls"], gone["cost_usd"], gone["previous_cost_usd"]) == (0, 0, Decimal("0.018"))
+    assert sum(row["previous_cost_usd"] for row in doc["rows"]) == Decimal("0.0305")
+    assert doc["totals"]["previous_cost_usd"] == Decimal("0.0305")
+    code, out, err = cli("report", "--source", str(data), *window, "--format", "csv")
+    assert code == 0, err
+    lines = [line.split(",") for line in out.splitlines()]
+    header, rows = lines[0], lines[1:]
+    previous = header.index("previous_cost_usd")
+    assert {(row[1], row[previous]) for row in rows} == {
+        ("gpt-4o", "0.0125"),
+        ("claude-sonnet-4-5", "0.018"),
+    }
+    for fmt in ("table", "markdown", "html"):
+        code, out, err = cli("report", "--source", str(data), *window, "--format", fmt)
+        assert code == 0, err
+        assert "claude-sonnet-4-5" in out and "-100.0%" in out, fmt
+
+
 def test_change_from_a_negative_cost_before(cli: RunCli, tmp_path: Path) -> None:
     """A refund made the period before cost -$2.00; $1.00 now is $3.00 more, which read as
     "-150.0%" (and a fall, in the dashboard). No percentage of a negative cost means anything."""

@@ -91,6 +91,7 @@ __all__ = [
     "exclude_bad_rows",
     "figures",
     "run_query",
+    "sort_rows",
     "stream_rows",
 ]
 
@@ -258,7 +259,7 @@ def _in_time_order(value: str) -> tuple[str, int]:
     return value, 0
 
 
-def _sort_rows(columns: tuple[str, ...], rows: Iterable[Row]) -> list[Row]:
+def sort_rows(columns: tuple[str, ...], rows: Iterable[Row]) -> list[Row]:
     """Calendar groups read best in time order; everything else most expensive first."""
     if any(column in TIME_COLUMNS for column in columns):
         return sorted(rows, key=lambda row: tuple(map(_in_time_order, row.key)))
@@ -280,7 +281,7 @@ _PRICED = COUNT_NAMES.index("priced_calls")
 def _shortlisted(
     count: int, groups: Iterable[tuple[tuple[str, ...], Sequence[Any], Decimal]]
 ) -> list[tuple[tuple[str, ...], Totals]]:
-    """The ``count`` groups ``_sort_rows`` puts first, of (key, counts in ``COUNT_NAMES`` order,
+    """The ``count`` groups ``sort_rows`` puts first, of (key, counts in ``COUNT_NAMES`` order,
     summed cost): the others are ranked, not made ``Totals``."""
 
     def rank(group: tuple[tuple[str, ...], Sequence[Any], Decimal]) -> tuple[Any, ...]:
@@ -375,7 +376,7 @@ def roll_up(
         else:
             known.add(totals)
     rows = [Row(key, totals) for key, totals in merged.items()]
-    return Breakdown(grouping, columns, _sort_rows(columns, rows))
+    return Breakdown(grouping, columns, sort_rows(columns, rows))
 
 
 #: The SQLite that has window functions (a Python built on an older one ranks here).

@@ -26,6 +26,7 @@ from tokenmeter.cli.reports._format import (
     round_share,
 )
 from tokenmeter.cli.reports._model import CALL_JSON_KEYS, NO_NAME_LABEL, Call, Report, Row, Totals
+from tokenmeter.cli.reports._query import sort_rows
 
 __all__ = [
     "CellTable",
@@ -54,6 +55,19 @@ def _latency_cell(pick: str) -> MetricCell:
         return f"{value:,.0f} ms"
 
     return cell
+
+
+def compared_rows(report: Report) -> list[Row]:
+    """The main table's rows and, with ``--compare``, a row of zero totals for each key that
+    spent only in the period before: without it a model no longer used was nowhere, and the
+    Prev cost column did not add up to its TOTAL. Sorted as the rows are (time order, or most
+    costly first: these last)."""
+    rows = report.main.rows
+    if report.previous is None:
+        return rows
+    here = {row.key for row in rows}
+    gone = [Row(row.key, Totals()) for row in report.previous.main.rows if row.key not in here]
+    return sort_rows(report.main.columns, [*rows, *gone]) if gone else rows
 
 
 def _previous(row: Row | None, report: Report) -> Totals | None:
@@ -212,7 +226,7 @@ def summary_cells(report: Report, metrics: Sequence[str] | None = None) -> CellT
     # --by name: a blank name read as a row without a label (with no session id beside it)
     columns = breakdown.columns
     name = columns.index("session") if "session" in columns and "session_id" not in columns else -1
-    for row in breakdown.rows:
+    for row in compared_rows(report):
         cells = [METRICS[metric][1](row.totals, whole, row, report) for metric in chosen]
         key = list(row.key)
         if name >= 0 and not key[name]:
@@ -577,7 +591,7 @@ def json_pieces(report: Report) -> Iterator[str]:
                     row.totals, report.totals, row, report.previous_totals(breakdown, row.key)
                 ),
             }
-            for row in breakdown.rows
+            for row in compared_rows(report)
         ],
         "totals": _totals_json(
             report.totals,
@@ -652,8 +666,12 @@ def csv_pieces(report: Report) -> Iterator[str]:
     metrics = list(_totals_json(report.totals, report.totals))
     if any(row.latency for row in breakdown.rows):
         metrics += ["latency_p50_ms", "latency_p95_ms"]
+    if report.previous is not None:
+        metrics += ["previous_cost_usd", "previous_calls"]
     yield _csv_line([*breakdown.columns, *metrics])
-    for row in breakdown.rows:
-        values = _totals_json(row.totals, report.totals, row)
+    for row in compared_rows(report):
+        values = _totals_json(
+            row.totals, report.totals, row, report.previous_totals(breakdown, row.key)
+        )
         keys = [csv_text(key) for key in row.key]
         yield _csv_line([*keys, *(_csv_value(values.get(m)) for m in metrics)])
