@@ -439,6 +439,38 @@ def test_change_from_a_negative_cost_before(cli: RunCli, tmp_path: Path) -> None
     assert '<small class="up">n/a vs -$2.00 the period before</small>' in out
 
 
+def test_change_when_a_cost_is_unknown(cli: RunCli, tmp_path: Path) -> None:
+    """A period whose only call is of an unpriced model read Cost ``n/a`` but Change ``-100.0%``
+    (the dashboard: "-100.0% vs $0.0125 the period before"), a fall to $0 that nobody knows of;
+    a model unpriced the period before read ``new``. No change is told from an unknown cost."""
+    records = [
+        rec(1, "2026-11-01T10:00:00.000Z", "openai", "gpt-4o", 1, 1, "0.0125"),
+        rec(2, "2026-11-02T10:00:00.000Z", "openai", "new-model", 1, 1, None),
+        rec(3, "2026-11-03T10:00:00.000Z", "openai", "new-model", 1, 1, "0.5"),
+    ]
+    data = write_jsonl(tmp_path / "usage.jsonl", records)
+    columns = ("--columns", "cost,prev_cost,change", "--compare")
+    code, out, err = cli(
+        "report", "--source", str(data), "--since", "2026-11-02", "--until", "2026-11-02", *columns
+    )
+    assert code == 0, err
+    total = next(line for line in out.splitlines() if line.startswith("TOTAL"))
+    assert total.split() == ["TOTAL", "n/a", "$0.0125"], total
+    code, out, err = cli(
+        "report", "--source", str(data), "--since", "2026-11-03", "--until", "2026-11-03", *columns
+    )
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if "new-model" in line)
+    assert row.split() == ["openai", "new-model", "$0.50", "-"], row
+    code, out, err = cli(
+        "report", "--source", str(data), "--since", "2026-11-02", "--until", "2026-11-02",
+        "--format", "html",
+    )  # fmt: skip
+    assert code == 0, err
+    card = '<span>Total cost</span><b>n/a</b><small class="">vs $0.0125 the period before<'
+    assert card in out, out
+
+
 def test_compare_needs_a_length(cli: RunCli, data: Path) -> None:
     code, _, err = cli("report", "--source", str(data), "--compare")
     assert code == 2 and "--compare needs" in err

@@ -482,7 +482,9 @@ def _card(label: str, value: str, note: str = "", klass: str = "") -> str:
 def _delta(now: Totals, before: Totals | None) -> tuple[str, str]:
     if before is None:
         return "", ""
-    text = change_text(now.cost_usd, before.cost_usd)
+    if now.cost is None or before.cost is None:  # unpriced calls: no change can be told
+        return f"vs {fmt_usd(before.cost, na='an unknown cost')} the period before", ""
+    text = change_text(now.cost, before.cost)
     if not text:
         return "no change from the period before", ""
     klass = "up" if now.cost_usd >= before.cost_usd else "down"

@@ -87,13 +87,16 @@ def _change(totals: Totals, whole: Totals, row: Row | None, report: Report) -> s
     previous = _previous(row, report)
     if previous is None:
         return ""
-    return change_text(totals.cost_usd, previous.cost_usd)
+    return change_text(totals.cost, previous.cost)
 
 
-def change_text(now: Decimal, before: Decimal) -> str:
-    """``+12.5%`` / ``-3.0%``; ``new`` when there was nothing before; ``""`` when both are 0;
-    ``n/a`` when refunds made the cost before negative: no percentage of that means anything
-    (-$2.00 to $1.00 read as -150%)."""
+def change_text(now: Decimal | None, before: Decimal | None) -> str:
+    """``+12.5%`` / ``-3.0%``; ``new`` when there was nothing before; ``""`` when both are 0,
+    or when either cost is unknown (calls, none priced): taken as $0, an unpriced period read
+    as "-100.0%", a fall to nothing that nobody knows of; ``n/a`` when refunds made the cost
+    before negative: no percentage of that means anything (-$2.00 to $1.00 read as -150%)."""
+    if now is None or before is None:
+        return ""
     if not before:
         return "new" if now else ""
     if before < 0:
