@@ -234,6 +234,30 @@ def test_follow_sqlite_reads_a_records_table_made_again(tmp_path: Path) -> None:
         follower.close()
 
 
+def test_follow_sqlite_reads_a_database_made_again(tmp_path: Path) -> None:
+    """``usage.db`` moved away (archived) and made again by the library on the next record: the
+    follower kept reading the old file through the connection it opened, and showed nothing
+    more, ever. It opens the new file and reads it from its start, once it has its table."""
+    path = write_sqlite(tmp_path / "usage.db", RECORDS[:3], SESSIONS)
+    follower = _SqliteFollower(Source(path, "sqlite"))
+    try:
+        assert len(follower.last(10)) == 3
+        path.rename(tmp_path / "usage-2026-11.db")
+        assert list(follower.new()) == []  # gone: nothing new yet, and no error
+        path.touch()  # made, not yet a database (the writer is at it)
+        assert list(follower.new()) == []
+        write_sqlite(tmp_path / "next.db", _new_records(70, 2, "new"), []).replace(path)
+        assert [call.model for call in follower.new()] == ["new-0", "new-1"]
+        sink = SQLiteSink(path)
+        try:
+            sink.write(_new_records(80, 1, "later"))
+            assert [call.model for call in follower.new()] == ["later-0"]
+        finally:
+            sink.close()
+    finally:
+        follower.close()
+
+
 def test_follow_sqlite_reads_many_new_rows_a_page_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,11 +2,12 @@
 
 Following polls: SQLite by ``rowid`` (insertion order, so a late batch with older timestamps is
 still shown), JSONL by byte offset (only complete lines). A JSONL file truncated, replaced or
-rewritten in place, and a ``records`` table dropped and made again (its rowids start over), are
-read again from the start: the follower checks that the bytes before its offset, or the row at
-its rowid, are still the ones it read. Records that fail the record check, and JSONL lines
-longer than ``MAX_LINE_BYTES``, are skipped and counted, with one warning at the end. Ctrl-C ends
-it quietly with status 0.
+rewritten in place, a ``usage.db`` replaced (moved away, and made again by the library), and a
+``records`` table dropped and made again (its rowids start over), are read again from the
+start: the follower checks that the file is the one it opened, and that the bytes before its
+offset, or the row at its rowid, are still the ones it read. Records that fail the record
+check, and JSONL lines longer than ``MAX_LINE_BYTES``, are skipped and counted, with one warning
+at the end. Ctrl-C ends it quietly with status 0.
 """
 
 from __future__ import annotations
@@ -121,15 +122,46 @@ def _row_id(row: sqlite3.Row) -> Any:
     return row["id"] if "id" in row.keys() else None  # noqa: SIM118  (a Row holds values)
 
 
+def _file_id(source: Source) -> tuple[int, int] | None:
+    """The (device, inode) of a SQLite source's file; None for PostgreSQL or no file there."""
+    if source.kind != "sqlite":
+        return None
+    try:
+        info = os.stat(source.path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
 class _SqliteFollower:
     def __init__(self, source: Source) -> None:
+        self.source = source
         self.path = source.path
+        #: The file opened, taken before it is: one replaced in between is read again, not lost.
+        self.file_id = _file_id(source)
         self.conn = open_database(source)
         self.conn.row_factory = sqlite3.Row
         self.last_rowid = 0
         #: The id of the row at ``last_rowid``: another one there means the table was made again.
         self.last_id: Any = None
         self.skipped = 0
+
+    def _reopen_if_replaced(self) -> None:
+        """Open the file the path names now, if it is not the one opened (``usage.db`` moved
+        away or deleted, and made again by the library): the open connection read the old
+        file forever, and nothing new was shown. The new one is read from its start; until it
+        has its ``records`` table (the writer is at it), the old one is followed."""
+        now = _file_id(self.source)
+        if now is None or now == self.file_id:
+            return
+        try:
+            conn = open_database(self.source)
+        except CliError:
+            return
+        self.conn.close()
+        self.conn, self.file_id = conn, now
+        self.conn.row_factory = sqlite3.Row
+        self.last_rowid, self.last_id = 0, None
 
     def _still_there(self) -> bool:
         """Whether the row at ``last_rowid`` is the one read (not a table dropped and made again,
@@ -202,7 +234,8 @@ class _SqliteFollower:
 
     def new(self) -> Iterator[Call]:
         """The records stored since the last read, a page at a time (a table made again and
-        filled meanwhile is read from its start)."""
+        filled meanwhile, or a file made again, is read from its start)."""
+        self._reopen_if_replaced()
         if not self._still_there():
             self.last_rowid = 0
         for rows in self._pages(self.last_rowid + 1, _HIGHEST, False, _PAGE):
