@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -469,6 +470,43 @@ def test_change_when_a_cost_is_unknown(cli: RunCli, tmp_path: Path) -> None:
     assert code == 0, err
     card = '<span>Total cost</span><b>n/a</b><small class="">vs $0.0125 the period before<'
     assert card in out, out
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_compare_whole_days_with_the_calendar_days_before(
+    cli: RunCli, tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--compare`` stepped back the window's length in hours: the Paris day after the clocks
+    went back (25 hours before it) was compared with a day from 01:00, its first hour's call
+    left out; the day after they went forward with a window holding the day before's last
+    hour; a month with the 31 days before it (2026-01-29 to 02-28 for March). Whole days
+    compare with the calendar days before, a ``--period month`` with the month before."""
+    records = [
+        rec(1, "2026-01-02T10:00:00.000Z", "openai", "gpt-4o", 1, 1, "0.5"),  # January
+        rec(2, "2026-03-28T22:30:00.000Z", "openai", "gpt-4o", 1, 1, "0.5"),  # 03-28 23:30 Paris
+        rec(3, "2026-03-28T23:30:00.000Z", "openai", "gpt-4o", 1, 1, "0.5"),  # 03-29 00:30 Paris
+        rec(4, "2026-10-24T22:30:00.000Z", "openai", "gpt-4o", 1, 1, "0.5"),  # 10-25 00:30 Paris
+    ]
+    if kind == "sqlite":
+        data = write_sqlite(tmp_path / "usage.db", records, [])
+    else:
+        data = write_jsonl(tmp_path / "usage.jsonl", records)
+    paris = ("--tz", "Europe/Paris", "--compare")
+    for day, before in [("2026-10-26", "2026-10-25"), ("2026-03-30", "2026-03-29")]:
+        doc = report(cli, data, "--since", day, "--until", day, *paris)
+        assert doc["totals"]["previous_calls"] == 1, day
+        code, out, err = cli(
+            "report", "--source", str(data), "--since", day, "--until", day, *paris
+        )
+        assert code == 0 and f"compared with: {before} to {before} (Europe/Paris" in out, err
+    from tokenmeter.cli import _dates
+
+    monkeypatch.setattr(_dates, "_now", lambda: datetime(2026, 3, 10, 12, tzinfo=UTC))
+    code, out, err = cli("report", "--source", str(data), "--period", "month", "--compare")
+    assert code == 0 and "compared with: 2026-02-01 to 2026-02-28 (UTC" in out, err
+    doc = report(cli, data, "--period", "month", "--previous", "--compare")
+    assert doc["since"] == "2026-02-01T00:00:00.000Z"
+    assert doc["totals"]["previous_calls"] == 1  # January 2nd: in the month before February
 
 
 def test_compare_needs_a_length(cli: RunCli, data: Path) -> None:

@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = [
+    "calendar_start_before",
     "format_instant",
     "parse_since",
     "parse_tz",
@@ -111,6 +112,26 @@ def period_bounds(
     else:
         raise ValueError(f"unknown period {period!r}: use day, week or month")
     return _midnight(start, tz), _midnight(end, tz)
+
+
+def calendar_start_before(
+    since: datetime, until: datetime, tz: tzinfo, period: str | None = None
+) -> datetime | None:
+    """Where the calendar period before ``[since, until)`` starts, when that window is whole
+    days in ``tz`` (bare dates, a ``--period``): as many days before (the day, the week
+    before), or for a ``month`` period the month before. Measured in hours instead, the day
+    after the clocks went back was compared with a day that began at 01:00, and March with
+    January 29 to February 28. None when the window is not whole days (it is compared with
+    the same length of time), or where a date would be out of years 1 to 9999."""
+    try:  # near year 1 or 9999 a zone's dates run past what ``datetime`` holds
+        first, end = since.astimezone(tz).date(), until.astimezone(tz).date()
+        if _midnight(first, tz) != since or _midnight(end, tz) != until:
+            return None
+        if period == "month":
+            return _midnight((first - timedelta(days=1)).replace(day=1), tz)
+        return _midnight(first - (end - first), tz)
+    except (OverflowError, ValueError):
+        return None
 
 
 def format_instant(instant: datetime) -> str:

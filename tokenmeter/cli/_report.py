@@ -12,7 +12,13 @@ from itertools import chain
 from pathlib import Path
 
 from tokenmeter._registry import canonical
-from tokenmeter.cli._dates import parse_since, parse_tz, parse_until, period_bounds
+from tokenmeter.cli._dates import (
+    calendar_start_before,
+    parse_since,
+    parse_tz,
+    parse_until,
+    period_bounds,
+)
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._output import refuse_overwriting, write_output
 from tokenmeter.cli._progress import Progress, progress_allowed
@@ -200,8 +206,12 @@ def _earliest(tz: tzinfo) -> datetime:
         return first
 
 
-def _earlier_start(since: datetime, end: datetime, tz: tzinfo) -> datetime | None:
-    """Where the period of the same length before ``[since, end)`` starts (``--compare``).
+def _earlier_start(
+    since: datetime, end: datetime, tz: tzinfo, period: str | None = None
+) -> datetime | None:
+    """Where the period before ``[since, end)`` starts (``--compare``): the calendar days (or
+    month, for ``--period month``) before a window of whole days in ``tz``, else the same
+    length of time before.
 
     It starts no earlier than a report can show, so a window near year 1 compares with a shorter
     one; None when there is no time before ``since`` at all. A window that starts after ``end``
@@ -210,6 +220,9 @@ def _earlier_start(since: datetime, end: datetime, tz: tzinfo) -> datetime | Non
     earliest = _earliest(tz)
     if since <= earliest:
         return None
+    calendar = calendar_start_before(since, end, tz, period)
+    if calendar is not None:
+        return max(calendar, earliest)
     length = max(end - since, timedelta(0))  # else ``since - length`` runs past year 9999
     return earliest if since - earliest <= length else since - length
 
@@ -243,7 +256,8 @@ def run_report(args: argparse.Namespace) -> int:
     )
     if args.compare and since is None:
         raise _usage_error("--compare needs --since or --period (the length to compare)")
-    start = None if since is None else _earlier_start(since, until or datetime.now(UTC), tz)
+    end = until or datetime.now(UTC)
+    start = None if since is None else _earlier_start(since, end, tz, args.period)
     if args.compare and start is None:
         raise _usage_error("--compare: there is no time before --since to compare with")
     compare = args.compare or fmt == "html"
