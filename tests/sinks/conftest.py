@@ -3,15 +3,19 @@ a workload on a disk that fills up (``disk_full_writer.py``) with checks of what
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -86,6 +90,66 @@ def record_from_row(row: dict[str, Any]) -> UsageRecord:
 @pytest.fixture
 def read_sqlite() -> Callable[[Path], list[UsageRecord]]:
     return read_sqlite_records
+
+
+# --- a PostgreSQL whose answer to a COMMIT is lost -------------------------------------------
+
+
+class CommitAnswerLost:
+    """A TCP proxy in front of the test server that, once ``armed`` with a count, forwards that
+    many COMMITs and cuts their client off before the answer comes back: the server commits,
+    the client sees its connection die (a failover, a pooler's cut, a network drop at that
+    moment). ``dsn``: the server's DSN through the proxy."""
+
+    def __init__(self, pg_dsn: str) -> None:
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        params = conninfo_to_dict(pg_dsn)
+        self._target = (str(params.get("host", "127.0.0.1")), int(params.get("port", 5432)))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.dsn = make_conninfo(pg_dsn, host="127.0.0.1", port=self._listener.getsockname()[1])
+        self.armed = 0
+        self.cut = 0  # COMMIT answers lost so far
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._listener.accept()
+                server = socket.create_connection(self._target)
+                cut = threading.Event()
+                threading.Thread(target=self._up, args=(client, server, cut), daemon=True).start()
+                threading.Thread(target=self._down, args=(server, client, cut), daemon=True).start()
+
+    def _up(self, client: socket.socket, server: socket.socket, cut: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                server.sendall(data)
+                if self.armed and b"COMMIT" in data.upper():
+                    self.armed -= 1
+                    cut.set()
+                    time.sleep(0.3)  # the server commits meanwhile; its answer is dropped
+                    self.cut += 1
+                    client.shutdown(socket.SHUT_RDWR)
+                    client.close()
+                    server.close()
+                    return
+
+    @staticmethod
+    def _down(server: socket.socket, client: socket.socket, cut: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while (data := server.recv(65536)) and not cut.is_set():
+                client.sendall(data)
+
+
+@pytest.fixture
+def commit_answer_lost(pg_dsn: str) -> Iterator[CommitAnswerLost]:
+    proxy = CommitAnswerLost(pg_dsn)
+    yield proxy
+    proxy.close()
 
 
 # --- a disk that fills up: the workload, the child process that runs it, the checks ------------

@@ -18,6 +18,7 @@ import pytest
 
 pytest.importorskip("psycopg", reason="psycopg is not installed (tokenmeter[postgres])")
 
+from conftest import CommitAnswerLost
 from helpers import check_lease_protocol, held_by_another_thread, returns
 
 from tokenmeter.sinks.postgres import PostgresSink
@@ -166,6 +167,30 @@ def test_a_killed_connection_is_replaced(pg_dsn: str) -> None:
         ).fetchone()
     assert killed == (1,)
     assert ledger.reserve("k", DAY, 10.0, 1.0) == (True, 1.0)
+
+
+def test_a_transaction_whose_commit_answer_is_lost_is_not_applied_twice(
+    pg_dsn: str, commit_answer_lost: CommitAnswerLost
+) -> None:
+    """The server committed a settlement or a lease, but its answer never came back (the
+    connection died at that moment): the ledger ran it again on a new connection, so a call that
+    cost $1.00 left settled_usd = 2.0, and a give-back of $1.50 used left 3.0."""
+    ledger = PostgresSink(commit_answer_lost.dsn).budget_ledger()
+    assert ledger.spent("k", DAY) == 0.0  # connected: the next failure is retried
+    commit_answer_lost.armed = 1
+    assert ledger.settle("k", DAY, 0.0, 1.0) == 1.0
+    assert ledger.spent("k", DAY) == 1.0
+    [(ok, held, _, _)] = ledger.lease_many([("k", DAY, 10.0, 0.0, 0.0, 0.0, 1.0, 0.5)])
+    assert ok and held >= 1.0
+    commit_answer_lost.armed = 1
+    given_back = ledger.lease_many([("k", DAY, 10.0, held, 1.5, 0.0, -1.0, 0.5)])
+    assert given_back == [(True, 0.0, 2.5, 0.0)]
+    assert commit_answer_lost.cut == 2
+    assert PostgresSink(pg_dsn).budget_ledger().spent("k", DAY) == 2.5
+    commit_answer_lost.armed = 1  # a reservation too
+    assert ledger.reserve("k", DAY, 10.0, 1.0) == (True, 2.5)
+    assert ledger.spent("k", DAY) == 3.5
+    ledger.close()
 
 
 def test_a_nul_in_a_session_id_is_kept_apart_not_refused(pg_dsn: str) -> None:

@@ -9,7 +9,9 @@ beyond their reservations.
 
 Called on the application's threads: one connection per ledger, used under a lock, made again
 after a server restart, a killed connection or a dropped table (a failure raises; the
-guardrails let the call through, "fail open"). ``statement_timeout`` is the server's, so a
+guardrails let the call through, "fail open"). A transaction is run again only when it did not
+commit: one whose COMMIT was sent but not answered is looked up first (``txid_status``), as
+running a settlement twice would count its spend twice. ``statement_timeout`` is the server's, so a
 server that stops answering would hold the call for ever: a transaction is given up a second
 past it (a watchdog thread shuts the connection's socket down), a connection is waited for no
 longer, and a ledger that failed slowly, or could not connect, is not asked again for a while
@@ -25,7 +27,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 if TYPE_CHECKING:
     import psycopg
@@ -50,7 +52,7 @@ _RESERVE = (
     "ON CONFLICT (scope_key, period_start) DO UPDATE "
     "SET reserved_usd = b.reserved_usd + %(amount)s, updated_at = now() "
     "WHERE b.settled_usd + b.reserved_usd + %(amount)s <= %(limit)s "
-    "RETURNING b.settled_usd + b.reserved_usd - %(amount)s"
+    "RETURNING b.settled_usd + b.reserved_usd - %(amount)s, txid_current()"
 )
 _SETTLE = (
     "INSERT INTO budget_ledger AS b (scope_key, period_start, settled_usd) "
@@ -58,7 +60,7 @@ _SETTLE = (
     "ON CONFLICT (scope_key, period_start) DO UPDATE "
     "SET reserved_usd = GREATEST(b.reserved_usd - %(reserved)s, 0), "
     "settled_usd = b.settled_usd + %(actual)s, updated_at = now() "
-    "RETURNING b.settled_usd + b.reserved_usd"
+    "RETURNING b.settled_usd + b.reserved_usd, txid_current()"
 )
 #: A lease (see ``tokenmeter.guardrails._ledger``: ``lease_many``), in one statement on the row
 #: it locks: the holder's used USD moves to settled, its held USD is released, and it gets back
@@ -80,12 +82,15 @@ _LEASE = (
     "  FROM budget_ledger AS o WHERE o.scope_key = %(key)s AND o.period_start = %(period)s "
     "  FOR UPDATE) AS s) AS x "
     "WHERE b.scope_key = %(key)s AND b.period_start = %(period)s "
-    "RETURNING x.ok, x.granted, x.settled, x.others"
+    "RETURNING x.ok, x.granted, x.settled, x.others, txid_current()"
 )
 _ROW = (
     "INSERT INTO budget_ledger (scope_key, period_start) VALUES (%(key)s, %(period)s) "
     "ON CONFLICT (scope_key, period_start) DO NOTHING"
 )
+#: What became of a transaction whose COMMIT was sent but not answered: 'committed', 'aborted',
+#: 'in progress', or NULL (never written, or too old to tell).
+_STATUS = "SELECT txid_status(%s)"
 _SPENT = (
     "SELECT settled_usd + reserved_usd FROM budget_ledger "
     "WHERE scope_key = %(key)s AND period_start = %(period)s"
@@ -123,6 +128,8 @@ class PostgresLedger:
         #: How long a transaction may wait for the server: past the server's own timeout.
         self._deadline_s: float = sink._deadline_s
         self._watch = _Watchdog()
+        #: The id and result of the transaction whose COMMIT is being sent (see ``_attempt``).
+        self._sent: tuple[int, Any] | None = None
         from tokenmeter.guardrails._ledger import Pause
 
         self._pause = Pause("the PostgreSQL budget ledger")
@@ -146,6 +153,7 @@ class PostgresLedger:
 
         def work(conn: psycopg.Connection[Any]) -> list[tuple[bool, float]]:
             results: list[tuple[bool, float]] = []
+            rows = []
             with conn.transaction() as transaction:
                 for key, start, limit, amount in checked:
                     params = {"key": key, "period": start, "amount": amount, "limit": limit}
@@ -156,7 +164,9 @@ class PostgresLedger:
                         spent = conn.execute(_SPENT.encode(), params).fetchone()
                         results.append((False, 0.0 if spent is None else float(spent[0])))
                         _rollback(transaction)
+                    rows.append(row)
                     results.append((True, max(0.0, float(row[0]))))
+                self._committing(rows, results)
             return results
 
         return self._run(work)
@@ -183,10 +193,8 @@ class PostgresLedger:
 
         def work(conn: psycopg.Connection[Any]) -> list[float]:
             with conn.transaction():
-                return [
-                    float(conn.execute(_SETTLE.encode(), params).fetchone()[0])  # type: ignore[index]
-                    for params in checked
-                ]
+                rows = [conn.execute(_SETTLE.encode(), params).fetchone() for params in checked]
+                return self._committing(rows, [float(row[0]) for row in rows])  # type: ignore[index]
 
         return self._run(work)
 
@@ -212,10 +220,12 @@ class PostgresLedger:
         ]
         known = self._rows
 
-        def run(conn: psycopg.Connection[Any], admit: bool) -> list[LeaseResult]:
-            """Every item's lease, or (when admitting) the items up to the first refusal, whose
-            result comes last; the transaction is then rolled back."""
+        def run(conn: psycopg.Connection[Any], admit: bool, refused: int = -1) -> list[LeaseResult]:
+            """Every item's lease (the ``refused`` one's said not ok), or (when admitting) the
+            items up to the first refusal, whose result comes last; the transaction is then
+            rolled back."""
             results: list[LeaseResult] = []
+            rows = []
             with conn.transaction() as transaction:
                 for params in checked:
                     lease = params if admit else {**params, "need": -1.0}
@@ -227,9 +237,15 @@ class PostgresLedger:
                         row = conn.execute(_LEASE.encode(), lease).fetchone()
                     assert row is not None
                     ok = bool(row[0]) or not admit or params["need"] < 0
+                    rows.append(row)
                     results.append((ok, float(row[1]), float(row[2]), float(row[3])))
                     if not ok:
                         _rollback(transaction)
+                results = [
+                    (index != refused, granted, settled, others)
+                    for index, (_, granted, settled, others) in enumerate(results)
+                ]
+                self._committing(rows, results)
             return results
 
         def work(conn: psycopg.Connection[Any]) -> list[LeaseResult]:
@@ -239,13 +255,9 @@ class PostgresLedger:
             if len(found) == len(checked) and found[-1][0]:
                 known.update((p["key"], p["period"]) for p in checked)
                 return found
-            refused = len(found) - 1
-            synced = run(conn, False)
+            synced = run(conn, False, refused=len(found) - 1)
             known.update((p["key"], p["period"]) for p in checked)
-            return [
-                (index != refused, granted, settled, others)
-                for index, (_, granted, settled, others) in enumerate(synced)
-            ]
+            return synced
 
         return self._run(work)
 
@@ -277,8 +289,33 @@ class PostgresLedger:
         finally:
             self._lock.release()
 
+    def _committing(self, rows: Sequence[Any], result: T) -> T:
+        """Note, before its COMMIT is sent, the id of the transaction that wrote ``rows``
+        (their last column is ``txid_current()``) and what ``work`` returns when it commits."""
+        if rows:
+            self._sent = (int(rows[-1][-1]), result)
+        return result
+
+    def _committed(self, conn: psycopg.Connection[Any], xid: int, deadline: float) -> bool:
+        """Whether transaction ``xid``, whose COMMIT was sent but never answered, committed.
+        One the server is still finishing is waited for, a while: past that the ledger fails
+        (open) rather than risk applying it twice."""
+        give_up = time.monotonic() + deadline / 2
+        while True:
+            row = conn.execute(_STATUS.encode(), (xid,)).fetchone()
+            status = None if row is None else row[0]
+            if status != "in progress":
+                return status == "committed"
+            if time.monotonic() > give_up:
+                raise TimeoutError(
+                    "the PostgreSQL budget ledger could not tell whether its transaction "
+                    f"committed (still in progress after {deadline / 2:g} s)"
+                )
+            time.sleep(0.05)
+
     def _attempt(self, work: Callable[[psycopg.Connection[Any]], T], wait: float | None) -> T:
         deadline = self._deadline_s if wait is None else min(self._deadline_s, wait)
+        sent: tuple[int, Any] | None = None
         for attempt in (1, 2):
             fresh = self._conn is None or self._pid != os.getpid()
             if fresh:
@@ -294,6 +331,9 @@ class PostgresLedger:
             assert conn is not None
             cut = self._watch.start(conn, deadline)
             try:
+                if sent is not None and self._committed(conn, sent[0], deadline):
+                    return cast(T, sent[1])  # the first attempt's, not applied a second time
+                self._sent = None
                 return work(conn)
             except BaseException as exc:
                 import psycopg
@@ -312,7 +352,11 @@ class PostgresLedger:
                 self._conn = None  # dead: the next statement gets a new connection
                 if dropped:
                     conn.close()
-                if fresh or attempt == 2:
+                # A transaction whose COMMIT was sent may have committed though its answer was
+                # lost: the next attempt asks the server, on a new connection, before running it
+                # again (a settlement applied twice counts the spend twice).
+                sent = self._sent
+                if attempt == 2 or (fresh and sent is None):
                     raise
             finally:
                 self._watch.done()
