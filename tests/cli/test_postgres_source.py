@@ -314,6 +314,44 @@ def test_a_database_without_tokenmeter_tables_is_refused_clearly(cli: RunCli, pg
     assert "no tokenmeter records" in err
 
 
+def test_a_row_whose_tags_are_not_json_is_skipped_and_counted_as_in_sqlite(
+    cli: RunCli, tmp_path: Path, pg_url: str, pg_dsn: str
+) -> None:
+    """Another program's row with tags that are not JSON (or hold a ``\\u0000``, which jsonb
+    refuses): ``tags::jsonb`` failed every tag report over PostgreSQL ("invalid input syntax
+    for type json", exit 1); SQLite skips that row and counts it."""
+    import sqlite3
+
+    import psycopg
+
+    db = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
+    insert = (
+        "INSERT INTO {}records (id, timestamp, model_provider, model_name, input_tokens, "
+        "output_tokens, total_tokens, tags) VALUES ({})"
+    )
+    bad = ("bad-1", "2026-11-02T10:00:00.000Z", "openai", "gpt-4o", 1, 1, 2, "{bad")
+    with sqlite3.connect(db) as conn:
+        conn.execute(insert.format("", ", ".join("?" * 8)), bad)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(insert.format("tokenmeter.", ", ".join(["%s"] * 8)), bad)
+        nul = ("bad-2", *bad[1:7], '{"feature": "chat\\u0000"}')
+        conn.execute(insert.format("tokenmeter.", ", ".join(["%s"] * 8)), nul)
+    args = ("report", "--by", "tag:feature", "--format", "json", "--source")
+    code, from_sqlite, err = cli(*args, str(db))
+    assert code == 0 and "skipped 1 corrupt row" in err, err
+    code, from_pg, err = cli(*args, pg_url)
+    assert code == 0 and "skipped 2 corrupt rows" in err, err
+    assert json.loads(from_pg)["rows"] == json.loads(from_sqlite)["rows"]
+    # Filtered by a tag, they are not among the rows asked for (SQLite's json_extract fails).
+    clean = write_sqlite(tmp_path / "clean.db", RECORDS, SESSIONS)
+    args = ("report", "--tag", "feature=chat", "--format", "json", "--source")
+    code, from_sqlite, err = cli(*args, str(clean))
+    assert code == 0, err
+    code, from_pg, err = cli(*args, pg_url)
+    assert code == 0, err
+    assert json.loads(from_pg)["rows"] == json.loads(from_sqlite)["rows"]
+
+
 @pytest.mark.parametrize("keys_kept", [100, 3])
 def test_tag_charts_are_totalled_in_postgresql_as_in_sqlite(
     cli: RunCli, tmp_path: Path, pg_dsn: str, keys_kept: int, monkeypatch: pytest.MonkeyPatch

@@ -7,8 +7,13 @@ the readers use, which translates the few SQLite spellings they contain:
 
 - ``?`` placeholders become ``%s``; ``LIMIT -1`` (no limit) becomes ``LIMIT NULL``;
 - ``rowid`` (insertion order) becomes the ``seq`` column;
-- ``json_extract(tags, ?)`` with a ``$."key"`` path becomes ``(tags::jsonb ->> 'key')``;
-- ``json_each(tags)`` (a row per tag) becomes ``jsonb_each_text(tags::jsonb)``;
+- ``json_extract(tags, ?)`` with a ``$."key"`` path becomes ``(pg_temp.tokenmeter_jsonb(tags)
+  ->> 'key')``, and ``json_each(tags)`` (a row per tag) ``jsonb_each_text(...)`` of the same: a
+  function made for the connection that reads text that is not JSON (another program's row, a
+  ``\u0000`` jsonb refuses) as NULL, where a ``::jsonb`` cast would fail the whole query. Rows
+  whose tags are not a JSON object are left out and counted, as SQLite's are (``valid_tags``).
+  Where the function cannot be made (no ``TEMPORARY`` privilege, a read-only standby) the casts
+  are plain ``::jsonb``;
 - ``typeof(latency_ms) IN ('real', 'integer')`` becomes ``latency_ms IS NOT NULL`` (typed);
 - the ``sqlite_master`` lookup of a table becomes one in ``pg_tables``;
 - ``BEGIN`` opens a read-only REPEATABLE READ transaction: one snapshot for every query, while
@@ -16,7 +21,8 @@ the readers use, which translates the few SQLite spellings they contain:
 
 Errors come out as ``sqlite3.Error`` so the readers' own handling (a one-line ``CliError``)
 applies unchanged. The sink's typed columns (NOT NULL integer counts) make the SQLite readers'
-per-row validity check unnecessary here (see ``is_postgres`` in ``exclude_bad_rows``).
+per-row validity check unnecessary here, but for ``tags``, which is text (see ``is_postgres`` in
+``exclude_bad_rows``).
 """
 
 from __future__ import annotations
@@ -39,6 +45,13 @@ _JSON_PATH = re.compile(r'^\$\."((?:[^"\\]|\\.)*)"$')
 _ROWID = re.compile(r"\browid\b")
 _TABLE_LOOKUP = "FROM sqlite_master WHERE type='table' AND name="
 _PG_TABLE_LOOKUP = "FROM pg_tables WHERE schemaname = current_schema() AND tablename="
+#: Tags text as jsonb, NULL where it is not JSON (a cast in an EXCEPTION block: nothing else in
+#: PostgreSQL before 16 tells whether text is valid JSON without failing the query).
+_SAFE_JSONB = (
+    "CREATE FUNCTION pg_temp.tokenmeter_jsonb(tags text) RETURNS jsonb "
+    "LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS "
+    "$$ BEGIN RETURN tags::jsonb; EXCEPTION WHEN others THEN RETURN NULL; END $$"
+)
 #: Seconds waited before each attempt to connect again when a connection was ended (1 min).
 _RECONNECT_WAITS = (0, 0.5, 1, 2, 4, 8, 15, 30)
 
@@ -182,6 +195,7 @@ class PgConnection:
 
         self._url, schema = split_schema(url)
         self._schema = schema or DEFAULT_SCHEMA
+        self._safe_json = False  # pg_temp.tokenmeter_jsonb made for the connection
         self._conn = self._open()
         self._snapshot = False  # inside the readers' BEGIN: a statement is never run elsewhere
 
@@ -190,6 +204,7 @@ class PgConnection:
 
         conn = _call(lambda: _connect(psycopg, self._url))
         _call(conn.execute, f'SET search_path = "{self._schema}"'.encode())
+        self._safe_json = _made_safe_json(conn)
         _call(conn.execute, b"SET default_transaction_read_only = on")
         found = _call(conn.execute, b"SELECT to_regclass('records') IS NOT NULL").fetchone()
         if not found[0]:
@@ -200,6 +215,18 @@ class PgConnection:
             )
         return conn
 
+    def valid_tags(self, prefix: str = "") -> str | None:
+        """The condition a row's ``tags`` meets when they are a JSON object or NULL (as
+        ``sql_valid`` states for SQLite), never NULL (its NOT counts the others); None where it
+        cannot be checked."""
+        if not self._safe_json:
+            return None
+        c = f"{prefix}tags"
+        return (
+            f"({c} IS NULL OR {c}::text = '{{}}' "
+            f"OR jsonb_typeof(pg_temp.tokenmeter_jsonb({c}::text)) IS NOT DISTINCT FROM 'object')"
+        )
+
     def set_progress_handler(self, handler: Any, n: int) -> None:
         """No progress ticks: the server aggregates, the client only waits."""
 
@@ -207,7 +234,7 @@ class PgConnection:
         if sql.strip().upper() == "BEGIN":
             sql = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
             self._snapshot = True
-        translated, values = _translate(sql, list(params))
+        translated, values = _translate(sql, list(params), self._safe_json)
         try:
             return self._run(translated, values)
         except sqlite3.DatabaseError:
@@ -238,7 +265,7 @@ class PgConnection:
         Inside the readers' snapshot; nothing else runs on the connection until it is read."""
         import psycopg
 
-        translated, values = _translate(sql, list(params))
+        translated, values = _translate(sql, list(params), self._safe_json)
         cursor = self._conn.cursor()
         names: dict[str, int] | None = None
         try:
@@ -253,15 +280,28 @@ class PgConnection:
         self._conn.close()
 
 
-def _translate(sql: str, params: list[Any]) -> tuple[str, list[Any]]:
-    """SQLite's spelling of a reader's query -> PostgreSQL's, parameters adjusted to match."""
+def _made_safe_json(conn: Any) -> bool:
+    """Whether ``pg_temp.tokenmeter_jsonb`` could be made on ``conn`` (see ``_SAFE_JSONB``)."""
+    import psycopg
+
+    try:
+        conn.execute(_SAFE_JSONB.encode())
+    except psycopg.Error:
+        return False
+    return True
+
+
+def _translate(sql: str, params: list[Any], safe_json: bool = False) -> tuple[str, list[Any]]:
+    """SQLite's spelling of a reader's query -> PostgreSQL's, parameters adjusted to match.
+    ``safe_json``: tags are read through ``pg_temp.tokenmeter_jsonb``, not a cast that fails."""
     sql = sql.replace("%", "%%").replace(_TABLE_LOOKUP, _PG_TABLE_LOOKUP)
     sql = _ROWID.sub("seq", sql)
     paths: set[int] = set()  # parameters that are SQLite JSON paths
     for match in _JSON_EXTRACT.finditer(sql):
         paths.add(sql.count("?", 0, match.start()))
-    sql = _JSON_EXTRACT.sub(r"(\1::jsonb ->> ?)", sql)
-    sql = _JSON_EACH.sub(r"jsonb_each_text(\1::jsonb)", sql)
+    jsonb = r"pg_temp.tokenmeter_jsonb(\1::text)" if safe_json else r"\1::jsonb"
+    sql = _JSON_EXTRACT.sub(rf"({jsonb} ->> ?)", sql)
+    sql = _JSON_EACH.sub(rf"jsonb_each_text({jsonb})", sql)
     sql = _NUMBER_TYPE.sub(r"\1 IS NOT NULL", sql)
     for index in paths:
         found = _JSON_PATH.match(str(params[index]))

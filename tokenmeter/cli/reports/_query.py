@@ -42,7 +42,7 @@ from typing import Any, TypeAlias
 from tokenmeter._totals import COUNT_NAMES, Totals, known_cost, sql_cost
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError
-from tokenmeter.cli._postgres import is_postgres
+from tokenmeter.cli._postgres import PgConnection, is_postgres
 from tokenmeter.cli._progress import Progress
 from tokenmeter.cli._source import (
     JsonlReader,
@@ -684,10 +684,10 @@ def exclude_bad_rows(
     (``"r"``). Call inside one read transaction, so that rows written meanwhile cannot slip past
     the check.
     """
-    if is_postgres(conn):
-        return where, params, 0  # typed columns: the sink's NOT NULL integers need no check
     prefix = f"{alias}." if alias else ""
     table = f"records {alias}" if alias else "records"
+    if is_postgres(conn):  # typed columns: only tags, text, need the check
+        return _exclude_bad_tags(conn, where, params, prefix, table)
     valid = sql_valid(table_columns(conn, "records"), prefix)
     joiner = " AND " if where else " WHERE "
     condition = f"{where}{joiner}NOT {valid}"
@@ -704,6 +704,20 @@ def exclude_bad_rows(
         return where, params, 0
     excluded = f"{where}{joiner}{prefix}rowid NOT IN (SELECT value FROM json_each(?))"
     return excluded, [*params, json.dumps(bad)], len(bad)
+
+
+def _exclude_bad_tags(
+    conn: PgConnection, where: str, params: list[str], prefix: str, table: str
+) -> tuple[str, list[str], int]:
+    """``exclude_bad_rows`` over PostgreSQL: rows whose tags are not a JSON object (another
+    program's) are left out and counted, where a ``::jsonb`` cast would fail the query."""
+    valid = conn.valid_tags(prefix)
+    if valid is None:
+        return where, params, 0
+    joiner = " AND " if where else " WHERE "
+    row = conn.execute(f"SELECT count(*) FROM {table}{where}{joiner}NOT {valid}", params).fetchone()
+    bad = 0 if row is None else int(row[0])
+    return (f"{where}{joiner}{valid}", params, bad) if bad else (where, params, 0)
 
 
 def _run_sqlite(
