@@ -187,6 +187,30 @@ def test_configured_by_name_with_the_environment(
     assert query(pg_dsn, "SELECT count(*) FROM sessions") == [(1,)]
 
 
+def test_a_url_in_the_settings_names_the_schema_as_the_clis_source_does(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``?schema=llm_usage`` reads a sink's schema in ``--source``; in TOKENMETER_PG_DSN libpq
+    refused it ('invalid URI query parameter: "…"', the name hidden) and every record was set
+    aside in quarantine.jsonl."""
+    params = dict(part.split("=", 1) for part in pg_dsn.split())
+    url = f"postgresql://{params['user']}@{params['host']}:{params['port']}/{params['dbname']}"
+    monkeypatch.setenv("TOKENMETER_SINKS", "postgres")
+    monkeypatch.setenv("TOKENMETER_PG_DSN", url + "?application_name=app&schema=LLM_usage")
+    tokenmeter.configure(directory=tmp_path)
+    made = tokenmeter.record("openai", "gpt-4o", 1000, 200)
+    assert tokenmeter.flush(timeout=60)
+    assert query(pg_dsn, "SELECT id FROM llm_usage.records") == [(made.id,)]
+    assert PostgresSink(url + "?schema=llm_usage", schema="LLM_USAGE").schema == "llm_usage"
+    with pytest.raises(ValueError, match="differ"):
+        PostgresSink(url + "?schema=llm_usage", schema="other")
+    # A parameter libpq does not know is named (never a value, which may be the password).
+    sink = PostgresSink("postgresql://tm:hunter2@127.0.0.1:1/x?colour=red", connect_timeout_s=1)
+    with pytest.raises(psycopg.Error, match='invalid URI query parameter: "colour"') as refused:
+        sink.write([build_record(0)])
+    assert "hunter2" not in str(refused.value)
+
+
 def test_budgets_keep_their_spend_in_the_postgres_sink_named_in_the_settings(
     pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

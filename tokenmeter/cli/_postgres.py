@@ -33,7 +33,9 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeGuard
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
+
+from tokenmeter.sinks.postgres import split_schema
 
 __all__ = ["PgConnection", "display_name", "is_postgres", "is_postgres_url", "split_schema"]
 
@@ -58,27 +60,6 @@ _RECONNECT_WAITS = (0, 0.5, 1, 2, 4, 8, 15, 30)
 
 def is_postgres_url(value: str | None) -> bool:
     return bool(value) and str(value).lower().startswith(_SCHEMES)
-
-
-def split_schema(url: str) -> tuple[str, str | None]:
-    """The URL without tokenmeter's own ``schema=NAME`` parameter (libpq refuses a parameter it
-    does not know), and that schema (None: not given). The other parameters are kept as written,
-    escapes and all. ValueError for a name ``PostgresSink`` would refuse, or two of them."""
-    base, mark, query = url.partition("?")
-    kept, found = [], []
-    for item in query.split("&") if mark else ():
-        key, _, value = item.partition("=")
-        if key == "schema":
-            found.append(unquote(value, errors="strict"))
-        else:
-            kept.append(item)
-    if not found:
-        return url, None
-    if len(found) > 1:
-        raise ValueError("schema is given more than once")
-    from tokenmeter.sinks.postgres import check_schema_name
-
-    return base + ("?" + "&".join(kept) if kept else ""), check_schema_name(found[0])
 
 
 def display_name(url: str) -> str:

@@ -31,6 +31,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.sinks.sqlite import _RECORD_COLUMNS as RECORD_COLUMNS
@@ -42,7 +43,7 @@ from tokenmeter.sinks.sqlite import sum_parts as _sum_parts
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["DEFAULT_SCHEMA", "SCHEMA_VERSION", "PostgresSink", "check_schema_name"]
+__all__ = ["DEFAULT_SCHEMA", "SCHEMA_VERSION", "PostgresSink", "check_schema_name", "split_schema"]
 
 #: Key of the advisory lock that serialises migrations (any fixed 64-bit number: "tokenme").
 _MIGRATION_LOCK = 0x746F6B656E6D65
@@ -237,8 +238,16 @@ def _pg_row(row: tuple[Any, ...], json_columns: tuple[int, ...]) -> tuple[Any, .
 #: The longest timeout PostgreSQL and libpq take (a 32-bit ``int``: ms, or s to connect).
 _MAX_INT32 = 2**31 - 1
 
-#: What libpq quotes of a connection string it cannot parse.
-_QUOTED = re.compile(r'"[^"]*"')
+#: What libpq quotes of a connection string it cannot parse; group 1: the words before a quoted
+#: parameter *name* (never a value, so never the password: shown, it tells what to fix).
+_QUOTED = re.compile(r'(invalid URI query parameter: |invalid connection option )?"([^"]*)"')
+
+
+def _hide_quoted(match: re.Match[str]) -> str:
+    named, quoted = match.group(1), match.group(2)
+    if named and re.fullmatch(r"\w+", quoted):
+        return match.group(0)
+    return f'{named or ""}"…"'
 
 
 def _without_password(exc: Exception, dsn: str) -> Exception:
@@ -251,7 +260,7 @@ def _without_password(exc: Exception, dsn: str) -> Exception:
     try:
         password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
     except psycopg.Error:
-        hidden = _QUOTED.sub('"…"', message)
+        hidden = _QUOTED.sub(_hide_quoted, message)
         return type(exc)(f"malformed PostgreSQL connection string ({hidden})")
     if password and password in message:
         return type(exc)(message.replace(password, "***"))
@@ -283,6 +292,38 @@ def _sendable(dsn: str) -> bool:
 DEFAULT_SCHEMA = "tokenmeter"
 
 
+def split_schema(url: str) -> tuple[str, str | None]:
+    """The URL without tokenmeter's own ``schema=NAME`` parameter (libpq refuses a parameter it
+    does not know), and that schema (None: not given). The other parameters are kept as written,
+    escapes and all. ValueError for a name ``PostgresSink`` would refuse, or two of them."""
+    base, mark, query = url.partition("?")
+    kept, found = [], []
+    for item in query.split("&") if mark else ():
+        key, _, value = item.partition("=")
+        if key == "schema":
+            found.append(unquote(value, errors="strict"))
+        else:
+            kept.append(item)
+    if not found:
+        return url, None
+    if len(found) > 1:
+        raise ValueError("schema is given more than once")
+    return base + ("?" + "&".join(kept) if kept else ""), check_schema_name(found[0])
+
+
+def _schema_of_url(dsn: str, schema: str | None) -> tuple[str, str]:
+    """The DSN libpq gets and the schema: a ``postgresql://`` URL may name it with
+    ``?schema=NAME``, as the CLI's ``--source`` does (the only way to choose it through
+    ``TOKENMETER_PG_DSN`` or ``pg_dsn``); ``schema`` given as well must be the same."""
+    named = None
+    if dsn.lower().startswith(("postgresql://", "postgres://")):
+        dsn, named = split_schema(dsn)
+    chosen = None if schema is None else check_schema_name(schema)
+    if named is not None and chosen is not None and named != chosen:
+        raise ValueError(f"schema={schema!r} and the DSN's ?schema={named} differ")
+    return dsn, chosen or named or DEFAULT_SCHEMA
+
+
 def check_schema_name(schema: str) -> str:
     """A schema name as PostgreSQL folds it (lower case), or ValueError: only plain identifiers,
     which are spliced into ``SET search_path`` (never a quoted name or SQL)."""
@@ -296,16 +337,17 @@ class PostgresSink:
 
     ``dsn`` is a libpq connection string or ``postgresql://`` URL; empty (the default) lets libpq
     read the standard ``PGHOST``, ``PGPORT``, ``PGUSER``, ``PGDATABASE``, ``PGPASSWORD`` (or
-    ``~/.pgpass``) variables. Tables live in the PostgreSQL schema ``schema``, created when
-    missing. ``statement_timeout_s`` bounds every statement (a locked table fails the batch,
-    which is retried, instead of hanging the writer).
+    ``~/.pgpass``) variables. Tables live in the PostgreSQL schema ``schema`` (else the one a
+    URL names with ``?schema=NAME``, else ``tokenmeter``), created when missing.
+    ``statement_timeout_s`` bounds every statement (a locked table fails the batch, which is
+    retried, instead of hanging the writer).
     """
 
     def __init__(
         self,
         dsn: str = "",
         *,
-        schema: str = DEFAULT_SCHEMA,
+        schema: str | None = None,
         connect_timeout_s: float = 10.0,
         statement_timeout_s: float = 30.0,
     ) -> None:
@@ -323,8 +365,7 @@ class PostgresSink:
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         _psycopg()  # a missing extra fails here, not at every write
-        self._dsn = dsn
-        self.schema = check_schema_name(schema)
+        self._dsn, self.schema = _schema_of_url(dsn, schema)
         # Both are 32-bit integers to libpq and the server, which refuses a larger timeout.
         self._connect_timeout = max(1, round(min(connect_timeout_s, _MAX_INT32)))
         self._statement_timeout_ms = max(1, round(min(statement_timeout_s * 1000, _MAX_INT32)))
