@@ -4,6 +4,7 @@ processes, and the faults a shared server brings (restart, killed connection, st
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
@@ -173,6 +174,22 @@ def test_timeouts_longer_than_postgresql_takes_wait_as_long_as_they_can(pg_dsn: 
         sink.write([build_record(number)])
         sink.close()
     assert count(pg_dsn) == 2
+
+
+@pytest.mark.parametrize("where", ["dsn", "PGCONNECT_TIMEOUT"])
+def test_a_connect_timeout_the_dsn_or_the_environment_sets_is_the_one_waited(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libpq's ``connect_timeout`` is the only knob of users who configure the DSN by setting:
+    the sink's own 10 s overrode it (a DSN saying 2 s held the first budgeted call 10 s)."""
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as silent:  # takes, never answers
+        dsn = f"host=127.0.0.1 port={silent.getsockname()[1]} user=nobody dbname=db"
+        if where == "dsn":
+            dsn += " connect_timeout=2"
+        else:
+            monkeypatch.setenv("PGCONNECT_TIMEOUT", "2")
+        failed = returns(PostgresSink(dsn).connect, "the sink's 10 s were waited", limit=8)
+    assert [type(exc) for exc in failed] == [psycopg.errors.ConnectionTimeout]
 
 
 def test_configured_by_name_with_the_environment(

@@ -324,6 +324,27 @@ def _schema_of_url(dsn: str, schema: str | None) -> tuple[str, str]:
     return dsn, chosen or named or DEFAULT_SCHEMA
 
 
+#: How long a connection is waited for when neither ``connect_timeout_s`` nor the DSN says.
+_DEFAULT_CONNECT_TIMEOUT_S = 10
+
+
+def _given_connect_timeout(dsn: str) -> int | None:
+    """libpq's ``connect_timeout`` as the DSN, else ``PGCONNECT_TIMEOUT``, sets it (whole
+    seconds, 0 for ever); None where neither does (or the DSN cannot be read: connecting says
+    why)."""
+    psycopg = _psycopg()
+    try:
+        value = psycopg.conninfo.conninfo_to_dict(dsn).get("connect_timeout")
+    except psycopg.Error:
+        return None
+    if value is None:
+        value = os.environ.get("PGCONNECT_TIMEOUT")
+    try:
+        return max(0, min(int(float(str(value))), _MAX_INT32))
+    except (ValueError, OverflowError):
+        return None
+
+
 def check_schema_name(schema: str) -> str:
     """A schema name as PostgreSQL folds it (lower case), or ValueError: only plain identifiers,
     which are spliced into ``SET search_path`` (never a quoted name or SQL)."""
@@ -348,7 +369,7 @@ class PostgresSink:
         dsn: str = "",
         *,
         schema: str | None = None,
-        connect_timeout_s: float = 10.0,
+        connect_timeout_s: float | None = None,
         statement_timeout_s: float = 30.0,
     ) -> None:
         if not isinstance(dsn, str):
@@ -359,7 +380,7 @@ class PostgresSink:
                 "lone surrogate (not UTF-8)"
             )
         for name, value in (
-            ("connect_timeout_s", connect_timeout_s),
+            ("connect_timeout_s", 1 if connect_timeout_s is None else connect_timeout_s),
             ("statement_timeout_s", statement_timeout_s),
         ):
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
@@ -367,7 +388,9 @@ class PostgresSink:
         _psycopg()  # a missing extra fails here, not at every write
         self._dsn, self.schema = _schema_of_url(dsn, schema)
         # Both are 32-bit integers to libpq and the server, which refuses a larger timeout.
-        self._connect_timeout = max(1, round(min(connect_timeout_s, _MAX_INT32)))
+        self._connect_timeout = (
+            None if connect_timeout_s is None else max(1, round(min(connect_timeout_s, _MAX_INT32)))
+        )
         self._statement_timeout_ms = max(1, round(min(statement_timeout_s * 1000, _MAX_INT32)))
         #: How long a write or a ledger transaction may wait for the server: past its own timeout.
         self._deadline_s = self._statement_timeout_ms / 1000 + 1.0
@@ -406,7 +429,7 @@ class PostgresSink:
         ``timeout_s``: a shorter wait to connect than ``connect_timeout_s`` (whole seconds)."""
         if timeout_s is None:
             return self._open()
-        return self._open(max(1, min(self._connect_timeout, math.ceil(timeout_s))))
+        return self._open(max(1, math.ceil(timeout_s)))
 
     def budget_ledger(self) -> Any:
         """The budget ledger over this database (see ``tokenmeter.sinks._pg_ledger``)."""
@@ -521,13 +544,27 @@ class PostgresSink:
         self._conn, self._pid = conn, os.getpid()
         return conn
 
+    def _connect_wait(self, bound: int | None) -> dict[str, int]:
+        """``psycopg.connect``'s ``connect_timeout``: ``connect_timeout_s``, else the one the DSN
+        or ``PGCONNECT_TIMEOUT`` sets (a keyword argument would override it: it was ignored),
+        else 10 s; never longer than ``bound``. Empty: the DSN's own, left to libpq."""
+        wait = self._connect_timeout
+        if wait is None:
+            given = _given_connect_timeout(self._dsn)
+            wait = _DEFAULT_CONNECT_TIMEOUT_S if given is None else given
+            if bound is None:
+                return {} if given is not None else {"connect_timeout": wait}
+        if bound is not None and not 0 < wait <= bound:  # 0: libpq waits for ever
+            wait = bound
+        return {"connect_timeout": wait}
+
     def _open(self, connect_timeout: int | None = None) -> psycopg.Connection[Any]:
         errors = _psycopg().Error
         try:
             conn: psycopg.Connection[Any] = _psycopg().connect(
                 self._dsn,
                 autocommit=True,
-                connect_timeout=connect_timeout or self._connect_timeout,
+                **self._connect_wait(connect_timeout),
                 application_name="tokenmeter",
                 # Whatever PGCLIENTENCODING says (set for an application's own use, LATIN1, say):
                 # psycopg encodes every value in it, and a model name outside it fails the batch.
