@@ -314,6 +314,45 @@ def test_a_database_without_tokenmeter_tables_is_refused_clearly(cli: RunCli, pg
     assert "no tokenmeter records" in err
 
 
+def test_a_table_whose_column_types_an_admin_changed_reads_as_the_sinks_text(
+    cli: RunCli, tmp_path: Path, pg_url: str, pg_dsn: str
+) -> None:
+    """team.md: the sink writes the same values to ``tags`` made ``jsonb`` and ``timestamp``
+    made ``timestamptz``, and every CLI command reads them. The readers got a dict and a
+    datetime: ``sessions`` failed (TypeError), ``report --detailed`` and ``tail`` skipped every
+    row as corrupt, ``--by day`` failed (``substr(timestamp with time zone, ...)``)."""
+    import psycopg
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            "ALTER TABLE tokenmeter.records ALTER tags DROP DEFAULT, "
+            "ALTER timestamp TYPE timestamptz USING timestamp::timestamptz, "
+            "ALTER tags TYPE jsonb USING tags::jsonb"
+        )
+    db = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
+    for command in (
+        ("sessions", "--format", "json"),
+        ("report", "--detailed", "--by", "day", "--format", "json"),
+        ("report", "--by", "tag:feature", "--format", "json"),
+        ("tail", "-n", "3", "--format", "json"),
+    ):
+        code, from_sqlite, err = cli(command[0], "--source", str(db), *command[1:])
+        assert code == 0, err
+        code, from_pg, err = cli(command[0], "--source", pg_url, *command[1:])
+        assert code == 0 and "skipped" not in err, err
+        assert _without_source(from_pg) == _without_source(from_sqlite)
+
+
+def _without_source(out: str) -> object:
+    """A JSON answer without the ``source`` it names (or each line's, for ``tail``)."""
+    found = [json.loads(line) for line in out.splitlines()] if out.startswith('{"') else []
+    docs = found if len(found) > 1 else [json.loads(out)]
+    for doc in docs:
+        if isinstance(doc, dict):
+            doc.pop("source", None)
+    return docs
+
+
 def test_a_row_whose_tags_are_not_json_is_skipped_and_counted_as_in_sqlite(
     cli: RunCli, tmp_path: Path, pg_url: str, pg_dsn: str
 ) -> None:

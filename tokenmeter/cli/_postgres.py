@@ -186,6 +186,7 @@ class PgConnection:
         conn = _call(lambda: _connect(psycopg, self._url))
         _call(conn.execute, f'SET search_path = "{self._schema}"'.encode())
         self._safe_json = _made_safe_json(conn)
+        _read_as_written(conn)
         _call(conn.execute, b"SET default_transaction_read_only = on")
         found = _call(conn.execute, b"SELECT to_regclass('records') IS NOT NULL").fetchone()
         if not found[0]:
@@ -270,6 +271,48 @@ def _made_safe_json(conn: Any) -> bool:
     except psycopg.Error:
         return False
     return True
+
+
+#: Column types an admin may give the sink's text columns (team.md: the sink writes the same
+#: values to them), and how each reads back as the text the sink writes to its own columns.
+_AS_TEXT = {
+    "timestamp with time zone": "to_char({c} AT TIME ZONE 'UTC', {iso})",
+    "timestamp without time zone": "to_char({c}, {iso})",
+    "jsonb": "{c}::text",
+    "json": "{c}::text",
+}
+_ISO = """'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'"""
+
+
+def _read_as_written(conn: Any) -> None:
+    """Where an admin changed the type of a column of ``records`` or ``sessions`` (``tags`` made
+    ``jsonb``, ``timestamp`` made ``timestamptz``), a temporary view of the same name shows it
+    as the sink's text (``pg_temp`` is searched first): the readers, written for that text, got
+    a datetime or a dict, and ``substr(timestamp, ...)`` failed. Without the ``TEMPORARY``
+    privilege (or on a read-only standby) the table is read as it is."""
+    import psycopg
+
+    found = conn.execute(
+        b"SELECT table_name, column_name, data_type FROM information_schema.columns "
+        b"WHERE table_schema = current_schema() AND table_name IN ('records', 'sessions') "
+        b"ORDER BY table_name, ordinal_position"
+    ).fetchall()
+    tables: dict[str, list[tuple[str, str]]] = {}
+    for table, column, kind in found:
+        tables.setdefault(table, []).append((column, kind))
+    for table, columns in tables.items():
+        if not any(kind in _AS_TEXT for _, kind in columns):
+            continue
+        shown = ", ".join(
+            _AS_TEXT[kind].format(c=f'"{column}"', iso=_ISO) + f' AS "{column}"'
+            if kind in _AS_TEXT
+            else f'"{column}"'
+            for column, kind in columns
+        )
+        try:
+            conn.execute(f"CREATE TEMPORARY VIEW {table} AS SELECT {shown} FROM {table}".encode())
+        except psycopg.Error:
+            return
 
 
 def _translate(sql: str, params: list[Any], safe_json: bool = False) -> tuple[str, list[Any]]:
