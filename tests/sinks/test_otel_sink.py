@@ -816,3 +816,70 @@ def test_the_otlp_protocol_variables_choose_the_exporter(monkeypatch: pytest.Mon
             exporter()
     else:
         assert exporter().__module__.startswith("opentelemetry.exporter.otlp.proto.grpc")
+
+
+FORK_A_POOL_AFTER_CALLS = """
+import os, sys, time
+import tokenmeter
+from tokenmeter.sinks import OTelSink
+if sys.argv[1] == "given":
+    tokenmeter.configure(sinks=[OTelSink()])  # a sink of the application's, used by the workers
+for _ in range(5):  # a warm-up before the pool starts
+    tokenmeter.record("openai", "gpt-4o", 1000, 100)
+assert tokenmeter.flush(timeout=60)
+workers = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        tokenmeter.record("openai", "gpt-4o", 1000, 100)
+        assert tokenmeter.flush(timeout=60)
+        time.sleep(0.5)  # a worker lives on: periodic exports go out meanwhile
+        os._exit(0)
+    workers.append(pid)
+for pid in workers:
+    os.waitpid(pid, 0)
+"""
+
+
+def _values_by_instance(receiver: OtlpReceiver, name: str, value: str) -> dict[str, set[Any]]:
+    """Every ``value`` of metric ``name`` (its input points for the token histogram) exported by
+    each ``service.instance.id`` (a process): a backend keeps the latest of each series, and
+    sums over the instances."""
+    found: dict[str, set[Any]] = {}
+    with receiver.arrived:
+        for request in receiver.metrics:
+            for resource_metrics in request.resource_metrics:
+                instance = attributes(resource_metrics.resource.attributes)["service.instance.id"]
+                for scope_metrics in resource_metrics.scope_metrics:
+                    for metric in scope_metrics.metrics:
+                        if metric.name != name:
+                            continue
+                        for point in getattr(metric, metric.WhichOneof("data")).data_points:
+                            kind = attributes(point.attributes).get("gen_ai.token.type")
+                            if kind in (None, "input"):
+                                found.setdefault(instance, set()).add(getattr(point, value))
+    return found
+
+
+@pytest.mark.parametrize("sink", ["named", "given"])
+def test_forked_workers_export_only_their_own_calls_in_their_metrics(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch, sink: str
+) -> None:
+    """A worker forked after the parent made calls exported the parent's cumulative token and
+    cost totals as its own (the providers tokenmeter built were kept across the fork), under
+    the worker's own ``service.instance.id``: summed over the instances, 5 calls and 2 workers
+    of 1 call each made 17 calls and $0.0595 instead of 7 and $0.0245."""
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "100")
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_A_POOL_AFTER_CALLS, sink],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(receiver.spans()) == 7
+    # Each instance's totals only grow (the parent's may be exported midway through its 5).
+    calls = _values_by_instance(receiver, "gen_ai.client.token.usage", "count")
+    assert sorted(max(values) for values in calls.values()) == [1, 1, 5]
+    costs = _values_by_instance(receiver, "tokenmeter.cost", "as_double")
+    assert sum(max(values) for values in costs.values()) == pytest.approx(7 * 0.0035)

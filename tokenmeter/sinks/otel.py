@@ -441,6 +441,8 @@ class OTelSink:
         if self._own and self._app_set_up():  # the application set up OpenTelemetry since
             self._bind()
             self._pipeline.flush_early_at_exit()
+        elif self._own and not _current(self._own):  # in a forked child: the parent's
+            self._bind()
         client = self._trace.SpanKind.CLIENT
         error = self._trace.Status(self._trace.StatusCode.ERROR)
         latest, room = self.latest, self._room
@@ -628,6 +630,17 @@ _providers: dict[tuple[tuple[str, str], ...], tuple[Any, Any]] = {}
 _providers_lock = threading.Lock()
 # A child forked while another thread was building them would find the lock held for ever.
 renew_after_fork(globals(), "_providers_lock", threading.Lock)
+# A forked child builds its own: the parent's hold the parent's cumulative totals, which the
+# child would export again as its own (under the child's ``service.instance.id``: summed over
+# the instances, the parent's calls once more per worker). Its sinks take the child's at their
+# next write (``_current``), and the parent's send nothing from the child (``_Outlet``).
+os.register_at_fork(after_in_child=_providers.clear)
+
+
+def _current(providers: Sequence[Any]) -> bool:
+    """Whether ``providers`` (tokenmeter's own) are those a sink made now would take."""
+    current = [provider for pair in _providers.values() for provider in pair]
+    return all(provider in current for provider in providers)
 
 
 def _own_providers() -> tuple[Any, Any]:
@@ -671,6 +684,19 @@ class _Failures:
 
 _failed_exports = _Failures()
 renew_after_fork(_failed_exports.__dict__, "_lock", threading.Lock)
+
+
+class _Outlet:
+    """Whether an exporter of tokenmeter's own sends: only in the process that built it. The
+    OpenTelemetry SDK starts its export threads again in a forked child, where the copies of
+    the parent's providers hold the parent's totals and queue: sent from there, they would be
+    counted again under the child's ``service.instance.id``."""
+
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+
+    def open(self) -> bool:
+        return os.getpid() == self._pid
 
 
 class _SpanTally:
@@ -734,9 +760,13 @@ def _new_tracer_provider() -> Any:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
 
+    outlet = _Outlet()
+
     class Exporter(_exporter_class("TRACES", "trace_exporter", "OTLPSpanExporter")):  # type: ignore[misc]
         def export(self, spans: Sequence[Any], *args: Any, **kwargs: Any) -> Any:
             _spans.export(spans)
+            if not outlet.open():
+                return SpanExportResult.SUCCESS
             return _failed_exports.checked(
                 super().export, SpanExportResult.SUCCESS, spans, *args, **kwargs
             )
@@ -758,8 +788,12 @@ def _new_meter_provider() -> Any:
     from opentelemetry.sdk.metrics.export import MetricExportResult, PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import Resource
 
+    outlet = _Outlet()
+
     class Exporter(_exporter_class("METRICS", "metric_exporter", "OTLPMetricExporter")):  # type: ignore[misc]
         def export(self, *args: Any, **kwargs: Any) -> Any:
+            if not outlet.open():
+                return MetricExportResult.SUCCESS
             return _failed_exports.checked(
                 super().export, MetricExportResult.SUCCESS, *args, **kwargs
             )
