@@ -24,6 +24,7 @@ pytest.importorskip(
 pytest.importorskip("opentelemetry.proto", reason="opentelemetry-proto is not installed")
 
 from conftest import build_record
+from helpers import wait_for
 from otlp_receiver import OtlpReceiver, attributes
 
 import tokenmeter
@@ -883,3 +884,73 @@ def test_forked_workers_export_only_their_own_calls_in_their_metrics(
     assert sorted(max(values) for values in calls.values()) == [1, 1, 5]
     costs = _values_by_instance(receiver, "tokenmeter.cost", "as_double")
     assert sum(max(values) for values in costs.values()) == pytest.approx(7 * 0.0035)
+
+
+APP_SETS_UP_METRICS_AFTER_CALLS = """
+import sys
+import tokenmeter
+for _ in range(5):  # calls made before the application's telemetry setup ran
+    tokenmeter.record("openai", "gpt-4o", 1000, 100)
+assert tokenmeter.flush(timeout=60)
+from opentelemetry import metrics, trace
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+tracer_provider = TracerProvider(resource=Resource.create())
+tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+trace.set_tracer_provider(tracer_provider)
+reader = PeriodicExportingMetricReader(OTLPMetricExporter())
+metrics.set_meter_provider(MeterProvider(resource=Resource.create(), metric_readers=[reader]))
+tokenmeter.record("openai", "gpt-4o", 1000, 100)  # through the application's providers
+assert tokenmeter.flush(timeout=60)
+print("flushed", flush=True)
+sys.stdin.read()  # until the test has seen the application's exports
+"""
+
+
+def _costs_since(receiver: OtlpReceiver, seen: int) -> list[float]:
+    """The ``tokenmeter.cost`` values exported after the first ``seen`` metric exports, in order
+    (one series here: the same resource, scope and attributes)."""
+    with receiver.arrived:
+        return [
+            round(point.as_double, 6)
+            for request in receiver.metrics[seen:]
+            for resource_metrics in request.resource_metrics
+            for scope_metrics in resource_metrics.scope_metrics
+            for metric in scope_metrics.metrics
+            if metric.name == "tokenmeter.cost"
+            for point in metric.sum.data_points
+        ]
+
+
+def test_providers_left_for_the_applications_stop_exporting_after_their_last_flush(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sink that moved to the application's providers (set up after its first calls, as
+    team.md describes) left tokenmeter's own MeterProvider exporting its old totals every
+    interval, in the same series as the application's (same resource, scope and attributes):
+    the cost went 0.0175, 0.0035, 0.0175... for a true 0.021, a counter reset at every export."""
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "100")
+    app = subprocess.Popen(
+        [sys.executable, "-c", APP_SETS_UP_METRICS_AFTER_CALLS],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert app.stdout is not None and app.stdout.readline() == "flushed\n"
+        seen = len(receiver.metrics)
+        wait_for(
+            lambda: _costs_since(receiver, seen).count(0.0035) >= 4,
+            "the application's provider exporting the cost 4 times",
+        )
+    finally:
+        _, errors = app.communicate(timeout=60)
+    assert app.returncode == 0, errors
+    # tokenmeter's provider sent its 5 calls before (one export may have been under way).
+    assert _costs_since(receiver, seen).count(0.0175) <= 1

@@ -39,6 +39,7 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import threading
@@ -268,7 +269,7 @@ class OTelSink:
         self._context, self._trace, self._metrics = context, trace, metrics
         self._given = (tracer_provider, meter_provider)
         #: Providers tokenmeter built (this sink flushes them), and those it used before the
-        #: application set up its own (flushed too: what they hold is exported still).
+        #: application set up its own (flushed too, until a flush sent what they hold).
         self._own: list[Any] = []
         self._retired: list[Any] = []
         self._saw_app = False
@@ -304,14 +305,19 @@ class OTelSink:
         made before that, at a first call or a configure() in a settings module, kept its own
         for good: the application's collector never saw a span of tokenmeter's)."""
         tracer_provider, meter_provider = self._given
-        own = () if self._app_set_up() else _own_providers()
+        app = self._app_set_up()
+        own = () if app else _own_providers()
         if tracer_provider is None:
             tracer_provider = own[0] if own else self._trace.get_tracer_provider()
         if meter_provider is None:
             meter_provider = own[1] if own else self._metrics.get_meter_provider()
         built = [p for p in own if p is tracer_provider or p is meter_provider]
-        self._retired += [p for p in self._own if p not in built and p not in self._retired]
-        self._own = built
+        with _providers_lock:  # see _shut_down_unused
+            if app:  # for good: no sink takes tokenmeter's own from now on
+                _providers.clear()
+            left = [p for p in self._own if p not in built and p not in _shut_down]
+            self._retired += [p for p in left if p not in self._retired]
+            self._own = built
         self._tracer = tracer_provider.get_tracer(_SCOPE)
         meter = meter_provider.get_meter(_SCOPE)
         self._cost = meter.create_counter(
@@ -549,9 +555,9 @@ class OTelSink:
         collector did not take (down, refusing) is dropped by the OpenTelemetry SDK, and
         ``tokenmeter.flush()`` must not say it was written."""
         ended = _spans.ended  # before the flush: every one of these is exported, or dropped
-        unfinished = [
-            type(p).__name__ for p in (*self._own, *self._retired) if p.force_flush() is False
-        ]
+        retired = list(self._retired)
+        providers = [p for p in dict.fromkeys((*self._own, *retired)) if p not in _shut_down]
+        unfinished = [type(p).__name__ for p in providers if p.force_flush() is False]
         failed = _failed_exports.count
         lost, self._failures_seen = failed - self._failures_seen, failed
         dropped = 0 if unfinished else _spans.dropped_since_asked(ended)
@@ -571,6 +577,19 @@ class OTelSink:
             raise ConnectionError("; ".join(problems))
         if unfinished:
             raise TimeoutError(f"{', '.join(unfinished)} did not finish exporting in time")
+        if retired:
+            self._let_go(retired)
+
+    def _let_go(self, providers: list[Any]) -> None:
+        """Forget ``providers`` (tokenmeter's own it no longer writes to), now that a flush sent
+        all they held: they are shut down once no sink needs them (``_shut_down_unused``)."""
+        with _providers_lock:
+            self._retired = [p for p in self._retired if p not in providers]
+            _shut_down_unused(providers)
+
+    def _holds(self, provider: Any) -> bool:
+        """Whether this sink writes to ``provider`` or has yet to flush it."""
+        return provider in self._own or provider in self._retired
 
     def close(self) -> None:
         """Flush and stop observing calls. The providers stay up (shared, and shut down by the
@@ -637,6 +656,10 @@ renew_after_fork(globals(), "_providers_lock", threading.Lock)
 os.register_at_fork(after_in_child=_providers.clear)
 
 
+#: tokenmeter's own providers shut down (or being shut down): never flushed or taken again.
+_shut_down: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
 def _current(providers: Sequence[Any]) -> bool:
     """Whether ``providers`` (tokenmeter's own) are those a sink made now would take."""
     current = [provider for pair in _providers.values() for provider in pair]
@@ -650,13 +673,52 @@ def _own_providers() -> tuple[Any, Any]:
 
     Never shut down by the SDK's exit hook: registered after tokenmeter's, it would run before
     tokenmeter's exit flush and drop the spans of the records still queued. That flush hands them
-    to the exporters (``OTelSink.flush``), within ``exit_timeout`` like every sink's."""
+    to the exporters (``OTelSink.flush``), within ``exit_timeout`` like every sink's. tokenmeter
+    shuts down those no sink uses any more, after their last flush (``_shut_down_unused``)."""
     key = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("OTEL_")))
     with _providers_lock:
         found = _providers.get(key)
         if found is None:
             found = _providers[key] = (_new_tracer_provider(), _new_meter_provider())
         return found
+
+
+def _shut_down_unused(providers: Sequence[Any]) -> None:
+    """Shut down those of ``providers`` (tokenmeter's own, each flushed by the last sink that
+    wrote to it) that no sink writes to or has yet to flush, and that no new sink would take.
+    Kept, a retired MeterProvider exported its cumulative totals every interval for the life of
+    the process, in the very series the application's providers write (the same resource,
+    scope and attributes): two writers, the value flipping between two totals, neither right.
+
+    Called with ``_providers_lock`` held (a sink's ``_bind`` moves what it holds under it). Its
+    exporters are silenced first (``_Outlet``): the shutdown's last export would send again
+    what the flush sent, maybe after the application's newer total. The shutdown itself runs
+    on a thread of its own: it waits for the provider's export threads, and neither a call of
+    the application nor a sink's writer may wait for a hung collector."""
+    current = [provider for pair in _providers.values() for provider in pair]
+    unused = [
+        provider
+        for provider in dict.fromkeys(providers)
+        if provider not in current
+        and provider not in _shut_down
+        and not any(sink._holds(provider) for sink in list(_sinks))
+    ]
+    if not unused:
+        return
+    for provider in unused:
+        _shut_down.add(provider)
+        _outlets[provider].close()
+    shutting = threading.Thread(
+        target=_shut_down_all, args=(unused,), name="tokenmeter-otel-shutdown", daemon=True
+    )
+    with contextlib.suppress(RuntimeError):  # no thread starts at interpreter exit: none needed
+        shutting.start()
+
+
+def _shut_down_all(providers: Sequence[Any]) -> None:
+    for provider in providers:
+        with contextlib.suppress(Exception):  # the SDK logs what failed
+            provider.shutdown()
 
 
 class _Failures:
@@ -687,16 +749,25 @@ renew_after_fork(_failed_exports.__dict__, "_lock", threading.Lock)
 
 
 class _Outlet:
-    """Whether an exporter of tokenmeter's own sends: only in the process that built it. The
-    OpenTelemetry SDK starts its export threads again in a forked child, where the copies of
-    the parent's providers hold the parent's totals and queue: sent from there, they would be
-    counted again under the child's ``service.instance.id``."""
+    """Whether an exporter of tokenmeter's own sends: only in the process that built it, and
+    until its provider is retired (``_shut_down_unused``). The OpenTelemetry SDK starts its
+    export threads again in a forked child, where the copies of the parent's providers hold the
+    parent's totals and queue: sent from there, they would be counted again under the child's
+    ``service.instance.id``."""
 
     def __init__(self) -> None:
         self._pid = os.getpid()
+        self._closed = False
 
     def open(self) -> bool:
-        return os.getpid() == self._pid
+        return not self._closed and os.getpid() == self._pid
+
+    def close(self) -> None:
+        self._closed = True
+
+
+#: The outlet of each provider tokenmeter built.
+_outlets: weakref.WeakKeyDictionary[Any, _Outlet] = weakref.WeakKeyDictionary()
 
 
 class _SpanTally:
@@ -780,6 +851,7 @@ def _new_tracer_provider() -> Any:
     provider = TracerProvider(resource=Resource.create(), shutdown_on_exit=False)
     if _exporting("TRACES"):
         provider.add_span_processor(Processor(Exporter()))
+    _outlets[provider] = outlet
     return provider
 
 
@@ -799,7 +871,11 @@ def _new_meter_provider() -> Any:
             )
 
     readers = [PeriodicExportingMetricReader(Exporter())] if _exporting("METRICS") else []
-    return MeterProvider(resource=Resource.create(), metric_readers=readers, shutdown_on_exit=False)
+    provider = MeterProvider(
+        resource=Resource.create(), metric_readers=readers, shutdown_on_exit=False
+    )
+    _outlets[provider] = outlet
+    return provider
 
 
 def _exporting(signal: str) -> bool:
