@@ -954,3 +954,30 @@ def test_providers_left_for_the_applications_stop_exporting_after_their_last_flu
     assert app.returncode == 0, errors
     # tokenmeter's provider sent its 5 calls before (one export may have been under way).
     assert _costs_since(receiver, seen).count(0.0175) <= 1
+
+
+def test_providers_replaced_by_a_new_otel_configuration_stop_exporting(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ``OTEL_*`` variable set after a first record (a collector's key loaded from a secret
+    store), then ``configure()``: the new sink built a second pair of providers, and the first
+    one went on exporting its totals every interval in the same series (the resource, with its
+    ``service.instance.id``, is the process's): 0.0175, 0.0035, 0.0175... for a true 0.021."""
+    from tokenmeter.sinks import otel
+
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "100")
+    for _ in range(5):
+        tokenmeter.record("openai", "gpt-4o", 1000, 100)
+    assert tokenmeter.flush(timeout=60)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer from-vault")
+    tokenmeter.configure(sinks=["otel"])
+    tokenmeter.record("openai", "gpt-4o", 1000, 100)
+    assert tokenmeter.flush(timeout=60)
+    seen = len(receiver.metrics)
+    wait_for(
+        lambda: _costs_since(receiver, seen).count(0.0035) >= 4,
+        "the new provider exporting the cost 4 times",
+    )
+    # The first pair sent its 5 calls before (one export may have been under way).
+    assert _costs_since(receiver, seen).count(0.0175) <= 1
+    assert len(otel._providers) == 1

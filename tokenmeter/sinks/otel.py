@@ -272,6 +272,8 @@ class OTelSink:
         #: application set up its own (flushed too, until a flush sent what they hold).
         self._own: list[Any] = []
         self._retired: list[Any] = []
+        #: Closed: ``_own`` may be shut down once replaced (taken again, or anew, if reused).
+        self._released = False
         self._saw_app = False
         self.latest = latest_conventions_requested()
         self._room = _attribute_room()
@@ -318,6 +320,7 @@ class OTelSink:
             left = [p for p in self._own if p not in built and p not in _shut_down]
             self._retired += [p for p in left if p not in self._retired]
             self._own = built
+            self._released = False
         self._tracer = tracer_provider.get_tracer(_SCOPE)
         meter = meter_provider.get_meter(_SCOPE)
         self._cost = meter.create_counter(
@@ -447,7 +450,7 @@ class OTelSink:
         if self._own and self._app_set_up():  # the application set up OpenTelemetry since
             self._bind()
             self._pipeline.flush_early_at_exit()
-        elif self._own and not _current(self._own):  # in a forked child: the parent's
+        elif self._own and not self._keep_own():
             self._bind()
         client = self._trace.SpanKind.CLIENT
         error = self._trace.Status(self._trace.StatusCode.ERROR)
@@ -589,15 +592,30 @@ class OTelSink:
 
     def _holds(self, provider: Any) -> bool:
         """Whether this sink writes to ``provider`` or has yet to flush it."""
-        return provider in self._own or provider in self._retired
+        return provider in self._retired or (provider in self._own and not self._released)
+
+    def _keep_own(self) -> bool:
+        """Whether this sink writes to its own providers still: they are those a sink made now
+        takes. Not when another configuration of the ``OTEL_*`` variables replaced them (a sink
+        made since built new ones), nor in a forked child (the parent's)."""
+        with _providers_lock:  # a closed sink's own are taken back before a shutdown can start
+            if _current(self._own):
+                self._released = False
+                return True
+        return False
 
     def close(self) -> None:
-        """Flush and stop observing calls. The providers stay up (shared, and shut down by the
-        SDK at exit): ``configure()`` closes the sinks it replaces, and may use this one again."""
+        """Flush and stop observing calls. The application's providers stay up (shut down by
+        the SDK at exit), and so do tokenmeter's own while they are current (shared): once
+        replaced, they are shut down after this flush. ``configure()`` closes the sinks it
+        replaces, and may use this one again (it then takes the current ones)."""
         if self._observer is not None:
             self._pipeline.remove_submit_observer(self._observer)
             self._observer = None
         self.flush()
+        with _providers_lock:
+            self._released = True
+            _shut_down_unused(self._own)
 
 
 def _weak_observer(sink: OTelSink) -> Callable[[object], None]:
@@ -668,8 +686,12 @@ def _current(providers: Sequence[Any]) -> bool:
 
 def _own_providers() -> tuple[Any, Any]:
     """The TracerProvider and MeterProvider (OTLP/HTTP) tokenmeter builds when the application
-    set none: one pair per process and ``OTEL_*`` configuration, shared by every OTelSink (a
-    ``configure()`` call makes new sinks; it must not make new exporter threads each time).
+    set none: one pair per process, shared by every OTelSink (a ``configure()`` call makes new
+    sinks; it must not make new exporter threads each time). A sink made after an ``OTEL_*``
+    variable changed builds a new pair that replaces it: the sinks still on the old one take the
+    new one at their next write, and the old one is shut down once no sink needs it. Two pairs
+    would write the same metric series (the resource, with its ``service.instance.id``, is the
+    process's), each its own totals.
 
     Never shut down by the SDK's exit hook: registered after tokenmeter's, it would run before
     tokenmeter's exit flush and drop the spans of the records still queued. That flush hands them
@@ -679,7 +701,11 @@ def _own_providers() -> tuple[Any, Any]:
     with _providers_lock:
         found = _providers.get(key)
         if found is None:
-            found = _providers[key] = (_new_tracer_provider(), _new_meter_provider())
+            made = (_new_tracer_provider(), _new_meter_provider())
+            replaced = [provider for pair in _providers.values() for provider in pair]
+            _providers.clear()
+            found = _providers[key] = made
+            _shut_down_unused(replaced)
         return found
 
 
