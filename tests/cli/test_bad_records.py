@@ -286,6 +286,25 @@ def test_sqlite_wrong_types_are_skipped_and_counted(
     assert skipped in (None, len(BAD_SQLITE_COLUMNS))
 
 
+@pytest.mark.parametrize("detailed", [False, True])
+def test_sqlite_rows_whose_tags_are_not_json_do_not_fail_a_tag_filter(
+    cli: RunCli, tmp_path: Path, detailed: bool
+) -> None:
+    """``report --tag feature=chat`` over a database holding a row whose tags are not JSON
+    (another program's) failed whole ("cannot read usage.db: malformed JSON", exit 1): the
+    filter read every row's tags before the unsound ones were left out. Such a row cannot be
+    said to hold the tag: the report is the one of the history without it."""
+    command = ("report", "--tag", "feature=chat", "--format", "json")
+    command += ("--detailed",) if detailed else ()
+    path = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
+    code, clean, err = cli(*command, "--source", str(path))
+    assert code == 0 and err == "" and json.loads(clean)["totals"]["calls"] > 0
+    _sqlite_with_bad_rows(path, BAD_SQLITE_COLUMNS)
+    code, dirty, err = cli(*command, "--source", str(path))
+    assert code == 0, err
+    assert _without_skip_count(command, dirty)[0] == _without_skip_count(command, clean)[0]
+
+
 def test_the_sinks_index_of_unsound_rows_answers_the_reports_check(tmp_path: Path) -> None:
     """Reports find unsound rows through the partial index the sink keeps: SQLite uses it only
     for the very condition ``sql_valid`` states (else "no query solution"). If this fails,

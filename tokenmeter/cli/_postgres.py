@@ -40,6 +40,8 @@ from tokenmeter.sinks.postgres import split_schema
 __all__ = ["PgConnection", "display_name", "is_postgres", "is_postgres_url", "split_schema"]
 
 _SCHEMES = ("postgresql://", "postgres://")
+#: SQLite's guard of a filter's tags (``tag_sql``): the tags read as below do not fail.
+_JSON_GUARD = re.compile(r"CASE WHEN json_valid\((\w+(?:\.\w+)?)\) THEN \1 END")
 _JSON_EXTRACT = re.compile(r"json_extract\((\w+(?:\.\w+)?), \?\)")
 _JSON_EACH = re.compile(r"\bjson_each\((\w+(?:\.\w+)?)\)")
 _NUMBER_TYPE = re.compile(r"\btypeof\((\w+(?:\.\w+)?)\) IN \('real', 'integer'\)")
@@ -320,6 +322,7 @@ def _translate(sql: str, params: list[Any], safe_json: bool = False) -> tuple[st
     ``safe_json``: tags are read through ``pg_temp.tokenmeter_jsonb``, not a cast that fails."""
     sql = sql.replace("%", "%%").replace(_TABLE_LOOKUP, _PG_TABLE_LOOKUP)
     sql = _ROWID.sub("seq", sql)
+    sql = _JSON_GUARD.sub(r"\1", sql)
     paths: set[int] = set()  # parameters that are SQLite JSON paths
     for match in _JSON_EXTRACT.finditer(sql):
         paths.add(sql.count("?", 0, match.start()))

@@ -170,7 +170,7 @@ class Filters:
             column = "COALESCE(status, 'ok')" if "status" in columns else "'ok'"
             one_of(column, self.statuses)
         for key, value in self.tags:
-            expr, param = tag_sql(key)
+            expr, param = tag_sql(key, guarded=True)
             clauses.append(f"{expr} = {PLACEHOLDER}")
             params += [param, value]
         if self.estimated is not None:

@@ -57,13 +57,18 @@ def tag_path(key: str) -> str:
     return "$." + json.dumps(key, ensure_ascii=False)
 
 
-def tag_sql(key: str, prefix: str = "") -> tuple[str, str]:
+def tag_sql(key: str, prefix: str = "", guarded: bool = False) -> tuple[str, str]:
     """SQL text of one tag's value, NULL when absent, and its one parameter. A key holding ``"``,
     which no SQLite path can name, is looked up among the row's pairs instead (``json_each``,
-    whose keys are unescaped; slower, so only for such a key)."""
+    whose keys are unescaped; slower, so only for such a key). ``guarded``: NULL too where the
+    tags are not JSON (another program's row), for a filter, which is applied before such rows
+    are left out: SQLite failed the whole report there ("malformed JSON")."""
+    tags = f"{prefix}tags"
+    if guarded:
+        tags = f"CASE WHEN json_valid({tags}) THEN {tags} END"
     if '"' not in key:
-        return f"CAST(json_extract({prefix}tags, {PLACEHOLDER}) AS TEXT)", tag_path(key)
-    pairs = f"json_each({prefix}tags)"
+        return f"CAST(json_extract({tags}, {PLACEHOLDER}) AS TEXT)", tag_path(key)
+    pairs = f"json_each({tags})"
     return f"(SELECT CAST(value AS TEXT) FROM {pairs} WHERE key = {PLACEHOLDER} LIMIT 1)", key
 
 
