@@ -539,3 +539,26 @@ def test_tail_reads_the_rows_it_prints_not_the_table(pg_url: str, pg_dsn: str) -
     lines = printed.splitlines()
     assert len(lines) == 20_000 and "\n".join(lines[-3:]) + "\n" == last_3
     assert (many - before) / 1024 < 30, f"tail -n 20000 took {(many - before) / 1024:.0f} MiB"
+
+
+@pytest.mark.parametrize("where", ["url", "PGCONNECT_TIMEOUT"])
+def test_a_connect_timeout_the_url_or_the_environment_sets_is_the_one_waited(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI's own 10 s overrode the URL's ``connect_timeout`` (and ``PGCONNECT_TIMEOUT``),
+    as the sink's did: a report against a server that does not answer waited 10 s."""
+    import socket
+
+    import psycopg
+    from helpers import returns
+
+    from tokenmeter.cli._postgres import _connect
+
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as silent:  # takes, never answers
+        url = f"postgresql://nobody@127.0.0.1:{silent.getsockname()[1]}/db"
+        if where == "url":
+            url += "?connect_timeout=2"
+        else:
+            monkeypatch.setenv("PGCONNECT_TIMEOUT", "2")
+        failed = returns(lambda: _connect(psycopg, url), "the CLI's 10 s were waited", limit=8)
+    assert [type(exc) for exc in failed] == [psycopg.errors.ConnectionTimeout]

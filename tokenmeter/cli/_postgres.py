@@ -35,7 +35,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
-from tokenmeter.sinks.postgres import split_schema
+from tokenmeter.sinks.postgres import (
+    _DEFAULT_CONNECT_TIMEOUT_S,
+    _given_connect_timeout,
+    split_schema,
+)
 
 __all__ = ["PgConnection", "display_name", "is_postgres", "is_postgres_url", "split_schema"]
 
@@ -148,8 +152,11 @@ def _connect(psycopg: Any, url: str) -> Any:
     in a SQL_ASCII database (initdb in the C locale) psycopg would return text columns as bytes."""
     from tokenmeter.sinks.postgres import _without_password
 
+    # The URL's connect_timeout (or PGCONNECT_TIMEOUT) is the one waited, as the sink's is.
+    given = _given_connect_timeout(url) is not None
+    wait = {} if given else {"connect_timeout": _DEFAULT_CONNECT_TIMEOUT_S}
     try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=10, client_encoding="utf8")
+        return psycopg.connect(url, autocommit=True, client_encoding="utf8", **wait)
     except UnicodeDecodeError:  # a %-escape libpq decoded is not UTF-8 (psycopg decodes it)
         raise psycopg.ProgrammingError(
             "malformed PostgreSQL connection string (a %-escaped value is not UTF-8)"
