@@ -28,6 +28,14 @@ def test_the_implicit_session_takes_the_runs_name_id_and_tags(sink: InMemorySink
     assert inner.session_id == own.id
 
 
+def test_the_programs_own_sessions_carry_the_runs_tags(sink: InMemorySink) -> None:
+    """They carried none: the run's ``--budget`` (scoped by its tag) and ``--tag`` missed them."""
+    _sessions.name_implicit_session("nightly", id="run_1", tags={"tokenmeter_run": "run_1"})
+    with tokenmeter.session("own", tags={"job": "7"}), tokenmeter.session("inner"):
+        record = tokenmeter.record("openai", "gpt-4o", 10, 5)
+    assert record.tags == {"tokenmeter_run": "run_1", "job": "7"}
+
+
 def test_naming_the_implicit_session_checks_like_session() -> None:
     with pytest.raises(ValueError, match="tags"):
         _sessions.name_implicit_session("x", tags={"": "v"})

@@ -37,13 +37,42 @@ __all__ = [
 ENV_ID = "TOKENMETER_RUN_ID"
 #: The name of that session (``--session``).
 ENV_SESSION = "TOKENMETER_RUN_SESSION"
-#: Its tags (``--tag``), a JSON object.
+#: Its tags (``--tag``, an outer run's, and `RUN_TAG`), a JSON object.
 ENV_TAGS = "TOKENMETER_RUN_TAGS"
 #: A directory where each process leaves its totals for the run's summary.
 ENV_TOTALS = "TOKENMETER_RUN_TOTALS"
 #: The pyproject.toml whose settings every process of the run reads ("" for none), wherever its
 #: working directory is (``tokenmeter._config`` reads it).
 ENV_PYPROJECT = "TOKENMETER_RUN_PYPROJECT"
+
+#: The tag whose value is the run's id, on every session of every process of the run; a run
+#: inside another carries its outer run's too, under ``tokenmeter_run.2`` (``.3``...) for its own.
+RUN_TAG = "tokenmeter_run"
+
+
+def run_tags(run_id: str, tags: dict[str, str]) -> dict[str, str]:
+    """The tags of a new run: those of the run it is inside (its processes are that run's too:
+    the outer ``--budget`` and ``--tag`` cover them), ``tags`` (``--tag``) and its own
+    ``RUN_TAG``, under a key no outer run uses."""
+    outer: Any = {}
+    if os.environ.get(ENV_ID):
+        try:
+            outer = json.loads(os.environ.get(ENV_TAGS) or "{}")
+        except ValueError:
+            outer = {}
+    if not isinstance(outer, dict):
+        outer = {}
+    key, depth = RUN_TAG, 1
+    while key in outer:
+        depth += 1
+        key = f"{RUN_TAG}.{depth}"
+    return {**outer, **tags, key: run_id}
+
+
+def run_tag_of(tags: dict[str, str], run_id: str) -> str:
+    """``KEY=VALUE``: the tag that `run_tags` gave the run ``run_id``."""
+    key = next(key for key, value in tags.items() if key.startswith(RUN_TAG) and value == run_id)
+    return f"{key}={run_id}"
 
 
 _started = False

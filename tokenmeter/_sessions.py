@@ -223,9 +223,12 @@ class Session:
                 # was its own parent, and every record walked that loop of ancestors for ever)
                 raise RuntimeError(f"session {self.id!r} was already entered; create a new one")
             parent = _attributed()  # ended, in work started inside it: part of that work
-            if parent is not None:
+            # At top level, the process's own tags (``tokenmeter run``'s): a program's own
+            # session carried none of them, and escaped the run's ``--budget`` (scoped by tag).
+            enclosing = parent.effective_tags if parent is not None else _implicit_tags()
+            if enclosing:
                 self.effective_tags = check_tags_size(
-                    {**parent.effective_tags, **self.tags}, "with those of the enclosing sessions"
+                    {**enclosing, **self.tags}, "with those of the enclosing sessions"
                 )
             self.parent = parent
             self.started_at = datetime.now(UTC)
@@ -913,11 +916,17 @@ def implicit_session() -> Session:
     return _implicit
 
 
+def _implicit_tags() -> dict[str, str]:
+    """The tags `name_implicit_session` gave this process (none unless it did)."""
+    return _implicit_args[2] or {}
+
+
 def name_implicit_session(
     name: str | None = None, *, id: str | None = None, tags: dict[str, str] | None = None
 ) -> None:
     """Give the implicit session of this process, and of processes forked from it, a name, an id
-    and tags: ``tokenmeter run`` files every process of one run under one session this way."""
+    and tags: ``tokenmeter run`` files every process of one run under one session this way. The
+    sessions the process opens at top level carry those tags too (theirs win)."""
     global _implicit, _implicit_args
     Session(name, id=id, tags=tags)  # the same checks, the same ValueError, as session()
     with _lock:

@@ -120,7 +120,8 @@ sys.exit(3)
     (run_id,) = {row[1] for row in rows}
     assert run_id.startswith("run_")
     for _, _, name, tags, inp, out in rows:
-        assert (name, json.loads(tags), inp, out) == ("nightly", {"team": "search"}, 1000, 500)
+        tagged = {"team": "search", "tokenmeter_run": run_id}  # the run's id: --budget's scope
+        assert (name, json.loads(tags), inp, out) == ("nightly", tagged, 1000, 500)
     assert "tokenmeter: 'nightly' (exit status 3)" in result.stderr
     assert _summary_row(result.stderr, "m-test") == ["m-test", "2", "2,000", "1,000", "$0.004"]
     assert _summary_row(result.stderr, "total") == ["total", "2", "2,000", "1,000", "$0.004"]
@@ -566,6 +567,38 @@ def test_budget_stops_the_program_call_that_would_pass_it(
         statuses = [s for (s,) in conn.execute("SELECT status FROM records ORDER BY timestamp")]
     assert statuses == ["ok", "ok", "blocked"]
     assert "no known price" not in result.stderr  # the refused call cost nothing
+
+
+_FIVE_CALLS_IN_OWN_SESSIONS = """
+import openai, tokenmeter
+client = openai.OpenAI(max_retries=0)
+made = 0
+for job in range(5):
+    with tokenmeter.session(f"job-{job}"):
+        try:
+            client.chat.completions.create(model="m-test", messages=[])
+            made += 1
+        except tokenmeter.BudgetExceeded:
+            pass
+print(made)
+"""
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["own-sessions", "run-inside-the-run"])
+def test_budget_covers_the_programs_own_sessions_and_a_run_inside_the_run(
+    nested: bool, fake: FakeProvider, tmp_path: Path
+) -> None:
+    """Scoped by the run's session, --budget missed the calls the program made in its own
+    sessions, and those of a ``tokenmeter run`` inside the run (a build script using it): all 5
+    calls of $0.002 were made under ``--budget 0.003``, and the summary said OVER the budget."""
+    app = _script(tmp_path / "app.py", _FIVE_CALLS_IN_OWN_SESSIONS)
+    command = [sys.executable, app.name]
+    if nested:
+        command = [sys.executable, "-m", "tokenmeter", "run", "-q", "--", *command]
+    result = _run(["--budget", "0.003", "--", *command], _env(fake), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "2\n"  # the third call would pass the budget: refused, and after
+    assert len(fake.requests) == 2
 
 
 def test_the_summary_never_sends_control_characters_to_the_terminal(tmp_path: Path) -> None:

@@ -116,9 +116,11 @@ def _child_environment(
     env = dict(os.environ)
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = os.pathsep.join([str(_BOOTSTRAP), *([path] if path else [])])
-    env[_autorun.ENV_ID] = f"run_{datetime.now(UTC):%Y%m%d_%H%M%S}_{token_hex(3)}"
+    run_id = f"run_{datetime.now(UTC):%Y%m%d_%H%M%S}_{token_hex(3)}"
+    tags = _autorun.run_tags(run_id, dict(args.tag))
+    env[_autorun.ENV_ID] = run_id
     env[_autorun.ENV_SESSION] = args.session or _default_name(command)
-    env[_autorun.ENV_TAGS] = json.dumps(dict(args.tag))
+    env[_autorun.ENV_TAGS] = json.dumps(tags)
     env[_autorun.ENV_TOTALS] = str(totals)
     if args.sinks is not None:
         env["TOKENMETER_SINKS"] = args.sinks
@@ -129,7 +131,7 @@ def _child_environment(
             raise CliError(f"--dir: {exc}", exit_code=2) from None
     if args.budget is not None:
         env[BUDGET_ENV] = str(args.budget)
-        budget = _run_budget(args.budget, env[_autorun.ENV_SESSION])
+        budget = _run_budget(args.budget, _autorun.run_tag_of(tags, run_id))
         env["TOKENMETER_BUDGETS"] = json.dumps([*_budgets_in(env), budget])
     return env
 
@@ -166,14 +168,17 @@ def _session_name(value: str) -> str:
     return value
 
 
-def _run_budget(limit: Any, session: str) -> dict[str, Any]:
-    """``--budget``: the run's session (one id shared by every process of the program) may spend
-    at most ``limit``; a call that would pass it raises BudgetExceeded in the program."""
+def _run_budget(limit: Any, run_tag: str) -> dict[str, Any]:
+    """``--budget``: the run (every process of the program) may spend at most ``limit``; a call
+    that would pass it raises BudgetExceeded in the program. Scoped by the run's tag, which every
+    session of the run carries: scoped by the run's session, it missed the program's own
+    sessions and a nested ``tokenmeter run``'s, and let their calls through. Its ledger row is
+    the run's own (the tag's value is the run id), for the run's whole length."""
     return {
         "name": "tokenmeter run --budget",
         "limit_usd": float(limit),
-        "period": "session",
-        "session": session,
+        "period": "total",
+        "tag": run_tag,
     }
 
 
