@@ -601,6 +601,44 @@ def test_budget_covers_the_programs_own_sessions_and_a_run_inside_the_run(
     assert len(fake.requests) == 2
 
 
+_FIVE_CALLS = """
+import openai, tokenmeter
+client = openai.OpenAI(max_retries=0)
+made = 0
+for job in range(5):
+    try:
+        client.chat.completions.create(model="m-test", messages=[])
+        made += 1
+    except tokenmeter.BudgetExceeded:
+        pass
+print(made)
+"""
+
+
+def test_budget_is_added_to_the_projects_budgets_not_put_in_their_place(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    """TOKENMETER_BUDGETS replaces pyproject.toml's budgets: holding the run's alone, it took
+    the project's $0.003 a day away, and all 5 calls of $0.002 were made under --budget 100."""
+    project_budget = '[[tool.tokenmeter.budgets]]\nname = "daily"\nlimit_usd = 0.003\n'
+    (tmp_path / "pyproject.toml").write_text(_PYPROJECT + project_budget)
+    app = _script(tmp_path / "app.py", _FIVE_CALLS)
+    result = _run(["--budget", "100", "--", sys.executable, app.name], _env(fake), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "2\n"
+    assert len(fake.requests) == 2
+
+
+def test_a_malformed_budgets_variable_stops_a_run_with_a_budget_too(tmp_path: Path) -> None:
+    """Without --budget it was exit status 2; with it, replaced unread: the run went on."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
+    env["TOKENMETER_BUDGETS"] = "[{oops"
+    result = _run(["--budget", "1", "--", "sh", "-c", "echo ran"], env, cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert "TOKENMETER_BUDGETS" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_the_summary_never_sends_control_characters_to_the_terminal(tmp_path: Path) -> None:
     """The model name a server answers with reaches the summary: its escape sequences are shown
     as U+FFFD, not obeyed by the terminal, and so is a newline, which would start a row of its

@@ -59,8 +59,8 @@ def add_run_parser(commands: Any) -> None:
         "--budget",
         metavar="USD",
         type=_usd,
-        help="budget for the program's spending, shared by its processes (added to "
-        f"TOKENMETER_BUDGETS; the figure is passed on as {BUDGET_ENV})",
+        help="budget for the whole run's spending, shared by its processes (added to the "
+        f"project's budgets; the figure is passed on as {BUDGET_ENV})",
     )
     run.add_argument(
         "--session",
@@ -152,13 +152,13 @@ def _pin_settings(env: dict[str, str], settings: Any) -> None:
 
 
 def _budgets_in(env: dict[str, str]) -> list[Any]:
-    """The budgets the environment already sets (a malformed value is left for the settings'
-    own check to report)."""
-    try:
-        budgets = json.loads(env.get("TOKENMETER_BUDGETS") or "[]")
-    except ValueError:
-        return []
-    return budgets if isinstance(budgets, list) else []
+    """The budgets the program's processes would have without ``--budget``: those of
+    ``TOKENMETER_BUDGETS`` or else of the project's pyproject.toml. Read from the settings, as
+    the processes read them: the variable replaces pyproject.toml's budgets, so a list of the
+    variable's alone dropped the project's (its $0.003 a day gone under ``--budget 100``), and a
+    malformed one was replaced unread instead of stopping the run (exit status 2)."""
+    settings, _ = _check_settings(env)
+    return [budget.as_setting() for budget in settings.budgets]
 
 
 def _session_name(value: str) -> str:
