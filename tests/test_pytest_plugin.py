@@ -175,6 +175,45 @@ def test_json_file_for_ci(project: pytest.Pytester) -> None:
     ]
 
 
+_CASES_WRITTEN_BY_A_MODEL = """
+import pytest
+from tokenmeter.testing import FakeProvider
+
+FAKE = FakeProvider(openai_usage={"prompt_tokens": 1000, "completion_tokens": 500}).__enter__()
+
+
+def cases():  # at collection: a parametrize list a model wrote
+    FAKE.openai_client().chat.completions.create(model="m-test", messages=[])
+    return ["a"]
+
+
+@pytest.mark.parametrize("case", cases())
+def test_case(case):
+    FAKE.openai_client().chat.completions.create(model="m-test", messages=[])
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["alone", "xdist"])
+def test_calls_made_while_collecting_are_counted(
+    pytester: pytest.Pytester, workers: list[str]
+) -> None:
+    """Instrumented at the first test only, the calls made at collection were made unmetered:
+    not stored, not in the summary, not in --tokenmeter-budget. Each xdist worker collects."""
+    pytester.makepyprojecttoml(_PYPROJECT)
+    pytester.makepyfile(test_eval=_CASES_WRITTEN_BY_A_MODEL)
+    result = pytester.runpytest_subprocess(
+        "--tokenmeter-json=out/usage.json", "--tokenmeter-budget=0.003", *workers
+    )
+    result.assert_outcomes(passed=1)
+    collected = 2 if workers else 1
+    assert len(_records(pytester)) == collected + 1
+    report = json.loads((pytester.path / "out/usage.json").read_text())
+    assert (report["total"]["tests"], report["total"]["calls"]) == (1, collected + 1)
+    assert report["over_budget"] is True
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines([f"(outside tests: collection)*{collected}*"])
+
+
 def test_calls_with_no_known_price_are_n_a_not_zero(project: pytest.Pytester) -> None:
     """A model no price table knows: the summary said $0.00 and the JSON file 0 for its test
     (``tokenmeter run`` and the reports say n/a / null: never a silent zero)."""

@@ -30,6 +30,11 @@ __all__ = ["tokenmeter_fake"]
 
 #: The attribute of a teardown report that carries the test's totals (JSON-safe values only).
 REPORT_KEY = "tokenmeter"
+#: The attribute of a teardown report that carries the calls made outside any test before it
+#: (while its process collected, between tests), counted once (JSON-safe values only).
+OUTSIDE_KEY = "tokenmeter_outside"
+#: The row of those calls in the summary and the JSON file.
+OUTSIDE_TESTS = "(outside tests: collection)"
 _MARKER = "tokenmeter_budget"
 _SPEND_KEY = pytest.StashKey["_Spend"]()
 _TOP = 10
@@ -215,6 +220,33 @@ class _Spend:
         }
 
 
+class _Outside:
+    """The calls made in this process outside any test (at collection: a parametrize list a
+    model wrote, a module-level call): they land in the implicit session, and were counted
+    nowhere. Counted from ``mark``, which moves to the end of each test's window."""
+
+    def __init__(self) -> None:
+        from tokenmeter import _sessions
+
+        self.session = _sessions.implicit_session()
+        self.mark = _Spend._counts(self.session)
+
+    def take(self) -> dict[str, Any]:
+        """The calls since the mark, which moves on to now."""
+        now = _Spend._counts(self.session)
+        taken = {name: now[name] - self.mark[name] for name in _COUNTS}
+        self.mark = now
+        return {
+            "nodeid": OUTSIDE_TESTS,
+            "calls": taken["calls"],
+            "input_tokens": taken["input_tokens"],
+            "output_tokens": taken["output_tokens"],
+            "total_tokens": taken["input_tokens"] + taken["output_tokens"],
+            "cost_usd": str(taken["cost_usd"]),
+            "unpriced_calls": taken["unpriced_calls"],
+        }
+
+
 class Meter:
     """The plugin as turned on: one per pytest run (in the controller and in each xdist worker)."""
 
@@ -232,7 +264,12 @@ class Meter:
         self.json_path = Path(json_path).absolute() if json_path else None
         self.top = top
         self.results: list[dict[str, Any]] = []
+        #: The calls made outside any test, in every process (see `_Outside`).
+        self.outside: list[dict[str, Any]] = []
+        self._outside: _Outside | None = None
         self.is_worker = hasattr(config, "workerinput")
+        #: An xdist controller: it neither collects nor runs a test (its workers do).
+        self.is_controller = not self.is_worker and config.getoption("dist", "no") != "no"
         self._instrumented = False
         #: What disabled tokenmeter (TOKENMETER_DISABLED...): the tests ran unmetered.
         self.disabled_by = disabled_by
@@ -251,15 +288,31 @@ class Meter:
             # an xdist controller never instruments (it runs no test).
             _pipeline.hook_termination_signals()
 
-    # -- running each test (in the process that runs it) ------------------------------------------
+    # -- collecting and running each test (in the process that does) -----------------------------
+    def _instrument(self) -> None:
+        import tokenmeter
+
+        self._instrumented = True
+        tokenmeter.instrument()
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_collection(self) -> Iterator[None]:
+        """Metered from collection on: a test module's calls at import (a parametrize list a
+        model wrote) were made unmetered, missing from the store, the summary and the budget."""
+        if not self.is_controller:  # which collects nothing, and must not be instrumented
+            self._outside = _Outside()
+            self._instrument()
+        yield
+
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Iterator[None]:
         import tokenmeter
 
-        # Here, not at start-up: an xdist controller runs no test. At every test: one that
-        # called uninstrument() left the tests after it unmetered (instrument() is idempotent).
-        self._instrumented = True
-        tokenmeter.instrument()
+        # Here too: an xdist controller runs no test. At every test: one that called
+        # uninstrument() left the tests after it unmetered (instrument() is idempotent).
+        self._instrument()
+        if self._outside is not None:
+            item.stash[_OUTSIDE_KEY] = self._outside.take()
         session = tokenmeter.session(item.nodeid, tags={"test": item.nodeid})
         item.stash[_SPEND_KEY] = _Spend(session)
         with session:
@@ -298,12 +351,20 @@ class Meter:
                 )
         if call.when == "teardown":
             setattr(report, REPORT_KEY, spend.totals(item.nodeid))
+            outside = item.stash.get(_OUTSIDE_KEY, None)
+            if self._outside is not None:
+                self._outside.take()  # the test's window ends: those calls were the test's
+            if outside is not None and outside["calls"]:
+                setattr(report, OUTSIDE_KEY, outside)
 
     # -- collecting (in the controller under xdist: the reports arrive from the workers) ---------
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         totals = getattr(report, REPORT_KEY, None)
         if report.when == "teardown" and isinstance(totals, dict):
             self.results.append(totals)
+        outside = getattr(report, OUTSIDE_KEY, None)
+        if report.when == "teardown" and isinstance(outside, dict):
+            self.outside.append(outside)
 
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         """Ctrl-C. pytest also ends a run this way, with an exception of its own (a subclass),
@@ -311,12 +372,26 @@ class Meter:
         if type(excinfo.value) is KeyboardInterrupt:
             self.interrupted = True
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        """An xdist worker's calls outside its tests since its last one (a worker that ran no
+        test: all it made while collecting), handed over as it ends."""
+        outside = getattr(node, "workeroutput", {}).get(OUTSIDE_KEY)
+        if isinstance(outside, dict):
+            self.outside.append(outside)
+
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        # After the last test, or with no test at all (an xdist worker sends it as it ends).
+        outside = self._outside.take() if self._outside is not None else None
         if self.is_worker:
+            if outside is not None:
+                self.config.workeroutput[OUTSIDE_KEY] = outside  # type: ignore[attr-defined]
             return
         import tokenmeter
 
         tokenmeter.flush(timeout=10)  # the sinks have every record when pytest exits
+        if outside is not None:
+            self.outside.append(outside)
         total = self.total()
         over = self.budget is not None and total["cost"] > self.budget
         if over and session.exitstatus == pytest.ExitCode.OK:
@@ -340,22 +415,34 @@ class Meter:
             tokenmeter.uninstrument()
 
     # -- the numbers ----------------------------------------------------------------------------
+    def outside_tests(self) -> list[dict[str, Any]]:
+        """The calls made outside any test, in every process, as one row (none without)."""
+        if not any(r["calls"] for r in self.outside):
+            return []
+        row: dict[str, Any] = {"nodeid": OUTSIDE_TESTS}
+        for name in ("calls", "input_tokens", "output_tokens", "total_tokens", "unpriced_calls"):
+            row[name] = sum(r[name] for r in self.outside)
+        row["cost_usd"] = str(sum((Decimal(r["cost_usd"]) for r in self.outside), Decimal(0)))
+        return [row]
+
     def total(self) -> dict[str, Any]:
         spending = [r for r in self.results if r["calls"]]
+        rows = [*self.results, *self.outside_tests()]
         return {
             "tests": len(self.results),
             "tests_with_calls": len(spending),
-            "calls": sum(r["calls"] for r in self.results),
-            "input_tokens": sum(r["input_tokens"] for r in self.results),
-            "output_tokens": sum(r["output_tokens"] for r in self.results),
-            "total_tokens": sum(r["total_tokens"] for r in self.results),
-            "cost": sum((Decimal(r["cost_usd"]) for r in self.results), Decimal(0)),
-            "unpriced_calls": sum(r["unpriced_calls"] for r in self.results),
+            "calls": sum(r["calls"] for r in rows),
+            "input_tokens": sum(r["input_tokens"] for r in rows),
+            "output_tokens": sum(r["output_tokens"] for r in rows),
+            "total_tokens": sum(r["total_tokens"] for r in rows),
+            "cost": sum((Decimal(r["cost_usd"]) for r in rows), Decimal(0)),
+            "unpriced_calls": sum(r["unpriced_calls"] for r in rows),
         }
 
     def ranked(self) -> list[dict[str, Any]]:
-        """Tests that made calls, the most expensive first (then most tokens, then by id)."""
-        spending = [r for r in self.results if r["calls"]]
+        """Tests that made calls, the most expensive first (then most tokens, then by id), and
+        the calls made outside any test as one more row."""
+        spending = [r for r in [*self.results, *self.outside_tests()] if r["calls"]]
         return sorted(
             spending, key=lambda r: (-Decimal(r["cost_usd"]), -r["total_tokens"], r["nodeid"])
         )
@@ -465,6 +552,8 @@ class Meter:
 
 
 _FAILED_KEY = pytest.StashKey[bool]()
+#: The calls made outside any test before this one (``_Outside.take``), in its process.
+_OUTSIDE_KEY = pytest.StashKey[dict[str, Any]]()
 #: The test's ``tokenmeter_budget`` marker, read when its setup starts (None: no marker).
 _BUDGET_KEY = pytest.StashKey[Decimal | None]()
 
