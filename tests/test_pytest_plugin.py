@@ -14,6 +14,7 @@ import os
 import pkgutil
 import signal
 import stat
+import sys
 
 import pytest
 
@@ -212,6 +213,34 @@ def test_calls_made_while_collecting_are_counted(
     assert report["over_budget"] is True
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines([f"(outside tests: collection)*{collected}*"])
+
+
+def test_pytest_run_in_process_leaves_the_programs_own_instrumentation(
+    pytester: pytest.Pytester,
+) -> None:
+    """At its end the plugin uninstrumented every provider, whoever had patched it: a program
+    that meters itself and runs ``pytest.main([..., "--tokenmeter"])`` made its later calls
+    unmetered (2 calls made, 1 recorded)."""
+    pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
+    pytester.makepyfile(
+        app="""
+        import pytest, tokenmeter
+        from tokenmeter.testing import FakeProvider
+
+        tokenmeter.configure(directory="store", sinks=["jsonl"])
+        tokenmeter.instrument()
+        with FakeProvider() as fake:
+            client = fake.openai_client()
+            client.chat.completions.create(model="m-test", messages=[])
+            pytest.main(["-q", "-p", "no:cacheprovider", "--tokenmeter", "test_nothing.py"])
+            client.chat.completions.create(model="m-test", messages=[])
+        tokenmeter.flush()
+        """
+    )
+    result = pytester.run(sys.executable, "app.py")
+    assert result.ret == 0, result.stderr.str()
+    lines = (pytester.path / "store" / "usage.jsonl").read_text().splitlines()
+    assert len([line for line in lines if '"model_name"' in line]) == 2
 
 
 def test_calls_with_no_known_price_are_n_a_not_zero(project: pytest.Pytester) -> None:

@@ -270,7 +270,8 @@ class Meter:
         self.is_worker = hasattr(config, "workerinput")
         #: An xdist controller: it neither collects nor runs a test (its workers do).
         self.is_controller = not self.is_worker and config.getoption("dist", "no") != "no"
-        self._instrumented = False
+        #: The providers the plugin patched (not those the application had patched already).
+        self._patched: set[str] = set()
         #: What disabled tokenmeter (TOKENMETER_DISABLED...): the tests ran unmetered.
         self.disabled_by = disabled_by
         #: Why the JSON file could not be written (shown in the summary; the run fails).
@@ -292,8 +293,7 @@ class Meter:
     def _instrument(self) -> None:
         import tokenmeter
 
-        self._instrumented = True
-        tokenmeter.instrument()
+        self._patched.update(tokenmeter.instrument().providers)
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_collection(self) -> Iterator[None]:
@@ -409,10 +409,11 @@ class Meter:
         from tokenmeter import _pipeline
 
         _pipeline.remove_before_exit(self._write_json_at_exit)
-        if self._instrumented:
+        if self._patched:  # only those: pytest run in-process (pytest.main()) by a program
+            # that meters itself left the program's later calls unmetered (uninstrument() of all)
             import tokenmeter
 
-            tokenmeter.uninstrument()
+            tokenmeter.uninstrument(sorted(self._patched))
 
     # -- the numbers ----------------------------------------------------------------------------
     def outside_tests(self) -> list[dict[str, Any]]:
