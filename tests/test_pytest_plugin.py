@@ -576,6 +576,32 @@ def test_fixture_points_sdk_clients_at_the_fake(pytester: pytest.Pytester) -> No
     pytester.runpytest().assert_outcomes(passed=1)  # no --tokenmeter needed for the fixture
 
 
+def test_fixture_points_sdk_clients_at_the_fake_on_a_vertex_ai_users_machine(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With google-genai's documented Vertex AI set-up in the environment, genai.Client() built
+    Vertex URLs on the fake's base URL: a 404 from the fake. And the developer's Anthropic
+    bearer token went to the fake beside the fake key."""
+    monkeypatch.setenv("GOOGLE_GENAI_USE_VERTEXAI", "true")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "my-project")
+    monkeypatch.setenv("GOOGLE_CLOUD_LOCATION", "us-central1")
+    monkeypatch.setenv("ANTHROPIC_AUTH_TOKEN", "real-token")
+    pytester.makepyprojecttoml(_INI)
+    pytester.makepyfile(
+        """
+        import os
+        from google import genai
+
+        def test_gemini(tokenmeter_fake):
+            gemini = genai.Client()  # kept: a collected Client closes its connection
+            gemini.models.generate_content(model="gemini-2.5-flash", contents="hi")
+            assert "ANTHROPIC_AUTH_TOKEN" not in os.environ
+            assert len(tokenmeter_fake.requests) == 1
+        """
+    )
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+
+
 def test_no_calls_at_all(pytester: pytest.Pytester) -> None:
     pytester.makepyprojecttoml(_INI)
     pytester.makepyfile("def test_x():\n    pass\n")

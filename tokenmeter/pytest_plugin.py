@@ -135,10 +135,20 @@ def tokenmeter_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeProvider]:
     from tokenmeter.testing import FakeProvider
 
     with FakeProvider() as fake:
-        monkeypatch.delenv("GOOGLE_API_KEY", raising=False)  # google-genai prefers it to ours
-        for name, value in fake.environ().items():
+        for name in _NOT_FOR_THE_FAKE:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in {**fake.environ(), **_FAKE_ENVIRON}.items():
             monkeypatch.setenv(name, value)
         yield fake
+
+
+#: Variables of the developer's environment that the SDKs would prefer to the fake's (set back
+#: after the test): google-genai's key before ours; Anthropic's bearer token, which the client
+#: would send to the fake beside the fake key.
+_NOT_FOR_THE_FAKE = ("GOOGLE_API_KEY", "ANTHROPIC_AUTH_TOKEN")
+#: A Vertex AI user's GOOGLE_GENAI_USE_VERTEXAI=true made genai.Client() build Vertex URLs on the
+#: fake's base URL: the test's call failed with a 404 from the fake ("no route POST /").
+_FAKE_ENVIRON = {"GOOGLE_GENAI_USE_VERTEXAI": "false"}
 
 
 #: The largest budget (``tokenmeter._sessions.MAX_BUDGET_USD``): the summary could not print
