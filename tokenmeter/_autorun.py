@@ -154,8 +154,11 @@ class RunTotalsSink:
         if not self._dirty or not self.directory.is_dir():  # the run has ended: nobody reads it
             return
         document = {
-            model: {**totals, "cost_usd": str(totals["cost_usd"])}
-            for model, totals in self.models.items()
+            "models": {
+                model: {**totals, "cost_usd": str(totals["cost_usd"])}
+                for model, totals in self.models.items()
+            },
+            "store": store_of_this_process(),
         }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(document), encoding="utf-8")
@@ -166,32 +169,52 @@ class RunTotalsSink:
         self.flush()
 
 
-def read_totals(directory: Path) -> tuple[dict[str, dict[str, Any]], int]:
-    """Totals per model over every process that left a file, and how many did. A file of
-    another shape (another tokenmeter's, in another virtualenv; anything a program wrote there)
-    is left out whole: it ended the run's summary in a traceback, the program's exit status
-    lost."""
+def store_of_this_process() -> str | None:
+    """Where this process's records go, as the run's summary says it: ``DIRECTORY (SINKS)``. A
+    program that configures its own store (``configure(directory=..., sinks=...)``) writes
+    there, not into the run's. None before the settings are loaded."""
+    from tokenmeter import _runtime
+    from tokenmeter.sinks._files import absolute
+
+    settings = _runtime.loaded_settings()
+    if settings is None:
+        return None
+    sinks = list(settings.sinks) + (["the program's own sinks"] if _runtime.own_sinks() else [])
+    return f"{absolute(settings.directory)} ({', '.join(sinks) or 'no sinks'})"
+
+
+def read_totals(directory: Path) -> tuple[dict[str, dict[str, Any]], int, set[str]]:
+    """Totals per model over every process that left a file, how many did, and where they
+    recorded (`store_of_this_process`). A file of another shape (another tokenmeter's, in
+    another virtualenv; anything a program wrote there) is left out whole: it ended the run's
+    summary in a traceback, the program's exit status lost."""
     models: dict[str, dict[str, Any]] = {}
     processes = 0
+    stores: set[str] = set()
     for path in sorted(directory.glob("*.json")):
         try:
-            found = _file_totals(json.loads(path.read_text(encoding="utf-8")))
+            document = json.loads(path.read_text(encoding="utf-8"))
+            found = _file_totals(document)
         except (OSError, ValueError, ArithmeticError):
             continue
         processes += 1
+        if document["store"] is not None:
+            stores.add(document["store"])
         for model, counts in found.items():
             totals = models.setdefault(model, _zero())
             for key, value in counts.items():
                 totals[key] += value
-    return models, processes
+    return models, processes, stores
 
 
 def _file_totals(document: Any) -> dict[str, dict[str, Any]]:
     """One process's totals (``RunTotalsSink.flush``), checked: ValueError if not that shape."""
-    if not isinstance(document, dict):
-        raise ValueError("not a JSON object")
+    if not isinstance(document, dict) or set(document) != {"models", "store"}:
+        raise ValueError("not a JSON object of models and store")
+    if not isinstance(document["models"], dict) or not isinstance(document["store"], str | None):
+        raise ValueError("not the totals of a process")
     found: dict[str, dict[str, Any]] = {}
-    for model, counts in document.items():
+    for model, counts in document["models"].items():
         if not isinstance(counts, dict) or set(counts) != set(_zero()):
             raise ValueError(f"not the totals of a model: {model!r}")
         cost = Decimal(counts["cost_usd"]) if type(counts["cost_usd"]) is str else None

@@ -289,6 +289,17 @@ def _listed(value: object) -> object:
     return value
 
 
+def loaded_settings() -> Settings | None:
+    """The settings in force, or None before they are loaded: never loads them (a sink may
+    ask while they load, under ``_lock``)."""
+    return _settings
+
+
+def own_sinks() -> bool:
+    """The application configured sink objects of its own (``configure(sinks=[...])``)."""
+    return bool(_sink_objects)
+
+
 def attach_sink(sink: Sink) -> None:
     """Add a sink that stays in place whatever ``configure(sinks=...)`` the application calls
     later: ``tokenmeter run`` counts a program's spending with one."""

@@ -463,7 +463,8 @@ def test_a_totals_file_of_another_shape_leaves_the_summary_and_the_status(
         + """
 import json, os
 folder = os.environ["TOKENMETER_RUN_TOTALS"]
-for name, document in [("a", {"m": {"calls": 1}}), ("b", [1]), ("c", {"m": {"calls": "x"}})]:
+for name, document in [("a", {"m": {"calls": 1}}), ("b", [1]), ("c", {"m": {"calls": "x"}}),
+                       ("d", {"models": {}, "store": 5})]:
     with open(os.path.join(folder, name + ".json"), "w") as file:
         json.dump(document, file)
 raise SystemExit(4)
@@ -473,6 +474,27 @@ raise SystemExit(4)
     assert result.returncode == 4, result.stderr
     assert "Traceback" not in result.stderr
     assert _summary_row(result.stderr, "total") == ["total", "2", "2,000", "1,000", "$0.004"]
+
+
+def test_the_summary_names_the_store_the_program_configured_itself(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    """It named the run's directory and sinks, where there was nothing: the record was in the
+    program's own var/llm/usage.jsonl."""
+    app = _script(
+        tmp_path / "app.py",
+        """
+        import tokenmeter
+        tokenmeter.configure(directory="var/llm", sinks=["jsonl"])
+        import openai
+        openai.OpenAI(max_retries=0).chat.completions.create(model="m-test", messages=[])
+        """,
+    )
+    result = _run(["--", sys.executable, app.name], _env(fake), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f" in {tmp_path / 'var' / 'llm'} (jsonl); see" in result.stderr
+    assert (tmp_path / "var" / "llm" / "usage.jsonl").exists()
+    assert not (tmp_path / ".tokenmeter").exists()
 
 
 def test_a_run_inside_a_run_counts_in_both_summaries(fake: FakeProvider, tmp_path: Path) -> None:

@@ -392,7 +392,7 @@ def _summary(
     from tokenmeter.cli.reports._format import fmt_int, fmt_usd
     from tokenmeter.sinks._files import absolute  # left relative if the directory was removed
 
-    models, processes = _autorun.read_totals(totals)
+    models, processes, stores = _autorun.read_totals(totals)
     out = sys.stderr
     name = env[_autorun.ENV_SESSION]
     ended = f"exit status {status}" if status >= 0 else f"killed by signal {-status}"
@@ -450,10 +450,12 @@ def _summary(
     if budget is not None:
         verdict = "OVER" if cost > budget else "within"
         print(f"  {verdict} the budget of {fmt_usd(budget)}", file=out)
+    # Where the processes say they recorded: a program may configure its own store, and the
+    # run's was named where there was nothing. No process recorded: the run's settings.
     sinks = ", ".join(settings.sinks) or "no sinks"
-    where = one_line(str(absolute(settings.directory)))  # a cloned project's pyproject.toml
+    where = " and ".join(sorted(stores)) or f"{absolute(settings.directory)} ({sinks})"
     print(
-        f"  session {env[_autorun.ENV_ID]} in {where} ({sinks}); "
+        f"  session {env[_autorun.ENV_ID]} in {one_line(where)}; "  # a cloned pyproject.toml
         "see `tokenmeter report --by session`",
         file=out,
     )
