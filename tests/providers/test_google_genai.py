@@ -517,6 +517,58 @@ async def test_async_chat_stream_is_one_record(fake: FakeProvider, sink: InMemor
     assert_counts(only(flushed(sink)), FINAL)
 
 
+async def _open_stream(made: genai.Client, via: str, is_async: bool) -> Any:
+    """A stream of the models or of a chat, the sync or the async client's."""
+    if via == "chat":
+        chats = made.aio.chats if is_async else made.chats
+        opened = chats.create(model="gemini-2.5-flash").send_message_stream("hi")
+    else:
+        models = made.aio.models if is_async else made.models
+        opened = models.generate_content_stream(model="gemini-2.5-flash", contents="hi")
+    return await opened if is_async else opened
+
+
+async def _drain(stream: Any, is_async: bool) -> int:
+    if is_async:
+        return len([chunk async for chunk in stream])
+    return len(list(stream))
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("via", ["models", "chat"])
+@pytest.mark.usefixtures("instrumented")
+async def test_a_stream_read_after_its_session_belongs_to_it(
+    fake: FakeProvider, sink: InMemorySink, via: str, is_async: bool
+) -> None:
+    """The SDK sends a stream's request once it is read: its record was made in the session
+    that read it (none after the ``with`` block: every Gemini stream a web handler returned
+    landed in the implicit session), not the one it was made in as OpenAI's and Anthropic's."""
+    with tokenmeter.session("made-here", tags={"k": "v"}) as made:
+        stream = await _open_stream(client(fake), via, is_async)
+    assert not fake.requests  # nothing sent yet
+    with tokenmeter.session("read-here"):
+        assert await _drain(stream, is_async) == fake.stream_chunks
+    record = only(flushed(sink))
+    assert record.session_name == "made-here" and record.tags == {"k": "v"}
+    assert made.summary.calls == 1
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.usefixtures("instrumented")
+async def test_a_stream_made_in_a_spent_session_is_refused_when_read_after_it(
+    fake: FakeProvider, sink: InMemorySink, is_async: bool
+) -> None:
+    """The session's budget checked the stream where it was read: outside the session, so a
+    stream made in a session whose budget was spent was sent and billed all the same."""
+    made = client(fake)
+    with tokenmeter.session("capped", budget_usd=0.0001, on_exceed="raise"):
+        await _drain(await _open_stream(made, "models", is_async), is_async)  # spends it
+        stream = await _open_stream(made, "models", is_async)
+    with pytest.raises(tokenmeter.BudgetExceeded):
+        await _drain(stream, is_async)
+    assert len(fake.requests) == 1
+
+
 # -- streams left early, errors --------------------------------------------------------------
 
 
@@ -720,6 +772,7 @@ def test_sdks_without_private_methods_get_the_public_ones_patched() -> None:
     assert [name for name, _ in _targets(models.Models, is_async=False, gated=True)] == [
         "_generate_content",
         "_generate_content_stream",
+        "generate_content_stream",  # its rounds are its caller's calls, though sent later
         EMBED,
     ]
 

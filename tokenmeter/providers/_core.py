@@ -210,7 +210,8 @@ class Call:
         if self.streamed:
             if self.session is None:
                 self.session = session_of_record()
-            self.context = copy_context()
+            if self.context is None:  # an adapter may give the context its caller made it in
+                self.context = copy_context()
             _open_streams.add(self)
 
     def take(self, found: Extracted | None) -> None:

@@ -5,20 +5,24 @@ calling and continuation hops, but hands back only the LAST response's usage. So
 per-request methods are patched: each billed round becomes one record. Older SDKs without them
 fall back to the public methods. Chats call ``Models``, so they are covered without a patch of
 their own. Stream chunks carry usage as a running total: the latest chunk wins, never a sum.
-The public async stream method is patched as well, only to record its rounds when the caller
-closes it (``_OuterStream``).
+The public stream methods are patched as well: their rounds are sent lazily, once the stream is
+read, maybe after the caller's session ended or in another task, yet they are the caller's calls
+(``_Caller``); an async stream's rounds are recorded when the caller closes it (``_OuterStream``).
 """
 
 from __future__ import annotations
 
 import json
-from contextvars import ContextVar
+from collections.abc import Awaitable, Iterator
+from contextvars import Context, ContextVar, copy_context
+from dataclasses import dataclass, field
 from typing import Any
 
 import wrapt
 
 from tokenmeter._estimate import TextTally
 from tokenmeter._models import Usage
+from tokenmeter._sessions import Session, session_of_record
 from tokenmeter.providers._core import (
     AsyncStreamProxy,
     Call,
@@ -51,6 +55,7 @@ def _new_call(kwargs: dict[str, Any], operation: str, streamed: bool) -> Call:
     # generate_content always reports usage_metadata (every chunk of a stream carries the
     # running total); embeddings of older SDKs or of Vertex may not.
     generates = operation == "generate_content"
+    caller = _caller.get() if streamed else None
     call = Call(
         PROVIDER,
         request_model,
@@ -58,6 +63,8 @@ def _new_call(kwargs: dict[str, Any], operation: str, streamed: bool) -> Call:
         streamed=streamed,
         expects_usage=generates,
         request=kwargs,
+        session=None if caller is None else caller.session,
+        context=None if caller is None else caller.context.copy(),
     )
     call.model = short_model(request_model)  # replaced by response.model_version when given
     call.tier = _requested_tier(kwargs.get("config"))  # replaced by a reported trafficType
@@ -212,9 +219,9 @@ class _Method:
             # A sync stream is a generator that sends its request at its first next(): its
             # reader is the call's once a chunk came (``ChunkReader.feed``), so that a failure
             # before (a connection refused: nothing sent) is not estimated as a billed stream.
-            rounds = _rounds.get()
-            if is_async and rounds is not None:
-                rounds.append(call)
+            caller = _caller.get()
+            if is_async and caller is not None:
+                caller.rounds.append(call)
             proxy = AsyncStreamProxy if is_async else SyncGeneratorProxy
             return proxy(result, call, reader)
         call.read("reading a Gemini response", _read_response, result, call)
@@ -222,8 +229,53 @@ class _Method:
         return result
 
 
-#: The rounds of the public async stream whose next chunk is being fetched (``_OuterStream``).
-_rounds: ContextVar[list[Call] | None] = ContextVar("tokenmeter_genai_rounds", default=None)
+@dataclass(slots=True, eq=False)
+class _Caller:
+    """Where the public stream method was called. The SDK sends each round of its stream once
+    the stream is read (a sync stream at its first ``next()``), which may be after the caller's
+    session ended (a web handler returning a streaming response over it) or in another task: the
+    rounds are still the caller's calls, in its session (its budget checks them) and context.
+    ``rounds``: an async stream's, recorded when the caller closes it (``_OuterStream``)."""
+
+    session: Session
+    context: Context
+    rounds: list[Call] = field(default_factory=list)
+
+    @classmethod
+    def here(cls) -> _Caller:
+        """The caller of a stream called now: a chat's stream calls the models' one when read,
+        its caller is the chat stream's."""
+        return _caller.get() or cls(session_of_record(), copy_context())
+
+
+#: The caller of the public stream whose next chunk is being fetched.
+_caller: ContextVar[_Caller | None] = ContextVar("tokenmeter_genai_caller", default=None)
+
+
+class _SyncOuterStream(SDKObjectProxy):
+    """The generator ``Models.generate_content_stream`` hands back: each ``next()`` runs with its
+    caller known, as the rounds it sends are made there (``_Caller``)."""
+
+    def __init__(self, wrapped: Any, caller: _Caller) -> None:
+        super().__init__(wrapped)
+        self._self_caller = caller
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        token = _caller.set(self._self_caller)
+        try:
+            return next(self.__wrapped__)
+        finally:
+            _caller.reset(token)
+
+    def send(self, value: Any) -> Any:
+        token = _caller.set(self._self_caller)
+        try:
+            return self.__wrapped__.send(value)
+        finally:
+            _caller.reset(token)
 
 
 class _OuterStream(SDKObjectProxy):
@@ -233,19 +285,19 @@ class _OuterStream(SDKObjectProxy):
     loop shutdown if nothing else runs): its rounds are recorded when it is closed or dropped
     instead, as a sync stream's are."""
 
-    def __init__(self, wrapped: Any, calls: list[Call]) -> None:
+    def __init__(self, wrapped: Any, caller: _Caller) -> None:
         super().__init__(wrapped)
-        self._self_calls = calls
+        self._self_caller = caller
 
     def __aiter__(self) -> _OuterStream:
         return self
 
     async def __anext__(self) -> Any:
-        token = _rounds.set(self._self_calls)
+        token = _caller.set(self._self_caller)
         try:
             return await self.__wrapped__.__anext__()
         finally:
-            _rounds.reset(token)
+            _caller.reset(token)
 
     async def aclose(self) -> None:
         try:
@@ -254,29 +306,39 @@ class _OuterStream(SDKObjectProxy):
             self._self_finish()
 
     def _self_finish(self) -> None:
-        for call in self._self_calls:
+        for call in self._self_caller.rounds:
             call.finish()
 
     def __del__(self) -> None:
-        if getattr(self, "_self_calls", None):
+        caller = getattr(self, "_self_caller", None)
+        if caller is not None and caller.rounds:
             self._self_finish()
 
 
-def _outer_wrapper(gated: bool) -> Wrapper:
-    async def wrapper(
-        wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
+def _outer_wrapper(is_async: bool, gated: bool) -> Wrapper:
+    """The public stream method: its caller is taken where it is called (``_Caller``)."""
+
+    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if gated and not ADAPTER.active:
-            return await wrapped(*args, **kwargs)
-        calls: list[Call] = []  # older SDKs send the first round before they return
-        token = _rounds.set(calls)
+            return wrapped(*args, **kwargs)
+        caller = _Caller.here()
+        token = _caller.set(caller)
         try:
-            stream = await wrapped(*args, **kwargs)
+            made = wrapped(*args, **kwargs)
         finally:
-            _rounds.reset(token)
-        return _OuterStream(stream, calls)
+            _caller.reset(token)
+        return _outer_async(made, caller) if is_async else _SyncOuterStream(made, caller)
 
     return wrapper
+
+
+async def _outer_async(made: Awaitable[Any], caller: _Caller) -> _OuterStream:
+    token = _caller.set(caller)  # older SDKs send the first round before they return
+    try:
+        stream = await made
+    finally:
+        _caller.reset(token)
+    return _OuterStream(stream, caller)
 
 
 def _wrapper(adapter: _Method, is_async: bool, gated: bool) -> Wrapper:
@@ -310,21 +372,31 @@ def _targets(owner: type, is_async: bool, gated: bool) -> list[tuple[str, Wrappe
         name = private if hasattr(owner, private) else public
         if hasattr(owner, name):
             found.append((name, _wrapper(adapter, is_async, gated)))
-        if is_async and adapter.streamed and name == private and hasattr(owner, public):
-            found.append((public, _outer_wrapper(gated)))
+        if adapter.streamed and name == private and hasattr(owner, public):
+            found.append((public, _outer_wrapper(is_async, gated)))
     return found
+
+
+def _chat_targets(owner: type, is_async: bool) -> list[tuple[str, Wrapper]]:
+    """A chat's stream calls the models' stream method once read, not when it is called."""
+    if "send_message_stream" not in vars(owner):
+        return []
+    return [("send_message_stream", _outer_wrapper(is_async, gated=True))]
 
 
 def patch_targets() -> list[tuple[type, str, Wrapper]]:
     """(class, method, wrapper) for the installed google-genai SDK."""
-    from google.genai import models
+    from google.genai import chats, models
 
-    return [
+    found: list[tuple[type, str, Wrapper]] = [
         (owner, name, wrapper)
         for owner, is_async in ((models.Models, False), (models.AsyncModels, True))
         for name, wrapper in _targets(owner, is_async, gated=True)
         if name in vars(owner)  # Patch replaces the class's own attribute
     ]
+    for owner, is_async in ((chats.Chat, False), (chats.AsyncChat, True)):
+        found += [(owner, name, wrapper) for name, wrapper in _chat_targets(owner, is_async)]
+    return found
 
 
 def _wrap_models(models_obj: Any, is_async: bool) -> None:
