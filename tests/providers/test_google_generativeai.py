@@ -345,7 +345,8 @@ def grpc_address() -> Iterator[str]:
         """Prompt "cut": the connection fails after two chunks; "no usage": no chunk has any;
         "prompt only": each running total counts the prompt alone, and the connection fails
         after two chunks; a ``NON_TEXT_OUTPUT`` kind: those parts, one a chunk, each running
-        total counting the prompt alone, then the connection fails."""
+        total counting the prompt alone, then the connection fails; "last unmetered": the last
+        chunk has no usage."""
         prompt = _prompt(request)
         if prompt in NON_TEXT_OUTPUT:
             for part in NON_TEXT_OUTPUT[prompt][0]:
@@ -355,9 +356,8 @@ def grpc_address() -> Iterator[str]:
             if prompt in ("cut", "prompt only") and i == 3:
                 context.abort(grpc.StatusCode.INTERNAL, "connection lost")
             counted = USAGE.candidates * i // 3
-            yield _reply(
-                counted, i == 3, usage=prompt != "no usage", output=prompt != "prompt only"
-            )
+            metered = prompt != "no usage" and (prompt, i) != ("last unmetered", 3)
+            yield _reply(counted, i == 3, usage=metered, output=prompt != "prompt only")
 
     yield from _served(unary, streaming)
 
@@ -511,6 +511,28 @@ async def test_a_stream_ended_after_a_function_call_or_code_estimates_them_as_ou
     assert (record.input_tokens, record.estimated) == (USAGE.prompt, True)
     expected = tokenmeter.estimate("gemini-1.5-flash", output=text).output_tokens
     assert record.output_tokens == expected > 10
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.usefixtures("instrumented")
+async def test_a_streams_latest_running_total_wins_when_its_last_chunk_has_none(
+    grpc_address: str, sink: InMemorySink, is_async: bool
+) -> None:
+    """Only the first chunk's total (read while sending) and the SDK's joined response were
+    read, and the join loses the usage when the last chunk carries none: the record kept the
+    first chunk's output count, not marked estimated (10 recorded where 200 were reported)."""
+    if is_async:
+        response = await _async_model(grpc_address).generate_content_async(
+            "last unmetered", stream=True
+        )
+        seen = len([chunk async for chunk in response])
+    else:
+        seen = len(list(_sync_model(grpc_address).generate_content("last unmetered", stream=True)))
+
+    assert seen == 3
+    record = only(flushed(sink))
+    assert (record.output_tokens, record.estimated) == (TWO_THIRDS, False)
+    assert record.input_tokens == USAGE.prompt
 
 
 @pytest.mark.usefixtures("instrumented")

@@ -50,8 +50,9 @@ ADAPTER = Switches()
 @dataclass(slots=True, eq=False)
 class _StreamCall(Call):
     """A stream's call. The SDK joins every chunk it fetched (one ahead of the caller) into the
-    response, whose usage is the running total so far: it is read once, when the call finishes,
-    however the stream ended (the core's proxies decide when)."""
+    response, whose usage is the running total so far: it is read when the call finishes,
+    however the stream ended (the core's proxies decide when), and replaces the latest chunk's
+    (``_TextTally``) if it reports any."""
 
     response: Any = None
 
@@ -224,9 +225,11 @@ def _search_queries(response: Any) -> int:
 
 
 class _TextTally:
-    """The stream reader: the usage is read when the call finishes (``_StreamCall``); until a
-    total is known, the text that passes by is tallied (estimated if none ever comes). The
-    chunks' search queries are kept too: the SDK's joined response drops them."""
+    """The stream reader: each chunk's running total is read as it passes by (the latest wins:
+    the SDK's joined response loses it when the last chunk carries none), and again when the
+    call finishes (``_StreamCall``: the SDK fetches one chunk ahead); until a total is known,
+    the text that passes by is tallied (estimated if none ever comes). The chunks' search
+    queries are kept too: the SDK's joined response drops them."""
 
     __slots__ = ("queries", "response", "tally")
 
@@ -239,6 +242,9 @@ class _TextTally:
         if call.usage is None:
             _add_text(self.tally, chunk)
         self.queries = max(self.queries, _search_queries(chunk))
+        meta = _usage_metadata(chunk)
+        if meta is not None and reports_usage(meta):
+            call.read("reading a Gemini stream", _read, chunk, call)
         return False
 
     def partial(self, usage: Usage, model: str) -> Usage | None:
