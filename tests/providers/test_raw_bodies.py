@@ -150,6 +150,37 @@ async def test_a_body_read_through_is_recorded_as_parse_records_it(
     assert read_record.output_tokens > 0 and read_record.estimated_cost_usd
 
 
+async def read_whole(manager: Any, read: str) -> Any:
+    """The body read whole (``read()``, ``text()``) inside the response's ``with`` block."""
+    if hasattr(manager, "__aenter__"):
+        async with manager as response:
+            return await getattr(response, read)()
+    with manager as response:
+        return getattr(response, read)()
+
+
+@pytest.mark.parametrize("read", ["read", "text"])
+@pytest.mark.parametrize("call", [call for call in CALLS if call.endswith("stream")])
+async def test_a_stream_body_read_whole_is_recorded_as_parse_records_it(
+    fake: FakeProvider, records: Records, kit: ModuleType, is_async: bool, call: str, read: str
+) -> None:
+    """A stream's body read whole was not read at all: recorded as an estimate of its request
+    (a stream reporting 1,900 input and 1,000 output tokens: 8 and 0, $0.00002)."""
+    provider, create = CALLS[call]
+    client = client_of(fake, provider, is_async)
+    tokenmeter.instrument(provider)
+
+    body = await read_whole(create(client), read)
+    read_record = only(records())
+    await parsed(create(client), kit)
+    parse_record = records()[-1]
+
+    assert "data:" in (body if isinstance(body, str) else body.decode())
+    assert summary(read_record) == summary(parse_record)
+    assert read_record.estimated is False and read_record.status == "ok"
+    assert read_record.output_tokens > 0 and read_record.estimated_cost_usd
+
+
 class Server:
     """A chat stream of ``chunks`` deltas and a usage chunk, its lines ended by ``ending``."""
 

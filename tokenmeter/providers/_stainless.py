@@ -396,8 +396,27 @@ class _StreamingResponseProxy(_RawResponseProxy):
 
     A body read through ``iter_bytes()``, ``iter_text()`` or ``iter_lines()`` (the SDKs' own
     example, or a server relaying a stream to its client) is read as it passes by: its usage is
-    the call's, as with ``parse()``. The caller gets every piece as the SDK gives it.
+    the call's, as with ``parse()``. The caller gets every piece as the SDK gives it. A stream's
+    body read whole (``read()``, ``text()``, ``json()``) is read when the response closes.
     """
+
+    def _self_settle(self) -> None:
+        plan = self._self_plan
+        unread = self._self_body is None and self._self_parsed is None and not plan.call.done
+        if plan.streamed and unread:
+            self._self_read_whole_stream()
+        super()._self_settle()
+
+    def _self_read_whole_stream(self) -> None:
+        """A stream's body the caller read whole: its events are read as through ``iter_bytes()``
+        (a body never read whole is estimated: it was billed all the same)."""
+        try:
+            content = self.__wrapped__.http_response.content
+        except Exception:  # never read whole (httpx's ResponseNotRead)
+            return
+        self._self_body = body = _BodyReading(self, _as_is)
+        body.take(content)
+        body.ended()
 
     def iter_bytes(self, *args: Any, **kwargs: Any) -> Any:
         return self._self_read_through(self.__wrapped__.iter_bytes(*args, **kwargs), _as_is)
