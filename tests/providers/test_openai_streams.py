@@ -19,6 +19,7 @@ from typing import Any
 
 import openai
 import pytest
+import wrapt
 from provider_helpers import MESSAGES, Records, cut_reply, only, sse_reply
 
 import tokenmeter
@@ -919,6 +920,36 @@ async def test_stream_consumed_outside_its_session_belongs_to_it(
     (record,) = records()
     assert record.session_name == "made-here" and record.tags == {"k": "v"}
     assert made.summary.calls == 1
+
+
+#: ``__iter__`` is wrapt's own before wrapt 2, whatever the proxy wraps (its ``None`` tells
+#: ``collections.abc`` the stream is not iterable, but ``hasattr`` answers True).
+PROBED = ("__next__", "__anext__", "__aiter__", "__enter__", "__aenter__") + (
+    ("__iter__",) if hasattr(wrapt, "BaseObjectProxy") else ()
+)
+
+
+async def test_a_stream_answers_hasattr_for_the_protocols_of_the_sdks_stream(
+    fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """The protocols the SDK's stream lacks were set to None on the proxy's class, which
+    ``hasattr`` takes for a method: an async stream answered True for ``__iter__`` and
+    ``__enter__``, a sync one for ``__aenter__``, and code choosing by ``hasattr`` how to
+    read a stream called ``list()`` on an async one (TypeError)."""
+    stream = await _open(fake.openai_client(async_=is_async), kit)
+    for name in PROBED:
+        assert hasattr(stream, name) is hasattr(stream.__wrapped__, name), name
+    if is_async:
+        with pytest.raises(TypeError):
+            iter(stream)
+        with pytest.raises(TypeError), stream:
+            pass
+    else:
+        with pytest.raises(TypeError):
+            async with stream:
+                pass
+    await kit.drain(stream)
+    assert len(instrumented()) == 1
 
 
 async def test_stream_proxy_keeps_the_sdk_surface(

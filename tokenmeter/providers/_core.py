@@ -83,7 +83,9 @@ logger = _QuietLogger(logging.getLogger("tokenmeter"), {})
 if TYPE_CHECKING:
     _Proxy = wrapt.ObjectProxy[Any]
 else:  # wrapt 1.x proxies are not subscriptable at run time
-    _Proxy = wrapt.ObjectProxy
+    # wrapt 2's base proxy has no ``__iter__`` (its ObjectProxy adds one whatever it wraps):
+    # a proxy of ours has one only if the SDK's object has (``SDKObjectProxy``).
+    _Proxy = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
 
 
 class ObjectProxy(_Proxy):
@@ -640,8 +642,8 @@ class StreamReader(Protocol):
         ...
 
 
-#: The protocols a proxy of ours may implement (wrapt's proxy has the context managers and
-#: ``__iter__`` whatever it wraps).
+#: The protocols a proxy of ours may implement (wrapt's proxy has the context managers, and
+#: before wrapt 2 ``__iter__``, whatever it wraps).
 _PROTOCOL = (
     "__enter__",
     "__exit__",
@@ -652,7 +654,49 @@ _PROTOCOL = (
     "__aiter__",
     "__anext__",
 )
+#: The methods whose ``None`` tells ``collections.abc`` and ``contextlib`` a class lacks their
+#: protocol (``Iterable``, ``AsyncIterable``, ``AbstractContextManager``...): kept ``None``.
+_READ_BY_ABCS = frozenset({"__iter__", "__aiter__", "__exit__", "__aexit__"})
 _fitted: dict[tuple[type, frozenset[str]], type] = {}
+
+
+class _Lacking(AttributeError, TypeError):
+    """A protocol method the SDK's object lacks, asked for: an AttributeError to ``hasattr``
+    and ``getattr``, the TypeError that ``with``, ``async with`` or ``next()`` raise on the
+    SDK's object to them."""
+
+
+class _Absent:
+    """Stands for a protocol method the SDK's object lacks, where ``None`` would answer
+    ``hasattr`` True (code choosing sync or async use by ``hasattr(x, "__enter__")``). Only
+    looked up when asked for: an attribute read of ours costs what it did."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, proxy: Any, owner: Any = None) -> Any:
+        kind = type(proxy.__wrapped__).__name__ if proxy is not None else owner.__name__
+        raise _Lacking(f"{kind!r} object has no attribute {self.name!r}", name=self.name)
+
+
+def _iterate_wrapped(proxy: Any) -> Any:
+    return iter(proxy.__wrapped__)
+
+
+def _fit(cls: type, has: frozenset[str]) -> type:
+    """``cls`` with only the protocols an SDK object that ``has`` them has: those it lacks
+    set to ``None`` (read by ``collections.abc``, as for ``__hash__ = None``) or ``_Absent``;
+    an ``__iter__`` that wrapt 2's base proxy lacks given when it has one."""
+    namespace: dict[str, Any] = {}
+    for name in _PROTOCOL:
+        ours = getattr(cls, name, None) is not None
+        if name in has and name == "__iter__" and not ours:
+            namespace[name] = _iterate_wrapped
+        elif name not in has and ours:
+            namespace[name] = None if name in _READ_BY_ABCS else _Absent(name)
+    return type(cls.__name__, (cls,), namespace) if namespace else cls
 
 
 class SDKObjectProxy(ObjectProxy):
@@ -665,19 +709,17 @@ class SDKObjectProxy(ObjectProxy):
     that the SDK's object does not support raise the TypeError they raise there, and
     ``isinstance(proxy, collections.abc.Iterable)`` (or ``AbstractContextManager``) answers as
     for it (an async stream claimed to be sync-iterable, a google-genai async stream to be an
-    async context manager, whose ``async with`` then raised AttributeError)."""
+    async context manager, whose ``async with`` then raised AttributeError), as do
+    ``hasattr(proxy, "__iter__")``, ``"__enter__"``, ``"__aenter__"`` (``__exit__`` and
+    ``__aexit__`` answer True where the SDK's object lacks them, as ``__iter__`` does with wrapt
+    before 2: their ``None`` is what ``collections.abc`` reads)."""
 
     def __new__(cls, wrapped: Any, *args: Any, **kwargs: Any) -> Any:
         kind = type(wrapped)
-        missing = frozenset(
-            name
-            for name in _PROTOCOL
-            if getattr(cls, name, None) is not None and not hasattr(kind, name)
-        )
-        fitted = _fitted.get((cls, missing))
-        if fitted is None:  # the protocol's methods set to None, as for ``__hash__ = None``
-            made = type(cls.__name__, (cls,), dict.fromkeys(missing)) if missing else cls
-            fitted = _fitted.setdefault((cls, missing), made)
+        has = frozenset(name for name in _PROTOCOL if hasattr(kind, name))
+        fitted = _fitted.get((cls, has))
+        if fitted is None:
+            fitted = _fitted.setdefault((cls, has), _fit(cls, has))
         return super().__new__(fitted)
 
     def __copy__(self) -> Any:
