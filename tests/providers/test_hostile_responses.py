@@ -482,17 +482,36 @@ async def test_a_retrieve_that_names_no_model_is_recorded(
     assert record.estimated_cost_usd is None
 
 
+@pytest.mark.parametrize(
+    "streamed",
+    # retrieve(stream=True) replays a response's events from openai 1.82
+    [False, pytest.param(True, marks=pytest.mark.requires(openai=">=1.82"))],
+    ids=["json", "stream"],
+)
 async def test_a_retrieve_of_a_response_made_in_the_foreground_is_no_call(
-    sink: InMemorySink, kit: ModuleType, is_async: bool
+    sink: InMemorySink, kit: ModuleType, is_async: bool, streamed: bool
 ) -> None:
     """A response created without ``background`` was billed at its create; reading it again
     (a worker or a restarted process, which has not recorded its id) is not billed, and was
-    recorded a second time with the whole usage."""
+    recorded a second time with the whole usage (a streamed retrieve still was: $0.075 for a
+    response of 10,000 input and 5,000 output tokens)."""
     body = response_body("completed", RESPONSE_USAGE)
     assert body["background"] is False
-    client = kit.mock_openai(lambda request: json_reply(OPENAI_HTTP, body), is_async=is_async)
+    events = [
+        ("response.created", {"type": "response.created", "response": {**body, "usage": None}}),
+        ("response.completed", {"type": "response.completed", "response": body}),
+    ]
+
+    def server(request: Any) -> Any:
+        if request.url.params.get("stream") == "true":
+            return sse_reply(OPENAI_HTTP, events)
+        return json_reply(OPENAI_HTTP, body)
+
+    client = kit.mock_openai(server, is_async=is_async)
     tokenmeter.instrument("openai")
-    await kit.maybe(client.responses.retrieve("resp_hostile"))
+    answer = await kit.maybe(client.responses.retrieve("resp_hostile", stream=streamed))
+    if streamed:
+        assert [event.type for event in await kit.drain(answer)] == [kind for kind, _ in events]
     assert flushed(sink) == []
 
 

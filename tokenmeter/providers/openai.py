@@ -176,6 +176,9 @@ class ResponseEventReader:
             self.tally.add(getattr(event, "delta", None))
         elif kind in _TERMINAL_EVENTS:
             response = getattr(event, "response", None)
+            if _read_again(call, field(response, "background"), ident(field(response, "id"))):
+                keep_names(call, response)  # ended without usage, a retrieve makes no record
+                return False
             if kind == "response.failed":
                 _failed(call, response)
             if field(response, "usage") is None:  # an object, or a dict (older SDKs)
@@ -235,6 +238,12 @@ def _runs_on(response_id: str | None, model: str | None) -> None:
             _background.popitem(last=False)
 
 
+def _read_again(call: Call, background: Any, response_id: str | None) -> bool:
+    """A retrieve of a response made in the foreground (by another process, say): it was billed
+    once, at its create, which is its record. Only background ones bill a retrieve."""
+    return call.retrieval and background is False and response_id not in _background
+
+
 def _read_response(parsed: Any, call: Call) -> None:
     """A Responses API answer. A retrieve of one made in the foreground is no call. A
     background create still queued or in progress, and its retrieves until it finishes, are not
@@ -245,9 +254,7 @@ def _read_response(parsed: Any, call: Call) -> None:
     usage it was billed)."""
     get = getter(parsed, what="response")
     status, ident_ = get("status"), ident(get("id"))
-    if call.retrieval and get("background") is False and ident_ not in _background:
-        # A response made in the foreground, read again (by another process, say): it was
-        # billed once, at its create, which is its record. Only background ones bill a retrieve.
+    if _read_again(call, get("background"), ident_):
         return
     if (
         get("usage") is None
