@@ -4,7 +4,9 @@ exit (a line on stdin): it holds whatever slice of the budget it still has.
 Run as ``python budget_holder.py DIRECTORY LIMIT CALLS MODE`` with the FakeProvider's
 environment; MODE is ``session`` (the calls are made in a root session, which ends before the
 process waits), ``bare`` (no session: the slice goes back only once the process is idle) or
-``exit`` (no session, and the slice goes back only at exit, within ``exit_timeout`` = 1 s).
+``exit`` (no session, and the slice goes back only at exit, within ``exit_timeout`` = 1 s) or
+``hook`` (as ``exit``, with an ``on_session_end`` hook that makes one more call when the
+implicit session ends at exit).
 Prints ``made N`` once its calls are made.
 """
 
@@ -20,14 +22,19 @@ import tokenmeter
 
 def main() -> None:
     directory, limit, calls, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    client = openai.OpenAI(max_retries=0)
+
+    def summarise(session: tokenmeter.Session) -> None:
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+
     tokenmeter.configure(
         directory=directory,
         sinks=["sqlite"],
         budgets=[{"name": "race", "limit_usd": limit, "period": "total"}],
         exit_timeout=1.0 if mode == "exit" else 10.0,
+        on_session_end=summarise if mode == "hook" else None,
     )
     tokenmeter.instrument(["openai"])
-    client = openai.OpenAI(max_retries=0)
     from tokenmeter.guardrails import _leases
 
     if mode != "bare":

@@ -181,6 +181,21 @@ def test_an_exit_waits_for_a_locked_ledger_no_longer_than_exit_timeout(
     assert ledger_row(directory)[1] > 0  # not given back: the ledger was locked
 
 
+def test_a_call_made_by_a_session_end_hook_at_exit_leaves_nothing_reserved(
+    tmp_path: Path, exact_fake: FakeProvider
+) -> None:
+    """The implicit session's end hooks run at exit after the slices were given back: a call a
+    hook made took a fresh slice that nobody returned (a $1 budget kept $0.64 reserved after
+    ten such runs, and refused calls long before its limit)."""
+    directory = tmp_path / "tm"
+    holder = hold(exact_fake, directory, limit_for(60), 1, "hook")
+    holder.communicate("\n", timeout=60)
+    assert holder.returncode == 0
+    assert len(exact_fake.requests) == 2  # the hook's call was made
+    settled, reserved = ledger_row(directory)
+    assert settled == pytest.approx(2 * PER_CALL) and reserved == pytest.approx(0)
+
+
 def test_an_idle_process_gives_its_slice_back(tmp_path: Path, exact_fake: FakeProvider) -> None:
     """Calls outside any session: the holder's slice goes back once it has been idle a while."""
     directory = tmp_path / "tm"

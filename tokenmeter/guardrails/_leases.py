@@ -217,6 +217,7 @@ def _sync(ledger: Any, leases: list[Lease], need: float, *, drop: bool = False) 
     none and keeps only its calls in flight). ``drop``: leases left holding nothing are
     forgotten. Called under ``_lock``."""
     items = []
+    closing = _pipeline.exiting()
     for lease in leases:
         ask = -1.0 if lease.retired and need <= 0 else need
         items.append(
@@ -228,7 +229,7 @@ def _sync(ledger: Any, leases: list[Lease], need: float, *, drop: bool = False) 
                 lease.used,
                 lease.inflight,
                 ask,
-                max(ask, lease.unit),
+                _slice_unit(lease, ask, closing),
             )
         )
     results = lease_all(ledger, items)
@@ -255,6 +256,15 @@ def _sync(ledger: Any, leases: list[Lease], need: float, *, drop: bool = False) 
     if any(not lease.tight for lease in leases):
         _start_keeper()
     return refused
+
+
+def _slice_unit(lease: Lease, ask: float, closing: bool) -> float:
+    """The size of the calls a slice is made of: none while the process exits. The exit's
+    give-back may run before a call made after it (the implicit session's end hooks run after
+    it: a hook that summarises the session); a slice taken then was never given back, and
+    stayed reserved in the ledger for the rest of the period, as a killed process's does. With
+    no slice the lease is tight, and the call gives back what it did not use when it ends."""
+    return 0.0 if closing else max(ask, lease.unit)
 
 
 def admit(
