@@ -992,6 +992,22 @@ def test_the_memory_ledger_drops_the_rows_of_ended_sessions(tmp_path: Path) -> N
         assert len(ledger._rows) == 1  # the open session's alone
 
 
+def test_the_memory_ledger_keeps_the_periods_spend_across_configure(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    """Each configure() made a new memory ledger: configured again to add an ``on_alert``
+    callback, a $0.02/day budget that had refused its 4th call let 3 more through ($0.045 in
+    the day). budgets.db keeps the day's spend across configure(): so does the memory ledger."""
+    budgets = [{"name": "daily", "limit_usd": 0.02, "period": "day"}]
+    configured(tmp_path, budgets, budget_ledger="memory")
+    for _ in range(3):  # 0, 0.0075, 0.015 spent: each time spent + estimate <= 0.02
+        chat(fake)
+    configured(tmp_path, budgets, budget_ledger="memory", on_alert=lambda alert: None)
+    with pytest.raises(BudgetExceeded):
+        chat(fake)
+    assert len(fake.requests) == 3
+
+
 def test_a_call_freed_by_a_garbage_collection_inside_our_locks_gives_its_reservation_back(
     tmp_path: Path,
 ) -> None:

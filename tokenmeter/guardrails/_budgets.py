@@ -503,6 +503,11 @@ _MAX_SESSION_SCOPES = 256
 #: learnt: a gateway routing one name to many models).
 _MAX_RESPONSE_NAMES = 8
 _config: _Config | None = None
+#: The process's ledger for ``budget_ledger = "memory"``, kept across configure() as
+#: budgets.db is: a new one for each configure() started every period's spend over (an app
+#: that configured twice, to add an ``on_alert`` callback, had its daily budget twice). Its
+#: rows are keyed by budget and period start, so changed budgets keep rows of their own.
+_memory_ledger = MemoryLedger()
 #: Warnings already given: (budget key, period start, fraction, limit: a limit raised in the
 #: period warns again on the way to the new one); past ``_MAX_WARNED`` they start over.
 _warned: set[tuple[str, str, float, float]] = set()
@@ -535,7 +540,7 @@ def configure_budgets(
                     found: BudgetLedger = make()
                     return found
             if ledger == "memory" or directory is None:
-                return MemoryLedger()
+                return _memory_ledger
             return SQLiteLedger(Path(directory) / "budgets.db")
 
         _config = _Config(tuple(budgets), ZoneInfo(timezone), tuple(warn_at), open_ledger)
@@ -1144,9 +1149,10 @@ def give_back() -> None:
 
 
 def reset() -> None:
-    """Forget budgets and warnings given (tests, configure())."""
-    global _config, _ledger_failed
+    """Forget budgets, what the memory ledger kept and warnings given (tests)."""
+    global _config, _ledger_failed, _memory_ledger
     configure_budgets(())
+    _memory_ledger = MemoryLedger()
     with _warned_lock:
         _warned.clear()
     with _owed_lock:
