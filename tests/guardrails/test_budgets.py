@@ -131,6 +131,38 @@ def test_configure_waits_for_a_locked_ledger_no_longer_than_exit_timeout(
         other.close()
 
 
+def test_leaving_a_session_waits_for_a_locked_ledger_only_briefly(
+    tmp_path: Path, fake: FakeProvider, instrumented: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A root session's end gives its unused slices back: with budgets.db write-locked by
+    another program, leaving the ``with`` (``async with``: the whole event loop) waited
+    SQLite's busy timeout (30 s). It now waits as the idle keeper does, and the slices stay
+    reserved for the keeper or the exit to give back."""
+    from tokenmeter.guardrails import _leases
+
+    monkeypatch.setattr(_leases, "IDLE_S", 3600.0)  # the slices wait for the session's end
+    configured(tmp_path, [{"name": "daily", "limit_usd": 100, "period": "day"}])
+    chat(fake)  # makes budgets.db
+    ledger = tmp_path / "tm" / "budgets.db"
+    other = sqlite3.connect(ledger, isolation_level=None, check_same_thread=False)
+
+    def request() -> None:
+        with tokenmeter.session("request"):
+            for _ in range(3):
+                chat(fake)
+            other.execute("BEGIN EXCLUSIVE")
+
+    try:
+        assert returns(request, "leaving the session waits SQLite's busy timeout", 20) == []
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
+    with sqlite3.connect(ledger) as conn:
+        [(reserved,)] = conn.execute("SELECT reserved_usd FROM budget_ledger").fetchall()
+    assert reserved > 0  # not given back: the ledger was locked
+
+
 def test_a_budget_whose_name_or_scope_holds_a_lone_surrogate_still_refuses(
     tmp_path: Path, fake: FakeProvider, instrumented: None
 ) -> None:

@@ -1111,11 +1111,9 @@ def session_ended(session: Any) -> None:
     would keep those of every session it ran)."""
     try:
         _release_orphans()
-        _leases.give_back(str(session.id))
-        if session.parent is None:
-            _leases.give_back()
     except Exception:
         _ledger_fault("settle")
+    _give_back_briefly(session)
     config = _config
     if config is not None:
         config.forget_session(session)
@@ -1132,6 +1130,20 @@ def session_ended(session: Any) -> None:
                 if budget.period == "session":
                     for fraction in config.warn_at:
                         _warned.discard((budget.key, start, fraction, budget.limit))
+
+
+def _give_back_briefly(session: Any) -> None:
+    """A session's unused slices go back to the ledger, waiting for it as the idle keeper does
+    (``BRIEF_S``): with budgets.db write-locked by another program, leaving a ``with`` block
+    waited SQLite's busy timeout (30 s; an asyncio app's whole event loop stood still). A
+    ledger that keeps it waiting longer leaves the slices with the leases: the keeper gives
+    them back once the ledger answers, or the exit does."""
+    try:
+        _leases.give_back(str(session.id), brief=True)
+        if session.parent is None:
+            _leases.give_back(brief=True)
+    except Exception:
+        logger.debug("tokenmeter: unused budget slices kept for later", exc_info=True)
 
 
 def session_renamed() -> None:
