@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import contextlib
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,15 @@ import pytest
 
 from tokenmeter import UsageRecord
 from tokenmeter.sinks import InMemorySink
+
+
+def png(width: int, height: int) -> bytes:
+    """A PNG's signature and header (all an estimate reads of it) for an image of that size."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + header
+    return (
+        b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    )
 
 
 def one_line_value_error(excinfo: pytest.ExceptionInfo[ValueError]) -> str:

@@ -6,23 +6,15 @@ from __future__ import annotations
 
 import base64
 import struct
-import zlib
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from helpers import png
 
 import tokenmeter
 from tokenmeter._estimate import count_tokens, estimate_input
 from tokenmeter._media import audio_seconds, image_size, media_bytes, pdf_pages
-
-
-def png(width: int, height: int) -> bytes:
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + header
-    return (
-        b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
-    )
 
 
 def jpeg(width: int, height: int, exif: int = 0) -> bytes:

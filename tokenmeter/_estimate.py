@@ -471,6 +471,15 @@ class _Walk:
         head = media_bytes(data)
         self.images.append((image_size(head) if head else None, detail))
 
+    def image_files(self, files: Any) -> None:
+        """The image files an Images API request uploads (``image``, ``mask``: a list of their
+        contents), each counted as an inline image is, from its header (a file object is not
+        read: a typical image)."""
+        if files is None:
+            return
+        for data in files if isinstance(files, list | tuple) else (files,):
+            self._image(data, None)
+
     def _audio(self, data: Any, fmt: str | None) -> None:
         head = media_bytes(data)
         if head:
@@ -737,6 +746,9 @@ def _input_parts(provider: str, request: Any, operation: str | None = None) -> d
             walk.add(None if token_ids else given)
         walk.add(_get(request, "instructions"))
         tools = _get(request, "tools")
+        if operation == "images":  # an edit's input images (multipart files)
+            walk.image_files(_get(request, "image"))
+            walk.image_files(_get(request, "mask"))
     if operation in _BARE or (operation is None and _get(request, "prompt") is not None):
         n, per_request = 0, 0  # no chat framing around a bare prompt or an embeddings input
     parts = walk.counts(provider, model)

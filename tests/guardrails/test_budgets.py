@@ -26,7 +26,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from helpers import one_line_value_error, returns
+from helpers import one_line_value_error, png, returns
 
 import tokenmeter
 from tokenmeter import BudgetExceeded
@@ -339,6 +339,25 @@ def test_a_per_call_budget_refuses_a_request_whose_input_alone_costs_too_much(
             messages=[{"role": "user", "content": "x" * 4000}],  # ~$0.0025
         )
     assert len(fake.requests) == 1
+
+
+def test_a_per_call_budget_counts_the_images_an_image_edit_uploads(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    """The SDK sends an ``images.edit``'s images as multipart files, outside the JSON body: the
+    estimate saw the prompt alone ($0.00005 with 1, 4 or 16 images of 1024 x 1024), so a
+    $0.001 per-call budget let 16 input images ($0.12 of image input) through."""
+    configured(tmp_path, [{"limit_usd": 0.001, "period": "call"}])
+    client = fake.openai_client(max_retries=0)
+    with pytest.raises(BudgetExceeded, match="per call") as refused:
+        client.images.edit(
+            model="gpt-image-1",
+            image=[("fox.png", png(1024, 1024), "image/png")] * 2,
+            prompt="make it blue",
+        )
+    assert fake.requests == []
+    # Each image as in a chat request (765 tokens), at gpt-image-1's image input rate ($10/M).
+    assert refused.value.estimate_usd >= 2 * 765 * Decimal(10) / 1_000_000
 
 
 def test_a_warn_budget_lets_calls_through_and_warns(

@@ -97,7 +97,25 @@ def _options_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
 
 
 #: What ``plan`` reads of the SDK's request options.
-_OPTION_FIELDS = ("method", "url", "json_data", "extra_json", "headers")
+_OPTION_FIELDS = ("method", "url", "json_data", "extra_json", "headers", "files")
+
+
+def _with_files(body: dict[str, Any], files: Any) -> dict[str, Any]:
+    """``body`` with the multipart files the SDK sends beside it (an ``images.edit``'s
+    ``image`` and ``mask``), by field name (``image[]``: ``image``), each a list of the files'
+    contents (bytes, or a file object, which is not read here). The SDK takes them out of the
+    JSON body: an Images API edit was estimated at its prompt alone, whatever its images."""
+    pairs = list(files.items()) if isinstance(files, dict) else files
+    if not isinstance(pairs, list | tuple):
+        return body
+    sent: dict[str, list[Any]] = {}
+    for pair in pairs:
+        if not isinstance(pair, tuple) or len(pair) != 2 or not isinstance(pair[0], str):
+            continue
+        name, file = pair
+        content = file[1] if isinstance(file, tuple) and len(file) > 1 else file
+        sent.setdefault(name.removesuffix("[]"), []).append(content)
+    return {**body, **sent} if sent else body
 
 
 class StainlessAdapter:
@@ -180,6 +198,9 @@ class StainlessAdapter:
         extra = fields.get("extra_json")
         if extra and isinstance(extra, dict):  # what the SDK sends: ``extra_body`` over the body
             body = {**body, **extra}
+        files = fields.get("files")
+        if files:
+            body = _with_files(body, files)
         headers = fields.get("headers")
         raw = (
             headers.get(RAW_HEADER) or headers.get(RAW_HEADER.lower())
