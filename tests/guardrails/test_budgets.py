@@ -327,6 +327,22 @@ def test_a_budget_on_the_model_name_a_response_gives_refuses_calls_too(
     assert memory.records[0].model_name == "gpt-4o-2024-08-06"
 
 
+def test_the_model_names_responses_gave_are_kept_across_configure(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    """The names responses gave to a request's model were learnt by the configuration in force:
+    after a configure() the first "gpt-4o" call passed a spent budget on "gpt-4o-2024-08-06"."""
+    fake.set_model("gpt-4o", "gpt-4o-2024-08-06")
+    budgets = [{"limit_usd": 0.02, "period": "day", "model": "gpt-4o-2024-08-06"}]
+    configured(tmp_path, budgets, budget_ledger="memory")
+    for _ in range(3):
+        chat(fake)
+    configured(tmp_path, budgets, budget_ledger="memory", on_alert=lambda alert: None)
+    with pytest.raises(BudgetExceeded):
+        chat(fake)
+    assert len(fake.requests) == 3
+
+
 def test_a_per_call_budget_refuses_a_request_whose_input_alone_costs_too_much(
     tmp_path: Path, fake: FakeProvider, instrumented: None
 ) -> None:

@@ -508,6 +508,10 @@ _config: _Config | None = None
 #: that configured twice, to add an ``on_alert`` callback, had its daily budget twice). Its
 #: rows are keyed by budget and period start, so changed budgets keep rows of their own.
 _memory_ledger = MemoryLedger()
+#: ``_Config.models`` of every configuration: the names responses gave to request models are
+#: the process's, kept across configure() (each configure() forgot them, so the first call of
+#: each request model after it passed a budget on its response's name unchecked).
+_response_names: dict[tuple[str, str], tuple[str | None, ...]] = {}
 #: Warnings already given: (budget key, period start, fraction, limit: a limit raised in the
 #: period warns again on the way to the new one); past ``_MAX_WARNED`` they start over.
 _warned: set[tuple[str, str, float, float]] = set()
@@ -545,6 +549,7 @@ def configure_budgets(
 
         _config = _Config(tuple(budgets), ZoneInfo(timezone), tuple(warn_at), open_ledger)
         _config.model_scoped = any(b.model is not None for b in budgets)
+        _config.models = _response_names
         _config.tag_scoped = any(b.tag is not None for b in budgets)
         _state.armed = True
     if old is not None and old.ledger is not None:
@@ -1161,10 +1166,12 @@ def give_back() -> None:
 
 
 def reset() -> None:
-    """Forget budgets, what the memory ledger kept and warnings given (tests)."""
+    """Forget budgets, what the memory ledger kept, the model names learnt and warnings given
+    (tests)."""
     global _config, _ledger_failed, _memory_ledger
     configure_budgets(())
     _memory_ledger = MemoryLedger()
+    _response_names.clear()
     with _warned_lock:
         _warned.clear()
     with _owed_lock:
