@@ -127,10 +127,12 @@ class CommitAnswerLost:
     def _up(self, client: socket.socket, server: socket.socket, cut: threading.Event) -> None:
         with contextlib.suppress(OSError):
             while data := client.recv(65536):
-                server.sendall(data)
-                if self.armed and b"COMMIT" in data.upper():
+                commit = self.armed and b"COMMIT" in data.upper()
+                if commit:  # before it is sent: an answer back at once is not passed on either
                     self.armed -= 1
                     cut.set()
+                server.sendall(data)
+                if commit:
                     time.sleep(0.3)  # the server commits meanwhile; its answer is dropped
                     self.cut += 1
                     client.shutdown(socket.SHUT_RDWR)
