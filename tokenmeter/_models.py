@@ -27,6 +27,7 @@ from tokenmeter._totals import output_cost
 __all__ = [
     "MAX_COST_USD",
     "MAX_TOKENS",
+    "UNREADABLE_USAGE",
     "Cost",
     "Pass",
     "SessionInfo",
@@ -44,6 +45,9 @@ _SUBSETS_OF_INPUT = ("cache_read_tokens", "cache_write_tokens", "input_audio_tok
 #: More tokens than any call can have (a trillion): a larger count is a provider's or a caller's
 #: bug, refused at the door so that no sink (SQLite's 64-bit integers, sums in reports) chokes.
 MAX_TOKENS = 10**12
+#: The ``error`` of a call that succeeded but whose usage could not be read (missing, negative,
+#: inconsistent): recorded with status "error" and an unknown cost, never dropped.
+UNREADABLE_USAGE = "UnreadableUsage"
 #: More than any single call can cost; a larger price is treated as unknown (with a warning).
 MAX_COST_USD = Decimal(10_000)
 #: The longest name kept (model, provider, session, tag key): a server or a caller may send a

@@ -77,6 +77,41 @@ def _one_call() -> None:
         )
 
 
+def test_a_call_whose_usage_could_not_be_read_is_no_failed_call(receiver: OtlpReceiver) -> None:
+    """A call that succeeded but answered usage that cannot be read (recorded with status
+    "error", error "UnreadableUsage", cost unknown) was exported as a failed call: span status
+    ERROR and an ``error.type`` duration point, so GenAI error-rate dashboards counted
+    tokenmeter's metering failure as the application's. It is flagged instead, with no counts."""
+    import httpx2
+    import openai
+
+    body = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o",
+        "choices": [],
+        "usage": {"prompt_tokens": -5, "completion_tokens": 3, "total_tokens": -2},
+    }
+    client = openai.OpenAI(
+        api_key="sk-test",
+        base_url="http://fake.local/v1",
+        http_client=httpx2.Client(
+            transport=httpx2.MockTransport(lambda _: httpx2.Response(200, json=body))
+        ),
+    )
+    tokenmeter.instrument()
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": PROMPT}])
+    assert tokenmeter.flush(timeout=60)
+    [span] = receiver.spans()
+    attrs = attributes(span.attributes)
+    assert span.status.code == 0  # unset: the call did not fail
+    assert "error.type" not in attrs and attrs["tokenmeter.usage_unreadable"] is True
+    [duration] = receiver.metric_points("gen_ai.client.operation.duration")
+    assert "error.type" not in attributes(duration.attributes)
+    assert receiver.metric_points("gen_ai.client.token.usage") == []
+
+
 def test_a_call_arrives_as_a_genai_span_and_metrics(receiver: OtlpReceiver) -> None:
     _one_call()
     assert tokenmeter.flush(timeout=60)

@@ -38,7 +38,7 @@ import wrapt
 from tokenmeter import _pipeline
 from tokenmeter._estimate import estimate_usage, without_waiting
 from tokenmeter._fork import renew_after_fork
-from tokenmeter._models import Usage
+from tokenmeter._models import UNREADABLE_USAGE, Usage
 from tokenmeter._record import NOTHING_USED, emit_call
 from tokenmeter._sessions import Session, session_of_record
 from tokenmeter.guardrails import _budgets, _state
@@ -293,7 +293,7 @@ class Call:
                 usage, estimated = self._estimate(), True
         elif usage is None and self.unreadable is not None:
             # The call succeeded but its usage cannot be trusted: recorded, with an unknown cost.
-            status, error_name = "error", "UnreadableUsage"
+            status, error_name = "error", UNREADABLE_USAGE
         elif usage is None and not self.streamed and not self.missing:
             logger.debug("tokenmeter: %s call reported no usage; not recorded", self.provider)
             return

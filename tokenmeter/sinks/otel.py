@@ -50,7 +50,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tokenmeter._fork import renew_after_fork
-from tokenmeter._models import UsageRecord, short_repr
+from tokenmeter._models import UNREADABLE_USAGE, UsageRecord, short_repr
 from tokenmeter._registry import canonical
 
 __all__ = [
@@ -189,6 +189,10 @@ def span_attributes(record: UsageRecord, *, latest: bool = False) -> dict[str, A
         attrs["error.type"], _, budget = (record.error or "BudgetExceeded").partition(": ")
         if budget:
             attrs["tokenmeter.budget.name"] = budget
+    elif record.error == UNREADABLE_USAGE:
+        # The call succeeded, its usage could not be read: no failed call in error-rate
+        # dashboards (it was exported as one, status ERROR), and no token counts either.
+        attrs["tokenmeter.usage_unreadable"] = True
     elif record.status != "ok":
         attrs["error.type"] = record.error or record.status
     return attrs
@@ -481,7 +485,7 @@ class OTelSink:
                     attributes=attrs,
                     start_time=start_ns,
                 )
-                if record.status != "ok":
+                if record.status != "ok" and record.error != UNREADABLE_USAGE:
                     span.set_status(error)
                 span.end(end_time=end_ns)
                 dims = self._dims_of(attrs)
