@@ -335,7 +335,7 @@ def _given_connect_timeout(dsn: str) -> int | None:
     psycopg = _psycopg()
     try:
         value = psycopg.conninfo.conninfo_to_dict(dsn).get("connect_timeout")
-    except psycopg.Error:
+    except (psycopg.Error, ValueError):  # a %-escape that is not UTF-8: a UnicodeDecodeError
         return None
     if value is None:
         value = os.environ.get("PGCONNECT_TIMEOUT")
