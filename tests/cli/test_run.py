@@ -292,27 +292,6 @@ def test_a_program_that_dumps_core_keeps_its_core_file(tmp_path: Path) -> None:
     assert not os.WCOREDUMP(status)
 
 
-def test_looking_an_sdk_up_is_no_import_and_starts_no_metering(
-    fake: FakeProvider, tmp_path: Path
-) -> None:
-    """``importlib.util.find_spec("openai")`` (a library probing an optional dependency)
-    imported tokenmeter and instrumented: the start-up cost of a process that calls no model."""
-    app = _script(
-        tmp_path / "app.py",
-        """
-        import importlib.util, sys
-        assert importlib.util.find_spec("openai") is not None
-        print("tokenmeter" in sys.modules)
-        import openai
-        openai.OpenAI(max_retries=0).chat.completions.create(model="m-test", messages=[])
-        """,
-    )
-    result = _run(["--", sys.executable, app.name], _env(fake), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "False\n"
-    assert len(_records(tmp_path / ".tokenmeter" / "usage.db")) == 1  # the import still does
-
-
 def test_the_programs_own_sitecustomize_still_runs(fake: FakeProvider, tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.mkdir()

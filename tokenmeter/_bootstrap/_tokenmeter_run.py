@@ -42,22 +42,13 @@ class _MeterOnFirstSDKImport:
     def find_spec(
         self, name: str, path: Sequence[str] | None = None, target: ModuleType | None = None
     ) -> ModuleSpec | None:
-        if name not in _SDKS or _probed():
+        if name not in _SDKS:
             return None
         if self in sys.meta_path:
             sys.meta_path.remove(self)  # once, whatever happens next
         if not _meter():
             return None
         return importlib.util.find_spec(name)  # again, now past tokenmeter's post-import hook
-
-
-def _probed() -> bool:
-    """The lookup is ``importlib.util.find_spec(name)`` (a library checking for an optional
-    dependency), not an import: it started metering (0.4-0.8 s) in processes that never
-    import the SDK. ``util.find_spec`` calls ``_bootstrap._find_spec``, which calls us; an
-    import goes through ``_find_and_load`` instead, and still starts it (this finder stays)."""
-    caller = sys._getframe(3)  # _probed <- find_spec (ours) <- _find_spec <- the caller
-    return caller.f_code is importlib.util.find_spec.__code__
 
 
 def _elsewhere(entry: str) -> bool:
