@@ -205,6 +205,34 @@ def test_a_report_over_postgresql_is_aggregated_in_sql(cli: RunCli, pg_url: str)
     assert doc["totals"]["calls"] == len(RECORDS)
 
 
+def test_a_report_the_server_plans_in_parallel_works(cli: RunCli, pg_url: str, pg_dsn: str) -> None:
+    """The tags check (a PL/pgSQL function with an EXCEPTION block) was declared parallel
+    safe: once the server planned a parallel scan (a big table; here the planner's costs set
+    to zero), every report failed ("cannot start subtransactions during a parallel
+    operation")."""
+    import psycopg
+
+    params = dict(part.split("=", 1) for part in pg_dsn.split())
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for setting in (
+            "parallel_setup_cost = 0",
+            "parallel_tuple_cost = 0",
+            "min_parallel_table_scan_size = 0",
+            "max_parallel_workers_per_gather = 2",
+        ):
+            conn.execute(f"ALTER DATABASE {params['dbname']} SET {setting}".encode())
+        conn.execute(
+            "INSERT INTO tokenmeter.records (id, timestamp, model_provider, model_name, "
+            "input_tokens, output_tokens, total_tokens, tags) SELECT 'copy-' || n, "
+            "'2026-11-02T10:00:00.000Z', 'openai', 'gpt-4o', 1, 1, 2, '{\"feature\": \"x\"}' "
+            "FROM generate_series(1, 200) AS n"
+        )
+        conn.execute("ANALYZE tokenmeter.records")
+    code, out, err = cli("report", "--source", pg_url, "--by", "tag:feature", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["totals"]["calls"] == len(RECORDS) + 200
+
+
 def test_a_wrong_url_is_one_line_without_the_password(cli: RunCli, pg_dsn: str) -> None:
     params = dict(part.split("=", 1) for part in pg_dsn.split())
     url = f"postgresql://nobody:hunter2@{params['host']}:{params['port']}/no_such_db"

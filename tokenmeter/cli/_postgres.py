@@ -54,10 +54,12 @@ _ROWID = re.compile(r"\browid\b")
 _TABLE_LOOKUP = "FROM sqlite_master WHERE type='table' AND name="
 _PG_TABLE_LOOKUP = "FROM pg_tables WHERE schemaname = current_schema() AND tablename="
 #: Tags text as jsonb, NULL where it is not JSON (a cast in an EXCEPTION block: nothing else in
-#: PostgreSQL before 16 tells whether text is valid JSON without failing the query).
+#: PostgreSQL before 16 tells whether text is valid JSON without failing the query). Parallel
+#: unsafe: an EXCEPTION block starts a subtransaction, which no parallel plan allows (declared
+#: safe, every report over a table big enough for a parallel scan failed).
 _SAFE_JSONB = (
     "CREATE FUNCTION pg_temp.tokenmeter_jsonb(tags text) RETURNS jsonb "
-    "LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS "
+    "LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL UNSAFE AS "
     "$$ BEGIN RETURN tags::jsonb; EXCEPTION WHEN others THEN RETURN NULL; END $$"
 )
 #: Seconds waited before each attempt to connect again when a connection was ended (1 min).
