@@ -58,7 +58,13 @@ class _StreamCall(Call):
 
     def finish(self, error: BaseException | None = None) -> None:
         if not self.done and self.response is not None:
-            self.read("reading a Gemini stream", _read, self.response, self)
+            reader = self.reader
+            latest = reader.latest if isinstance(reader, _TextTally) else None
+            joined = _usage_metadata(self.response)
+            if latest is not None and (joined is None or not reports_usage(joined)):
+                self.read("reading a Gemini stream", _read, latest, self)
+            else:
+                self.read("reading a Gemini stream", _read, self.response, self)
         Call.finish(self, error)
 
 
@@ -225,18 +231,20 @@ def _search_queries(response: Any) -> int:
 
 
 class _TextTally:
-    """The stream reader: each chunk's running total is read as it passes by (the latest wins:
-    the SDK's joined response loses it when the last chunk carries none), and again when the
-    call finishes (``_StreamCall``: the SDK fetches one chunk ahead); until a total is known,
-    the text that passes by is tallied (estimated if none ever comes). The chunks' search
-    queries are kept too: the SDK's joined response drops them."""
+    """The stream reader: the usage is read when the call finishes (``_StreamCall``), from the
+    SDK's joined response (it fetches one chunk ahead), or from the latest chunk that reported
+    a running total (``latest``) when the joined response lost it (the SDK's join does when the
+    last chunk carries none); until a total is known, the text that passes by is tallied
+    (estimated if none ever comes). The chunks' search queries are kept too: the SDK's joined
+    response drops them."""
 
-    __slots__ = ("queries", "response", "tally")
+    __slots__ = ("latest", "queries", "response", "tally")
 
     def __init__(self, response: Any) -> None:
         self.tally = TextTally()
         self.response = response
         self.queries = 0
+        self.latest: Any = None
 
     def feed(self, chunk: Any, call: Call) -> bool:
         if call.usage is None:
@@ -244,7 +252,7 @@ class _TextTally:
         self.queries = max(self.queries, _search_queries(chunk))
         meta = _usage_metadata(chunk)
         if meta is not None and reports_usage(meta):
-            call.read("reading a Gemini stream", _read, chunk, call)
+            self.latest = chunk  # read once, at the end
         return False
 
     def partial(self, usage: Usage, model: str) -> Usage | None:
