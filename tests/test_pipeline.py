@@ -1965,7 +1965,7 @@ def test_a_hung_sink_at_exit_is_the_only_one_named_and_the_others_are_closed(
     # What the hung sink held beyond its unfinished write (19 records, the implicit session)
     # is set aside, not lost with its thread; the one in the write is said to be at risk.
     assert "20 records and sessions held by Hung were set aside" in done.stderr, done.stderr
-    assert "1 records and sessions in the unfinished write by Hung may be lost" in done.stderr
+    assert "1 records and sessions held by Hung (in its unfinished write" in done.stderr
     lines = [json.loads(line) for line in (tmp_path / "m" / "quarantine.jsonl").open()]
     assert [line["sink"] for line in lines] == ["Hung"] * 20
     assert sum("model_name" in line["record"] for line in lines) == 19

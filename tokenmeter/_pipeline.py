@@ -631,9 +631,10 @@ class _Writer:
     def abandon(self) -> tuple[int, int]:
         """At exit, for a writer cut off inside its sink's write (a hung user sink): set aside
         in quarantine what it holds and has not handed to the sink, rather than lose it with the
-        thread. Returns how many items were set aside and how many are in the unfinished write
-        (those may be in the sink already: not set aside twice). (0, 0) when the writer is not
-        inside a write: what it holds is its own to handle."""
+        thread. Returns how many items were set aside, and how many are at risk: those in the
+        unfinished write (they may be in the sink already: not set aside twice) and those the
+        quarantine file did not take. (0, 0) when the writer is not inside a write: what it
+        holds is its own to handle."""
         with self._lock:
             if self._writing_since is None or self._abandoned:
                 return 0, 0
@@ -656,12 +657,13 @@ class _Writer:
             [i for i in buffer if type(i) is not _FlushMarker],
         ]
         takes_sessions = getattr(self.sink, "write_sessions", None) is not None
-        set_aside = 0
+        lost = self.lost
+        held = 0
         for item in itertools.chain.from_iterable(runs):
             if takes_sessions or not isinstance(item, SessionInfo):
                 self._quarantine(item, error)
-                set_aside += 1
-        return set_aside, in_write
+                held += 1
+        return held - (self.lost - lost), in_write + self.lost - lost
 
     def _write(self, run: Sequence[Any]) -> None:
         first = run[0]
@@ -1447,8 +1449,7 @@ def _flush_at_exit() -> None:
     failed = [name for name in failed if name not in timed_out]
     _report_unflushed(failed, timed_out, "every record at exit")
     for writer in cut_off:
-        set_aside, in_write = writer.abandon()
-        held = writer.held() if not set_aside and not in_write else in_write
+        set_aside, at_risk = writer.abandon()
         if set_aside:
             logger.error(
                 "tokenmeter: %d records and sessions held by %s were set aside in %s",
@@ -1456,11 +1457,17 @@ def _flush_at_exit() -> None:
                 _name(writer.sink),
                 writer.quarantine,
             )
-        if held:
+        if at_risk:
             logger.error(
-                "tokenmeter: %d records and sessions %s by %s may be lost",
-                held,
-                "in the unfinished write" if in_write else "still held",
+                "tokenmeter: %d records and sessions held by %s (in its unfinished write, or not "
+                "set aside) may be lost",
+                at_risk,
+                _name(writer.sink),
+            )
+        elif not set_aside and writer.held():
+            logger.error(
+                "tokenmeter: %d records and sessions still held by %s may be lost",
+                writer.held(),
                 _name(writer.sink),
             )
 
