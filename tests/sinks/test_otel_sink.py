@@ -1016,3 +1016,34 @@ def test_providers_replaced_by_a_new_otel_configuration_stop_exporting(
     # The first pair sent its 5 calls before (one export may have been under way).
     assert _costs_since(receiver, seen).count(0.0175) <= 1
     assert len(otel._providers) == 1
+
+
+def test_providers_replaced_while_the_collector_refused_their_last_flush_stop_exporting(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same, with the application keeping its first sink object (made in a settings
+    module) and the collector refusing at the moment of the ``configure()``: the replaced
+    sink's close() raised from its flush before it let its providers go, and the old pair
+    exported its stale total beside the new one for the life of the process."""
+    from tokenmeter.sinks.otel import OTelSink
+
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "100")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    first = OTelSink()
+    tokenmeter.configure(sinks=[first])
+    for _ in range(5):
+        tokenmeter.record("openai", "gpt-4o", 1000, 100)
+    assert tokenmeter.flush(timeout=60)
+    receiver.fail_next = 1_000_000  # a collector restarting
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer from-vault")
+    tokenmeter.configure(sinks=[OTelSink()])
+    receiver.fail_next = 0
+    tokenmeter.record("openai", "gpt-4o", 1000, 100)
+    tokenmeter.flush(timeout=60)  # False: it says the refused export
+    seen = len(receiver.metrics)
+    wait_for(
+        lambda: _costs_since(receiver, seen).count(0.0035) >= 4,
+        "the new provider exporting the cost 4 times",
+    )
+    assert _costs_since(receiver, seen).count(0.0175) <= 1
+    assert first._released

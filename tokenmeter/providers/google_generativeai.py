@@ -247,7 +247,7 @@ class _TextTally:
         self.latest: Any = None
 
     def feed(self, chunk: Any, call: Call) -> bool:
-        if call.usage is None:
+        if call.usage is None and self.latest is None:  # no total known yet
             _add_text(self.tally, chunk)
         self.queries = max(self.queries, _search_queries(chunk))
         meta = _usage_metadata(chunk)

@@ -616,10 +616,13 @@ class OTelSink:
         if self._observer is not None:
             self._pipeline.remove_submit_observer(self._observer)
             self._observer = None
-        self.flush()
-        with _providers_lock:
-            self._released = True
-            _shut_down_unused(self._own)
+        try:
+            self.flush()
+        finally:  # a flush the collector refused too: kept, they re-sent stale totals for ever
+            with _providers_lock:
+                self._released = True
+                retired, self._retired = self._retired, []
+                _shut_down_unused([*self._own, *retired])
 
 
 def _weak_observer(sink: OTelSink) -> Callable[[object], None]:
