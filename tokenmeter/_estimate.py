@@ -904,7 +904,8 @@ def _tool_tokens(tools: Any, provider: str, model: str) -> int:
 
 # -- output: what passed through a stream ---------------------------------------------------------
 class TextTally:
-    """The output text a stream delivered, kept to count its tokens if the provider reports none.
+    """The output text a stream delivered (or a reply that was not streamed held), kept to count
+    its tokens if the provider reports none.
     Bounded: past ``_KEEP_CHARS`` characters only their number is kept (and extrapolated)."""
 
     __slots__ = ("chars", "kept", "parts")
@@ -989,7 +990,7 @@ def estimate_usage(
     provider: str, request: Any, model: str, tally: TextTally | None, operation: str | None = None
 ) -> Usage:
     """A call's whole usage when the provider reported none: the request's input, and the output
-    that passed through (``tally``; None for a response that was not streamed)."""
+    that passed through a stream or came back in a reply (``tally``; None when there is none)."""
     found = estimate_input(provider, request, operation)
     output = 0
     if tally is not None:

@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from provider_helpers import Records, cut_reply, flushed, http_of, mock_genai, only
+from provider_helpers import Records, cut_reply, flushed, http_of, json_reply, mock_genai, only
 
 import tokenmeter
 from tokenmeter import _estimate
@@ -384,6 +384,92 @@ async def test_responses_stream_left_early_is_estimated(
     assert record.request_model == "gpt-4o" and record.operation == "responses"
     assert record.input_tokens == estimate_input("openai", request, "responses").input_tokens
     assert record.output_tokens >= 1
+
+
+#: A long answer: its output, not its input, is what a reply without usage is mostly billed for.
+LONG_ANSWER = "The quick brown fox jumps over the lazy dog. " * 100
+TOOL_CALL = ("get_weather", '{"city": "Paris", "days": 5}')
+
+
+def _reply_without_usage(kit: ModuleType, api: str) -> dict[str, Any]:
+    """A chat completion without ``usage`` (as some compatible servers answer), or a Responses
+    answer with ``"usage": null``: the answer and a tool call, and no count of them."""
+    name, arguments = TOOL_CALL
+    if api == "chat":
+        body = kit.chat_body()
+        del body["usage"]
+        function = {"name": name, "arguments": arguments}
+        body["choices"][0]["message"] = {
+            "role": "assistant",
+            "content": LONG_ANSWER,
+            "tool_calls": [{"id": "call_1", "type": "function", "function": function}],
+        }
+        return body
+    text = {"type": "output_text", "text": LONG_ANSWER, "annotations": []}
+    message = {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed"}
+    output = [
+        {**message, "content": [text]},
+        {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": name}
+        | {"arguments": arguments, "status": "completed"},
+    ]
+    return kit.response_body("gpt-4o-2024-08-06", output, [], 0, 0) | {"usage": None}
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+async def test_a_reply_without_usage_is_estimated_from_its_text(
+    records: Records, kit: ModuleType, is_async: bool, api: str
+) -> None:
+    """A reply that was not streamed and carries no usage holds its whole answer: its output is
+    estimated from that text and its tool calls, as the same answer streamed is (it was 0: a
+    1,100-token answer recorded as its 12 input tokens, $0.00003)."""
+    body = _reply_without_usage(kit, api)
+    client = kit.mock_openai(lambda request: json_reply(kit.http, body), is_async=is_async)
+    tokenmeter.instrument("openai")
+    request: dict[str, Any]
+    if api == "chat":
+        request = {"model": "gpt-4o", "messages": MESSAGES}
+        await kit.maybe(client.chat.completions.create(**request))
+    else:
+        request = {"model": "gpt-4o", "input": "What is the capital of France?"}
+        await kit.maybe(client.responses.create(**request))
+    record = only(records())
+    assert (record.status, record.estimated) == ("ok", True)
+    assert record.input_tokens == estimate_input("openai", request).input_tokens
+    said = tokenmeter.estimate("gpt-4o", output=LONG_ANSWER + "".join(TOOL_CALL))
+    assert record.output_tokens == said.output_tokens > 1_000
+
+
+@pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
+async def test_a_gemini_reply_without_usage_metadata_is_estimated_from_its_text(
+    records: Records, is_async: bool
+) -> None:
+    """A Gemini answer without ``usageMetadata``: its output is estimated from its parts' text
+    and function calls (it was 0). Thought summaries are left out, as a stream's are."""
+    from google.genai import _api_client
+
+    http = http_of(_api_client)
+    parts = [
+        {"text": "Thinking about the weather.", "thought": True},
+        {"text": LONG_ANSWER},
+        {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}},
+    ]
+    body = {
+        "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP"}],
+        "modelVersion": "gemini-2.5-flash",
+    }
+    client = mock_genai(lambda request: json_reply(http, body))
+    tokenmeter.instrument("google-genai")
+    request = {"model": "gemini-2.5-flash", "contents": "Weather in Paris?"}
+    if is_async:
+        await client.aio.models.generate_content(**request)
+    else:
+        client.models.generate_content(**request)
+    record = only(records())
+    assert (record.status, record.estimated) == ("ok", True)
+    said = tokenmeter.estimate(
+        "gemini-2.5-flash", output=LONG_ANSWER + 'get_weather{"city": "Paris"}'
+    )
+    assert record.output_tokens == said.output_tokens > 1_000
 
 
 async def _events(stream: Any, is_async: bool) -> Any:

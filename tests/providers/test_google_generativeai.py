@@ -550,12 +550,15 @@ def test_stream_without_usage_is_estimated(grpc_address: str, sink: InMemorySink
 def test_response_without_usage_is_estimated_not_zero(
     grpc_address: str, sink: InMemorySink
 ) -> None:
+    """Its output is estimated from the reply's text, as a stream's is (it was 0)."""
     response = _sync_model(grpc_address).generate_content("no usage")
 
     assert response.text == "piece"
     record = only(flushed(sink))
     assert (record.status, record.estimated) == ("ok", True)
     assert record.input_tokens > 0
+    said = tokenmeter.estimate(record.model_name, output="piece", provider=record.model_provider)
+    assert record.output_tokens == said.output_tokens > 0
     assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
 
 

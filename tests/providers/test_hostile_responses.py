@@ -68,8 +68,8 @@ def assert_storable(record: UsageRecord) -> None:
 
 
 def assert_estimated(record: UsageRecord, output: bool) -> None:
-    """Recorded as an estimate: the request's input (and the streamed text's output), priced,
-    flagged ``estimated``; never zero tokens passed off as reported."""
+    """Recorded as an estimate: the request's input (and the output of the text that streamed by
+    or came back), priced, flagged ``estimated``; never zero tokens passed off as reported."""
     assert (record.status, record.error, record.estimated) == ("ok", None, True)
     assert record.input_tokens > 0
     assert (record.output_tokens > 0) is output
@@ -224,8 +224,8 @@ async def test_openai_compatible_server(
     assert_storable(record)
     assert record.model_provider == "openai" and record.request_model == "gpt-4o"
     assert record.streamed is stream and record.operation == "chat.completions"
-    if case in NO_USAGE:
-        assert_estimated(record, output=stream)
+    if case in NO_USAGE:  # the answer's text, streamed or not, is its output
+        assert_estimated(record, output=True)
         assert (record.model_name, record.request_id) == (SERVED, CHAT_ID)
         return
     if case not in BAD_TEXT:
@@ -396,7 +396,7 @@ async def test_queued_background_create_is_not_a_call_yet_but_a_chat_without_usa
     await kit.maybe(client.chat.completions.create(model="gpt-4o", messages=MESSAGES))
     records = flushed(sink)
     assert len(records) == 2 and records[0] == retrieved
-    assert_estimated(records[1], output=False)
+    assert_estimated(records[1], output=True)  # its "Hello!"
     assert (records[1].operation, records[1].request_id) == ("chat.completions", CHAT_ID)
 
 
@@ -886,7 +886,7 @@ async def test_gemini_server(sink: InMemorySink, is_async: bool, case: str, stre
         assert (record.status, record.model_name) == ("ok", "gemini-\ufffd")
         assert (record.input_tokens, record.output_tokens) == (5, 4)
     elif case == "usageMetadata missing" or (case == "usageMetadata {}" and not stream):
-        assert_estimated(record, output=stream)  # billed, nothing reported: estimated
+        assert_estimated(record, output=True)  # billed, nothing reported: estimated
         assert record.model_name == GEMINI
     elif case == "usageMetadata {}":  # a stream's last report is its running total so far
         assert (record.status, record.estimated) == ("ok", False)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol, SupportsIndex
 import wrapt
 
 from tokenmeter import _pipeline
-from tokenmeter._estimate import estimate_usage, without_waiting
+from tokenmeter._estimate import TextTally, estimate_usage, without_waiting
 from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import UNREADABLE_USAGE, Usage
 from tokenmeter._record import NOTHING_USED, emit_call
@@ -191,6 +191,10 @@ class Call:
     request: Any = None
     #: The adapter's stream reader, which counts what passed through (estimates of the output).
     reader: Any = None
+    #: The output text of a reply that was not streamed and reported no usage (set by the
+    #: adapter, from the reply it read): its output is estimated from it, as a stream's is from
+    #: the text that passed through. Only counted, never kept past the record.
+    reply: TextTally | None = None
     #: What the caller can do about a stream without usage (the adapter words it).
     no_usage_hint: str = ""
     #: The budget reservation the call holds until its record settles it (guardrails).
@@ -343,9 +347,11 @@ class Call:
         )
 
     def _estimate(self) -> Usage:
-        """What the call most likely used: its request's input, the output that passed by."""
+        """What the call most likely used: its request's input, the output that passed by (a
+        stream's) or came back (a reply's)."""
         model = self.model if type(self.model) is str else self.request_model or ""
-        tally = getattr(self.reader, "tally", None)
+        tally = self.reply if self.reply is not None else getattr(self.reader, "tally", None)
+        self.reply = None  # counted once: the text is not kept with the call
         with without_waiting():
             return estimate_usage(self.provider, self.request, model, tally, self.operation)
 

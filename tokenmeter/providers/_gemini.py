@@ -1,6 +1,7 @@
 """What the two Gemini adapters (google-genai, legacy google-generativeai) share: the provider
 their calls are recorded under, how a request's model path is shortened, what of a streamed part
-is output, and how a stream left before its output was counted is estimated."""
+is output, and how a stream left before its output was counted (or a reply without usage) is
+estimated."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ from tokenmeter._estimate import TextTally
 from tokenmeter._models import Usage
 from tokenmeter._registry import provider_of_sdk
 
-__all__ = ["PROVIDER", "add_output", "estimated_output", "short_model"]
+__all__ = [
+    "PROVIDER",
+    "add_candidates",
+    "add_output",
+    "estimated_output",
+    "reply_text",
+    "short_model",
+]
 
 #: Gemini API and Vertex AI bill the same models from one price table.
 PROVIDER = provider_of_sdk("google-genai")
@@ -60,6 +68,26 @@ def add_output(tally: TextTally, part: Any) -> None:
                 add(json.dumps(args, ensure_ascii=False, default=_plain))
     add(getattr(getattr(part, "executable_code", None), "code", None))
     add(getattr(getattr(part, "code_execution_result", None), "output", None))
+
+
+def add_candidates(tally: TextTally, response: Any, thoughts: TextTally | None = None) -> None:
+    """The output of ``response``'s parts (text, function calls, code: ``add_output``), thought
+    summaries into ``thoughts`` when given."""
+    for candidate in getattr(response, "candidates", None) or ():
+        content = getattr(candidate, "content", None)
+        for part in getattr(content, "parts", None) or ():
+            into = thoughts if thoughts is not None and getattr(part, "thought", None) else tally
+            add_output(into, part)
+
+
+def reply_text(response: Any) -> TextTally:
+    """The output of a reply that was not streamed and reported no usage, as a stream's is
+    tallied for its estimate (thought summaries apart: not counted, as a stream's are not). A
+    part that cannot be read adds nothing."""
+    tally = TextTally()
+    with suppress(Exception):
+        add_candidates(tally, response, TextTally())
+    return tally
 
 
 def _plain(value: Any) -> Any:

@@ -34,7 +34,13 @@ from tokenmeter.providers._core import (
     intercept,
     intercept_async,
 )
-from tokenmeter.providers._gemini import PROVIDER, add_output, estimated_output, short_model
+from tokenmeter.providers._gemini import (
+    PROVIDER,
+    add_output,
+    estimated_output,
+    reply_text,
+    short_model,
+)
 from tokenmeter.usage import Extracted, from_gemini_response
 from tokenmeter.usage._read import getter, ident, priced_tier
 from tokenmeter.usage.google import (
@@ -100,9 +106,11 @@ def _read_response(response: Any, call: Call) -> None:
             call.take(Extracted(provider=PROVIDER, usage=usage, operation=call.operation))
             return
     # Billed, and nothing reported (an embedding answer whose usage an older SDK drops, or a
-    # usage_metadata without a count): estimated from the request, never lost or a silent 0.
+    # usage_metadata without a count): estimated from the request and the text of the reply,
+    # never lost or a silent 0.
     _names(response, call)
     call.missing = True
+    call.reply = reply_text(response)
 
 
 #: Largest raw body read for its usage (Gemini answers are far smaller, images inline included).

@@ -37,7 +37,13 @@ from tokenmeter.providers._core import (
     intercept,
     intercept_async,
 )
-from tokenmeter.providers._gemini import PROVIDER, add_output, estimated_output, short_model
+from tokenmeter.providers._gemini import (
+    PROVIDER,
+    add_candidates,
+    estimated_output,
+    reply_text,
+    short_model,
+)
 from tokenmeter.usage import Extracted
 from tokenmeter.usage.google import billed_searches, reports_usage, usage_from_gemini
 
@@ -103,7 +109,9 @@ def _read(response: Any, call: Call) -> None:
     version = getattr(response, "model_version", None)
     if meta is None or not reports_usage(meta):
         call.model = version or call.model
-        call.missing = not call.streamed  # billed, nothing reported: estimated
+        if not call.streamed:  # billed, nothing reported: estimated (its output from its text)
+            call.missing = True
+            call.reply = reply_text(response)
         return
     dropped = _dropped_fields(meta)
     if dropped:
@@ -248,7 +256,7 @@ class _TextTally:
 
     def feed(self, chunk: Any, call: Call) -> bool:
         if call.usage is None and self.latest is None:  # no total known yet
-            _add_text(self.tally, chunk)
+            add_candidates(self.tally, chunk)
         self.queries = max(self.queries, _search_queries(chunk))
         meta = _usage_metadata(chunk)
         if meta is not None and reports_usage(meta):
@@ -263,18 +271,8 @@ class _TextTally:
         fetched, thoughts = TextTally(), TextTally()
         # The joined proto: the SDK's own ``candidates`` refuses a stream left part-way.
         with suppress(Exception):  # what cannot be read leaves the reported count
-            _add_text(fetched, getattr(self.response, "_result", None), thoughts)
+            add_candidates(fetched, getattr(self.response, "_result", None), thoughts)
         return estimated_output(usage, fetched, thoughts, PROVIDER, model)
-
-
-def _add_text(tally: TextTally, response: Any, thoughts: TextTally | None = None) -> None:
-    """The output of ``response``'s parts (text, function calls, code: ``add_output``), thought
-    summaries into ``thoughts`` when given."""
-    for candidate in getattr(response, "candidates", None) or ():
-        content = getattr(candidate, "content", None)
-        for part in getattr(content, "parts", None) or ():
-            into = thoughts if thoughts is not None and getattr(part, "thought", None) else tally
-            add_output(into, part)
 
 
 class SyncStreamResponse(SyncIterableProxy):

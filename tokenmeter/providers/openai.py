@@ -7,7 +7,7 @@ inferred from the base URL's host so the right price table applies.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
@@ -148,6 +148,39 @@ def _add_text(tally: TextTally, chunk: Any) -> None:
                 add(getattr(function, "arguments", None))
 
 
+def _reply_text(parsed: Any) -> TextTally:
+    """The output of a reply that was not streamed (an object, or a dict read from a raw body),
+    as the stream readers tally it: chat and legacy completion choices, Responses output items.
+    A part that cannot be read adds nothing."""
+    tally = TextTally()
+    add = tally.add
+    with suppress(Exception):
+        for choice in field(parsed, "choices") or ():
+            message = field(choice, "message")
+            if message is None:  # legacy completions
+                add(field(choice, "text"))
+                continue
+            add(field(message, "content"))
+            add(field(message, "refusal"))
+            for tool_call in field(message, "tool_calls") or ():
+                _add_call(add, field(tool_call, "function"))
+    with suppress(Exception):
+        for item in field(parsed, "output") or ():
+            _add_call(add, item)  # a function call's (a message has neither)
+            # A message's text and refusals; a reasoning item's summary and reasoning text.
+            for part in (field(item, "content") or (), field(item, "summary") or ()):
+                for piece in part if isinstance(part, list | tuple) else ():
+                    add(field(piece, "text"))
+                    add(field(piece, "refusal"))
+    return tally
+
+
+def _add_call(add: Callable[[Any], None], function: Any) -> None:
+    """A tool call's name and arguments (a chat tool call's function, a Responses item)."""
+    add(field(function, "name"))
+    add(field(function, "arguments"))
+
+
 def _read_usage(chunk: Any, usage: Any, call: Call) -> None:
     call.usage = usage_from_openai(usage)
     call.tier = tier_from_openai(getattr(chunk, "service_tier", None))
@@ -216,9 +249,11 @@ def _failed(call: Call, response: Any) -> None:
 
 
 def _read(parsed: Any, call: Call) -> None:
-    """A chat, completion or embeddings response; a billed one without usage is estimated."""
+    """A chat, completion or embeddings response; a billed one without usage is estimated (its
+    output from the text it holds)."""
     if field(parsed, "usage") is None:
         call.missing = True
+        call.reply = _reply_text(parsed)
         keep_names(call, parsed)
         return
     call.take(from_openai_response(parsed, call.provider))
