@@ -186,6 +186,26 @@ def integration_names() -> list[str]:
     return [i.name for i in INTEGRATIONS]
 
 
+def instrument_names() -> list[str]:
+    """Every name ``instrument()`` takes (``integrations_named``): each SDK's name and aliases,
+    then the names and aliases of the providers an SDK is made for ("google", "gemini", ...)."""
+    names = [name for found in INTEGRATIONS for name in (found.name, *found.aliases)]
+    made_for = {found.provider for found in INTEGRATIONS}
+    for provider in PROVIDERS:
+        if provider.id in made_for:
+            names += [name for name in (provider.id, *provider.aliases) if name not in names]
+    return names
+
+
+def sdk_reaching(name: str) -> str | None:
+    """The SDK a provider no SDK is made for is called through (Azure, Groq, ... answer in the
+    OpenAI shape, through the openai SDK), by the provider's name or alias; else None."""
+    provider = _BY_NAME.get(name.strip().lower())
+    if provider is None or provider.family is None or integrations_named(name):
+        return None
+    return next((i.name for i in INTEGRATIONS if i.provider == provider.family), None)
+
+
 def integration(name: str) -> Integration | None:
     """An integration by name or alias."""
     return _INTEGRATION_BY_NAME.get(name)

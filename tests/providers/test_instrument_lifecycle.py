@@ -307,6 +307,25 @@ def test_unknown_providers_are_a_short_value_error(providers: Any) -> None:
         assert len(str(raised.value)) < 300
 
 
+@pytest.mark.parametrize("name", ["azure", "Groq", "deepseek", "nope"])
+def test_an_unknown_name_lists_every_name_taken_and_the_sdk_of_a_provider(name: str) -> None:
+    """A provider called through the openai SDK (Azure, Groq, ...) names no SDK (naming one
+    would meter every openai call, whatever the host): the error lists every name instrument()
+    takes (it listed the four SDKs alone, not "google", "gemini", "vertex", "google-legacy")
+    and, for such a provider, the SDK to name."""
+    for call in (tokenmeter.instrument, tokenmeter.uninstrument):
+        with pytest.raises(ValueError, match="unknown provider") as raised:
+            call([name])
+        said = str(raised.value)
+        for taken in ("openai", "google-genai", "google-legacy", "google", "gemini", "vertex"):
+            assert repr(taken) in said
+        assert ("through the openai SDK: name 'openai'" in said) is (name != "nope")
+    assert tokenmeter.instrument(["vertex", "google-legacy"]).providers == [
+        "google-genai",
+        "google-generativeai",
+    ]
+
+
 @pytest.mark.parametrize("module", ["m", None])
 def test_wrap_names_a_class_with_a_huge_name_or_no_module_shortly(module: Any) -> None:
     odd = type("X" * 1_000_000, (), {"__module__": module})

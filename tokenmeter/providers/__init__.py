@@ -54,11 +54,22 @@ def _names(providers: str | list[str] | tuple[str, ...] | None) -> list[str]:
     names: list[str] = []
     for item in items:
         found = _registry.integrations_named(item) if isinstance(item, str) else []
-        if not found:  # shown cut short: a caller may pass a megabyte, or an object without a repr
-            expected = list(PROVIDERS)
-            raise ValueError(f"unknown provider {short_repr(item)}; expected some of {expected}")
+        if not found:
+            raise ValueError(_unknown(item))
         names += [i.name for i in found if i.name not in names]
     return names
+
+
+def _unknown(item: Any) -> str:
+    """Why ``item`` names no SDK: every name that does, and for a provider called through
+    another's SDK (Azure, Groq, ...: the openai SDK), which one to name. Shown cut short: a
+    caller may pass a megabyte, or an object without a repr."""
+    shown = short_repr(item)
+    message = f"unknown provider {shown}; expected some of {_registry.instrument_names()}"
+    sdk = _registry.sdk_reaching(item) if isinstance(item, str) else None
+    if sdk is not None:
+        message += f" ({shown} is called through the {sdk} SDK: name {sdk!r})"
+    return message
 
 
 def _installed(module: str) -> bool:
