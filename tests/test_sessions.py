@@ -654,6 +654,58 @@ def test_a_budget_finer_than_a_pico_dollar_is_kept_to_the_pico_dollar(tmp_path: 
     assert max(path.stat().st_size for path in tmp_path.rglob("*.md")) < 10_000
 
 
+def test_a_budget_set_as_it_goes_is_checked_and_loses_no_record(sink: InMemorySink) -> None:
+    """``s.budget_usd = 0.5`` (a float, as session() takes) was kept as given: every later call
+    of the session failed in its budget check before its record was queued (3 calls, 0 stored),
+    and record() raised TypeError. Now checked and made a Decimal as the constructor's is."""
+    tokenmeter.instrument(["openai"])
+    with FakeProvider() as fake, tokenmeter.session("job", budget_usd=1.0) as job:
+        client = fake.openai_client()
+        job.budget_usd = 0.5
+        assert job.budget_usd == Decimal("0.5")
+        for _ in range(2):
+            client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+            )
+        tokenmeter.record("openai", "gpt-4o", 1000, 10)
+        with pytest.raises(ValueError) as excinfo:
+            job.budget_usd = "lots"  # type: ignore[assignment]
+        assert one_line_value_error(excinfo).startswith("budget_usd ")
+        assert job.budget_usd == Decimal("0.5")  # the refused value is not kept
+    with FakeProvider() as fake, tokenmeter.session("capped", on_exceed="raise") as capped:
+        capped.budget_usd = 0  # given as it goes, it refuses calls as one given at the start
+        with pytest.raises(tokenmeter.BudgetExceeded):
+            fake.openai_client().chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert fake.requests == []
+    assert tokenmeter.flush(5)
+    assert [r.session_name for r in sink.records if r.status != "blocked"] == ["job"] * 3
+
+
+def test_a_fault_in_a_sessions_bookkeeping_loses_no_record(
+    sink: InMemorySink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record was queued for the sinks after the session's totals and budget were brought up
+    to date: any fault there (a budget kept as a float did it) lost the billed call's record.
+    The fault still surfaces (logged for an intercepted call); the record is stored."""
+    tokenmeter.instrument(["openai"])
+
+    class Failing:
+        def multiply(self, a: Decimal, b: Decimal) -> Decimal:
+            raise ArithmeticError("budget bookkeeping failed")
+
+    with FakeProvider() as fake, tokenmeter.session("job", budget_usd=1) as job:
+        client = fake.openai_client()
+        monkeypatch.setattr(_sessions, "USD_CONTEXT", Failing())
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        with pytest.raises(ArithmeticError):
+            tokenmeter.record("openai", "gpt-4o", 1000, 10)
+        monkeypatch.undo()
+    assert tokenmeter.flush(5)
+    assert [r.session_id for r in sink.records] == [job.id, job.id]
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
 def test_a_forked_child_starts_its_own_implicit_session() -> None:
     from tokenmeter import _sessions

@@ -193,13 +193,17 @@ def emit(
             "tool_requests": counts["tool_requests"],
         },
     )
-    if not session._announced:
-        _sessions.announce(session)
-    if status != "blocked":  # a refused call cost nothing and is no call of the summary
-        session._add(record)
-        if _state.armed:
-            _budgets.settle(record, session, call)
-    _pipeline.submit(record)
+    try:
+        if not session._announced:
+            _sessions.announce(session)
+        if status != "blocked":  # a refused call cost nothing and is no call of the summary
+            session._add(record)
+            if _state.armed:
+                _budgets.settle(record, session, call)
+    finally:
+        # Queued whatever befell the session's bookkeeping (its fault still raises, to be
+        # logged): a billed call is never lost because of a session's state.
+        _pipeline.submit(record)
     return record
 
 

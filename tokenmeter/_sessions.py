@@ -150,7 +150,7 @@ class Session:
         self.id = clean_text(id.strip(), _MAX_ID) if id else _new_id()
         self.name = name  # checked and cleaned by the property's setter
         self.tags = _check_tags(tags)
-        self.budget_usd = _check_budget(budget_usd)
+        self.budget_usd = budget_usd  # checked and made a Decimal by the property's setter
         if on_exceed not in ("warn", "raise"):
             raise ValueError(f"on_exceed must be 'warn' or 'raise', got {short_repr(on_exceed)}")
         #: "raise": a call that would take the session past ``budget_usd`` is refused before it
@@ -201,6 +201,24 @@ class Session:
             from tokenmeter.guardrails._budgets import session_renamed
 
             session_renamed()
+
+    @property
+    def budget_usd(self) -> Decimal | None:
+        """USD the session may spend (itself and its nested sessions); may be set as it goes."""
+        return self._budget_usd
+
+    @budget_usd.setter
+    def budget_usd(self, budget: float | Decimal | str | None) -> None:
+        # Set later, a budget must be checked and made a Decimal as the constructor's is: a float
+        # kept as given made every later record of the session fail in its budget check.
+        self._budget_usd = _check_budget(budget)
+        if (
+            budget is not None
+            and self.__dict__.get("started_at") is not None  # set inside the block: not __init__
+            and self.on_exceed == "raise"
+            and not _disabled()
+        ):
+            _guard_state.armed = True  # refused before it is sent from now on, as if given
 
     @property
     def notes(self) -> str | None:
@@ -333,9 +351,10 @@ class Session:
 
     def _budgeted(self) -> bool:
         """This session or an enclosing one has a budget."""
+        # ``_budget_usd``, not the property, here and in ``_add``: read at every call.
         node: Session | None = self
         while node is not None:
-            if node.budget_usd is not None:
+            if node._budget_usd is not None:
                 return True
             node = node.parent
         return False
@@ -351,14 +370,14 @@ class Session:
                         node._inherit()
                     ended.append(node)
                 node._summary._add(record)
-                budgeted = budgeted or node.budget_usd is not None
+                budgeted = budgeted or node._budget_usd is not None
                 node = node.parent
         for late in ended:  # a stream read after its session ended: its stored totals go on
             _tell(late)
         if budgeted:  # every ancestor's budget, however the record was made
             node = self
             while node is not None:
-                if node.budget_usd is not None:
+                if node._budget_usd is not None:
                     node._check_budget(record)
                 node = node.parent
 
