@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import struct
 import subprocess
 import sys
@@ -35,6 +36,24 @@ def one_line_value_error(excinfo: pytest.ExceptionInfo[ValueError]) -> str:
     message = str(excinfo.value)
     assert "\n" not in message
     return message
+
+
+def unusable_paths(tmp_path: Path, wanted: str) -> dict[str, str]:
+    """Paths where a sink can keep no file (``wanted="file"``) or directory (``"directory"``),
+    by what is there: the other kind, a device, a FIFO, and nothing at all (``""``)."""
+    other = tmp_path / f"not_a_{wanted}"
+    if wanted == "file":
+        other.mkdir()
+    else:
+        other.write_text("")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    return {
+        "a directory" if wanted == "file" else "a regular file": str(other),
+        "a device": "/dev/null",
+        "a FIFO": str(fifo),
+        "empty": "",
+    }
 
 
 def check_lease_protocol(ledger: object) -> None:

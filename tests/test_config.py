@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import one_line_value_error, returns, run_python
+from helpers import one_line_value_error, returns, run_python, unusable_paths
 
 import tokenmeter
 from tokenmeter import _runtime
@@ -579,6 +579,27 @@ def test_a_directory_named_with_bytes_that_are_not_utf8_is_used(tmp_path: Path) 
     tokenmeter.record("openai", "gpt-4o", 10, 5)
     assert tokenmeter.flush(5)
     assert (directory / "usage.jsonl").is_file()
+
+
+def test_a_directory_that_can_hold_no_files_is_refused_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """configure(directory=) took a regular file or a device: every sink's write failed on the
+    writer thread, and the quarantine too ("could not be set aside either": records lost). A
+    sink whose own file in a good directory cannot be (a directory at usage.jsonl) is left out,
+    logged; the other sinks still store the records."""
+    for kind, path in unusable_paths(tmp_path, "directory").items():
+        with pytest.raises(ValueError) as excinfo:
+            tokenmeter.configure(directory=path)
+        message = one_line_value_error(excinfo)
+        assert "'directory'" in message and (kind in message or path == "")
+    (tmp_path / "meter" / "usage.jsonl").mkdir(parents=True)
+    tokenmeter.configure(directory=tmp_path / "meter", sinks=["jsonl", "sqlite"])
+    with caplog.at_level(logging.ERROR, logger="tokenmeter"):
+        tokenmeter.record("openai", "gpt-4o", 10, 5)
+    assert tokenmeter.flush(5)
+    assert "tokenmeter sink 'jsonl': path must be a file" in caplog.text
+    assert (tmp_path / "meter" / "usage.db").is_file()
 
 
 @pytest.mark.parametrize("read_by", ["configure", "instrument"])

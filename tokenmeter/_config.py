@@ -193,6 +193,19 @@ class Settings(BaseModel):
             raise ValueError(f"{fault}, got {short_repr(text)}")
         return Path(os.path.expanduser(text))  # "~/usage": the home folder, as a shell means it
 
+    @field_validator("directory", mode="after")
+    @classmethod
+    def _a_directory(cls, value: Path) -> Path:
+        # A file or a device there: every sink's write, and even the quarantine, failed later.
+        from tokenmeter.sinks._files import wrong_kind  # the sinks' own rule
+
+        kind = wrong_kind(value, "directory")
+        if kind is not None:
+            raise ValueError(
+                f"must be a directory or nothing yet, got {kind}: {short_repr(str(value))}"
+            )
+        return value
+
     @field_validator("disabled", "stream_usage", "thread_propagation", mode="before")
     @classmethod
     def _a_bool(cls, value: Any) -> bool:

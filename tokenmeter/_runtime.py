@@ -86,19 +86,19 @@ def _default_sinks(resolved: Settings, directory: Path) -> list[Sink]:
     if resolved.disabled:  # TOKENMETER_DISABLED=1 writes nothing at all
         return made
     for name in resolved.sinks:
-        if name == "sqlite":
-            made.append(SQLiteSink(directory / "usage.db"))
-        elif name == "jsonl":
-            made.append(JSONLSink(directory / "usage.jsonl"))
-        elif name == "markdown":
-            made.append(MarkdownJournalSink(directory / "journal"))
-        else:
-            try:
+        try:
+            if name == "sqlite":
+                made.append(SQLiteSink(directory / "usage.db"))
+            elif name == "jsonl":
+                made.append(JSONLSink(directory / "usage.jsonl"))
+            elif name == "markdown":
+                made.append(MarkdownJournalSink(directory / "journal"))
+            else:
                 made.append(PostgresSink(resolved.pg_dsn) if name == "postgres" else OTelSink())
-            except Exception as exc:
-                # Its extra is missing, or its SDK refuses the OTEL_* settings: the other sinks
-                # still work.
-                logging.getLogger("tokenmeter").error("tokenmeter sink %r: %s", name, exc)
+        except Exception as exc:
+            # Its file is something else (a directory at usage.jsonl), its extra is missing, or
+            # its SDK refuses the OTEL_* settings: the other sinks still work.
+            logging.getLogger("tokenmeter").error("tokenmeter sink %r: %s", name, exc)
     if resolved.reports:
         from tokenmeter._reports import PeriodicReports
 

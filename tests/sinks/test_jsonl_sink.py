@@ -18,6 +18,10 @@ from conftest import (  # type: ignore[import-not-found, unused-ignore]
     skip_without_tmpfs,
     write_reference,
 )
+from helpers import (  # type: ignore[import-not-found, unused-ignore]
+    one_line_value_error,
+    unusable_paths,
+)
 
 from tokenmeter._models import UsageRecord
 from tokenmeter.sinks import JSONLSink
@@ -273,3 +277,14 @@ def test_a_relative_path_stays_where_it_was_when_the_process_changes_directory(
     assert sink.path == tmp_path / "a" / "usage.jsonl"
     assert [r.id for r in read_jsonl(sink.path) if r] == ["rec-000000", "rec-000001"]
     assert list((tmp_path / "b").iterdir()) == []
+
+
+def test_a_path_that_can_hold_no_file_is_refused_at_once(tmp_path: Path) -> None:
+    """JSONLSink took a directory, /dev/full, a FIFO or "" (what SQLiteSink refuses): every write
+    then failed on the writer thread (records set aside), and into a FIFO nobody read the lines
+    went with no error (flush() said True; the records were gone at exit)."""
+    for kind, path in unusable_paths(tmp_path, "file").items():
+        with pytest.raises(ValueError) as excinfo:
+            JSONLSink(path)
+        message = one_line_value_error(excinfo)
+        assert message.startswith("path must ") and (kind in message or path == "")

@@ -23,6 +23,10 @@ from conftest import (  # type: ignore[import-not-found, unused-ignore]
     tree_bytes,
     write_reference,
 )
+from helpers import (  # type: ignore[import-not-found, unused-ignore]
+    one_line_value_error,
+    unusable_paths,
+)
 
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.sinks import MarkdownJournalSink, SessionAwareSink
@@ -886,3 +890,13 @@ def test_a_link_planted_at_the_temporary_file_is_not_followed(
         "**31**"
     )
     assert journal_problems(journal) == []
+
+
+def test_a_directory_that_can_hold_no_journal_is_refused_at_once(tmp_path: Path) -> None:
+    """MarkdownJournalSink took a regular file, a device or a FIFO as its directory: every write
+    then failed on the writer thread, its records set aside."""
+    for kind, path in unusable_paths(tmp_path, "directory").items():
+        with pytest.raises(ValueError) as excinfo:
+            MarkdownJournalSink(path)
+        message = one_line_value_error(excinfo)
+        assert message.startswith("directory must ") and (kind in message or path == "")

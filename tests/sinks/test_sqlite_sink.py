@@ -20,7 +20,12 @@ from conftest import (  # type: ignore[import-not-found, unused-ignore]
     skip_without_tmpfs,
     write_reference,
 )
-from helpers import run_python, wait_for  # type: ignore[import-not-found, unused-ignore]
+from helpers import (  # type: ignore[import-not-found, unused-ignore]
+    one_line_value_error,
+    run_python,
+    unusable_paths,
+    wait_for,
+)
 
 from tokenmeter._models import SessionInfo, UsageRecord, _iso
 from tokenmeter.sinks import SessionAwareSink, SQLiteSink
@@ -419,8 +424,11 @@ def test_a_bad_busy_timeout_is_named_shortly() -> None:
 def test_a_device_is_no_sqlite_file(tmp_path: Path, make_record: RecordFactory) -> None:
     """SQLite opened /dev/null as a database and made its journal beside it, with the device's
     mode (/dev/null-journal, 0o666). A device there since the sink was made fails its write."""
-    with pytest.raises(ValueError, match=r"^SQLiteSink: /dev/null is not a regular file$"):
-        SQLiteSink("/dev/null")
+    for kind, path in unusable_paths(tmp_path, "file").items():  # the JSONL sink's rule too
+        with pytest.raises(ValueError) as excinfo:
+            SQLiteSink(path)
+        message = one_line_value_error(excinfo)
+        assert message.startswith("path must ") and (kind in message or path == "")
     sink = SQLiteSink(tmp_path / "usage.db")
     (tmp_path / "usage.db").symlink_to("/dev/null")
     with pytest.raises(OSError, match="is not a regular file"):

@@ -18,8 +18,10 @@ import errno
 import fcntl
 import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from tokenmeter._models import short_repr
 
@@ -27,13 +29,16 @@ __all__ = [
     "absolute",
     "append_line",
     "append_whole",
+    "directory_path",
     "ensure_private_dir",
+    "file_path",
     "open_private",
     "pread_exact",
     "pwrite_all",
     "remove_temporaries",
     "replace_private",
     "write_all",
+    "wrong_kind",
 ]
 
 DIR_MODE = 0o700
@@ -81,6 +86,55 @@ def absolute(path: str | os.PathLike[str], name: str = "path") -> Path:
         return found.absolute()
     except OSError:
         return found
+
+
+_KINDS = (
+    (stat.S_ISREG, "a regular file"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def wrong_kind(path: str | os.PathLike[str], wanted: Literal["file", "directory"]) -> str | None:
+    """What is at ``path`` ("a directory", "a FIFO", "a device"...) when it is not what a sink
+    needs there (a regular file, or a directory; links followed), else None: nothing there yet,
+    the wanted kind, or nothing can be told (not searchable, a loop of links: the first write
+    says why). Every write to the wrong kind fails later on the writer thread, or, into a FIFO
+    nobody reads, seems to succeed while the records are lost."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if (stat.S_ISREG if wanted == "file" else stat.S_ISDIR)(mode):
+        return None
+    return next((kind for is_kind, kind in _KINDS if is_kind(mode)), "not a file")
+
+
+def file_path(path: str | os.PathLike[str], name: str = "path") -> Path:
+    """``absolute(path)`` for a file a sink makes or writes (absent, or a regular file there);
+    ValueError naming the argument ``name`` for an empty path or another kind of file."""
+    return _checked(path, name, "file")
+
+
+def directory_path(path: str | os.PathLike[str], name: str = "directory") -> Path:
+    """``absolute(path)`` for a directory a sink makes or writes in (absent, or a directory);
+    ValueError naming the argument ``name`` for an empty path or another kind of file."""
+    return _checked(path, name, "directory")
+
+
+def _checked(path: str | os.PathLike[str], name: str, wanted: Literal["file", "directory"]) -> Path:
+    if isinstance(path, str) and not path.strip():  # "" is "." to Path: the working directory
+        raise ValueError(f"{name} must not be empty")
+    found = absolute(path, name)
+    kind = wrong_kind(found, wanted)
+    if kind is not None:
+        raise ValueError(
+            f"{name} must be a {wanted} or nothing yet, got {kind}: {short_repr(str(found))}"
+        )
+    return found
 
 
 def ensure_private_dir(directory: Path) -> None:

@@ -25,10 +25,10 @@ from collections.abc import Iterator, Sequence
 from tokenmeter._models import UsageRecord
 from tokenmeter.sinks._encode import compact_json
 from tokenmeter.sinks._files import (
-    absolute,
     append_whole,
     ensure_private_dir,
     file_id,
+    file_path,
     open_private,
     still_names,
 )
@@ -40,7 +40,9 @@ class JSONLSink:
     """Appends every record as one line of JSON to the file at ``path``."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = absolute(path)
+        # A regular file or none yet: a FIFO took the lines with no reader (lost, flush() said
+        # True), a directory or a device failed every write on the writer thread.
+        self.path = file_path(path)
         self._fd: int | None = None
         self._pid = 0
         #: ``(st_dev, st_ino)`` of the file the descriptor has open.

@@ -73,7 +73,7 @@ from tokenmeter._format import markdown_text as _md
 from tokenmeter._models import SessionInfo, UsageRecord, _iso
 from tokenmeter._totals import OTHER_MODELS, Totals, note_model
 from tokenmeter.sinks._files import (
-    absolute,
+    directory_path,
     ensure_private_dir,
     open_private,
     pread_exact,
@@ -99,7 +99,8 @@ class MarkdownJournalSink:
     """Writes ``token_usage.md`` and one file per session under ``directory``."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
-        self.directory = absolute(directory, "directory")
+        # A directory or none yet: anything else failed every write on the writer thread.
+        self.directory = directory_path(directory)
         self.usage_path = self.directory / "token_usage.md"
         self.sessions_dir = self.directory / "sessions"
         #: Files that a failed ``write`` left holding some of its records (see the docstring).

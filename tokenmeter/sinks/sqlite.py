@@ -41,7 +41,13 @@ from tokenmeter._models import SessionInfo, UsageRecord, _iso, short_repr
 from tokenmeter._packed import MAPPINGS, as_dict
 from tokenmeter._totals import USD_CONTEXT
 from tokenmeter.sinks._encode import compact_json
-from tokenmeter.sinks._files import absolute, ensure_private_dir, file_id, open_private, still_names
+from tokenmeter.sinks._files import (
+    ensure_private_dir,
+    file_id,
+    file_path,
+    open_private,
+    still_names,
+)
 
 __all__ = ["SCHEMA_VERSION", "SQLiteSink"]
 
@@ -690,16 +696,6 @@ _MAX_BUSY_TIMEOUT_MS = 2**31 - 1
 _BUSY_SLICE_S = 0.05
 
 
-def _regular_or_none(path: Path) -> bool:
-    """True when nothing is at ``path`` yet, or a regular file (through links)."""
-    try:
-        return stat.S_ISREG(path.stat().st_mode)
-    except FileNotFoundError:
-        return True
-    except OSError:  # not searchable, a loop of links: the first write says why
-        return True
-
-
 class SQLiteSink:
     """Stores records (and sessions) in the SQLite database at ``path``."""
 
@@ -713,10 +709,8 @@ class SQLiteSink:
                 "busy_timeout_s must be a non-negative number of seconds, got "
                 + short_repr(busy_timeout_s)
             )
-        self.path = absolute(path)
-        if not _regular_or_none(self.path):
-            # A device: SQLite would make its journal beside it (/dev/zero-journal, mode 0o666).
-            raise ValueError(f"SQLiteSink: {self.path} is not a regular file")
+        # Not a device: SQLite would make its journal beside it (/dev/zero-journal, mode 0o666).
+        self.path = file_path(path)
         self._busy_timeout_s = float(busy_timeout_s)
         # SQLite keeps it as 32-bit milliseconds, and reads a larger number as 0 (no wait at all).
         self._busy_timeout_ms = int(min(busy_timeout_s * 1000, _MAX_BUSY_TIMEOUT_MS))
