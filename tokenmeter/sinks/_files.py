@@ -68,13 +68,15 @@ def unnameable(path: str | os.PathLike[str]) -> str | None:
 def absolute(path: str | os.PathLike[str], name: str = "path") -> Path:
     """``path`` made absolute against the working directory now, so that a process changing
     directory later (a daemon going to "/") goes on writing to the same file. Left relative when
-    the working directory was removed: opening it then fails, and says so, at each write.
+    the working directory was removed: opening it then fails, and says so, at each write. A
+    leading ``~`` is the home folder, as in the ``directory`` setting (not a directory named
+    ``~`` in the working directory).
 
     ValueError naming the argument ``name`` for what cannot name a file (None, bytes, a NUL),
     rather than failing every write later.
     """
     try:
-        found = Path(path)
+        found = Path(os.path.expanduser(path))
     except TypeError:
         found = None
     if found is None or "\x00" in str(found):
