@@ -457,6 +457,28 @@ def test_a_sink_class_for_an_instance_is_refused_naming_sinks(sinks: Any) -> Non
     assert len(memory.records) == 1
 
 
+def test_a_sink_whose_methods_are_not_methods_is_refused_naming_them() -> None:
+    """The Sink protocol check only asks that write, flush and close be there: a sink whose
+    ``write = 5`` was accepted, then every write failed on the writer thread (records set
+    aside). A ``write_sessions`` of None is a sink without sessions, as before."""
+
+    class Odd:
+        write: Any = 5
+        write_sessions: Any = None
+
+        def flush(self) -> None: ...
+
+        def close(self) -> None: ...
+
+    with pytest.raises(ValueError, match=r"^sinks: Odd\.write must be a method, got 5$"):
+        tokenmeter.configure(sinks=[Odd()])
+    Odd.write = lambda self, records: None
+    tokenmeter.configure(sinks=[Odd()])
+    Odd.write_sessions = "sessions"
+    with pytest.raises(ValueError, match=r"^sinks: Odd\.write_sessions must be a method"):
+        tokenmeter.configure(sinks=[Odd()])
+
+
 def test_smallest_queue_and_zero_exit_timeout_are_allowed() -> None:
     tokenmeter.configure(max_queue=1, exit_timeout=0, stream_usage=False)
     resolved = _runtime.settings()

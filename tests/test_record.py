@@ -651,17 +651,31 @@ def test_record_with_a_timestamp_without_a_time_zone_is_a_value_error(
     assert sink.records == []
 
 
-def test_record_with_a_time_zone_that_fails_is_a_value_error(sink: InMemorySink) -> None:
-    class Failing(tzinfo):
-        def utcoffset(self, dt: datetime | None) -> timedelta:
-            raise RuntimeError("no offset")
+class FailingZone(tzinfo):
+    """A caller's time zone whose offset cannot be found (a tz database that is missing)."""
 
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        raise RuntimeError("no offset")
+
+
+def test_record_with_a_time_zone_that_fails_is_a_value_error(sink: InMemorySink) -> None:
     with pytest.raises(ValueError, match=r"^timestamp's time zone failed: RuntimeError"):
         tokenmeter.record(
-            "openai", "gpt-4o", 10, 5, timestamp=datetime(2026, 1, 1, tzinfo=Failing())
+            "openai", "gpt-4o", 10, 5, timestamp=datetime(2026, 1, 1, tzinfo=FailingZone())
         )
     assert tokenmeter.flush(5)
     assert sink.records == []
+
+
+def test_price_at_a_time_zone_that_fails_is_a_value_error() -> None:
+    """price(at=) let the tzinfo's own RuntimeError through, where record(timestamp=) names the
+    argument; a naive time is still UTC there, an aware one still read in UTC."""
+    usage = {"input_tokens": 1000}
+    with pytest.raises(ValueError, match=r"^at's time zone failed: RuntimeError$"):
+        tokenmeter.price("openai", "gpt-4o", usage, at=datetime(2026, 1, 1, tzinfo=FailingZone()))
+    naive = tokenmeter.price("openai", "gpt-4o", usage, at=datetime(2026, 1, 1))
+    aware = tokenmeter.price("openai", "gpt-4o", usage, at=datetime(2026, 1, 1, tzinfo=UTC))
+    assert naive.total_usd == aware.total_usd == Decimal("0.0025")
 
 
 def test_record_reads_the_longest_iso_timestamp(sink: InMemorySink) -> None:

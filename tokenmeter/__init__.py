@@ -109,6 +109,7 @@ def price(
     from pydantic import ValidationError
 
     from tokenmeter._models import MAX_NAME, Usage, as_int, clean_text, first_error
+    from tokenmeter._record import in_utc, utc_offset
     from tokenmeter.pricing import price_usage
     from tokenmeter.pricing._overrides import short_repr
     from tokenmeter.pricing._source import split_tier
@@ -137,10 +138,8 @@ def price(
     if at is not None:
         if not isinstance(at, datetime):
             raise ValueError(f"at must be a datetime, got {short_repr(at)}")
-        try:
-            at = at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)  # naive is UTC
-        except OverflowError:
-            raise ValueError(f"at is out of range in UTC, got {short_repr(at)}") from None
+        # As record(timestamp=) reads it, but naive is UTC here; a failing tzinfo is named.
+        at = at.replace(tzinfo=UTC) if utc_offset(at, "at") is None else in_utc(at, "at")
     if tier is not None:
         if not isinstance(tier, str):
             raise ValueError(

@@ -17,7 +17,7 @@ import secrets
 import sys
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from operator import itemgetter
 from typing import Any
@@ -380,21 +380,31 @@ def _timestamp(value: Any) -> datetime:
         raise ValueError(
             f"timestamp must be a datetime or ISO-8601 string, got {short_repr(value)}"
         )
-    try:
-        offset = value.utcoffset()
-    except Exception as exc:  # a tzinfo of the caller's that fails
-        raise ValueError(f"timestamp's time zone failed: {type(exc).__name__}") from None
-    if offset is None:
+    if utc_offset(value, "timestamp") is None:
         # Python's naive times are local (datetime.now()): read as UTC, a call made "now" in
         # Tokyo was recorded 9 hours ahead, in another day's reports and budgets.
         raise ValueError(
             "timestamp must say its time zone (datetime.now(UTC), or ISO text ending in Z or "
             f"+hh:mm), got {short_repr(value if isinstance(value, str) else value.isoformat())}"
         )
+    return in_utc(value, "timestamp")
+
+
+def utc_offset(value: datetime, name: str) -> timedelta | None:
+    """``value.utcoffset()`` (None: naive); ValueError naming the argument ``name`` when the
+    caller's tzinfo fails, rather than its own exception from deep inside."""
+    try:
+        return value.utcoffset()
+    except Exception as exc:  # a tzinfo of the caller's that fails
+        raise ValueError(f"{name}'s time zone failed: {type(exc).__name__}") from None
+
+
+def in_utc(value: datetime, name: str) -> datetime:
+    """An aware ``value`` in UTC; ValueError naming the argument ``name`` past year 9999 there."""
     try:
         return value.astimezone(UTC)
     except OverflowError:  # e.g. 9999-12-31T23:00-05:00: past year 9999 in UTC
-        raise ValueError(f"timestamp is out of range in UTC, got {short_repr(value)}") from None
+        raise ValueError(f"{name} is out of range in UTC, got {short_repr(value)}") from None
 
 
 def _usage(**counts: Any) -> Usage:

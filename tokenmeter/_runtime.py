@@ -347,6 +347,15 @@ def _check_instance(sink: Sink) -> None:
         raise ValueError(
             f"sinks: {short_repr(sink)} is a class; an instance is needed, e.g. {name}()"
         )
+    # The protocol check only asks that the attributes be there: ``write = 5`` passed, then
+    # every write failed on the writer thread (records set aside). write_sessions may be None.
+    for method in ("write", "flush", "close", "write_sessions"):
+        found = getattr(sink, method, None)
+        if not callable(found) and (found is not None or method != "write_sessions"):
+            raise ValueError(
+                f"sinks: {type(sink).__name__[:100]}.{method} must be a method, "
+                f"got {short_repr(found)}"
+            )
     # An async method returns a coroutine that the writer thread never awaits: the sink would
     # silently get nothing while flush() says everything is written.
     for method in ("write", "flush", "close", "write_sessions"):

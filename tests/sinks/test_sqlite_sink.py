@@ -441,11 +441,13 @@ def test_a_busy_timeout_longer_than_sqlite_takes_waits_as_long_as_it_can(
 ) -> None:
     """SQLite holds the timeout in a 32-bit count of milliseconds and reads a larger one (25 days
     and more: "wait for ever") as 0, no wait at all: writers of several processes failed at once
-    with "database is locked"; infinity raised OverflowError. SQLite waits in slices (the sink
-    repeats them for as long as it was asked), and as long as it takes for a moved database's
-    last checkpoint."""
-    for number, seconds in enumerate([1e9, float("inf")]):
-        sink = SQLiteSink(tmp_path / f"usage{number}.db", busy_timeout_s=seconds)
+    with "database is locked"; infinity raised OverflowError, and so did a whole number past a
+    float's range (10**400), at the call. SQLite waits in slices (the sink repeats them for as
+    long as it was asked), and as long as it takes for a moved database's last checkpoint."""
+    for number, (given, seconds) in enumerate(
+        [(1e9, 1e9), (float("inf"), float("inf")), (10**400, float("inf"))]
+    ):
+        sink = SQLiteSink(tmp_path / f"usage{number}.db", busy_timeout_s=given)
         sink.write([make_record(number)])
         assert sink._conn is not None
         slice_ms = round(sqlite_module._BUSY_SLICE_S * 1000)

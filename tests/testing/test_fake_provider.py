@@ -8,10 +8,13 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
+from helpers import one_line_value_error
 
 import tokenmeter
 from tokenmeter.testing import FakeProvider, InMemorySink, OpenAIUsage
@@ -196,6 +199,36 @@ def test_bad_configuration_raises_value_error(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         call(fake)  # type: ignore[operator]
+
+
+def _deep() -> dict[str, Any]:
+    """A dict nested deeper than ``repr()`` can go."""
+    nested: dict[str, Any] = {}
+    for _ in range(5_000):
+        nested = {"a": nested}
+    return nested
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        (lambda: {"models": ["gpt-4o"]}, "models"),
+        (lambda: {"models": {"gpt-4o": _deep()}}, "response_model"),
+        (lambda: {"stream_chunks": _deep()}, "stream_chunks"),
+        (lambda: {"openai_usage": {"prompt_tokens": _deep()}}, "prompt_tokens"),
+        (lambda: {"openai_usage": "x" * 1_000_000}, "openai"),
+        (lambda: {"anthropic_usage": {"x" * 1_000_000: 1}}, "anthropic"),
+    ],
+    ids=["models-list", "deep-model", "deep-chunks", "deep-count", "1mb-usage", "1mb-field"],
+)
+def test_a_bad_argument_is_named_in_one_short_line(
+    kwargs: Callable[[], dict[str, Any]], field: str
+) -> None:
+    """``models=["gpt-4o"]`` raised AttributeError, a deeply nested value RecursionError (from
+    ``repr()`` in the message), and a megabyte was quoted whole in the ValueError."""
+    with pytest.raises(ValueError, match=field) as excinfo:
+        FakeProvider(**kwargs())
+    assert len(one_line_value_error(excinfo)) < 300
 
 
 def test_environ_points_a_subprocess_sdk_at_the_fake(fake: FakeProvider) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import sqlite3
 import stat
@@ -711,9 +712,12 @@ class SQLiteSink:
             )
         # Not a device: SQLite would make its journal beside it (/dev/zero-journal, mode 0o666).
         self.path = file_path(path)
-        self._busy_timeout_s = float(busy_timeout_s)
+        try:
+            self._busy_timeout_s = float(busy_timeout_s)
+        except OverflowError:  # a whole number past what a float holds (10**400): wait as inf
+            self._busy_timeout_s = math.inf
         # SQLite keeps it as 32-bit milliseconds, and reads a larger number as 0 (no wait at all).
-        self._busy_timeout_ms = int(min(busy_timeout_s * 1000, _MAX_BUSY_TIMEOUT_MS))
+        self._busy_timeout_ms = int(min(self._busy_timeout_s * 1000, _MAX_BUSY_TIMEOUT_MS))
         #: The busy timeout set on the connection (ms): one slice, less at exit (``_begin``).
         self._slice_ms = 0
         self._conn: sqlite3.Connection | None = None

@@ -98,6 +98,11 @@ class FakeProvider:
             gemini=gemini_usage,
             gemini_function_call=gemini_function_call_usage,
         )
+        if models is not None and not isinstance(models, Mapping):
+            raise ValueError(
+                "models must be a mapping of request model to reply model, got "
+                + short_repr(models)
+            )
         for request_model, response_model in (models or {}).items():
             self.set_model(request_model, response_model)
         self.stream_chunks = stream_chunks
@@ -227,7 +232,7 @@ class FakeProvider:
         """Make replies to ``request_model`` name ``response_model`` (like a dated snapshot)."""
         for arg, value in (("request_model", request_model), ("response_model", response_model)):
             if not isinstance(value, str) or not value:
-                raise ValueError(f"{arg} must be a non-empty string, got {value!r}")
+                raise ValueError(f"{arg} must be a non-empty string, got {short_repr(value)}")
         self._state.models[request_model] = response_model
 
     @property
@@ -238,15 +243,17 @@ class FakeProvider:
     @stream_chunks.setter
     def stream_chunks(self, value: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"stream_chunks must be a positive integer, got {value!r}")
+            raise ValueError(f"stream_chunks must be a positive integer, got {short_repr(value)}")
         self._state.stream_chunks = value
 
     def fail_next(self, status: int = 500, count: int = 1, *, message: str | None = None) -> None:
         """Answer the next ``count`` requests with ``status`` and the provider's error body."""
         if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
-            raise ValueError(f"status must be an HTTP error status (400-599), got {status!r}")
+            raise ValueError(
+                f"status must be an HTTP error status (400-599), got {short_repr(status)}"
+            )
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"count must be a positive integer, got {count!r}")
+            raise ValueError(f"count must be a positive integer, got {short_repr(count)}")
         if message is not None and not isinstance(message, str):
             raise ValueError(f"message must be a string, got {type(message).__name__}")
         with self._lock:

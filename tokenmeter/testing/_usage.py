@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
-from tokenmeter._models import Usage
+from tokenmeter._models import Usage, short_repr
 
 __all__ = ["AnthropicUsage", "GeminiUsage", "OpenAIUsage", "coerce_usage"]
 
@@ -24,7 +24,8 @@ def _check_counts(obj: Any) -> None:
         value = getattr(obj, f.name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(
-                f"{type(obj).__name__}.{f.name} must be a non-negative integer, got {value!r}"
+                f"{type(obj).__name__}.{f.name} must be a non-negative integer, "
+                f"got {short_repr(value)}"
             )
 
 
@@ -226,10 +227,12 @@ def coerce_usage(kind: type[_UsageT], value: _UsageT | Mapping[str, Any], arg: s
     if isinstance(value, kind):
         return value
     if not isinstance(value, Mapping):
-        raise ValueError(f"{arg} must be a {kind.__name__} or a mapping, got {value!r}")
+        raise ValueError(f"{arg} must be a {kind.__name__} or a mapping, got {short_repr(value)}")
     known = {f.name for f in fields(kind)}
-    unknown = sorted(set(value) - known)
+    unknown = [key for key in value if key not in known]  # any keys: not sorted
     if unknown:
-        raise ValueError(f"{arg}: unknown field(s) {unknown}; expected some of {sorted(known)}")
+        raise ValueError(
+            f"{arg}: unknown field(s) {short_repr(unknown)}; expected some of {sorted(known)}"
+        )
     counts = {f.name: 0 for f in fields(kind) if f.type == "int"}
     return kind(**{**counts, **value})
