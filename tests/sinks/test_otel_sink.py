@@ -24,7 +24,7 @@ pytest.importorskip(
 pytest.importorskip("opentelemetry.proto", reason="opentelemetry-proto is not installed")
 
 from conftest import build_record
-from helpers import wait_for
+from helpers import one_line_value_error, wait_for
 from otlp_receiver import OtlpReceiver, attributes
 
 import tokenmeter
@@ -524,6 +524,28 @@ def test_a_sink_never_configured_holds_none_of_the_applications_spans() -> None:
     assert call.attributes is not None and call.attributes["tokenmeter.record.id"] == made.id
     assert call.parent is not None
     assert call.parent.span_id == request.get_span_context().span_id
+
+
+def test_a_provider_that_is_no_provider_is_a_value_error_naming_the_argument() -> None:
+    """The two swapped, an exporter's name or any other object raised AttributeError from
+    inside the sink ('MeterProvider' object has no attribute 'get_tracer')."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from tokenmeter.sinks import OTelSink
+
+    tracer_provider, meter_provider = TracerProvider(), MeterProvider()
+    for kwargs, message in [
+        ({"tracer_provider": meter_provider}, "tracer_provider .* got MeterProvider$"),
+        ({"meter_provider": tracer_provider}, "meter_provider .* got TracerProvider$"),
+        ({"tracer_provider": "otlp"}, "tracer_provider .* got str$"),
+        ({"meter_provider": object()}, "meter_provider .* got object$"),
+    ]:
+        with pytest.raises(ValueError, match=message) as excinfo:
+            OTelSink(**kwargs)
+        one_line_value_error(excinfo)
+    tracer_provider.shutdown()
+    meter_provider.shutdown()
 
 
 def test_a_stream_read_after_its_span_ended_is_still_that_spans_child() -> None:

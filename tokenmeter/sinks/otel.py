@@ -259,6 +259,16 @@ class _Dims:
         return found
 
 
+def _check_provider(name: str, provider: Any, kind: str, method: str) -> None:
+    """ValueError naming the argument ``name`` when ``provider`` (given) has no ``method``: the
+    two swapped, or an exporter's name, raised AttributeError from deep inside the sink."""
+    if provider is not None and not callable(getattr(provider, method, None)):
+        raise ValueError(
+            f"{name} must be an OpenTelemetry {kind} (with {method}()), "
+            f"got {type(provider).__name__[:100]}"
+        )
+
+
 class OTelSink:
     """Exports every record as an OpenTelemetry GenAI span plus metric points.
 
@@ -269,6 +279,8 @@ class OTelSink:
     """
 
     def __init__(self, *, tracer_provider: Any = None, meter_provider: Any = None) -> None:
+        _check_provider("tracer_provider", tracer_provider, "TracerProvider", "get_tracer")
+        _check_provider("meter_provider", meter_provider, "MeterProvider", "get_meter")
         context, metrics, trace = _otel()
         self._context, self._trace, self._metrics = context, trace, metrics
         self._given = (tracer_provider, meter_provider)
