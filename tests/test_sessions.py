@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import json
 import logging
 import os
 import sqlite3
@@ -164,6 +165,27 @@ def test_notes_written_at_the_end_are_stored_as_notes_given_at_the_start(tmp_pat
         assert "notes" in one_line_value_error(excinfo)
         odd.notes = None
     assert odd.status == "completed" and odd.notes is None
+
+
+def test_a_sessions_tags_cannot_be_changed_inside_its_block(sink: InMemorySink) -> None:
+    """``s.tags["user"] = "u-42"`` (or ``s.tags = {...}``) inside the block raised nothing and
+    showed in ``s.tags``, while the session's records and stored session kept the tags given to
+    ``session()``. Tags are fixed when the session is made (merged with its enclosing sessions'
+    as it is entered): changing them is refused, saying where to give them."""
+    with tokenmeter.session("chat", tags={"feature": "support"}) as chat:
+        for edit in (
+            lambda: chat.tags.__setitem__("user", "u-42"),
+            lambda: chat.tags.update(user="u-42"),
+            lambda: chat.tags.pop("feature"),
+            lambda: setattr(chat, "tags", {"user": "u-42"}),
+        ):
+            with pytest.raises(TypeError, match=r"tags are fixed .*session\(tags=\.\.\.\)"):
+                edit()
+        record = tokenmeter.record("openai", "gpt-4o", 10, 1, tags={"user": "u-42"})
+    assert tokenmeter.flush(5)
+    assert chat.tags == {"feature": "support"} and json.loads(json.dumps(chat.tags))
+    assert record.tags == {"feature": "support", "user": "u-42"}
+    assert [info.tags for info in sink.sessions.values()] == [{"feature": "support"}]
 
 
 def test_a_session_renamed_as_it_goes_keeps_its_records(tmp_path: Path) -> None:

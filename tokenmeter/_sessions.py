@@ -17,12 +17,12 @@ import secrets
 import sys
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, cast, overload
 
 from tokenmeter import _pipeline
 from tokenmeter._fork import renew_after_fork
@@ -120,6 +120,30 @@ for _name in DECIMAL_NAMES:
     setattr(SessionSummary, _name, _summed(_name, _ZERO))
 
 
+_FIXED_TAGS = (
+    "a session's tags are fixed when it is made (its records and stored totals carry them, "
+    "merged with its enclosing sessions' as it is entered): give them to session(tags=...), "
+    "or to record(tags=...) for one record"
+)
+
+
+class FrozenTags(dict[str, str]):
+    """``Session.tags``: a dict that refuses every change, loudly. An edit made inside the block
+    (``s.tags["user"] = ...``) raised nothing and showed in ``s.tags``, while the session's records
+    and stored totals kept the tags given to ``session()``. A dict still (``json.dumps``,
+    ``dict(...)``, ``copy``), only not a changeable one."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError(_FIXED_TAGS)
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self) -> tuple[type[FrozenTags], tuple[dict[str, str]]]:
+        return (FrozenTags, (dict(self),))  # copied and pickled whole, not item by item
+
+
 def _new_id() -> str:
     # 64 random bits: sessions made in the same second, by any process writing the same
     # database, must not share an id (their records and summaries would merge).
@@ -149,7 +173,7 @@ class Session:
         self.notes = notes  # checked and cleaned by the property's setter
         self.id = clean_text(id.strip(), _MAX_ID) if id else _new_id()
         self.name = name  # checked and cleaned by the property's setter
-        self.tags = _check_tags(tags)
+        self._tags = FrozenTags(_check_tags(tags))
         self.budget_usd = budget_usd  # checked and made a Decimal by the property's setter
         if on_exceed not in ("warn", "raise"):
             raise ValueError(f"on_exceed must be 'warn' or 'raise', got {short_repr(on_exceed)}")
@@ -201,6 +225,15 @@ class Session:
             from tokenmeter.guardrails._budgets import session_renamed
 
             session_renamed()
+
+    @property
+    def tags(self) -> Mapping[str, str]:
+        """The tags given to ``session()``, fixed: changing them is a TypeError."""
+        return self._tags
+
+    @tags.setter
+    def tags(self, tags: object) -> NoReturn:
+        raise TypeError(_FIXED_TAGS)
 
     @property
     def budget_usd(self) -> Decimal | None:
