@@ -288,16 +288,3 @@ def test_a_path_that_can_hold_no_file_is_refused_at_once(tmp_path: Path) -> None
             JSONLSink(path)
         message = one_line_value_error(excinfo)
         assert message.startswith("path must ") and (kind in message or path == "")
-
-
-def test_a_path_from_the_home_folder_is_there(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_record: RecordFactory
-) -> None:
-    """JSONLSink("~/usage.jsonl") wrote into a directory named "~" in the working directory, where
-    configure(directory="~/...") means the home folder."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    sink = JSONLSink("~/usage.jsonl")
-    sink.write([make_record(0)])
-    assert sink.path == tmp_path / "home" / "usage.jsonl"
-    assert (tmp_path / "home" / "usage.jsonl").is_file()
-    assert not (tmp_path / "~").exists()

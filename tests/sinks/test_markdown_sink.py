@@ -900,16 +900,3 @@ def test_a_directory_that_can_hold_no_journal_is_refused_at_once(tmp_path: Path)
             MarkdownJournalSink(path)
         message = one_line_value_error(excinfo)
         assert message.startswith("directory must ") and (kind in message or path == "")
-
-
-def test_a_path_from_the_home_folder_is_there(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_record: RecordFactory
-) -> None:
-    """MarkdownJournalSink("~/journal") wrote into a directory named "~" in the working
-    directory, where configure(directory="~/...") means the home folder."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    sink = MarkdownJournalSink("~/journal")
-    sink.write([make_record(0)])
-    assert sink.directory == tmp_path / "home" / "journal"
-    assert (tmp_path / "home" / "journal/token_usage.md").is_file()
-    assert not (tmp_path / "~").exists()

@@ -1075,16 +1075,3 @@ def test_a_relative_path_stays_where_it_was_when_the_process_changes_directory(
     assert sink.path == tmp_path / "a" / "usage.db"
     assert [r.id for r in read_sqlite(sink.path)] == ["rec-000000", "rec-000001"]
     assert list((tmp_path / "b").iterdir()) == []
-
-
-def test_a_path_from_the_home_folder_is_there(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_record: RecordFactory
-) -> None:
-    """SQLiteSink("~/usage.db") wrote into a directory named "~" in the working directory, where
-    configure(directory="~/...") means the home folder."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    sink = SQLiteSink("~/usage.db")
-    sink.write([make_record(0)])
-    assert sink.path == tmp_path / "home" / "usage.db"
-    assert (tmp_path / "home" / "usage.db").is_file()
-    assert not (tmp_path / "~").exists()
