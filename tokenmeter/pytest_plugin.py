@@ -217,17 +217,19 @@ class _Spend:
         return {name: own[name] + now[name] - self.before[name] for name in _COUNTS}
 
     def totals(self, nodeid: str) -> dict[str, Any]:
-        counts = self.counts()
-        return {
-            "nodeid": nodeid,
-            "session_id": self.session.id,
-            "calls": counts["calls"],
-            "input_tokens": counts["input_tokens"],
-            "output_tokens": counts["output_tokens"],
-            "total_tokens": counts["input_tokens"] + counts["output_tokens"],
-            "cost_usd": str(counts["cost_usd"]),
-            "unpriced_calls": counts["unpriced_calls"],
-        }
+        return {"nodeid": nodeid, "session_id": self.session.id, **_row(self.counts())}
+
+
+def _row(counts: dict[str, Any]) -> dict[str, Any]:
+    """A row of the summary and the JSON file: a test's counts, or those outside tests."""
+    return {
+        "calls": counts["calls"],
+        "input_tokens": counts["input_tokens"],
+        "output_tokens": counts["output_tokens"],
+        "total_tokens": counts["input_tokens"] + counts["output_tokens"],
+        "cost_usd": str(counts["cost_usd"]),
+        "unpriced_calls": counts["unpriced_calls"],
+    }
 
 
 class _Outside:
@@ -246,15 +248,7 @@ class _Outside:
         now = _Spend._counts(self.session)
         taken = {name: now[name] - self.mark[name] for name in _COUNTS}
         self.mark = now
-        return {
-            "nodeid": OUTSIDE_TESTS,
-            "calls": taken["calls"],
-            "input_tokens": taken["input_tokens"],
-            "output_tokens": taken["output_tokens"],
-            "total_tokens": taken["input_tokens"] + taken["output_tokens"],
-            "cost_usd": str(taken["cost_usd"]),
-            "unpriced_calls": taken["unpriced_calls"],
-        }
+        return {"nodeid": OUTSIDE_TESTS, **_row(taken)}
 
 
 class Meter:
