@@ -163,6 +163,10 @@ def test_bad_arguments_are_value_errors_and_the_dsn_is_never_shown() -> None:
         with pytest.raises(ValueError, match="dsn cannot hold") as refused:
             PostgresSink(dsn)
         assert "hunter2" not in str(refused.value)
+    # A schema named with an escape that is no UTF-8: a bare codec error that named nothing.
+    with pytest.raises(ValueError, match="schema in the URL") as refused:
+        PostgresSink("postgresql://u:hunter2@127.0.0.1:1/db?schema=%ff")
+    assert "hunter2" not in str(refused.value)
 
 
 def test_timeouts_longer_than_postgresql_takes_wait_as_long_as_they_can(pg_dsn: str) -> None:

@@ -301,7 +301,10 @@ def split_schema(url: str) -> tuple[str, str | None]:
     for item in query.split("&") if mark else ():
         key, _, value = item.partition("=")
         if key == "schema":
-            found.append(unquote(value, errors="strict"))
+            try:
+                found.append(unquote(value, errors="strict"))
+            except UnicodeDecodeError:
+                raise ValueError("schema in the URL has a %-escape that is not UTF-8") from None
         else:
             kept.append(item)
     if not found:
