@@ -79,3 +79,14 @@ def test_totals_are_not_written_once_the_run_is_over(tmp_path: Path) -> None:
     totals.write([tokenmeter.record("openai", "gpt-4o", 1, 1)])
     totals.close()  # no directory: nothing written, nothing raised
     assert not gone.exists()
+
+
+def test_a_tag_the_user_gave_under_the_runs_own_name_is_kept() -> None:
+    """``tokenmeter run --tag tokenmeter_run=nightly``: the run's id replaced the user's value
+    without a word; it takes the next free name, as a run inside another does."""
+    from tokenmeter._autorun import run_tags
+
+    assert run_tags("run_1", {"tokenmeter_run": "nightly"}) == {
+        "tokenmeter_run": "nightly",
+        "tokenmeter_run.2": "run_1",
+    }

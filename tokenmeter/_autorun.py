@@ -63,7 +63,7 @@ def run_tags(run_id: str, tags: dict[str, str]) -> dict[str, str]:
     if not isinstance(outer, dict):
         outer = {}
     key, depth = RUN_TAG, 1
-    while key in outer:
+    while key in outer or key in tags:  # a --tag of that name is the user's: kept
         depth += 1
         key = f"{RUN_TAG}.{depth}"
     return {**outer, **tags, key: run_id}
