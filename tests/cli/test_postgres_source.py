@@ -285,7 +285,7 @@ def test_a_schema_of_the_sinks_choosing_is_read_when_the_url_names_it(
         ("?schema=llm;drop", "schema must be a plain SQL identifier, got 'llm;drop'"),
         ('?schema=a"b', "schema must be a plain SQL identifier"),
         ("?schema=", "schema must be a plain SQL identifier, got ''"),
-        ("?schema=%ff", "can't decode"),
+        ("?schema=%ff", "schema in the URL has a %-escape that is not UTF-8"),
         ("?schema=a&schema=b", "schema is given more than once"),
     ],
 )
