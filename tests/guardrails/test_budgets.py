@@ -1358,6 +1358,28 @@ def test_a_budget_on_a_gemini_model_refuses_the_first_call_asking_for_its_path(
     assert fake.requests == []
 
 
+@pytest.mark.parametrize(
+    "model", ["models/gemini-2.5-flash", "publishers/google/models/gemini-2.5-flash"]
+)
+def test_a_budget_on_a_gemini_model_path_refuses_the_calls_of_that_model(
+    fake: FakeProvider, model: str
+) -> None:
+    """A budget written with the model's path, as the legacy SDK and Vertex spell it, matched no
+    call of google-genai asking for ``gemini-2.5-flash``: every call was sent past it."""
+    tokenmeter.configure(
+        sinks=[InMemorySink()], budgets=[{"limit_usd": 0, "model": model}], budget_ledger="memory"
+    )
+    tokenmeter.instrument(["google-genai"])
+    try:
+        with pytest.raises(BudgetExceeded):
+            fake.genai_client().models.generate_content(model="gemini-2.5-flash", contents="hi")
+    finally:
+        tokenmeter.uninstrument()
+    assert fake.requests == []
+    [budget] = parse_budgets([{"limit_usd": 1, "model": model}])
+    assert (budget.model, budget.scope) == ("gemini-2.5-flash", "model=gemini-2.5-flash")
+
+
 def test_the_slices_of_ended_sessions_are_not_kept(fake: FakeProvider, instrumented: None) -> None:
     """A budget of period "session" has a lease per session. Calls of one session made at once
     (asyncio.gather) left a float residue of their reservations (a + b + c - a - b - c) in flight

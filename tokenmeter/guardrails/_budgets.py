@@ -47,6 +47,7 @@ from tokenmeter.guardrails._ledger import (
     settle_all,
 )
 from tokenmeter.pricing._overrides import short_repr
+from tokenmeter.providers._gemini import PROVIDER, short_model
 
 __all__ = [
     "PERIODS",
@@ -227,13 +228,19 @@ def parse_budget(where: str, value: Any) -> Budget:
             f"{where}.on_exceed must be 'raise' or 'warn', got {short_repr(on_exceed)}"
         )
     provider = _opt_text(f"{where}.provider", spec.get("provider"))
+    # Records name the provider by its id: "gemini" or "google-genai" (the names instrument()
+    # takes) matched no call, and the budget never refused anything.
+    provider = canonical(provider) if provider else None
+    model = _opt_text(f"{where}.model", spec.get("model"))
+    if model is not None and provider in (None, PROVIDER):
+        # As calls' names are: a budget on the legacy SDK's or Vertex's path of a Gemini model
+        # (``models/gemini-2.5-flash``) matched no call of it.
+        model = short_model(model)
     budget = Budget(
         limit_usd=limit,
         period=period,
-        # Records name the provider by its id: "gemini" or "google-genai" (the names
-        # instrument() takes) matched no call, and the budget never refused anything.
-        provider=canonical(provider) if provider else None,
-        model=_opt_text(f"{where}.model", spec.get("model")),
+        provider=provider,
+        model=model,
         session=_opt_text(f"{where}.session", spec.get("session")),
         tag=_tag(f"{where}.tag", spec.get("tag")),
         on_exceed=on_exceed,
