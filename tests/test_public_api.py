@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from helpers import one_line_value_error
+from helpers import one_line_value_error, run_python
 
 import tokenmeter
 from tokenmeter.sinks import InMemorySink
@@ -110,6 +111,26 @@ def test_importing_tokenmeter_loads_nothing_heavy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert json.loads(done.stdout) == []
+
+
+@pytest.mark.parametrize(
+    "first_use",
+    [
+        'tokenmeter.record("openai", "gpt-4o", 10, 5)',
+        'tokenmeter.price("google", "gemini-2.5-flash", tokenmeter.Usage(input_tokens=1))',
+        'tokenmeter.configure(budgets=[{"limit_usd": 1, "model": "models/gemini-2.5-flash"}])',
+        'tokenmeter.session("s").__enter__()',
+        "tokenmeter.flush()",
+    ],
+)
+def test_each_entry_point_works_as_the_first_thing_a_program_uses(
+    first_use: str, tmp_path: pathlib.Path
+) -> None:
+    """Modules load on first use: an import cycle among them (the budgets reading a provider's
+    fact) made ``record()`` as a program's first use an ImportError, which tests that had
+    instrumented first never saw."""
+    env = {**os.environ, "TOKENMETER_DIR": str(tmp_path)}
+    run_python("-c", f"import tokenmeter; {first_use}", env=env, cwd=tmp_path)
 
 
 @pytest.mark.parametrize("timeout", [math.inf, 1e300, 10**400], ids=["inf", "1e300", "10**400"])

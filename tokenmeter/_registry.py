@@ -23,6 +23,7 @@ __all__ = [
     "integration_names",
     "provider_for_host",
     "provider_of_sdk",
+    "short_model",
 ]
 
 
@@ -234,3 +235,11 @@ def integrations_for_module(top_module: str) -> list[Integration]:
 def provider_of_sdk(name: str) -> str:
     """The provider an integration's calls are recorded under."""
     return _INTEGRATION_BY_NAME[name].provider
+
+
+def short_model(model: str | None) -> str | None:
+    """A Gemini model's path as the legacy SDK and Vertex AI spell it (``models/x``,
+    ``publishers/google/models/x`` or a full Vertex path) -> ``x``, the name its calls have."""
+    if not model:
+        return None
+    return model.rsplit("models/", 1)[-1] or model

@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tokenmeter import _pipeline, _sessions
 from tokenmeter._models import MAX_NAME, Usage, UsageRecord, clean_text
-from tokenmeter._registry import canonical
+from tokenmeter._registry import canonical, provider_of_sdk, short_model
 from tokenmeter._totals import USD_CONTEXT
 from tokenmeter.guardrails import _leases, _state
 from tokenmeter.guardrails._errors import BudgetExceeded
@@ -47,7 +47,6 @@ from tokenmeter.guardrails._ledger import (
     settle_all,
 )
 from tokenmeter.pricing._overrides import short_repr
-from tokenmeter.providers._gemini import PROVIDER, short_model
 
 __all__ = [
     "PERIODS",
@@ -232,7 +231,7 @@ def parse_budget(where: str, value: Any) -> Budget:
     # takes) matched no call, and the budget never refused anything.
     provider = canonical(provider) if provider else None
     model = _opt_text(f"{where}.model", spec.get("model"))
-    if model is not None and provider in (None, PROVIDER):
+    if model is not None and provider in (None, provider_of_sdk("google-genai")):
         # As calls' names are: a budget on the legacy SDK's or Vertex's path of a Gemini model
         # (``models/gemini-2.5-flash``) matched no call of it.
         model = short_model(model)

@@ -12,7 +12,7 @@ from typing import Any
 
 from tokenmeter._estimate import TextTally
 from tokenmeter._models import Usage
-from tokenmeter._registry import provider_of_sdk
+from tokenmeter._registry import provider_of_sdk, short_model
 
 __all__ = [
     "PROVIDER",
@@ -25,13 +25,6 @@ __all__ = [
 
 #: Gemini API and Vertex AI bill the same models from one price table.
 PROVIDER = provider_of_sdk("google-genai")
-
-
-def short_model(model: str | None) -> str | None:
-    """``models/x``, ``publishers/google/models/x`` or a full Vertex path -> ``x``."""
-    if not model:
-        return None
-    return model.rsplit("models/", 1)[-1] or model
 
 
 def estimated_output(
