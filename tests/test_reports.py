@@ -95,7 +95,7 @@ def test_text_a_reader_would_obey_is_shown_not_kept(tmp_path: Path) -> None:
     """A model or session name holding a terminal escape sequence (``cat`` of the report would
     retitle or clear the terminal), a bidi override or, in a JSONL line another program wrote, a
     lone surrogate (which no UTF-8 file holds: the report failed): U+FFFD in the file. A tab
-    (kept as text elsewhere) is a space in a cell, as a new line is."""
+    and a new line are U+FFFD in a cell, as in the CLI's other formats (docs/cli.md)."""
     hostile = "gpt\x1b]0;PWNED\x07\x1b[2J\u202eevil\x9b"
     record = _record(1, "2026-11-20T10:00:00+00:00", "0.5")
     records = [record.model_copy(update={"model_name": hostile, "session_name": "s\x1b[31m\tend"})]
@@ -111,7 +111,7 @@ def test_text_a_reader_would_obey_is_shown_not_kept(tmp_path: Path) -> None:
     assert not any(ch in text for ch in "\x1b\x07\x9b\u202e")
     assert "gpt\ufffd\\]0;PWNED\ufffd\ufffd\\[2J\ufffdevil\ufffd" in text
     assert "\ufffd\ufffd\\]0;" in text  # the line with the lone surrogate
-    assert "\t" not in text and "s\ufffd\\[31m end" in text
+    assert "\t" not in text and "s\ufffd\\[31m\ufffdend" in text
 
 
 def test_no_data_no_report(tmp_path: Path) -> None:

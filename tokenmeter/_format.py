@@ -93,14 +93,15 @@ def char_class(ranges: tuple[tuple[int, int], ...]) -> str:
 
 
 #: Markdown that recorded text (a model, session or tag name a server or a caller chose) must not
-#: make: a cell break (``|``), a new line or a tab (which some viewers take for a column), HTML
-#: (``<``), or a link or image (``[``/``]``: a viewer would load ``![](https://...)`` from its
-#: server on opening the journal); and what ``SHOWN_AS_REPLACEMENT`` holds.
+#: make: a cell break (``|``), HTML (``<``), or a link or image (``[``/``]``: a viewer would load
+#: ``![](https://...)`` from its server on opening the journal); and what ``SHOWN_AS_REPLACEMENT``
+#: holds, with a new line and a tab (a new row, or a column to some viewers), as in the CLI's
+#: other formats (docs/cli.md).
 _MARKDOWN_ESCAPES = str.maketrans(
     {
         **{chr(c): "\ufffd" for a, b in SHOWN_AS_REPLACEMENT for c in range(a, b + 1)},
         **{"\\": "\\\\", "|": "\\|", "<": "&lt;", "[": "\\[", "]": "\\]"},
-        **{"\n": " ", "\r": " ", "\t": " "},
+        **{"\n": "\ufffd", "\t": "\ufffd"},
     }
 )
 

@@ -172,7 +172,7 @@ def test_user_strings_cannot_break_tables(tmp_path: Path, make_record: RecordFac
     text = (tmp_path / "token_usage.md").read_text(encoding="utf-8")
 
     summary = table_rows(text, "| Provider | Model | Calls |")
-    assert summary[0][1] == "gpt\\|4o next &lt;!-- x"
+    assert summary[0][1] == "gpt\\|4o\ufffdnext &lt;!-- x"  # a new line is shown, not obeyed
     assert len(summary[0]) == 6
     assert len(table_rows(text, "| # | Timestamp |")[0]) == 10
     [session_file] = (tmp_path / "sessions").iterdir()
