@@ -136,7 +136,8 @@ def test_a_model_billed_only_in_units_other_than_tokens_is_unpriced_not_free(
         ("openai", "gpt-4o-20990101", "gpt-4o"),
         ("azure", "gpt-4o", "gpt-4o"),
         ("openai", "ft:gpt-4o-2024-08-06:acme::abc123", "ft:gpt-4o"),
-        ("openai", "ft:gpt-4.1-mini-2025-04-14:org:x:y", "gpt-4.1-mini"),
+        ("openai", "ft:gpt-4.1-mini-2025-04-14:org:x:y", "ft:gpt-4.1-mini"),
+        ("openai", "ft:o4-mini-2025-04-16:org:x:y", "o4-mini"),
         ("google", "models/gemini-2.5-pro", "gemini-2.5-pro"),
         ("google", "publishers/google/models/gemini-2.5-pro", "gemini-2.5-pro"),
         (
@@ -174,6 +175,41 @@ def test_normalised_names_price_like_the_canonical_name() -> None:
         ("anthropic", "claude-sonnet-4-20250514"),
     ]:
         assert price_usage(provider, model, PLAIN, at=DAY).total_usd == Decimal("0.0105")
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [  # OpenAI's fine-tune list prices: 1M in (500k cached) + 1M out
+        ("ft:gpt-4.1-2025-04-14:acme::abc123", "13.875"),  # $3 / $0.75 / $12
+        ("ft:gpt-4.1-mini-2025-04-14:acme::abc123", "3.7"),  # $0.80 / $0.20 / $3.20
+        ("ft:gpt-4.1-nano-2025-04-14:acme::abc123", "0.925"),  # $0.20 / $0.05 / $0.80
+    ],
+)
+def test_gpt_4_1_fine_tunes_are_priced_at_their_own_rates(model: str, expected: str) -> None:
+    """genai-prices has no ft: entry for the gpt-4.1 family: ft:gpt-4.1-mini (1M in, 1M out) was
+    recorded at gpt-4.1-mini's $2.00, not the $4.00 OpenAI bills, as an exact table price."""
+    usage = Usage(input_tokens=1_000_000, cache_read_tokens=500_000, output_tokens=1_000_000)
+    cost = price_usage("openai", model, usage, at=DAY)
+    batch = price_usage("openai", model, usage, at=DAY, tier="batch")
+
+    assert (cost.total_usd, cost.price_source) == (Decimal(expected), "tokenmeter-errata")
+    assert batch.total_usd == Decimal(expected) / 2
+
+
+def test_a_fine_tune_without_a_price_of_its_own_says_it_is_at_base_rates() -> None:
+    """A fine-tune is billed above its base model; one no table prices (an o4-mini
+    reinforcement fine-tune, one served by Azure) is priced as its base, and says so."""
+    for provider, model, base in [
+        ("openai", "ft:o4-mini-2025-04-16:acme::abc123", "o4-mini"),
+        ("azure", "ft:gpt-4.1-mini-2025-04-14:acme::abc123", "gpt-4.1-mini"),
+    ]:
+        cost = price_usage(provider, model, PLAIN, at=DAY)
+        assert cost.total_usd == price_usage(provider, base, PLAIN, at=DAY).total_usd
+        assert cost.price_source == (
+            "genai-prices 0.2.3; fine-tune at base rates (no fine-tune price known)"
+        )
+        described = describe_price(provider, model, at=DAY)  # tokenmeter prices says it too
+        assert described is not None and described.price_source == cost.price_source
 
 
 def test_azure_uses_the_azure_table() -> None:

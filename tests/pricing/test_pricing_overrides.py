@@ -81,8 +81,8 @@ def test_a_price_set_for_a_base_model_is_not_its_fine_tunes_price() -> None:
     assert (cost.total_usd, cost.priced_model) == (Decimal("18.75"), "ft:gpt-4o")
     assert price_usage("openai", "gpt-4o-2024-08-06", usage, at=DAY).total_usd == Decimal(10)
     # A fine-tune no table prices is priced as its base, by the user's price then.
-    set_user_prices({"gpt-4.1": {"input_per_mtok": 2, "output_per_mtok": 8}})
-    base = price_usage("openai", "ft:gpt-4.1-2025-04-14:acme::x", usage, at=DAY)
+    set_user_prices({"o4-mini": {"input_per_mtok": 2, "output_per_mtok": 8}})
+    base = price_usage("openai", "ft:o4-mini-2025-04-16:acme::x", usage, at=DAY)
     assert (base.total_usd, base.price_source) == (Decimal(10), "override")
     # A price set for the fine-tune is its price.
     set_user_prices({"ft:gpt-4o": {"input_per_mtok": 2, "output_per_mtok": 8}})

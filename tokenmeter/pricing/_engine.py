@@ -27,7 +27,7 @@ from tokenmeter._models import Cost, Usage, trusted, usage_of
 from tokenmeter._totals import USD_CONTEXT as _PRICE_CONTEXT
 
 from . import _overrides
-from ._errata import ErrataSource, regional
+from ._errata import ErrataSource, fine_tune_at_base_rates, regional
 from ._names import name_candidates, normalise_provider
 from ._source import (
     FEE_FIELDS,
@@ -266,7 +266,16 @@ class _Vector:
 class _Entry:
     """Everything known about one (provider, model, tier) as the caller spelled it."""
 
-    __slots__ = ("last", "models", "periods", "provider", "region", "tier", "timed")
+    __slots__ = (
+        "fine_tune",
+        "last",
+        "models",
+        "periods",
+        "provider",
+        "region",
+        "tier",
+        "timed",
+    )
 
     def __init__(
         self,
@@ -274,12 +283,16 @@ class _Entry:
         models: tuple[PricedModel, ...],
         tier: Tier,
         region: str | None = None,
+        *,
+        fine_tune: bool = False,
     ) -> None:
         self.provider = provider
         self.models = models
         self.tier = tier
         #: An inference region billed above the global rates (a price table's, not yours).
         self.region = region
+        #: The model is a fine-tune (``ft:...``): a table's card for another name is its base's.
+        self.fine_tune = fine_tune
         self.timed = any(m.time_dependent for m in models)
         self.periods: dict[Hashable, _Vector | None] = {}
         #: The vector made last: a period whose rates are the same shares it (about 3 KB each,
@@ -304,8 +317,11 @@ class _Entry:
                 if card is not None:
                     if card.price_source == _overrides.OVERRIDE_SOURCE:
                         card = self._with_table_fees(card, self.models[index + 1 :], at)
-                    elif self.region is not None:
-                        card = regional(card, self.region)
+                    else:
+                        if self.fine_tune and not card.priced_model.startswith("ft:"):
+                            card = fine_tune_at_base_rates(card)
+                        if self.region is not None:
+                            card = regional(card, self.region)
                     last = self.last
                     vector = last if last is not None and last.card == card else _Vector(card)
                     self.last = vector
@@ -599,7 +615,8 @@ def _resolve(provider: str | None, model: str, tier: str | None) -> _Entry:
         table = _find_in_table(provider_id, names)
         if table is not None:
             models.append(table)
-        entry = _Entry(provider_id, tuple(models), *split_tier(tier))
+        fine_tune = bool(names) and names[0].startswith("ft:")
+        entry = _Entry(provider_id, tuple(models), *split_tier(tier), fine_tune=fine_tune)
         if len(_entries) >= _MAX_ENTRIES:
             _entries.clear()
         _entries[key] = entry

@@ -24,7 +24,7 @@ from ._source import (
     utc_midnight,
 )
 
-__all__ = ["ERRATA_SOURCE", "ErrataSource", "regional"]
+__all__ = ["ERRATA_SOURCE", "ErrataSource", "fine_tune_at_base_rates", "regional"]
 
 ERRATA_SOURCE = "tokenmeter-errata"
 
@@ -38,6 +38,17 @@ _O3_PRICE_CUT = date(2025, 6, 10)
 #: included; Anthropic's fast-mode page) for models genai-prices has no fast price for:
 #: claude-opus-4-6, the first model with fast mode, at $30 / $150 per million.
 _FAST_MODE = {"claude-opus-4-6": Decimal(6)}
+#: OpenAI's list prices per million tokens (input, cached input, output) for inference on the
+#: fine-tunes genai-prices 0.2.3 has no ``ft:`` entry for: OpenAI's pricing page
+#: (https://openai.com/api/pricing, "Fine-tuning" section; LiteLLM's
+#: ``ft:gpt-4.1*-2025-04-14`` rows have the same figures). Their base models bill half and
+#: less ($2 / $0.50 / $8 for gpt-4.1). Batch and flex follow the tier rules below (50 %).
+_FINE_TUNES: dict[str, tuple[Decimal, Decimal, Decimal]] = {
+    "ft:gpt-4.1": (Decimal(3), Decimal("0.75"), Decimal(12)),
+    "ft:gpt-4.1-mini": (Decimal("0.80"), Decimal("0.20"), Decimal("3.20")),
+    "ft:gpt-4.1-nano": (Decimal("0.20"), Decimal("0.05"), Decimal("0.80")),
+}
+_FINE_TUNE_PROVIDER = "openai"
 
 
 class ErrataSource:
@@ -47,7 +58,7 @@ class ErrataSource:
         self._inner = inner
 
     def find(self, provider: str | None, model: str) -> PricedModel | None:
-        found = self._inner.find(provider, model)
+        found = self._inner.find(provider, model) or self._fine_tune(provider, model)
         return None if found is None else _Corrected(found, model)
 
     def find_in_any_provider(self, model: str) -> PricedModel | None:
@@ -57,7 +68,16 @@ class ErrataSource:
 
     def model_names(self) -> list[str]:
         names = getattr(self._inner, "model_names", None)
-        return list(names()) if names is not None else []
+        return [*(names() if names is not None else ()), *_FINE_TUNES]
+
+    def _fine_tune(self, provider: str | None, model: str) -> PricedModel | None:
+        """An OpenAI fine-tune the inner table has no ``ft:`` entry for, at its list rates."""
+        rates = _FINE_TUNES.get(model)
+        if rates is None or provider not in (None, _FINE_TUNE_PROVIDER):
+            return None
+        base_name = model.removeprefix("ft:")
+        base = self._inner.find(_FINE_TUNE_PROVIDER, base_name)
+        return None if base is None else _FineTune(_Corrected(base, base_name), model, *rates)
 
 
 @dataclass(frozen=True)
@@ -133,6 +153,55 @@ class _Corrected:
             base=standard.base.scaled(factors),
             tiers=tuple((start_, rates.scaled(factors)) for start_, rates in standard.tiers),
         )
+
+
+@dataclass(frozen=True)
+class _FineTune:
+    """An OpenAI fine-tune at its own rates per token (``_FINE_TUNES``) and its base model's
+    fees per tool request. Only its standard rates are known: the other tiers are left to
+    ``_Corrected``'s rules for a tier without a price (batch and flex at 50 %)."""
+
+    base: PricedModel
+    name: str
+    input_per_mtok: Decimal
+    cache_read_per_mtok: Decimal
+    output_per_mtok: Decimal
+    provider: str = _FINE_TUNE_PROVIDER
+
+    @property
+    def time_dependent(self) -> bool:
+        return self.base.time_dependent
+
+    def time_slot(self, at: datetime) -> Hashable:
+        return self.base.time_slot(at)
+
+    def tier_start(self, tier: Tier) -> date | None:
+        return date.min if tier == STANDARD else None
+
+    def rate_card(self, at: datetime, tier: Tier) -> RateCard | None:
+        base = self.base.rate_card(at, STANDARD) if tier == STANDARD else None
+        if base is None:
+            return None
+        paid_in, paid_out = self.input_per_mtok, self.output_per_mtok
+        rates = Rates(
+            input_per_mtok=paid_in,
+            output_per_mtok=paid_out,
+            cache_read_per_mtok=self.cache_read_per_mtok,
+            cache_write_per_mtok=paid_in,
+            cache_write_1h_per_mtok=paid_in,
+            input_audio_per_mtok=paid_in,
+            output_audio_per_mtok=paid_out,
+            reasoning_per_mtok=paid_out,
+            **{name: getattr(base.base, name) for name in FEE_FIELDS},
+        )
+        return RateCard(priced_model=self.name, price_source=ERRATA_SOURCE, base=rates)
+
+
+def fine_tune_at_base_rates(card: RateCard) -> RateCard:
+    """``card``, its base model's, for a fine-tune no table has a price for: billed as the
+    base (OpenAI bills fine-tunes more), and ``price_source`` says so."""
+    source = f"{card.price_source}; fine-tune at base rates (no fine-tune price known)"
+    return replace(card, price_source=source)
 
 
 def regional(card: RateCard, region: str) -> RateCard:
