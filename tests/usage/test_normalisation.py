@@ -643,6 +643,62 @@ def test_an_openai_batch_results_line_is_read_at_batch_prices(sink: InMemorySink
         tokenmeter.record_response(failed)
 
 
+#: A Realtime ``response.done`` event's response (gpt-realtime: text $4 in / $0.40 cached /
+#: $16 out, audio $32 in / $0.40 cached / $64 out, per million).
+OPENAI_REALTIME_RESPONSE: dict[str, Any] = {
+    "id": "resp_1",
+    "object": "realtime.response",
+    "status": "completed",
+    "output": [],
+    "usage": {
+        "total_tokens": 3000,
+        "input_tokens": 2000,
+        "output_tokens": 1000,
+        "input_token_details": {
+            "cached_tokens": 500,
+            "text_tokens": 500,
+            "audio_tokens": 1500,
+            "image_tokens": 0,
+            "cached_tokens_details": {"text_tokens": 100, "audio_tokens": 400},
+        },
+        "output_token_details": {"text_tokens": 200, "audio_tokens": 800},
+    },
+}
+
+
+def test_an_openai_realtime_response_is_priced_by_modality_and_cache(sink: InMemorySink) -> None:
+    """docs/providers.md sends Realtime calls to record_response(), but its usage spells the
+    details ``input_token_details`` / ``output_token_details`` and splits the cached input in
+    ``cached_tokens_details``: the 800 output audio tokens were priced as text and the 400
+    cached audio tokens as uncached audio, $0.0642 recorded where OpenAI bills $0.0914."""
+    realtime = pytest.importorskip("openai.types.realtime")
+    sdk_object = realtime.RealtimeResponse.model_validate(OPENAI_REALTIME_RESPONSE)
+    model = "gpt-realtime-2025-08-28"
+    by_hand = tokenmeter.price(
+        "openai",
+        model,
+        {
+            "input_tokens": 2000,
+            "output_tokens": 1000,
+            "cache_read_tokens": 500,
+            "modalities": {
+                "input_text": 500,
+                "input_audio": 1500,
+                "cache_read_text": 100,
+                "cache_read_audio": 400,
+                "output_text": 200,
+                "output_audio": 800,
+            },
+        },
+    )
+    assert by_hand.total_usd == Decimal("0.0914")
+    for response in (OPENAI_REALTIME_RESPONSE, sdk_object):
+        rec = tokenmeter.record_response(response, provider="openai", model=model)
+        assert rec.estimated_cost_usd == by_hand.total_usd
+        assert not rec.estimated
+        assert rec.cost_breakdown == by_hand.breakdown
+
+
 def test_a_proxy_is_read_as_what_it_wraps_whatever_another_proxy_wrapped() -> None:
     """A proxy's class says what it wraps (a model, then a dict): each is read as such, whichever
     came first (a cached answer per proxy type would be the first one's)."""

@@ -1,4 +1,5 @@
-"""OpenAI usage (chat completions, legacy completions, embeddings, Responses, Images) -> Usage.
+"""OpenAI usage (chat completions, legacy completions, embeddings, Responses, Images,
+Realtime) -> Usage.
 
 ``prompt_tokens``/``input_tokens`` already include ``cached_tokens``; reasoning is already inside
 ``completion_tokens``/``output_tokens``. So the totals are taken as they are and the details are
@@ -160,18 +161,22 @@ def _any_shape(usage: Any) -> Usage:
     if citations or searches:
         (beside,) = counts(get, "reasoning_tokens")
         output_tokens += beside + citations
-    details_in = get(in_details)
-    if details_in is None and names is _RESPONSES:  # audio transcriptions spell it without "s"
-        details_in = get("input_token_details")
+    details_in, details_out = get(in_details), get(out_details)
+    if names is _RESPONSES:  # audio transcriptions and Realtime spell them without "s"
+        if details_in is None:
+            details_in = get("input_token_details")
+        if details_out is None:
+            details_out = get("output_token_details")
+    get_in = getter(details_in, what=in_details)
     cached, write, audio_in, image_in, text_in = counts(
-        getter(details_in, what=in_details),
+        get_in,
         "cached_tokens",
         "cache_write_tokens",
         "audio_tokens",
         "image_tokens",
         "text_tokens",
     )
-    details_out = get(out_details)
+    cached_parts = _cached_by_modality(get_in, cached) if cached else {}
     reasoning, audio_out, image_out, text_out = counts(
         getter(details_out, what=out_details),
         "reasoning_tokens",
@@ -204,6 +209,8 @@ def _any_shape(usage: Any) -> Usage:
             image_out,
             citations,
         )
+    if cached_parts:
+        modalities = {**(modalities or {}), **cached_parts}
     return usage_of(
         input_tokens,
         output_tokens,
@@ -215,6 +222,20 @@ def _any_shape(usage: Any) -> Usage:
         modalities=modalities,
         tool_requests={"web_search": searches} if searches else None,
     )
+
+
+def _cached_by_modality(get_in: Get, cached: int) -> dict[str, int]:
+    """The cached input by modality, as Realtime reports it (``input_token_details.
+    cached_tokens_details``): cached audio and images have rates of their own, and the audio
+    and image counts beside it include their cached part."""
+    text, audio, image = counts(
+        getter(get_in("cached_tokens_details"), what="cached_tokens_details"),
+        "text_tokens",
+        "audio_tokens",
+        "image_tokens",
+    )
+    found = {"cache_read_text": text, "cache_read_audio": audio, "cache_read_image": image}
+    return {key: min(value, cached) for key, value in found.items() if value}
 
 
 def usage_from_openai_images(usage: Any, svg_usage: Any = None) -> Usage:
