@@ -112,7 +112,7 @@ def price(
     from tokenmeter._record import in_utc, utc_offset
     from tokenmeter.pricing import price_usage
     from tokenmeter.pricing._overrides import short_repr
-    from tokenmeter.pricing._source import split_tier
+    from tokenmeter.pricing._source import KNOWN_TIERS, known_tier, split_tier
     from tokenmeter.usage._read import priced_tier
 
     if not isinstance(provider, str) or not provider.strip():
@@ -145,6 +145,8 @@ def price(
             raise ValueError(
                 f"tier must be a string such as 'batch' or 'flex', got {short_repr(tier)}"
             )
+        if not known_tier(tier):  # a typo priced at standard rates would pass unseen
+            raise ValueError(f"tier must be one of {KNOWN_TIERS}, got {short_repr(tier)}")
         # Only a tier that changes the price is kept, as for a response's: the price cache is
         # keyed by it, and would hold each distinct megabyte-long tier otherwise.
         name, region = split_tier(tier[:40])

@@ -16,6 +16,7 @@ from typing import Literal, Protocol
 __all__ = [
     "FEE_FIELDS",
     "GAP",
+    "KNOWN_TIERS",
     "REGION_UPLIFT",
     "STANDARD",
     "PriceSource",
@@ -23,6 +24,7 @@ __all__ = [
     "RateCard",
     "Rates",
     "Tier",
+    "known_tier",
     "normalise_tier",
     "split_tier",
     "utc_midnight",
@@ -67,10 +69,26 @@ def split_tier(tier: str | None) -> tuple[Tier, str | None]:
     return normalise_tier(name), region if region in REGION_UPLIFT else None
 
 
+def known_tier(tier: str) -> bool:
+    """``tier`` is a tier name ``normalise_tier`` knows, with at most a region after a ``+``
+    that is ``"global"`` or billed above it. A response's unknown tier is billed as standard;
+    a caller's (``tokenmeter.price(tier="bacth")``) is a typo, to be refused, not priced."""
+    name, plus, region = tier.partition("+")
+    region = region.strip().lower()
+    return name.strip().lower() in _TIER_NAMES and (
+        not plus or region == "global" or region in REGION_UPLIFT
+    )
+
+
 #: Each inference region billed at a multiple of the global rates: Anthropic bills US-only
 #: inference (``inference_geo: "us"``, Opus 4.6, Sonnet 4.6 and later) at 1.1x every token
 #: class (``_errata.regional``).
 REGION_UPLIFT = {"us": Decimal("1.1")}
+#: ``known_tier``'s names, for a message that refuses another.
+KNOWN_TIERS = (
+    f"{', '.join(_TIER_NAMES)}, optionally followed by "
+    f"{' or '.join(f'+{region}' for region in (*REGION_UPLIFT, 'global'))}"
+)
 
 
 #: A rate a source did not give: filled in by ``Rates`` from the rate that class is billed at.
