@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_serializer,
+    field_validator,
     model_validator,
 )
 
@@ -172,6 +173,13 @@ class Usage(_Model):
     #: compaction, advisor). Their tokens are INSIDE the totals above; each is priced at its own
     #: model's rates.
     passes: tuple[Pass, ...] = ()
+
+    @field_validator("passes", mode="before")
+    @classmethod
+    def _passes_from_a_list(cls, value: Any) -> Any:
+        """A list of passes is the tuple it stands for: JSON has no tuple, so a usage read back
+        from a file (or given by hand) has a list, which strict mode would refuse."""
+        return tuple(value) if type(value) is list else value
 
     @model_validator(mode="after")
     def _check_subsets(self) -> Usage:

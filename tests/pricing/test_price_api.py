@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import decimal
+import json
 import threading
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -70,6 +71,31 @@ def test_a_known_tier_in_any_case_is_priced(tier: str, expected: str) -> None:
     assert tokenmeter.price("openai", "gpt-4o", usage, at=at, tier=tier).total_usd == Decimal(
         expected
     )
+
+
+def test_passes_given_as_a_list_are_priced_as_a_tuple_of_them() -> None:
+    """A usage read from JSON has its passes in a list: price() refused it ("usage.passes: Input
+    should be a valid tuple"), even an empty one, where a tuple of the same passes was priced."""
+    compaction = {
+        "kind": "compaction",
+        "model": "claude-sonnet-4-5",
+        "usage": {"input_tokens": 5, "output_tokens": 5},
+    }
+    counts = {"input_tokens": 100, "output_tokens": 10}
+    at = datetime(2026, 11, 23, tzinfo=UTC)
+    with_tuple = tokenmeter.price(
+        "anthropic", "claude-sonnet-4-5", {**counts, "passes": (compaction,)}, at=at
+    )
+    from_json = json.loads(json.dumps({**counts, "passes": [compaction]}))
+    with_list = tokenmeter.price("anthropic", "claude-sonnet-4-5", from_json, at=at)
+    assert (with_list.total_usd, with_list.breakdown) == (
+        with_tuple.total_usd,
+        with_tuple.breakdown,
+    )
+    assert with_list.breakdown is not None and "compaction" in with_list.breakdown
+    empty = tokenmeter.price("anthropic", "claude-sonnet-4-5", {**counts, "passes": []}, at=at)
+    alone = tokenmeter.price("anthropic", "claude-sonnet-4-5", counts, at=at)
+    assert empty.total_usd == alone.total_usd
 
 
 def test_any_mapping_of_counts_is_a_usage() -> None:
