@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -33,6 +34,7 @@ from provider_helpers import (
     MESSAGES,
     flushed,
     http_of,
+    json_bytes,
     json_reply,
     mock_anthropic,
     mock_genai,
@@ -563,6 +565,61 @@ async def test_a_raw_response_whose_body_cannot_be_read_is_recorded_at_once(
     record = only(flushed(sink))  # raw is still alive here
     assert_unreadable(record)
     assert record.model_name == "gpt-4o"
+
+
+#: Success answers whose body the SDK cannot parse: one cut short by a proxy (its length right,
+#: so no transport error), a gateway's HTML page served as JSON.
+UNPARSABLE = {
+    "cut short": json_bytes({"id": CHAT_ID, "model": SERVED, "usage": USAGE})[:40],
+    "HTML page": b"<html><body>502 Bad Gateway</body></html>",
+}
+
+
+def unparsable_call(
+    kit: ModuleType, is_async: bool, sdk: str, status: int, body: bytes
+) -> Callable[[], Any]:
+    """A plain ``create`` of ``sdk`` that a server answers with ``status`` and ``body``."""
+    http = OPENAI_HTTP if sdk == "openai" else ANTHROPIC_HTTP
+
+    def reply(request: Any) -> Any:
+        return http.Response(status, content=body, headers={"content-type": "application/json"})
+
+    if sdk == "openai":
+        client = kit.mock_openai(reply, is_async=is_async, max_retries=0)
+        return lambda: client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    client = mock_anthropic(reply, is_async=is_async)
+    return lambda: client.messages.create(
+        model="claude-haiku-4-5", max_tokens=100, messages=MESSAGES
+    )
+
+
+@pytest.mark.parametrize("status", [200, 502])
+@pytest.mark.parametrize("body", list(UNPARSABLE))
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+async def test_a_success_answer_the_sdk_cannot_parse_has_an_unknown_cost_not_zero(
+    sink: InMemorySink, kit: ModuleType, is_async: bool, sdk: str, body: str, status: int
+) -> None:
+    """A 2xx means the provider ran the request: a body the SDK then fails to parse was recorded
+    as an error costing exactly $0 (not flagged), where the very same answer read through
+    ``with_raw_response`` is unreadable usage with an unknown cost. Now both are unknown, the
+    error still the exception's name. The caller gets the SDK's own exception either way. An
+    error status with the same body is the provider refusing the call: $0, as before."""
+    call = unparsable_call(kit, is_async, sdk, status, UNPARSABLE[body])
+    with pytest.raises(Exception) as bare:
+        await kit.maybe(call())
+    tokenmeter.instrument(sdk)
+
+    with pytest.raises(Exception) as seen:
+        await kit.maybe(call())
+
+    assert (type(seen.value), str(seen.value)) == (type(bare.value), str(bare.value))
+    record = only(flushed(sink))
+    assert (record.status, record.error) == ("error", type(bare.value).__name__)
+    assert not record.estimated and record.total_tokens == 0
+    if status == 200:
+        assert record.estimated_cost_usd is None and record.cost_breakdown is None
+    else:
+        assert record.estimated_cost_usd == 0
 
 
 def cut_after(chunks: int) -> Any:

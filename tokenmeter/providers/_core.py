@@ -14,7 +14,8 @@ usage arrived, an OpenAI chat stream sent with ``include_usage: False``, an Open
 server that sends none), the record holds an estimate marked ``estimated`` (``_estimate``): never
 a silent zero. A call whose usage was sent but cannot be read (negative, not a number,
 inconsistent) is recorded with status "error", error "UnreadableUsage" and an unknown cost: the
-latest reading decides, as usage is cumulative.
+latest reading decides, as usage is cumulative. So is the cost of a success answer the SDK failed
+to parse (``_answered_unparsed``), its error the SDK's exception.
 """
 
 from __future__ import annotations
@@ -466,6 +467,7 @@ def send(
                 raise
         return wrapped(*given[0], **given[1])  # outside the except: no chained refusal
     except BaseException as exc:
+        safely("reading a failed call", _answered_unparsed, call, exc)
         call.finish(exc)
         raise
     finally:
@@ -493,10 +495,45 @@ async def send_async(
                 raise
         return await wrapped(*given[0], **given[1])
     except BaseException as exc:
+        safely("reading a failed call", _answered_unparsed, call, exc)
         call.finish(exc)
         raise
     finally:
         guard.reset(token)
+
+
+def _answered_unparsed(call: Call, error: BaseException) -> None:
+    """A call whose SDK raised on a success answer it could not parse (a body cut by a proxy,
+    an HTML page served as JSON): the provider ran the request, so it may well be billed. With
+    no usage read from it, its usage is unreadable (an unknown cost, as when the same answer is
+    read through ``with_raw_response``), not the $0 of a call the provider refused; its error
+    stays the exception's type name."""
+    if call.usage is None and call.unreadable is None and _answered(error):
+        call.cannot_read(f"a success answer could not be parsed ({type(error).__name__})")
+
+
+#: How deep ``_answered`` looks along an exception's traceback.
+_FRAMES_LOOKED_AT = 64
+
+
+def _answered(error: BaseException) -> bool:
+    """True for an exception raised once the provider answered with a success (2xx) status: one
+    that says so (an SDK's response validation error), or one raised while a frame held that
+    answer as its ``response`` (the SDKs' own parse of it: Stainless ``_process_response`` and
+    ``APIResponse._parse``). An error status, a transport error or a refusal before sending
+    holds none."""
+    status = getattr(error, "status_code", None)
+    if type(status) is int:
+        return 200 <= status < 300
+    traceback = error.__traceback__
+    for _ in range(_FRAMES_LOOKED_AT):
+        if traceback is None:
+            return False
+        status = getattr(traceback.tb_frame.f_locals.get("response"), "status_code", None)
+        if type(status) is int and 200 <= status < 300:
+            return True
+        traceback = traceback.tb_next
+    return False
 
 
 def _refused(
