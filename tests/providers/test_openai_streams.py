@@ -340,6 +340,33 @@ async def test_groq_usage_in_x_groq_is_read_not_estimated(
     assert not [r for r in caplog.records if "without reporting usage" in r.getMessage()]
 
 
+@pytest.mark.parametrize("stream_options", [None, {"include_usage": True}])
+async def test_a_usage_chunk_a_server_always_sends_is_the_callers_when_it_asks_for_usage(
+    records: Records, kit: ModuleType, is_async: bool, stream_options: dict[str, Any] | None
+) -> None:
+    """A server that ends every stream with a usage-only chunk, asked or not, cannot be told
+    from one answering tokenmeter's request: left unset, that chunk is hidden (docs/providers.md
+    says so). The caller who reads it sets ``include_usage`` itself, and then sees every chunk."""
+    usage = {**kit.CHAT_USAGE, "cost": 0.00012}  # a gateway's own figure, read from that chunk
+    client = kit.mock_openai(
+        lambda request: kit.sse_response(kit.chat_sse(4, usage)), is_async=is_async
+    )
+    extra = {} if stream_options is None else {"stream_options": stream_options}
+    bare = await stream_once(client, kit, **extra)
+    tokenmeter.instrument("openai")
+
+    seen = await stream_once(client, kit, **extra)
+
+    if stream_options is None:
+        assert dumps(seen) == dumps(bare)[:-1]  # the documented limitation
+    else:
+        assert dumps(seen) == dumps(bare)
+        assert seen[-1].usage.model_extra == {"cost": 0.00012}
+    record = only(records())
+    assert (record.status, record.estimated) == ("ok", False)
+    assert (record.input_tokens, record.output_tokens) == (19, 10)
+
+
 async def test_stream_without_usage_is_recorded_with_an_estimate(
     records: Records, kit: ModuleType, is_async: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
