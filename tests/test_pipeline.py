@@ -1158,7 +1158,7 @@ def _run_bounded(args: list[str], env: dict[str, str], cwd: Path) -> str:
 def _dies_of_sigterm(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run ``script`` in a child process, which must end killed by SIGTERM."""
     done = subprocess.run(
-        [sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == -signal.SIGTERM, done.stderr
     return done
@@ -1225,6 +1225,47 @@ def test_a_sigterm_while_the_first_record_opens_the_sinks_flushes_and_ends_at_on
     assert "did not finish" not in done.stderr
     with contextlib.closing(sqlite3.connect(tmp_path / "usage.db")) as db:
         assert db.execute("SELECT count(*) FROM sessions").fetchone() == (1,)
+
+
+WAKING_SIGNALLED = """
+import os, signal, sys, time, tokenmeter
+from tokenmeter import _pipeline
+
+tokenmeter.configure(sinks=["jsonl"], directory=".", exit_timeout=5)
+tokenmeter.record("openai", "gpt-4o", 10, 1)
+tokenmeter.flush()  # the writer asleep: the next record wakes it
+[writer] = _pipeline._pipeline.writers
+wake = writer._arrived
+
+def tracer(frame, event, arg):  # SIGTERM inside the wake-up, past its first line
+    if frame.f_code.co_name != "set" or frame.f_locals.get("self") is not wake:
+        return None
+    lines = []
+    def inside(frame, event, arg):
+        if event == "line":
+            lines.append(frame.f_lineno)
+            if len(lines) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return inside
+    return inside
+
+sys.settrace(tracer)
+tokenmeter.record("openai", "gpt-4o", 10, 1)
+sys.settrace(None)
+time.sleep(60)
+"""
+
+
+def test_a_sigterm_while_a_record_wakes_its_writer_flushes_and_ends(tmp_path: Path) -> None:
+    """Python runs the handler on the main thread between two bytecodes: inside the Event a
+    record sets to wake its writer, that Event's lock was held, and the handler's exit flush set
+    the same Event: the process waited for itself for ever (``with Pool()`` ending busy workers
+    hung). Waking a writer holds no lock now."""
+    try:
+        done = _dies_of_sigterm(WAKING_SIGNALLED, tmp_path)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process hung in its SIGTERM handler")
+    assert (tmp_path / "usage.jsonl").read_text().count("\n") == 2, done.stderr
 
 
 POOL_TERMINATED = """

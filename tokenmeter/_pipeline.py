@@ -250,11 +250,47 @@ def start_thread(
     return thread
 
 
+class _Flag:
+    """``threading.Event``'s set / clear / wait, safe to use from a signal handler. Python runs
+    a handler on the main thread between two bytecodes: inside an Event's ``set()`` there (a
+    record waking a writer), the Event's lock is held, and a handler whose flush sets the same
+    Event waited for that lock, that is for itself, for ever. Here no lock is held between two
+    bytecodes: the flag is a lock that is released while the flag is set, so setting it is one
+    C call, and a waiter that takes it as it wakes gives it back at once (a flush marker's, once
+    set, is never waited on anew: a later flush gets a new marker)."""
+
+    __slots__ = ("_released",)
+
+    def __init__(self) -> None:
+        self._released = threading.Lock()
+        self._released.acquire()
+
+    def is_set(self) -> bool:
+        return not self._released.locked()
+
+    def set(self) -> None:
+        with contextlib.suppress(RuntimeError):  # set already
+            self._released.release()
+
+    def clear(self) -> None:
+        self._released.acquire(blocking=False)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if timeout is None:
+            got = self._released.acquire()
+        else:  # as Event.wait: no time left is a look
+            got = self._released.acquire(timeout > 0, timeout if timeout > 0 else -1)
+        if got:
+            self.set()  # for the next waiter: it stays set until cleared
+            return True
+        return False
+
+
 class _FlushMarker:
     __slots__ = ("done", "ok", "since")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self.done = _Flag()
         self.ok = True
         self.since = time.monotonic()
 
@@ -310,9 +346,9 @@ class _Writer:
         #: Set when work comes to a writer asleep (its first item, a call's record to make): it
         #: starts the gathering interval, never ends one (the first call after each delivery
         #: would end the next gathering: a delivery per call).
-        self._arrived = threading.Event()
+        self._arrived = _Flag()
         #: Set to end the gathering early (a full batch, a flush(), the stop).
-        self._hurry = threading.Event()
+        self._hurry = _Flag()
         self._urgent = False
         self._stopping = False
         #: Once the writer has stopped (a new configuration, the exit): whether its sink took
