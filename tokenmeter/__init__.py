@@ -174,7 +174,7 @@ def flush(timeout: float | None = None) -> bool:
     non-number timeout raises a one-line ValueError: it would otherwise return False at once,
     as if the sinks were slow, or fail deep inside with a TypeError.
     """
-    from tokenmeter import _pipeline
+    from tokenmeter import _pipeline, _sessions
 
     if timeout is not None:
         # "not >= 0" is also true of NaN (and works for an int too long for a float)
@@ -188,6 +188,7 @@ def flush(timeout: float | None = None) -> bool:
         # A wait past TIMEOUT_MAX (inf, 1e300) raises OverflowError: that long is no limit. (Half
         # of it, so that the deadline arithmetic in _pipeline cannot round past it either.)
         timeout = None if timeout > threading.TIMEOUT_MAX / 2 else float(timeout)
+    _sessions.store_forked_parts()  # what a forked child's os._exit() would never store
     return _pipeline.flush(timeout)
 
 

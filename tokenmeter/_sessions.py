@@ -942,9 +942,14 @@ _implicit_pid = 0
 _implicit_args: tuple[str | None, str | None, dict[str, str] | None] = (None, None, None)
 
 
+#: This process was forked from one that had imported tokenmeter (``store_forked_parts``).
+_forked = False
+
+
 def _forget_implicit_after_fork() -> None:
-    global _implicit
+    global _implicit, _forked
     _implicit = None  # a forked child is another process: it starts its own implicit session
+    _forked = True
     for inherited in list(_open):  # sessions open at the fork: the child adds its own part
         inherited._inherit()
 
@@ -1007,6 +1012,22 @@ def finish_implicit() -> None:
         _implicit.ended_at = datetime.now(UTC)
         _pipeline.submit(_implicit.info())
         _end_hooks(_implicit)
+
+
+def store_forked_parts() -> None:
+    """``flush()`` in a forked process: its part of the sessions still open in it (those it
+    carries on from its parent, its own implicit session) is stored now. A bare ``os.fork()``
+    child (a pre-fork server's worker) ends with ``os._exit()``, after a flush as the docs say,
+    which runs no exit hook: its part was never stored, and the session's row counted 1 call
+    of the 3 in its records."""
+    if not _forked:  # the process that entered them stores them as they end, and at its exit
+        return
+    _pipeline.catch_up()  # the calls that have returned are in the totals stored
+    with _lock:
+        still_open = list(_open)
+    for session in still_open:
+        if session.ended_at is None and session._totals()[0]:
+            _tell(session)
 
 
 _pipeline.before_exit(finish_implicit)

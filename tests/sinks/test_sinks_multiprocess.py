@@ -134,7 +134,8 @@ def test_processes_racing_to_upgrade_a_version_3_database(tmp_path: Path) -> Non
 def test_workers_forked_inside_a_session_add_their_calls_to_its_row(tmp_path: Path) -> None:
     """Each forked worker stored the session again over the parent's row, with its own copy of
     the totals and a status of its own: "completed" with 2 calls became "active" with 3 (the
-    parent's 2 before the fork and the worker's), while the session's records were 4."""
+    parent's 2 before the fork and the worker's), while the session's records were 4. A worker
+    that flushed and left by ``os._exit`` never stored its part at all (4 calls of 5)."""
     script = Path(__file__).with_name("fork_in_session.py")
     done = subprocess.run(
         [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120
@@ -153,7 +154,7 @@ def test_workers_forked_inside_a_session_add_their_calls_to_its_row(tmp_path: Pa
         ).fetchone()
     finally:
         conn.close()
-    assert records[:3] == (4, 4000, 400)
+    assert records[:3] == (5, 5000, 500)
     [(status, calls, input_tokens, output_tokens, cost)] = rows
-    assert (status, calls, input_tokens, output_tokens) == ("completed", 4, 4000, 400)
-    assert Decimal(cost) == Decimal(records[3]).scaleb(-12) == Decimal("0.014")
+    assert (status, calls, input_tokens, output_tokens) == ("completed", 5, 5000, 500)
+    assert Decimal(cost) == Decimal(records[3]).scaleb(-12) == Decimal("0.0175")
