@@ -206,6 +206,39 @@ def test_a_session_renamed_as_it_goes_keeps_its_records(tmp_path: Path) -> None:
     assert not (tmp_path / "quarantine.jsonl").exists()
 
 
+def test_a_session_nested_in_one_with_its_id_is_stored_once(tmp_path: Path) -> None:
+    """A request id used by a middleware's session and again by the handler's: the outer
+    session's part of the stored totals holds the nested calls (they roll up), and the nested
+    session stored them again as a part of its own, so 2 calls were stored as 3. The nested
+    one's late call (a thread it started, after both ended) is stored in the outer's part."""
+    tokenmeter.configure(sinks=["sqlite"], directory=str(tmp_path))
+
+    ended = threading.Event()
+
+    def record_one() -> None:
+        tokenmeter.record("openai", "gpt-4o", 1000, 100)
+
+    def record_once_ended() -> None:
+        ended.wait()
+        record_one()
+
+    with tokenmeter.session("request", id="req-42") as request:
+        record_one()
+        with tokenmeter.session("handler", id="req-42") as handler:
+            record_one()
+            late = threading.Thread(target=record_once_ended)
+            late.start()
+    ended.set()
+    late.join()
+    assert tokenmeter.flush(30)
+    assert handler.summary.calls == 2 and request.summary.calls == 3
+    db = sqlite3.connect(tmp_path / "usage.db")
+    assert list(db.execute("SELECT count(*), sum(input_tokens) FROM records")) == [(3, 3000)]
+    rows = list(db.execute("SELECT name, parent_id, status, calls, input_tokens FROM sessions"))
+    assert rows == [("request", None, "completed", 3, 3000)]
+    assert list(db.execute("SELECT count(*) FROM session_parts")) == [(1,)]
+
+
 async def test_concurrent_tasks_each_see_their_own_session(sink: InMemorySink) -> None:
     async def work(name: str) -> tuple[str, str | None]:
         async with tokenmeter.session(name) as s:

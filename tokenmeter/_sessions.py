@@ -207,6 +207,10 @@ class Session:
         #: In a process forked inside the session: its totals at the fork, which are the parent's
         #: part, not this process's (``_inherit``). None in the process that entered it.
         self._base: tuple[int, int, int, Decimal, int] | None = None
+        #: An enclosing session with the same id (a request id entered again by the handler),
+        #: whose part of the stored totals holds this one's calls already (they roll up into it):
+        #: this one stores nothing of its own, which counted them twice (2 calls stored as 3).
+        self._stored_by: Session | None = None
 
     @property
     def name(self) -> str | None:
@@ -282,6 +286,7 @@ class Session:
                     {**enclosing, **self.tags}, "with those of the enclosing sessions"
                 )
             self.parent = parent
+            self._stored_by = _enclosing_with_id(parent, self.id)
             self.started_at = datetime.now(UTC)
             self._pid = os.getpid()
         self._token = _current.set(self)
@@ -332,7 +337,8 @@ class Session:
         self._announced = True
         with _lock:
             _open.add(self)
-        _pipeline.submit(self.info())
+        if self._stored_by is None:  # else its id's row is the enclosing session's, told already
+            _pipeline.submit(self.info())
 
     def __enter__(self) -> Session:
         self._start()
@@ -520,10 +526,19 @@ def _tell(session: Session) -> None:
     """Hand the sinks an ended session's state. Taken and handed over under ``_told``: threads
     making late calls of it at once each handed over a state taken outside any lock, and the
     last one handed over (not the latest) was the stored row (245 of 250 calls)."""
+    if session._stored_by is not None:  # its calls are in the enclosing session's part
+        return
     with _told:
         with _lock:
             info = session.info()
         _pipeline.submit(info)
+
+
+def _enclosing_with_id(parent: Session | None, session_id: str) -> Session | None:
+    """The innermost of ``parent`` and its ancestors whose id is ``session_id``, if any."""
+    while parent is not None and parent.id != session_id:
+        parent = parent.parent
+    return parent
 
 
 def _check_tags(tags: Any) -> dict[str, str]:
