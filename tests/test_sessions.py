@@ -587,7 +587,7 @@ def test_the_running_session_of_a_decorated_generator_cannot_be_entered_again(
         except RuntimeError as exc:
             refused.append(str(exc))
         else:  # its own parent: undone, so that a regression fails here instead of hanging
-            running.parent = running._token = None
+            running._parent = running._token = None
         tokenmeter.record("openai", "gpt-4o", 1000, 500)
         yield 1
 
@@ -736,6 +736,46 @@ def test_a_budget_set_as_it_goes_is_checked_and_loses_no_record(sink: InMemorySi
         assert fake.requests == []
     assert tokenmeter.flush(5)
     assert [r.session_name for r in sink.records if r.status != "blocked"] == ["job"] * 3
+
+
+def test_a_sessions_hooks_and_on_exceed_set_as_it_goes_are_checked(sink: InMemorySink) -> None:
+    """``s.on_end = 5`` was kept, and the block's exit raised a TypeError from tokenmeter;
+    ``s.on_exceed = "rasie"`` was kept, and the budget refused nothing. Checked now as
+    ``session()`` checks them; a valid one set as it goes works as one given at the start."""
+    ended: list[str] = []
+    with tokenmeter.session("job", budget_usd=0) as job:
+        for name, value in (("on_end", 5), ("on_exceed", "rasie")):
+            with pytest.raises(ValueError) as excinfo:
+                setattr(job, name, value)
+            assert one_line_value_error(excinfo).startswith(f"{name} ")
+        assert (job.on_end, job.on_exceed) == ((), "warn")  # the refused values are not kept
+        job.on_end = lambda ended_job: ended.append(ended_job.status)
+        job.on_exceed = "raise"  # refuses calls from now on, as if given to session()
+        tokenmeter.instrument(["openai"])
+        with FakeProvider() as fake, pytest.raises(tokenmeter.BudgetExceeded):
+            fake.openai_client().chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert fake.requests == []
+    assert ended == ["completed"]
+
+
+def test_a_sessions_id_parent_and_status_cannot_be_set(tmp_path: Path) -> None:
+    """``s.id = "run-\\udcff"`` was kept: the SQLite sink refused every later record of the
+    session (set aside in quarantine at exit, flush() False); ``s.parent = x`` lost every later
+    record of the sessions nested in it; a status set by hand was stored as the session's."""
+    tokenmeter.configure(sinks=["sqlite"], directory=str(tmp_path))
+    with tokenmeter.session("outer") as outer, tokenmeter.session("job") as job:
+        for name, value in (("id", "run-\udcff"), ("parent", 5), ("status", "completed")):
+            with pytest.raises(AttributeError, match=f"^a session's {name} cannot be set: "):
+                setattr(job, name, value)
+        tokenmeter.record("openai", "gpt-4o", 10, 1)
+        assert (job.parent, job.status) == (outer, "active")
+    assert tokenmeter.flush(30)
+    db = sqlite3.connect(tmp_path / "usage.db")
+    assert list(db.execute("SELECT session_id FROM records")) == [(job.id,)]
+    stored = list(db.execute("SELECT id, parent_id, status FROM sessions WHERE name = 'job'"))
+    assert stored == [(job.id, outer.id, "completed")]
 
 
 def test_a_fault_in_a_sessions_bookkeeping_loses_no_record(

@@ -171,23 +171,19 @@ class Session:
         if id is not None and (not isinstance(id, str) or not id.strip()):
             raise ValueError(f"session id must be a non-empty string, got {short_repr(id)}")
         self.notes = notes  # checked and cleaned by the property's setter
-        self.id = clean_text(id.strip(), _MAX_ID) if id else _new_id()
+        self._id = clean_text(id.strip(), _MAX_ID) if id else _new_id()
         self.name = name  # checked and cleaned by the property's setter
         self._tags = FrozenTags(_check_tags(tags))
         self.budget_usd = budget_usd  # checked and made a Decimal by the property's setter
-        if on_exceed not in ("warn", "raise"):
-            raise ValueError(f"on_exceed must be 'warn' or 'raise', got {short_repr(on_exceed)}")
-        #: "raise": a call that would take the session past ``budget_usd`` is refused before it
-        #: is sent (``tokenmeter.BudgetExceeded``); "warn": it is made, and a warning logged.
-        self.on_exceed = on_exceed
-        self.on_end = _check_hooks(on_end)
+        self.on_exceed = on_exceed  # checked by the property's setter
+        self.on_end = on_end  # checked and made a tuple by the property's setter
         #: USD reserved by calls in flight (budgets with on_exceed="raise"), under ``_lock``.
         self._reserved = _ZERO
         self._warned_at: set[float] = set()
-        self.status: Literal["active", "completed", "failed"] = "active"
+        self._status: Literal["active", "completed", "failed"] = "active"
         self.started_at: datetime | None = None
         self.ended_at: datetime | None = None
-        self.parent: Session | None = None
+        self._parent: Session | None = None
         self._summary = SessionSummary()
         #: Tags of the ancestors merged with this session's own (inner ones win).
         self.effective_tags: dict[str, str] = dict(self.tags)
@@ -231,6 +227,36 @@ class Session:
             session_renamed()
 
     @property
+    def id(self) -> str:
+        """The session's id, its records' ``session_id``: given to ``session(id=...)`` or made."""
+        return self._id
+
+    @id.setter
+    def id(self, id: object) -> NoReturn:
+        # Changed inside the block, it was no longer the id the session was stored under, and
+        # not checked: a lone surrogate made the sinks refuse every record of the session.
+        _refuse_setting("id", "fixed when it is made (give it to session(id=...))")
+
+    @property
+    def parent(self) -> Session | None:
+        """The session this one was entered in (None at top level)."""
+        return self._parent
+
+    @parent.setter
+    def parent(self, parent: object) -> NoReturn:
+        # Set to anything but a session, every later record of its nested sessions was lost.
+        _refuse_setting("parent", "the session it was entered in")
+
+    @property
+    def status(self) -> Literal["active", "completed", "failed"]:
+        """ "active", then "completed", or "failed" when its block raised."""
+        return self._status
+
+    @status.setter
+    def status(self, status: object) -> NoReturn:
+        _refuse_setting("status", "set as it ends")
+
+    @property
     def tags(self) -> Mapping[str, str]:
         """The tags given to ``session()``, fixed: changing them is a TypeError."""
         return self._tags
@@ -249,13 +275,45 @@ class Session:
         # Set later, a budget must be checked and made a Decimal as the constructor's is: a float
         # kept as given made every later record of the session fail in its budget check.
         self._budget_usd = _check_budget(budget)
+        self._arm_if_set_inside()
+
+    @property
+    def on_exceed(self) -> Literal["warn", "raise"]:
+        """ "raise": a call that would take the session past ``budget_usd`` is refused before it
+        is sent (``tokenmeter.BudgetExceeded``); "warn": it is made, and a warning logged. May be
+        set as it goes."""
+        return self._on_exceed
+
+    @on_exceed.setter
+    def on_exceed(self, on_exceed: Literal["warn", "raise"]) -> None:
+        # Set later, it must be checked as the constructor's is: "rasie" was kept, and the
+        # session's budget then refused nothing.
+        if on_exceed not in ("warn", "raise"):
+            raise ValueError(f"on_exceed must be 'warn' or 'raise', got {short_repr(on_exceed)}")
+        self._on_exceed = on_exceed
+        self._arm_if_set_inside()
+
+    def _arm_if_set_inside(self) -> None:
+        """A budget with on_exceed="raise", either set inside the block (not by ``__init__``):
+        calls are refused before they are sent from now on, as if both had been given."""
         if (
-            budget is not None
-            and self.__dict__.get("started_at") is not None  # set inside the block: not __init__
-            and self.on_exceed == "raise"
+            self.__dict__.get("started_at") is not None
+            and self._budget_usd is not None
+            and self._on_exceed == "raise"
             and not _disabled()
         ):
-            _guard_state.armed = True  # refused before it is sent from now on, as if given
+            _guard_state.armed = True
+
+    @property
+    def on_end(self) -> tuple[OnEnd, ...]:
+        """Called with the finished session when it ends; may be set as it goes."""
+        return self._on_end
+
+    @on_end.setter
+    def on_end(self, on_end: OnEnd | Sequence[OnEnd] | None) -> None:
+        # Set later, hooks must be checked as the constructor's are: 5 was kept, and the
+        # block's exit raised a TypeError from tokenmeter.
+        self._on_end = _check_hooks(on_end)
 
     @property
     def notes(self) -> str | None:
@@ -285,7 +343,7 @@ class Session:
                 self.effective_tags = check_tags_size(
                     {**enclosing, **self.tags}, "with those of the enclosing sessions"
                 )
-            self.parent = parent
+            self._parent = parent
             self._stored_by = _enclosing_with_id(parent, self.id)
             self.started_at = datetime.now(UTC)
             self._pid = os.getpid()
@@ -308,7 +366,7 @@ class Session:
         with _lock:  # two threads exiting it at once: one ends it
             if self.started_at is None or self.ended_at is not None:
                 return  # never entered, or exited already: its hooks and its row are done once
-            self.status = "failed" if failed else "completed"
+            self._status = "failed" if failed else "completed"
             self.ended_at = datetime.now(UTC)
             token, self._token = self._token, None
             _open.discard(self)
@@ -390,12 +448,13 @@ class Session:
 
     def _budgeted(self) -> bool:
         """This session or an enclosing one has a budget."""
-        # ``_budget_usd``, not the property, here and in ``_add``: read at every call.
+        # ``_budget_usd`` and ``_parent``, not the properties, here and in ``_add``: read at
+        # every call.
         node: Session | None = self
         while node is not None:
             if node._budget_usd is not None:
                 return True
-            node = node.parent
+            node = node._parent
         return False
 
     def _add(self, record: UsageRecord) -> None:
@@ -410,7 +469,7 @@ class Session:
                     ended.append(node)
                 node._summary._add(record)
                 budgeted = budgeted or node._budget_usd is not None
-                node = node.parent
+                node = node._parent
         for late in ended:  # a stream read after its session ended: its stored totals go on
             _tell(late)
         if budgeted:  # every ancestor's budget, however the record was made
@@ -418,7 +477,7 @@ class Session:
             while node is not None:
                 if node._budget_usd is not None:
                     node._check_budget(record)
-                node = node.parent
+                node = node._parent
 
     def _check_budget(self, record: UsageRecord | None = None) -> None:
         budget = self.budget_usd
@@ -575,6 +634,10 @@ def check_tags_size(tags: dict[str, str], merged: str = "") -> dict[str, str]:
             f"(2 more a tag), more than the {MAX_TAGS_SIZE:,} a record keeps"
         )
     return tags
+
+
+def _refuse_setting(name: str, what: str) -> NoReturn:
+    raise AttributeError(f"a session's {name} cannot be set: it is {what}")
 
 
 def _check_hooks(hooks: Any) -> tuple[OnEnd, ...]:
@@ -1023,7 +1086,7 @@ def finish_implicit() -> None:
         if session is not _implicit and session.ended_at is None and session._totals()[0]:
             _tell(session)
     if _implicit is not None and _implicit._announced and _implicit_pid == os.getpid():
-        _implicit.status = "completed"
+        _implicit._status = "completed"
         _implicit.ended_at = datetime.now(UTC)
         _pipeline.submit(_implicit.info())
         _end_hooks(_implicit)
