@@ -212,7 +212,77 @@ def test_calls_made_while_collecting_are_counted(
     assert (report["total"]["tests"], report["total"]["calls"]) == (1, collected + 1)
     assert report["over_budget"] is True
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines([f"(outside tests: collection)*{collected}*"])
+    result.stdout.fnmatch_lines([f"(outside tests)*{collected}*"])
+
+
+_APP_SERVED_BY_A_FIXTURES_THREAD = """
+import queue
+import threading
+
+import pytest
+from tokenmeter.testing import FakeProvider
+
+
+@pytest.fixture(scope="session")
+def app():
+    \"\"\"An app under test answering on a thread of its own, started in the first test's setup
+    (so in that test's session) and serving every later test.\"\"\"
+    jobs = queue.Queue()
+
+    def serve():
+        with FakeProvider(openai_usage={"prompt_tokens": 1000, "completion_tokens": 500}) as fake:
+            client = fake.openai_client()
+            while (done := jobs.get()) is not None:
+                client.chat.completions.create(model="m-test", messages=[])
+                done.set()
+
+    server = threading.Thread(target=serve)
+    server.start()
+
+    def ask():
+        done = threading.Event()
+        jobs.put(done)
+        done.wait()
+
+    yield ask
+    jobs.put(None)
+    server.join()
+
+
+def test_one(app):
+    app()
+
+
+@pytest.mark.parametrize("n", range(2))
+def test_more(app, n):
+    app()
+    app()
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["alone", "xdist"])
+def test_calls_a_tests_session_gets_after_the_test_are_counted(
+    pytester: pytest.Pytester, workers: list[str]
+) -> None:
+    """A thread started by a session-scoped fixture in the first test's setup carries that
+    test's session: the calls it made for later tests were late calls of a session whose row
+    was made already, counted nowhere (1 call of 5, $0.002 "within the budget of $0.009")."""
+    pytester.makepyprojecttoml(_PYPROJECT)
+    pytester.makepyfile(test_app=_APP_SERVED_BY_A_FIXTURES_THREAD)
+    result = pytester.runpytest_subprocess(
+        "--tokenmeter-json=usage.json", "--tokenmeter-budget=0.009", *workers
+    )
+    result.assert_outcomes(passed=3)
+    assert len(_records(pytester)) == 5
+    report = json.loads((pytester.path / "usage.json").read_text())
+    assert (report["total"]["calls"], report["total"]["cost_usd"]) == (5, 0.01)
+    assert report["over_budget"] is True
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    if not workers:  # (under xdist, which tests are late depends on who ran them)
+        assert {row["nodeid"]: row["calls"] for row in report["tests"]} == {
+            "(outside tests)": 4,
+            "test_app.py::test_one": 1,
+        }
 
 
 def test_pytest_run_in_process_leaves_the_programs_own_instrumentation(

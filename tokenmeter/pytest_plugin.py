@@ -33,8 +33,9 @@ REPORT_KEY = "tokenmeter"
 #: The attribute of a teardown report that carries the calls made outside any test before it
 #: (while its process collected, between tests), counted once (JSON-safe values only).
 OUTSIDE_KEY = "tokenmeter_outside"
-#: The row of those calls in the summary and the JSON file.
-OUTSIDE_TESTS = "(outside tests: collection)"
+#: The row of those calls in the summary and the JSON file, and of the calls a test's session
+#: received after the test ended (``_Spend.late``).
+OUTSIDE_TESTS = "(outside tests)"
 _MARKER = "tokenmeter_budget"
 _SPEND_KEY = pytest.StashKey["_Spend"]()
 _TOP = 10
@@ -206,18 +207,28 @@ class _Spend:
         self.session = session
         self.outside = _sessions.implicit_session()
         self.before = self._counts(self.outside)
+        #: The session's own counts in the test's row (``totals``); none before it is made.
+        self.reported: dict[str, Any] = dict.fromkeys(_COUNTS, 0)
 
     @staticmethod
     def _counts(session: Session) -> dict[str, Any]:
         return {name: getattr(session.summary, name) for name in _COUNTS}
 
-    def counts(self) -> dict[str, Any]:
-        own = self._counts(self.session)
+    def counts(self, own: dict[str, Any] | None = None) -> dict[str, Any]:
+        own = self._counts(self.session) if own is None else own
         now = self._counts(self.outside)
         return {name: own[name] + now[name] - self.before[name] for name in _COUNTS}
 
     def totals(self, nodeid: str) -> dict[str, Any]:
-        return {"nodeid": nodeid, "session_id": self.session.id, **_row(self.counts())}
+        self.reported = self._counts(self.session)
+        return {"nodeid": nodeid, "session_id": self.session.id, **_row(self.counts(self.reported))}
+
+    def late(self) -> dict[str, Any]:
+        """The calls the test's session received after its row was made: work the test started
+        that runs on after it (a thread started by a session-scoped fixture in its setup, which
+        serves every later test in this session; a stream read by a later test)."""
+        now = self._counts(self.session)
+        return {"nodeid": OUTSIDE_TESTS, **_row({n: now[n] - self.reported[n] for n in _COUNTS})}
 
 
 def _row(counts: dict[str, Any]) -> dict[str, Any]:
@@ -271,6 +282,8 @@ class Meter:
         #: The calls made outside any test, in every process (see `_Outside`).
         self.outside: list[dict[str, Any]] = []
         self._outside: _Outside | None = None
+        #: What each test run in this process spent, read again at the end (``_Spend.late``).
+        self._spent: list[_Spend] = []
         self.is_worker = hasattr(config, "workerinput")
         #: An xdist controller: it neither collects nor runs a test (its workers do).
         self.is_controller = not self.is_worker and config.getoption("dist", "no") != "no"
@@ -355,6 +368,7 @@ class Meter:
                 )
         if call.when == "teardown":
             setattr(report, REPORT_KEY, spend.totals(item.nodeid))
+            self._spent.append(spend)
             outside = item.stash.get(_OUTSIDE_KEY, None)
             if self._outside is not None:
                 self._outside.take()  # the test's window ends: those calls were the test's
@@ -386,16 +400,19 @@ class Meter:
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         # After the last test, or with no test at all (an xdist worker sends it as it ends).
-        outside = self._outside.take() if self._outside is not None else None
+        # The calls of tests' sessions made after their rows were counted nowhere: a thread a
+        # session-scoped fixture started served 10 calls of later tests, none in the total.
+        outside = [spend.late() for spend in self._spent]
+        if self._outside is not None:
+            outside.append(self._outside.take())
         if self.is_worker:
-            if outside is not None:
-                self.config.workeroutput[OUTSIDE_KEY] = outside  # type: ignore[attr-defined]
+            if outside:
+                self.config.workeroutput[OUTSIDE_KEY] = _added(outside)  # type: ignore[attr-defined]
             return
         import tokenmeter
 
         tokenmeter.flush(timeout=10)  # the sinks have every record when pytest exits
-        if outside is not None:
-            self.outside.append(outside)
+        self.outside.extend(outside)
         total = self.total()
         over = self.budget is not None and total["cost"] > self.budget
         if over and session.exitstatus == pytest.ExitCode.OK:
@@ -424,11 +441,7 @@ class Meter:
         """The calls made outside any test, in every process, as one row (none without)."""
         if not any(r["calls"] for r in self.outside):
             return []
-        row: dict[str, Any] = {"nodeid": OUTSIDE_TESTS}
-        for name in ("calls", "input_tokens", "output_tokens", "total_tokens", "unpriced_calls"):
-            row[name] = sum(r[name] for r in self.outside)
-        row["cost_usd"] = str(sum((Decimal(r["cost_usd"]) for r in self.outside), Decimal(0)))
-        return [row]
+        return [_added(self.outside)]
 
     def total(self) -> dict[str, Any]:
         spending = [r for r in self.results if r["calls"]]
@@ -561,6 +574,15 @@ _FAILED_KEY = pytest.StashKey[bool]()
 _OUTSIDE_KEY = pytest.StashKey[dict[str, Any]]()
 #: The test's ``tokenmeter_budget`` marker, read when its setup starts (None: no marker).
 _BUDGET_KEY = pytest.StashKey[Decimal | None]()
+
+
+def _added(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rows of calls made outside any test, added up into one."""
+    row: dict[str, Any] = {"nodeid": OUTSIDE_TESTS}
+    for name in ("calls", "input_tokens", "output_tokens", "total_tokens", "unpriced_calls"):
+        row[name] = sum(r[name] for r in rows)
+    row["cost_usd"] = str(sum((Decimal(r["cost_usd"]) for r in rows), Decimal(0)))
+    return row
 
 
 def _already_failed(item: pytest.Item) -> bool:
