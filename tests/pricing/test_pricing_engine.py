@@ -275,6 +275,41 @@ def test_claude_sonnet_4_above_200k_is_at_its_long_context_rates_in_every_table(
     assert sonnet_45.price_source != "tokenmeter-errata"
 
 
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [
+        ("anthropic", "claude-sonnet-4-20250514"),
+        ("aws", "us.anthropic.claude-sonnet-4-20250514-v1:0"),
+        ("openrouter", "anthropic/claude-sonnet-4"),
+    ],
+)
+def test_claude_sonnet_4_above_200k_bills_images_video_and_cached_images_at_the_tier_too(
+    provider: str, model: str
+) -> None:
+    """Anthropic bills an image's tokens as input tokens, so telling which tokens were images
+    (record(modalities=...), or estimate() for a call without usage) changes nothing. The tier
+    the errata add kept the standard $3 for images: 300k tokens, 100k of them an image, cost
+    $1.50 where they cost $1.80 as text."""
+    plain = Usage(input_tokens=300_000, cache_read_tokens=100_000, output_tokens=1_000)
+    split = plain.model_copy(
+        update={
+            "modalities": {
+                "input_text": 100_000,
+                "input_image": 100_000,
+                "input_video": 100_000,
+                "cache_read_image": 60_000,
+                "cache_read_audio": 40_000,
+                "output_image": 600,
+                "output_citation": 400,
+            }
+        }
+    )
+    cost = price_usage(provider, model, plain, at=DAY)
+    # 200k uncached * $6 + 100k cached * $0.60 + 1k * $22.50, per million
+    assert cost.total_usd == Decimal("1.2825")
+    assert price_usage(provider, model, split, at=DAY).total_usd == cost.total_usd
+
+
 def test_cache_writes_5m_and_1h_are_priced_separately() -> None:
     # claude-sonnet-4-5: input $3, 5m write $3.75, 1h write $6, output $15
     usage = Usage(

@@ -234,6 +234,25 @@ def _uniform(factor: Decimal) -> Rates:
     return Rates(**{f.name: Decimal(1) if f.name in FEE_FIELDS else factor for f in fields(Rates)})
 
 
+def _by_side(*, input_side: Decimal, output_side: Decimal) -> Rates:
+    """Factors for ``Rates.scaled`` naming sides of a call rather than fields, so that a modality
+    rate (image, video, audio, citations) is never left behind by a correction of the text rate:
+    ``input_side`` for every ``input_*``, ``cache_read_*`` and ``cache_write_*`` rate,
+    ``output_side`` for every ``output_*`` and ``reasoning_*`` one. Per-request fees are left as
+    they are."""
+
+    def factor(name: str) -> Decimal:
+        if name in FEE_FIELDS:
+            return Decimal(1)
+        if name.startswith(("input_", "cache_read_", "cache_write_")):
+            return input_side
+        if name.startswith(("output_", "reasoning_")):
+            return output_side
+        raise AssertionError(f"Rates.{name} is on no side of a call: give it one here")
+
+    return Rates(**{f.name: factor(f.name) for f in fields(Rates)})
+
+
 def _mark(card: RateCard, base: Rates) -> RateCard:
     return replace(card, price_source=ERRATA_SOURCE, base=base)
 
@@ -266,21 +285,12 @@ _SONNET_4 = re.compile(r"(?:^|[./])claude-sonnet-4(?:-0|-20250514(?:-v1:0)?)?$|^
 
 def _sonnet_4_long_context(card: RateCard, requested: str, at: datetime) -> RateCard:
     """Claude Sonnet 4 lacks the >200k (1M-context) tier that claude-sonnet-4-5 has, in every
-    table that prices it (Anthropic, Bedrock, Vertex and OpenRouter bill it alike)."""
+    table that prices it (Anthropic, Bedrock, Vertex and OpenRouter bill it alike): every input
+    rate doubled and every output rate at 1.5x, images, audio and cached tokens included, as
+    Anthropic bills image tokens as input tokens."""
     if card.tiers or not _SONNET_4.search(card.priced_model):
         return card
-    base = card.base
-    two, one_and_half = Decimal(2), Decimal("1.5")
-    long_context = base.with_rates(
-        input_per_mtok=base.input_per_mtok * two,
-        output_per_mtok=base.output_per_mtok * one_and_half,
-        cache_read_per_mtok=base.cache_read_per_mtok * two,
-        cache_write_per_mtok=base.cache_write_per_mtok * two,
-        cache_write_1h_per_mtok=base.cache_write_1h_per_mtok * two,
-        input_audio_per_mtok=base.input_audio_per_mtok * two,
-        output_audio_per_mtok=base.output_audio_per_mtok * one_and_half,
-        reasoning_per_mtok=base.reasoning_per_mtok * one_and_half,
-    )
+    long_context = card.base.scaled(_by_side(input_side=Decimal(2), output_side=Decimal("1.5")))
     return replace(card, tiers=((200_000, long_context),), tiers_price_source=ERRATA_SOURCE)
 
 
