@@ -231,6 +231,22 @@ def test_prices_as_of_the_call_date() -> None:
     assert price_usage("openai", "o3", usage, at=datetime(2025, 6, 9, 23)).total_usd == 50
 
 
+def test_o3_cached_image_and_audio_tokens_before_the_price_cut_cost_what_cached_text_did() -> None:
+    """o3's cached input was $2.50 before 2025-06-10; the erratum corrected the text rate only, so
+    1M cached image tokens cost $0.50 on the call where 1M cached text tokens cost $2.50."""
+    at = datetime(2025, 5, 1, tzinfo=UTC)
+    text = Usage(input_tokens=1_000_000, cache_read_tokens=1_000_000, output_tokens=0)
+    for cached in ("cache_read_image", "cache_read_audio"):
+        modality = cached.removeprefix("cache_read_")
+        split = text.model_copy(
+            update={"modalities": {f"input_{modality}": 1_000_000, cached: 1_000_000}}
+        )
+        cost = price_usage("openai", "o3", split, at=at)
+        assert cost.breakdown is not None
+        assert cost.breakdown["cache_read"] == Decimal("2.5"), cached
+    assert price_usage("openai", "o3", text, at=at).total_usd == Decimal("2.5")
+
+
 def test_default_time_is_now() -> None:
     usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
     now = price_usage("openai", "o3", usage, at=datetime.now(UTC)).total_usd

@@ -234,17 +234,25 @@ def _uniform(factor: Decimal) -> Rates:
     return Rates(**{f.name: Decimal(1) if f.name in FEE_FIELDS else factor for f in fields(Rates)})
 
 
-def _by_side(*, input_side: Decimal, output_side: Decimal) -> Rates:
+def _by_side(
+    *,
+    input_side: Decimal = Decimal(1),
+    output_side: Decimal = Decimal(1),
+    cache_read: Decimal | None = None,
+) -> Rates:
     """Factors for ``Rates.scaled`` naming sides of a call rather than fields, so that a modality
     rate (image, video, audio, citations) is never left behind by a correction of the text rate:
     ``input_side`` for every ``input_*``, ``cache_read_*`` and ``cache_write_*`` rate,
-    ``output_side`` for every ``output_*`` and ``reasoning_*`` one. Per-request fees are left as
-    they are."""
+    ``output_side`` for every ``output_*`` and ``reasoning_*`` one, ``cache_read`` (default
+    ``input_side``) for the ``cache_read_*`` ones alone. Per-request fees are left as they are."""
+    reading = input_side if cache_read is None else cache_read
 
     def factor(name: str) -> Decimal:
         if name in FEE_FIELDS:
             return Decimal(1)
-        if name.startswith(("input_", "cache_read_", "cache_write_")):
+        if name.startswith("cache_read_"):
+            return reading
+        if name.startswith(("input_", "cache_write_")):
             return input_side
         if name.startswith(("output_", "reasoning_")):
             return output_side
@@ -303,7 +311,9 @@ def _o3_launch_cache_rate(card: RateCard, requested: str, at: datetime) -> RateC
         or base.cache_read_per_mtok * 20 != base.input_per_mtok
     ):
         return card
-    return _mark(card, base=base.with_rates(cache_read_per_mtok=base.input_per_mtok / 4))
+    # A quarter of the input rate where genai-prices has a twentieth: five times its cached rates,
+    # image and audio ones too, which follow the text one (genai-prices has the cut price there).
+    return _mark(card, base=base.scaled(_by_side(cache_read=Decimal(5))))
 
 
 #: OpenAI's models without reasoning (gpt-4o, gpt-4.1 and their minis), whose
