@@ -212,6 +212,30 @@ def test_follow_jsonl_reads_a_file_rewritten_larger_in_place_from_the_start(
     assert [call.model for call in follower.new()] == ["appended-0"]
 
 
+def test_follow_jsonl_waits_for_a_file_renamed_away_and_reads_the_new_one_from_its_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A log rotation (``mv usage.jsonl usage.jsonl.1``; the sink makes a new file at its next
+    record): a poll in the gap ended ``tail -f`` with status 1, "cannot read .../usage.jsonl: No
+    such file or directory", and the records of the new file were never shown."""
+    path = write_jsonl(tmp_path / "usage.jsonl", RECORDS[:2])
+    follower = _JsonlFollower(path)
+    assert len(follower.last(10)) == 2
+    path.rename(tmp_path / "usage.jsonl.1")
+    assert follower.new() == []  # gone: nothing new yet, and no error
+    assert follower.new() == []
+    sink = JSONLSink(path)
+    try:
+        sink.write(_new_records(70, 1, "rotated"))
+        assert [call.model for call in follower.new()] == ["rotated-0"]
+        sink.write(_new_records(80, 2, "later"))
+        assert [call.model for call in follower.new()] == ["later-0", "later-1"]
+    finally:
+        sink.close()
+    assert capsys.readouterr().err == f"tokenmeter tail: {path} is gone; waiting for it\n"
+    assert follower.skipped == 0
+
+
 def test_follow_sqlite_reads_a_records_table_made_again(tmp_path: Path) -> None:
     """A ``records`` table dropped and made again (the sink makes it again) starts its rowids
     over: the follower went on from the old table's last rowid and skipped the new rows."""

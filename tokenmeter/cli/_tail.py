@@ -1,8 +1,9 @@
 """``tokenmeter tail [-f]``: the latest records, then (with -f) each new one as it arrives.
 
 Following polls: SQLite by ``rowid`` (insertion order, so a late batch with older timestamps is
-still shown), JSONL by byte offset (only complete lines). A JSONL file truncated, replaced or
-rewritten in place, a ``usage.db`` replaced (moved away, and made again by the library), and a
+still shown), JSONL by byte offset (only complete lines). A JSONL file truncated, replaced,
+rewritten in place, or renamed away (a log rotation: the gap until the sink makes it again is
+waited for), a ``usage.db`` replaced (moved away, and made again by the library), and a
 ``records`` table dropped and made again (its rowids start over), are read again from the
 start: the follower checks that the file is the one it opened, and that the bytes before its
 offset, or the row at its rowid, are still the ones it read. Records that fail the record
@@ -264,6 +265,8 @@ class _JsonlFollower:
         #: The file read (device, inode) and its last bytes before ``offset``.
         self.file_id = (0, 0)
         self.seen = b""
+        #: The file is gone (renamed away by a log rotation) and the wait was said on stderr.
+        self.said_gone = False
 
     def _same_file(self, handle: BinaryIO, offset: int) -> bool:
         """Whether ``offset`` still follows what was read: the same file, no shorter, with the
@@ -314,8 +317,21 @@ class _JsonlFollower:
                 handle.seek(offset - min(offset, _SEEN_BYTES))
                 self.seen = handle.read(min(offset, _SEEN_BYTES))
                 self.offset = offset
+                self.said_gone = False
+        except FileNotFoundError as exc:
+            if not followed:
+                raise CliError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+            self._wait_while_gone()
         except OSError as exc:
             raise CliError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+
+    def _wait_while_gone(self) -> None:
+        """The file was renamed away (a log rotation) or deleted: the sink makes it again at its
+        next record, so it is waited for, as ``-f`` waits for it at its start; nothing new yet.
+        The file made again is another inode, so ``_same_file`` has it read from its start."""
+        if not self.said_gone:
+            print(f"tokenmeter tail: {self.path} is gone; waiting for it", file=sys.stderr)
+            self.said_gone = True
 
     def last(self, count: int) -> Iterable[Call]:
         """The last ``count`` records, read from near the end: reading the whole file took 15 s
