@@ -175,6 +175,24 @@ def test_an_alert_without_a_scope_or_numbers_is_listed(cli: RunCli, alerts_dir: 
     assert out.splitlines()[-2].split() == ["2026-12-04", "09:00:00", "budget", "-", "-", "-"]
 
 
+def test_a_long_scope_is_shown_whole_or_shortened_in_the_middle(
+    cli: RunCli, alerts_dir: Path
+) -> None:
+    """Scopes were cut at 60 characters with no mark: every budget warning lost its period's
+    start ("... per day from 2026-12-0"), and two budgets' warnings could print the same."""
+    budget = "budget:acme-daily (tag:customer=acme, per day from 2026-12-06T00:00:00+00:00)"
+    session = "session=" + "nightly-evaluation-" * 20 + "run-42"
+    for scope in (budget, session):
+        line = {"time": "2026-12-06T10:55:06.531Z", "rule": "budget_50pct", "scope": scope}
+        _append(alerts_dir, json.dumps(line))
+    code, out, err = cli("alerts", "--source", str(alerts_dir))
+    assert code == 0 and err == ""
+    shown_budget, shown_session = out.splitlines()[-3:-1]
+    assert budget in shown_budget
+    assert "session=nightly-evaluation-" in shown_session and "-run-42 " in shown_session
+    assert shown_session.count("…") == 1 and len(shown_session) < len(session)
+
+
 def test_an_over_long_line_is_skipped_in_bounded_memory(cli: RunCli, alerts_dir: Path) -> None:
     """Read as the report reads JSONL: at most ``MAX_LINE_BYTES`` of a line is held."""
     mib = 1 << 20

@@ -14,8 +14,15 @@ from typing import Any
 
 from tokenmeter.cli._output import one_line, write_output
 from tokenmeter.cli._source import default_directory, lines_of, refuse_special_file
+from tokenmeter.cli.reports._render import shorten_middle
 
 __all__ = ["parse_alert", "run_alerts"]
+
+
+#: A budget warning's scope (``budget:NAME (FILTERS, per day from <period start>)``, some 80
+#: characters) is shown whole; a longer one (a long session name or tag value) is shortened in
+#: the middle, keeping both ends: a budget's name and its period's start.
+_SCOPE_WIDTH = 120
 
 
 def _alerts_path(source: str | None) -> Path:
@@ -126,7 +133,7 @@ def run_alerts(args: argparse.Namespace) -> int:
             (
                 alert["time"][:19].replace("T", " "),
                 alert["rule"],
-                (alert.get("scope") or "")[:60],
+                shorten_middle(alert.get("scope") or "", _SCOPE_WIDTH),
                 _number(alert.get("observed")),
                 _number(alert.get("baseline")),
                 _number(alert.get("threshold")),
