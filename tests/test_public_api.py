@@ -84,6 +84,16 @@ def test_every_public_name_has_a_docstring_and_is_in_the_docs() -> None:
         assert len(inspect.getdoc(getattr(tokenmeter, name)) or "") > 20, name
 
 
+def test_help_of_session_names_each_of_its_arguments() -> None:
+    """``help(tokenmeter.session)`` said nothing of ``id``, ``tags`` or ``notes``, and no page
+    said how to enter a session again under one ``id`` (SPEC §2 lists it)."""
+    import inspect
+
+    doc = inspect.getdoc(tokenmeter.session) or ""
+    for name in inspect.signature(tokenmeter.session).parameters:
+        assert f"``{name}``" in doc, name
+
+
 def test_an_unknown_name_is_an_attribute_error() -> None:
     try:
         tokenmeter.no_such_thing  # type: ignore[attr-defined]  # noqa: B018

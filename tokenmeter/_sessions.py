@@ -914,11 +914,15 @@ def session(
     on_exceed: Literal["warn", "raise"] = "warn",
     on_end: OnEnd | Sequence[OnEnd] | None = None,
 ) -> Session:
-    """Open a session: ``with``, ``async with`` or ``@session(...)``.
+    """Open a session: ``with``, ``async with`` or ``@session(...)`` (docs/sessions.md).
 
-    ``budget_usd`` with ``on_exceed="raise"`` refuses a call before it is sent once the session
-    (nested ones included) would pass it; the default "warn" only logs. ``on_end`` callbacks
-    receive the finished Session (with its final ``summary``) when it ends.
+    ``name``: shown in reports and the journal. ``id``: the session's id (default a new
+    ``session_<date>_<time>_<hex>``); a session entered again under an id already used adds its
+    part to that session's stored totals. ``tags``: text to text, given to each record made in
+    it (merged over its ancestors'). ``notes``: text stored with the session. ``budget_usd``
+    with ``on_exceed``: "raise" refuses a call before it is sent once the session (nested ones
+    included) would pass it; the default "warn" only logs. ``on_end`` callbacks receive the
+    finished Session (with its final ``summary``) when it ends.
     """
     return Session(
         name,
