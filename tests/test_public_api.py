@@ -94,6 +94,15 @@ def test_help_of_session_names_each_of_its_arguments() -> None:
         assert f"``{name}``" in doc, name
 
 
+def test_help_of_record_response_says_what_a_response_without_usage_raises() -> None:
+    """SPEC §2: a shape record_response() cannot read raises ValueError; neither its one-line
+    docstring nor docs/records.md said so, so a user reading a batch results file could not
+    tell what to catch for a line without usage."""
+    assert "``ValueError``" in (tokenmeter.record_response.__doc__ or "")
+    with pytest.raises(ValueError, match="cannot read usage"):
+        tokenmeter.record_response({"id": "chatcmpl-1", "choices": []})
+
+
 def test_an_unknown_name_is_an_attribute_error() -> None:
     try:
         tokenmeter.no_such_thing  # type: ignore[attr-defined]  # noqa: B018

@@ -537,7 +537,10 @@ def _merged_tags_fit(tags: dict[str, str]) -> dict[str, str]:
 def record_response(
     response: Any, *, provider: str | None = None, model: str | None = None
 ) -> UsageRecord:
-    """Record a provider response object or its JSON dict (provider detected from its shape)."""
+    """Record a provider response object or its JSON dict (provider detected from its shape).
+
+    A response without a usage block it can read raises ``ValueError``, and nothing is written.
+    """
     if provider is not None:
         provider = _text("provider", provider)
     if model is not None:
