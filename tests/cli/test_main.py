@@ -197,8 +197,10 @@ def test_demo_writes_nothing_outside_its_directory(tmp_path: Path) -> None:
     """docs/cli.md: the demo 'records into its own directory, never into your data'. The
     application's settings still sent its fake calls to the team's PostgreSQL database and
     OpenTelemetry collector and appended its sessions to the application's state file; only
-    the sinks that write into the demo's directory are kept, and its state file is there."""
-    state = tmp_path / "workflow_state.md"
+    the sinks that write into the demo's directory are kept, and its state file is there,
+    under the name docs/cli.md gives it (it said only "a configured state file is written there
+    too": a user looked for their file's name in vain)."""
+    state = tmp_path / "my_state.md"
     result = run_module(
         "demo",
         "--format",
@@ -217,6 +219,12 @@ def test_demo_writes_nothing_outside_its_directory(tmp_path: Path) -> None:
     assert {"usage.db", "usage.jsonl", "journal", "workflow_state.md"} <= {
         path.name for path in demo.iterdir()
     }
+    demo_row = next(
+        line
+        for line in (REPO / "docs" / "cli.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("| `tokenmeter demo")
+    )
+    assert "state file is written there too, as `workflow_state.md`" in demo_row
 
 
 def test_demo_reports_whatever_file_sinks_are_configured(tmp_path: Path) -> None:
