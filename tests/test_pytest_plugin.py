@@ -555,15 +555,24 @@ def test_over_its_budget():
 @pytest.mark.tokenmeter_budget(usd=0.006)
 def test_at_its_budget():
     call(3)
+
+
+@pytest.mark.tokenmeter_budget(0.001)
+def test_one_call_over_its_budget():
+    call(1)
 """
     )
     result = pytester.runpytest("--tokenmeter", "--strict-markers")
-    result.assert_outcomes(passed=4, failed=1)
+    result.assert_outcomes(passed=4, failed=2)
     result.stdout.fnmatch_lines(
         [
             "*tokenmeter: this test's LLM calls cost $0.006, over its budget of $0.005 "
             "(@pytest.mark.tokenmeter_budget); 3 calls, 4500 tokens",
+            # not "1 calls"
+            "*tokenmeter: this test's LLM calls cost $0.002, over its budget of $0.001 "
+            "(@pytest.mark.tokenmeter_budget); 1 call, 1500 tokens",
             "FAILED test_*.py::test_over_its_budget*",
+            "FAILED test_*.py::test_one_call_over_its_budget*",
         ]
     )
 

@@ -361,10 +361,11 @@ class Meter:
                 item.stash[_FAILED_KEY] = True
                 report.outcome = "failed"
                 tokens = counts["input_tokens"] + counts["output_tokens"]
+                calls = "1 call" if counts["calls"] == 1 else f"{counts['calls']} calls"
                 report.longrepr = (
                     f"tokenmeter: this test's LLM calls cost ${cost.normalize():f}, over its "
                     f"budget of ${budget.normalize():f} (@pytest.mark.{_MARKER}); "
-                    f"{counts['calls']} calls, {tokens} tokens"
+                    f"{calls}, {tokens} tokens"
                 )
         if call.when == "teardown":
             setattr(report, REPORT_KEY, spend.totals(item.nodeid))
