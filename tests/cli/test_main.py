@@ -27,6 +27,8 @@ def test_python_dash_m_help(tmp_path: Path) -> None:
     assert result.returncode == 0
     for command in ("report", "sessions", "session", "tail", "prices", "demo"):
         assert command in result.stdout
+    # every command reads a postgresql:// source too (cli.md, team.md); the help named two kinds
+    assert "SQLite, JSONL or PostgreSQL data" in " ".join(result.stdout.split())
 
 
 def test_every_report_format_has_a_renderer() -> None:

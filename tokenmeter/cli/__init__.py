@@ -163,7 +163,8 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tokenmeter",
-        description="Reports on what your LLM calls cost, from tokenmeter's SQLite or JSONL data.",
+        description="Reports on what your LLM calls cost, from tokenmeter's SQLite, JSONL or "
+        "PostgreSQL data.",
     )
     parser.add_argument("--version", action="version", version=f"tokenmeter {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
