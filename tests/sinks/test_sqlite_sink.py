@@ -297,6 +297,40 @@ def test_failed_batch_stores_nothing_and_retry_stores_all(
     assert query(path, "SELECT COUNT(*) FROM records") == [(4,)]
 
 
+@pytest.mark.parametrize(
+    "added",
+    ["project TEXT NOT NULL DEFAULT NULL", "CHECK (input_tokens < 500)"],
+    ids=["not-null-column", "check"],
+)
+def test_a_row_breaking_a_constraint_someone_added_fails_the_batch(
+    tmp_path: Path, make_record: RecordFactory, added: str
+) -> None:
+    """With INSERT OR IGNORE a row breaking a NOT NULL or CHECK constraint an admin added to the
+    table was skipped like a duplicate id: the write succeeded, flush() said True and the
+    record was gone. Only a duplicate id is ignored now; this raises, so the pipeline retries,
+    reports and sets the record aside."""
+    path = tmp_path / "usage.db"
+    sink = SQLiteSink(path)
+    sink.write([make_record(0, input_tokens=1)])
+    conn = sqlite3.connect(path)
+    (ddl,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'records'").fetchone()
+    conn.execute("ALTER TABLE records RENAME TO old_records")
+    conn.execute(ddl.rstrip().removesuffix(")") + f", {added})")
+    conn.execute(
+        "INSERT INTO records SELECT *"
+        + (", 'p'" if "project" in added else "")
+        + " FROM old_records"
+    )
+    conn.execute("DROP TABLE old_records")
+    conn.commit()
+    conn.close()
+
+    with pytest.raises(sqlite3.IntegrityError, match="constraint failed"):
+        sink.write([make_record(1, input_tokens=1000)])
+    sink.close()
+    assert query(path, "SELECT id FROM records") == [("rec-000000",)]
+
+
 def test_existing_database_is_reused_not_recreated(
     tmp_path: Path, make_record: RecordFactory
 ) -> None:

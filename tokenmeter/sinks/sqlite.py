@@ -4,8 +4,10 @@ Why it is shaped this way:
 - WAL journal + a busy timeout: writers from other processes wait for the lock instead of
   failing, and readers (the CLI) never block writers. SQLite waits in slices (``_BUSY_SLICE_S``)
   that ``_begin`` repeats up to ``busy_timeout_s``: between them it sees the exit's deadline.
-- One ``BEGIN IMMEDIATE`` transaction per batch with ``INSERT OR IGNORE`` on the record id: a batch
-  is stored whole or not at all, and a batch retried after a failure never creates duplicates.
+- One ``BEGIN IMMEDIATE`` transaction per batch with ``ON CONFLICT(id) DO NOTHING``: a batch is
+  stored whole or not at all, and a batch retried after a failure never creates duplicates. Not
+  ``INSERT OR IGNORE``: it also skips, silently, a row breaking a NOT NULL or CHECK constraint
+  someone added to the table; such a row must fail, so the pipeline reports and sets it aside.
 - The connection is opened lazily and reopened after ``fork()`` (SQLite connections must not
   cross a fork), and ``fork()`` waits for our transactions to end (``_ForkGate``).
 - Before each batch one ``stat`` checks that ``path`` still names the file the connection has
@@ -581,15 +583,17 @@ _SQLITE_COLUMNS = _PLAIN_COLUMNS + _OPTIONAL_TEXT_COLUMNS + tuple(_BUILT_COLUMNS
 _SQL_OF_COLUMN = ["?"] * len(_PLAIN_COLUMNS) + ["NULLIF(?, 0)"] * len(_OPTIONAL_TEXT_COLUMNS)
 _SQL_OF_COLUMN += _BUILT_COLUMNS.values()
 #: The rows' values go in as plain ``?`` (each row of a long statement costs SQLite as little to
-#: prepare as it can); the NULLIFs are applied once, in the SELECT over them.
+#: prepare as it can); the NULLIFs are applied once, in the SELECT over them. Only a duplicate id
+#: is ignored (a retried batch); ``WHERE true`` tells SQLite's parser the ``ON`` starts the upsert,
+#: not a join constraint.
 _SQLITE_INSERT = _Statement(
-    f"INSERT OR IGNORE INTO records ({', '.join(_SQLITE_COLUMNS)}) SELECT "
+    f"INSERT INTO records ({', '.join(_SQLITE_COLUMNS)}) SELECT "
     + ", ".join(
         sql.replace("?", f"column{number}") for number, sql in enumerate(_SQL_OF_COLUMN, start=1)
     )
     + " FROM (VALUES ",
     len(_SQLITE_COLUMNS),
-    ")",
+    ") WHERE true ON CONFLICT(id) DO NOTHING",
 )
 
 
