@@ -367,6 +367,11 @@ class _Writer:
         #: per buffer means the same. With a hung sink and a flush() per request, a marker
         #: each would pile up in the buffer without end.
         self._open_marker: _FlushMarker | None = None
+        #: ``quarantined`` when the open marker was put in the buffer, and when the oldest of
+        #: ``_markers`` was: a record set aside since then was not written, and the flush()
+        #: calls waiting on them say so (False), as ``flush()`` promises.
+        self._set_aside_before_open = 0
+        self._set_aside_before_markers: int | None = None
         self._failures = 0
         self._retry_at = 0.0
         #: When its sink's current write began (None between writes): see ``_behind``.
@@ -483,6 +488,7 @@ class _Writer:
                 return marker
             if self._open_marker is None:
                 self._open_marker = marker
+                self._set_aside_before_open = self.quarantined
                 self._buffer.append(marker)
             else:
                 marker = self._open_marker
@@ -576,7 +582,10 @@ class _Writer:
         catch_up(paced=True)
         with self._lock:
             items, self._buffer = self._buffer, deque()
+            flushed = self._open_marker is not None
             self._open_marker = None
+        if flushed and self._set_aside_before_markers is None:
+            self._set_aside_before_markers = self._set_aside_before_open
         current: list[Any] = []
         kind: type | None = None
         asked = False  # a flush() came: try the sink now, back-off or not
@@ -938,6 +947,9 @@ class _Writer:
             # Reported once until it works again: with a flush() per request, a line each.
             ok = _quietly(self.sink.flush, self.sink, quiet=self._flush_failing)
             self._flush_failing = not ok
+        before, self._set_aside_before_markers = self._set_aside_before_markers, None
+        if before is not None and self.quarantined != before:
+            ok = False  # a record they waited for was set aside in quarantine, not written
         for marker in self._markers:
             marker.ok = ok
             marker.done.set()
@@ -1362,8 +1374,9 @@ def catch_up(paced: bool = False) -> None:
 
 
 def flush(timeout: float | None = None) -> bool:
-    """Wait until everything submitted so far is in every sink; False on timeout or when a sink
-    keeps failing (its records stay queued and are retried). The sinks a configure() on another
+    """Wait until everything submitted so far is in every sink; False on timeout, when a sink
+    keeps failing (its records stay queued and are retried) or when a record it waited for was
+    set aside in quarantine instead of written. The sinks a configure() on another
     thread is replacing are waited for too (``_ending``): they still hold records made before
     the flush, and flush() returned True before they had written them."""
     catch_up()
