@@ -790,19 +790,36 @@ def test_a_relative_path_stays_where_it_was_when_the_process_changes_directory(
     ],
     ids=["note-in-the-log", "shorter-row", "longer-head", "note-in-a-session"],
 )
+@pytest.mark.parametrize(
+    "save",
+    [
+        lambda text: text,
+        lambda text: text.removesuffix("\n"),
+        lambda text: text + "A line typed after the closing comment.\n",
+    ],
+    ids=["as-is", "no-last-line-end", "text-after-the-end"],
+)
 def test_a_journal_edited_by_hand_goes_on_whole(
-    tmp_path: Path, make_record: RecordFactory, name: str, old: str, new: str
+    tmp_path: Path,
+    make_record: RecordFactory,
+    name: str,
+    old: str,
+    new: str,
+    save: Callable[[str], str],
 ) -> None:
     """A journal saved from an editor with a line added or a row shortened (its first line kept)
     was written at the offsets its first line recorded, now elsewhere in the text: the next
     batch's first row was glued into an old row ("$0.00| 4 |"), or left after a blank line,
-    outside the table. The document is now taken as it was edited and written whole again."""
+    outside the table. The document is now taken as it was edited and written whole again.
+    That held only when the file still ended exactly as tokenmeter left it: saved without its
+    last line end, or with a line typed at the end, the new rows were written over the edited
+    text again ("| 3 | ... | 1,000 | | 4 |", 5 calls in the summary and 3 whole rows)."""
     sink = MarkdownJournalSink(tmp_path)
     sink.write([make_record(i) for i in range(3)])
     path = tmp_path / name
     text = path.read_text(encoding="utf-8")
     assert old in text
-    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    path.write_text(save(text.replace(old, new, 1)), encoding="utf-8")
 
     sink.write([make_record(3 + i) for i in range(2)])
     sink.write([make_record(5)])

@@ -233,7 +233,7 @@ class _Layout:
     end: int = 0  # where the body ends and the tail starts
     state: dict[str, Any] = field(default_factory=dict)
     from_copy: bool = False  # the first line was not whole: the head must be written again
-    #: The body found in a document edited by hand (see ``_edited_body``), to be written whole
+    #: The body found in a document edited by hand (see ``_body_before_tail``), to be written whole
     #: again; None when the document is as its first line describes it.
     edited_body: bytes | None = None
 
@@ -431,19 +431,27 @@ def _read_layout(fd: int, path: Path, log: _Log) -> _Layout:
         layout = _parse_meta(data[len(_MARKER) : newline], legacy=True)
     if layout is not None and newline < layout.head_size:
         trailer = log.tail(layout.state).encode() + _COPY_MARKER + data[len(_MARKER) : newline + 1]
-        at = size - len(trailer)
-        if at != layout.end and at > 0 and os.pread(fd, len(trailer), at) == trailer:
-            # The file ends as the first line's batch left it, but not where the first line
-            # says: it was saved from an editor with a line added or shortened.
-            layout.edited_body = _edited_body(fd, at)
+        if layout.head_size <= layout.end and os.pread(fd, len(trailer), layout.end) == trailer:
+            # As the first line describes it (bytes a failed writer left after the trailer are
+            # written over). Checked, not trusted: after an edit of the body the first line's
+            # end is inside the text, and new rows were written over the user's.
+            return layout
+        at, text = _trailer_at(fd, size, trailer)
+        if at > 0:
+            # The first line's batch left this trailer, but not where the first line says: the
+            # file was saved from an editor with a line added or shortened (maybe without its
+            # last line end, or with text typed after the closing comment, which is not kept).
+            layout.edited_body = _body_before_tail(text[:at])
             if layout.edited_body is None:
                 raise ValueError(f"{path}: journal was edited; move the file away")
-            return layout
-        if layout.head_size <= layout.end <= size:
             return layout
     copy = _read_copy(fd, size, log)
     if copy is not None:
         return copy
+    if layout is not None and newline < layout.head_size <= layout.end <= size:
+        # A writer failed part-way through overwriting the trailer (step 2): the first line is
+        # the old one, and the retry writes the batch again where it says.
+        return layout
     if layout is None:
         raise _not_a_journal(path)
     raise ValueError(f"{path}: journal was truncated or edited; move the file away")
@@ -454,14 +462,20 @@ def _read_layout(fd: int, path: Path, log: _Log) -> _Layout:
 _HEAD_END = re.compile(rb"<!-- *-->\n")
 
 
-def _edited_body(fd: int, end: int) -> bytes | None:
-    """The body of a document edited by hand, its tail starting at ``end``: what lies between
-    the end of the head and ``end``, as edited. None when the head's end is not found."""
-    return _body_before_tail(pread_exact(fd, end, 0))
+def _trailer_at(fd: int, size: int, trailer: bytes) -> tuple[int, bytes]:
+    """Where the last ``trailer`` (tail, copy comment) is in the document, and its text; -1 if
+    it is not there. Read whole: only a document edited by hand (or a failed writer's, which
+    the copy describes) gets here, and an edited one is written whole again anyway. An editor
+    may have left out the last line end: the trailer's own is then added back."""
+    text = pread_exact(fd, size, 0)
+    if not text.endswith(b"\n"):
+        text += b"\n"
+    return text.rfind(trailer), text
 
 
 def _body_before_tail(data: bytes) -> bytes | None:
-    """The body in ``data``, a document up to where its tail starts (see ``_edited_body``)."""
+    """The body of a document edited by hand, ``data`` up to where its tail starts: what lies
+    between the end of the head and there, as edited. None when the head's end is not found."""
     head_end = _HEAD_END.search(data, data.find(b"\n") + 1)
     if head_end is None:
         return None
