@@ -122,6 +122,11 @@ _LAST_TRIES_FOR = 1.0
 _MAX_BACKOFF = 5.0
 #: A sink is given at most this many records per write (one transaction, one appended block).
 _CHUNK = 256
+#: Items set aside in quarantine with one append (see ``_Writer._quarantine_all``).
+_SET_ASIDE_AT_ONCE = 1_000
+#: ``json.dumps(line, default=str)`` with one encoder: ``dumps`` with an argument makes a new
+#: one per call, a large part of the cost of setting a record aside.
+_quarantine_json = json.JSONEncoder(default=str).encode
 #: Items waiting for one writer from which records are queued packed (see the module docstring):
 #: more than one gathering interval holds at ordinary rates, so the writer has fallen behind.
 _BACKLOG = 256
@@ -426,10 +431,18 @@ class _Writer:
 
     def held(self) -> int:
         """Records and sessions this writer holds, unwritten (read from another thread: a
-        writer cut off at exit, inside its sink's write)."""
+        writer cut off at exit, inside its sink's write, or setting aside what it held). The
+        sessions of a sink that takes none are never its to lose."""
+        takes_sessions = getattr(self.sink, "write_sessions", None) is not None
         try:
-            runs = sum(map(len, self._pending)) + len(self._accused)
-            return runs + sum(type(item) is not _FlushMarker for item in self._buffer)
+            # Copied first (in one step, under the GIL): the writer takes items out meanwhile.
+            runs = sum(
+                len(run)
+                for run in tuple(self._pending)
+                if takes_sessions or not (run and isinstance(run[0], SessionInfo))
+            )
+            runs += len(self._accused)
+            return runs + sum(type(item) is not _FlushMarker for item in tuple(self._buffer))
         except RuntimeError:  # changed while counted: the writer is not stuck after all
             return 0
 
@@ -703,12 +716,14 @@ class _Writer:
         ]
         takes_sessions = getattr(self.sink, "write_sessions", None) is not None
         lost = self.lost
-        held = 0
-        for item in itertools.chain.from_iterable(runs):
-            if takes_sessions or not isinstance(item, SessionInfo):
-                self._quarantine(item, error)
-                held += 1
-        return held - (self.lost - lost), in_write + self.lost - lost
+        held = [
+            item
+            for item in itertools.chain.from_iterable(runs)
+            if takes_sessions or not isinstance(item, SessionInfo)
+        ]
+        for start in range(0, len(held), _SET_ASIDE_AT_ONCE):
+            self._quarantine_all(held[start : start + _SET_ASIDE_AT_ONCE], error)
+        return len(held) - (self.lost - lost), in_write + self.lost - lost
 
     def _write(self, run: Sequence[Any]) -> None:
         first = run[0]
@@ -758,12 +773,16 @@ class _Writer:
             self._quarantine(item, error)
         self._accused.clear()
         takes_sessions = getattr(self.sink, "write_sessions", None) is not None
+        error = self._last_error or RuntimeError("not written")
         while self._pending:
-            run = self._pending.popleft()
-            if not takes_sessions and isinstance(run[0], SessionInfo):
-                continue  # never given to this sink: nothing of it is lost (a run is of one kind)
-            for item in run:
-                self._quarantine(item, self._last_error or RuntimeError("not written"))
+            # Many items per append: one each (open, lock, write, close) set aside some 8,000 a
+            # second, and the exit cut the writer off with the rest. Each part stays in
+            # ``_pending`` until it is in the file: a writer cut off meanwhile is said to hold
+            # it (``held``), where the run it had taken out was lost and left out of the count.
+            part = self._head_of_pending(takes_sessions)
+            if part:
+                self._quarantine_all(part, error)
+            self._remove_head_of_pending(len(part), takes_sessions)
         if self.lost - lost > 1:  # the first is logged with its record, the rest counted
             logger.error(
                 "tokenmeter sink %s: %d records it rejected when it stopped could not be set "
@@ -771,6 +790,32 @@ class _Writer:
                 _name(self.sink),
                 self.lost - lost,
             )
+
+    def _head_of_pending(self, takes_sessions: bool) -> list[Any]:
+        """The first ``_SET_ASIDE_AT_ONCE`` items of ``_pending``, in order, but sessions for a
+        sink that takes none: never given to it, nothing of them is lost (a run is of one kind)."""
+        part: list[Any] = []
+        for run in self._pending:
+            if len(part) == _SET_ASIDE_AT_ONCE:
+                break
+            if takes_sessions or not isinstance(run[0], SessionInfo):
+                part += run[: _SET_ASIDE_AT_ONCE - len(part)]
+        return part
+
+    def _remove_head_of_pending(self, count: int, takes_sessions: bool) -> None:
+        """Take out of ``_pending`` the ``count`` items ``_head_of_pending`` gave, and the runs
+        of sessions it passed over."""
+        pending = self._pending
+        while pending:
+            run = pending[0]
+            if takes_sessions or not isinstance(run[0], SessionInfo):
+                if not count:
+                    return
+                if len(run) > count:
+                    del run[:count]
+                    return
+                count -= len(run)
+            pending.popleft()
 
     def _failed(self, run: list[Any], exc: BaseException, now: float) -> None:
         self._last_error = exc
@@ -878,29 +923,31 @@ class _Writer:
         return None
 
     def _quarantine(self, item: Any, exc: BaseException) -> None:
-        self.quarantined += 1
+        self._quarantine_all([item], exc)
+
+    def _quarantine_all(self, items: Sequence[Any], exc: BaseException) -> None:
+        """Set ``items`` aside in the quarantine file, a line each, with one append: whole or
+        not at all (a full disk leaves no torn line for the next one to be glued to, and then
+        every one of them is counted lost), one process at a time, as the JSONL sink appends."""
+        first = self.quarantined == 0
+        self.quarantined += len(items)
         where = self.quarantine
-        line = {
-            "sink": _name(self.sink),
-            "error": _error_text(exc),
-            "record": self._plain(item),
-        }
+        name, error_text = _name(self.sink), _error_text(exc)
+        lines = [{"sink": name, "error": error_text, "record": self._plain(i)} for i in items]
         try:
             if where is None:
                 raise OSError("no quarantine file configured")
-            # As the JSONL sink appends: whole or not at all (a full disk leaves no torn line for
-            # the next one to be glued to), one process at a time.
-            append_line(
-                where, (json.dumps(line, default=str) + "\n").encode("utf-8", "backslashreplace")
-            )
+            text = "".join([_quarantine_json(line) + "\n" for line in lines])
+            append_line(where, text.encode("utf-8", "backslashreplace"))
         except Exception as error:
-            self._count_lost(line, error)
+            for line in lines:
+                self._count_lost(line, error)
             return
-        if self.quarantined == 1:
+        if first:
             logger.error(
                 "tokenmeter sink %s cannot accept a record (%s); it was set aside in %s",
-                _name(self.sink),
-                line["error"],
+                name,
+                error_text,
                 where,
             )
 
