@@ -167,6 +167,15 @@ def test_bad_arguments_are_value_errors_and_the_dsn_is_never_shown() -> None:
     with pytest.raises(ValueError, match="schema in the URL") as refused:
         PostgresSink("postgresql://u:hunter2@127.0.0.1:1/db?schema=%ff")
     assert "hunter2" not in str(refused.value)
+    # ... or anywhere else in the URL: every write failed with that codec error.
+    for dsn in (
+        "postgresql://u:hunter2%ff@127.0.0.1:1/db",
+        "postgresql://u:hunter2@127.0.0.1:1/d%ffb",
+        "postgresql://u:hunter2@127.0.0.1:1/db?application_name=%ff",
+    ):
+        with pytest.raises(ValueError, match="dsn has a %-escape") as refused:
+            PostgresSink(dsn)
+        assert "hunter2" not in str(refused.value)
 
 
 def test_timeouts_longer_than_postgresql_takes_wait_as_long_as_they_can(pg_dsn: str) -> None:

@@ -277,6 +277,19 @@ def _psycopg() -> Any:
     return psycopg
 
 
+def _check_escapes(dsn: str) -> None:
+    """ValueError for a URL whose %-escape is not UTF-8 (``password=%ff``): psycopg decodes the
+    escapes as it connects, and every write failed with a bare codec error naming nothing. A
+    string libpq cannot parse otherwise is told at connecting, by libpq, its password hidden."""
+    psycopg = _psycopg()
+    try:
+        psycopg.conninfo.conninfo_to_dict(dsn)
+    except UnicodeDecodeError:
+        raise ValueError("dsn has a %-escape that is not UTF-8 text") from None
+    except psycopg.Error:  # libpq says what, once connecting
+        return
+
+
 def _sendable(dsn: str) -> bool:
     """Whether libpq gets ``dsn`` whole: it takes UTF-8 bytes up to the first NUL."""
     if "\x00" in dsn:
@@ -390,6 +403,7 @@ class PostgresSink:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         _psycopg()  # a missing extra fails here, not at every write
         self._dsn, self.schema = _schema_of_url(dsn, schema)
+        _check_escapes(self._dsn)
         # Both are 32-bit integers to libpq and the server, which refuses a larger timeout.
         self._connect_timeout = (
             None if connect_timeout_s is None else max(1, round(min(connect_timeout_s, _MAX_INT32)))
