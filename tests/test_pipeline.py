@@ -1217,7 +1217,7 @@ def _run_bounded(args: list[str], env: dict[str, str], cwd: Path) -> str:
 def _dies_of_sigterm(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run ``script`` in a child process, which must end killed by SIGTERM."""
     done = subprocess.run(
-        [sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == -signal.SIGTERM, done.stderr
     return done
@@ -1286,7 +1286,7 @@ def test_a_sigterm_while_the_first_record_opens_the_sinks_flushes_and_ends_at_on
         assert db.execute("SELECT count(*) FROM sessions").fetchone() == (1,)
 
 
-WAKING_SIGNALLED = """
+QUEUEING_SIGNALLED = """
 import os, signal, sys, time, tokenmeter
 from tokenmeter import _pipeline
 
@@ -1294,19 +1294,27 @@ tokenmeter.configure(sinks=["jsonl"], directory=".", exit_timeout=5)
 tokenmeter.record("openai", "gpt-4o", 10, 1)
 tokenmeter.flush()  # the writer asleep: the next record wakes it
 [writer] = _pipeline._pipeline.writers
-wake = writer._arrived
+if sys.argv[1] == "put":
+    writer.interval = 3600  # gathering: the records wait in its buffer, their calls returned
+    for _ in range(5):
+        tokenmeter.record("openai", "gpt-4o", 10, 1)
 
-def tracer(frame, event, arg):  # SIGTERM inside the wake-up, past its first line
-    if frame.f_code.co_name != "set" or frame.f_locals.get("self") is not wake:
-        return None
-    lines = []
-    def inside(frame, event, arg):
-        if event == "line":
-            lines.append(frame.f_lineno)
-            if len(lines) == 2:
-                os.kill(os.getpid(), signal.SIGTERM)
-        return inside
+lines = 0
+
+def inside(frame, event, arg):  # past the first line of put() or set(): inside its lock
+    global lines
+    if event == "line":
+        lines += 1
+        if lines == 2:
+            sys.settrace(None)
+            os.kill(os.getpid(), signal.SIGTERM)
     return inside
+
+def tracer(frame, event, arg):  # the writer's put(), or its wake-up's set()
+    target = writer if sys.argv[1] == "put" else writer._arrived
+    if frame.f_code.co_name == sys.argv[1] and frame.f_locals.get("self") is target:
+        return inside
+    return None
 
 sys.settrace(tracer)
 tokenmeter.record("openai", "gpt-4o", 10, 1)
@@ -1315,16 +1323,25 @@ time.sleep(60)
 """
 
 
-def test_a_sigterm_while_a_record_wakes_its_writer_flushes_and_ends(tmp_path: Path) -> None:
-    """Python runs the handler on the main thread between two bytecodes: inside the Event a
-    record sets to wake its writer, that Event's lock was held, and the handler's exit flush set
+@pytest.mark.parametrize("inside", ["put", "set"])
+def test_a_sigterm_while_a_record_is_queued_flushes_it_and_ends(
+    inside: str, tmp_path: Path
+) -> None:
+    """Python runs the handler on the main thread between two bytecodes. Inside the Event a
+    record set to wake its writer, that Event's lock was held, and the handler's exit flush set
     the same Event: the process waited for itself for ever (``with Pool()`` ending busy workers
-    hung). Waking a writer holds no lock now."""
+    hung). Inside the writer's lock (queueing the record), the writer could not take what the
+    exit flush asked for: the exit waited all of exit_timeout and lost the records held."""
+    script = ["-c", QUEUEING_SIGNALLED, inside]
     try:
-        done = _dies_of_sigterm(WAKING_SIGNALLED, tmp_path)
+        done = subprocess.run(
+            [sys.executable, *script], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("the process hung in its SIGTERM handler")
-    assert (tmp_path / "usage.jsonl").read_text().count("\n") == 2, done.stderr
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    records = 7 if inside == "put" else 2
+    assert (tmp_path / "usage.jsonl").read_text().count("\n") == records, done.stderr
 
 
 POOL_TERMINATED = """

@@ -1781,6 +1781,13 @@ def _on_termination(signum: int, frame: object) -> None:
         # timeout (5 s of exit_timeout=10) and lose the record. It runs once the lock is let go.
         _deferred_signal = signum
         return
+    writers = [*_writers(), *_ending]
+    holding = any(w._lock._is_owned() for w in writers)  # type: ignore[attr-defined]
+    if holding and _send_again_soon(signum):
+        # The main thread is queueing an item (``put``, a few bytecodes): the writer needs that
+        # lock to take what the exit flush asks it to write, and waited for all of exit_timeout,
+        # losing what it held. The signal comes again once the lock is let go.
+        return
     if _exit_running == os.getpid():
         # The exit flush is under way (``with Pool()`` signals workers that are exiting; or this
         # handler's own, signalled again): dying now would lose what it is writing. The process
@@ -1801,6 +1808,25 @@ def _take_deferred_signal() -> None:
     if not _lock._is_owned():  # type: ignore[attr-defined]
         _deferred_signal = 0
         _on_termination(signum, None)
+
+
+def _send_again_soon(signum: int) -> bool:
+    """Have ``signum`` sent to the main thread again in a moment, by a thread of ours (the
+    handler must return for the main thread to go on); False when no thread can start (at
+    interpreter shutdown)."""
+
+    def send() -> None:
+        time.sleep(0.01)
+        main = threading.main_thread().ident
+        if main is not None:
+            with contextlib.suppress(OSError, ValueError):
+                signal.pthread_kill(main, signum)
+
+    try:
+        start_thread(send, "tokenmeter-signal-again")
+    except RuntimeError:
+        return False
+    return True
 
 
 def _die_of(signum: int) -> None:
