@@ -20,6 +20,7 @@ __all__ = [
     "Provider",
     "canonical",
     "family_of",
+    "gemini_path",
     "integration_names",
     "provider_for_host",
     "provider_of_sdk",
@@ -235,6 +236,13 @@ def integrations_for_module(top_module: str) -> list[Integration]:
 def provider_of_sdk(name: str) -> str:
     """The provider an integration's calls are recorded under."""
     return _INTEGRATION_BY_NAME[name].provider
+
+
+def gemini_path(model: str) -> bool:
+    """Whether ``model`` is a Gemini model's path (``models/x``, ``publishers/google/models/x``,
+    a full Vertex path), not another provider's id that holds ``models/`` (Fireworks':
+    ``accounts/fireworks/models/x``)."""
+    return model.startswith("models/") or "/publishers/google/models/" in f"/{model}"
 
 
 def short_model(model: str | None) -> str | None:

@@ -1378,6 +1378,11 @@ def test_a_budget_on_a_gemini_model_path_refuses_the_calls_of_that_model(
     assert fake.requests == []
     [budget] = parse_budgets([{"limit_usd": 1, "model": model}])
     assert (budget.model, budget.scope) == ("gemini-2.5-flash", "model=gemini-2.5-flash")
+    # Another provider's id that holds "models/" is its own name (Fireworks'): kept whole.
+    fireworks = "accounts/fireworks/models/llama-v3p1-8b-instruct"
+    for provider in (None, "fireworks"):
+        [budget] = parse_budgets([{"limit_usd": 1, "model": fireworks, "provider": provider}])
+        assert budget.model == fireworks
 
 
 def test_the_slices_of_ended_sessions_are_not_kept(fake: FakeProvider, instrumented: None) -> None:

@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tokenmeter import _pipeline, _sessions
 from tokenmeter._models import MAX_NAME, Usage, UsageRecord, clean_text
-from tokenmeter._registry import canonical, provider_of_sdk, short_model
+from tokenmeter._registry import canonical, gemini_path, provider_of_sdk, short_model
 from tokenmeter._totals import USD_CONTEXT
 from tokenmeter.guardrails import _leases, _state
 from tokenmeter.guardrails._errors import BudgetExceeded
@@ -231,7 +231,8 @@ def parse_budget(where: str, value: Any) -> Budget:
     # takes) matched no call, and the budget never refused anything.
     provider = canonical(provider) if provider else None
     model = _opt_text(f"{where}.model", spec.get("model"))
-    if model is not None and provider in (None, provider_of_sdk("google-genai")):
+    gemini = provider_of_sdk("google-genai")
+    if model is not None and (provider == gemini or (provider is None and gemini_path(model))):
         # As calls' names are: a budget on the legacy SDK's or Vertex's path of a Gemini model
         # (``models/gemini-2.5-flash``) matched no call of it.
         model = short_model(model)
