@@ -1344,6 +1344,74 @@ def test_a_sigterm_while_a_record_is_queued_flushes_it_and_ends(
     assert (tmp_path / "usage.jsonl").read_text().count("\n") == records, done.stderr
 
 
+CTRL_C_IN_A_CATCH_UP = """
+import os, signal, sys, threading, tokenmeter
+from tokenmeter import _pipeline
+from tokenmeter.testing import FakeProvider
+
+event, name = sys.argv[1:]
+tokenmeter.configure(sinks=["jsonl"], directory=".")
+_pipeline.set_sinks(_pipeline._sink_factory, flush_interval=3600)  # the calls wait
+tokenmeter.instrument(["openai"])
+with FakeProvider() as fake:
+    client = fake.openai_client()
+    for _ in range(5):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert len(_pipeline._later) == 8  # the first call is made at once, 4 wait
+
+    def interrupt(frame, what, arg):  # Ctrl-C at one exact point of the flush's catch-up
+        called = getattr(arg, "__name__", None) if what == "c_return" else frame.f_code.co_name
+        if what == event and called == name:
+            sys.setprofile(None)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    sys.setprofile(interrupt)
+    try:
+        tokenmeter.flush()
+    except KeyboardInterrupt:
+        print("interrupted")
+    sys.setprofile(None)
+
+    def look():  # from another thread: the writers' catch-ups need it
+        free = _pipeline._later_lock.acquire(blocking=False)
+        print("lock free", free)
+        if free:
+            _pipeline._later_lock.release()
+
+    looking = threading.Thread(target=look)
+    looking.start()
+    looking.join()
+    print("flushed", tokenmeter.flush())
+"""
+
+
+@pytest.mark.parametrize(
+    ("event", "name"),
+    [
+        ("c_return", "popleft"),  # between the two entries of a call (before the fix)
+        ("c_return", "acquire"),  # the lock just taken
+        ("call", "_usage_of"),  # the record not made yet
+        ("call", "_add"),  # the record made: queued whatever comes
+    ],
+)
+def test_ctrl_c_inside_a_flush_loses_no_call_and_doubles_none(
+    event: str, name: str, tmp_path: Path
+) -> None:
+    """flush(), configure() and a session's summary make the waiting calls' records on the
+    application's thread, where Ctrl-C (or a SIGTERM handler calling sys.exit) lands between
+    any two bytecodes. Between the two entries of a call it left the queue off by one: every
+    later record failed ("'Session' object is not subscriptable", 7,826 of 10,387 calls lost);
+    right after the lock was taken, the main thread kept it (every writer's catch-up then gave
+    up after 2 s); inside the making, that call was lost. Each call is written once."""
+    done = run_python("-c", CTRL_C_IN_A_CATCH_UP, event, name, env=dict(os.environ), cwd=tmp_path)
+    assert "lock free True" in done.stdout, done.stdout + done.stderr
+    assert "flushed True" in done.stdout, done.stdout + done.stderr
+    assert "making a record failed" not in done.stderr
+    lines = [json.loads(line) for line in (tmp_path / "usage.jsonl").open()]
+    assert len(lines) == 5, done.stdout + done.stderr
+    assert len({line["id"] for line in lines}) == 5
+
+
 POOL_TERMINATED = """
 import multiprocessing as mp, sys, tokenmeter
 
