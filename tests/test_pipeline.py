@@ -263,7 +263,7 @@ def test_a_full_buffer_drops_its_oldest_instead_of_making_the_caller_wait(
         made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(500)]
     assert len([r for r in caplog.records if "dropped the oldest" in r.message]) == 1
     hung.release.set()
-    assert tokenmeter.flush(30)
+    assert not tokenmeter.flush(30)  # what it waited for is in, but 450 records were dropped
     got = [r.id for r in hung.records]
     assert got[0] == first.id and got[-1] == made[-1].id
     assert len(got) == 1 + 50  # the one being written, then the newest max_queue
@@ -284,7 +284,7 @@ def test_flushes_with_a_timeout_while_a_sink_hangs_keep_its_buffer_bounded() -> 
         assert not tokenmeter.flush(timeout=0)
     assert len(_pipeline._get().writers[0]._buffer) <= 51  # 50 records and one marker
     hung.release.set()
-    assert tokenmeter.flush(30)
+    assert not tokenmeter.flush(30)  # the oldest were dropped
     assert [r.id for r in hung.records] == [first.id] + [r.id for r in made[-50:]]
 
 
@@ -526,6 +526,69 @@ def test_a_full_batch_of_calls_waiting_for_their_records_ends_the_gathering(
     for _ in range(_pipeline._FLUSH_AT):
         _pipeline.later(None, ("openai", "gpt-4o", 1, 1))
     wait_for(lambda: len(sink.records) == _pipeline._FLUSH_AT, "a full batch written")
+
+
+def test_a_small_max_queue_ends_the_gathering_at_its_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writers' batch is half of max_queue below 2,000: calls waiting for their records
+    ended the gathering only at 1,000, so with max_queue=200 the calls past it were made on the
+    callers' threads while the writer gathered, and its buffer overflowed (144 of 800 records
+    dropped, the SQLite sink healthy and idle)."""
+    sink = InMemorySink()
+    monkeypatch.setattr(_pipeline, "make_later", lambda session, call: tokenmeter.record(*call))
+    tokenmeter.configure(sinks=[sink])
+    _pipeline.set_sinks(lambda: [sink], max_queue=20, flush_interval=3600)
+    (writer,) = _pipeline._get().writers  # a call finds it at work (``can_make_later``)
+
+    def gathering() -> bool:  # woken by the first call, the writer waits in its interval
+        frame = sys._current_frames().get(writer._thread.ident or 0)
+        return frame is not None and frame.f_locals.get("self") is writer._hurry
+
+    _pipeline.later(None, ("openai", "gpt-4o", 1, 1))
+    wait_for(gathering, "the writer gathering")
+    for _ in range(9):
+        _pipeline.later(None, ("openai", "gpt-4o", 1, 1))
+    wait_for(lambda: len(sink.records) == 10, "a batch of 10 written")
+
+
+def test_a_writer_makes_no_more_records_than_a_batch_between_two_writes() -> None:
+    """A writer's delivery made every waiting call's record into its buffer at once: more
+    than max_queue of them, and the oldest were dropped, the sink healthy."""
+    sink = BatchCountingSink()
+    tokenmeter.configure(sinks=[sink])
+    _pipeline.set_sinks(lambda: [sink], max_queue=20, flush_interval=3600)
+    (writer,) = _pipeline._get().writers
+    made: list[int] = []
+
+    def make(session: object, call: tuple[int]) -> None:
+        made.append(call[0])
+        tokenmeter.record("openai", "gpt-4o", call[0], 1)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_pipeline, "make_later", make)
+        calls = [entry for i in range(1, 31) for entry in (None, (i,))]
+        patch.setattr(_pipeline, "_later", type(_pipeline._later)(calls))
+        writer._rouse()
+        wait_for(lambda: len(sink.records) == 30, "the 30 records written")
+    assert writer.dropped == 0
+    assert max(sink.batches) <= writer.batch == 10
+    assert [r.usage.input_tokens for r in sink.records] == list(range(1, 31))
+
+
+def test_flush_says_false_when_records_were_dropped() -> None:
+    """A full buffer drops its oldest records: flush() still said True ("everything recorded
+    so far is in every sink") after 250 of 320 records were dropped."""
+    sink = HungSink()
+    tokenmeter.configure(sinks=[sink])
+    _pipeline.set_sinks(lambda: [sink], max_queue=2)
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert sink.entered.wait(30)  # the writer is inside its write: the next ones wait
+    for _ in range(5):
+        tokenmeter.record("openai", "gpt-4o", 1, 1)
+    sink.release.set()
+    assert not tokenmeter.flush(30)  # 3 of them were dropped
+    assert len(sink.records) == 3
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert tokenmeter.flush(30)  # none since
 
 
 def test_a_record_a_sink_can_never_accept_is_set_aside_not_retried_forever(

@@ -169,7 +169,8 @@ def price(
 def flush(timeout: float | None = None) -> bool:
     """Block until every record produced so far is in every sink (False if ``timeout`` ran out,
     or a sink keeps failing: its records stay queued and are retried; False too when a record
-    it waited for was set aside in quarantine.jsonl instead of written).
+    it waited for was set aside in quarantine.jsonl instead of written, or when records were
+    dropped since the last flush because a sink's buffer was full).
 
     ``timeout`` is in seconds; None or ``math.inf`` waits without limit. A negative, NaN or
     non-number timeout raises a one-line ValueError: it would otherwise return False at once,

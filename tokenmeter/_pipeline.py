@@ -8,11 +8,13 @@ Policies (documented in docs/sinks.md):
   catches up (``catch_up``): a session's summary or end, ``flush()``, ``configure()``, the exit.
 - ``submit`` appends the item to each sink's buffer under a lock and returns. Each sink has its own
   writer thread: a slow or hung sink delays only itself. A writer sleeps until its buffer gets its
-  first item, gathers for ``flush_interval`` seconds (or until ``_FLUSH_AT`` items wait, or a
-  ``flush()``), then takes the whole buffer and writes it.
+  first item, gathers for ``flush_interval`` seconds (or until a batch waits, items or calls
+  whose records are to be made: ``_FLUSH_AT``, or half of ``max_queue`` when that is fewer; or a
+  ``flush()``), then makes at most a batch of the waiting calls' records, takes the whole buffer
+  and writes it.
 - A full buffer (``max_queue`` items waiting for one sink, which has been hung or failing for a
   long time) drops its oldest item with an error log: memory stays bounded and the caller still
-  never waits.
+  never waits. The next ``flush()`` says False.
 - A sink that raises is reported once through the ``tokenmeter`` logger; its items are kept, in
   order, and retried with back-off. When a batch keeps failing, the writer writes its records one
   at a time: a record that fails again right after the sink took another, and once more after
@@ -336,6 +338,11 @@ def _name(sink: Sink) -> str:
     return type(sink).__name__
 
 
+def _batch_for(max_queue: int) -> int:
+    """Items that end a writer's gathering early: a full batch, or half its buffer's room."""
+    return max(1, min(_FLUSH_AT, max_queue // 2))
+
+
 class _Writer:
     """One sink, its buffer and the thread that drains it."""
 
@@ -392,6 +399,9 @@ class _Writer:
         #: The sink's own flush() failed last time: its failure has been reported.
         self._flush_failing = False
         self.dropped = 0
+        #: ``dropped`` when flush() calls were last answered: a record dropped since was not
+        #: written, and the next answer says so (False).
+        self._drops_answered = 0
         #: ``dropped`` when it was last logged (a line per 10,000): the total is said at the end.
         self._drops_said = 0
         self.quarantined = 0
@@ -404,8 +414,7 @@ class _Writer:
         """Take a configuration's settings: a new writer's, or those of the configuration that
         goes on with this writer's sink (``set_sinks``' keep_open)."""
         self.max_queue = max_queue
-        #: Items that end the interval early: a full batch, or half the buffer's room.
-        self.batch = max(1, min(_FLUSH_AT, max_queue // 2))
+        self.batch = _batch_for(max_queue)
         self.interval = interval
         self.quarantine = quarantine
 
@@ -600,7 +609,12 @@ class _Writer:
         return self._stopping
 
     def _deliver(self, now: float) -> None:
-        catch_up(paced=True)
+        # No more records made than a batch fills: made all at once into a small buffer, the
+        # waiting calls overflowed it (max_queue=200: 144 of 800 records dropped, the sink
+        # healthy and idle). Those left are made at the next delivery, right after this one;
+        # all of them when stopping, for this sink, as before.
+        room = None if self._stopping else max(0, self.batch - len(self._buffer))
+        catch_up(paced=True, most=room)
         with self._lock:
             items, self._buffer = self._buffer, deque()
             flushed = self._open_marker is not None
@@ -656,7 +670,8 @@ class _Writer:
             excess -= taken
             dropped += taken
         if dropped:
-            self._count_drops(dropped)
+            with self._lock:  # callers' threads count theirs (``_drop_oldest``) under it too
+                self._count_drops(dropped)
 
     def _write_pending(self, now: float) -> None:
         wrote = False
@@ -1005,6 +1020,12 @@ class _Writer:
         before, self._set_aside_before_markers = self._set_aside_before_markers, None
         if before is not None and self.quarantined != before:
             ok = False  # a record they waited for was set aside in quarantine, not written
+        dropped = self.dropped
+        if dropped != self._drops_answered:
+            # Records dropped since the last answer (a full buffer): flush() said True though
+            # 250 of 320 records were gone.
+            self._drops_answered = dropped
+            ok = False
         for marker in self._markers:
             marker.ok = ok
             marker.done.set()
@@ -1196,6 +1217,10 @@ def _locked() -> Iterator[None]:
 
 _sink_factory: Callable[[], list[Sink]] = list
 _max_queue = 100_000
+#: ``_later``'s length (two entries a call) at which a call ends the writers' gathering: their
+#: batch. At a fixed 1,000 calls, with ``max_queue`` below 1,000 they gathered on while the calls
+#: past it were made on the callers' threads, into buffers that then overflowed.
+_hurry_at = 2 * _batch_for(_max_queue)
 _exit_timeout = 10.0
 _interval = 0.2
 _quarantine: Path | None = None
@@ -1361,7 +1386,7 @@ def later(session: Any, call: tuple[Any, ...], loop: Any = None) -> None:
             # writer must not hold the others' records.
             if not writer._buffer:
                 writer._arrived.set()
-    elif waiting == 2 * _FLUSH_AT:  # two entries a call: a full batch ends the gathering
+    elif waiting == _hurry_at:  # the writers' batch ends their gathering
         pipeline = _pipeline
         for writer in pipeline.writers if pipeline is not None else ():
             writer._hurry.set()
@@ -1458,7 +1483,7 @@ def _make_next() -> bool:
     return True
 
 
-def catch_up(paced: bool = False) -> None:
+def catch_up(paced: bool = False, most: int | None = None) -> None:
     """Make the record of every call waiting now, and wait for one another thread is making.
     ``paced``: a writer's thread, which pauses between slices of work for the application's
     threads (see ``_Paced``).
@@ -1467,8 +1492,9 @@ def catch_up(paced: bool = False) -> None:
     append): with threads queueing calls as fast as it made them, a writer's catch-up never
     ended, so it never wrote, and its sink's buffer dropped what passed max_queue (18,002 of
     23,002 records in 20 s, sinks healthy); a configure() or an exit waiting for it ran far past
-    its exit_timeout. What comes later is for the next catch-up."""
-    waiting = len(_later) // 2
+    its exit_timeout. What comes later is for the next catch-up. ``most``: make no more
+    than that many (a writer's catch-up: what its buffer has room for in a batch)."""
+    waiting = len(_later) // 2 if most is None else min(len(_later) // 2, most)
     if paced:
         if waiting:
             for _ in _paced(_making(most=waiting), _MAKING_SLICE):
@@ -1482,8 +1508,9 @@ def catch_up(paced: bool = False) -> None:
 
 def flush(timeout: float | None = None) -> bool:
     """Wait until everything submitted so far is in every sink; False on timeout, when a sink
-    keeps failing (its records stay queued and are retried) or when a record it waited for was
-    set aside in quarantine instead of written. The sinks a configure() on another
+    keeps failing (its records stay queued and are retried), when a record it waited for was
+    set aside in quarantine instead of written, or when records were dropped since the last
+    flush (a full buffer). The sinks a configure() on another
     thread is replacing are waited for too (``_ending``): they still hold records made before
     the flush, and flush() returned True before they had written them."""
     catch_up()
@@ -1521,10 +1548,12 @@ def set_sinks(
     their writers, with what they still hold, go on in the new pipeline. A sink need not be
     thread-safe: a second writer would call it while the first is still inside a slow write."""
     global _pipeline, _sink_factory, _max_queue, _exit_timeout, _interval, _quarantine, _carried
+    global _hurry_at
     catch_up()  # the calls made so far go to the sinks they were made under
     with _locked():
         old, old_timeout, _pipeline = _pipeline, _exit_timeout, None
         _sink_factory, _max_queue, _exit_timeout = make_sinks, max_queue, exit_timeout
+        _hurry_at = 2 * _batch_for(max_queue)
         _interval, _quarantine = flush_interval, quarantine
         if old is not None:
             old.replace()
