@@ -1475,6 +1475,64 @@ def test_ctrl_c_inside_a_flush_loses_no_call_and_doubles_none(
     assert len({line["id"] for line in lines}) == 5
 
 
+FLUSHING_SINKS_REPLACED = """
+import threading, time, tokenmeter
+from tokenmeter import _pipeline
+
+class Flushing:  # wants everything else written first
+    def __init__(self):
+        self.entered, self.go = threading.Event(), threading.Event()
+    def write(self, records):
+        self.entered.set()
+        self.go.wait()
+        tokenmeter.flush()
+    def flush(self):
+        pass
+    def close(self):
+        pass
+
+x, a = Flushing(), Flushing()
+for sink in (x, a):  # each replaced while in its write: it finishes in the background
+    tokenmeter.configure(sinks=[sink], exit_timeout=0.1)
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    sink.entered.wait()
+    writer = _pipeline._pipeline.writers[0]
+    if sink is x:
+        x_writer = writer
+
+class Ending(list):
+    def extend(self, writers):  # configure() replacing A: A's write flushes right now
+        a.go.set()
+        while x_writer._open_marker is None:  # A's flush waits for X
+            time.sleep(0.01)
+        super().extend(writers)
+
+_pipeline._ending = Ending(_pipeline._ending)
+tokenmeter.configure(sinks=[], exit_timeout=0.1)
+x.go.set()  # X's write flushes: it waited for A, which waited for it
+print("flushed", tokenmeter.flush())
+"""
+
+
+def test_sinks_flushing_in_their_write_replaced_by_configure_never_hang(tmp_path: Path) -> None:
+    """A sink whose write() calls flush() (the docs allow it), replaced by configure() on
+    another thread while inside it: a writer being replaced was for a moment in none of the
+    lists flush() goes by, so its flush was not known to be a sink's (``_flushing``), and it
+    waited for another replaced writer whose own flush waited for it; the application's
+    flush() waited for both, for ever (repro_3: 2 runs of 3)."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", FLUSHING_SINKS_REPLACED],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("flush() hung: two replaced sinks' writers waited for each other")
+    assert "flushed True" in done.stdout, done.stdout + done.stderr
+
+
 POOL_TERMINATED = """
 import multiprocessing as mp, sys, tokenmeter
 

@@ -544,6 +544,7 @@ class _Writer:
 
     # -- writer thread -----------------------------------------------------------------------------
     def _run(self) -> None:
+        _on_a_writer.running = True
         while True:
             try:
                 if self._wait():
@@ -1132,6 +1133,12 @@ def _flush_writers(writers: Sequence[_Writer], timeout: float | None) -> bool:
 #: for it (two sinks flushing in their writes waited on each other for ever).
 _flushing: set[threading.Thread] = set()
 _flushing_lock = threading.Lock()
+#: ``running`` is set on a writer's thread for the whole of its run (``_Writer._run``): a flush()
+#: there is a sink's, whatever lists the writer is in by then. Decided by membership in the
+#: lists flush() was given, a writer configure() was replacing on another thread (out of both
+#: for a moment) did not register in ``_flushing``: it waited for writers whose own flush
+#: waited for it, and the application's flush() waited for them all, for ever.
+_on_a_writer = threading.local()
 
 
 def _unflushed(writers: Sequence[_Writer], timeout: float | None) -> tuple[list[str], list[str]]:
@@ -1139,7 +1146,7 @@ def _unflushed(writers: Sequence[_Writer], timeout: float | None) -> tuple[list[
     finish within ``timeout`` (what exit reports: a sink that failed at once did not time out).
     A writer busy in a flush of its own is not waited for: it counts as failed."""
     current = threading.current_thread()
-    on_a_writer = any(writer._thread is current for writer in writers)
+    on_a_writer = getattr(_on_a_writer, "running", False)
     busy: set[threading.Thread] = set()
     if on_a_writer:
         with _flushing_lock:
