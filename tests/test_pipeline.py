@@ -684,6 +684,49 @@ def test_a_record_set_aside_on_a_full_disk_leaves_no_torn_line(tmp_path: Path) -
     assert [json.loads(line)["record"]["model_name"] for line in lines] == ["poison"]
 
 
+SET_ASIDE_ON_A_NEARLY_FULL_DISK = """
+import resource, signal, sys, tokenmeter
+
+class Down:
+    def write(self, records):
+        raise ConnectionError("database unreachable")
+    def flush(self):
+        pass
+    def close(self):
+        pass
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+tokenmeter.configure(sinks=[Down()], directory=sys.argv[1])
+for _ in range(200):
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+tokenmeter.flush(30)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), hard))
+tokenmeter.configure(sinks=[], directory=sys.argv[1])  # Down stops: its records are set aside
+"""
+
+
+def test_a_stopping_sinks_records_fill_a_nearly_full_disk(tmp_path: Path) -> None:
+    """A stopping sink's records are set aside in blocks of up to 1,000 lines, each whole or
+    not at all: on a disk with room for half of them, none was kept (0 of 200; 100 before the
+    blocks). A block the disk has no room for is tried in halves: what fits is kept, each line
+    whole, and the lost ones are counted exactly."""
+    room = 200 * 800 // 2  # a line is some 780 bytes
+    result = subprocess.run(
+        [sys.executable, "-c", SET_ASIDE_ON_A_NEARLY_FULL_DISK, str(tmp_path), str(room)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "quarantine.jsonl").read_bytes().splitlines(keepends=True)
+    kept = [json.loads(line)["record"]["id"] for line in lines]
+    assert 0 < len(kept) < 200 and len(set(kept)) == len(kept)
+    assert room - sum(map(len, lines)) < max(map(len, lines))  # no room for one more
+    lost = 200 - len(kept)
+    assert f"{lost} records it rejected when it stopped could not be set aside" in result.stderr
+
+
 class Restarting(InMemorySink):
     """Refuses batches; one record at a time, it is down for its first write, up for the next
     three, then down again until ``up`` is set: a server restarting during the writer's

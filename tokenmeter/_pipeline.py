@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import functools
 import importlib
 import itertools
@@ -130,6 +131,9 @@ _MAX_BACKOFF = 5.0
 _CHUNK = 256
 #: Items set aside in quarantine with one append (see ``_Writer._quarantine_all``).
 _SET_ASIDE_AT_ONCE = 1_000
+#: Errors of an append that a smaller one may not meet: the disk, the quota or the file size
+#: limit has room for some of the lines (``_Writer._append_set_aside``).
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)})
 #: ``json.dumps(line, default=str)`` with one encoder: ``dumps`` with an argument makes a new
 #: one per call, a large part of the cost of setting a record aside.
 _quarantine_json = json.JSONEncoder(default=str).encode
@@ -951,29 +955,44 @@ class _Writer:
 
     def _quarantine_all(self, items: Sequence[Any], exc: BaseException) -> None:
         """Set ``items`` aside in the quarantine file, a line each, with one append: whole or
-        not at all (a full disk leaves no torn line for the next one to be glued to, and then
-        every one of them is counted lost), one process at a time, as the JSONL sink appends."""
+        not at all (a full disk leaves no torn line for the next one to be glued to), one process
+        at a time, as the JSONL sink appends. An append the disk has no room for is tried again
+        in halves (``_append_set_aside``): what fits is kept, the rest counted lost."""
         first = self.quarantined == 0
         self.quarantined += len(items)
         where = self.quarantine
         name, error_text = _name(self.sink), _error_text(exc)
         lines = [{"sink": name, "error": error_text, "record": self._plain(i)} for i in items]
-        try:
-            if where is None:
-                raise OSError("no quarantine file configured")
-            text = "".join([_quarantine_json(line) + "\n" for line in lines])
-            append_line(where, text.encode("utf-8", "backslashreplace"))
-        except Exception as error:
+        if where is None:
+            error = OSError("no quarantine file configured")
             for line in lines:
                 self._count_lost(line, error)
             return
-        if first:
+        if self._append_set_aside(where, lines) and first:
             logger.error(
                 "tokenmeter sink %s cannot accept a record (%s); it was set aside in %s",
                 name,
                 error_text,
                 where,
             )
+
+    def _append_set_aside(self, where: Path, lines: list[dict[str, Any]]) -> bool:
+        """Append ``lines`` to the quarantine file at once; when the disk has no room for them
+        all (``_NO_ROOM``), each half, down to a single line, and count lost those that fit
+        nowhere. All or nothing per block, 0 of 200 records were kept on a disk with room for
+        100 of them. True when any line was kept."""
+        try:
+            text = "".join([_quarantine_json(line) + "\n" for line in lines])
+            append_line(where, text.encode("utf-8", "backslashreplace"))
+        except Exception as error:
+            if len(lines) > 1 and isinstance(error, OSError) and error.errno in _NO_ROOM:
+                half = len(lines) // 2
+                kept = self._append_set_aside(where, lines[:half])
+                return self._append_set_aside(where, lines[half:]) or kept
+            for line in lines:
+                self._count_lost(line, error)
+            return False
+        return True
 
     def _plain(self, item: Any) -> Any:
         """``item`` as JSON values, for the quarantine file."""
