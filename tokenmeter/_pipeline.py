@@ -98,6 +98,7 @@ __all__ = [
     "flush_early_at_exit",
     "hook_termination_signals",
     "later",
+    "made",
     "remove_before_exit",
     "remove_submit_observer",
     "set_sinks",
@@ -1356,6 +1357,10 @@ _later_lock = threading.RLock()
 #: (``_Writer.put``): from then on, an exception that comes out of the making (a signal
 #: handler's) finds the record queued, and the call is not put back (made twice).
 _queued_while_making = False
+#: The record of the waiting call being made, once made and about to be counted in its session
+#: (``made``): an exception that comes out of the making from then on sends it, not the call
+#: back to be made again (its session would count it twice).
+_made_while_making: UsageRecord | None = None
 #: The longest a catch-up waits for the record another thread is making: microseconds, unless
 #: that thread waits for a lock the catching-up thread holds (a signal handler's exit flush).
 _CATCH_UP_WAIT = 2.0
@@ -1488,14 +1493,14 @@ def _make_next() -> bool:
     signal handler's KeyboardInterrupt or SystemExit, between any two bytecodes of it) goes back
     at the head, for the next catch-up: it was lost (a record per unlucky Ctrl-C in a flush()).
     One whose record was queued is not: it would be written twice."""
-    global _queued_while_making
+    global _queued_while_making, _made_while_making
     if not _later:
         return False
     # Read and removed with no call between (subscripts, dels), where no signal handler runs:
     # a call's two entries are both in the queue or both here, never split (a KeyboardInterrupt
     # between two ``popleft()`` calls left each later call's session where its values were
     # looked for, and 7,826 of 10,387 records failed), and never in neither.
-    _queued_while_making = False
+    _queued_while_making, _made_while_making = False, None
     session, call = _later[0], _later[1]
     del _later[0], _later[0]
     try:
@@ -1503,10 +1508,20 @@ def _make_next() -> bool:
     except Exception:  # a bug of ours: the next calls are made all the same
         logger.exception("tokenmeter: making a record failed")
     except BaseException:
-        if not _queued_while_making:
+        made = _made_while_making
+        if made is None:
             _later.extendleft((call, session))  # one step; reversed: the session first
+        elif not _queued_while_making:
+            submit(made)  # counted in its session already: queued, not made again
         raise
     return True
+
+
+def made(record: UsageRecord) -> None:
+    """``record`` of the waiting call being made (``_make_next``) is made: from now on it is
+    sent, whatever interrupts its making (see ``_made_while_making``)."""
+    global _made_while_making
+    _made_while_making = record
 
 
 def catch_up(paced: bool = False, most: int | None = None) -> None:
@@ -1889,7 +1904,7 @@ _deferred_signal = 0
 
 
 def _on_termination(signum: int, frame: object) -> None:
-    global _exit_signal, _deferred_signal
+    global _exit_signal, _deferred_signal, _sent_again_since
     if _lock._is_owned():  # type: ignore[attr-defined]
         # The main thread is making or replacing the pipeline (its first record opens the
         # sinks): the exit flush, on the hooks' thread, would wait for the lock until its
@@ -1897,12 +1912,16 @@ def _on_termination(signum: int, frame: object) -> None:
         _deferred_signal = signum
         return
     writers = [*_writers(), *_ending]
-    holding = any(w._lock._is_owned() for w in writers)  # type: ignore[attr-defined]
-    if holding and _send_again_soon(signum):
+    if any(w._lock._is_owned() for w in writers):  # type: ignore[attr-defined]
         # The main thread is queueing an item (``put``, a few bytecodes): the writer needs that
         # lock to take what the exit flush asks it to write, and waited for all of exit_timeout,
-        # losing what it held. The signal comes again once the lock is let go.
-        return
+        # losing what it held. The signal comes again once the lock is let go; for no longer
+        # than exit_timeout (a logging handler that blocks, called as a full buffer drops a
+        # record, holds it for ever): then the exit flush runs all the same, bounded as ever.
+        now = time.monotonic()
+        _sent_again_since = _sent_again_since or now
+        if now - _sent_again_since < _exit_timeout and _send_again_soon(signum):
+            return
     if _exit_running == os.getpid():
         # The exit flush is under way (``with Pool()`` signals workers that are exiting; or this
         # handler's own, signalled again): dying now would lose what it is writing. The process
@@ -1923,6 +1942,10 @@ def _take_deferred_signal() -> None:
     if not _lock._is_owned():  # type: ignore[attr-defined]
         _deferred_signal = 0
         _on_termination(signum, None)
+
+
+#: When a termination signal was first sent again (``_on_termination``); 0 before.
+_sent_again_since = 0.0
 
 
 def _send_again_soon(signum: int) -> bool:

@@ -125,11 +125,13 @@ def emit(
     timestamp: datetime | None = None,
     tags: dict[str, str] | None = None,
     priced: bool = True,
+    making: bool = False,
 ) -> UsageRecord:
     """Price one call's usage, make its record, attribute it and enqueue it: every record's road.
 
     ``call``: the intercepted call, whose budget reservation the record settles.
     ``priced=False``: the usage is not known (unreadable), so neither is the cost.
+    ``making``: a waiting call's record, made by ``_pipeline._make_next``.
     """
     if _runtime._settings is None:  # once per process: price overrides must be in place
         _runtime.settings()
@@ -193,6 +195,8 @@ def emit(
             "tool_requests": counts["tool_requests"],
         },
     )
+    if making:
+        _pipeline.made(record)
     try:
         if not session._announced:
             _sessions.announce(session)
@@ -349,6 +353,7 @@ def _make_later(session: _sessions.Session, call: tuple[Any, ...]) -> None:
         latency_ms=latency_ms,
         streamed=streamed,
         timestamp=datetime.fromtimestamp(at, UTC),
+        making=True,
     )
 
 
