@@ -684,9 +684,8 @@ def test_a_record_set_aside_on_a_full_disk_leaves_no_torn_line(tmp_path: Path) -
     assert [json.loads(line)["record"]["model_name"] for line in lines] == ["poison"]
 
 
-SET_ASIDE_ON_A_NEARLY_FULL_DISK = """
-import resource, signal, sys, tokenmeter
-
+#: A sink whose every write fails (a database down), for the scripts of child processes below.
+DOWN_SINK = """
 class Down:
     def write(self, records):
         raise ConnectionError("database unreachable")
@@ -694,7 +693,14 @@ class Down:
         pass
     def close(self):
         pass
+"""
 
+SET_ASIDE_ON_A_NEARLY_FULL_DISK = (
+    """
+import resource, signal, sys, tokenmeter
+"""
+    + DOWN_SINK
+    + """
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
 tokenmeter.configure(sinks=[Down()], directory=sys.argv[1])
 for _ in range(200):
@@ -704,6 +710,7 @@ soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), hard))
 tokenmeter.configure(sinks=[], directory=sys.argv[1])  # Down stops: its records are set aside
 """
+)
 
 
 def test_a_stopping_sinks_records_fill_a_nearly_full_disk(tmp_path: Path) -> None:
@@ -1106,19 +1113,12 @@ def test_a_stopping_sinks_records_are_set_aside_many_per_append(
     assert sum(appends) == len(made) and len(appends) <= 3
 
 
-CUT_OFF_WHILE_SETTING_ASIDE = """
+CUT_OFF_WHILE_SETTING_ASIDE = (
+    """
 import fcntl, os, tokenmeter
-
-class Down:
-    def write(self, records):
-        raise ConnectionError("database unreachable")
-
-    def flush(self):
-        pass
-
-    def close(self):
-        pass
-
+"""
+    + DOWN_SINK
+    + """
 tokenmeter.configure(sinks=[Down()], exit_timeout=0.5)
 os.makedirs(os.environ["TOKENMETER_DIR"], exist_ok=True)
 held = open(os.path.join(os.environ["TOKENMETER_DIR"], "quarantine.jsonl"), "a")
@@ -1127,6 +1127,7 @@ for _ in range(3_000):
     tokenmeter.record("openai", "gpt-4o", 1, 1)
 assert not tokenmeter.flush(30)
 """
+)
 
 
 def test_records_a_writer_cut_off_was_setting_aside_are_counted_at_risk(tmp_path: Path) -> None:
