@@ -107,6 +107,8 @@ def test_a_call_whose_usage_could_not_be_read_is_no_failed_call(receiver: OtlpRe
     attrs = attributes(span.attributes)
     assert span.status.code == 0  # unset: the call did not fail
     assert "error.type" not in attrs and attrs["tokenmeter.usage_unreadable"] is True
+    # unknown counts, not 0 tokens (team.md: "no token counts")
+    assert not [key for key in attrs if key.startswith("gen_ai.usage.")]
     [duration] = receiver.metric_points("gen_ai.client.operation.duration")
     assert "error.type" not in attributes(duration.attributes)
     assert receiver.metric_points("gen_ai.client.token.usage") == []

@@ -150,23 +150,10 @@ def span_attributes(record: UsageRecord, *, latest: bool = False) -> dict[str, A
     attrs["gen_ai.request.model"] = record.request_model or record.model_name
     if record.status == "ok" or record.total_tokens:  # a response came (no model without one)
         attrs["gen_ai.response.model"] = record.model_name
-    attrs["gen_ai.usage.input_tokens"] = record.input_tokens
-    if operation != "embeddings":  # which has no output
-        attrs["gen_ai.usage.output_tokens"] = record.output_tokens
-    attrs["gen_ai.usage.cache_read.input_tokens"] = record.cache_read_tokens
-    if latest:
-        attrs["gen_ai.usage.cache_write.input_tokens"] = record.cache_write_tokens
-    else:
-        attrs["gen_ai.usage.cache_creation.input_tokens"] = record.cache_write_tokens
-    attrs["gen_ai.usage.reasoning.output_tokens"] = record.reasoning_tokens
-    if latest and record.modalities:
-        for key, count in record.modalities.items():
-            side, _, modality = key.rpartition("_")  # input_text, cache_read_image...
-            if modality in _SPAN_MODALITIES:
-                if side == "cache_read":
-                    attrs[f"gen_ai.usage.{modality}.cache_read.input_tokens"] = count
-                else:
-                    attrs[f"gen_ai.usage.{modality}.{side}_tokens"] = count
+    if record.error != UNREADABLE_USAGE:
+        # Counts of a usage that could not be read are unknown, not 0: a backend that reads
+        # these attributes would show a call that used no tokens.
+        attrs.update(_usage_attributes(record, operation, latest=latest))
     attrs["tokenmeter.record.id"] = record.id
     attrs["tokenmeter.provider"] = record.model_provider
     attrs["tokenmeter.streamed"] = record.streamed
@@ -195,6 +182,29 @@ def span_attributes(record: UsageRecord, *, latest: bool = False) -> dict[str, A
         attrs["tokenmeter.usage_unreadable"] = True
     elif record.status != "ok":
         attrs["error.type"] = record.error or record.status
+    return attrs
+
+
+def _usage_attributes(record: UsageRecord, operation: str, *, latest: bool) -> dict[str, int]:
+    """The ``gen_ai.usage.*`` span attributes of ``record``, by the v1.41 or ``latest``
+    conventions' names."""
+    attrs = {"gen_ai.usage.input_tokens": record.input_tokens}
+    if operation != "embeddings":  # which has no output
+        attrs["gen_ai.usage.output_tokens"] = record.output_tokens
+    attrs["gen_ai.usage.cache_read.input_tokens"] = record.cache_read_tokens
+    if latest:
+        attrs["gen_ai.usage.cache_write.input_tokens"] = record.cache_write_tokens
+    else:
+        attrs["gen_ai.usage.cache_creation.input_tokens"] = record.cache_write_tokens
+    attrs["gen_ai.usage.reasoning.output_tokens"] = record.reasoning_tokens
+    if latest and record.modalities:
+        for key, count in record.modalities.items():
+            side, _, modality = key.rpartition("_")  # input_text, cache_read_image...
+            if modality in _SPAN_MODALITIES:
+                if side == "cache_read":
+                    attrs[f"gen_ai.usage.{modality}.cache_read.input_tokens"] = count
+                else:
+                    attrs[f"gen_ai.usage.{modality}.{side}_tokens"] = count
     return attrs
 
 
