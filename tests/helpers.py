@@ -19,6 +19,10 @@ import pytest
 
 from tokenmeter import UsageRecord
 from tokenmeter.sinks import InMemorySink
+from tokenmeter.testing import FakeProvider
+
+#: A process holding part of a budget until told to exit (see its docstring).
+BUDGET_HOLDER = Path(__file__).resolve().parent / "guardrails" / "budget_holder.py"
 
 
 def png(width: int, height: int) -> bytes:
@@ -94,6 +98,28 @@ def run_python(
     )
     assert done.returncode == 0, done.stderr
     return done
+
+
+def fake_environ(fake: FakeProvider) -> dict[str, str]:
+    """This environment, with the SDKs of a child process pointed at ``fake``."""
+    return {**os.environ, **fake.environ(), "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
+def hold_budget(
+    fake: FakeProvider, directory: Path, limit: str, calls: int, mode: str, *dsn: str
+) -> subprocess.Popen[str]:
+    """``BUDGET_HOLDER`` started, once it made its ``calls`` (``mode``, and a PostgreSQL
+    ``dsn`` whose sink and ledger it uses instead of SQLite's: see its docstring)."""
+    holder = subprocess.Popen(
+        [sys.executable, str(BUDGET_HOLDER), str(directory), limit, str(calls), mode, *dsn],
+        env=fake_environ(fake),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == f"made {calls}"
+    return holder
 
 
 def wait_for(condition: Callable[[], bool], what: str, limit: float = 30.0) -> None:

@@ -1,12 +1,14 @@
 """A process that makes a few calls against the shared budget, then stays alive until told to
 exit (a line on stdin): it holds whatever slice of the budget it still has.
 
-Run as ``python budget_holder.py DIRECTORY LIMIT CALLS MODE`` with the FakeProvider's
+Run as ``python budget_holder.py DIRECTORY LIMIT CALLS MODE [DSN]`` with the FakeProvider's
 environment; MODE is ``session`` (the calls are made in a root session, which ends before the
 process waits), ``bare`` (no session: the slice goes back only once the process is idle) or
 ``exit`` (no session, and the slice goes back only at exit, within ``exit_timeout`` = 1 s) or
 ``hook`` (as ``exit``, with an ``on_session_end`` hook that makes one more call when the
-implicit session ends at exit).
+implicit session ends at exit) or ``failing`` (as ``exit`` with ``exit_timeout`` = 10 s, for a
+ledger that fails at first: SQLite's busy timeout is 1 s, not 30, for a ``budgets.db`` the test
+holds locked). With a DSN, the records and the ledger are in that PostgreSQL database.
 Prints ``made N`` once its calls are made.
 """
 
@@ -18,18 +20,22 @@ import openai
 from budget_racer import MESSAGES
 
 import tokenmeter
+from tokenmeter.guardrails import _ledger
+from tokenmeter.sinks import PostgresSink
 
 
 def main() -> None:
     directory, limit, calls, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     client = openai.OpenAI(max_retries=0)
+    if mode == "failing":
+        _ledger.BUSY_TIMEOUT_S = 1.0
 
     def summarise(session: tokenmeter.Session) -> None:
         client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
 
     tokenmeter.configure(
         directory=directory,
-        sinks=["sqlite"],
+        sinks=[PostgresSink(sys.argv[5])] if len(sys.argv) > 5 else ["sqlite"],
         budgets=[{"name": "race", "limit_usd": limit, "period": "total"}],
         exit_timeout=1.0 if mode == "exit" else 10.0,
         on_session_end=summarise if mode == "hook" else None,

@@ -8,19 +8,19 @@ whatever slices of the budget the processes lease (docs/budgets-and-alerts.md).
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from budget_racer import MESSAGES
+from helpers import fake_environ, hold_budget
 
 from tokenmeter._estimate import estimate_input
+from tokenmeter.guardrails._ledger import SQLiteLedger
 from tokenmeter.testing import FakeProvider
 
 HERE = Path(__file__).parent
@@ -57,17 +57,13 @@ def exact_fake() -> Iterator[FakeProvider]:
     provider.stop()
 
 
-def environ(fake: FakeProvider) -> dict[str, str]:
-    return {**os.environ, **fake.environ(), "PYTHONPATH": os.pathsep.join(sys.path)}
-
-
 def race(
     fake: FakeProvider, directory: Path, processes: int, threads: int, limit: str
 ) -> list[dict[str, int]]:
     runners = [
         subprocess.Popen(
             [sys.executable, str(HERE / "budget_racer.py"), str(directory), str(threads), limit],
-            env=environ(fake),
+            env=fake_environ(fake),
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -127,19 +123,6 @@ def test_the_overshoot_is_at_most_the_calls_in_flight(tmp_path: Path) -> None:
     assert settled > limit - (PER_CALL + OUTPUT)  # and no call was refused while room was left
 
 
-def hold(fake: FakeProvider, directory: Path, limit: str, calls: int, mode: str) -> Any:
-    holder = subprocess.Popen(
-        [sys.executable, str(HERE / "budget_holder.py"), str(directory), limit, str(calls), mode],
-        env=environ(fake),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout is not None
-    assert holder.stdout.readline().strip() == f"made {calls}"
-    return holder
-
-
 @pytest.mark.parametrize("fit", [5, 60])
 def test_a_process_gives_its_slice_back_when_its_session_ends(
     tmp_path: Path, exact_fake: FakeProvider, fit: int
@@ -147,7 +130,7 @@ def test_a_process_gives_its_slice_back_when_its_session_ends(
     """The edge of leasing: one process takes part of a budget and stays alive, idle; another
     must still be able to make every remaining call."""
     directory = tmp_path / "tm"
-    holder = hold(exact_fake, directory, limit_for(fit), 1, "session")
+    holder = hold_budget(exact_fake, directory, limit_for(fit), 1, "session")
     try:
         [result] = race(exact_fake, directory, 1, 1, limit_for(fit))
         assert result == {"made": fit - 1, "refused": 1}
@@ -164,7 +147,7 @@ def test_an_exit_waits_for_a_locked_ledger_no_longer_than_exit_timeout(
     program it waited SQLite's busy timeout (30 s) before its exit_timeout even began. The
     give-back now has half of exit_timeout (1 s here); the slice stays reserved."""
     directory = tmp_path / "tm"
-    holder = hold(exact_fake, directory, limit_for(60), 3, "exit")
+    holder = hold_budget(exact_fake, directory, limit_for(60), 3, "exit")
     other = sqlite3.connect(directory / "budgets.db", isolation_level=None)
     try:
         other.execute("BEGIN EXCLUSIVE")
@@ -181,6 +164,29 @@ def test_an_exit_waits_for_a_locked_ledger_no_longer_than_exit_timeout(
     assert ledger_row(directory)[1] > 0  # not given back: the ledger was locked
 
 
+def test_spend_made_while_the_ledger_was_locked_reaches_it_at_exit(
+    tmp_path: Path, exact_fake: FakeProvider
+) -> None:
+    """Calls made while budgets.db was locked by another program go through (fail open) and
+    their spend is settled later. The ledger, paused for a minute after that slow failure,
+    refused the exit's settlement too: a process that ended within the minute never added its
+    spend to the budget (settled $0 after 3 calls). The exit now asks the ledger whatever."""
+    directory = tmp_path / "tm"
+    SQLiteLedger(directory / "budgets.db").close()  # made, to be locked before the holder starts
+    other = sqlite3.connect(directory / "budgets.db", isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        holder = hold_budget(exact_fake, directory, limit_for(60), 3, "failing")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    holder.communicate("\n", timeout=60)
+    assert holder.returncode == 0
+    assert len(exact_fake.requests) == 3
+    settled, reserved = ledger_row(directory)
+    assert settled == pytest.approx(3 * PER_CALL) and reserved == pytest.approx(0)
+
+
 def test_a_call_made_by_a_session_end_hook_at_exit_leaves_nothing_reserved(
     tmp_path: Path, exact_fake: FakeProvider
 ) -> None:
@@ -188,7 +194,7 @@ def test_a_call_made_by_a_session_end_hook_at_exit_leaves_nothing_reserved(
     hook made took a fresh slice that nobody returned (a $1 budget kept $0.64 reserved after
     ten such runs, and refused calls long before its limit)."""
     directory = tmp_path / "tm"
-    holder = hold(exact_fake, directory, limit_for(60), 1, "hook")
+    holder = hold_budget(exact_fake, directory, limit_for(60), 1, "hook")
     holder.communicate("\n", timeout=60)
     assert holder.returncode == 0
     assert len(exact_fake.requests) == 2  # the hook's call was made
@@ -199,7 +205,7 @@ def test_a_call_made_by_a_session_end_hook_at_exit_leaves_nothing_reserved(
 def test_an_idle_process_gives_its_slice_back(tmp_path: Path, exact_fake: FakeProvider) -> None:
     """Calls outside any session: the holder's slice goes back once it has been idle a while."""
     directory = tmp_path / "tm"
-    holder = hold(exact_fake, directory, limit_for(60), 1, "bare")
+    holder = hold_budget(exact_fake, directory, limit_for(60), 1, "bare")
     try:
         deadline = time.monotonic() + 60
         while ledger_row(directory)[1] > 0:  # its slice is reserved until it gives it back

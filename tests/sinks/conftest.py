@@ -99,7 +99,8 @@ class CommitAnswerLost:
     """A TCP proxy in front of the test server that, once ``armed`` with a count, forwards that
     many COMMITs and cuts their client off before the answer comes back: the server commits,
     the client sees its connection die (a failover, a pooler's cut, a network drop at that
-    moment). ``dsn``: the server's DSN through the proxy."""
+    moment). ``dsn``: the server's DSN through the proxy. While ``down``, it closes every new
+    connection at once, as a pooler does whose server is gone."""
 
     def __init__(self, pg_dsn: str) -> None:
         from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -110,6 +111,7 @@ class CommitAnswerLost:
         self.dsn = make_conninfo(pg_dsn, host="127.0.0.1", port=self._listener.getsockname()[1])
         self.armed = 0
         self.cut = 0  # COMMIT answers lost so far
+        self.down = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     def close(self) -> None:
@@ -119,6 +121,9 @@ class CommitAnswerLost:
         with contextlib.suppress(OSError):
             while True:
                 client, _ = self._listener.accept()
+                if self.down:
+                    client.close()
+                    continue
                 server = socket.create_connection(self._target)
                 cut = threading.Event()
                 threading.Thread(target=self._up, args=(client, server, cut), daemon=True).start()

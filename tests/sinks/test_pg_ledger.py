@@ -19,9 +19,10 @@ import pytest
 pytest.importorskip("psycopg", reason="psycopg is not installed (tokenmeter[postgres])")
 
 from conftest import CommitAnswerLost
-from helpers import check_lease_protocol, held_by_another_thread, returns
+from helpers import check_lease_protocol, held_by_another_thread, hold_budget, returns
 
 from tokenmeter.sinks.postgres import PostgresSink
+from tokenmeter.testing import FakeProvider
 
 HERE = Path(__file__).resolve().parent
 DAY = "2026-12-01T00:00:00+00:00"
@@ -337,8 +338,36 @@ def test_a_server_refusing_connections_is_not_asked_again_at_every_call() -> Non
     with pytest.raises(Exception) as refused:
         ledger.reserve("k", DAY, 10.0, 1.0)
     assert not isinstance(refused.value, TimeoutError)
-    with pytest.raises(TimeoutError, match="not asked again"):
+    with pytest.raises(TimeoutError, match="could not be reached: not asked again"):
         ledger.lease_many([("k", DAY, 10.0, 0.0, 0.0, 0.0, 1.0, 1.0)])
+
+
+def test_spend_made_while_the_server_was_down_reaches_the_ledger_at_exit(
+    tmp_path: Path, pg_dsn: str, commit_answer_lost: CommitAnswerLost
+) -> None:
+    """Calls made while the server could not be reached go through (fail open) and their spend
+    is settled later. The ledger, paused for a minute after the failed connection, refused the
+    exit's settlement too ("failed slowly" after a connection closed at once): a job that ended
+    within the minute never added its spend to the shared budget, though the server was back
+    (settled $0 of 3 calls). The exit now asks the server whatever the pause says."""
+    import psycopg
+
+    commit_answer_lost.down = True
+    with FakeProvider() as fake:
+        holder = hold_budget(fake, tmp_path / "tm", "100", 3, "failing", commit_answer_lost.dsn)
+        commit_answer_lost.down = False
+        holder.communicate("\n", timeout=60)
+    assert holder.returncode == 0
+    with psycopg.connect(pg_dsn) as conn:
+        [(calls, cost)] = conn.execute(
+            "SELECT count(*), sum(cost_pusd) / 1e12 FROM tokenmeter.records"
+        ).fetchall()
+        [(settled, reserved)] = conn.execute(
+            "SELECT coalesce(sum(settled_usd), 0), coalesce(sum(reserved_usd), 0) "
+            "FROM tokenmeter.budget_ledger"
+        ).fetchall()
+    assert calls == 3 and cost > 0
+    assert settled == pytest.approx(float(cost)) and reserved == pytest.approx(0)
 
 
 def test_a_child_forked_while_another_thread_is_in_the_ledger_can_use_it(pg_dsn: str) -> None:

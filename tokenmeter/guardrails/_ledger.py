@@ -286,21 +286,27 @@ class Pause:
     waiting ``_SLOW_S`` or more (a database locked by someone else, a server not answering)
     pauses the ledger for ``PAUSE_S``, during which a transaction raises ``TimeoutError`` at
     once; the budgets let the calls through, as for any failure of the ledger, but without each
-    of them waiting as long."""
+    of them waiting as long.
 
-    __slots__ = ("began", "until", "what")
+    A pause from before the exit does not hold at exit: what is settled and given back then is
+    the process's last chance to add its spend to the ledger (a job that saw the ledger fail and
+    ended within ``PAUSE_S`` lost all of it), and it waits no longer than ``exit_timeout``
+    allows (``brief_wait``). A failure at exit pauses the ledger for the rest of it."""
+
+    __slots__ = ("at_exit", "began", "until", "what", "why")
 
     def __init__(self, what: str) -> None:
         self.what = what
         self.until = 0.0
+        self.why = ""
+        self.at_exit = False  # whether the pause began during this process's exit
         self.began = threading.local()
 
     def __enter__(self) -> None:
         now = time.monotonic()
-        if now < self.until:
+        if now < self.until and (self.at_exit or not _pipeline.exiting()):
             raise TimeoutError(
-                f"{self.what} failed slowly (locked, or not answering): not asked again for "
-                f"{PAUSE_S:g} s after that"
+                f"{self.what} {self.why}: not asked again for {PAUSE_S:g} s after that"
             )
         self.began.at = now
 
@@ -308,11 +314,14 @@ class Pause:
         if kind is not None and issubclass(kind, Exception):
             now = time.monotonic()
             if now - self.began.at >= _SLOW_S:
-                self.until = now + PAUSE_S
+                self._pause(now, "failed slowly (locked, or not answering)")
 
     def trip(self) -> None:
         """Pause now, however fast the failure was (a server that cannot be reached)."""
-        self.until = time.monotonic() + PAUSE_S
+        self._pause(time.monotonic(), "could not be reached")
+
+    def _pause(self, now: float, why: str) -> None:
+        self.until, self.why, self.at_exit = now + PAUSE_S, why, _pipeline.exiting()
 
 
 class SQLiteLedger:
