@@ -418,6 +418,42 @@ def test_a_row_whose_tags_are_not_json_is_skipped_and_counted_as_in_sqlite(
     assert json.loads(from_pg)["rows"] == json.loads(from_sqlite)["rows"]
 
 
+def test_rows_with_negative_counts_or_bad_timestamps_are_skipped_and_counted_as_in_sqlite(
+    cli: RunCli, tmp_path: Path, pg_url: str, pg_dsn: str
+) -> None:
+    """Another program's rows with a negative count, or a timestamp that is not the record
+    format, are skipped and counted by SQLite's reports. PostgreSQL's summed them (typed columns
+    keep out text, not these): input -995,000 tokens, a ``(none)`` day, no warning."""
+    import sqlite3
+
+    import psycopg
+
+    db = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
+    insert = (
+        "INSERT INTO {}records (id, timestamp, model_provider, model_name, input_tokens, "
+        "output_tokens, total_tokens) VALUES ({})"
+    )
+    bad = [
+        ("bad-1", "2026-11-02T10:00:00.000Z", "openai", "gpt-4o", -1_000_000, 100, -999_900),
+        ("bad-2", "yesterday", "openai", "gpt-4o", 1000, 100, 1100),
+        ("bad-3", "2026-13-45T99:99:99.999Z", "openai", "gpt-4o", 1000, 100, 1100),
+    ]
+    with sqlite3.connect(db) as conn:
+        conn.executemany(insert.format("", ", ".join("?" * 7)), bad)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.cursor().executemany(insert.format("tokenmeter.", ", ".join(["%s"] * 7)), bad)
+    for command in (
+        ("report", "--by", "model", "--format", "json"),
+        ("report", "--by", "day", "--format", "json"),
+        ("sessions", "--format", "json"),
+    ):
+        code, from_sqlite, err = cli(command[0], "--source", str(db), *command[1:])
+        assert code == 0 and "skipped 3 corrupt rows" in err, err
+        code, from_pg, err = cli(command[0], "--source", pg_url, *command[1:])
+        assert code == 0 and "skipped 3 corrupt rows" in err, err
+        assert _without_source(from_pg) == _without_source(from_sqlite)
+
+
 @pytest.mark.parametrize("keys_kept", [100, 3])
 def test_tag_charts_are_totalled_in_postgresql_as_in_sqlite(
     cli: RunCli, tmp_path: Path, pg_dsn: str, keys_kept: int, monkeypatch: pytest.MonkeyPatch

@@ -20,8 +20,10 @@ the readers use, which translates the few SQLite spellings they contain:
   writers carry on (as a SQLite read transaction does).
 
 Errors come out as ``sqlite3.Error`` so the readers' own handling (a one-line ``CliError``)
-applies unchanged. The sink's typed columns (NOT NULL integer counts) make the SQLite readers'
-per-row validity check unnecessary here, but for ``tags``, which is text (see ``is_postgres`` in
+applies unchanged. The sink's typed columns (integer counts, text names) keep out what SQLite's
+per-row validity check finds of a wrong type, but not another program's negative counts, a
+timestamp that is not the record format, or tags that are not JSON: ``sound_rows`` states that
+check for them, and the reports skip and count such rows, as SQLite's do (``is_postgres`` in
 ``exclude_bad_rows``).
 """
 
@@ -35,6 +37,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
+from tokenmeter.cli._validate import COUNT_FIELDS
 from tokenmeter.sinks.postgres import (
     _DEFAULT_CONNECT_TIMEOUT_S,
     _given_connect_timeout,
@@ -61,6 +64,13 @@ _SAFE_JSONB = (
     "CREATE FUNCTION pg_temp.tokenmeter_jsonb(tags text) RETURNS jsonb "
     "LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL UNSAFE AS "
     "$$ BEGIN RETURN tags::jsonb; EXCEPTION WHEN others THEN RETURN NULL; END $$"
+)
+#: The record format's timestamp, with the ranges of its fields SQLite's ``julianday()`` accepts
+#: (``sql_valid``: ``2026-13-45T...`` or ``yesterday`` is no timestamp; a day 31 of a 30-day
+#: month is one). A POSIX regular expression: no function to make, so checked everywhere.
+_RECORD_TIMESTAMP = (
+    "'^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    "T([01][0-9]|2[0-4]):[0-5][0-9]:[0-5][0-9][.][0-9]{3}Z$'"
 )
 #: Seconds waited before each attempt to connect again when a connection was ended (1 min).
 _RECONNECT_WAITS = (0, 0.5, 1, 2, 4, 8, 15, 30)
@@ -188,6 +198,7 @@ class PgConnection:
         self._url, schema = split_schema(url)
         self._schema = schema or DEFAULT_SCHEMA
         self._safe_json = False  # pg_temp.tokenmeter_jsonb made for the connection
+        self._text_timestamp = True  # records.timestamp reads as the sink's text
         self._conn = self._open()
         self._snapshot = False  # inside the readers' BEGIN: a statement is never run elsewhere
 
@@ -198,6 +209,7 @@ class PgConnection:
         _call(conn.execute, f'SET search_path = "{self._schema}"'.encode())
         self._safe_json = _made_safe_json(conn)
         _read_as_written(conn)
+        self._text_timestamp = _timestamp_is_text(conn)
         _call(conn.execute, b"SET default_transaction_read_only = on")
         found = _call(conn.execute, b"SELECT to_regclass('records') IS NOT NULL").fetchone()
         if not found[0]:
@@ -219,6 +231,24 @@ class PgConnection:
             f"({c} IS NULL OR {c}::text = '{{}}' "
             f"OR jsonb_typeof(pg_temp.tokenmeter_jsonb({c}::text)) IS NOT DISTINCT FROM 'object')"
         )
+
+    def sound_rows(self, prefix: str = "") -> str:
+        """The condition a ``records`` row meets when the columns the report totals read hold
+        what the sink writes (``sql_valid``'s for SQLite, as far as the typed columns leave it
+        open): the timestamp in the record format, counts not negative, ``cost_pusd`` there
+        exactly when the cost text is, and that text plain digits; tags as ``valid_tags``
+        says. Never NULL (its NOT counts the others)."""
+        parts = [f"({prefix}{name} >= 0 OR {prefix}{name} IS NULL)" for name in COUNT_FIELDS]
+        if self._text_timestamp:  # else typed (an admin's timestamptz): always a time
+            parts.append(f"{prefix}timestamp ~ {_RECORD_TIMESTAMP}")
+        cost, text = f"{prefix}cost_pusd", f"{prefix}estimated_cost_usd"
+        parts.append(
+            f"CASE WHEN {cost} IS NULL THEN {text} IS NULL "
+            f"ELSE {text} IS NOT NULL AND {text}::text !~ '[^0-9.-]' END"
+        )
+        if (tags := self.valid_tags(prefix)) is not None:
+            parts.append(tags)
+        return f"COALESCE({' AND '.join(parts)}, false)"
 
     def set_progress_handler(self, handler: Any, n: int) -> None:
         """No progress ticks: the server aggregates, the client only waits."""
@@ -282,6 +312,16 @@ def _made_safe_json(conn: Any) -> bool:
     except psycopg.Error:
         return False
     return True
+
+
+def _timestamp_is_text(conn: Any) -> bool:
+    """Whether ``records.timestamp`` reads as text (the sink's column, or the view
+    ``_read_as_written`` made of an admin's ``timestamptz``), not as a time type."""
+    row = conn.execute(
+        b"SELECT atttypid = 'text'::regtype FROM pg_attribute "
+        b"WHERE attrelid = to_regclass('records') AND attname = 'timestamp'"
+    ).fetchone()
+    return row is None or bool(row[0])
 
 
 #: Column types an admin may give the sink's text columns (team.md: the sink writes the same

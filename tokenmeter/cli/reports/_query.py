@@ -686,8 +686,8 @@ def exclude_bad_rows(
     """
     prefix = f"{alias}." if alias else ""
     table = f"records {alias}" if alias else "records"
-    if is_postgres(conn):  # typed columns: only tags, text, need the check
-        return _exclude_bad_tags(conn, where, params, prefix, table)
+    if is_postgres(conn):  # no index of unsound rows there: counted, then excluded by SQL
+        return _exclude_unsound_pg(conn, where, params, prefix, table)
     valid = sql_valid(table_columns(conn, "records"), prefix)
     joiner = " AND " if where else " WHERE "
     condition = f"{where}{joiner}NOT {valid}"
@@ -706,14 +706,14 @@ def exclude_bad_rows(
     return excluded, [*params, json.dumps(bad)], len(bad)
 
 
-def _exclude_bad_tags(
+def _exclude_unsound_pg(
     conn: PgConnection, where: str, params: list[str], prefix: str, table: str
 ) -> tuple[str, list[str], int]:
-    """``exclude_bad_rows`` over PostgreSQL: rows whose tags are not a JSON object (another
-    program's) are left out and counted, where a ``::jsonb`` cast would fail the query."""
-    valid = conn.valid_tags(prefix)
-    if valid is None:
-        return where, params, 0
+    """``exclude_bad_rows`` over PostgreSQL: another program's rows that are not sound
+    (``PgConnection.sound_rows``: negative counts, a timestamp that is not the record format,
+    tags that are not a JSON object, where a ``::jsonb`` cast would fail the query) are left
+    out and counted. They were summed: negative token totals, a ``(none)`` day."""
+    valid = conn.sound_rows(prefix)
     joiner = " AND " if where else " WHERE "
     row = conn.execute(f"SELECT count(*) FROM {table}{where}{joiner}NOT {valid}", params).fetchone()
     bad = 0 if row is None else int(row[0])
