@@ -395,6 +395,27 @@ def _parse_number(name: str, value: str, kind: type[int] | type[float]) -> int |
 
 #: ``tokenmeter._autorun.ENV_PYPROJECT`` (not imported: the settings load before it).
 _RUN_PYPROJECT = "TOKENMETER_RUN_PYPROJECT"
+#: ``tokenmeter run --budget``'s budgets (JSON, an outer run's first), apart from
+#: ``TOKENMETER_BUDGETS``: added to the budgets of every layer, configure()'s included.
+RUN_BUDGETS = "TOKENMETER_RUN_BUDGETS"
+
+
+def _with_run_budgets(resolved: Settings, env: Mapping[str, str]) -> Settings:
+    """``resolved`` with the budgets of the ``tokenmeter run --budget`` the process is part of:
+    carried in ``TOKENMETER_BUDGETS``, they were replaced by the program's own
+    ``configure(budgets=...)`` (even ``budgets=[]``), and its calls went through the run's
+    limit. The run's budget is not the program's to drop."""
+    value = env.get(RUN_BUDGETS)
+    if not value:
+        return resolved
+    from tokenmeter.guardrails._budgets import parse_budgets
+
+    try:
+        run_budgets = parse_budgets(json.loads(value))
+        budgets = parse_budgets([*resolved.budgets, *run_budgets])  # names checked together
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"tokenmeter setting 'budgets' from {RUN_BUDGETS}: {exc}") from None
+    return resolved.model_copy(update={"budgets": budgets})
 
 
 def _pinned_pyproject(pinned: str) -> Path | None:
@@ -552,6 +573,7 @@ def load_settings_with_sources(
         # for it. What the application's code passes still counts.
         layers = [switch, given]
         resolved = _validated(layers)
+    resolved = _with_run_budgets(resolved, environ)
     sources = {key: "default" for key in Settings.model_fields}
     for name, layer in layers:
         for key in layer:

@@ -650,6 +650,27 @@ def test_budget_is_added_to_the_projects_budgets_not_put_in_their_place(
     assert len(fake.requests) == 2
 
 
+@pytest.mark.parametrize(
+    "budgets",
+    ['[{"name": "daily", "limit_usd": 100, "period": "day"}]', "[]"],
+    ids=["its-own-budget", "no-budget"],
+)
+def test_budget_holds_whatever_budgets_the_program_configures(
+    budgets: str, fake: FakeProvider, tmp_path: Path
+) -> None:
+    """Carried in TOKENMETER_BUDGETS, --budget was replaced by the program's own
+    ``configure(budgets=...)`` (even ``budgets=[]``): all 5 calls of $0.002 were made under
+    ``--budget 0.003``, and the summary said OVER the budget."""
+    app = _script(
+        tmp_path / "app.py", f"import tokenmeter\ntokenmeter.configure(budgets={budgets})\n"
+    )
+    app.write_text(app.read_text() + _FIVE_CALLS)
+    result = _run(["--budget", "0.003", "--", sys.executable, app.name], _env(fake), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "2\n"
+    assert len(fake.requests) == 2
+
+
 def test_a_malformed_budgets_variable_stops_a_run_with_a_budget_too(tmp_path: Path) -> None:
     """Without --budget it was exit status 2; with it, replaced unread: the run went on."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}

@@ -60,7 +60,8 @@ def add_run_parser(commands: Any) -> None:
         metavar="USD",
         type=_usd,
         help="budget for the whole run's spending, shared by its processes (added to the "
-        f"project's budgets; the figure is passed on as {BUDGET_ENV})",
+        "project's budgets, and to any the program configures; the figure is passed on as "
+        f"{BUDGET_ENV})",
     )
     run.add_argument(
         "--session",
@@ -111,6 +112,7 @@ def _child_environment(
     args: argparse.Namespace, command: list[str], totals: Path
 ) -> dict[str, str]:
     from tokenmeter import _autorun
+    from tokenmeter._config import RUN_BUDGETS
     from tokenmeter.sinks._files import absolute
 
     env = dict(os.environ)
@@ -132,7 +134,7 @@ def _child_environment(
     if args.budget is not None:
         env[BUDGET_ENV] = str(args.budget)
         budget = _run_budget(args.budget, _autorun.run_tag_of(tags, run_id))
-        env["TOKENMETER_BUDGETS"] = json.dumps([*_budgets_in(env), budget])
+        env[RUN_BUDGETS] = json.dumps([*_run_budgets_in(env), budget])
     return env
 
 
@@ -151,14 +153,19 @@ def _pin_settings(env: dict[str, str], settings: Any) -> None:
         env[_autorun.ENV_PYPROJECT] = str(pyproject.resolve()) if pyproject else ""
 
 
-def _budgets_in(env: dict[str, str]) -> list[Any]:
-    """The budgets the program's processes would have without ``--budget``: those of
-    ``TOKENMETER_BUDGETS`` or else of the project's pyproject.toml. Read from the settings, as
-    the processes read them: the variable replaces pyproject.toml's budgets, so a list of the
-    variable's alone dropped the project's (its $0.003 a day gone under ``--budget 100``), and a
-    malformed one was replaced unread instead of stopping the run (exit status 2)."""
-    settings, _ = _check_settings(env)
-    return [budget.as_setting() for budget in settings.budgets]
+def _run_budgets_in(env: dict[str, str]) -> list[Any]:
+    """The budgets of the ``tokenmeter run --budget`` this one runs inside, which stay in force
+    in its processes too. Not in ``TOKENMETER_BUDGETS``, whose budgets are the project's:
+    there the program's own ``configure(budgets=...)`` replaced the run's, and lifted it."""
+    from tokenmeter._config import RUN_BUDGETS
+
+    try:
+        found = json.loads(env.get(RUN_BUDGETS) or "[]")
+    except (ValueError, RecursionError):
+        found = None
+    if not isinstance(found, list):  # left by hand: the settings check says what is wrong
+        raise CliError(f"{RUN_BUDGETS} must be a JSON list of budgets", exit_code=2)
+    return found
 
 
 def _session_name(value: str) -> str:
