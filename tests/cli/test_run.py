@@ -636,6 +636,26 @@ print(made)
 """
 
 
+@pytest.mark.parametrize(
+    ("outer", "inner", "made"),
+    [("0.003", "1", "2"), ("1", "0.001", "1")],
+    ids=["outer-budget-stops", "inner-budget-stops"],
+)
+def test_a_run_with_a_budget_inside_a_run_with_a_budget_keeps_both(
+    outer: str, inner: str, made: str, fake: FakeProvider, tmp_path: Path
+) -> None:
+    """Both budgets had one name: the inner run refused it as a second budget of that name
+    (exit status 2, the program never ran). Calls of $0.002, the first of a run admitted on
+    its estimate ($0.001)."""
+    app = _script(tmp_path / "app.py", _FIVE_CALLS)
+    inner_run = [sys.executable, "-m", "tokenmeter", "run", "-q", "--budget", inner, "--"]
+    command = ["--budget", outer, "--", *inner_run, sys.executable, app.name]
+    result = _run(command, _env(fake), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{made}\n"
+    assert len(fake.requests) == int(made)
+
+
 def test_budget_is_added_to_the_projects_budgets_not_put_in_their_place(
     fake: FakeProvider, tmp_path: Path
 ) -> None:

@@ -184,9 +184,10 @@ def _run_budget(limit: Any, run_tag: str) -> dict[str, Any]:
     that would pass it raises BudgetExceeded in the program. Scoped by the run's tag, which every
     session of the run carries: scoped by the run's session, it missed the program's own
     sessions and a nested ``tokenmeter run``'s, and let their calls through. Its ledger row is
-    the run's own (the tag's value is the run id), for the run's whole length."""
+    the run's own (the tag's value is the run id), for the run's whole length. Named after
+    the run: under one name, a run's inside another's was refused as a second budget of it."""
     return {
-        "name": "tokenmeter run --budget",
+        "name": f"tokenmeter run --budget ({run_tag.partition('=')[2]})",
         "limit_usd": float(limit),
         "period": "total",
         "tag": run_tag,
