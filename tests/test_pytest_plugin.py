@@ -194,19 +194,24 @@ def test_case(case):
 """
 
 
-@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["alone", "xdist"])
+@pytest.mark.parametrize(
+    ("workers", "collected"),
+    [([], 1), (["-n", "2"], 2), (["--dist", "loadgroup"], 1)],
+    ids=["alone", "xdist", "dist-mode-without-workers"],
+)
 def test_calls_made_while_collecting_are_counted(
-    pytester: pytest.Pytester, workers: list[str]
+    pytester: pytest.Pytester, workers: list[str], collected: int
 ) -> None:
     """Instrumented at the first test only, the calls made at collection were made unmetered:
-    not stored, not in the summary, not in --tokenmeter-budget. Each xdist worker collects."""
+    not stored, not in the summary, not in --tokenmeter-budget. Each xdist worker collects. A
+    ``--dist`` mode without ``-n`` (xdist then runs the tests in-process) was taken for an
+    xdist controller, which collects nothing: 1 call of 2 stored."""
     pytester.makepyprojecttoml(_PYPROJECT)
     pytester.makepyfile(test_eval=_CASES_WRITTEN_BY_A_MODEL)
     result = pytester.runpytest_subprocess(
         "--tokenmeter-json=out/usage.json", "--tokenmeter-budget=0.003", *workers
     )
     result.assert_outcomes(passed=1)
-    collected = 2 if workers else 1
     assert len(_records(pytester)) == collected + 1
     report = json.loads((pytester.path / "out/usage.json").read_text())
     assert (report["total"]["tests"], report["total"]["calls"]) == (1, collected + 1)

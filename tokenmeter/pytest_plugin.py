@@ -285,8 +285,14 @@ class Meter:
         #: What each test run in this process spent, read again at the end (``_Spend.late``).
         self._spent: list[_Spend] = []
         self.is_worker = hasattr(config, "workerinput")
-        #: An xdist controller: it neither collects nor runs a test (its workers do).
-        self.is_controller = not self.is_worker and config.getoption("dist", "no") != "no"
+        #: An xdist controller: it neither collects nor runs a test (its workers do). xdist's own
+        #: test: a ``--dist`` mode with no ``-n``/``--tx`` (``addopts``, ``-n`` given on CI only)
+        #: runs the tests here, and the calls made while collecting went unmetered.
+        self.is_controller = (
+            not self.is_worker
+            and config.getoption("dist", "no") != "no"
+            and bool(config.getoption("tx", None))
+        )
         #: The providers the plugin patched (not those the application had patched already).
         self._patched: set[str] = set()
         #: What disabled tokenmeter (TOKENMETER_DISABLED...): the tests ran unmetered.
