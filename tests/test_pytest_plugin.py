@@ -220,6 +220,19 @@ def test_calls_made_while_collecting_are_counted(
     result.stdout.fnmatch_lines([f"(outside tests)*{collected}*"])
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["alone", "xdist"])
+def test_a_budget_passed_while_collecting_fails_a_run_with_no_test_selected(
+    pytester: pytest.Pytester, workers: list[str]
+) -> None:
+    """The summary said the budget was passed, and the exit status was 5 (no tests collected),
+    which CI scripts often accept: only a passing run was made to fail."""
+    pytester.makepyprojecttoml(_PYPROJECT)
+    pytester.makepyfile(test_eval=_CASES_WRITTEN_BY_A_MODEL)
+    result = pytester.runpytest_subprocess("--tokenmeter-budget=0.001", "-k", "nomatch", *workers)
+    result.stdout.fnmatch_lines(["*tokenmeter: FAILED*over the budget of $0.001*"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
 _APP_SERVED_BY_A_FIXTURES_THREAD = """
 import queue
 import threading

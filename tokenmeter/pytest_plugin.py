@@ -422,16 +422,15 @@ class Meter:
         self.outside.extend(outside)
         total = self.total()
         over = self.budget is not None and total["cost"] > self.budget
-        if over and session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if over:
+            _fail(session)
         if self.json_path is not None:
             self.json_done = True
             try:
                 self.write_json(total)
             except OSError as exc:  # after every test ran: one line, not an INTERNALERROR
                 self.json_error = f"cannot write {self.json_path}: {exc.strerror or exc}"
-                if session.exitstatus == pytest.ExitCode.OK:
-                    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+                _fail(session)
 
     def pytest_unconfigure(self) -> None:
         from tokenmeter import _pipeline
@@ -590,6 +589,14 @@ def _added(rows: list[dict[str, Any]]) -> dict[str, Any]:
         row[name] = sum(r[name] for r in rows)
     row["cost_usd"] = str(sum((Decimal(r["cost_usd"]) for r in rows), Decimal(0)))
     return row
+
+
+def _fail(session: pytest.Session) -> None:
+    """Exit status 1 (tests failed) for a run whose tests passed, or that had none to run: a
+    budget passed by the calls made while collecting ended in 5 (no tests collected), which
+    CI scripts often accept. A run that failed otherwise keeps its own status."""
+    if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _already_failed(item: pytest.Item) -> bool:
