@@ -428,6 +428,25 @@ def test_default_source_honours_tokenmeter_dir(
     assert report_json(cli)["totals"]["calls"] == 6
 
 
+@pytest.mark.parametrize("setting", ["pyproject", "environment"])
+def test_default_source_is_where_the_configured_sinks_write(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str
+) -> None:
+    """A project that moved from the default sqlite sink to ``sinks = ["jsonl"]``: a report
+    read the old usage.db (1 call) and left out, silently, the calls made since."""
+    monkeypatch.chdir(tmp_path)
+    write_sqlite(tmp_path / ".tokenmeter" / "usage.db", RECORDS[:1], [])
+    write_jsonl(tmp_path / ".tokenmeter" / "usage.jsonl", RECORDS)
+    if setting == "pyproject":
+        (tmp_path / "pyproject.toml").write_text('[tool.tokenmeter]\nsinks = ["jsonl"]\n')
+    else:
+        monkeypatch.setenv("TOKENMETER_SINKS", "jsonl,markdown")
+    doc = report_json(cli)
+    assert doc["source"].endswith("usage.jsonl") and doc["totals"]["calls"] == 6
+    monkeypatch.setenv("TOKENMETER_SINKS", "jsonl,sqlite")  # both written: the database
+    assert report_json(cli)["totals"]["calls"] == 1
+
+
 # --- errors ----------------------------------------------------------------------------------
 
 

@@ -18,13 +18,16 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
 from urllib.parse import quote
 
 from tokenmeter.cli._errors import CliError, NoSourceYet
 from tokenmeter.cli._postgres import PgConnection, display_name, is_postgres_url
 from tokenmeter.cli._validate import BadRecord, check_record
 from tokenmeter.cli.reports._sql import EXACT_SUM, ExactSum
+
+if TYPE_CHECKING:
+    from tokenmeter._config import Settings
 
 __all__ = [
     "DEMO_DIR",
@@ -53,20 +56,34 @@ _SQLITE_SUFFIXES = {".db", ".sqlite", ".sqlite3"}
 _JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json", ".log"}
 
 
-def default_directory() -> Path:
-    """Where the library writes, by the same settings it reads: ``TOKENMETER_DIR``, else
-    ``[tool.tokenmeter] directory`` of the nearest pyproject.toml, else ``.tokenmeter``."""
+def _settings() -> Settings:
+    """The library's settings, as it reads them; a bad one is the CLI's error, naming it."""
     from tokenmeter._config import load_settings
 
     try:
-        return load_settings().directory
+        return load_settings()
     except ValueError as exc:  # a bad setting: say which, as the library would
         raise CliError(str(exc), exit_code=2) from None
 
 
+def default_directory() -> Path:
+    """Where the library writes, by the same settings it reads: ``TOKENMETER_DIR``, else
+    ``[tool.tokenmeter] directory`` of the nearest pyproject.toml, else ``.tokenmeter``."""
+    return _settings().directory
+
+
 def default_source_path() -> Path:
-    """The usage.db of ``default_directory()`` (its usage.jsonl when only that exists)."""
-    directory = default_directory()
+    """Where the library writes its records: the usage.jsonl of ``default_directory()`` when
+    the ``sinks`` setting names jsonl and not sqlite, else its usage.db (its usage.jsonl when
+    only that exists).
+
+    The setting comes first: a project that moved from the default sqlite sink to jsonl keeps
+    its old usage.db, and reading that would leave every call since out of the report.
+    """
+    settings = _settings()
+    directory = settings.directory
+    if "jsonl" in settings.sinks and "sqlite" not in settings.sinks:
+        return directory / "usage.jsonl"
     if not (directory / "usage.db").exists() and (directory / "usage.jsonl").is_file():
         return directory / "usage.jsonl"
     return directory / "usage.db"
