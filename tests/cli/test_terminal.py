@@ -233,7 +233,9 @@ def test_control_characters_in_the_data_never_reach_the_terminal(
 def test_a_newline_in_recorded_text_never_starts_a_line_of_its_own(tmp_path: Path) -> None:
     """A name holding a newline (or a tab) would start a line of its own in a text table or a
     tail line: a model named ``x\\nTOTAL ... $0.00`` forges a row. It is shown as U+FFFD, piped
-    or at a terminal, in every command that prints recorded text on lines."""
+    or at a terminal, in every command that prints recorded text on lines (the terminal's rich
+    tables of report, --detailed and sessions printed the rest of the name on a line of its
+    own, inside the table's borders)."""
     forged = "FORGED  999  $0.00"
     records = [
         rec(
@@ -255,7 +257,8 @@ def test_a_newline_in_recorded_text_never_starts_a_line_of_its_own(tmp_path: Pat
     (tmp_path / "alerts.jsonl").write_text(json.dumps(alert) + "\n")
 
     def forges(output: str) -> bool:
-        return any(line.lstrip().startswith("FORGED") for line in output.splitlines())
+        """Whether the forged text starts anywhere but right after a shown U+FFFD."""
+        return re.search("(?<!\ufffd)FORGED", ANSI.sub("", output)) is not None
 
     commands = [
         ["report", "--by", "model,session,tag:team", "--source", str(db)],
@@ -269,5 +272,5 @@ def test_a_newline_in_recorded_text_never_starts_a_line_of_its_own(tmp_path: Pat
         assert result.returncode == 0, result.stderr
         assert forged in result.stdout and not forges(result.stdout), command
     pytest.importorskip("rich")
-    for command in commands[3:]:
+    for command in commands:
         assert not forges(at_terminal(command, tmp_path, 200)), command

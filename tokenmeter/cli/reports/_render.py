@@ -445,7 +445,10 @@ def render_text(
 
 
 def rich_table(cells: CellTable, title: str = "") -> Any:
-    """A rich Table of these cells: numbers never wrap or shorten; names wrap if they must."""
+    """A rich Table of these cells: numbers never wrap or shorten; names wrap if they must.
+
+    Every cell is ``one_line``, as in the plain table: a tab or newline in a name is shown as
+    U+FFFD (a model named ``evil\\nTOTAL`` printed a second line that read as a row)."""
     from rich.table import Table
     from rich.text import Text
 
@@ -460,8 +463,8 @@ def rich_table(cells: CellTable, title: str = "") -> Any:
         footer = cells.footer[i] if cells.footer else ""
         numeric = cells.is_numeric(i)
         table.add_column(
-            printable(header),
-            footer=Text(printable(footer)),
+            Text(one_line(header)),
+            footer=Text(one_line(footer)),
             justify="right" if numeric else "left",
             style="green" if header == "Cost" else None,
             no_wrap=numeric,
@@ -470,7 +473,7 @@ def rich_table(cells: CellTable, title: str = "") -> Any:
         )
     for row in cells.rows:
         # Text(), not str: a model or session name must never be read as rich markup.
-        table.add_row(*(Text(printable(cell)) for cell in row))
+        table.add_row(*(Text(one_line(cell)) for cell in row))
     return table
 
 
