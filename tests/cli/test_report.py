@@ -322,6 +322,23 @@ def test_output_file_owner_only_and_format_from_suffix(
     assert html.read_text().startswith("<!DOCTYPE html>")
 
 
+def test_output_file_written_again_keeps_its_mode(
+    cli: RunCli, source: Path, tmp_path: Path
+) -> None:
+    """``report -o costs.html``, ``chmod 644``, ``report -o costs.html``: the file was 0600
+    again (the temporary file renamed over it), and a web server serving it got a 403."""
+    target = tmp_path / "costs.html"
+    assert cli("report", "--source", str(source), "-o", str(target))[0] == 0
+    assert os.stat(target).st_mode & 0o777 == 0o600
+    target.chmod(0o644)
+    link = tmp_path / "latest.html"
+    link.symlink_to(target)
+    for written in (target, link):
+        assert cli("report", "--source", str(source), "-o", str(written))[0] == 0
+        assert os.stat(target).st_mode & 0o777 == 0o644
+    assert link.is_symlink()
+
+
 def test_output_dash_is_standard_output(
     cli: RunCli, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

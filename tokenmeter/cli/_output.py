@@ -157,21 +157,24 @@ def write_output(text: str | Iterable[str], path: str | None, *, exact: bool = F
 
 
 def _write_file(target: Path, text: Iterable[str]) -> None:
-    """``text``'s pieces into a new owner-only file beside ``target`` (the file a link names),
-    renamed over it once whole: a write that fails (a full disk, Ctrl-C) leaves ``target`` as it
-    was, never half a report. What is there and is not a regular file (``/dev/stdout``, a FIFO)
-    is written to as it is."""
+    """``text``'s pieces into a new file beside ``target`` (the file a link names), renamed over
+    it once whole: a write that fails (a full disk, Ctrl-C) leaves ``target`` as it was, never
+    half a report. A new report is owner-only; one written over a regular file keeps that
+    file's mode and, where allowed, its group (``_keep_access``). What is there and is not a
+    regular file (``/dev/stdout``, a FIFO) is written to as it is."""
     try:
-        regular = stat.S_ISREG(os.stat(target).st_mode)
+        existing: os.stat_result | None = os.stat(target)
     except FileNotFoundError:
-        regular = True
-    if not regular:
+        existing = None
+    if existing is not None and not stat.S_ISREG(existing.st_mode):
         with open(target, "w", encoding="utf-8", newline="") as handle:
             handle.writelines(text)
         return
     real = Path(os.path.realpath(target))
     fd, temporary = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
     try:
+        if existing is not None:
+            _keep_access(fd, existing)
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.writelines(text)
             handle.flush()
@@ -181,6 +184,16 @@ def _write_file(target: Path, text: Iterable[str]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def _keep_access(fd: int, existing: os.stat_result) -> None:
+    """Give the file open at ``fd`` the mode of the file it replaces and, where the user may
+    (a group they are in), its group: a report refreshed by cron and served by a web server
+    (``chmod 644``) became 0600, as ``mkstemp`` makes files, and was no longer served."""
+    if existing.st_gid != os.fstat(fd).st_gid:
+        with contextlib.suppress(OSError):  # not a group of this user's: the mode is kept
+            os.fchown(fd, -1, existing.st_gid)
+    os.fchmod(fd, stat.S_IMODE(existing.st_mode))  # after: a change of group may clear bits
 
 
 def stdout_failed(exc: OSError) -> CliError:
