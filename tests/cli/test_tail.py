@@ -236,6 +236,36 @@ def test_follow_jsonl_waits_for_a_file_renamed_away_and_reads_the_new_one_from_i
     assert follower.skipped == 0
 
 
+def _write_twice(path: Path, records: list[UsageRecord]) -> None:
+    """``records`` written by two JSONL sinks on one path, as ``sinks=["jsonl",
+    JSONLSink("usage.jsonl")]`` writes them: each line twice."""
+    for _ in range(2):
+        write_jsonl(path, records)
+
+
+@pytest.mark.parametrize("held", [10_000, 2], ids=["held", "read-twice"])
+def test_tail_of_jsonl_prints_a_record_written_twice_once(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: int
+) -> None:
+    """Two JSONL sinks on one path: report and sessions counted 3 calls, tail listed 6 lines
+    and ``tail -f`` printed each new call twice."""
+    from tokenmeter.cli import _tail
+
+    monkeypatch.setattr(_tail, "_HELD", held)
+    path = tmp_path / "usage.jsonl"
+    _write_twice(path, RECORDS[:3])
+    code, out, err = cli("tail", "--source", str(path), "-n", "10", "--format", "json")
+    assert code == 0, err
+    assert [json.loads(line)["model"] for line in out.splitlines()] == [
+        r.model_name for r in RECORDS[:3]
+    ]
+    follower = _JsonlFollower(path)
+    assert len(list(follower.last(3))) == 3
+    _write_twice(path, _new_records(60, 2, "new"))
+    assert [call.model for call in follower.new()] == ["new-0", "new-1"]
+    assert follower.skipped == 0
+
+
 def test_follow_sqlite_reads_a_records_table_made_again(tmp_path: Path) -> None:
     """A ``records`` table dropped and made again (the sink makes it again) starts its rowids
     over: the follower went on from the old table's last rowid and skipped the new rows."""

@@ -28,6 +28,7 @@ from tokenmeter.cli._errors import CliError, NoSourceYet
 from tokenmeter.cli._output import one_line, stdout_failed
 from tokenmeter.cli._source import (
     MAX_LINE_BYTES,
+    RecentIds,
     Source,
     is_too_long,
     open_database,
@@ -267,6 +268,9 @@ class _JsonlFollower:
         self.seen = b""
         #: The file is gone (renamed away by a log rotation) and the wait was said on stderr.
         self.said_gone = False
+        #: The ids of the records last read: a record written twice (two JSONL sinks on one
+        #: path) is printed once, as a report counts it once.
+        self.recent = RecentIds()
 
     def _same_file(self, handle: BinaryIO, offset: int) -> bool:
         """Whether ``offset`` still follows what was read: the same file, no shorter, with the
@@ -280,10 +284,11 @@ class _JsonlFollower:
     def _records_from(
         self, offset: int, followed: bool = True, until: int | None = None
     ) -> Iterator[dict[str, Any]]:
-        """The complete records after ``offset``, read as they are taken; ``self.offset`` is
-        where reading ended once they all are. ``followed``: ``offset`` is where the last read
-        ended (checked: the file may have been replaced since), not a line's start found by
-        ``_start_of_last``. ``until``: stop at that offset (lines appended since are not read)."""
+        """The complete records after ``offset``, read as they are taken, but those whose id is
+        among ``self.recent``'s (a record written twice); ``self.offset`` is where reading ended
+        once they all are. ``followed``: ``offset`` is where the last read ended (checked: the
+        file may have been replaced since), not a line's start found by ``_start_of_last``.
+        ``until``: stop at that offset (lines appended since are not read)."""
         try:
             with self.path.open("rb") as handle:
                 if not followed or (offset and not self._same_file(handle, offset)):
@@ -308,10 +313,11 @@ class _JsonlFollower:
                         break  # a line still being written: read it next time
                     offset += len(line)
                     record = parse_record(line)
-                    if record is not None:
+                    if record is None:
+                        if line.strip():
+                            self.skipped += 1
+                    elif not self.recent.seen(record.get("id")):
                         yield record
-                    elif line.strip():
-                        self.skipped += 1
                 info = os.fstat(handle.fileno())
                 self.file_id = (info.st_dev, info.st_ino)
                 handle.seek(offset - min(offset, _SEEN_BYTES))
@@ -341,6 +347,7 @@ class _JsonlFollower:
         while True:
             start = self._start_of_last(lines)
             self.skipped = skipped  # what an earlier try skipped is read again
+            self.recent = RecentIds()  # and the ids it read
             if count <= _HELD:
                 records = deque(self._records_from(start, followed=False), maxlen=count)
                 if len(records) >= count or start == 0:
@@ -353,7 +360,9 @@ class _JsonlFollower:
             lines *= 4
 
     def _forward(self, start: int, skip: int, until: int) -> Iterator[Call]:
-        """The records from ``start`` to ``until`` but the first ``skip`` of them."""
+        """The records from ``start`` to ``until`` but the first ``skip`` of them (the ids are
+        read again too: the same copies are left out as when the records were counted)."""
+        self.recent = RecentIds()
         for index, record in enumerate(self._records_from(start, followed=False, until=until)):
             if index >= skip:
                 yield Call.from_json(record)
