@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import tokenmeter
-from tokenmeter import UsageRecord
+from tokenmeter import SessionInfo, UsageRecord
 from tokenmeter.sinks import InMemorySink, MarkdownJournalSink
 
 from .conftest import (
@@ -974,6 +974,43 @@ def test_the_quarantine_file_is_read_as_the_records_it_set_aside(
     )
     assert code == 0 and err == ""
     assert json.loads(out)["totals"]["calls"] == 3
+
+
+def test_records_set_aside_beside_the_data_are_said_not_to_be_in_the_report(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """usage.db and a quarantine.jsonl of 3 records a down sink refused: ``report`` showed the
+    1 call of the database and said nothing of the others. The sessions set aside beside them
+    are not counted (a report skips them too)."""
+
+    class Down(InMemorySink):
+        def write(self, records: Sequence[UsageRecord]) -> None:
+            raise OSError("server down")
+
+        def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
+            raise OSError("server down")
+
+    tokenmeter.configure(sinks=[Down()], directory=tmp_path)
+    with tokenmeter.session("nightly"):
+        for _ in range(3):
+            tokenmeter.record("openai", "gpt-4o", 1000, 500)
+    tokenmeter.configure(sinks=[InMemorySink()])  # the old sink stops: set aside
+    quarantine = tmp_path / "quarantine.jsonl"
+    assert len(quarantine.read_text().splitlines()) > 3  # the session's lines too
+    db = write_sqlite(tmp_path / "usage.db", RECORDS[:1], [])
+    note = (
+        f"tokenmeter: note: 3 records set aside in {quarantine} are not in this report "
+        f"(--source {quarantine} reads them)\n"
+    )
+    monkeypatch.setenv("TOKENMETER_DIR", str(tmp_path))
+    for command in (["report"], ["sessions"]):
+        for source in ([], ["--source", str(db)], ["--source", str(tmp_path)]):
+            code, out, err = cli(*command, *source)
+            assert (code, err) == (0, note), (command, source)
+    code, out, err = cli("report", "--source", str(quarantine), "--format", "json")
+    assert code == 0 and "note" not in err and json.loads(out)["totals"]["calls"] == 3
+    elsewhere = write_sqlite(tmp_path / "copy" / "usage.db", RECORDS[:1], [])
+    assert cli("report", "--source", str(elsewhere))[2] == ""
 
 
 def test_calls_outside_a_named_session_are_labelled_by_name(cli: RunCli, source: Path) -> None:

@@ -22,7 +22,7 @@ from tokenmeter.cli._dates import (
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._output import refuse_overwriting, write_output
 from tokenmeter.cli._progress import Progress, progress_allowed
-from tokenmeter.cli._source import resolve_source, warn_skipped
+from tokenmeter.cli._source import resolve_source, warn_set_aside, warn_skipped
 from tokenmeter.cli.reports._alerts import alerts_near
 from tokenmeter.cli.reports._format import dumps_exact, exact_pieces
 from tokenmeter.cli.reports._html import (
@@ -282,6 +282,7 @@ def run_report(args: argparse.Namespace) -> int:
             else:  # only the earlier window's rows: others than the first read's
                 report.skipped_lines += report.previous.skipped_lines
     warn_skipped(report.skipped_lines, source.path, _unit(source.kind))
+    warn_set_aside(source)
     _check_tag_keys(report)
     if not calls_listed_all(report):
         # Said where a machine format cannot: its rows stop at --limit with no sign of it.
@@ -339,6 +340,7 @@ def run_sessions(args: argparse.Namespace) -> int:
     latest = None if args.session_name else args.limit  # names are picked from every session
     rows, skipped = list_sessions(source, since=since, until=until, limit=latest)
     warn_skipped(skipped, source.path, _unit(source.kind))
+    warn_set_aside(source)
     if args.session_name:
         rows = [row for row in rows if row.name in args.session_name]
     rows = rows[: args.limit] if args.limit else rows

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import sys
 from collections import deque
@@ -46,6 +47,7 @@ __all__ = [
     "resolve_source",
     "skip_rest_of_line",
     "table_columns",
+    "warn_set_aside",
     "warn_skipped",
 ]
 
@@ -241,6 +243,50 @@ def warn_skipped(count: int, path: Path, unit: str = "line") -> None:
     if count:
         noun = unit if count == 1 else unit + "s"
         print(f"tokenmeter: warning: skipped {count} corrupt {noun} in {path}", file=sys.stderr)
+
+
+#: Where the library sets aside, in its directory, what a sink refused (``_pipeline``).
+QUARANTINE_FILE = "quarantine.jsonl"
+#: Bytes of the quarantine file read to count its records: the note must cost nothing beside
+#: the report (a longer file is said to hold at least the count).
+_SET_ASIDE_SCAN = 16 << 20
+#: A line holding a record: its ``timestamp`` key (a session set aside has none; a key, not a
+#: value: a quote inside a JSON string is escaped).
+_RECORD_KEY = re.compile(rb'"timestamp"\s*:')
+
+
+def warn_set_aside(source: Source) -> None:
+    """Say, in one line, how many records the library set aside in the quarantine file of the
+    source's directory (a sink refused them, see docs/sinks.md): they are in no sink, so a
+    report of one under-reports them in silence. Silent when there are none."""
+    if source.kind == "postgres":
+        return
+    path = source.path.parent / QUARANTINE_FILE
+    count, whole = _records_set_aside(path, source.path)
+    if count:
+        how_many = f"{count:,}" if whole else f"at least {count:,}"
+        noun, verb = ("record", "is") if count == 1 and whole else ("records", "are")
+        print(
+            f"tokenmeter: note: {how_many} {noun} set aside in {path} {verb} not in this report "
+            f"(--source {path} reads them)",
+            file=sys.stderr,
+        )
+
+
+def _records_set_aside(path: Path, source: Path) -> tuple[int, bool]:
+    """The record lines in the first ``_SET_ASIDE_SCAN`` bytes of ``path``, and whether that was
+    the whole file; (0, True) when there is no such file, or it is the source itself."""
+    try:
+        if not path.is_file() or os.path.samefile(path, source):
+            return 0, True
+        count, budget = 0, _SET_ASIDE_SCAN
+        with path.open("rb") as handle:
+            while budget > 0 and (line := handle.readline(min(budget, MAX_LINE_BYTES + 1))):
+                budget -= len(line)
+                count += _RECORD_KEY.search(line) is not None
+            return count, not handle.read(1)
+    except OSError:  # unreadable: only a note is lost
+        return 0, True
 
 
 def _decode_text(data: bytes) -> str:
