@@ -42,6 +42,14 @@ CHAT = {
         ("API.X.AI", "x-ai"),
         ("api.groq.com.evil.example", "openai"),  # a known host's name inside another's
         ("evilapi.groq.com", "openai"),
+        ("bedrock-mantle.us-east-1.api.aws", "aws"),  # Bedrock's OpenAI-compatible endpoints
+        ("bedrock-runtime.eu-west-1.amazonaws.com", "aws"),
+        ("bedrock-runtime-fips.us-east-1.amazonaws.com", "aws"),
+        ("us-central1-aiplatform.googleapis.com", "google"),  # Vertex AI: regional, global
+        ("aiplatform.googleapis.com", "google"),
+        ("s3.us-east-1.amazonaws.com", "openai"),  # AWS hosts that are not Bedrock's
+        ("bedrock-mantle.api.aws", "openai"),
+        ("bedrock-mantle.us-east-1.api.aws.evil.example", "openai"),
     ],
 )
 def test_the_openai_adapter_names_providers_by_host(host: str, provider: str) -> None:
@@ -94,6 +102,47 @@ def test_together_on_either_of_its_api_hosts_is_together(sink: InMemorySink) -> 
         {"input_tokens": 1_000_000, "output_tokens": 1_000_000},
     )
     assert cost.total_usd == Decimal("1.76")
+
+
+def _the_openai_sdks_provider_call(sink: InMemorySink, provider: Any, model: str) -> Any:
+    """The record of a chat call (1M tokens in, 1M out) through ``OpenAI(provider=provider)``."""
+    import httpx2
+    import openai
+
+    def reply(request: httpx2.Request) -> httpx2.Response:
+        usage = {"prompt_tokens": 1_000_000, "completion_tokens": 1_000_000}
+        return httpx2.Response(200, json={**CHAT, "model": model, "usage": usage})
+
+    client = openai.OpenAI(
+        provider=provider, http_client=httpx2.Client(transport=httpx2.MockTransport(reply))
+    )
+    tokenmeter.wrap(client)
+    client.chat.completions.create(model=model, messages=[])
+    tokenmeter.flush()
+    (record,) = sink.records
+    return record
+
+
+@pytest.mark.parametrize("endpoint", ["mantle", "runtime"])
+def test_the_openai_sdks_bedrock_provider_is_aws(sink: InMemorySink, endpoint: str) -> None:
+    """``OpenAI(provider=openai.providers.bedrock(...))`` (openai 3.x) calls Bedrock's
+    OpenAI-compatible endpoint: it was recorded under openai, where Bedrock's model ids have no
+    price (cost null, where ``price("aws", ...)`` says $0.75)."""
+    providers = pytest.importorskip("openai.providers")
+    bedrock = providers.bedrock(endpoint=endpoint, region="us-east-1", api_key="k")
+    record = _the_openai_sdks_provider_call(sink, bedrock, "openai.gpt-oss-120b-1:0")
+    assert record.model_provider == "aws"
+    assert record.estimated_cost_usd == Decimal("0.75")
+
+
+def test_the_openai_sdks_vertex_provider_is_google(sink: InMemorySink) -> None:
+    """``OpenAI(provider=openai.providers.vertex(...))`` calls Vertex AI: its Gemini calls were
+    priced right but recorded under openai, so a ``google`` budget or report missed them."""
+    providers = pytest.importorskip("openai.providers")
+    vertex = providers.vertex(project="p", location="us-central1", token_provider=lambda: "t")
+    record = _the_openai_sdks_provider_call(sink, vertex, "google/gemini-2.5-flash")
+    assert record.model_provider == "google"
+    assert record.estimated_cost_usd == Decimal("2.8")
 
 
 @pytest.mark.parametrize(

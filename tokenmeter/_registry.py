@@ -11,6 +11,7 @@ This module imports nothing of tokenmeter's, so any module may read it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 __all__ = [
@@ -38,6 +39,7 @@ class Provider:
     #: Other spellings callers, proxies and price tables use for it.
     aliases: tuple[str, ...] = ()
     #: API hosts (an OpenAI client pointed at one of them, or a subdomain, bills this provider).
+    #: A ``*`` stands for part of one label: a region or location (``bedrock-mantle.*.api.aws``).
     hosts: tuple[str, ...] = ()
     #: genai-prices' provider id, when it differs from ``id``.
     price_id: str | None = None
@@ -82,10 +84,26 @@ PROVIDERS: tuple[Provider, ...] = (
             "google-generativeai",
             "google-vertex",
         ),
-        # Gemini's OpenAI-compatible endpoint, reached through the OpenAI client.
-        hosts=("generativelanguage.googleapis.com",),
+        # Gemini's OpenAI-compatible endpoint, and Vertex AI's (the openai SDK's
+        # ``providers.vertex()``, or ``.../endpoints/openapi`` as a base URL): global and regional.
+        hosts=(
+            "generativelanguage.googleapis.com",
+            "aiplatform.googleapis.com",
+            "*-aiplatform.googleapis.com",
+        ),
     ),
-    Provider("aws", None, aliases=("bedrock", "amazon", "amazon-bedrock", "aws-bedrock")),
+    Provider(
+        "aws",
+        None,  # Bedrock answers in several shapes (Converse, InvokeModel, OpenAI's): not one
+        aliases=("bedrock", "amazon", "amazon-bedrock", "aws-bedrock"),
+        # Bedrock's OpenAI-compatible endpoints (the openai SDK's ``providers.bedrock()``, or a
+        # base URL), per region: not every AWS host, which serve other services.
+        hosts=(
+            "bedrock-mantle.*.api.aws",
+            "bedrock-runtime.*.amazonaws.com",
+            "bedrock-runtime-fips.*.amazonaws.com",
+        ),
+    ),
     Provider("groq", _OPENAI, hosts=("api.groq.com",)),
     Provider("deepseek", _OPENAI, hosts=("api.deepseek.com",)),
     Provider("openrouter", _OPENAI, hosts=("openrouter.ai",)),
@@ -126,6 +144,8 @@ INTEGRATIONS: tuple[Integration, ...] = (
 
 _BY_NAME: dict[str, Provider] = {}
 _BY_HOST: dict[str, str] = {}
+#: Hosts with a ``*`` (a region or location in the name), as patterns.
+_HOST_PATTERNS: list[tuple[re.Pattern[str], str]] = []
 _INTEGRATION_BY_NAME: dict[str, Integration] = {}
 
 
@@ -133,15 +153,24 @@ def _index() -> None:
     """Build the lookups from the two tables (at import; again if a test extends a table)."""
     _BY_NAME.clear()
     _BY_HOST.clear()
+    _HOST_PATTERNS.clear()
     _INTEGRATION_BY_NAME.clear()
     for provider in PROVIDERS:
         for name in (provider.id, *provider.aliases):
             _BY_NAME[name] = provider
         for host in provider.hosts:
-            _BY_HOST[host] = provider.id
+            if "*" in host:
+                _HOST_PATTERNS.append((_host_pattern(host), provider.id))
+            else:
+                _BY_HOST[host] = provider.id
     for found in INTEGRATIONS:
         for name in (found.name, *found.aliases):
             _INTEGRATION_BY_NAME[name] = found
+
+
+def _host_pattern(host: str) -> re.Pattern[str]:
+    """A host with ``*`` -> a pattern where each ``*`` is a non-empty part of one label."""
+    return re.compile("[^.]+".join(re.escape(part) for part in host.split("*")))
 
 
 _index()
@@ -180,7 +209,10 @@ def provider_for_host(host: str, client_class: str = "") -> str:
     found = _BY_HOST.get(host)
     if found is not None:
         return found
-    return next((p for known, p in _BY_HOST.items() if host.endswith("." + known)), "openai")
+    found = next((p for known, p in _BY_HOST.items() if host.endswith("." + known)), None)
+    if found is not None:
+        return found
+    return next((p for pattern, p in _HOST_PATTERNS if pattern.fullmatch(host)), "openai")
 
 
 def integration_names() -> list[str]:
