@@ -182,6 +182,8 @@ def test_unknown_model_records_null_cost_never_zero(sink: InMemorySink) -> None:
         # Too long for str(): its ValueError named nothing (nor did the session's, below).
         ({"tags": {"a": 10**5000}}, "^tags: "),
         ({"timestamp": "yesterday"}, "timestamp"),
+        ({"tier": "bacth"}, "^tier must be one of "),  # a typo, not standard rates
+        ({"tier": 5}, "^tier must be a string"),
     ],
 )
 def test_bad_input_raises_value_error_and_writes_nothing(
@@ -198,6 +200,20 @@ def test_bad_input_raises_value_error_and_writes_nothing(
         tokenmeter.record(**args)
     tokenmeter.flush(5)
     assert sink.records == []
+
+
+def test_record_takes_the_tier_a_call_was_billed_at(sink: InMemorySink) -> None:
+    """docs/records.md sends a batch job's results to record(), which had no tier: a gpt-4o
+    batch result of 1,000 / 500 tokens was recorded at $0.0075, where the Batch API bills
+    $0.00375. ``tier`` is taken as ``price()`` takes it."""
+    batch = tokenmeter.record("openai", "gpt-4o", 1000, 500, tier="batch")
+    assert batch.estimated_cost_usd == Decimal("0.00375")
+    us = tokenmeter.record("anthropic", "claude-opus-4-8", 10_000, 2_000, tier="Batch+us")
+    assert us.estimated_cost_usd == Decimal("0.055")  # half of $0.10, at 1.1x
+    standard = tokenmeter.record("openai", "gpt-4o", 1000, 500, tier="default")
+    assert standard.estimated_cost_usd == Decimal("0.0075")
+    assert tokenmeter.flush(5)
+    assert sink.records == [batch, us, standard]
 
 
 def test_record_response_detects_the_provider(sink: InMemorySink) -> None:

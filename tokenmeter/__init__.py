@@ -109,11 +109,9 @@ def price(
     from pydantic import ValidationError
 
     from tokenmeter._models import MAX_NAME, Usage, as_int, clean_text, first_error
-    from tokenmeter._record import in_utc, utc_offset
+    from tokenmeter._record import caller_tier, in_utc, utc_offset
     from tokenmeter.pricing import price_usage
     from tokenmeter.pricing._overrides import short_repr
-    from tokenmeter.pricing._source import KNOWN_TIERS, known_tier, split_tier
-    from tokenmeter.usage._read import priced_tier
 
     if not isinstance(provider, str) or not provider.strip():
         raise ValueError(f"provider must be a non-empty string, got {short_repr(provider)}")
@@ -140,17 +138,7 @@ def price(
             raise ValueError(f"at must be a datetime, got {short_repr(at)}")
         # As record(timestamp=) reads it, but naive is UTC here; a failing tzinfo is named.
         at = at.replace(tzinfo=UTC) if utc_offset(at, "at") is None else in_utc(at, "at")
-    if tier is not None:
-        if not isinstance(tier, str):
-            raise ValueError(
-                f"tier must be a string such as 'batch' or 'flex', got {short_repr(tier)}"
-            )
-        if not known_tier(tier):  # a typo priced at standard rates would pass unseen
-            raise ValueError(f"tier must be one of {KNOWN_TIERS}, got {short_repr(tier)}")
-        # Only a tier that changes the price is kept, as for a response's: the price cache is
-        # keyed by it, and would hold each distinct megabyte-long tier otherwise.
-        name, region = split_tier(tier[:40])
-        tier = f"{name}+{region}" if region else priced_tier(name)
+    tier = caller_tier(tier)
     from tokenmeter import _runtime
 
     if _runtime._settings is None:  # the overrides of TOKENMETER_PRICES or pyproject.toml, as

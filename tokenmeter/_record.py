@@ -48,7 +48,9 @@ from tokenmeter._totals import normalise_usd
 from tokenmeter.guardrails import _budgets, _state
 from tokenmeter.pricing._engine import CostFields, cost_fields
 from tokenmeter.pricing._overrides import short_repr
+from tokenmeter.pricing._source import KNOWN_TIERS, known_tier, split_tier
 from tokenmeter.usage import extract
+from tokenmeter.usage._read import priced_tier
 
 __all__ = ["NOTHING_USED", "emit", "emit_call", "record", "record_response"]
 
@@ -412,6 +414,22 @@ def in_utc(value: datetime, name: str) -> datetime:
         raise ValueError(f"{name} is out of range in UTC, got {short_repr(value)}") from None
 
 
+def caller_tier(tier: Any) -> str | None:
+    """A caller's ``tier=`` (``price()``, ``record()``) as pricing takes it: None for standard.
+    Refused with a ValueError naming ``tier`` when it is no tier name: a typo ("bacth") priced
+    at standard rates would pass unseen, where a response's unknown tier is billed as standard."""
+    if tier is None:
+        return None
+    if not isinstance(tier, str):
+        raise ValueError(f"tier must be a string such as 'batch' or 'flex', got {short_repr(tier)}")
+    if not known_tier(tier):
+        raise ValueError(f"tier must be one of {KNOWN_TIERS}, got {short_repr(tier)}")
+    # Only a tier that changes the price is kept, as for a response's: the price cache is keyed
+    # by it, and would hold each distinct megabyte-long tier otherwise.
+    name, region = split_tier(tier[:40])
+    return f"{name}+{region}" if region else priced_tier(name)
+
+
 def _usage(**counts: Any) -> Usage:
     if all(type(value) is int and 0 <= value <= MAX_TOKENS for value in counts.values()):
         return usage_of(**counts)  # the common case; only the subset rules are left to check
@@ -472,6 +490,7 @@ def record(
     modalities: Mapping[str, int] | None = None,
     tool_requests: Mapping[str, int] | None = None,
     operation: str | None = None,
+    tier: str | None = None,
     tags: dict[str, str] | None = None,
     estimated: bool = False,
     timestamp: datetime | str | None = None,
@@ -485,7 +504,9 @@ def record(
     ``input_*``, ``output_*``, ``cache_read_*`` for text/image/audio/video/document, each a part
     of its total, a side's parts together no more than it) and ``tool_requests`` counts billed
     server-side tool requests (``{"web_search": 2}``; keys web_search, web_search_preview,
-    web_fetch, file_search, code_execution), both priced as for an intercepted call. A count
+    web_fetch, file_search, code_execution), both priced as for an intercepted call. ``tier``
+    is the service tier the call was billed at, as ``price()`` takes it: ``"batch"`` for a batch
+    job's results (half price), ``"flex"``, ``"priority"``, ...; None is standard. A count
     may be any integer type (numpy's ``int64`` from a sum over a frame). Bad input raises
     ValueError naming the field; nothing is written then.
     """
@@ -513,6 +534,7 @@ def record(
             usage,
             request_model=model,
             operation=operation,
+            tier=caller_tier(tier),
             estimated=estimated,
             timestamp=_timestamp(timestamp) if timestamp is not None else None,
             tags=_merged_tags_fit(_sessions._check_tags(tags)) or None,
@@ -544,6 +566,10 @@ def record_response(
 ) -> UsageRecord:
     """Record a provider response object or its JSON dict (provider detected from its shape).
 
+    A batch job's result given whole is read as the response it holds, priced at batch rates:
+    a line of an OpenAI Batch API or Anthropic Message Batches results file (``custom_id``
+    and all), of a Gemini API or Vertex AI batch output file (``response`` beside ``key`` or
+    ``request``), or google-genai's ``InlinedResponse``.
     A response without a usage block it can read raises ``ValueError``, and nothing is written.
     """
     if provider is not None:

@@ -480,6 +480,64 @@ def test_anthropic_batch_tier_from_usage_is_half_price(kit: Any, records: Record
     assert record.estimated_cost_usd == Decimal("0.0225")  # half of $0.03 + $0.015
 
 
+def test_anthropic_batch_results_given_whole_are_half_price(kit: Any, records: Records) -> None:
+    """docs/providers.md sends batch jobs' results to ``record_response()``; a results line as
+    the SDK gives it (``messages.batches.results()``: ``custom_id``, ``result``) was refused
+    ("cannot read usage"). It is read as the message it holds, at batch rates, in the inference
+    region the message names; a request that errored holds no message (nothing billed)."""
+    sonnet = {"input_tokens": 10_000, "output_tokens": 1_000, "service_tier": "standard"}
+    opus = {"input_tokens": 10_000, "output_tokens": 2_000, "inference_geo": "us"}
+    lines = [
+        {"custom_id": "a", "result": {"type": "succeeded", "message": _anthropic_message(sonnet)}},
+        {
+            "custom_id": "b",
+            "result": {"type": "succeeded", "message": _anthropic_message(opus, "claude-opus-4-8")},
+        },
+        {"custom_id": "c", "result": {"type": "errored", "error": {"type": "error"}}},
+    ]
+    results_url = "http://anthropic.invalid/v1/messages/batches/msgbatch_1/results"
+
+    def server(request: Any) -> Any:
+        if request.url.path.endswith("/results"):
+            jsonl = "".join(json.dumps(line) + "\n" for line in lines)
+            return kit.http.Response(200, content=jsonl.encode())
+        batch = {"id": "msgbatch_1", "type": "message_batch", "processing_status": "ended"}
+        return json_reply(kit.http, {**batch, "results_url": results_url})
+
+    client = mock_anthropic(server)
+    sonnet_line, opus_line, errored = client.messages.batches.results("msgbatch_1")
+    costs = [
+        tokenmeter.record_response(line).estimated_cost_usd for line in (sonnet_line, opus_line)
+    ]
+    assert costs == [Decimal("0.0225"), Decimal("0.055")]  # half price; the second at 1.1x
+    with pytest.raises(ValueError, match="cannot read usage"):
+        tokenmeter.record_response(errored)
+    assert [r.estimated_cost_usd for r in records()] == costs
+
+
+@pytest.mark.requires(google_genai=">=1.46")
+def test_gemini_batch_results_given_whole_are_half_price(kit: Any, records: Records) -> None:
+    """A Gemini API batch output file line (``key``, ``response``) was refused by
+    ``record_response()``, and the response it holds priced at standard rates: twice the bill
+    (gemini-2.5-flash 1M / 1M: $2.80, batch $1.40). A line, and google-genai's
+    ``InlinedResponse`` of a batch job with inline results, are read at batch rates."""
+    usage = {"promptTokenCount": 1000, "candidatesTokenCount": 500, "totalTokenCount": 1500}
+    body = _gemini_body("gemini-2.5-flash", usage, {"text": "ok"})
+    inlined = {"inlinedResponses": {"inlinedResponses": [{"response": body}]}}
+    job = {"name": "batches/b1", "done": True, "metadata": {"output": inlined}}
+    client = mock_genai(lambda request: json_reply(kit.http, job))
+
+    (result,) = client.batches.get(name="batches/b1").dest.inlined_responses
+    line = {
+        "key": "request-1",
+        "response": body,
+    }  # a line of the output file, as json.loads reads it
+
+    costs = [tokenmeter.record_response(found).estimated_cost_usd for found in (result, line)]
+    assert costs == [Decimal("0.000775")] * 2  # half of 1000 x $0.30/M + 500 x $2.50/M
+    assert [r.estimated_cost_usd for r in records()] == costs
+
+
 def test_anthropic_fast_mode_is_priced_at_its_fast_rates(kit: Any, records: Records) -> None:
     """``usage.speed: "fast"`` (fast mode) is billed at the model's fast rates, $10 / $50 for
     claude-opus-4-8 (standard $5 / $25); it was priced as a standard call, half the bill."""

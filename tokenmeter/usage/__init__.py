@@ -12,8 +12,12 @@ from tokenmeter._models import short_repr
 from tokenmeter._registry import canonical, family_of
 from tokenmeter.usage._read import field
 from tokenmeter.usage._types import Extracted
-from tokenmeter.usage.anthropic import from_anthropic_response, usage_from_anthropic
-from tokenmeter.usage.google import from_gemini_response, usage_from_gemini
+from tokenmeter.usage.anthropic import (
+    batch_result_message,
+    from_anthropic_response,
+    usage_from_anthropic,
+)
+from tokenmeter.usage.google import batch_result_response, from_gemini_response, usage_from_gemini
 from tokenmeter.usage.openai import batch_result_body, from_openai_response, usage_from_openai
 
 __all__ = [
@@ -47,8 +51,14 @@ def detect_provider(response: Any) -> str:
     if type(kind) is str and kind in _OPENAI_OBJECTS:  # named, whatever its usage holds
         return "openai"
     usage = field(response, "usage")
-    if usage is None and batch_result_body(partial(field, response)) is not None:
-        return "openai"  # a line of an OpenAI Batch API results file
+    if usage is None:  # a batch job's result, holding the response
+        get = partial(field, response)
+        if batch_result_body(get) is not None:
+            return "openai"  # a line of an OpenAI Batch API results file
+        if batch_result_message(get) is not None:
+            return "anthropic"  # a line of a Message Batches results file
+        if batch_result_response(response) is not None:
+            return "google"  # a Gemini or Vertex AI batch output line
     if usage is not None:
         if field(usage, "prompt_tokens") is not None or field(usage, "total_tokens") is not None:
             return "openai"

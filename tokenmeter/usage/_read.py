@@ -119,6 +119,14 @@ def priced_tier(value: Any) -> str | None:
     return tier if tier in _PRICED_TIERS else None
 
 
+def batch_tier(tier: str | None) -> str:
+    """The tier of a batch job's result read from the response it holds: batch, whatever that
+    response says (Anthropic's ``usage.service_tier`` may be ``"standard"``), in the inference
+    region it names (``"batch+us"``: billed above the global rates as well)."""
+    _, plus, region = (tier or "").partition("+")
+    return "batch" + plus + region
+
+
 def whole(value: Any, name: str) -> int:
     """A token count: absent or None reads as 0 (SDKs parse leniently); anything else must be a
     non-negative whole number."""

@@ -30,7 +30,7 @@ from typing import Any
 
 from tokenmeter._models import Pass, Usage, short_repr, usage_of
 from tokenmeter.pricing._names import model_family
-from tokenmeter.usage._read import counts, getter, ident, priced_tier
+from tokenmeter.usage._read import Get, batch_tier, counts, field, getter, ident, priced_tier
 from tokenmeter.usage._types import Extracted
 
 #: Iteration types whose tokens the top-level usage leaves out (billed on top of it).
@@ -192,12 +192,27 @@ def tier_from_anthropic(usage: Any) -> str | None:
     return tier
 
 
+def batch_result_message(get: Get) -> Any:
+    """The message of a Message Batches results line (``custom_id``, ``result.message``; the
+    SDK's ``MessageBatchIndividualResponse``), or None for anything else: a request that
+    errored, was canceled or expired holds none (nothing was billed)."""
+    if get("custom_id") is None or get("usage") is not None:
+        return None
+    return field(get("result"), "message")
+
+
 def from_anthropic_response(response: Any, provider: str = "anthropic") -> Extracted:
-    """Read a Message / BetaMessage / ParsedMessage (object or dict)."""
+    """Read a Message / BetaMessage / ParsedMessage (object or dict), or a Message Batches
+    results line holding one (priced at the batch tier)."""
     get = getter(response, what="response")
     usage = get("usage")
     if usage is None:
-        raise ValueError("the Anthropic response carries no usage")
+        message = batch_result_message(get)
+        if message is None:
+            raise ValueError("the Anthropic response carries no usage")
+        found = from_anthropic_response(message, provider)
+        found.tier = batch_tier(found.tier)
+        return found
     return Extracted(
         provider=provider,
         usage=usage_from_anthropic(usage, get("model")),

@@ -20,7 +20,7 @@ import re
 from typing import Any
 
 from tokenmeter._models import Usage, modalities_over_total, short_repr, usage_of
-from tokenmeter.usage._read import _SCALARS, Get, counts, getter, ident
+from tokenmeter.usage._read import _SCALARS, Get, batch_tier, counts, field, getter, ident
 from tokenmeter.usage._types import Extracted
 
 _TIERS = {"ON_DEMAND_FLEX": "flex", "ON_DEMAND_PRIORITY": "priority"}
@@ -131,12 +131,31 @@ def tier_from_gemini(meta: Any) -> str | None:
     return _TIERS.get(name.rsplit(".", 1)[-1])
 
 
+def batch_result_response(result: Any) -> Any:
+    """The response a Gemini batch job's result holds: a line of a Gemini API batch output
+    file (``key``, ``response``), of a Vertex AI batch prediction output (``request``,
+    ``response``), or google-genai's ``InlinedResponse``; None for anything else (a request
+    that failed holds no response: nothing was billed)."""
+    if field(result, "usage_metadata", "usageMetadata") is not None:
+        return None
+    response = field(result, "response")
+    if field(response, "usage_metadata", "usageMetadata") is None:
+        return None
+    return response
+
+
 def from_gemini_response(response: Any, provider: str = "google") -> Extracted:
-    """Read a GenerateContentResponse / EmbedContentResponse of either SDK, or its JSON."""
+    """Read a GenerateContentResponse / EmbedContentResponse of either SDK, or its JSON, or a
+    batch job's result holding one (priced at the batch tier)."""
     get = getter(response, camel=True, what="response")
     meta = get("usage_metadata")
     if meta is None:
-        raise ValueError("the Gemini response carries no usage_metadata")
+        inner = batch_result_response(response)
+        if inner is None:
+            raise ValueError("the Gemini response carries no usage_metadata")
+        found = from_gemini_response(inner, provider)
+        found.tier = batch_tier(found.tier)
+        return found
     model = get("model_version") or None
     usage = usage_from_gemini(meta)
     searches = billed_searches(search_queries(get("candidates")), model)
