@@ -813,44 +813,36 @@ def test_anthropic_stream_served_by_a_fallback_model_names_it(kit: Any, records:
     assert record.estimated_cost_usd == Decimal("0.01575") + Decimal("0.006")
 
 
-@pytest.mark.requires(anthropic=">=2.15")
-def test_a_hop_the_sdks_refusal_fallback_middleware_declined_is_counted_in_its_stream(
-    kit: Any, records: Records
-) -> None:
-    """``BetaRefusalFallbackMiddleware`` retries a refused request with a fallback model and
-    splices the two streams into one whose final usage is the serving hop's alone, the declined
-    hop in ``usage.iterations`` beside it. Both hops were billed, but the entries adding up to
-    more than the top level were dropped: the refused claude-sonnet-4-5 hop (20,000 in, 300 out)
-    was missing from the record."""
+def _refusal_fallback_client(kit: Any, declined_text: bool = True) -> Any:
+    """An anthropic client running ``BetaRefusalFallbackMiddleware``: claude-sonnet-4-5 declines
+    (20,000 in, 300 out; after streaming "Sure", or before any output), claude-opus-4-6 serves
+    (20,000 in, 500 out)."""
     import anthropic
     from anthropic.lib.middleware import BetaRefusalFallbackMiddleware
 
     refusal = {"type": "refusal", "category": "cyber", "fallback_credit_token": "fct_1"}
 
-    def hop(model: str, output: int, stop: str) -> Any:
+    def hop(model: str, output: int, stop: str, text: bool) -> Any:
         start = _anthropic_message({"input_tokens": 20_000, "output_tokens": 1}, model=model)
         start["content"] = []
         delta: dict[str, Any] = {"stop_reason": stop, "stop_sequence": None}
         if stop == "refusal":
             delta["stop_details"] = refusal
-        text = {"type": "text", "text": ""}
+        block = {"type": "text", "text": ""}
+        said = {"type": "text_delta", "text": "Sure"}
+        content = [
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": block},
+            ),
+            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": said}),
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ]
         return sse_reply(
             kit.http,
             [
                 ("message_start", {"type": "message_start", "message": start}),
-                (
-                    "content_block_start",
-                    {"type": "content_block_start", "index": 0, "content_block": text},
-                ),
-                (
-                    "content_block_delta",
-                    {
-                        "type": "content_block_delta",
-                        "index": 0,
-                        "delta": {"type": "text_delta", "text": "Sure"},
-                    },
-                ),
-                ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                *(content if text else []),
                 (
                     "message_delta",
                     {
@@ -865,15 +857,27 @@ def test_a_hop_the_sdks_refusal_fallback_middleware_declined_is_counted_in_its_s
 
     def reply(request: Any) -> Any:
         if json.loads(request.content)["model"].startswith("claude-sonnet"):
-            return hop("claude-sonnet-4-5-20250929", 300, "refusal")
-        return hop("claude-opus-4-6", 500, "end_turn")
+            return hop("claude-sonnet-4-5-20250929", 300, "refusal", declined_text)
+        return hop("claude-opus-4-6", 500, "end_turn", True)
 
-    client = anthropic.Anthropic(
+    return anthropic.Anthropic(
         api_key="sk-ant-test",
         http_client=kit.http.Client(transport=kit.http.MockTransport(reply)),
         max_retries=0,
         middleware=[BetaRefusalFallbackMiddleware([{"model": "claude-opus-4-6"}])],
     )
+
+
+@pytest.mark.requires(anthropic=">=2.15")
+def test_a_hop_the_sdks_refusal_fallback_middleware_declined_is_counted_in_its_stream(
+    kit: Any, records: Records
+) -> None:
+    """``BetaRefusalFallbackMiddleware`` retries a refused request with a fallback model and
+    splices the two streams into one whose final usage is the serving hop's alone, the declined
+    hop in ``usage.iterations`` beside it. Both hops were billed, but the entries adding up to
+    more than the top level were dropped: the refused claude-sonnet-4-5 hop (20,000 in, 300 out)
+    was missing from the record."""
+    client = _refusal_fallback_client(kit)
     with client.beta.messages.stream(
         model="claude-sonnet-4-5", max_tokens=1024, messages=[]
     ) as stream:
@@ -886,6 +890,35 @@ def test_a_hop_the_sdks_refusal_fallback_middleware_declined_is_counted_in_its_s
     assert (record.input_tokens, record.output_tokens) == (40_000, 800)
     # sonnet-4-5 $3/$15: 20,000 in + 300 out; opus-4-6 $5/$25: 20,000 in + 500 out
     assert record.estimated_cost_usd == Decimal("0.0645") + Decimal("0.1125")
+
+
+@pytest.mark.requires(anthropic=">=2.15")
+@pytest.mark.parametrize("declined_text", [True, False], ids=["mid-stream", "before-output"])
+def test_a_refusal_fallback_stream_left_in_its_fallback_hop_counts_both_hops(
+    kit: Any, records: Records, declined_text: bool
+) -> None:
+    """A ``BetaRefusalFallbackMiddleware`` stream left during the fallback hop (before the
+    closing usage names the hops): the declined hop was sent, answered and billed, and the
+    fallback hop sent the same input again. The record was one hop, 20,000 in priced at the
+    fallback model ($0.10015): it is both, each at its model, estimated."""
+    client = _refusal_fallback_client(kit, declined_text)
+    stream = client.beta.messages.create(
+        model="claude-sonnet-4-5", max_tokens=1024, messages=[], stream=True
+    )
+    fell_back = False
+    for event in stream:
+        if event.type == "content_block_start" and event.content_block.type == "fallback":
+            fell_back = True
+        if fell_back and event.type == "content_block_delta":
+            break
+    stream.close()
+
+    record = only(records())
+    assert record.estimated
+    assert record.model_name == "claude-opus-4-6"
+    assert record.input_tokens == 40_000
+    # sonnet-4-5 $3/M and opus-4-6 $5/M on 20,000 in each, and the few output tokens estimated
+    assert Decimal("0.16") < record.estimated_cost_usd < Decimal("0.161")
 
 
 def test_groq_flex_is_priced_as_on_demand(kit: Any, records: Records) -> None:

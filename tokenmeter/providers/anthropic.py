@@ -30,6 +30,19 @@ _FIELDS = (
     "server_tool_use",
     "iterations",
 )
+#: The fields of a usage block that count the request's input (each hop of a fallback sends it).
+_INPUT_FIELDS = (
+    "input_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "cache_creation",
+)
+
+
+def _model_of(info: Any) -> str | None:
+    """The model a fallback block's ``from`` / ``to`` names (None if none)."""
+    model = info.get("model") if type(info) is dict else getattr(info, "model", None)
+    return model if type(model) is str and model.strip() else None
 
 
 class EventReader:
@@ -38,15 +51,23 @@ class EventReader:
     order (a ``message_start`` seen after a delta, or twice, must not bring back its provisional
     output count). Until the closing ``message_delta`` brings the output count, the text that
     passes by is tallied: a stream left early reports only ``message_start``'s output count (a
-    token or so)."""
+    token or so).
 
-    __slots__ = ("delta", "start", "started", "tally")
+    A ``fallback`` block (a refusal fallback: the SDK's ``BetaRefusalFallbackMiddleware`` or the
+    server's) ends a hop that was sent, answered and billed: the hop is kept in ``declined``
+    (its model, the text it streamed) and the tally starts again for the next hop. Only the
+    closing ``message_delta`` counts the hops (``usage.iterations``); a stream left before it
+    is estimated hop by hop (``partial``)."""
+
+    __slots__ = ("declined", "delta", "start", "started", "tally")
 
     def __init__(self, hide_usage_chunk: bool = False) -> None:
         self.start: dict[str, Any] = {}
         self.delta: dict[str, Any] = {}
         self.started = False
         self.tally = TextTally()
+        #: The hops that declined before the one streaming now: (model, the text it streamed).
+        self.declined: list[tuple[str | None, TextTally]] = []
 
     @property
     def final(self) -> bool:
@@ -81,20 +102,48 @@ class EventReader:
         estimated from what streamed by (None when the count came, or is already larger)."""
         if self.final:
             return None
+        if self.declined:
+            return self._hops(model)
         output = self.tally.tokens("anthropic", model)
         if output <= usage.output_tokens:
             return None
         return usage.model_copy(update={"output_tokens": output})
 
-    @staticmethod
-    def _fallback(block: Any, call: Call) -> None:
-        """A ``fallback`` block: the model it hands over to serves the reply from here on (the
-        SDK's final message names it, as a non-streamed reply does), not message_start's."""
+    def _hops(self, model: str) -> Usage:
+        """A fallback stream left before its final count: every hop it reached was billed,
+        each at its own model. Each is counted with the input message_start reported (the same
+        request was sent again; the SDK's message_start is the first hop's, or the serving
+        one's when the first declined before any output) and the output it streamed, as the
+        closing ``usage.iterations`` would have (``message`` entries, the serving hop's
+        ``fallback_message``), and priced from there."""
+        fields = {**self.start, **self.delta}
+        sent = {name: fields[name] for name in _INPUT_FIELDS if name in fields}
+        iterations = [
+            {
+                **sent,
+                "type": "message",
+                "model": declined,
+                "output_tokens": tally.tokens("anthropic", declined or model),
+            }
+            for declined, tally in self.declined
+        ]
+        serving = self.tally.tokens("anthropic", model)
+        iterations.append(
+            {**sent, "type": "fallback_message", "model": model, "output_tokens": serving}
+        )
+        return usage_from_anthropic({**fields, "iterations": iterations}, model)
+
+    def _fallback(self, block: Any, call: Call) -> None:
+        """A ``fallback`` block: the hop before it declined (billed, kept in ``declined``); the
+        model it hands over to serves the reply from here on (the SDK's final message names it,
+        as a non-streamed reply does), not message_start's."""
         if getattr(block, "type", None) != "fallback":
             return
-        to = getattr(block, "to", None)
-        model = to.get("model") if type(to) is dict else getattr(to, "model", None)
-        if type(model) is str and model.strip():
+        declined = _model_of(getattr(block, "from_", None)) or call.model
+        self.declined.append((declined, self.tally))
+        self.tally = TextTally()
+        model = _model_of(getattr(block, "to", None))
+        if model is not None:
             call.model = model
 
     def _merge(self, usage: Any, into: dict[str, Any], call: Call) -> None:
