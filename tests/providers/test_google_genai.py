@@ -534,17 +534,27 @@ async def _drain(stream: Any, is_async: bool) -> int:
     return len(list(stream))
 
 
+def _metered(fake: FakeProvider, how: str) -> genai.Client:
+    """A client metered by ``instrument()`` or by ``wrap()`` alone."""
+    if how == "instrument":
+        tokenmeter.instrument("google-genai")
+        return client(fake)
+    return tokenmeter.wrap(client(fake))
+
+
+@pytest.mark.parametrize("how", ["instrument", "wrap"])
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize("via", ["models", "chat"])
-@pytest.mark.usefixtures("instrumented")
 async def test_a_stream_read_after_its_session_belongs_to_it(
-    fake: FakeProvider, sink: InMemorySink, via: str, is_async: bool
+    fake: FakeProvider, sink: InMemorySink, via: str, is_async: bool, how: str
 ) -> None:
     """The SDK sends a stream's request once it is read: its record was made in the session
     that read it (none after the ``with`` block: every Gemini stream a web handler returned
-    landed in the implicit session), not the one it was made in as OpenAI's and Anthropic's."""
+    landed in the implicit session), not the one it was made in as OpenAI's and Anthropic's.
+    Through ``wrap()`` a chat's stream still was (its chats are made anew by the client)."""
+    metered = _metered(fake, how)
     with tokenmeter.session("made-here", tags={"k": "v"}) as made:
-        stream = await _open_stream(client(fake), via, is_async)
+        stream = await _open_stream(metered, via, is_async)
     assert not fake.requests  # nothing sent yet
     with tokenmeter.session("read-here"):
         assert await _drain(stream, is_async) == fake.stream_chunks
@@ -553,17 +563,18 @@ async def test_a_stream_read_after_its_session_belongs_to_it(
     assert made.summary.calls == 1
 
 
+@pytest.mark.parametrize("how", ["instrument", "wrap"])
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
-@pytest.mark.usefixtures("instrumented")
+@pytest.mark.parametrize("via", ["models", "chat"])
 async def test_a_stream_made_in_a_spent_session_is_refused_when_read_after_it(
-    fake: FakeProvider, sink: InMemorySink, is_async: bool
+    fake: FakeProvider, sink: InMemorySink, via: str, is_async: bool, how: str
 ) -> None:
     """The session's budget checked the stream where it was read: outside the session, so a
     stream made in a session whose budget was spent was sent and billed all the same."""
-    made = client(fake)
+    made = _metered(fake, how)
     with tokenmeter.session("capped", budget_usd=0.0001, on_exceed="raise"):
         await _drain(await _open_stream(made, "models", is_async), is_async)  # spends it
-        stream = await _open_stream(made, "models", is_async)
+        stream = await _open_stream(made, via, is_async)
     with pytest.raises(tokenmeter.BudgetExceeded):
         await _drain(stream, is_async)
     assert len(fake.requests) == 1

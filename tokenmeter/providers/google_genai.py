@@ -26,6 +26,7 @@ from tokenmeter._sessions import Session, session_of_record
 from tokenmeter.providers._core import (
     AsyncStreamProxy,
     Call,
+    Patch,
     Plan,
     SDKObjectProxy,
     Switches,
@@ -407,6 +408,39 @@ def patch_targets() -> list[tuple[type, str, Wrapper]]:
     return found
 
 
+def _wrapped_chats_wrapper(is_async: bool) -> Wrapper:
+    """A chat's stream over a wrapped client's models (``wrap()``): its caller is taken where it
+    is called, as ``instrument()``'s chat patch does. Other chats pass straight through."""
+    outer = _outer_wrapper(is_async, gated=False)
+
+    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        models_obj = getattr(instance, "_modules", None)
+        if not getattr(models_obj, "__dict__", {}).get("_tokenmeter_wrapped"):
+            return wrapped(*args, **kwargs)
+        return outer(wrapped, instance, args, kwargs)
+
+    return wrapper
+
+
+#: The chat classes whose stream method ``wrap()`` hooked (kept: inert for other chats).
+_hooked_chats: set[type] = set()
+
+
+def _hook_chats() -> None:
+    """A wrapped client's chats are made anew on each ``client.chats`` (a property), so no
+    object of the client can carry their hook: it is the chat classes', acting only for a chat
+    over wrapped models. A chat stream sends its request only when read, maybe after its session
+    ended: without it, it was recorded in the session where it was read, outside its own
+    session's budget."""
+    from google.genai import chats
+
+    for owner, is_async in ((chats.Chat, False), (chats.AsyncChat, True)):
+        if owner in _hooked_chats or "send_message_stream" not in vars(owner):
+            continue
+        Patch(owner, "send_message_stream", _wrapped_chats_wrapper(is_async)).apply()
+        _hooked_chats.add(owner)
+
+
 def _wrap_models(models_obj: Any, is_async: bool) -> None:
     if models_obj.__dict__.get("_tokenmeter_wrapped"):
         return
@@ -421,6 +455,7 @@ def wrap_instance(obj: Any) -> bool:
         from google.genai import client, models
     except ImportError:  # wrap() asks every Google adapter; this SDK may not be installed
         return False
+    _hook_chats()
     if isinstance(obj, client.Client):
         _wrap_models(obj.models, is_async=False)
         _wrap_models(obj.aio.models, is_async=True)
