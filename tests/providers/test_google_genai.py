@@ -580,6 +580,25 @@ async def test_a_stream_made_in_a_spent_session_is_refused_when_read_after_it(
     assert len(fake.requests) == 1
 
 
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("via", ["models", "chat"])
+async def test_a_stream_made_while_instrumented_is_recorded_when_read_after(
+    fake: FakeProvider, sink: InMemorySink, via: str, is_async: bool
+) -> None:
+    """A stream made inside ``with instrument():`` and read after the block: the SDK sends its
+    request only then, and the class patch that intercepted it was gone, so it was sent and
+    billed with no record. Streams made after the block are still not metered."""
+    made = client(fake)
+    with tokenmeter.instrument("google-genai"):
+        stream = await _open_stream(made, via, is_async)
+    assert await _drain(stream, is_async) == fake.stream_chunks
+    assert_counts(only(flushed(sink)), FINAL)
+
+    await _drain(await _open_stream(made, via, is_async), is_async)
+    assert len(fake.requests) == 2
+    assert len(flushed(sink)) == 1
+
+
 # -- streams left early, errors --------------------------------------------------------------
 
 

@@ -8,11 +8,15 @@ their own. Stream chunks carry usage as a running total: the latest chunk wins, 
 The public stream methods are patched as well: their rounds are sent lazily, once the stream is
 read, maybe after the caller's session ended or in another task, yet they are the caller's calls
 (``_Caller``); an async stream's rounds are recorded when the caller closes it (``_OuterStream``).
+Those rounds are intercepted by the stream's own copy of its models (``_through_own_rounds``),
+not by the class patch, which ``uninstrument()`` may have taken away before the stream is read.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import types
 from collections.abc import Awaitable, Iterator
 from contextvars import Context, ContextVar, copy_context
 from dataclasses import dataclass, field
@@ -26,6 +30,7 @@ from tokenmeter._sessions import Session, session_of_record
 from tokenmeter.providers._core import (
     AsyncStreamProxy,
     Call,
+    ObjectProxy,
     Patch,
     Plan,
     SDKObjectProxy,
@@ -333,12 +338,64 @@ def _outer_wrapper(is_async: bool, gated: bool) -> Wrapper:
         caller = _Caller.here()
         token = _caller.set(caller)
         try:
-            made = wrapped(*args, **kwargs)
+            send = _through_own_rounds(wrapped, instance, is_async) if gated else wrapped
+            made = send(*args, **kwargs)
         finally:
             _caller.reset(token)
         return _outer_async(made, caller) if is_async else _SyncOuterStream(made, caller)
 
     return wrapper
+
+
+def _through_own_rounds(wrapped: Any, instance: Any, is_async: bool) -> Any:
+    """A class patch's stream method (``instrument()``) bound to an object whose per-round
+    method is ours, not the class's. The SDK sends a stream's rounds only once it is read, maybe
+    after ``uninstrument()`` (the end of a ``with instrument():`` block) gave the class its own
+    method back: the call, made while metered, was sent and billed with no record. A Models
+    object is copied with its round method wrapped (``_with_own_rounds``); a chat is seen
+    through a proxy whose models are that copy (``_ChatOverModels``)."""
+    function = getattr(wrapped, "__func__", None)
+    if function is None:  # not a plain method: sent as it is
+        return wrapped
+    own = _with_own_rounds(instance, is_async)
+    if own is not None:
+        return types.MethodType(function, own)
+    own = _with_own_rounds(getattr(instance, "_modules", None), is_async)
+    if own is None:
+        return wrapped
+    return types.MethodType(function, _ChatOverModels(instance, own))
+
+
+def _with_own_rounds(models_obj: Any, is_async: bool) -> Any:
+    """``models_obj`` when its round method is already its own (``wrap()``), else a copy of it
+    (it holds only its API client) whose round method is ours, bound to the copy; None if it
+    is no Models object."""
+    from google.genai import models
+
+    if not isinstance(models_obj, models.Models | models.AsyncModels):
+        return None
+    private, public, adapter = _STREAM_ROUND
+    name = private if hasattr(models_obj, private) else public
+    if name in vars(models_obj):
+        return models_obj
+    made = copy.copy(models_obj)
+    round_method = wrapt.FunctionWrapper(getattr(made, name), _wrapper(adapter, is_async, False))
+    setattr(made, name, round_method)
+    return made
+
+
+class _ChatOverModels(ObjectProxy):
+    """A chat as its stream made while metered sees it: its models are the given ones (whose
+    rounds are ours); everything else is the chat's own (the history the stream writes goes to
+    the chat)."""
+
+    def __init__(self, chat: Any, models_obj: Any) -> None:
+        super().__init__(chat)
+        self._self_models = models_obj
+
+    @property
+    def _modules(self) -> Any:
+        return self._self_models
 
 
 async def _outer_async(made: Awaitable[Any], caller: _Caller) -> _OuterStream:
@@ -368,9 +425,14 @@ def _wrapper(adapter: _Method, is_async: bool, gated: bool) -> Wrapper:
 
 
 #: (private per-request method, public fallback, its adapter)
+_STREAM_ROUND = (
+    "_generate_content_stream",
+    "generate_content_stream",
+    _Method("generate_content", True),
+)
 _METHODS: tuple[tuple[str, str, _Method], ...] = (
     ("_generate_content", "generate_content", _Method("generate_content", False)),
-    ("_generate_content_stream", "generate_content_stream", _Method("generate_content", True)),
+    _STREAM_ROUND,
     ("_embed_content", "embed_content", _Method("embed_content", False)),
 )
 
