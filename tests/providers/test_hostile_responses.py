@@ -955,6 +955,37 @@ async def test_gemini_server(sink: InMemorySink, is_async: bool, case: str, stre
 
 
 @pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
+@pytest.mark.parametrize("status", [200, 502])
+@pytest.mark.parametrize("body", list(UNPARSABLE))
+async def test_a_gemini_success_answer_the_sdk_cannot_parse_has_an_unknown_cost(
+    sink: InMemorySink, is_async: bool, body: str, status: int
+) -> None:
+    """google-genai's answer object holds no status, so a 200 whose body it could not parse was
+    recorded as an error costing exactly $0, where openai's and anthropic's are unknown. An
+    error status with the same body is the provider refusing the call: $0."""
+
+    def reply(request: Any) -> Any:
+        headers = {"content-type": "application/json"}
+        return GENAI_HTTP.Response(status, content=UNPARSABLE[body], headers=headers)
+
+    client = mock_genai(reply)
+    bare = await gemini_call(client, is_async, stream=False)
+    tokenmeter.instrument("google-genai")
+
+    seen = await gemini_call(client, is_async, stream=False)
+
+    assert isinstance(bare, Exception)
+    assert (type(seen), str(seen)) == (type(bare), str(bare))
+    record = only(flushed(sink))
+    assert (record.status, record.error) == ("error", type(bare).__name__)
+    assert not record.estimated and record.total_tokens == 0
+    if status == 200:
+        assert record.estimated_cost_usd is None and record.cost_breakdown is None
+    else:
+        assert record.estimated_cost_usd == 0
+
+
+@pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
 @pytest.mark.parametrize("provider", ["anthropic", "google-genai"])
 async def test_unreadable_stream_usage_is_one_warning_not_a_traceback_per_chunk(
     sink: InMemorySink,

@@ -514,14 +514,16 @@ def _answered_unparsed(call: Call, error: BaseException) -> None:
 
 #: How deep ``_answered`` looks along an exception's traceback.
 _FRAMES_LOOKED_AT = 64
+#: google-genai's answer types (module: class name), made only from a success (2xx) answer.
+_GENAI_ANSWERS = {"google.genai.types": "HttpResponse", "google.genai._api_client": "HttpResponse"}
 
 
 def _answered(error: BaseException) -> bool:
     """True for an exception raised once the provider answered with a success (2xx) status: one
     that says so (an SDK's response validation error), or one raised while a frame held that
     answer as its ``response`` (the SDKs' own parse of it: Stainless ``_process_response`` and
-    ``APIResponse._parse``). An error status, a transport error or a refusal before sending
-    holds none."""
+    ``APIResponse._parse``; google-genai's parse of its ``HttpResponse``). An error status, a
+    transport error or a refusal before sending holds none."""
     status = getattr(error, "status_code", None)
     if type(status) is int:
         return 200 <= status < 300
@@ -529,9 +531,15 @@ def _answered(error: BaseException) -> bool:
     for _ in range(_FRAMES_LOOKED_AT):
         if traceback is None:
             return False
-        status = getattr(traceback.tb_frame.f_locals.get("response"), "status_code", None)
+        response = traceback.tb_frame.f_locals.get("response")
+        status = getattr(response, "status_code", None)
         if type(status) is int and 200 <= status < 300:
             return True
+        if _GENAI_ANSWERS.get(type(response).__module__) == type(response).__name__:
+            # google-genai's answer holds no status: it is made only from a success one (an
+            # error status raises first), so an exception beside it is its parse failing, unless
+            # the exception is the provider's own error report (a status ``code``).
+            return type(getattr(error, "code", None)) is not int
         traceback = traceback.tb_next
     return False
 
