@@ -839,6 +839,34 @@ def test_a_request_carrying_audio_is_reserved_at_the_audio_rate() -> None:
     assert Decimal("0.024") <= usd < Decimal("0.0241")  # the audio, and a few framing tokens
 
 
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [("anthropic", "claude-sonnet-4-20250514"), ("google", "gemini-2.5-pro")],
+)
+def test_a_tiered_models_request_is_estimated_at_the_price_of_its_own_tokens(
+    provider: str, model: str
+) -> None:
+    """The price of one token was taken from a million tokens, past the 200k tier: a 6,008-token
+    Claude Sonnet 4 request ($0.018 at $3 / M) was estimated at $0.036048 and refused by a
+    $0.025 per-call budget. The estimate (and the ceiling) is priced at the request's own tier."""
+    from tokenmeter._estimate import _input_bound
+    from tokenmeter.guardrails._estimate import estimate_input_usd, input_bound_usd
+
+    messages = [{"role": "user", "content": "word " * 5000}]
+    request: dict[str, Any] = {"model": model, "max_tokens": 5, "messages": messages}
+    if provider == "google":
+        request = {"contents": [{"role": "user", "parts": [{"text": "word " * 5000}]}]}
+    tokens = tokenmeter.estimate(model, messages=messages).input_tokens
+    listed = tokenmeter.price(provider, model, {"input_tokens": tokens, "output_tokens": 0})
+    assert estimate_input_usd(provider, model, (), {}, request) == listed.total_usd
+    bound_tokens = _input_bound(provider, request)
+    assert bound_tokens is not None
+    at_list_price = tokenmeter.price(provider, model, {"input_tokens": bound_tokens})
+    assert input_bound_usd(provider, model, request) == pytest.approx(
+        float(at_list_price.total_usd or 0)
+    )
+
+
 def test_the_per_token_prices_budgets_keep_stay_bounded_and_right(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -93,7 +93,9 @@ def input_bound_usd(provider: str, model: str | None, request: Any) -> float | N
 #: Input prices are linear per token up to here for every model tokenmeter knows (tiers start at
 #: 128k or 200k tokens); the price of one token is cached per model until the settings change.
 _LINEAR_UP_TO = 100_000
-_UNIT = 1_000_000
+#: The tokens priced to find the price of one: below every tier (a million tokens is past them
+#: and would price every request at a tiered model's long-context rate, twice the list price).
+_UNIT = _LINEAR_UP_TO
 #: Models whose price of one token is kept: past this many the cache starts over.
 _MAX_MODELS = 10_000
 _per_token: dict[tuple[str, str], Decimal] = {}
