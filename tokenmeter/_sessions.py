@@ -600,6 +600,13 @@ def _enclosing_with_id(parent: Session | None, session_id: str) -> Session | Non
     return parent
 
 
+def id_in_use(session_id: str) -> bool:
+    """Whether a session of this process with this id is open: the same id entered again on
+    another thread or task, while one of them ends."""
+    with _lock:
+        return any(open_session.id == session_id for open_session in _open)
+
+
 def _check_tags(tags: Any) -> dict[str, str]:
     if tags is None:
         return {}

@@ -1087,6 +1087,31 @@ def test_the_memory_ledger_drops_the_rows_of_ended_sessions(tmp_path: Path) -> N
         assert len(ledger._rows) == 1  # the open session's alone
 
 
+def test_the_memory_ledger_keeps_a_session_ids_spend_while_a_session_of_it_is_open(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    """Two workers of job ``job-7`` on two threads, one session each under that id: the one
+    that made no call ended, the memory ledger forgot the id's spend, and the other was let
+    through 5 calls of $0.0075 under a $0.02 per-session budget ($0.0375; SQLite: 3)."""
+    budget = {"name": "per-job", "limit_usd": 0.02, "period": "session"}
+    configured(tmp_path, [budget], budget_ledger="memory")
+
+    def other_worker() -> None:
+        with tokenmeter.session("job", id="job-7"):
+            pass
+
+    with tokenmeter.session("job", id="job-7"):
+        chat(fake)
+        chat(fake)
+        worker = threading.Thread(target=other_worker)
+        worker.start()
+        worker.join()
+        chat(fake)  # 0.015 spent + its estimate: fits
+        with pytest.raises(BudgetExceeded):
+            chat(fake)
+    assert len(fake.requests) == 3
+
+
 def test_the_memory_ledger_keeps_the_periods_spend_across_configure(
     tmp_path: Path, fake: FakeProvider, instrumented: None
 ) -> None:

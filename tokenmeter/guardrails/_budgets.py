@@ -1127,21 +1127,31 @@ def session_ended(session: Any) -> None:
         _ledger_fault("settle")
     _give_back_briefly(session)
     config = _config
-    if config is not None:
-        config.forget_session(session)
-        forget_period = getattr(config.ledger, "forget_period", None)
-        if forget_period is not None and any(b.period == "session" for b in config.budgets):
-            try:
-                forget_period(str(session.id))  # the memory ledger's rows: its period is over
-            except Exception:
-                _ledger_fault("settle")
-    if config is not None and _warned:  # its period is over: its warnings need not be kept
+    if config is None:
+        return
+    config.forget_session(session)
+    if not any(b.period == "session" for b in config.budgets) or _period_goes_on(session):
+        return
+    forget_period = getattr(config.ledger, "forget_period", None)
+    if forget_period is not None:
+        try:
+            forget_period(str(session.id))  # the memory ledger's rows: its period is over
+        except Exception:
+            _ledger_fault("settle")
+    if _warned:  # its period is over: its warnings need not be kept
         start = str(session.id)
         with _warned_lock:
             for budget in config.budgets:
                 if budget.period == "session":
                     for fraction in config.warn_at:
                         _warned.discard((budget.key, start, fraction, budget.limit))
+
+
+def _period_goes_on(session: Any) -> bool:
+    """Whether another session of this process open under the ended one's id still spends in
+    its period (``period = "session"`` rows are keyed by the id): forgetting them when one of
+    two threads' sessions of a job ended gave the other the whole limit again."""
+    return _sessions.id_in_use(str(session.id))
 
 
 def _give_back_briefly(session: Any) -> None:
