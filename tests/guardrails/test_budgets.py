@@ -1071,6 +1071,29 @@ def test_the_warnings_kept_for_per_session_budgets_stay_bounded(
     assert sink is not None and len(sink._given) <= 20
 
 
+@pytest.mark.parametrize("ledger", ["sqlite", "memory"])
+def test_budgets_pointed_at_another_directory_warn_again_there(tmp_path: Path, ledger: str) -> None:
+    """The warnings given in one directory were remembered for the process: configured again
+    with a new directory (a new budgets.db and alerts.jsonl, a test per tmp directory), the
+    budget was enforced there but reached 50 % without a warning. In the same directory,
+    configured again, a warning is still given once."""
+    seen: list[Alert] = []
+    budget = {"name": "daily", "limit_usd": 0.01, "period": "day"}
+    for directory in ("first", "second", "second"):
+        tokenmeter.configure(
+            directory=tmp_path / directory,
+            budgets=[budget],
+            budget_ledger=ledger,
+            on_alert=seen.append,
+        )
+        tokenmeter.record("openai", "gpt-4o", 1000, 500)  # $0.0075, 75 % of the limit
+        assert tokenmeter.flush(5)
+    # sqlite: $0.0075 in each new budgets.db, then $0.015 in the second; the memory ledger is
+    # the process's: $0.015 when the second directory's alerts.jsonl gets its three warnings
+    rules = [alert.rule for alert in seen]
+    assert rules == ["budget_50pct", "budget_50pct", "budget_80pct", "budget_100pct"]
+
+
 def test_the_memory_ledger_drops_the_rows_of_ended_sessions(tmp_path: Path) -> None:
     """``budget_ledger="memory"`` with a ``period = "session"`` budget kept a row for every
     session the process ever ran (a server opening one per request: ~344 B each, for ever)."""

@@ -524,6 +524,9 @@ _response_names: dict[tuple[str, str], tuple[str | None, ...]] = {}
 _warned: set[tuple[str, str, float, float]] = set()
 _MAX_WARNED = 10_000
 _warned_lock = threading.RLock()  # re-entrant: a session ended by a collection inside it
+#: The ledger and directory (alerts.jsonl) the warnings in ``_warned`` were given for: see
+#: ``_ledger_identity``.
+_warned_for: tuple[Any, ...] | None = None
 
 
 def configure_budgets(
@@ -555,6 +558,7 @@ def configure_budgets(
             return SQLiteLedger(Path(directory) / "budgets.db")
 
         _config = _Config(tuple(budgets), ZoneInfo(timezone), tuple(warn_at), open_ledger)
+        _forget_warnings_of_another_ledger(_ledger_identity(directory, ledger, sinks))
         _config.model_scoped = any(b.model is not None for b in budgets)
         _config.models = _response_names
         _config.tag_scoped = any(b.tag is not None for b in budgets)
@@ -569,6 +573,25 @@ def configure_budgets(
             old.ledger.close()
         except Exception:
             logger.warning("tokenmeter: closing the budget ledger failed", exc_info=True)
+
+
+def _ledger_identity(directory: Path | None, ledger: str, sinks: Sequence[Any]) -> tuple[Any, ...]:
+    """What the budgets' spend and warnings are kept in: the ledger (its kind, or the sinks
+    that bring one) and the directory of budgets.db and alerts.jsonl."""
+    providers = tuple(id(sink) for sink in sinks if callable(getattr(sink, "budget_ledger", None)))
+    return (providers, ledger, None if directory is None else str(directory))
+
+
+def _forget_warnings_of_another_ledger(identity: tuple[Any, ...]) -> None:
+    """Budgets pointed at another ledger or directory start their warnings over there: the
+    warnings given for the old one kept a new budgets.db's 50/80/100 % silent (a test suite
+    configuring a tmp directory per test saw them in its first test only). Given again in the
+    same directory, alerts.jsonl still says which were given (``once``)."""
+    global _warned_for
+    with _warned_lock:
+        if identity != _warned_for:
+            _warned.clear()
+            _warned_for = identity
 
 
 def warn_fractions() -> tuple[float, ...]:
@@ -1185,12 +1208,13 @@ def give_back() -> None:
 def reset() -> None:
     """Forget budgets, what the memory ledger kept, the model names learnt and warnings given
     (tests)."""
-    global _config, _ledger_failed, _memory_ledger
+    global _config, _ledger_failed, _memory_ledger, _warned_for
     configure_budgets(())
     _memory_ledger = MemoryLedger()
     _response_names.clear()
     with _warned_lock:
         _warned.clear()
+        _warned_for = None
     with _owed_lock:
         _owed.clear()
     _ledger_failed = False
