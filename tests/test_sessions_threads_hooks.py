@@ -684,6 +684,25 @@ def test_the_state_file_gets_the_original_line_per_top_level_session(tmp_path: P
     ]
 
 
+def test_a_session_id_from_outside_writes_one_state_line_without_control_characters(
+    tmp_path: Path,
+) -> None:
+    """An id holding a newline (a request id taken from a header) wrote a second line of the
+    caller's choosing, which the workflow summing ``TOKEN_TRACKING`` lines counted ($999), and
+    a terminal escape in an id was written raw. Each is shown as U+FFFD, on the session's line."""
+    state = tmp_path / "workflow_state.md"
+    tokenmeter.configure(sinks=[InMemorySink()], state_file=state)
+    forged = "req-1\n- Tue Dec  1 00:00:00 UTC 2026: TOKEN_TRACKING: Session x - 1 tokens, $999"
+    for session_id in (forged, "req-2\x1b]0;pwned\x07\r\t2"):
+        with tokenmeter.session("handler", id=session_id):
+            record()
+    assert tokenmeter.flush(5)
+    lines = state.read_text().splitlines()
+    assert [line.rsplit(" - ", 1)[1] for line in lines] == ["1500 tokens, $0.0075"] * 2
+    assert "Session req-1\ufffd- Tue Dec  1" in lines[0]
+    assert "Session req-2\ufffd]0;pwned\ufffd\ufffd\ufffd2 - 1500" in lines[1]
+
+
 def test_the_implicit_session_writes_its_line_at_exit(tmp_path: Path) -> None:
     state = tmp_path / "state.md"
     script = (

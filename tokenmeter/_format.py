@@ -21,6 +21,7 @@ __all__ = [
     "fmt_share",
     "fmt_usd",
     "markdown_text",
+    "one_line",
 ]
 
 _CENT = Decimal("0.01")
@@ -90,6 +91,18 @@ SHOWN_AS_REPLACEMENT = (
 def char_class(ranges: tuple[tuple[int, int], ...]) -> str:
     """A regular expression's character class of ``ranges``."""
     return "[" + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges) + "]"
+
+
+#: ``SHOWN_AS_REPLACEMENT`` with tab and newline: what recorded text must not hold inside one
+#: line (a carriage return, a vertical tab or a form feed are in it already).
+_NOT_IN_LINE = re.compile(char_class(((0x09, 0x0A), *SHOWN_AS_REPLACEMENT)))
+
+
+def one_line(text: str) -> str:
+    """Recorded text for a table cell or a field of a line (the CLI's, a log line, the workflow
+    state file's): as ``SHOWN_AS_REPLACEMENT`` says, and a tab or newline replaced too (a model
+    named ``x\\nTOTAL ... $0.00`` would start a forged row). One character for one."""
+    return _NOT_IN_LINE.sub("\ufffd", text)
 
 
 #: Markdown that recorded text (a model, session or tag name a server or a caller chose) must not

@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenmeter._format import SHOWN_AS_REPLACEMENT, char_class
+from tokenmeter._format import SHOWN_AS_REPLACEMENT, char_class, one_line
 from tokenmeter.cli._errors import CliError
 
 __all__ = [
@@ -37,20 +37,12 @@ FORMATS = ("table", "markdown", "json", "csv", "html")
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _UNPRINTABLE = re.compile(char_class(SHOWN_AS_REPLACEMENT))
-#: The same, with tab and newline: what recorded text must not hold inside one line.
-_NOT_IN_LINE = re.compile(char_class(((0x09, 0x0A), *SHOWN_AS_REPLACEMENT)))
 
 
 def printable(text: str) -> str:
     """``text`` with every lone surrogate, control character (but tab and newline) and bidi
     override replaced by U+FFFD: it can be encoded, and is shown as it is stored, not obeyed."""
     return _UNPRINTABLE.sub("\ufffd", text)
-
-
-def one_line(text: str) -> str:
-    """Recorded text for a table cell or a field of a line: as ``printable``, and a tab or
-    newline replaced too (a model named ``x\\nTOTAL ... $0.00`` would start a forged row)."""
-    return _NOT_IN_LINE.sub("\ufffd", text)
 
 
 #: Files tokenmeter keeps beside its usage data: a report written over one destroys it.

@@ -24,6 +24,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from tokenmeter._format import one_line
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.pricing._overrides import short_repr
 from tokenmeter.sinks._files import append_line
@@ -140,9 +141,13 @@ def _money(value: Decimal) -> str:
 
 
 def state_line(info: SessionInfo) -> str:
+    """The session's line. Its id is any text the caller gave (often a request id from outside),
+    shown ``one_line``: a newline in it started a line of its own, which the workflow summing
+    ``TOKEN_TRACKING`` lines counted, and a terminal escape reached whoever printed the file."""
     tokens = info.input_tokens + info.output_tokens
     return (
-        f"- {_date(info.ended_at or info.started_at)}: TOKEN_TRACKING: Session {info.id} - "
+        f"- {_date(info.ended_at or info.started_at)}: TOKEN_TRACKING: Session "
+        f"{one_line(info.id)} - "
         f"{tokens} tokens, ${_money(info.cost_usd)}\n"
     )
 
