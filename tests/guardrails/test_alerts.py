@@ -131,6 +131,25 @@ def test_an_alert_dated_in_the_future_does_not_silence_its_rule(tmp_path: Path) 
     assert [a.time.minute for a in seen.alerts] == [5, 16]
 
 
+def test_an_alert_message_escapes_the_model_name_a_server_chose(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A response naming its model ``gpt-4o ESC]0;... BEL \\n 2026-12-06 ERROR ...`` had the
+    alert logged as two lines, the second a forged ERROR line, with the terminal escape raw (and
+    so in the message handed to the callbacks). The name is escaped as the "no price known"
+    warning has it; the scope keeps it as recorded."""
+    model = "gpt-4o\x1b]0;pwned\x07\n2026-12-06 ERROR payment service down"
+    seen = setup(tmp_path, [{"rule": "call_tokens", "threshold": 5000}])
+    with caplog.at_level(logging.WARNING, logger="tokenmeter"):
+        call(6000, 0, model=model)
+        assert tokenmeter.flush(5)
+    (alert,) = seen.alerts
+    assert alert.scope == f"model={model}"
+    assert f"for model={model!r} exceeds 5,000 " in alert.message
+    (logged,) = [r.getMessage() for r in caplog.records if "tokenmeter alert" in r.getMessage()]
+    assert logged == f"tokenmeter alert: {alert.message}" and logged.isprintable()
+
+
 def test_call_cost_threshold(tmp_path: Path) -> None:
     seen = setup(tmp_path, [{"rule": "call_cost", "threshold": 0.01}])
     call(1000, 0)  # $0.0025

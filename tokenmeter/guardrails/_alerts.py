@@ -432,8 +432,8 @@ class AlertSink:
                     threshold=limit,
                     record_id=record_id,
                     session_id=session_id,
-                    message=f"high usage: {rule.rule} {shown} for {scope} exceeds {limit:,.6g} "
-                    + (f"({multiplier_text(rule, base_value)})"),
+                    message=f"high usage: {rule.rule} {shown} for {_shown_scope(scope)} exceeds "
+                    f"{limit:,.6g} " + (f"({multiplier_text(rule, base_value)})"),
                 ),
                 False,
             )
@@ -650,6 +650,16 @@ def _objects(data: bytes, *, cut: bool) -> list[dict[str, Any]]:
         if isinstance(item, dict):
             found.append(item)
     return found
+
+
+def _shown_scope(scope: str) -> str:
+    """A scope as an alert's message shows it: the name in it escaped and cut as tokenmeter's
+    "no price known" warning has it (``model='gpt-4o'``). The name is a server's (the model a
+    response names) or a caller's (a session name): raw, a newline in it forged a line of the
+    application's log, and a terminal escape reached whoever read it. ``scope`` itself is
+    kept as recorded (alerts.jsonl is JSON, which escapes it)."""
+    kind, is_named, name = scope.partition("=")
+    return f"{kind}={name!r:.200}" if is_named else scope
 
 
 def multiplier_text(rule: AlertRule, baseline: float | None) -> str:
