@@ -33,7 +33,7 @@ from tokenmeter import _pipeline
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.guardrails._hooks import FailureLog, not_awaited
 from tokenmeter.pricing._overrides import short_repr
-from tokenmeter.sinks._files import append_line
+from tokenmeter.sinks._files import append_line, refuse_irregular
 
 __all__ = ["RULES", "Alert", "AlertRule", "AlertSink", "parse_alert_rules", "post"]
 
@@ -624,9 +624,11 @@ _SEED_BYTES = 256 * 1024
 
 def _tail(path: Path, size: int) -> list[dict[str, Any]]:
     """The JSON objects of the last ``size`` bytes of ``path`` (bad lines skipped; none when
-    the file cannot be read)."""
+    the file cannot be read, or is not a regular file: ``refuse_irregular``)."""
     try:
-        with path.open("rb") as handle:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            refuse_irregular(fd)
             handle.seek(0, os.SEEK_END)
             end = handle.tell()
             handle.seek(max(0, end - size))

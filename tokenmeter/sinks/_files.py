@@ -35,6 +35,7 @@ __all__ = [
     "open_private",
     "pread_exact",
     "pwrite_all",
+    "refuse_irregular",
     "remove_temporaries",
     "replace_private",
     "write_all",
@@ -112,7 +113,21 @@ def wrong_kind(path: str | os.PathLike[str], wanted: Literal["file", "directory"
         return None
     if (stat.S_ISREG if wanted == "file" else stat.S_ISDIR)(mode):
         return None
+    return _kind(mode)
+
+
+def _kind(mode: int) -> str:
     return next((kind for is_kind, kind in _KINDS if is_kind(mode)), "not a file")
+
+
+def refuse_irregular(fd: int) -> None:
+    """OSError (EINVAL, saying what it is) unless ``fd``, opened with ``O_NONBLOCK`` (else
+    opening a FIFO waits for its other end), is a regular file. A file put in a sink's place
+    after it was checked (a FIFO made there for a log shipper) held its writer thread for
+    ever: a read waits for a writer, a write for a reader once the pipe's buffer is full."""
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.EINVAL, f"{_kind(mode)}, not a regular file")
 
 
 def file_path(path: str | os.PathLike[str], name: str = "path") -> Path:
@@ -248,10 +263,12 @@ def append_line(path: Path, data: bytes, unless: Callable[[int], bool] | None = 
     """Append ``data`` to the file at ``path`` (created owner-only) with ``append_whole``, under
     an exclusive lock: other processes append to the same state file and alerts.jsonl.
     ``unless(fd)``, called under the lock, may find the file has what it needs already (another
-    process wrote it): nothing is appended then, and False returned."""
+    process wrote it): nothing is appended then, and False returned. OSError for what is not
+    a regular file (``refuse_irregular``)."""
     ensure_private_dir(path.parent)
-    fd = open_private(path, os.O_RDWR | os.O_APPEND)
+    fd = open_private(path, os.O_RDWR | os.O_APPEND | os.O_NONBLOCK)
     try:
+        refuse_irregular(fd)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             if unless is not None and unless(fd):
