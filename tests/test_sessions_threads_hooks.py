@@ -703,6 +703,29 @@ def test_a_session_id_from_outside_writes_one_state_line_without_control_charact
     assert "Session req-2\ufffd]0;pwned\ufffd\ufffd\ufffd2 - 1500" in lines[1]
 
 
+def test_each_run_of_a_session_id_entered_again_gets_its_state_line(tmp_path: Path) -> None:
+    """A decorated function called again under its session id (an import resumed after an
+    error) wrote one line, $0.0075 of the $0.0225 spent: the second run was taken for the
+    first one handed over again. Each run gets its line with its part, as in two processes."""
+    state = tmp_path / "workflow_state.md"
+    tokenmeter.configure(sinks=[InMemorySink()], state_file=state)
+
+    @tokenmeter.session("import", id="import-2026-12-06")
+    def run_import(calls: int) -> None:
+        for _ in range(calls):
+            record()
+
+    run_import(1)
+    assert tokenmeter.flush(5)
+    run_import(2)
+    assert tokenmeter.flush(5)
+    found = [LINE.match(line) for line in state.read_text().splitlines()]
+    assert [m.groups() for m in found if m] == [
+        ("import-2026-12-06", "1500", "0.0075"),
+        ("import-2026-12-06", "3000", "0.015"),
+    ]
+
+
 def test_the_implicit_session_writes_its_line_at_exit(tmp_path: Path) -> None:
     state = tmp_path / "state.md"
     script = (

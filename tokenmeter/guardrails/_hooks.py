@@ -157,20 +157,24 @@ class StateFileSink:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        #: The sessions given a line, most recent last: a session is handed over again when a
-        #: call is recorded after it ended (a stream read after its ``with`` block), and keeps
-        #: the one line, with its totals as they were when it ended (as its on_end hooks saw).
-        self._written: dict[str, None] = {}
+        #: The sessions given a line, by id and part, most recent last: a session is handed
+        #: over again when a call is recorded after it ended (a stream read after its ``with``
+        #: block), and keeps the one line, with its totals as they were when it ended (as its
+        #: on_end hooks saw). By part too: a session entered again under its id (a decorated
+        #: function called again) is a new part, and its run gets its line, with its part's
+        #: totals, as it does in another process (by id alone, only the first run had one).
+        self._written: dict[tuple[str, str], None] = {}
 
     def write(self, records: Sequence[UsageRecord]) -> None:
         pass
 
     def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
         written = self._written
-        ended: dict[str, SessionInfo] = {}
+        ended: dict[tuple[str, str], SessionInfo] = {}
         for info in sessions:
-            if info.status != "active" and info.parent_id is None and info.id not in written:
-                ended.setdefault(info.id, info)  # its first ending
+            run = (info.id, info.part)
+            if info.status != "active" and info.parent_id is None and run not in written:
+                ended.setdefault(run, info)  # its first ending
         if not ended:
             return
         lines = [state_line(info) for info in ended.values()]
