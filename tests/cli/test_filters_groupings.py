@@ -334,6 +334,42 @@ def test_tag_key_nobody_has(cli: RunCli, data: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_a_tag_valued_none_is_not_the_calls_without_the_tag(
+    cli: RunCli, tmp_path: Path, kind: str
+) -> None:
+    """The calls without a tag were grouped under the text "(none)": a call tagged
+    ``env="(none)"`` joined them (one row of 2 calls, in JSON too), and a key whose only value is
+    "(none)" was said to be in no record. The missing tag is null in JSON, "(none)" in a table."""
+    records = [
+        rec(1, "2026-11-01T10:00:00.000Z", "openai", "gpt-4o", 1, 1, "0.5", tags={"env": "(none)"}),
+        rec(2, "2026-11-01T11:00:00.000Z", "openai", "gpt-4o", 1, 1, "0.25"),
+        rec(
+            3,
+            "2026-11-01T12:00:00.000Z",
+            "openai",
+            "gpt-4o",
+            1,
+            1,
+            "0.125",
+            tags={"team": "(none)"},
+        ),
+    ]
+    if kind == "sqlite":
+        data = write_sqlite(tmp_path / "usage.db", records, [])
+    else:
+        data = write_jsonl(tmp_path / "usage.jsonl", records)
+    rows = keys(report(cli, data, "--by", "tag:env"), "tag:env")
+    assert {key: row["calls"] for key, row in rows.items()} == {("(none)",): 1, (None,): 2}
+    assert keys(report(cli, data, "--by", "tag:team"), "tag:team")[("(none)",)]["calls"] == 1
+    code, out, err = cli("report", "--source", str(data), "--by", "tag:env", "--format", "markdown")
+    assert code == 0, err
+    assert [line.split(" | ")[:2] for line in out.splitlines() if line.startswith("| (none)")] == [
+        ["| (none)", "1"],  # the tag's value, $0.50: most costly first
+        ["| (none)", "2"],
+    ]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
 @pytest.mark.parametrize(
     "key", ["te\tam", "line\nbreak", "esc\x1b", "back\\slash", "équipe", 'say "hi"', 'a\\"b']
 )
@@ -351,7 +387,7 @@ def test_tag_keys_that_json_escapes(cli: RunCli, tmp_path: Path, kind: str, key:
     else:
         data = write_jsonl(tmp_path / "usage.jsonl", records)
     rows = keys(report(cli, data, "--by", f"tag:{key}"), f"tag:{key}")
-    assert rows[("v",)]["calls"] == 1 and rows[("(none)",)]["calls"] == 1
+    assert rows[("v",)]["calls"] == 1 and rows[(None,)]["calls"] == 1
     assert report(cli, data, "--tag", f"{key}=v")["totals"]["cost_usd"] == Decimal("0.5")
     # PostgreSQL reads the key itself (``tags::jsonb ->> %s``) from the same path.
     from tokenmeter.cli._postgres import _translate

@@ -135,9 +135,9 @@ def test_by_model_totals_are_exact(cli: RunCli, source: Path) -> None:
         (
             "tag:feature",
             ("tag:feature",),
-            {("chat",): "1.254413569024", ("search",): "0.00185", ("(none)",): "0.000125"},
+            {("chat",): "1.254413569024", ("search",): "0.00185", (None,): "0.000125"},
         ),
-        ("tag:team", ("tag:team",), {("core",): "0.00185", ("(none)",): "1.254538569024"}),
+        ("tag:team", ("tag:team",), {("core",): "0.00185", (None,): "1.254538569024"}),
     ],
 )
 def test_groupings(

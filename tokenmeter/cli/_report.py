@@ -31,7 +31,7 @@ from tokenmeter.cli.reports._html import (
     HTML_TAG_VALUES,
     render_html,
 )
-from tokenmeter.cli.reports._model import NONE_LABEL, Dimension, Report, parse_dimension
+from tokenmeter.cli.reports._model import Dimension, Report, parse_dimension
 from tokenmeter.cli.reports._periodic import (
     PERIODIC_GROUPINGS,
     PERIODIC_SHORTLISTS,
@@ -184,13 +184,14 @@ def _providers(names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _check_tag_keys(report: Report) -> None:
-    """``--by tag:KEY`` on a key no record in the window has: say so, not one "(none)" row."""
+    """``--by tag:KEY`` on a key no record in the window has: say so, not one "(none)" row (a
+    row of calls without the tag has None for it; a value may be the text "(none)")."""
     breakdown = report.main
     for dimension in breakdown.dimensions:
         if dimension.tag_key is None or not breakdown.rows:
             continue
         index = breakdown.columns.index(dimension.spec)
-        if all(row.key[index] == NONE_LABEL for row in breakdown.rows):
+        if all(row.key[index] is None for row in breakdown.rows):
             raise CliError(
                 f"no record in this period has the tag {dimension.tag_key!r} "
                 f"({report.totals.calls:,} calls read)"

@@ -28,6 +28,7 @@ from tokenmeter.cli.reports._model import (
     Report,
     Row,
     TagSection,
+    key_label,
 )
 from tokenmeter.cli.reports._render import (
     CellTable,
@@ -229,13 +230,16 @@ def _period_of(days: list[str]) -> tuple[str, Callable[[str], str]]:
 def _daily_chart(per_day_model: Breakdown, colors: dict[str, str]) -> tuple[str, str]:
     """The chart of cost per day (or per coarser period: see ``_COLUMNS``) and that period."""
     days_seen = sorted(
-        {dict(zip(per_day_model.columns, r.key, strict=True))["day"] for r in per_day_model.rows}
+        {
+            key_label(dict(zip(per_day_model.columns, r.key, strict=True))["day"])
+            for r in per_day_model.rows
+        }
     )
     unit, period_of = _period_of(days_seen)
     stacks: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     for row in per_day_model.rows:
         model = _model_label(row, per_day_model.columns)
-        day = period_of(dict(zip(per_day_model.columns, row.key, strict=True))["day"])
+        day = period_of(key_label(dict(zip(per_day_model.columns, row.key, strict=True))["day"]))
         stacks[day][model if model in colors else "other"] += row.totals.cost_usd
     days = sorted(stacks)
     peak = max((sum(stack.values(), Decimal(0)) for stack in stacks.values()), default=Decimal(0))
@@ -311,7 +315,7 @@ def _session_bars(by_session: Breakdown) -> list[tuple[str, str, Decimal, str]]:
     names = [row.key[1] for row in rows]
     bars = []
     for row in rows:
-        session_id, name = row.key
+        session_id, name = map(key_label, row.key)
         label = name or session_id
         if name and names.count(name) > 1:
             label = f"{name} · …{session_id[-8:]}"
@@ -331,7 +335,12 @@ def _simple_bars(breakdown: Breakdown, color: str) -> list[tuple[str, str, Decim
 def _tag_chart(section: TagSection) -> str:
     key = section.key
     bars = [
-        (row.key[0], f"{key} = {row.key[0]}", row.totals.cost_usd, _PALETTE[4])
+        (
+            key_label(row.key[0]),
+            f"{key} = {key_label(row.key[0])}",
+            row.totals.cost_usd,
+            _PALETTE[4],
+        )
         for row in section.rows
     ]
     if section.rest is not None:

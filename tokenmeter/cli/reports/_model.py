@@ -19,15 +19,29 @@ __all__ = [
     "Breakdown",
     "Call",
     "Dimension",
+    "Key",
     "Latency",
     "Report",
     "Row",
     "TagSection",
     "Totals",
+    "key_label",
     "parse_dimension",
 ]
 
 NONE_LABEL = "(none)"
+#: A row's key, a value per key column. None only in a ``tag:KEY`` column: the calls without
+#: that tag, apart from a tag whose value is the text ``(none)``; the table, markdown and HTML
+#: show it as ``NONE_LABEL``, JSON as null.
+Key = tuple[str | None, ...]
+
+
+def key_label(value: str | None) -> str:
+    """A key value as the tables and charts show it: ``NONE_LABEL`` for the calls without the
+    tag grouped by (only a tag column holds None)."""
+    return NONE_LABEL if value is None else value
+
+
 #: What the tables and charts show for calls outside a named session, grouped ``--by name`` (the
 #: machine formats keep its empty text).
 NO_NAME_LABEL = "(no name)"
@@ -152,7 +166,7 @@ class Latency:
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    key: tuple[str, ...]
+    key: Key
     totals: Totals
     latency: Latency | None = None
 
@@ -284,7 +298,7 @@ class Report:
     tags: list[TagSection] | None = None
     more_tag_keys: int = 0  # tag keys beyond those in ``tags`` (too many to total each)
 
-    def previous_totals(self, breakdown: Breakdown, key: tuple[str, ...]) -> Totals | None:
+    def previous_totals(self, breakdown: Breakdown, key: Key) -> Totals | None:
         """The totals of the row with this key in the previous period (``--compare``)."""
         if self.previous is None:
             return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from tokenmeter._format import fmt_count, fmt_ratio, fmt_share, fmt_usd
 from tokenmeter._format import markdown_text as md
 from tokenmeter.cli.reports._alerts import Alert, Alerts
-from tokenmeter.cli.reports._model import Breakdown, Report
+from tokenmeter.cli.reports._model import Breakdown, Report, key_label
 from tokenmeter.cli.reports._render import period_text
 
 __all__ = ["PERIODIC_GROUPINGS", "PERIODIC_SHORTLISTS", "render_usage_report"]
@@ -75,9 +75,9 @@ def render_usage_report(report: Report, alerts: Alerts | None = None, title: str
             "|---|---|---:|---:|---:|---:|",
         ]
         for row in by_model.rows:
-            t = row.totals
+            t, (first, second) = row.totals, map(key_label, row.key)
             lines.append(
-                f"| {md(row.key[0])} | {md(row.key[1])} | {fmt_count(t.calls)} "
+                f"| {md(first)} | {md(second)} | {fmt_count(t.calls)} "
                 f"| {fmt_count(t.total_tokens)} | {fmt_usd(t.cost)} "
                 f"| {fmt_share(t.share_of(totals))} |"
             )
@@ -91,9 +91,9 @@ def render_usage_report(report: Report, alerts: Alerts | None = None, title: str
             "|---|---|---:|---:|---:|",
         ]
         for row in by_session.rows[:_TOP_SESSIONS]:
-            t = row.totals
+            t, (first, second) = row.totals, map(key_label, row.key)
             lines.append(
-                f"| {md(row.key[0])} | {md(row.key[1])} | {fmt_count(t.calls)} "
+                f"| {md(first)} | {md(second)} | {fmt_count(t.calls)} "
                 f"| {fmt_count(t.total_tokens)} | {fmt_usd(t.cost)} |"
             )
     cache = totals.cache_hit_rate

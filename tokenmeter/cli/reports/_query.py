@@ -62,11 +62,13 @@ from tokenmeter.cli.reports._model import (
     Call,
     CallList,
     Dimension,
+    Key,
     Latency,
     Report,
     Row,
     TagSection,
     key_columns,
+    key_label,
     raw_columns,
 )
 from tokenmeter.cli.reports._scan import JsonlScan
@@ -95,7 +97,7 @@ __all__ = [
     "stream_rows",
 ]
 
-Extractor = Callable[[dict[str, Any]], str]
+Extractor = Callable[[dict[str, Any]], str | None]
 #: A record's figures in ``COUNT_NAMES`` order (``figures``).
 Figures = tuple[int, ...]
 STATUSES = ("ok", "error", "blocked")
@@ -250,13 +252,26 @@ def _as_asked(
     return breakdowns
 
 
-def _in_time_order(value: str) -> tuple[str, int]:
+def _in_time_order(value: str | None) -> tuple[bool, str, int]:
     """A group's label as it sorts: an hour lived twice (``2026-10-25 02:00 +02:00``, then
-    ``+01:00``) in the order it was lived, the larger offset first."""
+    ``+01:00``) in the order it was lived, the larger offset first; the calls without a tag
+    (None) after its values."""
+    if value is None:
+        return True, "", 0
     if len(value) == 23 and value[16] == " " and value[17] in "+-":
         minutes = int(value[18:20]) * 60 + int(value[21:23])
-        return value[:16], -minutes if value[17] == "+" else minutes
-    return value, 0
+        return False, value[:16], -minutes if value[17] == "+" else minutes
+    return False, value, 0
+
+
+def _missing_last(key: Key) -> tuple[tuple[bool, str], ...]:
+    """A key as it sorts by its text: the calls without a tag (None) after its values."""
+    return tuple((value is None, value or "") for value in key)
+
+
+def _stored_key(values: Sequence[Any]) -> Key:
+    """A group's key as SQL returns it: text, NULL only where a call lacks a grouped tag."""
+    return tuple(None if value is None else str(value) for value in values)
 
 
 def sort_rows(columns: tuple[str, ...], rows: Iterable[Row]) -> list[Row]:
@@ -267,11 +282,11 @@ def sort_rows(columns: tuple[str, ...], rows: Iterable[Row]) -> list[Row]:
 
 
 def _costliest(
-    cost: Decimal | None, calls: int, key: tuple[str, ...]
-) -> tuple[Decimal, int, tuple[str, ...]]:
+    cost: Decimal | None, calls: int, key: Key
+) -> tuple[Decimal, int, tuple[tuple[bool, str], ...]]:
     """Where a group sorts among others: most costly first (unknown and $0 last), then most
     calls, then by its key."""
-    return -(cost or Decimal(-1)), -calls, key
+    return -(cost or Decimal(-1)), -calls, _missing_last(key)
 
 
 #: Where ``priced_calls`` is among ``COUNT_NAMES``.
@@ -279,12 +294,12 @@ _PRICED = COUNT_NAMES.index("priced_calls")
 
 
 def _shortlisted(
-    count: int, groups: Iterable[tuple[tuple[str, ...], Sequence[Any], Decimal]]
-) -> list[tuple[tuple[str, ...], Totals]]:
+    count: int, groups: Iterable[tuple[Key, Sequence[Any], Decimal]]
+) -> list[tuple[Key, Totals]]:
     """The ``count`` groups ``sort_rows`` puts first, of (key, counts in ``COUNT_NAMES`` order,
     summed cost): the others are ranked, not made ``Totals``."""
 
-    def rank(group: tuple[tuple[str, ...], Sequence[Any], Decimal]) -> tuple[Any, ...]:
+    def rank(group: tuple[Key, Sequence[Any], Decimal]) -> tuple[Any, ...]:
         key, counts, cost = group
         calls = int(counts[0] or 0)
         return _costliest(known_cost(cost, int(counts[_PRICED] or 0), calls), calls, key)
@@ -329,7 +344,7 @@ def _bucket(utc_time: str, column: str, tz: tzinfo) -> str:
 
 def _key_maker(
     raw: tuple[str, ...], columns: tuple[str, ...], tz: tzinfo
-) -> Callable[[tuple[str, ...]], tuple[str, ...]] | None:
+) -> Callable[[Key], Key] | None:
     """How a stored key becomes the grouping's key; None when they are the same."""
     if raw == columns:
         return None
@@ -338,9 +353,9 @@ def _key_maker(
     buckets: dict[tuple[str, str], str] = {}
     families: dict[str, str] = {}
 
-    def one(key: tuple[str, ...], column: str) -> str:
+    def one(key: Key, column: str) -> str | None:
         if column == "family":
-            model = key[where["model"]]
+            model = key_label(key[where["model"]])
             family = families.get(model)
             if family is None:
                 from tokenmeter.pricing import model_family  # the price tables: only for this
@@ -348,7 +363,7 @@ def _key_maker(
                 family = families[model] = model_family(model)
             return family
         if column in TIME_COLUMNS:
-            when = key[time]
+            when = key_label(key[time])
             bucket = buckets.get((when, column))
             if bucket is None:
                 bucket = buckets[(when, column)] = _bucket(when, column, tz)
@@ -361,13 +376,13 @@ def _key_maker(
 def roll_up(
     grouping: tuple[Dimension, ...],
     raw: tuple[str, ...],
-    groups: Iterable[tuple[tuple[str, ...], Totals]],
+    groups: Iterable[tuple[Key, Totals]],
     tz: tzinfo,
 ) -> Breakdown:
     """Merge groups of stored columns into the grouping's rows (a no-op when they match)."""
     columns = key_columns(grouping)
     make = _key_maker(raw, columns, tz)
-    merged: dict[tuple[str, ...], Totals] = {}
+    merged: dict[Key, Totals] = {}
     for key, totals in groups:
         target = key if make is None else make(key)
         known = merged.get(target)
@@ -401,7 +416,7 @@ def _percentile(values: list[float], share: float) -> float:
 
 def _ranked_latencies(
     conn: Any, exprs: list[str], where: str, params: list[str]
-) -> dict[tuple[str, ...], Latency]:
+) -> dict[Key, Latency]:
     """p50 / p95 latency of each group of stored keys ``exprs``, ranked by SQLite (window
     functions), which returns the two ranked rows of each group instead of every latency."""
     keys = ", ".join(f"k{i}" for i in range(len(exprs)))
@@ -416,9 +431,9 @@ def _ranked_latencies(
         f"WHERE rn = {_rank_sql('n', 0.5)} OR rn = {_rank_sql('n', 0.95)}"
     )
     n = len(exprs)
-    found: dict[tuple[str, ...], Latency] = {}
+    found: dict[Key, Latency] = {}
     for values in conn.execute(sql, params):
-        key = tuple(map(str, values[:n]))
+        key = _stored_key(values[:n])
         latency, rank, count = float(values[n]), int(values[n + 1]), int(values[n + 2])
         known = found.get(key, Latency(latency, latency, count))
         if rank == _rank(count, 0.5):
@@ -432,12 +447,12 @@ def _ranked_latencies(
 def _latencies(
     breakdown: Breakdown,
     raw: tuple[str, ...],
-    pairs: Iterable[tuple[tuple[str, ...], float]],
+    pairs: Iterable[tuple[Key, float]],
     tz: tzinfo,
 ) -> None:
     """Attach p50 / p95 latency to each row of ``breakdown`` from (stored key, latency) pairs."""
     make = _key_maker(raw, breakdown.columns, tz)
-    found: dict[tuple[str, ...], array[float]] = {}
+    found: dict[Key, array[float]] = {}
     for key, value in pairs:
         target = key if make is None else make(key)
         values = found.get(target)
@@ -794,16 +809,14 @@ def _sqlite_breakdown(
         if shortlist is not None:
             ranked = (
                 (
-                    tuple(str(v) for v in values[:n]),
+                    _stored_key(values[:n]),
                     values[n:counted],
                     sql_cost(values[counted], values[counted + 1]),
                 )
                 for values in found
             )
             return roll_up(grouping, raw, _shortlisted(shortlist, ranked), query.tz)
-        groups = (
-            (tuple(str(v) for v in values[:n]), Totals.from_sql(values[n:])) for values in found
-        )
+        groups = ((_stored_key(values[:n]), Totals.from_sql(values[n:])) for values in found)
         return roll_up(grouping, raw, groups, query.tz)
 
     breakdown = with_exact_sums(breakdown_of)
@@ -813,7 +826,7 @@ def _sqlite_breakdown(
         if is_postgres(conn) and raw == breakdown.columns:
             # The server ranks: one row per group, nothing streamed.
             found = {
-                tuple(str(v) for v in values[:n]): Latency(
+                _stored_key(values[:n]): Latency(
                     float(values[n]), float(values[n + 1]), int(values[n + 2])
                 )
                 for values in conn.execute(
@@ -832,7 +845,7 @@ def _sqlite_breakdown(
                 f"SELECT {', '.join(exprs)}, latency_ms FROM records{known}",
                 [*params, *where_params],
             )
-            pairs = ((tuple(str(v) for v in values[:n]), float(values[n])) for values in cursor)
+            pairs = ((_stored_key(values[:n]), float(values[n])) for values in cursor)
             _latencies(breakdown, raw, pairs, query.tz)
     return breakdown
 
@@ -851,6 +864,7 @@ _FIELDS = {
 
 
 def _extractor(column: str) -> Extractor:
+    """A record's value of one stored column (a tag's: None when the record lacks the tag)."""
     if column in _FIELDS:
         name, none = _FIELDS[column]
         return lambda r: r.get(name) or none
@@ -860,15 +874,15 @@ def _extractor(column: str) -> Extractor:
         return lambda r: str(r["timestamp"])[:16]
     key = column.removeprefix("tag:")
 
-    def tag(record: dict[str, Any]) -> str:
+    def tag(record: dict[str, Any]) -> str | None:
         tags = record.get("tags")
         value = tags.get(key) if isinstance(tags, dict) else None
-        return NONE_LABEL if value is None else str(value)
+        return None if value is None else str(value)
 
     return tag
 
 
-def _key_function(raw: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[str, ...]]:
+def _key_function(raw: tuple[str, ...]) -> Callable[[dict[str, Any]], Key]:
     """The stored key of a record for these columns (one or two columns without a loop)."""
     if len(raw) == 2 and raw[0] in _FIELDS and raw[1] in _FIELDS:  # by model: one call a record
         (name_1, none_1), (name_2, none_2) = _FIELDS[raw[0]], _FIELDS[raw[1]]
@@ -898,9 +912,9 @@ class _Grouper:
         self.grouping = grouping
         self.raw = raw_columns(key_columns(grouping), tz)
         self.key = _key_function(self.raw)
-        self.groups: dict[tuple[str, ...], Sequence[int]] = {}
-        self.costs: dict[tuple[str, ...], Decimal] = {}
-        self.latencies: list[tuple[tuple[str, ...], float]] | None = [] if latency else None
+        self.groups: dict[Key, Sequence[int]] = {}
+        self.costs: dict[Key, Decimal] = {}
+        self.latencies: list[tuple[Key, float]] | None = [] if latency else None
 
     def add(self, record: dict[str, Any], values: tuple[int, ...], cost: Decimal | None) -> None:
         key = self.key(record)
@@ -932,7 +946,7 @@ class _Grouper:
         """What ``merge`` takes (latencies by key: compact to send between processes)."""
         if self.latencies is None:
             return self.groups, self.costs, None
-        latencies: dict[tuple[str, ...], array[float]] = {}
+        latencies: dict[Key, array[float]] = {}
         for key, value in self.latencies:
             found = latencies.get(key)
             if found is None:
@@ -942,9 +956,9 @@ class _Grouper:
 
     def merge(
         self,
-        groups: dict[tuple[str, ...], Sequence[int]],
-        costs: dict[tuple[str, ...], Decimal],
-        latencies: dict[tuple[str, ...], array[float]] | None,
+        groups: dict[Key, Sequence[int]],
+        costs: dict[Key, Decimal],
+        latencies: dict[Key, array[float]] | None,
     ) -> None:
         """Add the totals of the records that follow, read elsewhere (``state``)."""
         for key, values in groups.items():
@@ -963,7 +977,7 @@ class _Grouper:
             ranked = (
                 (key, values, costs.get(key, _NO_COST)) for key, values in self.groups.items()
             )
-            groups: Iterable[tuple[tuple[str, ...], Totals]] = _shortlisted(shortlist, ranked)
+            groups: Iterable[tuple[Key, Totals]] = _shortlisted(shortlist, ranked)
         else:
             groups = (
                 (key, Totals.from_counts(values, costs.get(key, _NO_COST)))
@@ -995,8 +1009,7 @@ SPLIT_BYTES = 64 << 20
 #: What a child's half of a read sends back: each grouping's counts, costs and latencies (by
 #: stored key), and the lines it skipped.
 _State: TypeAlias = (
-    "tuple[dict[tuple[str, ...], Sequence[int]], dict[tuple[str, ...], Decimal], "
-    "dict[tuple[str, ...], array[float]] | None]"
+    "tuple[dict[Key, Sequence[int]], dict[Key, Decimal], dict[Key, array[float]] | None]"
 )
 _Part: TypeAlias = "tuple[list[_State], int]"
 

@@ -25,7 +25,15 @@ from tokenmeter.cli.reports._format import (
     fmt_usd,
     round_share,
 )
-from tokenmeter.cli.reports._model import CALL_JSON_KEYS, NO_NAME_LABEL, Call, Report, Row, Totals
+from tokenmeter.cli.reports._model import (
+    CALL_JSON_KEYS,
+    NO_NAME_LABEL,
+    Call,
+    Report,
+    Row,
+    Totals,
+    key_label,
+)
 from tokenmeter.cli.reports._query import sort_rows
 
 __all__ = [
@@ -231,7 +239,7 @@ def summary_cells(report: Report, metrics: Sequence[str] | None = None) -> CellT
     name = columns.index("session") if "session" in columns and "session_id" not in columns else -1
     for row in compared_rows(report):
         cells = [METRICS[metric][1](row.totals, whole, row, report) for metric in chosen]
-        key = list(row.key)
+        key = [key_label(value) for value in row.key]  # a tag's calls without it: "(none)"
         if name >= 0 and not key[name]:
             key[name] = NO_NAME_LABEL
         table.rows.append([*key, *cells])
@@ -679,5 +687,5 @@ def csv_pieces(report: Report) -> Iterator[str]:
         values = _totals_json(
             row.totals, report.totals, row, report.previous_totals(breakdown, row.key)
         )
-        keys = [csv_text(key) for key in row.key]
+        keys = ["" if key is None else csv_text(key) for key in row.key]  # no tag: as JSON's null
         yield _csv_line([*keys, *(_csv_value(values.get(m)) for m in metrics)])

@@ -111,8 +111,9 @@ def raw_column_sql(column: str, prefix: str = "") -> tuple[str, list[str]]:
     }
     if column in simple:
         return simple[column], []
+    # NULL where the call lacks the tag: a group of its own, not one with a value's text.
     expr, param = tag_sql(column.removeprefix("tag:"), prefix)
-    return f"COALESCE({expr}, {NONE_SQL})", [param]
+    return expr, [param]
 
 
 #: An exact SUM of integers, registered on every SQLite connection (``open_sqlite``).
