@@ -155,9 +155,11 @@ class _RecordLike(Protocol):
 _RECORD_FIELDS = (*COUNT_NAMES[1:7], "estimated_cost_usd", "cost_breakdown", "status", "estimated")
 
 
-def known_cost(cost_usd: Decimal, priced_calls: int, calls: int) -> Decimal | None:
-    """``Totals.cost`` of these sums (for a reader that ranks groups before making Totals)."""
-    return normalise_usd(cost_usd) if priced_calls or not calls else None
+def known_cost(cost_usd: Decimal, priced_calls: int, unpriced_calls: int) -> Decimal | None:
+    """``Totals.cost`` of these sums (for a reader that ranks groups before making Totals):
+    unknown only when some call has no price and none has one. A call a budget blocked is
+    neither (it was never sent: it cost nothing), so calls that are all blocked cost $0."""
+    return normalise_usd(cost_usd) if priced_calls or not unpriced_calls else None
 
 
 def sql_cost(whole_usd: Any, pico_usd: Any) -> Decimal:
@@ -274,9 +276,10 @@ class Totals:
 
     @property
     def cost(self) -> Decimal | None:
-        """Sum of known costs, normalised; None when the set has calls and none has a price
-        (no call at all costs $0: a report of an empty period said "n/a", as for unknown)."""
-        return known_cost(self.cost_usd, self.priced_calls, self.calls)
+        """Sum of known costs, normalised; None when the set has unpriced calls and none has a
+        price (no call at all costs $0: a report of an empty period said "n/a", as for unknown;
+        so do calls a budget blocked: a "blocked" row read n/a, an unknown spending)."""
+        return known_cost(self.cost_usd, self.priced_calls, self.unpriced_calls)
 
     @property
     def input_cost_usd(self) -> Decimal:

@@ -151,6 +151,20 @@ def test_error_blocked_estimated_columns(cli: RunCli, data: Path) -> None:
     assert totals["avg_cost_per_call_usd"] == Decimal("0.0375")  # 0.15 over 4 priced calls
 
 
+def test_calls_a_budget_blocked_cost_nothing(cli: RunCli, data: Path) -> None:
+    """A row or report of blocked calls only (never sent, no unpriced call among them) read
+    cost n/a / null, an unknown spending: ``--status blocked`` said "Total cost: n/a"."""
+    rows = keys(report(cli, data, "--by", "status"), "status")
+    assert rows[("blocked",)]["cost_usd"] == 0 and rows[("blocked",)]["unpriced_calls"] == 0
+    doc = report(cli, data, "--status", "blocked", "--by", "model")
+    assert doc["totals"]["cost_usd"] == 0 and doc["rows"][0]["cost_usd"] == 0
+    code, out, err = cli(
+        "report", "--source", str(data), "--status", "blocked", "--format", "markdown"
+    )
+    assert code == 0, err
+    assert "- **Total cost**: $0.00" in out.splitlines()
+
+
 def test_bad_status_is_a_usage_error(cli: RunCli, data: Path) -> None:
     code, _, err = cli("report", "--source", str(data), "--status", "failed")
     assert code == 2 and "unknown --status failed" in err

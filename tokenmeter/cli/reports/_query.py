@@ -289,8 +289,9 @@ def _costliest(
     return -(cost or Decimal(-1)), -calls, _missing_last(key)
 
 
-#: Where ``priced_calls`` is among ``COUNT_NAMES``.
+#: Where ``priced_calls`` and ``unpriced_calls`` are among ``COUNT_NAMES``.
 _PRICED = COUNT_NAMES.index("priced_calls")
+_UNPRICED = COUNT_NAMES.index("unpriced_calls")
 
 
 def _shortlisted(
@@ -302,7 +303,8 @@ def _shortlisted(
     def rank(group: tuple[Key, Sequence[Any], Decimal]) -> tuple[Any, ...]:
         key, counts, cost = group
         calls = int(counts[0] or 0)
-        return _costliest(known_cost(cost, int(counts[_PRICED] or 0), calls), calls, key)
+        priced, unpriced = int(counts[_PRICED] or 0), int(counts[_UNPRICED] or 0)
+        return _costliest(known_cost(cost, priced, unpriced), calls, key)
 
     first = heapq.nsmallest(count, groups, key=rank)
     return [(key, Totals.from_counts(counts, cost)) for key, counts, cost in first]
