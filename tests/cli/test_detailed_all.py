@@ -104,6 +104,27 @@ def test_a_long_limit_lists_the_newest_calls_oldest_first(
         assert code == 0 and _listed(out, "csv") == _expected(listed)
 
 
+@pytest.mark.parametrize("limit", [5, 25, 0])
+def test_a_file_out_of_time_order_lists_the_newest_calls_as_sqlite_does(
+    cli: RunCli, tmp_path: Path, limit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JSONL file holds its calls in the order they were written, not in time order (a
+    backfill recorded with ``timestamp=``, several processes): ``--limit N`` listed its last N
+    lines (the 2026-11-01 call of a backfill, where SQLite lists the 2026-11-03 one) and
+    ``--limit 0`` listed the calls in file order."""
+    monkeypatch.setattr(_spool, "IN_MEMORY", 10)  # --limit 25 and 0 are spooled, 5 is not
+    records = history(40)
+    written = records[20:] + records[:5] + records[30:] + records[5:20]  # some twice: once
+    write_sqlite(tmp_path / "usage.db", written, [])
+    write_jsonl(tmp_path / "usage.jsonl", written)
+    newest = records[-limit:] if limit else records
+    for source in ("usage.db", "usage.jsonl"):
+        args = ("report", "--source", str(tmp_path / source), "--detailed", "--limit", str(limit))
+        code, out, err = cli(*args, "--format", "json")
+        assert code == 0, err
+        assert _listed(out, "json") == _expected(newest), source
+
+
 def test_no_call_in_the_window_is_an_empty_list(cli: RunCli, tmp_path: Path) -> None:
     source = _store(tmp_path, "jsonl", history(3))
     args = ("report", "--source", str(source), "--detailed", "--limit", "0")

@@ -322,11 +322,6 @@ def test_a_session_on_disk_reads_as_one_held_in_memory(
         assert _listed_times(held, fmt) == [_when(r) for r in ordered]
 
 
-def test_a_spool_in_time_order_is_for_every_call() -> None:
-    with pytest.raises(ValueError, match="by_time"):
-        _spool.CallSpool(10, by_time=True)
-
-
 def test_the_session_list_of_a_jsonl_file_is_that_of_the_same_records_in_sqlite(
     cli: RunCli, tmp_path: Path
 ) -> None:

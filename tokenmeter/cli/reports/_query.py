@@ -11,9 +11,10 @@ group by the stored columns (``raw_columns``); groupings that are computed from 
 family, a day / week / month in ``--tz``) are then rolled up from those few groups by
 ``roll_up``. Memory stays flat: only the groups and at most ``calls_limit`` calls are kept in
 memory, a longer list on disk (``_spool``: ``--limit 0`` lists every call; PostgreSQL sends those
-rows as it reads them); ``--latency`` also keeps the latencies, 8 bytes a call, except where
-PostgreSQL ranks them; the dashboard's totals per tag key keep each key's few most costly values,
-see ``_TagTotals``. The dialect-specific SQL lives in ``_sql``.
+rows as it reads them; a JSONL file's list keeps each call's timestamp, to put it in time order);
+``--latency`` also keeps the latencies, 8 bytes a call, except where PostgreSQL ranks them; the
+dashboard's totals per tag key keep each key's few most costly values, see ``_TagTotals``. The
+dialect-specific SQL lives in ``_sql``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import sqlite3
 import sys
 import threading
 from array import array
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -903,6 +903,31 @@ _ADD = operator.add
 _NO_COST = Decimal(0)
 
 
+class _Newest:
+    """The ``limit`` records of the latest timestamps (of equal ones, the later lines) among
+    those added, in a heap: memory for ``limit`` records, whatever the file's order."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.heap: list[tuple[str, int, dict[str, Any]]] = []
+        self.added = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.added += 1
+        item = (record["timestamp"], self.added, record)  # no two alike: dicts never compared
+        if len(self.heap) < self.limit:
+            heapq.heappush(self.heap, item)
+        else:
+            heapq.heappushpop(self.heap, item)
+
+    def calls(self) -> list[Call]:
+        """The records kept as Calls, oldest first."""
+        return [Call.from_json(record) for _, _, record in sorted(self.heap, key=_TIME_AND_LINE)]
+
+
+_TIME_AND_LINE = operator.itemgetter(0, 1)
+
+
 class _Grouper:
     """Running totals of one grouping over a stream of JSONL records, by stored columns.
 
@@ -1031,17 +1056,19 @@ def _run_jsonl(
             for r in reader
         )
         calls: CallList
+        # The newest by timestamp, in time order, as SQLite lists them: a file's lines are not in
+        # time order (a backfill recorded with ``timestamp=``, several processes appending).
         if spooled(query.calls_limit):
-            spool = calls = CallSpool(query.calls_limit)
+            spool = calls = CallSpool(query.calls_limit, by_time=True)
 
             def keep_call(record: dict[str, Any]) -> None:
                 spool.append(Call.from_json(record))
 
             _total(records, query, groupers, tags, keep_call)
-        else:  # the last few: only those are made Calls
-            keep: deque[dict[str, Any]] = deque(maxlen=query.calls_limit)
-            _total(records, query, groupers, tags, keep.append)
-            calls = [Call.from_json(record) for record in keep]
+        else:  # the newest few: only those are made Calls
+            newest = _Newest(query.calls_limit)
+            _total(records, query, groupers, tags, newest.add)
+            calls = newest.calls()
         return _breakdowns(groupers, query), calls, reader.skipped
     # Totals only: the fast scan of the fields totals read.
     need_tags = tags is not None or _uses_tags(query)

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import fields
 from decimal import Decimal
+from itertools import islice
 from operator import attrgetter
 from typing import IO, Any
 
@@ -67,18 +68,18 @@ class CallSpool:
     process can open (it has no name).
 
     ``by_time``: the calls are read back in the order of their timestamps (ties as appended),
-    whatever order they were appended in (a JSONL file that several processes append to). That
-    keeps each call's timestamp in memory, not the call.
+    whatever order they were appended in (a JSONL file that several processes append to, a
+    backfill recorded with ``timestamp=``), and the newest ``limit`` are those of the latest
+    timestamps, not the last appended. That keeps each call's timestamp in memory, not the call.
 
     Where no temporary file can be made (a read-only system without a writable ``/tmp``), the
     calls stay in memory, with a warning: the report is still made.
     """
 
     def __init__(self, limit: int = 0, *, by_time: bool = False) -> None:
-        if limit and by_time:
-            raise ValueError("by_time: only for a spool of every call (limit 0)")
         self._limit = limit
-        self._held: deque[Call] = deque(maxlen=limit or None)
+        # In time order, the newest are known once every call is in: none is dropped before.
+        self._held: deque[Call] = deque(maxlen=None if by_time else limit or None)
         self._file: IO[bytes] | None = None
         self._offsets = array("q", [0])  # where each call starts in the file, and its end
         self._in_memory = False  # no temporary file could be made
@@ -124,9 +125,7 @@ class CallSpool:
             self._write(self._file, call)
 
     def __len__(self) -> int:
-        if self._file is None:
-            return len(self._held)
-        count = len(self._offsets) - 1
+        count = len(self._held) if self._file is None else len(self._offsets) - 1
         return min(count, self._limit) if self._limit else count
 
     @property
@@ -135,9 +134,11 @@ class CallSpool:
         return self._in_order
 
     def _sort(self) -> None:
-        """Put the calls in time order, once appending is over (sorting places, not calls)."""
+        """Put the calls in time order, once appending is over (sorting places, not calls), and
+        keep the newest ``limit`` of them."""
         times = self._times or []
-        order = array("q", sorted(range(len(times)), key=times.__getitem__))
+        ranked = sorted(range(len(times)), key=times.__getitem__)
+        order = array("q", ranked[len(ranked) - len(self) :])
         self._times, self._sorted = None, True  # appending is over
         if self._file is None:
             held = list(self._held)
@@ -149,8 +150,8 @@ class CallSpool:
         """The calls, read back one at a time (one iteration at a time; appending is over)."""
         if not (self._in_order or self._sorted):
             self._sort()
-        if self._file is None:
-            yield from self._held
+        if self._file is None:  # in time order: all but the newest ``limit`` are left out
+            yield from islice(self._held, len(self._held) - len(self), None)
             return
         if self._order is not None:
             yield from self._in_time_order(self._file, self._order)
