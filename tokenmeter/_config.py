@@ -398,8 +398,6 @@ _RUN_PYPROJECT = "TOKENMETER_RUN_PYPROJECT"
 #: ``tokenmeter run --budget``'s budgets (JSON, an outer run's first), apart from
 #: ``TOKENMETER_BUDGETS``: added to the budgets of every layer, configure()'s included.
 RUN_BUDGETS = "TOKENMETER_RUN_BUDGETS"
-#: The directory whose ``budgets.db`` keeps the budgets of every process of such a run.
-RUN_LEDGER = "TOKENMETER_RUN_LEDGER"
 
 
 def _with_run_budgets(resolved: Settings, env: Mapping[str, str]) -> Settings:
@@ -418,12 +416,6 @@ def _with_run_budgets(resolved: Settings, env: Mapping[str, str]) -> Settings:
     except (ValueError, RecursionError) as exc:
         raise ValueError(f"tokenmeter setting 'budgets' from {RUN_BUDGETS}: {exc}") from None
     return resolved.model_copy(update={"budgets": budgets})
-
-
-def run_ledger(env: Mapping[str, str] | None = None) -> Path | None:
-    """The directory of the ledger of ``tokenmeter run --budget`` (None outside such a run)."""
-    value = (os.environ if env is None else env).get(RUN_LEDGER)
-    return Path(value) if value else None
 
 
 def _pinned_pyproject(pinned: str) -> Path | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenmeter import _pipeline, _sessions
-from tokenmeter._config import Settings, load_settings, run_ledger
+from tokenmeter._config import Settings, load_settings
 from tokenmeter._fork import renew_after_fork
 from tokenmeter.pricing._overrides import check_prices_file, short_repr, use_prices
 from tokenmeter.sinks._base import Sink
@@ -142,15 +142,12 @@ def _apply_guardrails(resolved: Settings, objects: Sequence[Sink], directory: Pa
     from tokenmeter.guardrails import _budgets, _hooks
 
     enabled = not resolved.disabled
-    # Under ``tokenmeter run --budget``, the run's SQLite ledger, whatever directory or ledger
-    # the process configures: in its own, the run's budget was spent again by each process.
-    shared = run_ledger()
     _budgets.configure_budgets(
         resolved.budgets if enabled else (),
         timezone=resolved.budget_timezone,
         warn_at=resolved.budget_warn_at,
-        directory=directory if shared is None else shared,
-        ledger=resolved.budget_ledger if shared is None else "sqlite",
+        directory=directory,
+        ledger=resolved.budget_ledger,
         sinks=[*objects, *_ledger_sinks(resolved)],
     )
     if enabled and resolved.budgets:

@@ -691,47 +691,6 @@ def test_budget_holds_whatever_budgets_the_program_configures(
     assert len(fake.requests) == 2
 
 
-_UP_TO_THREE_CALLS = """
-import openai, tokenmeter
-made = 0
-for _ in range(3):
-    try:
-        openai.OpenAI(max_retries=0).chat.completions.create(model="m-test", messages=[])
-        made += 1
-    except tokenmeter.BudgetExceeded:
-        pass
-print(made, flush=True)
-"""
-
-
-@pytest.mark.parametrize(
-    ("configured", "inner_run"),
-    [
-        ('tokenmeter.configure(directory="own-store")', []),
-        ('tokenmeter.configure(budget_ledger="memory")', []),
-        ("", ["-m", "tokenmeter", "run", "-q", "--dir", "inner", "--"]),  # no budget of its own
-    ],
-    ids=["own-directory", "memory-ledger", "run-inside-with-its-own-dir"],
-)
-def test_budget_is_shared_whatever_directory_or_ledger_a_process_configures(
-    configured: str, inner_run: list[str], fake: FakeProvider, tmp_path: Path
-) -> None:
-    """The run's budget was kept in the ledger of each process's own directory (or its memory
-    ledger): under ``--budget 0.003`` a parent that configured its own made 2 calls of $0.002,
-    and the child it started 2 more ($0.008)."""
-    child = _script(tmp_path / "child.py", _UP_TO_THREE_CALLS)
-    command = [*([sys.executable, *inner_run] if inner_run else []), sys.executable, child.name]
-    app = _script(
-        tmp_path / "app.py",
-        f"import subprocess, tokenmeter\n{configured}\n{_UP_TO_THREE_CALLS}\n"
-        f"subprocess.run({command!r}, check=True)\n",
-    )
-    result = _run(["--budget", "0.003", "--", sys.executable, app.name], _env(fake), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["2", "0"]  # the child's calls would pass the run's budget
-    assert len(fake.requests) == 2
-
-
 def test_a_malformed_budgets_variable_stops_a_run_with_a_budget_too(tmp_path: Path) -> None:
     """Without --budget it was exit status 2; with it, replaced unread: the run went on."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}

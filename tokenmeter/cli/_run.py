@@ -144,14 +144,10 @@ def _pin_settings(env: dict[str, str], settings: Any) -> None:
     pyproject.toml, and without ``--dir`` wrote into its own ``./.tokenmeter``: its records
     unpriced and missing from the run's store, its spending outside the run's ``--budget``."""
     from tokenmeter import _autorun
-    from tokenmeter._config import RUN_BUDGETS, RUN_LEDGER, _find_pyproject
+    from tokenmeter._config import _find_pyproject
     from tokenmeter.sinks._files import absolute
 
     env["TOKENMETER_DIR"] = str(absolute(settings.directory))  # --dir's, made absolute too
-    if RUN_BUDGETS in env and RUN_LEDGER not in env:  # an outer run's ledger holds its budget
-        # The run's budget shared by every process whatever directory or ledger one configures
-        # (or a run inside this one with its own --dir): in each one's own, each spent it anew.
-        env[RUN_LEDGER] = env["TOKENMETER_DIR"]
     if _autorun.ENV_PYPROJECT not in env:
         pyproject = _find_pyproject(None)
         env[_autorun.ENV_PYPROJECT] = str(pyproject.resolve()) if pyproject else ""
