@@ -599,6 +599,37 @@ async def test_a_stream_made_while_instrumented_is_recorded_when_read_after(
     assert len(flushed(sink)) == 1
 
 
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("via", ["models", "chat"])
+async def test_another_librarys_wrapper_of_the_stream_methods_still_runs(
+    fake: FakeProvider, sink: InMemorySink, via: str, is_async: bool, monkeypatch: Any
+) -> None:
+    """A tracer's wrapt wrapper of the public stream methods (OpenLIT's, a user's) ran for
+    every stream before tokenmeter, and was skipped once tokenmeter bound the SDK's own
+    function to its copy of the models."""
+    import wrapt
+    from google.genai import chats
+
+    traced: list[str] = []
+
+    def tracer(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        traced.append(type(instance).__name__)
+        return wrapped(*args, **kwargs)
+
+    owner = (chats.AsyncChat if is_async else chats.Chat) if via == "chat" else None
+    owner = owner or (models.AsyncModels if is_async else models.Models)
+    name = "send_message_stream" if via == "chat" else "generate_content_stream"
+    monkeypatch.setattr(owner, name, wrapt.FunctionWrapper(vars(owner)[name], tracer))
+    made = client(fake)
+    tokenmeter.instrument("google-genai")
+    try:
+        assert await _drain(await _open_stream(made, via, is_async), is_async)
+    finally:
+        tokenmeter.uninstrument()  # before monkeypatch gives the class its method back
+    assert len(traced) == 1
+    assert_counts(only(flushed(sink)), FINAL)
+
+
 # -- streams left early, errors --------------------------------------------------------------
 
 

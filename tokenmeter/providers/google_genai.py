@@ -354,16 +354,27 @@ def _through_own_rounds(wrapped: Any, instance: Any, is_async: bool) -> Any:
     method back: the call, made while metered, was sent and billed with no record. A Models
     object is copied with its round method wrapped (``_with_own_rounds``); a chat is seen
     through a proxy whose models are that copy (``_ChatOverModels``)."""
-    function = getattr(wrapped, "__func__", None)
-    if function is None:  # not a plain method: sent as it is
+    if _rebound(wrapped, instance) is None:  # not a method: sent as it is
         return wrapped
     own = _with_own_rounds(instance, is_async)
     if own is not None:
-        return types.MethodType(function, own)
+        return _rebound(wrapped, own)
     own = _with_own_rounds(getattr(instance, "_modules", None), is_async)
     if own is None:
         return wrapped
-    return types.MethodType(function, _ChatOverModels(instance, own))
+    return _rebound(wrapped, _ChatOverModels(instance, own))
+
+
+def _rebound(method: Any, obj: Any) -> Any:
+    """``method`` (bound to its instance) bound to ``obj`` instead, through whatever another
+    library wrapped it in (a tracer's wrapt wrapper keeps its descriptor as ``_self_parent``;
+    its ``__func__`` is the SDK's own function, which would skip the tracer). None for what is
+    no method."""
+    parent = getattr(method, "_self_parent", None)
+    if parent is not None and hasattr(parent, "__get__"):
+        return parent.__get__(obj, type(obj))
+    function = getattr(method, "__func__", None)
+    return None if function is None else types.MethodType(function, obj)
 
 
 def _with_own_rounds(models_obj: Any, is_async: bool) -> Any:
