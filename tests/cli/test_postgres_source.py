@@ -626,3 +626,25 @@ def test_a_connect_timeout_the_url_or_the_environment_sets_is_the_one_waited(
             monkeypatch.setenv("PGCONNECT_TIMEOUT", "2")
         failed = returns(lambda: _connect(psycopg, url), "the CLI's 10 s were waited", limit=8)
     assert [type(exc) for exc in failed] == [psycopg.errors.ConnectionTimeout]
+
+
+def test_with_no_source_the_database_the_sinks_setting_writes_to_is_read(
+    cli: RunCli, tmp_path: Path, pg_url: str, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A project that moved from the default sqlite sink to ``sinks = ["postgres"]`` keeps its
+    old usage.db: a report with no --source read it (1 call), silently leaving out every call
+    the database got since. A DSN that is no URL the CLI takes is said, not read around."""
+    monkeypatch.chdir(tmp_path)
+    write_sqlite(tmp_path / ".tokenmeter" / "usage.db", RECORDS[:1], [])
+    monkeypatch.setenv("TOKENMETER_SINKS", "postgres")
+    monkeypatch.setenv("TOKENMETER_PG_DSN", pg_url)
+    code, out, err = cli("report", "--by", "model", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["totals"]["calls"] == len(RECORDS) > 1
+    monkeypatch.setenv("TOKENMETER_PG_DSN", pg_dsn)  # host=... dbname=...: no URL
+    code, out, err = cli("report")
+    assert code == 2 and out == ""
+    assert "--source postgresql://" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("TOKENMETER_SINKS", "postgres,sqlite")  # a file sink too: the file
+    code, out, err = cli("report", "--format", "json")
+    assert code == 0 and json.loads(out)["totals"]["calls"] == 1

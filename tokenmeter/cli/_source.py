@@ -74,6 +74,24 @@ def default_directory() -> Path:
     return _settings().directory
 
 
+def _postgres_written() -> str | None:
+    """The ``pg_dsn`` setting when the ``sinks`` setting writes the records to PostgreSQL and
+    to no file the CLI reads: a project that moved from the default sqlite sink keeps its old
+    usage.db, which holds none of the calls since. CliError when that DSN is no URL the CLI
+    takes."""
+    settings = _settings()
+    sinks = settings.sinks
+    if "postgres" not in sinks or "sqlite" in sinks or "jsonl" in sinks:
+        return None
+    if not is_postgres_url(settings.pg_dsn):
+        raise CliError(
+            "the sinks setting writes the records to PostgreSQL: pass --source "
+            "postgresql://... to read them (TOKENMETER_PG_DSN is not such a URL)",
+            exit_code=2,
+        )
+    return settings.pg_dsn
+
+
 def default_source_path() -> Path:
     """Where the library writes its records: the usage.jsonl of ``default_directory()`` when
     the ``sinks`` setting names jsonl and not sqlite, else its usage.db (its usage.jsonl when
@@ -109,6 +127,10 @@ def resolve_source(value: str | None) -> Source:
         except ValueError as exc:  # a port out of range, a torn [IPv6] host (never the password)
             raise CliError(f"bad PostgreSQL URL: {exc}", exit_code=2) from None
         return Source(Path(name), "postgres", value)
+    if not value:
+        dsn = _postgres_written()
+        if dsn is not None:
+            return resolve_source(dsn)
     path = Path(value) if value else default_source_path()
     try:
         path, head = _opened(path, bool(value))
