@@ -693,13 +693,14 @@ def test_a_session_id_from_outside_writes_one_state_line_without_control_charact
     state = tmp_path / "workflow_state.md"
     tokenmeter.configure(sinks=[InMemorySink()], state_file=state)
     forged = "req-1\n- Tue Dec  1 00:00:00 UTC 2026: TOKEN_TRACKING: Session x - 1 tokens, $999"
-    for session_id in (forged, "req-2\x1b]0;pwned\x07\r\t2"):
+    for session_id in (forged, "req-2\x1b]0;pwned\x07\r\t2", forged.replace("\n", "\u2028")):
         with tokenmeter.session("handler", id=session_id):
             record()
     assert tokenmeter.flush(5)
-    lines = state.read_text().splitlines()
-    assert [line.rsplit(" - ", 1)[1] for line in lines] == ["1500 tokens, $0.0075"] * 2
+    lines = state.read_text().splitlines()  # str.splitlines: U+2028 ends a line too
+    assert [line.rsplit(" - ", 1)[1] for line in lines] == ["1500 tokens, $0.0075"] * 3
     assert "Session req-1\ufffd- Tue Dec  1" in lines[0]
+    assert lines[2].split(": TOKEN_TRACKING: ", 1)[1] == lines[0].split(": TOKEN_TRACKING: ", 1)[1]
     assert "Session req-2\ufffd]0;pwned\ufffd\ufffd\ufffd2 - 1500" in lines[1]
 
 

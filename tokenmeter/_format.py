@@ -93,28 +93,30 @@ def char_class(ranges: tuple[tuple[int, int], ...]) -> str:
     return "[" + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges) + "]"
 
 
-#: ``SHOWN_AS_REPLACEMENT`` with tab and newline: what recorded text must not hold inside one
-#: line (a carriage return, a vertical tab or a form feed are in it already).
-_NOT_IN_LINE = re.compile(char_class(((0x09, 0x0A), *SHOWN_AS_REPLACEMENT)))
+#: Tab, newline and the Unicode line and paragraph separators (U+2028, U+2029: a line end to
+#: ``str.splitlines()`` and to many editors): with ``SHOWN_AS_REPLACEMENT``, what recorded text
+#: must not hold inside one line (a carriage return, a vertical tab, a form feed and NEL are in
+#: that already).
+_BREAKS = ((0x09, 0x0A), (0x2028, 0x2029))
+_NOT_IN_LINE = re.compile(char_class((*_BREAKS, *SHOWN_AS_REPLACEMENT)))
 
 
 def one_line(text: str) -> str:
     """Recorded text for a table cell or a field of a line (the CLI's, a log line, the workflow
-    state file's): as ``SHOWN_AS_REPLACEMENT`` says, and a tab or newline replaced too (a model
-    named ``x\\nTOTAL ... $0.00`` would start a forged row). One character for one."""
+    state file's): as ``SHOWN_AS_REPLACEMENT`` says, and a tab or a line break replaced too (a
+    model named ``x\\nTOTAL ... $0.00`` would start a forged row). One character for one."""
     return _NOT_IN_LINE.sub("\ufffd", text)
 
 
 #: Markdown that recorded text (a model, session or tag name a server or a caller chose) must not
 #: make: a cell break (``|``), HTML (``<``), or a link or image (``[``/``]``: a viewer would load
 #: ``![](https://...)`` from its server on opening the journal); and what ``SHOWN_AS_REPLACEMENT``
-#: holds, with a new line and a tab (a new row, or a column to some viewers), as in the CLI's
+#: holds, with a line break and a tab (a new row, or a column to some viewers), as in the CLI's
 #: other formats (docs/cli.md).
 _MARKDOWN_ESCAPES = str.maketrans(
     {
-        **{chr(c): "\ufffd" for a, b in SHOWN_AS_REPLACEMENT for c in range(a, b + 1)},
+        **{chr(c): "\ufffd" for a, b in (*_BREAKS, *SHOWN_AS_REPLACEMENT) for c in range(a, b + 1)},
         **{"\\": "\\\\", "|": "\\|", "<": "&lt;", "[": "\\[", "]": "\\]"},
-        **{"\n": "\ufffd", "\t": "\ufffd"},
     }
 )
 

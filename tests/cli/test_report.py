@@ -195,6 +195,23 @@ def test_markdown_never_makes_links_or_images_of_recorded_names(
     assert "!\\[x\\](https://evil.example/p.png)\\[click\\](https://evil.example)" in out
 
 
+@pytest.mark.parametrize("fmt", ["markdown", "table"])
+def test_a_unicode_line_separator_in_a_name_starts_no_row(
+    cli: RunCli, tmp_path: Path, fmt: str
+) -> None:
+    """U+2028 and U+2029 end a line for ``str.splitlines()`` and many viewers: a model named
+    ``x``, U+2028, ``| TOTAL | 999 |`` made a forged TOTAL row of a markdown report."""
+    names = ["x\u2028| **TOTAL** | **999** |", "y\u2029| **TOTAL** | **999** |"]
+    records = [
+        rec(i, "2026-11-01T00:00:00.000Z", "openai", n, 10, 5, "0.001") for i, n in enumerate(names)
+    ]
+    source = write_jsonl(tmp_path / "usage.jsonl", records)
+    code, out, _ = cli("report", "--source", str(source), "--format", fmt)
+    assert code == 0
+    assert "\u2028" not in out and "\u2029" not in out
+    assert sum("TOTAL" in line for line in out.splitlines()) == 3  # the names' rows and the total
+
+
 def test_relative_since_excludes_old_history(cli: RunCli, source: Path) -> None:
     doc = report_json(cli, "--source", str(source), "--since", "7d")
     assert doc["totals"]["calls"] == 0 and doc["rows"] == []
