@@ -156,6 +156,19 @@ def test_an_alert_message_escapes_the_model_name_a_server_chose(
     assert logged == f"tokenmeter alert: {alert.message}" and logged.isprintable()
 
 
+def test_an_alert_message_cuts_a_long_model_name_and_says_so(tmp_path: Path) -> None:
+    """A 402-character name made a 280-character message cut inside the name's quotes, with
+    nothing to say so: the name's repr is cut at 200 characters, ending in an ellipsis."""
+    model = "m" * 402
+    seen = setup(tmp_path, [{"rule": "call_tokens", "threshold": 5000}])
+    call(6000, 0, model=model)
+    assert tokenmeter.flush(5)
+    (alert,) = seen.alerts
+    shown = alert.message.split("for model=", 1)[1].split(" exceeds ", 1)[0]
+    assert shown == "'" + "m" * 198 + "…"
+    assert alert.scope == f"model={model}"
+
+
 def test_call_cost_threshold(tmp_path: Path) -> None:
     seen = setup(tmp_path, [{"rule": "call_cost", "threshold": 0.01}])
     call(1000, 0)  # $0.0025

@@ -59,7 +59,8 @@ def add_run_parser(commands: Any) -> None:
         "--budget",
         metavar="USD",
         type=_usd,
-        help="budget for the whole run's spending, shared by its processes (added to the "
+        help="budget for the whole run's spending, shared by its processes that keep their "
+        "budgets in the same ledger (added to the "
         "project's budgets, and to any the program configures; the figure is passed on as "
         f"{BUDGET_ENV})",
     )

@@ -661,7 +661,14 @@ def _shown_scope(scope: str) -> str:
     application's log, and a terminal escape reached whoever read it. ``scope`` itself is
     kept as recorded (alerts.jsonl is JSON, which escapes it)."""
     kind, is_named, name = scope.partition("=")
-    return f"{kind}={name!r:.200}" if is_named else scope
+    if not is_named:
+        return scope
+    shown = repr(name)
+    return f"{kind}={shown if len(shown) <= _NAME_SHOWN else shown[: _NAME_SHOWN - 1] + '…'}"
+
+
+#: The longest name an alert's message shows (its repr; a longer one is cut, ending in "…").
+_NAME_SHOWN = 200
 
 
 def multiplier_text(rule: AlertRule, baseline: float | None) -> str:
