@@ -481,6 +481,21 @@ def test_default_source_is_where_the_configured_sinks_write(
     assert report_json(cli)["totals"]["calls"] == 1
 
 
+def test_a_directory_source_holding_both_files_is_read_where_the_sinks_write(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same move to ``sinks = ["jsonl"]``, with the directory named: ``--source
+    .tokenmeter`` read the old usage.db (1 call where ``tokenmeter report`` showed 6)."""
+    monkeypatch.chdir(tmp_path)
+    write_sqlite(tmp_path / ".tokenmeter" / "usage.db", RECORDS[:1], [])
+    write_jsonl(tmp_path / ".tokenmeter" / "usage.jsonl", RECORDS)
+    monkeypatch.setenv("TOKENMETER_SINKS", "jsonl,markdown")
+    doc = report_json(cli, "--source", ".tokenmeter")
+    assert doc["source"].endswith("usage.jsonl") and doc["totals"]["calls"] == 6
+    monkeypatch.setenv("TOKENMETER_SINKS", "jsonl,sqlite")  # both written: the database
+    assert report_json(cli, "--source", ".tokenmeter")["totals"]["calls"] == 1
+
+
 # --- errors ----------------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ import re
 import sqlite3
 import sys
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
@@ -101,12 +101,31 @@ def default_source_path() -> Path:
     its old usage.db, and reading that would leave every call since out of the report.
     """
     settings = _settings()
-    directory = settings.directory
-    if "jsonl" in settings.sinks and "sqlite" not in settings.sinks:
+    return _written_file(settings.directory, settings.sinks)
+
+
+def _written_file(directory: Path, sinks: Sequence[str]) -> Path:
+    """The usage.jsonl of ``directory`` when ``sinks`` names jsonl and not sqlite, else its
+    usage.db (its usage.jsonl when only that exists): see ``default_source_path``."""
+    if "jsonl" in sinks and "sqlite" not in sinks:
         return directory / "usage.jsonl"
     if not (directory / "usage.db").exists() and (directory / "usage.jsonl").is_file():
         return directory / "usage.jsonl"
     return directory / "usage.db"
+
+
+def _file_in_directory(directory: Path) -> Path:
+    """The usage.db or usage.jsonl of a directory given as ``--source``; when it holds both,
+    the one the ``sinks`` setting writes, by the rule of ``default_source_path``: naming the
+    configured directory must not bring back the usage.db a move to jsonl left behind."""
+    database, jsonl = directory / "usage.db", directory / "usage.jsonl"
+    if database.is_file() and jsonl.is_file():
+        return _written_file(directory, _settings().sinks)
+    if database.is_file():
+        return database
+    if jsonl.is_file():
+        return jsonl
+    raise NoSourceYet(f"no usage.db or usage.jsonl in directory {directory}")
 
 
 @dataclass(frozen=True)
@@ -148,12 +167,7 @@ def _opened(path: Path, given: bool) -> tuple[Path, bytes]:
     """The file ``path`` names (its usage.db or usage.jsonl, for a directory) and its first
     bytes; CliError when there is none to read, OSError when it cannot be looked at."""
     if path.is_dir():
-        for name in ("usage.db", "usage.jsonl"):
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise NoSourceYet(f"no usage.db or usage.jsonl in directory {path}")
+        path = _file_in_directory(path)
     if not path.exists():
         hint = ""
         if given:
