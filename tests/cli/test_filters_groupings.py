@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import json
 import random
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -353,7 +355,9 @@ def test_a_tag_valued_none_is_not_the_calls_without_the_tag(
 ) -> None:
     """The calls without a tag were grouped under the text "(none)": a call tagged
     ``env="(none)"`` joined them (one row of 2 calls, in JSON too), and a key whose only value is
-    "(none)" was said to be in no record. The missing tag is null in JSON, "(none)" in a table."""
+    "(none)" was said to be in no record. The missing tag is null in JSON, "(no env tag)" in a
+    table: the tables showed both rows as "(none)", so which held the untagged calls was a guess.
+    A value that reads as that label is shown quoted."""
     records = [
         rec(1, "2026-11-01T10:00:00.000Z", "openai", "gpt-4o", 1, 1, "0.5", tags={"env": "(none)"}),
         rec(2, "2026-11-01T11:00:00.000Z", "openai", "gpt-4o", 1, 1, "0.25"),
@@ -367,20 +371,58 @@ def test_a_tag_valued_none_is_not_the_calls_without_the_tag(
             "0.125",
             tags={"team": "(none)"},
         ),
+        rec(
+            4,
+            "2026-11-01T13:00:00.000Z",
+            "openai",
+            "gpt-4o",
+            1,
+            1,
+            "0.0625",
+            tags={"env": "(no env tag)"},
+        ),
+        rec(
+            5,
+            "2026-11-01T14:00:00.000Z",
+            "openai",
+            "gpt-4o",
+            1,
+            1,
+            "0.03125",
+            tags={"env": '"(no env tag)"'},
+        ),
     ]
     if kind == "sqlite":
         data = write_sqlite(tmp_path / "usage.db", records, [])
     else:
         data = write_jsonl(tmp_path / "usage.jsonl", records)
     rows = keys(report(cli, data, "--by", "tag:env"), "tag:env")
-    assert {key: row["calls"] for key, row in rows.items()} == {("(none)",): 1, (None,): 2}
+    assert {key: row["calls"] for key, row in rows.items()} == {
+        ("(none)",): 1,
+        (None,): 2,
+        ("(no env tag)",): 1,
+        ('"(no env tag)"',): 1,
+    }
     assert keys(report(cli, data, "--by", "tag:team"), "tag:team")[("(none)",)]["calls"] == 1
-    code, out, err = cli("report", "--source", str(data), "--by", "tag:env", "--format", "markdown")
-    assert code == 0, err
-    assert [line.split(" | ")[:2] for line in out.splitlines() if line.startswith("| (none)")] == [
-        ["| (none)", "1"],  # the tag's value, $0.50: most costly first
-        ["| (none)", "2"],
-    ]
+    # most costly first: the value "(none)" ($0.50), no tag ($0.375), the values "(no env tag)"
+    # ($0.0625) and '"(no env tag)"' ($0.03125), quoted
+    labels = ["(none)", "(no env tag)", '"(no env tag)"', '"\\"(no env tag)\\""']
+    for fmt in ("table", "markdown", "html"):
+        code, out, err = cli("report", "--source", str(data), "--by", "tag:env", "--format", fmt)
+        assert code == 0, err
+        if fmt == "table":  # the rows between the rules under the header and above TOTAL
+            rows = out.split("\n---")[1].split("\n---")[0].splitlines()[1:]
+            shown = [line.split("  ")[0] for line in rows]
+        elif fmt == "markdown":  # the rows after the header's | --- | line, before TOTAL
+            rows = out.split("| --- |")[1].split("| **TOTAL**")[0].splitlines()[1:]
+            shown = [line.split(" | ")[0].removeprefix("| ") for line in rows]
+            shown = [cell.replace("\\\\", "\\") for cell in shown]  # markdown's \\ is \
+        else:
+            main = out.split('<div id="main-table">')[1].split("<tbody>")[1]
+            shown = re.findall(r"<tr><td[^>]*>([^<]*)</td>", main.split("</tbody>")[0])
+            shown = [html.unescape(cell) for cell in shown]
+            assert "(no KEY tag) calls without the tag KEY" in out.split("<footer>")[1]
+        assert shown == labels, (fmt, out)
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "jsonl"])

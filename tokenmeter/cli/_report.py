@@ -184,7 +184,7 @@ def _providers(names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _check_tag_keys(report: Report) -> None:
-    """``--by tag:KEY`` on a key no record in the window has: say so, not one "(none)" row (a
+    """``--by tag:KEY`` on a key no record in the window has: say so, not one "(no KEY tag)" row (a
     row of calls without the tag has None for it; a value may be the text "(none)")."""
     breakdown = report.main
     for dimension in breakdown.dimensions:

@@ -29,6 +29,8 @@ from tokenmeter.cli.reports._model import (
     Row,
     TagSection,
     key_label,
+    tag_label,
+    untagged_label,
 )
 from tokenmeter.cli.reports._render import (
     CellTable,
@@ -336,8 +338,8 @@ def _tag_chart(section: TagSection) -> str:
     key = section.key
     bars = [
         (
-            key_label(row.key[0]),
-            f"{key} = {key_label(row.key[0])}",
+            tag_label(key, row.key[0]),
+            f"{key} = {tag_label(key, row.key[0])}",
             row.totals.cost_usd,
             _PALETTE[4],
         )
@@ -348,7 +350,7 @@ def _tag_chart(section: TagSection) -> str:
         label = f"{fmt_count(others)} other values" if others > 0 else "other values"
         bars.append((label, f"{key}: {label}", section.rest.cost_usd, _OTHER))
     if section.untagged.calls:
-        label = f"(no {key} tag)"
+        label = untagged_label(key)
         bars.append((label, f"calls without the tag {key}", section.untagged.cost_usd, _OTHER))
     calls = section.tagged.calls + section.untagged.calls
     note = (
@@ -580,7 +582,8 @@ def render_html(
             _table(calls, sortable=True),
         ]
     sections += [
-        f"<footer>tokenmeter · {esc(NONE_LABEL)} marks calls without that value · "
+        f"<footer>tokenmeter · {esc(NONE_LABEL)} marks calls without that value, "
+        f"{esc(untagged_label('KEY'))} calls without the tag KEY · "
         "costs are estimates from published prices</footer>",
         f"</main><script>{_SCRIPT}</script></body></html>",
     ]

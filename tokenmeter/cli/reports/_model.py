@@ -6,6 +6,7 @@ readers and the output formats never meet.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -25,21 +26,50 @@ __all__ = [
     "Row",
     "TagSection",
     "Totals",
+    "column_label",
     "key_label",
     "parse_dimension",
+    "tag_label",
+    "untagged_label",
 ]
 
 NONE_LABEL = "(none)"
 #: A row's key, a value per key column. None only in a ``tag:KEY`` column: the calls without
 #: that tag, apart from a tag whose value is the text ``(none)``; the table, markdown and HTML
-#: show it as ``NONE_LABEL``, JSON as null.
+#: show it as ``untagged_label`` (``tag_label``), JSON as null.
 Key = tuple[str | None, ...]
 
 
 def key_label(value: str | None) -> str:
-    """A key value as the tables and charts show it: ``NONE_LABEL`` for the calls without the
-    tag grouped by (only a tag column holds None)."""
+    """A key value as the tables and charts show it: ``NONE_LABEL`` for None (a ``tag:KEY``
+    column's values are shown by ``column_label``)."""
     return NONE_LABEL if value is None else value
+
+
+def untagged_label(key: str) -> str:
+    """What the tables and charts show for the calls without the tag ``key``."""
+    return f"(no {key} tag)"
+
+
+def tag_label(key: str, value: str | None) -> str:
+    """A value of the tag ``key`` as the tables and charts show it: ``untagged_label(key)`` for
+    the calls without the tag. A tag may hold any text, ``(no customer tag)`` copied from another
+    report too: a value that reads as that label, in double quotes or not, is shown quoted as in
+    JSON, so that no row of a value looks like the untagged calls' (nor like another value's)."""
+    label = untagged_label(key)
+    if value is None:
+        return label
+    if value.strip().strip('"') == label:
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+def column_label(column: str, value: str | None) -> str:
+    """A value of the key column ``column`` as the tables show it (``tag_label`` for a
+    ``tag:KEY`` column, ``key_label`` for the others)."""
+    if column.startswith("tag:"):
+        return tag_label(column.removeprefix("tag:"), value)
+    return key_label(value)
 
 
 #: What the tables and charts show for calls outside a named session, grouped ``--by name`` (the

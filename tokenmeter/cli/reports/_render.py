@@ -32,7 +32,7 @@ from tokenmeter.cli.reports._model import (
     Report,
     Row,
     Totals,
-    key_label,
+    column_label,
 )
 from tokenmeter.cli.reports._query import sort_rows
 
@@ -239,7 +239,8 @@ def summary_cells(report: Report, metrics: Sequence[str] | None = None) -> CellT
     name = columns.index("session") if "session" in columns and "session_id" not in columns else -1
     for row in compared_rows(report):
         cells = [METRICS[metric][1](row.totals, whole, row, report) for metric in chosen]
-        key = [key_label(value) for value in row.key]  # a tag's calls without it: "(none)"
+        # a tag's calls without it: "(no KEY tag)"
+        key = [column_label(column, value) for column, value in zip(columns, row.key, strict=True)]
         if name >= 0 and not key[name]:
             key[name] = NO_NAME_LABEL
         table.rows.append([*key, *cells])
