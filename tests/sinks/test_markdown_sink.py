@@ -641,6 +641,45 @@ def test_a_call_refused_by_a_budget_is_logged_as_blocked(
     ]
 
 
+def test_calls_a_budget_blocked_cost_nothing_and_have_a_price(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    """A blocked call's cost is null, but it was never sent: the session file said "Total
+    Cost: n/a" for a session of blocked calls only, and "Calls Without a Known Price: 2" beside
+    $0.006 for one priced call and two blocked, where the summary and `tokenmeter sessions` say
+    $0.00 and no unpriced call. The model row of token_usage.md read n/a too."""
+
+    def blocked(i: int, session_id: str, model: str = "gpt-4o") -> UsageRecord:
+        return make_record(
+            i,
+            session_id=session_id,
+            model_name=model,
+            status="blocked",
+            error="BudgetExceeded: cap",
+            input_tokens=0,
+            output_tokens=0,
+            total_tokens=0,
+            estimated_cost_usd=None,
+            cost_breakdown=None,
+        )
+
+    MarkdownJournalSink(tmp_path).write(
+        [make_record(0), blocked(1, "s1"), blocked(2, "s1"), blocked(3, "s2", "gpt-5")]
+    )
+    for session_id, cost in (("s1", "$0.006"), ("s2", "$0.00")):
+        text = (tmp_path / "sessions" / f"{session_id}.md").read_text(encoding="utf-8")
+        summary = text[text.index("## Session Summary") :]
+        assert f"- **Total Cost:** {cost}\n" in summary, summary
+        assert "Without a Known Price" not in summary
+    usage = (tmp_path / "token_usage.md").read_text(encoding="utf-8")
+    assert [row[::5] for row in table_rows(usage, "| Provider | Model | Calls |")] == [
+        ["openai", "$0.006"],
+        ["openai", "$0.00"],
+        ["**TOTAL**", "**$0.006**"],
+    ]
+    assert "no known price" not in usage
+
+
 class SessionFilesRefused(MarkdownJournalSink):
     """For its first ``failures`` writes, a directory stands where each session file goes: the OS
     refuses to open it, after ``token_usage.md`` took the batch (a failure half-way through)."""

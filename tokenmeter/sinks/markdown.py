@@ -697,8 +697,9 @@ class _SessionLog(_Log):
         if t["reasoning"]:
             lines.append(f"- **Reasoning Tokens:** {t['reasoning']:,}\n")
         lines.append(f"- **Total Cost:** {_totals_cost(t)}\n")
-        if t["calls"] > t["priced"]:
-            lines.append(f"- **Calls Without a Known Price:** {t['calls'] - t['priced']:,}\n")
+        unpriced = _from_state(t).unpriced_calls  # a call a budget blocked is not one
+        if unpriced:
+            lines.append(f"- **Calls Without a Known Price:** {unpriced:,}\n")
         info = state.get("info", {})
         rolled_up = info.get("rolled_up")
         if rolled_up and rolled_up[0] > t["calls"]:  # calls were made in nested sessions
@@ -857,7 +858,10 @@ def _money_or_na(value: Decimal | None) -> str:
 
 
 def _totals_cost(t: dict[str, Any]) -> str:
-    return _money(Decimal(t["cost"])) if t["priced"] else "n/a"
+    """The cost of the calls ``t`` sums, as the reports give it (``Totals.cost``): n/a only
+    when some call has no known price and none has one. A call a budget blocked was never sent:
+    it costs $0.00, so calls that were all blocked are not an unknown spending."""
+    return _money_or_na(_from_state(t).cost)
 
 
 def _avg_tokens(t: dict[str, Any]) -> str:
