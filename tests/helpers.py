@@ -88,28 +88,6 @@ def check_lease_protocol(ledger: object) -> None:
     assert spent("k", day) == approx(4.5)
 
 
-def check_forget_idle(ledger: object) -> None:
-    """What a shared ledger's ``forget_idle(scope_keys, idle_s)`` must do, on one that has
-    never seen the keys "s|session|everything" and "d|day|everything": delete the rows of
-    those keys that have nothing reserved and are unchanged for ``idle_s`` (a negative
-    ``idle_s`` takes every such row, whenever it changed); keep the others."""
-    session_key, day_key, day = "s|session|everything", "d|day|everything", "2026-12-01"
-    ledger.settle(session_key, "ended-1", 0.0, 1.5)  # type: ignore[attr-defined]
-    ledger.settle(session_key, "ended-2", 0.0, 0.5)  # type: ignore[attr-defined]
-    ledger.reserve(session_key, "in-flight", 10.0, 2.0)  # type: ignore[attr-defined]
-    ledger.settle(day_key, day, 0.0, 3.0)  # type: ignore[attr-defined]
-    forget_idle = ledger.forget_idle  # type: ignore[attr-defined]
-    assert forget_idle([session_key], 3600.0) == 0  # changed just now
-    assert ledger.spent(session_key, "ended-1") == 1.5  # type: ignore[attr-defined]
-    assert forget_idle([session_key], -60.0) == 2
-    assert ledger.spent(session_key, "ended-1") == 0.0  # type: ignore[attr-defined]
-    assert ledger.spent(session_key, "ended-2") == 0.0  # type: ignore[attr-defined]
-    assert ledger.spent(session_key, "in-flight") == 2.0  # type: ignore[attr-defined]
-    assert ledger.spent(day_key, day) == 3.0  # type: ignore[attr-defined]
-    ledger.settle(session_key, "in-flight", 2.0, 2.0)  # type: ignore[attr-defined]
-    assert ledger.reserve(session_key, "ended-1", 10.0, 1.0) == (True, 0.0)  # type: ignore[attr-defined]
-
-
 def run_python(
     *args: str, env: Mapping[str, str], cwd: Path, python: str = sys.executable
 ) -> subprocess.CompletedProcess[str]:

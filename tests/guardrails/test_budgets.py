@@ -1110,29 +1110,6 @@ def test_the_memory_ledger_drops_the_rows_of_ended_sessions(tmp_path: Path) -> N
         assert len(ledger._rows) == 1  # the open session's alone
 
 
-def test_budgets_db_drops_the_rows_of_sessions_long_over(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A ``period = "session"`` budget left a budgets.db row per session for ever (a server
-    opening a session per request: 500 sessions, 500 rows). A session's row is deleted once
-    it has been unchanged for a day (none here), looked for when a session ends."""
-    from tokenmeter.guardrails import _budgets
-
-    monkeypatch.setattr(_budgets, "SESSION_ROWS_KEPT_S", -60.0)
-    monkeypatch.setattr(_budgets, "_FORGET_IDLE_EVERY_S", 0.0)
-    budgets = [
-        {"name": "per-job", "limit_usd": 0.01, "period": "session"},
-        {"name": "daily", "limit_usd": 10, "period": "day"},
-    ]
-    configured(tmp_path, budgets)
-    for _ in range(50):
-        with tokenmeter.session("job"):
-            tokenmeter.record("openai", "gpt-4o", 1000, 500)
-    with sqlite3.connect(tmp_path / "tm" / "budgets.db") as db:
-        rows = db.execute("SELECT scope_key, settled_usd FROM budget_ledger").fetchall()
-    assert rows == [("daily|day|everything", pytest.approx(0.375))]
-
-
 def test_the_memory_ledger_keeps_a_session_ids_spend_while_a_session_of_it_is_open(
     tmp_path: Path, fake: FakeProvider, instrumented: None
 ) -> None:

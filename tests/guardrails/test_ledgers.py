@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import check_forget_idle, check_lease_protocol, returns, run_python
+from helpers import check_lease_protocol, returns, run_python
 
 from tokenmeter.guardrails import _leases
 from tokenmeter.guardrails._ledger import LEASE_CAP, MemoryLedger, SQLiteLedger, grant_of
@@ -21,12 +21,6 @@ from tokenmeter.guardrails._ledger import LEASE_CAP, MemoryLedger, SQLiteLedger,
 def test_leases_follow_the_protocol(tmp_path: Path, kind: str) -> None:
     ledger = MemoryLedger() if kind == "memory" else SQLiteLedger(tmp_path / "budgets.db")
     check_lease_protocol(ledger)
-    ledger.close()
-
-
-def test_a_sqlite_ledger_forgets_the_rows_of_sessions_long_over(tmp_path: Path) -> None:
-    ledger = SQLiteLedger(tmp_path / "budgets.db")
-    check_forget_idle(ledger)
     ledger.close()
 
 

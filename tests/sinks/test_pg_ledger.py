@@ -19,13 +19,7 @@ import pytest
 pytest.importorskip("psycopg", reason="psycopg is not installed (tokenmeter[postgres])")
 
 from conftest import CommitAnswerLost
-from helpers import (
-    check_forget_idle,
-    check_lease_protocol,
-    held_by_another_thread,
-    hold_budget,
-    returns,
-)
+from helpers import check_lease_protocol, held_by_another_thread, hold_budget, returns
 
 from tokenmeter.sinks.postgres import PostgresSink
 from tokenmeter.testing import FakeProvider
@@ -67,12 +61,6 @@ def test_reserve_settle_and_spent_follow_the_protocol(pg_dsn: str) -> None:
 def test_leases_follow_the_protocol(pg_dsn: str) -> None:
     ledger = PostgresSink(pg_dsn).budget_ledger()
     check_lease_protocol(ledger)
-    ledger.close()
-
-
-def test_the_rows_of_sessions_long_over_are_forgotten(pg_dsn: str) -> None:
-    ledger = PostgresSink(pg_dsn).budget_ledger()
-    check_forget_idle(ledger)
     ledger.close()
 
 

@@ -1153,10 +1153,7 @@ def session_ended(session: Any) -> None:
     if config is None:
         return
     config.forget_session(session)
-    if not any(b.period == "session" for b in config.budgets):
-        return
-    _forget_idle_sessions(config)
-    if _period_goes_on(session):
+    if not any(b.period == "session" for b in config.budgets) or _period_goes_on(session):
         return
     forget_period = getattr(config.ledger, "forget_period", None)
     if forget_period is not None:
@@ -1171,34 +1168,6 @@ def session_ended(session: Any) -> None:
                 if budget.period == "session":
                     for fraction in config.warn_at:
                         _warned.discard((budget.key, start, fraction, budget.limit))
-
-
-#: A shared ledger (budgets.db, PostgreSQL) keeps a ``period = "session"`` budget's row of a
-#: session until it has been unchanged for this long (a day): other processes may still spend
-#: under the id of a session ended here, so it is not deleted when the session ends.
-SESSION_ROWS_KEPT_S = 86_400.0
-#: The rows past that are looked for when a session ends, at most this often in a process.
-_FORGET_IDLE_EVERY_S = 3_600.0
-_forgot_idle_at: float | None = None
-
-
-def _forget_idle_sessions(config: _Config) -> None:
-    """Delete the rows of sessions long over from a ledger that can (``forget_idle``): a
-    server opening a session per request added a row to budgets.db for each, for ever."""
-    global _forgot_idle_at
-    forget_idle = getattr(config.ledger, "forget_idle", None)
-    now = time.monotonic()
-    if forget_idle is None or (
-        _forgot_idle_at is not None and now - _forgot_idle_at < _FORGET_IDLE_EVERY_S
-    ):
-        return
-    _forgot_idle_at = now
-    keys = [budget.key for budget in config.budgets if budget.period == "session"]
-    try:
-        with briefly():  # at a session's end: a locked ledger is not waited for (next time)
-            forget_idle(keys, SESSION_ROWS_KEPT_S)
-    except Exception:
-        logger.debug("tokenmeter: the rows of past sessions were left for later", exc_info=True)
 
 
 def _period_goes_on(session: Any) -> bool:
@@ -1239,7 +1208,7 @@ def give_back() -> None:
 def reset() -> None:
     """Forget budgets, what the memory ledger kept, the model names learnt and warnings given
     (tests)."""
-    global _config, _ledger_failed, _memory_ledger, _warned_for, _forgot_idle_at
+    global _config, _ledger_failed, _memory_ledger, _warned_for
     configure_budgets(())
     _memory_ledger = MemoryLedger()
     _response_names.clear()
@@ -1249,4 +1218,3 @@ def reset() -> None:
     with _owed_lock:
         _owed.clear()
     _ledger_failed = False
-    _forgot_idle_at = None

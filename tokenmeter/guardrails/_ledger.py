@@ -16,8 +16,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -272,11 +272,6 @@ _SETTLE = (
     "updated_at = excluded.updated_at RETURNING settled_usd + reserved_usd"
 )
 
-#: Rows of ``period = "session"`` budgets whose sessions are over (see ``forget_idle``).
-_FORGET_IDLE = (
-    "DELETE FROM budget_ledger WHERE scope_key = ? AND updated_at < ? AND reserved_usd <= 1e-12"
-)
-
 
 #: How long a SQLite transaction waits for another process's write lock.
 BUSY_TIMEOUT_S = 30.0
@@ -470,16 +465,6 @@ class SQLiteLedger:
         with self._pause, held_from_fork(), self._connection() as conn:
             row = conn.execute(_READ, (scope_key, period_start)).fetchone()
         return float(row[0]) if row else 0.0
-
-    def forget_idle(self, scope_keys: Sequence[str], idle_s: float) -> int:
-        """Delete the rows of these keys (``period = "session"`` budgets', one per session)
-        with nothing reserved and unchanged for ``idle_s``: a server opening a session per
-        request kept a row of each for ever. Not at a session's end: other processes may
-        spend under its id still (every process of ``tokenmeter run`` is in one session).
-        The number of rows deleted."""
-        before = (datetime.now(UTC) - timedelta(seconds=idle_s)).isoformat(timespec="milliseconds")
-        with self._pause, held_from_fork(), self._connection() as used, _immediate(used) as conn:
-            return sum(conn.execute(_FORGET_IDLE, (key, before)).rowcount for key in scope_keys)
 
     def close(self) -> None:
         """Close the connections no thread is using; each of the others is closed by its

@@ -96,12 +96,6 @@ _SPENT = (
     "WHERE scope_key = %(key)s AND period_start = %(period)s"
 )
 
-#: Rows of ``period = "session"`` budgets whose sessions are over (see ``forget_idle``).
-_FORGET_IDLE = (
-    "DELETE FROM budget_ledger WHERE scope_key = ANY(%(keys)s) AND reserved_usd <= 1e-12 "
-    "AND updated_at < now() - make_interval(secs => %(idle)s)"
-)
-
 
 #: Rows a ledger remembers as made; beyond this it starts over (a budget of period "session"
 #: has a row per session: a long-running server would remember every session it served).
@@ -273,18 +267,6 @@ class PostgresLedger:
         def work(conn: psycopg.Connection[Any]) -> float:
             row = conn.execute(_SPENT.encode(), params).fetchone()
             return 0.0 if row is None else float(row[0])
-
-        return self._run(work)
-
-    def forget_idle(self, scope_keys: Sequence[str], idle_s: float) -> int:
-        """Delete the rows of these keys with nothing reserved and unchanged for ``idle_s``
-        (as ``SQLiteLedger.forget_idle``); the number deleted. Run twice it deletes nothing
-        more, so a lost answer to its COMMIT needs no care."""
-        params = {"keys": [_text(key) for key in scope_keys], "idle": float(idle_s)}
-
-        def work(conn: psycopg.Connection[Any]) -> int:
-            with conn.transaction():
-                return conn.execute(_FORGET_IDLE.encode(), params).rowcount
 
         return self._run(work)
 
