@@ -704,6 +704,23 @@ def test_a_session_id_from_outside_writes_one_state_line_without_control_charact
     assert "Session req-2\ufffd]0;pwned\ufffd\ufffd\ufffd2 - 1500" in lines[1]
 
 
+def test_the_state_file_may_be_a_pipe(tmp_path: Path) -> None:
+    """``state_file="/dev/stderr"`` (a pipe under CI, docker, systemd) got each session's line,
+    until appends refused what is not a regular file: the line went to quarantine instead."""
+    code = (
+        "import tokenmeter\n"
+        f"tokenmeter.configure(directory={str(tmp_path)!r}, state_file='/dev/stderr', "
+        "sinks=['jsonl'])\n"
+        "with tokenmeter.session('s1', id='job-1'):\n"
+        "    tokenmeter.record('openai', 'gpt-4o', 1000, 500)\n"
+        "assert tokenmeter.flush(10)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
+    done = run_python("-c", code, env=env, cwd=tmp_path)
+    assert "TOKEN_TRACKING: Session job-1 - 1500 tokens, $0.0075" in done.stderr
+    assert not (tmp_path / "quarantine.jsonl").exists()
+
+
 def test_each_run_of_a_session_id_entered_again_gets_its_state_line(tmp_path: Path) -> None:
     """A decorated function called again under its session id (an import resumed after an
     error) wrote one line, $0.0075 of the $0.0225 spent: the second run was taken for the

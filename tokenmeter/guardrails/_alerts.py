@@ -584,7 +584,7 @@ class AlertSink:
             self._unwritten.append(line)
             return True
         try:  # whole or not at all: a torn line would swallow the next alert too
-            return append_line(self.path, line, given if once else None)
+            return append_line(self.path, line, given if once else None, regular_only=True)
         except OSError as exc:
             # Given all the same (logged, the callbacks called); written once the file takes
             # lines again, and said once.
@@ -600,7 +600,7 @@ class AlertSink:
     def _write_unwritten(self) -> None:
         lines = list(self._unwritten)
         try:
-            append_line(self.path, b"".join(lines))
+            append_line(self.path, b"".join(lines), regular_only=True)
         except OSError:
             return
         for _ in lines:

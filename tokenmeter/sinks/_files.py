@@ -259,16 +259,23 @@ def append_whole(fd: int, data: bytes) -> None:
         raise
 
 
-def append_line(path: Path, data: bytes, unless: Callable[[int], bool] | None = None) -> bool:
+def append_line(
+    path: Path,
+    data: bytes,
+    unless: Callable[[int], bool] | None = None,
+    regular_only: bool = False,
+) -> bool:
     """Append ``data`` to the file at ``path`` (created owner-only) with ``append_whole``, under
     an exclusive lock: other processes append to the same state file and alerts.jsonl.
     ``unless(fd)``, called under the lock, may find the file has what it needs already (another
-    process wrote it): nothing is appended then, and False returned. OSError for what is not
-    a regular file (``refuse_irregular``)."""
+    process wrote it): nothing is appended then, and False returned. ``regular_only``: OSError
+    for what is not a regular file (``refuse_irregular``): a file read back (alerts.jsonl); the
+    state file may be a pipe or a terminal (``/dev/stderr`` in a container)."""
     ensure_private_dir(path.parent)
-    fd = open_private(path, os.O_RDWR | os.O_APPEND | os.O_NONBLOCK)
+    fd = open_private(path, os.O_RDWR | os.O_APPEND | (os.O_NONBLOCK if regular_only else 0))
     try:
-        refuse_irregular(fd)
+        if regular_only:
+            refuse_irregular(fd)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             if unless is not None and unless(fd):
