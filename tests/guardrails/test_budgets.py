@@ -867,6 +867,50 @@ def test_a_tiered_models_request_is_estimated_at_the_price_of_its_own_tokens(
     )
 
 
+@pytest.mark.parametrize(
+    ("provider", "model", "tokens"),
+    [
+        ("openrouter", "qwen/qwen3-coder-flash", 6_000),  # base rate: its tier starts at 32k
+        ("openrouter", "qwen/qwen3-coder-flash", 40_000),  # past it: the tier's rate
+        ("perplexity", "sonar", 6_000),  # $1 / M input and $12 per 1,000 requests, once
+    ],
+)
+def test_a_request_is_estimated_at_its_models_rate_and_fee_for_its_own_tokens(
+    provider: str, model: str, tokens: int
+) -> None:
+    """The price of one token was that of 100,000 tokens: past the 32k tier of two OpenRouter
+    models (a 6,000-token qwen3-coder-flash request estimated at 1.67x its $0.00117), and with a
+    per-request fee spread over those tokens (a 6,000-token sonar request estimated at $0.0067,
+    where it costs $0.018). The estimate is the base rate times the tokens, plus the fee once."""
+    from tokenmeter._estimate import _input_bound
+    from tokenmeter.guardrails._estimate import estimate_input_usd, input_bound_usd
+
+    text = "x" * (4 * tokens - len("user"))  # no body read: four characters a token
+    kwargs = {"model": model, "messages": [{"role": "user", "content": text}]}
+    listed = tokenmeter.price(provider, model, {"input_tokens": tokens, "output_tokens": 0})
+    assert estimate_input_usd(provider, model, (), kwargs) == listed.total_usd
+    bound_tokens = _input_bound(provider, kwargs)
+    assert bound_tokens is not None
+    bound = input_bound_usd(provider, model, kwargs)
+    if bound_tokens > 32_000:  # a tier may apply: no ceiling short of the estimate itself
+        assert bound is None
+    else:
+        at_list_price = tokenmeter.price(provider, model, {"input_tokens": bound_tokens})
+        assert bound == pytest.approx(float(at_list_price.total_usd or 0))
+
+
+def test_a_per_call_budget_counts_a_models_fee_per_request(tmp_path: Path) -> None:
+    """A $0.01 per-call budget let a 6,000-token Perplexity sonar request ($0.018 with its fee)
+    through: its fee was spread over 100,000 tokens, and the request estimated at $0.0067."""
+    from tokenmeter.providers._core import Call
+
+    configured(tmp_path, [{"limit_usd": 0.01, "period": "call"}])
+    request = {"model": "sonar", "messages": [{"role": "user", "content": "x" * 23_996}]}
+    with pytest.raises(BudgetExceeded, match="per call") as refused:
+        _budgets.check(Call("perplexity", "sonar", "chat"), (), request)
+    assert refused.value.estimate_usd == Decimal("0.018")
+
+
 def test_the_per_token_prices_budgets_keep_stay_bounded_and_right(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -882,7 +926,7 @@ def test_the_per_token_prices_budgets_keep_stay_bounded_and_right(
     for n in range(100):
         _estimate.estimate_input_usd("openai", f"gpt-4o-user-{n}", (), {}, request)
         _estimate.input_bound_usd("openai", f"gpt-4o-user-{n}", request)
-    assert len(_estimate._per_token) <= 20 and len(_estimate._per_token_float) <= 20
+    assert len(_estimate._input_prices) <= 20
     assert _estimate.estimate_input_usd("openai", "gpt-4o", (), {}, request) == expected
     assert _estimate.input_bound_usd("openai", "gpt-4o", request) == bound
 

@@ -4,18 +4,19 @@ The tokens come from ``tokenmeter._estimate.estimate_input``, the estimator that
 calls whose provider reports no usage (the provider's tokenizer where it runs offline, a
 calibrated heuristic otherwise), applied to the request body the adapter read. Where no body was
 read, the characters of the request's text content are counted, four to a token. The tokens are
-priced as input with the pricing engine: output is not known before the answer.
+priced as input (output is not known before the answer): at the model's base input rate, plus its
+fee per request once, up to its first long-context tier; past it, by the pricing engine.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from tokenmeter._estimate import _input_bound, _input_parts, _usage_of
 from tokenmeter._models import MAX_TOKENS, usage_of
-from tokenmeter.pricing import price_usage
+from tokenmeter.pricing import describe_price, price_usage
 
 __all__ = ["estimate_input_usd", "input_bound_usd"]
 
@@ -55,20 +56,11 @@ def estimate_input_usd(
             _count_arg(value, counter, positional=False)
         chars = counter[0]
         tokens = min(chars // 4 + (1 if chars % 4 else 0), MAX_TOKENS)
-    if tokens > _LINEAR_UP_TO:  # long prompts may have their own (tiered) price: ask the engine
+    price = _input_price(provider, model)
+    if tokens > price.linear_up_to:  # a long-context tier may apply: the engine prices it
         cost = price_usage(provider, model, usage_of(input_tokens=tokens, output_tokens=0))
         return cost.total_usd or _ZERO
-    return _price_per_token(provider, model) * tokens
-
-
-def _price_per_token(provider: str, model: str) -> Decimal:
-    per_token = _per_token.get((provider, model))
-    if per_token is None:
-        cost = price_usage(provider, model, usage_of(input_tokens=_UNIT, output_tokens=0))
-        if len(_per_token) >= _MAX_MODELS:  # a gateway passing its users' model names on
-            _per_token.clear()
-        per_token = _per_token[(provider, model)] = (cost.total_usd or _ZERO) / _UNIT
-    return per_token
+    return price.usd(tokens)
 
 
 def input_bound_usd(provider: str, model: str | None, request: Any) -> float | None:
@@ -80,32 +72,66 @@ def input_bound_usd(provider: str, model: str | None, request: Any) -> float | N
         tokens = _input_bound(provider, request)
     except Exception:
         return None
-    if tokens is None or tokens > _LINEAR_UP_TO:
+    if tokens is None:
         return None
-    per_token = _per_token_float.get((provider, model))
-    if per_token is None:
-        if len(_per_token_float) >= _MAX_MODELS:
-            _per_token_float.clear()
-        per_token = _per_token_float[(provider, model)] = float(_price_per_token(provider, model))
-    return per_token * tokens
+    price = _input_price(provider, model)
+    if tokens > price.linear_up_to:
+        return None
+    return price.usd_float(tokens)
 
 
-#: Input prices are linear per token up to here for every model tokenmeter knows (tiers start at
-#: 128k or 200k tokens); the price of one token is cached per model until the settings change.
-_LINEAR_UP_TO = 100_000
-#: The tokens priced to find the price of one: below every tier (a million tokens is past them
-#: and would price every request at a tiered model's long-context rate, twice the list price).
-_UNIT = _LINEAR_UP_TO
-#: Models whose price of one token is kept: past this many the cache starts over.
+class _InputPrice(NamedTuple):
+    """What a request's input costs below the model's first long-context tier: its base rate per
+    token, and its fee per request (Perplexity's sonar models), owed once whatever the tokens."""
+
+    per_token: Decimal
+    per_request: Decimal
+    per_token_float: float
+    per_request_float: float
+    #: Prompts of more tokens may be billed at a tier's rate: the engine prices those.
+    linear_up_to: int
+
+    def usd(self, tokens: int) -> Decimal:
+        return self.per_request + self.per_token * tokens
+
+    def usd_float(self, tokens: int) -> float:
+        return self.per_request_float + self.per_token_float * tokens
+
+
+_NO_PRICE = _InputPrice(_ZERO, _ZERO, 0.0, 0.0, MAX_TOKENS)
+_PER_MTOK = Decimal(1_000_000)
+
+
+def _input_price(provider: str, model: str) -> _InputPrice:
+    """The model's base (lowest-tier) input rates, from the rates the engine prices calls with
+    (user prices, regions and fine-tunes included); kept per model until the settings change."""
+    price = _input_prices.get((provider, model))
+    if price is None:
+        found = describe_price(provider, model)
+        if found is None:
+            price = _NO_PRICE  # its estimate is $0, as its cost is unknown
+        else:
+            rates = found.rates
+            per_token = rates.input_per_mtok / _PER_MTOK
+            per_request = rates.per_request_usd
+            first_tier = min((start for start, _ in found.tiers), default=MAX_TOKENS)
+            price = _InputPrice(
+                per_token, per_request, float(per_token), float(per_request), first_tier
+            )
+        if len(_input_prices) >= _MAX_MODELS:  # a gateway passing its users' model names on
+            _input_prices.clear()
+        _input_prices[(provider, model)] = price
+    return price
+
+
+#: Models whose input price is kept: past this many the cache starts over.
 _MAX_MODELS = 10_000
-_per_token: dict[tuple[str, str], Decimal] = {}
-_per_token_float: dict[tuple[str, str], float] = {}
+_input_prices: dict[tuple[str, str], _InputPrice] = {}
 
 
 def forget_prices() -> None:
     """Prices may have changed (configure()): price again."""
-    _per_token.clear()
-    _per_token_float.clear()
+    _input_prices.clear()
 
 
 def _count_arg(value: Any, counter: list[int], *, positional: bool) -> None:
