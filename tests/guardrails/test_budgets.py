@@ -19,6 +19,7 @@ import sys
 import textwrap
 import threading
 import weakref
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -1177,6 +1178,60 @@ def test_the_memory_ledger_keeps_a_session_ids_spend_while_a_session_of_it_is_op
         with pytest.raises(BudgetExceeded):
             chat(fake)
     assert len(fake.requests) == 3
+
+
+class _CountedWalks(weakref.WeakSet[Any]):
+    """The open sessions, counting the walks over them."""
+
+    walks = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        type(self).walks += 1
+        return super().__iter__()
+
+
+@pytest.mark.parametrize("ledger", ["sqlite", "memory"])
+def test_a_sessions_end_does_not_walk_the_open_sessions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ledger: str
+) -> None:
+    """Whether a session's id was still open was found by walking every open session under the
+    lock each session's enter and exit takes, at every session's end under a period="session"
+    budget, with any ledger: a server with 4,000 requests in flight, a session each, took 3-5 ms
+    a session instead of 0.15-0.3 ms. The ids are counted as sessions open and end, and only the
+    memory ledger, which drops a period's rows when it is over, asks."""
+    from tokenmeter import _sessions
+
+    asked: list[str] = []
+    in_use = _sessions.id_in_use
+    monkeypatch.setattr(_sessions, "id_in_use", lambda id_: asked.append(id_) or in_use(id_))
+    monkeypatch.setattr(_sessions, "_open", _CountedWalks(_sessions._open))
+    configured(tmp_path, [{"limit_usd": 1, "period": "session"}], budget_ledger=ledger)
+    in_flight = []
+    for n in range(20):
+        request = tokenmeter.session("request", id=f"in-flight-{n}")
+        contextvars.copy_context().run(request.__enter__)
+        in_flight.append(request)
+    for n in range(20):
+        with tokenmeter.session("request", id=f"r-{n}"):
+            tokenmeter.record("openai", "gpt-4o", 10, 5)
+    assert _CountedWalks.walks == 0
+    assert asked == ([f"r-{n}" for n in range(20)] if ledger == "memory" else [])
+
+
+def test_a_session_collected_while_open_leaves_its_id_free(tmp_path: Path) -> None:
+    """A session entered in a context that was dropped inside its block never ends: once it is
+    collected, its id is no longer open, and the memory ledger drops the id's rows again."""
+    from tokenmeter import _sessions
+
+    budget = {"name": "per-job", "limit_usd": 0.01, "period": "session"}
+    configured(tmp_path, [budget], budget_ledger="memory")
+    contextvars.copy_context().run(tokenmeter.session("job", id="job-9").__enter__)
+    gc.collect()
+    assert not _sessions.id_in_use("job-9")
+    with tokenmeter.session("job", id="job-9"):
+        tokenmeter.record("openai", "gpt-4o", 1000, 500)
+    ledger = _budgets._config.ledger  # type: ignore[union-attr]
+    assert ledger._rows == {}
 
 
 def test_the_memory_ledger_keeps_the_periods_spend_across_configure(

@@ -1173,8 +1173,12 @@ def session_ended(session: Any) -> None:
 def _period_goes_on(session: Any) -> bool:
     """Whether another session of this process open under the ended one's id still spends in
     its period (``period = "session"`` rows are keyed by the id): forgetting them when one of
-    two threads' sessions of a job ended gave the other the whole limit again."""
-    return _sessions.id_in_use(str(session.id))
+    two threads' sessions of a job ended gave the other the whole limit again. Asked only when
+    this process keeps something of the period: the memory ledger's rows (``forget_period``; a
+    shared ledger keeps its rows past the session's end), or warnings given in it."""
+    config = _config
+    keeps_rows = config is not None and hasattr(config.ledger, "forget_period")
+    return (keeps_rows or bool(_warned)) and _sessions.id_in_use(str(session.id))
 
 
 def _give_back_briefly(session: Any) -> None:
