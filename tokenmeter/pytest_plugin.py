@@ -101,12 +101,11 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"{_MAX_USD}), got {budget_text!r}"
             )
     from tokenmeter._config import load_settings_with_sources
-    from tokenmeter.pricing._overrides import check_prices_file
+    from tokenmeter.pricing._overrides import check_prices_files
 
     try:  # here, once: from the first test's instrument() it was an INTERNALERROR traceback
         settings, sources = load_settings_with_sources()
-        if settings.prices_file is not None:
-            check_prices_file(settings.prices_file)
+        check_prices_files(settings.prices_files)
     except ValueError as exc:  # a bad TOKENMETER_* variable, [tool.tokenmeter] or prices file
         raise pytest.UsageError(str(exc)) from None
     if json_path and Path(json_path).is_dir():
