@@ -213,6 +213,39 @@ def test_pyproject_money_is_exact_and_a_rate_too_small_to_be_a_float_is_refused(
     assert (settings.exit_timeout, settings.budget_warn_at) == (2.5, (0.5,))
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "given"),
+    [
+        ("TOKENMETER_SINKS", "", {"sinks": ["jsonl"]}),
+        ("TOKENMETER_SINKS", "sqlite;jsonl", {"sinks": ["jsonl"]}),
+        ("TOKENMETER_MAX_QUEUE", "10k", {"max_queue": 10_000}),
+        ("TOKENMETER_STREAM_USAGE", "maybe", {"stream_usage": False}),
+        ("TOKENMETER_BUDGETS", "{limit_usd: 5}", {"budgets": []}),
+        ("TOKENMETER_PROVIDERS", ",", {"providers": ["openai"]}),
+    ],
+)
+def test_a_bad_environment_value_is_an_error_only_if_configure_does_not_set_it(
+    tmp_path: Path, variable: str, value: str, given: dict[str, Any]
+) -> None:
+    env = {variable: value}
+    with pytest.raises(ValueError) as excinfo:
+        load_settings(env=env, cwd=tmp_path)
+    key = next(iter(given))
+    assert f"tokenmeter setting {key!r} from {variable}: " in one_line_value_error(excinfo)
+    sources = load_settings_with_sources(given, env=env, cwd=tmp_path)[1]
+    assert sources[key] == "configure()"
+
+
+def test_configure_overrides_a_bad_environment_value_of_its_own_setting(
+    monkeypatch: pytest.MonkeyPatch, sink: InMemorySink
+) -> None:
+    monkeypatch.setenv("TOKENMETER_MAX_QUEUE", "10k")  # what the warning at a call points to
+    tokenmeter.configure(sinks=[sink], max_queue=10_000)
+    tokenmeter.record("openai", "gpt-4o", 10, 5)
+    assert tokenmeter.flush()
+    assert len(sink.records) == 1
+
+
 def test_disabled_makes_instrument_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOKENMETER_DISABLED", "1")
     tokenmeter.configure()  # re-read the environment

@@ -75,8 +75,8 @@ def test_pyproject_then_environment_then_configure(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"TOKENMETER_BUDGETS": "10/day"}, "TOKENMETER_BUDGETS must be JSON"),
-        ({"TOKENMETER_ALERTS": "loud"}, "TOKENMETER_ALERTS must be JSON"),
+        ({"TOKENMETER_BUDGETS": "10/day"}, "'budgets' from TOKENMETER_BUDGETS: must be JSON"),
+        ({"TOKENMETER_ALERTS": "loud"}, "'alerts' from TOKENMETER_ALERTS: must be JSON"),
         (
             {"TOKENMETER_BUDGETS": '[{"limit_usd": 1, "period": "year"}]'},
             "'budgets' from TOKENMETER_BUDGETS: budgets[0].period",
@@ -85,17 +85,23 @@ def test_pyproject_then_environment_then_configure(tmp_path: Path) -> None:
             {"TOKENMETER_BUDGET_TIMEZONE": "Mars/Olympus"},
             "'budget_timezone' from TOKENMETER_BUDGET_TIMEZONE: unknown time zone",
         ),
-        ({"TOKENMETER_BUDGET_WARN_AT": "half"}, "TOKENMETER_BUDGET_WARN_AT must be a number"),
+        (
+            {"TOKENMETER_BUDGET_WARN_AT": "half"},
+            "'budget_warn_at' from TOKENMETER_BUDGET_WARN_AT: must be a number",
+        ),
         ({"TOKENMETER_BUDGET_WARN_AT": "0,1"}, "each fraction must be a number above 0"),
         ({"TOKENMETER_BUDGET_LEDGER": "postgres"}, "must be 'sqlite' or 'memory'"),
-        ({"TOKENMETER_THREAD_PROPAGATION": "sometimes"}, "TOKENMETER_THREAD_PROPAGATION must"),
-        ({"TOKENMETER_EXIT_TIMEOUT": "soon"}, "TOKENMETER_EXIT_TIMEOUT must be a number"),
+        (
+            {"TOKENMETER_THREAD_PROPAGATION": "sometimes"},
+            "from TOKENMETER_THREAD_PROPAGATION: must be 1/0",
+        ),
+        ({"TOKENMETER_EXIT_TIMEOUT": "soon"}, "from TOKENMETER_EXIT_TIMEOUT: must be a number"),
         ({"TOKENMETER_MAX_QUEUE": "0"}, "'max_queue' from TOKENMETER_MAX_QUEUE"),
-        ({"TOKENMETER_SINKS": ""}, "TOKENMETER_SINKS is set but names no sink"),
-        ({"TOKENMETER_SINKS": " , "}, "TOKENMETER_SINKS is set but names no sink"),
+        ({"TOKENMETER_SINKS": ""}, "from TOKENMETER_SINKS: is set but names no sink"),
+        ({"TOKENMETER_SINKS": " , "}, "from TOKENMETER_SINKS: is set but names no sink"),
         # Nothing was patched, without a word: every call unmetered (an empty value is unset).
-        ({"TOKENMETER_PROVIDERS": " "}, "TOKENMETER_PROVIDERS is set but names no provider"),
-        ({"TOKENMETER_PROVIDERS": ","}, "TOKENMETER_PROVIDERS is set but names no provider"),
+        ({"TOKENMETER_PROVIDERS": " "}, "from TOKENMETER_PROVIDERS: is set but names no provider"),
+        ({"TOKENMETER_PROVIDERS": ","}, "from TOKENMETER_PROVIDERS: is set but names no provider"),
     ],
 )
 def test_bad_environment_values(tmp_path: Path, env: dict[str, str], message: str) -> None:

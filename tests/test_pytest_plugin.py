@@ -522,7 +522,11 @@ def test_bad_run_budget_is_a_usage_error(project: pytest.Pytester, budget: str) 
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("TOKENMETER_SINKS", "carrier-pigeon", "TOKENMETER_SINKS: unknown sink 'carrier-pigeon'*"),
+        (
+            "TOKENMETER_SINKS",
+            "carrier-pigeon",
+            "*'sinks' from TOKENMETER_SINKS: unknown sink 'carrier-pigeon'*",
+        ),
         ("TOKENMETER_PRICES", "missing.json", "*missing.json: cannot read prices file*"),
     ],
 )

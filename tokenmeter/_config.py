@@ -283,13 +283,13 @@ class Settings(BaseModel):
         return float(value)
 
 
-def _parse_bool(name: str, value: str) -> bool:
+def _parse_bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in _TRUE:
         return True
     if lowered in _FALSE:
         return False
-    raise ValueError(f"{name} must be 1/0, true/false, yes/no or on/off, got {short_repr(value)}")
+    raise ValueError(f"must be 1/0, true/false, yes/no or on/off, got {short_repr(value)}")
 
 
 def _parse_sinks(value: Any) -> tuple[str, ...]:
@@ -337,79 +337,96 @@ def _parse_names(
     return tuple(names)
 
 
-def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    if value := env.get("TOKENMETER_DIR"):
-        found["directory"] = value
-    if (value := env.get("TOKENMETER_SINKS")) is not None:
+class _Unreadable:
+    """A ``TOKENMETER_*`` value that cannot be read, kept in its setting's place: an error only
+    if no ``configure()`` argument sets that setting (the first that sets a value wins). Raised
+    while the variables were read, it made ``configure(max_queue=10000)`` fail on
+    ``TOKENMETER_MAX_QUEUE=10k``, the very value the application overrides."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _parsed(parse: Callable[[str], Any], value: str) -> Any:
+    """``parse(value)``, or an ``_Unreadable`` saying why not."""
+    try:
+        return parse(value)
+    except (ValueError, RecursionError) as exc:
+        return _Unreadable(str(exc))
+
+
+def _some_sinks(value: str) -> tuple[str, ...]:
+    sinks = _parse_sinks(value)
+    if not sinks:  # an unset variable in a shell script, not a wish to store nothing
+        raise ValueError(
+            "is set but names no sink; unset it for the default (sqlite), name some of "
+            f"{', '.join(SINK_NAMES)}, or set TOKENMETER_DISABLED=1 to store nothing"
+        )
+    return sinks
+
+
+def _some_providers(value: str) -> str:
+    if not value.replace(",", " ").strip():  # as TOKENMETER_SINKS: nothing would be patched
+        raise ValueError(
+            "is set but names no provider; unset it for every installed one, or name some "
+            "(openai, anthropic, gemini...)"
+        )
+    return value
+
+
+def _json_tables(example: str) -> Callable[[str], Any]:
+    def parse(value: str) -> Any:
         try:
-            found["sinks"] = _parse_sinks(value)
-        except ValueError as exc:
-            raise ValueError(f"TOKENMETER_SINKS: {exc}") from None
-        if not found["sinks"]:  # an unset variable in a shell script, not a wish to store nothing
-            raise ValueError(
-                "TOKENMETER_SINKS is set but names no sink; unset it for the default (sqlite), "
-                f"name some of {', '.join(SINK_NAMES)}, or set TOKENMETER_DISABLED=1 to store "
-                "nothing"
-            )
-    if (value := env.get("TOKENMETER_DISABLED")) is not None:
-        found["disabled"] = _parse_bool("TOKENMETER_DISABLED", value)
-    if value := env.get("TOKENMETER_PRICES"):
-        found["prices_file"] = value
-    if (value := env.get("TOKENMETER_STREAM_USAGE")) is not None:
-        found["stream_usage"] = _parse_bool("TOKENMETER_STREAM_USAGE", value)
-    if (value := env.get("TOKENMETER_REPORTS")) is not None:
-        found["reports"] = value
-    if (value := env.get("TOKENMETER_THREAD_PROPAGATION")) is not None:
-        found["thread_propagation"] = _parse_bool("TOKENMETER_THREAD_PROPAGATION", value)
-    if value := env.get("TOKENMETER_MAX_QUEUE"):
-        found["max_queue"] = _parse_number("TOKENMETER_MAX_QUEUE", value, int)
-    if value := env.get("TOKENMETER_EXIT_TIMEOUT"):
-        found["exit_timeout"] = _parse_number("TOKENMETER_EXIT_TIMEOUT", value, float)
-    for key in ("budgets", "alerts"):
-        name = _ENV_NAMES[key]
-        if value := env.get(name):
-            try:
-                found[key] = json.loads(value)
-            except (ValueError, RecursionError):
-                raise ValueError(
-                    f"{name} must be JSON: a list of tables, e.g. "
-                    + (
-                        '[{"limit_usd": 5, "period": "day"}]'
-                        if key == "budgets"
-                        else '[{"rule": "call_tokens", "multiplier": 3}]'
-                    )
-                ) from None
-    if value := env.get("TOKENMETER_BUDGET_TIMEZONE"):
-        found["budget_timezone"] = value
-    if value := env.get("TOKENMETER_BUDGET_WARN_AT"):
-        found["budget_warn_at"] = [
-            _parse_number("TOKENMETER_BUDGET_WARN_AT", part, float)
-            for part in value.split(",")
-            if part.strip()
-        ]
-    if value := env.get("TOKENMETER_BUDGET_LEDGER"):
-        found["budget_ledger"] = value.strip().lower()
-    if value := env.get("TOKENMETER_STATE_FILE"):
-        found["state_file"] = value
-    if value := env.get("TOKENMETER_PROVIDERS"):
-        if not value.replace(",", " ").strip():  # as TOKENMETER_SINKS: nothing would be patched
-            raise ValueError(
-                "TOKENMETER_PROVIDERS is set but names no provider; unset it for every installed "
-                "one, or name some (openai, anthropic, gemini...)"
-            )
-        found["providers"] = value
-    if value := env.get("TOKENMETER_PG_DSN"):
-        found["pg_dsn"] = value
+            return json.loads(value)
+        except (ValueError, RecursionError):
+            raise ValueError(f"must be JSON: a list of tables, e.g. {example}") from None
+
+    return parse
+
+
+def _fractions(value: str) -> list[int | float]:
+    return [_parse_number(part, float) for part in value.split(",") if part.strip()]
+
+
+#: How each ``TOKENMETER_*`` variable is read, and whether it counts when set but empty.
+_ENV_READERS: dict[str, tuple[Callable[[str], Any], bool]] = {
+    "directory": (str, False),
+    "sinks": (_some_sinks, True),
+    "disabled": (_parse_bool, True),
+    "prices_file": (str, False),
+    "stream_usage": (_parse_bool, True),
+    "reports": (str, True),
+    "thread_propagation": (_parse_bool, True),
+    "max_queue": (lambda value: _parse_number(value, int), False),
+    "exit_timeout": (lambda value: _parse_number(value, float), False),
+    "budgets": (_json_tables('[{"limit_usd": 5, "period": "day"}]'), False),
+    "alerts": (_json_tables('[{"rule": "call_tokens", "multiplier": 3}]'), False),
+    "budget_timezone": (str, False),
+    "budget_warn_at": (_fractions, False),
+    "budget_ledger": (lambda value: value.strip().lower(), False),
+    "state_file": (str, False),
+    "providers": (_some_providers, False),
+    "pg_dsn": (str, False),
+}
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings the ``TOKENMETER_*`` variables set; one that cannot be read as an
+    ``_Unreadable``, for ``_validated`` to raise unless ``configure()`` sets it."""
+    found: dict[str, Any] = {}
+    for key, (parse, empty_counts) in _ENV_READERS.items():
+        value = env.get(_ENV_NAMES[key])
+        if value is not None and (value or empty_counts):
+            found[key] = _parsed(parse, value)
     return found
 
 
-def _parse_number(name: str, value: str, kind: type[int] | type[float]) -> int | float:
+def _parse_number(value: str, kind: type[int] | type[float]) -> int | float:
     try:
         return kind(value.strip())
     except ValueError:
         what = "a whole number" if kind is int else "a number"
-        raise ValueError(f"{name} must be {what}, got {short_repr(value)}") from None
+        raise ValueError(f"must be {what}, got {short_repr(value)}") from None
 
 
 #: ``tokenmeter._autorun.ENV_PYPROJECT`` (not imported: the settings load before it).
@@ -538,7 +555,7 @@ def _switched_off(
     else:
         layer = "environment"
         try:
-            on = _parse_bool("TOKENMETER_DISABLED", value)
+            on = _parse_bool(value)
         except ValueError:  # a bad switch is no switch: its own error is raised
             on = False
     return (layer, {"disabled": True}) if on else None
@@ -550,6 +567,9 @@ def _validated(layers: list[tuple[str, dict[str, Any]]]) -> Settings:
     merged: dict[str, Any] = {}
     for _, layer in layers:
         merged.update(layer)
+    for key, value in merged.items():
+        if isinstance(value, _Unreadable):  # still the environment's: nothing overrides it
+            raise ValueError(f"tokenmeter setting {key!r} from {_ENV_NAMES[key]}: {value.message}")
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
