@@ -635,9 +635,14 @@ def load_settings_with_sources(
         # for it. What the application's code passes still counts.
         layers = [switch, given]
         resolved = _validated(layers)
-    resolved = _with_run_budgets(_with_price_overrides(resolved, layers), environ)
+    layered = _with_price_overrides(resolved, layers)
+    resolved = _with_run_budgets(layered, environ)
     sources = {key: "default" for key in Settings.model_fields}
     for name, layer in layers:
         for key in layer:
             sources[key] = _ENV_NAMES.get(key, name) if name == "environment" else name
+    if len(resolved.budgets) > len(layered.budgets):  # tokenmeter run --budget's, added
+        run = f"{RUN_BUDGETS} (tokenmeter run --budget)"
+        budgets = sources["budgets"]
+        sources["budgets"] = run if budgets == "default" else f"{budgets} + {run}"
     return resolved, sources

@@ -701,6 +701,31 @@ def test_a_malformed_budgets_variable_stops_a_run_with_a_budget_too(tmp_path: Pa
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("budgets", "source"),
+    [
+        ("", "TOKENMETER_RUN_BUDGETS (tokenmeter run --budget)"),
+        (
+            '[{"limit_usd": 9, "period": "day"}]',
+            "TOKENMETER_BUDGETS + TOKENMETER_RUN_BUDGETS (tokenmeter run --budget)",
+        ),
+    ],
+)
+def test_config_under_a_run_names_the_run_as_the_source_of_its_budget(
+    budgets: str, source: str, tmp_path: Path
+) -> None:
+    """It said ``[default]``, or ``[TOKENMETER_BUDGETS]`` beside that variable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
+    if budgets:
+        env["TOKENMETER_BUDGETS"] = budgets
+    command = [sys.executable, "-m", "tokenmeter", "config", "--format", "json"]
+    result = _run(["--budget", "5", "--", *command], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout[: result.stdout.rindex("}") + 1])["budgets"]
+    assert shown["source"] == source
+    assert shown["value"][-1]["name"].startswith("tokenmeter run --budget")
+
+
 def test_the_summary_never_sends_control_characters_to_the_terminal(tmp_path: Path) -> None:
     """The model name a server answers with reaches the summary: its escape sequences are shown
     as U+FFFD, not obeyed by the terminal, and so is a newline, which would start a row of its
