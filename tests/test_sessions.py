@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sqlite3
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import one_line_value_error
+from helpers import one_line_value_error, run_python
 
 import tokenmeter
 from tokenmeter import _sessions
@@ -249,6 +250,28 @@ async def test_concurrent_tasks_each_see_their_own_session(sink: InMemorySink) -
 
     results = await asyncio.gather(*(work(f"task{i}") for i in range(20)))
     assert all(session_id == rec_session for session_id, rec_session in results)
+
+
+def test_a_session_that_is_the_first_use_reads_the_settings(tmp_path: Path) -> None:
+    """Here (the conftest imports ``_runtime``) the settings were always read at first use; in a
+    program whose first use was ``with session()``, they were not: a thread started in it ran
+    outside it, and the session, making no call, was never stored."""
+    program = """
+import sys, threading, tokenmeter
+assert "tokenmeter._runtime" not in sys.modules  # import tokenmeter stays light
+seen = []
+with tokenmeter.session("nightly") as job:
+    worker = threading.Thread(target=lambda: seen.append(tokenmeter.current_session()))
+    worker.start()
+    worker.join()
+assert seen == [job], seen
+assert tokenmeter.flush()
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    run_python("-c", program, env=env, cwd=tmp_path)
+    with sqlite3.connect(tmp_path / ".tokenmeter" / "usage.db") as conn:
+        assert conn.execute("SELECT name FROM sessions").fetchall() == [("nightly",)]
 
 
 def test_threads_each_see_their_own_session(sink: InMemorySink) -> None:

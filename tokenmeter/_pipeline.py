@@ -1256,8 +1256,20 @@ _quarantine: Path | None = None
 _carried: list[_Writer] = []
 #: Writers ``set_sinks`` ended that were still writing after exit_timeout: exit waits for them.
 _ending: list[_Writer] = []
+
+
+def _load_settings() -> object:
+    """Read the settings (``_runtime`` imported now: ``import tokenmeter`` stays light). Until
+    something had imported ``_runtime``, there was no hook: a session that was the program's
+    first use never read them, so threads started in it ran outside it, and, with sinks set by
+    ``TOKENMETER_*`` only, the session was never stored."""
+    from tokenmeter import _runtime
+
+    return _runtime.settings()
+
+
 #: Loads the settings (and so the configured sinks) before the first pipeline is made.
-first_use_hook: Callable[[], object] | None = None
+first_use_hook: Callable[[], object] | None = _load_settings
 #: Run at exit before the final flush (the implicit session ends, open streams are recorded).
 _before_exit: list[Callable[[], None]] = []
 

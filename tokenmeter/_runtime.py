@@ -365,9 +365,6 @@ def _check_instance(sink: Sink) -> None:
             )
 
 
-_pipeline.first_use_hook = settings
-
-
 def reset() -> None:
     """Forget every configure() call and the implicit session: as in a new process, the settings
     are read again on next use, from the working directory and environment of then (tests)."""
