@@ -11,7 +11,8 @@ group by the stored columns (``raw_columns``); groupings that are computed from 
 family, a day / week / month in ``--tz``) are then rolled up from those few groups by
 ``roll_up``. Memory stays flat: only the groups and at most ``calls_limit`` calls are kept in
 memory, a longer list on disk (``_spool``: ``--limit 0`` lists every call; PostgreSQL sends those
-rows as it reads them; a JSONL file's list keeps each call's timestamp, to put it in time order);
+rows as it reads them; a JSONL file's list is put in time order by its timestamps, sorted on
+disk too);
 ``--latency`` also keeps the latencies, 8 bytes a call, except where PostgreSQL ranks them; the
 dashboard's totals per tag key keep each key's few most costly values, see ``_TagTotals``. The
 dialect-specific SQL lives in ``_sql``.
