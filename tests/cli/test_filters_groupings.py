@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 import json
 import random
 import re
@@ -423,6 +425,29 @@ def test_a_tag_valued_none_is_not_the_calls_without_the_tag(
             shown = [html.unescape(cell) for cell in shown]
             assert "(no KEY tag) calls without the tag KEY" in out.split("<footer>")[1]
         assert shown == labels, (fmt, out)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_in_csv_the_calls_without_the_tag_are_not_the_empty_value(
+    cli: RunCli, tmp_path: Path, kind: str
+) -> None:
+    """CSV wrote the calls without the tag as an empty cell, as it writes a tag whose value is
+    empty (``tags={"env": ""}``): two rows with the same key, told apart nowhere. They are
+    "(no env tag)" as in the table; JSON keeps null."""
+    records = [
+        rec(1, "2026-11-01T10:00:00.000Z", "openai", "gpt-4o", 1, 1, "0.5", tags={"env": ""}),
+        rec(2, "2026-11-01T11:00:00.000Z", "openai", "gpt-4o", 1, 1, "0.25"),
+    ]
+    if kind == "sqlite":
+        data = write_sqlite(tmp_path / "usage.db", records, [])
+    else:
+        data = write_jsonl(tmp_path / "usage.jsonl", records)
+    code, out, err = cli("report", "--source", str(data), "--by", "tag:env", "--format", "csv")
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(row["tag:env"], row["calls"]) for row in rows] == [("", "1"), ("(no env tag)", "1")]
+    rows = keys(report(cli, data, "--by", "tag:env"), "tag:env")
+    assert {key: row["calls"] for key, row in rows.items()} == {("",): 1, (None,): 1}
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "jsonl"])

@@ -35,8 +35,8 @@ __all__ = [
 
 NONE_LABEL = "(none)"
 #: A row's key, a value per key column. None only in a ``tag:KEY`` column: the calls without
-#: that tag, apart from a tag whose value is the text ``(none)``; the table, markdown and HTML
-#: show it as ``untagged_label`` (``tag_label``), JSON as null.
+#: that tag, apart from a tag whose value is the text ``(none)``; the table, markdown, HTML
+#: and CSV show it as ``untagged_label`` (``tag_label``), JSON as null.
 Key = tuple[str | None, ...]
 
 

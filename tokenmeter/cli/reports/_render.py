@@ -688,5 +688,10 @@ def csv_pieces(report: Report) -> Iterator[str]:
         values = _totals_json(
             row.totals, report.totals, row, report.previous_totals(breakdown, row.key)
         )
-        keys = ["" if key is None else csv_text(key) for key in row.key]  # no tag: as JSON's null
+        # The calls without a tag are "(no KEY tag)" as in the table: an empty cell would be the
+        # same as an empty tag value's.
+        keys = [
+            csv_text(column_label(column, key))
+            for column, key in zip(breakdown.columns, row.key, strict=True)
+        ]
         yield _csv_line([*keys, *(_csv_value(values.get(m)) for m in metrics)])
