@@ -633,7 +633,8 @@ def test_with_no_source_the_database_the_sinks_setting_writes_to_is_read(
 ) -> None:
     """A project that moved from the default sqlite sink to ``sinks = ["postgres"]`` keeps its
     old usage.db: a report with no --source read it (1 call), silently leaving out every call
-    the database got since. A DSN that is no URL the CLI takes is said, not read around."""
+    the database got since. A keyword DSN, as the sink takes it, is read as its URL; a DSN the
+    CLI cannot read is said, not read around."""
     monkeypatch.chdir(tmp_path)
     write_sqlite(tmp_path / ".tokenmeter" / "usage.db", RECORDS[:1], [])
     monkeypatch.setenv("TOKENMETER_SINKS", "postgres")
@@ -642,9 +643,17 @@ def test_with_no_source_the_database_the_sinks_setting_writes_to_is_read(
     assert code == 0, err
     assert json.loads(out)["totals"]["calls"] == len(RECORDS) > 1
     monkeypatch.setenv("TOKENMETER_PG_DSN", pg_dsn)  # host=... dbname=...: no URL
+    code, out, err = cli("report", "--by", "model", "--format", "json")
+    assert code == 0, err  # was exit 2: "pass --source postgresql://..."
+    assert json.loads(out)["totals"]["calls"] == len(RECORDS)
+    code, out, err = cli("report", "--source", pg_dsn, "--format", "json")  # as the sink takes it
+    assert code == 0, err  # was "no usage data at host=..."
+    assert json.loads(out)["totals"]["calls"] == len(RECORDS)
+    monkeypatch.setenv("TOKENMETER_PG_DSN", "nosuchkey=1")
     code, out, err = cli("report")
     assert code == 2 and out == ""
     assert "--source postgresql://" in err and len(err.strip().splitlines()) == 1
+    assert "the pg_dsn setting" in err and "TOKENMETER_PG_DSN" not in err  # maybe pyproject
     monkeypatch.setenv("TOKENMETER_SINKS", "postgres,sqlite")  # a file sink too: the file
     code, out, err = cli("report", "--format", "json")
     assert code == 0 and json.loads(out)["totals"]["calls"] == 1

@@ -35,7 +35,7 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeGuard
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from tokenmeter.cli._validate import COUNT_FIELDS
 from tokenmeter.sinks.postgres import (
@@ -44,9 +44,20 @@ from tokenmeter.sinks.postgres import (
     split_schema,
 )
 
-__all__ = ["PgConnection", "display_name", "is_postgres", "is_postgres_url", "split_schema"]
+__all__ = [
+    "PgConnection",
+    "display_name",
+    "is_postgres",
+    "is_postgres_url",
+    "keyword_dsn_url",
+    "split_schema",
+]
 
 _SCHEMES = ("postgresql://", "postgres://")
+#: A host a URL may hold as written: a name or an IPv4 address (not a socket directory, nor a
+#: list of hosts); an IPv6 address goes in brackets.
+_URL_HOST = re.compile(r"[A-Za-z0-9.-]+")
+_IPV6_HOST = re.compile(r"[0-9A-Fa-f:]+:[0-9A-Fa-f:.]*")
 #: SQLite's guard of a filter's tags (``tag_sql``): the tags read as below do not fail.
 _JSON_GUARD = re.compile(r"CASE WHEN json_valid\((\w+(?:\.\w+)?)\) THEN \1 END")
 _JSON_EXTRACT = re.compile(r"json_extract\((\w+(?:\.\w+)?), \?\)")
@@ -80,14 +91,41 @@ def is_postgres_url(value: str | None) -> bool:
     return bool(value) and str(value).lower().startswith(_SCHEMES)
 
 
+def keyword_dsn_url(dsn: str) -> str | None:
+    """A libpq keyword DSN (``host=db port=5432 dbname=app``), which the PostgreSQL sink and the
+    budget ledger take as is, as the ``postgresql://`` URL the CLI reads through (the host, port
+    and database where a URL puts them, the other keywords as its parameters); None when ``dsn``
+    is none that psycopg parses (or psycopg is not installed)."""
+    if "=" not in dsn or is_postgres_url(dsn):
+        return None
+    try:
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return None
+    try:
+        params = {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
+    except psycopg.Error:  # a keyword libpq does not know, a quote left open: no DSN
+        return None
+    netloc, host = "", params.get("host", "")
+    if _URL_HOST.fullmatch(host) or _IPV6_HOST.fullmatch(host):
+        netloc = f"[{params.pop('host')}]" if ":" in host else params.pop("host")
+        if params.get("port", "").isdigit():
+            netloc += ":" + params.pop("port")
+    path = "/" + quote(params.pop("dbname"), safe="") if "dbname" in params else ""
+    query = "?" + urlencode(params, quote_via=quote) if params else ""
+    return f"postgresql://{netloc}{path}{query}"
+
+
 def display_name(url: str) -> str:
     """``postgres:db@host:port``: what messages and reports call the source (never a password),
     followed by ``?schema=NAME`` when the URL names a schema."""
     url, schema = split_schema(url)
     parts = urlsplit(url)
-    where = parts.hostname or "localhost"
-    if parts.port:
-        where += f":{parts.port}"
+    given = parse_qs(parts.query)  # a socket directory is a host parameter
+    where = parts.hostname or given.get("host", ["localhost"])[0]
+    if parts.port or "port" in given:
+        where += f":{parts.port or given['port'][0]}"
     database = parts.path.lstrip("/") or "(default database)"
     return f"postgres:{database}@{where}" + (f"?schema={schema}" if schema else "")
 

@@ -23,7 +23,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
 from urllib.parse import quote
 
 from tokenmeter.cli._errors import CliError, NoSourceYet
-from tokenmeter.cli._postgres import PgConnection, display_name, is_postgres_url
+from tokenmeter.cli._postgres import (
+    PgConnection,
+    display_name,
+    is_postgres_url,
+    keyword_dsn_url,
+)
 from tokenmeter.cli._validate import BadRecord, check_record
 from tokenmeter.cli.reports._sql import EXACT_SUM, ExactSum
 
@@ -77,19 +82,22 @@ def default_directory() -> Path:
 def _postgres_written() -> str | None:
     """The ``pg_dsn`` setting when the ``sinks`` setting writes the records to PostgreSQL and
     to no file the CLI reads: a project that moved from the default sqlite sink keeps its old
-    usage.db, which holds none of the calls since. CliError when that DSN is no URL the CLI
-    takes."""
+    usage.db, which holds none of the calls since. A keyword DSN (``host=... dbname=...``), as
+    the sink takes it, is turned into a URL. CliError when the DSN is neither: the setting is
+    named, not where it came from (environment, pyproject.toml or ``configure()``)."""
     settings = _settings()
     sinks = settings.sinks
     if "postgres" not in sinks or "sqlite" in sinks or "jsonl" in sinks:
         return None
-    if not is_postgres_url(settings.pg_dsn):
+    url = settings.pg_dsn if is_postgres_url(settings.pg_dsn) else keyword_dsn_url(settings.pg_dsn)
+    if url is None:
         raise CliError(
             "the sinks setting writes the records to PostgreSQL: pass --source "
-            "postgresql://... to read them (TOKENMETER_PG_DSN is not such a URL)",
+            "postgresql://... to read them (the pg_dsn setting is neither such a URL nor a "
+            "key=value DSN the CLI can read)",
             exit_code=2,
         )
-    return settings.pg_dsn
+    return url
 
 
 def default_source_path() -> Path:
@@ -139,7 +147,10 @@ class Source:
 
 def resolve_source(value: str | None) -> Source:
     """Turn ``--source`` (a file, a tokenmeter directory, a ``postgresql://`` URL, or nothing)
-    into a readable Source."""
+    into a readable Source. A libpq keyword DSN (``host=... dbname=...``) that names no file is
+    read as the URL it stands for."""
+    if value and not is_postgres_url(value) and not os.path.lexists(value):
+        value = keyword_dsn_url(value) or value
     if value and is_postgres_url(value):
         try:
             name = display_name(value)
