@@ -270,50 +270,6 @@ def test_price_overrides_from_configure_and_file(
     assert other.estimated_cost_usd == Decimal("3")  # configure() wins over the file
 
 
-def test_price_overrides_are_one_setting_merged_per_model_across_the_layers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sink: InMemorySink
-) -> None:
-    """A pyproject's file, then its table, then TOKENMETER_PRICES, then configure(prices=):
-    each later one wins per model name, and every model priced by one of them stays priced."""
-    (tmp_path / "project.toml").write_text(
-        "[file-only]\ninput_per_mtok = 1\noutput_per_mtok = 1\n"
-        "[table-beats-file]\ninput_per_mtok = 1\noutput_per_mtok = 1\n"
-    )
-    (tmp_path / "pyproject.toml").write_text(
-        '[tool.tokenmeter]\nprices_file = "project.toml"\n'
-        "[tool.tokenmeter.prices]\n"
-        '"table-beats-file" = { input_per_mtok = 2, output_per_mtok = 2 }\n'
-        '"env-beats-table" = { input_per_mtok = 100, output_per_mtok = 100 }\n'
-        '"table-only" = { input_per_mtok = 2, output_per_mtok = 2 }\n'
-    )
-    (tmp_path / "ops.toml").write_text(
-        "[ENV-BEATS-TABLE]\ninput_per_mtok = 3\noutput_per_mtok = 3\n"
-        "[code-beats-env]\ninput_per_mtok = 3\noutput_per_mtok = 3\n"
-    )
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("TOKENMETER_PRICES", "ops.toml")
-    tokenmeter.configure(sinks=[sink], prices={"code-beats-env": CHEAP, "my-finetune": CHEAP})
-    costs = {
-        model: tokenmeter.record("openai", model, 1_000_000, 0).estimated_cost_usd
-        for model in (
-            "file-only",
-            "table-beats-file",
-            "env-beats-table",
-            "table-only",
-            "code-beats-env",
-            "my-finetune",
-        )
-    }
-    assert costs == {
-        "file-only": 1,
-        "table-beats-file": 2,
-        "env-beats-table": 3,
-        "table-only": 2,
-        "code-beats-env": 1,
-        "my-finetune": 1,
-    }
-
-
 def test_a_prices_file_is_parsed_once_per_configure_and_again_once_edited(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sink: InMemorySink
 ) -> None:
@@ -385,16 +341,16 @@ def test_a_prices_file_broken_after_its_check_leaves_the_previous_arguments(
     prices.write_text('{"my-model": {"input_per_mtok": 1, "output_per_mtok": 1}}')
     monkeypatch.setenv("TOKENMETER_PRICES", str(prices))
     tokenmeter.configure(sinks=[sink])
-    check = _runtime.check_prices_files
+    check = _runtime.check_prices_file
 
-    def edited_after_the_check(files: tuple[Path, ...]) -> None:
-        check(files)
+    def edited_after_the_check(file: Path) -> None:
+        check(file)
         prices.write_text('{"my-model": {"input_per_mtok": "cheap"}}')  # an editor saves now
 
-    monkeypatch.setattr(_runtime, "check_prices_files", edited_after_the_check)
+    monkeypatch.setattr(_runtime, "check_prices_file", edited_after_the_check)
     with pytest.raises(ValueError, match="my-model"):
         tokenmeter.configure(aliases={"prod": "gpt-4o"})
-    monkeypatch.setattr(_runtime, "check_prices_files", check)
+    monkeypatch.setattr(_runtime, "check_prices_file", check)
     prices.write_text('{"my-model": {"input_per_mtok": 2, "output_per_mtok": 2}}')
 
     tokenmeter.configure()  # the rejected aliases are not remembered

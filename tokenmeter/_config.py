@@ -17,7 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from tokenmeter._models import plain_str
 from tokenmeter.pricing import check_aliases, check_prices
@@ -57,9 +57,6 @@ class Settings(BaseModel):
     ``"no"`` is not a boolean and ``"10"`` is not a number, whichever layer they come from."""
 
     model_config = ConfigDict(extra="forbid")
-
-    #: The price overrides of every layer that gives some, lowest first: see ``price_overrides``.
-    _price_overrides: tuple[Path | dict[str, Any], ...] | None = PrivateAttr(default=None)
 
     #: Where the default sinks write (``usage.db``, ``usage.jsonl``, ``journal/``).
     directory: Path = Path(".tokenmeter")
@@ -103,22 +100,6 @@ class Settings(BaseModel):
     providers: tuple[str, ...] | None = None
     #: Usage reports written once per closed period to ``<directory>/reports/``.
     reports: tuple[str, ...] = ()
-
-    @property
-    def price_overrides(self) -> tuple[Path | dict[str, Any], ...]:
-        """The price overrides, each a prices file or a table, in the order they apply: a later
-        one wins per model name. ``prices_file`` and ``prices`` are one setting, "price
-        overrides", so every layer's count (docs/configuration.md): a pyproject.toml's file, then
-        its table, then ``TOKENMETER_PRICES``, then ``configure(prices=...)``."""
-        if self._price_overrides is not None:
-            return self._price_overrides
-        given = (self.prices_file, self.prices)  # made directly, not from the layers
-        return tuple(item for item in given if item)
-
-    @property
-    def prices_files(self) -> tuple[Path, ...]:
-        """The prices files ``price_overrides`` reads."""
-        return tuple(item for item in self.price_overrides if isinstance(item, Path))
 
     @field_validator("reports", mode="before")
     @classmethod
@@ -585,29 +566,6 @@ def _validated(layers: list[tuple[str, dict[str, Any]]]) -> Settings:
         raise ValueError(f"tokenmeter setting {key!r} from {source}: {message}") from None
 
 
-#: The keys of the price overrides: one setting, merged per model name across the layers.
-_PRICE_KEYS = ("prices_file", "prices")
-
-
-def _with_price_overrides(resolved: Settings, layers: list[tuple[str, dict[str, Any]]]) -> Settings:
-    """``resolved`` with the price overrides of every layer, lowest first. Merged per key, a
-    pyproject's ``[tool.tokenmeter.prices]`` table beat ``TOKENMETER_PRICES`` (the file being
-    another key, applied under every table), and ``configure(prices=...)`` dropped that table
-    but kept a pyproject's ``prices_file``. Each layer's values are checked and named as such:
-    all of them are used."""
-    overrides: list[Path | dict[str, Any]] = []
-    for name, layer in layers:
-        given = {key: layer[key] for key in _PRICE_KEYS if key in layer}
-        if given:
-            checked = _validated([(name, given)])
-            if checked.prices_file is not None:
-                overrides.append(checked.prices_file)
-            if checked.prices:
-                overrides.append(checked.prices)
-    resolved._price_overrides = tuple(overrides)
-    return resolved
-
-
 def load_settings_with_sources(
     explicit: Mapping[str, Any] | None = None,
     *,
@@ -635,7 +593,7 @@ def load_settings_with_sources(
         # for it. What the application's code passes still counts.
         layers = [switch, given]
         resolved = _validated(layers)
-    layered = _with_price_overrides(resolved, layers)
+    layered = resolved
     resolved = _with_run_budgets(layered, environ)
     sources = {key: "default" for key in Settings.model_fields}
     for name, layer in layers:

@@ -12,7 +12,7 @@ from typing import Any
 from tokenmeter import _pipeline, _sessions
 from tokenmeter._config import Settings, load_settings
 from tokenmeter._fork import renew_after_fork
-from tokenmeter.pricing._overrides import check_prices_files, short_repr, use_prices
+from tokenmeter.pricing._overrides import check_prices_file, short_repr, use_prices
 from tokenmeter.sinks._base import Sink
 from tokenmeter.sinks._files import absolute
 
@@ -112,7 +112,7 @@ def _apply() -> None:
     _pipeline.catch_up()
     with _lock:
         resolved = load_settings(_explicit)
-        use_prices(resolved.price_overrides, resolved.aliases)
+        use_prices(resolved.prices_file, resolved.prices, resolved.aliases)
         objects = [] if resolved.disabled else [*_sink_objects, *_attached]
         # Where the process is now: the sinks are made at the first record, maybe after the
         # process changed directory (a daemon going to '/'), and must write beside the budgets.
@@ -265,7 +265,8 @@ def configure(
             if value is not None:
                 explicit[key] = value
         resolved = load_settings(explicit)  # validate before changing anything
-        check_prices_files(resolved.prices_files)  # a bad file must not half-apply
+        if resolved.prices_file is not None:
+            check_prices_file(resolved.prices_file)  # a bad file must not half-apply
         previous = dict(_explicit), _sink_objects
         _explicit.clear()
         _explicit.update(explicit)

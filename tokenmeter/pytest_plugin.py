@@ -101,11 +101,12 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"{_MAX_USD}), got {budget_text!r}"
             )
     from tokenmeter._config import load_settings_with_sources
-    from tokenmeter.pricing._overrides import check_prices_files
+    from tokenmeter.pricing._overrides import check_prices_file
 
     try:  # here, once: from the first test's instrument() it was an INTERNALERROR traceback
         settings, sources = load_settings_with_sources()
-        check_prices_files(settings.prices_files)
+        if settings.prices_file is not None:
+            check_prices_file(settings.prices_file)
     except ValueError as exc:  # a bad TOKENMETER_* variable, [tool.tokenmeter] or prices file
         raise pytest.UsageError(str(exc)) from None
     if json_path and Path(json_path).is_dir():

@@ -66,11 +66,12 @@ def without_password(dsn: str) -> str:
 
 def run_config(args: argparse.Namespace) -> int:
     from tokenmeter._config import Settings, load_settings_with_sources
-    from tokenmeter.pricing._overrides import check_prices_files
+    from tokenmeter.pricing._overrides import check_prices_file
 
     try:
         resolved, sources = load_settings_with_sources()
-        check_prices_files(resolved.prices_files)  # configure() and instrument() would refuse it
+        if resolved.prices_file is not None:  # configure() and instrument() would refuse it
+            check_prices_file(resolved.prices_file)
     except ValueError as exc:  # a bad setting: a usage error, as in every command
         raise CliError(str(exc), exit_code=2) from None
     values = {name: shown(getattr(resolved, name)) for name in Settings.model_fields}

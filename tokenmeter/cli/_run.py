@@ -195,11 +195,12 @@ def _check_settings(env: dict[str, str]) -> tuple[Any, dict[str, str]]:
     """Fail here, once, on a setting every child process would reject. The settings, and where
     each came from (``TOKENMETER_DIR``, a pyproject.toml, the default...)."""
     from tokenmeter._config import load_settings_with_sources
-    from tokenmeter.pricing._overrides import check_prices_files
+    from tokenmeter.pricing._overrides import check_prices_file
 
     try:
         settings, sources = load_settings_with_sources(env=env)
-        check_prices_files(settings.prices_files)  # else each process runs unmetered, saying so
+        if settings.prices_file is not None:  # else each process runs unmetered, saying so
+            check_prices_file(settings.prices_file)
         return settings, sources
     except ValueError as exc:
         raise CliError(str(exc), exit_code=2) from None

@@ -16,7 +16,7 @@ import re
 import stat
 import threading
 import tomllib
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
@@ -156,39 +156,33 @@ def load_prices_file(path: str | os.PathLike[str]) -> None:
 
 
 def use_prices(
-    overrides: Sequence[str | os.PathLike[str] | Mapping[str, Any]], aliases: Mapping[str, str]
+    file: str | os.PathLike[str] | None, prices: Mapping[str, Any], aliases: Mapping[str, str]
 ) -> None:
-    """Make the price overrides, prices files and tables, the user prices, and ``aliases`` the
-    alias map, in one step (what ``configure()`` applies): a call priced meanwhile on another
-    thread sees the old settings or the new, never new prices with old aliases. A later override
-    wins per model name as matched (any case, spaces around). A file is parsed once while it is
-    unchanged: a table of many thousand models is checked by ``configure()`` and then applied
-    without a second parse."""
-    parsed: dict[str, tuple[UserPrice, ...]] = {}
-    for override in overrides:
-        if isinstance(override, Mapping):
-            parsed.update(_parse_prices(override, origin=None))
-        else:
-            parsed.update(_read_file_once(Path(override))[1])
+    """Make the prices file's entries, with ``prices`` over them, the user prices, and ``aliases``
+    the alias map, in one step (what ``configure()`` applies): a call priced meanwhile on another
+    thread sees the old settings or the new, never new prices with old aliases. The file is parsed
+    once while it is unchanged: a table of many thousand models is checked by ``configure()`` and
+    then applied without a second parse."""
+    parsed = _read_file_once(Path(file))[1] if file is not None else {}
+    if prices:
+        # Per model name as matched (any case, spaces around), configure's prices win.
+        parsed = {**parsed, **_parse_prices(prices, origin=None)}
     _install(_Settings(prices=parsed, aliases=check_aliases(aliases)))
 
 
-def check_prices_files(files: Iterable[str | os.PathLike[str]]) -> None:
-    """Raise the ValueError ``use_prices`` would for any of ``files``, installing nothing."""
-    for file in files:
-        _read_file_once(Path(file))
+def check_prices_file(file: str | os.PathLike[str]) -> None:
+    """Raise the ValueError ``use_prices`` would for ``file``, installing nothing."""
+    _read_file_once(Path(file))
 
 
 _Parsed = tuple[dict[str, Any], dict[str, tuple[UserPrice, ...]]]
-#: The files ``_read_file_once`` parsed last (a project's and the environment's), by path:
-#: (its identity and version, what it gave).
-_last_files: dict[str, tuple[tuple[Any, ...], _Parsed]] = {}
-#: How many files ``_last_files`` remembers.
-_REMEMBERED_FILES = 4
+#: The last file ``_read_file_once`` parsed: (its identity and version, what it gave).
+_last_file: tuple[tuple[Any, ...], _Parsed] | None = None
 
 
 def _read_file_once(file: Path) -> _Parsed:
     """``_read_file(file)``, remembered while the file keeps its inode, size and mtime."""
+    global _last_file
     try:
         info = file.stat()
         key: tuple[Any, ...] = (
@@ -200,13 +194,11 @@ def _read_file_once(file: Path) -> _Parsed:
         )
     except OSError:
         return _read_file(file)  # which says why it cannot be read
-    remembered = _last_files.get(key[0])
+    remembered = _last_file
     if remembered is not None and remembered[0] == key:
         return remembered[1]
     parsed = _read_file(file)
-    if len(_last_files) >= _REMEMBERED_FILES:
-        _last_files.clear()
-    _last_files[key[0]] = (key, parsed)
+    _last_file = (key, parsed)
     return parsed
 
 
