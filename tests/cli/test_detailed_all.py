@@ -63,6 +63,21 @@ def _expected(records: list[UsageRecord]) -> list[tuple[str, str, int, Decimal]]
     ]
 
 
+def _peak_listing(
+    cli: RunCli, source: Path, out: Path, fmt: str, records: list[UsageRecord]
+) -> int:
+    """The peak Python memory of listing every call of ``source`` into ``out`` (after one run
+    that imports what it needs: modules imported once are not what is measured), checked."""
+    args = ("report", "--source", str(source), "--detailed", "--limit", "0", "-o", str(out))
+    cli(*args)
+    results: list[tuple[int, str, str]] = []
+    peak = peak_python_memory(lambda: results.append(cli(*args)))
+    code, _, err = results[0]
+    assert code == 0, err
+    assert _listed(out.read_text(encoding="utf-8"), fmt) == _expected(records)
+    return peak
+
+
 @pytest.mark.parametrize("fmt", ["csv", "json"])
 @pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
 def test_every_call_is_listed_in_memory_that_does_not_grow(
@@ -74,14 +89,7 @@ def test_every_call_is_listed_in_memory_that_does_not_grow(
         folder = tmp_path / f"{kind}{count}"
         records = history(count)
         source = _store(folder, kind, records)
-        out = folder / f"calls.{fmt}"
-        args = ("report", "--source", str(source), "--detailed", "--limit", "0", "-o", str(out))
-        cli(*args)  # modules imported once are not what is measured
-        results: list[tuple[int, str, str]] = []
-        peaks[count] = peak_python_memory(lambda: results.append(cli(*args)))  # noqa: B023
-        code, _, err = results[0]
-        assert code == 0, err
-        assert _listed(out.read_text(encoding="utf-8"), fmt) == _expected(records)
+        peaks[count] = _peak_listing(cli, source, folder / f"calls.{fmt}", fmt, records)
     grown = peaks[2_400] - peaks[400]
     # Held in memory, 2,000 more calls took ~10 MiB more (about 5 KB a call).
     assert grown < MIB, f"2,000 more calls held {grown / MIB:.1f} MiB more"
@@ -141,14 +149,7 @@ def test_a_file_out_of_time_order_is_put_in_order_in_memory_that_does_not_grow(
         records = history(count)
         written = records[1::2] + records[::2]  # every other call first: a backfill
         source = write_jsonl(tmp_path / f"usage{count}.jsonl", written)
-        out = tmp_path / f"calls{count}.csv"
-        args = ("report", "--source", str(source), "--detailed", "--limit", "0", "-o", str(out))
-        cli(*args)  # modules imported once are not what is measured
-        results: list[tuple[int, str, str]] = []
-        peaks[count] = peak_python_memory(lambda: results.append(cli(*args)))  # noqa: B023
-        code, _, err = results[0]
-        assert code == 0, err
-        assert _listed(out.read_text(encoding="utf-8"), "csv") == _expected(records)
+        peaks[count] = _peak_listing(cli, source, tmp_path / f"calls{count}.csv", "csv", records)
     per_call = (peaks[9_000] - peaks[1_000]) / 8_000
     assert per_call < 24, f"each call held {per_call:.0f} bytes more"  # its place: 8
 
