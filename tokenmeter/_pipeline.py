@@ -73,11 +73,14 @@ import signal
 import sys
 import threading
 import time
+import typing
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
 
 from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import SessionInfo, UsageRecord, trusted
@@ -335,8 +338,27 @@ def _own_copy(item: Any) -> Any:
     """``item`` with mappings of its own (its other values are immutable): the sinks share one
     record object, and a record its session's tags, so a user's sink that edits what it is given
     (drops a tag) would change what every other sink stores, and the session's later records."""
-    values = item.__dict__
-    return trusted(type(item), {k: dict(v) if type(v) is dict else v for k, v in values.items()})
+    values = item.__dict__.copy()
+    model: type[BaseModel] = type(item)
+    for name in _mapping_fields(model):  # the few that can hold one, not every field
+        value = values[name]
+        if type(value) is dict:
+            values[name] = dict(value)
+    return trusted(model, values)
+
+
+@functools.cache
+def _mapping_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of a record or session model whose type admits a dict."""
+
+    def admits_dict(annotation: Any) -> bool:
+        return (
+            annotation is dict
+            or typing.get_origin(annotation) is dict
+            or any(admits_dict(arg) for arg in typing.get_args(annotation))
+        )
+
+    return tuple(name for name, info in model.model_fields.items() if admits_dict(info.annotation))
 
 
 def _name(sink: Sink) -> str:
