@@ -261,13 +261,118 @@ def test_price_overrides_from_configure_and_file(
         "[other-model]\ninput_per_mtok = 1\noutput_per_mtok = 1\n"
     )
     monkeypatch.setenv("TOKENMETER_PRICES", str(prices))
-    tokenmeter.configure(
-        sinks=[sink], prices={"other-model": {"input_per_mtok": 3, "output_per_mtok": 3}}
-    )
+    tokenmeter.configure(sinks=[sink])
     mine = tokenmeter.record("openai", "my-model", 1_000_000, 100_000)
-    other = tokenmeter.record("openai", "other-model", 1_000_000, 0)
     assert (mine.estimated_cost_usd, mine.price_source) == (Decimal("3"), "override")
-    assert other.estimated_cost_usd == Decimal("3")  # configure() wins over the file
+    tokenmeter.configure(prices={"other-model": {"input_per_mtok": 3, "output_per_mtok": 3}})
+    other = tokenmeter.record("openai", "other-model", 1_000_000, 0)
+    assert other.estimated_cost_usd == Decimal("3")  # configure() replaces the file, whole
+    assert tokenmeter.record("openai", "my-model", 1_000_000, 0).estimated_cost_usd is None
+
+
+def _project_prices(folder: Path, file: str = "project.toml") -> None:
+    """A pyproject.toml in ``folder`` pricing ``file-model`` in its ``prices_file`` (``file``,
+    written unless named ``missing.toml``) and ``table-model`` in its table, each at $1/M."""
+    if file != "missing.toml":
+        (folder / file).write_text("[file-model]\ninput_per_mtok = 1\noutput_per_mtok = 1\n")
+    (folder / "pyproject.toml").write_text(
+        f'[tool.tokenmeter]\nprices_file = "{file}"\n'
+        '[tool.tokenmeter.prices]\n"table-model" = { input_per_mtok = 1, output_per_mtok = 1 }\n'
+    )
+
+
+def _input_costs(*models: str) -> dict[str, Decimal | None]:
+    """What 1M input tokens of each model are recorded at."""
+    return {
+        model: tokenmeter.record("openai", model, 1_000_000, 0).estimated_cost_usd
+        for model in models
+    }
+
+
+def test_price_overrides_are_the_highest_layers_whole_whether_a_table_or_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sink: InMemorySink
+) -> None:
+    """The project's [tool.tokenmeter.prices] table beat the operator's TOKENMETER_PRICES file
+    per model (a 1M-token call at the project's $1, not the environment's $3), and
+    configure(prices=...) replaced the project's table but kept its prices_file."""
+    _project_prices(tmp_path)
+    (tmp_path / "ops.toml").write_text(
+        "[TABLE-MODEL]\ninput_per_mtok = 3\noutput_per_mtok = 3\n"  # names in any case
+        "[ops-model]\ninput_per_mtok = 3\noutput_per_mtok = 3\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    tokenmeter.configure(sinks=[sink])
+    models = ("file-model", "table-model", "ops-model", "my-model")
+    assert _input_costs(*models) == {
+        "file-model": 1,
+        "table-model": 1,
+        "ops-model": None,
+        "my-model": None,
+    }
+    monkeypatch.setenv("TOKENMETER_PRICES", "ops.toml")
+    tokenmeter.configure()
+    assert _input_costs(*models) == {
+        "file-model": None,
+        "table-model": 3,
+        "ops-model": 3,
+        "my-model": None,
+    }
+    tokenmeter.configure(prices={"my-model": CHEAP})
+    assert _input_costs(*models) == {
+        "file-model": None,
+        "table-model": None,
+        "ops-model": None,
+        "my-model": 1,
+    }
+    monkeypatch.delenv("TOKENMETER_PRICES")
+    tokenmeter.configure()  # configure()'s prices are still the ones in force
+    assert _input_costs(*models) == {
+        "file-model": None,
+        "table-model": None,
+        "ops-model": None,
+        "my-model": 1,
+    }
+
+
+def test_configure_prices_empty_leaves_no_override_of_the_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sink: InMemorySink
+) -> None:
+    _project_prices(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    tokenmeter.configure(sinks=[sink], prices={})
+    assert _input_costs("file-model", "table-model") == {"file-model": None, "table-model": None}
+    settings, sources = load_settings_with_sources({"prices": {}})
+    assert (settings.prices, settings.prices_file) == ({}, None)
+    assert (sources["prices"], sources["prices_file"]) == ("configure()", "default")
+
+
+def test_a_projects_missing_prices_file_under_tokenmeter_prices_is_no_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sink: InMemorySink
+) -> None:
+    """The operator's file replaces the project's, which is not read: a checkout without it
+    (kept out of git, say) still meters at the operator's prices."""
+    _project_prices(tmp_path, file="missing.toml")
+    (tmp_path / "ops.toml").write_text("[ops-model]\ninput_per_mtok = 3\noutput_per_mtok = 3\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TOKENMETER_PRICES", "ops.toml")
+    tokenmeter.configure(sinks=[sink])
+    assert _input_costs("ops-model", "table-model") == {"ops-model": 3, "table-model": None}
+    monkeypatch.delenv("TOKENMETER_PRICES")  # now the project's missing file is in force
+    with pytest.raises(ValueError, match=r"missing\.toml: cannot read prices file"):
+        tokenmeter.configure()
+
+
+def test_within_the_pyproject_its_prices_file_and_table_add_up_the_table_winning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sink: InMemorySink
+) -> None:
+    _project_prices(tmp_path)
+    (tmp_path / "project.toml").write_text(
+        "[file-model]\ninput_per_mtok = 1\noutput_per_mtok = 1\n"
+        "[table-model]\ninput_per_mtok = 5\noutput_per_mtok = 5\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    tokenmeter.configure(sinks=[sink])
+    assert _input_costs("file-model", "table-model") == {"file-model": 1, "table-model": 1}
 
 
 def test_a_prices_file_is_parsed_once_per_configure_and_again_once_edited(
@@ -440,7 +545,10 @@ def test_a_rejected_configure_changes_nothing(sink: InMemorySink) -> None:
 def test_a_bad_prices_file_changes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sink: InMemorySink
 ) -> None:
-    tokenmeter.configure(sinks=[sink], prices={"my-model": CHEAP})
+    good = tmp_path / "good.json"
+    good.write_text('{"my-model": {"input_per_mtok": 1, "output_per_mtok": 1}}')
+    monkeypatch.setenv("TOKENMETER_PRICES", str(good))
+    tokenmeter.configure(sinks=[sink])
     prices = tmp_path / "prices.json"
     prices.write_bytes(b'{"my-model": \xff}')
     monkeypatch.setenv("TOKENMETER_PRICES", str(prices))

@@ -546,6 +546,20 @@ def test_a_bad_tokenmeter_setting_is_a_usage_error_not_an_internal_error(
     assert project.runpytest().ret == pytest.ExitCode.OK  # turned off, it reads no setting
 
 
+def test_a_projects_missing_prices_file_under_tokenmeter_prices_is_no_usage_error(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator's TOKENMETER_PRICES replaces the project's prices_file and table, whole:
+    the project's file, missing here, is not read, and its $1/$2 price of m-test not used."""
+    project.makepyprojecttoml(_PYPROJECT + 'prices_file = "missing.toml"\n')
+    (project.path / "ops.toml").write_text("[m-test]\ninput_per_mtok = 2\noutput_per_mtok = 4\n")
+    monkeypatch.setenv("TOKENMETER_PRICES", str(project.path / "ops.toml"))
+    report = _json_report(project, "--tokenmeter")
+    total = report["total"]
+    assert isinstance(total, dict)
+    assert (total["calls"], total["cost_usd"]) == (4, 0.016)
+
+
 def test_a_bad_ini_budget_is_named_as_the_ini_option(project: pytest.Pytester) -> None:
     """It was reported as --tokenmeter-budget, an option nobody gave."""
     project.makepyprojecttoml(_INI + 'tokenmeter_budget = "lots"\n' + _TOKENMETER)

@@ -566,6 +566,33 @@ def _validated(layers: list[tuple[str, dict[str, Any]]]) -> Settings:
         raise ValueError(f"tokenmeter setting {key!r} from {source}: {message}") from None
 
 
+#: The keys of the price overrides, one setting: a table (``configure(prices=...)``, a
+#: pyproject's ``[tool.tokenmeter.prices]``), a file (``TOKENMETER_PRICES``, a pyproject's
+#: ``prices_file``), or, in a pyproject.toml, both.
+_PRICE_KEYS = frozenset({"prices", "prices_file"})
+
+
+def _with_one_price_layer(
+    layers: list[tuple[str, dict[str, Any]]],
+) -> list[tuple[str, dict[str, Any]]]:
+    """``layers`` with the price overrides of the highest layer that gives any, whole, and none
+    of the layers below. Merged as two keys, a pyproject's ``[tool.tokenmeter.prices]`` table
+    beat ``TOKENMETER_PRICES`` (the table was laid over whichever file), and ``configure(
+    prices=...)`` replaced a project's table but kept its ``prices_file``. Within a pyproject's
+    layer, its file and its table still combine (the table wins per model). A layer below the
+    one in force is not read at all: a project's missing ``prices_file`` under the operator's
+    ``TOKENMETER_PRICES`` is no error, as any bad value under one that replaces it."""
+    kept: list[tuple[str, dict[str, Any]]] = []
+    found = False
+    for name, layer in reversed(layers):
+        if found:
+            layer = {key: value for key, value in layer.items() if key not in _PRICE_KEYS}
+        else:
+            found = not _PRICE_KEYS.isdisjoint(layer)
+        kept.append((name, layer))
+    return kept[::-1]
+
+
 def load_settings_with_sources(
     explicit: Mapping[str, Any] | None = None,
     *,
@@ -581,7 +608,7 @@ def load_settings_with_sources(
         pinned = environ.get(_RUN_PYPROJECT)  # tokenmeter run: the run's, in every process
         pyproject = _find_pyproject(cwd) if pinned is None else _pinned_pyproject(pinned)
         table = (f"{pyproject} [tool.tokenmeter]", _from_pyproject(pyproject))
-        layers = [table, ("environment", _from_env(environ)), given]
+        layers = _with_one_price_layer([table, ("environment", _from_env(environ)), given])
         resolved = _validated(layers)
     except ValueError:
         switch = _switched_off(environ, table)

@@ -126,6 +126,38 @@ def test_a_prices_file_the_application_would_refuse_is_one_line_and_exit_2(
     assert err.startswith("tokenmeter: error: ") and message in err and err.count("\n") == 1
 
 
+def test_the_price_overrides_in_force_are_shown_with_their_source_and_no_other(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within a pyproject.toml its prices_file and its table both count; TOKENMETER_PRICES
+    replaces both, and a project file missing under it is no error."""
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.tokenmeter]\nprices_file = "missing.toml"\n'
+        '[tool.tokenmeter.prices]\n"my-model" = { input_per_mtok = 1, output_per_mtok = 1 }\n'
+    )
+    (tmp_path / "ops.toml").write_text("[ops-model]\ninput_per_mtok = 3\noutput_per_mtok = 3\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TOKENMETER_PRICES", "ops.toml")
+    code, out, _ = cli("config", "--format", "json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["prices_file"] == {"value": "ops.toml", "source": "TOKENMETER_PRICES"}
+    assert data["prices"] == {"value": {}, "source": "default"}
+    (tmp_path / "missing.toml").write_text(
+        "[file-model]\ninput_per_mtok = 1\noutput_per_mtok = 1\n"
+    )
+    monkeypatch.delenv("TOKENMETER_PRICES")
+    code, out, _ = cli("config", "--format", "json")
+    assert code == 0
+    data = json.loads(out)
+    where = f"{tmp_path / 'pyproject.toml'} [tool.tokenmeter]"
+    assert data["prices_file"] == {"value": str(tmp_path / "missing.toml"), "source": where}
+    assert data["prices"] == {
+        "value": {"my-model": {"input_per_mtok": 1, "output_per_mtok": 1}},
+        "source": where,
+    }
+
+
 def test_a_line_break_in_a_setting_cannot_forge_a_line_of_the_text_output(
     cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

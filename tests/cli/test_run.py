@@ -437,6 +437,17 @@ def test_a_prices_file_that_cannot_be_read_stops_the_run_before_it_starts(
     )
 
 
+def test_a_projects_missing_prices_file_under_tokenmeter_prices_does_not_stop_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator's TOKENMETER_PRICES replaces the project's prices_file, which is not read."""
+    (tmp_path / "pyproject.toml").write_text('[tool.tokenmeter]\nprices_file = "missing.json"\n')
+    (tmp_path / "ops.json").write_text('{"ops-model": {"input_per_mtok": 3, "output_per_mtok": 3}}')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TOKENMETER_PRICES", str(tmp_path / "ops.json"))
+    assert main(["run", "--", "true"]) == 0
+
+
 @pytest.mark.parametrize("directory", ["/dev/null", "/dev/null/usage"])
 def test_a_directory_from_the_environment_is_checked_as_dir_is(
     directory: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
