@@ -17,7 +17,16 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from provider_helpers import Records, cut_reply, flushed, http_of, json_reply, mock_genai, only
+from provider_helpers import (
+    Records,
+    cut_reply,
+    flushed,
+    http_of,
+    json_reply,
+    mock_anthropic,
+    mock_genai,
+    only,
+)
 
 import tokenmeter
 from tokenmeter import _estimate
@@ -470,6 +479,45 @@ async def test_a_gemini_reply_without_usage_metadata_is_estimated_from_its_text(
         "gemini-2.5-flash", output=LONG_ANSWER + 'get_weather{"city": "Paris"}'
     )
     assert record.output_tokens == said.output_tokens > 1_000
+
+
+@pytest.mark.parametrize("usage", ["absent", "null"])
+async def test_an_anthropic_reply_without_usage_is_estimated_from_its_text(
+    records: Records, kit: ModuleType, is_async: bool, usage: str
+) -> None:
+    """A message without a usage block (an Anthropic-compatible server's): its output is
+    estimated from its text and tool_use blocks, as the same reply streamed is. It was an error
+    record (UnreadableUsage, 0 tokens, no cost) for a call that succeeded."""
+    from anthropic import _base_client
+
+    name, arguments = TOOL_CALL
+    body: dict[str, Any] = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5",
+        "content": [
+            {"type": "text", "text": LONG_ANSWER},
+            {"type": "tool_use", "id": "toolu_1", "name": name, "input": json.loads(arguments)},
+        ],
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+    }
+    if usage == "null":
+        body["usage"] = None
+    http = http_of(_base_client)
+    client = mock_anthropic(lambda request: json_reply(http, body), is_async=is_async)
+    tokenmeter.instrument("anthropic")
+    request = {"model": "claude-sonnet-4-5", "max_tokens": 2_000, "messages": MESSAGES[1:]}
+    await kit.maybe(client.messages.create(**request))
+    record = only(records())
+    assert (record.status, record.error, record.estimated) == ("ok", None, True)
+    assert record.input_tokens == estimate_input("anthropic", request).input_tokens
+    said = tokenmeter.estimate(
+        "claude-sonnet-4-5", output=LONG_ANSWER + name + '{"city":"Paris","days":5}'
+    )
+    assert record.output_tokens == said.output_tokens > 1_000
+    assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
 
 
 async def _events(stream: Any, is_async: bool) -> Any:

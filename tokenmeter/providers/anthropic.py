@@ -7,15 +7,21 @@ Stream usage arrives twice: complete on ``message_start`` and as cumulative tota
 
 from __future__ import annotations
 
+import json
+from contextlib import suppress
 from typing import Any
 
 from tokenmeter._estimate import TextTally
 from tokenmeter._models import Usage
 from tokenmeter.providers._core import Call, _StreamProxyBase
-from tokenmeter.providers._stainless import Endpoint, StainlessAdapter
+from tokenmeter.providers._stainless import Endpoint, StainlessAdapter, keep_names
 from tokenmeter.usage import from_anthropic_response
-from tokenmeter.usage._read import getter, ident
-from tokenmeter.usage.anthropic import tier_from_anthropic, usage_from_anthropic
+from tokenmeter.usage._read import field, getter, ident
+from tokenmeter.usage.anthropic import (
+    batch_result_message,
+    tier_from_anthropic,
+    usage_from_anthropic,
+)
 
 _FIELDS = (
     "input_tokens",
@@ -163,7 +169,32 @@ class EventReader:
         call.tier = tier_from_anthropic(fields)
 
 
+def _reply_text(parsed: Any) -> TextTally:
+    """The output of a message that was not streamed, as the stream reader tallies it: text,
+    thinking, and each tool_use block's name and input (JSON, as a stream's ``partial_json``
+    delivers it). A block that cannot be read adds nothing."""
+    tally = TextTally()
+    add = tally.add
+    with suppress(Exception):
+        for block in field(parsed, "content") or ():
+            add(field(block, "text"))
+            add(field(block, "thinking"))
+            add(field(block, "name"))
+            tool_input = field(block, "input")
+            if tool_input is not None:
+                add(json.dumps(tool_input, default=str, separators=(",", ":")))
+    return tally
+
+
 def _read_message(parsed: Any, call: Call) -> None:
+    """A message; a billed one without a usage block (an Anthropic-compatible server's) is
+    estimated from its request and the text it holds, as a stream without usage is. Usage that
+    was sent but cannot be read stays an error (``from_anthropic_response`` raises)."""
+    if field(parsed, "usage") is None and batch_result_message(getter(parsed)) is None:
+        call.missing = True
+        call.reply = _reply_text(parsed)
+        keep_names(call, parsed)
+        return
     call.take(from_anthropic_response(parsed, call.provider))
 
 
