@@ -384,6 +384,43 @@ def test_openai_web_search_preview_on_a_model_without_reasoning_is_25_dollars_a_
     assert record.estimated_cost_usd == tokens.total_usd + Decimal(fee)
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize(
+    ("model", "served"),
+    [
+        ("gpt-4o-search-preview", "gpt-4o-search-preview-2025-03-11"),
+        ("gpt-4o-mini-search-preview", "gpt-4o-mini-search-preview-2025-03-11"),
+    ],
+)
+def test_a_chat_search_model_is_billed_one_web_search_a_completion(
+    kit: Any, records: Records, model: str, served: str, streamed: bool
+) -> None:
+    """A Chat Completions search model searches the web before it answers: one
+    web_search_preview at $25 per 1,000 a completion (two choices share the search), on top of
+    the tokens. gpt-4o-mini-search-preview was recorded at its tokens alone: $0.00075 of a
+    $0.02575 call."""
+    usage = {"prompt_tokens": 1000, "completion_tokens": 1000, "total_tokens": 2000}
+    body = kit.chat_body(usage, model=served)
+    body["choices"].append({**body["choices"][0], "index": 1})
+    reply = kit.sse_response(kit.chat_sse(3, usage, model=served)) if streamed else None
+    client = kit.mock_openai(lambda request: reply or json_reply(kit.http, body))
+
+    request = {"role": "user", "content": "Capital of France?"}
+    answer = client.chat.completions.create(
+        model=model, messages=[request], web_search_options={}, n=2, stream=streamed
+    )
+    if streamed:
+        list(answer)
+
+    record = only(records())
+    assert record.tool_requests == {"web_search_preview": 1}
+    assert record.cost_breakdown is not None
+    assert record.cost_breakdown["web_search_preview"] == Decimal("0.025")
+    tokens = tokenmeter.price("openai", served, {"input_tokens": 1000, "output_tokens": 1000})
+    assert tokens.total_usd is not None
+    assert record.estimated_cost_usd == tokens.total_usd + Decimal("0.025")
+
+
 # -- passes the top-level usage leaves out -------------------------------------------------------
 
 

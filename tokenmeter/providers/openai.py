@@ -19,7 +19,12 @@ from tokenmeter.providers._core import Call
 from tokenmeter.providers._stainless import Endpoint, StainlessAdapter, keep_names
 from tokenmeter.usage import from_openai_response
 from tokenmeter.usage._read import field, getter, ident
-from tokenmeter.usage.openai import tier_from_openai, usage_from_openai, usage_from_openai_images
+from tokenmeter.usage.openai import (
+    tier_from_openai,
+    usage_from_openai,
+    usage_from_openai_images,
+    with_chat_search,
+)
 
 _TERMINAL_EVENTS = {"response.completed", "response.incomplete", "response.failed"}
 #: Responses stream events whose ``delta`` is output text (estimated if no usage comes).
@@ -182,7 +187,7 @@ def _add_call(add: Callable[[Any], None], function: Any) -> None:
 
 
 def _read_usage(chunk: Any, usage: Any, call: Call) -> None:
-    call.usage = usage_from_openai(usage)
+    call.usage = with_chat_search(usage_from_openai(usage), call.model)
     call.tier = tier_from_openai(getattr(chunk, "service_tier", None))
 
 

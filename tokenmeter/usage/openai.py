@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from tokenmeter._models import MAX_TOKENS, Pass, Usage, short_repr, usage_of
+from tokenmeter.pricing._names import model_family
 from tokenmeter.usage._read import (
     Get,
     counts,
@@ -38,6 +39,14 @@ _OPERATIONS = {
 _NOT_YET_BILLED = {"queued", "in_progress"}
 #: Responses output items of built-in tools billed per call, and their ``tool_requests`` key.
 _TOOL_CALLS = {"web_search_call": "web_search", "file_search_call": "file_search"}
+#: Chat Completions models that search the web before every answer: OpenAI bills that search
+#: per call, apart from the tokens, as its web search tool's ``web_search_preview`` (priced at
+#: $25 per 1,000 on these gpt-4o models, as the Responses tool is). gpt-5-search-api searches
+#: too, but its fee is not confirmed: it is left out (docs/providers.md, known limits).
+_SEARCHING_CHAT_MODELS = {
+    "gpt-4o-search-preview": "web_search_preview",
+    "gpt-4o-mini-search-preview": "web_search_preview",
+}
 #: Web search actions that are no search (a reasoning model reading a page it found): no fee.
 _PAGE_ACTIONS = {"open_page", "find_in_page", "find"}
 _MAX_ITEMS = 10_000
@@ -277,6 +286,18 @@ def usage_from_openai_images(usage: Any, svg_usage: Any = None) -> Usage:
     )
 
 
+def with_chat_search(usage: Usage, model: Any) -> Usage:
+    """``usage`` of a chat completion answered by ``model``, with the one web search a search
+    model makes for it counted (one per completion, however many choices it holds). Every chat
+    completion is read through here: any other model's name is let by at one substring test."""
+    if type(model) is not str or "-search-" not in model:
+        return usage
+    tool = _SEARCHING_CHAT_MODELS.get(model_family(model))
+    if tool is None or usage.tool_requests.get(tool):
+        return usage
+    return usage.model_copy(update={"tool_requests": {**usage.tool_requests, tool: 1}})
+
+
 def _tool_requests(get: Get) -> dict[str, int] | None:
     """Built-in tool calls of a Responses answer: ``tool_usage`` when the API sends it, else
     the tool-call items of its output (one web search or file search per item; a web search
@@ -415,10 +436,11 @@ def _plain_completion(response: Any, provider: str) -> Extracted | None:
     if usage is None:
         return None
     tier = fields.get("service_tier")
+    model = fields.get("model")
     return Extracted(
         provider,
-        usage,
-        fields.get("model"),
+        with_chat_search(usage, model),
+        model,
         "chat.completions",
         None if tier is None or tier == "default" else priced_tier(tier),
         ident(fields.get("id")),
@@ -464,6 +486,8 @@ def _from_response(get: Get, provider: str) -> Extracted | None:
         drawn = _image_generation(get)
         if drawn is not None:
             found = _with_pass(found, drawn)
+    elif kind == "chat.completion":
+        found = with_chat_search(found, get("model"))
     return Extracted(
         provider=provider,
         usage=found,
