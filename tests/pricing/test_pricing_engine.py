@@ -247,6 +247,26 @@ def test_o3_cached_image_and_audio_tokens_before_the_price_cut_cost_what_cached_
     assert price_usage("openai", "o3", text, at=at).total_usd == Decimal("2.5")
 
 
+@pytest.mark.parametrize(
+    "model",
+    [
+        "gemini-2.5-flash-preview-04-17",
+        "gemini-2.5-flash-preview-05-20",
+        "gemini-2.5-flash-preview-05-20:thinking",
+    ],
+)
+def test_gemini_2_5_flash_preview_thinking_and_audio_are_at_their_list_rates(model: str) -> None:
+    """Google listed the previews at $0.15 in ($1.00 audio), $0.60 out, $3.50 for thinking:
+    1M in, 1M out of which 500k thoughts was $0.75 (every output token at $0.60)."""
+    at = datetime(2025, 6, 1, 12, tzinfo=UTC)
+    thinking = Usage(input_tokens=1_000_000, output_tokens=1_000_000, reasoning_tokens=500_000)
+    cost = price_usage("google", model, thinking, at=at)
+    assert cost.total_usd == Decimal("0.15") + Decimal("0.30") + Decimal("1.75")
+    assert cost.price_source == "tokenmeter-errata"
+    audio = Usage(input_tokens=1_000_000, input_audio_tokens=1_000_000, output_tokens=0)
+    assert price_usage("google", model, audio, at=at).total_usd == Decimal(1)
+
+
 def test_default_time_is_now() -> None:
     usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
     now = price_usage("openai", "o3", usage, at=datetime.now(UTC)).total_usd

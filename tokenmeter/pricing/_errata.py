@@ -335,8 +335,33 @@ def _web_search_preview_fee(card: RateCard, requested: str, at: datetime) -> Rat
     )
 
 
+#: Gemini 2.5 Flash's previews (04-17, 05-20, and their ``:thinking`` spellings, which
+#: genai-prices prices as one model) as Google listed them: output $0.60 per million without
+#: thinking, $3.50 for thinking; audio input $1.00 (text, image and video $0.15). genai-prices
+#: has the non-thinking output rate for the thoughts too, and the text rate for audio.
+_FLASH_PREVIEW = "gemini-2.5-flash-preview"
+_FLASH_PREVIEW_THINKING = Decimal("3.50")
+_FLASH_PREVIEW_AUDIO_IN = Decimal("1.00")
+
+
+def _flash_preview_thinking(card: RateCard, requested: str, at: datetime) -> RateCard:
+    """Gemini 2.5 Flash preview's thinking tokens at $3.50 per million and its audio input at
+    $1.00 (a backfilled call of April to July 2025 was 2.9x to 4.9x low). Only the thoughts
+    are counted apart: the text of a thinking call stays at the $0.60 output rate."""
+    base = card.base
+    if card.priced_model != _FLASH_PREVIEW:
+        return card
+    gaps: dict[str, Decimal] = {}  # each rate only while genai-prices bills it as text
+    if base.reasoning_per_mtok == base.output_per_mtok:
+        gaps["reasoning_per_mtok"] = _FLASH_PREVIEW_THINKING
+    if base.input_audio_per_mtok == base.input_per_mtok:
+        gaps["input_audio_per_mtok"] = _FLASH_PREVIEW_AUDIO_IN
+    return _mark(card, base=base.with_rates(**gaps)) if gaps else card
+
+
 _DATA_CORRECTIONS: tuple[Callable[[RateCard, str, datetime], RateCard], ...] = (
     _web_search_preview_fee,
+    _flash_preview_thinking,
     _gpt4o_audio_preview,
     _sonnet_4_long_context,
     _o3_launch_cache_rate,
