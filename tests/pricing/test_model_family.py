@@ -27,6 +27,11 @@ from tokenmeter.pricing import model_family
         ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "claude-sonnet-4-5"),
         ("claude-sonnet-4@20250514", "claude-sonnet-4"),
         ("claude-3-5-sonnet-latest", "claude-3-5-sonnet"),
+        # OpenRouter's dotted spellings are the same models as Anthropic's dashed ones.
+        ("anthropic/claude-sonnet-4.5", "claude-sonnet-4-5"),
+        ("anthropic/claude-opus-4.1", "claude-opus-4-1"),
+        ("anthropic/claude-3.7-sonnet", "claude-3-7-sonnet"),
+        ("anthropic/claude-3.5-sonnet-20240620", "claude-3-5-sonnet"),
         ("models/gemini-2.0-flash-001", "gemini-2.0-flash"),
         ("gemini-2.5-flash-preview-05-20", "gemini-2.5-flash-preview"),
         ("gemini-2.5-flash-image", "gemini-2.5-flash-image"),

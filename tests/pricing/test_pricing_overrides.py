@@ -70,6 +70,26 @@ def test_user_price_matches_normalised_spellings() -> None:
     assert price_usage("openai", "openai/MY-MODEL", USAGE, at=DAY).total_usd == Decimal("2.69")
 
 
+@pytest.mark.parametrize(
+    ("model", "served"),
+    [
+        ("claude-sonnet-4-5", "anthropic/claude-sonnet-4.5"),
+        ("claude-haiku-4-5", "anthropic/claude-haiku-4.5"),
+        ("claude-3-7-sonnet", "anthropic/claude-3.7-sonnet"),
+    ],
+)
+def test_a_claude_price_applies_to_openrouters_dotted_spelling(model: str, served: str) -> None:
+    """OpenRouter names Claude Sonnet 4.5 ``anthropic/claude-sonnet-4.5``: a price set for
+    claude-sonnet-4-5 was not applied to it (priced from OpenRouter's table, $0.30 for 100k
+    in, where the price says $0.10)."""
+    set_user_prices({model: {"input_per_mtok": 1, "output_per_mtok": 1}})
+    usage = Usage(input_tokens=100_000, output_tokens=0)
+
+    cost = price_usage("openrouter", served, usage, at=DAY)
+
+    assert (cost.total_usd, cost.price_source) == (Decimal("0.1"), "override")
+
+
 def test_a_price_set_for_a_base_model_is_not_its_fine_tunes_price() -> None:
     """A fine-tune is billed at its own rates (gpt-4o's: $3.75/$15 where gpt-4o's are $2.50/$10):
     a price set for gpt-4o billed every gpt-4o fine-tune at it, a third under, as gpt-4o."""

@@ -23,6 +23,9 @@ _DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
 #: What a family leaves out after the name: a date (``-2024-08-06``, ``-20250929``, ``-0613``,
 #: a preview's ``-05-20``), a build number (``-001``) or ``-latest``.
 _VERSION_SUFFIX = re.compile(r"(?:-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4}|\d{2}-\d{2}|\d{3}|latest))+$")
+#: The dot of a Claude version as OpenRouter spells it (``claude-sonnet-4.5``,
+#: ``claude-3.7-sonnet``) where Anthropic writes a dash (``claude-sonnet-4-5``).
+_CLAUDE_VERSION_DOT = re.compile(r"(?<=\d)\.(?=\d)")
 #: Far more than a version suffix takes (``-2024-08-06-latest``: 18 characters). The pattern is
 #: searched for in a name's last characters only: over a whole stored name (unbounded in a JSONL
 #: file) it backtracks quadratically, minutes for 100 KB of ``-1234``.
@@ -61,12 +64,21 @@ def name_candidates(model: str) -> list[str]:
         name = bedrock
         found.append(name)
     found.append(_undated(name))
+    dashed = _claude_dashed(name)
+    if dashed != name:  # after the dotted ones: a table entry of that spelling wins
+        found += [dashed, _undated(dashed)]
     return list(dict.fromkeys(found))
 
 
 def _undated(name: str) -> str:
     """``gpt-4o-2099-01-01`` -> ``gpt-4o``: an unknown snapshot is priced like its family."""
     return _DATE_SUFFIX.sub("", name)
+
+
+def _claude_dashed(name: str) -> str:
+    """``claude-sonnet-4.5`` -> ``claude-sonnet-4-5``: a Claude model in Anthropic's spelling,
+    the one a user's price (and a report's family) names it by."""
+    return _CLAUDE_VERSION_DOT.sub("-", name) if name.startswith("claude-") else name
 
 
 def model_family(name: str) -> str:
@@ -88,5 +100,5 @@ def model_family(name: str) -> str:
     name = name.split("@", 1)[0]
     name = _BEDROCK_VERSION.sub("", _BEDROCK_VENDOR.sub("", _BEDROCK_GEO.sub("", name))) or name
     head, tail = name[:-_VERSION_TAIL], name[-_VERSION_TAIL:]
-    family = head + _VERSION_SUFFIX.sub("", tail) or name
+    family = _claude_dashed(head + _VERSION_SUFFIX.sub("", tail) or name)
     return f"ft:{family}" if fine_tune else family
