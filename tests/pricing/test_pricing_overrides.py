@@ -448,6 +448,28 @@ def test_a_since_that_is_not_a_date_names_the_model(since: object) -> None:
     one_line_value_error(excinfo)
 
 
+@pytest.mark.parametrize(
+    "since",
+    ["2027-01-01T12:00:00Z", "2027-01-01T02:00:00+05:00", datetime(2027, 1, 1, 0, 30, tzinfo=UTC)],
+)
+def test_a_since_with_a_time_of_day_is_refused_not_moved_to_midnight(since: object) -> None:
+    """Prices change by the UTC day: "2027-01-01T12:00:00Z" was taken as 2027-01-01 and
+    applied twelve hours early, "2027-01-01T02:00:00+05:00" from 2026-12-31 00:00 UTC."""
+    with pytest.raises(ValueError, match=r"'my-model'.*since .*a time of day is not") as excinfo:
+        tokenmeter.configure(prices={"my-model": {**MY_MODEL, "since": since}})
+    one_line_value_error(excinfo)
+
+
+def test_a_since_at_utc_midnight_is_that_day() -> None:
+    usage = Usage(input_tokens=1_000_000, output_tokens=0)
+    for since in ("2027-01-01T00:00:00Z", "2027-01-01T05:00:00+05:00", datetime(2027, 1, 1)):
+        set_user_prices({"my-model": {"input_per_mtok": 1, "output_per_mtok": 1, "since": since}})
+        before = price_usage(None, "my-model", usage, at=datetime(2026, 12, 31, 23, 59, tzinfo=UTC))
+        assert before.total_usd is None, since
+        on_the_day = price_usage(None, "my-model", usage, at=datetime(2027, 1, 1, tzinfo=UTC))
+        assert on_the_day.total_usd == Decimal(1), since
+
+
 def test_a_rate_nested_too_deeply_to_print_names_the_model_and_field() -> None:
     nested: list[object] = []
     for _ in range(100_000):
@@ -529,7 +551,9 @@ def test_bad_rate_in_a_toml_file_names_the_file_model_and_field(
     excinfo.match(r"'my-model'.*output_per_mtok")
 
 
-@pytest.mark.parametrize("since", ["5", "true", '"soon"', "07:30:00", "[2026]"])
+@pytest.mark.parametrize(
+    "since", ["5", "true", '"soon"', "07:30:00", "[2026]", "2027-01-01T12:00:00Z"]
+)
 def test_a_since_in_a_toml_file_that_is_not_a_date_names_the_file_and_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, since: str
 ) -> None:

@@ -17,8 +17,9 @@ import stat
 import threading
 import tomllib
 from collections.abc import Callable, Hashable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -496,13 +497,12 @@ def _rate(value: Any, where: str) -> Decimal:
 
 
 def _since(value: Any, where: str) -> date | None:
+    """The UTC day an entry takes effect (a date, or a moment at UTC midnight)."""
     if value is None:
         return None
+    moment: datetime | None = None
     if isinstance(value, datetime):
-        try:
-            return value.astimezone(UTC).date() if value.tzinfo else value.date()
-        except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
-            pass
+        moment = value
     elif isinstance(value, date):
         return value
     elif isinstance(value, str):
@@ -510,8 +510,25 @@ def _since(value: Any, where: str) -> date | None:
             return date.fromisoformat(value.strip())
         except ValueError:
             pass
-        try:
-            return _since(datetime.fromisoformat(value.strip()), where)
-        except ValueError:
-            pass
-    raise ValueError(f"{where} must be a date like 2026-01-01, got {short_repr(value)}")
+        with suppress(ValueError):
+            moment = datetime.fromisoformat(value.strip())
+    day = None if moment is None else _utc_day(moment, value, where)
+    if day is None:
+        raise ValueError(f"{where} must be a date like 2026-01-01, got {short_repr(value)}")
+    return day
+
+
+def _utc_day(moment: datetime, value: Any, where: str) -> date | None:
+    """The UTC day of a ``since`` given as a moment (None if it has none). Prices change by the
+    day and are looked up per UTC day: a time of day other than UTC midnight is refused, not
+    moved to midnight, which made "2027-01-01T12:00:00Z" apply twelve hours early."""
+    try:
+        utc = moment.astimezone(UTC) if moment.tzinfo else moment
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+        return None
+    if utc.time() != time(0):
+        raise ValueError(
+            f"{where} must be a date like 2026-01-01 (a time of day is not supported), "
+            f"got {short_repr(value)}"
+        )
+    return utc.date()
