@@ -659,8 +659,10 @@ def _broken_off(error: BaseException | None) -> bool:
 
 
 #: Transport errors (httpx, httpx2, requests: the same names) raised while a reply was read:
-#: the request had reached the provider, which runs it, and bills it.
-_READING_FAILURES = frozenset({"ReadTimeout", "ReadError", "RemoteProtocolError"})
+#: the request had reached the provider, which runs it, and bills it. ``DecodingError`` too:
+#: raised only once an answer came, while its body is decompressed (a proxy that corrupts a
+#: gzip body; the SDKs raise it as a connection error, whose cause it is).
+_READING_FAILURES = frozenset({"ReadTimeout", "ReadError", "RemoteProtocolError", "DecodingError"})
 
 
 #: A task cancelled (asyncio, trio): the application's own timeout (``asyncio.wait_for``,
