@@ -10,11 +10,13 @@ import asyncio
 import copy
 import gc
 import pickle
+import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import nullcontext
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
@@ -34,6 +36,7 @@ from tokenmeter.testing._sdk import unmet
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
+    import google.generativeai as legacy_genai
     from google.generativeai import generative_models
     from google.generativeai.types import generation_types
 
@@ -189,6 +192,58 @@ def test_api_error_is_recorded_and_reraised(
     record = only(flushed(sink))
     assert (record.status, record.error) == ("error", error.__name__)
     assert record.model_name == "gemini-1.5-flash"
+
+
+class _OneBody(BaseHTTPRequestHandler):
+    """Answers every request 200 with the server's ``body``: a proxy's answer, not Gemini's."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        body: bytes = self.server.body  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def answering_200() -> Iterator[Callable[[bytes], None]]:
+    """A loopback server the legacy SDK is pointed at (REST): ``answer(body)`` sets its body."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _OneBody)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    legacy_genai.configure(
+        api_key="fake-key",
+        transport="rest",
+        client_options={"api_endpoint": f"http://127.0.0.1:{server.server_port}"},
+    )
+    yield lambda body: setattr(server, "body", body)
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.usefixtures("instrumented")
+@pytest.mark.parametrize(
+    "body",
+    [b"<html><body>502 Bad Gateway</body></html>", b'[{"candidates": [{"content"', b"[1]"],
+    ids=["HTML page", "cut short", "not an object"],
+)
+def test_a_stream_whose_200_answer_the_sdk_cannot_parse_is_estimated(
+    answering_200: Callable[[bytes], None], sink: InMemorySink, body: bytes
+) -> None:
+    """The SDK reads a stream's first chunk inside ``generate_content``: one it could not parse
+    (a proxy's page, a body cut short) raised there, as if nothing had been sent, and was
+    recorded as an error costing exactly $0, though the provider answered 200 and bills it."""
+    answering_200(body)
+    with pytest.raises((ValueError, StopIteration)) as raised:
+        model("gemini-2.5-flash").generate_content("Write a poem about the sea", stream=True)
+    record = only(flushed(sink))
+    assert (record.status, record.error) == ("error", type(raised.value).__name__)
+    assert record.estimated and record.input_tokens > 0 and record.output_tokens == 0
+    assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
 
 
 # -- one call, one record; undo ----------------------------------------------------------------

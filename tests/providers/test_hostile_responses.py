@@ -989,6 +989,42 @@ async def test_a_gemini_success_answer_the_sdk_cannot_parse_has_an_unknown_cost(
 
 
 @pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
+@pytest.mark.parametrize("status", [200, 502])
+@pytest.mark.parametrize("body", list(UNPARSABLE))
+async def test_a_gemini_stream_whose_first_event_the_sdk_cannot_parse_is_estimated(
+    sink: InMemorySink, is_async: bool, body: str, status: int
+) -> None:
+    """A sync google-genai stream sends its request at its first ``next()``, so one whose first
+    event the SDK could not parse (a proxy cutting or replacing a 200 stream) was recorded as
+    if nothing had been sent: an error costing exactly $0, where the ``client.aio`` stream, and
+    openai's and anthropic's, are estimated as any stream that broke once the provider
+    answered. An error status with the same body is the provider refusing the call: $0."""
+
+    def reply(request: Any) -> Any:
+        headers = {"content-type": "text/event-stream"}
+        event = b"data: " + UNPARSABLE[body] + b"\r\n\r\n"
+        return GENAI_HTTP.Response(status, content=event, headers=headers)
+
+    client = mock_genai(reply)
+    bare = await gemini_call(client, is_async, stream=True)
+    tokenmeter.instrument("google-genai")
+
+    seen = await gemini_call(client, is_async, stream=True)
+
+    assert isinstance(bare, Exception)
+    assert (type(seen), str(seen)) == (type(bare), str(bare))
+    record = only(flushed(sink))
+    assert (record.status, record.error, record.output_tokens) == ("error", type(bare).__name__, 0)
+    assert record.estimated_cost_usd is not None
+    if status == 200:
+        assert record.estimated and record.input_tokens > 0
+        assert record.estimated_cost_usd > 0
+    else:
+        assert not record.estimated and record.total_tokens == 0
+        assert record.estimated_cost_usd == 0
+
+
+@pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
 @pytest.mark.parametrize("provider", ["anthropic", "google-genai"])
 async def test_unreadable_stream_usage_is_one_warning_not_a_traceback_per_chunk(
     sink: InMemorySink,

@@ -285,7 +285,7 @@ class Call:
             tally = getattr(reader, "tally", None)
             if usage is None and (
                 (tally is not None and tally.chars)
-                or (reader is not None and _broken_off(error))
+                or (_broken_off(error) and (reader is not None or self._answered_stream(error)))
                 or _cut_after_sending(error)  # sent, and its reply (or stream) timed out
             ):
                 # A stream cut once the provider had answered (content streamed by; or the
@@ -346,6 +346,15 @@ class Call:
             # A failed call's cost is $0 only if it sent no usage we could not read.
             priced=usage is not None or (status == "error" and self.unreadable is None),
         )
+
+    def _answered_stream(self, error: BaseException | None) -> bool:
+        """A stream whose SDK raised on the success answer's first piece, before its reader came
+        in (a google-genai sync stream, sent at its first ``next()``; the legacy Gemini SDK,
+        which reads its first chunk inside the call): the provider answered 2xx, so it started
+        as any stream whose first event cannot be parsed, and is billed."""
+        if not self.streamed or error is None:
+            return False
+        return bool(safely("reading a failed stream", _answered, error))
 
     def _estimate(self) -> Usage:
         """What the call most likely used: its request's input, the output that passed by (a
@@ -514,15 +523,26 @@ def _answered_unparsed(call: Call, error: BaseException) -> None:
 
 #: How deep ``_answered`` looks along an exception's traceback.
 _FRAMES_LOOKED_AT = 64
-#: google-genai's answer types (module: class name), made only from a success (2xx) answer.
-_GENAI_ANSWERS = {"google.genai.types": "HttpResponse", "google.genai._api_client": "HttpResponse"}
+#: Answer types (module: class name) made only from a success (2xx) answer, an error status
+#: raising first: google-genai's (which holds no status), and the REST stream iterator of the
+#: legacy Gemini SDK's transport (``google.api_core``).
+_SUCCESS_ONLY = {
+    "google.genai.types": "HttpResponse",
+    "google.genai._api_client": "HttpResponse",
+    "google.api_core.rest_streaming": "ResponseIterator",
+}
+#: The frame locals that hold such an answer where its SDK reads it: the answer itself, or the
+#: object whose method is parsing it (google-genai's ``segments()`` of a stream, the legacy
+#: SDK's iterator over its first chunk).
+_ANSWER_HOLDERS = ("response", "session_response", "self", "iterator")
 
 
 def _answered(error: BaseException) -> bool:
     """True for an exception raised once the provider answered with a success (2xx) status: one
     that says so (an SDK's response validation error), or one raised while a frame held that
     answer as its ``response`` (the SDKs' own parse of it: Stainless ``_process_response`` and
-    ``APIResponse._parse``; google-genai's parse of its ``HttpResponse``). An error status, a
+    ``APIResponse._parse``), or held an answer made only from a success one (google-genai's
+    parse of its ``HttpResponse``, a stream's first event included). An error status, a
     transport error or a refusal before sending holds none."""
     status = getattr(error, "status_code", None)
     if type(status) is int:
@@ -531,17 +551,21 @@ def _answered(error: BaseException) -> bool:
     for _ in range(_FRAMES_LOOKED_AT):
         if traceback is None:
             return False
-        response = traceback.tb_frame.f_locals.get("response")
-        status = getattr(response, "status_code", None)
+        held = traceback.tb_frame.f_locals
+        status = getattr(held.get("response"), "status_code", None)
         if type(status) is int and 200 <= status < 300:
             return True
-        if _GENAI_ANSWERS.get(type(response).__module__) == type(response).__name__:
-            # google-genai's answer holds no status: it is made only from a success one (an
-            # error status raises first), so an exception beside it is its parse failing, unless
-            # the exception is the provider's own error report (a status ``code``).
+        if any(_made_on_success(held.get(name)) for name in _ANSWER_HOLDERS):
+            # Its answer is a success: an exception beside it is its parse failing, unless the
+            # exception is the provider's own error report (a status ``code``: an error event).
             return type(getattr(error, "code", None)) is not int
         traceback = traceback.tb_next
     return False
+
+
+def _made_on_success(answer: Any) -> bool:
+    kind = type(answer)
+    return _SUCCESS_ONLY.get(kind.__module__) == kind.__name__
 
 
 def _refused(

@@ -232,7 +232,8 @@ class _Method:
                 call.reader = reader
             # A sync stream is a generator that sends its request at its first next(): its
             # reader is the call's once a chunk came (``ChunkReader.feed``), so that a failure
-            # before (a connection refused: nothing sent) is not estimated as a billed stream.
+            # before (a connection refused: nothing sent) is not estimated as a billed stream;
+            # one on the 200 answer's first event is (``Call._answered_stream``).
             caller = _caller.get()
             if is_async and caller is not None:
                 caller.rounds.append(call)
