@@ -400,6 +400,26 @@ def test_another_programs_database_is_refused_untouched(
     assert query(path, "SELECT name FROM sqlite_master") == [("users",)]
 
 
+@pytest.mark.parametrize("version", [1, 5, 6])
+def test_another_programs_database_with_a_schema_number_of_its_own_is_refused_untouched(
+    tmp_path: Path, make_record: RecordFactory, version: int
+) -> None:
+    """An application that keeps its own schema number in ``user_version``: at 6 (tokenmeter's)
+    the sink took its database for one whose tables were dropped and added its 3 tables and
+    their indexes to it; at 1 to 5 the migrations failed with "no such table"."""
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.execute("CREATE TABLE usage (day TEXT, minutes INTEGER)")
+    conn.commit()
+    conn.close()
+
+    with pytest.raises(ValueError, match=r"app\.db.*not a tokenmeter database.*usage"):
+        SQLiteSink(path).write([make_record(0)])
+    assert query(path, "PRAGMA user_version") == [(version,)]
+    assert query(path, "SELECT name FROM sqlite_master") == [("usage",)]
+
+
 def test_sessions_are_upserted_by_id(tmp_path: Path) -> None:
     path = tmp_path / "usage.db"
     sink = SQLiteSink(path)

@@ -1011,10 +1011,13 @@ def _migrate(
                 f"{path}: database schema version {version} is newer than this tokenmeter "
                 f"supports ({SCHEMA_VERSION}); upgrade tokenmeter to write to it"
             )
-        if version == 0:
+        missing = _missing_tables(conn)
+        if version == 0 or len(missing) == len(_TABLES):
+            # None of ours is left: another program's, which may keep its own schema number in
+            # user_version (6 had tokenmeter's tables added to it), unless it holds nothing.
             _refuse_others(conn, path)
-        elif version == SCHEMA_VERSION:
-            _make_again(conn, _missing_tables(conn))
+        if version == SCHEMA_VERSION:
+            _make_again(conn, missing)
         for migrate in _MIGRATIONS[version:]:
             migrate(conn)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
