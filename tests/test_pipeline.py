@@ -25,7 +25,7 @@ from helpers import Held, HungSink, run_python, wait_for
 
 import tokenmeter
 from tokenmeter import SessionInfo, UsageRecord, _pipeline
-from tokenmeter.sinks import InMemorySink, SQLiteSink
+from tokenmeter.sinks import InMemorySink, JSONLSink, SQLiteSink
 
 
 class FlakySink(InMemorySink):
@@ -267,6 +267,65 @@ def test_a_full_buffer_drops_its_oldest_instead_of_making_the_caller_wait(
     got = [r.id for r in hung.records]
     assert got[0] == first.id and got[-1] == made[-1].id
     assert len(got) == 1 + 50  # the one being written, then the newest max_queue
+
+
+def test_a_tight_loop_of_records_loses_none_to_a_healthy_file_sink(tmp_path: Path) -> None:
+    """A CPU-bound loop of record() calls (a batch's results imported) kept the JSONL sink's
+    writer from the GIL: its buffer passed max_queue and dropped records (18,926 of 60,000),
+    although the sink writes several times as fast as the loop made them. Callers now hand a
+    healthy writer the GIL once its buffer is three quarters full."""
+    path = tmp_path / "usage.jsonl"
+    tokenmeter.configure(sinks=[JSONLSink(path)], max_queue=2_000)
+    made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(20_000)]
+    assert tokenmeter.flush(60)
+    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == [
+        r.id for r in made
+    ]
+
+
+@pytest.fixture
+def hand_overs(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The sleeps the application's (main) thread takes in the pipeline: a caller handing a
+    writer the GIL (``_pipeline._hand_over``)."""
+    slept: list[float] = []
+    sleep = time.sleep
+
+    def spy(seconds: float) -> None:
+        if threading.current_thread() is threading.main_thread():
+            slept.append(seconds)
+        sleep(seconds)
+
+    monkeypatch.setattr(_pipeline.time, "sleep", spy)
+    return slept
+
+
+def test_callers_never_wait_for_a_hung_or_failing_sink(
+    monkeypatch: pytest.MonkeyPatch, hand_overs: list[float]
+) -> None:
+    """A sink that is hung or failing is not short of the GIL: its buffer drops the oldest,
+    as before, and the callers never sleep for it."""
+    monkeypatch.setattr(_pipeline, "_HUNG_S", 0.0)  # a write in progress counts as hung
+    hung = HungSink()
+    tokenmeter.configure(sinks=[hung], max_queue=50)
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert hung.entered.wait(30)
+    for _ in range(500):
+        tokenmeter.record("openai", "gpt-4o", 1, 1)
+    (writer,) = _pipeline._get().writers
+    assert writer.dropped == 450
+    hung.release.set()
+    assert not tokenmeter.flush(30)
+    flaky = FlakySink()
+    tokenmeter.configure(sinks=[flaky], max_queue=50)
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert not tokenmeter.flush(30)  # it has failed: not short of the GIL
+    for _ in range(10):
+        for _ in range(40):
+            tokenmeter.record("openai", "gpt-4o", 1, 1)
+        assert not tokenmeter.flush(30)
+    (writer,) = _pipeline._get().writers
+    assert writer.dropped > 300
+    assert hand_overs == []
 
 
 def test_flushes_with_a_timeout_while_a_sink_hangs_keep_its_buffer_bounded() -> None:
