@@ -1088,6 +1088,21 @@ def test_a_sink_down_when_replaced_has_its_records_set_aside_at_once() -> None:
     assert {k["error"] for k in kept} == {"OSError: server down"}
 
 
+def test_a_stopping_sink_that_refuses_a_sessions_records_still_gets_its_end() -> None:
+    """A sink that refuses every record and takes sessions: the session's end waited behind
+    the records, was never offered to it, and was set aside with the records' error when the
+    sink stopped: the sink kept the session "active" for ever."""
+    sink = DownSink()
+    tokenmeter.configure(sinks=[sink])
+    with tokenmeter.session("job") as job:
+        made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(2)]
+    assert not tokenmeter.flush(30)
+    tokenmeter.configure(sinks=[InMemorySink()])  # it stops
+    assert sink.sessions[job.id].status == "completed"
+    kept = [json.loads(line) for line in (Path(".tokenmeter") / "quarantine.jsonl").open()]
+    assert [k["record"]["id"] for k in kept] == [r.id for r in made]  # records only
+
+
 class DownWithoutSessions:
     """A user sink of records only (no ``write_sessions``: it is never given a session), down."""
 

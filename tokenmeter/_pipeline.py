@@ -656,6 +656,7 @@ class _Writer:
                     self._deliver(stopped)
                     self._last_tries(stopped)
                     ok = not self._pending and not self._accused
+                    self._offer_sessions(stopped)
                     self._set_aside_pending()
                     _quietly(self.sink.close, self.sink)
                     self._release_markers(ok=ok)
@@ -698,6 +699,33 @@ class _Writer:
             ):
                 return
             self._write_pending(time.monotonic())
+
+    def _offer_sessions(self, stopped: float) -> None:
+        """Stopping, with items the sink refused still pending: the runs of sessions among them
+        were never offered to it, as they go after their records and a sink judged down is
+        tried no further. Each is offered now, on its own, while ``_LAST_TRIES_FOR`` lasts; the
+        first that fails is set aside with its own error, and the rest with the others. A
+        session's end was set aside with its records' error, never given to a sink whose
+        ``write_sessions`` worked: the session stayed "active" there for ever."""
+        if getattr(self.sink, "write_sessions", None) is None:
+            return
+        index = 0
+        while index < len(self._pending) and time.monotonic() - stopped <= _LAST_TRIES_FOR:
+            run = self._pending[index]
+            if not isinstance(run[0], SessionInfo):
+                index += 1
+                continue
+            self._writing_since = time.monotonic()
+            try:
+                self._write(run)
+            except BaseException as exc:
+                if not self._abandoned_meanwhile():  # else the exit set it aside already
+                    self._quarantine_all(run, exc)  # pending until in the file (``held``)
+                    del self._pending[index]
+                return
+            if self._abandoned_meanwhile():
+                return
+            del self._pending[index]
 
     def _wait(self) -> bool:
         """Sleep until there is work; gather for the interval. True once asked to stop."""
