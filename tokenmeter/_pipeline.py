@@ -15,8 +15,9 @@ Policies (documented in docs/sinks.md):
 - A full buffer (``max_queue`` items waiting for one sink, which has been hung or failing for a
   long time) drops its oldest item with an error log: memory stays bounded and the caller still
   never waits. The next ``flush()`` says False. Only a healthy writer whose buffer (or the calls
-  waiting for their records) is three quarters full has its callers sleep ``_HAND_OVER`` per
-  record (``_hand_over``): it was kept from the GIL by a busy caller, not slow.
+  waiting for their records) is three quarters full has its callers wait for it to take its
+  buffer, at most ``_HAND_OVER`` per record (``_hand_over``): it was kept from the GIL by busy
+  callers, not slow.
 - A sink that raises is reported once through the ``tokenmeter`` logger; its items are kept, in
   order, and retried with back-off. When a batch keeps failing, the writer writes its records one
   at a time: a record that fails again right after the sink took another, and once more after
@@ -227,9 +228,11 @@ def _behind() -> bool:
 #: A healthy writer's buffer has passed its ``press_at`` (set by ``_Writer.put``, cleared by
 #: ``_hand_over`` once none has): callers queueing records hand the writers the GIL meanwhile.
 _crowded = False
-#: How long such a caller sleeps, once per record: the writer waiting for the GIL takes it then
-#: (and keeps it for a switch interval), where a busy caller kept it for ever longer stretches.
-_HAND_OVER = 0.0005
+#: How long such a caller waits at most, once per record, for a writer to take its buffer (or
+#: make the waiting calls' records): a writer waiting for the GIL takes it then, where busy
+#: callers kept it for ever longer stretches (a short sleep each was not enough with 8 threads:
+#: the others took the GIL). About a switch interval: a healthy writer takes its buffer sooner.
+_HAND_OVER = 0.005
 #: Re-entrant locks of ours (module, name) under which a record or a call may be queued: a
 #: caller holding one never sleeps (a writer may wait for it). Looked up when used: a fork
 #: renews them.
@@ -244,18 +247,20 @@ _LOCKS_OF_OURS = (
 
 def _hand_over(pipeline: _Pipeline, item: object, making: bool) -> None:
     """``item`` was queued while a healthy writer's buffer is past its ``press_at``: the caller
-    sleeps ``_HAND_OVER`` seconds, once, so that the writer takes the GIL and writes. Without
+    waits until a writer takes its buffer, at most ``_HAND_OVER`` seconds, so that the writer
+    takes the GIL and writes. Without
     it a CPU-bound loop of ``record()`` calls kept a healthy sink's writer from the GIL until
     its buffer dropped records (35,936 of 300,000, the sink three times as fast as the loop).
     Only for a record queued by an application's thread that holds no lock of ours (never a
     writer's own records, nor one made under ``_later_lock``, nor a session's start or end);
     never for a failing or hung sink: its buffer drops the oldest, its callers never wait."""
     global _crowded
+    _progress.clear()  # before looking: a buffer taken from here on ends the wait
     if not any(writer.crowded() for writer in pipeline.writers):
         _crowded = False
         return
     if not making and type(item) is UsageRecord and _may_wait(pipeline):
-        time.sleep(_HAND_OVER)
+        _progress.wait(_HAND_OVER)
 
 
 def _may_wait(pipeline: _Pipeline | None) -> bool:
@@ -363,6 +368,10 @@ class _Flag:
             self.set()  # for the next waiter: it stays set until cleared
             return True
         return False
+
+
+#: Set by a writer each time it takes its buffer: what a crowded caller waits for.
+_progress = _Flag()
 
 
 class _FlushMarker:
@@ -752,6 +761,7 @@ class _Writer:
             items, self._buffer = self._buffer, deque()
             flushed = self._open_marker is not None
             self._open_marker = None
+        _progress.set()  # a crowded caller waits for it (``_hand_over``)
         if flushed and self._set_aside_before_markers is None:
             self._set_aside_before_markers = self._set_aside_before_open
         current: list[Any] = []
@@ -1377,6 +1387,9 @@ _max_queue = 100_000
 #: batch. At a fixed 1,000 calls, with ``max_queue`` below 1,000 they gathered on while the calls
 #: past it were made on the callers' threads, into buffers that then overflowed.
 _hurry_at = 2 * _batch_for(_max_queue)
+#: ``later``: the entries of the first calls of a gathering, which wake the writers asleep (the
+#: first call's, and those of other threads' calls that came before it read the queue's length).
+_FIRST_CALLS = 16
 _exit_timeout = 10.0
 _interval = 0.2
 _quarantine: Path | None = None
@@ -1550,26 +1563,30 @@ def later(session: Any, call: tuple[Any, ...], loop: Any = None) -> None:
         except Exception:  # a loop of another kind (no weak reference): the writers make them
             with contextlib.suppress(TypeError):
                 _loops_making.discard(loop)
+    # Other threads' calls may come between the extend and the len: the thresholds below are
+    # reached, not met exactly (8 threads skipped the batch's, and a small buffer dropped).
     waiting = len(_later)
-    if waiting == 2:
+    if waiting <= _FIRST_CALLS:
         pipeline = _pipeline
         for writer in pipeline.writers if pipeline is not None else ():
             # Each one asleep (one gathering catches up at its interval's end): a hung sink's
             # writer must not hold the others' records.
-            if not writer._buffer:
+            if not writer._buffer and not writer._arrived.is_set():
                 writer._arrived.set()
-    elif waiting >= _hurry_at:
-        if waiting == _hurry_at:  # the writers' batch ends their gathering
-            pipeline = _pipeline
-            for writer in pipeline.writers if pipeline is not None else ():
+    if waiting >= _hurry_at:
+        pipeline = _pipeline
+        for writer in pipeline.writers if pipeline is not None else ():
+            if not writer._hurry.is_set():  # the writers' batch ends their gathering
                 writer._hurry.set()
-        elif (
+        if (
             waiting > _max_queue + _max_queue // 2  # 3/4 of what can_make_later allows
             and loop is None  # a loop makes its own calls' records
             and _writers_healthy()
             and _may_wait(_pipeline)
         ):
-            time.sleep(_HAND_OVER)  # the writers make the waiting records meanwhile
+            _progress.clear()
+            if len(_later) > _max_queue + _max_queue // 2:  # a writer made none since
+                _progress.wait(_HAND_OVER)  # until one makes the waiting calls' records
 
 
 def _make_on_loop(loop: Any) -> None:
@@ -2217,3 +2234,4 @@ renew_after_fork(globals(), "_lock")
 renew_after_fork(globals(), "_later_lock")
 renew_after_fork(globals(), "_late_lock", threading.Lock)
 renew_after_fork(globals(), "_flushing_lock", threading.Lock)
+renew_after_fork(globals(), "_progress", _Flag)
