@@ -285,18 +285,26 @@ def test_a_tight_loop_of_records_loses_none_to_a_healthy_file_sink(tmp_path: Pat
 
 @pytest.fixture
 def hand_overs(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The sleeps the application's (main) thread takes in the pipeline: a caller handing a
-    writer the GIL (``_pipeline._hand_over``)."""
-    slept: list[float] = []
-    sleep = time.sleep
+    """When the application's (main) thread waited in the pipeline: a caller handing a writer
+    the GIL (``_pipeline._hand_over``)."""
+    waited: list[float] = []
+    wait = _pipeline._wait_for_progress
 
-    def spy(seconds: float) -> None:
+    def spy() -> None:
         if threading.current_thread() is threading.main_thread():
-            slept.append(seconds)
-        sleep(seconds)
+            waited.append(time.monotonic())
+        wait()
 
-    monkeypatch.setattr(_pipeline.time, "sleep", spy)
-    return slept
+    monkeypatch.setattr(_pipeline, "_wait_for_progress", spy)
+    return waited
+
+
+class HungInFlush(Held, InMemorySink):
+    """The in-memory sink, held in its own ``flush()`` (an uploader whose server stopped
+    answering)."""
+
+    def flush(self) -> None:
+        self.hold()
 
 
 def test_callers_never_wait_for_a_hung_or_failing_sink(
@@ -325,6 +333,16 @@ def test_callers_never_wait_for_a_hung_or_failing_sink(
         assert not tokenmeter.flush(30)
     (writer,) = _pipeline._get().writers
     assert writer.dropped > 300
+    stuck = HungInFlush()  # its writes return; its flush() does not
+    tokenmeter.configure(sinks=[stuck], max_queue=50)
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert not tokenmeter.flush(0.1)
+    assert stuck.entered.wait(30)
+    for _ in range(500):
+        tokenmeter.record("openai", "gpt-4o", 1, 1)
+    (writer,) = _pipeline._get().writers
+    assert writer.dropped >= 450
+    stuck.release.set()
     assert hand_overs == []
 
 
@@ -2491,7 +2509,9 @@ def test_only_a_writer_kept_from_the_gil_makes_the_writers_stop_pausing(
     callers' latency."""
     from types import SimpleNamespace
 
-    writer = SimpleNamespace(_buffer=[None] * 6, max_queue=10, _failures=0, _writing_since=None)
+    writer = SimpleNamespace(
+        _buffer=[None] * 6, max_queue=10, _failures=0, _writing_since=None, _flushing_since=None
+    )
     monkeypatch.setattr(_pipeline, "_pipeline", SimpleNamespace(writers=[writer]))
     monkeypatch.setattr(_pipeline, "_later", type(_pipeline._later)())
     assert _pipeline._behind()  # 6 of 10 wait: kept from the GIL
@@ -2501,6 +2521,9 @@ def test_only_a_writer_kept_from_the_gil_makes_the_writers_stop_pausing(
     assert not _pipeline._behind()  # inside one write for long: hung
     writer._writing_since = time.monotonic()
     assert _pipeline._behind()
+    writer._flushing_since = time.monotonic() - 2 * _pipeline._HUNG_S
+    assert not _pipeline._behind()  # inside its own flush() for long: hung
+    writer._flushing_since = None
     writer._buffer = [None] * 5
     assert not _pipeline._behind()  # half, not past it
 

@@ -200,10 +200,15 @@ _HUNG_S = 1.0
 
 
 def _healthy(writer: _Writer) -> bool:
-    """``writer`` is neither failing nor hung in a write (``_HUNG_S``): one that falls behind
-    does so only for want of the GIL."""
-    since = writer._writing_since
-    return not writer._failures and (since is None or time.monotonic() - since < _HUNG_S)
+    """``writer`` is neither failing nor hung in its sink's write or flush (``_HUNG_S``): one
+    that falls behind does so only for want of the GIL."""
+    if writer._failures:
+        return False
+    now = time.monotonic()
+    since, flushing = writer._writing_since, writer._flushing_since
+    return (since is None or now - since < _HUNG_S) and (
+        flushing is None or now - flushing < _HUNG_S
+    )
 
 
 def _behind() -> bool:
@@ -260,7 +265,12 @@ def _hand_over(pipeline: _Pipeline, item: object, making: bool) -> None:
         _crowded = False
         return
     if not making and type(item) is UsageRecord and _may_wait(pipeline):
-        _progress.wait(_HAND_OVER)
+        _wait_for_progress()
+
+
+def _wait_for_progress() -> None:
+    """Wait (``_hand_over``) until a writer takes its buffer, at most ``_HAND_OVER`` seconds."""
+    _progress.wait(_HAND_OVER)
 
 
 def _may_wait(pipeline: _Pipeline | None) -> bool:
@@ -492,6 +502,8 @@ class _Writer:
         #: (``abandon``): nothing it held is its own any more.
         self._abandoned = False
         self._reported = False
+        #: When the sink's own flush() began, while it runs (a hung one: ``_healthy``).
+        self._flushing_since: float | None = None
         #: The sink's own flush() failed last time: its failure has been reported.
         self._flush_failing = False
         self.dropped = 0
@@ -1173,7 +1185,11 @@ class _Writer:
             return
         if ok:  # a sink that stores in its own flush() (an uploader) has not when that fails
             # Reported once until it works again: with a flush() per request, a line each.
-            ok = _quietly(self.sink.flush, self.sink, quiet=self._flush_failing)
+            self._flushing_since = time.monotonic()
+            try:
+                ok = _quietly(self.sink.flush, self.sink, quiet=self._flush_failing)
+            finally:
+                self._flushing_since = None
             self._flush_failing = not ok
         before, self._set_aside_before_markers = self._set_aside_before_markers, None
         if before is not None and self.quarantined != before:
@@ -1586,7 +1602,7 @@ def later(session: Any, call: tuple[Any, ...], loop: Any = None) -> None:
         ):
             _progress.clear()
             if len(_later) > _max_queue + _max_queue // 2:  # a writer made none since
-                _progress.wait(_HAND_OVER)  # until one makes the waiting calls' records
+                _wait_for_progress()  # until one makes the waiting calls' records
 
 
 def _make_on_loop(loop: Any) -> None:
