@@ -127,19 +127,21 @@ async def test_a_reply_cut_while_read_is_estimated_and_a_call_never_sent_costs_n
     assert (record.estimated_cost_usd > 0) is billed
 
 
+@pytest.mark.parametrize("status", [200, 429, 500])
 @pytest.mark.parametrize("streamed", [False, True])
 async def test_a_success_answer_whose_body_cannot_be_decoded_is_estimated(
-    records: Records, kit: ModuleType, is_async: bool, streamed: bool
+    records: Records, kit: ModuleType, is_async: bool, streamed: bool, status: int
 ) -> None:
     """A 200 answer whose gzip body a proxy corrupted fails while it is read (httpx's
     ``DecodingError``, raised as the SDK's connection error): the provider ran and billed the
     request, but the record said $0, where the same reply broken by a ``ReadError`` is
-    estimated."""
+    estimated. An error status's body labelled gzip and not (a proxy's error page) fails alike
+    before the SDK sees its status: the provider refused the call, which cost nothing."""
 
     def server(request: Any) -> Any:
         kind = "text/event-stream" if streamed else "application/json"
         headers = {"content-type": kind, "content-encoding": "gzip"}
-        return kit.http.Response(200, content=b"\x1f\x8b" + b"not gzip" * 20, headers=headers)
+        return kit.http.Response(status, content=b"\x1f\x8b" + b"not gzip" * 20, headers=headers)
 
     client = kit.mock_openai(server, is_async=is_async, max_retries=0)
     tokenmeter.instrument("openai")
@@ -151,6 +153,9 @@ async def test_a_success_answer_whose_body_cannot_be_decoded_is_estimated(
         if streamed:
             await kit.drain(answer)
     record = only(records())
+    if status != 200:
+        assert (record.status, record.estimated, record.estimated_cost_usd) == ("error", False, 0)
+        return
     assert (record.status, record.estimated) == ("error", True)
     request = {"model": "gpt-4o", "messages": MESSAGES}
     assert record.input_tokens == estimate_input("openai", request).input_tokens

@@ -705,9 +705,28 @@ def _cut_after_sending(error: BaseException | None) -> bool:
     for _ in range(8):  # along the causes, bounded
         if error is None:
             return False
-        if type(error).__name__ in _READING_FAILURES:
+        name = type(error).__name__
+        if name in _READING_FAILURES and (name != "DecodingError" or _decoding_a_success(error)):
             return True
         error = error.__cause__ or error.__context__
+    return False
+
+
+def _decoding_a_success(error: BaseException) -> bool:
+    """A ``DecodingError`` raised while a success answer's body was decompressed (billed), not
+    an error status's (a proxy's error page labelled gzip and not: the SDK never saw its 429 or
+    500, and the call cost nothing). httpx raises it inside the response's own reading, whose
+    frames hold the response (``self``, or the client's ``response``)."""
+    traceback = error.__traceback__
+    for _ in range(_FRAMES_LOOKED_AT):
+        if traceback is None:
+            return False
+        held = traceback.tb_frame.f_locals
+        for name in ("response", "self"):
+            status = getattr(held.get(name), "status_code", None)
+            if type(status) is int:
+                return 200 <= status < 300
+        traceback = traceback.tb_next
     return False
 
 
