@@ -41,6 +41,7 @@ from tokenmeter._media import (
 from tokenmeter._models import MAX_TOKENS, Usage, plain_str
 from tokenmeter._registry import canonical, family_of
 from tokenmeter.pricing._overrides import short_repr
+from tokenmeter.usage.openai import with_chat_search
 
 __all__ = [
     "TextTally",
@@ -998,4 +999,7 @@ def estimate_usage(
             output = tally.tokens(provider, model)
         except Exception:
             logger.debug("tokenmeter: estimating a stream's output failed", exc_info=True)
-    return found.model_copy(update={"output_tokens": output}) if output else found
+    usage = found.model_copy(update={"output_tokens": output}) if output else found
+    if operation == "chat.completions":  # a search model searched, reported usage or not
+        usage = with_chat_search(usage, model)
+    return usage

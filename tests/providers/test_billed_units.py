@@ -421,6 +421,33 @@ def test_a_chat_search_model_is_billed_one_web_search_a_completion(
     assert record.estimated_cost_usd == tokens.total_usd + Decimal("0.025")
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["reply", "stream"])
+def test_a_chat_search_model_that_reports_no_usage_is_estimated_with_its_web_search(
+    kit: Any, records: Records, streamed: bool
+) -> None:
+    """A search model's answer without usage (a stream without its usage chunk, a reply without
+    a usage block) is estimated: its search was billed all the same, $0.025 of the call, and the
+    estimate held its tokens alone ($0.000114)."""
+    tokenmeter.configure(stream_usage=False)
+    served = "gpt-4o-mini-search-preview-2025-03-11"
+    body = {**kit.chat_body(model=served), "usage": None}
+    reply = kit.sse_response(kit.chat_sse(3, model=served)) if streamed else None
+    client = kit.mock_openai(lambda request: reply or json_reply(kit.http, body))
+
+    request = {"role": "user", "content": "Capital of France?"}
+    answer = client.chat.completions.create(
+        model="gpt-4o-mini-search-preview", messages=[request], stream=streamed
+    )
+    if streamed:
+        list(answer)
+
+    record = only(records())
+    assert record.estimated
+    assert record.tool_requests == {"web_search_preview": 1}
+    assert record.cost_breakdown is not None
+    assert record.cost_breakdown["web_search_preview"] == Decimal("0.025")
+
+
 # -- passes the top-level usage leaves out -------------------------------------------------------
 
 
