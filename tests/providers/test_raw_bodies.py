@@ -1,12 +1,15 @@
 """A ``with_streaming_response`` body read by the caller itself (``iter_bytes``, ``iter_text``,
 ``iter_lines``: the SDKs' own example, or a server relaying a stream to its client) is read as it
 passes: the record is the one ``parse()`` would have given, and the caller gets every piece the
-SDK gives it."""
+SDK gives it. So is a ``with_raw_response`` stream's body read whole or through its
+``http_response``'s iterators."""
 
 from __future__ import annotations
 
+import gc
 import json
 import re
+import weakref
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -176,6 +179,68 @@ async def test_a_stream_body_read_whole_is_recorded_as_parse_records_it(
     parse_record = records()[-1]
 
     assert "data:" in (body if isinstance(body, str) else body.decode())
+    assert summary(read_record) == summary(parse_record)
+    assert read_record.estimated is False and read_record.status == "ok"
+    assert read_record.output_tokens > 0 and read_record.estimated_cost_usd
+
+
+#: The streams of ``CALLS`` made through ``with_raw_response``: their body is there at once.
+RAW_STREAMS: dict[str, tuple[str, Create]] = {
+    "chat stream": (
+        "openai",
+        lambda c: c.chat.completions.with_raw_response.create(
+            model="gpt-4o",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        ),
+    ),
+    "responses stream": (
+        "openai",
+        lambda c: c.responses.with_raw_response.create(model="gpt-4o", input="hi", stream=True),
+    ),
+    "messages stream": (
+        "anthropic",
+        lambda c: c.messages.with_raw_response.create(
+            model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES, stream=True
+        ),
+    ),
+}
+
+
+async def read_http(http: Any, read: str, is_async: bool) -> str:
+    """An HTTP response's body read whole (``read``) or through one of its iterators."""
+    if read == "read":
+        data = await http.aread() if is_async else http.read()
+        return str(data.decode())
+    if is_async:
+        pieces = [piece async for piece in getattr(http, f"a{read}")()]
+    else:
+        pieces = list(getattr(http, read)())
+    return "".join(pieces) if read != "iter_bytes" else b"".join(pieces).decode()
+
+
+@pytest.mark.parametrize("read", ["read", "iter_bytes", "iter_lines"])
+@pytest.mark.parametrize("call", list(RAW_STREAMS))
+async def test_a_raw_stream_body_read_yourself_is_recorded_as_parse_records_it(
+    fake: FakeProvider, records: Records, kit: ModuleType, is_async: bool, call: str, read: str
+) -> None:
+    """A ``with_raw_response`` stream whose body the application read itself (``.text``,
+    ``read()``, ``http_response.iter_lines()``) was recorded as an estimate of its request, its
+    usage ignored (an Anthropic stream of 3,100 input and 500 output tokens, $0.01215: 8 and 0,
+    $0.000024), where the same body through ``with_streaming_response`` is exact."""
+    provider, create = RAW_STREAMS[call]
+    client = client_of(fake, provider, is_async)
+    tokenmeter.instrument(provider)
+
+    raw = await kit.maybe(create(client))
+    body = await read_http(raw.http_response, read, is_async)
+    del raw  # a body read whole is read when its response goes
+    read_record = only(records())
+    await parsed(CALLS[call][1](client), kit)
+    parse_record = records()[-1]
+
+    assert "data:" in body
     assert summary(read_record) == summary(parse_record)
     assert read_record.estimated is False and read_record.status == "ok"
     assert read_record.output_tokens > 0 and read_record.estimated_cost_usd
@@ -353,3 +418,37 @@ async def test_a_stream_broken_after_its_usage_keeps_it(
     record = only(records())
     assert (record.status, record.estimated) == ("error", False)
     assert (record.input_tokens, record.output_tokens) == (19, 10)
+
+
+def test_a_raw_stream_left_part_way_is_recorded_when_dropped_not_when_collected(
+    records: Records, kit: ModuleType
+) -> None:
+    """A ``with_raw_response`` stream read part-way through ``http_response.iter_lines()`` and
+    dropped (a relay whose client went away): its response and the reading of its body held each
+    other, so it was recorded, and its HTTP response freed, only when the garbage collector ran."""
+    body = kit.chat_sse(5, kit.CHAT_USAGE)
+
+    class Live(kit.http.SyncByteStream):  # a body that arrives over the wire, not read yet
+        def __iter__(self) -> Any:
+            for part in body.split(b"\n\n"):
+                yield part + b"\n\n"
+
+    def server(request: Any) -> Any:
+        headers = {"content-type": "text/event-stream"}
+        return kit.http.Response(200, stream=Live(), headers=headers)
+
+    client = kit.mock_openai(server)
+    tokenmeter.instrument("openai")
+    gc.disable()
+    try:
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=MESSAGES, stream=True
+        )
+        http_response = weakref.ref(raw.__wrapped__.http_response)
+        lines = raw.http_response.iter_lines()
+        next(lines), next(lines)
+        del raw, lines
+        assert len(records()) == 1
+        assert http_response() is None
+    finally:
+        gc.enable()

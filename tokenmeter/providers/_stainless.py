@@ -390,43 +390,19 @@ class _RawResponseProxy(SDKObjectProxy):
 
     def _self_settle(self) -> None:
         """Record a response the caller never parsed: from its body if it was read and kept
-        (``json()``, ``text()``, ``read()``), else estimated (a body streamed through and gone
-        was billed all the same)."""
+        (``json()``, ``text()``, ``read()``; a stream's events as ``parse()`` would have read
+        them), else estimated (a body streamed through and gone was billed all the same)."""
         plan = self._self_plan
         if self._self_parsed is not None or plan.call.done:
             return
-        if plan.streamed and self._self_body is not None:  # read through iter_*(), not to its end
-            self._self_body.left()
-        elif not plan.streamed:
+        body = self._self_body
+        if not plan.streamed:
             plan.call.read("reading a raw response", self._self_read_kept)
-        plan.call.finish()
-
-    def _self_read_kept(self) -> None:
-        http = self.__wrapped__.http_response
-        try:
-            http.content  # noqa: B018 (raises when the body was never read whole)
-        except Exception:
-            self._self_plan.call.missing = True
-            return
-        _read_into(self._self_plan, http.json())
-
-
-class _StreamingResponseProxy(_RawResponseProxy):
-    """``with_streaming_response``: its ``with`` block closes the response, which records it
-    then if the caller read the body without ``parse()``.
-
-    A body read through ``iter_bytes()``, ``iter_text()`` or ``iter_lines()`` (the SDKs' own
-    example, or a server relaying a stream to its client) is read as it passes by: its usage is
-    the call's, as with ``parse()``. The caller gets every piece as the SDK gives it. A stream's
-    body read whole (``read()``, ``text()``, ``json()``) is read when the response closes.
-    """
-
-    def _self_settle(self) -> None:
-        plan = self._self_plan
-        unread = self._self_body is None and self._self_parsed is None and not plan.call.done
-        if plan.streamed and unread:
+        elif body is None:
             self._self_read_whole_stream()
-        super()._self_settle()
+        else:  # read through iter_*(), not to its end
+            body.left()
+        plan.call.finish()
 
     def _self_read_whole_stream(self) -> None:
         """A stream's body the caller read whole: its events are read as through ``iter_bytes()``
@@ -439,14 +415,14 @@ class _StreamingResponseProxy(_RawResponseProxy):
         body.take(content)
         body.ended()
 
-    def iter_bytes(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_read_through(self.__wrapped__.iter_bytes(*args, **kwargs), _as_is)
-
-    def iter_text(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_read_through(self.__wrapped__.iter_text(*args, **kwargs), _text)
-
-    def iter_lines(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_read_through(self.__wrapped__.iter_lines(*args, **kwargs), _line)
+    @property
+    def http_response(self) -> Any:
+        """The SDK's HTTP response; a stream's, one whose ``iter_*()``/``aiter_*()`` read its
+        events as they pass by (the caller reading ``r.http_response.iter_lines()`` itself)."""
+        http = self.__wrapped__.http_response
+        # Not kept: a response holding its own reader would be a cycle, collected (and so
+        # recorded, when its body was read whole) only by the garbage collector.
+        return _ReadThroughHTTP(http, self) if self._self_plan.streamed else http
 
     def _self_read_through(self, pieces: Any, to_bytes: Callable[[Any], bytes]) -> Any:
         if (
@@ -468,6 +444,66 @@ class _StreamingResponseProxy(_RawResponseProxy):
         raw.http_response = _Replay(raw.http_response, data)
         stream = raw._parse()
         return _stepped(stream) if hasattr(stream, "__anext__") else iter(stream)
+
+    def _self_read_kept(self) -> None:
+        http = self.__wrapped__.http_response
+        try:
+            http.content  # noqa: B018 (raises when the body was never read whole)
+        except Exception:
+            self._self_plan.call.missing = True
+            return
+        _read_into(self._self_plan, http.json())
+
+
+class _ReadThroughHTTP(SDKObjectProxy):
+    """A raw stream's HTTP response: a body the caller iterates itself (``iter_lines()``,
+    ``aiter_bytes()``...) is read as it passes by, as through the SDK response's ``iter_*()``.
+    The caller gets every piece as httpx gives it."""
+
+    def __init__(self, wrapped: Any, response: _RawResponseProxy) -> None:
+        super().__init__(wrapped)
+        self._self_response = response
+
+    def _self_through(self, pieces: Any, to_bytes: Callable[[Any], bytes]) -> Any:
+        return self._self_response._self_read_through(pieces, to_bytes)
+
+    def iter_bytes(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_through(self.__wrapped__.iter_bytes(*args, **kwargs), _as_is)
+
+    def iter_text(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_through(self.__wrapped__.iter_text(*args, **kwargs), _text)
+
+    def iter_lines(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_through(self.__wrapped__.iter_lines(*args, **kwargs), _line)
+
+    def aiter_bytes(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_through(self.__wrapped__.aiter_bytes(*args, **kwargs), _as_is)
+
+    def aiter_text(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_through(self.__wrapped__.aiter_text(*args, **kwargs), _text)
+
+    def aiter_lines(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_through(self.__wrapped__.aiter_lines(*args, **kwargs), _line)
+
+
+class _StreamingResponseProxy(_RawResponseProxy):
+    """``with_streaming_response``: its ``with`` block closes the response, which records it
+    then if the caller read the body without ``parse()``.
+
+    A body read through ``iter_bytes()``, ``iter_text()`` or ``iter_lines()`` (the SDKs' own
+    example, or a server relaying a stream to its client) is read as it passes by: its usage is
+    the call's, as with ``parse()``. The caller gets every piece as the SDK gives it. A stream's
+    body read whole (``read()``, ``text()``, ``json()``) is read when the response closes.
+    """
+
+    def iter_bytes(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_read_through(self.__wrapped__.iter_bytes(*args, **kwargs), _as_is)
+
+    def iter_text(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_read_through(self.__wrapped__.iter_text(*args, **kwargs), _text)
+
+    def iter_lines(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_read_through(self.__wrapped__.iter_lines(*args, **kwargs), _line)
 
     def close(self) -> Any:
         closing = self.__wrapped__.close
@@ -541,8 +577,11 @@ class _BodyReading:
     ``_MAX_KEPT``.
     Nothing here raises into the caller's loop: a fault leaves the call recorded as unreadable."""
 
-    def __init__(self, response: _StreamingResponseProxy, to_bytes: Callable[[Any], bytes]):
-        self.response = response
+    def __init__(self, response: _RawResponseProxy, to_bytes: Callable[[Any], bytes]):
+        #: Weak: the response holds its reading (``_self_body``). Held both ways, a response the
+        #: caller dropped part-way through its body was recorded, and its body freed, only when
+        #: the garbage collector ran.
+        self.response = weakref.ref(response)
         self.plan: StainlessPlan = response._self_plan
         self.to_bytes = to_bytes
         self.pending: list[bytes] = []
@@ -635,7 +674,11 @@ class _BodyReading:
     def feed_parsed(self, events: list[bytes]) -> None:
         assert self.reader is not None
         call, feed = self.plan.call, self.reader.feed
-        for event in self.response._self_events(b"\n\n".join(events) + b"\n\n"):
+        response = self.response()
+        if response is None:  # dropped: recorded then, with what it had read (``_self_settle``)
+            self.stop()
+            return
+        for event in response._self_events(b"\n\n".join(events) + b"\n\n"):
             feed(event, call)
 
     def ended(self) -> None:
