@@ -346,6 +346,95 @@ def test_callers_never_wait_for_a_hung_or_failing_sink(
     assert hand_overs == []
 
 
+class _Interrupting:
+    """``_pipeline._progress`` whose wait is interrupted by a signal handler raising (an alarm's
+    ``TimeoutError``) while a crowded caller waits for its writer."""
+
+    def clear(self) -> None:
+        pass
+
+    def set(self) -> None:
+        pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        raise TimeoutError("the application's alarm")
+
+
+def test_a_signal_handlers_exception_raised_while_a_call_waits_for_the_writer_reaches_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An SDK call's record is queued, and a crowded caller waits for the writer, inside the
+    recording's guard, which logs a fault of ours and lets the call return: an application's
+    alarm (SIGALRM raising TimeoutError) landing in that wait was swallowed, the deadline
+    silently missed. It reaches the application now, as from any other line of its own."""
+    import httpx2
+    import openai
+
+    def reply(request: Any) -> Any:
+        usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+        body = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+                "choices": [], "usage": usage}  # fmt: skip
+        return httpx2.Response(200, json=body)
+
+    client = openai.OpenAI(
+        api_key="sk-test",
+        base_url="http://fake.local/v1",
+        http_client=httpx2.Client(transport=httpx2.MockTransport(reply)),
+    )
+    monkeypatch.setattr(_pipeline, "_HUNG_S", 60.0)  # a write in progress: healthy
+    monkeypatch.setattr(_pipeline, "_waits_off", False)
+    hung = HungSink()
+    tokenmeter.configure(sinks=[hung], max_queue=8)
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert hung.entered.wait(30)
+    for _ in range(6):  # up to 3/4 of max_queue: nothing waits yet
+        tokenmeter.record("openai", "gpt-4o", 1, 1)
+    monkeypatch.setattr(_pipeline, "_progress", _Interrupting())
+    tokenmeter.instrument("openai")
+    try:
+        with pytest.raises(TimeoutError, match="alarm"):
+            client.chat.completions.create(model="gpt-4o", messages=[])
+    finally:
+        tokenmeter.uninstrument("openai")
+        hung.release.set()
+    assert tokenmeter.flush(30)
+    assert len(hung.records) == 8  # its record was queued before the wait
+
+
+class _CountedWaits(_pipeline._Flag):
+    """``_pipeline._progress``, counting the waits of callers."""
+
+    waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1
+        return super().wait(timeout)
+
+
+def test_callers_stop_waiting_for_a_writer_that_makes_no_progress(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sink blocked in its write by a lock the application holds while it records is healthy
+    for a second (not hung yet), and the writer can do nothing while the caller waits: each
+    record waited 5 ms for it, 200 of them a burst, to be dropped all the same. Once the writers
+    made no progress for 0.1 s no caller waits: each wait lasts 5 ms when it ends unanswered, so
+    at most about 20 happen before."""
+    monkeypatch.setattr(_pipeline, "_HUNG_S", 60.0)  # a write in progress: healthy
+    monkeypatch.setattr(_pipeline, "_waits_off", False)
+    counted = _CountedWaits()
+    monkeypatch.setattr(_pipeline, "_progress", counted)
+    hung = HungSink()
+    tokenmeter.configure(sinks=[hung], max_queue=100)
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert hung.entered.wait(30)
+    for _ in range(2_000):
+        tokenmeter.record("openai", "gpt-4o", 1, 1)
+    hung.release.set()
+    assert 1 <= counted.waits <= _pipeline._STALLED_S / _pipeline._HAND_OVER + 5
+    (writer,) = _pipeline._get().writers
+    assert writer.dropped >= 1_900
+
+
 def test_flushes_with_a_timeout_while_a_sink_hangs_keep_its_buffer_bounded() -> None:
     """A flush() per request, with a timeout, while a sink hangs: each left a marker in the
     hung sink's buffer for good. The markers took the records' room (the sink got back 545 of

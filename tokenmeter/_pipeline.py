@@ -105,6 +105,7 @@ __all__ = [
     "hook_termination_signals",
     "later",
     "made",
+    "raised_while_waiting",
     "remove_before_exit",
     "remove_submit_observer",
     "set_sinks",
@@ -269,8 +270,38 @@ def _hand_over(pipeline: _Pipeline, item: object, making: bool) -> None:
 
 
 def _wait_for_progress() -> None:
-    """Wait (``_hand_over``) until a writer takes its buffer, at most ``_HAND_OVER`` seconds."""
-    _progress.wait(_HAND_OVER)
+    """Wait (``_hand_over``) until a writer takes its buffer or writes a chunk of it, at most
+    ``_HAND_OVER`` seconds. Writers that made none for ``_STALLED_S`` are not merely kept from
+    the GIL (a sink blocked on a lock the caller holds: each burst waited a second, to drop all
+    the same): no caller waits again until a writer makes progress (``_made_progress``).
+
+    An exception raised into the wait (a signal handler's: an alarm's ``TimeoutError``) is the
+    application's, not a fault of ours: ``raised_while_waiting`` tells the guards that log our
+    faults to let it through (the record was queued before the wait)."""
+    global _waits_off
+    if _waits_off:
+        return
+    _interrupted.error = None
+    try:
+        if not _progress.wait(_HAND_OVER) and time.monotonic() - _last_progress > _STALLED_S:
+            _waits_off = True
+    except BaseException as exc:
+        _interrupted.error = exc
+        raise
+
+
+def raised_while_waiting(error: BaseException) -> bool:
+    """``error`` was raised into this thread's last wait for a writer (``_wait_for_progress``):
+    asked by each guard it passes on its way out (kept until the thread's next wait)."""
+    return getattr(_interrupted, "error", None) is error
+
+
+def _made_progress() -> None:
+    """A writer took its buffer or wrote a chunk of it: callers waiting for it go on, and a
+    crowded caller may wait again."""
+    global _waits_off, _last_progress
+    _waits_off, _last_progress = False, time.monotonic()
+    _progress.set()
 
 
 def _may_wait(pipeline: _Pipeline | None) -> bool:
@@ -382,6 +413,14 @@ class _Flag:
 
 #: Set by a writer each time it takes its buffer: what a crowded caller waits for.
 _progress = _Flag()
+#: The writers made no progress for this long while callers waited: no caller waits until a
+#: writer makes some (``_wait_for_progress``). Kept from the GIL by 8 busy threads, a writer
+#: still writes a chunk every few tens of milliseconds.
+_STALLED_S = 0.1
+_waits_off = False
+_last_progress = 0.0
+#: The exception a signal handler raised into this thread's wait (``raised_while_waiting``).
+_interrupted = threading.local()
 
 
 class _FlushMarker:
@@ -773,7 +812,7 @@ class _Writer:
             items, self._buffer = self._buffer, deque()
             flushed = self._open_marker is not None
             self._open_marker = None
-        _progress.set()  # a crowded caller waits for it (``_hand_over``)
+        _made_progress()  # a crowded caller waits for it (``_hand_over``)
         if flushed and self._set_aside_before_markers is None:
             self._set_aside_before_markers = self._set_aside_before_open
         current: list[Any] = []
@@ -843,6 +882,7 @@ class _Writer:
             if self._abandoned_meanwhile():
                 return
             wrote = True
+            _made_progress()
             if chunk is run:
                 self._pending.popleft()
             else:

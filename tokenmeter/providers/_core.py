@@ -118,8 +118,10 @@ _MAX_FAULTS_LOGGED = 1_000
 
 
 def fault(what: str) -> None:
-    """Called inside ``except``: log our own failure (re-raise it under TOKENMETER_STRICT=1)."""
-    if _RAISE_INTERNAL:
+    """Called inside ``except``: log our own failure (re-raise it under TOKENMETER_STRICT=1).
+    An exception a signal handler raised into our wait for a writer (an alarm's TimeoutError)
+    is the application's, not ours: re-raised, to reach the caller."""
+    if _RAISE_INTERNAL or _pipeline.raised_while_waiting(sys.exc_info()[1] or BaseException()):
         raise
     kind = (what, type(sys.exc_info()[1] or BaseException()))
     if kind in _faults_logged:
