@@ -29,6 +29,32 @@ from tokenmeter.sinks import JSONLSink, MarkdownJournalSink, Sink, SQLiteSink
 START = datetime(2026, 11, 22, 10, 0, 0, 123000, tzinfo=UTC)
 
 
+def resume_after_a_crash(session_id: str) -> str:
+    """Through the real pipeline (``tokenmeter.configure`` first): run 1 of ``session_id`` fails,
+    leaving a thread it started, run 2 (a job resumed after a crash) completes, then the thread
+    makes a late call of run 1. 3 calls in all; returns run 2's status."""
+    import tokenmeter
+
+    go = threading.Event()
+
+    def late_call() -> None:
+        go.wait(10)
+        tokenmeter.record("openai", "gpt-4o", 100, 10)
+
+    worker = threading.Thread(target=late_call)
+    with contextlib.suppress(RuntimeError), tokenmeter.session("import", id=session_id):
+        tokenmeter.record("openai", "gpt-4o", 100, 10)
+        worker.start()
+        time.sleep(0.01)  # a run takes a moment: run 2 starts a millisecond later at least
+        raise RuntimeError("crash")
+    with tokenmeter.session("import", id=session_id) as resumed:
+        tokenmeter.record("openai", "gpt-4o", 100, 10)
+    go.set()
+    worker.join()
+    assert tokenmeter.flush(10)
+    return resumed.status
+
+
 def build_record(i: int, **overrides: Any) -> UsageRecord:
     """A realistic priced record; ``i`` makes the id and the timestamp unique."""
     input_cost = Decimal("0.0000025") * 1200

@@ -17,6 +17,7 @@ from conftest import (  # type: ignore[import-not-found, unused-ignore]
     DISK_FULL_RECORDS,
     disk_faults,
     journal_problems,
+    resume_after_a_crash,
     resume_steps,
     run_disk_full_writer,
     skip_without_tmpfs,
@@ -607,6 +608,21 @@ def test_a_parent_journal_shows_the_calls_of_its_nested_sessions(tmp_path: Path)
     text = next((tmp_path / "tm" / "journal").rglob(f"{parent.id}*.md")).read_text()
     assert "- **Total Calls:** 0\n" in text
     assert "- **Including Nested Sessions:** 2 calls, 3,000 tokens, $0.015" in text
+
+
+def test_a_late_call_of_an_earlier_run_of_an_id_leaves_the_file_to_the_latest(
+    tmp_path: Path,
+) -> None:
+    """The session file of a job resumed after a crash, which completed, said "failed" again
+    once a thread of the crashed run made a late call."""
+    import tokenmeter
+
+    tokenmeter.configure(directory=tmp_path / "tm", sinks=["markdown"])
+    assert resume_after_a_crash("import-1") == "completed"
+    text = (tmp_path / "tm" / "journal" / "sessions" / "import-1.md").read_text()
+    assert "- **Status:** completed\n" in text
+    assert "- **Final Status:** completed\n" in text
+    assert "- **Total Calls:** 3\n" in text
 
 
 def test_estimated_counts_are_marked_in_the_log(tmp_path: Path, make_record: RecordFactory) -> None:

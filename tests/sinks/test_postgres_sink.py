@@ -625,3 +625,29 @@ def test_a_session_row_adds_up_the_parts_of_every_process(
     pg_sink.write_sessions([parts[1].model_copy(update={"calls": 2, "output_tokens": 7})])
     row = "SELECT status, calls, input_tokens, output_tokens, cost_usd FROM sessions"
     assert query(pg_dsn, row) == [("completed", 5, 5, 7, "0.0225")]
+
+
+def test_a_late_call_of_an_earlier_run_of_an_id_leaves_the_row_to_the_latest(
+    pg_sink: PostgresSink, pg_dsn: str
+) -> None:
+    """A job resumed after a crash under its id completed; a thread of the crashed run then made
+    a call, which stores that run's state again: the row said "failed", with the crashed run's
+    times. Runs at once (processes of one ``tokenmeter run``) still set it by the last stored."""
+    minute = timedelta(minutes=1)
+    crashed = SessionInfo(
+        id="job", started_at=START, ended_at=START + minute, status="failed", part="r1", calls=1
+    )
+    resumed = SessionInfo(id="job", started_at=START + 2 * minute, part="r2", calls=0)
+    done = {"status": "completed", "ended_at": START + 3 * minute, "calls": 1}
+    pg_sink.write_sessions([crashed, resumed])
+    pg_sink.write_sessions([resumed.model_copy(update=done)])
+    pg_sink.write_sessions([crashed.model_copy(update={"calls": 2})])  # its late call
+    row = "SELECT status, started_at, ended_at, calls FROM sessions"
+    times = "2026-11-22T10:02:00.123Z", "2026-11-22T10:03:00.123Z"
+    assert query(pg_dsn, row) == [("completed", *times, 3)]
+
+    # Another process's run, started before the resumed one and ending after it started.
+    overlapping = {"started_at": START + minute / 2, "ended_at": START + 4 * minute}
+    pg_sink.write_sessions([crashed.model_copy(update={**overlapping, "part": "r3", "calls": 0})])
+    times = "2026-11-22T10:00:30.123Z", "2026-11-22T10:04:00.123Z"
+    assert query(pg_dsn, row) == [("failed", *times, 3)]

@@ -16,6 +16,7 @@ import pytest
 from conftest import (  # type: ignore[import-not-found, unused-ignore]
     build_record,
     disk_faults,
+    resume_after_a_crash,
     run_disk_full_writer,
     skip_without_tmpfs,
     write_reference,
@@ -833,6 +834,21 @@ def test_a_finished_session_is_stored_with_its_rolled_up_totals(tmp_path: Path) 
     assert query(tmp_path / "usage.db", totals, (parent.id,)) == [expected]
     assert query(tmp_path / "usage.db", totals, (child.id,)) == [expected]
     assert parent.summary.cost_usd == Decimal("0.0125")
+
+
+def test_a_late_call_of_an_earlier_run_of_an_id_leaves_the_row_to_the_latest(
+    tmp_path: Path,
+) -> None:
+    """A job resumed after a crash under its id completed; a thread of the crashed run then made
+    a call: the row said "failed", with the crashed run's times, although the job completed."""
+    import tokenmeter
+
+    tokenmeter.configure(directory=tmp_path, sinks=["sqlite"])
+    assert resume_after_a_crash("import-1") == "completed"
+    row = "SELECT status, ended_at IS NOT NULL, calls, input_tokens FROM sessions"
+    assert query(tmp_path / "usage.db", row) == [("completed", 1, 3, 300)]
+    runs = "SELECT count(*) FROM session_parts WHERE session_id = 'import-1'"
+    assert query(tmp_path / "usage.db", runs) == [(2,)]
 
 
 def _database_at(path: Path, version: int) -> None:

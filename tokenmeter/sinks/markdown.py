@@ -635,7 +635,8 @@ class _SessionLog(_Log):
 
     def apply(self, state: dict[str, Any], records: Sequence[UsageRecord]) -> str:
         if self.info is not None:
-            state["info"] = _info_dict(self.info)
+            if not _of_earlier_run(self.info, state.get("info")):
+                state["info"] = _info_dict(self.info)
         elif "info" not in state and records:
             first = records[0]
             state["info"] = {
@@ -776,6 +777,17 @@ def _completion(info: dict[str, Any], t: dict[str, Any]) -> str:
         f"- **Cost per 1K Tokens:** {per_1k}\n",
     ]
     return "".join(lines)
+
+
+def _of_earlier_run(info: SessionInfo, stored: dict[str, Any] | None) -> bool:
+    """Whether ``info`` is of a run of the id that had ended when the stored one started (sent
+    for a late call of it): the SQL sinks' ``RUN_NOT_EARLIER``, so that the file of a job resumed
+    after a crash does not say "failed" again. Info made from a record (no ``ended_at``) is no
+    run's: its start is the record's time."""
+    if stored is None or "ended_at" not in stored or info.ended_at is None:
+        return False
+    stored_start: str = stored["started_at"]
+    return _iso(info.started_at) < stored_start and _iso(info.ended_at) <= stored_start
 
 
 def _info_dict(info: SessionInfo) -> dict[str, Any]:

@@ -36,7 +36,13 @@ from urllib.parse import unquote
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.sinks.sqlite import _RECORD_COLUMNS as RECORD_COLUMNS
 from tokenmeter.sinks.sqlite import _SESSION_COLUMNS as SESSION_COLUMNS
-from tokenmeter.sinks.sqlite import SESSION_PARTS_V6, SESSION_TOTALS, _record_row, _session_row
+from tokenmeter.sinks.sqlite import (
+    RUN_NOT_EARLIER,
+    SESSION_PARTS_V6,
+    SESSION_TOTALS,
+    _record_row,
+    _session_row,
+)
 from tokenmeter.sinks.sqlite import part_row as _part_row
 from tokenmeter.sinks.sqlite import sum_parts as _sum_parts
 
@@ -181,7 +187,8 @@ _ADD_SESSION = (
     f"VALUES ({', '.join(['%s'] * len(SESSION_COLUMNS))}) ON CONFLICT (id) "
 )
 #: The row of the process that entered the session sets what it says (name, status, times...);
-#: a process forked inside it only adds its part (the SQLite sink's rule).
+#: a process forked inside it only adds its part, and a late call of an earlier run of the id
+#: does not set it back to that run's (the SQLite sink's rules, ``RUN_NOT_EARLIER``).
 _UPSERT_SESSION = (
     _ADD_SESSION
     + "DO UPDATE SET "
@@ -190,6 +197,8 @@ _UPSERT_SESSION = (
         for column in SESSION_COLUMNS[1:]
         if column not in SESSION_TOTALS
     )
+    + " WHERE "
+    + RUN_NOT_EARLIER.format(collate=' COLLATE "C"')
 )
 _PART_COLUMNS = ("session_id", "part", *SESSION_TOTALS)
 _UPSERT_PART = (

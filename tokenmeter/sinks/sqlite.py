@@ -322,6 +322,17 @@ _SESSION_COLUMNS = (
 )
 #: The totals among them, which the session's parts make (``sum_parts``).
 SESSION_TOTALS = ("calls", "input_tokens", "output_tokens", "cost_usd", "unpriced_calls")
+#: Whether an incoming session state (``excluded``) may set what the stored row says: not if it
+#: is of an earlier run of the id, one that had ended when the stored run started. An id entered
+#: again (a job resumed after a crash) has runs one after the other, and a late call of an earlier
+#: one (a thread it started, a stream read after it) sends that run's state again: the row of the
+#: resumed, completed job went back to the crashed run's "failed" and times. Runs at once (the
+#: processes of one ``tokenmeter run``) overlap: the last state stored sets the row.
+#: ``{collate}`` makes the comparison of the ISO texts bytewise where the database's is not.
+RUN_NOT_EARLIER = (
+    "excluded.started_at{collate} >= sessions.started_at OR excluded.ended_at IS NULL"
+    " OR excluded.ended_at{collate} > sessions.started_at"
+)
 #: The row of the process that entered the session sets what it says (name, status, times...).
 _UPSERT_SESSION = _Statement(
     f"INSERT INTO sessions ({', '.join(_SESSION_COLUMNS)}) VALUES ",
@@ -331,7 +342,9 @@ _UPSERT_SESSION = _Statement(
         f"{column} = excluded.{column}"
         for column in _SESSION_COLUMNS[1:]
         if column not in SESSION_TOTALS
-    ),
+    )
+    + " WHERE "
+    + RUN_NOT_EARLIER.format(collate=""),
 )
 #: A process forked inside it only adds its part: its row is stored if the session has none yet.
 _ADD_SESSION = _Statement(
