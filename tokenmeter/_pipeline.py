@@ -262,46 +262,56 @@ def _hand_over(pipeline: _Pipeline, item: object, making: bool) -> None:
     never for a failing or hung sink: its buffer drops the oldest, its callers never wait."""
     global _crowded
     _progress.clear()  # before looking: a buffer taken from here on ends the wait
-    if not any(writer.crowded() for writer in pipeline.writers):
+    crowded = [writer for writer in pipeline.writers if writer.crowded()]
+    if not crowded:
         _crowded = False
         return
     if not making and type(item) is UsageRecord and _may_wait(pipeline):
-        _wait_for_progress()
+        _wait_for_progress(crowded)
 
 
-def _wait_for_progress() -> None:
+def _wait_for_progress(crowded: Sequence[_Writer]) -> None:
     """Wait (``_hand_over``) until a writer takes its buffer or writes a chunk of it, at most
-    ``_HAND_OVER`` seconds. Writers that made none for ``_STALLED_S`` are not merely kept from
-    the GIL (a sink blocked on a lock the caller holds: each burst waited a second, to drop all
-    the same): no caller waits again until a writer makes progress (``_made_progress``).
+    ``_HAND_OVER`` seconds. A ``crowded`` writer that made no progress for ``_STALLED_S`` since
+    a wait first went unanswered is not merely kept from the GIL (a sink blocked on a lock the
+    caller holds: each burst waited a second, to drop all the same): no caller waits for it
+    again until it makes some (``_made_progress``).
 
     An exception raised into the wait (a signal handler's: an alarm's ``TimeoutError``) is the
     application's, not a fault of ours: ``raised_while_waiting`` tells the guards that log our
     faults to let it through (the record was queued before the wait)."""
-    global _waits_off
-    if _waits_off:
-        return
     _interrupted.error = None
+    began = time.monotonic()
     try:
-        if not _progress.wait(_HAND_OVER) and time.monotonic() - _last_progress > _STALLED_S:
-            _waits_off = True
+        _progress.wait(_HAND_OVER)
+        for writer in crowded:
+            if writer._last_progress < began and writer._unanswered_since is None:
+                writer._unanswered_since = began
     except BaseException as exc:
-        _interrupted.error = exc
+        # Its identity, not the exception: kept, its traceback would keep the application's
+        # frames (and what they hold) alive until this thread's next wait.
+        _interrupted.error = (id(exc), type(exc))
         raise
 
 
 def raised_while_waiting(error: BaseException) -> bool:
     """``error`` was raised into this thread's last wait for a writer (``_wait_for_progress``):
-    asked by each guard it passes on its way out (kept until the thread's next wait)."""
-    return getattr(_interrupted, "error", None) is error
+    asked by each guard it passes on its way out."""
+    return getattr(_interrupted, "error", None) == (id(error), type(error))
 
 
-def _made_progress() -> None:
-    """A writer took its buffer or wrote a chunk of it: callers waiting for it go on, and a
-    crowded caller may wait again."""
-    global _waits_off, _last_progress
-    _waits_off, _last_progress = False, time.monotonic()
+def _made_progress(writer: _Writer) -> None:
+    """``writer`` took its buffer or wrote a chunk of it: callers waiting go on, and may wait
+    for it again."""
+    writer._last_progress = time.monotonic()
+    writer._unanswered_since = None
     _progress.set()
+
+
+def _stalled(writer: _Writer) -> bool:
+    """The callers' waits have gone unanswered by ``writer`` for ``_STALLED_S``."""
+    since = writer._unanswered_since
+    return since is not None and time.monotonic() - since > _STALLED_S
 
 
 def _may_wait(pipeline: _Pipeline | None) -> bool:
@@ -316,12 +326,6 @@ def _may_wait(pipeline: _Pipeline | None) -> bool:
         if lock is not None and lock._is_owned():
             return False
     return True
-
-
-def _writers_healthy() -> bool:
-    """Some writer that makes the waiting calls' records is neither failing nor hung."""
-    pipeline = _pipeline
-    return pipeline is not None and any(_healthy(writer) for writer in pipeline.writers)
 
 
 #: Signals sent to the process from outside (kill, a terminal, a supervisor). Our threads block
@@ -413,13 +417,12 @@ class _Flag:
 
 #: Set by a writer each time it takes its buffer: what a crowded caller waits for.
 _progress = _Flag()
-#: The writers made no progress for this long while callers waited: no caller waits until a
-#: writer makes some (``_wait_for_progress``). Kept from the GIL by 8 busy threads, a writer
-#: still writes a chunk every few tens of milliseconds.
+#: How long a writer may let the callers' waits go unanswered before they stop waiting for it
+#: (``_stalled``). Kept from the GIL by 8 busy threads, a writer still writes a chunk within a
+#: few waits.
 _STALLED_S = 0.1
-_waits_off = False
-_last_progress = 0.0
-#: The exception a signal handler raised into this thread's wait (``raised_while_waiting``).
+#: The identity of the exception a signal handler raised into this thread's wait
+#: (``raised_while_waiting``).
 _interrupted = threading.local()
 
 
@@ -541,6 +544,10 @@ class _Writer:
         #: (``abandon``): nothing it held is its own any more.
         self._abandoned = False
         self._reported = False
+        #: When it last took its buffer or wrote a chunk of it, and the callers' waits since
+        #: (``_wait_for_progress``).
+        self._last_progress = time.monotonic()
+        self._unanswered_since: float | None = None
         #: When the sink's own flush() began, while it runs (a hung one: ``_healthy``).
         self._flushing_since: float | None = None
         #: The sink's own flush() failed last time: its failure has been reported.
@@ -606,9 +613,9 @@ class _Writer:
             self._drop_oldest()
 
     def crowded(self) -> bool:
-        """Healthy, with more than ``press_at`` items waiting: its records would soon be
-        dropped for want of the GIL."""
-        return len(self._buffer) > self.press_at and _healthy(self)
+        """Healthy and not stalled, with more than ``press_at`` items waiting: its records would
+        soon be dropped for want of the GIL."""
+        return len(self._buffer) > self.press_at and _healthy(self) and not _stalled(self)
 
     def held(self) -> int:
         """Records and sessions this writer holds, unwritten (read from another thread: a
@@ -812,7 +819,7 @@ class _Writer:
             items, self._buffer = self._buffer, deque()
             flushed = self._open_marker is not None
             self._open_marker = None
-        _made_progress()  # a crowded caller waits for it (``_hand_over``)
+        _made_progress(self)  # a crowded caller waits for it (``_hand_over``)
         if flushed and self._set_aside_before_markers is None:
             self._set_aside_before_markers = self._set_aside_before_open
         current: list[Any] = []
@@ -882,7 +889,7 @@ class _Writer:
             if self._abandoned_meanwhile():
                 return
             wrote = True
-            _made_progress()
+            _made_progress(self)
             if chunk is run:
                 self._pending.popleft()
             else:
@@ -1637,12 +1644,17 @@ def later(session: Any, call: tuple[Any, ...], loop: Any = None) -> None:
         if (
             waiting > _max_queue + _max_queue // 2  # 3/4 of what can_make_later allows
             and loop is None  # a loop makes its own calls' records
-            and _writers_healthy()
             and _may_wait(_pipeline)
         ):
+            pipeline = _pipeline
+            makers = [
+                writer
+                for writer in (pipeline.writers if pipeline is not None else ())
+                if _healthy(writer) and not _stalled(writer)
+            ]
             _progress.clear()
-            if len(_later) > _max_queue + _max_queue // 2:  # a writer made none since
-                _wait_for_progress()  # until one makes the waiting calls' records
+            if makers and len(_later) > _max_queue + _max_queue // 2:  # none made since
+                _wait_for_progress(makers)  # until one makes the waiting calls' records
 
 
 def _make_on_loop(loop: Any) -> None:
