@@ -452,3 +452,22 @@ def test_a_raw_stream_left_part_way_is_recorded_when_dropped_not_when_collected(
         assert http_response() is None
     finally:
         gc.enable()
+
+
+def test_a_raw_stream_read_in_one_line_is_recorded_from_its_body(
+    records: Records, kit: ModuleType
+) -> None:
+    """``for line in client...with_raw_response.create(stream=True).http_response.iter_lines()``:
+    the raw response is dropped as the loop begins, and was recorded then as an estimate of its
+    request (8 tokens in, 0 out), not from the usage its body holds. The lines keep it alive."""
+    client = kit.mock_openai(Server(kit, 3))
+    tokenmeter.instrument("openai")
+    create = client.chat.completions.with_raw_response.create
+    for _ in create(model="gpt-4o", messages=MESSAGES, stream=True).http_response.iter_lines():
+        pass
+    record = only(records())
+    assert not record.estimated
+    assert (record.input_tokens, record.output_tokens) == (
+        kit.CHAT_USAGE["prompt_tokens"],
+        kit.CHAT_USAGE["completion_tokens"],
+    )

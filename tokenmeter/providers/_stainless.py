@@ -433,8 +433,8 @@ class _RawResponseProxy(SDKObjectProxy):
             return pieces  # read already (a second pass gets what the SDK gives it, unread)
         self._self_body = body = _BodyReading(self, to_bytes)
         if hasattr(pieces, "__anext__"):
-            return body.passing_async(pieces)
-        return body.passing(pieces)
+            return body.passing_async(pieces, self)
+        return body.passing(pieces, self)
 
     def _self_events(self, data: bytes) -> Iterator[Any]:
         """The events in ``data`` (whole SSE events of this response's body) as the SDK's own
@@ -593,7 +593,11 @@ class _BodyReading:
         if self.plan.streamed:
             self.plan.call.reader = self.reader = self.plan.endpoint.new_reader(False)
 
-    def passing(self, pieces: Iterator[Any]) -> Iterator[Any]:
+    def passing(self, pieces: Iterator[Any], response: object) -> Iterator[Any]:
+        """``pieces`` as they pass, read. ``response``: kept alive while they pass (the caller
+        may hold only the iterator: ``for line in raw.http_response.iter_lines()`` of a raw
+        response made in the same line), so that it is recorded once they have all passed,
+        from what they held; the response holds no reference back to this iterator."""
         try:
             for piece in pieces:
                 self.take(piece)
@@ -605,7 +609,10 @@ class _BodyReading:
             raise
         self.ended()
 
-    async def passing_async(self, pieces: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async def passing_async(
+        self, pieces: AsyncIterator[Any], response: object
+    ) -> AsyncIterator[Any]:
+        """``passing``'s async twin."""
         try:
             async for piece in pieces:
                 self.take(piece)
