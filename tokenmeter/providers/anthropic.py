@@ -105,14 +105,14 @@ class EventReader:
 
     def partial(self, usage: Usage, model: str) -> Usage | None:
         """For a stream left before its final output count: the reported input with the output
-        estimated from what streamed by (None when the count came, or is already larger)."""
+        estimated from what streamed by, never less than message_start's provisional count
+        (None when the count came). Left right after message_start, it is an estimate all the
+        same: the server went on writing what it billed."""
         if self.final:
             return None
         if self.declined:
             return self._hops(model)
-        output = self.tally.tokens("anthropic", model)
-        if output <= usage.output_tokens:
-            return None
+        output = max(self.tally.tokens("anthropic", model), usage.output_tokens)
         return usage.model_copy(update={"output_tokens": output})
 
     def _hops(self, model: str) -> Usage:
