@@ -984,7 +984,8 @@ def estimate(
     output_tokens = 0
     if output:
         output_tokens = count_tokens(output, name, model) + _OUTPUT_OVERHEAD.get(_family(name), 0)
-    return _usage_of(parts, output_tokens)
+    # A search model searches before every answer: counted as the call's record will count it.
+    return with_chat_search(_usage_of(parts, output_tokens), model)
 
 
 def estimate_usage(

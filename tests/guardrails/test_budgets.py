@@ -912,6 +912,25 @@ def test_a_per_call_budget_counts_a_models_fee_per_request(tmp_path: Path) -> No
     assert refused.value.estimate_usd == Decimal("0.018")
 
 
+@pytest.mark.parametrize("model", ["gpt-4o-mini-search-preview", "gpt-4o-search-preview"])
+def test_a_search_models_web_search_is_reserved_before_the_call(
+    tmp_path: Path, fake: FakeProvider, instrumented: None, model: str
+) -> None:
+    """A $0.02 daily budget let a gpt-4o-mini-search-preview call through and recorded it at
+    $0.0250075: the search such a model makes before every answer (its record counts one
+    ``web_search_preview``, $0.025) was left out of the reservation. It is reserved once now,
+    at the price the record gives it, so the call is refused before it is sent."""
+    configured(tmp_path, [{"limit_usd": 0.02, "period": "day"}])
+    with pytest.raises(BudgetExceeded) as refused:
+        chat(fake, model)
+    assert fake.requests == []
+    searched = tokenmeter.estimate(model, messages=MESSAGES)
+    assert searched.tool_requests == {"web_search_preview": 1}
+    listed = tokenmeter.price("openai", model, searched).total_usd
+    assert listed is not None and listed > Decimal("0.025")
+    assert refused.value.estimate_usd == listed
+
+
 def test_the_per_token_prices_budgets_keep_stay_bounded_and_right(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -5,7 +5,8 @@ calls whose provider reports no usage (the provider's tokenizer where it runs of
 calibrated heuristic otherwise), applied to the request body the adapter read. Where no body was
 read, the characters of the request's text content are counted, four to a token. The tokens are
 priced as input (output is not known before the answer): at the model's base input rate, plus its
-fee per request once, up to its first long-context tier; past it, by the pricing engine.
+fees per request once (Perplexity's request fee; the web search a Chat Completions search model
+makes for every answer), up to its first long-context tier; past it, by the pricing engine.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from tokenmeter._estimate import _input_bound, _input_parts, _usage_of
-from tokenmeter._models import MAX_TOKENS, usage_of
+from tokenmeter._models import MAX_TOKENS, Usage, usage_of
 from tokenmeter.pricing import describe_price, price_usage
+from tokenmeter.usage.openai import with_chat_search
 
 __all__ = ["estimate_input_usd", "input_bound_usd"]
 
@@ -45,7 +47,7 @@ def estimate_input_usd(
             parts = {}
         if any(value for key, value in parts.items() if key != "input_text"):
             # images, audio, documents: each part at its own rate
-            return price_usage(provider, model, _usage_of(parts)).total_usd or _ZERO
+            return _priced(provider, model, _usage_of(parts))
         tokens = min(sum(parts.values()), MAX_TOKENS)
     else:
         counter = [0, 0]  # characters, items visited
@@ -58,9 +60,14 @@ def estimate_input_usd(
         tokens = min(chars // 4 + (1 if chars % 4 else 0), MAX_TOKENS)
     price = _input_price(provider, model)
     if tokens > price.linear_up_to:  # a long-context tier may apply: the engine prices it
-        cost = price_usage(provider, model, usage_of(input_tokens=tokens, output_tokens=0))
-        return cost.total_usd or _ZERO
+        return _priced(provider, model, usage_of(input_tokens=tokens, output_tokens=0))
     return price.usd(tokens)
+
+
+def _priced(provider: str, model: str, usage: Usage) -> Decimal:
+    """``usage`` priced by the engine, with the search a search model makes for every answer
+    counted (as its record will count it)."""
+    return price_usage(provider, model, with_chat_search(usage, model)).total_usd or _ZERO
 
 
 def input_bound_usd(provider: str, model: str | None, request: Any) -> float | None:
@@ -82,7 +89,8 @@ def input_bound_usd(provider: str, model: str | None, request: Any) -> float | N
 
 class _InputPrice(NamedTuple):
     """What a request's input costs below the model's first long-context tier: its base rate per
-    token, and its fee per request (Perplexity's sonar models), owed once whatever the tokens."""
+    token, and its fees per request (Perplexity's sonar models; a Chat Completions search
+    model's web search), owed once whatever the tokens."""
 
     per_token: Decimal
     per_request: Decimal
@@ -113,7 +121,7 @@ def _input_price(provider: str, model: str) -> _InputPrice:
         else:
             rates = found.rates
             per_token = rates.input_per_mtok / _PER_MTOK
-            per_request = rates.per_request_usd
+            per_request = rates.per_request_usd + _search_fee(provider, model)
             first_tier = min((start for start, _ in found.tiers), default=MAX_TOKENS)
             price = _InputPrice(
                 per_token, per_request, float(per_token), float(per_request), first_tier
@@ -124,6 +132,17 @@ def _input_price(provider: str, model: str) -> _InputPrice:
     return price
 
 
+def _search_fee(provider: str, model: str) -> Decimal:
+    """The fee of the web search a Chat Completions search model makes before every answer
+    (billed whatever it is asked): the record of the call counts it (``with_chat_search``), so
+    the reservation does too, at the rate the engine prices that search with. 0 for any other."""
+    searching = with_chat_search(_NO_TOKENS, model)
+    if not searching.tool_requests:
+        return _ZERO
+    return price_usage(provider, model, searching).total_usd or _ZERO
+
+
+_NO_TOKENS = Usage()
 #: Models whose input price is kept: past this many the cache starts over.
 _MAX_MODELS = 10_000
 _input_prices: dict[tuple[str, str], _InputPrice] = {}
