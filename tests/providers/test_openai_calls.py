@@ -171,6 +171,72 @@ async def test_background_response_is_recorded_when_its_usage_arrives(
     assert_counts(record, fake)
 
 
+def background_response(status: str, usage: dict[str, Any] | None) -> dict[str, Any]:
+    """A ``background`` Responses answer in ``status``, with ``usage`` (None: null)."""
+    return {
+        "id": "resp_bg",
+        "object": "response",
+        "created_at": 1,
+        "status": status,
+        "background": True,
+        "model": "gpt-4.1-2025-04-14",
+        "output": [],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": usage,
+    }
+
+
+@pytest.mark.requires(openai=">=1.80")  # background responses
+@pytest.mark.parametrize("billed", [True, False])
+async def test_a_cancelled_background_response_is_recorded_by_its_cancel(
+    instrumented: Records, kit: ModuleType, is_async: bool, billed: bool
+) -> None:
+    """``responses.cancel()`` of a background response answers it ``cancelled`` with the usage
+    billed up to then (1000 in / 500 out: $0.006 on gpt-4.1), and made no record: only a later
+    retrieve did, which an application that cancels rarely makes. The cancel's answer is the
+    record now, and a retrieve after it adds none. Cancelled before it ran (usage null), it
+    makes none, and its retrieve no estimate either (an estimate of the create's input was
+    recorded)."""
+    usage = {
+        "input_tokens": 1000,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 500,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 1500,
+    }
+    cancelled = background_response("cancelled", usage if billed else None)
+
+    def answer(request: Any) -> Any:
+        queued = request.method == "POST" and request.url.path.endswith("/responses")
+        return kit.http.Response(
+            200, json=background_response("queued", None) if queued else cancelled
+        )
+
+    client = kit.mock_openai(answer, is_async=is_async)
+    created = await kit.maybe(
+        client.responses.create(model="gpt-4.1", input="a long task", background=True)
+    )
+    assert instrumented() == []
+    await kit.maybe(client.responses.cancel(created.id))
+    records = instrumented()
+    await kit.maybe(client.responses.retrieve(created.id))
+    assert instrumented() == records
+    if not billed:
+        assert records == []
+        return
+    record = only(records)
+    assert (record.operation, record.request_id, record.model_name) == (
+        "responses",
+        "resp_bg",
+        "gpt-4.1-2025-04-14",
+    )
+    assert (record.input_tokens, record.output_tokens, record.estimated) == (1000, 500, False)
+    listed = tokenmeter.price("openai", "gpt-4.1", {"input_tokens": 1000, "output_tokens": 500})
+    assert record.estimated_cost_usd == listed.total_usd
+
+
 @pytest.mark.parametrize(
     ("status", "error", "expected"),
     [

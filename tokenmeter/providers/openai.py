@@ -36,6 +36,9 @@ _OUTPUT_DELTAS = {
     "response.reasoning_text.delta",
 }
 _NOT_YET_BILLED = {"queued", "in_progress"}
+#: A background response cancelled: billed for what it had done, which its usage says (none
+#: when it was cancelled before it ran: its usage is null, and nothing is estimated for it).
+_CANCELLED = "cancelled"
 #: The error of a Responses stream that ended on an ``error`` event without a code.
 _ERROR_EVENT = "ResponseErrorEvent"
 #: The error of a Responses answer whose status is ``failed`` without an error code.
@@ -291,7 +294,9 @@ def _read_response(parsed: Any, call: Call) -> None:
     with the create's model as the request model). A finished one without usage is estimated,
     and so is a create that did not ask for ``background`` whose answer says it is still
     running (no retrieve would ever record it), and a failed one is an error record (with the
-    usage it was billed)."""
+    usage it was billed). A cancel's answer is read as a retrieve: a cancelled response is
+    recorded at the usage it reports, once whichever of its cancel and retrieves comes first
+    (deduplicated by id), and not at all when it reports none (cancelled before it ran)."""
     get = getter(parsed, what="response")
     status, ident_ = get("status"), ident(get("id"))
     if _read_again(call, get("background"), ident_):
@@ -306,6 +311,8 @@ def _read_response(parsed: Any, call: Call) -> None:
         return
     if call.request_model is None and ident_ is not None:
         call.request_model = _background.pop(ident_, None)
+    if status == _CANCELLED and get("usage") is None and call.retrieval:
+        return  # cancelled before it ran: nothing billed, nothing to estimate
     if status == "failed":
         _failed(call, parsed)
     _read(parsed, call)
@@ -382,7 +389,7 @@ _RESPONSES = Endpoint("responses", _read_response, ResponseEventReader, dedupe=T
 _RETRIEVED = Endpoint("responses", _read_response, ResponseEventReader, dedupe=True, retrieval=True)
 _IMAGES = Endpoint("images", _read_images, ImageEventReader)
 _TRANSCRIPTIONS = Endpoint("audio.transcriptions", _read_transcription, TranscriptEventReader)
-_NOT_BILLED = {"input_tokens", "cancel", "input_items"}
+_NOT_BILLED = {"input_tokens", "input_items"}
 
 
 class OpenAIAdapter(StainlessAdapter):
@@ -407,10 +414,14 @@ class OpenAIAdapter(StainlessAdapter):
         elif method != "get":
             return None
         parts = path.rstrip("/").split("/")
-        if "responses" in parts:  # create and compact (POST), retrieve (GET); not cancel, delete
+        if "responses" in parts:  # create and compact (POST), retrieve (GET), cancel; not delete
             tail = parts[parts.index("responses") + 1 :]
             if not tail or (len(tail) == 1 and tail[0] not in _NOT_BILLED):
                 return _RETRIEVED if method == "get" else _RESPONSES
+            if method == "post" and len(tail) == 2 and tail[1] == "cancel":
+                # The cancelled response, with the usage billed up to the cancel: what a
+                # retrieve of it would find (an application that cancels rarely retrieves).
+                return _RETRIEVED
         return None
 
     def provider_of(self, client: Any) -> str:
