@@ -65,10 +65,13 @@ MODALITIES = ("text", "image", "audio", "video", "document")
 MODALITY_KEYS = frozenset(
     f"{side}_{m}" for side in ("input", "output", "cache_read") for m in MODALITIES
 ) | {"output_citation"}
+#: Perplexity's search context sizes above its default (low), as ``tool_requests`` keys spell
+#: them (one a call, when the answer reports such a size): it sets the call's fee per request.
+SEARCH_CONTEXT_KEYS = {"medium": "search_context_medium", "high": "search_context_high"}
 #: Billed server-side tool requests a response reports, as ``tool_requests`` keys spell them.
 TOOL_REQUEST_KEYS = frozenset(
     {"web_search", "web_search_preview", "web_fetch", "file_search", "code_execution"}
-)
+) | frozenset(SEARCH_CONTEXT_KEYS.values())
 
 
 _SHORT = reprlib.Repr()

@@ -873,7 +873,7 @@ def test_a_tiered_models_request_is_estimated_at_the_price_of_its_own_tokens(
     [
         ("openrouter", "qwen/qwen3-coder-flash", 6_000),  # base rate: its tier starts at 32k
         ("openrouter", "qwen/qwen3-coder-flash", 40_000),  # past it: the tier's rate
-        ("perplexity", "sonar", 6_000),  # $1 / M input and $12 per 1,000 requests, once
+        ("perplexity", "sonar", 6_000),  # $1 / M input and $5 per 1,000 requests, once
     ],
 )
 def test_a_request_is_estimated_at_its_models_rate_and_fee_for_its_own_tokens(
@@ -901,7 +901,7 @@ def test_a_request_is_estimated_at_its_models_rate_and_fee_for_its_own_tokens(
 
 
 def test_a_per_call_budget_counts_a_models_fee_per_request(tmp_path: Path) -> None:
-    """A $0.01 per-call budget let a 6,000-token Perplexity sonar request ($0.018 with its fee)
+    """A $0.01 per-call budget let a 6,000-token Perplexity sonar request ($0.011 with its fee)
     through: its fee was spread over 100,000 tokens, and the request estimated at $0.0067."""
     from tokenmeter.providers._core import Call
 
@@ -909,7 +909,40 @@ def test_a_per_call_budget_counts_a_models_fee_per_request(tmp_path: Path) -> No
     request = {"model": "sonar", "messages": [{"role": "user", "content": "x" * 23_996}]}
     with pytest.raises(BudgetExceeded, match="per call") as refused:
         _budgets.check(Call("perplexity", "sonar", "chat"), (), request)
-    assert refused.value.estimate_usd == Decimal("0.018")
+    assert refused.value.estimate_usd == Decimal("0.011")  # its fee at the low search context
+
+
+@pytest.mark.parametrize(
+    ("size", "fee"),
+    [(None, "0.005"), ("low", "0.005"), ("medium", "0.008"), ("high", "0.012"), ("huge", "0.005")],
+)
+def test_a_sonar_request_reserves_the_fee_of_the_search_context_it_asks_for(
+    tmp_path: Path, size: str | None, fee: str
+) -> None:
+    """Perplexity's fee per request depends on the search context size (low, its default:
+    $5 per 1,000 on sonar; medium $8; high $12): a request reserves the one it asks for in
+    ``web_search_options.search_context_size``, the low one when it asks for none."""
+    from tokenmeter.guardrails._estimate import estimate_input_usd, input_bound_usd
+    from tokenmeter.providers._core import Call
+
+    configured(tmp_path, [{"limit_usd": 0.01, "period": "call"}])
+    request: dict[str, Any] = {"model": "sonar", "messages": MESSAGES}
+    if size is not None:
+        request["web_search_options"] = {"search_context_size": size}
+    tokens = tokenmeter.estimate("sonar", messages=MESSAGES, provider="perplexity").input_tokens
+    expected = Decimal(tokens) / 10**6 + Decimal(fee)  # $1 per million input tokens
+    assert estimate_input_usd("perplexity", "sonar", (), {}, request) == expected
+    # An SDK call's arguments, where no body was read: the same fee on its characters' tokens.
+    asked = estimate_input_usd("perplexity", "sonar", (), request)
+    plain = estimate_input_usd("perplexity", "sonar", (), {"model": "sonar", "messages": MESSAGES})
+    assert asked - plain == Decimal(fee) - Decimal("0.005")
+    bound = input_bound_usd("perplexity", "sonar", request)
+    assert bound is None or bound >= float(expected)
+    if size == "high":  # $0.012 > $0.01: refused before it is sent
+        with pytest.raises(BudgetExceeded):
+            _budgets.check(Call("perplexity", "sonar", "chat"), (), request)
+    else:
+        _budgets.check(Call("perplexity", "sonar", "chat"), (), request)
 
 
 @pytest.mark.parametrize("model", ["gpt-4o-mini-search-preview", "gpt-4o-search-preview"])

@@ -266,6 +266,45 @@ def test_perplexity_reasoning_citations_and_searches_are_billed(kit: Any, record
     assert record.estimated_cost_usd == Decimal("1.305327")
 
 
+#: Perplexity's fees per 1,000 requests by search context size (low, medium, high), from its
+#: pricing page, and the tokens' rates per million (input, output).
+SONAR_FEES = {"sonar": (5, 8, 12), "sonar-pro": (6, 10, 14), "sonar-reasoning-pro": (6, 10, 14)}
+SONAR_RATES = {"sonar": (1, 1), "sonar-pro": (3, 15), "sonar-reasoning-pro": (2, 8)}
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("model", list(SONAR_FEES))
+@pytest.mark.parametrize(("size", "fee"), [("low", 0), ("medium", 1), ("high", 2), (None, 0)])
+def test_perplexity_request_fee_is_the_one_of_the_search_context_size_reported(
+    kit: Any, records: Records, model: str, size: str | None, fee: int, streamed: bool
+) -> None:
+    """Sonar calls were charged the high search context's fee per request whatever the answer
+    reported: a default (low) sonar call of 1000 in / 1000 out recorded at $0.014 where
+    Perplexity bills $0.007. The fee is now that of the size ``usage.search_context_size``
+    reports (low when it reports none), under its own breakdown key."""
+    usage: dict[str, Any] = {"prompt_tokens": 1000, "completion_tokens": 1000, "total_tokens": 2000}
+    if size is not None:
+        usage["search_context_size"] = size
+    body = kit.chat_body(usage, model=model)
+    reply = kit.sse_response(kit.chat_sse(3, usage, model=model)) if streamed else None
+    client = kit.mock_openai(
+        lambda request: reply or json_reply(kit.http, body), base_url="https://api.perplexity.ai"
+    )
+
+    answer = client.chat.completions.create(model=model, messages=[], stream=streamed)
+    if streamed:
+        list(answer)
+
+    record = only(records())
+    assert (record.model_provider, record.estimated) == ("perplexity", False)
+    request_fee = Decimal(SONAR_FEES[model][fee]) / 1000
+    rate_in, rate_out = SONAR_RATES[model]
+    assert record.cost_breakdown is not None
+    assert record.cost_breakdown["request"] == request_fee
+    assert record.cost_breakdown["input"] == Decimal(1000 * rate_in) / 10**6
+    assert record.estimated_cost_usd == Decimal(1000 * (rate_in + rate_out)) / 10**6 + request_fee
+
+
 @pytest.mark.parametrize(
     ("completion", "reasoning", "expected"),
     [

@@ -49,11 +49,27 @@ _FEE_LABELS = (
 )
 
 
+#: Fees per call at a larger search context (Perplexity's sonar models): shown when they differ.
+_SIZED_FEE_LABELS = (
+    ("per_request_medium_usd", "  medium context"),
+    ("per_request_high_usd", "  high context"),
+)
+
+
 def _rates(rates: Any) -> dict[str, Decimal]:
     values = {name: getattr(rates, name) for name, _ in _RATE_LABELS}
     if getattr(rates, "per_request_usd", 0):
         values["per_request_usd"] = rates.per_request_usd
+        values.update(_sized_fees(rates))
     return values
+
+
+def _sized_fees(rates: Any) -> dict[str, Decimal]:
+    return {
+        name: getattr(rates, name)
+        for name, _ in _SIZED_FEE_LABELS
+        if getattr(rates, name) != rates.per_request_usd
+    }
 
 
 def _fees(rates: Any) -> dict[str, Decimal]:
@@ -128,6 +144,10 @@ def run_prices(args: argparse.Namespace) -> int:
         lines.append(f"  {label:<22}{getattr(found.rates, name):>12}")
     if found.rates.per_request_usd:
         lines.append(f"  {'per request (USD)':<22}{found.rates.per_request_usd:>12}")
+        sized = _sized_fees(found.rates)
+        for name, label in _SIZED_FEE_LABELS:
+            if name in sized:
+                lines.append(f"  {label:<22}{sized[name]:>12}")
     fees = _fees(found.rates)
     if fees:
         lines.append("USD per 1,000 server-side tool requests")

@@ -7,6 +7,8 @@ read, the characters of the request's text content are counted, four to a token.
 priced as input (output is not known before the answer): at the model's base input rate, plus its
 fees per request once (Perplexity's request fee; the web search a Chat Completions search model
 makes for every answer), up to its first long-context tier; past it, by the pricing engine.
+Perplexity's fee is its low search context's unless the request asks for a larger one
+(``web_search_options.search_context_size``): that one is priced by the engine too.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any, NamedTuple
 from tokenmeter._estimate import _input_bound, _input_parts, _usage_of
 from tokenmeter._models import MAX_TOKENS, Usage, usage_of
 from tokenmeter.pricing import describe_price, price_usage
-from tokenmeter.usage.openai import with_chat_search
+from tokenmeter.usage._read import field
+from tokenmeter.usage.openai import search_context_key, with_chat_search
 
 __all__ = ["estimate_input_usd", "input_bound_usd"]
 
@@ -40,6 +43,7 @@ def estimate_input_usd(
     """The request's estimated input cost in USD (0 when the model has no known price)."""
     if not model:
         return _ZERO
+    sized = _larger_search_context(request if request is not None else kwargs)
     if request is not None:
         try:  # the estimator's counts by modality: a Usage model only when media are in it
             parts = _input_parts(provider, request, operation)
@@ -47,7 +51,7 @@ def estimate_input_usd(
             parts = {}
         if any(value for key, value in parts.items() if key != "input_text"):
             # images, audio, documents: each part at its own rate
-            return _priced(provider, model, _usage_of(parts))
+            return _priced(provider, model, _usage_of(parts), sized)
         tokens = min(sum(parts.values()), MAX_TOKENS)
     else:
         counter = [0, 0]  # characters, items visited
@@ -59,21 +63,35 @@ def estimate_input_usd(
         chars = counter[0]
         tokens = min(chars // 4 + (1 if chars % 4 else 0), MAX_TOKENS)
     price = _input_price(provider, model)
-    if tokens > price.linear_up_to:  # a long-context tier may apply: the engine prices it
-        return _priced(provider, model, usage_of(input_tokens=tokens, output_tokens=0))
+    if tokens > price.linear_up_to or sized:  # a tier or a larger fee may apply: the engine's
+        return _priced(provider, model, usage_of(input_tokens=tokens, output_tokens=0), sized)
     return price.usd(tokens)
 
 
-def _priced(provider: str, model: str, usage: Usage) -> Decimal:
+def _priced(provider: str, model: str, usage: Usage, sized: str | None = None) -> Decimal:
     """``usage`` priced by the engine, with the search a search model makes for every answer
-    counted (as its record will count it)."""
+    counted (as its record will count it), and the search context size ``sized`` asked for."""
+    if sized is not None:
+        usage = usage.model_copy(update={"tool_requests": {**usage.tool_requests, sized: 1}})
     return price_usage(provider, model, with_chat_search(usage, model)).total_usd or _ZERO
+
+
+def _larger_search_context(request: Any) -> str | None:
+    """The ``tool_requests`` key of the search context size above low a request asks Perplexity
+    for (``web_search_options.search_context_size``), whose fee per request is higher; None for
+    low, the default (and for any request of another shape)."""
+    try:
+        return search_context_key(
+            field(field(request, "web_search_options"), "search_context_size")
+        )
+    except Exception:  # what cannot be read asks for nothing (the default)
+        return None
 
 
 def input_bound_usd(provider: str, model: str | None, request: Any) -> float | None:
     """A ceiling on ``estimate_input_usd`` for a plain request, found without tokenizing (see
     ``_input_bound``); None when there is none short of the estimate itself."""
-    if not model or request is None:
+    if not model or request is None or _larger_search_context(request) is not None:
         return None
     try:
         tokens = _input_bound(provider, request)

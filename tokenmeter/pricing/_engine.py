@@ -23,7 +23,7 @@ from decimal import (
 from typing import Any
 
 from tokenmeter._fork import renew_after_fork
-from tokenmeter._models import Cost, Usage, trusted, usage_of
+from tokenmeter._models import SEARCH_CONTEXT_KEYS, Cost, Usage, trusted, usage_of
 from tokenmeter._totals import USD_CONTEXT as _PRICE_CONTEXT
 
 from . import _overrides
@@ -98,6 +98,7 @@ class _PerToken:
         "input",
         "output",
         "per_request",
+        "per_request_by_size",
         "reasoning",
         "reasoning_as_output",
         "source",
@@ -121,6 +122,11 @@ class _PerToken:
         self.reasoning = rates.reasoning_per_mtok / _PER_MTOK
         self.reasoning_as_output = self.reasoning == self.output
         self.per_request = rates.per_request_usd
+        #: ``tool_requests`` key of a larger search context -> the fee per call it sets instead.
+        self.per_request_by_size = {
+            SEARCH_CONTEXT_KEYS["medium"]: rates.per_request_medium_usd,
+            SEARCH_CONTEXT_KEYS["high"]: rates.per_request_high_usd,
+        }
         self.image_in = rates.input_image_per_mtok / _PER_MTOK
         self.video_in = rates.input_video_per_mtok / _PER_MTOK
         self.image_out = rates.output_image_per_mtok / _PER_MTOK
@@ -168,11 +174,7 @@ class _Vector:
             return self._price_parts(usage, r, source)
 
         audio_in = min(counts["input_audio_tokens"], max(uncached, 0))
-        input_usd = r.per_request
-        if uncached - audio_in > 0:
-            input_usd = r.input * (uncached - audio_in)
-            if r.per_request:
-                input_usd += r.per_request
+        input_usd = r.input * (uncached - audio_in) if uncached - audio_in > 0 else _ZERO
         read_usd = r.cache_read * cache_read if cache_read else _ZERO
         write_usd = _ZERO
         if cache_write - write_1h:
@@ -200,6 +202,9 @@ class _Vector:
         if audio_out:
             breakdown["output_audio"] = part = r.audio_out * audio_out
             total += part
+        if r.per_request:
+            breakdown["request"] = r.per_request
+            total += r.per_request
         return _make_cost(total, breakdown, source or r.source, self.card.priced_model)
 
     def _price_parts(self, usage: Usage, r: _PerToken, source: str | None) -> CostFields:
@@ -233,7 +238,7 @@ class _Vector:
         text_out = total_out - media_out - reasoning
 
         breakdown = {
-            "input": r.per_request + r.input * left,
+            "input": r.input * left,
             "cache_read": r.cache_read * read_other
             + r.cache_read_audio * read_audio
             + r.cache_read_image * read_image,
@@ -251,10 +256,16 @@ class _Vector:
         ):
             if count:
                 breakdown[key] = rate * count
-        fees = r.fees
+        fees, by_size = r.fees, r.per_request_by_size
+        per_request = r.per_request
         for tool, count in usage.tool_requests.items():
-            if count:
+            if tool in by_size:  # the context size the answer reports: its fee, in place
+                if count:
+                    per_request = by_size[tool]
+            elif count:
                 breakdown[tool] = fees.get(tool, _ZERO) * count
+        if per_request:
+            breakdown["request"] = per_request
         return _make_cost(
             sum(breakdown.values(), _ZERO),
             breakdown,

@@ -359,8 +359,45 @@ def _flash_preview_thinking(card: RateCard, requested: str, at: datetime) -> Rat
     return _mark(card, base=base.with_rates(**gaps)) if gaps else card
 
 
+#: Perplexity's fees per 1,000 requests of its sonar models by the search context size an answer
+#: reports (low, its default; medium; high), from Perplexity's pricing page
+#: (https://docs.perplexity.ai/getting-started/pricing). genai-prices has the high one alone
+#: ("we just take the highest price shown"): a default call was charged twice its fee.
+#: sonar-deep-research is billed per search query instead (``num_search_queries``).
+_SONAR_REQUEST_FEES: dict[str, tuple[Decimal, Decimal, Decimal]] = {
+    "sonar": (Decimal(5), Decimal(8), Decimal(12)),
+    "sonar-reasoning": (Decimal(5), Decimal(8), Decimal(12)),
+    "sonar-pro": (Decimal(6), Decimal(10), Decimal(14)),
+    "sonar-reasoning-pro": (Decimal(6), Decimal(10), Decimal(14)),
+}
+_PER_K = Decimal(1000)
+
+
+def _sonar_request_fee_by_context(card: RateCard, requested: str, at: datetime) -> RateCard:
+    """A sonar model's fee per request at the low search context size (what an answer that
+    reports none is billed), and the medium and high fees an answer reporting those sets
+    instead; only while the card has the single high fee genai-prices gives."""
+    fees = _SONAR_REQUEST_FEES.get(card.priced_model)
+    base = card.base
+    if (
+        fees is None
+        or base.per_request_usd * _PER_K != fees[2]
+        or base.per_request_medium_usd != base.per_request_usd
+        or base.per_request_high_usd != base.per_request_usd
+    ):
+        return card
+    low, medium, high = (fee / _PER_K for fee in fees)
+    return _mark(
+        card,
+        base=base.with_rates(
+            per_request_usd=low, per_request_medium_usd=medium, per_request_high_usd=high
+        ),
+    )
+
+
 _DATA_CORRECTIONS: tuple[Callable[[RateCard, str, datetime], RateCard], ...] = (
     _web_search_preview_fee,
+    _sonar_request_fee_by_context,
     _flash_preview_thinking,
     _gpt4o_audio_preview,
     _sonnet_4_long_context,

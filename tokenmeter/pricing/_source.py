@@ -96,6 +96,8 @@ GAP = Decimal("NaN")
 #: Per-request fees, in USD per 1,000 requests: not scaled by service-tier discounts.
 FEE_FIELDS = (
     "per_request_usd",
+    "per_request_medium_usd",
+    "per_request_high_usd",
     "web_search_per_k",
     "web_search_preview_per_k",
     "file_search_per_k",
@@ -137,6 +139,11 @@ class Rates:
     code_execution_per_k: Decimal = Decimal(0)
     #: OpenAI's ``web_search_preview`` tool: the web search fee unless a model's differs.
     web_search_preview_per_k: Decimal = GAP
+    #: The fee per call when the answer reports a larger search context (Perplexity's
+    #: ``search_context_size`` medium or high; ``per_request_usd`` is low's): the same fee
+    #: unless a model's differs.
+    per_request_medium_usd: Decimal = GAP
+    per_request_high_usd: Decimal = GAP
 
     def __post_init__(self) -> None:
         fills = (
@@ -148,6 +155,8 @@ class Rates:
             ("cache_read_image_per_mtok", self.cache_read_per_mtok),
             ("output_citation_per_mtok", self.output_per_mtok),
             ("web_search_preview_per_k", self.web_search_per_k),
+            ("per_request_medium_usd", self.per_request_usd),
+            ("per_request_high_usd", self.per_request_usd),
         )
         for name, rate in fills:
             if getattr(self, name).is_nan():

@@ -5,7 +5,8 @@ Realtime) -> Usage.
 ``completion_tokens``/``output_tokens``. So the totals are taken as they are and the details are
 subsets. OpenAI-compatible servers put extra keys beside them
 (DeepSeek: ``prompt_cache_hit_tokens``; Perplexity: ``reasoning_tokens`` and ``citation_tokens``
-OUTSIDE ``completion_tokens``, and ``num_search_queries``, each billed at its own rate). xAI counts
+OUTSIDE ``completion_tokens``, and ``num_search_queries``, each billed at its own rate, and
+``search_context_size``, which sets its fee per request). xAI counts
 its reasoning tokens beside ``completion_tokens`` too, and says so in ``total_tokens`` (prompt +
 completion + reasoning): when the total says so, they are added to the output. A total beyond
 prompt + completion that no reasoning detail names is thinking the completion count leaves out
@@ -16,7 +17,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenmeter._models import MAX_TOKENS, Pass, Usage, short_repr, usage_of
+from tokenmeter._models import (
+    MAX_TOKENS,
+    SEARCH_CONTEXT_KEYS,
+    Pass,
+    Usage,
+    short_repr,
+    usage_of,
+)
 from tokenmeter.pricing._names import model_family
 from tokenmeter.usage._read import (
     Get,
@@ -220,6 +228,10 @@ def _any_shape(usage: Any) -> Usage:
         )
     if cached_parts:
         modalities = {**(modalities or {}), **cached_parts}
+    tools = {"web_search": searches} if searches else {}
+    sized = search_context_key(get("search_context_size"))
+    if sized is not None:
+        tools[sized] = 1
     return usage_of(
         input_tokens,
         output_tokens,
@@ -229,8 +241,16 @@ def _any_shape(usage: Any) -> Usage:
         input_audio_tokens=audio_in,
         output_audio_tokens=audio_out,
         modalities=modalities,
-        tool_requests={"web_search": searches} if searches else None,
+        tool_requests=tools or None,
     )
+
+
+def search_context_key(size: Any) -> str | None:
+    """The ``tool_requests`` key of a Perplexity search context size above low (its default,
+    and what a size not reported, or not known, is taken as): its fee per request is higher."""
+    if type(size) is not str or len(size) > 10:
+        return None
+    return SEARCH_CONTEXT_KEYS.get(size.strip().lower())
 
 
 def _cached_by_modality(get_in: Get, cached: int) -> dict[str, int]:
