@@ -584,3 +584,36 @@ def test_a_callback_that_makes_an_llm_call_does_not_alert_about_it(
     assert tokenmeter.flush(5)
     assert tokenmeter.flush(5)
     assert asked == ["model=gpt-4o-2024-08-06"] * 2
+
+
+def test_a_budget_warning_about_a_callbacks_own_call_is_not_handed_to_it(
+    tmp_path: Path, fake: Any
+) -> None:
+    """An on_alert callback that summarises the alert with an LLM call in a session of its own
+    under a 1-cent budget: its $0.0075 call passed 50 % of that session's budget, a new warning,
+    handed to the same callback, which opened a new session and made a new call: one
+    application call sent 5,387 requests in 30 s. Such a warning is logged and written, and not
+    handed to the callbacks."""
+    client = fake.openai_client(max_retries=0)
+    asked: list[str] = []
+
+    def summarise(alert: Alert) -> None:
+        asked.append(alert.scope)
+        if len(asked) > 3:  # a loop: ends here, so the test fails and does not run on
+            return
+        with tokenmeter.session("alert-summary", budget_usd=0.01):
+            client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": alert.message}]
+            )
+
+    memory = InMemorySink()
+    tokenmeter.configure(sinks=[memory], directory=tmp_path / "tm", on_alert=summarise)
+    tokenmeter.instrument(["openai"])
+    with tokenmeter.session("job", budget_usd=0.01):  # $0.0075: 75 % of 1 cent
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    for _ in range(5):
+        assert tokenmeter.flush(5)
+    assert asked == ["session=job"]
+    assert len(memory.records) == 2
+    written, _ = read_alerts(tmp_path / "tm" / "alerts.jsonl")
+    assert [alert["scope"] for alert in written] == ["session=job", "session=alert-summary"]

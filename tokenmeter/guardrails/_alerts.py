@@ -13,6 +13,8 @@ An alert for a (rule, scope) is not repeated within ``cooldown_s`` seconds. Aler
 warnings included) go to the ``tokenmeter`` logger, to ``<directory>/alerts.jsonl`` (one JSON
 object a line) and to the ``on_alert`` callbacks. The calls a callback makes (an LLM asked to
 summarise the alert) are recorded but not judged: an alert about them would call it again.
+A budget warning their spending gives is logged and written, but not handed to the callbacks
+either (a session the callback opens under a budget would warn anew each time).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tokenmeter import _pipeline
 from tokenmeter._models import SessionInfo, UsageRecord
@@ -195,7 +197,9 @@ def post(alert: Alert, *, once: bool = False) -> None:
     writer, which delivers it with the next batch; logged at once when there is no alert sink.
     ``once``: not delivered if alerts.jsonl has its (rule, scope, threshold) already (a budget
     warning given by an earlier process in the same period, at the same limit: its scope names
-    the period)."""
+    the period). An alert about a call an ``on_alert`` callback made is its own (see
+    ``_callbacks_own``)."""
+    own = _callbacks_own(alert)
     sink = _active
     if sink is None and _pipeline._pipeline is None:
         # configure() replaced the sinks and the new ones are made at the first record, which
@@ -208,7 +212,28 @@ def post(alert: Alert, *, once: bool = False) -> None:
     if sink is None:
         logger.warning("tokenmeter alert: %s", alert.message)
         return
-    sink.pending.append((alert, once))
+    sink.pending.append(_Pending(alert, once, own))
+
+
+def _callbacks_own(alert: Alert) -> bool:
+    """Whether ``alert`` is about a call an ``on_alert`` callback made: its record is settled
+    (and its warnings posted) on the callback's thread, or was seen submitted from it. Handed
+    to the callback, such a warning ran it again: a summarising callback that opens a session
+    under a budget crossed that session's warning with its own call, each time a new session,
+    a new paid call and a new warning, without end."""
+    if _in_callback.get():
+        return True
+    sink = _active
+    return sink is not None and alert.record_id is not None and alert.record_id in sink._own
+
+
+class _Pending(NamedTuple):
+    """An alert waiting for the writer: ``once`` (see ``post``), and ``own``: about an
+    ``on_alert`` callback's own call, so logged and written but not handed to the callbacks."""
+
+    alert: Alert
+    once: bool
+    own: bool = False
 
 
 class AlertSink:
@@ -224,7 +249,7 @@ class AlertSink:
         self.rules = tuple(dict.fromkeys(rules))  # a rule given twice would judge twice
         self.path = path
         self.callbacks = tuple(callbacks)
-        self.pending: deque[tuple[Alert, bool]] = deque()
+        self.pending: deque[_Pending] = deque()
         #: (rule, scope, threshold) of the alerts posted ``once`` that were given (this process
         #: or an earlier one: the tail of alerts.jsonl). The threshold: a budget's limit raised
         #: in the period warns again on the way to the new one.
@@ -422,7 +447,7 @@ class AlertSink:
         self._last[(rule.rule, scope)] = when
         shown = f"{observed:,.0f} tokens" if unit == "tokens" else f"${observed:.6f}"
         self.pending.append(
-            (
+            _Pending(
                 Alert(
                     time=when,
                     rule=rule.rule,
@@ -531,7 +556,7 @@ class AlertSink:
         if self._unwritten:
             self._write_unwritten()
         while self.pending:
-            alert, once = self.pending.popleft()
+            alert, once, own = self.pending.popleft()
             if once:
                 key = (alert.rule, alert.scope, alert.threshold)
                 if key in self._given:
@@ -548,6 +573,8 @@ class AlertSink:
                 logger.debug("tokenmeter: alert given by another process: %s", alert.message)
                 continue
             logger.warning("tokenmeter alert: %s", alert.message)
+            if own:
+                continue  # about a callback's own call: it would run the callback again
             token = _in_callback.set(True)
             try:
                 for callback in self.callbacks:
