@@ -107,6 +107,30 @@ def test_a_budget_refuses_the_call_before_it_is_sent(
     assert job.summary.calls == 3  # a refused call is no call of the session
 
 
+@pytest.mark.requires(openai=">=1.80")  # background responses
+def test_a_spent_budget_never_refuses_a_retrieve(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    """``responses.retrieve(id)`` sends nothing billable (estimated at $0): a spent budget
+    refused it all the same ("$0.0225 spent of $0.02, this call is estimated at $0"), so the
+    output of a background response OpenAI had finished and billed could not be fetched, and its
+    cost, which the retrieve that finds it done records, never reached the budget."""
+    memory = configured(tmp_path, [{"name": "daily", "limit_usd": 0.02, "period": "day"}])
+    client = fake.openai_client(max_retries=0)
+    queued = client.responses.create(model="gpt-4o", input="hi", background=True)
+    made = [client.responses.create(model="gpt-4o", input="hi") for _ in range(3)]
+    with pytest.raises(BudgetExceeded):
+        client.responses.create(model="gpt-4o", input="hi")
+    assert client.responses.retrieve(queued.id).status == "completed"
+    for _ in client.responses.retrieve(made[0].id, stream=True):  # a resumed stream: no call
+        pass
+    with pytest.raises(BudgetExceeded) as refused:
+        client.responses.create(model="gpt-4o", input="hi")
+    # The background job's cost is in the budget now: the three calls' and its own.
+    assert refused.value.spent_usd == 4 * per_call(memory)
+    assert [r.request_id for r in memory.records if r.status == "ok"][-1] == queued.id
+
+
 def test_configure_waits_for_a_locked_ledger_no_longer_than_exit_timeout(
     tmp_path: Path, fake: FakeProvider, instrumented: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

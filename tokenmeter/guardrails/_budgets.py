@@ -721,7 +721,16 @@ def check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
     refusing calls, a ceiling on the estimate found without tokenizing is reserved in the slices
     the scope's lease group already holds (never less than the estimate, so the bound holds).
     Anything else (near a limit, a scope's first call, media, a session budget) takes
-    ``_check``: the estimate itself, through the ledger when a slice is short."""
+    ``_check``: the estimate itself, through the ledger when a slice is short.
+
+    A retrieval (``client.responses.retrieve(id)``, streamed or not) is never refused and
+    reserves nothing: it sends nothing billable (its estimate is $0), and what it reads was
+    billed at its create. Refused once a budget was spent, the output of a background response
+    OpenAI had finished, and billed, could not be fetched, and its cost, which only the retrieve
+    that finds it done records, stayed out of the records and the budgets. Its record settles
+    like a ``record()``: it already happened."""
+    if call.retrieval:
+        return
     try:
         if _orphans:
             _release_orphans()
