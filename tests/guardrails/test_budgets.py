@@ -1215,20 +1215,25 @@ def test_budgets_pointed_at_another_directory_warn_again_there(tmp_path: Path, l
     assert rules == ["budget_50pct", "budget_50pct", "budget_80pct", "budget_100pct"]
 
 
-def test_the_memory_ledger_drops_the_rows_of_ended_sessions(tmp_path: Path) -> None:
+def test_the_memory_ledger_drops_the_rows_of_ended_sessions_past_a_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``budget_ledger="memory"`` with a ``period = "session"`` budget kept a row for every
-    session the process ever ran (a server opening one per request: ~344 B each, for ever)."""
-    from tokenmeter.guardrails import _budgets
+    session the process ever ran (a server opening one per request: ~344 B each, for ever).
+    It keeps those of the ``MAX_ENDED_PERIODS`` latest ended only (and the open ones')."""
+    from tokenmeter.guardrails import _budgets, _ledger
 
+    monkeypatch.setattr(_ledger, "MAX_ENDED_PERIODS", 10)
     budget = {"name": "per-job", "limit_usd": 0.01, "period": "session", "on_exceed": "raise"}
     configured(tmp_path, [budget], budget_ledger="memory")
     for _ in range(50):
         with tokenmeter.session("job"):
             tokenmeter.record("openai", "gpt-4o", 1000, 500)  # $0.0075 of the session's $0.01
-    with tokenmeter.session("open"):
+    with tokenmeter.session("open") as still_open:
         tokenmeter.record("openai", "gpt-4o", 10, 5)
         ledger = _budgets._config.ledger  # type: ignore[union-attr]
-        assert len(ledger._rows) == 1  # the open session's alone
+        starts = [start for _, start in ledger._rows]
+        assert len(starts) <= 11 and starts[-1] == str(still_open.id)
 
 
 def test_the_memory_ledger_keeps_a_session_ids_spend_while_a_session_of_it_is_open(
@@ -1254,6 +1259,68 @@ def test_the_memory_ledger_keeps_a_session_ids_spend_while_a_session_of_it_is_op
         with pytest.raises(BudgetExceeded):
             chat(fake)
     assert len(fake.requests) == 3
+
+
+def test_the_memory_ledger_keeps_an_ended_session_ids_spend(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    """The memory ledger dropped a period="session" budget's rows when the id's last block
+    ended: a job run three times under its id was let through 3 calls of $0.0075 a run under a
+    $0.02 limit ($0.0675; budgets.db: $0.0225 in all), and a thread's work outliving its
+    session's block got the whole limit again. Like budgets.db, it keeps them."""
+    configured(
+        tmp_path,
+        [{"name": "per-job", "limit_usd": 0.02, "period": "session"}],
+        budget_ledger="memory",
+    )
+    refused = 0
+    for _ in range(3):  # the job, resumed twice under its id
+        with tokenmeter.session("import", id="import-7"):
+            try:
+                for _ in range(3):
+                    chat(fake)
+            except BudgetExceeded:
+                refused += 1
+    assert (len(fake.requests), refused) == (3, 2)
+    outlived: list[BaseException] = []
+    go = threading.Event()
+
+    def late_work() -> None:
+        go.wait()
+        with pytest.raises(BudgetExceeded) as late:
+            for _ in range(3):
+                chat(fake)
+        outlived.append(late.value)
+
+    with tokenmeter.session("job"):
+        chat(fake)
+        chat(fake)
+        worker = threading.Thread(target=late_work)  # carries the session
+        worker.start()
+    go.set()
+    worker.join()
+    assert len(outlived) == 1 and len(fake.requests) == 6
+
+
+def test_the_memory_ledger_keeps_the_rows_of_the_latest_ended_periods_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server opening a session per request must not keep a row of each for ever: past
+    ``MAX_ENDED_PERIODS`` ended ones, the rows of those ended (or used) longest ago go; the
+    rows of other periods stay."""
+    from tokenmeter.guardrails import _ledger
+
+    monkeypatch.setattr(_ledger, "MAX_ENDED_PERIODS", 4)
+    ledger = MemoryLedger()
+    ledger.settle("per-day", "2026-12-06", 0.0, 0.5)
+    for n in range(4):
+        ledger.settle("per-request", f"r-{n}", 0.0, 0.01)
+        ledger.period_ended(f"r-{n}")
+    ledger.settle("per-request", "r-0", 0.0, 0.01)  # a late call of r-0: used the latest
+    ledger.settle("per-request", "r-4", 0.0, 0.01)
+    ledger.period_ended("r-4")
+    assert sorted(start for _, start in ledger._rows) == ["2026-12-06", "r-0", "r-4"]
+    assert ledger.spent("per-request", "r-0") == pytest.approx(0.02)
 
 
 class _CountedWalks(weakref.WeakSet[Any]):
@@ -1296,7 +1363,8 @@ def test_a_sessions_end_does_not_walk_the_open_sessions(
 
 def test_a_session_collected_while_open_leaves_its_id_free(tmp_path: Path) -> None:
     """A session entered in a context that was dropped inside its block never ends: once it is
-    collected, its id is no longer open, and the memory ledger drops the id's rows again."""
+    collected, its id is no longer open, and the memory ledger's period of the id ends again
+    (its rows are among the latest ended periods', dropped past ``MAX_ENDED_PERIODS``)."""
     from tokenmeter import _sessions
 
     budget = {"name": "per-job", "limit_usd": 0.01, "period": "session"}
@@ -1307,7 +1375,7 @@ def test_a_session_collected_while_open_leaves_its_id_free(tmp_path: Path) -> No
     with tokenmeter.session("job", id="job-9"):
         tokenmeter.record("openai", "gpt-4o", 1000, 500)
     ledger = _budgets._config.ledger  # type: ignore[union-attr]
-    assert ledger._rows == {}
+    assert list(ledger._ended) == ["job-9"]
 
 
 def test_the_memory_ledger_keeps_the_periods_spend_across_configure(

@@ -1164,10 +1164,10 @@ def session_ended(session: Any) -> None:
     config.forget_session(session)
     if not any(b.period == "session" for b in config.budgets) or _period_goes_on(session):
         return
-    forget_period = getattr(config.ledger, "forget_period", None)
-    if forget_period is not None:
+    period_ended = getattr(config.ledger, "period_ended", None)
+    if period_ended is not None:
         try:
-            forget_period(str(session.id))  # the memory ledger's rows: its period is over
+            period_ended(str(session.id))  # the memory ledger keeps the latest ended periods
         except Exception:
             _ledger_fault("settle")
     if _warned:  # its period is over: its warnings need not be kept
@@ -1183,10 +1183,11 @@ def _period_goes_on(session: Any) -> bool:
     """Whether another session of this process open under the ended one's id still spends in
     its period (``period = "session"`` rows are keyed by the id): forgetting them when one of
     two threads' sessions of a job ended gave the other the whole limit again. Asked only when
-    this process keeps something of the period: the memory ledger's rows (``forget_period``; a
-    shared ledger keeps its rows past the session's end), or warnings given in it."""
+    this process keeps something of the period: the memory ledger's rows (``period_ended``: it
+    keeps only the latest ended periods' rows; a shared ledger keeps them all), or warnings
+    given in it."""
     config = _config
-    keeps_rows = config is not None and hasattr(config.ledger, "forget_period")
+    keeps_rows = config is not None and hasattr(config.ledger, "period_ended")
     return (keeps_rows or bool(_warned)) and _sessions.id_in_use(str(session.id))
 
 

@@ -16,6 +16,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -175,11 +176,21 @@ class MemoryLedger:
     def __init__(self) -> None:
         self._rows: dict[tuple[str, str], list[float]] = {}
         self._lock = threading.Lock()
+        #: The periods that ended (``period_ended``: sessions' ids), the latest ended or used
+        #: last. Their rows are kept, as budgets.db keeps them, up to ``MAX_ENDED_PERIODS``.
+        self._ended: OrderedDict[str, None] = OrderedDict()
+
+    def _used(self, period_start: str) -> None:
+        """A period that ended is spent in again (a thread's work outliving its session, the
+        id entered again): the last its rows are dropped."""
+        if self._ended and period_start in self._ended:
+            self._ended.move_to_end(period_start)
 
     def reserve(
         self, scope_key: str, period_start: str, limit_usd: float, amount_usd: float
     ) -> tuple[bool, float]:
         with self._lock:
+            self._used(period_start)
             row = self._rows.setdefault((scope_key, period_start), [0.0, 0.0])
             spent = row[0] + row[1]
             if spent + amount_usd > limit_usd:
@@ -191,6 +202,7 @@ class MemoryLedger:
         self, scope_key: str, period_start: str, reserved_usd: float, actual_usd: float
     ) -> float:
         with self._lock:
+            self._used(period_start)
             row = self._rows.setdefault((scope_key, period_start), [0.0, 0.0])
             row[1] = max(0.0, row[1] - reserved_usd)
             row[0] += actual_usd
@@ -206,6 +218,7 @@ class MemoryLedger:
                     return [*results, (False, spent)]
                 results.append((True, spent))
             for key, start, _, amount in items:
+                self._used(start)
                 self._rows.setdefault((key, start), [0.0, 0.0])[1] += amount
             return results
 
@@ -213,6 +226,7 @@ class MemoryLedger:
         with self._lock:
             out = []
             for key, start, reserved, actual in items:
+                self._used(start)
                 row = self._rows.setdefault((key, start), [0.0, 0.0])
                 row[1] = max(0.0, row[1] - reserved)
                 row[0] += actual
@@ -221,6 +235,8 @@ class MemoryLedger:
 
     def lease_many(self, items: list[Lease]) -> list[LeaseResult]:
         with self._lock:
+            for item in items:
+                self._used(item[1])
             rows = [self._rows.setdefault((item[0], item[1]), [0.0, 0.0]) for item in items]
             return _lease(items, [(row[0], row[1]) for row in rows], rows)
 
@@ -229,12 +245,23 @@ class MemoryLedger:
             row = self._rows.get((scope_key, period_start))
             return 0.0 if row is None else row[0] + row[1]
 
-    def forget_period(self, period_start: str) -> None:
-        """Drop the rows of a period that is over (an ended session's, ``period="session"``):
-        a server opening a session per request kept a row of each for ever."""
+    def period_ended(self, period_start: str) -> None:
+        """A period ended (a session's, ``period="session"``, when no block of its id is open).
+        Its rows are kept, as budgets.db keeps them: dropped at once, a thread's work that
+        outlived the block, or the id entered again (a job resumed under its id), got the whole
+        limit again ($0.0675 let through under a $0.02 limit, where budgets.db refused past
+        $0.0225). Only the rows of the ``MAX_ENDED_PERIODS`` latest ended (or used since) are
+        kept: a server opening a session per request would keep a row of each for ever."""
         with self._lock:
-            for key in [key for key in self._rows if key[1] == period_start]:
-                del self._rows[key]
+            ended = self._ended
+            ended[period_start] = None
+            ended.move_to_end(period_start)
+            if len(ended) <= MAX_ENDED_PERIODS:
+                return
+            dropped = set()
+            while len(ended) > MAX_ENDED_PERIODS // 2:  # in batches: a drop walks every row
+                dropped.add(ended.popitem(last=False)[0])
+            self._rows = {key: row for key, row in self._rows.items() if key[1] not in dropped}
 
     def close(self) -> None:
         pass
@@ -273,6 +300,9 @@ _SETTLE = (
 )
 
 
+#: The ended periods (sessions' ids) whose rows the memory ledger keeps: past this many, the
+#: rows of the half ended (or used) longest ago are dropped.
+MAX_ENDED_PERIODS = 10_000
 #: How long a SQLite transaction waits for another process's write lock.
 BUSY_TIMEOUT_S = 30.0
 #: A ledger whose transaction failed after waiting this long ...
