@@ -684,6 +684,26 @@ def test_the_state_file_gets_the_original_line_per_top_level_session(tmp_path: P
     ]
 
 
+def test_the_state_line_marks_calls_of_unknown_cost(tmp_path: Path) -> None:
+    """250,000 tokens of a model with no known price were written ``$0``, unmarked, and a
+    session mixing priced and unpriced calls as its priced part alone: the workflow summing the
+    lines counted unknown spend as free. The cost stays first; the calls of unknown cost follow."""
+    state = tmp_path / "workflow_state.md"
+    tokenmeter.configure(sinks=[InMemorySink()], state_file=state)
+    with tokenmeter.session("finetune") as unknown:
+        tokenmeter.record("openai", "acme-internal-model-7", 200_000, 50_000)
+    with tokenmeter.session("mixed") as mixed:
+        record()
+        tokenmeter.record("openai", "acme-internal-model-7", 1000, 500)
+        tokenmeter.record("openai", "acme-internal-model-7", 1000, 500)
+    assert tokenmeter.flush(5)
+    lines = state.read_text().splitlines()
+    assert [line.split(": TOKEN_TRACKING: ")[1] for line in lines] == [
+        f"Session {unknown.id} - 250000 tokens, $0 (1 call of unknown cost)",
+        f"Session {mixed.id} - 4500 tokens, $0.0075 (2 calls of unknown cost)",
+    ]
+
+
 def test_a_session_id_from_outside_writes_one_state_line_without_control_characters(
     tmp_path: Path,
 ) -> None:

@@ -148,8 +148,18 @@ def state_line(info: SessionInfo) -> str:
     return (
         f"- {_date(info.ended_at or info.started_at)}: TOKEN_TRACKING: Session "
         f"{one_line(info.id)} - "
-        f"{tokens} tokens, ${_money(info.cost_usd)}\n"
+        f"{tokens} tokens, ${_money(info.cost_usd)}{_unknown_cost(info.unpriced_calls)}\n"
     )
+
+
+def _unknown_cost(unpriced_calls: int) -> str:
+    """The mark of calls of unknown cost (no price known, or one refused as absurd), after the
+    priced part: unmarked, 250,000 tokens of an unpriced model were written ``$0``, and the
+    workflow summing the lines counted them free. The number stays first, as the workflow
+    reads it."""
+    if not unpriced_calls:
+        return ""
+    return f" ({unpriced_calls} call{'s' if unpriced_calls != 1 else ''} of unknown cost)"
 
 
 class StateFileSink:
