@@ -430,6 +430,97 @@ async def test_responses_stream_left_early_is_estimated(
     assert record.output_tokens >= 1
 
 
+#: A coding agent's patch, as a tool's input the model writes (in 40 deltas).
+PATCH = (
+    "*** Update File: app.py\n@@ def handler(request):\n-    return None\n+    return render()\n"
+)
+#: Output items whose input the model writes: its other fields, the field the input is in, and
+#: the event each of its deltas comes in when streamed.
+TOOL_INPUTS = {
+    "function_call": (
+        {"call_id": "call_1", "name": "apply_patch"},
+        "arguments",
+        "function_call_arguments",
+    ),
+    "custom_tool_call": (
+        {"call_id": "call_1", "name": "apply_patch"},
+        "input",
+        "custom_tool_call_input",
+    ),
+    "code_interpreter_call": (
+        {"container_id": "cntr_1", "outputs": None, "status": "in_progress"},
+        "code",
+        "code_interpreter_call_code",
+    ),
+    "mcp_call": (
+        {"name": "apply_patch", "server_label": "repo"},
+        "arguments",
+        "mcp_call_arguments",
+    ),
+}
+
+
+def _tool_item(kind: str, written: str) -> dict[str, Any]:
+    fields, name, _ = TOOL_INPUTS[kind]
+    return {"type": kind, "id": "item_1", **fields, name: written}
+
+
+def _tool_input_ended(kit: ModuleType, kind: str) -> Any:
+    """A gpt-5 Responses stream writing a ``kind`` item's input, ended before its terminal event."""
+    delta = TOOL_INPUTS[kind][2]
+    response = kit.response_body("gpt-5-2025-08-07", [], [], 0, 0) | {"status": "in_progress"}
+    item = _tool_item(kind, "")
+    events = [
+        {"type": "response.created", "response": response | {"usage": None}},
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+    ] + [
+        {"type": f"response.{delta}.delta", "item_id": "item_1", "output_index": 0, "delta": PATCH}
+        for _ in range(40)
+    ]
+    body = "".join(
+        f"event: {event['type']}\ndata: {json.dumps(event | {'sequence_number': n})}\n\n"
+        for n, event in enumerate(events)
+    )
+    return kit.sse_response(body.encode())
+
+
+@pytest.mark.parametrize("kind", ["custom_tool_call", "code_interpreter_call", "mcp_call"])
+async def test_a_responses_stream_ended_while_writing_a_tools_input_counts_it(
+    records: Records, kit: ModuleType, is_async: bool, kind: str
+) -> None:
+    """A custom tool's input (a coding agent's patch), code interpreter code and an MCP call's
+    arguments are output the model writes, estimated as a function call's arguments are (they
+    were left out: 3,000 characters streamed by, recorded as 0 output tokens)."""
+    tokenmeter.instrument("openai")
+    for item in ("function_call", kind):
+        client = kit.mock_openai(
+            lambda request, item=item: _tool_input_ended(kit, item), is_async=is_async
+        )
+        await kit.drain(
+            await kit.maybe(client.responses.create(model="gpt-5", input="Fix it", stream=True))
+        )
+    arguments, written = records()
+    assert arguments.estimated and written.estimated and arguments.output_tokens > 500
+    assert written.output_tokens == arguments.output_tokens
+
+
+@pytest.mark.parametrize("kind", ["custom_tool_call", "code_interpreter_call"])
+async def test_a_responses_reply_without_usage_counts_a_tools_input(
+    records: Records, kit: ModuleType, kind: str
+) -> None:
+    """The same input in an answer that was not streamed is estimated as it is streamed (a
+    code interpreter call has no name to count)."""
+    tokenmeter.instrument("openai")
+    for item in ("function_call", kind):
+        output = [_tool_item(item, PATCH * 40)]
+        body = kit.response_body("gpt-5-2025-08-07", output, [], 0, 0) | {"usage": None}
+        client = kit.mock_openai(lambda request, body=body: json_reply(kit.http, body))
+        client.responses.create(model="gpt-5", input="Fix it")
+    arguments, written = records()
+    assert arguments.estimated and written.estimated and arguments.output_tokens > 500
+    assert _close_to(written.output_tokens, arguments.output_tokens, 0.01)
+
+
 #: A long answer: its output, not its input, is what a reply without usage is mostly billed for.
 LONG_ANSWER = "The quick brown fox jumps over the lazy dog. " * 100
 TOOL_CALL = ("get_weather", '{"city": "Paris", "days": 5}')

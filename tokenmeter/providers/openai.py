@@ -27,10 +27,19 @@ from tokenmeter.usage.openai import (
 )
 
 _TERMINAL_EVENTS = {"response.completed", "response.incomplete", "response.failed"}
-#: Responses stream events whose ``delta`` is output text (estimated if no usage comes).
+#: Responses stream events whose ``delta`` is output text (estimated if no usage comes): the
+#: answer (an audio answer's transcript), its reasoning, and every tool call's input the model
+#: writes (a function's arguments, a custom tool's freeform input, code interpreter code, an MCP
+#: call's arguments, a shell command; all billed as output). Not the audio itself (base64) nor a
+#: shell command's output (the tool's, not the model's).
 _OUTPUT_DELTAS = {
     "response.output_text.delta",
     "response.function_call_arguments.delta",
+    "response.custom_tool_call_input.delta",
+    "response.code_interpreter_call_code.delta",
+    "response.mcp_call_arguments.delta",
+    "response.shell_call_command.delta",
+    "response.audio.transcript.delta",
     "response.refusal.delta",
     "response.reasoning_summary_text.delta",
     "response.reasoning_text.delta",
@@ -174,7 +183,9 @@ def _reply_text(parsed: Any) -> TextTally:
                 _add_call(add, field(tool_call, "function"))
     with suppress(Exception):
         for item in field(parsed, "output") or ():
-            _add_call(add, item)  # a function call's (a message has neither)
+            _add_call(add, item)  # a function or MCP call's (a message has neither)
+            add(field(item, "input"))  # a custom tool call's freeform input
+            add(field(item, "code"))  # a code interpreter call's code
             # A message's text and refusals; a reasoning item's summary and reasoning text.
             for part in (field(item, "content") or (), field(item, "summary") or ()):
                 for piece in part if isinstance(part, list | tuple) else ():
