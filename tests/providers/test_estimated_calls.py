@@ -409,6 +409,63 @@ async def test_streamed_tool_call_arguments_count_as_output(
     assert record.estimated and record.output_tokens == 12
 
 
+#: A reasoning model's thinking, streamed before its answer (60 chunks).
+THINKING = "Let me think about this step by step. First, consider the user's request. "
+
+
+def _thinking(kit: ModuleType, name: str) -> Any:
+    """A reasoning model's chat stream that ends while it reasons (its usage would come last),
+    the thinking in the delta field ``name``."""
+    base = {"id": "chatcmpl-r1", "object": "chat.completion.chunk", "created": 1}
+    delta = {"role": "assistant", "content": None, name: THINKING}
+    choice = {"index": 0, "delta": delta, "finish_reason": None}
+    body = "".join(f"data: {json.dumps(base | {'choices': [choice]})}\n\n" for _ in range(60))
+    return kit.sse_response(body.encode())
+
+
+@pytest.mark.parametrize(
+    ("host", "name"),
+    [("api.deepseek.com", "reasoning_content"), ("openrouter.ai/api", "reasoning")],
+)
+async def test_a_chat_stream_ended_while_the_model_reasons_counts_the_reasoning(
+    records: Records, kit: ModuleType, is_async: bool, host: str, name: str
+) -> None:
+    """The reasoning a model streams (DeepSeek's ``reasoning_content``, OpenRouter's
+    ``reasoning``) is output it is billed for, estimated as its answer's text is (it was left
+    out: 5,040 characters of deepseek-reasoner's reasoning recorded as 0 output tokens)."""
+    tokenmeter.instrument("openai")
+    for field in ("content", name):
+        client = kit.mock_openai(
+            lambda request, field=field: _thinking(kit, field),
+            is_async=is_async,
+            base_url=f"https://{host}/v1",
+        )
+        create = client.chat.completions.create
+        await kit.drain(
+            await kit.maybe(create(model="deepseek-reasoner", messages=MESSAGES, stream=True))
+        )
+    answered, reasoned = records()
+    assert answered.estimated and reasoned.estimated and answered.output_tokens > 500
+    assert reasoned.output_tokens == answered.output_tokens
+
+
+@pytest.mark.parametrize("name", ["reasoning_content", "reasoning"])
+async def test_a_chat_reply_without_usage_counts_its_reasoning(
+    records: Records, kit: ModuleType, name: str
+) -> None:
+    """The same reasoning in a reply that was not streamed, without usage, is counted too."""
+    tokenmeter.instrument("openai")
+    for field in ("content", name):
+        body = kit.chat_body(model="deepseek-reasoner")
+        del body["usage"]
+        body["choices"][0]["message"] = {"role": "assistant", "content": None, field: THINKING * 60}
+        client = kit.mock_openai(lambda request, body=body: json_reply(kit.http, body))
+        client.chat.completions.create(model="deepseek-reasoner", messages=MESSAGES)
+    answered, reasoned = records()
+    assert answered.estimated and reasoned.estimated and answered.output_tokens > 500
+    assert reasoned.output_tokens == answered.output_tokens
+
+
 async def test_responses_stream_left_early_is_estimated(
     fake: Any, sink: InMemorySink, is_async: bool, kit: ModuleType
 ) -> None:

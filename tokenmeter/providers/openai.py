@@ -158,11 +158,20 @@ def _add_text(tally: TextTally, chunk: Any) -> None:
             continue
         add(getattr(delta, "content", None))
         add(getattr(delta, "refusal", None))
+        add(_reasoning(delta))
         for tool_call in getattr(delta, "tool_calls", None) or ():
             function = getattr(tool_call, "function", None)
             if function is not None:
                 add(getattr(function, "name", None))
                 add(getattr(function, "arguments", None))
+
+
+def _reasoning(message: Any) -> Any:
+    """A reasoning model's reasoning in a chat delta or message, billed as output but not part of
+    the SDK's types (read from its extra fields): DeepSeek's and vLLM's ``reasoning_content``, or
+    else OpenRouter's ``reasoning``; one of them only, as a server may send both, the same text."""
+    reasoning = field(message, "reasoning_content")
+    return reasoning if type(reasoning) is str else field(message, "reasoning")
 
 
 def _reply_text(parsed: Any) -> TextTally:
@@ -179,6 +188,7 @@ def _reply_text(parsed: Any) -> TextTally:
                 continue
             add(field(message, "content"))
             add(field(message, "refusal"))
+            add(_reasoning(message))
             for tool_call in field(message, "tool_calls") or ():
                 _add_call(add, field(tool_call, "function"))
     with suppress(Exception):
