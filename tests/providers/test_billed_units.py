@@ -487,6 +487,125 @@ def test_a_chat_search_model_that_reports_no_usage_is_estimated_with_its_web_sea
     assert record.cost_breakdown["web_search_preview"] == Decimal("0.025")
 
 
+SEARCHES = 3
+
+
+def _anthropic_searches_then_text() -> list[tuple[str, Any]]:
+    """A web search stream's events up to its answer's first words: 3 searches (each a
+    ``server_tool_use`` block and its result) then text; its closing usage would count them."""
+    start = _anthropic_message(
+        {"input_tokens": 1000, "output_tokens": 1, "server_tool_use": {"web_search_requests": 0}}
+    )
+    blocks: list[dict[str, Any]] = []
+    for n in range(SEARCHES):
+        blocks += [
+            {
+                "type": "server_tool_use",
+                "id": f"srvtoolu_{n}",
+                "name": "web_search",
+                "input": {"query": "news"},
+            },
+            {"type": "web_search_tool_result", "tool_use_id": f"srvtoolu_{n}", "content": []},
+        ]
+    events = [("message_start", {"type": "message_start", "message": {**start, "content": []}})]
+    for index, block in enumerate(blocks):
+        events += [
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": block},
+            ),
+            ("content_block_stop", {"type": "content_block_stop", "index": index}),
+        ]
+    text = {"type": "content_block_start", "index": len(blocks)}
+    words = {"type": "content_block_delta", "index": len(blocks)}
+    return [
+        *events,
+        ("content_block_start", {**text, "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {**words, "delta": {"type": "text_delta", "text": "I found"}}),
+    ]
+
+
+@pytest.mark.parametrize("helper", [False, True], ids=["create", "stream-helper"])
+def test_an_anthropic_stream_left_after_its_web_searches_is_estimated_with_them(
+    kit: Any, records: Records, helper: bool
+) -> None:
+    """A stream the application stops once the answer starts (a "stop" button) never gets the
+    usage that counts its searches: the estimate counts the ``server_tool_use`` blocks that
+    went by (it counted none: $0.003405 recorded where the 3 searches alone cost $0.03)."""
+    client = mock_anthropic(lambda r: sse_reply(kit.http, _anthropic_searches_then_text()))
+    request: dict[str, Any] = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": []}
+    request["tools"] = [{"type": "web_search_20250305", "name": "web_search"}]
+
+    if helper:
+        with client.messages.stream(**request) as stream:
+            next(iter(stream.text_stream))
+    else:
+        stream = client.messages.create(**request, stream=True)
+        next(event for event in stream if event.type == "content_block_delta")
+        stream.close()
+
+    record = only(records())
+    assert record.estimated and record.tool_requests == {"web_search": SEARCHES}
+    assert record.cost_breakdown is not None
+    assert record.cost_breakdown["web_search"] == Decimal("0.03")
+
+
+def _responses_searched(kit: Any, *, usage: bool) -> dict[str, Any]:
+    """A gpt-4.1 answer that searched the web 3 times (and opened a page it found: no search,
+    no fee) before answering, with its usage or, as a compatible server may send it, none."""
+    searched = [
+        {"type": "web_search_call", "id": f"ws_{n}", "status": "completed"}
+        | {"action": {"type": "search", "query": "news"}}
+        for n in range(SEARCHES)
+    ]
+    opened = {**searched[0], "id": "ws_open", "action": {"type": "open_page", "url": "https://a.b"}}
+    text = {"type": "output_text", "text": "Here is what I found.", "annotations": []}
+    message = {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed"}
+    output = [*searched, opened, {**message, "content": [text]}]
+    body = kit.response_body("gpt-4.1-2025-04-14", output, [{"type": "web_search"}], 1000, 100)
+    return body if usage else {**body, "usage": None}
+
+
+def _responses_search_stream(kit: Any, ending: str) -> Any:
+    """The same answer streamed: each output item done in turn, then ``ending``: the connection
+    ends before the terminal event (``cut``), or that event comes without usage."""
+    done = _responses_searched(kit, usage=False)
+    events = [{"type": "response.created", "response": {**done, "status": "in_progress"}}]
+    events[0]["response"]["output"] = []
+    for index, item in enumerate(done["output"]):
+        events.append({"type": "response.output_item.done", "output_index": index, "item": item})
+    if ending != "cut":
+        events.append({"type": "response.completed", "response": done})
+    return sse_reply(
+        kit.http, [(e["type"], e | {"sequence_number": n}) for n, e in enumerate(events)]
+    )
+
+
+@pytest.mark.parametrize("how", ["cut", "completed without usage", "not streamed"])
+def test_a_responses_answer_without_usage_is_estimated_with_its_web_searches(
+    kit: Any, records: Records, how: str
+) -> None:
+    """A Responses answer whose usage never came (a stream cut before its terminal event, a
+    compatible server that sends none) is estimated with the searches its output items show,
+    read as a whole answer's are (they were left out: $0.000182 recorded, the 3 searches alone
+    $0.03)."""
+    if how == "not streamed":
+        body = _responses_searched(kit, usage=False)
+        client = kit.mock_openai(lambda request: json_reply(kit.http, body))
+    else:
+        client = kit.mock_openai(lambda request: _responses_search_stream(kit, how))
+    ask = {"model": "gpt-4.1", "input": "What happened today?", "tools": [{"type": "web_search"}]}
+
+    answer = client.responses.create(**ask, stream=how != "not streamed")
+    if how != "not streamed":
+        list(answer)
+
+    record = only(records())
+    assert record.estimated and record.tool_requests == {"web_search": SEARCHES}
+    assert record.cost_breakdown is not None
+    assert record.cost_breakdown["web_search"] == Decimal("0.03")
+
+
 # -- passes the top-level usage leaves out -------------------------------------------------------
 
 

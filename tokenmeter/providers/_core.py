@@ -198,6 +198,10 @@ class Call:
     #: adapter, from the reply it read): its output is estimated from it, as a stream's is from
     #: the text that passed through. Only counted, never kept past the record.
     reply: TextTally | None = None
+    #: Server-side tool requests (web searches) a stream showed, or a reply without usage
+    #: lists, by ``tool_requests`` key: billed per request, and counted in any estimate of the
+    #: call (the usage that would count them never came).
+    tools_seen: dict[str, int] | None = None
     #: What the caller can do about a stream without usage (the adapter words it).
     no_usage_hint: str = ""
     #: The budget reservation the call holds until its record settles it (guardrails).
@@ -242,6 +246,25 @@ class Call:
             if _RAISE_INTERNAL:
                 raise
             _warn_unreadable(self.provider, what, exc)
+
+    def saw_tool(self, tool: str) -> None:
+        """One more server-side tool request seen go by (a stream's web search)."""
+        seen = self.tools_seen or {}
+        self.tools_seen = {**seen, tool: seen.get(tool, 0) + 1}
+
+    def saw_tools(self, found: dict[str, int] | None) -> None:
+        """The server-side tool requests an answer lists (its whole output, so the ones a stream
+        showed of it are among them): as many of each as seen or listed, whichever is more."""
+        if found:
+            self.tools_seen = _most_of_each(self.tools_seen or {}, found)
+
+    def _with_tools_seen(self, usage: Usage) -> Usage:
+        """An estimate, with the tool requests seen: a usage left before its final count reports
+        none of them, or fewer (Anthropic's ``message_start``)."""
+        if not self.tools_seen:
+            return usage
+        tools = _most_of_each(usage.tool_requests, self.tools_seen)
+        return usage.model_copy(update={"tool_requests": tools})
 
     def cannot_read(self, why: str) -> None:
         """The latest usage reading failed. Usage is cumulative, so an earlier reading is not the
@@ -319,7 +342,7 @@ class Call:
             with without_waiting():
                 better = self.reader.partial(usage, served)
             if better is not None:
-                usage, estimated = better, True
+                usage, estimated = self._with_tools_seen(better), True
         if self.dedupe and usage is not None and self.request_id:  # noqa: SIM102
             # Only ids that carried usage are remembered. A create is billed whatever its id (a
             # compatible server may repeat one); a retrieve of a recorded id is not billed again.
@@ -365,7 +388,13 @@ class Call:
         tally = self.reply if self.reply is not None else getattr(self.reader, "tally", None)
         self.reply = None  # counted once: the text is not kept with the call
         with without_waiting():
-            return estimate_usage(self.provider, self.request, model, tally, self.operation)
+            usage = estimate_usage(self.provider, self.request, model, tally, self.operation)
+        return self._with_tools_seen(usage)
+
+
+def _most_of_each(counts: dict[str, int], more: dict[str, int]) -> dict[str, int]:
+    """Two counts of the same tool requests merged: the larger of each (never added)."""
+    return {**counts, **{tool: max(n, counts.get(tool, 0)) for tool, n in more.items()}}
 
 
 _warned_unreadable: set[tuple[str, type]] = set()

@@ -18,6 +18,7 @@ from tokenmeter.providers._stainless import Endpoint, StainlessAdapter, keep_nam
 from tokenmeter.usage import from_anthropic_response
 from tokenmeter.usage._read import field, getter, ident
 from tokenmeter.usage.anthropic import (
+    SERVER_TOOLS,
     batch_result_message,
     tier_from_anthropic,
     usage_from_anthropic,
@@ -90,7 +91,9 @@ class EventReader:
             add(getattr(delta, "partial_json", None))
             add(getattr(delta, "thinking", None))
         elif kind == "content_block_start":
-            self._fallback(getattr(event, "content_block", None), call)
+            block = getattr(event, "content_block", None)
+            self._fallback(block, call)
+            _server_tool(block, call)
         elif kind == "message_start":
             message = event.message
             call.model = getattr(message, "model", None) or call.model
@@ -167,6 +170,16 @@ class EventReader:
             return
         call.usage = usage_from_anthropic(fields, call.model)
         call.tier = tier_from_anthropic(fields)
+
+
+def _server_tool(block: Any, call: Call) -> None:
+    """A ``server_tool_use`` block (a web search the server runs): one request of the tool its
+    usage's ``server_tool_use`` counts, which a stream left before its final usage lacks."""
+    if getattr(block, "type", None) != "server_tool_use":
+        return
+    name = getattr(block, "name", None)
+    if type(name) is str and name in SERVER_TOOLS:
+        call.saw_tool(name)
 
 
 def _reply_text(parsed: Any) -> TextTally:

@@ -15,11 +15,13 @@ from tokenmeter._estimate import TextTally
 from tokenmeter._models import Usage
 from tokenmeter._registry import provider_for_host
 from tokenmeter._runtime import settings
-from tokenmeter.providers._core import Call
+from tokenmeter.providers._core import Call, safely
 from tokenmeter.providers._stainless import Endpoint, StainlessAdapter, keep_names
 from tokenmeter.usage import from_openai_response
 from tokenmeter.usage._read import field, getter, ident
 from tokenmeter.usage.openai import (
+    billed_tool_call,
+    responses_tool_requests,
     tier_from_openai,
     usage_from_openai,
     usage_from_openai_images,
@@ -236,6 +238,10 @@ class ResponseEventReader:
             return False
         if kind in _OUTPUT_DELTAS:
             self.tally.add(getattr(event, "delta", None))
+        elif kind == "response.output_item.done":
+            tool = safely("reading a tool call", _tool_call, event, call)
+            if tool is not None:
+                call.saw_tool(tool)  # its fee counts if the stream ends before its usage
         elif kind in _TERMINAL_EVENTS:
             response = getattr(event, "response", None)
             if _read_again(call, field(response, "background"), ident(field(response, "id"))):
@@ -245,6 +251,7 @@ class ResponseEventReader:
                 _failed(call, response)
             if field(response, "usage") is None:  # an object, or a dict (older SDKs)
                 keep_names(call, response)
+                call.saw_tools(safely("reading tool calls", responses_tool_requests, response))
             else:
                 try:
                     found = from_openai_response(response, call.provider)
@@ -263,6 +270,11 @@ class ResponseEventReader:
         elif kind == "error":
             _ended_on_error(call, getattr(event, "code", None))
         return False
+
+
+def _tool_call(event: Any, call: Call) -> str | None:
+    """The billed tool call (a web search) a stream's finished output item is, if any."""
+    return billed_tool_call(getattr(event, "item", None), field(call.request, "tools"))
 
 
 def _ended_on_error(call: Call, code: Any, otherwise: str = _ERROR_EVENT) -> None:
@@ -336,6 +348,8 @@ def _read_response(parsed: Any, call: Call) -> None:
         return  # cancelled before it ran: nothing billed, nothing to estimate
     if status == "failed":
         _failed(call, parsed)
+    if get("usage") is None:  # estimated: with the searches its output lists
+        call.saw_tools(safely("reading tool calls", responses_tool_requests, parsed))
     _read(parsed, call)
 
 

@@ -103,23 +103,17 @@ def usage_from_anthropic(usage: Any, model: Any = None) -> Usage:
     )
 
 
+#: The server tools ``server_tool_use`` counts the requests of (``<tool>_requests``), as their
+#: ``tool_requests`` keys: the names a ``server_tool_use`` content block gives them, so that a
+#: stream left before its usage counts the blocks it showed.
+SERVER_TOOLS = ("web_search", "web_fetch", "code_execution")
+_SERVER_TOOL_COUNTS = tuple(f"{tool}_requests" for tool in SERVER_TOOLS)
+
+
 def _tool_requests(tools: Any) -> dict[str, int] | None:
-    web_search, web_fetch, code_execution = counts(
-        getter(tools, what="server_tool_use"),
-        "web_search_requests",
-        "web_fetch_requests",
-        "code_execution_requests",
-    )
-    found = {
-        key: value
-        for key, value in (
-            ("web_search", web_search),
-            ("web_fetch", web_fetch),
-            ("code_execution", code_execution),
-        )
-        if value
-    }
-    return found or None
+    found = counts(getter(tools, what="server_tool_use"), *_SERVER_TOOL_COUNTS)
+    requests = {tool: value for tool, value in zip(SERVER_TOOLS, found, strict=True) if value}
+    return requests or None
 
 
 def _family(model: str) -> str:

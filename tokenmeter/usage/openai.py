@@ -332,16 +332,41 @@ def _tool_requests(get: Get) -> dict[str, int] | None:
     output = get("output")
     if isinstance(output, list | tuple):
         for item in output[:_MAX_ITEMS]:
-            get_item = getter(item, what="output item")
-            kind = get_item("type")
-            tool = _TOOL_CALLS.get(kind) if type(kind) is str else None
-            if tool == "web_search" and (tool_usage is not None or _opens_a_page(get_item)):
+            tool = _billed_call(item)
+            if tool == "web_search" and tool_usage is not None:
                 continue
             if tool is not None:
                 found[tool] = found.get(tool, 0) + 1
     if "web_search" in found and _searches_in_preview(get("tools")):
         found["web_search_preview"] = found.pop("web_search")
     return found or None
+
+
+def responses_tool_requests(response: Any) -> dict[str, int] | None:
+    """The built-in tool calls a Responses answer bills (``tool_usage``, else its output
+    items), read as for its usage: for an answer without usage, whose estimate counts them."""
+    return _tool_requests(getter(response, what="response"))
+
+
+def billed_tool_call(item: Any, tools: Any) -> str | None:
+    """The ``tool_requests`` key one Responses output item is billed under (None: none), as an
+    answer's are counted; for a stream's items, seen one at a time. ``tools``: the request's
+    (the answer echoes them)."""
+    tool = _billed_call(item)
+    if tool == "web_search" and _searches_in_preview(tools):
+        return "web_search_preview"
+    return tool
+
+
+def _billed_call(item: Any) -> str | None:
+    """One web search or file search per tool-call item; a web search item whose action opens
+    or searches a page it found is none."""
+    get_item = getter(item, what="output item")
+    kind = get_item("type")
+    tool = _TOOL_CALLS.get(kind) if type(kind) is str else None
+    if tool == "web_search" and _opens_a_page(get_item):
+        return None
+    return tool
 
 
 def _searches_in_preview(tools: Any) -> bool:
