@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import tokenmeter
+import tokenmeter.sinks
 from tokenmeter import SessionInfo, UsageRecord
 from tokenmeter.sinks import InMemorySink, MarkdownJournalSink
 
@@ -1008,21 +1009,23 @@ def test_the_quarantine_file_is_read_as_the_records_it_set_aside(
     assert json.loads(out)["totals"]["calls"] == 3
 
 
+class SQLiteSink(tokenmeter.sinks.SQLiteSink):
+    """A SQLite sink that refuses every write, named as the real one in quarantine.jsonl."""
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        raise OSError("disk I/O error")
+
+    def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
+        raise OSError("disk I/O error")
+
+
 def test_records_set_aside_beside_the_data_are_said_not_to_be_in_the_report(
     cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """usage.db and a quarantine.jsonl of 3 records a down sink refused: ``report`` showed the
-    1 call of the database and said nothing of the others. The sessions set aside beside them
-    are not counted (a report skips them too)."""
-
-    class Down(InMemorySink):
-        def write(self, records: Sequence[UsageRecord]) -> None:
-            raise OSError("server down")
-
-        def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
-            raise OSError("server down")
-
-    tokenmeter.configure(sinks=[Down()], directory=tmp_path)
+    """usage.db and a quarantine.jsonl of 3 records the SQLite sink refused: ``report`` showed
+    the 1 call of the database and said nothing of the others. The sessions set aside beside
+    them are not counted (a report skips them too)."""
+    tokenmeter.configure(sinks=[SQLiteSink(tmp_path / "refusing.db")], directory=tmp_path)
     with tokenmeter.session("nightly"):
         for _ in range(3):
             tokenmeter.record("openai", "gpt-4o", 1000, 500)
@@ -1031,8 +1034,8 @@ def test_records_set_aside_beside_the_data_are_said_not_to_be_in_the_report(
     assert len(quarantine.read_text().splitlines()) > 3  # the session's lines too
     db = write_sqlite(tmp_path / "usage.db", RECORDS[:1], [])
     note = (
-        f"tokenmeter: note: 3 records set aside in {quarantine} are not in this report "
-        f"(--source {quarantine} reads them)\n"
+        f"tokenmeter: note: 3 records that SQLiteSink refused are set aside in {quarantine}, "
+        f"not in this report (--source {quarantine} reads them, with what other sinks refused)\n"
     )
     monkeypatch.setenv("TOKENMETER_DIR", str(tmp_path))
     for command in (["report"], ["sessions"]):
@@ -1043,6 +1046,45 @@ def test_records_set_aside_beside_the_data_are_said_not_to_be_in_the_report(
     assert code == 0 and "note" not in err and json.loads(out)["totals"]["calls"] == 3
     elsewhere = write_sqlite(tmp_path / "copy" / "usage.db", RECORDS[:1], [])
     assert cli("report", "--source", str(elsewhere))[2] == ""
+
+
+def test_the_note_of_records_set_aside_counts_only_what_the_source_lacks(
+    cli: RunCli, tmp_path: Path
+) -> None:
+    """``sinks = sqlite`` and a sink that was down: SQLite stored all 3 calls, the other sink's
+    3 were set aside, and ``report`` said "3 records set aside ... are not in this report"
+    (they were): a user adding the quarantine report counted the money twice. Now only the
+    records the SQLite sink refused count, and only those of the report's period and filters."""
+
+    class Down(InMemorySink):
+        def write(self, records: Sequence[UsageRecord]) -> None:
+            raise OSError("server down")
+
+    tokenmeter.configure(sinks=["sqlite", Down()], directory=tmp_path)
+    for _ in range(3):
+        tokenmeter.record("openai", "gpt-4o", 1000, 500)
+    tokenmeter.configure(sinks=[InMemorySink()])  # the old sink stops: set aside
+    quarantine = tmp_path / "quarantine.jsonl"
+    assert len(quarantine.read_text().splitlines()) == 3
+    code, out, err = cli("report", "--source", str(tmp_path), "--format", "json")
+    assert (code, err) == (0, "") and json.loads(out)["totals"]["calls"] == 3
+
+    tokenmeter.configure(sinks=[SQLiteSink(tmp_path / "refusing.db")], directory=tmp_path)
+    tokenmeter.record("openai", "gpt-4o", 1, 1, timestamp="2026-11-01T10:00:00Z")
+    tokenmeter.record("anthropic", "claude-sonnet-4", 1, 1, timestamp="2026-11-02T10:00:00Z")
+    tokenmeter.configure(sinks=[InMemorySink()])
+    for options, said in [
+        ((), "2 records that SQLiteSink refused are"),
+        (("--since", "2026-11-02"), "1 record of this report's period that SQLiteSink refused is"),
+        (("--provider", "openai"), "1 record of this report's period and filters that SQLiteSink"),
+        (("--since", "2026-11-02", "--provider", "openai"), None),
+    ]:
+        code, _, err = cli("report", "--source", str(tmp_path / "usage.db"), *options)
+        assert code == 0, options
+        if said is None:
+            assert err == "", options
+        else:
+            assert err.startswith(f"tokenmeter: note: {said}"), options
 
 
 def test_calls_outside_a_named_session_are_labelled_by_name(cli: RunCli, source: Path) -> None:

@@ -283,7 +283,8 @@ def run_report(args: argparse.Namespace) -> int:
             else:  # only the earlier window's rows: others than the first read's
                 report.skipped_lines += report.previous.skipped_lines
     warn_skipped(report.skipped_lines, source.path, _unit(source.kind))
-    warn_set_aside(source)
+    filtered = query.filters != Filters()
+    warn_set_aside(source, since, until, query.filters.matches if filtered else None)
     _check_tag_keys(report)
     if not calls_listed_all(report):
         # Said where a machine format cannot: its rows stop at --limit with no sign of it.
@@ -341,7 +342,8 @@ def run_sessions(args: argparse.Namespace) -> int:
     latest = None if args.session_name else args.limit  # names are picked from every session
     rows, skipped = list_sessions(source, since=since, until=until, limit=latest)
     warn_skipped(skipped, source.path, _unit(source.kind))
-    warn_set_aside(source)
+    names = Filters(session_names=tuple(args.session_name)) if args.session_name else None
+    warn_set_aside(source, since, until, None if names is None else names.matches)
     if args.session_name:
         rows = [row for row in rows if row.name in args.session_name]
     rows = rows[: args.limit] if args.limit else rows

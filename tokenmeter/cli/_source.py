@@ -18,10 +18,12 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
 from urllib.parse import quote
 
+from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError, NoSourceYet
 from tokenmeter.cli._postgres import (
     PgConnection,
@@ -302,27 +304,59 @@ _SET_ASIDE_SCAN = 16 << 20
 _RECORD_KEY = re.compile(rb'"timestamp"\s*:')
 
 
-def warn_set_aside(source: Source) -> None:
+#: The sink that writes each kind of file source, as quarantine.jsonl names it (its class).
+_WRITER_OF = {"sqlite": "SQLiteSink", "jsonl": "JSONLSink"}
+
+
+def warn_set_aside(
+    source: Source,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    matches: Callable[[dict[str, Any]], bool] | None = None,
+) -> None:
     """Say, in one line, how many records the library set aside in the quarantine file of the
-    source's directory (a sink refused them, see docs/sinks.md): they are in no sink, so a
-    report of one under-reports them in silence. Silent when there are none."""
-    if source.kind == "postgres":
+    source's directory because the sink that writes the source refused them (see
+    docs/sinks.md): those are not in the source, so a report of it under-reports them in
+    silence. Records another sink refused are not counted: with two sinks (``sqlite,postgres``)
+    the source has them, and adding them would count them twice. Only those of the report's
+    window ``[since, until)`` that ``matches`` (its filters) count. Silent when there are none.
+    """
+    sink = _WRITER_OF.get(source.kind)
+    if sink is None:  # PostgreSQL: its quarantine file is on the machines that wrote to it
         return
     path = source.path.parent / QUARANTINE_FILE
-    count, whole = _records_set_aside(path, source.path)
+    window = (
+        None if since is None else format_instant(since),
+        None if until is None else format_instant(until),
+    )
+    count, whole = _records_set_aside(path, source.path, sink, window, matches)
     if count:
         how_many = f"{count:,}" if whole else f"at least {count:,}"
         noun, verb = ("record", "is") if count == 1 and whole else ("records", "are")
+        scope = "" if since is None and until is None and matches is None else " of this report's"
+        if scope:
+            scope += " period and filters" if matches is not None else " period"
         print(
-            f"tokenmeter: note: {how_many} {noun} set aside in {path} {verb} not in this report "
-            f"(--source {path} reads them)",
+            f"tokenmeter: note: {how_many} {noun}{scope} that {sink} refused {verb} set aside in "
+            f"{path}, not in this report (--source {path} reads them, with what other "
+            "sinks refused)",
             file=sys.stderr,
         )
 
 
-def _records_set_aside(path: Path, source: Path) -> tuple[int, bool]:
-    """The record lines in the first ``_SET_ASIDE_SCAN`` bytes of ``path``, and whether that was
-    the whole file; (0, True) when there is no such file, or it is the source itself."""
+def _records_set_aside(
+    path: Path,
+    source: Path,
+    sink: str,
+    window: tuple[str | None, str | None],
+    matches: Callable[[dict[str, Any]], bool] | None,
+) -> tuple[int, bool]:
+    """The records ``sink`` refused in the first ``_SET_ASIDE_SCAN`` bytes of ``path``, within
+    ``window`` (record-format timestamps, the end exclusive) and passing ``matches``, and
+    whether that was the whole file; (0, True) when there is no such file, or it is the source
+    itself."""
+    since, until = window
+    named = f'"{sink}"'.encode()
     try:
         if not path.is_file() or os.path.samefile(path, source):
             return 0, True
@@ -330,10 +364,37 @@ def _records_set_aside(path: Path, source: Path) -> tuple[int, bool]:
         with path.open("rb") as handle:
             while budget > 0 and (line := handle.readline(min(budget, MAX_LINE_BYTES + 1))):
                 budget -= len(line)
-                count += _RECORD_KEY.search(line) is not None
+                if named not in line or _RECORD_KEY.search(line) is None:
+                    continue  # cheap: another sink's line, or a session set aside
+                record = _set_aside_by(line, sink)
+                if record is None:
+                    continue
+                timestamp = record["timestamp"]
+                if (since is not None and timestamp < since) or (
+                    until is not None and timestamp >= until
+                ):
+                    continue
+                count += matches is None or matches(record)
             return count, not handle.read(1)
     except OSError:  # unreadable: only a note is lost
         return 0, True
+
+
+def _set_aside_by(line: bytes, sink: str) -> dict[str, Any] | None:
+    """The checked record of a quarantine line when ``sink`` refused it, else None."""
+    try:
+        entry = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(entry, dict) or entry.get("sink") != sink:
+        return None
+    record = entry.get("record")
+    if not isinstance(record, dict):
+        return None
+    try:
+        return check_record(record)
+    except BadRecord:
+        return None
 
 
 def _decode_text(data: bytes) -> str:
