@@ -657,3 +657,21 @@ def test_with_no_source_the_database_the_sinks_setting_writes_to_is_read(
     monkeypatch.setenv("TOKENMETER_SINKS", "postgres,sqlite")  # a file sink too: the file
     code, out, err = cli("report", "--format", "json")
     assert code == 0 and json.loads(out)["totals"]["calls"] == 1
+
+
+def test_with_no_source_an_empty_pg_dsn_reads_the_database_libpq_environment_names(
+    cli: RunCli, tmp_path: Path, pg_url: str, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/team.md: leave ``TOKENMETER_PG_DSN`` unset and the sink connects where libpq's
+    ``PGHOST``, ``PGPORT``, ``PGUSER``, ``PGDATABASE`` say. A report with no --source refused
+    that setup, exit 2: "the pg_dsn setting is neither such a URL nor a key=value DSN"."""
+    monkeypatch.chdir(tmp_path)
+    params = dict(part.split("=", 1) for part in pg_dsn.split())
+    for key, variable in [("host", "PGHOST"), ("port", "PGPORT"), ("user", "PGUSER")]:
+        monkeypatch.setenv(variable, params[key])
+    monkeypatch.setenv("PGDATABASE", params["dbname"])
+    monkeypatch.setenv("TOKENMETER_SINKS", "postgres")
+    monkeypatch.delenv("TOKENMETER_PG_DSN", raising=False)
+    code, out, err = cli("report", "--by", "model", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["totals"]["calls"] == len(RECORDS)

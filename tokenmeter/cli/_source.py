@@ -85,12 +85,16 @@ def _postgres_written() -> str | None:
     """The ``pg_dsn`` setting when the ``sinks`` setting writes the records to PostgreSQL and
     to no file the CLI reads: a project that moved from the default sqlite sink keeps its old
     usage.db, which holds none of the calls since. A keyword DSN (``host=... dbname=...``), as
-    the sink takes it, is turned into a URL. CliError when the DSN is neither: the setting is
-    named, not where it came from (environment, pyproject.toml or ``configure()``)."""
+    the sink takes it, is turned into a URL; an empty one is ``postgresql://``, which libpq
+    fills from ``PGHOST``, ``PGDATABASE``... as it does for the sink (docs/team.md). CliError
+    when the DSN is neither: the setting is named, not where it came from (environment,
+    pyproject.toml or ``configure()``)."""
     settings = _settings()
     sinks = settings.sinks
     if "postgres" not in sinks or "sqlite" in sinks or "jsonl" in sinks:
         return None
+    if not settings.pg_dsn.strip():
+        return "postgresql://"
     url = settings.pg_dsn if is_postgres_url(settings.pg_dsn) else keyword_dsn_url(settings.pg_dsn)
     if url is None:
         raise CliError(
