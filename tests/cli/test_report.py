@@ -497,6 +497,26 @@ def test_a_directory_source_holding_both_files_is_read_where_the_sinks_write(
     assert report_json(cli, "--source", ".tokenmeter")["totals"]["calls"] == 1
 
 
+def test_a_directory_source_holding_both_files_is_read_whatever_a_bad_setting(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typo in a setting the CLI never uses (``max_queue = "lots"``) refused ``--source DIR``,
+    exit 2, when DIR held usage.db and usage.jsonl (``sinks = sqlite,jsonl``), while ``--source
+    DIR/usage.db`` was read: a source named is read, the database of the two, with a warning."""
+    monkeypatch.chdir(tmp_path)
+    write_sqlite(tmp_path / "data" / "usage.db", RECORDS, SESSIONS)
+    write_jsonl(tmp_path / "data" / "usage.jsonl", RECORDS[:1])
+    (tmp_path / "pyproject.toml").write_text('[tool.tokenmeter]\nmax_queue = "lots"\n')
+    code, out, err = cli("report", "--source", "data", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["totals"]["calls"] == len(RECORDS)
+    [warning] = err.strip().splitlines()
+    assert warning.startswith("tokenmeter: warning: tokenmeter setting 'max_queue'")
+    assert warning.endswith(f"; reading {Path('data', 'usage.db')}")
+    code, _, err = cli("report")  # the default source is where the settings say: they must read
+    assert code == 2 and "max_queue" in err
+
+
 # --- errors ----------------------------------------------------------------------------------
 
 

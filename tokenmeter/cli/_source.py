@@ -131,10 +131,18 @@ def _written_file(directory: Path, sinks: Sequence[str]) -> Path:
 def _file_in_directory(directory: Path) -> Path:
     """The usage.db or usage.jsonl of a directory given as ``--source``; when it holds both,
     the one the ``sinks`` setting writes, by the rule of ``default_source_path``: naming the
-    configured directory must not bring back the usage.db a move to jsonl left behind."""
+    configured directory must not bring back the usage.db a move to jsonl left behind.
+
+    A source named is read whatever the other settings say: when they cannot be read (a typo
+    in a setting the CLI never uses), the usage.db, with a warning, not the settings' error."""
     database, jsonl = directory / "usage.db", directory / "usage.jsonl"
     if database.is_file() and jsonl.is_file():
-        return _written_file(directory, _settings().sinks)
+        try:
+            sinks = _settings().sinks
+        except CliError as exc:
+            print(f"tokenmeter: warning: {exc}; reading {database}", file=sys.stderr)
+            return database
+        return _written_file(directory, sinks)
     if database.is_file():
         return database
     if jsonl.is_file():
