@@ -857,6 +857,31 @@ def test_a_day_past_year_9999_in_the_zone_is_no_crash(cli: RunCli, source: Path)
     assert rows[("(none)",)]["cost_usd"] == Decimal("0.5")
 
 
+@pytest.mark.parametrize("fmt", ["table", "markdown", "html"])
+def test_a_call_with_no_time_in_the_zone_is_listed_at_its_stored_time(
+    cli: RunCli, source: Path, fmt: str
+) -> None:
+    """A call stored at Go's zero time, 0001-01-01T00:00:00Z (year 0 in New York), or late on
+    9999-12-31 (year 10000 at UTC+14): ``report --detailed --tz`` ended in an OverflowError
+    traceback ("date value out of range"). Such a call is listed at its time as stored."""
+    first = rec(97, "0001-01-01T00:00:00Z", "openai", "gpt-4o", 1, 1, "0.5")
+    last = rec(98, "9999-12-31T23:00:00Z", "openai", "gpt-4o", 1, 1, "0.5")
+    if source.suffix == ".db":
+        write_sqlite(source, [first, last, *RECORDS], [])
+    else:
+        write_jsonl(source, [first, last, *RECORDS])
+    for zone, shown in [
+        ("America/New_York", ["0001-01-01T00:00:00.000Z", "9999-12-31T18:00:00.000-05:00"]),
+        # Kiritimati: UTC+14 at the end of 9999; its local mean time, 10:29 behind, in year 1
+        ("Pacific/Kiritimati", ["0001-01-01T00:00:00.000Z", "9999-12-31T23:00:00.000Z"]),
+    ]:
+        code, out, err = cli(
+            "report", "--source", str(source), "--detailed", "--tz", zone, "--format", fmt
+        )
+        assert code == 0, err
+        assert all(time in out for time in shown), (zone, shown)
+
+
 def test_output_onto_other_recorded_data_is_refused(tmp_path: Path) -> None:
     """Only the file being read was refused: a report of ``usage.db`` written with ``-o`` over
     ``usage.jsonl`` beside it, over ``alerts.jsonl`` or over another SQLite database replaced

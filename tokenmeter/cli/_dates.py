@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 __all__ = [
     "calendar_start_before",
     "format_instant",
+    "in_zone",
     "parse_since",
     "parse_tz",
     "parse_until",
@@ -131,6 +132,18 @@ def calendar_start_before(
             return _midnight((first - timedelta(days=1)).replace(day=1), tz)
         return _midnight(first - (end - first), tz)
     except (OverflowError, ValueError):
+        return None
+
+
+def in_zone(instant: datetime, tz: tzinfo) -> datetime | None:
+    """``instant`` as the clocks of ``tz`` read it, or None where that is outside years 1 to
+    9999: a call stored at ``0001-01-01T00:00:00Z`` (Go's zero time) was still year 0 in New
+    York, and the end of 9999-12-31 in UTC is year 10000 in Paris. Every conversion of a stored
+    timestamp or a ``--since`` / ``--until`` bound to the report's zone goes through here, so
+    each says what it shows instead of ending in an OverflowError traceback."""
+    try:
+        return instant.astimezone(tz)
+    except OverflowError:
         return None
 
 

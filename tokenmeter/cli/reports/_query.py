@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from tokenmeter._totals import COUNT_NAMES, Totals, known_cost, sql_cost
-from tokenmeter.cli._dates import format_instant
+from tokenmeter.cli._dates import format_instant, in_zone
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._postgres import PgConnection, is_postgres
 from tokenmeter.cli._progress import Progress
@@ -325,8 +325,10 @@ def _bucket(utc_time: str, column: str, tz: tzinfo) -> str:
     """The ``--tz`` calendar bucket of a UTC hour (``2026-11-01T23``) or minute (``...T23:40``)."""
     shape = "%Y-%m-%dT%H" if len(utc_time) == 13 else "%Y-%m-%dT%H:%M"
     try:
-        start = datetime.strptime(utc_time, shape).replace(tzinfo=UTC).astimezone(tz)
-    except (ValueError, OverflowError):  # not an hour, or one past year 9999 in ``tz``
+        start = in_zone(datetime.strptime(utc_time, shape).replace(tzinfo=UTC), tz)
+    except ValueError:  # not an hour
+        return NONE_LABEL
+    if start is None:  # an hour before year 1 or past 9999 in ``tz``
         return NONE_LABEL
     # ``isoformat`` pads the year to four digits (``strftime("%Y")`` does not on glibc: year
     # 999 would sort after 2026).

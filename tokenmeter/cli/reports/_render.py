@@ -16,7 +16,7 @@ from typing import Any
 
 from tokenmeter._format import markdown_text
 from tokenmeter._totals import to_pico_usd_precision
-from tokenmeter.cli._dates import format_instant
+from tokenmeter.cli._dates import format_instant, in_zone
 from tokenmeter.cli._output import one_line, printable
 from tokenmeter.cli.reports._format import (
     exact_pieces,
@@ -302,14 +302,15 @@ def fit_summary(
 
 
 def local_time(timestamp: str, tz: tzinfo) -> str:
-    """A record timestamp as shown to people: as stored in UTC, else in ``--tz`` with its offset."""
+    """A record timestamp as shown to people: as stored in UTC, else in ``--tz`` with its offset
+    (as stored too when it has no time there, before year 1 or after 9999)."""
     if tz is UTC:
         return timestamp
     try:
-        instant = datetime.fromisoformat(timestamp.replace("Z", "+00:00")).astimezone(tz)
+        instant = in_zone(datetime.fromisoformat(timestamp.replace("Z", "+00:00")), tz)
     except ValueError:
         return timestamp
-    return instant.isoformat(timespec="milliseconds")
+    return timestamp if instant is None else instant.isoformat(timespec="milliseconds")
 
 
 def call_cells(calls: Iterable[Call], tz: tzinfo = UTC) -> CellTable:
