@@ -882,6 +882,39 @@ def test_a_call_with_no_time_in_the_zone_is_listed_at_its_stored_time(
         assert all(time in out for time in shown), (zone, shown)
 
 
+@pytest.mark.parametrize(
+    ("window", "period"),
+    [
+        (
+            ("--since", "2026-10-01", "--until", "9999-12-31", "--tz", "Europe/Paris"),
+            "2026-10-01 to … (Europe/Paris, both days included)",
+        ),
+        (("--until", "9999-12-31", "--tz", "Asia/Tokyo"), "all time"),
+        (
+            ("--since", "0001-01-01T00:00Z", "--until", "2026-12-01", "--tz", "America/New_York"),
+            "… to 2026-12-01 (America/New_York, both days included)",
+        ),
+        (
+            ("--since", "9999-12-01", "--until", "9999-12-31", "--tz", "Europe/Paris", "--compare"),
+            "9999-12-01 to … (Europe/Paris, both days included)",
+        ),
+    ],
+)
+@pytest.mark.parametrize("fmt", ["table", "markdown", "html"])
+def test_a_bound_with_no_date_in_the_zone_is_shown_as_none(
+    cli: RunCli, source: Path, fmt: str, window: tuple[str, ...], period: str
+) -> None:
+    """``--until 9999-12-31`` (no end) in a zone east of UTC ends in year 10000 there: the table,
+    markdown and HTML reports ended in an OverflowError traceback ("date value out of range")
+    while writing the period; so did a ``--since`` of year 1 in UTC, west of it."""
+    code, out, err = cli("report", "--source", str(source), *window, "--format", fmt)
+    assert code == 0, err
+    assert period in out
+    assert report_json(cli, "--source", str(source), *window)["totals"]["calls"] == (
+        0 if "--compare" in window else len(RECORDS)
+    )
+
+
 def test_output_onto_other_recorded_data_is_refused(tmp_path: Path) -> None:
     """Only the file being read was refused: a report of ``usage.db`` written with ``-o`` over
     ``usage.jsonl`` beside it, over ``alerts.jsonl`` or over another SQLite database replaced

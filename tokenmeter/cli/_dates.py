@@ -70,8 +70,10 @@ def parse_until(value: str, *, now: datetime | None = None, tz: tzinfo = UTC) ->
     instant, date_only = _parse(value, now, tz)
     try:
         if date_only:  # the next midnight in ``tz`` (23 or 25 hours away on a DST change)
-            day = instant.astimezone(tz).date() + timedelta(days=1)
-            return _midnight(day, tz)
+            local = in_zone(instant, tz)  # a date read in ``tz`` always has a time there
+            if local is None:
+                return _LATEST
+            return _midnight(local.date() + timedelta(days=1), tz)
         return instant + _ONE_MS
     except (OverflowError, ValueError):  # the end of 9999-12-31: as late as datetime goes
         return _LATEST
@@ -124,8 +126,11 @@ def calendar_start_before(
     after the clocks went back was compared with a day that began at 01:00, and March with
     January 29 to February 28. None when the window is not whole days (it is compared with
     the same length of time), or where a date would be out of years 1 to 9999."""
+    local_since, local_until = in_zone(since, tz), in_zone(until, tz)
+    if local_since is None or local_until is None:  # no date in ``tz``, before year 1 or after 9999
+        return None
     try:  # near year 1 or 9999 a zone's dates run past what ``datetime`` holds
-        first, end = since.astimezone(tz).date(), until.astimezone(tz).date()
+        first, end = local_since.date(), local_until.date()
         if _midnight(first, tz) != since or _midnight(end, tz) != until:
             return None
         if period == "month":

@@ -336,14 +336,20 @@ def _zone_name(report: Report) -> str:
     return str(report.tz)
 
 
-def _is_midnight(instant: datetime, report: Report) -> bool:
-    local = instant.astimezone(report.tz)
+def _is_midnight(local: datetime) -> bool:
     return (local.hour, local.minute, local.second, local.microsecond) == (0, 0, 0, 0)
 
 
-def _instant_text(instant: datetime, report: Report) -> str:
-    local = instant.astimezone(report.tz).replace(tzinfo=None)
-    return local.isoformat(sep=" ", timespec="milliseconds")  # a four-digit year, unlike %Y
+def _instant_text(local: datetime) -> str:
+    naive = local.replace(tzinfo=None)
+    return naive.isoformat(sep=" ", timespec="milliseconds")  # a four-digit year, unlike %Y
+
+
+def _bound_in_zone(bound: datetime | None, report: Report) -> datetime | None:
+    """A bound of the window in the report's zone; None for no bound, and for one the zone's
+    calendar does not reach (``--until 9999-12-31`` ends in year 10000 in Paris): as late (or
+    early) as dates go there, no bound, as ``_dates`` reads an end past year 9999."""
+    return None if bound is None else in_zone(bound, report.tz)
 
 
 def _status(call: Call) -> str:
@@ -356,22 +362,16 @@ def _status(call: Call) -> str:
 def period_text(report: Report) -> str:
     """The window as ``--since`` / ``--until`` take it: both days included when it is whole days,
     else the first instant included and the first one after the window."""
-    since, until = report.since, report.until
-    if since is None and until is None:
+    start, end = _bound_in_zone(report.since, report), _bound_in_zone(report.until, report)
+    if start is None and end is None:
         return "all time"
     zone = _zone_name(report)
-    if (since is None or _is_midnight(since, report)) and (
-        until is None or _is_midnight(until, report)
-    ):
-        first = "…" if since is None else since.astimezone(report.tz).date().isoformat()
-        last = (
-            "…"
-            if until is None
-            else (until.astimezone(report.tz) - timedelta(days=1)).date().isoformat()
-        )
+    if all(bound is None or _is_midnight(bound) for bound in (start, end)):
+        first = "…" if start is None else start.date().isoformat()
+        last = "…" if end is None else (end - timedelta(days=1)).date().isoformat()
         return f"{first} to {last} ({zone}, both days included)"
-    first = "…" if since is None else _instant_text(since, report)
-    last = "…" if until is None else _instant_text(until, report)
+    first = "…" if start is None else _instant_text(start)
+    last = "…" if end is None else _instant_text(end)
     return f"{first} up to {last} ({zone}; the end is the first instant not included)"
 
 
