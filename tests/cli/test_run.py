@@ -507,6 +507,48 @@ def test_the_summary_names_the_store_the_program_configured_itself(
     assert not (tmp_path / ".tokenmeter").exists()
 
 
+@pytest.mark.parametrize(
+    ("options", "source"),
+    [
+        (["--dir", "runs"], "runs/usage.db"),
+        (["--sinks", "jsonl"], ".tokenmeter/usage.jsonl"),
+        (["--dir", "my runs", "--sinks", "jsonl,markdown"], "my runs/usage.jsonl"),
+        ([], None),
+    ],
+)
+def test_the_summary_names_the_report_that_shows_the_run(
+    fake: FakeProvider, tmp_path: Path, options: list[str], source: str | None
+) -> None:
+    """In a project that already recorded into .tokenmeter/usage.db, ``run --dir runs`` (or
+    ``--sinks jsonl``) said "see `tokenmeter report --by session`": typed there, that command
+    read .tokenmeter/usage.db, without the run's session (--dir and --sinks were the run's
+    environment only). The command named now shows it."""
+    import shlex
+
+    env = _env(fake)
+    setup = "import tokenmeter; tokenmeter.record('openai', 'm-test', 1, 1); tokenmeter.flush()"
+    subprocess.run([sys.executable, "-c", setup], env=env, cwd=tmp_path, check=True)
+    app = _script(tmp_path / "app.py", _CALLS)
+    result = _run([*options, "--", sys.executable, app.name], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    session = last.split("session ", 1)[1].split()[0]
+    hint = last.split("see `", 1)[1].removesuffix("`")
+    expected = "tokenmeter report --by session"
+    if source is not None:
+        expected += f" --source {shlex.quote(str(tmp_path / source))}"
+    assert hint == expected
+    shown = subprocess.run(
+        [sys.executable, "-m", "tokenmeter", *shlex.split(hint)[1:], "--format", "json"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert session in [row["session_id"] for row in json.loads(shown.stdout)["rows"]]
+
+
 def test_a_run_inside_a_run_counts_in_both_summaries(fake: FakeProvider, tmp_path: Path) -> None:
     """A Makefile target using ``tokenmeter run``, in a CI job wrapped in one: the inner run took
     the calls, and the outer summary said no LLM calls were recorded."""

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -465,6 +466,28 @@ def _summary(
     where = " and ".join(sorted(stores)) or f"{absolute(settings.directory)} ({sinks})"
     print(
         f"  session {env[_autorun.ENV_ID]} in {one_line(where)}; "  # a cloned pyproject.toml
-        "see `tokenmeter report --by session`",
+        f"see `{one_line(_report_hint(settings))}`",
         file=out,
     )
+
+
+def _report_hint(settings: Any) -> str:
+    """The report that shows the run's session: ``tokenmeter report --by session``, with the
+    ``--source`` the run recorded into when that command, typed where the run was, reads
+    another store: ``--dir`` and ``--sinks`` were the run's environment, not the shell's (its
+    session was missing from the report named). Quoted as a shell takes it, as ``tokenmeter
+    demo`` names its data."""
+    from tokenmeter.cli._source import default_source_path, postgres_written, written_file
+    from tokenmeter.sinks._files import absolute
+
+    command = "tokenmeter report --by session"
+    try:  # what the command reads: the shell's settings, without the run's options
+        read: Path | None = None if postgres_written() else absolute(default_source_path())
+    except (CliError, OSError):  # a bad setting the run's options replaced; cwd removed
+        read = None
+    if "sqlite" in settings.sinks or "jsonl" in settings.sinks:
+        written = written_file(absolute(settings.directory), settings.sinks)
+        return command if written == read else f"{command} --source {shlex.quote(str(written))}"
+    if "postgres" in settings.sinks and read is not None:  # the run wrote only to PostgreSQL
+        return f"{command} --source postgresql://..."  # its URL may hold a password
+    return command

@@ -50,12 +50,14 @@ __all__ = [
     "open_database",
     "open_sqlite",
     "parse_record",
+    "postgres_written",
     "refuse_special_file",
     "resolve_source",
     "skip_rest_of_line",
     "table_columns",
     "warn_set_aside",
     "warn_skipped",
+    "written_file",
 ]
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -81,7 +83,7 @@ def default_directory() -> Path:
     return _settings().directory
 
 
-def _postgres_written() -> str | None:
+def postgres_written() -> str | None:
     """The ``pg_dsn`` setting when the ``sinks`` setting writes the records to PostgreSQL and
     to no file the CLI reads: a project that moved from the default sqlite sink keeps its old
     usage.db, which holds none of the calls since. A keyword DSN (``host=... dbname=...``), as
@@ -115,10 +117,10 @@ def default_source_path() -> Path:
     its old usage.db, and reading that would leave every call since out of the report.
     """
     settings = _settings()
-    return _written_file(settings.directory, settings.sinks)
+    return written_file(settings.directory, settings.sinks)
 
 
-def _written_file(directory: Path, sinks: Sequence[str]) -> Path:
+def written_file(directory: Path, sinks: Sequence[str]) -> Path:
     """The usage.jsonl of ``directory`` when ``sinks`` names jsonl and not sqlite, else its
     usage.db (its usage.jsonl when only that exists): see ``default_source_path``."""
     if "jsonl" in sinks and "sqlite" not in sinks:
@@ -142,7 +144,7 @@ def _file_in_directory(directory: Path) -> Path:
         except CliError as exc:
             print(f"tokenmeter: warning: {exc}; reading {database}", file=sys.stderr)
             return database
-        return _written_file(directory, sinks)
+        return written_file(directory, sinks)
     if database.is_file():
         return database
     if jsonl.is_file():
@@ -172,7 +174,7 @@ def resolve_source(value: str | None) -> Source:
             raise CliError(f"bad PostgreSQL URL: {exc}", exit_code=2) from None
         return Source(Path(name), "postgres", value)
     if not value:
-        dsn = _postgres_written()
+        dsn = postgres_written()
         if dsn is not None:
             return resolve_source(dsn)
     path = Path(value) if value else default_source_path()
