@@ -217,6 +217,29 @@ while True:
     assert _summary_row(err, "total")[1] == "2"
 
 
+def test_a_run_started_with_sigchld_ignored_ends_with_the_program(tmp_path: Path) -> None:
+    """SIGCHLD ignored by whoever started the run (a supervisor; SIG_IGN is inherited across
+    exec): the program was reaped unannounced and the run waited for ever. It now ends with the
+    program's status, and the program still has SIGCHLD ignored, as it would without the run."""
+    app = _script(
+        tmp_path / "app.py",
+        "import signal, sys\n"
+        "sys.exit(7 if signal.getsignal(signal.SIGCHLD) is signal.SIG_IGN else 3)\n",
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "tokenmeter", "run", "--", sys.executable, app.name],
+        env={k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,  # the hang, as a failure
+        preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN),
+    )
+    assert run.returncode == 7, run.stderr
+    assert "(exit status 7)" in run.stderr
+
+
 def test_a_program_killed_by_a_signal_still_has_its_calls_and_so_does_the_run(
     fake: FakeProvider, tmp_path: Path
 ) -> None:

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -300,6 +301,29 @@ def _spawn(command: list[str], env: dict[str, str], **kwargs: Any) -> subprocess
         ) from None
 
 
+@contextlib.contextmanager
+def _children_reported() -> Iterator[Callable[[], None] | None]:
+    """SIGCHLD at its default while the program runs; yields what gives the program back the
+    disposition this process had (None: nothing to give back). Started with SIGCHLD ignored (a
+    supervisor, a daemonising wrapper: SIG_IGN is inherited across exec), the kernel reaped the
+    program unannounced: no SIGCHLD for ``sigwaitinfo``, no exit status for ``wait`` (ECHILD,
+    read as 0), and the run waited for ever, forwarding SIGTERM to a program already gone. The
+    program still gets the ignored SIGCHLD it would have had without tokenmeter."""
+    sigchld = getattr(signal, "SIGCHLD", None)
+    if sigchld is None or signal.getsignal(sigchld) is not signal.SIG_IGN:  # Windows; default
+        yield None
+        return
+
+    def ignored_again() -> None:  # in the child, before its exec
+        signal.signal(sigchld, signal.SIG_IGN)
+
+    signal.signal(sigchld, signal.SIG_DFL)
+    try:
+        yield ignored_again
+    finally:
+        signal.signal(sigchld, signal.SIG_IGN)
+
+
 def _supervise(command: list[str], env: dict[str, str]) -> int:
     """Run the program to its end, forwarding signals; its exit status (-N: killed by signal N)."""
     if not hasattr(signal, "sigwaitinfo"):  # Windows, macOS
@@ -308,25 +332,35 @@ def _supervise(command: list[str], env: dict[str, str]) -> int:
     waited = forwarded | {signal.SIGCHLD}
     # Blocked before the child exists, so no signal and no child exit can slip between the two;
     # the child gets the mask of before (preexec_fn is safe here: this process has one thread).
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
-    try:
-        process = _spawn(
-            command, env, preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    with _children_reported() as as_inherited:
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+
+        def in_child() -> None:
+            if as_inherited is not None:
+                as_inherited()
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+        try:
+            process = _spawn(command, env, preexec_fn=in_child)
+            return _wait(process, waited)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _wait(process: subprocess.Popen[bytes], waited: set[signal.Signals]) -> int:
+    """Wait for the (blocked) signals ``waited``: pass each on, until the program ends."""
+    while True:
+        info = signal.sigwaitinfo(waited)
+        if info.si_signo == signal.SIGCHLD:
+            if process.poll() is not None:
+                return process.returncode
+            continue  # stopped or continued, not ended
+        from_terminal = info.si_code == _SI_KERNEL and info.si_signo in (
+            signal.SIGINT,
+            signal.SIGQUIT,
         )
-        while True:
-            info = signal.sigwaitinfo(waited)
-            if info.si_signo == signal.SIGCHLD:
-                if process.poll() is not None:
-                    return process.returncode
-                continue  # stopped or continued, not ended
-            from_terminal = info.si_code == _SI_KERNEL and info.si_signo in (
-                signal.SIGINT,
-                signal.SIGQUIT,
-            )
-            if not from_terminal:
-                process.send_signal(info.si_signo)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        if not from_terminal:
+            process.send_signal(info.si_signo)
 
 
 def _supervise_with_handlers(command: list[str], env: dict[str, str]) -> int:
@@ -345,8 +379,9 @@ def _supervise_with_handlers(command: list[str], env: dict[str, str]) -> int:
         except (OSError, ValueError):
             continue
     try:
-        process = _spawn(command, env)
-        return process.wait()
+        with _children_reported() as as_inherited:
+            process = _spawn(command, env, preexec_fn=as_inherited)
+            return process.wait()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
