@@ -613,6 +613,58 @@ def test_one_call_over_its_budget():
     )
 
 
+def test_marker_is_checked_when_the_test_has_run_once_per_test(
+    pytester: pytest.Pytester,
+) -> None:
+    """Checked after every phase: a fixture's calls over the budget made the test an ERROR at
+    setup and its body never ran; a test that failed over its budget was also an ERROR at
+    teardown ("1 failed, 2 errors" for 2 tests)."""
+    pytester.makepyprojecttoml(_PYPROJECT)
+    pytester.makepyfile(
+        _TESTS
+        + """
+
+@pytest.fixture
+def spends_in_setup():
+    call(2)
+
+
+@pytest.mark.tokenmeter_budget(0.003)
+def test_setup_over(spends_in_setup):
+    print("the body ran")
+
+
+@pytest.mark.tokenmeter_budget(0.003)
+def test_fails_over():
+    call(2)
+    assert False, "the test's own failure"
+
+
+@pytest.fixture
+def spends_in_teardown():
+    yield
+    call(2)
+
+
+@pytest.mark.tokenmeter_budget(0.003)
+def test_teardown_over(spends_in_teardown):
+    pass
+"""
+    )
+    result = pytester.runpytest("--tokenmeter", "-s", "-rfE")
+    # test_teardown_over passed, then its teardown's calls took it over: an ERROR there.
+    result.assert_outcomes(passed=4, failed=2, errors=1)
+    result.stdout.fnmatch_lines(["*the body ran*"])
+    result.stdout.fnmatch_lines(
+        [
+            "FAILED test_*.py::test_setup_over",
+            "FAILED test_*.py::test_fails_over",
+            "ERROR test_*.py::test_teardown_over",
+        ]
+    )
+    assert "ERROR at setup" not in result.stdout.str()
+
+
 @pytest.mark.parametrize(
     ("argument", "shown"), [('"a lot"', "('a lot',)"), ("10**5000", "<tuple>")]
 )

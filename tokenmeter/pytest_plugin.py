@@ -360,11 +360,10 @@ class Meter:
         if spend is None:
             return
         budget = item.stash.get(_BUDGET_KEY, None)
-        if budget is not None and report.passed and not _already_failed(item):
+        if budget is not None and _budget_checked_at(item, report):
             counts = spend.counts()
             cost: Decimal = counts["cost_usd"]
             if cost > budget:
-                item.stash[_FAILED_KEY] = True
                 report.outcome = "failed"
                 tokens = counts["input_tokens"] + counts["output_tokens"]
                 calls = "1 call" if counts["calls"] == 1 else f"{counts['calls']} calls"
@@ -373,6 +372,8 @@ class Meter:
                     f"budget of ${budget.normalize():f} (@pytest.mark.{_MARKER}); "
                     f"{calls}, {tokens} tokens"
                 )
+        if not report.passed:  # failed, skipped, xfailed: the test has its outcome
+            item.stash[_DECIDED_KEY] = True
         if call.when == "teardown":
             setattr(report, REPORT_KEY, spend.totals(item.nodeid))
             self._spent.append(spend)
@@ -575,7 +576,9 @@ class Meter:
             write(f"usage written to {self.json_path}")
 
 
-_FAILED_KEY = pytest.StashKey[bool]()
+#: A phase of the test did not pass (tokenmeter's budget check may have failed it): its
+#: budget is not checked again.
+_DECIDED_KEY = pytest.StashKey[bool]()
 #: The calls made outside any test before this one (``_Outside.take``), in its process.
 _OUTSIDE_KEY = pytest.StashKey[dict[str, Any]]()
 #: The test's ``tokenmeter_budget`` marker, read when its setup starts (None: no marker).
@@ -599,9 +602,13 @@ def _fail(session: pytest.Session) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def _already_failed(item: pytest.Item) -> bool:
-    """Fail a test for its budget once (in the phase that crossed it), not in every phase."""
-    return item.stash.get(_FAILED_KEY, False)
+def _budget_checked_at(item: pytest.Item, report: pytest.TestReport) -> bool:
+    """The budget is checked when the test has run: on its call report (the counts hold its
+    setup's calls), then on its teardown report for the calls made there. Checked at setup, a
+    failure there was a setup ERROR and the test's body never ran. Only while every phase has
+    passed: a test that failed (or was skipped) keeps that outcome, not a second one (its
+    teardown was also an ERROR for its budget), and it fails once for its budget."""
+    return report.when != "setup" and report.passed and not item.stash.get(_DECIDED_KEY, False)
 
 
 def _known(cost: Decimal, counts: dict[str, Any]) -> Decimal | None:
