@@ -568,6 +568,19 @@ def test_a_bad_ini_budget_is_named_as_the_ini_option(project: pytest.Pytester) -
     result.stderr.fnmatch_lines(["*tokenmeter_budget (ini) must be a non-negative number*"])
 
 
+def test_an_ini_budget_passed_is_named_as_the_ini_option(project: pytest.Pytester) -> None:
+    """The run's failure line named --tokenmeter-budget, an option nobody gave."""
+    project.makepyprojecttoml(_INI + 'tokenmeter_budget = "0.001"\n' + _TOKENMETER)
+    result = project.runpytest()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "tokenmeter: FAILED: the tests spent $0.008, over the budget of $0.001 "
+            "(tokenmeter_budget (ini))"
+        ]
+    )
+
+
 @pytest.mark.parametrize("option", ["--tokenmeter-budget", "--tokenmeter-json"])
 def test_an_empty_option_is_a_usage_error(project: pytest.Pytester, option: str) -> None:
     """``--tokenmeter-budget="$LLM_BUDGET"`` with the variable unset ran with no budget (and no

@@ -117,6 +117,7 @@ def pytest_configure(config: pytest.Config) -> None:
     meter = Meter(
         config,
         budget=budget,
+        budget_name=budget_name,
         json_path=json_path,
         top=_TOP if top is None else top,
         disabled_by=sources["disabled"] if settings.disabled else None,
@@ -273,9 +274,12 @@ class Meter:
         json_path: str | None,
         top: int,
         disabled_by: str | None = None,
+        budget_name: str = "--tokenmeter-budget",
     ) -> None:
         self.config = config
         self.budget = budget
+        #: Where the run's budget came from, named when it is passed: the option or the ini file.
+        self.budget_name = budget_name
         self.json_path = Path(json_path).absolute() if json_path else None
         self.top = top
         self.results: list[dict[str, Any]] = []
@@ -562,7 +566,7 @@ class Meter:
             if cost > self.budget:
                 terminalreporter.write_line(
                     f"tokenmeter: FAILED: the tests spent {fmt_usd(cost)}, over the budget of "
-                    f"{fmt_usd(self.budget)} (--tokenmeter-budget)",
+                    f"{fmt_usd(self.budget)} ({self.budget_name})",
                     red=True,
                     bold=True,
                 )
