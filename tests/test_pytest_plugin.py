@@ -851,6 +851,14 @@ def test_a_json_path_that_cannot_be_written_is_one_line_not_a_traceback(
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
 
 
+def test_a_json_path_too_long_to_look_up_is_a_usage_error(project: pytest.Pytester) -> None:
+    """It was an INTERNALERROR traceback (OSError: File name too long), and no test ran."""
+    result = project.runpytest(f"--tokenmeter-json={'x' * 300}.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --tokenmeter-json: xxx*.json: File name too long"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
 def test_a_json_path_that_is_a_link_or_a_pipe_is_written_through(
     project: pytest.Pytester,
 ) -> None:

@@ -109,7 +109,7 @@ def pytest_configure(config: pytest.Config) -> None:
             check_prices_file(settings.prices_file)
     except ValueError as exc:  # a bad TOKENMETER_* variable, [tool.tokenmeter] or prices file
         raise pytest.UsageError(str(exc)) from None
-    if json_path and Path(json_path).is_dir():
+    if json_path and _is_dir(json_path):
         raise pytest.UsageError(f"--tokenmeter-json: {json_path} is a directory; name a file")
     top = config.getoption("tokenmeter_top")
     if top is not None and top < 0:
@@ -123,6 +123,17 @@ def pytest_configure(config: pytest.Config) -> None:
         disabled_by=sources["disabled"] if settings.disabled else None,
     )
     config.pluginmanager.register(meter, "tokenmeter-meter")
+
+
+def _is_dir(json_path: str) -> bool:
+    """Whether ``--tokenmeter-json`` names a directory. A name the system refuses to look up
+    (too long: ENAMETOOLONG; under a directory that may not be searched: EACCES) is a usage
+    error: ``Path.is_dir()`` raised it from this hook as an INTERNALERROR traceback, and no
+    test ran."""
+    try:
+        return Path(json_path).is_dir()
+    except OSError as exc:
+        raise pytest.UsageError(f"--tokenmeter-json: {json_path}: {exc.strerror or exc}") from None
 
 
 @pytest.fixture
