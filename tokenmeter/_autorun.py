@@ -179,8 +179,19 @@ def store_of_this_process() -> str | None:
     settings = _runtime.loaded_settings()
     if settings is None:
         return None
-    sinks = list(settings.sinks) + (["the program's own sinks"] if _runtime.own_sinks() else [])
-    return f"{absolute(settings.directory)} ({', '.join(sinks) or 'no sinks'})"
+    own = ["the program's own sinks"] if _runtime.own_sinks() else []
+    return describe_store(absolute(settings.directory), [*settings.sinks, *own])
+
+
+def describe_store(directory: Path, sinks: Sequence[str]) -> str:
+    """``DIRECTORY (SINKS)`` for the sinks that write files there, then the others by name: a
+    run that wrote to PostgreSQL alone was said to be in a directory that held nothing."""
+    from tokenmeter._config import FILE_SINK_NAMES
+
+    files = [name for name in sinks if name in FILE_SINK_NAMES]
+    where = [f"{directory} ({', '.join(files)})"] if files else []
+    where += [name for name in sinks if name not in FILE_SINK_NAMES]
+    return ", ".join(where) or f"{directory} (no sinks)"
 
 
 def read_totals(directory: Path) -> tuple[dict[str, dict[str, Any]], int, set[str]]:

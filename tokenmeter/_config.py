@@ -23,9 +23,17 @@ from tokenmeter._models import plain_str
 from tokenmeter.pricing import check_aliases, check_prices
 from tokenmeter.pricing._overrides import read_small_file, short_repr
 
-__all__ = ["SINK_NAMES", "Settings", "load_settings", "load_settings_with_sources"]
+__all__ = [
+    "FILE_SINK_NAMES",
+    "SINK_NAMES",
+    "Settings",
+    "load_settings",
+    "load_settings_with_sources",
+]
 
 SINK_NAMES = ("sqlite", "jsonl", "markdown", "postgres", "otel")
+#: The sinks that write into the ``directory`` setting (the others: a server, an exporter).
+FILE_SINK_NAMES = ("sqlite", "jsonl", "markdown")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _ENV_NAMES = {

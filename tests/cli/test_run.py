@@ -530,6 +530,17 @@ def test_the_summary_names_the_store_the_program_configured_itself(
     assert not (tmp_path / ".tokenmeter").exists()
 
 
+def test_a_run_into_postgresql_alone_names_no_directory(tmp_path: Path) -> None:
+    """``run --sinks postgres`` said "session ... in <DIR> (postgres)": that directory was never
+    made, and the report it suggested read it ("no usage data")."""
+    env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": "1"}  # never reached: no calls
+    result = _run(["--sinks", "postgres", "--", sys.executable, "-c", "pass"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert " in postgres; see `tokenmeter report --by session --source postgresql://" in last
+    assert str(tmp_path) not in last
+
+
 @pytest.mark.parametrize(
     ("options", "source"),
     [

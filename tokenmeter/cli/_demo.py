@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tokenmeter._config import load_settings_with_sources
+from tokenmeter._config import FILE_SINK_NAMES, load_settings_with_sources
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._source import DEMO_DIR
 from tokenmeter.sinks._files import ensure_private_dir
@@ -173,8 +173,6 @@ def _run_sessions(clients: dict[str, Any]) -> int:
 
 #: The demo's workflow state file in that directory, when the settings name one.
 STATE_FILE = "workflow_state.md"
-#: The default sinks that write into the directory: the demo keeps only these.
-_FILE_SINKS = ("sqlite", "jsonl", "markdown")
 
 
 def _report_source(directory: Path) -> Path:
@@ -231,7 +229,7 @@ def run_demo(args: argparse.Namespace) -> int:
     # demo's directory are kept (not the team's PostgreSQL database or OTel collector), with
     # SQLite to report from if neither it nor JSONL is among them, and a workflow state file is
     # kept there too.
-    sinks = [name for name in configured.sinks if name in _FILE_SINKS]
+    sinks = [name for name in configured.sinks if name in FILE_SINK_NAMES]
     if "sqlite" not in sinks and "jsonl" not in sinks:  # the report reads one of them
         sinks.append("sqlite")
     try:

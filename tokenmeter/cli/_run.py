@@ -497,8 +497,9 @@ def _summary(
         print(f"  {verdict} the budget of {fmt_usd(budget)}", file=out)
     # Where the processes say they recorded: a program may configure its own store, and the
     # run's was named where there was nothing. No process recorded: the run's settings.
-    sinks = ", ".join(settings.sinks) or "no sinks"
-    where = " and ".join(sorted(stores)) or f"{absolute(settings.directory)} ({sinks})"
+    where = " and ".join(sorted(stores)) or _autorun.describe_store(
+        absolute(settings.directory), settings.sinks
+    )
     print(
         f"  session {env[_autorun.ENV_ID]} in {one_line(where)}; "  # a cloned pyproject.toml
         f"see `{one_line(_report_hint(settings))}`",
