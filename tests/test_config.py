@@ -125,6 +125,32 @@ def test_disabled_true_in_the_pyproject_works_whatever_else_is_set(
     assert tokenmeter.instrument().providers == []
 
 
+@pytest.mark.parametrize("where", ["environment", "pyproject"])
+def test_the_kill_switch_holds_over_a_prices_file_that_cannot_be_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """The prices file is read apart from the other settings, and was read even with the switch
+    on: TOKENMETER_DISABLED=1 beside TOKENMETER_PRICES=ops/prices.toml (missing from this
+    checkout) made instrument() raise "cannot read prices file", where any other bad value
+    beside the switch is a quiet no-op."""
+    if where == "environment":
+        monkeypatch.setenv("TOKENMETER_DISABLED", "1")
+        monkeypatch.setenv("TOKENMETER_PRICES", "ops/prices.toml")
+    else:
+        (tmp_path / "pyproject.toml").write_text(
+            '[tool.tokenmeter]\ndisabled = true\nprices_file = "prices.toml"\n'
+        )
+    assert tokenmeter.instrument().providers == []
+    tokenmeter.configure(max_queue=1000, prices={"my-model": CHEAP})
+    cost = tokenmeter.price("openai", "my-model", {"input_tokens": 1_000_000, "output_tokens": 0})
+    assert cost.total_usd == 1  # the other overrides still price
+    if where == "environment":  # switched on, the file counts again
+        monkeypatch.delenv("TOKENMETER_DISABLED")
+        _runtime.reset()  # configure()'s prices replaced the file: as in a new process
+        with pytest.raises(ValueError, match="cannot read prices file"):
+            tokenmeter.configure()
+
+
 @pytest.mark.parametrize(
     "variable",
     [
@@ -446,16 +472,16 @@ def test_a_prices_file_broken_after_its_check_leaves_the_previous_arguments(
     prices.write_text('{"my-model": {"input_per_mtok": 1, "output_per_mtok": 1}}')
     monkeypatch.setenv("TOKENMETER_PRICES", str(prices))
     tokenmeter.configure(sinks=[sink])
-    check = _runtime.check_prices_file
+    check = _runtime.check_settings_prices_file
 
-    def edited_after_the_check(file: Path) -> None:
-        check(file)
+    def edited_after_the_check(resolved: Any) -> None:
+        check(resolved)
         prices.write_text('{"my-model": {"input_per_mtok": "cheap"}}')  # an editor saves now
 
-    monkeypatch.setattr(_runtime, "check_prices_file", edited_after_the_check)
+    monkeypatch.setattr(_runtime, "check_settings_prices_file", edited_after_the_check)
     with pytest.raises(ValueError, match="my-model"):
         tokenmeter.configure(aliases={"prod": "gpt-4o"})
-    monkeypatch.setattr(_runtime, "check_prices_file", check)
+    monkeypatch.setattr(_runtime, "check_settings_prices_file", check)
     prices.write_text('{"my-model": {"input_per_mtok": 2, "output_per_mtok": 2}}')
 
     tokenmeter.configure()  # the rejected aliases are not remembered

@@ -21,12 +21,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from tokenmeter._models import plain_str
 from tokenmeter.pricing import check_aliases, check_prices
-from tokenmeter.pricing._overrides import read_small_file, short_repr
+from tokenmeter.pricing._overrides import check_prices_file, read_small_file, short_repr
 
 __all__ = [
     "FILE_SINK_NAMES",
     "SINK_NAMES",
     "Settings",
+    "check_settings_prices_file",
     "load_settings",
     "load_settings_with_sources",
 ]
@@ -530,6 +531,15 @@ def load_settings(
 ) -> Settings:
     """Merge the three layers; a bad value raises ValueError naming where it came from."""
     return load_settings_with_sources(explicit, env=env, cwd=cwd)[0]
+
+
+def check_settings_prices_file(resolved: Settings) -> None:
+    """Raise the ValueError ``configure()`` would for the prices file of ``resolved``, reading it
+    (the file is read apart from the other settings). Not while the kill switch is on: like any
+    other bad setting, a prices file that cannot be read (``TOKENMETER_PRICES`` naming a file
+    missing from this checkout) must not stop ``TOKENMETER_DISABLED=1`` from working."""
+    if resolved.prices_file is not None and not resolved.disabled:
+        check_prices_file(resolved.prices_file)
 
 
 def _switched_off(

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from tokenmeter import _pipeline, _sessions
-from tokenmeter._config import Settings, load_settings
+from tokenmeter._config import Settings, check_settings_prices_file, load_settings
 from tokenmeter._fork import renew_after_fork
-from tokenmeter.pricing._overrides import check_prices_file, short_repr, use_prices
+from tokenmeter.pricing._overrides import short_repr, use_prices
 from tokenmeter.sinks._base import Sink
 from tokenmeter.sinks._files import absolute
 
@@ -112,7 +112,7 @@ def _apply() -> None:
     _pipeline.catch_up()
     with _lock:
         resolved = load_settings(_explicit)
-        use_prices(resolved.prices_file, resolved.prices, resolved.aliases)
+        _use_prices(resolved)
         objects = [] if resolved.disabled else [*_sink_objects, *_attached]
         # Where the process is now: the sinks are made at the first record, maybe after the
         # process changed directory (a daemon going to '/'), and must write beside the budgets.
@@ -136,6 +136,18 @@ def _apply() -> None:
         )
         _settings = resolved
     _pipeline.hook_termination_signals()
+
+
+def _use_prices(resolved: Settings) -> None:
+    """Install the price overrides of ``resolved``. With the kill switch on, a prices file that
+    cannot be read is left out (``price()`` uses the tables and the rest of the overrides):
+    ``TOKENMETER_DISABLED=1`` holds whatever else is set, and instrument() must not raise."""
+    try:
+        use_prices(resolved.prices_file, resolved.prices, resolved.aliases)
+    except ValueError:
+        if not resolved.disabled:
+            raise
+        use_prices(None, resolved.prices, resolved.aliases)
 
 
 def _apply_guardrails(resolved: Settings, objects: Sequence[Sink], directory: Path) -> None:
@@ -265,8 +277,7 @@ def configure(
             if value is not None:
                 explicit[key] = value
         resolved = load_settings(explicit)  # validate before changing anything
-        if resolved.prices_file is not None:
-            check_prices_file(resolved.prices_file)  # a bad file must not half-apply
+        check_settings_prices_file(resolved)  # a bad file must not half-apply
         previous = dict(_explicit), _sink_objects
         _explicit.clear()
         _explicit.update(explicit)

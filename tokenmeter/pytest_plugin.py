@@ -100,13 +100,11 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"{budget_name} must be a non-negative number of USD (at most "
                 f"{_MAX_USD}), got {budget_text!r}"
             )
-    from tokenmeter._config import load_settings_with_sources
-    from tokenmeter.pricing._overrides import check_prices_file
+    from tokenmeter._config import check_settings_prices_file, load_settings_with_sources
 
     try:  # here, once: from the first test's instrument() it was an INTERNALERROR traceback
         settings, sources = load_settings_with_sources()
-        if settings.prices_file is not None:
-            check_prices_file(settings.prices_file)
+        check_settings_prices_file(settings)
     except ValueError as exc:  # a bad TOKENMETER_* variable, [tool.tokenmeter] or prices file
         raise pytest.UsageError(str(exc)) from None
     if json_path and _is_dir(json_path):

@@ -958,15 +958,17 @@ def test_the_summary_line_naming_the_directory_sends_no_control_characters(
     assert "usage\ufffd]0;PWNED\ufffd\ufffd  total  9 (sqlite)" in result.stderr
 
 
+@pytest.mark.parametrize("bad", [{}, {"TOKENMETER_PRICES": "ops/prices.toml"}])
 def test_a_run_with_tokenmeter_disabled_says_so_not_that_nothing_was_spent(
-    fake: FakeProvider, tmp_path: Path
+    fake: FakeProvider, tmp_path: Path, bad: dict[str, str]
 ) -> None:
     # TOKENMETER_DISABLED=1 (a kill switch) still runs the program, unmetered: the summary said
     # "no LLM calls were recorded" and "within the budget of $0.001" after $0.004 of calls.
+    # A prices file missing from the checkout made the run exit 2 without running the program.
     app = _script(tmp_path / "app.py", _CALLS)
     result = _run(
         ["--budget", "0.001", "--", sys.executable, app.name],
-        _env(fake, TOKENMETER_DISABLED="1"),
+        _env(fake, TOKENMETER_DISABLED="1", **bad),
         cwd=tmp_path,
         timeout=120,
     )

@@ -65,13 +65,15 @@ def without_password(dsn: str) -> str:
 
 
 def run_config(args: argparse.Namespace) -> int:
-    from tokenmeter._config import Settings, load_settings_with_sources
-    from tokenmeter.pricing._overrides import check_prices_file
+    from tokenmeter._config import (
+        Settings,
+        check_settings_prices_file,
+        load_settings_with_sources,
+    )
 
     try:
         resolved, sources = load_settings_with_sources()
-        if resolved.prices_file is not None:  # configure() and instrument() would refuse it
-            check_prices_file(resolved.prices_file)
+        check_settings_prices_file(resolved)  # configure() and instrument() would refuse it
     except ValueError as exc:  # a bad setting: a usage error, as in every command
         raise CliError(str(exc), exit_code=2) from None
     values = {name: shown(getattr(resolved, name)) for name in Settings.model_fields}

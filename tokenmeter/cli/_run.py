@@ -196,13 +196,11 @@ def _run_budget(limit: Any, run_tag: str) -> dict[str, Any]:
 def _check_settings(env: dict[str, str]) -> tuple[Any, dict[str, str]]:
     """Fail here, once, on a setting every child process would reject. The settings, and where
     each came from (``TOKENMETER_DIR``, a pyproject.toml, the default...)."""
-    from tokenmeter._config import load_settings_with_sources
-    from tokenmeter.pricing._overrides import check_prices_file
+    from tokenmeter._config import check_settings_prices_file, load_settings_with_sources
 
     try:
         settings, sources = load_settings_with_sources(env=env)
-        if settings.prices_file is not None:  # else each process runs unmetered, saying so
-            check_prices_file(settings.prices_file)
+        check_settings_prices_file(settings)  # else each process runs unmetered, saying so
         return settings, sources
     except ValueError as exc:
         raise CliError(str(exc), exit_code=2) from None
