@@ -26,7 +26,9 @@ from openai import _base_client as openai_base
 from provider_helpers import MESSAGES, Records
 
 import tokenmeter
+from tokenmeter import _runtime
 from tokenmeter._models import UsageRecord
+from tokenmeter.sinks import InMemorySink
 from tokenmeter.testing import FakeProvider
 
 PATCHED = [
@@ -305,6 +307,24 @@ def test_unknown_providers_are_a_short_value_error(providers: Any) -> None:
         with pytest.raises(ValueError, match="unknown provider") as raised:
             call(providers)
         assert len(str(raised.value)) < 300
+
+
+def test_instrument_sinks_overrides_a_bad_sinks_variable_as_configure_does(
+    fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """instrument(sinks=[mine]) read the settings before applying its sinks: with
+    TOKENMETER_SINKS=sqlite;jsonl (a typo the argument overrides) it raised "tokenmeter setting
+    'sinks' from TOKENMETER_SINKS: unknown sink" and patched nothing, where configure(sinks=
+    [mine]) then instrument() worked. A bad provider name still configures nothing."""
+    monkeypatch.setenv("TOKENMETER_SINKS", "sqlite;jsonl")
+    mine = InMemorySink()
+    with pytest.raises(ValueError, match="unknown provider"):
+        tokenmeter.instrument(["nope"], sinks=[mine])
+    assert not _runtime.own_sinks()
+    assert "openai" in tokenmeter.instrument(sinks=[mine]).providers
+    fake.openai_client().chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert tokenmeter.flush()
+    assert [record.model_provider for record in mine.records] == ["openai"]
 
 
 @pytest.mark.parametrize("name", ["azure", "Groq", "deepseek", "nope"])

@@ -153,11 +153,13 @@ def instrument(
     """
     from tokenmeter._runtime import configure, settings
 
-    if providers is None:  # the ``providers`` setting, else every installed one
-        providers = settings().providers
-    names = _names(providers)
+    names = None if providers is None else _names(providers)  # a bad name: nothing configured
     if sinks is not None:
+        # Before the settings are read: a bad TOKENMETER_SINKS that ``sinks`` overrides is no
+        # error, as with configure(sinks=...) then instrument().
         configure(sinks=sinks)
+    if names is None:  # the ``providers`` setting, else every installed one
+        names = _names(settings().providers)
     if settings().disabled:
         return Instrumentation([])
     _pipeline.hook_termination_signals()
