@@ -538,6 +538,11 @@ def test_unknown_sink_name_is_rejected() -> None:
         # libpq cannot take it whole: a NUL ends the string, a lone surrogate is not UTF-8.
         ({"pg_dsn": "host=db\x00 password=x"}, r"'pg_dsn'.*NUL character"),
         ({"pg_dsn": "host=db password=x\ud800"}, r"'pg_dsn'.*lone surrogate"),
+        # The postgres sink refuses these: they passed here, then instrument() with budgets
+        # raised an error naming no setting ("schema must be a plain SQL identifier").
+        ({"pg_dsn": "postgresql://app@db/usage?schema=team-a"}, r"'pg_dsn'.*'team-a'"),
+        ({"pg_dsn": "postgresql://db/usage?schema=a&schema=b"}, r"'pg_dsn'.*more than once"),
+        ({"pg_dsn": "postgresql://u:%ff@db/usage"}, r"'pg_dsn'.*not UTF-8"),
         ({"aliases": [1]}, r"'aliases' from configure\(\)"),
         ({"aliases": 5}, r"'aliases'"),
         ({"aliases": {"prod": 3}}, r"'aliases'.*alias 'prod'"),
@@ -553,6 +558,22 @@ def test_bad_configure_argument_is_a_one_line_value_error_naming_it(
     with pytest.raises(ValueError, match=message) as excinfo:
         tokenmeter.configure(**arguments)
     one_line_value_error(excinfo)
+
+
+def test_a_dsn_the_postgres_sink_refuses_is_refused_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TOKENMETER_PG_DSN=...?schema=team-a with the postgres sink and a budget: instrument()
+    raised "schema must be a plain SQL identifier, got 'team-a'", naming no setting, and kept
+    raising with TOKENMETER_DISABLED=1 (the budgets' ledger sink was made even then)."""
+    monkeypatch.setenv("TOKENMETER_SINKS", "sqlite,postgres")
+    monkeypatch.setenv("TOKENMETER_BUDGETS", '[{"limit_usd": 3, "period": "day"}]')
+    monkeypatch.setenv("TOKENMETER_PG_DSN", "postgresql://app@db.invalid/usage?schema=team-a")
+    with pytest.raises(ValueError, match=r"^tokenmeter setting 'pg_dsn' from TOKENMETER_PG_DSN"):
+        tokenmeter.instrument()
+    monkeypatch.setenv("TOKENMETER_DISABLED", "1")
+    _runtime.reset()  # as in a new process
+    assert tokenmeter.instrument().providers == []
 
 
 def test_a_rejected_configure_changes_nothing(sink: InMemorySink) -> None:

@@ -241,10 +241,11 @@ class Settings(BaseModel):
         if not isinstance(value, str):
             # Never echo it: a DSN may hold a password.
             raise ValueError(f"must be a connection string, got {type(value).__name__}")
-        from tokenmeter.sinks.postgres import _sendable  # only when a DSN is given
+        if not value:
+            return value  # libpq's PG* variables
+        from tokenmeter.sinks.postgres import check_dsn  # only when a DSN is given
 
-        if not _sendable(value):
-            raise ValueError("must not contain a NUL character or a lone surrogate")
+        check_dsn(value)  # the sink's own checks: refused here, naming the setting
         return value
 
     @field_validator("max_queue", mode="before")

@@ -177,8 +177,8 @@ def _ledger_sinks(resolved: Settings) -> list[Sink]:
     """A sink named in ``sinks`` that keeps budgets too: a PostgreSQL ledger makes budgets hold
     across machines. (The sinks that write are made at first use; this one only points the
     budgets at the same database.)"""
-    if not resolved.budgets or "postgres" not in resolved.sinks:
-        return []
+    if resolved.disabled or not resolved.budgets or "postgres" not in resolved.sinks:
+        return []  # switched off, no budget is kept
     from tokenmeter.sinks import PostgresSink
 
     try:

@@ -53,6 +53,18 @@ def test_a_bad_setting_is_one_line_and_exit_2(cli: RunCli, monkeypatch: pytest.M
     )
 
 
+def test_a_dsn_the_application_would_refuse_is_one_line_and_exit_2(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``?schema=`` the postgres sink refuses was shown as fine (exit 0), then the
+    application's instrument() raised on it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TOKENMETER_PG_DSN", "postgresql://app@db.internal/usage?schema=team-a")
+    code, out, err = cli("config")
+    assert code == 2 and out == ""
+    assert err.startswith("tokenmeter: error: tokenmeter setting 'pg_dsn' from TOKENMETER_PG_DSN")
+
+
 @pytest.mark.parametrize(
     "dsn",
     [

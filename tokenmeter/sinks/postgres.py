@@ -26,6 +26,7 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -49,7 +50,14 @@ from tokenmeter.sinks.sqlite import sum_parts as _sum_parts
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["DEFAULT_SCHEMA", "SCHEMA_VERSION", "PostgresSink", "check_schema_name", "split_schema"]
+__all__ = [
+    "DEFAULT_SCHEMA",
+    "SCHEMA_VERSION",
+    "PostgresSink",
+    "check_dsn",
+    "check_schema_name",
+    "split_schema",
+]
 
 #: Key of the advisory lock that serialises migrations (any fixed 64-bit number: "tokenme").
 _MIGRATION_LOCK = 0x746F6B656E6D65
@@ -349,6 +357,24 @@ def _schema_of_url(dsn: str, schema: str | None) -> tuple[str, str]:
     return dsn, chosen or named or DEFAULT_SCHEMA
 
 
+def check_dsn(dsn: object, schema: str | None = None) -> tuple[str, str]:
+    """The DSN libpq gets and the schema, or the ValueError ``PostgresSink(dsn, schema=schema)``
+    raises for them (the ``pg_dsn`` setting is checked here too: one it would refuse, such as
+    ``?schema=team-a``, passed the settings and then broke ``instrument()`` with an error naming
+    no setting). The %-escapes are checked where psycopg, which decodes them, is installed."""
+    if not isinstance(dsn, str):
+        raise ValueError(f"dsn must be a connection string, got {type(dsn).__name__}")
+    if not _sendable(dsn):  # never echoed: it may hold a password
+        raise ValueError(
+            "dsn cannot hold a NUL character (libpq would read the string up to it) or a "
+            "lone surrogate (not UTF-8)"
+        )
+    dsn, chosen = _schema_of_url(dsn, schema)
+    with contextlib.suppress(ImportError):  # no sink can be made: making one says so
+        _check_escapes(dsn)
+    return dsn, chosen
+
+
 #: How long a connection is waited for when neither ``connect_timeout_s`` nor the DSN says.
 _DEFAULT_CONNECT_TIMEOUT_S = 10
 
@@ -407,13 +433,7 @@ class PostgresSink:
         connect_timeout_s: float | None = None,
         statement_timeout_s: float = 30.0,
     ) -> None:
-        if not isinstance(dsn, str):
-            raise ValueError(f"dsn must be a connection string, got {type(dsn).__name__}")
-        if not _sendable(dsn):  # never echoed: it may hold a password
-            raise ValueError(
-                "dsn cannot hold a NUL character (libpq would read the string up to it) or a "
-                "lone surrogate (not UTF-8)"
-            )
+        self._dsn, self.schema = check_dsn(dsn, schema)
         for name, value in (
             ("connect_timeout_s", 1 if connect_timeout_s is None else connect_timeout_s),
             ("statement_timeout_s", statement_timeout_s),
@@ -421,8 +441,6 @@ class PostgresSink:
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         _psycopg()  # a missing extra fails here, not at every write
-        self._dsn, self.schema = _schema_of_url(dsn, schema)
-        _check_escapes(self._dsn)
         # Both are 32-bit integers to libpq and the server, which refuses a larger timeout.
         self._connect_timeout = (
             None if connect_timeout_s is None else max(1, round(min(connect_timeout_s, _MAX_INT32)))
