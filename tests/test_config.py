@@ -838,6 +838,37 @@ def test_relative_paths_are_where_the_process_was_when_the_settings_were_read(
     assert (tmp_path / "a" / "state.md").read_text().count("TOKEN_TRACKING") == 1
 
 
+def test_a_configure_after_a_change_of_directory_keeps_the_projects_pyproject(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """configure() looked for the pyproject.toml again from the working directory of its call:
+    a process that had left its project (a daemon going to its work dir) and only added a hook
+    lost the project's prices ($0.15 instead of its $2.00), its budget, its directory (records
+    split over two stores) and its ``disabled = true``, silently."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[tool.tokenmeter]\ndirectory = ".costs"\nsinks = ["jsonl"]\n'
+        '[tool.tokenmeter.prices."gpt-4o-mini"]\ninput_per_mtok = 2\noutput_per_mtok = 8\n'
+        '[[tool.tokenmeter.budgets]]\nlimit_usd = 3\nperiod = "day"\n'
+    )
+    monkeypatch.chdir(project)
+    tokenmeter.record("openai", "gpt-4o-mini", 1_000_000, 0)
+    monkeypatch.chdir(elsewhere)
+    tokenmeter.configure(on_session_end=lambda info: None)
+    assert tokenmeter.record("openai", "gpt-4o-mini", 1_000_000, 0).estimated_cost_usd == 2
+    assert [budget.limit_usd for budget in _runtime.settings().budgets] == [3]
+    assert tokenmeter.flush(5)
+    assert (project / ".costs" / "usage.jsonl").read_text().count("\n") == 2
+    assert list(elsewhere.iterdir()) == []
+    (project / "pyproject.toml").write_text("[tool.tokenmeter]\ndisabled = true\n")
+    tokenmeter.configure()  # the project's file is read again, where it is
+    assert _runtime.settings().disabled
+    _runtime.reset()  # as a process started here: no project
+    assert not _runtime.settings().disabled
+
+
 def test_a_bad_setting_found_at_the_first_call_is_read_once_and_never_breaks_the_call(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import threading
@@ -27,6 +28,11 @@ _told_no_cwd = False
 #: Why the settings could not be read at first use: raised again, not read again, at every
 #: intercepted call (the pyproject.toml searched for and parsed each time) until configure().
 _refused: str | None = None
+#: The working directory of the first load: the pyproject.toml is looked for from there at every
+#: later one. Looked for from where a later configure() was called, a process that had changed
+#: directory since (a daemon going to its work dir, a job entering a checkout) lost its project's
+#: settings at once, silently: budgets, prices, directory, the kill switch. None: not loaded yet.
+_project_start: Path | None = None
 renew_after_fork(globals(), "_lock")
 
 
@@ -45,6 +51,16 @@ def settings() -> Settings:
                     raise
     assert _settings is not None
     return _settings
+
+
+def _load(explicit: Mapping[str, Any]) -> Settings:
+    """``load_settings(explicit)``, reading the pyproject.toml of the project the process was in
+    when the settings were first loaded, wherever it is now."""
+    global _project_start
+    if _project_start is None:
+        with contextlib.suppress(OSError):  # a working directory removed: looked for later
+            _project_start = Path.cwd()
+    return load_settings(explicit, cwd=_project_start)
 
 
 def disabled() -> bool:
@@ -111,7 +127,7 @@ def _apply() -> None:
     # The calls made so far are priced and written under the settings they were made under.
     _pipeline.catch_up()
     with _lock:
-        resolved = load_settings(_explicit)
+        resolved = _load(_explicit)
         _use_prices(resolved)
         objects = [] if resolved.disabled else [*_sink_objects, *_attached]
         # Where the process is now: the sinks are made at the first record, maybe after the
@@ -276,7 +292,7 @@ def configure(
         ):
             if value is not None:
                 explicit[key] = value
-        resolved = load_settings(explicit)  # validate before changing anything
+        resolved = _load(explicit)  # validate before changing anything
         check_settings_prices_file(resolved)  # a bad file must not half-apply
         previous = dict(_explicit), _sink_objects
         _explicit.clear()
@@ -379,11 +395,13 @@ def _check_instance(sink: Sink) -> None:
 
 def reset() -> None:
     """Forget every configure() call and the implicit session: as in a new process, the settings
-    are read again on next use, from the working directory and environment of then (tests)."""
-    global _sink_objects, _settings, _refused
+    are read again on next use, from the working directory (its pyproject.toml) and environment
+    of then (tests)."""
+    global _sink_objects, _settings, _refused, _project_start
     _pipeline.catch_up()  # made now, not by a writer finding no settings (and loading them)
     with _lock:
         _refused = None
+        _project_start = None
         _explicit.clear()
         _sink_objects = []
         _attached.clear()
