@@ -44,7 +44,8 @@ def one_line_value_error(excinfo: pytest.ExceptionInfo[ValueError]) -> str:
 
 def unusable_paths(tmp_path: Path, wanted: str) -> dict[str, str]:
     """Paths where a sink can keep no file (``wanted="file"``) or directory (``"directory"``),
-    by what is there: the other kind, a device, a FIFO, and nothing at all (``""``)."""
+    by what is there: the other kind, a device, a FIFO, a path under a regular file, a loop of
+    symbolic links, and nothing at all (``""``)."""
     other = tmp_path / f"not_a_{wanted}"
     if wanted == "file":
         other.mkdir()
@@ -52,10 +53,15 @@ def unusable_paths(tmp_path: Path, wanted: str) -> dict[str, str]:
         other.write_text("")
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
+    (tmp_path / "notes.txt").write_text("")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
     return {
         "a directory" if wanted == "file" else "a regular file": str(other),
         "a device": "/dev/null",
         "a FIFO": str(fifo),
+        "a path under a file": str(tmp_path / "notes.txt" / "usage"),
+        "a loop of symbolic links": str(loop),
         "empty": "",
     }
 

@@ -426,7 +426,7 @@ def test_settings_reach_the_program(fake: FakeProvider, tmp_path: Path) -> None:
         (["--session", "", "--", "true"], 2, "argument --session: must not be empty"),
         (["--session", " ", "--", "true"], 2, "argument --session: must not be empty"),
         # Every process of the program failed every write there, many lines each.
-        (["--dir", "/dev/null/usage", "--", "true"], 2, "--dir /dev/null/usage: cannot record"),
+        (["--dir", "/dev/null/usage", "--", "true"], 2, "--dir /dev/null/usage: must be a dir"),
         # A traceback.
         (["--dir", "x" * 5000, "--", "true"], 2, "--dir: path is longer than any file system"),
         # More environment than exec() takes (E2BIG): an OSError traceback and status 1.

@@ -193,9 +193,14 @@ def _run_budget(limit: Any, run_tag: str) -> dict[str, Any]:
     }
 
 
-def _check_settings(env: dict[str, str]) -> tuple[Any, dict[str, str]]:
+#: How a bad ``--dir`` comes back from the settings, which get it as ``TOKENMETER_DIR``.
+_BAD_DIR = "tokenmeter setting 'directory' from TOKENMETER_DIR: "
+
+
+def _check_settings(env: dict[str, str], dir_given: str | None) -> tuple[Any, dict[str, str]]:
     """Fail here, once, on a setting every child process would reject. The settings, and where
-    each came from (``TOKENMETER_DIR``, a pyproject.toml, the default...)."""
+    each came from (``TOKENMETER_DIR``, a pyproject.toml, the default...). A bad ``--dir``
+    (``dir_given``; a path under a file) is named as the user gave it."""
     from tokenmeter._config import check_settings_prices_file, load_settings_with_sources
 
     try:
@@ -203,7 +208,10 @@ def _check_settings(env: dict[str, str]) -> tuple[Any, dict[str, str]]:
         check_settings_prices_file(settings)  # else each process runs unmetered, saying so
         return settings, sources
     except ValueError as exc:
-        raise CliError(str(exc), exit_code=2) from None
+        message = str(exc)
+        if dir_given is not None and message.startswith(_BAD_DIR):
+            message = f"--dir {dir_given}: {message.removeprefix(_BAD_DIR)}"
+        raise CliError(message, exit_code=2) from None
 
 
 def _check_dir(given: str, directory: Path) -> None:
@@ -258,7 +266,7 @@ def run_command(args: argparse.Namespace) -> int:
     totals = Path(tempfile.mkdtemp(prefix="tokenmeter-run-"))
     try:
         env = _child_environment(args, command, totals)
-        settings, sources = _check_settings(env)
+        settings, sources = _check_settings(env, args.dir)
         disabled_by = sources["disabled"] if settings.disabled else None
         if disabled_by is None:  # a disabled run records nothing anywhere
             where = (

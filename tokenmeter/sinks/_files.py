@@ -104,16 +104,25 @@ _KINDS = (
 def wrong_kind(path: str | os.PathLike[str], wanted: Literal["file", "directory"]) -> str | None:
     """What is at ``path`` ("a directory", "a FIFO", "a device"...) when it is not what a sink
     needs there (a regular file, or a directory; links followed), else None: nothing there yet,
-    the wanted kind, or nothing can be told (not searchable, a loop of links: the first write
-    says why). Every write to the wrong kind fails later on the writer thread, or, into a FIFO
-    nobody reads, seems to succeed while the records are lost."""
+    the wanted kind, or nothing can be told (not searchable: the first write says why). A path
+    under a file (``notes.txt/usage``) or a loop of links can never be made, nor written in.
+    Every write to the wrong kind fails later on the writer thread, or, into a FIFO nobody
+    reads, seems to succeed while the records are lost."""
     try:
         mode = os.stat(path).st_mode
-    except (OSError, ValueError):
+    except OSError as exc:
+        return _NEVER_MADE.get(exc.errno or 0)
+    except ValueError:
         return None
     if (stat.S_ISREG if wanted == "file" else stat.S_ISDIR)(mode):
         return None
     return _kind(mode)
+
+
+#: Why nothing can ever be at a path, by the errno of its ``stat``: accepted as "nothing there
+#: yet", a directory under a regular file was never made, and every record was lost (not even
+#: set aside: the quarantine file is in that directory).
+_NEVER_MADE = {errno.ENOTDIR: "a path under a file", errno.ELOOP: "a loop of symbolic links"}
 
 
 def _kind(mode: int) -> str:
