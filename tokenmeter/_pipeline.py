@@ -1479,6 +1479,19 @@ first_use_hook: Callable[[], object] | None = _load_settings
 _before_exit: list[Callable[[], None]] = []
 
 
+#: The bad setting last warned about by ``warn_unrecorded``.
+_warned_setting: str | None = None
+
+
+def warn_unrecorded(exc: ValueError) -> None:
+    """The one-line warning for a bad setting met where nothing may raise it (a session's entry,
+    an intercepted call): once per message, however many calls meet it until configure()."""
+    global _warned_setting
+    if str(exc) != _warned_setting:
+        _warned_setting = str(exc)
+        logger.warning("tokenmeter: %s; nothing is recorded until configure() is called", exc)
+
+
 def _get() -> _Pipeline:
     global _pipeline, first_use_hook, _carried
     hook = first_use_hook
@@ -1492,7 +1505,7 @@ def _get() -> _Pipeline:
             # A bad setting (TOKENMETER_MAX_QUEUE=0): what made the first record (a session's
             # entry, an intercepted call) goes on, unmetered, the same every time; instrument()
             # and the application's own record() raise it.
-            logger.warning("tokenmeter: %s; nothing is recorded until configure() is called", exc)
+            warn_unrecorded(exc)
         finally:
             first_use_hook = None
     with _lock:  # a termination signal meanwhile is taken by the caller (``submit``)

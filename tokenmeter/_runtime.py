@@ -63,6 +63,17 @@ def _load(explicit: Mapping[str, Any]) -> Settings:
     return load_settings(explicit, cwd=_project_start)
 
 
+def settings_at_a_call() -> Settings | None:
+    """The settings in force, or None while a bad one refuses them: an intercepted call then
+    goes on unmetered, and the bad setting is the one-line warning (once), not a fault of the
+    interception logged with a traceback of ours."""
+    try:
+        return settings()
+    except ValueError as exc:
+        _pipeline.warn_unrecorded(exc)
+        return None
+
+
 def disabled() -> bool:
     """The kill switch is on (``TOKENMETER_DISABLED=1``, ``disabled = true``): no call is metered
     or refused by a budget. A bad setting is no switch: it is reported where it is used."""
@@ -408,6 +419,7 @@ def reset() -> None:
         _settings = None
         _pipeline.set_sinks(list)  # the old sinks get what they were sent, then are closed
         _pipeline.first_use_hook = settings
+        _pipeline._warned_setting = None  # a bad setting met again is warned about again
         _sessions.reset()
         from tokenmeter import _record
         from tokenmeter.guardrails import _budgets, _hooks

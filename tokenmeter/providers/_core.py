@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol, SupportsIndex
 
 import wrapt
 
-from tokenmeter import _pipeline
+from tokenmeter import _pipeline, _runtime
 from tokenmeter._estimate import TextTally, estimate_usage, without_waiting
 from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import UNREADABLE_USAGE, Usage
@@ -652,6 +652,8 @@ class Adapter(Protocol):
 def _planned(
     adapter: Adapter, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Plan | None:
+    if _runtime._settings is None and _runtime.settings_at_a_call() is None:
+        return None  # a bad setting: the call passes through, unmetered
     try:
         return adapter.plan(instance, args, kwargs)
     except Exception:
