@@ -37,7 +37,7 @@ from tokenmeter._totals import (
     to_pico_usd_precision,
 )
 from tokenmeter.guardrails import _state as _guard_state
-from tokenmeter.guardrails._hooks import _in_hooks
+from tokenmeter.guardrails._hooks import _in_callback, _in_hooks
 from tokenmeter.pricing._overrides import short_repr
 
 __all__ = ["ModelTotals", "Session", "SessionSummary", "current_session", "session", "track"]
@@ -532,7 +532,8 @@ class Session:
                 session_id=self.id,
                 message=f"session {self.name or self.id!r} has reached "
                 f"{round(fraction * 100)}% of its ${self.budget_usd} budget: ${spent} spent",
-            )
+            ),
+            scope_per_call=True,
         )
 
     @property
@@ -1190,25 +1191,27 @@ _original_submit = None if _futures_thread is None else _futures_thread.ThreadPo
 
 
 #: What work handed to another thread takes along: the current session, and whether
-#: session-end hooks are running. A hook's work done there is still the hook's own: a session it
-#: opens is not handed to the global hooks, whose work would open another, a paid call a round
-#: for ever (``run_end_hooks``).
-_Carried = tuple[Session | None, bool]
+#: session-end hooks or an ``on_alert`` callback are running. A hook's or callback's work done
+#: there is still its own: a session a hook opens is not handed to the global hooks, whose work
+#: would open another, and a callback's calls are not judged, whose alerts would run it again: a
+#: paid call a round for ever (``run_end_hooks``, ``_alerts.post``).
+_Carried = tuple[Session | None, bool, bool]
 
 
 def _carried() -> _Carried:
-    return _current.get(), _in_hooks.get()
+    return _current.get(), _in_hooks.get(), _in_callback.get()
 
 
 def _start_in_session(self: threading.Thread) -> None:
     if _propagate and not getattr(self, "_tokenmeter_worker", False):
-        current, in_hooks = _carried()
-        if current is not None or in_hooks:
+        current, in_hooks, in_callback = _carried()
+        if current is not None or in_hooks or in_callback:
             run = self.run
 
             def run_in_session() -> None:
                 _current.set(current)  # a new thread starts with an empty context
                 _in_hooks.set(in_hooks)
+                _in_callback.set(in_callback)
                 run()
 
             self.run = run_in_session  # type: ignore[method-assign]
@@ -1216,12 +1219,14 @@ def _start_in_session(self: threading.Thread) -> None:
 
 
 def _run_in(carried: _Carried, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    current, in_hooks = carried
+    current, in_hooks, in_callback = carried
     token = _current.set(current)
     hooks_token = _in_hooks.set(in_hooks)
+    callback_token = _in_callback.set(in_callback)
     try:
         return fn(*args, **kwargs)
     finally:
+        _in_callback.reset(callback_token)
         _in_hooks.reset(hooks_token)
         _current.reset(token)
 

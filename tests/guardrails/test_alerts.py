@@ -617,3 +617,68 @@ def test_a_budget_warning_about_a_callbacks_own_call_is_not_handed_to_it(
     assert len(memory.records) == 2
     written, _ = read_alerts(tmp_path / "tm" / "alerts.jsonl")
     assert [alert["scope"] for alert in written] == ["session=job", "session=alert-summary"]
+
+
+def test_a_callback_that_hands_its_summary_to_a_pool_does_not_loop(
+    tmp_path: Path, fake: Any
+) -> None:
+    """The docs advise handing slow work to a thread or pool: a summary made there, in a session
+    under a budget, warned again, and the warning ran the callback again (40 requests in about
+    a second for one application call). The callback's work there is still its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = fake.openai_client(max_retries=0)
+    asked: list[str] = []
+    pool = ThreadPoolExecutor(2)
+
+    def summarise(message: str) -> None:
+        with tokenmeter.session("alert-summary", budget_usd=0.01):
+            client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": message}]
+            )
+
+    def on_alert(alert: Alert) -> None:
+        asked.append(alert.scope)
+        if len(asked) <= 3:  # a loop: ends here, so the test fails and does not run on
+            pool.submit(summarise, alert.message)
+
+    memory = InMemorySink()
+    tokenmeter.configure(sinks=[memory], directory=tmp_path / "tm", on_alert=on_alert)
+    tokenmeter.instrument(["openai"])
+    with tokenmeter.session("job", budget_usd=0.01):  # $0.0075: 75 % of 1 cent
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    for _ in range(5):
+        assert tokenmeter.flush(5)
+        pool.shutdown(wait=True)  # the summary submitted meanwhile is made, then flushed
+        pool = ThreadPoolExecutor(2)
+    assert asked == ["session=job"]
+    assert len(memory.records) == 2
+
+
+def test_a_day_budgets_warnings_reach_the_callback_whoever_crossed_them(
+    tmp_path: Path, fake: Any
+) -> None:
+    """A day's budget warns once a mark a period: the 100 % warning crossed by a callback's
+    summary call was held back, and no later call gave it again (the day was spent, $0.03 of
+    $0.015, and on_alert never told). Only warnings whose scope can be new at each call (a
+    session's) are held back."""
+    client = fake.openai_client(max_retries=0)
+    rules: list[str] = []
+
+    def on_alert(alert: Alert) -> None:
+        rules.append(alert.rule)
+        if alert.rule == "budget_50pct":  # summarise the half-way warning
+            client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": alert.message}]
+            )
+
+    daily = {"name": "daily", "limit_usd": 0.015, "period": "day", "on_exceed": "warn"}
+    tokenmeter.configure(
+        sinks=[InMemorySink()], directory=tmp_path / "tm", on_alert=on_alert, budgets=[daily]
+    )
+    tokenmeter.instrument(["openai"])
+    for _ in range(3):  # $0.0075 each: the first is half the day's budget
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        assert tokenmeter.flush(5)
+    assert tokenmeter.flush(5)
+    assert rules == ["budget_50pct", "budget_80pct", "budget_100pct"]

@@ -13,8 +13,10 @@ An alert for a (rule, scope) is not repeated within ``cooldown_s`` seconds. Aler
 warnings included) go to the ``tokenmeter`` logger, to ``<directory>/alerts.jsonl`` (one JSON
 object a line) and to the ``on_alert`` callbacks. The calls a callback makes (an LLM asked to
 summarise the alert) are recorded but not judged: an alert about them would call it again.
-A budget warning their spending gives is logged and written, but not handed to the callbacks
-either (a session the callback opens under a budget would warn anew each time).
+A budget warning their spending gives about a session's budget (or a budget per session or per
+call) is logged and written, but not handed to the callbacks either: a session the callback
+opens under a budget would warn anew each time. The same holds for the work a callback hands to
+another thread or pool.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Any, NamedTuple
 
 from tokenmeter import _pipeline
 from tokenmeter._models import SessionInfo, UsageRecord
-from tokenmeter.guardrails._hooks import FailureLog, not_awaited
+from tokenmeter.guardrails._hooks import FailureLog, _in_callback, not_awaited
 from tokenmeter.pricing._overrides import short_repr
 from tokenmeter.sinks._files import append_line, refuse_irregular
 
@@ -185,21 +186,21 @@ class _SessionSample:
 
 # -- delivery -----------------------------------------------------------------------------------
 _active: AlertSink | None = None
-#: True while an ``on_alert`` callback runs (on the alert sink's writer thread).
-_in_callback: ContextVar[bool] = ContextVar("tokenmeter_in_alert_callback", default=False)
 #: Ids of records made by callbacks, not yet seen by the alert sink: past this many (records
 #: that never reached it) the set starts over.
 _MAX_OWN = 10_000
 
 
-def post(alert: Alert, *, once: bool = False) -> None:
+def post(alert: Alert, *, once: bool = False, scope_per_call: bool = False) -> None:
     """Deliver an alert made on another thread (a budget warning): queued for the alert sink's
     writer, which delivers it with the next batch; logged at once when there is no alert sink.
     ``once``: not delivered if alerts.jsonl has its (rule, scope, threshold) already (a budget
     warning given by an earlier process in the same period, at the same limit: its scope names
-    the period). An alert about a call an ``on_alert`` callback made is its own (see
-    ``_callbacks_own``)."""
-    own = _callbacks_own(alert)
+    the period). ``scope_per_call``: the warning's scope may be new at each call (a session's
+    budget, a per-session or per-call one): about a call an ``on_alert`` callback made, it is
+    the callback's own (see ``_callbacks_own``). A day's or a month's warnings are given three
+    times a period at most: those the callback's calls cross are handed to it as any other."""
+    own = scope_per_call and _callbacks_own(alert)
     sink = _active
     if sink is None and _pipeline._pipeline is None:
         # configure() replaced the sinks and the new ones are made at the first record, which

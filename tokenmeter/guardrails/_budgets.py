@@ -1146,6 +1146,7 @@ def _maybe_warn(
                 f"${budget.limit_usd} limit: ${spent:.6f} spent",
             ),
             once=budget.period != "call",  # a period's warnings: once, across restarts too
+            scope_per_call=budget.period in ("session", "call"),
         )
 
 

@@ -43,6 +43,9 @@ global_hooks: tuple[Callable[[Any], object], ...] = ()
 #: True while session-end hooks run: the sessions a hook opens itself are not handed to the
 #: global hooks, which would otherwise recurse (a hook that makes its call in a session).
 _in_hooks: ContextVar[bool] = ContextVar("tokenmeter_in_end_hooks", default=False)
+#: True while an ``on_alert`` callback runs (on the alert sink's writer thread), and in the work
+#: it hands to other threads: its calls are recorded, not judged (``_alerts``).
+_in_callback: ContextVar[bool] = ContextVar("tokenmeter_in_alert_callback", default=False)
 
 
 def check_not_async(where: str, hooks: Sequence[Callable[..., object]]) -> None:
