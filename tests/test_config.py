@@ -14,7 +14,7 @@ import pytest
 from helpers import one_line_value_error, returns, run_python, unusable_paths
 
 import tokenmeter
-from tokenmeter import _runtime
+from tokenmeter import _config, _runtime
 from tokenmeter._config import load_settings, load_settings_with_sources
 from tokenmeter.sinks import InMemorySink
 
@@ -867,6 +867,36 @@ def test_a_configure_after_a_change_of_directory_keeps_the_projects_pyproject(
     assert _runtime.settings().disabled
     _runtime.reset()  # as a process started here: no project
     assert not _runtime.settings().disabled
+
+
+def test_a_first_read_outside_any_project_or_refused_pins_no_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The project is the one the first read that found a pyproject.toml found: an instrument()
+    at import, made outside the project, pinned that directory, so the configure() made once
+    in the project read no pyproject.toml at all; a broken one read first refused every later
+    configure(), in the good project too."""
+    project, outside, broken = tmp_path / "project", tmp_path / "outside", tmp_path / "broken"
+    for folder in (project, outside, broken):
+        folder.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[tool.tokenmeter.prices."gpt-4o-mini"]\ninput_per_mtok = 2\noutput_per_mtok = 8\n'
+    )
+    (broken / "pyproject.toml").write_text('[tool.tokenmeter]\nmax_queue = "lots"\n')
+    monkeypatch.chdir(outside)
+    if _config.find_pyproject(outside) is not None:
+        pytest.skip("a pyproject.toml above the temporary folder")
+    tokenmeter.configure()
+    monkeypatch.chdir(project)
+    tokenmeter.configure()
+    assert tokenmeter.record("openai", "gpt-4o-mini", 1_000_000, 0).estimated_cost_usd == 2
+    _runtime.reset()
+    monkeypatch.chdir(broken)
+    with pytest.raises(ValueError, match="max_queue"):
+        tokenmeter.configure()
+    monkeypatch.chdir(project)
+    tokenmeter.configure()
+    assert tokenmeter.record("openai", "gpt-4o-mini", 1_000_000, 0).estimated_cost_usd == 2
 
 
 def test_a_bad_setting_found_at_the_first_call_is_read_once_and_never_breaks_the_call(

@@ -28,6 +28,7 @@ __all__ = [
     "SINK_NAMES",
     "Settings",
     "check_settings_prices_file",
+    "find_pyproject",
     "load_settings",
     "load_settings_with_sources",
 ]
@@ -456,7 +457,7 @@ def _pinned_pyproject(pinned: str) -> Path | None:
         return path
 
 
-def _find_pyproject(start: Path | None) -> Path | None:
+def find_pyproject(start: Path | None) -> Path | None:
     """The nearest pyproject.toml from ``start`` (the working directory) up. A working directory
     that was removed, or a folder that cannot be searched, has none to give."""
     try:
@@ -625,7 +626,7 @@ def load_settings_with_sources(
     table: tuple[str, dict[str, Any]] = ("pyproject.toml", {})  # none read yet
     try:
         pinned = environ.get(_RUN_PYPROJECT)  # tokenmeter run: the run's, in every process
-        pyproject = _find_pyproject(cwd) if pinned is None else _pinned_pyproject(pinned)
+        pyproject = find_pyproject(cwd) if pinned is None else _pinned_pyproject(pinned)
         table = (f"{pyproject} [tool.tokenmeter]", _from_pyproject(pyproject))
         layers = _with_one_price_layer([table, ("environment", _from_env(environ)), given])
         resolved = _validated(layers)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenmeter import _pipeline, _sessions
-from tokenmeter._config import Settings, check_settings_prices_file, load_settings
+from tokenmeter._config import Settings, check_settings_prices_file, find_pyproject, load_settings
 from tokenmeter._fork import renew_after_fork
 from tokenmeter.pricing._overrides import short_repr, use_prices
 from tokenmeter.sinks._base import Sink
@@ -28,10 +28,13 @@ _told_no_cwd = False
 #: Why the settings could not be read at first use: raised again, not read again, at every
 #: intercepted call (the pyproject.toml searched for and parsed each time) until configure().
 _refused: str | None = None
-#: The working directory of the first load: the pyproject.toml is looked for from there at every
-#: later one. Looked for from where a later configure() was called, a process that had changed
-#: directory since (a daemon going to its work dir, a job entering a checkout) lost its project's
-#: settings at once, silently: budgets, prices, directory, the kill switch. None: not loaded yet.
+#: The folder of the pyproject.toml the first load that found one read (without an error): every
+#: later load reads that file, wherever the process is. Looked for from where a later
+#: configure() was called, a process that had changed directory since (a daemon going to its
+#: work dir, a job entering a checkout) lost its project's settings at once, silently:
+#: budgets, prices, directory, the kill switch. None until then: a load made outside any
+#: project (an import-time ``instrument()``) or refused pins nothing, and the next load looks
+#: from its own working directory.
 _project_start: Path | None = None
 renew_after_fork(globals(), "_lock")
 
@@ -54,13 +57,18 @@ def settings() -> Settings:
 
 
 def _load(explicit: Mapping[str, Any]) -> Settings:
-    """``load_settings(explicit)``, reading the pyproject.toml of the project the process was in
-    when the settings were first loaded, wherever it is now."""
+    """``load_settings(explicit)``, reading the pyproject.toml the first successful load found,
+    wherever the process is now (see ``_project_start``)."""
     global _project_start
-    if _project_start is None:
-        with contextlib.suppress(OSError):  # a working directory removed: looked for later
-            _project_start = Path.cwd()
-    return load_settings(explicit, cwd=_project_start)
+    start = _project_start
+    if start is None:
+        with contextlib.suppress(OSError):  # a working directory removed: none to pin
+            start = Path.cwd()
+    resolved = load_settings(explicit, cwd=start)
+    if _project_start is None and start is not None:
+        found = find_pyproject(start)
+        _project_start = found.parent if found is not None else None
+    return resolved
 
 
 def settings_at_a_call() -> Settings | None:

@@ -147,12 +147,12 @@ def _pin_settings(env: dict[str, str], settings: Any) -> None:
     pyproject.toml, and without ``--dir`` wrote into its own ``./.tokenmeter``: its records
     unpriced and missing from the run's store, its spending outside the run's ``--budget``."""
     from tokenmeter import _autorun
-    from tokenmeter._config import _find_pyproject
+    from tokenmeter._config import find_pyproject
     from tokenmeter.sinks._files import absolute
 
     env["TOKENMETER_DIR"] = str(absolute(settings.directory))  # --dir's, made absolute too
     if _autorun.ENV_PYPROJECT not in env:
-        pyproject = _find_pyproject(None)
+        pyproject = find_pyproject(None)
         env[_autorun.ENV_PYPROJECT] = str(pyproject.resolve()) if pyproject else ""
 
 
