@@ -156,9 +156,7 @@ def test_bad_arguments_are_value_errors_and_the_dsn_is_never_shown() -> None:
     for reserved in ("pg_usage", "PG_temp", "pg_catalog"):  # PostgreSQL refuses them to us
         with pytest.raises(ValueError, match="schema must not start with pg_"):
             PostgresSink("", schema=reserved)
-    with pytest.raises(ValueError, match="schema must be at most 63 characters, got 64"):
-        PostgresSink("", schema="s" * 64)
-    assert PostgresSink("", schema="s" * 63).schema == "s" * 63
+    assert PostgresSink("", schema="s" * 64).schema == "s" * 64  # the server cuts it, always alike
     with pytest.raises(ValueError, match="statement_timeout_s"):
         PostgresSink("", statement_timeout_s=0)
     assert "hunter2" not in repr(PostgresSink("postgresql://u:hunter2@127.0.0.1/db"))
