@@ -226,6 +226,31 @@ async def test_stream_usage_is_the_final_count_whatever_the_event_order(
     assert "tokenmeter" not in caplog.text  # nothing was wrong with this usage
 
 
+async def test_a_stream_run_to_its_end_with_its_count_in_message_start_is_exact(
+    kit: ModuleType, instrumented: Records, is_async: bool
+) -> None:
+    """A compatible server that gives the whole usage in message_start (output 410) and none in
+    message_delta: the stream ran to message_stop, so that count is the call's (705fff2 made it
+    an estimate, as for a stream left early)."""
+    start = _stream_event("message_start", {"input_tokens": 25, "output_tokens": 410})
+    bare_delta = ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}})
+    text = {"type": "text_delta", "text": "Paris."}
+    events = [
+        start,
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": text}),
+        bare_delta,
+        _STOP,
+    ]
+    client = mock_anthropic(lambda request: sse_reply(kit.http, events), is_async=is_async)
+    stream = await kit.maybe(
+        client.messages.create(model=MODEL, max_tokens=512, messages=MESSAGES, stream=True)
+    )
+    await kit.drain(stream)
+
+    record = only(instrumented())
+    assert (record.input_tokens, record.output_tokens, record.estimated) == (25, 410, False)
+
+
 async def test_stream_cut_after_text_is_estimated_not_message_start_count(
     kit: ModuleType, instrumented: Records, is_async: bool
 ) -> None:

@@ -66,12 +66,14 @@ class EventReader:
     closing ``message_delta`` counts the hops (``usage.iterations``); a stream left before it
     is estimated hop by hop (``partial``)."""
 
-    __slots__ = ("declined", "delta", "start", "started", "tally")
+    __slots__ = ("declined", "delta", "start", "started", "stopped", "tally")
 
     def __init__(self, hide_usage_chunk: bool = False) -> None:
         self.start: dict[str, Any] = {}
         self.delta: dict[str, Any] = {}
         self.started = False
+        #: ``message_stop`` came: the stream ran to its end.
+        self.stopped = False
         self.tally = TextTally()
         #: The hops that declined before the one streaming now: (model, the text it streamed).
         self.declined: list[tuple[str | None, TextTally]] = []
@@ -104,19 +106,25 @@ class EventReader:
             usage = getattr(event, "usage", None)
             if usage is not None:  # none: the output is estimated, as for a stream left early
                 self._merge(usage, self.delta, call)
+        elif kind == "message_stop":
+            self.stopped = True
         return False
 
     def partial(self, usage: Usage, model: str) -> Usage | None:
         """For a stream left before its final output count: the reported input with the output
         estimated from what streamed by, never less than message_start's provisional count
         (None when the count came). Left right after message_start, it is an estimate all the
-        same: the server went on writing what it billed."""
+        same: the server went on writing what it billed. A stream that ran to ``message_stop``
+        with no count in its ``message_delta`` (a compatible server that gives the whole usage
+        in ``message_start``) keeps that count unless more text streamed by than it says."""
         if self.final:
             return None
         if self.declined:
             return self._hops(model)
-        output = max(self.tally.tokens("anthropic", model), usage.output_tokens)
-        return usage.model_copy(update={"output_tokens": output})
+        output = self.tally.tokens("anthropic", model)
+        if self.stopped and output <= usage.output_tokens:
+            return None
+        return usage.model_copy(update={"output_tokens": max(output, usage.output_tokens)})
 
     def _hops(self, model: str) -> Usage:
         """A fallback stream left before its final count: every hop it reached was billed,
