@@ -550,9 +550,12 @@ def test_an_anthropic_stream_left_after_its_web_searches_is_estimated_with_them(
     assert record.cost_breakdown["web_search"] == Decimal("0.03")
 
 
-def _responses_searched(kit: Any, *, usage: bool) -> dict[str, Any]:
+def _responses_searched(
+    kit: Any, *, usage: bool, echoed: list[Any] | None = None
+) -> dict[str, Any]:
     """A gpt-4.1 answer that searched the web 3 times (and opened a page it found: no search,
-    no fee) before answering, with its usage or, as a compatible server may send it, none."""
+    no fee) before answering, with its usage or, as a compatible server may send it, none;
+    echoing the ``web_search`` tool unless ``echoed`` says otherwise."""
     searched = [
         {"type": "web_search_call", "id": f"ws_{n}", "status": "completed"}
         | {"action": {"type": "search", "query": "news"}}
@@ -562,14 +565,15 @@ def _responses_searched(kit: Any, *, usage: bool) -> dict[str, Any]:
     text = {"type": "output_text", "text": "Here is what I found.", "annotations": []}
     message = {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed"}
     output = [*searched, opened, {**message, "content": [text]}]
-    body = kit.response_body("gpt-4.1-2025-04-14", output, [{"type": "web_search"}], 1000, 100)
+    tools = [{"type": "web_search"}] if echoed is None else echoed
+    body = kit.response_body("gpt-4.1-2025-04-14", output, tools, 1000, 100)
     return body if usage else {**body, "usage": None}
 
 
-def _responses_search_stream(kit: Any, ending: str) -> Any:
+def _responses_search_stream(kit: Any, ending: str, echoed: list[Any] | None = None) -> Any:
     """The same answer streamed: each output item done in turn, then ``ending``: the connection
     ends before the terminal event (``cut``), or that event comes without usage."""
-    done = _responses_searched(kit, usage=False)
+    done = _responses_searched(kit, usage=False, echoed=echoed)
     events = [{"type": "response.created", "response": {**done, "status": "in_progress"}}]
     events[0]["response"]["output"] = []
     for index, item in enumerate(done["output"]):
@@ -604,6 +608,38 @@ def test_a_responses_answer_without_usage_is_estimated_with_its_web_searches(
     assert record.estimated and record.tool_requests == {"web_search": SEARCHES}
     assert record.cost_breakdown is not None
     assert record.cost_breakdown["web_search"] == Decimal("0.03")
+
+
+@pytest.mark.parametrize(
+    ("asked", "echoed", "named", "fee"),
+    [
+        (
+            {"prompt": {"id": "pmpt_1"}},
+            [{"type": "web_search_preview"}],
+            "web_search_preview",
+            "0.075",
+        ),
+        ({"tools": [{"type": "web_search_preview"}]}, [], "web_search", "0.03"),
+    ],
+    ids=["tools in a stored prompt", "no tools echoed"],
+)
+def test_a_responses_stream_without_usage_counts_each_web_search_once(
+    kit: Any, records: Records, asked: dict[str, Any], echoed: list[Any], named: str, fee: str
+) -> None:
+    """A stream's items are named from the request's tools, its terminal answer's from the ones
+    it echoes: where they differ, the same 3 searches were counted under both names
+    ({"web_search": 3, "web_search_preview": 3}, $0.105016 recorded for at most $0.075). They
+    count once, under the answer's name."""
+    client = kit.mock_openai(lambda request: _responses_search_stream(kit, "completed", echoed))
+
+    list(
+        client.responses.create(model="gpt-4.1", input="What happened today?", stream=True, **asked)
+    )
+
+    record = only(records())
+    assert record.estimated and record.tool_requests == {named: SEARCHES}
+    assert record.cost_breakdown is not None
+    assert record.cost_breakdown[named] == Decimal(fee)
 
 
 # -- passes the top-level usage leaves out -------------------------------------------------------

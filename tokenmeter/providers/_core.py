@@ -254,9 +254,10 @@ class Call:
 
     def saw_tools(self, found: dict[str, int] | None) -> None:
         """The server-side tool requests an answer lists (its whole output, so the ones a stream
-        showed of it are among them): as many of each as seen or listed, whichever is more."""
+        showed of it are among them): as many of each as seen or listed, whichever is more,
+        save web searches: any it lists are counted as it lists them (see _listed_searches)."""
         if found:
-            self.tools_seen = _most_of_each(self.tools_seen or {}, found)
+            self.tools_seen = _most_of_each(_listed_searches(self.tools_seen or {}, found), found)
 
     def _with_tools_seen(self, usage: Usage) -> Usage:
         """An estimate, with the tool requests seen: a usage left before its final count reports
@@ -390,6 +391,21 @@ class Call:
         with without_waiting():
             usage = estimate_usage(self.provider, self.request, model, tally, self.operation)
         return self._with_tools_seen(usage)
+
+
+#: The keys a web search is counted under, one per search: which one is read from tools (a
+#: Responses stream's items from the request's, its answer from the ones it echoes).
+_SEARCHES = ("web_search", "web_search_preview")
+
+
+def _listed_searches(seen: dict[str, int], listed: dict[str, int]) -> dict[str, int]:
+    """The requests seen, less their web searches if the answer lists any: its count of them
+    is the whole output's, and its name for them may differ from the one the stream's items were
+    given (a stored prompt's tools, a server that echoes none), so kept beside it, the same
+    searches would be counted twice (3 as web_search and again as web_search_preview)."""
+    if not any(listed.get(key) for key in _SEARCHES):
+        return seen
+    return {tool: n for tool, n in seen.items() if tool not in _SEARCHES}
 
 
 def _most_of_each(counts: dict[str, int], more: dict[str, int]) -> dict[str, int]:
