@@ -41,7 +41,7 @@ from tokenmeter._media import (
 from tokenmeter._models import MAX_TOKENS, Usage, plain_str
 from tokenmeter._registry import canonical, family_of
 from tokenmeter.pricing._overrides import short_repr
-from tokenmeter.usage.openai import with_chat_search
+from tokenmeter.usage.openai import asked_search_context, with_chat_search
 
 __all__ = [
     "TextTally",
@@ -992,7 +992,8 @@ def estimate_usage(
     provider: str, request: Any, model: str, tally: TextTally | None, operation: str | None = None
 ) -> Usage:
     """A call's whole usage when the provider reported none: the request's input, and the output
-    that passed through a stream or came back in a reply (``tally``; None when there is none)."""
+    that passed through a stream or came back in a reply (``tally``; None when there is none);
+    with the fees the request set: a search model's search, Perplexity's search context size."""
     found = estimate_input(provider, request, operation)
     output = 0
     if tally is not None:
@@ -1003,4 +1004,7 @@ def estimate_usage(
     usage = found.model_copy(update={"output_tokens": output}) if output else found
     if operation == "chat.completions":  # a search model searched, reported usage or not
         usage = with_chat_search(usage, model)
+    sized = asked_search_context(request)
+    if sized is not None:  # the fee of the size asked for, as its budget reserved (Perplexity)
+        usage = usage.model_copy(update={"tool_requests": {**usage.tool_requests, sized: 1}})
     return usage

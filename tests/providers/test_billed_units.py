@@ -305,6 +305,31 @@ def test_perplexity_request_fee_is_the_one_of_the_search_context_size_reported(
     assert record.estimated_cost_usd == Decimal(1000 * (rate_in + rate_out)) / 10**6 + request_fee
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize(("size", "fee"), [("medium", 1), ("high", 2), (None, 0)])
+def test_a_sonar_call_without_usage_is_estimated_at_the_search_context_size_asked(
+    kit: Any, records: Records, size: str | None, fee: int, streamed: bool
+) -> None:
+    """A sonar call whose usage never came (a stream without it, a reply without it) is billed
+    the fee of the search context size its request asked for, as its budget reserved: it was
+    estimated at low's ($0.005012 recorded for a stream asking "high", billed $0.012)."""
+    reply = kit.sse_response(kit.chat_sse(3, model="sonar")) if streamed else None
+    body = {**kit.chat_body(model="sonar"), "usage": None}
+    client = kit.mock_openai(
+        lambda request: reply or json_reply(kit.http, body), base_url="https://api.perplexity.ai"
+    )
+    options = {"extra_body": {"web_search_options": {"search_context_size": size}}} if size else {}
+
+    answer = client.chat.completions.create(model="sonar", messages=[], stream=streamed, **options)
+    if streamed:
+        list(answer)
+
+    record = only(records())
+    assert (record.model_provider, record.estimated) == ("perplexity", True)
+    assert record.cost_breakdown is not None
+    assert record.cost_breakdown["request"] == Decimal(SONAR_FEES["sonar"][fee]) / 1000
+
+
 @pytest.mark.parametrize(
     ("completion", "reasoning", "expected"),
     [

@@ -20,8 +20,7 @@ from typing import Any, NamedTuple
 from tokenmeter._estimate import _input_bound, _input_parts, _usage_of
 from tokenmeter._models import MAX_TOKENS, Usage, usage_of
 from tokenmeter.pricing import describe_price, price_usage
-from tokenmeter.usage._read import field
-from tokenmeter.usage.openai import search_context_key, with_chat_search
+from tokenmeter.usage.openai import asked_search_context, with_chat_search
 
 __all__ = ["estimate_input_usd", "input_bound_usd"]
 
@@ -43,7 +42,7 @@ def estimate_input_usd(
     """The request's estimated input cost in USD (0 when the model has no known price)."""
     if not model:
         return _ZERO
-    sized = _larger_search_context(request if request is not None else kwargs)
+    sized = asked_search_context(request if request is not None else kwargs)
     if request is not None:
         try:  # the estimator's counts by modality: a Usage model only when media are in it
             parts = _input_parts(provider, request, operation)
@@ -76,22 +75,10 @@ def _priced(provider: str, model: str, usage: Usage, sized: str | None = None) -
     return price_usage(provider, model, with_chat_search(usage, model)).total_usd or _ZERO
 
 
-def _larger_search_context(request: Any) -> str | None:
-    """The ``tool_requests`` key of the search context size above low a request asks Perplexity
-    for (``web_search_options.search_context_size``), whose fee per request is higher; None for
-    low, the default (and for any request of another shape)."""
-    try:
-        return search_context_key(
-            field(field(request, "web_search_options"), "search_context_size")
-        )
-    except Exception:  # what cannot be read asks for nothing (the default)
-        return None
-
-
 def input_bound_usd(provider: str, model: str | None, request: Any) -> float | None:
     """A ceiling on ``estimate_input_usd`` for a plain request, found without tokenizing (see
     ``_input_bound``); None when there is none short of the estimate itself."""
-    if not model or request is None or _larger_search_context(request) is not None:
+    if not model or request is None or asked_search_context(request) is not None:
         return None
     try:
         tokens = _input_bound(provider, request)

@@ -245,6 +245,19 @@ def _any_shape(usage: Any) -> Usage:
     )
 
 
+def asked_search_context(request: Any) -> str | None:
+    """The ``tool_requests`` key of the search context size above low a request asks Perplexity
+    for (``web_search_options.search_context_size``), whose fee per request is higher; None for
+    low, the default (and for any request of another shape). What a budget reserves for, and
+    what an estimate of a call whose usage never came counts (one reading of the request)."""
+    try:
+        return search_context_key(
+            field(field(request, "web_search_options"), "search_context_size")
+        )
+    except Exception:  # what cannot be read asks for nothing (the default)
+        return None
+
+
 def search_context_key(size: Any) -> str | None:
     """The ``tool_requests`` key of a Perplexity search context size above low (its default,
     and what a size not reported, or not known, is taken as): its fee per request is higher."""
