@@ -515,12 +515,8 @@ def test_a_chat_search_model_that_reports_no_usage_is_estimated_with_its_web_sea
 SEARCHES = 3
 
 
-def _anthropic_searches_then_text() -> list[tuple[str, Any]]:
-    """A web search stream's events up to its answer's first words: 3 searches (each a
-    ``server_tool_use`` block and its result) then text; its closing usage would count them."""
-    start = _anthropic_message(
-        {"input_tokens": 1000, "output_tokens": 1, "server_tool_use": {"web_search_requests": 0}}
-    )
+def _anthropic_search_blocks() -> list[dict[str, Any]]:
+    """3 web searches of an answer: each a ``server_tool_use`` block and its result."""
     blocks: list[dict[str, Any]] = []
     for n in range(SEARCHES):
         blocks += [
@@ -532,6 +528,16 @@ def _anthropic_searches_then_text() -> list[tuple[str, Any]]:
             },
             {"type": "web_search_tool_result", "tool_use_id": f"srvtoolu_{n}", "content": []},
         ]
+    return blocks
+
+
+def _anthropic_searches_then_text() -> list[tuple[str, Any]]:
+    """A web search stream's events up to its answer's first words: 3 searches (each a
+    ``server_tool_use`` block and its result) then text; its closing usage would count them."""
+    start = _anthropic_message(
+        {"input_tokens": 1000, "output_tokens": 1, "server_tool_use": {"web_search_requests": 0}}
+    )
+    blocks = _anthropic_search_blocks()
     events = [("message_start", {"type": "message_start", "message": {**start, "content": []}})]
     for index, block in enumerate(blocks):
         events += [
@@ -568,6 +574,29 @@ def test_an_anthropic_stream_left_after_its_web_searches_is_estimated_with_them(
         stream = client.messages.create(**request, stream=True)
         next(event for event in stream if event.type == "content_block_delta")
         stream.close()
+
+    record = only(records())
+    assert record.estimated and record.tool_requests == {"web_search": SEARCHES}
+    assert record.cost_breakdown is not None
+    assert record.cost_breakdown["web_search"] == Decimal("0.03")
+
+
+def test_an_anthropic_message_without_usage_is_estimated_with_its_web_searches(
+    kit: Any, records: Records
+) -> None:
+    """A message not streamed whose usage never came (an Anthropic-compatible server's) counts
+    the ``server_tool_use`` blocks it holds, as a stream does (it counted none: $0.001809
+    recorded where the 3 searches alone cost $0.03)."""
+    message = _anthropic_message({})
+    message["content"] = [*_anthropic_search_blocks(), *message["content"]]
+    client = mock_anthropic(lambda request: json_reply(kit.http, {**message, "usage": None}))
+
+    client.messages.create(
+        model="claude-sonnet-4-5",
+        max_tokens=1024,
+        messages=[{"role": "user", "content": "What happened today?"}],
+        tools=[{"type": "web_search_20250305", "name": "web_search"}],
+    )
 
     record = only(records())
     assert record.estimated and record.tool_requests == {"web_search": SEARCHES}

@@ -13,7 +13,7 @@ from typing import Any
 
 from tokenmeter._estimate import TextTally
 from tokenmeter._models import Usage
-from tokenmeter.providers._core import Call, _StreamProxyBase
+from tokenmeter.providers._core import Call, _StreamProxyBase, safely
 from tokenmeter.providers._stainless import Endpoint, StainlessAdapter, keep_names
 from tokenmeter.usage import from_anthropic_response
 from tokenmeter.usage._read import field, getter, ident
@@ -183,11 +183,19 @@ class EventReader:
 def _server_tool(block: Any, call: Call) -> None:
     """A ``server_tool_use`` block (a web search the server runs): one request of the tool its
     usage's ``server_tool_use`` counts, which a stream left before its final usage lacks."""
-    if getattr(block, "type", None) != "server_tool_use":
+    if field(block, "type") != "server_tool_use":
         return
-    name = getattr(block, "name", None)
+    name = field(block, "name")
     if type(name) is str and name in SERVER_TOOLS:
         call.saw_tool(name)
+
+
+def _server_tools(parsed: Any, call: Call) -> None:
+    """The ``server_tool_use`` blocks of a message that was not streamed, read as a stream's
+    are: its usage, which would count their requests, never came."""
+    content = field(parsed, "content")
+    for block in content if isinstance(content, list | tuple) else ():
+        _server_tool(block, call)
 
 
 def _reply_text(parsed: Any) -> TextTally:
@@ -209,11 +217,13 @@ def _reply_text(parsed: Any) -> TextTally:
 
 def _read_message(parsed: Any, call: Call) -> None:
     """A message; a billed one without a usage block (an Anthropic-compatible server's) is
-    estimated from its request and the text it holds, as a stream without usage is. Usage that
-    was sent but cannot be read stays an error (``from_anthropic_response`` raises)."""
+    estimated from its request, the text it holds and its server tool requests, as a stream
+    without usage is. Usage that was sent but cannot be read stays an error
+    (``from_anthropic_response`` raises)."""
     if field(parsed, "usage") is None and batch_result_message(getter(parsed)) is None:
         call.missing = True
         call.reply = _reply_text(parsed)
+        safely("reading server tool calls", _server_tools, parsed, call)
         keep_names(call, parsed)
         return
     call.take(from_anthropic_response(parsed, call.provider))
