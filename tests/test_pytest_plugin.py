@@ -678,6 +678,57 @@ def test_teardown_over(spends_in_teardown):
     assert "ERROR at setup" not in result.stdout.str()
 
 
+#: What pytest-rerunfailures (``--reruns 1``) does: the protocol of the same item run again
+#: after a failed attempt, the last attempt's reports logged.
+_RERUN_ONCE_CONFTEST = """
+import pytest
+from _pytest.runner import runtestprotocol
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    for _attempt in range(2):
+        reports = runtestprotocol(item, nextitem=nextitem, log=False)
+        if not any(report.failed for report in reports):
+            break
+    for report in reports:
+        item.ihook.pytest_runtest_logreport(report=report)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+"""
+
+
+def test_marker_is_checked_again_when_a_failed_test_is_rerun(pytester: pytest.Pytester) -> None:
+    """A flaky first attempt left the test "decided": its rerun spent $0.004 against a
+    $0.003 budget and passed."""
+    pytester.makepyprojecttoml(_PYPROJECT)
+    pytester.makeconftest(_RERUN_ONCE_CONFTEST)
+    pytester.makepyfile(
+        _TESTS
+        + """
+
+ATTEMPTS = []
+
+
+@pytest.mark.tokenmeter_budget(0.003)
+def test_flaky_then_over():
+    ATTEMPTS.append(1)
+    assert len(ATTEMPTS) > 1, "flaky first attempt"
+    call(2)
+"""
+    )
+    result = pytester.runpytest("--tokenmeter", "-rfE", "-k", "flaky")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*tokenmeter: this test's LLM calls cost $0.004, over its budget of $0.003 "
+            "(@pytest.mark.tokenmeter_budget); 2 calls, 3000 tokens",
+            "FAILED test_*.py::test_flaky_then_over",
+        ]
+    )
+
+
 @pytest.mark.parametrize(
     ("argument", "shown"), [('"a lot"', "('a lot',)"), ("10**5000", "<tuple>")]
 )

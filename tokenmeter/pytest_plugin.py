@@ -357,7 +357,12 @@ class Meter:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         """Read the test's budget marker; a bad one is an error of that test (a UsageError
-        from a report hook killed an xdist worker: an INTERNALERROR that never said why)."""
+        from a report hook killed an xdist worker: an INTERNALERROR that never said why).
+
+        Each run of the test decides its own outcome: pytest-rerunfailures runs the same item
+        again after a failed attempt, and the flag that attempt left made its rerun's budget
+        unchecked (a rerun over its budget passed)."""
+        item.stash[_DECIDED_KEY] = False
         try:
             item.stash[_BUDGET_KEY] = _marker_budget(item)
         except ValueError as exc:
@@ -589,8 +594,8 @@ class Meter:
             write(f"usage written to {self.json_path}")
 
 
-#: A phase of the test did not pass (tokenmeter's budget check may have failed it): its
-#: budget is not checked again.
+#: A phase of this run of the test did not pass (tokenmeter's budget check may have failed
+#: it): its budget is not checked again in this run. Cleared as each run starts its setup.
 _DECIDED_KEY = pytest.StashKey[bool]()
 #: The calls made outside any test before this one (``_Outside.take``), in its process.
 _OUTSIDE_KEY = pytest.StashKey[dict[str, Any]]()
