@@ -1134,11 +1134,13 @@ def test_the_note_of_records_set_aside_counts_only_what_the_source_lacks(
     (they were): a user adding the quarantine report counted the money twice. Now only the
     records the SQLite sink refused count, and only those of the report's period and filters."""
 
-    class Down(InMemorySink):
+    class PostgresSink(InMemorySink):
+        """Named as tokenmeter's in quarantine.jsonl: a server that is down."""
+
         def write(self, records: Sequence[UsageRecord]) -> None:
             raise OSError("server down")
 
-    tokenmeter.configure(sinks=["sqlite", Down()], directory=tmp_path)
+    tokenmeter.configure(sinks=["sqlite", PostgresSink()], directory=tmp_path)
     for _ in range(3):
         tokenmeter.record("openai", "gpt-4o", 1000, 500)
     tokenmeter.configure(sinks=[InMemorySink()])  # the old sink stops: set aside
@@ -1163,6 +1165,34 @@ def test_the_note_of_records_set_aside_counts_only_what_the_source_lacks(
             assert err == "", options
         else:
             assert err.startswith(f"tokenmeter: note: {said}"), options
+
+
+def test_the_note_counts_what_a_projects_own_sink_refused(cli: RunCli, tmp_path: Path) -> None:
+    """A project's subclass of the SQLite sink on usage.db is named by its own class in
+    quarantine.jsonl (``"sink": "Audited"``), and the note, counting only lines naming
+    SQLiteSink, was silent about the 2 records it refused. A line says no more of where its sink
+    wrote: a sink that is not one of tokenmeter's is counted, and named; another of
+    tokenmeter's sinks (PostgreSQL's) still is not."""
+
+    class Audited(SQLiteSink):
+        pass
+
+    class PostgresSink(InMemorySink):
+        def write(self, records: Sequence[UsageRecord]) -> None:
+            raise OSError("server down")
+
+    db = write_sqlite(tmp_path / "usage.db", RECORDS[:1], [])
+    tokenmeter.configure(sinks=[Audited(db), PostgresSink()], directory=tmp_path)
+    tokenmeter.record("openai", "gpt-4o", 1, 1, timestamp="2026-11-01T10:00:00Z")
+    tokenmeter.record("openai", "gpt-4o", 1, 1, timestamp="2026-11-02T10:00:00Z")
+    tokenmeter.configure(sinks=[InMemorySink()])  # the old sinks stop: set aside
+    quarantine = tmp_path / "quarantine.jsonl"
+    assert quarantine.read_text().count('"sink": "PostgresSink"') == 2
+    code, _, err = cli("report", "--source", str(db))
+    assert code == 0
+    assert err.startswith("tokenmeter: note: 2 records that Audited refused are set aside"), err
+    code, _, err = cli("report", "--source", str(db), "--since", "2026-11-02")
+    assert err.startswith("tokenmeter: note: 1 record of this report's period that Audited"), err
 
 
 def test_calls_outside_a_named_session_are_labelled_by_name(cli: RunCli, source: Path) -> None:

@@ -320,6 +320,16 @@ _RECORD_KEY = re.compile(rb'"timestamp"\s*:')
 
 #: The sink that writes each kind of file source, as quarantine.jsonl names it (its class).
 _WRITER_OF = {"sqlite": "SQLiteSink", "jsonl": "JSONLSink"}
+#: tokenmeter's own sinks, as quarantine.jsonl names them: one of them other than the source's
+#: writer stored somewhere else (with ``sinks = sqlite,postgres``, usage.db has what PostgreSQL
+#: refused). A line names a sink by its class alone, never by where it wrote: any other name may
+#: be a project's subclass of the writer on this very file (``class Audited(SQLiteSink)``).
+_OWN_SINKS = frozenset(
+    {"SQLiteSink", "JSONLSink", "PostgresSink", "OTelSink", "MarkdownJournalSink", "InMemorySink"}
+)
+#: The sink name a quarantine line starts with (the library writes ``{"sink": "…", ...``), read
+#: without parsing the line: most lines of a long file are another sink's.
+_SINK_NAME = re.compile(rb'^\{"sink": "([^"\\]*)"')
 
 
 def warn_set_aside(
@@ -331,20 +341,23 @@ def warn_set_aside(
     """Say, in one line, how many records the library set aside in the quarantine file of the
     source's directory because the sink that writes the source refused them (see
     docs/sinks.md): those are not in the source, so a report of it under-reports them in
-    silence. Records another sink refused are not counted: with two sinks (``sqlite,postgres``)
-    the source has them, and adding them would count them twice. Only those of the report's
-    window ``[since, until)`` that ``matches`` (its filters) count. Silent when there are none.
+    silence. Records another of tokenmeter's sinks refused are not counted: with two sinks
+    (``sqlite,postgres``) the source has them, and adding them would count them twice. Those of
+    a sink of the project's own are, named (it may write the source: ``_OWN_SINKS``). Only
+    those of the report's window ``[since, until)`` that ``matches`` (its filters) count.
+    Silent when there are none.
     """
-    sink = _WRITER_OF.get(source.kind)
-    if sink is None:  # PostgreSQL: its quarantine file is on the machines that wrote to it
+    writer = _WRITER_OF.get(source.kind)
+    if writer is None:  # PostgreSQL: its quarantine file is on the machines that wrote to it
         return
     path = source.path.parent / QUARANTINE_FILE
     window = (
         None if since is None else format_instant(since),
         None if until is None else format_instant(until),
     )
-    count, whole = _records_set_aside(path, source.path, sink, window, matches)
+    count, whole, sinks = _records_set_aside(path, source.path, writer, window, matches)
     if count:
+        sink = " or ".join(sorted(sinks, key=lambda name: (name != writer, name)))
         how_many = f"{count:,}" if whole else f"at least {count:,}"
         noun, verb = ("record", "is") if count == 1 and whole else ("records", "are")
         scope = "" if since is None and until is None and matches is None else " of this report's"
@@ -361,52 +374,67 @@ def warn_set_aside(
 def _records_set_aside(
     path: Path,
     source: Path,
-    sink: str,
+    writer: str,
     window: tuple[str | None, str | None],
     matches: Callable[[dict[str, Any]], bool] | None,
-) -> tuple[int, bool]:
-    """The records ``sink`` refused in the first ``_SET_ASIDE_SCAN`` bytes of ``path``, within
-    ``window`` (record-format timestamps, the end exclusive) and passing ``matches``, and
-    whether that was the whole file; (0, True) when there is no such file, or it is the source
+) -> tuple[int, bool, set[str]]:
+    """The records that ``writer``, or a sink that may write the source, refused in the first
+    ``_SET_ASIDE_SCAN`` bytes of ``path``, within ``window`` (record-format timestamps, the
+    end exclusive) and passing ``matches``; whether that was the whole file; the names of the
+    sinks that refused them. (0, True, set()) when there is no such file, or it is the source
     itself."""
     since, until = window
-    named = f'"{sink}"'.encode()
+    sinks: set[str] = set()
     try:
         if not path.is_file() or os.path.samefile(path, source):
-            return 0, True
+            return 0, True, sinks
         count, budget = 0, _SET_ASIDE_SCAN
         with path.open("rb") as handle:
             while budget > 0 and (line := handle.readline(min(budget, MAX_LINE_BYTES + 1))):
                 budget -= len(line)
-                if named not in line or _RECORD_KEY.search(line) is None:
-                    continue  # cheap: another sink's line, or a session set aside
-                record = _set_aside_by(line, sink)
-                if record is None:
+                named = _SINK_NAME.match(line)
+                name = None if named is None else named[1].decode("ascii", "replace")
+                if name is not None and not _may_write(name, writer):
+                    continue  # cheap: another of tokenmeter's sinks refused it
+                if _RECORD_KEY.search(line) is None:
+                    continue  # a session set aside
+                set_aside = _set_aside_by(line, writer)
+                if set_aside is None:
                     continue
+                sink, record = set_aside
                 timestamp = record["timestamp"]
                 if (since is not None and timestamp < since) or (
                     until is not None and timestamp >= until
                 ):
                     continue
-                count += matches is None or matches(record)
-            return count, not handle.read(1)
+                if matches is None or matches(record):
+                    count += 1
+                    sinks.add(sink)
+            return count, not handle.read(1), sinks
     except OSError:  # unreadable: only a note is lost
-        return 0, True
+        return 0, True, sinks
 
 
-def _set_aside_by(line: bytes, sink: str) -> dict[str, Any] | None:
-    """The checked record of a quarantine line when ``sink`` refused it, else None."""
+def _may_write(sink: str, writer: str) -> bool:
+    """Whether the sink a quarantine line names may be the one that writes the source: its
+    ``writer``, or a sink that is none of tokenmeter's (``_OWN_SINKS``)."""
+    return sink == writer or sink not in _OWN_SINKS
+
+
+def _set_aside_by(line: bytes, writer: str) -> tuple[str, dict[str, Any]] | None:
+    """The sink and the checked record of a quarantine line when that sink may write the
+    source (``_may_write``), else None."""
     try:
         entry = json.loads(line)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(entry, dict) or entry.get("sink") != sink:
+    if not isinstance(entry, dict):
         return None
-    record = entry.get("record")
-    if not isinstance(record, dict):
+    sink, record = entry.get("sink"), entry.get("record")
+    if not isinstance(sink, str) or not _may_write(sink, writer) or not isinstance(record, dict):
         return None
     try:
-        return check_record(record)
+        return sink, check_record(record)
     except BadRecord:
         return None
 
