@@ -60,7 +60,7 @@ def test_totals_of_several_processes_add_up_exactly(tmp_path: Path) -> None:
     first.close()
     second.write([records[2], unpriced])
     second.flush()
-    models, processes, _ = read_totals(tmp_path)
+    models, processes, _, _ = read_totals(tmp_path)
     assert processes == 2
     assert models["m"] == {
         "calls": 3,

@@ -159,6 +159,7 @@ class RunTotalsSink:
                 for model, totals in self.models.items()
             },
             "store": store_of_this_process(),
+            "settings": settings_of_this_process(),
         }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(document), encoding="utf-8")
@@ -183,6 +184,20 @@ def store_of_this_process() -> str | None:
     return describe_store(absolute(settings.directory), [*settings.sinks, *own])
 
 
+def settings_of_this_process() -> dict[str, Any] | None:
+    """The directory (absolute) and sink names this process records with, for the run to name
+    the file a report of its records reads (``--source``): a program that configured its own
+    directory was sent to a report of the run's, which lacked its session. None before the
+    settings are loaded."""
+    from tokenmeter import _runtime
+    from tokenmeter.sinks._files import absolute
+
+    settings = _runtime.loaded_settings()
+    if settings is None:
+        return None
+    return {"directory": str(absolute(settings.directory)), "sinks": list(settings.sinks)}
+
+
 def describe_store(directory: Path, sinks: Sequence[str]) -> str:
     """``DIRECTORY (SINKS)`` for the sinks that write files there, then the others by name: a
     run that wrote to PostgreSQL alone was said to be in a directory that held nothing."""
@@ -194,14 +209,18 @@ def describe_store(directory: Path, sinks: Sequence[str]) -> str:
     return ", ".join(where) or f"{directory} (no sinks)"
 
 
-def read_totals(directory: Path) -> tuple[dict[str, dict[str, Any]], int, set[str]]:
-    """Totals per model over every process that left a file, how many did, and where they
-    recorded (`store_of_this_process`). A file of another shape (another tokenmeter's, in
-    another virtualenv; anything a program wrote there) is left out whole: it ended the run's
-    summary in a traceback, the program's exit status lost."""
+def read_totals(
+    directory: Path,
+) -> tuple[dict[str, dict[str, Any]], int, set[str], set[tuple[Path, tuple[str, ...]]]]:
+    """Totals per model over every process that left a file, how many did, where they
+    recorded (`store_of_this_process`), and with which directory and sinks
+    (`settings_of_this_process`). A file of another shape (another tokenmeter's, in another
+    virtualenv; anything a program wrote there) is left out whole: it ended the run's summary
+    in a traceback, the program's exit status lost."""
     models: dict[str, dict[str, Any]] = {}
     processes = 0
     stores: set[str] = set()
+    settings: set[tuple[Path, tuple[str, ...]]] = set()
     for path in sorted(directory.glob("*.json")):
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
@@ -211,19 +230,37 @@ def read_totals(directory: Path) -> tuple[dict[str, dict[str, Any]], int, set[st
         processes += 1
         if document["store"] is not None:
             stores.add(document["store"])
+        if document.get("settings") is not None:
+            settings.add(_settings_recorded(document["settings"]))
         for model, counts in found.items():
             totals = models.setdefault(model, _zero())
             for key, value in counts.items():
                 totals[key] += value
-    return models, processes, stores
+    return models, processes, stores, settings
+
+
+def _settings_recorded(settings: Any) -> tuple[Path, tuple[str, ...]]:
+    """A process's directory and sinks (``settings_of_this_process``), checked: ValueError if
+    not that shape."""
+    if not isinstance(settings, dict) or set(settings) != {"directory", "sinks"}:
+        raise ValueError("not the settings of a process")
+    directory, sinks = settings["directory"], settings["sinks"]
+    if not isinstance(directory, str) or not isinstance(sinks, list):
+        raise ValueError("not the settings of a process")
+    if not all(isinstance(sink, str) for sink in sinks):
+        raise ValueError("not the sinks of a process")
+    return Path(directory), tuple(sinks)
 
 
 def _file_totals(document: Any) -> dict[str, dict[str, Any]]:
     """One process's totals (``RunTotalsSink.flush``), checked: ValueError if not that shape."""
-    if not isinstance(document, dict) or set(document) != {"models", "store"}:
+    if not isinstance(document, dict) or set(document) - {"settings"} != {"models", "store"}:
+        # "settings" may be missing: a process of an earlier tokenmeter leaves none.
         raise ValueError("not a JSON object of models and store")
     if not isinstance(document["models"], dict) or not isinstance(document["store"], str | None):
         raise ValueError("not the totals of a process")
+    if document.get("settings") is not None:
+        _settings_recorded(document["settings"])
     found: dict[str, dict[str, Any]] = {}
     for model, counts in document["models"].items():
         if not isinstance(counts, dict) or set(counts) != set(_zero()):

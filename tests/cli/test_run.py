@@ -541,28 +541,35 @@ def test_a_run_into_postgresql_alone_names_no_directory(tmp_path: Path) -> None:
     assert str(tmp_path) not in last
 
 
+#: The first line of a program that records into a directory of its own.
+_OWN_DIRECTORY = "import tokenmeter; tokenmeter.configure(directory='own')"
+
+
 @pytest.mark.parametrize(
-    ("options", "source"),
+    ("options", "program", "source"),
     [
-        (["--dir", "runs"], "runs/usage.db"),
-        (["--sinks", "jsonl"], ".tokenmeter/usage.jsonl"),
-        (["--dir", "my runs", "--sinks", "jsonl,markdown"], "my runs/usage.jsonl"),
-        ([], None),
+        (["--dir", "runs"], "", "runs/usage.db"),
+        (["--sinks", "jsonl"], "", ".tokenmeter/usage.jsonl"),
+        (["--dir", "my runs", "--sinks", "jsonl,markdown"], "", "my runs/usage.jsonl"),
+        ([], "", None),
+        ([], _OWN_DIRECTORY, "own/usage.db"),
+        (["--sinks", "jsonl"], _OWN_DIRECTORY, "own/usage.jsonl"),
     ],
 )
 def test_the_summary_names_the_report_that_shows_the_run(
-    fake: FakeProvider, tmp_path: Path, options: list[str], source: str | None
+    fake: FakeProvider, tmp_path: Path, options: list[str], program: str, source: str | None
 ) -> None:
     """In a project that already recorded into .tokenmeter/usage.db, ``run --dir runs`` (or
     ``--sinks jsonl``) said "see `tokenmeter report --by session`": typed there, that command
     read .tokenmeter/usage.db, without the run's session (--dir and --sinks were the run's
-    environment only). The command named now shows it."""
+    environment only). So did a run whose program configured its own directory, though the
+    summary said the session was in own/. The command named now shows it."""
     import shlex
 
     env = _env(fake)
     setup = "import tokenmeter; tokenmeter.record('openai', 'm-test', 1, 1); tokenmeter.flush()"
     subprocess.run([sys.executable, "-c", setup], env=env, cwd=tmp_path, check=True)
-    app = _script(tmp_path / "app.py", _CALLS)
+    app = _script(tmp_path / "app.py", program + _CALLS)
     result = _run([*options, "--", sys.executable, app.name], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     last = result.stderr.strip().splitlines()[-1]

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -443,7 +443,7 @@ def _summary(
     from tokenmeter.cli.reports._format import fmt_int, fmt_usd
     from tokenmeter.sinks._files import absolute  # left relative if the directory was removed
 
-    models, processes, stores = _autorun.read_totals(totals)
+    models, processes, stores, recorded = _autorun.read_totals(totals)
     out = sys.stderr
     name = env[_autorun.ENV_SESSION]
     ended = f"exit status {status}" if status >= 0 else f"killed by signal {-status}"
@@ -508,18 +508,19 @@ def _summary(
     )
     print(
         f"  session {env[_autorun.ENV_ID]} in {one_line(where)}; "  # a cloned pyproject.toml
-        f"see `{one_line(_report_hint(settings))}`",
+        f"see `{one_line(_report_hint(settings, recorded))}`",
         file=out,
     )
 
 
-def _report_hint(settings: Any) -> str:
+def _report_hint(settings: Any, recorded: set[tuple[Path, tuple[str, ...]]]) -> str:
     """The report that shows the run's session: ``tokenmeter report --by session``, with the
     ``--source`` the run recorded into when that command, typed where the run was, reads
     another store: ``--dir`` and ``--sinks`` were the run's environment, not the shell's (its
-    session was missing from the report named). Quoted as a shell takes it, as ``tokenmeter
-    demo`` names its data."""
-    from tokenmeter.cli._source import default_source_path, postgres_written, written_file
+    session was missing from the report named), and a program may configure its own directory
+    (``recorded``: the directories and sinks the processes said they recorded with). Quoted as
+    a shell takes it, as ``tokenmeter demo`` names its data."""
+    from tokenmeter.cli._source import default_source_path, postgres_written
     from tokenmeter.sinks._files import absolute
 
     command = "tokenmeter report --by session"
@@ -527,9 +528,27 @@ def _report_hint(settings: Any) -> str:
         read: Path | None = None if postgres_written() else absolute(default_source_path())
     except (CliError, OSError):  # a bad setting the run's options replaced; cwd removed
         read = None
-    if "sqlite" in settings.sinks or "jsonl" in settings.sinks:
-        written = written_file(absolute(settings.directory), settings.sinks)
+    runs = recorded or {(absolute(settings.directory), tuple(settings.sinks))}
+    written = _file_recorded(runs, absolute(settings.directory), settings.sinks)
+    if written is not None:
         return command if written == read else f"{command} --source {shlex.quote(str(written))}"
-    if "postgres" in settings.sinks and read is not None:  # the run wrote only to PostgreSQL
+    if any("postgres" in sinks for _, sinks in runs) and read is not None:  # PostgreSQL only
         return f"{command} --source postgresql://..."  # its URL may hold a password
     return command
+
+
+def _file_recorded(
+    runs: set[tuple[Path, tuple[str, ...]]], directory: Path, sinks: Sequence[str]
+) -> Path | None:
+    """The usage.db or usage.jsonl a report reads for the records of ``runs`` (directories and
+    sinks): theirs when they wrote one; when they wrote several, the run's (``directory``
+    and ``sinks``) if it is one of them. None when they wrote no such file."""
+    from tokenmeter.cli._source import written_file
+
+    files = {
+        written_file(where, names) for where, names in runs if {"sqlite", "jsonl"} & set(names)
+    }
+    if len(files) == 1:
+        return next(iter(files))
+    own = written_file(directory, sinks)
+    return own if own in files else None
