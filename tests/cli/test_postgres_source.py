@@ -675,3 +675,25 @@ def test_with_no_source_an_empty_pg_dsn_reads_the_database_libpq_environment_nam
     code, out, err = cli("report", "--by", "model", "--format", "json")
     assert code == 0, err
     assert json.loads(out)["totals"]["calls"] == len(RECORDS)
+    # Named as the server read, as a --source of the same DSN names it: it said
+    # "postgres:(default database)@localhost".
+    named = f"postgres:{params['dbname']}@{params['host']}:{params['port']}"
+    assert json.loads(out)["source"] == named
+
+
+def test_an_empty_pg_dsn_names_the_server_libpq_environment_names_never_its_password(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that cannot be reached was said to be "(default database)@localhost" while
+    libpq's error named the host of PGHOST."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PGHOST", "127.0.0.1")
+    monkeypatch.setenv("PGPORT", "1")  # nothing listens there
+    monkeypatch.setenv("PGDATABASE", "usage_app")
+    monkeypatch.setenv("PGPASSWORD", "hunter2")
+    monkeypatch.setenv("TOKENMETER_SINKS", "postgres")
+    monkeypatch.delenv("TOKENMETER_PG_DSN", raising=False)
+    code, _, err = cli("report")
+    assert code == 1
+    assert "cannot read postgres:usage_app@127.0.0.1:1:" in err
+    assert "hunter2" not in err

@@ -29,7 +29,9 @@ check for them, and the reports skip and count such rows, as SQLite's do (``is_p
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 import re
 import sqlite3
 import time
@@ -119,15 +121,35 @@ def keyword_dsn_url(dsn: str) -> str | None:
 
 def display_name(url: str) -> str:
     """``postgres:db@host:port``: what messages and reports call the source (never a password),
-    followed by ``?schema=NAME`` when the URL names a schema."""
+    followed by ``?schema=NAME`` when the URL names a schema. What the URL leaves out is what
+    libpq connects to: its ``PGHOST``, ``PGPORT``, ``PGDATABASE`` (``postgresql://``, an
+    empty pg_dsn, was named "(default database)@localhost" whatever server it read)."""
     url, schema = split_schema(url)
     parts = urlsplit(url)
-    given = parse_qs(parts.query)  # a socket directory is a host parameter
-    where = parts.hostname or given.get("host", ["localhost"])[0]
-    if parts.port or "port" in given:
-        where += f":{parts.port or given['port'][0]}"
-    database = parts.path.lstrip("/") or "(default database)"
+    given = {key: values[0] for key, values in parse_qs(parts.query).items()}
+    # a socket directory is a host parameter
+    where = parts.hostname or given.get("host") or os.environ.get("PGHOST") or "localhost"
+    port = parts.port or given.get("port") or os.environ.get("PGPORT")
+    if port:
+        where += f":{port}"
+    database = (
+        parts.path.lstrip("/")
+        or given.get("dbname")
+        or _libpq_default_database(parts.username or given.get("user"))
+    )
     return f"postgres:{database}@{where}" + (f"?schema={schema}" if schema else "")
+
+
+def _libpq_default_database(user: str | None) -> str:
+    """The database libpq connects to when none is named: ``PGDATABASE``, else the user's name
+    (``PGUSER``, else the login name)."""
+    database = os.environ.get("PGDATABASE") or user or os.environ.get("PGUSER")
+    if database:
+        return database
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name to be found (a container's bare uid)
+        return "(default database)"
 
 
 def is_postgres(conn: object) -> TypeGuard[PgConnection]:
