@@ -363,10 +363,12 @@ def warn_set_aside(
         scope = "" if since is None and until is None and matches is None else " of this report's"
         if scope:
             scope += " period and filters" if matches is not None else " period"
+        # A project's own sink may write the source, or somewhere else (a webhook): which, a
+        # quarantine line does not say.
+        missing = "not in this report" if sinks == {writer} else f"not in it if {sink} writes it"
         print(
             f"tokenmeter: note: {how_many} {noun}{scope} that {sink} refused {verb} set aside in "
-            f"{path}, not in this report (--source {path} reads them, with what other "
-            "sinks refused)",
+            f"{path}, {missing} (--source {path} reads them, with what other sinks refused)",
             file=sys.stderr,
         )
 
