@@ -610,6 +610,13 @@ def _enclosing_with_id(parent: Session | None, session_id: str) -> Session | Non
     return parent
 
 
+def open_ids() -> frozenset[str]:
+    """The ids of this process's open sessions."""
+    with _lock:
+        _uncount_collected()
+        return frozenset(_open_ids)
+
+
 def id_in_use(session_id: str) -> bool:
     """Whether a session of this process with this id is open: the same id entered again on
     another thread or task, while one of them ends."""

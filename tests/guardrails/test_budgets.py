@@ -1323,6 +1323,43 @@ def test_the_memory_ledger_keeps_the_rows_of_the_latest_ended_periods_only(
     assert ledger.spent("per-request", "r-0") == pytest.approx(0.02)
 
 
+def test_the_memory_ledger_never_drops_the_rows_of_a_session_open_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake: FakeProvider
+) -> None:
+    """A job's id entered again and open while many other sessions ended: its ended-once id
+    became the oldest, and its rows (the spend of the block still running) were dropped: 5
+    calls let through under a limit that holds 3 (review of a44d4e2)."""
+    from tokenmeter.guardrails import _ledger
+
+    monkeypatch.setattr(_ledger, "MAX_ENDED_PERIODS", 4)
+    budget = {"name": "per-job", "limit_usd": 0.02, "period": "session", "on_exceed": "raise"}
+    tokenmeter.configure(
+        sinks=[InMemorySink()], directory=tmp_path, budgets=[budget], budget_ledger="memory"
+    )
+    tokenmeter.instrument(["openai"])
+    client = fake.openai_client(max_retries=0)
+
+    def call() -> None:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+
+    with tokenmeter.session("job", id="job-1"):
+        call()  # $0.0075
+    admitted = 1
+    with tokenmeter.session("job", id="job-1"):
+        for n in range(8):  # other sessions end meanwhile: job-1 is the oldest ended id
+            with tokenmeter.session("other", id=f"other-{n}"):
+                pass
+        for _ in range(3):  # 2 admitted, then refused
+            try:
+                call()
+                admitted += 1
+            except tokenmeter.BudgetExceeded:
+                pass
+    # $0.0075 a call: the third takes the job past $0.02 (a budget is checked before a call),
+    # the fourth is refused; with the block's rows dropped it began again from $0.
+    assert admitted == 3
+
+
 class _CountedWalks(weakref.WeakSet[Any]):
     """The open sessions, counting the walks over them."""
 

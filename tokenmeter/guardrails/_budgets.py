@@ -1168,7 +1168,8 @@ def session_ended(session: Any) -> None:
     period_ended = getattr(config.ledger, "period_ended", None)
     if period_ended is not None:
         try:
-            period_ended(str(session.id))  # the memory ledger keeps the latest ended periods
+            # the memory ledger keeps the latest ended periods, and those open again
+            period_ended(str(session.id), _sessions.open_ids())
         except Exception:
             _ledger_fault("settle")
     if _warned:  # its period is over: its warnings need not be kept

@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -245,13 +245,15 @@ class MemoryLedger:
             row = self._rows.get((scope_key, period_start))
             return 0.0 if row is None else row[0] + row[1]
 
-    def period_ended(self, period_start: str) -> None:
+    def period_ended(self, period_start: str, open_periods: Collection[str] = ()) -> None:
         """A period ended (a session's, ``period="session"``, when no block of its id is open).
         Its rows are kept, as budgets.db keeps them: dropped at once, a thread's work that
         outlived the block, or the id entered again (a job resumed under its id), got the whole
         limit again ($0.0675 let through under a $0.02 limit, where budgets.db refused past
         $0.0225). Only the rows of the ``MAX_ENDED_PERIODS`` latest ended (or used since) are
-        kept: a server opening a session per request would keep a row of each for ever."""
+        kept: a server opening a session per request would keep a row of each for ever. Never
+        those of ``open_periods``: an id entered again and open (5 calls let through under a
+        limit of 3 once 10,000 other sessions had ended meanwhile)."""
         with self._lock:
             ended = self._ended
             ended[period_start] = None
@@ -259,8 +261,15 @@ class MemoryLedger:
             if len(ended) <= MAX_ENDED_PERIODS:
                 return
             dropped = set()
+            kept = []
             while len(ended) > MAX_ENDED_PERIODS // 2:  # in batches: a drop walks every row
-                dropped.add(ended.popitem(last=False)[0])
+                oldest = ended.popitem(last=False)[0]
+                if oldest in open_periods:
+                    kept.append(oldest)
+                else:
+                    dropped.add(oldest)
+            for period in kept:  # open again: ended (and dropped) once it ends anew
+                ended[period] = None
             self._rows = {key: row for key, row in self._rows.items() if key[1] not in dropped}
 
     def close(self) -> None:
