@@ -668,7 +668,7 @@ def test_a_responses_answer_without_usage_is_estimated_with_its_web_searches(
     ("asked", "echoed", "named", "fee"),
     [
         (
-            {"prompt": {"id": "pmpt_1"}},
+            {"extra_body": {"prompt": {"id": "pmpt_1"}}},  # the oldest SDK has no prompt=
             [{"type": "web_search_preview"}],
             "web_search_preview",
             "0.075",
