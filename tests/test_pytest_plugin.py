@@ -670,9 +670,9 @@ def test_teardown_over(spends_in_teardown):
     result.stdout.fnmatch_lines(["*the body ran*"])
     result.stdout.fnmatch_lines(
         [
-            "FAILED test_*.py::test_setup_over",
-            "FAILED test_*.py::test_fails_over",
-            "ERROR test_*.py::test_teardown_over",
+            "FAILED test_*.py::test_setup_over*",
+            "FAILED test_*.py::test_fails_over*",
+            "ERROR test_*.py::test_teardown_over*",
         ]
     )
     assert "ERROR at setup" not in result.stdout.str()
@@ -724,7 +724,7 @@ def test_flaky_then_over():
         [
             "*tokenmeter: this test's LLM calls cost $0.004, over its budget of $0.003 "
             "(@pytest.mark.tokenmeter_budget); 2 calls, 3000 tokens",
-            "FAILED test_*.py::test_flaky_then_over",
+            "FAILED test_*.py::test_flaky_then_over*",
         ]
     )
 
