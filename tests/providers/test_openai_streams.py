@@ -916,6 +916,48 @@ async def test_resumed_background_stream_left_before_its_usage_makes_no_record(
     assert (record.input_tokens, record.output_tokens) == (20, 9)
 
 
+@pytest.mark.requires(openai=">=1.80")  # background responses
+@pytest.mark.parametrize("create", ["streamed and left", "queued"])
+async def test_background_response_finished_by_a_streamed_retrieve_has_the_creates_model(
+    records: Records, kit: ModuleType, is_async: bool, create: str
+) -> None:
+    """The retrieve that finds a background response done is its record, with the create's
+    model as ``request_model``, whether it is streamed or not. A streamed one (a resume after
+    a left stream, or a queued create followed with ``stream=True``) recorded None."""
+    completed = _terminal("response.completed", "completed", background=True)
+    events = _responses_events(4, completed)
+    events[0][1]["response"]["background"] = True
+    queued = {**completed["response"], "status": "queued", "usage": None}
+
+    def server(request: Any) -> Any:
+        if request.method == "GET":  # the retrieve, streamed: the rest of the events
+            return sse_reply(kit.http, events[2:])
+        if json.loads(request.content).get("stream"):
+            return sse_reply(kit.http, events[:2])
+        return kit.http.Response(200, json=queued)
+
+    client = kit.mock_openai(server, is_async=is_async)
+    tokenmeter.instrument("openai")
+
+    if create == "queued":
+        await kit.maybe(client.responses.create(model="gpt-4o", input="hi", background=True))
+    else:
+        stream = await kit.maybe(
+            client.responses.create(model="gpt-4o", input="hi", stream=True, background=True)
+        )
+        await kit.maybe(stream.__anext__() if is_async else next(stream))
+        await kit.maybe(stream.close())
+    assert records() == []  # still running at the provider
+    resume = {} if create == "queued" else {"starting_after": 1}
+    retrieved = await kit.maybe(client.responses.retrieve("resp_err", stream=True, **resume))
+    assert (await kit.drain(retrieved))[-1].type == "response.completed"
+
+    record = only(records())
+    assert (record.status, record.estimated, record.streamed) == ("ok", False, True)
+    assert (record.input_tokens, record.output_tokens) == (20, 9)
+    assert record.request_model == "gpt-4o"
+
+
 async def test_stream_state_is_constant(records: Records, kit: ModuleType, is_async: bool) -> None:
     """No chunk outlives the caller's reference to it: nothing is buffered."""
     client = kit.mock_openai(ChatServer(kit, chunks=200), is_async=is_async)

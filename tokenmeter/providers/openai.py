@@ -247,6 +247,7 @@ class ResponseEventReader:
             if _read_again(call, field(response, "background"), ident(field(response, "id"))):
                 keep_names(call, response)  # ended without usage, a retrieve makes no record
                 return False
+            _asked_for(call, ident(field(response, "id")))
             if kind == "response.failed":
                 _failed(call, response)
             if field(response, "usage") is None:  # an object, or a dict (older SDKs)
@@ -314,6 +315,13 @@ def _runs_on(response_id: str | None, model: str | None) -> None:
             _background.popitem(last=False)
 
 
+def _asked_for(call: Call, response_id: str | None) -> None:
+    """A finished background response: its record (made by a retrieve, streamed or not, whose
+    request names no model) gets the model its create asked for, and the entry is done with."""
+    if call.request_model is None and response_id is not None:
+        call.request_model = _background.pop(response_id, None)
+
+
 def _read_again(call: Call, background: Any, response_id: str | None) -> bool:
     """A retrieve of a response made in the foreground (by another process, say): it was billed
     once, at its create, which is its record. Only background ones bill a retrieve."""
@@ -342,8 +350,7 @@ def _read_response(parsed: Any, call: Call) -> None:
     ):
         _runs_on(ident_, call.request_model)
         return
-    if call.request_model is None and ident_ is not None:
-        call.request_model = _background.pop(ident_, None)
+    _asked_for(call, ident_)
     if status == _CANCELLED and get("usage") is None and call.retrieval:
         return  # cancelled before it ran: nothing billed, nothing to estimate
     if status == "failed":
