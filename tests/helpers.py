@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import struct
 import subprocess
 import sys
 import threading
 import time
+import wave
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -32,6 +34,17 @@ def png(width: int, height: int) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
     )
+
+
+def wav(seconds: int, rate: int = 8000) -> bytes:
+    """A silent mono 8-bit WAV clip of ``seconds`` (``rate`` bytes a second)."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as clip:
+        clip.setnchannels(1)
+        clip.setsampwidth(1)
+        clip.setframerate(rate)
+        clip.writeframes(b"\x80" * rate * seconds)
+    return out.getvalue()
 
 
 def one_line_value_error(excinfo: pytest.ExceptionInfo[ValueError]) -> str:

@@ -481,6 +481,16 @@ class _Walk:
         for data in files if isinstance(files, list | tuple) else (files,):
             self._image(data, None)
 
+    def audio_files(self, files: Any) -> None:
+        """The audio file a transcription uploads (``file``: a list of its contents), counted
+        as inline audio is, its duration from its header (a WAV's exact, an MP3's from its
+        bitrate, else its size at a typical bitrate). A file object that could not be read
+        (not seekable) counts as no audio."""
+        if files is None:
+            return
+        for data in files if isinstance(files, list | tuple) else (files,):
+            self._audio(data, None)
+
     def _audio(self, data: Any, fmt: str | None) -> None:
         head = media_bytes(data)
         if head:
@@ -750,6 +760,8 @@ def _input_parts(provider: str, request: Any, operation: str | None = None) -> d
         if operation == "images":  # an edit's input images (multipart files)
             walk.image_files(_get(request, "image"))
             walk.image_files(_get(request, "mask"))
+        elif operation == "audio.transcriptions":  # the uploaded clip (its prompt is text)
+            walk.audio_files(_get(request, "file"))
     if operation in _BARE or (operation is None and _get(request, "prompt") is not None):
         n, per_request = 0, 0  # no chat framing around a bare prompt or an embeddings input
     parts = walk.counts(provider, model)

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "FileHead",
     "audio_seconds",
     "decoded_size",
+    "file_head",
     "image_size",
     "media_bytes",
     "mp4_seconds",
@@ -35,10 +39,53 @@ _DEFAULT_BITRATE = 128_000
 _PDF_PAGE_BYTES = 50_000
 
 
+@dataclass(frozen=True, slots=True)
+class FileHead:
+    """An uploaded file object as an estimate sees it: its first bytes and its size."""
+
+    head: bytes
+    size: int
+
+
+def file_head(file: Any) -> FileHead | None:
+    """The first ``_HEAD`` bytes and the size of a file object a request uploads (a multipart
+    ``file``), read when the call is made: the SDK reads it as it sends it, so later (when a
+    call without usage is recorded) it is consumed, or closed. Read from its start, as httpx
+    sends it (it rewinds a file it can), whatever its position; the position is put back, and
+    the rest is never read (an upload may be large). Never raises: None for a file that cannot
+    be read so (one that is not seekable, a pipe: what is read here would not be sent; a
+    text-mode file)."""
+    try:
+        if file.seekable() is not True:
+            return None
+        position = file.tell()
+        if type(position) is not int:
+            return None
+        try:
+            file.seek(0)
+            head = file.read(_HEAD)
+            size = file.seek(0, os.SEEK_END)
+        finally:
+            file.seek(position)
+    except Exception:
+        return None
+    if not isinstance(head, bytes) or type(size) is not int:
+        return None
+    return FileHead(head, max(size, len(head)))
+
+
 def media_bytes(data: Any, limit: int | None = _HEAD, tail: bool = False) -> bytes | None:
     """The first (``tail``: last) ``limit`` bytes (None: all) of inline media: raw bytes, base64
-    text (standard or URL-safe, as Gemini's JSON sends it) or a ``data:`` URL. None when it is
-    none of these (a URL, a file id)."""
+    text (standard or URL-safe, as Gemini's JSON sends it), a ``data:`` URL, or the head of an
+    uploaded file (``FileHead``: what of it was read). None when it is none of these (a URL, a
+    file id)."""
+    if isinstance(data, FileHead):
+        whole = len(data.head) >= data.size
+        if tail:
+            return (data.head if limit is None else data.head[-limit:]) if whole else None
+        if limit is None:
+            return data.head if whole else None
+        return data.head[:limit]
     if isinstance(data, bytes | bytearray | memoryview):
         raw = bytes(data)
         return raw if limit is None else raw[-limit:] if tail else raw[:limit]
@@ -68,6 +115,8 @@ def media_bytes(data: Any, limit: int | None = _HEAD, tail: bool = False) -> byt
 
 def decoded_size(data: Any) -> int:
     """Bytes the inline media holds once decoded (counted from its text, never decoded)."""
+    if isinstance(data, FileHead):
+        return data.size
     if isinstance(data, bytes | bytearray | memoryview):
         return len(data)
     if not isinstance(data, str):

@@ -27,7 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from helpers import one_line_value_error, png, returns
+from helpers import one_line_value_error, png, returns, wav
 
 import tokenmeter
 from tokenmeter import BudgetExceeded
@@ -399,6 +399,27 @@ def test_a_per_call_budget_counts_the_images_an_image_edit_uploads(
     assert fake.requests == []
     # Each image as in a chat request (765 tokens), at gpt-image-1's image input rate ($10/M).
     assert refused.value.estimate_usd >= 2 * 765 * Decimal(10) / 1_000_000
+
+
+def test_a_per_call_budget_counts_the_audio_a_transcription_uploads(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    """A transcription's audio is a multipart file: the estimate saw 7 text tokens
+    ($0.0000175), so a $0.001 per-call budget let any clip through. 30 s of WAV are 300 audio
+    tokens at gpt-4o-transcribe's $6/M: $0.0018, refused before sending. An open file's header
+    is read for it, its position put back."""
+    configured(tmp_path, [{"limit_usd": 0.001, "period": "call"}])
+    path = tmp_path / "talk.wav"
+    path.write_bytes(wav(30))
+    client = fake.openai_client(max_retries=0)
+    with path.open("rb") as clip, pytest.raises(BudgetExceeded, match="per call") as refused:
+        clip.seek(10)
+        try:
+            client.audio.transcriptions.create(model="gpt-4o-transcribe", file=clip)
+        finally:
+            assert clip.tell() == 10
+    assert fake.requests == []
+    assert refused.value.estimate_usd >= Decimal("0.0018")
 
 
 def test_a_warn_budget_lets_calls_through_and_warns(

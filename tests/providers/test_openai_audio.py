@@ -4,11 +4,14 @@ its rate (gpt-4o-transcribe: audio in $6, text in $2.50, text out $10 per millio
 
 from __future__ import annotations
 
+import io
 import json
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import wav
 from provider_helpers import Records, json_reply, only, sse_reply
 
 pytestmark = pytest.mark.usefixtures("instrumented")
@@ -98,3 +101,85 @@ def test_record_response_reads_transcription_usage(records: Records) -> None:
     )
     assert rec.modalities == {"input_audio": 170, "input_text": 10}
     assert rec.estimated_cost_usd == Decimal("0.001445")
+
+
+class _Pipe(io.RawIOBase):
+    """A file object that is read once, front to back, and cannot seek (a pipe's)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._data.readinto(buffer)
+
+
+@pytest.mark.parametrize("given", ["bytes", "open file", "not seekable", "consumed"])
+async def test_a_transcription_without_usage_is_estimated_from_its_audio(
+    kit: Any, records: Records, is_async: bool, tmp_path: Path, given: str
+) -> None:
+    """A transcription whose reply never came (a read timeout: the upload reached the server)
+    was estimated at 7 text tokens, $0.0000175, without its audio (the bulk of the bill): 30 s
+    of WAV are 300 audio tokens at OpenAI's 10 a second. A file object's header is read before
+    the SDK sends it (from its start, as httpx sends it, even one read to its end before), and
+    its position put back: the server gets the whole clip. One that cannot seek is not read
+    (what is read would not be sent): no audio counted, and the call goes as without us."""
+    clip = wav(30)
+    path = tmp_path / "talk.wav"
+    path.write_bytes(clip)
+    sent: list[bytes] = []
+
+    def server(request: Any) -> Any:
+        sent.append(request.content)
+        raise kit.http.ReadTimeout("timed out", request=request)
+
+    client = kit.mock_openai(server, is_async=is_async, max_retries=0)
+    with path.open("rb") as opened:
+        if given == "consumed":
+            opened.read()
+        file: Any = {"bytes": ("talk.wav", clip, "audio/wav"), "not seekable": _Pipe(clip)}
+        with pytest.raises(Exception, match="timed out"):
+            await kit.maybe(
+                client.audio.transcriptions.create(
+                    model="gpt-4o-transcribe", file=file.get(given, opened), prompt="A talk."
+                )
+            )
+
+    record = only(records())
+    assert (record.status, record.estimated, record.operation) == (
+        "error",
+        True,
+        "audio.transcriptions",
+    )
+    assert record.input_tokens > 0  # the prompt and framing, at least
+    assert record.modalities.get("input_audio") == (None if given == "not seekable" else 300)
+    assert clip in sent[0]
+
+
+@pytest.mark.requires(openai=">=2.0")  # streamed transcriptions
+async def test_a_transcription_stream_left_before_its_usage_counts_its_audio(
+    kit: Any, records: Records, is_async: bool
+) -> None:
+    """Left after its first delta, a streamed transcription of 30 s of WAV was estimated at 7
+    text tokens: its audio is 300 tokens (10 a second), priced at the audio rate."""
+    events = [
+        ("transcript.text.delta", {"type": "transcript.text.delta", "delta": "Hello"}),
+        ("transcript.text.delta", {"type": "transcript.text.delta", "delta": " there."}),
+    ]
+    client = kit.mock_openai(lambda request: sse_reply(kit.http, events), is_async=is_async)
+    stream = await kit.maybe(
+        client.audio.transcriptions.create(
+            model="gpt-4o-transcribe", file=("talk.wav", wav(30), "audio/wav"), stream=True
+        )
+    )
+    await kit.maybe(stream.__anext__() if is_async else next(stream))
+    await kit.maybe(stream.close())
+
+    record = only(records())
+    assert (record.status, record.estimated, record.streamed) == ("ok", True, True)
+    assert record.modalities["input_audio"] == 300
+    b = record.cost_breakdown
+    assert b is not None
+    assert b["input_audio"] == Decimal("0.0018")  # 300 x $6 / M

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, SupportsIndex
 
+from tokenmeter._media import file_head
 from tokenmeter.providers import _core
 from tokenmeter.providers._core import (
     AsyncStreamProxy,
@@ -102,9 +103,11 @@ _OPTION_FIELDS = ("method", "url", "json_data", "extra_json", "headers", "files"
 
 def _with_files(body: dict[str, Any], files: Any) -> dict[str, Any]:
     """``body`` with the multipart files the SDK sends beside it (an ``images.edit``'s
-    ``image`` and ``mask``), by field name (``image[]``: ``image``), each a list of the files'
-    contents (bytes, or a file object, which is not read here). The SDK takes them out of the
-    JSON body: an Images API edit was estimated at its prompt alone, whatever its images."""
+    ``image`` and ``mask``, a transcription's ``file``), by field name (``image[]``:
+    ``image``), each a list of the files' contents: bytes, or of a file object its head and
+    size (``file_head``: read now, before the SDK sends it; None if it cannot be). The SDK takes
+    them out of the JSON body: an Images API edit was estimated at its prompt alone, whatever
+    its images, and a transcription without its audio."""
     pairs = list(files.items()) if isinstance(files, dict) else files
     if not isinstance(pairs, list | tuple):
         return body
@@ -114,6 +117,8 @@ def _with_files(body: dict[str, Any], files: Any) -> dict[str, Any]:
             continue
         name, file = pair
         content = file[1] if isinstance(file, tuple) and len(file) > 1 else file
+        if callable(getattr(content, "read", None)):
+            content = file_head(content)
         sent.setdefault(name.removesuffix("[]"), []).append(content)
     return {**body, **sent} if sent else body
 
