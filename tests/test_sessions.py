@@ -313,6 +313,40 @@ def test_track_and_session_decorators_make_a_fresh_session_per_call(sink: InMemo
     assert len(ids) == 2 and None not in ids
 
 
+def test_a_decorating_session_gives_each_call_what_was_set_on_it(sink: InMemorySink) -> None:
+    """``nightly = session("nightly", budget_usd="0.001")`` then ``nightly.on_exceed = "raise"``
+    (a rename, hooks, notes likewise) read back from the object, while each call of the function
+    it decorates ran in a session made from session()'s arguments: 3 calls, $0.0105, admitted
+    against the budget set to refuse, the name and hooks dropped. Each call's session takes the
+    object's settings as they are when it is called; the id stays the one given (none here)."""
+    tokenmeter.instrument(["openai"])
+    ended: list[tokenmeter.Session] = []
+    nightly = tokenmeter.session("nightly", tags={"team": "data"}, budget_usd=0)
+    nightly.name = "nightly-v2"
+    nightly.on_end = ended.append
+
+    @nightly
+    def job(client: Any) -> None:
+        for _ in range(3):
+            client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+            )
+
+    nightly.on_exceed = "raise"  # set after decorating: a config reload hardening it
+    nightly.notes = "hardened"
+    with FakeProvider() as fake, pytest.raises(tokenmeter.BudgetExceeded):
+        job(fake.openai_client())
+    assert fake.requests == []  # refused before it was sent
+    [run] = ended
+    assert (run.name, run.notes, run.tags, run.budget_usd) == (
+        "nightly-v2",
+        "hardened",
+        {"team": "data"},
+        Decimal(0),
+    )
+    assert run.id != nightly.id and run.status == "failed"
+
+
 def test_track_without_parentheses_is_the_same_decorator(sink: InMemorySink) -> None:
     """``@tokenmeter.track`` bare made the function a decorator: calling it raised TypeError."""
 

@@ -201,7 +201,9 @@ class Session:
         self._left_current: Token[Session | None] | None = None
         self._over_budget_warned = False
         self._announced = False
-        self._init_args = (name, id, tags, budget_usd, notes, on_exceed, on_end)
+        #: The id given to ``session(id=...)``, if any: what each call of a decorated function
+        #: is entered under (never the id made for this object, which every call would share).
+        self._given_id = id
         #: This process's part of the session's stored totals (``SessionInfo.part``): others
         #: may carry the same session on (forked workers, ``tokenmeter run``, its id reused).
         self._part = secrets.token_hex(8)
@@ -433,17 +435,19 @@ class Session:
         self.__exit__(exc_type, exc, tb)
 
     def __call__(self, func: F) -> F:
-        name, id_, tags, budget, notes, on_exceed, on_end = self._init_args
-
         def fresh() -> Session:
+            # What is set on this object now, not what was given to session(): a budget made
+            # to refuse (``job.on_exceed = "raise"``), a rename or hooks set after session(...)
+            # were read back from it while each call's session ignored them (3 calls, $0.0105,
+            # admitted against a $0.001 budget set to raise).
             return Session(
-                name,
-                id=id_,
-                tags=tags,
-                budget_usd=budget,
-                notes=notes,
-                on_exceed=on_exceed,
-                on_end=on_end,
+                self.name,
+                id=self._given_id,
+                tags=self._tags,  # copied by the new session
+                budget_usd=self.budget_usd,
+                notes=self.notes,
+                on_exceed=self.on_exceed,
+                on_end=self.on_end,
             )
 
         return _decorate(func, fresh)
