@@ -835,6 +835,30 @@ def test_a_sessions_id_parent_and_status_cannot_be_set(tmp_path: Path) -> None:
     assert stored == [(job.id, outer.id, "completed")]
 
 
+def test_a_sessions_effective_tags_and_times_cannot_be_set(tmp_path: Path) -> None:
+    """``s.effective_tags`` was a plain dict, and ``started_at``/``ended_at`` plain attributes:
+    ``s.effective_tags["file"] = "report-\\udcff.csv"`` retagged the session's later records
+    unchecked, and SQLite refused them and its end row (every later record of the process was
+    then held back, and set aside in quarantine at exit); ``s.effective_tags = None`` or
+    ``s.started_at = "yesterday"`` made the block's exit raise ValueError from tokenmeter."""
+    tokenmeter.configure(sinks=["sqlite"], directory=str(tmp_path))
+    with tokenmeter.session("outer", tags={"team": "a"}), tokenmeter.session("job") as job:
+        with pytest.raises(TypeError, match="tags are fixed"):
+            job.effective_tags["file"] = "report-\udcff.csv"  # type: ignore[index]
+        for name, value in (("effective_tags", None), ("started_at", "x"), ("ended_at", "x")):
+            with pytest.raises(AttributeError, match=f"^a session's {name} cannot be set: "):
+                setattr(job, name, value)
+        tokenmeter.record("openai", "gpt-4o", 10, 1)
+    assert job.effective_tags == {"team": "a"} and job.status == "completed"
+    assert job.started_at is not None and job.ended_at is not None
+    assert tokenmeter.flush(30)
+    db = sqlite3.connect(tmp_path / "usage.db")
+    [(record_tags,)] = db.execute("SELECT tags FROM records")
+    [(status, stored_tags)] = db.execute("SELECT status, tags FROM sessions WHERE name = 'job'")
+    assert json.loads(record_tags) == json.loads(stored_tags) == {"team": "a"}
+    assert status == "completed"
+
+
 def test_a_fault_in_a_sessions_bookkeeping_loses_no_record(
     sink: InMemorySink, monkeypatch: pytest.MonkeyPatch
 ) -> None:

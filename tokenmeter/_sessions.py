@@ -188,12 +188,12 @@ class Session:
         self._reserved = _ZERO
         self._warned_at: set[float] = set()
         self._status: Literal["active", "completed", "failed"] = "active"
-        self.started_at: datetime | None = None
-        self.ended_at: datetime | None = None
+        self._started_at: datetime | None = None
+        self._ended_at: datetime | None = None
         self._parent: Session | None = None
         self._summary = SessionSummary()
         #: Tags of the ancestors merged with this session's own (inner ones win).
-        self.effective_tags: dict[str, str] = dict(self.tags)
+        self._effective_tags: FrozenTags = self._tags
         self._token: Token[Session | None] | None = None
         #: Its token once it ended in another context than the one it was entered in (a
         #: generator's block closed from another task), which still holds it as current: reset
@@ -277,6 +277,42 @@ class Session:
         raise TypeError(_FIXED_TAGS)
 
     @property
+    def effective_tags(self) -> Mapping[str, str]:
+        """Its tags merged over those of the sessions it was entered in (inner ones win): those
+        of its records. Fixed as it is entered: editing them is a TypeError."""
+        return self._effective_tags
+
+    @effective_tags.setter
+    def effective_tags(self, tags: object) -> NoReturn:
+        # Set (or edited) inside the block, they retagged its later records, which the docs say
+        # cannot happen, unchecked: None made the block's exit raise ValueError from tokenmeter,
+        # and a lone surrogate (a file name from os.listdir) made the SQLite sink refuse the
+        # session's records and end row. (An edit of the mapping is the TypeError of FrozenTags.)
+        _refuse_setting(
+            "effective_tags", "its tags merged with those of the sessions it was entered in"
+        )
+
+    @property
+    def started_at(self) -> datetime | None:
+        """When it was entered (None before)."""
+        return self._started_at
+
+    @started_at.setter
+    def started_at(self, started_at: object) -> NoReturn:
+        # Set by hand to anything but a datetime ("yesterday"), the block's exit raised
+        # ValueError from tokenmeter as the session was stored.
+        _refuse_setting("started_at", "set as it is entered")
+
+    @property
+    def ended_at(self) -> datetime | None:
+        """When it ended (None while it is open)."""
+        return self._ended_at
+
+    @ended_at.setter
+    def ended_at(self, ended_at: object) -> NoReturn:
+        _refuse_setting("ended_at", "set as it ends")
+
+    @property
     def budget_usd(self) -> Decimal | None:
         """USD the session may spend (itself and its nested sessions); may be set as it goes."""
         return self._budget_usd
@@ -308,7 +344,7 @@ class Session:
         """A budget with on_exceed="raise", either set inside the block (not by ``__init__``):
         calls are refused before they are sent from now on, as if both had been given."""
         if (
-            self.__dict__.get("started_at") is not None
+            self.__dict__.get("_started_at") is not None
             and self._budget_usd is not None
             and self._on_exceed == "raise"
             and not _disabled()
@@ -342,7 +378,7 @@ class Session:
     # -- lifecycle -------------------------------------------------------------------------------
     def _start(self) -> None:
         with _lock:  # two threads entering it at once: one does (both did, unlocked)
-            if self.started_at is not None:  # entered, ended, or running a decorated generator
+            if self._started_at is not None:  # entered, ended, or running a decorated generator
                 # (its session, current in its body, holds no token: entered again there, it
                 # was its own parent, and every record walked that loop of ancestors for ever)
                 raise RuntimeError(f"session {self.id!r} was already entered; create a new one")
@@ -351,12 +387,14 @@ class Session:
             # session carried none of them, and escaped the run's ``--budget`` (scoped by tag).
             enclosing = parent.effective_tags if parent is not None else _implicit_tags()
             if enclosing:
-                self.effective_tags = check_tags_size(
-                    {**enclosing, **self.tags}, "with those of the enclosing sessions"
+                self._effective_tags = FrozenTags(
+                    check_tags_size(
+                        {**enclosing, **self._tags}, "with those of the enclosing sessions"
+                    )
                 )
             self._parent = parent
             self._stored_by = _enclosing_with_id(parent, self.id)
-            self.started_at = datetime.now(UTC)
+            self._started_at = datetime.now(UTC)
             self._pid = os.getpid()
         self._token = _current.set(self)
         try:
@@ -375,10 +413,10 @@ class Session:
     def _end(self, failed: bool) -> None:
         _pipeline.catch_up()  # its calls are in its totals before its end hooks run
         with _lock:  # two threads exiting it at once: one ends it
-            if self.started_at is None or self.ended_at is not None:
+            if self._started_at is None or self._ended_at is not None:
                 return  # never entered, or exited already: its hooks and its row are done once
             self._status = "failed" if failed else "completed"
-            self.ended_at = datetime.now(UTC)
+            self._ended_at = datetime.now(UTC)
             token, self._token = self._token, None
             _closed(self)
         if token is not None and _current.get() is self:
@@ -476,7 +514,7 @@ class Session:
         ended: list[Session] = []
         with _lock:
             while node is not None:
-                if node.ended_at is not None:
+                if node._ended_at is not None:
                     if node._pid != os.getpid():  # ended before a fork: this process's part
                         node._inherit()
                     ended.append(node)
@@ -576,7 +614,7 @@ class Session:
             id=self.id,
             name=self.name,
             parent_id=self.parent.id if self.parent else None,
-            tags=self.effective_tags,
+            tags=self._effective_tags,
             status="active" if inherited else self.status,
             started_at=self.started_at or datetime.now(UTC),
             ended_at=None if inherited else self.ended_at,
@@ -1116,7 +1154,7 @@ def implicit_session() -> Session:
                 name, id_, tags = _implicit_args
                 id_ = id_ or f"session_{started:%Y%m%d_%H%M%S}_{pid}"
                 created = Session(name, id=id_, tags=tags)
-                created.started_at, created._pid = started, pid
+                created._started_at, created._pid = started, pid
                 _implicit, _implicit_pid = created, pid
     return _implicit
 
@@ -1157,7 +1195,7 @@ def finish_implicit() -> None:
             _tell(session)
     if _implicit is not None and _implicit._announced and _implicit_pid == os.getpid():
         _implicit._status = "completed"
-        _implicit.ended_at = datetime.now(UTC)
+        _implicit._ended_at = datetime.now(UTC)
         _pipeline.submit(_implicit.info())
         _end_hooks(_implicit)
 
