@@ -610,6 +610,37 @@ def test_a_parent_journal_shows_the_calls_of_its_nested_sessions(tmp_path: Path)
     assert "- **Including Nested Sessions:** 2 calls, 3,000 tokens, $0.015" in text
 
 
+def test_a_session_stored_in_parts_shows_the_calls_of_all_its_nested_sessions(
+    tmp_path: Path,
+) -> None:
+    """A session entered again under its id (a job resumed), or carried on by a forked worker,
+    is stored in parts: the file showed the last part's nested calls ("Including Nested
+    Sessions: 2 calls" beside a row of 6), or, as here, no line at all (2 is not more than the
+    file's own 2 calls), and a forked worker's part was never counted."""
+    import tokenmeter
+
+    tokenmeter.configure(directory=tmp_path / "tm", sinks=["markdown"])
+    for steps in (3, 1):  # 1 call of its own and `steps` nested calls, twice
+        with tokenmeter.session("import", id="import-1"):
+            tokenmeter.record("openai", "gpt-4o", 1000, 500)
+            for _ in range(steps):
+                with tokenmeter.session("step"):
+                    tokenmeter.record("openai", "gpt-4o", 1000, 500)
+    assert tokenmeter.flush(5)
+    text = (tmp_path / "tm" / "journal" / "sessions" / "import-1.md").read_text()
+    assert "- **Total Calls:** 2\n" in text
+    assert "- **Including Nested Sessions:** 6 calls, 9,000 tokens, $0.045" in text
+    sink = MarkdownJournalSink(tmp_path / "forked")
+    ended = SessionInfo(
+        id="job", started_at=STARTED, ended_at=STARTED, status="completed", part="p0", calls=3
+    )
+    worker = SessionInfo(id="job", started_at=STARTED, part="p1", calls=2, inherited=True)
+    sink.write_sessions([ended, worker])
+    text = sink.session_path("job").read_text()
+    assert "- **Including Nested Sessions:** 5 calls" in text
+    assert "- **Status:** completed\n" in text  # the worker's part says nothing of the session
+
+
 def test_a_late_call_of_an_earlier_run_of_an_id_leaves_the_file_to_the_latest(
     tmp_path: Path,
 ) -> None:

@@ -140,8 +140,7 @@ class MarkdownJournalSink:
             return
         with self._locked():
             for info in sessions:
-                if not info.inherited:  # a forked worker's part: its records are in the file
-                    _update(self.session_path(info.id), _SessionLog(info.id, info), [])
+                _update(self.session_path(info.id), _SessionLog(info.id, info), [])
 
     def flush(self) -> None:
         """Nothing to do: ``write`` hands every byte to the OS before it returns."""
@@ -635,8 +634,11 @@ class _SessionLog(_Log):
 
     def apply(self, state: dict[str, Any], records: Sequence[UsageRecord]) -> str:
         if self.info is not None:
-            if not _of_earlier_run(self.info, state.get("info")):
+            # A forked worker's part (inherited) or a late call of an earlier run: its totals
+            # only; what the session is (name, status, times) is what its latest run says.
+            if not self.info.inherited and not _of_earlier_run(self.info, state.get("info")):
                 state["info"] = _info_dict(self.info)
+            _note_part(state, self.info)
         elif "info" not in state and records:
             first = records[0]
             state["info"] = {
@@ -702,7 +704,7 @@ class _SessionLog(_Log):
         if unpriced:
             lines.append(f"- **Calls Without a Known Price:** {unpriced:,}\n")
         info = state.get("info", {})
-        rolled_up = info.get("rolled_up")
+        rolled_up = _rolled_up(state)
         if rolled_up and rolled_up[0] > t["calls"]:  # calls were made in nested sessions
             lines.append(
                 f"- **Including Nested Sessions:** {rolled_up[0]:,} calls, "
@@ -801,9 +803,29 @@ def _info_dict(info: SessionInfo) -> dict[str, Any]:
         "ended_at": None if info.ended_at is None else _iso(info.ended_at),
         "notes": info.notes,
         "budget_usd": None if info.budget_usd is None else str(info.budget_usd),
-        # The session's totals with its nested sessions', as it ended (zero when it starts).
-        "rolled_up": [info.calls, info.input_tokens + info.output_tokens, str(info.cost_usd)],
     }
+
+
+def _note_part(state: dict[str, Any], info: SessionInfo) -> None:
+    """Keep ``info``'s totals (with its nested sessions') as its part's latest, as the SQL sinks
+    do: a session stored in parts (entered again under its id, in one process or several; a
+    worker forked inside it) is the sum of them. The journal kept the last part handed to it:
+    "Including Nested Sessions: 3 calls" for a session whose row said 7, or no line at all."""
+    parts: dict[str, list[Any]] = state.setdefault("parts", {})
+    parts[info.part] = [info.calls, info.input_tokens + info.output_tokens, str(info.cost_usd)]
+
+
+def _rolled_up(state: dict[str, Any]) -> list[Any] | None:
+    """The session's totals with its nested sessions' (calls, tokens, cost): the sum of its
+    parts; a file written before parts were kept has one figure, its last part's."""
+    parts: dict[str, list[Any]] | None = state.get("parts")
+    if not parts:
+        rolled_up: list[Any] | None = state.get("info", {}).get("rolled_up")
+        return rolled_up
+    calls = sum(part[0] for part in parts.values())
+    tokens = sum(part[1] for part in parts.values())
+    cost = sum((Decimal(part[2]) for part in parts.values()), Decimal(0))
+    return [calls, tokens, str(cost)]
 
 
 # --- running totals (JSON-able: Decimals are kept as strings) ------------------------------------
