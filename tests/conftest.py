@@ -46,7 +46,7 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     """A fresh working directory and no TOKENMETER_* settings leaking in from the machine."""
     monkeypatch.chdir(tmp_path)
     _core._faults_logged.clear()  # each test sees its own faults logged
-    for name in [name for name in os.environ if name.startswith("TOKENMETER_")]:
+    for name in [name for name in os.environ if name.startswith(("TOKENMETER_", "OTEL_"))]:
         monkeypatch.delenv(name, raising=False)
     yield
     tokenmeter.uninstrument()

@@ -224,8 +224,25 @@ def cli(capsys: pytest.CaptureFixture[str]) -> RunCli:
     return run
 
 
+_TERMINAL_ENV = (
+    "NO_COLOR",
+    "FORCE_COLOR",
+    "CLICOLOR",
+    "CLICOLOR_FORCE",
+    "TTY_COMPATIBLE",
+    "TTY_INTERACTIVE",
+    "COLORTERM",
+    "COLUMNS",
+    "LINES",
+)
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TOKENMETER_") and k not in _TERMINAL_ENV
+    }
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env

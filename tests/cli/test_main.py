@@ -510,17 +510,18 @@ def test_closed_stdout_or_stderr_is_no_traceback(tmp_path: Path) -> None:
             timeout=60,
         )
 
-    result = shell(f"report --format json --source {source}", "2>&-")
+    q = shlex.quote
+    result = shell(f"report --format json --source {q(str(source))}", "2>&-")
     assert result.returncode == 0
     assert json.loads(result.stdout)["skipped_lines"] == 1  # the warning is not in it
-    result = shell(f"report --source {tmp_path / 'nope.db'}", "2>&-")
+    result = shell(f"report --source {q(str(tmp_path / 'nope.db'))}", "2>&-")
     assert (result.returncode, result.stdout) == (1, "")
-    for args in (f"report --source {source}", f"tail --source {source}", "config"):
+    for args in (f"report --source {q(str(source))}", f"tail --source {q(str(source))}", "config"):
         result = shell(args, ">&-")
         assert result.returncode == 1, result.stderr
         assert result.stderr.splitlines()[-1:] == [
             "tokenmeter: error: standard output is closed"
         ], result.stderr
     report = tmp_path / "report.csv"
-    result = shell(f"report --source {source} -o {report}", ">&-")
+    result = shell(f"report --source {q(str(source))} -o {q(str(report))}", ">&-")
     assert result.returncode == 0 and report.exists(), result.stderr

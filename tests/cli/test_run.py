@@ -142,9 +142,9 @@ def test_child_processes_are_covered(fake: FakeProvider, tmp_path: Path) -> None
         tmp_path / "parent.py",
         _CALLS
         + """
-import subprocess, sys
+import shlex, subprocess, sys
 subprocess.run([sys.executable, "child.py"], check=True)
-subprocess.run(["sh", "-c", f"{sys.executable} child.py"], check=True)  # through a shell too
+subprocess.run(["sh", "-c", f"{shlex.quote(sys.executable)} child.py"], check=True)  # a shell too
 """,
     )
     result = _run(["--", sys.executable, parent.name], _env(fake), cwd=tmp_path)
