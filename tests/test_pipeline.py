@@ -1035,6 +1035,88 @@ def test_a_poison_record_in_a_trickle_of_flushes_is_set_aside() -> None:
     assert [r.id for r in sink.records] == [r.id for r in made]
 
 
+@pytest.mark.parametrize("poison", [2, 3])
+def test_poison_records_in_a_row_never_hold_back_the_records_behind_them(poison: int) -> None:
+    """Two failures with no success before them were taken for a sink that is down: two poison
+    records at the head of the queue were retried for ever, and none of the records behind them
+    was written (0 of 59, a flush() each, in 20 s). A later record now shows the sink works."""
+    sink = Picky()
+    sink.release.set()
+    tokenmeter.configure(sinks=[sink])
+    bad = [tokenmeter.record("openai", "poison", 1, 1) for _ in range(poison)]
+    made = []
+    for _ in range(4):  # one record per flush(), as a function run per request makes
+        made.append(tokenmeter.record("openai", "gpt-4o", 1, 1))
+        tokenmeter.flush(30)
+    wait_for(lambda: tokenmeter.flush(30), "the poison records set aside")
+    assert [r.id for r in sink.records] == [r.id for r in made]
+    kept = [json.loads(line) for line in (Path(".tokenmeter") / "quarantine.jsonl").open()]
+    assert sorted(k["record"]["id"] for k in kept) == sorted(r.id for r in bad)
+
+
+def test_poison_records_in_a_row_are_set_aside_when_their_sink_stops() -> None:
+    """The stopping sink's last tries hit the same "two in a row: the sink is down", and the
+    good records behind two poison ones were set aside with them (12 lines for 2 refused)."""
+    sink = Picky()
+    sink.release.set()
+    _alone_gathering_for_an_hour(sink)  # one batch, written when the sink stops
+    bad = [tokenmeter.record("openai", "poison", 1, 1) for _ in range(2)]
+    made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(10)]
+    tokenmeter.configure(sinks=[InMemorySink()])
+    assert sorted(r.id for r in sink.records) == sorted(r.id for r in made)  # the last one first
+    kept = [json.loads(line) for line in (Path(".tokenmeter") / "quarantine.jsonl").open()]
+    assert [k["record"]["id"] for k in kept] == [r.id for r in bad]
+
+
+class RefusesSession(InMemorySink):
+    """Stores every session but those named "refused" (a sink that cannot map its tags)."""
+
+    def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
+        if any(s.name == "refused" for s in sessions):
+            raise ValueError("cannot store this session")
+        super().write_sessions(sessions)
+
+
+def test_a_refused_session_never_holds_back_the_sessions_behind_it() -> None:
+    """A session the sink refuses is two failing items, its start and its end: taken for a sink
+    that is down, they held back every later session (0 of 50 stored, a flush() each)."""
+    sink = RefusesSession()
+    tokenmeter.configure(sinks=[sink])
+    with tokenmeter.session("refused") as refused:
+        tokenmeter.record("openai", "gpt-4o", 1, 1)
+    later = []
+    for _ in range(4):
+        with tokenmeter.session("next") as session:
+            tokenmeter.record("openai", "gpt-4o", 1, 1)
+        later.append(session.id)
+        tokenmeter.flush(30)
+    wait_for(lambda: tokenmeter.flush(30), "the refused session set aside")
+    assert sorted(sink.sessions) == sorted(later)
+    assert all(sink.sessions[id_].status == "completed" for id_ in later)
+    assert len(sink.records) == 5
+    kept = [json.loads(line) for line in (Path(".tokenmeter") / "quarantine.jsonl").open()]
+    assert [k["record"]["id"] for k in kept] == [refused.id, refused.id]  # its start and end
+
+
+def test_a_sink_down_through_isolated_passes_has_nothing_set_aside() -> None:
+    """Every write fails, with many records waiting in runs of their own: each isolated pass
+    tries a later record too, which fails as well, so nothing is taken for poison; all of them
+    are written, in order, once the sink is back."""
+    sink = FlakySink()
+    tokenmeter.configure(sinks=[sink])
+    made = []
+    for _ in range(10):
+        made.append(tokenmeter.record("openai", "gpt-4o", 1, 1))
+        tokenmeter.flush(0.1)
+    with tokenmeter.session("job"):
+        made.append(tokenmeter.record("openai", "gpt-4o", 1, 1))
+    wait_for(lambda: sink.failures >= 3 * _pipeline._ISOLATE_AFTER, "isolated passes")
+    sink.healthy.set()
+    assert tokenmeter.flush(30)
+    assert [r.id for r in sink.records] == [r.id for r in made]
+    assert list(sink.sessions) and not (Path(".tokenmeter") / "quarantine.jsonl").exists()
+
+
 class CoinFlipSink(InMemorySink):
     """A user sink behind a flaky network: each write fails at random, half of them (seeded)."""
 

@@ -24,6 +24,8 @@ Policies (documented in docs/sinks.md):
   the next one the sink takes (in the same pass, or the next write the sink takes), each time
   in ``_TRIES`` tries in a row, can never be written (a poison record) and is set aside in the
   quarantine file with the error, reported once, so it never holds back the records behind it.
+  Poison records in a row (a refused session: its start and end) are told from a sink that is
+  down by a later record, written ahead of them.
   A record that failed only while the sink was down (a server restarting) or at random (a flaky
   sink) is written, never set aside. A sink that is stopped gets a flush()'s tries first.
 - Once a writer has fallen behind (``_BACKLOG`` items wait), records are queued packed
@@ -1084,25 +1086,34 @@ class _Writer:
         failed while the sink was down (a server restarting before or during the pass) is never
         mistaken for one the sink can never store. Items that failed again after a success but
         wait for the next one are held apart (``_accused``); items not tried since the last
-        success go back to the head of the queue. False when nothing went through: the sink is
-        failing."""
+        success go back to the head of the queue. Two that fail before any success prove nothing
+        while later items wait (poison ones in a row): the last of them that may go first is
+        tried (``_ahead``). False when nothing went through: the sink is failing."""
         kind = isinstance(run[0], SessionInfo)
         runs = list(
             itertools.takewhile(
                 lambda later: isinstance(later[0], SessionInfo) == kind, self._pending
             )
         )
+        items = list(itertools.chain.from_iterable(runs))
         suspects: list[Any] = []  # failed, not yet tried again since the sink last took one
         accused: list[tuple[Any, BaseException]] = []  # failed again right after a success
         written = False
-        for item in itertools.chain.from_iterable(runs):
-            try:
-                self._write([item])
-            except BaseException:
-                suspects.append(item)
-                if not written and len(suspects) >= 2:
-                    return False  # two in a row and no success: the sink is down, not the data
+        ahead: int | None = None  # an item written before its turn, to show the sink works
+        for index, item in enumerate(items):
+            if index == ahead:
                 continue
+            if not self._took(item):
+                suspects.append(item)
+                if written or len(suspects) < 2:
+                    continue
+                # Two in a row and no success: the sink is down, or they are poison (a run of
+                # them at the head of the queue, a refused session's start and end, which held
+                # back every item behind them for good). A later item tells which, and keeps a
+                # sink that is down at three writes a pass.
+                ahead = _ahead(items, index + 1)
+                if ahead is None or not self._took(items[ahead]):
+                    return False  # the sink is down, not the data
             written = True
             for poison, _ in accused:  # the sink works on both sides of their failure
                 error = self._refused(poison)
@@ -1136,6 +1147,14 @@ class _Writer:
         self._accused += accused
         if suspects:
             self._pending.appendleft(suspects)
+        return True
+
+    def _took(self, item: Any) -> bool:
+        """Write ``item`` alone: whether the sink took it."""
+        try:
+            self._write([item])
+        except BaseException:
+            return False
         return True
 
     def _probe(self, start: int) -> int | None:
@@ -1256,6 +1275,22 @@ class _Writer:
 #: The most of a sink's error message that is logged and kept with each record set aside: a
 #: user sink raising with the error page it got (200 kB) made every quarantine line that long.
 _ERROR_TEXT_MAX = 1_000
+
+
+def _ahead(items: Sequence[Any], start: int) -> int | None:
+    """The index of the last of ``items`` from ``start`` on that may be written before the items
+    in front of it: past a run of poison ones, if any is. Any record may; a session's snapshot
+    only when no earlier snapshot of that session waits (the earlier one, written after it,
+    would undo it: a session's start over its end). None when there is none."""
+    first: dict[str, int] = {}
+    for index, item in enumerate(items):
+        if isinstance(item, SessionInfo):
+            first.setdefault(item.id, index)
+    for index in range(len(items) - 1, start - 1, -1):
+        item = items[index]
+        if not isinstance(item, SessionInfo) or first[item.id] == index:
+            return index
+    return None
 
 
 def _error_text(exc: BaseException) -> str:
