@@ -164,7 +164,9 @@ def _checked(path: str | os.PathLike[str], name: str, wanted: Literal["file", "d
 
 
 def ensure_private_dir(directory: Path) -> None:
-    """Create ``directory`` and any missing parents, each with mode 0o700."""
+    """Create ``directory`` and any missing parents, each with mode 0o700. One that is a
+    symbolic link to a directory not made yet (``ln -s /mnt/data/tokenmeter .tokenmeter``) is
+    made where the link points (``_link_target``), as the sinks' files are."""
     missing: list[Path] = []
     current = directory
     while not current.exists():
@@ -175,21 +177,46 @@ def ensure_private_dir(directory: Path) -> None:
     for path in reversed(missing):
         try:
             os.mkdir(path, DIR_MODE)
-        except FileExistsError:  # another process created it first
-            continue
+        except FileExistsError:
+            target = _link_target(path)
+            if target is not None:
+                # mkdir never follows a link: every write under it failed, the quarantine
+                # file's too, and every record was lost.
+                ensure_private_dir(target)
+            continue  # else another process created it first
         os.chmod(path, DIR_MODE)
 
 
+def _link_target(path: Path) -> Path | None:
+    """Where ``path`` points when it is a symbolic link to nothing yet, else None (a loop of
+    links, which can never be made, included)."""
+    if not os.path.islink(path) or os.path.exists(path):
+        return None
+    target = Path(os.path.realpath(path))
+    return None if os.path.islink(target) else target
+
+
 def open_private(path: Path, flags: int) -> int:
-    """``os.open`` that creates a missing file with mode 0o600; returns the descriptor."""
+    """``os.open`` that creates a missing file with mode 0o600; returns the descriptor. A
+    symbolic link to a file not made yet (``usage.db`` linked to another disk before the first
+    run) has that file made where it points, as ``open(path, "a")`` and ``sqlite3`` do: ``O_EXCL``
+    never follows a link, and every write to such a sink failed."""
     try:
         return os.open(path, flags | os.O_CLOEXEC)
     except FileNotFoundError:
         pass
-    try:
-        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-    except FileExistsError:  # another process created it between our two calls
-        return os.open(path, flags | os.O_CLOEXEC)
+    with contextlib.suppress(FileExistsError):
+        return _create_private(path, flags)
+    target = _link_target(path)
+    if target is not None:
+        with contextlib.suppress(FileExistsError):
+            return _create_private(target, flags)
+    return os.open(path, flags | os.O_CLOEXEC)  # another process created it between our calls
+
+
+def _create_private(path: Path, flags: int) -> int:
+    """Create the file ``path`` with mode 0o600 (FileExistsError if anything is there)."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     os.fchmod(fd, FILE_MODE)
     return fd
 
