@@ -20,6 +20,7 @@ from conftest import (  # type: ignore[import-not-found, unused-ignore]
 )
 from helpers import (  # type: ignore[import-not-found, unused-ignore]
     one_line_value_error,
+    returns,
     unusable_paths,
 )
 
@@ -288,3 +289,24 @@ def test_a_path_that_can_hold_no_file_is_refused_at_once(tmp_path: Path) -> None
             JSONLSink(path)
         message = one_line_value_error(excinfo)
         assert message.startswith("path must ") and (kind in message or path == "")
+
+
+def test_a_fifo_put_in_place_of_the_file_is_refused_not_written_into(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    """usage.jsonl rotated away and a named pipe put there for a log shipper not reading yet:
+    the sink opened it and its writer blocked in write() for ever once the pipe was full
+    (flush() False from then on, 256 records "may be lost" at exit). The write fails now,
+    saying what is there, and the records are kept for the next write, which the file takes."""
+    path = tmp_path / "usage.jsonl"
+    sink = JSONLSink(path)
+    sink.write([make_record(0)])
+    path.rename(tmp_path / "usage.jsonl.1")
+    os.mkfifo(path)
+    records = [make_record(i, tags={"team": "x" * 1_000}) for i in range(1, 201)]  # > 64 KiB
+    (error,) = returns(lambda: sink.write(records), "the write into the FIFO")
+    assert isinstance(error, OSError) and "a FIFO, not a regular file" in str(error)
+    path.unlink()
+    sink.write(records)
+    sink.close()
+    assert [r.id for r in read_jsonl(path) if r] == [r.id for r in records]

@@ -30,6 +30,7 @@ from tokenmeter.sinks._files import (
     file_id,
     file_path,
     open_private,
+    refuse_irregular,
     still_names,
 )
 
@@ -81,7 +82,15 @@ class JSONLSink:
             os.close(self._fd)
             self._fd = None
         ensure_private_dir(self.path.parent)
-        fd = open_private(self.path, os.O_RDWR | os.O_APPEND)
+        # A FIFO put at the path since the sink was made (for a log shipper not reading yet)
+        # held the writer in write() for ever once its buffer was full: refused, as by the
+        # other file sinks, and the records kept and retried.
+        fd = open_private(self.path, os.O_RDWR | os.O_APPEND | os.O_NONBLOCK)
+        try:
+            refuse_irregular(fd)
+        except BaseException:
+            os.close(fd)
+            raise
         info = os.fstat(fd)
         self._fd, self._pid, self._file_id = fd, os.getpid(), file_id(info)
         return fd
