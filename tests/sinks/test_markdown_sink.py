@@ -965,6 +965,36 @@ def test_a_journal_an_editor_saved_with_crlf_or_a_bom_goes_on(
     assert table_rows(usage, "| Provider | Model | Calls |")[-1][2] == "**6**"
 
 
+def test_a_journal_linked_from_elsewhere_is_rewritten_where_the_link_points(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    """token_usage.md kept in a notes vault and linked into the journal directory: the first
+    document rewritten whole (its head grew) was renamed over the link, and the linked file
+    stopped being updated (12 calls of 41 there). The file the link names is replaced now, with
+    its mode, and the link kept."""
+    journal = tmp_path / "journal"
+    sink = MarkdownJournalSink(journal)
+    sink.write([make_record(0)])
+    vault = tmp_path / "vault"
+    vault.mkdir()
+    usage = journal / "token_usage.md"
+    usage.rename(vault / "token_usage.md")
+    (vault / "token_usage.md").chmod(0o640)
+    usage.symlink_to(vault / "token_usage.md")
+
+    # 30 models with long names make the head outgrow its room: the document is rewritten.
+    sink.write(
+        [make_record(1 + i, model_name=f"model-{i:02d}-with-a-long-name") for i in range(30)]
+    )
+
+    assert usage.is_symlink()
+    assert stat.S_IMODE((vault / "token_usage.md").stat().st_mode) == 0o640
+    text = (vault / "token_usage.md").read_text(encoding="utf-8")
+    assert table_rows(text, "| Provider | Model | Calls |")[-1][2] == "**31**"
+    assert sorted(p.name for p in vault.iterdir()) == ["token_usage.md"]
+    assert journal_problems(journal) == []
+
+
 def test_a_link_planted_at_the_temporary_file_is_not_followed(
     tmp_path: Path, make_record: RecordFactory
 ) -> None:

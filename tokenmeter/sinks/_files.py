@@ -230,7 +230,14 @@ def replace_private(path: Path, data: bytes) -> None:
     The temporary file is always a new one (``O_EXCL``): whatever is at its name, which anyone
     who may write in the directory can guess, is removed first, never followed (a symbolic link
     planted there would have the file it points to overwritten).
+
+    ``path`` a symbolic link (a journal kept in a notes vault, linked into its directory): the
+    file it points to is replaced, the temporary file made beside it. Renamed over the link, the
+    copy took its place and the linked file stopped being updated. (``remove_temporaries`` of
+    the link's directory does not see the temporary file a killed process left there.)
     """
+    if os.path.islink(path):
+        path = Path(os.path.realpath(path))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
