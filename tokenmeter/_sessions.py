@@ -703,10 +703,12 @@ def _closed(session: Session) -> None:
     uncount = session._uncount_if_collected
     if uncount is None:  # never opened, or closed already
         return
-    uncount.detach()
     session._uncount_if_collected = None
     _open.discard(session)
-    _uncount(session.id)
+    # Dead already: collected as it closed (a coroutine the garbage collector closes, its event
+    # loop closed with it in flight, ends its session then), its id counted off as collected.
+    if uncount.detach() is not None:
+        _uncount(session.id)
 
 
 def _uncount_collected() -> None:
@@ -862,7 +864,8 @@ class _Steps:
             return await step
         finally:
             self.current = _current.get()
-            _current.reset(token)
+            with contextlib.suppress(ValueError):  # closed by the collector, out of its context
+                _current.reset(token)
 
 
 def _set_aside(session: Session) -> Session:
@@ -1021,7 +1024,8 @@ def _awaited_in(session: Session, coroutine: Any) -> Any:
             failed = True
             raise
         finally:
-            _current.reset(token)
+            with contextlib.suppress(ValueError):  # closed by the collector, out of its context
+                _current.reset(token)
             session._end(failed)
 
     return run_in_session()

@@ -8,11 +8,14 @@ each estimate is compared with the usage the same server reports when asked.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
 import logging
+import sys
 import threading
 import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import ModuleType
 from typing import Any
 
@@ -187,6 +190,72 @@ async def test_a_call_cancelled_while_it_waits_for_its_reply_is_estimated(
         await pending
     record = only(records())
     assert (record.status, record.error, record.estimated) == ("error", "CancelledError", True)
+    request = {"model": "gpt-4o", "messages": MESSAGES}
+    assert record.input_tokens == estimate_input("openai", request).input_tokens
+    assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
+
+
+def _in_session(how: str, call: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+    """``call`` as an application runs it: bare, in a session-decorated async function or async
+    generator, or in a plain wrapper of one (``functools.wraps``) under the session decorator."""
+    if how == "bare":
+        return call
+
+    async def decorated() -> Any:
+        return await call()
+
+    if how == "decorated":
+        return tokenmeter.session("request")(decorated)
+
+    @tokenmeter.session("request")
+    async def answer() -> AsyncIterator[Any]:
+        yield await call()
+
+    async def read_answer() -> list[Any]:
+        return [piece async for piece in answer()]
+
+    if how == "generator":
+        return read_answer
+
+    @functools.wraps(decorated)
+    def wrapper() -> Any:
+        return decorated()
+
+    return tokenmeter.session("request")(wrapper)
+
+
+@pytest.mark.parametrize("how", ["bare", "decorated", "generator", "wrapper"])
+def test_a_call_in_flight_when_its_event_loop_is_closed_is_estimated_and_quiet(
+    records: Records, kit: ModuleType, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """An event loop closed with a call's task pending (``asyncio.wait`` with a timeout cancels
+    nothing; a thread's loop closed at shutdown): the collector closes the call's coroutine
+    (GeneratorExit) outside its task's context. tokenmeter's contextvar reset then raised a
+    ValueError ("was created in a different Context"), printed as an unraisable exception where
+    the SDK alone prints nothing, and the sent, billed call was an error record costing $0."""
+    unraisable: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: unraisable.append(repr(u.exc_value)))
+    sent = asyncio.Event()
+
+    async def slow_server(request: Any) -> Any:
+        sent.set()
+        await asyncio.sleep(30)
+        raise AssertionError("closed before this")
+
+    client = kit.mock_openai(slow_server, is_async=True, max_retries=0)
+    tokenmeter.instrument("openai")
+    call = _in_session(
+        how, lambda: client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    )
+    loop = asyncio.new_event_loop()
+    pending = loop.create_task(call())
+    loop.run_until_complete(sent.wait())
+    loop.close()
+    del pending
+    gc.collect()
+    assert unraisable == []
+    record = only(records())
+    assert (record.status, record.error, record.estimated) == ("error", "GeneratorExit", True)
     request = {"model": "gpt-4o", "messages": MESSAGES}
     assert record.input_tokens == estimate_input("openai", request).input_tokens
     assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0

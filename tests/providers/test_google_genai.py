@@ -3,9 +3,11 @@
 # No ``from __future__ import annotations`` here: google-genai 1.10 reads a tool function's
 # annotations as written, and fails automatic function calling on the string "str".
 
+import asyncio
 import contextlib
 import gc
 import json
+import sys
 import types as pytypes
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
@@ -897,3 +899,51 @@ def test_uninstrument_restores_the_original_methods(fake: FakeProvider, sink: In
     assert models.Models._generate_content is originals[(models.Models, "_generate_content")]
     client(fake).models.generate_content(model="gemini-2.5-flash", contents="hi")
     assert flushed(sink) == []
+
+
+@pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
+@pytest.mark.usefixtures("instrumented")
+@pytest.mark.parametrize("read", [False, True])
+def test_an_async_stream_in_flight_when_its_event_loop_is_closed_is_quiet(
+    sink: InMemorySink, monkeypatch: pytest.MonkeyPatch, read: bool
+) -> None:
+    """An event loop closed while an async stream waits for its first chunk, or its next: the
+    collector closes the stream's coroutine outside its task's context, where resetting the
+    stream's caller raised a ValueError ("was created in a different Context"), printed as an
+    unraisable exception of ours (nothing without tokenmeter)."""
+    unraisable: list[str] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: unraisable.append(repr(u.exc_value)))
+    chunk = {"candidates": [{"content": {"parts": [{"text": "Hello there"}], "role": "model"}}]}
+    first = f"data: {json.dumps({**chunk, 'modelVersion': 'gemini-2.5-flash'})}\r\n\r\n"
+
+    waiting = asyncio.Event()
+
+    class Waiting(http.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            if read:
+                yield first.encode()
+            waiting.set()
+            await asyncio.sleep(30)
+            raise AssertionError("closed before this")
+
+    def handler(request: Any) -> Any:
+        return http.Response(200, stream=Waiting(), headers={"content-type": "text/event-stream"})
+
+    client = mock_genai(handler)
+
+    async def read_stream() -> None:
+        stream = await client.aio.models.generate_content_stream(
+            model="gemini-2.5-flash", contents="hi"
+        )
+        async for _ in stream:
+            pass
+
+    loop = asyncio.new_event_loop()
+    pending = loop.create_task(read_stream())
+    loop.run_until_complete(waiting.wait())
+    loop.close()
+    del pending
+    gc.collect()
+    assert unraisable == []
+    record = only(flushed(sink))
+    assert record.estimated and record.input_tokens

@@ -555,7 +555,12 @@ async def send_async(
         call.finish(exc)
         raise
     finally:
-        guard.reset(token)
+        # An event loop closed with the call in flight: the garbage collector closes this
+        # coroutine (GeneratorExit) outside its task's context, where the token cannot be reset;
+        # that context is dropped with the task and needs no reset. Raised, the ValueError would
+        # replace the GeneratorExit and be printed as an unraisable exception of ours.
+        with contextlib.suppress(ValueError):
+            guard.reset(token)
 
 
 def _answered_unparsed(call: Call, error: BaseException) -> None:
@@ -740,8 +745,10 @@ _READING_FAILURES = frozenset({"ReadTimeout", "ReadError", "RemoteProtocolError"
 
 #: A task cancelled (asyncio, trio): the application's own timeout (``asyncio.wait_for``,
 #: ``asyncio.timeout``) of a call that is waiting for its reply, nearly always: the request was
-#: sent, and the provider runs it and bills it.
-_CANCELLED = frozenset({"CancelledError", "Cancelled"})
+#: sent, and the provider runs it and bills it. ``GeneratorExit``: the same call's coroutine
+#: closed as it waited, its event loop closed with its task still pending (``asyncio.wait``
+#: with a timeout cancels nothing; a thread's loop closed at shutdown).
+_CANCELLED = frozenset({"CancelledError", "Cancelled", "GeneratorExit"})
 
 
 def _cut_after_sending(error: BaseException | None) -> bool:

@@ -14,6 +14,7 @@ not by the class patch, which ``uninstrument()`` may have taken away before the 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import types
@@ -312,7 +313,8 @@ class _OuterStream(SDKObjectProxy):
         try:
             return await self.__wrapped__.__anext__()
         finally:
-            _caller.reset(token)
+            with contextlib.suppress(ValueError):  # closed by the collector (see send_async)
+                _caller.reset(token)
 
     async def aclose(self) -> None:
         try:
@@ -415,7 +417,8 @@ async def _outer_async(made: Awaitable[Any], caller: _Caller) -> _OuterStream:
     try:
         stream = await made
     finally:
-        _caller.reset(token)
+        with contextlib.suppress(ValueError):  # closed by the collector (see send_async)
+            _caller.reset(token)
     return _OuterStream(stream, caller)
 
 
