@@ -79,6 +79,63 @@ def test_a_failing_sink_loses_nothing_and_is_reported_once(
     assert not (Path(".tokenmeter") / "quarantine.jsonl").exists()  # a sink down is not bad data
 
 
+def _refusing_writer_threads(monkeypatch: pytest.MonkeyPatch, times: int | None) -> None:
+    """Starting a writer's thread fails ``times`` times (for ever: None), as when a container's
+    pids limit or an address-space limit is reached."""
+    start = threading.Thread.start
+    left = [times]
+
+    def start_or_refuse(thread: threading.Thread) -> None:
+        if thread.name.startswith("tokenmeter-writer") and left[0] != 0:
+            if left[0] is not None:
+                left[0] -= 1
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_or_refuse)
+
+
+def test_a_writer_that_cannot_start_fails_no_session_and_starts_with_a_later_record(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A thread that could not start (RuntimeError "can't start new thread") as a session's
+    entry made the first record, and so the sinks' writers, raised out of the application's
+    ``with tokenmeter.session()``: its body never ran. Now the records wait, the writer starts
+    with a later one, and that it could not start is logged once."""
+    memory = InMemorySink()
+    tokenmeter.configure(sinks=[memory])
+    _refusing_writer_threads(monkeypatch, 2)  # the session's entry, then the call's record
+    ran = []
+    with caplog.at_level(logging.WARNING, logger="tokenmeter"):
+        with tokenmeter.session("request") as session:
+            tokenmeter.record("openai", "gpt-4o", 10, 2)
+            ran.append(session.id)
+        assert tokenmeter.flush(timeout=30)  # started by the session's end
+    assert [record.session_id for record in memory.records] == ran
+    assert memory.sessions[session.id].calls == 1
+    refused = [r.message for r in caplog.records if "could not start" in r.message]
+    assert len(refused) == 1 and "can't start new thread" in refused[0]
+    assert any("started at last" in r.message for r in caplog.records)
+
+
+def test_a_writer_that_never_starts_says_what_it_held_at_exit(tmp_path: Path) -> None:
+    """Threads that stay unavailable: the application runs on; flush() says False, and the exit
+    says how many records and sessions were never written (never a silent loss)."""
+    code = """
+import threading, tokenmeter
+def refuse(thread):
+    raise RuntimeError("can't start new thread")
+threading.Thread.start = refuse
+tokenmeter.configure(directory=".", sinks=["jsonl"])
+with tokenmeter.session("request"):
+    tokenmeter.record("openai", "gpt-4o", 10, 2)
+print("flushed", tokenmeter.flush(timeout=5))
+"""
+    done = run_python("-c", code, env=os.environ, cwd=tmp_path)
+    assert "flushed False" in done.stdout
+    assert "its writer never started; 3 records and sessions it held are lost" in done.stderr
+
+
 def test_a_sink_fault_never_reaches_the_caller() -> None:
     class Broken:
         def write(self, records: Sequence[UsageRecord]) -> None:

@@ -564,7 +564,36 @@ class _Writer:
         #: Records that could not be set aside either.
         self.lost = 0
         self._last_error: BaseException | None = None
-        self._thread = start_thread(self._run, f"tokenmeter-writer-{_name(sink)}")
+        #: Why its thread could not start (None once it runs): see ``_start``.
+        self._unstarted: RuntimeError | None = None
+        self._thread = threading.Thread(target=self._run)  # never started: not alive
+        self._start()
+
+    def _start(self) -> None:
+        """Start the writer's thread. One that cannot start (a container's pids limit or an
+        address-space limit reached: RuntimeError "can't start new thread") is never the
+        caller's failure (a session's entry, a call's record): what comes waits in the buffer,
+        and the next ``put``, ``flush()`` or ``stop`` tries again; logged once per spell.
+        Under the lock: two callers trying again at once start one thread."""
+        with self._lock:
+            if self._thread.is_alive():  # started meanwhile (another caller, ``revive``)
+                self._unstarted = None
+                return
+            try:
+                self._thread = start_thread(self._run, f"tokenmeter-writer-{_name(self.sink)}")
+            except RuntimeError as exc:
+                if self._unstarted is None:
+                    logger.error(
+                        "tokenmeter sink %s: its writer could not start (%s); its records "
+                        "wait, and it is started again with the next one",
+                        _name(self.sink),
+                        exc,
+                    )
+                self._unstarted = exc
+                return
+            if self._unstarted is not None:
+                self._unstarted = None
+                logger.warning("tokenmeter sink %s: its writer started at last", _name(self.sink))
 
     def settle(self, max_queue: int, interval: float, quarantine: Path | None) -> None:
         """Take a configuration's settings: a new writer's, or those of the configuration that
@@ -603,6 +632,8 @@ class _Writer:
             self._arrived.set()
         if waiting == self.batch:
             self._hurry.set()
+        if self._unstarted is not None:
+            self._start()
         return waiting
 
     def _crowd(self, waiting: int) -> None:
@@ -673,6 +704,8 @@ class _Writer:
 
     def request_flush(self) -> _FlushMarker:
         marker = _FlushMarker()
+        if self._unstarted is not None:
+            self._start()
         if not self._thread.is_alive():
             # Ended by the exit flush (a flush() in a later exit hook), or short of a bug died:
             # never wait for nothing. Done if it holds nothing.
@@ -701,6 +734,16 @@ class _Writer:
     def stop(self, timeout: float | None) -> None:
         """Write what is buffered, close the sink, end the thread."""
         self.ask_to_stop()
+        if self._unstarted is not None:
+            self._start()  # stopping: it writes what it holds, closes its sink and ends
+        if self._unstarted is not None:
+            logger.error(
+                "tokenmeter sink %s: its writer never started; %d records and sessions it held "
+                "are lost",
+                _name(self.sink),
+                self.held(),
+            )
+            return
         if threading.current_thread() is not self._thread:  # else it ends once its write returns
             self._thread.join(timeout)
 
