@@ -114,13 +114,18 @@ def test_follow_prints_new_records_and_stops_on_ctrl_c(kind: str, tmp_path: Path
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "jsonl", "directory"])
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl", "directory", "sqlite without tables"])
 def test_follow_started_before_the_first_record_waits_for_it(kind: str, tmp_path: Path) -> None:
     """`tail -f` in one terminal, then the application in another: it exited at once ('no
-    usage data') where it should wait, as `tail -F` does."""
-    names = {"sqlite": "usage.db", "jsonl": "usage.jsonl", "directory": "usage.db"}
-    path = tmp_path / names[kind]
+    usage data') where it should wait, as `tail -F` does. Polled after the SQLite sink's first
+    connection made `usage.db` but before its tables, it exited 1 ('not a tokenmeter database
+    (no records table)'): a file with no table at all is waited for too."""
+    names = {"jsonl": "usage.jsonl"}
+    path = tmp_path / names.get(kind, "usage.db")
     given = tmp_path if kind == "directory" else path
+    if kind == "sqlite without tables":
+        with contextlib.closing(sqlite3.connect(path)) as made:
+            made.execute("PRAGMA journal_mode = WAL")
     args = ["tail", "-f", "--interval", "0.1", "--source", str(given)]
     proc = start_module(*args)
     try:

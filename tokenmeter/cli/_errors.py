@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CliError", "NoSourceYet"]
+__all__ = ["CliError", "NoSourceYet", "NoTablesYet"]
 
 
 class CliError(Exception):
@@ -16,3 +16,9 @@ class CliError(Exception):
 class NoSourceYet(CliError):
     """The store named (or the default one) does not exist: nothing has been recorded there yet.
     ``tail -f`` waits for it; every other command says so."""
+
+
+class NoTablesYet(CliError):
+    """A SQLite file with no table at all: a sink's first connection has made the file and is
+    writing its schema (or it is an empty file). ``tail -f`` waits for the tables; every other
+    command says it is not a tokenmeter database."""

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
 from urllib.parse import quote
 
 from tokenmeter.cli._dates import format_instant
-from tokenmeter.cli._errors import CliError, NoSourceYet
+from tokenmeter.cli._errors import CliError, NoSourceYet, NoTablesYet
 from tokenmeter.cli._postgres import (
     PgConnection,
     display_name,
@@ -461,7 +461,8 @@ def open_sqlite(path: Path) -> sqlite3.Connection:
         raise CliError(f"cannot read {path}: {exc}") from None
     if "records" not in tables:
         conn.close()
-        raise CliError(f"{path} is not a tokenmeter database (no records table)")
+        message = f"{path} is not a tokenmeter database (no records table)"
+        raise NoTablesYet(message) if not tables else CliError(message)
     return conn
 
 

@@ -14,7 +14,6 @@ at the end. Ctrl-C ends it quietly with status 0.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sqlite3
 import sys
@@ -24,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from tokenmeter.cli._errors import CliError, NoSourceYet
+from tokenmeter.cli._errors import CliError, NoSourceYet, NoTablesYet
 from tokenmeter.cli._output import one_line, stdout_failed
 from tokenmeter.cli._source import (
     MAX_LINE_BYTES,
@@ -35,7 +34,6 @@ from tokenmeter.cli._source import (
     parse_record,
     resolve_source,
     skip_rest_of_line,
-    table_columns,
     warn_skipped,
 )
 from tokenmeter.cli._validate import BadRecord, record_from_row
@@ -398,6 +396,19 @@ def _follower(source: Source) -> _SqliteFollower | _JsonlFollower:
     return _JsonlFollower(source.path) if source.kind == "jsonl" else _SqliteFollower(source)
 
 
+def _recorded_source(given: str | None) -> Source:
+    """The source to follow; ``NoSourceYet`` while nothing is recorded there yet, including a
+    ``usage.db`` the SQLite sink has made but not written its tables into (its first
+    connection makes the file, then the schema: polled in between, it has no table at all)."""
+    source = resolve_source(given)
+    if source.kind == "sqlite":
+        try:
+            open_database(source).close()
+        except NoTablesYet:
+            raise NoSourceYet(f"no records in {source.path} yet") from None
+    return source
+
+
 def _when_recorded(args: argparse.Namespace) -> _SqliteFollower | _JsonlFollower | None:
     """``-f`` started before anything was recorded (tail in one terminal, then the application
     in another) waits for the store, as ``tail -F`` does; None once Ctrl-C ends the wait."""
@@ -405,12 +416,7 @@ def _when_recorded(args: argparse.Namespace) -> _SqliteFollower | _JsonlFollower
     try:
         while True:
             try:
-                source = resolve_source(args.source)
-                if source.kind == "sqlite":  # made, but not its table yet: the writer is at it
-                    with contextlib.closing(open_database(source)) as conn:
-                        if not table_columns(conn, "records"):
-                            raise NoSourceYet(f"no records in {source.path} yet")
-                return _follower(source)
+                return _follower(_recorded_source(args.source))
             except NoSourceYet as exc:
                 if not said:
                     print(f"tokenmeter tail: {exc}; waiting for the first record", file=sys.stderr)
