@@ -28,13 +28,38 @@ from tokenmeter.sinks._files import ensure_private_dir
 if TYPE_CHECKING:
     from tokenmeter.cli._source import Source
 
-__all__ = ["GRACE", "PERIODS", "PeriodicReports", "period_name", "write_period_report"]
+__all__ = [
+    "GRACE",
+    "PERIODS",
+    "REPORTS_DIR",
+    "PeriodicReports",
+    "is_report_name",
+    "period_name",
+    "write_period_report",
+]
 
 logger = logging.getLogger("tokenmeter")
 
 #: Setting value -> the period it reports on.
 PERIODS = {"daily": "day", "weekly": "week", "monthly": "month"}
 GRACE = timedelta(seconds=10)
+#: The folder of ``directory`` the reports are written into.
+REPORTS_DIR = "reports"
+_REPORT_PREFIX, _REPORT_SUFFIX = "usage_report_", ".md"
+
+
+def _report_name(period: str) -> str:
+    """``usage_report_2026-W47.md`` for the period named ``2026-W47`` (``period_name``)."""
+    return f"{_REPORT_PREFIX}{period}{_REPORT_SUFFIX}"
+
+
+def is_report_name(name: str) -> bool:
+    """Whether ``name`` is that of a report this module writes (``usage_report_2026-W47.md``)."""
+    return (
+        name.startswith(_REPORT_PREFIX)
+        and name.endswith(_REPORT_SUFFIX)
+        and len(name) > len(_REPORT_PREFIX) + len(_REPORT_SUFFIX)
+    )
 
 
 def period_name(period: str, start: datetime) -> str:
@@ -85,7 +110,7 @@ def write_period_report(directory: Path, period: str, now: datetime) -> Path | N
 
 
 def _target(directory: Path, period: str, start: datetime) -> Path:
-    return directory / "reports" / f"usage_report_{period_name(period, start)}.md"
+    return directory / REPORTS_DIR / _report_name(period_name(period, start))
 
 
 def _last_call_before(source: Source, instant: datetime) -> datetime | None:
@@ -110,8 +135,8 @@ def _write(
     from tokenmeter.cli.reports._query import Query, run_query
 
     name = period_name(period, since)
-    folder = directory / "reports"
-    target = folder / f"usage_report_{name}.md"
+    folder = directory / REPORTS_DIR
+    target = folder / _report_name(name)
     groupings = tuple(
         tuple(parse_dimension(spec) for spec in specs) for specs in PERIODIC_GROUPINGS
     )
@@ -120,7 +145,7 @@ def _write(
         report, alerts_near(source.path), title=f"Usage report {name} ({period})"
     )
     ensure_private_dir(folder)  # tokenmeter's directories are their owner's only (SPEC §4)
-    fd, temporary = tempfile.mkstemp(prefix=f".usage_report_{name}.", dir=folder)
+    fd, temporary = tempfile.mkstemp(prefix=f".{_REPORT_PREFIX}{name}.", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)

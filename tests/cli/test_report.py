@@ -988,6 +988,48 @@ def test_output_onto_the_markdown_journal_is_refused(tmp_path: Path, cli: RunCli
     assert not (data / "journal/sessions/new.md").exists()
 
 
+def test_output_onto_the_state_file_a_usage_report_or_another_records_file_is_refused(
+    tmp_path: Path,
+) -> None:
+    """``report -o`` replaced the configured workflow state file (its TOKEN_TRACKING lines
+    gone, exit 0), an automatic ``reports/usage_report_<period>.md``, a JSONL sink's records
+    file of another name (the example's ``example-usage.jsonl``), the demo's state file and,
+    reading the demo's data, the files of the configured directory: all are refused."""
+    data = tmp_path / ".tokenmeter"
+    write_sqlite(data / "usage.db", RECORDS, SESSIONS)
+    state = data / "workflow_state.md"
+    state.write_text("- 2026-11-01: TOKEN_TRACKING: Session s - 10 tokens, $0.01\n")
+    (data / "reports").mkdir()
+    usage_report = data / "reports" / "usage_report_2026-11-01.md"
+    usage_report.write_text("# Usage report 2026-11-01 (day)\n")
+    records = write_jsonl(data / "example-usage.jsonl", RECORDS)
+    demo = tmp_path / "demo"
+    write_sqlite(demo / "usage.db", RECORDS, SESSIONS)
+    demo_state = demo / "workflow_state.md"
+    demo_state.write_text("- 2026-11-01: TOKEN_TRACKING: Session demo - 10 tokens, $0.01\n")
+    kept = {path: path.read_bytes() for path in (state, usage_report, records, demo_state)}
+    settings = {"TOKENMETER_DIR": ".tokenmeter", "TOKENMETER_STATE_FILE": str(state)}
+    for target in [*kept, data / "usage.jsonl"]:
+        result = run_module(
+            "report", "--source", "demo", "-o", str(target), cwd=tmp_path, **settings
+        )
+        held = "holds recorded" if target.exists() else "names a file of"
+        assert result.returncode == 2, (target, result.stderr)
+        assert result.stderr.splitlines() == [
+            f"tokenmeter: error: -o {target} {held} tokenmeter data: "
+            "write the report to another file"
+        ]
+    assert {path: path.read_bytes() for path in kept} == kept
+    assert not (data / "usage.jsonl").exists()
+    # A state file not made yet: a report there would be appended to as if it were one.
+    settings["TOKENMETER_STATE_FILE"] = "state.md"
+    result = run_module(
+        "sessions", "--source", "demo", "-o", "./state.md", cwd=tmp_path, **settings
+    )
+    assert result.returncode == 2 and "names a file of tokenmeter data" in result.stderr
+    assert not (tmp_path / "state.md").exists()
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
 def test_output_onto_the_data_being_read_is_refused(tmp_path: Path, kind: str) -> None:
     """``-o`` naming the usage data itself (a slip of tab completion) overwrote the recorded

@@ -21,7 +21,7 @@ from typing import Any
 
 from tokenmeter._config import FILE_SINK_NAMES, load_settings_with_sources
 from tokenmeter.cli._errors import CliError
-from tokenmeter.cli._source import DEMO_DIR
+from tokenmeter.cli._source import DEMO_DIR, DEMO_STATE_FILE
 from tokenmeter.sinks._files import ensure_private_dir
 
 __all__ = ["run_demo"]
@@ -171,10 +171,6 @@ def _run_sessions(clients: dict[str, Any]) -> int:
     return failures
 
 
-#: The demo's workflow state file in that directory, when the settings name one.
-STATE_FILE = "workflow_state.md"
-
-
 def _report_source(directory: Path) -> Path:
     for name in ("usage.db", "usage.jsonl"):
         if (directory / name).exists():
@@ -236,7 +232,7 @@ def run_demo(args: argparse.Namespace) -> int:
         tokenmeter.configure(
             directory=directory,
             sinks=sinks,
-            state_file=None if configured.state_file is None else directory / STATE_FILE,
+            state_file=None if configured.state_file is None else directory / DEMO_STATE_FILE,
         )
     except ValueError as exc:  # a prices file that became unreadable since
         raise CliError(str(exc), exit_code=2) from None

@@ -66,12 +66,13 @@ _DATA_HEADERS = (
 
 def refuse_overwriting(output: str | None, data: Path) -> None:
     """``-o`` naming the file being read (``usage.db``, through a link too), or another file of
-    recorded data (any SQLite database or page of the markdown journal; ``usage.jsonl``,
-    ``alerts.jsonl``, ``journal/token_usage.md``... beside the data) would replace it with the
-    report: a usage error, before anything is read. So is one of
-    those names beside the data before it exists: a report written as ``usage.db`` beside
-    ``usage.jsonl`` was read as the data next time (``--source DIR`` takes ``usage.db`` first),
-    and the library's SQLite sink refused every record for it."""
+    recorded data (any SQLite database, JSONL file of records or page of the markdown journal;
+    ``usage.jsonl``, ``alerts.jsonl``, ``journal/token_usage.md``, the automatic
+    ``reports/usage_report_*.md``... beside the data or in the configured directory; the
+    configured workflow state file) would replace it with the report: a usage error, before
+    anything is read. So is one of those names before it exists: a report written as
+    ``usage.db`` beside ``usage.jsonl`` was read as the data next time (``--source DIR`` takes
+    ``usage.db`` first), and the library's SQLite sink refused every record for it."""
     if output is None:
         return
     try:
@@ -94,26 +95,71 @@ def refuse_overwriting(output: str | None, data: Path) -> None:
 def _recorded_data(output: Path, data: Path) -> bool:
     try:
         folder = data if data.is_dir() else data.parent
-        if _data_file_name(output, folder):
+        if _kept_file(output, folder):
             return True
         if not output.is_file():
             return False
         with output.open("rb") as file:
-            return file.read(max(map(len, _DATA_HEADERS))).startswith(_DATA_HEADERS)
+            if file.read(max(map(len, _DATA_HEADERS))).startswith(_DATA_HEADERS):
+                return True
+        return _starts_with_a_record(output)
     except OSError:
         return False
+
+
+def _kept_file(output: Path, folder: Path) -> bool:
+    """Whether ``output`` is one of the files tokenmeter keeps, by the settings the library
+    writes by: those beside the data read (``folder``) and in the configured directory (a
+    report of the demo's data written over ``.tokenmeter/usage.jsonl``), and the configured
+    workflow state file (its ``TOKEN_TRACKING`` lines were replaced by the report). Settings
+    that cannot be read leave only ``folder``'s: a source named is read whatever they say."""
+    from tokenmeter._config import load_settings
+
+    try:
+        settings = load_settings()
+    except ValueError:
+        return _data_file_name(output, folder)
+    state_file = settings.state_file
+    return (
+        _data_file_name(output, folder)
+        or _data_file_name(output, settings.directory)
+        or (state_file is not None and _same_file(output, state_file))
+    )
+
+
+def _starts_with_a_record(output: Path) -> bool:
+    """Whether the first line of ``output`` is a record: a JSONL sink's file of any name (the
+    example's ``example-usage.jsonl``)."""
+    from tokenmeter.cli._source import MAX_LINE_BYTES, parse_record
+
+    with output.open("rb") as file:
+        return parse_record(file.readline(MAX_LINE_BYTES)) is not None
 
 
 def _data_file_name(output: Path, folder: Path) -> bool:
     """Whether ``output`` is where tokenmeter keeps data beside ``folder``, whether or not it
     exists yet: a report there is data corrupted (the journal sink refuses every record for a
-    ``token_usage.md`` that is not its journal)."""
+    ``token_usage.md`` that is not its journal; a usage report already there is never written
+    again)."""
+    from tokenmeter._reports import REPORTS_DIR, is_report_name
+    from tokenmeter.cli._source import DEMO_STATE_FILE
+
     journal = folder / _JOURNAL_DIR
+    beside = _same_folder(output.parent, folder)
     return (
-        (output.name in _DATA_FILES and _same_folder(output.parent, folder))
+        (beside and (output.name in _DATA_FILES or output.name == DEMO_STATE_FILE))
         or (output.name == _JOURNAL_USAGE and _same_folder(output.parent, journal))
         or (output.suffix == ".md" and _same_folder(output.parent, journal / _JOURNAL_SESSIONS))
+        or (is_report_name(output.name) and _same_folder(output.parent, folder / REPORTS_DIR))
     )
+
+
+def _same_file(one: Path, other: Path) -> bool:
+    """The same file, through a link too, or the same place before either exists."""
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return one.resolve() == other.resolve()
 
 
 def _same_folder(one: Path, other: Path) -> bool:

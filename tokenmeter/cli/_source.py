@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEMO_DIR",
+    "DEMO_STATE_FILE",
     "MAX_LINE_BYTES",
     "SAME_ID_WINDOW",
     "JsonlReader",
@@ -63,6 +64,8 @@ __all__ = [
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 #: Where ``tokenmeter demo`` records (``_demo``): named when a first run looks for the default.
 DEMO_DIR = ".tokenmeter-demo"
+#: The demo's workflow state file in its directory, when the settings name one.
+DEMO_STATE_FILE = "workflow_state.md"
 _SQLITE_SUFFIXES = {".db", ".sqlite", ".sqlite3"}
 _JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json", ".log"}
 
