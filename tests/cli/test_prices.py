@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from helpers import GENAI_PRICES_SOURCE
 
 from .conftest import RunCli
 
@@ -50,7 +51,7 @@ def test_override_file_wins(cli: RunCli, tmp_path: Path, monkeypatch: pytest.Mon
     assert code == 0, err
     doc = json.loads(out, parse_float=Decimal)
     assert doc["usd_per_million_tokens"]["input_per_mtok"] == 2
-    assert doc["price_source"] != "genai-prices 0.2.3"
+    assert doc["price_source"] != GENAI_PRICES_SOURCE
 
 
 def test_unknown_model(cli: RunCli) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import genai_prices
 import pytest
+from helpers import GENAI_PRICES_SOURCE
 from pydantic import ValidationError
 
 from tokenmeter._models import Cost, Usage
@@ -123,7 +124,7 @@ def test_a_model_billed_only_in_units_other_than_tokens_is_unpriced_not_free(
     assert price_usage(provider, model, PLAIN, at=DAY).total_usd is None
     assert describe_price(provider, model, at=DAY) is None
     free = price_usage("openrouter", "deepseek-chat:free", PLAIN, at=DAY)  # no rate at all: free
-    assert (free.total_usd, free.price_source) == (0, "genai-prices 0.2.3")
+    assert (free.total_usd, free.price_source) == (0, GENAI_PRICES_SOURCE)
 
 
 @pytest.mark.parametrize(
@@ -206,7 +207,7 @@ def test_a_fine_tune_without_a_price_of_its_own_says_it_is_at_base_rates() -> No
         cost = price_usage(provider, model, PLAIN, at=DAY)
         assert cost.total_usd == price_usage(provider, base, PLAIN, at=DAY).total_usd
         assert cost.price_source == (
-            "genai-prices 0.2.3; fine-tune at base rates (no fine-tune price known)"
+            f"{GENAI_PRICES_SOURCE}; fine-tune at base rates (no fine-tune price known)"
         )
         described = describe_price(provider, model, at=DAY)  # tokenmeter prices says it too
         assert described is not None and described.price_source == cost.price_source
@@ -393,10 +394,10 @@ def test_anthropic_fast_mode_is_priced_at_its_speed_variant() -> None:
     sonnet = price_usage("anthropic", "claude-sonnet-4-5", PLAIN, at=DAY, tier="fast")
 
     assert opus.total_usd == Decimal("0.035")
-    assert opus.price_source == "genai-prices 0.2.3"
+    assert opus.price_source == GENAI_PRICES_SOURCE
     assert sonnet.total_usd == Decimal("0.0105")
     assert sonnet.price_source == (
-        "genai-prices 0.2.3; fast at standard rates (no fast price known)"
+        f"{GENAI_PRICES_SOURCE}; fast at standard rates (no fast price known)"
     )
 
 
@@ -424,7 +425,7 @@ def test_tiers_match_genai_prices_after_its_variant_start_dates() -> None:
             g_usage, "o3", provider_id="openai", genai_request_timestamp=DAY, price_context=context
         )
         assert ours.total_usd == theirs.total_price
-        assert ours.price_source == "genai-prices 0.2.3"
+        assert ours.price_source == GENAI_PRICES_SOURCE
 
 
 def test_batch_before_genai_prices_variant_dates_is_half_price() -> None:
@@ -554,7 +555,7 @@ def test_describe_price_shows_rates_tiers_and_source() -> None:
 
     assert described is not None
     assert described.priced_model == "gemini-2.5-pro"
-    assert described.price_source == "genai-prices 0.2.3"
+    assert described.price_source == GENAI_PRICES_SOURCE
     assert (described.input_per_mtok, described.output_per_mtok) == (Decimal("1.25"), Decimal(10))
     assert described.cache_read_per_mtok == Decimal("0.125")
     assert [start for start, _ in described.tiers] == [200_000]

@@ -8,7 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from helpers import one_line_value_error
+from helpers import GENAI_PRICES_SOURCE, one_line_value_error
 
 import tokenmeter
 from tokenmeter._models import Usage
@@ -145,7 +145,7 @@ def test_before_the_first_since_date_the_table_price_applies() -> None:
     before = price_usage("openai", "gpt-4o", usage, at=DAY)
     after = price_usage("openai", "gpt-4o", usage, at=datetime(2026, 7, 1, tzinfo=UTC))
 
-    assert (before.total_usd, before.price_source) == (Decimal("2.5"), "genai-prices 0.2.3")
+    assert (before.total_usd, before.price_source) == (Decimal("2.5"), GENAI_PRICES_SOURCE)
     assert (after.total_usd, after.price_source) == (Decimal(1), "override")
 
 

@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from helpers import GENAI_PRICES_SOURCE
 
 from tokenmeter._models import Usage
 from tokenmeter.pricing import price_usage, set_aliases
@@ -95,7 +96,7 @@ def test_reference_row_is_priced_at_list_price(case: Case) -> None:
     if case.genai_prices_wrong:
         assert cost.price_source == "tokenmeter-errata"
     else:
-        assert cost.price_source == "genai-prices 0.2.3"
+        assert cost.price_source == GENAI_PRICES_SOURCE
 
 
 def test_azure_deployment_row_is_priced_like_gpt_4o_once_aliased() -> None:
