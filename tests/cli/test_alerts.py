@@ -10,7 +10,7 @@ import pytest
 import tokenmeter
 from tokenmeter.sinks import InMemorySink
 
-from .conftest import RunCli, peak_python_memory
+from .conftest import RECORDS, SESSIONS, RunCli, peak_python_memory, write_jsonl, write_sqlite
 
 
 @pytest.fixture
@@ -208,3 +208,24 @@ def test_an_over_long_line_is_skipped_in_bounded_memory(cli: RunCli, alerts_dir:
     assert code == 0 and out.splitlines()[-1] == "4 alert(s)"
     assert "skipped 1 unreadable line" in err
     assert peak < 16 * mib, f"held {peak / mib:.1f} MiB reading a 50 MiB line"
+
+
+def test_a_source_that_is_not_an_alerts_file_is_an_error(cli: RunCli, tmp_path: Path) -> None:
+    """``alerts --source usage.db`` (as every other command takes it) listed "0 alert(s)" with
+    "skipped 60 unreadable line(s)", exit 0: a SQLite database, a file of usage records or any
+    file whose first line is not an alert is refused in one line."""
+    database = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
+    records = write_jsonl(tmp_path / "usage.jsonl", RECORDS)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an alert\n")
+    for path, why in [
+        (database, "it is a SQLite database"),
+        (records, "its first line is a usage record"),
+        (notes, "its first line is not an alert"),
+    ]:
+        code, out, err = cli("alerts", "--source", str(path))
+        assert (code, out) == (1, "")
+        assert err == (
+            f"tokenmeter: error: {path} is not an alerts file ({why}): pass the alerts.jsonl "
+            "beside the data, or the directory holding it\n"
+        )

@@ -12,8 +12,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._output import one_line, write_output
-from tokenmeter.cli._source import default_directory, lines_of, refuse_special_file
+from tokenmeter.cli._source import (
+    SQLITE_MAGIC,
+    default_directory,
+    lines_of,
+    parse_record,
+    refuse_special_file,
+)
 from tokenmeter.cli.reports._render import shorten_middle
 
 __all__ = ["parse_alert", "run_alerts"]
@@ -108,6 +115,38 @@ def read_alerts(path: Path, since: datetime | None = None) -> tuple[list[dict[st
     return alerts, lines.skipped
 
 
+def _refuse_other_files(path: Path) -> None:
+    """A file whose first line is not an alert is not an alerts file: ``--source usage.db``,
+    as every other command takes it, listed "0 alert(s)" after "skipped 60 unreadable
+    line(s)". Torn or bad lines further on (a writer killed halfway) are still skipped and
+    counted."""
+    try:
+        with path.open("rb") as handle:
+            sqlite = handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if sqlite:
+        why = "it is a SQLite database"
+    else:
+        first = _first_line(path)
+        if first is None or parse_alert(first) is not None:
+            return
+        what = "a usage record" if parse_record(first) is not None else "not an alert"
+        why = f"its first line is {what}"
+    raise CliError(
+        f"{path} is not an alerts file ({why}): pass the alerts.jsonl beside the data, "
+        "or the directory holding it"
+    )
+
+
+def _first_line(path: Path) -> bytes | None:
+    """The first line of ``path`` that is not blank, if any."""
+    for line in lines_of(_AlertLines(path)):  # left unfinished, it closes the file
+        if line.strip():
+            return line
+    return None
+
+
 def _number(value: object) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return f"{value:,.6g}"
@@ -120,6 +159,7 @@ def run_alerts(args: argparse.Namespace) -> int:
         print(f"no alerts: {path} does not exist yet", file=sys.stderr)
         return 0
     refuse_special_file(path)
+    _refuse_other_files(path)
     alerts, bad = read_alerts(path, args.since)
     if bad:
         print(f"tokenmeter: skipped {bad} unreadable line(s) in {path}", file=sys.stderr)

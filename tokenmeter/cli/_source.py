@@ -42,6 +42,7 @@ __all__ = [
     "DEMO_STATE_FILE",
     "MAX_LINE_BYTES",
     "SAME_ID_WINDOW",
+    "SQLITE_MAGIC",
     "JsonlReader",
     "RecentIds",
     "Source",
@@ -61,7 +62,8 @@ __all__ = [
     "written_file",
 ]
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
+#: How a SQLite database file begins.
+SQLITE_MAGIC = b"SQLite format 3\x00"
 #: Where ``tokenmeter demo`` records (``_demo``): named when a first run looks for the default.
 DEMO_DIR = ".tokenmeter-demo"
 #: The demo's workflow state file in its directory, when the settings name one.
@@ -186,7 +188,7 @@ def resolve_source(value: str | None) -> Source:
     except OSError as exc:  # a name too long, a folder that may not be searched, ...
         raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
     suffix = path.suffix.lower()
-    if head == _SQLITE_MAGIC or suffix in _SQLITE_SUFFIXES:
+    if head == SQLITE_MAGIC or suffix in _SQLITE_SUFFIXES:
         return Source(path, "sqlite")
     if suffix in _JSONL_SUFFIXES or head[:1] in (b"{", b""):
         return Source(path, "jsonl")
@@ -212,7 +214,7 @@ def _opened(path: Path, given: bool) -> tuple[Path, bytes]:
         raise NoSourceYet(f"no usage data at {path}{hint}")
     refuse_special_file(path)
     with path.open("rb") as handle:
-        return path, handle.read(len(_SQLITE_MAGIC))
+        return path, handle.read(len(SQLITE_MAGIC))
 
 
 def refuse_special_file(path: Path) -> None:
