@@ -193,14 +193,19 @@ def _run_budget(limit: Any, run_tag: str) -> dict[str, Any]:
     }
 
 
-#: How a bad ``--dir`` comes back from the settings, which get it as ``TOKENMETER_DIR``.
+#: How a bad ``--dir`` or ``--sinks`` comes back from the settings, which get them as
+#: ``TOKENMETER_DIR`` and ``TOKENMETER_SINKS``.
 _BAD_DIR = "tokenmeter setting 'directory' from TOKENMETER_DIR: "
+_BAD_SINKS = "tokenmeter setting 'sinks' from TOKENMETER_SINKS: "
 
 
-def _check_settings(env: dict[str, str], dir_given: str | None) -> tuple[Any, dict[str, str]]:
+def _check_settings(
+    env: dict[str, str], dir_given: str | None, sinks_given: str | None
+) -> tuple[Any, dict[str, str]]:
     """Fail here, once, on a setting every child process would reject. The settings, and where
     each came from (``TOKENMETER_DIR``, a pyproject.toml, the default...). A bad ``--dir``
-    (``dir_given``; a path under a file) is named as the user gave it."""
+    (``dir_given``; a path under a file) or ``--sinks`` (``sinks_given``; a name that is no
+    sink's) is named as the option the user typed, not the variable it was passed on in."""
     from tokenmeter._config import check_settings_prices_file, load_settings_with_sources
 
     try:
@@ -211,6 +216,8 @@ def _check_settings(env: dict[str, str], dir_given: str | None) -> tuple[Any, di
         message = str(exc)
         if dir_given is not None and message.startswith(_BAD_DIR):
             message = f"--dir {dir_given}: {message.removeprefix(_BAD_DIR)}"
+        if sinks_given is not None and message.startswith(_BAD_SINKS):
+            message = f"--sinks: {message.removeprefix(_BAD_SINKS)}"
         raise CliError(message, exit_code=2) from None
 
 
@@ -266,7 +273,7 @@ def run_command(args: argparse.Namespace) -> int:
     totals = Path(tempfile.mkdtemp(prefix="tokenmeter-run-"))
     try:
         env = _child_environment(args, command, totals)
-        settings, sources = _check_settings(env, args.dir)
+        settings, sources = _check_settings(env, args.dir, args.sinks)
         disabled_by = sources["disabled"] if settings.disabled else None
         if disabled_by is None:  # a disabled run records nothing anywhere
             where = (
