@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -51,27 +53,26 @@ def file_head(file: Any) -> FileHead | None:
     """The first ``_HEAD`` bytes and the size of a file object a request uploads (a multipart
     ``file``), read when the call is made: the SDK reads it as it sends it, so later (when a
     call without usage is recorded) it is consumed, or closed. Read from its start, as httpx
-    sends it (it rewinds a file it can), whatever its position; the position is put back, and
-    the rest is never read (an upload may be large). Never raises: None for a file that cannot
-    be read so (one that is not seekable, a pipe: what is read here would not be sent; a
-    text-mode file)."""
+    sends it, without moving it, and only from what can be read so unseen: an in-memory
+    ``BytesIO`` or a regular file opened in binary mode (``pread``). Anything else (a wrapper
+    that counts or hashes what is read, an upload progress bar, a pipe) is never read by us: it
+    would see reads that were never sent. Never raises: None when it is not read."""
     try:
-        if file.seekable() is not True:
-            return None
-        position = file.tell()
-        if type(position) is not int:
-            return None
-        try:
-            file.seek(0)
-            head = file.read(_HEAD)
-            size = file.seek(0, os.SEEK_END)
-        finally:
-            file.seek(position)
+        if type(file) is io.BytesIO:
+            with file.getbuffer() as view:
+                return FileHead(bytes(view[:_HEAD]), len(view))
+        if type(file) in _PLAIN_FILES:
+            descriptor = file.fileno()
+            status = os.fstat(descriptor)
+            if stat.S_ISREG(status.st_mode):
+                return FileHead(os.pread(descriptor, _HEAD, 0), status.st_size)
     except Exception:
         return None
-    if not isinstance(head, bytes) or type(size) is not int:
-        return None
-    return FileHead(head, max(size, len(head)))
+    return None
+
+
+#: File objects ``open(path, "rb")`` makes, which ``file_head`` reads by their descriptor.
+_PLAIN_FILES = (io.BufferedReader, io.BufferedRandom, io.FileIO)
 
 
 def media_bytes(data: Any, limit: int | None = _HEAD, tail: bool = False) -> bytes | None:

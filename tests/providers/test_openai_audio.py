@@ -116,7 +116,35 @@ class _Pipe(io.RawIOBase):
         return self._data.readinto(buffer)
 
 
-@pytest.mark.parametrize("given", ["bytes", "open file", "not seekable", "consumed"])
+class _Counted(io.BufferedIOBase):
+    """A file object that counts what is read of it (an upload progress bar, a hashing
+    wrapper): it must see the reads of what is sent, and nothing else."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return int(self._file.tell())
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return int(self._file.seek(offset, whence))
+
+    def read(self, size: int | None = -1) -> bytes:
+        data: bytes = self._file.read(size)
+        self.bytes_read += len(data)
+        return data
+
+
+@pytest.mark.parametrize(
+    "given", ["bytes", "in memory", "open file", "not seekable", "consumed", "wrapped"]
+)
 async def test_a_transcription_without_usage_is_estimated_from_its_audio(
     kit: Any, records: Records, is_async: bool, tmp_path: Path, given: str
 ) -> None:
@@ -124,8 +152,9 @@ async def test_a_transcription_without_usage_is_estimated_from_its_audio(
     was estimated at 7 text tokens, $0.0000175, without its audio (the bulk of the bill): 30 s
     of WAV are 300 audio tokens at OpenAI's 10 a second. A file object's header is read before
     the SDK sends it (from its start, as httpx sends it, even one read to its end before), and
-    its position put back: the server gets the whole clip. One that cannot seek is not read
-    (what is read would not be sent): no audio counted, and the call goes as without us."""
+    its position put back: the server gets the whole clip. One that cannot seek, or that is not
+    a plain file or ``BytesIO`` (a wrapper counting what is read of it), is not read (it would
+    see reads that were never sent): no audio counted, and the call goes as without us."""
     clip = wav(30)
     path = tmp_path / "talk.wav"
     path.write_bytes(clip)
@@ -139,7 +168,12 @@ async def test_a_transcription_without_usage_is_estimated_from_its_audio(
     with path.open("rb") as opened:
         if given == "consumed":
             opened.read()
-        file: Any = {"bytes": ("talk.wav", clip, "audio/wav"), "not seekable": _Pipe(clip)}
+        file: Any = {
+            "bytes": ("talk.wav", clip, "audio/wav"),
+            "in memory": io.BytesIO(clip),
+            "not seekable": _Pipe(clip),
+            "wrapped": _Counted(opened),
+        }
         with pytest.raises(Exception, match="timed out"):
             await kit.maybe(
                 client.audio.transcriptions.create(
@@ -154,8 +188,11 @@ async def test_a_transcription_without_usage_is_estimated_from_its_audio(
         "audio.transcriptions",
     )
     assert record.input_tokens > 0  # the prompt and framing, at least
-    assert record.modalities.get("input_audio") == (None if given == "not seekable" else 300)
+    unread = given in ("not seekable", "wrapped")  # what we read would not be sent
+    assert record.modalities.get("input_audio") == (None if unread else 300)
     assert clip in sent[0]
+    if given == "wrapped":  # read by the SDK as it sent it, never by us
+        assert file[given].bytes_read == len(clip)
 
 
 @pytest.mark.requires(openai=">=2.0")  # streamed transcriptions

@@ -539,6 +539,10 @@ async def send_async(
     as_given: AsGiven | None = None,
 ) -> Any:
     """The async twin of ``send`` (CancelledError included: recorded as an error)."""
+    if call.session is None:
+        # Its session, read in its task: a call whose event loop is closed as it waits is
+        # recorded where the collector closes it, charged to whatever session is open there.
+        call.session = session_of_record()
     if _state.armed:
         _budgets.check(call, args, kwargs)
     token = guard.set(instance)

@@ -317,9 +317,12 @@ def _runs_on(response_id: str | None, model: str | None) -> None:
 
 def _asked_for(call: Call, response_id: str | None) -> None:
     """A finished background response: its record (made by a retrieve, streamed or not, whose
-    request names no model) gets the model its create asked for, and the entry is done with."""
-    if call.request_model is None and response_id is not None:
-        call.request_model = _background.pop(response_id, None)
+    request names no model) gets the model its create asked for, and the entry is done with
+    (a create streamed to its end too: kept, it held memory until 10,000 others pushed it out)."""
+    if response_id is not None:
+        asked = _background.pop(response_id, None)
+        if call.request_model is None:
+            call.request_model = asked
 
 
 def _read_again(call: Call, background: Any, response_id: str | None) -> bool:
