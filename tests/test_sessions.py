@@ -168,27 +168,6 @@ def test_notes_written_at_the_end_are_stored_as_notes_given_at_the_start(tmp_pat
     assert odd.status == "completed" and odd.notes is None
 
 
-def test_notes_and_a_name_set_after_the_block_are_stored(tmp_path: Path) -> None:
-    """Completion notes written once the job is done (``job.notes = ...`` after its block) were
-    kept on the object and never stored: the sessions row and the journal had no notes. They
-    are stored now, as a late call's totals are; hooks set then would never run: refused."""
-    tokenmeter.configure(sinks=["sqlite", "markdown"], directory=str(tmp_path))
-    with tokenmeter.session("nightly", budget_usd=1) as job:
-        tokenmeter.record("openai", "gpt-4o", 10, 5)
-    job.notes = "processed 42 items, 0 failures"
-    job.name = "nightly-v2"
-    job.budget_usd = 2
-    with pytest.raises(RuntimeError, match="'nightly-v2' has ended: set on_end inside its block"):
-        job.on_end = print
-    assert job.on_end == ()
-    assert tokenmeter.flush(30)
-    db = sqlite3.connect(tmp_path / "usage.db")
-    stored = list(db.execute("SELECT name, status, notes, budget_usd, calls FROM sessions"))
-    assert stored == [("nightly-v2", "completed", "processed 42 items, 0 failures", "2", 1)]
-    journal = (tmp_path / "journal" / "sessions" / f"{job.id}.md").read_text()
-    assert "processed 42 items, 0 failures" in journal and "nightly-v2" in journal
-
-
 def test_a_sessions_tags_cannot_be_changed_inside_its_block(sink: InMemorySink) -> None:
     """``s.tags["user"] = "u-42"`` (or ``s.tags = {...}``) inside the block raised nothing and
     showed in ``s.tags``, while the session's records and stored session kept the tags given to

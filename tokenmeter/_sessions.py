@@ -236,7 +236,6 @@ class Session:
             from tokenmeter.guardrails._budgets import session_renamed
 
             session_renamed()
-        self._store_if_ended()
 
     @property
     def id(self) -> str:
@@ -324,7 +323,6 @@ class Session:
         # kept as given made every later record of the session fail in its budget check.
         self._budget_usd = _check_budget(budget)
         self._arm_if_set_inside()
-        self._store_if_ended()
 
     @property
     def on_exceed(self) -> Literal["warn", "raise"]:
@@ -362,12 +360,7 @@ class Session:
     def on_end(self, on_end: OnEnd | Sequence[OnEnd] | None) -> None:
         # Set later, hooks must be checked as the constructor's are: 5 was kept, and the
         # block's exit raised a TypeError from tokenmeter.
-        hooks = _check_hooks(on_end)
-        if self._has_ended():  # they ran as it ended: set now, they would never run
-            raise RuntimeError(
-                f"session {self.name or self.id!r} has ended: set on_end inside its block"
-            )
-        self._on_end = hooks
+        self._on_end = _check_hooks(on_end)
 
     @property
     def notes(self) -> str | None:
@@ -381,18 +374,6 @@ class Session:
         if notes is not None and not isinstance(notes, str):
             raise ValueError(f"session notes must be a string, got {short_repr(notes)}")
         self._notes = None if notes is None else clean_text(notes, MAX_NOTES)
-        self._store_if_ended()
-
-    def _has_ended(self) -> bool:
-        """It ended (its block was left); False while ``__init__`` runs the setters."""
-        return self.__dict__.get("_ended_at") is not None
-
-    def _store_if_ended(self) -> None:
-        """Set after it ended (completion notes written once the job is done, a rename): its
-        stored session is brought up to date, as by a late call. Set then, they were kept on
-        the object and never stored (the row and the journal had no notes)."""
-        if self._has_ended() and self._announced and self._pid == os.getpid():
-            _tell(self)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def _start(self) -> None:
