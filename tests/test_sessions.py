@@ -252,34 +252,6 @@ async def test_concurrent_tasks_each_see_their_own_session(sink: InMemorySink) -
     assert all(session_id == rec_session for session_id, rec_session in results)
 
 
-def test_a_session_whose_start_cannot_be_queued_runs_its_body_and_is_stored_at_its_end(
-    sink: InMemorySink, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """tokenmeter failing to queue a session's start (its first record: a sink writer's thread
-    that could not start) raised out of the application's ``with``, and the body never ran:
-    logged instead, and its row is queued as it ends."""
-    submit = _sessions._pipeline.submit
-
-    def refuse_the_start(item: Any) -> None:
-        if getattr(item, "status", None) == "active":
-            raise RuntimeError("can't start new thread")
-        submit(item)
-
-    monkeypatch.setattr(_sessions._pipeline, "submit", refuse_the_start)
-    ran = []
-    with (
-        caplog.at_level(logging.WARNING, logger="tokenmeter"),
-        tokenmeter.session("request") as session,
-    ):
-        tokenmeter.record("openai", "gpt-4o", 10, 2)
-        ran.append(session.id)
-    assert tokenmeter.flush(timeout=30)
-    assert ran == [session.id]
-    assert sink.sessions[session.id].status == "completed"
-    assert sink.sessions[session.id].calls == 1
-    assert any("could not be queued as it began" in r.message for r in caplog.records)
-
-
 def test_a_session_that_is_the_first_use_reads_the_settings(tmp_path: Path) -> None:
     """Here (the conftest imports ``_runtime``) the settings were always read at first use; in a
     program whose first use was ``with session()``, they were not: a thread started in it ran

@@ -445,15 +445,7 @@ class Session:
         with _lock:
             _opened(self)
         if self._stored_by is None:  # else its id's row is the enclosing session's, told already
-            try:
-                _pipeline.submit(self.info())
-            except Exception:  # ours (a thread that cannot start), never the body's: it runs
-                logger.warning(
-                    "tokenmeter: session %s could not be queued as it began; its row is "
-                    "queued again as it ends",
-                    self.id,
-                    exc_info=True,
-                )
+            _pipeline.submit(self.info())
 
     def __enter__(self) -> Session:
         self._start()
