@@ -1033,3 +1033,23 @@ def test_a_directory_that_can_hold_no_journal_is_refused_at_once(tmp_path: Path)
             MarkdownJournalSink(path)
         message = one_line_value_error(excinfo)
         assert message.startswith("directory must ") and (kind in message or path == "")
+
+
+def test_a_journal_linked_into_a_folder_not_made_yet_is_written_there(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    """A journal file linked into a notes vault whose folder is not made yet: the rewrite's
+    temporary file went to that missing folder, every write failed and the records were set
+    aside as ones the sink cannot take. The folder is made, owner-only, as a linked sink file's."""
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    linked = tmp_path / "vault" / "notes" / "token_usage.md"
+    (journal / "token_usage.md").symlink_to(linked)
+    sink = MarkdownJournalSink(journal)
+
+    sink.write([make_record(i, model_name=f"model-{i:02d}-with-a-long-name") for i in range(30)])
+
+    assert (journal / "token_usage.md").is_symlink()
+    assert stat.S_IMODE(linked.parent.stat().st_mode) == 0o700
+    text = linked.read_text(encoding="utf-8")
+    assert table_rows(text, "| Provider | Model | Calls |")[-1][2] == "**30**"

@@ -238,6 +238,7 @@ def replace_private(path: Path, data: bytes) -> None:
     """
     if os.path.islink(path):
         path = Path(os.path.realpath(path))
+        ensure_private_dir(path.parent)  # a link into a folder not made yet: made, as a file's
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
