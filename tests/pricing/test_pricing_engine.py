@@ -369,6 +369,26 @@ def test_audio_tokens_use_audio_rates() -> None:
     assert price_usage("google", "gemini-2.5-flash", usage, at=DAY).total_usd == Decimal("0.0058")
 
 
+def test_the_first_realtime_snapshot_bills_audio_at_its_own_rates() -> None:
+    """gpt-4o-realtime-preview-2024-10-01 billed audio at $100 in, $20 cached, $200 out; it was
+    priced at the 2024-12-17 snapshot's $40 / $2.50 / $80 ($0.12625 for this call, not $0.285)."""
+    at = datetime(2024, 11, 15, 12, tzinfo=UTC)
+    usage = Usage(
+        input_tokens=2000,
+        output_tokens=2000,
+        cache_read_tokens=500,
+        input_audio_tokens=1000,
+        output_audio_tokens=1000,
+        modalities={"input_audio": 1000, "cache_read_audio": 500, "output_audio": 1000},
+    )
+    first = price_usage("openai", "gpt-4o-realtime-preview-2024-10-01", usage, at=at)
+    # text $5 in, $2.50 cached, $20 out: 1,000 in, 1,000 out; audio 500 in, 500 cached, 1,000 out
+    assert first.total_usd == Decimal("0.285")
+    assert first.price_source == "tokenmeter-errata"
+    later = price_usage("openai", "gpt-4o-realtime-preview-2024-12-17", usage, at=at)
+    assert later.total_usd == Decimal("0.12625")  # $40 / $2.50 / $80: that snapshot's own
+
+
 @pytest.mark.parametrize(
     ("tier", "expected"),
     [

@@ -286,6 +286,29 @@ def _gpt4o_audio_preview(card: RateCard, requested: str, at: datetime) -> RateCa
     )
 
 
+#: gpt-4o-realtime-preview-2024-10-01, the first Realtime snapshot, as OpenAI listed it per
+#: million audio tokens (input, cached input, output): the December 2024 cut to $40 / $2.50 / $80
+#: was for the new 2024-12-17 snapshot only. genai-prices has one entry for every snapshot.
+_REALTIME_FIRST_SNAPSHOT = "2024-10-01"
+_REALTIME_FIRST_AUDIO = (Decimal(100), Decimal(20), Decimal(200))
+
+
+def _gpt4o_realtime_first_snapshot(card: RateCard, requested: str, at: datetime) -> RateCard:
+    """gpt-4o-realtime-preview-2024-10-01's audio at its own rates, not the later snapshot's
+    (a call was 2.3x low), as ``_gpt4o_audio_preview`` does for its sibling of that day."""
+    if card.priced_model != "gpt-4o-realtime-preview" or _REALTIME_FIRST_SNAPSHOT not in requested:
+        return card
+    audio_in, cached_audio, audio_out = _REALTIME_FIRST_AUDIO
+    return _mark(
+        card,
+        base=card.base.with_rates(
+            input_audio_per_mtok=audio_in,
+            cache_read_audio_per_mtok=cached_audio,
+            output_audio_per_mtok=audio_out,
+        ),
+    )
+
+
 #: Claude Sonnet 4 as each table names it: Anthropic's, Bedrock's (regional and global
 #: profiles), Vertex's and OpenRouter's.
 _SONNET_4 = re.compile(r"(?:^|[./])claude-sonnet-4(?:-0|-20250514(?:-v1:0)?)?$|^claude-4-sonnet$")
@@ -400,6 +423,7 @@ _DATA_CORRECTIONS: tuple[Callable[[RateCard, str, datetime], RateCard], ...] = (
     _sonar_request_fee_by_context,
     _flash_preview_thinking,
     _gpt4o_audio_preview,
+    _gpt4o_realtime_first_snapshot,
     _sonnet_4_long_context,
     _o3_launch_cache_rate,
 )
