@@ -390,6 +390,23 @@ def test_the_first_realtime_snapshot_bills_audio_at_its_own_rates() -> None:
 
 
 @pytest.mark.parametrize(
+    "model", ["gemini-1.5-flash-8b", "gemini-1.5-flash-8b-001", "models/gemini-1.5-flash-8b-latest"]
+)
+def test_gemini_1_5_flash_8b_is_at_its_own_rates_not_1_5_flash(model: str) -> None:
+    """genai-prices' gemini-1.5-flash entry matched Flash-8B: 100k in / 10k out was $0.0105
+    as gemini-1.5-flash; Google listed Flash-8B at $0.0375 / $0.15 ($0.01 cached), x2 above 128k."""
+    at = datetime(2025, 3, 1, 12, tzinfo=UTC)
+    cost = price_usage("google", model, Usage(input_tokens=100_000, output_tokens=10_000), at=at)
+    assert cost.total_usd == Decimal("0.00525")
+    assert (cost.priced_model, cost.price_source) == ("gemini-1.5-flash-8b", "tokenmeter-errata")
+    long = Usage(input_tokens=200_000, cache_read_tokens=100_000, output_tokens=10_000)
+    # above 128k: $0.075 in, $0.02 cached, $0.30 out
+    assert price_usage("google", model, long, at=at).total_usd == Decimal("0.0125")
+    flash = price_usage("google", "gemini-1.5-flash", Usage(input_tokens=100_000), at=at)
+    assert flash.total_usd == Decimal("0.0075")  # 1.5 Flash itself unchanged
+
+
+@pytest.mark.parametrize(
     ("tier", "expected"),
     [
         (None, "0.0075"),

@@ -309,6 +309,40 @@ def _gpt4o_realtime_first_snapshot(card: RateCard, requested: str, at: datetime)
     )
 
 
+#: Gemini 1.5 Flash-8B, which genai-prices has no entry of its own for: its
+#: ``gemini-1.5-flash`` entry matches any name containing that, so Flash-8B was priced as 1.5
+#: Flash. Google listed Flash-8B at half of 1.5 Flash's rates ($0.0375 / $0.15 per million, x2
+#: above 128k), its cached input at $0.01 (and $0.02 above 128k) rather than half of $0.01875.
+_FLASH_8B = "gemini-1.5-flash-8b"
+_FLASH_8B_PRICED_AS = "gemini-1.5-flash"
+_FLASH_8B_CACHE_READ = (Decimal("0.01"), Decimal("0.02"))  # up to 128k input, above it
+
+
+def _gemini_1_5_flash_8b(card: RateCard, requested: str, at: datetime) -> RateCard:
+    """Flash-8B at its own list rates (half of 1.5 Flash's), not 1.5 Flash's (2x): a known
+    price, so a call is priced rather than refused. Only while the card is 1.5 Flash's."""
+    if card.priced_model != _FLASH_8B_PRICED_AS or _FLASH_8B not in requested:
+        return card
+    half = _uniform(_HALF)
+
+    def flash_8b(rates: Rates, cached: Decimal) -> Rates:
+        return rates.scaled(half).with_rates(
+            cache_read_per_mtok=cached,
+            cache_read_audio_per_mtok=cached,
+            cache_read_image_per_mtok=cached,
+        )
+
+    base_cached, tier_cached = _FLASH_8B_CACHE_READ
+    return replace(
+        card,
+        priced_model=_FLASH_8B,
+        price_source=ERRATA_SOURCE,
+        base=flash_8b(card.base, base_cached),
+        tiers=tuple((start, flash_8b(rates, tier_cached)) for start, rates in card.tiers),
+        tiers_price_source=ERRATA_SOURCE if card.tiers else card.tiers_price_source,
+    )
+
+
 #: Claude Sonnet 4 as each table names it: Anthropic's, Bedrock's (regional and global
 #: profiles), Vertex's and OpenRouter's.
 _SONNET_4 = re.compile(r"(?:^|[./])claude-sonnet-4(?:-0|-20250514(?:-v1:0)?)?$|^claude-4-sonnet$")
@@ -424,6 +458,7 @@ _DATA_CORRECTIONS: tuple[Callable[[RateCard, str, datetime], RateCard], ...] = (
     _flash_preview_thinking,
     _gpt4o_audio_preview,
     _gpt4o_realtime_first_snapshot,
+    _gemini_1_5_flash_8b,
     _sonnet_4_long_context,
     _o3_launch_cache_rate,
 )
