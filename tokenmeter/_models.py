@@ -70,7 +70,7 @@ MODALITY_KEYS = frozenset(
 SEARCH_CONTEXT_KEYS = {"medium": "search_context_medium", "high": "search_context_high"}
 #: Billed server-side tool requests a response reports, as ``tool_requests`` keys spell them.
 TOOL_REQUEST_KEYS = frozenset(
-    {"web_search", "web_search_preview", "web_fetch", "file_search", "code_execution"}
+    {"web_search", "web_search_preview", "web_fetch", "file_search", "code_execution", "x_search"}
 ) | frozenset(SEARCH_CONTEXT_KEYS.values())
 
 
@@ -365,9 +365,9 @@ class Cost(_Model):
     #: {"input": uncached input, "cache_read": …, "cache_write": …, "output": …} in USD, plus
     #: a key per further billed part when there is one: "input_audio", "input_image",
     #: "input_video", "output_audio", "output_image", "output_video" (modalities at their own
-    #: rates), "web_search", "web_fetch", "file_search", "code_execution" (server-side tool
-    #: requests) and one per pass kind ("compaction", "advisor_message"). The parts add up to
-    #: ``total_usd``.
+    #: rates), "web_search", "web_fetch", "file_search", "code_execution", "x_search"
+    #: (server-side tool requests) and one per pass kind ("compaction", "advisor_message").
+    #: The parts add up to ``total_usd``.
     breakdown: dict[str, Decimal] | None = None
     price_source: str | None = None
     #: The price-table model the name resolved to (e.g. "gpt-4o" for "gpt-4o-2024-08-06").

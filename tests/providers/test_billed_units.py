@@ -8,6 +8,7 @@ Expected figures are list prices (USD per million tokens or per 1,000 requests) 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -359,6 +360,68 @@ def test_xai_reasoning_outside_completion_tokens_is_billed(
     assert record.model_provider == "x-ai"
     assert (record.output_tokens, record.reasoning_tokens) == (completion + reasoning, reasoning)
     assert record.estimated_cost_usd == Decimal(expected)
+
+
+def test_xai_server_side_tool_calls_are_billed_per_call(kit: Any, records: Records) -> None:
+    """The usage a public client logged of grok-4.3 with ``x_search``: 5 X searches at xAI's
+    $5 per 1,000 beside the tokens ($1.25 / $0.20 cached / $2.50), what its own
+    ``cost_in_usd_ticks`` says. Recorded at $0.02326315, its tokens alone. The output lists
+    every attempt (a failed search too): the usage's count of the successful ones is billed."""
+    output = [
+        {"type": "web_search_call", "id": "ws_1", "status": "failed"},
+        {
+            "type": "message",
+            "id": "msg_1",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": "...", "annotations": []}],
+        },
+    ]
+    body = kit.response_body("grok-4.3", output, [{"type": "x_search"}], 13181, 4005)
+    body["usage"].update(
+        input_tokens_details={"cached_tokens": 3072},
+        num_server_side_tools_used=5,
+        cost_in_usd_ticks=482631500,
+        server_side_tool_usage_details={
+            "web_search_calls": 0,
+            "x_search_calls": 5,
+            "code_interpreter_calls": 0,
+            "file_search_calls": 0,
+            "mcp_calls": 0,
+            "document_search_calls": 0,
+            "image_generation_calls": 0,
+        },
+    )
+    client = kit.mock_openai(
+        lambda request: json_reply(kit.http, body), base_url="https://api.x.ai/v1"
+    )
+
+    client.responses.create(model="grok-4.3", input="trending?", tools=[{"type": "x_search"}])
+
+    record = only(records())
+    assert (record.model_provider, record.tool_requests) == ("x-ai", {"x_search": 5})
+    assert record.cost_breakdown is not None
+    assert record.cost_breakdown["x_search"] == Decimal("0.025")
+    assert record.estimated_cost_usd == Decimal(482631500) / 10**10
+
+
+@pytest.mark.parametrize(
+    ("day", "fee"),
+    [("2025-11-25", "0.01"), ("2025-12-03", "0.005")],
+    ids=["at launch", "after the cut"],
+)
+def test_xai_tool_fees_are_the_ones_in_effect_on_the_day(day: str, fee: str) -> None:
+    """xAI listed web search, X search and code execution at $10 per 1,000 calls at launch,
+    $5 from 2025-12-03; Collections Search (``file_search``) at $2.50."""
+    tools = {"web_search": 1, "x_search": 1, "code_execution": 1, "file_search": 1}
+    usage = {"input_tokens": 0, "output_tokens": 0, "tool_requests": tools}
+    at = datetime.fromisoformat(f"{day}T12:00:00+00:00")
+    cost = tokenmeter.price("x-ai", "grok-4-1-fast-reasoning", usage, at=at)
+    assert cost.breakdown is not None
+    expected = {"web_search": fee, "x_search": fee, "code_execution": fee, "file_search": "0.0025"}
+    assert {key: cost.breakdown[key] for key in tools} == {
+        key: Decimal(value) for key, value in expected.items()
+    }
 
 
 @pytest.mark.parametrize("details", [None, {"reasoning_tokens": 0}], ids=["no details", "zero"])

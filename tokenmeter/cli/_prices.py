@@ -46,6 +46,7 @@ _FEE_LABELS = (
     ("web_search_preview_per_k", "web search preview"),
     ("file_search_per_k", "file search"),
     ("code_execution_per_k", "code execution"),
+    ("x_search_per_k", "X search"),
 )
 
 

@@ -139,6 +139,7 @@ class _PerToken:
             "web_search_preview": rates.web_search_preview_per_k / _PER_K,
             "file_search": rates.file_search_per_k / _PER_K,
             "code_execution": rates.code_execution_per_k / _PER_K,
+            "x_search": rates.x_search_per_k / _PER_K,
         }
 
 

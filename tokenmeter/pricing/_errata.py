@@ -109,7 +109,7 @@ class _Corrected:
                 return None
         for correct in _DATA_CORRECTIONS:
             card = correct(card, self.requested, at)
-        return card
+        return _provider_tool_fees(card, self.provider, at)
 
     def _tier_before_its_start(self, at: datetime, tier: Tier) -> RateCard | None:
         """Batch/flex/priority where genai-prices has no variant price in effect at ``at``.
@@ -450,6 +450,49 @@ def _sonar_request_fee_by_context(card: RateCard, requested: str, at: datetime) 
             per_request_usd=low, per_request_medium_usd=medium, per_request_high_usd=high
         ),
     )
+
+
+#: Fees per 1,000 server-side tool calls a provider bills on every model and genai-prices has
+#: none of, each set from the day it took effect. xAI (https://docs.x.ai/developers/pricing,
+#: "Tool Invocation Costs"): web search, X search and code execution $10 at the agent tools'
+#: launch (its models page of 2025-11-09), $5 once the launch's free period ended on
+#: 2025-12-03 (the day is the promotion's end, as reported; xAI's page gives no date of the
+#: cut); Collections Search (the Responses API's ``file_search``) $2.50 throughout.
+_TOOL_FEES: dict[str, tuple[tuple[date, dict[str, Decimal]], ...]] = {
+    "x-ai": (
+        (
+            date.min,
+            {
+                "web_search_per_k": Decimal(10),
+                "x_search_per_k": Decimal(10),
+                "code_execution_per_k": Decimal(10),
+                "file_search_per_k": Decimal("2.50"),
+            },
+        ),
+        (
+            date(2025, 12, 3),
+            {
+                "web_search_per_k": Decimal(5),
+                "x_search_per_k": Decimal(5),
+                "code_execution_per_k": Decimal(5),
+                "file_search_per_k": Decimal("2.50"),
+            },
+        ),
+    ),
+}
+
+
+def _provider_tool_fees(card: RateCard, provider: str | None, at: datetime) -> RateCard:
+    """``card`` with the tool fees its provider's table lacks (``_TOOL_FEES``) in effect at
+    ``at``; a fee the table has is kept."""
+    schedule = _TOOL_FEES.get(provider or "")
+    if schedule is None:
+        return card
+    fees = next(fees for start, fees in reversed(schedule) if at.date() >= start)
+    missing = {name: fee for name, fee in fees.items() if not getattr(card.base, name)}
+    if not missing:
+        return card
+    return _each_rates(card, lambda rates: rates.with_rates(**missing))
 
 
 _DATA_CORRECTIONS: tuple[Callable[[RateCard, str, datetime], RateCard], ...] = (

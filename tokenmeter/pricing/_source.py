@@ -102,6 +102,7 @@ FEE_FIELDS = (
     "web_search_preview_per_k",
     "file_search_per_k",
     "code_execution_per_k",
+    "x_search_per_k",
 )
 
 
@@ -137,6 +138,8 @@ class Rates:
     web_search_per_k: Decimal = Decimal(0)
     file_search_per_k: Decimal = Decimal(0)
     code_execution_per_k: Decimal = Decimal(0)
+    #: xAI's X search tool.
+    x_search_per_k: Decimal = Decimal(0)
     #: OpenAI's ``web_search_preview`` tool: the web search fee unless a model's differs.
     web_search_preview_per_k: Decimal = GAP
     #: The fee per call when the answer reports a larger search context (Perplexity's

@@ -55,6 +55,16 @@ _SEARCHING_CHAT_MODELS = {
     "gpt-4o-search-preview": "web_search_preview",
     "gpt-4o-mini-search-preview": "web_search_preview",
 }
+#: xAI's billed server-side tool calls (``usage.server_side_tool_usage_details``, successful
+#: calls only) and their ``tool_requests`` key: its Collections Search is the Responses API's
+#: ``file_search``. Its MCP calls are billed by their tokens alone.
+_XAI_TOOL_CALLS = {
+    "web_search_calls": "web_search",
+    "x_search_calls": "x_search",
+    "code_interpreter_calls": "code_execution",
+    "file_search_calls": "file_search",
+}
+_XAI_TOOL_DETAILS = "server_side_tool_usage_details"
 #: Web search actions that are no search (a reasoning model reading a page it found): no fee.
 _PAGE_ACTIONS = {"open_page", "find_in_page", "find"}
 _MAX_ITEMS = 10_000
@@ -229,6 +239,7 @@ def _any_shape(usage: Any) -> Usage:
     if cached_parts:
         modalities = {**(modalities or {}), **cached_parts}
     tools = {"web_search": searches} if searches else {}
+    tools.update(_xai_tool_calls(get(_XAI_TOOL_DETAILS)))
     sized = search_context_key(get("search_context_size"))
     if sized is not None:
         tools[sized] = 1
@@ -243,6 +254,15 @@ def _any_shape(usage: Any) -> Usage:
         modalities=modalities,
         tool_requests=tools or None,
     )
+
+
+def _xai_tool_calls(details: Any) -> dict[str, int]:
+    """The server-side tool calls xAI bills, by ``tool_requests`` key, from its usage's
+    ``server_side_tool_usage_details`` (None: not an xAI answer)."""
+    if details is None:
+        return {}
+    found = counts(getter(details, what=_XAI_TOOL_DETAILS), *_XAI_TOOL_CALLS)
+    return {key: count for key, count in zip(_XAI_TOOL_CALLS.values(), found, strict=True) if count}
 
 
 def asked_search_context(request: Any) -> str | None:
@@ -538,7 +558,10 @@ def _from_response(get: Get, provider: str) -> Extracted | None:
     if kind == "list" and found.output_tokens:  # an embedding has no output: the total is off
         raise ValueError("an embeddings usage counts more in total than its prompt")
     if kind == "response":
-        tools = _tool_requests(get)
+        # xAI's usage counts its billed tool calls (read above); its output items are every
+        # attempt, failed ones included, which it does not bill.
+        counted = getter(usage)(_XAI_TOOL_DETAILS) is not None
+        tools = None if counted else _tool_requests(get)
         if tools:
             found = found.model_copy(update={"tool_requests": tools})
         drawn = _image_generation(get)
