@@ -92,6 +92,47 @@ def test_a_call_through_a_host_spelled_another_way_names_its_provider(
     assert _provider_of_a_call(sink, base_url) == provider
 
 
+LOCAL_CHAT = {
+    **CHAT,
+    "model": "deepseek-r1:8b",
+    "usage": {"prompt_tokens": 200_000, "completion_tokens": 800_000, "total_tokens": 1_000_000},
+}
+
+
+@pytest.mark.parametrize("base_url", ["http://localhost:11434/v1", "http://ollama:11434/v1"])
+def test_a_self_hosted_model_is_never_priced_from_a_hosted_providers_table(
+    sink: InMemorySink, base_url: str
+) -> None:
+    """Ollama's deepseek-r1:8b (a distill run on your machine) was recorded under openai at
+    DeepSeek's hosted deepseek-reasoner price, $0.467, and so was its reply given to
+    ``record_response(provider="ollama")``. A server on Ollama's port is Ollama's; what a
+    self-hosted provider serves is priced by your prices alone, else null (one warning)."""
+    import httpx2
+    import openai
+
+    client = openai.OpenAI(
+        api_key="ollama",
+        base_url=base_url,
+        http_client=httpx2.Client(
+            transport=httpx2.MockTransport(lambda request: httpx2.Response(200, json=LOCAL_CHAT))
+        ),
+    )
+    tokenmeter.wrap(client)
+    client.chat.completions.create(model="deepseek-r1:8b", messages=[])
+    for provider in ("ollama", "vllm"):
+        tokenmeter.record_response(LOCAL_CHAT, provider=provider)
+    tokenmeter.flush()
+    assert [(r.model_provider, r.estimated_cost_usd) for r in sink.records] == [
+        ("ollama", None),
+        ("ollama", None),
+        ("vllm", None),
+    ]
+    tokenmeter.configure(prices={"deepseek-r1:8b": {"input_per_mtok": 0, "output_per_mtok": 0}})
+    usage = {"input_tokens": 1, "output_tokens": 1}
+    assert tokenmeter.price("ollama", "deepseek-r1:8b", usage).total_usd == 0  # yours apply
+    assert _registry.provider_for_host("api.groq.com", port=11434) == "groq"  # a host first
+
+
 def test_together_on_either_of_its_api_hosts_is_together(sink: InMemorySink) -> None:
     """Together AI serves its API on api.together.ai as well as api.together.xyz (both in use):
     a call to the first was OpenAI's, and its Llama models had no price."""

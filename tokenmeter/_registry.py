@@ -19,6 +19,7 @@ __all__ = [
     "PROVIDERS",
     "Integration",
     "Provider",
+    "billed",
     "canonical",
     "family_of",
     "gemini_path",
@@ -43,6 +44,11 @@ class Provider:
     hosts: tuple[str, ...] = ()
     #: genai-prices' provider id, when it differs from ``id``.
     price_id: str | None = None
+    #: False for a server you run yourself (Ollama, vLLM): it bills nothing, so a call is never
+    #: priced from a price table (another provider's model of the same name), only by your prices.
+    billed: bool = True
+    #: A port that names the provider on a host no provider has (Ollama's default, 11434).
+    ports: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +126,8 @@ PROVIDERS: tuple[Provider, ...] = (
     ),
     Provider("perplexity", _OPENAI, hosts=("api.perplexity.ai",)),
     Provider("cerebras", _OPENAI, hosts=("api.cerebras.ai",)),
-    Provider("ollama", _OPENAI),
-    Provider("vllm", _OPENAI),
+    Provider("ollama", _OPENAI, billed=False, ports=(11434,)),
+    Provider("vllm", _OPENAI, billed=False),
 )
 
 INTEGRATIONS: tuple[Integration, ...] = (
@@ -144,6 +150,7 @@ INTEGRATIONS: tuple[Integration, ...] = (
 
 _BY_NAME: dict[str, Provider] = {}
 _BY_HOST: dict[str, str] = {}
+_BY_PORT: dict[int, str] = {}
 #: Hosts with a ``*`` (a region or location in the name), as patterns.
 _HOST_PATTERNS: list[tuple[re.Pattern[str], str]] = []
 _INTEGRATION_BY_NAME: dict[str, Integration] = {}
@@ -153,6 +160,7 @@ def _index() -> None:
     """Build the lookups from the two tables (at import; again if a test extends a table)."""
     _BY_NAME.clear()
     _BY_HOST.clear()
+    _BY_PORT.clear()
     _HOST_PATTERNS.clear()
     _INTEGRATION_BY_NAME.clear()
     for provider in PROVIDERS:
@@ -163,6 +171,8 @@ def _index() -> None:
                 _HOST_PATTERNS.append((_host_pattern(host), provider.id))
             else:
                 _BY_HOST[host] = provider.id
+        for port in provider.ports:
+            _BY_PORT[port] = provider.id
     for found in INTEGRATIONS:
         for name in (found.name, *found.aliases):
             _INTEGRATION_BY_NAME[name] = found
@@ -198,8 +208,16 @@ def price_id(name: str) -> str:
     return found.price_id or found.id
 
 
-def provider_for_host(host: str, client_class: str = "") -> str:
-    """Which provider an OpenAI client talks to, from its base URL's host (default: openai).
+def billed(name: str) -> bool:
+    """Whether a provider bills its calls (False for a server you run yourself); an unknown
+    provider is taken to (a proxy of a billed API)."""
+    found = _BY_NAME.get(name.strip().lower())
+    return found is None or found.billed
+
+
+def provider_for_host(host: str, client_class: str = "", port: int | None = None) -> str:
+    """Which provider an OpenAI client talks to, from its base URL's host (default: openai), or
+    on a host no provider has, from its port (``localhost:11434``: Ollama's).
 
     Matched in any case and without a trailing dot: ``api.groq.com.`` (a fully qualified name)
     reaches the same server as ``api.groq.com``."""
@@ -212,7 +230,10 @@ def provider_for_host(host: str, client_class: str = "") -> str:
     found = next((p for known, p in _BY_HOST.items() if host.endswith("." + known)), None)
     if found is not None:
         return found
-    return next((p for pattern, p in _HOST_PATTERNS if pattern.fullmatch(host)), "openai")
+    found = next((p for pattern, p in _HOST_PATTERNS if pattern.fullmatch(host)), None)
+    if found is not None:
+        return found
+    return _BY_PORT.get(port, "openai") if port is not None else "openai"
 
 
 def integration_names() -> list[str]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import SEARCH_CONTEXT_KEYS, Cost, Usage, trusted, usage_of
+from tokenmeter._registry import billed
 from tokenmeter._totals import USD_CONTEXT as _PRICE_CONTEXT
 
 from . import _overrides
@@ -624,7 +625,9 @@ def _resolve(provider: str | None, model: str, tier: str | None) -> _Entry:
         models: list[PricedModel] = []
         for name, entries in _user_prices(provider_id, names):
             models.append(_overrides.UserPricedModel(name, entries, provider_id))
-        table = _find_in_table(provider_id, names)
+        # A server you run yourself bills nothing: a table's price would be another
+        # provider's (Ollama's deepseek-r1:8b priced as DeepSeek's hosted deepseek-reasoner).
+        table = _find_in_table(provider_id, names) if billed(provider_id or "") else None
         if table is not None:
             models.append(table)
         fine_tune = bool(names) and names[0].startswith("ft:")

@@ -476,7 +476,9 @@ class OpenAIAdapter(StainlessAdapter):
         found = self._providers.get(id(url))
         if found is None or found[0] is not url or found[1] is not type(client):
             host = getattr(url, "host", "") or ""
-            found = (url, type(client), provider_for_host(host, type(client).__name__))
+            port = getattr(url, "port", None)
+            named = provider_for_host(host, type(client).__name__, port)
+            found = (url, type(client), named)
             if len(self._providers) >= 1024:  # apps that make a client per request
                 self._providers.clear()
             self._providers[id(url)] = found
