@@ -68,24 +68,10 @@ MODALITY_KEYS = frozenset(
 #: Perplexity's search context sizes above its default (low), as ``tool_requests`` keys spell
 #: them (one a call, when the answer reports such a size): it sets the call's fee per request.
 SEARCH_CONTEXT_KEYS = {"medium": "search_context_medium", "high": "search_context_high"}
-#: Seconds of audio input a model bills by the hour (Mistral's ``prompt_audio_seconds`` of a
-#: Voxtral chat), counted in ``tool_requests`` beside its tokens: priced at the hourly rate.
-AUDIO_SECONDS = "audio_seconds"
 #: Billed server-side tool requests a response reports, as ``tool_requests`` keys spell them.
-TOOL_REQUEST_KEYS = (
-    frozenset(
-        {
-            "web_search",
-            "web_search_preview",
-            "web_fetch",
-            "file_search",
-            "code_execution",
-            "x_search",
-        }
-    )
-    | frozenset(SEARCH_CONTEXT_KEYS.values())
-    | {AUDIO_SECONDS}
-)
+TOOL_REQUEST_KEYS = frozenset(
+    {"web_search", "web_search_preview", "web_fetch", "file_search", "code_execution", "x_search"}
+) | frozenset(SEARCH_CONTEXT_KEYS.values())
 
 
 _SHORT = reprlib.Repr()

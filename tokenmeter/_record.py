@@ -504,11 +504,10 @@ def record(
     ``input_*``, ``output_*``, ``cache_read_*`` for text/image/audio/video/document, each a part
     of its total, a side's parts together no more than it) and ``tool_requests`` counts billed
     server-side tool requests (``{"web_search": 2}``; keys web_search, web_search_preview,
-    web_fetch, file_search, code_execution, x_search; audio_seconds), both priced as for an
-    intercepted call. ``tier`` is the service tier the call was billed at, as ``price()``
-    takes it: ``"batch"`` for a batch job's results (half price), ``"flex"``, ``"priority"``,
-    ...; None is standard. A count may be any integer type (numpy's ``int64`` from a sum over
-    a frame). Bad input raises
+    web_fetch, file_search, code_execution, x_search), both priced as for an intercepted call.
+    ``tier`` is the service tier the call was billed at, as ``price()`` takes it: ``"batch"``
+    for a batch job's results (half price), ``"flex"``, ``"priority"``, ...; None is standard.
+    A count may be any integer type (numpy's ``int64`` from a sum over a frame). Bad input raises
     ValueError naming the field; nothing is written then.
     """
     provider = canonical(_text("provider", provider))  # an alias is its provider, as elsewhere

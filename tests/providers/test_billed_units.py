@@ -362,35 +362,6 @@ def test_xai_reasoning_outside_completion_tokens_is_billed(
     assert record.estimated_cost_usd == Decimal(expected)
 
 
-def test_voxtral_audio_seconds_are_billed_at_the_hourly_audio_rate(
-    kit: Any, records: Records, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Mistral's Voxtral Small bills audio input at $0.004 a minute beside its tokens ($0.10 /
-    $0.40): 10 minutes of audio were left out, the $0.00014 of tokens recorded as the whole."""
-    usage = {
-        "prompt_tokens": 1000,
-        "completion_tokens": 100,
-        "total_tokens": 1100,
-        "prompt_audio_seconds": 600,
-    }
-    body = kit.chat_body(usage, model="voxtral-small-latest")
-    client = kit.mock_openai(
-        lambda request: json_reply(kit.http, body), base_url="https://api.mistral.ai/v1"
-    )
-
-    client.chat.completions.create(model="voxtral-small-latest", messages=[])
-
-    record = only(records())
-    assert (record.model_provider, record.tool_requests) == ("mistral", {"audio_seconds": 600})
-    assert record.cost_breakdown is not None
-    assert record.cost_breakdown["audio_seconds"] == Decimal("0.04")
-    assert record.estimated_cost_usd == Decimal("0.04014")
-    # Audio seconds of a model with no hourly rate: no price, never a silent part.
-    seconds = {"input_tokens": 10, "output_tokens": 1, "tool_requests": {"audio_seconds": 60}}
-    assert tokenmeter.price("openai", "gpt-4o", seconds).total_usd is None
-    assert "no price known for model 'gpt-4o'" in caplog.text
-
-
 def test_xai_server_side_tool_calls_are_billed_per_call(kit: Any, records: Records) -> None:
     """The usage a public client logged of grok-4.3 with ``x_search``: 5 X searches at xAI's
     $5 per 1,000 beside the tokens ($1.25 / $0.20 cached / $2.50), what its own

@@ -23,14 +23,7 @@ from decimal import (
 from typing import Any
 
 from tokenmeter._fork import renew_after_fork
-from tokenmeter._models import (
-    AUDIO_SECONDS,
-    SEARCH_CONTEXT_KEYS,
-    Cost,
-    Usage,
-    trusted,
-    usage_of,
-)
+from tokenmeter._models import SEARCH_CONTEXT_KEYS, Cost, Usage, trusted, usage_of
 from tokenmeter._registry import billed
 from tokenmeter._totals import USD_CONTEXT as _PRICE_CONTEXT
 
@@ -149,8 +142,6 @@ class _PerToken:
             "code_execution": rates.code_execution_per_k / _PER_K,
             "x_search": rates.x_search_per_k / _PER_K,
         }
-        if rates.audio_seconds_per_k is not None:
-            self.fees[AUDIO_SECONDS] = rates.audio_seconds_per_k / _PER_K
 
 
 class _Vector:
@@ -274,8 +265,6 @@ class _Vector:
                 if count:
                     per_request = by_size[tool]
             elif count:
-                if tool not in fees and tool == AUDIO_SECONDS:  # never a silent part
-                    return _UNKNOWN_FIELDS
                 breakdown[tool] = fees.get(tool, _ZERO) * count
         if per_request:
             breakdown["request"] = per_request
@@ -447,11 +436,9 @@ def cost_fields(
             try:
                 if usage.__dict__["passes"]:
                     return _price_with_passes(provider, model, usage, vector, at, tier)
-                found = vector.price(usage)
+                return vector.price(usage)
             finally:
                 setcontext(caller)
-            if found is not _UNKNOWN_FIELDS:  # a part of it has no price (audio seconds)
-                return found
     _warn_unknown(provider, model)
     return _UNKNOWN_FIELDS
 

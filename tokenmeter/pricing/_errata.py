@@ -223,9 +223,8 @@ def _each_rates(card: RateCard, change: Callable[[Rates], Rates]) -> RateCard:
 
 def _ratios(tier: Rates, standard: Rates) -> Rates:
     def ratio(name: str) -> Decimal:
-        base: Decimal | None = getattr(standard, name)
-        rate: Decimal | None = getattr(tier, name)
-        return rate / base if base and rate is not None else Decimal(1)
+        base: Decimal = getattr(standard, name)
+        return getattr(tier, name) / base if base else Decimal(1)
 
     return Rates(**{f.name: ratio(f.name) for f in fields(Rates)})
 

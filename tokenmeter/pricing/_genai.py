@@ -218,13 +218,7 @@ def _rates(values: dict[str, Any], *, input_tokens: int) -> Rates:
         web_search_per_k=rate("web_searches_kcount") or zero,
         file_search_per_k=rate("storage_searches_kcount") or zero,
         code_execution_per_k=rate("code_executions_kcount") or zero,
-        audio_seconds_per_k=_per_k_seconds(rate("input_audio_hours")),
     )
-
-
-def _per_k_seconds(per_hour: Decimal | None) -> Decimal | None:
-    """An hourly rate per 1,000 seconds (None stays None: no rate)."""
-    return None if per_hour is None else per_hour * 1000 / 3600
 
 
 def _first(*rates: Decimal | None) -> Decimal:

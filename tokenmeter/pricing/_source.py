@@ -11,7 +11,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 __all__ = [
     "FEE_FIELDS",
@@ -103,7 +103,6 @@ FEE_FIELDS = (
     "file_search_per_k",
     "code_execution_per_k",
     "x_search_per_k",
-    "audio_seconds_per_k",
 )
 
 
@@ -141,9 +140,6 @@ class Rates:
     code_execution_per_k: Decimal = Decimal(0)
     #: xAI's X search tool.
     x_search_per_k: Decimal = Decimal(0)
-    #: Audio input billed by its length (a model with an hourly audio rate beside its token
-    #: rates), per 1,000 seconds; None: no such rate, so audio seconds cannot be priced.
-    audio_seconds_per_k: Decimal | None = None
     #: OpenAI's ``web_search_preview`` tool: the web search fee unless a model's differs.
     web_search_preview_per_k: Decimal = GAP
     #: The fee per call when the answer reports a larger search context (Perplexity's
@@ -170,19 +166,13 @@ class Rates:
                 object.__setattr__(self, name, rate)
 
     def scaled(self, factors: Rates) -> Rates:
-        """Multiply every rate by the matching field of ``factors`` (a rate it has none of, None,
-        stays None)."""
-        scaled: dict[str, Any] = {
-            f.name: _times(getattr(self, f.name), factors, f.name) for f in fields(self)
-        }
-        return Rates(**scaled)
+        """Multiply every rate by the matching field of ``factors``."""
+        return Rates(
+            **{f.name: getattr(self, f.name) * getattr(factors, f.name) for f in fields(self)}
+        )
 
     def with_rates(self, **changes: Decimal) -> Rates:
         return replace(self, **changes)
-
-
-def _times(rate: Decimal | None, factors: Rates, name: str) -> Decimal | None:
-    return None if rate is None else rate * getattr(factors, name)
 
 
 @dataclass(frozen=True, slots=True)

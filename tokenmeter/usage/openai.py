@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Any
 
 from tokenmeter._models import (
-    AUDIO_SECONDS,
     MAX_TOKENS,
     SEARCH_CONTEXT_KEYS,
     Pass,
@@ -241,9 +240,6 @@ def _any_shape(usage: Any) -> Usage:
         modalities = {**(modalities or {}), **cached_parts}
     tools = {"web_search": searches} if searches else {}
     tools.update(_xai_tool_calls(get(_XAI_TOOL_DETAILS)))
-    (audio_seconds,) = counts(get, "prompt_audio_seconds")  # Mistral's, billed by the hour
-    if audio_seconds:
-        tools[AUDIO_SECONDS] = audio_seconds
     sized = search_context_key(get("search_context_size"))
     if sized is not None:
         tools[sized] = 1
