@@ -130,6 +130,11 @@ def test_a_self_hosted_model_is_never_priced_from_a_hosted_providers_table(
     tokenmeter.configure(prices={"deepseek-r1:8b": {"input_per_mtok": 0, "output_per_mtok": 0}})
     usage = {"input_tokens": 1, "output_tokens": 1}
     assert tokenmeter.price("ollama", "deepseek-r1:8b", usage).total_usd == 0  # yours apply
+    # Your alias names the model to price it as (what the call would cost on a hosted API).
+    tokenmeter.configure(aliases={"llama3.1:8b": "gpt-4o-mini"})
+    assert tokenmeter.price("ollama", "llama3.1:8b", usage) == tokenmeter.price(
+        "openai", "gpt-4o-mini", usage
+    )
     assert _registry.provider_for_host("api.groq.com", port=11434) == "groq"  # a host first
 
 

@@ -621,13 +621,19 @@ def _resolve(provider: str | None, model: str, tier: str | None) -> _Entry:
         if entry is not None:
             return entry
         provider_id = normalise_provider(provider)
-        names = _with_alias(name_candidates(model))
+        candidates = name_candidates(model)
+        names = _with_alias(candidates)
         models: list[PricedModel] = []
         for name, entries in _user_prices(provider_id, names):
             models.append(_overrides.UserPricedModel(name, entries, provider_id))
         # A server you run yourself bills nothing: a table's price would be another
-        # provider's (Ollama's deepseek-r1:8b priced as DeepSeek's hosted deepseek-reasoner).
-        table = _find_in_table(provider_id, names) if billed(provider_id or "") else None
+        # provider's (Ollama's deepseek-r1:8b priced as DeepSeek's hosted deepseek-reasoner),
+        # unless the user's alias names the model to price it as.
+        table = (
+            _find_in_table(provider_id, names)
+            if billed(provider_id or "") or names != candidates
+            else None
+        )
         if table is not None:
             models.append(table)
         fine_tune = bool(names) and names[0].startswith("ft:")
