@@ -212,16 +212,13 @@ def test_an_over_long_line_is_skipped_in_bounded_memory(cli: RunCli, alerts_dir:
 
 def test_a_source_that_is_not_an_alerts_file_is_an_error(cli: RunCli, tmp_path: Path) -> None:
     """``alerts --source usage.db`` (as every other command takes it) listed "0 alert(s)" with
-    "skipped 60 unreadable line(s)", exit 0: a SQLite database, a file of usage records or any
-    file whose first line is not an alert is refused in one line."""
+    "skipped 60 unreadable line(s)", exit 0: a SQLite database or a file of usage records is
+    refused in one line."""
     database = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
     records = write_jsonl(tmp_path / "usage.jsonl", RECORDS)
-    notes = tmp_path / "notes.txt"
-    notes.write_text("not an alert\n")
     for path, why in [
         (database, "it is a SQLite database"),
         (records, "its first line is a usage record"),
-        (notes, "its first line is not an alert"),
     ]:
         code, out, err = cli("alerts", "--source", str(path))
         assert (code, out) == (1, "")
@@ -229,3 +226,16 @@ def test_a_source_that_is_not_an_alerts_file_is_an_error(cli: RunCli, tmp_path: 
             f"tokenmeter: error: {path} is not an alerts file ({why}): pass the alerts.jsonl "
             "beside the data, or the directory holding it\n"
         )
+
+
+def test_an_alerts_file_whose_first_line_is_torn_lists_the_rest(
+    cli: RunCli, alerts_dir: Path
+) -> None:
+    """A first line a writer left torn (or NUL bytes a crash left) made the alerts file "not an
+    alerts file": every alert after it hidden, exit 1. It is skipped and counted, as any bad
+    line."""
+    path = alerts_dir / "alerts.jsonl"
+    path.write_bytes(b"\x00" * 40 + b'{"time": "2026-11-0\n' + path.read_bytes())
+    code, out, err = cli("alerts", "--source", str(alerts_dir))
+    assert code == 0 and out.splitlines()[-1] == "3 alert(s)"
+    assert "skipped 1 unreadable line" in err

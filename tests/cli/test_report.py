@@ -1030,6 +1030,38 @@ def test_output_onto_the_state_file_a_usage_report_or_another_records_file_is_re
     assert not (tmp_path / "state.md").exists()
 
 
+def test_output_through_a_link_a_loop_or_onto_a_terminal_is_judged_by_what_it_reaches(
+    tmp_path: Path,
+) -> None:
+    """A link of another name to alerts.jsonl or an automatic usage report replaced it (judged
+    by the link's own name); a loop of links printed a RuntimeError traceback when a state file
+    was set; ``-o /dev/stdout`` was refused when the state file was ``/dev/stderr`` and both went
+    to one pipe. Judged by what the output reaches now."""
+    data = tmp_path / ".tokenmeter"
+    write_sqlite(data / "usage.db", RECORDS, SESSIONS)
+    alerts = data / "alerts.jsonl"
+    alerts.write_text('{"time": "2026-11-01T10:00:00.000Z", "rule": "budget"}\n')
+    kept = alerts.read_bytes()
+    (tmp_path / "my-report.csv").symlink_to(alerts)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    settings = {"TOKENMETER_DIR": ".tokenmeter", "TOKENMETER_STATE_FILE": "state.md"}
+    linked = run_module("report", "-o", "my-report.csv", cwd=tmp_path, **settings)
+    assert linked.returncode == 2 and "holds recorded tokenmeter data" in linked.stderr
+    assert alerts.read_bytes() == kept
+    loop = run_module("report", "-o", "loop", cwd=tmp_path, **settings)
+    assert "Traceback" not in loop.stderr and len(loop.stderr.splitlines()) == 1
+    piped = subprocess.run(
+        [sys.executable, "-m", "tokenmeter", "report", "-o", "/dev/stdout"],
+        cwd=tmp_path,
+        env=subprocess_env(TOKENMETER_DIR=".tokenmeter", TOKENMETER_STATE_FILE="/dev/stderr"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=120,
+    )
+    assert piped.returncode == 0 and "gpt-4o" in piped.stdout, piped.stdout
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
 def test_output_onto_the_data_being_read_is_refused(tmp_path: Path, kind: str) -> None:
     """``-o`` naming the usage data itself (a slip of tab completion) overwrote the recorded

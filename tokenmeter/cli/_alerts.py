@@ -116,10 +116,10 @@ def read_alerts(path: Path, since: datetime | None = None) -> tuple[list[dict[st
 
 
 def _refuse_other_files(path: Path) -> None:
-    """A file whose first line is not an alert is not an alerts file: ``--source usage.db``,
-    as every other command takes it, listed "0 alert(s)" after "skipped 60 unreadable
-    line(s)". Torn or bad lines further on (a writer killed halfway) are still skipped and
-    counted."""
+    """A SQLite database, or a file whose first line is a usage record, is not an alerts file:
+    ``--source usage.db``, as every other command takes it, listed "0 alert(s)" after "skipped
+    60 unreadable line(s)". Torn or bad lines (a writer killed halfway, the first line too) are
+    skipped and counted: refused for one, an alerts file hid every alert after it."""
     try:
         with path.open("rb") as handle:
             sqlite = handle.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
@@ -129,10 +129,9 @@ def _refuse_other_files(path: Path) -> None:
         why = "it is a SQLite database"
     else:
         first = _first_line(path)
-        if first is None or parse_alert(first) is not None:
+        if first is None or parse_record(first) is None:
             return
-        what = "a usage record" if parse_record(first) is not None else "not an alert"
-        why = f"its first line is {what}"
+        why = "its first line is a usage record"
     raise CliError(
         f"{path} is not an alerts file ({why}): pass the alerts.jsonl beside the data, "
         "or the directory holding it"

@@ -95,7 +95,9 @@ def refuse_overwriting(output: str | None, data: Path) -> None:
 def _recorded_data(output: Path, data: Path) -> bool:
     try:
         folder = data if data.is_dir() else data.parent
-        if _kept_file(output, folder):
+        # By its name and by the name of what it links to (``my-report.csv`` -> alerts.jsonl).
+        named = [output, Path(os.path.realpath(output))] if os.path.islink(output) else [output]
+        if any(_kept_file(name, folder) for name in named):
             return True
         if not output.is_file():
             return False
@@ -103,7 +105,7 @@ def _recorded_data(output: Path, data: Path) -> bool:
             if file.read(max(map(len, _DATA_HEADERS))).startswith(_DATA_HEADERS):
                 return True
         return _starts_with_a_record(output)
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a loop of links (Python 3.11, 3.12)
         return False
 
 
@@ -155,17 +157,25 @@ def _data_file_name(output: Path, folder: Path) -> bool:
 
 
 def _same_file(one: Path, other: Path) -> bool:
-    """The same file, through a link too, or the same place before either exists."""
+    """The same regular file, through a link too, or the same place before either exists. A
+    device is never one (``-o /dev/stdout`` with the state file ``/dev/stderr``: one terminal)."""
     try:
-        return os.path.samefile(one, other)
-    except OSError:
-        return one.resolve() == other.resolve()
+        if any(os.path.exists(path) and not os.path.isfile(path) for path in (one, other)):
+            return False
+        try:
+            return os.path.samefile(one, other)
+        except OSError:
+            return one.resolve() == other.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a loop of links (Python 3.11, 3.12)
+        return False
 
 
 def _same_folder(one: Path, other: Path) -> bool:
+    """The same folder; False when either cannot be looked at (a folder that may not be
+    searched): that one comparison fails, never the whole check of ``-o``."""
     try:
         return os.path.samefile(one, other)
-    except FileNotFoundError:
+    except OSError:
         return False
 
 
