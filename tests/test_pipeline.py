@@ -1125,22 +1125,6 @@ def test_poison_records_in_a_row_are_set_aside_when_their_sink_stops() -> None:
     assert [k["record"]["id"] for k in kept] == [r.id for r in bad]
 
 
-def test_poison_records_in_a_row_with_poison_last_never_hold_back_the_good_ones() -> None:
-    """Two poison records, good ones, and a poison one last: the one later record tried to show
-    the sink works was the last, poison too, so the sink was taken for down; none of the 5 good
-    records was written, and at the sink's stop they were set aside with the poison ones."""
-    sink = Picky()
-    sink.release.set()
-    _alone_gathering_for_an_hour(sink)  # one batch, written when the sink stops
-    bad = [tokenmeter.record("openai", "poison", 1, 1) for _ in range(2)]
-    made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(5)]
-    bad.append(tokenmeter.record("openai", "poison", 1, 1))
-    tokenmeter.configure(sinks=[InMemorySink()])
-    assert sorted(r.id for r in sink.records) == sorted(r.id for r in made)
-    kept = [json.loads(line) for line in (Path(".tokenmeter") / "quarantine.jsonl").open()]
-    assert sorted(k["record"]["id"] for k in kept) == sorted(r.id for r in bad)
-
-
 class RefusesSession(InMemorySink):
     """Stores every session but those named "refused" (a sink that cannot map its tags)."""
 

@@ -1152,11 +1152,10 @@ class _Writer:
                     continue
                 # Two in a row and no success: the sink is down, or they are poison (a run of
                 # them at the head of the queue, a refused session's start and end, which held
-                # back every item behind them for good). A later item tells which (the last,
-                # the middle and the first of those that may go first: the last may be poison
-                # too), and keeps a sink that is down at five writes a pass.
-                ahead = next((i for i in _ahead(items, index + 1) if self._took(items[i])), None)
-                if ahead is None:
+                # back every item behind them for good). A later item tells which, and keeps a
+                # sink that is down at three writes a pass.
+                ahead = _ahead(items, index + 1)
+                if ahead is None or not self._took(items[ahead]):
                     return False  # the sink is down, not the data
             written = True
             for poison, _ in accused:  # the sink works on both sides of their failure
@@ -1321,24 +1320,20 @@ class _Writer:
 _ERROR_TEXT_MAX = 1_000
 
 
-def _ahead(items: Sequence[Any], start: int) -> list[int]:
-    """The indexes of at most three of ``items`` from ``start`` on that may be written before the
-    items in front of them, to tell poison items from a sink that is down: the last, the middle
-    and the first of them. Any record may; a session's snapshot only when no earlier snapshot of
-    that session waits (the earlier one, written after it, would undo it: a session's start over
-    its end)."""
+def _ahead(items: Sequence[Any], start: int) -> int | None:
+    """The index of the last of ``items`` from ``start`` on that may be written before the items
+    in front of it: past a run of poison ones, if any is. Any record may; a session's snapshot
+    only when no earlier snapshot of that session waits (the earlier one, written after it,
+    would undo it: a session's start over its end). None when there is none."""
     first: dict[str, int] = {}
     for index, item in enumerate(items):
         if isinstance(item, SessionInfo):
             first.setdefault(item.id, index)
-    may = [
-        index
-        for index in range(start, len(items))
-        if not isinstance(items[index], SessionInfo) or first[items[index].id] == index
-    ]
-    if not may:
-        return []
-    return list(dict.fromkeys(may[position] for position in (-1, len(may) // 2, 0)))
+    for index in range(len(items) - 1, start - 1, -1):
+        item = items[index]
+        if not isinstance(item, SessionInfo) or first[item.id] == index:
+            return index
+    return None
 
 
 def _error_text(exc: BaseException) -> str:
