@@ -168,6 +168,15 @@ def test_notes_written_at_the_end_are_stored_as_notes_given_at_the_start(tmp_pat
     assert odd.status == "completed" and odd.notes is None
 
 
+def test_on_end_set_after_the_block_ended_is_refused() -> None:
+    """Its hooks ran as it ended: set later, a hook was accepted and never ran."""
+    with tokenmeter.session("nightly") as job:
+        pass
+    with pytest.raises(RuntimeError, match="'nightly' has ended: set on_end inside its block"):
+        job.on_end = print
+    assert job.on_end == ()
+
+
 def test_a_sessions_tags_cannot_be_changed_inside_its_block(sink: InMemorySink) -> None:
     """``s.tags["user"] = "u-42"`` (or ``s.tags = {...}``) inside the block raised nothing and
     showed in ``s.tags``, while the session's records and stored session kept the tags given to

@@ -15,6 +15,7 @@ import os
 import re
 import stat
 import struct
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,8 @@ def file_head(file: Any) -> FileHead | None:
     that counts or hashes what is read, an upload progress bar, a pipe) is never read by us: it
     would see reads that were never sent. Never raises: None when it is not read."""
     try:
+        if type(file) in _TEMPORARY_FILES:  # what a web framework's upload holds (UploadFile)
+            file = getattr(file, "_file", None) or getattr(file, "file", None)
         if type(file) is io.BytesIO:
             with file.getbuffer() as view:
                 return FileHead(bytes(view[:_HEAD]), len(view))
@@ -73,6 +76,8 @@ def file_head(file: Any) -> FileHead | None:
 
 #: File objects ``open(path, "rb")`` makes, which ``file_head`` reads by their descriptor.
 _PLAIN_FILES = (io.BufferedReader, io.BufferedRandom, io.FileIO)
+#: The standard library's wrappers of one of those or of a ``BytesIO``, read through.
+_TEMPORARY_FILES = (tempfile.SpooledTemporaryFile, tempfile._TemporaryFileWrapper)
 
 
 def media_bytes(data: Any, limit: int | None = _HEAD, tail: bool = False) -> bytes | None:

@@ -360,7 +360,12 @@ class Session:
     def on_end(self, on_end: OnEnd | Sequence[OnEnd] | None) -> None:
         # Set later, hooks must be checked as the constructor's are: 5 was kept, and the
         # block's exit raised a TypeError from tokenmeter.
-        self._on_end = _check_hooks(on_end)
+        hooks = _check_hooks(on_end)
+        if self.__dict__.get("_ended_at") is not None:  # its hooks ran as it ended: never again
+            raise RuntimeError(
+                f"session {self.name or self.id!r} has ended: set on_end inside its block"
+            )
+        self._on_end = hooks
 
     @property
     def notes(self) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import tempfile
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,8 @@ class _Counted(io.BufferedIOBase):
 
 
 @pytest.mark.parametrize(
-    "given", ["bytes", "in memory", "open file", "not seekable", "consumed", "wrapped"]
+    "given",
+    ["bytes", "in memory", "open file", "not seekable", "consumed", "wrapped", "spooled", "named"],
 )
 async def test_a_transcription_without_usage_is_estimated_from_its_audio(
     kit: Any, records: Records, is_async: bool, tmp_path: Path, given: str
@@ -165,7 +167,12 @@ async def test_a_transcription_without_usage_is_estimated_from_its_audio(
         raise kit.http.ReadTimeout("timed out", request=request)
 
     client = kit.mock_openai(server, is_async=is_async, max_retries=0)
-    with path.open("rb") as opened:
+    spooled = tempfile.SpooledTemporaryFile(max_size=1 << 20)  # noqa: SIM115 (closed below)
+    spooled.write(clip)
+    named = tempfile.NamedTemporaryFile(dir=tmp_path)  # noqa: SIM115 (closed below)
+    named.write(clip)
+    named.flush()
+    with path.open("rb") as opened, spooled, named:
         if given == "consumed":
             opened.read()
         file: Any = {
@@ -173,6 +180,8 @@ async def test_a_transcription_without_usage_is_estimated_from_its_audio(
             "in memory": io.BytesIO(clip),
             "not seekable": _Pipe(clip),
             "wrapped": _Counted(opened),
+            "spooled": spooled,  # a web framework's upload (Starlette's UploadFile.file)
+            "named": ("talk.wav", named),
         }
         with pytest.raises(Exception, match="timed out"):
             await kit.maybe(
