@@ -338,6 +338,15 @@ _IMAGE_TYPES = frozenset({"image_url", "input_image", "image", "computer_screens
 _MAX_VALUES = 1_000_000
 
 
+def _uploaded(files: Any) -> tuple[Any, ...]:
+    """The contents of a multipart field's files, as ``_with_files`` gathers them: bytes, or of
+    a file object what ``file_head`` read (None when it could not be read: no dimensions, no
+    audio)."""
+    if files is None:
+        return ()
+    return tuple(files) if isinstance(files, list | tuple) else (files,)
+
+
 class _Walk:
     """Collects the text of a request's content, and what its media will cost, whatever its
     shape: dicts, lists, strings, SDK objects (pydantic models, protos). Images, audio and
@@ -473,22 +482,16 @@ class _Walk:
         self.images.append((image_size(head) if head else None, detail))
 
     def image_files(self, files: Any) -> None:
-        """The image files an Images API request uploads (``image``, ``mask``: a list of their
-        contents), each counted as an inline image is, from its header (a file object is not
-        read: a typical image)."""
-        if files is None:
-            return
-        for data in files if isinstance(files, list | tuple) else (files,):
+        """The image files an Images API request uploads (``image``, ``mask``), each counted as
+        an inline image is, from its header."""
+        for data in _uploaded(files):
             self._image(data, None)
 
     def audio_files(self, files: Any) -> None:
-        """The audio file a transcription uploads (``file``: a list of its contents), counted
-        as inline audio is, its duration from its header (a WAV's exact, an MP3's from its
-        bitrate, else its size at a typical bitrate). A file object that could not be read
-        (not seekable) counts as no audio."""
-        if files is None:
-            return
-        for data in files if isinstance(files, list | tuple) else (files,):
+        """The audio file a transcription uploads (``file``), counted as inline audio is: its
+        duration from its header (a WAV's exact, an MP3's from its bitrate, else its size at a
+        typical bitrate)."""
+        for data in _uploaded(files):
             self._audio(data, None)
 
     def _audio(self, data: Any, fmt: str | None) -> None:
