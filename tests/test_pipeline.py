@@ -3058,3 +3058,31 @@ def test_the_exit_waits_for_a_tokenizer_load_under_way(tmp_path: Path) -> None:
     env = {**os.environ, "TOKENMETER_SINKS": "jsonl", "TOKENMETER_DIR": str(tmp_path / "m")}
     done = run_python("-c", _TOKENIZER_LOADING_AT_EXIT, env=env, cwd=tmp_path)
     assert done.stdout.strip() == "loaded"
+
+
+def test_sinks_that_could_not_be_made_are_tried_again_a_second_later(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Making the sinks failed once (an import of ours half done on the thread when the
+    garbage collector recorded a call): the pipeline without sinks was kept, and nothing of
+    the process was written until the next configure(). It is tried again a second later."""
+    sink, tries = InMemorySink(), []
+
+    def make() -> list[Any]:
+        tries.append(len(tries))
+        if len(tries) == 1:
+            raise ImportError("cannot import name 'AlertSink' (partially initialized module)")
+        return [sink]
+
+    tokenmeter.configure(sinks=[sink])  # the settings are read: what follows is kept
+    _pipeline.set_sinks(make)
+    with caplog.at_level(logging.ERROR, logger="tokenmeter"):
+        tokenmeter.record("openai", "gpt-4o", 10, 1)
+        tokenmeter.record("openai", "gpt-4o", 11, 1)  # within the second: not tried again
+        tokenmeter.flush(timeout=30)
+    assert len(tries) == 1
+    assert caplog.text.count("could not open its sinks") == 1
+    monkeypatch.setattr(_pipeline, "_sinks_failed_at", _pipeline._sinks_failed_at - 1.0)
+    tokenmeter.record("openai", "gpt-4o", 20, 2)
+    assert tokenmeter.flush(timeout=30)
+    assert [r.input_tokens for r in sink.records] == [20]

@@ -1539,6 +1539,11 @@ _quarantine: Path | None = None
 _carried: list[_Writer] = []
 #: Writers ``set_sinks`` ended that were still writing after exit_timeout: exit waits for them.
 _ending: list[_Writer] = []
+#: The pipeline used while making the sinks fails (``_without_sinks``), and when it last failed
+#: (``time.monotonic()``): the next use after ``_SINKS_RETRY`` seconds tries again.
+_sinkless: _Pipeline | None = None
+_sinks_failed_at = 0.0
+_SINKS_RETRY = 1.0
 
 
 def _load_settings() -> object:
@@ -1571,7 +1576,7 @@ def warn_unrecorded(exc: ValueError) -> None:
 
 
 def _get() -> _Pipeline:
-    global _pipeline, first_use_hook, _carried
+    global _pipeline, first_use_hook, _carried, _sinkless
     hook = first_use_hook
     if hook is not None:
         # Outside our lock: the hook takes the settings' lock, which configure() holds while it
@@ -1588,11 +1593,13 @@ def _get() -> _Pipeline:
             first_use_hook = None
     with _lock:  # a termination signal meanwhile is taken by the caller (``submit``)
         if _pipeline is None:
+            if _sinkless is not None and time.monotonic() - _sinks_failed_at < _SINKS_RETRY:
+                return _sinkless
             try:
                 sinks = _sink_factory()
             except Exception:
-                logger.exception("tokenmeter could not open its sinks; nothing is written")
-                sinks = []
+                return _without_sinks()
+            _sinkless = None
             _pipeline = _Pipeline(sinks, _max_queue, _interval, _quarantine, _carried)
             _carried = []
             _flush_at_multiprocessing_exit()
@@ -1603,6 +1610,22 @@ def _get() -> _Pipeline:
                 # now), will not run; the records are written at once, as after our exit flush.
                 _mark_exit_flushed()
         return _pipeline
+
+
+def _without_sinks() -> _Pipeline:
+    """The pipeline while the sinks cannot be made (called holding ``_lock``): it drops what it
+    is given, and ``_get`` tries again a second later. Kept for good, one failure (an import
+    of ours half done on this thread when the garbage collector recorded a call) lost every
+    record of the process."""
+    global _sinkless, _sinks_failed_at
+    if _sinkless is None:
+        logger.exception(
+            "tokenmeter could not open its sinks; nothing is written until it can (it tries "
+            "again each second)"
+        )
+        _sinkless = _Pipeline([], _max_queue, _interval, _quarantine)
+    _sinks_failed_at = time.monotonic()
+    return _sinkless
 
 
 def _in_exit_hooks() -> bool:
@@ -1914,10 +1937,10 @@ def set_sinks(
     their writers, with what they still hold, go on in the new pipeline. A sink need not be
     thread-safe: a second writer would call it while the first is still inside a slow write."""
     global _pipeline, _sink_factory, _max_queue, _exit_timeout, _interval, _quarantine, _carried
-    global _hurry_at
+    global _hurry_at, _sinkless
     catch_up()  # the calls made so far go to the sinks they were made under
     with _locked():
-        old, old_timeout, _pipeline = _pipeline, _exit_timeout, None
+        old, old_timeout, _pipeline, _sinkless = _pipeline, _exit_timeout, None, None
         _sink_factory, _max_queue, _exit_timeout = make_sinks, max_queue, exit_timeout
         _hurry_at = 2 * _batch_for(max_queue)
         _interval, _quarantine = flush_interval, quarantine
