@@ -1155,6 +1155,59 @@ def test_a_refused_session_never_holds_back_the_sessions_behind_it() -> None:
     assert [k["record"]["id"] for k in kept] == [refused.id, refused.id]  # its start and end
 
 
+def test_poison_records_among_the_later_ones_never_hold_back_the_good_ones() -> None:
+    """Three poison records in a row, then good and poison ones alternating, in one batch: the
+    later record tried to show the sink works was the last, poison too, every pass, and the
+    good records were set aside with the poison ones when the sink stopped. Each pass now tries
+    another one."""
+    sink = Picky()
+    sink.release.set()
+    _alone_gathering_for_an_hour(sink)  # one batch, written when the sink stops
+    made, bad = [], []
+    for model in ["poison"] * 3 + ["gpt-4o", "poison", "gpt-4o", "poison"]:
+        (made if model == "gpt-4o" else bad).append(tokenmeter.record("openai", model, 1, 1))
+    tokenmeter.configure(sinks=[InMemorySink()])
+    assert sorted(r.id for r in sink.records) == sorted(r.id for r in made)
+    kept = [json.loads(line) for line in (Path(".tokenmeter") / "quarantine.jsonl").open()]
+    assert sorted(k["record"]["id"] for k in kept) == sorted(r.id for r in bad)
+
+
+class RefusesTenant(InMemorySink):
+    """Refuses the records of the tenant "blocked" and its session's end (a table it has no
+    rights on), and takes the rest."""
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        if any(r.tags.get("tenant") == "blocked" for r in records):
+            raise PermissionError("tenant 'blocked'")
+        super().write(records)
+
+    def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
+        if any(s.tags.get("tenant") == "blocked" and s.status != "active" for s in sessions):
+            raise PermissionError("tenant 'blocked'")
+        super().write_sessions(sessions)
+
+
+def test_a_refused_record_and_session_end_never_hold_back_the_sessions_behind_them() -> None:
+    """A refused record, then its session's refused end row: the run of sessions tried to show
+    the sink works held that end row, and failed, so the sink was taken for down, and not one
+    later record was written (0 of 5). Each pass now tries another run: a later run of records."""
+    sink = RefusesTenant()
+    tokenmeter.configure(sinks=[sink])
+    with tokenmeter.session("job", tags={"tenant": "blocked"}) as refused:
+        bad = tokenmeter.record("openai", "gpt-4o", 1, 1)
+    made = []
+    for index in range(5):
+        with tokenmeter.session(f"job-{index}", tags={"tenant": "acme"}):
+            made.append(tokenmeter.record("openai", "gpt-4o", 1, 1))
+    wait_for(lambda: tokenmeter.flush(30) or len(sink.records) == 5, "the later records written")
+    made.append(tokenmeter.record("openai", "gpt-4o", 1, 1))  # after which the refused one is
+    wait_for(lambda: tokenmeter.flush(30), "the refused items set aside")  # judged poison
+    assert [r.id for r in sink.records] == [r.id for r in made]
+    assert all(sink.sessions[r.session_id].status == "completed" for r in made[:5])
+    kept = [json.loads(line) for line in (Path(".tokenmeter") / "quarantine.jsonl").open()]
+    assert sorted(k["record"]["id"] for k in kept) == sorted([bad.id, refused.id])
+
+
 def test_a_sink_down_through_isolated_passes_has_nothing_set_aside() -> None:
     """Every write fails, with many records waiting in runs of their own: each isolated pass
     tries a later record too, which fails as well, so nothing is taken for poison; all of them

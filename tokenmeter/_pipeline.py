@@ -25,7 +25,7 @@ Policies (documented in docs/sinks.md):
   in ``_TRIES`` tries in a row, can never be written (a poison record) and is set aside in the
   quarantine file with the error, reported once, so it never holds back the records behind it.
   Poison records in a row (a refused session: its start and end) are told from a sink that is
-  down by a later record, written ahead of them.
+  down by a later record, written ahead of them: another one each pass, as one may be poison too.
   A record that failed only while the sink was down (a server restarting) or at random (a flaky
   sink) is written, never set aside. A sink that is stopped gets a flush()'s tries first.
 - Once a writer has fallen behind (``_BACKLOG`` items wait), records are queued packed
@@ -539,6 +539,9 @@ class _Writer:
         self._set_aside_before_open = 0
         self._set_aside_before_markers: int | None = None
         self._failures = 0
+        #: How many items written ahead of their turn, to show the sink works, failed too: each
+        #: pass tries the next candidate (``_ahead``, ``_probe``), as the first may be poison.
+        self._proofs_failed = 0
         self._retry_at = 0.0
         #: When its sink's current write began (None between writes): see ``_behind``.
         self._writing_since: float | None = None
@@ -1130,8 +1133,9 @@ class _Writer:
         mistaken for one the sink can never store. Items that failed again after a success but
         wait for the next one are held apart (``_accused``); items not tried since the last
         success go back to the head of the queue. Two that fail before any success prove nothing
-        while later items wait (poison ones in a row): the last of them that may go first is
-        tried (``_ahead``). False when nothing went through: the sink is failing."""
+        while later items wait (poison ones in a row): one later item that may go first is
+        tried (``_ahead``: another one each pass, since it may be poison too). False when
+        nothing went through: the sink is failing."""
         kind = isinstance(run[0], SessionInfo)
         runs = list(
             itertools.takewhile(
@@ -1154,9 +1158,10 @@ class _Writer:
                 # them at the head of the queue, a refused session's start and end, which held
                 # back every item behind them for good). A later item tells which, and keeps a
                 # sink that is down at three writes a pass.
-                ahead = _ahead(items, index + 1)
+                ahead = _ahead(items, index + 1, self._proofs_failed)
                 if ahead is None or not self._took(items[ahead]):
-                    return False  # the sink is down, not the data
+                    self._proofs_failed += ahead is not None
+                    return False  # the sink is down, or the item tried was poison too
             written = True
             for poison, _ in accused:  # the sink works on both sides of their failure
                 error = self._refused(poison)
@@ -1176,6 +1181,7 @@ class _Writer:
             try:
                 self._write(self._pending[probe])
             except BaseException:
+                self._proofs_failed += 1
                 return False
             del self._pending[probe]
             written = True
@@ -1201,13 +1207,19 @@ class _Writer:
         return True
 
     def _probe(self, start: int) -> int | None:
-        """The index of the first run from ``start`` on that the sink really writes: a run of
-        sessions is no proof for a sink without ``write_sessions``, which is never called."""
+        """The index of a run from ``start`` on that the sink really writes (a run of sessions
+        is no proof for a sink without ``write_sessions``, which is never called): the first,
+        or, when proofs failed before (it held poison too: a refused session's end row behind
+        its refused record), a later run of records, each pass the next. A later run of
+        sessions never goes first: it may end a session that an earlier run starts."""
         real_sessions = getattr(self.sink, "write_sessions", None) is not None
-        for index in range(start, len(self._pending)):
-            if real_sessions or not isinstance(self._pending[index][0], SessionInfo):
-                return index
-        return None
+        pending = self._pending
+        runs = [
+            index
+            for index in range(start, len(pending))
+            if not isinstance(pending[index][0], SessionInfo) or (index == start and real_sessions)
+        ]
+        return runs[self._proofs_failed % len(runs)] if runs else None
 
     def _quarantine(self, item: Any, exc: BaseException) -> None:
         self._quarantine_all([item], exc)
@@ -1320,20 +1332,22 @@ class _Writer:
 _ERROR_TEXT_MAX = 1_000
 
 
-def _ahead(items: Sequence[Any], start: int) -> int | None:
-    """The index of the last of ``items`` from ``start`` on that may be written before the items
-    in front of it: past a run of poison ones, if any is. Any record may; a session's snapshot
-    only when no earlier snapshot of that session waits (the earlier one, written after it,
-    would undo it: a session's start over its end). None when there is none."""
+def _ahead(items: Sequence[Any], start: int, turn: int) -> int | None:
+    """The index of one of ``items`` from ``start`` on that may be written before the items in
+    front of it: the last (past a run of poison ones, if any is), or, at the ``turn``-th try,
+    the ``turn``-th from the end (the one before was poison too). Any record may; a session's
+    snapshot only when no earlier snapshot of that session waits (the earlier one, written
+    after it, would undo it: a session's start over its end). None when there is none."""
     first: dict[str, int] = {}
     for index, item in enumerate(items):
         if isinstance(item, SessionInfo):
             first.setdefault(item.id, index)
-    for index in range(len(items) - 1, start - 1, -1):
-        item = items[index]
-        if not isinstance(item, SessionInfo) or first[item.id] == index:
-            return index
-    return None
+    may = [
+        index
+        for index in range(len(items) - 1, start - 1, -1)
+        if not isinstance(items[index], SessionInfo) or first[items[index].id] == index
+    ]
+    return may[turn % len(may)] if may else None
 
 
 def _error_text(exc: BaseException) -> str:
