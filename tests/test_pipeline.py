@@ -1462,6 +1462,23 @@ def test_records_that_cannot_be_set_aside_are_not_logged_one_line_each(
     assert "3000 records it rejected when it stopped could not be set aside" in lost[1]
 
 
+def test_records_are_never_set_aside_into_a_fifo(caplog: pytest.LogCaptureFixture) -> None:
+    """A FIFO made at the quarantine file's path (for a log shipper that is not running): the
+    records set aside went into the pipe, where nobody read them, as if kept. They are counted
+    lost and logged, as for any quarantine file that cannot be written."""
+    fifo = Path(".tokenmeter") / "quarantine.jsonl"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    tokenmeter.configure(sinks=[DownSink()])
+    made = tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert not tokenmeter.flush(30)
+    with caplog.at_level(logging.ERROR, logger="tokenmeter"):
+        tokenmeter.configure(sinks=["jsonl"])  # the old sink stops: its record is refused
+    (lost,) = [r.getMessage() for r in caplog.records if "could not be set aside" in r.message]
+    assert made.id in lost and "FIFO" in lost
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
 def test_a_stopping_sinks_records_are_set_aside_many_per_append(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -1254,7 +1254,7 @@ class _Writer:
         100 of them. True when any line was kept."""
         try:
             text = "".join([_quarantine_json(line) + "\n" for line in lines])
-            append_line(where, text.encode("utf-8", "backslashreplace"))
+            append_line(where, text.encode("utf-8", "backslashreplace"), regular_only=True)
         except Exception as error:
             if len(lines) > 1 and isinstance(error, OSError) and error.errno in _NO_ROOM:
                 half = len(lines) // 2
