@@ -239,3 +239,12 @@ def test_an_alerts_file_whose_first_line_is_torn_lists_the_rest(
     code, out, err = cli("alerts", "--source", str(alerts_dir))
     assert code == 0 and out.splitlines()[-1] == "3 alert(s)"
     assert "skipped 1 unreadable line" in err
+
+
+def test_a_source_name_too_long_for_the_file_system_is_an_error(cli: RunCli) -> None:
+    """The check whether ``--source`` names a directory raised the file system's error: a
+    traceback, where every other command says it cannot read the source, in one line."""
+    name = "a" * 300
+    code, out, err = cli("alerts", "--source", name)
+    assert (code, out) == (1, "")
+    assert err == f"tokenmeter: error: cannot read {name}: File name too long\n"

@@ -33,10 +33,13 @@ _SCOPE_WIDTH = 120
 
 
 def _alerts_path(source: str | None) -> Path:
-    if source is not None:
-        path = Path(source)
+    if source is None:
+        return default_directory() / "alerts.jsonl"
+    path = Path(source)
+    try:
         return path / "alerts.jsonl" if path.is_dir() else path
-    return default_directory() / "alerts.jsonl"
+    except OSError as exc:  # a name too long for the file system, a folder not searchable
+        raise CliError(f"cannot read {source}: {exc.strerror}") from None
 
 
 #: The fields the alert sink writes and their types (besides ``time``): a line where one has
@@ -154,7 +157,11 @@ def _number(value: object) -> str:
 
 def run_alerts(args: argparse.Namespace) -> int:
     path = _alerts_path(args.source)
-    if not path.exists():
+    try:
+        found = path.exists()
+    except OSError as exc:  # its folder not searchable
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    if not found:
         print(f"no alerts: {path} does not exist yet", file=sys.stderr)
         return 0
     refuse_special_file(path)
