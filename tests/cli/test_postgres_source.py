@@ -336,6 +336,29 @@ def test_tail_follow_goes_on_when_its_connection_is_ended(
     assert proc.returncode == 0 and "Traceback" not in err
 
 
+def test_tail_follow_waits_for_the_sink_to_make_its_tables(pg_dsn: str) -> None:
+    """tail -f started before the application (a terminal each), as on a SQLite or JSONL
+    source: it exited 1 at once ('no tokenmeter records in schema'); it waits, says so once,
+    and shows the first record."""
+    proc = start_module("tail", "-f", "--interval", "0.1", "--source", _url(pg_dsn))
+    sink = PostgresSink(pg_dsn)
+    stuck = threading.Timer(120, proc.kill)  # a readline below never waits for ever
+    stuck.start()
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        assert "waiting for the first record" in proc.stderr.readline()
+        sink.write([rec(61, "2026-11-09T00:00:00.000Z", "openai", "first", 5, 5, "0.02")])
+        assert "openai/first" in proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        stuck.cancel()
+        sink.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err
+
+
 def test_a_database_without_tokenmeter_tables_is_refused_clearly(cli: RunCli, pg_dsn: str) -> None:
     code, _, err = cli("report", "--source", _url(pg_dsn))
     assert code != 0

@@ -240,6 +240,11 @@ def _connect(psycopg: Any, url: str) -> Any:
         raise hidden from None
 
 
+class NoRecordsTable(sqlite3.OperationalError):
+    """The schema has no ``records`` table: no PostgresSink has written there yet (``tail -f``
+    waits for it)."""
+
+
 class PgConnection:
     """A read-only connection to the sink's schema (the URL's ``schema=NAME``, else the sink's
     default) that answers the readers' SQLite SQL."""
@@ -274,7 +279,7 @@ class PgConnection:
         found = _call(conn.execute, b"SELECT to_regclass('records') IS NOT NULL").fetchone()
         if not found[0]:
             conn.close()
-            raise sqlite3.OperationalError(
+            raise NoRecordsTable(
                 f"no tokenmeter records in schema {self._schema!r} "
                 "(has a PostgresSink written here?)"
             )

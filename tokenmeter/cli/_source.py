@@ -26,6 +26,7 @@ from urllib.parse import quote
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError, NoSourceYet, NoTablesYet
 from tokenmeter.cli._postgres import (
+    NoRecordsTable,
     PgConnection,
     display_name,
     is_postgres_url,
@@ -479,6 +480,8 @@ def open_database(source: Source) -> sqlite3.Connection:
     assert source.url is not None
     try:
         conn: Any = PgConnection(source.url)
+    except NoRecordsTable as exc:
+        raise NoTablesYet(f"cannot read {source.path}: {exc}") from None
     except sqlite3.Error as exc:
         raise CliError(f"cannot read {source.path}: {exc}") from None
     return conn  # type: ignore[no-any-return]  # the sqlite3.Connection surface readers use

@@ -399,9 +399,10 @@ def _follower(source: Source) -> _SqliteFollower | _JsonlFollower:
 def _recorded_source(given: str | None) -> Source:
     """The source to follow; ``NoSourceYet`` while nothing is recorded there yet, including a
     ``usage.db`` the SQLite sink has made but not written its tables into (its first
-    connection makes the file, then the schema: polled in between, it has no table at all)."""
+    connection makes the file, then the schema: polled in between, it has no table at all), and
+    a PostgreSQL schema the sink has not made its tables in yet."""
     source = resolve_source(given)
-    if source.kind == "sqlite":
+    if source.kind != "jsonl":
         try:
             open_database(source).close()
         except NoTablesYet:
