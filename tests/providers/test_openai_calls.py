@@ -7,6 +7,7 @@ own usage (``fake.openai_usage.normalized()``), so the arithmetic is checked, no
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 from types import ModuleType
 from typing import Any
 
@@ -309,6 +310,36 @@ async def test_legacy_completions(
     record = only(instrumented())
     assert_counts(record, fake)
     assert record.operation == "completions" and record.streamed is stream
+
+
+async def test_decisions(instrumented: Records, kit: ModuleType, is_async: bool) -> None:
+    """``client.decisions.create`` (openai 3.57+, ``POST /decisions``) is billed by the tokens of
+    its ``Decision.usage``: one record, priced (it made none: a billed call missing from every
+    report)."""
+    body = {
+        "model": "gpt-6-luna",
+        "answers": [{"type": "predicate", "name": "spam", "probability": 0.93}],
+        "usage": {
+            "input_tokens": 1000,
+            "input_tokens_details": {"cached_tokens": 200, "cache_write_tokens": 0},
+            "output_tokens": 20,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 1020,
+        },
+    }
+    client = kit.mock_openai(lambda request: kit.http.Response(200, json=body), is_async=is_async)
+    question = {"type": "predicate", "name": "spam", "question": "Is this spam?"}
+    decision = await kit.maybe(
+        client.decisions.create(model="gpt-6-luna", input="Buy now!!!", questions=[question])
+    )
+    assert decision.answers[0].type == "predicate"
+    record = only(instrumented())
+    assert record.operation == "decisions" and not record.streamed
+    assert (record.model_name, record.request_model) == ("gpt-6-luna", "gpt-6-luna")
+    assert (record.input_tokens, record.cache_read_tokens, record.output_tokens) == (1000, 200, 20)
+    assert (record.estimated, record.status) == (False, "ok")
+    # 800 x $0.10/M + 200 cached x $0.01/M + 20 x $0.50/M
+    assert record.estimated_cost_usd == Decimal("0.000092")
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -291,8 +291,8 @@ def _failed(call: Call, response: Any) -> None:
 
 
 def _read(parsed: Any, call: Call) -> None:
-    """A chat, completion or embeddings response; a billed one without usage is estimated (its
-    output from the text it holds)."""
+    """A chat, completion, embeddings or decisions response; a billed one without usage is
+    estimated (its output from the text it holds)."""
     if field(parsed, "usage") is None:
         call.missing = True
         call.reply = _reply_text(parsed)
@@ -430,6 +430,9 @@ def _read_transcription(parsed: Any, call: Call) -> None:
 _CHAT = Endpoint("chat.completions", _read, ChunkReader, no_usage_hint=_CHAT_HINT)
 _COMPLETIONS = Endpoint("completions", _read, ChunkReader)
 _EMBEDDINGS = Endpoint("embeddings", _read, ChunkReader)
+#: ``client.decisions.create`` (openai 3.57+): never streamed; its ``Decision`` carries a
+#: Responses-shaped ``usage`` (input, cached and cache-write, output, reasoning tokens).
+_DECISIONS = Endpoint("decisions", _read, ChunkReader)
 _RESPONSES = Endpoint("responses", _read_response, ResponseEventReader, dedupe=True)
 _RETRIEVED = Endpoint("responses", _read_response, ResponseEventReader, dedupe=True, retrieval=True)
 _IMAGES = Endpoint("images", _read_images, ImageEventReader)
@@ -456,6 +459,8 @@ class OpenAIAdapter(StainlessAdapter):
                 return _IMAGES
             if path.endswith("/audio/transcriptions"):
                 return _TRANSCRIPTIONS
+            if path.endswith("/decisions"):  # not the admin GET /organization/usage/decisions
+                return _DECISIONS
         elif method != "get":
             return None
         parts = path.rstrip("/").split("/")
