@@ -188,6 +188,33 @@ async def test_async_embed_content(fake: FakeProvider, sink: InMemorySink) -> No
     assert (record.operation, record.input_tokens) == ("embed_content", FINAL.prompt)
 
 
+@pytest.mark.skipif(not hasattr(genai.Client, "decisions"), reason="no client.decisions")
+@pytest.mark.usefixtures("instrumented")
+def test_decisions_are_not_metered_as_documented(sink: InMemorySink) -> None:
+    """docs/providers.md lists ``client.decisions`` under "Not metered": a next-gen client of
+    its own beside ``client.models``, whose usage ``record_response()`` does not read. It was
+    named nowhere, so a billed call missing from every record looked metered."""
+    body = {"answers": {}, "usage": {"total_input_tokens": 1000, "total_output_tokens": 20}}
+    sent: list[str] = []
+
+    def server(request: Any) -> Any:
+        sent.append(request.url.path)
+        return json_reply(http, body)
+
+    made = mock_genai(server)
+    _clients.append(made)
+    question = {
+        "type": "choice",
+        "criteria": {"yes": "spam", "no": "not spam"},
+        "instructions": {"text": "Is this spam?"},
+    }
+    reply = made.decisions.create(model="gemini-2.5-flash", input="Buy!", questions={"q": question})
+    assert sent and sent[0].endswith("/decisions") and reply.usage.total_input_tokens == 1000
+    assert flushed(sink) == []
+    with pytest.raises(ValueError, match="usage"):
+        tokenmeter.record_response(reply, provider="google", model="gemini-2.5-flash")
+
+
 @pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
 @pytest.mark.parametrize("meta", ["absent", {}], ids=["usageMetadata absent", "usageMetadata {}"])
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
