@@ -312,6 +312,7 @@ async def test_legacy_completions(
     assert record.operation == "completions" and record.streamed is stream
 
 
+@pytest.mark.skipif(not hasattr(openai.OpenAI, "decisions"), reason="no client.decisions")
 async def test_decisions(instrumented: Records, kit: ModuleType, is_async: bool) -> None:
     """``client.decisions.create`` (openai 3.57+, ``POST /decisions``) is billed by the tokens of
     its ``Decision.usage``: one record, priced (it made none: a billed call missing from every
