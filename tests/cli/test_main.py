@@ -14,7 +14,7 @@ import pytest
 from tokenmeter.cli import _progress
 from tokenmeter.cli._progress import Progress
 
-from .conftest import REPO, run_module
+from .conftest import RECORDS, REPO, SESSIONS, run_module, write_sqlite
 
 
 def test_console_script_is_declared() -> None:
@@ -156,6 +156,42 @@ def test_demo_dir_option(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["totals"]["calls"] == 13
     assert (chosen / "usage.db").exists() and not (tmp_path / ".tokenmeter-demo").exists()
+
+
+@pytest.mark.parametrize(
+    ("dir_arg", "data_dir"),
+    [
+        ("data", "data"),  # TOKENMETER_DIR=data, the demo --dir data
+        ("data/../data", "data"),  # the same folder spelt another way
+        ("link", "data"),  # a link to it
+        (None, ".tokenmeter-demo"),  # the demo's default directory set as the data directory
+        (".tokenmeter", None),  # the default data directory, not made yet
+    ],
+    ids=["same", "spelt-otherwise", "link", "default-demo-dir", "not-made-yet"],
+)
+def test_demo_refuses_to_record_into_the_data_directory(
+    tmp_path: Path, dir_arg: str | None, data_dir: str | None
+) -> None:
+    """docs/cli.md: the demo 'records into its own directory, never into your data'; `tokenmeter
+    demo --dir .tokenmeter` (the configured data directory, 1 real call at $0.0075) added the
+    13 fake calls to the real usage.db: `tokenmeter report` then showed 14 calls, $0.00883."""
+    data = tmp_path / (data_dir or ".tokenmeter")
+    if data_dir is not None:
+        data.mkdir()
+        write_sqlite(data / "usage.db", RECORDS[:1], SESSIONS)
+    (tmp_path / "link").symlink_to("data")
+    env = {} if data_dir is None else {"TOKENMETER_DIR": data_dir}
+    args = [] if dir_arg is None else ["--dir", dir_arg]
+    result = run_module("demo", "--format", "json", *args, cwd=tmp_path, **env)
+    assert result.returncode == 2 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"tokenmeter: error: {'--dir ' if dir_arg else ''}{dir_arg or data_dir}")
+    assert "is your data directory" in line and "pass another --dir" in line
+    if data_dir is None:
+        assert not data.exists()
+    else:
+        with sqlite3.connect(data / "usage.db") as conn:
+            assert conn.execute("SELECT COUNT(*) FROM records").fetchone() == (1,)
 
 
 def test_the_commands_the_demo_suggests_next_read_the_demo(tmp_path: Path) -> None:

@@ -171,6 +171,18 @@ def _run_sessions(clients: dict[str, Any]) -> int:
     return failures
 
 
+def _same_directory(one: Path, other: Path) -> bool:
+    """The same folder, through a link too, or the same place while either does not exist yet:
+    the demo's directory must never be the application's, whose records it would join."""
+    try:
+        return os.path.samefile(one, other)
+    except OSError:  # one of them not made yet (or not to be looked at): compare the paths
+        try:
+            return one.resolve() == other.resolve()
+        except (OSError, RuntimeError):  # RuntimeError: a loop of links (Python 3.11, 3.12)
+            return False
+
+
 def _report_source(directory: Path) -> Path:
     for name in ("usage.db", "usage.jsonl"):
         if (directory / name).exists():
@@ -214,6 +226,13 @@ def run_demo(args: argparse.Namespace) -> int:
         raise CliError("no provider SDK installed: pip install '.[all]' in a tokenmeter checkout")
 
     directory = Path(args.dir or DEMO_DIR)
+    if _same_directory(directory, configured.directory):
+        raise CliError(
+            f"{'--dir ' if args.dir else ''}{directory} is your data directory (the directory "
+            f"setting, from {sources['directory']}): the demo would add its fake calls to your "
+            "records; pass another --dir",
+            exit_code=2,
+        )
     try:  # else the sinks fail call after call, and the demo waits for them to give up
         ensure_private_dir(directory)  # owner-only, missing parents too, as the sinks make theirs
         directory.mkdir(exist_ok=True)  # a file there: FileExistsError
