@@ -69,6 +69,25 @@ def test_tail_of_jsonl_reads_from_its_end(cli: RunCli, tmp_path: Path) -> None:
     assert 100 <= skipped < 1_100  # the torn lines, and not all of the 1,000 before them
 
 
+@pytest.mark.parametrize("held", [10_000, 2], ids=["held", "read-twice"])
+@pytest.mark.parametrize("count", [10, 1])
+def test_tail_of_jsonl_prints_a_last_record_without_its_newline(
+    cli: RunCli, tmp_path: Path, held: int, count: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JSONL file whose last record has no final newline (written by another tool, `head -c`):
+    `report` counted 6 calls, `tail` printed 5 (`tail -n 1` the one before the last), exit 0.
+    Read once, not followed, the file is finished: its last line is a record like the others."""
+    from tokenmeter.cli import _tail
+
+    monkeypatch.setattr(_tail, "_HELD", held)
+    path = write_jsonl(tmp_path / "export.jsonl", RECORDS)
+    path.write_bytes(path.read_bytes().rstrip(b"\n"))
+    code, out, err = cli("tail", "--source", str(path), "-n", str(count), "--format", "json")
+    assert code == 0 and err == ""
+    shown = [json.loads(line)["model"] for line in out.splitlines()]
+    assert shown == [r.model_name for r in RECORDS][-count:]
+
+
 @pytest.mark.parametrize("lines", [str(2**31), str(sys.maxsize)])
 def test_tail_more_lines_than_a_c_int_holds(cli: RunCli, source: Path, lines: str) -> None:
     """``-n`` takes any count up to sys.maxsize; SQLite's fetchmany took only a C int and the

@@ -1,14 +1,15 @@
 """``tokenmeter tail [-f]``: the latest records, then (with -f) each new one as it arrives.
 
 Following polls: SQLite by ``rowid`` (insertion order, so a late batch with older timestamps is
-still shown), JSONL by byte offset (only complete lines). A JSONL file truncated, replaced,
-rewritten in place, or renamed away (a log rotation: the gap until the sink makes it again is
-waited for), a ``usage.db`` replaced (moved away, and made again by the library), and a
-``records`` table dropped and made again (its rowids start over), are read again from the
-start: the follower checks that the file is the one it opened, and that the bytes before its
-offset, or the row at its rowid, are still the ones it read. Records that fail the record
-check, and JSONL lines longer than ``MAX_LINE_BYTES``, are skipped and counted, with one warning
-at the end. Ctrl-C ends it quietly with status 0.
+still shown), JSONL by byte offset (only complete lines; without ``-f`` the file is finished, and
+a last line without its newline is read too). A JSONL file truncated, replaced, rewritten in
+place, or renamed away (a log rotation: the gap until the sink makes it again is waited for), a
+``usage.db`` replaced (moved away, and made again by the library), and a ``records`` table
+dropped and made again (its rowids start over), are read again from the start: the follower
+checks that the file is the one it opened, and that the bytes before its offset, or the row at
+its rowid, are still the ones it read. Records that fail the record check, and JSONL lines longer
+than ``MAX_LINE_BYTES``, are skipped and counted, with one warning at the end. Ctrl-C ends it
+quietly with status 0.
 """
 
 from __future__ import annotations
@@ -256,8 +257,11 @@ _BLOCK = 1 << 16
 
 
 class _JsonlFollower:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, finished: bool = False) -> None:
         self.path = path
+        #: The file is read once, not followed (``tail`` without ``-f``): a last line without its
+        #: newline is a record another tool wrote so (a report counts it), not one being written.
+        self.finished = finished
         self.offset = 0
         self.skipped = 0
         self.in_long_line = False  # the offset is inside a too-long line not yet ended
@@ -307,7 +311,7 @@ class _JsonlFollower:
                         offset += len(line)
                         self.in_long_line = True
                         continue
-                    if not line.endswith(b"\n"):
+                    if not line.endswith(b"\n") and not (self.finished and line):
                         break  # a line still being written: read it next time
                     offset += len(line)
                     record = parse_record(line)
@@ -392,8 +396,11 @@ class _JsonlFollower:
         warn_skipped(self.skipped, self.path)
 
 
-def _follower(source: Source) -> _SqliteFollower | _JsonlFollower:
-    return _JsonlFollower(source.path) if source.kind == "jsonl" else _SqliteFollower(source)
+def _follower(source: Source, *, finished: bool = False) -> _SqliteFollower | _JsonlFollower:
+    """The reader of ``source``; ``finished``: read once, not followed (see ``_JsonlFollower``)."""
+    if source.kind == "jsonl":
+        return _JsonlFollower(source.path, finished=finished)
+    return _SqliteFollower(source)
 
 
 def _recorded_source(given: str | None) -> Source:
@@ -434,7 +441,7 @@ def run_tail(args: argparse.Namespace) -> int:
             return 0
         follower = waited
     else:
-        follower = _follower(resolve_source(args.source))
+        follower = _follower(resolve_source(args.source), finished=True)
     source_path = follower.path
     as_json = args.format == "json"
     console = None if as_json else _colour_console()
