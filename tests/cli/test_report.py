@@ -1270,6 +1270,26 @@ def test_the_note_counts_what_a_projects_own_sink_refused(cli: RunCli, tmp_path:
     assert err.startswith("tokenmeter: note: 1 record of this report's period that Audited"), err
 
 
+def test_the_note_shows_a_sink_name_as_recorded_text_is(cli: RunCli, tmp_path: Path) -> None:
+    """A sink's name in quarantine.jsonl (a class of the project's, a hand-edited line) was
+    printed raw: `MySink<ESC>]0;pwned<BEL><ESC>[2J<LF>forged...` retitled and cleared the
+    terminal and forged a line of its own. docs/cli.md: control characters in recorded text
+    are shown as U+FFFD, never passed to the terminal."""
+    hostile = "MySink\x1b]0;pwned\x07\x1b[2J\nforged: 0 records\u202e"
+    refusing = type(hostile, (SQLiteSink,), {})
+    db = write_sqlite(tmp_path / "usage.db", RECORDS[:1], [])
+    tokenmeter.configure(sinks=[refusing(db)], directory=tmp_path)
+    tokenmeter.record("openai", "gpt-4o", 1, 1, timestamp="2026-11-01T10:00:00Z")
+    tokenmeter.configure(sinks=[InMemorySink()])  # the old sink stops: set aside
+    assert json.dumps(hostile)[1:-1] in (tmp_path / "quarantine.jsonl").read_text()
+    for command in ("report", "sessions"):
+        code, _, err = cli(command, "--source", str(db))
+        assert code == 0 and err.count("\n") == 1 and err.endswith("\n"), err
+        shown = "MySink\ufffd]0;pwned\ufffd\ufffd[2J\ufffdforged: 0 records\ufffd"
+        assert err.startswith(f"tokenmeter: note: 1 record that {shown} refused is set aside")
+        assert f"not in it if {shown} writes it" in err
+
+
 def test_calls_outside_a_named_session_are_labelled_by_name(cli: RunCli, source: Path) -> None:
     """``--by name`` showed a row with a blank label for them (the HTML chart said "(no name)");
     the machine formats keep the empty text a program tests for."""

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
 from urllib.parse import quote
 
+from tokenmeter._format import one_line
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError, NoSourceYet, NoTablesYet
 from tokenmeter.cli._postgres import (
@@ -363,7 +364,10 @@ def warn_set_aside(
     )
     count, whole, sinks = _records_set_aside(path, source.path, writer, window, matches)
     if count:
-        sink = " or ".join(sorted(sinks, key=lambda name: (name != writer, name)))
+        # A sink's name is the quarantine file's text (a class of the project's, a hand-edited
+        # line): shown as recorded text is, its control characters and line breaks not obeyed.
+        shown = sorted(sinks, key=lambda name: (name != writer, name))
+        sink = " or ".join(one_line(name) for name in shown)
         how_many = f"{count:,}" if whole else f"at least {count:,}"
         noun, verb = ("record", "is") if count == 1 and whole else ("records", "are")
         scope = "" if since is None and until is None and matches is None else " of this report's"
