@@ -696,6 +696,44 @@ def test_budget_warns_once(sink: InMemorySink, caplog: pytest.LogCaptureFixture)
     assert sum("over budget" in r.message for r in caplog.records) == 1
 
 
+def test_a_budget_raised_as_it_goes_warns_again_on_the_way_to_the_new_one(
+    sink: InMemorySink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warnings given were kept for the session's life whatever its limit: raised from
+    $0.01 to $0.05 once passed, the new limit was passed too ($0.06 spent) with no 50 %, 80 %
+    or over-budget warning. Each limit now warns once at each fraction."""
+
+    def warned() -> list[str]:
+        messages = [r.getMessage() for r in caplog.records if r.name == "tokenmeter"]
+        caplog.clear()
+        return [m.split(": $")[0] for m in messages if "reached" in m or "over budget" in m]
+
+    with (
+        caplog.at_level(logging.WARNING, logger="tokenmeter"),
+        tokenmeter.session("job", budget_usd=0.01) as job,
+    ):
+        for _ in range(2):
+            tokenmeter.record("openai", "gpt-4o", 1000, 500)  # $0.0075 each
+        assert warned() == [
+            "tokenmeter alert: session 'job' has reached 50% of its $0.01 budget",
+            "tokenmeter alert: session 'job' has reached 80% of its $0.01 budget",
+            "session 'job' is over budget",
+            "tokenmeter alert: session 'job' has reached 100% of its $0.01 budget",
+        ]
+        job.budget_usd = 0.05  # more room for the rest of the job
+        for _ in range(6):
+            tokenmeter.record("openai", "gpt-4o", 1000, 500)
+        assert warned() == [
+            "tokenmeter alert: session 'job' has reached 50% of its $0.05 budget",
+            "tokenmeter alert: session 'job' has reached 80% of its $0.05 budget",
+            "session 'job' is over budget",
+            "tokenmeter alert: session 'job' has reached 100% of its $0.05 budget",
+        ]
+        job.budget_usd = 0.05  # the same limit again: nothing new to say
+        tokenmeter.record("openai", "gpt-4o", 1000, 500)
+        assert warned() == []
+
+
 def test_threads_crossing_a_budget_fraction_at_once_warn_once(
     sink: InMemorySink, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

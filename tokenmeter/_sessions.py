@@ -187,6 +187,8 @@ class Session:
         #: USD reserved by calls in flight (budgets with on_exceed="raise"), under ``_lock``.
         self._reserved = _ZERO
         self._warned_at: set[float] = set()
+        #: The limit ``_warned_at`` and ``_over_budget_warned`` are about (see ``_check_budget``).
+        self._warned_for: Decimal | None = None
         self._status: Literal["active", "completed", "failed"] = "active"
         self._started_at: datetime | None = None
         self._ended_at: datetime | None = None
@@ -541,6 +543,7 @@ class Session:
             return
         crossed: list[float] = []
         with _lock:  # threads crossing a fraction at once: one of them warns
+            self._warn_anew_if_changed(budget)
             spent = self._summary.cost_usd
             for fraction in warn_fractions:
                 if fraction >= 1 or fraction in self._warned_at:
@@ -560,6 +563,16 @@ class Session:
                 budget,
             )
             self._alert(record, "budget_100pct", 1.0, spent)
+
+    def _warn_anew_if_changed(self, budget: Decimal) -> None:
+        """Under ``_lock``: forget the warnings given at another limit. Kept for the session's
+        life, a limit raised as it goes (``job.budget_usd = 0.05`` after $0.01 was passed) was
+        passed without a word: its 50 %, 80 % and over-budget warnings counted as given. Each
+        limit warns once at each fraction, as a configured budget raised in its period does."""
+        if self._warned_for != budget:
+            self._warned_for = budget
+            self._warned_at.clear()
+            self._over_budget_warned = False
 
     def _alert(
         self, record: UsageRecord | None, rule: str, fraction: float, spent: Decimal
