@@ -73,6 +73,26 @@ def test_instrumentation_handle_is_a_context_manager(fake: FakeProvider, records
     assert len(records()) == 1
 
 
+@pytest.mark.parametrize("redo", ["after_the_block", "inside_the_block"])
+def test_a_used_handle_leaves_a_later_instrument_alone(
+    fake: FakeProvider, records: Records, redo: str
+) -> None:
+    """A handle undoes only its own patch, once: a second cleanup of it (a fixture's finalizer
+    after ``with``), or leaving a ``with`` block whose code re-instrumented, left the later
+    ``instrument()``'s calls unmetered."""
+    client = fake.openai_client()
+    with tokenmeter.instrument("openai") as first:
+        if redo == "inside_the_block":
+            tokenmeter.uninstrument()
+            tokenmeter.instrument("openai")
+    if redo == "after_the_block":
+        assert tokenmeter.instrument("openai").providers == ["openai"]
+    first.uninstrument()
+    assert not originals_in_place()
+    client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert len(records()) == 1
+
+
 async def test_instrument_twice_records_once(
     fake: FakeProvider, records: Records, kit: ModuleType, is_async: bool
 ) -> None:

@@ -38,6 +38,9 @@ renew_after_fork(globals(), "_lock")
 _wanted: set[str] = set()  # providers instrument() asked for (hooks check it when they fire)
 _patches: dict[str, list[Patch]] = {}  # providers actually patched
 _hooked: set[str] = set()  # post-import hooks registered (they cannot be unregistered)
+#: Provider -> how many times instrument() has switched it on: a handle undoes a provider only
+#: while the instrumentation it made is still the current one.
+_generations: dict[str, int] = {}
 
 
 def _names(providers: str | list[str] | tuple[str, ...] | None) -> list[str]:
@@ -120,13 +123,23 @@ def _on_import(name: str, _module: ModuleType) -> None:
 
 
 class Instrumentation:
-    """What one ``instrument()`` call patched; ``with`` it, or ``.uninstrument()``, to undo."""
+    """What one ``instrument()`` call patched; ``with`` it, or ``.uninstrument()``, to undo.
 
-    def __init__(self, providers: list[str]) -> None:
+    Undoing is one-shot and owner-aware: once a provider was uninstrumented (by this handle or by
+    ``uninstrument()``) and another ``instrument()`` switched it on again, that patch is the
+    other caller's, and this handle leaves it alone (a second cleanup of a used handle, a
+    ``with`` block left after ``uninstrument()`` + ``instrument()`` inside it)."""
+
+    def __init__(self, providers: list[str], generations: dict[str, int] | None = None) -> None:
         self.providers = providers
+        self._made = dict(generations or {})  # provider -> the generation this handle made
 
     def uninstrument(self) -> None:
-        uninstrument(self.providers)
+        with _lock:
+            mine = [name for name, made in self._made.items() if _still_own(name, made)]
+            self._made.clear()
+            if mine:
+                uninstrument(mine)
 
     def __enter__(self) -> Instrumentation:
         return self
@@ -141,6 +154,12 @@ class Instrumentation:
 
     def __repr__(self) -> str:
         return f"Instrumentation(providers={self.providers!r})"
+
+
+def _still_own(name: str, generation: int) -> bool:
+    """Whether ``name`` is still instrumented by the ``instrument()`` call that made
+    ``generation`` (call with ``_lock`` held)."""
+    return name in _wanted and _generations.get(name) == generation
 
 
 def instrument(
@@ -164,7 +183,7 @@ def instrument(
         return Instrumentation([])
     _pipeline.hook_termination_signals()
     pricing.warm()
-    newly: list[str] = []
+    made: dict[str, int] = {}  # provider newly switched on -> its generation
     hook: list[str] = []
     with _lock:
         for name in names:
@@ -172,18 +191,18 @@ def instrument(
             if name in _wanted or not _installed(module):
                 continue
             _wanted.add(name)
-            newly.append(name)
+            made[name] = _generations[name] = _generations.get(name, 0) + 1
             if name not in _hooked:
                 _hooked.add(name)
                 hook.append(name)
     # Outside ``_lock`` (see ``_patch``): a hook runs at once for an SDK already imported.
-    for name in newly:
+    for name in made:
         module = PROVIDERS[name][0]
         if name in hook:
             wrapt.register_post_import_hook(functools.partial(_on_import, name), module)
         elif module in sys.modules:
             _patch(name)
-    return Instrumentation(newly)
+    return Instrumentation(list(made), made)
 
 
 def uninstrument(providers: str | list[str] | tuple[str, ...] | None = None) -> None:
