@@ -146,6 +146,24 @@ def hold_budget(
     return holder
 
 
+def refuse_threads(monkeypatch: pytest.MonkeyPatch, prefix: str, times: int | None = None) -> None:
+    """Starting a thread whose name starts with ``prefix`` fails ``times`` times (for ever:
+    None), as when a container's pids limit or an address-space limit is reached. Call it after
+    ``configure()``: the sessions' thread propagation puts its own ``Thread.start`` in place, which
+    calls the one found at import."""
+    start = threading.Thread.start
+    left = [times]
+
+    def start_or_refuse(thread: threading.Thread) -> None:
+        if thread.name.startswith(prefix) and left[0] != 0:
+            if left[0] is not None:
+                left[0] -= 1
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_or_refuse)
+
+
 def wait_for(condition: Callable[[], bool], what: str, limit: float = 30.0) -> None:
     """Poll until ``condition()`` holds; ``limit`` only turns a hang into a failure."""
     deadline = time.monotonic() + limit

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import one_line_value_error
+from helpers import one_line_value_error, run_python
 
 import tokenmeter
 from tokenmeter._config import load_settings, load_settings_with_sources
@@ -184,3 +184,33 @@ def test_the_providers_setting_chooses_what_instrument_patches(
     assert "'providers' from TOKENMETER_PROVIDERS: unknown provider 'cohere'" in (
         one_line_value_error(excinfo)
     )
+
+
+def test_budgets_apply_when_the_tokenizer_loader_cannot_start(tmp_path: Path) -> None:
+    """Budgets start loading the tokenizers in a thread: one that could not start (a container's
+    pids limit: "can't start new thread") raised RuntimeError out of the application's wrap(),
+    instrument() and configure(budgets=...). The preload is only an early start: the budgets
+    apply, and the tokenizer is loaded when an estimate needs it."""
+    script = (
+        "import threading, openai, tokenmeter\n"
+        "from tokenmeter import _runtime\n"
+        "start = threading.Thread.start\n"
+        "def start_or_refuse(thread):\n"
+        "    if thread.name == 'tokenmeter-tokenizer':\n"
+        '        raise RuntimeError("can\'t start new thread")\n'
+        "    start(thread)\n"
+        "threading.Thread.start = start_or_refuse\n"
+        "tokenmeter.wrap(openai.OpenAI(api_key='sk-test'))\n"
+        "tokenmeter.instrument(['openai'])\n"
+        "tokenmeter.configure(budgets=[{'name': 'daily', 'limit_usd': 10, 'period': 'day'}])\n"
+        "print([b.name for b in _runtime.settings().budgets])\n"
+        "print(tokenmeter.estimate('gpt-4o', text='hello world').input_tokens)\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        "TOKENMETER_DIR": str(tmp_path / "tm"),
+        "TOKENMETER_BUDGETS": '[{"limit_usd": 5, "period": "day"}]',
+    }
+    done = run_python("-c", script, env=env, cwd=tmp_path)
+    assert done.stdout.splitlines() == ["['daily']", "2"]

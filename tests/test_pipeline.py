@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Held, HungSink, run_python, wait_for
+from helpers import Held, HungSink, refuse_threads, run_python, wait_for
 
 import tokenmeter
 from tokenmeter import SessionInfo, UsageRecord, _pipeline
@@ -79,22 +79,6 @@ def test_a_failing_sink_loses_nothing_and_is_reported_once(
     assert not (Path(".tokenmeter") / "quarantine.jsonl").exists()  # a sink down is not bad data
 
 
-def _refusing_writer_threads(monkeypatch: pytest.MonkeyPatch, times: int | None) -> None:
-    """Starting a writer's thread fails ``times`` times (for ever: None), as when a container's
-    pids limit or an address-space limit is reached."""
-    start = threading.Thread.start
-    left = [times]
-
-    def start_or_refuse(thread: threading.Thread) -> None:
-        if thread.name.startswith("tokenmeter-writer") and left[0] != 0:
-            if left[0] is not None:
-                left[0] -= 1
-            raise RuntimeError("can't start new thread")
-        start(thread)
-
-    monkeypatch.setattr(threading.Thread, "start", start_or_refuse)
-
-
 def test_a_writer_that_cannot_start_fails_no_session_and_starts_with_a_later_record(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -104,7 +88,8 @@ def test_a_writer_that_cannot_start_fails_no_session_and_starts_with_a_later_rec
     with a later one, and that it could not start is logged once."""
     memory = InMemorySink()
     tokenmeter.configure(sinks=[memory])
-    _refusing_writer_threads(monkeypatch, 2)  # the session's entry, then the call's record
+    # The session's entry, then the call's record:
+    refuse_threads(monkeypatch, "tokenmeter-writer", 2)
     ran = []
     with caplog.at_level(logging.WARNING, logger="tokenmeter"):
         with tokenmeter.session("request") as session:

@@ -184,7 +184,17 @@ def _load_in_background(name: str) -> None:
             return
         _loading.add(name)
     # (``imports``: the exit waits for a load under way, which holds the import lock.)
-    _pipeline.start_thread(lambda: _counter(name), "tokenmeter-tokenizer", imports=True)
+    try:
+        _pipeline.start_thread(lambda: _counter(name), "tokenmeter-tokenizer", imports=True)
+    except RuntimeError as exc:
+        # A thread that cannot start (a container's pids limit: "can't start new thread") must
+        # not fail the instrument(), wrap() or configure() that preloads for budgets: loading
+        # is only started early; an estimate that waits loads the tokenizer itself, and a later
+        # one that does not tries the background load again. (Only the message is logged: a
+        # traceback kept by a handler would keep the unstarted thread for the exit to join.)
+        with _loading_lock:
+            _loading.discard(name)
+        logger.debug("tokenmeter: tokenizer %s not loaded in the background: %s", name, str(exc))
 
 
 def _encoding_of(model: str) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from helpers import one_line_value_error, png, returns, wav
+from helpers import one_line_value_error, png, refuse_threads, returns, wav
 
 import tokenmeter
 from tokenmeter import BudgetExceeded
@@ -682,6 +682,31 @@ def test_a_reservation_is_released_when_the_call_fails(
     _budgets.give_back()  # the process's unused slice of the budget too
     ledger = _budgets._config.get_ledger()
     assert ledger.spent("b|total|everything", "") == 0.0
+
+
+def test_a_call_is_reserved_when_the_slice_keeper_cannot_start(
+    tmp_path: Path,
+    fake: FakeProvider,
+    instrumented: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The thread giving back unused slices is started once the ledger has reserved a call: one
+    that could not start (RuntimeError "can't start new thread") was taken for a ledger fault,
+    "the budget ledger failed (reserve); calls are let through", and the call went on
+    unreserved, its estimate left in flight for good. Now the call keeps its reservation."""
+    from tokenmeter.guardrails import _leases
+
+    configured(tmp_path, [{"name": "daily", "limit_usd": 100, "period": "day"}])
+    monkeypatch.setattr(_leases, "_keeper", None)  # not one an earlier test left running
+    refuse_threads(monkeypatch, "tokenmeter-budget-leases")
+    with caplog.at_level(logging.WARNING, logger="tokenmeter"):
+        chat(fake)
+        chat(fake)
+    assert not [r for r in caplog.records if "ledger failed" in r.message]
+    unstarted = [r.message for r in caplog.records if "budget slices could not" in r.message]
+    assert len(unstarted) == 1 and "can't start new thread" in unstarted[0]
+    assert [lease.inflight for lease in _leases._leases.values()] == [0.0]
 
 
 @pytest.mark.parametrize(

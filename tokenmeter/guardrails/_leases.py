@@ -209,6 +209,7 @@ _ledger: Any = None
 #: Changes whenever a lease is dropped: a list of leases kept for reuse is then stale.
 _generation = 0
 _keeper: threading.Thread | None = None
+_keeper_unstarted = False  # its last start failed (said once until it starts)
 
 
 def _sync(ledger: Any, leases: list[Lease], need: float, *, drop: bool = False) -> int:
@@ -610,10 +611,26 @@ def _retire_all() -> list[Lease]:
 
 
 def _start_keeper() -> None:
-    global _keeper
+    """Start the thread that gives back unused slices. One that cannot start (a container's
+    pids limit: "can't start new thread") is no fault of the call being admitted: raising here,
+    after the ledger had reserved it, let that call through unreserved, its estimate left in
+    flight for good. Until a later slice starts it, the slices go back on the other occasions
+    (a refused call, a root session's end, ``configure()``, the exit)."""
+    global _keeper, _keeper_unstarted
     if _keeper is not None and _keeper.is_alive():
         return
-    _keeper = _pipeline.start_thread(_keep, "tokenmeter-budget-leases")
+    try:
+        _keeper = _pipeline.start_thread(_keep, "tokenmeter-budget-leases")
+    except RuntimeError as exc:
+        if not _keeper_unstarted:
+            _keeper_unstarted = True
+            logger.warning(
+                "tokenmeter: the thread giving back unused budget slices could not start (%s); "
+                "they wait for a refused call, a session's end, configure() or the exit",
+                exc,
+            )
+        return
+    _keeper_unstarted = False
 
 
 def _keep() -> None:
