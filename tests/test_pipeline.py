@@ -1474,9 +1474,9 @@ def test_a_stopping_sinks_records_are_set_aside_many_per_append(
     appends: list[int] = []
     append_line = _pipeline.append_line
 
-    def counted(path: Path, data: bytes, unless: Any = None) -> bool:
+    def counted(path: Path, data: bytes, **how: Any) -> bool:
         appends.append(data.count(b"\n"))
-        return append_line(path, data, unless)
+        return append_line(path, data, **how)
 
     monkeypatch.setattr(_pipeline, "append_line", counted)
     _alone_gathering_for_an_hour(DownSink())
