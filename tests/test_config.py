@@ -812,6 +812,39 @@ def test_a_directory_that_can_hold_no_files_is_refused_at_once(
     assert (tmp_path / "meter" / "usage.db").is_file()
 
 
+def test_a_state_file_that_is_one_of_tokenmeters_own_files_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``state_file="usage.db"`` beside the SQLite store was taken: the state lines appended to
+    the database were cut away at its checkpoint (0 of 3 in the state file), or made it a text
+    file that refused every record ("file is not a database"), in this run and every later one."""
+    (tmp_path / "meter").mkdir()
+    (tmp_path / "link.md").symlink_to(tmp_path / "usage.jsonl")
+    for state_file in (
+        "usage.db",  # beside directory=".", not made yet
+        tmp_path / "meter" / ".." / "usage.db-wal",
+        tmp_path / "link.md",  # a link to the records file
+        "journal/token_usage.md",
+    ):
+        with pytest.raises(ValueError) as excinfo:
+            tokenmeter.configure(directory=".", state_file=state_file)
+        message = one_line_value_error(excinfo)
+        assert message.startswith("tokenmeter setting 'state_file' from configure(): must not")
+        with pytest.raises(ValueError, match="'state_file' from TOKENMETER_STATE_FILE"):
+            monkeypatch.setenv("TOKENMETER_STATE_FILE", os.fspath(state_file))
+            tokenmeter.configure(directory=tmp_path)
+        monkeypatch.delenv("TOKENMETER_STATE_FILE")
+    (tmp_path / "meter" / "usage.db").touch()
+    os.link(tmp_path / "meter" / "usage.db", tmp_path / "hard.md")  # another name of the store
+    with pytest.raises(ValueError, match=r"own usage\.db in the directory"):
+        tokenmeter.configure(directory="meter", state_file="hard.md")
+    tokenmeter.configure(directory=".", sinks=["sqlite"], state_file="meter/state.md")
+    with tokenmeter.session("job"):
+        tokenmeter.record("openai", "gpt-4o", 10, 5)
+    assert tokenmeter.flush(5)
+    assert (tmp_path / "meter" / "state.md").read_text().count("TOKEN_TRACKING") == 1
+
+
 @pytest.mark.parametrize("read_by", ["configure", "instrument"])
 def test_relative_paths_are_where_the_process_was_when_the_settings_were_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_by: str

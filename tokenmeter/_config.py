@@ -8,6 +8,7 @@ call wait and drop its record).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -17,13 +18,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from tokenmeter._models import plain_str
 from tokenmeter.pricing import check_aliases, check_prices
 from tokenmeter.pricing._overrides import check_prices_file, read_small_file, short_repr
 
 __all__ = [
+    "DATA_FILES",
     "FILE_SINK_NAMES",
     "SINK_NAMES",
     "Settings",
@@ -36,6 +38,15 @@ __all__ = [
 SINK_NAMES = ("sqlite", "jsonl", "markdown", "postgres", "otel")
 #: The sinks that write into the ``directory`` setting (the others: a server, an exporter).
 FILE_SINK_NAMES = ("sqlite", "jsonl", "markdown")
+#: The files tokenmeter keeps in the ``directory`` setting's folder: the default sinks', the
+#: budgets' ledger, the alerts and the records set aside (SQLite's companions included).
+DATA_FILES = frozenset(
+    f"{name}{suffix}"
+    for name in ("usage.db", "budgets.db")
+    for suffix in ("", "-wal", "-shm", "-journal")
+) | {"usage.jsonl", "alerts.jsonl", "quarantine.jsonl"}
+#: The folders in it whose files tokenmeter names itself: the markdown journal, usage reports.
+_DATA_FOLDERS = ("journal", "reports")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _ENV_NAMES = {
@@ -216,6 +227,20 @@ class Settings(BaseModel):
             )
         return value
 
+    @field_validator("state_file", mode="after")
+    @classmethod
+    def _not_our_data(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # Two writers on one file: the state lines appended to usage.db were cut away at
+        # SQLite's checkpoint, or made it a text file that refused every record.
+        directory = info.data.get("directory")  # absent: refused itself
+        kept = None if value is None or directory is None else _data_file(value, directory)
+        if kept is not None:
+            raise ValueError(
+                f"must not be {kept} in the directory {str(directory)!r}, "
+                f"got {short_repr(str(value))}"
+            )
+        return value
+
     @field_validator("disabled", "stream_usage", "thread_propagation", mode="before")
     @classmethod
     def _a_bool(cls, value: Any) -> bool:
@@ -273,6 +298,35 @@ class Settings(BaseModel):
                 f"got {short_repr(value)}"
             )
         return float(value)
+
+
+def _data_file(path: Path, directory: Path) -> str | None:
+    """Which file (or folder) of its own data tokenmeter keeps at ``path`` in ``directory``
+    ("tokenmeter's own usage.db"), through a link too, whether or not it exists yet; None for
+    any other path. Both are taken from the working directory, as the sinks will take them."""
+    from tokenmeter.sinks._files import absolute
+
+    try:
+        target = Path(os.path.realpath(absolute(path)))
+        folder = Path(os.path.realpath(absolute(directory)))
+    except (ValueError, OSError):  # no name of a file, or no working directory: no file yet
+        return None
+    if target.parent == folder and target.name in DATA_FILES:
+        return f"tokenmeter's own {target.name}"
+    for name in _DATA_FOLDERS:
+        if target.is_relative_to(folder / name):
+            return f"in tokenmeter's own {name}/ folder"
+    return _hard_link_to_data(target, folder)
+
+
+def _hard_link_to_data(target: Path, folder: Path) -> str | None:
+    """The data file in ``folder`` that ``target`` is another name of (a hard link, a folder
+    mounted twice), as ``_data_file`` says it, or None."""
+    for name in sorted(DATA_FILES):
+        with contextlib.suppress(OSError):
+            if os.path.samefile(target, folder / name):
+                return f"tokenmeter's own {name}"
+    return None
 
 
 def _parse_bool(value: str) -> bool:

@@ -45,12 +45,6 @@ def printable(text: str) -> str:
     return _UNPRINTABLE.sub("\ufffd", text)
 
 
-#: Files tokenmeter keeps beside its usage data: a report written over one destroys it.
-_DATA_FILES = frozenset(
-    f"{name}{suffix}"
-    for name in ("usage.db", "budgets.db")
-    for suffix in ("", "-wal", "-shm", "-journal")
-) | {"usage.jsonl", "alerts.jsonl", "quarantine.jsonl"}
 #: The markdown journal beside the data: ``journal/token_usage.md`` and a page per session.
 _JOURNAL_DIR = "journal"
 _JOURNAL_USAGE = "token_usage.md"
@@ -143,13 +137,14 @@ def _data_file_name(output: Path, folder: Path) -> bool:
     exists yet: a report there is data corrupted (the journal sink refuses every record for a
     ``token_usage.md`` that is not its journal; a usage report already there is never written
     again)."""
+    from tokenmeter._config import DATA_FILES  # a report written over one destroys it
     from tokenmeter._reports import REPORTS_DIR, is_report_name
     from tokenmeter.cli._source import DEMO_STATE_FILE
 
     journal = folder / _JOURNAL_DIR
     beside = _same_folder(output.parent, folder)
     return (
-        (beside and (output.name in _DATA_FILES or output.name == DEMO_STATE_FILE))
+        (beside and (output.name in DATA_FILES or output.name == DEMO_STATE_FILE))
         or (output.name == _JOURNAL_USAGE and _same_folder(output.parent, journal))
         or (output.suffix == ".md" and _same_folder(output.parent, journal / _JOURNAL_SESSIONS))
         or (is_report_name(output.name) and _same_folder(output.parent, folder / REPORTS_DIR))
