@@ -932,6 +932,36 @@ def test_a_first_read_outside_any_project_or_refused_pins_no_project(
     assert tokenmeter.record("openai", "gpt-4o-mini", 1_000_000, 0).estimated_cost_usd == 2
 
 
+@pytest.mark.parametrize("first_read", ["configure", "a call"])
+def test_a_first_read_refused_for_the_environment_pins_the_project_it_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first_read: str
+) -> None:
+    """A first read that found and read the project's pyproject.toml, refused for the
+    operator's ``TOKENMETER_MAX_QUEUE=10k``, pinned nothing: the ``configure(max_queue=10_000)``
+    the warning asks for, made after a chdir, read no pyproject.toml and dropped the project's
+    price ($0.15 instead of its $2.00) and directory."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[tool.tokenmeter]\ndirectory = ".costs"\nsinks = ["jsonl"]\n'
+        '[tool.tokenmeter.prices."gpt-4o-mini"]\ninput_per_mtok = 2\noutput_per_mtok = 8\n'
+    )
+    monkeypatch.setenv("TOKENMETER_MAX_QUEUE", "10k")
+    monkeypatch.chdir(project)
+    with pytest.raises(ValueError, match="TOKENMETER_MAX_QUEUE"):
+        if first_read == "configure":
+            tokenmeter.configure()
+        else:
+            tokenmeter.record("openai", "gpt-4o-mini", 1_000_000, 0)
+    monkeypatch.chdir(elsewhere)
+    tokenmeter.configure(max_queue=10_000)
+    assert tokenmeter.record("openai", "gpt-4o-mini", 1_000_000, 0).estimated_cost_usd == 2
+    assert tokenmeter.flush(5)
+    assert (project / ".costs" / "usage.jsonl").read_text().count("\n") == 1
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_a_bad_setting_found_at_the_first_call_is_read_once_and_never_breaks_the_call(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

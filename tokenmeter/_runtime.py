@@ -28,13 +28,13 @@ _told_no_cwd = False
 #: Why the settings could not be read at first use: raised again, not read again, at every
 #: intercepted call (the pyproject.toml searched for and parsed each time) until configure().
 _refused: str | None = None
-#: The folder of the pyproject.toml the first load that found one read (without an error): every
-#: later load reads that file, wherever the process is. Looked for from where a later
-#: configure() was called, a process that had changed directory since (a daemon going to its
-#: work dir, a job entering a checkout) lost its project's settings at once, silently:
-#: budgets, prices, directory, the kill switch. None until then: a load made outside any
-#: project (an import-time ``instrument()``) or refused pins nothing, and the next load looks
-#: from its own working directory.
+#: The folder of the pyproject.toml the first load that found one read (a good one, even if
+#: another layer refused that load): every later load reads that file, wherever the process
+#: is. Looked for from where a later configure() was called, a process that had changed
+#: directory since (a daemon going to its work dir, a job entering a checkout) lost its
+#: project's settings at once, silently: budgets, prices, directory, the kill switch. None
+#: until then: a load made outside any project (an import-time ``instrument()``) or refused
+#: for its pyproject.toml pins nothing, and the next load looks from its own working directory.
 _project_start: Path | None = None
 renew_after_fork(globals(), "_lock")
 
@@ -57,18 +57,39 @@ def settings() -> Settings:
 
 
 def _load(explicit: Mapping[str, Any]) -> Settings:
-    """``load_settings(explicit)``, reading the pyproject.toml the first successful load found,
-    wherever the process is now (see ``_project_start``)."""
+    """``load_settings(explicit)``, reading the pyproject.toml the first load that could read
+    one found, wherever the process is now (see ``_project_start``)."""
     global _project_start
     start = _project_start
     if start is None:
         with contextlib.suppress(OSError):  # a working directory removed: none to pin
             start = Path.cwd()
-    resolved = load_settings(explicit, cwd=start)
-    if _project_start is None and start is not None:
-        found = find_pyproject(start)
-        _project_start = found.parent if found is not None else None
+    pinned = _project_start is not None or start is None
+    try:
+        resolved = load_settings(explicit, cwd=start)
+    except ValueError:
+        # Refused for TOKENMETER_MAX_QUEUE=10k, the project was not pinned: the configure()
+        # fixing it after a chdir read no pyproject.toml, and dropped the project's prices.
+        if not pinned:
+            _project_start = _project_read(start, refused=True)
+        raise
+    if not pinned:
+        _project_start = _project_read(start, refused=False)
     return resolved
+
+
+def _project_read(start: Path | None, *, refused: bool) -> Path | None:
+    """The folder of the pyproject.toml a load from ``start`` read, or None. After a ``refused``
+    load, only if that file is good alone: the refusal came from the environment or an
+    argument; a bad pyproject.toml pins nothing (the next load looks from where it is)."""
+    found = find_pyproject(start)
+    if found is None or not refused:
+        return None if found is None else found.parent
+    try:
+        load_settings(env={}, cwd=found.parent)
+    except ValueError:
+        return None
+    return found.parent
 
 
 def settings_at_a_call() -> Settings | None:
