@@ -902,6 +902,35 @@ def test_a_configure_after_a_change_of_directory_keeps_the_projects_pyproject(
     assert not _runtime.settings().disabled
 
 
+@pytest.mark.parametrize("read_by", ["configure", "instrument"])
+def test_a_relative_tokenmeter_prices_is_the_file_of_the_first_read_after_a_chdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_by: str
+) -> None:
+    """``TOKENMETER_PRICES=prices.toml`` (a container's WORKDIR and ENV) was looked for again
+    from each configure()'s working directory: the application's configure(on_session_end=...)
+    after an os.chdir() raised "prices.toml: cannot read prices file", and added no hook."""
+    app, work = tmp_path / "app", tmp_path / "work"
+    app.mkdir()
+    work.mkdir()
+    (app / "prices.toml").write_text('["gpt-4o-mini"]\ninput_per_mtok = 2\noutput_per_mtok = 8\n')
+    monkeypatch.setenv("TOKENMETER_PRICES", "prices.toml")
+    monkeypatch.chdir(app)
+    if read_by == "configure":
+        tokenmeter.configure()
+    else:
+        tokenmeter.instrument()
+    monkeypatch.chdir(work)
+    ended: list[object] = []
+    tokenmeter.configure(sinks=[InMemorySink()], on_session_end=ended.append)
+    with tokenmeter.session("job"):
+        made = tokenmeter.record("openai", "gpt-4o-mini", 1_000_000, 0)
+    assert made.estimated_cost_usd == 2
+    assert len(ended) == 1
+    _runtime.reset()  # as a process started here: prices.toml is looked for here
+    with pytest.raises(ValueError, match=r"prices\.toml: cannot read"):
+        tokenmeter.configure()
+
+
 def test_a_first_read_outside_any_project_or_refused_pins_no_project(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

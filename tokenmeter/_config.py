@@ -456,14 +456,19 @@ _ENV_READERS: dict[str, tuple[Callable[[str], Any], bool]] = {
 }
 
 
-def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+def _from_env(env: Mapping[str, str], prices_base: Path | None = None) -> dict[str, Any]:
     """The settings the ``TOKENMETER_*`` variables set; one that cannot be read as an
-    ``_Unreadable``, for ``_validated`` to raise unless ``configure()`` sets it."""
+    ``_Unreadable``, for ``_validated`` to raise unless ``configure()`` sets it. A relative
+    ``TOKENMETER_PRICES`` is in ``prices_base`` when one is given."""
     found: dict[str, Any] = {}
     for key, (parse, empty_counts) in _ENV_READERS.items():
         value = env.get(_ENV_NAMES[key])
         if value is not None and (value or empty_counts):
             found[key] = _parsed(parse, value)
+    prices_file = found.get("prices_file")
+    # An empty one is refused as empty, not taken for the folder.
+    if prices_base is not None and isinstance(prices_file, str) and prices_file.strip():
+        found["prices_file"] = prices_base / os.path.expanduser(prices_file)
     return found
 
 
@@ -584,9 +589,12 @@ def load_settings(
     *,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    prices_base: Path | None = None,
 ) -> Settings:
-    """Merge the three layers; a bad value raises ValueError naming where it came from."""
-    return load_settings_with_sources(explicit, env=env, cwd=cwd)[0]
+    """Merge the three layers; a bad value raises ValueError naming where it came from.
+    ``cwd``: where the pyproject.toml is looked for from; ``prices_base``: the folder a
+    relative ``TOKENMETER_PRICES`` is in (None for both: the working directory)."""
+    return load_settings_with_sources(explicit, env=env, cwd=cwd, prices_base=prices_base)[0]
 
 
 def check_settings_prices_file(resolved: Settings) -> None:
@@ -672,6 +680,7 @@ def load_settings_with_sources(
     *,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    prices_base: Path | None = None,
 ) -> tuple[Settings, dict[str, str]]:
     """The merged settings, and where each came from ("default", "configure()", the environment
     variable's name, or "<pyproject.toml> [tool.tokenmeter]")."""
@@ -682,7 +691,8 @@ def load_settings_with_sources(
         pinned = environ.get(_RUN_PYPROJECT)  # tokenmeter run: the run's, in every process
         pyproject = find_pyproject(cwd) if pinned is None else _pinned_pyproject(pinned)
         table = (f"{pyproject} [tool.tokenmeter]", _from_pyproject(pyproject))
-        layers = _with_one_price_layer([table, ("environment", _from_env(environ)), given])
+        environment = ("environment", _from_env(environ, prices_base))
+        layers = _with_one_price_layer([table, environment, given])
         resolved = _validated(layers)
     except ValueError:
         switch = _switched_off(environ, table)

@@ -36,6 +36,10 @@ _refused: str | None = None
 #: until then: a load made outside any project (an import-time ``instrument()``) or refused
 #: for its pyproject.toml pins nothing, and the next load looks from its own working directory.
 _project_start: Path | None = None
+#: The working directory of the first load: a relative ``TOKENMETER_PRICES`` (a container's
+#: ``WORKDIR`` and ``ENV``) names a file there. Looked for from each load's working directory,
+#: the file read at start-up made a configure() after an ``os.chdir()`` raise (and add nothing).
+_prices_base: Path | None = None
 renew_after_fork(globals(), "_lock")
 
 
@@ -59,14 +63,15 @@ def settings() -> Settings:
 def _load(explicit: Mapping[str, Any]) -> Settings:
     """``load_settings(explicit)``, reading the pyproject.toml the first load that could read
     one found, wherever the process is now (see ``_project_start``)."""
-    global _project_start
-    start = _project_start
-    if start is None:
-        with contextlib.suppress(OSError):  # a working directory removed: none to pin
-            start = Path.cwd()
+    global _project_start, _prices_base
+    here = None
+    with contextlib.suppress(OSError):  # a working directory removed: none to pin
+        here = Path.cwd()
+    _prices_base = _prices_base or here
+    start = _project_start or here
     pinned = _project_start is not None or start is None
     try:
-        resolved = load_settings(explicit, cwd=start)
+        resolved = load_settings(explicit, cwd=start, prices_base=_prices_base)
     except ValueError:
         # Refused for TOKENMETER_MAX_QUEUE=10k, the project was not pinned: the configure()
         # fixing it after a chdir read no pyproject.toml, and dropped the project's prices.
@@ -441,11 +446,12 @@ def reset() -> None:
     """Forget every configure() call and the implicit session: as in a new process, the settings
     are read again on next use, from the working directory (its pyproject.toml) and environment
     of then (tests)."""
-    global _sink_objects, _settings, _refused, _project_start
+    global _sink_objects, _settings, _refused, _project_start, _prices_base
     _pipeline.catch_up()  # made now, not by a writer finding no settings (and loading them)
     with _lock:
         _refused = None
         _project_start = None
+        _prices_base = None
         _explicit.clear()
         _sink_objects = []
         _attached.clear()
