@@ -720,3 +720,25 @@ def test_an_empty_pg_dsn_names_the_server_libpq_environment_names_never_its_pass
     assert code == 1
     assert "cannot read postgres:usage_app@127.0.0.1:1:" in err
     assert "hunter2" not in err
+
+
+def test_a_url_listing_several_hosts_is_read_and_named_by_its_first(
+    cli: RunCli, tmp_path: Path, pg_url: str, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libpq's failover form (``postgresql://db1:5432,db2:5432/app?target_session_attrs=...``),
+    which the sink writes through: every command refused it, exit 2, "bad PostgreSQL URL: Port
+    could not be cast to integer value as '1,127.0.0.1:PORT'". Here the first host is down, as
+    after a failover."""
+    database = dict(part.split("=", 1) for part in pg_dsn.split())["dbname"]
+    url = pg_url.replace("@", "@127.0.0.1:1,", 1) + "?target_session_attrs=read-write"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TOKENMETER_SINKS", "postgres")
+    monkeypatch.setenv("TOKENMETER_PG_DSN", url)
+    for source in (("--source", url), ()):  # given, and the default the settings name
+        code, out, err = cli("report", "--by", "model", "--format", "json", *source)
+        assert code == 0, err
+        assert json.loads(out)["totals"]["calls"] == len(RECORDS)
+        assert json.loads(out)["source"] == f"postgres:{database}@127.0.0.1:1 (+1 more host)"
+    code, out, err = cli("report", "--source", url.replace(":1,", ":x,", 1))
+    assert (code, out) == (2, "")
+    assert "bad PostgreSQL URL: Port could not be cast to integer value as 'x'" in err

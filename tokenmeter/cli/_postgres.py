@@ -37,7 +37,7 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeGuard
-from urllib.parse import parse_qs, quote, urlencode, urlsplit
+from urllib.parse import SplitResult, parse_qs, quote, urlencode, urlsplit
 
 from tokenmeter.cli._validate import COUNT_FIELDS
 from tokenmeter.sinks.postgres import (
@@ -127,9 +127,10 @@ def display_name(url: str) -> str:
     url, schema = split_schema(url)
     parts = urlsplit(url)
     given = {key: values[0] for key, values in parse_qs(parts.query).items()}
+    first, more = _first_host(parts)
     # a socket directory is a host parameter
-    where = parts.hostname or given.get("host") or os.environ.get("PGHOST") or "localhost"
-    port = parts.port or given.get("port") or os.environ.get("PGPORT")
+    where = first.hostname or given.get("host") or os.environ.get("PGHOST") or "localhost"
+    port = first.port or given.get("port") or os.environ.get("PGPORT")
     if port:
         where += f":{port}"
     database = (
@@ -137,7 +138,22 @@ def display_name(url: str) -> str:
         or given.get("dbname")
         or _libpq_default_database(parts.username or given.get("user"))
     )
-    return f"postgres:{database}@{where}" + (f"?schema={schema}" if schema else "")
+    hosts = f" (+{more} more host{'s' if more > 1 else ''})" if more else ""
+    return f"postgres:{database}@{where}" + (f"?schema={schema}" if schema else "") + hosts
+
+
+def _first_host(parts: SplitResult) -> tuple[SplitResult, int]:
+    """The URL's first ``host:port`` and how many more it lists: libpq's failover form
+    (``postgresql://db1:5432,db2:5432/app?target_session_attrs=read-write``) names several,
+    tried in turn, where ``parts.port`` raised (``1,db2:5432`` is no number) and the CLI refused
+    a URL the sink writes through. A port that is not a number, in any of them, is a ValueError."""
+    listed = parts.netloc.rpartition("@")[2].split(",")
+    if len(listed) == 1:
+        return parts, 0
+    hosts = [urlsplit("//" + host) for host in listed]
+    for host in hosts:
+        host.port  # noqa: B018 -- raises ValueError for a port that is not a number
+    return hosts[0], len(hosts) - 1
 
 
 def _libpq_default_database(user: str | None) -> str:
