@@ -3,6 +3,7 @@ what it says of the same history in SQLite (the aggregation runs in PostgreSQL).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -365,13 +366,16 @@ def test_a_database_without_tokenmeter_tables_is_refused_clearly(cli: RunCli, pg
     assert "no tokenmeter records" in err
 
 
+@pytest.mark.parametrize("reader", ["owner", "role without TEMPORARY"])
 def test_a_table_whose_column_types_an_admin_changed_reads_as_the_sinks_text(
-    cli: RunCli, tmp_path: Path, pg_url: str, pg_dsn: str
+    cli: RunCli, tmp_path: Path, pg_url: str, pg_dsn: str, reader: str
 ) -> None:
     """team.md: the sink writes the same values to ``tags`` made ``jsonb`` and ``timestamp``
     made ``timestamptz``, and every CLI command reads them. The readers got a dict and a
     datetime: ``sessions`` failed (TypeError), ``report --detailed`` and ``tail`` skipped every
-    row as corrupt, ``--by day`` failed (``substr(timestamp with time zone, ...)``)."""
+    row as corrupt, ``--by day`` failed (``substr(timestamp with time zone, ...)``). They read
+    through a temporary view, which a role without the TEMPORARY privilege (or a read-only
+    standby, the team's replica) cannot make: there it was all of the above again."""
     import psycopg
 
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
@@ -381,17 +385,43 @@ def test_a_table_whose_column_types_an_admin_changed_reads_as_the_sinks_text(
             "ALTER tags TYPE jsonb USING tags::jsonb"
         )
     db = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
-    for command in (
-        ("sessions", "--format", "json"),
-        ("report", "--detailed", "--by", "day", "--format", "json"),
-        ("report", "--by", "tag:feature", "--format", "json"),
-        ("tail", "-n", "3", "--format", "json"),
-    ):
-        code, from_sqlite, err = cli(command[0], "--source", str(db), *command[1:])
-        assert code == 0, err
-        code, from_pg, err = cli(command[0], "--source", pg_url, *command[1:])
-        assert code == 0 and "skipped" not in err, err
-        assert _without_source(from_pg) == _without_source(from_sqlite)
+    with _reading_role(pg_dsn, pg_url, temporary=reader == "owner") as url:
+        for command in (
+            ("sessions", "--format", "json"),
+            ("session", "sess-chat", "--format", "json"),
+            ("report", "--detailed", "--by", "day", "--format", "json"),
+            ("report", "--by", "tag:feature", "--format", "json"),
+            ("tail", "-n", "3", "--format", "json"),
+        ):
+            code, from_sqlite, err = cli(command[0], "--source", str(db), *command[1:])
+            assert code == 0, err
+            code, from_pg, err = cli(command[0], "--source", url, *command[1:])
+            assert code == 0 and "skipped" not in err, err
+            assert _without_source(from_pg) == _without_source(from_sqlite)
+
+
+@contextlib.contextmanager
+def _reading_role(pg_dsn: str, pg_url: str, *, temporary: bool) -> Iterator[str]:
+    """``pg_url``, as is when ``temporary``, else for a new role that may only read the sink's
+    tables and make no temporary object (TEMPORARY revoked from PUBLIC, as a hardened server
+    does; a hot standby makes none either)."""
+    import psycopg
+
+    if temporary:
+        yield pg_url
+        return
+    role, database = f"tm_reader_{uuid.uuid4().hex[:8]}", pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"REVOKE TEMPORARY ON DATABASE {database} FROM PUBLIC")
+        conn.execute(f"GRANT USAGE ON SCHEMA tokenmeter TO {role}")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA tokenmeter TO {role}")
+    try:
+        yield re.sub(r"//[^@]*@", f"//{role}@", pg_url, count=1)
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
 
 
 def _without_source(out: str) -> object:

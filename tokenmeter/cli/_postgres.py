@@ -15,6 +15,8 @@ the readers use, which translates the few SQLite spellings they contain:
   Where the function cannot be made (no ``TEMPORARY`` privilege, a read-only standby) the casts
   are plain ``::jsonb``;
 - ``typeof(latency_ms) IN ('real', 'integer')`` becomes ``latency_ms IS NOT NULL`` (typed);
+- ``FROM records`` (or ``sessions``) of a table whose column types an admin changed becomes
+  ``FROM (SELECT <those columns as the sink's text> FROM records) AS records`` (``_as_written``);
 - the ``sqlite_master`` lookup of a table becomes one in ``pg_tables``;
 - ``BEGIN`` opens a read-only REPEATABLE READ transaction: one snapshot for every query, while
   writers carry on (as a SQLite read transaction does).
@@ -280,6 +282,7 @@ class PgConnection:
         self._schema = schema or DEFAULT_SCHEMA
         self._safe_json = False  # pg_temp.tokenmeter_jsonb made for the connection
         self._text_timestamp = True  # records.timestamp reads as the sink's text
+        self._as_written: dict[str, str] = {}  # table -> its SELECT as the sink's text
         self._conn = self._open()
         self._snapshot = False  # inside the readers' BEGIN: a statement is never run elsewhere
 
@@ -289,8 +292,9 @@ class PgConnection:
         conn = _call(lambda: _connect(psycopg, self._url))
         _call(conn.execute, f'SET search_path = "{self._schema}"'.encode())
         self._safe_json = _made_safe_json(conn)
-        _read_as_written(conn)
-        self._text_timestamp = _timestamp_is_text(conn)
+        types = _column_types(conn)
+        self._as_written = _as_written(types)
+        self._text_timestamp = _timestamp_is_text(types)
         _call(conn.execute, b"SET default_transaction_read_only = on")
         found = _call(conn.execute, b"SELECT to_regclass('records') IS NOT NULL").fetchone()
         if not found[0]:
@@ -338,7 +342,7 @@ class PgConnection:
         if sql.strip().upper() == "BEGIN":
             sql = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
             self._snapshot = True
-        translated, values = _translate(sql, list(params), self._safe_json)
+        translated, values = _translate(sql, list(params), self._safe_json, self._as_written)
         try:
             return self._run(translated, values)
         except sqlite3.DatabaseError:
@@ -369,7 +373,7 @@ class PgConnection:
         Inside the readers' snapshot; nothing else runs on the connection until it is read."""
         import psycopg
 
-        translated, values = _translate(sql, list(params), self._safe_json)
+        translated, values = _translate(sql, list(params), self._safe_json, self._as_written)
         cursor = self._conn.cursor()
         names: dict[str, int] | None = None
         try:
@@ -395,14 +399,29 @@ def _made_safe_json(conn: Any) -> bool:
     return True
 
 
-def _timestamp_is_text(conn: Any) -> bool:
-    """Whether ``records.timestamp`` reads as text (the sink's column, or the view
-    ``_read_as_written`` made of an admin's ``timestamptz``), not as a time type."""
-    row = conn.execute(
-        b"SELECT atttypid = 'text'::regtype FROM pg_attribute "
-        b"WHERE attrelid = to_regclass('records') AND attname = 'timestamp'"
-    ).fetchone()
-    return row is None or bool(row[0])
+#: The types of the columns of ``records`` and ``sessions``: table -> [(column, type)].
+_ColumnTypes = dict[str, list[tuple[str, str]]]
+
+
+def _column_types(conn: Any) -> _ColumnTypes:
+    """The columns of the schema's ``records`` and ``sessions`` and their types, as the
+    server's catalogue (readable by any role, on a standby too) says them."""
+    found = conn.execute(
+        b"SELECT table_name, column_name, data_type FROM information_schema.columns "
+        b"WHERE table_schema = current_schema() AND table_name IN ('records', 'sessions') "
+        b"ORDER BY table_name, ordinal_position"
+    ).fetchall()
+    tables: _ColumnTypes = {}
+    for table, column, kind in found:
+        tables.setdefault(table, []).append((column, kind))
+    return tables
+
+
+def _timestamp_is_text(types: _ColumnTypes) -> bool:
+    """Whether ``records.timestamp`` reads as text: the sink's column, or an admin's
+    ``timestamptz`` that ``_as_written`` shows as it; not another time type."""
+    kind = dict(types.get("records", [])).get("timestamp")
+    return kind is None or kind == "text" or kind in _AS_TEXT
 
 
 #: Column types an admin may give the sink's text columns (team.md: the sink writes the same
@@ -416,23 +435,15 @@ _AS_TEXT = {
 _ISO = """'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'"""
 
 
-def _read_as_written(conn: Any) -> None:
-    """Where an admin changed the type of a column of ``records`` or ``sessions`` (``tags`` made
-    ``jsonb``, ``timestamp`` made ``timestamptz``), a temporary view of the same name shows it
-    as the sink's text (``pg_temp`` is searched first): the readers, written for that text, got
-    a datetime or a dict, and ``substr(timestamp, ...)`` failed. Without the ``TEMPORARY``
-    privilege (or on a read-only standby) the table is read as it is."""
-    import psycopg
-
-    found = conn.execute(
-        b"SELECT table_name, column_name, data_type FROM information_schema.columns "
-        b"WHERE table_schema = current_schema() AND table_name IN ('records', 'sessions') "
-        b"ORDER BY table_name, ordinal_position"
-    ).fetchall()
-    tables: dict[str, list[tuple[str, str]]] = {}
-    for table, column, kind in found:
-        tables.setdefault(table, []).append((column, kind))
-    for table, columns in tables.items():
+def _as_written(types: _ColumnTypes) -> dict[str, str]:
+    """For each table whose column types an admin changed (``tags`` made ``jsonb``,
+    ``timestamp`` made ``timestamptz``), a SELECT of it showing those columns as the sink's
+    text, which ``_translate`` reads in the table's place: the readers, written for that text,
+    got a datetime or a dict, and ``substr(timestamp, ...)`` failed. A subquery, not a temporary
+    view: a role without the ``TEMPORARY`` privilege, or a read-only standby, could make no
+    view, and every row read as corrupt there (``sessions`` failed on a datetime)."""
+    selects = {}
+    for table, columns in types.items():
         if not any(kind in _AS_TEXT for _, kind in columns):
             continue
         shown = ", ".join(
@@ -441,15 +452,36 @@ def _read_as_written(conn: Any) -> None:
             else f'"{column}"'
             for column, kind in columns
         )
-        try:
-            conn.execute(f"CREATE TEMPORARY VIEW {table} AS SELECT {shown} FROM {table}".encode())
-        except psycopg.Error:
-            return
+        selects[table] = f"SELECT {shown} FROM {table}"
+    return selects
 
 
-def _translate(sql: str, params: list[Any], safe_json: bool = False) -> tuple[str, list[Any]]:
+#: A table the readers read (``FROM records``, ``JOIN sessions s``), with its alias if it has
+#: one: the readers write SQL keywords in capitals, aliases in small letters.
+_TABLE_READ = re.compile(r"\b(FROM|JOIN)\s+(records|sessions)\b(?:\s+([a-z_][a-z0-9_]*)\b)?")
+
+
+def _read_as_written(sql: str, as_written: dict[str, str]) -> str:
+    """``sql`` reading each table of ``as_written`` through its SELECT (``_as_written``)."""
+
+    def read(match: re.Match[str]) -> str:
+        keyword, table, alias = match.groups()
+        if table not in as_written:
+            return match.group()
+        return f"{keyword} ({as_written[table]}) AS {alias or table}"
+
+    return _TABLE_READ.sub(read, sql) if as_written else sql
+
+
+def _translate(
+    sql: str,
+    params: list[Any],
+    safe_json: bool = False,
+    as_written: dict[str, str] | None = None,
+) -> tuple[str, list[Any]]:
     """SQLite's spelling of a reader's query -> PostgreSQL's, parameters adjusted to match.
-    ``safe_json``: tags are read through ``pg_temp.tokenmeter_jsonb``, not a cast that fails."""
+    ``safe_json``: tags are read through ``pg_temp.tokenmeter_jsonb``, not a cast that fails;
+    ``as_written``: the tables read through a SELECT (``_as_written``)."""
     sql = sql.replace("%", "%%").replace(_TABLE_LOOKUP, _PG_TABLE_LOOKUP)
     sql = _ROWID.sub("seq", sql)
     sql = _JSON_GUARD.sub(r"\1", sql)
@@ -466,4 +498,5 @@ def _translate(sql: str, params: list[Any], safe_json: bool = False) -> tuple[st
             params[index] = json.loads(str(params[index])[2:])
     if re.search(r"LIMIT \?\s*$", sql) and params and params[-1] == -1:
         params[-1] = None  # LIMIT NULL: no limit
+    sql = _read_as_written(sql, as_written or {})
     return sql.replace("?", "%s"), params
