@@ -934,12 +934,15 @@ class TextTally:
     its tokens if the provider reports none.
     Bounded: past ``_KEEP_CHARS`` characters only their number is kept (and extrapolated)."""
 
-    __slots__ = ("chars", "kept", "parts")
+    __slots__ = ("chars", "images", "kept", "parts")
 
     def __init__(self) -> None:
         self.parts: list[str] = []
         self.chars = 0
         self.kept = 0
+        #: Images the model generated (a Gemini image model's parts): no text to count, each
+        #: billed at its model's per-image tokens, which the provider's reader adds.
+        self.images = 0
 
     def add(self, text: Any) -> None:
         if type(text) is not str or not text:
@@ -956,6 +959,7 @@ class TextTally:
         """A copy standing for ``seen`` chunks, of which this holds the text of ``read``."""
         copy = TextTally()
         copy.parts, copy.chars, copy.kept = list(self.parts), self.chars, self.kept
+        copy.images = self.images
         if read and seen > read:
             copy.chars = round(self.chars * seen / read)
         return copy

@@ -10,6 +10,7 @@ import json
 import sys
 import types as pytypes
 from collections.abc import AsyncIterator, Iterable, Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -458,6 +459,48 @@ def test_a_thinking_streams_text_is_estimated_when_left_before_its_output_was_co
     assert thinking.output_tokens == 50 + text.output_tokens  # was 50, exact
     # Without a thoughts count, the summary's text stands for them.
     assert plain.estimated and plain.output_tokens > text.output_tokens + 100
+
+
+@pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
+@pytest.mark.parametrize(
+    ("model", "per_image"),
+    [("gemini-2.5-flash-image", 1_290), ("gemini-3-pro-image-preview", 1_120)],
+)
+@pytest.mark.usefixtures("instrumented")
+def test_an_image_stream_left_after_its_image_estimates_the_image(
+    sink: InMemorySink, model: str, per_image: int
+) -> None:
+    """An image model's stream left once its image came (the running total counting the prompt
+    alone until the last chunk): only text was tallied, so the record was the caption's 4
+    tokens, $0.000016, for a call billed 1,290 image tokens ($0.0387). Each image part is
+    estimated now at its model's per-image tokens, priced at the image-output rate."""
+    image = {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo" + "A" * 400}}
+    running = {"promptTokenCount": 20, "totalTokenCount": 20}
+    final = {"promptTokenCount": 20, "candidatesTokenCount": per_image + 5}
+    parts: list[dict[str, Any]] = [{"text": "Here is your cat."}, image, {"text": ""}]
+    chunks = [
+        {
+            "candidates": [{"content": {"parts": [part], "role": "model"}, "index": 0}],
+            "usageMetadata": final if part is parts[-1] else running,
+            "modelVersion": model,
+        }
+        for part in parts
+    ]
+    made = mock_genai(lambda request: sse_reply(http, [(None, c) for c in chunks]))
+    _clients.append(made)
+    stream = made.models.generate_content_stream(model=model, contents="draw a cat")
+    for chunk in stream:  # the application keeps the first image and stops
+        if any(part.inline_data for part in chunk.candidates[0].content.parts):
+            break
+    stream.close()
+
+    record = only(flushed(sink))
+    caption = tokenmeter.estimate(model, output="Here is your cat.").output_tokens
+    assert (record.input_tokens, record.estimated) == (20, True)
+    assert record.output_tokens == per_image + caption
+    assert record.modalities["output_image"] == per_image
+    if model == "gemini-2.5-flash-image":  # 1,290 image tokens at $30/M, the caption at $2.50/M
+        assert record.cost_breakdown["output_image"] == Decimal("0.0387")
 
 
 @pytest.mark.usefixtures("instrumented")

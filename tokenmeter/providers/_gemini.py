@@ -27,29 +27,52 @@ __all__ = [
 PROVIDER = provider_of_sdk("google-genai")
 
 
+#: Output tokens of one image an image model generates, by model name prefix (Google's
+#: pricing: Gemini 3 Pro Image 1,120 for a 1K or 2K image, 2,000 for a 4K one, counted here at
+#: the smaller), else ``_IMAGE_TOKENS`` (Gemini 2.5 Flash Image: 1,290 for up to 1024 x 1024).
+_IMAGE_TOKENS_BY_MODEL = (("gemini-3-pro-image", 1_120),)
+_IMAGE_TOKENS = 1_290
+
+
+def image_tokens(model: str) -> int:
+    """The output tokens one generated image of ``model`` is billed at."""
+    for prefix, tokens in _IMAGE_TOKENS_BY_MODEL:
+        if model.startswith(prefix):
+            return tokens
+    return _IMAGE_TOKENS
+
+
 def estimated_output(
     usage: Usage, text: TextTally, thoughts: TextTally, provider: str, model: str
 ) -> Usage | None:
     """``usage`` of a stream whose running total counts no output beside the thoughts (early
     chunks count the prompt, and a thinking model's its thoughts, before any text): its output
-    estimated from the ``text`` that streamed by, added to the thoughts counted. The thought
-    summaries' text stands for the thoughts when none are counted. None when the total counts
-    some output (the provider's own count), or nothing streamed."""
+    estimated from the ``text`` that streamed by, added to the thoughts counted, and each image
+    that streamed by at its model's per-image tokens (as ``output_image``: priced at the image
+    rate). The thought summaries' text stands for the thoughts when none are counted. None when
+    the total counts some output (the provider's own count), or nothing streamed."""
     if usage.output_tokens > usage.reasoning_tokens:
         return None
-    found = text.tokens(provider, model)
+    images = text.images * image_tokens(short_model(model) or "")
+    found = text.tokens(provider, model) + images
     if not usage.reasoning_tokens:
         found += thoughts.tokens(provider, model)
     if not found:
         return None
-    return usage.model_copy(update={"output_tokens": usage.reasoning_tokens + found})
+    update: dict[str, Any] = {"output_tokens": usage.reasoning_tokens + found}
+    if images:
+        update["modalities"] = {**usage.modalities, "output_image": images}
+    return usage.model_copy(update=update)
 
 
 def add_output(tally: TextTally, part: Any) -> None:
     """What a part the model streamed adds to its output: its text, a function call's name and
     arguments (as the OpenAI and Anthropic readers count a tool call's), the code it wrote for
-    code execution and that code's output. A part of either SDK (google-genai's objects, the
-    legacy SDK's protos, whose unset fields read as empty)."""
+    code execution and that code's output, an image it generated (counted, see
+    ``estimated_output``). A part of either SDK (google-genai's objects, the legacy SDK's
+    protos, whose unset fields read as empty)."""
+    if _is_image(getattr(part, "inline_data", None)):
+        tally.images += 1
     add = tally.add
     add(getattr(part, "text", None))
     call = getattr(part, "function_call", None)
@@ -81,6 +104,12 @@ def reply_text(response: Any) -> TextTally:
     with suppress(Exception):
         add_candidates(tally, response, TextTally())
     return tally
+
+
+def _is_image(blob: Any) -> bool:
+    """An inline blob of an image (``image/png``...): one the model generated, in its output."""
+    mime = getattr(blob, "mime_type", None)
+    return type(mime) is str and mime.startswith("image/")
 
 
 def _plain(value: Any) -> Any:
