@@ -303,6 +303,45 @@ def test_calls_a_tests_session_gets_after_the_test_are_counted(
         }
 
 
+_SUITE_SESSION = """
+import pytest
+import tokenmeter
+
+
+@pytest.fixture(scope="session", autouse=True)
+def suite_session():  # every call of the suite tagged with the CI build
+    with tokenmeter.session("suite", tags={"build": "1234"}):
+        yield
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["alone", "xdist"])
+def test_a_session_a_suite_wide_fixture_opens_counts_each_call_once(
+    project: pytest.Pytester, workers: list[str]
+) -> None:
+    """Entered in the first test's setup, the fixture's session holds every later test's
+    session: their calls rolled up into the first test's, whose late calls counted them again
+    (4 calls made, a total of 7, $0.014 over a budget of $0.008)."""
+    project.makeconftest(_SUITE_SESSION)
+    result = project.runpytest_subprocess(
+        "--tokenmeter-json=usage.json", "--tokenmeter-budget=0.008", *workers
+    )
+    result.assert_outcomes(passed=3)
+    assert result.ret == pytest.ExitCode.OK
+    records = _records(project)
+    assert len(records) == 4
+    assert sorted(str(r["tags"]["test"]) for r in records) == [  # type: ignore[index]
+        "test_llm.py::test_one_call",
+        *["test_llm.py::test_three_calls"] * 3,
+    ]
+    report = json.loads((project.path / "usage.json").read_text())
+    assert (report["total"]["calls"], report["total"]["cost_usd"]) == (4, 0.008)
+    assert {row["nodeid"]: row["calls"] for row in report["tests"]} == {
+        "test_llm.py::test_three_calls": 3,
+        "test_llm.py::test_one_call": 1,
+    }
+
+
 def test_pytest_run_in_process_leaves_the_programs_own_instrumentation(
     pytester: pytest.Pytester,
 ) -> None:

@@ -219,6 +219,9 @@ class _Spend:
         self.before = self._counts(self.outside)
         #: The session's own counts in the test's row (``totals``); none before it is made.
         self.reported: dict[str, Any] = dict.fromkeys(_COUNTS, 0)
+        #: Later tests whose sessions were entered inside this one's (``Meter._nest``): their
+        #: calls roll up into this session's totals, but are in their own rows.
+        self.nested: list[_Spend] = []
 
     @staticmethod
     def _counts(session: Session) -> dict[str, Any]:
@@ -236,8 +239,14 @@ class _Spend:
     def late(self) -> dict[str, Any]:
         """The calls the test's session received after its row was made: work the test started
         that runs on after it (a thread started by a session-scoped fixture in its setup, which
-        serves every later test in this session; a stream read by a later test)."""
+        serves every later test in this session; a stream read by a later test). Not those of
+        the later tests nested in it, which have rows of their own (a session a suite-wide
+        fixture entered in the first test's setup holds every later test's session: each of
+        their calls was counted twice)."""
         now = self._counts(self.session)
+        for spend in self.nested:  # their whole sessions, late calls too: their own late()
+            theirs = self._counts(spend.session)
+            now = {name: now[name] - theirs[name] for name in _COUNTS}
         return {"nodeid": OUTSIDE_TESTS, **_row({n: now[n] - self.reported[n] for n in _COUNTS})}
 
 
@@ -295,8 +304,9 @@ class Meter:
         #: The calls made outside any test, in every process (see `_Outside`).
         self.outside: list[dict[str, Any]] = []
         self._outside: _Outside | None = None
-        #: What each test run in this process spent, read again at the end (``_Spend.late``).
-        self._spent: list[_Spend] = []
+        #: What each test run in this process spent, by its session's id, read again at the end
+        #: (``_Spend.late``).
+        self._spent: dict[str, _Spend] = {}
         self.is_worker = hasattr(config, "workerinput")
         #: An xdist controller: it neither collects nor runs a test (its workers do). xdist's own
         #: test: a ``--dist`` mode with no ``-n``/``--tx`` (``addopts``, ``-n`` given on CI only)
@@ -394,12 +404,24 @@ class Meter:
             item.stash[_DECIDED_KEY] = True
         if call.when == "teardown":
             setattr(report, REPORT_KEY, spend.totals(item.nodeid))
-            self._spent.append(spend)
+            self._nest(spend)
+            self._spent[spend.session.id] = spend
             outside = item.stash.get(_OUTSIDE_KEY, None)
             if self._outside is not None:
                 self._outside.take()  # the test's window ends: those calls were the test's
             if outside is not None and outside["calls"]:
                 setattr(report, OUTSIDE_KEY, outside)
+
+    def _nest(self, spend: _Spend) -> None:
+        """Tell the nearest earlier test whose session encloses this test's (through a session a
+        fixture entered in that test's setup and left open) that this test's calls are not late
+        calls of its own. The nearest only: its ``late`` leaves out this whole session, which
+        holds any session nested deeper."""
+        enclosing = spend.session.parent
+        while enclosing is not None and enclosing.id not in self._spent:
+            enclosing = enclosing.parent
+        if enclosing is not None:
+            self._spent[enclosing.id].nested.append(spend)
 
     # -- collecting (in the controller under xdist: the reports arrive from the workers) ---------
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -428,7 +450,7 @@ class Meter:
         # After the last test, or with no test at all (an xdist worker sends it as it ends).
         # The calls of tests' sessions made after their rows were counted nowhere: a thread a
         # session-scoped fixture started served 10 calls of later tests, none in the total.
-        outside = [spend.late() for spend in self._spent]
+        outside = [spend.late() for spend in self._spent.values()]
         if self._outside is not None:
             outside.append(self._outside.take())
         if self.is_worker:
