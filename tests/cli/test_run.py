@@ -308,6 +308,41 @@ def test_a_program_killed_by_sigkill_is_reported_and_the_run_dies_of_it_too(
     assert "killed by signal 9" in run.stderr and "Traceback" not in run.stderr
 
 
+def _can_start_a_pid_namespace() -> bool:
+    """``unshare --pid`` works here (root, or user namespaces allowed), as in a container."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = ["unshare", "--fork", "--pid", "--map-root-user", "true"]
+    if os.geteuid() == 0:
+        probe.remove("--map-root-user")
+    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+
+
+@pytest.mark.skipif(not _can_start_a_pid_namespace(), reason="cannot start a PID namespace")
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_as_pid_1_a_program_killed_by_a_signal_ends_the_run_with_128_plus_n(
+    tmp_path: Path, signal_name: str
+) -> None:
+    """As PID 1 of a PID namespace (a container's ENTRYPOINT) the run cannot die of a signal it
+    sends itself: it exited with the negative status, 241 for SIGTERM and 247 for SIGKILL (the
+    OOM killer's), where a shell, tini or dumb-init give 143 and 137."""
+    unshare = ["unshare", "--fork", "--pid"]
+    if os.geteuid() != 0:
+        unshare.append("--map-root-user")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENMETER_")}
+    program = ["sh", "-c", f"kill -{signal_name.removeprefix('SIG')} $$"]
+    run = subprocess.run(
+        [*unshare, sys.executable, "-m", "tokenmeter", "run", "-q", "--dir", "tm", "--", *program],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert run.returncode == 128 + getattr(signal, signal_name), run.stderr
+
+
 def _core_files_here() -> bool:
     """Core dumps written as files in the working directory, and allowed (Linux)."""
     try:

@@ -295,6 +295,10 @@ def run_command(args: argparse.Namespace) -> int:
         shutil.rmtree(totals, ignore_errors=True)
     if status < 0:  # the program died of a signal: so do we, after the summary
         _die_of(-status)
+        # Still alive: PID 1 of a PID namespace (a container's ENTRYPOINT) cannot die of a
+        # signal it sends itself. 128+N, as shells, tini and dumb-init report it: returned as
+        # is, -15 and -9 became exit statuses 241 and 247, which read as no signal at all.
+        return 128 - status
     return status
 
 
