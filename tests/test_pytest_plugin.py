@@ -140,6 +140,47 @@ def test_each_test_is_a_session_tagged_with_its_id(project: pytest.Pytester) -> 
     assert len({r["session_id"] for r in records}) == 2
 
 
+_ISOLATED_ASYNCIO_TESTS = """
+import unittest
+
+from tokenmeter.testing import FakeProvider
+
+FAKE = FakeProvider(openai_usage={"prompt_tokens": 1000, "completion_tokens": 500}).__enter__()
+
+
+class Chat(unittest.IsolatedAsyncioTestCase):
+    async def asyncSetUp(self):
+        self.client = FAKE.openai_client(async_=True)
+        await self.client.chat.completions.create(model="m-test", messages=[])
+
+    async def test_one(self):
+        await self.client.chat.completions.create(model="m-test", messages=[])
+
+    async def test_two(self):
+        for _ in range(2):
+            await self.client.chat.completions.create(model="m-test", messages=[])
+"""
+
+
+def test_an_isolated_asyncio_test_cases_calls_are_stored_in_its_session(
+    pytester: pytest.Pytester,
+) -> None:
+    """``IsolatedAsyncioTestCase`` runs its test in a context copied when pytest made its
+    instance, at collection: its calls were stored in the process's implicit session, without
+    the test's tag (``report --by tag:test`` found none), though the summary listed them."""
+    pytester.makepyprojecttoml(_PYPROJECT)
+    pytester.makepyfile(test_chat=_ISOLATED_ASYNCIO_TESTS)
+    result = pytester.runpytest_subprocess("--tokenmeter", "-p", "no:asyncio")
+    result.assert_outcomes(passed=2)
+    records = _records(pytester)
+    assert sorted(str(r["session_name"]) for r in records) == [
+        *["test_chat.py::Chat::test_one"] * 2,
+        *["test_chat.py::Chat::test_two"] * 3,
+    ]
+    for record in records:
+        assert record["tags"] == {"test": record["session_name"]}
+
+
 def test_ini_option_turns_it_on(project: pytest.Pytester) -> None:
     project.makepyprojecttoml(_INI + "tokenmeter = true\n" + _TOKENMETER)
     result = project.runpytest()

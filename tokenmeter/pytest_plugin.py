@@ -15,6 +15,7 @@ the controller: the controller adds up the same numbers a single process would, 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Generator, Iterator
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -355,6 +356,7 @@ class Meter:
         session = tokenmeter.session(item.nodeid, tags={"test": item.nodeid})
         item.stash[_SPEND_KEY] = _Spend(session)
         with session:
+            _give_the_session_to_an_isolated_asyncio_test(item)
             yield
 
     @pytest.hookimpl(tryfirst=True)
@@ -616,6 +618,22 @@ _DECIDED_KEY = pytest.StashKey[bool]()
 _OUTSIDE_KEY = pytest.StashKey[dict[str, Any]]()
 #: The test's ``tokenmeter_budget`` marker, read when its setup starts (None: no marker).
 _BUDGET_KEY = pytest.StashKey[Decimal | None]()
+
+
+def _give_the_session_to_an_isolated_asyncio_test(item: pytest.Item) -> None:
+    """A ``unittest.IsolatedAsyncioTestCase`` runs its ``asyncSetUp``, test and
+    ``asyncTearDown`` in a copy of the context made when its instance was (pytest makes it at
+    collection, before the test's session is entered): their calls went to the process's
+    implicit session, stored without the test's session and ``test`` tag. Its copy is made
+    again here, inside the test's session."""
+    import unittest
+
+    cls = getattr(item, "cls", None)
+    if not (isinstance(cls, type) and issubclass(cls, unittest.IsolatedAsyncioTestCase)):
+        return
+    instance: Any = getattr(item, "instance", None)
+    if hasattr(instance, "_asyncioTestContext"):  # CPython's name since 3.11
+        instance._asyncioTestContext = contextvars.copy_context()
 
 
 def _added(rows: list[dict[str, Any]]) -> dict[str, Any]:
