@@ -695,6 +695,17 @@ def test_the_default_session_name_never_holds_a_shell_command_line(
     assert f"tokenmeter: '{Path(sys.executable).name} app.py' (exit status 0)" in result.stderr
 
 
+@pytest.mark.parametrize("options", [["-W", "ignore"], ["-X", "dev"], ["-u"]])
+def test_the_default_session_name_has_the_script_after_python_options(
+    fake: FakeProvider, tmp_path: Path, options: list[str]
+) -> None:
+    """The value of ``-W`` / ``-X`` was taken for the script: ``python -W ignore app.py`` was
+    named ``python``, like any other script run so."""
+    app = _script(tmp_path / "app.py", _CALLS)
+    result = _run(["--", sys.executable, *options, app.name], _env(fake), cwd=tmp_path)
+    assert f"tokenmeter: '{Path(sys.executable).name} app.py' (exit status 0)" in result.stderr
+
+
 @pytest.mark.parametrize("inherited", ["lots", "5"])
 def test_a_budget_figure_inherited_from_the_environment_is_not_the_runs(
     inherited: str, tmp_path: Path

@@ -105,10 +105,30 @@ def _default_name(command: list[str]) -> str:
     hold secrets (``--api-key ...``). The script is a file: an argument that names none may be a
     command line (``sh -c "OPENAI_API_KEY=... python app.py"``)."""
     words = [os.path.basename(command[0])]
-    script = next((arg for arg in command[1:] if not arg.startswith("-")), None)
+    script = _script_argument(command[1:])
     if script is not None and script.endswith(".py") and os.path.isfile(script):
         words.append(os.path.basename(script))
     return " ".join(words)
+
+
+#: Python's options whose value is the next argument: ``-W ignore app.py`` took ``ignore`` for
+#: the script, and named the session ``python`` alone.
+_OPTIONS_WITH_A_VALUE = frozenset({"-W", "-X", "--check-hash-based-pycs"})
+#: Python's options after which no script follows (the program is their value).
+_OPTIONS_INSTEAD_OF_A_SCRIPT = frozenset({"-c", "-m"})
+
+
+def _script_argument(arguments: list[str]) -> str | None:
+    """The first argument that is no option nor an option's value: the script, if any."""
+    remaining = iter(arguments)
+    for arg in remaining:
+        if arg in _OPTIONS_INSTEAD_OF_A_SCRIPT:
+            return None
+        if arg in _OPTIONS_WITH_A_VALUE:
+            next(remaining, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
 
 def _child_environment(
