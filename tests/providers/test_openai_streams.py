@@ -20,7 +20,7 @@ from typing import Any
 import openai
 import pytest
 import wrapt
-from provider_helpers import MESSAGES, Answer, Records, cut_reply, only, sse_reply
+from provider_helpers import MESSAGES, Records, cut_reply, only, sse_reply
 
 import tokenmeter
 from tokenmeter.testing import FakeProvider
@@ -797,116 +797,6 @@ async def test_responses_stream_ending_incomplete_is_ok(
     record = only(records())
     assert (record.status, record.error, record.estimated) == ("ok", None, False)
     assert (record.input_tokens, record.output_tokens) == (20, 9)
-
-
-def _cut_chat_sse(finish: str) -> bytes:
-    """A chat stream of a structured answer cut off (``finish``), then the usage chunk."""
-    base = {"id": "chatcmpl-cut", "object": "chat.completion.chunk", "created": 1}
-    base["model"] = "gpt-4o-2024-08-06"
-    parts = [
-        {**base, "choices": [{"index": 0, "delta": {"content": '{"answer": "aa'}}]},
-        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]},
-        {**base, "choices": [], "usage": {"prompt_tokens": 5_000, "completion_tokens": 400}},
-    ]
-    text = "".join(f"data: {json.dumps(part)}\n\n" for part in parts)
-    return (text + "data: [DONE]\n\n").encode()
-
-
-@pytest.mark.parametrize(
-    ("finish", "raised"),
-    [("length", "LengthFinishReasonError"), ("content_filter", "ContentFilterFinishReasonError")],
-)
-async def test_a_cut_answer_the_chat_stream_helper_refuses_keeps_its_usage(
-    records: Records, kit: ModuleType, is_async: bool, finish: str, raised: str
-) -> None:
-    """``chat.completions.stream(response_format=...)`` raises on the chunk that says the answer
-    was cut, before the usage chunk right behind it: recorded ``ok``, estimated from the
-    request's text, not the 5,000 / 400 tokens billed. Now read on to the usage at the close:
-    an error record named by the helper's exception, with the usage, as for ``parse()``."""
-    client = kit.mock_openai(
-        lambda request: kit.sse_response(_cut_chat_sse(finish)), is_async=is_async
-    )
-    tokenmeter.instrument("openai")
-    manager = kit.chat_helpers(client).stream(
-        model="gpt-4o", messages=MESSAGES, response_format=Answer
-    )
-    with pytest.raises(Exception) as caught:
-        if is_async:
-            async with manager as stream:
-                await kit.drain(stream)
-        else:
-            with manager as stream:
-                list(stream)
-    assert type(caught.value).__name__ == raised  # the application's error, as without us
-    record = only(records())
-    assert (record.input_tokens, record.output_tokens, record.estimated) == (5_000, 400, False)
-    assert (record.status, record.error) == ("error", raised)
-
-
-async def test_a_chat_stream_closed_at_its_finish_reads_on_to_its_usage(
-    records: Records, kit: ModuleType, is_async: bool
-) -> None:
-    """A caller that closes its stream at the chunk ending the answer (the usage chunk it asked
-    for next): its record has that usage, not an estimate."""
-    client = kit.mock_openai(
-        lambda request: kit.sse_response(_cut_chat_sse("stop")), is_async=is_async
-    )
-    tokenmeter.instrument("openai")
-    stream = await _open(client, kit)
-    while not (await _next(stream)).choices[0].finish_reason:
-        pass
-    await kit.maybe(stream.close())
-    record = only(records())
-    assert (record.input_tokens, record.output_tokens, record.estimated) == (5_000, 400, False)
-    assert (record.status, record.error) == ("ok", None)
-
-
-def _cut_response_events() -> list[tuple[str | None, Any]]:
-    """A Responses stream of a structured answer cut at ``max_output_tokens``: its text, the
-    ``done`` events, then ``response.incomplete`` with the usage."""
-    text = '{"answer": "aa'
-    place = {"item_id": "msg_1", "output_index": 0, "content_index": 0, "logprobs": []}
-    part = {"type": "output_text", "text": text, "annotations": []}
-    item = {"type": "message", "id": "msg_1", "role": "assistant", "status": "incomplete"}
-    details = {"incomplete_details": {"reason": "max_output_tokens"}}
-    events = [
-        {"type": "response.output_item.added", "output_index": 0, "item": {**item, "content": []}},
-        {"type": "response.content_part.added", **place, "part": {**part, "text": ""}},
-        {"type": "response.output_text.delta", **place, "delta": text},
-        {"type": "response.output_text.done", **place, "text": text},
-        {"type": "response.content_part.done", **place, "part": part},
-        {
-            "type": "response.output_item.done",
-            "output_index": 0,
-            "item": {**item, "content": [part]},
-        },
-    ]
-    last = _terminal("response.incomplete", "incomplete", **details)
-    last["response"]["output"] = [{**item, "content": [part]}]
-    head = _responses_events(0, last)
-    return [head[0], *((event["type"], event) for event in events), head[1]]
-
-
-async def test_a_cut_answer_the_responses_stream_helper_refuses_keeps_its_usage(
-    records: Records, kit: ModuleType, is_async: bool
-) -> None:
-    """``responses.stream(text_format=...)`` parses the text at ``response.output_text.done``
-    and raises pydantic's ValidationError on the cut JSON, before ``response.incomplete`` (the
-    usage): recorded ``ok``, estimated. Now an error record with the usage billed."""
-    events = _cut_response_events()
-    client = kit.mock_openai(lambda request: sse_reply(kit.http, events), is_async=is_async)
-    tokenmeter.instrument("openai")
-    manager = client.responses.stream(model="gpt-4o", input="hi", text_format=Answer)
-    with pytest.raises(Exception, match="validation error"):
-        if is_async:
-            async with manager as stream:
-                await kit.drain(stream)
-        else:
-            with manager as stream:
-                list(stream)
-    record = only(records())
-    assert (record.input_tokens, record.output_tokens, record.estimated) == (20, 9, False)
-    assert (record.status, record.error) == ("error", "ValidationError")
 
 
 @pytest.mark.requires(openai=">=1.80")  # background responses

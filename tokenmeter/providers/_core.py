@@ -791,126 +791,11 @@ def _decoding_a_success(error: BaseException) -> bool:
 
 
 class StreamReader(Protocol):
-    """Per-stream O(1) state kept by an adapter. A reader may also have ``awaits_usage(call)``:
-    True when the stream's content ended and the event with its usage, which follows at once,
-    has not come (a stream closed there is read on to it: ``read_on``)."""
+    """Per-stream O(1) state kept by an adapter."""
 
     def feed(self, chunk: Any, call: Call) -> bool:
         """Read one chunk into ``call``; True to hide the chunk from the caller."""
         ...
-
-
-#: Events read on at most when a stream is closed after its content ended and before its usage
-#: came: the usage follows the content's end at once (a chat stream's usage chunk then
-#: ``[DONE]``; a Responses answer's ``done`` events then its terminal event; Anthropic's
-#: ``message_delta``), in a body mostly received already.
-_READ_ON_EVENTS = 8
-#: The modules of the SDKs' stream helpers (``chat.completions.stream()``,
-#: ``responses.stream()``, ``messages.stream()``), which raise on an answer they cannot turn
-#: into the caller's type above the raw stream tokenmeter reads.
-_STREAM_HELPERS = ("openai.lib.streaming", "anthropic.lib.streaming")
-
-
-def _awaits_usage(reader: Any, call: Call) -> bool:
-    """The stream's content ended, its usage not read yet (see ``StreamReader``)."""
-    awaits = getattr(reader, "awaits_usage", None)
-    return not call.done and awaits is not None and bool(safely("reading a stream", awaits, call))
-
-
-def _feed_read_on(reader: Any, event: Any, call: Call) -> None:
-    try:
-        reader.feed(event, call)
-    except Exception:
-        fault("reading a stream read on to its usage")
-
-
-def read_on(stream: Any, reader: Any, call: Call) -> BaseException | None:
-    """A stream being closed after its content ended, before its usage came (a stream helper
-    raised on the answer, or the caller stopped at its end): its next few events are read, so
-    that its record has the usage that was already on its way (bounded by ``_READ_ON_EVENTS``;
-    an event that cannot be read ends it). Returns the stream helper's exception being handled
-    (the call's error), if any."""
-    if not _awaits_usage(reader, call):
-        return None
-    for _ in range(_READ_ON_EVENTS):
-        try:
-            event = next(stream)
-        except Exception:
-            break
-        _feed_read_on(reader, event, call)
-        if not _awaits_usage(reader, call):
-            break
-    return _helper_error()
-
-
-async def read_on_async(stream: Any, reader: Any, call: Call) -> BaseException | None:
-    """The async twin of ``read_on``."""
-    if not _awaits_usage(reader, call):
-        return None
-    for _ in range(_READ_ON_EVENTS):
-        try:
-            event = await stream.__anext__()
-        except Exception:
-            break
-        _feed_read_on(reader, event, call)
-        if not _awaits_usage(reader, call):
-            break
-    return _helper_error()
-
-
-def closed_after_read_on(
-    stream: Any, reader: Any, call: Call, close: Callable[[], Any], finish: Callable[..., None]
-) -> Any:
-    """``close()`` a stream read on to its usage first (``read_on``), then ``finish`` its call
-    with the helper's error: closed and recorded even if the read on is interrupted (Ctrl-C)."""
-    error: BaseException | None = None
-    try:
-        error = read_on(stream, reader, call)
-    finally:
-        try:
-            result = close()
-        finally:
-            finish(error)
-    return result
-
-
-async def aclosed_after_read_on(
-    stream: Any,
-    reader: Any,
-    call: Call,
-    close: Callable[[], Awaitable[Any]],
-    finish: Callable[..., None],
-) -> Any:
-    """The async twin of ``closed_after_read_on`` (a task cancelled in the read on included)."""
-    error: BaseException | None = None
-    try:
-        error = await read_on_async(stream, reader, call)
-    finally:
-        try:
-            result = await close()
-        finally:
-            finish(error)
-    return result
-
-
-def _helper_error() -> BaseException | None:
-    """The exception being handled where a stream is closed, when an SDK's stream helper raised
-    it (``LengthFinishReasonError`` for an answer cut at the output cap, a ``ValidationError``
-    for JSON that is not the caller's type): the call's error, as for the non-streamed
-    ``parse()``. Told by its traceback, which runs through the helper's module; an exception of
-    the caller's own code in the ``with`` block does not."""
-    error = sys.exc_info()[1]
-    if not isinstance(error, Exception):
-        return None
-    traceback = error.__traceback__
-    for _ in range(_FRAMES_LOOKED_AT):
-        if traceback is None:
-            return None
-        module = traceback.tb_frame.f_globals.get("__name__")
-        if type(module) is str and module.startswith(_STREAM_HELPERS):
-            return error
-        traceback = traceback.tb_next
-    return None
 
 
 #: The protocols a proxy of ours may implement (wrapt's proxy has the context managers, and
@@ -1049,10 +934,7 @@ class _StreamProxyBase(SDKObjectProxy):
         not the raw stream, when their ``with`` block is left: this makes that close record at once.
         """
         if self._self_response is None:
-            wrapped = self.__wrapped__
-            self._self_response = _ClosingResponse(
-                wrapped.response, self._self_call, wrapped, self._self_reader
-            )
+            self._self_response = _ClosingResponse(self.__wrapped__.response, self._self_call)
         return self._self_response
 
     def __del__(self) -> None:  # abandoned without being drained or closed: record what it said
@@ -1062,27 +944,23 @@ class _StreamProxyBase(SDKObjectProxy):
 
 
 class _ClosingResponse(SDKObjectProxy):
-    """An SDK stream's HTTP response; closing it finalises the stream's call (read on to its
-    usage first when its content ended: ``read_on``). It holds the SDK's stream, not our proxy
-    of it (which holds this: no reference cycle delays the proxy's ``__del__``)."""
+    """An SDK stream's HTTP response; closing it finalises the stream's call."""
 
-    def __init__(self, wrapped: Any, call: Call, stream: Any, reader: Any) -> None:
+    def __init__(self, wrapped: Any, call: Call) -> None:
         super().__init__(wrapped)
         self._self_call = call
-        self._self_stream = stream
-        self._self_reader = reader
 
     def close(self) -> None:
-        call = self._self_call
-        closed_after_read_on(
-            self._self_stream, self._self_reader, call, self.__wrapped__.close, call.finish
-        )
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_call.finish()
 
     async def aclose(self) -> None:
-        call = self._self_call
-        await aclosed_after_read_on(
-            self._self_stream, self._self_reader, call, self.__wrapped__.aclose, call.finish
-        )
+        try:
+            await self.__wrapped__.aclose()
+        finally:
+            self._self_call.finish()
 
 
 class SyncIterableProxy(_StreamProxyBase):
@@ -1142,20 +1020,16 @@ class SyncStreamProxy(SyncIterableProxy):
         return self
 
     def __exit__(self, *exc_info: Any) -> Any:
-        wrapped = self.__wrapped__
-        return closed_after_read_on(
-            wrapped,
-            self._self_reader,
-            self._self_call,
-            lambda: wrapped.__exit__(*exc_info),
-            self._self_finish,
-        )
+        try:
+            return self.__wrapped__.__exit__(*exc_info)
+        finally:
+            self._self_finish()
 
     def close(self) -> None:
-        wrapped = self.__wrapped__
-        closed_after_read_on(
-            wrapped, self._self_reader, self._self_call, wrapped.close, self._self_finish
-        )
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_finish()
 
 
 class AsyncStreamProxy(_StreamProxyBase):
@@ -1186,14 +1060,10 @@ class AsyncStreamProxy(_StreamProxyBase):
         return self
 
     async def __aexit__(self, *exc_info: Any) -> Any:
-        wrapped = self.__wrapped__
-        return await aclosed_after_read_on(
-            wrapped,
-            self._self_reader,
-            self._self_call,
-            lambda: wrapped.__aexit__(*exc_info),
-            self._self_finish,
-        )
+        try:
+            return await self.__wrapped__.__aexit__(*exc_info)
+        finally:
+            self._self_finish()
 
     # Properties, so that ``hasattr`` answers as for the SDK's stream: anthropic's has no
     # ``aclose()``, an async generator no ``close()`` (generic cleanup asks which there is).
@@ -1207,9 +1077,10 @@ class AsyncStreamProxy(_StreamProxyBase):
 
     def _self_closing(self, closing: Callable[[], Awaitable[None]]) -> Callable[[], Any]:
         async def close() -> None:
-            await aclosed_after_read_on(
-                self.__wrapped__, self._self_reader, self._self_call, closing, self._self_finish
-            )
+            try:
+                await closing()
+            finally:
+                self._self_finish()
 
         return close
 

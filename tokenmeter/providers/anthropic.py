@@ -66,7 +66,7 @@ class EventReader:
     closing ``message_delta`` counts the hops (``usage.iterations``); a stream left before it
     is estimated hop by hop (``partial``)."""
 
-    __slots__ = ("declined", "delta", "ended", "start", "started", "stopped", "tally")
+    __slots__ = ("declined", "delta", "start", "started", "stopped", "tally")
 
     def __init__(self, hide_usage_chunk: bool = False) -> None:
         self.start: dict[str, Any] = {}
@@ -74,8 +74,6 @@ class EventReader:
         self.started = False
         #: ``message_stop`` came: the stream ran to its end.
         self.stopped = False
-        #: The last event was a ``content_block_stop``: ``message_delta`` follows the last one.
-        self.ended = False
         self.tally = TextTally()
         #: The hops that declined before the one streaming now: (model, the text it streamed).
         self.declined: list[tuple[str | None, TextTally]] = []
@@ -86,15 +84,8 @@ class EventReader:
         without it, or with a null one, brought none)."""
         return "output_tokens" in self.delta
 
-    def awaits_usage(self, call: Call) -> bool:
-        """A content block stopped last (the SDK's ``.stream(output_format=...)`` helper parses
-        the text there and raises on an answer cut at ``max_tokens``) and the output count has
-        not come: read on to ``message_delta`` at a close."""
-        return self.ended and not self.final
-
     def feed(self, event: Any, call: Call) -> bool:
         kind = getattr(event, "type", None)
-        self.ended = kind == "content_block_stop"
         if kind == "content_block_delta":
             delta = event.delta
             add = self.tally.add

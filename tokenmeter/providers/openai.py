@@ -46,15 +46,6 @@ _OUTPUT_DELTAS = {
     "response.reasoning_summary_text.delta",
     "response.reasoning_text.delta",
 }
-#: Responses stream events that finish a piece of the answer, which the SDK's stream helper
-#: may raise on (parsing the text or a strict tool's arguments); the terminal event follows the
-#: last one's.
-_PIECES_DONE = {
-    "response.output_text.done",
-    "response.function_call_arguments.done",
-    "response.content_part.done",
-    "response.output_item.done",
-}
 _NOT_YET_BILLED = {"queued", "in_progress"}
 #: A background response cancelled: billed for what it had done, which its usage says (none
 #: when it was cancelled before it ran: its usage is null, and nothing is estimated for it).
@@ -79,7 +70,7 @@ class ChunkReader:
     and holding chunks made the collector run young and full collections the bare stream never
     does."""
 
-    __slots__ = ("counted", "ended", "hide", "no_output", "quiet", "read", "text")
+    __slots__ = ("counted", "hide", "no_output", "quiet", "read", "text")
 
     def __init__(self, hide_usage_chunk: bool) -> None:
         self.hide = hide_usage_chunk
@@ -92,11 +83,8 @@ class ChunkReader:
         #: Every text chunk to read is read and the model is known: a chunk without usage is
         #: only counted (nearly every chunk of a long stream, so in as few steps as can be).
         self.quiet = False
-        #: The last chunk finished its choices: the usage chunk (when asked for) comes next.
-        self.ended = False
 
     def feed(self, chunk: Any, call: Call) -> bool:
-        self.ended = _finishes(chunk)
         if self.quiet and getattr(chunk, "usage", None) is None:
             self.counted += 1
             return False
@@ -130,12 +118,6 @@ class ChunkReader:
         call.read("reading stream usage", _read_usage, chunk, usage, call)
         return hidden
 
-    def awaits_usage(self, call: Call) -> bool:
-        """The content ended (a ``finish_reason`` on the last chunk: the SDK's ``.stream()``
-        helper raises ``LengthFinishReasonError`` there on a parsed answer cut at the output cap)
-        and the usage chunk that was asked for is the next one: read on to it at a close."""
-        return self.ended and call.usage is None and call.expects_usage
-
     @property
     def tally(self) -> TextTally:
         """The output text of the chunks read, scaled up for the chunks only counted."""
@@ -159,17 +141,6 @@ _OUTPUT_COUNTS = ("completion_tokens", "output_tokens", "total_tokens")
 #: estimate of a longer stream without usage is extrapolated from them. Reading costs a few
 #: attribute reads per chunk, so only the first ones are read and the rest counted.
 _READ_CHUNKS = 64
-
-
-def _finishes(chunk: Any) -> bool:
-    """Each of the chunk's choices carries a ``finish_reason`` (a usage chunk has none). The
-    first choice's is looked at first: on nearly every chunk, there is none."""
-    choices = getattr(chunk, "choices", None)
-    if type(choices) is not list or not choices:
-        return False
-    if getattr(choices[0], "finish_reason", None) is None:
-        return False
-    return all(getattr(choice, "finish_reason", None) is not None for choice in choices)
 
 
 def _groq_usage(chunk: Any) -> Any:
@@ -253,24 +224,13 @@ class ResponseEventReader:
     event is recorded as an error named by the event's code (estimated the same way), and one
     that ends on ``response.failed`` as an error named by the response's (its usage billed)."""
 
-    __slots__ = ("ended", "tally")
+    __slots__ = ("tally",)
 
     def __init__(self, hide_usage_chunk: bool = False) -> None:
         self.tally = TextTally()
-        #: The last event finished a piece of the answer (its text, an item): the terminal
-        #: event with the usage follows once the last one is done.
-        self.ended = False
-
-    def awaits_usage(self, call: Call) -> bool:
-        """A piece of the answer was done last (the SDK's ``.stream(text_format=...)`` helper
-        parses the text at ``response.output_text.done`` and raises there on JSON it cannot
-        validate, an answer cut at ``max_output_tokens``): read on to the terminal event at a
-        close, unless its usage came."""
-        return self.ended and call.usage is None and call.failure is None
 
     def feed(self, event: Any, call: Call) -> bool:
         kind = getattr(event, "type", None)
-        self.ended = type(kind) is str and kind in _PIECES_DONE
         if type(kind) is not str:
             if kind is None and getattr(event, "event", None) == "error":
                 # Older SDKs hand an SSE ``error`` event over wrapped: {"event", "data"}.
