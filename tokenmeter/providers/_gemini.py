@@ -35,7 +35,10 @@ _IMAGE_TOKENS = 1_290
 
 
 def image_tokens(model: str) -> int:
-    """The output tokens one generated image of ``model`` is billed at."""
+    """The output tokens one generated image of ``model`` is billed at: 0 for a model that
+    generates none (an image part there is a code execution's chart, not billed output)."""
+    if "image" not in model:
+        return 0
     for prefix, tokens in _IMAGE_TOKENS_BY_MODEL:
         if model.startswith(prefix):
             return tokens
