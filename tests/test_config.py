@@ -931,6 +931,24 @@ def test_a_relative_tokenmeter_prices_is_the_file_of_the_first_read_after_a_chdi
         tokenmeter.configure()
 
 
+def test_a_relative_tokenmeter_prices_is_not_pinned_by_a_read_that_could_not_find_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first read made outside the folder holding prices.toml (an intercepted call, an
+    import-time instrument()) was refused for it, yet pinned that folder: the configure() the
+    warning asks for, made in the right folder, raised for the first folder's file."""
+    start, app = tmp_path / "start", tmp_path / "app"
+    start.mkdir()
+    app.mkdir()
+    (app / "prices.toml").write_text('["gpt-4o-mini"]\ninput_per_mtok = 2\noutput_per_mtok = 8\n')
+    monkeypatch.setenv("TOKENMETER_PRICES", "prices.toml")
+    monkeypatch.chdir(start)
+    assert _runtime.settings_at_a_call() is None  # refused: no prices.toml here
+    monkeypatch.chdir(app)
+    tokenmeter.configure(sinks=[InMemorySink()])
+    assert tokenmeter.record("openai", "gpt-4o-mini", 1_000_000, 0).estimated_cost_usd == 2
+
+
 def test_a_first_read_outside_any_project_or_refused_pins_no_project(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

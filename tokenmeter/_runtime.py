@@ -36,9 +36,10 @@ _refused: str | None = None
 #: until then: a load made outside any project (an import-time ``instrument()``) or refused
 #: for its pyproject.toml pins nothing, and the next load looks from its own working directory.
 _project_start: Path | None = None
-#: The working directory of the first load: a relative ``TOKENMETER_PRICES`` (a container's
-#: ``WORKDIR`` and ``ENV``) names a file there. Looked for from each load's working directory,
-#: the file read at start-up made a configure() after an ``os.chdir()`` raise (and add nothing).
+#: The working directory of the first load whose prices file could be read: a relative
+#: ``TOKENMETER_PRICES`` (a container's ``WORKDIR`` and ``ENV``) names a file there. Looked for
+#: from each load's working directory, the file read at start-up made a configure() after an
+#: ``os.chdir()`` raise (and add nothing).
 _prices_base: Path | None = None
 renew_after_fork(globals(), "_lock")
 
@@ -67,11 +68,11 @@ def _load(explicit: Mapping[str, Any]) -> Settings:
     here = None
     with contextlib.suppress(OSError):  # a working directory removed: none to pin
         here = Path.cwd()
-    _prices_base = _prices_base or here
+    prices_base = _prices_base or here
     start = _project_start or here
     pinned = _project_start is not None or start is None
     try:
-        resolved = load_settings(explicit, cwd=start, prices_base=_prices_base)
+        resolved = load_settings(explicit, cwd=start, prices_base=prices_base)
     except ValueError:
         # Refused for TOKENMETER_MAX_QUEUE=10k, the project was not pinned: the configure()
         # fixing it after a chdir read no pyproject.toml, and dropped the project's prices.
@@ -80,7 +81,21 @@ def _load(explicit: Mapping[str, Any]) -> Settings:
         raise
     if not pinned:
         _project_start = _project_read(start, refused=False)
+    if _prices_base is None and _reads_its_prices_file(resolved):
+        _prices_base = prices_base
     return resolved
+
+
+def _reads_its_prices_file(resolved: Settings) -> bool:
+    """Whether the prices file of ``resolved`` (if any) can be read. Only such a load pins the
+    folder of a relative ``TOKENMETER_PRICES``: a first read made outside the folder holding
+    the file (an import-time instrument()) pinned that folder, and the configure() made where
+    the file is, after a chdir, could never find it."""
+    try:
+        check_settings_prices_file(resolved)
+    except ValueError:
+        return False
+    return True
 
 
 def _project_read(start: Path | None, *, refused: bool) -> Path | None:

@@ -186,7 +186,8 @@ def test_a_child_started_elsewhere_reads_a_relative_tokenmeter_prices_of_the_run
 ) -> None:
     """``TOKENMETER_PRICES=prices.toml`` was kept relative: a process of the program started in
     another directory said "not metering this process: prices.toml: cannot read prices file"
-    and ran unmetered, its calls missing from the run's store and outside its --budget."""
+    and ran unmetered, its calls missing from the run's store and outside its --budget. A
+    relative ``TOKENMETER_STATE_FILE`` was written in that directory, not the run's."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (tmp_path / "prices.toml").write_text('["m-test"]\ninput_per_mtok = 4\noutput_per_mtok = 4\n')
@@ -198,13 +199,15 @@ import subprocess, sys
 subprocess.run([sys.executable, {str(tmp_path / "child.py")!r}], check=True, cwd={str(elsewhere)!r})
 """,
     )
-    env = _env(fake, TOKENMETER_PRICES="prices.toml")
+    env = _env(fake, TOKENMETER_PRICES="prices.toml", TOKENMETER_STATE_FILE="state.md")
     result = _run(["--", sys.executable, parent.name], env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "not metering" not in result.stderr
     with sqlite3.connect(tmp_path / ".tokenmeter" / "usage.db") as conn:
         costs = conn.execute("SELECT estimated_cost_usd FROM records").fetchall()
     assert costs == [("0.006",)] * 2
+    # A relative state file likewise: the run's one, not the worker's own worker/state.md.
+    assert (tmp_path / "state.md").exists() and not (elsewhere / "state.md").exists()
 
 
 def test_sigterm_is_forwarded_and_the_exit_status_passed(

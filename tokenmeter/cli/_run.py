@@ -166,15 +166,17 @@ def _pin_settings(env: dict[str, str], settings: Any) -> None:
     process that started elsewhere (``subprocess.run(..., cwd=...)``) found another or no
     pyproject.toml, and without ``--dir`` wrote into its own ``./.tokenmeter``: its records
     unpriced and missing from the run's store, its spending outside the run's ``--budget``. A
-    relative ``TOKENMETER_PRICES`` is made absolute for the same reason."""
+    relative ``TOKENMETER_PRICES`` or ``TOKENMETER_STATE_FILE`` is made absolute for the same
+    reason (a worker started in ``worker/`` wrote its own ``worker/state.md``)."""
     from tokenmeter import _autorun
     from tokenmeter._config import find_pyproject
     from tokenmeter.sinks._files import absolute
 
     env["TOKENMETER_DIR"] = str(absolute(settings.directory))  # --dir's, made absolute too
-    prices = env.get("TOKENMETER_PRICES", "")
-    if prices.strip():  # relative, a process started elsewhere could not read it: unmetered
-        env["TOKENMETER_PRICES"] = str(absolute(prices))
+    for name in ("TOKENMETER_PRICES", "TOKENMETER_STATE_FILE"):
+        path = env.get(name, "")
+        if path.strip():  # relative, a process started elsewhere read or wrote another file
+            env[name] = str(absolute(path))
     if _autorun.ENV_PYPROJECT not in env:
         pyproject = find_pyproject(None)
         env[_autorun.ENV_PYPROJECT] = str(pyproject.resolve()) if pyproject else ""
