@@ -266,15 +266,13 @@ def _ledger_sinks(resolved: Settings) -> list[Sink]:
 def _guardrail_sinks(resolved: Settings, directory: Path, state_file: Path | None) -> list[Sink]:
     """The alert judge and the state-file writer run as sinks: on writer threads, off the
     caller's, and ``flush()`` waits for them like for any sink."""
-    from tokenmeter.guardrails._alerts import AlertSink, use_sinkless
+    from tokenmeter.guardrails._alerts import AlertSink
     from tokenmeter.guardrails._hooks import StateFileSink
 
     made: list[Sink] = []
     if resolved.disabled:
-        use_sinkless(None)
         return made
     if resolved.alerts or resolved.on_alert or resolved.budgets:
-        use_sinkless(None)
         alerts = AlertSink(
             resolved.alerts,
             directory / "alerts.jsonl",
@@ -282,8 +280,6 @@ def _guardrail_sinks(resolved: Settings, directory: Path, state_file: Path | Non
         )
         alerts.activate()
         made.append(alerts)
-    else:  # a session's budget_usd warnings are still written to alerts.jsonl
-        use_sinkless(directory / "alerts.jsonl")
     if state_file is not None:
         made.append(StateFileSink(state_file))
     return made

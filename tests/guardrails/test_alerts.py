@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import one_line_value_error, returns
+from helpers import one_line_value_error
 
 import tokenmeter
 from tokenmeter.cli._alerts import read_alerts
@@ -398,50 +398,6 @@ def test_failed_calls_that_used_nothing_do_not_drag_the_baseline_down(
     ask()  # as the first five
     assert tokenmeter.flush(5)
     assert seen.alerts == []
-
-
-def test_a_session_budget_warns_in_alerts_jsonl_with_no_other_alert_setting(
-    tmp_path: Path,
-) -> None:
-    """Without an alert rule, ``on_alert`` or configured budget no alert sink was made, and a
-    session's ``budget_usd`` warnings were only logged: alerts.jsonl, and so ``tokenmeter
-    alerts``, had none of them (0 lines for a session at 150 % of its budget)."""
-    tokenmeter.configure(sinks=[InMemorySink()], directory=tmp_path / "tm")
-    with tokenmeter.session("nightly", budget_usd=0.01) as nightly:  # $0.0075 a record
-        for _ in range(2):
-            tokenmeter.record("openai", "gpt-4o", input_tokens=1000, output_tokens=500)
-    assert tokenmeter.flush(5)
-    alerts, bad = read_alerts(tmp_path / "tm" / "alerts.jsonl")
-    assert bad == 0
-    assert [(a["rule"], a["scope"], a["session_id"]) for a in alerts] == [
-        ("budget_50pct", "session=nightly", nightly.id),
-        ("budget_80pct", "session=nightly", nightly.id),
-        ("budget_100pct", "session=nightly", nightly.id),
-    ]
-
-
-def test_a_session_budget_warning_made_while_its_thread_writes_one_does_not_hang(
-    tmp_path: Path,
-) -> None:
-    """With no alert sink, the thread that crossed the mark writes the warning; a record the
-    garbage collector makes on that thread as it writes (a call whose event loop was closed)
-    must not wait for the lock its own thread holds: it is written with the next one."""
-    from tokenmeter.guardrails import _alerts
-
-    tokenmeter.configure(sinks=[InMemorySink()], directory=tmp_path / "tm")
-
-    def work() -> None:
-        with tokenmeter.session("nightly", budget_usd=0.01):  # $0.0075 a record
-            tokenmeter.record("openai", "gpt-4o", input_tokens=100, output_tokens=10)
-            sinkless = _alerts._sinkless
-            assert sinkless is not None
-            with sinkless._lock:  # this thread is writing a warning
-                tokenmeter.record("openai", "gpt-4o", input_tokens=1000, output_tokens=500)
-            tokenmeter.record("openai", "gpt-4o", input_tokens=1000, output_tokens=500)
-
-    assert returns(work, "a warning waited for its own thread's lock", limit=30) == []
-    alerts, _ = read_alerts(tmp_path / "tm" / "alerts.jsonl")
-    assert [a["rule"] for a in alerts] == ["budget_50pct", "budget_80pct", "budget_100pct"]
 
 
 def test_a_failing_callback_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -186,10 +186,6 @@ class _SessionSample:
 
 # -- delivery -----------------------------------------------------------------------------------
 _active: AlertSink | None = None
-#: Where a posted alert goes when no alert sink was made (no alert rule, ``on_alert`` or
-#: configured budget): a session's ``budget_usd`` warnings, which any process may give. None:
-#: tokenmeter is switched off, nothing is written.
-_sinkless: AlertSink | None = None
 #: Ids of records made by callbacks, not yet seen by the alert sink: past this many (records
 #: that never reached it) the set starts over.
 _MAX_OWN = 10_000
@@ -215,23 +211,9 @@ def post(alert: Alert, *, once: bool = False, scope_per_call: bool = False) -> N
             logger.debug("tokenmeter: no sinks for an alert", exc_info=True)
         sink = _active
     if sink is None:
-        fallback = _sinkless
-        if fallback is None:
-            logger.warning("tokenmeter alert: %s", alert.message)
-        else:
-            fallback.deliver_now(_Pending(alert, once, own))
+        logger.warning("tokenmeter alert: %s", alert.message)
         return
     sink.pending.append(_Pending(alert, once, own))
-
-
-def use_sinkless(path: Path | None) -> None:
-    """Deliver the alerts posted while there is no alert sink to ``path`` (alerts.jsonl), or
-    only log them (None). Only logged, a session's budget warnings never reached alerts.jsonl
-    nor ``tokenmeter alerts`` unless some unrelated alert setting made the sink. No writer
-    thread is kept for them (every process would carry one for a few lines): the thread that
-    crossed the mark writes its warning."""
-    global _sinkless
-    _sinkless = None if path is None else AlertSink((), path)
 
 
 def _callbacks_own(alert: Alert) -> bool:
@@ -334,20 +316,6 @@ class AlertSink:
         with self._lock:
             self._seed()
             self._deliver_pending()
-
-    def deliver_now(self, pending: _Pending) -> None:
-        """Deliver an alert on the calling thread (a sink no writer runs: ``use_sinkless``).
-        Never waits for the lock: its holder delivers what is pending before it lets go, and
-        looks again once it has. It may be this thread, a record made by the garbage collector
-        (a call whose event loop was closed) while it wrote: waiting there was waiting for
-        ever."""
-        self.pending.append(pending)
-        while self.pending and self._lock.acquire(blocking=False):
-            try:
-                self._seed()
-                self._deliver_pending()
-            finally:
-                self._lock.release()
 
     def close(self) -> None:
         global _active
