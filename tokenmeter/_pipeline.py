@@ -948,6 +948,7 @@ class _Writer:
             self._judge_accused()
         recovered = self._failures
         self._failures, self._reported = 0, False  # before the line: logging may raise
+        self._proofs_failed = 0  # an outage's passes no longer pick records out of order
         if recovered:
             logger.warning("tokenmeter sink %s recovered; kept records written", _name(self.sink))
 
@@ -1158,9 +1159,15 @@ class _Writer:
                 # them at the head of the queue, a refused session's start and end, which held
                 # back every item behind them for good). A later item tells which, and keeps a
                 # sink that is down at three writes a pass.
+                # (None of their kind behind them, a later run: a refused session's two records.)
                 ahead = _ahead(items, index + 1, self._proofs_failed)
-                if ahead is None or not self._took(items[ahead]):
-                    self._proofs_failed += ahead is not None
+                if ahead is None:
+                    if not self._later_run_taken(len(runs)):
+                        return False  # the sink is down, or the run tried held poison too
+                elif self._took(items[ahead]):
+                    self._proofs_failed = 0  # the next proof is the last item again
+                else:
+                    self._proofs_failed += 1
                     return False  # the sink is down, or the item tried was poison too
             written = True
             for poison, _ in accused:  # the sink works on both sides of their failure
@@ -1173,17 +1180,10 @@ class _Writer:
                 error = self._refused(suspect)
                 if error is not None:
                     accused.append((suspect, error))
-        probe = self._probe(len(runs)) if not written and len(suspects) == 1 else None
-        if probe is not None:
+        if not written and len(suspects) == 1 and self._later_run_taken(len(runs)):
             # One item failed with no other of its kind behind it (a session's only record,
             # between the session's start and end): a run written behind it shows whether the
             # sink is down or the item cannot be stored.
-            try:
-                self._write(self._pending[probe])
-            except BaseException:
-                self._proofs_failed += 1
-                return False
-            del self._pending[probe]
             written = True
             retry, suspects = suspects, []
             error = self._refused(retry[0])
@@ -1204,6 +1204,21 @@ class _Writer:
             self._write([item])
         except BaseException:
             return False
+        return True
+
+    def _later_run_taken(self, start: int) -> bool:
+        """Write a run from ``start`` on (``_probe``) before its turn, to show the sink works:
+        whether the sink took it (then it is no longer pending). False when there is none."""
+        probe = self._probe(start)
+        if probe is None:
+            return False
+        try:
+            self._write(self._pending[probe])
+        except BaseException:
+            self._proofs_failed += 1
+            return False
+        del self._pending[probe]
+        self._proofs_failed = 0  # the next proof is the first run again
         return True
 
     def _probe(self, start: int) -> int | None:
