@@ -3145,3 +3145,47 @@ def test_sinks_that_could_not_be_made_are_tried_again_a_second_later(
     tokenmeter.record("openai", "gpt-4o", 20, 2)
     assert tokenmeter.flush(timeout=30)
     assert [r.input_tokens for r in sink.records] == [20]
+
+
+SIGNALS_REFUSED = """
+import multiprocessing as mp, sys, threading
+
+def child(queue):
+    start = threading.Thread.start
+
+    def start_or_refuse(thread):  # a pids limit, for our signal watcher
+        if thread.name.startswith("tokenmeter-signals"):
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    threading.Thread.start = start_or_refuse
+    import tokenmeter
+
+    try:
+        tokenmeter.configure(sinks=["jsonl"], directory=".")
+        tokenmeter.instrument("openai")
+        tokenmeter.record("openai", "gpt-4o", 10, 1)
+        queue.put("ok")
+    except BaseException as exc:
+        queue.put(repr(exc))
+
+if __name__ == "__main__":
+    mp.set_start_method("fork")
+    queue = mp.Queue()
+    process = mp.Process(target=child, args=(queue,))
+    process.start()
+    print(queue.get(timeout=60))
+    process.join(60)
+"""
+
+
+def test_a_signal_watcher_that_cannot_start_never_fails_the_application(tmp_path: Path) -> None:
+    """In a multiprocessing child, the thread watching for termination signals started
+    unguarded: at a pids limit, configure() (else instrument(), else the first record) raised
+    RuntimeError into the application. It is logged, and the child goes on metering."""
+    script = tmp_path / "app.py"
+    script.write_text(SIGNALS_REFUSED)
+    done = run_python(str(script), env=os.environ, cwd=tmp_path)
+    assert done.stdout.strip() == "ok"
+    assert "signal watcher thread could not start" in done.stderr
+    assert (tmp_path / "usage.jsonl").read_text().count("\n") == 1

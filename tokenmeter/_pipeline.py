@@ -2382,8 +2382,16 @@ def _watch_for_missed_signals() -> None:
         os.close(read)
         os.close(write)
         return
+    try:
+        start_thread(lambda: _watch_signals(read), "tokenmeter-signals")
+    except RuntimeError as exc:  # a pids limit: no watcher, never a fault of the caller's
+        with contextlib.suppress(ValueError, OSError):
+            signal.set_wakeup_fd(-1)
+        os.close(read)
+        os.close(write)
+        logger.warning("tokenmeter: the signal watcher thread could not start (%s)", exc)
+        return
     _wakeup = (read, write)
-    start_thread(lambda: _watch_signals(read), "tokenmeter-signals")
 
 
 def _watch_signals(read: int) -> None:
