@@ -261,40 +261,6 @@ def test_calls_made_while_collecting_are_counted(
     result.stdout.fnmatch_lines([f"(outside tests)*{collected}*"])
 
 
-_CALL_AT_SESSION_START = """
-from tokenmeter.testing import FakeProvider
-
-FAKE = FakeProvider(openai_usage={"prompt_tokens": 1000, "completion_tokens": 500}).__enter__()
-
-
-def pytest_sessionstart(session):  # a key check, the assistant the suite uses
-    FAKE.openai_client().chat.completions.create(model="m-test", messages=[])
-"""
-
-
-@pytest.mark.parametrize(
-    ("workers", "processes"), [([], 1), (["-n", "2"], 3)], ids=["alone", "xdist"]
-)
-def test_calls_made_as_the_session_starts_are_counted(
-    pytester: pytest.Pytester, workers: list[str], processes: int
-) -> None:
-    """Instrumented at collection, the call a conftest's ``pytest_sessionstart`` made was billed
-    but never recorded: not stored, not in the summary, "within the budget of $0.001". Under
-    xdist the controller and each worker run the hook."""
-    pytester.makepyprojecttoml(_PYPROJECT)
-    pytester.makeconftest(_CALL_AT_SESSION_START)
-    pytester.makepyfile(test_nothing="def test_nothing():\n    pass\n")
-    result = pytester.runpytest_subprocess(
-        "--tokenmeter-json=usage.json", "--tokenmeter-budget=0.001", *workers
-    )
-    result.assert_outcomes(passed=1)
-    assert len(_records(pytester)) == processes
-    report = json.loads((pytester.path / "usage.json").read_text())
-    assert report["total"]["calls"] == processes
-    assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines([f"(outside tests)*{processes}*"])
-
-
 @pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["alone", "xdist"])
 def test_a_budget_passed_while_collecting_fails_a_run_with_no_test_selected(
     pytester: pytest.Pytester, workers: list[str]

@@ -309,6 +309,14 @@ class Meter:
         #: (``_Spend.late``).
         self._spent: dict[str, _Spend] = {}
         self.is_worker = hasattr(config, "workerinput")
+        #: An xdist controller: it neither collects nor runs a test (its workers do). xdist's own
+        #: test: a ``--dist`` mode with no ``-n``/``--tx`` (``addopts``, ``-n`` given on CI only)
+        #: runs the tests here, and the calls made while collecting went unmetered.
+        self.is_controller = (
+            not self.is_worker
+            and config.getoption("dist", "no") != "no"
+            and bool(config.getoption("tx", None))
+        )
         #: The providers the plugin patched (not those the application had patched already).
         self._patched: set[str] = set()
         #: What disabled tokenmeter (TOKENMETER_DISABLED...): the tests ran unmetered.
@@ -334,15 +342,14 @@ class Meter:
 
         self._patched.update(tokenmeter.instrument().providers)
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_sessionstart(self) -> None:
-        """Metered from the session's start, before any conftest's ``pytest_sessionstart`` (a
-        key check, the assistant or vector store the suite uses) and collection (a test
-        module's calls at import, a parametrize list a model wrote): instrumented at collection,
-        a session-start hook's call was billed but never recorded, nor in the summary or the
-        budget. An xdist controller too: it runs those hooks as well (its workers collect)."""
-        self._outside = _Outside()
-        self._instrument()
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_collection(self) -> Iterator[None]:
+        """Metered from collection on: a test module's calls at import (a parametrize list a
+        model wrote) were made unmetered, missing from the store, the summary and the budget."""
+        if not self.is_controller:  # which collects nothing, and must not be instrumented
+            self._outside = _Outside()
+            self._instrument()
+        yield
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Iterator[None]:
