@@ -167,18 +167,27 @@ def test_an_isolated_asyncio_test_cases_calls_are_stored_in_its_session(
 ) -> None:
     """``IsolatedAsyncioTestCase`` runs its test in a context copied when pytest made its
     instance, at collection: its calls were stored in the process's implicit session, without
-    the test's tag (``report --by tag:test`` found none), though the summary listed them."""
+    the test's tag (``report --by tag:test`` found none), though the summary listed them.
+    Copied again as the test's session was entered, the copy missed the session a fixture
+    opened then (a suite's ``build`` tag): it is made when the test is called."""
     pytester.makepyprojecttoml(_PYPROJECT)
+    pytester.makeconftest(
+        "import pytest, tokenmeter\n"
+        "@pytest.fixture(scope='session', autouse=True)\n"
+        "def suite():\n"
+        "    with tokenmeter.session('suite', tags={'build': '1234'}):\n"
+        "        yield\n"
+    )
     pytester.makepyfile(test_chat=_ISOLATED_ASYNCIO_TESTS)
     result = pytester.runpytest_subprocess("--tokenmeter", "-p", "no:asyncio")
     result.assert_outcomes(passed=2)
     records = _records(pytester)
-    assert sorted(str(r["session_name"]) for r in records) == [
+    # (The first test's calls are in the suite's session, which its setup opened inside it.)
+    assert sorted(str(r["tags"].get("test")) for r in records) == [
         *["test_chat.py::Chat::test_one"] * 2,
         *["test_chat.py::Chat::test_two"] * 3,
     ]
-    for record in records:
-        assert record["tags"] == {"test": record["session_name"]}
+    assert all(record["tags"]["build"] == "1234" for record in records)
 
 
 def test_ini_option_turns_it_on(project: pytest.Pytester) -> None:

@@ -363,8 +363,13 @@ class Meter:
         session = tokenmeter.session(item.nodeid, tags={"test": item.nodeid})
         item.stash[_SPEND_KEY] = _Spend(session)
         with session:
-            _give_the_session_to_an_isolated_asyncio_test(item)
             yield
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> None:
+        """After the fixtures ran: the context a session a fixture opened (a suite's ``build``
+        tag) is the test's too (see ``_give_the_session_to_an_isolated_asyncio_test``)."""
+        _give_the_session_to_an_isolated_asyncio_test(item)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -632,7 +637,7 @@ def _give_the_session_to_an_isolated_asyncio_test(item: pytest.Item) -> None:
     ``asyncTearDown`` in a copy of the context made when its instance was (pytest makes it at
     collection, before the test's session is entered): their calls went to the process's
     implicit session, stored without the test's session and ``test`` tag. Its copy is made
-    again here, inside the test's session."""
+    again when the test is called: inside the test's session, and those its fixtures opened."""
     import unittest
 
     cls = getattr(item, "cls", None)
