@@ -19,7 +19,13 @@ import pytest
 pytest.importorskip("psycopg", reason="psycopg is not installed (tokenmeter[postgres])")
 
 from conftest import CommitAnswerLost
-from helpers import check_lease_protocol, held_by_another_thread, hold_budget, returns
+from helpers import (
+    check_lease_protocol,
+    held_by_another_thread,
+    hold_budget,
+    refuse_threads,
+    returns,
+)
 
 from tokenmeter.sinks.postgres import PostgresSink
 from tokenmeter.testing import FakeProvider
@@ -154,6 +160,20 @@ def test_a_database_with_a_short_lock_timeout_never_fails_a_call(pg_dsn: str) ->
     that failed the check (LockNotAvailable) and let the call through unreserved.
     statement_timeout_s bounds every wait instead."""
     _race_four_ledgers(pg_dsn, "lock_timeout = '1ms'")
+
+
+def test_a_watchdog_that_cannot_start_neither_fails_the_call_nor_stays_off(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread that cuts off a hung transaction could not start (a pids limit): the
+    reservation failed (the call let through unreserved), and the watchdog was marked running
+    with no thread, so it never started again. The transaction runs unwatched that once."""
+    ledger = PostgresSink(pg_dsn).budget_ledger()
+    refuse_threads(monkeypatch, "tokenmeter-pg-ledger", 1)
+    assert ledger.reserve("k", DAY, 10.0, 1.0) == (True, 0.0)
+    assert ledger.reserve("k", DAY, 10.0, 1.0) == (True, 1.0)
+    assert any(t.name.startswith("tokenmeter-pg-ledger") for t in threading.enumerate())
+    ledger.close()
 
 
 def test_a_killed_connection_is_replaced(pg_dsn: str) -> None:

@@ -400,7 +400,11 @@ class _Watchdog:
                 from tokenmeter._pipeline import start_thread
 
                 self._running, self._stopping = True, False
-                self._thread = start_thread(self._watch, self._name)
+                try:
+                    self._thread = start_thread(self._watch, self._name)
+                except RuntimeError:  # a pids limit: the transaction runs unwatched this time
+                    self._running = False  # and the next one tries again
+                    self._conn = None
             elif self._idle:
                 self._cond.notify()
         return cut
