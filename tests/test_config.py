@@ -949,6 +949,24 @@ def test_a_relative_tokenmeter_prices_is_not_pinned_by_a_read_that_could_not_fin
     assert tokenmeter.record("openai", "gpt-4o-mini", 1_000_000, 0).estimated_cost_usd == 2
 
 
+def test_a_first_read_refused_for_another_setting_pins_the_prices_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused for ``TOKENMETER_MAX_QUEUE=10k`` where prices.toml is: the configure() the
+    warning asks for, after a chdir, looked for prices.toml in the new folder, and raised."""
+    app, work = tmp_path / "app", tmp_path / "work"
+    app.mkdir()
+    work.mkdir()
+    (app / "prices.toml").write_text('["gpt-4o-mini"]\ninput_per_mtok = 2\noutput_per_mtok = 8\n')
+    monkeypatch.setenv("TOKENMETER_PRICES", "prices.toml")
+    monkeypatch.setenv("TOKENMETER_MAX_QUEUE", "10k")
+    monkeypatch.chdir(app)
+    assert _runtime.settings_at_a_call() is None  # refused for max_queue
+    monkeypatch.chdir(work)
+    tokenmeter.configure(sinks=[InMemorySink()], max_queue=10_000)
+    assert tokenmeter.record("openai", "gpt-4o-mini", 1_000_000, 0).estimated_cost_usd == 2
+
+
 def test_a_first_read_outside_any_project_or_refused_pins_no_project(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1197,6 +1197,35 @@ def test_a_refused_record_and_session_end_never_hold_back_the_sessions_behind_th
     assert sorted(k["record"]["id"] for k in kept) == sorted([*(r.id for r in bad), refused.id])
 
 
+class RecordsDown(InMemorySink):
+    """Its records fail (a table locked) while its sessions are written, until ``down`` is
+    cleared."""
+
+    down = True
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        if self.down:
+            raise TimeoutError("canceling statement due to statement timeout")
+        super().write(records)
+
+
+@pytest.mark.parametrize("calls", [1, 2])
+def test_records_failing_while_sessions_are_written_are_kept_not_set_aside(calls: int) -> None:
+    """A sink whose records fail for a while and whose sessions go through: the session's end
+    row, written ahead to show the sink works, was taken as proof, and the session's records
+    were set aside as poison. Only records show that records can be written."""
+    sink = RecordsDown()
+    tokenmeter.configure(sinks=[sink])
+    with tokenmeter.session("job"):
+        made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(calls)]
+    writer = _pipeline._writers()[0]
+    wait_for(lambda: writer._failures > _pipeline._ISOLATE_AFTER + 1, "isolated passes")
+    sink.down = False
+    assert tokenmeter.flush(30)
+    assert [r.id for r in sink.records] == [r.id for r in made]
+    assert not (Path(".tokenmeter") / "quarantine.jsonl").exists()
+
+
 def test_a_sink_down_through_isolated_passes_has_nothing_set_aside() -> None:
     """Every write fails, with many records waiting in runs of their own: each isolated pass
     tries a later record too, which fails as well, so nothing is taken for poison; all of them

@@ -1222,17 +1222,16 @@ class _Writer:
         return True
 
     def _probe(self, start: int) -> int | None:
-        """The index of a run from ``start`` on that the sink really writes (a run of sessions
-        is no proof for a sink without ``write_sessions``, which is never called): the first,
-        or, when proofs failed before (it held poison too: a refused session's end row behind
-        its refused record), a later run of records, each pass the next. A later run of
-        sessions never goes first: it may end a session that an earlier run starts."""
-        real_sessions = getattr(self.sink, "write_sessions", None) is not None
+        """The index of a run of records from ``start`` on, to write before its turn: the first,
+        or, when proofs failed before (it held poison too: a refused session's records), the
+        next one each pass. Never a run of sessions: a session's row the sink takes is no proof
+        for records it fails (a records table locked, a sink without ``write_sessions``), and a
+        later one may end a session that an earlier run starts."""
         pending = self._pending
         runs = [
             index
             for index in range(start, len(pending))
-            if not isinstance(pending[index][0], SessionInfo) or (index == start and real_sessions)
+            if not isinstance(pending[index][0], SessionInfo)
         ]
         return runs[self._proofs_failed % len(runs)] if runs else None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -36,7 +37,7 @@ _refused: str | None = None
 #: until then: a load made outside any project (an import-time ``instrument()``) or refused
 #: for its pyproject.toml pins nothing, and the next load looks from its own working directory.
 _project_start: Path | None = None
-#: The working directory of the first load whose prices file could be read: a relative
+#: The working directory of the first load made where its prices file is: a relative
 #: ``TOKENMETER_PRICES`` (a container's ``WORKDIR`` and ``ENV``) names a file there. Looked for
 #: from each load's working directory, the file read at start-up made a configure() after an
 #: ``os.chdir()`` raise (and add nothing).
@@ -69,6 +70,8 @@ def _load(explicit: Mapping[str, Any]) -> Settings:
     with contextlib.suppress(OSError):  # a working directory removed: none to pin
         here = Path.cwd()
     prices_base = _prices_base or here
+    if _prices_base is None and _holds_the_prices_file(prices_base):
+        _prices_base = prices_base  # by a refused load too: the configure() mending it reads it
     start = _project_start or here
     pinned = _project_start is not None or start is None
     try:
@@ -81,21 +84,21 @@ def _load(explicit: Mapping[str, Any]) -> Settings:
         raise
     if not pinned:
         _project_start = _project_read(start, refused=False)
-    if _prices_base is None and _reads_its_prices_file(resolved):
-        _prices_base = prices_base
     return resolved
 
 
-def _reads_its_prices_file(resolved: Settings) -> bool:
-    """Whether the prices file of ``resolved`` (if any) can be read. Only such a load pins the
-    folder of a relative ``TOKENMETER_PRICES``: a first read made outside the folder holding
-    the file (an import-time instrument()) pinned that folder, and the configure() made where
-    the file is, after a chdir, could never find it."""
-    try:
-        check_settings_prices_file(resolved)
-    except ValueError:
+def _holds_the_prices_file(folder: Path | None) -> bool:
+    """Whether ``folder`` holds the file a relative ``TOKENMETER_PRICES`` names: only such a
+    folder is pinned for it. A first read made elsewhere (an import-time instrument()) pinned
+    a folder without it, and the configure() made where the file is, after a chdir, could never
+    find it."""
+    name = os.environ.get("TOKENMETER_PRICES", "")
+    if folder is None or not name.strip():
         return False
-    return True
+    try:
+        return (folder / os.path.expanduser(name)).is_file()
+    except (OSError, ValueError):  # a name too long, a NUL
+        return False
 
 
 def _project_read(start: Path | None, *, refused: bool) -> Path | None:

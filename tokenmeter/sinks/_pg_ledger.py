@@ -402,9 +402,10 @@ class _Watchdog:
                 self._running, self._stopping = True, False
                 try:
                     self._thread = start_thread(self._watch, self._name)
-                except RuntimeError:  # a pids limit: the transaction runs unwatched this time
-                    self._running = False  # and the next one tries again
-                    self._conn = None
+                except RuntimeError:  # a pids limit: no transaction runs unwatched (a frozen
+                    self._running = False  # server would hold the call for ever); the next
+                    self._conn = None  # one tries again, this one fails as a ledger fault
+                    raise
             elif self._idle:
                 self._cond.notify()
         return cut
