@@ -871,6 +871,19 @@ def test_relative_paths_are_where_the_process_was_when_the_settings_were_read(
     assert (tmp_path / "a" / "state.md").read_text().count("TOKEN_TRACKING") == 1
 
 
+def _project_with_prices(tmp_path: Path, more: str = "") -> tuple[Path, Path]:
+    """``project`` whose pyproject.toml sets a directory (.costs), the JSONL sink, gpt-4o-mini
+    at $2/M in and ``more``, and another folder, ``elsewhere``."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[tool.tokenmeter]\ndirectory = ".costs"\nsinks = ["jsonl"]\n'
+        '[tool.tokenmeter.prices."gpt-4o-mini"]\ninput_per_mtok = 2\noutput_per_mtok = 8\n' + more
+    )
+    return project, elsewhere
+
+
 def test_a_configure_after_a_change_of_directory_keeps_the_projects_pyproject(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -878,13 +891,8 @@ def test_a_configure_after_a_change_of_directory_keeps_the_projects_pyproject(
     a process that had left its project (a daemon going to its work dir) and only added a hook
     lost the project's prices ($0.15 instead of its $2.00), its budget, its directory (records
     split over two stores) and its ``disabled = true``, silently."""
-    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
-    project.mkdir()
-    elsewhere.mkdir()
-    (project / "pyproject.toml").write_text(
-        '[tool.tokenmeter]\ndirectory = ".costs"\nsinks = ["jsonl"]\n'
-        '[tool.tokenmeter.prices."gpt-4o-mini"]\ninput_per_mtok = 2\noutput_per_mtok = 8\n'
-        '[[tool.tokenmeter.budgets]]\nlimit_usd = 3\nperiod = "day"\n'
+    project, elsewhere = _project_with_prices(
+        tmp_path, '[[tool.tokenmeter.budgets]]\nlimit_usd = 3\nperiod = "day"\n'
     )
     monkeypatch.chdir(project)
     tokenmeter.record("openai", "gpt-4o-mini", 1_000_000, 0)
@@ -902,6 +910,17 @@ def test_a_configure_after_a_change_of_directory_keeps_the_projects_pyproject(
     assert not _runtime.settings().disabled
 
 
+def _app_with_relative_prices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """``app`` holding prices.toml (gpt-4o-mini at $2/M in) named by a relative
+    ``TOKENMETER_PRICES``, and another folder, ``elsewhere``."""
+    app, elsewhere = tmp_path / "app", tmp_path / "elsewhere"
+    app.mkdir()
+    elsewhere.mkdir()
+    (app / "prices.toml").write_text('["gpt-4o-mini"]\ninput_per_mtok = 2\noutput_per_mtok = 8\n')
+    monkeypatch.setenv("TOKENMETER_PRICES", "prices.toml")
+    return app, elsewhere
+
+
 @pytest.mark.parametrize("read_by", ["configure", "instrument"])
 def test_a_relative_tokenmeter_prices_is_the_file_of_the_first_read_after_a_chdir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_by: str
@@ -909,11 +928,7 @@ def test_a_relative_tokenmeter_prices_is_the_file_of_the_first_read_after_a_chdi
     """``TOKENMETER_PRICES=prices.toml`` (a container's WORKDIR and ENV) was looked for again
     from each configure()'s working directory: the application's configure(on_session_end=...)
     after an os.chdir() raised "prices.toml: cannot read prices file", and added no hook."""
-    app, work = tmp_path / "app", tmp_path / "work"
-    app.mkdir()
-    work.mkdir()
-    (app / "prices.toml").write_text('["gpt-4o-mini"]\ninput_per_mtok = 2\noutput_per_mtok = 8\n')
-    monkeypatch.setenv("TOKENMETER_PRICES", "prices.toml")
+    app, work = _app_with_relative_prices(tmp_path, monkeypatch)
     monkeypatch.chdir(app)
     if read_by == "configure":
         tokenmeter.configure()
@@ -937,11 +952,7 @@ def test_a_relative_tokenmeter_prices_is_not_pinned_by_a_read_that_could_not_fin
     """The first read made outside the folder holding prices.toml (an intercepted call, an
     import-time instrument()) was refused for it, yet pinned that folder: the configure() the
     warning asks for, made in the right folder, raised for the first folder's file."""
-    start, app = tmp_path / "start", tmp_path / "app"
-    start.mkdir()
-    app.mkdir()
-    (app / "prices.toml").write_text('["gpt-4o-mini"]\ninput_per_mtok = 2\noutput_per_mtok = 8\n')
-    monkeypatch.setenv("TOKENMETER_PRICES", "prices.toml")
+    app, start = _app_with_relative_prices(tmp_path, monkeypatch)
     monkeypatch.chdir(start)
     assert _runtime.settings_at_a_call() is None  # refused: no prices.toml here
     monkeypatch.chdir(app)
@@ -954,11 +965,7 @@ def test_a_first_read_refused_for_another_setting_pins_the_prices_folder(
 ) -> None:
     """Refused for ``TOKENMETER_MAX_QUEUE=10k`` where prices.toml is: the configure() the
     warning asks for, after a chdir, looked for prices.toml in the new folder, and raised."""
-    app, work = tmp_path / "app", tmp_path / "work"
-    app.mkdir()
-    work.mkdir()
-    (app / "prices.toml").write_text('["gpt-4o-mini"]\ninput_per_mtok = 2\noutput_per_mtok = 8\n')
-    monkeypatch.setenv("TOKENMETER_PRICES", "prices.toml")
+    app, work = _app_with_relative_prices(tmp_path, monkeypatch)
     monkeypatch.setenv("TOKENMETER_MAX_QUEUE", "10k")
     monkeypatch.chdir(app)
     assert _runtime.settings_at_a_call() is None  # refused for max_queue
@@ -1005,13 +1012,7 @@ def test_a_first_read_refused_for_the_environment_pins_the_project_it_read(
     operator's ``TOKENMETER_MAX_QUEUE=10k``, pinned nothing: the ``configure(max_queue=10_000)``
     the warning asks for, made after a chdir, read no pyproject.toml and dropped the project's
     price ($0.15 instead of its $2.00) and directory."""
-    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
-    project.mkdir()
-    elsewhere.mkdir()
-    (project / "pyproject.toml").write_text(
-        '[tool.tokenmeter]\ndirectory = ".costs"\nsinks = ["jsonl"]\n'
-        '[tool.tokenmeter.prices."gpt-4o-mini"]\ninput_per_mtok = 2\noutput_per_mtok = 8\n'
-    )
+    project, elsewhere = _project_with_prices(tmp_path)
     monkeypatch.setenv("TOKENMETER_MAX_QUEUE", "10k")
     monkeypatch.chdir(project)
     with pytest.raises(ValueError, match="TOKENMETER_MAX_QUEUE"):

@@ -298,6 +298,24 @@ def test_a_schema_that_is_not_a_plain_name_is_refused_in_one_line(
     assert said in err and err.strip().count("\n") == 0 and "Traceback" not in err
 
 
+@contextlib.contextmanager
+def _tail_following(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """``tail -f ARGS`` in a subprocess while the block runs, then Ctrl-C: it must end
+    cleanly (status 0, no traceback). A readline in the block never waits for ever."""
+    proc = start_module("tail", "-f", "--interval", "0.1", *args)
+    stuck = threading.Timer(120, proc.kill)
+    stuck.start()
+    try:
+        yield proc
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        stuck.cancel()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err
+
+
 @pytest.mark.parametrize("cut", ["terminated", "restarted"])
 def test_tail_follow_goes_on_when_its_connection_is_ended(
     pg_url: str, pg_dsn: str, pg_server: PgServer, cut: str
@@ -307,12 +325,8 @@ def test_tail_follow_goes_on_when_its_connection_is_ended(
     command', exit 1). The follower now connects again, once the server is back, and goes on."""
     import psycopg
 
-    follow = ["tail", "-f", "-n", "1", "--interval", "0.1", "--source", pg_url]
-    proc = start_module(*follow)
     sink = PostgresSink(pg_dsn)
-    stuck = threading.Timer(120, proc.kill)  # a readline below never waits for ever
-    stuck.start()
-    try:
+    with _tail_following("-n", "1", "--source", pg_url) as proc, contextlib.closing(sink):
         assert proc.stdout is not None
         assert proc.stdout.readline()  # following
         if cut == "restarted":
@@ -327,37 +341,18 @@ def test_tail_follow_goes_on_when_its_connection_is_ended(
         sink.write([rec(60, "2026-11-09T00:00:00.000Z", "openai", "after-cut", 5, 5, "0.02")])
         line = proc.stdout.readline()  # '' when the command ended
         assert "openai/after-cut" in line, proc.stderr.read() if proc.poll() is not None else ""
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        stuck.cancel()
-        sink.close()
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0 and "Traceback" not in err
 
 
 def test_tail_follow_waits_for_the_sink_to_make_its_tables(pg_dsn: str) -> None:
     """tail -f started before the application (a terminal each), as on a SQLite or JSONL
     source: it exited 1 at once ('no tokenmeter records in schema'); it waits, says so once,
     and shows the first record."""
-    proc = start_module("tail", "-f", "--interval", "0.1", "--source", _url(pg_dsn))
     sink = PostgresSink(pg_dsn)
-    stuck = threading.Timer(120, proc.kill)  # a readline below never waits for ever
-    stuck.start()
-    try:
+    with _tail_following("--source", _url(pg_dsn)) as proc, contextlib.closing(sink):
         assert proc.stderr is not None and proc.stdout is not None
         assert "waiting for the first record" in proc.stderr.readline()
         sink.write([rec(61, "2026-11-09T00:00:00.000Z", "openai", "first", 5, 5, "0.02")])
         assert "openai/first" in proc.stdout.readline()
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        stuck.cancel()
-        sink.close()
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0 and "Traceback" not in err
 
 
 def test_a_database_without_tokenmeter_tables_is_refused_clearly(cli: RunCli, pg_dsn: str) -> None:
