@@ -16,7 +16,7 @@ from helpers import one_line_value_error, returns, run_python, unusable_paths
 import tokenmeter
 from tokenmeter import _config, _runtime
 from tokenmeter._config import load_settings, load_settings_with_sources
-from tokenmeter.sinks import InMemorySink
+from tokenmeter.sinks import InMemorySink, JSONLSink, SQLiteSink
 
 CHEAP = {"input_per_mtok": 1, "output_per_mtok": 1}
 
@@ -843,6 +843,21 @@ def test_a_state_file_that_is_one_of_tokenmeters_own_files_is_refused(
         tokenmeter.record("openai", "gpt-4o", 10, 5)
     assert tokenmeter.flush(5)
     assert (tmp_path / "meter" / "state.md").read_text().count("TOKEN_TRACKING") == 1
+
+
+def test_a_state_file_that_is_the_file_of_a_sink_given_as_an_object_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``JSONLSink("ledger.jsonl")`` beside ``state_file="ledger.jsonl"`` was taken: the state
+    lines landed among the records (``report`` skipped them as corrupt lines)."""
+    monkeypatch.chdir(tmp_path)
+    for sink in (JSONLSink("ledger.jsonl"), SQLiteSink(tmp_path / "ledger.db")):
+        with pytest.raises(ValueError) as excinfo:
+            tokenmeter.configure(sinks=[sink], state_file=sink.path.name)
+        message = one_line_value_error(excinfo)
+        assert message.startswith("tokenmeter setting 'state_file': must not be the file")
+        assert type(sink).__name__ in message
+    tokenmeter.configure(sinks=[JSONLSink("ledger.jsonl")], state_file="state.md")
 
 
 @pytest.mark.parametrize("read_by", ["configure", "instrument"])

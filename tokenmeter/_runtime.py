@@ -357,6 +357,7 @@ def configure(
                 explicit[key] = value
         resolved = _load(explicit)  # validate before changing anything
         check_settings_prices_file(resolved)  # a bad file must not half-apply
+        _check_state_file_apart(resolved.state_file, objects)
         previous = dict(_explicit), _sink_objects
         _explicit.clear()
         _explicit.update(explicit)
@@ -369,6 +370,27 @@ def configure(
             _explicit.update(previous[0])
             _sink_objects = previous[1]
             raise
+
+
+def _check_state_file_apart(state_file: Path | None, objects: Sequence[Sink]) -> None:
+    """Refuse a state file that is the file of a sink passed as an object
+    (``JSONLSink("ledger.jsonl")`` beside ``state_file="ledger.jsonl"``): two writers on one
+    file, the state lines among the records. tokenmeter's own files are refused by Settings."""
+    if state_file is None:
+        return
+    for sink in objects:
+        path = getattr(sink, "path", None)
+        if not isinstance(path, Path):
+            continue
+        try:
+            same = os.path.realpath(absolute(state_file)) == os.path.realpath(absolute(path))
+        except (ValueError, OSError):
+            continue
+        if same:
+            raise ValueError(
+                f"tokenmeter setting 'state_file': must not be the file of the sink "
+                f"{type(sink).__name__}, got {str(state_file)!r}"
+            )
 
 
 def _listed(value: object) -> object:
