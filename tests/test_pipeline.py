@@ -1226,6 +1226,26 @@ def test_records_failing_while_sessions_are_written_are_kept_not_set_aside(calls
     assert not (Path(".tokenmeter") / "quarantine.jsonl").exists()
 
 
+def test_sessions_behind_a_poison_record_are_written_without_waiting_for_a_record() -> None:
+    """A poison record, then sessions that made no call: only a run of records shows that
+    records can be written, and with none behind it the sessions waited for the next record
+    (or the exit). They are written ahead of it (the two kinds are written apart)."""
+    sink = Picky()
+    sink.release.set()
+    tokenmeter.configure(sinks=[sink])
+    tokenmeter.record("openai", "poison", 1, 1)
+    later = []
+    for index in range(3):
+        with tokenmeter.session(f"later{index}") as session:
+            later.append(session.id)
+
+    def ended() -> bool:
+        sessions = dict(sink.sessions)
+        return all(id_ in sessions and sessions[id_].ended_at is not None for id_ in later)
+
+    wait_for(ended, "the sessions written")
+
+
 def test_a_sink_down_through_isolated_passes_has_nothing_set_aside() -> None:
     """Every write fails, with many records waiting in runs of their own: each isolated pass
     tries a later record too, which fails as well, so nothing is taken for poison; all of them

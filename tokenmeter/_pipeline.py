@@ -1208,9 +1208,12 @@ class _Writer:
 
     def _later_run_taken(self, start: int) -> bool:
         """Write a run from ``start`` on (``_probe``) before its turn, to show the sink works:
-        whether the sink took it (then it is no longer pending). False when there is none."""
+        whether the sink took it (then it is no longer pending). False when there is none:
+        then the run of sessions right behind the failing records is written, as no proof
+        (sessions that made no call waited behind a poison record for the next record)."""
         probe = self._probe(start)
         if probe is None:
+            self._sessions_written_ahead(start)
             return False
         try:
             self._write(self._pending[probe])
@@ -1220,6 +1223,18 @@ class _Writer:
         del self._pending[probe]
         self._proofs_failed = 0  # the next proof is the first run again
         return True
+
+    def _sessions_written_ahead(self, start: int) -> None:
+        """Write the run at ``start`` if it is one of sessions the sink stores (it may go before
+        the records in front of it: the two kinds are written apart)."""
+        pending = self._pending
+        if start >= len(pending) or not isinstance(pending[start][0], SessionInfo):
+            return
+        if getattr(self.sink, "write_sessions", None) is None:
+            return
+        with contextlib.suppress(BaseException):  # refused too: it waits for its turn
+            self._write(pending[start])
+            del pending[start]
 
     def _probe(self, start: int) -> int | None:
         """The index of a run of records from ``start`` on, to write before its turn: the first,

@@ -402,10 +402,9 @@ class _Watchdog:
                 self._running, self._stopping = True, False
                 try:
                     self._thread = start_thread(self._watch, self._name)
-                except RuntimeError:  # a pids limit: no transaction runs unwatched (a frozen
-                    self._running = False  # server would hold the call for ever); the next
-                    self._conn = None  # one tries again, this one fails as a ledger fault
-                    raise
+                except RuntimeError:  # a pids limit: this transaction runs unwatched (failed,
+                    self._running = False  # the sink's writes and the budgets would stop for
+                    self._conn = None  # as long as the limit lasts); the next one tries again
             elif self._idle:
                 self._cond.notify()
         return cut
