@@ -861,6 +861,53 @@ def _database_at(path: Path, version: int) -> None:
     conn.close()
 
 
+@pytest.mark.parametrize("version", range(1, sqlite_module.SCHEMA_VERSION + 1))
+def test_a_database_restored_from_an_sql_dump_is_taken_at_its_version(
+    tmp_path: Path, make_record: RecordFactory, version: int
+) -> None:
+    """An SQL dump (``sqlite3 .dump``, ``iterdump()``) keeps no ``user_version``: the restored
+    ``usage.db`` was refused as another program's and every later record set aside. Its tables
+    and indexes say which version made it; the migrations go on from there."""
+    _database_at(tmp_path / "old.db", version)
+    if version == sqlite_module.SCHEMA_VERSION:
+        SQLiteSink(tmp_path / "old.db").write([make_record(0)])
+    old = sqlite3.connect(tmp_path / "old.db")
+    restored = sqlite3.connect(tmp_path / "usage.db")
+    restored.executescript("\n".join(old.iterdump()))
+    old.close()
+    restored.close()
+    assert query(tmp_path / "usage.db", "PRAGMA user_version") == [(0,)]
+
+    SQLiteSink(tmp_path / "usage.db").write([make_record(1)])
+
+    assert query(tmp_path / "usage.db", "PRAGMA user_version") == [(sqlite_module.SCHEMA_VERSION,)]
+    fresh = tmp_path / "fresh.db"
+    SQLiteSink(fresh).write([make_record(1)])
+    assert sqlite_module._schema(sqlite3.connect(tmp_path / "usage.db")) == sqlite_module._schema(
+        sqlite3.connect(fresh)
+    )
+    expected = 2 if version == sqlite_module.SCHEMA_VERSION else 1
+    assert query(tmp_path / "usage.db", "SELECT count(*) FROM records") == [(expected,)]
+
+
+def test_tokenmeters_tables_of_no_known_shape_without_a_version_are_refused_untouched(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    """A dump of a database whose records table an admin changed matches no version: refused,
+    saying what it is rather than "another program's"."""
+    path = tmp_path / "usage.db"
+    _database_at(path, sqlite_module.SCHEMA_VERSION)
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE records ADD COLUMN team TEXT")
+    conn.execute("PRAGMA user_version = 0")
+    conn.commit()
+    conn.close()
+
+    with pytest.raises(ValueError, match=r"usage\.db: tokenmeter's tables without their schema"):
+        SQLiteSink(path).write([make_record(0)])
+    assert query(path, "PRAGMA user_version") == [(0,)]
+
+
 def _unsound_ids(path: Path) -> set[object]:
     """The ids SQLite keeps in the index of unsound rows (read through that index alone)."""
     sql = "SELECT id FROM records INDEXED BY ix_records_unsound WHERE NOT " + (

@@ -1025,6 +1025,8 @@ def _migrate(
                 f"supports ({SCHEMA_VERSION}); upgrade tokenmeter to write to it"
             )
         missing = _missing_tables(conn)
+        if version == 0 and len(missing) < len(_TABLES):
+            version = _version_of_schema(conn)
         if version == 0 or len(missing) == len(_TABLES):
             # None of ours is left: another program's, which may keep its own schema number in
             # user_version (6 had tokenmeter's tables added to it), unless it holds nothing.
@@ -1038,6 +1040,32 @@ def _migrate(
     except BaseException:
         _rollback(conn)
         raise
+
+
+def _schema(conn: sqlite3.Connection) -> set[tuple[str, str]]:
+    """The statements that made tokenmeter's tables and their indexes, as SQLite keeps them."""
+    rows = conn.execute(
+        f"SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL AND tbl_name IN {_TABLES}"
+    ).fetchall()
+    return {(name, " ".join(sql.split())) for name, sql in rows}
+
+
+def _version_of_schema(conn: sqlite3.Connection) -> int:
+    """The schema version whose migrations make exactly this database's tables and indexes, or 0.
+
+    An SQL dump (``sqlite3 usage.db .dump``, Python's ``iterdump()``) does not carry
+    ``user_version``: a ``usage.db`` restored from one was taken for another program's database
+    and every later record was set aside. Its schema, not a table's name, says it is ours."""
+    found = _schema(conn)
+    scratch = sqlite3.connect(":memory:")
+    try:
+        for version, migrate in enumerate(_MIGRATIONS, start=1):
+            migrate(scratch)
+            if _schema(scratch) == found:
+                return version
+    finally:
+        scratch.close()
+    return 0
 
 
 def _make_again(conn: sqlite3.Connection, tables: set[str]) -> None:
@@ -1069,6 +1097,15 @@ def _refuse_others(conn: sqlite3.Connection, path: Path) -> None:
             "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite!_%' ESCAPE '!' LIMIT 3"
         )
     ]
+    others = (
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' "
+        f"AND name NOT LIKE 'sqlite!_%' ESCAPE '!' AND name NOT IN {_TABLES}"
+    )
+    if names and conn.execute(others).fetchone()[0] == 0:
+        raise ValueError(
+            f"{path}: tokenmeter's tables without their schema version (user_version 0), in a "
+            "shape no version of tokenmeter made; give the SQLite sink a file of its own"
+        )
     if names:
         raise ValueError(
             f"{path}: not a tokenmeter database (it holds {', '.join(names)}); "
