@@ -684,3 +684,29 @@ def test_an_override_keeps_the_tables_fees_per_request_and_per_tool_request() ->
     cost = price_usage(None, "my-finetune", searched, at=DAY)
     assert cost.breakdown is not None
     assert cost.breakdown["web_search"] == 0
+
+
+def test_a_user_priced_model_no_table_has_pays_its_providers_tool_fees() -> None:
+    """xAI bills its X search, web search and code execution on every model ($5 per 1,000), and
+    Anthropic its web search ($10 per 1,000): a new model the table lacks, priced by the user as
+    the docs say, recorded 5 X searches at $0 ($0.023 for a $0.048 call) where a user price of
+    a model the table has counted them."""
+    price = {"input_per_mtok": "1.25", "output_per_mtok": "2.5"}
+    set_user_prices({"grok-5": price, "grok-4.3": price, "claude-opus-9": price})
+    searched = Usage(input_tokens=1_000, output_tokens=200, tool_requests={"x_search": 5})
+    tokens = Decimal("0.00125") + Decimal("0.0005")
+    for model in ("grok-4.3", "grok-5"):
+        cost = price_usage("xai", model, searched, at=DAY)
+        assert cost.price_source == "override"
+        assert cost.breakdown is not None
+        assert cost.breakdown["x_search"] == Decimal("0.025"), model  # 5 at $5 per 1,000
+        assert cost.total_usd == tokens + Decimal("0.025"), model
+    # Before xAI's 2025-12-03 cut, at $10 per 1,000 as for the models the table has.
+    cost = price_usage("xai", "grok-5", searched, at=datetime(2025, 12, 2, tzinfo=UTC))
+    assert cost.breakdown is not None
+    assert cost.breakdown["x_search"] == Decimal("0.05")
+
+    web = Usage(input_tokens=1_000, output_tokens=200, tool_requests={"web_search": 3})
+    cost = price_usage("anthropic", "claude-opus-9", web, at=DAY)
+    assert cost.breakdown is not None
+    assert cost.breakdown["web_search"] == Decimal("0.03")  # 3 at $10 per 1,000

@@ -28,7 +28,7 @@ from tokenmeter._registry import billed
 from tokenmeter._totals import USD_CONTEXT as _PRICE_CONTEXT
 
 from . import _overrides
-from ._errata import ErrataSource, fine_tune_at_base_rates, regional
+from ._errata import ErrataSource, fine_tune_at_base_rates, provider_tool_fees, regional
 from ._names import name_candidates, normalise_provider
 from ._source import (
     FEE_FIELDS,
@@ -348,13 +348,15 @@ class _Entry:
         self, card: RateCard, tables: tuple[PricedModel, ...], at: datetime
     ) -> RateCard:
         """A user price sets rates per token only (it has no key for a fee): the fees per request
-        and per tool request stay those the table has for the model, never a silent $0."""
+        and per tool request stay those the table has for the model, never a silent $0. A model
+        no table has (a new one, priced by the user) still pays the tool fees its provider bills
+        on every model (xAI's searches, Anthropic's web search)."""
         for model in tables:
             table = model.rate_card(at, self.tier) or model.rate_card(at, STANDARD)
             if table is not None:
                 fees = {name: getattr(table.base, name) for name in FEE_FIELDS}
                 return replace(card, base=card.base.with_rates(**fees))
-        return card
+        return provider_tool_fees(card, self.provider, at)
 
 
 _source: PriceSource | None = None  # made on first use: importing genai-prices takes ~50 ms

@@ -24,7 +24,13 @@ from ._source import (
     utc_midnight,
 )
 
-__all__ = ["ERRATA_SOURCE", "ErrataSource", "fine_tune_at_base_rates", "regional"]
+__all__ = [
+    "ERRATA_SOURCE",
+    "ErrataSource",
+    "fine_tune_at_base_rates",
+    "provider_tool_fees",
+    "regional",
+]
 
 ERRATA_SOURCE = "tokenmeter-errata"
 
@@ -109,7 +115,7 @@ class _Corrected:
                 return None
         for correct in _DATA_CORRECTIONS:
             card = correct(card, self.requested, at)
-        return _provider_tool_fees(card, self.provider, at)
+        return provider_tool_fees(card, self.provider, at)
 
     def _tier_before_its_start(self, at: datetime, tier: Tier) -> RateCard | None:
         """Batch/flex/priority where genai-prices has no variant price in effect at ``at``.
@@ -452,13 +458,16 @@ def _sonar_request_fee_by_context(card: RateCard, requested: str, at: datetime) 
     )
 
 
-#: Fees per 1,000 server-side tool calls a provider bills on every model and genai-prices has
-#: none of, each set from the day it took effect. xAI (https://docs.x.ai/developers/pricing,
+#: Fees per 1,000 server-side tool calls a provider bills on every model, each set from the day
+#: it took effect: for a card without them (genai-prices has none of xAI's, and no card of a
+#: model the user prices because the table lacks it). xAI (https://docs.x.ai/developers/pricing,
 #: "Tool Invocation Costs"): web search, X search and code execution $10 at the agent tools'
 #: launch (its models page of 2025-11-09), $5 once the launch's free period ended on
 #: 2025-12-03 (the day is the promotion's end, as reported; xAI's page gives no date of the
-#: cut); Collections Search (the Responses API's ``file_search``) $2.50 throughout.
+#: cut); Collections Search (the Responses API's ``file_search``) $2.50 throughout. Anthropic
+#: (its pricing page, "Web search"): web search $10 on every model since its launch.
 _TOOL_FEES: dict[str, tuple[tuple[date, dict[str, Decimal]], ...]] = {
+    "anthropic": ((date.min, {"web_search_per_k": Decimal(10)}),),
     "x-ai": (
         (
             date.min,
@@ -482,9 +491,10 @@ _TOOL_FEES: dict[str, tuple[tuple[date, dict[str, Decimal]], ...]] = {
 }
 
 
-def _provider_tool_fees(card: RateCard, provider: str | None, at: datetime) -> RateCard:
-    """``card`` with the tool fees its provider's table lacks (``_TOOL_FEES``) in effect at
-    ``at``; a fee the table has is kept."""
+def provider_tool_fees(card: RateCard, provider: str | None, at: datetime) -> RateCard:
+    """``card`` with the tool fees its provider bills on every model (``_TOOL_FEES``) in effect
+    at ``at`` where it has none; a fee the card has is kept. Applied to every table card, and to
+    a user's price for a model no table has (that price sets rates per token only)."""
     schedule = _TOOL_FEES.get(provider or "")
     if schedule is None:
         return card
