@@ -501,6 +501,35 @@ def test_flex_and_priority_before_genai_prices_variant_dates() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("model", "tier", "start", "expected"),
+    [
+        # priority $5 / $30 flat (genai-prices has no >272k priority tier)
+        ("gpt-5.4", "priority", date(2026, 10, 12), Decimal("1.8")),
+        ("gpt-5.5", "priority", date(2026, 10, 12), Decimal("4.5")),
+        # batch and flex $15 / $90 flat ("no long-context Batch surcharge is modeled")
+        ("gpt-5.5-pro", "batch", date(2026, 10, 14), Decimal("5.4")),
+        ("gpt-5.5-pro", "flex", date(2026, 10, 12), Decimal("5.4")),
+    ],
+)
+def test_a_long_context_call_before_a_variant_start_date_is_at_that_days_discount_for_its_size(
+    model: str, tier: str, start: date, expected: Decimal
+) -> None:
+    """Before genai-prices' variant start date a tier is at its discount on the standard rates;
+    above 272k that discount is the variant's ratio to standard's long-context rates. It was the
+    base rates' ratio applied to the standard long-context tier: a 300k-input priority call on
+    gpt-5.4 the day before 2026-10-12 was $3.45, $1.80 the next day at the same standard price."""
+    usage = Usage(input_tokens=300_000, output_tokens=10_000)
+    day_before = datetime.combine(start - timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    before = price_usage("openai", model, usage, at=day_before, tier=tier)
+    on_the_day = price_usage("openai", model, usage, at=day_before + timedelta(days=1), tier=tier)
+    assert on_the_day.price_source == GENAI_PRICES_SOURCE
+    assert before.price_source == (
+        f"tokenmeter-errata: {tier} at its {start.isoformat()} discount on standard rates"
+    )
+    assert before.total_usd == on_the_day.total_usd == expected
+
+
 def test_cached_results_equal_uncached_results() -> None:
     usage = Usage(input_tokens=250_000, cache_read_tokens=20_000, output_tokens=3000)
     first = price_usage("google", "gemini-2.5-pro", usage, at=DAY)

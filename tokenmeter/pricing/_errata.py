@@ -121,7 +121,8 @@ class _Corrected:
         """Batch/flex/priority where genai-prices has no variant price in effect at ``at``.
 
         Before the variant's start date, use the tier's discount as genai-prices has it from its
-        start date, applied to the standard rates of ``at``; batch and flex without any variant
+        start date, applied to the standard rates of ``at`` (``_discounted_as``: a long-context
+        tier at its own discount); batch and flex without any variant
         are 50 % (OpenAI, Anthropic and Google have billed batch at half price since long before
         those dates), flex only from a provider that discounts it (``_FLEX_AT_HALF``); a priority
         tier, or another provider's flex, without any figure is billed at the standard rates. The
@@ -131,19 +132,20 @@ class _Corrected:
         if standard is None:
             return None
         start = self.inner.tier_start(tier)
-        factors: Rates | None = None
+        discounted: RateCard | None = None
         rule = ""
         if start is not None and start > at.date():
             first_day = utc_midnight(start)
             tier_card = self.inner.rate_card(first_day, tier)
             standard_then = self.inner.rate_card(first_day, STANDARD)
             if tier_card is not None and standard_then is not None:
-                factors = _ratios(tier_card.base, standard_then.base)
+                discounted = _discounted_as(standard, tier_card, standard_then)
                 rule = f"{tier} at its {start.isoformat()} discount on standard rates"
-        if factors is None and tier == "fast" and standard.priced_model in _FAST_MODE:
-            factors = _uniform(_FAST_MODE[standard.priced_model])
+        if discounted is None and tier == "fast" and standard.priced_model in _FAST_MODE:
+            fast = _uniform(_FAST_MODE[standard.priced_model])
+            discounted = _each_rates(standard, lambda rates: rates.scaled(fast))
             rule = f"fast at {_FAST_MODE[standard.priced_model]}x standard rates"
-        if factors is None:
+        if discounted is None:
             if tier != "batch" and (tier != "flex" or self.provider not in _FLEX_AT_HALF):
                 # No figure for this tier at all: billed like genai-prices does, and said so.
                 return replace(
@@ -151,13 +153,14 @@ class _Corrected:
                     price_source=f"{standard.price_source}; {tier} at standard rates "
                     f"(no {tier} price known)",
                 )
-            factors = _uniform(_HALF)
+            half = _uniform(_HALF)
+            discounted = _each_rates(standard, lambda rates: rates.scaled(half))
             rule = f"{tier} at 50% of standard rates (no {tier} price known)"
         return RateCard(
             priced_model=standard.priced_model,
             price_source=f"{ERRATA_SOURCE}: {rule}",
-            base=standard.base.scaled(factors),
-            tiers=tuple((start_, rates.scaled(factors)) for start_, rates in standard.tiers),
+            base=discounted.base,
+            tiers=discounted.tiers,
         )
 
 
@@ -227,12 +230,31 @@ def _each_rates(card: RateCard, change: Callable[[Rates], Rates]) -> RateCard:
     )
 
 
-def _ratios(tier: Rates, standard: Rates) -> Rates:
-    def ratio(name: str) -> Decimal:
-        base: Decimal = getattr(standard, name)
-        return getattr(tier, name) / base if base else Decimal(1)
+def _discounted_as(standard: RateCard, variant: RateCard, standard_then: RateCard) -> RateCard:
+    """``standard`` (a call's day) at ``variant``'s ratio to ``standard_then`` (the variant's
+    first day), the base rates and each long-context tier at the ratio for an input of that size:
+    a variant with no tier of its own there (genai-prices' flat priority of gpt-5.4 and gpt-5.5)
+    stays at its flat rates above it. Scaling standard's tier by the base ratio priced a >272k
+    priority call the day before the start date at twice the standard tier (about 1.9x the next
+    day's price). Multiplied before divided: a rate the same on both days is ``variant``'s exactly.
+    """
 
-    return Rates(**{f.name: ratio(f.name) for f in fields(Rates)})
+    def rebased(rates: Rates, input_tokens: int) -> Rates:
+        paid = variant.rates_for(input_tokens)
+        listed = standard_then.rates_for(input_tokens)
+
+        def rate(name: str) -> Decimal:
+            now: Decimal = getattr(rates, name)
+            then: Decimal = getattr(listed, name)
+            return now * getattr(paid, name) / then if then else now
+
+        return Rates(**{f.name: rate(f.name) for f in fields(Rates)})
+
+    return replace(
+        standard,
+        base=rebased(standard.base, 0),
+        tiers=tuple((start, rebased(rates, start + 1)) for start, rates in standard.tiers),
+    )
 
 
 def _uniform(factor: Decimal) -> Rates:
