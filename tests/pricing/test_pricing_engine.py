@@ -369,6 +369,37 @@ def test_audio_tokens_use_audio_rates() -> None:
     assert price_usage("google", "gemini-2.5-flash", usage, at=DAY).total_usd == Decimal("0.0058")
 
 
+def test_openrouter_modalities_without_a_rate_of_their_own_are_at_the_first_partys() -> None:
+    """genai-prices' OpenRouter table has no modality rates: openai/gpt-4o-audio-preview's
+    audio was billed at the $2.50 text rate ($0.026 for this call) where OpenRouter lists $40
+    per million, as OpenAI does ($0.3635); Gemini's output images at $2.50, not Google's $30.
+    OpenRouter passes the first party's list price on: its modality rates apply."""
+    heard = Usage(
+        input_tokens=10_000,
+        input_audio_tokens=9_000,
+        output_tokens=100,
+        modalities={"input_audio": 9_000},
+    )
+    routed = price_usage("openrouter", "openai/gpt-4o-audio-preview", heard, at=DAY)
+    direct = price_usage("openai", "gpt-4o-audio-preview-2024-12-17", heard, at=DAY)
+    # 1,000 text in at $2.50, 9,000 audio in at $40, 100 out at $10
+    assert routed.total_usd == direct.total_usd == Decimal("0.3635")
+    assert routed.price_source == "tokenmeter-errata"
+
+    drawn = Usage(input_tokens=10, output_tokens=1_290, modalities={"output_image": 1_290})
+    image = price_usage("openrouter", "google/gemini-2.5-flash-image", drawn, at=DAY)
+    assert image.breakdown is not None
+    assert image.breakdown["output_image"] == Decimal("0.0387")  # 1,290 at $30 per million
+
+    # A name the first party's table does not have keeps OpenRouter's rates (no evidence of
+    # its own), and so does a route: a free one is free.
+    assert price_usage("openrouter", "openai/gpt-5-image", drawn, at=DAY).price_source == (
+        GENAI_PRICES_SOURCE
+    )
+    free = price_usage("openrouter", "google/gemini-2.0-flash-exp:free", heard, at=DAY)
+    assert free.total_usd == 0
+
+
 def test_the_first_realtime_snapshot_bills_audio_at_its_own_rates() -> None:
     """gpt-4o-realtime-preview-2024-10-01 billed audio at $100 in, $20 cached, $200 out; it was
     priced at the 2024-12-17 snapshot's $40 / $2.50 / $80 ($0.12625 for this call, not $0.285)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields, replace
 from datetime import date, datetime
 from decimal import Decimal
 
+from ._names import model_family
 from ._source import (
     FEE_FIELDS,
     REGION_UPLIFT,
@@ -55,6 +56,27 @@ _FINE_TUNES: dict[str, tuple[Decimal, Decimal, Decimal]] = {
     "ft:gpt-4.1-nano": (Decimal("0.20"), Decimal("0.05"), Decimal("0.80")),
 }
 _FINE_TUNE_PROVIDER = "openai"
+_OPENROUTER = "openrouter"
+#: OpenRouter's vendor prefix (``openai/gpt-4o-audio-preview``) -> the first-party table that
+#: prices the model under the rest of the name. OpenRouter passes the vendor's list price on.
+_OPENROUTER_VENDORS = {
+    "openai": "openai",
+    "google": "google",
+    "anthropic": "anthropic",
+    "x-ai": "x-ai",
+    "mistralai": "mistral",
+}
+#: Each rate per modality, and the text rate of its side a card without one has in its place.
+_MODALITY_TEXT_RATES = {
+    "input_audio_per_mtok": "input_per_mtok",
+    "input_image_per_mtok": "input_per_mtok",
+    "input_video_per_mtok": "input_per_mtok",
+    "output_audio_per_mtok": "output_per_mtok",
+    "output_image_per_mtok": "output_per_mtok",
+    "output_video_per_mtok": "output_per_mtok",
+    "cache_read_audio_per_mtok": "cache_read_per_mtok",
+    "cache_read_image_per_mtok": "cache_read_per_mtok",
+}
 
 
 class ErrataSource:
@@ -65,7 +87,12 @@ class ErrataSource:
 
     def find(self, provider: str | None, model: str) -> PricedModel | None:
         found = self._inner.find(provider, model) or self._fine_tune(provider, model)
-        return None if found is None else _Corrected(found, model)
+        if found is None:
+            return None
+        first_party = None
+        if provider == _OPENROUTER and getattr(found, "provider", None) == _OPENROUTER:
+            first_party = self._first_party_of_openrouter(model)
+        return _Corrected(found, model, first_party)
 
     def find_in_any_provider(self, model: str) -> PricedModel | None:
         find = getattr(self._inner, "find_in_any_provider", None)
@@ -75,6 +102,20 @@ class ErrataSource:
     def model_names(self) -> list[str]:
         names = getattr(self._inner, "model_names", None)
         return [*(names() if names is not None else ()), *_FINE_TUNES]
+
+    def _first_party_of_openrouter(self, model: str) -> _Corrected | None:
+        """The first-party model an OpenRouter name (``openai/gpt-4o-audio-preview``) names, where
+        that table has it under the name itself or its family: its modality rates are the ones
+        OpenRouter bills where its own table has none (``_Corrected._first_party_modalities``).
+        A route (``:free``, ``:online``) or another vendor's prefix names none."""
+        vendor, slash, name = model.partition("/")
+        table = _OPENROUTER_VENDORS.get(vendor)
+        if table is None or not slash or not name or "/" in name or ":" in name:
+            return None
+        found = self._inner.find(table, name)
+        if found is None or getattr(found, "provider", None) != table:
+            return None
+        return _Corrected(found, name)
 
     def _fine_tune(self, provider: str | None, model: str) -> PricedModel | None:
         """An OpenAI fine-tune the inner table has no ``ft:`` entry for, at its list rates."""
@@ -90,17 +131,22 @@ class ErrataSource:
 class _Corrected:
     inner: PricedModel
     requested: str
+    #: For an OpenRouter model, the first party's (``ErrataSource._first_party_of_openrouter``).
+    first_party: _Corrected | None = None
 
     @property
     def time_dependent(self) -> bool:
-        return self.inner.time_dependent
+        first_party = self.first_party
+        return self.inner.time_dependent or (first_party is not None and first_party.time_dependent)
 
     @property
     def provider(self) -> str | None:
         return getattr(self.inner, "provider", None)
 
     def time_slot(self, at: datetime) -> Hashable:
-        return self.inner.time_slot(at)
+        if self.first_party is None:
+            return self.inner.time_slot(at)
+        return (self.inner.time_slot(at), self.first_party.time_slot(at))
 
     def tier_start(self, tier: Tier) -> date | None:
         return date.min if tier in ("batch", "flex") else self.inner.tier_start(tier)
@@ -115,7 +161,34 @@ class _Corrected:
                 return None
         for correct in _DATA_CORRECTIONS:
             card = correct(card, self.requested, at)
+        if self.first_party is not None:
+            card = self._first_party_modalities(card, self.first_party, at, tier)
         return provider_tool_fees(card, self.provider, at)
+
+    def _first_party_modalities(
+        self, card: RateCard, first_party: _Corrected, at: datetime, tier: Tier
+    ) -> RateCard:
+        """An OpenRouter card with the first party's rate for each modality it has no rate of its
+        own for: genai-prices' OpenRouter table has none, so openai/gpt-4o-audio-preview's audio
+        was billed at the $2.50 text rate where OpenRouter lists $40 per million (16x low), and
+        Gemini's output images at $2.50 where Google's $30 applies. Only where the first party's
+        text rates of that side are OpenRouter's (the list price passed on, as OpenRouter does)
+        and it has a rate of its own; a rate OpenRouter's table has is never changed."""
+        listed = first_party.rate_card(at, tier)
+        if listed is None or listed.priced_model not in (
+            first_party.requested,
+            model_family(first_party.requested),
+        ):
+            return card  # priced as another model than the name says: no evidence of its rates
+        changed = replace(
+            card,
+            base=_missing_modalities_from(card.base, listed.base),
+            tiers=tuple(
+                (start, _missing_modalities_from(rates, listed.rates_for(start + 1)))
+                for start, rates in card.tiers
+            ),
+        )
+        return card if changed == card else replace(changed, price_source=ERRATA_SOURCE)
 
     def _tier_before_its_start(self, at: datetime, tier: Tier) -> RateCard | None:
         """Batch/flex/priority where genai-prices has no variant price in effect at ``at``.
@@ -255,6 +328,18 @@ def _discounted_as(standard: RateCard, variant: RateCard, standard_then: RateCar
         base=rebased(standard.base, 0),
         tiers=tuple((start, rebased(rates, start + 1)) for start, rates in standard.tiers),
     )
+
+
+def _missing_modalities_from(rates: Rates, listed: Rates) -> Rates:
+    """``rates`` with ``listed``'s rate for each modality ``rates`` bills at its side's text rate
+    and ``listed`` does not, where the two have that text rate alike."""
+    taken = {
+        modality: getattr(listed, modality)
+        for modality, text in _MODALITY_TEXT_RATES.items()
+        if getattr(rates, modality) == getattr(rates, text) == getattr(listed, text)
+        and getattr(listed, modality) != getattr(listed, text)
+    }
+    return rates.with_rates(**taken) if taken else rates
 
 
 def _uniform(factor: Decimal) -> Rates:
