@@ -48,6 +48,12 @@ def _tokenizers_loaded() -> None:
         _estimate._counter(encoding)
 
 
+#: The runner's cloud settings the SDK clients read even when a test passes its own keys: an
+#: AWS_PROFILE its config does not hold raised ProfileNotFound in every Bedrock client, and
+#: GOOGLE_GENAI_USE_VERTEXAI made the tests' Gemini clients Vertex ones.
+_MACHINE_ONLY = frozenset({"AWS_PROFILE", "AWS_DEFAULT_PROFILE", "GOOGLE_GENAI_USE_VERTEXAI"})
+
+
 @pytest.fixture(autouse=True)
 def _isolated(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
@@ -67,7 +73,12 @@ def _isolated(
     monkeypatch.setattr(_config, "find_pyproject", find_pyproject)
     monkeypatch.setattr(_runtime, "find_pyproject", find_pyproject)
     _core._faults_logged.clear()  # each test sees its own faults logged
-    for name in [name for name in os.environ if name.startswith(("TOKENMETER_", "OTEL_"))]:
+    leaking = [
+        name
+        for name in os.environ
+        if name.startswith(("TOKENMETER_", "OTEL_")) or name in _MACHINE_ONLY
+    ]
+    for name in leaking:
         monkeypatch.delenv(name, raising=False)
     yield
     tokenmeter.uninstrument()

@@ -124,6 +124,7 @@ def mock_genai(handler: Handler) -> Any:
 
     http = http_of(_api_client)
     return genai.Client(
+        vertexai=False,  # not a Vertex client because the runner sets GOOGLE_GENAI_USE_VERTEXAI
         api_key="fake-key",
         http_options=gtypes.HttpOptions(
             base_url="http://gemini.invalid",

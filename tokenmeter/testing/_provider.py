@@ -424,6 +424,7 @@ class FakeProvider:
             }
         else:
             options = {
+                "vertexai": False,  # whatever GOOGLE_GENAI_USE_VERTEXAI the environment holds
                 "api_key": _FAKE_KEY,
                 "http_options": {"base_url": self.gemini_base_url, "api_version": "v1beta"},
             }
