@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from operator import itemgetter
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -128,12 +128,15 @@ def emit(
     tags: dict[str, str] | None = None,
     priced: bool = True,
     making: bool = False,
+    session_name: str | Literal[False] | None = False,
 ) -> UsageRecord:
     """Price one call's usage, make its record, attribute it and enqueue it: every record's road.
 
     ``call``: the intercepted call, whose budget reservation the record settles.
     ``priced=False``: the usage is not known (unreadable), so neither is the cost.
     ``making``: a waiting call's record, made by ``_pipeline._make_next``.
+    ``session_name``: the session's name when the call was made, for a record made later (the
+    session may have been renamed since); False: its name now.
     """
     if _runtime._settings is None:  # once per process: price overrides must be in place
         _runtime.settings()
@@ -183,7 +186,7 @@ def emit(
             "cost_breakdown": priced_as["breakdown"],
             "price_source": priced_as["price_source"],
             "session_id": session.id,
-            "session_name": session.name,
+            "session_name": session.name if session_name is False else session_name,
             # A dict of the record's own: an application editing a returned record's tags
             # must not change the session's (nor its later records').
             "tags": {**session_tags, **tags} if tags else dict(session_tags),
@@ -268,9 +271,10 @@ def emit_call(
         ):
             # Plain values only (the usage's counts, not the Usage): the garbage collector stops
             # tracking the tuple, which then never reaches its oldest generation, however long
-            # it waits for a writer kept from the GIL (see _pipeline's docstring).
+            # it waits for a writer kept from the GIL (see _pipeline's docstring). The session's
+            # name too: renamed before a writer makes the record, the call was made under this one.
             made = (provider, model, request_model, operation, tier, request_id, latency_ms)
-            call = (*made, streamed, time.time(), _queued(usage))
+            call = (*made, streamed, time.time(), _queued(usage), session.name)
             _pipeline.later(session, call, _running_loop())
             return
     emit(
@@ -342,7 +346,7 @@ def _running_loop() -> Any:
 def _make_later(session: _sessions.Session, call: tuple[Any, ...]) -> None:
     """Make the record of a call ``emit_call`` queued, as ``emit`` would have made it then."""
     provider, model, request_model, operation, tier, request_id, latency_ms = call[:7]
-    streamed, at, counts = call[7:]
+    streamed, at, counts, session_name = call[7:]
     emit(
         provider,
         model,
@@ -356,6 +360,7 @@ def _make_later(session: _sessions.Session, call: tuple[Any, ...]) -> None:
         streamed=streamed,
         timestamp=datetime.fromtimestamp(at, UTC),
         making=True,
+        session_name=session_name,
     )
 
 

@@ -100,6 +100,26 @@ def test_a_record_made_later_keeps_its_calls_time_and_session(
     assert before <= later.timestamp <= after
 
 
+def test_a_record_made_later_keeps_the_session_name_of_its_call(
+    fake: FakeProvider, held: InMemorySink
+) -> None:
+    """Made at once, a call's record carries the session's name then: made later, the same
+    (it carried the name the session was renamed to before the writer made it)."""
+    client = fake.openai_client()
+    with tokenmeter.session("job") as session:
+        chat(client)  # made at once
+        chat(client)
+        assert waiting() == 1
+        session.name = "job (renamed)"
+        chat(client)
+        assert tokenmeter.flush(5)
+    assert [record.session_name for record in held.records] == [
+        "job",
+        "job",
+        "job (renamed)",
+    ]
+
+
 def test_configure_sends_waiting_records_to_the_sinks_they_were_made_under(
     fake: FakeProvider, held: InMemorySink
 ) -> None:
