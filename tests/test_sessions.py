@@ -25,6 +25,17 @@ from tokenmeter.sinks import InMemorySink
 from tokenmeter.testing import FakeProvider
 
 
+def logged(func: Any) -> Any:
+    """A plain ``functools.wraps`` decorator (logging, retries): it returns what ``func`` does,
+    a coroutine or a generator unstarted."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
 def test_nested_sessions_roll_up_into_ancestors(sink: InMemorySink) -> None:
     with tokenmeter.session("outer", tags={"team": "a"}) as outer:
         tokenmeter.record("openai", "gpt-4o", 1000, 500)
@@ -478,13 +489,6 @@ def test_track_over_a_plain_wrapper_of_an_async_function_spans_the_coroutine(
     """``@track`` over a ``functools.wraps`` decorator that returns the coroutine: the session
     opened and closed before the coroutine ran (0 calls), and its calls went to the caller's."""
 
-    def logged(func: Any) -> Any:
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return func(*args, **kwargs)
-
-        return wrapper
-
     @tokenmeter.track
     @logged
     async def step() -> str:
@@ -516,13 +520,6 @@ def test_track_over_a_plain_wrapper_of_a_generator_function_spans_the_iteration(
     generator (0 calls), before its body ran. Its calls went to the caller's session, and a
     ``budget_usd=0, on_exceed="raise"`` on it refused none of them."""
     tokenmeter.instrument(["openai"])
-
-    def logged(func: Any) -> Any:
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return func(*args, **kwargs)
-
-        return wrapper
 
     @tokenmeter.track("stream")
     @logged
@@ -573,6 +570,55 @@ def test_track_over_a_plain_wrapper_of_a_generator_function_spans_the_iteration(
         ("capped", "failed", 0, True),
         ("stream", "completed", 1, True),
         ("stream", "completed", 2, True),
+    ]
+
+
+# The wrapped coroutines, never awaited since their wrapper's never ran.
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
+def test_track_over_a_plain_wrapper_ends_its_session_when_its_work_is_closed_unrun(
+    sink: InMemorySink,
+) -> None:
+    """The session of a wrapper's call starts as it returns the coroutine or generator, and
+    ended only when that ran: a task cancelled before its first step, a coroutine closed
+    unawaited, a generator closed before its first item left it "active" for ever, and its
+    end hooks never ran."""
+    ended: list[tuple[str | None, str]] = []
+    tokenmeter.configure(sinks=[sink], on_session_end=lambda s: ended.append((s.name, s.status)))
+
+    @tokenmeter.track("summarise")
+    @logged
+    async def summarise() -> None:
+        await asyncio.sleep(0)
+        tokenmeter.record("openai", "gpt-4o", 1, 1)
+
+    @tokenmeter.track("answer")
+    @logged
+    def answer() -> Iterator[str]:
+        tokenmeter.record("openai", "gpt-4o", 1, 1)
+        yield "token"
+
+    async def main() -> None:
+        task = asyncio.ensure_future(summarise())
+        task.cancel()  # before its first step
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        summarise().close()
+
+    asyncio.run(main())
+    answer().close()  # the client left before the first item
+    gc.collect()
+    assert tokenmeter.flush(5)
+    assert sink.records == []
+    stored = sorted((info.name, info.status, info.calls) for info in sink.sessions.values())
+    assert stored == [
+        ("answer", "completed", 0),
+        ("summarise", "completed", 0),
+        ("summarise", "completed", 0),
+    ]
+    assert sorted(ended) == [
+        ("answer", "completed"),
+        ("summarise", "completed"),
+        ("summarise", "completed"),
     ]
 
 

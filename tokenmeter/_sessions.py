@@ -992,7 +992,7 @@ def _decorate(func: F, make_session: Callable[[], Session]) -> F:
         if inspect.iscoroutine(result):
             # A plain wrapper of an async function (a functools.wraps decorator): its session
             # ended before the coroutine ran, and the coroutine's calls went to the caller's.
-            return _awaited_in(made, result)
+            return _ended_if_never_run(_awaited_in(made, result), made)
         if inspect.isgenerator(result) or inspect.isasyncgen(result):
             # The same over a generator function (a streamed answer): its session ended before
             # the body ran, its calls went to the caller's session, its budget refused none.
@@ -1002,11 +1002,28 @@ def _decorate(func: F, make_session: Callable[[], Session]) -> F:
                 _decorate_generator if inspect.isgenerator(result) else _decorate_async_generator
             )
             named = functools.wraps(func)(lambda: result)  # its repr names the function
-            return steps_of(named, lambda: made)()
+            return _ended_if_never_run(steps_of(named, lambda: made)(), made)
         made._end(failed=False)
         return result
 
     return cast(F, run)
+
+
+def _ended_if_never_run(work: Any, session: Session) -> Any:
+    """``work``, a coroutine or generator that ends ``session`` when it ends, made to end it
+    too when it is collected without having run: closed before its first step (a task
+    cancelled at once, a client gone before the first item), its body never runs, so nothing
+    else ended the session (stored "active" for ever, its end hooks never run)."""
+    ends = weakref.finalize(work, _end_if_open, session)
+    ends.atexit = False  # still held at exit: open then, as any session left open
+    return work
+
+
+def _end_if_open(session: Session) -> None:
+    """End ``session``, a closed or collected coroutine's or generator's, unless it ran and
+    ended it (then nothing to do: no catch-up of waiting calls from a collection)."""
+    if session.ended_at is None:
+        session._end(failed=False)
 
 
 def _awaited_in(session: Session, coroutine: Any) -> Any:
