@@ -631,6 +631,58 @@ def test_a_session_row_adds_up_the_parts_of_every_process(
     assert query(pg_dsn, row) == [("completed", 5, 5, 7, "0.0225")]
 
 
+class _CountingCursor(psycopg.Cursor[Any]):
+    """A cursor that counts the rows its ``fetchall`` brings from the server."""
+
+    fetched = 0
+
+    def fetchall(self) -> list[Any]:
+        rows = super().fetchall()
+        _CountingCursor.fetched += len(rows)
+        return rows
+
+
+class _CountingSink(PostgresSink):
+    """A PostgresSink whose session stores count the rows they read (``_CountingCursor``)."""
+
+    def _upsert_sessions(self, conn: Any, sessions: Any) -> None:
+        conn.cursor_factory = _CountingCursor
+        super()._upsert_sessions(conn, sessions)
+
+
+def test_storing_a_run_of_an_id_entered_again_reads_none_of_its_other_runs(pg_dsn: str) -> None:
+    """Every store of a session read and re-summed every stored run (part) of its id: an id
+    entered again per request (``@session(id=...)``) made the writer slower with each run, until
+    records backed up and were set aside at exit."""
+    sink = _CountingSink(pg_dsn)
+    run = {"status": "completed", "ended_at": START, "calls": 1, "input_tokens": 100}
+    run |= {"output_tokens": 10, "cost_usd": Decimal("0.00035")}
+    for id_ in ("busy", "quiet"):  # each id's first run
+        sink.write_sessions([SessionInfo(id=id_, part="first", started_at=START, **run)])
+    query(  # 500 more runs of "busy", as earlier processes left them
+        pg_dsn,
+        "INSERT INTO session_parts SELECT 'busy', 'run' || n, 1, 100, 10, '0.00035', 0 "
+        "FROM generate_series(1, 500) AS n",
+    )
+    busy = "calls = 501, input_tokens = 50100, output_tokens = 5010, cost_usd = '0.17535'"
+    query(pg_dsn, f"UPDATE sessions SET {busy} WHERE id = 'busy'")
+
+    read = {}
+    for id_ in ("busy", "quiet"):
+        again = SessionInfo(id=id_, part="again", started_at=START)  # a new run
+        _CountingCursor.fetched = 0
+        sink.write_sessions([again])
+        sink.write_sessions([again.model_copy(update=run)])
+        read[id_] = _CountingCursor.fetched
+    sink.close()
+    assert read["busy"] == read["quiet"]  # it read all 501 other runs of "busy" twice
+    totals = "SELECT id, calls, input_tokens, output_tokens, cost_usd, unpriced_calls FROM sessions"
+    assert query(pg_dsn, totals + " ORDER BY id") == [
+        ("busy", 502, 50200, 5020, "0.17570", 0),
+        ("quiet", 2, 200, 20, "0.00070", 0),
+    ]
+
+
 def test_a_late_call_of_an_earlier_run_of_an_id_leaves_the_row_to_the_latest(
     pg_sink: PostgresSink, pg_dsn: str
 ) -> None:

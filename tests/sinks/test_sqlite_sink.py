@@ -851,6 +851,58 @@ def test_a_late_call_of_an_earlier_run_of_an_id_leaves_the_row_to_the_latest(
     assert query(tmp_path / "usage.db", runs) == [(2,)]
 
 
+class _CountingSink(SQLiteSink):
+    """An SQLiteSink that counts the steps of SQLite's virtual machine on its connection (a
+    progress handler called at each): the work a store does, which no clock measures surely."""
+
+    steps = 0
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = super()._connection()
+        conn.set_progress_handler(self._step, 1)
+        return conn
+
+    def _step(self) -> int:
+        self.steps += 1
+        return 0  # go on
+
+
+def test_storing_a_run_of_an_id_entered_again_costs_the_same_however_many_runs_it_had(
+    tmp_path: Path,
+) -> None:
+    """Every store of a session re-read and re-summed every stored run (part) of its id: an id
+    entered again per request (``@session(id=...)``) made the writer slower with each run, 190 ms
+    a run after 20,000, until records backed up and were set aside at exit."""
+    path = tmp_path / "usage.db"
+    sink = _CountingSink(path)
+    started = datetime(2026, 12, 7, 10, tzinfo=UTC)
+    run = {"status": "completed", "ended_at": started, "calls": 1, "input_tokens": 100}
+    run |= {"output_tokens": 10, "cost_usd": Decimal("0.00035")}
+
+    def store_a_run(part: str) -> int:
+        """Store a run of the id, started then ended: the steps SQLite took."""
+        sink.steps = 0
+        begun = SessionInfo(id="chat", part=part, started_at=started)
+        sink.write_sessions([begun])
+        sink.write_sessions([begun.model_copy(update=run)])
+        return sink.steps
+
+    store_a_run("first")
+    second = store_a_run("second")
+    conn = sqlite3.connect(path)  # 2,000 more runs of it, as earlier processes left them
+    conn.executemany(
+        "INSERT INTO session_parts VALUES ('chat', ?, 1, 100, 10, '0.00035', 0)",
+        [(f"run{n}",) for n in range(2_000)],
+    )
+    totals = "calls = 2002, input_tokens = 200200, output_tokens = 20020, cost_usd = '0.70070'"
+    conn.execute(f"UPDATE sessions SET {totals} WHERE id = 'chat'")
+    conn.commit()
+    conn.close()
+    assert store_a_run("latest") < 2 * second  # it read all 2,002 other runs: 120 times more
+    row = "SELECT calls, input_tokens, output_tokens, cost_usd, unpriced_calls FROM sessions"
+    assert query(path, row) == [(2003, 200300, 20030, "0.70105", 0)]
+
+
 def _database_at(path: Path, version: int) -> None:
     """A database as an older tokenmeter left it, at schema ``version``."""
     conn = sqlite3.connect(path)

@@ -44,6 +44,8 @@ from tokenmeter.sinks.sqlite import (
     _record_row,
     _session_row,
 )
+from tokenmeter.sinks.sqlite import latest_parts as _latest_parts
+from tokenmeter.sinks.sqlite import moved_totals as _moved_totals
 from tokenmeter.sinks.sqlite import part_row as _part_row
 from tokenmeter.sinks.sqlite import sum_parts as _sum_parts
 
@@ -222,6 +224,14 @@ _READ_PARTS = (
 )
 _SET_TOTALS = (
     f"UPDATE sessions SET {', '.join(f'{column} = %s' for column in SESSION_TOTALS)} WHERE id = %s"
+)
+#: The totals of the locked rows, and of the parts about to be stored (by their primary key:
+#: not every part of an id), before they change: a row is moved by its parts' change.
+_READ_TOTALS = f"SELECT id, {', '.join(SESSION_TOTALS)} FROM sessions WHERE id = ANY(%s)"
+_READ_STORED_PARTS = (
+    f"SELECT {', '.join(f'p.{column}' for column in _PART_COLUMNS)} "
+    "FROM unnest(%s::text[], %s::text[]) AS k(session_id, part) "
+    "JOIN session_parts AS p ON p.session_id = k.session_id AND p.part = k.part"
 )
 
 
@@ -409,6 +419,12 @@ def check_schema_name(schema: str) -> str:
     return schema.lower()
 
 
+def _untotalled(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A session's row made with no totals (``_session_row``'s end): summed from its parts in
+    the same transaction, never seen so (a row made with one part's totals looked whole)."""
+    return (*row[: -len(SESSION_TOTALS)], *[None] * len(SESSION_TOTALS))
+
+
 class PostgresSink:
     """Stores records (and sessions) in PostgreSQL, shared by many processes and machines.
 
@@ -524,21 +540,31 @@ class PostgresSink:
     def _upsert_sessions(
         self, conn: psycopg.Connection[Any], sessions: Sequence[SessionInfo]
     ) -> None:
-        """The sessions' rows and parts, each row's totals the sum of its parts."""
+        """The sessions' rows and parts, each row's totals the sum of its parts: moved by the
+        change of the parts stored (``moved_totals``), a row made here summed from its parts."""
         ids = sorted({s.id for s in sessions})
         first = {s.id: s for s in reversed(sessions)}  # a row for each, made if missing
+        latest = _latest_parts(sessions)
         with conn.transaction(), conn.cursor() as cur:
             cur.executemany(
                 _ADD_SESSION + "DO NOTHING",
-                [_pg_row(_session_row(first[id_]), _SESSION_JSON) for id_ in ids],
+                [_pg_row(_untotalled(_session_row(first[id_])), _SESSION_JSON) for id_ in ids],
             )
             cur.execute(_LOCK_SESSIONS, [ids])
+            cur.execute(_READ_TOTALS, [ids])
+            rows_before = {id_: totals for id_, *totals in cur.fetchall()}
+            cur.execute(_READ_STORED_PARTS, [[k[0] for k in latest], [k[1] for k in latest]])
+            parts_before = {(id_, part): totals for id_, part, *totals in cur.fetchall()}
             owned = [_pg_row(_session_row(s), _SESSION_JSON) for s in sessions if not s.inherited]
             if owned:
                 cur.executemany(_UPSERT_SESSION, owned)
-            cur.executemany(_UPSERT_PART, [_pg_row(_part_row(s), ()) for s in sessions])
-            cur.execute(_READ_PARTS, [ids])
-            cur.executemany(_SET_TOTALS, _sum_parts(cur.fetchall()))
+            cur.executemany(_UPSERT_PART, [_pg_row(_part_row(s), ()) for s in latest.values()])
+            moved, resum = _moved_totals(latest, parts_before, rows_before)
+            if moved:
+                cur.executemany(_SET_TOTALS, moved)
+            if resum:
+                cur.execute(_READ_PARTS, [resum])
+                cur.executemany(_SET_TOTALS, _sum_parts(cur.fetchall()))
 
     def _with_retry(self, work: Callable[[psycopg.Connection[Any]], None]) -> None:
         """``work`` on the connection, once more on a new one if it was found dead. Given up a

@@ -682,22 +682,116 @@ def sum_parts(rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
     return [(*total[:3], decimal_text(total[3]), total[4], id_) for id_, total in sums.items()]
 
 
+def latest_parts(sessions: Sequence[SessionInfo]) -> dict[tuple[str, str], SessionInfo]:
+    """The last state of each ``(session_id, part)`` among ``sessions``: the one stored."""
+    return {(s.id, s.part): s for s in sessions}
+
+
+def moved_totals(
+    latest: dict[tuple[str, str], SessionInfo],
+    parts_before: dict[tuple[str, str], Sequence[Any]],
+    rows_before: dict[str, Sequence[Any]],
+) -> tuple[list[tuple[Any, ...]], list[str]]:
+    """The totals of the sessions of ``latest`` (``latest_parts``), moved by the change of their
+    parts: ``(calls, input_tokens, output_tokens, cost_usd, unpriced_calls, session_id)`` rows, as
+    ``sum_parts`` makes, and the ids whose totals must be summed from their parts instead.
+
+    ``parts_before``: the stored ``SESSION_TOTALS`` of those parts, ``rows_before`` those of the
+    sessions' rows, as they were before this store. Moving a row by the change of one part costs
+    the same however many runs its id had: summing every part on each store of an id entered
+    again per request made the writer's time per run grow with the id's runs (190 ms a run after
+    20,000), until records backed up and were set aside at exit. A row not stored before, or
+    whose totals are not whole (edited by hand), is summed from its parts."""
+    changes: dict[str, list[Any]] = {}
+    for key, info in latest.items():
+        change = changes.setdefault(info.id, [0, 0, 0, Decimal(0), 0])
+        old = parts_before.get(key)
+        old_calls, old_in, old_out, old_cost, old_unpriced = old or (0, 0, 0, "0", 0)
+        change[0] += info.calls - (old_calls or 0)
+        change[1] += info.input_tokens - (old_in or 0)
+        change[2] += info.output_tokens - (old_out or 0)
+        change[3] = USD_CONTEXT.add(change[3], info.cost_usd)
+        with contextlib.suppress(ArithmeticError, TypeError, ValueError):  # as sum_parts
+            change[3] = USD_CONTEXT.subtract(change[3], Decimal(old_cost))
+        change[4] += info.unpriced_calls - (old_unpriced or 0)
+    moved: list[tuple[Any, ...]] = []
+    resum: list[str] = []
+    for id_, change in changes.items():
+        row = rows_before.get(id_)
+        cost = _stored_usd(row[3]) if row is not None else None
+        if row is None or cost is None or any(type(row[i]) is not int for i in (0, 1, 2, 4)):
+            resum.append(id_)
+            continue
+        totals = [row[i] + change[i] for i in (0, 1, 2)]
+        cost = USD_CONTEXT.add(cost, change[3])
+        moved.append((*totals, decimal_text(cost), row[4] + change[4], id_))
+    return moved, resum
+
+
+def _stored_usd(text: Any) -> Decimal | None:
+    """A stored cost's exact value, or None when it is not one (edited by hand)."""
+    try:
+        value = Decimal(text)
+    except (ArithmeticError, TypeError, ValueError):
+        return None
+    return value if value.is_finite() else None
+
+
 def _store_sessions(conn: sqlite3.Connection, sessions: Sequence[SessionInfo]) -> None:
-    """Store the sessions' rows and parts, and set each row's totals to the sum of its parts."""
+    """Store the sessions' rows and parts, and move each row's totals by its parts' change."""
+    latest = latest_parts(sessions)
+    parts_before = _stored_parts(conn, list(latest))
+    ids = list(dict.fromkeys(key[0] for key in latest))
+    rows_before = _stored_totals(conn, ids)
     owned = [_session_row(s) for s in sessions if not s.inherited]
     inherited = [_session_row(s) for s in sessions if s.inherited]
     _UPSERT_SESSION.run(conn, _flat(owned))
     _ADD_SESSION.run(conn, _flat(inherited))
-    _UPSERT_PART.run(conn, _flat(part_row(s) for s in sessions))
-    ids = list(dict.fromkeys(s.id for s in sessions))
-    for start in range(0, len(ids), _IDS_PER_QUERY):
-        chunk = ids[start : start + _IDS_PER_QUERY]
+    _UPSERT_PART.run(conn, _flat(part_row(s) for s in latest.values()))
+    moved, resum = moved_totals(latest, parts_before, rows_before)
+    conn.executemany(_SET_TOTALS, moved)
+    for start in range(0, len(resum), _IDS_PER_QUERY):
+        chunk = resum[start : start + _IDS_PER_QUERY]
         rows = conn.execute(
             f"SELECT {', '.join(_PART_COLUMNS[:1] + _PART_COLUMNS[2:])} FROM session_parts "
             f"WHERE session_id IN ({', '.join('?' * len(chunk))})",
             chunk,
         )
         conn.executemany(_SET_TOTALS, sum_parts(rows))
+
+
+def _stored_parts(
+    conn: sqlite3.Connection, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], Sequence[Any]]:
+    """The stored ``SESSION_TOTALS`` of the ``(session_id, part)`` parts of ``keys``, each found
+    by its primary key (joined to the keys: ``(session_id, part) IN (VALUES ...)`` scanned the
+    whole table)."""
+    found: dict[tuple[str, str], Sequence[Any]] = {}
+    per_query = _IDS_PER_QUERY // 2  # two variables a part
+    columns = ", ".join(f"p.{column}" for column in _PART_COLUMNS)
+    for start in range(0, len(keys), per_query):
+        chunk = keys[start : start + per_query]
+        for session_id, part, *totals in conn.execute(
+            f"SELECT {columns} FROM (VALUES {', '.join(['(?, ?)'] * len(chunk))}) AS k "
+            "JOIN session_parts AS p ON p.session_id = k.column1 AND p.part = k.column2",
+            _flat(chunk),
+        ):
+            found[session_id, part] = totals
+    return found
+
+
+def _stored_totals(conn: sqlite3.Connection, ids: list[str]) -> dict[str, Sequence[Any]]:
+    """The ``SESSION_TOTALS`` of the stored rows of the sessions ``ids``."""
+    found: dict[str, Sequence[Any]] = {}
+    for start in range(0, len(ids), _IDS_PER_QUERY):
+        chunk = ids[start : start + _IDS_PER_QUERY]
+        for id_, *totals in conn.execute(
+            f"SELECT id, {', '.join(SESSION_TOTALS)} FROM sessions "
+            f"WHERE id IN ({', '.join('?' * len(chunk))})",
+            chunk,
+        ):
+            found[id_] = totals
+    return found
 
 
 def _flat(rows: Iterable[tuple[Any, ...]]) -> list[Any]:
