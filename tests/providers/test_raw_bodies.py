@@ -207,16 +207,24 @@ RAW_STREAMS: dict[str, tuple[str, Create]] = {
 }
 
 
+async def read_http_bytes(http: Any, read: str, is_async: bool) -> bytes:
+    """An HTTP response's body read whole (``read``) or through ``iter_bytes``."""
+    if read == "read":
+        return bytes(await http.aread() if is_async else http.read())
+    if is_async:
+        return b"".join([piece async for piece in http.aiter_bytes()])
+    return b"".join(http.iter_bytes())
+
+
 async def read_http(http: Any, read: str, is_async: bool) -> str:
     """An HTTP response's body read whole (``read``) or through one of its iterators."""
-    if read == "read":
-        data = await http.aread() if is_async else http.read()
-        return str(data.decode())
+    if read in ("read", "iter_bytes"):
+        return (await read_http_bytes(http, read, is_async)).decode()
     if is_async:
         pieces = [piece async for piece in getattr(http, f"a{read}")()]
     else:
         pieces = list(getattr(http, read)())
-    return "".join(pieces) if read != "iter_bytes" else b"".join(pieces).decode()
+    return "".join(pieces)
 
 
 @pytest.mark.parametrize("read", ["read", "iter_bytes", "iter_lines"])
@@ -243,6 +251,62 @@ async def test_a_raw_stream_body_read_yourself_is_recorded_as_parse_records_it(
     assert summary(read_record) == summary(parse_record)
     assert read_record.estimated is False and read_record.status == "ok"
     assert read_record.output_tokens > 0 and read_record.estimated_cost_usd
+
+
+BEDROCK_MODEL = "anthropic.claude-haiku-4-5-20251001-v1:0"
+
+
+def bedrock_stream(client: Any, way: str) -> Any:
+    """An ``AnthropicBedrock`` stream, ``way``: ``with_streaming_response`` or
+    ``with_raw_response``."""
+    create = getattr(client.messages, f"with_{way}_response").create
+    return create(model=BEDROCK_MODEL, max_tokens=64, messages=MESSAGES, stream=True)
+
+
+@pytest.mark.parametrize(
+    ("way", "read", "size"),
+    [
+        ("streaming", "iter_bytes", None),
+        ("streaming", "iter_bytes", 7),  # frames split across pieces
+        ("streaming", "read", None),
+        ("raw", "iter_bytes", None),
+        ("raw", "read", None),
+    ],
+)
+async def test_a_bedrock_stream_body_read_yourself_is_recorded_as_parse_records_it(
+    fake: FakeProvider,
+    records: Records,
+    kit: ModuleType,
+    is_async: bool,
+    way: str,
+    read: str,
+    size: int | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An ``AnthropicBedrock`` stream's body is AWS event-stream frames, not SSE: read by the
+    caller (``iter_bytes()``, ``read()``), none of its events was found, and the call was
+    recorded as an estimate of its request (175 input and 12 output tokens, $0.000245: 8 and 0,
+    $0.000008). Its frames are decoded by the SDK's own decoder, as ``parse()`` decodes them."""
+    monkeypatch.setattr(_stainless, "_PARSE_AT", 64)  # batches of a few frames, cut mid-frame
+    client = fake.anthropic_bedrock_client(async_=is_async)
+    tokenmeter.instrument("anthropic")
+
+    if way == "raw":
+        raw = await kit.maybe(bedrock_stream(client, way))
+        assert await read_http_bytes(raw.http_response, read, is_async)
+        del raw  # a body read whole is read when its response goes
+    elif read == "read":
+        assert await read_whole(bedrock_stream(client, way), read)
+    else:
+        pieces = await read_through(bedrock_stream(client, way), read, chunk_size=size)
+        assert not size or {len(piece) for piece in pieces[:-1]} == {size}
+    read_record = only(records())
+    await parsed(bedrock_stream(client, "streaming"), kit)
+    parse_record = records()[-1]
+
+    assert summary(read_record) == summary(parse_record)
+    assert read_record.estimated is False and read_record.status == "ok"
+    assert read_record.output_tokens == fake.anthropic_usage.output_tokens
 
 
 class Server:

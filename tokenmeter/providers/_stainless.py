@@ -442,9 +442,10 @@ class _RawResponseProxy(SDKObjectProxy):
         return body.passing(pieces, self)
 
     def _self_events(self, data: bytes) -> Iterator[Any]:
-        """The events in ``data`` (whole SSE events of this response's body) as the SDK's own
-        stream parses them: ``parse()``'s stream, made over a copy of the response that holds
-        ``data``. An async client's stream is stepped here: nothing in it waits on anything."""
+        """The events in ``data`` (whole SSE events, or AWS event-stream frames, of this
+        response's body) as the SDK's own stream parses them: ``parse()``'s stream, made over a
+        copy of the response that holds ``data``. An async client's stream is stepped here:
+        nothing in it waits on anything."""
         raw = copy.copy(self.__wrapped__)
         raw.http_response = _Replay(raw.http_response, data)
         stream = raw._parse()
@@ -534,6 +535,11 @@ _PARSE_AT = 16 * 1024
 _MAX_KEPT = 32 * 1024 * 1024
 #: What ends an SSE event: an empty line, whichever line ending the server uses.
 _EVENT_ENDS = (b"\n\n", b"\r\r", b"\n\r\n")
+#: The content type of a stream sent as AWS event-stream frames (an ``AnthropicBedrock`` stream):
+#: binary messages, each holding one event, which the SDK's own decoder reads; no SSE in it.
+_EVENT_STREAM = "application/vnd.amazon.eventstream"
+#: The smallest AWS event-stream frame: its prelude (total length, headers length, CRC) and CRC.
+_MIN_FRAME = 16
 
 
 def _as_is(piece: bytes) -> bytes:
@@ -575,11 +581,32 @@ def _whole_events(data: bytes) -> int:
     return max(data.rfind(end) + len(end) if end in data else 0 for end in _EVENT_ENDS)
 
 
+def _whole_frames(data: bytes) -> int:
+    """How many bytes of ``data`` are whole AWS event-stream frames (each begins with its total
+    length, 4 bytes big-endian). Raises on a length no frame has: the body is not one."""
+    end = 0
+    while len(data) - end >= 4:
+        length = int.from_bytes(data[end : end + 4], "big")
+        if length < _MIN_FRAME:
+            raise ValueError(f"not an AWS event-stream frame (length {length})")
+        if end + length > len(data):
+            break
+        end += length
+    return end
+
+
+def _is_event_stream(http: Any) -> bool:
+    """True for a body of AWS event-stream frames (Bedrock's streams), by its content type."""
+    content_type = str(getattr(http, "headers", {}).get("content-type", ""))
+    return content_type.split(";", 1)[0].strip().lower() == _EVENT_STREAM
+
+
 class _BodyReading:
     """A raw response's body as the caller reads it, kept only until it is read: a JSON body
     whole (read at its end), a stream's events a batch at a time, parsed by the SDK as its own
     stream would (those a reader needs) and fed to the endpoint's reader. Memory is bounded by
-    ``_MAX_KEPT``.
+    ``_MAX_KEPT``. A stream of AWS event-stream frames (Bedrock's) is cut at whole frames, each
+    batch decoded by the SDK's own decoder: its events are in binary frames, not SSE.
     Nothing here raises into the caller's loop: a fault leaves the call recorded as unreadable."""
 
     def __init__(self, response: _RawResponseProxy, to_bytes: Callable[[Any], bytes]):
@@ -595,8 +622,11 @@ class _BodyReading:
         self.stopped = False  # given up: too big, or a fault
         self.parse_at = _PARSE_AT
         self.events = 0
+        #: AWS event-stream frames, not SSE events (decided when a stream's reading begins).
+        self.framed = False
         if self.plan.streamed:
             self.plan.call.reader = self.reader = self.plan.endpoint.new_reader(False)
+            self.framed = _is_event_stream(getattr(response.__wrapped__, "http_response", None))
 
     def passing(self, pieces: Iterator[Any], response: object) -> Iterator[Any]:
         """``pieces`` as they pass, read. ``response``: kept alive while they pass (the caller
@@ -647,50 +677,59 @@ class _BodyReading:
             self.fault()
 
     def parse(self) -> None:
-        """Feed the reader the whole events waiting. The SDK parses those the reader needs (the
-        first ``_READ_EVENTS``, then those with usage, an error, or other than a delta); the
-        rest are fed as ``_SKIPPED`` (a chat stream's reader counts them)."""
+        """Feed the reader the whole events (or frames) waiting."""
         assert self.reader is not None
         data = b"".join(self.pending)
-        end = _whole_events(data)
+        end = _whole_frames(data) if self.framed else _whole_events(data)
         if not end:
             return
         self.pending, self.size = ([data[end:]], len(data) - end) if end < len(data) else ([], 0)
-        batch = data[:end]
-        if b"\r" in batch:
-            batch = batch.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        call, feed = self.plan.call, self.reader.feed
-        run: list[bytes] = []
         try:
-            for event in batch.split(b"\n\n"):
-                if b"data:" not in event or event.startswith(b"data: [DONE]"):
-                    continue  # a comment, a keep-alive, the end: no event of the SDK's stream
-                self.events += 1
-                if self.events <= _READ_EVENTS or not _skippable(event):
-                    run.append(event)
-                    continue
-                if run:
-                    self.feed_parsed(run)
-                    run = []
-                feed(_SKIPPED, call)
-            if run:
-                self.feed_parsed(run)
+            if self.framed:  # each frame's event is in base64 inside it: the SDK reads them all
+                self.feed_parsed(data[:end])
+            else:
+                self.feed_sse(data[:end])
         except Exception as exc:
             if not any(kind.__name__ == "APIError" for kind in type(exc).__mro__):
                 raise
             # An error event: the SDK's stream raises it; the caller reading the body does not
             # see it. Recorded as the call's error, as the stream would have been.
-            call.failure = type(exc).__name__
+            self.plan.call.failure = type(exc).__name__
             self.stop()
 
-    def feed_parsed(self, events: list[bytes]) -> None:
+    def feed_sse(self, batch: bytes) -> None:
+        """Feed the reader whole SSE events. The SDK parses those the reader needs (the first
+        ``_READ_EVENTS``, then those with usage, an error, or other than a delta); the rest are
+        fed as ``_SKIPPED`` (a chat stream's reader counts them)."""
+        assert self.reader is not None
+        if b"\r" in batch:
+            batch = batch.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        call, feed = self.plan.call, self.reader.feed
+        run: list[bytes] = []
+        for event in batch.split(b"\n\n"):
+            if b"data:" not in event or event.startswith(b"data: [DONE]"):
+                continue  # a comment, a keep-alive, the end: no event of the SDK's stream
+            self.events += 1
+            if self.events <= _READ_EVENTS or not _skippable(event):
+                run.append(event)
+                continue
+            if run:
+                self.feed_parsed(b"\n\n".join(run) + b"\n\n")
+                run = []
+            feed(_SKIPPED, call)
+        if run:
+            self.feed_parsed(b"\n\n".join(run) + b"\n\n")
+
+    def feed_parsed(self, data: bytes) -> None:
+        """Feed the reader the events of ``data`` (whole events or frames) as the SDK parses
+        them."""
         assert self.reader is not None
         call, feed = self.plan.call, self.reader.feed
         response = self.response()
         if response is None:  # dropped: recorded then, with what it had read (``_self_settle``)
             self.stop()
             return
-        for event in response._self_events(b"\n\n".join(events) + b"\n\n"):
+        for event in response._self_events(data):
             feed(event, call)
 
     def ended(self) -> None:
