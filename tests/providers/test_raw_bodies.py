@@ -7,6 +7,7 @@ SDK gives it. So is a ``with_raw_response`` stream's body read whole or through 
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import re
 from collections.abc import Callable
@@ -532,3 +533,35 @@ def test_a_raw_stream_read_in_one_line_is_recorded_from_its_body(
         kit.CHAT_USAGE["prompt_tokens"],
         kit.CHAT_USAGE["completion_tokens"],
     )
+
+
+@pytest.mark.parametrize("read", ["read", "text", "http_response.read"])
+@pytest.mark.parametrize("bedrock", [False, True])
+async def test_a_raw_stream_read_whole_in_one_line_is_recorded_from_its_body(
+    fake: FakeProvider, records: Records, is_async: bool, read: str, bedrock: bool
+) -> None:
+    """``client.messages.with_raw_response.create(stream=True).read()``: only the SDK's bound
+    ``read`` held the raw response, which went before its body was read and was recorded as an
+    estimate of its request (175 input and 12 output tokens, $0.000245: 8 and 0, $0.000008)."""
+    if read != "http_response.read" and importlib.util.find_spec("anthropic._legacy_response"):
+        pytest.skip("this anthropic's with_raw_response gives a LegacyAPIResponse: no read()")
+    if bedrock:
+        client: Any = fake.anthropic_bedrock_client(async_=is_async)
+        model = BEDROCK_MODEL
+    else:
+        client, model = fake.anthropic_client(async_=is_async), "claude-sonnet-4-5"
+    tokenmeter.instrument("anthropic")
+    create = client.messages.with_raw_response.create
+    kwargs: dict[str, Any] = {"model": model, "max_tokens": 64, "messages": MESSAGES}
+    if is_async and read == "http_response.read":
+        body = await (await create(**kwargs, stream=True)).http_response.aread()
+    elif is_async:
+        body = await getattr(await create(**kwargs, stream=True), read)()
+    elif read == "http_response.read":
+        body = create(**kwargs, stream=True).http_response.read()
+    else:
+        body = getattr(create(**kwargs, stream=True), read)()
+    assert body
+    record = only(records())
+    assert (record.estimated, record.status) == (False, "ok")
+    assert record.output_tokens == fake.anthropic_usage.output_tokens

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import inspect
 import json
 import sys
@@ -389,6 +390,19 @@ class _RawResponseProxy(SDKObjectProxy):
     async def _self_parse_async(self, pending: Any) -> Any:
         return self._self_take(await pending)
 
+    def __getattr__(self, name: str) -> Any:
+        """The SDK response's attribute; its method reading the body whole (``read()``,
+        ``text()``, ``json()``: ``_WHOLE_READS``) one that holds this response until the body is
+        there. A body read whole is recorded when its response goes (``_self_settle``): read in
+        the line that made the response (``client...with_raw_response.create(stream=True)
+        .read()``), the SDK's bound method alone held it, so it went before its body was read,
+        recorded as an estimate of its request. (Looked up here, not defined: openai's legacy
+        raw response has ``text`` as a property, and no ``read()``.)"""
+        found = super().__getattr__(name)
+        if name in _WHOLE_READS and inspect.ismethod(found):
+            return _holding(self, found)
+        return found
+
     def __del__(self) -> None:  # never parsed (e.g. only ``iter_lines()``): record what is known
         if getattr(self, "_self_plan", None) is not None:
             self._self_settle()
@@ -473,6 +487,12 @@ class _ReadThroughHTTP(SDKObjectProxy):
     def _self_through(self, pieces: Any, to_bytes: Callable[[Any], bytes]) -> Any:
         return self._self_response._self_read_through(pieces, to_bytes)
 
+    def read(self, *args: Any, **kwargs: Any) -> Any:  # the response held as it reads (above)
+        return self.__wrapped__.read(*args, **kwargs)
+
+    def aread(self, *args: Any, **kwargs: Any) -> Any:
+        return _kept_while_read(self, self.__wrapped__.aread(*args, **kwargs))
+
     def iter_bytes(self, *args: Any, **kwargs: Any) -> Any:
         return self._self_through(self.__wrapped__.iter_bytes(*args, **kwargs), _as_is)
 
@@ -490,6 +510,33 @@ class _ReadThroughHTTP(SDKObjectProxy):
 
     def aiter_lines(self, *args: Any, **kwargs: Any) -> Any:
         return self._self_through(self.__wrapped__.aiter_lines(*args, **kwargs), _line)
+
+
+#: The methods of an SDK's raw response that read its body whole.
+_WHOLE_READS = frozenset(("read", "text", "json"))
+
+
+def _holding(response: object, read: Callable[..., Any]) -> Callable[..., Any]:
+    """``read``, holding ``response`` until what it reads is there (an async read's too)."""
+
+    @functools.wraps(read)
+    def read_holding(*args: Any, **kwargs: Any) -> Any:
+        return _kept_while_read(response, read(*args, **kwargs))
+
+    return read_holding
+
+
+def _kept_while_read(response: object, result: Any) -> Any:
+    """``result`` of a body read whole; an async read's awaitable holds ``response`` until the
+    body is there (a sync read held it, as the ``self`` of the method that read)."""
+    if inspect.isawaitable(result):
+        return _awaited_with(response, result)
+    return result
+
+
+async def _awaited_with(response: object, pending: Any) -> Any:
+    """``pending`` awaited while ``response`` is referenced (by this coroutine's frame)."""
+    return await pending
 
 
 class _StreamingResponseProxy(_RawResponseProxy):
