@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -26,6 +27,15 @@ class Answer(BaseModel):
     """A structured-output schema for the ``parse()`` helpers."""
 
     answer: str
+
+
+def not_metered_in_docs() -> str:
+    """docs/providers.md's "Not metered" list (its paragraph), its lines joined: what the docs
+    tell a user makes no record."""
+    page = Path(__file__).resolve().parents[2] / "docs" / "providers.md"
+    text = page.read_text(encoding="utf-8")
+    start = text.index("**Not metered**")
+    return " ".join(text[start : text.index("\n\n", start)].split())
 
 
 def flushed(sink: InMemorySink) -> list[UsageRecord]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 from types import ModuleType
+from typing import Any
 
 import anthropic
 import pytest
@@ -23,7 +24,9 @@ from provider_helpers import (
     Records,
     cut_reply,
     http_of,
+    json_reply,
     mock_anthropic,
+    not_metered_in_docs,
     only,
     sse_reply,
 )
@@ -431,6 +434,45 @@ async def test_count_tokens_is_not_billed(
     counted = await kit.maybe(client.messages.count_tokens(model=MODEL, messages=MESSAGES))
     assert counted.input_tokens == fake.anthropic_usage.input_tokens
     assert instrumented() == []
+
+
+@pytest.mark.skipif(
+    not hasattr(anthropic.resources.beta.Beta, "sessions"),
+    reason="no client.beta.sessions (Managed Agents) in this anthropic",
+)
+def test_managed_agents_sessions_are_not_metered_as_documented(instrumented: Records) -> None:
+    """Claude Managed Agents (``client.beta.sessions``) run their turns on Anthropic's side,
+    billed per token (50,000 in and 4,000 out in this session's ``usage``: about $0.21 at Sonnet
+    4.5 rates), and no call of them is recorded. docs/providers.md's "Not metered" list named
+    nothing of them, so the session looked metered."""
+    session = {
+        "id": "sesn_1",
+        "type": "session",
+        "status": "idle",
+        "title": None,
+        "agent": {"id": "agent_1", "type": "agent", "version": 1, "model": "claude-sonnet-4-5"},
+        "environment_id": "env_1",
+        "metadata": {},
+        "created_at": "2026-12-07T00:00:00Z",
+        "updated_at": "2026-12-07T00:05:00Z",
+        "usage": {"input_tokens": 50000, "output_tokens": 4000, "cache_read_input_tokens": 0},
+    }
+    http = http_of(anthropic_base_client)
+
+    def server(request: Any) -> Any:
+        if request.url.path.endswith("/events"):
+            return json_reply(http, {"data": [{"type": "user.message", "id": "ev_1"}]})
+        return json_reply(http, session)
+
+    client = mock_anthropic(server)
+    said = [{"type": "user.message", "content": [{"type": "text", "text": "Fix the test"}]}]
+    made = client.beta.sessions.create(agent="agent_1", environment_id="env_1")
+    client.beta.sessions.events.send(made.id, events=said)
+    done = client.beta.sessions.retrieve(made.id)
+
+    assert (done.usage.input_tokens, done.usage.output_tokens) == (50000, 4000)
+    assert instrumented() == []
+    assert "`client.beta.sessions`" in not_metered_in_docs()
 
 
 async def test_api_error_is_recorded(

@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
-from provider_helpers import MESSAGES, Answer, Records, only
+from provider_helpers import MESSAGES, Answer, Records, not_metered_in_docs, only
 
 import tokenmeter
 from tokenmeter._models import UsageRecord
@@ -614,3 +614,43 @@ async def test_an_incomplete_response_responses_parse_refuses_keeps_its_usage(
     record = only(instrumented())
     assert (record.input_tokens, record.output_tokens, record.status) == (3_000, 800, "error")
     assert record.estimated_cost_usd
+
+
+@pytest.mark.skipif(
+    not hasattr(openai.resources.beta.Beta, "agents"),
+    reason="no client.beta.agents in this openai",
+)
+def test_agent_sessions_are_not_metered_as_documented(records: Records, kit: ModuleType) -> None:
+    """OpenAI's agent sessions (``client.beta.agents.sessions``) run their turns on OpenAI's
+    side, billed per token (each turn's ``usage``), and no call of them is recorded: the docs'
+    "Not metered" list says so."""
+    turn = {
+        "id": "turn_1",
+        "agent_id": "agent_1",
+        "created_at": 1,
+        "object": "agent.session.turn",
+        "session_id": "sess_1",
+        "status": "completed",
+        "usage": {
+            "input_tokens": 50000,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 4000,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 54000,
+        },
+    }
+
+    def server(request: Any) -> Any:
+        if request.method == "POST":
+            return kit.http.Response(204)
+        return kit.http.Response(200, json=turn)
+
+    client = kit.mock_openai(server)
+    tokenmeter.instrument("openai")
+    said = [{"type": "message", "role": "user", "content": "Fix the test"}]
+    client.beta.agents.sessions.events.create("sess_1", events=said)
+    done = client.beta.agents.sessions.turns.retrieve("turn_1", session_id="sess_1")
+
+    assert done.usage is not None and done.usage.input_tokens == 50000
+    assert records() == []
+    assert "`client.beta.agents.sessions`" in not_metered_in_docs()
