@@ -16,7 +16,7 @@ from helpers import one_line_value_error, returns, run_python, unusable_paths
 import tokenmeter
 from tokenmeter import _config, _runtime
 from tokenmeter._config import load_settings, load_settings_with_sources
-from tokenmeter.sinks import InMemorySink, JSONLSink, SQLiteSink
+from tokenmeter.sinks import InMemorySink, JSONLSink, MarkdownJournalSink, SQLiteSink
 
 CHEAP = {"input_per_mtok": 1, "output_per_mtok": 1}
 
@@ -858,6 +858,33 @@ def test_a_state_file_that_is_the_file_of_a_sink_given_as_an_object_is_refused(
         assert message.startswith("tokenmeter setting 'state_file': must not be the file")
         assert type(sink).__name__ in message
     tokenmeter.configure(sinks=[JSONLSink("ledger.jsonl")], state_file="state.md")
+
+
+def test_a_state_file_among_the_files_of_a_sink_given_as_an_object_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state file in a ``MarkdownJournalSink`` object's folder was taken: the journal cut the
+    state lines away when it rewrote its file (3 sessions ended, 0 lines kept), or refused its
+    file and set every later record aside. ``SQLiteSink("x.db")`` beside
+    ``state_file="x.db-wal"`` was taken too, where tokenmeter's own ``usage.db-wal`` is not."""
+    monkeypatch.chdir(tmp_path)
+    journal = MarkdownJournalSink("journal")
+    for sink, state_file in (
+        (journal, "journal/token_usage.md"),
+        (journal, tmp_path / "journal" / "sessions" / "state.md"),
+        (SQLiteSink("ledger.db"), "ledger.db-wal"),
+        (SQLiteSink("ledger.db"), "ledger.db-journal"),
+    ):
+        with pytest.raises(ValueError) as excinfo:
+            tokenmeter.configure(directory="data", sinks=[sink], state_file=state_file)
+        message = one_line_value_error(excinfo)
+        assert message.startswith("tokenmeter setting 'state_file': must not be")
+        assert type(sink).__name__ in message
+    tokenmeter.configure(directory="data", sinks=[journal], state_file="journal-state.md")
+    with tokenmeter.session("job"):
+        tokenmeter.record("openai", "gpt-4o", 10, 5)
+    assert tokenmeter.flush(5)
+    assert (tmp_path / "journal-state.md").read_text().count("TOKEN_TRACKING") == 1
 
 
 @pytest.mark.parametrize("read_by", ["configure", "instrument"])

@@ -373,24 +373,43 @@ def configure(
 
 
 def _check_state_file_apart(state_file: Path | None, objects: Sequence[Sink]) -> None:
-    """Refuse a state file that is the file of a sink passed as an object
+    """Refuse a state file that is a file of a sink passed as an object
     (``JSONLSink("ledger.jsonl")`` beside ``state_file="ledger.jsonl"``): two writers on one
     file, the state lines among the records. tokenmeter's own files are refused by Settings."""
     if state_file is None:
         return
     for sink in objects:
-        path = getattr(sink, "path", None)
-        if not isinstance(path, Path):
-            continue
-        try:
-            same = os.path.realpath(absolute(state_file)) == os.path.realpath(absolute(path))
-        except (ValueError, OSError):
-            continue
-        if same:
+        place = _place_of_sink(state_file, sink)
+        if place is not None:
             raise ValueError(
-                f"tokenmeter setting 'state_file': must not be the file of the sink "
+                f"tokenmeter setting 'state_file': must not be {place} of the sink "
                 f"{type(sink).__name__}, got {str(state_file)!r}"
             )
+
+
+#: The files SQLite keeps beside a database while it writes (its log, its shared memory).
+_SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def _place_of_sink(state_file: Path, sink: Sink) -> str | None:
+    """How ``state_file`` is a file ``sink`` writes ("the file", "in the folder"), or None: its
+    ``path`` or that file's SQLite companions, or any file in its ``directory``
+    (``MarkdownJournalSink`` rewrites its ``token_usage.md`` there), through links too."""
+    path = getattr(sink, "path", None)
+    folder = getattr(sink, "directory", None)
+    try:
+        target = os.path.realpath(absolute(state_file))
+        if isinstance(path, Path):
+            own = os.path.realpath(absolute(path))
+            if target in {own, *(own + suffix for suffix in _SQLITE_COMPANIONS)}:
+                return "the file"
+        if isinstance(folder, Path) and Path(target).is_relative_to(
+            os.path.realpath(absolute(folder))
+        ):
+            return "in the folder"
+    except (ValueError, OSError):  # no name of a file, or no working directory: no file yet
+        return None
+    return None
 
 
 def _listed(value: object) -> object:
