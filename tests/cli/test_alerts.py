@@ -228,6 +228,21 @@ def test_a_source_that_is_not_an_alerts_file_is_an_error(cli: RunCli, tmp_path: 
         )
 
 
+def test_the_alerts_file_as_a_usage_source_is_an_error(cli: RunCli, alerts_dir: Path) -> None:
+    """``report --source alerts.jsonl`` printed "no calls in this period" and a $0.00 total,
+    exit 0 (``sessions`` and ``tail`` an empty list), every alert counted as a corrupt line:
+    the mirror of ``alerts --source usage.jsonl``, refused in one line."""
+    alerts = alerts_dir / "alerts.jsonl"
+    for command in ("report", "sessions", "tail"):
+        code, out, err = cli(command, "--source", str(alerts))
+        assert (code, out) == (1, ""), command
+        assert err == (
+            f"tokenmeter: error: {alerts} is not a file of usage records (its first line is an "
+            "alert): pass the usage.db or usage.jsonl beside it, or the directory holding them "
+            "(`tokenmeter alerts` lists the alerts)\n"
+        )
+
+
 def test_an_alerts_file_whose_first_line_is_torn_lists_the_rest(
     cli: RunCli, alerts_dir: Path
 ) -> None:

@@ -17,6 +17,7 @@ from tokenmeter.cli._output import one_line, write_output
 from tokenmeter.cli._source import (
     SQLITE_MAGIC,
     default_directory,
+    first_line,
     lines_of,
     parse_record,
     refuse_special_file,
@@ -131,7 +132,7 @@ def _refuse_other_files(path: Path) -> None:
     if sqlite:
         why = "it is a SQLite database"
     else:
-        first = _first_line(path)
+        first = first_line(path)
         if first is None or parse_record(first) is None:
             return
         why = "its first line is a usage record"
@@ -139,14 +140,6 @@ def _refuse_other_files(path: Path) -> None:
         f"{path} is not an alerts file ({why}): pass the alerts.jsonl beside the data, "
         "or the directory holding it"
     )
-
-
-def _first_line(path: Path) -> bytes | None:
-    """The first line of ``path`` that is not blank, if any."""
-    for line in lines_of(_AlertLines(path)):  # left unfinished, it closes the file
-        if line.strip():
-            return line
-    return None
 
 
 def _number(value: object) -> str:

@@ -49,6 +49,7 @@ __all__ = [
     "RecentIds",
     "Source",
     "default_source_path",
+    "first_line",
     "is_too_long",
     "line_start_after",
     "open_database",
@@ -193,8 +194,46 @@ def resolve_source(value: str | None) -> Source:
     if head == SQLITE_MAGIC or suffix in _SQLITE_SUFFIXES:
         return Source(path, "sqlite")
     if suffix in _JSONL_SUFFIXES or head[:1] in (b"{", b""):
+        _refuse_alerts_file(path)
         return Source(path, "jsonl")
     raise CliError(f"{path} is neither a tokenmeter SQLite database nor a JSONL file")
+
+
+def _refuse_alerts_file(path: Path) -> None:
+    """tokenmeter's ``alerts.jsonl`` (beside the data) is not a file of usage records:
+    ``report --source alerts.jsonl`` printed "no calls in this period", exit 0, every alert
+    counted as a corrupt line (``tail -f`` waited for records forever)."""
+    first = first_line(path)
+    if first is None or not _is_alert(first):
+        return
+    raise CliError(
+        f"{path} is not a file of usage records (its first line is an alert): pass the "
+        "usage.db or usage.jsonl beside it, or the directory holding them "
+        "(`tokenmeter alerts` lists the alerts)"
+    )
+
+
+def _is_alert(line: bytes) -> bool:
+    """Whether this line is one the alert sink writes (a ``rule`` and a ``time``), not a record
+    (whose time is its ``timestamp``)."""
+    try:
+        item = json.loads(line)
+    except (ValueError, RecursionError):  # also UnicodeDecodeError
+        return False
+    return (
+        isinstance(item, dict)
+        and "timestamp" not in item
+        and isinstance(item.get("rule"), str)
+        and isinstance(item.get("time"), str)
+    )
+
+
+def first_line(path: Path) -> bytes | None:
+    """The first line of ``path`` that is not blank, if any."""
+    for line in lines_of(JsonlReader(path)):  # left unfinished, it closes the file
+        if line.strip():
+            return line
+    return None
 
 
 def _opened(path: Path, given: bool) -> tuple[Path, bytes]:
