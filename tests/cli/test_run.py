@@ -655,6 +655,32 @@ def test_the_summary_names_the_report_that_shows_the_run(
     assert session in [row["session_id"] for row in json.loads(shown.stdout)["rows"]]
 
 
+@pytest.mark.parametrize("sinks", ["markdown", "otel"])
+def test_a_run_into_no_store_the_cli_reads_names_no_report(
+    fake: FakeProvider, tmp_path: Path, sinks: str
+) -> None:
+    """``run --sinks markdown`` (or ``otel``) said "see `tokenmeter report --by session`": typed
+    there, that command failed, "no usage data at .../usage.db". The journal's page of the
+    session is named instead; with no file at all, what to add for a report."""
+    if sinks == "otel":
+        pytest.importorskip("opentelemetry.sdk", reason="opentelemetry-sdk (tokenmeter[otel])")
+    env = _env(fake, OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none")
+    app = _script(tmp_path / "app.py", _CALLS)
+    result = _run(["--sinks", sinks, "--", sys.executable, app.name], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    session = last.split("session ", 1)[1].split()[0]
+    assert "tokenmeter report" not in last
+    if sinks == "otel":
+        assert last.endswith(
+            "; no sink the tokenmeter CLI reads: add sqlite or jsonl to --sinks for a report"
+        )
+        return
+    page = Path(last.split("; see its journal page ", 1)[1])
+    assert page == tmp_path / ".tokenmeter" / "journal" / "sessions" / f"{session}.md"
+    assert session in page.read_text()
+
+
 def test_a_run_inside_a_run_counts_in_both_summaries(fake: FakeProvider, tmp_path: Path) -> None:
     """A Makefile target using ``tokenmeter run``, in a CI job wrapped in one: the inner run took
     the calls, and the outer summary said no LLM calls were recorded."""

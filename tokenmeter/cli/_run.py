@@ -545,18 +545,51 @@ def _summary(
     )
     print(
         f"  session {env[_autorun.ENV_ID]} in {one_line(where)}; "  # a cloned pyproject.toml
-        f"see `{one_line(_report_hint(settings, recorded))}`",
+        f"{one_line(_where_to_see(settings, recorded, env[_autorun.ENV_ID]))}",
         file=out,
     )
 
 
-def _report_hint(settings: Any, recorded: set[tuple[Path, tuple[str, ...]]]) -> str:
+def _where_to_see(
+    settings: Any, recorded: set[tuple[Path, tuple[str, ...]]], session_id: str
+) -> str:
+    """Where to see the run's session: the report that shows it, or, when the run recorded into
+    no store the CLI reads (``--sinks markdown`` or ``otel``: the report named failed, "no usage
+    data"), its journal page, or a sentence saying what to add."""
+    from tokenmeter.sinks._files import absolute
+
+    runs = recorded or {(absolute(settings.directory), tuple(settings.sinks))}
+    hint = _report_hint(settings, runs)
+    if hint is not None:
+        return f"see `{hint}`"
+    page = _journal_page(runs, absolute(settings.directory), session_id)
+    if page is not None:
+        return f"see its journal page {shlex.quote(str(page))}"
+    return "no sink the tokenmeter CLI reads: add sqlite or jsonl to --sinks for a report"
+
+
+def _journal_page(
+    runs: set[tuple[Path, tuple[str, ...]]], directory: Path, session_id: str
+) -> Path | None:
+    """The markdown journal's page of ``session_id``: the run's (``directory``) when it wrote a
+    journal, else the one journal the processes wrote; None for none, or several elsewhere."""
+    from tokenmeter.sinks import MarkdownJournalSink
+
+    folders = {where for where, names in runs if "markdown" in names}
+    if directory not in folders and len(folders) != 1:
+        return None
+    folder = directory if directory in folders else next(iter(folders))
+    return MarkdownJournalSink(folder / "journal").session_path(session_id)
+
+
+def _report_hint(settings: Any, runs: set[tuple[Path, tuple[str, ...]]]) -> str | None:
     """The report that shows the run's session: ``tokenmeter report --by session``, with the
     ``--source`` the run recorded into when that command, typed where the run was, reads
     another store: ``--dir`` and ``--sinks`` were the run's environment, not the shell's (its
     session was missing from the report named), and a program may configure its own directory
-    (``recorded``: the directories and sinks the processes said they recorded with). Quoted as
-    a shell takes it, as ``tokenmeter demo`` names its data."""
+    (``runs``: the directories and sinks the processes said they recorded with). Quoted as
+    a shell takes it, as ``tokenmeter demo`` names its data. None when the run recorded into no
+    store the CLI reads."""
     from tokenmeter.cli._source import default_source_path, postgres_written
     from tokenmeter.sinks._files import absolute
 
@@ -565,13 +598,13 @@ def _report_hint(settings: Any, recorded: set[tuple[Path, tuple[str, ...]]]) -> 
         read: Path | None = None if postgres_written() else absolute(default_source_path())
     except (CliError, OSError):  # a bad setting the run's options replaced; cwd removed
         read = None
-    runs = recorded or {(absolute(settings.directory), tuple(settings.sinks))}
     written = _file_recorded(runs, absolute(settings.directory), settings.sinks)
     if written is not None:
         return command if written == read else f"{command} --source {shlex.quote(str(written))}"
-    if any("postgres" in sinks for _, sinks in runs) and read is not None:  # PostgreSQL only
-        return f"{command} --source postgresql://..."  # its URL may hold a password
-    return command
+    if any("postgres" in sinks for _, sinks in runs):
+        # PostgreSQL only: its URL may hold a password
+        return command if read is None else f"{command} --source postgresql://..."
+    return None
 
 
 def _file_recorded(
