@@ -735,6 +735,27 @@ def test_the_default_session_name_has_the_script_after_python_options(
     assert f"tokenmeter: '{Path(sys.executable).name} app.py' (exit status 0)" in result.stderr
 
 
+def test_the_default_session_name_has_the_module_python_runs(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    """``python -m jobs.nightly`` and ``python -m jobs.hourly`` were both named ``python``:
+    ``report --by name`` merged them into one row. ``-c``'s code stays out of the name."""
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "__init__.py").write_text("")
+    _script(tmp_path / "jobs" / "nightly.py", _CALLS)
+    _script(tmp_path / "jobs" / "hourly.py", _CALLS)
+    python = Path(sys.executable).name
+    for program, name in [
+        (["-m", "jobs.nightly"], f"{python} -m jobs.nightly"),
+        (["-u", "-mjobs.hourly", "--key", "sk-secret"], f"{python} -m jobs.hourly"),
+        (["-c", _CALLS], python),
+    ]:
+        result = _run(["--", sys.executable, *program], _env(fake), cwd=tmp_path)
+        assert f"tokenmeter: '{name}' (exit status 0)" in result.stderr
+    names = {row[2] for row in _records(tmp_path / ".tokenmeter" / "usage.db")}
+    assert names == {python, f"{python} -m jobs.hourly", f"{python} -m jobs.nightly"}
+
+
 @pytest.mark.parametrize("inherited", ["lots", "5"])
 def test_a_budget_figure_inherited_from_the_environment_is_not_the_runs(
     inherited: str, tmp_path: Path

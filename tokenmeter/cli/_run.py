@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -101,12 +102,16 @@ def _tag(value: str) -> tuple[str, str]:
 
 
 def _default_name(command: list[str]) -> str:
-    """The program and its script, e.g. ``python app.py``: never the other arguments, which may
-    hold secrets (``--api-key ...``). The script is a file: an argument that names none may be a
-    command line (``sh -c "OPENAI_API_KEY=... python app.py"``)."""
+    """The program and its script, e.g. ``python app.py``, or the module Python runs (``python -m
+    jobs.nightly``: a module is code's name, as a script's is): never the other arguments, which
+    may hold secrets (``--api-key ...``), nor ``-c``'s code. The script is a file: an argument
+    that names none may be a command line (``sh -c "OPENAI_API_KEY=... python app.py"``)."""
     words = [os.path.basename(command[0])]
+    module = _module_argument(command[1:]) if _PYTHON.fullmatch(words[0]) else None
     script = _script_argument(command[1:])
-    if script is not None and script.endswith(".py") and os.path.isfile(script):
+    if module is not None and _MODULE_NAME.fullmatch(module):
+        words += ["-m", module]
+    elif script is not None and script.endswith(".py") and os.path.isfile(script):
         words.append(os.path.basename(script))
     return " ".join(words)
 
@@ -116,6 +121,11 @@ def _default_name(command: list[str]) -> str:
 _OPTIONS_WITH_A_VALUE = frozenset({"-W", "-X", "--check-hash-based-pycs"})
 #: Python's options after which no script follows (the program is their value).
 _OPTIONS_INSTEAD_OF_A_SCRIPT = frozenset({"-c", "-m"})
+#: A Python interpreter's file name (``python3.12``, ``pypy3``, ``python.exe``): only there is
+#: ``-m`` a module, not another program's option whose value may be a secret.
+_PYTHON = re.compile(r"(?:python|pypy)[\d.]*(?:\.exe)?", re.IGNORECASE)
+#: A module's dotted name (``jobs.nightly``).
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 
 
 def _script_argument(arguments: list[str]) -> str | None:
@@ -128,6 +138,22 @@ def _script_argument(arguments: list[str]) -> str | None:
             next(remaining, None)
         elif not arg.startswith("-"):
             return arg
+    return None
+
+
+def _module_argument(arguments: list[str]) -> str | None:
+    """The module of Python's ``-m`` (``-m jobs.nightly`` or ``-mjobs.nightly``), if the options
+    before the script name one."""
+    remaining = iter(arguments)
+    for arg in remaining:
+        if arg == "-m":
+            return next(remaining, None)
+        if arg.startswith("-m"):
+            return arg[2:]
+        if arg in _OPTIONS_WITH_A_VALUE:
+            next(remaining, None)
+        elif arg == "-c" or not arg.startswith("-"):
+            return None
     return None
 
 
