@@ -388,6 +388,36 @@ def test_a_projects_missing_prices_file_under_tokenmeter_prices_is_no_error(
         tokenmeter.configure()
 
 
+def test_a_prices_file_that_cannot_be_read_is_named_as_its_setting_and_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``TOKENMETER_PRICES=prices.toml`` exported in a shell, the program run in another folder:
+    record() said "/tmp/x/prices.toml: cannot read prices file", never the setting nor where it
+    came from, as every other bad setting says."""
+    (tmp_path / "elsewhere").mkdir()
+    _project_prices(tmp_path / "elsewhere", file="missing.toml")  # under TOKENMETER_PRICES
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.setenv("TOKENMETER_PRICES", "prices.toml")
+    missing = tmp_path / "elsewhere" / "prices.toml"
+    expected = (
+        f"tokenmeter setting 'prices_file' from TOKENMETER_PRICES: {missing}: cannot read "
+        "prices file (No such file or directory)"
+    )
+    with pytest.raises(ValueError) as excinfo:
+        tokenmeter.record("openai", "gpt-4o", 10, 5)  # the first record reads the settings
+    assert one_line_value_error(excinfo) == expected
+    with pytest.raises(ValueError) as excinfo:
+        tokenmeter.configure(sinks=[InMemorySink()])
+    assert one_line_value_error(excinfo) == expected
+    monkeypatch.delenv("TOKENMETER_PRICES")  # now the project's missing file is in force
+    with pytest.raises(ValueError) as excinfo:
+        tokenmeter.configure(sinks=[InMemorySink()])
+    assert one_line_value_error(excinfo).startswith(
+        f"tokenmeter setting 'prices_file' from {tmp_path / 'elsewhere' / 'pyproject.toml'} "
+        f"[tool.tokenmeter]: {tmp_path / 'elsewhere' / 'missing.toml'}: cannot read prices file"
+    )
+
+
 def test_within_the_pyproject_its_prices_file_and_table_add_up_the_table_winning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sink: InMemorySink
 ) -> None:
@@ -474,8 +504,8 @@ def test_a_prices_file_broken_after_its_check_leaves_the_previous_arguments(
     tokenmeter.configure(sinks=[sink])
     check = _runtime.check_settings_prices_file
 
-    def edited_after_the_check(resolved: Any) -> None:
-        check(resolved)
+    def edited_after_the_check(resolved: Any, sources: Any) -> None:
+        check(resolved, sources)
         prices.write_text('{"my-model": {"input_per_mtok": "cheap"}}')  # an editor saves now
 
     monkeypatch.setattr(_runtime, "check_settings_prices_file", edited_after_the_check)
@@ -1082,13 +1112,13 @@ def test_a_bad_setting_found_at_the_first_call_is_read_once_and_never_breaks_the
 
     monkeypatch.setenv("TOKENMETER_MAX_QUEUE", "0")
     reads: list[object] = []
-    load = _runtime.load_settings
+    load = _runtime.load_settings_with_sources
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         reads.append(args)
         return load(*args, **kwargs)
 
-    monkeypatch.setattr(_runtime, "load_settings", counted)
+    monkeypatch.setattr(_runtime, "load_settings_with_sources", counted)
     with FakeProvider() as fake:
         client = tokenmeter.wrap(fake.openai_client())
         for stream in (False, True, False, True):

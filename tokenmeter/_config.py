@@ -597,13 +597,20 @@ def load_settings(
     return load_settings_with_sources(explicit, env=env, cwd=cwd, prices_base=prices_base)[0]
 
 
-def check_settings_prices_file(resolved: Settings) -> None:
+def check_settings_prices_file(resolved: Settings, sources: Mapping[str, str]) -> None:
     """Raise the ValueError ``configure()`` would for the prices file of ``resolved``, reading it
-    (the file is read apart from the other settings). Not while the kill switch is on: like any
-    other bad setting, a prices file that cannot be read (``TOKENMETER_PRICES`` naming a file
-    missing from this checkout) must not stop ``TOKENMETER_DISABLED=1`` from working."""
-    if resolved.prices_file is not None and not resolved.disabled:
+    (the file is read apart from the other settings), naming the setting and where it came from
+    (``sources``, as ``load_settings_with_sources`` gives them) as for any other bad setting: a
+    ``TOKENMETER_PRICES`` exported long ago said only "prices.toml: cannot read prices file".
+    Not while the kill switch is on: like any other bad setting, a prices file that cannot be
+    read (one missing from this checkout) must not stop ``TOKENMETER_DISABLED=1`` from working."""
+    if resolved.prices_file is None or resolved.disabled:
+        return
+    try:
         check_prices_file(resolved.prices_file)
+    except ValueError as exc:
+        source = sources.get("prices_file", "settings")
+        raise ValueError(f"tokenmeter setting 'prices_file' from {source}: {exc}") from None
 
 
 def _switched_off(

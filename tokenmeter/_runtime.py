@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from tokenmeter import _pipeline, _sessions
-from tokenmeter._config import Settings, check_settings_prices_file, find_pyproject, load_settings
+from tokenmeter._config import (
+    Settings,
+    check_settings_prices_file,
+    find_pyproject,
+    load_settings,
+    load_settings_with_sources,
+)
 from tokenmeter._fork import renew_after_fork
 from tokenmeter.pricing._overrides import short_repr, use_prices
 from tokenmeter.sinks._base import Sink
@@ -62,9 +68,9 @@ def settings() -> Settings:
     return _settings
 
 
-def _load(explicit: Mapping[str, Any]) -> Settings:
-    """``load_settings(explicit)``, reading the pyproject.toml the first load that could read
-    one found, wherever the process is now (see ``_project_start``)."""
+def _load(explicit: Mapping[str, Any]) -> tuple[Settings, dict[str, str]]:
+    """``load_settings_with_sources(explicit)``, reading the pyproject.toml the first load that
+    could read one found, wherever the process is now (see ``_project_start``)."""
     global _project_start, _prices_base
     here = None
     with contextlib.suppress(OSError):  # a working directory removed: none to pin
@@ -75,7 +81,7 @@ def _load(explicit: Mapping[str, Any]) -> Settings:
     start = _project_start or here
     pinned = _project_start is not None or start is None
     try:
-        resolved = load_settings(explicit, cwd=start, prices_base=prices_base)
+        loaded = load_settings_with_sources(explicit, cwd=start, prices_base=prices_base)
     except ValueError:
         # Refused for TOKENMETER_MAX_QUEUE=10k, the project was not pinned: the configure()
         # fixing it after a chdir read no pyproject.toml, and dropped the project's prices.
@@ -84,7 +90,7 @@ def _load(explicit: Mapping[str, Any]) -> Settings:
         raise
     if not pinned:
         _project_start = _project_read(start, refused=False)
-    return resolved
+    return loaded
 
 
 def _holds_the_prices_file(folder: Path | None) -> bool:
@@ -190,8 +196,8 @@ def _apply() -> None:
     # The calls made so far are priced and written under the settings they were made under.
     _pipeline.catch_up()
     with _lock:
-        resolved = _load(_explicit)
-        _use_prices(resolved)
+        resolved, sources = _load(_explicit)
+        _use_prices(resolved, sources)
         objects = [] if resolved.disabled else [*_sink_objects, *_attached]
         # Where the process is now: the sinks are made at the first record, maybe after the
         # process changed directory (a daemon going to '/'), and must write beside the budgets.
@@ -217,11 +223,13 @@ def _apply() -> None:
     _pipeline.hook_termination_signals()
 
 
-def _use_prices(resolved: Settings) -> None:
-    """Install the price overrides of ``resolved``. With the kill switch on, a prices file that
-    cannot be read is left out (``price()`` uses the tables and the rest of the overrides):
+def _use_prices(resolved: Settings, sources: Mapping[str, str]) -> None:
+    """Install the price overrides of ``resolved``; a prices file that cannot be read is a
+    ValueError naming the setting and its source (``sources``). With the kill switch on, it is
+    left out (``price()`` uses the tables and the rest of the overrides):
     ``TOKENMETER_DISABLED=1`` holds whatever else is set, and instrument() must not raise."""
     try:
+        check_settings_prices_file(resolved, sources)  # read once: use_prices takes it as read
         use_prices(resolved.prices_file, resolved.prices, resolved.aliases)
     except ValueError:
         if not resolved.disabled:
@@ -355,8 +363,8 @@ def configure(
         ):
             if value is not None:
                 explicit[key] = value
-        resolved = _load(explicit)  # validate before changing anything
-        check_settings_prices_file(resolved)  # a bad file must not half-apply
+        resolved, sources = _load(explicit)  # validate before changing anything
+        check_settings_prices_file(resolved, sources)  # a bad file must not half-apply
         _check_state_file_apart(resolved.state_file, objects)
         previous = dict(_explicit), _sink_objects
         _explicit.clear()

@@ -105,7 +105,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     try:  # here, once: from the first test's instrument() it was an INTERNALERROR traceback
         settings, sources = load_settings_with_sources()
-        check_settings_prices_file(settings)
+        check_settings_prices_file(settings, sources)
     except ValueError as exc:  # a bad TOKENMETER_* variable, [tool.tokenmeter] or prices file
         raise pytest.UsageError(str(exc)) from None
     if json_path and _is_dir(json_path):

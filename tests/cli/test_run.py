@@ -520,8 +520,8 @@ def test_a_prices_file_that_cannot_be_read_stops_the_run_before_it_starts(
     assert main(["run", "--", "true"]) == 2
     err = capsys.readouterr().err
     assert (
-        err == f"tokenmeter: error: {tmp_path / 'missing.json'}: cannot read prices file "
-        "(No such file or directory)\n"
+        err == "tokenmeter: error: tokenmeter setting 'prices_file' from TOKENMETER_PRICES: "
+        f"{tmp_path / 'missing.json'}: cannot read prices file (No such file or directory)\n"
     )
 
 

@@ -73,7 +73,9 @@ def run_config(args: argparse.Namespace) -> int:
 
     try:
         resolved, sources = load_settings_with_sources()
-        check_settings_prices_file(resolved)  # configure() and instrument() would refuse it
+        check_settings_prices_file(
+            resolved, sources
+        )  # configure() and instrument() would refuse it
     except ValueError as exc:  # a bad setting: a usage error, as in every command
         raise CliError(str(exc), exit_code=2) from None
     values = {name: shown(getattr(resolved, name)) for name in Settings.model_fields}

@@ -262,7 +262,7 @@ def _check_settings(
 
     try:
         settings, sources = load_settings_with_sources(env=env)
-        check_settings_prices_file(settings)  # else each process runs unmetered, saying so
+        check_settings_prices_file(settings, sources)  # else each process runs unmetered, saying so
         return settings, sources
     except ValueError as exc:
         message = str(exc)
