@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -245,6 +246,32 @@ def test_environ_points_a_subprocess_sdk_at_the_fake(fake: FakeProvider) -> None
     )
     assert out.stdout.strip() == "29"
     assert fake.requests[-1].path == "/v1/chat/completions"
+
+
+def test_the_fakes_clients_and_environ_never_go_through_an_http_proxy(
+    fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind an HTTP proxy (a corporate runner: ``HTTP(S)_PROXY`` set, ``NO_PROXY`` without the
+    loopback address) every call to the fake went to the proxy, which cannot reach it."""
+    dead = "http://127.0.0.1:9"  # the discard port: nothing answers there
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(name, dead)
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    monkeypatch.delenv("no_proxy", raising=False)
+    chat = {"model": "gpt-4o", "messages": []}
+
+    assert fake.openai_client().chat.completions.create(**chat).usage is not None
+    message = {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": []}
+    assert fake.anthropic_client().messages.create(**message).usage.input_tokens == 25
+
+    async def async_call() -> Any:
+        return await fake.openai_client(async_=True).chat.completions.create(**chat)
+
+    assert asyncio.run(async_call()).usage is not None
+    assert fake.environ()["NO_PROXY"] == fake.environ()["no_proxy"] == "localhost,127.0.0.1"
+    script = f"import openai; openai.OpenAI(max_retries=0).chat.completions.create(**{chat!r})"
+    env = {**os.environ, **fake.environ()}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True)
 
 
 def test_import_works_without_any_provider_sdk() -> None:

@@ -7,11 +7,14 @@ they report is known in advance.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self, TypeVar, overload
+from urllib.parse import urlsplit
 
 from tokenmeter._models import short_repr
 from tokenmeter.testing import _anthropic, _gemini, _openai
@@ -58,8 +61,16 @@ A = TypeVar("A")
 def _made(
     sync_cls: type[S], async_cls: type[A], async_: bool, defaults: dict[str, Any], kwargs: Any
 ) -> S | A:
-    """An SDK client pointed at the fake: no retries by default, the caller's arguments win."""
+    """An SDK client pointed at the fake: no retries by default, the caller's arguments win.
+
+    Its HTTP client ignores the environment's proxy settings: behind an HTTP proxy
+    (``HTTP(S)_PROXY`` set, ``NO_PROXY`` without the loopback address) every request went to
+    the proxy, which cannot reach this machine's loopback."""
     options = {"max_retries": 0, **defaults, **kwargs}
+    sdk = sys.modules[sync_cls.__module__.partition(".")[0]]
+    http_client = getattr(sdk, "DefaultAsyncHttpxClient" if async_ else "DefaultHttpxClient", None)
+    if "http_client" not in options and http_client is not None:
+        options["http_client"] = http_client(trust_env=False)
     return async_cls(**options) if async_ else sync_cls(**options)
 
 
@@ -161,7 +172,13 @@ class FakeProvider:
         return self.url
 
     def environ(self) -> dict[str, str]:
-        """Environment variables that point SDKs in a subprocess at this fake."""
+        """Environment variables that point SDKs in a subprocess at this fake.
+
+        ``NO_PROXY`` keeps what the environment has and adds the fake's loopback address: behind
+        an HTTP proxy (``HTTP(S)_PROXY`` set, ``NO_PROXY`` often just ``localhost``) the SDKs
+        sent every request to the proxy, which cannot reach this machine's loopback."""
+        no_proxy = os.environ.get("NO_PROXY") or os.environ.get("no_proxy") or ""
+        no_proxy = ",".join(filter(None, (no_proxy, urlsplit(self.url).hostname)))
         return {
             "OPENAI_BASE_URL": self.openai_base_url,
             "OPENAI_API_KEY": _FAKE_KEY,
@@ -169,6 +186,8 @@ class FakeProvider:
             "ANTHROPIC_API_KEY": _FAKE_KEY,
             "GOOGLE_GEMINI_BASE_URL": self.gemini_base_url,
             "GEMINI_API_KEY": _FAKE_KEY,
+            "NO_PROXY": no_proxy,
+            "no_proxy": no_proxy,
         }
 
     # -- configuration ---------------------------------------------------------------------
