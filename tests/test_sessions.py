@@ -573,6 +573,36 @@ def test_track_over_a_plain_wrapper_of_a_generator_function_spans_the_iteration(
     ]
 
 
+def test_track_over_a_plain_wrapper_counts_the_calls_of_a_generators_finally_when_dropped(
+    sink: InMemorySink,
+) -> None:
+    """A wrapped generator dropped halfway (a streaming client gone) ends its session as it is
+    closed, after its ``finally``: its session was ended first, when it was collected, and the
+    ``finally``'s call came too late for the session and its end hooks (1 call of 2)."""
+    ended: list[tuple[str | None, int]] = []
+    tokenmeter.configure(
+        sinks=[sink], on_session_end=lambda s: ended.append((s.name, s.summary.calls))
+    )
+
+    @tokenmeter.track("answer")
+    @logged
+    def answer() -> Iterator[str]:
+        try:
+            tokenmeter.record("openai", "gpt-4o", 1, 1)
+            yield "a"
+            yield "b"
+        finally:
+            tokenmeter.record("openai", "gpt-4o", 1, 1)  # the clean-up's call
+
+    stream = answer()
+    next(stream)
+    del stream  # collected halfway
+    gc.collect()
+    assert tokenmeter.flush(5)
+    assert [info.calls for info in sink.sessions.values() if info.name == "answer"] == [2]
+    assert ended == [("answer", 2)]
+
+
 # The wrapped coroutines, never awaited since their wrapper's never ran.
 @pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
 def test_track_over_a_plain_wrapper_ends_its_session_when_its_work_is_closed_unrun(

@@ -992,7 +992,8 @@ def _decorate(func: F, make_session: Callable[[], Session]) -> F:
         if inspect.iscoroutine(result):
             # A plain wrapper of an async function (a functools.wraps decorator): its session
             # ended before the coroutine ran, and the coroutine's calls went to the caller's.
-            return _ended_if_never_run(_awaited_in(made, result), made)
+            _set_aside(made)
+            return _ended_if_never_run(lambda began: _awaited_in(began, result), made)
         if inspect.isgenerator(result) or inspect.isasyncgen(result):
             # The same over a generator function (a streamed answer): its session ended before
             # the body ran, its calls went to the caller's session, its budget refused none.
@@ -1002,36 +1003,47 @@ def _decorate(func: F, make_session: Callable[[], Session]) -> F:
                 _decorate_generator if inspect.isgenerator(result) else _decorate_async_generator
             )
             named = functools.wraps(func)(lambda: result)  # its repr names the function
-            return _ended_if_never_run(steps_of(named, lambda: made)(), made)
+            return _ended_if_never_run(lambda began: steps_of(named, began)(), made)
         made._end(failed=False)
         return result
 
     return cast(F, run)
 
 
-def _ended_if_never_run(work: Any, session: Session) -> Any:
-    """``work``, a coroutine or generator that ends ``session`` when it ends, made to end it
-    too when it is collected without having run: closed before its first step (a task
-    cancelled at once, a client gone before the first item), its body never runs, so nothing
-    else ended the session (stored "active" for ever, its end hooks never run)."""
-    ends = weakref.finalize(work, _end_if_open, session)
+def _ended_if_never_run(work_of: Callable[[Callable[[], Session]], Any], session: Session) -> Any:
+    """The coroutine or generator ``work_of(began)`` makes, which calls ``began()`` for
+    ``session`` when its body starts and ends the session when it ends, made to end it too when
+    it is collected without having started: closed before its first step (a task cancelled at
+    once, a client gone before the first item), its body never runs, so nothing else ended the
+    session (stored "active" for ever, its end hooks never run).
+
+    Only then: one that started ends the session itself as it is closed, after this runs (its
+    weak references are cleared first); ended here, the calls of its ``finally`` came too late
+    for the session."""
+    started: list[bool] = []
+
+    def began() -> Session:
+        started.append(True)
+        return session
+
+    work = work_of(began)
+    ends = weakref.finalize(work, _end_if_never_started, session, started)
     ends.atexit = False  # still held at exit: open then, as any session left open
     return work
 
 
-def _end_if_open(session: Session) -> None:
-    """End ``session``, a closed or collected coroutine's or generator's, unless it ran and
-    ended it (then nothing to do: no catch-up of waiting calls from a collection)."""
-    if session.ended_at is None:
+def _end_if_never_started(session: Session, started: list[bool]) -> None:
+    if not started and session.ended_at is None:
         session._end(failed=False)
 
 
-def _awaited_in(session: Session, coroutine: Any) -> Any:
-    """``coroutine`` run in ``session``, which ends with it: current only while it runs, not in
-    the code that holds it until it is awaited (as a decorated generator's session is)."""
-    _set_aside(session)
+def _awaited_in(session_of: Callable[[], Session], coroutine: Any) -> Any:
+    """``coroutine`` run in the session of ``session_of()`` (called as it starts), which ends
+    with it: current only while it runs, not in the code that holds it until it is awaited (as
+    a decorated generator's session is)."""
 
     async def run_in_session() -> Any:
+        session = session_of()
         token = _current.set(session)
         failed = False
         try:
