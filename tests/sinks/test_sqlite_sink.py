@@ -942,22 +942,50 @@ def test_a_database_restored_from_an_sql_dump_is_taken_at_its_version(
     assert query(tmp_path / "usage.db", "SELECT count(*) FROM records") == [(expected,)]
 
 
+def test_a_restored_dump_keeps_the_users_own_column_index_and_trigger(
+    tmp_path: Path, make_record: RecordFactory
+) -> None:
+    """A user's index, trigger or column added at the end of ``records`` is theirs: the restored
+    copy is still known by tokenmeter's own tables and indexes (it was refused, 6 of 9 rows)."""
+    old_path = tmp_path / "old.db"
+    SQLiteSink(old_path).write([make_record(0)])
+    old = sqlite3.connect(old_path)
+    old.executescript(
+        "ALTER TABLE records ADD COLUMN team TEXT;"
+        "CREATE INDEX my_requests ON records(request_id);"
+        "CREATE TRIGGER my_trigger AFTER INSERT ON records BEGIN SELECT 1; END;"
+    )
+    restored = sqlite3.connect(tmp_path / "usage.db")
+    restored.executescript("\n".join(old.iterdump()))
+    old.close()
+    restored.close()
+
+    SQLiteSink(tmp_path / "usage.db").write([make_record(1)])
+
+    assert query(tmp_path / "usage.db", "PRAGMA user_version") == [(sqlite_module.SCHEMA_VERSION,)]
+    assert query(tmp_path / "usage.db", "SELECT count(*) FROM records") == [(2,)]
+    mine = "SELECT name FROM sqlite_master WHERE name LIKE 'my!_%' ESCAPE '!' ORDER BY name"
+    assert query(tmp_path / "usage.db", mine) == [("my_requests",), ("my_trigger",)]
+
+
 def test_tokenmeters_tables_of_no_known_shape_without_a_version_are_refused_untouched(
     tmp_path: Path, make_record: RecordFactory
 ) -> None:
-    """A dump of a database whose records table an admin changed matches no version: refused,
+    """A table named as one of tokenmeter's but of no version's shape, without a version: refused,
     saying what it is rather than "another program's"."""
     path = tmp_path / "usage.db"
-    _database_at(path, sqlite_module.SCHEMA_VERSION)
     conn = sqlite3.connect(path)
-    conn.execute("ALTER TABLE records ADD COLUMN team TEXT")
-    conn.execute("PRAGMA user_version = 0")
+    conn.execute("CREATE TABLE records (id TEXT PRIMARY KEY, day TEXT)")
     conn.commit()
     conn.close()
 
     with pytest.raises(ValueError, match=r"usage\.db: tokenmeter's tables without their schema"):
         SQLiteSink(path).write([make_record(0)])
     assert query(path, "PRAGMA user_version") == [(0,)]
+    assert query(path, "SELECT name FROM sqlite_master") == [
+        ("records",),
+        ("sqlite_autoindex_records_1",),
+    ]
 
 
 def _unsound_ids(path: Path) -> set[object]:

@@ -1136,30 +1136,56 @@ def _migrate(
         raise
 
 
-def _schema(conn: sqlite3.Connection) -> set[tuple[str, str]]:
-    """The statements that made tokenmeter's tables and their indexes, as SQLite keeps them."""
+def _schema(conn: sqlite3.Connection) -> dict[str, str]:
+    """The statements that made tokenmeter's tables and the indexes on them, by name, as SQLite
+    keeps them (white space evened out)."""
     rows = conn.execute(
         f"SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL AND tbl_name IN {_TABLES}"
     ).fetchall()
-    return {(name, " ".join(sql.split())) for name, sql in rows}
+    return {name: " ".join(sql.split()) for name, sql in rows}
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
+    return [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
 
 
 def _version_of_schema(conn: sqlite3.Connection) -> int:
-    """The schema version whose migrations make exactly this database's tables and indexes, or 0.
+    """The latest schema version whose migrations made this database's tables and indexes, or 0.
 
     An SQL dump (``sqlite3 usage.db .dump``, Python's ``iterdump()``) does not carry
     ``user_version``: a ``usage.db`` restored from one was taken for another program's database
-    and every later record was set aside. Its schema, not a table's name, says it is ours."""
+    and every later record was set aside. Its schema, not a table's name, says it is ours: each
+    index a version makes, as it makes it, and each table with that version's columns first
+    (what a user added, an index, a trigger, a column at the end, is theirs and kept)."""
     found = _schema(conn)
     scratch = sqlite3.connect(":memory:")
+    version_found = 0
     try:
         for version, migrate in enumerate(_MIGRATIONS, start=1):
             migrate(scratch)
-            if _schema(scratch) == found:
-                return version
+            if _holds_the_schema_of(scratch, conn, found):
+                version_found = version
     finally:
         scratch.close()
-    return 0
+    return version_found
+
+
+def _holds_the_schema_of(
+    made: sqlite3.Connection, conn: sqlite3.Connection, found: dict[str, str]
+) -> bool:
+    """True when ``conn`` (whose ``_schema`` is ``found``) holds each index of ``made`` as it
+    was made, and each table with the columns ``made`` gives it first."""
+    for name, sql in _schema(made).items():
+        if found.get(name) == sql:
+            continue
+        columns = _columns(made, name)
+        if (
+            name not in found
+            or name not in _TABLES
+            or _columns(conn, name)[: len(columns)] != columns
+        ):
+            return False
+    return True
 
 
 def _make_again(conn: sqlite3.Connection, tables: set[str]) -> None:
