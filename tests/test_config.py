@@ -904,17 +904,19 @@ def test_a_state_file_among_the_files_of_a_sink_given_as_an_object_is_refused(
         (journal, tmp_path / "journal" / "sessions" / "state.md"),
         (SQLiteSink("ledger.db"), "ledger.db-wal"),
         (SQLiteSink("ledger.db"), "ledger.db-journal"),
+        (journal, "journal/.journal.lock"),
     ):
         with pytest.raises(ValueError) as excinfo:
             tokenmeter.configure(directory="data", sinks=[sink], state_file=state_file)
         message = one_line_value_error(excinfo)
         assert message.startswith("tokenmeter setting 'state_file': must not be")
         assert type(sink).__name__ in message
-    tokenmeter.configure(directory="data", sinks=[journal], state_file="journal-state.md")
-    with tokenmeter.session("job"):
-        tokenmeter.record("openai", "gpt-4o", 10, 5)
-    assert tokenmeter.flush(5)
-    assert (tmp_path / "journal-state.md").read_text().count("TOKEN_TRACKING") == 1
+    for state_file in ("journal-state.md", "journal/progress.md"):  # the rest is the user's
+        tokenmeter.configure(directory="data", sinks=[journal], state_file=state_file)
+        with tokenmeter.session("job"):
+            tokenmeter.record("openai", "gpt-4o", 10, 5)
+        assert tokenmeter.flush(5)
+        assert (tmp_path / state_file).read_text().count("TOKEN_TRACKING") == 1
 
 
 @pytest.mark.parametrize("read_by", ["configure", "instrument"])

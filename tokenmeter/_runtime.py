@@ -397,12 +397,15 @@ def _check_state_file_apart(state_file: Path | None, objects: Sequence[Sink]) ->
 
 #: The files SQLite keeps beside a database while it writes (its log, its shared memory).
 _SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+#: What a ``MarkdownJournalSink`` writes in its folder (the rest of the folder is the user's).
+_JOURNAL_FILES = ("token_usage.md", ".journal.lock")
+_JOURNAL_SESSIONS = "sessions"
 
 
 def _place_of_sink(state_file: Path, sink: Sink) -> str | None:
-    """How ``state_file`` is a file ``sink`` writes ("the file", "in the folder"), or None: its
-    ``path`` or that file's SQLite companions, or any file in its ``directory``
-    (``MarkdownJournalSink`` rewrites its ``token_usage.md`` there), through links too."""
+    """How ``state_file`` is a file ``sink`` writes ("the file", "a file"), or None: its ``path``
+    or that file's SQLite companions, or the files a ``MarkdownJournalSink`` writes in its
+    ``directory`` (its ``token_usage.md``, its lock, its ``sessions/`` pages), through links too."""
     path = getattr(sink, "path", None)
     folder = getattr(sink, "directory", None)
     try:
@@ -411,10 +414,13 @@ def _place_of_sink(state_file: Path, sink: Sink) -> str | None:
             own = os.path.realpath(absolute(path))
             if target in {own, *(own + suffix for suffix in _SQLITE_COMPANIONS)}:
                 return "the file"
-        if isinstance(folder, Path) and Path(target).is_relative_to(
-            os.path.realpath(absolute(folder))
-        ):
-            return "in the folder"
+        if isinstance(folder, Path):
+            journal = Path(os.path.realpath(absolute(folder)))
+            written = Path(target)
+            if written in {journal / name for name in _JOURNAL_FILES} or written.is_relative_to(
+                journal / _JOURNAL_SESSIONS
+            ):
+                return "a file"
     except (ValueError, OSError):  # no name of a file, or no working directory: no file yet
         return None
     return None
