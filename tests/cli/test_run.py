@@ -739,7 +739,8 @@ def test_the_default_session_name_has_the_module_python_runs(
     fake: FakeProvider, tmp_path: Path
 ) -> None:
     """``python -m jobs.nightly`` and ``python -m jobs.hourly`` were both named ``python``:
-    ``report --by name`` merged them into one row. ``-c``'s code stays out of the name."""
+    ``report --by name`` merged them into one row (``-um`` still after the first fix). ``-c``'s
+    code stays out of the name."""
     (tmp_path / "jobs").mkdir()
     (tmp_path / "jobs" / "__init__.py").write_text("")
     _script(tmp_path / "jobs" / "nightly.py", _CALLS)
@@ -748,7 +749,8 @@ def test_the_default_session_name_has_the_module_python_runs(
     for program, name in [
         (["-m", "jobs.nightly"], f"{python} -m jobs.nightly"),
         (["-u", "-mjobs.hourly", "--key", "sk-secret"], f"{python} -m jobs.hourly"),
-        (["-c", _CALLS], python),
+        (["-Bum", "jobs.nightly"], f"{python} -m jobs.nightly"),  # clustered, as Python takes
+        (["-uc", _CALLS], python),
     ]:
         result = _run(["--", sys.executable, *program], _env(fake), cwd=tmp_path)
         assert f"tokenmeter: '{name}' (exit status 0)" in result.stderr

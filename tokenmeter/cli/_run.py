@@ -146,14 +146,20 @@ def _module_argument(arguments: list[str]) -> str | None:
     before the script name one."""
     remaining = iter(arguments)
     for arg in remaining:
-        if arg == "-m":
-            return next(remaining, None)
-        if arg.startswith("-m"):
-            return arg[2:]
-        if arg in _OPTIONS_WITH_A_VALUE:
-            next(remaining, None)
-        elif arg == "-c" or not arg.startswith("-"):
+        if not arg.startswith("-") or arg == "-":
             return None
+        if arg.startswith("--"):
+            if arg in _OPTIONS_WITH_A_VALUE:
+                next(remaining, None)
+            continue
+        for at, flag in enumerate(arg[1:], start=2):  # clustered: -um, -Bm NAME, -uW ignore
+            if flag == "c":
+                return None
+            if flag in "mWX":
+                value = arg[at:] or next(remaining, None)
+                if flag == "m":
+                    return value
+                break
     return None
 
 
