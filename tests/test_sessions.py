@@ -848,6 +848,32 @@ def test_threads_crossing_a_budget_fraction_at_once_warn_once(
     assert sum("reached 50%" in r.message for r in caplog.records) == 1
 
 
+def test_a_budget_lifted_as_a_record_crosses_it_alerts_at_the_limit_crossed(
+    sink: InMemorySink, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another thread lifting the limit (``job.budget_usd = None``) just as a record crossed
+    50 % of it: the alert read the limit again, and ``record()`` raised AssertionError
+    (TypeError under ``python -O``) into the app. Made certain here: the limit is lifted
+    while the crossing is worked out. The alert is about the limit that was crossed."""
+    usd = _sessions.USD_CONTEXT
+
+    class Lifting:
+        def multiply(self, a: Decimal, b: Decimal) -> Decimal:
+            job.budget_usd = None  # the app lifts the limit meanwhile
+            return usd.multiply(a, b)
+
+    with (
+        caplog.at_level(logging.WARNING, logger="tokenmeter"),
+        tokenmeter.session("job", budget_usd="0.01") as job,
+    ):
+        monkeypatch.setattr(_sessions, "USD_CONTEXT", Lifting())
+        tokenmeter.record("openai", "gpt-4o", 1000, 500)  # $0.0075: 75 % of the budget
+        monkeypatch.undo()
+        assert job.budget_usd is None
+    assert job.summary.calls == 1
+    assert any("reached 50% of its $0.01 budget" in r.message for r in caplog.records)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

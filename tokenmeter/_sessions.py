@@ -554,7 +554,7 @@ class Session:
             over = not self._over_budget_warned and spent > budget
             self._over_budget_warned = self._over_budget_warned or over
         for fraction in crossed:
-            self._alert(record, f"budget_{round(fraction * 100)}pct", fraction, spent)
+            self._alert(record, f"budget_{round(fraction * 100)}pct", fraction, spent, budget)
         if over:
             logger.warning(
                 "session %r is over budget: $%s spent of $%s",
@@ -562,7 +562,7 @@ class Session:
                 spent,
                 budget,
             )
-            self._alert(record, "budget_100pct", 1.0, spent)
+            self._alert(record, "budget_100pct", 1.0, spent, budget)
 
     def _warn_anew_if_changed(self, budget: Decimal) -> None:
         """Under ``_lock``: forget the warnings given at another limit. Kept for the session's
@@ -575,11 +575,18 @@ class Session:
             self._over_budget_warned = False
 
     def _alert(
-        self, record: UsageRecord | None, rule: str, fraction: float, spent: Decimal
+        self,
+        record: UsageRecord | None,
+        rule: str,
+        fraction: float,
+        spent: Decimal,
+        budget: Decimal,
     ) -> None:
+        """Post the alert for ``fraction`` of ``budget``, the limit ``_check_budget`` read and
+        found crossed: ``self.budget_usd`` read again here may have been lifted (None) or
+        changed by another thread meanwhile, which raised into the caller's ``record()``."""
         from tokenmeter.guardrails import _alerts
 
-        assert self.budget_usd is not None
         _alerts.post(
             _alerts.Alert(
                 time=record.timestamp if record is not None else datetime.now(UTC),
@@ -587,11 +594,11 @@ class Session:
                 scope=f"session={self.name or self.id}",
                 observed=float(spent),
                 baseline=None,
-                threshold=float(self.budget_usd) * fraction,
+                threshold=float(budget) * fraction,
                 record_id=record.id if record is not None else None,
                 session_id=self.id,
                 message=f"session {self.name or self.id!r} has reached "
-                f"{round(fraction * 100)}% of its ${self.budget_usd} budget: ${spent} spent",
+                f"{round(fraction * 100)}% of its ${budget} budget: ${spent} spent",
             ),
             scope_per_call=True,
         )
