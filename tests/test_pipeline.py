@@ -1246,6 +1246,70 @@ def test_sessions_behind_a_poison_record_are_written_without_waiting_for_a_recor
     wait_for(ended, "the sessions written")
 
 
+def test_good_records_behind_poison_ones_and_a_session_row_are_written_as_the_app_runs() -> None:
+    """Two poison records (a session's), then the session's end row, then a session whose
+    records are good, poison and good: the later run of records was written whole to show the
+    sink works, refused for its poison record every pass, so the two good records were never
+    written while the app ran (flush() False for good) and were set aside at the exit with the
+    poison ones. One record at a time is written to show it now, the first one behind."""
+    sink = Picky()
+    sink.release.set()
+    tokenmeter.configure(sinks=[sink])
+    with tokenmeter.session("a"):
+        bad = [tokenmeter.record("openai", "poison", 1, 1) for _ in range(2)]
+    tokenmeter.flush(5)
+    made = []
+    with tokenmeter.session("b"):
+        made.append(tokenmeter.record("openai", "gpt-4o", 1, 1))
+        bad.append(tokenmeter.record("openai", "poison", 1, 1))
+        made.append(tokenmeter.record("openai", "gpt-4o", 1, 1))
+
+    def written() -> bool:
+        tokenmeter.flush(5)
+        return len(sink.records) == len(made)
+
+    wait_for(written, "the good records written")
+    tokenmeter.configure(sinks=[InMemorySink()])  # it stops: the last poison one set aside
+    assert [r.id for r in sink.records] == [r.id for r in made]  # in order
+    kept = [json.loads(line) for line in (Path(".tokenmeter") / "quarantine.jsonl").open()]
+    assert sorted(k["record"]["id"] for k in kept) == sorted(r.id for r in bad)
+
+
+class PickyAboutSessions(RefusesSession):
+    """Refuses the records of the model "poison" and the sessions named "refused"."""
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        if any(r.model_name == "poison" for r in records):
+            raise ValueError("cannot store this one")
+        super().write(records)
+
+
+def test_a_refused_session_behind_a_poison_record_never_holds_back_a_good_sessions_end() -> None:
+    """A session whose only record is poison, then a session the sink refuses, delivered
+    together: their rows, written ahead of the poison record as one run, were refused for the
+    refused session's, so the good session stayed "active" in the sink while the app ran, and
+    its end was set aside with the refused session at the exit. They are written one session
+    at a time now: only the refused one waits."""
+    sink = PickyAboutSessions()
+    _alone_gathering_for_an_hour(sink)  # one batch
+    with tokenmeter.session("job") as job:
+        bad = tokenmeter.record("openai", "poison", 1, 1)
+    with tokenmeter.session("refused") as refused:
+        pass
+
+    def ended() -> bool:
+        tokenmeter.flush(5)
+        return job.id in sink.sessions and sink.sessions[job.id].status == "completed"
+
+    wait_for(ended, "the good session's end written")
+    tokenmeter.configure(sinks=[InMemorySink()])  # it stops: what it refuses is set aside
+    quarantine = Path(".tokenmeter") / "quarantine.jsonl"
+    kept = [json.loads(line)["record"] for line in quarantine.open()]
+    assert sorted((k["id"], k.get("status")) for k in kept) == sorted(
+        [(bad.id, "ok"), (refused.id, "active"), (refused.id, "completed")]
+    )
+
+
 def test_a_sink_down_through_isolated_passes_has_nothing_set_aside() -> None:
     """Every write fails, with many records waiting in runs of their own: each isolated pass
     tries a later record too, which fails as well, so nothing is taken for poison; all of them
@@ -1437,6 +1501,37 @@ def test_a_stopping_sink_that_refuses_a_sessions_records_still_gets_its_end() ->
     assert sink.sessions[job.id].status == "completed"
     kept = [json.loads(line) for line in (Path(".tokenmeter") / "quarantine.jsonl").open()]
     assert [k["record"]["id"] for k in kept] == [r.id for r in made]  # records only
+
+
+class DownRefusingSession(DownSink):
+    """Down for records; stores every session but those named "refused"."""
+
+    def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
+        if any(s.name == "refused" for s in sessions):
+            raise ValueError("cannot store this session")
+        super().write_sessions(sessions)
+
+
+def test_a_stopping_sink_gets_the_sessions_it_takes_from_a_run_it_refuses() -> None:
+    """The sessions offered to a stopping sink were offered a run at a time: a good session's
+    end in one run with a session the sink refuses was set aside with it, and the good session
+    stayed "active" in the sink for ever. A refused run is offered a session at a time."""
+    sink = DownRefusingSession()
+    _alone_gathering_for_an_hour(sink)  # one batch, written when the sink stops
+    with tokenmeter.session("job") as job:
+        made = [tokenmeter.record("openai", "gpt-4o", 1, 1)]
+    with tokenmeter.session("refused") as refused:
+        pass
+    made.append(tokenmeter.record("openai", "gpt-4o", 1, 1))  # a later record: tried ahead
+    tokenmeter.configure(sinks=[InMemorySink()])  # it stops
+    assert sink.sessions[job.id].status == "completed"
+    quarantine = Path(".tokenmeter") / "quarantine.jsonl"
+    kept = [json.loads(line)["record"] for line in quarantine.open()]
+    assert [(k["id"], k.get("status")) for k in kept] == [
+        (refused.id, "active"),
+        (refused.id, "completed"),
+        *((r.id, "ok") for r in made),
+    ]
 
 
 class DownWithoutSessions:

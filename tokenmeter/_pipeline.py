@@ -540,7 +540,7 @@ class _Writer:
         self._set_aside_before_markers: int | None = None
         self._failures = 0
         #: How many items written ahead of their turn, to show the sink works, failed too: each
-        #: pass tries the next candidate (``_ahead``, ``_probe``), as the first may be poison.
+        #: pass tries the next candidate (``_ahead``, ``_proof``), as the first may be poison.
         self._proofs_failed = 0
         self._retry_at = 0.0
         #: When its sink's current write began (None between writes): see ``_behind``.
@@ -818,10 +818,13 @@ class _Writer:
     def _offer_sessions(self, stopped: float) -> None:
         """Stopping, with items the sink refused still pending: the runs of sessions among them
         were never offered to it, as they go after their records and a sink judged down is
-        tried no further. Each is offered now, on its own, while ``_LAST_TRIES_FOR`` lasts; the
-        first that fails is set aside with its own error, and the rest with the others. A
-        session's end was set aside with its records' error, never given to a sink whose
-        ``write_sessions`` worked: the session stayed "active" there for ever."""
+        tried no further. Each is offered now, on its own, while ``_LAST_TRIES_FOR`` lasts; one
+        that fails is offered a session at a time (``_sessions_written_apart``), and what the
+        sink still refuses is set aside with its own error. A session's end was set aside with
+        its records' error, never given to a sink whose ``write_sessions`` worked: the session
+        stayed "active" there for ever; and a good session's end in a run with a refused
+        session was set aside with it. Once a run's sessions are all refused (the sink's
+        sessions side is down), the later runs are set aside with the others."""
         if getattr(self.sink, "write_sessions", None) is None:
             return
         index = 0
@@ -833,11 +836,19 @@ class _Writer:
             self._writing_since = time.monotonic()
             try:
                 self._write(run)
-            except BaseException as exc:
-                if not self._abandoned_meanwhile():  # else the exit set it aside already
-                    self._quarantine_all(run, exc)  # pending until in the file (``held``)
-                    del self._pending[index]
-                return
+            except BaseException:
+                if self._abandoned_meanwhile():  # the exit set it aside already
+                    return
+                apart = self._sessions_written_apart(run)
+                if apart is None:
+                    return
+                refused, taken = apart
+                for item, error in refused:  # pending until in the file (``held``)
+                    self._quarantine(item, error)
+                del self._pending[index]
+                if not taken:
+                    return
+                continue
             if self._abandoned_meanwhile():
                 return
             del self._pending[index]
@@ -1162,7 +1173,7 @@ class _Writer:
                 # (None of their kind behind them, a later run: a refused session's two records.)
                 ahead = _ahead(items, index + 1, self._proofs_failed)
                 if ahead is None:
-                    if not self._later_run_taken(len(runs)):
+                    if not self._later_record_taken(len(runs)):
                         return False  # the sink is down, or the run tried held poison too
                 elif self._took(items[ahead]):
                     self._proofs_failed = 0  # the next proof is the last item again
@@ -1180,7 +1191,7 @@ class _Writer:
                 error = self._refused(suspect)
                 if error is not None:
                     accused.append((suspect, error))
-        if not written and len(suspects) == 1 and self._later_run_taken(len(runs)):
+        if not written and len(suspects) == 1 and self._later_record_taken(len(runs)):
             # One item failed with no other of its kind behind it (a session's only record,
             # between the session's start and end): a run written behind it shows whether the
             # sink is down or the item cannot be stored.
@@ -1206,49 +1217,98 @@ class _Writer:
             return False
         return True
 
-    def _later_run_taken(self, start: int) -> bool:
-        """Write a run from ``start`` on (``_probe``) before its turn, to show the sink works:
-        whether the sink took it (then it is no longer pending). False when there is none:
-        then the run of sessions right behind the failing records is written, as no proof
-        (sessions that made no call waited behind a poison record for the next record)."""
-        probe = self._probe(start)
-        if probe is None:
+    def _later_record_taken(self, start: int) -> bool:
+        """Write one record of a run from ``start`` on (``_proof``) alone, before its turn, to
+        show the sink works: whether the sink took it (then it is no longer pending). A whole
+        run written as the proof held a refused record too, each pass (a session's records, good
+        and refused ones mixed): no proof ever went through, the good records were held back for
+        good, dropped at ``max_queue`` or set aside at the exit. False when there is none: then
+        the run of sessions right behind the failing records is written, as no proof (sessions
+        that made no call waited behind a poison record for the next record)."""
+        proof = self._proof(start)
+        if proof is None:
             self._sessions_written_ahead(start)
             return False
-        try:
-            self._write(self._pending[probe])
-        except BaseException:
+        run_index, index = proof
+        run = self._pending[run_index]
+        if not self._took(run[index]):
             self._proofs_failed += 1
             return False
-        del self._pending[probe]
-        self._proofs_failed = 0  # the next proof is the first run again
+        del run[index]
+        if not run:
+            del self._pending[run_index]
+        self._proofs_failed = 0  # the next proof is the first record again
         return True
+
+    def _proof(self, start: int) -> tuple[int, int] | None:
+        """Where a record from ``start`` on is, to write alone before its turn (run, index in
+        it): the first, or, when proofs failed before (it was poison too: a refused session's
+        records), the next one each pass. The first is the one that goes least out of order.
+        Never a session: a session's row the sink takes is no proof for records it fails (a
+        records table locked, a sink without ``write_sessions``), and a later one may end a
+        session that an earlier run starts."""
+        pending = self._pending
+        records = [
+            (run_index, index)
+            for run_index in range(start, len(pending))
+            if not isinstance(pending[run_index][0], SessionInfo)
+            for index in range(len(pending[run_index]))
+        ]
+        return records[self._proofs_failed % len(records)] if records else None
 
     def _sessions_written_ahead(self, start: int) -> None:
         """Write the run at ``start`` if it is one of sessions the sink stores (it may go before
-        the records in front of it: the two kinds are written apart)."""
+        the records in front of it: the two kinds are written apart). Refused, it is written a
+        session at a time, and only what the sink refuses waits for its turn: a good session's
+        end in the run of a refused session stayed "active" in the sink while the app ran."""
         pending = self._pending
         if start >= len(pending) or not isinstance(pending[start][0], SessionInfo):
             return
         if getattr(self.sink, "write_sessions", None) is None:
             return
-        with contextlib.suppress(BaseException):  # refused too: it waits for its turn
+        try:
             self._write(pending[start])
-            del pending[start]
+        except BaseException:
+            apart = self._sessions_written_apart(pending[start])
+            if apart is None:
+                return
+            refused = [item for item, _ in apart[0]]  # refused too: they wait for their turn
+            if refused:
+                pending[start] = refused
+                return
+        del pending[start]
 
-    def _probe(self, start: int) -> int | None:
-        """The index of a run of records from ``start`` on, to write before its turn: the first,
-        or, when proofs failed before (it held poison too: a refused session's records), the
-        next one each pass. Never a run of sessions: a session's row the sink takes is no proof
-        for records it fails (a records table locked, a sink without ``write_sessions``), and a
-        later one may end a session that an earlier run starts."""
-        pending = self._pending
-        runs = [
-            index
-            for index in range(start, len(pending))
-            if not isinstance(pending[index][0], SessionInfo)
-        ]
-        return runs[self._proofs_failed % len(runs)] if runs else None
+    def _sessions_written_apart(
+        self, run: Sequence[Any]
+    ) -> tuple[list[tuple[Any, BaseException]], bool] | None:
+        """Write a run of sessions the sink refused whole one snapshot at a time, in order: a
+        refused session's later snapshots are not tried (written after it, an end would land
+        before its start). Returns the snapshots not written, in order, each with its error,
+        and whether the sink took any. Two sessions refused before the sink took one: its
+        sessions side is down, and the rest are not tried either (a write each would keep a
+        sink that is down at one write per session a pass). None when the exit set aside
+        meanwhile what this writer held (``abandon``): nothing of it is its own any more."""
+        refused: dict[str, BaseException] = {}
+        left: list[tuple[Any, BaseException]] = []
+        taken = False
+        last: BaseException | None = None
+        for item in run:
+            error = refused.get(item.id)
+            if error is None and not taken and len(refused) >= 2:
+                error = last  # not tried: the sink's sessions side is down
+            if error is None:
+                self._writing_since = time.monotonic()
+                try:
+                    self._write([item])
+                except BaseException as exc:
+                    error = refused[item.id] = last = exc
+                if self._abandoned_meanwhile():
+                    return None
+                if error is None:
+                    taken = True
+                    continue
+            left.append((item, error))
+        return left, taken
 
     def _quarantine(self, item: Any, exc: BaseException) -> None:
         self._quarantine_all([item], exc)
