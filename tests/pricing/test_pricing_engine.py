@@ -391,13 +391,42 @@ def test_openrouter_modalities_without_a_rate_of_their_own_are_at_the_first_part
     assert image.breakdown is not None
     assert image.breakdown["output_image"] == Decimal("0.0387")  # 1,290 at $30 per million
 
-    # A name the first party's table does not have keeps OpenRouter's rates (no evidence of
-    # its own), and so does a route: a free one is free.
+    # A model whose first party has no image rate of its own (OpenAI's gpt-5-image entry) keeps
+    # OpenRouter's rates, and so does a route: a free one is free.
     assert price_usage("openrouter", "openai/gpt-5-image", drawn, at=DAY).price_source == (
         GENAI_PRICES_SOURCE
     )
     free = price_usage("openrouter", "google/gemini-2.0-flash-exp:free", heard, at=DAY)
     assert free.total_usd == 0
+
+
+@pytest.mark.parametrize(
+    ("routed", "direct", "usage"),
+    [
+        # Google's gemini-3-pro-image-preview entry lists gemini-3-pro-image as an alias: its
+        # output images at $12 (OpenRouter's text rate) were $0.01568, at Google's $120 $0.155.
+        (
+            "google/gemini-3-pro-image",
+            "gemini-3-pro-image",
+            Usage(input_tokens=100, output_tokens=1_290, modalities={"output_image": 1_290}),
+        ),
+        # Google's gemini-2.5-flash-lite entry matches every -preview name by a prefix rule:
+        # audio in at $0.10 was $0.0010, at Google's $0.30 $0.0028.
+        (
+            "google/gemini-2.5-flash-lite-preview-09-2025",
+            "gemini-2.5-flash-lite-preview-09-2025",
+            Usage(input_tokens=10_000, input_audio_tokens=9_000, output_tokens=0),
+        ),
+    ],
+)
+def test_openrouter_modalities_of_a_model_the_first_party_prices_under_another_entry(
+    routed: str, direct: str, usage: Usage
+) -> None:
+    """The first party's table matches these names to an entry of another name, as a call to
+    Google is priced: OpenRouter's card takes that entry's modality rates (text rates alike)."""
+    via_openrouter = price_usage("openrouter", routed, usage, at=DAY)
+    assert via_openrouter.total_usd == price_usage("google", direct, usage, at=DAY).total_usd
+    assert via_openrouter.price_source == "tokenmeter-errata"
 
 
 def test_the_first_realtime_snapshot_bills_audio_at_its_own_rates() -> None:

@@ -12,7 +12,6 @@ from dataclasses import dataclass, fields, replace
 from datetime import date, datetime
 from decimal import Decimal
 
-from ._names import model_family
 from ._source import (
     FEE_FIELDS,
     REGION_UPLIFT,
@@ -104,10 +103,13 @@ class ErrataSource:
         return [*(names() if names is not None else ()), *_FINE_TUNES]
 
     def _first_party_of_openrouter(self, model: str) -> _Corrected | None:
-        """The first-party model an OpenRouter name (``openai/gpt-4o-audio-preview``) names, where
-        that table has it under the name itself or its family: its modality rates are the ones
-        OpenRouter bills where its own table has none (``_Corrected._first_party_modalities``).
-        A route (``:free``, ``:online``) or another vendor's prefix names none."""
+        """The first-party model an OpenRouter name (``openai/gpt-4o-audio-preview``) names: the
+        entry the first party's table matches the rest of the name to, by the table's own aliases
+        and match rules, as a call to that provider is priced (``google/gemini-3-pro-image`` is
+        Google's ``gemini-3-pro-image-preview`` entry, which lists ``gemini-3-pro-image`` as an
+        alias). Its modality rates are the ones OpenRouter bills where its own table has none
+        (``_Corrected._first_party_modalities``). A route (``:free``, ``:online``) or another
+        vendor's prefix names none."""
         vendor, slash, name = model.partition("/")
         table = _OPENROUTER_VENDORS.get(vendor)
         if table is None or not slash or not name or "/" in name or ":" in name:
@@ -175,11 +177,8 @@ class _Corrected:
         text rates of that side are OpenRouter's (the list price passed on, as OpenRouter does)
         and it has a rate of its own; a rate OpenRouter's table has is never changed."""
         listed = first_party.rate_card(at, tier)
-        if listed is None or listed.priced_model not in (
-            first_party.requested,
-            model_family(first_party.requested),
-        ):
-            return card  # priced as another model than the name says: no evidence of its rates
+        if listed is None:
+            return card
         changed = replace(
             card,
             base=_missing_modalities_from(card.base, listed.base),
