@@ -310,6 +310,28 @@ async def test_a_bedrock_stream_body_read_yourself_is_recorded_as_parse_records_
     assert read_record.output_tokens == fake.anthropic_usage.output_tokens
 
 
+@pytest.mark.parametrize(("way", "read"), [("streaming", "iter_lines"), ("raw", "iter_text")])
+async def test_a_bedrock_stream_body_read_as_text_is_estimated_not_an_error(
+    fake: FakeProvider, records: Records, kit: ModuleType, is_async: bool, way: str, read: str
+) -> None:
+    """An ``AnthropicBedrock`` stream the caller reads as text (a relay passing it on): its binary
+    frames, decoded, no longer match their checksums, and the call that succeeded was recorded
+    ``status="error"``, ``UnreadableUsage``, cost unknown. It is estimated, as a body never read."""
+    client = fake.anthropic_bedrock_client(async_=is_async)
+    tokenmeter.instrument("anthropic")
+
+    if way == "raw":
+        raw = await kit.maybe(bedrock_stream(client, way))
+        assert await read_http(raw.http_response, read, is_async)
+        del raw
+    else:
+        assert await read_through(bedrock_stream(client, way), read)
+    record = only(records())
+
+    assert (record.status, record.error, record.estimated) == ("ok", None, True)
+    assert record.estimated_cost_usd
+
+
 class Server:
     """A chat stream of ``chunks`` deltas and a usage chunk, its lines ended by ``ending``."""
 

@@ -674,6 +674,11 @@ class _BodyReading:
         if self.plan.streamed:
             self.plan.call.reader = self.reader = self.plan.endpoint.new_reader(False)
             self.framed = _is_event_stream(getattr(response.__wrapped__, "http_response", None))
+            if self.framed and to_bytes is not _as_is:
+                # Frames read as text (``iter_text()``/``iter_lines()``): decoded, their line ends
+                # split off, the bytes cannot be rebuilt to match their checksums. The call is
+                # estimated, as a body never read is; not an error (it succeeded).
+                self.stop()
 
     def passing(self, pieces: Iterator[Any], response: object) -> Iterator[Any]:
         """``pieces`` as they pass, read. ``response``: kept alive while they pass (the caller
