@@ -244,6 +244,7 @@ def emit_call(
     error: str | None,
     estimated: bool,
     priced: bool,
+    session_name: str | Literal[False] | None = False,
 ) -> None:
     """An intercepted call's record: made later by a writer (``_pipeline.later``) when nothing
     waits for it on the caller's thread, else at once (``emit``).
@@ -252,6 +253,8 @@ def emit_call(
     call of a session (announced first) or of a model (priced first: an unknown one is warned
     about here), and a call that failed or was estimated or unpriced (rare, and warned about).
     A call made on an asyncio event loop's thread is made later by that loop (``_pipeline.later``).
+    ``session_name``: the session's name when the call was made (a stream's, recorded at its end);
+    False: its name now.
     """
     if (
         status == "ok"
@@ -274,7 +277,8 @@ def emit_call(
             # it waits for a writer kept from the GIL (see _pipeline's docstring). The session's
             # name too: renamed before a writer makes the record, the call was made under this one.
             made = (provider, model, request_model, operation, tier, request_id, latency_ms)
-            call = (*made, streamed, time.time(), _queued(usage), session.name)
+            name = session.name if session_name is False else session_name
+            call = (*made, streamed, time.time(), _queued(usage), name)
             _pipeline.later(session, call, _running_loop())
             return
     emit(
@@ -293,6 +297,7 @@ def emit_call(
         error=error,
         estimated=estimated,
         priced=priced,
+        session_name=session_name,
     )
     if status == "ok" and len(_made_here) < _MAX_MADE_HERE:
         _made_here.add((provider, model))

@@ -120,6 +120,46 @@ def test_a_record_made_later_keeps_the_session_name_of_its_call(
     ]
 
 
+def stream_client(fake: FakeProvider, provider: str, is_async: bool) -> Any:
+    if provider == "openai":
+        return fake.openai_client(async_=is_async)
+    if provider == "anthropic":
+        return fake.anthropic_client(async_=is_async)
+    client = fake.genai_client()  # kept: a google-genai client closes its connection when dropped
+    return client.aio if is_async else client
+
+
+STREAMS: dict[str, Any] = {
+    "openai": lambda client: client.chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    ),
+    "anthropic": lambda client: client.messages.create(
+        model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES, stream=True
+    ),
+    "google-genai": lambda client: client.models.generate_content_stream(
+        model="gemini-2.5-flash", contents="hi"
+    ),
+}
+
+
+@pytest.mark.parametrize("provider", list(STREAMS))
+async def test_a_stream_keeps_the_session_name_it_was_made_under(
+    fake: FakeProvider, held: InMemorySink, kit: ModuleType, is_async: bool, provider: str
+) -> None:
+    """A stream made, its session renamed, then the stream read: its record carried the new name
+    (the name when the stream ended), where a plain call's keeps the name at the call. Twice: the
+    first record of the model is made at once, the second by a writer."""
+    tokenmeter.instrument([provider])
+    client = stream_client(fake, provider, is_async)
+    for _ in range(2):
+        with tokenmeter.session("job") as session:
+            stream = await kit.maybe(STREAMS[provider](client))
+            session.name = "job (renamed)"
+            await kit.drain(stream)
+    assert tokenmeter.flush(5)
+    assert [record.session_name for record in held.records] == ["job", "job"]
+
+
 def test_configure_sends_waiting_records_to_the_sinks_they_were_made_under(
     fake: FakeProvider, held: InMemorySink
 ) -> None:

@@ -32,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from contextvars import Context, ContextVar, copy_context
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, SupportsIndex
+from typing import TYPE_CHECKING, Any, Literal, Protocol, SupportsIndex
 
 import wrapt
 
@@ -179,6 +179,9 @@ class Call:
     #: The session the call was made in. A stream may end elsewhere (another task, a thread, the
     #: garbage collector): its record still belongs to the session it was made in.
     session: Session | None = None
+    #: That session's name when the call was made (False: not taken, its name at the record). A
+    #: stream is recorded at its end: the session may have been renamed since.
+    session_name: str | Literal[False] | None = False
     #: Why the usage the provider sent could not be read (missing, negative, inconsistent).
     unreadable: str | None = None
     #: The provider always reports this call's usage (an OpenAI chat stream with
@@ -223,6 +226,8 @@ class Call:
         if self.streamed:
             if self.session is None:
                 self.session = session_of_record()
+            if self.session_name is False:  # an adapter may give the name its caller had
+                self.session_name = self.session.name
             if self.context is None:  # an adapter may give the context its caller made it in
                 self.context = copy_context()
             _open_streams.add(self)
@@ -371,6 +376,7 @@ class Call:
             estimated=estimated,
             # A failed call's cost is $0 only if it sent no usage we could not read.
             priced=usage is not None or (status == "error" and self.unreadable is None),
+            session_name=self.session_name,
         )
 
     def _answered_stream(self, error: BaseException | None) -> bool:
@@ -543,6 +549,7 @@ async def send_async(
         # Its session, read in its task: a call whose event loop is closed as it waits is
         # recorded where the collector closes it, charged to whatever session is open there.
         call.session = session_of_record()
+        call.session_name = call.session.name
     if _state.armed:
         _budgets.check(call, args, kwargs)
     token = guard.set(instance)

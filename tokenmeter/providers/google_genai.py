@@ -77,6 +77,7 @@ def _new_call(kwargs: dict[str, Any], operation: str, streamed: bool) -> Call:
         expects_usage=generates,
         request=kwargs,
         session=None if caller is None else caller.session,
+        session_name=False if caller is None else caller.session_name,
         context=None if caller is None else caller.context.copy(),
     )
     call.model = short_model(request_model)  # replaced by response.model_version when given
@@ -256,12 +257,17 @@ class _Caller:
     session: Session
     context: Context
     rounds: list[Call] = field(default_factory=list)
+    #: The session's name then: the rounds' records keep it, however it is renamed after.
+    session_name: str | None = None
 
     @classmethod
     def here(cls) -> _Caller:
         """The caller of a stream called now: a chat's stream calls the models' one when read,
         its caller is the chat stream's."""
-        return _caller.get() or cls(session_of_record(), copy_context())
+        if (caller := _caller.get()) is not None:
+            return caller
+        session = session_of_record()
+        return cls(session, copy_context(), session_name=session.name)
 
 
 #: The caller of the public stream whose next chunk is being fetched.
