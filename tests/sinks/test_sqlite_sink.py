@@ -903,6 +903,52 @@ def test_storing_a_run_of_an_id_entered_again_costs_the_same_however_many_runs_i
     assert query(path, row) == [(2003, 200300, 20030, "0.70105", 0)]
 
 
+#: A run of a session id that made one call, as stored at its end.
+ONE_CALL = {"status": "completed", "calls": 1, "input_tokens": 100, "output_tokens": 10}
+ONE_CALL |= {"cost_usd": Decimal("0.00035")}
+ROW_TOTALS = "SELECT calls, input_tokens, output_tokens, cost_usd, unpriced_calls FROM sessions"
+
+
+def test_a_session_row_edited_by_hand_is_mended_by_the_next_store(tmp_path: Path) -> None:
+    """A row moved by its part's change from what it held: zeroed by hand, it stayed off its
+    parts for ever (2 runs of one call each: 1 call, 100 in, '0.00035')."""
+    path = tmp_path / "usage.db"
+    sink = SQLiteSink(path)
+    started = datetime(2026, 12, 7, 10, tzinfo=UTC)
+    sink.write_sessions([SessionInfo(id="chat", part="first", started_at=started, **ONE_CALL)])
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE sessions SET calls = 0, input_tokens = 0, output_tokens = 0")
+    conn.execute("UPDATE sessions SET cost_usd = '0'")
+    conn.commit()
+    conn.close()
+    sink.write_sessions([SessionInfo(id="chat", part="second", started_at=started, **ONE_CALL)])
+    sink.close()
+    assert query(path, ROW_TOTALS) == [(2, 200, 20, "0.00070", 0)]
+
+
+def test_a_row_of_many_parts_left_below_its_parts_is_summed_again(tmp_path: Path) -> None:
+    """An id with many parts is moved by their change (its other parts not read), unless the
+    move would leave its row below the part stored: the row was off its parts."""
+    path = tmp_path / "usage.db"
+    sink = SQLiteSink(path)
+    started = datetime(2026, 12, 7, 10, tzinfo=UTC)
+    late = SessionInfo(id="chat", part="late", started_at=started, **ONE_CALL)
+    sink.write_sessions([late])
+    conn = sqlite3.connect(path)
+    conn.executemany(
+        "INSERT INTO session_parts VALUES ('chat', ?, 1, 100, 10, '0.00035', 0)",
+        [(f"run{n}",) for n in range(sqlite_module.FEW_PARTS)],
+    )
+    conn.execute("UPDATE sessions SET calls = 0, input_tokens = 0, output_tokens = 0")
+    conn.commit()
+    conn.close()
+    sink.write_sessions([late.model_copy(update={"calls": 2, "input_tokens": 200})])
+    sink.close()
+    parts = sqlite_module.FEW_PARTS + 2
+    cost = str(Decimal("0.00035") * (parts - 1))
+    assert query(path, ROW_TOTALS) == [(parts, 100 * parts, 10 * (parts - 1), cost, 0)]
+
+
 def _database_at(path: Path, version: int) -> None:
     """A database as an older tokenmeter left it, at schema ``version``."""
     conn = sqlite3.connect(path)

@@ -38,6 +38,7 @@ from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.sinks.sqlite import _RECORD_COLUMNS as RECORD_COLUMNS
 from tokenmeter.sinks.sqlite import _SESSION_COLUMNS as SESSION_COLUMNS
 from tokenmeter.sinks.sqlite import (
+    HAS_FEW_PARTS,
     RUN_NOT_EARLIER,
     SESSION_PARTS_V6,
     SESSION_TOTALS,
@@ -228,6 +229,8 @@ _SET_TOTALS = (
 #: The totals of the locked rows, and of the parts about to be stored (by their primary key:
 #: not every part of an id), before they change: a row is moved by its parts' change.
 _READ_TOTALS = f"SELECT id, {', '.join(SESSION_TOTALS)} FROM sessions WHERE id = ANY(%s)"
+#: Those of the locked rows whose id has few parts: summed from them (``moved_totals``).
+_READ_FEW_PARTS = f"SELECT id FROM sessions WHERE id = ANY(%s) AND {HAS_FEW_PARTS}"
 _READ_STORED_PARTS = (
     f"SELECT {', '.join(f'p.{column}' for column in _PART_COLUMNS)} "
     "FROM unnest(%s::text[], %s::text[]) AS k(session_id, part) "
@@ -559,7 +562,9 @@ class PostgresSink:
             if owned:
                 cur.executemany(_UPSERT_SESSION, owned)
             cur.executemany(_UPSERT_PART, [_pg_row(_part_row(s), ()) for s in latest.values()])
-            moved, resum = _moved_totals(latest, parts_before, rows_before)
+            cur.execute(_READ_FEW_PARTS, [ids])
+            few = {id_ for (id_,) in cur.fetchall()}
+            moved, resum = _moved_totals(latest, parts_before, rows_before, few)
             if moved:
                 cur.executemany(_SET_TOTALS, moved)
             if resum:

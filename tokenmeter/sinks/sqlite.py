@@ -31,7 +31,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from itertools import chain
@@ -687,10 +687,24 @@ def latest_parts(sessions: Sequence[SessionInfo]) -> dict[tuple[str, str], Sessi
     return {(s.id, s.part): s for s in sessions}
 
 
+#: An id with at most this many stored parts has its row summed from them on each store (the
+#: work bounded by it): a row edited by hand, restored without its parts or otherwise off them is
+#: mended. An id with more (entered again per request) has its row moved by the change of the
+#: parts stored (``moved_totals``).
+FEW_PARTS = 64
+#: The condition, on a ``sessions`` row, that its id has at most ``FEW_PARTS`` parts: at most
+#: ``FEW_PARTS + 1`` of them looked at (by the primary key), however many it has.
+HAS_FEW_PARTS = (
+    "NOT EXISTS (SELECT 1 FROM session_parts WHERE session_id = sessions.id "
+    f"LIMIT 1 OFFSET {FEW_PARTS})"
+)
+
+
 def moved_totals(
     latest: dict[tuple[str, str], SessionInfo],
     parts_before: dict[tuple[str, str], Sequence[Any]],
     rows_before: dict[str, Sequence[Any]],
+    summed: Collection[str] = (),
 ) -> tuple[list[tuple[Any, ...]], list[str]]:
     """The totals of the sessions of ``latest`` (``latest_parts``), moved by the change of their
     parts: ``(calls, input_tokens, output_tokens, cost_usd, unpriced_calls, session_id)`` rows, as
@@ -700,10 +714,17 @@ def moved_totals(
     sessions' rows, as they were before this store. Moving a row by the change of one part costs
     the same however many runs its id had: summing every part on each store of an id entered
     again per request made the writer's time per run grow with the id's runs (190 ms a run after
-    20,000), until records backed up and were set aside at exit. A row not stored before, or
-    whose totals are not whole (edited by hand), is summed from its parts."""
+    20,000), until records backed up and were set aside at exit. A row is summed from its parts
+    instead when its id has few (``summed``: ``HAS_FEW_PARTS``), when it was not stored before,
+    when its totals are not whole, or when a moved total would fall below zero or below the new
+    totals of the parts stored now (a row edited by hand, or restored without its parts)."""
     changes: dict[str, list[Any]] = {}
+    #: The new totals of each id's parts stored now: its row holds at least as much.
+    floors: dict[str, list[Any]] = {}
     for key, info in latest.items():
+        floor = floors.setdefault(info.id, [0, 0, 0, Decimal(0), 0])
+        for index, value in enumerate(_totals_of(info)):
+            floor[index] += value
         change = changes.setdefault(info.id, [0, 0, 0, Decimal(0), 0])
         old = parts_before.get(key)
         old_calls, old_in, old_out, old_cost, old_unpriced = old or (0, 0, 0, "0", 0)
@@ -719,13 +740,32 @@ def moved_totals(
     for id_, change in changes.items():
         row = rows_before.get(id_)
         cost = _stored_usd(row[3]) if row is not None else None
-        if row is None or cost is None or any(type(row[i]) is not int for i in (0, 1, 2, 4)):
+        if (
+            id_ in summed
+            or row is None
+            or cost is None
+            or any(type(row[i]) is not int for i in (0, 1, 2, 4))
+        ):
             resum.append(id_)
             continue
         totals = [row[i] + change[i] for i in (0, 1, 2)]
-        cost = USD_CONTEXT.add(cost, change[3])
-        moved.append((*totals, decimal_text(cost), row[4] + change[4], id_))
+        totals += [USD_CONTEXT.add(cost, change[3]), row[4] + change[4]]
+        if _below(totals, floors[id_]):
+            resum.append(id_)  # the row was off its parts: it is mended
+            continue
+        moved.append((*totals[:3], decimal_text(totals[3]), totals[4], id_))
     return moved, resum
+
+
+def _totals_of(info: SessionInfo) -> tuple[Any, ...]:
+    """A part's totals, in ``SESSION_TOTALS`` order."""
+    return (info.calls, info.input_tokens, info.output_tokens, info.cost_usd, info.unpriced_calls)
+
+
+def _below(totals: list[Any], parts: list[Any]) -> bool:
+    """Whether any of a moved row's ``totals`` is below zero, or below the totals of the
+    ``parts`` stored now (both in ``SESSION_TOTALS`` order): the row was off its parts."""
+    return any(total < max(least, 0) for total, least in zip(totals, parts, strict=True))
 
 
 def _stored_usd(text: Any) -> Decimal | None:
@@ -748,7 +788,7 @@ def _store_sessions(conn: sqlite3.Connection, sessions: Sequence[SessionInfo]) -
     _UPSERT_SESSION.run(conn, _flat(owned))
     _ADD_SESSION.run(conn, _flat(inherited))
     _UPSERT_PART.run(conn, _flat(part_row(s) for s in latest.values()))
-    moved, resum = moved_totals(latest, parts_before, rows_before)
+    moved, resum = moved_totals(latest, parts_before, rows_before, _with_few_parts(conn, ids))
     conn.executemany(_SET_TOTALS, moved)
     for start in range(0, len(resum), _IDS_PER_QUERY):
         chunk = resum[start : start + _IDS_PER_QUERY]
@@ -791,6 +831,22 @@ def _stored_totals(conn: sqlite3.Connection, ids: list[str]) -> dict[str, Sequen
             chunk,
         ):
             found[id_] = totals
+    return found
+
+
+def _with_few_parts(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
+    """Those of the stored sessions ``ids`` whose id has at most ``FEW_PARTS`` parts."""
+    found: set[str] = set()
+    for start in range(0, len(ids), _IDS_PER_QUERY):
+        chunk = ids[start : start + _IDS_PER_QUERY]
+        found.update(
+            id_
+            for (id_,) in conn.execute(
+                f"SELECT id FROM sessions WHERE id IN ({', '.join('?' * len(chunk))}) "
+                f"AND {HAS_FEW_PARTS}",
+                chunk,
+            )
+        )
     return found
 
 
