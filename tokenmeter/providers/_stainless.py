@@ -397,11 +397,27 @@ class _RawResponseProxy(SDKObjectProxy):
         the line that made the response (``client...with_raw_response.create(stream=True)
         .read()``), the SDK's bound method alone held it, so it went before its body was read,
         recorded as an estimate of its request. (Looked up here, not defined: openai's legacy
-        raw response has ``text`` as a property, and no ``read()``.)"""
+        raw response has ``text`` as a property, and no ``read()``.)
+        A stream's ``iter_bytes()``/``iter_text()``/``iter_lines()`` (anthropic's raw response has
+        them; openai's legacy one has not) read its events as they pass, as
+        ``http_response.iter_*()`` do: they were not read, and the call was estimated."""
         found = super().__getattr__(name)
         if name in _WHOLE_READS and inspect.ismethod(found):
             return _holding(self, found)
+        if name in _ITER_READS and self._self_plan.streamed and inspect.ismethod(found):
+            return self._self_iter_reading(found, _ITER_READS[name])
         return found
+
+    def _self_iter_reading(
+        self, iterate: Callable[..., Any], to_bytes: Callable[[Any], bytes]
+    ) -> Callable[..., Any]:
+        """The SDK response's ``iterate`` (an ``iter_*`` method), its pieces read as they pass."""
+
+        @functools.wraps(iterate)
+        def reading(*args: Any, **kwargs: Any) -> Any:
+            return self._self_read_through(iterate(*args, **kwargs), to_bytes)
+
+        return reading
 
     def __del__(self) -> None:  # never parsed (e.g. only ``iter_lines()``): record what is known
         if getattr(self, "_self_plan", None) is not None:
@@ -599,6 +615,14 @@ def _text(piece: str) -> bytes:
 
 def _line(piece: str) -> bytes:
     return (piece + "\n").encode("utf-8", "replace")
+
+
+#: The methods of an SDK's raw response that iterate its body, and how their pieces are bytes.
+_ITER_READS: dict[str, Callable[[Any], bytes]] = {
+    "iter_bytes": _as_is,
+    "iter_text": _text,
+    "iter_lines": _line,
+}
 
 
 #: Events of a stream read through ``iter_*()`` that the SDK parses before only those that
