@@ -228,6 +228,20 @@ def test_a_source_that_is_not_an_alerts_file_is_an_error(cli: RunCli, tmp_path: 
         )
 
 
+def test_a_usage_file_whose_first_line_looks_like_an_alert_is_read(
+    cli: RunCli, tmp_path: Path
+) -> None:
+    """Only a file of alerts is refused: a usage file whose first line has an alert's shape (a
+    note, files put together) was refused whole, its records unreadable."""
+    usage = write_jsonl(tmp_path / "all.jsonl", RECORDS)
+    alert = json.dumps({"rule": "nightly-import", "time": "2026-01-01T00:00:00Z"})
+    usage.write_text(alert + "\n" + usage.read_text())
+    code, out, err = cli("report", "--source", str(usage), "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["totals"]["calls"] == len(RECORDS)
+    assert json.loads(out)["skipped_lines"] == 1
+
+
 def test_the_alerts_file_as_a_usage_source_is_an_error(cli: RunCli, alerts_dir: Path) -> None:
     """``report --source alerts.jsonl`` printed "no calls in this period" and a $0.00 total,
     exit 0 (``sessions`` and ``tail`` an empty list), every alert counted as a corrupt line:

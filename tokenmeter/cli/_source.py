@@ -203,9 +203,9 @@ def _refuse_alerts_file(path: Path) -> None:
     """tokenmeter's ``alerts.jsonl`` (beside the data) is not a file of usage records:
     ``report --source alerts.jsonl`` printed "no calls in this period", exit 0, every alert
     counted as a corrupt line (``tail -f`` waited for records forever)."""
-    first = first_line(path)
-    if first is None or not _is_alert(first):
-        return
+    lines = _first_lines(path, _LINES_LOOKED_AT)
+    if not lines or not _is_alert(lines[0]) or any(_is_record(line) for line in lines):
+        return  # a usage file whose first line is odd (a note, files put together) is read
     raise CliError(
         f"{path} is not a file of usage records (its first line is an alert): pass the "
         "usage.db or usage.jsonl beside it, or the directory holding them "
@@ -228,12 +228,34 @@ def _is_alert(line: bytes) -> bool:
     )
 
 
-def first_line(path: Path) -> bytes | None:
-    """The first line of ``path`` that is not blank, if any."""
+def _is_record(line: bytes) -> bool:
+    """Whether this line has the shape of a usage record (its time is its ``timestamp``)."""
+    try:
+        item = json.loads(line)
+    except (ValueError, RecursionError):  # also UnicodeDecodeError
+        return False
+    return isinstance(item, dict) and "timestamp" in item
+
+
+#: The lines of a JSONL source looked at to tell tokenmeter's alerts from usage records.
+_LINES_LOOKED_AT = 20
+
+
+def _first_lines(path: Path, count: int) -> list[bytes]:
+    """The first ``count`` lines of ``path`` that are not blank."""
+    found: list[bytes] = []
     for line in lines_of(JsonlReader(path)):  # left unfinished, it closes the file
         if line.strip():
-            return line
-    return None
+            found.append(line)
+            if len(found) == count:
+                break
+    return found
+
+
+def first_line(path: Path) -> bytes | None:
+    """The first line of ``path`` that is not blank, if any."""
+    lines = _first_lines(path, 1)
+    return lines[0] if lines else None
 
 
 def _opened(path: Path, given: bool) -> tuple[Path, bytes]:
