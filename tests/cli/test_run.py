@@ -655,6 +655,26 @@ def test_the_summary_names_the_report_that_shows_the_run(
     assert session in [row["session_id"] for row in json.loads(shown.stdout)["rows"]]
 
 
+@pytest.mark.parametrize("program", ["own sink object", "no call"])
+def test_a_run_with_nothing_to_point_to_gives_no_hint(
+    fake: FakeProvider, tmp_path: Path, program: str
+) -> None:
+    """A program writing to its own ``SQLiteSink`` object was told "add sqlite or jsonl to
+    --sinks" (its sink is not one ``--sinks`` changes); ``--sinks markdown`` with no call named
+    a journal page never written. Nothing is pointed to then."""
+    body = (
+        "from tokenmeter.sinks import SQLiteSink\n"
+        "tokenmeter.configure(sinks=[SQLiteSink('mine.db')])\n" + _CALLS
+        if program == "own sink object"
+        else "print('no call')\n"
+    )
+    app = _script(tmp_path / "app.py", "import tokenmeter\n" + body)
+    result = _run(["--sinks", "markdown", "--", sys.executable, app.name], _env(fake), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("  session run_") and ";" not in last, last
+
+
 @pytest.mark.parametrize("sinks", ["markdown", "otel"])
 def test_a_run_into_no_store_the_cli_reads_names_no_report(
     fake: FakeProvider, tmp_path: Path, sinks: str
