@@ -248,30 +248,35 @@ def test_environ_points_a_subprocess_sdk_at_the_fake(fake: FakeProvider) -> None
     assert fake.requests[-1].path == "/v1/chat/completions"
 
 
-def test_the_fakes_clients_and_environ_never_go_through_an_http_proxy(
+def test_the_fakes_environ_keeps_its_clients_off_an_http_proxy(
     fake: FakeProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Behind an HTTP proxy (a corporate runner: ``HTTP(S)_PROXY`` set, ``NO_PROXY`` without the
-    loopback address) every call to the fake went to the proxy, which cannot reach it."""
+    loopback address) every call to the fake went to the proxy, which cannot reach it: its
+    ``environ()`` (the ``tokenmeter_fake`` fixture's) adds the fake to ``NO_PROXY``."""
     dead = "http://127.0.0.1:9"  # the discard port: nothing answers there
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.setenv(name, dead)
     monkeypatch.setenv("NO_PROXY", "localhost")
     monkeypatch.delenv("no_proxy", raising=False)
+    environ = fake.environ()
+    assert environ["NO_PROXY"] == environ["no_proxy"] == "localhost,127.0.0.1"
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
     chat = {"model": "gpt-4o", "messages": []}
-
-    assert fake.openai_client().chat.completions.create(**chat).usage is not None
+    with fake.openai_client() as client:
+        assert client.chat.completions.create(**chat).usage is not None
     message = {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": []}
-    assert fake.anthropic_client().messages.create(**message).usage.input_tokens == 25
+    with fake.anthropic_client() as anthropic_client:
+        assert anthropic_client.messages.create(**message).usage.input_tokens == 25
 
     async def async_call() -> Any:
-        return await fake.openai_client(async_=True).chat.completions.create(**chat)
+        async with fake.openai_client(async_=True) as client:
+            return await client.chat.completions.create(**chat)
 
     assert asyncio.run(async_call()).usage is not None
-    assert fake.environ()["NO_PROXY"] == fake.environ()["no_proxy"] == "localhost,127.0.0.1"
     script = f"import openai; openai.OpenAI(max_retries=0).chat.completions.create(**{chat!r})"
-    env = {**os.environ, **fake.environ()}
-    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
 
 
 def test_import_works_without_any_provider_sdk() -> None:

@@ -8,7 +8,6 @@ they report is known in advance.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -61,16 +60,8 @@ A = TypeVar("A")
 def _made(
     sync_cls: type[S], async_cls: type[A], async_: bool, defaults: dict[str, Any], kwargs: Any
 ) -> S | A:
-    """An SDK client pointed at the fake: no retries by default, the caller's arguments win.
-
-    Its HTTP client ignores the environment's proxy settings: behind an HTTP proxy
-    (``HTTP(S)_PROXY`` set, ``NO_PROXY`` without the loopback address) every request went to
-    the proxy, which cannot reach this machine's loopback."""
+    """An SDK client pointed at the fake: no retries by default, the caller's arguments win."""
     options = {"max_retries": 0, **defaults, **kwargs}
-    sdk = sys.modules[sync_cls.__module__.partition(".")[0]]
-    http_client = getattr(sdk, "DefaultAsyncHttpxClient" if async_ else "DefaultHttpxClient", None)
-    if "http_client" not in options and http_client is not None:
-        options["http_client"] = http_client(trust_env=False)
     return async_cls(**options) if async_ else sync_cls(**options)
 
 
