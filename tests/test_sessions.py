@@ -573,6 +573,35 @@ def test_track_over_a_plain_wrapper_of_a_generator_function_spans_the_iteration(
     ]
 
 
+class _Waiting:
+    """An awaitable that waits for ever: its coroutine is suspended until closed."""
+
+    def __await__(self) -> Iterator[None]:
+        yield
+
+
+def test_track_over_a_plain_wrapper_ends_completed_when_its_coroutine_is_closed_as_it_waits(
+    sink: InMemorySink,
+) -> None:
+    """A wrapper's coroutine closed as it waited (its task destroyed as the loop closed) ended
+    its session "failed"; the async function decorated directly ends "completed"."""
+    ended: list[tuple[str | None, str]] = []
+    tokenmeter.configure(sinks=[sink], on_session_end=lambda s: ended.append((s.name, s.status)))
+
+    @tokenmeter.track("summarise")
+    @logged
+    async def summarise() -> None:
+        tokenmeter.record("openai", "gpt-4o", 1, 1)
+        await _Waiting()
+
+    work = summarise()
+    assert work.__qualname__.endswith("summarise")  # asyncio's reprs name the app's coroutine
+    work.send(None)
+    work.close()
+    assert tokenmeter.flush(5)
+    assert ended == [("summarise", "completed")]
+
+
 def test_track_over_a_plain_wrapper_counts_the_calls_of_a_generators_finally_when_dropped(
     sink: InMemorySink,
 ) -> None:

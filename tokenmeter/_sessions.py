@@ -1055,6 +1055,8 @@ def _awaited_in(session_of: Callable[[], Session], coroutine: Any) -> Any:
         failed = False
         try:
             return await coroutine
+        except GeneratorExit:  # closed as it waited (its loop closed): no failure of its own,
+            raise  # as for the async function decorated directly
         except BaseException:
             failed = True
             raise
@@ -1063,6 +1065,9 @@ def _awaited_in(session_of: Callable[[], Session], coroutine: Any) -> Any:
                 _current.reset(token)
             session._end(failed)
 
+    # Named as the application's coroutine in asyncio's task reprs and warnings.
+    run_in_session.__name__ = getattr(coroutine, "__name__", run_in_session.__name__)
+    run_in_session.__qualname__ = getattr(coroutine, "__qualname__", run_in_session.__qualname__)
     return run_in_session()
 
 
