@@ -744,12 +744,14 @@ def test_the_default_session_name_never_holds_a_shell_command_line(
     assert f"tokenmeter: '{Path(sys.executable).name} app.py' (exit status 0)" in result.stderr
 
 
-@pytest.mark.parametrize("options", [["-W", "ignore"], ["-X", "dev"], ["-u"]])
+@pytest.mark.parametrize(
+    "options", [["-W", "ignore"], ["-X", "dev"], ["-u"], ["-uW", "ignore"], ["-BX", "dev"]]
+)
 def test_the_default_session_name_has_the_script_after_python_options(
     fake: FakeProvider, tmp_path: Path, options: list[str]
 ) -> None:
     """The value of ``-W`` / ``-X`` was taken for the script: ``python -W ignore app.py`` was
-    named ``python``, like any other script run so."""
+    named ``python``, like any other script run so (``-uW ignore app.py`` too, clustered)."""
     app = _script(tmp_path / "app.py", _CALLS)
     result = _run(["--", sys.executable, *options, app.name], _env(fake), cwd=tmp_path)
     assert f"tokenmeter: '{Path(sys.executable).name} app.py' (exit status 0)" in result.stderr

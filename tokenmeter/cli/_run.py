@@ -107,20 +107,17 @@ def _default_name(command: list[str]) -> str:
     may hold secrets (``--api-key ...``), nor ``-c``'s code. The script is a file: an argument
     that names none may be a command line (``sh -c "OPENAI_API_KEY=... python app.py"``)."""
     words = [os.path.basename(command[0])]
-    module = _module_argument(command[1:]) if _PYTHON.fullmatch(words[0]) else None
-    script = _script_argument(command[1:])
-    if module is not None and _MODULE_NAME.fullmatch(module):
-        words += ["-m", module]
-    elif script is not None and script.endswith(".py") and os.path.isfile(script):
-        words.append(os.path.basename(script))
+    option, value = _what_python_runs(command[1:])
+    if option == "-m" and _PYTHON.fullmatch(words[0]) and _MODULE_NAME.fullmatch(value or ""):
+        words += ["-m", value or ""]
+    elif option == "" and value is not None and value.endswith(".py") and os.path.isfile(value):
+        words.append(os.path.basename(value))
     return " ".join(words)
 
 
 #: Python's options whose value is the next argument: ``-W ignore app.py`` took ``ignore`` for
 #: the script, and named the session ``python`` alone.
 _OPTIONS_WITH_A_VALUE = frozenset({"-W", "-X", "--check-hash-based-pycs"})
-#: Python's options after which no script follows (the program is their value).
-_OPTIONS_INSTEAD_OF_A_SCRIPT = frozenset({"-c", "-m"})
 #: A Python interpreter's file name (``python3.12``, ``pypy3``, ``python.exe``): only there is
 #: ``-m`` a module, not another program's option whose value may be a secret.
 _PYTHON = re.compile(r"(?:python|pypy)[\d.]*(?:\.exe)?", re.IGNORECASE)
@@ -128,39 +125,29 @@ _PYTHON = re.compile(r"(?:python|pypy)[\d.]*(?:\.exe)?", re.IGNORECASE)
 _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 
 
-def _script_argument(arguments: list[str]) -> str | None:
-    """The first argument that is no option nor an option's value: the script, if any."""
+def _what_python_runs(arguments: list[str]) -> tuple[str, str | None]:
+    """What Python's ``arguments`` run, read as Python reads its options, clustered ones too
+    (``-um jobs.nightly``, ``-uW ignore app.py``, ``-uc CODE``): ``("-m", module)``, ``("-c",
+    None)``, ``("", script)`` or ``("", None)`` for none (standard input)."""
     remaining = iter(arguments)
     for arg in remaining:
-        if arg in _OPTIONS_INSTEAD_OF_A_SCRIPT:
-            return None
-        if arg in _OPTIONS_WITH_A_VALUE:
-            next(remaining, None)
-        elif not arg.startswith("-"):
-            return arg
-    return None
-
-
-def _module_argument(arguments: list[str]) -> str | None:
-    """The module of Python's ``-m`` (``-m jobs.nightly`` or ``-mjobs.nightly``), if the options
-    before the script name one."""
-    remaining = iter(arguments)
-    for arg in remaining:
-        if not arg.startswith("-") or arg == "-":
-            return None
+        if arg == "-":
+            return "", None
+        if not arg.startswith("-"):
+            return "", arg
         if arg.startswith("--"):
             if arg in _OPTIONS_WITH_A_VALUE:
                 next(remaining, None)
             continue
-        for at, flag in enumerate(arg[1:], start=2):  # clustered: -um, -Bm NAME, -uW ignore
+        for at, flag in enumerate(arg[1:], start=2):
             if flag == "c":
-                return None
+                return "-c", None
             if flag in "mWX":
                 value = arg[at:] or next(remaining, None)
                 if flag == "m":
-                    return value
+                    return "-m", value
                 break
-    return None
+    return "", None
 
 
 def _child_environment(
