@@ -327,7 +327,8 @@ def configure(
     names ("sqlite", "jsonl", "markdown", "postgres", "otel"), one of them alone, or names as a
     comma-separated string like ``TOKENMETER_SINKS``. Arguments win over ``TOKENMETER_*``
     variables, which win over ``[tool.tokenmeter]`` in pyproject.toml. Records made before the
-    call go to the old sinks.
+    call go to the old sinks. Each call keeps what earlier calls set: an argument left out or
+    ``None`` keeps it, an empty list removes hooks, callbacks, budgets or alert rules.
 
     Everything is checked before anything changes: a bad argument (or a bad prices file) raises
     a one-line ValueError naming it and leaves the previous settings in force.
