@@ -710,3 +710,21 @@ def test_a_user_priced_model_no_table_has_pays_its_providers_tool_fees() -> None
     cost = price_usage("anthropic", "claude-opus-9", web, at=DAY)
     assert cost.breakdown is not None
     assert cost.breakdown["web_search"] == Decimal("0.03")  # 3 at $10 per 1,000
+
+
+@pytest.mark.parametrize("provider", ["openai", "azure"])
+def test_a_user_priced_openai_model_no_table_has_pays_openais_tool_fees(provider: str) -> None:
+    """OpenAI (and Azure OpenAI) bill web search at $10 and file search at $2.50 per 1,000 calls
+    on every model: a new model priced by the user recorded 2 web searches and a file search at
+    $0 ($0.002 for a $0.0245 call)."""
+    set_user_prices({"gpt-7-test": {"input_per_mtok": 1, "output_per_mtok": 10}})
+    tools = {"web_search": 2, "web_search_preview": 1, "file_search": 1}
+    searched = Usage(input_tokens=1_000, output_tokens=100, tool_requests=tools)
+    cost = price_usage(provider, "gpt-7-test", searched, at=DAY)
+    assert cost.price_source == "override"
+    assert cost.breakdown is not None
+    fees = {"web_search": "0.02", "web_search_preview": "0.01", "file_search": "0.0025"}
+    assert {key: cost.breakdown[key] for key in tools} == {
+        key: Decimal(fee) for key, fee in fees.items()
+    }
+    assert cost.total_usd == Decimal("0.002") + Decimal("0.0325")

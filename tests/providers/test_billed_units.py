@@ -478,6 +478,51 @@ def test_openai_responses_built_in_tool_calls_are_billed_per_call(
     assert record.estimated_cost_usd == Decimal("0.0025") + Decimal("0.001") + Decimal("0.0225")
 
 
+@pytest.mark.parametrize("azure", [False, True], ids=["openai", "azure"])
+@pytest.mark.parametrize(
+    ("model", "web", "files"), [("o3-pro", 2, 1), ("o3-mini", 0, 1), ("gpt-4.1-nano", 0, 1)]
+)
+def test_openai_tool_fees_apply_to_models_whose_table_entry_lacks_them(
+    kit: Any, records: Records, model: str, web: int, files: int, azure: bool
+) -> None:
+    """OpenAI bills web search ($10) and file search ($2.50 per 1,000) on every model, as Azure
+    OpenAI does; genai-prices has them on gpt-5 and gpt-4o but not on o3-pro, o3-mini or
+    gpt-4.1-nano, whose searches were recorded at $0 (o3-pro: $0.028 of a $0.0505 call)."""
+    output = [
+        {"type": "web_search_call", "id": f"ws_{index}", "status": "completed"}
+        for index in range(web)
+    ] + [
+        {"type": "file_search_call", "id": f"fs_{index}", "status": "completed", "queries": ["q"]}
+        for index in range(files)
+    ]
+    body = kit.response_body(model, output, [], 1000, 100)
+    if azure:
+        import openai
+
+        transport = kit.http.MockTransport(lambda request: json_reply(kit.http, body))
+        client = openai.AzureOpenAI(
+            api_key="sk-test",
+            api_version="2025-04-01-preview",
+            azure_endpoint="http://azure.invalid",
+            http_client=kit.http.Client(transport=transport),
+        )
+    else:
+        client = kit.mock_openai(lambda request: json_reply(kit.http, body))
+
+    client.responses.create(model=model, input="search")
+
+    record = only(records())
+    assert record.model_provider == ("azure" if azure else "openai")
+    fees = {"web_search": Decimal("0.01") * web, "file_search": Decimal("0.0025") * files}
+    fees = {key: fee for key, fee in fees.items() if fee}
+    assert record.cost_breakdown is not None
+    assert {key: record.cost_breakdown[key] for key in fees} == fees
+    plain = record.usage.model_copy(update={"tool_requests": {}})
+    tokens = tokenmeter.price(record.model_provider, model, plain)
+    assert tokens.total_usd is not None
+    assert record.estimated_cost_usd == tokens.total_usd + sum(fees.values())
+
+
 @pytest.mark.parametrize(
     ("model", "tool", "key", "fee"),
     [

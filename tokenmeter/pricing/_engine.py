@@ -350,7 +350,7 @@ class _Entry:
         """A user price sets rates per token only (it has no key for a fee): the fees per request
         and per tool request stay those the table has for the model, never a silent $0. A model
         no table has (a new one, priced by the user) still pays the tool fees its provider bills
-        on every model (xAI's searches, Anthropic's web search)."""
+        on every model (xAI's searches, Anthropic's web search, OpenAI's web and file search)."""
         for model in tables:
             table = model.rate_card(at, self.tier) or model.rate_card(at, STANDARD)
             if table is not None:

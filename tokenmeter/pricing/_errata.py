@@ -571,9 +571,20 @@ def _sonar_request_fee_by_context(card: RateCard, requested: str, at: datetime) 
 #: launch (its models page of 2025-11-09), $5 once the launch's free period ended on
 #: 2025-12-03 (the day is the promotion's end, as reported; xAI's page gives no date of the
 #: cut); Collections Search (the Responses API's ``file_search``) $2.50 throughout. Anthropic
-#: (its pricing page, "Web search"): web search $10 on every model since its launch.
+#: (its pricing page, "Web search"): web search $10 on every model since its launch. OpenAI
+#: (its pricing page lists them as tool prices, not per model; the genai-prices entries that
+#: have them all carry these): web search $10 (``web_search_preview`` too, but on gpt-4o and
+#: gpt-4.1, whose $25 ``_web_search_preview_fee`` sets first) and file search $2.50; Azure
+#: OpenAI's Responses API bills the same tools alike.
+_OPENAI_TOOL_FEES = {
+    "web_search_per_k": Decimal(10),
+    "web_search_preview_per_k": Decimal(10),
+    "file_search_per_k": Decimal("2.50"),
+}
 _TOOL_FEES: dict[str, tuple[tuple[date, dict[str, Decimal]], ...]] = {
     "anthropic": ((date.min, {"web_search_per_k": Decimal(10)}),),
+    "openai": ((date.min, _OPENAI_TOOL_FEES),),
+    "azure": ((date.min, _OPENAI_TOOL_FEES),),
     "x-ai": (
         (
             date.min,
