@@ -107,6 +107,32 @@ def test_a_budget_refuses_the_call_before_it_is_sent(
     assert job.summary.calls == 3  # a refused call is no call of the session
 
 
+@pytest.mark.parametrize("ledger", ["sqlite", "memory"])
+def test_a_spent_budget_refuses_every_call_estimated_at_zero(
+    tmp_path: Path, fake: FakeProvider, instrumented: None, ledger: str
+) -> None:
+    """An Azure deployment's name has no price (its answers name the priced model): its calls
+    are estimated at $0, and once the budget was spent each was admitted from a lease with no
+    slice left, never asking the ledger: all 10 were sent, $0.075 against a $0.02 budget."""
+    fake.set_model("prod-deployment", "gpt-4o-2024-08-06")
+    memory = configured(
+        tmp_path, [{"name": "daily", "limit_usd": 0.02, "period": "day"}], budget_ledger=ledger
+    )
+    client = fake.azure_openai_client(max_retries=0)
+
+    def deployment() -> Any:
+        return client.chat.completions.create(model="prod-deployment", messages=MESSAGES)
+
+    for _ in range(3):  # 0, 0.0075, 0.015 spent
+        deployment()
+    for _ in range(3):  # each refused, the one after a refusal's give-back too
+        with pytest.raises(BudgetExceeded) as refused:
+            deployment()
+        assert refused.value.spent_usd == 3 * per_call(memory)
+        assert refused.value.estimate_usd == 0
+    assert len(fake.requests) == 3
+
+
 @pytest.mark.requires(openai=">=1.80")  # background responses
 def test_a_spent_budget_never_refuses_a_retrieve(
     tmp_path: Path, fake: FakeProvider, instrumented: None
