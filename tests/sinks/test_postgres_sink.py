@@ -711,6 +711,22 @@ def test_a_session_row_edited_by_hand_is_mended_by_the_next_store(pg_dsn: str) -
     assert query(pg_dsn, ROW_TOTALS) == [(103, 10300, 1030, "0.03605", 0)]
 
 
+def test_a_session_row_restored_without_its_parts_keeps_its_totals(pg_dsn: str) -> None:
+    """A row whose id has no parts (restored without them) is its totals plus the next run's:
+    summed from the parts stored, 2 runs restored then 1 more left the row at that one run."""
+    sink = PostgresSink(pg_dsn)
+    run = {"status": "completed", "ended_at": START, "calls": 1, "input_tokens": 100}
+    run |= {"output_tokens": 10, "cost_usd": Decimal("0.00035")}
+    for part in ("first", "second"):
+        sink.write_sessions([SessionInfo(id="chat", part=part, started_at=START, **run)])
+    query(pg_dsn, "DELETE FROM session_parts")
+    for part in ("third", "fourth"):
+        sink.write_sessions([SessionInfo(id="chat", part=part, started_at=START, **run)])
+    sink.close()
+    assert query(pg_dsn, ROW_TOTALS) == [(4, 400, 40, "0.00140", 0)]
+    assert query(pg_dsn, "SELECT part, calls FROM session_parts WHERE part = ''") == [("", 2)]
+
+
 def test_a_late_call_of_an_earlier_run_of_an_id_leaves_the_row_to_the_latest(
     pg_sink: PostgresSink, pg_dsn: str
 ) -> None:

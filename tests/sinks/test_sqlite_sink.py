@@ -926,6 +926,25 @@ def test_a_session_row_edited_by_hand_is_mended_by_the_next_store(tmp_path: Path
     assert query(path, ROW_TOTALS) == [(2, 200, 20, "0.00070", 0)]
 
 
+def test_a_session_row_restored_without_its_parts_keeps_its_totals(tmp_path: Path) -> None:
+    """A row whose id has no parts (restored without them) is its totals plus the next run's:
+    summed from the parts stored, 2 runs restored then 1 more left the row at that one run."""
+    path = tmp_path / "usage.db"
+    sink = SQLiteSink(path)
+    started = datetime(2026, 12, 7, 10, tzinfo=UTC)
+    for part in ("first", "second"):
+        sink.write_sessions([SessionInfo(id="chat", part=part, started_at=started, **ONE_CALL)])
+    conn = sqlite3.connect(path)
+    conn.execute("DELETE FROM session_parts")
+    conn.commit()
+    conn.close()
+    sink.write_sessions([SessionInfo(id="chat", part="third", started_at=started, **ONE_CALL)])
+    sink.write_sessions([SessionInfo(id="chat", part="fourth", started_at=started, **ONE_CALL)])
+    sink.close()
+    assert query(path, ROW_TOTALS) == [(4, 400, 40, "0.00140", 0)]
+    assert query(path, "SELECT part, calls FROM session_parts WHERE part = ''") == [("", 2)]
+
+
 def test_a_row_of_many_parts_left_below_its_parts_is_summed_again(tmp_path: Path) -> None:
     """An id with many parts is moved by their change (its other parts not read), unless the
     move would leave its row below the part stored: the row was off its parts."""

@@ -39,12 +39,14 @@ from tokenmeter.sinks.sqlite import _RECORD_COLUMNS as RECORD_COLUMNS
 from tokenmeter.sinks.sqlite import _SESSION_COLUMNS as SESSION_COLUMNS
 from tokenmeter.sinks.sqlite import (
     HAS_FEW_PARTS,
+    HAS_NO_PARTS,
     RUN_NOT_EARLIER,
     SESSION_PARTS_V6,
     SESSION_TOTALS,
     _record_row,
     _session_row,
 )
+from tokenmeter.sinks.sqlite import kept_parts as _kept_parts
 from tokenmeter.sinks.sqlite import latest_parts as _latest_parts
 from tokenmeter.sinks.sqlite import moved_totals as _moved_totals
 from tokenmeter.sinks.sqlite import part_row as _part_row
@@ -227,8 +229,11 @@ _SET_TOTALS = (
     f"UPDATE sessions SET {', '.join(f'{column} = %s' for column in SESSION_TOTALS)} WHERE id = %s"
 )
 #: The totals of the locked rows, and of the parts about to be stored (by their primary key:
-#: not every part of an id), before they change: a row is moved by its parts' change.
-_READ_TOTALS = f"SELECT id, {', '.join(SESSION_TOTALS)} FROM sessions WHERE id = ANY(%s)"
+#: not every part of an id), before they change: a row is moved by its parts' change. With each
+#: row, whether its id has no parts at all: it keeps its totals as one (``kept_parts``).
+_READ_TOTALS = (
+    f"SELECT id, {HAS_NO_PARTS}, {', '.join(SESSION_TOTALS)} FROM sessions WHERE id = ANY(%s)"
+)
 #: Those of the locked rows whose id has few parts: summed from them (``moved_totals``).
 _READ_FEW_PARTS = f"SELECT id FROM sessions WHERE id = ANY(%s) AND {HAS_FEW_PARTS}"
 _READ_STORED_PARTS = (
@@ -555,7 +560,11 @@ class PostgresSink:
             )
             cur.execute(_LOCK_SESSIONS, [ids])
             cur.execute(_READ_TOTALS, [ids])
-            rows_before = {id_: totals for id_, *totals in cur.fetchall()}
+            stored = cur.fetchall()
+            rows_before = {id_: totals for id_, _, *totals in stored}
+            kept = _kept_parts(rows_before, {id_ for id_, partless, *_ in stored if partless})
+            if kept:  # read with the parts: a batch's own part '' moves it
+                cur.executemany(_UPSERT_PART, kept)
             cur.execute(_READ_STORED_PARTS, [[k[0] for k in latest], [k[1] for k in latest]])
             parts_before = {(id_, part): totals for id_, part, *totals in cur.fetchall()}
             owned = [_pg_row(_session_row(s), _SESSION_JSON) for s in sessions if not s.inherited]

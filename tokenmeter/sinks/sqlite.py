@@ -688,9 +688,9 @@ def latest_parts(sessions: Sequence[SessionInfo]) -> dict[tuple[str, str], Sessi
 
 
 #: An id with at most this many stored parts has its row summed from them on each store (the
-#: work bounded by it): a row edited by hand, restored without its parts or otherwise off them is
-#: mended. An id with more (entered again per request) has its row moved by the change of the
-#: parts stored (``moved_totals``).
+#: work bounded by it): a row edited by hand, or otherwise off them, is mended (a row with no
+#: parts at all keeps its totals as one first: ``kept_parts``). An id with more (entered again
+#: per request) has its row moved by the change of the parts stored (``moved_totals``).
 FEW_PARTS = 64
 #: The condition, on a ``sessions`` row, that its id has at most ``FEW_PARTS`` parts: at most
 #: ``FEW_PARTS + 1`` of them looked at (by the primary key), however many it has.
@@ -698,6 +698,31 @@ HAS_FEW_PARTS = (
     "NOT EXISTS (SELECT 1 FROM session_parts WHERE session_id = sessions.id "
     f"LIMIT 1 OFFSET {FEW_PARTS})"
 )
+#: The condition, on a ``sessions`` row, that its id has no parts at all: restored without
+#: them, or copied from a database of schema version 5 or earlier (``kept_parts``).
+HAS_NO_PARTS = "NOT EXISTS (SELECT 1 FROM session_parts WHERE session_id = sessions.id)"
+
+
+def kept_parts(
+    rows_before: dict[str, Sequence[Any]], partless: Collection[str]
+) -> list[tuple[Any, ...]]:
+    """The ``session_parts`` rows that keep the totals of the stored sessions' rows whose id has
+    no parts (``partless``: ``HAS_NO_PARTS``), as part ``''``: what migration v6
+    (``SESSION_PARTS_V6``) does for a row stored before it. Stored ahead of a batch's parts, so
+    that the row is its totals so far plus the new parts: summed from the new parts alone, a row
+    restored without its parts (2 runs, then one more) held that one run. ``rows_before``: the
+    rows' ``SESSION_TOTALS``; a row whose totals are not whole (edited by hand) keeps none."""
+    return [
+        (id_, "", *totals)
+        for id_, totals in rows_before.items()
+        if id_ in partless and _whole(totals)
+    ]
+
+
+def _whole(totals: Sequence[Any]) -> bool:
+    """Whether a stored row's ``SESSION_TOTALS`` are all there and numbers (not edited by hand,
+    not missing as in a row stored before schema version 3)."""
+    return _stored_usd(totals[3]) is not None and all(type(totals[i]) is int for i in (0, 1, 2, 4))
 
 
 def moved_totals(
@@ -717,7 +742,7 @@ def moved_totals(
     20,000), until records backed up and were set aside at exit. A row is summed from its parts
     instead when its id has few (``summed``: ``HAS_FEW_PARTS``), when it was not stored before,
     when its totals are not whole, or when a moved total would fall below zero or below the new
-    totals of the parts stored now (a row edited by hand, or restored without its parts)."""
+    totals of the parts stored now (a row edited by hand)."""
     changes: dict[str, list[Any]] = {}
     #: The new totals of each id's parts stored now: its row holds at least as much.
     floors: dict[str, list[Any]] = {}
@@ -739,17 +764,11 @@ def moved_totals(
     resum: list[str] = []
     for id_, change in changes.items():
         row = rows_before.get(id_)
-        cost = _stored_usd(row[3]) if row is not None else None
-        if (
-            id_ in summed
-            or row is None
-            or cost is None
-            or any(type(row[i]) is not int for i in (0, 1, 2, 4))
-        ):
+        if id_ in summed or row is None or not _whole(row):
             resum.append(id_)
             continue
         totals = [row[i] + change[i] for i in (0, 1, 2)]
-        totals += [USD_CONTEXT.add(cost, change[3]), row[4] + change[4]]
+        totals += [USD_CONTEXT.add(Decimal(row[3]), change[3]), row[4] + change[4]]
         if _below(totals, floors[id_]):
             resum.append(id_)  # the row was off its parts: it is mended
             continue
@@ -780,15 +799,18 @@ def _stored_usd(text: Any) -> Decimal | None:
 def _store_sessions(conn: sqlite3.Connection, sessions: Sequence[SessionInfo]) -> None:
     """Store the sessions' rows and parts, and move each row's totals by its parts' change."""
     latest = latest_parts(sessions)
-    parts_before = _stored_parts(conn, list(latest))
     ids = list(dict.fromkeys(key[0] for key in latest))
     rows_before = _stored_totals(conn, ids)
+    kept = kept_parts(rows_before, _stored_ids_where(conn, ids, HAS_NO_PARTS))
+    _UPSERT_PART.run(conn, _flat(kept))  # read with the parts: a batch's own part '' moves it
+    parts_before = _stored_parts(conn, list(latest))
     owned = [_session_row(s) for s in sessions if not s.inherited]
     inherited = [_session_row(s) for s in sessions if s.inherited]
     _UPSERT_SESSION.run(conn, _flat(owned))
     _ADD_SESSION.run(conn, _flat(inherited))
     _UPSERT_PART.run(conn, _flat(part_row(s) for s in latest.values()))
-    moved, resum = moved_totals(latest, parts_before, rows_before, _with_few_parts(conn, ids))
+    few = _stored_ids_where(conn, ids, HAS_FEW_PARTS)
+    moved, resum = moved_totals(latest, parts_before, rows_before, few)
     conn.executemany(_SET_TOTALS, moved)
     for start in range(0, len(resum), _IDS_PER_QUERY):
         chunk = resum[start : start + _IDS_PER_QUERY]
@@ -834,8 +856,9 @@ def _stored_totals(conn: sqlite3.Connection, ids: list[str]) -> dict[str, Sequen
     return found
 
 
-def _with_few_parts(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
-    """Those of the stored sessions ``ids`` whose id has at most ``FEW_PARTS`` parts."""
+def _stored_ids_where(conn: sqlite3.Connection, ids: list[str], condition: str) -> set[str]:
+    """Those of the stored sessions ``ids`` whose row meets ``condition`` (``HAS_FEW_PARTS``,
+    ``HAS_NO_PARTS``)."""
     found: set[str] = set()
     for start in range(0, len(ids), _IDS_PER_QUERY):
         chunk = ids[start : start + _IDS_PER_QUERY]
@@ -843,7 +866,7 @@ def _with_few_parts(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
             id_
             for (id_,) in conn.execute(
                 f"SELECT id FROM sessions WHERE id IN ({', '.join('?' * len(chunk))}) "
-                f"AND {HAS_FEW_PARTS}",
+                f"AND {condition}",
                 chunk,
             )
         )
