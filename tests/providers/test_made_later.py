@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from helpers import HungSink, held_by_another_thread, run_python, wait_for
-from provider_helpers import MESSAGES, json_bytes
+from provider_helpers import MESSAGES, json_bytes, json_reply
 
 import tokenmeter
 from tokenmeter import _pipeline
@@ -118,6 +118,27 @@ def test_a_record_made_later_keeps_the_session_name_of_its_call(
         "job",
         "job (renamed)",
     ]
+
+
+async def test_a_call_keeps_the_session_name_it_was_made_under(
+    held: InMemorySink, kit: ModuleType, is_async: bool
+) -> None:
+    """A session renamed while a call waits for its answer (another thread, a hook; here the
+    server): a sync call's record carried the new name, its async twin's the name at the call.
+    Twice: the first record of the model is made at once, the second by a writer."""
+    sessions: list[Any] = []
+
+    def answer(request: Any) -> Any:
+        sessions[-1].name = "job (renamed)"
+        return json_reply(kit.http, kit.chat_body())
+
+    client = kit.mock_openai(answer, is_async=is_async, max_retries=0)
+    for _ in range(2):
+        with tokenmeter.session("job") as session:
+            sessions.append(session)
+            await kit.maybe(chat(client))
+    assert tokenmeter.flush(5)
+    assert [record.session_name for record in held.records] == ["job", "job"]
 
 
 def stream_client(fake: FakeProvider, provider: str, is_async: bool) -> Any:

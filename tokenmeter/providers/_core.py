@@ -517,6 +517,12 @@ def send(
     """Make the SDK call with nested calls passing through; a failure is recorded, then raised.
     A budget in force is checked first: ``BudgetExceeded`` is raised before anything is sent.
     A server that refuses what the adapter added gets the caller's own request (``as_given``)."""
+    if call.session is None:
+        # Its session, taken as the call is made rather than at its record (no more work: the
+        # record takes this one), and its name then: renamed while the call waits (by another
+        # thread, a hook), the record keeps the name it was made under, as ``send_async``'s.
+        call.session = session_of_record()
+        call.session_name = call.session.name
     if _state.armed:
         _budgets.check(call, args, kwargs)
     token = guard.set(instance)
