@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from provider_helpers import MESSAGES, Records, only, sse_reply
+from provider_helpers import MESSAGES, Records, http_of, mock_anthropic, only, sse_reply
 
 import tokenmeter
 from tokenmeter import UsageRecord
@@ -426,6 +426,145 @@ async def test_a_stream_left_early_is_recorded_once_with_an_estimate(
     record = only(records())
     assert (record.status, record.streamed, record.estimated) == ("ok", True, True)
     assert record.output_tokens > 0  # the text of the whole events that passed by
+
+
+#: Text deltas of the long streams below, and the events read before they are left: far past
+#: the events a body read through ``iter_*()`` has parsed (``_READ_EVENTS``).
+LONG_DELTAS, LEFT_AFTER = 600, 400
+DELTA_TEXT = "hello world, "
+
+
+def anthropic_long(client: Any, streaming: bool) -> Any:
+    messages = client.messages.with_streaming_response if streaming else client.messages
+    return messages.create(
+        model="claude-sonnet-4-5", max_tokens=4096, messages=MESSAGES, stream=True
+    )
+
+
+def responses_long(client: Any, streaming: bool) -> Any:
+    responses = client.responses.with_streaming_response if streaming else client.responses
+    return responses.create(model="gpt-4o", input="hi", stream=True)
+
+
+def transcription_long(client: Any, streaming: bool) -> Any:
+    audio = client.audio.transcriptions
+    transcriptions = audio.with_streaming_response if streaming else audio
+    clip = ("clip.wav", b"RIFF\0\0\0\0WAVE", "audio/wav")
+    return transcriptions.create(model="gpt-4o-transcribe", file=clip, stream=True)
+
+
+def long_events(kind: str) -> list[tuple[str | None, Any]]:
+    """A stream of ``kind`` holding ``LONG_DELTAS`` text deltas after its opening events."""
+    if kind == "anthropic":
+        message = {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "content": [],
+            "model": "claude-sonnet-4-5",
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 1000, "output_tokens": 1},
+        }
+        block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}}
+        delta = {"type": "text_delta", "text": DELTA_TEXT}
+        return [
+            ("message_start", {"type": "message_start", "message": message}),
+            ("content_block_start", block),
+        ] + [
+            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+        ] * LONG_DELTAS
+    if kind == "responses":
+        response = {
+            "id": "resp_1",
+            "object": "response",
+            "created_at": 1,
+            "model": "gpt-4o-2024-08-06",
+            "status": "in_progress",
+            "output": [],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+        }
+        name = "response.output_text.delta"
+        text = {"item_id": "m1", "output_index": 0, "content_index": 0, "delta": DELTA_TEXT}
+        return [("response.created", {"type": "response.created", "response": response})] + [
+            (name, {"type": name, **text})
+        ] * LONG_DELTAS
+    name = "transcript.text.delta"
+    return [(name, {"type": name, "delta": DELTA_TEXT})] * LONG_DELTAS
+
+
+LONG_STREAMS: dict[str, Callable[[Any, bool], Any]] = {
+    "anthropic": anthropic_long,
+    "responses": responses_long,
+    "transcription": transcription_long,
+}
+
+
+def long_client(kind: str, is_async: bool, kit: ModuleType) -> Any:
+    events = long_events(kind)
+    if kind == "anthropic":
+        from anthropic import _base_client
+
+        http = http_of(_base_client)
+        return mock_anthropic(lambda request: sse_reply(http, events), is_async=is_async)
+    return kit.mock_openai(lambda request: sse_reply(kit.http, events), is_async=is_async)
+
+
+async def parsed_until(stream: Any, events: int) -> None:
+    """``events`` of an SDK stream read, then the stream closed."""
+    read = 0
+    if hasattr(stream, "__aiter__"):
+        async for _ in stream:
+            read += 1
+            if read == events:
+                break
+        await stream.close()
+        return
+    for _ in stream:
+        read += 1
+        if read == events:
+            break
+    stream.close()
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "anthropic",
+        "responses",
+        pytest.param(
+            "transcription", marks=pytest.mark.requires(openai=">=2.0")
+        ),  # streamed transcriptions
+    ],
+)
+async def test_a_long_stream_left_early_is_estimated_as_parse_estimates_it(
+    records: Records, kit: ModuleType, is_async: bool, kind: str
+) -> None:
+    """Read through ``iter_lines()`` and left after 2,000 of 3,000 text deltas, an Anthropic
+    stream was estimated at 240 output tokens ($0.0066) where the same stream left at the same
+    event through the SDK's stream is 7,642 ($0.118): the deltas after the 64th, fed only to be
+    counted, were counted by the chat reader alone (a Responses stream: 198 for 6,490; a
+    transcription's too)."""
+    client = long_client(kind, is_async, kit)
+    tokenmeter.instrument("anthropic" if kind == "anthropic" else "openai")
+    create = LONG_STREAMS[kind]
+    data_lines = iter(range(1, 2 * LONG_DELTAS))
+
+    def next_event_begun(line: str) -> bool:  # LEFT_AFTER whole events read, and one more's data
+        return line.startswith("data:") and next(data_lines) == LEFT_AFTER + 1
+
+    await read_until(create(client, True), "iter_lines", next_event_begun)
+    read_record = only(records())
+    await parsed_until(await kit.maybe(create(client, False)), LEFT_AFTER)
+    parse_record = records()[-1]
+
+    assert len(records()) == 2
+    assert read_record.estimated is parse_record.estimated is True
+    assert parse_record.output_tokens > 1000
+    assert read_record.output_tokens == pytest.approx(parse_record.output_tokens, rel=0.01)
+    assert read_record.input_tokens == parse_record.input_tokens
 
 
 async def test_an_error_event_is_the_calls_error(

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, SupportsIndex
 
+from tokenmeter._estimate import TextTally
 from tokenmeter._media import file_head
 from tokenmeter.providers import _core
 from tokenmeter.providers._core import (
@@ -626,11 +627,37 @@ _ITER_READS: dict[str, Callable[[Any], bytes]] = {
 
 
 #: Events of a stream read through ``iter_*()`` that the SDK parses before only those that
-#: matter are: their text is what an estimate is made of when no usage comes (a chat stream's
-#: reader extrapolates from it to the events counted after).
+#: matter are: their text is what an estimate is made of when no usage comes (every stream
+#: reader extrapolates from it to the events counted after: ``SKIPPED``).
 _READ_EVENTS = 64
-#: What the reader is fed for an event not parsed: it has no attribute a reader reads.
-_SKIPPED = object()
+#: What the reader is fed for an event not parsed (a delta: ``_skippable``): it has no attribute
+#: a reader reads. A reader that tallies text counts it, and scales the text of the deltas it
+#: read up to the deltas counted, as a chat stream's reader does for the chunks it only counts:
+#: not counted, a stream left after its 64th event was estimated from those 64 only.
+SKIPPED = object()
+
+
+class SampledText:
+    """A stream reader's output text: that of the deltas it read (``read`` of them), scaled up
+    in ``tally`` for the ``counted`` deltas it was only given to count (``SKIPPED``; a chat
+    stream's chunks past those it reads). A stream parsed whole counts none: its tally is
+    exactly the text read."""
+
+    __slots__ = ("counted", "read", "text")
+
+    def __init__(self) -> None:
+        self.text = TextTally()
+        self.read = 0
+        self.counted = 0
+
+    @property
+    def tally(self) -> TextTally:
+        """The text read, standing for every delta read or counted."""
+        return self.text.scaled(self.read + self.counted, self.read)
+
+    def forget_text(self) -> None:
+        """Start again: nothing read or counted (the text so far is accounted for elsewhere)."""
+        self.text, self.read, self.counted = TextTally(), 0, 0
 
 
 def _skippable(event: bytes) -> bool:
@@ -776,7 +803,7 @@ class _BodyReading:
     def feed_sse(self, batch: bytes) -> None:
         """Feed the reader whole SSE events. The SDK parses those the reader needs (the first
         ``_READ_EVENTS``, then those with usage, an error, or other than a delta); the rest are
-        fed as ``_SKIPPED`` (a chat stream's reader counts them)."""
+        fed as ``SKIPPED`` (the reader counts them)."""
         assert self.reader is not None
         if b"\r" in batch:
             batch = batch.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
@@ -792,7 +819,7 @@ class _BodyReading:
             if run:
                 self.feed_parsed(b"\n\n".join(run) + b"\n\n")
                 run = []
-            feed(_SKIPPED, call)
+            feed(SKIPPED, call)
         if run:
             self.feed_parsed(b"\n\n".join(run) + b"\n\n")
 

@@ -14,7 +14,13 @@ from typing import Any
 from tokenmeter._estimate import TextTally
 from tokenmeter._models import Usage
 from tokenmeter.providers._core import Call, _StreamProxyBase, safely
-from tokenmeter.providers._stainless import Endpoint, StainlessAdapter, keep_names
+from tokenmeter.providers._stainless import (
+    SKIPPED,
+    Endpoint,
+    SampledText,
+    StainlessAdapter,
+    keep_names,
+)
 from tokenmeter.usage import from_anthropic_response
 from tokenmeter.usage._read import field, getter, ident
 from tokenmeter.usage.anthropic import (
@@ -52,7 +58,7 @@ def _model_of(info: Any) -> str | None:
     return model if type(model) is str and model.strip() else None
 
 
-class EventReader:
+class EventReader(SampledText):
     """Keeps the usage fields of one message stream (a handful of values): those of
     ``message_start`` and, apart, the cumulative ones of ``message_delta``, which win whatever the
     order (a ``message_start`` seen after a delta, or twice, must not bring back its provisional
@@ -64,17 +70,20 @@ class EventReader:
     server's) ends a hop that was sent, answered and billed: the hop is kept in ``declined``
     (its model, the text it streamed) and the tally starts again for the next hop. Only the
     closing ``message_delta`` counts the hops (``usage.iterations``); a stream left before it
-    is estimated hop by hop (``partial``)."""
+    is estimated hop by hop (``partial``).
 
-    __slots__ = ("declined", "delta", "start", "started", "stopped", "tally")
+    A body read through ``iter_*()`` feeds its deltas past the first events as ``SKIPPED``:
+    counted, the text of those read scaled up to them (``SampledText``)."""
+
+    __slots__ = ("declined", "delta", "start", "started", "stopped")
 
     def __init__(self, hide_usage_chunk: bool = False) -> None:
+        super().__init__()
         self.start: dict[str, Any] = {}
         self.delta: dict[str, Any] = {}
         self.started = False
         #: ``message_stop`` came: the stream ran to its end.
         self.stopped = False
-        self.tally = TextTally()
         #: The hops that declined before the one streaming now: (model, the text it streamed).
         self.declined: list[tuple[str | None, TextTally]] = []
 
@@ -87,8 +96,9 @@ class EventReader:
     def feed(self, event: Any, call: Call) -> bool:
         kind = getattr(event, "type", None)
         if kind == "content_block_delta":
+            self.read += 1
             delta = event.delta
-            add = self.tally.add
+            add = self.text.add
             add(getattr(delta, "text", None))
             add(getattr(delta, "partial_json", None))
             add(getattr(delta, "thinking", None))
@@ -108,6 +118,8 @@ class EventReader:
                 self._merge(usage, self.delta, call)
         elif kind == "message_stop":
             self.stopped = True
+        elif event is SKIPPED:
+            self.counted += 1
         return False
 
     def partial(self, usage: Usage, model: str) -> Usage | None:
@@ -158,7 +170,7 @@ class EventReader:
             return
         declined = _model_of(getattr(block, "from_", None)) or call.model
         self.declined.append((declined, self.tally))
-        self.tally = TextTally()
+        self.forget_text()
         model = _model_of(getattr(block, "to", None))
         if model is not None:
             call.model = model

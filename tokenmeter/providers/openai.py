@@ -16,7 +16,13 @@ from tokenmeter._models import Usage
 from tokenmeter._registry import provider_for_host
 from tokenmeter._runtime import settings
 from tokenmeter.providers._core import Call, safely
-from tokenmeter.providers._stainless import Endpoint, StainlessAdapter, keep_names
+from tokenmeter.providers._stainless import (
+    SKIPPED,
+    Endpoint,
+    SampledText,
+    StainlessAdapter,
+    keep_names,
+)
 from tokenmeter.usage import from_openai_response
 from tokenmeter.usage._read import field, getter, ident
 from tokenmeter.usage.openai import (
@@ -61,7 +67,7 @@ _CHAT_HINT = (
 )
 
 
-class ChunkReader:
+class ChunkReader(SampledText):
     """Chat and legacy completion streams: usage only on the last chunk (when asked for). Until
     it comes, the text of the first ``_READ_CHUNKS`` chunks is read as they pass and the rest are
     counted: a stream left early, or sent without ``include_usage``, is recorded with an estimate
@@ -70,13 +76,11 @@ class ChunkReader:
     and holding chunks made the collector run young and full collections the bare stream never
     does."""
 
-    __slots__ = ("counted", "hide", "no_output", "quiet", "read", "text")
+    __slots__ = ("hide", "no_output", "quiet")
 
     def __init__(self, hide_usage_chunk: bool) -> None:
+        super().__init__()  # ``read``: chunks whose text is in ``text``; ``counted``: the rest
         self.hide = hide_usage_chunk
-        self.text = TextTally()
-        self.read = 0  # chunks whose text is in ``text``
-        self.counted = 0  # chunks past those, only counted
         #: The usage came without an output count, or a total to tell it by (a compatible
         #: server's ``{"prompt_tokens": 19}``): the output is estimated from what streamed by.
         self.no_output = False
@@ -112,16 +116,11 @@ class ChunkReader:
             get = getter(usage)
             self.no_output = all(get(name) is None for name in _OUTPUT_COUNTS)
         if not self.no_output:
-            self.text, self.read, self.counted = TextTally(), 0, 0  # nothing left to estimate
+            self.forget_text()  # nothing left to estimate
         # Decided first, so that a usage block we cannot read is still hidden when we asked for it.
         hidden = self.hide and not getattr(chunk, "choices", None)
         call.read("reading stream usage", _read_usage, chunk, usage, call)
         return hidden
-
-    @property
-    def tally(self) -> TextTally:
-        """The output text of the chunks read, scaled up for the chunks only counted."""
-        return self.text.scaled(self.read + self.counted, self.read)
 
     def partial(self, usage: Usage, model: str) -> Usage | None:
         """For a usage that named no output count: the reported input with the output
@@ -217,27 +216,34 @@ def _read_usage(chunk: Any, usage: Any, call: Call) -> None:
     call.tier = tier_from_openai(getattr(chunk, "service_tier", None))
 
 
-class ResponseEventReader:
+class ResponseEventReader(SampledText):
     """Responses streams: usage on the terminal event (completed, incomplete or failed). Until it
     comes, output deltas are tallied: a stream left early, or a terminal response without usage
     (a server that sends none), is recorded with an estimate. A stream that ends on an ``error``
     event is recorded as an error named by the event's code (estimated the same way), and one
-    that ends on ``response.failed`` as an error named by the response's (its usage billed)."""
+    that ends on ``response.failed`` as an error named by the response's (its usage billed).
 
-    __slots__ = ("tally",)
+    A body read through ``iter_*()`` feeds its deltas past the first events as ``SKIPPED``:
+    counted, the output text of the deltas read scaled up to them (``SampledText``), every
+    delta read counted among those (an audio delta too, as the skipped ones are)."""
+
+    __slots__ = ()
 
     def __init__(self, hide_usage_chunk: bool = False) -> None:
-        self.tally = TextTally()
+        super().__init__()
 
     def feed(self, event: Any, call: Call) -> bool:
         kind = getattr(event, "type", None)
         if type(kind) is not str:
-            if kind is None and getattr(event, "event", None) == "error":
+            if event is SKIPPED:
+                self.counted += 1
+            elif kind is None and getattr(event, "event", None) == "error":
                 # Older SDKs hand an SSE ``error`` event over wrapped: {"event", "data"}.
                 _ended_on_error(call, field(getattr(event, "data", None), "code"))
             return False
         if kind in _OUTPUT_DELTAS:
-            self.tally.add(getattr(event, "delta", None))
+            self.read += 1
+            self.text.add(getattr(event, "delta", None))
         elif kind == "response.output_item.done":
             tool = safely("reading a tool call", _tool_call, event, call)
             if tool is not None:
@@ -270,6 +276,8 @@ class ResponseEventReader:
                 _runs_on(ident(field(response, "id")), call.request_model)
         elif kind == "error":
             _ended_on_error(call, getattr(event, "code", None))
+        elif kind.endswith("delta"):  # no output text (audio): one of the deltas all the same
+            self.read += 1
         return False
 
 
@@ -393,22 +401,27 @@ def _read_images(parsed: Any, call: Call) -> None:
     call.take(from_openai_response(parsed, call.provider))
 
 
-class TranscriptEventReader:
-    """Audio transcription streams: ``transcript.text.done`` carries the usage."""
+class TranscriptEventReader(SampledText):
+    """Audio transcription streams: ``transcript.text.done`` carries the usage. A body read
+    through ``iter_*()`` feeds its deltas past the first events as ``SKIPPED``: counted, the
+    text of those read scaled up to them (``SampledText``)."""
 
-    __slots__ = ("tally",)
+    __slots__ = ()
 
     def __init__(self, hide_usage_chunk: bool = False) -> None:
-        self.tally = TextTally()
+        super().__init__()
 
     def feed(self, event: Any, call: Call) -> bool:
         kind = getattr(event, "type", None)
         if kind == "transcript.text.delta":
-            self.tally.add(getattr(event, "delta", None))
+            self.read += 1
+            self.text.add(getattr(event, "delta", None))
         elif kind == "transcript.text.done":
             usage = getattr(event, "usage", None)
             if usage is not None:
                 call.read("reading transcription usage", _read_transcript_usage, usage, call)
+        elif event is SKIPPED:
+            self.counted += 1
         return False
 
 
