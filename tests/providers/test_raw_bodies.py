@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import functools
 import gc
+import gzip
 import importlib.util
 import json
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -210,17 +211,17 @@ RAW_STREAMS: dict[str, tuple[str, Create]] = {
 
 
 async def read_http_bytes(http: Any, read: str, is_async: bool) -> bytes:
-    """An HTTP response's body read whole (``read``) or through ``iter_bytes``."""
+    """An HTTP response's body read whole (``read``) or through ``iter_bytes``/``iter_raw``."""
     if read == "read":
         return bytes(await http.aread() if is_async else http.read())
     if is_async:
-        return b"".join([piece async for piece in http.aiter_bytes()])
-    return b"".join(http.iter_bytes())
+        return b"".join([piece async for piece in getattr(http, f"a{read}")()])
+    return b"".join(getattr(http, read)())
 
 
 async def read_http(http: Any, read: str, is_async: bool) -> str:
     """An HTTP response's body read whole (``read``) or through one of its iterators."""
-    if read in ("read", "iter_bytes"):
+    if read in ("read", "iter_bytes", "iter_raw"):
         return (await read_http_bytes(http, read, is_async)).decode()
     if is_async:
         pieces = [piece async for piece in getattr(http, f"a{read}")()]
@@ -229,7 +230,7 @@ async def read_http(http: Any, read: str, is_async: bool) -> str:
     return "".join(pieces)
 
 
-@pytest.mark.parametrize("read", ["read", "iter_bytes", "iter_lines"])
+@pytest.mark.parametrize("read", ["read", "iter_bytes", "iter_lines", "iter_raw"])
 @pytest.mark.parametrize("call", list(RAW_STREAMS))
 async def test_a_raw_stream_body_read_yourself_is_recorded_as_parse_records_it(
     fake: FakeProvider, records: Records, kit: ModuleType, is_async: bool, call: str, read: str
@@ -237,7 +238,8 @@ async def test_a_raw_stream_body_read_yourself_is_recorded_as_parse_records_it(
     """A ``with_raw_response`` stream whose body the application read itself (``.text``,
     ``read()``, ``http_response.iter_lines()``) was recorded as an estimate of its request, its
     usage ignored (an Anthropic stream of 3,100 input and 500 output tokens, $0.01215: 8 and 0,
-    $0.000024), where the same body through ``with_streaming_response`` is exact."""
+    $0.000024), where the same body through ``with_streaming_response`` is exact. Its bytes as
+    they came (``iter_raw()``, a relay) were not read at all: estimated so too."""
     provider, create = RAW_STREAMS[call]
     client = client_of(fake, provider, is_async)
     tokenmeter.instrument(provider)
@@ -253,6 +255,57 @@ async def test_a_raw_stream_body_read_yourself_is_recorded_as_parse_records_it(
     assert summary(read_record) == summary(parse_record)
     assert read_record.estimated is False and read_record.status == "ok"
     assert read_record.output_tokens > 0 and read_record.estimated_cost_usd
+
+
+def streamed_reply(http: Any, body: bytes, headers: dict[str, str]) -> Any:
+    """A reply whose body arrives in 100-byte pieces (sync and async), as from a socket: not
+    read by the transport, so that its bytes can be read as they came (``iter_raw()``)."""
+
+    class Pieces(http.SyncByteStream, http.AsyncByteStream):  # type: ignore[misc]
+        def __iter__(self) -> Iterator[bytes]:
+            for at in range(0, len(body), 100):
+                yield body[at : at + 100]
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            for piece in self:
+                yield piece
+
+    return http.Response(200, stream=Pieces(), headers=headers)
+
+
+@pytest.mark.parametrize("encoding", [None, "identity", "gzip"])
+async def test_a_stream_relayed_as_it_came_is_read_unless_compressed(
+    records: Records, kit: ModuleType, is_async: bool, encoding: str | None
+) -> None:
+    """A relay passing a stream on undecoded (``http_response.iter_raw()``, ``content-encoding``
+    kept) had nothing read: a stream that reported 19 input and 10 output tokens was recorded
+    as an estimate of its request, 0 output. Its bytes are read as ``iter_bytes()``'s are when
+    they are those; compressed, they are not decoded here (estimated, as documented). The
+    relay gets the bytes as they came, either way."""
+    body = kit.chat_sse(3, kit.CHAT_USAGE)
+    sent = gzip.compress(body) if encoding == "gzip" else body
+    headers = {"content-type": "text/event-stream"}
+    if encoding is not None:
+        headers["content-encoding"] = encoding
+    client = kit.mock_openai(
+        lambda request: streamed_reply(kit.http, sent, headers), is_async=is_async
+    )
+    tokenmeter.instrument("openai")
+
+    manager = CALLS["chat stream"][1](client)
+    if is_async:
+        async with manager as response:
+            relayed = await read_http_bytes(response.http_response, "iter_raw", is_async)
+    else:
+        with manager as response:
+            relayed = await read_http_bytes(response.http_response, "iter_raw", is_async)
+
+    assert relayed == sent
+    record = only(records())
+    if encoding == "gzip":
+        assert (record.estimated, record.output_tokens) == (True, 0)
+    else:
+        assert (record.input_tokens, record.output_tokens, record.estimated) == (19, 10, False)
 
 
 BEDROCK_MODEL = "anthropic.claude-haiku-4-5-20251001-v1:0"

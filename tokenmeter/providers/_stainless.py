@@ -495,7 +495,9 @@ class _RawResponseProxy(SDKObjectProxy):
 class _ReadThroughHTTP(SDKObjectProxy):
     """A raw stream's HTTP response: a body the caller iterates itself (``iter_lines()``,
     ``aiter_bytes()``...) is read as it passes by, as through the SDK response's ``iter_*()``.
-    The caller gets every piece as httpx gives it."""
+    The caller gets every piece as httpx gives it. Its bytes as they came (``iter_raw()``, a
+    relay passing the upstream body on undecoded) are read too, unless the server compressed
+    them (``_unencoded``): those are estimated, as a body never read is."""
 
     def __init__(self, wrapped: Any, response: _RawResponseProxy) -> None:
         super().__init__(wrapped)
@@ -521,6 +523,18 @@ class _ReadThroughHTTP(SDKObjectProxy):
 
     def aiter_bytes(self, *args: Any, **kwargs: Any) -> Any:
         return self._self_through(self.__wrapped__.aiter_bytes(*args, **kwargs), _as_is)
+
+    def iter_raw(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_raw(self.__wrapped__.iter_raw(*args, **kwargs))
+
+    def aiter_raw(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_raw(self.__wrapped__.aiter_raw(*args, **kwargs))
+
+    def _self_raw(self, pieces: Any) -> Any:
+        """The body's bytes as they came, read as ``iter_bytes()``'s are when they are what
+        ``iter_bytes()`` gives (not compressed); compressed, passed on unread. (Not read, a
+        whole stream relayed this way was recorded as an estimate of its request, 0 output.)"""
+        return self._self_through(pieces, _as_is) if _unencoded(self.__wrapped__) else pieces
 
     def aiter_text(self, *args: Any, **kwargs: Any) -> Any:
         return self._self_through(self.__wrapped__.aiter_text(*args, **kwargs), _text)
@@ -691,6 +705,13 @@ def _whole_frames(data: bytes) -> int:
             break
         end += length
     return end
+
+
+def _unencoded(http: Any) -> bool:
+    """True for a body sent as it is (no ``content-encoding``, or ``identity``): its raw bytes
+    are the ones ``iter_bytes()`` gives. A compressed one (gzip, br...) is not decoded here."""
+    encoding = str(getattr(http, "headers", {}).get("content-encoding", ""))
+    return encoding.strip().lower() in ("", "identity")
 
 
 def _is_event_stream(http: Any) -> bool:
