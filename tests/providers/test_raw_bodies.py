@@ -413,7 +413,10 @@ async def test_a_raw_stream_read_through_its_own_iterators_is_recorded_from_its_
     else:
         client = fake.anthropic_client(async_=is_async)
         create = RAW_STREAMS["messages stream"][1]
-    bare = await read_own(await kit.maybe(create(client)), read)
+    first = await kit.maybe(create(client))
+    if not hasattr(first, "iter_bytes"):  # anthropic 0.49's raw response (oldest CI) has none
+        pytest.skip("this SDK's raw response has no iterators of its own")
+    bare = await read_own(first, read)
     tokenmeter.instrument("anthropic")
 
     raw = await kit.maybe(create(client))
