@@ -1534,6 +1534,44 @@ def test_a_stopping_sink_gets_the_sessions_it_takes_from_a_run_it_refuses() -> N
     ]
 
 
+class DownForAll(DownSink):
+    """Down for records and sessions alike; keeps the writes it was given, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, ...]] = []
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        self.calls.append(("records", *(r.id for r in records)))
+        super().write(records)
+
+    def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
+        self.calls.append(("sessions", *(s.id for s in sessions)))
+        raise OSError("server down")
+
+
+def test_a_sink_down_gets_a_run_of_one_sessions_rows_once_a_pass() -> None:
+    """A run of one session's rows refused whole was written again a row at a time: the very
+    write that had just failed, back to back, each pass (5 writes a pass instead of 4) and when
+    the sink stopped (7 instead of 5). Its failure is that session's refusal now."""
+    sink = DownForAll()
+    _alone_gathering_for_an_hour(sink)
+    with tokenmeter.session("job"):
+        for _ in range(2):
+            tokenmeter.record("openai", "gpt-4o", 1, 1)
+    passes = []
+    for _ in range(3):
+        before = len(sink.calls)
+        tokenmeter.flush(5)
+        passes.append(sink.calls[before:])
+    before = len(sink.calls)
+    tokenmeter.configure(sinks=[InMemorySink()])  # it stops
+    passes.append(sink.calls[before:])
+    for calls in passes[1:-1]:  # the records, one at a time, then the session's rows once
+        assert [call[0] for call in calls] == ["records"] * 3 + ["sessions"]
+    assert len(passes[-1]) <= 5  # its last tries, then its sessions offered
+
+
 class DownWithoutSessions:
     """A user sink of records only (no ``write_sessions``: it is never given a session), down."""
 

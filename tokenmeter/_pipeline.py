@@ -836,10 +836,10 @@ class _Writer:
             self._writing_since = time.monotonic()
             try:
                 self._write(run)
-            except BaseException:
+            except BaseException as exc:
                 if self._abandoned_meanwhile():  # the exit set it aside already
                     return
-                apart = self._sessions_written_apart(run)
+                apart = self._sessions_written_apart(run, exc)
                 if apart is None:
                     return
                 refused, taken = apart
@@ -1268,8 +1268,8 @@ class _Writer:
             return
         try:
             self._write(pending[start])
-        except BaseException:
-            apart = self._sessions_written_apart(pending[start])
+        except BaseException as exc:
+            apart = self._sessions_written_apart(pending[start], exc)
             if apart is None:
                 return
             refused = [item for item, _ in apart[0]]  # refused too: they wait for their turn
@@ -1279,15 +1279,20 @@ class _Writer:
         del pending[start]
 
     def _sessions_written_apart(
-        self, run: Sequence[Any]
+        self, run: Sequence[Any], failure: BaseException
     ) -> tuple[list[tuple[Any, BaseException]], bool] | None:
-        """Write a run of sessions the sink refused whole one snapshot at a time, in order: a
-        refused session's later snapshots are not tried (written after it, an end would land
-        before its start). Returns the snapshots not written, in order, each with its error,
-        and whether the sink took any. Two sessions refused before the sink took one: its
-        sessions side is down, and the rest are not tried either (a write each would keep a
-        sink that is down at one write per session a pass). None when the exit set aside
-        meanwhile what this writer held (``abandon``): nothing of it is its own any more."""
+        """Write a run of sessions the sink refused whole (with ``failure``) one snapshot at a
+        time, in order: a refused session's later snapshots are not tried (written after it, an
+        end would land before its start). Returns the snapshots not written, in order, each with
+        its error, and whether the sink took any. Two sessions refused before the sink took one:
+        its sessions side is down, and the rest are not tried either (a write each would keep a
+        sink that is down at one write per session a pass). A run of one session's snapshots is
+        not written again: the whole run's failure is that session's refusal (written again,
+        the same write that had just failed gave a sink that is down one more write a pass, and
+        two more when it stopped). None when the exit set aside meanwhile what this writer held
+        (``abandon``): nothing of it is its own any more."""
+        if len({item.id for item in run}) == 1:
+            return [(item, failure) for item in run], False
         refused: dict[str, BaseException] = {}
         left: list[tuple[Any, BaseException]] = []
         taken = False
