@@ -903,6 +903,27 @@ def test_a_budget_lifted_as_a_record_crosses_it_alerts_at_the_limit_crossed(
     assert any("reached 50% of its $0.01 budget" in r.message for r in caplog.records)
 
 
+def test_over_budget_reads_the_limit_once(
+    sink: InMemorySink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another thread lifting the limit while ``over_budget`` worked out the spend: the limit
+    was read again after it, and ``job.over_budget`` raised TypeError into the app. Made
+    certain here: the limit is lifted while the spend is summed up."""
+    summary = _sessions.Session.summary
+
+    def lifting(session: _sessions.Session) -> _sessions.SessionSummary:
+        session.budget_usd = None  # the app lifts the limit meanwhile
+        return summary.__get__(session)
+
+    with tokenmeter.session("job", budget_usd="0.001") as job:
+        tokenmeter.record("openai", "gpt-4o", 1000, 500)
+        monkeypatch.setattr(_sessions.Session, "summary", property(lifting))
+        assert job.over_budget  # over the limit it read
+        monkeypatch.undo()
+        assert job.budget_usd is None
+        assert not job.over_budget
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

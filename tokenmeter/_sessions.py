@@ -605,7 +605,10 @@ class Session:
 
     @property
     def over_budget(self) -> bool:
-        return self.budget_usd is not None and self.summary.cost_usd > self.budget_usd
+        # The limit read once: another thread lifting it (``budget_usd = None``) between two
+        # reads made ``over_budget`` raise TypeError into the app.
+        budget = self._budget_usd
+        return budget is not None and self.summary.cost_usd > budget
 
     def _totals(self) -> tuple[int, int, int, Decimal, int]:
         """This process's part of the session's totals: all of them, less those it inherited."""
