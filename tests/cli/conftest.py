@@ -153,6 +153,44 @@ SESSIONS = [
 ]
 
 
+def renamed_session() -> list[UsageRecord]:
+    """A session renamed as it goes (``job.name = "final"`` after its first call): its records
+    carry ``draft``, then ``final`` (docs/sessions.md), not in time order; 3 calls, $0.09."""
+    records = [
+        rec(
+            2,
+            "2026-11-01T10:02:00.000Z",
+            "openai",
+            "gpt-4o",
+            400,
+            10,
+            "0.04",
+            session=("s-9", "final"),
+        ),
+        rec(
+            1,
+            "2026-11-01T10:00:00.000Z",
+            "openai",
+            "gpt-4o",
+            100,
+            10,
+            "0.01",
+            session=("s-9", "draft"),
+        ),
+        rec(
+            3,
+            "2026-11-01T10:03:00.000Z",
+            "openai",
+            "gpt-4o",
+            400,
+            10,
+            "0.04",
+            session=("s-9", "final"),
+        ),
+    ]
+    return [r.model_copy(update={"latency_ms": 100.0 * r.input_tokens}) for r in records]
+
+
 HISTORY_START = datetime(2026, 11, 1, tzinfo=UTC)
 
 

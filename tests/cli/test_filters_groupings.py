@@ -15,12 +15,15 @@ from typing import Any
 
 import pytest
 
+from tokenmeter.cli.reports import _query
+
 from .conftest import (
     SESSIONS,
     RunCli,
     append_lines,
     rec,
     record_line,
+    renamed_session,
     write_jsonl,
     write_sqlite,
 )
@@ -747,3 +750,41 @@ def test_an_empty_result_says_so(cli: RunCli, data: Path) -> None:
     assert code == 0 and "no calls match these filters in this period" in out
     code, out, _ = cli("report", "--source", str(data))
     assert code == 0 and "no calls" not in out
+
+
+def _renamed_session(tmp_path: Path, kind: str) -> Path:
+    if kind == "jsonl":
+        return write_jsonl(tmp_path / "usage.jsonl", renamed_session())
+    # "stored": the sessions table names it as it ended (renamed after its last call).
+    stored = [SESSIONS[0].model_copy(update={"id": "s-9", "name": "shipped"})]
+    return write_sqlite(
+        tmp_path / "usage.db", renamed_session(), stored if kind == "stored" else []
+    )
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "stored", "jsonl"])
+@pytest.mark.parametrize("window", [(), ("--until", "2026-11-01T10:01:00Z")])
+def test_a_session_renamed_as_it_goes_is_one_row_by_session_under_its_latest_name(
+    cli: RunCli,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    window: tuple[str, ...],
+) -> None:
+    """``--by session`` is one row per session (docs/cli.md): a renamed one was a row per name
+    it had, each with part of its calls (``final`` 2 calls, ``draft`` 1). It is named by its
+    stored name, else by its latest record's, whatever the window shows of it."""
+    data = _renamed_session(tmp_path, kind)
+    name = "shipped" if kind == "stored" else "final"
+    doc = report(cli, data, "--by", "session", "--latency", *window)
+    rows = [(row["session_id"], row["session"], row["calls"]) for row in doc["rows"]]
+    assert rows == [("s-9", name, 1 if window else 3)]
+    if not window:
+        assert doc["rows"][0]["cost_usd"] == Decimal("0.09")
+    if kind == "jsonl":  # a large file is read in two halves: the same row
+        monkeypatch.setattr(_query, "SPLIT_BYTES", 1)
+        assert report(cli, data, "--by", "session", "--latency", *window) == doc
+    named = report(cli, data, "--by", "name", *window)  # the name each call was made under
+    assert sorted((row["session"], row["calls"]) for row in named["rows"]) == (
+        [("draft", 1)] if window else [("draft", 1), ("final", 2)]
+    )

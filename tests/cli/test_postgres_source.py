@@ -24,6 +24,7 @@ from .conftest import (
     history,
     peak_python_memory,
     rec,
+    renamed_session,
     start_module,
     subprocess_env,
     write_sqlite,
@@ -94,6 +95,26 @@ def test_every_command_says_the_same_of_postgresql_as_of_sqlite(
     )
     assert _normalised(from_pg, shown) == _normalised(from_sqlite, str(db))
     assert len(from_pg) > 200  # a real answer, not two empty ones
+
+
+def test_a_session_renamed_as_it_goes_is_one_row_by_session_as_in_sqlite(
+    cli: RunCli, tmp_path: Path, pg_dsn: str
+) -> None:
+    """``--by session`` groups by the session's id alone and names it in SQL that PostgreSQL
+    reads too: one row, under its latest name (it was a row per name it had)."""
+    sink = PostgresSink(pg_dsn)
+    sink.write(renamed_session())
+    sink.close()
+    db = write_sqlite(tmp_path / "usage.db", renamed_session(), [])
+    command = ("report", "--by", "session", "--latency", "--format", "json")
+    code, from_pg, err = cli(command[0], "--source", _url(pg_dsn), *command[1:])
+    assert code == 0, err
+    rows = json.loads(from_pg)["rows"]
+    assert [(row["session_id"], row["session"], row["calls"]) for row in rows] == [
+        ("s-9", "final", 3)
+    ]
+    code, from_sqlite, err = cli(command[0], "--source", str(db), *command[1:])
+    assert json.loads(from_sqlite)["rows"] == rows
 
 
 def test_every_call_is_read_as_streamed_in_memory_that_does_not_grow(

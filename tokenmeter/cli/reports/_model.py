@@ -147,13 +147,22 @@ def key_columns(dimensions: tuple[Dimension, ...]) -> tuple[str, ...]:
     return tuple(seen)
 
 
+#: The stored column of a session's name in a grouping by session (``session`` beside
+#: ``session_id``): empty as the calls are grouped, by the session's id alone, then the
+#: session's latest name (``_query.name_sessions``). A session renamed as it goes has records
+#: under each name it had, and is still one row.
+SESSION_NAME = "latest_session_name"
+
+
 def raw_columns(columns: tuple[str, ...], tz: tzinfo = UTC) -> tuple[str, ...]:
     """The stored columns a grouping is read by: a family needs the model, a calendar bucket the
     UTC hour or minute (``time_column``), rolled up into the ``--tz`` calendar afterwards (see
-    ``_query.roll_up``)."""
+    ``_query.roll_up``); a session's name beside its id, ``SESSION_NAME``."""
     seen: dict[str, None] = {}
     for column in columns:
-        if column == "family":
+        if column == "session" and "session_id" in columns:
+            seen.setdefault(SESSION_NAME, None)
+        elif column == "family":
             seen.setdefault("provider", None)
             seen.setdefault("model", None)
         elif column in TIME_COLUMNS:
@@ -161,6 +170,12 @@ def raw_columns(columns: tuple[str, ...], tz: tzinfo = UTC) -> tuple[str, ...]:
         else:
             seen.setdefault(column, None)
     return tuple(seen)
+
+
+def as_shown(raw: tuple[str, ...]) -> tuple[str, ...]:
+    """Stored columns named as the key columns they fill one to one (``SESSION_NAME`` is
+    ``session``): equal to a grouping's columns when each stored group is one of its rows."""
+    return tuple("session" if column == SESSION_NAME else column for column in raw)
 
 
 #: The stored time columns: a record's UTC hour (``2026-11-01T18``) or minute (``...T18:40``).

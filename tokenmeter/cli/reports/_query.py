@@ -56,6 +56,7 @@ from tokenmeter.cli._source import (
 from tokenmeter.cli._validate import COUNT_FIELDS, BadRecord, record_from_row, sql_valid
 from tokenmeter.cli.reports._model import (
     NONE_LABEL,
+    SESSION_NAME,
     TIME_COLUMNS,
     UTC_HOUR,
     UTC_MINUTE,
@@ -68,6 +69,7 @@ from tokenmeter.cli.reports._model import (
     Report,
     Row,
     TagSection,
+    as_shown,
     key_columns,
     key_label,
     raw_columns,
@@ -80,6 +82,7 @@ from tokenmeter.cli.reports._sql import (
     PLACEHOLDER,
     group_by_sql,
     raw_column_sql,
+    session_names_sql,
     tag_pairs_sql,
     tag_sql,
     totals_select,
@@ -315,7 +318,7 @@ def _can_shortlist(grouping: tuple[Dimension, ...], raw: tuple[str, ...]) -> boo
     """Whether the stored groups are the grouping's rows, most costly first (no calendar bucket
     or family merging several of them)."""
     columns = key_columns(grouping)
-    return raw == columns and not any(column in TIME_COLUMNS for column in columns)
+    return as_shown(raw) == columns and not any(column in TIME_COLUMNS for column in columns)
 
 
 # --- from stored columns to the grouping asked for -------------------------------------------
@@ -351,9 +354,9 @@ def _key_maker(
     raw: tuple[str, ...], columns: tuple[str, ...], tz: tzinfo
 ) -> Callable[[Key], Key] | None:
     """How a stored key becomes the grouping's key; None when they are the same."""
-    if raw == columns:
+    if as_shown(raw) == columns:
         return None
-    where = {column: i for i, column in enumerate(raw)}
+    where = {column: i for i, column in enumerate(as_shown(raw))}
     time = where.get(UTC_HOUR, where.get(UTC_MINUTE, -1))
     buckets: dict[tuple[str, str], str] = {}
     families: dict[str, str] = {}
@@ -828,7 +831,7 @@ def _sqlite_breakdown(
     if query.latency and grouping == query.groupings[0] and "latency_ms" in table:
         joiner = " AND " if where else " WHERE "
         known = f"{where}{joiner}{LATENCY_KNOWN}"
-        if is_postgres(conn) and raw == breakdown.columns:
+        if is_postgres(conn) and as_shown(raw) == breakdown.columns:
             # The server ranks: one row per group, nothing streamed.
             found = {
                 _stored_key(values[:n]): Latency(
@@ -841,7 +844,7 @@ def _sqlite_breakdown(
                 )
             }
             breakdown.rows[:] = [Row(r.key, r.totals, found.get(r.key)) for r in breakdown.rows]
-        elif raw == breakdown.columns and sqlite3.sqlite_version_info >= _WINDOWS:
+        elif as_shown(raw) == breakdown.columns and sqlite3.sqlite_version_info >= _WINDOWS:
             # SQLite ranks in window functions: two rows per group come back
             found = _ranked_latencies(conn, exprs, known, [*params, *where_params])
             breakdown.rows[:] = [Row(r.key, r.totals, found.get(r.key)) for r in breakdown.rows]
@@ -852,7 +855,50 @@ def _sqlite_breakdown(
             )
             pairs = ((_stored_key(values[:n]), float(values[n])) for values in cursor)
             _latencies(breakdown, raw, pairs, query.tz)
+    if SESSION_NAME in raw:
+        name_sessions(breakdown, _stored_session_names(conn, _session_ids(breakdown)))
     return breakdown
+
+
+#: Sessions whose names one query asks for: far below SQLite's and PostgreSQL's parameter limits.
+_NAMES_AT_ONCE = 500
+
+
+def _stored_session_names(conn: sqlite3.Connection, ids: list[str]) -> dict[str, str]:
+    """The latest name of each of these sessions: the ``sessions`` table's, where the store has
+    one, else that of the session's latest record (whatever the window and filters)."""
+    stored = bool(table_columns(conn, "sessions"))
+    names: dict[str, str] = {}
+    for start in range(0, len(ids), _NAMES_AT_ONCE):
+        some = ids[start : start + _NAMES_AT_ONCE]
+        for session_id, name in conn.execute(session_names_sql(len(some), stored), some):
+            names[str(session_id)] = str(name)
+    return names
+
+
+def _session_ids(breakdown: Breakdown) -> list[str]:
+    """The ids of the sessions that are rows of a grouping by session."""
+    at = breakdown.columns.index("session_id")
+    return list(dict.fromkeys(str(row.key[at]) for row in breakdown.rows if row.key[at]))
+
+
+def name_sessions(breakdown: Breakdown, names: Mapping[str, str]) -> None:
+    """Give each row of a grouping by session its session's name (``SESSION_NAME``: the rows
+    were grouped by the id alone), '' for a session without one; then sort them again, as a tie
+    falls to the key."""
+    at, name_at = breakdown.columns.index("session_id"), breakdown.columns.index("session")
+    rows = [
+        Row(
+            tuple(
+                names.get(str(row.key[at]), "") if i == name_at else v
+                for i, v in enumerate(row.key)
+            ),
+            row.totals,
+            row.latency,
+        )
+        for row in breakdown.rows
+    ]
+    breakdown.rows[:] = sort_rows(breakdown.columns, rows)
 
 
 # --- JSONL -----------------------------------------------------------------------------------
@@ -873,6 +919,8 @@ def _extractor(column: str) -> Extractor:
     if column in _FIELDS:
         name, none = _FIELDS[column]
         return lambda r: r.get(name) or none
+    if column == SESSION_NAME:  # a session's latest name, found as the records are read
+        return lambda r: ""
     if column == UTC_HOUR:
         return lambda r: str(r["timestamp"])[:13]
     if column == UTC_MINUTE:
@@ -945,6 +993,19 @@ class _Grouper:
         self.groups: dict[Key, Sequence[int]] = {}
         self.costs: dict[Key, Decimal] = {}
         self.latencies: list[tuple[Key, float]] | None = [] if latency else None
+        #: By session: each session's (timestamp, name) of its latest record (``name_sessions``).
+        self.names: dict[str, tuple[str, str]] | None = {} if SESSION_NAME in self.raw else None
+
+    def note_name(self, record: dict[str, Any]) -> None:
+        """Keep the name of a session's latest record (of equal times, the later line's): any
+        record of the file, whatever the window and filters, as SQL reads a session's name."""
+        session_id = record.get("session_id")
+        if session_id is None or self.names is None:
+            return
+        timestamp = record["timestamp"]
+        known = self.names.get(session_id)
+        if known is None or timestamp >= known[0]:
+            self.names[session_id] = (timestamp, record.get("session_name") or "")
 
     def add(self, record: dict[str, Any], values: tuple[int, ...], cost: Decimal | None) -> None:
         key = self.key(record)
@@ -975,22 +1036,28 @@ class _Grouper:
     def state(self) -> _State:
         """What ``merge`` takes (latencies by key: compact to send between processes)."""
         if self.latencies is None:
-            return self.groups, self.costs, None
+            return self.groups, self.costs, None, self.names
         latencies: dict[Key, array[float]] = {}
         for key, value in self.latencies:
             found = latencies.get(key)
             if found is None:
                 found = latencies[key] = array("d")
             found.append(value)
-        return self.groups, self.costs, latencies
+        return self.groups, self.costs, latencies, self.names
 
     def merge(
         self,
         groups: dict[Key, Sequence[int]],
         costs: dict[Key, Decimal],
         latencies: dict[Key, array[float]] | None,
+        names: dict[str, tuple[str, str]] | None,
     ) -> None:
         """Add the totals of the records that follow, read elsewhere (``state``)."""
+        if self.names is not None and names is not None:
+            for session_id, (timestamp, name) in names.items():
+                self.note_name(
+                    {"session_id": session_id, "timestamp": timestamp, "session_name": name}
+                )
         for key, values in groups.items():
             known = self.groups.get(key)
             self.groups[key] = values if known is None else list(map(_ADD, known, values))
@@ -1016,6 +1083,8 @@ class _Grouper:
         breakdown = roll_up(self.grouping, self.raw, groups, tz)
         if self.latencies is not None:
             _latencies(breakdown, self.raw, self.latencies, tz)
+        if self.names is not None:
+            name_sessions(breakdown, {sid: name for sid, (_, name) in self.names.items()})
         return breakdown
 
 
@@ -1039,7 +1108,8 @@ SPLIT_BYTES = 64 << 20
 #: What a child's half of a read sends back: each grouping's counts, costs and latencies (by
 #: stored key), and the lines it skipped.
 _State: TypeAlias = (
-    "tuple[dict[Key, Sequence[int]], dict[Key, Decimal], dict[Key, array[float]] | None]"
+    "tuple[dict[Key, Sequence[int]], dict[Key, Decimal], dict[Key, array[float]] | None, "
+    "dict[str, tuple[str, str]] | None]"
 )
 _Part: TypeAlias = "tuple[list[_State], int]"
 
@@ -1096,8 +1166,8 @@ def _run_jsonl(
     if part is None:  # the child did not finish (killed?): read its half here
         part = _scan_half(source.path, query, need_tags, middle)
     parts, skipped = part
-    for grouper, (counts, costs, latencies) in zip(groupers, parts, strict=True):
-        grouper.merge(counts, costs, latencies)
+    for grouper, (counts, costs, latencies, names) in zip(groupers, parts, strict=True):
+        grouper.merge(counts, costs, latencies, names)
     _take_back_seam(source.path, query, need_tags, middle, window, groupers)
     return _breakdowns(groupers, query), None, scan.skipped + skipped
 
@@ -1244,10 +1314,13 @@ def _total(
     since = format_instant(query.since) if query.since is not None else None
     until = format_instant(query.until) if query.until is not None else None
     adders = [grouper.subtract if subtract else grouper.add for grouper in groupers]
+    namers = [g.note_name for g in groupers if g.names is not None and not subtract]
     filters = query.filters
     filtering = filters != Filters()
     session_id = query.session_id
     for record, counts, cost in records:  # checked: counts are ints, the cost a Decimal or None
+        for note_name in namers:
+            note_name(record)
         timestamp = record["timestamp"]
         if (since is not None and timestamp < since) or (until is not None and timestamp >= until):
             continue

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from tokenmeter._totals import COUNT_NAMES, PICO_PER_USD
 from tokenmeter.cli._validate import MAX_LATENCY_MS
+from tokenmeter.cli.reports._model import SESSION_NAME
 
 __all__ = [
     "EXACT_SUM",
@@ -23,6 +24,7 @@ __all__ = [
     "PLACEHOLDER",
     "group_by_sql",
     "raw_column_sql",
+    "session_names_sql",
     "tag_pairs_sql",
     "tag_path",
     "tag_sql",
@@ -91,9 +93,12 @@ _STORED = {
 
 
 def group_by_sql(columns: tuple[str, ...], prefix: str = "") -> str:
-    """The GROUP BY list for these key columns: stored columns by name, others by position."""
+    """The GROUP BY list for these key columns: stored columns by name, others by position
+    (``SESSION_NAME``, a constant until the sessions are named, not at all)."""
     return ", ".join(
-        f"{prefix}{_STORED[c]}" if c in _STORED else str(i) for i, c in enumerate(columns, 1)
+        f"{prefix}{_STORED[c]}" if c in _STORED else str(i)
+        for i, c in enumerate(columns, 1)
+        if c != SESSION_NAME
     )
 
 
@@ -106,6 +111,7 @@ def raw_column_sql(column: str, prefix: str = "") -> tuple[str, list[str]]:
         "session_id": f"COALESCE({p}session_id, {NONE_SQL})",
         "session": f"COALESCE({p}session_name, '')",
         "status": f"COALESCE({p}status, 'ok')",
+        SESSION_NAME: "''",
         "utc_hour": f"substr({p}timestamp, 1, 13)",
         "utc_minute": f"substr({p}timestamp, 1, 16)",
     }
@@ -114,6 +120,23 @@ def raw_column_sql(column: str, prefix: str = "") -> tuple[str, list[str]]:
     # NULL where the call lacks the tag: a group of its own, not one with a value's text.
     expr, param = tag_sql(column.removeprefix("tag:"), prefix)
     return expr, [param]
+
+
+def session_names_sql(ids: int, stored: bool) -> str:
+    """The latest name of each of ``ids`` sessions (``?`` each): its stored one (``stored``: the
+    store has a ``sessions`` table), else that of its latest record, '' for none. One row per
+    session, whose subqueries run once each, on the index of ``records.session_id``."""
+    latest = (
+        "(SELECT n.session_name FROM records n WHERE n.session_id = records.session_id"
+        " ORDER BY n.timestamp DESC LIMIT 1)"
+    )
+    if stored:
+        latest = f"(SELECT s.name FROM sessions s WHERE s.id = records.session_id), {latest}"
+    marks = ", ".join([PLACEHOLDER] * ids)
+    return (
+        f"SELECT session_id, COALESCE({latest}, '') FROM records "
+        f"WHERE session_id IN ({marks}) GROUP BY session_id"
+    )
 
 
 #: An exact SUM of integers, registered on every SQLite connection (``open_sqlite``).
