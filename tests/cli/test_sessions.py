@@ -15,7 +15,15 @@ import pytest
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.cli.reports import _spool
 
-from .conftest import MIB, RunCli, history, peak_python_memory, write_jsonl, write_sqlite
+from .conftest import (
+    MIB,
+    RunCli,
+    history,
+    peak_python_memory,
+    rec,
+    write_jsonl,
+    write_sqlite,
+)
 
 
 def test_sessions_lists_most_recent_first_with_totals(cli: RunCli, source: Path) -> None:
@@ -396,3 +404,56 @@ def test_the_latest_sessions_of_many_are_listed_without_totalling_them_all(
     grown = peaks[2_400] - peaks[400]
     if not nested:  # held a row for each, 2,000 more sessions took ~3 MiB more
         assert grown < MIB / 2, f"2,000 more sessions held {grown / MIB:.1f} MiB more"
+
+
+def test_a_session_renamed_as_it_goes_is_read_whole_from_jsonl_under_its_latest_name(
+    cli: RunCli, tmp_path: Path
+) -> None:
+    """``job.name = ...`` mid-session: the later records carry the new name (docs/sessions.md).
+    Over usage.jsonl, ``session final`` showed only the calls named ``final`` as the whole
+    session (2 calls, $0.022 of $0.0255), and ``sessions`` listed it under its first name, so
+    ``--session-name final`` found nothing. The file's lines need not be in time order."""
+    job = "sess-job"
+    records = [
+        rec(
+            2,
+            "2026-11-01T10:02:00Z",
+            "openai",
+            "gpt-4o",
+            4000,
+            100,
+            "0.011",
+            session=(job, "final"),
+        ),
+        rec(
+            1,
+            "2026-11-01T10:00:00Z",
+            "openai",
+            "gpt-4o",
+            1000,
+            100,
+            "0.0035",
+            session=(job, "draft"),
+        ),
+        rec(
+            3,
+            "2026-11-01T10:03:00Z",
+            "openai",
+            "gpt-4o",
+            4000,
+            100,
+            "0.011",
+            session=(job, "final"),
+        ),
+    ]
+    jsonl = write_jsonl(tmp_path / "usage.jsonl", records)
+    code, out, err = cli("session", "final", "--source", str(jsonl), "--format", "json")
+    assert code == 0, err
+    shown = json.loads(out, parse_float=Decimal)
+    assert shown["session_id"] == job and len(shown["calls"]) == 3
+    assert shown["cost_usd"] == Decimal("0.0255")
+    for asked in ((), ("--session-name", "final")):
+        code, out, err = cli("sessions", "--source", str(jsonl), "--format", "json", *asked)
+        assert code == 0, err
+        listed = json.loads(out, parse_float=Decimal)
+        assert [(row["name"], row["calls"]) for row in listed] == [("final", 3)]

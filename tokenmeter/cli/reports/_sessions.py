@@ -92,7 +92,9 @@ def list_sessions(
             sums[session_id] = (values, cost or _NO_COST)
             continue
         row.first_call = min(row.first_call, timestamp)
-        row.last_call = max(row.last_call, timestamp)
+        if timestamp >= row.last_call:  # a session renamed as it goes is named by its latest call
+            row.last_call = timestamp
+            row.name = record.get("session_name")
         known, spent = sums[session_id]
         sums[session_id] = (list(map(add, known, values)), spent if cost is None else spent + cost)
     for session_id, (summed, spent) in sums.items():
@@ -272,8 +274,10 @@ def find_session(source: Source, wanted: str) -> SessionDetail:
         if len(named) > 1:
             _several(wanted, named)
         (key,) = named
+        # Every call of that session, whatever name it carries: one renamed as it goes has
+        # records under each of its names (the journal's page too lists them all).
         for record in JsonlReader(source.path):  # its skipped lines were counted above
-            if record.get("session_name") == wanted and str(record.get("session_id")) == key:
+            if str(record.get("session_id")) == key:
                 found.add(Call.from_json(record))
     if not found.calls:
         raise CliError(f"no session {wanted!r} in {source.path}")
