@@ -89,6 +89,26 @@ def test_long_torn_last_line_is_skipped_in_bounded_memory(cli: RunCli, tmp_path:
     assert json.loads(out)["totals"]["calls"] == 3
 
 
+@pytest.mark.parametrize("held", [10_000, 2], ids=["held", "read-twice"])
+def test_tail_counts_a_long_last_line_without_its_newline_as_report_does(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: int
+) -> None:
+    """``tail`` without ``-f`` reads a finished file: its too-long last line, with no newline
+    (a torn huge line, another tool's garbage), is skipped and counted, as ``report`` says
+    "skipped 1 corrupt line"; ``tail -n 10`` printed the records and no warning."""
+    from tokenmeter.cli import _tail
+
+    monkeypatch.setattr(_tail, "_HELD", held)
+    path = write_jsonl(tmp_path / "usage.jsonl", RECORDS[:3])
+    _write_long_line(path, 3 * MIB, newline=False)
+    code, out, err = cli("tail", "--source", str(path), "-n", "10", "--format", "json")
+    assert code == 0
+    assert [json.loads(line)["model"] for line in out.splitlines()] == [
+        r.model_name for r in RECORDS[:3]
+    ]
+    assert err.splitlines() == [f"tokenmeter: warning: skipped 1 corrupt line in {path}"]
+
+
 def test_line_limit_is_a_record_and_a_half_of_room(cli: RunCli, tmp_path: Path) -> None:
     """A record exactly at the limit is read; one byte more and it is skipped and counted."""
     limit = _source.MAX_LINE_BYTES

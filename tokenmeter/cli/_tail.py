@@ -302,10 +302,14 @@ class _JsonlFollower:
                     if self.in_long_line:
                         skipped, ended = skip_rest_of_line(handle)
                         offset += skipped
-                        if not ended:
+                        if not ended and not self.finished:
                             break  # still being written: read past the rest next time
+                        # Ended, or the file's last line without its newline (read once, it
+                        # will not be: a report counts it skipped too).
                         self.in_long_line = False
                         self.skipped += 1
+                        if not ended:
+                            break
                     line = handle.readline(MAX_LINE_BYTES + 1)
                     if is_too_long(line):
                         offset += len(line)
