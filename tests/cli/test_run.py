@@ -701,6 +701,24 @@ def test_a_run_into_no_store_the_cli_reads_names_no_report(
     assert session in page.read_text()
 
 
+def test_a_run_into_the_journal_of_sessions_the_program_opens_names_the_journal(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    """``run --sinks markdown`` of a program that makes its calls in ``tokenmeter.session("job")``
+    (the usual shape) ended "session run_... in D (markdown)", pointing nowhere: the run's own
+    session has no page. The journal's log of the calls, ``token_usage.md``, is named then."""
+    body = 'import tokenmeter\nwith tokenmeter.session("job"):\n' + textwrap.indent(_CALLS, "    ")
+    app = _script(tmp_path / "app.py", body)
+    result = _run(["--sinks", "markdown", "--", sys.executable, app.name], _env(fake), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    journal = tmp_path / ".tokenmeter" / "journal"
+    assert last.endswith(f"; see the journal {journal / 'token_usage.md'}"), last
+    assert "m-test" in (journal / "token_usage.md").read_text()
+    session = last.split("session ", 1)[1].split()[0]
+    assert not (journal / "sessions" / f"{session}.md").exists()
+
+
 def test_a_run_inside_a_run_counts_in_both_summaries(fake: FakeProvider, tmp_path: Path) -> None:
     """A Makefile target using ``tokenmeter run``, in a CI job wrapped in one: the inner run took
     the calls, and the outer summary said no LLM calls were recorded."""

@@ -562,7 +562,7 @@ def _summary(
     where = " and ".join(sorted(stores)) or _autorun.describe_store(
         absolute(settings.directory), settings.sinks
     )
-    see = _where_to_see(settings, recorded, env[_autorun.ENV_ID])
+    see = _where_to_see(settings, recorded, env[_autorun.ENV_ID], called=calls > 0)
     print(
         f"  session {env[_autorun.ENV_ID]} in {one_line(where)}"  # a cloned pyproject.toml
         + ("" if see is None else f"; {one_line(see)}"),
@@ -571,13 +571,19 @@ def _summary(
 
 
 def _where_to_see(
-    settings: Any, recorded: set[tuple[Path, tuple[str, ...]]], session_id: str
+    settings: Any,
+    recorded: set[tuple[Path, tuple[str, ...]]],
+    session_id: str,
+    *,
+    called: bool = False,
 ) -> str | None:
     """Where to see the run's session: the report that shows it, or, when the run recorded into
     no store the CLI reads (``--sinks markdown`` or ``otel``: the report named failed, "no usage
-    data"), its journal page, or a sentence saying what to add. None when there is nothing to
-    say: a journal page not written (no call), a program's own sink objects (their files are
-    not known here, and ``--sinks`` does not change them)."""
+    data"), its journal page (the journal's log of every call, ``token_usage.md``, when the
+    program ``called`` in sessions of its own, whose pages are named after them), or a sentence
+    saying what to add. None when there is nothing to say: no journal written (no call), a
+    program's own sink objects (their files are not known here, and ``--sinks`` does not change
+    them)."""
     from tokenmeter.sinks._files import absolute
 
     runs = recorded or {(absolute(settings.directory), tuple(settings.sinks))}
@@ -586,7 +592,10 @@ def _where_to_see(
         return f"see `{hint}`"
     page = _journal_page(runs, absolute(settings.directory), session_id)
     if page is not None:
-        return f"see its journal page {shlex.quote(str(page))}" if page.is_file() else None
+        if page.is_file():
+            return f"see its journal page {shlex.quote(str(page))}"
+        usage = page.parent.parent / "token_usage.md"  # the journal's, beside ``sessions/``
+        return f"see the journal {shlex.quote(str(usage))}" if called and usage.is_file() else None
     if any(not names for _, names in runs):
         return None
     return "no sink the tokenmeter CLI reads: add sqlite or jsonl to --sinks for a report"
