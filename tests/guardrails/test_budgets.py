@@ -107,6 +107,35 @@ def test_a_budget_refuses_the_call_before_it_is_sent(
     assert job.summary.calls == 3  # a refused call is no call of the session
 
 
+def test_calls_estimated_at_zero_under_a_budget_with_room_do_not_each_ask_the_ledger(
+    fake: FakeProvider, instrumented: None
+) -> None:
+    """A model without a price never gets a slice (its calls cost nothing here): once $0 calls
+    went to the ledger whenever a slice had no room, each took a ledger transaction under a
+    budget far from spent (50 for 50 calls; a lock held by another process made each wait)."""
+    asked: list[str] = []
+
+    class Counting(MemoryLedger):
+        def lease_many(self, items: Any) -> Any:
+            asked.append("lease_many")
+            return super().lease_many(items)
+
+        def reserve_many(self, *args: Any) -> Any:
+            asked.append("reserve_many")
+            return super().reserve_many(*args)
+
+    class LedgerSink(InMemorySink):
+        def budget_ledger(self) -> MemoryLedger:
+            return Counting()
+
+    tokenmeter.configure(sinks=[LedgerSink()], budgets=[{"limit_usd": 100, "period": "day"}])
+    client = fake.openai_client()
+    for _ in range(50):
+        client.chat.completions.create(model="my-local-llama", messages=MESSAGES)
+    assert len(fake.requests) == 50
+    assert len(asked) <= 2, asked
+
+
 @pytest.mark.parametrize("ledger", ["sqlite", "memory"])
 def test_a_spent_budget_refuses_every_call_estimated_at_zero(
     tmp_path: Path, fake: FakeProvider, instrumented: None, ledger: str

@@ -314,7 +314,7 @@ def take(
         if group.rows is not wanted or group.generation != _generation:
             return None
         if group.active:
-            if group.room <= amount and _short_of(group.room, amount):
+            if group.room < amount:  # an active group is far from its limits: never spent
                 _fold(group)
                 return None
             group.room -= amount
@@ -328,7 +328,7 @@ def take(
             if lease.owner is not None:
                 _fold(lease.owner)
             spare = lease.held - lease.inflight - lease.used
-            if spare <= amount and _short_of(spare, amount):
+            if spare <= amount and _short_of(spare, amount, lease):
                 return None
             room = min(room, spare)
             headroom = min(headroom, floors[index] - lease.settled - lease.used)
@@ -357,7 +357,7 @@ def _take(
     leases = group.leases
     for lease in leases:
         spare = lease.held - lease.inflight - lease.used
-        if spare <= amount and _short_of(spare, amount):
+        if spare <= amount and _short_of(spare, amount, lease):
             return None
     for lease in leases:  # every slice has room: nothing to ask the ledger
         lease.inflight += amount
@@ -365,14 +365,16 @@ def _take(
     return leases
 
 
-def _short_of(room: float, amount: float) -> bool:
+def _short_of(room: float, amount: float, lease: Lease) -> bool:
     """A slice with ``room`` left cannot admit a call reserving ``amount`` here: the ledger
-    decides (``admit``). Also a slice with no room at all, for a call estimated at $0 (an
-    Azure deployment's name, ``openrouter/auto``, a model without a price): admitted here, such
-    calls went on for ever once the budget was spent, as no slice was ever asked of the ledger
-    again, which refuses them there. Callers test ``room <= amount`` first, so a call within
-    the room does no more work than before."""
-    return room < amount or room <= 0
+    decides (``admit``). Also a slice with no room at all in a budget known to be spent, for a
+    call estimated at $0 (an Azure deployment's name, ``openrouter/auto``, a model without a
+    price): admitted here, such calls went on for ever once the budget was spent, as no slice
+    was ever asked of the ledger again, which refuses them there. Only once it is spent: a $0
+    call under a budget with room took a ledger transaction each (a model without a price never
+    gets a slice). Callers test ``room <= amount`` first, so a call within the room does no more
+    work than before."""
+    return room < amount or (room <= 0 and lease.settled + lease.used >= lease.limit)
 
 
 def release(leases: Sequence[Lease], amount: float) -> None:
