@@ -775,6 +775,22 @@ def test_the_default_session_name_has_the_script_after_python_options(
     assert f"tokenmeter: '{Path(sys.executable).name} app.py' (exit status 0)" in result.stderr
 
 
+def test_the_default_session_name_reads_pythons_options_only_for_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python's clustered options read into another program's arguments lost its script:
+    ``pytest -rxX test_chat.py`` (``-x`` is no value-taking flag of pytest's) was named
+    ``pytest``."""
+    from tokenmeter.cli._run import _default_name
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "test_chat.py").write_text("")
+    assert _default_name(["pytest", "-rxX", "test_chat.py"]) == "pytest test_chat.py"
+    assert _default_name(["pytest", "-pno:cacheprovider", "test_chat.py"]) == "pytest test_chat.py"
+    assert _default_name(["python3", "-uW", "ignore", "test_chat.py"]) == "python3 test_chat.py"
+    assert _default_name(["python3", "-uc", "test_chat.py"]) == "python3"
+
+
 def test_the_default_session_name_has_the_module_python_runs(
     fake: FakeProvider, tmp_path: Path
 ) -> None:

@@ -107,8 +107,11 @@ def _default_name(command: list[str]) -> str:
     may hold secrets (``--api-key ...``), nor ``-c``'s code. The script is a file: an argument
     that names none may be a command line (``sh -c "OPENAI_API_KEY=... python app.py"``)."""
     words = [os.path.basename(command[0])]
-    option, value = _what_python_runs(command[1:])
-    if option == "-m" and _PYTHON.fullmatch(words[0]) and _MODULE_NAME.fullmatch(value or ""):
+    if _PYTHON.fullmatch(words[0]):
+        option, value = _what_python_runs(command[1:])
+    else:  # another program's options are its own (pytest -rxX tests/x.py): no clusters read
+        option, value = "", _script_argument(command[1:])
+    if option == "-m" and _MODULE_NAME.fullmatch(value or ""):
         words += ["-m", value or ""]
     elif option == "" and value is not None and value.endswith(".py") and os.path.isfile(value):
         words.append(os.path.basename(value))
@@ -123,6 +126,23 @@ _OPTIONS_WITH_A_VALUE = frozenset({"-W", "-X", "--check-hash-based-pycs"})
 _PYTHON = re.compile(r"(?:python|pypy)[\d.]*(?:\.exe)?", re.IGNORECASE)
 #: A module's dotted name (``jobs.nightly``).
 _MODULE_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+
+
+#: Python's options after which no script follows (the program is their value).
+_OPTIONS_INSTEAD_OF_A_SCRIPT = frozenset({"-c", "-m"})
+
+
+def _script_argument(arguments: list[str]) -> str | None:
+    """The first argument that is no option nor an option's value: the script, if any."""
+    remaining = iter(arguments)
+    for arg in remaining:
+        if arg in _OPTIONS_INSTEAD_OF_A_SCRIPT:
+            return None
+        if arg in _OPTIONS_WITH_A_VALUE:
+            next(remaining, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
 
 def _what_python_runs(arguments: list[str]) -> tuple[str, str | None]:
