@@ -8,6 +8,7 @@ import io
 import json
 import random
 import re
+import sqlite3
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -788,3 +789,33 @@ def test_a_session_renamed_as_it_goes_is_one_row_by_session_under_its_latest_nam
     assert sorted((row["session"], row["calls"]) for row in named["rows"]) == (
         [("draft", 1)] if window else [("draft", 1), ("final", 2)]
     )
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+@pytest.mark.parametrize("by", ["name,session", "session,name"])
+def test_a_renamed_session_by_session_and_name_is_a_row_per_name(
+    cli: RunCli, tmp_path: Path, kind: str, by: str
+) -> None:
+    """Grouped by name as well, a renamed session is a row for each name its calls were made
+    under (the latest name was put in every row: one row, ``final`` 3)."""
+    data = _renamed_session(tmp_path, kind)
+    doc = report(cli, data, "--by", by)
+    assert sorted((row["session"], row["calls"]) for row in doc["rows"]) == [
+        ("draft", 1),
+        ("final", 2),
+    ]
+
+
+def test_another_tools_sessions_table_is_not_read_for_session_names(
+    cli: RunCli, tmp_path: Path
+) -> None:
+    """A ``sessions`` table of another tool's (no ``id`` and ``name``) beside the records:
+    ``--by session`` failed, "no such column: s.name"; the records name the session."""
+    data = _renamed_session(tmp_path, "sqlite")
+    conn = sqlite3.connect(data)
+    conn.execute("DROP TABLE IF EXISTS sessions")
+    conn.execute("CREATE TABLE sessions (sid TEXT, label TEXT)")
+    conn.commit()
+    conn.close()
+    doc = report(cli, data, "--by", "session")
+    assert [(row["session"], row["calls"]) for row in doc["rows"]] == [("final", 3)]

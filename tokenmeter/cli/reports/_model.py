@@ -154,13 +154,16 @@ def key_columns(dimensions: tuple[Dimension, ...]) -> tuple[str, ...]:
 SESSION_NAME = "latest_session_name"
 
 
-def raw_columns(columns: tuple[str, ...], tz: tzinfo = UTC) -> tuple[str, ...]:
+def raw_columns(grouping: tuple[Dimension, ...], tz: tzinfo = UTC) -> tuple[str, ...]:
     """The stored columns a grouping is read by: a family needs the model, a calendar bucket the
     UTC hour or minute (``time_column``), rolled up into the ``--tz`` calendar afterwards (see
-    ``_query.roll_up``); a session's name beside its id, ``SESSION_NAME``."""
+    ``_query.roll_up``); a session's name beside its id, ``SESSION_NAME``, unless the grouping is
+    by name too (``--by session,name``: the name each call was made under, a row for each)."""
+    columns = key_columns(grouping)
+    by_latest_name = not any(dimension.spec == "name" for dimension in grouping)
     seen: dict[str, None] = {}
     for column in columns:
-        if column == "session" and "session_id" in columns:
+        if column == "session" and "session_id" in columns and by_latest_name:
             seen.setdefault(SESSION_NAME, None)
         elif column == "family":
             seen.setdefault("provider", None)

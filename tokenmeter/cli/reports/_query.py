@@ -793,7 +793,7 @@ def _sqlite_breakdown(
     where_params: list[str],
     table: set[str],
 ) -> Breakdown:
-    raw = raw_columns(key_columns(grouping), query.tz)
+    raw = raw_columns(grouping, query.tz)
     exprs: list[str] = []
     params: list[str] = []
     for column in raw:
@@ -866,8 +866,9 @@ _NAMES_AT_ONCE = 500
 
 def _stored_session_names(conn: sqlite3.Connection, ids: list[str]) -> dict[str, str]:
     """The latest name of each of these sessions: the ``sessions`` table's, where the store has
-    one, else that of the session's latest record (whatever the window and filters)."""
-    stored = bool(table_columns(conn, "sessions"))
+    one (tokenmeter's: with an ``id`` and a ``name``; another tool's table of that name is not
+    read), else that of the session's latest record (whatever the window and filters)."""
+    stored = {"id", "name"} <= table_columns(conn, "sessions")
     names: dict[str, str] = {}
     for start in range(0, len(ids), _NAMES_AT_ONCE):
         some = ids[start : start + _NAMES_AT_ONCE]
@@ -988,7 +989,7 @@ class _Grouper:
 
     def __init__(self, grouping: tuple[Dimension, ...], latency: bool, tz: tzinfo) -> None:
         self.grouping = grouping
-        self.raw = raw_columns(key_columns(grouping), tz)
+        self.raw = raw_columns(grouping, tz)
         self.key = _key_function(self.raw)
         self.groups: dict[Key, Sequence[int]] = {}
         self.costs: dict[Key, Decimal] = {}
@@ -1096,7 +1097,7 @@ def _uses_tags(query: Query) -> bool:
     return bool(query.filters.tags) or any(
         column.startswith("tag:")
         for grouping in query.groupings
-        for column in raw_columns(key_columns(grouping))
+        for column in raw_columns(grouping)
     )
 
 
