@@ -728,3 +728,27 @@ def test_a_user_priced_openai_model_no_table_has_pays_openais_tool_fees(provider
         key: Decimal(fee) for key, fee in fees.items()
     }
     assert cost.total_usd == Decimal("0.002") + Decimal("0.0325")
+
+
+@pytest.mark.parametrize(
+    ("family", "preview_fee"), [("my-gpt", Decimal("0.01")), ("gpt-4o", Decimal("0.025"))]
+)
+def test_a_user_priced_snapshot_of_a_user_priced_family_keeps_the_fees(
+    family: str, preview_fee: Decimal
+) -> None:
+    """A dated snapshot priced next to its family took the family's user price as "the table"
+    and copied its fees, all 0: my-gpt-2026-01-01's 2 web and 2 file searches were $0 ($0.002
+    for a $0.027 call), and gpt-4o-2026-01-01 lost gpt-4o's own table fees ($25 preview)."""
+    rate = {"input_per_mtok": 1, "output_per_mtok": 10}
+    snapshot = f"{family}-2026-01-01"
+    set_user_prices({family: rate, snapshot: rate})
+    tools = {"web_search": 2, "file_search": 2, "web_search_preview": 1}
+    searched = Usage(input_tokens=1_000, output_tokens=100, tool_requests=tools)
+    fees = {"web_search": Decimal("0.02"), "file_search": Decimal("0.005")}
+    fees["web_search_preview"] = preview_fee
+    for model in (family, snapshot):
+        cost = price_usage("openai", model, searched, at=DAY)
+        assert cost.price_source == "override", model
+        assert cost.breakdown is not None
+        assert {key: cost.breakdown[key] for key in tools} == fees, model
+        assert cost.total_usd == Decimal("0.002") + sum(fees.values()), model

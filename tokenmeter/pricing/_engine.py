@@ -350,10 +350,12 @@ class _Entry:
         """A user price sets rates per token only (it has no key for a fee): the fees per request
         and per tool request stay those the table has for the model, never a silent $0. A model
         no table has (a new one, priced by the user) still pays the tool fees its provider bills
-        on every model (xAI's searches, Anthropic's web search, OpenAI's web and file search)."""
+        on every model (xAI's searches, Anthropic's web search, OpenAI's web and file search).
+        Another user price among ``tables`` (``my-gpt`` behind a priced ``my-gpt-2026-01-01``)
+        has no fee of its own, so it is passed over for the table behind it."""
         for model in tables:
             table = model.rate_card(at, self.tier) or model.rate_card(at, STANDARD)
-            if table is not None:
+            if table is not None and table.price_source != _overrides.OVERRIDE_SOURCE:
                 fees = {name: getattr(table.base, name) for name in FEE_FIELDS}
                 return replace(card, base=card.base.with_rates(**fees))
         return provider_tool_fees(card, self.provider, at)
