@@ -17,7 +17,15 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from provider_helpers import MESSAGES, Records, http_of, mock_anthropic, only, sse_reply
+from provider_helpers import (
+    MESSAGES,
+    Records,
+    http_of,
+    json_bytes,
+    mock_anthropic,
+    only,
+    sse_reply,
+)
 
 import tokenmeter
 from tokenmeter import UsageRecord
@@ -273,6 +281,16 @@ def streamed_reply(http: Any, body: bytes, headers: dict[str, str]) -> Any:
     return http.Response(200, stream=Pieces(), headers=headers)
 
 
+async def relayed(manager: Any, read: str, is_async: bool) -> bytes:
+    """A streaming response's body as a relay passes it on: its ``http_response`` read through
+    ``read`` (``iter_raw``, ``iter_bytes``) inside the response's ``with`` block."""
+    if is_async:
+        async with manager as response:
+            return await read_http_bytes(response.http_response, read, is_async)
+    with manager as response:
+        return await read_http_bytes(response.http_response, read, is_async)
+
+
 @pytest.mark.parametrize("encoding", [None, "identity", "gzip"])
 async def test_a_stream_relayed_as_it_came_is_read_unless_compressed(
     records: Records, kit: ModuleType, is_async: bool, encoding: str | None
@@ -292,17 +310,40 @@ async def test_a_stream_relayed_as_it_came_is_read_unless_compressed(
     )
     tokenmeter.instrument("openai")
 
-    manager = CALLS["chat stream"][1](client)
-    if is_async:
-        async with manager as response:
-            relayed = await read_http_bytes(response.http_response, "iter_raw", is_async)
-    else:
-        with manager as response:
-            relayed = await read_http_bytes(response.http_response, "iter_raw", is_async)
-
-    assert relayed == sent
+    assert await relayed(CALLS["chat stream"][1](client), "iter_raw", is_async) == sent
     record = only(records())
     if encoding == "gzip":
+        assert (record.estimated, record.output_tokens) == (True, 0)
+    else:
+        assert (record.input_tokens, record.output_tokens, record.estimated) == (19, 10, False)
+
+
+@pytest.mark.parametrize("read", ["iter_raw", "iter_bytes"])
+@pytest.mark.parametrize("encoding", [None, "gzip"])
+async def test_a_json_answer_relayed_through_its_http_response_is_read(
+    records: Records, kit: ModuleType, is_async: bool, encoding: str | None, read: str
+) -> None:
+    """A relay serving ``stream=False`` requests with its stream code (passing the upstream
+    bytes on through ``http_response.iter_raw()``), or reading ``http_response.iter_bytes()``,
+    had a JSON answer unread: one that reported 19 input and 10 output tokens was recorded as an
+    estimate of its request, 0 output, where the response's own ``iter_bytes()`` was exact. It
+    is read as that one reads it; raw and compressed it is not decoded here (estimated, as a
+    stream is). The relay gets the bytes as they came, either way."""
+    body = json_bytes(kit.chat_body(kit.CHAT_USAGE))
+    sent = gzip.compress(body) if encoding == "gzip" else body
+    headers = {"content-type": "application/json"}
+    if encoding is not None:
+        headers["content-encoding"] = encoding
+    client = kit.mock_openai(
+        lambda request: streamed_reply(kit.http, sent, headers), is_async=is_async
+    )
+    tokenmeter.instrument("openai")
+
+    passed_on = await relayed(CALLS["chat"][1](client), read, is_async)
+
+    assert passed_on == (sent if read == "iter_raw" else body)
+    record = only(records())
+    if encoding == "gzip" and read == "iter_raw":
         assert (record.estimated, record.output_tokens) == (True, 0)
     else:
         assert (record.input_tokens, record.output_tokens, record.estimated) == (19, 10, False)

@@ -350,7 +350,7 @@ class _RawResponseProxy(SDKObjectProxy):
         self._self_parsed: tuple[Any, Any] | None = None
         #: The body as the caller reads it through ``iter_bytes``/``iter_text``/``iter_lines``.
         self._self_body: _BodyReading | None = None
-        if plan.raw != "stream" and not plan.streamed:  # openai says "true", anthropic "raw"
+        if _read_at_once(plan):
             plan.call.read("reading a raw response", self._self_read_body)
             plan.call.finish()  # a body that cannot be read is recorded now, not at collection
 
@@ -453,12 +453,14 @@ class _RawResponseProxy(SDKObjectProxy):
 
     @property
     def http_response(self) -> Any:
-        """The SDK's HTTP response; a stream's, one whose ``iter_*()``/``aiter_*()`` read its
-        events as they pass by (the caller reading ``r.http_response.iter_lines()`` itself)."""
+        """The SDK's HTTP response; one whose body is still to come (a stream's, or a
+        ``with_streaming_response`` JSON answer's), one whose ``iter_*()``/``aiter_*()`` read it
+        as it passes by (the caller reading ``r.http_response.iter_lines()`` itself, or a relay
+        passing a JSON answer on through ``iter_raw()``: it was recorded as an estimate)."""
         http = self.__wrapped__.http_response
         # Not kept: a response holding its own reader would be a cycle, collected (and so
         # recorded, when its body was read whole) only by the garbage collector.
-        return _ReadThroughHTTP(http, self) if self._self_plan.streamed else http
+        return http if _read_at_once(self._self_plan) else _ReadThroughHTTP(http, self)
 
     def _self_read_through(self, pieces: Any, to_bytes: Callable[[Any], bytes]) -> Any:
         if (
@@ -493,11 +495,12 @@ class _RawResponseProxy(SDKObjectProxy):
 
 
 class _ReadThroughHTTP(SDKObjectProxy):
-    """A raw stream's HTTP response: a body the caller iterates itself (``iter_lines()``,
-    ``aiter_bytes()``...) is read as it passes by, as through the SDK response's ``iter_*()``.
-    The caller gets every piece as httpx gives it. Its bytes as they came (``iter_raw()``, a
-    relay passing the upstream body on undecoded) are read too, unless the server compressed
-    them (``_unencoded``): those are estimated, as a body never read is."""
+    """The HTTP response of a raw stream, or of a streaming response's JSON answer: a body the
+    caller iterates itself (``iter_lines()``, ``aiter_bytes()``...) is read as it passes by, as
+    through the SDK response's ``iter_*()``. The caller gets every piece as httpx gives it.
+    Its bytes as they came (``iter_raw()``, a relay passing the upstream body on undecoded) are
+    read too, unless the server compressed them (``_unencoded``): those are estimated, as a body
+    never read is."""
 
     def __init__(self, wrapped: Any, response: _RawResponseProxy) -> None:
         super().__init__(wrapped)
@@ -541,6 +544,13 @@ class _ReadThroughHTTP(SDKObjectProxy):
 
     def aiter_lines(self, *args: Any, **kwargs: Any) -> Any:
         return self._self_through(self.__wrapped__.aiter_lines(*args, **kwargs), _line)
+
+
+def _read_at_once(plan: StainlessPlan) -> bool:
+    """True for a raw response whose body is read as it is made: a ``with_raw_response`` call
+    not streamed (openai's ``raw`` is "true", anthropic's "raw"; ``with_streaming_response``'s
+    "stream"). Any other body is read as the caller reads it."""
+    return plan.raw != "stream" and not plan.streamed
 
 
 #: The methods of an SDK's raw response that read its body whole.
