@@ -465,7 +465,9 @@ async def test_a_raw_stream_read_through_its_own_iterators_is_recorded_from_its_
     del raw
     record = only(records())
 
-    assert len(seen) == len(bare) and type(seen[0]) is type(bare[0])
+    assert type(seen[0]) is type(bare[0])
+    # Bedrock's binary frames hold random bytes: two answers split into different lines.
+    assert len(seen) == len(bare) or (bedrock and read != "iter_bytes")
     assert record.status == "ok"
     if bedrock and read != "iter_bytes":
         assert record.estimated is True
