@@ -1308,6 +1308,20 @@ class PickyAboutSessions(RefusesSession):
         super().write(records)
 
 
+def _ended_then_set_aside(sink: Any, job: tokenmeter.Session) -> list[tuple[str, Any]]:
+    """Wait for ``job``'s end in ``sink``, then stop the sink: what it set aside, (id, status)."""
+
+    def ended() -> bool:
+        tokenmeter.flush(5)
+        return job.id in sink.sessions and sink.sessions[job.id].status == "completed"
+
+    wait_for(ended, "the good session's end written")
+    tokenmeter.configure(sinks=[InMemorySink()])  # it stops: what it refuses is set aside
+    quarantine = Path(".tokenmeter") / "quarantine.jsonl"
+    kept = [json.loads(line)["record"] for line in quarantine.open()]
+    return sorted((k["id"], k.get("status")) for k in kept)
+
+
 def test_a_refused_session_behind_a_poison_record_never_holds_back_a_good_sessions_end() -> None:
     """A session whose only record is poison, then a session the sink refuses, delivered
     together: their rows, written ahead of the poison record as one run, were refused for the
@@ -1321,15 +1335,7 @@ def test_a_refused_session_behind_a_poison_record_never_holds_back_a_good_sessio
     with tokenmeter.session("refused") as refused:
         pass
 
-    def ended() -> bool:
-        tokenmeter.flush(5)
-        return job.id in sink.sessions and sink.sessions[job.id].status == "completed"
-
-    wait_for(ended, "the good session's end written")
-    tokenmeter.configure(sinks=[InMemorySink()])  # it stops: what it refuses is set aside
-    quarantine = Path(".tokenmeter") / "quarantine.jsonl"
-    kept = [json.loads(line)["record"] for line in quarantine.open()]
-    assert sorted((k["id"], k.get("status")) for k in kept) == sorted(
+    assert _ended_then_set_aside(sink, job) == sorted(
         [(bad.id, "ok"), (refused.id, "active"), (refused.id, "completed")]
     )
 
@@ -1350,15 +1356,7 @@ def test_a_good_session_delivered_behind_a_refused_one_and_poison_records_is_end
     with tokenmeter.session("job") as job:
         pass
 
-    def ended() -> bool:
-        tokenmeter.flush(5)
-        return job.id in sink.sessions and sink.sessions[job.id].status == "completed"
-
-    wait_for(ended, "the good session's end written")
-    tokenmeter.configure(sinks=[InMemorySink()])  # it stops: what it refuses is set aside
-    quarantine = Path(".tokenmeter") / "quarantine.jsonl"
-    kept = [json.loads(line)["record"] for line in quarantine.open()]
-    assert sorted((k["id"], k.get("status")) for k in kept) == sorted(
+    assert _ended_then_set_aside(sink, job) == sorted(
         [*((r.id, "ok") for r in bad), (refused.id, "active"), (refused.id, "completed")]
     )
 
