@@ -1340,49 +1340,6 @@ def test_a_refused_session_behind_a_poison_record_never_holds_back_a_good_sessio
     )
 
 
-def test_a_good_session_delivered_behind_a_refused_one_and_poison_records_is_ended() -> None:
-    """Poison records, then a session the sink refuses and a good session, each delivered in
-    its own pass (runs of their own): only the run right behind the records was written ahead
-    of them, the refused session's, so the good session never reached the sink while the app
-    ran, and at the exit it was set aside with the refused one. Its rows are written now."""
-    sink = PickyAboutSessions()
-    tokenmeter.configure(sinks=[sink])
-    with tokenmeter.session("first"):
-        bad = [tokenmeter.record("openai", "poison", 1, 1) for _ in range(2)]
-    tokenmeter.flush(5)
-    with tokenmeter.session("refused") as refused:
-        pass
-    tokenmeter.flush(5)
-    with tokenmeter.session("job") as job:
-        pass
-
-    assert _ended_then_set_aside(sink, job) == sorted(
-        [*((r.id, "ok") for r in bad), (refused.id, "active"), (refused.id, "completed")]
-    )
-
-
-def test_a_stopping_sink_gets_a_good_session_delivered_behind_a_refused_one() -> None:
-    """A stopping sink was offered the runs of sessions one by one, and a run it refused whole
-    (one refused session's) ended the offer: the good session in a later run was set aside
-    with it, and stayed "active" in the sink. They are offered together now."""
-    sink = DownRefusingSession()
-    _alone_gathering_for_an_hour(sink)
-    with tokenmeter.session("refused") as refused:
-        made = [tokenmeter.record("openai", "gpt-4o", 1, 1)]
-    tokenmeter.flush(1)  # delivered: a run of its own
-    with tokenmeter.session("job") as job:
-        made.append(tokenmeter.record("openai", "gpt-4o", 1, 1))
-    tokenmeter.configure(sinks=[InMemorySink()])  # it stops
-    assert sink.sessions[job.id].status == "completed"
-    quarantine = Path(".tokenmeter") / "quarantine.jsonl"
-    kept = [json.loads(line)["record"] for line in quarantine.open()]
-    assert [(k["id"], k.get("status")) for k in kept] == [
-        (refused.id, "active"),
-        (refused.id, "completed"),
-        *((r.id, "ok") for r in made),
-    ]
-
-
 def test_a_sink_down_through_isolated_passes_has_nothing_set_aside() -> None:
     """Every write fails, with many records waiting in runs of their own: each isolated pass
     tries a later record too, which fails as well, so nothing is taken for poison; all of them

@@ -816,55 +816,42 @@ class _Writer:
             self._write_pending(time.monotonic())
 
     def _offer_sessions(self, stopped: float) -> None:
-        """Stopping, with items the sink refused still pending: the sessions among them were
-        never offered to it, as they go after their records and a sink judged down is tried no
-        further. They are offered now, all in one run (``_sessions_together``), if
-        ``_LAST_TRIES_FOR`` has not passed; refused, a session at a time
-        (``_sessions_written_apart``), and what the sink still refuses is set aside with its own
-        error. A session's end was set aside with its records' error, never given to a sink
-        whose ``write_sessions`` worked: the session stayed "active" there for ever; and a good
-        session's end in a run with a refused session, or in a later run than a refused
-        session's, was set aside with it."""
+        """Stopping, with items the sink refused still pending: the runs of sessions among them
+        were never offered to it, as they go after their records and a sink judged down is
+        tried no further. Each is offered now, on its own, while ``_LAST_TRIES_FOR`` lasts; one
+        that fails is offered a session at a time (``_sessions_written_apart``), and what the
+        sink still refuses is set aside with its own error. A session's end was set aside with
+        its records' error, never given to a sink whose ``write_sessions`` worked: the session
+        stayed "active" there for ever; and a good session's end in a run with a refused
+        session was set aside with it. Once a run's sessions are all refused (the sink's
+        sessions side is down), the later runs are set aside with the others."""
         if getattr(self.sink, "write_sessions", None) is None:
             return
-        if time.monotonic() - stopped > _LAST_TRIES_FOR:
-            return
-        index = self._sessions_together(0)
-        if index is None:
-            return
-        run = self._pending[index]
-        self._writing_since = time.monotonic()
-        try:
-            self._write(run)
-        except BaseException as exc:
-            if self._abandoned_meanwhile():  # the exit set it aside already
-                return
-            apart = self._sessions_written_apart(run, exc)
-            if apart is None:
-                return
-            for item, error in apart[0]:  # pending until in the file (``held``)
-                self._quarantine(item, error)
-        else:
+        index = 0
+        while index < len(self._pending) and time.monotonic() - stopped <= _LAST_TRIES_FOR:
+            run = self._pending[index]
+            if not isinstance(run[0], SessionInfo):
+                index += 1
+                continue
+            self._writing_since = time.monotonic()
+            try:
+                self._write(run)
+            except BaseException as exc:
+                if self._abandoned_meanwhile():  # the exit set it aside already
+                    return
+                apart = self._sessions_written_apart(run, exc)
+                if apart is None:
+                    return
+                refused, taken = apart
+                for item, error in refused:  # pending until in the file (``held``)
+                    self._quarantine(item, error)
+                del self._pending[index]
+                if not taken:
+                    return
+                continue
             if self._abandoned_meanwhile():
                 return
-        del self._pending[index]
-
-    def _sessions_together(self, start: int) -> int | None:
-        """Gather the runs of sessions in ``_pending`` from ``start`` on into one, in order (a
-        session's start before its end), where the first of them was, the runs of records in
-        between behind it (the two kinds go to two methods of the sink); returns where, or None
-        when there is none. Sessions delivered in separate passes sat in separate runs, and a
-        run of a refused session's rows held back the good sessions' in the runs behind it (a
-        good session's end never reached a sink that works: set aside at the exit)."""
-        runs = list(self._pending)
-        at = [i for i in range(start, len(runs)) if isinstance(runs[i][0], SessionInfo)]
-        if not at:
-            return None
-        if len(at) > 1:
-            sessions = [item for i in at for item in runs[i]]
-            records = [run for run in runs[at[0] :] if not isinstance(run[0], SessionInfo)]
-            self._pending = deque([*runs[: at[0]], sessions, *records])
-        return at[0]
+            del self._pending[index]
 
     def _wait(self) -> bool:
         """Sleep until there is work; gather for the interval. True once asked to stop."""
@@ -1280,18 +1267,15 @@ class _Writer:
         ]
 
     def _sessions_written_ahead(self, start: int) -> None:
-        """Write the runs from ``start`` on, of sessions the sink stores, as one (they may go
-        before the records in front of them: the two kinds are written apart). Refused, they are
-        written a session at a time, and only what the sink refuses waits for its turn: a good
-        session's end in the run of a refused session, or in a run behind it, stayed "active"
-        in the sink while the app ran."""
+        """Write the run at ``start`` if it is one of sessions the sink stores (it may go before
+        the records in front of it: the two kinds are written apart). Refused, it is written a
+        session at a time, and only what the sink refuses waits for its turn: a good session's
+        end in the run of a refused session stayed "active" in the sink while the app ran."""
         pending = self._pending
         if start >= len(pending) or not isinstance(pending[start][0], SessionInfo):
             return
         if getattr(self.sink, "write_sessions", None) is None:
             return
-        self._sessions_together(start)  # every run from ``start`` on is of sessions
-        pending = self._pending
         try:
             self._write(pending[start])
         except BaseException as exc:
