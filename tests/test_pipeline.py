@@ -1275,30 +1275,6 @@ def test_good_records_behind_poison_ones_and_a_session_row_are_written_as_the_ap
     assert sorted(k["record"]["id"] for k in kept) == sorted(r.id for r in bad)
 
 
-def test_good_records_behind_three_poison_ones_are_written_as_the_app_runs() -> None:
-    """Three poison records (a session's), then the session's end row, then a session of good
-    records: the proof was taken among the poison ones' own run (the third, every pass), never
-    a later record, so the good ones were never written while the app ran and were set aside at
-    the exit. The later records are tried once the run's own have failed."""
-    sink = Picky()
-    sink.release.set()
-    tokenmeter.configure(sinks=[sink])
-    with tokenmeter.session("a"):
-        bad = [tokenmeter.record("openai", "poison", 1, 1) for _ in range(3)]
-    with tokenmeter.session("b"):
-        made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(2)]
-
-    def written() -> bool:
-        tokenmeter.flush(5)
-        return len(sink.records) == len(made)
-
-    wait_for(written, "the good records written")
-    tokenmeter.configure(sinks=[InMemorySink()])  # it stops: the poison ones set aside
-    assert [r.id for r in sink.records] == [r.id for r in made]
-    kept = [json.loads(line) for line in (Path(".tokenmeter") / "quarantine.jsonl").open()]
-    assert sorted(k["record"]["id"] for k in kept) == sorted(r.id for r in bad)
-
-
 class PickyAboutSessions(RefusesSession):
     """Refuses the records of the model "poison" and the sessions named "refused"."""
 

@@ -1170,16 +1170,12 @@ class _Writer:
                 # them at the head of the queue, a refused session's start and end, which held
                 # back every item behind them for good). A later item tells which, and keeps a
                 # sink that is down at three writes a pass.
-                # Its own items first, then the later records: with three poison ones or more at
-                # the head, its own were all poison, and the good records behind the session's
-                # row were never tried (held back for good, set aside at the exit).
-                may = _ahead(items, index + 1)
-                turn = self._proofs_failed % (len(may) + len(self._later_records(len(runs))) or 1)
-                if turn >= len(may):
-                    if not self._later_record_taken(len(runs), len(may)):
+                # (None of their kind behind them, a later run: a refused session's two records.)
+                ahead = _ahead(items, index + 1, self._proofs_failed)
+                if ahead is None:
+                    if not self._later_record_taken(len(runs)):
                         return False  # the sink is down, or the run tried held poison too
-                elif self._took(items[may[turn]]):
-                    ahead = may[turn]
+                elif self._took(items[ahead]):
                     self._proofs_failed = 0  # the next proof is the last item again
                 else:
                     self._proofs_failed += 1
@@ -1221,17 +1217,15 @@ class _Writer:
             return False
         return True
 
-    def _later_record_taken(self, start: int, tried: int = 0) -> bool:
+    def _later_record_taken(self, start: int) -> bool:
         """Write one record of a run from ``start`` on (``_proof``) alone, before its turn, to
         show the sink works: whether the sink took it (then it is no longer pending). A whole
         run written as the proof held a refused record too, each pass (a session's records, good
         and refused ones mixed): no proof ever went through, the good records were held back for
         good, dropped at ``max_queue`` or set aside at the exit. False when there is none: then
         the run of sessions right behind the failing records is written, as no proof (sessions
-        that made no call waited behind a poison record for the next record). ``tried``: how
-        many proofs of the failing run's own come before the later records in each cycle of
-        ``_proofs_failed``."""
-        proof = self._proof(start, tried)
+        that made no call waited behind a poison record for the next record)."""
+        proof = self._proof(start)
         if proof is None:
             self._sessions_written_ahead(start)
             return False
@@ -1246,25 +1240,21 @@ class _Writer:
         self._proofs_failed = 0  # the next proof is the first record again
         return True
 
-    def _proof(self, start: int, tried: int = 0) -> tuple[int, int] | None:
+    def _proof(self, start: int) -> tuple[int, int] | None:
         """Where a record from ``start`` on is, to write alone before its turn (run, index in
         it): the first, or, when proofs failed before (it was poison too: a refused session's
         records), the next one each pass. The first is the one that goes least out of order.
         Never a session: a session's row the sink takes is no proof for records it fails (a
         records table locked, a sink without ``write_sessions``), and a later one may end a
-        session that an earlier run starts. ``tried``: see ``_later_record_taken``."""
-        records = self._later_records(start)
-        return records[(self._proofs_failed - tried) % len(records)] if records else None
-
-    def _later_records(self, start: int) -> list[tuple[int, int]]:
-        """Where each record of the runs from ``start`` on is (run, index in it), in order."""
+        session that an earlier run starts."""
         pending = self._pending
-        return [
+        records = [
             (run_index, index)
             for run_index in range(start, len(pending))
             if not isinstance(pending[run_index][0], SessionInfo)
             for index in range(len(pending[run_index]))
         ]
+        return records[self._proofs_failed % len(records)] if records else None
 
     def _sessions_written_ahead(self, start: int) -> None:
         """Write the run at ``start`` if it is one of sessions the sink stores (it may go before
@@ -1436,21 +1426,22 @@ class _Writer:
 _ERROR_TEXT_MAX = 1_000
 
 
-def _ahead(items: Sequence[Any], start: int) -> list[int]:
-    """The indexes of ``items`` from ``start`` on that may be written before the items in
-    front of them, in the order to try them: the last first (past a run of poison ones, if any
-    is), then the one before it (the last was poison too), and so on. Any record may; a
-    session's snapshot only when no earlier snapshot of that session waits (the earlier one,
-    written after it, would undo it: a session's start over its end)."""
+def _ahead(items: Sequence[Any], start: int, turn: int) -> int | None:
+    """The index of one of ``items`` from ``start`` on that may be written before the items in
+    front of it: the last (past a run of poison ones, if any is), or, at the ``turn``-th try,
+    the ``turn``-th from the end (the one before was poison too). Any record may; a session's
+    snapshot only when no earlier snapshot of that session waits (the earlier one, written
+    after it, would undo it: a session's start over its end). None when there is none."""
     first: dict[str, int] = {}
     for index, item in enumerate(items):
         if isinstance(item, SessionInfo):
             first.setdefault(item.id, index)
-    return [
+    may = [
         index
         for index in range(len(items) - 1, start - 1, -1)
         if not isinstance(items[index], SessionInfo) or first[items[index].id] == index
     ]
+    return may[turn % len(may)] if may else None
 
 
 def _error_text(exc: BaseException) -> str:
