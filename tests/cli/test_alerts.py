@@ -228,6 +228,26 @@ def test_a_source_that_is_not_an_alerts_file_is_an_error(cli: RunCli, tmp_path: 
         )
 
 
+def test_a_postgresql_source_is_refused_without_its_password(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``alerts --source`` given the team ledger's URL or keyword DSN, as every other command
+    takes it, printed "no alerts: postgresql:/reader:Hunter2Secret@db.internal:5432/llm_usage
+    does not exist yet", exit 0: alerts are not in PostgreSQL, and the password is never shown."""
+    monkeypatch.chdir(tmp_path)
+    for source in (
+        "postgresql://reader:Hunter2Secret@db.internal:5432/llm_usage",
+        "host=db.internal port=5432 user=reader password=Hunter2Secret dbname=llm_usage",
+    ):
+        code, out, err = cli("alerts", "--source", source)
+        assert (code, out) == (1, "")
+        assert err == (
+            "tokenmeter: error: alerts are not kept in PostgreSQL "
+            "(postgres:llm_usage@db.internal:5432): they are in alerts.jsonl in each process's "
+            "tokenmeter directory; give that file or its directory\n"
+        )
+
+
 def test_a_usage_file_whose_first_line_looks_like_an_alert_is_read(
     cli: RunCli, tmp_path: Path
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._output import one_line, write_output
+from tokenmeter.cli._postgres import display_name, is_postgres_url, keyword_dsn_url
 from tokenmeter.cli._source import (
     SQLITE_MAGIC,
     default_directory,
@@ -36,11 +38,34 @@ _SCOPE_WIDTH = 120
 def _alerts_path(source: str | None) -> Path:
     if source is None:
         return default_directory() / "alerts.jsonl"
+    _refuse_postgres(source)
     path = Path(source)
     try:
         return path / "alerts.jsonl" if path.is_dir() else path
     except OSError as exc:  # a name too long for the file system, a folder not searchable
         raise CliError(f"cannot read {source}: {exc.strerror}") from None
+
+
+def _refuse_postgres(source: str) -> None:
+    """A PostgreSQL URL or keyword DSN, as every other command takes ``--source``, is not where
+    alerts are: the alert sink writes each process's ``alerts.jsonl``. Taken as a path, it
+    printed "no alerts: postgresql:/reader:PASSWORD@db/app does not exist yet", exit 0. The
+    source is named as the other commands name it, never with its password."""
+    if not is_postgres_url(source):
+        if os.path.lexists(source):  # a file whose name has an "=" in it is a file
+            return
+        url = keyword_dsn_url(source)
+        if url is None:
+            return
+        source = url
+    try:
+        name = display_name(source)
+    except ValueError:  # a torn URL: still never echoed, it may hold the password
+        name = "a PostgreSQL database"
+    raise CliError(
+        f"alerts are not kept in PostgreSQL ({name}): they are in alerts.jsonl in each "
+        "process's tokenmeter directory; give that file or its directory"
+    )
 
 
 #: The fields the alert sink writes and their types (besides ``time``): a line where one has
