@@ -751,3 +751,37 @@ def test_a_late_call_of_an_earlier_run_of_an_id_leaves_the_row_to_the_latest(
     pg_sink.write_sessions([crashed.model_copy(update={**overlapping, "part": "r3", "calls": 0})])
     times = "2026-11-22T10:00:30.123Z", "2026-11-22T10:04:00.123Z"
     assert query(pg_dsn, row) == [("failed", *times, 3)]
+
+
+@pytest.mark.parametrize(
+    "columns", [("started_at", "ended_at"), ("started_at",)], ids=["both", "started_at only"]
+)
+def test_session_times_an_admin_made_timestamptz_get_the_rows(
+    pg_dsn: str, columns: tuple[str, ...]
+) -> None:
+    """``sessions.started_at``/``ended_at`` made ``timestamptz`` (as team.md allows for
+    ``records.timestamp``): the upsert compared them ``COLLATE "C"``, which such a column
+    refuses, so every session row was set aside (0 rows, the CLI's "Status: unknown"). They are
+    compared as instants now, by the same rule as text: the latest run of an id sets the row."""
+    made = PostgresSink(pg_dsn)
+    made.write([build_record(0)])  # the tables, as the sink makes them
+    made.close()
+    query(pg_dsn, "DROP VIEW session_totals")
+    for column in columns:
+        query(
+            pg_dsn,
+            f"ALTER TABLE sessions ALTER COLUMN {column} TYPE timestamptz "
+            f"USING {column}::timestamptz",
+        )
+    sink = PostgresSink(pg_dsn)
+    minute = timedelta(minutes=1)
+    crashed = SessionInfo(
+        id="job", started_at=START, ended_at=START + minute, status="failed", part="r1", calls=1
+    )
+    resumed = SessionInfo(id="job", started_at=START + 2 * minute, part="r2", calls=0)
+    sink.write_sessions([crashed, resumed])
+    sink.write_sessions([resumed.model_copy(update={"status": "completed", "calls": 1})])
+    sink.write_sessions([crashed.model_copy(update={"calls": 2})])  # a late call of the first
+    sink.close()
+    row = "SELECT status, started_at::timestamptz, calls FROM sessions"
+    assert query(pg_dsn, row) == [("completed", START + 2 * minute, 3)]

@@ -174,9 +174,13 @@ _RECORD_COLUMNS = ", ".join(RECORD_COLUMNS)
 #: The type of each of those columns, in that order, read from the table itself: a binary COPY
 #: needs them, and the schema stays the one place that states them.
 _COLUMN_TYPES = (
-    "SELECT a.atttypid::int FROM unnest(%s::text[]) WITH ORDINALITY AS c(name, n) "
-    "JOIN pg_attribute a ON a.attrelid = 'records'::regclass AND a.attname = c.name ORDER BY c.n"
+    "SELECT a.atttypid::int FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS c(tab, name, n) "
+    "JOIN pg_attribute a ON a.attrelid = c.tab::regclass AND a.attname = c.name ORDER BY c.n"
 )
+#: The sessions' columns the upsert compares (``RUN_NOT_EARLIER``), their types read with the
+#: records' (``_COLUMN_TYPES``).
+_SESSION_TIMES = ("started_at", "ended_at")
+_TEXT = 25
 #: Binary COPY sends each value as its column's type, which is right only for the types the
 #: migrations make (text, bigint, smallint, double precision). A column an admin changed (tags
 #: made jsonb, timestamp made timestamptz) would get the JSON text as one jsonb string, or fail
@@ -211,7 +215,17 @@ _UPSERT_SESSION = (
         if column not in SESSION_TOTALS
     )
     + " WHERE "
-    + RUN_NOT_EARLIER.format(collate=' COLLATE "C"')
+)
+#: ``RUN_NOT_EARLIER`` on the sink's own text columns: their ISO texts compared bytewise.
+_TEXT_TIMES_NOT_EARLIER = RUN_NOT_EARLIER.format(collate=' COLLATE "C"')
+#: The same rule where an admin made ``started_at`` or ``ended_at`` a ``timestamptz`` (or
+#: ``timestamp``), as team.md allows for ``records.timestamp``: a collation on such a column
+#: refused every session row ("collations are not supported by type timestamp with time zone").
+#: Compared as instants; the sink's ISO texts (``...Z``) read as the same instants.
+_INSTANTS_NOT_EARLIER = (
+    "excluded.started_at::timestamptz >= sessions.started_at::timestamptz"
+    " OR excluded.ended_at IS NULL"
+    " OR excluded.ended_at::timestamptz > sessions.started_at::timestamptz"
 )
 _PART_COLUMNS = ("session_id", "part", *SESSION_TOTALS)
 _UPSERT_PART = (
@@ -472,6 +486,7 @@ class PostgresSink:
         self._watch: Any = None  # the writer's watchdog (``_with_retry``), made at first use
         self._types: list[int] = []  # of the COPY columns, read on connecting
         self._format = _BINARY  # or "" (text) when one of those types is not the schema's
+        self._upsert_session = _UPSERT_SESSION + _TEXT_TIMES_NOT_EARLIER  # set on connecting
 
     def __repr__(self) -> str:  # never the DSN: it may hold a password
         return f"PostgresSink(schema={self.schema!r})"
@@ -569,7 +584,7 @@ class PostgresSink:
             parts_before = {(id_, part): totals for id_, part, *totals in cur.fetchall()}
             owned = [_pg_row(_session_row(s), _SESSION_JSON) for s in sessions if not s.inherited]
             if owned:
-                cur.executemany(_UPSERT_SESSION, owned)
+                cur.executemany(self._upsert_session, owned)
             cur.executemany(_UPSERT_PART, [_pg_row(_part_row(s), ()) for s in latest.values()])
             cur.execute(_READ_FEW_PARTS, [ids])
             few = {id_ for (id_,) in cur.fetchall()}
@@ -620,16 +635,28 @@ class PostgresSink:
         if self._conn is not None:
             self._drop_connection()
         conn = self._open()
+        columns = [("records", name) for name in RECORD_COLUMNS]
+        columns += [("sessions", name) for name in _SESSION_TIMES]
         try:
-            found = conn.execute(_COLUMN_TYPES, (list(RECORD_COLUMNS),)).fetchall()
+            found = conn.execute(
+                _COLUMN_TYPES, ([table for table, _ in columns], [name for _, name in columns])
+            ).fetchall()
         except BaseException:
             conn.close()
             raise
-        if len(found) != len(RECORD_COLUMNS):
+        if len(found) != len(columns):
             conn.close()
-            raise RuntimeError(f"table {self.schema}.records lacks some of {RECORD_COLUMNS}")
-        self._types = [oid for (oid,) in found]
+            raise RuntimeError(
+                f"table {self.schema}.records lacks some of {RECORD_COLUMNS}, "
+                f"or {self.schema}.sessions some of {_SESSION_TIMES}"
+            )
+        types = [oid for (oid,) in found]
+        self._types = types[: len(RECORD_COLUMNS)]
         self._format = _BINARY if _BINARY_TYPES.issuperset(self._types) else ""
+        text_times = all(oid == _TEXT for oid in types[len(RECORD_COLUMNS) :])
+        self._upsert_session = _UPSERT_SESSION + (
+            _TEXT_TIMES_NOT_EARLIER if text_times else _INSTANTS_NOT_EARLIER
+        )
         self._conn, self._pid = conn, os.getpid()
         return conn
 
