@@ -526,6 +526,64 @@ def test_a_role_given_the_documented_privileges_writes_and_keeps_budgets(pg_dsn:
     assert query(pg_dsn, "SELECT status FROM sessions") == [("completed",)]
 
 
+def _schema_of_an_earlier_version(dsn: str, version: int) -> None:
+    """The tokenmeter schema as the release at ``version`` made it (its first migrations)."""
+    from tokenmeter.sinks.postgres import _MIGRATIONS
+
+    with psycopg.connect(dsn) as conn:
+        conn.execute("CREATE SCHEMA tokenmeter")
+        conn.execute("SET search_path = tokenmeter")
+        conn.execute(
+            "CREATE TABLE tokenmeter_schema "
+            "(version INTEGER NOT NULL, migrated_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        for number, migrate in enumerate(_MIGRATIONS[:version], start=1):
+            migrate(conn)
+            conn.execute("INSERT INTO tokenmeter_schema (version) VALUES (%s)", (number,))
+
+
+def test_a_writer_role_through_an_upgrade_as_documented(pg_dsn: str) -> None:
+    """docs/team.md's writing role after a tokenmeter upgrade that adds a table: when its process
+    ran the new version first, every write failed with "permission denied for database
+    postgres" (all set aside at exit), naming neither the migration nor the schema's owner; when
+    the owner migrated first, the documented grants did not cover session_parts. The error now
+    says what to do, and the documented ALTER DEFAULT PRIVILEGES covers the new table."""
+    role = f"tm_writer_{uuid.uuid4().hex[:8]}"
+    database = pg_dsn.rsplit("dbname=", 1)[1]
+    _schema_of_an_earlier_version(pg_dsn, SCHEMA_VERSION - 1)
+    query(pg_dsn, f"CREATE ROLE {role} LOGIN")
+    try:
+        query(pg_dsn, f"REVOKE CREATE ON DATABASE {database} FROM PUBLIC")
+        query(pg_dsn, f"GRANT USAGE ON SCHEMA tokenmeter TO {role}")
+        query(pg_dsn, f"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA tokenmeter TO {role}")
+        query(pg_dsn, f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA tokenmeter TO {role}")
+        for kind, privileges in (("TABLES", "SELECT, INSERT, UPDATE"), ("SEQUENCES", "USAGE")):
+            query(
+                pg_dsn,
+                f"ALTER DEFAULT PRIVILEGES IN SCHEMA tokenmeter GRANT {privileges} "
+                f"ON {kind} TO {role}",
+            )
+        writer = PostgresSink(pg_dsn.replace("user=tm", f"user={role}"))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as refused:
+            writer.write([build_record(0)])  # the writer's process first: it cannot migrate
+        assert str(refused.value).startswith(
+            f"schema 'tokenmeter' is at version {SCHEMA_VERSION - 1}, this tokenmeter needs "
+            f"{SCHEMA_VERSION}: run it once as the schema's owner to migrate"
+        )
+        admin = PostgresSink(pg_dsn)
+        admin.write([build_record(1)])  # the owner's process migrates
+        admin.close()
+        writer.write([build_record(0)])
+        started = SessionInfo(id="s1", name="demo", started_at=START, calls=1)
+        writer.write_sessions([started.model_copy(update={"status": "completed"})])
+        writer.close()
+    finally:
+        query(pg_dsn, f"DROP OWNED BY {role}")
+        query(pg_dsn, f"DROP ROLE {role}")
+    assert count(pg_dsn) == 2
+    assert query(pg_dsn, "SELECT status, calls FROM sessions") == [("completed", 1)]
+
+
 def test_a_client_encoding_set_for_the_application_stores_any_text(
     pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -744,8 +744,25 @@ def _version(conn: psycopg.Connection[Any], schema: str) -> tuple[int, bool]:
 
 def _migrate(conn: psycopg.Connection[Any], schema: str) -> None:
     """Bring ``schema`` to ``SCHEMA_VERSION``; ValueError for a schema written by a newer one."""
-    if _version(conn, schema) == (SCHEMA_VERSION, True):
+    found = _version(conn, schema)
+    if found == (SCHEMA_VERSION, True):
         return
+    try:
+        _migrate_locked(conn, schema)
+    except _psycopg().errors.InsufficientPrivilege as exc:
+        if not 0 < found[0] < SCHEMA_VERSION:
+            raise
+        # A writing role given team.md's grants cannot migrate the schema an admin made: the
+        # error said only "permission denied for database postgres", at every write.
+        raise type(exc)(
+            f"schema {schema!r} is at version {found[0]}, this tokenmeter needs "
+            f"{SCHEMA_VERSION}: run it once as the schema's owner to migrate, and grant this "
+            f"role the new tables (docs/team.md, Privileges) ({exc})"
+        ) from exc
+
+
+def _migrate_locked(conn: psycopg.Connection[Any], schema: str) -> None:
+    """``_migrate``'s work, in one transaction under the migration lock."""
     with conn.transaction():
         # One process migrates; the others wait here, then find the work done.
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
