@@ -219,43 +219,15 @@ def _attribute_room() -> int | None:
     return room
 
 
-#: What a span too small for every attribute leaves out after the tags, in this order:
-#: tokenmeter's own that the record, the conventions' attributes and the metrics say too, then
-#: the conventions' optional ones. A low ``OTEL_ATTRIBUTE_COUNT_LIMIT`` (16) made the SDK drop
-#: the oldest attributes, the Required ``gen_ai.operation.name``, ``gen_ai.provider.name`` and
-#: ``gen_ai.request.model``, and keep these.
-_LEFT_OUT_NEXT = (
-    "tokenmeter.streamed",
-    "tokenmeter.estimated",
-    "tokenmeter.record.id",
-    "tokenmeter.provider",
-    "tokenmeter.operation",
-    "tokenmeter.cost.source",
-    "tokenmeter.session.name",
-    "gen_ai.system",  # deprecated: gen_ai.provider.name says it
-    "session.id",  # gen_ai.conversation.id says it
-)
-#: The usage counts a span keeps longest: the other ``gen_ai.usage.*`` are their parts.
-_USAGE_TOTALS = ("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens")
-
-
-def _left_out_order(attrs: dict[str, Any]) -> list[str]:
-    """The keys of ``attrs``, the first to leave out first: the tags (the first ones first), the
-    optional attributes (``_LEFT_OUT_NEXT``, the usage parts), then the rest from the last set
-    back, so the conventions' Required attributes, set first, go last."""
-    order = [key for key in attrs if key.startswith("tokenmeter.tag.")]
-    order += [key for key in _LEFT_OUT_NEXT if key in attrs]
-    order += [key for key in attrs if key.startswith("gen_ai.usage.") and key not in _USAGE_TOTALS]
-    chosen = set(order)
-    return order + [key for key in reversed(attrs) if key not in chosen]
-
-
 def _within(attrs: dict[str, Any], room: int) -> dict[str, Any]:
-    """``attrs`` without the ``len(attrs) - room`` first of ``_left_out_order``: never more than
-    the span holds, since the SDK drops the oldest itself, the conventions' Required attributes
-    first, with a warning for each (891 lines for a record with 1,000 tags)."""
-    left_out = set(_left_out_order(attrs)[: len(attrs) - room])
-    return {key: value for key, value in attrs.items() if key not in left_out}
+    """``attrs`` without their first tags past ``room``: the SDK drops the oldest attributes
+    itself, with a warning for each (891 lines for a record with 1,000 tags)."""
+    excess = len(attrs) - room
+    return {
+        key: value
+        for index, (key, value) in enumerate(attrs.items())
+        if index >= excess or not key.startswith("tokenmeter.tag.")
+    }
 
 
 def _by_modality(total: int, modalities: dict[str, int], side: str) -> list[tuple[str, int]]:
