@@ -432,7 +432,9 @@ def test_unencodable_text_is_replaced_when_printed(
     code, out, err = cli(*command, "--source", str(path))
     assert code == 0, err
     assert err == ""
-    if command[0] in ("report", "tail") and "json" not in command:
+    # By session, a store with a sessions table names the session by its stored name.
+    named_by_the_store = kind == "sqlite" and "session" in command
+    if command[0] in ("report", "tail") and "json" not in command and not named_by_the_store:
         assert "gpt\ufffd" in out or "chat\ufffd" in out
     assert not any("\ud800" <= ch <= "\udfff" for ch in out)
 
