@@ -264,6 +264,27 @@ def test_a_wrong_url_is_one_line_without_the_password(cli: RunCli, pg_dsn: str) 
     assert err.strip().count("\n") == 0
 
 
+@pytest.mark.parametrize("command", ["report", "sessions", "tail", "alerts"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        " postgresql://reader:hunter2@db.internal/llm_usage",  # pasted with a space before it
+        "host=db.internal user=reader password=hunter2 dbnme=llm_usage",  # a misspelt keyword
+        "host=db.internal password='hunter2 dbname=llm_usage",  # a quote left open
+    ],
+)
+def test_a_connection_string_that_does_not_parse_is_never_echoed(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, source: str
+) -> None:
+    """A source that names no file and that libpq would not take was read as a file path, and
+    "no usage data at host=db.internal user=reader password=hunter2 ..." printed its password."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(command, "--source", source)
+    assert (code, out) == (2, "")
+    assert "hunter2" not in err and "Traceback" not in err
+    assert "not a PostgreSQL connection string that parses" in err
+
+
 @pytest.mark.parametrize("query", ["?application_name=%ff", "?password=hunter2%ff"])
 def test_a_url_whose_escapes_are_not_utf8_is_one_line(cli: RunCli, pg_dsn: str, query: str) -> None:
     """libpq decodes %-escapes to bytes, which psycopg then decodes as UTF-8: %ff raised a

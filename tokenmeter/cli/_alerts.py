@@ -15,7 +15,12 @@ from typing import Any
 
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._output import one_line, write_output
-from tokenmeter.cli._postgres import display_name, is_postgres_url, keyword_dsn_url
+from tokenmeter.cli._postgres import (
+    display_name,
+    is_postgres_url,
+    keyword_dsn_url,
+    refuse_unparsed_dsn,
+)
 from tokenmeter.cli._source import (
     SQLITE_MAGIC,
     default_directory,
@@ -56,6 +61,7 @@ def _refuse_postgres(source: str) -> None:
             return
         url = keyword_dsn_url(source)
         if url is None:
+            refuse_unparsed_dsn(source)
             return
         source = url
     try:

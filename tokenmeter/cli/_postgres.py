@@ -41,6 +41,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, TypeGuard
 from urllib.parse import SplitResult, parse_qs, quote, urlencode, urlsplit
 
+from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._validate import COUNT_FIELDS
 from tokenmeter.sinks.postgres import (
     _DEFAULT_CONNECT_TIMEOUT_S,
@@ -54,6 +55,7 @@ __all__ = [
     "is_postgres",
     "is_postgres_url",
     "keyword_dsn_url",
+    "refuse_unparsed_dsn",
     "split_schema",
 ]
 
@@ -93,6 +95,29 @@ _RECONNECT_WAITS = (0, 0.5, 1, 2, 4, 8, 15, 30)
 
 def is_postgres_url(value: str | None) -> bool:
     return bool(value) and str(value).lower().startswith(_SCHEMES)
+
+
+#: What only a connection string holds: a URL's scheme, or a libpq keyword that carries a secret
+#: or a server (``password=``, ``host=``, ...) set with ``=``.
+_LOOKS_LIKE_DSN = re.compile(
+    r"^\s*[A-Za-z][A-Za-z0-9+.-]*://|(?:^|\s)(?:password|passfile|host|hostaddr|dbname|user|port|"
+    r"sslmode|service)\s*=",
+    re.IGNORECASE,
+)
+
+
+def refuse_unparsed_dsn(value: str, option: str = "--source") -> None:
+    """A value that names no file but reads as a connection string libpq would not take (a
+    misspelt keyword, a quote left open, a URL after a space) is refused here, without echoing
+    it: taken for a file path, the message "no usage data at ..." printed its password."""
+    if os.path.lexists(value) or not _LOOKS_LIKE_DSN.search(value):
+        return
+    raise CliError(
+        f"{option} names no file and is not a PostgreSQL connection string that parses (a "
+        "postgresql:// URL, or libpq's keyword=value form); it is not shown, as it may hold a "
+        "password",
+        exit_code=2,
+    )
 
 
 def keyword_dsn_url(dsn: str) -> str | None:

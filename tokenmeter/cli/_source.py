@@ -32,6 +32,7 @@ from tokenmeter.cli._postgres import (
     display_name,
     is_postgres_url,
     keyword_dsn_url,
+    refuse_unparsed_dsn,
 )
 from tokenmeter.cli._validate import BadRecord, check_record
 from tokenmeter.cli.reports._sql import EXACT_SUM, ExactSum
@@ -175,6 +176,8 @@ def resolve_source(value: str | None) -> Source:
     read as the URL it stands for."""
     if value and not is_postgres_url(value) and not os.path.lexists(value):
         value = keyword_dsn_url(value) or value
+        if not is_postgres_url(value):
+            refuse_unparsed_dsn(value)
     if value and is_postgres_url(value):
         try:
             name = display_name(value)
