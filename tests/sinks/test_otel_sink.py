@@ -209,6 +209,49 @@ def test_a_record_with_more_tags_than_a_span_holds_keeps_its_genai_attributes(
     assert "tokenmeter.tag.k000" not in got
 
 
+@pytest.mark.parametrize("limit", [0, 2, 4, 6, 16])
+def test_a_low_attribute_limit_keeps_the_conventions_names_and_the_whole_metrics(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    """With ``OTEL_ATTRIBUTE_COUNT_LIMIT=16`` a span without tags kept tokenmeter's own
+    attributes and lost the conventions' operation, provider and model (the SDK drops the
+    oldest). The conventions' naming attributes go last; the span's name and the metrics are
+    made of the whole set, not what the span holds (a failed call's duration kept its
+    ``error.type``)."""
+    from opentelemetry.sdk.trace import SpanLimits
+
+    from tokenmeter.sinks.otel import OTelSink
+
+    monkeypatch.setenv("OTEL_ATTRIBUTE_COUNT_LIMIT", str(limit))
+    failed = build_record(
+        1,
+        status="error",
+        error="RateLimitError",
+        input_tokens=0,
+        output_tokens=0,
+        total_tokens=0,
+        estimated_cost_usd=None,
+        cost_breakdown=None,
+        session_id="checkout-1",
+        tags={"feature": "cart"},
+    )
+    sink = OTelSink()
+    sink.write([build_record(0, session_id="checkout-1"), failed])
+    sink.close()
+    [ok_span, failed_span] = sorted(receiver.spans(), key=lambda span: span.start_time_unix_nano)
+    assert ok_span.name == failed_span.name == "chat gpt-4o"
+    room = SpanLimits().max_span_attributes
+    kept = ["gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model"]
+    for span, naming in ((ok_span, kept), (failed_span, [*kept, "error.type"])):
+        got = attributes(span.attributes)
+        assert len(got) == room
+        assert set(naming[:room]) <= set(got)
+    durations = _points_by("gen_ai.client.operation.duration", receiver, "error.type")
+    assert durations[None].count == 1 and durations["RateLimitError"].count == 1
+    [used] = receiver.metric_points("gen_ai.client.token.usage")[:1]
+    assert attributes(used.attributes)["gen_ai.request.model"] == "gpt-4o"
+
+
 def test_providers_have_the_conventions_well_known_names(receiver: OtlpReceiver) -> None:
     """xAI, Mistral, Azure OpenAI and Bedrock calls went out under tokenmeter's own names
     (``x-ai``, ``mistral``, ``azure``, ``aws``), which the conventions' well-known values

@@ -219,15 +219,30 @@ def _attribute_room() -> int | None:
     return room
 
 
+#: The conventions' attributes a span keeps longest when it holds few (a low
+#: ``OTEL_ATTRIBUTE_COUNT_LIMIT``): what names the call and whether it failed.
+_KEPT_LONGEST = (
+    "gen_ai.operation.name",
+    "gen_ai.provider.name",
+    "gen_ai.request.model",
+    "error.type",
+)
+
+
 def _within(attrs: dict[str, Any], room: int) -> dict[str, Any]:
-    """``attrs`` without their first tags past ``room``: the SDK drops the oldest attributes
-    itself, with a warning for each (891 lines for a record with 1,000 tags)."""
+    """``attrs`` cut to ``room`` before the span is made: the SDK would drop the oldest itself,
+    the conventions' first, with a warning for each (891 lines for a record with 1,000 tags).
+    Left out first: the first tags; then tokenmeter's own attributes, the last first; then the
+    conventions' others, the last first; then those of ``_KEPT_LONGEST``, the last first."""
     excess = len(attrs) - room
-    return {
-        key: value
-        for index, (key, value) in enumerate(attrs.items())
-        if index >= excess or not key.startswith("tokenmeter.tag.")
-    }
+    tags = [key for key in attrs if key.startswith("tokenmeter.tag.")]
+    own = [key for key in attrs if key.startswith("tokenmeter.") and key not in tags]
+    others = [key for key in attrs if not key.startswith("tokenmeter.")]
+    kept_longest = [key for key in others if key in _KEPT_LONGEST]
+    conventions = [key for key in others if key not in _KEPT_LONGEST]
+    order = [*tags, *reversed(own), *reversed(conventions), *reversed(kept_longest)]
+    left_out = set(order[: max(excess, 0)])
+    return {key: value for key, value in attrs.items() if key not in left_out}
 
 
 def _by_modality(total: int, modalities: dict[str, int], side: str) -> list[tuple[str, int]]:
@@ -498,13 +513,14 @@ class OTelSink:
                     # the batch it is in. It is exported at the nearest time OTLP holds.
                     start_ns, end_ns = (min(max(ns, 0), _MAX_NS) for ns in (start_ns, end_ns))
                 attrs = span_attributes(record, latest=latest)
-                if room is not None and len(attrs) > room:
-                    attrs = _within(attrs, room)
+                # Only the span's attributes are cut to its room: the span's name and the
+                # metrics' dimensions are made of the whole set.
+                held = attrs if room is None or len(attrs) <= room else _within(attrs, room)
                 span = self._tracer.start_span(
                     f"{attrs['gen_ai.operation.name']} {attrs['gen_ai.request.model']}",
                     context=parent,
                     kind=client,
-                    attributes=attrs,
+                    attributes=held,
                     start_time=start_ns,
                 )
                 if record.status != "ok" and record.error != UNREADABLE_USAGE:
