@@ -875,6 +875,36 @@ def test_a_state_file_that_is_one_of_tokenmeters_own_files_is_refused(
     assert (tmp_path / "meter" / "state.md").read_text().count("TOKEN_TRACKING") == 1
 
 
+def test_a_state_file_that_is_a_directory_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``state_file=<a directory>`` was taken, from every layer: each session's line then failed
+    on the writer (IsADirectoryError) and was set aside in quarantine.jsonl, none ever written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "states").mkdir()
+    (tmp_path / "notes.txt").write_text("")
+    for state_file, kind in (
+        ("states", "a directory"),
+        (tmp_path / "states", "a directory"),
+        ("notes.txt/state.md", "a path under a file"),
+    ):
+        with pytest.raises(ValueError) as excinfo:
+            tokenmeter.configure(state_file=state_file)
+        assert one_line_value_error(excinfo).startswith(
+            f"tokenmeter setting 'state_file' from configure(): must be a file or nothing yet, "
+            f"got {kind}"
+        )
+        monkeypatch.setenv("TOKENMETER_STATE_FILE", os.fspath(state_file))
+        with pytest.raises(ValueError, match="'state_file' from TOKENMETER_STATE_FILE"):
+            tokenmeter.configure()
+        monkeypatch.delenv("TOKENMETER_STATE_FILE")
+    (tmp_path / "pyproject.toml").write_text('[tool.tokenmeter]\nstate_file = "states"\n')
+    with pytest.raises(ValueError, match=r"'state_file' from .*pyproject\.toml.*a directory"):
+        tokenmeter.configure()
+    (tmp_path / "pyproject.toml").unlink()
+    tokenmeter.configure(state_file="states/state.md")  # a file in it: taken
+
+
 def test_a_state_file_that_is_the_file_of_a_sink_given_as_an_object_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -230,6 +230,14 @@ class Settings(BaseModel):
     @field_validator("state_file", mode="after")
     @classmethod
     def _not_our_data(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        from tokenmeter.sinks._files import wrong_kind  # the sinks' own rule
+
+        # A directory there (or a path under a file) was taken, and every session's line
+        # failed on the writer and was set aside. A pipe or a device is kept: a FIFO with a
+        # reader, /dev/stderr, takes the lines.
+        kind = None if value is None else wrong_kind(value, "file")
+        if kind in ("a directory", "a path under a file", "a loop of symbolic links"):
+            raise ValueError(f"must be a file or nothing yet, got {kind}: {short_repr(str(value))}")
         # Two writers on one file: the state lines appended to usage.db were cut away at
         # SQLite's checkpoint, or made it a text file that refused every record.
         directory = info.data.get("directory")  # absent: refused itself
