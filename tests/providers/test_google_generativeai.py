@@ -636,6 +636,29 @@ async def test_async_stream_left_early_is_recorded_once_when_dropped(
 
 
 @pytest.mark.usefixtures("instrumented")
+def test_async_stream_left_early_as_asyncio_run_ends_is_not_an_error(
+    grpc_address: str, sink: InMemorySink
+) -> None:
+    """Broken out of just before ``asyncio.run()`` returns: the loop's shutdown cancels the task
+    closing the abandoned generator, and that CancelledError arrives at the chunk handed to the
+    caller. It is the caller's side ending, not the call failing: recorded ok, as when the loop
+    runs on (it was an error record, CancelledError)."""
+
+    async def main() -> None:
+        response = await _async_model(grpc_address).generate_content_async("hi", stream=True)
+        async for _ in response:
+            break
+        del response
+
+    asyncio.run(main())
+    gc.collect()
+
+    record = only(flushed(sink))
+    assert (record.status, record.error, record.streamed) == ("ok", None, True)
+    assert record.output_tokens == TWO_THIRDS  # the SDK read one chunk ahead
+
+
+@pytest.mark.usefixtures("instrumented")
 async def test_async_stream_failing_part_way_is_one_error_record(
     grpc_address: str, sink: InMemorySink
 ) -> None:

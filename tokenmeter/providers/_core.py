@@ -988,8 +988,13 @@ class SyncIterableProxy(_StreamProxyBase):
         """What ``for chunk in stream`` runs: a generator over the SDK's own iterator, cheaper per
         chunk than ``__next__`` (no method calls of ours or the SDK's per chunk). Leaving the loop
         early closes this generator, not the stream: the record waits for the stream's end, close
-        or collection, as with ``next()``, so a caller may peek and then iterate again."""
+        or collection, as with ``next()``, so a caller may peek and then iterate again.
+
+        Only what the SDK's iteration raises fails the call. What arrives at the ``yield`` (the
+        caller's ``close()`` or ``throw()``) is the caller's side ending this loop, like a
+        ``break``: the call stays open for its end, close or collection."""
         call, feed = self._self_call, self._self_feed
+        handed = False  # True while the caller holds a chunk (suspended at the ``yield``)
         try:
             for chunk in self.__wrapped__:
                 try:
@@ -998,11 +1003,12 @@ class SyncIterableProxy(_StreamProxyBase):
                     self._self_fault()
                     hide = False
                 if not hide:
+                    handed = True
                     yield chunk
-        except GeneratorExit:
-            raise
+                    handed = False
         except BaseException as exc:
-            call.finish(exc)
+            if not handed:
+                call.finish(exc)
             raise
         call.ended()
 
@@ -1110,7 +1116,12 @@ class AsyncIterableProxy(_StreamProxyBase):
         return self._self_aiterate()
 
     async def _self_aiterate(self) -> Any:
+        """As ``SyncIterableProxy._self_iterate``: what arrives at the ``yield`` is the caller's
+        side, not the call's. A loop broken out of as ``asyncio.run()`` ends has the closing of
+        this generator cancelled at shutdown: that CancelledError, thrown in at the ``yield``,
+        is no failure of the call (it was recorded as one)."""
         call, feed = self._self_call, self._self_feed
+        handed = False  # True while the caller holds a chunk (suspended at the ``yield``)
         try:
             async for chunk in self.__wrapped__:
                 try:
@@ -1119,11 +1130,12 @@ class AsyncIterableProxy(_StreamProxyBase):
                     self._self_fault()
                     hide = False
                 if not hide:
+                    handed = True
                     yield chunk
-        except GeneratorExit:
-            raise
-        except BaseException as exc:  # CancelledError included: recorded as an error
-            call.finish(exc)
+                    handed = False
+        except BaseException as exc:  # the SDK's CancelledError included: recorded as an error
+            if not handed:
+                call.finish(exc)
             raise
         call.ended()
 
