@@ -49,7 +49,7 @@ from tokenmeter.guardrails import _budgets, _state
 from tokenmeter.pricing._engine import CostFields, cost_fields
 from tokenmeter.pricing._overrides import short_repr
 from tokenmeter.pricing._source import KNOWN_TIERS, known_tier, split_tier
-from tokenmeter.usage import extract
+from tokenmeter.usage import extract, with_model_fees
 from tokenmeter.usage._read import priced_tier
 
 __all__ = ["NOTHING_USED", "emit", "emit_call", "record", "record_response"]
@@ -601,11 +601,12 @@ def record_response(
     model_name = plain_str(found.model) if found.model else model
     if not model_name:
         raise ValueError("the response names no model: pass model=")
+    usage = found.usage if found.model else with_model_fees(found, model_name)
     return _returned(
         emit(
             found.provider,
             model_name,
-            found.usage,
+            usage,
             request_model=model or model_name,
             operation=found.operation,
             tier=found.tier,

@@ -593,6 +593,65 @@ def test_a_chat_search_model_is_billed_one_web_search_a_completion(
     assert record.estimated_cost_usd == tokens.total_usd + Decimal("0.025")
 
 
+@pytest.mark.parametrize("how", ["reply", "stream", "record_response"])
+def test_a_chat_search_model_whose_answer_names_no_model_is_billed_its_web_search(
+    kit: Any, records: Records, how: str
+) -> None:
+    """A compatible server that answers ``"model": ""``, or a stored body without ``model``
+    given to ``record_response(..., model=...)``: the search fee was decided from the body's
+    model alone and dropped, $0.00075 recorded for a $0.02575 gpt-4o-mini-search-preview call.
+    The record is priced at the model asked, and so is its search."""
+    model = "gpt-4o-mini-search-preview"
+    usage = {"prompt_tokens": 1000, "completion_tokens": 1000, "total_tokens": 2000}
+    if how == "record_response":
+        body = kit.chat_body(usage)
+        del body["model"]
+        record = tokenmeter.record_response(body, provider="openai", model=model)
+    else:
+        streamed = how == "stream"
+        body = kit.chat_body(usage, model="")
+        reply = kit.sse_response(kit.chat_sse(3, usage, model="")) if streamed else None
+        client = kit.mock_openai(lambda request: reply or json_reply(kit.http, body))
+        answer = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}], stream=streamed
+        )
+        if streamed:
+            list(answer)
+        record = only(records())
+    assert record.model_name == model
+    assert record.tool_requests == {"web_search_preview": 1}
+    assert record.estimated_cost_usd == Decimal("0.02575")  # $0.15 + $0.60 per M, + $25 / 1,000
+
+
+@pytest.mark.requires(google_genai=">=1.46")
+@pytest.mark.parametrize("how", ["reply", "stream", "record_response"])
+def test_gemini_grounding_without_model_version_is_billed_per_prompt_of_the_model_asked(
+    kit: Any, records: Records, how: str
+) -> None:
+    """Gemini 2.x bills grounding once per grounded prompt. An answer without ``modelVersion``
+    (a proxy that drops it, a stored body given to ``record_response(..., model=...)``) was
+    billed per search query: 3 x $35 / 1,000, $0.1078 recorded for a $0.0378 call, on a record
+    whose model is gemini-2.5-flash."""
+    model = "gemini-2.5-flash"
+    usage = {"promptTokenCount": 1000, "candidatesTokenCount": 1000, "totalTokenCount": 2000}
+    body = _gemini_body(model, usage, {"text": "hello"})
+    del body["modelVersion"]
+    body["candidates"][0]["groundingMetadata"] = {"webSearchQueries": ["q1", "q2", "q3"]}
+    if how == "record_response":
+        record = tokenmeter.record_response(body, provider="google", model=model)
+    elif how == "stream":
+        client = mock_genai(lambda request: sse_reply(kit.http, [(None, body)]))
+        for _ in client.models.generate_content_stream(model=model, contents="news?"):
+            pass
+        record = only(records())
+    else:
+        _gemini(kit, body).models.generate_content(model=model, contents="news?")
+        record = only(records())
+    assert record.model_name == model
+    assert record.tool_requests == {"web_search": 1}
+    assert record.estimated_cost_usd == Decimal("0.0378")  # $0.30 + $2.50 per M, + $35 / 1,000
+
+
 @pytest.mark.parametrize("streamed", [False, True], ids=["reply", "stream"])
 def test_a_chat_search_model_that_reports_no_usage_is_estimated_with_its_web_search(
     kit: Any, records: Records, streamed: bool

@@ -43,7 +43,7 @@ from tokenmeter._models import UNREADABLE_USAGE, Usage
 from tokenmeter._record import NOTHING_USED, emit_call
 from tokenmeter._sessions import Session, session_of_record
 from tokenmeter.guardrails import _budgets, _state
-from tokenmeter.usage import Extracted
+from tokenmeter.usage import Extracted, with_model_fees
 
 __all__ = [
     "Adapter",
@@ -236,7 +236,10 @@ class Call:
         """Keep the latest reading (stream usage is cumulative: overwrite, never add)."""
         if found is None:
             return
-        self.usage = found.usage
+        if found.model:
+            self.usage = found.usage
+        else:  # the fees that depend on the model: the one the call will be recorded at
+            self.usage = with_model_fees(found, self.model or self.request_model)
         self.model = found.model or self.model
         self.tier = found.tier or self.tier
         self.request_id = found.request_id or self.request_id

@@ -212,7 +212,9 @@ def _add_call(add: Callable[[Any], None], function: Any) -> None:
 
 
 def _read_usage(chunk: Any, usage: Any, call: Call) -> None:
-    call.usage = with_chat_search(usage_from_openai(usage), call.model)
+    # A chunk's blank model (a compatible server's ``"model": ""``) names none: the one asked
+    # for decides the search fee, as it names the record.
+    call.usage = with_chat_search(usage_from_openai(usage), call.model or call.request_model)
     call.tier = tier_from_openai(getattr(chunk, "service_tier", None))
 
 

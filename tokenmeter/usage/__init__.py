@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from tokenmeter._models import short_repr
+from tokenmeter._models import Usage, short_repr
 from tokenmeter._registry import canonical, family_of
 from tokenmeter.usage._read import field
 from tokenmeter.usage._types import Extracted
@@ -17,8 +17,18 @@ from tokenmeter.usage.anthropic import (
     from_anthropic_response,
     usage_from_anthropic,
 )
-from tokenmeter.usage.google import batch_result_response, from_gemini_response, usage_from_gemini
-from tokenmeter.usage.openai import batch_result_body, from_openai_response, usage_from_openai
+from tokenmeter.usage.google import (
+    batch_result_response,
+    billed_searches,
+    from_gemini_response,
+    usage_from_gemini,
+)
+from tokenmeter.usage.openai import (
+    batch_result_body,
+    from_openai_response,
+    usage_from_openai,
+    with_chat_search,
+)
 
 __all__ = [
     "Extracted",
@@ -30,6 +40,7 @@ __all__ = [
     "usage_from_anthropic",
     "usage_from_gemini",
     "usage_from_openai",
+    "with_model_fees",
 ]
 
 _READERS = {
@@ -82,3 +93,28 @@ def extract(response: Any, provider: str | None = None) -> Extracted | None:
             f"unknown provider {short_repr(provider)}: expected one of openai, anthropic, google"
         )
     return reader(response, canonical(detected))
+
+
+def with_model_fees(found: Extracted, model: str | None) -> Usage:
+    """``found``'s usage with the fees that depend on the model decided by ``model``: the one the
+    call is recorded at when the response names none (a gateway that drops Gemini's
+    ``modelVersion`` or answers ``"model": ""``, a stored body given to ``record_response`` with
+    ``model=``). The readers decide them from the body's model alone, which left Gemini 1.x/2.x
+    grounding billed per query instead of per grounded prompt, and a search-preview model's
+    per-completion search unbilled.
+
+    A reader given no model counts every grounding query, and ``with_chat_search`` adds nothing
+    twice: deciding them again here is safe."""
+    usage = found.usage
+    if not model or found.model:
+        return usage
+    if found.operation == "chat.completions":
+        return with_chat_search(usage, model)
+    searches = usage.tool_requests.get("web_search")
+    if searches and family_of(found.provider) == "google":
+        billed = billed_searches(searches, model)
+        if billed != searches:
+            return usage.model_copy(
+                update={"tool_requests": {**usage.tool_requests, "web_search": billed}}
+            )
+    return usage
