@@ -363,6 +363,36 @@ def test_cache_writes_5m_and_1h_are_priced_separately() -> None:
     assert cost.total_usd == Decimal("0.11625")
 
 
+def test_claude_1h_cache_writes_are_twice_the_input_rate_in_every_table() -> None:
+    """Anthropic bills 1-hour cache writes at 2x the input rate on every platform. The Vertex,
+    Bedrock and OpenRouter entries without a 1-hour rate priced them at the 5-minute rate:
+    100k on claude-sonnet-4@20250514 were $0.375, not $0.60 (opus-4-1 on Vertex: $1.875, not
+    $3). Every Claude entry of every table, at standard and above any long-context tier."""
+    snapshot = genai_prices.data_snapshot.get_snapshot()
+    checked = 0
+    for provider in snapshot.providers:
+        for model in provider.models:
+            if "claude-" not in model.id:
+                continue
+            described = describe_price(provider.id, model.id, at=DAY)
+            if described is None or not described.input_per_mtok:
+                continue
+            rates = [described.rates] + [tier for _, tier in described.tiers]
+            for each in rates:
+                if each.cache_write_per_mtok == each.input_per_mtok:
+                    continue  # no prompt caching (claude-2): no write is ever billed
+                assert each.cache_write_1h_per_mtok == 2 * each.input_per_mtok, (
+                    provider.id,
+                    model.id,
+                )
+            checked += 1
+    assert checked > 40
+    writes = Usage(input_tokens=100_000, cache_write_tokens=100_000, cache_write_1h_tokens=100_000)
+    cost = price_usage("google", "claude-sonnet-4@20250514", writes, at=DAY)
+    assert cost.total_usd == Decimal("0.6")
+    assert cost.price_source == "tokenmeter-errata"
+
+
 def test_audio_tokens_use_audio_rates() -> None:
     # gemini-2.5-flash: text input $0.30, audio input $1.00, output $2.50
     usage = Usage(input_tokens=6000, input_audio_tokens=5000, output_tokens=200)

@@ -485,6 +485,39 @@ def _o3_launch_cache_rate(card: RateCard, requested: str, at: datetime) -> RateC
     return _mark(card, base=base.scaled(_by_side(cache_read=Decimal(5))))
 
 
+#: A Claude model as any table names it (``claude-opus-4-1@20250805``,
+#: ``anthropic.claude-sonnet-4-20250514-v1:0``, ``anthropic/claude-sonnet-4.5``).
+_CLAUDE = re.compile(r"(?:^|[./])claude-")
+_CLAUDE_1H_WRITE = Decimal(2)
+
+
+def _claude_1h_cache_writes(card: RateCard, requested: str, at: datetime) -> RateCard:
+    """Claude's 1-hour cache writes at twice the input rate, as Anthropic bills them on every
+    platform. genai-prices' Vertex, Bedrock and OpenRouter entries of several Claude models
+    (sonnet-4, opus-4-1, 3-5-haiku) have no 1-hour rate, and a card without one bills them at
+    the 5-minute rate (1.25x input): 100k such writes on Sonnet 4 were $0.375, not $0.60. Only
+    the base rates and tiers that bill them at a 5-minute rate of their own are changed."""
+    if not _CLAUDE.search(card.priced_model):
+        return card
+
+    def fixed(rates: Rates) -> Rates:
+        write = rates.cache_write_per_mtok
+        if rates.cache_write_1h_per_mtok != write or write == rates.input_per_mtok:
+            return rates  # a 1-hour rate of its own, or no caching (claude-2: writes as input)
+        return rates.with_rates(cache_write_1h_per_mtok=rates.input_per_mtok * _CLAUDE_1H_WRITE)
+
+    corrected = _each_rates(card, fixed)
+    if corrected == card:
+        return card
+    return replace(
+        corrected,
+        price_source=ERRATA_SOURCE if corrected.base != card.base else card.price_source,
+        tiers_price_source=ERRATA_SOURCE
+        if corrected.tiers != card.tiers
+        else card.tiers_price_source,
+    )
+
+
 #: OpenAI's models without reasoning (gpt-4o, gpt-4.1 and their minis), whose
 #: ``web_search_preview`` calls cost $25 per 1,000 (the search content's tokens free) where
 #: every other web search costs $10 (OpenAI's pricing page; genai-prices has one fee).
@@ -630,5 +663,6 @@ _DATA_CORRECTIONS: tuple[Callable[[RateCard, str, datetime], RateCard], ...] = (
     _gpt4o_realtime_first_snapshot,
     _gemini_1_5_flash_8b,
     _sonnet_4_long_context,
+    _claude_1h_cache_writes,  # after the long-context tier it may add
     _o3_launch_cache_rate,
 )
