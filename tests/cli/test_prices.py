@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from helpers import GENAI_PRICES_SOURCE
 
+import tokenmeter
+
 from .conftest import RunCli
 
 
@@ -138,3 +140,37 @@ def test_an_unpriced_name_is_not_suggested_as_its_own_correction(
         code, out, err = cli("prices", model)
         assert code == 1 and out == "" and "no price known" in err
         assert model.lower() not in err.lower().partition("did you mean")[2]
+
+
+#: A fine-tune's name as OpenAI gives it, for each ``ft:`` entry of the tables (genai-prices'
+#: and tokenmeter's errata): its base snapshot, then the organisation and the job's suffix.
+FINE_TUNES = [
+    "ft:gpt-3.5-turbo-0125:my-org::abc123",
+    "ft:gpt-4o-2024-08-06:my-org::abc123",
+    "ft:gpt-4o-mini-2024-07-18:my-org::abc123",
+    "ft:gpt-4.1-2025-04-14:my-org::abc123",
+    "ft:gpt-4.1-mini-2025-04-14:my-org::abc123",
+    "ft:gpt-4.1-nano-2025-04-14:my-org::abc123",
+]
+
+
+@pytest.mark.parametrize("model", FINE_TUNES)
+def test_a_fine_tune_without_provider_shows_the_rates_a_metered_call_pays(
+    cli: RunCli, model: str
+) -> None:
+    """``tokenmeter prices ft:gpt-4o-2024-08-06:...`` without ``--provider`` showed gpt-4o's
+    $2.50 / $10 and "fine-tune at base rates (no fine-tune price known)", where the table has
+    the fine-tune's $3.75 / $15 and a metered call (OpenAI's) pays them."""
+    code, out, _ = cli("prices", model, "--format", "json")
+    assert code == 0
+    shown = json.loads(out, parse_float=Decimal)
+    code, out, _ = cli("prices", model, "--provider", "openai", "--format", "json")
+    assert code == 0
+    with_provider = json.loads(out, parse_float=Decimal)
+    assert shown["priced_model"].startswith("ft:")
+    assert "base rates" not in shown["price_source"]
+    rates = shown["usd_per_million_tokens"]
+    assert rates == with_provider["usd_per_million_tokens"]
+    usage = {"input_tokens": 1_000_000, "output_tokens": 1_000_000}
+    paid = tokenmeter.price("openai", model, usage).total_usd
+    assert paid == rates["input_per_mtok"] + rates["output_per_mtok"]

@@ -674,19 +674,30 @@ def _with_alias(names: list[str]) -> list[str]:
 
 
 def _find_in_table(provider: str | None, names: list[str]) -> PricedModel | None:
-    """Every spelling with the caller's provider first, then by name alone."""
+    """Every spelling with the caller's provider first, then by name alone, then (without a
+    provider: the CLI, a response of unknown origin) in any provider's table.
+
+    A fine-tune's spelling (``ft:gpt-4o-2024-08-06``) is looked up in any provider's table as
+    soon as its name alone finds nothing, before the less specific spellings: it is in OpenAI's
+    table only, and its base spelling, found by name, priced ``tokenmeter prices ft:gpt-4o-...``
+    at gpt-4o's $2.50 / $10 where the fine-tune's $3.75 / $15 apply (a metered call, which
+    knows its provider, was right). Other spellings keep name-alone first: ``openai/gpt-4o`` is
+    gpt-4o, not OpenRouter's entry."""
     source = _price_source()
-    for provider_id in dict.fromkeys((provider, None)):
-        for name in names:
-            found = source.find(provider_id, name)
-            if found is not None:
-                return found
     find_any: Callable[[str], PricedModel | None] | None = getattr(
         source, "find_in_any_provider", None
     )
-    if provider is None and find_any is not None:  # the CLI, or a response of unknown origin
+    any_provider = find_any if provider is None else None
+    for provider_id in dict.fromkeys((provider, None)):
         for name in names:
-            found = find_any(name)
+            found = source.find(provider_id, name)
+            if found is None and any_provider is not None and name.startswith("ft:"):
+                found = any_provider(name)
+            if found is not None:
+                return found
+    if any_provider is not None:
+        for name in names:
+            found = any_provider(name)
             if found is not None:
                 return found
     return None
