@@ -116,6 +116,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("tokenmeter")
+_T = typing.TypeVar("_T")
 
 #: A writer wakes as soon as this many items wait, without waiting for the interval.
 _FLUSH_AT = 1_000
@@ -726,9 +727,11 @@ class _Writer:
                 marker.done.set()
                 return marker
             if self._open_marker is None:
-                self._open_marker = marker
-                self._set_aside_before_open = self.quarantined
+                # In the buffer before it is shared: a flush() interrupted in between (a Ctrl-C
+                # at exit, which flushes again) never waits on a marker no delivery takes.
                 self._buffer.append(marker)
+                self._set_aside_before_open = self.quarantined
+                self._open_marker = marker
             else:
                 marker = self._open_marker
         self._rouse()
@@ -2098,8 +2101,40 @@ def _flush_at_multiprocessing_exit() -> None:
     mp_util.Finalize(None, _at_exit, exitpriority=100)
 
 
+def _on_exit() -> None:
+    """tokenmeter's atexit hook. A Ctrl-C or a ``sys.exit()`` that a signal handler raised into
+    the exit flush is acted on once the flush is over (``_at_exit``): atexit would print it and
+    go on, ending the process with the status of the normal exit (0)."""
+    try:
+        _at_exit()
+    except KeyboardInterrupt:
+        _die_of(signal.SIGINT)  # as Python ends a process on a Ctrl-C nobody caught
+    except SystemExit as exc:
+        _exit_with(exc)
+
+
+def _exit_with(exc: SystemExit) -> None:
+    """End the process as ``sys.exit()`` would have: its code, or its message and status 1.
+    With status 0 the exit goes on as it was (the atexit hooks registered before ours run)."""
+    code = exc.code
+    if code is None or code == 0:
+        return
+    if not isinstance(code, int):
+        with contextlib.suppress(Exception):
+            print(code, file=sys.stderr)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 def _at_exit() -> None:
-    global _exited_pid, _exit_running, _exit_signal
+    """The exit flush. A KeyboardInterrupt or SystemExit raised into it (a Ctrl-C, an
+    application's SIGTERM handler calling ``sys.exit()``) waits for it, bounded by exit_timeout
+    as ever, and is raised again after: it stopped the flush where it landed, and the records
+    still queued were neither written, nor set aside, nor counted."""
+    global _exited_pid, _exit_running, _exit_signal, _exit_interrupt
     if _exited_pid == os.getpid():
         return
     _exited_pid = _exit_running = os.getpid()
@@ -2110,48 +2145,83 @@ def _at_exit() -> None:
         signum, _exit_signal = _exit_signal, 0
         if signum:  # a termination signal came meanwhile: the process dies of it now
             _die_of(signum)
+    interrupt, _exit_interrupt = _exit_interrupt, None
+    if interrupt is not None:
+        raise interrupt
+
+
+#: The first KeyboardInterrupt or SystemExit a signal handler raised into the exit flush.
+_exit_interrupt: BaseException | None = None
+
+
+def _through_interrupts(step: Callable[[], _T]) -> _T:
+    """Run a step of the exit flush (each may be run again: what it waits for is the same) to
+    its end, whatever a signal handler raises into its waits; the first interrupt is kept for
+    ``_at_exit`` to raise again."""
+    global _exit_interrupt
+    while True:
+        try:
+            return step()
+        except (KeyboardInterrupt, SystemExit) as exc:
+            if _exit_interrupt is None:
+                _exit_interrupt = exc
+                logger.warning(
+                    "tokenmeter: %s during the exit flush; the process ends once the flush is "
+                    "over (within %.1f s, what is left of exit_timeout)",
+                    "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "sys.exit()",
+                    _exit_time_left(),
+                )
 
 
 def _flush_at_exit() -> None:
-    catch_up()  # before the hooks: the implicit session's end needs every record made
+    _through_interrupts(catch_up)  # before the hooks: the implicit session's end needs them
     _run_exit_hooks()
-    catch_up()  # the open streams the hooks recorded
+    _through_interrupts(catch_up)  # the open streams the hooks recorded
     writers = _writers()
-    failed, timed_out = _unflushed(writers, _exit_time_left())
+    failed, timed_out = _through_interrupts(lambda: _unflushed(writers, _exit_time_left()))
     _mark_exit_flushed()  # from now on a record is written at once (_write_late)
     # What is left of exit_timeout (nothing, after a flush that used it all on a hung sink).
-    _stop_writers([*writers, *_ending], _exit_time_left())
+    _through_interrupts(lambda: _stop_writers([*writers, *_ending], _exit_time_left()))
     for thread in list(_importing):
-        thread.join(_exit_time_left())
+        _through_interrupts(functools.partial(_join_for_the_exit, thread))
     # A writer still at work (setting aside what its sink refused, closing it) is cut off when
     # the interpreter ends: what it still holds is lost, not failed and set aside.
     cut_off = [w for w in [*writers, *_ending] if w._thread.is_alive()]
     late = [_name(w.sink) for w in cut_off]
     timed_out += [name for name in late if name not in timed_out]
     failed = [name for name in failed if name not in timed_out]
-    _report_unflushed(failed, timed_out, "every record at exit")
+    _through_interrupts(lambda: _report_unflushed(failed, timed_out, "every record at exit"))
     for writer in cut_off:
-        set_aside, at_risk = writer.abandon()
-        if set_aside:
-            logger.error(
-                "tokenmeter: %d records and sessions held by %s were set aside in %s",
-                set_aside,
-                _name(writer.sink),
-                writer.quarantine,
-            )
-        if at_risk:
-            logger.error(
-                "tokenmeter: %d records and sessions held by %s (in its unfinished write, or not "
-                "set aside) may be lost",
-                at_risk,
-                _name(writer.sink),
-            )
-        elif not set_aside and writer.held():
-            logger.error(
-                "tokenmeter: %d records and sessions still held by %s may be lost",
-                writer.held(),
-                _name(writer.sink),
-            )
+        _through_interrupts(functools.partial(_set_aside_cut_off, writer))
+
+
+def _join_for_the_exit(thread: threading.Thread) -> None:
+    thread.join(_exit_time_left())
+
+
+def _set_aside_cut_off(writer: _Writer) -> None:
+    """Set aside what a writer cut off at exit holds (``abandon``), and say what may be lost."""
+    set_aside, at_risk = writer.abandon()
+    if set_aside:
+        logger.error(
+            "tokenmeter: %d records and sessions held by %s were set aside in %s",
+            set_aside,
+            _name(writer.sink),
+            writer.quarantine,
+        )
+    if at_risk:
+        logger.error(
+            "tokenmeter: %d records and sessions held by %s (in its unfinished write, or not "
+            "set aside) may be lost",
+            at_risk,
+            _name(writer.sink),
+        )
+    elif not set_aside and writer.held():
+        logger.error(
+            "tokenmeter: %d records and sessions still held by %s may be lost",
+            writer.held(),
+            _name(writer.sink),
+        )
 
 
 def _run_exit_hooks() -> None:
@@ -2163,21 +2233,31 @@ def _run_exit_hooks() -> None:
     They run on a thread of their own for that bound. Where no thread can start (CPython 3.12's
     first releases, in an atexit hook) they run here, unbounded."""
 
+    # A Ctrl-C raised into start_thread() may come after the thread started: started again,
+    # a second thread leaves the hooks to the first (none runs twice), and the wait is for them.
+    claimed = threading.Lock()
+    finished = threading.Event()
+
     def run_hooks() -> None:
-        for hook in list(_before_exit):
-            try:
-                hook()
-            except BaseException:  # the records are flushed all the same
-                logger.exception("tokenmeter: an exit hook failed")
+        if not claimed.acquire(blocking=False):
+            return
+        try:
+            for hook in list(_before_exit):
+                try:
+                    hook()
+                except BaseException:  # the records are flushed all the same
+                    logger.exception("tokenmeter: an exit hook failed")
+        finally:
+            finished.set()
 
     try:
-        thread = start_thread(run_hooks, "tokenmeter-exit-hooks")
+        _through_interrupts(lambda: start_thread(run_hooks, "tokenmeter-exit-hooks"))
     except RuntimeError:  # can't create new thread at interpreter shutdown
         run_hooks()
-        return
     limit = max(_exit_time_left() / 2, _STOP_GRACE)  # exit_timeout=0: ours take milliseconds
-    thread.join(limit)
-    if thread.is_alive():
+    deadline = time.monotonic() + limit
+    _through_interrupts(lambda: finished.wait(max(0.0, deadline - time.monotonic())))
+    if not finished.is_set():
         logger.error(
             "tokenmeter: the exit hooks (session-end hooks, budget slices given back) did not "
             "finish within %.1f s, half of exit_timeout; the records are flushed without them",
@@ -2526,7 +2606,7 @@ def _after_fork_in_child() -> None:
         _wakeup = None
 
 
-atexit.register(_at_exit)
+atexit.register(_on_exit)
 os.register_at_fork(after_in_child=_after_fork_in_child)
 renew_after_fork(globals(), "_lock")
 renew_after_fork(globals(), "_later_lock")
