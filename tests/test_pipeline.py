@@ -2112,6 +2112,70 @@ def test_an_interrupt_during_the_exit_flush_waits_for_it_and_ends_the_process_af
     assert (tmp_path / "usage.jsonl").read_text().count("\n") == 999, done.stderr
 
 
+HANDLER_INSIDE_PUT = """
+import logging, signal, sys, threading, tokenmeter
+from tokenmeter.sinks import JSONLSink
+
+how = sys.argv[1]
+
+class Stalled(JSONLSink):  # stalls once (a slow network): its buffer fills past max_queue
+    release = threading.Event()
+
+    def write(self, records):
+        Stalled.release.wait()
+        super().write(records)
+
+def on_usr1(signum, frame):  # the application's "flush now" or "reload the settings"
+    if how == "flush":
+        print("handler flush", tokenmeter.flush(), flush=True)
+    else:
+        tokenmeter.configure(sinks=[JSONLSink("after.jsonl")], directory=".", max_queue=10)
+        print("reloaded", flush=True)
+
+class Signalling(logging.Handler):  # the signal lands while a record is queued: the drop line
+    def emit(self, record):
+        sys.stderr.write(record.getMessage() + "\\n")
+        if "behind" in record.getMessage() and not Stalled.release.is_set():
+            Stalled.release.set()
+            signal.raise_signal(signal.SIGUSR1)
+
+signal.signal(signal.SIGUSR1, on_usr1)
+logging.getLogger("tokenmeter").addHandler(Signalling())
+tokenmeter.configure(sinks=[Stalled("usage.jsonl")], directory=".", max_queue=10, exit_timeout=3)
+for _ in range(100):
+    tokenmeter.record("openai", "gpt-4o", 10, 5)
+tokenmeter.flush()  # says the records dropped (False)
+print("flushed", tokenmeter.flush(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["flush", "configure"])
+def test_a_signal_handlers_flush_or_configure_inside_a_records_queueing_never_waits_for_itself(
+    how: str, tmp_path: Path
+) -> None:
+    """A signal handler runs on the main thread between two bytecodes, also inside ``put``,
+    which holds the writer's lock. Its flush() waited for the writer, which needed that lock to
+    take the flush: with no timeout, the process hung for ever (flush(timeout=3): 1 handler
+    flush in 12-145 waited 3 s and returned False on a healthy sink); its configure() waited all
+    of exit_timeout, then left the old sink "to finish in the background"."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", HANDLER_INSIDE_PUT, how],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the handler's flush() waited for the lock its own thread held")
+    assert done.returncode == 0, done.stderr
+    # The sink's records are not written while the handler runs: its flush() says so at once.
+    expected = "handler flush False" if how == "flush" else "reloaded"
+    assert expected in done.stdout, done.stdout + done.stderr
+    assert "still writing" not in done.stderr, done.stderr
+    assert "flushed True" in done.stdout, done.stdout + done.stderr
+
+
 CTRL_C_IN_A_CATCH_UP = """
 import os, signal, sys, threading, tokenmeter
 from tokenmeter import _pipeline

@@ -750,7 +750,9 @@ class _Writer:
                 self.held(),
             )
             return
-        if threading.current_thread() is not self._thread:  # else it ends once its write returns
+        # Not from its own write (it ends once the write returns), nor from a signal handler
+        # inside ``put`` (it ends once the handler returns and ``put`` lets go of the lock).
+        if threading.current_thread() is not self._thread and not _held_here(self):
             self._thread.join(timeout)
 
     def ask_to_stop(self) -> None:
@@ -1555,7 +1557,11 @@ _on_a_writer = threading.local()
 def _unflushed(writers: Sequence[_Writer], timeout: float | None) -> tuple[list[str], list[str]]:
     """Flush: the names of the sinks that failed to take everything, and of those that did not
     finish within ``timeout`` (what exit reports: a sink that failed at once did not time out).
-    A writer busy in a flush of its own is not waited for: it counts as failed."""
+    A writer busy in a flush of its own is not waited for: it counts as failed. Nor is one whose
+    lock this thread holds: a signal handler's flush() that interrupted ``put`` there, on the
+    same thread; the writer needs that lock to take what it would wait for, and the handler
+    waited for it for ever (with no timeout) or all of its timeout (a configure() there, all of
+    exit_timeout). What it holds is written once the handler returns."""
     current = threading.current_thread()
     on_a_writer = getattr(_on_a_writer, "running", False)
     busy: set[threading.Thread] = set()
@@ -1564,8 +1570,9 @@ def _unflushed(writers: Sequence[_Writer], timeout: float | None) -> tuple[list[
             busy = set(_flushing)
             _flushing.add(current)
     try:
-        failed = [_name(writer.sink) for writer in writers if writer._thread in busy]
-        markers = [(w, w.request_flush()) for w in writers if w._thread not in busy]
+        skipped = [w for w in writers if w._thread in busy or _held_here(w)]
+        failed = [_name(writer.sink) for writer in skipped]
+        markers = [(w, w.request_flush()) for w in writers if w not in skipped]
         deadline = None if timeout is None else time.monotonic() + timeout
         timed_out: list[str] = []
         for writer, marker in markers:
@@ -1579,6 +1586,11 @@ def _unflushed(writers: Sequence[_Writer], timeout: float | None) -> tuple[list[
         if on_a_writer:
             with _flushing_lock:
                 _flushing.discard(current)
+
+
+def _held_here(writer: _Writer) -> bool:
+    """Whether this thread holds ``writer``'s lock (a signal handler running inside ``put``)."""
+    return bool(writer._lock._is_owned())  # type: ignore[attr-defined]
 
 
 def _report_unflushed(failed: list[str], timed_out: list[str], what: str) -> None:
@@ -2065,7 +2077,9 @@ def set_sinks(
         _ending.extend(ending)
     _stop_writers(ending, old_timeout)  # the old sinks' own time limit
     current = threading.current_thread()  # a writer configuring from its sink's write goes on
-    behind = [w for w in ending if w._thread.is_alive() and w._thread is not current]
+    behind = [
+        w for w in ending if w._thread.is_alive() and w._thread is not current and not _held_here(w)
+    ]
     if behind:
         logger.error(
             "tokenmeter: sinks %s were still writing after exit_timeout (%ss) when configure() "
