@@ -72,6 +72,27 @@ def test_a_new_model_every_call_keeps_a_summary_bounded_and_its_totals_whole(
     assert s.summary.cost_usd == sum((r.estimated_cost_usd or 0 for r in records), Decimal(0))
 
 
+def test_by_model_read_while_another_thread_records_a_new_model(sink: InMemorySink) -> None:
+    """A progress display listing a running session's models while its worker records a model
+    not seen before: the live dict was handed out, and its iteration raised RuntimeError
+    ('dictionary changed size during iteration') into the application (1 of ~80,000 reads)."""
+    with tokenmeter.session("job") as job:
+        tokenmeter.record("openai", "gpt-4o", 1000, 500)
+        tokenmeter.record("openai", "gpt-4o-mini", 1000, 500)
+        models = iter(job.summary.by_model.items())
+        assert next(models)[0] == "gpt-4o"
+        worker = threading.Thread(target=tokenmeter.record, args=("openai", "o3", 1000, 500))
+        worker.start()
+        worker.join()
+        assert [name for name, _ in models] == ["gpt-4o-mini"]  # the models of its read
+        assert list(job.summary.by_model) == ["gpt-4o", "gpt-4o-mini", "o3"]
+        assert job.summary.calls == 3
+        with pytest.raises(TypeError):  # the session's totals, not the application's to edit
+            job.summary.by_model["o3"] = tokenmeter.ModelTotals()  # type: ignore[index]
+        assert not hasattr(job.summary.by_model, "clear")
+    assert job.summary.by_model["o3"].calls == 1
+
+
 def test_summary_figures(sink: InMemorySink) -> None:
     with tokenmeter.session("s") as s:
         tokenmeter.record("openai", "gpt-4o", 1000, 500)  # $0.0075: input 0.0025, output 0.005

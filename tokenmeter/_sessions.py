@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from decimal import Decimal
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, cast, overload
 
 from tokenmeter import _pipeline
@@ -95,17 +95,30 @@ class SessionSummary(ModelTotals):
     """
 
     def __init__(self) -> None:  # no Totals.__init__: the figures are read from by_model
-        self.by_model: dict[str, ModelTotals] = {}
+        #: Never changed once made: a model seen first is added to a copy, which replaces it
+        #: (``_add``, under ``_lock``). Readers take it without the lock, on other threads: a
+        #: dict that grew as they iterated it raised RuntimeError into the application.
+        self._by_model: dict[str, ModelTotals] = {}
+
+    @property
+    def by_model(self) -> Mapping[str, ModelTotals]:
+        """The totals per model name: a read-only view of the models seen so far (a model seen
+        first after this read is in the next one). Read-only: the live dict, handed out, could
+        be emptied by the application (``by_model.clear()``), and the session's totals and
+        budget check with it."""
+        return MappingProxyType(self._by_model)
 
     def _add(self, record: UsageRecord) -> None:
         # On the caller's thread for every record: add_record directly, no extra frames.
-        per_model = self.by_model.get(record.model_name)
+        per_model = self._by_model.get(record.model_name)
         if per_model is None:
             # Bounded: each read of a summary (a budget check per call) sums it.
-            name = record.model_name if len(self.by_model) < MAX_SESSION_MODELS else OTHER_MODELS
-            per_model = self.by_model.get(name)
+            by_model = self._by_model
+            name = record.model_name if len(by_model) < MAX_SESSION_MODELS else OTHER_MODELS
+            per_model = by_model.get(name)
             if per_model is None:
-                per_model = self.by_model[name] = ModelTotals()
+                per_model = ModelTotals()
+                self._by_model = {**by_model, name: per_model}  # see __init__: never changed
         per_model.add_record(record)
 
 
@@ -114,7 +127,7 @@ def _summed(name: str, zero: Any) -> property:
 
     def total(self: SessionSummary) -> Any:
         value = zero
-        for per_model in list(self.by_model.values()):  # a copy: another thread may add a model
+        for per_model in self._by_model.values():  # never changed: a new model replaces it
             value = add(value, getattr(per_model, name))
         return value
 
