@@ -561,3 +561,46 @@ def test_closed_stdout_or_stderr_is_no_traceback(tmp_path: Path) -> None:
     report = tmp_path / "report.csv"
     result = shell(f"report --source {q(str(source))} -o {q(str(report))}", ">&-")
     assert result.returncode == 0 and report.exists(), result.stderr
+
+
+def test_a_name_stdout_cannot_encode_is_replaced_not_a_traceback(tmp_path: Path) -> None:
+    """stdout in ASCII or cp1252 (``PYTHONIOENCODING`` in CI, a Latin-1 locale, a redirect on
+    Windows) and a session named with an emoji: report, sessions, tail, ``--detailed`` and CSV
+    died with a UnicodeEncodeError traceback, the report cut at the name. Now the name is
+    printed with ``?`` for what the encoding lacks, and the command succeeds."""
+    import subprocess
+    import sys
+
+    from .conftest import rec, subprocess_env, write_sqlite
+
+    name = "deploy \U0001f680 eu"
+    record = rec(
+        1,
+        "2026-11-01T00:00:00.000Z",
+        "openai",
+        "gpt-4o",
+        1000,
+        500,
+        "0.0075",
+        session=("s-1", name),
+    )
+    source = write_sqlite(tmp_path / "usage.db", [record], [])
+    commands = [
+        ["report", "--by", "session"],
+        ["report", "--by", "session", "--format", "markdown"],
+        ["report", "--by", "session", "--format", "csv"],
+        ["report", "--detailed"],
+        ["sessions"],
+        ["tail"],
+    ]
+    for encoding in ("ascii", "cp1252"):
+        for command in commands:
+            result = subprocess.run(
+                [sys.executable, "-m", "tokenmeter", *command, "--source", str(source)],
+                capture_output=True,
+                cwd=tmp_path,
+                env=subprocess_env(PYTHONIOENCODING=encoding),
+                timeout=60,
+            )
+            assert (result.returncode, result.stderr) == (0, b""), (encoding, command)
+            assert b"deploy ? eu" in result.stdout, (encoding, command)

@@ -9,6 +9,8 @@ or a bad setting (``TOKENMETER_*``, pyproject.toml). Every error is one line on 
 from __future__ import annotations
 
 import argparse
+import codecs
+import io
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -334,6 +336,22 @@ def _dispatch(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _replace_unencodable_output() -> None:
+    """Make stdout replace (``?``) what its encoding cannot hold when it is not UTF-8 (a
+    Latin-1 locale, ``PYTHONIOENCODING=ascii`` in CI, a redirect on Windows): an emoji in one
+    session name stopped ``report``, ``sessions`` and ``tail`` with a UnicodeEncodeError
+    traceback, the report cut where the character was. JSON is written ASCII-escaped."""
+    stream = sys.stdout
+    if not isinstance(stream, io.TextIOWrapper):  # replaced by the caller (a test's capture)
+        return
+    try:
+        utf8 = codecs.lookup(stream.encoding).name == "utf-8"
+    except LookupError:
+        utf8 = False
+    if not utf8 and stream.errors in ("strict", "surrogateescape"):  # a replacing choice is kept
+        stream.reconfigure(errors="replace")
+
+
 def _closed_streams(args: argparse.Namespace) -> None:
     """A stream the program was started without (``2>&-``) is None in Python: messages then go
     nowhere (``print(file=None)`` would put them on stdout); output is a one-line error unless
@@ -354,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         _closed_streams(args)
+        _replace_unencodable_output()
         return _dispatch(args)
     except CliError as exc:
         print(_error_line(str(exc)), file=sys.stderr)
