@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -1303,3 +1304,23 @@ def test_calls_outside_a_named_session_are_labelled_by_name(cli: RunCli, source:
     assert ",1,50,5," in out and "\n,1,50,5," in out and "(no name)" not in out
     code, out, _ = cli("report", "--source", str(source), "--by", "session")
     assert "(no name)" not in out  # the session id names the row
+
+
+def test_the_average_of_a_summary_with_unpriced_calls_says_it_is_per_priced_call(
+    cli: RunCli, tmp_path: Path
+) -> None:
+    """Three gpt-4o calls ($0.0035 each) and three of an unpriced model: the weekly markdown
+    summary and the dashboard's card read "Average cost per call: $0.0035", where the reader's
+    $0.0105 / 6 calls is $0.00175. The figure is over the priced calls, and now says so."""
+    now = datetime.now(UTC).isoformat()
+    made = [rec(n, now, "openai", "gpt-4o", 1000, 100, "0.0035") for n in range(3)]
+    made += [rec(n, now, "openai", "my-model", 1000, 100, None) for n in range(3, 6)]
+    data = write_sqlite(tmp_path / "usage.db", made, [])
+    code, out, err = cli(
+        "report", "--source", str(data), "--period", "week", "--tz", "UTC", "--format", "markdown"
+    )
+    assert code == 0, err
+    assert "- **Average cost per priced call**: $0.0035" in out.splitlines()
+    code, out, err = cli("report", "--source", str(data), "--format", "html")
+    assert code == 0, err
+    assert "Average cost per call" not in out and "Average cost per priced call" in out

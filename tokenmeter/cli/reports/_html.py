@@ -526,7 +526,7 @@ def render_html(
         _card("Total cost", fmt_usd(totals.cost), delta, delta_class),
         _card("Calls", fmt_count(totals.calls)),
         _card("Total tokens", fmt_count(totals.total_tokens)),
-        _card("Average cost per call", fmt_usd(totals.avg_cost_per_call)),
+        _card("Average cost per priced call", fmt_usd(totals.avg_cost_per_call)),
         _card("Errors", fmt_count(totals.error_calls)),
         _card("Blocked by a budget", fmt_count(totals.blocked_calls)),
         _card("Estimated usage", fmt_count(totals.estimated_calls)),

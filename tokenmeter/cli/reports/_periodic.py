@@ -63,7 +63,7 @@ def render_usage_report(report: Report, alerts: Alerts | None = None, title: str
         f"estimated, {fmt_count(totals.unpriced_calls)} unpriced)",
         f"- **Tokens**: {fmt_count(totals.total_tokens)} ({fmt_count(totals.input_tokens)} in, "
         f"{fmt_count(totals.output_tokens)} out)",
-        f"- **Average cost per call**: {fmt_usd(totals.avg_cost_per_call)}",
+        f"- **Average cost per priced call**: {fmt_usd(totals.avg_cost_per_call)}",
     ]
     by_model = _find(report, ("model",))
     if by_model is not None and by_model.rows:
