@@ -69,7 +69,6 @@ def test_a_dsn_the_application_would_refuse_is_one_line_and_exit_2(
     "dsn",
     [
         "postgresql://tm:s3cret@db.internal:5432/usage",
-        "postgresql://tm:s3@cret@db.internal/usage?sslmode=require",
         "postgresql://tm@db.internal/usage?sslmode=require&password=s3cret",
         "host=db.internal user=tm password=s3cret dbname=usage",
         "host=db.internal password = 's3 cret' dbname=usage",
@@ -96,6 +95,20 @@ def test_the_dsn_is_shown_without_its_password(
     assert "db.internal" in shown and "***" in shown and "s3" not in shown and "cret" not in shown
     code, text, _ = cli("config")
     assert code == 0 and "db.internal" in text and "s3" not in text
+
+
+def test_a_dsn_whose_password_has_an_unencoded_at_is_a_bad_setting(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``postgresql://tm:s3@cret@db.internal/usage`` can never connect (libpq tries the host
+    ``cret@db.internal``, and its error quoted it into logs): like every pg_dsn the sink
+    refuses, the setting is named, and nothing of the password is shown."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TOKENMETER_PG_DSN", "postgresql://tm:s3@cret@db.internal/usage")
+    code, out, err = cli("config")
+    assert code == 2 and out == ""
+    assert err.startswith("tokenmeter: error: tokenmeter setting 'pg_dsn' from TOKENMETER_PG_DSN")
+    assert "%40" in err and "s3" not in err and "cret" not in err
 
 
 def test_json_carries_a_settings_exact_text_into_a_pipe(

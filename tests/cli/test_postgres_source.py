@@ -285,6 +285,21 @@ def test_a_connection_string_that_does_not_parse_is_never_echoed(
     assert "not a PostgreSQL connection string that parses" in err
 
 
+@pytest.mark.parametrize("command", ["report", "sessions", "tail"])
+def test_a_password_with_an_unencoded_at_is_refused_without_showing_it(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """``postgresql://tm:p@ss-Tail9@127.0.0.1:1/llm``: libpq took ``ss-Tail9@127.0.0.1`` for
+    the host, and "cannot read postgres:llm@127.0.0.1:1: failed to resolve host
+    'ss-Tail9@127.0.0.1'" printed the password's tail. Now a usage error that says to write
+    the '@' as %40, quoting nothing of the URL."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(command, "--source", "postgresql://tm:p@ss-Tail9@127.0.0.1:1/llm")
+    assert (code, out) == (2, "")
+    assert "Tail9" not in err and "Traceback" not in err
+    assert err.strip().count("\n") == 0 and "%40" in err
+
+
 @pytest.mark.parametrize("query", ["?application_name=%ff", "?password=hunter2%ff"])
 def test_a_url_whose_escapes_are_not_utf8_is_one_line(cli: RunCli, pg_dsn: str, query: str) -> None:
     """libpq decodes %-escapes to bytes, which psycopg then decodes as UTF-8: %ff raised a

@@ -634,6 +634,22 @@ def test_a_malformed_dsn_never_shows_its_password(
     assert "hunter2" not in quarantine.read_text() and "secret2" not in quarantine.read_text()
 
 
+def test_a_password_with_an_unencoded_at_is_refused_without_showing_it() -> None:
+    """``postgresql://tm:p@ss-Tail9@db/llm``: libpq ends the password at the first ``@`` and
+    tried the host ``ss-Tail9@db``, whose "failed to resolve host" error put the password's
+    tail in the writer's log and ``quarantine.jsonl`` at every write. The sink, and the
+    ``pg_dsn`` setting, now refuse such a URL at once, quoting nothing of it."""
+    dsn = "postgresql://tm:p@ss-Tail9@127.0.0.1:1/llm"
+    with pytest.raises(ValueError, match="%40") as e:
+        PostgresSink(dsn)
+    assert "Tail9" not in str(e.value)
+    with pytest.raises(ValueError, match="pg_dsn") as e:
+        tokenmeter.configure(pg_dsn=dsn)
+    assert "Tail9" not in str(e.value)
+    # One '@' is the user's; a '@' after the host (in an option) is not the password's.
+    PostgresSink("postgresql://tm:p%40ss@127.0.0.1:1/llm?options=-c%20x=a@b").close()
+
+
 def test_a_server_that_stops_answering_mid_write_fails_the_write_in_time(pg_dsn: str) -> None:
     """statement_timeout is the server's: a server that stopped answering during a write (its
     backend frozen; a failover behind a proxy that keeps the socket open) held the sink's writer,

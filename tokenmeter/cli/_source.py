@@ -179,7 +179,10 @@ def resolve_source(value: str | None) -> Source:
         if not is_postgres_url(value):
             refuse_unparsed_dsn(value)
     if value and is_postgres_url(value):
+        from tokenmeter.sinks.postgres import check_userinfo
+
         try:
+            check_userinfo(value)
             name = display_name(value)
         except ValueError as exc:  # a port out of range, a torn [IPv6] host (never the password)
             raise CliError(f"bad PostgreSQL URL: {exc}", exit_code=2) from None

@@ -339,6 +339,23 @@ def _check_escapes(dsn: str) -> None:
         return
 
 
+#: A URL's authority (``user:password@host:port``): up to its path, query or fragment.
+_URL_AUTHORITY = re.compile(r"^[a-z][a-z0-9+.-]*://([^/?#]*)", re.IGNORECASE)
+
+
+def check_userinfo(dsn: str) -> None:
+    """ValueError, never quoting ``dsn``, for a URL whose authority holds more than one ``@``:
+    a password with an ``@`` not percent-encoded (``tm:p@ss@db``). libpq ends the password at
+    the first ``@`` and tries the rest as a host that cannot exist, and its error quotes that
+    "host": the password's tail reached the writer's log, ``quarantine.jsonl`` and the CLI."""
+    authority = _URL_AUTHORITY.match(dsn)
+    if authority is not None and authority[1].count("@") > 1:
+        raise ValueError(
+            "the URL has more than one '@' before its host: an '@' in a user name "
+            "or password must be percent-encoded as %40"
+        )
+
+
 def _sendable(dsn: str) -> bool:
     """Whether libpq gets ``dsn`` whole: it takes UTF-8 bytes up to the first NUL."""
     if "\x00" in dsn:
@@ -401,6 +418,7 @@ def check_dsn(dsn: object, schema: str | None = None) -> tuple[str, str]:
             "dsn cannot hold a NUL character (libpq would read the string up to it) or a "
             "lone surrogate (not UTF-8)"
         )
+    check_userinfo(dsn)
     dsn, chosen = _schema_of_url(dsn, schema)
     with contextlib.suppress(ImportError):  # no sink can be made: making one says so
         _check_escapes(dsn)
