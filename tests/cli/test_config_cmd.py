@@ -75,6 +75,9 @@ def test_a_dsn_the_application_would_refuse_is_one_line_and_exit_2(
         # libpq takes these characters raw in a URL's password or user, and backslash escapes
         # and & in a key/value password; a query parameter's name may be percent-encoded.
         "postgresql://tm:s3#cret@db.internal/usage",
+        # A '/' ends libpq's authority (user:s3 read as host:port): still the password.
+        "postgresql://tm:s3/cret@db.internal/usage",
+        "postgresql://tm:s3/c+r/et@db.internal:5432/usage?sslmode=require",
         "postgresql://tm:s3?cret@db.internal/usage",
         "postgresql://t#m:s3cret@db.internal/usage",
         "postgresql://tm@db.internal/usage?%70assword=s3cret",

@@ -28,6 +28,12 @@ _URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 #: and takes any other character (``#``, ``?``) up to an ``@`` before the path's ``/`` (masked
 #: up to the last such ``@``).
 _URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^/:@]*:)([^/]*)(@)", re.IGNORECASE)
+#: A password holding a ``/`` (base64-style secrets), up to the last ``@``: libpq ends the
+#: authority at the ``/`` and reads ``user:HEAD`` as host and port, so ``_URL_PASSWORD`` finds
+#: none and the whole password was shown. A real port is digits, and then nothing is masked.
+_URL_SLASHED_PASSWORD = re.compile(
+    r"^([a-z][a-z0-9+.-]*://[^/:@]*:)(?!\d*/)([^@/]*/.*)(@)", re.IGNORECASE
+)
 #: A URL's query parameter: libpq decodes its name too (``%70assword``).
 _QUERY_PARAM = re.compile(r"([?&])([^=&]*)(=)([^&]*)")
 
@@ -55,7 +61,9 @@ def without_password(dsn: str) -> str:
     written, replaced by ``***`` (the output is pasted into tickets and chats)."""
     if not _URL.match(dsn):  # key/value: a space ends a value, & does not
         return _PASSWORD_PARAM.sub(r"\1***", dsn)
-    dsn = _URL_PASSWORD.sub(r"\1***\3", dsn)
+    dsn, masked = _URL_PASSWORD.subn(r"\1***\3", dsn)
+    if not masked:
+        dsn = _URL_SLASHED_PASSWORD.sub(r"\1***\3", dsn)
 
     def hidden(param: re.Match[str]) -> str:
         secret = "password" in unquote(param[2]).lower()

@@ -157,7 +157,7 @@ def display_name(url: str) -> str:
     first, more = _first_host(parts)
     # a socket directory is a host parameter
     where = first.hostname or given.get("host") or os.environ.get("PGHOST") or "localhost"
-    port = first.port or given.get("port") or os.environ.get("PGPORT")
+    port = _port(first) or given.get("port") or os.environ.get("PGPORT")
     if port:
         where += f":{port}"
     database = (
@@ -179,8 +179,23 @@ def _first_host(parts: SplitResult) -> tuple[SplitResult, int]:
         return parts, 0
     hosts = [urlsplit("//" + host) for host in listed]
     for host in hosts:
-        host.port  # noqa: B018 -- raises ValueError for a port that is not a number
+        _port(host)  # raises ValueError for a port that is not a number
     return hosts[0], len(hosts) - 1
+
+
+def _port(parts: SplitResult) -> int | None:
+    """``parts.port``, or a ValueError that quotes nothing of the URL: a password holding a
+    ``/``, ``?`` or ``#`` ends the authority early and ``user:HEAD`` reads as host and port, so
+    urllib's "Port could not be cast to integer value as 'HEAD'" printed the password's head."""
+    try:
+        return parts.port
+    except ValueError as exc:
+        if "out of range" in str(exc):  # "Port out of range 0-65535": nothing of the URL
+            raise
+        raise ValueError(
+            "its port is not a number (a '/', '?', '#' or '@' in a password must be "
+            "percent-encoded)"
+        ) from None
 
 
 def _libpq_default_database(user: str | None) -> str:
