@@ -10,6 +10,7 @@ travel in the ordinary ``TOKENMETER_SINKS`` / ``TOKENMETER_DIR``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -121,7 +122,10 @@ def _zero() -> dict[str, Any]:
 
 class RunTotalsSink:
     """Adds up this process's records per model and leaves them in ``directory`` as one small
-    JSON file (rewritten on flush and at close) for the ``run`` command to add up."""
+    JSON file for the ``run`` command to add up, rewritten after every batch its writer
+    thread takes (never on the caller's thread) as well as on flush and at close: a program
+    killed after its calls were stored (SIGKILL by the OOM killer, ``os._exit``) never flushes,
+    and its run said "no LLM calls were recorded" and "within the budget"."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -149,6 +153,8 @@ class RunTotalsSink:
             if record.status != "ok":
                 totals["errors"] += 1
         self._dirty = self._dirty or bool(records)
+        with contextlib.suppress(OSError):  # kept dirty: the next batch, flush or close retries
+            self.flush()
 
     def flush(self) -> None:
         if not self._dirty or not self.directory.is_dir():  # the run has ended: nobody reads it

@@ -311,6 +311,40 @@ def test_a_program_killed_by_sigkill_is_reported_and_the_run_dies_of_it_too(
     assert "killed by signal 9" in run.stderr and "Traceback" not in run.stderr
 
 
+def test_a_program_killed_after_its_calls_were_stored_has_them_in_the_summary(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    """A program killed (SIGKILL by the OOM killer; ``os._exit``) after its calls were written
+    never flushes: the store held its 2 calls, and the summary said "no LLM calls were
+    recorded" and "within the budget". The run's totals are now left after every batch the
+    writer takes. The program waits (30 s at most) for its calls to be stored and its totals
+    to be there, as they are once the writers have taken the calls, then dies."""
+    app = _script(
+        tmp_path / "app.py",
+        _CALLS
+        + """
+import os, pathlib, signal, sqlite3, time
+totals = pathlib.Path(os.environ["TOKENMETER_RUN_TOTALS"])
+def stored():
+    try:
+        with sqlite3.connect(".tokenmeter/usage.db") as db:
+            return db.execute("SELECT count(*) FROM records").fetchone()[0] == 2
+    except sqlite3.Error:
+        return False
+for _ in range(300):
+    if any(totals.glob("*.json")) and stored():
+        break
+    time.sleep(0.1)
+os.kill(os.getpid(), signal.SIGKILL)
+""",
+    )
+    run = _run(["--budget", "5", "--", sys.executable, app.name], _env(fake), cwd=tmp_path)
+    assert run.returncode == -signal.SIGKILL
+    assert "no LLM calls were recorded" not in run.stderr
+    assert _summary_row(run.stderr, "total")[1] == "2"
+    assert len(_records(tmp_path / ".tokenmeter" / "usage.db")) == 2
+
+
 def _can_start_a_pid_namespace() -> bool:
     """``unshare --pid`` works here (root, or user namespaces allowed), as in a container."""
     if shutil.which("unshare") is None:
