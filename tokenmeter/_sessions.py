@@ -435,8 +435,6 @@ class Session:
             raise
 
     def _end(self, failed: bool) -> None:
-        for ending in _ending:  # the streams its block broke out of: recorded now, not at GC
-            ending(self)
         _pipeline.catch_up()  # its calls are in its totals before its end hooks run
         with _lock:  # two threads exiting it at once: one ends it
             if self._started_at is None or self._ended_at is not None:
@@ -679,11 +677,6 @@ class Session:
 
     def __repr__(self) -> str:
         return f"Session(id={self.id!r}, name={self.name!r}, status={self.status!r})"
-
-
-#: Run as a session ends, before its calls are caught up: ``providers._core`` records there the
-#: streams broken out of in it (this module cannot import it: it imports this one).
-_ending: list[Callable[[Session], None]] = []
 
 
 def _tell(session: Session, with_record: bool = False) -> None:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, SupportsIndex
 
 import wrapt
 
-from tokenmeter import _pipeline, _runtime, _sessions
+from tokenmeter import _pipeline, _runtime
 from tokenmeter._estimate import TextTally, estimate_usage, without_waiting
 from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import UNREADABLE_USAGE, Usage
@@ -461,41 +461,6 @@ def _finish_open_streams() -> None:
 _pipeline.before_exit(_finish_open_streams)
 
 
-#: Streams whose ``for`` loop was broken out of, not iterated since. Their record waits for their
-#: end, close or collection (the caller may iterate again), but no longer than the end of the
-#: session they were made in: its summary and end hooks must hold them.
-_left_streams: weakref.WeakSet[Call] = weakref.WeakSet()
-
-
-def _left(call: Call, left: bool) -> None:
-    """A ``for`` loop over the call's stream was broken out of (``left``), or a new one began."""
-    if left:
-        _left_streams.add(call)
-    else:
-        _left_streams.discard(call)
-
-
-def _finish_left_streams(ending: Session) -> None:
-    """As ``ending`` ends: record the streams broken out of in it or in a session nested in it,
-    with what they read (as their collection would). Iterated again later, they add nothing."""
-    while True:
-        try:
-            left = list(_left_streams)
-            break
-        except RuntimeError:  # another thread changed the set meanwhile: take it again
-            continue
-    for call in left:
-        made_in = call.session
-        while made_in is not None and made_in is not ending:
-            made_in = made_in.parent
-        if made_in is not None:
-            _left_streams.discard(call)
-            call.finish()
-
-
-_sessions._ending.append(_finish_left_streams)
-
-
 def _leave_the_parents_streams() -> None:
     """In a forked child (a pool worker): the streams open in the parent at ``fork()`` are the
     parent's calls, read and recorded there. The child's copies of them, finished at its exit or
@@ -503,7 +468,6 @@ def _leave_the_parents_streams() -> None:
     for call in list(_open_streams):
         call.done = True
     _open_streams.clear()
-    _left_streams.clear()
 
 
 os.register_at_fork(after_in_child=_leave_the_parents_streams)
@@ -1027,15 +991,13 @@ class SyncIterableProxy(_StreamProxyBase):
         """What ``for chunk in stream`` runs: a generator over the SDK's own iterator, cheaper per
         chunk than ``__next__`` (no method calls of ours or the SDK's per chunk). Leaving the loop
         early closes this generator, not the stream: the record waits for the stream's end, close
-        or collection, as with ``next()``, so a caller may peek and then iterate again; but no
-        longer than the end of the session it was made in (``_finish_left_streams``).
+        or collection, as with ``next()``, so a caller may peek and then iterate again.
 
         Only what the SDK's iteration raises fails the call. What arrives at the ``yield`` (the
         caller's ``close()`` or ``throw()``) is the caller's side ending this loop, like a
         ``break``: the call stays open for its end, close or collection."""
         call, feed = self._self_call, self._self_feed
         handed = False  # True while the caller holds a chunk (suspended at the ``yield``)
-        _left(call, False)
         try:
             for chunk in self.__wrapped__:
                 try:
@@ -1050,8 +1012,6 @@ class SyncIterableProxy(_StreamProxyBase):
         except BaseException as exc:
             if not handed:
                 call.finish(exc)
-            elif not call.done:
-                _left(call, True)
             raise
         call.ended()
 
@@ -1153,9 +1113,7 @@ class AsyncIterableProxy(_StreamProxyBase):
     its chunks; it has no ``__anext__``, ``close()`` or ``async with``, nor has this): each
     ``async for`` is a fresh pass over the SDK's own iteration, read as it goes.
     The async twin of ``SyncStreamProxy._self_iterate``; leaving the loop early records nothing
-    until the stream ends, is closed or is collected, as there. Its session's end records it
-    only if asyncio has closed the loop's generator by then, which it does later, not at the
-    ``break`` (docs/providers.md says only ``for`` loops are recorded at a session's end)."""
+    until the stream ends, is closed or is collected, as there."""
 
     def __aiter__(self) -> Any:
         return self._self_aiterate()
@@ -1167,7 +1125,6 @@ class AsyncIterableProxy(_StreamProxyBase):
         is no failure of the call (it was recorded as one)."""
         call, feed = self._self_call, self._self_feed
         handed = False  # True while the caller holds a chunk (suspended at the ``yield``)
-        _left(call, False)
         try:
             async for chunk in self.__wrapped__:
                 try:
@@ -1182,8 +1139,6 @@ class AsyncIterableProxy(_StreamProxyBase):
         except BaseException as exc:  # the SDK's CancelledError included: recorded as an error
             if not handed:
                 call.finish(exc)
-            elif not call.done:
-                _left(call, True)
             raise
         call.ended()
 
