@@ -114,6 +114,32 @@ def test_a_dsn_whose_password_has_an_unencoded_at_is_a_bad_setting(
     assert "%40" in err and "s3" not in err and "cret" not in err
 
 
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        " postgresql://app:hunter2XYZ@db.example/usage",  # pasted after a space
+        "\tpostgresql://app:hunter2XYZ@db.example/usage",
+        "host=db.example password='hunter2XYZ dbname=usage",  # a quote left open
+        "host=db.example password=hunter2XYZ dbnme=usage",  # a misspelt keyword
+    ],
+)
+def test_a_dsn_libpq_cannot_read_is_never_shown(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dsn: str
+) -> None:
+    """``config`` masks the password of a DSN that parses: one libpq cannot read (whose writes
+    fail, saying why without the password) was printed whole, in text and JSON."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TOKENMETER_PG_DSN", dsn)
+    code, out, err = cli("config", "--format", "json")
+    assert code == 0, err
+    shown = json.loads(out)["pg_dsn"]
+    assert shown["value"] == "(not shown: a connection string libpq cannot read)"
+    assert shown["source"] == "TOKENMETER_PG_DSN"
+    code, out, err = cli("config")
+    assert code == 0 and "hunter2" not in out + err
+    assert "(not shown: a connection string libpq cannot read)" in out
+
+
 def test_json_carries_a_settings_exact_text_into_a_pipe(
     cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

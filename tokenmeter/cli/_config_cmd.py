@@ -58,7 +58,11 @@ def shown(value: Any) -> Any:
 
 def without_password(dsn: str) -> str:
     """A PostgreSQL connection string as ``config`` shows it: the password, wherever it is
-    written, replaced by ``***`` (the output is pasted into tickets and chats)."""
+    written, replaced by ``***`` (the output is pasted into tickets and chats). One libpq
+    cannot read (a URL after a space, a quote left open) is not shown at all: where its password
+    is cannot be told, and the masks below missed it."""
+    if dsn and not _parses(dsn):
+        return "(not shown: a connection string libpq cannot read)"
     if not _URL.match(dsn):  # key/value: a space ends a value, & does not
         return _PASSWORD_PARAM.sub(r"\1***", dsn)
     dsn, masked = _URL_PASSWORD.subn(r"\1***\3", dsn)
@@ -70,6 +74,20 @@ def without_password(dsn: str) -> str:
         return param[0] if not secret else f"{param[1]}{param[2]}{param[3]}***"
 
     return _QUERY_PARAM.sub(hidden, dsn)
+
+
+def _parses(dsn: str) -> bool:
+    """Whether libpq reads ``dsn`` (True when psycopg is not installed: nothing to ask)."""
+    try:
+        from psycopg import Error
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return True
+    try:
+        conninfo_to_dict(dsn)
+    except (Error, ValueError):  # ValueError: a %-escape that is not UTF-8
+        return False
+    return True
 
 
 def run_config(args: argparse.Namespace) -> int:
