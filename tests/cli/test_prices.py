@@ -174,3 +174,22 @@ def test_a_fine_tune_without_provider_shows_the_rates_a_metered_call_pays(
     usage = {"input_tokens": 1_000_000, "output_tokens": 1_000_000}
     paid = tokenmeter.price("openai", model, usage).total_usd
     assert paid == rates["input_per_mtok"] + rates["output_per_mtok"]
+
+
+@pytest.mark.parametrize("tier", ["standard", "flex", "priority"])
+def test_a_fine_tune_of_a_model_another_provider_also_sells_is_openais(
+    cli: RunCli, tier: str
+) -> None:
+    """Looked up in any provider's table, ``ft:o4-mini-2025-04-16:...`` was Azure's o4-mini:
+    ``--tier flex`` showed $1.10 / $4.40 (OpenAI's flex: $0.55 / $2.20), ``priority`` too."""
+    model = "ft:o4-mini-2025-04-16:my-org::abc123"
+    code, out, err = cli("prices", model, "--tier", tier, "--format", "json")
+    assert code == 0, err
+    shown = json.loads(out, parse_float=Decimal)
+    code, out, err = cli(
+        "prices", model, "--tier", tier, "--provider", "openai", "--format", "json"
+    )
+    assert code == 0, err
+    with_provider = json.loads(out, parse_float=Decimal)
+    assert shown["provider"] == "openai"
+    assert shown["usd_per_million_tokens"] == with_provider["usd_per_million_tokens"]

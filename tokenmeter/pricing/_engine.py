@@ -677,27 +677,26 @@ def _find_in_table(provider: str | None, names: list[str]) -> PricedModel | None
     """Every spelling with the caller's provider first, then by name alone, then (without a
     provider: the CLI, a response of unknown origin) in any provider's table.
 
-    A fine-tune's spelling (``ft:gpt-4o-2024-08-06``) is looked up in any provider's table as
-    soon as its name alone finds nothing, before the less specific spellings: it is in OpenAI's
-    table only, and its base spelling, found by name, priced ``tokenmeter prices ft:gpt-4o-...``
-    at gpt-4o's $2.50 / $10 where the fine-tune's $3.75 / $15 apply (a metered call, which
-    knows its provider, was right). Other spellings keep name-alone first: ``openai/gpt-4o`` is
-    gpt-4o, not OpenRouter's entry."""
+    Without a provider, a fine-tune's spelling (``ft:gpt-4o-2024-08-06:org::id``, OpenAI's
+    naming) is looked up in OpenAI's table as soon as its name alone finds nothing, before the
+    less specific spellings: its base spelling, found by name, priced ``tokenmeter prices
+    ft:gpt-4o-...`` at gpt-4o's $2.50 / $10 where the fine-tune's $3.75 / $15 apply (a metered
+    call, which knows its provider, was right). Any provider's table would do worse: Azure's
+    o4-mini entry takes ``ft:o4-mini-...``, at Azure's rates, without OpenAI's tiers."""
     source = _price_source()
-    find_any: Callable[[str], PricedModel | None] | None = getattr(
-        source, "find_in_any_provider", None
-    )
-    any_provider = find_any if provider is None else None
     for provider_id in dict.fromkeys((provider, None)):
         for name in names:
             found = source.find(provider_id, name)
-            if found is None and any_provider is not None and name.startswith("ft:"):
-                found = any_provider(name)
+            if found is None and provider is None and name.startswith("ft:"):
+                found = source.find("openai", name)
             if found is not None:
                 return found
-    if any_provider is not None:
+    find_any: Callable[[str], PricedModel | None] | None = getattr(
+        source, "find_in_any_provider", None
+    )
+    if provider is None and find_any is not None:  # the CLI, or a response of unknown origin
         for name in names:
-            found = any_provider(name)
+            found = find_any(name)
             if found is not None:
                 return found
     return None
