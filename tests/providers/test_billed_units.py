@@ -653,14 +653,15 @@ def test_gemini_grounding_without_model_version_is_billed_per_prompt_of_the_mode
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["reply", "stream"])
+@pytest.mark.parametrize("served", ["gpt-4o-mini-search-preview-2025-03-11", ""])
 def test_a_chat_search_model_that_reports_no_usage_is_estimated_with_its_web_search(
-    kit: Any, records: Records, streamed: bool
+    kit: Any, records: Records, streamed: bool, served: str
 ) -> None:
     """A search model's answer without usage (a stream without its usage chunk, a reply without
     a usage block) is estimated: its search was billed all the same, $0.025 of the call, and the
-    estimate held its tokens alone ($0.000114)."""
+    estimate held its tokens alone ($0.000114). A compatible server naming no model (``""``): the
+    estimate took the blank name for the model and lost the fee ($0.0000018 for $0.0250018)."""
     tokenmeter.configure(stream_usage=False)
-    served = "gpt-4o-mini-search-preview-2025-03-11"
     body = {**kit.chat_body(model=served), "usage": None}
     reply = kit.sse_response(kit.chat_sse(3, model=served)) if streamed else None
     client = kit.mock_openai(lambda request: reply or json_reply(kit.http, body))

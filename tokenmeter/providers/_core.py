@@ -394,7 +394,9 @@ class Call:
     def _estimate(self) -> Usage:
         """What the call most likely used: its request's input, the output that passed by (a
         stream's) or came back (a reply's)."""
-        model = self.model if type(self.model) is str else self.request_model or ""
+        # A blank answered name (a compatible server's "model": "") is none: the record is
+        # priced at the requested model, and so is the estimate (a search model's fee).
+        model = self.model if type(self.model) is str and self.model else self.request_model or ""
         tally = self.reply if self.reply is not None else getattr(self.reader, "tally", None)
         self.reply = None  # counted once: the text is not kept with the call
         with without_waiting():
