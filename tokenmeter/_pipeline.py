@@ -2122,37 +2122,20 @@ def _flush_at_multiprocessing_exit() -> None:
 
 def _on_exit() -> None:
     """tokenmeter's atexit hook. A Ctrl-C or a ``sys.exit()`` that a signal handler raised into
-    the exit flush is acted on once the flush is over (``_at_exit``): atexit would print it and
-    go on, ending the process with the status of the normal exit (0)."""
-    try:
+    the exit flush was acted on there (the flush went on, or a second one cut it short, setting
+    aside what was left): the exit then goes on as it was, so the atexit hooks registered before
+    ours run (logging's, other libraries' exports), and the process ends with the status it was
+    ending with. Ending it here, with the interrupt's status, skipped them all."""
+    with contextlib.suppress(KeyboardInterrupt, SystemExit):
         _at_exit()
-    except KeyboardInterrupt:
-        _die_of(signal.SIGINT)  # as Python ends a process on a Ctrl-C nobody caught
-    except SystemExit as exc:
-        _exit_with(exc)
-
-
-def _exit_with(exc: SystemExit) -> None:
-    """End the process as ``sys.exit()`` would have: its code, or its message and status 1.
-    With status 0 the exit goes on as it was (the atexit hooks registered before ours run)."""
-    code = exc.code
-    if code is None or code == 0:
-        return
-    if not isinstance(code, int):
-        with contextlib.suppress(Exception):
-            print(code, file=sys.stderr)
-        code = 1
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
 
 
 def _at_exit() -> None:
     """The exit flush. A KeyboardInterrupt or SystemExit raised into it (a Ctrl-C, an
     application's SIGTERM handler calling ``sys.exit()``) waits for it, bounded by exit_timeout
     as ever, and is raised again after: it stopped the flush where it landed, and the records
-    still queued were neither written, nor set aside, nor counted."""
+    still queued were neither written, nor set aside, nor counted. A second one stops the
+    waits, and what the writers hold is set aside and counted (``_through_interrupts``)."""
     global _exited_pid, _exit_running, _exit_signal, _exit_interrupt
     if _exited_pid == os.getpid():
         return
@@ -2173,10 +2156,16 @@ def _at_exit() -> None:
 _exit_interrupt: BaseException | None = None
 
 
-def _through_interrupts(step: Callable[[], _T]) -> _T:
+class _CutShort(Exception):
+    """A second Ctrl-C (or ``sys.exit()``) during the exit flush: stop waiting for the writers."""
+
+
+def _through_interrupts(step: Callable[[], _T], *, stoppable: bool = True) -> _T:
     """Run a step of the exit flush (each may be run again: what it waits for is the same) to
     its end, whatever a signal handler raises into its waits; the first interrupt is kept for
-    ``_at_exit`` to raise again."""
+    ``_at_exit`` to raise again. A second one raises ``_CutShort`` from a ``stoppable`` step (a
+    wait): a user pressing Ctrl-C again wants out, not the rest of exit_timeout (a hung sink);
+    what the writers still hold is then set aside and counted, as at a timeout."""
     global _exit_interrupt
     while True:
         try:
@@ -2185,33 +2174,46 @@ def _through_interrupts(step: Callable[[], _T]) -> _T:
             if _exit_interrupt is None:
                 _exit_interrupt = exc
                 logger.warning(
-                    "tokenmeter: %s during the exit flush; the process ends once the flush is "
-                    "over (within %.1f s, what is left of exit_timeout)",
+                    "tokenmeter: %s during the exit flush; the flush goes on (within %.1f s, "
+                    "what is left of exit_timeout); a second one stops it, setting aside what "
+                    "is left",
                     "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "sys.exit()",
                     _exit_time_left(),
                 )
+            elif stoppable:
+                raise _CutShort from None
 
 
 def _flush_at_exit() -> None:
-    _through_interrupts(catch_up)  # before the hooks: the implicit session's end needs them
-    _run_exit_hooks()
-    _through_interrupts(catch_up)  # the open streams the hooks recorded
     writers = _writers()
-    failed, timed_out = _through_interrupts(lambda: _unflushed(writers, _exit_time_left()))
-    _mark_exit_flushed()  # from now on a record is written at once (_write_late)
-    # What is left of exit_timeout (nothing, after a flush that used it all on a hung sink).
-    _through_interrupts(lambda: _stop_writers([*writers, *_ending], _exit_time_left()))
-    for thread in list(_importing):
-        _through_interrupts(functools.partial(_join_for_the_exit, thread))
+    failed: list[str] = []
+    timed_out: list[str] = []
+    try:
+        _through_interrupts(catch_up)  # before the hooks: the implicit session's end needs them
+        _run_exit_hooks()
+        _through_interrupts(catch_up)  # the open streams the hooks recorded
+        writers = _writers()
+        failed, timed_out = _through_interrupts(lambda: _unflushed(writers, _exit_time_left()))
+        _mark_exit_flushed()  # from now on a record is written at once (_write_late)
+        # What is left of exit_timeout (nothing, after a flush that used it all on a hung sink).
+        _through_interrupts(lambda: _stop_writers([*writers, *_ending], _exit_time_left()))
+        for thread in list(_importing):
+            _through_interrupts(functools.partial(_join_for_the_exit, thread))
+    except _CutShort:  # a second Ctrl-C: what is left is set aside below, as at a timeout
+        _mark_exit_flushed()
+        for writer in [*writers, *_ending]:
+            writer.ask_to_stop()
     # A writer still at work (setting aside what its sink refused, closing it) is cut off when
     # the interpreter ends: what it still holds is lost, not failed and set aside.
     cut_off = [w for w in [*writers, *_ending] if w._thread.is_alive()]
     late = [_name(w.sink) for w in cut_off]
     timed_out += [name for name in late if name not in timed_out]
     failed = [name for name in failed if name not in timed_out]
-    _through_interrupts(lambda: _report_unflushed(failed, timed_out, "every record at exit"))
+    _through_interrupts(
+        lambda: _report_unflushed(failed, timed_out, "every record at exit"), stoppable=False
+    )
     for writer in cut_off:
-        _through_interrupts(functools.partial(_set_aside_cut_off, writer))
+        _through_interrupts(functools.partial(_set_aside_cut_off, writer), stoppable=False)
 
 
 def _join_for_the_exit(thread: threading.Thread) -> None:
