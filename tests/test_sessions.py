@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import gc
 import json
 import logging
 import os
+import pickle
 import sqlite3
 import sys
 import threading
@@ -87,9 +89,12 @@ def test_by_model_read_while_another_thread_records_a_new_model(sink: InMemorySi
         assert [name for name, _ in models] == ["gpt-4o-mini"]  # the models of its read
         assert list(job.summary.by_model) == ["gpt-4o", "gpt-4o-mini", "o3"]
         assert job.summary.calls == 3
-        with pytest.raises(TypeError):  # the session's totals, not the application's to edit
-            job.summary.by_model["o3"] = tokenmeter.ModelTotals()  # type: ignore[index]
-        assert not hasattr(job.summary.by_model, "clear")
+        mine = job.summary.by_model  # the application's copy: edits leave the session's totals
+        mine["o3"].cost_usd = Decimal(0)
+        mine.clear()
+        assert job.summary.by_model["o3"].cost_usd > 0 and job.summary.calls == 3
+        kept = pickle.loads(pickle.dumps(job.summary.by_model))
+        assert copy.deepcopy(job.summary.by_model) == kept == job.summary.by_model
     assert job.summary.by_model["o3"].calls == 1
 
 

@@ -8,6 +8,7 @@ A session follows work into threads started inside it (``threading.Thread`` and
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import inspect
 import logging
@@ -21,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from decimal import Decimal
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, cast, overload
 
 from tokenmeter import _pipeline
@@ -101,12 +102,12 @@ class SessionSummary(ModelTotals):
         self._by_model: dict[str, ModelTotals] = {}
 
     @property
-    def by_model(self) -> Mapping[str, ModelTotals]:
-        """The totals per model name: a read-only view of the models seen so far (a model seen
-        first after this read is in the next one). Read-only: the live dict, handed out, could
-        be emptied by the application (``by_model.clear()``), and the session's totals and
-        budget check with it."""
-        return MappingProxyType(self._by_model)
+    def by_model(self) -> dict[str, ModelTotals]:
+        """The totals per model name, as of this read: a copy, the application's to keep, edit,
+        copy or pickle. The live dict, handed out, raised RuntimeError into a loop over it as
+        another thread recorded a new model, and an edit of it (``clear()``, a figure set)
+        changed the session's totals and its budget check."""
+        return {name: copy.copy(totals) for name, totals in self._by_model.items()}
 
     def _add(self, record: UsageRecord) -> None:
         # On the caller's thread for every record: add_record directly, no extra frames.
