@@ -1780,13 +1780,8 @@ def remove_submit_observer(observer: Callable[[UsageRecord | SessionInfo], None]
         _submit_observers.remove(observer)
 
 
-def submit(item: UsageRecord | SessionInfo, with_next: bool = False) -> None:
-    """Queue a record or a session for every sink; returns at once.
-
-    ``with_next``: after the exit flush, written with the next item submitted, not at once: a
-    session stored again for a record (a daemon thread's call completing as the process exits)
-    is written with that record, submitted just after it. Written at once, the interpreter could
-    end between the two writes, the row counting a record that was never stored."""
+def submit(item: UsageRecord | SessionInfo) -> None:
+    """Queue a record or a session for every sink; returns at once."""
     pipeline = _pipeline or _get()  # first use makes the sinks, which may add an observer
     if _submit_observers:
         for observer in _submit_observers:
@@ -1798,7 +1793,7 @@ def submit(item: UsageRecord | SessionInfo, with_next: bool = False) -> None:
         pipeline = _pipeline or _get()
     if _deferred_signal:  # came while this first record made the sinks: the exit writes it
         _take_deferred_signal()
-    if _ended_pid and _ended_pid == os.getpid() and not with_next:  # 0 until the exit flush
+    if _ended_pid and _ended_pid == os.getpid():  # 0 until the exit flush: no getpid() call
         _write_late()
 
 

@@ -206,10 +206,6 @@ class Session:
         self._status: Literal["active", "completed", "failed"] = "active"
         self._started_at: datetime | None = None
         self._ended_at: datetime | None = None
-        #: Its stored totals are handed to the sinks again at each record added (``_add``): it
-        #: ended, or it was stored at exit while still open (``finish_implicit``). Set under
-        #: ``_lock``; one flag for both, read for every record.
-        self._stored_again = False
         self._parent: Session | None = None
         self._summary = SessionSummary()
         #: Tags of the ancestors merged with this session's own (inner ones win).
@@ -442,7 +438,6 @@ class Session:
                 return  # never entered, or exited already: its hooks and its row are done once
             self._status = "failed" if failed else "completed"
             self._ended_at = datetime.now(UTC)
-            self._stored_again = True
             token, self._token = self._token, None
             _closed(self)
         if token is not None and _current.get() is self:
@@ -540,15 +535,15 @@ class Session:
         ended: list[Session] = []
         with _lock:
             while node is not None:
-                if node._stored_again:
+                if node._ended_at is not None:
                     if node._pid != os.getpid():  # ended before a fork: this process's part
                         node._inherit()
                     ended.append(node)
                 node._summary._add(record)
                 budgeted = budgeted or node._budget_usd is not None
                 node = node._parent
-        for late in ended:  # a stream read after its session ended (or its exit store): its
-            _tell(late, with_record=True)  # stored totals go on
+        for late in ended:  # a stream read after its session ended: its stored totals go on
+            _tell(late)
         if budgeted:  # every ancestor's budget, however the record was made
             node = self
             while node is not None:
@@ -680,19 +675,16 @@ class Session:
         return f"Session(id={self.id!r}, name={self.name!r}, status={self.status!r})"
 
 
-def _tell(session: Session, with_record: bool = False) -> None:
+def _tell(session: Session) -> None:
     """Hand the sinks an ended session's state. Taken and handed over under ``_told``: threads
     making late calls of it at once each handed over a state taken outside any lock, and the
-    last one handed over (not the latest) was the stored row (245 of 250 calls).
-
-    ``with_record``: told for a record about to be submitted (``Session._add``), and written
-    with it after the exit flush (``_pipeline.submit``'s ``with_next``)."""
+    last one handed over (not the latest) was the stored row (245 of 250 calls)."""
     if session._stored_by is not None:  # its calls are in the enclosing session's part
         return
     with _told:
         with _lock:
             info = session.info()
-        _pipeline.submit(info, with_next=with_record)
+        _pipeline.submit(info)
 
 
 def _enclosing_with_id(parent: Session | None, session_id: str) -> Session | None:
@@ -1275,24 +1267,16 @@ def finish_implicit() -> None:
     """At exit: the implicit session is complete (if it ever recorded anything), and a session
     still open (a SIGTERM inside its block, a generator never closed) has its stored totals
     brought up to date: its row said 0 calls beside its records. It is still "active": it
-    never ended.
-
-    Its work may go on meanwhile (a daemon thread's call completing as the process exits): from
-    this store on, each record added to it stores it again, as for a session that ended. Stored
-    once only, its row missed those calls (59 calls beside 61 records)."""
+    never ended."""
     with _lock:
-        still_open = [s for s in _open if s is not _implicit and s.ended_at is None]
-        for session in still_open:
-            session._stored_again = True  # a record added from now on is in a later store
+        still_open = list(_open)
     for session in still_open:
-        if session._totals()[0]:
+        if session is not _implicit and session.ended_at is None and session._totals()[0]:
             _tell(session)
     if _implicit is not None and _implicit._announced and _implicit_pid == os.getpid():
-        with _lock:
-            _implicit._status = "completed"
-            _implicit._ended_at = datetime.now(UTC)
-            _implicit._stored_again = True
-        _tell(_implicit)
+        _implicit._status = "completed"
+        _implicit._ended_at = datetime.now(UTC)
+        _pipeline.submit(_implicit.info())
         _end_hooks(_implicit)
 
 
