@@ -313,6 +313,51 @@ def test_wrap_rejects_other_objects() -> None:
         tokenmeter.wrap(object())
 
 
+class CompanyOpenAI(openai.OpenAI):
+    """An application's own client class, in the application's module (here, this test's)."""
+
+
+class CompanyAnthropic(anthropic.AsyncAnthropic):
+    """An application's own async Anthropic client."""
+
+
+def _company_clients(fake: FakeProvider) -> dict[str, Any]:
+    from google import genai
+
+    class CompanyGenAI(genai.Client):
+        """An application's own Google GenAI client."""
+
+    gemini = {"base_url": fake.gemini_base_url, "api_version": "v1beta"}
+    return {
+        "openai": CompanyOpenAI(api_key="k", base_url=fake.openai_base_url, max_retries=0),
+        "anthropic": CompanyAnthropic(api_key="k", base_url=fake.anthropic_base_url, max_retries=0),
+        "google": CompanyGenAI(api_key="k", http_options=gemini),
+    }
+
+
+async def test_wrap_takes_an_applications_subclass_of_an_sdk_client(
+    fake: FakeProvider, records: Records, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``class CompanyOpenAI(openai.OpenAI)`` in the application's module: wrap() looked the SDK
+    up by that module's name and raised "wrap() takes an OpenAI, Anthropic or Google GenAI
+    client, got CompanyOpenAI" for all three SDKs, with TOKENMETER_DISABLED=1 too (a deployment
+    switching tokenmeter off crashed at start). Each is its SDK's client, metered once a call."""
+    clients = _company_clients(fake)
+    for client in clients.values():
+        assert tokenmeter.wrap(client) is client
+    clients["openai"].chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    await clients["anthropic"].messages.create(
+        model="claude-sonnet-4-5", max_tokens=16, messages=MESSAGES
+    )
+    clients["google"].models.generate_content(model="gemini-2.5-flash", contents="hi")
+    assert [r.model_provider for r in records()] == ["openai", "anthropic", "google"]
+
+    monkeypatch.setenv("TOKENMETER_DISABLED", "1")
+    _runtime.reset()
+    for client in _company_clients(fake).values():
+        assert tokenmeter.wrap(client) is client
+
+
 class _NoRepr:
     def __repr__(self) -> str:
         raise RuntimeError("no repr")

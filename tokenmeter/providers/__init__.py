@@ -220,6 +220,18 @@ def uninstrument(providers: str | list[str] | tuple[str, ...] | None = None) -> 
                 _adapter(name).ADAPTER.active = False
 
 
+def _integrations_of(kind: type) -> list[str]:
+    """The integrations whose SDK defines ``kind`` or one of its bases, nearest first.
+
+    Read from the whole MRO, not the class's own module: an application's subclass of an SDK
+    client (``class CompanyLLM(openai.OpenAI)`` in its own module) is still that SDK's client."""
+    names: list[str] = []
+    for cls in kind.__mro__:
+        module = str(cls.__module__).split(".")[0]  # a class may set it to anything
+        names += [i.name for i in _registry.integrations_for_module(module) if i.name not in names]
+    return names
+
+
 def wrap(client: T) -> T:
     """Instrument this one client object only; returns the same object.
 
@@ -227,8 +239,7 @@ def wrap(client: T) -> T:
     its ``with_options()`` / ``copy()`` make (OpenAI, Anthropic) are wrapped as they are made.
     With ``TOKENMETER_DISABLED=1`` its calls pass through, unmetered and under no budget.
     """
-    module = str(type(client).__module__).split(".")[0]  # a class may set it to anything
-    candidates = [i.name for i in _registry.integrations_for_module(module)]
+    candidates = _integrations_of(type(client))
     from tokenmeter._runtime import disabled
 
     if candidates and disabled():  # switched off: nothing metered, as instrument() patches none
