@@ -206,6 +206,47 @@ def test_azure_openai_through_the_plain_openai_client_is_azure(
     assert _provider_of_a_call(sink, base_url) == "azure"
 
 
+def _company_client(base: str, reply: Any) -> Any:
+    """An application's subclass of the openai SDK's ``base`` client, named as an application
+    might ("AzureGateway" for a plain OpenAI client in front of a proxy)."""
+    import httpx2
+    import openai
+
+    http_client = httpx2.Client(transport=httpx2.MockTransport(reply))
+    if base == "AzureOpenAI":
+        company = type("CompanyLLM", (openai.AzureOpenAI,), {})
+        return company(
+            api_key="k",
+            api_version="2024-10-21",
+            azure_endpoint="https://contoso-apim.azure-api.net",
+            http_client=http_client,
+        )
+    gateway = type("AzureGateway", (openai.OpenAI,), {})
+    return gateway(api_key="k", base_url="https://llm-proxy.internal/v1", http_client=http_client)
+
+
+@pytest.mark.parametrize(("base", "provider"), [("AzureOpenAI", "azure"), ("OpenAI", "openai")])
+def test_an_azure_client_is_known_by_its_class_hierarchy_not_its_name(
+    sink: InMemorySink, base: str, provider: str
+) -> None:
+    """A subclass of ``openai.AzureOpenAI`` on an Azure API Management gateway (no
+    ``*.azure.com`` host) was recorded under openai (Phi-4, priced in Azure's table only: cost
+    null, $0.000375 per 1,000 in and 500 out through AzureOpenAI itself), and a plain OpenAI
+    client whose class name holds "Azure" was recorded under azure, whatever its host."""
+    import httpx2
+
+    def reply(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, json={**CHAT, "model": "Phi-4"})
+
+    client = _company_client(base, reply)
+    tokenmeter.wrap(client)
+    client.chat.completions.create(model="Phi-4", messages=[])
+    tokenmeter.flush()
+    (record,) = sink.records
+    assert record.model_provider == provider
+    assert (record.estimated_cost_usd is not None) is (provider == "azure")
+
+
 def test_aliases_resolve_the_same_everywhere() -> None:
     """Pricing, usage reading and instrument() all take a provider's aliases from the registry."""
     for entry in _registry.PROVIDERS:

@@ -215,14 +215,16 @@ def billed(name: str) -> bool:
     return found is None or found.billed
 
 
-def provider_for_host(host: str, client_class: str = "", port: int | None = None) -> str:
-    """Which provider an OpenAI client talks to, from its base URL's host (default: openai), or
-    on a host no provider has, from its port (``localhost:11434``: Ollama's).
+def provider_for_host(host: str, azure_client: bool = False, port: int | None = None) -> str:
+    """Which provider an OpenAI client talks to: Azure for an Azure OpenAI client (whatever its
+    endpoint: an API Management gateway or a custom domain is no ``*.azure.com`` host), else
+    from its base URL's host (default: openai), or on a host no provider has, from its port
+    (``localhost:11434``: Ollama's).
 
     Matched in any case and without a trailing dot: ``api.groq.com.`` (a fully qualified name)
     reaches the same server as ``api.groq.com``."""
     host = host.lower().rstrip(".")
-    if "Azure" in client_class:
+    if azure_client:
         return "azure"
     found = _BY_HOST.get(host)
     if found is not None:

@@ -455,6 +455,19 @@ _TRANSCRIPTIONS = Endpoint("audio.transcriptions", _read_transcription, Transcri
 _NOT_BILLED = {"input_tokens", "input_items"}
 
 
+def _is_azure(kind: type) -> bool:
+    """Whether a client class is the SDK's Azure OpenAI client or a subclass of it.
+
+    Asked of the class hierarchy, not the class name: an application's ``class
+    CompanyLLM(openai.AzureOpenAI)`` is Azure on any endpoint, and an ``openai.OpenAI``
+    subclass that merely has "Azure" in its name is whatever its host says."""
+    try:
+        from openai.lib.azure import BaseAzureClient
+    except ImportError:  # an SDK without the Azure client
+        return False
+    return issubclass(kind, BaseAzureClient)
+
+
 class OpenAIAdapter(StainlessAdapter):
     name = "openai"
 
@@ -497,7 +510,7 @@ class OpenAIAdapter(StainlessAdapter):
         if found is None or found[0] is not url or found[1] is not type(client):
             host = getattr(url, "host", "") or ""
             port = getattr(url, "port", None)
-            named = provider_for_host(host, type(client).__name__, port)
+            named = provider_for_host(host, _is_azure(type(client)), port)
             found = (url, type(client), named)
             if len(self._providers) >= 1024:  # apps that make a client per request
                 self._providers.clear()
