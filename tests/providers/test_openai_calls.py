@@ -7,6 +7,7 @@ own usage (``fake.openai_usage.normalized()``), so the arithmetic is checked, no
 from __future__ import annotations
 
 import logging
+import warnings
 from decimal import Decimal
 from types import ModuleType
 from typing import Any
@@ -614,6 +615,46 @@ async def test_an_incomplete_response_responses_parse_refuses_keeps_its_usage(
     record = only(instrumented())
     assert (record.input_tokens, record.output_tokens, record.status) == (3_000, 800, "error")
     assert record.estimated_cost_usd
+
+
+@pytest.mark.skipif(
+    not hasattr(openai.resources.beta.Beta, "threads"),
+    reason="no client.beta.threads in this openai",
+)
+def test_assistants_runs_are_not_metered_as_documented(records: Records, kit: ModuleType) -> None:
+    """An Assistants run (``client.beta.threads.runs``) is billed per token (its ``usage``: 1,200
+    in, 300 out here) and makes no record; the "Not metered" list did not name it, so a user
+    took its spend for recorded. The docs' advice holds: the completed run, given to
+    ``record_response()``, is one priced record."""
+    run = {
+        "id": "run_1",
+        "object": "thread.run",
+        "created_at": 1,
+        "assistant_id": "asst_1",
+        "thread_id": "thread_1",
+        "status": "completed",
+        "model": "gpt-4o-2024-08-06",
+        "instructions": "",
+        "tools": [],
+        "usage": {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500},
+        "parallel_tool_calls": True,
+        "truncation_strategy": {"type": "auto"},
+        "tool_choice": "auto",
+        "response_format": "auto",
+        "metadata": {},
+    }
+    client = kit.mock_openai(lambda request: kit.http.Response(200, json=run))
+    tokenmeter.instrument("openai")
+    with warnings.catch_warnings():  # the SDK marks the Assistants API deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        done = client.beta.threads.runs.create(thread_id="thread_1", assistant_id="asst_1")
+
+    assert done.usage is not None and done.usage.prompt_tokens == 1200
+    assert records() == []
+    assert "`client.beta.threads.runs`" in not_metered_in_docs()
+    recorded = tokenmeter.record_response(done)
+    assert (recorded.input_tokens, recorded.output_tokens) == (1200, 300)
+    assert recorded.estimated_cost_usd
 
 
 @pytest.mark.skipif(
