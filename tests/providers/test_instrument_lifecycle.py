@@ -176,6 +176,106 @@ def test_an_answer_middleware_gives_from_its_cache_is_not_billed_again(
     assert len(fake.requests) == len(records()) == 2
 
 
+def _middleware(handle: Any) -> Any:
+    """An anthropic client middleware from one ``handle(request, call_next)`` written for both
+    clients: ``await kit.maybe(...)`` passes a sync client's results through."""
+    from anthropic._middleware import Middleware
+
+    class Written(Middleware):  # type: ignore[misc]
+        def handle(self, request: Any, call_next: Any) -> Any:
+            coroutine = handle(request, call_next)
+            try:
+                coroutine.send(None)
+            except StopIteration as done:
+                return done.value
+            raise AssertionError("a sync middleware awaited something")
+
+        async def handle_async(self, request: Any, call_next: Any) -> Any:
+            return await handle(request, call_next)
+
+    return Written()
+
+
+@pytest.mark.requires(anthropic=">=2.15")
+async def test_an_answer_a_middleware_gives_from_a_cache_of_copies_is_not_billed_again(
+    fake: FakeProvider, records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """A middleware cache that keeps answers as JSON (a disk or Redis cache) hands back a new
+    object each time: five calls, one request sent, five records were made at the full price of
+    the first ($0.003675 recorded for $0.000735 billed). Only the very same object was known."""
+    store: dict[str, str] = {}
+
+    async def cache(request: Any, call_next: Any) -> Any:
+        key = json.dumps(request.options.json_data, sort_keys=True, default=str)
+        if key not in store:
+            response = await kit.maybe(call_next(request))
+            store[key] = (await kit.maybe(response.parse())).model_dump_json()
+        return anthropic.types.Message.model_validate_json(store[key])
+
+    tokenmeter.instrument()
+    client = fake.anthropic_client(async_=is_async, middleware=[_middleware(cache)])
+    for _ in range(5):
+        await kit.maybe(
+            client.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=MESSAGES)
+        )
+    (record,) = records()
+    assert len(fake.requests) == 1
+    assert record.output_tokens == fake.anthropic_usage.output_tokens
+
+
+@pytest.mark.requires(anthropic=">=2.15")
+async def test_every_answer_a_middleware_gets_inside_one_call_is_recorded(
+    fake: FakeProvider, records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """A middleware that sends the request again inside one SDK call (asking a bigger model
+    when the reply will not do) had each hop billed but one record per call: 4 calls, 12
+    requests, 4 records, the opus hops never recorded."""
+
+    async def reask(request: Any, call_next: Any) -> Any:
+        response = await kit.maybe(call_next(request))
+        for _ in range(2):
+            await kit.maybe(response.parse())
+            request.options.json_data = {**request.options.json_data, "model": "claude-opus-4-5"}
+            response = await kit.maybe(call_next(request))
+        return response
+
+    tokenmeter.instrument()
+    client = fake.anthropic_client(async_=is_async, middleware=[_middleware(reask)])
+    for _ in range(4):
+        await kit.maybe(
+            client.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=MESSAGES)
+        )
+    made = records()
+    assert len(made) == len(fake.requests) == 12
+    assert [r.model_name.startswith("claude-opus") for r in made[:3]] == [False, True, True]
+    assert {r.status for r in made} == {"ok"}
+
+
+@pytest.mark.requires(anthropic=">=2.15")
+async def test_a_middleware_raising_after_the_answer_keeps_its_usage(
+    fake: FakeProvider, records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """An output guard: a middleware that reads the answer and raises. The call was answered
+    and billed (175 in with the cache's, 12 out), and its record was an error with 0 tokens
+    and no cost."""
+
+    async def guard(request: Any, call_next: Any) -> Any:
+        response = await kit.maybe(call_next(request))
+        await kit.maybe(response.parse())
+        raise ValueError("output policy: reply blocked")
+
+    tokenmeter.instrument()
+    client = fake.anthropic_client(async_=is_async, middleware=[_middleware(guard)])
+    with pytest.raises(ValueError, match="output policy"):
+        await kit.maybe(
+            client.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=MESSAGES)
+        )
+    (record,) = records()
+    assert (record.status, record.error) == ("error", "ValueError")
+    assert record.output_tokens == fake.anthropic_usage.output_tokens > 0
+    assert record.estimated_cost_usd and not record.estimated
+
+
 async def test_a_copy_of_a_wrapped_client_sends_as_itself(
     records: Records, kit: ModuleType, is_async: bool
 ) -> None:
