@@ -1373,45 +1373,6 @@ def test_a_hop_the_sdks_refusal_fallback_middleware_declined_is_counted_in_its_s
 
 
 @pytest.mark.requires(anthropic=">=2.15")
-def test_a_hop_the_sdks_refusal_fallback_middleware_declined_has_a_record_when_not_streamed(
-    kit: Any, records: Records
-) -> None:
-    """Not streamed, ``BetaRefusalFallbackMiddleware``'s reply carries the serving hop's usage
-    alone (claude-opus-4-6: 20,000 in, 500 out): the declined claude-sonnet-4-5 hop (20,000 in,
-    300 out, $0.0645) was billed and never recorded. Each hop is a record; the serving hop's
-    body, rebuilt by the middleware with its ``fallback`` block and parsed again, is one."""
-    import anthropic
-    from anthropic.lib.middleware import BetaRefusalFallbackMiddleware
-
-    def reply(request: Any) -> Any:
-        model = json.loads(request.content)["model"]
-        if model.startswith("claude-sonnet"):
-            declined = _anthropic_message({"input_tokens": 20_000, "output_tokens": 300}, model)
-            refusal = {"type": "refusal", "category": "cyber", "fallback_credit_token": "fct_1"}
-            declined.update(id="msg_declined", content=[], stop_reason="refusal")
-            return kit.http.Response(200, json={**declined, "stop_details": refusal})
-        served = _anthropic_message({"input_tokens": 20_000, "output_tokens": 500}, model)
-        return kit.http.Response(200, json={**served, "id": "msg_served"})
-
-    client = anthropic.Anthropic(
-        api_key="sk-ant-test",
-        http_client=kit.http.Client(transport=kit.http.MockTransport(reply)),
-        max_retries=0,
-        middleware=[BetaRefusalFallbackMiddleware([{"model": "claude-opus-4-6"}])],
-    )
-    message = client.beta.messages.create(model="claude-sonnet-4-5", max_tokens=1024, messages=[])
-
-    assert [block.type for block in message.content][:1] == ["fallback"]
-    made = records()
-    assert [(r.model_name, r.input_tokens, r.output_tokens) for r in made] == [
-        ("claude-sonnet-4-5", 20_000, 300),
-        ("claude-opus-4-6", 20_000, 500),
-    ]
-    # sonnet-4-5 $3/$15: 20,000 in + 300 out; opus-4-6 $5/$25: 20,000 in + 500 out
-    assert [r.estimated_cost_usd for r in made] == [Decimal("0.0645"), Decimal("0.1125")]
-
-
-@pytest.mark.requires(anthropic=">=2.15")
 @pytest.mark.parametrize("declined_text", [True, False], ids=["mid-stream", "before-output"])
 def test_a_refusal_fallback_stream_left_in_its_fallback_hop_counts_both_hops(
     kit: Any, records: Records, declined_text: bool

@@ -65,9 +65,8 @@ class StainlessPlan(Plan):
     #: When ``prepare`` adjusted the request: the adapter, the client and the caller's own
     #: (args, kwargs), sent instead if the server refuses the adjustment.
     given: tuple[StainlessAdapter, Any, tuple[Any, ...], dict[str, Any]] | None = None
-    #: A non-streamed call on a client running middleware (anthropic 2.15+): the answers its
-    #: chain got back, each read as the chain parses it (see ``_Hops``).
-    hops: _Hops | None = None
+    #: The client runs middleware (anthropic 2.15+), which may answer from a cache of its own.
+    middleware: bool = False
 
     def as_given(self, error: Exception) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         if self.given is None:
@@ -244,12 +243,7 @@ class StainlessAdapter:
             no_usage_hint=endpoint.no_usage_hint,
         )
         post_parser = fields.get("post_parser")
-        hops = None
-        if not streamed and raw is None and getattr(client, "_middleware", None):
-            new_options = new_options.model_copy()
-            hops = _Hops(call, endpoint, post_parser if callable(post_parser) else None)
-            new_options.post_parser = hops
-        elif not streamed and callable(post_parser):  # a parse() helper's
+        if not streamed and callable(post_parser):  # a parse() helper's
             new_options = new_options.model_copy()
             new_options.post_parser = _reading_first(post_parser, call, endpoint)
         if new_options is not options:
@@ -257,7 +251,8 @@ class StainlessAdapter:
                 args = (args[0], new_options, *args[2:])
             else:
                 kwargs = {**kwargs, "options": new_options}
-        return StainlessPlan(call, args, kwargs, endpoint, streamed, hide, raw, given, hops)
+        middleware = bool(getattr(client, "_middleware", None))
+        return StainlessPlan(call, args, kwargs, endpoint, streamed, hide, raw, given, middleware)
 
     def _route(self, route: tuple[Any, Any]) -> Endpoint | None:
         """``endpoint()`` for a (method, url) seen for the first time (remembered: apps call the
@@ -277,12 +272,8 @@ class StainlessAdapter:
             return raw(result, plan, is_async)
         if plan.streamed:
             return _stream_proxy(plan, result, is_async)
-        hops = plan.hops
-        if hops is not None and hops.latest is None:
-            plan.call.done = True  # no answer came back: no record (a reservation is given back)
-            return result
-        if hops is not None and result is not hops.latest:
-            plan.call.finish()  # a copy of an answer (a cache's), or an earlier one: read already
+        if plan.middleware and _replayed(result):
+            plan.call.done = True  # nothing was sent: no record (a reservation is given back)
             return result
         _read_into(plan, result)
         return result
@@ -999,68 +990,20 @@ def _reading_first(
     return read_then_post_parse
 
 
-class _Hops:
-    """The post-parser of a non-streamed call on a client running middleware: one record per
-    answer its chain got back.
-
-    A middleware sees each attempt's response and may answer from a cache without sending
-    anything (the SDK hands back the value it returns as it is), send the request again (a
-    re-ask, a hedge, a fallback model: each billed), or raise once an answer came (an output
-    guard). The SDK parses each attempt's response through this post-parser (the middleware's
-    own ``parse()``, or the SDK's for the answer handed back), so the call's record holds the
-    latest answer, and each earlier one is recorded on its own as the next comes. No answer
-    parsed: nothing was sent, no record. Clients without middleware never get one."""
-
-    def __init__(
-        self, call: Call, endpoint: Endpoint, post_parser: Callable[[Any], Any] | None
-    ) -> None:
-        self.call = call
-        self.endpoint = endpoint
-        self.post_parser = post_parser
-        self.parsed: Any = None  # the latest answer as parsed, before a parse() helper's parser
-        self.latest: Any = None  # the latest answer as the caller would get it
-
-    def __call__(self, parsed: Any) -> Any:
-        call = self.call
-        if not call.done:
-            if self.latest is not None and not _same_answer(parsed, self.parsed):
-                self._record_earlier()
-            self.parsed = self.latest = parsed
-            with contextlib.suppress(Exception):  # read again, and reported, once delivered
-                self.endpoint.read(parsed, call)
-        if self.post_parser is None:
-            return parsed
-        try:
-            self.latest = self.post_parser(parsed)
-        except Exception as exc:
-            if call.usage is not None:
-                call.failure = type(exc).__name__
-            raise
-        return self.latest
-
-    def _record_earlier(self) -> None:
-        """The answer before this one, on a record of its own (the call's keeps the latest)."""
-        call = self.call
-        earlier = Call(
-            call.provider,
-            call.request_model,
-            call.operation,
-            session=call.session,
-            session_name=call.session_name,
-            request=call.request,
-        )
-        earlier.read("reading a response", _take, earlier, self.endpoint, self.parsed)
-        earlier.finish()
-        call.usage = call.model = call.tier = call.request_id = call.unreadable = None
-        call.missing, call.reply, call.tools_seen = False, None, None
+#: The answers a client running middleware returned, by id: middleware answering from a cache
+#: of its own hands back the very object an earlier call returned (the SDK returns a value the
+#: middleware gives verbatim), and nothing was sent or billed. Each entry lives as long as its
+#: answer does (as long as the cache keeps it).
+_answered: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
 
 
-def _same_answer(parsed: Any, earlier: Any) -> bool:
-    """One answer parsed again, not a new one: the SDK's ``BetaRefusalFallbackMiddleware``
-    hands back the serving hop's body rebuilt (with its ``fallback`` blocks), parsed anew.
-    Known by the message id, which the provider gives each answer."""
-    given = getattr(parsed, "id", None)
-    return isinstance(given, str) and given == getattr(earlier, "id", None)
+def _replayed(answer: Any) -> bool:
+    """True for an answer returned before (a middleware's cache hit); else it is remembered."""
+    if _answered.get(id(answer)) is answer:
+        return True
+    with contextlib.suppress(TypeError):  # an object that cannot be weakly referenced
+        _answered[id(answer)] = answer
+    return False
 
 
 def _read_into(plan: StainlessPlan, parsed: Any) -> None:
