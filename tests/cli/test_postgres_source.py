@@ -271,6 +271,8 @@ def test_a_wrong_url_is_one_line_without_the_password(cli: RunCli, pg_dsn: str) 
         " postgresql://reader:hunter2@db.internal/llm_usage",  # pasted with a space before it
         "host=db.internal user=reader password=hunter2 dbnme=llm_usage",  # a misspelt keyword
         "host=db.internal password='hunter2 dbname=llm_usage",  # a quote left open
+        "'postgresql://reader:hunter2@db.internal/llm_usage'",  # pasted with its quotes
+        "DSN=postgresql://reader:hunter2@db.internal/llm_usage",  # with the variable's name
     ],
 )
 def test_a_connection_string_that_does_not_parse_is_never_echoed(
