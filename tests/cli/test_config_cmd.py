@@ -140,6 +140,18 @@ def test_a_dsn_libpq_cannot_read_is_never_shown(
     assert "(not shown: a connection string libpq cannot read)" in out
 
 
+def test_a_dsn_naming_its_schema_is_shown_masked(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``?schema=`` is tokenmeter's own parameter, which libpq never sees: a DSN with it was
+    taken for one libpq cannot read, and not shown at all."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TOKENMETER_PG_DSN", "postgresql://tm:hunter2@db/llm?schema=llm_usage")
+    code, out, err = cli("config", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["pg_dsn"]["value"] == "postgresql://tm:***@db/llm?schema=llm_usage"
+
+
 def test_json_carries_a_settings_exact_text_into_a_pipe(
     cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

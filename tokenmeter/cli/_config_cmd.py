@@ -83,9 +83,11 @@ def _parses(dsn: str) -> bool:
         from psycopg.conninfo import conninfo_to_dict
     except ImportError:
         return True
+    from tokenmeter.sinks.postgres import split_schema
+
     try:
-        conninfo_to_dict(dsn)
-    except (Error, ValueError):  # ValueError: a %-escape that is not UTF-8
+        conninfo_to_dict(split_schema(dsn)[0])  # libpq never sees tokenmeter's ?schema=
+    except (Error, ValueError):  # ValueError: a %-escape that is not UTF-8, a bad schema
         return False
     return True
 
