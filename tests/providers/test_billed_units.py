@@ -653,7 +653,7 @@ def test_gemini_grounding_without_model_version_is_billed_per_prompt_of_the_mode
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["reply", "stream"])
-@pytest.mark.parametrize("served", ["gpt-4o-mini-search-preview-2025-03-11", ""])
+@pytest.mark.parametrize("served", ["gpt-4o-mini-search-preview-2025-03-11", "", " "])
 def test_a_chat_search_model_that_reports_no_usage_is_estimated_with_its_web_search(
     kit: Any, records: Records, streamed: bool, served: str
 ) -> None:

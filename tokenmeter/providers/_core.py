@@ -157,6 +157,13 @@ class Switches:
     active: bool = True
 
 
+def _named(model: object) -> str | None:
+    """The model an answer named, or None for none: a blank name (a compatible server's
+    ``"model": ""`` or ``" "``) is none, as in the record, which is priced at the model asked
+    (and so are an estimate and the fees that depend on the model: a search model's)."""
+    return model if type(model) is str and model.strip() else None
+
+
 @dataclass(slots=True, weakref_slot=True, eq=False)
 class Call:
     """One logical LLM call in flight: what is known so far, recorded exactly once."""
@@ -239,7 +246,7 @@ class Call:
         if found.model:
             self.usage = found.usage
         else:  # the fees that depend on the model: the one the call will be recorded at
-            self.usage = with_model_fees(found, self.model or self.request_model)
+            self.usage = with_model_fees(found, _named(self.model) or self.request_model)
         self.model = found.model or self.model
         self.tier = found.tier or self.tier
         self.request_id = found.request_id or self.request_id
@@ -347,7 +354,7 @@ class Call:
             and hasattr(self.reader, "partial")
         ):
             # A stream left or cut before its final count (Anthropic: only message_start's).
-            served = self.model if type(self.model) is str else self.request_model or ""
+            served = _named(self.model) or self.request_model or ""
             with without_waiting():
                 better = self.reader.partial(usage, served)
             if better is not None:
@@ -394,9 +401,7 @@ class Call:
     def _estimate(self) -> Usage:
         """What the call most likely used: its request's input, the output that passed by (a
         stream's) or came back (a reply's)."""
-        # A blank answered name (a compatible server's "model": "") is none: the record is
-        # priced at the requested model, and so is the estimate (a search model's fee).
-        model = self.model if type(self.model) is str and self.model else self.request_model or ""
+        model = _named(self.model) or self.request_model or ""
         tally = self.reply if self.reply is not None else getattr(self.reader, "tally", None)
         self.reply = None  # counted once: the text is not kept with the call
         with without_waiting():
