@@ -234,14 +234,21 @@ def _within(attrs: dict[str, Any], room: int) -> dict[str, Any]:
     the conventions' first, with a warning for each (891 lines for a record with 1,000 tags).
     Left out first: the first tags; then tokenmeter's own attributes, the last first; then the
     conventions' others, the last first; then those of ``_KEPT_LONGEST``, the last first."""
-    excess = len(attrs) - room
-    tags = [key for key in attrs if key.startswith("tokenmeter.tag.")]
-    own = [key for key in attrs if key.startswith("tokenmeter.") and key not in tags]
-    others = [key for key in attrs if not key.startswith("tokenmeter.")]
-    kept_longest = [key for key in others if key in _KEPT_LONGEST]
-    conventions = [key for key in others if key not in _KEPT_LONGEST]
+    tags: list[str] = []
+    own: list[str] = []
+    conventions: list[str] = []
+    kept_longest: list[str] = []
+    for key in attrs:
+        if key.startswith("tokenmeter.tag."):
+            tags.append(key)
+        elif key.startswith("tokenmeter."):
+            own.append(key)
+        elif key in _KEPT_LONGEST:
+            kept_longest.append(key)
+        else:
+            conventions.append(key)
     order = [*tags, *reversed(own), *reversed(conventions), *reversed(kept_longest)]
-    left_out = set(order[: max(excess, 0)])
+    left_out = set(order[: max(len(attrs) - room, 0)])
     return {key: value for key, value in attrs.items() if key not in left_out}
 
 
