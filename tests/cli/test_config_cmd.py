@@ -75,9 +75,6 @@ def test_a_dsn_the_application_would_refuse_is_one_line_and_exit_2(
         # libpq takes these characters raw in a URL's password or user, and backslash escapes
         # and & in a key/value password; a query parameter's name may be percent-encoded.
         "postgresql://tm:s3#cret@db.internal/usage",
-        # A '/' ends libpq's authority (user:s3 read as host:port): still the password.
-        "postgresql://tm:s3/cret@db.internal/usage",
-        "postgresql://tm:s3/c+r/et@db.internal:5432/usage?sslmode=require",
         "postgresql://tm:s3?cret@db.internal/usage",
         "postgresql://t#m:s3cret@db.internal/usage",
         "postgresql://tm@db.internal/usage?%70assword=s3cret",
@@ -98,6 +95,49 @@ def test_the_dsn_is_shown_without_its_password(
     assert "db.internal" in shown and "***" in shown and "s3" not in shown and "cret" not in shown
     code, text, _ = cli("config")
     assert code == 0 and "db.internal" in text and "s3" not in text
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://tm:s3/cret@db.internal/usage",
+        "postgresql://tm:s3/c+r/et@db.internal:5432/usage?sslmode=require",
+        "postgresql://tm:88/s3cret@db.internal/usage",  # digits before the '/': a "port"
+        "postgresql://tm:/s3cret@db.internal/usage",
+    ],
+)
+def test_a_dsn_whose_password_has_an_unencoded_slash_is_a_bad_setting(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dsn: str
+) -> None:
+    """A '/' ends libpq's host part: ``tm:88`` reads as host and port and the password's tail
+    as the database, which config and every message named (the masks missed a password whose
+    '/' came first or after digits). Refused as an '@' is, naming the setting, quoting nothing."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TOKENMETER_PG_DSN", dsn)
+    code, out, err = cli("config")
+    assert code == 2 and out == ""
+    assert err.startswith("tokenmeter: error: tokenmeter setting 'pg_dsn' from TOKENMETER_PG_DSN")
+    assert "%2F" in err and "s3" not in err and "cret" not in err
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://[::1]:5432/llm?user=alice@corp.com",
+        "postgresql://db1:5432,db2:5433/llm?user=alice@corp.com",
+        "postgresql://db.internal/llm?application_name=a@b",
+    ],
+)
+def test_a_dsn_without_a_password_is_shown_whole(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dsn: str
+) -> None:
+    """An '@' in the query is no password's end: such DSNs were shown as
+    ``postgresql://[:***@corp.com``, the host and database masked away."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TOKENMETER_PG_DSN", dsn)
+    code, out, err = cli("config", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["pg_dsn"]["value"] == dsn
 
 
 def test_a_dsn_whose_password_has_an_unencoded_at_is_a_bad_setting(

@@ -30,9 +30,10 @@ _URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^/:@]*:)([^/]*)(@)", re.IGNORECASE)
 #: A password holding a ``/`` (base64-style secrets), up to the last ``@``: libpq ends the
 #: authority at the ``/`` and reads ``user:HEAD`` as host and port, so ``_URL_PASSWORD`` finds
-#: none and the whole password was shown. A real port is digits, and then nothing is masked.
+#: none and the whole password was shown. Only up to an ``@`` before the query: one in the query
+#: (``?user=alice@corp.com``) is not a password's end.
 _URL_SLASHED_PASSWORD = re.compile(
-    r"^([a-z][a-z0-9+.-]*://[^/:@]*:)(?!\d*/)([^@/]*/.*)(@)", re.IGNORECASE
+    r"^([a-z][a-z0-9+.-]*://[^/:@\[]*:)([^?@]*/[^?@]*)(@)", re.IGNORECASE
 )
 #: A URL's query parameter: libpq decodes its name too (``%70assword``).
 _QUERY_PARAM = re.compile(r"([?&])([^=&]*)(=)([^&]*)")

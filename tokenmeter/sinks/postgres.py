@@ -345,14 +345,28 @@ _URL_AUTHORITY = re.compile(r"^[a-z][a-z0-9+.-]*://([^/?#]*)", re.IGNORECASE)
 
 def check_userinfo(dsn: str) -> None:
     """ValueError, never quoting ``dsn``, for a URL whose authority holds more than one ``@``:
-    a password with an ``@`` not percent-encoded (``tm:p@ss@db``). libpq ends the password at
-    the first ``@`` and tries the rest as a host that cannot exist, and its error quotes that
-    "host": the password's tail reached the writer's log, ``quarantine.jsonl`` and the CLI."""
+    a password with an ``@`` not percent-encoded (``tm:p@ss@db``), or whose password holds a
+    ``/`` not percent-encoded (``tm:88/ss@db``: an ``@`` after the host's ``/``). libpq ends
+    the password at the first ``@`` and tries the rest as a host that cannot exist, and its
+    error quotes that "host": the password's tail reached the writer's log,
+    ``quarantine.jsonl`` and the CLI."""
     authority = _URL_AUTHORITY.match(dsn)
-    if authority is not None and authority[1].count("@") > 1:
+    if authority is None:
+        return
+    if authority[1].count("@") > 1:
         raise ValueError(
             "the URL has more than one '@' before its host: an '@' in a user name "
             "or password must be percent-encoded as %40"
+        )
+    # As libpq splits it: the host part ends at the first '/' (or '?'), nothing else.
+    after_scheme = dsn[dsn.index("://") + 3 :].partition("?")[0]
+    host_part, slash, path = after_scheme.partition("/")
+    if slash and "@" not in host_part and ":" in host_part and "@" in path:
+        # ``tm:88/ss+TAIL@db/llm``: libpq ends the authority at the ``/``, takes ``tm:88`` for
+        # host and port and the password's tail for the database, which messages name.
+        raise ValueError(
+            "the URL has an '@' after the '/' that ends its host: a '/' in a user name or "
+            "password must be percent-encoded as %2F"
         )
 
 
