@@ -824,6 +824,44 @@ def test_a_session_still_open_at_exit_has_its_stored_totals(tmp_path: Path, how:
         assert conn.execute("SELECT COUNT(*) FROM records").fetchone() == (3,)
 
 
+_RECORDED_AFTER_THE_EXIT_STORE = """
+import sys, threading
+import tokenmeter
+go, recorded, started = threading.Event(), threading.Event(), threading.Event()
+def implicit_ended(summary):  # runs at exit once the open sessions were stored
+    go.set()
+    recorded.wait(60)
+tokenmeter.configure(directory=sys.argv[1], sinks=["sqlite"], on_session_end=implicit_ended)
+record = lambda: tokenmeter.record("openai", "gpt-4o", 1000, 500)
+record()  # the implicit session's: its end runs the hook
+def work():
+    with tokenmeter.session("worker"):
+        for _ in range(3):
+            record()
+        started.set()
+        go.wait()
+        record()  # a call completing as the process exits
+        recorded.set()
+        threading.Event().wait()  # still at work as the interpreter ends
+threading.Thread(target=work, daemon=True).start()
+started.wait()
+"""
+
+
+def test_a_call_recorded_after_the_exit_stored_its_open_session_is_in_its_totals(
+    tmp_path: Path,
+) -> None:
+    """A daemon worker's call completing as the process exits, after the exit stored its
+    still-open session: the row kept the totals of that store, 3 calls beside 4 records. The
+    open sessions are stored again once the flush has written what was queued."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run_python("-c", _RECORDED_AFTER_THE_EXIT_STORE, str(tmp_path), env=env, cwd=tmp_path)
+    with contextlib.closing(sqlite3.connect(tmp_path / "usage.db")) as conn:
+        row = conn.execute("SELECT status, calls, cost_usd FROM sessions WHERE name = 'worker'")
+        assert row.fetchone() == ("active", 4, "0.0300")  # it never ended: still "active"
+        assert conn.execute("SELECT COUNT(*) FROM records").fetchone() == (5,)
+
+
 def test_stored_sessions_carry_their_rolled_up_totals(sink: InMemorySink) -> None:
     with tokenmeter.session("parent") as parent:
         with tokenmeter.session("child-a"):

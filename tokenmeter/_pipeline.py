@@ -96,6 +96,7 @@ from tokenmeter.sinks._files import append_line
 __all__ = [
     "add_submit_observer",
     "before_exit",
+    "before_exit_stop",
     "can_make_later",
     "catch_up",
     "exit_deadline",
@@ -1683,6 +1684,7 @@ def _load_settings() -> object:
 first_use_hook: Callable[[], object] | None = _load_settings
 #: Run at exit before the final flush (the implicit session ends, open streams are recorded).
 _before_exit: list[Callable[[], None]] = []
+_before_stop: list[Callable[[], None]] = []
 
 
 #: The bad setting last warned about by ``warn_unrecorded``.
@@ -2040,6 +2042,12 @@ def before_exit(hook: Callable[[], None]) -> None:
     _before_exit.insert(0, hook)
 
 
+def before_exit_stop(hook: Callable[[], None]) -> None:
+    """Run ``hook`` at exit once the flush has written what was queued, before the writers stop
+    (what it queues is written by the stop): on the exiting thread, so it must be quick."""
+    _before_stop.append(hook)
+
+
 def remove_before_exit(hook: Callable[[], None]) -> None:
     """Undo ``before_exit(hook)`` (nothing if it is not registered)."""
     with contextlib.suppress(ValueError):
@@ -2189,6 +2197,11 @@ def _flush_at_exit() -> None:
         _through_interrupts(catch_up)  # the open streams the hooks recorded
         writers = _writers()
         failed, timed_out = _through_interrupts(lambda: _unflushed(writers, _exit_time_left()))
+        for hook in list(_before_stop):
+            try:
+                _through_interrupts(hook)
+            except Exception:  # the records are written all the same
+                logger.exception("tokenmeter: an exit hook failed")
         _mark_exit_flushed()  # from now on a record is written at once (_write_late)
         # What is left of exit_timeout (nothing, after a flush that used it all on a hung sink).
         _through_interrupts(lambda: _stop_writers([*writers, *_ending], _exit_time_left()))

@@ -1272,12 +1272,34 @@ def finish_implicit() -> None:
         still_open = list(_open)
     for session in still_open:
         if session is not _implicit and session.ended_at is None and session._totals()[0]:
+            _told_at_exit[id(session)] = session._totals()[0]
             _tell(session)
     if _implicit is not None and _implicit._announced and _implicit_pid == os.getpid():
         _implicit._status = "completed"
         _implicit._ended_at = datetime.now(UTC)
         _pipeline.submit(_implicit.info())
         _end_hooks(_implicit)
+
+
+#: The calls of each session still open that ``finish_implicit`` stored, by ``id()``.
+_told_at_exit: dict[int, int] = {}
+
+
+def store_open_again() -> None:
+    """At exit, once the flush has written what was queued and before the writers stop: a
+    session still open whose calls changed since ``finish_implicit`` stored it (a daemon
+    worker's calls that finished meanwhile), or that was entered since, is stored again, once:
+    its row said 59 calls beside 61 records, or 0 beside 1."""
+    _pipeline.catch_up()
+    with _lock:
+        still_open = list(_open)
+    for session in still_open:
+        if session is _implicit or session.ended_at is not None:
+            continue
+        calls = session._totals()[0]
+        if calls and _told_at_exit.get(id(session)) != calls:
+            _told_at_exit[id(session)] = calls
+            _tell(session)
 
 
 def store_forked_parts() -> None:
@@ -1297,6 +1319,7 @@ def store_forked_parts() -> None:
 
 
 _pipeline.before_exit(finish_implicit)
+_pipeline.before_exit_stop(store_open_again)
 renew_after_fork(globals(), "_lock")
 renew_after_fork(globals(), "_told")
 
