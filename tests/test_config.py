@@ -1271,3 +1271,17 @@ def test_configure_while_another_thread_opens_the_first_session_never_hangs(
         pytest.fail("configure() and the first session hung each other")
     assert done.returncode == 0, done.stderr.decode()
     assert (tmp_path / "tm" / "usage.jsonl").read_text().count("\n") == 1
+
+
+def test_a_pg_dsn_whose_database_holds_an_at_is_taken() -> None:
+    """A database named with an ``@`` after a numeric port (``host:5432/team@prod``), also
+    with an IPv6 host or a host list, is a DSN libpq takes; a password's unencoded ``/``
+    (``tm:pa/ss@db``) is refused, as its tail would be named as the database."""
+    for dsn in (
+        "postgresql://db.internal:5432/team@prod",
+        "postgresql://[::1]:5432/team@prod",
+        "postgresql://db1:5432,db2:5433/team@prod",
+    ):
+        tokenmeter.configure(pg_dsn=dsn)
+    with pytest.raises(ValueError, match="%2F"):
+        tokenmeter.configure(pg_dsn="postgresql://tm:pa/ss@db.internal/llm")

@@ -100,7 +100,7 @@ def is_postgres_url(value: str | None) -> bool:
 #: What only a connection string holds: a URL's scheme, or a libpq keyword that carries a secret
 #: or a server (``password=``, ``host=``, ...) set with ``=``.
 _LOOKS_LIKE_DSN = re.compile(
-    r"^\s*[A-Za-z][A-Za-z0-9+.-]*://|postgres(?:ql)?://|password\s*=|"
+    r"^\s*[A-Za-z][A-Za-z0-9+.-]*://|postgres(?:ql)?(?:\+\w+)?://|password\s*=|"
     r"(?:^|[\s'\"])(?:passfile|host|hostaddr|dbname|user|port|sslmode|service)\s*=",
     re.IGNORECASE,
 )

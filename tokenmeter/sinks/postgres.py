@@ -346,7 +346,7 @@ _URL_AUTHORITY = re.compile(r"^[a-z][a-z0-9+.-]*://([^/?#]*)", re.IGNORECASE)
 def check_userinfo(dsn: str) -> None:
     """ValueError, never quoting ``dsn``, for a URL whose authority holds more than one ``@``:
     a password with an ``@`` not percent-encoded (``tm:p@ss@db``), or whose password holds a
-    ``/`` not percent-encoded (``tm:88/ss@db``: an ``@`` after the host's ``/``). libpq ends
+    ``/`` not percent-encoded (``tm:pa/ss@db``: an ``@`` after the host's ``/``). libpq ends
     the password at the first ``@`` and tries the rest as a host that cannot exist, and its
     error quotes that "host": the password's tail reached the writer's log,
     ``quarantine.jsonl`` and the CLI."""
@@ -361,9 +361,11 @@ def check_userinfo(dsn: str) -> None:
     # As libpq splits it: the host part ends at the first '/' (or '?'), nothing else.
     after_scheme = dsn[dsn.index("://") + 3 :].partition("?")[0]
     host_part, slash, path = after_scheme.partition("/")
-    if slash and "@" not in host_part and ":" in host_part and "@" in path:
-        # ``tm:88/ss+TAIL@db/llm``: libpq ends the authority at the ``/``, takes ``tm:88`` for
-        # host and port and the password's tail for the database, which messages name.
+    port = host_part.rpartition(":")[2]
+    if slash and "@" not in host_part and ":" in host_part and not port.isdigit() and "@" in path:
+        # ``tm:HEAD/ss+TAIL@db/llm``: libpq ends the authority at the ``/``, takes ``tm:HEAD``
+        # for host and port and the password's tail for the database, which messages name. A
+        # digit "port" (``host:5432/team@prod``, a database named with an ``@``) is taken.
         raise ValueError(
             "the URL has an '@' after the '/' that ends its host: a '/' in a user name or "
             "password must be percent-encoded as %2F"
