@@ -593,9 +593,10 @@ def test_a_chat_search_model_is_billed_one_web_search_a_completion(
     assert record.estimated_cost_usd == tokens.total_usd + Decimal("0.025")
 
 
+@pytest.mark.parametrize("served", ["", " "])
 @pytest.mark.parametrize("how", ["reply", "stream", "record_response"])
 def test_a_chat_search_model_whose_answer_names_no_model_is_billed_its_web_search(
-    kit: Any, records: Records, how: str
+    kit: Any, records: Records, how: str, served: str
 ) -> None:
     """A compatible server that answers ``"model": ""``, or a stored body without ``model``
     given to ``record_response(..., model=...)``: the search fee was decided from the body's
@@ -609,8 +610,8 @@ def test_a_chat_search_model_whose_answer_names_no_model_is_billed_its_web_searc
         record = tokenmeter.record_response(body, provider="openai", model=model)
     else:
         streamed = how == "stream"
-        body = kit.chat_body(usage, model="")
-        reply = kit.sse_response(kit.chat_sse(3, usage, model="")) if streamed else None
+        body = kit.chat_body(usage, model=served)
+        reply = kit.sse_response(kit.chat_sse(3, usage, model=served)) if streamed else None
         client = kit.mock_openai(lambda request: reply or json_reply(kit.http, body))
         answer = client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "hi"}], stream=streamed

@@ -63,6 +63,7 @@ __all__ = [
     "guard",
     "intercept",
     "intercept_async",
+    "named_model",
     "safely",
     "send",
     "send_async",
@@ -157,7 +158,7 @@ class Switches:
     active: bool = True
 
 
-def _named(model: object) -> str | None:
+def named_model(model: object) -> str | None:
     """The model an answer named, or None for none: a blank name (a compatible server's
     ``"model": ""`` or ``" "``) is none, as in the record, which is priced at the model asked
     (and so are an estimate and the fees that depend on the model: a search model's)."""
@@ -243,10 +244,10 @@ class Call:
         """Keep the latest reading (stream usage is cumulative: overwrite, never add)."""
         if found is None:
             return
-        if found.model:
+        if named_model(found.model):
             self.usage = found.usage
         else:  # the fees that depend on the model: the one the call will be recorded at
-            self.usage = with_model_fees(found, _named(self.model) or self.request_model)
+            self.usage = with_model_fees(found, named_model(self.model) or self.request_model)
         self.model = found.model or self.model
         self.tier = found.tier or self.tier
         self.request_id = found.request_id or self.request_id
@@ -354,7 +355,7 @@ class Call:
             and hasattr(self.reader, "partial")
         ):
             # A stream left or cut before its final count (Anthropic: only message_start's).
-            served = _named(self.model) or self.request_model or ""
+            served = named_model(self.model) or self.request_model or ""
             with without_waiting():
                 better = self.reader.partial(usage, served)
             if better is not None:
@@ -401,7 +402,7 @@ class Call:
     def _estimate(self) -> Usage:
         """What the call most likely used: its request's input, the output that passed by (a
         stream's) or came back (a reply's)."""
-        model = _named(self.model) or self.request_model or ""
+        model = named_model(self.model) or self.request_model or ""
         tally = self.reply if self.reply is not None else getattr(self.reader, "tally", None)
         self.reply = None  # counted once: the text is not kept with the call
         with without_waiting():

@@ -40,6 +40,7 @@ from tokenmeter.providers._core import (
     Wrapper,
     intercept,
     intercept_async,
+    named_model,
 )
 from tokenmeter.providers._gemini import (
     PROVIDER,
@@ -194,7 +195,7 @@ class ChunkReader:
             _names(chunk, call)
         self.queries = max(self.queries, search_queries(candidates))
         if self.queries and call.usage is not None:
-            searches = billed_searches(self.queries, call.model or call.request_model)
+            searches = billed_searches(self.queries, named_model(call.model) or call.request_model)
             if call.usage.tool_requests.get("web_search", 0) < searches:
                 tools = {**call.usage.tool_requests, "web_search": searches}
                 call.usage = call.usage.model_copy(update={"tool_requests": tools})

@@ -15,7 +15,7 @@ from tokenmeter._estimate import TextTally
 from tokenmeter._models import Usage
 from tokenmeter._registry import provider_for_host
 from tokenmeter._runtime import settings
-from tokenmeter.providers._core import Call, safely
+from tokenmeter.providers._core import Call, named_model, safely
 from tokenmeter.providers._stainless import (
     SKIPPED,
     Endpoint,
@@ -214,7 +214,9 @@ def _add_call(add: Callable[[Any], None], function: Any) -> None:
 def _read_usage(chunk: Any, usage: Any, call: Call) -> None:
     # A chunk's blank model (a compatible server's ``"model": ""``) names none: the one asked
     # for decides the search fee, as it names the record.
-    call.usage = with_chat_search(usage_from_openai(usage), call.model or call.request_model)
+    call.usage = with_chat_search(
+        usage_from_openai(usage), named_model(call.model) or call.request_model
+    )
     call.tier = tier_from_openai(getattr(chunk, "service_tier", None))
 
 

@@ -106,7 +106,7 @@ def with_model_fees(found: Extracted, model: str | None) -> Usage:
     A reader given no model counts every grounding query, and ``with_chat_search`` adds nothing
     twice: deciding them again here is safe."""
     usage = found.usage
-    if not model or found.model:
+    if not model or (found.model and found.model.strip()):  # blanks name no model
         return usage
     if found.operation == "chat.completions":
         return with_chat_search(usage, model)
