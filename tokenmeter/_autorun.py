@@ -121,18 +121,20 @@ def _zero() -> dict[str, Any]:
     }
 
 
-#: Seconds between two rewrites of a run's totals file after a batch (flush and close: always).
+#: Models up to which a run's totals file is rewritten after every batch; past them, at most
+#: every ``_LEAVE_EVERY`` seconds (flush and close: always).
+_ALWAYS_LEFT = 256
 _LEAVE_EVERY = 1.0
 
 
 class RunTotalsSink:
     """Adds up this process's records per model and leaves them in ``directory`` as one small
-    JSON file for the ``run`` command to add up, rewritten after a batch its writer thread
-    takes (never on the caller's thread) at most every ``_LEAVE_EVERY`` seconds, and on flush
-    and at close: a program killed after its calls were stored (SIGKILL by the OOM killer,
-    ``os._exit``) never flushes, and its run said "no LLM calls were recorded" and "within the
-    budget". Not after every batch: the file holds every model's totals, and a program naming
-    thousands of models rewrote megabytes a second (23-51 ms a one-record batch at 10,000)."""
+    JSON file for the ``run`` command to add up, rewritten after every batch its writer thread
+    takes (never on the caller's thread), and on flush and at close: a program killed after its
+    calls were stored (SIGKILL by the OOM killer, ``os._exit``) never flushes, and its run said
+    "no LLM calls were recorded" and "within the budget". Past ``_ALWAYS_LEFT`` models, at most
+    every ``_LEAVE_EVERY`` seconds: the file holds every model's totals, and a program naming
+    thousands rewrote megabytes a second (23-51 ms a one-record batch at 10,000)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -161,7 +163,7 @@ class RunTotalsSink:
             if record.status != "ok":
                 totals["errors"] += 1
         self._dirty = self._dirty or bool(records)
-        if time.monotonic() - self._left_at >= _LEAVE_EVERY:
+        if len(self.models) <= _ALWAYS_LEFT or time.monotonic() - self._left_at >= _LEAVE_EVERY:
             with contextlib.suppress(OSError):  # kept dirty: a later batch, flush or close
                 self.flush()
 

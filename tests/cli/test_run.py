@@ -317,24 +317,39 @@ def test_a_program_killed_after_its_calls_were_stored_has_them_in_the_summary(
     """A program killed (SIGKILL by the OOM killer; ``os._exit``) after its calls were written
     never flushes: the store held its 2 calls, and the summary said "no LLM calls were
     recorded" and "within the budget". The run's totals are now left after every batch the
-    writer takes. The program waits (30 s at most) for its calls to be stored and its totals
-    to be there, as they are once the writers have taken the calls, then dies."""
+    writer takes (a second batch within a second of the first was left out: ecac553). The
+    program waits (30 s at most) for each call to be stored and in its totals, as it is once
+    the writers have taken it, then dies."""
     app = _script(
         tmp_path / "app.py",
-        _CALLS
-        + """
-import os, pathlib, signal, sqlite3, time
+        """
+import json, os, pathlib, signal, sqlite3, time
+import anthropic, openai
 totals = pathlib.Path(os.environ["TOKENMETER_RUN_TOTALS"])
-def stored():
+def stored(count):
     try:
         with sqlite3.connect(".tokenmeter/usage.db") as db:
-            return db.execute("SELECT count(*) FROM records").fetchone()[0] == 2
+            return db.execute("SELECT count(*) FROM records").fetchone()[0] == count
     except sqlite3.Error:
         return False
-for _ in range(300):
-    if any(totals.glob("*.json")) and stored():
-        break
-    time.sleep(0.1)
+def left(count):  # the run's totals file says so (what the run reads after the kill)
+    try:
+        return sum(
+            totals["calls"]
+            for path in totals.glob("*.json")
+            for totals in json.loads(path.read_text())["models"].values()
+        ) == count
+    except (OSError, ValueError):
+        return False
+def wait(count):
+    for _ in range(300):
+        if stored(count) and left(count):
+            return
+        time.sleep(0.1)
+openai.OpenAI(max_retries=0).chat.completions.create(model="m-test", messages=[])
+wait(1)  # a batch of its own: the next call's batch comes within a second of this one
+anthropic.Anthropic(max_retries=0).messages.create(model="m-test", max_tokens=5, messages=[])
+wait(2)
 os.kill(os.getpid(), signal.SIGKILL)
 """,
     )
