@@ -191,6 +191,47 @@ def background_response(status: str, usage: dict[str, Any] | None) -> dict[str, 
 
 
 @pytest.mark.requires(openai=">=1.80")  # background responses
+async def test_polls_of_a_background_response_that_time_out_make_no_record(
+    instrumented: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """A poll (``responses.retrieve``) that timed out left an estimated record of model
+    "unknown" at no known cost, beside the one record of the retrieve that found the response
+    done: 3 timed-out polls, 4 records. A retrieve bills nothing."""
+    usage = {
+        "input_tokens": 1000,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 500,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 1500,
+    }
+    polls = []
+
+    def answer(request: Any) -> Any:
+        if request.method == "POST":
+            return kit.http.Response(200, json=background_response("queued", None))
+        polls.append(request)
+        if len(polls) <= 3:  # a slow proxy, a short timeout
+            raise kit.http.ReadTimeout("timed out", request=request)
+        return kit.http.Response(200, json=background_response("completed", usage))
+
+    client = kit.mock_openai(answer, is_async=is_async)
+    created = await kit.maybe(client.responses.create(model="gpt-4.1", input="hi", background=True))
+    status = None
+    while status != "completed":
+        try:
+            status = (await kit.maybe(client.responses.retrieve(created.id))).status
+        except openai.APITimeoutError:
+            continue
+    record = only(instrumented())
+    assert (record.model_name, record.input_tokens, record.output_tokens) == (
+        "gpt-4.1-2025-04-14",
+        1000,
+        500,
+    )
+    assert not record.estimated and record.status == "ok"
+
+
+@pytest.mark.requires(openai=">=1.80")  # background responses
 @pytest.mark.parametrize("billed", [True, False])
 async def test_a_cancelled_background_response_is_recorded_by_its_cancel(
     instrumented: Records, kit: ModuleType, is_async: bool, billed: bool

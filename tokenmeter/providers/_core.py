@@ -337,6 +337,12 @@ class Call:
                 # while read: billed, so
                 # estimated (the request's input), never a silent zero, as when the
                 # application closes a stream there.
+                if self.retrieval:
+                    # A retrieve cut or timed out (a poll, a resumed stream) bills nothing: the
+                    # response is recorded once, by the retrieve that finds it done. Estimated,
+                    # each left a record of model "unknown" beside that one.
+                    logger.debug("tokenmeter: a %s retrieve broke off; not recorded", self.provider)
+                    return
                 usage, estimated = self._estimate(), True
         elif usage is None and self.unreadable is not None:
             # The call succeeded but its usage cannot be trusted: recorded, with an unknown cost.
