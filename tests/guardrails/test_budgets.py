@@ -1965,3 +1965,36 @@ def test_a_call_ending_while_configure_gives_its_slice_back_leaves_nothing_reser
     assert memory.records[-1].streamed and len(memory.records) == 4
     _budgets.give_back()
     assert ledger.spent("b|total|everything", "") == pytest.approx(0.03)
+
+
+@pytest.mark.parametrize("ledger", ["memory", "sqlite"])
+def test_a_budget_configure_adds_is_not_charged_for_a_call_it_never_admitted(
+    tmp_path: Path, ledger: str
+) -> None:
+    """A stream started under budgets that did not cover it, then a configure() adding a $0.001
+    Anthropic budget: the stream's $0.00735, settled at its end, was charged to the new budget,
+    which then refused a $0.0002 call it had room for (the same call finished before
+    configure() was not). A call in flight ends in the budgets it was admitted in."""
+    big = [{"role": "user", "content": "hello " * 2000}]
+    with FakeProvider() as fake:
+        fake.set_usage(anthropic={"input_tokens": 2400, "output_tokens": 10})
+        tokenmeter.configure(
+            directory=tmp_path,
+            budget_ledger=ledger,
+            budgets=[{"name": "o", "limit_usd": 1, "provider": "openai"}],
+        )
+        tokenmeter.instrument(["anthropic"])
+        client = fake.anthropic_client()
+        stream = client.messages.create(
+            model="claude-sonnet-4-5", max_tokens=10, messages=big, stream=True
+        )
+        tokenmeter.configure(
+            directory=tmp_path,
+            budget_ledger=ledger,
+            budgets=[{"name": "a", "limit_usd": 0.001, "provider": "anthropic"}],
+        )
+        for _ in stream:
+            pass
+        client.messages.create(
+            model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )  # room for it: $0.0002 of $0.001

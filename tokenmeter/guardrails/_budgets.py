@@ -606,7 +606,17 @@ _forks = 0
 class _Reservation:
     """What a call in flight holds (on the call: ``Call.budget``) until its record settles it."""
 
-    __slots__ = ("amount", "current", "estimate", "forks", "leases", "ref", "scope", "sessions")
+    __slots__ = (
+        "admitted_by",
+        "amount",
+        "current",
+        "estimate",
+        "forks",
+        "leases",
+        "ref",
+        "scope",
+        "sessions",
+    )
 
     def __init__(
         self,
@@ -616,8 +626,12 @@ class _Reservation:
         estimate: Decimal = _ZERO,
         leases: Sequence[Any] = (),
         current: _Rows | None = None,
+        admitted_by: _Config | None = None,
     ) -> None:
         self.amount = amount
+        #: The budgets' configuration the call was admitted under: one ``configure()`` put in
+        #: place since never charges it a budget of its own (``_settle``).
+        self.admitted_by = admitted_by
         #: The scope whose budgets the amount is reserved in, the leases it is reserved in, and
         #: their rows (the periods the reservation was made in).
         self.scope = scope
@@ -758,7 +772,10 @@ def check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
                             current = config.rows(scope, now, session)
                         leases = _leases.take(group, current.rows, bound, current.floors)
                         if leases is not None:
-                            _hold(call, _Reservation(bound, scope, (), _ZERO, leases, current))
+                            reservation = _Reservation(
+                                bound, scope, (), _ZERO, leases, current, config
+                            )
+                            _hold(call, reservation)
                             return
         # The estimate and the session sums in Python's default context, not the caller's (a
         # trapped Inexact would raise, and let the call through; a low precision would round).
@@ -784,6 +801,8 @@ def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], session:
     )
     guarded = _guarded(session)
     if (scope is None or not scope.budgets) and not guarded:
+        if config is not None:  # admitted by no budget: none configure() adds may charge it
+            call.budget = config
         return
     estimate = estimate_input_usd(
         provider, call.request_model, args, kwargs, call.request, call.operation
@@ -808,7 +827,7 @@ def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], session:
                     )
             for node in guarded:
                 node._reserved += estimate
-    reservation = _Reservation(amount, None, guarded, estimate)
+    reservation = _Reservation(amount, None, guarded, estimate, admitted_by=config)
     if scope is not None and scope.budgets:
         assert config is not None
         try:
@@ -928,7 +947,11 @@ def settle(record: UsageRecord, session: Any, call: Any) -> None:
         learning = _config
         if learning is not None and learning.model_scoped:
             learning.learn(record)
-        reservation: _Reservation | None = getattr(call, "budget", None)
+        reservation: _Reservation | _Config | None = getattr(call, "budget", None)
+        if isinstance(reservation, _Config):  # admitted with nothing to reserve (``_check``)
+            call.budget = None
+            _settle(record, session, None, reservation)
+            return
         if reservation is not None:
             call.budget = None
             ref = reservation.ref
@@ -974,7 +997,14 @@ def settle(record: UsageRecord, session: Any, call: Any) -> None:
         fault("settling a budget")
 
 
-def _settle(record: UsageRecord, session: Any, reservation: _Reservation | None) -> None:
+def _settle(
+    record: UsageRecord,
+    session: Any,
+    reservation: _Reservation | None,
+    admitted_by: _Config | None = None,
+) -> None:
+    """Settle ``record`` in its budgets. ``admitted_by``: the configuration that admitted a call
+    with nothing to reserve (the reservation's own, when there is one)."""
     if reservation is not None and reservation.sessions:
         with _sessions._lock:
             for node in reservation.sessions:
@@ -1011,6 +1041,14 @@ def _settle(record: UsageRecord, session: Any, reservation: _Reservation | None)
         others = scope.others[reserving] = tuple(
             b for b in scope.budgets if b not in reserving.ledgered
         )
+    if reservation is not None:
+        admitted_by = reservation.admitted_by
+    if admitted_by is not None and admitted_by is not config:
+        # A call in flight across configure() ends in the budgets it was admitted in (docs):
+        # a budget added meanwhile, which never admitted it, was charged its whole cost, and
+        # refused the next calls.
+        admitted = {budget.key for budget in admitted_by.budgets}
+        others = tuple(budget for budget in others if budget.key in admitted)
     rows: list[tuple[str, str]] = []
     budgets: list[Budget] = []
     now = 0.0
