@@ -173,6 +173,16 @@ async def test_background_response_is_recorded_when_its_usage_arrives(
     assert_counts(record, fake)
 
 
+#: What a background response used: $0.006 on gpt-4.1.
+BACKGROUND_USAGE = {
+    "input_tokens": 1000,
+    "input_tokens_details": {"cached_tokens": 0},
+    "output_tokens": 500,
+    "output_tokens_details": {"reasoning_tokens": 0},
+    "total_tokens": 1500,
+}
+
+
 def background_response(status: str, usage: dict[str, Any] | None) -> dict[str, Any]:
     """A ``background`` Responses answer in ``status``, with ``usage`` (None: null)."""
     return {
@@ -197,13 +207,7 @@ async def test_polls_of_a_background_response_that_time_out_make_no_record(
     """A poll (``responses.retrieve``) that timed out left an estimated record of model
     "unknown" at no known cost, beside the one record of the retrieve that found the response
     done: 3 timed-out polls, 4 records. A retrieve bills nothing."""
-    usage = {
-        "input_tokens": 1000,
-        "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": 500,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": 1500,
-    }
+    usage = BACKGROUND_USAGE
     polls = []
 
     def answer(request: Any) -> Any:
@@ -242,13 +246,7 @@ async def test_a_cancelled_background_response_is_recorded_by_its_cancel(
     record now, and a retrieve after it adds none. Cancelled before it ran (usage null), it
     makes none, and its retrieve no estimate either (an estimate of the create's input was
     recorded)."""
-    usage = {
-        "input_tokens": 1000,
-        "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": 500,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": 1500,
-    }
+    usage = BACKGROUND_USAGE
     cancelled = background_response("cancelled", usage if billed else None)
 
     def answer(request: Any) -> Any:
