@@ -3530,3 +3530,54 @@ def test_a_signal_watcher_that_cannot_start_never_fails_the_application(tmp_path
     assert done.stdout.strip() == "ok"
     assert "signal watcher thread could not start" in done.stderr
     assert (tmp_path / "usage.jsonl").read_text().count("\n") == 1
+
+
+SECOND_CTRL_C_IN_AN_EXIT_STOP_HOOK = """
+import os, signal, sys, threading, time
+import tokenmeter
+from tokenmeter import _pipeline
+
+hang = threading.Event()
+
+class Sink:  # a database gone unresponsive at exit
+    def write(self, records):
+        pass
+    def write_sessions(self, sessions):
+        if hang.is_set():
+            time.sleep(3600)
+    def flush(self):
+        pass
+    def close(self):
+        if hang.is_set():
+            time.sleep(3600)
+
+tokenmeter.configure(directory=sys.argv[1], sinks=[Sink()], exit_timeout=3600)
+tokenmeter.session("open").__enter__()  # still open at exit: stored again before the stop
+tokenmeter.record("openai", "gpt-4o", 1000, 500)
+tokenmeter.flush()
+
+def pressed_during_the_hooks():  # the user presses Ctrl-C twice as they run
+    hang.set()
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.2)
+
+_pipeline.before_exit_stop(pressed_during_the_hooks)
+"""
+
+
+def test_a_second_ctrl_c_during_the_exit_stop_hooks_stops_the_exit_flush(tmp_path: Path) -> None:
+    """The hooks run before the writers stop were run under ``except Exception``, which caught
+    the second Ctrl-C's ``_CutShort``: "an exit hook failed" was logged and the exit waited out
+    the rest of exit_timeout (an hour here) for a hung sink."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", SECOND_CTRL_C_IN_AN_EXIT_STOP_HOOK, str(tmp_path)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("a second Ctrl-C did not stop the exit flush")
+    assert "an exit hook failed" not in done.stderr, done.stderr
+    assert "a second one stops it" in done.stderr, done.stderr

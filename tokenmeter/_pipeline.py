@@ -2200,6 +2200,8 @@ def _flush_at_exit() -> None:
         for hook in list(_before_stop):
             try:
                 _through_interrupts(hook)
+            except _CutShort:  # a second Ctrl-C: stop here too
+                raise
             except Exception:  # the records are written all the same
                 logger.exception("tokenmeter: an exit hook failed")
         _mark_exit_flushed()  # from now on a record is written at once (_write_late)
