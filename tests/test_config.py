@@ -1280,8 +1280,14 @@ def test_a_pg_dsn_whose_database_holds_an_at_is_taken() -> None:
     for dsn in (
         "postgresql://db.internal:5432/team@prod",
         "postgresql://[::1]:5432/team@prod",
+        "postgresql://[::1]/team@prod",  # no port
         "postgresql://db1:5432,db2:5433/team@prod",
+        "postgresql://db1:5432,db2/team@prod",
     ):
         tokenmeter.configure(pg_dsn=dsn)
-    with pytest.raises(ValueError, match="%2F"):
-        tokenmeter.configure(pg_dsn="postgresql://tm:pa/ss@db.internal/llm")
+    for dsn in (
+        "postgresql://tm:pa/ss@db.internal/llm",
+        "postgresql://tm:2024/ss@db.internal/llm",  # digits, then a host and a database
+    ):
+        with pytest.raises(ValueError, match="%2F"):
+            tokenmeter.configure(pg_dsn=dsn)

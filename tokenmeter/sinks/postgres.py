@@ -361,15 +361,28 @@ def check_userinfo(dsn: str) -> None:
     # As libpq splits it: the host part ends at the first '/' (or '?'), nothing else.
     after_scheme = dsn[dsn.index("://") + 3 :].partition("?")[0]
     host_part, slash, path = after_scheme.partition("/")
-    port = host_part.rpartition(":")[2]
-    if slash and "@" not in host_part and ":" in host_part and not port.isdigit() and "@" in path:
+    if slash and "@" not in host_part and "@" in path and _slashed_password(host_part, path):
         # ``tm:HEAD/ss+TAIL@db/llm``: libpq ends the authority at the ``/``, takes ``tm:HEAD``
-        # for host and port and the password's tail for the database, which messages name. A
-        # digit "port" (``host:5432/team@prod``, a database named with an ``@``) is taken.
+        # for host and port and the password's tail for the database, which messages name.
         raise ValueError(
             "the URL has an '@' after the '/' that ends its host: a '/' in a user name or "
             "password must be percent-encoded as %2F"
         )
+
+
+def _slashed_password(host_part: str, path: str) -> bool:
+    """Whether a URL's host part and path (``path`` holding an ``@``) read as a password with a
+    ``/`` not percent-encoded: a "port" that is not a number (``tm:HEAD/ss@db``, ``tm:/ss@db``),
+    or a number followed by a host and a database after the ``@`` (``tm:2024/ss@db/llm``). A
+    database named with an ``@`` (``host:5432/team@prod``, ``[::1]/team@prod``, a host list) is
+    a DSN libpq takes."""
+    last = host_part.rpartition(",")[2]
+    if last.startswith("["):  # an IPv6 address: its port, if any, after the bracket
+        last = last.partition("]")[2]
+    if ":" not in last:
+        return False  # no port: the path is the database's
+    port = last.rpartition(":")[2]
+    return not port.isdigit() or "/" in path.partition("@")[2]
 
 
 def _sendable(dsn: str) -> bool:
