@@ -1967,9 +1967,17 @@ def test_a_call_ending_while_configure_gives_its_slice_back_leaves_nothing_reser
     assert ledger.spent("b|total|everything", "") == pytest.approx(0.03)
 
 
+@pytest.mark.parametrize(
+    "first",
+    [
+        {"name": "o", "limit_usd": 1, "provider": "openai"},
+        {"name": "c", "limit_usd": 1, "period": "call"},  # per-call budgets only: no ledger
+    ],
+    ids=["another-provider", "per-call"],
+)
 @pytest.mark.parametrize("ledger", ["memory", "sqlite"])
 def test_a_budget_configure_adds_is_not_charged_for_a_call_it_never_admitted(
-    tmp_path: Path, ledger: str
+    tmp_path: Path, ledger: str, first: dict[str, Any]
 ) -> None:
     """A stream started under budgets that did not cover it, then a configure() adding a $0.001
     Anthropic budget: the stream's $0.00735, settled at its end, was charged to the new budget,
@@ -1981,7 +1989,7 @@ def test_a_budget_configure_adds_is_not_charged_for_a_call_it_never_admitted(
         tokenmeter.configure(
             directory=tmp_path,
             budget_ledger=ledger,
-            budgets=[{"name": "o", "limit_usd": 1, "provider": "openai"}],
+            budgets=[first],
         )
         tokenmeter.instrument(["anthropic"])
         client = fake.anthropic_client()
@@ -1998,3 +2006,34 @@ def test_a_budget_configure_adds_is_not_charged_for_a_call_it_never_admitted(
         client.messages.create(
             model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
         )  # room for it: $0.0002 of $0.001
+
+
+@pytest.mark.parametrize("change", [{"limit_usd": 2}, {"on_exceed": "warn"}])
+def test_a_call_in_flight_is_charged_once_when_configure_changes_its_budgets_limit(
+    tmp_path: Path, change: dict[str, Any]
+) -> None:
+    """The same budget configured again with another limit (or on_exceed) is the same ledger
+    row: a stream in flight across it was charged there twice, $0.0147 for $0.00735."""
+    import time
+
+    budget = {"name": "x", "limit_usd": 1, "provider": "anthropic"}
+    big = [{"role": "user", "content": "hello " * 2000}]
+    with FakeProvider() as fake:
+        fake.set_usage(anthropic={"input_tokens": 2400, "output_tokens": 10})
+        tokenmeter.configure(directory=tmp_path, budget_ledger="sqlite", budgets=[budget])
+        tokenmeter.instrument(["anthropic"])
+        stream = fake.anthropic_client().messages.create(
+            model="claude-sonnet-4-5", max_tokens=10, messages=big, stream=True
+        )
+        tokenmeter.configure(
+            directory=tmp_path, budget_ledger="sqlite", budgets=[{**budget, **change}]
+        )
+        for _ in stream:
+            pass
+    config = _budgets._config
+    assert config is not None
+    _budgets.give_back()  # the slices held for calls to come
+    [configured] = config.budgets
+    start = config.start_of(configured.period, time.time(), None)
+    spent = config.get_ledger().spent(configured.key, start)
+    assert spent == pytest.approx(0.00735, rel=1e-6)

@@ -836,7 +836,10 @@ def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], session:
             _release(reservation)
             raise
         if reservation.scope is None and not guarded:
-            return  # only per-call budgets, or the ledger failed: nothing to settle
+            # Only per-call budgets, or the ledger failed: nothing to settle but where; a
+            # budget configure() adds meanwhile never admitted it (``_settle``).
+            call.budget = config
+            return
     _hold(call, reservation)
 
 
@@ -1038,9 +1041,10 @@ def _settle(
     others = scope.others.get(reserving) if reserving is not None else scope.budgets
     if others is None:
         assert reserving is not None
-        others = scope.others[reserving] = tuple(
-            b for b in scope.budgets if b not in reserving.ledgered
-        )
+        # By key: a budget configure() gave a new limit or on_exceed is another object for the
+        # same ledger row, and was charged the call a second time there.
+        ledgered = {b.key for b in reserving.ledgered}
+        others = scope.others[reserving] = tuple(b for b in scope.budgets if b.key not in ledgered)
     if reservation is not None:
         admitted_by = reservation.admitted_by
     if admitted_by is not None and admitted_by is not config:
