@@ -1288,6 +1288,8 @@ def test_a_pg_dsn_whose_database_holds_an_at_is_taken() -> None:
     for dsn in (
         "postgresql://tm:pa/ss@db.internal/llm",
         "postgresql://tm:2024/ss@db.internal/llm",  # digits, then a host and a database
+        "postgresql://tm:2024/ss@db.internal:5432",  # ... or a host and a port
+        "postgresql://tm:2024,db/ss@db.internal/llm",  # a ',' in the password
     ):
         with pytest.raises(ValueError, match="%2F"):
             tokenmeter.configure(pg_dsn=dsn)

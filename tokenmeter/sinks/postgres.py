@@ -373,16 +373,20 @@ def check_userinfo(dsn: str) -> None:
 def _slashed_password(host_part: str, path: str) -> bool:
     """Whether a URL's host part and path (``path`` holding an ``@``) read as a password with a
     ``/`` not percent-encoded: a "port" that is not a number (``tm:HEAD/ss@db``, ``tm:/ss@db``),
-    or a number followed by a host and a database after the ``@`` (``tm:2024/ss@db/llm``). A
-    database named with an ``@`` (``host:5432/team@prod``, ``[::1]/team@prod``, a host list) is
-    a DSN libpq takes."""
-    last = host_part.rpartition(",")[2]
-    if last.startswith("["):  # an IPv6 address: its port, if any, after the bracket
-        last = last.partition("]")[2]
-    if ":" not in last:
-        return False  # no port: the path is the database's
-    port = last.rpartition(":")[2]
-    return not port.isdigit() or "/" in path.partition("@")[2]
+    or a number followed, after the ``@``, by a host and a database or a port
+    (``tm:2024/ss@db/llm``, ``tm:2024/ss@db:5432``; a ``,`` in the password too). A database
+    named with an ``@`` (``host:5432/team@prod``, ``[::1]/team@prod``, a host list) is a DSN
+    libpq takes."""
+    ported = False
+    for host in host_part.split(","):
+        if host.startswith("["):  # an IPv6 address: its port, if any, after the bracket
+            host = host.partition("]")[2]
+        if ":" in host:
+            if not host.rpartition(":")[2].isdigit():
+                return True
+            ported = True
+    after = path.partition("@")[2]
+    return ported and ("/" in after or ":" in after)
 
 
 def _sendable(dsn: str) -> bool:
