@@ -409,14 +409,49 @@ class _Flag:
         self._released.acquire(blocking=False)
 
     def wait(self, timeout: float | None = None) -> bool:
-        if timeout is None:
-            got = self._released.acquire()
-        else:  # as Event.wait: no time left is a look
-            got = self._released.acquire(timeout > 0, timeout if timeout > 0 else -1)
-        if got:
+        if _in_slices(self._wait_once, timeout):
             self.set()  # for the next waiter: it stays set until cleared
             return True
         return False
+
+    def _wait_once(self, timeout: float | None) -> bool:
+        if timeout is None:
+            return self._released.acquire()
+        # As Event.wait: no time left is a look.
+        return self._released.acquire(timeout > 0, timeout if timeout > 0 else -1)
+
+
+#: The longest the main thread waits in one piece (``_in_slices``).
+_SLICE_S = 0.05
+
+
+def _in_slices(wait: Callable[[float | None], bool], timeout: float | None) -> bool:
+    """``wait(timeout)`` (None: for ever) until it returns True, in slices on the main thread.
+    A signal (a Ctrl-C) that lands as the main thread is about to sleep, after Python last
+    looked for one and before the wait began, does not end the wait: its handler ran only when
+    the whole wait was over (the exit flush's, with a hung sink: all of exit_timeout). Between
+    slices it runs."""
+    if (timeout is not None and timeout <= 0) or (
+        threading.current_thread() is not threading.main_thread()
+    ):
+        return wait(timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = _SLICE_S if deadline is None else min(_SLICE_S, deadline - time.monotonic())
+        if left <= 0:
+            return False
+        if wait(left):
+            return True
+
+
+def _joined(thread: threading.Thread, timeout: float | None) -> bool:
+    """``thread.join(timeout)`` in slices on the main thread (``_in_slices``): whether it ended."""
+
+    def join(seconds: float | None) -> bool:
+        thread.join(seconds)
+        return not thread.is_alive()
+
+    return _in_slices(join, timeout)
 
 
 #: Set by a writer each time it takes its buffer: what a crowded caller waits for.
@@ -754,7 +789,7 @@ class _Writer:
         # Not from its own write (it ends once the write returns), nor from a signal handler
         # inside ``put`` (it ends once the handler returns and ``put`` lets go of the lock).
         if threading.current_thread() is not self._thread and not _held_here(self):
-            self._thread.join(timeout)
+            _joined(self._thread, timeout)
 
     def ask_to_stop(self) -> None:
         """Have the writer write what is buffered, close the sink and end, without waiting."""
@@ -2227,7 +2262,7 @@ def _flush_at_exit() -> None:
 
 
 def _join_for_the_exit(thread: threading.Thread) -> None:
-    thread.join(_exit_time_left())
+    _joined(thread, _exit_time_left())
 
 
 def _set_aside_cut_off(writer: _Writer) -> None:
@@ -2287,7 +2322,7 @@ def _run_exit_hooks() -> None:
         run_hooks()
     limit = max(_exit_time_left() / 2, _STOP_GRACE)  # exit_timeout=0: ours take milliseconds
     deadline = time.monotonic() + limit
-    _through_interrupts(lambda: finished.wait(max(0.0, deadline - time.monotonic())))
+    _through_interrupts(lambda: _in_slices(finished.wait, max(0.0, deadline - time.monotonic())))
     if not finished.is_set():
         logger.error(
             "tokenmeter: the exit hooks (session-end hooks, budget slices given back) did not "
