@@ -1972,30 +1972,37 @@ def test_a_call_ending_while_configure_gives_its_slice_back_leaves_nothing_reser
     [
         {"name": "o", "limit_usd": 1, "provider": "openai"},
         {"name": "c", "limit_usd": 1, "period": "call"},  # per-call budgets only: no ledger
+        None,  # no budget configured yet: nothing was checked
+        "session",  # no budget configured, a session's budget checked the call
     ],
-    ids=["another-provider", "per-call"],
+    ids=["another-provider", "per-call", "none", "session-budget"],
 )
 @pytest.mark.parametrize("ledger", ["memory", "sqlite"])
 def test_a_budget_configure_adds_is_not_charged_for_a_call_it_never_admitted(
-    tmp_path: Path, ledger: str, first: dict[str, Any]
+    tmp_path: Path, ledger: str, first: dict[str, Any] | str | None
 ) -> None:
-    """A stream started under budgets that did not cover it, then a configure() adding a $0.001
-    Anthropic budget: the stream's $0.00735, settled at its end, was charged to the new budget,
-    which then refused a $0.0002 call it had room for (the same call finished before
-    configure() was not). A call in flight ends in the budgets it was admitted in."""
+    """A stream started under budgets that did not cover it (or none at all), then a
+    configure() adding a $0.001 Anthropic budget: the stream's $0.00735, settled at its end,
+    was charged to the new budget, which then refused a $0.0002 call it had room for (the same
+    call finished before configure() was not). A call in flight ends in the budgets it was
+    admitted in."""
     big = [{"role": "user", "content": "hello " * 2000}]
     with FakeProvider() as fake:
         fake.set_usage(anthropic={"input_tokens": 2400, "output_tokens": 10})
         tokenmeter.configure(
             directory=tmp_path,
             budget_ledger=ledger,
-            budgets=[first],
+            budgets=[first] if isinstance(first, dict) else [],
         )
         tokenmeter.instrument(["anthropic"])
         client = fake.anthropic_client()
-        stream = client.messages.create(
-            model="claude-sonnet-4-5", max_tokens=10, messages=big, stream=True
-        )
+        with tokenmeter.session(
+            budget_usd=1 if first == "session" else None,
+            on_exceed="raise" if first == "session" else "warn",
+        ):
+            stream = client.messages.create(
+                model="claude-sonnet-4-5", max_tokens=10, messages=big, stream=True
+            )
         tokenmeter.configure(
             directory=tmp_path,
             budget_ledger=ledger,

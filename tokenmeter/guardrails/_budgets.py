@@ -353,6 +353,9 @@ class _Config:
     #: answers as "gpt-4o-2024-08-06", the name records and reports show, so budgets are set on
     #: it): the check only knows the request's name. Learnt from records (``learn``).
     models: dict[tuple[str, str], tuple[str | None, ...]] = field(default_factory=dict)
+    #: When configure() put it in force (``time.perf_counter``, the clock of ``Call.started``):
+    #: a call made before it was admitted by an earlier configuration (``settle``).
+    since: float = field(default_factory=time.perf_counter)
 
     def check_models(
         self, provider: str, request_model: str | None, model: Any = None
@@ -510,6 +513,9 @@ _MAX_SESSION_SCOPES = 256
 #: learnt: a gateway routing one name to many models).
 _MAX_RESPONSE_NAMES = 8
 _config: _Config | None = None
+#: What admitted a call made while no budget was configured: none of the budgets a later
+#: configure() adds may charge it (``settle``).
+_NO_BUDGETS = _Config((), UTC, (), None)
 #: The process's ledger for ``budget_ledger = "memory"``, kept across configure() as
 #: budgets.db is: a new one for each configure() started every period's spend over (an app
 #: that configured twice, to add an ``on_alert`` callback, had its daily budget twice). Its
@@ -955,6 +961,14 @@ def settle(record: UsageRecord, session: Any, call: Any) -> None:
             call.budget = None
             _settle(record, session, None, reservation)
             return
+        if reservation is None and call is not None and not call.retrieval:
+            config = _config
+            if config is not None and call.started < config.since:
+                # Made while no budget was configured (nothing was checked, so nothing says
+                # so): a budget configure() added meanwhile never admitted it, and was charged
+                # its whole cost, refusing the next calls it had room for.
+                _settle(record, session, None, _NO_BUDGETS)
+                return
         if reservation is not None:
             call.budget = None
             ref = reservation.ref
@@ -1046,7 +1060,8 @@ def _settle(
         ledgered = {b.key for b in reserving.ledgered}
         others = scope.others[reserving] = tuple(b for b in scope.budgets if b.key not in ledgered)
     if reservation is not None:
-        admitted_by = reservation.admitted_by
+        # None: checked while no budget was configured (a session's budget only).
+        admitted_by = reservation.admitted_by or _NO_BUDGETS
     if admitted_by is not None and admitted_by is not config:
         # A call in flight across configure() ends in the budgets it was admitted in (docs):
         # a budget added meanwhile, which never admitted it, was charged its whole cost, and
