@@ -104,6 +104,7 @@ def test_the_dsn_is_shown_without_its_password(
         "postgresql://tm:s3/c+r/et@db.internal:5432/usage?sslmode=require",
         "postgresql://tm:/s3cret@db.internal/usage",
         "postgresql://tm:88/s3cret@db.internal/usage",  # digits before the '/': a "port"
+        "postgresql://svc/app:s3cret@db.internal/usage",  # a '/' in the user name
     ],
 )
 def test_a_dsn_whose_password_has_an_unencoded_slash_is_a_bad_setting(

@@ -376,7 +376,10 @@ def _slashed_password(host_part: str, path: str) -> bool:
     or a number followed, after the ``@``, by a host and a database or a port
     (``tm:2024/ss@db/llm``, ``tm:2024/ss@db:5432``; a ``,`` in the password too). A database
     named with an ``@`` (``host:5432/team@prod``, ``[::1]/team@prod``, a host list) is a DSN
-    libpq takes."""
+    libpq takes; one with a ``:`` before its ``@`` reads as the password of a user name with a
+    ``/`` (``svc/app:PW@db/llm``, a Kerberos principal)."""
+    if ":" in path.partition("@")[0]:
+        return True
     ported = False
     for host in host_part.split(","):
         if host.startswith("["):  # an IPv6 address: its port, if any, after the bracket
