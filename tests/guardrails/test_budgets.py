@@ -162,6 +162,30 @@ def test_a_spent_budget_refuses_every_call_estimated_at_zero(
     assert len(fake.requests) == 3
 
 
+@pytest.mark.parametrize("ledger", ["sqlite", "memory"])
+@pytest.mark.parametrize("case", ["zero", "exact", "session"])
+def test_a_budget_spent_exactly_to_its_limit_refuses_calls_estimated_at_zero(
+    tmp_path: Path, fake: FakeProvider, instrumented: None, ledger: str, case: str
+) -> None:
+    """A $0 budget (a kill switch), or one (or a session's) spent to the decimal: a call of a
+    model without a price is estimated at $0, which fits a room of $0, so 5 of 5 were sent.
+    Spent is spent at the limit too."""
+    fake.set_model("prod-deployment", "gpt-4o-2024-08-06")
+    limit = {"zero": 0, "exact": 0.005, "session": 1}[case]
+    configured(tmp_path, [{"name": "b", "limit_usd": limit, "period": "day"}], budget_ledger=ledger)
+    client = fake.azure_openai_client(max_retries=0)
+    kept = {"budget_usd": 0.005, "on_exceed": "raise"} if case == "session" else {}
+    with tokenmeter.session("job", **kept):
+        if case != "zero":
+            for _ in range(2):  # 1,000 input tokens of gpt-4o: $0.0025 each
+                tokenmeter.record("openai", "gpt-4o-2024-08-06", 1000, 0)
+        for _ in range(3):
+            with pytest.raises(BudgetExceeded) as refused:
+                client.chat.completions.create(model="prod-deployment", messages=MESSAGES)
+            assert refused.value.estimate_usd == 0
+    assert fake.requests == []
+
+
 @pytest.mark.requires(openai=">=1.80")  # background responses
 def test_a_spent_budget_never_refuses_a_retrieve(
     tmp_path: Path, fake: FakeProvider, instrumented: None

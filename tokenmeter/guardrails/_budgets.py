@@ -820,7 +820,10 @@ def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], session:
                 # _summary: a budgeted session's calls are never made later (nothing to catch
                 # up), and catching up under this lock would wait for a writer that waits for it.
                 spent = node._summary.cost_usd + node._reserved
-                if spent + estimate > node.budget_usd:
+                # A $0 estimate (a model without a price) once spent to the limit too.
+                if spent + estimate > node.budget_usd or (
+                    not estimate and spent >= node.budget_usd
+                ):
                     _block(
                         call,
                         session,

@@ -295,6 +295,11 @@ def admit(
         if _ledger is not ledger:
             _ledger = ledger
         refused = _sync(ledger, leases, amount)
+        if refused < 0 and amount <= 0:
+            # A call estimated at $0 (a model without a price) fits any room, also none: a
+            # budget its priced calls spent to the limit (a $0 kill switch from the start) let
+            # such calls through for ever. Nothing was reserved for it.
+            refused = next((i for i, lease in enumerate(leases) if _spent(lease)), -1)
         if holder is not None:
             holder.group = Group(wanted, _generation, leases)
         if refused < 0:
@@ -374,7 +379,14 @@ def _short_of(room: float, amount: float, lease: Lease) -> bool:
     call under a budget with room took a ledger transaction each (a model without a price never
     gets a slice). Callers test ``room <= amount`` first, so a call within the room does no more
     work than before."""
-    return room < amount or (room <= 0 and lease.settled + lease.used >= lease.limit)
+    return room < amount or (room <= 0 and _spent(lease))
+
+
+def _spent(lease: Lease) -> bool:
+    """Whether priced calls have spent ``lease``'s budget: reached its limit, which carries a
+    billionth of itself of room for float sums (``Budget.limit``): a budget spent exactly, to
+    the decimal, is spent."""
+    return lease.settled + lease.used >= lease.limit * (1 - 2e-9)
 
 
 def release(leases: Sequence[Lease], amount: float) -> None:
