@@ -974,6 +974,22 @@ def test_calls_on_a_thread():
     assert report["total"]["calls"] == 10
 
 
+@pytest.mark.parametrize("name", ["usage.jsonl", "usage.db"])
+def test_a_json_path_naming_tokenmeters_own_data_is_refused_before_any_test_runs(
+    project: pytest.Pytester, name: str
+) -> None:
+    """``--tokenmeter-json=.tokenmeter/usage.jsonl`` replaced every record there with the
+    run's summary (0 of 5 left, and pytest passed); ``usage.db`` became a JSON file SQLite
+    refuses. A usage error, as the CLI's ``-o`` is, with the data untouched."""
+    project.runpytest("--tokenmeter").assert_outcomes(passed=3)
+    data = project.path / ".tokenmeter" / name  # usage.db: not made (sinks = ["jsonl"])
+    before = data.read_bytes() if data.exists() else None
+    result = project.runpytest(f"--tokenmeter-json={data}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--tokenmeter-json * tokenmeter data*"])
+    assert (data.read_bytes() if data.exists() else None) == before
+
+
 def test_a_json_path_that_cannot_be_written_is_one_line_not_a_traceback(
     project: pytest.Pytester,
 ) -> None:

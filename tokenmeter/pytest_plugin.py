@@ -110,6 +110,14 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     if json_path and _is_dir(json_path):
         raise pytest.UsageError(f"--tokenmeter-json: {json_path} is a directory; name a file")
+    if json_path:  # the summary written over usage.jsonl or usage.db replaced the records
+        from tokenmeter.cli._errors import CliError
+        from tokenmeter.cli._output import refuse_overwriting
+
+        try:
+            refuse_overwriting(json_path, settings.directory, "--tokenmeter-json")
+        except CliError as exc:
+            raise pytest.UsageError(str(exc)) from None
     top = config.getoption("tokenmeter_top")
     if top is not None and top < 0:
         raise pytest.UsageError(f"--tokenmeter-top must be 0 or more, got {top}")

@@ -58,10 +58,10 @@ _DATA_HEADERS = (
 )
 
 
-def refuse_overwriting(output: str | None, data: Path) -> None:
-    """``-o`` naming the file being read (``usage.db``, through a link too), or another file of
-    recorded data (any SQLite database, JSONL file of records or page of the markdown journal;
-    ``usage.jsonl``, ``alerts.jsonl``, ``journal/token_usage.md``, the automatic
+def refuse_overwriting(output: str | None, data: Path, option: str = "-o") -> None:
+    """``-o`` (``option``) naming the file being read (``usage.db``, through a link too), or
+    another file of recorded data (any SQLite database, JSONL file of records or page of the
+    markdown journal; ``usage.jsonl``, ``alerts.jsonl``, ``journal/token_usage.md``, the automatic
     ``reports/usage_report_*.md``... beside the data or in the configured directory; the
     configured workflow state file) would replace it with the report: a usage error, before
     anything is read. So is one of those names before it exists: a report written as
@@ -75,13 +75,13 @@ def refuse_overwriting(output: str | None, data: Path) -> None:
         same = False
     if same:
         raise CliError(
-            f"-o {output} is the usage data being read: write the report to another file",
+            f"{option} {output} is the usage data being read: write the report to another file",
             exit_code=2,
         )
     if _recorded_data(Path(output), data):
         held = "holds recorded" if os.path.lexists(output) else "names a file of"
         raise CliError(
-            f"-o {output} {held} tokenmeter data: write the report to another file",
+            f"{option} {output} {held} tokenmeter data: write the report to another file",
             exit_code=2,
         )
 
