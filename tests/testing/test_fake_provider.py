@@ -315,3 +315,30 @@ def test_abandoned_stream_leaves_the_server_healthy(
     stream.close()
     assert client.chat.completions.create(model="gpt-4o", messages=[]).usage is not None
     assert "Traceback" not in capsys.readouterr().err
+
+
+FORKED_INSIDE = """
+import os, sys
+from tokenmeter.testing import FakeProvider
+
+with FakeProvider() as fake:
+    fake.openai_client().chat.completions.create(model="gpt-4o", messages=[])
+    child = os.fork()
+    if child == 0:
+        sys.exit(0)  # the child leaves the with block
+    _, status = os.waitpid(child, 0)
+    fake.openai_client().chat.completions.create(model="gpt-4o", messages=[])  # still serving
+print("child", os.waitstatus_to_exitcode(status), len(fake.requests))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_child_forked_inside_the_fake_leaves_it_at_once_and_the_parents_goes_on() -> None:
+    """The child's stop() waited for a serving thread only its parent has: it hung for ever."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", FORKED_INSIDE], capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the forked child hung leaving FakeProvider")
+    assert done.stdout.split() == ["child", "0", "2"], done.stderr

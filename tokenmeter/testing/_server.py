@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import sys
 import threading
@@ -198,6 +199,7 @@ class LoopbackServer:
         self._address = (host, port)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._pid = 0  # the process that started it: its thread serves there only
 
     @property
     def running(self) -> bool:
@@ -222,12 +224,19 @@ class LoopbackServer:
             daemon=True,
         )
         self._thread.start()
+        self._pid = os.getpid()
 
     def stop(self) -> None:
         server, thread = self._server, self._thread
         if server is None:
             return
         self._server = self._thread = None
+        if os.getpid() != self._pid:
+            # A forked child leaving ``with FakeProvider()``: the serving thread is the
+            # parent's (shutdown() waited for it for ever), and so are the connections (a
+            # shutdown of a socket here would cut them there). Its copies are closed only.
+            server.server_close()
+            return
         server.shutdown()
         server.drop_connections()
         server.server_close()
