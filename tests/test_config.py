@@ -1283,6 +1283,8 @@ def test_a_pg_dsn_whose_database_holds_an_at_is_taken() -> None:
         "postgresql://[::1]/team@prod",  # no port
         "postgresql://db1:5432,db2:5433/team@prod",
         "postgresql://db1:5432,db2/team@prod",
+        "postgresql://db.internal:5432/team:eu@prod",  # a ':' too: after a port, no user name
+        "postgresql://[::1]:5432/team:eu@prod",
     ):
         tokenmeter.configure(pg_dsn=dsn)
     for dsn in (
@@ -1290,6 +1292,8 @@ def test_a_pg_dsn_whose_database_holds_an_at_is_taken() -> None:
         "postgresql://tm:2024/ss@db.internal/llm",  # digits, then a host and a database
         "postgresql://tm:2024/ss@db.internal:5432",  # ... or a host and a port
         "postgresql://tm:2024,db/ss@db.internal/llm",  # a ',' in the password
+        "postgresql://svc/app:ss@db.internal/llm",  # a '/' in the user name
+        "postgresql://svc/app@REALM:ss@db.internal/llm",  # ... a Kerberos principal's
     ):
         with pytest.raises(ValueError, match="%2F"):
             tokenmeter.configure(pg_dsn=dsn)

@@ -316,6 +316,7 @@ def test_a_password_with_a_slash_is_not_quoted_as_a_port(
         "postgresql://tm:/ss+TAIL9zr@127.0.0.1:1/llm",
         "postgresql://tm:2024/ss+TAIL9zr@127.0.0.1:1/llm",  # its tail read as the database
         "postgresql://svc/HEAD7kq:ss+TAIL9zr@127.0.0.1:1/llm",  # a '/' in the user name
+        "postgresql://svc/HEAD7kq@EXAMPLE.COM:ss+TAIL9zr@127.0.0.1:1/llm",  # with a realm
     ):
         code, out, err = cli(command, "--source", source)
         assert (code, out) == (2, "")

@@ -376,10 +376,9 @@ def _slashed_password(host_part: str, path: str) -> bool:
     or a number followed, after the ``@``, by a host and a database or a port
     (``tm:2024/ss@db/llm``, ``tm:2024/ss@db:5432``; a ``,`` in the password too). A database
     named with an ``@`` (``host:5432/team@prod``, ``[::1]/team@prod``, a host list) is a DSN
-    libpq takes; one with a ``:`` before its ``@`` reads as the password of a user name with a
-    ``/`` (``svc/app:PW@db/llm``, a Kerberos principal)."""
-    if ":" in path.partition("@")[0]:
-        return True
+    libpq takes. Without a port, a ``:`` before the path's last ``@`` reads as the password of
+    a user name with a ``/`` (``svc/app:PW@db/llm``, a Kerberos principal, with its realm:
+    ``svc/app@REALM:PW@db``); after a port, a ``/`` in the user name cannot be."""
     ported = False
     for host in host_part.split(","):
         if host.startswith("["):  # an IPv6 address: its port, if any, after the bracket
@@ -388,8 +387,10 @@ def _slashed_password(host_part: str, path: str) -> bool:
             if not host.rpartition(":")[2].isdigit():
                 return True
             ported = True
+    if not ported:
+        return ":" in path.rpartition("@")[0]
     after = path.partition("@")[2]
-    return ported and ("/" in after or ":" in after)
+    return "/" in after or ":" in after
 
 
 def _sendable(dsn: str) -> bool:
