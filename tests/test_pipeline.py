@@ -3597,3 +3597,39 @@ def test_a_second_ctrl_c_during_the_exit_stop_hooks_stops_the_exit_flush(tmp_pat
         pytest.fail("a second Ctrl-C did not stop the exit flush")
     assert "an exit hook failed" not in done.stderr, done.stderr
     assert "a second one stops it" in done.stderr, done.stderr
+
+
+def test_a_record_made_by_a_signal_handler_while_its_thread_opens_the_sinks_is_written_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The main thread's record opens the sinks; a signal handler's record lands inside the
+    sink factory (a stream's finaliser does the same when a collection runs there). It made
+    the sinks a second time on the same thread: the factory's imports were half done
+    ("could not open its sinks", the records of the next second dropped, flush() True), or a
+    second writer wrote the same sink object at once. It is held back for the opening call."""
+    sink, made = InMemorySink(), []
+
+    def make() -> list[Any]:
+        if made:  # entered again before it returned: its imports are half done
+            raise ImportError("cannot import name 'AlertSink' (partially initialized module)")
+        made.append(1)
+        signal.raise_signal(signal.SIGUSR1)
+        made.append(2)  # the handler ran before this line
+        return [sink]
+
+    def on_usr1(signum: int, frame: object) -> None:
+        tokenmeter.record("openai", "gpt-4o", 2, 1)
+
+    tokenmeter.configure(sinks=[sink])  # the settings are read: what follows is kept
+    _pipeline.set_sinks(make)
+    previous = signal.signal(signal.SIGUSR1, on_usr1)
+    try:
+        with caplog.at_level(logging.ERROR, logger="tokenmeter"):
+            tokenmeter.record("openai", "gpt-4o", 1, 1)
+            assert tokenmeter.flush(timeout=30)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert made == [1, 2]
+    assert "could not open its sinks" not in caplog.text
+    assert sorted(r.input_tokens for r in sink.records) == [1, 2]
+    assert len(_pipeline._writers()) == 1

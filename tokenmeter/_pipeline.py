@@ -1679,6 +1679,8 @@ def _locked() -> Iterator[None]:
             yield
     finally:
         _take_deferred_signal()
+        if _held_back:
+            _release_held_back()
 
 
 _sink_factory: Callable[[], list[Sink]] = list
@@ -1736,6 +1738,23 @@ def warn_unrecorded(exc: ValueError) -> None:
 
 
 def _get() -> _Pipeline:
+    """The pipeline, made now when there is none. Entered again on the thread that is making it
+    (a signal handler's record, a stream recorded by its finaliser when a collection runs inside
+    the sink factory's imports): the item is held back (``_HoldBack``) for the outer call to
+    queue, and nothing is made again. Made twice, one sink object had two writers at once, and a
+    second making found the first one's imports half done ("could not open its sinks": the
+    records of the next second were dropped)."""
+    if _making_here():
+        return _holding
+    _here.opening = True
+    try:
+        return _open()
+    finally:
+        _here.opening = False
+        _release_held_back()
+
+
+def _open() -> _Pipeline:
     global _pipeline, first_use_hook, _carried, _sinkless
     hook = first_use_hook
     if hook is not None:
@@ -1760,7 +1779,7 @@ def _get() -> _Pipeline:
             except Exception:
                 return _without_sinks()
             _sinkless = None
-            _pipeline = _Pipeline(sinks, _max_queue, _interval, _quarantine, _carried)
+            pipeline = _pipeline = _Pipeline(sinks, _max_queue, _interval, _quarantine, _carried)
             _carried = []
             _flush_at_multiprocessing_exit()
             hook_termination_signals()
@@ -1769,7 +1788,43 @@ def _get() -> _Pipeline:
                 # First used by an exit hook: ours, registered at this module's import (just
                 # now), will not run; the records are written at once, as after our exit flush.
                 _mark_exit_flushed()
+            return pipeline
         return _pipeline
+
+
+class _HoldBack(_Pipeline):
+    """What ``_get`` gives a call that re-entered it on the thread making the pipeline: the
+    item waits in ``_held_back`` until the pipeline is made (``_release_held_back``)."""
+
+    def put(self, item: UsageRecord | SessionInfo) -> bool:
+        _held_back.append(item)
+        return True
+
+
+#: Items submitted on a thread while it was making the pipeline (``_get``), oldest first.
+_held_back: deque[UsageRecord | SessionInfo] = deque()
+_holding = _HoldBack([], 1, _interval, None)
+#: ``opening``: this thread is in ``_get``.
+_here = threading.local()
+
+
+def _making_here() -> bool:
+    """This thread is making or replacing the pipeline (``_get``, ``set_sinks``: ``_lock`` is
+    held): what it submits now was interrupted there (a signal handler, a finaliser)."""
+    return bool(getattr(_here, "opening", False) or _lock._is_owned())  # type: ignore[attr-defined]
+
+
+def _release_held_back() -> None:
+    """Queue the items held back while this thread made or replaced the pipeline, making it if
+    needed. Kept while its sinks cannot be made: the next ``_get`` that makes them queues them."""
+    while _held_back and not _making_here():
+        pipeline = _pipeline or _get()
+        if pipeline is not _pipeline:  # the sinks could not be made (``_without_sinks``)
+            return
+        with contextlib.suppress(IndexError):  # a handler's own release took the last one
+            item = _held_back.popleft()
+            while not pipeline.put(item):  # replaced meanwhile: configure() on another thread
+                pipeline = _pipeline or _get()
 
 
 def _without_sinks() -> _Pipeline:
@@ -2061,9 +2116,11 @@ def flush(timeout: float | None = None) -> bool:
     set aside in quarantine instead of written, or when records were dropped since the last
     flush (a full buffer). The sinks a configure() on another
     thread is replacing are waited for too (``_ending``): they still hold records made before
-    the flush, and flush() returned True before they had written them."""
+    the flush, and flush() returned True before they had written them. Records held back while
+    this thread makes the pipeline (``_get``: a signal handler's flush) are not written yet:
+    False."""
     catch_up()
-    return _flush_writers([*_writers(), *_ending], timeout)
+    return _flush_writers([*_writers(), *_ending], timeout) and not _held_back
 
 
 def _writers() -> list[_Writer]:
@@ -2659,6 +2716,7 @@ def _after_fork_in_child() -> None:
     _submit_observers.clear()
     _flushing.clear()
     _later.clear()  # the parent's calls
+    _held_back.clear()
     if _wakeup is not None:
         # Our wakeup pipe is the parent's: the child's signals would make the parent's thread
         # interrupt the parent. The child watches its own, once it records.

@@ -23,6 +23,7 @@ import wrapt
 from provider_helpers import MESSAGES, Records, cut_reply, only, sse_reply
 
 import tokenmeter
+from tokenmeter.sinks import InMemorySink
 from tokenmeter.testing import FakeProvider
 from tokenmeter.testing._sdk import unmet
 
@@ -1036,3 +1037,51 @@ async def test_stream_proxy_keeps_the_sdk_surface(
     assert first.choices
     await kit.drain(stream)
     assert len(instrumented()) == 1
+
+
+def test_a_stream_the_collector_finalises_while_the_sinks_are_opened_is_recorded(
+    kit: ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stream left early and held in a cycle (an error kept on an object: its traceback holds
+    the frame holding the stream) is recorded by its finaliser, wherever a collection runs:
+    here inside the sink factory, as the first record after configure() opens the sinks. Its
+    record made the sinks again on the same thread, whose imports were half done ("could not
+    open its sinks"), and was dropped with the records of the next second (flush() True)."""
+    from tokenmeter import _pipeline
+
+    sink, made = InMemorySink(), []
+    client = kit.mock_openai(ChatServer(kit))
+    tokenmeter.instrument("openai")
+
+    class Agent:
+        last_error: ValueError
+
+        def run(self) -> None:
+            stream = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+            try:
+                for _ in stream:
+                    raise ValueError("the application could not handle a chunk")
+            except ValueError as exc:
+                self.last_error = exc
+
+    def make() -> list[Any]:
+        if made:  # entered again before it returned: its imports are half done
+            raise ImportError("cannot import name 'AlertSink' (partially initialized module)")
+        made.append(1)
+        gc.collect()  # the collection an import's allocations set off
+        return [sink]
+
+    tokenmeter.configure(sinks=[sink])
+    tokenmeter.flush(timeout=30)
+    gc.collect()
+    gc.disable()  # the agent is freed inside the factory, not before
+    try:
+        Agent().run()
+        _pipeline.set_sinks(make)
+        with caplog.at_level(logging.ERROR, logger="tokenmeter"):
+            tokenmeter.record("openai", "gpt-4o", 1, 1)
+            assert tokenmeter.flush(timeout=30)
+    finally:
+        gc.enable()
+    assert "could not open its sinks" not in caplog.text
+    assert sorted(r.streamed for r in sink.records) == [False, True]
