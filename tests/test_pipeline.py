@@ -3633,3 +3633,40 @@ def test_a_record_made_by_a_signal_handler_while_its_thread_opens_the_sinks_is_w
     assert "could not open its sinks" not in caplog.text
     assert sorted(r.input_tokens for r in sink.records) == [1, 2]
     assert len(_pipeline._writers()) == 1
+
+
+@pytest.mark.parametrize("where", ["queueing", "opening"])
+def test_a_signal_handlers_configure_inside_a_records_queueing_loses_nothing(where: str) -> None:
+    """A "SIGHUP: reload" handler's configure() runs on the main thread between two bytecodes:
+    inside the pipeline's put() (its re-entrant lock held), it stopped the writers the
+    interrupted put() then queued into (records lost, flush() True); inside the pipeline's
+    making, it set it to None, which the record then used (AttributeError from record()). The
+    configure() is done once the interrupted line lets go; the record reaches its sink."""
+    first, second = InMemorySink(), InMemorySink()
+    armed = [True]
+
+    def on_usr1(signum: int, frame: object) -> None:
+        tokenmeter.configure(sinks=[second])
+
+    def tracer(frame: Any, event: str, arg: object) -> None:
+        code = _pipeline._Writer.put if where == "queueing" else _pipeline._hook_exec
+        if event == "call" and frame.f_code is code.__code__ and armed:
+            armed.clear()
+            signal.raise_signal(signal.SIGUSR1)  # the handler runs as this function starts
+
+    tokenmeter.configure(sinks=[first])
+    if where == "queueing":
+        tokenmeter.record("openai", "gpt-4o", 1, 1)  # the pipeline is made: its put() is next
+    previous = signal.signal(signal.SIGUSR1, on_usr1)
+    sys.setprofile(tracer)
+    try:
+        tokenmeter.record("openai", "gpt-4o", 2, 1)
+    finally:
+        sys.setprofile(None)
+        signal.signal(signal.SIGUSR1, previous)
+    assert not armed  # the handler ran where it was meant to
+    tokenmeter.record("openai", "gpt-4o", 3, 1)
+    assert tokenmeter.flush(timeout=30)
+    written = [r.input_tokens for r in [*first.records, *second.records]]
+    assert sorted(written) == ([1, 2, 3] if where == "queueing" else [2, 3])
+    assert [r.input_tokens for r in second.records][-1:] == [3]
