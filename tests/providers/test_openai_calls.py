@@ -383,6 +383,61 @@ async def test_decisions(instrumented: Records, kit: ModuleType, is_async: bool)
     assert record.estimated_cost_usd == Decimal("0.000092")
 
 
+@pytest.mark.parametrize(
+    ("ttl_30m", "ttl_12h", "cost"),
+    [
+        (50_000, 0, Decimal("0.1175")),  # 50,000 x $1 + 50,000 x $1.25 + 1,000 x $5 per M
+        (0, 50_000, Decimal("0.18")),  # the writes at $2.50
+        (25_000, 25_000, Decimal("0.14875")),
+    ],
+)
+async def test_responses_12_hour_cache_writes(
+    instrumented: Records,
+    kit: ModuleType,
+    is_async: bool,
+    ttl_30m: int,
+    ttl_12h: int,
+    cost: Decimal,
+) -> None:
+    """OpenAI's 12-hour cache writes (``cache_write_tokens_details.ttl_12h_tokens``) are billed
+    at their own rate ($2.50 per million on gpt-6.1-terra, twice the 30-minute $1.25): they
+    were all priced at the 30-minute rate, 50,000 of them $0.1175 where $0.18 was billed."""
+    body = {
+        "id": "resp_ttl",
+        "object": "response",
+        "created_at": 1790000000,
+        "status": "completed",
+        "model": "gpt-6.1-terra-2026-10-20",
+        "output": [],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {
+            "input_tokens": 100_000,
+            "input_tokens_details": {
+                "cached_tokens": 0,
+                "cache_write_tokens": 50_000,
+                "cache_write_tokens_details": {
+                    "ttl_30m_tokens": ttl_30m,
+                    "ttl_12h_tokens": ttl_12h,
+                },
+            },
+            "output_tokens": 1_000,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 101_000,
+        },
+    }
+    client = kit.mock_openai(lambda request: kit.http.Response(200, json=body), is_async=is_async)
+    await kit.maybe(client.responses.create(model="gpt-6.1-terra", input="hello"))
+    record = only(instrumented())
+    assert record.cache_write_tokens == 50_000
+    assert record.estimated_cost_usd == cost
+    # The same usage as a plain dict (record_response(), a proxy's log) reads alike.
+    read = tokenmeter.usage.extract(body).usage
+    assert (read.cache_write_tokens, read.cache_write_1h_tokens) == (50_000, ttl_12h)
+    assert tokenmeter.price("openai", "gpt-6.1-terra", read).total_usd == cost
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_with_raw_response(
     fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool, stream: bool

@@ -518,6 +518,40 @@ def _claude_1h_cache_writes(card: RateCard, requested: str, at: datetime) -> Rat
     )
 
 
+#: OpenAI's 12-hour cache writes as a multiple of the input rate, for the models whose 12-hour
+#: rate is published: gpt-6.1-terra's $2.50 per million beside $1.00 input (OpenAI's model
+#: page, as genai-prices 0.2.3's own entry quotes it: "The 12-hour retention rate ($2.50) is
+#: not modeled"). Its long-context, flex, priority and batch rates scale the input and cache
+#: rates alike, so the multiple holds in each. A model not listed bills its 12-hour writes at
+#: the 30-minute rate (docs/pricing.md's known limits).
+_OPENAI_12H_WRITE = {"gpt-6.1-terra": Decimal("2.5")}
+
+
+def _openai_12h_cache_writes(card: RateCard, requested: str, at: datetime) -> RateCard:
+    """OpenAI's 12-hour cache writes (read into the long-TTL write class, ``cache_write_1h``)
+    at their own rate where genai-prices has the 30-minute rate alone: 50,000 such writes on
+    gpt-6.1-terra were $0.0625, not $0.125."""
+    multiple = _OPENAI_12H_WRITE.get(card.priced_model)
+    if multiple is None:
+        return card
+
+    def fixed(rates: Rates) -> Rates:
+        if rates.cache_write_1h_per_mtok != rates.cache_write_per_mtok:
+            return rates  # a long-TTL rate of its own
+        return rates.with_rates(cache_write_1h_per_mtok=rates.input_per_mtok * multiple)
+
+    corrected = _each_rates(card, fixed)
+    if corrected == card:
+        return card
+    return replace(
+        corrected,
+        price_source=ERRATA_SOURCE if corrected.base != card.base else card.price_source,
+        tiers_price_source=ERRATA_SOURCE
+        if corrected.tiers != card.tiers
+        else card.tiers_price_source,
+    )
+
+
 #: OpenAI's models without reasoning (gpt-4o, gpt-4.1 and their minis), whose
 #: ``web_search_preview`` calls cost $25 per 1,000 (the search content's tokens free) where
 #: every other web search costs $10 (OpenAI's pricing page; genai-prices has one fee).
@@ -664,5 +698,6 @@ _DATA_CORRECTIONS: tuple[Callable[[RateCard, str, datetime], RateCard], ...] = (
     _gemini_1_5_flash_8b,
     _sonnet_4_long_context,
     _claude_1h_cache_writes,  # after the long-context tier it may add
+    _openai_12h_cache_writes,
     _o3_launch_cache_rate,
 )

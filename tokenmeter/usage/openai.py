@@ -99,6 +99,10 @@ def _plain_block(usage: Any) -> Usage | None:
     got_out = _NO_FIELDS if details_out is None else plain_fields(details_out)
     if got_in is None or got_out is None:
         return None
+    split = got_in.get("cache_write_tokens_details")
+    got_split = _NO_FIELDS if split is None else plain_fields(split)
+    if got_split is None:
+        return None
     found: tuple[Any, ...] = (
         fields.get(total_in),
         fields.get(total_out),
@@ -112,6 +116,7 @@ def _plain_block(usage: Any) -> Usage | None:
         got_out.get("audio_tokens"),
         got_out.get("image_tokens"),
         got_out.get("text_tokens"),
+        got_split.get("ttl_12h_tokens"),
     )
     if found[0] is None or found[1] is None:  # no usage block, or an output to work out
         return None
@@ -119,7 +124,7 @@ def _plain_block(usage: Any) -> Usage | None:
         if value is not None and (type(value) is not int or not 0 <= value <= MAX_TOKENS):
             return None  # to be refused, with the field named
     input_tokens, output_tokens, total, cached, write, audio_in, image_in, text_in = found[:8]
-    reasoning, audio_out, image_out, text_out = found[8:]
+    reasoning, audio_out, image_out, text_out, long_writes = found[8:]
     if not reasoning and total is not None and total > input_tokens + output_tokens:
         return None  # thinking only the total holds, as _any_shape reads it
     if reasoning and total == input_tokens + output_tokens + reasoning:  # as in _any_shape
@@ -134,7 +139,7 @@ def _plain_block(usage: Any) -> Usage | None:
         output_tokens,
         cached or 0,
         write or 0,
-        0,
+        min(long_writes or 0, write or 0),
         reasoning or 0,
         audio_in or 0,
         audio_out or 0,
@@ -204,6 +209,7 @@ def _any_shape(usage: Any) -> Usage:
         "text_tokens",
     )
     cached_parts = _cached_by_modality(get_in, cached) if cached else {}
+    long_writes = _long_ttl_writes(get_in, write) if write else 0
     reasoning, audio_out, image_out, text_out = counts(
         getter(details_out, what=out_details),
         "reasoning_tokens",
@@ -248,6 +254,7 @@ def _any_shape(usage: Any) -> Usage:
         output_tokens,
         cache_read_tokens=cached or hit,
         cache_write_tokens=write,
+        cache_write_1h_tokens=long_writes,
         reasoning_tokens=reasoning,
         input_audio_tokens=audio_in,
         output_audio_tokens=audio_out,
@@ -284,6 +291,18 @@ def search_context_key(size: Any) -> str | None:
     if type(size) is not str or len(size) > 10:
         return None
     return SEARCH_CONTEXT_KEYS.get(size.strip().lower())
+
+
+def _long_ttl_writes(get_in: Get, write: int) -> int:
+    """The cache writes made with 12-hour retention (``cache_write_tokens_details.
+    ttl_12h_tokens``), billed above the 30-minute ones: priced in the long-TTL write class
+    (``cache_write_1h_tokens``) that Anthropic's 1-hour writes use. Chat completions have no
+    such split: their writes are all taken as 30-minute ones."""
+    (long_writes,) = counts(
+        getter(get_in("cache_write_tokens_details"), what="cache_write_tokens_details"),
+        "ttl_12h_tokens",
+    )
+    return min(long_writes, write)
 
 
 def _cached_by_modality(get_in: Get, cached: int) -> dict[str, int]:
@@ -471,6 +490,7 @@ def _with_pass(usage: Usage, extra: Pass) -> Usage:
         usage.output_tokens + extra.usage.output_tokens,
         cache_read_tokens=usage.cache_read_tokens + extra.usage.cache_read_tokens,
         cache_write_tokens=usage.cache_write_tokens,
+        cache_write_1h_tokens=usage.cache_write_1h_tokens,
         reasoning_tokens=usage.reasoning_tokens,
         input_audio_tokens=usage.input_audio_tokens,
         output_audio_tokens=usage.output_audio_tokens,
