@@ -176,6 +176,7 @@ def test_unknown_model_records_null_cost_never_zero(sink: InMemorySink) -> None:
         ({"input_tokens": True}, "input_tokens"),
         ({"cache_read_tokens": 200}, "cache_read_tokens"),
         ({"reasoning_tokens": 11}, "reasoning_tokens"),
+        ({"cache_write_tokens": 10, "cache_write_1h_tokens": 11}, "cache_write_1h_tokens"),
         ({"provider": ""}, "provider"),
         ({"model": "  "}, "model"),
         ({"tags": {"a": object()}}, "tags"),
@@ -214,6 +215,35 @@ def test_record_takes_the_tier_a_call_was_billed_at(sink: InMemorySink) -> None:
     assert standard.estimated_cost_usd == Decimal("0.0075")
     assert tokenmeter.flush(5)
     assert sink.records == [batch, us, standard]
+
+
+def test_record_prices_1_hour_cache_writes(sink: InMemorySink) -> None:
+    """record() took no 1-hour cache writes: 10,000 of them on claude-sonnet-4-5 (with 200
+    input and 300 output) were recorded at the 5-minute rate, $0.0426, where Anthropic bills
+    $0.0651 ($6 per million, not $3.75). ``cache_write_1h_tokens`` is taken as price() takes it,
+    with a modality split too."""
+    counts: dict[str, Any] = {"cache_write_tokens": 10_000, "cache_write_1h_tokens": 10_000}
+    rec = tokenmeter.record("anthropic", "claude-sonnet-4-5-20250929", 10_200, 300, **counts)
+    assert rec.estimated_cost_usd == Decimal("0.0651")
+    assert rec.cost_breakdown is not None and rec.cost_breakdown["cache_write"] == Decimal("0.06")
+    priced = tokenmeter.price(
+        "anthropic",
+        "claude-sonnet-4-5-20250929",
+        {"input_tokens": 10_200, "output_tokens": 300, **counts},
+    )
+    assert rec.estimated_cost_usd == priced.total_usd
+    split = tokenmeter.record(
+        "anthropic",
+        "claude-sonnet-4-5-20250929",
+        10_200,
+        300,
+        modalities={"input_text": 10_200},
+        cache_write_tokens=10_000,
+        cache_write_1h_tokens=4_000,
+    )
+    assert split.estimated_cost_usd == Decimal("0.0516")  # 6,000 at $3.75, 4,000 at $6
+    assert tokenmeter.flush(5)
+    assert sink.records == [rec, split]
 
 
 def test_record_response_detects_the_provider(sink: InMemorySink) -> None:
@@ -365,6 +395,7 @@ COUNT_FIELDS = [
     "output_tokens",
     "cache_read_tokens",
     "cache_write_tokens",
+    "cache_write_1h_tokens",
     "reasoning_tokens",
 ]
 

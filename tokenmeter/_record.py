@@ -474,6 +474,7 @@ def _with_parts(
         usage.output_tokens,
         cache_read_tokens=usage.cache_read_tokens,
         cache_write_tokens=usage.cache_write_tokens,
+        cache_write_1h_tokens=usage.cache_write_1h_tokens,
         reasoning_tokens=usage.reasoning_tokens,
         input_audio_tokens=by_modality.get("input_audio", 0),
         output_audio_tokens=by_modality.get("output_audio", 0),
@@ -496,6 +497,7 @@ def record(
     *,
     cache_read_tokens: int = 0,
     cache_write_tokens: int = 0,
+    cache_write_1h_tokens: int = 0,
     reasoning_tokens: int = 0,
     modalities: Mapping[str, int] | None = None,
     tool_requests: Mapping[str, int] | None = None,
@@ -508,9 +510,12 @@ def record(
     """Record a call by hand; priced, attributed and written like an intercepted one.
 
     Counts follow tokenmeter's convention: ``input_tokens`` is ALL input (cache included) and
-    ``output_tokens`` ALL output (reasoning included). Image, audio and video tokens and server
-    tool requests have their own rates, so a call that had them is only priced right when they
-    are given: ``modalities`` splits the counts by modality (``{"output_image": 1290}``; keys
+    ``output_tokens`` ALL output (reasoning included). ``cache_write_1h_tokens`` is the part of
+    ``cache_write_tokens`` written with a long TTL (Anthropic's 1-hour writes, OpenAI's 12-hour
+    ones), billed at a higher rate than the rest, as ``price()`` takes it. Image, audio and
+    video tokens and server tool requests have their own rates, so a call that had them is only
+    priced right when they are given: ``modalities`` splits the counts by modality
+    (``{"output_image": 1290}``; keys
     ``input_*``, ``output_*``, ``cache_read_*`` for text/image/audio/video/document, each a part
     of its total, a side's parts together no more than it) and ``tool_requests`` counts billed
     server-side tool requests (``{"web_search": 2}``; keys web_search, web_search_preview,
@@ -527,6 +532,7 @@ def record(
         output_tokens=output_tokens,
         cache_read_tokens=cache_read_tokens,
         cache_write_tokens=cache_write_tokens,
+        cache_write_1h_tokens=cache_write_1h_tokens,
         reasoning_tokens=reasoning_tokens,
     )
     if modalities is not None or tool_requests is not None:
