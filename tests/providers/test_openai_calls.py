@@ -19,6 +19,7 @@ from provider_helpers import MESSAGES, Answer, Records, not_metered_in_docs, onl
 
 import tokenmeter
 from tokenmeter._models import UsageRecord
+from tokenmeter.providers import _core
 from tokenmeter.testing import FakeProvider
 
 
@@ -145,6 +146,32 @@ async def test_responses_retrieve_is_recorded_once_per_id(
         again = await kit.maybe(client.responses.retrieve(created.id))
         assert again.usage is not None
     assert only(instrumented()).request_id == created.id
+
+
+async def test_a_retrieved_id_still_in_use_is_not_forgotten(
+    instrumented: Records, kit: ModuleType, is_async: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ids that stop a second record were dropped oldest recorded first, whatever was
+    looked up since: a background job retrieved every 2,000 responses was recorded (and billed,
+    $0.0125 on gpt-4o) again once 10,000 others had been recorded. A hit keeps its id; the bound
+    is made 5 here so that 6 other responses pass it."""
+    monkeypatch.setattr(_core, "_RECORDED_MAX", 5)
+
+    def answer(request: Any) -> Any:
+        body = kit.response_body("gpt-4o-2024-08-06", [], [], 1000, 1000)
+        body.update(id=request.url.path.rsplit("/", 1)[-1], background=True)
+        return kit.http.Response(200, json=body)
+
+    client = kit.mock_openai(answer, is_async=is_async)
+    await kit.maybe(client.responses.retrieve("resp_A"))  # done: its record
+    for other in range(6):
+        await kit.maybe(client.responses.retrieve(f"resp_{other}"))
+        if other % 2 == 0:
+            await kit.maybe(client.responses.retrieve("resp_A"))  # shown again: no record
+    await kit.maybe(client.responses.retrieve("resp_A"))
+    records = instrumented()
+    assert [r.request_id for r in records] == ["resp_A"] + [f"resp_{i}" for i in range(6)]
+    assert records[0].estimated_cost_usd == Decimal("0.0125")
 
 
 @pytest.mark.requires(openai=">=1.82")  # retrieve(stream=True) replays a response's events

@@ -508,9 +508,12 @@ _RECORDED_MAX = 10_000
 
 
 def _already_recorded(response_id: str) -> bool:
-    """True if this id was recorded before; remembers it otherwise (bounded: the newest 10,000)."""
+    """True if this id was recorded before; remembers it otherwise. Bounded to the 10,000 ids
+    used last: a hit moves its id to the newest end, so a background job retrieved now and then
+    is not forgotten (and billed again) behind 10,000 other responses recorded since."""
     with _recorded_lock:
         if response_id in _recorded_ids:
+            _recorded_ids.move_to_end(response_id)
             return True
         _recorded_ids[response_id] = None
         if len(_recorded_ids) > _RECORDED_MAX:
