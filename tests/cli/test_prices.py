@@ -27,6 +27,21 @@ def test_known_model(cli: RunCli) -> None:
     assert lines["input"] == "2.5" and lines["output"] == "10" and lines["cache read"] == "1.25"
 
 
+def test_long_context_tier_lists_every_rate_as_the_base_does(cli: RunCli) -> None:
+    """The text view listed a long-context tier's input, output, cache read and 5-minute write
+    rates only: claude-sonnet-4-5's $12 1-hour write rate above 200,000 input tokens (which
+    price() applies) was missing, so a reader took the base $6 line for it."""
+    code, out, _ = cli("prices", "claude-sonnet-4-5", "--provider", "anthropic")
+    assert code == 0
+    head, tier = out.split("above 200,000 input tokens (every token of the call):\n")
+    base = head.split("USD per 1M tokens\n")[1].split("USD per 1,000")[0]
+    base_labels = [line.split("  ")[1].strip() for line in base.splitlines() if line[:2] == "  "]
+    tier_rates = {line.split("  ")[1].strip(): line.split()[-1] for line in tier.splitlines()}
+    assert list(tier_rates) == base_labels
+    assert tier_rates["cache write (1 hour)"] == "12"
+    assert tier_rates["input"] == "6" and tier_rates["cache write (5 min)"] == "7.5"
+
+
 def test_json_with_long_context_tier(cli: RunCli) -> None:
     code, out, _ = cli("prices", "claude-sonnet-4-5", "--provider", "anthropic", "--format", "json")
     assert code == 0

@@ -139,10 +139,7 @@ def run_prices(args: argparse.Namespace) -> int:
         "",
         "USD per 1M tokens",
     ]
-    for name, label in _RATE_LABELS:
-        if name in _SAME_AS and getattr(found.rates, name) == getattr(found.rates, _SAME_AS[name]):
-            continue  # billed like its side's text: nothing to add
-        lines.append(f"  {label:<22}{getattr(found.rates, name):>12}")
+    lines.extend(_rate_lines(found.rates))
     if found.rates.per_request_usd:
         lines.append(f"  {'per request (USD)':<22}{found.rates.per_request_usd:>12}")
         sized = _sized_fees(found.rates)
@@ -157,7 +154,18 @@ def run_prices(args: argparse.Namespace) -> int:
                 lines.append(f"  {label:<22}{fees[name]:>12}")
     for start, rates in found.tiers:
         lines.append(f"above {start:,} input tokens (every token of the call):")
-        for name, label in _RATE_LABELS[:4]:
-            lines.append(f"  {label:<22}{getattr(rates, name):>12}")
+        lines.extend(_rate_lines(rates))
     write_output("\n".join(lines) + "\n", None)
     return 0
+
+
+def _rate_lines(rates: Any) -> list[str]:
+    """One line per rate per million tokens, for the base rates and each long-context tier
+    alike: a tier that listed only its first four left its 1-hour write and modality rates
+    to be read from the base lines, which do not apply there."""
+    lines = []
+    for name, label in _RATE_LABELS:
+        if name in _SAME_AS and getattr(rates, name) == getattr(rates, _SAME_AS[name]):
+            continue  # billed like its side's text: nothing to add
+        lines.append(f"  {label:<22}{getattr(rates, name):>12}")
+    return lines
