@@ -684,14 +684,30 @@ def _reply_without_usage(kit: ModuleType, api: str) -> dict[str, Any]:
     return kit.response_body("gpt-4o-2024-08-06", output, [], 0, 0) | {"usage": None}
 
 
+#: Usage blocks that report nothing, as proxies and compatible servers that strip or zero the
+#: counts send them (by name: absent, for the chat and Responses shapes).
+NO_COUNTS: dict[str, dict[str, Any] | None] = {
+    "absent": None,
+    "empty": {},
+    "zeros": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    "responses zeros": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
+}
+
+
 @pytest.mark.parametrize("api", ["chat", "responses"])
+@pytest.mark.parametrize("usage", ["absent", "empty", "zeros"])
 async def test_a_reply_without_usage_is_estimated_from_its_text(
-    records: Records, kit: ModuleType, is_async: bool, api: str
+    records: Records, kit: ModuleType, is_async: bool, api: str, usage: str
 ) -> None:
     """A reply that was not streamed and carries no usage holds its whole answer: its output is
     estimated from that text and its tool calls, as the same answer streamed is (it was 0: a
-    1,100-token answer recorded as its 12 input tokens, $0.00003)."""
+    1,100-token answer recorded as its 12 input tokens, $0.00003). A usage block without a count
+    (``{}``) or of zeros reports nothing either: it was a failed call (UnreadableUsage, no cost)
+    and a $0 one (1,000 words asked, 400 answered, on gpt-4o: $0.0087675 estimated)."""
     body = _reply_without_usage(kit, api)
+    if usage != "absent":
+        key = "responses zeros" if (usage, api) == ("zeros", "responses") else usage
+        body["usage"] = NO_COUNTS[key]
     client = kit.mock_openai(lambda request: json_reply(kit.http, body), is_async=is_async)
     tokenmeter.instrument("openai")
     request: dict[str, Any]
@@ -741,13 +757,14 @@ async def test_a_gemini_reply_without_usage_metadata_is_estimated_from_its_text(
     assert record.output_tokens == said.output_tokens > 1_000
 
 
-@pytest.mark.parametrize("usage", ["absent", "null"])
+@pytest.mark.parametrize("usage", ["absent", "null", "empty", "zeros"])
 async def test_an_anthropic_reply_without_usage_is_estimated_from_its_text(
     records: Records, kit: ModuleType, is_async: bool, usage: str
 ) -> None:
     """A message without a usage block (an Anthropic-compatible server's): its output is
     estimated from its text and tool_use blocks, as the same reply streamed is. It was an error
-    record (UnreadableUsage, 0 tokens, no cost) for a call that succeeded."""
+    record (UnreadableUsage, 0 tokens, no cost) for a call that succeeded; so was one whose
+    usage is ``{}``, and one of zeros was a $0 call."""
     from anthropic import _base_client
 
     name, arguments = TOOL_CALL
@@ -765,6 +782,8 @@ async def test_an_anthropic_reply_without_usage_is_estimated_from_its_text(
     }
     if usage == "null":
         body["usage"] = None
+    elif usage != "absent":
+        body["usage"] = {} if usage == "empty" else {"input_tokens": 0, "output_tokens": 0}
     http = http_of(_base_client)
     client = mock_anthropic(lambda request: json_reply(http, body), is_async=is_async)
     tokenmeter.instrument("anthropic")

@@ -22,7 +22,7 @@ from tokenmeter.providers._stainless import (
     keep_names,
 )
 from tokenmeter.usage import from_anthropic_response
-from tokenmeter.usage._read import field, getter, ident
+from tokenmeter.usage._read import field, getter, ident, reports_nothing
 from tokenmeter.usage.anthropic import (
     SERVER_TOOLS,
     batch_result_message,
@@ -231,8 +231,9 @@ def _read_message(parsed: Any, call: Call) -> None:
     """A message; a billed one without a usage block (an Anthropic-compatible server's) is
     estimated from its request, the text it holds and its server tool requests, as a stream
     without usage is. Usage that was sent but cannot be read stays an error
-    (``from_anthropic_response`` raises)."""
-    if field(parsed, "usage") is None and batch_result_message(getter(parsed)) is None:
+    (``from_anthropic_response`` raises); usage that reports nothing (``{}``, zeros) is none."""
+    usage = field(parsed, "usage")
+    if (usage is None or reports_nothing(usage)) and batch_result_message(getter(parsed)) is None:
         call.missing = True
         call.reply = _reply_text(parsed)
         safely("reading server tool calls", _server_tools, parsed, call)

@@ -24,7 +24,7 @@ from tokenmeter.providers._stainless import (
     keep_names,
 )
 from tokenmeter.usage import from_openai_response
-from tokenmeter.usage._read import field, getter, ident
+from tokenmeter.usage._read import field, getter, ident, reports_nothing
 from tokenmeter.usage.openai import (
     billed_tool_call,
     responses_tool_requests,
@@ -304,8 +304,9 @@ def _failed(call: Call, response: Any) -> None:
 
 def _read(parsed: Any, call: Call) -> None:
     """A chat, completion, embeddings or decisions response; a billed one without usage is
-    estimated (its output from the text it holds)."""
-    if field(parsed, "usage") is None:
+    estimated (its output from the text it holds), as is one whose usage reports nothing."""
+    usage = field(parsed, "usage")
+    if usage is None or reports_nothing(usage):
         call.missing = True
         call.reply = _reply_text(parsed)
         keep_names(call, parsed)
@@ -357,8 +358,10 @@ def _read_response(parsed: Any, call: Call) -> None:
     status, ident_ = get("status"), ident(get("id"))
     if _read_again(call, get("background"), ident_):
         return
+    usage = get("usage")
+    no_usage = usage is None or reports_nothing(usage)
     if (
-        get("usage") is None
+        no_usage
         and type(status) is str
         and status in _NOT_YET_BILLED
         and (call.retrieval or field(call.request, "background") is True)
@@ -366,11 +369,11 @@ def _read_response(parsed: Any, call: Call) -> None:
         _runs_on(ident_, call.request_model)
         return
     _asked_for(call, ident_)
-    if status == _CANCELLED and get("usage") is None and call.retrieval:
+    if status == _CANCELLED and no_usage and call.retrieval:
         return  # cancelled before it ran: nothing billed, nothing to estimate
     if status == "failed":
         _failed(call, parsed)
-    if get("usage") is None:  # estimated: with the searches its output lists
+    if no_usage:  # estimated: with the searches its output lists
         call.saw_tools(safely("reading tool calls", responses_tool_requests, parsed))
     _read(parsed, call)
 

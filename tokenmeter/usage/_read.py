@@ -163,3 +163,29 @@ def counts(get: Get, *names: str) -> list[int]:
             value = 0 if value is None else whole(value, name)
         found.append(value)
     return found
+
+
+#: The totals of a usage block, as OpenAI (chat, Responses) and Anthropic spell them.
+_TOTALS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
+
+
+def reports_nothing(usage: Any) -> bool:
+    """True for a usage block without a single count, or with every count 0 (``{}`` or zeros
+    from a proxy or compatible server that strips or zeroes them): a billed call always has a
+    prompt, so nothing was reported, and the call is estimated as if the block were absent
+    (never a silent $0, nor a failed call). The rule Gemini's ``reports_usage`` follows for
+    its own spelling. False for anything else, unreadable values included (negative, text,
+    NaN): the reader says what is wrong with them."""
+    try:
+        get = getter(usage)
+        return not any(get(name) for name in _TOTALS)
+    except Exception:
+        return False
