@@ -169,7 +169,7 @@ async def test_stream_helper_left_early_records_what_was_reported(
     assert len(instrumented()) == 1
 
 
-def _stream_event(kind: str, usage: dict[str, int]) -> tuple[str, dict[str, object]]:
+def _stream_event(kind: str, usage: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """A ``message_start`` or ``message_delta`` event carrying ``usage``."""
     if kind == "message_delta":
         delta = {"stop_reason": "end_turn", "stop_sequence": None}
@@ -227,6 +227,66 @@ async def test_stream_usage_is_the_final_count_whatever_the_event_order(
     assert (record.input_tokens, record.output_tokens) == (25 + cache_read, 410)
     assert record.cache_read_tokens == cache_read
     assert "tokenmeter" not in caplog.text  # nothing was wrong with this usage
+
+
+#: The usage of a call that read 4,000 tokens from the cache and wrote 300 (100 for an hour).
+_CACHED_USAGE = {
+    "input_tokens": 1000,
+    "output_tokens": 200,
+    "cache_read_input_tokens": 4000,
+    "cache_creation_input_tokens": 300,
+    "cache_creation": {"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 100},
+}
+
+
+@pytest.mark.parametrize(
+    "delta_usage",
+    [
+        pytest.param({"input_tokens": 0, "output_tokens": 200}, id="input-zeroed"),
+        pytest.param(
+            {
+                "input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "cache_creation_input_tokens": 0,
+                "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+                "output_tokens": 200,
+            },
+            id="every-input-count-zeroed",
+        ),
+    ],
+)
+async def test_a_message_delta_lowering_the_input_counts_keeps_message_start_s(
+    kit: ModuleType, instrumented: Records, is_async: bool, delta_usage: dict[str, object]
+) -> None:
+    """Some Anthropic-compatible servers (SGLang's /v1/messages, gateways) close a stream with
+    ``input_tokens: 0``: a cumulative count cannot fall, so message_start's input stays the call's
+    and the record equals the non-streamed one (5,300 input, $0.00285; the stream's was 4,300 or
+    0 input, $0.00185 or $0.001)."""
+    _, start = _stream_event("message_start", {**_CACHED_USAGE, "output_tokens": 1})
+    message = {**start["message"], "content": [{"type": "text", "text": "Paris."}]}
+    text = {"type": "text_delta", "text": "Paris."}
+    events = [
+        ("message_start", start),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": text}),
+        _stream_event("message_delta", delta_usage),
+        _STOP,
+    ]
+    as_json = {**message, "stop_reason": "end_turn", "usage": _CACHED_USAGE}
+    for stream in (False, True):
+        reply = sse_reply(kit.http, events) if stream else json_reply(kit.http, as_json)
+        client = mock_anthropic(lambda request, reply=reply: reply, is_async=is_async)
+        answer = await kit.maybe(
+            client.messages.create(model=MODEL, max_tokens=512, messages=MESSAGES, stream=stream)
+        )
+        if stream:
+            await kit.drain(answer)
+
+    whole, streamed = instrumented()
+    assert (streamed.status, streamed.estimated) == ("ok", False)
+    assert (streamed.input_tokens, streamed.output_tokens) == (1000 + 4000 + 300, 200)
+    assert (streamed.cache_read_tokens, streamed.cache_write_tokens) == (4000, 300)
+    assert streamed.estimated_cost_usd == whole.estimated_cost_usd
+    assert streamed.cost_breakdown == whole.cost_breakdown  # the 1h writes among them
 
 
 async def test_a_stream_run_to_its_end_with_its_count_in_message_start_is_exact(
