@@ -299,8 +299,9 @@ def test_record_response_rejects_unreadable_shapes(sink: InMemorySink) -> None:
 def test_implausible_costs_warn_about_a_bounded_number_of_models(
     sink: InMemorySink, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A cost above what any call can cost is recorded as unknown with a warning per model; a
-    server naming a new model in every answer must not grow the set of models warned about."""
+    """A server's usage priced above what any call can cost is recorded as unknown with a
+    warning per model; a server naming a new model in every answer must not grow the set of
+    models warned about."""
     from tokenmeter import _record
 
     rates = {"input_per_mtok": 1, "output_per_mtok": 1}
@@ -308,10 +309,52 @@ def test_implausible_costs_warn_about_a_bounded_number_of_models(
     monkeypatch.setattr(_record, "MAX_COST_USD", Decimal("0.000001"))  # every call implausible
     monkeypatch.setattr(_record, "_MAX_WARNED_COST", 3, raising=False)
     monkeypatch.setattr(_record, "_warned_cost", set())
-    records = [tokenmeter.record("openai", f"m{n}", 1_000, 10) for n in range(10)]
+    records = [
+        tokenmeter.record_response(
+            {"model": f"m{n}", "usage": {"prompt_tokens": 1_000, "completion_tokens": 10}},
+            provider="openai",
+        )
+        for n in range(10)
+    ]
     assert all(r.estimated_cost_usd is None for r in records)
     warned = [m for m in caplog.messages if "more than any call can cost" in m]
     assert len(warned) == 3 and len(_record._warned_cost) == 3
+
+
+def test_a_hand_recorded_call_keeps_a_price_above_what_an_answer_can_cost(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One large batch job recorded by hand (4 G input, 1.5 G output of gpt-4o at batch rates)
+    costs $12,500, as price() says: it was stored with no cost (the session's total $0, one
+    unpriced call), the cap on a server's answers applied to counts the caller gave. It is kept
+    up to what a record can store (64-bit pico-USD); a server's answer keeps the cap."""
+    from tokenmeter.sinks import SQLiteSink
+
+    sink = InMemorySink()
+    db = tmp_path / "usage.db"
+    tokenmeter.configure(sinks=[sink, SQLiteSink(db)])
+    usage = {"input_tokens": 4_000_000_000, "output_tokens": 1_500_000_000}
+    quoted = tokenmeter.price("openai", "gpt-4o", usage, tier="batch").total_usd
+    assert quoted == Decimal(12_500)
+
+    with tokenmeter.session("import-job") as job:
+        rec = tokenmeter.record("openai", "gpt-4o", **usage, tier="batch")
+        answer = {"model": "gpt-4o", "usage": {"prompt_tokens": 8_000_000_000}}
+        from_server = tokenmeter.record_response(answer, provider="openai")
+    tokenmeter.flush(10)
+
+    assert rec.estimated_cost_usd == quoted
+    assert (job.summary.cost_usd, job.summary.unpriced_calls) == (quoted, 1)
+    assert from_server.estimated_cost_usd is None  # $20,000 of input: above the cap
+    with sqlite3.connect(db) as conn:
+        stored = conn.execute("SELECT estimated_cost_usd FROM records ORDER BY rowid").fetchall()
+    assert [row[0] for row in stored] == ["12500", None]
+
+    # Beyond what a record holds ($9.2 M), the cost is unknown, with a warning.
+    huge = {"input_tokens": 10**12, "output_tokens": 10**12}
+    assert tokenmeter.price("openai", "o1-pro", huge).total_usd > Decimal(10**7)
+    assert tokenmeter.record("openai", "o1-pro", **huge).estimated_cost_usd is None
+    assert any("more than a record holds" in m for m in caplog.messages)
 
 
 def test_price_returns_decimal_and_none_for_unknown() -> None:

@@ -27,6 +27,7 @@ from tokenmeter._totals import output_cost
 
 __all__ = [
     "MAX_COST_USD",
+    "MAX_STORED_COST_USD",
     "MAX_TOKENS",
     "UNREADABLE_USAGE",
     "Cost",
@@ -49,8 +50,13 @@ MAX_TOKENS = 10**12
 #: The ``error`` of a call that succeeded but whose usage could not be read (missing, negative,
 #: inconsistent): recorded with status "error" and an unknown cost, never dropped.
 UNREADABLE_USAGE = "UnreadableUsage"
-#: More than any single call can cost; a larger price is treated as unknown (with a warning).
+#: More than any single call can cost; a larger price of an intercepted answer (a server's
+#: usage) is treated as unknown (with a warning).
 MAX_COST_USD = Decimal(10_000)
+#: The largest cost a record can hold: the SQLite and PostgreSQL sinks keep it as 64-bit
+#: pico-USD too. A hand-recorded call (``record()``: the caller chose its counts) keeps any
+#: price up to this; above it the cost is unknown, with the same warning.
+MAX_STORED_COST_USD = Decimal(2**63 - 1).scaleb(-12)
 #: The longest name kept (model, provider, session, tag key): a server or a caller may send a
 #: megabyte of it, which every record, cache and log line would then carry.
 MAX_NAME = 500

@@ -28,6 +28,7 @@ from tokenmeter import _pipeline, _runtime, _sessions
 from tokenmeter._models import (
     MAX_COST_USD,
     MAX_NAME,
+    MAX_STORED_COST_USD,
     MAX_TOKENS,
     MODALITY_KEYS,
     TOOL_REQUEST_KEYS,
@@ -93,17 +94,20 @@ def _opt_text(value: Any) -> str | None:
     return clean_text(value if type(value) is str else str(value), MAX_NAME)
 
 
-def _plausible(cost: CostFields, model: str) -> CostFields:
+def _plausible(cost: CostFields, model: str, cap: Decimal) -> CostFields:
+    """``cost``, or unknown (with a warning per model) when it is above ``cap``."""
     total = cost["total_usd"]
-    if total is None or total <= MAX_COST_USD:
+    if total is None or total <= cap:
         return cost
     if model not in _warned_cost and len(_warned_cost) < _MAX_WARNED_COST:
         _warned_cost.add(model)
+        what = "more than any call can cost" if cap == MAX_COST_USD else "more than a record holds"
         logger.warning(
-            "tokenmeter: a %s call priced at $%s, more than any call can cost; "
+            "tokenmeter: a %s call priced at $%s, %s; "
             "recorded with an unknown cost (check the price overrides)",
             model,
             total,
+            what,
         )
     return _UNKNOWN
 
@@ -129,6 +133,7 @@ def emit(
     priced: bool = True,
     making: bool = False,
     session_name: str | Literal[False] | None = False,
+    by_hand: bool = False,
 ) -> UsageRecord:
     """Price one call's usage, make its record, attribute it and enqueue it: every record's road.
 
@@ -137,6 +142,9 @@ def emit(
     ``making``: a waiting call's record, made by ``_pipeline._make_next``.
     ``session_name``: the session's name when the call was made, for a record made later (the
     session may have been renamed since); False: its name now.
+    ``by_hand``: counts the caller gave (``record()``), priced up to what a record can store;
+    a server's usage is held to what a call can plausibly cost (``MAX_COST_USD``): above it,
+    a hostile or buggy answer, or a wrong price override.
     """
     if _runtime._settings is None:  # once per process: price overrides must be in place
         _runtime.settings()
@@ -160,7 +168,7 @@ def emit(
         cost = cost_fields(provider, model, usage, at=now, tier=tier)
     total = cost["total_usd"]
     if total is not None and total > MAX_COST_USD:
-        cost = _plausible(cost, model)
+        cost = _plausible(cost, model, MAX_STORED_COST_USD if by_hand else MAX_COST_USD)
         total = cost["total_usd"]
     priced_as = cost
     # The models' fields read from their __dict__: a pydantic model's attribute access goes
@@ -554,6 +562,7 @@ def record(
             estimated=estimated,
             timestamp=_timestamp(timestamp) if timestamp is not None else None,
             tags=_merged_tags_fit(_sessions._check_tags(tags)) or None,
+            by_hand=True,
         )
     )
 
