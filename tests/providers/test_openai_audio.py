@@ -57,15 +57,51 @@ def test_whisper_duration_usage_is_not_recorded_as_tokens(kit: Any, records: Rec
     assert records() == []
 
 
-def test_plain_text_transcription_passes_through(kit: Any, records: Records) -> None:
+@pytest.mark.parametrize("answer", ["text", "json without usage"])
+async def test_a_transcription_answered_without_usage_is_estimated_from_its_audio(
+    kit: Any, records: Records, is_async: bool, answer: str
+) -> None:
+    """A gpt-4o-transcribe call answered without usage (``response_format="text"``: a bare
+    string; a compatible server's JSON without ``usage``) left no record at all, where the
+    same call with usage is recorded (600 audio tokens in for a minute, $0.00363). It is
+    estimated as one whose usage never came: its audio from the clip's duration, its output
+    from the text returned. The caller gets the answer unchanged."""
+    if answer == "text":
+        headers = {"content-type": "text/plain"}
+        reply = kit.http.Response(200, content=b"Hello there.\n", headers=headers)
+        options: dict[str, Any] = {"response_format": "text"}
+    else:
+        reply = json_reply(kit.http, {"text": "Hello there."})
+        options = {}
+    client = kit.mock_openai(lambda request: reply, is_async=is_async)
+
+    result = await kit.maybe(
+        client.audio.transcriptions.create(
+            model="gpt-4o-transcribe", file=("talk.wav", wav(60), "audio/wav"), **options
+        )
+    )
+
+    assert "Hello there." in (result if answer == "text" else result.text)
+    record = only(records())
+    assert (record.status, record.estimated, record.operation) == (
+        "ok",
+        True,
+        "audio.transcriptions",
+    )
+    assert record.modalities.get("input_audio") == 600
+    assert record.output_tokens > 0
+    assert record.estimated_cost_usd is not None and record.estimated_cost_usd > Decimal("0.0036")
+
+
+def test_a_whisper_transcription_without_usage_is_not_recorded(kit: Any, records: Records) -> None:
+    """whisper-1 is billed per second, which no record holds: its plain-text answer (no usage)
+    is not recorded, as its ``duration`` usage is not."""
     client = kit.mock_openai(
         lambda request: kit.http.Response(
             200, content=b"Hello there.", headers={"content-type": "text/plain"}
         )
     )
-    text = client.audio.transcriptions.create(
-        model="gpt-4o-transcribe", file=CLIP, response_format="text"
-    )
+    text = client.audio.transcriptions.create(model="whisper-1", file=CLIP, response_format="text")
     assert "Hello there." in str(text)
     assert records() == []
 

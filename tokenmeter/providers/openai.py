@@ -439,10 +439,20 @@ def _read_transcript_usage(usage: Any, call: Call) -> None:
 
 def _read_transcription(parsed: Any, call: Call) -> None:
     """A transcription: GPT-4o transcribe models report tokens (audio and text in,
-    text out). whisper-1 reports seconds of audio (billed per second, a unit no record field
-    here holds) and plain-text formats report nothing: such calls are not recorded."""
+    text out). whisper models report seconds of audio, or nothing (billed per second, a unit
+    no record field here holds): not recorded. A token-billed model's answer without usage (a
+    ``response_format="text"`` answer is a bare string; a compatible server may send none) was
+    billed all the same: estimated as one whose usage never came, its audio from the clip's
+    duration and its output from the text returned."""
     usage = field(parsed, "usage")
-    if usage is None or field(usage, "type") == "duration":
+    if usage is None:
+        if "whisper" in (call.request_model or ""):
+            return
+        call.missing = True
+        call.reply = TextTally()
+        call.reply.add(parsed if type(parsed) is str else field(parsed, "text"))
+        return
+    if field(usage, "type") == "duration":
         return
     call.usage = usage_from_openai(usage)
 
