@@ -324,6 +324,43 @@ def test_a_password_with_a_slash_is_not_quoted_as_a_port(
         assert err.strip().count("\n") == 0 and "%2F" in err
 
 
+@pytest.mark.parametrize("command", ["report", "sessions", "tail"])
+@pytest.mark.parametrize(
+    "userinfo",
+    [
+        "tm:Pw[SECRET9zr]x",  # a generated password with brackets, which libpq takes as written
+        "tm:[SECRET9zr:1]",
+        "tm:Pw]ab[SECRET9zr",
+        "tm[SECRET9zr]:pw",  # in the user name
+        "tm:Pw\u2100SECRET9zr",  # a character NFKC turns into "a/c"
+    ],
+)
+def test_a_password_with_brackets_is_read_and_never_shown(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, userinfo: str
+) -> None:
+    """``postgresql://tm:Pw[SECRET9zr]x@db/llm``: urllib checked the bracketed part of the
+    password as an IPv6 host, and "bad PostgreSQL URL: 'SECRET9zr' does not appear to be an IPv4
+    or IPv6 address" printed it, exit 2. Now the URL is read as libpq reads it: the error is
+    the server's (nothing listens on port 1), naming the source without its password."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(command, "--source", f"postgresql://{userinfo}@127.0.0.1:1/llm")
+    assert (code, out) == (1, "")
+    assert "SECRET9zr" not in err and "Traceback" not in err
+    assert "cannot read postgres:llm@127.0.0.1:1:" in err
+
+
+def test_a_torn_host_is_refused_quoting_nothing_of_the_url(
+    cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """urllib's error quoted the text it could not read as a host."""
+    monkeypatch.chdir(tmp_path)
+    for host in ("[SECRET9zr]", "[SECRET9zr", "127.0.0.1:1,[SECRET9zr]:5"):
+        code, out, err = cli("report", "--source", f"postgresql://tm:pw@{host}/llm")
+        assert (code, out) == (2, "")
+        assert "SECRET9zr" not in err and "Traceback" not in err
+        assert "bad PostgreSQL URL: its host is not a host name" in err
+
+
 @pytest.mark.parametrize("query", ["?application_name=%ff", "?password=hunter2%ff"])
 def test_a_url_whose_escapes_are_not_utf8_is_one_line(cli: RunCli, pg_dsn: str, query: str) -> None:
     """libpq decodes %-escapes to bytes, which psycopg then decodes as UTF-8: %ff raised a

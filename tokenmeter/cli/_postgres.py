@@ -152,7 +152,8 @@ def display_name(url: str) -> str:
     libpq connects to: its ``PGHOST``, ``PGPORT``, ``PGDATABASE`` (``postgresql://``, an
     empty pg_dsn, was named "(default database)@localhost" whatever server it read)."""
     url, schema = split_schema(url)
-    parts = urlsplit(url)
+    user, url = _without_userinfo(url)
+    parts = _split(url)
     given = {key: values[0] for key, values in parse_qs(parts.query).items()}
     first, more = _first_host(parts)
     # a socket directory is a host parameter
@@ -163,10 +164,36 @@ def display_name(url: str) -> str:
     database = (
         parts.path.lstrip("/")
         or given.get("dbname")
-        or _libpq_default_database(parts.username or given.get("user"))
+        or _libpq_default_database(user or given.get("user"))
     )
     hosts = f" (+{more} more host{'s' if more > 1 else ''})" if more else ""
     return f"postgres:{database}@{where}" + (f"?schema={schema}" if schema else "") + hosts
+
+
+def _without_userinfo(url: str) -> tuple[str | None, str]:
+    """The URL's user name (None: not given) and the URL with its ``user:password@`` taken out,
+    split where libpq splits it (at the ``@``, ``check_userinfo`` having refused a second one).
+    ``urlsplit`` checks any ``[...]`` in the authority as an IPv6 host, the password's included,
+    and its error quoted the bracketed part of a password libpq takes as written
+    (``Pw[k9Secret]x``)."""
+    scheme, mark, rest = url.partition("://")
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    userinfo, at, hosts = rest[:end].rpartition("@")
+    if not at:
+        return None, url
+    return userinfo.partition(":")[0], f"{scheme}{mark}{hosts}{rest[end:]}"
+
+
+def _split(url: str) -> SplitResult:
+    """``urlsplit(url)``, or a ValueError that quotes nothing of the URL: urllib's errors quote
+    the part they could not read ("'...' does not appear to be an IPv4 or IPv6 address", or the
+    whole authority for a character NFKC turns into a '/'), which may be part of a password."""
+    try:
+        return urlsplit(url)
+    except ValueError:
+        raise ValueError(
+            "its host is not a host name, an IPv4 address or an IPv6 address in brackets"
+        ) from None
 
 
 def _first_host(parts: SplitResult) -> tuple[SplitResult, int]:
@@ -177,7 +204,7 @@ def _first_host(parts: SplitResult) -> tuple[SplitResult, int]:
     listed = parts.netloc.rpartition("@")[2].split(",")
     if len(listed) == 1:
         return parts, 0
-    hosts = [urlsplit("//" + host) for host in listed]
+    hosts = [_split("//" + host) for host in listed]
     for host in hosts:
         _port(host)  # raises ValueError for a port that is not a number
     return hosts[0], len(hosts) - 1

@@ -184,7 +184,7 @@ def resolve_source(value: str | None) -> Source:
         try:
             check_userinfo(value)
             name = display_name(value)
-        except ValueError as exc:  # a port out of range, a torn [IPv6] host (never the password)
+        except ValueError as exc:  # a port out of range, a torn host: texts quoting no URL
             raise CliError(f"bad PostgreSQL URL: {exc}", exit_code=2) from None
         return Source(Path(name), "postgres", value)
     if not value:
