@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -231,3 +232,63 @@ class HungSink(Held, InMemorySink):
     def write(self, records: Sequence[UsageRecord]) -> None:
         self.hold()
         super().write(records)
+
+
+class SilencingProxy:
+    """A loopback TCP relay to ``(host, port)`` standing for the network between a client and
+    its server. ``silence()``: the connections made so far stay open and relay nothing more (a
+    failover behind a proxy that keeps the socket open, a flow a firewall dropped), while new
+    ones are relayed at once, or, with ``new_too=True``, accepted and never answered (a frozen
+    server, a black-holed address). ``close()`` ends it all."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._silenced: set[socket.socket] = set()  # the client sockets held silent
+        self._live: list[socket.socket] = []
+        self._new_too = False
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def silence(self, new_too: bool = False) -> None:
+        with self._lock:
+            self._silenced.update(self._live)
+            self._new_too = new_too
+
+    def close(self) -> None:
+        self._listener.close()
+        with self._lock:
+            for sock in self._live:  # shut down first: a relay blocked in recv() holds it open
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._live.append(client)
+                if self._new_too:
+                    self._silenced.add(client)
+                    continue
+            server = socket.create_connection(self._target)
+            with self._lock:
+                self._live.append(server)
+            for source, sink in ((client, server), (server, client)):
+                relay = threading.Thread(target=self._pipe, args=(source, sink, client))
+                relay.daemon = True
+                relay.start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, client: socket.socket) -> None:
+        """Relay until either end closes; nothing once ``client`` is silenced (what it got is
+        held, unanswered)."""
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                with self._lock:
+                    if client in self._silenced:
+                        continue
+                sink.sendall(data)

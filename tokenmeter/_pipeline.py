@@ -1017,8 +1017,9 @@ class _Writer:
         in quarantine what it holds and has not handed to the sink, rather than lose it with the
         thread. Returns how many items were set aside, and how many are at risk: those in the
         unfinished write (they may be in the sink already: not set aside twice) and those the
-        quarantine file did not take. (0, 0) when the writer is not inside a write: what it
-        holds is its own to handle."""
+        quarantine file did not take. A sink whose ``give_up_unsent_write()`` says its write sent
+        nothing that stores them (and now never will) has that write's items set aside too.
+        (0, 0) when the writer is not inside a write: what it holds is its own to handle."""
         with self._lock:
             if self._writing_since is None or self._abandoned:
                 return 0, 0
@@ -1027,8 +1028,10 @@ class _Writer:
             accused, self._accused = self._accused, []
             buffer, self._buffer = self._buffer, deque()
             self._open_marker = None
-        in_write = min(len(pending[0]), _CHUNK) if pending else 0
-        if pending:
+        give_up = getattr(self.sink, "give_up_unsent_write", None)
+        unsent = give_up is not None and give_up() is True
+        in_write = min(len(pending[0]), _CHUNK) if pending and not unsent else 0
+        if in_write:
             pending[0] = pending[0][_CHUNK:]
         for marker in buffer:
             if type(marker) is _FlushMarker:  # a flush() that came meanwhile: not written

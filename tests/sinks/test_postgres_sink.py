@@ -4,6 +4,7 @@ processes, and the faults a shared server brings (restart, killed connection, st
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import START, build_record, record_from_row
-from helpers import returns
+from helpers import SilencingProxy, returns, wait_for
 from pg_server import PgServer
 
 import tokenmeter
@@ -677,6 +678,69 @@ def test_a_server_that_stops_answering_mid_write_fails_the_write_in_time(pg_dsn:
     sink.write([build_record(1)])  # retried, as the writer does: stored once
     assert [r.id for r in read_records(pg_dsn)] == [build_record(0).id, build_record(1).id]
     sink.close()
+
+
+_EXIT_WITH_A_SILENT_SERVER = """
+import pathlib, sys, time
+import tokenmeter
+from tokenmeter.sinks import PostgresSink
+
+dsn, directory = sys.argv[1], pathlib.Path(sys.argv[2])
+sink = PostgresSink(dsn, schema="exit_silent", statement_timeout_s=1)
+tokenmeter.configure(directory=str(directory), sinks=[sink], exit_timeout=5)
+for _ in range(5):
+    tokenmeter.record("openai", "gpt-4o", 1000, 100)
+assert tokenmeter.flush(timeout=60)
+(directory / "stored").touch()
+while not (directory / "silenced").exists():
+    time.sleep(0.01)
+for _ in range(10):
+    tokenmeter.record("openai", "gpt-4o", 1000, 100)
+"""
+
+
+def test_records_a_silent_server_never_got_are_set_aside_at_exit(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """A server that stops answering just before the application exits (frozen, or its address
+    black-holed): the write on the old connection is given up a second past
+    ``statement_timeout_s``, and its retry waited for a new connection for the full connect
+    timeout (10 s), past ``exit_timeout``. The exit then set none of that write's records aside
+    ("may be lost"), though nothing of them had been sent to be committed: 10 of 15 were neither
+    stored nor in quarantine.jsonl. Now all 10 are set aside."""
+    params = dict(part.split("=", 1) for part in pg_dsn.split())
+    proxy = SilencingProxy(params["host"], int(params["port"]))
+    through = pg_dsn.replace(f"port={params['port']}", f"port={proxy.port}")
+    child = subprocess.Popen(
+        [sys.executable, "-c", _EXIT_WITH_A_SILENT_SERVER, through, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        deadline = time.monotonic() + 60  # only turns a hang into a failure
+        while not (tmp_path / "stored").exists() and child.poll() is None:
+            assert time.monotonic() < deadline, "the first records were never stored"
+            time.sleep(0.01)
+        proxy.silence(new_too=True)
+        (tmp_path / "silenced").touch()
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+        proxy.close()
+    backends = (
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name = 'tokenmeter'"
+    )
+    wait_for(lambda: not query(pg_dsn, backends), "the cut backends end")  # for the next tests
+    assert child.returncode == 0, err
+    [(stored,)] = query(pg_dsn, "SELECT count(*) FROM exit_silent.records")
+    quarantine = tmp_path / "quarantine.jsonl"
+    lines = quarantine.read_text().splitlines() if quarantine.exists() else []
+    set_aside = sum(1 for line in lines if "model_name" in line)
+    assert (stored, set_aside) == (5, 10), err
+    assert "may be lost" not in err
 
 
 def test_a_session_row_adds_up_the_parts_of_every_process(

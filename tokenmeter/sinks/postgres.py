@@ -30,6 +30,8 @@ import contextlib
 import math
 import os
 import re
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -43,6 +45,7 @@ from tokenmeter.sinks.sqlite import (
     RUN_NOT_EARLIER,
     SESSION_PARTS_V6,
     SESSION_TOTALS,
+    _exit_deadline,
     _record_row,
     _session_row,
 )
@@ -466,6 +469,19 @@ def check_dsn(dsn: object, schema: str | None = None) -> tuple[str, str]:
 _DEFAULT_CONNECT_TIMEOUT_S = 10
 
 
+def _exit_bound() -> int | None:
+    """At exit, the whole seconds left of ``exit_timeout`` (a new connection is waited no
+    longer: the retry of a write a server stopped answering connected for the full connect
+    timeout, past the exit); None before the exit. A TimeoutError once nothing is left."""
+    deadline = _exit_deadline()
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("exit_timeout ran out before PostgreSQL was connected to")
+    return max(1, math.ceil(left))
+
+
 def _given_connect_timeout(dsn: str) -> int | None:
     """libpq's ``connect_timeout`` as the DSN, else ``PGCONNECT_TIMEOUT``, sets it (whole
     seconds, 0 for ever); None where neither does (or the DSN cannot be read: connecting says
@@ -542,6 +558,11 @@ class PostgresSink:
         self._types: list[int] = []  # of the COPY columns, read on connecting
         self._format = _BINARY  # or "" (text) when one of those types is not the schema's
         self._upsert_session = _UPSERT_SESSION + _TEXT_TIMES_NOT_EARLIER  # set on connecting
+        #: ``give_up_unsent_write``: whether the write under way may have sent a commit (its
+        #: rows may be stored), and whether the exit set it aside (it must send none now).
+        self._sending = threading.Lock()
+        self._may_be_stored = False
+        self._given_up = False
 
     def __repr__(self) -> str:  # never the DSN: it may hold a password
         return f"PostgresSink(schema={self.schema!r})"
@@ -550,11 +571,25 @@ class PostgresSink:
     def write(self, records: Sequence[UsageRecord]) -> None:
         if records:
             rows: list[tuple[Any, ...]] = []  # built once, by the first attempt
+            self._begin_write()
             self._with_retry(lambda conn: self._insert_records(conn, records, rows))
 
     def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
         if sessions:
+            self._begin_write()
             self._with_retry(lambda conn: self._upsert_sessions(conn, sessions))
+
+    def give_up_unsent_write(self) -> bool:
+        """For the exit, whose ``exit_timeout`` ran out inside ``write``: True when the write
+        under way has sent no commit, and from now on never will (its records are stored by no
+        attempt: the exit sets them aside); False when one may have been sent. A server that
+        stops answering held the write on the old connection, then on a new one's connect, and
+        the exit counted the batch as "may be lost" although none of it could be stored."""
+        with self._sending:
+            if self._may_be_stored:
+                return False
+            self._given_up = True
+            return True
 
     def flush(self) -> None:
         """Nothing to do: every ``write`` commits before it returns."""
@@ -581,6 +616,19 @@ class PostgresSink:
         return PostgresLedger(self)
 
     # -- inside --------------------------------------------------------------------------------
+    def _begin_write(self) -> None:
+        with self._sending:
+            self._may_be_stored = False
+
+    def _may_commit(self) -> None:
+        """Called before anything that may commit the write's rows (a COPY's end, a
+        transaction's COMMIT): raises when the exit gave the write up (``give_up_unsent_write``),
+        else notes that its rows may be stored from now on."""
+        with self._sending:
+            if self._given_up:
+                raise RuntimeError("given up at exit before anything of it was sent")
+            self._may_be_stored = True
+
     def _insert_records(
         self,
         conn: psycopg.Connection[Any],
@@ -602,6 +650,7 @@ class PostgresSink:
                         row = _pg_row(row, _RECORD_JSON)
                     rows.append(row)
                     copy.write_row(row)  # sent as the buffer fills: the server works meanwhile
+                self._may_commit()  # the COPY's end, sent as the block ends, commits it
         except (errors.UniqueViolation, errors.CharacterNotInRepertoire):
             # An id stored already (a retried batch), or a NUL the server refused: the whole COPY
             # was rolled back, and the batch goes through the stage, NULs replaced.
@@ -613,6 +662,7 @@ class PostgresSink:
                     copy.set_types(self._types)
                 for row in rows:
                     copy.write_row(row)
+            self._may_commit()
             conn.execute(_MOVE.encode())
 
     def _upsert_sessions(
@@ -649,6 +699,7 @@ class PostgresSink:
             if resum:
                 cur.execute(_READ_PARTS, [resum])
                 cur.executemany(_SET_TOTALS, _sum_parts(cur.fetchall()))
+            self._may_commit()  # the COMMIT, sent as the block ends
 
     def _with_retry(self, work: Callable[[psycopg.Connection[Any]], None]) -> None:
         """``work`` on the connection, once more on a new one if it was found dead. Given up a
@@ -685,11 +736,13 @@ class PostgresSink:
             # one; the batch is idempotent, so a commit made before the break is harmless.
 
     def _connection(self) -> psycopg.Connection[Any]:
+        """The writer's connection, made if there is none (at exit, waited for no longer than
+        ``exit_timeout`` allows: ``_exit_bound``)."""
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
         if self._conn is not None:
             self._drop_connection()
-        conn = self._open()
+        conn = self._open(_exit_bound())
         columns = [("records", name) for name in RECORD_COLUMNS]
         columns += [("sessions", name) for name in _SESSION_TIMES]
         try:
