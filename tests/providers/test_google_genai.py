@@ -462,37 +462,6 @@ def test_a_thinking_streams_text_is_estimated_when_left_before_its_output_was_co
 
 
 @pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
-@pytest.mark.usefixtures("instrumented")
-def test_a_completed_stream_without_a_candidates_count_is_recorded_as_not_streamed(
-    sink: InMemorySink,
-) -> None:
-    """A closing total without ``candidatesTokenCount`` (prompt 100, thoughts 50, total 150):
-    the answer not streamed is recorded with output 50 (the total's), reported; streamed, it
-    was output 66 (the text estimated on top), total 166, ``estimated: true``. The closing
-    chunk's total is complete: both records are the same."""
-    final = {"promptTokenCount": 100, "thoughtsTokenCount": 50, "totalTokenCount": 150}
-    running = {"promptTokenCount": 100, "totalTokenCount": 100}
-    whole = _text_chunk(final, finish=True)
-    chunks = [_text_chunk(running), whole]
-
-    def server(request: Any) -> Any:
-        if ":streamGenerateContent" in str(request.url):
-            return sse_reply(http, [(None, c) for c in chunks])
-        return json_reply(http, whole)
-
-    client = mock_genai(server)
-    client.models.generate_content(model="gemini-2.5-flash", contents="hi")
-    for _ in client.models.generate_content_stream(model="gemini-2.5-flash", contents="hi"):
-        pass
-
-    not_streamed, streamed = flushed(sink)
-    row = ("input_tokens", "output_tokens", "reasoning_tokens", "total_tokens", "estimated")
-    assert [getattr(not_streamed, name) for name in row] == [100, 50, 50, 150, False]
-    assert [getattr(streamed, name) for name in row] == [100, 50, 50, 150, False]
-    assert streamed.estimated_cost_usd == not_streamed.estimated_cost_usd
-
-
-@pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
 @pytest.mark.parametrize(
     ("model", "per_image"),
     [

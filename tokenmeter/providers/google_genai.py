@@ -172,36 +172,25 @@ class ChunkReader:
     report the prompt alone).
 
     Search grounding is kept apart, the most any chunk listed: it may come on an earlier chunk
-    than the last total (image models send it with their first part), which lists none.
+    than the last total (image models send it with their first part), which lists none."""
 
-    A total that came with a finish reason is the closing chunk's, complete: it is taken as
-    the same answer not streamed would be (a total without a candidates count has its output
-    read from the total there), never estimated on top."""
-
-    __slots__ = ("closed", "finished", "queries", "tally", "thoughts")
+    __slots__ = ("queries", "tally", "thoughts")
 
     def __init__(self) -> None:
         self.tally = TextTally()
         self.thoughts = TextTally()  # thought summaries (``include_thoughts``)
         self.queries = 0
-        #: A chunk with a finish reason came.
-        self.finished = False
-        #: The latest running total came with or after a finish reason: the final one.
-        self.closed = False
 
     def feed(self, chunk: Any, call: Call) -> bool:
         call.reader = self  # the stream has started (see ``_Method.deliver``)
         candidates = getattr(chunk, "candidates", None)
         for candidate in candidates or ():
-            if getattr(candidate, "finish_reason", None) is not None:
-                self.finished = True
             content = getattr(candidate, "content", None)
             for part in getattr(content, "parts", None) or ():
                 add_output(self.thoughts if getattr(part, "thought", None) else self.tally, part)
         meta = getattr(chunk, "usage_metadata", None)
         if meta is not None and reports_usage(meta):
             _take_usage(chunk, call)
-            self.closed = self.finished
         elif call.request_id is None:  # named even if no chunk ever reports usage
             _names(chunk, call)
         self.queries = max(self.queries, search_queries(candidates))
@@ -214,10 +203,7 @@ class ChunkReader:
 
     def partial(self, usage: Usage, model: str) -> Usage | None:
         """The output estimated from the text that streamed by, for a running total that counts
-        none (None when it counts some: the provider's own count, then, or when it is the
-        closing chunk's)."""
-        if self.closed:
-            return None
+        none (None when it counts some: the provider's own count, then)."""
         return estimated_output(usage, self.tally, self.thoughts, PROVIDER, model)
 
 
