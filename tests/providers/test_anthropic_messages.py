@@ -289,6 +289,27 @@ async def test_a_message_delta_lowering_the_input_counts_keeps_message_start_s(
     assert streamed.cost_breakdown == whole.cost_breakdown  # the 1h writes among them
 
 
+async def test_a_message_delta_correcting_message_start_s_input_estimate_wins(
+    kit: ModuleType, instrumented: Records, is_async: bool
+) -> None:
+    """A gateway that puts an estimate in message_start (1,200 input) and the real count in the
+    closing message_delta (1,000): the delta's is the call's, as the SDK's final message has
+    it (keeping the larger of the two billed $0.00145 for a $0.00125 call)."""
+    events = [
+        _stream_event("message_start", {"input_tokens": 1200, "output_tokens": 1}),
+        _stream_event("message_delta", {"input_tokens": 1000, "output_tokens": 50}),
+        _STOP,
+    ]
+    client = mock_anthropic(lambda request: sse_reply(kit.http, events), is_async=is_async)
+    stream = await kit.maybe(
+        client.messages.create(model=MODEL, max_tokens=512, messages=MESSAGES, stream=True)
+    )
+    await kit.drain(stream)
+
+    record = only(instrumented())
+    assert (record.input_tokens, record.output_tokens, record.estimated) == (1000, 50, False)
+
+
 async def test_a_stream_run_to_its_end_with_its_count_in_message_start_is_exact(
     kit: ModuleType, instrumented: Records, is_async: bool
 ) -> None:

@@ -2,8 +2,8 @@
 
 Stream usage arrives twice: complete on ``message_start`` and as cumulative totals on each
 ``message_delta`` (fields omitted when unchanged). Merge by overwriting, never by adding; a
-``message_delta``'s counts win over any ``message_start``'s, whichever came first, except that an
-input-side count never falls: some compatible servers close with ``input_tokens: 0``.
+``message_delta``'s counts win over any ``message_start``'s, whichever came first, except an
+input-side count of 0: some compatible servers close with ``input_tokens: 0``.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ _INPUT_FIELDS = (
     "cache_creation_input_tokens",
     "cache_creation",
 )
-#: The input-side counts a cumulative ``message_delta`` may not lower (``cache_creation``, the
-#: 5m/1h split of the cache writes, is compared by its sum).
+#: The input-side counts a ``message_delta`` of 0 does not zero (``cache_creation``, the 5m/1h
+#: split of the cache writes, by its sum).
 _INPUT_COUNTS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 
 
@@ -71,19 +71,21 @@ def _split_sum(block: Any) -> int:
     )
 
 
-def _never_lower(start: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
-    """``message_start``'s fields under ``message_delta``'s, keeping the larger input-side count
-    of the two: these counts are cumulative, so a delta's lower one (SGLang's and some gateways'
-    ``input_tokens: 0``) is a server that does not repeat them, not input that was not billed.
-    The output count is the delta's as it stands (message_start's is a provisional 1)."""
+def _never_zeroed(start: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    """``message_start``'s fields under ``message_delta``'s, but for an input-side count the
+    delta gives as 0 where message_start gave more: a server that does not repeat it (SGLang's
+    and some gateways' ``input_tokens: 0``), not input that was not billed. Any other count of
+    the delta's wins, lower too: a gateway that put an estimate in message_start closes with the
+    real count, as the SDK's final message has it. The output count is the delta's as it stands
+    (message_start's is a provisional 1)."""
     fields = {**start, **delta}
     for name in _INPUT_COUNTS:
         first, last = _count(start.get(name)), _count(delta.get(name))
-        if first is not None and last is not None and first > last:
+        if first and last == 0:
             fields[name] = first
     if "cache_creation" in start and "cache_creation" in delta:
         with suppress(ValueError):  # unreadable: the usage reader refuses it as before
-            if _split_sum(start["cache_creation"]) > _split_sum(delta["cache_creation"]):
+            if _split_sum(delta["cache_creation"]) == 0 < _split_sum(start["cache_creation"]):
                 fields["cache_creation"] = start["cache_creation"]
     return fields
 
@@ -181,7 +183,7 @@ class EventReader(SampledText):
         one's when the first declined before any output) and the output it streamed, as the
         closing ``usage.iterations`` would have (``message`` entries, the serving hop's
         ``fallback_message``), and priced from there."""
-        fields = _never_lower(self.start, self.delta)
+        fields = _never_zeroed(self.start, self.delta)
         sent = {name: fields[name] for name in _INPUT_FIELDS if name in fields}
         iterations = [
             {
@@ -219,7 +221,7 @@ class EventReader(SampledText):
             value = get(name)
             if value is not None:
                 into[name] = value
-        fields = _never_lower(self.start, self.delta)
+        fields = _never_zeroed(self.start, self.delta)
         if not self.started and "input_tokens" not in fields:
             # A message_delta before message_start: the input count is still to come.
             call.cannot_read("message_delta before message_start: no input count yet")
