@@ -93,15 +93,19 @@ async def test_a_transcription_answered_without_usage_is_estimated_from_its_audi
     assert record.estimated_cost_usd is not None and record.estimated_cost_usd > Decimal("0.0036")
 
 
-def test_a_whisper_transcription_without_usage_is_not_recorded(kit: Any, records: Records) -> None:
+@pytest.mark.parametrize("model", ["whisper-1", "Whisper-Large-V3", "stt-prod"])
+def test_a_whisper_transcription_without_usage_is_not_recorded(
+    kit: Any, records: Records, model: str
+) -> None:
     """whisper-1 is billed per second, which no record holds: its plain-text answer (no usage)
-    is not recorded, as its ``duration`` usage is not."""
+    is not recorded, as its ``duration`` usage is not; nor one of a model not named as a
+    token-billed one (an Azure deployment, "stt-prod", was recorded as an unpriced estimate)."""
     client = kit.mock_openai(
         lambda request: kit.http.Response(
             200, content=b"Hello there.", headers={"content-type": "text/plain"}
         )
     )
-    text = client.audio.transcriptions.create(model="whisper-1", file=CLIP, response_format="text")
+    text = client.audio.transcriptions.create(model=model, file=CLIP, response_format="text")
     assert "Hello there." in str(text)
     assert records() == []
 

@@ -443,10 +443,12 @@ def _read_transcription(parsed: Any, call: Call) -> None:
     no record field here holds): not recorded. A token-billed model's answer without usage (a
     ``response_format="text"`` answer is a bare string; a compatible server may send none) was
     billed all the same: estimated as one whose usage never came, its audio from the clip's
-    duration and its output from the text returned."""
+    duration and its output from the text returned. Only a model named as one (``*transcribe*``):
+    an Azure deployment's name says nothing of its model, and a whisper deployment's answers
+    were recorded as unpriced token estimates."""
     usage = field(parsed, "usage")
     if usage is None:
-        if "whisper" in (call.request_model or ""):
+        if "transcribe" not in (call.request_model or "").lower():
             return
         call.missing = True
         call.reply = TextTally()
