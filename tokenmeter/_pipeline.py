@@ -1564,8 +1564,6 @@ class _Pipeline:
                 if writer.make_row is None and waiting > longest:  # rows are never packed
                     longest = waiting
         self._backlog = longest >= _BACKLOG
-        if _deferred_sinks is not None:  # a signal handler's configure() came in the lock
-            _apply_deferred_sinks()
         if _crowded:  # the only cost to callers while the writers keep up
             _hand_over(self, item, making)
         return True
@@ -1686,8 +1684,6 @@ def _locked() -> Iterator[None]:
         _take_deferred_signal()
         if _held_back:
             _release_held_back()
-        if _deferred_sinks is not None:
-            _apply_deferred_sinks()
 
 
 _sink_factory: Callable[[], list[Sink]] = list
@@ -1759,8 +1755,6 @@ def _get() -> _Pipeline:
     finally:
         _here.opening = False
         _release_held_back()
-        if _deferred_sinks is not None:
-            _apply_deferred_sinks()
 
 
 def _open() -> _Pipeline:
@@ -2155,30 +2149,6 @@ def remove_before_exit(hook: Callable[[], None]) -> None:
         _before_exit.remove(hook)
 
 
-#: A ``set_sinks`` called inside the pipeline's making or queueing on its own thread (a signal
-#: handler's configure()): that thread's id, the factory and the settings; done by that thread
-#: once it lets go (``_apply_deferred_sinks``).
-_deferred_sinks: tuple[int, Callable[[], list[Sink]], dict[str, Any]] | None = None
-
-
-def _inside_pipeline() -> bool:
-    """This thread is making or replacing the pipeline, or queueing an item into it."""
-    pipeline = _pipeline
-    return _making_here() or (
-        pipeline is not None and bool(pipeline._lock._is_owned())  # type: ignore[attr-defined]
-    )
-
-
-def _apply_deferred_sinks() -> None:
-    """Do the ``set_sinks`` this thread deferred, once it is out of the pipeline."""
-    global _deferred_sinks
-    deferred = _deferred_sinks
-    if deferred is None or deferred[0] != threading.get_ident() or _inside_pipeline():
-        return
-    _deferred_sinks = None
-    set_sinks(deferred[1], **deferred[2])
-
-
 def set_sinks(
     make_sinks: Callable[[], list[Sink]],
     *,
@@ -2193,27 +2163,9 @@ def set_sinks(
     their writers, with what they still hold, go on in the new pipeline. A sink need not be
     thread-safe: a second writer would call it while the first is still inside a slow write."""
     global _pipeline, _sink_factory, _max_queue, _exit_timeout, _interval, _quarantine, _carried
-    global _hurry_at, _sinkless, _deferred_sinks
-    if _inside_pipeline():
-        # A signal handler's configure() (a "SIGHUP: reload" one) on the thread that is making
-        # the pipeline or queueing into it: replaced under that line, the pipeline made was
-        # lost (record() raised AttributeError) or the item was queued for a writer stopped
-        # meanwhile (lost, flush() True). It is done once that thread lets go of the lock.
-        _deferred_sinks = (
-            threading.get_ident(),
-            make_sinks,
-            {
-                "max_queue": max_queue,
-                "exit_timeout": exit_timeout,
-                "flush_interval": flush_interval,
-                "quarantine": quarantine,
-                "keep_open": keep_open,
-            },
-        )
-        return
+    global _hurry_at, _sinkless
     catch_up()  # the calls made so far go to the sinks they were made under
     with _locked():
-        _deferred_sinks = None  # this configuration came later: it wins
         old, old_timeout, _pipeline, _sinkless = _pipeline, _exit_timeout, None, None
         _sink_factory, _max_queue, _exit_timeout = make_sinks, max_queue, exit_timeout
         _hurry_at = 2 * _batch_for(max_queue)
