@@ -949,6 +949,46 @@ def test_a_state_file_among_the_files_of_a_sink_given_as_an_object_is_refused(
         assert (tmp_path / state_file).read_text().count("TOKEN_TRACKING") == 1
 
 
+def test_a_state_file_that_is_a_hard_link_to_another_writers_file_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hard link has a name of its own, so a state file that was one was taken where the same
+    file through a symbolic link was refused: linked to a ``JSONLSink``'s ledger, 3 sessions put
+    3 markdown lines among its 3 records; linked to a file in the journal/ or reports/ folder of
+    the directory, or in a ``MarkdownJournalSink`` object's folder, it was taken too."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("ledger.jsonl", "data/journal/token_usage.md", "data/reports/2026-12.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    (tmp_path / "own" / "sessions").mkdir(parents=True)
+    (tmp_path / "own" / "sessions" / "job.md").write_text("")
+    ledger = JSONLSink("ledger.jsonl")
+    journal = MarkdownJournalSink("own")
+    for sink, linked, said in (
+        (ledger, "ledger.jsonl", "the file of the sink JSONLSink"),
+        (journal, "own/sessions/job.md", "a file of the sink MarkdownJournalSink"),
+        (ledger, "data/journal/token_usage.md", "tokenmeter's own journal/ folder"),
+        (ledger, "data/reports/2026-12.md", "tokenmeter's own reports/ folder"),
+    ):
+        link = tmp_path / "state.md"
+        link.unlink(missing_ok=True)
+        os.link(tmp_path / linked, link)
+        with pytest.raises(ValueError) as excinfo:
+            tokenmeter.configure(directory="data", sinks=[sink], state_file="state.md")
+        message = one_line_value_error(excinfo)
+        assert message.startswith("tokenmeter setting 'state_file'")
+        assert said in message
+    (tmp_path / "state.md").unlink()
+    (tmp_path / "state.md").write_text("")  # a file of its own (one name): taken
+    os.link(tmp_path / "state.md", tmp_path / "state-copy.md")  # two names, no writer's file
+    tokenmeter.configure(directory="data", sinks=[ledger], state_file="state.md")
+    with tokenmeter.session("job"):
+        tokenmeter.record("openai", "gpt-4o", 10, 5)
+    assert tokenmeter.flush(5)
+    assert (tmp_path / "state.md").read_text().count("TOKEN_TRACKING") == 1
+    assert len((tmp_path / "ledger.jsonl").read_text().splitlines()) == 1
+
+
 @pytest.mark.parametrize("read_by", ["configure", "instrument"])
 def test_relative_paths_are_where_the_process_was_when_the_settings_were_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_by: str

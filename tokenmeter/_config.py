@@ -8,7 +8,6 @@ call wait and drop its record).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import threading
@@ -329,11 +328,16 @@ def _data_file(path: Path, directory: Path) -> str | None:
 
 def _hard_link_to_data(target: Path, folder: Path) -> str | None:
     """The data file in ``folder`` that ``target`` is another name of (a hard link, a folder
-    mounted twice), as ``_data_file`` says it, or None."""
+    mounted twice), as ``_data_file`` says it, or None: the files of its ``journal/`` and
+    ``reports/`` folders too, whose names a link does not share."""
+    from tokenmeter.sinks._files import other_name_in, same_file
+
     for name in sorted(DATA_FILES):
-        with contextlib.suppress(OSError):
-            if os.path.samefile(target, folder / name):
-                return f"tokenmeter's own {name}"
+        if same_file(target, folder / name):
+            return f"tokenmeter's own {name}"
+    for name in _DATA_FOLDERS:
+        if other_name_in(target, folder / name) is not None:
+            return f"a hard link to a file in tokenmeter's own {name}/ folder"
     return None
 
 

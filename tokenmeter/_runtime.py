@@ -22,7 +22,7 @@ from tokenmeter._config import (
 from tokenmeter._fork import renew_after_fork
 from tokenmeter.pricing._overrides import short_repr, use_prices
 from tokenmeter.sinks._base import Sink
-from tokenmeter.sinks._files import absolute
+from tokenmeter.sinks._files import absolute, other_name_in, same_file
 
 __all__ = ["configure", "settings"]
 
@@ -406,20 +406,27 @@ _JOURNAL_SESSIONS = "sessions"
 def _place_of_sink(state_file: Path, sink: Sink) -> str | None:
     """How ``state_file`` is a file ``sink`` writes ("the file", "a file"), or None: its ``path``
     or that file's SQLite companions, or the files a ``MarkdownJournalSink`` writes in its
-    ``directory`` (its ``token_usage.md``, its lock, its ``sessions/`` pages), through links too."""
+    ``directory`` (its ``token_usage.md``, its lock, its ``sessions/`` pages), through links too
+    (symbolic or hard)."""
     path = getattr(sink, "path", None)
     folder = getattr(sink, "directory", None)
     try:
         target = os.path.realpath(absolute(state_file))
         if isinstance(path, Path):
             own = os.path.realpath(absolute(path))
-            if target in {own, *(own + suffix for suffix in _SQLITE_COMPANIONS)}:
+            files = {own, *(own + suffix for suffix in _SQLITE_COMPANIONS)}
+            # A hard link has a name of its own: only its device and inode tell it.
+            if target in files or any(same_file(target, name) for name in files):
                 return "the file"
         if isinstance(folder, Path):
             journal = Path(os.path.realpath(absolute(folder)))
             written = Path(target)
-            if written in {journal / name for name in _JOURNAL_FILES} or written.is_relative_to(
-                journal / _JOURNAL_SESSIONS
+            kept = {journal / name for name in _JOURNAL_FILES}
+            if (
+                written in kept
+                or written.is_relative_to(journal / _JOURNAL_SESSIONS)
+                or any(same_file(written, name) for name in kept)
+                or other_name_in(written, journal / _JOURNAL_SESSIONS) is not None
             ):
                 return "a file"
     except (ValueError, OSError):  # no name of a file, or no working directory: no file yet
