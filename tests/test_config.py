@@ -949,6 +949,45 @@ def test_a_state_file_among_the_files_of_a_sink_given_as_an_object_is_refused(
         assert (tmp_path / state_file).read_text().count("TOKEN_TRACKING") == 1
 
 
+def test_two_sinks_on_one_file_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sinks=["jsonl", JSONLSink("<directory>/usage.jsonl")]``, or two ``JSONLSink`` objects
+    of one file, was taken: 3 calls made 6 lines (3 ids) for any reader of the file to count
+    twice. A ``JSONLSink`` on tokenmeter's own alerts.jsonl put the records among the alerts,
+    and a ``SQLiteSink`` on its budgets.db refused every record (set aside)."""
+    monkeypatch.chdir(tmp_path)
+    ledger = JSONLSink("ledger.jsonl")
+    tokenmeter.configure(directory="data", sinks=[ledger])
+    (tmp_path / "mine.jsonl").write_text("")
+    os.link(tmp_path / "mine.jsonl", tmp_path / "hard.jsonl")
+    (tmp_path / "soft.jsonl").symlink_to(tmp_path / "mine.jsonl")
+    for sinks, first, second in (
+        (["jsonl", JSONLSink("data/usage.jsonl")], "JSONLSink", "the 'jsonl' sink"),
+        (["sqlite", SQLiteSink(tmp_path / "data" / "usage.db")], "SQLiteSink", "'sqlite'"),
+        (["markdown", MarkdownJournalSink("data/journal")], "MarkdownJournalSink", "'markdown'"),
+        ([JSONLSink("mine.jsonl"), JSONLSink(tmp_path / "soft.jsonl")], "JSONLSink", "JSONLSink"),
+        ([JSONLSink("mine.jsonl"), JSONLSink("hard.jsonl")], "JSONLSink", "JSONLSink"),
+        ([JSONLSink("data/alerts.jsonl")], "JSONLSink", "tokenmeter's own alerts.jsonl"),
+        ([JSONLSink("data/quarantine.jsonl")], "JSONLSink", "own quarantine.jsonl"),
+        ([SQLiteSink("data/budgets.db")], "SQLiteSink", "tokenmeter's own budgets.db"),
+        ([JSONLSink("data/reports/usage.jsonl")], "JSONLSink", "own reports/ folder"),
+    ):
+        with pytest.raises(ValueError) as excinfo:
+            tokenmeter.configure(directory="data", sinks=sinks)
+        message = one_line_value_error(excinfo)
+        assert message.startswith(f"tokenmeter setting 'sinks' from configure(): {first} writes")
+        assert second in message
+    for _ in range(3):  # the settings before the refusals are in force
+        tokenmeter.record("openai", "gpt-4o", 10, 5)
+    assert tokenmeter.flush(5)
+    assert len((tmp_path / "ledger.jsonl").read_text().splitlines()) == 3
+    mine = JSONLSink("mine.jsonl")
+    tokenmeter.configure(directory="data", sinks=["jsonl", mine, mine, ledger])  # apart: taken
+    tokenmeter.record("openai", "gpt-4o", 10, 5)
+    assert tokenmeter.flush(5)
+    for name, lines in (("data/usage.jsonl", 1), ("mine.jsonl", 1), ("ledger.jsonl", 4)):
+        assert len((tmp_path / name).read_text().splitlines()) == lines
+
+
 def test_a_state_file_that_is_a_hard_link_to_another_writers_file_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -367,6 +367,7 @@ def configure(
         resolved, sources = _load(explicit)  # validate before changing anything
         check_settings_prices_file(resolved, sources)  # a bad file must not half-apply
         _check_state_file_apart(resolved.state_file, objects)
+        _check_sinks_apart(resolved, objects)
         previous = dict(_explicit), _sink_objects
         _explicit.clear()
         _explicit.update(explicit)
@@ -394,6 +395,73 @@ def _check_state_file_apart(state_file: Path | None, objects: Sequence[Sink]) ->
                 f"tokenmeter setting 'state_file': must not be {place} of the sink "
                 f"{type(sink).__name__}, got {str(state_file)!r}"
             )
+
+
+def _check_sinks_apart(resolved: Settings, objects: Sequence[Sink]) -> None:
+    """Refuse two sinks that write one file (``sinks=["jsonl", JSONLSink(".tokenmeter/
+    usage.jsonl")]``, two ``JSONLSink`` objects of one path: every record written twice), and a
+    sink object on a file tokenmeter keeps itself in ``directory`` (``alerts.jsonl``: the records
+    among the alerts; ``budgets.db``: every record refused and set aside). The names collapse
+    the same sink named twice; this is the same hazard through files."""
+    if resolved.disabled or not objects:  # nothing is written; a name alone cannot collide
+        return
+    directory = _absolute(resolved.directory)
+    taken: list[tuple[str, Path, bool]] = []  # (who writes it, the file or folder, a folder)
+    for name in ("alerts.jsonl", "quarantine.jsonl", "budgets.db"):
+        taken += _files_written(f"tokenmeter's own {name}", directory / name, None)
+    reports = Path(os.path.realpath(directory / "reports"))  # its files' names are its own
+    taken.append(("tokenmeter's own reports/ folder", reports, True))
+    for name in resolved.sinks:
+        if name in ("sqlite", "jsonl"):
+            file = directory / ("usage.db" if name == "sqlite" else "usage.jsonl")
+            taken += _files_written(f"the {name!r} sink", file, None)
+        elif name == "markdown":
+            taken += _files_written("the 'markdown' sink", None, directory / "journal")
+    seen: list[Sink] = []
+    for sink in objects:
+        if any(sink is other for other in seen):  # one object named twice: written once
+            continue
+        seen.append(sink)
+        path, folder = getattr(sink, "path", None), getattr(sink, "directory", None)
+        mine = _files_written(
+            type(sink).__name__[:100],
+            path if isinstance(path, Path) else None,
+            folder if isinstance(folder, Path) else None,
+        )
+        for who, place, is_folder in mine:
+            for other, held, held_folder in taken:
+                if (
+                    place == held
+                    or (is_folder and held.is_relative_to(place))
+                    or (held_folder and place.is_relative_to(held))
+                    or (not is_folder and not held_folder and same_file(place, held))
+                ):
+                    raise ValueError(
+                        f"tokenmeter setting 'sinks' from configure(): {who} writes "
+                        f"{str(place)!r}, as {other} does; two writers on one file would "
+                        "repeat or mix each other's lines"
+                    )
+        taken += mine
+
+
+def _files_written(
+    who: str, path: Path | None, folder: Path | None
+) -> list[tuple[str, Path, bool]]:
+    """What a sink writing ``path`` (with SQLite's companions) or a journal in ``folder`` (its
+    ``token_usage.md``, its lock, its ``sessions/`` pages) writes, as resolved absolute paths
+    (through symbolic links; a hard link is told by ``same_file``) tagged with ``who``."""
+    written: list[tuple[str, Path, bool]] = []
+    try:
+        if path is not None:
+            own = os.path.realpath(absolute(path))
+            written += [(who, Path(own + end), False) for end in ("", *_SQLITE_COMPANIONS)]
+        if folder is not None:
+            journal = Path(os.path.realpath(absolute(folder)))
+            written += [(who, journal / name, False) for name in _JOURNAL_FILES]
+            written.append((who, journal / _JOURNAL_SESSIONS, True))
+    except (ValueError, OSError):  # no name of a file, or no working directory: no file yet
+        return written
+    return written
 
 
 #: The files SQLite keeps beside a database while it writes (its log, its shared memory).

@@ -262,7 +262,7 @@ def test_follow_jsonl_waits_for_a_file_renamed_away_and_reads_the_new_one_from_i
 
 def _write_twice(path: Path, records: list[UsageRecord]) -> None:
     """``records`` written by two JSONL sinks on one path, as ``sinks=["jsonl",
-    JSONLSink("usage.jsonl")]`` writes them: each line twice."""
+    JSONLSink("usage.jsonl")]`` wrote them before configure() refused it: each line twice."""
     for _ in range(2):
         write_jsonl(path, records)
 
