@@ -16,6 +16,7 @@ import sys
 import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
+from decimal import Decimal
 from types import ModuleType
 from typing import Any
 
@@ -755,6 +756,38 @@ async def test_a_gemini_reply_without_usage_metadata_is_estimated_from_its_text(
         "gemini-2.5-flash", output=LONG_ANSWER + 'get_weather{"city": "Paris"}'
     )
     assert record.output_tokens == said.output_tokens > 1_000
+
+
+async def test_zero_tokens_beside_billed_web_searches_are_usage_not_an_estimate(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """A usage block of zero tokens that counts 3 web searches reports what was billed: taken
+    as no usage, its searches were dropped and the call estimated ($0.008889 for $0.03)."""
+    from anthropic import _base_client
+
+    body = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5",
+        "content": [{"type": "text", "text": "Paris."}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "server_tool_use": {"web_search_requests": 3},
+        },
+    }
+    http = http_of(_base_client)
+    client = mock_anthropic(lambda request: json_reply(http, body), is_async=is_async)
+    tokenmeter.instrument("anthropic")
+    request = {"model": "claude-sonnet-4-5", "max_tokens": 2_000, "messages": MESSAGES[1:]}
+    await kit.maybe(client.messages.create(**request))
+    record = only(records())
+    assert (record.status, record.estimated) == ("ok", False)
+    assert record.tool_requests == {"web_search": 3}
+    assert record.estimated_cost_usd == Decimal("0.03")
 
 
 @pytest.mark.parametrize("usage", ["absent", "null", "empty", "zeros"])
