@@ -990,6 +990,23 @@ def test_a_json_path_naming_tokenmeters_own_data_is_refused_before_any_test_runs
     assert (data.read_bytes() if data.exists() else None) == before
 
 
+@pytest.mark.parametrize(
+    "name",
+    [".tokenmeter/usage.jsonl", ".tokenmeter/usage.db", ".tokenmeter/journal/token_usage.md"],
+)
+def test_a_json_path_naming_tokenmeters_own_data_is_refused_on_a_first_run(
+    project: pytest.Pytester, name: str
+) -> None:
+    """On a fresh checkout (``.tokenmeter/`` not made yet) ``--tokenmeter-json=.tokenmeter/
+    usage.jsonl`` was taken: the tests wrote their 4 records there, then the summary replaced
+    them (0 of 4 left, pytest exit 0). Refused as when the folder exists, before any test."""
+    assert not (project.path / ".tokenmeter").exists()
+    result = project.runpytest(f"--tokenmeter-json={name}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--tokenmeter-json * names a file of tokenmeter data*"])
+    assert not (project.path / name).exists()
+
+
 def test_a_json_path_that_cannot_be_written_is_one_line_not_a_traceback(
     project: pytest.Pytester,
 ) -> None:

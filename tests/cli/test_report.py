@@ -958,6 +958,24 @@ def test_output_onto_other_recorded_data_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 0 and "gpt" in report.read_text(), result.stderr
 
 
+def test_output_into_a_data_folder_not_made_yet_is_refused(tmp_path: Path) -> None:
+    """``-o .tokenmeter/usage.db`` before the library ever ran (reading the demo's data) was
+    written: the data folder was recognised only once it existed, so the report became the
+    ``usage.db`` the library's SQLite sink then refused every record for. Judged by the path,
+    whether or not the folder exists yet."""
+    demo = tmp_path / "demo"
+    write_sqlite(demo / "usage.db", RECORDS, SESSIONS)
+    settings = {"TOKENMETER_DIR": ".tokenmeter"}
+    for target in (".tokenmeter/usage.db", ".tokenmeter/journal/token_usage.md"):
+        result = run_module("report", "--source", "demo", "-o", target, cwd=tmp_path, **settings)
+        assert result.returncode == 2, (target, result.stderr)
+        assert result.stderr.splitlines() == [
+            f"tokenmeter: error: -o {target} names a file of tokenmeter data: "
+            "write the report to another file"
+        ]
+    assert not (tmp_path / ".tokenmeter").exists()
+
+
 def test_output_onto_the_markdown_journal_is_refused(tmp_path: Path, cli: RunCli) -> None:
     """``report --format markdown -o .tokenmeter/journal/token_usage.md`` replaced the journal's
     whole history with the report (exit 0), and the journal sink then refused every later

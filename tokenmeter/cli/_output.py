@@ -166,11 +166,18 @@ def _same_file(one: Path, other: Path) -> bool:
 
 
 def _same_folder(one: Path, other: Path) -> bool:
-    """The same folder; False when either cannot be looked at (a folder that may not be
-    searched): that one comparison fails, never the whole check of ``-o``."""
+    """The same folder, whether or not it exists yet: by resolved path (links followed), which
+    needs neither folder made (on a first run ``.tokenmeter/`` is made by the tests the report
+    then replaced the records of), and, when both exist, as one folder under two names (mounted
+    twice). False when neither tells (a folder that may not be searched): that one comparison
+    fails, never the whole check of ``-o``."""
+    from tokenmeter.sinks._files import absolute
+
     try:
+        if os.path.realpath(absolute(one)) == os.path.realpath(absolute(other)):
+            return True
         return os.path.samefile(one, other)
-    except OSError:
+    except (OSError, ValueError, RuntimeError):  # RuntimeError: a loop of links (3.11, 3.12)
         return False
 
 
