@@ -5,6 +5,9 @@ Its REST transport has no async variant, so async is not covered here.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -84,3 +87,53 @@ async def test_async_calls_go_over_the_in_process_grpc_fake(fake: FakeProvider) 
     fake.fail_next(status=429, message="slow down")
     with pytest.raises(api_errors.ResourceExhausted, match="slow down"):
         await model.generate_content_async("hi")
+
+
+FORKED_INSIDE_WITH_GRPC = """
+import asyncio, os, sys, time, warnings
+warnings.simplefilter("ignore")
+import google.generativeai as legacy
+from tokenmeter.testing import FakeProvider
+
+def left(child):
+    # The child's exit status, or None (the child killed) if it is still inside after 30 s.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pid, status = os.waitpid(child, os.WNOHANG)
+        if pid:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(child, 9)
+    os.waitpid(child, 0)
+    return None
+
+async def main():
+    with FakeProvider() as fake:
+        fake.configure_generativeai()
+        fake.configure_generativeai_async()
+        model = legacy.GenerativeModel("gemini-1.5-flash")
+        await model.generate_content_async("hi")
+        child = os.fork()
+        if child == 0:
+            sys.exit(0)  # the child leaves the with block
+        status = left(child)
+        await model.generate_content_async("hi")  # the parent's gRPC fake still serves
+    print("child", status, len(fake.requests))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_child_forked_inside_the_fake_with_the_grpc_server_leaves_it_at_once() -> None:
+    """With the async SDK's gRPC fake started, a child forked inside ``with FakeProvider()``
+    left the HTTP server at once but then waited for ever in the gRPC server's stop(), on
+    threads only its parent has. The child drops it; the parent's goes on serving."""
+    done = subprocess.run(
+        [sys.executable, "-c", FORKED_INSIDE_WITH_GRPC],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},  # this checkout's code
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.split() == ["child", "0", "2"], done.stderr[-2000:]

@@ -337,7 +337,11 @@ def test_a_child_forked_inside_the_fake_leaves_it_at_once_and_the_parents_goes_o
     """The child's stop() waited for a serving thread only its parent has: it hung for ever."""
     try:
         done = subprocess.run(
-            [sys.executable, "-c", FORKED_INSIDE], capture_output=True, text=True, timeout=60
+            [sys.executable, "-c", FORKED_INSIDE],
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},  # this checkout's code
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     except subprocess.TimeoutExpired:
         pytest.fail("the forked child hung leaving FakeProvider")

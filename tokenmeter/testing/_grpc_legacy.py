@@ -8,6 +8,7 @@ on an insecure loopback port, so async code paths run against the real SDK too.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
@@ -64,8 +65,15 @@ class LegacyGrpcServer:
         )
         self.address = f"127.0.0.1:{self._server.add_insecure_port('127.0.0.1:0')}"
         self._server.start()
+        self._pid = os.getpid()  # the process that started it: its threads serve there only
 
     def stop(self) -> None:
+        """Stop serving, in the process that started the server. A forked child leaving ``with
+        FakeProvider()`` only drops it: ``grpc.Server.stop()`` there waited for ever for the
+        parent's threads and completion queues (gRPC cannot be used in a forked child), and the
+        parent's server must go on serving."""
+        if os.getpid() != self._pid:
+            return
         self._server.stop(grace=None)
 
     def async_client(self) -> Any:
