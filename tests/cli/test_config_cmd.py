@@ -80,6 +80,8 @@ def test_a_dsn_the_application_would_refuse_is_one_line_and_exit_2(
         "postgresql://tm@db.internal/usage?%70assword=s3cret",
         r"host=db.internal password=s3\ cret dbname=usage",
         "host=db.internal password=s3&cret dbname=usage",
+        # A '/' and a ':' in the password: libpq reads port 2024 and a database "s3:cret@db..."
+        "postgresql://tm:2024/s3:cret@db.internal",
     ],
 )
 def test_the_dsn_is_shown_without_its_password(

@@ -326,6 +326,45 @@ def test_a_password_with_a_slash_is_not_quoted_as_a_port(
 
 
 @pytest.mark.parametrize("command", ["report", "sessions", "tail"])
+def test_a_database_that_may_be_a_slashed_password_is_never_shown(
+    cli: RunCli, pg_dsn: str, command: str
+) -> None:
+    """``postgresql://tm:2024/Pw:S3cretTAIL@db.internal`` (password ``2024/Pw:S3cretTAIL``)
+    reads, as libpq reads it, as port 2024 and the database ``Pw:S3cretTAIL@db.internal``, the
+    shape of a database named ``team:eu@prod`` after a port, which is taken: "cannot read
+    postgres:Pw:S3cretTAIL@db.internal@tm:2024" printed the password's tail, and so did the
+    server's "database ... does not exist". Such a database is shown as ``***``."""
+    params = dict(part.split("=", 1) for part in pg_dsn.split())
+    refused = f"postgresql://127.0.0.1:1/Pw:S3cretTAIL@db.internal?user={params['user']}"
+    unknown = refused.replace(":1/", f":{params['port']}/")
+    for source, where in ((refused, "127.0.0.1:1"), (unknown, f"127.0.0.1:{params['port']}")):
+        code, out, err = cli(command, "--source", source)
+        assert (code, out) == (1, ""), err
+        assert err.startswith(f"tokenmeter: error: cannot read postgres:***@{where}: "), err
+        assert "S3cretTAIL" not in err and err.strip().count("\n") == 0
+
+
+def test_a_database_named_with_an_at_after_a_port_is_still_read(cli: RunCli, pg_dsn: str) -> None:
+    """The database ``team:eu@prod`` after a port is taken, written and read as before; only its
+    name is not shown (it cannot be told from a password's tail)."""
+    import psycopg
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute('DROP DATABASE IF EXISTS "team:eu@prod"')
+        conn.execute('CREATE DATABASE "team:eu@prod"')
+    params = dict(part.split("=", 1) for part in pg_dsn.split())
+    url = f"postgresql://127.0.0.1:{params['port']}/team:eu@prod?user={params['user']}"
+    sink = PostgresSink(url)
+    sink.write(RECORDS)
+    sink.close()
+    code, out, err = cli("report", "--source", url, "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["totals"]["calls"] == len(RECORDS)
+    code, out, err = cli("report", "--source", url)
+    assert code == 0 and "team:eu" not in out + err and "postgres:***@127.0.0.1:" in out
+
+
+@pytest.mark.parametrize("command", ["report", "sessions", "tail"])
 @pytest.mark.parametrize(
     "userinfo",
     [

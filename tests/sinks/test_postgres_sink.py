@@ -246,6 +246,20 @@ def test_a_url_in_the_settings_names_the_schema_as_the_clis_source_does(
     assert "hunter2" not in str(refused.value)
 
 
+def test_a_database_that_may_be_a_slashed_password_is_not_in_the_sinks_errors(
+    pg_dsn: str,
+) -> None:
+    """``postgresql://tm:2024/Pw:S3cretTAIL@db`` (a password with a '/') is taken, as the
+    database ``team:eu@prod`` after a port is: the server's "database "Pw:S3cretTAIL@db" does
+    not exist" put the password's tail in the writer's log and quarantine.jsonl."""
+    params = dict(part.split("=", 1) for part in pg_dsn.split())
+    url = f"postgresql://127.0.0.1:{params['port']}/Pw:S3cretTAIL@db?user={params['user']}"
+    sink = PostgresSink(url, connect_timeout_s=5)
+    with pytest.raises(psycopg.Error, match='database "\\*\\*\\*" does not exist') as refused:
+        sink.write([build_record(0)])
+    assert "S3cretTAIL" not in str(refused.value)
+
+
 def test_budgets_keep_their_spend_in_the_postgres_sink_named_in_the_settings(
     pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -47,6 +47,7 @@ from tokenmeter.cli._validate import COUNT_FIELDS
 from tokenmeter.sinks.postgres import (
     _DEFAULT_CONNECT_TIMEOUT_S,
     _given_connect_timeout,
+    database_may_be_a_password,
     split_schema,
 )
 
@@ -160,7 +161,9 @@ def display_name(url: str) -> str:
     """``postgres:db@host:port``: what messages and reports call the source (never a password),
     followed by ``?schema=NAME`` when the URL names a schema. What the URL leaves out is what
     libpq connects to: its ``PGHOST``, ``PGPORT``, ``PGDATABASE`` (``postgresql://``, an
-    empty pg_dsn, was named "(default database)@localhost" whatever server it read)."""
+    empty pg_dsn, was named "(default database)@localhost" whatever server it read). A
+    database that may be a password's tail (``tm:2024/Pw:S3cret@db``) is shown as ``***``."""
+    hidden = database_may_be_a_password(url)
     url, schema = split_schema(url)
     user, url = _without_userinfo(url)
     parts = _split(url)
@@ -176,6 +179,8 @@ def display_name(url: str) -> str:
         or given.get("dbname")
         or _libpq_default_database(user or given.get("user"))
     )
+    if hidden:
+        database = "***"
     hosts = f" (+{more} more host{'s' if more > 1 else ''})" if more else ""
     return f"postgres:{database}@{where}" + (f"?schema={schema}" if schema else "") + hosts
 

@@ -316,6 +316,9 @@ def _without_password(exc: Exception, dsn: str) -> Exception:
         return type(exc)(f"malformed PostgreSQL connection string ({hidden})")
     if password and password in message:
         return type(exc)(message.replace(password, "***"))
+    database = psycopg.conninfo.conninfo_to_dict(dsn).get("dbname")
+    if database and database in message and database_may_be_a_password(dsn):
+        return type(exc)(message.replace(database, "***"))
     return exc
 
 
@@ -394,6 +397,27 @@ def _slashed_password(host_part: str, path: str) -> bool:
         return ":" in path.rpartition("@")[0]
     after = path.partition("@")[2]
     return "/" in after or ":" in after
+
+
+def database_may_be_a_password(dsn: str) -> bool:
+    """Whether the database of a URL, as libpq reads it, may be the tail of a password holding
+    a ``/`` not percent-encoded, so that it is never shown: an ``@`` in the path after a numeric
+    port, with no user name before the host. ``tm:2024/Pw:S3cret@db`` (user ``tm``, password
+    ``2024/Pw:S3cret``) reads as host ``tm``, port 2024, database ``Pw:S3cret@db``, just as the
+    database ``db:5432/team:eu@prod`` does: the string cannot tell them apart, and libpq takes
+    both, so both are taken and neither database is printed."""
+    if _URL_AUTHORITY.match(dsn) is None:
+        return False
+    after_scheme = dsn[dsn.index("://") + 3 :].partition("?")[0]
+    host_part, slash, path = after_scheme.partition("/")
+    if not slash or "@" in host_part or "@" not in path:
+        return False
+    for host in host_part.split(","):
+        if host.startswith("["):  # an IPv6 address: its port, if any, after the bracket
+            host = host.partition("]")[2]
+        if ":" in host and host.rpartition(":")[2].isdigit():
+            return True
+    return False
 
 
 def _sendable(dsn: str) -> bool:
