@@ -937,3 +937,53 @@ def test_session_times_an_admin_made_timestamptz_get_the_rows(
     sink.close()
     row = "SELECT status, started_at::timestamptz, calls FROM sessions"
     assert query(pg_dsn, row) == [("completed", START + 2 * minute, 3)]
+
+
+_FORKED_WHILE_MARKING = """
+import os, sys, threading, time
+import tokenmeter
+from tokenmeter.sinks import PostgresSink
+
+sink = PostgresSink(sys.argv[1], schema="forked_marking")
+tokenmeter.configure(directory=sys.argv[2], sinks=[sink], exit_timeout=2)
+tokenmeter.record("openai", "gpt-4o", 1000, 100)
+assert tokenmeter.flush(timeout=30)
+held, release = threading.Event(), threading.Event()
+
+def marking():  # the writer, for the few instructions it marks its write in
+    with sink._sending:
+        held.set()
+        release.wait()
+
+threading.Thread(target=marking).start()
+held.wait()
+child = os.fork()
+release.set()
+if child == 0:
+    for _ in range(3):
+        tokenmeter.record("openai", "gpt-4o", 1000, 100)
+    os._exit(0 if tokenmeter.flush(timeout=20) else 3)
+_, status = os.waitpid(child, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_child_forked_while_the_writer_marks_its_write_writes_its_records(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """The sink's lock around what its write may have sent, forked while the writer held it,
+    stayed held in the child: its writer and its exit waited for it for ever (0 of 3 stored)."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _FORKED_WHILE_MARKING, pg_dsn, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the forked child hung on the sink's lock")
+    assert done.stdout.split() == ["0"], done.stderr
+    [(stored,)] = query(pg_dsn, "SELECT count(*) FROM forked_marking.records")
+    assert stored == 4

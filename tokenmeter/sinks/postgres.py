@@ -585,6 +585,7 @@ class PostgresSink:
         #: ``give_up_unsent_write``: whether the write under way may have sent a commit (its
         #: rows may be stored), and whether the exit set it aside (it must send none now).
         self._sending = threading.Lock()
+        self._sending_pid = os.getpid()
         self._may_be_stored = False
         self._given_up = False
 
@@ -609,7 +610,7 @@ class PostgresSink:
         attempt: the exit sets them aside); False when one may have been sent. A server that
         stops answering held the write on the old connection, then on a new one's connect, and
         the exit counted the batch as "may be lost" although none of it could be stored."""
-        with self._sending:
+        with self._sending_lock():
             if self._may_be_stored:
                 return False
             self._given_up = True
@@ -640,15 +641,24 @@ class PostgresSink:
         return PostgresLedger(self)
 
     # -- inside --------------------------------------------------------------------------------
+    def _sending_lock(self) -> threading.Lock:
+        """The lock of ``_may_be_stored`` and ``_given_up``, made again in a forked child: one
+        forked while the writer held it stayed held there, and the child's writer and exit
+        waited for it for ever (0 of 3 records stored, the process never ending)."""
+        if self._sending_pid != os.getpid():
+            self._sending, self._sending_pid = threading.Lock(), os.getpid()
+            self._may_be_stored = self._given_up = False
+        return self._sending
+
     def _begin_write(self) -> None:
-        with self._sending:
+        with self._sending_lock():
             self._may_be_stored = False
 
     def _may_commit(self) -> None:
         """Called before anything that may commit the write's rows (a COPY's end, a
         transaction's COMMIT): raises when the exit gave the write up (``give_up_unsent_write``),
         else notes that its rows may be stored from now on."""
-        with self._sending:
+        with self._sending_lock():
             if self._given_up:
                 raise RuntimeError("given up at exit before anything of it was sent")
             self._may_be_stored = True
