@@ -31,7 +31,6 @@ check for them, and the reports skip and count such rows, as SQLite's do (``is_p
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import json
 import os
@@ -93,15 +92,6 @@ _RECORD_TIMESTAMP = (
 )
 #: Seconds waited before each attempt to connect again when a connection was ended (1 min).
 _RECONNECT_WAITS = (0, 0.5, 1, 2, 4, 8, 15, 30)
-#: TCP keepalives asked of libpq on the CLI's connections (where the URL sets none): an idle
-#: connection a firewall or NAT dropped is found dead by the kernel within a minute or two.
-_KEEPALIVES = {
-    "keepalives": "1",
-    "keepalives_idle": "30",
-    "keepalives_interval": "10",
-    "keepalives_count": "3",
-    "tcp_user_timeout": "60000",
-}
 
 
 def is_postgres_url(value: str | None) -> bool:
@@ -326,10 +316,8 @@ def _connect(psycopg: Any, url: str) -> Any:
 
     # The URL's connect_timeout (or PGCONNECT_TIMEOUT) is the one waited, as the sink's is.
     given = _given_connect_timeout(url) is not None
-    wait: dict[str, Any] = {} if given else {"connect_timeout": _DEFAULT_CONNECT_TIMEOUT_S}
+    wait = {} if given else {"connect_timeout": _DEFAULT_CONNECT_TIMEOUT_S}
     try:
-        set_in_url = psycopg.conninfo.conninfo_to_dict(url)
-        wait.update({k: v for k, v in _KEEPALIVES.items() if k not in set_in_url})
         return psycopg.connect(url, autocommit=True, client_encoding="utf8", **wait)
     except UnicodeDecodeError:  # a %-escape libpq decoded is not UTF-8 (psycopg decodes it)
         raise psycopg.ProgrammingError(
@@ -367,49 +355,13 @@ class PgConnection:
         self._safe_json = False  # pg_temp.tokenmeter_jsonb made for the connection
         self._text_timestamp = True  # records.timestamp reads as the sink's text
         self._as_written: dict[str, str] = {}  # table -> its SELECT as the sink's text
-        #: Seconds a statement (and a new connection's setup) may wait for the server before
-        #: its socket is shut down and the connection treated as ended (``bound_statements``).
-        self._bound_s: float | None = None
-        self._watch: Any = None
         self._conn = self._open()
         self._snapshot = False  # inside the readers' BEGIN: a statement is never run elsewhere
-
-    def bound_statements(self, seconds: float) -> None:
-        """From now on, give up a statement the server has not answered within ``seconds`` and
-        connect again (``tail -f``'s polls): a connection gone silent (a failover behind a proxy
-        that keeps the socket open, a flow a firewall dropped) held the follower for ever, its
-        server-side statement_timeout never reached by the query, while new connections worked
-        at once."""
-        from tokenmeter.sinks._pg_ledger import _Watchdog
-
-        self._bound_s = seconds
-        if self._watch is None:
-            self._watch = _Watchdog("tokenmeter-cli-pg-watchdog")
-
-    @contextlib.contextmanager
-    def _bounded(self, conn: Any) -> Iterator[None]:
-        """Run the block with ``conn`` watched (``bound_statements``), if bounded."""
-        if self._bound_s is None or self._watch is None:
-            yield
-            return
-        self._watch.start(conn, self._bound_s)
-        try:
-            yield
-        finally:
-            self._watch.done()
 
     def _open(self) -> Any:
         import psycopg
 
         conn = _call(lambda: _connect(psycopg, self._url))
-        try:
-            with self._bounded(conn):
-                return self._set_up(conn)
-        except BaseException:
-            conn.close()
-            raise
-
-    def _set_up(self, conn: Any) -> Any:
         _call(conn.execute, f'SET search_path = "{self._schema}"'.encode())
         self._safe_json = _made_safe_json(conn)
         types = _column_types(conn)
@@ -484,8 +436,7 @@ class PgConnection:
 
     def _run(self, sql: str, values: list[Any]) -> _Cursor:
         cursor = self._conn.cursor()
-        with self._bounded(self._conn):  # a client cursor: the rows come with the answer
-            _call(cursor.execute, sql.encode(), values)
+        _call(cursor.execute, sql.encode(), values)
         return _Cursor(cursor)
 
     def stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[_Row]:
@@ -507,8 +458,6 @@ class PgConnection:
 
     def close(self) -> None:
         self._conn.close()
-        if self._watch is not None:
-            self._watch.stop()
 
 
 def _made_safe_json(conn: Any) -> bool:

@@ -26,7 +26,6 @@ from typing import Any, BinaryIO
 
 from tokenmeter.cli._errors import CliError, NoSourceYet, NoTablesYet
 from tokenmeter.cli._output import one_line, stdout_failed
-from tokenmeter.cli._postgres import is_postgres
 from tokenmeter.cli._source import (
     MAX_LINE_BYTES,
     RecentIds,
@@ -117,9 +116,6 @@ _LOWEST, _HIGHEST = -(1 << 63), (1 << 63) - 1
 #: as it prints them: it held them all (about 2 KB a record read from SQLite, 5 KB from JSONL;
 #: ``-n 1000000`` over a large store ran out of memory).
 _HELD = 10_000
-#: Seconds a poll of ``tail -f`` on PostgreSQL waits for the server before it connects again
-#: (a page of rows read by index: a healthy server answers at once).
-_POLL_BOUND_S = 10.0
 
 
 def _row_id(row: sqlite3.Row) -> Any:
@@ -458,9 +454,6 @@ def run_tail(args: argparse.Namespace) -> int:
             _emit(follower.last(args.lines), as_json, console)
         except sqlite3.Error as exc:
             raise CliError(f"cannot read {source_path}: {exc}") from None
-        conn = getattr(follower, "conn", None)
-        if args.follow and is_postgres(conn):
-            conn.bound_statements(_POLL_BOUND_S)
         while args.follow:
             time.sleep(args.interval)
             try:
