@@ -993,21 +993,21 @@ def test_a_state_file_that_is_a_hard_link_to_another_writers_file_is_refused(
 ) -> None:
     """A hard link has a name of its own, so a state file that was one was taken where the same
     file through a symbolic link was refused: linked to a ``JSONLSink``'s ledger, 3 sessions put
-    3 markdown lines among its 3 records; linked to a file in the journal/ or reports/ folder of
-    the directory, or in a ``MarkdownJournalSink`` object's folder, it was taken too."""
+    3 markdown lines among its 3 records; linked to the journal's page of the directory, or to a
+    ``MarkdownJournalSink`` object's, it was taken too. (Not looked for among session pages and
+    reports: their folders would be listed at every load of the settings.)"""
     monkeypatch.chdir(tmp_path)
-    for name in ("ledger.jsonl", "data/journal/token_usage.md", "data/reports/2026-12.md"):
+    for name in ("ledger.jsonl", "data/journal/token_usage.md"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("")
-    (tmp_path / "own" / "sessions").mkdir(parents=True)
-    (tmp_path / "own" / "sessions" / "job.md").write_text("")
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "token_usage.md").write_text("")
     ledger = JSONLSink("ledger.jsonl")
     journal = MarkdownJournalSink("own")
     for sink, linked, said in (
         (ledger, "ledger.jsonl", "the file of the sink JSONLSink"),
-        (journal, "own/sessions/job.md", "a file of the sink MarkdownJournalSink"),
-        (ledger, "data/journal/token_usage.md", "tokenmeter's own journal/ folder"),
-        (ledger, "data/reports/2026-12.md", "tokenmeter's own reports/ folder"),
+        (journal, "own/token_usage.md", "a file of the sink MarkdownJournalSink"),
+        (ledger, "data/journal/token_usage.md", "tokenmeter's own journal/token_usage.md"),
     ):
         link = tmp_path / "state.md"
         link.unlink(missing_ok=True)

@@ -46,6 +46,8 @@ DATA_FILES = frozenset(
 ) | {"usage.jsonl", "alerts.jsonl", "quarantine.jsonl"}
 #: The folders in it whose files tokenmeter names itself: the markdown journal, usage reports.
 _DATA_FOLDERS = ("journal", "reports")
+#: The markdown journal's page in the directory.
+_JOURNAL_PAGE = "journal/token_usage.md"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _ENV_NAMES = {
@@ -328,16 +330,14 @@ def _data_file(path: Path, directory: Path) -> str | None:
 
 def _hard_link_to_data(target: Path, folder: Path) -> str | None:
     """The data file in ``folder`` that ``target`` is another name of (a hard link, a folder
-    mounted twice), as ``_data_file`` says it, or None: the files of its ``journal/`` and
-    ``reports/`` folders too, whose names a link does not share."""
-    from tokenmeter.sinks._files import other_name_in, same_file
+    mounted twice), as ``_data_file`` says it, or None: the journal's page too. Not the session
+    pages and reports, whose folders would be listed at every load of the settings (50,000
+    pages: 4 s a configure())."""
+    from tokenmeter.sinks._files import same_file
 
-    for name in sorted(DATA_FILES):
+    for name in [*sorted(DATA_FILES), _JOURNAL_PAGE]:
         if same_file(target, folder / name):
             return f"tokenmeter's own {name}"
-    for name in _DATA_FOLDERS:
-        if other_name_in(target, folder / name) is not None:
-            return f"a hard link to a file in tokenmeter's own {name}/ folder"
     return None
 
 

@@ -22,7 +22,7 @@ from tokenmeter._config import (
 from tokenmeter._fork import renew_after_fork
 from tokenmeter.pricing._overrides import short_repr, use_prices
 from tokenmeter.sinks._base import Sink
-from tokenmeter.sinks._files import absolute, other_name_in, same_file
+from tokenmeter.sinks._files import absolute, same_file
 
 __all__ = ["configure", "settings"]
 
@@ -494,7 +494,6 @@ def _place_of_sink(state_file: Path, sink: Sink) -> str | None:
                 written in kept
                 or written.is_relative_to(journal / _JOURNAL_SESSIONS)
                 or any(same_file(written, name) for name in kept)
-                or other_name_in(written, journal / _JOURNAL_SESSIONS) is not None
             ):
                 return "a file"
     except (ValueError, OSError):  # no name of a file, or no working directory: no file yet

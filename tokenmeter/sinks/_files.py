@@ -33,7 +33,6 @@ __all__ = [
     "ensure_private_dir",
     "file_path",
     "open_private",
-    "other_name_in",
     "pread_exact",
     "pwrite_all",
     "refuse_irregular",
@@ -389,22 +388,3 @@ def same_file(one: str | os.PathLike[str], other: str | os.PathLike[str]) -> boo
         return os.path.samefile(one, other)
     except (OSError, ValueError):
         return False
-
-
-def other_name_in(path: str | os.PathLike[str], folder: Path) -> Path | None:
-    """The file under ``folder`` that ``path`` is a hard link of, or None. Only a file with
-    more than one name is looked for, so a folder of many files is listed only then."""
-    try:
-        info = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    if info.st_nlink < 2 or not stat.S_ISREG(info.st_mode):
-        return None
-    wanted = file_id(info)
-    for root, _folders, names in os.walk(folder):  # nothing under a folder that is not there
-        for name in names:
-            found = Path(root, name)
-            with contextlib.suppress(OSError):
-                if file_id(os.stat(found)) == wanted:
-                    return found
-    return None
