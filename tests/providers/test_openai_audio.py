@@ -15,6 +15,8 @@ import pytest
 from helpers import wav
 from provider_helpers import Records, json_reply, only, sse_reply
 
+import tokenmeter
+
 pytestmark = pytest.mark.usefixtures("instrumented")
 
 USAGE = {
@@ -57,15 +59,18 @@ def test_whisper_duration_usage_is_not_recorded_as_tokens(kit: Any, records: Rec
     assert records() == []
 
 
+@pytest.mark.parametrize("model", ["gpt-4o-transcribe", "stt-prod"])  # an aliased deployment
 @pytest.mark.parametrize("answer", ["text", "json without usage"])
 async def test_a_transcription_answered_without_usage_is_estimated_from_its_audio(
-    kit: Any, records: Records, is_async: bool, answer: str
+    kit: Any, records: Records, is_async: bool, answer: str, model: str
 ) -> None:
     """A gpt-4o-transcribe call answered without usage (``response_format="text"``: a bare
     string; a compatible server's JSON without ``usage``) left no record at all, where the
     same call with usage is recorded (600 audio tokens in for a minute, $0.00363). It is
     estimated as one whose usage never came: its audio from the clip's duration, its output
-    from the text returned. The caller gets the answer unchanged."""
+    from the text returned. The caller gets the answer unchanged. An Azure deployment the
+    application aliased to its model is known by its alias."""
+    tokenmeter.configure(aliases={"stt-prod": "gpt-4o-transcribe"})
     if answer == "text":
         headers = {"content-type": "text/plain"}
         reply = kit.http.Response(200, content=b"Hello there.\n", headers=headers)
@@ -77,7 +82,7 @@ async def test_a_transcription_answered_without_usage_is_estimated_from_its_audi
 
     result = await kit.maybe(
         client.audio.transcriptions.create(
-            model="gpt-4o-transcribe", file=("talk.wav", wav(60), "audio/wav"), **options
+            model=model, file=("talk.wav", wav(60), "audio/wav"), **options
         )
     )
 

@@ -15,6 +15,7 @@ from tokenmeter._estimate import TextTally
 from tokenmeter._models import Usage
 from tokenmeter._registry import provider_for_host
 from tokenmeter._runtime import settings
+from tokenmeter.pricing._overrides import aliases
 from tokenmeter.providers._core import Call, named_model, safely
 from tokenmeter.providers._stainless import (
     SKIPPED,
@@ -443,12 +444,14 @@ def _read_transcription(parsed: Any, call: Call) -> None:
     no record field here holds): not recorded. A token-billed model's answer without usage (a
     ``response_format="text"`` answer is a bare string; a compatible server may send none) was
     billed all the same: estimated as one whose usage never came, its audio from the clip's
-    duration and its output from the text returned. Only a model named as one (``*transcribe*``):
-    an Azure deployment's name says nothing of its model, and a whisper deployment's answers
-    were recorded as unpriced token estimates."""
+    duration and its output from the text returned. Only a model named as one (``*transcribe*``),
+    by the request or the alias the application gave it: an Azure deployment's name says
+    nothing of its model, and a whisper deployment's answers were recorded as unpriced token
+    estimates."""
     usage = field(parsed, "usage")
     if usage is None:
-        if "transcribe" not in (call.request_model or "").lower():
+        model = call.request_model or ""
+        if "transcribe" not in aliases().get(model, model).lower():
             return
         call.missing = True
         call.reply = TextTally()
