@@ -30,6 +30,7 @@ from provider_helpers import (
     mock_anthropic,
     mock_genai,
     only,
+    sse_reply,
 )
 
 import tokenmeter
@@ -999,3 +1000,93 @@ async def test_an_estimate_inside_a_call_never_waits_for_a_tokenizer_to_load(
     second = records()[-1]
     assert second.estimated
     assert second.input_tokens == estimate_input("openai", request).input_tokens != heuristic
+
+
+@pytest.mark.parametrize("usage", ["empty", "zeros"])
+@pytest.mark.parametrize("api", ["chat", "responses", "anthropic"])
+async def test_a_stream_whose_usage_reports_nothing_is_estimated_as_not_streamed(
+    records: Records, kit: ModuleType, is_async: bool, api: str, usage: str
+) -> None:
+    """A stream closing on ``usage: {}`` (an error record, UnreadableUsage, no cost) or on
+    zeros (a $0 call) from a compatible server: estimated like the same answer not streamed,
+    from what streamed by (status ok, estimated)."""
+    text = " ".join(ANSWER)
+    if api == "anthropic":
+        from anthropic import _base_client
+
+        block = {} if usage == "empty" else {"input_tokens": 0, "output_tokens": 0}
+        message = {
+            "id": "msg_1",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-sonnet-4-5",
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": block,
+        }
+        delta = {"type": "text_delta", "text": text}
+        closing = {"stop_reason": "end_turn", "stop_sequence": None}
+        events: list[tuple[str | None, Any]] = [
+            ("message_start", {"type": "message_start", "message": message}),
+            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}),
+            ("message_delta", {"type": "message_delta", "delta": closing, "usage": block}),
+            ("message_stop", {"type": "message_stop"}),
+        ]
+        http = http_of(_base_client)
+        client = mock_anthropic(lambda request: sse_reply(http, events), is_async=is_async)
+        tokenmeter.instrument("anthropic")
+        answer = client.messages.create(
+            model="claude-sonnet-4-5", max_tokens=2_000, messages=MESSAGES[1:], stream=True
+        )
+    else:
+        if api == "chat":
+            block = {} if usage == "empty" else {"prompt_tokens": 0, "completion_tokens": 0}
+            head = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
+            said = {"index": 0, "delta": {"role": "assistant", "content": text}}
+            events = [
+                (None, {**head, "choices": [said]}),
+                (None, {**head, "choices": [], "usage": block}),
+                (None, b"[DONE]"),
+            ]
+        else:
+            block = {} if usage == "empty" else {"input_tokens": 0, "output_tokens": 0}
+            response = {
+                "id": "resp_1",
+                "object": "response",
+                "created_at": 1,
+                "status": "completed",
+                "model": "gpt-4o",
+                "output": [],
+                "parallel_tool_calls": True,
+                "tool_choice": "auto",
+                "tools": [],
+                "usage": block,
+            }
+            delta = {
+                "type": "response.output_text.delta",
+                "sequence_number": 1,
+                "item_id": "m1",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": text,
+                "logprobs": [],
+            }
+            done = {"type": "response.completed", "sequence_number": 2, "response": response}
+            events = [(delta["type"], delta), (done["type"], done)]
+        client = kit.mock_openai(lambda request: sse_reply(kit.http, events), is_async=is_async)
+        tokenmeter.instrument("openai")
+        if api == "chat":
+            answer = client.chat.completions.create(
+                model="gpt-4o",
+                messages=MESSAGES,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        else:
+            answer = client.responses.create(model="gpt-4o", input=text, stream=True)
+    await kit.drain(await kit.maybe(answer))
+    record = only(records())
+    assert (record.status, record.error, record.estimated) == ("ok", None, True)
+    assert record.input_tokens > 0 and record.output_tokens > 0
+    assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0

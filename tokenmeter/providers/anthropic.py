@@ -226,6 +226,9 @@ class EventReader(SampledText):
             # A message_delta before message_start: the input count is still to come.
             call.cannot_read("message_delta before message_start: no input count yet")
             return
+        if reports_nothing(fields):  # {} or zeros so far: none came (estimated, as without)
+            call.usage = None
+            return
         call.usage = usage_from_anthropic(fields, call.model)
         call.tier = tier_from_anthropic(fields)
 

@@ -112,6 +112,8 @@ class ChunkReader(SampledText):
             if usage is None:
                 return False
         self.quiet = False  # after it, chunks are not counted (unless it cannot be read)
+        if reports_nothing(usage):  # {} or zeros: none came (estimated from the text read)
+            return self.hide and not getattr(chunk, "choices", None)
         self.no_output = False
         with suppress(Exception):  # text where usage belongs: unreadable (read below), no more
             get = getter(usage)
@@ -261,7 +263,8 @@ class ResponseEventReader(SampledText):
             _asked_for(call, ident(field(response, "id")))
             if kind == "response.failed":
                 _failed(call, response)
-            if field(response, "usage") is None:  # an object, or a dict (older SDKs)
+            usage = field(response, "usage")  # an object, or a dict (older SDKs)
+            if usage is None or reports_nothing(usage):  # {} or zeros: none came
                 keep_names(call, response)
                 call.saw_tools(safely("reading tool calls", responses_tool_requests, response))
             else:
