@@ -693,11 +693,14 @@ NO_COUNTS: dict[str, dict[str, Any] | None] = {
     "empty": {},
     "zeros": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
     "responses zeros": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
+    # Groq's timings beside zeros: seconds, no count
+    "timed zeros": {"prompt_tokens": 0, "completion_tokens": 0, "queue_time": 0.02},
+    "responses timed zeros": {"input_tokens": 0, "output_tokens": 0, "queue_time": 0.02},
 }
 
 
 @pytest.mark.parametrize("api", ["chat", "responses"])
-@pytest.mark.parametrize("usage", ["absent", "empty", "zeros"])
+@pytest.mark.parametrize("usage", ["absent", "empty", "zeros", "timed zeros"])
 async def test_a_reply_without_usage_is_estimated_from_its_text(
     records: Records, kit: ModuleType, is_async: bool, api: str, usage: str
 ) -> None:
@@ -708,7 +711,7 @@ async def test_a_reply_without_usage_is_estimated_from_its_text(
     and a $0 one (1,000 words asked, 400 answered, on gpt-4o: $0.0087675 estimated)."""
     body = _reply_without_usage(kit, api)
     if usage != "absent":
-        key = "responses zeros" if (usage, api) == ("zeros", "responses") else usage
+        key = f"responses {usage}" if api == "responses" and "zeros" in usage else usage
         body["usage"] = NO_COUNTS[key]
     client = kit.mock_openai(lambda request: json_reply(kit.http, body), is_async=is_async)
     tokenmeter.instrument("openai")

@@ -165,30 +165,47 @@ def counts(get: Get, *names: str) -> list[int]:
     return found
 
 
+#: The totals of a usage block, as OpenAI (chat, Responses) and Anthropic spell them: one that is
+#: not 0 reports usage (``reports_nothing`` looks no further).
+_TOTALS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
+
+
 def reports_nothing(usage: Any) -> bool:
     """True for a usage block without a single count, or with every count 0 (``{}`` or zeros
     from a proxy or compatible server that strips or zeroes them): a billed call always has a
     prompt, so nothing was reported, and the call is estimated as if the block were absent
     (never a silent $0, nor a failed call). The rule Gemini's ``reports_usage`` follows for
-    its own spelling. Every number in the block counts, nested ones too: zero tokens beside 3
-    web searches (``server_tool_use``) or a compaction's ``iterations`` report what was billed.
-    False for anything else, unreadable values included (negative, text, NaN): the reader says
-    what is wrong with them."""
+    its own spelling. Every count in the block counts, nested ones too: zero tokens beside 3
+    web searches (``server_tool_use``) or a compaction's ``iterations`` report what was billed;
+    durations (Groq's ``queue_time``, seconds) and costs are no counts. False for anything else,
+    unreadable values included (negative, text, NaN): the reader says what is wrong with them."""
     if not isinstance(usage, (dict, BaseModel)):  # text or a number: the reader refuses it
         return False
     try:
+        get = getter(usage)
+        if any(get(name) for name in _TOTALS):  # the usual answer: no need to look further
+            return False
         return not _holds_a_count(usage, 0)
     except Exception:
         return False
 
 
 def _holds_a_count(value: Any, depth: int) -> bool:
-    """Whether ``value`` (a usage block, or a part of one) holds anything but zeros, nulls and
-    labels (text, booleans: ``"type": "tokens"``). Too deep to look through: it does."""
+    """Whether ``value`` (a usage block, or a part of one) holds a count that is not 0: a whole
+    number (floats are durations and costs; text and booleans are labels). Too deep to look
+    through: it does."""
     kind = type(value)
-    if kind is int or kind is float:
+    if kind is int:
         return bool(value != 0)
-    if value is None or kind is bool or kind is str:
+    if value is None or kind is bool or kind is str or kind is float:
         return False
     if depth >= 8:
         return True
