@@ -1006,7 +1006,7 @@ async def test_an_estimate_inside_a_call_never_waits_for_a_tokenizer_to_load(
 
 
 @pytest.mark.parametrize("usage", ["empty", "zeros"])
-@pytest.mark.parametrize("api", ["chat", "responses", "anthropic"])
+@pytest.mark.parametrize("api", ["chat", "anthropic"])
 async def test_a_stream_whose_usage_reports_nothing_is_estimated_as_not_streamed(
     records: Records, kit: ModuleType, is_async: bool, api: str, usage: str
 ) -> None:

@@ -59,7 +59,7 @@ def test_whisper_duration_usage_is_not_recorded_as_tokens(kit: Any, records: Rec
     assert records() == []
 
 
-@pytest.mark.parametrize("model", ["gpt-4o-transcribe", "stt-prod"])  # an aliased deployment
+@pytest.mark.parametrize("model", ["gpt-4o-transcribe", "stt-prod", "STT-Prod", "azure/stt-prod"])
 @pytest.mark.parametrize("answer", ["text", "json without usage"])
 async def test_a_transcription_answered_without_usage_is_estimated_from_its_audio(
     kit: Any, records: Records, is_async: bool, answer: str, model: str

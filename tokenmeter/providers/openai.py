@@ -15,6 +15,7 @@ from tokenmeter._estimate import TextTally
 from tokenmeter._models import Usage
 from tokenmeter._registry import provider_for_host
 from tokenmeter._runtime import settings
+from tokenmeter.pricing._names import name_candidates
 from tokenmeter.pricing._overrides import aliases
 from tokenmeter.providers._core import Call, named_model, safely
 from tokenmeter.providers._stainless import (
@@ -263,8 +264,7 @@ class ResponseEventReader(SampledText):
             _asked_for(call, ident(field(response, "id")))
             if kind == "response.failed":
                 _failed(call, response)
-            usage = field(response, "usage")  # an object, or a dict (older SDKs)
-            if usage is None or reports_nothing(usage):  # {} or zeros: none came
+            if field(response, "usage") is None:  # an object, or a dict (older SDKs)
                 keep_names(call, response)
                 call.saw_tools(safely("reading tool calls", responses_tool_requests, response))
             else:
@@ -453,8 +453,7 @@ def _read_transcription(parsed: Any, call: Call) -> None:
     estimates."""
     usage = field(parsed, "usage")
     if usage is None:
-        model = call.request_model or ""
-        if "transcribe" not in aliases().get(model, model).lower():
+        if not _transcribe_model(call.request_model or ""):
             return
         call.missing = True
         call.reply = TextTally()
@@ -463,6 +462,15 @@ def _read_transcription(parsed: Any, call: Call) -> None:
     if field(usage, "type") == "duration":
         return
     call.usage = usage_from_openai(usage)
+
+
+def _transcribe_model(model: str) -> bool:
+    """Whether ``model`` names a transcribe model, by any spelling pricing reads it by
+    (``STT-Prod``, ``azure/stt-prod``) or the alias the application gave one of them."""
+    names = name_candidates(model)
+    known = aliases()
+    spellings = [*names, *(known.get(name, "") for name in names)]
+    return any("transcribe" in name.lower() for name in spellings)
 
 
 _CHAT = Endpoint("chat.completions", _read, ChunkReader, no_usage_hint=_CHAT_HINT)
