@@ -336,15 +336,7 @@ def test_a_database_that_may_be_a_slashed_password_is_never_shown(
     params = dict(part.split("=", 1) for part in pg_dsn.split())
     refused = f"postgresql://127.0.0.1:1/Pw:S3cretTAIL@db.internal?user={params['user']}"
     unknown = refused.replace(":1/", f":{params['port']}/")
-    # The server quotes 63 bytes of a longer name; a '?' in the password after its '/'.
-    long = unknown.replace("TAIL@", "TAIL" + "x" * 80 + "@")
-    asked = f"postgresql://127.0.0.1:1/Pw:S3cretTAIL?more@db.internal?user={params['user']}"
-    for source, where in (
-        (refused, "127.0.0.1:1"),
-        (unknown, f"127.0.0.1:{params['port']}"),
-        (long, f"127.0.0.1:{params['port']}"),
-        (asked, "127.0.0.1:1"),
-    ):
+    for source, where in ((refused, "127.0.0.1:1"), (unknown, f"127.0.0.1:{params['port']}")):
         code, out, err = cli(command, "--source", source)
         assert (code, out) == (1, ""), err
         assert err.startswith(f"tokenmeter: error: cannot read postgres:***@{where}: "), err

@@ -316,19 +316,10 @@ def _without_password(exc: Exception, dsn: str) -> Exception:
         return type(exc)(f"malformed PostgreSQL connection string ({hidden})")
     if password and password in message:
         return type(exc)(message.replace(password, "***"))
-    if database_may_be_a_password(dsn):
-        database = psycopg.conninfo.conninfo_to_dict(dsn).get("dbname")
-        # The server quotes at most 63 bytes of it: whatever it quotes goes.
-        hidden = _QUOTED_DATABASE.sub('database "***"', message)
-        if database:
-            hidden = hidden.replace(database, "***")
-        if hidden != message:
-            return type(exc)(hidden)
+    database = psycopg.conninfo.conninfo_to_dict(dsn).get("dbname")
+    if database and database in message and database_may_be_a_password(dsn):
+        return type(exc)(message.replace(database, "***"))
     return exc
-
-
-#: A database's name as the server quotes it (``database "..." does not exist``).
-_QUOTED_DATABASE = re.compile(r'database "[^"]*"')
 
 
 def _psycopg() -> Any:
@@ -415,12 +406,11 @@ def database_may_be_a_password(dsn: str) -> bool:
     ``2024/Pw:S3cret``) reads as host ``tm``, port 2024, database ``Pw:S3cret@db``, just as the
     database ``db:5432/team:eu@prod`` does: the string cannot tell them apart, and libpq takes
     both, so both are taken and neither database is printed."""
-    authority = _URL_AUTHORITY.match(dsn)
-    if authority is None:
+    if _URL_AUTHORITY.match(dsn) is None:
         return False
-    # The path with its query: a password may hold a '?' after its '/' (``2024/Pw?TAIL``).
-    host_part, path = authority[1], dsn[authority.end() :]
-    if not path.startswith("/") or "@" in host_part or "@" not in path:
+    after_scheme = dsn[dsn.index("://") + 3 :].partition("?")[0]
+    host_part, slash, path = after_scheme.partition("/")
+    if not slash or "@" in host_part or "@" not in path:
         return False
     for host in host_part.split(","):
         if host.startswith("["):  # an IPv6 address: its port, if any, after the bracket
