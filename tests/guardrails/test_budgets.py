@@ -186,6 +186,51 @@ def test_a_budget_spent_exactly_to_its_limit_refuses_calls_estimated_at_zero(
     assert fake.requests == []
 
 
+@pytest.mark.parametrize("ledger", ["sqlite", "memory"])
+def test_a_call_answered_with_unreadable_usage_charges_what_was_set_aside_for_it(
+    tmp_path: Path, instrumented: None, ledger: str
+) -> None:
+    """A billed answer whose usage cannot be read (cached > prompt, from a proxy) has no known
+    cost: charged $0, every such call went through a spent budget (40 of 40 where 9 fitted).
+    It charges what was set aside for it, its input estimate."""
+    import openai
+    from openai import _base_client
+
+    http = _base_client.httpx2 if hasattr(_base_client, "httpx2") else _base_client.httpx
+    usage = {"prompt_tokens": 1000, "completion_tokens": 5, "total_tokens": 1005}
+    body = {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+        ],
+        "usage": {**usage, "prompt_tokens_details": {"cached_tokens": 5000}},
+    }
+    sent: list[object] = []
+
+    def server(request: Any) -> Any:
+        sent.append(request)
+        return http.Response(200, json=body)
+
+    client = openai.OpenAI(
+        api_key="sk-test",
+        base_url="http://llm.invalid/v1",
+        max_retries=0,
+        http_client=http.Client(transport=http.MockTransport(server)),
+    )
+    configured(
+        tmp_path,
+        [{"name": "daily", "limit_usd": 0.0001, "period": "day"}],
+        budget_ledger=ledger,
+    )
+    with pytest.raises(BudgetExceeded):
+        for _ in range(40):
+            client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert 0 < len(sent) < 40
+
+
 @pytest.mark.requires(openai=">=1.80")  # background responses
 def test_a_spent_budget_never_refuses_a_retrieve(
     tmp_path: Path, fake: FakeProvider, instrumented: None

@@ -33,7 +33,7 @@ from typing import Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tokenmeter import _pipeline, _sessions
-from tokenmeter._models import MAX_NAME, Usage, UsageRecord, clean_text
+from tokenmeter._models import MAX_NAME, UNREADABLE_USAGE, Usage, UsageRecord, clean_text
 from tokenmeter._registry import canonical, gemini_path, provider_of_sdk, short_model
 from tokenmeter._totals import USD_CONTEXT
 from tokenmeter.guardrails import _leases, _state
@@ -992,13 +992,12 @@ def settle(record: UsageRecord, session: Any, call: Any) -> None:
                     if scope.others.get(reserving) == ():
                         current = reservation.current
                         assert current is not None
-                        cost = record.estimated_cost_usd
                         try:
                             crossed = _leases.settle_group(
                                 reserving.group,
                                 reservation.leases,
                                 reservation.amount,
-                                0.0 if cost is None else float(cost),
+                                _charged(record, reservation.amount),
                                 current.floors,
                             )
                         except Exception:
@@ -1017,6 +1016,17 @@ def settle(record: UsageRecord, session: Any, call: Any) -> None:
         fault("settling a budget")
 
 
+def _charged(record: UsageRecord, reserved: float) -> float:
+    """What a record charges its budgets: its cost. A call answered with usage that could not
+    be read (negative, inconsistent counts from a proxy) was billed at a cost not known: it
+    charges what was set aside for it, its input estimate (charged $0, every such call went
+    through a spent budget: 40 of 40 where 9 fitted). A failed or unpriced call: nothing."""
+    cost = record.estimated_cost_usd
+    if cost is not None:
+        return float(cost)
+    return reserved if record.error == UNREADABLE_USAGE else 0.0
+
+
 def _settle(
     record: UsageRecord,
     session: Any,
@@ -1031,7 +1041,7 @@ def _settle(
                 node._reserved = USD_CONTEXT.subtract(node._reserved, reservation.estimate)
     config = _config
     cost = record.estimated_cost_usd
-    actual = 0.0 if cost is None else float(cost)
+    actual = _charged(record, reservation.amount if reservation is not None else 0.0)
     if config is None:  # budgets removed while the call was in flight: it ends in its leases
         if reservation is not None and reservation.leases:
             try:
