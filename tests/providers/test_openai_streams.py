@@ -844,6 +844,35 @@ async def test_background_stream_left_before_its_usage_is_recorded_by_its_retrie
     assert record.request_model == (None if leave == "never iterated" else "gpt-4o")
 
 
+@pytest.mark.requires(openai=">=1.80")  # background responses
+async def test_a_background_stream_read_after_a_retrieve_found_the_job_done_is_one_record(
+    records: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """A background create's stream read to its end after the application's poll (a retrieve)
+    found the job done: the retrieve recorded it, and the stream recorded it again (2 records,
+    twice the cost, for one billed response)."""
+    completed = _terminal("response.completed", "completed", background=True)
+    events = _responses_events(6, completed)
+    events[0][1]["response"]["background"] = True
+
+    def server(request: Any) -> Any:
+        if request.method == "GET":
+            return kit.http.Response(200, json=completed["response"])
+        return sse_reply(kit.http, events)
+
+    client = kit.mock_openai(server, is_async=is_async)
+    tokenmeter.instrument("openai")
+    stream = await kit.maybe(
+        client.responses.create(model="gpt-4o", input="hi", stream=True, background=True)
+    )
+    first = await kit.maybe(stream.__anext__() if is_async else next(stream))
+    await kit.maybe(client.responses.retrieve(first.response.id))
+    await kit.drain(stream)
+
+    record = only(records())
+    assert (record.input_tokens, record.output_tokens) == (20, 9)
+
+
 @pytest.mark.parametrize("leave", ["no usage", "cut"])
 async def test_stream_the_server_calls_background_unasked_is_still_recorded(
     records: Records, kit: ModuleType, is_async: bool, leave: str

@@ -368,8 +368,9 @@ class Call:
                 usage, estimated = self._with_tools_seen(better), True
         if self.dedupe and usage is not None and self.request_id:  # noqa: SIM102
             # Only ids that carried usage are remembered. A create is billed whatever its id (a
-            # compatible server may repeat one); a retrieve of a recorded id is not billed again.
-            if _already_recorded(self.request_id) and self.retrieval:
+            # compatible server may repeat one); a retrieve of a recorded id is not billed again,
+            # nor a background create's own stream ending after a retrieve found the job done.
+            if _already_recorded(self.request_id) and (self.retrieval or self.deferred):
                 return
         model = self.model if type(self.model) is str and self.model.strip() else None
         model = model or self.request_model  # a blank name is none: the one asked for
