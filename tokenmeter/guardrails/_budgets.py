@@ -1019,8 +1019,9 @@ def settle(record: UsageRecord, session: Any, call: Any) -> None:
 def _charged(record: UsageRecord, reserved: float) -> float:
     """What a record charges its budgets: its cost. A call answered with usage that could not
     be read (negative, inconsistent counts from a proxy) was billed at a cost not known: it
-    charges what was set aside for it, its input estimate (charged $0, every such call went
-    through a spent budget: 40 of 40 where 9 fitted). A failed or unpriced call: nothing."""
+    charges what was set aside for it, its input estimate or the ceiling of it that admitted
+    the call far from the limit (charged $0, every such call went through a spent budget: 40 of
+    40 where 9 fitted). A failed or unpriced call: nothing."""
     cost = record.estimated_cost_usd
     if cost is not None:
         return float(cost)
