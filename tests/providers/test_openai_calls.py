@@ -816,29 +816,3 @@ def test_agent_sessions_are_not_metered_as_documented(records: Records, kit: Mod
     assert done.usage is not None and done.usage.input_tokens == 50000
     assert records() == []
     assert "`client.beta.agents.sessions`" in not_metered_in_docs()
-
-
-def test_the_module_level_client_is_named_by_the_host_its_calls_go_to(
-    instrumented: Records, kit: ModuleType, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``openai.base_url`` set after the module-level client's first call moves its calls to
-    another host; they were recorded under the host it was made with (DeepSeek's as Groq's; a
-    local server's at OpenAI's prices)."""
-    hosts: list[str] = []
-
-    def server(request: Any) -> Any:
-        hosts.append(request.url.host)
-        return kit.http.Response(200, json=kit.chat_body(model="deepseek-chat"))
-
-    for name, value in (
-        ("_client", None),  # a new module-level client, dropped at the end
-        ("api_key", "sk-test"),
-        ("base_url", "https://api.groq.com/openai/v1/"),
-        ("http_client", kit.http.Client(transport=kit.http.MockTransport(server))),
-    ):
-        monkeypatch.setattr(openai, name, value)
-    openai.chat.completions.create(model="deepseek-chat", messages=MESSAGES)
-    monkeypatch.setattr(openai, "base_url", "https://api.deepseek.com/v1/")
-    openai.chat.completions.create(model="deepseek-chat", messages=MESSAGES)
-    assert hosts == ["api.groq.com", "api.deepseek.com"]
-    assert [record.model_provider for record in instrumented()] == ["groq", "deepseek"]

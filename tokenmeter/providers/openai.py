@@ -6,7 +6,6 @@ inferred from the base URL's host so the right price table applies.
 
 from __future__ import annotations
 
-import inspect
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from contextlib import suppress
@@ -465,17 +464,6 @@ def _read_transcription(parsed: Any, call: Call) -> None:
     call.usage = usage_from_openai(usage)
 
 
-def _own_base_url(kind: type) -> bool:
-    """Whether ``kind``'s ``base_url`` is not the SDK clients' own property: the module-level
-    client follows ``openai.base_url`` set after its first call (its ``_base_url`` kept the old
-    host: calls to DeepSeek recorded as Groq's, a local Ollama's at OpenAI's prices)."""
-    import openai
-    from openai._base_client import BaseClient
-
-    sdk = {vars(k).get("base_url") for k in (BaseClient, openai.OpenAI, openai.AsyncOpenAI)}
-    return inspect.getattr_static(kind, "base_url", None) not in sdk
-
-
 def _transcribe_model(model: str) -> bool:
     """Whether ``model`` names a transcribe model, by any spelling pricing reads it by
     (``STT-Prod``, ``azure/stt-prod``) or the alias the application gave one of them."""
@@ -517,10 +505,6 @@ class OpenAIAdapter(StainlessAdapter):
     def __init__(self) -> None:
         super().__init__()
         self._providers: dict[int, tuple[Any, type, str]] = {}
-        #: Client classes whose ``base_url`` is a property of their own (the module-level
-        #: client's, which follows ``openai.base_url``; an application's fail-over client):
-        #: their stored ``_base_url`` is not where requests go.
-        self._own_base_url: dict[type, bool] = {}
 
     def endpoint(self, method: str, path: str) -> Endpoint | None:
         if method == "post":
@@ -552,11 +536,7 @@ class OpenAIAdapter(StainlessAdapter):
     def provider_of(self, client: Any) -> str:
         # Keyed by the URL object itself (rendering it as text costs more than the rest of the
         # call planning); a client given a new base_url has a new URL object.
-        kind = type(client)
-        own = self._own_base_url.get(kind)
-        if own is None:
-            own = self._own_base_url[kind] = _own_base_url(kind)
-        url = (None if own else vars(client).get("_base_url")) or getattr(client, "base_url", None)
+        url = vars(client).get("_base_url") or getattr(client, "base_url", None)
         found = self._providers.get(id(url))
         if found is None or found[0] is not url or found[1] is not type(client):
             host = getattr(url, "host", "") or ""
