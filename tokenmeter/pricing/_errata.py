@@ -302,6 +302,21 @@ def _each_rates(card: RateCard, change: Callable[[Rates], Rates]) -> RateCard:
     )
 
 
+def _corrected_each(card: RateCard, fix: Callable[[Rates], Rates]) -> RateCard:
+    """``card`` with ``fix`` made to each of its rates (``_each_rates``), its base's and its
+    tiers' price source naming the errata where the fix changed them."""
+    corrected = _each_rates(card, fix)
+    if corrected == card:
+        return card
+    return replace(
+        corrected,
+        price_source=ERRATA_SOURCE if corrected.base != card.base else card.price_source,
+        tiers_price_source=ERRATA_SOURCE
+        if corrected.tiers != card.tiers
+        else card.tiers_price_source,
+    )
+
+
 def _discounted_as(standard: RateCard, variant: RateCard, standard_then: RateCard) -> RateCard:
     """``standard`` (a call's day) at ``variant``'s ratio to ``standard_then`` (the variant's
     first day), the base rates and each long-context tier at the ratio for an input of that size:
@@ -506,16 +521,7 @@ def _claude_1h_cache_writes(card: RateCard, requested: str, at: datetime) -> Rat
             return rates  # a 1-hour rate of its own, or no caching (claude-2: writes as input)
         return rates.with_rates(cache_write_1h_per_mtok=rates.input_per_mtok * _CLAUDE_1H_WRITE)
 
-    corrected = _each_rates(card, fixed)
-    if corrected == card:
-        return card
-    return replace(
-        corrected,
-        price_source=ERRATA_SOURCE if corrected.base != card.base else card.price_source,
-        tiers_price_source=ERRATA_SOURCE
-        if corrected.tiers != card.tiers
-        else card.tiers_price_source,
-    )
+    return _corrected_each(card, fixed)
 
 
 #: OpenAI's 12-hour cache writes as a multiple of the input rate, for the models whose 12-hour
@@ -540,16 +546,7 @@ def _openai_12h_cache_writes(card: RateCard, requested: str, at: datetime) -> Ra
             return rates  # a long-TTL rate of its own
         return rates.with_rates(cache_write_1h_per_mtok=rates.input_per_mtok * multiple)
 
-    corrected = _each_rates(card, fixed)
-    if corrected == card:
-        return card
-    return replace(
-        corrected,
-        price_source=ERRATA_SOURCE if corrected.base != card.base else card.price_source,
-        tiers_price_source=ERRATA_SOURCE
-        if corrected.tiers != card.tiers
-        else card.tiers_price_source,
-    )
+    return _corrected_each(card, fixed)
 
 
 #: OpenAI's models without reasoning (gpt-4o, gpt-4.1 and their minis), whose
