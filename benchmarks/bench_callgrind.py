@@ -82,6 +82,7 @@ def child(
             writer.interval = 60.0
         _pipeline._SLICE *= 50  # a writer's work slice between pauses, at full speed
         _pipeline._MAX_SLICE *= 50
+        _pipeline._MAKING_SLICE *= 50  # a writer's slice making records at flush()
     for _ in range(calls):
         run()
     tokenmeter.flush()
