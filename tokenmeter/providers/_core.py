@@ -825,7 +825,13 @@ def _decoding_a_success(error: BaseException) -> bool:
 
 
 class StreamReader(Protocol):
-    """Per-stream O(1) state kept by an adapter."""
+    """Per-stream O(1) state kept by an adapter.
+
+    A reader may also have ``quiet`` and ``counted`` attributes (a chat stream's): while
+    ``quiet`` is True, a chunk whose ``usage`` is None is not fed but counted (``counted += 1``)
+    by the stream's proxy, as the reader's ``feed`` would: nearly every chunk of a long stream,
+    so in as few steps as can be.
+    """
 
     def feed(self, chunk: Any, call: Call) -> bool:
         """Read one chunk into ``call``; True to hide the chunk from the caller."""
@@ -934,6 +940,9 @@ class _StreamProxyBase(SDKObjectProxy):
         self._self_call = call
         self._self_reader = reader
         self._self_feed = reader.feed
+        #: The reader may go ``quiet`` (see ``StreamReader``): its chunks without usage are then
+        #: counted here, without a call per chunk.
+        self._self_quietly = hasattr(reader, "quiet")
         self._self_response: Any = None
         #: The proxy this one is a ``copy.copy()`` of (kept alive by it; see ``__copy__``).
         self._self_origin: Any = None
@@ -1015,18 +1024,23 @@ class SyncIterableProxy(_StreamProxyBase):
         caller's ``close()`` or ``throw()``) is the caller's side ending this loop, like a
         ``break``: the call stays open for its end, close or collection."""
         call, feed = self._self_call, self._self_feed
-        handed = False  # True while the caller holds a chunk (suspended at the ``yield``)
+        reader: Any = self._self_reader  # with ``quiet`` and ``counted`` when ``quietly``
+        quietly = self._self_quietly
+        handed = False  # True once the caller's side raised at the ``yield``
         try:
             for chunk in self.__wrapped__:
                 try:
-                    hide = feed(chunk, call)
+                    if quietly and reader.quiet and getattr(chunk, "usage", None) is None:
+                        reader.counted += 1
+                    elif feed(chunk, call):
+                        continue  # hidden
                 except Exception:
                     self._self_fault()
-                    hide = False
-                if not hide:
-                    handed = True
+                try:
                     yield chunk
-                    handed = False
+                except BaseException:
+                    handed = True
+                    raise
         except BaseException as exc:
             if not handed:
                 call.finish(exc)
@@ -1049,6 +1063,10 @@ class SyncStreamProxy(SyncIterableProxy):
                 self._self_call.finish(exc)
                 raise
             try:
+                reader: Any = self._self_reader
+                if self._self_quietly and reader.quiet and getattr(chunk, "usage", None) is None:
+                    reader.counted += 1
+                    return chunk
                 if not self._self_feed(chunk, self._self_call):
                     return chunk
             except Exception:
@@ -1089,6 +1107,10 @@ class AsyncStreamProxy(_StreamProxyBase):
                 self._self_call.finish(exc)
                 raise
             try:
+                reader: Any = self._self_reader
+                if self._self_quietly and reader.quiet and getattr(chunk, "usage", None) is None:
+                    reader.counted += 1
+                    return chunk
                 if not self._self_feed(chunk, self._self_call):
                     return chunk
             except Exception:

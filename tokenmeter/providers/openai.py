@@ -175,6 +175,13 @@ def _reasoning(message: Any) -> Any:
     """A reasoning model's reasoning in a chat delta or message, billed as output but not part of
     the SDK's types (read from its extra fields): DeepSeek's and vLLM's ``reasoning_content``, or
     else OpenRouter's ``reasoning``; one of them only, as a server may send both, the same text."""
+    extra = getattr(message, "__pydantic_extra__", None)
+    if type(extra) is dict and not extra and type(getattr(message, "__dict__", None)) is dict:
+        # An SDK model with no extra fields (nearly every chunk): only a field it declares
+        # can hold either, read without pydantic's lookup of a missing attribute (which raises).
+        fields = message.__dict__
+        reasoning = fields.get("reasoning_content")
+        return reasoning if type(reasoning) is str else fields.get("reasoning")
     reasoning = field(message, "reasoning_content")
     return reasoning if type(reasoning) is str else field(message, "reasoning")
 
