@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-# fork() waits for imports other threads run (tokenmeter's own come on first use, maybe on a
-# thread of the application's at the instant the main thread forks).
-from tokenmeter import _fork  # noqa: F401
+# _fork: fork() waits for imports other threads run (tokenmeter's own come on first use, maybe
+# on a thread of the application's at the instant the main thread forks). _logger: whatever an
+# application hangs on the "tokenmeter" logger never raises out of our lines.
+from tokenmeter import _fork, _logger  # noqa: F401
 
 if TYPE_CHECKING:
     from tokenmeter import sinks, testing
