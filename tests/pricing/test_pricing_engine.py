@@ -197,6 +197,32 @@ def test_gpt_4_1_fine_tunes_are_priced_at_their_own_rates(model: str, expected: 
     assert batch.total_usd == Decimal(expected) / 2
 
 
+@pytest.mark.parametrize(
+    ("provider", "model", "expected"),
+    [  # 1M in (500k cached) + 1M out at OpenAI's fine-tune list prices
+        ("openai", "ft:gpt-4o-2024-08-06:acme::abc123", "17.8125"),  # $3.75 / $1.875 / $15
+        ("openai", "ft:gpt-4o-mini-2024-07-18:acme::abc123", "1.425"),  # $0.30 / $0.15 / $1.20
+        ("openai", "gpt-4o-mini-2024-07-18.ft-0123456789abcdef", "1.425"),
+        ("azure", "ft:gpt-4o-2024-08-06:acme::abc123", "17.8125"),
+    ],
+)
+def test_gpt_4o_fine_tunes_bill_cached_input_at_half_their_input_rate(
+    provider: str, model: str, expected: str
+) -> None:
+    """genai-prices' ft:gpt-4o and ft:gpt-4o-mini have no cache-read rate: 8,000 cached tokens
+    on ft:gpt-4o were billed at the $3.75 input rate ($0.030), where OpenAI bills $1.875. The
+    batch tier, genai-prices' variant (ft:gpt-4o-mini) or 50 %, halves the cached rate too."""
+    usage = Usage(input_tokens=1_000_000, cache_read_tokens=500_000, output_tokens=1_000_000)
+    cost = price_usage(provider, model, usage, at=DAY)
+    batch = price_usage(provider, model, usage, at=DAY, tier="batch")
+    early_batch = price_usage(provider, model, usage, at=BEFORE_TIER_VARIANTS, tier="batch")
+
+    assert (cost.total_usd, cost.price_source) == (Decimal(expected), "tokenmeter-errata")
+    assert cost.breakdown is not None
+    assert cost.breakdown["cache_read"] == cost.breakdown["input"] / 2  # as many cached as not
+    assert batch.total_usd == early_batch.total_usd == Decimal(expected) / 2
+
+
 def test_a_fine_tune_without_a_price_of_its_own_says_it_is_at_base_rates() -> None:
     """A fine-tune is billed above its base model; one no table prices (an o4-mini
     reinforcement fine-tune, one served by Azure) is priced as its base, and says so."""

@@ -549,6 +549,33 @@ def _openai_12h_cache_writes(card: RateCard, requested: str, at: datetime) -> Ra
     return _corrected_each(card, fixed)
 
 
+#: OpenAI's fine-tunes of gpt-4o-2024-08-06 and gpt-4o-mini-2024-07-18 as genai-prices 0.2.3 names
+#: them (``ft:gpt-4o``, ``ft:gpt-4o-mini``, and ``gpt-4o-mini-2024-07-18.ft-``, the spelling of
+#: its own that an answer may name the mini one by): entries with input and output rates alone.
+#: OpenAI lists their cached input at half the input rate ($1.875 beside $3.75, $0.15 beside
+#: $0.30: its pricing page, "Fine-tuning"; LiteLLM's ``ft:gpt-4o*`` rows have the same figures).
+_FINE_TUNE_HALF_CACHE_READ = frozenset(
+    {"ft:gpt-4o", "ft:gpt-4o-mini", "gpt-4o-mini-2024-07-18.ft-"}
+)
+
+
+def _gpt4o_fine_tune_cache_reads(card: RateCard, requested: str, at: datetime) -> RateCard:
+    """Cached input of a gpt-4o or gpt-4o-mini fine-tune at half its input rate, not at the full
+    rate a card without a cache-read rate bills: 8,000 cached tokens on ft:gpt-4o were $0.030,
+    not $0.015. Each rate of the card (its batch variant's too) only while it bills cache reads
+    at its input rate, so a table that gains the rate keeps its own."""
+    if card.priced_model not in _FINE_TUNE_HALF_CACHE_READ:
+        return card
+    half_cache_read = _by_side(cache_read=_HALF)
+
+    def fixed(rates: Rates) -> Rates:
+        if rates.cache_read_per_mtok != rates.input_per_mtok:
+            return rates  # a cache-read rate of its own
+        return rates.scaled(half_cache_read)
+
+    return _corrected_each(card, fixed)
+
+
 #: OpenAI's models without reasoning (gpt-4o, gpt-4.1 and their minis), whose
 #: ``web_search_preview`` calls cost $25 per 1,000 (the search content's tokens free) where
 #: every other web search costs $10 (OpenAI's pricing page; genai-prices has one fee).
@@ -697,4 +724,5 @@ _DATA_CORRECTIONS: tuple[Callable[[RateCard, str, datetime], RateCard], ...] = (
     _claude_1h_cache_writes,  # after the long-context tier it may add
     _openai_12h_cache_writes,
     _o3_launch_cache_rate,
+    _gpt4o_fine_tune_cache_reads,
 )
