@@ -36,6 +36,7 @@ from tokenmeter.pricing import model_family
         ("gemini-2.5-flash-preview-05-20", "gemini-2.5-flash-preview"),
         ("gemini-2.5-flash-image", "gemini-2.5-flash-image"),
         ("ft:gpt-4o-mini-2024-07-18:acme::abc123", "ft:gpt-4o-mini"),
+        ("gpt-4o-2024-08-06.ft-d93dda6110004b4da3472d96f4dd4777-ft", "ft:gpt-4o"),  # Azure's
         ("llama-3.1-405b", "llama-3.1-405b"),
     ],
 )

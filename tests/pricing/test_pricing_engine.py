@@ -223,12 +223,37 @@ def test_gpt_4o_fine_tunes_bill_cached_input_at_half_their_input_rate(
     assert batch.total_usd == early_batch.total_usd == Decimal(expected) / 2
 
 
+@pytest.mark.parametrize(
+    ("azure_name", "openai_name"),
+    [
+        (
+            "gpt-4o-2024-08-06.ft-d93dda6110004b4da3472d96f4dd4777-ft",
+            "ft:gpt-4o-2024-08-06:acme::abc123",
+        ),
+        ("gpt-4o-mini-2024-07-18.ft-0123456789abcdef", "ft:gpt-4o-mini-2024-07-18:acme::abc123"),
+    ],
+)
+def test_an_azure_fine_tune_is_priced_as_the_same_fine_tune_spelled_ft(
+    azure_name: str, openai_name: str
+) -> None:
+    """Azure names a fine-tune ``<base>.ft-<job id>``: a gpt-4o one (10,000 in, 500 out) was
+    recorded with a null cost, where its ``ft:`` spelling is priced at the fine-tune's rates."""
+    usage = Usage(input_tokens=10_000, cache_read_tokens=8_000, output_tokens=500)
+    cost = price_usage("azure", azure_name, usage, at=DAY)
+    assert cost.total_usd is not None
+    spelled_ft = price_usage("azure", openai_name, usage, at=DAY)
+    assert (cost.total_usd, cost.breakdown) == (spelled_ft.total_usd, spelled_ft.breakdown)
+    assert "base rates" not in cost.price_source
+
+
 def test_a_fine_tune_without_a_price_of_its_own_says_it_is_at_base_rates() -> None:
     """A fine-tune is billed above its base model; one no table prices (an o4-mini
     reinforcement fine-tune, one served by Azure) is priced as its base, and says so."""
     for provider, model, base in [
         ("openai", "ft:o4-mini-2025-04-16:acme::abc123", "o4-mini"),
         ("azure", "ft:gpt-4.1-mini-2025-04-14:acme::abc123", "gpt-4.1-mini"),
+        ("azure", "gpt-4.1-2025-04-14.ft-0123456789abcdef0123456789abcdef", "gpt-4.1"),
+        ("openai", "o4-mini-2025-04-16.ft-0123456789abcdef", "o4-mini"),
     ]:
         cost = price_usage(provider, model, PLAIN, at=DAY)
         assert cost.total_usd == price_usage(provider, base, PLAIN, at=DAY).total_usd

@@ -1423,3 +1423,58 @@ def test_groq_flex_is_priced_as_on_demand(kit: Any, records: Records) -> None:
     assert record.model_provider == "groq"
     assert record.estimated_cost_usd == Decimal("0.000669")  # $0.00059 + $0.000079
     assert record.price_source == f"{SOURCE_NAME}; flex at standard rates (no flex price known)"
+
+
+@pytest.mark.parametrize(
+    ("served", "base"),
+    [
+        ("gpt-4.1-2025-04-14.ft-0123456789abcdef0123456789abcdef", "gpt-4.1"),
+        ("gpt-4o-2024-08-06.ft-d93dda6110004b4da3472d96f4dd4777-ft", None),
+    ],
+)
+def test_an_azure_fine_tune_is_priced_by_the_base_it_names(
+    kit: Any, records: Records, served: str, base: str | None
+) -> None:
+    """An Azure OpenAI fine-tune's answer names it ``<base>.ft-<job id>``: the calls of
+    gpt-4o-2024-08-06 and gpt-4.1-2025-04-14 fine-tunes were recorded with a null cost (10,000
+    in + 500 out), not at the fine-tune's table rates (gpt-4o's: $3.75 / $15) or, without
+    them, at the base's rates and said so."""
+    import openai
+
+    body = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": served,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "ok"},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 10_000, "completion_tokens": 500, "total_tokens": 10_500},
+    }
+    transport = kit.http.MockTransport(lambda request: json_reply(kit.http, body))
+    client = openai.AzureOpenAI(
+        api_key="sk-test",
+        api_version="2024-10-21",
+        azure_endpoint="http://azure.invalid",
+        http_client=kit.http.Client(transport=transport),
+    )
+
+    client.chat.completions.create(
+        model="my-fine-tune", messages=[{"role": "user", "content": "hi"}]
+    )
+
+    record = only(records())
+    assert (record.model_provider, record.model_name) == ("azure", served)
+    if base is None:  # the table's fine-tune rates, as ft:gpt-4o-2024-08-06 under Azure
+        assert record.estimated_cost_usd == Decimal("0.045")
+        return
+    at_base = tokenmeter.price("azure", base, record.usage)
+    assert at_base.total_usd is not None
+    assert record.estimated_cost_usd == at_base.total_usd
+    assert record.price_source == (
+        f"{SOURCE_NAME}; fine-tune at base rates (no fine-tune price known)"
+    )

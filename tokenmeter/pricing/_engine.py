@@ -29,7 +29,7 @@ from tokenmeter._totals import USD_CONTEXT as _PRICE_CONTEXT
 
 from . import _overrides
 from ._errata import ErrataSource, fine_tune_at_base_rates, provider_tool_fees, regional
-from ._names import name_candidates, normalise_provider
+from ._names import is_fine_tune, name_candidates, normalise_provider
 from ._source import (
     FEE_FIELDS,
     STANDARD,
@@ -304,7 +304,8 @@ class _Entry:
         self.tier = tier
         #: An inference region billed above the global rates (a price table's, not yours).
         self.region = region
-        #: The model is a fine-tune (``ft:...``): a table's card for another name is its base's.
+        #: The model is a fine-tune (``ft:...``, Azure's ``<base>.ft-...``): a table's card for
+        #: another name is its base's.
         self.fine_tune = fine_tune
         self.timed = any(m.time_dependent for m in models)
         self.periods: dict[Hashable, _Vector | None] = {}
@@ -331,7 +332,7 @@ class _Entry:
                     if card.price_source == _overrides.OVERRIDE_SOURCE:
                         card = self._with_table_fees(card, self.models[index + 1 :], at)
                     else:
-                        if self.fine_tune and not card.priced_model.startswith("ft:"):
+                        if self.fine_tune and not is_fine_tune(card.priced_model):
                             card = fine_tune_at_base_rates(card)
                         if self.region is not None:
                             card = regional(card, self.region)
@@ -640,7 +641,7 @@ def _resolve(provider: str | None, model: str, tier: str | None) -> _Entry:
         )
         if table is not None:
             models.append(table)
-        fine_tune = bool(names) and names[0].startswith("ft:")
+        fine_tune = bool(names) and is_fine_tune(names[0])
         entry = _Entry(provider_id, tuple(models), *split_tier(tier), fine_tune=fine_tune)
         if len(_entries) >= _MAX_ENTRIES:
             _entries.clear()
@@ -656,12 +657,12 @@ def _user_prices(
     not the fine-tune's when a table has the fine-tune's own: a fine-tune is billed at other
     rates, and a price for gpt-4o would bill every gpt-4o fine-tune as gpt-4o."""
     found = _overrides.every_user_price(names)
-    if not names or not names[0].startswith("ft:"):
+    if not names or not is_fine_tune(names[0]):
         return found
-    tuned = [name for name in names if name.startswith("ft:")]
+    tuned = [name for name in names if is_fine_tune(name)]
     if _find_in_table(provider, tuned) is None:
         return found
-    return [(name, entries) for name, entries in found if name.startswith("ft:")]
+    return [(name, entries) for name, entries in found if is_fine_tune(name)]
 
 
 def _with_alias(names: list[str]) -> list[str]:

@@ -12,13 +12,16 @@ import re
 
 from tokenmeter._registry import price_id
 
-__all__ = ["model_family", "name_candidates", "normalise_provider"]
+__all__ = ["is_fine_tune", "model_family", "name_candidates", "normalise_provider"]
 
 _BEDROCK_GEO = re.compile(r"^(?:us|eu|apac|ap|au|jp|ca|us-gov|global)\.")
 _BEDROCK_VENDOR = re.compile(
     r"^(?:anthropic|meta|amazon|mistral|cohere|ai21|deepseek|openai|qwen|writer)\."
 )
 _BEDROCK_VERSION = re.compile(r"(?:-v\d+)?(?::\d+)?$")
+#: How Azure OpenAI (and an older OpenAI spelling) names a fine-tune: ``<base>.ft-<job id>``,
+#: ``gpt-4o-2024-08-06.ft-d93dda6110004b4da3472d96f4dd4777-ft``.
+_DOTTED_FINE_TUNE = ".ft-"
 _DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
 #: What a family leaves out after the name: a date (``-2024-08-06``, ``-20250929``, ``-0613``,
 #: a preview's ``-05-20``), a build number (``-001``) or ``-latest``.
@@ -52,6 +55,9 @@ def name_candidates(model: str) -> list[str]:
     if name.startswith("ft:"):  # ft:<base>:<org>:<suffix>:<id>
         name = name[3:].split(":", 1)[0]
         found += [f"ft:{name}", f"ft:{_undated(name)}", name]
+    elif _DOTTED_FINE_TUNE in name:  # Azure: <base>.ft-<job id>, tried as OpenAI's ft:<base>
+        name = name.split(_DOTTED_FINE_TUNE, 1)[0]
+        found += [f"ft:{name}", f"ft:{_undated(name)}", name]
     if "/" in name:  # openai/gpt-4o, meta-llama/llama-3-70b
         name = name.rsplit("/", 1)[1]
         found.append(name)
@@ -68,6 +74,13 @@ def name_candidates(model: str) -> list[str]:
     if dashed != name:  # after the dotted ones: a table entry of that spelling wins
         found += [dashed, _undated(dashed)]
     return list(dict.fromkeys(found))
+
+
+def is_fine_tune(name: str) -> bool:
+    """Whether a model name, or a table entry's, is a fine-tune's: OpenAI's ``ft:<base>:...``
+    or Azure's ``<base>.ft-<job id>``. A fine-tune priced by its base's card is billed below
+    what the provider charges, and says so."""
+    return name.startswith("ft:") or _DOTTED_FINE_TUNE in name
 
 
 def _undated(name: str) -> str:
@@ -87,12 +100,15 @@ def model_family(name: str) -> str:
     ``us.anthropic.claude-sonnet-4-5-20250929-v1:0``, ``gemini-2.0-flash`` for
     ``models/gemini-2.0-flash-001``. Provider prefixes, cloud spellings, dates, build numbers and
     ``-latest`` go; the model's generation and size stay. A fine-tune keeps ``ft:`` before its
-    base's family (it is priced differently). Lower case; a name with nothing to strip is itself.
+    base's family (it is priced differently), Azure's ``<base>.ft-<job id>`` too. Lower case; a
+    name with nothing to strip is itself.
     """
     name = name.strip().lower()
-    fine_tune = name.startswith("ft:")
-    if fine_tune:
+    fine_tune = is_fine_tune(name)
+    if name.startswith("ft:"):
         name = name[3:].split(":", 1)[0]
+    elif fine_tune:
+        name = name.split(_DOTTED_FINE_TUNE, 1)[0]
     if "models/" in name:
         name = name.rsplit("models/", 1)[1]
     if "/" in name:
