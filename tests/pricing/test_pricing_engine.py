@@ -246,6 +246,28 @@ def test_an_azure_fine_tune_is_priced_as_the_same_fine_tune_spelled_ft(
     assert "base rates" not in cost.price_source
 
 
+@pytest.mark.parametrize(
+    ("azure_name", "openai_name"),
+    [
+        ("gpt-35-turbo-0125", "gpt-3.5-turbo-0125"),  # $0.50 / $1.50
+        ("gpt-35-turbo-0613", "gpt-3.5-turbo-0613"),  # $1.50 / $2
+        ("gpt-35-turbo-1106", "gpt-3.5-turbo-1106"),  # $1 / $2
+    ],
+)
+def test_azure_gpt_35_models_are_priced_as_openai_gpt_3_5(
+    azure_name: str, openai_name: str
+) -> None:
+    """Azure spells gpt-3.5-turbo-0125 ``gpt-35-turbo-0125``: its calls (and its fine-tunes',
+    ``gpt-35-turbo-0125.ft-<job id>``) were recorded with a null cost, 10,000 in + 500 out
+    priced at $0.00575 under OpenAI's spelling."""
+    cost = price_usage("azure", azure_name, PLAIN, at=DAY)
+    assert cost.total_usd is not None
+    assert cost.total_usd == price_usage("azure", openai_name, PLAIN, at=DAY).total_usd
+    tuned = price_usage("azure", f"{azure_name}.ft-0123456789abcdef", PLAIN, at=DAY)
+    assert tuned.total_usd == cost.total_usd
+    assert tuned.price_source.endswith("; fine-tune at base rates (no fine-tune price known)")
+
+
 def test_a_fine_tune_without_a_price_of_its_own_says_it_is_at_base_rates() -> None:
     """A fine-tune is billed above its base model; one no table prices (an o4-mini
     reinforcement fine-tune, one served by Azure) is priced as its base, and says so."""

@@ -22,6 +22,10 @@ _BEDROCK_VERSION = re.compile(r"(?:-v\d+)?(?::\d+)?$")
 #: How Azure OpenAI (and an older OpenAI spelling) names a fine-tune: ``<base>.ft-<job id>``,
 #: ``gpt-4o-2024-08-06.ft-d93dda6110004b4da3472d96f4dd4777-ft``.
 _DOTTED_FINE_TUNE = ".ft-"
+#: Azure OpenAI's spelling of OpenAI's GPT-3.5 models: ``gpt-35-turbo-0125`` for
+#: ``gpt-3.5-turbo-0125`` (Azure's model list; a name may not hold a dot there).
+_AZURE_GPT_35 = "gpt-35-"
+_OPENAI_GPT_35 = "gpt-3.5-"
 _DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
 #: What a family leaves out after the name: a date (``-2024-08-06``, ``-20250929``, ``-0613``,
 #: a preview's ``-05-20``), a build number (``-001``) or ``-latest``.
@@ -70,6 +74,9 @@ def name_candidates(model: str) -> list[str]:
         name = bedrock
         found.append(name)
     found.append(_undated(name))
+    if name.startswith(_AZURE_GPT_35):  # after Azure's own: a table entry of that spelling wins
+        dotted = _OPENAI_GPT_35 + name.removeprefix(_AZURE_GPT_35)
+        found += [dotted, _undated(dotted)]
     dashed = _claude_dashed(name)
     if dashed != name:  # after the dotted ones: a table entry of that spelling wins
         found += [dashed, _undated(dashed)]
