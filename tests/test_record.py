@@ -418,6 +418,39 @@ def test_record_response_with_a_non_string_model_names_model(
     assert sink.records == []
 
 
+_BLANK_MODEL_BODIES = [
+    (
+        {
+            "object": "chat.completion",
+            "usage": {"prompt_tokens": 1000, "completion_tokens": 10, "total_tokens": 1010},
+        },
+        "gpt-4o-search-preview",
+    ),
+    (
+        {"type": "message", "usage": {"input_tokens": 1000, "output_tokens": 10}},
+        "claude-sonnet-4-5",
+    ),
+]
+
+
+@pytest.mark.parametrize("served", ["", "   "], ids=repr)
+@pytest.mark.parametrize(("body", "model"), _BLANK_MODEL_BODIES, ids=["openai", "anthropic"])
+def test_record_response_of_a_blank_model_is_recorded_at_the_model_given(
+    sink: InMemorySink, body: dict[str, Any], model: str, served: str
+) -> None:
+    """A gateway's ``"model": ""`` names no model: a stored body given with ``model=`` is
+    recorded at that model, priced as the same body naming it (a search model's fee included),
+    as the metered SDK call with that answer is. It was refused ("must be a string, got ''")."""
+    blank = tokenmeter.record_response({**body, "model": served}, model=model)
+    named = tokenmeter.record_response({**body, "model": model})
+    assert blank.model_name == model
+    assert blank.estimated_cost_usd is not None
+    assert (blank.estimated_cost_usd, blank.cost_breakdown) == (
+        named.estimated_cost_usd,
+        named.cost_breakdown,
+    )
+
+
 @pytest.mark.parametrize("notes", [5, b"bytes", ["a"], {"a": 1}], ids=repr)
 def test_session_notes_are_checked_when_the_session_is_made(notes: Any) -> None:
     """At construction, where the mistake is, not later on ``with`` (or never, as a decorator)."""

@@ -609,14 +609,17 @@ def record_response(
         raise ValueError(f"unreadable usage in response: {exc}") from None
     if found is None:
         raise ValueError("the response carries no usage yet (still queued or in progress)")
-    if found.model is not None and (not isinstance(found.model, str) or not found.model.strip()):
+    if found.model is not None and not isinstance(found.model, str):
         raise ValueError(
             f"model: the response's model must be a string, got {short_repr(found.model)}"
         )
-    model_name = plain_str(found.model) if found.model else model
+    # A blank model (a gateway's ``"model": ""``) names none, as on the metered SDK path: the
+    # record is made at ``model=``, with the fees that depend on it.
+    served = plain_str(found.model) if found.model and str.strip(found.model) else None
+    model_name = served or model
     if not model_name:
         raise ValueError("the response names no model: pass model=")
-    usage = found.usage if found.model else with_model_fees(found, model_name)
+    usage = found.usage if served else with_model_fees(found, model_name)
     return _returned(
         emit(
             found.provider,
