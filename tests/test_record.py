@@ -433,14 +433,15 @@ _BLANK_MODEL_BODIES = [
 ]
 
 
-@pytest.mark.parametrize("served", ["", "   "], ids=repr)
+@pytest.mark.parametrize("served", ["", "   ", 5, ["gpt-4o"]], ids=repr)
 @pytest.mark.parametrize(("body", "model"), _BLANK_MODEL_BODIES, ids=["openai", "anthropic"])
 def test_record_response_of_a_blank_model_is_recorded_at_the_model_given(
-    sink: InMemorySink, body: dict[str, Any], model: str, served: str
+    sink: InMemorySink, body: dict[str, Any], model: str, served: Any
 ) -> None:
-    """A gateway's ``"model": ""`` names no model: a stored body given with ``model=`` is
-    recorded at that model, priced as the same body naming it (a search model's fee included),
-    as the metered SDK call with that answer is. It was refused ("must be a string, got ''")."""
+    """A gateway's ``"model": ""`` (or a compatible server's 5 or list) names no model: a
+    stored body given with ``model=`` is recorded at that model, priced as the same body naming
+    it (a search model's fee included), as the metered SDK call with that answer is. It was
+    refused ("must be a string, got ''"); without ``model=`` it still is."""
     blank = tokenmeter.record_response({**body, "model": served}, model=model)
     named = tokenmeter.record_response({**body, "model": model})
     assert blank.model_name == model

@@ -609,16 +609,18 @@ def record_response(
         raise ValueError(f"unreadable usage in response: {exc}") from None
     if found is None:
         raise ValueError("the response carries no usage yet (still queued or in progress)")
-    if found.model is not None and not isinstance(found.model, str):
-        raise ValueError(
-            f"model: the response's model must be a string, got {short_repr(found.model)}"
-        )
-    # A blank model (a gateway's ``"model": ""``) names none, as on the metered SDK path: the
-    # record is made at ``model=``, with the fees that depend on it.
-    served = plain_str(found.model) if found.model and str.strip(found.model) else None
+    # A blank model (a gateway's ``"model": ""``) or one that is not text (a compatible
+    # server's 5 or list) names none, as on the metered SDK path: the record is made at
+    # ``model=``, with the fees that depend on it.
+    served = found.model
+    served = plain_str(served) if isinstance(served, str) and str.strip(served) else None
     model_name = served or model
     if not model_name:
-        raise ValueError("the response names no model: pass model=")
+        if found.model is None:
+            raise ValueError("the response names no model: pass model=")
+        raise ValueError(
+            f"model: the response's model {short_repr(found.model)} names none: pass model="
+        )
     usage = found.usage if served else with_model_fees(found, model_name)
     return _returned(
         emit(

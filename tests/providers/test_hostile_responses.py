@@ -113,6 +113,9 @@ OPENAI_ANSWERS = {
     "NUL in model and id": Chat(model=f"{SERVED}\x00", id=f"{CHAT_ID}\x00"),
     "1 MB model": Chat(model="g" * MEGABYTE),
     "blank model": Chat(model=" \n"),
+    # The SDKs pass a model that is not text on unchecked: it names none, as a blank one.
+    "numeric model": Chat(model=5),
+    "list model": Chat(model=["gpt-4o"]),
     "numeric id": Chat(id=12345),
     "count 2**63": Chat(usage={**USAGE, "prompt_tokens": 2**63}),
     "count 1e300": Chat(usage={**USAGE, "completion_tokens": 1e300}),
@@ -128,8 +131,12 @@ BAD_TEXT = {
     "NUL in model and id",
     "1 MB model",
     "blank model",
+    "numeric model",
+    "list model",
     "numeric id",
 }
+#: No model named (blank, or not text): recorded at the one asked for, usage and price kept.
+NO_MODEL = {"blank model", "numeric model", "list model"}
 #: No usage at all (a server that sends none): an estimate, never a silent zero.
 NO_USAGE = {"usage missing", "usage null"}
 
@@ -243,7 +250,7 @@ async def test_openai_compatible_server(
     elif case == "1 MB model":
         assert 0 < len(record.model_name) <= 1_000
         assert answer.model.startswith(record.model_name)
-    elif case == "blank model":  # no name: the one asked for, priced (as for a null model)
+    elif case in NO_MODEL:  # no name: the one asked for, priced (as for a null model)
         assert record.model_name == "gpt-4o"
         assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
     else:
@@ -726,6 +733,8 @@ ANTHROPIC_ANSWERS = {
     ),
     "cache_read_input_tokens '7'": Message(usage={**CLAUDE_USAGE, "cache_read_input_tokens": "7"}),
     "lone surrogate model": Message(model="claude-\ud800"),
+    "numeric model": Message(model=5),
+    "list model": Message(model=[CLAUDE_SERVED]),
     "message_delta output_tokens -3": Message(final={"output_tokens": -3}),
     "message_delta usage 'many'": Message(final="many"),
     # The closing count never came: message_start's (a token) is no count of the reply.
@@ -833,6 +842,10 @@ async def test_anthropic_server(
     if case == "lone surrogate model":
         assert (record.status, record.model_name) == ("ok", "claude-\ufffd")
         assert (record.input_tokens, record.output_tokens) == (25, 12)
+    elif case in ("numeric model", "list model"):  # names none: the model asked for, priced
+        assert (record.status, record.error, record.model_name) == ("ok", None, CLAUDE)
+        assert (record.input_tokens, record.output_tokens) == (25, 12)
+        assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
     elif case in NO_CLOSING_COUNT:  # the output streamed by is estimated
         assert (record.status, record.estimated, record.input_tokens) == ("ok", True, 25)
         assert record.output_tokens > 1

@@ -244,11 +244,12 @@ class Call:
         """Keep the latest reading (stream usage is cumulative: overwrite, never add)."""
         if found is None:
             return
-        if named_model(found.model):
+        served = named_model(found.model)  # a blank or non-text model (5, a list) names none
+        if served:
             self.usage = found.usage
         else:  # the fees that depend on the model: the one the call will be recorded at
             self.usage = with_model_fees(found, named_model(self.model) or self.request_model)
-        self.model = found.model or self.model
+        self.model = served or self.model
         self.tier = found.tier or self.tier
         self.request_id = found.request_id or self.request_id
         self.operation = self.operation or found.operation

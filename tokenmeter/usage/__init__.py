@@ -98,15 +98,16 @@ def extract(response: Any, provider: str | None = None) -> Extracted | None:
 def with_model_fees(found: Extracted, model: str | None) -> Usage:
     """``found``'s usage with the fees that depend on the model decided by ``model``: the one the
     call is recorded at when the response names none (a gateway that drops Gemini's
-    ``modelVersion`` or answers ``"model": ""``, a stored body given to ``record_response`` with
-    ``model=``). The readers decide them from the body's model alone, which left Gemini 1.x/2.x
-    grounding billed per query instead of per grounded prompt, and a search-preview model's
-    per-completion search unbilled.
+    ``modelVersion`` or answers ``"model": ""``, a compatible server's model that is not text,
+    a stored body given to ``record_response`` with ``model=``). The readers decide them from
+    the body's model alone, which left Gemini 1.x/2.x grounding billed per query instead of per
+    grounded prompt, and a search-preview model's per-completion search unbilled.
 
     A reader given no model counts every grounding query, and ``with_chat_search`` adds nothing
     twice: deciding them again here is safe."""
     usage = found.usage
-    if not model or (found.model and found.model.strip()):  # blanks name no model
+    served = found.model  # as the body gave it: a compatible server may send 5 or a list
+    if not model or (type(served) is str and served.strip()):  # blanks and non-text name none
         return usage
     if found.operation == "chat.completions":
         return with_chat_search(usage, model)

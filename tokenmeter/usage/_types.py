@@ -13,6 +13,8 @@ class Extracted:
 
     provider: str
     usage: Usage
+    #: As the response gave it: a compatible server may send a blank one, or 5 or a list (the
+    #: SDKs pass it on unchecked), which name no model (``providers._core.named_model``).
     model: str | None = None
     operation: str | None = None
     #: Service tier / processing mode that changes the price ("batch", "flex", "priority").
