@@ -139,6 +139,65 @@ async def test_streamed_transcription_reads_the_done_event(
     assert record.estimated_cost_usd == Decimal("0.001445")
 
 
+@pytest.mark.parametrize("details", ["absent", None, {}], ids=repr)
+@pytest.mark.parametrize(
+    "streamed", [False, pytest.param(True, marks=pytest.mark.requires(openai=">=2.0"))]
+)
+async def test_a_transcription_usage_without_its_input_split_prices_the_clip_as_audio(
+    kit: Any, records: Records, is_async: bool, streamed: bool, details: Any
+) -> None:
+    """A usage without ``input_token_details`` (typed optional by the SDK; a compatible server
+    or a proxy may drop it): its 600 input tokens were priced at the text rate, $0.002 for the
+    $0.0041 the same answer with the split is billed (600 audio at $6, 50 out at $10 per M)."""
+    usage: dict[str, Any] = {
+        "type": "tokens",
+        "input_tokens": 600,
+        "output_tokens": 50,
+        "total_tokens": 650,
+    }
+    if details != "absent":
+        usage["input_token_details"] = details
+    done = {"type": "transcript.text.done", "text": "Hello there.", "usage": usage}
+    if streamed:
+        reply = sse_reply(kit.http, [("transcript.text.done", done)])
+    else:
+        reply = json_reply(kit.http, {"text": "Hello there.", "usage": usage})
+    client = kit.mock_openai(lambda request: reply, is_async=is_async)
+
+    answer = await kit.maybe(
+        client.audio.transcriptions.create(
+            model="gpt-4o-transcribe", file=("talk.wav", wav(60), "audio/wav"), stream=streamed
+        )
+    )
+    if streamed:
+        await kit.drain(answer)
+
+    record = only(records())
+    assert (record.input_tokens, record.output_tokens) == (600, 50)
+    assert record.modalities == {"input_audio": 600}
+    assert record.estimated_cost_usd == Decimal("0.0041")
+
+
+def test_a_transcription_usage_without_its_input_split_counts_its_prompt_as_text(
+    kit: Any, records: Records
+) -> None:
+    """The request's ``prompt`` is the text part of the input: its estimate is priced as text,
+    the rest of the input as the clip's audio."""
+    usage = {"type": "tokens", "input_tokens": 600, "output_tokens": 50, "total_tokens": 650}
+    client = kit.mock_openai(
+        lambda request: json_reply(kit.http, {"text": "Hello there.", "usage": usage})
+    )
+    prompt = "Speakers: Ada Lovelace, Charles Babbage. Topic: the Analytical Engine."
+    client.audio.transcriptions.create(
+        model="gpt-4o-transcribe", file=("talk.wav", wav(60), "audio/wav"), prompt=prompt
+    )
+
+    record = only(records())
+    text = record.modalities["input_text"]
+    assert 0 < text < 50
+    assert record.modalities["input_audio"] == 600 - text
+
+
 def test_record_response_reads_transcription_usage(records: Records) -> None:
     import tokenmeter
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
-from tokenmeter._estimate import TextTally
+from tokenmeter._estimate import TextTally, count_tokens, without_waiting
 from tokenmeter._models import Usage
 from tokenmeter._registry import provider_for_host
 from tokenmeter._runtime import settings
@@ -445,7 +445,7 @@ class TranscriptEventReader(SampledText):
 
 def _read_transcript_usage(usage: Any, call: Call) -> None:
     if field(usage, "type") != "duration":
-        call.usage = usage_from_openai(usage)
+        call.usage = _clip_as_audio(usage_from_openai(usage), call)
 
 
 def _read_transcription(parsed: Any, call: Call) -> None:
@@ -468,7 +468,31 @@ def _read_transcription(parsed: Any, call: Call) -> None:
         return
     if field(usage, "type") == "duration":
         return
-    call.usage = usage_from_openai(usage)
+    call.usage = _clip_as_audio(usage_from_openai(usage), call)
+
+
+def _clip_as_audio(usage: Usage, call: Call) -> Usage:
+    """A transcription's usage whose input is not split by modality (``input_token_details``
+    left out: the SDK types it optional, and a compatible server or a proxy may drop it). Its
+    input is the clip, audio, and the request's ``prompt``, text: read as one text count, the
+    audio was priced at the text rate ($2.50 for $6 per million on gpt-4o-transcribe), where
+    the same answer with the split, or one without usage (estimated), prices it as audio. The
+    prompt's share is its estimate (without waiting for a tokenizer to load: this runs in the
+    caller's call); the rest is the clip's."""
+    if not usage.input_tokens or usage.input_audio_tokens or usage.modalities.get("input_text"):
+        return usage  # split by the answer (or nothing to split)
+    prompt = field(call.request, "prompt")
+    text = 0
+    if type(prompt) is str and prompt:
+        with without_waiting():
+            text = min(
+                count_tokens(prompt, call.provider, call.request_model or ""), usage.input_tokens
+            )
+    audio = usage.input_tokens - text
+    modalities = {**usage.modalities, "input_audio": audio}
+    if text:
+        modalities["input_text"] = text
+    return usage.model_copy(update={"input_audio_tokens": audio, "modalities": modalities})
 
 
 def _transcribe_model(model: str) -> bool:
