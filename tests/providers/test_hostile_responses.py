@@ -709,6 +709,102 @@ async def test_responses_stream_completed_without_readable_usage(
     assert record.streamed and (record.model_name, record.request_id) == (SERVED, "resp_hostile")
 
 
+#: A reply of about 500 tokens, for the answers whose usage counts the prompt alone.
+LONG_REPLY = "The quick brown fox jumps over the lazy dog. " * 45
+
+
+def _chat_counting_the_prompt_alone(kit: ModuleType, stream: bool) -> None:
+    """One chat call answered with ``LONG_REPLY`` and the usage ``{"prompt_tokens": 100}``."""
+    usage = {"prompt_tokens": 100}
+    head = {"id": CHAT_ID, "created": 1, "model": SERVED}
+    if stream:
+        delta = {"index": 0, "delta": {"content": LONG_REPLY}, "finish_reason": "stop"}
+        chunks = [
+            {**head, "object": "chat.completion.chunk", "choices": [delta]},
+            {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage},
+        ]
+        reply = sse_reply(OPENAI_HTTP, [*((None, c) for c in chunks), (None, b"[DONE]")])
+    else:
+        message = {"role": "assistant", "content": LONG_REPLY}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        body = {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
+        reply = json_reply(OPENAI_HTTP, body)
+    client = kit.mock_openai(lambda request: reply)
+    answer = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=stream)
+    if stream:
+        list(answer)
+
+
+def _taken(sink: InMemorySink) -> list[UsageRecord]:
+    """The records written since the last look (taken out of ``sink``)."""
+    records = flushed(sink)
+    sink.records.clear()
+    return records
+
+
+def test_a_reply_whose_usage_counts_the_prompt_alone_has_its_output_estimated(
+    sink: InMemorySink, kit: ModuleType
+) -> None:
+    """An OpenAI-compatible answer whose usage gives the input count and nothing else (no
+    output count, no total): not streamed, it was recorded 100 in / 0 out, ``estimated: false``,
+    $0.00025 for a reply of about 500 tokens; streamed, the same answer was estimated (100 /
+    506, $0.00531). Both now are, alike; Responses' ``{"input_tokens": 100}`` too. A count
+    that is there (0 included) is the provider's, and an embedding has no output."""
+    tokenmeter.instrument("openai")
+    records = []
+    for stream in (False, True):
+        _chat_counting_the_prompt_alone(kit, stream)
+        records.append(only(_taken(sink)))
+    json_record, streamed = records
+    assert (json_record.status, json_record.estimated, json_record.input_tokens) == (
+        "ok",
+        True,
+        100,
+    )
+    assert json_record.output_tokens > 400
+    assert (json_record.output_tokens, json_record.estimated_cost_usd) == (
+        streamed.output_tokens,
+        streamed.estimated_cost_usd,
+    )
+
+    output = [{"type": "output_text", "text": LONG_REPLY, "annotations": []}]
+    item = {"type": "message", "id": "m1", "status": "completed", "role": "assistant"}
+    body = {
+        **response_body("completed", {"input_tokens": 100}),
+        "output": [{**item, "content": output}],
+    }
+    client = kit.mock_openai(lambda request: json_reply(OPENAI_HTTP, body))
+    client.responses.create(model="gpt-4o", input="hi")
+    record = only(_taken(sink))
+    assert (record.estimated, record.input_tokens) == (True, 100)
+    assert (record.output_tokens, record.estimated_cost_usd) == (
+        streamed.output_tokens,
+        streamed.estimated_cost_usd,
+    )
+
+    counted = {"prompt_tokens": 100, "completion_tokens": 0, "total_tokens": 100}
+    message = {"role": "assistant", "content": LONG_REPLY}
+    choice = {"index": 0, "message": message, "finish_reason": "stop"}
+    body = {"id": CHAT_ID, "created": 1, "model": SERVED, "object": "chat.completion"}
+    reply = json_reply(OPENAI_HTTP, {**body, "choices": [choice], "usage": counted})
+    kit.mock_openai(lambda request: reply).chat.completions.create(
+        model="gpt-4o", messages=MESSAGES
+    )
+    record = only(_taken(sink))
+    assert (record.estimated, record.output_tokens) == (False, 0)
+
+    embedded = {
+        "object": "list",
+        "model": "text-embedding-3-small",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}],
+        "usage": {"prompt_tokens": 8},
+    }
+    client = kit.mock_openai(lambda request: json_reply(OPENAI_HTTP, embedded))
+    client.embeddings.create(model="text-embedding-3-small", input="hi")
+    record = only(_taken(sink))
+    assert (record.estimated, record.input_tokens, record.output_tokens) == (False, 8, 0)
+
+
 # -- Anthropic ------------------------------------------------------------------------------------
 CLAUDE = "claude-haiku-4-5"
 CLAUDE_SERVED = "claude-haiku-4-5-20251001"
@@ -886,6 +982,8 @@ GEMINI_ANSWERS = {
     "usageMetadata missing": Generated(meta=ABSENT),
     "usageMetadata {}": Generated(meta={}),
     "lone surrogate modelVersion": Generated(model="gemini-\ud800"),
+    # A compatible server's count of the prompt alone: the output is estimated from the text.
+    "promptTokenCount only": Generated(meta={"promptTokenCount": 5}),
     "no promptTokenCount, total beyond the output": Generated(
         meta={"candidatesTokenCount": 100, "totalTokenCount": 10_100}
     ),
@@ -962,6 +1060,9 @@ async def test_gemini_server(sink: InMemorySink, is_async: bool, case: str, stre
     elif case == "usageMetadata missing" or (case == "usageMetadata {}" and not stream):
         assert_estimated(record, output=True)  # billed, nothing reported: estimated
         assert record.model_name == GEMINI
+    elif case == "promptTokenCount only":  # streamed or not, the output is estimated
+        assert (record.status, record.estimated, record.input_tokens) == ("ok", True, 5)
+        assert record.output_tokens > 0 and record.model_name == GEMINI
     elif case == "usageMetadata {}":  # a stream's last report is its running total so far
         assert (record.status, record.estimated) == ("ok", False)
         assert (record.input_tokens, record.output_tokens) == (5, 1)

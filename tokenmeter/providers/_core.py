@@ -158,6 +158,20 @@ class Switches:
     active: bool = True
 
 
+def _with_output_of(usage: Usage, reply: TextTally, provider: str, model: str) -> Usage | None:
+    """``usage`` of a reply that was not streamed, whose usage counts no output beside its
+    thinking (the input alone, from a compatible server), with its output estimated from the
+    reply's text, as the same answer streamed is (``partial`` of the stream readers): recorded
+    with 0 output, it was a silent $0 for the reply. None when it counts some output, or the
+    reply holds no text (a blocked prompt: nothing came back)."""
+    if usage.output_tokens > usage.reasoning_tokens:
+        return None
+    found = reply.tokens(provider, model)
+    if not found:
+        return None
+    return usage.model_copy(update={"output_tokens": usage.reasoning_tokens + found})
+
+
 def named_model(model: object) -> str | None:
     """The model an answer named, or None for none: a blank name (a compatible server's
     ``"model": ""`` or ``" "``) is none, as in the record, which is priced at the model asked
@@ -205,9 +219,10 @@ class Call:
     request: Any = None
     #: The adapter's stream reader, which counts what passed through (estimates of the output).
     reader: Any = None
-    #: The output text of a reply that was not streamed and reported no usage (set by the
-    #: adapter, from the reply it read): its output is estimated from it, as a stream's is from
-    #: the text that passed through. Only counted, never kept past the record.
+    #: The output text of a reply that was not streamed and reported no usage, or a usage that
+    #: counts no output (beside its thinking: a compatible server's ``{"prompt_tokens": 100}``)
+    #: (set by the adapter, from the reply it read): its output is estimated from it, as a
+    #: stream's is from the text that passed through. Only counted, never kept past the record.
     reply: TextTally | None = None
     #: Server-side tool requests (web searches) a stream showed, or a reply without usage
     #: lists, by ``tool_requests`` key: billed per request, and counted in any estimate of the
@@ -355,18 +370,23 @@ class Call:
             usage, estimated = self._estimate(), True
             if self.ran_out or self.missing:
                 _warn_no_usage(self.provider, self.no_usage_hint)
-        if (
-            not estimated
-            and usage is not None
-            and self.streamed
-            and hasattr(self.reader, "partial")
-        ):
-            # A stream left or cut before its final count (Anthropic: only message_start's).
-            served = named_model(self.model) or self.request_model or ""
-            with without_waiting():
-                better = self.reader.partial(usage, served)
-            if better is not None:
-                usage, estimated = self._with_tools_seen(better), True
+        if not estimated and usage is not None:
+            if self.streamed:
+                if hasattr(self.reader, "partial"):
+                    # A stream left or cut before its final count (Anthropic: only
+                    # message_start's).
+                    served = named_model(self.model) or self.request_model or ""
+                    with without_waiting():
+                        better = self.reader.partial(usage, served)
+                    if better is not None:
+                        usage, estimated = self._with_tools_seen(better), True
+            elif self.reply is not None:  # a reply whose usage counted no output
+                served = named_model(self.model) or self.request_model or ""
+                with without_waiting():
+                    better = _with_output_of(usage, self.reply, self.provider, served)
+                self.reply = None
+                if better is not None:
+                    usage, estimated = better, True
         if self.dedupe and usage is not None and self.request_id:  # noqa: SIM102
             # Only ids that carried usage are remembered. A create is billed whatever its id (a
             # compatible server may repeat one); a retrieve of a recorded id is not billed again,

@@ -104,6 +104,15 @@ def _read_response(response: Any, call: Call) -> None:
             response, meta = body, body.get("usageMetadata")
     if meta is not None and reports_usage(meta):
         _take_usage(response, call)
+        usage = call.usage
+        if (
+            call.expects_usage
+            and usage is not None
+            and usage.output_tokens <= usage.reasoning_tokens
+        ):
+            # Counts the prompt alone (a compatible server's {"promptTokenCount": 100}): the
+            # output is estimated from the reply's text, as the same answer streamed is.
+            call.reply = reply_text(response)
         return
     if not call.expects_usage:
         # Vertex :predict embeddings report tokens per embedding instead of usage_metadata.

@@ -117,8 +117,7 @@ class ChunkReader(SampledText):
             return self.hide and not getattr(chunk, "choices", None)
         self.no_output = False
         with suppress(Exception):  # text where usage belongs: unreadable (read below), no more
-            get = getter(usage)
-            self.no_output = all(get(name) is None for name in _OUTPUT_COUNTS)
+            self.no_output = _counts_no_output(usage)
         if not self.no_output:
             self.forget_text()  # nothing left to estimate
         # Decided first, so that a usage block we cannot read is still hidden when we asked for it.
@@ -139,6 +138,15 @@ class ChunkReader(SampledText):
 
 #: The usage fields that tell a chat stream's output count (see ``usage_from_openai``).
 _OUTPUT_COUNTS = ("completion_tokens", "output_tokens", "total_tokens")
+
+
+def _counts_no_output(usage: Any) -> bool:
+    """A usage block without an output count, or a total to tell it by (a compatible server's
+    ``{"prompt_tokens": 19}``, Responses' ``{"input_tokens": 19}``): it counts the input alone,
+    and the output is estimated from the text that came back, streamed or not."""
+    get = getter(usage)
+    return all(get(name) is None for name in _OUTPUT_COUNTS)
+
 
 #: Chunks of a chat stream whose text is read until its usage comes (about a token each): the
 #: estimate of a longer stream without usage is extrapolated from them. Reading costs a few
@@ -315,14 +323,23 @@ def _failed(call: Call, response: Any) -> None:
 
 def _read(parsed: Any, call: Call) -> None:
     """A chat, completion, embeddings or decisions response; a billed one without usage is
-    estimated (its output from the text it holds), as is one whose usage reports nothing."""
+    estimated (its output from the text it holds), as is one whose usage reports nothing, and
+    the output of one whose usage counts the input alone."""
     usage = field(parsed, "usage")
     if usage is None or reports_nothing(usage):
         call.missing = True
         call.reply = _reply_text(parsed)
         keep_names(call, parsed)
         return
-    call.take(from_openai_response(parsed, call.provider))
+    found = from_openai_response(parsed, call.provider)
+    call.take(found)
+    if (
+        found is not None
+        and not found.usage.output_tokens
+        and call.operation != "embeddings"  # which has no output
+        and _counts_no_output(usage)
+    ):
+        call.reply = _reply_text(parsed)  # its output, estimated as a stream's (Call._record)
 
 
 #: Response id -> the model its background create asked for (the create reports no usage; the
