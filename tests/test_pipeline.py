@@ -3102,6 +3102,58 @@ def test_a_hung_sink_at_exit_is_the_only_one_named_and_the_others_are_closed(
     assert sum("model_name" in line["record"] for line in lines) == 19
 
 
+SLOW_TO_FAIL_ALONE = """
+import sys, threading, tokenmeter
+
+class Down:
+    \"\"\"A server that refuses batches, takes three records one at a time, then never answers
+    the next write of one (a connection it takes and never answers, as a collector that is
+    down and slow to fail does).\"\"\"
+    def __init__(self):
+        self.hung = threading.Event()
+    def write(self, records):
+        records = list(records)
+        if len(records) > 1:
+            raise ConnectionError("collector unreachable")
+        with open(sys.argv[1]) as taken:
+            if len(taken.readlines()) == 3:
+                self.hung.set()
+                threading.Event().wait()
+        with open(sys.argv[1], "a") as taken:
+            taken.write(records[0].id + "\\n")
+    def flush(self):
+        pass
+    def close(self):
+        pass
+
+down = Down()
+tokenmeter.configure(sinks=[down], exit_timeout=1)
+for _ in range(500):
+    print(tokenmeter.record("openai", "gpt-4o", 10, 1).id)
+assert down.hung.wait(60)  # cut off at exit inside a write of its one-at-a-time pass
+"""
+
+
+def test_a_sink_cut_off_at_exit_in_a_write_of_one_record_has_the_rest_set_aside(
+    tmp_path: Path,
+) -> None:
+    """A sink down and slow to fail spends the exit in the writes of one record that follow
+    failing batches; those writes were not marked as the sink's, so the writer cut off there
+    was "not inside a write": 0 of 500 records set aside, "502 records and sessions still held
+    by Down may be lost". What it holds is set aside now, but the records that pass already
+    wrote (not twice) and the one in the unfinished write (at risk)."""
+    (tmp_path / "taken").touch()
+    env = {**os.environ, "TOKENMETER_DIR": str(tmp_path / "m")}
+    done = run_python("-c", SLOW_TO_FAIL_ALONE, str(tmp_path / "taken"), env=env, cwd=tmp_path)
+    made = done.stdout.split()
+    taken = (tmp_path / "taken").read_text().split()
+    lines = [json.loads(line) for line in (tmp_path / "m" / "quarantine.jsonl").open()]
+    set_aside = [line["record"]["id"] for line in lines if "model_name" in line["record"]]
+    assert taken == made[:3]
+    assert set_aside == made[4:], done.stderr  # the fourth is in the unfinished write
+    assert "1 records and sessions held by Down (in its unfinished write" in done.stderr
+
+
 @pytest.mark.parametrize("paced", [False, True])
 def test_a_catch_up_makes_the_calls_waiting_when_it_began(
     monkeypatch: pytest.MonkeyPatch, paced: bool

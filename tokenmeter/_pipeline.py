@@ -530,6 +530,12 @@ def _batch_for(max_queue: int) -> int:
     return max(1, min(_FLUSH_AT, max_queue // 2))
 
 
+class _Abandoned(Exception):
+    """Raised by a write of an isolation pass (``_Writer._try_alone``) once the exit has set
+    aside what the writer held meanwhile (``_Writer.abandon``): the pass holds copies of items
+    that are no longer the writer's, and must stop there."""
+
+
 class _Writer:
     """One sink, its buffer and the thread that drains it."""
 
@@ -582,6 +588,12 @@ class _Writer:
         self._retry_at = 0.0
         #: When its sink's current write began (None between writes): see ``_behind``.
         self._writing_since: float | None = None
+        #: The items handed to that write: at risk, not set aside, when the exit cuts the
+        #: writer off there (``abandon``).
+        self._in_write: Sequence[Any] = ()
+        #: Ids of the items an isolation pass has written or set aside while they are still in
+        #: ``_pending`` (it takes its runs out at its end): never set aside by ``abandon``.
+        self._done_in_pass: set[int] = set()
         #: The exit set aside what this writer held while its sink's write had not returned
         #: (``abandon``): nothing it held is its own any more.
         self._abandoned = False
@@ -874,7 +886,7 @@ class _Writer:
             if not isinstance(run[0], SessionInfo):
                 index += 1
                 continue
-            self._writing_since = time.monotonic()
+            self._writing_since, self._in_write = time.monotonic(), run
             try:
                 self._write(run)
             except BaseException as exc:
@@ -979,12 +991,13 @@ class _Writer:
         while self._pending:
             run = self._pending[0]
             chunk = run if len(run) <= _CHUNK else run[:_CHUNK]
-            self._writing_since = time.monotonic()
+            self._writing_since, self._in_write = time.monotonic(), chunk
             try:
                 self._write(chunk)
             except BaseException as exc:
                 if not self._abandoned_meanwhile():
-                    self._failed(run, exc, now)
+                    with contextlib.suppress(_Abandoned):  # then nothing is its own any more
+                        self._failed(run, exc, now)
                 return
             if self._abandoned_meanwhile():
                 return
@@ -997,7 +1010,10 @@ class _Writer:
                 if not _behind():
                     time.sleep(_YIELD)
         if wrote and self._accused:
-            self._judge_accused()
+            try:
+                self._judge_accused()
+            except _Abandoned:
+                return
         recovered = self._failures
         self._failures, self._reported = 0, False  # before the line: logging may raise
         self._proofs_failed = 0  # an outage's passes no longer pick records out of order
@@ -1008,7 +1024,7 @@ class _Writer:
         """The sink's write has returned: whether the exit set aside, meanwhile, what this
         writer held (then it must touch none of it; what comes later is its own again)."""
         with self._lock:
-            self._writing_since = None
+            self._writing_since, self._in_write = None, ()
             abandoned, self._abandoned = self._abandoned, False
             return abandoned
 
@@ -1019,7 +1035,9 @@ class _Writer:
         unfinished write (they may be in the sink already: not set aside twice) and those the
         quarantine file did not take. A sink whose ``give_up_unsent_write()`` says its write sent
         nothing that stores them (and now never will) has that write's items set aside too.
-        (0, 0) when the writer is not inside a write: what it holds is its own to handle."""
+        (0, 0) when the writer is not inside a write: what it holds is its own to handle.
+        Inside any write: one of an isolation pass too (a sink down and slow to fail spends the
+        exit there), where the items the pass has written or set aside are still pending."""
         with self._lock:
             if self._writing_since is None or self._abandoned:
                 return 0, 0
@@ -1028,11 +1046,11 @@ class _Writer:
             accused, self._accused = self._accused, []
             buffer, self._buffer = self._buffer, deque()
             self._open_marker = None
+            in_write, done = self._in_write, self._done_in_pass
+            self._done_in_pass = set()
         give_up = getattr(self.sink, "give_up_unsent_write", None)
         unsent = give_up is not None and give_up() is True
-        in_write = min(len(pending[0]), _CHUNK) if pending and not unsent else 0
-        if in_write:
-            pending[0] = pending[0][_CHUNK:]
+        skip = done if unsent else done | {id(item) for item in in_write}
         for marker in buffer:
             if type(marker) is _FlushMarker:  # a flush() that came meanwhile: not written
                 marker.ok = False
@@ -1048,11 +1066,12 @@ class _Writer:
         held = [
             item
             for item in itertools.chain.from_iterable(runs)
-            if takes_sessions or not isinstance(item, SessionInfo)
+            if (takes_sessions or not isinstance(item, SessionInfo)) and id(item) not in skip
         ]
         for start in range(0, len(held), _SET_ASIDE_AT_ONCE):
             self._quarantine_all(held[start : start + _SET_ASIDE_AT_ONCE], error)
-        return len(held) - (self.lost - lost), in_write + self.lost - lost
+        at_risk = 0 if unsent else len(in_write)
+        return len(held) - (self.lost - lost), at_risk + self.lost - lost
 
     def _write(self, run: Sequence[Any]) -> None:
         first = run[0]
@@ -1074,9 +1093,10 @@ class _Writer:
         """The sink has just taken a write: an accused item that fails now too has failed right
         after two of them, and is set aside (a trickle of records, one per ``flush()``, never
         brings two successes into one pass)."""
-        accused, self._accused = self._accused, []
-        for item, _ in accused:
+        while self._accused:  # each kept until judged: the exit may set aside the others
+            item, _ = self._accused[0]
             error = self._refused(item)
+            del self._accused[0]
             if error is not None:
                 self._quarantine(item, error)
 
@@ -1086,12 +1106,26 @@ class _Writer:
         record in one of the tries; a record it can never store fails every one."""
         error: BaseException | None = None
         for _ in range(_TRIES):
-            try:
-                self._write([item])
-            except BaseException as exc:
-                error = exc
-            else:
+            error = self._try_alone([item])
+            if error is None:
                 return None
+        return error
+
+    def _try_alone(self, run: Sequence[Any]) -> BaseException | None:
+        """One write of an isolation pass: the sink's error, or None once it took ``run``.
+        Marked as inside the sink's write (``_writing_since``), as the delivery's own writes
+        are: a sink down and slow to fail spends the exit in these, and a writer cut off there
+        had nothing set aside (``abandon``: 0 of 500 records). Raises ``_Abandoned`` when the
+        exit set aside what the writer held meanwhile."""
+        self._writing_since, self._in_write = time.monotonic(), run
+        try:
+            self._write(run)
+        except BaseException as exc:
+            error: BaseException | None = exc
+        else:
+            error = None
+        if self._abandoned_meanwhile():
+            raise _Abandoned
         return error
 
     def _set_aside_pending(self) -> None:
@@ -1199,6 +1233,7 @@ class _Writer:
             )
         )
         items = list(itertools.chain.from_iterable(runs))
+        done = self._done_in_pass = set()  # written or set aside, still in ``_pending``
         suspects: list[Any] = []  # failed, not yet tried again since the sink last took one
         accused: list[tuple[Any, BaseException]] = []  # failed again right after a success
         written = False
@@ -1206,7 +1241,9 @@ class _Writer:
         for index, item in enumerate(items):
             if index == ahead:
                 continue
-            if not self._took(item):
+            if self._took(item):
+                done.add(id(item))
+            else:
                 suspects.append(item)
                 if written or len(suspects) < 2:
                     continue
@@ -1220,6 +1257,7 @@ class _Writer:
                     if not self._later_record_taken(len(runs)):
                         return False  # the sink is down, or the run tried held poison too
                 elif self._took(items[ahead]):
+                    done.add(id(items[ahead]))
                     self._proofs_failed = 0  # the next proof is the last item again
                 else:
                     self._proofs_failed += 1
@@ -1229,12 +1267,15 @@ class _Writer:
                 error = self._refused(poison)
                 if error is not None:
                     self._quarantine(poison, error)
+                done.add(id(poison))
             accused.clear()
             retry, suspects = suspects, []
             for suspect in retry:
                 error = self._refused(suspect)
                 if error is not None:
                     accused.append((suspect, error))
+                else:
+                    done.add(id(suspect))
         if not written and len(suspects) == 1 and self._later_record_taken(len(runs)):
             # One item failed with no other of its kind behind it (a session's only record,
             # between the session's start and end): a run written behind it shows whether the
@@ -1248,6 +1289,7 @@ class _Writer:
             return False
         for _ in runs:
             self._pending.popleft()  # every item is now written, set aside or put back below
+        self._done_in_pass = set()
         self._accused += accused
         if suspects:
             self._pending.appendleft(suspects)
@@ -1255,11 +1297,7 @@ class _Writer:
 
     def _took(self, item: Any) -> bool:
         """Write ``item`` alone: whether the sink took it."""
-        try:
-            self._write([item])
-        except BaseException:
-            return False
-        return True
+        return self._try_alone([item]) is None
 
     def _later_record_taken(self, start: int) -> bool:
         """Write one record of a run from ``start`` on (``_proof``) alone, before its turn, to
@@ -1310,12 +1348,11 @@ class _Writer:
             return
         if getattr(self.sink, "write_sessions", None) is None:
             return
-        try:
-            self._write(pending[start])
-        except BaseException as exc:
-            apart = self._sessions_written_apart(pending[start], exc)
+        failure = self._try_alone(pending[start])
+        if failure is not None:
+            apart = self._sessions_written_apart(pending[start], failure)
             if apart is None:
-                return
+                raise _Abandoned
             refused = [item for item, _ in apart[0]]  # refused too: they wait for their turn
             if refused:
                 pending[start] = refused
@@ -1346,7 +1383,7 @@ class _Writer:
             if error is None and not taken and len(refused) >= 2:
                 error = last  # not tried: the sink's sessions side is down
             if error is None:
-                self._writing_since = time.monotonic()
+                self._writing_since, self._in_write = time.monotonic(), [item]
                 try:
                     self._write([item])
                 except BaseException as exc:
