@@ -292,3 +292,37 @@ class SilencingProxy:
                     if client in self._silenced:
                         continue
                 sink.sendall(data)
+
+
+@contextlib.contextmanager
+def ledger_rows_locked(dsn: str, keys: Sequence[str], period: str) -> Iterator[Any]:
+    """An open transaction of another client (psycopg, schema ``tokenmeter``) holding the
+    budget_ledger rows of ``keys`` (FOR UPDATE): what another process's ledger holds while
+    it leases. Yields the connection, which can lock more rows; the transaction ends after."""
+    import psycopg
+
+    with psycopg.connect(dsn) as other:
+        other.execute('SET search_path = "tokenmeter"')
+        for key in keys:
+            other.execute(
+                "SELECT 1 FROM budget_ledger WHERE scope_key = %s AND period_start = %s FOR UPDATE",
+                (key, period),
+            )
+        yield other
+
+
+def wait_for_a_ledger_waiting_on_a_row(dsn: str) -> None:
+    """Until a tokenmeter connection waits for a row lock (another client holds the row)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        wait_for(
+            lambda: bool(
+                admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE application_name = 'tokenmeter' AND wait_event_type = 'Lock'"
+                ).fetchone()
+                == (1,)
+            ),
+            "the ledger waiting on the row another client holds",
+        )

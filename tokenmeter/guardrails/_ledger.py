@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -332,10 +332,16 @@ class Pause:
     ended within ``PAUSE_S`` lost all of it), and it waits no longer than ``exit_timeout``
     allows (``brief_wait``). A failure at exit pauses the ledger for the rest of it."""
 
-    __slots__ = ("at_exit", "began", "until", "what", "why")
+    __slots__ = ("at_exit", "began", "harmless", "until", "what", "why")
 
-    def __init__(self, what: str) -> None:
+    def __init__(
+        self, what: str, harmless: Callable[[BaseException], bool] = lambda exc: False
+    ) -> None:
         self.what = what
+        #: Failures that never pause the ledger, however long they took: a PostgreSQL deadlock
+        #: (found after the server's deadlock_timeout, a second) is another client's
+        #: transaction, not a ledger that is slow to answer.
+        self.harmless = harmless
         self.until = 0.0
         self.why = ""
         self.at_exit = False  # whether the pause began during this process's exit
@@ -349,10 +355,12 @@ class Pause:
             )
         self.began.at = now
 
-    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, *_: Any
+    ) -> None:
         if kind is not None and issubclass(kind, Exception):
             now = time.monotonic()
-            if now - self.began.at >= _SLOW_S:
+            if now - self.began.at >= _SLOW_S and not (exc is not None and self.harmless(exc)):
                 self._pause(now, "failed slowly (locked, or not answering)")
 
     def trip(self) -> None:

@@ -16,6 +16,13 @@ server that stops answering would hold the call for ever: a transaction is given
 past it (a watchdog thread shuts the connection's socket down), a connection is waited for no
 longer, and a ledger that failed slowly, or could not connect, is not asked again for a while
 (``tokenmeter.guardrails._ledger.Pause``).
+
+A transaction of several budgets locks their rows in one order, the rows' own (``_in_order``),
+whatever order the caller listed the budgets in: two services listing the same two budgets in
+opposite orders otherwise locked them in opposite orders and deadlocked each other. A
+transaction the server rolled back for a deadlock or a serialization failure (one another
+client's locks caused) is run again at once, and never pauses the ledger: it says nothing of
+the server's health.
 """
 
 from __future__ import annotations
@@ -97,6 +104,31 @@ _SPENT = (
 )
 
 
+#: How many times a transaction the server rolled back for a deadlock or a serialization
+#: failure is run in all before the ledger fails (open).
+ROLLED_BACK_TRIES = 3
+
+
+def _in_order(keys: Sequence[tuple[str, str]]) -> list[int]:
+    """The positions of ``keys`` (scope_key, period_start) in the order their rows are locked:
+    the same for every process, so no two transactions wait on each other's rows. Equal keys
+    keep their order (a row listed twice is updated as listed)."""
+    return sorted(range(len(keys)), key=keys.__getitem__)
+
+
+def _rolled_back(exc: BaseException) -> bool:
+    """Whether the server rolled the transaction back because of other clients' transactions
+    (a deadlock, a serialization failure): running it again is safe and likely to succeed."""
+    import psycopg
+
+    return isinstance(exc, psycopg.Error) and exc.sqlstate in _ROLLED_BACK
+
+
+#: SQLSTATE of a serialization failure and of a deadlock (psycopg's DeadlockDetected is no
+#: TransactionRollback); never 40003, whose statement may have completed.
+_ROLLED_BACK = frozenset({"40001", "40P01"})
+
+
 #: Rows a ledger remembers as made; beyond this it starts over (a budget of period "session"
 #: has a row per session: a long-running server would remember every session it served).
 MAX_KNOWN_ROWS = 4096
@@ -132,7 +164,7 @@ class PostgresLedger:
         self._sent: tuple[int, Any] | None = None
         from tokenmeter.guardrails._ledger import Pause
 
-        self._pause = Pause("the PostgreSQL budget ledger")
+        self._pause = Pause("the PostgreSQL budget ledger", harmless=_rolled_back)
         _LEDGERS.add(self)
 
     def reserve(
@@ -145,27 +177,34 @@ class PostgresLedger:
 
     def reserve_many(self, items: Sequence[Reserve]) -> list[tuple[bool, float]]:
         """Reserve every item or none, in one transaction: the (ok, spent) of each item, up to
-        the first refusal (then nothing is reserved)."""
+        the first refusal (then nothing is reserved). The rows are locked in ``_in_order``."""
         checked = [
             (_text(key), _text(start), _amount("limit_usd", limit), _amount("amount_usd", amount))
             for key, start, limit, amount in items
         ]
+        order = _in_order([(key, start) for key, start, _, _ in checked])
 
         def work(conn: psycopg.Connection[Any]) -> list[tuple[bool, float]]:
-            results: list[tuple[bool, float]] = []
+            found: dict[int, tuple[bool, float]] = {}
             rows = []
             with conn.transaction() as transaction:
-                for key, start, limit, amount in checked:
+                for index in order:
+                    key, start, limit, amount = checked[index]
                     params = {"key": key, "period": start, "amount": amount, "limit": limit}
                     row = None
                     if amount <= limit:  # else it never fits, not even an empty budget
                         row = conn.execute(_RESERVE.encode(), params).fetchone()
                     if row is None:
                         spent = conn.execute(_SPENT.encode(), params).fetchone()
-                        results.append((False, 0.0 if spent is None else float(spent[0])))
-                        _rollback(transaction)
+                        found[index] = (False, 0.0 if spent is None else float(spent[0]))
+                        continue  # the others are still asked: the caller's first refusal counts
                     rows.append(row)
-                    results.append((True, max(0.0, float(row[0]))))
+                    found[index] = (True, max(0.0, float(row[0])))
+                results = []
+                for index in range(len(checked)):
+                    results.append(found[index])
+                    if not found[index][0]:
+                        _rollback(transaction)
                 self._committing(rows, results)
             return results
 
@@ -180,8 +219,9 @@ class PostgresLedger:
         return after
 
     def settle_many(self, items: Sequence[Settle]) -> list[float]:
-        """Settle every item in one transaction; the total after each."""
-        checked = [
+        """Settle every item in one transaction; the total after each. The rows are locked in
+        ``_in_order``."""
+        checked: list[dict[str, Any]] = [
             {
                 "key": _text(key),
                 "period": _text(start),
@@ -191,10 +231,15 @@ class PostgresLedger:
             for key, start, reserved, actual in items
         ]
 
+        order = _in_order([(params["key"], params["period"]) for params in checked])
+
         def work(conn: psycopg.Connection[Any]) -> list[float]:
             with conn.transaction():
-                rows = [conn.execute(_SETTLE.encode(), params).fetchone() for params in checked]
-                return self._committing(rows, [float(row[0]) for row in rows])  # type: ignore[index]
+                found: dict[int, Any] = {}
+                for index in order:  # rows locked in one order (see ``_in_order``)
+                    found[index] = conn.execute(_SETTLE.encode(), checked[index]).fetchone()
+                rows = [found[index] for index in range(len(checked))]
+                return self._committing(rows, [float(row[0]) for row in rows])
 
         return self._run(work)
 
@@ -219,15 +264,22 @@ class PostgresLedger:
             for key, start, limit, held, used, keep, need, unit in items
         ]
         known = self._rows
+        order = _in_order([(params["key"], params["period"]) for params in checked])
 
-        def run(conn: psycopg.Connection[Any], admit: bool, refused: int = -1) -> list[LeaseResult]:
-            """Every item's lease (the ``refused`` one's said not ok), or (when admitting) the
-            items up to the first refusal, whose result comes last; the transaction is then
-            rolled back."""
-            results: list[LeaseResult] = []
+        def run(
+            conn: psycopg.Connection[Any], admit: bool, refused: int = -1
+        ) -> tuple[list[LeaseResult], int]:
+            """Every item's lease, in the caller's order (the ``refused`` one's said not ok),
+            and -1; or, when admitting and an item's call does not fit, no lease and that
+            item's position: the transaction is then rolled back. The rows are locked in
+            ``_in_order``."""
+            found: dict[int, LeaseResult] = {}
             rows = []
+            results: list[LeaseResult] = []
+            refusal = -1
             with conn.transaction() as transaction:
-                for params in checked:
+                for index in order:
+                    params = checked[index]
                     lease = params if admit else {**params, "need": -1.0}
                     row = None
                     if (params["key"], params["period"]) in known:
@@ -236,26 +288,23 @@ class PostgresLedger:
                         conn.execute(_ROW.encode(), params)
                         row = conn.execute(_LEASE.encode(), lease).fetchone()
                     assert row is not None
-                    ok = bool(row[0]) or not admit or params["need"] < 0
-                    rows.append(row)
-                    results.append((ok, float(row[1]), float(row[2]), float(row[3])))
-                    if not ok:
+                    if admit and not row[0] and params["need"] >= 0:
+                        refusal = index
                         _rollback(transaction)
-                results = [
-                    (index != refused, granted, settled, others)
-                    for index, (_, granted, settled, others) in enumerate(results)
-                ]
+                    rows.append(row)
+                    found[index] = (index != refused, float(row[1]), float(row[2]), float(row[3]))
+                results = [found[index] for index in range(len(checked))]
                 self._committing(rows, results)
-            return results
+            return results, refusal
 
         def work(conn: psycopg.Connection[Any]) -> list[LeaseResult]:
             if len(known) >= MAX_KNOWN_ROWS:
                 known.clear()  # a forgotten row is made (if missing) and leased, one more statement
-            found = run(conn, True)
-            if len(found) == len(checked) and found[-1][0]:
+            found, refused = run(conn, True)
+            if refused < 0:
                 known.update((p["key"], p["period"]) for p in checked)
                 return found
-            synced = run(conn, False, refused=len(found) - 1)
+            synced, _ = run(conn, False, refused)
             known.update((p["key"], p["period"]) for p in checked)
             return synced
 
@@ -313,6 +362,22 @@ class PostgresLedger:
                 )
             time.sleep(0.05)
 
+    def _again_if_rolled_back(
+        self, conn: psycopg.Connection[Any], work: Callable[[psycopg.Connection[Any]], T]
+    ) -> T:
+        """``work``, run again at once (up to ``ROLLED_BACK_TRIES`` in all) when the server
+        rolled it back for a deadlock or a serialization failure: nothing of it was applied
+        (not even at a COMMIT that failed so), and the other transaction has gone on."""
+        for _ in range(ROLLED_BACK_TRIES - 1):
+            self._sent = None
+            try:
+                return work(conn)
+            except Exception as exc:
+                if not _rolled_back(exc) or conn.broken or conn.closed:
+                    raise
+        self._sent = None
+        return work(conn)
+
     def _attempt(self, work: Callable[[psycopg.Connection[Any]], T], wait: float | None) -> T:
         deadline = self._deadline_s if wait is None else min(self._deadline_s, wait)
         sent: tuple[int, Any] | None = None
@@ -333,8 +398,7 @@ class PostgresLedger:
             try:
                 if sent is not None and self._committed(conn, sent[0], deadline):
                     return cast(T, sent[1])  # the first attempt's, not applied a second time
-                self._sent = None
-                return work(conn)
+                return self._again_if_rolled_back(conn, work)
             except BaseException as exc:
                 import psycopg
 
