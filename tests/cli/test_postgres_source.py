@@ -303,6 +303,41 @@ def test_a_password_with_an_unencoded_at_is_refused_without_showing_it(
     assert err.strip().count("\n") == 0 and "%40" in err
 
 
+#: DSNs whose dbname is itself a connection string holding the password (libpq's expansion,
+#: which psycopg does not do).
+DBNAME_CONNINFO = [
+    "dbname='postgresql://tm:S3cretPW42@127.0.0.1:1/llm_usage'",
+    "host=127.0.0.1 port=1 dbname='user=tm password=S3cretPW42'",
+    "postgresql://tm@127.0.0.1:1/?dbname=postgresql%3A%2F%2Ftm%3AS3cretPW42%40db%2Fllm",
+]
+
+
+@pytest.mark.parametrize("source", DBNAME_CONNINFO)
+@pytest.mark.parametrize("command", ["report", "sessions", "config"])
+def test_a_dbname_that_is_a_connection_string_is_refused_without_showing_it(
+    cli: RunCli,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    source: str,
+) -> None:
+    """``--source "dbname='postgresql://tm:S3cretPW42@db/llm_usage'"`` (or TOKENMETER_PG_DSN
+    so): psycopg took the whole URL for the database's name, and "cannot read
+    postgres:postgresql%3A%2F%2Ftm%3AS3cretPW42%40...@localhost" (``config``: "pg_dsn
+    dbname='postgresql://tm:S3cretPW42@...'") printed the password: 6 of 6 commands. Now a
+    usage error quoting nothing of the DSN."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TOKENMETER_DIR", str(tmp_path / ".tokenmeter"))
+    if command == "config":
+        monkeypatch.setenv("TOKENMETER_PG_DSN", source)
+        code, out, err = cli("config")
+    else:
+        code, out, err = cli(command, "--source", source)
+    assert code == 2
+    assert "S3cretPW42" not in out + err and "Traceback" not in err
+    assert "dbname is itself a connection string" in err
+
+
 @pytest.mark.parametrize("command", ["report", "sessions", "tail"])
 def test_a_password_with_a_slash_is_not_quoted_as_a_port(
     cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str

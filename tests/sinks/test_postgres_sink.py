@@ -183,6 +183,24 @@ def test_bad_arguments_are_value_errors_and_the_dsn_is_never_shown() -> None:
         assert "hunter2" not in str(refused.value)
 
 
+def test_a_dbname_that_is_a_connection_string_is_refused_without_showing_it() -> None:
+    """``PostgresSink("dbname='postgresql://tm:S3cretPW42@db/llm'")``, as libpq documents a
+    dbname may be written: psycopg does not expand it, so the whole URL was the database's
+    name; the server's "database ... does not exist" was logged with the password (2 lines)
+    and kept in quarantine.jsonl (3 times), and no record was ever stored."""
+    for dsn in (
+        "dbname='postgresql://tm:S3cretPW42@127.0.0.1:1/llm'",
+        "host=127.0.0.1 dbname='postgres://tm:S3cretPW42@db/llm'",
+        "host=127.0.0.1 port=1 dbname='user=tm password=S3cretPW42'",
+        "postgresql://tm@127.0.0.1:1/?dbname=postgresql%3A%2F%2Ftm%3AS3cretPW42%40db%2Fllm",
+        "postgresql://tm@127.0.0.1:1/user%3Dtm%20password%3DS3cretPW42?schema=team",
+    ):
+        with pytest.raises(ValueError, match="dbname is itself a connection string") as refused:
+            PostgresSink(dsn)
+        assert "S3cretPW42" not in str(refused.value)
+    assert PostgresSink("host=127.0.0.1 dbname=llm_usage").schema == "tokenmeter"  # a name
+
+
 def test_timeouts_longer_than_postgresql_takes_wait_as_long_as_they_can(pg_dsn: str) -> None:
     """PostgreSQL holds ``statement_timeout`` in 32-bit milliseconds: one of 25 days or more
     ("never time out") was refused by the server on every connection ("Value exceeds integer

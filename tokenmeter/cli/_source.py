@@ -10,6 +10,7 @@ of ``MAX_LINE_BYTES``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -179,10 +180,12 @@ def resolve_source(value: str | None) -> Source:
         if not is_postgres_url(value):
             refuse_unparsed_dsn(value)
     if value and is_postgres_url(value):
-        from tokenmeter.sinks.postgres import check_userinfo
+        from tokenmeter.sinks.postgres import check_dbname, check_userinfo
 
         try:
             check_userinfo(value)
+            with contextlib.suppress(ImportError):  # reading it says psycopg is needed
+                check_dbname(value)
             name = display_name(value)
         except ValueError as exc:  # a port out of range, a torn host: texts quoting no URL
             raise CliError(f"bad PostgreSQL URL: {exc}", exit_code=2) from None

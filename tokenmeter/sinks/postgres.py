@@ -62,6 +62,7 @@ __all__ = [
     "DEFAULT_SCHEMA",
     "SCHEMA_VERSION",
     "PostgresSink",
+    "check_dbname",
     "check_dsn",
     "check_schema_name",
     "split_schema",
@@ -486,7 +487,30 @@ def check_dsn(dsn: object, schema: str | None = None) -> tuple[str, str]:
     dsn, chosen = _schema_of_url(dsn, schema)
     with contextlib.suppress(ImportError):  # no sink can be made: making one says so
         _check_escapes(dsn)
+        check_dbname(dsn)
     return dsn, chosen
+
+
+def check_dbname(dsn: str) -> None:
+    """ValueError, never quoting ``dsn``, for one whose ``dbname`` is itself a connection string
+    (``dbname='postgresql://tm:pw@db/llm'``, ``dbname='user=tm password=pw'``, or a URL's
+    ``?dbname=``). libpq documents such a dbname as expanded, and psql expands it, but psycopg
+    does not: the whole string, password included, was the database name, which the CLI's
+    labels, ``config``, the sink's log and ``quarantine.jsonl`` then showed, and no record was
+    stored where the user meant. A URL's ``?schema=`` is taken off first (libpq never sees it);
+    a DSN libpq cannot read is told at connecting, its password hidden."""
+    psycopg = _psycopg()
+    try:
+        if dsn.lower().startswith(("postgresql://", "postgres://")):
+            dsn = split_schema(dsn)[0]
+        database = str(psycopg.conninfo.conninfo_to_dict(dsn).get("dbname") or "")
+    except (psycopg.Error, ValueError):
+        return
+    if "=" in database or database.lower().startswith(("postgresql://", "postgres://")):
+        raise ValueError(
+            "the DSN's dbname is itself a connection string, which psycopg would take as the "
+            "database's name: write its parameters in the DSN itself"
+        )
 
 
 #: How long a connection is waited for when neither ``connect_timeout_s`` nor the DSN says.
