@@ -222,6 +222,55 @@ async def test_the_callers_own_stream_options_mistake_is_not_a_server_refusing_u
     assert (streamed.status, streamed.estimated) == ("ok", False)
 
 
+class ToolChoiceServer(ChatServer):
+    """A compatible server that fails ``tool_choice`` without ``tools`` by its own check, with
+    an answer echoing the whole request body (``stream_options`` included): FastAPI's default
+    422 (``echo="json"``) or a 400 carrying the validation error's text (``echo="text"``)."""
+
+    def __init__(self, kit: ModuleType, echo: str) -> None:
+        super().__init__(kit)
+        self.echo = echo
+
+    def __call__(self, request: Any) -> Any:
+        body = json.loads(request.content)
+        if not (body.get("tool_choice") and not body.get("tools")):
+            return super().__call__(request)
+        self.bodies.append(body)
+        message = "Value error, When using `tool_choice`, `tools` must be set."
+        if self.echo == "text":
+            return self.kit.http.Response(400, text=f"{message} [input_value={body!r}]")
+        detail = [{"type": "value_error", "loc": ["body"], "msg": message, "input": body}]
+        return self.kit.http.Response(422, json={"detail": detail})
+
+
+@pytest.mark.parametrize("echo", ["json", "text"])
+async def test_an_error_echoing_the_request_is_no_refusal_of_stream_options(
+    records: Records, kit: ModuleType, is_async: bool, echo: str
+) -> None:
+    """A server's error about another field whose answer echoes the request (FastAPI's default
+    422 holds the body in ``detail[].input``) names ``stream_options`` too: it was taken for the
+    server refusing usage, the failed request was sent twice and every later stream to that
+    server went without include_usage, recorded as an estimate (10 / 28 for a reported 1200 /
+    300). A JSON answer is read where it names a field, never in its echo: sent once. A text
+    one cannot be told apart: sent as given, it fails again, and that error is raised while the
+    server is still asked for usage."""
+    server = ToolChoiceServer(kit, echo)
+    client = kit.mock_openai(server, is_async=is_async, max_retries=0)
+    tokenmeter.instrument("openai")
+
+    with pytest.raises(openai.APIStatusError) as failed:
+        await stream_once(client, kit, tool_choice="auto")
+    await stream_once(client, kit)
+
+    assert failed.value.status_code == (422 if echo == "json" else 400)
+    asked = [(body.get("stream_options") or {}).get("include_usage") for body in server.bodies]
+    assert asked == ([True, True] if echo == "json" else [True, None, True])
+    error, streamed = records()
+    assert (error.status, error.streamed) == ("error", True)
+    assert (streamed.status, streamed.estimated) == ("ok", False)
+    assert (streamed.input_tokens, streamed.output_tokens) == (19, 10)
+
+
 async def test_azure_stream_is_named_by_the_chunks_after_its_prompt_filter_chunk(
     records: Records, kit: ModuleType, is_async: bool
 ) -> None:

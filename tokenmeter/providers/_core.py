@@ -543,22 +543,18 @@ def _already_recorded(response_id: str) -> bool:
         return False
 
 
-#: Given the error a server answered an adjusted request with: the arguments as the caller gave
-#: them if the server refused what the adapter added (sent instead, once), else None.
-AsGiven = Callable[[Exception], tuple[tuple[Any, ...], dict[str, Any]] | None]
-
-
 def send(
     call: Call,
     instance: Any,
     wrapped: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    as_given: AsGiven | None = None,
+    plan: Plan | None = None,
 ) -> Any:
     """Make the SDK call with nested calls passing through; a failure is recorded, then raised.
     A budget in force is checked first: ``BudgetExceeded`` is raised before anything is sent.
-    A server that refuses what the adapter added gets the caller's own request (``as_given``)."""
+    A server that refuses what the adapter added gets the caller's own request (the ``plan``'s
+    ``as_given``), and the plan is told when the server took that one (``taken_as_given``)."""
     if call.session is None:
         # Its session, taken as the call is made rather than at its record (no more work: the
         # record takes this one), and its name then: renamed while the call waits (by another
@@ -572,10 +568,12 @@ def send(
         try:
             return wrapped(*args, **kwargs)
         except Exception as exc:
-            given = _refused(as_given, exc)
+            given = _refused(plan, exc)
             if given is None:
                 raise
-        return wrapped(*given[0], **given[1])  # outside the except: no chained refusal
+        result = wrapped(*given[0], **given[1])  # outside the except: no chained refusal
+        safely("remembering a refusing server", given[2])
+        return result
     except BaseException as exc:
         safely("reading a failed call", _answered_unparsed, call, exc)
         call.finish(exc)
@@ -590,7 +588,7 @@ async def send_async(
     wrapped: Callable[..., Awaitable[Any]],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    as_given: AsGiven | None = None,
+    plan: Plan | None = None,
 ) -> Any:
     """The async twin of ``send`` (CancelledError included: recorded as an error)."""
     if call.session is None:
@@ -605,10 +603,12 @@ async def send_async(
         try:
             return await wrapped(*args, **kwargs)
         except Exception as exc:
-            given = _refused(as_given, exc)
+            given = _refused(plan, exc)
             if given is None:
                 raise
-        return await wrapped(*given[0], **given[1])
+        result = await wrapped(*given[0], **given[1])
+        safely("remembering a refusing server", given[2])
+        return result
     except BaseException as exc:
         safely("reading a failed call", _answered_unparsed, call, exc)
         call.finish(exc)
@@ -680,16 +680,18 @@ def _made_on_success(answer: Any) -> bool:
 
 
 def _refused(
-    as_given: AsGiven | None, error: Exception
-) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-    """The caller's own arguments if ``error`` is the server refusing what we added."""
-    if as_given is None:
+    plan: Plan | None, error: Exception
+) -> tuple[tuple[Any, ...], dict[str, Any], Callable[[], None]] | None:
+    """The caller's own arguments if ``error`` is the server refusing what we added, and what
+    to tell once the server took them."""
+    if plan is None:
         return None
     try:
-        return as_given(error)
+        given = plan.as_given(error)
     except Exception:
         fault("reading a refused request")
         return None
+    return None if given is None else (*given, plan.taken_as_given)
 
 
 @dataclass(slots=True)
@@ -705,6 +707,9 @@ class Plan:
         """The arguments as the caller gave them, when ``error`` is the server refusing what the
         adapter added to them (sent instead, once); None otherwise."""
         return None
+
+    def taken_as_given(self) -> None:
+        """The server took the arguments ``as_given`` returned: it did refuse the addition."""
 
 
 class Adapter(Protocol):
@@ -756,7 +761,7 @@ def intercept(
     plan = _planned(adapter, instance, args, kwargs)
     if plan is None:
         return wrapped(*args, **kwargs)
-    result = send(plan.call, instance, wrapped, plan.args, plan.kwargs, plan.as_given)
+    result = send(plan.call, instance, wrapped, plan.args, plan.kwargs, plan)
     try:
         return adapter.deliver(plan, result, False)
     except Exception:
@@ -778,7 +783,7 @@ async def intercept_async(
     plan = _planned(adapter, instance, args, kwargs)
     if plan is None:
         return await wrapped(*args, **kwargs)
-    result = await send_async(plan.call, instance, wrapped, plan.args, plan.kwargs, plan.as_given)
+    result = await send_async(plan.call, instance, wrapped, plan.args, plan.kwargs, plan)
     try:
         return adapter.deliver(plan, result, True)
     except Exception:

@@ -71,11 +71,19 @@ class StainlessPlan(Plan):
     def as_given(self, error: Exception) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         if self.given is None:
             return None
-        adapter, client, args, kwargs = self.given
-        if not adapter.refused(client, error, _options_of(args, kwargs)):
+        adapter, _, args, kwargs = self.given
+        if not adapter.refuses(error, _options_of(args, kwargs)):
             return None
         self.hide_usage_chunk = self.call.expects_usage = False  # none was asked for
         return args, kwargs
+
+    def taken_as_given(self) -> None:
+        """Remembered only now: a request that fails as given too failed for a reason of its
+        own (an error echoing the whole request names what we added as well), and the server
+        is asked for usage again next time."""
+        if self.given is not None:
+            adapter, client, _, _ = self.given
+            adapter.remember_refusing(client)
 
 
 #: What ``wrap_client`` sets on a client it wraps.
@@ -163,10 +171,9 @@ class StainlessAdapter:
         the request options as the caller gave them)."""
         return False
 
-    def refused(self, client: Any, error: Exception, given: Any) -> bool:
-        """``refuses``, remembered: the server's later calls are sent as the caller gives them."""
-        if not self.refuses(error, given):
-            return False
+    def remember_refusing(self, client: Any) -> None:
+        """The client's server refused what ``prepare`` adds (it took the request as given):
+        its later calls are sent as the caller gives them."""
         server = _server(client)
         if server not in self._refusing:
             if len(self._refusing) >= 1024:
@@ -178,7 +185,6 @@ class StainlessAdapter:
                 self.name,
                 str(getattr(getattr(client, "base_url", None), "host", "?"))[:200],  # no userinfo
             )
-        return True
 
     # -- the generic part ------------------------------------------------------------------------
     def plan(

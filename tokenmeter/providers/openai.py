@@ -626,7 +626,13 @@ class OpenAIAdapter(StainlessAdapter):
         compatible server that forbids unknown fields: 400 or 422 naming it). When the caller
         gave ``stream_options`` of its own, only ``include_usage`` is ours: an error naming the
         caller's options (a wrong type in ``include_obfuscation``) is the caller's, raised as it
-        is, and the server is not taken for one that refuses usage."""
+        is, and the server is not taken for one that refuses usage.
+
+        A JSON answer is read where a server names what it objects to (FastAPI's ``loc`` and
+        ``msg``, OpenAI's ``param`` and ``message``), never in what it echoes of the request:
+        FastAPI's default 422 holds the whole body sent (``input``), ``stream_options``
+        included, whatever field failed; taken for a refusal, that server was never asked for
+        usage again and all its later streams were estimated."""
         if getattr(error, "status_code", None) not in (400, 422):
             return False
         body = getattr(given, "json_data", None)
@@ -635,6 +641,9 @@ class OpenAIAdapter(StainlessAdapter):
             if isinstance(body, dict) and body.get("stream_options") is not None
             else "stream_options"
         )
+        answer = getattr(error, "body", None)
+        if isinstance(answer, dict | list):
+            return any(ours in text for text in _named_in(answer))
         try:
             text = error.response.text  # type: ignore[attr-defined]
         except Exception:
@@ -652,6 +661,31 @@ class OpenAIAdapter(StainlessAdapter):
             body = options.json_data
             stream_options = body.get("stream_options") if isinstance(body, dict) else None
         return isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+
+
+#: Keys under which a validation error echoes what the server was sent (pydantic's ``input``
+#: and ``input_value``; ``body``, FastAPI's documented handler that returns the request body).
+_ECHOES = frozenset(("input", "input_value", "body"))
+#: How deep ``_named_in`` looks into an error answer.
+_NAMED_DEPTH = 16
+
+
+def _named_in(answer: Any, depth: int = 0) -> list[str]:
+    """The keys and texts of a JSON error answer, bar what it echoes of the request."""
+    if isinstance(answer, str):
+        return [answer]
+    if depth >= _NAMED_DEPTH:
+        return []
+    texts: list[str] = []
+    if isinstance(answer, dict):
+        for key, value in answer.items():
+            if key not in _ECHOES:
+                texts.append(str(key))
+                texts.extend(_named_in(value, depth + 1))
+    elif isinstance(answer, list):
+        for value in answer:
+            texts.extend(_named_in(value, depth + 1))
+    return texts
 
 
 def _in_extra_body(options: Any) -> bool:
