@@ -127,6 +127,9 @@ def _tiktoken_cached(name: str) -> Counter | None:
 
 #: False inside an LLM call (``without_waiting``): a tokenizer not loaded yet is not waited for.
 _wait_for_load: ContextVar[bool] = ContextVar("tokenmeter_wait_for_tokenizer", default=True)
+#: False for the estimate of a call the process is ending through (``without_waiting``'s
+#: ``start_load``): its load is not started in the background either.
+_start_load: ContextVar[bool] = ContextVar("tokenmeter_start_tokenizer_load", default=True)
 _loading: set[str] = set()  # loads started, in this process (a child starts its own)
 _loading_lock = threading.Lock()
 renew_after_fork(globals(), "_loading", set)
@@ -134,16 +137,22 @@ renew_after_fork(globals(), "_loading_lock", threading.Lock)
 
 
 @contextmanager
-def without_waiting() -> Iterator[None]:
+def without_waiting(start_load: bool = True) -> Iterator[None]:
     """Estimates made inside the application's LLM call for a record without usage: importing
     a tokenizer and loading its vocabulary is slow, and the call must never wait for it. Until
     it is loaded (in the background, from the first such estimate), the heuristic answers.
     ``estimate()``, ``count_tokens()`` and a budget's reservation (which must be the
-    tokenizer's count; budgets start the load when configured) wait for it."""
+    tokenizer's count; budgets start the load when configured) wait for it.
+
+    ``start_load=False``: not even started, for a call the process is likely ending through
+    (a Ctrl-C): the exit waits for a load under way, and one running as the interpreter ends
+    made a Ctrl-C'd process exit with status 1 rather than die of SIGINT (130 in a shell)."""
     token = _wait_for_load.set(False)
+    loads = _start_load.set(start_load)
     try:
         yield
     finally:
+        _start_load.reset(loads)
         _wait_for_load.reset(token)
 
 
@@ -152,7 +161,8 @@ def _counter(name: str) -> Counter | None:
     if name in _counters:
         return _counters[name]
     if not _wait_for_load.get():
-        _load_in_background(name)
+        if _start_load.get() and not _pipeline.exit_began():
+            _load_in_background(name)
         return None
     with _counters_lock:
         if name not in _counters:

@@ -2497,6 +2497,11 @@ def exiting() -> bool:
     return _exit_running == os.getpid()
 
 
+def exit_began() -> bool:
+    """True once this process's exit flush started (running or over)."""
+    return _exited_pid == os.getpid()
+
+
 def exit_timeout() -> float:
     """The ``exit_timeout`` setting in force (seconds)."""
     return _exit_timeout

@@ -11,6 +11,9 @@ import json
 import logging
 import os
 import pickle
+import signal
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -645,6 +648,63 @@ def test_streams_still_open_at_exit_are_recorded_quietly(tmp_path: Path) -> None
     lines = (tmp_path / "usage.jsonl").read_text().splitlines()
     assert len(lines) == 3
     assert all(json.loads(line)["streamed"] for line in lines)
+
+
+CTRL_C_DURING_A_STREAM = """
+import json, os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+import openai
+import tokenmeter
+from openai import _base_client
+http = getattr(_base_client, "httpx2", None) or _base_client.httpx
+if sys.argv[1] == "metered":
+    tokenmeter.instrument("openai")
+
+class Answer(http.SyncByteStream):
+    # A stream the user interrupts mid-answer: the Ctrl-C lands inside the SDK's read.
+    def __iter__(self):
+        for n in range(50):
+            if n == 5:
+                os.kill(os.getpid(), signal.SIGINT)
+            chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1,
+                     "model": "gpt-4o", "choices": [{"index": 0, "delta": {"content": "w "}}]}
+            yield b"data: " + json.dumps(chunk).encode() + bytes([10, 10])
+
+transport = http.MockTransport(lambda request: http.Response(
+    200, stream=Answer(), headers={"content-type": "text/event-stream"}))
+client = openai.OpenAI(api_key="sk-test", http_client=http.Client(transport=transport))
+messages = [{"role": "user", "content": "hi"}]
+for _ in client.chat.completions.create(model="gpt-4o", messages=messages, stream=True):
+    pass
+"""
+
+
+def test_ctrl_c_during_a_stream_ends_the_process_as_without_tokenmeter(tmp_path: Path) -> None:
+    """A Ctrl-C while the process's first stream without usage is read: its estimate started
+    the tokenizer's load in the background, the exit waited for it, and the load running as
+    the interpreter ended made the process exit with status 1, not die of SIGINT (-2 here,
+    130 in a shell) as it does without tokenmeter. The stream is still recorded, estimated."""
+    env = {
+        **os.environ,
+        "TOKENMETER_SINKS": "jsonl",
+        "TOKENMETER_DIR": str(tmp_path),
+        "PYTHONPATH": os.pathsep.join(sys.path),  # this tokenmeter, not one installed elsewhere
+    }
+    statuses = {}
+    for mode in ("bare", "metered"):
+        done = subprocess.run(
+            [sys.executable, "-c", CTRL_C_DURING_A_STREAM, mode],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        statuses[mode] = done.returncode
+    assert statuses == {"bare": -signal.SIGINT, "metered": -signal.SIGINT}
+    (line,) = (tmp_path / "usage.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert (record["streamed"], record["estimated"]) == (True, True)
 
 
 INSTRUMENT_WHILE_ANOTHER_THREAD_IMPORTS = """

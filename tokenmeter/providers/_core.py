@@ -359,7 +359,7 @@ class Call:
                     # each left a record of model "unknown" beside that one.
                     logger.debug("tokenmeter: a %s retrieve broke off; not recorded", self.provider)
                     return
-                usage, estimated = self._estimate(), True
+                usage, estimated = self._estimate(error), True
         elif usage is None and self.unreadable is not None:
             # The call succeeded but its usage cannot be trusted: recorded, with an unknown cost.
             status, error_name = "error", UNREADABLE_USAGE
@@ -376,13 +376,13 @@ class Call:
                     # A stream left or cut before its final count (Anthropic: only
                     # message_start's).
                     served = named_model(self.model) or self.request_model or ""
-                    with without_waiting():
+                    with without_waiting(start_load=not _ending(error)):
                         better = self.reader.partial(usage, served)
                     if better is not None:
                         usage, estimated = self._with_tools_seen(better), True
             elif self.reply is not None:  # a reply whose usage counted no output
                 served = named_model(self.model) or self.request_model or ""
-                with without_waiting():
+                with without_waiting(start_load=not _ending(error)):
                     better = _with_output_of(usage, self.reply, self.provider, served)
                 self.reply = None
                 if better is not None:
@@ -427,15 +427,22 @@ class Call:
             return False
         return bool(safely("reading a failed stream", _answered, error))
 
-    def _estimate(self) -> Usage:
+    def _estimate(self, error: BaseException | None = None) -> Usage:
         """What the call most likely used: its request's input, the output that passed by (a
         stream's) or came back (a reply's)."""
         model = named_model(self.model) or self.request_model or ""
         tally = self.reply if self.reply is not None else getattr(self.reader, "tally", None)
         self.reply = None  # counted once: the text is not kept with the call
-        with without_waiting():
+        with without_waiting(start_load=not _ending(error)):
             usage = estimate_usage(self.provider, self.request, model, tally, self.operation)
         return self._with_tools_seen(usage)
+
+
+def _ending(error: BaseException | None) -> bool:
+    """True for an error the process is likely ending through (a Ctrl-C, ``sys.exit()``): its
+    estimate starts no tokenizer load (``without_waiting``). Not a task's CancelledError, nor
+    the GeneratorExit of a call whose event loop closed: an application goes on after those."""
+    return isinstance(error, KeyboardInterrupt | SystemExit)
 
 
 #: The keys a web search is counted under, one per search: which one is read from tools (a
