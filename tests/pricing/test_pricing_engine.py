@@ -231,6 +231,11 @@ def test_gpt_4o_fine_tunes_bill_cached_input_at_half_their_input_rate(
             "ft:gpt-4o-2024-08-06:acme::abc123",
         ),
         ("gpt-4o-mini-2024-07-18.ft-0123456789abcdef", "ft:gpt-4o-mini-2024-07-18:acme::abc123"),
+        # A gateway's provider prefix (LiteLLM's azure/...): was priced at base rates ($0.030).
+        ("azure/gpt-4o-2024-08-06.ft-0123456789abcdef", "ft:gpt-4o-2024-08-06:acme::abc123"),
+        # Azure's GPT-3.5 spelling, of a fine-tune the table prices ($3 / $6): was at base rates.
+        ("gpt-35-turbo-0125.ft-0123456789abcdef", "ft:gpt-3.5-turbo-0125:acme::abc123"),
+        ("ft:gpt-35-turbo-1106:acme::abc123", "ft:gpt-3.5-turbo-1106:acme::abc123"),
     ],
 )
 def test_an_azure_fine_tune_is_priced_as_the_same_fine_tune_spelled_ft(
@@ -259,13 +264,15 @@ def test_azure_gpt_35_models_are_priced_as_openai_gpt_3_5(
 ) -> None:
     """Azure spells gpt-3.5-turbo-0125 ``gpt-35-turbo-0125``: its calls (and its fine-tunes',
     ``gpt-35-turbo-0125.ft-<job id>``) were recorded with a null cost, 10,000 in + 500 out
-    priced at $0.00575 under OpenAI's spelling."""
+    priced at $0.00575 under OpenAI's spelling. A fine-tune is priced as OpenAI's of the same
+    base (the table's ft:gpt-3.5-turbo), not at base rates."""
     cost = price_usage("azure", azure_name, PLAIN, at=DAY)
     assert cost.total_usd is not None
     assert cost.total_usd == price_usage("azure", openai_name, PLAIN, at=DAY).total_usd
     tuned = price_usage("azure", f"{azure_name}.ft-0123456789abcdef", PLAIN, at=DAY)
-    assert tuned.total_usd == cost.total_usd
-    assert tuned.price_source.endswith("; fine-tune at base rates (no fine-tune price known)")
+    spelled_ft = price_usage("azure", f"ft:{openai_name}:acme::abc123", PLAIN, at=DAY)
+    assert tuned.total_usd == spelled_ft.total_usd != cost.total_usd
+    assert "base rates" not in tuned.price_source
 
 
 def test_a_fine_tune_without_a_price_of_its_own_says_it_is_at_base_rates() -> None:

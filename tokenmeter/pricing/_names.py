@@ -56,12 +56,16 @@ def name_candidates(model: str) -> list[str]:
     if "models/" in name:  # models/x, publishers/google/models/x, projects/p/.../models/x
         name = name.rsplit("models/", 1)[1]
         found.append(name)
-    if name.startswith("ft:"):  # ft:<base>:<org>:<suffix>:<id>
+    fine_tune = name.startswith("ft:")
+    if fine_tune:  # ft:<base>:<org>:<suffix>:<id>
         name = name[3:].split(":", 1)[0]
-        found += [f"ft:{name}", f"ft:{_undated(name)}", name]
     elif _DOTTED_FINE_TUNE in name:  # Azure: <base>.ft-<job id>, tried as OpenAI's ft:<base>
-        name = name.split(_DOTTED_FINE_TUNE, 1)[0]
-        found += [f"ft:{name}", f"ft:{_undated(name)}", name]
+        # (after a gateway's provider prefix: azure/gpt-4o-2024-08-06.ft-<job id>)
+        name = name.split(_DOTTED_FINE_TUNE, 1)[0].rsplit("/", 1)[-1]
+        fine_tune = True
+    if fine_tune:
+        bases = [name, _undated(name), *_gpt_35_dotted(name)]
+        found += [*(f"ft:{base}" for base in bases), name]
     if "/" in name:  # openai/gpt-4o, meta-llama/llama-3-70b
         name = name.rsplit("/", 1)[1]
         found.append(name)
@@ -74,13 +78,20 @@ def name_candidates(model: str) -> list[str]:
         name = bedrock
         found.append(name)
     found.append(_undated(name))
-    if name.startswith(_AZURE_GPT_35):  # after Azure's own: a table entry of that spelling wins
-        dotted = _OPENAI_GPT_35 + name.removeprefix(_AZURE_GPT_35)
-        found += [dotted, _undated(dotted)]
+    found += _gpt_35_dotted(name)  # after Azure's own: a table entry of that spelling wins
     dashed = _claude_dashed(name)
     if dashed != name:  # after the dotted ones: a table entry of that spelling wins
         found += [dashed, _undated(dashed)]
     return list(dict.fromkeys(found))
+
+
+def _gpt_35_dotted(name: str) -> list[str]:
+    """OpenAI's spelling of Azure's ``gpt-35-turbo-0125`` and its family, dated and not (none for
+    any other name)."""
+    if not name.startswith(_AZURE_GPT_35):
+        return []
+    dotted = _OPENAI_GPT_35 + name.removeprefix(_AZURE_GPT_35)
+    return [dotted, _undated(dotted)]
 
 
 def is_fine_tune(name: str) -> bool:
