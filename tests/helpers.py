@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import os
@@ -172,6 +173,29 @@ def wait_for(condition: Callable[[], bool], what: str, limit: float = 30.0) -> N
         if time.monotonic() > deadline:
             raise AssertionError(f"never happened: {what}")
         time.sleep(0.01)
+
+
+async def sleeping(task: asyncio.Task[Any], what: str, limit: float = 30.0) -> None:
+    """Return once ``task`` is suspended in a sleep (an SDK waiting before it retries), followed
+    down the coroutines it awaits; ``limit`` only turns a hang into a failure."""
+    deadline = time.monotonic() + limit
+    while _awaited(task)[-1:] != ["sleep"]:
+        if task.done() or time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0)
+
+
+def _awaited(task: asyncio.Task[Any]) -> list[str]:
+    """The names of the coroutines ``task`` is suspended in, outermost first."""
+    names: list[str] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        code = getattr(awaited, "cr_code", None) or getattr(awaited, "gi_code", None)
+        if code is None:  # a future: what the innermost coroutine waits on
+            break
+        names.append(code.co_name)
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return names
 
 
 def returns(work: Callable[[], Any], hang: str, limit: float = 60.0) -> list[Exception]:

@@ -124,8 +124,9 @@ def mock_anthropic(handler: Handler, *, is_async: bool = False) -> Any:
     )
 
 
-def mock_genai(handler: Handler) -> Any:
-    """A ``google.genai.Client`` (``.aio`` for async) whose replies come from ``handler``.
+def mock_genai(handler: Handler, retry_options: Any = None) -> Any:
+    """A ``google.genai.Client`` (``.aio`` for async) whose replies come from ``handler``,
+    retrying as ``retry_options`` (``HttpRetryOptions``) say (none: no retries).
 
     Needs google-genai >= 1.46 (``HttpOptions(httpx_client=...)``)."""
     from google import genai
@@ -141,5 +142,6 @@ def mock_genai(handler: Handler) -> Any:
             api_version="v1beta",
             httpx_client=http.Client(transport=http.MockTransport(handler)),
             httpx_async_client=http.AsyncClient(transport=http.MockTransport(handler)),
+            retry_options=retry_options,
         ),
     )

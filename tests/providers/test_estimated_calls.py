@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from helpers import sleeping
 from provider_helpers import (
     Records,
     cut_reply,
@@ -195,6 +196,83 @@ async def test_a_call_cancelled_while_it_waits_for_its_reply_is_estimated(
     request = {"model": "gpt-4o", "messages": MESSAGES}
     assert record.input_tokens == estimate_input("openai", request).input_tokens
     assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
+
+
+def _first_answer(kit: ModuleType, how: str) -> Callable[[Any], Any]:
+    """A server whose every answer is ``how``: a refusal (nothing billed) that the SDK retries
+    after a wait, or a reply that timed out while read (sent: billed)."""
+    http = kit.http
+
+    def answer(request: Any) -> Any:
+        if how == "429":
+            body = {"error": {"code": 429, "message": "Rate limit reached", "status": "429"}}
+            return http.Response(429, headers={"retry-after": "30"}, json=body)
+        if how == "529":
+            body = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+            return http.Response(529, headers={"retry-after": "30"}, json=body)
+        if how == "refused":
+            raise http.ConnectError("connection refused", request=request)
+        raise http.ReadTimeout("timed out", request=request)
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("provider", "how", "billed"),
+    [
+        ("openai", "429", False),
+        ("anthropic", "529", False),
+        ("openai", "refused", False),
+        ("anthropic", "refused", False),
+        ("google-genai", "429", False),
+        ("openai", "read timeout", True),
+        ("anthropic", "read timeout", True),
+    ],
+)
+async def test_a_call_cancelled_while_its_sdk_waits_to_retry_is_billed_only_if_it_was_sent(
+    records: Records, kit: ModuleType, provider: str, how: str, billed: bool
+) -> None:
+    """The application's timeout (``asyncio.wait_for``) cancels the task while the SDK waits to
+    retry a refusal (a 429's ``retry-after``, Anthropic's 529 overloaded, a connection refused):
+    the provider billed nothing, yet the record was an estimate of the whole prompt
+    ($0.0625 on gpt-4o for a 25k-token prompt), charged to budgets too. After a reply that
+    timed out while read (sent, so billed), the call is still estimated."""
+    from google.genai import types as gtypes
+
+    sent = 0
+    answer = _first_answer(kit, how)
+
+    def server(request: Any) -> Any:
+        nonlocal sent
+        sent += 1
+        return answer(request)
+
+    tokenmeter.instrument(provider)
+    if provider == "openai":
+        openai = kit.mock_openai(server, is_async=True, max_retries=2)
+        call = openai.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    elif provider == "anthropic":
+        anthropic = mock_anthropic(server, is_async=True).with_options(max_retries=2)
+        call = anthropic.messages.create(
+            model="claude-sonnet-4-5", max_tokens=100, messages=MESSAGES[1:]
+        )
+    else:
+        retry = gtypes.HttpRetryOptions(attempts=3, initial_delay=30, max_delay=30)
+        gemini = mock_genai(server, retry_options=retry)
+        call = gemini.aio.models.generate_content(model="gemini-2.5-pro", contents="Hello")
+    pending = asyncio.ensure_future(call)
+    await sleeping(pending, f"{provider} waiting to retry after {how}")
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    assert sent == 1
+    record = only(records())
+    assert (record.status, record.error, record.estimated) == ("error", "CancelledError", billed)
+    if billed:
+        assert record.input_tokens > 0
+        assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
+    else:
+        assert (record.input_tokens, record.estimated_cost_usd) == (0, 0)
 
 
 def _in_session(how: str, call: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:

@@ -27,6 +27,8 @@ from google.ai.generativelanguage_v1beta.services.generative_service.transports 
     GenerativeServiceGrpcTransport,
 )
 from google.api_core import exceptions as core_exceptions
+from google.api_core import retry_async
+from helpers import sleeping
 from provider_helpers import flushed, only
 
 import tokenmeter
@@ -192,6 +194,35 @@ def test_api_error_is_recorded_and_reraised(
     record = only(flushed(sink))
     assert (record.status, record.error) == ("error", error.__name__)
     assert record.model_name == "gemini-1.5-flash"
+
+
+@pytest.mark.usefixtures("instrumented")
+async def test_an_async_call_cancelled_while_its_retry_waits_costs_nothing(
+    fake: FakeProvider, sink: InMemorySink
+) -> None:
+    """The application's timeout cancels ``generate_content_async`` while its api_core retry
+    waits after a 429: the provider billed nothing (it refused the one request sent), yet the
+    record was an estimate of the prompt, $0.03125 for 25,000 tokens on gemini-1.5-pro."""
+    fake.configure_generativeai_async()
+    fake.fail_next(429, count=5)
+    fake.clear_requests()
+    retry = retry_async.AsyncRetry(
+        predicate=retry_async.if_exception_type(core_exceptions.ResourceExhausted),
+        initial=30,
+        maximum=30,
+        timeout=120,
+    )
+    pending = asyncio.ensure_future(
+        model("gemini-1.5-pro").generate_content_async("hi", request_options={"retry": retry})
+    )
+    await sleeping(pending, "the retry waiting after a 429")
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    assert len(fake.requests) == 1
+    record = only(flushed(sink))
+    assert (record.status, record.error, record.estimated) == ("error", "CancelledError", False)
+    assert (record.input_tokens, record.estimated_cost_usd) == (0, 0)
 
 
 class _OneBody(BaseHTTPRequestHandler):

@@ -821,13 +821,25 @@ _READING_FAILURES = frozenset({"ReadTimeout", "ReadError", "RemoteProtocolError"
 #: with a timeout cancels nothing; a thread's loop closed at shutdown).
 _CANCELLED = frozenset({"CancelledError", "Cancelled", "GeneratorExit"})
 
+#: The modules whose code sleeps between an SDK's attempts: the Stainless SDKs' retry loop
+#: (openai, anthropic: ``_sleep_for_retry``), tenacity (google-genai's ``HttpRetryOptions``) and
+#: ``google.api_core.retry`` (the legacy Gemini SDK's ``retry`` option).
+_RETRY_LOOPS = (
+    "openai._base_client",
+    "anthropic._base_client",
+    "tenacity",
+    "google.api_core.retry",
+)
+
 
 def _cut_after_sending(error: BaseException | None) -> bool:
     """True for an error that came once the request was sent: its reply timed out, or the
     connection broke while it was read (the SDK's timeout or connection error has it as its
     cause), or the caller's task was cancelled while it waited. Not a connection never made
-    (nothing was sent), nor an error the provider reported."""
-    if error is not None and type(error).__name__ in _CANCELLED:
+    (nothing was sent), nor an error the provider reported. A task cancelled while its SDK
+    waited to retry was waiting for no reply: it was sent (and billed) only if the attempt
+    before ended as a reply cut short, which the cancellation holds as its context."""
+    if error is not None and type(error).__name__ in _CANCELLED and not _backing_off(error):
         return True
     for _ in range(8):  # along the causes, bounded
         if error is None:
@@ -836,6 +848,24 @@ def _cut_after_sending(error: BaseException | None) -> bool:
         if name in _READING_FAILURES and (name != "DecodingError" or _decoding_a_success(error)):
             return True
         error = error.__cause__ or error.__context__
+    return False
+
+
+def _backing_off(cancelled: BaseException) -> bool:
+    """True for a cancellation raised while the SDK slept before its next attempt (a 429's
+    ``retry-after``, an overloaded 529, a connection refused): a frame of its retry loop called
+    the sleep it was cancelled in. A sleep anywhere else (an HTTP transport of the application's
+    that waits for its reply) is not a back-off."""
+    traceback = cancelled.__traceback__
+    for _ in range(_FRAMES_LOOKED_AT):
+        if traceback is None or traceback.tb_next is None:
+            return False
+        caller, callee = traceback.tb_frame, traceback.tb_next.tb_frame
+        if callee.f_code.co_name == "sleep" and str(
+            caller.f_globals.get("__name__", "")
+        ).startswith(_RETRY_LOOPS):
+            return True
+        traceback = traceback.tb_next
     return False
 
 
