@@ -1072,6 +1072,27 @@ async def test_gemini_server(sink: InMemorySink, is_async: bool, case: str, stre
 
 
 @pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
+@pytest.mark.parametrize(
+    ("meta", "output"),
+    [
+        ({"promptTokenCount": 5, "candidatesTokenCount": 0, "totalTokenCount": 5}, 0),
+        ({"promptTokenCount": 5, "totalTokenCount": 55}, 50),  # the total tells it
+    ],
+)
+async def test_a_gemini_answer_that_tells_its_output_count_keeps_it(
+    sink: InMemorySink, is_async: bool, meta: dict[str, int], output: int
+) -> None:
+    """Only an answer that gives neither an output count nor a total has its output estimated
+    from its text: one that tells 0, or 50 by its total, was recorded 5 / 500 and 5 / 550
+    estimated (the provider's total 55), where OpenAI's keep theirs."""
+    tokenmeter.instrument("google-genai")
+    await gemini_call(mock_genai(GeminiServer(Generated(meta=meta))), is_async, stream=False)
+    record = only(flushed(sink))
+    assert (record.status, record.estimated) == ("ok", False)
+    assert (record.input_tokens, record.output_tokens) == (5, output)
+
+
+@pytest.mark.requires(google_genai=">=1.46")  # HttpOptions(httpx_client=...)
 @pytest.mark.parametrize("status", [200, 502])
 @pytest.mark.parametrize("body", list(UNPARSABLE))
 async def test_a_gemini_success_answer_the_sdk_cannot_parse_has_an_unknown_cost(

@@ -96,6 +96,16 @@ def _requested_tier(config: Any) -> str | None:
         return None
 
 
+def _counts_no_output(meta: Any) -> bool:
+    """A usage block that gives neither an output count nor a total to tell one by: an output
+    count that is there (0 included, or told by the total) is the provider's, as for OpenAI."""
+    try:
+        get = getter(meta, camel=True)
+        return get("candidates_token_count") is None and get("total_token_count") is None
+    except Exception:  # unreadable: read as it was, by the usage reader
+        return False
+
+
 def _read_response(response: Any, call: Call) -> None:
     meta = getattr(response, "usage_metadata", None)
     if meta is None:
@@ -109,6 +119,7 @@ def _read_response(response: Any, call: Call) -> None:
             call.expects_usage
             and usage is not None
             and usage.output_tokens <= usage.reasoning_tokens
+            and _counts_no_output(meta)
         ):
             # Counts the prompt alone (a compatible server's {"promptTokenCount": 100}): the
             # output is estimated from the reply's text, as the same answer streamed is.
