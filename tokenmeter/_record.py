@@ -156,12 +156,7 @@ def emit(
     elif len(model) > MAX_NAME:
         model = model[:MAX_NAME]
     if request_model is not None:
-        if request_model == model:
-            request_model = model
-        else:
-            request_model = _opt_text(request_model)
-            if request_model is not None:  # the name budgets on the response's name know it by
-                _budgets.learn(provider, request_model, model)
+        request_model = model if request_model == model else _opt_text(request_model)
     if error is not None:  # a stream's own error event names it: text from a server
         error = _opt_text(error)
     if not priced:

@@ -494,51 +494,6 @@ def test_the_model_names_responses_gave_are_kept_across_configure(
     assert len(fake.requests) == 3
 
 
-def test_a_budget_on_a_dated_snapshot_checks_its_request_models_calls_before_any_answer(
-    tmp_path: Path, fake: FakeProvider, instrumented: None
-) -> None:
-    """A budget on "gpt-4o-2024-08-06" (the name records and reports give "gpt-4o") checked a
-    "gpt-4o" call only once a response had named it so: every call sent before the first answer
-    came back went through, 20 of 20 concurrent calls where 3 fitted. The calls of a request
-    model no response has named yet are checked against budgets on its dated snapshots too (not
-    on another model whose name begins with its own: "gpt-4o-mini")."""
-    fake.set_model("gpt-4o", "gpt-4o-2024-08-06")
-    under_one_estimate = 0.00001  # "hi" is estimated at 8 tokens, $0.00002
-    memory = configured(
-        tmp_path,
-        [
-            {"name": "snapshot", "limit_usd": under_one_estimate, "model": "gpt-4o-2024-08-06"},
-            {"name": "mini", "limit_usd": under_one_estimate, "model": "gpt-4o-mini"},
-        ],
-    )
-    with pytest.raises(BudgetExceeded) as refused:
-        chat(fake)
-    assert refused.value.budget == "snapshot"
-    assert fake.requests == []
-    assert tokenmeter.flush(5) and [r.status for r in memory.records] == ["blocked"]
-
-
-def test_a_model_budget_configured_later_knows_the_names_earlier_records_gave(
-    tmp_path: Path, fake: FakeProvider, instrumented: None
-) -> None:
-    """The names responses give a request model were learnt only while a budget on a model was
-    in force: a process that had made its calls before configure() added one (a config reload)
-    let every call through it until a new record taught the name again (20 of 20 where 3
-    fitted). Every record teaches it (here a gateway's name, no dated snapshot of the request's)."""
-    fake.set_model("gpt-4o", "gpt-4o-eu-prod")
-    configured(tmp_path, [], budget_ledger="memory")
-    chat(fake)
-    assert tokenmeter.flush(5)
-    configured(
-        tmp_path,
-        [{"limit_usd": 0.00001, "model": "gpt-4o-eu-prod"}],  # under one call's estimate
-        budget_ledger="memory",
-    )
-    with pytest.raises(BudgetExceeded):
-        chat(fake)
-    assert len(fake.requests) == 1
-
-
 def test_a_per_call_budget_refuses_a_request_whose_input_alone_costs_too_much(
     tmp_path: Path, fake: FakeProvider, instrumented: None
 ) -> None:

@@ -20,7 +20,6 @@ import functools
 import logging
 import math
 import os
-import re
 import threading
 import time
 import weakref
@@ -354,8 +353,6 @@ class _Config:
     #: answers as "gpt-4o-2024-08-06", the name records and reports show, so budgets are set on
     #: it): the check only knows the request's name. Learnt from records (``learn``).
     models: dict[tuple[str, str], tuple[str | None, ...]] = field(default_factory=dict)
-    #: request model -> the names of ``_unanswered`` (worked out once per configuration).
-    snapshots: dict[str, tuple[str | None, ...]] = field(default_factory=dict)
     #: When configure() put it in force (``time.perf_counter``, the clock of ``Call.started``):
     #: a call made before it was admitted by an earlier configuration (``settle``).
     since: float = field(default_factory=time.perf_counter)
@@ -377,30 +374,24 @@ class _Config:
                 known = self.models.get((provider, request_model))
             if known is not None:
                 return known
-            return self._unanswered(request_model)
         return (request_model,)
 
-    def _unanswered(self, request_model: str) -> tuple[str | None, ...]:
-        """The names a call of a request model no response has named yet is checked under: its
-        own, and the budgets' model names that are dated snapshots of it (``gpt-4o-2024-08-06``
-        of ``gpt-4o``). Only the request's name, every call sent before the first answer came
-        back went through a budget on the name that answer gives: 20 of 20 concurrent calls
-        where 3 fitted."""
-        found = self.snapshots.get(request_model)
-        if found is None:
-            names = (b.model for b in self.budgets if b.model is not None)
-            found = tuple(
-                dict.fromkeys(
-                    (request_model, *(name for name in names if _snapshot_of(name, request_model)))
-                )
-            )
-            if len(self.snapshots) >= 4096:
-                self.snapshots.clear()
-            self.snapshots[request_model] = found
-        return found
+    def learn(self, record: UsageRecord) -> None:
+        """A record named the model as its response did: later checks of its request model
+        match budgets on that name too (bounded: a few names per model, a few thousand models)."""
+        request_model, name = record.request_model, record.model_name
+        if request_model is None or name == request_model:
+            return
+        self._add(record.model_provider, request_model, name)
 
     def _add(self, provider: str, request_model: str, name: str) -> None:
-        learn(provider, request_model, name)
+        key = (provider, request_model)
+        known = self.models.get(key, (request_model,))
+        if name in known or len(known) > _MAX_RESPONSE_NAMES:
+            return
+        if len(self.models) >= 4096:
+            self.models.clear()
+        self.models[key] = (*known, name)
 
     def in_scope(
         self, provider: str, models: tuple[str | None, ...], session: Any, refusing: bool
@@ -534,36 +525,6 @@ _memory_ledger = MemoryLedger()
 #: the process's, kept across configure() (each configure() forgot them, so the first call of
 #: each request model after it passed a budget on its response's name unchecked).
 _response_names: dict[tuple[str, str], tuple[str | None, ...]] = {}
-#: A dated snapshot's suffix to the model name it is a snapshot of: OpenAI's ``-2024-08-06`` and
-#: ``-0613``, Anthropic's ``-20241022``, Gemini's ``-002`` (not ``-mini``, nor ``-4-5`` of a
-#: ``claude-sonnet-4``: other models).
-_SNAPSHOT_SUFFIX = re.compile(r"\d{4}-\d{2}-\d{2}|\d{8}|\d{3,4}")
-
-
-def _snapshot_of(name: str, request_model: str) -> bool:
-    """Whether budget model ``name`` is a dated snapshot of ``request_model``."""
-    return (
-        name.startswith(request_model)
-        and name[len(request_model) : len(request_model) + 1] == "-"
-        and _SNAPSHOT_SUFFIX.fullmatch(name, len(request_model) + 1) is not None
-    )
-
-
-def learn(provider: str, request_model: str, name: str) -> None:
-    """A record named its request model's model as its response did (``_record.emit``, whether
-    or not a budget is in force): later checks of the request model match budgets on that name
-    too (bounded: a few names per model, a few thousand models). Learnt only while a budget on a
-    model was in force, a budget configure() added later knew none of the names the process's
-    own records had given, and let every call of the request model through until a new record."""
-    key = (provider, request_model)
-    known = _response_names.get(key, (request_model,))
-    if name in known or len(known) > _MAX_RESPONSE_NAMES:
-        return
-    if len(_response_names) >= 4096:
-        _response_names.clear()
-    _response_names[key] = (*known, name)
-
-
 #: Warnings already given: (budget key, period start, fraction, limit: a limit raised in the
 #: period warns again on the way to the new one); past ``_MAX_WARNED`` they start over.
 _warned: set[tuple[str, str, float, float]] = set()
@@ -995,6 +956,9 @@ def settle(record: UsageRecord, session: Any, call: Any) -> None:
     try:
         if _orphans:
             _release_orphans()
+        learning = _config
+        if learning is not None and learning.model_scoped:
+            learning.learn(record)
         reservation: _Reservation | _Config | None = getattr(call, "budget", None)
         if isinstance(reservation, _Config):  # admitted with nothing to reserve (``_check``)
             call.budget = None
