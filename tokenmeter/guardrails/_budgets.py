@@ -1185,37 +1185,6 @@ def _settle_owed_at_exit() -> None:
 _pipeline.before_exit(_settle_owed_at_exit)
 
 
-def _end_calls_at_exit() -> None:
-    """Record the budgeted calls still waiting for their replies as the process exits (daemon
-    threads, a server stopped by SIGTERM), estimated from their requests as a call cut after
-    sending is (it was sent, so billed): each record settles its reservation. Nothing settled
-    them after the exit, and their ceilings stayed reserved in the ledger for the rest of the
-    period, the next process refused that much too early. Whatever is not settled so (a record
-    that could not be made) is given back. A call of such a thread that returns later makes no
-    second record (``Call.finish`` records once)."""
-    from tokenmeter.providers._core import InterruptedAtExit
-
-    try:
-        calls = [ref() for ref in list(_refs.values())]
-    except RuntimeError:  # the dict changed as it was read: the calls end without us
-        return
-    for call in calls:
-        if call is None or call.done:
-            continue
-        call.finish(InterruptedAtExit())
-        reservation = call.budget
-        if isinstance(reservation, _Reservation) and reservation.ref is not None:
-            call.budget = None
-            _refs.pop(id(reservation.ref), None)
-            reservation.ref = None
-            _release(reservation)
-
-
-# Registered last, so run first of the budgets' exit hooks: the records settle in the leases
-# and the owed rows before those are given back. After ``_core``'s open streams, recorded first.
-_pipeline.before_exit(_end_calls_at_exit)
-
-
 def _maybe_warn(
     budget: Budget, start: str, spent: float, fractions: tuple[float, ...], record: UsageRecord
 ) -> None:

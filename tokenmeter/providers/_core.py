@@ -832,12 +832,6 @@ _RETRY_LOOPS = (
 )
 
 
-class InterruptedAtExit(Exception):
-    """A budgeted call still waiting for its reply when the process exits (a daemon thread's, a
-    server's request stopped by SIGTERM): recorded as a call whose reply was cut after sending,
-    an error estimated from its request (``_budgets._end_calls_at_exit``)."""
-
-
 def _cut_after_sending(error: BaseException | None) -> bool:
     """True for an error that came once the request was sent: its reply timed out, or the
     connection broke while it was read (the SDK's timeout or connection error has it as its
@@ -845,10 +839,7 @@ def _cut_after_sending(error: BaseException | None) -> bool:
     (nothing was sent), nor an error the provider reported. A task cancelled while its SDK
     waited to retry was waiting for no reply: it was sent (and billed) only if the attempt
     before ended as a reply cut short, which the cancellation holds as its context."""
-    if error is not None and (
-        (type(error).__name__ in _CANCELLED and not _backing_off(error))
-        or isinstance(error, InterruptedAtExit)
-    ):
+    if error is not None and type(error).__name__ in _CANCELLED and not _backing_off(error):
         return True
     for _ in range(8):  # along the causes, bounded
         if error is None:
