@@ -826,8 +826,9 @@ class _Writer:
                     ok = not self._pending and not self._accused
                     self._offer_sessions(stopped)
                     self._set_aside_pending()
-                    self._answer_flushes_at_stop(ok)
                     _quietly(self.sink.close, self.sink)
+                    self._release_markers(ok=ok)
+                    self._answer_late_flushes(ok)
                     self._report_drops()
                     return
                 self._deliver(time.monotonic())
@@ -838,26 +839,18 @@ class _Writer:
                 time.sleep(0.1)
                 self._rouse()  # take up the delivery it broke off: a flush() may wait
 
-    def _answer_flushes_at_stop(self, ok: bool) -> None:
-        """The writer has written, or set aside, all it held: every flush() waiting for it gets
-        its verdict (with the sink's own flush() first, when it wrote everything), those that
-        came after its last delivery (a flush() while configure() waits for the sinks it
-        replaces) and later ones too, at once (``_stopped``). Before the sink's close(), which
-        no flush() waits for: one that hung (a remote exporter's shutdown) once configure() had
-        replaced the sink made every later flush() of the process hang for ever, though every
-        record was in every sink."""
+    def _answer_late_flushes(self, ok: bool) -> None:
+        """The writer has stopped: the flush() calls that came after its last delivery (a
+        flush() while configure() waits for the sinks it replaces) get its verdict."""
         with self._lock:
             self._stopped = ok
             late = [item for item in self._buffer if type(item) is _FlushMarker]
             if late:
                 self._buffer = deque(i for i in self._buffer if type(i) is not _FlushMarker)
             self._open_marker = None
-        self._markers += late
-        self._release_markers(ok=ok)
-
-    def closing(self) -> bool:
-        """Stopped, with nothing left to write: only its sink's close() may still run."""
-        return self._stopped is not None
+        for marker in late:
+            marker.ok = ok
+            marker.done.set()
 
     def _last_tries(self, stopped: float) -> None:
         """Stopping (a new configuration, the exit): a sink that refused its last write gets the
@@ -2227,20 +2220,11 @@ def set_sinks(
     behind = [
         w for w in ending if w._thread.is_alive() and w._thread is not current and not _held_here(w)
     ]
-    writing = [_name(w.sink) for w in behind if not w.closing()]
-    if writing:
+    if behind:
         logger.error(
             "tokenmeter: sinks %s were still writing after exit_timeout (%ss) when configure() "
             "replaced them; they finish in the background",
-            ", ".join(writing),
-            old_timeout,
-        )
-    closing = [_name(w.sink) for w in behind if w.closing()]
-    if closing:  # every record handed to them is written or set aside: nothing is at risk
-        logger.warning(
-            "tokenmeter: sinks %s were still closing after exit_timeout (%ss) when configure() "
-            "replaced them; they close in the background",
-            ", ".join(closing),
+            ", ".join(_name(w.sink) for w in behind),
             old_timeout,
         )
     with _locked():
@@ -2364,21 +2348,9 @@ def _flush_at_exit() -> None:
     # A writer still at work (setting aside what its sink refused, closing it) is cut off when
     # the interpreter ends: what it still holds is lost, not failed and set aside.
     cut_off = [w for w in [*writers, *_ending] if w._thread.is_alive()]
-    # One only closing its sink has written or set aside every record: not "did not accept".
-    closing = [_name(w.sink) for w in cut_off if w.closing()]
-    late = [_name(w.sink) for w in cut_off if not w.closing()]
-    timed_out = [name for name in timed_out if name not in closing]
+    late = [_name(w.sink) for w in cut_off]
     timed_out += [name for name in late if name not in timed_out]
     failed = [name for name in failed if name not in timed_out]
-    if closing:
-        _through_interrupts(
-            functools.partial(
-                logger.warning,
-                "tokenmeter: sinks %s were still closing at the end of exit_timeout",
-                ", ".join(closing),
-            ),
-            stoppable=False,
-        )
     _through_interrupts(
         lambda: _report_unflushed(failed, timed_out, "every record at exit"), stoppable=False
     )
