@@ -27,7 +27,7 @@ from tokenmeter._models import SessionInfo, UsageRecord
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (tokenmeter[postgres])")
 
-from tokenmeter.sinks.postgres import SCHEMA_VERSION, PostgresSink  # noqa: E402
+from tokenmeter.sinks.postgres import SCHEMA_VERSION, PostgresSink, check_dsn  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -198,6 +198,15 @@ def test_a_dbname_that_is_a_connection_string_is_refused_without_showing_it() ->
         with pytest.raises(ValueError, match="dbname is itself a connection string") as refused:
             PostgresSink(dsn)
         assert "S3cretPW42" not in str(refused.value)
+
+
+def test_a_database_named_with_an_equals_sign_in_a_urls_path_is_taken() -> None:
+    """A URL's path names the database as it is (psycopg and psql connect to "team=a"): it was
+    refused as a connection string (review3 item 4); a keyword DSN's dbname still is."""
+    assert check_dsn("postgresql://tm@127.0.0.1:1/team%3Da")[0].endswith("/team%3Da")
+    assert check_dsn("postgresql://tm@127.0.0.1:1/team%3Da?schema=s")[1] == "s"
+    with pytest.raises(ValueError, match="dbname is itself a connection string"):
+        check_dsn("host=127.0.0.1 dbname='team=a'")
     assert PostgresSink("host=127.0.0.1 dbname=llm_usage").schema == "tokenmeter"  # a name
 
 

@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.sinks.sqlite import _RECORD_COLUMNS as RECORD_COLUMNS
@@ -491,6 +491,9 @@ def check_dsn(dsn: object, schema: str | None = None) -> tuple[str, str]:
     return dsn, chosen
 
 
+_URL_SCHEMES = ("postgresql://", "postgres://")
+
+
 def check_dbname(dsn: str) -> None:
     """ValueError, never quoting ``dsn``, for one whose ``dbname`` is itself a connection string
     (``dbname='postgresql://tm:pw@db/llm'``, ``dbname='user=tm password=pw'``, or a URL's
@@ -501,12 +504,18 @@ def check_dbname(dsn: str) -> None:
     a DSN libpq cannot read is told at connecting, its password hidden."""
     psycopg = _psycopg()
     try:
+        in_path = False
         if dsn.lower().startswith(("postgresql://", "postgres://")):
             dsn = split_schema(dsn)[0]
-        database = str(psycopg.conninfo.conninfo_to_dict(dsn).get("dbname") or "")
+            query = dsn.partition("?")[2].partition("#")[0]
+            in_path = "dbname" not in dict(parse_qsl(query))
+        database = str(psycopg.conninfo.conninfo_to_dict(dsn).get("dbname") or "").lower()
     except (psycopg.Error, ValueError):
         return
-    if "=" in database or database.lower().startswith(("postgresql://", "postgres://")):
+    # A URL's path names the database as it is: postgresql://tm@db/team%3Da is the database
+    # "team=a"; only one that holds a password or a URL is refused there.
+    held = ("password=",) if in_path else ("=",)
+    if any(part in database for part in held) or database.startswith(_URL_SCHEMES):
         raise ValueError(
             "the DSN's dbname is itself a connection string, which psycopg would take as the "
             "database's name: write its parameters in the DSN itself"
