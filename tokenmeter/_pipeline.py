@@ -589,7 +589,8 @@ class _Writer:
         #: When its sink's current write began (None between writes): see ``_behind``.
         self._writing_since: float | None = None
         #: The items handed to that write: at risk, not set aside, when the exit cuts the
-        #: writer off there (``abandon``).
+        #: writer off there (``abandon``). Set before ``_writing_since``: an exit between the two
+        #: finds the writer outside a write, never inside one with nothing in it.
         self._in_write: Sequence[Any] = ()
         #: Ids of the items an isolation pass has written or set aside while they are still in
         #: ``_pending`` (it takes its runs out at its end): never set aside by ``abandon``.
@@ -886,7 +887,7 @@ class _Writer:
             if not isinstance(run[0], SessionInfo):
                 index += 1
                 continue
-            self._writing_since, self._in_write = time.monotonic(), run
+            self._in_write, self._writing_since = run, time.monotonic()
             try:
                 self._write(run)
             except BaseException as exc:
@@ -991,7 +992,7 @@ class _Writer:
         while self._pending:
             run = self._pending[0]
             chunk = run if len(run) <= _CHUNK else run[:_CHUNK]
-            self._writing_since, self._in_write = time.monotonic(), chunk
+            self._in_write, self._writing_since = chunk, time.monotonic()
             try:
                 self._write(chunk)
             except BaseException as exc:
@@ -1117,7 +1118,7 @@ class _Writer:
         are: a sink down and slow to fail spends the exit in these, and a writer cut off there
         had nothing set aside (``abandon``: 0 of 500 records). Raises ``_Abandoned`` when the
         exit set aside what the writer held meanwhile."""
-        self._writing_since, self._in_write = time.monotonic(), run
+        self._in_write, self._writing_since = run, time.monotonic()
         try:
             self._write(run)
         except BaseException as exc:
@@ -1383,7 +1384,7 @@ class _Writer:
             if error is None and not taken and len(refused) >= 2:
                 error = last  # not tried: the sink's sessions side is down
             if error is None:
-                self._writing_since, self._in_write = time.monotonic(), [item]
+                self._in_write, self._writing_since = [item], time.monotonic()
                 try:
                     self._write([item])
                 except BaseException as exc:
