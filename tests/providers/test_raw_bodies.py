@@ -870,3 +870,87 @@ async def test_a_raw_stream_read_whole_in_one_line_is_recorded_from_its_body(
     record = only(records())
     assert (record.estimated, record.status) == (False, "ok")
     assert record.output_tokens == fake.anthropic_usage.output_tokens
+
+
+#: Bodies sent through the SDK's generic ``client.post(path, cast_to=httpx.Response, body=...)``
+#: (the SDKs' documented way to an endpoint or a field their typed methods lack; a relay's way to
+#: pass a request on): provider, path, body. A chat stream asks for its usage itself.
+POSTED: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "chat": ("openai", "/chat/completions", {"model": "gpt-4o", "messages": MESSAGES}),
+    "chat stream": (
+        "openai",
+        "/chat/completions",
+        {
+            "model": "gpt-4o",
+            "messages": MESSAGES,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ),
+    "messages": (
+        "anthropic",
+        "/v1/messages",
+        {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": MESSAGES},
+    ),
+    "messages stream": (
+        "anthropic",
+        "/v1/messages",
+        {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": MESSAGES, "stream": True},
+    ),
+}
+
+
+async def typed(client: Any, provider: str, body: dict[str, Any], kit: ModuleType) -> None:
+    """The same request through the SDK's typed method, its answer read to its end."""
+    create = client.chat.completions.create if provider == "openai" else client.messages.create
+    result = await kit.maybe(create(**body))
+    if body.get("stream"):
+        await kit.drain(result)
+
+
+def post(client: Any, provider: str, path: str, body: dict[str, Any], **kwargs: Any) -> Any:
+    """``client.post(path, cast_to=httpx.Response, body=body)``: the HTTP response itself."""
+    http = http_of(importlib.import_module(f"{provider}._base_client"))
+    return client.post(path, cast_to=http.Response, body=body, **kwargs)
+
+
+async def posted(
+    client: Any, call: tuple[str, str, dict[str, Any]], read: str, is_async: bool, kit: ModuleType
+) -> str:
+    """A ``POSTED`` call's HTTP response, its body read through ``read``, then closed."""
+    provider, path, body = call
+    response = await kit.maybe(post(client, provider, path, body, stream=bool(body.get("stream"))))
+    text = await read_http(response, read, is_async)
+    await kit.maybe(response.aclose() if is_async else response.close())
+    return text
+
+
+def without_ids(text: str) -> str:
+    """A body without the ids and times the fake makes up."""
+    return re.sub(r'"(\w*id|created\w*)": ?("[^"]*"|\d+)', "", text)
+
+
+@pytest.mark.parametrize("read", ["read", "iter_lines", "iter_bytes"])
+@pytest.mark.parametrize("call", list(POSTED))
+async def test_a_body_asked_for_as_the_http_response_is_recorded_as_the_typed_call(
+    fake: FakeProvider, records: Records, kit: ModuleType, is_async: bool, call: str, read: str
+) -> None:
+    """``client.post(..., cast_to=httpx.Response)`` returns the HTTP response unparsed: its usage
+    was never read, the call recorded as an estimate of its request with 0 output (an Anthropic
+    message of 175 input and 12 output tokens, $0.000735: 10 and 0, $0.00003; an OpenAI chat
+    of 19 and 10: 10 and 0), streamed or not. Now read as the typed call's answer is."""
+    provider, _, body = POSTED[call]
+    client = client_of(fake, provider, is_async)
+    bare = await posted(client, POSTED[call], read, is_async, kit)
+    tokenmeter.instrument(provider)
+
+    seen = await posted(client, POSTED[call], read, is_async, kit)
+    posted_record = only(records())
+    await typed(client, provider, body, kit)
+    typed_record = records()[-1]
+
+    assert without_ids(seen) == without_ids(bare)
+    assert len(records()) == 2
+    assert summary(posted_record) == summary(typed_record)
+    assert posted_record.estimated is False and posted_record.status == "ok"
+    assert posted_record.output_tokens > 0 and posted_record.estimated_cost_usd
