@@ -15,6 +15,7 @@ import importlib
 import inspect
 import json
 import sys
+import typing
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -228,10 +229,15 @@ class StainlessAdapter:
         new_options = options
         http_body = _is_http_class(args[0] if args else kwargs.get("cast_to"))
         if streamed:
-            if raw == "stream" or (self._refusing and _server(client) in self._refusing):
-                # A streaming response's body is the caller's to read line by line: what it did
-                # not ask for cannot be hidden there. (A raw response is read through parse(),
-                # whose stream hides the usage chunk as any stream does.)
+            if (
+                raw == "stream"
+                or http_body
+                or (self._refusing and _server(client) in self._refusing)
+            ):
+                # A streaming response's body, or the HTTP response itself (``cast_to=
+                # httpx.Response``), is the caller's to read line by line: what it did not ask
+                # for cannot be hidden there. (A raw response is read through parse(), whose
+                # stream hides the usage chunk as any stream does.)
                 hide = False
             else:
                 new_options, hide = self.prepare(options, endpoint, streamed)
@@ -1142,7 +1148,32 @@ def _take(call: Call, endpoint: Endpoint, parsed: Any) -> None:
 def _stream_proxy(plan: StainlessPlan, stream: Any, is_async: bool) -> Any:
     """The SDK stream, read as it is consumed by the endpoint's reader."""
     plan.call.reader = reader = plan.endpoint.new_reader(plan.hide_usage_chunk)
+    if _of_dicts(stream):
+        reader = _DictChunks(reader)
     return (AsyncStreamProxy if is_async else SyncStreamProxy)(stream, plan.call, reader)
+
+
+def _of_dicts(stream: Any) -> bool:
+    """True for an SDK stream whose chunks are dicts: one asked for through the generic
+    ``client.post(..., cast_to=object, stream=True)``, with ``stream_cls=Stream[dict]`` or not
+    (a relay passing a request on)."""
+    cast_to = getattr(stream, "_cast_to", None)
+    return cast_to is object or cast_to is dict or typing.get_origin(cast_to) is dict
+
+
+class _DictChunks:
+    """A stream reader fed dict chunks, each read as its model would be (``_Fields``). Read as
+    they were, a dict gave no usage, and the usage-only chunk tokenmeter asked for reached the
+    caller. It has no ``quiet``: the proxy feeds it every chunk (a dict's usage is no
+    attribute the proxy's own check could see)."""
+
+    __slots__ = ("models",)
+
+    def __init__(self, reader: StreamReader) -> None:
+        self.models = reader
+
+    def feed(self, chunk: Any, call: Call) -> bool:
+        return self.models.feed(_fields(chunk) if type(chunk) is dict else chunk, call)
 
 
 def keep_names(call: Call, parsed: Any) -> None:
