@@ -954,3 +954,64 @@ async def test_a_body_asked_for_as_the_http_response_is_recorded_as_the_typed_ca
     assert summary(posted_record) == summary(typed_record)
     assert posted_record.estimated is False and posted_record.status == "ok"
     assert posted_record.output_tokens > 0 and posted_record.estimated_cost_usd
+
+
+#: Typed streams, each as a relay makes one before passing its body on through its own HTTP
+#: response. The chat stream asks for its usage itself: nothing is added to its body then.
+TYPED_STREAMS: dict[str, tuple[str, Create]] = {
+    "chat stream": (
+        "openai",
+        lambda c: c.chat.completions.create(
+            model="gpt-4o",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        ),
+    ),
+    "responses stream": (
+        "openai",
+        lambda c: c.responses.create(model="gpt-4o", input="hi", stream=True),
+    ),
+    "messages stream": (
+        "anthropic",
+        lambda c: c.messages.create(
+            model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES, stream=True
+        ),
+    ),
+}
+
+
+async def relayed_stream(
+    client: Any, create: Create, read: str, is_async: bool, kit: ModuleType
+) -> str:
+    """A typed stream's body read through its ``response`` (``read``), then the stream closed."""
+    stream = await kit.maybe(create(client))
+    text = await read_http(stream.response, read, is_async)
+    await kit.maybe(stream.close())
+    return text
+
+
+@pytest.mark.parametrize("read", ["iter_lines", "iter_bytes"])
+@pytest.mark.parametrize("call", list(TYPED_STREAMS))
+async def test_a_typed_stream_relayed_through_its_response_is_read_as_it_passes(
+    fake: FakeProvider, records: Records, kit: ModuleType, is_async: bool, call: str, read: str
+) -> None:
+    """``StreamingResponse(stream.response.iter_bytes())``: a typed stream's body passed on
+    through its own HTTP response was never read, the call recorded as an estimate of its
+    request with 0 output (an Anthropic stream of 175 input and 12 output tokens, $0.000735:
+    9 and 0, $0.000027; an OpenAI chat stream of 19 and 10: 10 and 0)."""
+    provider, create = TYPED_STREAMS[call]
+    client = client_of(fake, provider, is_async)
+    bare = await relayed_stream(client, create, read, is_async, kit)
+    tokenmeter.instrument(provider)
+
+    seen = await relayed_stream(client, create, read, is_async, kit)
+    relayed_record = only(records())
+    await kit.drain(await kit.maybe(create(client)))
+    typed_record = records()[-1]
+
+    assert without_ids(seen) == without_ids(bare)
+    assert len(records()) == 2
+    assert summary(relayed_record) == summary(typed_record)
+    assert relayed_record.estimated is False and relayed_record.status == "ok"
+    assert relayed_record.output_tokens > 0 and relayed_record.estimated_cost_usd

@@ -1150,7 +1150,23 @@ def _stream_proxy(plan: StainlessPlan, stream: Any, is_async: bool) -> Any:
     plan.call.reader = reader = plan.endpoint.new_reader(plan.hide_usage_chunk)
     if _of_dicts(stream):
         reader = _DictChunks(reader)
-    return (AsyncStreamProxy if is_async else SyncStreamProxy)(stream, plan.call, reader)
+    proxy = (AsyncStreamProxy if is_async else SyncStreamProxy)(stream, plan.call, reader)
+    client = getattr(stream, "_client", None)
+    if client is not None:
+        proxy._self_http_reader = functools.partial(_stream_http, plan, client, is_async)
+    return proxy
+
+
+def _stream_http(plan: StainlessPlan, client: Any, is_async: bool, stream: Any, http: Any) -> Any:
+    """A typed stream's ``response``, its body read as it passes by (``iter_*()``): a relay
+    passing the stream on (``StreamingResponse(stream.response.iter_bytes())``) had nothing read,
+    and the call was recorded as an estimate of its request with 0 output. Its events are parsed
+    as the stream's own (its ``_cast_to``). Closing it records the call, as before."""
+    try:
+        return _HTTPBody(http, _sdk_response(plan, http, client, stream._cast_to, is_async))
+    except Exception:
+        _core.fault("reading a stream's HTTP response")
+        return _core._ClosingResponse(http, plan.call)
 
 
 def _of_dicts(stream: Any) -> bool:
