@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -1785,6 +1786,46 @@ def test_configure_rejects_a_sink_with_async_methods() -> None:
 
     with pytest.raises(ValueError, match=r"AsyncSink.write\(\) is async"):
         tokenmeter.configure(sinks=[AsyncSink()])
+
+
+def test_a_sink_whose_write_returns_a_coroutine_has_its_records_set_aside(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An ``async def write`` behind a plain decorator (``functools.wraps``: not a coroutine
+    function for configure()'s check) returned a coroutine nobody awaited: 0 of 20 records
+    stored, flush() True and nothing logged. Now the write counts as failed: reported, flush()
+    False, and the records kept, then set aside when the sink is replaced."""
+
+    def timed(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def timed_call(*args: Any, **kwargs: Any) -> Any:
+            return method(*args, **kwargs)
+
+        return timed_call
+
+    class AsyncHTTPSink(InMemorySink):
+        @timed
+        async def write(self, records: Sequence[UsageRecord]) -> None:  # type: ignore[override]
+            super().write(records)
+
+    sink = AsyncHTTPSink()
+    tokenmeter.configure(sinks=[sink])
+    with caplog.at_level(logging.WARNING, logger="tokenmeter"):
+        made = [tokenmeter.record("openai", "gpt-4o", i + 1, 1) for i in range(20)]
+        assert not tokenmeter.flush(30)
+    assert sink.records == []
+    assert any("write() returned a coroutine" in r.message for r in caplog.records)
+    quarantine = Path(".tokenmeter") / "quarantine.jsonl"
+
+    def set_aside() -> list[str]:
+        lines = quarantine.read_text(encoding="utf-8").splitlines() if quarantine.exists() else []
+        return sorted(json.loads(line)["record"]["id"] for line in lines)
+
+    # A sink that takes nothing is down, not refusing bad records: it keeps them until it is
+    # replaced (or the exit), which sets them aside.
+    tokenmeter.configure(sinks=[InMemorySink()])
+    wait_for(lambda: len(set_aside()) == len(made), "every record set aside")
+    assert set_aside() == sorted(r.id for r in made)
 
 
 SCRIPT = """

@@ -70,6 +70,7 @@ import contextlib
 import errno
 import functools
 import importlib
+import inspect
 import itertools
 import json
 import logging
@@ -534,6 +535,20 @@ class _Abandoned(Exception):
     """Raised by a write of an isolation pass (``_Writer._try_alone``) once the exit has set
     aside what the writer held meanwhile (``_Writer.abandon``): the pass holds copies of items
     that are no longer the writer's, and must stop there."""
+
+
+def _not_a_coroutine(sink: Sink, method: str, result: object) -> None:
+    """Raise when a sink's ``method`` returned a coroutine: an ``async def`` behind a plain
+    decorator (or a ``functools.partial``) passes configure()'s check, and nothing awaits it,
+    so nothing was written; flush() said True with the sink holding none of the records.
+    Raised, it is the writer's usual failure: reported, retried, then set aside. Only a
+    coroutine: it never ran, where a task or future returned may be running elsewhere."""
+    if inspect.iscoroutine(result):
+        result.close()  # never to be awaited: no "was never awaited" warning
+        raise TypeError(
+            f"{_name(sink)}.{method}() returned a coroutine, which tokenmeter does not await "
+            f"(it calls sinks from a thread of its own): make it a plain method"
+        )
 
 
 class _Writer:
@@ -1077,18 +1092,25 @@ class _Writer:
     def _write(self, run: Sequence[Any]) -> None:
         first = run[0]
         copy = self._copy
+        write: Callable[[Sequence[Any]], object] = self.sink.write  # may return a coroutine
         if type(first) is tuple:  # a run of rows or of packed records (runs are of one kind)
             if self.make_row is not None:  # rows made on the callers' threads
                 self.sink._write_rows(run)  # type: ignore[attr-defined]
             else:  # unpacked at the same pace as the sink's own work on the records
                 unpacked = map(unpack, _paced(iter(run)))
-                self.sink.write(_Paced(unpacked if copy is None else map(copy, unpacked)))
+                result = write(_Paced(unpacked if copy is None else map(copy, unpacked)))
+                if result is not None:
+                    _not_a_coroutine(self.sink, "write", result)
         elif not isinstance(first, SessionInfo):
-            self.sink.write(_Paced(run if copy is None else map(copy, _paced(iter(run)))))
+            result = write(_Paced(run if copy is None else map(copy, _paced(iter(run)))))
+            if result is not None:
+                _not_a_coroutine(self.sink, "write", result)
         else:
             write_sessions = getattr(self.sink, "write_sessions", None)
             if write_sessions is not None:
-                write_sessions(run if copy is None else list(map(copy, run)))
+                result = write_sessions(run if copy is None else list(map(copy, run)))
+                if result is not None:
+                    _not_a_coroutine(self.sink, "write_sessions", result)
 
     def _judge_accused(self) -> None:
         """The sink has just taken a write: an accused item that fails now too has failed right
