@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -286,12 +286,13 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_module(*args: str) -> subprocess.Popen[str]:
+def start_module(*args: str, stdout: IO[str] | int = subprocess.PIPE) -> subprocess.Popen[str]:
     """``python -m tokenmeter ARGS`` started in a real subprocess (``tail -f``), its stdout and
-    stderr pipes of text."""
+    stderr pipes of text; ``stdout`` a file instead, to poll what it printed without blocking
+    on a line that may never come."""
     return subprocess.Popen(
         [sys.executable, "-m", "tokenmeter", *args],
-        stdout=subprocess.PIPE,
+        stdout=stdout,
         stderr=subprocess.PIPE,
         text=True,
         env=subprocess_env(),

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 
 from tokenmeter._models import UsageRecord
 from tokenmeter.cli._source import Source
@@ -165,6 +166,44 @@ def test_follow_started_before_the_first_record_waits_for_it(kind: str, tmp_path
     finally:
         if proc.poll() is None:
             proc.kill()
+    assert proc.returncode == 0
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+@pytest.mark.parametrize("lines", ["10", "0"])
+def test_follow_started_before_the_first_record_prints_all_of_the_first_write(
+    kind: str, lines: str, tmp_path: Path
+) -> None:
+    """The application's first flush held 25 records (a burst of calls): `tail -f`, waiting
+    for them, printed the last `-n` of them only (10; none with `-n 0`): all were written after
+    it began and are new."""
+    path = tmp_path / ("usage.db" if kind == "sqlite" else "usage.jsonl")
+    printed = tmp_path / "printed.txt"
+    args = ["tail", "-f", "-n", lines, "--interval", "0.1", "--source", str(path)]
+
+    def shown() -> list[str]:
+        return [line.split()[1] for line in printed.read_text(encoding="utf-8").splitlines()]
+
+    with printed.open("w", encoding="utf-8") as out:
+        proc = start_module(*args, stdout=out)
+    try:
+        assert proc.stderr is not None
+        assert "waiting for the first record" in proc.stderr.readline()
+        sink: SQLiteSink | JSONLSink = SQLiteSink(path) if kind == "sqlite" else JSONLSink(path)
+        try:
+            sink.write(_new_records(70, 25, "burst"))
+            wait_for(lambda: "openai/burst-24" in shown(), "the first write's last record")
+            sink.write(_new_records(95, 1, "after"))
+            wait_for(lambda: "openai/after-0" in shown(), "the next write's record")
+        finally:
+            sink.close()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert shown() == [f"openai/burst-{i}" for i in range(25)] + ["openai/after-0"]
     assert proc.returncode == 0
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
 

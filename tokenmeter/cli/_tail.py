@@ -421,14 +421,18 @@ def _recorded_source(given: str | None) -> Source:
     return source
 
 
-def _when_recorded(args: argparse.Namespace) -> _SqliteFollower | _JsonlFollower | None:
+def _when_recorded(
+    args: argparse.Namespace,
+) -> tuple[_SqliteFollower | _JsonlFollower, bool] | None:
     """``-f`` started before anything was recorded (tail in one terminal, then the application
-    in another) waits for the store, as ``tail -F`` does; None once Ctrl-C ends the wait."""
+    in another) waits for the store, as ``tail -F`` does; None once Ctrl-C ends the wait. With
+    the follower, whether it had to wait: then all the store holds was written since tail
+    began, and is new to the reader."""
     said = False
     try:
         while True:
             try:
-                return _follower(_recorded_source(args.source))
+                return _follower(_recorded_source(args.source)), said
             except NoSourceYet as exc:
                 if not said:
                     print(f"tokenmeter tail: {exc}; waiting for the first record", file=sys.stderr)
@@ -439,11 +443,12 @@ def _when_recorded(args: argparse.Namespace) -> _SqliteFollower | _JsonlFollower
 
 
 def run_tail(args: argparse.Namespace) -> int:
+    waited = False
     if args.follow:
-        waited = _when_recorded(args)
-        if waited is None:
+        found = _when_recorded(args)
+        if found is None:
             return 0
-        follower = waited
+        follower, waited = found
     else:
         follower = _follower(resolve_source(args.source), finished=True)
     source_path = follower.path
@@ -451,7 +456,10 @@ def run_tail(args: argparse.Namespace) -> int:
     console = None if as_json else _colour_console()
     try:
         try:  # the latest records, printed as they are read
-            _emit(follower.last(args.lines), as_json, console)
+            # A store waited for holds only records written since tail began: all are shown
+            # (cut to the last -n, a first batch larger than that lost its first records).
+            first = follower.new() if waited else follower.last(args.lines)
+            _emit(first, as_json, console)
         except sqlite3.Error as exc:
             raise CliError(f"cannot read {source_path}: {exc}") from None
         while args.follow:
