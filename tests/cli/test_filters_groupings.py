@@ -644,6 +644,34 @@ def test_latency_percentiles(cli: RunCli, data: Path) -> None:
     assert "p95 latency" in out and "400 ms" in out
 
 
+def test_latency_of_a_row_without_latencies_is_null(cli: RunCli, tmp_path: Path) -> None:
+    """``--latency --format json``: a row whose calls report no latency (``record()``, estimated
+    or blocked calls) had no ``latency_p50_ms`` / ``latency_p95_ms`` keys at all, where the
+    other rows had them: a consumer's ``row["latency_p50_ms"]`` failed. CSV lacked the columns
+    when no row had a latency."""
+    timed = [
+        rec(n, "2026-11-02T10:00:00.000Z", "openai", "gpt-4o", 10, 5, "0.01").model_copy(
+            update={"latency_ms": latency}
+        )
+        for n, latency in ((1, 120.0), (2, 300.0))
+    ]
+    untimed = [rec(3, "2026-11-02T10:00:00.000Z", "openai", "gpt-4o-mini", 10, 5, "0.01")]
+    for source in (
+        write_sqlite(tmp_path / "u.db", timed + untimed, []),
+        write_jsonl(tmp_path / "u.jsonl", timed + untimed),
+    ):
+        rows = keys(report(cli, source, "--by", "model", "--latency"), "model")
+        found = {key: (row["latency_p50_ms"], row["latency_p95_ms"]) for key, row in rows.items()}
+        assert found == {("gpt-4o",): (120.0, 300.0), ("gpt-4o-mini",): (None, None)}
+        plain = report(cli, source, "--by", "model")["rows"]
+        assert not any("latency_p50_ms" in row for row in plain)
+    only_untimed = write_sqlite(tmp_path / "untimed.db", untimed, [])
+    code, out, err = cli("report", "--source", str(only_untimed), "--latency", "--format", "csv")
+    assert code == 0, err
+    header = out.splitlines()[0].split(",")
+    assert header[-2:] == ["latency_p50_ms", "latency_p95_ms"]
+
+
 @pytest.mark.parametrize("windows", [True, False])
 def test_latency_percentiles_are_nearest_ranks_in_groups_of_any_size(
     cli: RunCli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, windows: bool

@@ -342,6 +342,8 @@ class Report:
     filters: str = ""  # as ``Filters.describe`` words them; "" when every record counts
     tz: tzinfo = UTC
     previous: Report | None = None  # the same query over the period before (``--compare``)
+    #: p50 / p95 latency were asked for (``--latency``): every row has them, None where unknown.
+    latency: bool = False
     #: Every tag key in the data, most used first (``Query.tag_values`` > 0), else None.
     tags: list[TagSection] | None = None
     more_tag_keys: int = 0  # tag keys beyond those in ``tags`` (too many to total each)

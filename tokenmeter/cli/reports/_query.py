@@ -236,6 +236,7 @@ def run_query(source: Source, query: Query, progress: Progress | None = None) ->
         skipped_lines=skipped,
         filters=query.filters.describe(),
         tz=query.tz,
+        latency=query.latency,
     )
 
 

@@ -556,8 +556,15 @@ def render_markdown(report: Report) -> str:
 
 
 def _totals_json(
-    totals: Totals, whole: Totals, row: Row | None = None, previous: Totals | None = None
+    totals: Totals,
+    whole: Totals,
+    row: Row | None = None,
+    previous: Totals | None = None,
+    latency: bool = False,
 ) -> dict[str, Any]:
+    """A row's (or the totals') figures. ``latency``: the report was asked for latencies, so a
+    row has both keys, None where none of its calls reported one (a consumer reading
+    ``row["latency_p50_ms"]`` failed on such a row), as an unknown cost is None."""
     document: dict[str, Any] = {
         "calls": totals.calls,
         "input_tokens": totals.input_tokens,
@@ -576,9 +583,9 @@ def _totals_json(
         if totals.avg_cost_per_call is None
         else to_pico_usd_precision(totals.avg_cost_per_call),
     }
-    if row is not None and row.latency is not None:
-        document["latency_p50_ms"] = row.latency.p50_ms
-        document["latency_p95_ms"] = row.latency.p95_ms
+    if row is not None and (latency or row.latency is not None):
+        document["latency_p50_ms"] = None if row.latency is None else row.latency.p50_ms
+        document["latency_p95_ms"] = None if row.latency is None else row.latency.p95_ms
     if previous is not None:
         document["previous_cost_usd"] = previous.cost
         document["previous_calls"] = previous.calls
@@ -604,7 +611,11 @@ def json_pieces(report: Report) -> Iterator[str]:
             {
                 **dict(zip(breakdown.columns, row.key, strict=True)),
                 **_totals_json(
-                    row.totals, report.totals, row, report.previous_totals(breakdown, row.key)
+                    row.totals,
+                    report.totals,
+                    row,
+                    report.previous_totals(breakdown, row.key),
+                    report.latency,
                 ),
             }
             for row in compared_rows(report)
@@ -680,7 +691,7 @@ def csv_pieces(report: Report) -> Iterator[str]:
         return
     breakdown = report.main
     metrics = list(_totals_json(report.totals, report.totals))
-    if any(row.latency for row in breakdown.rows):
+    if report.latency or any(row.latency for row in breakdown.rows):
         metrics += ["latency_p50_ms", "latency_p95_ms"]
     if report.previous is not None:
         metrics += ["previous_cost_usd", "previous_calls"]
