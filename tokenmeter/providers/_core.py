@@ -1007,10 +1007,6 @@ class _StreamProxyBase(SDKObjectProxy):
         #: counted here, without a call per chunk.
         self._self_quietly = hasattr(reader, "quiet")
         self._self_response: Any = None
-        #: Set by an adapter that reads a body as it passes: ``(stream, http) ->`` the stream's
-        #: HTTP response as the caller gets it (``response``); None, one whose ``close()``
-        #: records the call.
-        self._self_http_reader: Callable[[Any, Any], Any] | None = None
         #: The proxy this one is a ``copy.copy()`` of (kept alive by it; see ``__copy__``).
         self._self_origin: Any = None
 
@@ -1042,15 +1038,9 @@ class _StreamProxyBase(SDKObjectProxy):
 
         OpenAI's ``ChatCompletionStream``/``ResponseStream`` helpers close ``raw_stream.response``,
         not the raw stream, when their ``with`` block is left: this makes that close record at once.
-        A relay passing the stream's body on (``stream.response.iter_bytes()``) has it read as it
-        passes, where the adapter can (``_self_http_reader``).
         """
         if self._self_response is None:
-            http, made = self.__wrapped__.response, self._self_http_reader
-            if made is not None:
-                self._self_response = made(self.__wrapped__, http)
-            else:
-                self._self_response = _ClosingResponse(http, self._self_call)
+            self._self_response = _ClosingResponse(self.__wrapped__.response, self._self_call)
         return self._self_response
 
     def __del__(self) -> None:  # abandoned without being drained or closed: record what it said

@@ -11,11 +11,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import importlib
 import inspect
 import json
 import sys
-import typing
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -69,9 +67,6 @@ class StainlessPlan(Plan):
     given: tuple[StainlessAdapter, Any, tuple[Any, ...], dict[str, Any]] | None = None
     #: The client runs middleware (anthropic 2.15+), which may answer from a cache of its own.
     middleware: bool = False
-    #: The caller asked for the HTTP response itself (``client.post(..., cast_to=httpx.Response)``):
-    #: the client, to read its body as the SDK would have (``_HTTPBody``).
-    http_body_of: Any = None
 
     def as_given(self, error: Exception) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         if self.given is None:
@@ -227,17 +222,11 @@ class StainlessAdapter:
         )
         promised, given = False, None
         new_options = options
-        http_body = _is_http_class(args[0] if args else kwargs.get("cast_to"))
         if streamed:
-            if (
-                raw == "stream"
-                or http_body
-                or (self._refusing and _server(client) in self._refusing)
-            ):
-                # A streaming response's body, or the HTTP response itself (``cast_to=
-                # httpx.Response``), is the caller's to read line by line: what it did not ask
-                # for cannot be hidden there. (A raw response is read through parse(), whose
-                # stream hides the usage chunk as any stream does.)
+            if raw == "stream" or (self._refusing and _server(client) in self._refusing):
+                # A streaming response's body is the caller's to read line by line: what it did
+                # not ask for cannot be hidden there. (A raw response is read through parse(),
+                # whose stream hides the usage chunk as any stream does.)
                 hide = False
             else:
                 new_options, hide = self.prepare(options, endpoint, streamed)
@@ -269,10 +258,7 @@ class StainlessAdapter:
             else:
                 kwargs = {**kwargs, "options": new_options}
         middleware = bool(getattr(client, "_middleware", None))
-        plan = StainlessPlan(call, args, kwargs, endpoint, streamed, hide, raw, given, middleware)
-        if http_body:
-            plan.http_body_of = client
-        return plan
+        return StainlessPlan(call, args, kwargs, endpoint, streamed, hide, raw, given, middleware)
 
     def _route(self, route: tuple[Any, Any]) -> Endpoint | None:
         """``endpoint()`` for a (method, url) seen for the first time (remembered: apps call the
@@ -290,8 +276,6 @@ class StainlessAdapter:
         if plan.raw is not None and hasattr(result, "parse") and hasattr(result, "http_response"):
             raw = _StreamingResponseProxy if plan.raw == "stream" else _RawResponseProxy
             return raw(result, plan, is_async)
-        if plan.http_body_of is not None and _is_http_class(type(result)):
-            return _http_body(plan, result, is_async)
         if plan.streamed:
             return _stream_proxy(plan, result, is_async)
         if plan.middleware and _replayed(result):
@@ -566,108 +550,6 @@ class _ReadThroughHTTP(SDKObjectProxy):
 
     def aiter_lines(self, *args: Any, **kwargs: Any) -> Any:
         return self._self_through(self.__wrapped__.aiter_lines(*args, **kwargs), _line)
-
-
-class _HTTPBody(_ReadThroughHTTP):
-    """An HTTP response the caller holds itself: the one ``client.post(..., cast_to=
-    httpx.Response, stream=True)`` returns (a relay passing a request on, an endpoint the typed
-    methods lack), or a typed stream's ``response``. Its body is read as it passes by
-    (``iter_*()``), or, read whole (``read()``), when it is closed or collected; closing it
-    records the call (an SDK's stream helper closes its stream's ``response``). Not read, the
-    call was recorded as an estimate of its request with 0 output."""
-
-    def close(self) -> None:
-        try:
-            self.__wrapped__.close()
-        finally:
-            self._self_response._self_settle()
-
-    async def aclose(self) -> None:
-        try:
-            await self.__wrapped__.aclose()
-        finally:
-            self._self_response._self_settle()
-
-
-def _is_http_class(kind: Any) -> bool:
-    """True for the HTTP response class of the SDK's HTTP library (``httpx`` or ``httpx2``),
-    asked for as ``cast_to``: the SDK then returns the response itself, unparsed. Cheap for the
-    SDK's models (their metaclass is pydantic's): asked of every call."""
-    return (
-        type(kind) is type
-        and kind.__name__ == "Response"
-        and kind.__module__.partition(".")[0] in ("httpx", "httpx2")
-    )
-
-
-def _http_body(plan: StainlessPlan, http: Any, is_async: bool) -> Any:
-    """The HTTP response a call returned as it is: its JSON body, there already when the call
-    was not streamed, is read now; a streamed body is read as the caller reads it, its events
-    parsed by the SDK's own stream (as dicts: no chunk type was named)."""
-    call = plan.call
-    if not plan.streamed:
-        call.read("reading a raw response", _read_json, plan, http)
-        call.finish()  # a body that cannot be read is recorded now, not at collection
-        return http
-    return _HTTPBody(http, _sdk_response(plan, http, plan.http_body_of, object, is_async))
-
-
-def _read_json(plan: StainlessPlan, http: Any) -> None:
-    try:
-        content = http.content
-    except Exception:  # not read (httpx's ResponseNotRead): billed, its usage unknown
-        plan.call.missing = True
-        return
-    _read_into(plan, json.loads(content))
-
-
-def _sdk_response(
-    plan: StainlessPlan, http: Any, client: Any, cast_to: Any, is_async: bool
-) -> _StreamingResponseProxy:
-    """``http`` as the SDK's own ``with_streaming_response`` would hold it (its ``APIResponse``,
-    of the SDK the client is from), read as such a response's body is (``_BodyReading``)."""
-    package = next(
-        kind.__module__.rpartition(".")[0]
-        for kind in type(client).__mro__
-        if kind.__name__ in ("SyncAPIClient", "AsyncAPIClient")
-    )
-    module = importlib.import_module(package + "._response")
-    kind = module.AsyncAPIResponse if is_async else module.APIResponse
-    sdk = kind(
-        raw=http,
-        cast_to=cast_to,
-        client=client,
-        stream=plan.streamed,
-        stream_cls=None,
-        options=_options_of(plan.args, plan.kwargs),
-    )
-    return _StreamingResponseProxy(sdk, plan, is_async)
-
-
-class _Fields(dict):  # type: ignore[type-arg]
-    """A stream event the SDK parsed as a dict (a stream asked for as ``cast_to=object`` or
-    ``Stream[dict]``), read as its model would be: ``event.usage``, ``chunk.choices[0].delta``
-    (None when absent). The readers read the SDK's models by attribute; a dict they read found
-    no usage, and the call was estimated with 0 output. Still a dict (``reports_nothing`` and
-    ``getter`` read it as one). A key named like a dict method (``items``) reads as the method:
-    no event the readers read has one."""
-
-    __slots__ = ()
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):  # ``__pydantic_extra__`` and the like: no model's
-            raise AttributeError(name)
-        return _fields(self.get(name))
-
-
-def _fields(value: Any) -> Any:
-    """``value`` with its dicts (in lists too) readable by attribute (``_Fields``)."""
-    kind = type(value)
-    if kind is dict:
-        return _Fields(value)
-    if kind is list:
-        return [_fields(item) for item in value]
-    return value
 
 
 def _read_at_once(plan: StainlessPlan) -> bool:
@@ -988,7 +870,7 @@ class _BodyReading:
             self.stop()
             return
         for event in response._self_events(data):
-            feed(_fields(event) if type(event) is dict else event, call)
+            feed(event, call)
 
     def ended(self) -> None:
         """The caller read the body to its end: the call is recorded now."""
@@ -1148,48 +1030,7 @@ def _take(call: Call, endpoint: Endpoint, parsed: Any) -> None:
 def _stream_proxy(plan: StainlessPlan, stream: Any, is_async: bool) -> Any:
     """The SDK stream, read as it is consumed by the endpoint's reader."""
     plan.call.reader = reader = plan.endpoint.new_reader(plan.hide_usage_chunk)
-    if _of_dicts(stream):
-        reader = _DictChunks(reader)
-    proxy = (AsyncStreamProxy if is_async else SyncStreamProxy)(stream, plan.call, reader)
-    client = getattr(stream, "_client", None)
-    if client is not None:
-        proxy._self_http_reader = functools.partial(_stream_http, plan, client, is_async)
-    return proxy
-
-
-def _stream_http(plan: StainlessPlan, client: Any, is_async: bool, stream: Any, http: Any) -> Any:
-    """A typed stream's ``response``, its body read as it passes by (``iter_*()``): a relay
-    passing the stream on (``StreamingResponse(stream.response.iter_bytes())``) had nothing read,
-    and the call was recorded as an estimate of its request with 0 output. Its events are parsed
-    as the stream's own (its ``_cast_to``). Closing it records the call, as before."""
-    try:
-        return _HTTPBody(http, _sdk_response(plan, http, client, stream._cast_to, is_async))
-    except Exception:
-        _core.fault("reading a stream's HTTP response")
-        return _core._ClosingResponse(http, plan.call)
-
-
-def _of_dicts(stream: Any) -> bool:
-    """True for an SDK stream whose chunks are dicts: one asked for through the generic
-    ``client.post(..., cast_to=object, stream=True)``, with ``stream_cls=Stream[dict]`` or not
-    (a relay passing a request on)."""
-    cast_to = getattr(stream, "_cast_to", None)
-    return cast_to is object or cast_to is dict or typing.get_origin(cast_to) is dict
-
-
-class _DictChunks:
-    """A stream reader fed dict chunks, each read as its model would be (``_Fields``). Read as
-    they were, a dict gave no usage, and the usage-only chunk tokenmeter asked for reached the
-    caller. It has no ``quiet``: the proxy feeds it every chunk (a dict's usage is no
-    attribute the proxy's own check could see)."""
-
-    __slots__ = ("models",)
-
-    def __init__(self, reader: StreamReader) -> None:
-        self.models = reader
-
-    def feed(self, chunk: Any, call: Call) -> bool:
-        return self.models.feed(_fields(chunk) if type(chunk) is dict else chunk, call)
+    return (AsyncStreamProxy if is_async else SyncStreamProxy)(stream, plan.call, reader)
 
 
 def keep_names(call: Call, parsed: Any) -> None:
