@@ -117,27 +117,6 @@ def test_a_session_renamed_as_it_goes_is_one_row_by_session_as_in_sqlite(
     assert json.loads(from_sqlite)["rows"] == rows
 
 
-def test_sessions_names_an_open_renamed_session_by_its_latest_record(
-    cli: RunCli, pg_dsn: str
-) -> None:
-    """No ``sessions`` row yet (the session is still open): named "zeta" then "alpha", it was
-    listed as "zeta", the greatest of its records' names, as on SQLite."""
-    job = "sess-open"
-    sink = PostgresSink(pg_dsn)
-    sink.write(
-        [
-            rec(1, "2026-11-01T10:00:00Z", "openai", "gpt-4o", 10, 5, "0.1", session=(job, "zeta")),
-            rec(
-                2, "2026-11-01T10:01:00Z", "openai", "gpt-4o", 10, 5, "0.1", session=(job, "alpha")
-            ),
-        ]
-    )
-    sink.close()
-    code, out, err = cli("sessions", "--source", _url(pg_dsn), "--format", "json")
-    assert code == 0, err
-    assert [(row["name"], row["calls"]) for row in json.loads(out)] == [("alpha", 2)]
-
-
 def test_every_call_is_read_as_streamed_in_memory_that_does_not_grow(
     cli: RunCli, tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

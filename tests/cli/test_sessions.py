@@ -457,27 +457,3 @@ def test_a_session_renamed_as_it_goes_is_read_whole_from_jsonl_under_its_latest_
         assert code == 0, err
         listed = json.loads(out, parse_float=Decimal)
         assert [(row["name"], row["calls"]) for row in listed] == [("final", 3)]
-
-
-@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
-def test_an_open_session_renamed_as_it_goes_is_listed_under_its_latest_name(
-    cli: RunCli, tmp_path: Path, kind: str
-) -> None:
-    """A session still open (or its process killed): the ``sessions`` table has no row for it
-    yet. Renamed "zeta" then "alpha", ``sessions`` on usage.db listed it as "zeta" (the greatest
-    of its records' names in text order), where ``report --by session`` said "alpha"."""
-    job = "sess-open"
-    records = [
-        rec(1, "2026-11-01T10:00:00Z", "openai", "gpt-4o", 10, 5, "0.1", session=(job, "zeta")),
-        rec(2, "2026-11-01T10:01:00Z", "openai", "gpt-4o", 10, 5, "0.1", session=(job, "alpha")),
-    ]
-    if kind == "sqlite":
-        path = write_sqlite(tmp_path / "usage.db", records, [])
-    else:
-        path = write_jsonl(tmp_path / "usage.jsonl", records)
-    code, out, err = cli("sessions", "--source", str(path), "--format", "json")
-    assert code == 0, err
-    assert [(row["name"], row["calls"]) for row in json.loads(out)] == [("alpha", 2)]
-    code, out, err = cli("report", "--by", "session", "--source", str(path), "--format", "json")
-    assert code == 0, err
-    assert [row["session"] for row in json.loads(out)["rows"]] == ["alpha"]

@@ -857,7 +857,7 @@ def _sqlite_breakdown(
             pairs = ((_stored_key(values[:n]), float(values[n])) for values in cursor)
             _latencies(breakdown, raw, pairs, query.tz)
     if SESSION_NAME in raw:
-        name_sessions(breakdown, stored_session_names(conn, _session_ids(breakdown)))
+        name_sessions(breakdown, _stored_session_names(conn, _session_ids(breakdown)))
     return breakdown
 
 
@@ -865,7 +865,7 @@ def _sqlite_breakdown(
 _NAMES_AT_ONCE = 500
 
 
-def stored_session_names(conn: sqlite3.Connection, ids: list[str]) -> dict[str, str]:
+def _stored_session_names(conn: sqlite3.Connection, ids: list[str]) -> dict[str, str]:
     """The latest name of each of these sessions: the ``sessions`` table's, where the store has
     one (tokenmeter's: with an ``id`` and a ``name``; another tool's table of that name is not
     read), else that of the session's latest record (whatever the window and filters)."""

@@ -22,13 +22,7 @@ from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError
 from tokenmeter.cli._source import JsonlReader, Source, open_database, table_columns, warn_skipped
 from tokenmeter.cli.reports._model import NONE_LABEL, Call, CallList
-from tokenmeter.cli.reports._query import (
-    add_calls,
-    exclude_bad_rows,
-    figures,
-    stored_session_names,
-    stream_rows,
-)
+from tokenmeter.cli.reports._query import add_calls, exclude_bad_rows, figures, stream_rows
 from tokenmeter.cli.reports._scan import JsonlScan
 from tokenmeter.cli.reports._spool import CallSpool
 from tokenmeter.cli.reports._sql import totals_select, with_exact_sums
@@ -164,7 +158,6 @@ def _list_sqlite(
 
     try:
         result = with_exact_sums(session_rows)
-        _name_as_latest(conn, result)
         if nested:
             result = _roll_up(conn, result)
     except sqlite3.Error as exc:
@@ -172,17 +165,6 @@ def _list_sqlite(
     finally:
         conn.close()
     return result, skipped
-
-
-def _name_as_latest(conn: sqlite3.Connection, rows: list[SessionRow]) -> None:
-    """Name each session as ``report --by session`` does: as the ``sessions`` table has it,
-    else as its latest record. The query's ``MAX()`` of its records' names is the greatest in
-    text order: a session still open (or killed), renamed "zeta" then "alpha", was "zeta"."""
-    ids = [row.session_id for row in rows if row.session_id != NONE_LABEL]
-    latest = stored_session_names(conn, ids)
-    for row in rows:
-        if row.session_id in latest:
-            row.name = latest[row.session_id] or None
 
 
 def _roll_up(conn: sqlite3.Connection, rows: list[SessionRow]) -> list[SessionRow]:
