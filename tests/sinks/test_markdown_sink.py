@@ -846,49 +846,6 @@ def test_a_failed_batch_over_more_session_files_than_remembered_is_counted_once(
     assert journal_problems(tmp_path) == []
 
 
-def test_records_of_a_refused_session_file_are_set_aside_and_not_counted_in_the_summary(
-    tmp_path: Path,
-) -> None:
-    """A session file the sink refuses (here a directory stands at its path): the session's
-    records were set aside in quarantine.jsonl and also counted in token_usage.md, which had
-    taken them first (TOTAL 45 calls for 40 written and 5 set aside: 50 for 45 made). Now a
-    refused file fails the batch before the summary takes its records."""
-    import json
-
-    import tokenmeter
-
-    journal = tmp_path / "journal"
-    tokenmeter.configure(sinks=[MarkdownJournalSink(journal)], directory=tmp_path)
-    (journal / "sessions" / "bad.md").mkdir(parents=True)
-    made = [tokenmeter.record("openai", "gpt-4o", 1000 + i, 5) for i in range(20)]
-    with tokenmeter.session("bad", id="bad"):
-        refused = [tokenmeter.record("openai", "gpt-4o", 2000 + i, 5) for i in range(5)]
-    made += [tokenmeter.record("openai", "gpt-4o", 3000 + i, 5) for i in range(20)]
-    assert not tokenmeter.flush(30)  # the refused records are not in the sink
-
-    lines = (tmp_path / "quarantine.jsonl").read_text(encoding="utf-8").splitlines()
-    set_aside = [json.loads(line)["record"] for line in lines]
-    assert sorted(r["input_tokens"] for r in set_aside) == [r.input_tokens for r in refused]
-    usage = (journal / "token_usage.md").read_text(encoding="utf-8")
-    total = table_rows(usage, "| Provider | Model | Calls |")[-1]
-    assert total[:4] == ["**TOTAL**", "", "**40**", f"**{sum(r.total_tokens for r in made):,}**"]
-    assert logged_input_tokens(usage, "| # | Timestamp |", 5) == Counter(
-        r.input_tokens for r in made
-    )
-
-
-def test_a_refused_summary_leaves_the_session_files_untouched(
-    tmp_path: Path, make_record: RecordFactory
-) -> None:
-    """token_usage.md is written last but read first: when the sink refuses it, no session file
-    has taken the batch (its records are set aside, not counted in a session's page)."""
-    (tmp_path / "token_usage.md").write_text("# my own notes\n", encoding="utf-8")
-
-    with pytest.raises(ValueError, match="not a tokenmeter journal"):
-        MarkdownJournalSink(tmp_path).write([make_record(0, session_id="s1")])
-    assert list((tmp_path / "sessions").iterdir()) == []
-
-
 def test_a_relative_path_stays_where_it_was_when_the_process_changes_directory(
     tmp_path: Path, make_record: RecordFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

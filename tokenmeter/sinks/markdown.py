@@ -115,36 +115,23 @@ class MarkdownJournalSink:
         for record in records:
             if record.session_id is not None:
                 by_session.setdefault(record.session_id, []).append(record)
-        # The session files first and token_usage.md last, read before any of them is written:
-        # a file the sink refuses (a directory there, a first line edited by hand) then fails the
-        # batch before token_usage.md counted its records, which are then set aside, not in the
-        # summary as well.
         files: list[tuple[Path, _Log, Sequence[UsageRecord]]] = [
-            (self.session_path(session_id), _SessionLog(session_id), session_records)
-            for session_id, session_records in by_session.items()
+            (self.usage_path, _UsageLog(), records)
         ]
-        usage_log = _UsageLog()
-        files.append((self.usage_path, usage_log, records))
+        for session_id, session_records in by_session.items():
+            files.append((self.session_path(session_id), _SessionLog(session_id), session_records))
         done = 0
         with self._locked():
-            usage: tuple[int, _Layout] | None = _open(self.usage_path, usage_log)
             try:
                 for path, log, batch in files:
                     taken = self._taken.get(path)
-                    if log is usage_log:
-                        opened, usage = usage, None  # _update closes it
-                        _update(path, log, batch, taken, opened)
-                    else:
-                        _update(path, log, batch, taken)
+                    _update(path, log, batch, taken)
                     if taken is not None:
                         taken.commit()
                     done += 1
             except BaseException:
                 self._remember_failure(files, done)
                 raise
-            finally:
-                if usage is not None and usage[0] >= 0:
-                    os.close(usage[0])
         if self._taken:
             self._forget(records)
 
@@ -292,31 +279,16 @@ def _batch_digest(records: Sequence[UsageRecord]) -> str:
     return hashlib.sha256("\n".join(r.id for r in records).encode()).hexdigest()[:16]
 
 
-def _open(path: Path, log: _Log) -> tuple[int, _Layout]:
-    """The document at ``path`` opened and read (-1 and an empty layout while there is none);
-    raises for a file the sink refuses, before anything is written to it."""
+def _update(
+    path: Path, log: _Log, records: Sequence[UsageRecord], taken: _Taken | None = None
+) -> None:
+    """Add ``records`` to the document at ``path``, less those ``taken`` says it holds."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
-        return -1, _Layout()  # _rewrite creates it whole: a failed first batch leaves no file
+        fd = -1  # _rewrite creates it whole: a failed first batch leaves no file behind
     try:
-        return fd, _read_layout(fd, path, log)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _update(
-    path: Path,
-    log: _Log,
-    records: Sequence[UsageRecord],
-    taken: _Taken | None = None,
-    opened: tuple[int, _Layout] | None = None,
-) -> None:
-    """Add ``records`` to the document at ``path``, less those ``taken`` says it holds;
-    ``opened`` is what ``_open`` returned for it, closed here."""
-    fd, layout = _open(path, log) if opened is None else opened
-    try:
+        layout = _read_layout(fd, path, log) if fd >= 0 else _Layout()
         if taken is not None and records:
             records = taken.missing(layout, records)
             if not records and not layout.from_copy:
