@@ -224,7 +224,9 @@ def _first_answer(kit: ModuleType, how: str) -> Callable[[Any], Any]:
         ("anthropic", "529", False),
         ("openai", "refused", False),
         ("anthropic", "refused", False),
-        ("google-genai", "429", False),
+        pytest.param(  # HttpRetryOptions, HttpOptions(httpx_client=...)
+            "google-genai", "429", False, marks=pytest.mark.requires(google_genai=">=1.46")
+        ),
         ("openai", "read timeout", True),
         ("anthropic", "read timeout", True),
     ],

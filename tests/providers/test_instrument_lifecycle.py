@@ -650,6 +650,7 @@ def test_streams_still_open_at_exit_are_recorded_quietly(tmp_path: Path) -> None
     assert all(json.loads(line)["streamed"] for line in lines)
 
 
+@pytest.mark.requires(openai=">=2.0")  # client.chat.completions.stream (beta.chat before)
 async def test_a_call_made_in_the_block_and_sent_after_it_is_not_metered_as_the_docs_say(
     fake: FakeProvider, records: Records
 ) -> None:
