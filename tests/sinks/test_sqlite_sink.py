@@ -1337,3 +1337,38 @@ def test_a_relative_path_stays_where_it_was_when_the_process_changes_directory(
     assert sink.path == tmp_path / "a" / "usage.db"
     assert [r.id for r in read_sqlite(sink.path)] == ["rec-000000", "rec-000001"]
     assert list((tmp_path / "b").iterdir()) == []
+
+
+#: Another process writing one row to the database, then closing its connection.
+WRITING_ONE = """
+import sys
+sys.path.insert(0, sys.argv[3])
+from conftest import build_record
+from tokenmeter.sinks import SQLiteSink
+sink = SQLiteSink(sys.argv[1])
+sink.write([build_record(int(sys.argv[2]))])
+sink.close()
+"""
+
+
+def test_a_second_sink_on_the_database_keeps_the_first_sinks_locks(tmp_path: Path) -> None:
+    """A sink's connecting opened and closed a descriptor on usage.db, which drops every POSIX
+    lock the process holds on the file, another sink's on the same file included (a configure()
+    that swaps sinks while the old one still writes). Another process closing its connection then
+    took the database for unused and deleted the WAL under the first sink: its next write failed
+    with "disk I/O error"."""
+    path = tmp_path / "usage.db"
+    first = SQLiteSink(path)
+    first.write([build_record(0)])
+    for i in range(1, 4):
+        second = SQLiteSink(path)
+        second.write([build_record(100 + i)])
+        here = str(Path(__file__).parent)
+        run_python(
+            "-c", WRITING_ONE, str(path), str(200 + i), here, env=dict(os.environ), cwd=tmp_path
+        )
+        first.write([build_record(i)])
+        second.close()
+    first.close()
+    assert query(path, "SELECT COUNT(*) FROM records") == [(10,)]
+    assert query(path, "PRAGMA integrity_check") == [("ok",)]

@@ -11,9 +11,11 @@ returns an object with these methods (e.g. a PostgreSQL store) makes budgets hol
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from tokenmeter import _pipeline
-from tokenmeter.sinks._files import ensure_private_dir, file_id, open_private, still_names
+from tokenmeter.sinks._files import ensure_private_dir, file_id, make_private, still_names
 from tokenmeter.sinks.sqlite import _use_wal, held_from_fork
 
 __all__ = [
@@ -405,9 +407,9 @@ class SQLiteLedger:
             self._pid, self._all, self._local = os.getpid(), set(), threading.local()
             self._busy, self._orphans = set(), set()
         ensure_private_dir(self.path.parent)
-        # Created 0o600 (its -wal and -shm copy the mode): sqlite3 would make it 0o644. Closed
-        # before SQLite opens it: closing a descriptor drops this process's locks on the file.
-        os.close(open_private(self.path, os.O_RDWR))
+        # Created 0o600 (its -wal and -shm copy the mode): sqlite3 would make it 0o644.
+        if not stat.S_ISREG(make_private(self.path).st_mode):  # SQLite made /dev/null-journal
+            raise OSError(errno.EINVAL, f"{self.path} is not a regular file")
         conn = sqlite3.connect(
             self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )

@@ -19,6 +19,7 @@ import fcntl
 import os
 import re
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -32,6 +33,7 @@ __all__ = [
     "directory_path",
     "ensure_private_dir",
     "file_path",
+    "make_private",
     "open_private",
     "pread_exact",
     "pwrite_all",
@@ -213,6 +215,28 @@ def open_private(path: Path, flags: int) -> int:
         with contextlib.suppress(FileExistsError):
             return _create_private(target, flags)
     return os.open(path, flags | os.O_CLOEXEC)  # another process created it between our calls
+
+
+#: Held while a file is made by ``make_private``: see there.
+_making = threading.Lock()
+
+
+def make_private(path: Path) -> os.stat_result:
+    """Create the file ``path`` with mode 0o600 if it is missing (where a symbolic link to a
+    file not made yet points, as ``open_private``), and return its status, without ever opening
+    a file that is there: closing any descriptor on a file drops every POSIX lock this process
+    holds on it, SQLite's own on other threads' connections included. Another process then took
+    the database for unused: it checkpointed and deleted the WAL under those connections
+    (the budget ledger's reservations lost, "disk I/O error"). What to open with SQLite."""
+    with _making:  # a file this process makes is closed before another thread here opens it
+        try:
+            os.close(_create_private(path, os.O_RDWR))
+        except FileExistsError:
+            target = _link_target(path)
+            if target is not None:
+                with contextlib.suppress(FileExistsError):
+                    os.close(_create_private(target, os.O_RDWR))
+        return os.stat(path)
 
 
 def _create_private(path: Path, flags: int) -> int:

@@ -48,7 +48,7 @@ from tokenmeter.sinks._files import (
     ensure_private_dir,
     file_id,
     file_path,
-    open_private,
+    make_private,
     still_names,
 )
 
@@ -1031,13 +1031,7 @@ class SQLiteSink:
         if self._conn is not None:
             self._drop_connection()
         ensure_private_dir(self.path.parent)
-        fd = open_private(self.path, os.O_RDWR)  # create it 0o600; -wal/-shm copy the mode
-        try:
-            info = os.fstat(fd)
-        finally:
-            # Closed before SQLite opens the file: closing a descriptor drops every POSIX lock
-            # this process holds on the file, SQLite's included.
-            os.close(fd)
+        info = make_private(self.path)  # created 0o600; -wal/-shm copy the mode
         if not stat.S_ISREG(info.st_mode):  # put there since the sink was made
             raise OSError(errno.EINVAL, f"{self.path} is not a regular file")
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
