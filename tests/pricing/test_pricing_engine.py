@@ -329,6 +329,38 @@ def test_o3_cached_image_and_audio_tokens_before_the_price_cut_cost_what_cached_
 
 
 @pytest.mark.parametrize(
+    ("model", "day", "usage", "expected"),
+    [
+        # 80k of 100k cached at $0.3125, 20k at $1.25, 1k out at $5 (was $0.13: cached at $1.25)
+        ("gemini-1.5-pro-002", date(2025, 3, 1), (100_000, 80_000, 1_000), "0.055"),
+        # above 128k: cached at $0.625, input $2.50, output $10
+        ("gemini-1.5-pro-002", date(2025, 3, 1), (200_000, 100_000, 1_000), "0.3225"),
+        # before the 2024-10-01 cut: $3.50 / $10.50 (was $0.175)
+        ("gemini-1.5-pro-001", date(2024, 9, 30), (100_000, 0, 10_000), "0.455"),
+        ("gemini-1.5-pro-001", date(2024, 10, 1), (100_000, 0, 10_000), "0.175"),
+        # above 128k then: $7 in, $1.75 cached, $21 out
+        ("gemini-1.5-pro", date(2024, 9, 15), (200_000, 100_000, 1_000), "0.896"),
+        # before the 2024-08-12 cut: $0.35 / $1.05 (was $0.0105)
+        ("gemini-1.5-flash-001", date(2024, 8, 11), (100_000, 0, 10_000), "0.0455"),
+        ("gemini-1.5-flash-001", date(2024, 8, 12), (100_000, 0, 10_000), "0.0105"),
+        ("gemini-1.5-flash-001", date(2024, 7, 15), (200_000, 200_000, 0), "0.035"),
+        # Flash-8B came after the cut, at its own rates
+        ("gemini-1.5-flash-8b", date(2024, 7, 15), (100_000, 0, 10_000), "0.00525"),
+    ],
+)
+def test_gemini_1_5_is_priced_at_its_list_rates_of_the_day(
+    model: str, day: date, usage: tuple[int, int, int], expected: str
+) -> None:
+    """genai-prices has Gemini 1.5 Pro without a cached-input rate (billed at the input rate: 4x)
+    and both 1.5 models at their prices after the 2024 cuts only (Google's list: Pro $3.50 /
+    $10.50 until 2024-10-01, Flash $0.35 / $1.05 until 2024-08-12; cached input a quarter)."""
+    input_tokens, cached, output = usage
+    at = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+    counts = Usage(input_tokens=input_tokens, cache_read_tokens=cached, output_tokens=output)
+    assert price_usage("google", model, counts, at=at).total_usd == Decimal(expected)
+
+
+@pytest.mark.parametrize(
     "model",
     [
         "gemini-2.5-flash-preview-04-17",

@@ -20,9 +20,9 @@ CSV = Path(__file__).with_name("pricing-reference.csv")
 # Rows carry no timestamp unless their notes say so; research was run on 2026-11-23.
 RESEARCH_DAY = datetime(2026, 11, 23, 12, tzinfo=UTC)
 #: Table entries whose card the errata correct in a rate some rows do not use (the fine-tunes'
-#: cache-read rate): those rows agree with genai-prices, but the card they are priced by is
-#: tokenmeter's, and says so.
-CORRECTED_CARDS = frozenset({"ft:gpt-4o", "ft:gpt-4o-mini"})
+#: and gemini-1.5-pro's cache-read rate): those rows agree with genai-prices, but the card they
+#: are priced by is tokenmeter's, and says so.
+CORRECTED_CARDS = frozenset({"ft:gpt-4o", "ft:gpt-4o-mini", "gemini-1.5-pro"})
 
 
 @dataclass(frozen=True)

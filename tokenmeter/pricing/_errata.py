@@ -500,6 +500,65 @@ def _o3_launch_cache_rate(card: RateCard, requested: str, at: datetime) -> RateC
     return _mark(card, base=base.scaled(_by_side(cache_read=Decimal(5))))
 
 
+#: Gemini 1.5 Pro and Flash before their price cuts, as Google listed them per million tokens
+#: (twice that above 128k input): Pro $3.50 / $10.50 until 2024-10-01, Flash $0.35 / $1.05
+#: until 2024-08-12, cached input a quarter of the input rate throughout. genai-prices has the
+#: cut prices alone: the day of the cut, then (input, output) after it and before it.
+_GEMINI_1_5_LAUNCH: dict[str, tuple[date, tuple[Decimal, Decimal], tuple[Decimal, Decimal]]] = {
+    "gemini-1.5-pro": (
+        date(2024, 10, 1),
+        (Decimal("1.25"), Decimal("5.00")),
+        (Decimal("3.50"), Decimal("10.50")),
+    ),
+    "gemini-1.5-flash": (
+        date(2024, 8, 12),
+        (Decimal("0.075"), Decimal("0.30")),
+        (Decimal("0.35"), Decimal("1.05")),
+    ),
+}
+_GEMINI_1_5_PRO = "gemini-1.5-pro"
+_QUARTER = Decimal("0.25")
+
+
+def _gemini_1_5_pro_cache_reads(card: RateCard, requested: str, at: datetime) -> RateCard:
+    """Gemini 1.5 Pro's cached input at a quarter of its input rate ($0.3125 per million, $0.625
+    above 128k), not at the full rate a card without a cache-read rate bills (4x). Each rate
+    only while it bills cache reads at its input rate."""
+    if card.priced_model != _GEMINI_1_5_PRO:
+        return card
+
+    def fixed(rates: Rates) -> Rates:
+        if rates.cache_read_per_mtok != rates.input_per_mtok:
+            return rates
+        return rates.scaled(_by_side(cache_read=_QUARTER))
+
+    return _corrected_each(card, fixed)
+
+
+def _gemini_1_5_launch_rates(card: RateCard, requested: str, at: datetime) -> RateCard:
+    """Gemini 1.5 Pro and Flash at the prices in effect before their 2024 cuts (a backfilled
+    call of the summer of 2024 was 2.6x to 4.3x low), only while the card has the cut price."""
+    launch = _GEMINI_1_5_LAUNCH.get(card.priced_model)
+    if launch is None:
+        return card
+    cut, (cut_input, cut_output), (input_then, output_then) = launch
+    if at.date() >= cut or card.base.input_per_mtok != cut_input:
+        return card
+    # Each rate times the launch price, divided by the cut one: exact, where a factor (14/3) is not.
+    times = _by_side(input_side=input_then, output_side=output_then)
+    over = _by_side(input_side=cut_input, output_side=cut_output)
+
+    def then(rates: Rates) -> Rates:
+        return Rates(
+            **{
+                f.name: getattr(rates, f.name) * getattr(times, f.name) / getattr(over, f.name)
+                for f in fields(Rates)
+            }
+        )
+
+    return _corrected_each(card, then)
+
+
 #: A Claude model as any table names it (``claude-opus-4-1@20250805``,
 #: ``anthropic.claude-sonnet-4-20250514-v1:0``, ``anthropic/claude-sonnet-4.5``).
 _CLAUDE = re.compile(r"(?:^|[./])claude-")
@@ -725,4 +784,6 @@ _DATA_CORRECTIONS: tuple[Callable[[RateCard, str, datetime], RateCard], ...] = (
     _openai_12h_cache_writes,
     _o3_launch_cache_rate,
     _gpt4o_fine_tune_cache_reads,
+    _gemini_1_5_pro_cache_reads,
+    _gemini_1_5_launch_rates,  # after the cache reads it scales
 )
