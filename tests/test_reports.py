@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -255,3 +256,41 @@ def test_the_reports_folder_is_its_owners_only(directory: Path) -> None:
     assert path is not None
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+#: Another process storing one record (JSON) in usage.db, then closing its connection.
+STORING_ONE = """
+import sys
+from tokenmeter._models import UsageRecord
+from tokenmeter.sinks import SQLiteSink
+sink = SQLiteSink(sys.argv[1])
+sink.write([UsageRecord.model_validate_json(sys.argv[2])])
+sink.close()
+"""
+
+
+def test_a_report_keeps_the_sqlite_sinks_locks_on_the_database(tmp_path: Path) -> None:
+    """A report looked at usage.db's first bytes for its kind, opening and closing a descriptor
+    on it: that drops every POSIX lock the process holds on the file, the SQLite sink's included.
+    Another process closing its connection then took the database for unused and deleted the WAL
+    under the sink: the sink's next write failed with "disk I/O error" and the other process's
+    records were lost."""
+    path = tmp_path / "usage.db"
+    store = SQLiteSink(path)
+    store.write([_record(0, "2026-11-16T09:00:00+00:00", "0.5")])
+    for day in (17, 18, 19):
+        batch = [_record(day, f"2026-11-{day}T09:00:00+00:00", "0.25")]
+        PeriodicReports(tmp_path, ["daily"]).write(batch)  # the day before's, from usage.db
+        other = _record(100 + day, f"2026-11-{day}T10:00:00+00:00", "0.25")
+        subprocess.run(
+            [sys.executable, "-c", STORING_ONE, str(path), other.model_dump_json()],
+            check=True,
+            timeout=120,
+        )
+        store.write(batch)
+    store.close()
+    assert (tmp_path / "reports" / "usage_report_2026-11-18.md").exists()
+    conn = sqlite3.connect(path)
+    ids = sorted(row[0] for row in conn.execute("SELECT id FROM records"))
+    conn.close()
+    assert ids == sorted(["r0", "r17", "r18", "r19", "r117", "r118", "r119"])

@@ -88,7 +88,7 @@ def write_period_report(directory: Path, period: str, now: datetime) -> Path | N
     left only empty daily reports).
     """
     from tokenmeter.cli._dates import period_bounds
-    from tokenmeter.cli._source import resolve_source
+    from tokenmeter.cli._source import Source, resolve_source
 
     since, until = period_bounds(period, previous=True, now=now)
     if _target(directory, period, since).exists():
@@ -96,7 +96,9 @@ def write_period_report(directory: Path, period: str, now: datetime) -> Path | N
     data = _source(directory)
     if data is None:
         return None
-    source = resolve_source(str(data))
+    # usage.db by its name: looking at its first bytes opened and closed a descriptor on it,
+    # which drops the SQLite sink's locks in this process (``make_private``).
+    source = Source(data, "sqlite") if data.name == "usage.db" else resolve_source(str(data))
     written = _write(directory, source, period, since, until)
     if written is not None:
         last = _last_call_before(source, since)

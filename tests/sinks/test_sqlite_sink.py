@@ -6,6 +6,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -1372,3 +1373,57 @@ def test_a_second_sink_on_the_database_keeps_the_first_sinks_locks(tmp_path: Pat
     first.close()
     assert query(path, "SELECT COUNT(*) FROM records") == [(10,)]
     assert query(path, "PRAGMA integrity_check") == [("ok",)]
+
+
+#: A sink's and a ledger's database not writable for a moment (a restore's chmod, another
+#: user's file), then writable again; as nobody when run as root, whom no mode stops.
+NOT_WRITABLE_FOR_A_MOMENT = """
+import os, sqlite3, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from conftest import build_record
+from tokenmeter.guardrails._ledger import SQLiteLedger
+from tokenmeter.sinks import SQLiteSink
+if os.geteuid() == 0:  # everything imported: nobody may not read root's interpreter
+    os.setgid(65534)
+    os.setuid(65534)
+directory = Path(sys.argv[1])
+sink = SQLiteSink(directory / "usage.db")
+sink.write([build_record(0)])
+sink.close()
+SQLiteLedger(directory / "budgets.db").close()
+for name in ("usage.db", "budgets.db"):
+    os.chmod(directory / name, 0o400)
+sink = SQLiteSink(directory / "usage.db")
+try:
+    sink.write([build_record(1)])
+except PermissionError:
+    print("refused")
+try:
+    SQLiteLedger(directory / "budgets.db")
+except PermissionError:
+    print("refused")
+for name in ("usage.db", "budgets.db"):
+    os.chmod(directory / name, 0o600)
+sink.write([build_record(2)])
+sink.close()
+ledger = SQLiteLedger(directory / "budgets.db")
+ledger.reserve("k", "2026-12-01T00:00:00+00:00", 10.0, 1.0)
+ledger.close()
+conn = sqlite3.connect(directory / "usage.db")
+print(conn.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+"""
+
+
+def test_a_database_not_writable_when_connecting_is_refused_and_written_once_it_is() -> None:
+    """Refused (PermissionError) while it may not be written, as opening it for writing did,
+    rather than opened read-only by SQLite and kept so: once writable again, every write failed
+    with "attempt to write a readonly database" until the process ended."""
+    with tempfile.TemporaryDirectory() as name:  # under /tmp: nobody may reach it
+        if os.geteuid() == 0:
+            os.chown(name, 65534, 65534)
+        here = str(Path(__file__).parent)
+        done = run_python(
+            "-c", NOT_WRITABLE_FOR_A_MOMENT, name, here, env=dict(os.environ), cwd=Path(name)
+        )
+    assert done.stdout.split() == ["refused", "refused", "2"]

@@ -19,7 +19,6 @@ import fcntl
 import os
 import re
 import stat
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -217,26 +216,39 @@ def open_private(path: Path, flags: int) -> int:
     return os.open(path, flags | os.O_CLOEXEC)  # another process created it between our calls
 
 
-#: Held while a file is made by ``make_private``: see there.
-_making = threading.Lock()
-
-
 def make_private(path: Path) -> os.stat_result:
     """Create the file ``path`` with mode 0o600 if it is missing (where a symbolic link to a
-    file not made yet points, as ``open_private``), and return its status, without ever opening
-    a file that is there: closing any descriptor on a file drops every POSIX lock this process
+    file not made yet points, as ``open_private``), and return its status, without ever holding
+    a descriptor on it: closing any descriptor on a file drops every POSIX lock this process
     holds on it, SQLite's own on other threads' connections included. Another process then took
-    the database for unused: it checkpointed and deleted the WAL under those connections
-    (the budget ledger's reservations lost, "disk I/O error"). What to open with SQLite."""
-    with _making:  # a file this process makes is closed before another thread here opens it
-        try:
-            os.close(_create_private(path, os.O_RDWR))
-        except FileExistsError:
-            target = _link_target(path)
-            if target is not None:
-                with contextlib.suppress(FileExistsError):
-                    os.close(_create_private(target, os.O_RDWR))
-        return os.stat(path)
+    the database for unused: it checkpointed and deleted the WAL under those connections (the
+    budget ledger's reservations lost, "disk I/O error"). What to open with SQLite. A file this
+    process may not write is refused (PermissionError), as opening it for writing was: SQLite
+    would open it read-only, and keep it so once it is writable again."""
+    try:
+        _make_file(path)
+    except FileExistsError:
+        target = _link_target(path)
+        if target is not None:
+            with contextlib.suppress(FileExistsError):
+                _make_file(target)
+    info = os.stat(path)
+    if stat.S_ISREG(info.st_mode) and not os.access(path, os.R_OK | os.W_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    return info
+
+
+def _make_file(path: Path) -> None:
+    """Create the empty regular file ``path``, mode 0o600, without opening it where the system
+    allows (``mknod``; FileExistsError if anything is there)."""
+    try:
+        os.mknod(path, stat.S_IFREG | FILE_MODE)
+    except FileExistsError:
+        raise
+    except (OSError, AttributeError):  # no mknod of regular files here (macOS, Windows)
+        os.close(_create_private(path, os.O_RDWR))
+        return
+    os.chmod(path, FILE_MODE)  # what the umask took
 
 
 def _create_private(path: Path, flags: int) -> int:
