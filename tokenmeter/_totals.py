@@ -287,8 +287,17 @@ class Totals:
         return USD_CONTEXT.subtract(self.cost_usd, self.output_cost_usd)
 
     @property
+    def made_calls(self) -> int:
+        """Calls that were sent: a call a budget refused is counted in ``calls`` (a report's
+        "Blocked" column) but was never made, so no average per call counts it."""
+        return self.calls - self.blocked_calls
+
+    @property
     def avg_tokens_per_call(self) -> float:
-        return self.total_tokens / self.calls if self.calls else 0.0
+        """Over the calls made (``made_calls``): a refused call has no tokens, and counting it
+        halved the journal's average where every call made used the same tokens."""
+        made = self.made_calls
+        return self.total_tokens / made if made else 0.0
 
     @property
     def avg_cost_per_call(self) -> Decimal | None:

@@ -574,6 +574,39 @@ def test_a_session_budget_with_raise(fake: FakeProvider, instrumented: None, sin
     assert free.over_budget and len(fake.requests) == 4
 
 
+def test_calls_a_session_budget_refused_are_no_calls_of_the_averages_per_call(
+    tmp_path: Path, fake: FakeProvider, instrumented: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two calls of 1,500 tokens made, two refused: the journal's session page and `tokenmeter
+    session` said "Averages per Call: Total Tokens 750.0" (3,000 over 4 calls, two never sent)
+    beside a cost per call of the two made, where ``job.summary`` says 1,500. The refused calls
+    are their own line beside "Total Calls"."""
+    from tokenmeter.cli import main
+    from tokenmeter.sinks import MarkdownJournalSink, SQLiteSink
+
+    journal = tmp_path / "journal"
+    sinks = [SQLiteSink(tmp_path / "usage.db"), MarkdownJournalSink(journal)]
+    tokenmeter.configure(directory=tmp_path / "tm", sinks=sinks)
+    with tokenmeter.session("job", id="J", budget_usd=0.01, on_exceed="raise") as job:
+        chat(fake)
+        chat(fake)
+        for _ in range(2):
+            with pytest.raises(BudgetExceeded):
+                chat(fake)
+    assert tokenmeter.flush(5)
+    assert len(fake.requests) == 2 and job.summary.avg_tokens_per_call == 1500.0
+    assert main(["session", "J", "--source", str(tmp_path / "usage.db")]) == 0
+    shown = capsys.readouterr().out
+    page = (journal / "sessions" / "J.md").read_text(encoding="utf-8")
+    for text in (page, shown):
+        assert "- **Total Calls:** 4\n- **Blocked by a Budget:** 2\n" in text, text
+        averages = text[text.index("### Averages per Call") : text.index("### Cost Breakdown")]
+        assert "- **Total Tokens:** 1,500.0\n" in averages, averages
+        assert "- **Input Tokens:** 1,000.0\n" in averages, averages
+    usage = (journal / "token_usage.md").read_text(encoding="utf-8")
+    assert "| **TOTAL** | | **4** | **3,000** | **1,500.0** |" in usage, usage
+
+
 def test_a_parent_session_budget_stops_calls_of_its_children(
     fake: FakeProvider, instrumented: None, sink: Any
 ) -> None:

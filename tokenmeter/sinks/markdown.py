@@ -687,9 +687,11 @@ class _SessionLog(_Log):
 
     def tail(self, state: dict[str, Any]) -> str:
         t: dict[str, Any] = state.get("totals", _new_totals())
-        lines = [
-            "\n## Session Summary\n\n",
-            f"- **Total Calls:** {t['calls']:,}\n",
+        totals = _from_state(t)
+        lines = ["\n## Session Summary\n\n", f"- **Total Calls:** {t['calls']:,}\n"]
+        if totals.blocked_calls:  # counted in Total Calls, never sent
+            lines.append(f"- **Blocked by a Budget:** {totals.blocked_calls:,}\n")
+        lines += [
             f"- **Input Tokens:** {t['input']:,}\n",
             f"- **Output Tokens:** {t['output']:,}\n",
             f"- **Total Tokens:** {t['total']:,}\n",
@@ -700,7 +702,7 @@ class _SessionLog(_Log):
         if t["reasoning"]:
             lines.append(f"- **Reasoning Tokens:** {t['reasoning']:,}\n")
         lines.append(f"- **Total Cost:** {_totals_cost(t)}\n")
-        unpriced = _from_state(t).unpriced_calls  # a call a budget blocked is not one
+        unpriced = totals.unpriced_calls  # a call a budget blocked is not one
         if unpriced:
             lines.append(f"- **Calls Without a Known Price:** {unpriced:,}\n")
         info = state.get("info", {})
@@ -738,7 +740,7 @@ def render_session(
 
 
 def _completion(info: dict[str, Any], t: dict[str, Any]) -> str:
-    calls = t["calls"]
+    calls = _from_state(t).made_calls  # per call made: a call a budget refused has no tokens
     cost = Decimal(t["cost"]) if t["priced"] else None
     input_cost, output_cost = Decimal(t["input_cost"]), Decimal(t["output_cost"])
     split = input_cost + output_cost
@@ -845,6 +847,7 @@ _STATE_KEYS = {
     "cost": "cost_usd",
     "output_cost": "output_cost_usd",
     "unpriced": "unpriced_calls",  # absent from journals of earlier versions: calls - priced
+    "blocked": "blocked_calls",  # absent from journals of earlier versions: 0
 }
 
 
@@ -899,7 +902,9 @@ def _totals_cost(t: dict[str, Any]) -> str:
 
 
 def _avg_tokens(t: dict[str, Any]) -> str:
-    return f"{t['total'] / t['calls']:,.1f}" if t["calls"] else "n/a"
+    """Tokens per call made (``Totals.avg_tokens_per_call``): not diluted by refused calls."""
+    totals = _from_state(t)
+    return f"{totals.avg_tokens_per_call:,.1f}" if totals.made_calls else "n/a"
 
 
 def _status(r: UsageRecord) -> str:
