@@ -134,6 +134,73 @@ def test_status_failed_when_the_body_raises_and_sinks_hear_of_it(sink: InMemoryS
     assert sink.sessions[ok.id].status == "completed"
 
 
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [(0, "completed"), (None, "completed"), (False, "completed"), (1, "failed"), ("bad", "failed")],
+)
+def test_a_session_left_by_sys_exit_is_failed_only_for_a_failing_exit_code(
+    sink: InMemorySink, code: object, status: str
+) -> None:
+    """A CLI entry point decorated with ``@track`` that ends with ``sys.exit(0)`` (or argparse's
+    ``--help``): the process exits 0, yet its session was stored "failed" and its on_end hooks
+    told "failed". SystemExit with code 0 or None is Python's successful end; any other code
+    is a failure. Every way a session wraps a body: with, async with, decorated function,
+    async function and generators."""
+    told: list[tuple[str, str]] = []
+
+    def hook(session: tokenmeter.Session) -> None:
+        told.append((str(session.name), session.status))
+
+    def body() -> None:
+        tokenmeter.record("openai", "gpt-4o", 1000, 500)
+        sys.exit(code)
+
+    @tokenmeter.track("function")
+    def function() -> None:
+        body()
+
+    @tokenmeter.track("coroutine")
+    async def coroutine() -> None:
+        body()
+
+    @tokenmeter.track("generator")
+    def generator() -> Iterator[int]:
+        yield 1
+        body()
+
+    @tokenmeter.track("async generator")
+    async def async_generator() -> AsyncIterator[int]:
+        yield 1
+        body()
+
+    async def in_async_with() -> None:
+        async with tokenmeter.session("async with"):
+            body()
+
+    async def drain() -> None:
+        async for _ in async_generator():
+            pass
+
+    tokenmeter.configure(sinks=[sink], on_session_end=hook)
+    runs: list[Any] = [
+        function,
+        lambda: asyncio.run(coroutine()),
+        lambda: list(generator()),
+        lambda: asyncio.run(drain()),
+        lambda: asyncio.run(in_async_with()),
+    ]
+    for run in runs:
+        with pytest.raises(SystemExit):
+            run()
+    with pytest.raises(SystemExit), tokenmeter.session("with"):
+        body()
+    assert tokenmeter.flush(5)
+    names = ["function", "coroutine", "generator", "async generator", "async with", "with"]
+    stored = {info.name: (info.status, info.calls) for info in sink.sessions.values()}
+    assert stored == {name: (status, 1) for name in names}
+    assert sorted(set(told)) == sorted((name, status) for name in names)
+
+
 def test_a_session_in_a_generator_left_early_is_completed_not_failed(sink: InMemorySink) -> None:
     """A ``with`` / ``async with`` session around the yields of a generator (paging) that its
     consumer leaves early: the generator is closed with GeneratorExit, and the session was

@@ -148,6 +148,22 @@ _FIXED_TAGS = (
 )
 
 
+def _failed_by(exc: BaseException) -> bool:
+    """Whether a session its body left by raising ``exc`` failed.
+
+    GeneratorExit: a generator around whose yields it is was left early by its consumer (break,
+    close()). SystemExit with code None or 0: the program ends successfully (``sys.exit(0)`` at
+    the end of a CLI entry point, argparse's ``--help``, click's ``ctx.exit(0)``), which its
+    exit status says too; the session was stored "failed" and end hooks told so.
+    """
+    if isinstance(exc, GeneratorExit):
+        return False
+    if isinstance(exc, SystemExit):
+        code = exc.code
+        return not (code is None or (isinstance(code, int) and code == 0))
+    return True
+
+
 class FrozenTags(dict[str, str]):
     """``Session.tags``: a dict that refuses every change, loudly. An edit made inside the block
     (``s.tags["user"] = ...``) raised nothing and showed in ``s.tags``, while the session's records
@@ -478,9 +494,10 @@ class Session:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        # GeneratorExit: a generator around whose yields it is was left early by its consumer
-        # (break, close()): no failure, as for a decorated generator's session.
-        self._end(failed=exc_type is not None and not issubclass(exc_type, GeneratorExit))
+        if exc is None:  # called by hand with a type only (a with statement gives both)
+            self._end(failed=exc_type is not None and not issubclass(exc_type, GeneratorExit))
+        else:
+            self._end(failed=_failed_by(exc))
 
     async def __aenter__(self) -> Session:
         return self.__enter__()
@@ -932,6 +949,9 @@ def _decorate_generator(func: Callable[..., Any], session_of: Callable[[], Sessi
                     raise
                 except BaseException as exc:
                     thrown = exc
+        except SystemExit as exc:  # the body ended the program (see _failed_by)
+            failed = _failed_by(exc)
+            raise
         finally:
             steps.session._end(failed)
 
@@ -972,6 +992,9 @@ def _decorate_async_generator(func: Callable[..., Any], session_of: Callable[[],
                     raise
                 except BaseException as exc:
                     thrown = exc
+        except SystemExit as exc:  # the body ended the program (see _failed_by)
+            failed = _failed_by(exc)
+            raise
         finally:
             steps.session._end(failed)
 
@@ -1010,8 +1033,8 @@ def _decorate(func: F, make_session: Callable[[], Session]) -> F:
         made._start()
         try:
             result = func(*args, **kwargs)
-        except BaseException:
-            made._end(failed=True)
+        except BaseException as exc:
+            made._end(failed=_failed_by(exc))
             raise
         if inspect.iscoroutine(result):
             # A plain wrapper of an async function (a functools.wraps decorator): its session
@@ -1074,8 +1097,8 @@ def _awaited_in(session_of: Callable[[], Session], coroutine: Any) -> Any:
             return await coroutine
         except GeneratorExit:  # closed as it waited (its loop closed): no failure of its own,
             raise  # as for the async function decorated directly
-        except BaseException:
-            failed = True
+        except BaseException as exc:
+            failed = _failed_by(exc)
             raise
         finally:
             with contextlib.suppress(ValueError):  # closed by the collector, out of its context
