@@ -199,6 +199,43 @@ def test_flush_without_a_timeout_is_released_once_a_slow_failure_outlasts_its_pa
     assert tokenmeter.flush(30) and len(sink.records) == 1
 
 
+def test_flush_is_released_between_the_writes_of_an_isolation_pass_of_a_slow_failing_sink(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sink failing each write slowly, and a flush() without a timeout per request: from the
+    third failure on, each failure starts an isolation pass (records written one at a time),
+    and the flush() was answered only after it: three more slow writes (40 s for the third
+    flush() with writes failing in 10 s; 24.5 s for the first with 4 s ones). Past
+    ``_FLUSH_PATIENCE`` (0.1 s here) each flush() is answered after the write under way, the
+    one that came during a pass too; at most one more write starts before its caller sees it."""
+    monkeypatch.setattr(_pipeline, "_FLUSH_PATIENCE", 0.1, raising=False)
+
+    class SlowToFail(InMemorySink):
+        down = True
+        waiting = False
+        started_while_waiting = 0
+
+        def write(self, records: Sequence[UsageRecord]) -> None:
+            if self.down:
+                self.started_while_waiting += self.waiting
+                time.sleep(0.3)  # longer than the patience: each attempt outlasts it
+                raise OSError("connection timeout expired")
+            super().write(records)
+
+    sink = SlowToFail()
+    tokenmeter.configure(sinks=[sink])
+    made = []
+    for _ in range(6):
+        made += [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(3)]
+        sink.started_while_waiting, sink.waiting = 0, True
+        assert tokenmeter.flush() is False
+        sink.waiting = False
+        assert sink.started_while_waiting <= 2, sink.started_while_waiting
+    sink.down = False
+    assert tokenmeter.flush(30)
+    assert sorted(r.id for r in sink.records) == sorted(r.id for r in made)
+
+
 def test_a_sinks_own_flush_failing_at_every_flush_is_reported_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -860,7 +860,12 @@ class _Writer:
         flush() while configure() waits for the sinks it replaces) get its verdict."""
         with self._lock:
             self._stopped = ok
-            late = [item for item in self._buffer if type(item) is _FlushMarker]
+            # Those answered while they waited there (``_answer_overdue``) keep their answer.
+            late = [
+                item
+                for item in self._buffer
+                if type(item) is _FlushMarker and not item.done.is_set()
+            ]
             if late:
                 self._buffer = deque(i for i in self._buffer if type(i) is not _FlushMarker)
             self._open_marker = None
@@ -956,8 +961,10 @@ class _Writer:
         for item in items:
             item_kind = type(item)
             if item_kind is _FlushMarker:
-                self._markers.append(item)  # type: ignore[arg-type]
-                asked = True
+                marker = typing.cast(_FlushMarker, item)
+                if not marker.done.is_set():  # else answered while it waited (_answer_overdue)
+                    self._markers.append(marker)
+                    asked = True
                 continue
             if item_kind is not kind and current:
                 self._pending.append(current)
@@ -1007,13 +1014,14 @@ class _Writer:
         while self._pending:
             run = self._pending[0]
             chunk = run if len(run) <= _CHUNK else run[:_CHUNK]
-            self._in_write, self._writing_since = chunk, time.monotonic()
+            began = time.monotonic()
+            self._in_write, self._writing_since = chunk, began
             try:
                 self._write(chunk)
             except BaseException as exc:
                 if not self._abandoned_meanwhile():
                     with contextlib.suppress(_Abandoned):  # then nothing is its own any more
-                        self._failed(run, exc, now)
+                        self._failed(run, exc, now, began)
                 return
             if self._abandoned_meanwhile():
                 return
@@ -1140,7 +1148,8 @@ class _Writer:
         are: a sink down and slow to fail spends the exit in these, and a writer cut off there
         had nothing set aside (``abandon``: 0 of 500 records). Raises ``_Abandoned`` when the
         exit set aside what the writer held meanwhile."""
-        self._in_write, self._writing_since = run, time.monotonic()
+        began = time.monotonic()
+        self._in_write, self._writing_since = run, began
         try:
             self._write(run)
         except BaseException as exc:
@@ -1149,7 +1158,39 @@ class _Writer:
             error = None
         if self._abandoned_meanwhile():
             raise _Abandoned
+        if error is not None:
+            self._answer_overdue(began)
         return error
+
+    def _answer_overdue(self, began: float) -> None:
+        """A write that ``began`` then has just failed: the ``flush()`` calls that have waited
+        ``_FLUSH_PATIENCE`` seconds, or through ``_FLUSH_TRIES`` failed deliveries, get False
+        now, before the next write. Checked only once a delivery was over, they also waited for
+        the isolation pass that a third failure starts (up to three more writes, each as slow
+        to fail as the others): 24.5 s for a sink failing in 4 s, 40 s for one failing in 10 s,
+        where the docs promise the patience and the write under way.
+
+        That counts the ``flush()`` that came during the pass too, once a write begun after it
+        failed (not one under way when it came: the sink may be back by then). Its marker waits
+        in the buffer, answered there and passed over by the delivery that takes it (``put``
+        counts it as a record meanwhile: one item early to drop, on a sink already failing).
+        Only the patience applies to it, as the records before it were not offered yet. The
+        records of both stay queued and are retried."""
+        now = time.monotonic()
+        if self._open_marker is not None:
+            with self._lock:
+                marker = self._open_marker
+                if (
+                    marker is not None
+                    and marker.since <= began
+                    and now - marker.since >= _FLUSH_PATIENCE
+                ):
+                    self._open_marker = None  # a later flush() gets a marker of its own
+                    self._markers.append(marker)
+        if self._markers and (
+            self._failures >= _FLUSH_TRIES or now - self._markers[0].since >= _FLUSH_PATIENCE
+        ):
+            self._release_markers(ok=False)
 
     def _set_aside_pending(self) -> None:
         """At the end (exit, a new configuration): what the sink still refuses after its last
@@ -1203,7 +1244,8 @@ class _Writer:
                 count -= len(run)
             pending.popleft()
 
-    def _failed(self, run: list[Any], exc: BaseException, now: float) -> None:
+    def _failed(self, run: list[Any], exc: BaseException, now: float, began: float) -> None:
+        """The write of ``run`` that ``began`` then failed with ``exc`` (the delivery's ``now``)."""
         self._last_error = exc
         self._failures += 1
         if not self._reported:
@@ -1213,6 +1255,7 @@ class _Writer:
                 _name(self.sink),
                 _error_text(exc),
             )
+        self._answer_overdue(began)  # before the isolation pass below: more slow writes
         if self._failures >= _ISOLATE_AFTER and self._isolate(run):
             self._failures = 0
             self._write_pending(now)
