@@ -116,6 +116,28 @@ def test_a_whisper_transcription_without_usage_is_not_recorded(
 
 
 @pytest.mark.requires(openai=">=2.0")  # streamed transcriptions
+@pytest.mark.parametrize("model", ["whisper-1", "stt-prod"])
+async def test_a_whisper_transcription_asked_to_stream_is_not_recorded(
+    kit: Any, records: Records, is_async: bool, model: str
+) -> None:
+    """whisper-1 ignores ``stream=True`` and answers the plain JSON transcription (usage in
+    seconds): the stream parses no event, and every successful call was recorded as 307
+    estimated tokens (300 audio for 30 s, 7 text) at a null cost, where the same call not
+    streamed makes no record. Nor does one of a model not named a transcribe model."""
+    body = {"text": "Hello there.", "usage": {"type": "duration", "seconds": 30}}
+    client = kit.mock_openai(lambda request: json_reply(kit.http, body), is_async=is_async)
+
+    stream = await kit.maybe(
+        client.audio.transcriptions.create(
+            model=model, file=("talk.wav", wav(30), "audio/wav"), stream=True
+        )
+    )
+    await kit.drain(stream)
+
+    assert records() == []
+
+
+@pytest.mark.requires(openai=">=2.0")  # streamed transcriptions
 async def test_streamed_transcription_reads_the_done_event(
     kit: Any, records: Records, is_async: bool
 ) -> None:

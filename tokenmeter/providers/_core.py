@@ -240,6 +240,11 @@ class Call:
     #: on at the provider when its stream is left or cut, or a resumed stream of one: the
     #: retrieve that finds it done is the record). Ended without usage, it makes no record.
     deferred: bool = False
+    #: A stream of a call not billed in tokens (an OpenAI whisper transcription: billed per
+    #: second, and OpenAI ignores its ``stream`` and answers the plain transcription). Ended
+    #: without token usage it makes no record, as the same call not streamed makes none: an
+    #: estimate would count tokens never billed as tokens, at no known price.
+    not_in_tokens: bool = False
     #: A stream's context where it was made: its record is made in it wherever the stream ends,
     #: so that what the sinks read of the caller's context is the call's (the OpenTelemetry
     #: span it was made in becomes its span's parent, not the one active when it was read).
@@ -365,6 +370,9 @@ class Call:
             status, error_name = "error", UNREADABLE_USAGE
         elif usage is None and not self.streamed and not self.missing:
             logger.debug("tokenmeter: %s call reported no usage; not recorded", self.provider)
+            return
+        elif usage is None and self.not_in_tokens:
+            logger.debug("tokenmeter: %s call is not billed in tokens; not recorded", self.provider)
             return
         elif usage is None:  # billed, and nothing reported: never a silent zero
             usage, estimated = self._estimate(), True

@@ -166,6 +166,11 @@ class StainlessAdapter:
         usage (``Call.deferred``): a resumed stream (a retrieve) is no call of its own."""
         return endpoint.retrieval
 
+    def not_in_tokens(self, body: dict[str, Any], endpoint: Endpoint) -> bool:
+        """True if a stream of this request is not billed in tokens (``Call.not_in_tokens``):
+        ended without token usage, it makes no record rather than a token estimate."""
+        return False
+
     def refuses(self, error: Exception, given: Any) -> bool:
         """True if ``error`` is a server refusing what ``prepare`` added to a request (``given``:
         the request options as the caller gave them)."""
@@ -244,6 +249,7 @@ class StainlessAdapter:
             dedupe=endpoint.dedupe,
             retrieval=endpoint.retrieval,
             deferred=streamed and self.defers(body, endpoint),
+            not_in_tokens=streamed and self.not_in_tokens(body, endpoint),
             expects_usage=promised,
             request=body,
             no_usage_hint=endpoint.no_usage_hint,

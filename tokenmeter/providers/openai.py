@@ -641,6 +641,16 @@ class OpenAIAdapter(StainlessAdapter):
         never iterated): its retrieve is the record."""
         return endpoint.retrieval or (endpoint is _RESPONSES and body.get("background") is True)
 
+    def not_in_tokens(self, body: dict[str, Any], endpoint: Endpoint) -> bool:
+        """A transcription stream of a model not named a transcribe model (whisper-1, an Azure
+        deployment not aliased to one): whisper-1 ignores ``stream`` and answers the plain
+        JSON transcription, billed per second, so the stream parses no event and was recorded
+        as an unpriced token estimate on every call. ``_read_transcription``'s rule."""
+        if endpoint is not _TRANSCRIPTIONS:
+            return False
+        model = body.get("model")
+        return not _transcribe_model(model if type(model) is str else "")
+
     def refuses(self, error: Exception, given: Any) -> bool:
         """A server that does not take ``stream_options`` (Azure OpenAI before api-version
         2024-09-01-preview: 400 "Unrecognized request argument supplied: stream_options"; a
