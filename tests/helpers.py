@@ -350,3 +350,90 @@ def wait_for_a_ledger_waiting_on_a_row(dsn: str) -> None:
             ),
             "the ledger waiting on the row another client holds",
         )
+
+
+def fan_out(
+    messages: list[dict[str, str]], calls: int, *, threads: bool = False
+) -> tuple[int, list[Exception]]:
+    """``calls`` gpt-4o chat calls of ``messages`` made at once (``asyncio.gather``, or a thread
+    each), each billed exactly its input estimate (no output), against an
+    ``httpx2.MockTransport`` that answers none until every call was sent or refused: all the
+    calls admitted are in flight together. Returns how many were sent, and the refusals."""
+    import openai
+    from openai import _base_client
+
+    from tokenmeter import BudgetExceeded
+    from tokenmeter import estimate as estimate_tokens
+
+    http = _base_client.httpx2 if hasattr(_base_client, "httpx2") else _base_client.httpx
+    tokens = estimate_tokens("gpt-4o", messages=messages).input_tokens
+    usage = {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens}
+    body = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o"}
+    answer = {**body, "choices": [], "usage": usage}
+    sent: list[object] = []
+    refused: list[Exception] = []
+    lock = threading.Lock()
+    all_settled = threading.Event()
+
+    def tally(outcome: list[Any], item: Any) -> None:
+        with lock:
+            outcome.append(item)
+            if len(sent) + len(refused) == calls:
+                all_settled.set()
+
+    if threads:
+
+        def reply(request: Any) -> Any:
+            tally(sent, request)
+            assert all_settled.wait(60), "a call was neither sent nor refused"
+            return http.Response(200, json=answer)
+
+        client = openai.OpenAI(
+            api_key="sk-test",
+            base_url="http://llm.invalid/v1",
+            max_retries=0,
+            http_client=http.Client(transport=http.MockTransport(reply)),
+        )
+
+        def one() -> None:
+            try:
+                client.chat.completions.create(model="gpt-4o", messages=messages)
+            except BudgetExceeded as exc:
+                tally(refused, exc)
+
+        workers = [threading.Thread(target=one) for _ in range(calls)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return len(sent), refused
+
+    async def main() -> None:
+        settled = asyncio.Event()
+
+        async def reply(request: Any) -> Any:
+            tally(sent, request)
+            if all_settled.is_set():
+                settled.set()
+            await asyncio.wait_for(settled.wait(), 60)
+            return http.Response(200, json=answer)
+
+        client = openai.AsyncOpenAI(
+            api_key="sk-test",
+            base_url="http://llm.invalid/v1",
+            max_retries=0,
+            http_client=http.AsyncClient(transport=http.MockTransport(reply)),
+        )
+
+        async def one() -> None:
+            try:
+                await client.chat.completions.create(model="gpt-4o", messages=messages)
+            except BudgetExceeded as exc:
+                tally(refused, exc)
+                if all_settled.is_set():
+                    settled.set()
+
+        await asyncio.gather(*(one() for _ in range(calls)))
+
+    asyncio.run(main())
+    return len(sent), refused

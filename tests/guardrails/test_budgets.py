@@ -27,7 +27,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from helpers import one_line_value_error, png, refuse_threads, returns, wav
+from helpers import fan_out, one_line_value_error, png, refuse_threads, returns, wav
 
 import tokenmeter
 from tokenmeter import BudgetExceeded
@@ -134,6 +134,48 @@ def test_calls_estimated_at_zero_under_a_budget_with_room_do_not_each_ask_the_le
         client.chat.completions.create(model="my-local-llama", messages=MESSAGES)
     assert len(fake.requests) == 50
     assert len(asked) <= 2, asked
+
+
+#: A short ticket, and a message mostly of blanks: far from the limit, a call of either
+#: reserves a ceiling on its estimate found without tokenizing, 3 and 32 times the estimate.
+FAN_OUT_PROMPTS = {"ticket": "Summarise this ticket.", "blanks": "a" + " " * 400 + "b"}
+
+
+@pytest.mark.parametrize("ledger", ["sqlite", "memory"])
+@pytest.mark.parametrize(
+    ("prompt", "fit", "calls", "threads"),
+    [("ticket", 50, 60, False), ("ticket", 50, 60, True), ("blanks", 500, 520, False)],
+    ids=["asyncio", "threads", "asyncio-blanks"],
+)
+def test_a_fan_out_makes_every_call_that_fits(
+    tmp_path: Path,
+    instrumented: None,
+    ledger: str,
+    prompt: str,
+    fit: int,
+    calls: int,
+    threads: bool,
+) -> None:
+    """Calls made at once under a budget with room for ``fit`` of them, each billed its
+    estimate. The calls admitted far from the limit held a ceiling on their estimate until
+    their record, and near the limit those ceilings filled the room: 42 of 50 fitting calls
+    were made (asyncio.gather; 44 with threads), 343 of 500 with blanks, and the budget was
+    left that much unspent. Before a call is refused, the ceilings of the calls in flight come
+    down to their estimates: every call that fits is made, and the others are refused (the
+    bound: nothing past the limit)."""
+    messages = [{"role": "user", "content": FAN_OUT_PROMPTS[prompt]}]
+    tokens = tokenmeter.estimate("gpt-4o", messages=messages).input_tokens
+    each = Decimal(tokens) * Decimal("2.5") / 1_000_000  # gpt-4o input: $2.50 per million
+    memory = configured(
+        tmp_path,
+        [{"name": "batch", "limit_usd": fit * each + each / 2, "period": "total"}],
+        budget_ledger=ledger,
+    )
+    sent, refused = fan_out(messages, calls, threads=threads)
+    assert (sent, len(refused)) == (fit, calls - fit)
+    assert tokenmeter.flush(5)
+    made = [r for r in memory.records if r.status == "ok"]
+    assert sum(r.estimated_cost_usd or 0 for r in made) == fit * each
 
 
 @pytest.mark.parametrize("ledger", ["sqlite", "memory"])

@@ -21,6 +21,7 @@ pytest.importorskip("psycopg", reason="psycopg is not installed (tokenmeter[post
 from conftest import CommitAnswerLost
 from helpers import (
     check_lease_protocol,
+    fan_out,
     held_by_another_thread,
     hold_budget,
     ledger_rows_locked,
@@ -29,6 +30,8 @@ from helpers import (
     wait_for_a_ledger_waiting_on_a_row,
 )
 
+import tokenmeter
+from tokenmeter.sinks import InMemorySink
 from tokenmeter.sinks.postgres import PostgresSink
 from tokenmeter.testing import FakeProvider
 
@@ -109,6 +112,30 @@ def test_threads_sharing_one_ledger_never_overshoot(pg_dsn: str) -> None:
         thread.join()
     assert sum(granted) == 10
     assert ledger.spent("t", DAY) == 5.0
+
+
+def test_a_fan_out_makes_every_call_that_fits(pg_dsn: str, tmp_path: Path) -> None:
+    """60 calls at once (asyncio.gather) under a budget kept in PostgreSQL with room for 50,
+    each billed its estimate: the ceilings on their estimates that the calls admitted far from
+    the limit held filled the room near it, and 42 of the 50 were made. They come down to the
+    estimates before a call is refused: all 50 made, 10 refused."""
+    messages = [{"role": "user", "content": "Summarise this ticket."}]
+    tokens = tokenmeter.estimate("gpt-4o", messages=messages).input_tokens
+    each = tokens * 2.5e-6  # gpt-4o input: $2.50 per million tokens
+    memory = InMemorySink()
+    tokenmeter.configure(
+        sinks=[PostgresSink(pg_dsn), memory],
+        directory=tmp_path,
+        budgets=[{"name": "batch", "limit_usd": repr(50.5 * each), "period": "total"}],
+    )
+    tokenmeter.instrument(["openai"])
+    try:
+        sent, refused = fan_out(messages, 60)
+    finally:
+        tokenmeter.uninstrument()
+    assert (sent, len(refused)) == (50, 10)
+    assert tokenmeter.flush(5)
+    assert sum(1 for record in memory.records if record.status == "ok") == 50
 
 
 def _race_four_ledgers(pg_dsn: str, setting: str) -> None:

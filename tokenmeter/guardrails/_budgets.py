@@ -645,6 +645,8 @@ class _Reservation:
         self.current = current
         #: The enclosing sessions whose budgets hold ``estimate`` (on_exceed="raise").
         self.sessions = sessions
+        #: The call's estimate; this module's ``_ZERO`` itself while ``amount`` is a ceiling on
+        #: it not worked out yet (``check``'s fast path; ``_lower_ceilings`` works it out).
         self.estimate = estimate
         #: A weak reference to the call: when the call is gone without a record (it reported
         #: no usage, or named no model), its callback gives the reservation back.
@@ -869,9 +871,10 @@ def _reserve(
         return
     current = config.rows(scope, time.time(), session)
     try:
-        leases, refused, spent = _leases.admit(
-            config.ledger or config.get_ledger(), current.rows, reservation.amount, scope
-        )
+        ledger = config.ledger or config.get_ledger()
+        leases, refused, spent = _leases.admit(ledger, current.rows, reservation.amount, scope)
+        if refused >= 0 and _lower_ceilings(leases[refused]):
+            leases, refused, spent = _leases.admit(ledger, current.rows, reservation.amount, scope)
     except Exception:
         _ledger_fault("reserve")
         return
@@ -890,6 +893,37 @@ def _reserve(
     reservation.scope, reservation.leases, reservation.current = scope, leases, current
 
 
+def _lower_ceilings(lease: _leases.Lease) -> bool:
+    """Bring this process's calls in flight in ``lease`` that hold a ceiling on their estimate
+    (admitted far from the limit, ``check``) down to their estimates: whether any was. Run
+    before a call is refused there: the ceilings (3 to 125 times the estimate) of a fan-out's
+    calls admitted early filled the room near the limit, and refused calls that fitted (41 of
+    50 made under a budget of 50). Each call's estimate is worked out once, here, on the
+    refused call's thread; the calls admitted far from the limit still skip it."""
+    lowered = False
+    for ref in list(_refs.copy().values()):
+        call = ref()
+        reservation = getattr(call, "budget", None)
+        if (
+            type(reservation) is not _Reservation
+            or reservation.ref is not ref
+            or reservation.estimate is not _ZERO
+            or reservation.sessions
+            or lease not in reservation.leases
+        ):
+            continue  # settled, or reserved its estimate already
+        try:
+            estimate = estimate_input_usd(
+                call.provider, call.request_model, (), {}, call.request, call.operation
+            )
+        except Exception:
+            continue  # unreadable now: it keeps its ceiling
+        reservation.estimate = estimate
+        if _leases.lower(reservation, reservation.leases, float(estimate)):
+            lowered = True
+    return lowered
+
+
 def _usd(amount: float) -> Decimal:
     """A ledger's float as the Decimal it stands for (float sums drift in the last digits)."""
     return Decimal(repr(round(amount, 10))).normalize()
@@ -906,7 +940,7 @@ def _release(reservation: _Reservation) -> None:
     if not leases:
         return
     try:
-        _leases.release(leases, reservation.amount)
+        _leases.release(leases, reservation)
     except Exception:
         _ledger_fault("settle")
 
@@ -996,7 +1030,7 @@ def settle(record: UsageRecord, session: Any, call: Any) -> None:
                             crossed = _leases.settle_group(
                                 reserving.group,
                                 reservation.leases,
-                                reservation.amount,
+                                reservation,
                                 _charged(record, reservation.amount),
                                 current.floors,
                             )
@@ -1046,7 +1080,7 @@ def _settle(
     if config is None:  # budgets removed while the call was in flight: it ends in its leases
         if reservation is not None and reservation.leases:
             try:
-                _leases.settle(reservation.leases, reservation.amount, actual, [])
+                _leases.settle(reservation.leases, reservation, actual, [])
             except Exception:
                 _ledger_fault("settle")
         return
@@ -1099,7 +1133,7 @@ def _settle(
     try:
         seen, leased = _leases.settle(
             reservation.leases if reservation is not None else (),
-            reservation.amount if reservation is not None else 0.0,
+            reservation if reservation is not None else 0.0,
             actual,
             rows,
         )

@@ -32,7 +32,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from tokenmeter import _pipeline
 from tokenmeter.guardrails._ledger import PAUSE_S, briefly, lease_all
@@ -43,6 +43,7 @@ __all__ = [
     "Lease",
     "admit",
     "give_back",
+    "lower",
     "release",
     "settle",
     "settle_group",
@@ -55,6 +56,20 @@ logger = logging.getLogger("tokenmeter")
 IDLE_S = 1.0
 #: Float sums drift in the last digits: a lease is not overdrawn by less than this (USD).
 _EPSILON = 1e-12
+
+
+class Reserved(Protocol):
+    """What a call in flight reserved (``_budgets._Reservation``). The settling functions read
+    ``amount`` under ``_lock``: ``lower`` may bring it down meanwhile, from another thread."""
+
+    amount: float
+    #: None once the call's settlement (or release) has begun: ``lower`` then leaves it alone.
+    ref: Any
+
+
+def _amount(reserved: float | Reserved) -> float:
+    """What was reserved: a number, or a call's reservation read now (under ``_lock``)."""
+    return reserved if isinstance(reserved, float) else reserved.amount
 
 
 class Lease:
@@ -389,9 +404,10 @@ def _spent(lease: Lease) -> bool:
     return lease.settled + lease.used >= lease.limit * (1 - 2e-9)
 
 
-def release(leases: Sequence[Lease], amount: float) -> None:
+def release(leases: Sequence[Lease], amount: float | Reserved) -> None:
     """Calls reserved ``amount`` in ``leases`` and ended without a cost (failed, or no record)."""
     with _lock:
+        amount = _amount(amount)
         _fold_owners(leases)
         for lease in leases:
             lease.inflight = _less(lease.inflight, amount)
@@ -399,7 +415,10 @@ def release(leases: Sequence[Lease], amount: float) -> None:
 
 
 def settle(
-    leases: Sequence[Lease], amount: float, actual: float, unreserved: list[tuple[str, str]]
+    leases: Sequence[Lease],
+    amount: float | Reserved,
+    actual: float,
+    unreserved: list[tuple[str, str]],
 ) -> tuple[list[float], list[bool]]:
     """A call's record: its real cost replaces its reservation of ``amount`` in ``leases``, and
     is added to the leases of ``unreserved`` rows (a record made by hand) that this process
@@ -408,6 +427,7 @@ def settle(
     taken = []
     over = tight = False
     with _lock:
+        amount = _amount(amount)
         _fold_all()
         for lease in leases:
             lease.inflight = inflight = _less(lease.inflight, amount)
@@ -443,7 +463,7 @@ def settle(
 def settle_group(
     group: Group | None,
     leases: Sequence[Lease],
-    amount: float,
+    amount: float | Reserved,
     actual: float,
     floors: Sequence[float],
 ) -> list[tuple[int, float]]:
@@ -452,6 +472,7 @@ def settle_group(
     of ``amount``. Returns, for each lease whose spent USD is now at least its ``floors`` entry,
     (its index, that spent USD)."""
     with _lock:
+        amount = _amount(amount)
         if group is not None and group.active and group.leases is leases:
             group.pending -= amount
             group.spent = spent = group.spent + actual
@@ -485,6 +506,23 @@ def settle_group(
             for index, lease in enumerate(leases)
             if lease.settled + lease.used >= floors[index]
         ]
+
+
+def lower(reserved: Reserved, leases: Sequence[Lease], amount: float) -> bool:
+    """A call in flight that reserved a ceiling on its estimate in ``leases`` now holds only
+    ``amount`` (its estimate): the rest is room again. Calls admitted far from the limit hold
+    ceilings (up to a hundred times their estimates); left held while the budget neared its
+    limit, they refused calls that fitted. False when there was nothing to lower: its
+    settlement has begun, or it holds no more than ``amount``."""
+    with _lock:
+        excess = reserved.amount - amount
+        if reserved.ref is None or excess <= _EPSILON:
+            return False
+        _fold_owners(leases)
+        for lease in leases:
+            lease.inflight = _less(lease.inflight, excess)
+        reserved.amount = amount
+        return True
 
 
 def _overdrawn(lease: Lease) -> bool:
