@@ -1376,3 +1376,41 @@ def test_a_pg_dsn_whose_database_holds_an_at_is_taken() -> None:
     ):
         with pytest.raises(ValueError, match="%2F"):
             tokenmeter.configure(pg_dsn=dsn)
+
+
+@pytest.mark.parametrize(
+    ("line", "argument"),
+    [('providers = ""', None), ('providers = ","', None), (None, ""), (None, " , ")],
+)
+def test_a_providers_string_that_names_none_is_refused_in_every_layer(
+    tmp_path: Path, line: str | None, argument: str | None
+) -> None:
+    """``providers = ""`` (an unfilled template) or ``configure(providers="")`` made
+    ``instrument()`` patch nothing without a word: every openai call went out unrecorded and a
+    $0.000001 budget refused none. ``TOKENMETER_PROVIDERS=","`` was refused already."""
+    from tokenmeter.testing import FakeProvider
+
+    (tmp_path / "pyproject.toml").write_text(f"[tool.tokenmeter]\n{line or ''}\n")
+    source = "configure()" if argument is not None else str(tmp_path / "pyproject.toml")
+    with pytest.raises(ValueError) as excinfo:
+        if argument is not None:
+            tokenmeter.configure(providers=argument)
+        tokenmeter.instrument()
+    assert one_line_value_error(excinfo).startswith(f"tokenmeter setting 'providers' from {source}")
+    assert "names no provider" in str(excinfo.value)
+    (tmp_path / "pyproject.toml").write_text("[tool.tokenmeter]\n")
+    memory = InMemorySink()
+    tokenmeter.configure(sinks=[memory], providers=None)
+    tokenmeter.instrument()  # the settings fixed: every installed provider metered
+    with FakeProvider() as fake:
+        fake.openai_client().chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert tokenmeter.flush(5)
+    assert len(memory.records) == 1
+
+
+def test_an_empty_providers_list_patches_none(sink: InMemorySink) -> None:
+    """An explicit empty list stays "no provider", as ``instrument([])`` (documented)."""
+    tokenmeter.configure(providers=[])
+    assert tokenmeter.instrument().providers == []

@@ -166,6 +166,11 @@ class Settings(BaseModel):
 
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
+            if not value:  # an unfilled template or an unset variable: every call was unmetered
+                raise ValueError(
+                    "names no provider; leave it out for every installed one, or name some "
+                    "(openai, anthropic, gemini...)"
+                )
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"must be provider names, got {short_repr(value)}")
         return tuple(_names(list(value)))
