@@ -1414,3 +1414,40 @@ def test_an_empty_providers_list_patches_none(sink: InMemorySink) -> None:
     """An explicit empty list stays "no provider", as ``instrument([])`` (documented)."""
     tokenmeter.configure(providers=[])
     assert tokenmeter.instrument().providers == []
+
+
+@pytest.mark.parametrize(
+    ("line", "argument"),
+    [('sinks = ""', None), ('sinks = ","', None), (None, ""), (None, " , ")],
+)
+def test_a_sinks_string_that_names_none_is_refused_in_every_layer(
+    tmp_path: Path, line: str | None, argument: str | None
+) -> None:
+    """``sinks = ""`` (an unfilled template) or ``configure(sinks="")`` stored nothing while
+    ``flush()`` said True: 5 records made, no file written, not a word. ``TOKENMETER_SINKS=""``
+    was refused already."""
+    (tmp_path / "pyproject.toml").write_text(f'[tool.tokenmeter]\ndirectory = "tm"\n{line or ""}\n')
+    project = f"{tmp_path / 'pyproject.toml'} [tool.tokenmeter]"
+    source = "configure()" if argument is not None else project
+    with pytest.raises(ValueError) as excinfo:
+        if argument is not None:
+            tokenmeter.configure(sinks=argument)
+        tokenmeter.record("openai", "gpt-4o", 1000, 100)
+    message = one_line_value_error(excinfo)
+    assert message.startswith(f"tokenmeter setting 'sinks' from {source}: names no sink")
+    assert "TOKENMETER_DISABLED=1 to store nothing" in message
+    (tmp_path / "pyproject.toml").write_text('[tool.tokenmeter]\ndirectory = "tm"\n')
+    tokenmeter.configure(sinks="jsonl")
+    tokenmeter.record("openai", "gpt-4o", 1000, 100)
+    assert tokenmeter.flush(5)
+    assert (tmp_path / "tm" / "usage.jsonl").read_text().count("\n") == 1
+
+
+def test_an_empty_sinks_list_leaves_only_the_sink_objects_given(tmp_path: Path) -> None:
+    """``configure(sinks=[])`` is "no default sink" on purpose (the tests use it), not an error."""
+    memory = InMemorySink()
+    tokenmeter.configure(sinks=[], directory=tmp_path / "tm")
+    tokenmeter.configure(sinks=[memory])
+    tokenmeter.record("openai", "gpt-4o", 10, 1)
+    assert tokenmeter.flush(5)
+    assert len(memory.records) == 1 and not (tmp_path / "tm").exists()

@@ -134,7 +134,10 @@ class Settings(BaseModel):
     @field_validator("sinks", mode="before")
     @classmethod
     def _known_sinks(cls, value: Any) -> tuple[str, ...]:
-        return _parse_sinks(value)
+        sinks = _parse_sinks(value)
+        if isinstance(value, str) and not sinks:  # an unfilled template, not "store nothing"
+            raise ValueError(f"names no sink; leave it out for {_NO_SINK_NAMED}")
+        return sinks
 
     @field_validator("budgets", mode="before")
     @classmethod
@@ -418,13 +421,17 @@ def _parsed(parse: Callable[[str], Any], value: str) -> Any:
         return _Unreadable(str(exc))
 
 
+#: What to do instead of naming no sink (an empty list in ``configure()`` is "no default sink").
+_NO_SINK_NAMED = (
+    f"the default (sqlite), name some of {', '.join(SINK_NAMES)}, "
+    "or set TOKENMETER_DISABLED=1 to store nothing"
+)
+
+
 def _some_sinks(value: str) -> tuple[str, ...]:
     sinks = _parse_sinks(value)
     if not sinks:  # an unset variable in a shell script, not a wish to store nothing
-        raise ValueError(
-            "is set but names no sink; unset it for the default (sqlite), name some of "
-            f"{', '.join(SINK_NAMES)}, or set TOKENMETER_DISABLED=1 to store nothing"
-        )
+        raise ValueError(f"is set but names no sink; unset it for {_NO_SINK_NAMED}")
     return sinks
 
 
