@@ -1451,3 +1451,43 @@ def test_an_empty_sinks_list_leaves_only_the_sink_objects_given(tmp_path: Path) 
     tokenmeter.record("openai", "gpt-4o", 10, 1)
     assert tokenmeter.flush(5)
     assert len(memory.records) == 1 and not (tmp_path / "tm").exists()
+
+
+def test_a_state_file_that_is_a_file_the_settings_are_read_from_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``state_file = "pyproject.toml"`` (or the ``TOKENMETER_PRICES`` file) was taken: the
+    first finished session appended its line there, the file was no TOML any more, and every
+    later process raised at its first record ("cannot read [tool.tokenmeter]")."""
+    project = tmp_path / "pyproject.toml"
+    project.write_text('[tool.tokenmeter]\ndirectory = ".tm"\nstate_file = "pyproject.toml"\n')
+    with pytest.raises(ValueError) as excinfo:
+        tokenmeter.record("openai", "gpt-4o", 10, 1)
+    assert one_line_value_error(excinfo).startswith(
+        f"tokenmeter setting 'state_file' from {project} [tool.tokenmeter]: must not be the "
+        "pyproject.toml tokenmeter reads its settings from, got "
+    )
+    project.write_text('[tool.tokenmeter]\ndirectory = ".tm"\n')
+    prices = tmp_path / "prices.toml"
+    prices.write_text('["my-model"]\ninput_per_mtok = 2\noutput_per_mtok = 10\n')
+    monkeypatch.setenv("TOKENMETER_PRICES", "prices.toml")
+    (tmp_path / "link.md").symlink_to(prices)
+    for state_file in ("prices.toml", "link.md"):
+        monkeypatch.setenv("TOKENMETER_STATE_FILE", state_file)
+        with pytest.raises(ValueError) as excinfo:
+            tokenmeter.configure()
+        assert one_line_value_error(excinfo) == (
+            "tokenmeter setting 'state_file' from TOKENMETER_STATE_FILE: must not be the prices "
+            f"file (prices_file), got '{state_file}'"
+        )
+    with pytest.raises(ValueError, match="'state_file' from configure"):
+        tokenmeter.configure(state_file=project)
+    monkeypatch.setenv("TOKENMETER_DISABLED", "1")  # nothing written: the kill switch works
+    tokenmeter.configure()
+    monkeypatch.delenv("TOKENMETER_DISABLED")
+    tokenmeter.configure(state_file="state.md")
+    with tokenmeter.session("job"):
+        tokenmeter.record("openai", "my-model", 10, 1)
+    assert tokenmeter.flush(5)
+    assert (tmp_path / "state.md").read_text().count("TOKEN_TRACKING") == 1
+    assert "TOKEN_TRACKING" not in prices.read_text() + project.read_text()

@@ -679,6 +679,39 @@ def _validated(layers: list[tuple[str, dict[str, Any]]]) -> Settings:
         raise ValueError(f"tokenmeter setting {key!r} from {source}: {message}") from None
 
 
+def _check_state_file_is_no_settings_file(
+    resolved: Settings, pyproject: Path | None, sources: Mapping[str, str]
+) -> None:
+    """Refuse a state file that is a file tokenmeter reads its settings from: the first
+    finished session appended a line to the pyproject.toml (or the prices file), which was then
+    no TOML, and every later process raised at its first record (the project's build failed
+    too). Not while the kill switch is on: nothing is written then."""
+    if resolved.state_file is None or resolved.disabled:
+        return
+    for what, path in (
+        ("the pyproject.toml tokenmeter reads its settings from", pyproject),
+        ("the prices file (prices_file)", resolved.prices_file),
+    ):
+        if path is not None and _one_file(resolved.state_file, path):
+            source = sources.get("state_file", "settings")
+            raise ValueError(
+                f"tokenmeter setting 'state_file' from {source}: must not be {what}, "
+                f"got {short_repr(str(resolved.state_file))}"
+            )
+
+
+def _one_file(path: Path, other: Path) -> bool:
+    """Whether two paths name one file, through links too, whether or not it exists yet; both
+    taken from the working directory, as the sinks will take them."""
+    from tokenmeter.sinks._files import absolute, same_file
+
+    try:
+        one, two = os.path.realpath(absolute(path)), os.path.realpath(absolute(other))
+    except (ValueError, OSError):  # no name of a file, or no working directory: no file yet
+        return False
+    return one == two or same_file(one, two)
+
+
 #: The keys of the price overrides, one setting: a table (``configure(prices=...)``, a
 #: pyproject's ``[tool.tokenmeter.prices]``), a file (``TOKENMETER_PRICES``, a pyproject's
 #: ``prices_file``), or, in a pyproject.toml, both.
@@ -717,6 +750,7 @@ def load_settings_with_sources(
     variable's name, or "<pyproject.toml> [tool.tokenmeter]")."""
     environ = os.environ if env is None else env
     given = ("configure()", dict(explicit or {}))
+    pyproject: Path | None = None
     table: tuple[str, dict[str, Any]] = ("pyproject.toml", {})  # none read yet
     try:
         pinned = environ.get(_RUN_PYPROJECT)  # tokenmeter run: the run's, in every process
@@ -741,6 +775,7 @@ def load_settings_with_sources(
     for name, layer in layers:
         for key in layer:
             sources[key] = _ENV_NAMES.get(key, name) if name == "environment" else name
+    _check_state_file_is_no_settings_file(resolved, pyproject, sources)
     if len(resolved.budgets) > len(layered.budgets):  # tokenmeter run --budget's, added
         run = f"{RUN_BUDGETS} (tokenmeter run --budget)"
         budgets = sources["budgets"]
