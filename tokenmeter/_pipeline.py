@@ -668,8 +668,9 @@ class _Writer:
         goes on with this writer's sink (``set_sinks``' keep_open)."""
         self.max_queue = max_queue
         #: Items waiting past which a caller queueing a record hands the GIL to this writer,
-        #: when it is healthy (``_crowded``), before it drops anything.
-        self.press_at = max_queue - max_queue // 4
+        #: when it is healthy (``_crowded``), before it drops anything: at least one below
+        #: ``max_queue``, else (``max_queue`` 1 to 3) the hand-over came only with the drop.
+        self.press_at = min(max_queue - 1, max_queue - max_queue // 4)
         self.batch = _batch_for(max_queue)
         self.interval = interval
         self.quarantine = quarantine
@@ -739,6 +740,10 @@ class _Writer:
         for index, item in enumerate(self._buffer):
             if type(item) is not _FlushMarker:
                 del self._buffer[index]
+                if type(item) is SessionInfo and getattr(self.sink, "write_sessions", None) is None:
+                    # Never its sink's to store: nothing lost, and flush() must not say False
+                    # (max_queue=1: every implicit session's opening row, records all stored).
+                    return
                 break
         self._count_drops(1)
 
