@@ -3007,6 +3007,72 @@ def test_configure_again_goes_on_with_the_applications_own_sink_unclosed(tmp_pat
     assert mine.closed == 1
 
 
+def _default_sqlite_sink() -> SQLiteSink:
+    """The ``sqlite`` default sink the pipeline writes with now (made if none is yet)."""
+    found = [w.sink for w in _pipeline._get().writers if isinstance(w.sink, SQLiteSink)]
+    assert len(found) == 1
+    return found[0]
+
+
+def test_configure_leaving_the_store_alone_goes_on_with_the_same_default_sinks(
+    tmp_path: Path,
+) -> None:
+    """A reload (budgets, hooks, exit_timeout) made a new SQLiteSink for the same usage.db each
+    time, with a writer of its own beside the old one's; a respelt directory is the same store.
+    Another directory, or other sinks, are other sink objects."""
+    os.chdir(tmp_path)
+    tokenmeter.configure(directory=tmp_path / "store", sinks=["sqlite", "jsonl"])
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    first = _default_sqlite_sink()
+    tokenmeter.configure(exit_timeout=5, on_session_end=[])
+    assert _default_sqlite_sink() is first
+    tokenmeter.configure(directory="./store/../store")
+    assert _default_sqlite_sink() is first
+    tokenmeter.configure(directory=tmp_path / "other")
+    assert _default_sqlite_sink() is not first
+    tokenmeter.record("openai", "gpt-4o", 2, 1)
+    assert tokenmeter.flush(30)
+    counted = [
+        sqlite3.connect(tmp_path / name / "usage.db").execute("select count(*) from records")
+        for name in ("store", "other")
+    ]
+    assert [c.fetchone()[0] for c in counted] == [1, 1]
+
+
+def test_configure_leaving_the_store_alone_never_sets_an_open_sessions_row_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """configure(exit_timeout=...) while a session was open: the old SQLiteSink's writer, held
+    in its write of the session's opening row (a busy disk), stored it after the new sink's
+    writer had stored the closing one: the finished session's row stayed ('active', 0 calls)."""
+    tokenmeter.configure(directory=tmp_path / "store", sinks=["sqlite"], exit_timeout=0.1)
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert tokenmeter.flush(30)
+    held = Held()
+    store = SQLiteSink.write_sessions
+
+    def held_once(sink: SQLiteSink, sessions: Sequence[SessionInfo]) -> None:
+        if not held.entered.is_set():
+            held.hold()
+        store(sink, sessions)
+
+    monkeypatch.setattr(SQLiteSink, "write_sessions", held_once)
+    try:
+        with tokenmeter.session("job") as job:
+            assert held.entered.wait(30)  # the opening row is being written
+            tokenmeter.configure(exit_timeout=10)  # the store is the same
+            tokenmeter.record("openai", "gpt-4o", 1000, 100)
+    finally:
+        held.release.set()
+    assert tokenmeter.flush(30)
+    row = (
+        sqlite3.connect(tmp_path / "store" / "usage.db")
+        .execute("select status, calls, input_tokens from sessions where id = ?", (job.id,))
+        .fetchone()
+    )
+    assert row == ("completed", 1, 1000)
+
+
 class OneAtATime(InMemorySink):
     """Notes a write made while another is under way (a sink need not be thread-safe); holds
     the write of a record of 1 input token until ``release`` is set."""

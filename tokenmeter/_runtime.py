@@ -158,7 +158,64 @@ def _absolute(path: str | Path) -> Path:
     return made
 
 
-def _default_sinks(resolved: Settings, directory: Path) -> list[Sink]:
+class _DefaultSinks:
+    """The default sinks one configuration has made, by ``_sink_key``: the next configuration
+    takes over those it makes the same (``_kept_defaults``), with their writers.
+
+    A ``configure()`` that left the store alone (``exit_timeout``, budgets, hooks: a reload)
+    made new sink objects for the same files, and the old writer and the new one both wrote a
+    session open across it: the old one's opening row ('active', 0 calls) could land after the
+    new one's closing row, and the finished session stayed 'active' for ever."""
+
+    def __init__(self, made: dict[tuple[str, str], Sink]) -> None:
+        self.made = made
+        #: A child process (fork) makes sinks of its own: the parent's objects are the parent's.
+        self.pid = os.getpid()
+
+    def get(self, key: tuple[str, str] | None, make: Callable[[], Sink]) -> Sink:
+        """The sink kept or made for ``key``, or one made now by ``make`` and kept for it."""
+        if self.pid != os.getpid():
+            self.made, self.pid = {}, os.getpid()
+        if key is None:
+            return make()
+        sink = self.made.get(key)
+        if sink is None:
+            sink = self.made[key] = make()
+        return sink
+
+
+#: The default sinks of the configuration in force (see ``_DefaultSinks``).
+_defaults = _DefaultSinks({})
+
+
+def _sink_key(name: str, resolved: Settings, directory: Path) -> tuple[str, str] | None:
+    """What makes the default sink ``name`` the same sink in another configuration: its name
+    and the real path of its file or folder (a respelt ``directory`` is the same), or its DSN.
+    None for one never kept: OTel's sink reads the ``OTEL_*`` environment when it is made."""
+    places = {"sqlite": "usage.db", "jsonl": "usage.jsonl", "markdown": "journal"}
+    if name == "postgres":
+        return name, resolved.pg_dsn
+    if name not in places:
+        return None
+    try:
+        return name, os.path.realpath(directory / places[name])
+    except (OSError, ValueError):  # no working directory to resolve it against: made anew
+        return None
+
+
+def _kept_defaults(resolved: Settings, directory: Path) -> _DefaultSinks:
+    """The default sinks made so far that ``resolved`` makes the same (same name, same file),
+    for the new configuration to go on with; the others are closed by ``set_sinks``."""
+    if resolved.disabled or _defaults.pid != os.getpid():
+        return _DefaultSinks({})
+    keys = (_sink_key(name, resolved, directory) for name in resolved.sinks)
+    return _DefaultSinks(
+        {key: _defaults.made[key] for key in keys if key is not None and key in _defaults.made}
+    )
+
+
+def _default_sinks(resolved: Settings, directory: Path, kept: _DefaultSinks) -> list[Sink]:
+    """The sinks ``resolved`` names, those ``kept`` holds for the same files reused."""
     from tokenmeter.sinks import (
         JSONLSink,
         MarkdownJournalSink,
@@ -167,19 +224,19 @@ def _default_sinks(resolved: Settings, directory: Path) -> list[Sink]:
         SQLiteSink,
     )
 
+    makers: dict[str, Callable[[], Sink]] = {
+        "sqlite": lambda: SQLiteSink(directory / "usage.db"),
+        "jsonl": lambda: JSONLSink(directory / "usage.jsonl"),
+        "markdown": lambda: MarkdownJournalSink(directory / "journal"),
+        "postgres": lambda: PostgresSink(resolved.pg_dsn),
+        "otel": OTelSink,
+    }
     made: list[Sink] = []
     if resolved.disabled:  # TOKENMETER_DISABLED=1 writes nothing at all
         return made
     for name in resolved.sinks:
         try:
-            if name == "sqlite":
-                made.append(SQLiteSink(directory / "usage.db"))
-            elif name == "jsonl":
-                made.append(JSONLSink(directory / "usage.jsonl"))
-            elif name == "markdown":
-                made.append(MarkdownJournalSink(directory / "journal"))
-            else:
-                made.append(PostgresSink(resolved.pg_dsn) if name == "postgres" else OTelSink())
+            made.append(kept.get(_sink_key(name, resolved, directory), makers[name]))
         except Exception as exc:
             # Its file is something else (a directory at usage.jsonl), its extra is missing, or
             # its SDK refuses the OTEL_* settings: the other sinks still work.
@@ -192,7 +249,7 @@ def _default_sinks(resolved: Settings, directory: Path) -> list[Sink]:
 
 
 def _apply() -> None:
-    global _settings
+    global _settings, _defaults
     # The calls made so far are priced and written under the settings they were made under.
     _pipeline.catch_up()
     with _lock:
@@ -204,11 +261,12 @@ def _apply() -> None:
         directory = _absolute(resolved.directory)
         state_file = None if resolved.state_file is None else _absolute(resolved.state_file)
         _apply_guardrails(resolved, objects, directory)
+        kept = _defaults = _kept_defaults(resolved, directory)
 
         def make_sinks() -> list[Sink]:
             return [
                 *objects,
-                *_default_sinks(resolved, directory),
+                *_default_sinks(resolved, directory, kept),
                 *_guardrail_sinks(resolved, directory, state_file),
             ]
 
@@ -217,7 +275,9 @@ def _apply() -> None:
             max_queue=resolved.max_queue,
             exit_timeout=resolved.exit_timeout,
             quarantine=directory / "quarantine.jsonl",
-            keep_open=objects,  # the application's own sink objects go on being used
+            # The application's own sink objects, and the default sinks of the same files, go
+            # on being used, each with its one writer.
+            keep_open=[*objects, *kept.made.values()],
         )
         _settings = resolved
     _pipeline.hook_termination_signals()
@@ -590,7 +650,7 @@ def reset() -> None:
     """Forget every configure() call and the implicit session: as in a new process, the settings
     are read again on next use, from the working directory (its pyproject.toml) and environment
     of then (tests)."""
-    global _sink_objects, _settings, _refused, _project_start, _prices_base
+    global _sink_objects, _settings, _refused, _project_start, _prices_base, _defaults
     _pipeline.catch_up()  # made now, not by a writer finding no settings (and loading them)
     with _lock:
         _refused = None
@@ -600,6 +660,7 @@ def reset() -> None:
         _sink_objects = []
         _attached.clear()
         _settings = None
+        _defaults = _DefaultSinks({})
         _pipeline.set_sinks(list)  # the old sinks get what they were sent, then are closed
         _pipeline.first_use_hook = settings
         _pipeline._warned_setting = None  # a bad setting met again is warned about again
