@@ -296,6 +296,103 @@ def test_record_response_rejects_unreadable_shapes(sink: InMemorySink) -> None:
     assert sink.records == []
 
 
+#: A reply of about 450 tokens, for the answers whose usage counts the prompt alone.
+LONG_REPLY = "The quick brown fox jumps over the lazy dog. " * 45
+
+
+def _gemini_body(usage: dict[str, Any], text: str = LONG_REPLY) -> dict[str, Any]:
+    content = {"parts": [{"text": text}], "role": "model"}
+    return {
+        "candidates": [{"content": content}],
+        "usageMetadata": usage,
+        "modelVersion": "gemini-2.5-flash",
+    }
+
+
+def _prompt_only_bodies() -> dict[str, Any]:
+    """Answers of about 450 tokens whose usage counts the prompt (100 tokens) alone."""
+    message = {"role": "assistant", "content": LONG_REPLY}
+    output = [{"type": "message", "content": [{"type": "output_text", "text": LONG_REPLY}]}]
+    return {
+        "chat": {
+            "object": "chat.completion",
+            "model": "gpt-4o",
+            "choices": [{"index": 0, "message": message}],
+            "usage": {"prompt_tokens": 100},
+        },
+        "responses": {
+            "object": "response",
+            "model": "gpt-4o",
+            "status": "completed",
+            "output": output,
+            "usage": {"input_tokens": 100},
+        },
+        "gemini": _gemini_body({"promptTokenCount": 100}),
+    }
+
+
+def test_record_response_of_a_usage_counting_the_prompt_alone_estimates_the_output(
+    sink: InMemorySink,
+) -> None:
+    """A compatible server's usage without an output count nor a total (chat
+    ``{"prompt_tokens": 100}``, Responses ``{"input_tokens": 100}``, Gemini
+    ``{"promptTokenCount": 100}``) beside a ~450-token reply was recorded 100 / 0,
+    ``estimated: false``, $0.00025 (Gemini $0.00003): the reply a silent $0. Its output is now
+    estimated from the reply's text, as the SDK path estimates the same answer; a count that is
+    there (0 included) is still the provider's."""
+    genai = pytest.importorskip("google.genai")
+    bodies = _prompt_only_bodies()
+    bodies["gemini object"] = genai.types.GenerateContentResponse.model_validate(bodies["gemini"])
+    for name, body in bodies.items():
+        rec = tokenmeter.record_response(body)
+        assert (rec.status, rec.estimated, rec.input_tokens) == ("ok", True, 100), name
+        assert 400 < rec.output_tokens < 600, name
+        assert rec.estimated_cost_usd is not None and rec.estimated_cost_usd > Decimal("0.001")
+
+    counted = {**bodies["chat"], "usage": {"prompt_tokens": 100, "completion_tokens": 0}}
+    rec = tokenmeter.record_response(counted)
+    assert (rec.estimated, rec.output_tokens) == (False, 0)
+    assert tokenmeter.flush(5)
+    assert len(sink.records) == 5
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        {
+            "object": "chat.completion",
+            "model": "gpt-4o",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": LONG_REPLY}}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        },
+        {
+            "object": "response",
+            "model": "gpt-4o",
+            "status": "completed",
+            "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
+        },
+        {
+            "type": "message",
+            "model": "claude-sonnet-4-5",
+            "content": [{"type": "text", "text": LONG_REPLY}],
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        },
+        _gemini_body({}),
+    ],
+    ids=["chat zeros", "responses zeros", "anthropic zeros", "gemini {}"],
+)
+def test_record_response_of_a_usage_reporting_nothing_is_a_value_error(
+    sink: InMemorySink, response: dict[str, Any]
+) -> None:
+    """A usage of zeros (or Gemini's ``usageMetadata: {}``: a proxy that strips the counts) was
+    recorded ok, 0 / 0, $0, ``estimated: false``: the call vanished from the money. Refused now,
+    as a reply without usage is (there is no request to estimate its input from)."""
+    with pytest.raises(ValueError, match="reports nothing"):
+        tokenmeter.record_response(response)
+    assert tokenmeter.flush(5)
+    assert sink.records == []
+
+
 def test_implausible_costs_warn_about_a_bounded_number_of_models(
     sink: InMemorySink, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
