@@ -632,17 +632,39 @@ def record_response(
             "to record(), or estimate() them"
         )
     usage, estimated = _with_reply_output(found, response, usage, model_name)
+    operation = found.operation
+    if operation is None and _transcribed(found, response):
+        # Imported here: the adapters import this module (emit_call).
+        from tokenmeter.providers.openai import clip_as_audio
+
+        # Its input is the clip: read as text without input_token_details, it was priced
+        # below the same answer with them, or made through the SDK (048f65a).
+        usage, operation = clip_as_audio(usage), _TRANSCRIPTIONS
     return _returned(
         emit(
             found.provider,
             model_name,
             usage,
             request_model=model or model_name,
-            operation=found.operation,
+            operation=operation,
             tier=found.tier,
             request_id=found.request_id,
             estimated=estimated,
         )
+    )
+
+
+#: The operation of a transcription, as the OpenAI adapter names it.
+_TRANSCRIPTIONS = "audio.transcriptions"
+
+
+def _transcribed(found: Extracted, response: Any) -> bool:
+    """Whether ``response`` is an OpenAI transcription's JSON (``{"text": ..., "usage":
+    {"type": "tokens", ...}}``): no ``object`` names it, its usage's type does."""
+    if family_of(found.provider) != "openai":
+        return False
+    return (
+        field(field(response, "usage"), "type") == "tokens" and field(response, "text") is not None
     )
 
 

@@ -232,6 +232,30 @@ def test_record_response_reads_transcription_usage(records: Records) -> None:
     assert rec.estimated_cost_usd == Decimal("0.001445")
 
 
+def test_record_response_of_a_transcription_without_its_input_split_prices_the_clip_as_audio(
+    kit: Any, records: Records
+) -> None:
+    """The JSON of a transcription whose usage has no ``input_token_details`` (a server or a
+    proxy that drops it) given to ``record_response()``: its 600 input tokens were priced at the
+    text rate, $0.002, with no operation, where the same answer made through the SDK is $0.0041
+    (048f65a). Now read alike, as a dict and as the SDK's object, with the SDK path's operation."""
+    from openai.types.audio import Transcription
+
+    usage = {"type": "tokens", "input_tokens": 600, "output_tokens": 50, "total_tokens": 650}
+    body = {"text": "Hello there.", "usage": usage}
+    client = kit.mock_openai(lambda request: json_reply(kit.http, body))
+    client.audio.transcriptions.create(
+        model="gpt-4o-transcribe", file=("talk.wav", wav(60), "audio/wav")
+    )
+    made = only(records())
+
+    for given in (body, Transcription.model_validate(body)):
+        rec = tokenmeter.record_response(given, model="gpt-4o-transcribe")
+        assert rec.modalities == made.modalities == {"input_audio": 600}
+        assert rec.estimated_cost_usd == made.estimated_cost_usd == Decimal("0.0041")
+        assert rec.operation == made.operation == "audio.transcriptions"
+
+
 class _Pipe(io.RawIOBase):
     """A file object that is read once, front to back, and cannot seek (a pipe's)."""
 

@@ -528,6 +528,16 @@ def _clip_as_audio(usage: Usage, call: Call) -> Usage:
             text = min(
                 count_tokens(prompt, call.provider, call.request_model or ""), usage.input_tokens
             )
+    return clip_as_audio(usage, text)
+
+
+def clip_as_audio(usage: Usage, prompt_tokens: int = 0) -> Usage:
+    """A transcription's ``usage`` whose input is not split by modality, read as the clip's
+    audio but for ``prompt_tokens`` of text (``_clip_as_audio``); ``record_response()`` of
+    such a body, which has no request to tell the prompt by, reads it all as audio."""
+    if not usage.input_tokens or usage.input_audio_tokens or usage.modalities.get("input_text"):
+        return usage  # split by the answer (or nothing to split)
+    text = min(prompt_tokens, usage.input_tokens)
     audio = usage.input_tokens - text
     modalities = {**usage.modalities, "input_audio": audio}
     if text:
