@@ -263,53 +263,6 @@ async def test_polls_of_a_background_response_that_time_out_make_no_record(
 
 
 @pytest.mark.requires(openai=">=1.80")  # background responses
-@pytest.mark.parametrize("finish", ["retrieve", "cancel"])
-async def test_a_background_response_is_recorded_in_the_session_that_created_it(
-    instrumented: Records, kit: ModuleType, is_async: bool, finish: str
-) -> None:
-    """A background job created in session "research-job" (tags customer=acme) and found done
-    by a worker's poll in session "poller": its one record ($0.006) was "poller"'s, without
-    tags, and "research-job" said 0 calls, $0. The create is the billed call: its session's."""
-    polls = []
-
-    def answer(request: Any) -> Any:
-        if request.method == "POST" and request.url.path.endswith("/responses"):
-            return kit.http.Response(200, json=background_response("queued", None))
-        polls.append(request)
-        done = "completed" if finish == "retrieve" else "cancelled"
-        status = "in_progress" if len(polls) == 1 else done
-        return kit.http.Response(
-            200, json=background_response(status, None if len(polls) == 1 else BACKGROUND_USAGE)
-        )
-
-    client = kit.mock_openai(answer, is_async=is_async)
-    with tokenmeter.session("research-job", tags={"customer": "acme"}) as job:
-        created = await kit.maybe(
-            client.responses.create(model="gpt-4.1", input="a long task", background=True)
-        )
-        await kit.maybe(client.responses.retrieve(created.id))  # still in progress
-    with tokenmeter.session("poller") as poller:
-        if finish == "retrieve":
-            await kit.maybe(client.responses.retrieve(created.id))
-        else:
-            await kit.maybe(client.responses.cancel(created.id))
-
-    record = only(instrumented())
-    assert (record.session_id, record.session_name, record.tags) == (
-        job.id,
-        "research-job",
-        {"customer": "acme"},
-    )
-    assert (record.request_model, record.input_tokens, record.output_tokens) == (
-        "gpt-4.1",
-        1000,
-        500,
-    )
-    assert (job.summary.calls, job.summary.cost_usd) == (1, record.estimated_cost_usd)
-    assert poller.summary.calls == 0
-
-
-@pytest.mark.requires(openai=">=1.80")  # background responses
 @pytest.mark.parametrize("billed", [True, False])
 async def test_a_cancelled_background_response_is_recorded_by_its_cancel(
     instrumented: Records, kit: ModuleType, is_async: bool, billed: bool

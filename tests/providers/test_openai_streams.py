@@ -1037,48 +1037,6 @@ async def test_background_response_finished_by_a_streamed_retrieve_has_the_creat
     assert record.request_model == "gpt-4o"
 
 
-@pytest.mark.requires(openai=">=1.80")  # background responses
-async def test_a_background_stream_resumed_in_another_session_is_the_creates_sessions(
-    records: Records, kit: ModuleType, is_async: bool
-) -> None:
-    """A background create streamed in session "chat-ui" (tags user=u1), left after its first
-    event, and resumed with ``retrieve(id, stream=True, starting_after=...)`` in session
-    "reconnect": its record was "reconnect"'s, without tags. The create is the billed call."""
-    completed = _terminal("response.completed", "completed", background=True)
-    events = _responses_events(4, completed)
-    events[0][1]["response"]["background"] = True
-
-    def server(request: Any) -> Any:
-        if request.method == "GET":  # resumed after the first event
-            return sse_reply(kit.http, events[1:])
-        return sse_reply(kit.http, events)
-
-    client = kit.mock_openai(server, is_async=is_async)
-    tokenmeter.instrument("openai")
-
-    with tokenmeter.session("chat-ui", tags={"user": "u1"}) as chat:
-        stream = await kit.maybe(
-            client.responses.create(model="gpt-4o", input="hi", stream=True, background=True)
-        )
-        await kit.maybe(stream.__anext__() if is_async else next(stream))
-        await kit.maybe(stream.close())
-    assert records() == []  # still running at the provider
-    with tokenmeter.session("reconnect") as reconnect:
-        resumed = await kit.maybe(
-            client.responses.retrieve("resp_err", stream=True, starting_after=0)
-        )
-        assert (await kit.drain(resumed))[-1].type == "response.completed"
-
-    record = only(records())
-    assert (record.session_id, record.session_name, record.tags) == (
-        chat.id,
-        "chat-ui",
-        {"user": "u1"},
-    )
-    assert (record.request_model, record.input_tokens, record.output_tokens) == ("gpt-4o", 20, 9)
-    assert (chat.summary.calls, reconnect.summary.calls) == (1, 0)
-
-
 async def test_stream_state_is_constant(records: Records, kit: ModuleType, is_async: bool) -> None:
     """No chunk outlives the caller's reference to it: nothing is buffered."""
     client = kit.mock_openai(ChatServer(kit, chunks=200), is_async=is_async)

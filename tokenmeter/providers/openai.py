@@ -9,13 +9,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from contextlib import suppress
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
 from tokenmeter._estimate import TextTally, count_tokens, without_waiting
 from tokenmeter._models import Usage
 from tokenmeter._registry import provider_for_host
 from tokenmeter._runtime import settings
-from tokenmeter._sessions import Session
 from tokenmeter.pricing._names import name_candidates
 from tokenmeter.pricing._overrides import aliases
 from tokenmeter.providers._core import Call, named_model, safely
@@ -299,7 +298,7 @@ class ResponseEventReader(SampledText):
             if call.deferred and field(response, "background") is True:
                 # Asked for: it runs on if the stream is left, and its retrieve records it. A
                 # server's say-so alone defers nothing (the call would go unrecorded).
-                _runs_on(call, ident(field(response, "id")))
+                _runs_on(ident(field(response, "id")), call.request_model)
         elif kind == "error":
             _ended_on_error(call, getattr(event, "code", None))
         elif kind.endswith("delta"):  # no output text (audio): one of the deltas all the same
@@ -345,48 +344,28 @@ def _read(parsed: Any, call: Call) -> None:
         call.reply = _reply_text(parsed)  # its output, estimated as a stream's (Call._record)
 
 
-class _Job(NamedTuple):
-    """What a background create leaves for the retrieve that records its response."""
-
-    #: The model it asked for (its retrieve's request names none).
-    model: str | None
-    #: The session it was made in, and that session's name then (``Call.session_name``): the
-    #: create is the billed call, so its record is that session's, wherever it is polled from.
-    session: Session | None
-    session_name: str | Literal[False] | None
-
-
-#: Response id -> its background create's ``_Job`` (the create reports no usage; the retrieve
-#: that does is the record, and its request names no model). Bounded: a job never retrieved
-#: holds its session (a few KB) until 10,000 newer jobs push it out.
-_background: OrderedDict[str, _Job] = OrderedDict()
+#: Response id -> the model its background create asked for (the create reports no usage; the
+#: retrieve that does is the record, and its request names no model). Bounded.
+_background: OrderedDict[str, str] = OrderedDict()
 _BACKGROUND_MAX = 10_000
 
 
-def _runs_on(call: Call, response_id: str | None) -> None:
-    """A background response not billed yet: its retrieve's record gets the create's model and
-    session. A retrieve (a poll, a resumed stream) leaves the create's entry as it is: recorded
-    in the poller's session, a job was charged to whoever polled it, not whoever created it."""
-    if response_id is not None and not call.retrieval:
-        _background[response_id] = _Job(call.request_model, call.session, call.session_name)
+def _runs_on(response_id: str | None, model: str | None) -> None:
+    """A background response not billed yet: its retrieve's record gets the create's model."""
+    if response_id is not None and model is not None:
+        _background[response_id] = model
         if len(_background) > _BACKGROUND_MAX:
             _background.popitem(last=False)
 
 
 def _asked_for(call: Call, response_id: str | None) -> None:
     """A finished background response: its record (made by a retrieve, streamed or not, whose
-    request names no model) gets the model its create asked for and the create's session
-    (tags, budget, summary: those of the call that was billed), and the entry is done with (a
-    create streamed to its end too: kept, it held memory until 10,000 others pushed it out)."""
-    if response_id is None:
-        return
-    job = _background.pop(response_id, None)
-    if job is None:  # created by another process, or long ago: the retrieve's own session
-        return
-    if call.request_model is None:
-        call.request_model = job.model
-    if job.session is not None:
-        call.session, call.session_name = job.session, job.session_name
+    request names no model) gets the model its create asked for, and the entry is done with
+    (a create streamed to its end too: kept, it held memory until 10,000 others pushed it out)."""
+    if response_id is not None:
+        asked = _background.pop(response_id, None)
+        if call.request_model is None:
+            call.request_model = asked
 
 
 def _read_again(call: Call, background: Any, response_id: str | None) -> bool:
@@ -417,7 +396,7 @@ def _read_response(parsed: Any, call: Call) -> None:
         and status in _NOT_YET_BILLED
         and (call.retrieval or field(call.request, "background") is True)
     ):
-        _runs_on(call, ident_)
+        _runs_on(ident_, call.request_model)
         return
     _asked_for(call, ident_)
     if status == _CANCELLED and no_usage and call.retrieval:
