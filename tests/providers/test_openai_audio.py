@@ -138,6 +138,36 @@ async def test_a_whisper_transcription_asked_to_stream_is_not_recorded(
 
 
 @pytest.mark.requires(openai=">=2.0")  # streamed transcriptions
+@pytest.mark.parametrize("ending", ["left after a delta", "done without usage"])
+async def test_a_transcribe_stream_under_another_name_is_estimated_without_usage(
+    kit: Any, records: Records, is_async: bool, ending: str
+) -> None:
+    """A gpt-4o-transcribe deployment named otherwise ("stt-prod", not aliased) streams
+    transcript events, which whisper never does: billed in tokens, so a stream of it that ends
+    without usage is estimated, never left unrecorded as whisper's is."""
+    events = [
+        ("transcript.text.delta", {"type": "transcript.text.delta", "delta": "Hello"}),
+        ("transcript.text.delta", {"type": "transcript.text.delta", "delta": " there."}),
+        ("transcript.text.done", {"type": "transcript.text.done", "text": "Hello there."}),
+    ]
+    client = kit.mock_openai(lambda request: sse_reply(kit.http, events), is_async=is_async)
+    stream = await kit.maybe(
+        client.audio.transcriptions.create(model="stt-prod", file=CLIP, stream=True)
+    )
+    if ending == "done without usage":
+        await kit.drain(stream)
+    elif hasattr(stream, "__anext__"):
+        await stream.__anext__()
+        await stream.close()
+    else:
+        next(stream)
+        stream.close()
+
+    record = only(records())
+    assert record.estimated is True and record.input_tokens > 0
+
+
+@pytest.mark.requires(openai=">=2.0")  # streamed transcriptions
 async def test_streamed_transcription_reads_the_done_event(
     kit: Any, records: Records, is_async: bool
 ) -> None:

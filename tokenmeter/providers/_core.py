@@ -243,7 +243,8 @@ class Call:
     #: A stream of a call not billed in tokens (an OpenAI whisper transcription: billed per
     #: second, and OpenAI ignores its ``stream`` and answers the plain transcription). Ended
     #: without token usage it makes no record, as the same call not streamed makes none: an
-    #: estimate would count tokens never billed as tokens, at no known price.
+    #: estimate would count tokens never billed as tokens, at no known price. Cleared by an
+    #: event only a stream billed in tokens sends (a transcribe model's under another name).
     not_in_tokens: bool = False
     #: A stream's context where it was made: its record is made in it wherever the stream ends,
     #: so that what the sinks read of the caller's context is the call's (the OpenTelemetry

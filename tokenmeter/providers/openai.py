@@ -453,12 +453,15 @@ class TranscriptEventReader(SampledText):
         if kind == "transcript.text.delta":
             self.read += 1
             self.text.add(getattr(event, "delta", None))
+            call.not_in_tokens = False  # a transcribe model's stream, whatever its name
         elif kind == "transcript.text.done":
             usage = getattr(event, "usage", None)
+            call.not_in_tokens = False
             if usage is not None:
                 call.read("reading transcription usage", _read_transcript_usage, usage, call)
         elif event is SKIPPED:
             self.counted += 1
+            call.not_in_tokens = False
         return False
 
 
