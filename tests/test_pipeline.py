@@ -236,6 +236,81 @@ def test_flush_is_released_between_the_writes_of_an_isolation_pass_of_a_slow_fai
     assert sorted(r.id for r in sink.records) == sorted(r.id for r in made)
 
 
+class BackAfterOneMoreFailure(InMemorySink):
+    """A sink down ("down"), then back after one more failed write ("stale": a pooled
+    connection gone stale while the server was down)."""
+
+    state = "down"
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        if self.state == "down":
+            raise OSError("connection refused")
+        if self.state == "stale":
+            self.state = "up"
+            raise OSError("server closed the connection unexpectedly")
+        super().write(records)
+
+
+def test_flush_says_true_when_the_isolation_pass_writes_every_record() -> None:
+    """After five failed deliveries, a flush() whose delivery failed once and whose isolation
+    pass then wrote every record said False (answered before the pass, for the tries alone)."""
+    sink = BackAfterOneMoreFailure()
+    tokenmeter.configure(sinks=[sink])
+    first = tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert tokenmeter.flush(60) is False  # down: its tries ran out
+    sink.state = "stale"
+    second = tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert tokenmeter.flush(60) is True
+    assert sorted(r.id for r in sink.records) == sorted([first.id, second.id])
+
+
+class FailingThenHeld(InMemorySink):
+    """Three writes failing at once (an isolation pass begins), two failing slowly, then one
+    held until ``go``; then every write is stored."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.fourth = threading.Event()
+        self.go = threading.Event()
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        self.writes += 1
+        if self.writes == 4:
+            self.fourth.set()
+        if self.writes <= 3:
+            raise OSError("connection refused")
+        if self.writes <= 5:
+            time.sleep(0.3)
+            raise OSError("connection timeout expired")
+        if self.writes == 6:
+            self.go.wait(60)
+        super().write(records)
+
+
+def test_a_flush_answered_during_an_isolation_pass_takes_no_records_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A flush() answered while its marker still waited in the buffer left the marker there,
+    counted against max_queue as a record: a caller filling the buffer had a record dropped
+    and lost (12 of 13 written) that is kept without that flush()."""
+    monkeypatch.setattr(_pipeline, "_FLUSH_PATIENCE", 0.1, raising=False)
+    sink = FailingThenHeld()
+    tokenmeter.configure(sinks=[sink], max_queue=10)
+    made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(3)]
+    assert sink.fourth.wait(60)  # the isolation pass began
+    answered: list[bool] = []
+    waiter = threading.Thread(target=lambda: answered.append(tokenmeter.flush()))
+    waiter.start()
+    waiter.join(30)  # answered (False) during the pass, once its patience ran out
+    made += [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(10)]
+    sink.go.set()
+    waiter.join(60)
+    assert answered in ([False], [True])
+    assert tokenmeter.flush(60)
+    assert sorted(r.id for r in sink.records) == sorted(r.id for r in made)
+
+
 def test_a_sinks_own_flush_failing_at_every_flush_is_reported_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -591,6 +591,9 @@ class _Writer:
         #: per buffer means the same. With a hung sink and a flush() per request, a marker
         #: each would pile up in the buffer without end.
         self._open_marker: _FlushMarker | None = None
+        #: Markers in the buffer already answered there (``_answer_overdue``): no records, so
+        #: ``put`` does not count them against ``max_queue``.
+        self._answered_waiting = 0
         #: ``quarantined`` when the open marker was put in the buffer, and when the oldest of
         #: ``_markers`` was: a record set aside since then was not written, and the flush()
         #: calls waiting on them say so (False), as ``flush()`` promises.
@@ -695,8 +698,9 @@ class _Writer:
                 _queued_while_making = True
             buffer.append(item)
             waiting = len(buffer)
-            if waiting - (self._open_marker is not None) > self.press_at:  # records only
-                self._crowd(waiting - (self._open_marker is not None))
+            records = waiting - (self._open_marker is not None) - self._answered_waiting
+            if records > self.press_at:
+                self._crowd(records)
         if waiting == 1:
             self._arrived.set()
         if waiting == self.batch:
@@ -873,6 +877,7 @@ class _Writer:
             ]
             if late:
                 self._buffer = deque(i for i in self._buffer if type(i) is not _FlushMarker)
+                self._answered_waiting = 0
             self._open_marker = None
         for marker in late:
             marker.ok = ok
@@ -955,6 +960,7 @@ class _Writer:
         catch_up(paced=True, most=room)
         with self._lock:
             items, self._buffer = self._buffer, deque()
+            self._answered_waiting = 0
             flushed = self._open_marker is not None
             self._open_marker = None
         _made_progress(self)  # a crowded caller waits for it (``_hand_over``)
@@ -1074,6 +1080,7 @@ class _Writer:
             pending, self._pending = self._pending, deque()
             accused, self._accused = self._accused, []
             buffer, self._buffer = self._buffer, deque()
+            self._answered_waiting = 0
             self._open_marker = None
             in_write, done = self._in_write, self._done_in_pass
             self._done_in_pass = set()
@@ -1169,16 +1176,16 @@ class _Writer:
 
     def _answer_overdue(self, began: float) -> None:
         """A write that ``began`` then has just failed: the ``flush()`` calls that have waited
-        ``_FLUSH_PATIENCE`` seconds, or through ``_FLUSH_TRIES`` failed deliveries, get False
-        now, before the next write. Checked only once a delivery was over, they also waited for
-        the isolation pass that a third failure starts (up to three more writes, each as slow
-        to fail as the others): 24.5 s for a sink failing in 4 s, 40 s for one failing in 10 s,
-        where the docs promise the patience and the write under way.
+        ``_FLUSH_PATIENCE`` seconds get False now, before the next write. Checked only once a
+        delivery was over, they also waited for the isolation pass that a third failure starts
+        (up to three more writes, each as slow to fail as the others): 24.5 s for a sink
+        failing in 4 s, 40 s for one failing in 10 s, where the docs promise the patience and
+        the write under way.
 
         That counts the ``flush()`` that came during the pass too, once a write begun after it
         failed (not one under way when it came: the sink may be back by then). Its marker waits
-        in the buffer, answered there and passed over by the delivery that takes it (``put``
-        counts it as a record meanwhile: one item early to drop, on a sink already failing).
+        in the buffer, answered there and passed over by the delivery that takes it (not
+        counted by ``put`` meanwhile: ``_answered_waiting``).
         Only the patience applies to it, as the records before it were not offered yet. The
         records of both stay queued and are retried."""
         now = time.monotonic()
@@ -1191,10 +1198,11 @@ class _Writer:
                     and now - marker.since >= _FLUSH_PATIENCE
                 ):
                     self._open_marker = None  # a later flush() gets a marker of its own
+                    self._answered_waiting += 1
                     self._markers.append(marker)
-        if self._markers and (
-            self._failures >= _FLUSH_TRIES or now - self._markers[0].since >= _FLUSH_PATIENCE
-        ):
+        # Patience alone: the tries are counted once the isolation pass is over (``_deliver``),
+        # which may write every record (a sink back after its first failed write).
+        if self._markers and now - self._markers[0].since >= _FLUSH_PATIENCE:
             self._release_markers(ok=False)
 
     def _set_aside_pending(self) -> None:
