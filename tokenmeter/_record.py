@@ -51,9 +51,7 @@ from tokenmeter.pricing._engine import CostFields, cost_fields
 from tokenmeter.pricing._overrides import short_repr
 from tokenmeter.pricing._source import KNOWN_TIERS, known_tier, split_tier
 from tokenmeter.usage import Extracted, extract, with_model_fees
-from tokenmeter.usage._read import field, getter, priced_tier
-from tokenmeter.usage.google import batch_result_response
-from tokenmeter.usage.openai import batch_result_body
+from tokenmeter.usage._read import field, priced_tier
 
 __all__ = ["NOTHING_USED", "emit", "emit_call", "record", "record_response"]
 
@@ -624,14 +622,6 @@ def record_response(
             f"model: the response's model {short_repr(found.model)} names none: pass model="
         )
     usage = found.usage if served else with_model_fees(found, model_name)
-    if not (usage.input_tokens or usage.output_tokens or usage.tool_requests or usage.passes):
-        # A billed call always has a prompt: zeros (or Gemini's ``usageMetadata: {}``) are a
-        # usage a proxy stripped, and recorded as given they were a silent $0 call.
-        raise ValueError(
-            "the response's usage reports nothing (every count 0 or absent): pass the counts "
-            "to record(), or estimate() them"
-        )
-    usage, estimated = _with_reply_output(found, response, usage, model_name)
     operation = found.operation
     if operation is None and _transcribed(found, response):
         # Imported here: the adapters import this module (emit_call).
@@ -649,7 +639,6 @@ def record_response(
             operation=operation,
             tier=found.tier,
             request_id=found.request_id,
-            estimated=estimated,
         )
     )
 
@@ -666,37 +655,3 @@ def _transcribed(found: Extracted, response: Any) -> bool:
     return (
         field(field(response, "usage"), "type") == "tokens" and field(response, "text") is not None
     )
-
-
-def _with_reply_output(
-    found: Extracted, response: Any, usage: Usage, model: str
-) -> tuple[Usage, bool]:
-    """``usage`` with the output estimated from the reply's text, and True, when the usage
-    counts no output beside its reasoning and gives no total to tell it by (a compatible
-    server's ``{"prompt_tokens": 100}``, Gemini's ``{"promptTokenCount": 100}``), as the
-    adapters estimate the same answer made through the SDK: recorded as given, the reply was
-    a silent $0. ``usage`` and False otherwise (a count that is there, 0 included, is the
-    provider's; an embedding has no output)."""
-    if usage.output_tokens > usage.reasoning_tokens or found.operation == "embeddings":
-        return usage, False
-    # Imported here: the adapters import this module (emit_call).
-    from tokenmeter.providers import _gemini, google_genai
-    from tokenmeter.providers import openai as openai_adapter
-    from tokenmeter.providers._core import _with_output_of
-
-    family = family_of(found.provider)
-    if family == "openai":
-        body = batch_result_body(getter(response, what="response")) or response
-        if not openai_adapter._counts_no_output(field(body, "usage")):
-            return usage, False
-        reply = openai_adapter._reply_text(body)
-    elif family == "google":
-        body = batch_result_response(response) or response
-        if not google_genai._counts_no_output(field(body, "usage_metadata", "usageMetadata")):
-            return usage, False
-        json_body = isinstance(body, Mapping)  # a stored body: the SDK's objects read otherwise
-        reply = _gemini.json_reply_text(body) if json_body else _gemini.reply_text(body)
-    else:  # Anthropic's usage always counts its output (refused without it)
-        return usage, False
-    better = _with_output_of(usage, reply, found.provider, model)
-    return (usage, False) if better is None else (better, True)

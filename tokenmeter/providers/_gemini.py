@@ -13,7 +13,6 @@ from typing import Any
 from tokenmeter._estimate import TextTally
 from tokenmeter._models import Usage
 from tokenmeter._registry import provider_of_sdk, short_model
-from tokenmeter.usage._read import field
 
 __all__ = [
     "PROVIDER",
@@ -107,29 +106,6 @@ def reply_text(response: Any) -> TextTally:
     tally = TextTally()
     with suppress(Exception):
         add_candidates(tally, response, TextTally())
-    return tally
-
-
-def json_reply_text(body: Any) -> TextTally:
-    """``reply_text`` of a response given as its JSON (``record_response()`` of a stored body,
-    whose keys the SDK objects' attributes do not read): the parts' text, function calls and
-    code, thought summaries left out. A part that cannot be read adds nothing."""
-    tally = TextTally()
-    add = tally.add
-    with suppress(Exception):
-        for candidate in field(body, "candidates") or ():
-            for part in field(field(candidate, "content"), "parts") or ():
-                if field(part, "thought"):
-                    continue
-                add(field(part, "text"))
-                call = field(part, "function_call", "functionCall")
-                add(field(call, "name"))
-                args = field(call, "args")
-                if args:
-                    add(json.dumps(args, ensure_ascii=False, default=_plain))
-                add(field(field(part, "executable_code", "executableCode"), "code"))
-                result = field(part, "code_execution_result", "codeExecutionResult")
-                add(field(result, "output"))
     return tally
 
 
