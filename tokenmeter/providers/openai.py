@@ -127,12 +127,10 @@ class ChunkReader(SampledText):
 
     def partial(self, usage: Usage, model: str) -> Usage | None:
         """For a usage that named no output count: the reported input with the output
-        estimated from what streamed by, beside the reasoning it counted (hidden thinking no
-        text streamed; as ``_core._with_output_of`` does for a reply not streamed). None when
-        the count came."""
+        estimated from what streamed by (None when the count came)."""
         if not self.no_output:
             return None
-        output = usage.reasoning_tokens + self.tally.tokens("openai", model)
+        output = self.tally.tokens("openai", model)
         if output <= usage.output_tokens:
             return None
         return usage.model_copy(update={"output_tokens": output})
@@ -337,7 +335,7 @@ def _read(parsed: Any, call: Call) -> None:
     call.take(found)
     if (
         found is not None
-        and found.usage.output_tokens <= found.usage.reasoning_tokens
+        and not found.usage.output_tokens
         and call.operation != "embeddings"  # which has no output
         and _counts_no_output(usage)
     ):

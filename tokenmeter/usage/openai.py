@@ -217,13 +217,7 @@ def _any_shape(usage: Any) -> Usage:
         "image_tokens",
         "text_tokens",
     )
-    if reasoning > output_tokens and get(total_out) is None and get("total_tokens") is None:
-        # No output count nor total (a compatible server's prompt-only usage) beside a
-        # reasoning count: that count is the only output reported, a lower bound (the adapters
-        # estimate the rest from the reply's text). Read as 0 output, the block was refused as
-        # holding more reasoning than output, and the call recorded as an error with 0 tokens.
-        output_tokens = reasoning
-    elif reasoning and not beside:
+    if reasoning and not beside:
         (total,) = counts(get, "total_tokens")
         if total == input_tokens + output_tokens + reasoning:  # xAI: outside the completion
             output_tokens += reasoning
