@@ -1427,3 +1427,39 @@ def test_a_database_not_writable_when_connecting_is_refused_and_written_once_it_
             "-c", NOT_WRITABLE_FOR_A_MOMENT, name, here, env=dict(os.environ), cwd=Path(name)
         )
     assert done.stdout.split() == ["refused", "refused", "2"]
+
+
+#: A process whose real user differs from its effective one (a setuid wrapper, a daemon after
+#: seteuid): real 65534, effective 1000, the databases its own (1000's, 0o600).
+AS_ANOTHER_EFFECTIVE_USER = """
+import os, sqlite3, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from conftest import build_record
+from tokenmeter.guardrails._ledger import SQLiteLedger
+from tokenmeter.sinks import SQLiteSink
+directory = Path(sys.argv[1])
+os.setresgid(65534, 1000, 0)
+os.setresuid(65534, 1000, 0)
+sink = SQLiteSink(directory / "usage.db")
+sink.write([build_record(0)])
+sink.close()
+ledger = SQLiteLedger(directory / "budgets.db")
+ledger.reserve("k", "2026-12-01T00:00:00+00:00", 10.0, 1.0)
+ledger.close()
+print(sqlite3.connect(directory / "usage.db").execute("SELECT COUNT(*) FROM records").fetchone()[0])
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="sets its real and effective users apart")
+def test_a_database_is_judged_writable_by_the_effective_user() -> None:
+    """Whether the database may be written was asked of the real user (``os.access``), where
+    opening it is decided by the effective one: a process whose own files they were had every
+    record set aside and every budget check fail open."""
+    with tempfile.TemporaryDirectory() as name:
+        os.chown(name, 1000, 1000)
+        here = str(Path(__file__).parent)
+        done = run_python(
+            "-c", AS_ANOTHER_EFFECTIVE_USER, name, here, env=dict(os.environ), cwd=Path(name)
+        )
+    assert done.stdout.split() == ["1"]

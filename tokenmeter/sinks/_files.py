@@ -233,9 +233,17 @@ def make_private(path: Path) -> os.stat_result:
             with contextlib.suppress(FileExistsError):
                 _make_file(target)
     info = os.stat(path)
-    if stat.S_ISREG(info.st_mode) and not os.access(path, os.R_OK | os.W_OK):
+    if stat.S_ISREG(info.st_mode) and not _may_write(path):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
     return info
+
+
+def _may_write(path: Path) -> bool:
+    """Whether this process may read and write ``path``, as an open() would decide: by its
+    effective user (a setuid wrapper, a daemon after seteuid), not its real one."""
+    if os.access in os.supports_effective_ids:
+        return os.access(path, os.R_OK | os.W_OK, effective_ids=True)
+    return os.access(path, os.R_OK | os.W_OK)
 
 
 def _make_file(path: Path) -> None:
