@@ -134,6 +134,26 @@ def test_status_failed_when_the_body_raises_and_sinks_hear_of_it(sink: InMemoryS
     assert sink.sessions[ok.id].status == "completed"
 
 
+#: click's ``Exit`` as click defines it (``click.exceptions``, a RuntimeError with an
+#: ``exit_code``), and typer's subclass of it: click is no dependency of the tests.
+ClickExit = type("Exit", (RuntimeError,), {"__module__": "click.exceptions"})
+TyperExit = type("Exit", (ClickExit,), {"__module__": "typer"})
+
+
+@pytest.mark.parametrize("kind", [ClickExit, TyperExit])
+@pytest.mark.parametrize(("code", "status"), [(0, "completed"), (2, "failed")])
+def test_a_session_left_by_clicks_exit_is_failed_only_for_a_failing_exit_code(
+    kind: type[RuntimeError], code: int, status: str
+) -> None:
+    """click's ``ctx.exit(0)`` raises its ``Exit`` (a RuntimeError, not a SystemExit), which
+    click turns into the process's status 0: the session was stored "failed"."""
+    exit_ = kind()
+    exit_.exit_code = code  # type: ignore[attr-defined]
+    with pytest.raises(kind), tokenmeter.session("cli") as job:
+        raise exit_
+    assert job.status == status
+
+
 @pytest.mark.parametrize(
     ("code", "status"),
     [(0, "completed"), (None, "completed"), (False, "completed"), (1, "failed"), ("bad", "failed")],

@@ -160,8 +160,19 @@ def _failed_by(exc: BaseException) -> bool:
         return False
     if isinstance(exc, SystemExit):
         code = exc.code
-        return not (code is None or (isinstance(code, int) and code == 0))
-    return True
+    elif _is_click_exit(type(exc)):  # ctx.exit(0): a RuntimeError, not a SystemExit
+        code = getattr(exc, "exit_code", 1)
+    else:
+        return True
+    return not (code is None or (isinstance(code, int) and code == 0))
+
+
+def _is_click_exit(kind: type[BaseException]) -> bool:
+    """Whether ``kind`` is click's ``Exit`` (typer's too, a subclass), told by name: click
+    is the application's, never imported here."""
+    return any(
+        base.__name__ == "Exit" and base.__module__ == "click.exceptions" for base in kind.__mro__
+    )
 
 
 class FrozenTags(dict[str, str]):

@@ -649,6 +649,28 @@ def test_calls_a_session_budget_refused_are_no_calls_of_the_averages_per_call(
     assert "| **TOTAL** | | **4** | **3,000** | **1,500.0** |" in usage, usage
 
 
+def test_a_parent_page_with_refused_calls_names_its_nested_sessions_calls(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    """A parent whose nested session made a call, which made one itself and had two refused:
+    its journal page compared the calls rolled up with its nested session's (2, made) to its
+    "Total Calls" (3, refused ones counted), and left out "Including Nested Sessions"."""
+    from tokenmeter.sinks import MarkdownJournalSink
+
+    journal = tmp_path / "journal"
+    tokenmeter.configure(directory=tmp_path / "tm", sinks=[MarkdownJournalSink(journal)])
+    with tokenmeter.session("parent", id="P", budget_usd=0.01, on_exceed="raise"):
+        with tokenmeter.session("child", id="C"):
+            chat(fake)
+        chat(fake)
+        for _ in range(2):
+            with pytest.raises(BudgetExceeded):
+                chat(fake)
+    assert tokenmeter.flush(5)
+    page = (journal / "sessions" / "P.md").read_text(encoding="utf-8")
+    assert "- **Including Nested Sessions:** 2 calls" in page, page
+
+
 def test_a_parent_session_budget_stops_calls_of_its_children(
     fake: FakeProvider, instrumented: None, sink: Any
 ) -> None:

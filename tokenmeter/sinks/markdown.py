@@ -707,7 +707,7 @@ class _SessionLog(_Log):
             lines.append(f"- **Calls Without a Known Price:** {unpriced:,}\n")
         info = state.get("info", {})
         rolled_up = _rolled_up(state)
-        if rolled_up and rolled_up[0] > t["calls"]:  # calls were made in nested sessions
+        if rolled_up and rolled_up[0] > totals.made_calls:  # calls made in nested sessions
             lines.append(
                 f"- **Including Nested Sessions:** {rolled_up[0]:,} calls, "
                 f"{rolled_up[1]:,} tokens, {_money(Decimal(rolled_up[2]))}\n"
