@@ -1418,10 +1418,18 @@ def test_an_empty_providers_list_patches_none(sink: InMemorySink) -> None:
 
 @pytest.mark.parametrize(
     ("line", "argument"),
-    [('sinks = ""', None), ('sinks = ","', None), (None, ""), (None, " , ")],
+    [
+        ('sinks = ""', None),
+        ('sinks = ","', None),
+        ('sinks = [""]', None),
+        (None, ""),
+        (None, " , "),
+        (None, [""]),
+        (None, [" "]),
+    ],
 )
 def test_a_sinks_string_that_names_none_is_refused_in_every_layer(
-    tmp_path: Path, line: str | None, argument: str | None
+    tmp_path: Path, line: str | None, argument: str | list[str] | None
 ) -> None:
     """``sinks = ""`` (an unfilled template) or ``configure(sinks="")`` stored nothing while
     ``flush()`` said True: 5 records made, no file written, not a word. ``TOKENMETER_SINKS=""``
@@ -1491,3 +1499,21 @@ def test_a_state_file_that_is_a_file_the_settings_are_read_from_is_refused(
     assert tokenmeter.flush(5)
     assert (tmp_path / "state.md").read_text().count("TOKEN_TRACKING") == 1
     assert "TOKEN_TRACKING" not in prices.read_text() + project.read_text()
+
+
+@pytest.mark.parametrize("where", ["here", "sub/pyproject.toml"])
+def test_a_state_file_named_pyproject_toml_is_refused_where_none_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Where no pyproject.toml is read (a folder without one, or another folder's), the first
+    run made ``pyproject.toml`` of its state line, and every later run there raised: a
+    pyproject.toml is never a state file."""
+    state_file = "pyproject.toml" if where == "here" else where
+    monkeypatch.setenv("TOKENMETER_STATE_FILE", state_file)
+    with pytest.raises(ValueError) as excinfo:
+        tokenmeter.configure()
+    assert one_line_value_error(excinfo) == (
+        "tokenmeter setting 'state_file' from TOKENMETER_STATE_FILE: must not be a "
+        f"pyproject.toml, got '{state_file}'"
+    )
+    assert not (tmp_path / state_file).exists()

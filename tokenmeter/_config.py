@@ -135,7 +135,8 @@ class Settings(BaseModel):
     @classmethod
     def _known_sinks(cls, value: Any) -> tuple[str, ...]:
         sinks = _parse_sinks(value)
-        if isinstance(value, str) and not sinks:  # an unfilled template, not "store nothing"
+        # An unfilled template ("", [""]), not "store nothing": only an empty list is that.
+        if not sinks and (isinstance(value, str) or (isinstance(value, list | tuple) and value)):
             raise ValueError(f"names no sink; leave it out for {_NO_SINK_NAMED}")
         return sinks
 
@@ -698,6 +699,12 @@ def _check_state_file_is_no_settings_file(
                 f"tokenmeter setting 'state_file' from {source}: must not be {what}, "
                 f"got {short_repr(str(resolved.state_file))}"
             )
+    if resolved.state_file.name == "pyproject.toml":  # another folder's, or one made by it
+        source = sources.get("state_file", "settings")
+        raise ValueError(
+            f"tokenmeter setting 'state_file' from {source}: must not be a pyproject.toml, "
+            f"got {short_repr(str(resolved.state_file))}"
+        )
 
 
 def _one_file(path: Path, other: Path) -> bool:
