@@ -1517,3 +1517,26 @@ def test_a_state_file_named_pyproject_toml_is_refused_where_none_is_read(
         f"pyproject.toml, got '{state_file}'"
     )
     assert not (tmp_path / state_file).exists()
+
+
+def test_a_blank_sink_name_beside_a_sink_object_is_no_sink(tmp_path: Path) -> None:
+    """``sinks=[os.environ.get("EXTRA_SINK", ""), my_sink]``: the object is the sink meant."""
+    memory = InMemorySink()
+    tokenmeter.configure(directory=tmp_path / "tm", sinks=["", memory])
+    tokenmeter.record("openai", "gpt-4o", 10, 1)
+    assert tokenmeter.flush(5)
+    assert len(memory.records) == 1 and not (tmp_path / "tm").exists()
+
+
+def test_a_state_file_linked_to_a_pyproject_toml_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state file named otherwise that links to another folder's pyproject.toml: the first
+    run appended its line there, and every later run in that project raised."""
+    other = tmp_path / "proj"
+    other.mkdir()
+    (other / "pyproject.toml").write_text("[tool.tokenmeter]\nexit_timeout = 5\n")
+    (tmp_path / "state.log").symlink_to(other / "pyproject.toml")
+    monkeypatch.setenv("TOKENMETER_STATE_FILE", "state.log")
+    with pytest.raises(ValueError, match=r"must not be a pyproject\.toml"):
+        tokenmeter.configure()

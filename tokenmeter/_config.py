@@ -699,12 +699,23 @@ def _check_state_file_is_no_settings_file(
                 f"tokenmeter setting 'state_file' from {source}: must not be {what}, "
                 f"got {short_repr(str(resolved.state_file))}"
             )
-    if resolved.state_file.name == "pyproject.toml":  # another folder's, or one made by it
+    if "pyproject.toml" in (resolved.state_file.name, _real_name(resolved.state_file)):
+        # another folder's (through a link too), or one its first write would make
         source = sources.get("state_file", "settings")
         raise ValueError(
             f"tokenmeter setting 'state_file' from {source}: must not be a pyproject.toml, "
             f"got {short_repr(str(resolved.state_file))}"
         )
+
+
+def _real_name(path: Path) -> str:
+    """The name of the file ``path`` leads to through links ("" when it cannot be told)."""
+    from tokenmeter.sinks._files import absolute
+
+    try:
+        return os.path.basename(os.path.realpath(absolute(path)))
+    except (ValueError, OSError):
+        return ""
 
 
 def _one_file(path: Path, other: Path) -> bool:

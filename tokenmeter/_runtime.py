@@ -616,6 +616,8 @@ def _split_sinks(sinks: object) -> tuple[str | list[str], list[Sink]]:
             raise ValueError(
                 f"sinks: {short_repr(sink)} is not a sink (needs write(), flush() and close())"
             )
+    if objects:  # [os.environ.get("EXTRA_SINK", ""), my_sink]: the objects are the sinks named
+        names = [name for name in names if name.strip()]
     return names, objects
 
 

@@ -138,15 +138,19 @@ async def test_a_whisper_transcription_asked_to_stream_is_not_recorded(
 
 
 @pytest.mark.requires(openai=">=2.0")  # streamed transcriptions
+@pytest.mark.parametrize("first", ["transcript.text.delta", "transcript.text.segment"])
 @pytest.mark.parametrize("ending", ["left after a delta", "done without usage"])
 async def test_a_transcribe_stream_under_another_name_is_estimated_without_usage(
-    kit: Any, records: Records, is_async: bool, ending: str
+    kit: Any, records: Records, is_async: bool, ending: str, first: str
 ) -> None:
     """A gpt-4o-transcribe deployment named otherwise ("stt-prod", not aliased) streams
-    transcript events, which whisper never does: billed in tokens, so a stream of it that ends
-    without usage is estimated, never left unrecorded as whisper's is."""
+    transcript events (a diarized one, segments), which whisper never does: billed in tokens,
+    so a stream of it that ends without usage is estimated, never left unrecorded as whisper's
+    is."""
+    segment = {"type": first, "delta": "Hello", "text": "Hello", "id": "s1", "speaker": "A"}
+    segment.update({"start": 0.0, "end": 1.0})
     events = [
-        ("transcript.text.delta", {"type": "transcript.text.delta", "delta": "Hello"}),
+        (first, segment),
         ("transcript.text.delta", {"type": "transcript.text.delta", "delta": " there."}),
         ("transcript.text.done", {"type": "transcript.text.done", "text": "Hello there."}),
     ]

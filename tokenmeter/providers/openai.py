@@ -448,18 +448,19 @@ class TranscriptEventReader(SampledText):
 
     def feed(self, event: Any, call: Call) -> bool:
         kind = getattr(event, "type", None)
+        if event is SKIPPED or (type(kind) is str and kind.startswith("transcript.text.")):
+            # A transcribe model's stream (deltas, segments of a diarized one...), whatever its
+            # model's name: billed in tokens (whisper answers JSON, no events).
+            call.not_in_tokens = False
         if kind == "transcript.text.delta":
             self.read += 1
             self.text.add(getattr(event, "delta", None))
-            call.not_in_tokens = False  # a transcribe model's stream, whatever its name
         elif kind == "transcript.text.done":
             usage = getattr(event, "usage", None)
-            call.not_in_tokens = False
             if usage is not None:
                 call.read("reading transcription usage", _read_transcript_usage, usage, call)
         elif event is SKIPPED:
             self.counted += 1
-            call.not_in_tokens = False
         return False
 
 
