@@ -13,6 +13,8 @@ import pytest
 
 import tokenmeter
 from tokenmeter import Usage, UsageRecord
+from tokenmeter._estimate import count_tokens
+from tokenmeter.providers.openai import _reply_text
 from tokenmeter.sinks import InMemorySink
 
 SPEC_KEYS = [
@@ -294,6 +296,130 @@ def test_record_response_rejects_unreadable_shapes(sink: InMemorySink) -> None:
         tokenmeter.record_response({"usage": {"prompt_tokens": 1, "completion_tokens": 1}})
     tokenmeter.flush(5)
     assert sink.records == []
+
+
+#: A reply of about 450 tokens, and a reasoning of about 500, for answers whose usage counts the
+#: prompt alone.
+LONG_REPLY = "The quick brown fox jumps over the lazy dog. " * 45
+THINKING = "Let me think about the capital of France step by step. " * 40
+
+
+def _chat_body(message: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "object": "chat.completion",
+        "model": "gpt-4o",
+        "choices": [{"index": 0, "message": {"role": "assistant", **message}}],
+        "usage": usage,
+    }
+
+
+def _responses_body(output: list[dict[str, Any]], usage: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "object": "response",
+        "model": "gpt-4o",
+        "status": "completed",
+        "output": output,
+        "usage": usage,
+    }
+
+
+def _answer(text: str) -> dict[str, Any]:
+    """A Responses message output item holding ``text``."""
+    return {"type": "message", "content": [{"type": "output_text", "text": text}]}
+
+
+def _gemini_body(parts: list[dict[str, Any]], usage: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "candidates": [{"content": {"parts": parts, "role": "model"}}],
+        "usageMetadata": usage,
+        "modelVersion": "gemini-2.5-flash",
+    }
+
+
+def _tokens(text: str, provider: str, model: str) -> int:
+    """``text``'s tokens, once the tokenizer is loaded (``count_tokens`` waits for it), so that
+    the estimate on the caller's thread counts as this does, whichever ran first."""
+    return count_tokens(text, provider, model)
+
+
+def test_record_response_of_a_usage_counting_the_prompt_alone_estimates_the_output(
+    sink: InMemorySink,
+) -> None:
+    """A compatible server's usage without an output count nor a total (chat
+    ``{"prompt_tokens": 100}``, Responses ``{"input_tokens": 100}``, Gemini
+    ``{"promptTokenCount": 100}``) beside a ~450-token reply was recorded 100 / 0,
+    ``estimated: false``, $0.00025 (Gemini $0.00003): the reply a silent $0, where the SDK path
+    estimates the same answer. A count that is there, 0 included (a cancelled Realtime
+    response's zeros, which docs/providers.md has fed to record_response()), is the provider's."""
+    genai = pytest.importorskip("google.genai")
+    openai_reply = _tokens(LONG_REPLY, "openai", "gpt-4o")
+    gemini_reply = _tokens(LONG_REPLY, "google", "gemini-2.5-flash")
+    gemini = _gemini_body([{"text": LONG_REPLY}], {"promptTokenCount": 100})
+    bodies = {
+        "chat": (_chat_body({"content": LONG_REPLY}, {"prompt_tokens": 100}), openai_reply),
+        "responses": (_responses_body([_answer(LONG_REPLY)], {"input_tokens": 100}), openai_reply),
+        "batch line": (
+            {
+                "custom_id": "r1",
+                "response": {
+                    "status_code": 200,
+                    "body": _chat_body({"content": LONG_REPLY}, {"prompt_tokens": 100}),
+                },
+            },
+            openai_reply,
+        ),
+        "gemini": (gemini, gemini_reply),
+        "gemini object": (
+            genai.types.GenerateContentResponse.model_validate(gemini),
+            gemini_reply,
+        ),
+    }
+    for name, (body, reply) in bodies.items():
+        rec = tokenmeter.record_response(body)
+        assert (rec.status, rec.estimated, rec.input_tokens) == ("ok", True, 100), name
+        assert rec.output_tokens == reply > 400, name
+        assert rec.estimated_cost_usd is not None and rec.estimated_cost_usd > Decimal("0.001")
+
+    counted = _chat_body({"content": LONG_REPLY}, {"prompt_tokens": 100, "completion_tokens": 0})
+    rec = tokenmeter.record_response(counted)
+    assert (rec.estimated, rec.output_tokens) == (False, 0)
+    zeros = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    cancelled = {"object": "realtime.response", "status": "cancelled", "output": [], "usage": zeros}
+    rec = tokenmeter.record_response(cancelled, model="gpt-realtime")
+    assert (rec.status, rec.estimated, rec.input_tokens, rec.output_tokens) == ("ok", False, 0, 0)
+    assert tokenmeter.flush(5)
+    assert len(sink.records) == len(bodies) + 2
+
+
+def test_record_response_counts_the_reasoning_text_once(sink: InMemorySink) -> None:
+    """The output estimated for a usage counting the prompt alone takes the reasoning's text
+    (chat ``reasoning_content``, a Responses reasoning item) as billed output, once; beside a
+    reasoning count (Gemini's ``thoughtsTokenCount``) the estimate is the rest of the reply,
+    never that text again on top of the count (review8: 964 output tokens where 483 were
+    billed)."""
+    thinking = _tokens(THINKING, "openai", "gpt-4o")
+    answer = _tokens("Paris.", "openai", "gpt-4o")
+    reasoning_item = {"type": "reasoning", "summary": [{"type": "summary_text", "text": THINKING}]}
+    bodies = {
+        "chat": _chat_body(
+            {"content": "Paris.", "reasoning_content": THINKING}, {"prompt_tokens": 100}
+        ),
+        "responses": _responses_body([reasoning_item, _answer("Paris.")], {"input_tokens": 100}),
+    }
+    for name, body in bodies.items():
+        rec = tokenmeter.record_response(body)
+        assert rec.estimated, name
+        assert thinking <= rec.output_tokens <= thinking + answer + 1, name
+        # Beside a reasoning count, the estimate added to it leaves that text out.
+        assert _reply_text(body, reasoning=False).tokens("openai", "gpt-4o") == answer, name
+
+    parts = [{"text": THINKING, "thought": True}, {"text": "Paris."}]
+    gemini = _gemini_body(parts, {"promptTokenCount": 100, "thoughtsTokenCount": 480})
+    rec = tokenmeter.record_response(gemini)
+    answer = _tokens("Paris.", "google", "gemini-2.5-flash")
+    assert (rec.estimated, rec.reasoning_tokens, rec.output_tokens) == (True, 480, 480 + answer)
+    assert tokenmeter.flush(5)
+    assert len(sink.records) == 3
 
 
 def test_implausible_costs_warn_about_a_bounded_number_of_models(

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from tokenmeter import _pipeline, _runtime, _sessions
+from tokenmeter._estimate import without_waiting
 from tokenmeter._models import (
     MAX_COST_USD,
     MAX_NAME,
@@ -51,7 +52,9 @@ from tokenmeter.pricing._engine import CostFields, cost_fields
 from tokenmeter.pricing._overrides import short_repr
 from tokenmeter.pricing._source import KNOWN_TIERS, known_tier, split_tier
 from tokenmeter.usage import Extracted, extract, with_model_fees
-from tokenmeter.usage._read import field, priced_tier
+from tokenmeter.usage._read import field, getter, priced_tier
+from tokenmeter.usage.google import batch_result_response
+from tokenmeter.usage.openai import batch_result_body
 
 __all__ = ["NOTHING_USED", "emit", "emit_call", "record", "record_response"]
 
@@ -630,6 +633,11 @@ def record_response(
         # Its input is the clip: read as text without input_token_details, it was priced
         # below the same answer with them, or made through the SDK (048f65a).
         usage, operation = clip_as_audio(usage), _TRANSCRIPTIONS
+    estimated = False
+    if usage.output_tokens <= usage.reasoning_tokens and operation != "embeddings":
+        better = _with_reply_output(found, response, usage, model_name)
+        if better is not None:
+            usage, estimated = better, True
     return _returned(
         emit(
             found.provider,
@@ -639,8 +647,48 @@ def record_response(
             operation=operation,
             tier=found.tier,
             request_id=found.request_id,
+            estimated=estimated,
         )
     )
+
+
+def _with_reply_output(found: Extracted, response: Any, usage: Usage, model: str) -> Usage | None:
+    """``usage`` with its output estimated from the reply's text, for a usage that counts no
+    output beside its reasoning and gives no total to tell one by (a compatible server's
+    ``{"prompt_tokens": 100}``, Responses' ``{"input_tokens": 100}``, Gemini's
+    ``{"promptTokenCount": 100}``), as the adapters estimate the same answer made through the
+    SDK: recorded as given, the reply was a silent $0. None otherwise: a count that is there (0
+    included, as a cancelled Realtime response's) is the provider's, and Anthropic's usage
+    always counts its output (it is refused without one).
+
+    The estimate is added to the reasoning the usage counts, so it leaves the reasoning's text
+    out (the reply's text is counted once, never on top of the provider's count); without a
+    reasoning count, that text is billed output and is part of the estimate."""
+    # Imported here, and only the adapter needed: the adapters import this module (emit_call).
+    from tokenmeter.providers._core import _with_output_of
+
+    family = family_of(found.provider)
+    if family == "openai":
+        from tokenmeter.providers import openai as openai_adapter
+
+        body = batch_result_body(getter(response, what="response")) or response
+        if not openai_adapter._counts_no_output(field(body, "usage")):
+            return None
+        reply = openai_adapter._reply_text(body, reasoning=not usage.reasoning_tokens)
+    elif family == "google":
+        from tokenmeter.providers import _gemini, google_genai
+
+        body = batch_result_response(response) or response
+        if not google_genai._counts_no_output(field(body, "usage_metadata", "usageMetadata")):
+            return None
+        # Thought summaries are left out of either reader: counted or not, as on the SDK path.
+        stored = isinstance(body, Mapping)  # a stored body: the SDK's objects read otherwise
+        reply = _gemini.json_reply_text(body) if stored else _gemini.reply_text(body)
+    else:
+        return None
+    # On the caller's thread, as the SDK path's estimate: a tokenizer not loaded is not waited for.
+    with without_waiting():
+        return _with_output_of(usage, reply, found.provider, model)
 
 
 #: The operation of a transcription, as the OpenAI adapter names it.

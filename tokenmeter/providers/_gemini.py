@@ -13,12 +13,14 @@ from typing import Any
 from tokenmeter._estimate import TextTally
 from tokenmeter._models import Usage
 from tokenmeter._registry import provider_of_sdk, short_model
+from tokenmeter.usage._read import field
 
 __all__ = [
     "PROVIDER",
     "add_candidates",
     "add_output",
     "estimated_output",
+    "json_reply_text",
     "reply_text",
     "short_model",
 ]
@@ -106,6 +108,30 @@ def reply_text(response: Any) -> TextTally:
     tally = TextTally()
     with suppress(Exception):
         add_candidates(tally, response, TextTally())
+    return tally
+
+
+def json_reply_text(body: Any) -> TextTally:
+    """``reply_text`` of a response given as its JSON (``record_response()`` of a stored body:
+    ``add_output`` reads the SDK objects' attributes, not a dict's camelCase keys). Thought
+    summaries are left out, as there: a usage's thoughts count is their own, and without one
+    the SDK path does not count them either. A part that cannot be read adds nothing."""
+    tally = TextTally()
+    add = tally.add
+    with suppress(Exception):
+        for candidate in field(body, "candidates") or ():
+            for part in field(field(candidate, "content"), "parts") or ():
+                if field(part, "thought"):
+                    continue
+                add(field(part, "text"))
+                call = field(part, "function_call", "functionCall")
+                add(field(call, "name"))
+                args = field(call, "args")
+                if args:
+                    add(json.dumps(args, ensure_ascii=False, default=_plain))
+                add(field(field(part, "executable_code", "executableCode"), "code"))
+                result = field(part, "code_execution_result", "codeExecutionResult")
+                add(field(result, "output"))
     return tally
 
 

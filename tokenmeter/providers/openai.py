@@ -194,10 +194,14 @@ def _reasoning(message: Any) -> Any:
     return reasoning if type(reasoning) is str else field(message, "reasoning")
 
 
-def _reply_text(parsed: Any) -> TextTally:
+def _reply_text(parsed: Any, reasoning: bool = True) -> TextTally:
     """The output of a reply that was not streamed (an object, or a dict read from a raw body),
     as the stream readers tally it: chat and legacy completion choices, Responses output items.
-    A part that cannot be read adds nothing."""
+    A part that cannot be read adds nothing.
+
+    ``reasoning=False`` leaves the reasoning's text out (chat ``reasoning_content`` or
+    ``reasoning``, Responses reasoning items): for a usage that counts the reasoning, whose
+    estimate is added to that count, the text would be counted twice."""
     tally = TextTally()
     add = tally.add
     with suppress(Exception):
@@ -208,11 +212,14 @@ def _reply_text(parsed: Any) -> TextTally:
                 continue
             add(field(message, "content"))
             add(field(message, "refusal"))
-            add(_reasoning(message))
+            if reasoning:
+                add(_reasoning(message))
             for tool_call in field(message, "tool_calls") or ():
                 _add_call(add, field(tool_call, "function"))
     with suppress(Exception):
         for item in field(parsed, "output") or ():
+            if not reasoning and field(item, "type") == "reasoning":
+                continue
             _add_call(add, item)  # a function or MCP call's (a message has neither)
             add(field(item, "input"))  # a custom tool call's freeform input
             add(field(item, "code"))  # a code interpreter call's code
