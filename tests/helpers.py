@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import socket
 import struct
@@ -353,23 +354,33 @@ def wait_for_a_ledger_waiting_on_a_row(dsn: str) -> None:
 
 
 def fan_out(
-    messages: list[dict[str, str]], calls: int, *, threads: bool = False
+    messages: list[dict[str, str]],
+    calls: int,
+    *,
+    threads: bool = False,
+    plan: Sequence[tuple[int, str, Mapping[str, str]]] = (),
 ) -> tuple[int, list[Exception]]:
     """``calls`` gpt-4o chat calls of ``messages`` made at once (``asyncio.gather``, or a thread
     each), each billed exactly its input estimate (no output), against an
     ``httpx2.MockTransport`` that answers none until every call was sent or refused: all the
-    calls admitted are in flight together. Returns how many were sent, and the refusals."""
+    calls admitted are in flight together. Returns how many were sent, and the refusals.
+
+    ``plan`` (asyncio only) mixes the calls instead: (how many, model, tags) in the order they
+    start, each group's tasks created inside a session with those tags (tasks copy it), so that
+    the calls fall in different budgets; ``calls`` must be their total."""
     import openai
     from openai import _base_client
 
+    import tokenmeter
     from tokenmeter import BudgetExceeded
     from tokenmeter import estimate as estimate_tokens
 
     http = _base_client.httpx2 if hasattr(_base_client, "httpx2") else _base_client.httpx
     tokens = estimate_tokens("gpt-4o", messages=messages).input_tokens
     usage = {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens}
-    body = {"id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o"}
+    body = {"id": "c", "object": "chat.completion", "created": 1}
     answer = {**body, "choices": [], "usage": usage}
+    assert not plan or (not threads and sum(count for count, _, _ in plan) == calls)
     sent: list[object] = []
     refused: list[Exception] = []
     lock = threading.Lock()
@@ -386,7 +397,7 @@ def fan_out(
         def reply(request: Any) -> Any:
             tally(sent, request)
             assert all_settled.wait(60), "a call was neither sent nor refused"
-            return http.Response(200, json=answer)
+            return http.Response(200, json={**answer, "model": "gpt-4o"})
 
         client = openai.OpenAI(
             api_key="sk-test",
@@ -416,7 +427,8 @@ def fan_out(
             if all_settled.is_set():
                 settled.set()
             await asyncio.wait_for(settled.wait(), 60)
-            return http.Response(200, json=answer)
+            model = json.loads(request.content)["model"]
+            return http.Response(200, json={**answer, "model": model})
 
         client = openai.AsyncOpenAI(
             api_key="sk-test",
@@ -425,15 +437,22 @@ def fan_out(
             http_client=http.AsyncClient(transport=http.MockTransport(reply)),
         )
 
-        async def one() -> None:
+        async def one(model: str = "gpt-4o") -> None:
             try:
-                await client.chat.completions.create(model="gpt-4o", messages=messages)
+                await client.chat.completions.create(model=model, messages=messages)
             except BudgetExceeded as exc:
                 tally(refused, exc)
                 if all_settled.is_set():
                     settled.set()
 
-        await asyncio.gather(*(one() for _ in range(calls)))
+        if not plan:
+            await asyncio.gather(*(one() for _ in range(calls)))
+            return
+        tasks: list[asyncio.Future[None]] = []
+        for index, (count, model, tags) in enumerate(plan):
+            with tokenmeter.session(f"fan-out-{index}", tags=dict(tags)):
+                tasks += [asyncio.ensure_future(one(model)) for _ in range(count)]
+        await asyncio.gather(*tasks)
 
     asyncio.run(main())
     return len(sent), refused

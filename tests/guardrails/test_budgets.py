@@ -179,6 +179,46 @@ def test_a_fan_out_makes_every_call_that_fits(
 
 
 @pytest.mark.parametrize("ledger", ["sqlite", "memory"])
+def test_a_fan_out_across_two_budgets_makes_every_call_that_fits(
+    tmp_path: Path, instrumented: None, ledger: str
+) -> None:
+    """Two budgets short at once: "acme" (tag customer=acme) and "gpt4o" (model gpt-4o), with
+    room for every call of the fan-out at its estimate plus half a gpt-4o call. Only the
+    ceilings of the first budget to refuse a call came down before it was checked again; the
+    second then refused it, its own ceilings (the untagged gpt-4o calls') untouched: 1 of 340
+    fitting calls refused, saying "$0.0029275 spent of $0.00294125". Each budget that refuses
+    the call now has its ceilings lowered in turn."""
+    messages = [{"role": "user", "content": FAN_OUT_PROMPTS["ticket"]}]
+    tokens = tokenmeter.estimate("gpt-4o", messages=messages).input_tokens
+    large = Decimal(tokens) * Decimal("2.5") / 1_000_000  # gpt-4o input
+    small = Decimal(tokens) * Decimal("0.15") / 1_000_000  # gpt-4o-mini input
+    minis, untagged, both = 250, 60, 30
+    acme = {"customer": "acme"}
+    configured(
+        tmp_path,
+        [
+            {
+                "name": "acme",
+                "tag": "customer=acme",
+                "limit_usd": minis * small + both * large + large / 2,
+                "period": "total",
+            },
+            {
+                "name": "gpt4o",
+                "model": "gpt-4o",
+                "limit_usd": (untagged + both) * large + large / 2,
+                "period": "total",
+            },
+        ],
+        budget_ledger=ledger,
+    )
+    calls = minis + untagged + both
+    plan = [(minis, "gpt-4o-mini", acme), (untagged, "gpt-4o", {}), (both, "gpt-4o", acme)]
+    sent, refused = fan_out(messages, calls, plan=plan)
+    assert (sent, [str(exc) for exc in refused]) == (calls, [])
+
+
+@pytest.mark.parametrize("ledger", ["sqlite", "memory"])
 def test_a_spent_budget_refuses_every_call_estimated_at_zero(
     tmp_path: Path, fake: FakeProvider, instrumented: None, ledger: str
 ) -> None:

@@ -873,7 +873,14 @@ def _reserve(
     try:
         ledger = config.ledger or config.get_ledger()
         leases, refused, spent = _leases.admit(ledger, current.rows, reservation.amount, scope)
-        if refused >= 0 and _lower_ceilings(leases[refused]):
+        # Each budget that refuses the call has its ceilings lowered, then the call is checked
+        # again: lowered in the first one only, a call short in two budgets at once was refused
+        # by the second. At most once per budget, so a check ends.
+        lowered: set[int] = set()
+        while refused >= 0 and refused not in lowered:
+            lowered.add(refused)
+            if not _lower_ceilings(leases[refused]):
+                break
             leases, refused, spent = _leases.admit(ledger, current.rows, reservation.amount, scope)
     except Exception:
         _ledger_fault("reserve")
