@@ -179,6 +179,47 @@ def test_a_fan_out_makes_every_call_that_fits(
 
 
 @pytest.mark.parametrize("ledger", ["sqlite", "memory"])
+def test_a_refusal_works_out_only_the_estimates_it_needs(
+    tmp_path: Path, instrumented: None, ledger: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before a call is refused, the ceilings of the calls in flight come down to their
+    estimates, each worked out on the checking thread (in asyncio: the event loop every task
+    shares). Every call in flight was worked out, however little room the call lacked: one
+    check tokenized 99 prompts of 100 KB (226 ms). The largest ceilings come down first, and
+    only until the call fits: a few estimates per check, and every call that fits is made."""
+    prose = " ".join(["the quick brown fox jumps over a lazy dog"] * 100)  # a ceiling of 4.5x
+    messages = [{"role": "user", "content": prose}]
+    tokens = tokenmeter.estimate("gpt-4o", messages=messages).input_tokens
+    each = Decimal(tokens) * Decimal("2.5") / 1_000_000  # gpt-4o input
+    fit, calls = 110, 120
+    configured(
+        tmp_path,
+        [{"name": "batch", "limit_usd": fit * each + each / 2, "period": "total"}],
+        budget_ledger=ledger,
+    )
+    worked_out = [0]
+    most = [0]
+    estimate, check = _budgets.estimate_input_usd, _budgets._check
+
+    def counted_estimate(*args: Any) -> Decimal:
+        worked_out[0] += 1
+        return estimate(*args)
+
+    def counted_check(*args: Any) -> None:
+        worked_out[0] = 0
+        try:
+            check(*args)
+        finally:
+            most[0] = max(most[0], worked_out[0])
+
+    monkeypatch.setattr(_budgets, "estimate_input_usd", counted_estimate)
+    monkeypatch.setattr(_budgets, "_check", counted_check)
+    sent, refused = fan_out(messages, calls)
+    assert (sent, len(refused)) == (fit, calls - fit)
+    assert most[0] <= 4
+
+
+@pytest.mark.parametrize("ledger", ["sqlite", "memory"])
 def test_a_fan_out_across_two_budgets_makes_every_call_that_fits(
     tmp_path: Path, instrumented: None, ledger: str
 ) -> None:

@@ -879,7 +879,8 @@ def _reserve(
         lowered: set[int] = set()
         while refused >= 0 and refused not in lowered:
             lowered.add(refused)
-            if not _lower_ceilings(leases[refused]):
+            short = spent + reservation.amount - leases[refused].limit
+            if not _lower_ceilings(leases[refused], short):
                 break
             leases, refused, spent = _leases.admit(ledger, current.rows, reservation.amount, scope)
     except Exception:
@@ -900,14 +901,20 @@ def _reserve(
     reservation.scope, reservation.leases, reservation.current = scope, leases, current
 
 
-def _lower_ceilings(lease: _leases.Lease) -> bool:
+def _lower_ceilings(lease: _leases.Lease, short: float) -> bool:
     """Bring this process's calls in flight in ``lease`` that hold a ceiling on their estimate
-    (admitted far from the limit, ``check``) down to their estimates: whether any was. Run
-    before a call is refused there: the ceilings (3 to 125 times the estimate) of a fan-out's
-    calls admitted early filled the room near the limit, and refused calls that fitted (41 of
-    50 made under a budget of 50). Each call's estimate is worked out once, here, on the
-    refused call's thread; the calls admitted far from the limit still skip it."""
-    lowered = False
+    (admitted far from the limit, ``check``) down to their estimates, until ``short`` USD (what
+    the refused call lacked there) is room again: whether any was. Run before a call is refused
+    there: the ceilings (3 to 125 times the estimate) of a fan-out's calls admitted early filled
+    the room near the limit, and refused calls that fitted (41 of 50 made under a budget of 50).
+
+    Each estimate is worked out on the refused call's thread (in asyncio: the event loop), so
+    as few as needed: the largest ceilings first (their order needs no tokenizing), stopping
+    once enough is freed, and none when even dropping every ceiling could not make the room
+    (the budget is spent by what is settled and what others hold). Working out every call in
+    flight made one check tokenize 99 prompts of 100 KB. The calls admitted far from the limit
+    still skip it."""
+    held = []
     for ref in list(_refs.copy().values()):
         call = ref()
         reservation = getattr(call, "budget", None)
@@ -919,6 +926,14 @@ def _lower_ceilings(lease: _leases.Lease) -> bool:
             or lease not in reservation.leases
         ):
             continue  # settled, or reserved its estimate already
+        held.append((reservation.amount, call, reservation))
+    if sum(amount for amount, _, _ in held) < short:
+        return False
+    held.sort(key=lambda item: item[0], reverse=True)
+    lowered, freed = False, 0.0
+    for amount, call, reservation in held:
+        if freed > short:
+            break
         try:
             estimate = estimate_input_usd(
                 call.provider, call.request_model, (), {}, call.request, call.operation
@@ -928,6 +943,7 @@ def _lower_ceilings(lease: _leases.Lease) -> bool:
         reservation.estimate = estimate
         if _leases.lower(reservation, reservation.leases, float(estimate)):
             lowered = True
+            freed += amount - float(estimate)
     return lowered
 
 
