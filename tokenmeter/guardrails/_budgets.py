@@ -875,10 +875,12 @@ def _reserve(
         leases, refused, spent = _leases.admit(ledger, current.rows, reservation.amount, scope)
         # Each budget that refuses the call has its ceilings lowered, then the call is checked
         # again: lowered in the first one only, a call short in two budgets at once was refused
-        # by the second. At most once per budget, so a check ends.
-        lowered: set[int] = set()
-        while refused >= 0 and refused not in lowered:
-            lowered.add(refused)
+        # by the second; lowered once, the room it made could be taken by another thread's
+        # call first, and a call that fitted was refused (49 of 50 made). A few rounds, each
+        # lowering some ceilings for good, so a check ends.
+        for _ in range(_LOWERING_ROUNDS):
+            if refused < 0:
+                break
             short = spent + reservation.amount - leases[refused].limit
             if not _lower_ceilings(leases[refused], short):
                 break
@@ -899,6 +901,11 @@ def _reserve(
             budget.period,
         )
     reservation.scope, reservation.leases, reservation.current = scope, leases, current
+
+
+#: How many times one check lowers the ceilings of calls in flight before it refuses a call
+#: (``_reserve``): each round lowers some of them for good.
+_LOWERING_ROUNDS = 4
 
 
 def _lower_ceilings(lease: _leases.Lease, short: float) -> bool:
