@@ -558,9 +558,6 @@ class _Writer:
         self, sink: Sink, max_queue: int, interval: float, quarantine: Path | None
     ) -> None:
         self.sink = sink
-        #: Whether its sink stores sessions (``write_sessions``): a session's rows are queued
-        #: only to those that do (``_Pipeline.put``).
-        self.takes_sessions = getattr(sink, "write_sessions", None) is not None
         self.settle(max_queue, interval, quarantine)
         #: The sink's ``_row`` (see ``_makes_rows``), called on the caller's thread by ``row``.
         self.make_row: Callable[[UsageRecord], tuple[Any, ...]] | None = (
@@ -1671,17 +1668,14 @@ class _Pipeline:
         making = _later_lock._is_owned()  # type: ignore[attr-defined]
         if type(item) is UsageRecord:
             packed = pack(item) if self._backlog else item
-            queued = [(w, packed if w.make_row is None else w.row(item)) for w in writers]
+            queued = [packed if w.make_row is None else w.row(item) for w in writers]
         else:
-            # A session's rows go only to the sinks that store them: in the buffer of one that
-            # stores none (JSONL), they took the places of its records, and a small max_queue
-            # dropped records for them (max_queue=3: 49 of 200 one-record sessions lost).
-            queued = [(w, item) for w in writers if w.takes_sessions]
+            queued = [item] * len(writers)
         longest = 0
         with self._lock:
             if self._replaced:
                 return False
-            for writer, one in queued:
+            for writer, one in zip(writers, queued, strict=True):
                 waiting = writer.put(one, making)
                 if writer.make_row is None and waiting > longest:  # rows are never packed
                     longest = waiting
