@@ -690,6 +690,13 @@ def _hold(call: Any, reservation: _Reservation) -> None:
     call.budget = reservation
 
 
+def _unhold(call: Any, reservation: _Reservation) -> None:
+    """A reservation held (``_hold``) but not taken: nothing to give back."""
+    ref, reservation.ref = reservation.ref, None
+    _refs.pop(id(ref), None)
+    call.budget = None
+
+
 def _forget_in_child() -> None:
     global _forks, _warned_lock, _owed_lock
     _forks += 1
@@ -778,13 +785,14 @@ def check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
                         current, now = scope.current, time.time()
                         if not current.since <= now < current.until:
                             current = config.rows(scope, now, session)
-                        leases = _leases.take(group, current.rows, bound, current.floors)
-                        if leases is not None:
-                            reservation = _Reservation(
-                                bound, scope, (), _ZERO, leases, current, config
-                            )
-                            _hold(call, reservation)
+                        # Held before it is taken: the ceiling is findable by a refused
+                        # call's lowering from the step that reserves it.
+                        reservation = _Reservation(bound, scope, (), _ZERO, (), current, config)
+                        _hold(call, reservation)
+                        rows, floors = current.rows, current.floors
+                        if _leases.take(group, rows, bound, floors, reservation) is not None:
                             return
+                        _unhold(call, reservation)
         # The estimate and the session sums in Python's default context, not the caller's (a
         # trapped Inexact would raise, and let the call through; a low precision would round).
         with localcontext(USD_CONTEXT):
@@ -877,14 +885,16 @@ def _reserve(
         # again: lowered in the first one only, a call short in two budgets at once was refused
         # by the second; lowered once, the room it made could be taken by another thread's
         # call first, and a call that fitted was refused (49 of 50 made). A few rounds, each
-        # lowering some ceilings for good, so a check ends.
+        # lowering some ceilings for good, so a check ends. Checked again also when this one
+        # found nothing to lower: another thread's lowering may have made the room since.
         for _ in range(_LOWERING_ROUNDS):
             if refused < 0:
                 break
             short = spent + reservation.amount - leases[refused].limit
-            if not _lower_ceilings(leases[refused], short):
-                break
+            lowered = _lower_ceilings(leases[refused], short)
             leases, refused, spent = _leases.admit(ledger, current.rows, reservation.amount, scope)
+            if not lowered:
+                break
     except Exception:
         _ledger_fault("reserve")
         return
@@ -905,7 +915,7 @@ def _reserve(
 
 #: How many times one check lowers the ceilings of calls in flight before it refuses a call
 #: (``_reserve``): each round lowers some of them for good.
-_LOWERING_ROUNDS = 4
+_LOWERING_ROUNDS = 8
 
 
 def _lower_ceilings(lease: _leases.Lease, short: float) -> bool:
@@ -914,6 +924,7 @@ def _lower_ceilings(lease: _leases.Lease, short: float) -> bool:
     the refused call lacked there) is room again: whether any was. Run before a call is refused
     there: the ceilings (3 to 125 times the estimate) of a fan-out's calls admitted early filled
     the room near the limit, and refused calls that fitted (41 of 50 made under a budget of 50).
+    True also when another thread lowered them first (the room is there all the same).
 
     Each estimate is worked out on the refused call's thread (in asyncio: the event loop), so
     as few as needed: the largest ceilings first (their order needs no tokenizing), stopping
@@ -928,12 +939,15 @@ def _lower_ceilings(lease: _leases.Lease, short: float) -> bool:
         if (
             type(reservation) is not _Reservation
             or reservation.ref is not ref
-            or reservation.estimate is not _ZERO
             or reservation.sessions
             or lease not in reservation.leases
         ):
-            continue  # settled, or reserved its estimate already
-        held.append((reservation.amount, call, reservation))
+            continue  # settled, or being settled
+        amount, estimate = reservation.amount, reservation.estimate
+        # A ceiling; or an estimate worked out by another thread's lowering that has not
+        # lowered it yet: left out as lowered, it refused a call that fitted.
+        if estimate is _ZERO or amount > float(estimate):
+            held.append((amount, call, reservation))
     if sum(amount for amount, _, _ in held) < short:
         return False
     held.sort(key=lambda item: item[0], reverse=True)
@@ -941,16 +955,20 @@ def _lower_ceilings(lease: _leases.Lease, short: float) -> bool:
     for amount, call, reservation in held:
         if freed > short:
             break
-        try:
-            estimate = estimate_input_usd(
-                call.provider, call.request_model, (), {}, call.request, call.operation
-            )
-        except Exception:
-            continue  # unreadable now: it keeps its ceiling
-        reservation.estimate = estimate
-        if _leases.lower(reservation, reservation.leases, float(estimate)):
-            lowered = True
-            freed += amount - float(estimate)
+        estimate = reservation.estimate
+        if estimate is _ZERO:
+            try:
+                estimate = estimate_input_usd(
+                    call.provider, call.request_model, (), {}, call.request, call.operation
+                )
+            except Exception:
+                continue  # unreadable now: it keeps its ceiling
+            reservation.estimate = estimate
+        # False when another thread lowered it (or its settlement began) meanwhile: the
+        # room is made all the same.
+        _leases.lower(reservation, reservation.leases, float(estimate))
+        lowered = True
+        freed += amount - float(estimate)
     return lowered
 
 

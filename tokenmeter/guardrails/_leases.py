@@ -324,49 +324,66 @@ def admit(
 
 
 def take(
-    group: Group, wanted: list[tuple[str, str, float]], amount: float, floors: Sequence[float]
+    group: Group,
+    wanted: list[tuple[str, str, float]],
+    amount: float,
+    floors: Sequence[float],
+    holder: Any = None,
 ) -> list[Lease] | None:
     """Reserve ``amount`` in every lease of ``group`` when each has room for it and the group
-    is still that of ``wanted``: the leases; else None (nothing reserved, nothing asked of the
+    is still that of ``wanted``: the leases, also set as ``holder.leases`` in the same step
+    (a call's reservation, already findable by ``_budgets._lower_ceilings``: found without its
+    leases, the ceiling it had just reserved was out of reach of a refused call's lowering,
+    which refused a call that fitted); else None (nothing reserved, nothing asked of the
     ledger: ``admit`` then). ``floors``: the spent USD of each row from which its budget warns
     (the group stays active below them)."""
     with _lock:
-        if group.rows is not wanted or group.generation != _generation:
-            return None
-        if group.active:
-            if group.room < amount:  # an active group is far from its limits: never spent
-                _fold(group)
-                return None
-            group.room -= amount
-            group.pending += amount
-            group.last = time.monotonic()
-            return group.leases
-        leases = group.leases
-        room = headroom = math.inf
-        steady = True
-        for index, lease in enumerate(leases):
-            if lease.owner is not None:
-                _fold(lease.owner)
-            spare = lease.held - lease.inflight - lease.used
-            if spare <= amount and _short_of(spare, amount, lease):
-                return None
-            room = min(room, spare)
-            headroom = min(headroom, floors[index] - lease.settled - lease.used)
-            if lease.tight or lease.unit <= 0:
-                steady = False
-        now = time.monotonic()
-        if steady and headroom > 0:  # the group's calls are kept in the group from now on
-            group.active = True
-            _owning.add(group)
-            group.room, group.pending, group.headroom = room - amount, amount, headroom
-            group.last = now
-            for lease in leases:
-                lease.owner = group
-            return leases
-        for lease in leases:
-            lease.inflight += amount
-            lease.last = now
+        leases = _take_slice(group, wanted, amount, floors)
+        if leases is not None and holder is not None:
+            holder.leases = leases
         return leases
+
+
+def _take_slice(
+    group: Group, wanted: list[tuple[str, str, float]], amount: float, floors: Sequence[float]
+) -> list[Lease] | None:
+    """``take``'s step, under ``_lock``."""
+    if group.rows is not wanted or group.generation != _generation:
+        return None
+    if group.active:
+        if group.room < amount:  # an active group is far from its limits: never spent
+            _fold(group)
+            return None
+        group.room -= amount
+        group.pending += amount
+        group.last = time.monotonic()
+        return group.leases
+    leases = group.leases
+    room = headroom = math.inf
+    steady = True
+    for index, lease in enumerate(leases):
+        if lease.owner is not None:
+            _fold(lease.owner)
+        spare = lease.held - lease.inflight - lease.used
+        if spare <= amount and _short_of(spare, amount, lease):
+            return None
+        room = min(room, spare)
+        headroom = min(headroom, floors[index] - lease.settled - lease.used)
+        if lease.tight or lease.unit <= 0:
+            steady = False
+    now = time.monotonic()
+    if steady and headroom > 0:  # the group's calls are kept in the group from now on
+        group.active = True
+        _owning.add(group)
+        group.room, group.pending, group.headroom = room - amount, amount, headroom
+        group.last = now
+        for lease in leases:
+            lease.owner = group
+        return leases
+    for lease in leases:
+        lease.inflight += amount
+        lease.last = now
+    return leases
 
 
 def _take(
