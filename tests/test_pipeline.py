@@ -3322,6 +3322,26 @@ def test_exit_says_whether_a_sink_failed_or_ran_out_of_time(
     assert ("within" in done.stderr) == (how != "failing")
 
 
+NO_EXIT_TIMEOUT = """
+import tokenmeter
+tokenmeter.configure(sinks=["jsonl"], exit_timeout=0)
+for _ in range(50):
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+"""
+
+
+def test_exit_timeout_0_names_no_sink_that_took_every_record(tmp_path: Path) -> None:
+    """``exit_timeout=0`` (accepted): the exit flush's wait ends at once, and the writers then
+    write what they hold as they stop (a short grace). Every sink was named as not having
+    accepted every record at exit, although all of them were in its file. It is named only
+    when it did not take them all."""
+    env = {**os.environ, "TOKENMETER_DIR": str(tmp_path / "m")}
+    done = run_python("-c", NO_EXIT_TIMEOUT, env=env, cwd=tmp_path)
+    stored = len((tmp_path / "m" / "usage.jsonl").read_text().splitlines())
+    # A machine too busy to run the writer within the grace leaves some unwritten: then it says so.
+    assert ("did not accept every record" in done.stderr) == (stored < 50), done.stderr
+
+
 HUNG_BESIDE_HEALTHY = """
 import sys, threading, tokenmeter
 from tokenmeter.sinks import InMemorySink

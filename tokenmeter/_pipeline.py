@@ -2428,6 +2428,10 @@ def _flush_at_exit() -> None:
     # the interpreter ends: what it still holds is lost, not failed and set aside.
     cut_off = [w for w in [*writers, *_ending] if w._thread.is_alive()]
     late = [_name(w.sink) for w in cut_off]
+    # A sink that had not answered the flush in time but took everything as it stopped (in the
+    # stop's grace: exit_timeout=0) lost nothing: it was named as if it had.
+    unfinished = {_name(w.sink) for w in [*writers, *_ending] if w._stopped is not True}
+    timed_out = [name for name in timed_out if name in unfinished]
     timed_out += [name for name in late if name not in timed_out]
     failed = [name for name in failed if name not in timed_out]
     _through_interrupts(
