@@ -137,6 +137,35 @@ def test_calls_estimated_at_zero_under_a_budget_with_room_do_not_each_ask_the_le
     assert len(asked) <= 2, asked
 
 
+def test_a_call_refused_by_a_spent_budget_asks_the_ledger_once(
+    fake: FakeProvider, instrumented: None
+) -> None:
+    """Once a budget is spent, every call is refused: a refusal checks the call again after a
+    lowering only when some ceiling was lowered (by it or by another thread) since its check;
+    with nothing to lower, each refused call took a second ledger transaction (with budgets.db
+    shared by processes, a second write lock each)."""
+    asked: list[str] = []
+
+    class Counting(MemoryLedger):
+        def lease_many(self, items: Any) -> Any:
+            asked.append("lease_many")
+            return super().lease_many(items)
+
+    class LedgerSink(InMemorySink):
+        def budget_ledger(self) -> MemoryLedger:
+            return Counting()
+
+    tokenmeter.configure(sinks=[LedgerSink()], budgets=[{"limit_usd": 0.01, "period": "day"}])
+    tokenmeter.record("openai", "gpt-4o", 10_000, 0)  # $0.025: spent
+    client = fake.openai_client(max_retries=0)
+    asked.clear()
+    for _ in range(5):
+        with pytest.raises(BudgetExceeded):
+            client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert fake.requests == []
+    assert asked == ["lease_many"] * 5
+
+
 #: A short ticket, and a message mostly of blanks: far from the limit, a call of either
 #: reserves a ceiling on its estimate found without tokenizing, 3 and 32 times the estimate.
 FAN_OUT_PROMPTS = {"ticket": "Summarise this ticket.", "blanks": "a" + " " * 400 + "b"}

@@ -880,18 +880,22 @@ def _reserve(
     current = config.rows(scope, time.time(), session)
     try:
         ledger = config.ledger or config.get_ledger()
+        seen = _leases.lowerings
         leases, refused, spent = _leases.admit(ledger, current.rows, reservation.amount, scope)
         # Each budget that refuses the call has its ceilings lowered, then the call is checked
         # again: lowered in the first one only, a call short in two budgets at once was refused
         # by the second; lowered once, the room it made could be taken by another thread's
         # call first, and a call that fitted was refused (49 of 50 made). A few rounds, each
         # lowering some ceilings for good, so a check ends. Checked again also when this one
-        # found nothing to lower: another thread's lowering may have made the room since.
+        # found nothing to lower but another thread's lowering has made room since.
         for _ in range(_LOWERING_ROUNDS):
             if refused < 0:
                 break
             short = spent + reservation.amount - leases[refused].limit
             lowered = _lower_ceilings(leases[refused], short)
+            if not lowered and seen == _leases.lowerings:
+                break
+            seen = _leases.lowerings
             leases, refused, spent = _leases.admit(ledger, current.rows, reservation.amount, scope)
             if not lowered:
                 break

@@ -223,6 +223,9 @@ _lock = threading.RLock()
 _ledger: Any = None
 #: Changes whenever a lease is dropped: a list of leases kept for reuse is then stale.
 _generation = 0
+#: How many ceilings ``lower`` has lowered in this process: a refused call whose own lowering
+#: found nothing checks again only when another's made room since it was checked.
+lowerings = 0
 _keeper: threading.Thread | None = None
 _keeper_unstarted = False  # its last start failed (said once until it starts)
 
@@ -531,10 +534,12 @@ def lower(reserved: Reserved, leases: Sequence[Lease], amount: float) -> bool:
     ceilings (up to a hundred times their estimates); left held while the budget neared its
     limit, they refused calls that fitted. False when there was nothing to lower: its
     settlement has begun, or it holds no more than ``amount``."""
+    global lowerings
     with _lock:
         excess = reserved.amount - amount
         if reserved.ref is None or excess <= _EPSILON:
             return False
+        lowerings += 1
         _fold_owners(leases)
         for lease in leases:
             lease.inflight = _less(lease.inflight, excess)
