@@ -2796,6 +2796,47 @@ def test_fork_while_other_threads_make_the_first_records_never_hangs_the_child(
         assert sum(json.loads(line)["input_tokens"] == 7 for line in lines) == 1
 
 
+SLOW_PACKAGE_FORK = """
+import os, sys, threading, time
+sys.path.insert(0, os.getcwd())
+import tokenmeter
+from tokenmeter import _fork
+_fork._IMPORT_WAIT = 0.05  # the fork does not wait for the import below
+threading.Thread(target=lambda: __import__("slowpkg"), daemon=True).start()
+while "slowpkg.slow" not in sys.modules:  # its first submodule imported, the second under way
+    time.sleep(0.001)
+pid = os.fork()
+if pid == 0:
+    try:
+        import slowpkg
+        os._exit(0 if slowpkg.DONE else 3)
+    except BaseException as exc:
+        print(repr(exc), file=sys.stderr)
+        os._exit(4)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() only")
+def test_a_child_forked_during_another_threads_package_import_imports_it_whole(
+    tmp_path: Path,
+) -> None:
+    """A package half imported at the fork is imported afresh in the child, with its
+    submodules: those it had finished stayed, and, found in sys.modules, were not bound to the
+    package made afresh. asyncio's __init__ raised NameError in the child, out of its first
+    record (which imports asyncio) and out of the application's own import of it."""
+    package = tmp_path / "slowpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from .quick import *\nfrom .slow import *\nDONE = quick.VALUE and slow.VALUE\n"
+    )
+    (package / "quick.py").write_text("VALUE = True\n")
+    (package / "slow.py").write_text("import time\ntime.sleep(1)\nVALUE = True\n")
+    done = run_python("-c", SLOW_PACKAGE_FORK, env=os.environ, cwd=tmp_path)
+    assert done.stdout.split() == ["0"], done.stderr[-5000:]
+
+
 SLOW_IMPORT_FORK = """
 import faulthandler, os, signal, sys, threading, time
 faulthandler.enable()

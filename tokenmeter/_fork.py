@@ -103,6 +103,12 @@ def _forget_imports_of_other_threads() -> None:
             lock.owner, lock.count, lock.waiters = None, type(lock.count)(), type(lock.waiters)()
             module = sys.modules.get(name)
             if getattr(getattr(module, "__spec__", None), "_initializing", False):
+                # With the submodules it had imported: found in sys.modules, they are not bound
+                # to the package imported afresh (asyncio's __init__ raised NameError, out of
+                # the child's first record, which imports it).
+                inside = name + "."
+                for other in [key for key in sys.modules if key.startswith(inside)]:
+                    del sys.modules[other]
                 del sys.modules[name]
         from importlib import _bootstrap
 
