@@ -632,6 +632,61 @@ def test_stream_without_usage_is_estimated(grpc_address: str, sink: InMemorySink
     assert record.output_tokens > 0  # the three streamed pieces
 
 
+#: How a caller may read a stream, and the chunks the SDK has fetched (one ahead of the caller,
+#: the first while sending) when it is done with: what an estimate counts, each chunk once.
+READ_ONCE_OR_AGAIN = {
+    "read once": 3,
+    "peeked, then read": 3,
+    "peeked, then resolved": 3,
+    "peeked, then left": 2,
+    "never iterated": 1,
+}
+
+
+@pytest.mark.parametrize("how", list(READ_ONCE_OR_AGAIN))
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.usefixtures("instrumented")
+async def test_stream_without_usage_estimates_each_fetched_chunk_once(
+    grpc_address: str, sink: InMemorySink, is_async: bool, how: str
+) -> None:
+    """A caller may peek at a stream and iterate it again: the SDK replays the chunks it already
+    handed out, and each pass's text was tallied, so a peek then a full read estimated the first
+    chunk twice (450 output tokens for three chunks estimated at 338 when read once). One never
+    iterated was estimated at 0 output, though the SDK fetched its first chunk while sending."""
+    peek, then = how.startswith("peeked"), how.rpartition(", then ")[2]
+    if is_async:
+        response = await _async_model(grpc_address).generate_content_async("no usage", stream=True)
+        if how != "never iterated":
+            async for _ in response:
+                if peek:
+                    break
+        if then == "read":
+            async for _ in response:
+                pass
+        elif then == "resolved":
+            await response.resolve()
+    else:
+        response = _sync_model(grpc_address).generate_content("no usage", stream=True)
+        if how != "never iterated":
+            for _ in response:
+                if peek:
+                    break
+        if then == "read":
+            list(response)
+        elif then == "resolved":
+            response.resolve()
+    del response
+    for _ in range(3):  # the event loop closes an abandoned async generator
+        await asyncio.sleep(0)
+    gc.collect()
+
+    record = only(flushed(sink))
+    assert (record.status, record.estimated) == ("ok", True)
+    pieces = "piece" * READ_ONCE_OR_AGAIN[how]
+    expected = tokenmeter.estimate("gemini-1.5-flash", output=pieces).output_tokens
+    assert record.output_tokens == expected
+
+
 @pytest.mark.usefixtures("instrumented")
 def test_response_without_usage_is_estimated_not_zero(
     grpc_address: str, sink: InMemorySink

@@ -12,7 +12,9 @@ transport, they arrive as unknown fields and are read from there (``_dropped_fie
 they are dropped, and ``usage_from_gemini`` recovers the thoughts from the total. A response whose
 proto carries no usage at all (the SDK hands back an empty message: zeros) is estimated, never a
 silent zero; so is the output of a stream that ended while its running total counted the prompt
-alone.
+alone. Both estimates read the text the SDK fetched, from its joined response: a caller may peek
+at a stream and iterate it again (the SDK replays the chunks it handed out), so the chunks that
+pass by are no count of what was sent.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ class _StreamCall(Call):
     """A stream's call. The SDK joins every chunk it fetched (one ahead of the caller) into the
     response, whose usage is the running total so far: it is read when the call finishes,
     however the stream ended (the core's proxies decide when), and replaces the latest chunk's
-    (``_TextTally``) if it reports any."""
+    (``_TextTally``) if it reports any. With no usage at all, the output is estimated from the
+    text the SDK fetched (``_TextTally.take_fetched``)."""
 
     response: Any = None
 
@@ -71,6 +74,8 @@ class _StreamCall(Call):
                 self.read("reading a Gemini stream", _read, latest, self)
             else:
                 self.read("reading a Gemini stream", _read, self.response, self)
+            if self.usage is None and isinstance(reader, _TextTally):
+                reader.take_fetched()
         Call.finish(self, error)
 
 
@@ -242,9 +247,10 @@ class _TextTally:
     """The stream reader: the usage is read when the call finishes (``_StreamCall``), from the
     SDK's joined response (it fetches one chunk ahead), or from the latest chunk that reported
     a running total (``latest``) when the joined response lost it (the SDK's join does when the
-    last chunk carries none); until a total is known, the text that passes by is tallied
-    (estimated if none ever comes). The chunks' search queries are kept too: the SDK's joined
-    response drops them."""
+    last chunk carries none). If none ever comes, ``tally`` is filled then, from the joined
+    response (``take_fetched``), not from the chunks that pass by: each pass over the stream
+    replays the chunks already handed out. The chunks' search queries are kept too: the SDK's
+    joined response drops them."""
 
     __slots__ = ("latest", "queries", "response", "tally")
 
@@ -255,13 +261,21 @@ class _TextTally:
         self.latest: Any = None
 
     def feed(self, chunk: Any, call: Call) -> bool:
-        if call.usage is None and self.latest is None:  # no total known yet
-            add_candidates(self.tally, chunk)
         self.queries = max(self.queries, _search_queries(chunk))
         meta = _usage_metadata(chunk)
         if meta is not None and reports_usage(meta):
             self.latest = chunk  # read once, at the end
         return False
+
+    def take_fetched(self) -> None:
+        """Tally the output the SDK fetched (its joined response), each chunk once, for an
+        estimate: the one read ahead and, in a stream never iterated, the one read while
+        sending included, as they are in its running totals."""
+        fetched = TextTally()
+        # The joined proto: the SDK's own ``candidates`` refuses a stream left part-way.
+        with suppress(Exception):  # what cannot be read adds nothing
+            add_candidates(fetched, getattr(self.response, "_result", None))
+        self.tally = fetched
 
     def partial(self, usage: Usage, model: str) -> Usage | None:
         """The output estimated from the text the SDK fetched (joined in its response), for a
