@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -3381,6 +3382,33 @@ def test_exit_timeout_0_names_no_sink_that_took_every_record(tmp_path: Path) -> 
     stored = len((tmp_path / "m" / "usage.jsonl").read_text().splitlines())
     # A machine too busy to run the writer within the grace leaves some unwritten: then it says so.
     assert ("did not accept every record" in done.stderr) == (stored < 50), done.stderr
+
+
+REFUSING_AT_EXIT = """
+import tokenmeter
+from tokenmeter.sinks import InMemorySink
+class Bad(InMemorySink):
+    def write(self, records):
+        if any(r.model_name == "bad" for r in records):
+            raise ValueError("bad record")
+        super().write(records)
+tokenmeter.configure(sinks=[Bad()], exit_timeout=0)
+for i in range(50):
+    tokenmeter.record("openai", "bad" if i == 10 else "gpt-4o", 1, 1)
+"""
+
+
+def test_exit_timeout_0_names_a_sink_that_refused_a_record_as_it_stopped(tmp_path: Path) -> None:
+    """``exit_timeout=0``, and a sink that refuses one record of the batch its writer writes as
+    it stops: the record is set aside, and the exit's summary must name the sink, as it does
+    with time to wait (the line that leaves out sinks that took everything left it out too)."""
+    env = {**os.environ, "TOKENMETER_DIR": str(tmp_path / "m")}
+    done = run_python("-c", REFUSING_AT_EXIT, env=env, cwd=tmp_path)
+    set_aside = (tmp_path / "m" / "quarantine.jsonl").read_text().splitlines()
+    assert len(set_aside) == 1, done.stderr
+    assert re.search(r"sinks Bad (did not accept|failed to write) every record", done.stderr), (
+        done.stderr
+    )
 
 
 HUNG_BESIDE_HEALTHY = """

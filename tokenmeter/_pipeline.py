@@ -2402,6 +2402,7 @@ def _flush_at_exit() -> None:
     writers = _writers()
     failed: list[str] = []
     timed_out: list[str] = []
+    set_aside = {writer: writer.quarantined for writer in [*writers, *_ending]}
     try:
         _through_interrupts(catch_up)  # before the hooks: the implicit session's end needs them
         _run_exit_hooks()
@@ -2429,8 +2430,13 @@ def _flush_at_exit() -> None:
     cut_off = [w for w in [*writers, *_ending] if w._thread.is_alive()]
     late = [_name(w.sink) for w in cut_off]
     # A sink that had not answered the flush in time but took everything as it stopped (in the
-    # stop's grace: exit_timeout=0) lost nothing: it was named as if it had.
-    unfinished = {_name(w.sink) for w in [*writers, *_ending] if w._stopped is not True}
+    # stop's grace: exit_timeout=0) lost nothing: it was named as if it had. One that refused a
+    # record meanwhile (set aside) is named still.
+    unfinished = {
+        _name(w.sink)
+        for w in [*writers, *_ending]
+        if w._stopped is not True or w.quarantined != set_aside.get(w, 0)
+    }
     timed_out = [name for name in timed_out if name in unfinished]
     timed_out += [name for name in late if name not in timed_out]
     failed = [name for name in failed if name not in timed_out]
