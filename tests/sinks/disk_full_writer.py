@@ -1,7 +1,7 @@
 """A child process that writes ``disk_full_steps()`` to one sink while its disk is full.
 
 ``python disk_full_writer.py KIND FAULT START STEP STOP_AFTER OUT [DISK]`` (see
-``run_disk_full_writer`` in conftest.py, which also mounts DISK for the "enospc" fault). Why a
+``run_disk_full_writer`` in sink_helpers.py, which also mounts DISK for the "enospc" fault). Why a
 child: the file size limit and the mount must not touch the test process. Every failed step is
 retried the way the pipeline retries a sink (same sink object, same batch) once a little room has
 been made; before that, the files are checked as a reader would find them. The last stdout line
@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import (  # type: ignore[import-not-found, unused-ignore]
+from sink_helpers import (  # type: ignore[import-not-found, unused-ignore]
     disk_full_steps,
     journal_problems,
     make_sink,

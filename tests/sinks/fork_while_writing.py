@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import build_record  # type: ignore[import-not-found, unused-ignore]
+from sink_helpers import build_record  # type: ignore[import-not-found, unused-ignore]
 
 from tokenmeter.sinks import SQLiteSink
 

@@ -11,17 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (  # type: ignore[import-not-found, unused-ignore]
+from helpers import (  # type: ignore[import-not-found, unused-ignore]
+    one_line_value_error,
+    returns,
+    unusable_paths,
+)
+from sink_helpers import (  # type: ignore[import-not-found, unused-ignore]
     DISK_FULL_RECORDS,
     disk_faults,
     run_disk_full_writer,
     skip_without_tmpfs,
     write_reference,
-)
-from helpers import (  # type: ignore[import-not-found, unused-ignore]
-    one_line_value_error,
-    returns,
-    unusable_paths,
 )
 
 from tokenmeter._models import UsageRecord
@@ -108,7 +108,7 @@ def test_a_failed_write_leaves_no_partial_batch(tmp_path: Path, make_record: Rec
     script = f"""
 import resource, signal, sys
 sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
-from conftest import build_record
+from sink_helpers import build_record
 from tokenmeter.sinks import JSONLSink
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, ({len(before) + 5000}, resource.RLIM_INFINITY))

@@ -13,7 +13,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from conftest import (  # type: ignore[import-not-found, unused-ignore]
+from helpers import (  # type: ignore[import-not-found, unused-ignore]
+    one_line_value_error,
+    unusable_paths,
+)
+from sink_helpers import (  # type: ignore[import-not-found, unused-ignore]
     DISK_FULL_RECORDS,
     disk_faults,
     journal_problems,
@@ -23,10 +27,6 @@ from conftest import (  # type: ignore[import-not-found, unused-ignore]
     skip_without_tmpfs,
     tree_bytes,
     write_reference,
-)
-from helpers import (  # type: ignore[import-not-found, unused-ignore]
-    one_line_value_error,
-    unusable_paths,
 )
 
 from tokenmeter._models import SessionInfo, UsageRecord

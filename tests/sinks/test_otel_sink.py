@@ -23,9 +23,9 @@ pytest.importorskip(
 )
 pytest.importorskip("opentelemetry.proto", reason="opentelemetry-proto is not installed")
 
-from conftest import build_record
 from helpers import one_line_value_error, wait_for
 from otlp_receiver import OtlpReceiver, attributes
+from sink_helpers import build_record
 
 import tokenmeter
 from tokenmeter._registry import canonical

@@ -18,7 +18,6 @@ import pytest
 
 pytest.importorskip("psycopg", reason="psycopg is not installed (tokenmeter[postgres])")
 
-from conftest import CommitAnswerLost
 from helpers import (
     check_lease_protocol,
     fan_out,
@@ -29,6 +28,7 @@ from helpers import (
     returns,
     wait_for_a_ledger_waiting_on_a_row,
 )
+from sink_helpers import CommitAnswerLost
 
 import tokenmeter
 from tokenmeter.sinks import InMemorySink

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import START, build_record, record_from_row
 from helpers import SilencingProxy, returns, wait_for
 from pg_server import PgServer
+from sink_helpers import START, build_record, record_from_row
 
 import tokenmeter
 from tokenmeter._models import SessionInfo, UsageRecord

@@ -14,19 +14,19 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
 import pytest
-from conftest import (  # type: ignore[import-not-found, unused-ignore]
+from helpers import (  # type: ignore[import-not-found, unused-ignore]
+    one_line_value_error,
+    run_python,
+    unusable_paths,
+    wait_for,
+)
+from sink_helpers import (  # type: ignore[import-not-found, unused-ignore]
     build_record,
     disk_faults,
     resume_after_a_crash,
     run_disk_full_writer,
     skip_without_tmpfs,
     write_reference,
-)
-from helpers import (  # type: ignore[import-not-found, unused-ignore]
-    one_line_value_error,
-    run_python,
-    unusable_paths,
-    wait_for,
 )
 
 from tokenmeter._models import SessionInfo, UsageRecord, _iso
@@ -1344,7 +1344,7 @@ def test_a_relative_path_stays_where_it_was_when_the_process_changes_directory(
 WRITING_ONE = """
 import sys
 sys.path.insert(0, sys.argv[3])
-from conftest import build_record
+from sink_helpers import build_record
 from tokenmeter.sinks import SQLiteSink
 sink = SQLiteSink(sys.argv[1])
 sink.write([build_record(int(sys.argv[2]))])
@@ -1381,7 +1381,7 @@ NOT_WRITABLE_FOR_A_MOMENT = """
 import os, sqlite3, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from conftest import build_record
+from sink_helpers import build_record
 from tokenmeter.guardrails._ledger import SQLiteLedger
 from tokenmeter.sinks import SQLiteSink
 if os.geteuid() == 0:  # everything imported: nobody may not read root's interpreter
@@ -1435,7 +1435,7 @@ AS_ANOTHER_EFFECTIVE_USER = """
 import os, sqlite3, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from conftest import build_record
+from sink_helpers import build_record
 from tokenmeter.guardrails._ledger import SQLiteLedger
 from tokenmeter.sinks import SQLiteSink
 directory = Path(sys.argv[1])
