@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg_server import PgServer
 
 from tokenmeter import UsageRecord
 from tokenmeter.sinks import InMemorySink
@@ -320,6 +321,20 @@ class SilencingProxy:
 
 
 @contextlib.contextmanager
+def another_runs_connection(pg_server: PgServer) -> Iterator[Any]:
+    """A connection named as tokenmeter names its own (``application_name = 'tokenmeter'``),
+    open in another database of the test server: what another xdist worker's test, or another
+    run sharing ``TOKENMETER_TEST_PG``, holds. ``pg_stat_activity`` lists the backends of every
+    database on the server, so a test that kills or counts tokenmeter's connections must pick
+    its own database's and leave this one alone. Yields the (autocommit) connection."""
+    import psycopg
+
+    dsn = pg_server.create_database()
+    with psycopg.connect(dsn, application_name="tokenmeter", autocommit=True) as other:
+        yield other
+
+
+@contextlib.contextmanager
 def ledger_rows_locked(dsn: str, keys: Sequence[str], period: str) -> Iterator[Any]:
     """An open transaction of another client (psycopg, schema ``tokenmeter``) holding the
     budget_ledger rows of ``keys`` (FOR UPDATE): what another process's ledger holds while
@@ -344,8 +359,8 @@ def wait_for_a_ledger_waiting_on_a_row(dsn: str) -> None:
         wait_for(
             lambda: bool(
                 admin.execute(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE application_name = 'tokenmeter' AND wait_event_type = 'Lock'"
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tokenmeter' "
+                    "AND datname = current_database() AND wait_event_type = 'Lock'"
                 ).fetchone()
                 == (1,)
             ),

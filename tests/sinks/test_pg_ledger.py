@@ -19,6 +19,7 @@ import pytest
 pytest.importorskip("psycopg", reason="psycopg is not installed (tokenmeter[postgres])")
 
 from helpers import (
+    another_runs_connection,
     check_lease_protocol,
     fan_out,
     held_by_another_thread,
@@ -28,6 +29,7 @@ from helpers import (
     returns,
     wait_for_a_ledger_waiting_on_a_row,
 )
+from pg_server import PgServer
 from sink_helpers import CommitAnswerLost
 
 import tokenmeter
@@ -295,16 +297,24 @@ def test_a_watchdog_that_cannot_start_is_started_again_at_the_next_transaction(
     ledger.close()
 
 
-def test_a_killed_connection_is_replaced(pg_dsn: str) -> None:
+def test_a_killed_connection_is_replaced(pg_server: PgServer, pg_dsn: str) -> None:
+    """Only this test's database's tokenmeter connection, the ledger's, is killed: the server
+    lists every database's backends, and killing each one named 'tokenmeter' killed (6,) where
+    (1,) was expected under ``pytest -n 3``, and other workers' tests failed mid-way with
+    "server closed the connection unexpectedly"."""
     import psycopg
 
     ledger = PostgresSink(pg_dsn).budget_ledger()
     assert ledger.reserve("k", DAY, 10.0, 1.0)[0]
-    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+    with (
+        another_runs_connection(pg_server) as other,
+        psycopg.connect(pg_dsn, autocommit=True) as admin,
+    ):
         killed = admin.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = 'tokenmeter'"
+            "WHERE application_name = 'tokenmeter' AND datname = current_database()"
         ).fetchone()
+        assert other.execute("SELECT 1").fetchone() == (1,)  # another run's: still there
     assert killed == (1,)
     assert ledger.reserve("k", DAY, 10.0, 1.0) == (True, 1.0)
 

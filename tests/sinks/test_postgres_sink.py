@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import SilencingProxy, returns, wait_for
+from helpers import SilencingProxy, another_runs_connection, returns, wait_for
 from pg_server import PgServer
 from sink_helpers import START, build_record, record_from_row
 
@@ -354,15 +354,20 @@ def _terminate_tokenmeter_backends(dsn: str) -> int:
     rows = query(
         dsn,
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-        "WHERE application_name = 'tokenmeter' AND pid <> pg_backend_pid()",
+        "WHERE application_name = 'tokenmeter' AND datname = current_database() "
+        "AND pid <> pg_backend_pid()",
     )
     return int(rows[0][0])
 
 
-def test_connections_killed_mid_stream_lose_and_duplicate_nothing(pg_dsn: str) -> None:
+def test_connections_killed_mid_stream_lose_and_duplicate_nothing(
+    pg_server: PgServer, pg_dsn: str
+) -> None:
     tokenmeter.configure(sinks=[PostgresSink(pg_dsn)])
     killed = []
-    ids = _stream(600, 100, lambda: killed.append(_terminate_tokenmeter_backends(pg_dsn)))
+    with another_runs_connection(pg_server) as other:
+        ids = _stream(600, 100, lambda: killed.append(_terminate_tokenmeter_backends(pg_dsn)))
+        assert other.execute("SELECT 1").fetchone() == (1,)  # another run's: left alone
     _flush_until_written()
     assert sum(killed) >= 1  # the writer's connection was there to be killed
     assert sorted(r.id for r in read_records(pg_dsn)) == sorted(ids)
