@@ -646,6 +646,67 @@ async def test_responses_stream_left_early_is_estimated(
     assert record.output_tokens >= 1
 
 
+#: o3's rates per million tokens (in, out) at each tier its answers report.
+O3_RATES = {"flex": (Decimal(1), Decimal(4)), "priority": (Decimal("3.5"), Decimal(14))}
+
+
+def _o3_answer_without_usage(kit: ModuleType, api: str, tier: str) -> Any:
+    """An o3 answer of ``tier`` that reports no usage: a chat stream (every chunk names the
+    tier), a Responses stream (``response.created`` names it) or a chat reply, left early or
+    sent without usage, all on ANSWER's text."""
+    if api == "chat reply":
+        body = kit.chat_body(model="o3-2025-04-16") | {"service_tier": tier}
+        del body["usage"]
+        body["choices"][0]["message"]["content"] = "".join(ANSWER)
+        return json_reply(kit.http, body)
+    if api == "chat stream":
+        base = {"id": "c", "object": "chat.completion.chunk", "created": 1}
+        base |= {"model": "o3-2025-04-16", "service_tier": tier}
+        events = [
+            (None, base | {"choices": [{"index": 0, "delta": {"content": piece}}]})
+            for piece in ANSWER
+        ]
+        return sse_reply(kit.http, events)
+    response = kit.response_body("o3-2025-04-16", [], [], 0, 0)
+    response |= {"status": "in_progress", "usage": None, "service_tier": tier}
+    created = {"type": "response.created", "sequence_number": 0, "response": response}
+    deltas = [
+        {"type": "response.output_text.delta", "sequence_number": n, "item_id": "m"}
+        | {"output_index": 0, "content_index": 0, "delta": piece, "logprobs": []}
+        for n, piece in enumerate(ANSWER, 1)
+    ]
+    return sse_reply(kit.http, [(event["type"], event) for event in [created, *deltas]])
+
+
+@pytest.mark.parametrize("tier", ["flex", "priority"])
+@pytest.mark.parametrize("api", ["chat stream", "responses stream", "chat reply"])
+async def test_an_estimate_is_priced_at_the_tier_the_answer_reported(
+    records: Records, kit: ModuleType, api: str, tier: str
+) -> None:
+    """A flex or priority answer whose usage never came (a stream left early, a reply without
+    usage) is estimated at its tier's rates, as its usage would have been priced: it was priced
+    at standard ($2 / $8 on o3), twice a flex call's cost and 1.75x under a priority one's."""
+    client = kit.mock_openai(lambda request: _o3_answer_without_usage(kit, api, tier))
+    tokenmeter.instrument("openai")
+    if api == "chat reply":
+        client.chat.completions.create(model="o3", messages=MESSAGES, service_tier=tier)
+    else:
+        if api == "chat stream":
+            stream = client.chat.completions.create(
+                model="o3", messages=MESSAGES, stream=True, service_tier=tier
+            )
+        else:
+            stream = client.responses.create(model="o3", input="x", stream=True, service_tier=tier)
+        for _ in range(6):
+            next(stream)
+        stream.close()
+    record = only(records())
+    assert record.estimated and record.output_tokens > 0
+    rate_in, rate_out = O3_RATES[tier]
+    cost = (record.input_tokens * rate_in + record.output_tokens * rate_out) / 10**6
+    assert record.estimated_cost_usd == cost
+
+
 #: A coding agent's patch, as a tool's input the model writes (in 40 deltas).
 PATCH = (
     "*** Update File: app.py\n@@ def handler(request):\n-    return None\n+    return render()\n"

@@ -99,6 +99,8 @@ class ChunkReader(SampledText):
                 self.read += 1
                 with suppress(Exception):  # a hostile chunk adds nothing; the others still count
                     _add_text(self.text, chunk)
+                if call.tier is None:  # the usage chunk's, if it comes, is the one recorded
+                    call.tier = tier_from_openai(getattr(chunk, "service_tier", None))
             else:
                 self.counted += 1
         if not call.model:  # Azure's first chunk (prompt filter results) names none, nor an id
@@ -237,6 +239,14 @@ def _add_call(add: Callable[[Any], None], function: Any) -> None:
     add(field(function, "arguments"))
 
 
+def _keep_tier(call: Call, parsed: Any) -> None:
+    """The service tier an answer without usage reports (a chat chunk's, a Responses stream's
+    ``response.created``, a reply's): its estimate is priced at it, as its usage would have
+    been (a flex stream left early was estimated at twice the flex price)."""
+    with suppress(Exception):  # the tier of a response that cannot be read: standard
+        call.tier = tier_from_openai(field(parsed, "service_tier")) or call.tier
+
+
 def _read_usage(chunk: Any, usage: Any, call: Call) -> None:
     # A chunk's blank model (a compatible server's ``"model": ""``) names none: the one asked
     # for decides the search fee, as it names the record.
@@ -288,6 +298,7 @@ class ResponseEventReader(SampledText):
                 _failed(call, response)
             if field(response, "usage") is None:  # an object, or a dict (older SDKs)
                 keep_names(call, response)
+                _keep_tier(call, response)
                 call.saw_tools(safely("reading tool calls", responses_tool_requests, response))
             else:
                 try:
@@ -300,6 +311,7 @@ class ResponseEventReader(SampledText):
             response = getattr(event, "response", None)
             if call.model is None:
                 keep_names(call, response)
+            _keep_tier(call, response)
             if call.deferred and field(response, "background") is True:
                 # Asked for: it runs on if the stream is left, and its retrieve records it. A
                 # server's say-so alone defers nothing (the call would go unrecorded).
@@ -337,6 +349,7 @@ def _read(parsed: Any, call: Call) -> None:
         call.missing = True
         call.reply = _reply_text(parsed)
         keep_names(call, parsed)
+        _keep_tier(call, parsed)
         return
     found = from_openai_response(parsed, call.provider)
     call.take(found)
