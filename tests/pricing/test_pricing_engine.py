@@ -328,6 +328,28 @@ def test_o3_cached_image_and_audio_tokens_before_the_price_cut_cost_what_cached_
     assert price_usage("openai", "o3", text, at=at).total_usd == Decimal("2.5")
 
 
+@pytest.mark.parametrize("modality", ["video", "image", "audio"])
+def test_cached_media_is_not_priced_again_at_its_input_rate(modality: str) -> None:
+    """A Gemini Live prompt of 10,000 tokens: 6,000 of one medium, all read from the cache, and
+    4,000 of text. gemini-live-2.5-flash: $0.50 text (and cache reads: no rate of their own),
+    $3 video, per million. Cached video was priced again at the video rate, out of the
+    uncached text ($0.015 for $0.005); cached images and audio never were."""
+    usage = Usage(
+        input_tokens=10_000,
+        cache_read_tokens=6_000,
+        output_tokens=0,
+        modalities={
+            f"input_{modality}": 6_000,
+            "input_text": 4_000,
+            f"cache_read_{modality}": 6_000,
+        },
+    )
+    cost = price_usage("google", "gemini-live-2.5-flash", usage, at=DAY)
+    assert cost.breakdown is not None
+    assert f"input_{modality}" not in cost.breakdown  # none of it was read uncached
+    assert cost.total_usd == Decimal("0.005")  # 4,000 x $0.50 + 6,000 x $0.50 per million
+
+
 @pytest.mark.parametrize(
     ("model", "day", "usage", "expected"),
     [

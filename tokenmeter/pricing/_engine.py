@@ -219,14 +219,15 @@ class _Vector:
         # Cache reads by modality first: whatever is left of each modality was not cached.
         read_audio = min(m.get("cache_read_audio", 0), cache_read)
         read_image = min(m.get("cache_read_image", 0), cache_read - read_audio)
-        read_other = cache_read - read_audio - read_image
+        read_other = cache_read - read_audio - read_image  # text and video: the cache-read rate
+        read_video = min(m.get("cache_read_video", 0), read_other)
         audio_total = max(usage.input_audio_tokens, m.get("input_audio", 0))
         left = uncached
         audio_in = min(max(audio_total - read_audio, 0), left)
         left -= audio_in
         image_in = min(max(m.get("input_image", 0) - read_image, 0), left)
         left -= image_in
-        video_in = min(m.get("input_video", 0), left)
+        video_in = min(max(m.get("input_video", 0) - read_video, 0), left)
         left -= video_in
 
         total_out = usage.output_tokens
