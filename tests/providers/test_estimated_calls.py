@@ -1104,6 +1104,59 @@ async def test_audio_of_a_call_without_usage_is_estimated_and_priced_as_audio(
     assert record.cost_breakdown["input_audio"] == Decimal("0.012")  # 300 x $40 / M
 
 
+#: What an audio answer says in one chunk: its audio (1 s of 24 kHz pcm16) and its transcript.
+SPOKEN = "Paris has been the capital of France since the tenth century. "
+
+
+def _audio_answer(kit: ModuleType, streamed: bool) -> Any:
+    """A gpt-4o-audio-preview answer without usage: 8 chunks of audio and transcript, or the
+    reply holding the whole of it."""
+    import base64
+
+    second = base64.b64encode(b"\0\0" * 24_000).decode()
+    model = "gpt-4o-audio-preview-2024-12-17"
+    if not streamed:
+        body = kit.chat_body(model=model)
+        del body["usage"]
+        audio = {"id": "audio_1", "data": second, "expires_at": 1, "transcript": SPOKEN * 8}
+        body["choices"][0]["message"] = {"role": "assistant", "content": None, "audio": audio}
+        return json_reply(kit.http, body)
+    base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": model}
+    delta = {"role": "assistant", "audio": {"id": "audio_1", "data": second, "transcript": SPOKEN}}
+    chunk = base | {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+    return sse_reply(kit.http, [(None, chunk)] * 8)
+
+
+@pytest.mark.parametrize("streamed", [True, False], ids=["stream left early", "reply"])
+async def test_an_audio_answer_without_usage_counts_its_transcript(
+    records: Records, kit: ModuleType, streamed: bool
+) -> None:
+    """An answer in audio whose usage never came (a stream the listener stopped after 4
+    chunks; a reply without usage) counts its transcript as output, as the text an answer
+    holds: it was recorded with 0 output (the input alone, $0 of output). Its audio is not
+    counted (OpenAI documents no tokens a second for output audio): the estimate is low."""
+    client = kit.mock_openai(lambda request: _audio_answer(kit, streamed))
+    tokenmeter.instrument("openai")
+    request = {
+        "model": "gpt-4o-audio-preview",
+        "modalities": ["text", "audio"],
+        "audio": {"voice": "alloy", "format": "pcm16"},
+        "messages": MESSAGES,
+    }
+    if streamed:
+        stream = client.chat.completions.create(stream=True, **request)
+        for _ in range(4):
+            next(stream)
+        stream.close()
+    else:
+        client.chat.completions.create(**request)
+    record = only(records())
+    heard = SPOKEN * (4 if streamed else 8)
+    said = tokenmeter.estimate("gpt-4o-audio-preview", output=heard)
+    assert record.estimated and record.output_tokens == said.output_tokens > 40
+    assert record.cost_breakdown is not None and record.cost_breakdown["output"] > 0
+
+
 async def test_an_estimate_inside_a_call_never_waits_for_a_tokenizer_to_load(
     records: Records, kit: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:

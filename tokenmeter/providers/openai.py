@@ -174,6 +174,9 @@ def _add_text(tally: TextTally, chunk: Any) -> None:
         add(getattr(delta, "content", None))
         add(getattr(delta, "refusal", None))
         add(_reasoning(delta))
+        audio = getattr(delta, "audio", None)  # an audio answer's: its text is the transcript
+        if audio is not None:
+            add(field(audio, "transcript"))
         for tool_call in getattr(delta, "tool_calls", None) or ():
             function = getattr(tool_call, "function", None)
             if function is not None:
@@ -214,6 +217,7 @@ def _reply_text(parsed: Any, reasoning: bool = True) -> TextTally:
                 continue
             add(field(message, "content"))
             add(field(message, "refusal"))
+            add(field(field(message, "audio"), "transcript"))  # an audio answer's text
             if reasoning:
                 add(_reasoning(message))
             for tool_call in field(message, "tool_calls") or ():
