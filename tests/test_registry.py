@@ -181,6 +181,23 @@ def test_the_openai_sdks_bedrock_provider_is_aws(sink: InMemorySink, endpoint: s
     assert record.estimated_cost_usd == Decimal("0.75")
 
 
+@pytest.mark.parametrize(
+    ("model", "expected"), [("openai.gpt-oss-120b", "0.75"), ("openai.gpt-oss-20b", "0.37")]
+)
+def test_a_bedrock_id_without_its_version_is_priced_from_bedrocks_table(
+    sink: InMemorySink, model: str, expected: str
+) -> None:
+    """The Mantle endpoint names gpt-oss ``openai.gpt-oss-120b`` (no ``-1:0``, as gateways
+    built on it document): it was priced from OpenAI's own gpt-oss entry ($0.219 for 1M in and
+    1M out, where Bedrock bills $0.15 / $0.60 a million: $0.75)."""
+    providers = pytest.importorskip("openai.providers")
+    bedrock = providers.bedrock(endpoint="mantle", region="us-east-1", api_key="k")
+    record = _the_openai_sdks_provider_call(sink, bedrock, model)
+    assert (record.model_provider, record.estimated_cost_usd) == ("aws", Decimal(expected))
+    usage = {"input_tokens": 1_000_000, "output_tokens": 1_000_000}
+    assert tokenmeter.price("aws", model, usage).total_usd == Decimal(expected)
+
+
 def test_the_openai_sdks_vertex_provider_is_google(sink: InMemorySink) -> None:
     """``OpenAI(provider=openai.providers.vertex(...))`` calls Vertex AI: its Gemini calls were
     priced right but recorded under openai, so a ``google`` budget or report missed them."""

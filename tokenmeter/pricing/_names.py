@@ -19,6 +19,11 @@ _BEDROCK_VENDOR = re.compile(
     r"^(?:anthropic|meta|amazon|mistral|cohere|ai21|deepseek|openai|qwen|writer)\."
 )
 _BEDROCK_VERSION = re.compile(r"(?:-v\d+)?(?::\d+)?$")
+#: The first version of a Bedrock model id (``openai.gpt-oss-120b-1:0``,
+#: ``anthropic.claude-3-haiku-20240307-v1:0``), which the Mantle endpoint and gateways that
+#: use it leave out (``openai.gpt-oss-120b``): tried after the name as given, so that the
+#: provider's own entry prices it, not another provider's entry of the bare model.
+_BEDROCK_FIRST_VERSIONS = ("-1:0", "-v1:0")
 #: How Azure OpenAI (and an older OpenAI spelling) names a fine-tune: ``<base>.ft-<job id>``,
 #: ``gpt-4o-2024-08-06.ft-d93dda6110004b4da3472d96f4dd4777-ft``.
 _DOTTED_FINE_TUNE = ".ft-"
@@ -73,6 +78,9 @@ def name_candidates(model: str) -> list[str]:
         found.append(name.replace("@", "-"))
         name = name.split("@", 1)[0]
         found.append(name)
+    vendor_named = _BEDROCK_VENDOR.match(_BEDROCK_GEO.sub("", name)) is not None
+    if vendor_named and ":" not in name:  # a Bedrock id without its version
+        found += [name + version for version in _BEDROCK_FIRST_VERSIONS]
     bedrock = _BEDROCK_VERSION.sub("", _BEDROCK_VENDOR.sub("", _BEDROCK_GEO.sub("", name)))
     if bedrock != name and bedrock:
         name = bedrock
