@@ -1039,6 +1039,88 @@ def test_spend_a_failing_ledger_could_not_take_is_settled_once_it_can(
     assert [a.rule for a in seen] == ["budget_50pct", "budget_80pct", "budget_100pct"]
 
 
+_OWED_ACROSS_CONFIGURE = """
+import sys
+
+import tokenmeter
+from tokenmeter.guardrails._ledger import SQLiteLedger
+from tokenmeter.sinks import InMemorySink
+from tokenmeter.testing import FakeProvider
+
+
+class Outage(SQLiteLedger):
+    \"\"\"A budgets.db that takes no settlement while ``down`` (its disk full).\"\"\"
+
+    down = False
+
+    def settle_many(self, items):
+        if Outage.down:
+            raise OSError("disk full")
+        return super().settle_many(items)
+
+
+class Sink(InMemorySink):
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def budget_ledger(self):
+        return Outage(self.path)
+
+
+first, second, after = sys.argv[1:4]
+budgets = [{"name": "soft", "limit_usd": 1, "period": "day", "on_exceed": "warn"}]
+tokenmeter.configure(sinks=[Sink(first)], budgets=budgets)
+tokenmeter.instrument(["openai"])
+with FakeProvider() as fake:
+    fake.set_usage(openai={"prompt_tokens": 1000, "completion_tokens": 500})  # $0.0075 a call
+    client = fake.openai_client(max_retries=0)
+    messages = [{"role": "user", "content": "hi"}]
+    Outage.down = True
+    for _ in range(2):  # owed to the first ledger
+        client.chat.completions.create(model="gpt-4o", messages=messages)
+    Outage.down = False
+    if after == "no budget":
+        tokenmeter.configure(budgets=[])
+    else:
+        tokenmeter.configure(sinks=[Sink(second)], budgets=budgets)
+        client.chat.completions.create(model="gpt-4o", messages=messages)
+    print(len(fake.requests))
+"""
+
+
+def _settled(path: Path) -> float:
+    """The USD settled in the budgets.db at ``path`` (0 if it was never made)."""
+    if not path.exists():
+        return 0.0
+    ledger = sqlite3.connect(path)
+    try:
+        row = ledger.execute("select coalesce(sum(settled_usd), 0) from budget_ledger").fetchone()
+    finally:
+        ledger.close()
+    return float(row[0])
+
+
+@pytest.mark.parametrize("after", ["no budget", "another ledger"])
+def test_spend_owed_to_a_ledger_is_settled_in_that_ledger_after_configure(
+    tmp_path: Path, after: str
+) -> None:
+    """A warn-only budget's spend a ledger could not take (2 calls of $0.0075 while its disk
+    was full) is owed and settled later. It was owed by row only, so it went to whatever ledger
+    was in force later: after ``configure(budgets=[])`` it was dropped at exit (the ledger kept
+    $0); after a configure() pointing at another ledger it was settled there ($0.0225 in the
+    new one for its one call, $0 in the old one). It is owed to its ledger, and the exit
+    settles it there."""
+    first, second = tmp_path / "first.db", tmp_path / "second.db"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = run_python(
+        "-c", _OWED_ACROSS_CONFIGURE, str(first), str(second), after, env=env, cwd=tmp_path
+    )
+    assert done.stdout.split() == ["2" if after == "no budget" else "3"]
+    assert _settled(first) == pytest.approx(2 * 0.0075)
+    assert _settled(second) == pytest.approx(0.0 if after == "no budget" else 0.0075)
+
+
 def test_a_reservation_is_released_when_the_call_fails(
     tmp_path: Path, fake: FakeProvider, instrumented: None
 ) -> None:
