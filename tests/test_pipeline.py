@@ -2084,10 +2084,14 @@ def _run_bounded(args: list[str], env: dict[str, str], cwd: Path) -> str:
     return out
 
 
-def _dies_of_sigterm(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run ``script`` in a child process, which must end killed by SIGTERM."""
+def _dies_of_sigterm(script: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` (with ``args``) in a child process, which must end killed by SIGTERM."""
     done = subprocess.run(
-        [sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == -signal.SIGTERM, done.stderr
     return done
@@ -2212,6 +2216,54 @@ def test_a_sigterm_while_a_record_is_queued_flushes_it_and_ends(
     assert done.returncode == -signal.SIGTERM, done.stderr
     records = 7 if inside == "put" else 2
     assert (tmp_path / "usage.jsonl").read_text().count("\n") == records, done.stderr
+
+
+SIGNALLED_WHILE_MAKING = """
+import os, signal, sys, tokenmeter
+from tokenmeter import _record, _sessions
+from tokenmeter.testing import FakeProvider
+
+tokenmeter.configure(sinks=["jsonl"], directory=".", exit_timeout=10)
+tokenmeter.instrument(["openai"])
+target = {"making": _record._make_later, "session": _sessions.SessionSummary._add}[sys.argv[1]]
+entered = 0
+
+def signalled(frame, event, arg):  # SIGTERM (docker stop) as the third one begins
+    global entered
+    if event == "call" and frame.f_code is target.__code__:
+        entered += 1
+        if entered == 3:
+            sys.setprofile(None)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+with FakeProvider() as fake:
+    client = fake.openai_client()
+    hi = [{"role": "user", "content": "hi"}]
+    sys.setprofile(signalled)
+    for n in range(1, 11):
+        with tokenmeter.session(f"request-{n}"):  # its end makes the call's record here
+            client.chat.completions.create(model="gpt-4o", messages=hi)
+            print("answered", n, flush=True)
+"""
+
+
+@pytest.mark.parametrize("inside", ["making", "session"])
+def test_a_sigterm_while_the_main_thread_makes_a_record_loses_none_and_ends_at_once(
+    inside: str, tmp_path: Path
+) -> None:
+    """A session's end makes its waiting calls' records on the application's thread. A SIGTERM
+    landing there (the call out of the waiting queue, its record not queued yet) was flushed
+    without that call and the process died of it: 3 calls answered, 2 records. Landing inside a
+    session's totals (``_sessions._lock`` held), the exit hooks' thread waited for that lock
+    for half of exit_timeout, then flushed without the call. The signal now waits for the lock
+    to be let go, as it does for a writer's."""
+    done = _dies_of_sigterm(SIGNALLED_WHILE_MAKING, tmp_path, inside)
+    answered = done.stdout.count("answered")
+    assert answered >= 3, done.stdout + done.stderr
+    lines = [json.loads(line) for line in (tmp_path / "usage.jsonl").open()]
+    assert len(lines) == answered, done.stdout + done.stderr
+    assert len({line["id"] for line in lines}) == answered
+    assert "did not finish" not in done.stderr, done.stderr
 
 
 HELD_IN_A_WRITERS_LOCK = """

@@ -326,11 +326,7 @@ def _may_wait(pipeline: _Pipeline | None) -> bool:
         return False
     if pipeline is not None and pipeline._lock._is_owned():  # type: ignore[attr-defined]
         return False
-    for module, name in _LOCKS_OF_OURS:
-        lock = getattr(sys.modules.get(module), name, None)
-        if lock is not None and lock._is_owned():
-            return False
-    return True
+    return not _holds_a_lock_of_ours()
 
 
 #: Signals sent to the process from outside (kill, a terminal, a supervisor). Our threads block
@@ -2705,12 +2701,17 @@ def _on_termination(signum: int, frame: object) -> None:
         _deferred_signal = signum
         return
     writers = [*_writers(), *_ending]
-    if any(w._lock._is_owned() for w in writers):  # type: ignore[attr-defined]
+    in_a_writers_lock = any(w._lock._is_owned() for w in writers)  # type: ignore[attr-defined]
+    if in_a_writers_lock or _holds_a_lock_of_ours():
         # The main thread is queueing an item (``put``, a few bytecodes): the writer needs that
         # lock to take what the exit flush asks it to write, and waited for all of exit_timeout,
-        # losing what it held. The signal comes again once the lock is let go; for no longer
-        # than exit_timeout (a logging handler that blocks, called as a full buffer drops a
-        # record, holds it for ever): then the exit flush runs all the same, bounded as ever.
+        # losing what it held. Or it holds a lock of ours while it makes a waiting call's record
+        # (``_later_lock``: the call is out of ``_later``, where the exit flush looks for it, and
+        # was lost) or updates a session (``_sessions._lock``: the exit hooks' thread waited for
+        # it for half of exit_timeout and left the implicit session unended). The signal comes
+        # again once the lock is let go; for no longer than exit_timeout (a logging handler that
+        # blocks, called as a full buffer drops a record, holds it for ever): then the exit
+        # flush runs all the same, bounded as ever.
         now = time.monotonic()
         _sent_again_since = _sent_again_since or now
         if now - _sent_again_since < _exit_timeout and _send_again_soon(signum):
@@ -2724,6 +2725,15 @@ def _on_termination(signum: int, frame: object) -> None:
     _exit_signal = signum
     _at_exit()  # ends by raising the signal again; returns at once when the exit flush is over
     _die_of(signum)
+
+
+def _holds_a_lock_of_ours() -> bool:
+    """This thread holds one of ``_LOCKS_OF_OURS``: the exit flush, on another thread, needs it."""
+    for module, name in _LOCKS_OF_OURS:
+        lock = getattr(sys.modules.get(module), name, None)
+        if lock is not None and lock._is_owned():
+            return True
+    return False
 
 
 def _take_deferred_signal() -> None:
