@@ -171,6 +171,23 @@ def test_flush_is_false_while_a_sinks_own_flush_fails() -> None:
     assert [r.id for r in sink.records] == [r.id for r in made]
 
 
+def test_flush_with_timeout_0_says_true_once_everything_is_written(tmp_path: Path) -> None:
+    """A non-blocking check of delivery (a health endpoint): flush(timeout=0) said False every
+    time, records all written, as every writer was handed a marker it had no time to take. A
+    writer holding nothing, whose last answer was True, answers at once; one whose sink's own
+    flush() fails still says False."""
+    sink = BufferingSink()
+    tokenmeter.configure(sinks=["jsonl", sink], directory=str(tmp_path))
+    made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(5)]
+    assert not tokenmeter.flush(30)  # the uploader's own flush() fails
+    assert not tokenmeter.flush(timeout=0)
+    sink.healthy = True
+    assert tokenmeter.flush(30)
+    assert tokenmeter.flush(timeout=0)
+    assert [r.id for r in sink.records] == [r.id for r in made]
+    assert (tmp_path / "usage.jsonl").read_text().count("\n") == 5
+
+
 def test_flush_without_a_timeout_is_released_once_a_slow_failure_outlasts_its_patience(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -595,6 +595,11 @@ class _Writer:
         #: calls waiting on them say so (False), as ``flush()`` promises.
         self._set_aside_before_open = 0
         self._set_aside_before_markers: int | None = None
+        #: Every item it took was written and answered True, the sink's own flush() included
+        #: (``_release_markers``): a flush(timeout=0) finding its buffer empty too is answered
+        #: at once (``request_flush``). It waited for no delivery, and said False with
+        #: everything written.
+        self._all_flushed = True
         self._failures = 0
         #: How many items written ahead of their turn, to show the sink works, failed too: each
         #: pass tries the next candidate (``_ahead``, ``_proof``), as the first may be poison.
@@ -775,7 +780,11 @@ class _Writer:
                 self._stopped = None
             self._thread = start_thread(self._run, f"tokenmeter-writer-{_name(self.sink)}")
 
-    def request_flush(self) -> _FlushMarker:
+    def request_flush(self, at_once: bool = False) -> _FlushMarker:
+        """A marker answered once what the writer holds is written and its sink's own flush()
+        has returned. ``at_once`` (a flush(timeout=0), which cannot wait for that): a writer
+        holding nothing whose last answer was True answers True now, without calling the
+        sink's flush() again (any other flush() calls it, so a sink down again says so)."""
         marker = _FlushMarker()
         if self._unstarted is not None:
             self._start()
@@ -795,6 +804,9 @@ class _Writer:
                 marker.ok = self._stopped
                 marker.done.set()
                 return marker
+            if at_once and self._holds_nothing():
+                marker.done.set()
+                return marker
             if self._open_marker is None:
                 # In the buffer before it is shared: a flush() interrupted in between (a Ctrl-C
                 # at exit, which flushes again) never waits on a marker no delivery takes.
@@ -805,6 +817,20 @@ class _Writer:
                 marker = self._open_marker
         self._rouse()
         return marker
+
+    def _holds_nothing(self) -> bool:
+        """(``_lock`` held) Nothing to write, and what it wrote was answered True since: no
+        record dropped or set aside, the sink's own flush() called after its last write."""
+        return (
+            self._all_flushed
+            and not self._buffer
+            and not self._pending
+            and not self._accused
+            and not self._markers
+            and self._writing_since is None
+            and not self._abandoned
+            and self.dropped == self._drops_answered
+        )
 
     def stop(self, timeout: float | None) -> None:
         """Write what is buffered, close the sink, end the thread."""
@@ -957,6 +983,8 @@ class _Writer:
         with self._lock:
             items, self._buffer = self._buffer, deque()
             self._answered_waiting = 0
+            if items:
+                self._all_flushed = False  # till a marker's answer says they are written
             flushed = self._open_marker is not None
             self._open_marker = None
         _made_progress(self)  # a crowded caller waits for it (``_hand_over``)
@@ -1575,6 +1603,7 @@ class _Writer:
             marker.ok = ok
             marker.done.set()
         self._markers.clear()
+        self._all_flushed = ok
 
 
 #: The most of a sink's error message that is logged and kept with each record set aside: a
@@ -1687,8 +1716,10 @@ class _Pipeline:
             self._replaced = True
 
 
-def _flush_writers(writers: Sequence[_Writer], timeout: float | None) -> bool:
-    failed, timed_out = _unflushed(writers, timeout)
+def _flush_writers(
+    writers: Sequence[_Writer], timeout: float | None, at_once: bool = False
+) -> bool:
+    failed, timed_out = _unflushed(writers, timeout, at_once)
     return not failed and not timed_out
 
 
@@ -1705,14 +1736,17 @@ _flushing_lock = threading.Lock()
 _on_a_writer = threading.local()
 
 
-def _unflushed(writers: Sequence[_Writer], timeout: float | None) -> tuple[list[str], list[str]]:
+def _unflushed(
+    writers: Sequence[_Writer], timeout: float | None, at_once: bool = False
+) -> tuple[list[str], list[str]]:
     """Flush: the names of the sinks that failed to take everything, and of those that did not
     finish within ``timeout`` (what exit reports: a sink that failed at once did not time out).
     A writer busy in a flush of its own is not waited for: it counts as failed. Nor is one whose
     lock this thread holds: a signal handler's flush() that interrupted ``put`` there, on the
     same thread; the writer needs that lock to take what it would wait for, and the handler
     waited for it for ever (with no timeout) or all of its timeout (a configure() there, all of
-    exit_timeout). What it holds is written once the handler returns."""
+    exit_timeout). What it holds is written once the handler returns. ``at_once``: see
+    ``_Writer.request_flush``."""
     current = threading.current_thread()
     on_a_writer = getattr(_on_a_writer, "running", False)
     busy: set[threading.Thread] = set()
@@ -1723,7 +1757,7 @@ def _unflushed(writers: Sequence[_Writer], timeout: float | None) -> tuple[list[
     try:
         skipped = [w for w in writers if w._thread in busy or _held_here(w)]
         failed = [_name(writer.sink) for writer in skipped]
-        markers = [(w, w.request_flush()) for w in writers if w not in skipped]
+        markers = [(w, w.request_flush(at_once)) for w in writers if w not in skipped]
         deadline = None if timeout is None else time.monotonic() + timeout
         timed_out: list[str] = []
         for writer, marker in markers:
@@ -2235,7 +2269,8 @@ def flush(timeout: float | None = None) -> bool:
     this thread makes the pipeline (``_get``: a signal handler's flush) are not written yet:
     False."""
     catch_up()
-    return _flush_writers([*_writers(), *_ending], timeout) and not _held_back
+    writers = [*_writers(), *_ending]
+    return _flush_writers(writers, timeout, at_once=timeout == 0) and not _held_back
 
 
 def _writers() -> list[_Writer]:
