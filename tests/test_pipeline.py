@@ -2877,9 +2877,10 @@ while "slowpkg.slow" not in sys.modules:  # its first submodule imported, the se
     time.sleep(0.001)
 pid = os.fork()
 if pid == 0:
+    quick = sys.modules["slowpkg.quick"]  # finished in the parent: what others may hold
     try:
         import slowpkg
-        os._exit(0 if slowpkg.DONE else 3)
+        os._exit(0 if slowpkg.DONE and slowpkg.quick is quick else 3)
     except BaseException as exc:
         print(repr(exc), file=sys.stderr)
         os._exit(4)
@@ -2892,10 +2893,12 @@ print(os.waitstatus_to_exitcode(status))
 def test_a_child_forked_during_another_threads_package_import_imports_it_whole(
     tmp_path: Path,
 ) -> None:
-    """A package half imported at the fork is imported afresh in the child, with its
-    submodules: those it had finished stayed, and, found in sys.modules, were not bound to the
-    package made afresh. asyncio's __init__ raised NameError in the child, out of its first
-    record (which imports asyncio) and out of the application's own import of it."""
+    """A package half imported at the fork is imported afresh in the child. The submodules it
+    had finished stayed, and, found in sys.modules, were not bound to the package made afresh:
+    asyncio's __init__ raised NameError in the child, out of its first record (which imports
+    asyncio) and out of the application's own import of it. They are bound to it, the same
+    modules (forgotten and run again, what other modules held of them was another class, and
+    asyncio's C part kept the old CancelledError)."""
     package = tmp_path / "slowpkg"
     package.mkdir()
     (package / "__init__.py").write_text(

@@ -92,9 +92,12 @@ def _forget_imports_of_other_threads() -> None:
     """In a forked child: imports that other threads of the parent were running at the fork
     never finish here (the wait before the fork is bounded, and a thread may start one right
     after it looked). Their module locks are released and their half-made modules forgotten, so
-    that the child imports them afresh instead of waiting for ever."""
+    that the child imports them afresh instead of waiting for ever. The submodules a forgotten
+    package had finished are kept (other modules may hold what they made) and bound to the
+    package made afresh (``_Rebind``)."""
     me = threading.get_ident()
     try:
+        forgotten = []
         for name, lock in _imports_in_other_threads():
             # Each part new and of its kind: a lock and counts (3.11), an RLock and lists (3.12+).
             rlock = isinstance(lock.lock, _thread.RLock)
@@ -103,13 +106,10 @@ def _forget_imports_of_other_threads() -> None:
             lock.owner, lock.count, lock.waiters = None, type(lock.count)(), type(lock.waiters)()
             module = sys.modules.get(name)
             if getattr(getattr(module, "__spec__", None), "_initializing", False):
-                # With the submodules it had imported: found in sys.modules, they are not bound
-                # to the package imported afresh (asyncio's __init__ raised NameError, out of
-                # the child's first record, which imports it).
-                inside = name + "."
-                for other in [key for key in sys.modules if key.startswith(inside)]:
-                    del sys.modules[other]
                 del sys.modules[name]
+                forgotten.append(name)
+        if forgotten:
+            sys.meta_path.insert(0, _Rebind(forgotten))
         from importlib import _bootstrap
 
         blocking = getattr(_bootstrap, "_blocking_on", None)
@@ -118,6 +118,56 @@ def _forget_imports_of_other_threads() -> None:
                 blocking.pop(tid, None)
     except Exception:  # an interpreter laid out otherwise: nothing to mend
         pass
+
+
+class _Rebind:
+    """A finder in a forked child, first on ``sys.meta_path`` until each package forgotten at the
+    fork (``_forget_imports_of_other_threads``) is imported again. The import system binds a
+    submodule to its package only when it loads it: the submodules the parent had finished,
+    found in ``sys.modules``, were not bound to the package made afresh, whose ``__init__`` then
+    failed on their names (asyncio's raised NameError, out of the child's first record, which
+    imports it). It finds each package as the other finders do, and binds those submodules to
+    the new module before its code runs."""
+
+    def __init__(self, packages: list[str]) -> None:
+        self.packages = set(packages)
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name not in self.packages:
+            return None
+        self.packages.discard(name)
+        if not self.packages:
+            with contextlib.suppress(ValueError):
+                sys.meta_path.remove(self)
+        for finder in list(sys.meta_path):
+            find = getattr(finder, "find_spec", None)
+            if finder is self or find is None:
+                continue
+            spec = find(name, path, target)
+            if spec is not None:
+                loader = spec.loader
+                # Not a loader shared as a class (builtins, frozen): bound per module only.
+                if hasattr(loader, "exec_module") and not isinstance(loader, type):
+                    _bind_before_running(loader, name)
+                return spec
+        return None
+
+
+def _bind_before_running(loader: Any, package: str) -> None:
+    """Bind ``package``'s submodules in ``sys.modules`` to the module ``loader`` runs next."""
+    run = loader.exec_module
+
+    def exec_module(module: Any) -> None:
+        with contextlib.suppress(AttributeError):
+            del loader.exec_module  # once: a loader may serve other modules
+        inside = package + "."
+        for key, submodule in list(sys.modules.items()):
+            tail = key[len(inside) :]
+            if key.startswith(inside) and tail and "." not in tail:
+                setattr(module, tail, submodule)
+        run(module)
+
+    loader.exec_module = exec_module
 
 
 os.register_at_fork(after_in_child=_forget_imports_of_other_threads)
