@@ -707,6 +707,32 @@ async def test_an_estimate_is_priced_at_the_tier_the_answer_reported(
     assert record.estimated_cost_usd == cost
 
 
+@pytest.mark.parametrize(("asked", "served"), [("priority", "default"), ("flex", None)])
+async def test_a_responses_stream_with_usage_is_priced_at_the_tier_beside_it(
+    records: Records, kit: ModuleType, asked: str, served: str | None
+) -> None:
+    """``response.created`` names the tier asked for; the completed response beside its usage
+    the tier served (OpenAI may serve a priority or flex request at default; a compatible host
+    names none). The first was kept for an estimate and outlived the usage: 1M + 1M o3 tokens
+    asked at priority, served at default, were recorded at $17.50 where they cost $10."""
+    created = kit.response_body("o3-2025-04-16", [], [], 0, 0)
+    created |= {"status": "in_progress", "usage": None, "service_tier": asked}
+    done = kit.response_body("o3-2025-04-16", [], [], 1_000_000, 1_000_000)
+    done |= {"service_tier": served}
+    events = [
+        {"type": "response.created", "sequence_number": 0, "response": created},
+        {"type": "response.completed", "sequence_number": 1, "response": done},
+    ]
+    client = kit.mock_openai(
+        lambda request: sse_reply(kit.http, [(event["type"], event) for event in events])
+    )
+    tokenmeter.instrument("openai")
+    for _ in client.responses.create(model="o3", input="x", stream=True, service_tier=asked):
+        pass
+    record = only(records())
+    assert not record.estimated and record.estimated_cost_usd == Decimal(10)  # $2 + $8
+
+
 #: A coding agent's patch, as a tool's input the model writes (in 40 deltas).
 PATCH = (
     "*** Update File: app.py\n@@ def handler(request):\n-    return None\n+    return render()\n"

@@ -310,6 +310,10 @@ class ResponseEventReader(SampledText):
                 except Exception:
                     keep_names(call, response)
                     raise
+                # The tier billed is the one beside the usage (OpenAI may serve a priority or
+                # flex request at default): response.created's, the tier asked for, is only an
+                # estimate's.
+                call.tier = None
                 call.take(found)
         elif kind == "response.created":
             response = getattr(event, "response", None)
