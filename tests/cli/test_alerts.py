@@ -193,6 +193,22 @@ def test_a_long_scope_is_shown_whole_or_shortened_in_the_middle(
     assert shown_session.count("…") == 1 and len(shown_session) < len(session)
 
 
+def test_a_long_rule_is_shortened_so_rows_keep_their_width(cli: RunCli, alerts_dir: Path) -> None:
+    """One alerts.jsonl line whose rule was 900,000 characters (under the line cap: read) padded
+    every row to that width: 101 alerts of a 0.9 MB file printed 92 MB. The rule is shortened in
+    the middle like the scope beside it."""
+    rule = "foreign-rule-" + "r" * 100_000 + "-end"
+    _append(alerts_dir, json.dumps({"time": "2026-12-05T10:00:00.000Z", "rule": rule}))
+    code, out, err = cli("alerts", "--source", str(alerts_dir))
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[-1] == "4 alert(s)"
+    assert max(len(line) for line in lines) < 200
+    shown = lines[-2].split()[2]
+    assert shown.startswith("foreign-rule-") and shown.endswith("-end") and "…" in shown
+    assert [line.split()[2] for line in lines[1:4]] == ["call_tokens"] * 3
+
+
 def test_an_over_long_line_is_skipped_in_bounded_memory(cli: RunCli, alerts_dir: Path) -> None:
     """Read as the report reads JSONL: at most ``MAX_LINE_BYTES`` of a line is held."""
     mib = 1 << 20

@@ -38,6 +38,10 @@ __all__ = ["parse_alert", "run_alerts"]
 #: characters) is shown whole; a longer one (a long session name or tag value) is shortened in
 #: the middle, keeping both ends: a budget's name and its period's start.
 _SCOPE_WIDTH = 120
+#: tokenmeter writes a rule as a short name (``call_tokens``, ``budget_50pct``); one from a
+#: foreign or torn line may be 900,000 characters, and the table pads every row to its longest
+#: cell: it is shortened in the middle like a scope, so the output grows with the file.
+_RULE_WIDTH = 40
 
 
 def _alerts_path(source: str | None) -> Path:
@@ -202,7 +206,7 @@ def run_alerts(args: argparse.Namespace) -> int:
         rows += [
             (
                 alert["time"][:19].replace("T", " "),
-                alert["rule"],
+                shorten_middle(alert["rule"], _RULE_WIDTH),
                 shorten_middle(alert.get("scope") or "", _SCOPE_WIDTH),
                 _number(alert.get("observed")),
                 _number(alert.get("baseline")),
