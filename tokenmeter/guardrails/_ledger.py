@@ -18,6 +18,7 @@ import sqlite3
 import stat
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime
@@ -173,11 +174,12 @@ def settle_all(ledger: Any, items: list[Settle]) -> list[float]:
 
 class MemoryLedger:
     """One process only (a lock around a dict): for tests, and for budgets that need not hold
-    across processes."""
+    across processes. A forked child gets a copy of it (``_renew_memory_ledgers``)."""
 
     def __init__(self) -> None:
         self._rows: dict[tuple[str, str], list[float]] = {}
         self._lock = threading.Lock()
+        _memory_ledgers.add(self)
         #: The periods that ended (``period_ended``: sessions' ids), the latest ended or used
         #: last. Their rows are kept, as budgets.db keeps them, up to ``MAX_ENDED_PERIODS``.
         self._ended: OrderedDict[str, None] = OrderedDict()
@@ -276,6 +278,22 @@ class MemoryLedger:
 
     def close(self) -> None:
         pass
+
+
+#: Every memory ledger of the process, for ``_renew_memory_ledgers``.
+_memory_ledgers: weakref.WeakSet[MemoryLedger] = weakref.WeakSet()
+
+
+def _renew_memory_ledgers() -> None:
+    """In a forked child: each memory ledger's lock is new. ``fork()`` copies a lock in the
+    state it had, and another thread of the parent inside the ledger at that instant (settling
+    a record, taking a slice) held it: the child's first budgeted record or call waited for
+    it for ever. Only the forking thread lives on in the child, so nothing else uses them."""
+    for ledger in list(_memory_ledgers):
+        ledger._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_renew_memory_ledgers)
 
 
 _SCHEMA = """
