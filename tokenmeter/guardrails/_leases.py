@@ -27,6 +27,7 @@ still holds. A retired lease whose ledger did not take what it holds (down, lock
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -36,7 +37,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from tokenmeter import _pipeline
-from tokenmeter.guardrails._ledger import PAUSE_S, briefly, lease_all
+from tokenmeter.guardrails._ledger import PAUSE_S, MemoryLedger, briefly, lease_all
 
 __all__ = [
     "IDLE_S",
@@ -840,8 +841,19 @@ def _at_exit() -> None:
 
 
 def _forget_in_child() -> None:
-    """A forked child's copies of the parent's leases are the parent's: the child takes its own."""
+    """A forked child's copies of the parent's leases are the parent's: the child takes its own.
+
+    A memory ledger is the child's own copy, its reserved USD freed already (the ledger's fork
+    hook, registered first, runs first): what the parent's calls cost and its leases had not yet
+    moved to the ledger is settled in it, as a session in the child counts the calls made before
+    the fork. Left out, the child had room for one call more than the budget's. The child is
+    the only thread here: nothing else reads the leases."""
     global _leases, _lock, _ledger, _keeper, _generation, _owning, _retired
+    with contextlib.suppress(Exception):  # the leases are renewed below whatever happens
+        _fold_all()
+        for lease in [*_leases.values(), *_retired]:
+            if lease.used > 0 and isinstance(lease.ledger, MemoryLedger):
+                lease.ledger.settle(lease.key, lease.start, 0.0, lease.used)
     _leases, _lock, _ledger, _keeper, _owning = {}, threading.RLock(), None, None, set()
     _retired = []
     _generation += 1
