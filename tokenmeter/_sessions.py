@@ -670,8 +670,15 @@ class Session:
     def _inherit(self) -> None:
         """In a process forked inside this session (or in work still running on after it):
         the totals so far are the parent's part, stored by the parent. This process's part,
-        under a key of its own, is what it adds from now on; it never ends the session."""
+        under a key of its own, is what it adds from now on; it never ends the session.
+
+        What its budget holds for calls in flight (``_reserved``) is the parent's too: those
+        calls settle in the parent, and kept here, a call the parent had in flight at the fork
+        ($0.0085 of a $0.01 budget) refused the child's first call ($0.002, $0 spent) for the
+        child's whole life. Reservations made before the fork are never released here
+        (``_budgets``: ``_Reservation.forks``)."""
         t = self._summary
+        self._reserved = _ZERO
         self._base = (t.calls, t.input_tokens, t.output_tokens, t.cost_usd, t.unpriced_calls)
         self._part = secrets.token_hex(8)
         self._pid = os.getpid()

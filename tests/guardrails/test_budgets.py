@@ -801,6 +801,91 @@ def test_calls_a_session_budget_refused_are_no_calls_of_the_averages_per_call(
     assert "| **TOTAL** | | **4** | **3,000** | **1,500.0** |" in usage, usage
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.parametrize("ended", [False, True], ids=["open", "ended"])
+def test_a_child_forked_in_a_session_never_counts_the_parents_calls_in_flight(
+    tmp_path: Path, ended: bool
+) -> None:
+    """A process forked inside a session with a refusing $0.01 budget, while a thread of the
+    parent had a call in flight ($0.0085 estimated): the child's copy of the session kept that
+    reservation for ever, and refused the child's first call ($0.002, nothing spent) "$0.0085
+    spent of $0.01", though that call is the parent's and settles there. Also when the session
+    had ended before the fork and the child works on in it (a thread started inside it)."""
+    import openai
+    from openai import _base_client
+
+    http = _base_client.httpx2 if hasattr(_base_client, "httpx2") else _base_client.httpx
+    entered, release = threading.Event(), threading.Event()
+
+    def server(request: Any) -> Any:
+        if b"SLOW" in request.content:
+            entered.set()
+            release.wait(30)  # the parent's call is in flight across the fork
+        body = {
+            "id": "c1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "gpt-4o",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "ok"},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 0, "total_tokens": 10},
+        }
+        return http.Response(200, json=body)
+
+    tokenmeter.configure(directory=tmp_path / "tm", sinks=[])
+    tokenmeter.instrument(["openai"])
+    client = openai.OpenAI(
+        api_key="sk-test",
+        base_url="http://llm.invalid/v1",
+        max_retries=0,
+        http_client=http.Client(transport=http.MockTransport(server)),
+    )
+    big = [{"role": "user", "content": "SLOW " + "word " * 3400}]  # about $0.0085
+    small = [{"role": "user", "content": "word " * 800}]  # about $0.002
+    exits: list[int] = []
+    session_ended = threading.Event()
+
+    def fork_and_call() -> None:
+        if ended:
+            session_ended.wait(30)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child)
+            signal.alarm(30)  # a hang fails the test instead of holding it
+            try:
+                client.chat.completions.create(model="gpt-4o", messages=small)
+                code = 0
+            except BudgetExceeded:
+                code = 3
+            except BaseException:
+                code = 1
+            os._exit(code)
+        exits.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+
+    try:
+        with tokenmeter.session("job", budget_usd=0.01, on_exceed="raise"):
+            parent_call = threading.Thread(
+                target=client.chat.completions.create, kwargs={"model": "gpt-4o", "messages": big}
+            )
+            parent_call.start()
+            assert entered.wait(30)
+            forker = threading.Thread(target=fork_and_call)  # carries the session
+            forker.start()
+            if not ended:
+                forker.join(60)  # forked inside the block
+        session_ended.set()
+        forker.join(60)
+    finally:
+        release.set()
+        parent_call.join(30)
+        tokenmeter.uninstrument()
+    assert exits == [0]  # admitted (3: refused)
+
+
 def test_a_parent_page_with_refused_calls_names_its_nested_sessions_calls(
     tmp_path: Path, fake: FakeProvider, instrumented: None
 ) -> None:

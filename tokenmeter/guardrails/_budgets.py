@@ -832,6 +832,10 @@ def _check(call: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], session:
     if guarded:
         with _sessions._lock:
             for node in guarded:
+                if node._ended_at is not None and node._pid != os.getpid():
+                    # Ended before a fork (open ones are at the fork): this process's part
+                    # begins, with none of the parent's reservations (as ``Session._add``).
+                    node._inherit()
                 # _summary: a budgeted session's calls are never made later (nothing to catch
                 # up), and catching up under this lock would wait for a writer that waits for it.
                 spent = node._summary.cost_usd + node._reserved
