@@ -3456,6 +3456,41 @@ def test_exit_timeout_0_names_no_sink_that_took_every_record(tmp_path: Path) -> 
     assert ("did not accept every record" in done.stderr) == (stored < 50), done.stderr
 
 
+SIGTERM_IN_A_LOCK_OF_OURS = """
+import os, signal, time, tokenmeter
+from tokenmeter import _pipeline
+tokenmeter.configure(sinks=["jsonl"], exit_timeout=4)
+tokenmeter.record("openai", "gpt-4o", 5, 5)
+with _pipeline._later_lock:  # as while the main thread makes a waiting call's record
+    os.kill(os.getpid(), signal.SIGTERM)
+    print(_pipeline.exit_deadline() is not None, flush=True)
+    time.sleep(0.3)
+time.sleep(30)
+print("not ended", flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name != "posix", reason="POSIX signals")
+def test_a_sigterm_put_off_by_a_lock_of_ours_counts_in_exit_timeout(tmp_path: Path) -> None:
+    """A SIGTERM landing while the main thread holds a lock of ours is put off until it lets
+    go (sent again). That wait started the exit's clock only when the flush began, so a lock
+    held long (a logging handler that blocks) made the exit take up to twice exit_timeout, past
+    docker stop's grace. The exit's clock starts at the first putting off; the process still
+    dies of the signal once the lock is let go, its record written."""
+    env = {**os.environ, "TOKENMETER_DIR": str(tmp_path / "m")}
+    done = subprocess.run(
+        [sys.executable, "-c", SIGTERM_IN_A_LOCK_OF_OURS],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGTERM, done.stdout + done.stderr
+    assert done.stdout.split() == ["True"], done.stdout + done.stderr
+    assert len((tmp_path / "m" / "usage.jsonl").read_text().splitlines()) == 1
+
+
 REFUSING_AT_EXIT = """
 import tokenmeter
 from tokenmeter.sinks import InMemorySink

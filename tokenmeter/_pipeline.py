@@ -2728,7 +2728,7 @@ _deferred_signal = 0
 
 
 def _on_termination(signum: int, frame: object) -> None:
-    global _exit_signal, _deferred_signal, _sent_again_since
+    global _exit_signal, _deferred_signal
     if _lock._is_owned():  # type: ignore[attr-defined]
         # The main thread is making or replacing the pipeline (its first record opens the
         # sinks): the exit flush, on the hooks' thread, would wait for the lock until its
@@ -2736,21 +2736,20 @@ def _on_termination(signum: int, frame: object) -> None:
         _deferred_signal = signum
         return
     writers = [*_writers(), *_ending]
-    in_a_writers_lock = any(w._lock._is_owned() for w in writers)  # type: ignore[attr-defined]
-    if in_a_writers_lock or _holds_a_lock_of_ours():
+    in_a_lock = any(w._lock._is_owned() for w in writers)  # type: ignore[attr-defined]
+    in_a_lock = in_a_lock or _holds_a_lock_of_ours()
+    if in_a_lock and _exit_time_left() > _exit_timeout / 2 and _send_again_soon(signum):
         # The main thread is queueing an item (``put``, a few bytecodes): the writer needs that
         # lock to take what the exit flush asks it to write, and waited for all of exit_timeout,
         # losing what it held. Or it holds a lock of ours while it makes a waiting call's record
         # (``_later_lock``: the call is out of ``_later``, where the exit flush looks for it, and
         # was lost) or updates a session (``_sessions._lock``: the exit hooks' thread waited for
         # it for half of exit_timeout and left the implicit session unended). The signal comes
-        # again once the lock is let go; for no longer than exit_timeout (a logging handler that
-        # blocks, called as a full buffer drops a record, holds it for ever): then the exit
-        # flush runs all the same, bounded as ever.
-        now = time.monotonic()
-        _sent_again_since = _sent_again_since or now
-        if now - _sent_again_since < _exit_timeout and _send_again_soon(signum):
-            return
+        # again once the lock is let go; for no longer than half of exit_timeout, counted in it
+        # (its clock starts here): a logging handler that blocks, called as a full buffer drops
+        # a record, holds it for ever, and then the exit flush runs all the same with the rest.
+        # Counted apart, the exit took up to twice exit_timeout (past docker stop's grace).
+        return
     if _exit_running == os.getpid():
         # The exit flush is under way (``with Pool()`` signals workers that are exiting; or this
         # handler's own, signalled again): dying now would lose what it is writing. The process
@@ -2780,10 +2779,6 @@ def _take_deferred_signal() -> None:
     if not _lock._is_owned():  # type: ignore[attr-defined]
         _deferred_signal = 0
         _on_termination(signum, None)
-
-
-#: When a termination signal was first sent again (``_on_termination``); 0 before.
-_sent_again_since = 0.0
 
 
 def _send_again_soon(signum: int) -> bool:
