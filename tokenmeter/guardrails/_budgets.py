@@ -356,9 +356,6 @@ class _Config:
     #: When configure() put it in force (``time.perf_counter``, the clock of ``Call.started``):
     #: a call made before it was admitted by an earlier configuration (``settle``).
     since: float = field(default_factory=time.perf_counter)
-    #: What its ledger is (``_ledger_identity``): spend owed to it (``_owed``) is settled in
-    #: it, never in another configuration's.
-    identity: tuple[Any, ...] = ()
 
     def check_models(
         self, provider: str, request_model: str | None, model: Any = None
@@ -566,10 +563,8 @@ def configure_budgets(
                 return _memory_ledger
             return SQLiteLedger(Path(directory) / "budgets.db")
 
-        identity = _ledger_identity(directory, ledger, sinks)
         _config = _Config(tuple(budgets), ZoneInfo(timezone), tuple(warn_at), open_ledger)
-        _config.identity = identity
-        _forget_warnings_of_another_ledger(identity)
+        _forget_warnings_of_another_ledger(_ledger_identity(directory, ledger, sinks))
         _config.model_scoped = any(b.model is not None for b in budgets)
         _config.models = _response_names
         _config.tag_scoped = any(b.tag is not None for b in budgets)
@@ -1216,8 +1211,7 @@ def _settle(
         if direct and actual > 0:  # rows this process holds no lease on: settled at once
             try:
                 ledger = config.ledger or config.get_ledger()
-                rows = [(b.key, start) for b, start in direct]
-                seen += _settle_direct(ledger, config.identity, rows, actual)
+                seen += _settle_direct(ledger, [(b.key, start) for b, start in direct], actual)
             except Exception:
                 _ledger_fault("settle")
                 return
@@ -1231,25 +1225,20 @@ def _settle(
             _maybe_warn(budget, start, total, fractions, record)
 
 
-#: Real costs a ledger could not take at once (down, locked, its disk full), by the ledger's
-#: identity (``_ledger_identity``): the last ledger object of it, and the USD by row
-#: (scope_key, period_start). The next direct settlement in that ledger adds them, or the exit.
-#: A budget that only warns holds no lease to keep them in: its spend of a ledger's outage was
-#: lost, and its warnings never came. Kept by ledger: owed by row only, it was settled in the
-#: ledger in force at the time, another directory's after a configure() pointing there, and
-#: dropped at exit after ``configure(budgets=[])``.
-_owed: dict[tuple[Any, ...], tuple[Any, dict[tuple[str, str], float]]] = {}
+#: Real costs the ledger could not take at once (down, locked, its disk full), by row
+#: (scope_key, period_start): the next direct settlement adds them, or the exit. A budget that
+#: only warns holds no lease to keep them in: its spend of a ledger's outage was lost, and its
+#: warnings never came.
+_owed: dict[tuple[str, str], float] = {}
 _owed_lock = threading.Lock()
 
 
-def _settle_direct(
-    ledger: Any, identity: tuple[Any, ...], rows: list[tuple[str, str]], actual: float
-) -> list[float]:
-    """Add ``actual`` to the settled USD of each ledger row of ``rows``, with whatever is owed
-    to this ledger (``identity``): the spent USD of each. What the ledger did not take is
-    owed, and its error raised."""
+def _settle_direct(ledger: Any, rows: list[tuple[str, str]], actual: float) -> list[float]:
+    """Add ``actual`` to the settled USD of each ledger row of ``rows``, with whatever is owed:
+    the spent USD of each. What the ledger did not take is owed, and its error raised."""
     with _owed_lock:
-        _, owed = _owed.pop(identity, (ledger, {}))
+        owed = _owed.copy()
+        _owed.clear()
     amounts = dict.fromkeys(rows, actual)
     for row, amount in owed.items():
         amounts[row] = amounts.get(row, 0.0) + amount
@@ -1263,30 +1252,24 @@ def _settle_direct(
                 seen.append(ledger.settle(*item))
     except BaseException:
         with _owed_lock:
-            _, still = _owed.setdefault(identity, (ledger, {}))
             for key, start, _, amount in items[len(seen) :]:
-                still[(key, start)] = still.get((key, start), 0.0) + amount
+                _owed[(key, start)] = _owed.get((key, start), 0.0) + amount
         raise
     return seen[: len(rows)]
 
 
 def _settle_owed_at_exit() -> None:
-    """Each ledger is given what it is owed: the configuration's in force, or the ledger object
-    an earlier one used (a closed ledger opens a connection again)."""
     config = _config
-    with _owed_lock:
-        owed = list(_owed.items())
-    for identity, (ledger, rows) in owed:
-        try:
-            if config is not None and config.identity == identity:
-                ledger = config.ledger or config.get_ledger()
-            _settle_direct(ledger, identity, [], 0.0)
-        except Exception:
-            logger.error(
-                "tokenmeter: the budget ledger did not take the spend of %d budget rows at exit",
-                len(rows),
-                exc_info=True,
-            )
+    if not _owed or config is None:
+        return
+    try:
+        _settle_direct(config.ledger or config.get_ledger(), [], 0.0)
+    except Exception:
+        logger.error(
+            "tokenmeter: the budget ledger did not take the spend of %d budget rows at exit",
+            len(_owed),
+            exc_info=True,
+        )
 
 
 _pipeline.before_exit(_settle_owed_at_exit)
