@@ -1361,9 +1361,9 @@ def _give_back_briefly(session: Any) -> None:
     ledger that keeps it waiting longer leaves the slices with the leases: the keeper gives
     them back once the ledger answers, or the exit does."""
     try:
-        _leases.give_back(str(session.id), brief=True, retired=False)
+        _leases.give_back(str(session.id), brief=True)
         if session.parent is None:
-            _leases.give_back(brief=True, retired=False)
+            _leases.give_back(brief=True)
     except Exception:
         logger.debug("tokenmeter: unused budget slices kept for later", exc_info=True)
 
@@ -1387,7 +1387,6 @@ def reset() -> None:
     (tests)."""
     global _config, _ledger_failed, _memory_ledger, _warned_for
     configure_budgets(())
-    _leases.forget()  # as in a new process: no retired lease left to give back
     _memory_ledger = MemoryLedger()
     _response_names.clear()
     with _warned_lock:

@@ -21,8 +21,7 @@ no call for ``IDLE_S`` seconds (a daemon thread), and at exit.
 configure() *retires* the leases of the budgets it replaces (``retire``): their unused slices
 go back, and a call still in flight in one of them (a stream read across configure()) settles
 there without taking a new slice, and the last of them to end gives back what the lease
-still holds. A retired lease whose ledger did not take what it holds (down, locked) is kept in
-``_retired`` until it does: the keeper and the exit give it back, to its own ledger.
+still holds.
 """
 
 from __future__ import annotations
@@ -120,9 +119,9 @@ class Lease:
         #: Syncs begun (a give-back's figures are not taken over those of a later sync).
         self.syncs = 0
         #: Of a replaced configuration (``retire``): only calls in flight use it, it takes no
-        #: new slice, and it is given back whole when they have ended. Kept in ``_retired``
-        #: (not ``_leases``) while it holds anything, so the keeper and the exit still give
-        #: back what its ledger did not take.
+        #: new slice, and it is given back whole when they have ended. No give-back nor the
+        #: keeper sees it (they go through ``_leases``): a slice taken into it stayed reserved
+        #: in the ledger until its period ended.
         self.retired = False
 
     @property
@@ -220,12 +219,6 @@ def _fold_all() -> None:
 
 
 _leases: dict[tuple[str, str], Lease] = {}
-#: Retired leases (``retire``) that may still hold something in their ledgers: a slice, the
-#: spend of calls settled here and not yet moved to settled (calls let through while the ledger
-#: was down), calls in flight. Dropped from here once empty. Forgotten when configure() retired
-#: them, that spend never reached the ledger (a reload during an outage: 4 calls' $0.03 of a
-#: $0.05 budget left out of it for every process sharing it).
-_retired: list[Lease] = []
 #: Re-entrant only so that ``busy`` can tell a thread it holds it already (see there).
 _lock = threading.RLock()
 _ledger: Any = None
@@ -273,31 +266,16 @@ def _sync(ledger: Any, leases: list[Lease], need: float, *, drop: bool = False) 
         for lease in leases:
             lease.inflight += need
     if drop:
+        global _generation
         for lease in leases:
-            if lease.held <= 0 and lease.inflight <= 0:
-                _drop(lease)
+            key = (lease.key, lease.start)
+            # A retired lease is not in ``_leases``: the one there is the new configuration's.
+            if lease.held <= 0 and lease.inflight <= 0 and _leases.get(key) is lease:
+                del _leases[key]
+                _generation += 1
     if any(not lease.tight for lease in leases):
         _start_keeper()
     return refused
-
-
-def _drop(lease: Lease) -> None:
-    """Forget ``lease``, which holds nothing in its ledger (under ``_lock``). A retired lease is
-    not in ``_leases``: the one there under its key is the new configuration's."""
-    global _generation
-    if lease.retired:
-        if lease in _retired:
-            _retired.remove(lease)
-        return
-    key = (lease.key, lease.start)
-    if _leases.get(key) is lease:
-        del _leases[key]
-        _generation += 1
-
-
-def _holds(lease: Lease) -> bool:
-    """Whether a give-back has something to send for ``lease``: an unused slice, or spend."""
-    return lease.held > lease.inflight or lease.used > 0
 
 
 def _slice_unit(lease: Lease, ask: float, closing: bool) -> float:
@@ -595,9 +573,7 @@ def busy() -> bool:
     return bool(_lock._is_owned())  # type: ignore[attr-defined]
 
 
-def give_back(
-    start: str | None = None, *, idle_for: float = 0.0, brief: bool = False, retired: bool = True
-) -> None:
+def give_back(start: str | None = None, *, idle_for: float = 0.0, brief: bool = False) -> None:
     """Return unused slices to the ledger (calls in flight keep their reservations): all of
     them, those of the period ``start`` (a session's id), or those unused for ``idle_for``s.
 
@@ -610,65 +586,28 @@ def give_back(
 
     ``brief`` (the keeper's, which can try again later): under the lock, in a transaction made
     ``briefly``, so a call meanwhile waits at most that long and then has its slice still,
-    rather than asking a ledger that keeps it waiting.
-
-    ``retired``: the retired leases that still hold something (``_retired``) go back too, each
-    to the ledger it is in (the keeper's and the exit's; not a session's end, on the caller's
-    thread, which would wait for an old ledger still failing). A ledger that fails does not
-    keep the others' from theirs: its error is raised once they have been tried."""
-    if not (_leases or (retired and _retired)) or busy():
+    rather than asking a ledger that keeps it waiting."""
+    if not _leases or busy():
         return
     now = time.monotonic()
-    batches: list[tuple[Any, list[Lease]]] = []
     with _lock:
         _fold_all()
-        for ledger, leases in _by_ledger(retired):
-            chosen = [
-                lease
-                for lease in leases
-                if (start is None or lease.start == start)
-                and now - lease.last >= idle_for
-                and _holds(lease)
-            ]
-            if chosen:
-                batches.append((ledger, chosen))
+        ledger = _ledger
+        chosen = [
+            lease
+            for lease in _leases.values()
+            if (start is None or lease.start == start)
+            and now - lease.last >= idle_for
+            and (lease.held > lease.inflight or lease.used > 0)
+        ]
+        if not chosen or ledger is None:
+            return
         if brief:
             with briefly():
-                _each(lambda ledger, chosen: _sync(ledger, chosen, -1.0, drop=True), batches)
+                _sync(ledger, chosen, -1.0, drop=True)
             return
-        sends = [(ledger, *_take_back(chosen)) for ledger, chosen in batches]
-    _each(lambda ledger, items, sent: _send_back(ledger, items, sent), sends)
-
-
-def _by_ledger(retired: bool) -> list[tuple[Any, list[Lease]]]:
-    """The leases a give-back looks at, by the ledger each is in: those in force (in the
-    current ledger), then the retired ones if ``retired`` (under ``_lock``)."""
-    found: list[tuple[Any, list[Lease]]] = []
-    if _leases and _ledger is not None:
-        found.append((_ledger, list(_leases.values())))
-    if not retired:
-        return found
-    _prune_retired()
-    for lease in _retired:
-        for ledger, leases in found:
-            if ledger is lease.ledger:
-                leases.append(lease)
-                break
-        else:
-            found.append((lease.ledger, [lease]))
-    return found
-
-
-def _each(step: Any, batches: Sequence[tuple[Any, ...]]) -> None:
-    """``step(*batch)`` for every batch; the first error is raised once all were tried."""
-    error: BaseException | None = None
-    for batch in batches:
-        try:
-            step(*batch)
-        except Exception as exc:
-            error = error or exc
-    if error is not None:
-        raise error
+        items, sent = _take_back(chosen)
+    _send_back(ledger, items, sent)
 
 
 _Sent = list[tuple[Lease, float, float, int, float]]
@@ -705,12 +644,20 @@ def _send_back(ledger: Any, items: list[Any], sent: _Sent) -> None:
                 lease.held += spare
                 lease.used += used
         raise
+    global _generation
     with _lock:
         for (lease, _, _, syncs, kept), (_, _, settled, others) in zip(sent, results, strict=True):
             if lease.syncs == syncs:  # no sync since: its figures are the latest
                 lease.settled, lease.others = settled, max(0.0, others - kept)
-            if lease.held <= 0 and lease.inflight <= 0 and lease.used <= 0:
-                _drop(lease)
+            key = (lease.key, lease.start)
+            if (
+                lease.held <= 0
+                and lease.inflight <= 0
+                and lease.used <= 0
+                and _leases.get(key) is lease
+            ):
+                del _leases[key]
+                _generation += 1
 
 
 def retire() -> None:
@@ -718,46 +665,22 @@ def retire() -> None:
     holds beyond its calls in flight goes back to the ledger, as ``give_back`` does (without
     ``_lock``; a ledger that fails raises, and the leases keep it). Retired first: a call in
     flight that ends meanwhile, or later, settles without taking a new slice, and the last
-    one to end gives back what is left (see ``Lease.retired``). The retired leases are kept
-    in ``_retired`` until they hold nothing, so what a failing ledger did not take now is
-    given back by the keeper or at exit."""
+    one to end gives back what is left (see ``Lease.retired``)."""
     inside = busy()  # inside a lease step (see there): nothing goes back now
     with _lock:
         ledger = _ledger
         retired = _retire_all()
-        _retired.extend(retired)
-        chosen = [lease for lease in retired if _holds(lease)]
+        chosen = [lease for lease in retired if lease.held > lease.inflight or lease.used > 0]
         if not chosen or ledger is None or inside:
-            _start_keeper_for_retired()
             return
         items, sent = _take_back(chosen)
-    try:
-        _send_back(ledger, items, sent)
-    finally:
-        with _lock:
-            _start_keeper_for_retired()
-
-
-def _start_keeper_for_retired() -> None:
-    """Start the keeper if a retired lease has something to give back (under ``_lock``)."""
-    _prune_retired()
-    if any(_holds(lease) for lease in _retired):
-        _start_keeper()
-
-
-def _prune_retired() -> None:
-    """Forget the retired leases that hold nothing (under ``_lock``): their last call may have
-    ended without a sync (it cost nothing beyond what the lease held)."""
-    _retired[:] = [
-        lease for lease in _retired if lease.held > 0 or lease.inflight > 0 or lease.used > 0
-    ]
+    _send_back(ledger, items, sent)
 
 
 def forget() -> None:
     """Drop every lease without returning it (tests; configure() uses ``retire``)."""
     with _lock:
         _retire_all()
-        _retired.clear()
 
 
 def _retire_all() -> list[Lease]:
@@ -797,8 +720,7 @@ def _start_keeper() -> None:
 
 
 def _keep() -> None:
-    """Give back the slices no call used for ``IDLE_S``, and what retired leases hold; end
-    when nothing is left to give back. A ledger
+    """Give back the slices no call used for ``IDLE_S``; end when no lease is left. A ledger
     that fails (or keeps the give-back waiting past ``BRIEF_S``) is left alone for
     ``PAUSE_S``, and said once until a give-back goes through (it was logged, traceback and
     all, four times a second)."""
@@ -822,10 +744,7 @@ def _keep() -> None:
                         PAUSE_S,
                     )
         with _lock:
-            # A retired lease's spend too: no call of the process moves it to the ledger.
-            if not any(lease.held > lease.inflight for lease in _leases.values()) and not any(
-                _holds(lease) for lease in _retired
-            ):
+            if not any(lease.held > lease.inflight for lease in _leases.values()):
                 global _keeper
                 if _keeper is threading.current_thread():
                     _keeper = None
@@ -848,14 +767,13 @@ def _forget_in_child() -> None:
     moved to the ledger is settled in it, as a session in the child counts the calls made before
     the fork. Left out, the child had room for one call more than the budget's. The child is
     the only thread here: nothing else reads the leases."""
-    global _leases, _lock, _ledger, _keeper, _generation, _owning, _retired
+    global _leases, _lock, _ledger, _keeper, _generation, _owning
     with contextlib.suppress(Exception):  # the leases are renewed below whatever happens
         _fold_all()
-        for lease in [*_leases.values(), *_retired]:
+        for lease in _leases.values():
             if lease.used > 0 and isinstance(lease.ledger, MemoryLedger):
                 lease.ledger.settle(lease.key, lease.start, 0.0, lease.used)
     _leases, _lock, _ledger, _keeper, _owning = {}, threading.RLock(), None, None, set()
-    _retired = []
     _generation += 1
 
 
