@@ -2880,7 +2880,7 @@ if pid == 0:
     quick = sys.modules["slowpkg.quick"]  # finished in the parent: what others may hold
     try:
         import slowpkg
-        os._exit(0 if slowpkg.DONE and slowpkg.quick is quick else 3)
+        os._exit(0 if slowpkg.DONE and slowpkg.quick is quick and quick.done() else 3)
     except BaseException as exc:
         print(repr(exc), file=sys.stderr)
         os._exit(4)
@@ -2896,15 +2896,18 @@ def test_a_child_forked_during_another_threads_package_import_imports_it_whole(
     """A package half imported at the fork is imported afresh in the child. The submodules it
     had finished stayed, and, found in sys.modules, were not bound to the package made afresh:
     asyncio's __init__ raised NameError in the child, out of its first record (which imports
-    asyncio) and out of the application's own import of it. They are bound to it, the same
-    modules (forgotten and run again, what other modules held of them was another class, and
-    asyncio's C part kept the old CancelledError)."""
+    asyncio) and out of the application's own import of it. Its code runs again in its own
+    module, so that they are bound to it, the same modules (forgotten and run again, what other
+    modules held of them was another class, and asyncio's C part kept the old CancelledError),
+    and what they hold of the package is the package the child finishes."""
     package = tmp_path / "slowpkg"
     package.mkdir()
     (package / "__init__.py").write_text(
         "from .quick import *\nfrom .slow import *\nDONE = quick.VALUE and slow.VALUE\n"
     )
-    (package / "quick.py").write_text("VALUE = True\n")
+    (package / "quick.py").write_text(
+        "import slowpkg\nVALUE = True\ndef done():\n    return slowpkg.DONE\n"
+    )
     (package / "slow.py").write_text("import time\ntime.sleep(1)\nVALUE = True\n")
     done = run_python("-c", SLOW_PACKAGE_FORK, env=os.environ, cwd=tmp_path)
     assert done.stdout.split() == ["0"], done.stderr[-5000:]

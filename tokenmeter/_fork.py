@@ -106,8 +106,7 @@ def _forget_imports_of_other_threads() -> None:
             lock.owner, lock.count, lock.waiters = None, type(lock.count)(), type(lock.waiters)()
             module = sys.modules.get(name)
             if getattr(getattr(module, "__spec__", None), "_initializing", False):
-                del sys.modules[name]
-                forgotten.append(name)
+                forgotten.append((name, sys.modules.pop(name)))
         if forgotten:
             sys.meta_path.insert(0, _Rebind(forgotten))
         from importlib import _bootstrap
@@ -122,52 +121,59 @@ def _forget_imports_of_other_threads() -> None:
 
 class _Rebind:
     """A finder in a forked child, first on ``sys.meta_path`` until each package forgotten at the
-    fork (``_forget_imports_of_other_threads``) is imported again. The import system binds a
-    submodule to its package only when it loads it: the submodules the parent had finished,
-    found in ``sys.modules``, were not bound to the package made afresh, whose ``__init__`` then
-    failed on their names (asyncio's raised NameError, out of the child's first record, which
-    imports it). It finds each package as the other finders do, and binds those submodules to
-    the new module before its code runs."""
+    fork (``_forget_imports_of_other_threads``) is imported again: it finds the package as the
+    other finders do, and has its code run again in its own half-made module (``_Again``).
 
-    def __init__(self, packages: list[str]) -> None:
-        self.packages = set(packages)
+    A new module did not do: the import system binds a submodule to its package only when it
+    loads it, so the submodules the parent had finished, found in ``sys.modules``, were not bound
+    to a new one, whose ``__init__`` then failed on their names (asyncio's raised NameError, out
+    of the child's first record, which imports it); and forgotten with it, other modules kept
+    the old ones (another class for ``isinstance``, asyncio's C part the old CancelledError)."""
+
+    def __init__(self, packages: list[tuple[str, Any]]) -> None:
+        self.packages = dict(packages)
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name not in self.packages:
+        old = self.packages.get(name)
+        if old is None:
             return None
-        self.packages.discard(name)
-        if not self.packages:
-            with contextlib.suppress(ValueError):
-                sys.meta_path.remove(self)
         for finder in list(sys.meta_path):
             find = getattr(finder, "find_spec", None)
             if finder is self or find is None:
                 continue
             spec = find(name, path, target)
             if spec is not None:
-                loader = spec.loader
-                # Not a loader shared as a class (builtins, frozen): bound per module only.
-                if hasattr(loader, "exec_module") and not isinstance(loader, type):
-                    _bind_before_running(loader, name)
+                if hasattr(spec.loader, "exec_module"):
+                    spec.loader = _Again(spec, old, self)
                 return spec
         return None
 
+    def ran(self, name: str) -> None:
+        self.packages.pop(name, None)
+        if not self.packages:
+            with contextlib.suppress(ValueError):
+                sys.meta_path.remove(self)
 
-def _bind_before_running(loader: Any, package: str) -> None:
-    """Bind ``package``'s submodules in ``sys.modules`` to the module ``loader`` runs next."""
-    run = loader.exec_module
 
-    def exec_module(module: Any) -> None:
-        with contextlib.suppress(AttributeError):
-            del loader.exec_module  # once: a loader may serve other modules
-        inside = package + "."
-        for key, submodule in list(sys.modules.items()):
-            tail = key[len(inside) :]
-            if key.startswith(inside) and tail and "." not in tail:
-                setattr(module, tail, submodule)
-        run(module)
+class _Again:
+    """The loader of a package forgotten at the fork, for its next import only: its code runs
+    again in its half-made module, with what the parent had made there (its finished
+    submodules bound to it), and the real loader in its place from then on."""
 
-    loader.exec_module = exec_module
+    def __init__(self, spec: Any, old: Any, finder: _Rebind) -> None:
+        self._real, self._spec, self._old, self._finder = spec.loader, spec, old, finder
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._real, attr)
+
+    def create_module(self, spec: Any) -> Any:
+        return self._old
+
+    def exec_module(self, module: Any) -> None:
+        self._finder.ran(self._spec.name)
+        self._spec.loader = module.__loader__ = self._real
+        module.__spec__ = self._spec  # the parent's never ends initializing; this one will
+        self._real.exec_module(module)
 
 
 os.register_at_fork(after_in_child=_forget_imports_of_other_threads)
