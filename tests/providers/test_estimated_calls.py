@@ -733,6 +733,37 @@ async def test_a_responses_stream_with_usage_is_priced_at_the_tier_beside_it(
     assert not record.estimated and record.estimated_cost_usd == Decimal(10)  # $2 + $8
 
 
+async def test_a_responses_stream_estimate_is_priced_at_the_tier_it_was_served_at(
+    records: Records, kit: ModuleType
+) -> None:
+    """``response.created`` names the tier asked for (priority), the last response, without
+    usage, the tier served (``default``): the estimate was priced at priority, 1.75x."""
+    created = kit.response_body("o3-2025-04-16", [], [], 0, 0)
+    created |= {"status": "in_progress", "usage": None, "service_tier": "priority"}
+    done = kit.response_body("o3-2025-04-16", [], [], 0, 0)
+    done |= {"usage": None, "service_tier": "default"}
+    deltas = [
+        {"type": "response.output_text.delta", "sequence_number": n, "item_id": "m"}
+        | {"output_index": 0, "content_index": 0, "delta": piece, "logprobs": []}
+        for n, piece in enumerate(ANSWER, 1)
+    ]
+    events = [
+        {"type": "response.created", "sequence_number": 0, "response": created},
+        *deltas,
+        {"type": "response.completed", "sequence_number": 99, "response": done},
+    ]
+    client = kit.mock_openai(
+        lambda request: sse_reply(kit.http, [(event["type"], event) for event in events])
+    )
+    tokenmeter.instrument("openai")
+    for _ in client.responses.create(model="o3", input="x", stream=True, service_tier="priority"):
+        pass
+    record = only(records())
+    assert record.estimated and record.output_tokens > 0
+    cost = (record.input_tokens * 2 + record.output_tokens * 8) / Decimal(10**6)  # standard
+    assert record.estimated_cost_usd == cost
+
+
 #: A coding agent's patch, as a tool's input the model writes (in 40 deltas).
 PATCH = (
     "*** Update File: app.py\n@@ def handler(request):\n-    return None\n+    return render()\n"

@@ -243,12 +243,18 @@ def _add_call(add: Callable[[Any], None], function: Any) -> None:
     add(field(function, "arguments"))
 
 
-def _keep_tier(call: Call, parsed: Any) -> None:
+def _keep_tier(call: Call, parsed: Any, *, served: bool = True) -> None:
     """The service tier an answer without usage reports (a chat chunk's, a Responses stream's
     ``response.created``, a reply's): its estimate is priced at it, as its usage would have
-    been (a flex stream left early was estimated at twice the flex price)."""
+    been (a flex stream left early was estimated at twice the flex price). ``served``: the
+    answer names the tier it was served at (a reply, a stream's last response), which replaces
+    the one asked for, ``default`` included; ``response.created`` names the tier asked for."""
     with suppress(Exception):  # the tier of a response that cannot be read: standard
-        call.tier = tier_from_openai(field(parsed, "service_tier")) or call.tier
+        named = field(parsed, "service_tier")
+        if served and named is not None:
+            call.tier = tier_from_openai(named)
+        else:
+            call.tier = tier_from_openai(named) or call.tier
 
 
 def _read_usage(chunk: Any, usage: Any, call: Call) -> None:
@@ -319,7 +325,7 @@ class ResponseEventReader(SampledText):
             response = getattr(event, "response", None)
             if call.model is None:
                 keep_names(call, response)
-            _keep_tier(call, response)
+            _keep_tier(call, response, served=False)
             if call.deferred and field(response, "background") is True:
                 # Asked for: it runs on if the stream is left, and its retrieve records it. A
                 # server's say-so alone defers nothing (the call would go unrecorded).
