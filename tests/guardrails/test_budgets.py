@@ -1343,49 +1343,6 @@ def test_a_forked_child_never_releases_the_parents_reservations(tmp_path: Path) 
     assert ledger.spent("b|total|everything", "") == pytest.approx(0.0, abs=1e-15)
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
-def test_a_child_forked_with_a_memory_ledger_has_the_room_the_parent_left(
-    tmp_path: Path, fake: FakeProvider, instrumented: None
-) -> None:
-    """``budget_ledger = "memory"``: the parent's first call took a slice (12 calls of the 100
-    the budget fits), and the child's copy of the ledger kept it reserved for ever, though the
-    child forgets the parent's leases and nothing there gives it back: the child made 87 calls,
-    not 99, and still 87 after its idle and refusal give-backs. The child's copy holds nothing
-    reserved, and counts the parent's call."""
-    from tokenmeter._estimate import estimate_input
-
-    messages = [{"role": "user", "content": "x" * 3996}]
-    tokens = estimate_input("openai", {"model": "gpt-4o", "messages": messages}).input_tokens
-    per = tokens * 2.5e-6  # the fake reports exactly the estimate: a call costs its estimate
-    fake.set_usage(openai={"prompt_tokens": tokens, "completion_tokens": 0})
-    fits = 100
-    limit = repr(fits * per + per / 2)
-    configured(
-        tmp_path, [{"name": "b", "limit_usd": limit, "period": "total"}], budget_ledger="memory"
-    )
-    client = fake.openai_client(max_retries=0)
-    client.chat.completions.create(model="gpt-4o", messages=messages)  # the parent's one call
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover (the child)
-        signal.alarm(60)  # a hang fails the test instead of holding it
-        made = 0
-        try:
-            while made < fits + 5:
-                client.chat.completions.create(model="gpt-4o", messages=messages)
-                made += 1
-        except BudgetExceeded:
-            pass
-        finally:
-            os.write(write, str(made).encode())
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as answer:
-        made = int(answer.read() or -1)
-    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
-    assert made == fits - 1
-
-
 def test_a_request_carrying_audio_is_reserved_at_the_audio_rate() -> None:
     """60 s of audio is 600 input tokens, at gpt-4o-audio-preview's $40 / M for audio: $0.024
     (at its $2.50 text rate it would be reserved at $0.0015)."""

@@ -26,7 +26,6 @@ still holds.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -36,7 +35,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from tokenmeter import _pipeline
-from tokenmeter.guardrails._ledger import PAUSE_S, MemoryLedger, briefly, lease_all
+from tokenmeter.guardrails._ledger import PAUSE_S, briefly, lease_all
 
 __all__ = [
     "IDLE_S",
@@ -760,19 +759,8 @@ def _at_exit() -> None:
 
 
 def _forget_in_child() -> None:
-    """A forked child's copies of the parent's leases are the parent's: the child takes its own.
-
-    A memory ledger is the child's own copy, its reserved USD freed already (the ledger's fork
-    hook, registered first, runs first): what the parent's calls cost and its leases had not yet
-    moved to the ledger is settled in it, as a session in the child counts the calls made before
-    the fork. Left out, the child had room for one call more than the budget's. The child is
-    the only thread here: nothing else reads the leases."""
+    """A forked child's copies of the parent's leases are the parent's: the child takes its own."""
     global _leases, _lock, _ledger, _keeper, _generation, _owning
-    with contextlib.suppress(Exception):  # the leases are renewed below whatever happens
-        _fold_all()
-        for lease in _leases.values():
-            if lease.used > 0 and isinstance(lease.ledger, MemoryLedger):
-                lease.ledger.settle(lease.key, lease.start, 0.0, lease.used)
     _leases, _lock, _ledger, _keeper, _owning = {}, threading.RLock(), None, None, set()
     _generation += 1
 

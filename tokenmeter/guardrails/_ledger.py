@@ -174,7 +174,7 @@ def settle_all(ledger: Any, items: list[Settle]) -> list[float]:
 
 class MemoryLedger:
     """One process only (a lock around a dict): for tests, and for budgets that need not hold
-    across processes. A forked child gets a copy of it of its own (``_renew_memory_ledgers``)."""
+    across processes. A forked child gets a copy of it (``_renew_memory_ledgers``)."""
 
     def __init__(self) -> None:
         self._rows: dict[tuple[str, str], list[float]] = {}
@@ -288,17 +288,9 @@ def _renew_memory_ledgers() -> None:
     """In a forked child: each memory ledger's lock is new. ``fork()`` copies a lock in the
     state it had, and another thread of the parent inside the ledger at that instant (settling
     a record, taking a slice) held it: the child's first budgeted record or call waited for
-    it for ever. Only the forking thread lives on in the child, so nothing else uses them.
-
-    What the rows hold reserved is the parent's too (its slices and calls in flight: a memory
-    ledger has no other holder), and nothing in the child would ever give it back (the child
-    forgets the parent's leases, ``_leases._forget_in_child``): kept, the parent's unused slice
-    refused the child 12 calls of 99 for its whole life. The child starts with none reserved;
-    the leases' hook, which runs after this one, settles what the parent's calls cost."""
+    it for ever. Only the forking thread lives on in the child, so nothing else uses them."""
     for ledger in list(_memory_ledgers):
         ledger._lock = threading.Lock()
-        for row in ledger._rows.values():
-            row[1] = 0.0
 
 
 os.register_at_fork(after_in_child=_renew_memory_ledgers)
