@@ -2600,8 +2600,9 @@ def exit_timeout() -> float:
 
 
 def exit_deadline() -> float | None:
-    """When (``time.monotonic()``) ``exit_timeout`` runs out, once this process's exit flush
-    has begun; None before. A sink that waits for something in its write (the SQLite sink for
+    """When (``time.monotonic()``) ``exit_timeout`` runs out, once this process's exit has
+    begun (its flush, or a termination signal put off while a lock of ours was held); None
+    before. A sink that waits for something in its write (the SQLite sink for
     another program's lock) gives up by then: a write still under way is cut off with the
     interpreter and what its writer holds is lost, where a write that failed has it set aside
     in the quarantine file. Asking does not start the clock."""
