@@ -27,8 +27,6 @@ from tokenmeter._totals import output_cost
 
 __all__ = [
     "MAX_COST_USD",
-    "MAX_NAME",
-    "MAX_NOTES",
     "MAX_STORED_COST_USD",
     "MAX_TOKENS",
     "UNREADABLE_USAGE",
@@ -62,8 +60,6 @@ MAX_STORED_COST_USD = Decimal(2**63 - 1).scaleb(-12)
 #: The longest name kept (model, provider, session, tag key): a server or a caller may send a
 #: megabyte of it, which every record, cache and log line would then carry.
 MAX_NAME = 500
-#: The longest tag value (and session notes) kept: free text, longer than a name.
-MAX_NOTES = 10_000
 
 Count = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 

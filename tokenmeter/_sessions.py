@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar, cast, overloa
 
 from tokenmeter import _pipeline
 from tokenmeter._fork import renew_after_fork
-from tokenmeter._models import MAX_NAME, MAX_NOTES, SessionInfo, UsageRecord, clean_text
+from tokenmeter._models import MAX_NAME, SessionInfo, UsageRecord, clean_text
 from tokenmeter._totals import (
     COUNT_NAMES,
     DECIMAL_NAMES,
@@ -62,6 +62,7 @@ _collected_ids: list[str] = []
 _told = threading.RLock()
 _current: ContextVar[Session | None] = ContextVar("tokenmeter_session", default=None)
 _MAX_ID = 200
+MAX_NOTES = 10_000
 #: Most text a record's tags may hold: every name and value, plus 2 a tag. JSON takes at most 6
 #: bytes a character (``\u001f``) and 6 a tag for its quotes, ``:`` and ``,``, so a record's
 #: JSONL line stays under what ``tokenmeter report`` reads whole (1 MiB); a longer line could

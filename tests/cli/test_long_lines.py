@@ -14,23 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from tokenmeter._models import MAX_NAME, MAX_NOTES
 from tokenmeter.cli import _source
 
 from .conftest import (
     MIB,
     RECORDS,
-    SESSIONS,
     TOTAL_COST,
     RunCli,
     append_lines,
-    insert_sqlite_row,
     peak_python_memory,
     rec,
     record_line,
     start_module,
     write_jsonl,
-    write_sqlite,
 )
 
 LONG = 50 * MIB
@@ -222,62 +218,3 @@ def test_tags_beyond_what_a_record_keeps_are_a_value_error() -> None:
         ):
             pass
     assert _sessions.current_session() is None
-
-
-#: Far past what the library's writer stores (``MAX_NAME``, a tag value ``MAX_NOTES``), yet a
-#: line well under ``MAX_LINE_BYTES``: read, not skipped.
-_WIDE = 100_000
-
-
-@pytest.fixture(params=["sqlite", "jsonl"])
-def wide_source(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    """The usual history plus one record of another writer (or a hand edit) whose model,
-    provider, session id and name, error and ``team`` tag are ``_WIDE`` characters each."""
-    wide = {
-        "model_name": "M" * _WIDE,
-        "model_provider": "P" * _WIDE,
-        "session_id": "I" * _WIDE,
-        "session_name": "N" * _WIDE,
-        "error": "E" * _WIDE,
-    }
-    tags = {"team": "T" * _WIDE}
-    if request.param == "sqlite":
-        path = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
-        insert_sqlite_row(path, RECORDS[0].id, "wide-1", **wide, tags=json.dumps(tags))
-        return path
-    raw = {name: json.dumps(value) for name, value in wide.items()}
-    line = record_line(RECORDS[0], **raw, tags=json.dumps(tags))
-    return append_lines(write_jsonl(tmp_path / "usage.jsonl", RECORDS), [line])
-
-
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["report"],
-        ["report", "--detailed"],
-        ["report", "--by", "provider"],
-        ["report", "--by", "session"],
-        ["report", "--by", "name"],
-        ["report", "--by", "tag:team"],
-        ["report", "--latency"],
-        ["report", "--format", "html"],
-        ["report", "--format", "markdown", "--detailed"],
-        ["sessions"],
-    ],
-    ids=" ".join,
-)
-def test_a_foreign_long_name_is_cut_as_the_writer_cuts_it(
-    cli: RunCli, wide_source: Path, command: list[str]
-) -> None:
-    """One record whose model name (and session name) was 900,000 characters padded every row
-    of the table to that width: 60 records (1.8 MB of usage.jsonl) printed 117 MB. Its text is
-    now read as the writer would have stored it: names cut to ``MAX_NAME``, a tag value to
-    ``MAX_NOTES``; the table is as wide as the longest such cut name."""
-    code, out, err = cli(*command, "--source", str(wide_source))
-    assert code == 0, err
-    assert "skipped" not in err  # the record is read, its names cut: not taken for a bad one
-    assert len(out) < 4 * MAX_NOTES + 40_000, f"{len(out):,} characters printed"
-    for letter in "MPINE":
-        assert letter * (MAX_NAME + 1) not in out
-    if command == ["report", "--detailed"]:
-        assert "M" * MAX_NAME in out

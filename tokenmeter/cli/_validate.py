@@ -9,10 +9,8 @@ meets a value of the wrong type later, half-way through adding it up or printing
 The checks (SPEC §3): token counts are ints in ``[0, 2**63)`` (never bool, float or text); costs
 are finite numbers within ``MAX_COST_USD`` either way, read into exact Decimals; text fields are
 strings or null (a lone surrogate is allowed: it is replaced when printed); tags map strings to
-strings; text longer than the library's writer stores (``MAX_NAME``; a tag value ``MAX_NOTES``) is
-cut to that length as the writer cuts it (not the record id: cut, two records could read as one);
-the timestamp is an ISO-8601 instant, normalised to the record format so windows and days
-compare as text. Unknown keys are left alone: a newer writer may add fields.
+strings; the timestamp is an ISO-8601 instant, normalised to the record format so windows and
+days compare as text. Unknown keys are left alone: a newer writer may add fields.
 
 ``record_from_row`` turns a SQLite row into the JSONL shape and applies ``check_record``: every
 row a command lists (``--detailed``, ``session``, ``tail``) passes through it. The totals that
@@ -33,7 +31,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from tokenmeter._models import MAX_NAME, MAX_NOTES
 from tokenmeter.cli._dates import format_instant
 
 __all__ = [
@@ -42,7 +39,6 @@ __all__ = [
     "MAX_LATENCY_MS",
     "BadRecord",
     "check_record",
-    "cut_tags",
     "record_from_row",
     "sql_valid",
 ]
@@ -142,14 +138,6 @@ def _is_money(value: Any) -> bool:
     return False
 
 
-def cut_tags(tags: dict[str, str]) -> dict[str, str]:
-    """``tags`` with each name cut to ``MAX_NAME`` and each value to ``MAX_NOTES``, as
-    ``session()`` cuts them: another writer's 900 kB value would widen every row of a table."""
-    if all(len(k) <= MAX_NAME and len(v) <= MAX_NOTES for k, v in tags.items()):
-        return tags
-    return {k[:MAX_NAME]: v[:MAX_NOTES] for k, v in tags.items()}
-
-
 def check_record(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` with every known field checked and normalised in place; BadRecord if one is bad.
 
@@ -167,11 +155,8 @@ def check_record(data: dict[str, Any]) -> dict[str, Any]:
             raise _bad(name, value)
     for name in TEXT_FIELDS:
         value = get(name)
-        if value is not None:
-            if type(value) is not str:
-                raise _bad(name, value)
-            if len(value) > MAX_NAME and name != "id":  # a table pads every row to it
-                data[name] = value[:MAX_NAME]
+        if value is not None and type(value) is not str:
+            raise _bad(name, value)
     cost = get("estimated_cost_usd")
     if cost is not None:
         data["estimated_cost_usd"] = _money("estimated_cost_usd", cost)
@@ -187,8 +172,6 @@ def check_record(data: dict[str, Any]) -> dict[str, Any]:
         data["tags"] = {}
     elif type(tags) is not dict or not all(type(v) is str for v in tags.values()):
         raise _bad("tags", tags)
-    elif tags:
-        data["tags"] = cut_tags(tags)
     latency = get("latency_ms")
     if latency is not None and (
         type(latency) not in (int, float) or not 0 <= latency <= MAX_LATENCY_MS

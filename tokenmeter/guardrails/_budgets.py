@@ -33,7 +33,7 @@ from typing import Any, Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tokenmeter import _pipeline, _sessions
-from tokenmeter._models import MAX_NAME, MAX_NOTES, UNREADABLE_USAGE, Usage, UsageRecord, clean_text
+from tokenmeter._models import MAX_NAME, UNREADABLE_USAGE, Usage, UsageRecord, clean_text
 from tokenmeter._registry import canonical, gemini_path, provider_of_sdk, short_model
 from tokenmeter._totals import USD_CONTEXT
 from tokenmeter.guardrails import _leases, _state
@@ -198,7 +198,7 @@ def _tag(where: str, value: Any) -> tuple[str, str] | None:
             f"{where} must be 'name=value' (e.g. 'customer=acme'), got {short_repr(value)}"
         )
     key, item = value.split("=", 1)
-    return _clean(key.strip()), _clean(item.strip(), MAX_NOTES)
+    return _clean(key.strip()), _clean(item.strip(), _sessions.MAX_NOTES)
 
 
 def parse_budget(where: str, value: Any) -> Budget:

@@ -40,7 +40,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from tokenmeter._models import MAX_NAME, MAX_NOTES
 from tokenmeter._totals import COUNT_NAMES, Totals, known_cost, sql_cost
 from tokenmeter.cli._dates import format_instant, in_zone
 from tokenmeter.cli._errors import CliError
@@ -624,14 +623,8 @@ def _sql_tags(
     marks = ", ".join(PLACEHOLDER for _ in keys)
 
     def rows(total: str) -> list[Any]:
-        # Cut as ``check_record`` cuts a JSONL record's tags (grouped as cut): another writer's
-        # 900 kB value widened every row of the table.
-        key, value = (
-            f"substr(t.key, 1, {MAX_NAME})",
-            f"substr(CAST(t.value AS TEXT), 1, {MAX_NOTES})",
-        )
         sql = (
-            f"SELECT {key}, {value}, {totals_select(table, 'r.', total)} "
+            f"SELECT t.key, CAST(t.value AS TEXT), {totals_select(table, 'r.', total)} "
             f"FROM {pairs} WHERE t.key IN ({marks}) GROUP BY 1, 2"
         )
         return conn.execute(sql, [*params, *(str(key) for key, _ in keys)]).fetchall()

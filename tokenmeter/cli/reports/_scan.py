@@ -27,9 +27,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from tokenmeter._models import MAX_NAME
 from tokenmeter.cli._source import RecentIds, lines_of, parse_record
-from tokenmeter.cli._validate import COUNT_FIELDS, cut_tags
+from tokenmeter.cli._validate import COUNT_FIELDS
 
 __all__ = ["Counts", "JsonlScan", "ScanRecord"]
 
@@ -42,9 +41,8 @@ Counts = tuple[int, int, int, int, int, int]
 _STR = r'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*"'
 _OPT_STR = rf"(?:{_STR}|null)"
 #: A string a report reads, captured without its quotes: one with an escape takes the general
-#: path (rare: names are plain text), so a match needs no decoding; so does one longer than the
-#: writer stores (``MAX_NAME``), which ``check_record`` cuts.
-_PLAIN = rf'"([^"\\\x00-\x1f]{{0,{MAX_NAME}}})"'
+#: path (rare: names are plain text), so a match needs no decoding.
+_PLAIN = r'"([^"\\\x00-\x1f]*)"'
 _OPT_PLAIN = rf"(?:{_PLAIN}|null)"
 #: At most 18 digits: below 2**63 - 1 (``MAX_COUNT``) without a range check.
 _COUNT = r"(?:0|[1-9]\d{0,17})"
@@ -189,7 +187,7 @@ class JsonlScan:
                         "session_name": session_name,
                         "status": status,
                         "estimated": estimated == "true",
-                        "tags": cut_tags(json.loads(tags)) if need_tags and tags != "{}" else {},
+                        "tags": json.loads(tags) if need_tags and tags != "{}" else {},
                         "latency_ms": None if latency is None else float(latency),
                     }
                     counts = (

@@ -17,7 +17,6 @@ from decimal import Decimal
 from operator import add
 from typing import Any
 
-from tokenmeter._models import MAX_NAME
 from tokenmeter._totals import COUNT_NAMES, Totals, note_model
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._errors import CliError
@@ -220,12 +219,6 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _cut(value: Any) -> Any:
-    """Text cut to what the writer stores, as ``check_record`` cuts a JSONL record's: a foreign
-    row's 900 kB session name or id padded every row of the table to it."""
-    return value[:MAX_NAME] if isinstance(value, str) else value
-
-
 def _tags(value: Any) -> dict[str, str]:
     """The ``sessions.tags`` JSON object of strings, or {} when it is anything else."""
     if not isinstance(value, str):
@@ -244,8 +237,8 @@ def _sqlite_session_row(values: tuple[Any, ...]) -> SessionRow:
     totals = Totals.from_sql(values[4:end])
     name, status, started, ended, notes, tags = values[end : end + 6]
     return SessionRow(
-        session_id=_cut(values[0]),
-        name=_cut(_text(name) or values[1]),
+        session_id=values[0],
+        name=_text(name) or values[1],
         first_call=values[2],
         last_call=values[3],
         status=_text(status),

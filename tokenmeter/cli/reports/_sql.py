@@ -12,7 +12,6 @@ import sqlite3
 from collections.abc import Callable, Collection
 from typing import TypeVar
 
-from tokenmeter._models import MAX_NAME, MAX_NOTES
 from tokenmeter._totals import COUNT_NAMES, PICO_PER_USD
 from tokenmeter.cli._validate import MAX_LATENCY_MS
 from tokenmeter.cli.reports._model import SESSION_NAME
@@ -106,14 +105,11 @@ def group_by_sql(columns: tuple[str, ...], prefix: str = "") -> str:
 def raw_column_sql(column: str, prefix: str = "") -> tuple[str, list[str]]:
     """SQL expression (and its parameters) for one stored key column (see ``raw_columns``)."""
     p = prefix
-    # Names cut to what the writer stores (as ``check_record`` cuts them): a foreign row's
-    # 900 kB name widened every row of the table. Still grouped by the stored column (its
-    # index); ``roll_up`` merges groups that read the same once cut.
     simple = {
-        "provider": f"substr(COALESCE({p}model_provider, {NONE_SQL}), 1, {MAX_NAME})",
-        "model": f"substr(COALESCE({p}model_name, {NONE_SQL}), 1, {MAX_NAME})",
-        "session_id": f"substr(COALESCE({p}session_id, {NONE_SQL}), 1, {MAX_NAME})",
-        "session": f"substr(COALESCE({p}session_name, ''), 1, {MAX_NAME})",
+        "provider": f"COALESCE({p}model_provider, {NONE_SQL})",
+        "model": f"COALESCE({p}model_name, {NONE_SQL})",
+        "session_id": f"COALESCE({p}session_id, {NONE_SQL})",
+        "session": f"COALESCE({p}session_name, '')",
         "status": f"COALESCE({p}status, 'ok')",
         SESSION_NAME: "''",
         "utc_hour": f"substr({p}timestamp, 1, 13)",
@@ -123,7 +119,7 @@ def raw_column_sql(column: str, prefix: str = "") -> tuple[str, list[str]]:
         return simple[column], []
     # NULL where the call lacks the tag: a group of its own, not one with a value's text.
     expr, param = tag_sql(column.removeprefix("tag:"), prefix)
-    return f"substr({expr}, 1, {MAX_NOTES})", [param]
+    return expr, [param]
 
 
 def session_names_sql(ids: int, stored: bool) -> str:
@@ -138,7 +134,7 @@ def session_names_sql(ids: int, stored: bool) -> str:
         latest = f"(SELECT s.name FROM sessions s WHERE s.id = records.session_id), {latest}"
     marks = ", ".join([PLACEHOLDER] * ids)
     return (
-        f"SELECT session_id, substr(COALESCE({latest}, ''), 1, {MAX_NAME}) FROM records "
+        f"SELECT session_id, COALESCE({latest}, '') FROM records "
         f"WHERE session_id IN ({marks}) GROUP BY session_id"
     )
 
