@@ -218,3 +218,23 @@ def test_tags_beyond_what_a_record_keeps_are_a_value_error() -> None:
         ):
             pass
     assert _sessions.current_session() is None
+
+
+def test_a_table_shows_a_long_stored_name_cut_not_every_row_padded_to_it(
+    cli: RunCli, tmp_path: Path
+) -> None:
+    """Another writer stored a 200,000-character model name (tokenmeter cuts its own at 500):
+    a plain table padded every row to it (60 rows of a 1.8 MB file printed 117 MB). The cell
+    shown is cut in the middle; the json format keeps the stored name."""
+    long_name = "m" * 100_000 + "z" * 100_000
+    path = write_jsonl(tmp_path / "usage.jsonl", RECORDS)
+    line = json.loads(path.read_text().splitlines()[0])
+    line["model_name"], line["id"] = long_name, "another-writers-record"
+    append_lines(path, [json.dumps(line)])
+    code, out, err = cli("report", "--detailed", "--source", str(path))
+    assert code == 0, err
+    assert len(out) < 20 * 1000 * (len(RECORDS) + 10), len(out)
+    assert "m" * 200 + "…" + "z" * 200 in out and long_name not in out
+    code, out, err = cli("report", "--format", "json", "--by", "model", "--source", str(path))
+    assert code == 0, err
+    assert long_name in out
