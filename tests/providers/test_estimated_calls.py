@@ -696,7 +696,11 @@ async def test_an_estimate_is_priced_at_the_tier_the_answer_reported(
                 model="o3", messages=MESSAGES, stream=True, service_tier=tier
             )
         else:
-            stream = client.responses.create(model="o3", input="x", stream=True, service_tier=tier)
+            # As a body field: the oldest SDKs' responses.create() takes no service_tier.
+            tier_asked = {"service_tier": tier}
+            stream = client.responses.create(
+                model="o3", input="x", stream=True, extra_body=tier_asked
+            )
         for _ in range(6):
             next(stream)
         stream.close()
@@ -727,7 +731,8 @@ async def test_a_responses_stream_with_usage_is_priced_at_the_tier_beside_it(
         lambda request: sse_reply(kit.http, [(event["type"], event) for event in events])
     )
     tokenmeter.instrument("openai")
-    for _ in client.responses.create(model="o3", input="x", stream=True, service_tier=asked):
+    asking = {"service_tier": asked}  # a body field: the oldest SDKs take no service_tier
+    for _ in client.responses.create(model="o3", input="x", stream=True, extra_body=asking):
         pass
     record = only(records())
     assert not record.estimated and record.estimated_cost_usd == Decimal(10)  # $2 + $8
@@ -756,7 +761,8 @@ async def test_a_responses_stream_estimate_is_priced_at_the_tier_it_was_served_a
         lambda request: sse_reply(kit.http, [(event["type"], event) for event in events])
     )
     tokenmeter.instrument("openai")
-    for _ in client.responses.create(model="o3", input="x", stream=True, service_tier="priority"):
+    asking = {"service_tier": "priority"}  # a body field: the oldest SDKs take no service_tier
+    for _ in client.responses.create(model="o3", input="x", stream=True, extra_body=asking):
         pass
     record = only(records())
     assert record.estimated and record.output_tokens > 0
