@@ -167,6 +167,17 @@ def test_a_call_refused_by_a_spent_budget_asks_the_ledger_once(
     assert asked == ["lease_many"] * 5
 
 
+def budget_for(
+    tmp_path: Path, messages: list[dict[str, str]], fit: int, ledger: str
+) -> tuple[Decimal, InMemorySink]:
+    """A total budget with room for ``fit`` gpt-4o calls of ``messages`` and half of one (each
+    billed its input estimate, $2.50 per million), in ``ledger``: one call's cost, the sink."""
+    tokens = tokenmeter.estimate("gpt-4o", messages=messages).input_tokens
+    each = Decimal(tokens) * Decimal("2.5") / 1_000_000
+    budget = {"name": "batch", "limit_usd": fit * each + each / 2, "period": "total"}
+    return each, configured(tmp_path, [budget], budget_ledger=ledger)
+
+
 #: A short ticket, and a message mostly of blanks: far from the limit, a call of either
 #: reserves a ceiling on its estimate found without tokenizing, 3 and 32 times the estimate.
 FAN_OUT_PROMPTS = {"ticket": "Summarise this ticket.", "blanks": "a" + " " * 400 + "b"}
@@ -195,13 +206,7 @@ def test_a_fan_out_makes_every_call_that_fits(
     down to their estimates: every call that fits is made, and the others are refused (the
     bound: nothing past the limit)."""
     messages = [{"role": "user", "content": FAN_OUT_PROMPTS[prompt]}]
-    tokens = tokenmeter.estimate("gpt-4o", messages=messages).input_tokens
-    each = Decimal(tokens) * Decimal("2.5") / 1_000_000  # gpt-4o input: $2.50 per million
-    memory = configured(
-        tmp_path,
-        [{"name": "batch", "limit_usd": fit * each + each / 2, "period": "total"}],
-        budget_ledger=ledger,
-    )
+    each, memory = budget_for(tmp_path, messages, fit, ledger)
     sent, refused = fan_out(messages, calls, threads=threads)
     assert (sent, len(refused)) == (fit, calls - fit)
     assert tokenmeter.flush(5)
@@ -229,14 +234,8 @@ def test_a_threaded_fan_out_makes_every_call_that_fits_while_others_lower(
 
     monkeypatch.setattr(_leases, "lower", slowly)
     messages = [{"role": "user", "content": FAN_OUT_PROMPTS["ticket"]}]
-    tokens = tokenmeter.estimate("gpt-4o", messages=messages).input_tokens
-    each = Decimal(tokens) * Decimal("2.5") / 1_000_000  # gpt-4o input
     fit, calls = 50, 60
-    configured(
-        tmp_path,
-        [{"name": "batch", "limit_usd": fit * each + each / 2, "period": "total"}],
-        budget_ledger=ledger,
-    )
+    budget_for(tmp_path, messages, fit, ledger)
     sent, refused = fan_out(messages, calls, threads=True)
     assert (sent, len(refused)) == (fit, calls - fit)
 
@@ -252,14 +251,8 @@ def test_a_refusal_works_out_only_the_estimates_it_needs(
     only until the call fits: a few estimates per check, and every call that fits is made."""
     prose = " ".join(["the quick brown fox jumps over a lazy dog"] * 100)  # a ceiling of 4.5x
     messages = [{"role": "user", "content": prose}]
-    tokens = tokenmeter.estimate("gpt-4o", messages=messages).input_tokens
-    each = Decimal(tokens) * Decimal("2.5") / 1_000_000  # gpt-4o input
     fit, calls = 110, 120
-    configured(
-        tmp_path,
-        [{"name": "batch", "limit_usd": fit * each + each / 2, "period": "total"}],
-        budget_ledger=ledger,
-    )
+    budget_for(tmp_path, messages, fit, ledger)
     worked_out = [0]
     most = [0]
     estimate, check = _budgets.estimate_input_usd, _budgets._check

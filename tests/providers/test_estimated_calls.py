@@ -711,6 +711,18 @@ async def test_an_estimate_is_priced_at_the_tier_the_answer_reported(
     assert record.estimated_cost_usd == cost
 
 
+def _o3_stream_read(kit: ModuleType, asked: str, events: list[dict[str, Any]]) -> None:
+    """An o3 Responses stream of ``events`` asked at tier ``asked``, read to its end (the tier
+    as a body field: the oldest SDKs' ``responses.create()`` takes no ``service_tier``)."""
+    client = kit.mock_openai(
+        lambda request: sse_reply(kit.http, [(event["type"], event) for event in events])
+    )
+    tokenmeter.instrument("openai")
+    asking = {"service_tier": asked}
+    for _ in client.responses.create(model="o3", input="x", stream=True, extra_body=asking):
+        pass
+
+
 @pytest.mark.parametrize(("asked", "served"), [("priority", "default"), ("flex", None)])
 async def test_a_responses_stream_with_usage_is_priced_at_the_tier_beside_it(
     records: Records, kit: ModuleType, asked: str, served: str | None
@@ -727,13 +739,7 @@ async def test_a_responses_stream_with_usage_is_priced_at_the_tier_beside_it(
         {"type": "response.created", "sequence_number": 0, "response": created},
         {"type": "response.completed", "sequence_number": 1, "response": done},
     ]
-    client = kit.mock_openai(
-        lambda request: sse_reply(kit.http, [(event["type"], event) for event in events])
-    )
-    tokenmeter.instrument("openai")
-    asking = {"service_tier": asked}  # a body field: the oldest SDKs take no service_tier
-    for _ in client.responses.create(model="o3", input="x", stream=True, extra_body=asking):
-        pass
+    _o3_stream_read(kit, asked, events)
     record = only(records())
     assert not record.estimated and record.estimated_cost_usd == Decimal(10)  # $2 + $8
 
@@ -757,13 +763,7 @@ async def test_a_responses_stream_estimate_is_priced_at_the_tier_it_was_served_a
         *deltas,
         {"type": "response.completed", "sequence_number": 99, "response": done},
     ]
-    client = kit.mock_openai(
-        lambda request: sse_reply(kit.http, [(event["type"], event) for event in events])
-    )
-    tokenmeter.instrument("openai")
-    asking = {"service_tier": "priority"}  # a body field: the oldest SDKs take no service_tier
-    for _ in client.responses.create(model="o3", input="x", stream=True, extra_body=asking):
-        pass
+    _o3_stream_read(kit, "priority", events)
     record = only(records())
     assert record.estimated and record.output_tokens > 0
     cost = (record.input_tokens * 2 + record.output_tokens * 8) / Decimal(10**6)  # standard
