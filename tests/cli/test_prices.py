@@ -208,3 +208,38 @@ def test_a_fine_tune_of_a_model_another_provider_also_sells_is_openais(
     with_provider = json.loads(out, parse_float=Decimal)
     assert shown["provider"] == "openai"
     assert shown["usd_per_million_tokens"] == with_provider["usd_per_million_tokens"]
+
+
+@pytest.mark.usefixtures("clean_user_prices")
+@pytest.mark.parametrize(
+    ("model", "options", "provider"),
+    [
+        ("gpt-3.5-turbo-0125", [], None),
+        ("gemini-2.0-flash-001", ["--provider", "google"], "google"),
+    ],
+)
+def test_a_price_set_under_a_models_name_is_shown_for_its_versioned_names(
+    cli: RunCli,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    model: str,
+    options: list[str],
+    provider: str | None,
+) -> None:
+    """``tokenmeter prices gpt-3.5-turbo-0125`` showed the table's $0.50 / $1.50 where the
+    prices file set gpt-3.5-turbo at $0.25 / $0.75, and a metered call (OpenAI answers with
+    that name) is billed at them; the same for Vertex's gemini-2.0-flash-001."""
+    prices = tmp_path / "prices.json"
+    rates = {"input_per_mtok": 0.25, "output_per_mtok": 0.75}
+    entries = {"gpt-3.5-turbo": rates, "gemini-2.0-flash": {**rates, "provider": "google"}}
+    prices.write_text(json.dumps(entries))
+    monkeypatch.setenv("TOKENMETER_PRICES", str(prices))
+
+    code, out, err = cli("prices", model, *options, "--format", "json")
+
+    assert code == 0, err
+    shown = json.loads(out, parse_float=Decimal)
+    assert (shown["provider"], shown["price_source"]) == (provider, "override")
+    assert shown["usd_per_million_tokens"]["input_per_mtok"] == Decimal("0.25")
+    usage = {"input_tokens": 1_000_000, "output_tokens": 1_000_000}
+    assert tokenmeter.price(provider or "openai", model, usage).total_usd == Decimal(1)

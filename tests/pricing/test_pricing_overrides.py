@@ -198,6 +198,73 @@ def test_a_snapshots_price_that_does_not_apply_leaves_the_call_to_its_familys_pr
     assert price_usage("openai", "gpt-4o-2024-11-20", usage, at=DAY).total_usd == Decimal(2)
 
 
+#: (provider, the name a price is set under, a name the provider answers its calls with):
+#: OpenAI's 4-digit dates, Vertex's build numbers, Anthropic's ``-latest``.
+VERSIONED_NAMES = [
+    ("openai", "gpt-3.5-turbo", "gpt-3.5-turbo-0125"),
+    ("openai", "gpt-4", "gpt-4-0613"),
+    ("google", "gemini-2.0-flash", "gemini-2.0-flash-001"),
+    ("google", "gemini-2.0-flash-lite", "gemini-2.0-flash-lite-001"),
+    ("google", "gemini-1.5-pro", "gemini-1.5-pro-002"),
+    ("anthropic", "claude-3-5-sonnet", "claude-3-5-sonnet-latest"),
+]
+
+
+@pytest.mark.parametrize(("provider", "model", "served"), VERSIONED_NAMES)
+def test_a_price_set_under_a_models_name_prices_its_versioned_names(
+    provider: str, model: str, served: str
+) -> None:
+    """Providers answer with the snapshot that served the call (``gpt-3.5-turbo-0125``,
+    ``gemini-2.0-flash-001``): a price set under the model's name missed every name but those
+    with an 8- or 10-digit date, and the table's price was recorded instead, with no warning
+    (1M tokens in and 1M out of gpt-3.5-turbo-0125: $2, not the $1 set; gpt-4-0613: $90)."""
+    set_user_prices({model: {"input_per_mtok": 0.25, "output_per_mtok": 0.75}})
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+
+    cost = price_usage(provider, served, usage, at=DAY)
+    described = describe_price(None, served, at=DAY)
+
+    assert (cost.total_usd, cost.price_source, cost.priced_model) == (Decimal(1), "override", model)
+    assert described is not None
+    assert (described.price_source, described.input_per_mtok) == ("override", Decimal("0.25"))
+
+
+def test_a_versioned_names_own_price_still_wins_and_no_table_entry_is_guessed() -> None:
+    """Dropping the version suffix comes after every other spelling, and for the user's prices
+    only: a snapshot's own price wins over its model's, a fine-tune takes the price set under
+    ``ft:``, and a model no table prices does not take the price of another that a name
+    without its suffix would find (gemini-2.0-flash-live-001 is not gemini-2.0-flash)."""
+    set_user_prices(
+        {
+            "gpt-4": {"input_per_mtok": 15, "output_per_mtok": 30},
+            "gpt-4-0613": {"input_per_mtok": 20, "output_per_mtok": 40},
+            "ft:gpt-3.5-turbo": {"input_per_mtok": 1, "output_per_mtok": 2},
+            "gemini-2.0-flash": {"input_per_mtok": 0, "output_per_mtok": 0},
+        }
+    )
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+
+    def cost(provider: str, model: str) -> Decimal | None:
+        return price_usage(provider, model, usage, at=DAY).total_usd
+
+    assert cost("openai", "gpt-4-0613") == Decimal(60)
+    assert cost("openai", "gpt-4-0314") == Decimal(45)
+    assert cost("openai", "ft:gpt-3.5-turbo-0125:acme::abc123") == Decimal(3)
+    assert cost("google", "gemini-2.0-flash-001") == Decimal(0)
+    assert cost("google", "gemini-2.0-flash-live-001") is None
+
+
+def test_an_alias_set_under_a_models_name_applies_to_its_versioned_names() -> None:
+    """An alias keyed by a model's name (the only way to price a self-hosted server's model)
+    missed the server's versioned answer: ``my-model-0613`` was recorded unpriced."""
+    set_aliases({"my-model": "gpt-4o-mini"})
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+
+    cost = price_usage("vllm", "my-model-0613", usage, at=DAY)
+
+    assert (cost.total_usd, cost.priced_model) == (Decimal("0.75"), "gpt-4o-mini")
+
+
 def test_prices_from_a_toml_file(tmp_path: Path) -> None:
     path = tmp_path / "prices.toml"
     path.write_text(

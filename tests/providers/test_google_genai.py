@@ -528,6 +528,29 @@ def test_vertex_client_is_provider_google(fake: FakeProvider, sink: InMemorySink
     assert_counts(record, FINAL)
 
 
+@pytest.mark.usefixtures("instrumented")
+def test_a_price_set_under_the_requested_model_prices_vertexs_build_that_answered(
+    sink: InMemorySink,
+) -> None:
+    """Vertex answers a ``gemini-2.0-flash`` call with ``modelVersion: gemini-2.0-flash-001``:
+    the $0 price docs/pricing.md advises for Provisioned Throughput was not applied, and 1M
+    tokens in and 1M out were recorded at the on-demand $0.50."""
+    tokenmeter.configure(
+        prices={
+            "gemini-2.0-flash": {"input_per_mtok": 0, "output_per_mtok": 0, "provider": "google"}
+        }
+    )
+    million = GeminiUsage(prompt=1_000_000, candidates=1_000_000, cached=0, thoughts=0)
+    with FakeProvider(
+        gemini_usage=million, models={"gemini-2.0-flash": "gemini-2.0-flash-001"}
+    ) as fake:
+        client(fake, vertexai=True).models.generate_content(model="gemini-2.0-flash", contents="hi")
+
+    record = only(flushed(sink))
+    assert record.model_name == "gemini-2.0-flash-001"
+    assert (record.estimated_cost_usd, record.price_source) == (Decimal(0), "override")
+
+
 # -- several HTTP rounds per public call -----------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from provider_helpers import MESSAGES, Answer, Records, not_metered_in_docs, onl
 import tokenmeter
 from tokenmeter._models import UsageRecord
 from tokenmeter.providers import _core
-from tokenmeter.testing import FakeProvider
+from tokenmeter.testing import FakeProvider, OpenAIUsage
 
 
 def assert_counts(record: UsageRecord, fake: FakeProvider) -> None:
@@ -58,6 +58,26 @@ async def test_chat_create(
     assert record.streamed is stream
     assert record.request_id is not None and record.request_id.startswith("chatcmpl-")
     assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
+
+
+async def test_a_price_set_under_the_requested_model_prices_the_snapshot_that_answered(
+    instrumented: Records, kit: ModuleType, is_async: bool
+) -> None:
+    """OpenAI answers a ``gpt-4`` call as ``gpt-4-0613``: the user's price for gpt-4 ($15 / $30)
+    was not applied, and 1M tokens in and 1M out were recorded at the table's $90, not $45."""
+    tokenmeter.configure(prices={"gpt-4": {"input_per_mtok": 15, "output_per_mtok": 30}})
+    million = OpenAIUsage(
+        prompt_tokens=1_000_000, completion_tokens=1_000_000, cached_tokens=0, reasoning_tokens=0
+    )
+    with FakeProvider(openai_usage=million, models={"gpt-4": "gpt-4-0613"}) as fake:
+        client = fake.openai_client(async_=is_async)
+        await kit.maybe(client.chat.completions.create(model="gpt-4", messages=MESSAGES))
+
+    record = only(instrumented())
+    assert record.model_name == "gpt-4-0613"
+    assert (record.estimated_cost_usd, record.price_source) == (Decimal(45), "override")
+    usage = {"input_tokens": 1_000_000, "output_tokens": 1_000_000}
+    assert tokenmeter.price("openai", "gpt-4-0613", usage).total_usd == Decimal(45)
 
 
 async def test_chat_parse(

@@ -29,7 +29,7 @@ from tokenmeter._totals import USD_CONTEXT as _PRICE_CONTEXT
 
 from . import _overrides
 from ._errata import ErrataSource, fine_tune_at_base_rates, provider_tool_fees, regional
-from ._names import is_fine_tune, name_candidates, normalise_provider
+from ._names import is_fine_tune, name_candidates, normalise_provider, with_unversioned
 from ._source import (
     FEE_FIELDS,
     STANDARD,
@@ -567,7 +567,7 @@ def _describe_scoped_override(
 ) -> PriceDescription | None:
     """Without a provider, a user price set only for some providers, as a call of the first of
     them would be priced (``tokenmeter prices MODEL`` finds a model as a metered call would)."""
-    user = _overrides.find_user_prices(_with_alias(name_candidates(model)))
+    user = _overrides.find_user_prices(with_unversioned(_with_alias(name_candidates(model))))
     scoped = () if user is None else (e.provider for e in user[1] if e.provider is not None)
     for provider in dict.fromkeys(scoped):
         found = describe_price(provider, model, at=at, tier=tier)
@@ -656,8 +656,9 @@ def _user_prices(
     """The user's prices for each of ``names`` that has some, the most specific first (the
     first whose entries apply to a call prices it). A price set for a fine-tune's base model is
     not the fine-tune's when a table has the fine-tune's own: a fine-tune is billed at other
-    rates, and a price for gpt-4o would bill every gpt-4o fine-tune as gpt-4o."""
-    found = _overrides.every_user_price(names)
+    rates, and a price for gpt-4o would bill every gpt-4o fine-tune as gpt-4o. ``names`` are
+    looked up without their version suffix too (``with_unversioned``), last."""
+    found = _overrides.every_user_price(with_unversioned(names))
     if not names or not is_fine_tune(names[0]):
         return found
     tuned = [name for name in names if is_fine_tune(name)]
@@ -667,8 +668,10 @@ def _user_prices(
 
 
 def _with_alias(names: list[str]) -> list[str]:
+    """The spellings of the model the user's alias of ``names`` names, else ``names``. An alias
+    set under a model's name applies to its versioned names too (``with_unversioned``)."""
     aliases = _overrides.aliases()
-    for name in names:
+    for name in with_unversioned(names):
         target = aliases.get(name)
         if target is not None:
             return name_candidates(target)

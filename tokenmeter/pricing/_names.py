@@ -12,7 +12,13 @@ import re
 
 from tokenmeter._registry import price_id
 
-__all__ = ["is_fine_tune", "model_family", "name_candidates", "normalise_provider"]
+__all__ = [
+    "is_fine_tune",
+    "model_family",
+    "name_candidates",
+    "normalise_provider",
+    "with_unversioned",
+]
 
 _BEDROCK_GEO = re.compile(r"^(?:us|eu|apac|ap|au|jp|ca|us-gov|global)\.")
 _BEDROCK_VENDOR = re.compile(
@@ -93,6 +99,27 @@ def name_candidates(model: str) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def with_unversioned(names: list[str]) -> list[str]:
+    """``names`` (``name_candidates``' list), then each without its version suffix, as
+    ``model_family`` strips it: ``gpt-4`` after ``gpt-4-0613``, ``gemini-2.0-flash`` after
+    ``gemini-2.0-flash-001``, ``claude-3-5-sonnet`` after ``claude-3-5-sonnet-latest``.
+
+    For the user's prices and aliases only: providers answer with the snapshot that served a
+    call, and a price (or alias) set under the model's name is meant for all of them. Never for
+    a table look-up, where an unversioned name would find a family's entry by prefix for a model
+    the table does not price (``gemini-2.0-flash-live-001`` at ``gemini-2.0-flash``'s text
+    rates). Last, so that any spelling of the name as given, or its ``_undated`` family, wins.
+    """
+    return list(dict.fromkeys([*names, *map(_unversioned, names)]))
+
+
+def _unversioned(name: str) -> str:
+    """``name`` less its version suffix (a date, a build number, ``-latest``); itself when that
+    would leave nothing. The pattern runs over the name's tail alone (see ``_VERSION_TAIL``)."""
+    head, tail = name[:-_VERSION_TAIL], name[-_VERSION_TAIL:]
+    return head + _VERSION_SUFFIX.sub("", tail) or name
+
+
 def _gpt_35_dotted(name: str) -> list[str]:
     """OpenAI's spelling of Azure's ``gpt-35-turbo-0125`` and its family, dated and not (none for
     any other name)."""
@@ -141,6 +168,5 @@ def model_family(name: str) -> str:
         name = name.rsplit("/", 1)[1]
     name = name.split("@", 1)[0]
     name = _BEDROCK_VERSION.sub("", _BEDROCK_VENDOR.sub("", _BEDROCK_GEO.sub("", name))) or name
-    head, tail = name[:-_VERSION_TAIL], name[-_VERSION_TAIL:]
-    family = _claude_dashed(head + _VERSION_SUFFIX.sub("", tail) or name)
+    family = _claude_dashed(_unversioned(name))
     return f"ft:{family}" if fine_tune else family
