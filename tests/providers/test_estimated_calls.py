@@ -711,6 +711,156 @@ async def test_an_estimate_is_priced_at_the_tier_the_answer_reported(
     assert record.estimated_cost_usd == cost
 
 
+def _stalled_stream(http: Any, events: list[bytes], gate: asyncio.Event) -> Any:
+    """A server-sent event stream whose server sends ``events`` then stalls until ``gate``."""
+
+    async def body() -> AsyncIterator[bytes]:
+        for event in events:
+            yield event
+        await gate.wait()
+
+    return http.Response(200, content=body(), headers={"content-type": "text/event-stream"})
+
+
+def _tiered_stream(kit: ModuleType, provider: str, gate: asyncio.Event) -> Callable[[], Any]:
+    """The start of an async ``provider`` stream whose answer names its tier
+    (an Anthropic ``speed: fast`` message_start, OpenAI flex chunks; google-genai's tier is the
+    one asked for, which the Gemini API does not report) and then stalls after three events."""
+    text = "The first part of a long answer. " * 5
+    if provider == "anthropic":
+        from anthropic import _base_client
+
+        http = http_of(_base_client)
+        message = {"id": "msg_1", "type": "message", "role": "assistant"}
+        message |= {"model": "claude-opus-4-6", "content": [], "stop_reason": None}
+        message |= {"usage": {"input_tokens": 100_000, "output_tokens": 1, "speed": "fast"}}
+        block = {"type": "content_block_start", "index": 0}
+        delta = {"type": "content_block_delta", "index": 0}
+        anthropic_events = [
+            ("message_start", {"type": "message_start", "message": message}),
+            ("content_block_start", block | {"content_block": {"type": "text", "text": ""}}),
+            ("content_block_delta", delta | {"delta": {"type": "text_delta", "text": text}}),
+        ]
+        events = [f"event: {n}\ndata: {json.dumps(d)}\n\n".encode() for n, d in anthropic_events]
+        anthropic = mock_anthropic(
+            lambda request: _stalled_stream(http, events, gate), is_async=True
+        )
+        return lambda: anthropic.messages.create(
+            model="claude-opus-4-6", max_tokens=4000, messages=MESSAGES[1:], stream=True
+        )
+    if provider == "openai":
+        chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1}
+        chunk |= {"model": "gpt-4o-2024-08-06", "service_tier": "flex"}
+        chunk |= {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+        events = [f"data: {json.dumps(chunk)}\n\n".encode()] * 3
+        openai = kit.mock_openai(
+            lambda request: _stalled_stream(kit.http, events, gate), is_async=True
+        )
+        return lambda: openai.chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, stream=True, service_tier="flex"
+        )
+    from google.genai import _api_client
+    from google.genai import types as gtypes
+
+    http = http_of(_api_client)
+    chunks = []
+    for n in range(1, 4):
+        usage = {"promptTokenCount": 100_000, "candidatesTokenCount": 50 * n}
+        content = {"parts": [{"text": text}], "role": "model"}
+        chunk = {"candidates": [{"content": content, "index": 0}], "usageMetadata": usage}
+        chunks.append(f"data: {json.dumps(chunk | {'modelVersion': 'gemini-2.5-flash'})}\r\n\r\n")
+    events = [chunk.encode() for chunk in chunks]
+    gemini = mock_genai(lambda request: _stalled_stream(http, events, gate))
+    flex = gtypes.GenerateContentConfig(service_tier="flex")
+    return lambda: gemini.aio.models.generate_content_stream(
+        model="gemini-2.5-flash", contents="hi", config=flex
+    )
+
+
+@pytest.mark.parametrize(
+    "provider",
+    [
+        "anthropic",
+        "openai",
+        pytest.param(
+            "google-genai",
+            marks=pytest.mark.requires(google_genai=">=3.6"),  # GenerateContentConfig.service_tier
+        ),
+    ],
+)
+async def test_a_stream_cancelled_after_its_tier_was_named_is_priced_at_it(
+    records: Records, kit: ModuleType, provider: str
+) -> None:
+    """A stream whose task is cancelled (a client gone, a ``wait_for`` timeout) after the answer
+    named its tier is priced at that tier, as the same stream closed at the same point is: it
+    was priced at standard, an Anthropic fast-mode stream at 1/6 of its cost ($0.50 for
+    $3.03), an OpenAI or Gemini flex one at twice its cost."""
+    tokenmeter.instrument(provider)
+    costs = {}
+    for leave in ("close", "cancel"):
+        gate = asyncio.Event()
+        await _leave_at_the_third_event(_tiered_stream(kit, provider, gate), leave)
+        gate.set()
+        record = only(records()[len(costs) :])
+        assert record.status == ("ok" if leave == "close" else "error")
+        costs[leave] = record.estimated_cost_usd
+    assert costs["cancel"] == costs["close"] is not None
+
+
+async def _leave_at_the_third_event(start: Callable[[], Any], leave: str) -> None:
+    """Read an async stream in a task to its third event, then ``close`` the stream there (the
+    application leaves it) or ``cancel`` the task (its client gone, a timeout)."""
+    third = asyncio.Event()
+    streams = []
+
+    async def read() -> None:
+        stream = await start()
+        streams.append(stream)
+        seen = 0
+        async for _ in stream:
+            seen += 1
+            if seen == 3:
+                third.set()
+                if leave == "close":
+                    break
+
+    task = asyncio.create_task(read())
+    await third.wait()
+    if leave == "cancel":
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return
+    await task
+    stream = streams[0]
+    await (stream.close() if hasattr(stream, "close") else stream.aclose())
+
+
+@pytest.mark.requires(google_genai=">=3.6")  # GenerateContentConfig.service_tier
+async def test_a_call_cut_before_any_answer_is_priced_at_no_tier(records: Records) -> None:
+    """A call that raised before the provider answered (its reply timed out) has no tier of its
+    own: a flex request is estimated at the standard rates, as before, not at the tier asked."""
+    from google.genai import _api_client
+    from google.genai import types as gtypes
+
+    http = http_of(_api_client)
+
+    def timed_out(request: Any) -> Any:
+        raise http.ReadTimeout("timed out", request=request)
+
+    client = mock_genai(timed_out)
+    tokenmeter.instrument("google-genai")
+    for tier in ("flex", None):
+        with pytest.raises(http.ReadTimeout):
+            await client.aio.models.generate_content(
+                model="gemini-2.5-flash",
+                contents="Weather in Paris for 5 days?",
+                config=gtypes.GenerateContentConfig(service_tier=tier),
+            )
+    flex, standard = records()
+    assert flex.estimated and flex.estimated_cost_usd == standard.estimated_cost_usd > 0
+
+
 def _o3_stream_read(kit: ModuleType, asked: str, events: list[dict[str, Any]]) -> None:
     """An o3 Responses stream of ``events`` asked at tier ``asked``, read to its end (the tier
     as a body field: the oldest SDKs' ``responses.create()`` takes no ``service_tier``)."""

@@ -336,6 +336,11 @@ class Call:
     def _record(self, error: BaseException | None) -> None:
         latency_ms = round((time.perf_counter() - self.started) * 1000, 3)
         usage, status, error_name, estimated = self.usage, "ok", None, False
+        # The provider answered: a usage was read, or a stream began (its reader came in). The
+        # tier it named then is the call's, whatever ended it (a cancelled or cut stream is
+        # priced as the same stream closed there); a call that raised before any answer has
+        # none of its own (the tier of a request alone is not read: standard).
+        answered = error is None or usage is not None or self.reader is not None
         ran_on = error is None or self.request_id is not None  # a refused request made none
         if usage is None and self.deferred and self.unreadable is None and ran_on:
             logger.debug("tokenmeter: %s call runs on; its retrieve is the record", self.provider)
@@ -414,8 +419,7 @@ class Call:
             self,
             request_model=self.request_model,
             operation=self.operation,
-            # A failed response's billed usage is priced at its tier; an exception's is not read.
-            tier=self.tier if error is None and usage is not None else None,
+            tier=self.tier if answered and usage is not None else None,
             request_id=self.request_id,
             latency_ms=latency_ms,
             streamed=self.streamed,
