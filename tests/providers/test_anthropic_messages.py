@@ -364,6 +364,46 @@ async def test_stream_cut_after_text_is_estimated_not_message_start_count(
     assert record.estimated and record.output_tokens > 40  # 40 deltas of 7 words streamed by
 
 
+async def test_a_stream_left_while_its_omitted_thinking_runs_counts_the_thinking_hinted(
+    kit: ModuleType, instrumented: Records, is_async: bool
+) -> None:
+    """Thinking with ``display: "omitted"`` streams no thinking text; with the
+    thinking-token-count beta its frames hint the tokens thought (``estimated_tokens``
+    increments). Left while the model thinks (a stop button), the stream was recorded with
+    message_start's provisional 1 output token where its 20 frames hinted 5,120 (read to its
+    end: 5,130). A hint that is no count in bounds adds nothing."""
+    start = _stream_event("message_start", {"input_tokens": 50, "output_tokens": 1})
+    block = {"type": "thinking", "thinking": "", "signature": ""}
+    opened = {"type": "content_block_start", "index": 0, "content_block": block}
+    frame = {"type": "content_block_delta", "index": 0}
+    thinking = [
+        {"type": "thinking_delta", "thinking": "", "estimated_tokens": hint}
+        for hint in [256] * 20 + [2**70, -5, None]
+    ]
+    events = [
+        start,
+        ("content_block_start", opened),
+        *[("content_block_delta", frame | {"delta": delta}) for delta in thinking],
+    ]
+    client = mock_anthropic(lambda request: sse_reply(kit.http, events), is_async=is_async)
+    stream = await kit.maybe(
+        client.beta.messages.create(
+            model=MODEL,
+            max_tokens=8000,
+            messages=MESSAGES,
+            stream=True,
+            thinking={"type": "enabled", "budget_tokens": 6000, "display": "omitted"},
+            betas=["thinking-token-count-2026-05-13"],
+        )
+    )
+    await kit.drain(stream)  # the user leaves here: no message_delta came
+    await kit.maybe(stream.close())
+
+    record = only(instrumented())
+    assert (record.input_tokens, record.estimated, record.status) == (50, True, "ok")
+    assert (record.output_tokens, record.reasoning_tokens) == (5_120, 5_120)
+
+
 @pytest.mark.requires(anthropic=">=0.77")  # messages.parse()
 async def test_messages_parse(
     fake: FakeProvider, instrumented: Records, kit: ModuleType, is_async: bool

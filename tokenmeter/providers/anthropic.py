@@ -90,6 +90,19 @@ def _never_zeroed(start: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any
     return fields
 
 
+#: The most one ``thinking_delta`` frame's ``estimated_tokens`` is read as: a larger increment is
+#: no hint of thinking written (a broken or hostile value), and is not counted.
+_MOST_HINTED = 100_000
+
+
+def _hinted(delta: Any) -> int:
+    """The thinking tokens a ``thinking_delta`` frame hints (``estimated_tokens``, sent with the
+    thinking-token-count beta when the thinking's display is ``omitted``: the frames then carry
+    no thinking text to tally). A value that is no plain count in bounds hints nothing."""
+    hint = getattr(delta, "estimated_tokens", None)
+    return hint if type(hint) is int and 0 <= hint <= _MOST_HINTED else 0
+
+
 def _model_of(info: Any) -> str | None:
     """The model a fallback block's ``from`` / ``to`` names (None if none)."""
     model = info.get("model") if type(info) is dict else getattr(info, "model", None)
@@ -102,7 +115,8 @@ class EventReader(SampledText):
     order (a ``message_start`` seen after a delta, or twice, must not bring back its provisional
     output count). Until the closing ``message_delta`` brings the output count, the text that
     passes by is tallied: a stream left early reports only ``message_start``'s output count (a
-    token or so).
+    token or so). A thinking block whose display is ``omitted`` streams no text; its frames'
+    ``estimated_tokens`` hints (a beta) are summed in ``hinted`` and counted with the text.
 
     A ``fallback`` block (a refusal fallback: the SDK's ``BetaRefusalFallbackMiddleware`` or the
     server's) ends a hop that was sent, answered and billed: the hop is kept in ``declined``
@@ -113,7 +127,7 @@ class EventReader(SampledText):
     A body read through ``iter_*()`` feeds its deltas past the first events as ``SKIPPED``:
     counted, the text of those read scaled up to them (``SampledText``)."""
 
-    __slots__ = ("declined", "delta", "start", "started", "stopped")
+    __slots__ = ("declined", "delta", "hinted", "start", "started", "stopped")
 
     def __init__(self, hide_usage_chunk: bool = False) -> None:
         super().__init__()
@@ -122,8 +136,11 @@ class EventReader(SampledText):
         self.started = False
         #: ``message_stop`` came: the stream ran to its end.
         self.stopped = False
-        #: The hops that declined before the one streaming now: (model, the text it streamed).
-        self.declined: list[tuple[str | None, TextTally]] = []
+        #: The thinking tokens the frames of the hop streaming now hinted (see ``_hinted``).
+        self.hinted = 0
+        #: The hops that declined before the one streaming now: (model, the text it streamed,
+        #: the thinking tokens its frames hinted).
+        self.declined: list[tuple[str | None, TextTally, int]] = []
 
     @property
     def final(self) -> bool:
@@ -140,6 +157,8 @@ class EventReader(SampledText):
             add(getattr(delta, "text", None))
             add(getattr(delta, "partial_json", None))
             add(getattr(delta, "thinking", None))
+            if getattr(delta, "type", None) == "thinking_delta":
+                self.hinted += _hinted(delta)
         elif kind == "content_block_start":
             block = getattr(event, "content_block", None)
             self._fallback(block, call)
@@ -166,15 +185,19 @@ class EventReader(SampledText):
         (None when the count came). Left right after message_start, it is an estimate all the
         same: the server went on writing what it billed. A stream that ran to ``message_stop``
         with no count in its ``message_delta`` (a compatible server that gives the whole usage
-        in ``message_start``) keeps that count unless more text streamed by than it says."""
+        in ``message_start``) keeps that count unless more text streamed by than it says. The
+        thinking tokens hinted (an ``omitted`` display's) are output too, and its reasoning."""
         if self.final:
             return None
         if self.declined:
             return self._hops(model)
-        output = self.tally.tokens("anthropic", model)
+        output = self.tally.tokens("anthropic", model) + self.hinted
         if self.stopped and output <= usage.output_tokens:
             return None
-        return usage.model_copy(update={"output_tokens": max(output, usage.output_tokens)})
+        counts = {"output_tokens": max(output, usage.output_tokens)}
+        if self.hinted > usage.reasoning_tokens:
+            counts["reasoning_tokens"] = self.hinted
+        return usage.model_copy(update=counts)
 
     def _hops(self, model: str) -> Usage:
         """A fallback stream left before its final count: every hop it reached was billed,
@@ -182,7 +205,7 @@ class EventReader(SampledText):
         request was sent again; the SDK's message_start is the first hop's, or the serving
         one's when the first declined before any output) and the output it streamed, as the
         closing ``usage.iterations`` would have (``message`` entries, the serving hop's
-        ``fallback_message``), and priced from there."""
+        ``fallback_message``), with the thinking tokens it hinted, and priced from there."""
         fields = _never_zeroed(self.start, self.delta)
         sent = {name: fields[name] for name in _INPUT_FIELDS if name in fields}
         iterations = [
@@ -190,11 +213,11 @@ class EventReader(SampledText):
                 **sent,
                 "type": "message",
                 "model": declined,
-                "output_tokens": tally.tokens("anthropic", declined or model),
+                "output_tokens": tally.tokens("anthropic", declined or model) + hinted,
             }
-            for declined, tally in self.declined
+            for declined, tally, hinted in self.declined
         ]
-        serving = self.tally.tokens("anthropic", model)
+        serving = self.tally.tokens("anthropic", model) + self.hinted
         iterations.append(
             {**sent, "type": "fallback_message", "model": model, "output_tokens": serving}
         )
@@ -207,8 +230,9 @@ class EventReader(SampledText):
         if getattr(block, "type", None) != "fallback":
             return
         declined = _model_of(getattr(block, "from_", None)) or call.model
-        self.declined.append((declined, self.tally))
+        self.declined.append((declined, self.tally, self.hinted))
         self.forget_text()
+        self.hinted = 0
         model = _model_of(getattr(block, "to", None))
         if model is not None:
             call.model = model
