@@ -31,6 +31,7 @@ from provider_helpers import (
     sse_reply,
 )
 
+import tokenmeter
 from tokenmeter._models import UsageRecord
 from tokenmeter.testing import FakeProvider
 
@@ -402,6 +403,66 @@ async def test_a_stream_left_while_its_omitted_thinking_runs_counts_the_thinking
     record = only(instrumented())
     assert (record.input_tokens, record.estimated, record.status) == (50, True, "ok")
     assert (record.output_tokens, record.reasoning_tokens) == (5_120, 5_120)
+
+
+#: A compaction block's summary (``compaction={"type": "summarize"}``): about 1,150 tokens.
+SUMMARY = (
+    "The user and the assistant discussed the design of a caching layer, its eviction "
+    "policy, and the tests that cover it. "
+) * 40
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+async def test_a_compaction_summary_without_its_usage_counts_as_output(
+    kit: ModuleType, instrumented: Records, is_async: bool, streamed: bool
+) -> None:
+    """A compaction request's reply is one ``compaction`` block, its summary streamed as
+    ``compaction_delta`` frames' ``content``. Left before its closing message_delta, the stream
+    was recorded with message_start's provisional 1 output token where ~1,150 tokens of summary
+    streamed by; so was a reply not streamed and without usage (a compatible server's)."""
+    if streamed:
+        frame = {"type": "content_block_delta", "index": 0}
+        opened = {"type": "compaction", "content": None}
+        events = [
+            _stream_event("message_start", {"input_tokens": 20_000, "output_tokens": 1}),
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": opened},
+            ),
+            *[
+                (
+                    "content_block_delta",
+                    frame
+                    | {"delta": {"type": "compaction_delta", "content": SUMMARY[at : at + 200]}},
+                )
+                for at in range(0, len(SUMMARY), 200)
+            ],
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ]
+        reply = sse_reply(kit.http, events)
+    else:
+        body = _stream_event("message_start", {})[1]["message"]
+        body |= {"content": [{"type": "compaction", "content": SUMMARY}], "usage": None}
+        reply = json_reply(kit.http, body)
+    client = mock_anthropic(lambda request: reply, is_async=is_async)
+    asked = {
+        "model": MODEL,
+        "max_tokens": 8000,
+        "messages": MESSAGES,
+        "betas": ["compact-2026-09-04"],
+        "extra_body": {"compaction": {"type": "summarize"}},  # older SDKs lack the parameter
+    }
+    if streamed:
+        stream = await kit.maybe(client.beta.messages.create(stream=True, **asked))
+        await kit.drain(stream)  # left here: no message_delta came
+        await kit.maybe(stream.close())
+    else:
+        await kit.maybe(client.beta.messages.create(**asked))
+
+    record = only(instrumented())
+    assert (record.estimated, record.status) == (True, "ok")
+    summary = tokenmeter.estimate(MODEL, output=SUMMARY).output_tokens
+    assert record.output_tokens == summary > 1_000
 
 
 @pytest.mark.requires(anthropic=">=0.77")  # messages.parse()

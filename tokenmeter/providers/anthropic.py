@@ -157,8 +157,11 @@ class EventReader(SampledText):
             add(getattr(delta, "text", None))
             add(getattr(delta, "partial_json", None))
             add(getattr(delta, "thinking", None))
-            if getattr(delta, "type", None) == "thinking_delta":
+            delta_kind = getattr(delta, "type", None)
+            if delta_kind == "thinking_delta":
                 self.hinted += _hinted(delta)
+            elif delta_kind == "compaction_delta":  # a compaction block's summary, as it streams
+                add(getattr(delta, "content", None))
         elif kind == "content_block_start":
             block = getattr(event, "content_block", None)
             self._fallback(block, call)
@@ -277,14 +280,16 @@ def _server_tools(parsed: Any, call: Call) -> None:
 
 def _reply_text(parsed: Any) -> TextTally:
     """The output of a message that was not streamed, as the stream reader tallies it: text,
-    thinking, and each tool_use block's name and input (JSON, as a stream's ``partial_json``
-    delivers it). A block that cannot be read adds nothing."""
+    thinking, a compaction block's summary, and each tool_use block's name and input (JSON, as
+    a stream's ``partial_json`` delivers it). A block that cannot be read adds nothing."""
     tally = TextTally()
     add = tally.add
     with suppress(Exception):
         for block in field(parsed, "content") or ():
             add(field(block, "text"))
             add(field(block, "thinking"))
+            if field(block, "type") == "compaction":  # other blocks' content is no output
+                add(field(block, "content"))
             add(field(block, "name"))
             tool_input = field(block, "input")
             if tool_input is not None:
