@@ -102,12 +102,37 @@ def test_pyproject_then_environment_then_configure(tmp_path: Path) -> None:
         # Nothing was patched, without a word: every call unmetered (an empty value is unset).
         ({"TOKENMETER_PROVIDERS": " "}, "from TOKENMETER_PROVIDERS: is set but names no provider"),
         ({"TOKENMETER_PROVIDERS": ","}, "from TOKENMETER_PROVIDERS: is set but names no provider"),
+        ({"TOKENMETER_REPORTS": " , "}, "from TOKENMETER_REPORTS: is set but names no report"),
+        ({"TOKENMETER_STREAM_USAGE": " "}, "from TOKENMETER_STREAM_USAGE: must be 1/0"),
     ],
 )
 def test_bad_environment_values(tmp_path: Path, env: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError) as excinfo:
         load_settings(env=env, cwd=tmp_path)
     assert message in one_line_value_error(excinfo)
+
+
+@pytest.mark.parametrize(
+    ("variable", "key", "in_pyproject", "default"),
+    [
+        ("TOKENMETER_STREAM_USAGE", "stream_usage", None, True),
+        ("TOKENMETER_THREAD_PROPAGATION", "thread_propagation", None, True),
+        ("TOKENMETER_REPORTS", "reports", 'reports = "weekly"', ("weekly",)),
+        ("TOKENMETER_DISABLED", "disabled", "disabled = true", True),
+    ],
+)
+def test_a_variable_set_but_empty_is_unset(
+    tmp_path: Path, variable: str, key: str, in_pyproject: str | None, default: object
+) -> None:
+    """An unfilled ``.env`` line or ``export X=$UNSET`` read as "false" (or "none"): streams
+    were estimated, threads left their session, a project's reports were switched off, and its
+    ``disabled = true`` was overridden, each without a word. Empty is unset, as for the other
+    ``TOKENMETER_*`` variables (``TOKENMETER_SINKS=`` alone is an error)."""
+    if in_pyproject is not None:
+        (tmp_path / "pyproject.toml").write_text(f"[tool.tokenmeter]\n{in_pyproject}\n")
+    resolved, sources = load_settings_with_sources(env={variable: ""}, cwd=tmp_path)
+    assert getattr(resolved, key) == default
+    assert sources[key] != variable
 
 
 def test_callbacks_cannot_be_written_in_toml(tmp_path: Path) -> None:

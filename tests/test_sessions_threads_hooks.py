@@ -350,6 +350,22 @@ def test_propagation_can_be_switched_off(sink: InMemorySink) -> None:
     assert job.summary.calls == 1
 
 
+def test_an_empty_propagation_variable_leaves_propagation_on(
+    sink: InMemorySink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``TOKENMETER_THREAD_PROPAGATION=`` (an unfilled ``.env`` line) read as "false": the work a
+    session handed to a thread was recorded in no session, without a word. Empty is unset."""
+    monkeypatch.setenv("TOKENMETER_THREAD_PROPAGATION", "")
+    tokenmeter.configure()  # read the environment again
+    with tokenmeter.session("nightly-job") as job:
+        thread = threading.Thread(target=record)
+        thread.start()
+        thread.join()
+    assert job.summary.calls == 1
+    assert tokenmeter.flush(5)
+    assert [r.session_name for r in sink.records] == ["nightly-job"]
+
+
 def test_on_end_hooks_receive_the_finished_session(sink: InMemorySink) -> None:
     ended: list[tuple[str, str, int, Decimal]] = []
 

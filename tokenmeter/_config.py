@@ -49,7 +49,7 @@ _DATA_FOLDERS = ("journal", "reports")
 #: The markdown journal's page in the directory.
 _JOURNAL_PAGE = "journal/token_usage.md"
 _TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+_FALSE = {"0", "false", "no", "off"}
 _ENV_NAMES = {
     "directory": "TOKENMETER_DIR",
     "sinks": "TOKENMETER_SINKS",
@@ -445,6 +445,15 @@ def _some_providers(value: str) -> str:
     return value
 
 
+def _some_reports(value: str) -> str:
+    if not value.replace(",", " ").strip():  # as TOKENMETER_PROVIDERS: not a wish for none
+        raise ValueError(
+            "is set but names no report period; unset it for the pyproject.toml's (or none), "
+            f"or name some of {', '.join(REPORT_PERIODS)}"
+        )
+    return value
+
+
 def _json_tables(example: str) -> Callable[[str], Any]:
     def parse(value: str) -> Any:
         try:
@@ -459,15 +468,19 @@ def _fractions(value: str) -> list[int | float]:
     return [_parse_number(part, float) for part in value.split(",") if part.strip()]
 
 
-#: How each ``TOKENMETER_*`` variable is read, and whether it counts when set but empty.
+#: How each ``TOKENMETER_*`` variable is read, and whether it counts when set but empty. Empty,
+#: a variable is unset (an unfilled ``.env`` line, ``export X=$UNSET``): read as "false" or
+#: "none", ``TOKENMETER_STREAM_USAGE=`` and ``TOKENMETER_THREAD_PROPAGATION=`` switched their
+#: feature off without a word. ``TOKENMETER_SINKS=`` alone is an error instead, documented: it
+#: must not be taken for "store nothing".
 _ENV_READERS: dict[str, tuple[Callable[[str], Any], bool]] = {
     "directory": (str, False),
     "sinks": (_some_sinks, True),
-    "disabled": (_parse_bool, True),
+    "disabled": (_parse_bool, False),
     "prices_file": (str, False),
-    "stream_usage": (_parse_bool, True),
-    "reports": (str, True),
-    "thread_propagation": (_parse_bool, True),
+    "stream_usage": (_parse_bool, False),
+    "reports": (_some_reports, False),
+    "thread_propagation": (_parse_bool, False),
     "max_queue": (lambda value: _parse_number(value, int), False),
     "exit_timeout": (lambda value: _parse_number(value, float), False),
     "budgets": (_json_tables('[{"limit_usd": 5, "period": "day"}]'), False),
@@ -644,7 +657,7 @@ def _switched_off(
     """The layer that turns tokenmeter off whatever else is set (the kill switch), or None:
     ``TOKENMETER_DISABLED`` saying yes, else, when that is unset, ``disabled = true`` in the
     pyproject.toml (as the layers' order has it)."""
-    value = env.get("TOKENMETER_DISABLED")
+    value = env.get("TOKENMETER_DISABLED") or None  # empty: unset, as every TOKENMETER_*
     if value is None:
         layer, on = pyproject[0], pyproject[1].get("disabled") is True  # a boolean, not "yes"
     else:

@@ -510,6 +510,23 @@ def test_stream_usage_setting_off_leaves_requests_alone(records: Records, kit: M
     assert "stream_options" not in server.bodies[-1]
 
 
+def test_an_empty_stream_usage_variable_leaves_the_setting_on(
+    records: Records, kit: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``TOKENMETER_STREAM_USAGE=`` (``export TOKENMETER_STREAM_USAGE=$UNSET``) read as "false":
+    streams were no longer asked for usage, and recorded as estimates (8 in / 6 out where the
+    provider counts 19 / 10). Empty is unset: the default, on."""
+    monkeypatch.setenv("TOKENMETER_STREAM_USAGE", "")
+    server = ChatServer(kit)
+    client = kit.mock_openai(server)
+    tokenmeter.configure()  # read the environment again
+    tokenmeter.instrument("openai")
+    list(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))
+    assert server.bodies[-1]["stream_options"] == {"include_usage": True}
+    record = only(records())
+    assert (record.input_tokens, record.estimated) == (19, False)
+
+
 def test_a_stream_peeked_then_iterated_again_is_one_whole_record(
     records: Records, kit: ModuleType
 ) -> None:
