@@ -103,6 +103,21 @@ def test_pyproject_then_environment_then_configure(tmp_path: Path) -> None:
         ({"TOKENMETER_PROVIDERS": " "}, "from TOKENMETER_PROVIDERS: is set but names no provider"),
         ({"TOKENMETER_PROVIDERS": ","}, "from TOKENMETER_PROVIDERS: is set but names no provider"),
         ({"TOKENMETER_REPORTS": " , "}, "from TOKENMETER_REPORTS: is set but names no report"),
+        # The last one won: a $5 budget enforced as $500, a 3x alert rule at 300x.
+        (
+            {"TOKENMETER_BUDGETS": '[{"limit_usd": 5, "period": "day", "limit_usd": 500}]'},
+            "'budgets' from TOKENMETER_BUDGETS: must be JSON naming each key once: "
+            "'limit_usd' is given twice",
+        ),
+        (
+            {"TOKENMETER_ALERTS": '[{"rule": "call_tokens", "multiplier": 3, "multiplier": 300}]'},
+            "'alerts' from TOKENMETER_ALERTS: must be JSON naming each key once: "
+            "'multiplier' is given twice",
+        ),
+        (
+            {"TOKENMETER_RUN_BUDGETS": '[{"limit_usd": 5, "limit_usd": 500, "period": "day"}]'},
+            "'budgets' from TOKENMETER_RUN_BUDGETS: 'limit_usd' is given twice",
+        ),
         ({"TOKENMETER_STREAM_USAGE": " "}, "from TOKENMETER_STREAM_USAGE: must be 1/0"),
     ],
 )

@@ -21,7 +21,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, fie
 
 from tokenmeter._models import plain_str
 from tokenmeter.pricing import check_aliases, check_prices
-from tokenmeter.pricing._overrides import check_prices_file, read_small_file, short_repr
+from tokenmeter.pricing._overrides import (
+    check_prices_file,
+    no_repeated_keys,
+    read_small_file,
+    short_repr,
+)
 
 __all__ = [
     "DATA_FILES",
@@ -457,11 +462,32 @@ def _some_reports(value: str) -> str:
 def _json_tables(example: str) -> Callable[[str], Any]:
     def parse(value: str) -> Any:
         try:
-            return json.loads(value)
+            return _json_once(value)
+        except _RepeatedKey as exc:
+            raise ValueError(f"must be JSON naming each key once: {exc}") from None
         except (ValueError, RecursionError):
             raise ValueError(f"must be JSON: a list of tables, e.g. {example}") from None
 
     return parse
+
+
+class _RepeatedKey(ValueError):
+    """A JSON object naming one key twice."""
+
+
+def _json_once(value: str) -> Any:
+    """``value`` decoded as JSON, refusing an object that names one key twice (raising
+    ``_RepeatedKey``): the decoder kept the last, and ``[{"limit_usd": 5, "period": "day",
+    "limit_usd": 500}]`` (a template's default left beside the override) was a $500 budget.
+    A prices file (``no_repeated_keys``) and TOML refuse the same mistake."""
+
+    def once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        try:
+            return no_repeated_keys(pairs)
+        except ValueError as exc:
+            raise _RepeatedKey(str(exc)) from None
+
+    return json.loads(value, object_pairs_hook=once)
 
 
 def _fractions(value: str) -> list[int | float]:
@@ -536,7 +562,7 @@ def _with_run_budgets(resolved: Settings, env: Mapping[str, str]) -> Settings:
     from tokenmeter.guardrails._budgets import parse_budgets
 
     try:
-        run_budgets = parse_budgets(json.loads(value))
+        run_budgets = parse_budgets(_json_once(value))
         budgets = parse_budgets([*resolved.budgets, *run_budgets])  # names checked together
     except (ValueError, RecursionError) as exc:
         raise ValueError(f"tokenmeter setting 'budgets' from {RUN_BUDGETS}: {exc}") from None

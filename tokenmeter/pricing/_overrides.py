@@ -36,6 +36,7 @@ __all__ = [
     "check_aliases",
     "check_prices",
     "load_prices_file",
+    "no_repeated_keys",
     "read_prices_file",
     "set_aliases",
     "set_user_prices",
@@ -240,7 +241,7 @@ def _read_file(file: Path) -> _Parsed:
         # Numbers as written, not as floats: 1e-400 would be 0.0, a silent $0 for a typo that
         # the rate checks refuse.
         data: Any = (
-            json.loads(text, parse_float=Decimal, object_pairs_hook=_no_repeated_keys)
+            json.loads(text, parse_float=Decimal, object_pairs_hook=no_repeated_keys)
             if as_json
             else tomllib.loads(text, parse_float=Decimal)
         )
@@ -258,7 +259,7 @@ def _read_file(file: Path) -> _Parsed:
     return data, _parse_prices(data, origin=str(file))
 
 
-def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object, refused when it names one key twice: the decoder kept the last one (a
     model's second entry silently won), where TOML refuses the file."""
     found: dict[str, Any] = {}
