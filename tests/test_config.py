@@ -169,6 +169,35 @@ def test_a_huge_bad_environment_value_is_quoted_short(variable: str) -> None:
     assert len(one_line_value_error(raised)) < 300
 
 
+def test_the_callers_later_changes_to_what_configure_was_given_never_apply(
+    sink: InMemorySink,
+) -> None:
+    """configure() kept the caller's own price entries, budget tables and lists, and validated
+    them again at every later call: an application reusing its dicts for another tenant had
+    its $1/Mtok price at $50 and its $5 budget at $500 from the next unrelated configure() (a
+    reload of its hooks), and a hook appended to its list ran too."""
+    prices = {"my-model": {"input_per_mtok": 1, "output_per_mtok": 0}}
+    budget = {"limit_usd": 5, "period": "day"}
+    ended: list[str] = []
+    hooks = [lambda session: ended.append("given")]
+    warn_at = [0.5]
+    tokenmeter.configure(
+        prices=prices, budgets=[budget], on_session_end=hooks, budget_warn_at=warn_at
+    )
+    prices["my-model"]["input_per_mtok"] = 50
+    budget["limit_usd"] = 500
+    hooks.append(lambda session: ended.append("appended"))
+    warn_at[0] = 0.9
+    tokenmeter.configure(exit_timeout=4)  # an unrelated reload
+    record = tokenmeter.record("openai", "my-model", 1_000_000, 0)
+    assert record.estimated_cost_usd == 1
+    resolved = _runtime.settings()
+    assert (resolved.budgets[0].limit_usd, resolved.budget_warn_at) == (5, (0.5,))
+    with tokenmeter.session("job"):
+        pass
+    assert ended == ["given"]
+
+
 @pytest.mark.parametrize(
     "periods",
     [{"daily"}, frozenset({"daily"}), (p for p in ["daily"]), ["daily"]],

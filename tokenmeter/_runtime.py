@@ -401,29 +401,33 @@ def configure(
             names, objects = _split_sinks(sinks)
             explicit["sinks"] = names
         for key, value in (
-            # Mappings are copied so later changes by the caller do not leak in; anything else
-            # is passed as given, for Settings to reject with a message naming the setting.
-            ("prices", dict(prices) if isinstance(prices, Mapping) else prices),
+            ("prices", prices),
             ("directory", directory),
-            ("aliases", dict(aliases) if isinstance(aliases, Mapping) else aliases),
+            ("aliases", aliases),
             ("stream_usage", stream_usage),
             ("max_queue", max_queue),
             ("exit_timeout", exit_timeout),
             ("reports", _listed(reports)),
-            ("budgets", list(budgets) if isinstance(budgets, list | tuple) else budgets),
+            ("budgets", budgets),
             ("budget_timezone", budget_timezone),
             ("budget_warn_at", budget_warn_at),
             ("budget_ledger", budget_ledger),
-            ("alerts", list(alerts) if isinstance(alerts, list | tuple) else alerts),
+            ("alerts", alerts),
             ("on_alert", on_alert),
             ("on_session_end", on_session_end),
             ("state_file", state_file),
             ("thread_propagation", thread_propagation),
-            ("providers", list(providers) if isinstance(providers, list | tuple) else providers),
+            ("providers", providers),
             ("pg_dsn", pg_dsn),
         ):
-            if value is not None:
-                explicit[key] = value
+            if value is None:
+                continue
+            try:
+                explicit[key] = _copied(value)
+            except RecursionError:
+                raise ValueError(
+                    f"tokenmeter setting {key!r} from configure(): nested too deeply"
+                ) from None
         resolved, sources = _load(explicit)  # validate before changing anything
         check_settings_prices_file(resolved, sources)  # a bad file must not half-apply
         _check_state_file_apart(resolved.state_file, objects)
@@ -440,6 +444,19 @@ def configure(
             _explicit.update(previous[0])
             _sink_objects = previous[1]
             raise
+
+
+def _copied(value: Any) -> Any:
+    """``value`` with its mappings and lists copied at every depth (anything else as given, for
+    Settings to take or reject naming the setting). ``configure()`` keeps its arguments and
+    validates them again at every later call: the caller's own dicts kept there (a price entry,
+    a budget's table, a list of hooks) put the application's later changes to them in force at
+    the next unrelated ``configure()``, a $5 budget becoming $500."""
+    if isinstance(value, Mapping):
+        return {key: _copied(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_copied(item) for item in value]
+    return value
 
 
 def _check_state_file_apart(state_file: Path | None, objects: Sequence[Sink]) -> None:
