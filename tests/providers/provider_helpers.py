@@ -124,6 +124,30 @@ def mock_anthropic(handler: Handler, *, is_async: bool = False) -> Any:
     )
 
 
+def mock_bedrock(handler: Handler, *, is_async: bool = False) -> Any:
+    """An ``AnthropicBedrock`` client whose HTTP replies come from ``handler`` (static AWS keys,
+    no sockets, no retries)."""
+    import anthropic
+    from anthropic import _base_client
+
+    http = http_of(_base_client)
+    transport = http.MockTransport(handler)
+    keys = {"aws_access_key": "AKIDFAKE", "aws_secret_key": "fake", "aws_region": "us-east-1"}
+    if is_async:
+        return anthropic.AsyncAnthropicBedrock(
+            **keys,
+            base_url="http://bedrock.invalid",
+            http_client=http.AsyncClient(transport=transport),
+            max_retries=0,
+        )
+    return anthropic.AnthropicBedrock(
+        **keys,
+        base_url="http://bedrock.invalid",
+        http_client=http.Client(transport=transport),
+        max_retries=0,
+    )
+
+
 def mock_genai(handler: Handler, retry_options: Any = None) -> Any:
     """A ``google.genai.Client`` (``.aio`` for async) whose replies come from ``handler``,
     retrying as ``retry_options`` (``HttpRetryOptions``) say (none: no retries).

@@ -6,6 +6,7 @@ SDK gives it. So is a ``with_raw_response`` stream's body read whole or through 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import gzip
@@ -23,6 +24,7 @@ from provider_helpers import (
     http_of,
     json_bytes,
     mock_anthropic,
+    mock_bedrock,
     only,
     sse_reply,
 )
@@ -403,6 +405,70 @@ async def test_a_bedrock_stream_body_read_yourself_is_recorded_as_parse_records_
     assert summary(read_record) == summary(parse_record)
     assert read_record.estimated is False and read_record.status == "ok"
     assert read_record.output_tokens == fake.anthropic_usage.output_tokens
+
+
+async def bedrock_body(fake: FakeProvider) -> bytes:
+    """The fake's ``AnthropicBedrock`` stream body, as its frames came (read before tokenmeter
+    is instrumented)."""
+    client = fake.anthropic_bedrock_client()
+    return b"".join(await read_through(bedrock_stream(client, "streaming"), "iter_bytes"))
+
+
+@pytest.mark.parametrize(
+    ("spoiled", "error"),
+    [
+        ("bedrock junk after the last frame", None),
+        ("bedrock last frame's checksum broken", "ChecksumMismatch"),
+        ("chat event not JSON after the usage", "JSONDecodeError"),
+    ],
+)
+async def test_a_body_the_sdk_refuses_after_its_usage_keeps_it(
+    fake: FakeProvider,
+    records: Records,
+    kit: ModuleType,
+    is_async: bool,
+    spoiled: str,
+    error: str | None,
+) -> None:
+    """A relay reads a stream as bytes whose end the SDK's decoder refuses: a Bedrock body with
+    5 bytes of junk after its last frame (a length no frame has), or its last frame's checksum
+    broken; a chat stream with an event that is no JSON after its usage chunk. The usage read
+    before was lost: recorded 0 / 0, ``UnreadableUsage``, cost unknown, where ``parse()``'s
+    stream records the same body's usage (20 and 7 tokens: here the fake's). Recorded as
+    ``parse()`` records it now, its error the one the SDK's stream raises."""
+    if spoiled.startswith("bedrock"):
+        body = await bedrock_body(fake)
+        if "junk" in spoiled:
+            body += b"\x00\x00\x00\x05junk"
+        else:
+            body = body[:-1] + bytes([body[-1] ^ 1])
+        headers = {"content-type": "application/vnd.amazon.eventstream"}
+        client = mock_bedrock(
+            lambda request: kit.http.Response(200, content=body, headers=headers),
+            is_async=is_async,
+        )
+        tokenmeter.instrument("anthropic")
+        read = await read_through(bedrock_stream(client, "streaming"), "iter_bytes")
+        with contextlib.suppress(Exception):  # the SDK's stream raises what it refuses
+            await parsed(bedrock_stream(client, "streaming"), kit)
+        expected = fake.anthropic_usage.output_tokens
+    else:
+        body = kit.chat_sse(3, kit.CHAT_USAGE).replace(
+            b"data: [DONE]", b"data: {not json\n\ndata: [DONE]"
+        )
+        client = kit.mock_openai(lambda request: kit.sse_response(body), is_async=is_async)
+        tokenmeter.instrument("openai")
+        create = CALLS["chat stream"][1]
+        read = await read_through(create(client), "iter_bytes")
+        with contextlib.suppress(Exception):
+            await parsed(create(client), kit)
+        expected = kit.CHAT_USAGE["completion_tokens"]
+
+    assert b"".join(read) == body
+    read_record, parse_record = records()
+    assert summary(read_record) == summary(parse_record)
+    assert (read_record.error, parse_record.error) == (error, error)
+    assert (read_record.output_tokens, read_record.estimated) == (expected, False)
 
 
 @pytest.mark.parametrize(("way", "read"), [("streaming", "iter_lines"), ("raw", "iter_text")])

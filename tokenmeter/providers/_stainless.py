@@ -450,7 +450,7 @@ class _RawResponseProxy(SDKObjectProxy):
             self._self_read_whole_stream()
         else:  # read through iter_*(), not to its end
             body.left()
-        plan.call.finish()
+        plan.call.finish(None if body is None else body.refused)
 
     def _self_read_whole_stream(self) -> None:
         """A stream's body the caller read whole: its events are read as through ``iter_bytes()``
@@ -717,16 +717,30 @@ def _whole_events(data: bytes) -> int:
 
 def _whole_frames(data: bytes) -> int:
     """How many bytes of ``data`` are whole AWS event-stream frames (each begins with its total
-    length, 4 bytes big-endian). Raises on a length no frame has: the body is not one."""
+    length, 4 bytes big-endian). They end at a length no frame has (junk after the last frame,
+    a corrupted length): the frames before it are good all the same, and the SDK's decoder
+    reads them before it meets the bad one."""
     end = 0
     while len(data) - end >= 4:
         length = int.from_bytes(data[end : end + 4], "big")
-        if length < _MIN_FRAME:
-            raise ValueError(f"not an AWS event-stream frame (length {length})")
-        if end + length > len(data):
+        if length < _MIN_FRAME or end + length > len(data):
             break
         end += length
     return end
+
+
+#: What an SDK's stream raises on a body it refuses: an error event's ``APIError``, an AWS
+#: event-stream frame botocore's decoder refuses (``ParserError``: a bad checksum or length).
+_SDK_REFUSALS = frozenset({"APIError", "ParserError"})
+
+
+def _refused_by_sdk(exc: Exception) -> bool:
+    """True for an exception the SDK's own stream raises to its reader on this body: those,
+    and an event that is no JSON (``JSONDecodeError``) or no text (``UnicodeDecodeError``),
+    both ``ValueError``. Anything else is a fault of ours in reading it."""
+    return isinstance(exc, ValueError) or any(
+        kind.__name__ in _SDK_REFUSALS for kind in type(exc).__mro__
+    )
 
 
 def _unencoded(http: Any) -> bool:
@@ -765,6 +779,9 @@ class _BodyReading:
         self.events = 0
         #: AWS event-stream frames, not SSE events (decided when a stream's reading begins).
         self.framed = False
+        #: What the SDK's own stream raised on this body (its reader would have got it): the
+        #: call's error, recorded as that stream records it.
+        self.refused: Exception | None = None
         if self.plan.streamed:
             self.plan.call.reader = self.reader = self.plan.endpoint.new_reader(False)
             self.framed = _is_event_stream(getattr(response.__wrapped__, "http_response", None))
@@ -822,26 +839,25 @@ class _BodyReading:
         except Exception:
             self.fault()
 
-    def parse(self) -> None:
-        """Feed the reader the whole events (or frames) waiting."""
+    def parse(self, final: bool = False) -> None:
+        """Feed the reader the whole events (or frames) waiting. ``final``: no more bytes come
+        (the body ended, broke off or was left)."""
         assert self.reader is not None
         data = b"".join(self.pending)
-        end = _whole_frames(data) if self.framed else _whole_events(data)
+        # Frames: at the end, what is left is given to the SDK's decoder too, as its own stream
+        # gives it every byte: it fails on bytes that are no frame (a bad length or checksum),
+        # or waits for more (a frame cut short), as that stream does.
+        if not self.framed:
+            end = _whole_events(data)
+        else:
+            end = len(data) if final else _whole_frames(data)
         if not end:
             return
         self.pending, self.size = ([data[end:]], len(data) - end) if end < len(data) else ([], 0)
-        try:
-            if self.framed:  # each frame's event is in base64 inside it: the SDK reads them all
-                self.feed_parsed(data[:end])
-            else:
-                self.feed_sse(data[:end])
-        except Exception as exc:
-            if not any(kind.__name__ == "APIError" for kind in type(exc).__mro__):
-                raise
-            # An error event: the SDK's stream raises it; the caller reading the body does not
-            # see it. Recorded as the call's error, as the stream would have been.
-            self.plan.call.failure = type(exc).__name__
-            self.stop()
+        if self.framed:  # each frame's event is in base64 inside it: the SDK reads them all
+            self.feed_parsed(data[:end])
+        else:
+            self.feed_sse(data[:end])
 
     def feed_sse(self, batch: bytes) -> None:
         """Feed the reader whole SSE events. The SDK parses those the reader needs (the first
@@ -853,6 +869,8 @@ class _BodyReading:
         call, feed = self.plan.call, self.reader.feed
         run: list[bytes] = []
         for event in batch.split(b"\n\n"):
+            if self.stopped:  # the SDK's stream failed on an event: it reads none after it
+                return
             if b"data:" not in event or event.startswith(b"data: [DONE]"):
                 continue  # a comment, a keep-alive, the end: no event of the SDK's stream
             self.events += 1
@@ -875,7 +893,21 @@ class _BodyReading:
         if response is None:  # dropped: recorded then, with what it had read (``_self_settle``)
             self.stop()
             return
-        for event in response._self_events(data):
+        events = response._self_events(data)
+        while True:
+            try:
+                event = next(events)
+            except StopIteration:
+                return
+            except Exception as exc:
+                if not _refused_by_sdk(exc):
+                    raise
+                # The SDK's stream raises here (an error event's APIError; a frame or an event
+                # its decoder refuses): the caller reading the body does not see it. Recorded
+                # as the call's error, with the events read before it, as the stream would be.
+                self.refused = exc.with_traceback(None)
+                self.stop()
+                return
             feed(event, call)
 
     def ended(self) -> None:
@@ -885,14 +917,15 @@ class _BodyReading:
             if self.stopped:
                 call.missing = call.missing or self.reader is None
             elif self.reader is not None:
-                self.parse()  # an event not ended by an empty line is none (as for the SDK)
+                # An event not ended by an empty line is none (as for the SDK).
+                self.parse(final=True)
                 call.ran_out = True
             else:
                 body, self.pending = b"".join(self.pending), []
                 call.read("reading a raw response", _read_into, self.plan, json.loads(body))
         except Exception:
             self.fault()
-        call.finish()
+        call.finish(self.refused)
 
     def broken_off(self, error: BaseException) -> None:
         """The body failed part-way (the connection broke): the whole events that came are read
@@ -906,7 +939,7 @@ class _BodyReading:
         its whole events are read. (A JSON body is read from what the response kept, if any.)"""
         if not self.stopped:
             try:
-                self.parse()
+                self.parse(final=True)
             except Exception:
                 self.fault()
 
