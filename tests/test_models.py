@@ -11,6 +11,9 @@ from pydantic import BaseModel, ValidationError
 import tokenmeter
 from tokenmeter._models import Pass, first_error
 
+#: A pass's usage that has a pass of its own.
+NESTED_PASS = {"input_tokens": 2, "passes": ({"kind": "compaction", "usage": {"input_tokens": 1}},)}
+
 
 @pytest.mark.parametrize(
     ("model", "values", "message"),
@@ -34,6 +37,11 @@ from tokenmeter._models import Pass, first_error
             {"passes": ({"kind": "compaction", "usage": {"input_tokens": -1}},)},
             r"^passes\.0\.usage\.input_tokens: ",
         ),
+        (
+            tokenmeter.Usage,
+            {"input_tokens": 9, "passes": ({"kind": "compaction", "usage": NESTED_PASS},)},
+            r"^passes\[0\]\.usage: a pass has no passes of its own$",
+        ),
         (Pass, {"kind": "compaction"}, r"^usage: Field required"),
         (tokenmeter.Cost, {"total_usd": "abc"}, r"^total_usd: .*decimal \(got 'abc'\)$"),
         (tokenmeter.UsageRecord, {}, r"^timestamp: Field required"),
@@ -52,3 +60,19 @@ def test_building_a_model_from_bad_values_is_a_one_line_value_error_naming_the_f
     with pytest.raises(ValidationError) as validation:
         model.model_validate(values)
     assert first_error(validation.value) == str(excinfo.value)
+
+
+def test_a_pass_of_a_pass_is_refused_where_the_usage_is_made() -> None:
+    """A usage whose passes nested 600 deep (built level by level: each was valid on its own)
+    made price() raise RecursionError, not a ValueError; a pass of a pass means nothing in any
+    provider's billing, so the second level is refused."""
+    usage = tokenmeter.Usage(input_tokens=1, output_tokens=1)
+    with pytest.raises(ValueError, match=r"^passes\[0\]\.usage: a pass has no passes") as refused:
+        for _ in range(600):
+            compaction = Pass(kind="compaction", usage=usage)
+            usage = tokenmeter.Usage(input_tokens=1, output_tokens=1, passes=(compaction,))
+        tokenmeter.price("anthropic", "claude-sonnet-4-20250514", usage)
+    one_line_value_error(refused)
+    # One level, as every reader makes: priced as before.
+    assert usage.passes and not usage.passes[0].usage.passes
+    assert tokenmeter.price("anthropic", "claude-sonnet-4-20250514", usage).total_usd

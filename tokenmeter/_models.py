@@ -265,6 +265,12 @@ def check_usage_subsets(c: dict[str, Any]) -> None:
         _check_parts("tool_requests", tools, TOOL_REQUEST_KEYS)
     passes = c.get("passes")
     if passes:
+        for index, extra in enumerate(passes):
+            if extra.usage.passes:
+                # A pass is one billed sub-inference (a compaction, an advisor's message): no
+                # provider bills passes of a pass. A nesting of any depth would be priced level
+                # by level, and run out of stack deep down (RecursionError, not a ValueError).
+                raise ValueError(f"passes[{index}].usage: a pass has no passes of its own")
         extra_in = sum(p.usage.input_tokens for p in passes)
         extra_out = sum(p.usage.output_tokens for p in passes)
         if extra_in > total_in or extra_out > total_out:
