@@ -3305,6 +3305,64 @@ def test_configure_again_never_lets_two_writers_call_the_applications_sink_at_on
     assert [r.id for r in mine.records] == [held.id, later.id]
 
 
+def test_a_sink_configure_left_writing_in_the_background_and_named_again_keeps_one_writer() -> None:
+    """configure() replaced a sink inside a slow write (an upload taking 2 s) and left its writer
+    to finish in the background after exit_timeout; a later configure() naming the same object
+    again gave it a second writer: two threads called its write() at once (2 overlapping calls
+    in 3 of 3 runs), where the docs promise a sink never is. The first writer goes on instead,
+    with the records it still holds, in order."""
+    mine, other = OneAtATime(), InMemorySink()
+    tokenmeter.configure(sinks=[mine, other], exit_timeout=0.1)
+    held = tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert mine.entered.wait(30)
+    waiting = tokenmeter.record("openai", "gpt-4o", 2, 1)  # behind the held write
+    tokenmeter.configure(sinks=[other])  # mine is left to finish in the background
+    tokenmeter.configure(sinks=[mine, other])
+    later = tokenmeter.record("openai", "gpt-4o", 3, 1)
+    tokenmeter.flush(0.3)  # the sink is still held
+    mine.release.set()
+    assert tokenmeter.flush(30)
+    assert not mine.overlapped
+    assert [r.id for r in mine.records] == [held.id, waiting.id, later.id]
+
+
+class HeldInClose(Held, InMemorySink):
+    """The in-memory sink, held in ``close``; notes a write made while it is closing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closing = False
+        self.wrote_while_closing = False
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        self.wrote_while_closing |= self.closing
+        super().write(records)
+
+    def close(self) -> None:
+        self.closing = True
+        self.hold()
+        self.closing = False
+
+
+def test_a_sink_named_again_while_its_old_writer_closes_it_is_written_once_that_is_done() -> None:
+    """A sink whose close() outlasted exit_timeout (a file lock held elsewhere), named again
+    by a later configure(): its new writer wrote to it while the old one was still closing it
+    (JSONLSink: the descriptor closed under the new writer's append, "Bad file descriptor")."""
+    mine, other = HeldInClose(), InMemorySink()
+    tokenmeter.configure(sinks=[mine, other], exit_timeout=0.1)
+    first = tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert tokenmeter.flush(30)
+    tokenmeter.configure(sinks=[other])
+    assert mine.entered.wait(30)  # its writer is closing it, held there
+    tokenmeter.configure(sinks=[mine, other])
+    second = tokenmeter.record("openai", "gpt-4o", 2, 1)
+    assert not tokenmeter.flush(0.3)  # held behind the close
+    mine.release.set()
+    assert tokenmeter.flush(30)
+    assert not mine.wrote_while_closing
+    assert [r.id for r in mine.records] == [first.id, second.id]
+
+
 def test_flush_right_after_configure_waits_for_the_records_a_kept_sink_still_holds() -> None:
     mine = OneAtATime()
     tokenmeter.configure(sinks=[mine], exit_timeout=0.1)

@@ -551,7 +551,12 @@ class _Writer:
     """One sink, its buffer and the thread that drains it."""
 
     def __init__(
-        self, sink: Sink, max_queue: int, interval: float, quarantine: Path | None
+        self,
+        sink: Sink,
+        max_queue: int,
+        interval: float,
+        quarantine: Path | None,
+        earlier: Sequence[threading.Thread] = (),
     ) -> None:
         self.sink = sink
         self.settle(max_queue, interval, quarantine)
@@ -571,6 +576,12 @@ class _Writer:
         self._hurry = _Flag()
         self._urgent = False
         self._stopping = False
+        #: Past the point where a later configuration can take the writer over (``resume``): it
+        #: sets aside what its sink refused and closes it.
+        self._closing = False
+        #: Threads of earlier writers of the same sink, still ending: this one calls the sink
+        #: only once they have (``_wait_for_earlier``).
+        self._earlier = list(earlier)
         #: Once the writer has stopped (a new configuration, the exit): whether its sink took
         #: everything. A flush() is then answered with it: a marker put in the buffer after the
         #: last delivery would wait for a writer that is gone.
@@ -775,7 +786,7 @@ class _Writer:
     def revive(self) -> None:
         """Start the thread again once it has ended (after the exit flush: ``_write_late``)."""
         if not self._thread.is_alive():
-            self._stopping = False
+            self._stopping = self._closing = False
             with self._lock:
                 self._stopped = None
             self._thread = start_thread(self._run, f"tokenmeter-writer-{_name(self.sink)}")
@@ -835,6 +846,10 @@ class _Writer:
     def stop(self, timeout: float | None) -> None:
         """Write what is buffered, close the sink, end the thread."""
         self.ask_to_stop()
+        self.wait_stopped(timeout)
+
+    def wait_stopped(self, timeout: float | None) -> None:
+        """Wait up to ``timeout`` for the writer ``ask_to_stop`` was called for to end."""
         if self._unstarted is not None:
             self._start()  # stopping: it writes what it holds, closes its sink and ends
         if self._unstarted is not None:
@@ -855,6 +870,36 @@ class _Writer:
         self._stopping = True
         self._rouse()
 
+    def resume(self) -> bool:
+        """Cancel the stop of a writer a configuration replaced, still at work (a slow write):
+        a later configuration names its sink again and goes on with it, and with what it holds.
+        A second writer would call the sink while this one is still inside its write, then have
+        it closed under it. False once it has begun to set aside and close (``_closing``), or
+        has ended: the sink's next writer then waits for it (``_earlier``)."""
+        with self._lock:
+            if self._closing or not self._thread.is_alive():
+                return False
+            self._stopping = False
+        return True
+
+    def _stop_for_good(self) -> bool:
+        """Stopping, its deliveries done: True once no ``resume`` can take it back (then it sets
+        aside what its sink refused and closes it); False if one has."""
+        with self._lock:
+            self._closing = self._stopping
+            return self._closing
+
+    def _wait_for_earlier(self) -> None:
+        """Before its first call of the sink: wait for the earlier writers of the same sink to
+        end (one that was closing it when a configuration named it again), so that no two
+        threads call it at once. Counted as inside a write meanwhile: callers do not wait for
+        it, and the exit sets aside what it holds (``abandon``) if they never end."""
+        for thread in self._earlier:
+            self._in_write, self._writing_since = (), time.monotonic()
+            thread.join()
+            self._abandoned_meanwhile()
+        self._earlier = []
+
     def _rouse(self) -> None:
         """Have the writer deliver now, asleep or gathering."""
         self._urgent = True
@@ -864,6 +909,7 @@ class _Writer:
     # -- writer thread -----------------------------------------------------------------------------
     def _run(self) -> None:
         _on_a_writer.running = True
+        self._wait_for_earlier()
         while True:
             try:
                 if self._wait():
@@ -872,6 +918,8 @@ class _Writer:
                     self._last_tries(stopped)
                     ok = not self._pending and not self._accused
                     self._offer_sessions(stopped)
+                    if not self._stop_for_good():  # its sink named again: it goes on
+                        continue
                     self._set_aside_pending()
                     _quietly(self.sink.close, self.sink)
                     self._release_markers(ok=ok)
@@ -1672,12 +1720,13 @@ class _Pipeline:
                 continue  # one object named twice: one writer, every record once
             writer = next((kept for kept in carried if kept.sink is sink), None)
             if writer is None:
-                writer = _Writer(sink, max_queue, interval, quarantine)
+                writer = _Writer(sink, max_queue, interval, quarantine, _earlier_writers(sink))
             else:
                 writer.settle(max_queue, interval, quarantine)
             self.writers.append(writer)
         for writer in carried:
             if writer not in self.writers:  # passed on, then not used: ends on its own thread
+                _ending.append(writer)  # waited for by flush(), the exit and its next writer
                 writer.stop(0)
         #: A writer is behind: records are queued packed (they will wait long).
         self._backlog = False
@@ -1714,6 +1763,12 @@ class _Pipeline:
         are stopped or passed on."""
         with self._lock:
             self._replaced = True
+
+
+def _earlier_writers(sink: Sink) -> list[threading.Thread]:
+    """The threads of the writers of ``sink`` that a configuration replaced and that are still
+    ending (``_ending``): a new writer of it waits for them before it calls it."""
+    return [w._thread for w in _ending if w.sink is sink and w._thread.is_alive()]
 
 
 def _flush_writers(
@@ -1800,18 +1855,21 @@ def _report_unflushed(failed: list[str], timed_out: list[str], what: str) -> Non
 _STOP_GRACE = 0.1
 
 
-def _stop_writers(writers: Sequence[_Writer], timeout: float | None) -> None:
+def _stop_writers(writers: Sequence[_Writer], timeout: float | None, asked: bool = False) -> None:
     """Write what is buffered, close the sinks and end the writers (all within timeout).
 
     Every writer is woken first, then waited for: a hung sink's writer does not keep the others
     asleep until it has used up the timeout (they were then cut off before closing their sinks,
-    and reported as not having accepted their records at exit)."""
+    and reported as not having accepted their records at exit). ``asked``: ``ask_to_stop`` was
+    called already, under ``_lock`` (``set_sinks``): asked again here, a writer a later
+    configuration has taken over meanwhile (``resume``) would stop under it."""
     deadline = None if timeout is None else time.monotonic() + max(timeout, _STOP_GRACE)
-    for writer in writers:
-        writer.ask_to_stop()
+    if not asked:
+        for writer in writers:
+            writer.ask_to_stop()
     for writer in writers:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        writer.stop(left)
+        writer.wait_stopped(left)
 
 
 # -- module state --------------------------------------------------------------------------------
@@ -2308,7 +2366,9 @@ def set_sinks(
     """Replace the sinks: the current ones get everything submitted so far, then are closed,
     but those in ``keep_open`` (sink objects of the application's that the new sinks include):
     their writers, with what they still hold, go on in the new pipeline. A sink need not be
-    thread-safe: a second writer would call it while the first is still inside a slow write."""
+    thread-safe: a second writer would call it while the first is still inside a slow write.
+    So does the writer of a sink an earlier configuration replaced, left still writing after its
+    exit_timeout (``_ending``), when ``keep_open`` names that sink again (``resume``)."""
     global _pipeline, _sink_factory, _max_queue, _exit_timeout, _interval, _quarantine, _carried
     global _hurry_at, _sinkless
     catch_up()  # the calls made so far go to the sinks they were made under
@@ -2322,14 +2382,29 @@ def set_sinks(
         writers = [*_carried, *(old.writers if old is not None else ())]
         _carried = [w for w in writers if any(w.sink is kept for kept in keep_open)]
         ending = [w for w in writers if w not in _carried]
+        # Left finishing in the background by an earlier configure() and named again: each
+        # goes on (its stop cancelled), rather than beside a second writer of the same sink.
+        resumed = [w for w in _ending if any(w.sink is kept for kept in keep_open) and w.resume()]
+        _carried += resumed
+        _ending[:] = [w for w in _ending if w not in resumed]
         # Known to the exit flush while they end: a SIGTERM while configure() waits for them
         # (its handler runs right here) flushes them too, not only the new, empty pipeline.
         _ending.extend(ending)
-    _stop_writers(ending, old_timeout)  # the old sinks' own time limit
+        for writer in ending:  # under the lock: never after a later configure's ``resume``
+            writer.ask_to_stop()
+    _stop_writers(ending, old_timeout, asked=True)  # the old sinks' own time limit
     current = threading.current_thread()  # a writer configuring from its sink's write goes on
-    behind = [
-        w for w in ending if w._thread.is_alive() and w._thread is not current and not _held_here(w)
-    ]
+    with _locked():
+        # Those a configure() on another thread took over meanwhile are no longer ending.
+        behind = [
+            w
+            for w in ending
+            if w in _ending
+            and w._thread.is_alive()
+            and w._thread is not current
+            and not _held_here(w)
+        ]
+        _ending[:] = [w for w in _ending if w._thread.is_alive()]
     if behind:
         logger.error(
             "tokenmeter: sinks %s were still writing after exit_timeout (%ss) when configure() "
@@ -2337,8 +2412,6 @@ def set_sinks(
             ", ".join(_name(w.sink) for w in behind),
             old_timeout,
         )
-    with _locked():
-        _ending[:] = [w for w in _ending if w._thread.is_alive()]
 
 
 # -- process end -----------------------------------------------------------------------------------
