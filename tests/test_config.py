@@ -198,6 +198,17 @@ def test_the_callers_later_changes_to_what_configure_was_given_never_apply(
     assert ended == ["given"]
 
 
+def test_a_value_sharing_its_parts_is_copied_once_per_part(sink: InMemorySink) -> None:
+    """configure() copies what it keeps; a value whose lists share their parts (each level
+    holding the next twice) was copied once per path: 2**60 copies, configure() never returned.
+    Each part is copied once, and the value refused for what it is."""
+    shared: list[object] = []
+    for _ in range(60):
+        shared = [shared, shared]
+    with pytest.raises(ValueError, match="budgets"):
+        tokenmeter.configure(budgets=shared)
+
+
 @pytest.mark.parametrize(
     "periods",
     [{"daily"}, frozenset({"daily"}), (p for p in ["daily"]), ["daily"]],

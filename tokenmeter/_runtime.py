@@ -424,10 +424,8 @@ def configure(
                 continue
             try:
                 explicit[key] = _copied(value)
-            except RecursionError:
-                raise ValueError(
-                    f"tokenmeter setting {key!r} from configure(): nested too deeply"
-                ) from None
+            except RecursionError:  # too deep to be valid: Settings refuses it, naming the field
+                explicit[key] = value
         resolved, sources = _load(explicit)  # validate before changing anything
         check_settings_prices_file(resolved, sources)  # a bad file must not half-apply
         _check_state_file_apart(resolved.state_file, objects)
@@ -446,17 +444,28 @@ def configure(
             raise
 
 
-def _copied(value: Any) -> Any:
+def _copied(value: Any, done: dict[int, Any] | None = None) -> Any:
     """``value`` with its mappings and lists copied at every depth (anything else as given, for
     Settings to take or reject naming the setting). ``configure()`` keeps its arguments and
     validates them again at every later call: the caller's own dicts kept there (a price entry,
     a budget's table, a list of hooks) put the application's later changes to them in force at
-    the next unrelated ``configure()``, a $5 budget becoming $500."""
-    if isinstance(value, Mapping):
-        return {key: _copied(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_copied(item) for item in value]
-    return value
+    the next unrelated ``configure()``, a $5 budget becoming $500.
+
+    ``done``: the copies made so far, by the original's id: a list or mapping met again (shared
+    by several parents) is copied once, not once per path to it (a hostile value sharing its
+    sub-lists 40 levels deep took 2**40 copies)."""
+    if not isinstance(value, Mapping | list | tuple):
+        return value
+    if done is None:
+        done = {}
+    copy = done.get(id(value))
+    if copy is None:
+        if isinstance(value, Mapping):
+            copy = {key: _copied(item, done) for key, item in value.items()}
+        else:
+            copy = [_copied(item, done) for item in value]
+        done[id(value)] = copy
+    return copy
 
 
 def _check_state_file_apart(state_file: Path | None, objects: Sequence[Sink]) -> None:
