@@ -150,6 +150,15 @@ def test_a_variable_set_but_empty_is_unset(
     assert sources[key] != variable
 
 
+@pytest.mark.parametrize("value", ["0", "off", "none", "FALSE"])
+def test_the_environment_turns_a_projects_reports_off(tmp_path: Path, value: str) -> None:
+    """An empty ``TOKENMETER_REPORTS`` is unset now: the variable still needs a way to turn off a
+    ``pyproject.toml``'s reports (for one CI job), and ``0`` is what the docs say for a switch."""
+    (tmp_path / "pyproject.toml").write_text('[tool.tokenmeter]\nreports = "weekly"\n')
+    resolved, sources = load_settings_with_sources(env={"TOKENMETER_REPORTS": value}, cwd=tmp_path)
+    assert (resolved.reports, sources["reports"]) == ((), "TOKENMETER_REPORTS")
+
+
 def test_callbacks_cannot_be_written_in_toml(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text('[tool.tokenmeter]\non_alert = "print"\n')
     with pytest.raises(ValueError, match="on_alert holds code: set it with configure"):

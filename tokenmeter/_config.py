@@ -451,6 +451,10 @@ def _some_providers(value: str) -> str:
 
 
 def _some_reports(value: str) -> str:
+    """``TOKENMETER_REPORTS``: periods, or ``0``/``off``/``none`` (no reports: the variable's
+    way to turn off a ``pyproject.toml``'s, now that an empty one is unset)."""
+    if value.strip().lower() in _FALSE | {"none"}:
+        return ""
     if not value.replace(",", " ").strip():  # as TOKENMETER_PROVIDERS: not a wish for none
         raise ValueError(
             "is set but names no report period; unset it for the pyproject.toml's (or none), "
