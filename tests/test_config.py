@@ -769,13 +769,6 @@ def test_smallest_queue_and_zero_exit_timeout_are_allowed() -> None:
         ("prices = { my-model = { input_per_mtok = -1, output_per_mtok = 1 } }", r"'my-model'"),
         ("aliases = { prod = 3 }", r"'aliases'.*alias 'prod'"),
         ("colour = 'blue'", r"'colour' from .*pyproject.toml"),
-        # Two keys to TOML, one setting: the later line won (no time at all to flush at exit).
-        (
-            "exit_timeout = 30\nexit-timeout = 0",
-            r"\[tool.tokenmeter\] 'exit_timeout' is given twice \('exit_timeout' and "
-            r"'exit-timeout'\): keep one$",
-        ),
-        ("budget-warn-at = [2.0]\nbudget_warn_at = [0.5]", r"'budget_warn_at' is given twice"),
     ],
 )
 def test_bad_pyproject_value_is_a_one_line_value_error_naming_the_file(

@@ -634,7 +634,10 @@ def _from_pyproject(path: Path | None) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ValueError(f"{path}: [tool.tokenmeter] must be a table, got {short_repr(table)}")
     try:
-        table = _one_spelling(path, table)
+        table = {
+            key.replace("-", "_"): value if key in _EXACT else _floats(value)
+            for key, value in table.items()
+        }
     except RecursionError:
         raise ValueError(f"{path}: nested too deeply to be read") from None
     for key in _CODE_ONLY:
@@ -647,25 +650,6 @@ def _from_pyproject(path: Path | None) -> dict[str, Any]:
         if isinstance(value, str) and value.strip():
             table[key] = path.parent / os.path.expanduser(value)
     return table
-
-
-def _one_spelling(path: Path, table: dict[str, Any]) -> dict[str, Any]:
-    """``table`` with its keys spelt with ``_`` (``exit-timeout`` is ``exit_timeout``), refusing a
-    setting given in both spellings: TOML sees two keys, and the later line silently replaced
-    the earlier (a snippet pasted below the project's ``exit_timeout = 30`` left no time to
-    flush at exit), where TOML refuses one key given twice."""
-    found: dict[str, Any] = {}
-    spelt: dict[str, str] = {}
-    for key, value in table.items():
-        name = key.replace("-", "_")
-        if name in found:
-            raise ValueError(
-                f"{path}: [tool.tokenmeter] {name!r} is given twice ({spelt[name]!r} and "
-                f"{key!r}): keep one"
-            )
-        found[name] = value if key in _EXACT else _floats(value)
-        spelt[name] = key
-    return found
 
 
 def load_settings(
