@@ -265,6 +265,17 @@ def test_an_alias_set_under_a_models_name_applies_to_its_versioned_names() -> No
     assert (cost.total_usd, cost.priced_model) == (Decimal("0.75"), "gpt-4o-mini")
 
 
+def test_a_versioned_names_own_price_wins_over_an_alias_of_its_models_name() -> None:
+    """An alias set under ``gpt-4`` took ``gpt-4-0613`` to the alias's table price ($10 for 1M
+    input), though the user priced ``gpt-4-0613`` itself ($1): the name's own price comes first."""
+    set_user_prices({"gpt-4-0613": {"input_per_mtok": 1, "output_per_mtok": 2}})
+    set_aliases({"gpt-4": "gpt-4-turbo"})
+    usage = Usage(input_tokens=1_000_000, output_tokens=0)
+
+    assert price_usage("openai", "gpt-4-0613", usage, at=DAY).total_usd == Decimal(1)
+    assert price_usage("openai", "gpt-4-0314", usage, at=DAY).priced_model == "gpt-4-turbo"
+
+
 def test_prices_from_a_toml_file(tmp_path: Path) -> None:
     path = tmp_path / "prices.toml"
     path.write_text(

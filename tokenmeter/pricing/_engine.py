@@ -669,9 +669,14 @@ def _user_prices(
 
 def _with_alias(names: list[str]) -> list[str]:
     """The spellings of the model the user's alias of ``names`` names, else ``names``. An alias
-    set under a model's name applies to its versioned names too (``with_unversioned``)."""
+    set under a model's name applies to its versioned names too (``with_unversioned``), unless
+    the user priced one of ``names`` itself: a price set for ``gpt-4-0613`` beside an alias of
+    ``gpt-4`` prices ``gpt-4-0613`` (the alias took it to the table's price)."""
     aliases = _overrides.aliases()
-    for name in with_unversioned(names):
+    unversioned = with_unversioned(names)[len(names) :]
+    if unversioned and _overrides.find_user_prices(names) is not None:
+        unversioned = []
+    for name in [*names, *unversioned]:
         target = aliases.get(name)
         if target is not None:
             return name_candidates(target)
