@@ -1163,6 +1163,41 @@ def test_a_poison_record_queued_behind_a_backlog_is_set_aside_as_a_record() -> N
     assert kept["record"] == bad.to_json_dict()
 
 
+class TakesOneThenFull(HungSink):
+    """Takes its first write once ``release`` is set, then one more single record, and
+    refuses every other write with the disk's error: a disk that fills up while the writer has
+    a backlog."""
+
+    taken = 0
+
+    def write(self, records: Sequence[UsageRecord]) -> None:
+        self.hold()
+        if self.taken == 0 or (self.taken == 1 and len(records) == 1):
+            self.taken += 1
+            InMemorySink.write(self, records)
+            return
+        raise OSError(28, "No space left on device")
+
+
+def test_records_set_aside_behind_a_backlog_keep_the_sinks_own_error() -> None:
+    """Records made before the sink failed wait as records, those queued behind its backlog
+    packed: the isolation pass put both back as one run, whose next write handed the packed
+    ones to the sink, and at the stop all 299 were set aside under "AttributeError: 'tuple'
+    object has no attribute ..." instead of the disk's error."""
+    sink = TakesOneThenFull()
+    tokenmeter.configure(sinks=[sink])
+    made = [tokenmeter.record("openai", "gpt-4o", 1, 1)]
+    sink.entered.wait(30)
+    made += [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(299)]
+    sink.release.set()
+    assert not tokenmeter.flush(30)
+    tokenmeter.configure(sinks=[])  # the sink stops: what it refuses is set aside
+    kept = [json.loads(line) for line in (Path(".tokenmeter") / "quarantine.jsonl").open()]
+    assert {line["error"] for line in kept} == {"OSError: [Errno 28] No space left on device"}
+    stored = [r.id for r in sink.records] + [line["record"]["id"] for line in kept]
+    assert sorted(stored) == sorted(r.id for r in made)
+
+
 def test_a_row_the_database_refuses_is_set_aside_as_its_record(tmp_path: Path) -> None:
     """The SQLite sink's rows are made on the caller's thread and wait as rows: one that the
     database refuses (here by a trigger) is set aside as its record's JSON, and every other

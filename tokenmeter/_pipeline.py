@@ -1442,9 +1442,17 @@ class _Writer:
             self._pending.popleft()  # every item is now written, set aside or put back below
         self._done_in_pass = set()
         self._accused += accused
-        if suspects:
-            self._pending.appendleft(suspects)
+        self._put_back(suspects)
         return True
+
+    def _put_back(self, items: list[Any]) -> None:
+        """Put ``items`` (in order) back at the head of ``_pending`` as runs of one type each,
+        as ``_deliver`` makes them: ``_write`` reads a run's type from its first item, and a run
+        of records made before the sink failed and records queued packed behind its backlog
+        handed the packed ones to the sink's ``write`` (every record set aside at exit under
+        "AttributeError: 'tuple' object has no attribute ...", not the sink's own error)."""
+        runs = [list(run) for _, run in itertools.groupby(items, key=type)]
+        self._pending.extendleft(reversed(runs))
 
     def _took(self, item: Any) -> bool:
         """Write ``item`` alone: whether the sink took it."""
