@@ -376,6 +376,7 @@ def test_connections_killed_mid_stream_lose_and_duplicate_nothing(
 def test_a_server_restart_mid_stream_loses_and_duplicates_nothing(
     pg_server: PgServer,
 ) -> None:
+    pg_server.require_restart()  # here: the restarts are made on other threads
     dsn = pg_server.create_database()
     tokenmeter.configure(sinks=[PostgresSink(dsn, connect_timeout_s=2)])
     restarts: list[threading.Thread] = []
