@@ -26,7 +26,7 @@ import pytest
 from helpers import Held, HungSink, refuse_threads, run_python, wait_for
 
 import tokenmeter
-from tokenmeter import SessionInfo, UsageRecord, _pipeline
+from tokenmeter import SessionInfo, UsageRecord, _pipeline, _runtime
 from tokenmeter.sinks import InMemorySink, JSONLSink, SQLiteSink
 
 
@@ -3191,6 +3191,34 @@ def test_the_applications_own_sigterm_handler_is_never_replaced(tmp_path: Path) 
     assert child.stdout.read().strip() == "app handler"
     with sqlite3.connect(tmp_path / "m" / "usage.db") as db:  # its sys.exit() ran atexit
         assert db.execute("select count(*) from records").fetchone() == (1000,)
+
+
+def test_a_submit_observer_goes_with_its_owner_and_a_reset_forgets_every_one() -> None:
+    """An observer left by an owner that is gone (a sink made and dropped unclosed) kept every
+    later call's record on the caller's thread for the life of the process; the tests' reset
+    left it too, for the next test."""
+
+    class Owner:
+        pass
+
+    def observe(item: object) -> None:
+        pass
+
+    tokenmeter.configure(sinks=[InMemorySink()])
+    tokenmeter.record("openai", "gpt-4o", 10, 2)  # the writers are at work
+    assert _pipeline.can_make_later()
+    owner = Owner()
+    _pipeline.add_submit_observer(observe, owner=owner)
+    assert not _pipeline.can_make_later()
+    del owner
+    gc.collect()
+    assert _pipeline.can_make_later()
+    assert _pipeline._submit_observers == []
+
+    kept = Owner()
+    _pipeline.add_submit_observer(observe, owner=kept)
+    _runtime.reset()
+    assert _pipeline._submit_observers == []
 
 
 def test_submit_observers_run_on_the_callers_thread_and_cannot_fail_the_call(

@@ -100,6 +100,7 @@ __all__ = [
     "before_exit_stop",
     "can_make_later",
     "catch_up",
+    "clear_submit_observers",
     "exit_deadline",
     "exit_time_left",
     "exit_timeout",
@@ -2127,23 +2128,65 @@ def _mark_exit_flushed() -> None:
 #: must capture something only the caller's thread knows (the OTel sink: the active span). Each
 #: must be quick and must not raise.
 _submit_observers: list[Callable[[UsageRecord | SessionInfo], None]] = []
+#: The weak references to the observers' owners (``add_submit_observer``), by observer: kept
+#: here, their callbacks run when the owners are collected.
+_observer_owners: dict[Callable[[UsageRecord | SessionInfo], None], weakref.ref[Any]] = {}
+#: Observers whose owner the garbage collector took, to drop (``_observing``).
+_gone_observers: list[Callable[[UsageRecord | SessionInfo], None]] = []
 
 
-def add_submit_observer(observer: Callable[[UsageRecord | SessionInfo], None]) -> None:
-    """Call ``observer(item)`` on the caller's thread for every item submitted from now on."""
+def add_submit_observer(
+    observer: Callable[[UsageRecord | SessionInfo], None], owner: object | None = None
+) -> None:
+    """Call ``observer(item)`` on the caller's thread for every item submitted from now on.
+
+    With ``owner``, only while ``owner`` lives (``observer`` holding it weakly, as the OTel
+    sink's does): a sink made and dropped unclosed (one a refused ``configure()`` was given) left
+    its observer for the life of the process, and with it every call's record made on the
+    caller's thread (``can_make_later``)."""
     with _locked():
         _submit_observers.append(observer)
+        if owner is not None:
+            _observer_owners[observer] = weakref.ref(
+                owner, lambda _: _gone_observers.append(observer)
+            )
 
 
 def remove_submit_observer(observer: Callable[[UsageRecord | SessionInfo], None]) -> None:
     with _locked(), contextlib.suppress(ValueError):
+        _observer_owners.pop(observer, None)
         _submit_observers.remove(observer)
+
+
+def clear_submit_observers() -> None:
+    """Forget every observer, as in a new process (the tests' isolation: ``_runtime.reset``):
+    one whose owner is not collected yet would keep the next test's records on its thread."""
+    with _locked():
+        _submit_observers.clear()
+        _observer_owners.clear()
+        _gone_observers.clear()
+
+
+def _observing() -> bool:
+    """Whether a submit observer is left once those whose owner is gone are dropped.
+
+    Dropped here, not by the garbage collector's callback: that runs on whichever thread
+    allocated, perhaps in the middle of taking ``_lock`` or iterating the list, so it only notes
+    the observer. No lock is taken here either (the caller's thread, in the middle of a call):
+    each step is one list operation."""
+    while _gone_observers:
+        with contextlib.suppress(IndexError):  # another thread took it meanwhile
+            observer = _gone_observers.pop()
+            _observer_owners.pop(observer, None)
+            with contextlib.suppress(ValueError):
+                _submit_observers.remove(observer)
+    return bool(_submit_observers)
 
 
 def submit(item: UsageRecord | SessionInfo) -> None:
     """Queue a record or a session for every sink; returns at once."""
     pipeline = _pipeline or _get()  # first use makes the sinks, which may add an observer
-    if _submit_observers:
+    if _submit_observers and _observing():
         for observer in _submit_observers:
             try:
                 observer(item)
@@ -2196,7 +2239,7 @@ def can_make_later() -> bool:
         pipeline is not None
         and bool(pipeline.writers)
         and len(_later) < 2 * _max_queue
-        and not _submit_observers
+        and not (_submit_observers and _observing())
         and not _ended_pid
     )
 
@@ -3023,6 +3066,8 @@ def _after_fork_in_child() -> None:
     _carried = []
     _ending = []
     _submit_observers.clear()
+    _observer_owners.clear()
+    _gone_observers.clear()
     _flushing.clear()
     _later.clear()  # the parent's calls
     _held_back.clear()

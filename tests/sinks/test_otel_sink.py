@@ -571,6 +571,41 @@ def test_a_sink_never_configured_holds_none_of_the_applications_spans() -> None:
     assert call.parent.span_id == request.get_span_context().span_id
 
 
+def test_a_sink_dropped_unconfigured_leaves_the_calls_records_made_later() -> None:
+    """A dropped sink's watch stayed after the sink was collected: from then on, for the life of
+    the process, no call's record was made later by a writer (3 calls of 4 wait for one here),
+    every one was made on the application's thread."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from tokenmeter import _pipeline
+    from tokenmeter.sinks import InMemorySink, OTelSink
+
+    refused = OTelSink(
+        tracer_provider=TracerProvider(),
+        meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
+    )
+    with pytest.raises(ValueError, match="max_queue"):
+        tokenmeter.configure(sinks=[refused], max_queue=0)
+    del refused
+    gc.collect()
+
+    memory = InMemorySink()
+    tokenmeter.configure(sinks=[memory])
+    _pipeline.set_sinks(lambda: [memory], flush_interval=600.0)  # the writer waits: calls wait
+    tokenmeter.instrument(["openai"])
+    with FakeProvider() as fake, tokenmeter.session("chat"):
+        client = fake.openai_client()
+        for _ in range(4):  # the first of a model is made at once
+            client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": PROMPT}]
+            )
+        assert len(_pipeline._later) // 2 == 3
+    assert tokenmeter.flush(timeout=60)
+    assert len(memory.records) == 4
+
+
 def test_a_provider_that_is_no_provider_is_a_value_error_naming_the_argument() -> None:
     """The two swapped, an exporter's name or any other object raised AttributeError from
     inside the sink ('MeterProvider' object has no attribute 'get_tracer')."""

@@ -450,7 +450,7 @@ class OTelSink:
     def _observe(self) -> None:
         if self._observer is None:
             self._observer = _weak_observer(self)
-            self._pipeline.add_submit_observer(self._observer)
+            self._pipeline.add_submit_observer(self._observer, owner=self)
 
     def _after_fork_in_child(self) -> None:
         """A forked child uses a sink the application configured again, but the pipeline forgot
