@@ -4151,15 +4151,17 @@ atexit.register(check)
 import tokenmeter
 from tokenmeter import _estimate
 
-load = _estimate._bpe_openai
-def slow_load(name):
-    time.sleep(0.5)  # a cold disk: the import and vocabulary take a while
-    return load(name)
+exiting = threading.Event()
+def load_under_way_at_exit(name):
+    exiting.wait()  # still loading when the exit begins, whatever the machine's speed
+    time.sleep(1.0)  # and a while after: gone by the check only if the exit waited
+    return len  # no vocabulary read: the disk and CPU it takes are not the subject
 
-_estimate._bpe_openai = slow_load
+_estimate._bpe_openai = load_under_way_at_exit
 tokenmeter.record("openai", "gpt-4o", 1, 1)  # the exit flush runs
 with _estimate.without_waiting():  # a stream left early, estimated inside the call
     _estimate.count_tokens("a stream's text", "openai", "gpt-4o")
+atexit.register(exiting.set)  # registered last: the first thing the exit does
 """
 
 
@@ -4167,8 +4169,15 @@ def test_the_exit_waits_for_a_tokenizer_load_under_way(tmp_path: Path) -> None:
     """An estimate made inside a call (a stream the exit flush records) loads the tokenizer on
     a daemon thread. The interpreter ended while it imported: stopped holding the import lock,
     it hung the exiting program's next import for ever (an SDK stream's cleanup, when the
-    collector closed it: 1 run in 10-20 of a parse() stream helper that raised)."""
-    env = {**os.environ, "TOKENMETER_SINKS": "jsonl", "TOKENMETER_DIR": str(tmp_path / "m")}
+    collector closed it: 1 run in 10-20 of a parse() stream helper that raised). The exit
+    waits within ``exit_timeout``: given room here, so that a slow machine's exit flush does not
+    use up the default 10 s before the load ends."""
+    env = {
+        **os.environ,
+        "TOKENMETER_SINKS": "jsonl",
+        "TOKENMETER_DIR": str(tmp_path / "m"),
+        "TOKENMETER_EXIT_TIMEOUT": "100",  # below run_python's 120 s
+    }
     done = run_python("-c", _TOKENIZER_LOADING_AT_EXIT, env=env, cwd=tmp_path)
     assert done.stdout.strip() == "loaded"
 
