@@ -1384,6 +1384,69 @@ def test_a_tiered_models_request_is_estimated_at_the_price_of_its_own_tokens(
 
 
 @pytest.mark.parametrize(
+    ("provider", "model", "asked", "priced_at"),
+    [
+        ("openai", "gpt-4o", {"service_tier": "priority"}, "priority"),  # $4.25 / M, not $2.50
+        ("openai", "gpt-4o", {"service_tier": "flex"}, None),  # cheaper: kept at standard
+        ("openai", "gpt-4o", {"service_tier": "auto"}, None),
+        ("anthropic", "claude-opus-4-6", {"speed": "fast"}, "fast"),  # 6x standard
+        ("anthropic", "claude-opus-4-6", {"speed": "fast", "inference_geo": "us"}, "fast+us"),
+        ("anthropic", "claude-opus-4-6", {"inference_geo": "us"}, "standard+us"),  # 1.1x
+    ],
+)
+def test_a_request_is_estimated_at_the_dearer_service_tier_it_asks_for(
+    provider: str, model: str, asked: dict[str, str], priced_at: str | None
+) -> None:
+    """The estimate priced every request at the standard rates: a gpt-4o request asking for the
+    priority tier ($4.25 / M input) and a Claude Opus 4.6 one in fast mode (6x) were estimated
+    at a fraction of what their records cost. They are estimated at the tier asked for, as
+    their records are priced; never below the standard rates (flex)."""
+    from tokenmeter.guardrails._estimate import estimate_input_usd, input_bound_usd
+
+    messages = [{"role": "user", "content": "word " * 500}]
+    request: dict[str, Any] = {"model": model, "max_tokens": 5, "messages": messages, **asked}
+    tokens = tokenmeter.estimate(model, messages=messages).input_tokens
+    usage = {"input_tokens": tokens, "output_tokens": 0}
+    listed = tokenmeter.price(provider, model, usage, tier=priced_at).total_usd
+    assert listed is not None
+    estimate = estimate_input_usd(provider, model, (), {}, request)
+    assert estimate == listed
+    if priced_at is not None:
+        assert estimate > (tokenmeter.price(provider, model, usage).total_usd or 0)
+    bound = input_bound_usd(provider, model, request)
+    assert bound is None or bound >= float(estimate)
+
+
+def test_a_per_call_budget_refuses_a_priority_or_fast_request_whose_input_costs_too_much(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    """A $0.006 per-call budget let a 2,000-token gpt-4o request at the priority tier through,
+    recorded at $0.0085 (estimated at the standard $0.005), and a $1 one a 100,000-token Claude
+    Opus 4.6 request in fast mode, recorded at $3.00: both are refused before they are sent."""
+    configured(tmp_path, [{"limit_usd": 0.006, "period": "call"}])
+    text = "The quick brown fox jumps over the lazy dog. " * 200  # about 2,000 tokens
+    openai = fake.openai_client(max_retries=0)
+    messages = [{"role": "user", "content": text}]
+    openai.chat.completions.create(model="gpt-4o", messages=messages)  # $0.005 at standard
+    sent = len(fake.requests)
+    with pytest.raises(BudgetExceeded, match="per call"):
+        openai.chat.completions.create(model="gpt-4o", messages=messages, service_tier="priority")
+    with pytest.raises(BudgetExceeded, match="per call"):
+        openai.responses.create(model="gpt-4o", input=text, extra_body={"service_tier": "priority"})
+    configured(tmp_path, [{"limit_usd": 1, "period": "call"}])
+    claude = fake.anthropic_client(max_retries=0)
+    with pytest.raises(BudgetExceeded, match="per call") as refused:
+        claude.messages.create(
+            model="claude-opus-4-6",
+            max_tokens=10,
+            messages=[{"role": "user", "content": text * 45}],  # about 90,000 tokens: $0.45
+            extra_body={"speed": "fast"},
+        )
+    assert refused.value.estimate_usd > 2
+    assert len(fake.requests) == sent
+
+
+@pytest.mark.parametrize(
     ("provider", "model", "tokens"),
     [
         ("openrouter", "qwen/qwen3-coder-flash", 6_000),  # base rate: its tier starts at 32k

@@ -9,6 +9,11 @@ fees per request once (Perplexity's request fee; the web search a Chat Completio
 makes for every answer), up to its first long-context tier; past it, by the pricing engine.
 Perplexity's fee is its low search context's unless the request asks for a larger one
 (``web_search_options.search_context_size``): that one is priced by the engine too.
+
+A request that asks for a dearer service tier is estimated at that tier's rates (OpenAI's
+``service_tier: "priority"``, Anthropic's ``speed: "fast"`` and ``inference_geo: "us"``): its
+record will be priced there, and a per-call budget refuses a request whose input alone costs more.
+A cheaper tier (``flex``) is estimated at the standard rates: the server may serve it at those.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any, NamedTuple
 from tokenmeter._estimate import _input_bound, _input_parts, _usage_of
 from tokenmeter._models import MAX_TOKENS, Usage, usage_of
 from tokenmeter.pricing import describe_price, price_usage
+from tokenmeter.pricing._source import known_tier, normalise_tier
 from tokenmeter.usage.openai import asked_search_context, with_chat_search
 
 __all__ = ["estimate_input_usd", "input_bound_usd"]
@@ -61,18 +67,57 @@ def estimate_input_usd(
             _count_arg(value, counter, positional=False)
         chars = counter[0]
         tokens = min(chars // 4 + (1 if chars % 4 else 0), MAX_TOKENS)
-    price = _input_price(provider, model)
+    tier = _dearer_tier(provider, model, request if request is not None else kwargs)
+    price = _input_price(provider, model, tier)
     if tokens > price.linear_up_to or sized:  # a tier or a larger fee may apply: the engine's
-        return _priced(provider, model, usage_of(input_tokens=tokens, output_tokens=0), sized)
+        usage = usage_of(input_tokens=tokens, output_tokens=0)
+        return _priced(provider, model, usage, sized, tier)
     return price.usd(tokens)
 
 
-def _priced(provider: str, model: str, usage: Usage, sized: str | None = None) -> Decimal:
+def _priced(
+    provider: str,
+    model: str,
+    usage: Usage,
+    sized: str | None = None,
+    tier: str | None = None,
+) -> Decimal:
     """``usage`` priced by the engine, with the search a search model makes for every answer
-    counted (as its record will count it), and the search context size ``sized`` asked for."""
+    counted (as its record will count it), the search context size ``sized`` asked for, and at
+    the service ``tier`` asked for."""
     if sized is not None:
         usage = usage.model_copy(update={"tool_requests": {**usage.tool_requests, sized: 1}})
-    return price_usage(provider, model, with_chat_search(usage, model)).total_usd or _ZERO
+    priced = price_usage(provider, model, with_chat_search(usage, model), tier=tier)
+    return priced.total_usd or _ZERO
+
+
+def requested_tier(request: Any) -> str | None:
+    """The service tier a request body asks for, spelled as ``tokenmeter.price()`` takes it
+    (``"priority"``, ``"fast+us"``), or None for the standard one: OpenAI's ``service_tier``,
+    Anthropic's ``speed: "fast"`` and US-only ``inference_geo``. Only a plain dict is read (the
+    body the Stainless SDKs send, ``extra_body`` merged in, or the call's keyword arguments)."""
+    if type(request) is not dict:
+        return None
+    tier = request.get("service_tier")
+    name = tier.strip().lower() if type(tier) is str and known_tier(tier) else "standard"
+    if request.get("speed") == "fast":
+        name = "fast"
+    region = request.get("inference_geo")
+    if type(region) is str and region.strip().lower() == "us":
+        return f"{normalise_tier(name)}+us"
+    return None if normalise_tier(name) == "standard" else name
+
+
+def _dearer_tier(provider: str, model: str, request: Any) -> str | None:
+    """The tier ``request`` asks for when ``model``'s input costs more there than at the
+    standard rates; None otherwise (flex, or a tier without a price of its own), so that a
+    request is never estimated below its standard price."""
+    tier = requested_tier(request)
+    if tier is None:
+        return None
+    if _input_price(provider, model, tier).per_token <= _input_price(provider, model).per_token:
+        return None
+    return tier
 
 
 def input_bound_usd(provider: str, model: str | None, request: Any) -> float | None:
@@ -86,7 +131,7 @@ def input_bound_usd(provider: str, model: str | None, request: Any) -> float | N
         return None
     if tokens is None:
         return None
-    price = _input_price(provider, model)
+    price = _input_price(provider, model, _dearer_tier(provider, model, request))
     if tokens > price.linear_up_to:
         return None
     return price.usd_float(tokens)
@@ -115,12 +160,14 @@ _NO_PRICE = _InputPrice(_ZERO, _ZERO, 0.0, 0.0, MAX_TOKENS)
 _PER_MTOK = Decimal(1_000_000)
 
 
-def _input_price(provider: str, model: str) -> _InputPrice:
-    """The model's base (lowest-tier) input rates, from the rates the engine prices calls with
-    (user prices, regions and fine-tunes included); kept per model until the settings change."""
-    price = _input_prices.get((provider, model))
+def _input_price(provider: str, model: str, tier: str | None = None) -> _InputPrice:
+    """The model's base (lowest-tier) input rates in the service ``tier`` (standard when None),
+    from the rates the engine prices calls with (user prices, regions and fine-tunes included);
+    kept per model and tier until the settings change."""
+    key = (provider, model, tier)
+    price = _input_prices.get(key)
     if price is None:
-        found = describe_price(provider, model)
+        found = describe_price(provider, model, tier=tier)
         if found is None:
             price = _NO_PRICE  # its estimate is $0, as its cost is unknown
         else:
@@ -133,7 +180,7 @@ def _input_price(provider: str, model: str) -> _InputPrice:
             )
         if len(_input_prices) >= _MAX_MODELS:  # a gateway passing its users' model names on
             _input_prices.clear()
-        _input_prices[(provider, model)] = price
+        _input_prices[key] = price
     return price
 
 
@@ -150,7 +197,7 @@ def _search_fee(provider: str, model: str) -> Decimal:
 _NO_TOKENS = Usage()
 #: Models whose input price is kept: past this many the cache starts over.
 _MAX_MODELS = 10_000
-_input_prices: dict[tuple[str, str], _InputPrice] = {}
+_input_prices: dict[tuple[str, str, str | None], _InputPrice] = {}
 
 
 def forget_prices() -> None:
