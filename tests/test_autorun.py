@@ -36,6 +36,22 @@ def test_the_programs_own_sessions_carry_the_runs_tags(sink: InMemorySink) -> No
     assert record.tags == {"tokenmeter_run": "run_1", "job": "7"}
 
 
+def test_the_runs_own_tag_wins_over_a_programs_session_and_record(sink: InMemorySink) -> None:
+    """A program session or ``record()`` tagged ``tokenmeter_run`` by the program replaced the
+    run's id, and escaped the run's ``--budget`` (scoped by that tag); other tags stay theirs."""
+    tags = {"tokenmeter_run": "run_1", "team": "search"}
+    _sessions.name_implicit_session("nightly", id="run_1", tags=tags, imposed=["tokenmeter_run"])
+    with (
+        tokenmeter.session("own", tags={"tokenmeter_run": "mine", "team": "a"}) as own,
+        tokenmeter.session("inner", tags={"tokenmeter_run": "deeper"}),
+    ):
+        inner = tokenmeter.record("openai", "gpt-4o", 10, 5)
+    by_hand = tokenmeter.record("openai", "gpt-4o", 10, 5, tags={"tokenmeter_run": "mine"})
+    assert own.effective_tags == {"tokenmeter_run": "run_1", "team": "a"}
+    assert inner.tags == {"tokenmeter_run": "run_1", "team": "a"}
+    assert by_hand.tags == {"tokenmeter_run": "run_1", "team": "search"}
+
+
 def test_naming_the_implicit_session_checks_like_session() -> None:
     with pytest.raises(ValueError, match="tags"):
         _sessions.name_implicit_session("x", tags={"": "v"})

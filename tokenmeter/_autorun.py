@@ -93,7 +93,12 @@ def start() -> None:
     from tokenmeter import _runtime, _sessions
 
     tags = json.loads(os.environ.get(ENV_TAGS) or "{}")
-    _sessions.name_implicit_session(os.environ.get(ENV_SESSION) or None, id=run_id, tags=tags)
+    # The run's own tags (its id; an outer run's) win over any the program gives its sessions
+    # or records: they scope the run's ``--budget``.
+    own = [key for key in tags if key == RUN_TAG or key.startswith(f"{RUN_TAG}.")]
+    _sessions.name_implicit_session(
+        os.environ.get(ENV_SESSION) or None, id=run_id, tags=tags, imposed=own
+    )
     totals = os.environ.get(ENV_TOTALS)
     if totals:
         _runtime.attach_sink(RunTotalsSink(Path(totals)))

@@ -200,7 +200,7 @@ def emit(
             "session_name": session.name if session_name is False else session_name,
             # A dict of the record's own: an application editing a returned record's tags
             # must not change the session's (nor its later records').
-            "tags": {**session_tags, **tags} if tags else dict(session_tags),
+            "tags": _tagged(session_tags, tags) if tags else dict(session_tags),
             "latency_ms": latency_ms,
             "streamed": streamed,
             "status": status,
@@ -703,3 +703,12 @@ def _transcribed(found: Extracted, response: Any) -> bool:
     return (
         field(field(response, "usage"), "type") == "tokens" and field(response, "text") is not None
     )
+
+
+def _tagged(session_tags: Mapping[str, str], tags: Mapping[str, str]) -> dict[str, str]:
+    """A record's own ``tags`` over its session's, but under the tags the process imposes
+    (``tokenmeter run``'s ``tokenmeter_run``): ``record(tags={"tokenmeter_run": ...})`` filed
+    the call outside the run, and out of its ``--budget``."""
+    merged = {**session_tags, **tags}
+    merged.update(_sessions.imposed_tags())
+    return merged

@@ -18,7 +18,7 @@ import secrets
 import sys
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -435,10 +435,12 @@ class Session:
             # session carried none of them, and escaped the run's ``--budget`` (scoped by tag).
             enclosing = parent.effective_tags if parent is not None else _implicit_tags()
             if enclosing:
+                merged = {**enclosing, **self._tags}
+                # ``tokenmeter run``'s own tag wins over the session's: a program's session
+                # tagged ``tokenmeter_run`` by its own escaped the run's ``--budget``.
+                merged.update(_imposed_tags)
                 self._effective_tags = FrozenTags(
-                    check_tags_size(
-                        {**enclosing, **self._tags}, "with those of the enclosing sessions"
-                    )
+                    check_tags_size(merged, "with those of the enclosing sessions")
                 )
             self._parent = parent
             self._stored_by = _enclosing_with_id(parent, self.id)
@@ -1247,6 +1249,10 @@ _implicit: Session | None = None
 _implicit_pid = 0
 #: Name, id and tags of the implicit session when set by `name_implicit_session`.
 _implicit_args: tuple[str | None, str | None, dict[str, str] | None] = (None, None, None)
+#: Those of its tags that win over any session's and any record's own (``tokenmeter run``'s
+#: ``tokenmeter_run``, which scopes the run's ``--budget`` and its reports): a process of the
+#: run cannot file a call outside the run by tagging it with that key.
+_imposed_tags: dict[str, str] = {}
 
 
 #: This process was forked from one that had imported tokenmeter (``store_forked_parts``).
@@ -1286,16 +1292,28 @@ def _implicit_tags() -> dict[str, str]:
 
 
 def name_implicit_session(
-    name: str | None = None, *, id: str | None = None, tags: dict[str, str] | None = None
+    name: str | None = None,
+    *,
+    id: str | None = None,
+    tags: dict[str, str] | None = None,
+    imposed: Collection[str] = (),
 ) -> None:
     """Give the implicit session of this process, and of processes forked from it, a name, an id
     and tags: ``tokenmeter run`` files every process of one run under one session this way. The
-    sessions the process opens at top level carry those tags too (theirs win)."""
-    global _implicit, _implicit_args
+    sessions the process opens at top level carry those tags too (theirs win, but for the keys
+    ``imposed``, whose values win over every session's and record's own)."""
+    global _implicit, _implicit_args, _imposed_tags
     Session(name, id=id, tags=tags)  # the same checks, the same ValueError, as session()
+    given = dict(tags) if tags else {}
     with _lock:
-        _implicit_args = (name, id, dict(tags) if tags else None)
+        _implicit_args = (name, id, given or None)
+        _imposed_tags = {key: value for key, value in given.items() if key in imposed}
         _implicit = None
+
+
+def imposed_tags() -> dict[str, str]:
+    """The tags that win over a record's own (``name_implicit_session``'s ``imposed``)."""
+    return _imposed_tags
 
 
 def announce(record_session: Session) -> None:
@@ -1367,8 +1385,8 @@ renew_after_fork(globals(), "_told")
 
 def reset() -> None:
     """Forget the implicit session (tests)."""
-    global _implicit, _implicit_pid, _implicit_args
-    _implicit, _implicit_pid, _implicit_args = None, 0, (None, None, None)
+    global _implicit, _implicit_pid, _implicit_args, _imposed_tags
+    _implicit, _implicit_pid, _implicit_args, _imposed_tags = None, 0, (None, None, None), {}
 
 
 # -- sessions follow work into threads ------------------------------------------------------------

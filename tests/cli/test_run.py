@@ -946,6 +946,33 @@ def test_budget_covers_the_programs_own_sessions_and_a_run_inside_the_run(
     assert len(fake.requests) == 2
 
 
+def test_budget_covers_a_programs_session_and_record_tagged_with_the_runs_own_key(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    """A program session tagged ``tokenmeter_run`` by the program (tags taken from a request)
+    replaced the run's id with its own value, so the run's ``--budget`` (scoped by that tag) no
+    longer covered it: all 5 calls of $0.002 were made under ``--budget 0.003``. The run's tag
+    wins, on the session's calls and on a ``record()`` tagged the same way."""
+    program = (
+        _FIVE_CALLS_IN_OWN_SESSIONS.replace(
+            'tokenmeter.session(f"job-{job}")',
+            'tokenmeter.session(f"job-{job}", tags={"tokenmeter_run": "mine", "team": "a"})',
+        )
+        + 'tokenmeter.record("openai", "m-test", 1, 1, tags={"tokenmeter_run": "mine"})\n'
+    )
+    app = _script(tmp_path / "app.py", program)
+    result = _run(["--budget", "0.003", "--", sys.executable, app.name], _env(fake), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "2\n"  # the third call would pass the budget: refused
+    assert len(fake.requests) == 2
+    with sqlite3.connect(tmp_path / ".tokenmeter" / "usage.db") as conn:
+        rows = conn.execute("SELECT tags, session_id FROM records").fetchall()
+    assert len(rows) == 6  # 2 made, 3 refused, 1 by hand (in the run's own session)
+    (run_id,) = {session for _, session in rows if session.startswith("run_")}
+    assert {json.loads(tags)["tokenmeter_run"] for tags, _ in rows} == {run_id}
+    assert sum(json.loads(tags).get("team") == "a" for tags, _ in rows) == 5
+
+
 _FIVE_CALLS = """
 import openai, tokenmeter
 client = openai.OpenAI(max_retries=0)
