@@ -24,7 +24,7 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from typing import Any
 
@@ -932,6 +932,13 @@ _PLAIN_MESSAGE = _MEDIA_KEYS | _TOOL_KEYS | _JSON_KEYS | {"type"}
 
 def _tool_tokens(tools: Any, provider: str, model: str) -> int:
     """Tool definitions are sent as their JSON schemas (formatting overhead aside)."""
+    if not isinstance(tools, list | tuple | Mapping):
+        # google-generativeai's GenerativeModel(tools=...) keeps them as a FunctionLibrary,
+        # whose str() is its repr: its declarations were estimated as a few tokens.
+        to_proto = getattr(tools, "to_proto", None)
+        if callable(to_proto):
+            with suppress(Exception):  # unreadable: counted as before
+                tools = to_proto()
     items = tools if isinstance(tools, list | tuple) else [tools]
     plain = [t if isinstance(t, Mapping) else (_plain(t) or str(t)) for t in items]
     share = _TOOL_SHARE[_family(provider)]

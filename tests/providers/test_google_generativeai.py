@@ -956,3 +956,41 @@ def test_search_grounding_is_a_billed_tool_request(
     assert record.tool_requests == {"web_search": 1}  # one grounded prompt
     assert record.cost_breakdown is not None
     assert record.cost_breakdown["web_search"] == Decimal("0.035")
+
+
+# -- budgets -----------------------------------------------------------------------------------
+
+
+def test_a_budget_counts_the_tools_declared_on_the_model(
+    fake: FakeProvider, instrumented: None, sink: InMemorySink, tmp_path: Any
+) -> None:
+    """``GenerativeModel(tools=...)`` keeps its tools as a FunctionLibrary, which the estimate
+    counted as its str(), a few tokens: a $0.01 per-call budget sent a request whose ~120k-token
+    tool description it refused (estimate $0.032) when passed to generate_content(tools=...).
+    Gemini bills function declarations as prompt tokens: every spelling is refused alike."""
+    tokenmeter.configure(
+        sinks=[sink],
+        directory=tmp_path / "tm",
+        budgets=[{"limit_usd": 0.01, "period": "call"}],
+        budget_ledger="memory",
+    )
+    description = "The quick brown fox jumps over the lazy dog. " * 12_000
+    tools = [{"function_declarations": [{"name": "lookup", "description": description}]}]
+    spellings = [
+        lambda: model("gemini-2.5-flash").generate_content("hi", tools=tools),
+        lambda: generative_models.GenerativeModel("gemini-2.5-flash", tools=tools).generate_content(
+            "hi"
+        ),
+        lambda: (
+            generative_models.GenerativeModel("gemini-2.5-flash", tools=tools)
+            .start_chat()
+            .send_message("hi")
+        ),
+    ]
+    estimates = []
+    for call in spellings:
+        with pytest.raises(tokenmeter.BudgetExceeded) as refused:
+            call()
+        estimates.append(refused.value.estimate_usd)
+    assert fake.requests == []
+    assert len(set(estimates)) == 1 and estimates[0] > Decimal("0.01")
