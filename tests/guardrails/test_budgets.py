@@ -753,6 +753,31 @@ def test_a_session_budget_with_raise(fake: FakeProvider, instrumented: None, sin
     assert free.over_budget and len(fake.requests) == 4
 
 
+def test_a_refusal_escapes_the_control_characters_of_a_session_name(
+    tmp_path: Path, fake: FakeProvider, instrumented: None
+) -> None:
+    """A session named from outside input ("job\\nERROR forged line\\x1b[2J") put a raw newline
+    and terminal escape in ``str(BudgetExceeded)`` (its scope part; the budget name part was
+    escaped) and in the blocked record's error: an application logging the refusal wrote a
+    forged line. Both are escaped now; ``exc.scope`` keeps the name as it is."""
+    memory = configured(tmp_path, [])
+    name = "job\nERROR forged line\x1b[2J"
+    with (
+        tokenmeter.session(name, budget_usd=0, on_exceed="raise"),
+        pytest.raises(BudgetExceeded) as refused,
+    ):
+        chat(fake)
+    message = str(refused.value)
+    assert "job\\nERROR forged line\\x1b[2J" in message
+    assert refused.value.scope == f"session={name}"
+    assert tokenmeter.flush(5)
+    (blocked,) = memory.records
+    assert blocked.status == "blocked" and blocked.error is not None
+    for text in (message, blocked.error):
+        assert text.isprintable(), text
+    assert fake.requests == []
+
+
 def test_calls_a_session_budget_refused_are_no_calls_of_the_averages_per_call(
     tmp_path: Path, fake: FakeProvider, instrumented: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

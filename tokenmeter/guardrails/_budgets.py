@@ -37,7 +37,7 @@ from tokenmeter._models import MAX_NAME, UNREADABLE_USAGE, Usage, UsageRecord, c
 from tokenmeter._registry import canonical, gemini_path, provider_of_sdk, short_model
 from tokenmeter._totals import USD_CONTEXT
 from tokenmeter.guardrails import _leases, _state
-from tokenmeter.guardrails._errors import BudgetExceeded
+from tokenmeter.guardrails._errors import BudgetExceeded, printable
 from tokenmeter.guardrails._estimate import estimate_input_usd, forget_prices, input_bound_usd
 from tokenmeter.guardrails._ledger import (
     BudgetLedger,
@@ -1028,7 +1028,7 @@ def _block(
         operation=call.operation,
         streamed=call.streamed,
         status="blocked",
-        error=f"BudgetExceeded: {name}"[:500],
+        error=f"BudgetExceeded: {printable(name)}"[:500],  # a session's name, escaped
         estimated=True,
         priced=False,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-__all__ = ["BudgetExceeded"]
+__all__ = ["BudgetExceeded", "printable"]
 
 
 class BudgetExceeded(Exception):
@@ -30,8 +30,11 @@ class BudgetExceeded(Exception):
         self.spent_usd = spent_usd
         self.estimate_usd = estimate_usd
         self.period = period
+        # The scope may hold a session name taken from outside input (a request header): a
+        # newline or a terminal escape in it, raw, forged a line of the log the application
+        # writes this message to. ``self.scope`` stays as recorded.
         super().__init__(
-            f"budget {budget!r} ({scope}, per {period}) would be exceeded: "
+            f"budget {budget!r} ({printable(scope)}, per {period}) would be exceeded: "
             f"${spent_usd} spent of ${limit_usd}, this call is estimated at ${estimate_usd}"
         )
 
@@ -47,3 +50,9 @@ class BudgetExceeded(Exception):
                 self.period,
             ),
         )
+
+
+def printable(text: str) -> str:
+    """``text`` as it is when every character of it prints; otherwise escaped as Python writes
+    it (``\\n``, ``\\x1b``), without the quotes: what a log line or a terminal may be given."""
+    return text if text.isprintable() else repr(text)[1:-1]
