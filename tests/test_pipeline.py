@@ -1198,69 +1198,6 @@ def test_records_set_aside_behind_a_backlog_keep_the_sinks_own_error() -> None:
     assert sorted(stored) == sorted(r.id for r in made)
 
 
-class FlakyInBursts(InMemorySink):
-    """A remote sink on a flaky network: its requests fail three in a row, then go three in a
-    row, whatever they hold; ``writes`` counts them, ``sizes`` those it took."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes = 0
-        self.sizes: list[int] = []
-
-    def write(self, records: Sequence[UsageRecord]) -> None:
-        records = list(records)
-        self.writes += 1
-        if (self.writes - 1) // 3 % 2 == 0:
-            raise ConnectionError("connection reset by peer")
-        super().write(records)
-        self.sizes.append(len(records))
-
-
-def test_a_flaky_sink_keeps_getting_batches() -> None:
-    """Once three writes in a row failed, the isolation pass wrote the sink's whole backlog one
-    record per write, again at each third failure: a remote sink paying for each request held
-    444 of 3,000 records after flush(15), every request it took carrying one record."""
-    sink = FlakyInBursts()
-    tokenmeter.configure(sinks=[sink])
-    made = [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(3_000)]
-    wait_for(lambda: tokenmeter.flush(30), "every record written")
-    assert sorted(r.id for r in sink.records) == sorted(r.id for r in made)
-    assert sink.writes < 300, sink.writes  # 3,000 and more one record at a time
-    assert sum(size > 1 for size in sink.sizes) > sum(size == 1 for size in sink.sizes)
-    assert not (Path(".tokenmeter") / "quarantine.jsonl").exists()
-
-
-class CountingPicky(InMemorySink):
-    """Refuses every write holding a record of the model "poison"; counts its writes."""
-
-    writes = 0
-
-    def write(self, records: Sequence[UsageRecord]) -> None:
-        self.writes += 1
-        if any(r.model_name == "poison" for r in records):
-            raise ValueError("cannot store this one")
-        super().write(records)
-
-
-def test_one_poison_record_costs_a_few_writes_not_one_per_record() -> None:
-    """One record the sink refuses among 3,000 queued: the other 2,999 were written one per
-    write (3,035 writes; a remote sink's flush() held 33 s). Halving the failing batch finds it
-    in a few writes; it is set aside with its own error, the others written once each."""
-    sink = CountingPicky()
-    tokenmeter.configure(sinks=[sink])
-    made = [
-        tokenmeter.record("openai", "poison" if i == 10 else "gpt-4o", 1, 1) for i in range(3_000)
-    ]
-    bad = made[10]
-    wait_for(lambda: tokenmeter.flush(30), "the poison record set aside")
-    stored = [r.id for r in sink.records]
-    assert sorted(stored) == sorted(r.id for r in made if r is not bad)
-    assert sink.writes < 150, sink.writes  # the 16 tries of each "again" included
-    (kept,) = [json.loads(line) for line in (Path(".tokenmeter") / "quarantine.jsonl").open()]
-    assert kept["record"]["id"] == bad.id
-    assert kept["error"] == "ValueError: cannot store this one"
-
-
 def test_a_row_the_database_refuses_is_set_aside_as_its_record(tmp_path: Path) -> None:
     """The SQLite sink's rows are made on the caller's thread and wait as rows: one that the
     database refuses (here by a trigger) is set aside as its record's JSON, and every other
@@ -1634,7 +1571,7 @@ def test_a_sink_that_fails_at_random_gets_every_record_and_sets_none_aside() -> 
         made += [tokenmeter.record("openai", "gpt-4o", 1, 1) for _ in range(25)]
         tokenmeter.flush(30)
     wait_for(lambda: tokenmeter.flush(30), "every record written")
-    assert sink.failures > 20  # the sink did fail half the time, isolated passes included
+    assert sink.failures > 100  # the sink did fail half the time, isolated passes included
     assert sorted(r.id for r in sink.records) == sorted(r.id for r in made)
     assert not (Path(".tokenmeter") / "quarantine.jsonl").exists()
 

@@ -124,7 +124,7 @@ _T = typing.TypeVar("_T")
 
 #: A writer wakes as soon as this many items wait, without waiting for the interval.
 _FLUSH_AT = 1_000
-#: Failed attempts of a whole batch before it is tried in halves (``_Writer._isolate``).
+#: Failed attempts of a whole batch before its records are tried one at a time.
 _ISOLATE_AFTER = 3
 #: Tries in a row of one record the sink refused, right after it took another: a record that
 #: fails them all, and then all of them again after the sink's next success, can never be stored.
@@ -144,10 +144,6 @@ _LAST_TRIES_FOR = 1.0
 _MAX_BACKOFF = 5.0
 #: A sink is given at most this many records per write (one transaction, one appended block).
 _CHUNK = 256
-#: Failed writes in a row that end an isolation pass once the sink has taken one of its writes:
-#: the sink is down again. Twice what halving a chunk down to one record takes, so two poison
-#: records side by side do not end it.
-_DOWN_AGAIN = 2 * _CHUNK.bit_length()
 #: Items set aside in quarantine with one append (see ``_Writer._quarantine_all``).
 _SET_ASIDE_AT_ONCE = 1_000
 #: Errors of an append that a smaller one may not meet: the disk, the quota or the file size
@@ -1372,25 +1368,17 @@ class _Writer:
         return True
 
     def _isolate(self, run: list[Any]) -> bool:
-        """Write the failing chunk in halves: a piece that fails is split in two, down to single
-        items, so the items around one the sink refuses still go in batches. Once the chunk is
-        written (or set aside, or held apart) the pass ends and the batches resume; the runs
-        of its kind behind it are tried only while nothing went through. Tried one item at a
-        time, with every item behind it, a sink on a flaky network got its whole backlog
-        written one record per write after every third failure in a row (444 of 3,000 records
-        in 15 s), and one poison record among 3,000 cost 3,035 writes.
+        """Write a failing run one item at a time, with the runs of its kind right behind it.
 
-        An item that fails alone is tried again right after the sink takes another write, and
-        set aside in quarantine only if it fails then and the sink takes the next one too: a
-        record that failed while the sink was down (a server restarting before or during the
-        pass) is never mistaken for one the sink can never store. Items that failed again after
-        a success but wait for the next one are held apart (``_accused``); items not tried
-        since the last success go back to the head of the queue. Two failed writes before any
-        success prove nothing while later items wait (poison ones in a row): one later item
-        that may go first is tried (``_ahead``: another one each pass, since it may be poison
-        too). ``_DOWN_AGAIN`` failed writes in a row after a success end the pass: the sink is
-        down again, and what is left waits for the batches. False when nothing went through:
-        the sink is failing."""
+        An item that fails is tried again right after the sink takes another one, and set aside
+        in quarantine only if it fails then and the sink takes the next one too: a record that
+        failed while the sink was down (a server restarting before or during the pass) is never
+        mistaken for one the sink can never store. Items that failed again after a success but
+        wait for the next one are held apart (``_accused``); items not tried since the last
+        success go back to the head of the queue. Two that fail before any success prove nothing
+        while later items wait (poison ones in a row): one later item that may go first is
+        tried (``_ahead``: another one each pass, since it may be poison too). False when
+        nothing went through: the sink is failing."""
         kind = isinstance(run[0], SessionInfo)
         runs = list(
             itertools.takewhile(
@@ -1398,41 +1386,26 @@ class _Writer:
             )
         )
         items = list(itertools.chain.from_iterable(runs))
-        pieces, later = _pieces(runs)
         done = self._done_in_pass = set()  # written or set aside, still in ``_pending``
         suspects: list[Any] = []  # failed, not yet tried again since the sink last took one
         accused: list[tuple[Any, BaseException]] = []  # failed again right after a success
         written = False
-        failed_in_row = 0
         ahead: int | None = None  # an item written before its turn, to show the sink works
-        while pieces or (later and not written):
-            if not pieces:  # nothing went through yet: the next chunk is tried too
-                pieces.append(later.popleft())
-            start, stop = pieces.popleft()
-            members = [items[index] for index in range(start, stop) if index != ahead]
-            if not members:
+        for index, item in enumerate(items):
+            if index == ahead:
                 continue
-            if self._try_alone(members) is None:
-                done.update(map(id, members))
+            if self._took(item):
+                done.add(id(item))
             else:
-                failed_in_row += 1
-                if len(members) > 1:
-                    middle = (start + stop) // 2
-                    pieces.extendleft([(middle, stop), (start, middle)])
-                else:
-                    suspects += members
-                if written:
-                    if failed_in_row < _DOWN_AGAIN:
-                        continue
-                    break
-                if failed_in_row < 2:
+                suspects.append(item)
+                if written or len(suspects) < 2:
                     continue
                 # Two in a row and no success: the sink is down, or they are poison (a run of
                 # them at the head of the queue, a refused session's start and end, which held
                 # back every item behind them for good). A later item tells which, and keeps a
                 # sink that is down at three writes a pass.
                 # (None of their kind behind them, a later run: a refused session's two records.)
-                ahead = _ahead(items, start + 1, self._proofs_failed)
+                ahead = _ahead(items, index + 1, self._proofs_failed)
                 if ahead is None:
                     if not self._later_record_taken(len(runs)):
                         return False  # the sink is down, or the run tried held poison too
@@ -1442,7 +1415,6 @@ class _Writer:
                 else:
                     self._proofs_failed += 1
                     return False  # the sink is down, or the item tried was poison too
-            failed_in_row = 0
             written = True
             for poison, _ in accused:  # the sink works on both sides of their failure
                 error = self._refused(poison)
@@ -1457,12 +1429,6 @@ class _Writer:
                     accused.append((suspect, error))
                 else:
                     done.add(id(suspect))
-        suspects += [  # not tried: they wait for the batches, in order
-            items[index]
-            for begin, end in itertools.chain(pieces, later)
-            for index in range(begin, end)
-            if index != ahead
-        ]
         if not written and len(suspects) == 1 and self._later_record_taken(len(runs)):
             # One item failed with no other of its kind behind it (a session's only record,
             # between the session's start and end): a run written behind it shows whether the
@@ -1701,25 +1667,6 @@ class _Writer:
 #: The most of a sink's error message that is logged and kept with each record set aside: a
 #: user sink raising with the error page it got (200 kB) made every quarantine line that long.
 _ERROR_TEXT_MAX = 1_000
-
-
-def _pieces(
-    runs: Sequence[Sequence[Any]],
-) -> tuple[deque[tuple[int, int]], deque[tuple[int, int]]]:
-    """The pieces (start, stop) of an isolation pass over ``runs`` chained: the halves of the
-    first chunk, which has just failed its writes, and the later chunks. A chunk is at most
-    ``_CHUNK`` items of one run, never of two (a run is of one type, which ``_write`` reads
-    from its first item)."""
-    chunks: deque[tuple[int, int]] = deque()
-    start = 0
-    for run in runs:
-        end = start + len(run)
-        chunks.extend((at, min(at + _CHUNK, end)) for at in range(start, end, _CHUNK))
-        start = end
-    first, stop = chunks.popleft()
-    middle = (first + stop) // 2
-    halves = deque([(first, middle), (middle, stop)] if stop - first > 1 else [(first, stop)])
-    return halves, chunks
 
 
 def _ahead(items: Sequence[Any], start: int, turn: int) -> int | None:
