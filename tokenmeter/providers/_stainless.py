@@ -698,10 +698,8 @@ class SampledText:
 
 def _skippable(event: bytes) -> bool:
     """An SSE event a reader only needs to count: no usage, no error, and one of a stream's
-    many (a chat chunk, which has no event name; an event whose name ends in ``delta``). Not
-    one that hints its tokens (an Anthropic omitted-thinking delta's ``estimated_tokens``): it
-    has no text to scale up from the deltas read."""
-    if b"usage" in event or b"error" in event or b"estimated_tokens" in event:
+    many (a chat chunk, which has no event name; an event whose name ends in ``delta``)."""
+    if b"usage" in event or b"error" in event:
         return False
     if event.startswith(b"event:"):
         at = 0
