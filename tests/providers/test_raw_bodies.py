@@ -471,6 +471,32 @@ async def test_a_body_the_sdk_refuses_after_its_usage_keeps_it(
     assert (read_record.output_tokens, read_record.estimated) == (expected, False)
 
 
+@pytest.mark.parametrize("done", ["data: [DONE]", "data:[DONE]", "event: end\ndata: [DONE]"])
+@pytest.mark.parametrize("after", ["not json", "a usage chunk"])
+async def test_a_chat_stream_relayed_is_read_to_its_done_as_the_sdk_reads_it(
+    records: Records, kit: ModuleType, is_async: bool, done: str, after: str
+) -> None:
+    """The SDK's stream ends at ``[DONE]`` and reads nothing after it. A relay reading the same
+    bytes read on: an event that is no JSON after ``[DONE]`` made a call ``parse()`` records as
+    ok an error (``JSONDecodeError``), and a chunk claiming 5,000 / 5,000 tokens after it was
+    billed instead of the stream's 19 / 10. Both are recorded as ``parse()`` records them."""
+    late = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
+    late |= {"choices": [], "usage": {"prompt_tokens": 5000, "completion_tokens": 5000}}
+    event = "{not json" if after == "not json" else json.dumps(late)
+    body = kit.chat_sse(3, kit.CHAT_USAGE).replace(b"data: [DONE]", done.encode())
+    body += f"data: {event}\n\n".encode()
+    client = kit.mock_openai(lambda request: kit.sse_response(body), is_async=is_async)
+    tokenmeter.instrument("openai")
+    create = CALLS["chat stream"][1]
+
+    assert b"".join(await read_through(create(client), "iter_bytes")) == body
+    await parsed(create(client), kit)  # the SDK's stream does not fail on this body
+    read_record, parse_record = records()
+    assert summary(read_record) == summary(parse_record)
+    assert (read_record.status, read_record.error) == ("ok", None)
+    assert (read_record.input_tokens, read_record.output_tokens) == (19, 10)
+
+
 @pytest.mark.parametrize(("way", "read"), [("streaming", "iter_lines"), ("raw", "iter_text")])
 async def test_a_bedrock_stream_body_read_as_text_is_estimated_not_an_error(
     fake: FakeProvider, records: Records, kit: ModuleType, is_async: bool, way: str, read: str

@@ -54,6 +54,10 @@ class Endpoint:
     retrieval: bool = False
     #: What a caller can do when its call reports no usage (logged once per provider).
     no_usage_hint: str = ""
+    #: The SDK's stream ends at an event whose data begins ``[DONE]`` (openai's): it reads no
+    #: event after it, so neither does a raw body's reading (an event after it was an error, or
+    #: billed). anthropic's stream skips such an event (it has no name) and reads on.
+    ends_at_done: bool = False
 
 
 @dataclass(slots=True)
@@ -715,6 +719,16 @@ def _whole_events(data: bytes) -> int:
     return max(data.rfind(end) + len(end) if end in data else 0 for end in _EVENT_ENDS)
 
 
+def _data_of(event: bytes) -> bytes:
+    """An SSE event's first ``data:`` field, as the SDK's decoder reads it (one leading space
+    dropped): what it compares with ``[DONE]``, whatever the event's other fields."""
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            value = line[5:]
+            return value[1:] if value.startswith(b" ") else value
+    return b""
+
+
 def _whole_frames(data: bytes) -> int:
     """How many bytes of ``data`` are whole AWS event-stream frames (each begins with its total
     length, 4 bytes big-endian). They end at a length no frame has (junk after the last frame,
@@ -862,17 +876,26 @@ class _BodyReading:
     def feed_sse(self, batch: bytes) -> None:
         """Feed the reader whole SSE events. The SDK parses those the reader needs (the first
         ``_READ_EVENTS``, then those with usage, an error, or other than a delta); the rest are
-        fed as ``SKIPPED`` (the reader counts them)."""
+        fed as ``SKIPPED`` (the reader counts them). Where the SDK's stream ends at
+        ``[DONE]`` (``Endpoint.ends_at_done``), the reading ends there too."""
         assert self.reader is not None
         if b"\r" in batch:
             batch = batch.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         call, feed = self.plan.call, self.reader.feed
+        ends_at_done = self.plan.endpoint.ends_at_done
         run: list[bytes] = []
         for event in batch.split(b"\n\n"):
             if self.stopped:  # the SDK's stream failed on an event: it reads none after it
                 return
-            if b"data:" not in event or event.startswith(b"data: [DONE]"):
-                continue  # a comment, a keep-alive, the end: no event of the SDK's stream
+            if b"data:" not in event or (event.startswith(b"data: [DONE]") and not ends_at_done):
+                continue  # a comment, a keep-alive, an end: no event of the SDK's stream
+            if ends_at_done and b"[DONE]" in event and _data_of(event).startswith(b"[DONE]"):
+                if run:
+                    self.feed_parsed(b"\n\n".join(run) + b"\n\n")
+                if not self.stopped:  # the SDK's stream ran to its end: it reads nothing after
+                    call.ran_out = True
+                    self.stop()
+                return
             self.events += 1
             if self.events <= _READ_EVENTS or not _skippable(event):
                 run.append(event)

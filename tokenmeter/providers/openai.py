@@ -569,16 +569,29 @@ def _transcribe_model(model: str) -> bool:
     return any("transcribe" in name.lower() for name in spellings)
 
 
-_CHAT = Endpoint("chat.completions", _read, ChunkReader, no_usage_hint=_CHAT_HINT)
-_COMPLETIONS = Endpoint("completions", _read, ChunkReader)
-_EMBEDDINGS = Endpoint("embeddings", _read, ChunkReader)
+_CHAT = Endpoint(
+    "chat.completions", _read, ChunkReader, no_usage_hint=_CHAT_HINT, ends_at_done=True
+)
+_COMPLETIONS = Endpoint("completions", _read, ChunkReader, ends_at_done=True)
+_EMBEDDINGS = Endpoint("embeddings", _read, ChunkReader, ends_at_done=True)
 #: ``client.decisions.create`` (openai 3.57+): never streamed; its ``Decision`` carries a
 #: Responses-shaped ``usage`` (input, cached and cache-write, output, reasoning tokens).
-_DECISIONS = Endpoint("decisions", _read, ChunkReader)
-_RESPONSES = Endpoint("responses", _read_response, ResponseEventReader, dedupe=True)
-_RETRIEVED = Endpoint("responses", _read_response, ResponseEventReader, dedupe=True, retrieval=True)
-_IMAGES = Endpoint("images", _read_images, ImageEventReader)
-_TRANSCRIPTIONS = Endpoint("audio.transcriptions", _read_transcription, TranscriptEventReader)
+_DECISIONS = Endpoint("decisions", _read, ChunkReader, ends_at_done=True)
+_RESPONSES = Endpoint(
+    "responses", _read_response, ResponseEventReader, dedupe=True, ends_at_done=True
+)
+_RETRIEVED = Endpoint(
+    "responses",
+    _read_response,
+    ResponseEventReader,
+    dedupe=True,
+    retrieval=True,
+    ends_at_done=True,
+)
+_IMAGES = Endpoint("images", _read_images, ImageEventReader, ends_at_done=True)
+_TRANSCRIPTIONS = Endpoint(
+    "audio.transcriptions", _read_transcription, TranscriptEventReader, ends_at_done=True
+)
 _NOT_BILLED = {"input_tokens", "input_items"}
 
 
