@@ -15,6 +15,7 @@ from helpers import one_line_value_error
 
 import tokenmeter
 from tokenmeter import Usage
+from tokenmeter._models import Pass
 
 
 @pytest.mark.parametrize(
@@ -96,6 +97,24 @@ def test_passes_given_as_a_list_are_priced_as_a_tuple_of_them() -> None:
     empty = tokenmeter.price("anthropic", "claude-sonnet-4-5", {**counts, "passes": []}, at=at)
     alone = tokenmeter.price("anthropic", "claude-sonnet-4-5", counts, at=at)
     assert empty.total_usd == alone.total_usd
+
+
+def test_a_pass_of_a_pass_made_without_validation_is_refused_when_priced() -> None:
+    """Validation refuses a pass of a pass, but ``model_copy(update=...)`` skips it: passes
+    nested 2,000 deep that way made price() raise RecursionError, not a ValueError. A nesting
+    of two levels is refused alike, and one level is priced as before."""
+    one = Pass(kind="compaction", usage=Usage(input_tokens=1, output_tokens=1))
+    top = Usage(input_tokens=1, output_tokens=1, passes=(one,))
+    usage = top
+    for depth in range(2000):
+        usage = top.model_copy(update={"passes": (one.model_copy(update={"usage": usage}),)})
+        if depth == 0:
+            with pytest.raises(ValueError, match=r"^passes\[0\]\.usage: a pass has no passes"):
+                tokenmeter.price("anthropic", "claude-sonnet-4-20250514", usage)
+    with pytest.raises(ValueError, match=r"^passes\[0\]\.usage: a pass has no passes") as refused:
+        tokenmeter.price("anthropic", "claude-sonnet-4-20250514", usage)
+    one_line_value_error(refused)
+    assert tokenmeter.price("anthropic", "claude-sonnet-4-20250514", top).total_usd
 
 
 def test_any_mapping_of_counts_is_a_usage() -> None:

@@ -459,7 +459,14 @@ def _price_with_passes(
 ) -> CostFields:
     """The call's own tokens at its model's rates, and each further pass (Anthropic compaction,
     an advisor on another model) at its own model's rates, under its own breakdown key. A pass
-    whose model has no known price makes the whole cost unknown: never a silent part."""
+    whose model has no known price makes the whole cost unknown: never a silent part.
+
+    A pass with passes of its own is refused here too: validation refuses it, but a usage made
+    without it (pydantic's ``model_copy(update=...)``, ``model_construct``) reaches this, and
+    one nested deep was priced level by level into a RecursionError."""
+    for index, extra in enumerate(usage.passes):
+        if extra.usage.passes:
+            raise ValueError(f"passes[{index}].usage: a pass has no passes of its own")
     own = usage_without_passes(usage)
     cost = vector.price(own)
     if cost["breakdown"] is None or cost["total_usd"] is None:
