@@ -76,3 +76,24 @@ def test_a_pass_of_a_pass_is_refused_where_the_usage_is_made() -> None:
     # One level, as every reader makes: priced as before.
     assert usage.passes and not usage.passes[0].usage.passes
     assert tokenmeter.price("anthropic", "claude-sonnet-4-20250514", usage).total_usd
+
+
+def test_a_pass_of_a_pass_given_as_dicts_nested_deep_is_the_one_line_refusal() -> None:
+    """A usage dict with passes nested 600 deep got pydantic's depth error, not the refusal of
+    a pass of a pass: price() raised a 3,973-character ValueError, a location of
+    ``usage.passes.0.usage.passes.0...`` that never named the rule. Refused before pydantic
+    descends into the passes now, in every way a dict becomes a Usage."""
+    counts: dict[str, Any] = {"input_tokens": 1, "output_tokens": 1}
+    for _ in range(600):
+        counts = {**counts, "passes": [{"kind": "compaction", "usage": counts}]}
+    refusal = "passes[0].usage: a pass has no passes of its own"
+
+    with pytest.raises(ValueError) as priced:
+        tokenmeter.price("anthropic", "claude-sonnet-4-20250514", counts)
+    assert one_line_value_error(priced) == f"usage: {refusal}"
+    with pytest.raises(ValueError) as built:
+        tokenmeter.Usage(**counts)
+    assert one_line_value_error(built) == refusal
+    with pytest.raises(ValidationError) as validated:
+        tokenmeter.Usage.model_validate(counts)
+    assert first_error(validated.value) == refusal

@@ -190,6 +190,20 @@ class Usage(_Model):
         from a file (or given by hand) has a list, which strict mode would refuse."""
         return tuple(value) if type(value) is list else value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_pass_of_a_pass(cls, data: Any) -> Any:
+        """A pass of a pass is refused here, before pydantic validates the passes: their usages
+        are validated level by level, so a dict nested 600 deep got pydantic's depth error
+        (4,000 characters of location) instead of the one-line refusal the after-check gives
+        (``check_usage_subsets``, which a usage built by ``usage_of`` goes through)."""
+        passes = data.get("passes") if type(data) is dict else None
+        if type(passes) is list or type(passes) is tuple:
+            for index, extra in enumerate(passes):
+                if _has_passes(extra.get("usage") if type(extra) is dict else extra):
+                    raise ValueError(f"passes[{index}].usage: a pass has no passes of its own")
+        return data
+
     @model_validator(mode="after")
     def _check_subsets(self) -> Usage:
         check_usage_subsets(self.__dict__)
@@ -212,6 +226,17 @@ class Pass(_Model):
 
 
 Usage.model_rebuild()
+
+
+def _has_passes(usage: Any) -> bool:
+    """Whether a pass's usage (a dict, a Usage; the Pass itself stands for its usage) lists
+    passes of its own. Anything else is no usage: left for validation to name."""
+    if isinstance(usage, Pass):
+        usage = usage.usage
+    if isinstance(usage, Usage):
+        return len(usage.passes) > 0
+    passes = usage.get("passes") if type(usage) is dict else None
+    return (type(passes) is list or type(passes) is tuple) and len(passes) > 0
 
 
 def check_usage_subsets(c: dict[str, Any]) -> None:
