@@ -669,6 +669,10 @@ _ITER_READS: dict[str, Callable[[Any], bytes]] = {
 #: Events of a stream read through ``iter_*()`` that the SDK parses before only those that
 #: matter are: their text is what an estimate is made of when no usage comes (every stream
 #: reader extrapolates from it to the events counted after: ``SKIPPED``).
+#: A limit of matching ``parse()``: an event after these that is only counted is never parsed,
+#: so one the SDK would refuse (no JSON) does not make the call an error, as its stream's
+#: raising would. Its tokens are the stream's all the same; only status and error differ.
+#: Parsing every delta to catch that would cost the caller's loop what the skip saves.
 _READ_EVENTS = 64
 #: What the reader is fed for an event not parsed (a delta: ``_skippable``): it has no attribute
 #: a reader reads. A reader that tallies text counts it, and scales the text of the deltas it
@@ -876,7 +880,8 @@ class _BodyReading:
     def feed_sse(self, batch: bytes) -> None:
         """Feed the reader whole SSE events. The SDK parses those the reader needs (the first
         ``_READ_EVENTS``, then those with usage, an error, or other than a delta); the rest are
-        fed as ``SKIPPED`` (the reader counts them). Where the SDK's stream ends at
+        fed as ``SKIPPED`` (the reader counts them; one the SDK would refuse goes unseen, see
+        ``_READ_EVENTS``). Where the SDK's stream ends at
         ``[DONE]`` (``Endpoint.ends_at_done``), the reading ends there too."""
         assert self.reader is not None
         if b"\r" in batch:
