@@ -101,7 +101,6 @@ __all__ = [
     "before_exit_stop",
     "can_make_later",
     "catch_up",
-    "clear_submit_observers",
     "exit_deadline",
     "exit_time_left",
     "exit_timeout",
@@ -2106,15 +2105,6 @@ def remove_submit_observer(observer: Callable[[UsageRecord | SessionInfo], None]
         _submit_observers.remove(observer)
 
 
-def clear_submit_observers() -> None:
-    """Forget every observer, as in a new process (the tests' isolation: ``_runtime.reset``):
-    one whose owner is not collected yet would keep the next test's records on its thread."""
-    with _locked():
-        _submit_observers.clear()
-        _observer_owners.clear()
-        _gone_observers.clear()
-
-
 def _observing() -> bool:
     """Whether a submit observer is left once those whose owner is gone are dropped.
 
@@ -2135,7 +2125,9 @@ def submit(item: UsageRecord | SessionInfo) -> None:
     """Queue a record or a session for every sink; returns at once."""
     pipeline = _pipeline or _get()  # first use makes the sinks, which may add an observer
     if _submit_observers and _observing():
-        for observer in _submit_observers:
+        # A copy: another thread's ``_observing`` may drop a gone one from the list meanwhile,
+        # and the live observer after it was skipped (its call's span exported parentless).
+        for observer in tuple(_submit_observers):
             try:
                 observer(item)
             except Exception:  # never the application's problem
