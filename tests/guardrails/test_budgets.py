@@ -1442,6 +1442,35 @@ def test_a_request_is_estimated_at_the_dearer_service_tier_it_asks_for(
     assert bound is None or bound >= float(estimate)
 
 
+@pytest.mark.parametrize(
+    ("provider", "model", "asked", "image"),
+    [
+        ("openai", "gpt-4o", {"service_tier": "priority"}, {"type": "image_url"}),
+        ("anthropic", "claude-opus-4-6", {"speed": "fast"}, {"type": "image"}),
+    ],
+)
+def test_a_request_with_an_image_is_estimated_at_the_tier_it_asks_for_too(
+    provider: str, model: str, asked: dict[str, str], image: dict[str, Any]
+) -> None:
+    """A request holding an image (audio, a document) is priced part by part, and that branch
+    took no tier: gpt-4o at priority with an image was estimated at standard ($0.0052 where
+    $0.0089) and sent under a $0.006 per-call budget; Claude Opus 4.6 fast mode at 1/6."""
+    from tokenmeter.guardrails._estimate import estimate_input_usd
+
+    if provider == "openai":
+        image |= {"image_url": {"url": "data:image/png;base64," + "A" * 400}}
+    else:
+        image |= {"source": {"type": "base64", "media_type": "image/png", "data": "A" * 400}}
+    content = [{"type": "text", "text": "word " * 500}, image]
+    messages = [{"role": "user", "content": content}]
+    plain = {"model": model, "max_tokens": 5, "messages": messages}
+
+    standard = estimate_input_usd(provider, model, (), {}, plain)
+    at_tier = estimate_input_usd(provider, model, (), {}, {**plain, **asked})
+
+    assert at_tier > standard > 0
+
+
 def test_a_per_call_budget_refuses_a_priority_or_fast_request_whose_input_costs_too_much(
     tmp_path: Path, fake: FakeProvider, instrumented: None
 ) -> None:

@@ -55,8 +55,9 @@ def estimate_input_usd(
         except Exception:  # what cannot be read counts as nothing (as estimate_input does)
             parts = {}
         if any(value for key, value in parts.items() if key != "input_text"):
-            # images, audio, documents: each part at its own rate
-            return _priced(provider, model, _usage_of(parts), sized)
+            # images, audio, documents: each part at its own rate, at the tier asked for
+            tier = _dearer_tier(provider, model, request)
+            return _priced(provider, model, _usage_of(parts), sized, tier)
         tokens = min(sum(parts.values()), MAX_TOKENS)
     else:
         counter = [0, 0]  # characters, items visited
