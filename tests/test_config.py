@@ -6,8 +6,10 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -242,6 +244,31 @@ def test_a_value_sharing_its_parts_is_copied_once_per_part(sink: InMemorySink) -
         shared = [shared, shared]
     with pytest.raises(ValueError, match="budgets"):
         tokenmeter.configure(budgets=shared)
+
+
+def test_a_mapping_making_its_entries_when_read_keeps_each_models_price(
+    sink: InMemorySink,
+) -> None:
+    """The copy kept each part's copy by the part's id: entries made as they are read were freed
+    once copied, the next one made at the same address, and took the first one's copy (gpt-4.1
+    priced at another model's $3 where the user's was $7)."""
+    rates = {"gpt-4o": (1, 2), "gpt-4o-mini": (7, 9), "gpt-4.1": (3, 4), "o3": (5, 6)}
+
+    class MadeWhenRead(Mapping[str, Any]):
+        def __getitem__(self, model: str) -> Any:
+            given, made = rates[model]
+            return MappingProxyType({"input_per_mtok": given, "output_per_mtok": made})
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(rates)
+
+        def __len__(self) -> int:
+            return len(rates)
+
+    tokenmeter.configure(prices=MadeWhenRead())
+    usage = {"input_tokens": 1_000_000, "output_tokens": 1_000_000}
+    for model, (given, made) in rates.items():
+        assert tokenmeter.price("openai", model, usage).total_usd == given + made, model
 
 
 @pytest.mark.parametrize(

@@ -444,7 +444,7 @@ def configure(
             raise
 
 
-def _copied(value: Any, done: dict[int, Any] | None = None) -> Any:
+def _copied(value: Any, done: dict[int, tuple[Any, Any]] | None = None) -> Any:
     """``value`` with its mappings and lists copied at every depth (anything else as given, for
     Settings to take or reject naming the setting). ``configure()`` keeps its arguments and
     validates them again at every later call: the caller's own dicts kept there (a price entry,
@@ -453,18 +453,21 @@ def _copied(value: Any, done: dict[int, Any] | None = None) -> Any:
 
     ``done``: the copies made so far, by the original's id: a list or mapping met again (shared
     by several parents) is copied once, not once per path to it (a hostile value sharing its
-    sub-lists 40 levels deep took 2**40 copies)."""
+    sub-lists 40 levels deep took 2**40 copies). Each original is kept there beside its copy
+    while copying: a mapping that makes its values as they are read would free one, and
+    another made later could take its id (and its copy)."""
     if not isinstance(value, Mapping | list | tuple):
         return value
     if done is None:
         done = {}
-    copy = done.get(id(value))
-    if copy is None:
-        if isinstance(value, Mapping):
-            copy = {key: _copied(item, done) for key, item in value.items()}
-        else:
-            copy = [_copied(item, done) for item in value]
-        done[id(value)] = copy
+    seen = done.get(id(value))
+    if seen is not None:
+        return seen[1]
+    if isinstance(value, Mapping):
+        copy: Any = {key: _copied(item, done) for key, item in value.items()}
+    else:
+        copy = [_copied(item, done) for item in value]
+    done[id(value)] = (value, copy)
     return copy
 
 
