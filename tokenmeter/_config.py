@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
@@ -699,67 +699,28 @@ def _switched_off(
     return (layer, {"disabled": True}) if on else None
 
 
-class _Refusal(NamedTuple):
-    """Why ``_settings_or_refusal`` refuses the layers: the message, the setting, its layer."""
-
-    message: str
-    key: str
-    layer: str
-
-
-def _without_bad_settings(
-    layers: list[tuple[str, dict[str, Any]]],
-    switch: tuple[str, dict[str, Any]],
-    given: tuple[str, dict[str, Any]],
-) -> Settings:
-    """The settings of ``layers`` with the kill switch on, each bad setting of the pyproject or
-    the environment left out (``layers`` loses it) and the rest kept. Dropping both layers
-    whole made one unrelated bad value (TOKENMETER_MAX_QUEUE=10k) take every price override
-    and alias with it: ``price()`` then gave list prices, silently. A bad value the code passed
-    still raises; one that names no setting leaves only the switch, as before."""
-    for _ in range(sum(len(layer) for _, layer in layers) + 1):
-        result = _settings_or_refusal(layers)
-        if not isinstance(result, _Refusal):
-            return result
-        if result.layer == given[0]:
-            raise ValueError(result.message)
-        held = next((layer for name, layer in layers if name == result.layer), {})
-        if result.key not in held:
-            break
-        del held[result.key]
-    layers[:] = [switch, given]
-    return _validated(layers)
-
-
 def _validated(layers: list[tuple[str, dict[str, Any]]]) -> Settings:
     """The layers merged (later ones win) and checked: a ValueError names the bad setting and
     the layer it came from."""
-    result = _settings_or_refusal(layers)
-    if isinstance(result, _Refusal):
-        raise ValueError(result.message)
-    return result
-
-
-def _settings_or_refusal(layers: list[tuple[str, dict[str, Any]]]) -> Settings | _Refusal:
     merged: dict[str, Any] = {}
     for _, layer in layers:
         merged.update(layer)
     for key, value in merged.items():
         if isinstance(value, _Unreadable):  # still the environment's: nothing overrides it
-            message = f"tokenmeter setting {key!r} from {_ENV_NAMES[key]}: {value.message}"
-            return _Refusal(message, key, "environment")
+            raise ValueError(f"tokenmeter setting {key!r} from {_ENV_NAMES[key]}: {value.message}")
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
         error = exc.errors()[0]
-    key = str(error["loc"][0]) if error["loc"] else "?"
-    origin = next((name for name, layer in reversed(layers) if key in layer), "settings")
-    source = _ENV_NAMES.get(key, origin) if origin == "environment" else origin
-    if error["type"] == "extra_forbidden":
-        message = f"no such setting; known: {', '.join(Settings.model_fields)}"
-    else:
-        message = error["msg"].removeprefix("Value error, ")
-    return _Refusal(f"tokenmeter setting {key!r} from {source}: {message}", key, origin)
+        key = str(error["loc"][0]) if error["loc"] else "?"
+        source = next((name for name, layer in reversed(layers) if key in layer), "settings")
+        if source == "environment":
+            source = _ENV_NAMES.get(key, source)
+        if error["type"] == "extra_forbidden":
+            message = f"no such setting; known: {', '.join(Settings.model_fields)}"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        raise ValueError(f"tokenmeter setting {key!r} from {source}: {message}") from None
 
 
 def _check_state_file_is_no_settings_file(
@@ -867,9 +828,8 @@ def load_settings_with_sources(
         # tokenmeter off whatever else the environment or the pyproject holds: an operator
         # reaching for the switch must not first have to fix the setting that made them reach
         # for it. What the application's code passes still counts.
-        environment = ("environment", _from_env(environ, prices_base))  # reads, never raises
-        layers = _with_one_price_layer([table, environment, switch, given])
-        resolved = _without_bad_settings(layers, switch, given)
+        layers = [switch, given]
+        resolved = _validated(layers)
     layered = resolved
     resolved = _with_run_budgets(layered, environ)
     sources = {key: "default" for key in Settings.model_fields}
