@@ -100,6 +100,7 @@ __all__ = [
     "before_exit_stop",
     "can_make_later",
     "catch_up",
+    "clear_submit_observers",
     "exit_deadline",
     "exit_time_left",
     "exit_timeout",
@@ -109,6 +110,7 @@ __all__ = [
     "hook_termination_signals",
     "later",
     "made",
+    "observes",
     "raised_while_waiting",
     "remove_before_exit",
     "remove_submit_observer",
@@ -2102,6 +2104,20 @@ def remove_submit_observer(observer: Callable[[UsageRecord | SessionInfo], None]
     with _locked(), contextlib.suppress(ValueError):
         _observer_owners.pop(observer, None)
         _submit_observers.remove(observer)
+
+
+def observes(observer: Callable[[UsageRecord | SessionInfo], None]) -> bool:
+    """Whether ``observer`` is called for every item submitted (a reset may have forgotten it)."""
+    return observer in _submit_observers
+
+
+def clear_submit_observers() -> None:
+    """Forget every observer, as in a new process (the tests' isolation: ``_runtime.reset``):
+    one whose owner is not collected yet would keep the next test's records on its thread."""
+    with _locked():
+        _submit_observers.clear()
+        _observer_owners.clear()
+        _gone_observers.clear()
 
 
 def _observing() -> bool:

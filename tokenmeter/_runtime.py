@@ -693,6 +693,7 @@ def reset() -> None:
         _settings = None
         _defaults = _DefaultSinks({})
         _pipeline.set_sinks(list)  # the old sinks get what they were sent, then are closed
+        _pipeline.clear_submit_observers()  # and those of sinks never configured
         _pipeline.first_use_hook = settings
         _pipeline._warned_setting = None  # a bad setting met again is warned about again
         _sessions.reset()
