@@ -209,6 +209,47 @@ async def test_a_copy_of_a_wrapped_client_sends_as_itself(
     assert len(records()) == 3
 
 
+@pytest.mark.parametrize("overridden", ["with_options", "copy"])
+async def test_wrap_keeps_a_subclass_s_own_with_options_and_copy(
+    records: Records, kit: ModuleType, is_async: bool, overridden: str
+) -> None:
+    """wrap() set both ``with_options`` and ``copy`` to one hook around the SDK's ``copy``: a
+    client subclass's own ``with_options()`` (adding a team header to every derived client)
+    never ran once wrapped, and one overriding only ``copy()`` had it run by ``with_options()``
+    too. Each name now calls the client's own method and wraps what it makes."""
+    base: Any = openai.AsyncOpenAI if is_async else openai.OpenAI
+
+    def with_team(self: Any, **kwargs: Any) -> Any:
+        kwargs["default_headers"] = {**(kwargs.get("default_headers") or {}), "X-Team": "search"}
+        return getattr(super(team_client, self), overridden)(**kwargs)
+
+    team_client: Any = type("TeamClient", (base,), {overridden: with_team})
+
+    async def sent(wrapped: bool) -> list[str | None]:
+        seen = []
+
+        def server(request: Any) -> Any:
+            seen.append(request.headers.get("x-team"))
+            return kit.http.Response(200, json=kit.chat_body())
+
+        http_client = (kit.http.AsyncClient if is_async else kit.http.Client)(
+            transport=kit.http.MockTransport(server)
+        )
+        client = team_client(
+            api_key="sk-test", base_url="http://fake.local/v1", http_client=http_client
+        )
+        if wrapped:
+            tokenmeter.wrap(client)
+        await chat(client.with_options(timeout=5), kit)
+        await chat(client.copy(timeout=5), kit)
+        await chat(client.with_options(timeout=5).with_options(max_retries=0), kit)
+        return seen
+
+    bare = await sent(wrapped=False)
+    assert await sent(wrapped=True) == bare
+    assert len(records()) == 3
+
+
 async def test_wrap_instruments_only_that_client(
     fake: FakeProvider, records: Records, kit: ModuleType, is_async: bool
 ) -> None:

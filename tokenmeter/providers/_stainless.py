@@ -323,14 +323,11 @@ class StainlessAdapter:
                 return self.sync_call(bound, client, args, kwargs)
 
             client.request = request
-        make_copy = client.copy
-
-        def copy(*args: Any, **kwargs: Any) -> Any:
-            made = make_copy(*args, **kwargs)
-            self.wrap_client(made, sync_base, async_base)
-            return made
-
-        client.copy = client.with_options = copy
+        # Each name around the client's own method: a subclass may override either (the SDK's
+        # ``with_options`` is its ``copy``), and its override must still run. Whichever runs,
+        # what it makes is wrapped (once: the guard above, when one calls the other).
+        client.copy = self._copy_hook(client.copy, sync_base, async_base)
+        client.with_options = self._copy_hook(client.with_options, sync_base, async_base)
 
         def reduce_ex(protocol: SupportsIndex) -> tuple[Any, ...]:
             # copy.copy() / deepcopy() of the client (they look this up on the object): the copy
@@ -342,6 +339,18 @@ class StainlessAdapter:
         client.__reduce_ex__ = reduce_ex
         client._tokenmeter_wrapped = True
         return True
+
+    def _copy_hook(
+        self, make: Callable[..., Any], sync_base: type, async_base: type
+    ) -> Callable[..., Any]:
+        """``make`` (a client's ``copy`` or ``with_options``), wrapping the client it returns."""
+
+        def copy(*args: Any, **kwargs: Any) -> Any:
+            made = make(*args, **kwargs)
+            self.wrap_client(made, sync_base, async_base)
+            return made
+
+        return copy
 
     def sync_call(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         return intercept(self, False, wrapped, instance, args, kwargs)
