@@ -952,6 +952,24 @@ def test_a_budget_raised_as_it_goes_warns_again_on_the_way_to_the_new_one(
         assert warned() == []
 
 
+def test_a_session_budget_warns_at_fractions_above_its_limit(tmp_path: Path) -> None:
+    """``budget_warn_at=[0.5, 2.0]``: a configured budget warned at 200 %, a session's budget
+    of the same $0.01 never did (every fraction from 1.0 up was skipped), so a session at 3x
+    its limit said nothing past its over-budget warning."""
+    seen: list[str] = []
+    tokenmeter.configure(
+        sinks=[InMemorySink()],
+        directory=tmp_path / "tm",
+        budget_warn_at=[0.5, 2.0],
+        on_alert=lambda alert: seen.append(alert.rule),
+    )
+    with tokenmeter.session("job", budget_usd=0.01):
+        for _ in range(4):
+            tokenmeter.record("openai", "gpt-4o", 1000, 500)  # $0.0075 each: $0.03 in all
+    assert tokenmeter.flush(5)
+    assert seen == ["budget_50pct", "budget_100pct", "budget_200pct"]
+
+
 def test_threads_crossing_a_budget_fraction_at_once_warn_once(
     sink: InMemorySink, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

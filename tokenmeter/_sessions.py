@@ -582,6 +582,11 @@ class Session:
                 node = node._parent
 
     def _check_budget(self, record: UsageRecord | None = None) -> None:
+        """Warn at each ``budget_warn_at`` fraction of the limit the session has reached, once.
+
+        1.0 is the over-budget warning, given once the session is past the limit (whether or
+        not 1.0 is listed). Fractions above it warn as a configured budget's do: skipped here,
+        a session at 2x or 5x its limit was never told of past its first over-budget line."""
         budget = self.budget_usd
         if budget is None:
             return
@@ -590,14 +595,14 @@ class Session:
             self._warn_anew_if_changed(budget)
             spent = self._summary.cost_usd
             for fraction in warn_fractions:
-                if fraction >= 1 or fraction in self._warned_at:
+                if fraction == 1 or fraction in self._warned_at:
                     continue
                 if spent > 0 and spent >= USD_CONTEXT.multiply(budget, Decimal(repr(fraction))):
                     self._warned_at.add(fraction)
                     crossed.append(fraction)
             over = not self._over_budget_warned and spent > budget
             self._over_budget_warned = self._over_budget_warned or over
-        for fraction in crossed:
+        for fraction in (f for f in crossed if f < 1):  # in the order they were reached
             self._alert(record, f"budget_{round(fraction * 100)}pct", fraction, spent, budget)
         if over:
             logger.warning(
@@ -607,6 +612,8 @@ class Session:
                 budget,
             )
             self._alert(record, "budget_100pct", 1.0, spent, budget)
+        for fraction in (f for f in crossed if f > 1):
+            self._alert(record, f"budget_{round(fraction * 100)}pct", fraction, spent, budget)
 
     def _warn_anew_if_changed(self, budget: Decimal) -> None:
         """Under ``_lock``: forget the warnings given at another limit. Kept for the session's
