@@ -480,6 +480,7 @@ def test_a_schema_of_the_sinks_choosing_is_read_when_the_url_names_it(
         ("?schema=", "schema must be a plain SQL identifier, got ''"),
         ("?schema=%ff", "schema in the URL has a %-escape that is not UTF-8"),
         ("?schema=a&schema=b", "schema is given more than once"),
+        ("?schema=" + "s" * 64, "schema must be at most 63 bytes"),  # the server cut it
     ],
 )
 def test_a_schema_that_is_not_a_plain_name_is_refused_in_one_line(

@@ -157,7 +157,19 @@ def test_bad_arguments_are_value_errors_and_the_dsn_is_never_shown() -> None:
     for reserved in ("pg_usage", "PG_temp", "pg_catalog"):  # PostgreSQL refuses them to us
         with pytest.raises(ValueError, match="schema must not start with pg_"):
             PostgresSink("", schema=reserved)
-    assert PostgresSink("", schema="s" * 64).schema == "s" * 64  # the server cuts it, always alike
+    # PostgreSQL cuts a name at 63 bytes: two names alike that far were one store, two
+    # services' records, sessions and budget rows mixed. Refused wherever a schema is named.
+    assert PostgresSink("", schema="S" * 63).schema == "s" * 63
+    for long_name in ("s" * 63 + "_api", "s" * 63 + "_web"):
+        url = f"postgresql://u@127.0.0.1:1/db?schema={long_name}"
+        for make, kwargs in (
+            (PostgresSink, {"dsn": "", "schema": long_name}),
+            (PostgresSink, {"dsn": url}),
+            (tokenmeter.configure, {"pg_dsn": url}),  # TOKENMETER_PG_DSN's check, the ledger's
+        ):
+            with pytest.raises(ValueError, match="schema must be at most 63 bytes") as refused:
+                make(**kwargs)
+            assert f"got 67: {long_name!r}" in str(refused.value)
     with pytest.raises(ValueError, match="statement_timeout_s"):
         PostgresSink("", statement_timeout_s=0)
     assert "hunter2" not in repr(PostgresSink("postgresql://u:hunter2@127.0.0.1/db"))

@@ -556,16 +556,27 @@ def _given_connect_timeout(dsn: str) -> int | None:
         return None
 
 
+#: Longest name PostgreSQL keeps whole (NAMEDATALEN - 1); it cuts longer ones to this.
+MAX_SCHEMA_BYTES = 63
+
+
 def check_schema_name(schema: str) -> str:
     """A schema name as PostgreSQL folds it (lower case), or ValueError: only plain identifiers,
     which are spliced into ``SET search_path`` (never a quoted name or SQL). PostgreSQL keeps
     ``pg_`` names for its own schemas: a sink given one failed every write, setting each record
-    aside. (A name past 63 bytes is cut by the server, the same way at every use: stores made
-    under one work as they did.)"""
+    aside. A name past 63 bytes is refused: the server cut it, so two services' names alike in
+    their first 63 bytes shared one store (records, sessions and budget rows mixed). A store
+    made under a longer name is the one its first 63 bytes name: give that name to keep it."""
     if not isinstance(schema, str) or not schema.isidentifier() or not schema.isascii():
         raise ValueError(f"schema must be a plain SQL identifier, got {schema!r}")
     if schema.lower().startswith("pg_"):
         raise ValueError(f"schema must not start with pg_ (PostgreSQL's own), got {schema!r}")
+    if len(schema) > MAX_SCHEMA_BYTES:  # ASCII: a byte a character
+        raise ValueError(
+            f"schema must be at most {MAX_SCHEMA_BYTES} bytes (PostgreSQL cuts longer names, "
+            f"so names alike in their first {MAX_SCHEMA_BYTES} would share one store), got "
+            f"{len(schema)}: {schema!r} (its store so far: {schema[:MAX_SCHEMA_BYTES].lower()!r})"
+        )
     return schema.lower()
 
 
