@@ -1034,6 +1034,42 @@ def estimate(
     return with_chat_search(_usage_of(parts, output_tokens), model)
 
 
+def _count(value: Any) -> int | None:
+    """A token count or number of choices the request set: a positive int, else None."""
+    return value if type(value) is int and value > 0 else None
+
+
+def output_cap(request: Any) -> int | None:
+    """The most output tokens the request let the provider bill, None when it set no limit.
+
+    An estimate counts the text that came back, which a server (or a proxy) may send far past
+    the request's limit: a 2 MB reply to ``max_tokens=10`` was estimated at 588,253 output
+    tokens, when the provider stops (and bills) at the limit, thinking included. Read from
+    ``max_completion_tokens`` / ``max_tokens`` (OpenAI chat, legacy completions, Anthropic),
+    ``max_output_tokens`` (OpenAI Responses), a google-genai ``config`` or a legacy Gemini
+    ``generation_config``; times the choices asked for (``n``, ``best_of``,
+    ``candidate_count``), each of which may reach it."""
+    if request is None:
+        return None
+    choices = max(_count(_get(request, "n")) or 1, _count(_get(request, "best_of")) or 1)
+    limit = (
+        _count(_get(request, "max_completion_tokens"))
+        or _count(_get(request, "max_output_tokens"))
+        or _count(_get(request, "max_tokens"))
+    )
+    for key in ("config", "generation_config"):  # google-genai, google-generativeai
+        config = _get(request, key)
+        if config is None or limit is not None:
+            continue
+        limit = _count(_get(config, "max_output_tokens")) or _count(_get(config, "maxOutputTokens"))
+        choices = (
+            _count(_get(config, "candidate_count"))
+            or _count(_get(config, "candidateCount"))
+            or choices
+        )
+    return None if limit is None else limit * choices
+
+
 def estimate_usage(
     provider: str, request: Any, model: str, tally: TextTally | None, operation: str | None = None
 ) -> Usage:
@@ -1045,6 +1081,9 @@ def estimate_usage(
     if tally is not None:
         try:
             output = tally.tokens(provider, model)
+            cap = output_cap(request)
+            if cap is not None:
+                output = min(output, cap)
         except Exception:
             logger.debug("tokenmeter: estimating a stream's output failed", exc_info=True)
     usage = found.model_copy(update={"output_tokens": output}) if output else found

@@ -1500,3 +1500,75 @@ async def test_a_stream_whose_usage_reports_nothing_is_estimated_as_not_streamed
     assert (record.status, record.error, record.estimated) == ("ok", None, True)
     assert record.input_tokens > 0 and record.output_tokens > 0
     assert record.estimated_cost_usd is not None and record.estimated_cost_usd > 0
+
+
+def _capped_call(kit: ModuleType, sdk: str, is_async: bool) -> Callable[[], Any]:
+    """A call through ``sdk`` asking for at most 50 output tokens (100 where it asks for two
+    choices), whose server answers LONG_ANSWER (over 1,000 tokens) and no usage."""
+    if sdk in ("chat max_tokens", "chat max_completion_tokens n=2", "responses"):
+        api = "responses" if sdk == "responses" else "chat"
+        body = _reply_without_usage(kit, api)
+        openai = kit.mock_openai(lambda request: json_reply(kit.http, body), is_async=is_async)
+        if sdk == "responses":
+            return lambda: openai.responses.create(
+                model="gpt-4o", input="Tell me a story.", max_output_tokens=50
+            )
+        cap = {"max_tokens": 50} if sdk == "chat max_tokens" else {"max_completion_tokens": 50}
+        n = {"n": 2} if "n=2" in sdk else {}
+        return lambda: openai.chat.completions.create(model="gpt-4o", messages=MESSAGES, **cap, **n)
+    if sdk == "anthropic":
+        from anthropic import _base_client
+
+        message = {"id": "msg_1", "type": "message", "role": "assistant", "stop_sequence": None}
+        message |= {"model": "claude-sonnet-4-5", "stop_reason": "max_tokens"}
+        message |= {"content": [{"type": "text", "text": LONG_ANSWER}]}
+        http = http_of(_base_client)
+        anthropic = mock_anthropic(lambda request: json_reply(http, message), is_async=is_async)
+        return lambda: anthropic.messages.create(
+            model="claude-sonnet-4-5", max_tokens=50, messages=MESSAGES[1:]
+        )
+    from google.genai import _api_client
+    from google.genai import types as gtypes
+
+    parts = [{"text": "Thinking it over.", "thought": True}, {"text": LONG_ANSWER}]
+    gemini_body = {
+        "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP"}],
+        "modelVersion": "gemini-2.5-flash",
+    }
+    gemini = mock_genai(lambda request: json_reply(http_of(_api_client), gemini_body))
+    config: Any = {"max_output_tokens": 50}
+    if sdk == "google-genai config object":
+        config = gtypes.GenerateContentConfig(max_output_tokens=50)
+    models = gemini.aio.models if is_async else gemini.models
+    return lambda: models.generate_content(
+        model="gemini-2.5-flash", contents="Tell me a story.", config=config
+    )
+
+
+@pytest.mark.parametrize(
+    ("sdk", "cap"),
+    [
+        ("chat max_tokens", 50),
+        ("chat max_completion_tokens n=2", 100),
+        ("responses", 50),
+        ("anthropic", 50),
+        pytest.param("google-genai", 50, marks=pytest.mark.requires(google_genai=">=1.46")),
+        pytest.param(
+            "google-genai config object", 50, marks=pytest.mark.requires(google_genai=">=1.46")
+        ),
+    ],
+)
+async def test_an_estimated_output_is_capped_at_the_requests_output_limit(
+    records: Records, kit: ModuleType, is_async: bool, sdk: str, cap: int
+) -> None:
+    """A reply without usage far longer than the request allowed (a proxy's or a misbehaving
+    server's): its output was estimated from all the text that came, a 2 MB reply to
+    ``max_tokens=10`` at 588,253 output tokens. The provider stops, and bills, at the limit
+    (per choice asked for): the estimate does too."""
+    call = _capped_call(kit, sdk, is_async)
+    tokenmeter.instrument(["openai", "anthropic", "google-genai"])
+    await kit.maybe(call())
+    record = only(records())
+    assert (record.status, record.estimated) == ("ok", True)
+    assert record.output_tokens == cap
+    assert tokenmeter.estimate("gpt-4o", output=LONG_ANSWER).output_tokens > 1_000

@@ -632,6 +632,30 @@ def test_stream_without_usage_is_estimated(grpc_address: str, sink: InMemorySink
     assert record.output_tokens > 0  # the three streamed pieces
 
 
+@pytest.mark.parametrize("where", ["model", "call"])
+@pytest.mark.usefixtures("instrumented")
+def test_an_estimated_streams_output_is_capped_at_max_output_tokens(
+    grpc_address: str, sink: InMemorySink, where: str
+) -> None:
+    """A stream without usage was estimated from all the text that came, past the
+    ``max_output_tokens`` the model or the call set (where the provider stops and bills)."""
+    legacy_model = _sync_model(grpc_address)
+    if where == "model":  # the model's default generation_config, the call's none
+        legacy_model._generation_config = {"max_output_tokens": 2, "temperature": 0.5}
+        chunks = list(legacy_model.generate_content("no usage", stream=True))
+    else:  # the call's own, over the model's
+        legacy_model._generation_config = {"max_output_tokens": 1_000}
+        config = generation_types.GenerationConfig(max_output_tokens=2)
+        chunks = list(
+            legacy_model.generate_content("no usage", stream=True, generation_config=config)
+        )
+
+    assert len(chunks) == 3
+    record = only(flushed(sink))
+    assert (record.estimated, record.output_tokens) == (True, 2)
+    assert tokenmeter.estimate("gemini-1.5-flash", output="piece" * 3).output_tokens > 2
+
+
 #: How a caller may read a stream, and the chunks the SDK has fetched (one ahead of the caller,
 #: the first while sending) when it is done with: what an estimate counts, each chunk once.
 READ_ONCE_OR_AGAIN = {

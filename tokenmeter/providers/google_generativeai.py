@@ -86,6 +86,8 @@ def _new_call(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call
         "contents": args[0] if args else kwargs.get("contents"),
         "system_instruction": getattr(model, "_system_instruction", None),
         "tools": kwargs.get("tools") or getattr(model, "_tools", None),
+        # its output cap: the call's own, else the model's (the SDK merges them so)
+        "generation_config": _output_config(kwargs.get("generation_config"), model),
     }
     streamed = bool(kwargs.get("stream"))
     call = (_StreamCall if streamed else Call)(
@@ -93,6 +95,19 @@ def _new_call(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call
     )
     call.model = short_model(request_model)  # replaced by response.model_version when given
     return call
+
+
+def _output_config(given: Any, model: Any) -> dict[str, Any]:
+    """The output limits a call runs with: the call's ``generation_config`` (a dict, a
+    ``GenerationConfig`` or its proto) over the model's (a dict, as the SDK keeps it), merged
+    key by key as the SDK merges them. Read only to cap an estimate's output."""
+    merged: dict[str, Any] = {}
+    for config in (getattr(model, "_generation_config", None), given):
+        for key in ("max_output_tokens", "candidate_count"):
+            value = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+            if value:  # unset: None, or a proto's 0
+                merged[key] = value
+    return merged
 
 
 def _usage_metadata(response: Any) -> Any:
