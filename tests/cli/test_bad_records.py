@@ -68,6 +68,11 @@ BAD_JSON_FIELDS = [
     ("output_tokens", "1.5"),
     ("output_tokens", "{}"),
     ("total_tokens", "[1]"),
+    # The seven first keys are always there, and total_tokens is input + output (SPEC §3).
+    ("input_tokens", "null"),
+    ("output_tokens", "null"),
+    ("input_tokens", "0"),
+    ("total_tokens", "1"),
     ("cache_read_tokens", '"3"'),
     ("reasoning_tokens", "1e3"),
     ("estimated_cost_usd", "1e400"),
@@ -156,7 +161,9 @@ def test_valid_odd_values_are_kept(cli: RunCli, tmp_path: Path) -> None:
     """Strict is not fussy: nulls, a zero-padded timestamp offset, 0 and big counts are fine."""
     lines = [
         record_line(RECORDS[0], estimated_cost_usd="null", cost_breakdown="null", tags="{}"),
-        record_line(RECORDS[0], input_tokens=str(2**63 - 1), output_tokens="0"),
+        record_line(
+            RECORDS[0], input_tokens=str(2**63 - 1), output_tokens="0", total_tokens=str(2**63 - 1)
+        ),
         record_line(RECORDS[0], timestamp='"2026-11-01T02:30:00+01:00"', latency_ms="12.5"),
         record_line(RECORDS[0], estimated_cost_usd="-0.25", modalities='{"text": 3}'),
     ]
@@ -174,6 +181,33 @@ def test_valid_odd_values_are_kept(cli: RunCli, tmp_path: Path) -> None:
     assert code == 0 and json.loads(out)["totals"]["calls"] == 1
 
 
+def test_counts_that_do_not_add_up_are_not_totalled(cli: RunCli, tmp_path: Path) -> None:
+    """A line with a null input count, or a 0 beside a total of 1,010, was counted as a call of
+    0 input tokens: the report's totals then said input + output != total (1,000 + 20 = 2,020).
+    Such a line is skipped and counted; a line of an older writer without the cache and
+    reasoning counts, or without its total, is still a call (the total is input + output)."""
+    path = write_jsonl(tmp_path / "usage.jsonl", RECORDS)
+    code, clean, err = cli("report", "--format", "json", "--source", str(path))
+    assert code == 0 and err == ""
+    older = RECORDS[5].to_json_dict()
+    for name in ("cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "total_tokens"):
+        del older[name]
+    older["id"] = "older-writer"
+    bad = [
+        record_line(RECORDS[5], input_tokens="null"),
+        record_line(RECORDS[5], output_tokens="null"),
+        record_line(RECORDS[5], input_tokens="0"),
+    ]
+    _clean_then_dirty(path, [*bad, json.dumps(older)])
+    code, out, err = cli("report", "--format", "json", "--source", str(path))
+    assert code == 0
+    assert err.splitlines() == [f"tokenmeter: warning: skipped 3 corrupt lines in {path}"]
+    before, after = json.loads(clean)["totals"], json.loads(out)["totals"]
+    assert after["calls"] == before["calls"] + 1
+    assert after["input_tokens"] == before["input_tokens"] + RECORDS[5].input_tokens
+    assert after["total_tokens"] == after["input_tokens"] + after["output_tokens"]
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
 @pytest.mark.parametrize("command", COMMANDS, ids=COMMAND_IDS)
 def test_counts_past_what_64_bits_hold_still_add_up(
@@ -185,7 +219,9 @@ def test_counts_past_what_64_bits_hold_still_add_up(
     huge = 2**63 - 1
     if kind == "jsonl":
         path = write_jsonl(tmp_path / "usage.jsonl", RECORDS)
-        line = record_line(RECORDS[5], input_tokens=str(huge), total_tokens=str(huge))
+        line = record_line(
+            RECORDS[5], input_tokens=str(huge), output_tokens="0", total_tokens=str(huge)
+        )
         append_lines(path, [line.replace('"rec-006"', '"huge"')])
     else:
         path = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)

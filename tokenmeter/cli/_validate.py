@@ -6,11 +6,12 @@ column, so another program may have stored text in an INTEGER column. Such a rec
 here (``BadRecord``) and the reader skips and counts it like a torn line, so that no command
 meets a value of the wrong type later, half-way through adding it up or printing it.
 
-The checks (SPEC §3): token counts are ints in ``[0, 2**63)`` (never bool, float or text); costs
-are finite numbers within ``MAX_COST_USD`` either way, read into exact Decimals; text fields are
-strings or null (a lone surrogate is allowed: it is replaced when printed); tags map strings to
-strings; the timestamp is an ISO-8601 instant, normalised to the record format so windows and
-days compare as text. Unknown keys are left alone: a newer writer may add fields.
+The checks (SPEC §3): token counts are ints in ``[0, 2**63)`` (never bool, float or text), input
+and output always there, ``total_tokens`` their sum; costs are finite numbers within
+``MAX_COST_USD`` either way, read into exact Decimals; text fields are strings or null (a lone
+surrogate is allowed: it is replaced when printed); tags map strings to strings; the timestamp
+is an ISO-8601 instant, normalised to the record format so windows and days compare as text.
+Unknown keys are left alone: a newer writer may add fields.
 
 ``record_from_row`` turns a SQLite row into the JSONL shape and applies ``check_record``: every
 row a command lists (``--detailed``, ``session``, ``tail``) passes through it. The totals that
@@ -74,6 +75,8 @@ TEXT_FIELDS = (
     "request_id",
 )
 FLAG_FIELDS = ("streamed", "estimated")
+#: The counts every record has (the original unified format's); the others default to 0.
+_REQUIRED_COUNTS = ("input_tokens", "output_tokens")
 
 _fromisoformat = datetime.fromisoformat
 _DECIMAL_TEXT = re.compile(r"-?\d+(?:\.\d+)?")
@@ -138,21 +141,39 @@ def _is_money(value: Any) -> bool:
     return False
 
 
-def check_record(data: dict[str, Any]) -> dict[str, Any]:
+def check_record(data: dict[str, Any], *, counts_add_up: bool = True) -> dict[str, Any]:
     """``data`` with every known field checked and normalised in place; BadRecord if one is bad.
 
-    After this, counts are ints (missing: 0), the cost a Decimal or None, ``cost_breakdown`` None
+    After this, counts are ints (cache and reasoning counts missing: 0; a missing total: input +
+    output), the cost a Decimal or None, ``cost_breakdown`` None
     or a dict of finite numbers within range or None (``Call`` makes them Decimal, drops None),
     ``tags`` a dict of str (missing: {}), flags bool, the timestamp in the record format.
+
+    ``counts_add_up=False`` leaves out the checks that input and output are there and that the
+    total is their sum: for SQLite rows, whose totals SQL adds up under ``sql_valid``, which
+    does not state them (a listed call and the totals must agree on which rows count).
     """
     get = data.get
     data["timestamp"] = _timestamp(get("timestamp"))
+    total = get("total_tokens")
     for name in COUNT_FIELDS:
         value = get(name)
         if value is None:
+            # Only the counts a writer may leave out read as 0 (older writers had no cache or
+            # reasoning counts); a record without its input or output count is no record.
+            if counts_add_up and name in _REQUIRED_COUNTS:
+                raise _bad(name, value)
             data[name] = 0
         elif type(value) is not int or not 0 <= value <= MAX_COUNT:
             raise _bad(name, value)
+    if counts_add_up:
+        # SPEC §3: total_tokens is input_tokens + output_tokens. A line whose counts disagree
+        # would make a report's columns not add up; a missing total is their sum.
+        made = data["input_tokens"] + data["output_tokens"]
+        if total is None:
+            data["total_tokens"] = made
+        elif total != made:
+            raise _bad("total_tokens", total)
     for name in TEXT_FIELDS:
         value = get(name)
         if value is not None and type(value) is not str:
@@ -251,7 +272,7 @@ def record_from_row(row: sqlite3.Row) -> dict[str, Any]:
     if type(timestamp) is not str or not _is_record_format(timestamp):
         # The SQL totals compare and group timestamps as text: only the record format will do.
         raise _bad("timestamp", timestamp)
-    return check_record(data)
+    return check_record(data, counts_add_up=False)
 
 
 _SQL_TEXT_COLUMNS = ("model_provider", "model_name", "session_id", "session_name")

@@ -168,7 +168,11 @@ class JsonlScan:
                     status,
                     estimated,
                 ) = found.groups()
-                if known_date(day) or valid_date(day):
+                input_count, output_count, total_count = int(inp), int(out), int(tot)
+                # A total that is not input + output: refused, as check_record refuses it.
+                if (
+                    known_date(day) or valid_date(day)
+                ) and input_count + output_count == total_count:
                     if seen(
                         None
                         if record_id == "null"
@@ -191,16 +195,16 @@ class JsonlScan:
                         "latency_ms": None if latency is None else float(latency),
                     }
                     counts = (
-                        int(inp),
-                        int(out),
+                        input_count,
+                        output_count,
                         int(cache_read),
                         int(cache_write),
                         int(reasoning),
-                        int(tot),
+                        total_count,
                     )
                     yield record, counts, None if cost is None else _money(cost)
                     continue
-                self.skipped += 1  # the pattern's shape, but not a calendar date
+                self.skipped += 1  # the pattern's shape, but not a calendar date or a sum
                 continue
             checked = parse_record(line)
             if checked is None:
