@@ -221,6 +221,24 @@ def test_alert_lines_are_checked_as_tokenmeter_alerts_checks_them(
     assert not re.search(r"nan_rule|inf_rule|garbage_time_rule|before_year_1_rule", out)
 
 
+def test_an_older_writers_float_noise_is_not_shown(cli: RunCli, tmp_path: Path) -> None:
+    """alerts.jsonl lines written before the budgets rounded their spend held the ledger's
+    float sum (0.0010500000000000002): the dashboard (and the periodic markdown report, which
+    reads alerts the same way) printed it so, where ``tokenmeter alerts`` says 0.00105."""
+    db = write_sqlite(tmp_path / "usage.db", RECORDS, SESSIONS)
+    (tmp_path / "alerts.jsonl").write_text(
+        '{"time":"2026-11-02T10:00:00.000Z","rule":"budget_100pct",'
+        '"observed":0.0010500000000000002,"threshold":0.24000000000000002}\n'
+    )
+    code, out, err = cli(
+        "report", "--source", str(db), "--since", "2026-11-02", "--until", "2026-11-02",
+        "--format", "html",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "budget_100pct" in out and "0.00105" in out and "0.24" in out
+    assert "0.0010500000000000002" not in out and "0.24000000000000002" not in out
+
+
 def _tag_bars(page: str) -> dict[str, list[tuple[str, Decimal]]]:
     """Each tag chart's bars, in page order: (label, exact cost)."""
     charts: dict[str, list[tuple[str, Decimal]]] = {}

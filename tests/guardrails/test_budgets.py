@@ -10,6 +10,7 @@ import asyncio
 import contextvars
 import functools
 import gc
+import json
 import logging
 import math
 import os
@@ -1010,6 +1011,32 @@ def test_a_budget_met_exactly_by_calls_warns_at_the_call_that_meets_it(
     assert tokenmeter.flush(5)
     warned_at = {a.rule: [r.id for r in records].index(a.record_id) + 1 for a in seen}
     assert warned_at == {"budget_50pct": 5, "budget_80pct": 8, "budget_100pct": 10}
+
+
+def test_a_budget_warning_says_the_spend_without_float_noise(tmp_path: Path) -> None:
+    """Five calls of $0.00021 spent 0.0010500000000000002 of a $0.001 budget by the ledger's
+    float sum: the alert posted that number to alerts.jsonl, and the markdown and HTML reports
+    printed it so (``tokenmeter alerts`` said 0.00105). 0.8 of 0.3 was 0.24000000000000002."""
+    seen: list[Alert] = []
+    configured(
+        tmp_path,
+        [
+            {"name": "daily", "limit_usd": 0.001, "period": "day", "on_exceed": "warn"},
+            {"name": "big", "limit_usd": 0.3, "period": "day", "on_exceed": "warn"},
+        ],
+        on_alert=seen.append,
+    )
+    for _ in range(6):
+        tokenmeter.record("openai", "gpt-4o-mini", 1000, 100)
+    tokenmeter.record("openai", "gpt-4o", 100_000, 0)  # $0.25: past 80 % of $0.30
+    assert tokenmeter.flush(5)
+    shown = {a.rule + " " + a.scope.split()[0]: (a.observed, a.threshold) for a in seen}
+    assert shown["budget_100pct budget:daily"] == (0.00105, 0.001)
+    assert shown["budget_80pct budget:big"][1] == 0.24
+    lines = (tmp_path / "tm" / "alerts.jsonl").read_text().splitlines()
+    written = [(a["observed"], a["threshold"]) for a in map(json.loads, lines)]
+    assert (0.00105, 0.001) in written and (0.25126, 0.24) in written
+    assert all(len(repr(n)) < 12 for pair in written for n in pair), written
 
 
 def test_a_ledger_takes_calls_that_meet_a_budgets_limit_exactly() -> None:

@@ -57,6 +57,10 @@ def _text(value: Any) -> str:
         return value
     if isinstance(value, dict | list):
         return json.dumps(value, sort_keys=True)
+    if isinstance(value, float):
+        # Older writers posted a budget's float sum as it was (0.0010500000000000002): shown to
+        # 12 significant digits (0.00105), as the budgets now post it.
+        return str(float(f"{value:.12g}"))
     return str(value)
 
 
