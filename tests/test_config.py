@@ -78,6 +78,26 @@ def test_a_path_from_the_home_folder_is_there(
     assert settings.prices_file == home / "prices.toml"
 
 
+def test_a_path_variable_from_a_crlf_env_file_loses_its_line_end(tmp_path: Path) -> None:
+    """An .env file saved with CRLF line ends, exported by a tool that keeps the carriage
+    return: TOKENMETER_DIR=tm\\r sent the records to a new folder named 'tm\\r' (and the state
+    lines to 'state.md\\r'), silently, while TOKENMETER_MAX_QUEUE=1000\\r of the same file was
+    read as 1000. A trailing space is a name's own and stays."""
+    (tmp_path / "prices.toml").write_text("")
+    env = {
+        "TOKENMETER_DIR": "tm\r",
+        "TOKENMETER_STATE_FILE": "state.md\r\n",
+        "TOKENMETER_PRICES": "prices.toml\r",
+        "TOKENMETER_MAX_QUEUE": "1000\r",
+    }
+    settings = load_settings(env=env, cwd=tmp_path, prices_base=tmp_path)
+    assert settings.directory == Path("tm")
+    assert settings.state_file == Path("state.md")
+    assert settings.prices_file == tmp_path / "prices.toml"
+    assert settings.max_queue == 1000
+    assert load_settings(env={"TOKENMETER_DIR": "tm "}).directory == Path("tm ")
+
+
 def test_the_kill_switch_works_whatever_else_is_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

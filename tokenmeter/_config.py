@@ -37,6 +37,7 @@ __all__ = [
     "find_pyproject",
     "load_settings",
     "load_settings_with_sources",
+    "path_text",
 ]
 
 SINK_NAMES = ("sqlite", "jsonl", "markdown", "postgres", "otel")
@@ -498,16 +499,24 @@ def _fractions(value: str) -> list[int | float]:
     return [_parse_number(part, float) for part in value.split(",") if part.strip()]
 
 
+def path_text(value: str) -> str:
+    """A path variable without the line end a CRLF ``.env`` file leaves on it (``tm\\r``):
+    taken verbatim, the records went to a new folder named ``tm\\r`` with no word, while the
+    same file's other variables were read as meant (their whitespace stripped). Only line-end
+    characters go: a name with a deliberate trailing space is the user's."""
+    return value.rstrip("\r\n")
+
+
 #: How each ``TOKENMETER_*`` variable is read, and whether it counts when set but empty. Empty,
 #: a variable is unset (an unfilled ``.env`` line, ``export X=$UNSET``): read as "false" or
 #: "none", ``TOKENMETER_STREAM_USAGE=`` and ``TOKENMETER_THREAD_PROPAGATION=`` switched their
 #: feature off without a word. ``TOKENMETER_SINKS=`` alone is an error instead, documented: it
 #: must not be taken for "store nothing".
 _ENV_READERS: dict[str, tuple[Callable[[str], Any], bool]] = {
-    "directory": (str, False),
+    "directory": (path_text, False),
     "sinks": (_some_sinks, True),
     "disabled": (_parse_bool, False),
-    "prices_file": (str, False),
+    "prices_file": (path_text, False),
     "stream_usage": (_parse_bool, False),
     "reports": (_some_reports, False),
     "thread_propagation": (_parse_bool, False),
@@ -518,7 +527,7 @@ _ENV_READERS: dict[str, tuple[Callable[[str], Any], bool]] = {
     "budget_timezone": (str, False),
     "budget_warn_at": (_fractions, False),
     "budget_ledger": (lambda value: value.strip().lower(), False),
-    "state_file": (str, False),
+    "state_file": (path_text, False),
     "providers": (_some_providers, False),
     "pg_dsn": (str, False),
 }
