@@ -160,8 +160,9 @@ def _absolute(path: str | Path) -> Path:
 
 
 class _DefaultSinks:
-    """The default sinks one configuration has made, by ``_sink_key``: the next configuration
-    takes over those it makes the same (``_kept_defaults``), with their writers.
+    """The default sinks one configuration has made, by ``_sink_key``, and its alert sink, by
+    ``_alerts_key``: the next configuration takes over those it makes the same
+    (``_kept_defaults``), with their writers.
 
     A ``configure()`` that left the store alone (``exit_timeout``, budgets, hooks: a reload)
     made new sink objects for the same files, and the old writer and the new one both wrote a
@@ -204,12 +205,29 @@ def _sink_key(name: str, resolved: Settings, directory: Path) -> tuple[str, str]
         return None
 
 
+def _alerts_key(directory: Path) -> tuple[str, str] | None:
+    """What makes the alert sink the same in another configuration: the real path of its
+    alerts.jsonl. Its rules and callbacks are updated in place (``AlertSink.update``)."""
+    try:
+        return "alerts", os.path.realpath(directory / "alerts.jsonl")
+    except (OSError, ValueError):  # no working directory to resolve it against: made anew
+        return None
+
+
+def _wants_alerts(resolved: Settings) -> bool:
+    """Whether ``resolved`` has an alert sink: rules, callbacks, or budgets (their warnings)."""
+    return not resolved.disabled and bool(resolved.alerts or resolved.on_alert or resolved.budgets)
+
+
 def _kept_defaults(resolved: Settings, directory: Path) -> _DefaultSinks:
     """The default sinks made so far that ``resolved`` makes the same (same name, same file),
-    for the new configuration to go on with; the others are closed by ``set_sinks``."""
+    and the alert sink of the same alerts.jsonl, for the new configuration to go on with; the
+    others are closed by ``set_sinks``."""
     if resolved.disabled or _defaults.pid != os.getpid():
         return _DefaultSinks({})
-    keys = (_sink_key(name, resolved, directory) for name in resolved.sinks)
+    keys = [_sink_key(name, resolved, directory) for name in resolved.sinks]
+    if _wants_alerts(resolved):
+        keys.append(_alerts_key(directory))
     return _DefaultSinks(
         {key: _defaults.made[key] for key in keys if key is not None and key in _defaults.made}
     )
@@ -263,12 +281,13 @@ def _apply() -> None:
         state_file = None if resolved.state_file is None else _absolute(resolved.state_file)
         _apply_guardrails(resolved, objects, directory)
         kept = _defaults = _kept_defaults(resolved, directory)
+        _update_kept_alerts(resolved, directory, kept)
 
         def make_sinks() -> list[Sink]:
             return [
                 *objects,
                 *_default_sinks(resolved, directory, kept),
-                *_guardrail_sinks(resolved, directory, state_file),
+                *_guardrail_sinks(resolved, directory, state_file, kept),
             ]
 
         _pipeline.set_sinks(
@@ -335,21 +354,38 @@ def _ledger_sinks(resolved: Settings) -> list[Sink]:
         return []
 
 
-def _guardrail_sinks(resolved: Settings, directory: Path, state_file: Path | None) -> list[Sink]:
+def _update_kept_alerts(resolved: Settings, directory: Path, kept: _DefaultSinks) -> None:
+    """Give the alert sink ``kept`` goes on with the rules and callbacks of ``resolved``: a new
+    one at every configure() (a reload of budgets or hooks) forgot the learned baselines, the
+    trailing hour of spend and the alerts alerts.jsonl had refused, and configure() waited for
+    a running ``on_alert`` callback of the old one."""
+    from tokenmeter.guardrails._alerts import AlertSink
+
+    key = _alerts_key(directory)
+    alerts = kept.made.get(key) if key is not None else None
+    if isinstance(alerts, AlertSink):
+        alerts.update(resolved.alerts, resolved.on_alert)
+
+
+def _guardrail_sinks(
+    resolved: Settings, directory: Path, state_file: Path | None, kept: _DefaultSinks
+) -> list[Sink]:
     """The alert judge and the state-file writer run as sinks: on writer threads, off the
-    caller's, and ``flush()`` waits for them like for any sink."""
+    caller's, and ``flush()`` waits for them like for any sink. The alert sink of the same
+    alerts.jsonl is ``kept`` (see ``_update_kept_alerts``)."""
     from tokenmeter.guardrails._alerts import AlertSink
     from tokenmeter.guardrails._hooks import StateFileSink
 
     made: list[Sink] = []
     if resolved.disabled:
         return made
-    if resolved.alerts or resolved.on_alert or resolved.budgets:
-        alerts = AlertSink(
-            resolved.alerts,
-            directory / "alerts.jsonl",
-            resolved.on_alert,
-        )
+    if _wants_alerts(resolved):
+
+        def make() -> Sink:
+            return AlertSink(resolved.alerts, directory / "alerts.jsonl", resolved.on_alert)
+
+        alerts = kept.get(_alerts_key(directory), make)
+        assert isinstance(alerts, AlertSink)
         alerts.activate()
         made.append(alerts)
     if state_file is not None:

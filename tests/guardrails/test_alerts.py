@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import one_line_value_error
+from helpers import one_line_value_error, returns, wait_for
 
 import tokenmeter
 from tokenmeter.cli._alerts import read_alerts
@@ -119,6 +119,22 @@ def test_alerts_alerts_jsonl_refused_are_written_once_it_takes_them(
     call(6000, 3)
     assert tokenmeter.flush(5)
     assert [a["time"][14:16] for a in read_alerts(path)[0]] == ["00", "01", "02", "03"]
+
+
+def test_alerts_jsonl_refused_keeps_its_alerts_across_a_configure(tmp_path: Path) -> None:
+    """Every configure() made a new alert sink and closed the old one, dropping the alerts
+    alerts.jsonl had refused: 1 line of 2 once it took lines again, after a configure() that
+    changed nothing about alerts (exit_timeout)."""
+    setup(tmp_path, [{"rule": "call_tokens", "threshold": 5000, "cooldown_s": 0}])
+    path = tmp_path / "tm" / "alerts.jsonl"
+    path.mkdir(parents=True)
+    call(6000, 0)
+    assert tokenmeter.flush(5)
+    tokenmeter.configure(exit_timeout=5)
+    path.rmdir()
+    call(6000, 1)
+    assert tokenmeter.flush(5)
+    assert [a["time"][14:16] for a in read_alerts(path)[0]] == ["00", "01"]
 
 
 def test_an_alert_dated_in_the_future_does_not_silence_its_rule(tmp_path: Path) -> None:
@@ -271,6 +287,77 @@ def test_spend_rate_over_the_trailing_hour(tmp_path: Path) -> None:
     assert tokenmeter.flush(5)
     (alert,) = seen.alerts
     assert alert.rule == "spend_rate" and alert.observed > 0.02
+
+
+def test_a_configure_keeps_the_baselines_and_the_hour_of_the_rules_it_leaves_alone(
+    tmp_path: Path,
+) -> None:
+    """Every configure() (a reload of budgets or hooks, an exit_timeout) made a new alert sink:
+    the baselines and the trailing hour of spend started afresh, and a process reloading more
+    often than ``warmup`` calls never alerted. Here: no alert at all where two were due. A rule
+    changed starts afresh, and the new callbacks take over."""
+    seen = setup(
+        tmp_path,
+        [
+            {"rule": "call_tokens", "multiplier": 3, "warmup": 5},
+            {"rule": "spend_rate", "threshold": 0.5},
+        ],
+    )
+    for minute in range(10):
+        call(1000, minute)  # a baseline of 1,000 tokens; $0.025 in the hour
+    assert tokenmeter.flush(5)
+    tokenmeter.configure(exit_timeout=5)
+    call(120_000, 10)  # 120 times the baseline; $0.325 in the hour
+    assert tokenmeter.flush(5)
+    tokenmeter.configure(on_session_end=[])
+    call(120_000, 11)  # $0.625 in the hour
+    assert tokenmeter.flush(5)
+    assert [(a.rule, a.time.minute) for a in seen.alerts] == [
+        ("call_tokens", 10),
+        ("spend_rate", 11),
+    ]
+    other = Collect()
+    changed = [
+        {"rule": "call_tokens", "multiplier": 4, "warmup": 5},  # afresh: 0 samples of 5
+        {"rule": "call_tokens", "threshold": 500_000},
+    ]
+    tokenmeter.configure(alerts=changed, on_alert=other)
+    call(1_000_000, 20)
+    assert tokenmeter.flush(5)
+    (alert,) = other.alerts
+    assert (alert.threshold, alert.baseline) == (500_000, None)
+    assert len(seen.alerts) == 2
+
+
+def test_a_configure_does_not_wait_for_a_running_callback(tmp_path: Path) -> None:
+    """configure() replaced the alert sink and waited for its writer, inside a slow on_alert
+    callback (a post to a chat), up to exit_timeout: a reload of hooks took as long as the
+    callback. The alert sink goes on now, with the rules and callbacks given."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow(alert: Alert) -> None:
+        started.set()
+        release.wait(60)
+
+    tokenmeter.configure(
+        sinks=[InMemorySink()],
+        directory=tmp_path / "tm",
+        alerts=[{"rule": "call_tokens", "threshold": 1}],
+        on_alert=slow,
+        exit_timeout=60,
+    )
+    call(1000, 0)
+    try:
+        wait_for(started.is_set, "the on_alert callback running")
+        reload = returns(
+            lambda: tokenmeter.configure(on_session_end=[]),
+            "configure() waited for the running on_alert callback",
+            limit=20,
+        )
+        assert reload == []
+    finally:
+        release.set()
+    assert tokenmeter.flush(10)
 
 
 def test_spend_rate_counts_only_the_trailing_hour_of_backfilled_records(tmp_path: Path) -> None:

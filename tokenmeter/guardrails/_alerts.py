@@ -275,6 +275,11 @@ class AlertSink:
         #: Lines alerts.jsonl refused (its disk full, made read-only, a directory in its
         #: place), in order: written before the next ones once it takes them again.
         self._unwritten: deque[bytes] = deque(maxlen=_MAX_UNWRITTEN)
+        #: The rules and callbacks of a later configuration (``update``), for the writer to
+        #: take at its next batch; its own small lock, never held while a callback runs.
+        self._update: tuple[tuple[AlertRule, ...], tuple[Callable[[Alert], object], ...]] | None
+        self._update = None
+        self._update_lock = threading.Lock()
 
     def activate(self) -> None:
         global _active
@@ -282,6 +287,41 @@ class AlertSink:
         if self.callbacks and not self._observing:
             self._observing = True
             _pipeline.add_submit_observer(self._note_own)
+
+    def update(
+        self, rules: Sequence[AlertRule], callbacks: Sequence[Callable[[Alert], object]]
+    ) -> None:
+        """Take the rules and callbacks of a ``configure()`` that keeps this sink (the same
+        alerts.jsonl): a new sink at each configure() started every baseline and the trailing
+        hour of spend afresh, and dropped the alerts alerts.jsonl had refused. The writer takes
+        them at its next batch: taken here under ``_lock``, configure() would wait for an
+        ``on_alert`` callback running on the writer (a slow one holds it for seconds)."""
+        with self._update_lock:
+            self._update = (tuple(dict.fromkeys(rules)), tuple(callbacks))
+        if callbacks and not self._observing:
+            self._observing = True
+            _pipeline.add_submit_observer(self._note_own)
+        elif not callbacks and self._observing:
+            _pipeline.remove_submit_observer(self._note_own)
+            self._observing = False
+
+    def _take_update(self) -> None:
+        """Under ``_lock``: put the rules and callbacks ``update`` left in force. The baselines
+        of a rule still configured go on (the key is the rule itself: a rule changed in any
+        field starts afresh), and the trailing hour always: it is the process's spend."""
+        with self._update_lock:
+            update, self._update = self._update, None
+        if update is None:
+            return
+        rules, self.callbacks = update
+        if {rule.rule for rule in rules} - {rule.rule for rule in self.rules}:
+            self._seeded = False  # a new kind of rule: its cooldowns from alerts.jsonl
+        self.rules = rules
+        kept = set(rules)
+        self._baselines = {key: value for key, value in self._baselines.items() if key[0] in kept}
+        self._session_samples = {
+            key: value for key, value in self._session_samples.items() if key[0] in kept
+        }
 
     def _note_own(self, item: object) -> None:
         """On the submitting thread: remember a record an ``on_alert`` callback made. Judged, a
@@ -294,6 +334,7 @@ class AlertSink:
     # -- the Sink protocol ----------------------------------------------------------------------
     def write(self, records: Sequence[UsageRecord]) -> None:
         with self._lock:
+            self._take_update()
             self._seed()
             for record in records:
                 if record.id in self._own:
@@ -306,6 +347,7 @@ class AlertSink:
 
     def write_sessions(self, sessions: Sequence[SessionInfo]) -> None:
         with self._lock:
+            self._take_update()
             self._seed()
             for info in sessions:
                 if info.status != "active" and info.calls:
@@ -314,6 +356,7 @@ class AlertSink:
 
     def flush(self) -> None:
         with self._lock:
+            self._take_update()
             self._seed()
             self._deliver_pending()
 
