@@ -208,6 +208,95 @@ def test_images_are_counted_at_the_providers_typical_rate() -> None:
     assert gemini.input_tokens == 258
 
 
+def test_a_structured_output_schema_is_counted_as_input() -> None:
+    """A structured-output schema is billed as input (the provider puts it in the prompt): the
+    estimate of a call without usage, and a budget's, left it out. It counts as tools'
+    parameters count, in each shape the SDKs take it: a dict, a Gemini ``Schema``, a pydantic
+    class."""
+    from google.genai import types
+    from pydantic import BaseModel, Field
+
+    description = "The city, spelled as its people spell it. " * 50
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "description": description}},
+    }
+
+    class City(BaseModel):
+        city: str = Field(description=description)
+
+    hi = [{"role": "user", "content": "hi"}]
+    bare = {
+        "openai": estimate_input("openai", {"model": "gpt-4o", "messages": hi}).input_tokens,
+        "anthropic": estimate_input(
+            "anthropic", {"model": "claude-sonnet-4-5", "messages": hi}
+        ).input_tokens,
+        "google": estimate_input(
+            "google", {"model": "gemini-2.5-flash", "contents": "hi"}
+        ).input_tokens,
+    }
+    with_schema = [
+        (
+            "openai",
+            {
+                "model": "gpt-4o",
+                "messages": hi,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "c", "schema": schema},
+                },
+            },
+        ),
+        (
+            "openai",
+            {
+                "model": "gpt-4o",
+                "input": hi,
+                "text": {"format": {"type": "json_schema", "name": "c", "schema": schema}},
+            },
+        ),
+        (
+            "anthropic",
+            {
+                "model": "claude-sonnet-4-5",
+                "messages": hi,
+                "output_config": {"format": {"type": "json_schema", "schema": schema}},
+            },
+        ),
+        (
+            "google",
+            {
+                "model": "gemini-2.5-flash",
+                "contents": "hi",
+                "config": {"responseJsonSchema": schema},
+            },
+        ),
+        (
+            "google",
+            {
+                "model": "gemini-2.5-flash",
+                "contents": "hi",
+                "config": types.GenerateContentConfig(
+                    response_schema=types.Schema.model_validate(schema)
+                ),
+            },
+        ),
+        (
+            "google",
+            {
+                "model": "gemini-2.5-flash",
+                "contents": "hi",
+                "config": types.GenerateContentConfig(response_schema=City),
+            },
+        ),
+    ]
+    for provider, request in with_schema:
+        assert estimate_input(provider, request).input_tokens > bare[provider] + 200, request
+    # A format without a schema (plain JSON mode, plain text) adds nothing.
+    plain = {"model": "gpt-4o", "messages": hi, "response_format": {"type": "json_object"}}
+    assert estimate_input("openai", plain).input_tokens == bare["openai"]
+
+
 def test_unreadable_requests_estimate_nothing_and_never_raise() -> None:
     class Weird:
         def model_dump(self, **kwargs: Any) -> Any:
@@ -366,6 +455,43 @@ _BOUNDED = [
             "generate_content",
         )
         for t in _TEXTS
+    ),
+]
+
+
+_SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "description": "The city, as its people spell it"}},
+    "required": ["city"],
+}
+_BOUNDED += [
+    (
+        "openai",
+        {
+            "model": "gpt-4o",
+            "messages": [{"role": "user", "content": "hi"}],
+            "response_format": {"type": "json_schema", "json_schema": {"schema": _SCHEMA}},
+        },
+        "chat",
+    ),
+    (
+        "openai",
+        {"model": "gpt-4o", "input": "hi", "text": {"format": {"type": "json_schema", **_SCHEMA}}},
+        "responses",
+    ),
+    (
+        "anthropic",
+        {
+            "model": "claude-sonnet-4-5",
+            "messages": [{"role": "user", "content": "hi"}],
+            "output_config": {"format": {"type": "json_schema", "schema": _SCHEMA}},
+        },
+        "messages",
+    ),
+    (
+        "google",
+        {"model": "gemini-2.5-flash", "contents": "hi", "config": {"response_schema": _SCHEMA}},
+        "generate_content",
     ),
 ]
 

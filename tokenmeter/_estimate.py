@@ -715,9 +715,10 @@ def estimate_input(provider: str, request: Any, operation: str | None = None) ->
     ``request`` holds the SDK method's parameters as the caller passed them (the JSON body for
     OpenAI and Anthropic, the keyword arguments for Gemini): chat ``messages`` (+ ``tools``), a
     Responses ``input`` (+ ``instructions``, ``tools``), Anthropic ``messages`` + ``system`` +
-    ``tools``, Gemini ``contents`` (+ ``config.system_instruction``, ``tools``), a legacy
-    ``prompt`` or (``operation`` "embeddings" or "embed_content") an embeddings input. Never
-    raises: what cannot be read counts as nothing.
+    ``tools``, Gemini ``contents`` (+ ``config.system_instruction``, ``tools``), each with
+    its structured-output schema (``_output_schemas``), a legacy ``prompt`` or (``operation``
+    "embeddings" or "embed_content") an embeddings input. Never raises: what cannot be read
+    counts as nothing.
     """
     try:
         return _usage_of(_input_parts(provider, request, operation))
@@ -791,7 +792,61 @@ def _input_parts(provider: str, request: Any, operation: str | None = None) -> d
     parts["input_text"] += per_message * n + per_request + token_ids
     if tools:
         parts["input_text"] += _tool_tokens(tools, provider, model) + per_tools
+    schemas = _output_schemas(request, config)
+    if schemas:
+        parts["input_text"] += _tool_tokens(schemas, provider, model)
     return parts
+
+
+#: Request keys that may hold a structured-output schema (OpenAI chat, OpenAI Responses,
+#: Anthropic): ``_input_bound`` leaves their values to ``_output_schemas``.
+_SCHEMA_KEYS = frozenset({"response_format", "text", "output_config", "output_format"})
+
+
+def _output_schemas(request: Any, config: Any = None) -> list[Any]:
+    """The structured-output schemas a request sends, as plain data: chat
+    ``response_format.json_schema``, Responses ``text.format``, Anthropic
+    ``output_config.format`` (and the beta's ``output_format``), Gemini
+    ``config.response_json_schema`` / ``response_schema``. The providers bill them as input (the
+    schema is put in the prompt), as they bill tools' parameters, and they are counted the same
+    way: a large schema left out let a per-call budget send a request that cost many times it."""
+    found: list[Any] = []
+    response_format = _get(request, "response_format")
+    if _is_json_schema(response_format):  # {"type": "json_schema", "json_schema": {...}}
+        found.append(_get(response_format, "json_schema"))
+    formats = (
+        _get(_get(request, "text"), "format"),
+        _get(_get(request, "output_config"), "format"),
+        _get(request, "output_format"),
+    )
+    found += [given for given in formats if _is_json_schema(given)]
+    if config is not None:
+        for name in ("response_json_schema", "responseJsonSchema", "response_schema"):
+            found.append(_get(config, name))
+        if isinstance(config, Mapping):
+            found.append(config.get("responseSchema"))
+    return [plain for plain in map(_schema_data, found) if plain]
+
+
+def _is_json_schema(value: Any) -> bool:
+    """Whether ``value`` is a structured-output format of type ``json_schema``."""
+    return value is not None and _get(value, "type") == "json_schema"
+
+
+def _schema_data(schema: Any) -> Any:
+    """A schema as plain data: a dict as it is, an SDK object (a Gemini ``Schema``) dumped, a
+    pydantic class (Gemini takes one) as its JSON schema; None for anything else."""
+    if schema is None or isinstance(schema, str | bytes | int | float | bool):
+        return None
+    if isinstance(schema, Mapping):
+        return schema
+    if isinstance(schema, type):
+        to_schema = getattr(schema, "model_json_schema", None)
+        if callable(to_schema):
+            with suppress(Exception):
+                return to_schema()
+        return None
+    return _plain(schema)
 
 
 def _token_ids(given: Any) -> int:
@@ -838,6 +893,8 @@ def _input_bound(provider: str, request: Any) -> int | None:
         if key in _TOOL_KEYS:
             tooled = True
             continue
+        if key in _SCHEMA_KEYS:  # counted exactly below, as the tools are
+            continue
         if kind is list or kind is tuple:
             if len(value) > items:
                 items = len(value)
@@ -876,6 +933,10 @@ def _input_bound(provider: str, request: Any) -> int | None:
         model = request.get("model")
         model = model if type(model) is str else ""
         tokens += _tool_tokens(tools, provider, model) + per_tools
+    schemas = _output_schemas(request, request.get("config"))
+    if schemas:
+        model = request.get("model")
+        tokens += _tool_tokens(schemas, provider, model if type(model) is str else "")
     return tokens
 
 

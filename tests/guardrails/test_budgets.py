@@ -726,6 +726,85 @@ def test_a_per_call_budget_counts_the_audio_a_transcription_uploads(
     assert refused.value.estimate_usd >= Decimal("0.0018")
 
 
+#: A structured-output schema of some 20,000 tokens (long descriptions, as real ones carry).
+_BIG_SCHEMA = {
+    "type": "object",
+    "properties": {"answer": {"type": "string", "description": "word " * 20_000}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize(
+    "send",
+    [
+        pytest.param(
+            lambda fake: fake.openai_client(max_retries=0).chat.completions.create(
+                model="gpt-4o",
+                messages=MESSAGES,
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "strict": True, "schema": _BIG_SCHEMA},
+                },
+            ),
+            id="openai-chat-response_format",
+        ),
+        pytest.param(
+            lambda fake: fake.openai_client(max_retries=0).responses.create(
+                model="gpt-4o",
+                input="hi",
+                text={"format": {"type": "json_schema", "name": "x", "schema": _BIG_SCHEMA}},
+            ),
+            id="openai-responses-text.format",
+        ),
+        pytest.param(
+            lambda fake: fake.anthropic_client(max_retries=0).messages.create(
+                model="claude-sonnet-4-5",
+                max_tokens=10,
+                messages=MESSAGES,
+                output_config={"format": {"type": "json_schema", "schema": _BIG_SCHEMA}},
+            ),
+            id="anthropic-output_config",
+        ),
+        pytest.param(
+            lambda fake: fake.genai_client().models.generate_content(
+                model="gemini-2.5-flash",
+                contents="hi",
+                config={
+                    "response_mime_type": "application/json",
+                    "response_json_schema": _BIG_SCHEMA,
+                },
+            ),
+            id="genai-response_json_schema",
+        ),
+        pytest.param(
+            lambda fake: fake.genai_client().models.generate_content(
+                model="gemini-2.5-flash",
+                contents="hi",
+                config={"response_mime_type": "application/json", "response_schema": _BIG_SCHEMA},
+            ),
+            id="genai-response_schema",
+        ),
+    ],
+)
+def test_a_per_call_budget_counts_a_structured_output_schema(
+    tmp_path: Path, fake: FakeProvider, send: Any
+) -> None:
+    """The providers bill a structured-output schema as input (put in the prompt), but the
+    estimate left it out: a $0.003 per-call budget reserved the 1-token "hi" and sent 5 of 5
+    requests whose 20,000-token schema costs $0.006 (gemini-2.5-flash) to $0.06
+    (claude-sonnet-4-5). It is counted now as tools' parameters are."""
+    configured(tmp_path, [{"limit_usd": 0.003, "period": "call"}], budget_ledger="memory")
+    tokenmeter.instrument(["openai", "anthropic", "google-genai"])
+    try:
+        with pytest.raises(BudgetExceeded, match="per call") as refused:
+            send(fake)
+    finally:
+        tokenmeter.uninstrument()
+    assert fake.requests == []
+    assert refused.value.estimate_usd > Decimal("0.003")
+
+
 def test_a_warn_budget_lets_calls_through_and_warns(
     tmp_path: Path, fake: FakeProvider, instrumented: None
 ) -> None:

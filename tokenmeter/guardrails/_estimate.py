@@ -30,8 +30,21 @@ from tokenmeter.usage.openai import asked_search_context, with_chat_search
 
 __all__ = ["estimate_input_usd", "input_bound_usd"]
 
-#: Request arguments that carry the text sent to the model (OpenAI, Anthropic, Gemini).
-_CONTENT_KEYS = ("messages", "input", "contents", "system", "prompt", "instructions", "tools")
+#: Request arguments that carry the text sent to the model (OpenAI, Anthropic, Gemini), tools
+#: and structured-output schemas included (billed as input too).
+_CONTENT_KEYS = (
+    "messages",
+    "input",
+    "contents",
+    "system",
+    "prompt",
+    "instructions",
+    "tools",
+    "response_format",
+    "text",
+    "output_config",
+    "output_format",
+)
 _MAX_DEPTH = 12
 _MAX_ITEMS = 100_000
 _ZERO = Decimal(0)
