@@ -2384,10 +2384,42 @@ def flush(timeout: float | None = None) -> bool:
     thread is replacing are waited for too (``_ending``): they still hold records made before
     the flush, and flush() returned True before they had written them. Records held back while
     this thread makes the pipeline (``_get``: a signal handler's flush) are not written yet:
-    False."""
-    catch_up()
-    writers = [*_writers(), *_ending]
-    return _flush_writers(writers, timeout, at_once=timeout == 0) and not _held_back
+    False.
+
+    An ``on_alert`` callback runs on the alert sink's writer, which this flush waits for after
+    the record sinks' writers: the records of the calls it makes came after those writers had
+    been passed, and flush() returned True without them. While callbacks ran during a round,
+    another round is made, ``_FLUSH_ROUNDS`` at most: a callback's own calls are never judged
+    by the alert rules, so the next round runs no callback for them and a flush ends."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    left = timeout
+    for _ in range(_FLUSH_ROUNDS):
+        ran = _callbacks_ran
+        catch_up()
+        writers = [*_writers(), *_ending]
+        if not _flush_writers(writers, left, at_once=timeout == 0):
+            return False
+        if _callbacks_ran == ran:
+            break
+        if deadline is not None:
+            left = max(0.0, deadline - time.monotonic())
+    return not _held_back
+
+
+#: Rounds a flush() makes at most while writers run ``on_alert`` callbacks (see ``flush``):
+#: the second takes in the records of the calls the first's callbacks made; a third those of
+#: callbacks run for calls other threads made meanwhile.
+_FLUSH_ROUNDS = 3
+#: How many times a writer has run ``on_alert`` callbacks (``callbacks_ran``): flush() compares
+#: it before and after a round.
+_callbacks_ran = 0
+
+
+def callbacks_ran() -> None:
+    """A writer has just run the application's callbacks (``on_alert``): what they submitted
+    (their calls' records) may have come after flush() passed the other writers."""
+    global _callbacks_ran
+    _callbacks_ran += 1
 
 
 def _writers() -> list[_Writer]:

@@ -673,6 +673,76 @@ def test_a_callback_that_makes_an_llm_call_does_not_alert_about_it(
     assert asked == ["model=gpt-4o-2024-08-06"] * 2
 
 
+def test_flush_returns_once_the_calls_callbacks_made_are_in_the_sinks(
+    tmp_path: Path, fake: Any
+) -> None:
+    """flush() waits for the on_alert callbacks, but the alert sink's writer is flushed after
+    the record sinks': the records of the calls the callbacks made came after those had been
+    passed. 5 alerting calls, 5 summarising callbacks, 10 requests sent: flush() answered True
+    with 5 records in the sink. A flush takes them in now."""
+    client = fake.openai_client(max_retries=0)
+    summarised: list[str] = []
+
+    def summarise(alert: Alert) -> None:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": alert.message}]
+        )
+        summarised.append(alert.scope)
+
+    memory = InMemorySink()
+    tokenmeter.configure(
+        sinks=[memory],
+        directory=tmp_path / "tm",
+        alerts=[{"rule": "call_tokens", "threshold": 1, "cooldown_s": 0}],
+        on_alert=summarise,
+    )
+    tokenmeter.instrument(["openai"])
+    for _ in range(5):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+
+    assert tokenmeter.flush(30)
+
+    assert len(summarised) == 5 and len(fake.requests) == 10
+    assert sorted(r.request_model for r in memory.records) == ["gpt-4o"] * 5 + ["gpt-4o-mini"] * 5
+
+
+def test_flush_ends_while_another_thread_keeps_making_alerting_calls(
+    tmp_path: Path, fake: Any
+) -> None:
+    """Each round of a flush whose writers ran callbacks is followed by another: with another
+    thread making a call that alerts, and a callback that makes a call, each time, the rounds
+    are bounded and the flush returns."""
+    client = fake.openai_client(max_retries=0)
+    stop = threading.Event()
+
+    def summarise(alert: Alert) -> None:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": alert.message}]
+        )
+
+    def keep_calling() -> None:
+        while not stop.is_set():
+            client.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+            )
+
+    tokenmeter.configure(
+        sinks=[InMemorySink()],
+        directory=tmp_path / "tm",
+        alerts=[{"rule": "call_tokens", "threshold": 1, "cooldown_s": 0}],
+        on_alert=summarise,
+    )
+    tokenmeter.instrument(["openai"])
+    caller = threading.Thread(target=keep_calling)
+    caller.start()
+    try:
+        wait_for(lambda: len(fake.requests) > 20, "the other thread's calls")
+        assert returns(lambda: tokenmeter.flush(), "flush() went on round after round") == []
+    finally:
+        stop.set()
+        caller.join()
+
+
 def test_a_budget_warning_about_a_callbacks_own_call_is_not_handed_to_it(
     tmp_path: Path, fake: Any
 ) -> None:

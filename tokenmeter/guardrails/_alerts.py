@@ -630,6 +630,8 @@ class AlertSink:
                         _callback_failures.succeeded(callback)
             finally:
                 _in_callback.reset(token)
+                if self.callbacks:
+                    _pipeline.callbacks_ran()  # a flush() waits for their calls' records too
 
     def _append(self, alert: Alert, *, once: bool = False) -> bool:
         """Write the alert to alerts.jsonl; False (nothing written, nothing to give) when it is
