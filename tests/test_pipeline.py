@@ -2318,6 +2318,75 @@ def test_a_sigterm_while_the_main_thread_makes_a_record_loses_none_and_ends_at_o
     assert "did not finish" not in done.stderr, done.stderr
 
 
+SIGNALLED_BETWEEN_TWO_SINKS = """
+import os, signal, sys, time, tokenmeter
+from tokenmeter.sinks import JSONLSink, SQLiteSink
+
+tokenmeter.configure(sinks=[JSONLSink("usage.jsonl"), SQLiteSink("usage.db")], directory=".",
+                     exit_timeout=10)
+name, where = sys.argv[1:]
+entered = 0
+
+def signalled(frame, event, arg):
+    global entered
+    if frame.f_code.co_qualname != "_Writer.put":
+        return
+    if where == "between" and event == "call":  # the first sink has the record, not the second
+        entered += 1
+        if entered < 2:
+            return
+    elif not (where == "appended" and event == "c_return" and arg.__name__ == "append"):
+        return  # else: just in the first sink's buffer, its lock still held
+    sys.setprofile(None)
+    os.kill(os.getpid(), getattr(signal, name))
+
+with tokenmeter.session("job"):
+    for _ in range(5):
+        tokenmeter.record("openai", "gpt-4o", 10, 5)
+    sys.setprofile(signalled)
+    tokenmeter.record("openai", "gpt-4o", 10, 5)
+    time.sleep(60)  # a signal held back until the lock is let go comes meanwhile
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "where"),
+    [
+        ("SIGTERM", "between"),
+        ("SIGHUP", "between"),
+        ("SIGINT", "between"),
+        ("SIGINT", "appended"),  # the exception does not say which sinks have it: never twice
+        ("SIGTERM", "appended"),
+    ],
+)
+def test_a_signal_between_two_sinks_buffers_leaves_the_record_in_both(
+    name: str, where: str, tmp_path: Path
+) -> None:
+    """A record goes into each sink's buffer in turn, under its pipeline's lock. A SIGTERM or
+    SIGHUP (docker stop) landing between two sinks ran the exit flush there: the record was in
+    the JSONL file and not in SQLite (6 and 5), and the exit hooks' thread waited for that lock
+    half of exit_timeout, leaving the session's row active with 0 calls. A Ctrl-C there raised
+    out of the fan-out: 6 and 5 too. The signal now waits for the lock, as for a writer's, and
+    an exception finishes the fan-out on its way out."""
+    signum = getattr(signal, name)
+    done = subprocess.run(
+        [sys.executable, "-c", SIGNALLED_BETWEEN_TWO_SINKS, name, where],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == -signum, done.stderr
+    assert "did not finish" not in done.stderr, done.stderr
+    lines = (tmp_path / "usage.jsonl").read_text().splitlines()
+    in_jsonl = len({json.loads(line)["id"] for line in lines})
+    assert len(lines) == in_jsonl, "a record written twice"
+    with contextlib.closing(sqlite3.connect(tmp_path / "usage.db")) as db:
+        in_sqlite = db.execute("SELECT count(*) FROM records").fetchone()[0]
+        calls = db.execute("SELECT calls FROM sessions WHERE name = 'job'").fetchone()[0]
+    assert in_jsonl == in_sqlite == calls == 6, done.stderr
+
+
 HELD_IN_A_WRITERS_LOCK = """
 import logging, os, signal, sys, threading, time, tokenmeter
 

@@ -79,6 +79,7 @@ import signal
 import sys
 import threading
 import time
+import types
 import typing
 import weakref
 from collections import deque
@@ -570,6 +571,8 @@ class _Writer:
         # Re-entrant: a signal handler that flushes may interrupt put() on the same thread.
         self._lock = threading.RLock()
         self._buffer: deque[_Item] = deque()
+        #: The last record or session the writer took from its buffer (``has``).
+        self._last_taken: Any = None
         #: Set when work comes to a writer asleep (its first item, a call's record to make): it
         #: starts the gathering interval, never ends one (the first call after each delivery
         #: would end the next gathering: a delivery per call).
@@ -722,6 +725,13 @@ class _Writer:
         if self._unstarted is not None:
             self._start()
         return waiting
+
+    def has(self, item: _Item) -> bool:
+        """Whether ``item`` was queued here: it is in the buffer, or the last one the writer
+        took from it. Exact while the caller holds its pipeline's lock (``_queue_the_rest``):
+        nothing else is queued meanwhile, so the writer cannot have taken one after it."""
+        with self._lock:
+            return self._last_taken is item or any(queued is item for queued in self._buffer)
 
     def _crowd(self, waiting: int) -> None:
         """Past ``press_at`` (``_lock`` held): a healthy writer's callers hand it the GIL once
@@ -1035,6 +1045,10 @@ class _Writer:
             self._answered_waiting = 0
             if items:
                 self._all_flushed = False  # till a marker's answer says they are written
+                for taken in reversed(items):
+                    if type(taken) is not _FlushMarker:
+                        self._last_taken = taken
+                        break
             flushed = self._open_marker is not None
             self._open_marker = None
         _made_progress(self)  # a crowded caller waits for it (``_hand_over``)
@@ -1759,10 +1773,16 @@ class _Pipeline:
         with self._lock:
             if self._replaced:
                 return False
-            for writer, one in zip(writers, queued, strict=True):
-                waiting = writer.put(one, making)
-                if writer.make_row is None and waiting > longest:  # rows are never packed
-                    longest = waiting
+            try:
+                for writer, one in zip(writers, queued, strict=True):
+                    waiting = writer.put(one, making)
+                    if writer.make_row is None and waiting > longest:  # rows are never packed
+                        longest = waiting
+            except BaseException:
+                # A Ctrl-C (or a signal handler's SystemExit) between two sinks' buffers: the
+                # record was in the first sink and never in the second.
+                _queue_the_rest(writers, queued, making)
+                raise
         self._backlog = longest >= _BACKLOG
         if _crowded:  # the only cost to callers while the writers keep up
             _hand_over(self, item, making)
@@ -1773,6 +1793,15 @@ class _Pipeline:
         are stopped or passed on."""
         with self._lock:
             self._replaced = True
+
+
+def _queue_the_rest(writers: Sequence[_Writer], queued: Sequence[Any], making: bool) -> None:
+    """Finish a fan-out an exception interrupted (``_Pipeline.put``, its lock held): queue the
+    item into every writer that has not got it, so that it is in every buffer or in none.
+    Called only on that exception's way out: the callers' road costs nothing more."""
+    for writer, one in zip(writers, queued, strict=True):
+        if not writer.has(one):
+            writer.put(one, making)
 
 
 def _earlier_writers(sink: Sink) -> list[threading.Thread]:
@@ -2902,7 +2931,7 @@ def _on_termination(signum: int, frame: object) -> None:
         return
     writers = [*_writers(), *_ending]
     in_a_lock = any(w._lock._is_owned() for w in writers)  # type: ignore[attr-defined]
-    in_a_lock = in_a_lock or _holds_a_lock_of_ours()
+    in_a_lock = in_a_lock or _holds_a_lock_of_ours() or _queueing_here()
     if in_a_lock and _exit_time_left() > _exit_timeout / 2 and _send_again_soon(signum):
         # The main thread is queueing an item (``put``, a few bytecodes): the writer needs that
         # lock to take what the exit flush asks it to write, and waited for all of exit_timeout,
@@ -2933,6 +2962,25 @@ def _holds_a_lock_of_ours() -> bool:
         if lock is not None and lock._is_owned():
             return True
     return False
+
+
+def _queueing_here() -> bool:
+    """This thread is inside a pipeline's ``put`` holding its lock, between two sinks' buffers
+    perhaps: the exit flush run from here would lose the record in the sinks it has not reached
+    yet, and the exit hooks' thread would wait for that lock (the implicit session's end) for
+    half of exit_timeout. Found from the stack (only when a signal comes): a lock per pipeline,
+    of the current one or one a configure() replaced meanwhile."""
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is _PUT_CODE:
+            pipeline = frame.f_locals.get("self")
+            if isinstance(pipeline, _Pipeline) and pipeline._lock._is_owned():  # type: ignore[attr-defined]
+                return True
+        frame = frame.f_back
+    return False
+
+
+_PUT_CODE = _Pipeline.put.__code__
 
 
 def _take_deferred_signal() -> None:
