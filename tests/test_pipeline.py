@@ -3753,6 +3753,40 @@ def test_a_hung_sink_at_exit_is_the_only_one_named_and_the_others_are_closed(
     assert sum("model_name" in line["record"] for line in lines) == 19
 
 
+HUNG_IN_ITS_FLUSH = """
+import threading, tokenmeter
+from tokenmeter.sinks import InMemorySink
+
+class Uploader(InMemorySink):  # posts its batch in flush(), to a server that stopped answering
+    def flush(self):
+        threading.Event().wait()
+
+tokenmeter.configure(sinks=[Uploader(), "jsonl"], exit_timeout=1)
+for _ in range(10):
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+assert not tokenmeter.flush(timeout=1)  # its writer is in the sink's flush() from now on
+for _ in range(100):
+    tokenmeter.record("openai", "gpt-4o", 1, 1, tags={"late": "1"})
+"""
+
+
+def test_what_a_sink_hung_in_its_own_flush_holds_at_exit_is_set_aside(tmp_path: Path) -> None:
+    """A sink hung in its own flush() (an uploader whose server stopped answering), the exit
+    set aside nothing its writer held: "101 records and sessions still held by Uploader may be
+    lost", and 0 of the 100 records made after it hung were in quarantine.jsonl. They were never
+    handed to the sink (no write is unfinished): they are set aside, as behind a hung write."""
+    env = {**os.environ, "TOKENMETER_DIR": str(tmp_path / "m")}
+    done = run_python("-c", HUNG_IN_ITS_FLUSH, env=env, cwd=tmp_path)
+    assert "sinks Uploader did not accept every record at exit" in done.stderr, done.stderr
+    assert "101 records and sessions held by Uploader were set aside" in done.stderr, done.stderr
+    assert "may be lost" not in done.stderr, done.stderr
+    lines = [json.loads(line) for line in (tmp_path / "m" / "quarantine.jsonl").open()]
+    assert [line["sink"] for line in lines] == ["Uploader"] * 101
+    late = [line for line in lines if line["record"].get("tags") == {"late": "1"}]
+    assert len(late) == 100
+    assert len((tmp_path / "m" / "usage.jsonl").read_text().splitlines()) == 110
+
+
 SLOW_TO_FAIL_ALONE = """
 import sys, threading, tokenmeter
 

@@ -1158,11 +1158,15 @@ class _Writer:
         unfinished write (they may be in the sink already: not set aside twice) and those the
         quarantine file did not take. A sink whose ``give_up_unsent_write()`` says its write sent
         nothing that stores them (and now never will) has that write's items set aside too.
-        (0, 0) when the writer is not inside a write: what it holds is its own to handle.
-        Inside any write: one of an isolation pass too (a sink down and slow to fail spends the
-        exit there), where the items the pass has written or set aside are still pending."""
+        (0, 0) when the writer is inside neither a write nor its sink's own flush(): what it
+        holds is its own to handle. Inside any write: one of an isolation pass too (a sink down
+        and slow to fail spends the exit there), where the items the pass has written or set
+        aside are still pending. Inside the sink's flush() (an uploader posting to a server that
+        stopped answering): no write is unfinished, so nothing is at risk, and what it holds,
+        never handed to the sink, is set aside; left there, it was lost (0 of 100 records)."""
         with self._lock:
-            if self._writing_since is None or self._abandoned:
+            inside = self._writing_since is not None or self._flushing_since is not None
+            if not inside or self._abandoned:
                 return 0, 0
             self._abandoned = True
             pending, self._pending = self._pending, deque()
@@ -1660,7 +1664,11 @@ class _Writer:
             try:
                 ok = _quietly(self.sink.flush, self.sink, quiet=self._flush_failing)
             finally:
-                self._flushing_since = None
+                # What the exit set aside meanwhile (``abandon``) was all in the buffer, pending
+                # or accused: nothing this writer holds here, so it goes on as before.
+                with self._lock:
+                    self._flushing_since = None
+                    self._abandoned = False
             self._flush_failing = not ok
         before, self._set_aside_before_markers = self._set_aside_before_markers, None
         if before is not None and self.quarantined != before:
