@@ -906,6 +906,63 @@ def test_a_child_forked_while_a_thread_builds_the_exporters_records(
     assert len(receiver.spans()) == 1
 
 
+FORK_DURING_A_METRICS_EXPORT = (
+    """
+import json, os, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+parked, release, arm = threading.Event(), threading.Event(), threading.Event()
+
+class Collector(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path == "/v1/metrics" and arm.is_set() and not parked.is_set():
+            parked.set()  # the parent's metric reader holds its export lock until answered
+            release.wait(60)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+server.daemon_threads = True
+threading.Thread(target=server.serve_forever, daemon=True).start()
+os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{server.server_address[1]}"
+os.environ["OTEL_METRIC_EXPORT_INTERVAL"] = "100"
+os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "600000"  # a span stays queued until a flush
+import tokenmeter
+from tokenmeter.sinks import OTelSink, otel
+
+tokenmeter.configure(sinks=[OTelSink()])  # the application's sink object, used by its workers
+tokenmeter.record("openai", "gpt-4o", 1000, 100)
+assert tokenmeter.flush(timeout=60)
+tokenmeter.record("openai", "gpt-4o", 1000, 100)  # its span queued in the parent at the fork
+while otel._spans.ended < 2:
+    time.sleep(0.01)
+arm.set()
+assert parked.wait(60), "the parent's periodic metrics export never came"
+pid = os.fork()
+if pid == 0:
+    tokenmeter.record("openai", "gpt-4o", 1000, 100)
+    print(json.dumps({"flushed": tokenmeter.flush(timeout=20)}), flush=True)
+    os._exit(0)
+"""
+    + _REAP_THE_CHILD
+)
+
+
+def test_a_child_forked_during_a_metrics_export_flushes_its_given_sink() -> None:
+    """A worker forked while the parent's metric reader was exporting (it holds its export lock
+    for the whole POST) had the OTelSink given to configure() wedged for life: its flush also
+    flushed the copies of the parent's providers, whose lock no thread of the child would ever
+    let go. flush(timeout=10) said False after 10 s, flush() hung, and the child's exit waited
+    its exit_timeout. And the span the parent still had queued at the fork, never exported from
+    the child, was reported there as dropped by the SDK's queue: flush() said False."""
+    result = _run_app(FORK_DURING_A_METRICS_EXPORT)
+    assert json.loads(result.stdout.splitlines()[-1]) == {"flushed": True}
+
+
 def test_attributes_say_only_what_a_call_has() -> None:
     """Embeddings exported an output count of 0 (and a 0 output point, dragging averages down);
     a call a budget refused had its budget's name in error.type (one value per unnamed session:

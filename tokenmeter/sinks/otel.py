@@ -721,15 +721,28 @@ _providers: dict[tuple[tuple[str, str], ...], tuple[Any, Any]] = {}
 _providers_lock = threading.Lock()
 # A child forked while another thread was building them would find the lock held for ever.
 renew_after_fork(globals(), "_providers_lock", threading.Lock)
-# A forked child builds its own: the parent's hold the parent's cumulative totals, which the
-# child would export again as its own (under the child's ``service.instance.id``: summed over
-# the instances, the parent's calls once more per worker). Its sinks take the child's at their
-# next write (``_current``), and the parent's send nothing from the child (``_Outlet``).
-os.register_at_fork(after_in_child=_providers.clear)
 
 
-#: tokenmeter's own providers shut down (or being shut down): never flushed or taken again.
+#: tokenmeter's own providers shut down (or being shut down), and in a forked child the
+#: parent's: never flushed, taken or shut down again.
 _shut_down: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _leave_the_parents_providers() -> None:
+    """In a forked child, the copies of the parent's providers are the parent's. They hold the
+    parent's cumulative totals, which the child would export again as its own (under the
+    child's ``service.instance.id``: summed over the instances, the parent's calls once more per
+    worker): the child builds its own, which its sinks take at their next write (``_current``),
+    and the parent's send nothing from the child (``_Outlet``). Nor are they ever flushed or
+    shut down here: a fork made during an export copies the export lock the parent's metric
+    reader holds for it, held for ever in the child (the SDK renews its thread at fork, not
+    that lock), and a flush of them hung the child's writer for good. The span tally starts
+    anew too: the spans the parent's queue held are never exported from the child, and were
+    reported there as dropped."""
+    _providers.clear()
+    for provider in list(_outlets):
+        _shut_down.add(provider)
+    _spans.restart()
 
 
 def _current(providers: Sequence[Any]) -> bool:
@@ -862,6 +875,10 @@ class _SpanTally:
         self.reported = 0
         self._lock = threading.Lock()
 
+    def restart(self) -> None:
+        """Count from zero: a forked child, where only the forking thread runs yet."""
+        self.ended = self.exported = self.reported = 0
+
     def end(self) -> None:
         with self._lock:
             self.ended += 1
@@ -880,6 +897,7 @@ class _SpanTally:
 
 _spans = _SpanTally()
 renew_after_fork(_spans.__dict__, "_lock", threading.Lock)
+os.register_at_fork(after_in_child=_leave_the_parents_providers)
 
 
 def _exporter_class(signal: str, module: str, name: str) -> Any:
