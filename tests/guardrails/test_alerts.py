@@ -401,7 +401,7 @@ def test_spend_rate_keeps_the_trailing_hour_in_seconds_not_records(tmp_path: Pat
         tokenmeter.record(
             "openai", "gpt-4o", 10, 0, timestamp=T0 + timedelta(milliseconds=10 * index)
         )
-    assert tokenmeter.flush(5)
+    assert tokenmeter.flush(30)  # 3,000 records: room for a busy machine, as bulk flushes have
     sink = _alerts._active
     assert sink is not None and len(sink._hour) <= 30
     assert sink._hour_sum == pytest.approx(0.075)
