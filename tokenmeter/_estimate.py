@@ -846,6 +846,12 @@ def _schema_data(schema: Any) -> Any:
             with suppress(Exception):
                 return to_schema()
         return None
+    if hasattr(schema, "__origin__"):  # a typing form google-genai takes: list[Model], a Union
+        from pydantic import TypeAdapter  # not at import: only budgets' rare typing schemas
+
+        with suppress(Exception):
+            return TypeAdapter(schema).json_schema()
+        return None
     return _plain(schema)
 
 
@@ -893,7 +899,7 @@ def _input_bound(provider: str, request: Any) -> int | None:
         if key in _TOOL_KEYS:
             tooled = True
             continue
-        if key in _SCHEMA_KEYS:  # counted exactly below, as the tools are
+        if key in _SCHEMA_KEYS:  # counted below, as the JSON the estimate counts
             continue
         if kind is list or kind is tuple:
             if len(value) > items:
@@ -920,6 +926,10 @@ def _input_bound(provider: str, request: Any) -> int | None:
         if found < 0:
             return None
         size += found
+    schemas = _output_schemas(request, request.get("config"))
+    if schemas:  # their JSON's bytes, as the strings above: tokenized, a big one cost ms a call
+        text = _json(schemas)
+        size += len(text) if text.isascii() else 4 * len(text)
     framing = _framing.get(provider)
     if framing is None:
         family = _family(provider)
@@ -933,10 +943,6 @@ def _input_bound(provider: str, request: Any) -> int | None:
         model = request.get("model")
         model = model if type(model) is str else ""
         tokens += _tool_tokens(tools, provider, model) + per_tools
-    schemas = _output_schemas(request, request.get("config"))
-    if schemas:
-        model = request.get("model")
-        tokens += _tool_tokens(schemas, provider, model if type(model) is str else "")
     return tokens
 
 

@@ -2425,18 +2425,18 @@ def flush(timeout: float | None = None) -> bool:
 
     An ``on_alert`` callback runs on the alert sink's writer, which this flush waits for after
     the record sinks' writers: the records of the calls it makes came after those writers had
-    been passed, and flush() returned True without them. While callbacks ran during a round,
-    another round is made, ``_FLUSH_ROUNDS`` at most: a callback's own calls are never judged
-    by the alert rules, so the next round runs no callback for them and a flush ends."""
+    been passed, and flush() returned True without them. While callbacks submitted records
+    during a round, another round is made, ``_FLUSH_ROUNDS`` at most: a callback's own calls
+    are never judged by the alert rules, so the next round runs no callback for them."""
     deadline = None if timeout is None else time.monotonic() + timeout
     left = timeout
     for _ in range(_FLUSH_ROUNDS):
-        ran = _callbacks_ran
+        submitted = _callbacks_submitted
         catch_up()
         writers = [*_writers(), *_ending]
         if not _flush_writers(writers, left, at_once=timeout == 0):
             return False
-        if _callbacks_ran == ran:
+        if _callbacks_submitted == submitted:
             break
         if deadline is not None:
             left = max(0.0, deadline - time.monotonic())
@@ -2447,16 +2447,18 @@ def flush(timeout: float | None = None) -> bool:
 #: the second takes in the records of the calls the first's callbacks made; a third those of
 #: callbacks run for calls other threads made meanwhile.
 _FLUSH_ROUNDS = 3
-#: How many times a writer has run ``on_alert`` callbacks (``callbacks_ran``): flush() compares
-#: it before and after a round.
-_callbacks_ran = 0
+#: How many records ``on_alert`` callbacks have submitted (``callback_submitted``): flush()
+#: compares it before and after a round.
+_callbacks_submitted = 0
 
 
-def callbacks_ran() -> None:
-    """A writer has just run the application's callbacks (``on_alert``): what they submitted
-    (their calls' records) may have come after flush() passed the other writers."""
-    global _callbacks_ran
-    _callbacks_ran += 1
+def callback_submitted() -> None:
+    """An ``on_alert`` callback (on a writer's thread) has just submitted its call's record: it
+    may have come after flush() passed the record sinks' writers. Only then is another round
+    made: one per callback that ran made every sink flush again, and a flush(timeout) whose
+    records were all written returned False."""
+    global _callbacks_submitted
+    _callbacks_submitted += 1
 
 
 def _writers() -> list[_Writer]:

@@ -706,6 +706,45 @@ def test_flush_returns_once_the_calls_callbacks_made_are_in_the_sinks(
     assert sorted(r.request_model for r in memory.records) == ["gpt-4o"] * 5 + ["gpt-4o-mini"] * 5
 
 
+class _CountedFlushes(InMemorySink):
+    """Counts the sink's own flush() calls (a PostgreSQL commit, an HTTP post in real sinks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def test_a_callback_that_makes_no_call_costs_the_sinks_no_second_flush(
+    tmp_path: Path, fake: Any
+) -> None:
+    """Only the records callbacks submit make a flush() go round again: one more round for each
+    callback that ran flushed every sink again (a slow sink's flush twice, and a flush(timeout)
+    whose records were all written said False)."""
+    client = fake.openai_client(max_retries=0)
+    seen: list[str] = []
+    counted = _CountedFlushes()
+    tokenmeter.configure(
+        sinks=[counted],
+        directory=tmp_path / "tm",
+        alerts=[{"rule": "call_tokens", "threshold": 1, "cooldown_s": 0}],
+        on_alert=lambda alert: seen.append(alert.scope),
+    )
+    tokenmeter.instrument(["openai"])
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert tokenmeter.flush(30)
+    before = counted.flushes
+
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert tokenmeter.flush(30)
+
+    assert len(seen) == 2 and len(counted.records) == 2
+    assert counted.flushes - before == 1
+
+
 def test_flush_ends_while_another_thread_keeps_making_alerting_calls(
     tmp_path: Path, fake: Any
 ) -> None:

@@ -330,6 +330,7 @@ class AlertSink:
             if len(self._own) >= _MAX_OWN:
                 self._own.clear()
             self._own.add(item.id)
+            _pipeline.callback_submitted()  # a flush() under way waits for this record too
 
     # -- the Sink protocol ----------------------------------------------------------------------
     def write(self, records: Sequence[UsageRecord]) -> None:
@@ -630,8 +631,6 @@ class AlertSink:
                         _callback_failures.succeeded(callback)
             finally:
                 _in_callback.reset(token)
-                if self.callbacks:
-                    _pipeline.callbacks_ran()  # a flush() waits for their calls' records too
 
     def _append(self, alert: Alert, *, once: bool = False) -> bool:
         """Write the alert to alerts.jsonl; False (nothing written, nothing to give) when it is
