@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pydantic
 import pytest
 from helpers import fan_out, one_line_value_error, png, refuse_threads, returns, wav
 
@@ -735,6 +736,12 @@ _BIG_SCHEMA = {
 }
 
 
+class _Big(pydantic.BaseModel):
+    """A model whose JSON schema is ~20,000 tokens: google-genai takes ``list[_Big]`` for arrays."""
+
+    answer: str = pydantic.Field(description="word " * 20_000)
+
+
 @pytest.mark.parametrize(
     "send",
     [
@@ -784,6 +791,14 @@ _BIG_SCHEMA = {
                 config={"response_mime_type": "application/json", "response_schema": _BIG_SCHEMA},
             ),
             id="genai-response_schema",
+        ),
+        pytest.param(
+            lambda fake: fake.genai_client().models.generate_content(
+                model="gemini-2.5-flash",
+                contents="hi",
+                config={"response_mime_type": "application/json", "response_schema": list[_Big]},
+            ),
+            id="genai-response_schema-list-of-a-model",
         ),
     ],
 )
