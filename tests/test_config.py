@@ -89,12 +89,16 @@ def test_a_path_variable_from_a_crlf_env_file_loses_its_line_end(tmp_path: Path)
         "TOKENMETER_STATE_FILE": "state.md\r\n",
         "TOKENMETER_PRICES": "prices.toml\r",
         "TOKENMETER_MAX_QUEUE": "1000\r",
+        "TOKENMETER_PG_DSN": "postgresql://u@localhost/postgres\r",
+        "TOKENMETER_BUDGET_TIMEZONE": "Europe/Paris\r",
     }
     settings = load_settings(env=env, cwd=tmp_path, prices_base=tmp_path)
     assert settings.directory == Path("tm")
     assert settings.state_file == Path("state.md")
     assert settings.prices_file == tmp_path / "prices.toml"
     assert settings.max_queue == 1000
+    assert settings.pg_dsn == "postgresql://u@localhost/postgres"  # database "postgres\r" before
+    assert settings.budget_timezone == "Europe/Paris"
     assert load_settings(env={"TOKENMETER_DIR": "tm "}).directory == Path("tm ")
 
 

@@ -524,12 +524,12 @@ _ENV_READERS: dict[str, tuple[Callable[[str], Any], bool]] = {
     "exit_timeout": (lambda value: _parse_number(value, float), False),
     "budgets": (_json_tables('[{"limit_usd": 5, "period": "day"}]'), False),
     "alerts": (_json_tables('[{"rule": "call_tokens", "multiplier": 3}]'), False),
-    "budget_timezone": (str, False),
+    "budget_timezone": (str.strip, False),
     "budget_warn_at": (_fractions, False),
     "budget_ledger": (lambda value: value.strip().lower(), False),
     "state_file": (path_text, False),
     "providers": (_some_providers, False),
-    "pg_dsn": (str, False),
+    "pg_dsn": (str.strip, False),  # a CRLF .env file's \r named the database "postgres\r"
 }
 
 

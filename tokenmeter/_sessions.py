@@ -643,9 +643,9 @@ class Session:
                 time=record.timestamp if record is not None else datetime.now(UTC),
                 rule=rule,
                 scope=f"session={self.name or self.id}",
-                observed=float(spent),
+                observed=_alerts.shown(float(spent)),
                 baseline=None,
-                threshold=float(budget) * fraction,
+                threshold=_alerts.shown(float(budget) * fraction),
                 record_id=record.id if record is not None else None,
                 session_id=self.id,
                 message=f"session {self.name or self.id!r} has reached "

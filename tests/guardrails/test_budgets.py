@@ -1133,6 +1133,60 @@ def test_a_budget_warning_says_the_spend_without_float_noise(tmp_path: Path) -> 
     assert all(len(repr(n)) < 12 for pair in written for n in pair), written
 
 
+def test_a_session_budget_warning_says_its_threshold_without_float_noise(tmp_path: Path) -> None:
+    """The session budget's warnings posted 0.8 of $0.10 as 0.08000000000000002 where a
+    configured budget's said 0.08."""
+    seen: list[Alert] = []
+    configured(tmp_path, [], on_alert=seen.append, budget_warn_at=[0.8])
+    with tokenmeter.session("s", budget_usd=0.10):
+        tokenmeter.record("openai", "gpt-4o", 35_000, 0)  # $0.0875: past 80 % of $0.10
+    assert tokenmeter.flush(5)
+    assert [(a.rule, a.threshold) for a in seen] == [("budget_80pct", 0.08)]
+
+
+def test_a_warning_an_older_version_wrote_with_float_noise_is_not_given_again(
+    tmp_path: Path,
+) -> None:
+    """Versions that posted a budget's threshold with its float noise wrote 0.8 of $0.10 as
+    0.08000000000000002 to alerts.jsonl; one that posts 0.08, restarted the same day, did not
+    know that warning as given and gave it again (once a period, across restarts)."""
+    child = textwrap.dedent(
+        """
+        import tokenmeter
+        from tokenmeter.sinks import InMemorySink
+        seen = []
+        tokenmeter.configure(sinks=[InMemorySink()], directory="tm", on_alert=seen.append,
+            budget_warn_at=[0.8], budget_ledger="memory",
+            budgets=[{"name": "d", "limit_usd": "0.10", "period": "day", "on_exceed": "warn"}])
+        tokenmeter.record("openai", "gpt-4o", 35_000, 0)
+        tokenmeter.flush(10)
+        print(len(seen))
+        """
+    )
+
+    def run() -> int:
+        done = subprocess.run(
+            [sys.executable, "-c", child],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+        return int(done.stdout.split()[-1])
+
+    assert run() == 1
+    path = tmp_path / "tm" / "alerts.jsonl"
+    (line,) = path.read_text().splitlines()
+    written = json.loads(line)
+    written["threshold"] = 0.8 * float("0.10")  # as the older versions wrote it
+    path.write_text(json.dumps(written) + "\n")
+
+    assert run() == 0  # restarted the same day: given already
+    assert len(path.read_text().splitlines()) == 1
+
+
 def test_a_ledger_takes_calls_that_meet_a_budgets_limit_exactly() -> None:
     """The ledgers compare float sums with the limit: three reservations of $0.0001 must fit a
     $0.0003 budget (their float sum is 0.00030000000000000003), a fourth not."""

@@ -62,6 +62,15 @@ class AlertRule:
         return {f: getattr(self, f) for f in _FIELDS if getattr(self, f) is not None}
 
 
+def shown(amount: Any) -> Any:
+    """A float ``amount`` (a budget's spend or threshold) to 12 significant digits; anything else
+    as it is. Budgets add costs as floats, whose last digits are noise (five calls of $0.00021
+    made 0.0010500000000000002): an alert says what a person would add up (0.00105). Read back
+    from alerts.jsonl the same way, so that a warning an older version wrote with the noise is
+    known as given (once per period) to one that writes it without."""
+    return float(f"{amount:.12g}") if type(amount) is float else amount
+
+
 @dataclass(frozen=True, slots=True)
 class Alert:
     """One alert, as ``alerts.jsonl`` stores it and ``on_alert`` callbacks receive it."""
@@ -582,7 +591,7 @@ class AlertSink:
                 key = (str(item["rule"]), str(item["scope"]))
             except (ValueError, KeyError, TypeError):
                 continue
-            threshold = item.get("threshold")
+            threshold = shown(item.get("threshold"))
             if key[0].startswith("budget_") and type(threshold) in (float, int, type(None)):
                 self._given.add((*key, threshold))  # a hand-edited list would not hash
             if when.tzinfo is None:
@@ -648,7 +657,7 @@ class AlertSink:
                 return False
             found = _objects(data, cut=end > _SEED_BYTES)
             return any(
-                (str(item.get("rule")), str(item.get("scope")), item.get("threshold")) == key
+                (str(item.get("rule")), str(item.get("scope")), shown(item.get("threshold"))) == key
                 for item in found
             )
 

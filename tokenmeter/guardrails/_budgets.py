@@ -1275,13 +1275,6 @@ def _settle_owed_at_exit() -> None:
 _pipeline.before_exit(_settle_owed_at_exit)
 
 
-def _shown(amount: float) -> float:
-    """``amount`` to 12 significant digits. The ledger adds costs as floats, whose last digits
-    are noise (five calls of $0.00021 made 0.0010500000000000002): an alert says the spend a
-    person would add up (0.00105), as the ``alerts`` command already prints it."""
-    return float(f"{amount:.12g}")
-
-
 def _maybe_warn(
     budget: Budget, start: str, spent: float, fractions: tuple[float, ...], record: UsageRecord
 ) -> None:
@@ -1305,9 +1298,9 @@ def _maybe_warn(
                 scope=f"budget:{budget.name} ({budget.scope}, per {budget.period}"
                 + (f" from {start}" if start else "")
                 + ")",
-                observed=_shown(spent),
+                observed=_alerts.shown(spent),
                 baseline=None,
-                threshold=_shown(fraction * float(budget.limit_usd)),
+                threshold=_alerts.shown(fraction * float(budget.limit_usd)),
                 record_id=record.id,
                 session_id=record.session_id,
                 message=f"budget {budget.name!r} has reached {round(fraction * 100)}% of its "
