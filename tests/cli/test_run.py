@@ -1240,3 +1240,26 @@ def test_a_run_with_tokenmeter_disabled_says_so_not_that_nothing_was_spent(
     assert len(fake.requests) == 2  # the program ran as without tokenmeter
     assert "tokenmeter is disabled (TOKENMETER_DISABLED): nothing was metered" in result.stderr
     assert "no LLM calls" not in result.stderr and "budget" not in result.stderr
+
+
+@pytest.mark.skipif(not hasattr(signal, "sigtimedwait"), reason="POSIX signal waits")
+def test_a_program_whose_sigchld_went_elsewhere_still_ends_the_run() -> None:
+    """The run blocks SIGCHLD on its own thread only: one that came while another thread had it
+    unblocked (a program that ended before the wait began) went there and was discarded, and the
+    run waited for ever (seen as a test hung 15 min in ``main(["run", "--", "true"])`` inside a
+    test runner's worker). Here the program ends, its SIGCHLD is discarded, then the run waits."""
+    script = textwrap.dedent(
+        """
+        import os, signal, subprocess
+        from tokenmeter.cli import _run
+        process = subprocess.Popen(["true"])
+        os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)  # ended, not reaped
+        waited = {signal.SIGCHLD}
+        signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+        print(_run._wait(process, waited))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["0"]

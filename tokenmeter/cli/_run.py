@@ -388,7 +388,7 @@ def _children_reported() -> Iterator[Callable[[], None] | None]:
     """SIGCHLD at its default while the program runs; yields what gives the program back the
     disposition this process had (None: nothing to give back). Started with SIGCHLD ignored (a
     supervisor, a daemonising wrapper: SIG_IGN is inherited across exec), the kernel reaped the
-    program unannounced: no SIGCHLD for ``sigwaitinfo``, no exit status for ``wait`` (ECHILD,
+    program unannounced: no SIGCHLD for ``sigtimedwait``, no exit status for ``wait`` (ECHILD,
     read as 0), and the run waited for ever, forwarding SIGTERM to a program already gone. The
     program still gets the ignored SIGCHLD it would have had without tokenmeter."""
     sigchld = getattr(signal, "SIGCHLD", None)
@@ -408,7 +408,7 @@ def _children_reported() -> Iterator[Callable[[], None] | None]:
 
 def _supervise(command: list[str], env: dict[str, str]) -> int:
     """Run the program to its end, forwarding signals; its exit status (-N: killed by signal N)."""
-    if not hasattr(signal, "sigwaitinfo"):  # Windows, macOS
+    if not hasattr(signal, "sigtimedwait"):  # Windows, macOS
         return _supervise_with_handlers(command, env)
     forwarded = set(_signals())
     waited = forwarded | {signal.SIGCHLD}
@@ -430,10 +430,15 @@ def _supervise(command: list[str], env: dict[str, str]) -> int:
 
 
 def _wait(process: subprocess.Popen[bytes], waited: set[signal.Signals]) -> int:
-    """Wait for the (blocked) signals ``waited``: pass each on, until the program ends."""
+    """Wait for the (blocked) signals ``waited``: pass each on, until the program ends.
+
+    Looked at every ``_LOOK_AGAIN_S`` seconds too: the mask blocks SIGCHLD on this thread only,
+    and one that came while another thread of this process had it unblocked (a program that
+    ended before the wait began: ``true``) went to that thread and was discarded there, and
+    the run waited for ever (``main()`` called in a process with threads: a test runner's)."""
     while True:
-        info = signal.sigwaitinfo(waited)
-        if info.si_signo == signal.SIGCHLD:
+        info = signal.sigtimedwait(waited, _LOOK_AGAIN_S)
+        if info is None or info.si_signo == signal.SIGCHLD:
             if process.poll() is not None:
                 return process.returncode
             continue  # stopped or continued, not ended
@@ -443,6 +448,10 @@ def _wait(process: subprocess.Popen[bytes], waited: set[signal.Signals]) -> int:
         )
         if not from_terminal:
             process.send_signal(info.si_signo)
+
+
+#: How often the run looks whether the program ended without its SIGCHLD (see ``_wait``).
+_LOOK_AGAIN_S = 0.2
 
 
 def _supervise_with_handlers(command: list[str], env: dict[str, str]) -> int:
