@@ -45,6 +45,7 @@ from tokenmeter.usage.openai import asked_search_context, with_chat_search
 
 __all__ = [
     "TextTally",
+    "capped_output",
     "count_tokens",
     "estimate",
     "estimate_input",
@@ -1137,6 +1138,19 @@ def output_cap(request: Any) -> int | None:
     return None if limit is None else limit * choices
 
 
+def capped_output(estimated: int, request: Any, reported: int = 0) -> int:
+    """An estimated output count taken at most at ``request``'s output limit (``output_cap``),
+    as the provider stops and bills there, but never below ``reported``: a count the provider
+    sent is its own, even over the limit. Every estimate of a call's output goes through here
+    (a reply without usage, a usage that counts the input only, a stream left before its count):
+    a reply to ``max_tokens=10`` of 20,000 words, with usage ``{"prompt_tokens": 19}``, was
+    recorded as 25,000 output tokens."""
+    cap = output_cap(request)
+    if cap is None or estimated <= cap:
+        return estimated
+    return max(cap, reported)
+
+
 def estimate_usage(
     provider: str, request: Any, model: str, tally: TextTally | None, operation: str | None = None
 ) -> Usage:
@@ -1147,10 +1161,7 @@ def estimate_usage(
     output = 0
     if tally is not None:
         try:
-            output = tally.tokens(provider, model)
-            cap = output_cap(request)
-            if cap is not None:
-                output = min(output, cap)
+            output = capped_output(tally.tokens(provider, model), request)
         except Exception:
             logger.debug("tokenmeter: estimating a stream's output failed", exc_info=True)
     usage = found.model_copy(update={"output_tokens": output}) if output else found

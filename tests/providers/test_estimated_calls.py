@@ -1572,3 +1572,110 @@ async def test_an_estimated_output_is_capped_at_the_requests_output_limit(
     assert (record.status, record.estimated) == ("ok", True)
     assert record.output_tokens == cap
     assert tokenmeter.estimate("gpt-4o", output=LONG_ANSWER).output_tokens > 1_000
+
+
+def _anthropic_stream_events(usage: dict[str, int], fallback: bool) -> list[tuple[str, Any]]:
+    """An Anthropic stream cut after LONG_ANSWER streamed by (no message_delta, no
+    message_stop): ``message_start`` reports ``usage``; with ``fallback``, a refusal fallback
+    block hands over to claude-opus-4-6, which streams LONG_ANSWER again."""
+    message = {"id": "msg_1", "type": "message", "role": "assistant", "content": []}
+    message |= {"model": "claude-sonnet-4-5", "stop_reason": None, "stop_sequence": None}
+    text = {"type": "text_delta", "text": LONG_ANSWER}
+    events: list[tuple[str, Any]] = [
+        ("message_start", {"type": "message_start", "message": message | {"usage": usage}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": text}),
+    ]
+    if fallback:
+        block = {"type": "fallback", "from": {"model": "claude-sonnet-4-5"}}
+        block |= {"to": {"model": "claude-opus-4-6"}}
+        events += [
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": 1} | {"content_block": block},
+            ),
+            ("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": text}),
+        ]
+    return events
+
+
+async def _partly_counted_call(kit: ModuleType, sdk: str, is_async: bool) -> None:
+    """A call through ``sdk`` asking for at most 50 output tokens, whose answer is LONG_ANSWER
+    (over 1,000 tokens) with a usage that counts the input but not that output."""
+    if sdk.startswith("chat"):
+        streamed = sdk == "chat stream"
+        counted = {"prompt_tokens": 19}  # a compatible server's: the input alone
+
+        def server(request: Any) -> Any:
+            if not streamed:
+                body = kit.chat_body() | {"usage": counted}
+                body["choices"][0]["message"] = {"role": "assistant", "content": LONG_ANSWER}
+                return json_reply(kit.http, body)
+            base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o"}
+            delta = {"index": 0, "delta": {"content": LONG_ANSWER}, "finish_reason": "length"}
+            chunks = [{**base, "choices": [delta]}, {**base, "choices": [], "usage": counted}]
+            return sse_reply(kit.http, [*((None, c) for c in chunks), (None, b"[DONE]")])
+
+        openai = kit.mock_openai(server, is_async=is_async)
+        request = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 50}
+        if streamed:
+            options = {"stream": True, "stream_options": {"include_usage": True}}
+            await kit.drain(await kit.maybe(openai.chat.completions.create(**request, **options)))
+        else:
+            await kit.maybe(openai.chat.completions.create(**request))
+        return
+    if sdk.startswith("anthropic"):
+        from anthropic import _base_client
+
+        usage = {"input_tokens": 10, "output_tokens": 80 if "reported" in sdk else 1}
+        events = _anthropic_stream_events(usage, fallback="fallback" in sdk)
+        http = http_of(_base_client)
+        anthropic = mock_anthropic(lambda request: sse_reply(http, events), is_async=is_async)
+        stream = await kit.maybe(
+            anthropic.messages.create(
+                model="claude-sonnet-4-5", max_tokens=50, messages=MESSAGES[1:], stream=True
+            )
+        )
+        await kit.drain(stream)
+        return
+    from google.genai import _api_client
+
+    running = {"promptTokenCount": 40, "totalTokenCount": 40}  # the prompt alone so far
+    chunk = {"candidates": [{"content": {"parts": [{"text": LONG_ANSWER}], "role": "model"}}]}
+    chunk |= {"usageMetadata": running, "modelVersion": "gemini-2.5-flash"}
+    gemini = mock_genai(lambda request: sse_reply(http_of(_api_client), [(None, chunk)]))
+    request = {"model": "gemini-2.5-flash", "contents": "Tell me a story."}
+    request["config"] = {"max_output_tokens": 50}
+    if is_async:
+        await kit.drain(await gemini.aio.models.generate_content_stream(**request))
+    else:
+        await kit.drain(gemini.models.generate_content_stream(**request))
+
+
+@pytest.mark.parametrize(
+    ("sdk", "output"),
+    [
+        ("chat reply", 50),
+        ("chat stream", 50),
+        ("anthropic stream", 50),
+        ("anthropic stream, output reported", 80),  # the provider's count: never capped
+        pytest.param(
+            "anthropic fallback stream", 100, marks=pytest.mark.requires(anthropic=">=2.15")
+        ),
+        pytest.param("gemini stream", 50, marks=pytest.mark.requires(google_genai=">=1.46")),
+    ],
+)
+async def test_an_output_estimated_beside_a_reported_input_is_capped_at_the_output_limit(
+    records: Records, kit: ModuleType, is_async: bool, sdk: str, output: int
+) -> None:
+    """The cap on an estimated output held only for a reply without any usage. A usage that
+    counts the input alone (a compatible server's ``{"prompt_tokens": 19}``, a Gemini running
+    total of the prompt), or an Anthropic stream cut after ``message_start``, had its output
+    estimated from all the text: a reply of 20,000 words to ``max_tokens=10`` was recorded at
+    25,000 output tokens, an Anthropic stream at 14,709. The provider stops, and bills, at the
+    limit: each hop of a refusal fallback at its own, and a count it reported stays as it is."""
+    tokenmeter.instrument(["openai", "anthropic", "google-genai"])
+    await _partly_counted_call(kit, sdk, is_async)
+    record = only(records())
+    assert (record.status, record.estimated) == ("ok", True)
+    assert record.output_tokens == output
+    assert tokenmeter.estimate("gpt-4o", output=LONG_ANSWER).output_tokens > 1_000

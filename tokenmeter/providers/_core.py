@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, SupportsIndex
 import wrapt
 
 from tokenmeter import _pipeline, _runtime
-from tokenmeter._estimate import TextTally, estimate_usage, without_waiting
+from tokenmeter._estimate import TextTally, capped_output, estimate_usage, without_waiting
 from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import UNREADABLE_USAGE, Usage
 from tokenmeter._record import NOTHING_USED, emit_call
@@ -158,18 +158,25 @@ class Switches:
     active: bool = True
 
 
-def _with_output_of(usage: Usage, reply: TextTally, provider: str, model: str) -> Usage | None:
+def _with_output_of(
+    usage: Usage, reply: TextTally, provider: str, model: str, request: Any = None
+) -> Usage | None:
     """``usage`` of a reply that was not streamed, whose usage counts no output beside its
     thinking (the input alone, from a compatible server), with its output estimated from the
     reply's text, as the same answer streamed is (``partial`` of the stream readers): recorded
-    with 0 output, it was a silent $0 for the reply. None when it counts some output, or the
-    reply holds no text (a blocked prompt: nothing came back)."""
+    with 0 output, it was a silent $0 for the reply. At most the ``request``'s output limit
+    (``capped_output``; thinking included, as the provider counts it). None when it counts some
+    output, or the reply holds no text (a blocked prompt: nothing came back), or the thinking
+    counted already reaches the limit."""
     if usage.output_tokens > usage.reasoning_tokens:
         return None
     found = reply.tokens(provider, model)
     if not found:
         return None
-    return usage.model_copy(update={"output_tokens": usage.reasoning_tokens + found})
+    output = capped_output(usage.reasoning_tokens + found, request, usage.reasoning_tokens)
+    if output <= usage.output_tokens:
+        return None
+    return usage.model_copy(update={"output_tokens": output})
 
 
 def named_model(model: object) -> str | None:
@@ -391,13 +398,13 @@ class Call:
                     # message_start's).
                     served = named_model(self.model) or self.request_model or ""
                     with without_waiting(start_load=not _ending(error)):
-                        better = self.reader.partial(usage, served)
+                        better = self.reader.partial(usage, served, self.request)
                     if better is not None:
                         usage, estimated = self._with_tools_seen(better), True
             elif self.reply is not None:  # a reply whose usage counted no output
                 served = named_model(self.model) or self.request_model or ""
                 with without_waiting(start_load=not _ending(error)):
-                    better = _with_output_of(usage, self.reply, self.provider, served)
+                    better = _with_output_of(usage, self.reply, self.provider, served, self.request)
                 self.reply = None
                 if better is not None:
                     usage, estimated = better, True

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from contextlib import suppress
 from typing import Any
 
-from tokenmeter._estimate import TextTally
+from tokenmeter._estimate import TextTally, capped_output
 from tokenmeter._models import Usage
 from tokenmeter._registry import provider_of_sdk, short_model
 from tokenmeter.usage._read import field
@@ -48,14 +48,21 @@ def image_tokens(model: str) -> int:
 
 
 def estimated_output(
-    usage: Usage, text: TextTally, thoughts: TextTally, provider: str, model: str
+    usage: Usage,
+    text: TextTally,
+    thoughts: TextTally,
+    provider: str,
+    model: str,
+    request: Any = None,
 ) -> Usage | None:
     """``usage`` of a stream whose running total counts no output beside the thoughts (early
     chunks count the prompt, and a thinking model's its thoughts, before any text): its output
     estimated from the ``text`` that streamed by, added to the thoughts counted, and each image
     that streamed by at its model's per-image tokens (as ``output_image``: priced at the image
-    rate). The thought summaries' text stands for the thoughts when none are counted. None when
-    the total counts some output (the provider's own count), or nothing streamed."""
+    rate). The thought summaries' text stands for the thoughts when none are counted. At most
+    the ``request``'s ``max_output_tokens`` (``capped_output``), thoughts counted included. None
+    when the total counts some output (the provider's own count), or nothing streamed, or the
+    thoughts counted already reach the limit."""
     if usage.output_tokens > usage.reasoning_tokens:
         return None
     images = text.images * image_tokens(short_model(model) or "")
@@ -64,7 +71,11 @@ def estimated_output(
         found += thoughts.tokens(provider, model)
     if not found:
         return None
-    update: dict[str, Any] = {"output_tokens": usage.reasoning_tokens + found}
+    output = capped_output(usage.reasoning_tokens + found, request, usage.reasoning_tokens)
+    if output <= usage.output_tokens:
+        return None
+    update: dict[str, Any] = {"output_tokens": output}
+    images = min(images, output - usage.reasoning_tokens)  # the images within the limit
     if images:
         update["modalities"] = {**usage.modalities, "output_image": images}
     return usage.model_copy(update=update)

@@ -12,7 +12,7 @@ import json
 from contextlib import suppress
 from typing import Any
 
-from tokenmeter._estimate import TextTally
+from tokenmeter._estimate import TextTally, capped_output
 from tokenmeter._models import Usage
 from tokenmeter.providers._core import Call, _StreamProxyBase, safely
 from tokenmeter.providers._stainless import (
@@ -182,33 +182,38 @@ class EventReader(SampledText):
             self.counted += 1
         return False
 
-    def partial(self, usage: Usage, model: str) -> Usage | None:
+    def partial(self, usage: Usage, model: str, request: Any = None) -> Usage | None:
         """For a stream left before its final output count: the reported input with the output
         estimated from what streamed by, never less than message_start's provisional count
         (None when the count came). Left right after message_start, it is an estimate all the
         same: the server went on writing what it billed. A stream that ran to ``message_stop``
         with no count in its ``message_delta`` (a compatible server that gives the whole usage
         in ``message_start``) keeps that count unless more text streamed by than it says. The
-        thinking tokens hinted (an ``omitted`` display's) are output too, and its reasoning."""
+        thinking tokens hinted (an ``omitted`` display's) are output too, and its reasoning.
+        The estimate is at most the ``request``'s ``max_tokens`` (``capped_output``), where the
+        provider stops and bills, thinking included."""
         if self.final:
             return None
         if self.declined:
-            return self._hops(model)
-        output = self.tally.tokens("anthropic", model) + self.hinted
+            return self._hops(model, request)
+        estimated = self.tally.tokens("anthropic", model) + self.hinted
+        output = capped_output(estimated, request, usage.output_tokens)
         if self.stopped and output <= usage.output_tokens:
             return None
         counts = {"output_tokens": max(output, usage.output_tokens)}
-        if self.hinted > usage.reasoning_tokens:
-            counts["reasoning_tokens"] = self.hinted
+        reasoning = min(self.hinted, counts["output_tokens"])  # thinking is part of the output
+        if reasoning > usage.reasoning_tokens:
+            counts["reasoning_tokens"] = reasoning
         return usage.model_copy(update=counts)
 
-    def _hops(self, model: str) -> Usage:
+    def _hops(self, model: str, request: Any) -> Usage:
         """A fallback stream left before its final count: every hop it reached was billed,
         each at its own model. Each is counted with the input message_start reported (the same
         request was sent again; the SDK's message_start is the first hop's, or the serving
         one's when the first declined before any output) and the output it streamed, as the
         closing ``usage.iterations`` would have (``message`` entries, the serving hop's
-        ``fallback_message``), with the thinking tokens it hinted, and priced from there."""
+        ``fallback_message``), with the thinking tokens it hinted, and priced from there. Each
+        hop's output is at most the ``request``'s ``max_tokens``: each hop is the same request."""
         fields = _never_zeroed(self.start, self.delta)
         sent = {name: fields[name] for name in _INPUT_FIELDS if name in fields}
         iterations = [
@@ -216,11 +221,13 @@ class EventReader(SampledText):
                 **sent,
                 "type": "message",
                 "model": declined,
-                "output_tokens": tally.tokens("anthropic", declined or model) + hinted,
+                "output_tokens": capped_output(
+                    tally.tokens("anthropic", declined or model) + hinted, request
+                ),
             }
             for declined, tally, hinted in self.declined
         ]
-        serving = self.tally.tokens("anthropic", model) + self.hinted
+        serving = capped_output(self.tally.tokens("anthropic", model) + self.hinted, request)
         iterations.append(
             {**sent, "type": "fallback_message", "model": model, "output_tokens": serving}
         )

@@ -221,10 +221,11 @@ class ChunkReader:
                 call.usage = call.usage.model_copy(update={"tool_requests": tools})
         return False
 
-    def partial(self, usage: Usage, model: str) -> Usage | None:
+    def partial(self, usage: Usage, model: str, request: Any = None) -> Usage | None:
         """The output estimated from the text that streamed by, for a running total that counts
-        none (None when it counts some: the provider's own count, then)."""
-        return estimated_output(usage, self.tally, self.thoughts, PROVIDER, model)
+        none (None when it counts some: the provider's own count, then), at most the
+        ``request``'s output limit."""
+        return estimated_output(usage, self.tally, self.thoughts, PROVIDER, model, request)
 
 
 # -- the adapter: one per patched method (its operation, and whether it streams) -----------------

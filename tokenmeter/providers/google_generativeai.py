@@ -292,16 +292,17 @@ class _TextTally:
             add_candidates(fetched, getattr(self.response, "_result", None))
         self.tally = fetched
 
-    def partial(self, usage: Usage, model: str) -> Usage | None:
+    def partial(self, usage: Usage, model: str, request: Any = None) -> Usage | None:
         """The output estimated from the text the SDK fetched (joined in its response), for a
-        running total that counts none: early chunks may count the prompt alone."""
+        running total that counts none: early chunks may count the prompt alone. At most the
+        ``request``'s output limit (its ``generation_config``'s)."""
         if usage.output_tokens > usage.reasoning_tokens:
             return None
         fetched, thoughts = TextTally(), TextTally()
         # The joined proto: the SDK's own ``candidates`` refuses a stream left part-way.
         with suppress(Exception):  # what cannot be read leaves the reported count
             add_candidates(fetched, getattr(self.response, "_result", None), thoughts)
-        return estimated_output(usage, fetched, thoughts, PROVIDER, model)
+        return estimated_output(usage, fetched, thoughts, PROVIDER, model, request)
 
 
 class SyncStreamResponse(SyncIterableProxy):

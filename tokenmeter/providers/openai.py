@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
-from tokenmeter._estimate import TextTally, count_tokens, without_waiting
+from tokenmeter._estimate import TextTally, capped_output, count_tokens, without_waiting
 from tokenmeter._models import Usage
 from tokenmeter._registry import provider_for_host
 from tokenmeter._runtime import settings
@@ -127,12 +127,13 @@ class ChunkReader(SampledText):
         call.read("reading stream usage", _read_usage, chunk, usage, call)
         return hidden
 
-    def partial(self, usage: Usage, model: str) -> Usage | None:
+    def partial(self, usage: Usage, model: str, request: Any = None) -> Usage | None:
         """For a usage that named no output count: the reported input with the output
-        estimated from what streamed by (None when the count came)."""
+        estimated from what streamed by, at most the ``request``'s output limit (None when the
+        count came)."""
         if not self.no_output:
             return None
-        output = self.tally.tokens("openai", model)
+        output = capped_output(self.tally.tokens("openai", model), request, usage.output_tokens)
         if output <= usage.output_tokens:
             return None
         return usage.model_copy(update={"output_tokens": output})
