@@ -494,6 +494,25 @@ def test_the_smallest_queues_lose_no_record_of_a_healthy_sink(
     assert stored == [r.id for r in made if r.id in set(stored)]  # in order, none twice
 
 
+def test_a_writer_that_makes_progress_is_waited_for_again() -> None:
+    """A writer that let a caller's wait go unanswered is "stalled" (no caller hands it the GIL)
+    only until it takes its buffer again: left stalled for good, a tight loop of records never
+    waited for a healthy sink again and dropped them. (The hand-over tests above widen the stall
+    rule, so this is its own test.)"""
+    sink = InMemorySink()
+    tokenmeter.configure(sinks=[sink])
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert tokenmeter.flush(30)
+    [writer] = _pipeline._writers()
+    writer._unanswered_since = time.monotonic() - 2 * _pipeline._STALLED_S - 1
+    assert _pipeline._stalled(writer)
+
+    tokenmeter.record("openai", "gpt-4o", 1, 1)
+    assert tokenmeter.flush(30)  # the writer took its buffer: progress
+
+    assert not _pipeline._stalled(writer) and len(sink.records) == 2
+
+
 class RecordsOnlyByDesign:
     """A user sink with no ``write_sessions`` at all: records are all it stores."""
 
