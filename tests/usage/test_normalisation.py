@@ -926,7 +926,7 @@ def test_a_chat_completion_reads_alike_on_the_straight_road_and_the_general_one(
         bodies.append(body)
         completion = client.chat.completions.create(model="gpt-4o", messages=[])
         general = outcome(reader._any_response, completion)  # meets the types first
-        straight += outcome(reader._plain_completion, completion) != ("read", None)
+        straight += outcome(reader.plain_completion, completion) != ("read", None)
         assert outcome(reader.from_openai_response, completion) == general, body
     # (A random total beyond prompt + completion takes the general road: thinking it holds.)
     assert straight > 150, straight

@@ -29,6 +29,7 @@ from tokenmeter.usage import from_openai_response
 from tokenmeter.usage._read import field, getter, ident, reports_nothing
 from tokenmeter.usage.openai import (
     billed_tool_call,
+    plain_completion,
     responses_tool_requests,
     tier_from_openai,
     usage_from_openai,
@@ -359,6 +360,12 @@ def _read(parsed: Any, call: Call) -> None:
     """A chat, completion, embeddings or decisions response; a billed one without usage is
     estimated (its output from the text it holds), as is one whose usage reports nothing, and
     the output of one whose usage counts the input alone."""
+    plain = plain_completion(parsed, call.provider)
+    if plain is not None and (plain.usage.input_tokens or plain.usage.output_tokens):
+        # The usual chat completion, read once: a usage block with counts (it reports
+        # something) that names its output count (nothing to estimate).
+        call.take(plain)
+        return
     usage = field(parsed, "usage")
     if usage is None or reports_nothing(usage):
         call.missing = True

@@ -518,11 +518,11 @@ def from_openai_response(response: Any, provider: str = "openai") -> Extracted |
 
     None for a Responses ``background`` create still queued or in progress: it reports no usage
     yet, and its later retrieve is the record."""
-    found = _plain_completion(response, provider)
+    found = plain_completion(response, provider)
     return found if found is not None else _any_response(response, provider)
 
 
-def _plain_completion(response: Any, provider: str) -> Extracted | None:
+def plain_completion(response: Any, provider: str) -> Extracted | None:
     """``_any_response`` of the usual chat completion, read in a straight line (every call reads
     one): an SDK ``ChatCompletion`` holding nothing beside its declared fields, with a plain
     usage block (``_plain_block``). None for anything else, which ``_any_response`` reads
