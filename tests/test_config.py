@@ -100,6 +100,13 @@ def test_a_path_variable_from_a_crlf_env_file_loses_its_line_end(tmp_path: Path)
     assert settings.pg_dsn == "postgresql://u@localhost/postgres"  # database "postgres\r" before
     assert settings.budget_timezone == "Europe/Paris"
     assert load_settings(env={"TOKENMETER_DIR": "tm "}).directory == Path("tm ")
+    # An unfilled line of the same file ("\r") is unset, as an LF file's empty one is.
+    blank = {"TOKENMETER_PG_DSN": "\r", "TOKENMETER_BUDGET_TIMEZONE": "\r\n"}
+    unset = load_settings(env=blank)
+    assert (unset.pg_dsn, unset.budget_timezone) == (
+        load_settings(env={}).pg_dsn,
+        load_settings(env={}).budget_timezone,
+    )
 
 
 def test_the_kill_switch_works_whatever_else_is_set(

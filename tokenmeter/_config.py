@@ -540,7 +540,9 @@ def _from_env(env: Mapping[str, str], prices_base: Path | None = None) -> dict[s
     found: dict[str, Any] = {}
     for key, (parse, empty_counts) in _ENV_READERS.items():
         value = env.get(_ENV_NAMES[key])
-        if value is not None and (value or empty_counts):
+        # Empty is unset, a CRLF .env file's unfilled line ("\r") too: it replaced the
+        # pyproject's pg_dsn with "" (libpq's defaults) where an LF file's left it alone.
+        if value is not None and (value.rstrip("\r\n") or empty_counts):
             found[key] = _parsed(parse, value)
     prices_file = found.get("prices_file")
     # An empty one is refused as empty, not taken for the folder.

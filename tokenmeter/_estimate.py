@@ -22,6 +22,7 @@ import math
 import os
 import tempfile
 import threading
+import typing
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -847,7 +848,7 @@ def _schema_data(schema: Any) -> Any:
             with suppress(Exception):
                 return to_schema()
         return None
-    if hasattr(schema, "__origin__"):  # a typing form google-genai takes: list[Model], a Union
+    if typing.get_origin(schema) is not None:  # a form google-genai takes: list[M], M | None
         from pydantic import TypeAdapter  # not at import: only budgets' rare typing schemas
 
         with suppress(Exception):

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -743,6 +744,55 @@ def test_a_callback_that_makes_no_call_costs_the_sinks_no_second_flush(
 
     assert len(seen) == 2 and len(counted.records) == 2
     assert counted.flushes - before == 1
+
+
+def test_flush_waits_for_a_call_a_callback_hands_to_an_older_thread(
+    tmp_path: Path, fake: Any
+) -> None:
+    """A callback that hands its call to a worker thread the application started before (a
+    notifier's queue) and waits for it: the record, submitted outside the callback's context,
+    made no second round, and flush() said True with 1 of 2 records in a slow sink."""
+    import queue
+
+    client = fake.openai_client(max_retries=0)
+    jobs: queue.Queue[threading.Event | None] = queue.Queue()
+
+    def worker() -> None:
+        while (done := jobs.get()) is not None:
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "summary"}]
+            )
+            done.set()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+
+    def summarise(alert: Alert) -> None:
+        done = threading.Event()
+        jobs.put(done)
+        done.wait(30)
+
+    class SlowSink(InMemorySink):  # a remote store
+        def write(self, records: Any) -> None:
+            time.sleep(0.3)
+            super().write(records)
+
+    slow = SlowSink()
+    tokenmeter.configure(
+        sinks=[slow],
+        directory=tmp_path / "tm",
+        alerts=[{"rule": "call_tokens", "threshold": 1, "cooldown_s": 3600}],
+        on_alert=summarise,
+    )
+    tokenmeter.instrument(["openai"])
+    try:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        assert tokenmeter.flush(30)
+        # (The worker's call, not the callback's own, alerts in its turn: a summary of it too.)
+        assert len(slow.records) == len(fake.requests) >= 2
+    finally:
+        jobs.put(None)
+        thread.join()
 
 
 def test_flush_ends_while_another_thread_keeps_making_alerting_calls(

@@ -800,6 +800,14 @@ class _Big(pydantic.BaseModel):
             ),
             id="genai-response_schema-list-of-a-model",
         ),
+        pytest.param(
+            lambda fake: fake.genai_client().models.generate_content(
+                model="gemini-2.5-flash",
+                contents="hi",
+                config={"response_mime_type": "application/json", "response_schema": _Big | None},
+            ),
+            id="genai-response_schema-optional-model",
+        ),
     ],
 )
 def test_a_per_call_budget_counts_a_structured_output_schema(

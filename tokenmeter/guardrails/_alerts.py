@@ -62,6 +62,11 @@ class AlertRule:
         return {f: getattr(self, f) for f in _FIELDS if getattr(self, f) is not None}
 
 
+#: How many alert writers are running ``on_alert`` callbacks now: a record submitted meanwhile,
+#: from any thread, may be a callback's call (see ``_pipeline.callback_submitted``).
+_callbacks_running = 0
+
+
 def shown(amount: Any) -> Any:
     """A float ``amount`` (a budget's spend or threshold) to 12 significant digits; anything else
     as it is. Budgets add costs as floats, whose last digits are noise (five calls of $0.00021
@@ -339,6 +344,7 @@ class AlertSink:
             if len(self._own) >= _MAX_OWN:
                 self._own.clear()
             self._own.add(item.id)
+        if _callbacks_running:  # from any thread (a worker the callback hands its call to)
             _pipeline.callback_submitted()  # a flush() under way waits for this record too
 
     # -- the Sink protocol ----------------------------------------------------------------------
@@ -607,6 +613,7 @@ class AlertSink:
 
     # -- delivery ------------------------------------------------------------------------------
     def _deliver_pending(self) -> None:
+        global _callbacks_running
         if self._unwritten:
             self._write_unwritten()
         while self.pending:
@@ -630,6 +637,7 @@ class AlertSink:
             if own:
                 continue  # about a callback's own call: it would run the callback again
             token = _in_callback.set(True)
+            _callbacks_running += 1
             try:
                 for callback in self.callbacks:
                     try:
@@ -639,6 +647,7 @@ class AlertSink:
                     else:
                         _callback_failures.succeeded(callback)
             finally:
+                _callbacks_running -= 1
                 _in_callback.reset(token)
 
     def _append(self, alert: Alert, *, once: bool = False) -> bool:
