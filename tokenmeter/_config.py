@@ -37,7 +37,7 @@ __all__ = [
     "find_pyproject",
     "load_settings",
     "load_settings_with_sources",
-    "path_text",
+    "without_line_end",
 ]
 
 SINK_NAMES = ("sqlite", "jsonl", "markdown", "postgres", "otel")
@@ -499,11 +499,12 @@ def _fractions(value: str) -> list[int | float]:
     return [_parse_number(part, float) for part in value.split(",") if part.strip()]
 
 
-def path_text(value: str) -> str:
-    """A path variable without the line end a CRLF ``.env`` file leaves on it (``tm\\r``):
-    taken verbatim, the records went to a new folder named ``tm\\r`` with no word, while the
-    same file's other variables were read as meant (their whitespace stripped). Only line-end
-    characters go: a name with a deliberate trailing space is the user's."""
+def without_line_end(value: str) -> str:
+    """A variable read as written (a path, a DSN, a time zone) without the line end a CRLF
+    ``.env`` file leaves on it (``tm\\r``): taken verbatim, the records went to a new folder
+    named ``tm\\r`` with no word, while the same file's other variables were read as meant
+    (their whitespace stripped). Only line-end characters go: a name with a deliberate trailing
+    space is the user's, and a DSN pasted after a space is still one libpq cannot read."""
     return value.rstrip("\r\n")
 
 
@@ -513,10 +514,10 @@ def path_text(value: str) -> str:
 #: feature off without a word. ``TOKENMETER_SINKS=`` alone is an error instead, documented: it
 #: must not be taken for "store nothing".
 _ENV_READERS: dict[str, tuple[Callable[[str], Any], bool]] = {
-    "directory": (path_text, False),
+    "directory": (without_line_end, False),
     "sinks": (_some_sinks, True),
     "disabled": (_parse_bool, False),
-    "prices_file": (path_text, False),
+    "prices_file": (without_line_end, False),
     "stream_usage": (_parse_bool, False),
     "reports": (_some_reports, False),
     "thread_propagation": (_parse_bool, False),
@@ -524,12 +525,12 @@ _ENV_READERS: dict[str, tuple[Callable[[str], Any], bool]] = {
     "exit_timeout": (lambda value: _parse_number(value, float), False),
     "budgets": (_json_tables('[{"limit_usd": 5, "period": "day"}]'), False),
     "alerts": (_json_tables('[{"rule": "call_tokens", "multiplier": 3}]'), False),
-    "budget_timezone": (str.strip, False),
+    "budget_timezone": (without_line_end, False),
     "budget_warn_at": (_fractions, False),
     "budget_ledger": (lambda value: value.strip().lower(), False),
-    "state_file": (path_text, False),
+    "state_file": (without_line_end, False),
     "providers": (_some_providers, False),
-    "pg_dsn": (str.strip, False),  # a CRLF .env file's \r named the database "postgres\r"
+    "pg_dsn": (without_line_end, False),  # a CRLF .env file's \r named the database "postgres\r"
 }
 
 

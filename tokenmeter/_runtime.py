@@ -18,7 +18,7 @@ from tokenmeter._config import (
     find_pyproject,
     load_settings,
     load_settings_with_sources,
-    path_text,
+    without_line_end,
 )
 from tokenmeter._fork import renew_after_fork
 from tokenmeter.pricing._overrides import short_repr, use_prices
@@ -99,7 +99,7 @@ def _holds_the_prices_file(folder: Path | None) -> bool:
     folder is pinned for it. A first read made elsewhere (an import-time instrument()) pinned
     a folder without it, and the configure() made where the file is, after a chdir, could never
     find it."""
-    name = path_text(os.environ.get("TOKENMETER_PRICES", ""))
+    name = without_line_end(os.environ.get("TOKENMETER_PRICES", ""))
     if folder is None or not name.strip():
         return False
     try:
