@@ -123,6 +123,11 @@ def test_the_kill_switch_works_whatever_else_is_set(
     assert load_settings(env={**bad, "TOKENMETER_DISABLED": "1"}).disabled
     with pytest.raises(ValueError, match="max_queue"):
         load_settings(env={})  # the pyproject alone is bad
+    (tmp_path / "pyproject.toml").write_text("[tool.tokenmeter]\ndisabled = true\nmax_queue = -5\n")
+    for unset in ({}, {"TOKENMETER_DISABLED": ""}, {"TOKENMETER_DISABLED": "\r"}):
+        # a CRLF .env file's unfilled line is unset too: the pyproject's switch holds
+        assert load_settings(env=unset).disabled
+    (tmp_path / "pyproject.toml").write_text("[tool.tokenmeter]\nmax_queue = -5\n")
     assert load_settings(env={"TOKENMETER_DISABLED": "1"}).disabled
     assert load_settings({"exit_timeout": 3}, env={"TOKENMETER_DISABLED": "yes"}).exit_timeout == 3
     with pytest.raises(ValueError, match="exit_timeout"):

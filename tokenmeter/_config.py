@@ -543,7 +543,7 @@ def _from_env(env: Mapping[str, str], prices_base: Path | None = None) -> dict[s
         value = env.get(_ENV_NAMES[key])
         # Empty is unset, a CRLF .env file's unfilled line ("\r") too: it replaced the
         # pyproject's pg_dsn with "" (libpq's defaults) where an LF file's left it alone.
-        if value is not None and (value.rstrip("\r\n") or empty_counts):
+        if value is not None and (without_line_end(value) or empty_counts):
             found[key] = _parsed(parse, value)
     prices_file = found.get("prices_file")
     # An empty one is refused as empty, not taken for the folder.
@@ -699,8 +699,8 @@ def _switched_off(
     """The layer that turns tokenmeter off whatever else is set (the kill switch), or None:
     ``TOKENMETER_DISABLED`` saying yes, else, when that is unset, ``disabled = true`` in the
     pyproject.toml (as the layers' order has it)."""
-    value = env.get("TOKENMETER_DISABLED") or None  # empty: unset, as every TOKENMETER_*
-    if value is None:
+    value = env.get("TOKENMETER_DISABLED")
+    if value is None or not without_line_end(value):  # empty: unset, as every TOKENMETER_*
         layer, on = pyproject[0], pyproject[1].get("disabled") is True  # a boolean, not "yes"
     else:
         layer = "environment"

@@ -795,6 +795,24 @@ def test_flush_waits_for_a_call_a_callback_hands_to_an_older_thread(
         thread.join()
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_child_forked_while_a_callback_runs_counts_no_callback() -> None:
+    """Forked while an alert writer ran callbacks, a child kept the count of callbacks running
+    with no writer to bring it back: every flush() there took other threads' records for a
+    callback's call and made all its rounds."""
+    from tokenmeter.guardrails import _alerts
+
+    _alerts._callbacks_running += 1
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child)
+            os._exit(0 if _alerts._callbacks_running == 0 else 1)
+    finally:
+        _alerts._callbacks_running -= 1
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_flush_ends_while_another_thread_keeps_making_alerting_calls(
     tmp_path: Path, fake: Any
 ) -> None:

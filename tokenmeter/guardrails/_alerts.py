@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from tokenmeter import _pipeline
+from tokenmeter._fork import renew_after_fork
 from tokenmeter._models import SessionInfo, UsageRecord
 from tokenmeter.guardrails._hooks import FailureLog, _in_callback, not_awaited
 from tokenmeter.pricing._overrides import short_repr
@@ -65,6 +66,9 @@ class AlertRule:
 #: How many alert writers are running ``on_alert`` callbacks now: a record submitted meanwhile,
 #: from any thread, may be a callback's call (see ``_pipeline.callback_submitted``).
 _callbacks_running = 0
+#: A child forked while a callback ran has no writer to bring it back to 0: every flush() there
+#: counted other threads' records as a callback's and made all its rounds.
+renew_after_fork(globals(), "_callbacks_running", int)
 
 
 def shown(amount: Any) -> Any:
