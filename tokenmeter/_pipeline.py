@@ -2425,9 +2425,10 @@ def flush(timeout: float | None = None) -> bool:
 
     An ``on_alert`` callback runs on the alert sink's writer, which this flush waits for after
     the record sinks' writers: the records of the calls it makes came after those writers had
-    been passed, and flush() returned True without them. While callbacks submitted records
-    during a round, another round is made, ``_FLUSH_ROUNDS`` at most: a callback's own calls
-    are never judged by the alert rules, so the next round runs no callback for them."""
+    been passed, and flush() returned True without them. While records were submitted as
+    callbacks ran during a round (``callback_submitted``), another round is made,
+    ``_FLUSH_ROUNDS`` at most: a callback's own calls are never judged by the alert rules, so
+    the next round runs no callback for them."""
     deadline = None if timeout is None else time.monotonic() + timeout
     left = timeout
     for _ in range(_FLUSH_ROUNDS):
@@ -2447,16 +2448,17 @@ def flush(timeout: float | None = None) -> bool:
 #: the second takes in the records of the calls the first's callbacks made; a third those of
 #: callbacks run for calls other threads made meanwhile.
 _FLUSH_ROUNDS = 3
-#: How many records ``on_alert`` callbacks have submitted (``callback_submitted``): flush()
-#: compares it before and after a round.
+#: How many records were submitted while ``on_alert`` callbacks ran (``callback_submitted``):
+#: flush() compares it before and after a round.
 _callbacks_submitted = 0
 
 
 def callback_submitted() -> None:
-    """An ``on_alert`` callback (on a writer's thread) has just submitted its call's record: it
-    may have come after flush() passed the record sinks' writers. Only then is another round
-    made: one per callback that ran made every sink flush again, and a flush(timeout) whose
-    records were all written returned False."""
+    """A record was submitted, from any thread, while an ``on_alert`` callback ran: it may be
+    the callback's call's (made there, or by a worker it handed the call to), come after
+    flush() passed the record sinks' writers. Only then is another round made: one per
+    callback that ran made every sink flush again, and a flush(timeout) whose records were all
+    written returned False."""
     global _callbacks_submitted
     _callbacks_submitted += 1
 

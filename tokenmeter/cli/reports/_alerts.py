@@ -16,6 +16,7 @@ from typing import Any
 from tokenmeter.cli._alerts import parse_alert
 from tokenmeter.cli._dates import format_instant
 from tokenmeter.cli._source import MAX_LINE_BYTES, is_too_long, skip_rest_of_line
+from tokenmeter.guardrails._alerts import shown
 
 __all__ = ["ALERTS_FILE", "Alert", "alerts_in", "alerts_near"]
 
@@ -57,11 +58,9 @@ def _text(value: Any) -> str:
         return value
     if isinstance(value, dict | list):
         return json.dumps(value, sort_keys=True)
-    if isinstance(value, float):
-        # Older writers posted a budget's float sum as it was (0.0010500000000000002): shown to
-        # 12 significant digits (0.00105), as the budgets now post it.
-        return str(float(f"{value:.12g}"))
-    return str(value)
+    # Older writers posted a budget's float sum as it was (0.0010500000000000002): shown as the
+    # budgets now post it (0.00105).
+    return str(shown(value))
 
 
 def _alert(line: bytes) -> Alert | None:
